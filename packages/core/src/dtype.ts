@@ -1,0 +1,66 @@
+import { CalderaError } from './errors.js';
+
+/** Element types of the shared tensor interface. f16 and bf16 are stored as raw bits in a Uint16Array. */
+export type DType = 'f64' | 'f32' | 'f16' | 'bf16' | 'i8' | 'u8' | 'i16' | 'u16' | 'i32' | 'u32';
+
+/** The typed array that backs each dtype. */
+export interface DTypeArrayMap {
+  f64: Float64Array;
+  f32: Float32Array;
+  f16: Uint16Array;
+  bf16: Uint16Array;
+  i8: Int8Array;
+  u8: Uint8Array;
+  i16: Int16Array;
+  u16: Uint16Array;
+  i32: Int32Array;
+  u32: Uint32Array;
+}
+
+export type TypedArray = DTypeArrayMap[DType];
+
+type TypedArrayCtor = {
+  new (length: number): TypedArray;
+  new (buffer: ArrayBufferLike, byteOffset?: number, length?: number): TypedArray;
+  readonly BYTES_PER_ELEMENT: number;
+};
+
+const CTORS: Record<DType, TypedArrayCtor> = {
+  f64: Float64Array,
+  f32: Float32Array,
+  f16: Uint16Array,
+  bf16: Uint16Array,
+  i8: Int8Array,
+  u8: Uint8Array,
+  i16: Int16Array,
+  u16: Uint16Array,
+  i32: Int32Array,
+  u32: Uint32Array,
+} as unknown as Record<DType, TypedArrayCtor>;
+
+export const DTYPES: readonly DType[] = Object.keys(CTORS) as DType[];
+
+/** Bytes per element of a dtype. */
+export function dtypeSize(dtype: DType): number {
+  return CTORS[dtype].BYTES_PER_ELEMENT;
+}
+
+/** The typed-array constructor backing `dtype`. */
+export function arrayCtor<D extends DType>(
+  dtype: D,
+): { new (length: number): DTypeArrayMap[D]; new (b: ArrayBufferLike, o?: number, l?: number): DTypeArrayMap[D] } {
+  const c = CTORS[dtype];
+  if (!c) throw new CalderaError('E_DTYPE', `unknown dtype '${String(dtype)}'`);
+  return c as never;
+}
+
+/** Allocate a zero-filled array for `length` elements of `dtype`. */
+export function allocArray<D extends DType>(dtype: D, length: number): DTypeArrayMap[D] {
+  const C = arrayCtor(dtype);
+  return new C(length);
+}
+
+/** Floating dtypes (the ones arithmetic routines accept). */
+export function isFloatDType(dtype: DType): boolean {
+  return dtype === 'f64' || dtype === 'f32' || dtype === 'f16' || dtype === 'bf16';
+}

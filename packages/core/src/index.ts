@@ -1,0 +1,5 @@
+export * from './errors.js';
+export * from './dtype.js';
+export * from './half.js';
+export * from './tensor.js';
+export * from './rng.js';

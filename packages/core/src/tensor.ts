@@ -1,0 +1,273 @@
+import { allocArray, arrayCtor, type DType, type DTypeArrayMap } from './dtype.js';
+import { CalderaError } from './errors.js';
+import { bf16ArrayToF32, f16ArrayToF32, f32ArrayToBf16, f32ArrayToF16 } from './half.js';
+
+/**
+ * The shared tensor interface of every Caldera package: a plain object, structurally compatible with
+ * `ndarray` (`data`, `shape`, `offset`; ndarray calls strides `stride`, see `fromNdarray`/`toNdarray`).
+ * Element (i0, i1, …) lives at `data[offset + Σ ik·strides[k]]`. Strides are in elements, not bytes.
+ * Row-major ("C") contiguous tensors have `strides[k] = Π_{j>k} shape[j]` and are what kernels expect;
+ * use {@link contiguous} to get one from any view.
+ */
+export interface Tensor<D extends DType = DType> {
+  readonly dtype: D;
+  readonly shape: readonly number[];
+  readonly strides: readonly number[];
+  readonly offset: number;
+  readonly data: DTypeArrayMap[D];
+}
+
+/** A 2-D f32 or f64 matrix, the operand type of the linear-algebra routines. */
+export type Matrix = Tensor<'f32'> | Tensor<'f64'>;
+
+/** Number of elements of a shape. */
+export function shapeSize(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+/** Row-major strides of a shape. */
+export function contiguousStrides(shape: readonly number[]): number[] {
+  const s = new Array<number>(shape.length);
+  let acc = 1;
+  for (let k = shape.length - 1; k >= 0; k--) {
+    s[k] = acc;
+    acc *= shape[k]!;
+  }
+  return s;
+}
+
+function checkShape(shape: readonly number[], what: string): void {
+  for (const d of shape) {
+    if (!Number.isInteger(d) || d < 0) {
+      throw new CalderaError('E_SHAPE', `${what}: invalid shape [${shape.join(', ')}]`);
+    }
+  }
+}
+
+/**
+ * Make a contiguous tensor. With `data`, wraps it without copying (its length must equal the shape's
+ * size); without, allocates zeros. Plain number arrays are copied into a new typed array.
+ */
+export function tensor<D extends DType>(
+  dtype: D,
+  shape: readonly number[],
+  data?: DTypeArrayMap[D] | ArrayLike<number>,
+): Tensor<D> {
+  checkShape(shape, 'tensor');
+  const n = shapeSize(shape);
+  let arr: DTypeArrayMap[D];
+  if (data === undefined) arr = allocArray(dtype, n);
+  else if (ArrayBuffer.isView(data) && data.constructor === arrayCtor(dtype)) arr = data as DTypeArrayMap[D];
+  else if (ArrayBuffer.isView(data)) {
+    throw new CalderaError(
+      'E_DTYPE',
+      `tensor: data is a ${data.constructor.name}, dtype '${dtype}' needs ${arrayCtor(dtype).name}`,
+    );
+  } else {
+    arr = allocArray(dtype, data.length);
+    for (let i = 0; i < data.length; i++) (arr as unknown as number[])[i] = (data as ArrayLike<number>)[i]!;
+  }
+  if (arr.length !== n) {
+    throw new CalderaError('E_SHAPE', `tensor: shape [${shape.join(', ')}] needs ${n} elements, data has ${arr.length}`);
+  }
+  return { dtype, shape: [...shape], strides: contiguousStrides(shape), offset: 0, data: arr };
+}
+
+/** Zero-filled contiguous tensor. */
+export function zeros<D extends DType>(dtype: D, shape: readonly number[]): Tensor<D> {
+  return tensor(dtype, shape);
+}
+
+/** A 2-D matrix from rows of numbers (tests and small examples). */
+export function matrixFromRows<D extends 'f32' | 'f64'>(dtype: D, rows: readonly (readonly number[])[]): Tensor<D> {
+  const m = rows.length;
+  const n = m === 0 ? 0 : rows[0]!.length;
+  const t = tensor(dtype, [m, n]);
+  for (let i = 0; i < m; i++) {
+    if (rows[i]!.length !== n) throw new CalderaError('E_SHAPE', `matrixFromRows: row ${i} has ${rows[i]!.length} entries, expected ${n}`);
+    for (let j = 0; j < n; j++) t.data[i * n + j] = rows[i]![j]!;
+  }
+  return t;
+}
+
+/** True when the tensor is row-major contiguous (offset may be non-zero). */
+export function isContiguous(t: Tensor): boolean {
+  let acc = 1;
+  for (let k = t.shape.length - 1; k >= 0; k--) {
+    if (t.shape[k] !== 1 && t.strides[k] !== acc) return false;
+    acc *= t.shape[k]!;
+  }
+  return true;
+}
+
+/** Flat index in `data` of a multi-index. */
+export function indexOf(t: Tensor, idx: readonly number[]): number {
+  if (idx.length !== t.shape.length) {
+    throw new CalderaError('E_SHAPE', `index has ${idx.length} coordinates, tensor has rank ${t.shape.length}`);
+  }
+  let p = t.offset;
+  for (let k = 0; k < idx.length; k++) {
+    const i = idx[k]!;
+    if (!Number.isInteger(i) || i < 0 || i >= t.shape[k]!) {
+      throw new CalderaError('E_SHAPE', `index ${i} out of range for axis ${k} of size ${t.shape[k]}`);
+    }
+    p += i * t.strides[k]!;
+  }
+  return p;
+}
+
+/** Read one element (f16/bf16 are decoded to numbers). */
+export function get(t: Tensor, ...idx: number[]): number {
+  const v = t.data[indexOf(t, idx)]!;
+  if (t.dtype === 'f16') return f16ArrayToF32(Uint16Array.of(v))[0]!;
+  if (t.dtype === 'bf16') return bf16ArrayToF32(Uint16Array.of(v))[0]!;
+  return v;
+}
+
+/** A view with another shape over the same data. Needs a contiguous tensor; `-1` infers one axis. */
+export function reshape<D extends DType>(t: Tensor<D>, shape: readonly number[]): Tensor<D> {
+  const n = shapeSize(t.shape);
+  const s = [...shape];
+  const inferAt = s.indexOf(-1);
+  if (inferAt >= 0) {
+    const rest = shapeSize(s.filter((_, i) => i !== inferAt));
+    s[inferAt] = rest === 0 ? 0 : n / rest;
+  }
+  checkShape(s, 'reshape');
+  if (shapeSize(s) !== n) {
+    throw new CalderaError('E_SHAPE', `reshape: cannot view [${t.shape.join(', ')}] as [${shape.join(', ')}]`);
+  }
+  if (!isContiguous(t)) throw new CalderaError('E_SHAPE', 'reshape: tensor is not contiguous; call contiguous() first');
+  return { dtype: t.dtype, shape: s, strides: contiguousStrides(s), offset: t.offset, data: t.data };
+}
+
+/** Permute axes as a view (default: reverse them, i.e. matrix transpose for rank 2). */
+export function transpose<D extends DType>(t: Tensor<D>, axes?: readonly number[]): Tensor<D> {
+  const r = t.shape.length;
+  const p = axes ?? [...Array(r).keys()].reverse();
+  if (p.length !== r || new Set(p).size !== r || p.some((a) => a < 0 || a >= r)) {
+    throw new CalderaError('E_SHAPE', `transpose: axes [${p.join(', ')}] are not a permutation of rank ${r}`);
+  }
+  return {
+    dtype: t.dtype,
+    shape: p.map((a) => t.shape[a]!),
+    strides: p.map((a) => t.strides[a]!),
+    offset: t.offset,
+    data: t.data,
+  };
+}
+
+/**
+ * A strided sub-view: `ranges[k] = [start, end)` (or `[start, end, step]`) per axis; missing axes are
+ * taken whole. No copy.
+ */
+export function slice<D extends DType>(t: Tensor<D>, ranges: readonly (readonly number[] | null)[]): Tensor<D> {
+  const shape: number[] = [];
+  const strides: number[] = [];
+  let offset = t.offset;
+  for (let k = 0; k < t.shape.length; k++) {
+    const r = ranges[k];
+    const size = t.shape[k]!;
+    const start = r?.[0] ?? 0;
+    const end = r?.[1] ?? size;
+    const step = r?.[2] ?? 1;
+    if (!Number.isInteger(start) || !Number.isInteger(end) || !Number.isInteger(step) || step <= 0 || start < 0 || end > size || start > end) {
+      throw new CalderaError('E_SHAPE', `slice: range [${r?.join(', ')}] invalid for axis ${k} of size ${size}`);
+    }
+    shape.push(Math.ceil((end - start) / step));
+    strides.push(t.strides[k]! * step);
+    offset += start * t.strides[k]!;
+  }
+  return { dtype: t.dtype, shape, strides, offset, data: t.data };
+}
+
+/** A contiguous copy (or `t` itself when it is already contiguous with offset 0 and exact length). */
+export function contiguous<D extends DType>(t: Tensor<D>): Tensor<D> {
+  const n = shapeSize(t.shape);
+  if (isContiguous(t) && t.offset === 0 && t.data.length === n) return t;
+  const out = allocArray(t.dtype, n);
+  if (isContiguous(t)) {
+    out.set(t.data.subarray(t.offset, t.offset + n) as never);
+    return { dtype: t.dtype, shape: [...t.shape], strides: contiguousStrides(t.shape), offset: 0, data: out };
+  }
+  const r = t.shape.length;
+  const idx = new Array<number>(r).fill(0);
+  const src = t.data as unknown as number[];
+  const dst = out as unknown as number[];
+  for (let i = 0; i < n; i++) {
+    let p = t.offset;
+    for (let k = 0; k < r; k++) p += idx[k]! * t.strides[k]!;
+    dst[i] = src[p]!;
+    for (let k = r - 1; k >= 0; k--) {
+      if (++idx[k]! < t.shape[k]!) break;
+      idx[k] = 0;
+    }
+  }
+  return { dtype: t.dtype, shape: [...t.shape], strides: contiguousStrides(t.shape), offset: 0, data: out };
+}
+
+/**
+ * Convert to another dtype (contiguous result). Float → 16-bit floats round to nearest even; float →
+ * integer rounds to nearest and saturates at the type's range.
+ */
+export function cast<D extends DType>(t: Tensor, dtype: D): Tensor<D> {
+  const c = contiguous(t);
+  if (c.dtype === dtype) return (c === t ? tensor(dtype, c.shape, c.data.slice() as never) : c) as Tensor<D>;
+  const n = c.data.length;
+  let src: ArrayLike<number> = c.data;
+  if (c.dtype === 'f16') src = f16ArrayToF32(c.data as Uint16Array);
+  else if (c.dtype === 'bf16') src = bf16ArrayToF32(c.data as Uint16Array);
+  if (dtype === 'f16') return tensor(dtype, c.shape, f32ArrayToF16(src) as never);
+  if (dtype === 'bf16') return tensor(dtype, c.shape, f32ArrayToBf16(src) as never);
+  const out = allocArray(dtype, n);
+  if (dtype === 'f32' || dtype === 'f64') {
+    (out as Float32Array).set(src as ArrayLike<number>);
+  } else {
+    const lim = INT_RANGE[dtype as keyof typeof INT_RANGE];
+    for (let i = 0; i < n; i++) {
+      const v = Math.round(src[i]!);
+      (out as unknown as number[])[i] = Number.isNaN(v) ? 0 : Math.min(lim[1], Math.max(lim[0], v));
+    }
+  }
+  return { dtype, shape: [...c.shape], strides: contiguousStrides(c.shape), offset: 0, data: out };
+}
+
+const INT_RANGE = {
+  i8: [-128, 127],
+  u8: [0, 255],
+  i16: [-32768, 32767],
+  u16: [0, 65535],
+  i32: [-2147483648, 2147483647],
+  u32: [0, 4294967295],
+} as const;
+
+/** Contiguous f32 copy/view of any tensor (f16/bf16 decoded). */
+export function toF32(t: Tensor): Tensor<'f32'> {
+  return t.dtype === 'f32' ? (contiguous(t) as Tensor<'f32'>) : cast(t, 'f32');
+}
+
+/** Contiguous f64 copy/view of any tensor. */
+export function toF64(t: Tensor): Tensor<'f64'> {
+  return t.dtype === 'f64' ? (contiguous(t) as Tensor<'f64'>) : cast(t, 'f64');
+}
+
+/** Throw `E_SHAPE` unless `t` has exactly the given shape (`-1` matches any size). */
+export function assertShape(t: Tensor, shape: readonly number[], name = 'tensor'): void {
+  const ok = t.shape.length === shape.length && shape.every((d, k) => d === -1 || d === t.shape[k]);
+  if (!ok) {
+    throw new CalderaError('E_SHAPE', `${name} has shape [${t.shape.join(', ')}], expected [${shape.map((d) => (d === -1 ? '*' : d)).join(', ')}]`);
+  }
+}
+
+/** Throw `E_VALUE` if any element is NaN or ±Inf. */
+export function assertFinite(t: Tensor, name = 'tensor'): void {
+  const c = contiguous(t);
+  const d = c.dtype === 'f16' ? f16ArrayToF32(c.data as Uint16Array) : c.dtype === 'bf16' ? bf16ArrayToF32(c.data as Uint16Array) : c.data;
+  for (let i = 0; i < d.length; i++) {
+    if (!Number.isFinite(d[i]!)) {
+      throw new CalderaError('E_VALUE', `${name} has a non-finite value (${d[i]}) at flat index ${i}`);
+    }
+  }
+}
