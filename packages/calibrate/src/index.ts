@@ -1,1 +1,2 @@
-export {};
+export * from './windows.js';
+export * from './hessian.js';

@@ -1,0 +1,87 @@
+import { describe, expect, it } from 'vitest';
+import { isCalderaError, Rng } from '@caldera/core';
+import { finalizeHessian, HessianAccumulator } from './hessian.js';
+
+function randomRows(rows: number, n: number, seed: number): Float32Array {
+  const rng = new Rng(seed);
+  const x = new Float32Array(rows * n);
+  // correlated columns: column j mixes a shared factor, like real activations
+  for (let r = 0; r < rows; r++) {
+    const f = rng.normal();
+    for (let j = 0; j < n; j++) x[r * n + j] = rng.normal() + (j % 3) * f;
+  }
+  return x;
+}
+
+function bruteMoment(x: Float32Array, rows: number, n: number): Float64Array {
+  const h = new Float64Array(n * n);
+  for (let i = 0; i < n; i++)
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let r = 0; r < rows; r++) s += x[r * n + i]! * x[r * n + j]!;
+      h[i * n + j] = s / rows;
+    }
+  return h;
+}
+
+describe('HessianAccumulator', () => {
+  it('equals the brute-force XᵀX/N for row counts that are not multiples of the 4-row block', () => {
+    const n = 13;
+    const rows = 23;
+    const x = randomRows(rows, n, 1);
+    const acc = new HessianAccumulator(n);
+    acc.add(x, rows);
+    const h = acc.secondMoment().data;
+    const ref = bruteMoment(x, rows, n);
+    // Both sum the same f32 products in f64 in different orders: relative error ~ rows·eps64 ≈ 5e-15.
+    for (let i = 0; i < n * n; i++)
+      expect(Math.abs(h[i]! - ref[i]!)).toBeLessThan(1e-12 * (1 + Math.abs(ref[i]!)));
+  });
+
+  it('merging shards equals one pass to f64 round-off', () => {
+    const n = 16;
+    const x = randomRows(37, n, 2);
+    const whole = new HessianAccumulator(n);
+    whole.add(x, 37);
+    const parts = [new HessianAccumulator(n), new HessianAccumulator(n), new HessianAccumulator(n)];
+    parts[0]!.add(x.subarray(0, 10 * n), 10);
+    parts[1]!.add(x.subarray(10 * n, 30 * n), 20);
+    parts[2]!.add(x.subarray(30 * n), 7);
+    parts[0]!.merge(parts[1]!);
+    parts[0]!.merge(parts[2]!);
+    expect(parts[0]!.count).toBe(37);
+    const a = whole.secondMoment().data;
+    const b = parts[0]!.secondMoment().data;
+    // Same products, regrouped sums: bounded by 37·eps64·Σ|terms| ≪ 1e-12 for these O(10) magnitudes.
+    for (let i = 0; i < n * n; i++)
+      expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-12 * (1 + Math.abs(a[i]!)));
+  });
+
+  it('finalizeHessian normalises to unit mean diagonal, then damps; dead channels stay positive', () => {
+    const n = 8;
+    const rows = 50;
+    const x = randomRows(rows, n, 3);
+    for (let r = 0; r < rows; r++) x[r * n + 5] = 0; // a dead input channel
+    const acc = new HessianAccumulator(n);
+    acc.add(x, rows);
+    const h = finalizeHessian(acc, { damping: 0.01 }).data;
+    let trace = 0;
+    for (let i = 0; i < n; i++) trace += h[i * n + i]!;
+    expect(trace / n).toBeCloseTo(1.01, 12);
+    expect(h[5 * n + 5]).toBeCloseTo(0.01, 15);
+    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) expect(h[i * n + j]).toBe(h[j * n + i]);
+  });
+
+  it('rejects an empty or all-zero Hessian and mismatched input with CalderaError', () => {
+    const acc = new HessianAccumulator(4);
+    expect(() => finalizeHessian(acc)).toThrow(/no samples/);
+    acc.add(new Float32Array(8), 2);
+    try {
+      finalizeHessian(acc);
+      expect.unreachable();
+    } catch (e) {
+      expect(isCalderaError(e, 'E_VALUE')).toBe(true);
+    }
+    expect(() => acc.add(new Float32Array(7), 2)).toThrow(/expected rows·n/);
+  });
+});

@@ -1,0 +1,121 @@
+import { CalderaError, tensor, type Tensor } from '@caldera/core';
+
+/** Options for {@link finalizeHessian}. */
+export interface HessianOptions {
+  /**
+   * Damping σ added to the diagonal after normalising H to unit mean diagonal: `H ← H/mean(diag H) + σI`.
+   * Default 0.01, the reference implementation's `sigma_reg` (1 % of the mean diagonal).
+   */
+  damping?: number;
+}
+
+/**
+ * Streaming accumulator of the second moment `Σ xxᵀ` of the inputs of one linear layer (one row per token),
+ * in float64, so that millions of f32 rows add up without loss. Partial accumulators of disjoint token sets
+ * merge exactly by {@link HessianAccumulator.merge} (addition in f64 is what makes sharded calibration possible).
+ */
+export class HessianAccumulator {
+  readonly n: number;
+  /** Upper triangle (row-major, full n×n storage) of Σ xxᵀ. */
+  readonly sum: Float64Array;
+  count = 0;
+
+  constructor(n: number) {
+    if (!Number.isInteger(n) || n <= 0)
+      throw new CalderaError('E_VALUE', `Hessian size must be a positive integer, got ${n}`);
+    this.n = n;
+    this.sum = new Float64Array(n * n);
+  }
+
+  /** Add `rows` input vectors stored row-major in `x` (length rows·n). */
+  add(x: Float32Array | Float64Array, rows: number): void {
+    const n = this.n;
+    if (x.length !== rows * n) {
+      throw new CalderaError(
+        'E_SHAPE',
+        `Hessian input has ${x.length} values, expected rows·n = ${rows}·${n}`,
+      );
+    }
+    const s = this.sum;
+    // Blocks of 4 rows at a time: each S[i][j] update reads four products, quartering the passes over S.
+    let r = 0;
+    for (; r + 4 <= rows; r += 4) {
+      const o0 = r * n,
+        o1 = o0 + n,
+        o2 = o1 + n,
+        o3 = o2 + n;
+      for (let i = 0; i < n; i++) {
+        const a0 = x[o0 + i]!,
+          a1 = x[o1 + i]!,
+          a2 = x[o2 + i]!,
+          a3 = x[o3 + i]!;
+        if (a0 === 0 && a1 === 0 && a2 === 0 && a3 === 0) continue;
+        const base = i * n;
+        for (let j = i; j < n; j++) {
+          s[base + j]! += a0 * x[o0 + j]! + a1 * x[o1 + j]! + a2 * x[o2 + j]! + a3 * x[o3 + j]!;
+        }
+      }
+    }
+    for (; r < rows; r++) {
+      const o = r * n;
+      for (let i = 0; i < n; i++) {
+        const a = x[o + i]!;
+        if (a === 0) continue;
+        const base = i * n;
+        for (let j = i; j < n; j++) s[base + j]! += a * x[o + j]!;
+      }
+    }
+    this.count += rows;
+  }
+
+  /** Add another accumulator's sums (exact in the sense of f64 addition). */
+  merge(other: HessianAccumulator): void {
+    if (other.n !== this.n)
+      throw new CalderaError('E_SHAPE', `cannot merge Hessians of size ${other.n} and ${this.n}`);
+    for (let i = 0; i < this.sum.length; i++) this.sum[i]! += other.sum[i]!;
+    this.count += other.count;
+  }
+
+  /** The raw second moment `XᵀX / N` as a full symmetric f64 matrix. */
+  secondMoment(): Tensor<'f64'> {
+    if (this.count === 0) throw new CalderaError('E_VALUE', 'Hessian has no samples');
+    const n = this.n;
+    const h = new Float64Array(n * n);
+    const inv = 1 / this.count;
+    for (let i = 0; i < n; i++) {
+      for (let j = i; j < n; j++) {
+        const v = this.sum[i * n + j]! * inv;
+        h[i * n + j] = v;
+        h[j * n + i] = v;
+      }
+    }
+    return tensor('f64', [n, n], h);
+  }
+}
+
+/**
+ * The Hessian CALDERA uses for one layer: `H = XᵀX/N`, normalised to unit mean diagonal, plus `damping·I`.
+ * Dead input channels (all-zero columns of X) get the damping alone on their diagonal, which keeps H positive
+ * definite. An all-zero H (no signal at all) is rejected.
+ */
+export function finalizeHessian(acc: HessianAccumulator, options: HessianOptions = {}): Tensor<'f64'> {
+  const damping = options.damping ?? 0.01;
+  if (!(damping >= 0) || !Number.isFinite(damping))
+    throw new CalderaError('E_VALUE', `damping must be ≥ 0, got ${damping}`);
+  const h = acc.secondMoment();
+  const n = acc.n;
+  const d = h.data;
+  let trace = 0;
+  for (let i = 0; i < n; i++) trace += d[i * n + i]!;
+  const mean = trace / n;
+  if (!(mean > 0) || !Number.isFinite(mean)) {
+    throw new CalderaError(
+      'E_VALUE',
+      `Hessian of size ${n} has mean diagonal ${mean}; the layer saw no (finite) input`,
+    );
+  }
+  const inv = 1 / mean;
+  for (let i = 0; i < d.length; i++) d[i]! *= inv;
+  for (let i = 0; i < n; i++) d[i * n + i]! += damping;
+  return h;
+}

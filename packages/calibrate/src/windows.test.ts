@@ -1,0 +1,49 @@
+import { describe, expect, it } from 'vitest';
+import { isCalderaError } from '@caldera/core';
+import { sampleWindows } from './windows.js';
+
+const docs = Array.from({ length: 30 }, (_, d) => Array.from({ length: 20 + d * 7 }, (_, t) => d * 1000 + t));
+
+describe('sampleWindows', () => {
+  it('is reproducible from the seed and differs across seeds', () => {
+    const a = sampleWindows(docs, { count: 8, length: 64, seed: 5 });
+    const b = sampleWindows(docs, { count: 8, length: 64, seed: 5 });
+    const c = sampleWindows(docs, { count: 8, length: 64, seed: 6 });
+    expect(a).toEqual(b);
+    expect(a).not.toEqual(c);
+  });
+
+  it("'skip' takes each window from inside one document that fills it", () => {
+    const w = sampleWindows(docs, { count: 10, length: 100, seed: 1, shortDocuments: 'skip' });
+    expect(w).toHaveLength(10);
+    for (const win of w) {
+      expect(win).toHaveLength(100);
+      const doc = Math.floor(win[0]! / 1000);
+      // consecutive tokens of a single document
+      for (let t = 0; t < 100; t++) expect(win[t]).toBe(win[0]! + t);
+      expect(docs[doc]!.length).toBeGreaterThanOrEqual(100);
+    }
+    // documents are drawn without replacement while enough exist
+    expect(new Set(w.map((win) => Math.floor(win[0]! / 1000))).size).toBe(10);
+  });
+
+  it("'concat' joins short documents and returns non-overlapping windows", () => {
+    const w = sampleWindows(docs, { count: 20, length: 128, seed: 2, shortDocuments: 'concat' });
+    expect(w).toHaveLength(20);
+    const seen = new Set<number>();
+    for (const win of w) for (const t of win) seen.add(t);
+    expect(seen.size).toBe(20 * 128); // every token value is unique in this corpus, so no overlap
+  });
+
+  it('rejects impossible requests with CalderaError', () => {
+    try {
+      sampleWindows(docs, { count: 10_000, length: 128 });
+      expect.unreachable();
+    } catch (e) {
+      expect(isCalderaError(e, 'E_VALUE')).toBe(true);
+    }
+    expect(() => sampleWindows(docs, { count: 1, length: 10_000, shortDocuments: 'skip' })).toThrow(
+      /no document/,
+    );
+  });
+});
