@@ -1,2 +1,3 @@
 export * from './windows.js';
 export * from './hessian.js';
+export * from './budget.js';

@@ -1,0 +1,65 @@
+import { describe, expect, it } from 'vitest';
+import { allocateRanks, averageBits, type LayerShape } from './budget.js';
+
+// Llama-2-7B linear shapes of one block (the brief's §5 table is computed from these).
+const llama7bBlock: LayerShape[] = [
+  { name: 'q', m: 4096, n: 4096 },
+  { name: 'k', m: 4096, n: 4096 },
+  { name: 'v', m: 4096, n: 4096 },
+  { name: 'o', m: 4096, n: 4096 },
+  { name: 'gate', m: 11008, n: 4096 },
+  { name: 'up', m: 11008, n: 4096 },
+  { name: 'down', m: 4096, n: 11008 },
+];
+
+describe('averageBits', () => {
+  it('reproduces the brief §5 values for Llama-2-7B (2.099 / 2.198 / 2.395 at k = 64/128/256, 4-bit factors)', () => {
+    for (const [k, want] of [
+      [64, 2.099],
+      [128, 2.198],
+      [256, 2.395],
+    ] as const) {
+      expect(
+        averageBits(
+          llama7bBlock,
+          llama7bBlock.map(() => k),
+        ),
+      ).toBeCloseTo(want, 3);
+    }
+    // 16-bit factors at k = 64: 2.395
+    expect(
+      averageBits(
+        llama7bBlock,
+        llama7bBlock.map(() => 64),
+        { l: 16, r: 16 },
+      ),
+    ).toBeCloseTo(2.395, 3);
+  });
+});
+
+describe('allocateRanks', () => {
+  it('never exceeds the target and lands within one granularity step of it', () => {
+    for (const target of [2.1, 2.25, 2.4]) {
+      const { ranks, averageBits: got } = allocateRanks(llama7bBlock, { targetBits: target });
+      expect(got).toBeLessThanOrEqual(target);
+      const params = llama7bBlock.reduce((a, s) => a + s.m * s.n, 0);
+      const cheapestStep = Math.min(...llama7bBlock.map((s) => (16 * (4 * s.m + 4 * s.n)) / params));
+      expect(target - got).toBeLessThan(cheapestStep);
+      for (const k of ranks) expect(k % 16).toBe(0);
+    }
+  });
+
+  it('gives the uniform rank when the target is exactly a uniform configuration', () => {
+    const target = averageBits(
+      llama7bBlock,
+      llama7bBlock.map(() => 64),
+    );
+    expect(allocateRanks(llama7bBlock, { targetBits: target }).ranks).toEqual(llama7bBlock.map(() => 64));
+  });
+
+  it('caps ranks at min(m, n) and rejects targets below B_Q', () => {
+    const tiny: LayerShape[] = [{ name: 'a', m: 32, n: 64 }];
+    expect(allocateRanks(tiny, { targetBits: 100 }).ranks).toEqual([32]);
+    expect(() => allocateRanks(tiny, { targetBits: 1.5 })).toThrow(/below/);
+  });
+});

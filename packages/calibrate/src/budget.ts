@@ -1,0 +1,108 @@
+import { CalderaError } from '@caldera/core';
+
+/** A weight matrix to be decomposed: `m` outputs × `n` inputs. */
+export interface LayerShape {
+  name: string;
+  m: number;
+  n: number;
+}
+
+/** Bit widths of the decomposition, in bits per entry. */
+export interface BitWidths {
+  /** Bits per entry of Q. Default 2. */
+  q?: number;
+  /** Bits per entry of L. Default 4. */
+  l?: number;
+  /** Bits per entry of R. Default 4. */
+  r?: number;
+}
+
+/**
+ * Average bits per weight of a set of layers under the paper's accounting (algorithm brief §5):
+ * `B_Q + Σ k(B_L·m + B_R·n) / Σ m·n`, weighted by parameter count, scales and sign vectors excluded.
+ */
+export function averageBits(
+  layers: readonly LayerShape[],
+  ranks: readonly number[],
+  bits: BitWidths = {},
+): number {
+  const { q = 2, l = 4, r = 4 } = bits;
+  let params = 0;
+  let extra = 0;
+  layers.forEach((s, i) => {
+    params += s.m * s.n;
+    extra += ranks[i]! * (l * s.m + r * s.n);
+  });
+  return params === 0 ? 0 : q + extra / params;
+}
+
+/** Options for {@link allocateRanks}. */
+export interface RankBudgetOptions extends BitWidths {
+  /** Target average bits per weight (the paper's accounting). */
+  targetBits: number;
+  /** Ranks are multiples of this (16 keeps lattice-coded factors packable). Default 16. */
+  granularity?: number;
+  /** Upper bound on any rank. Default: min(m, n) of each layer, rounded down to the granularity. */
+  maxRank?: number;
+}
+
+/** Result of {@link allocateRanks}. */
+export interface RankBudget {
+  ranks: number[];
+  averageBits: number;
+}
+
+/**
+ * Pick a rank per layer so that the average bits per weight is as close as possible to `targetBits` without
+ * exceeding it: first the largest rank shared by all layers, then one granularity step at a time to the layers whose
+ * step is cheapest in bits (smaller layers first), while the budget allows. Deterministic.
+ */
+export function allocateRanks(layers: readonly LayerShape[], options: RankBudgetOptions): RankBudget {
+  const { q = 2, l = 4, r = 4, granularity = 16 } = options;
+  const target = options.targetBits;
+  if (layers.length === 0) throw new CalderaError('E_VALUE', 'allocateRanks: no layers');
+  if (!Number.isInteger(granularity) || granularity <= 0)
+    throw new CalderaError('E_VALUE', `granularity must be a positive integer, got ${granularity}`);
+  if (!(target >= q)) {
+    throw new CalderaError('E_VALUE', `target ${target} bits/weight is below the ${q} bits of Q alone`);
+  }
+  const params = layers.reduce((a, s) => a + s.m * s.n, 0);
+  const budget = (target - q) * params; // bits available for the factors
+  const cap = layers.map((s) => {
+    const c = Math.min(s.m, s.n, options.maxRank ?? Infinity);
+    return Math.floor(c / granularity) * granularity;
+  });
+  const stepCost = layers.map((s) => granularity * (l * s.m + r * s.n));
+  const ranks = layers.map(() => 0);
+  let used = 0;
+  // uniform phase
+  while (true) {
+    const add = layers.reduce((a, _, i) => a + (ranks[i]! < cap[i]! ? stepCost[i]! : 0), 0);
+    if (add === 0 || used + add > budget) break;
+    layers.forEach((_, i) => {
+      if (ranks[i]! < cap[i]!) ranks[i]! += granularity;
+    });
+    used += add;
+  }
+  // greedy fill, cheapest step first, ties by layer order
+  const order = layers.map((_, i) => i).sort((a, b) => stepCost[a]! - stepCost[b]! || a - b);
+  let progress = true;
+  while (progress) {
+    progress = false;
+    for (const i of order) {
+      if (ranks[i]! < cap[i]! && used + stepCost[i]! <= budget) {
+        ranks[i]! += granularity;
+        used += stepCost[i]!;
+        progress = true;
+      }
+    }
+  }
+  return { ranks, averageBits: averageBits(layers, ranks, { q, l, r }) };
+}
+
+/** The target bits per weight that a byte budget for the decomposed layers allows (paper accounting). */
+export function bitsForBytes(layers: readonly LayerShape[], maxBytes: number): number {
+  const params = layers.reduce((a, s) => a + s.m * s.n, 0);
+  if (params === 0) throw new CalderaError('E_VALUE', 'bitsForBytes: no layers');
+  return (8 * maxBytes) / params;
+}
