@@ -2,3 +2,4 @@ export * from './windows.js';
 export * from './hessian.js';
 export * from './budget.js';
 export type * from './runner.js';
+export * from './driver.js';

@@ -1,0 +1,161 @@
+import { CalderaError, throwIfAborted, type Tensor } from '@caldera/core';
+import { finalizeHessian, HessianAccumulator } from './hessian.js';
+import type { LinearInfo, LinearReplacement, ModelRunner } from './runner.js';
+
+/** What compressing one linear layer produced. */
+export interface LayerResult {
+  name: string;
+  replacement: LinearReplacement;
+  /** Activation-aware relative error ‖(Ŵ − W)H^½‖_F / ‖W H^½‖_F. */
+  error: number;
+  /** Bits per weight of this layer under the paper's accounting. */
+  bitsPerWeight: number;
+  rank: number;
+  seconds: number;
+}
+
+/** Compress one weight `W [m, n]` given its input Hessian `H [n, n]` (null for data-free methods). */
+export type CompressLayerFn = (
+  w: Tensor<'f32'>,
+  h: Tensor<'f64'> | null,
+  info: LinearInfo,
+  signal?: AbortSignal,
+) => Promise<Omit<LayerResult, 'seconds' | 'name'>> | Omit<LayerResult, 'seconds' | 'name'>;
+
+/** Persistence of finished blocks, so a killed run resumes where it stopped. */
+export interface BlockStore {
+  /** Results of a finished block, or null when the block has not been committed. */
+  load(block: number): Promise<LayerResult[] | null>;
+  /** Commit a finished block atomically. */
+  save(block: number, results: LayerResult[]): Promise<void>;
+}
+
+/** Progress of {@link compressModel}. */
+export interface CompressProgress {
+  phase: 'capture' | 'compress' | 'propagate' | 'resume';
+  block: number;
+  numBlocks: number;
+  layer?: string;
+  /** Layers finished so far over all blocks, and in total. */
+  layersDone: number;
+  layersTotal: number;
+  elapsedSeconds: number;
+  /** Estimated seconds left, from the mean time per finished layer (undefined before the first one). */
+  etaSeconds?: number;
+}
+
+/** Options of {@link compressModel}. */
+export interface CompressModelOptions {
+  compressLayer: CompressLayerFn;
+  /**
+   * Which hidden states feed block i+1: `'compressed'` (default) runs the windows through the block after its layers
+   * are replaced, so later blocks are calibrated on the inputs they will really see; `'original'` propagates through
+   * the unmodified model, as the reference implementation does (then the runner is never modified).
+   */
+  propagate?: 'compressed' | 'original';
+  /** Hessian damping (relative to the mean diagonal). Default 0.01. */
+  damping?: number;
+  /** Whether the method needs Hessians; data-free methods (RTN) skip the capture. Default true. */
+  needsHessian?: boolean;
+  store?: BlockStore;
+  signal?: AbortSignal;
+  onProgress?: (p: CompressProgress) => void;
+}
+
+/**
+ * Layer-wise compression of a whole model: for each block in order, capture the inputs of its linear layers on the
+ * calibration windows, accumulate one Hessian per input key, compress each layer, then propagate the windows to the
+ * next block. Finished blocks are committed to `store`; blocks already there are loaded instead of recomputed, so a
+ * resumed run gives the same results as an uninterrupted one (the compressors must be deterministic).
+ */
+export async function compressModel(
+  runner: ModelRunner,
+  windows: readonly Int32Array[],
+  options: CompressModelOptions,
+): Promise<LayerResult[]> {
+  const propagate = options.propagate ?? 'compressed';
+  const needsHessian = options.needsHessian ?? true;
+  if (windows.length === 0) throw new CalderaError('E_VALUE', 'compressModel: no calibration windows');
+  const t0 = performance.now();
+  const numBlocks = runner.numBlocks;
+  const layersTotal = Array.from({ length: numBlocks }, (_, b) => runner.linears(b).length).reduce(
+    (a, c) => a + c,
+    0,
+  );
+  let layersDone = 0;
+  let computeSeconds = 0;
+  let computedLayers = 0;
+  const report = (
+    p: Omit<CompressProgress, 'numBlocks' | 'layersDone' | 'layersTotal' | 'elapsedSeconds' | 'etaSeconds'>,
+  ) => {
+    const eta =
+      computedLayers > 0 ? (computeSeconds / computedLayers) * (layersTotal - layersDone) : undefined;
+    options.onProgress?.({
+      ...p,
+      numBlocks,
+      layersDone,
+      layersTotal,
+      elapsedSeconds: (performance.now() - t0) / 1000,
+      ...(eta === undefined ? {} : { etaSeconds: eta }),
+    });
+  };
+
+  let hidden = windows.map((w) => runner.embed(w));
+  const all: LayerResult[] = [];
+  for (let b = 0; b < numBlocks; b++) {
+    throwIfAborted(options.signal, 'compression');
+    const linears = runner.linears(b);
+    const stored = options.store ? await options.store.load(b) : null;
+    let results: LayerResult[];
+    let next: Float32Array[] | null = null;
+    if (stored) {
+      report({ phase: 'resume', block: b });
+      results = stored;
+    } else {
+      const accs = new Map<string, HessianAccumulator>();
+      if (needsHessian) {
+        report({ phase: 'capture', block: b });
+        for (const l of linears)
+          if (!accs.has(l.input)) accs.set(l.input, new HessianAccumulator(l.inFeatures));
+        const outs: Float32Array[] = [];
+        for (let w = 0; w < hidden.length; w++) {
+          throwIfAborted(options.signal, 'compression');
+          outs.push(
+            runner.runBlock(b, hidden[w]!, windows[w]!.length, (key, x, rows) => accs.get(key)?.add(x, rows)),
+          );
+        }
+        if (propagate === 'original') next = outs;
+      }
+      const hessians = new Map<string, Tensor<'f64'>>();
+      for (const [key, acc] of accs)
+        hessians.set(key, finalizeHessian(acc, { damping: options.damping ?? 0.01 }));
+      results = [];
+      for (const l of linears) {
+        throwIfAborted(options.signal, 'compression');
+        report({ phase: 'compress', block: b, layer: l.name });
+        const ts = performance.now();
+        const h = needsHessian ? hessians.get(l.input)! : null;
+        const r = await options.compressLayer(runner.weight(l.name), h, l, options.signal);
+        const seconds = (performance.now() - ts) / 1000;
+        computeSeconds += seconds;
+        computedLayers++;
+        results.push({ ...r, name: l.name, seconds });
+        layersDone++;
+      }
+      if (options.store) await options.store.save(b, results);
+    }
+    if (stored) layersDone += linears.length;
+    all.push(...results);
+    if (propagate === 'compressed') {
+      for (const r of results) runner.replaceLinear(r.name, r.replacement);
+    }
+    if (b < numBlocks - 1) {
+      if (!next) {
+        report({ phase: 'propagate', block: b });
+        next = hidden.map((h, w) => runner.runBlock(b, h, windows[w]!.length));
+      }
+      hidden = next;
+    }
+  }
+  return all;
+}
