@@ -1,0 +1,151 @@
+import { CalderaError, slice, tensor, type Matrix } from '@caldera/core';
+import { afterAll, describe, expect, it } from 'vitest';
+import { gemm, gemmInto } from './gemm.js';
+import { createPool } from './pool/pool.js';
+import { defaultExecutor } from './pool/default.js';
+import { at, naiveGemm, randn, stridedRandn, tview, worstErrorRatio } from './test-util.js';
+import { panelGemmInto } from './wasm/panel-gemm.js';
+
+const pool = createPool({ threads: 2 });
+afterAll(() => pool.dispose());
+
+function codeOf(f: () => unknown): string | undefined {
+  try {
+    f();
+  } catch (e) {
+    if (e instanceof CalderaError) return e.code;
+    throw e;
+  }
+  return undefined;
+}
+
+// [m, n, k]: empty, 1×1, sizes that are not multiples of MR = 4, NR = 8/4 or kc = 256/128, and k > kc.
+const SHAPES: [number, number, number][] = [
+  [1, 1, 1],
+  [1, 1, 5000],
+  [5, 7, 129],
+  [13, 9, 37],
+  [33, 17, 65],
+  [4, 8, 300],
+  [70, 45, 261],
+];
+
+describe('gemm matches a brute-force product within the k·u rounding bound', () => {
+  for (const dtype of ['f32', 'f64'] as const) {
+    for (const transA of [false, true]) {
+      for (const transB of [false, true]) {
+        it(`${dtype} transA=${transA} transB=${transB}`, () => {
+          let seed = 1;
+          for (const [m, n, k] of SHAPES) {
+            const a = transA ? randn(dtype, k, m, seed++) : randn(dtype, m, k, seed++);
+            const b = transB ? randn(dtype, n, k, seed++) : randn(dtype, k, n, seed++);
+            const c = randn(dtype, m, n, seed++);
+            for (const [alpha, beta] of [
+              [1, 0],
+              [-0.75, 1.5],
+            ] as const) {
+              const want = naiveGemm(a, b, transA, transB, alpha, beta, c);
+              const got = gemm(a, b, { transA, transB, alpha, beta, c });
+              expect(got.dtype).toBe(dtype);
+              expect(got.shape).toEqual([m, n]);
+              expect(worstErrorRatio(got, want)).toBeLessThanOrEqual(1);
+              const pooled = gemm(a, b, { transA, transB, alpha, beta, c, pool });
+              // Each element is computed by one kernel call in the same order: bitwise equal.
+              expect(pooled.data).toEqual(got.data);
+              const ref = gemm(a, b, { transA, transB, alpha, beta, c, reference: true });
+              expect(worstErrorRatio(ref, want)).toBeLessThanOrEqual(1);
+            }
+          }
+        });
+      }
+    }
+  }
+});
+
+describe('gemmInto', () => {
+  it('writes into a strided view of a larger matrix and nothing else (both dtypes, transposed views)', () => {
+    for (const dtype of ['f32', 'f64'] as const) {
+      const a = stridedRandn(dtype, 41, 67, 11); // used as Aᵀ view → op(A) is 67 × 41... see below
+      const b = stridedRandn(dtype, 29, 67, 12);
+      const c = stridedRandn(dtype, 41, 29, 13, -777);
+      const before = Array.from(c.data);
+      const want = naiveGemm(a, tview(b), false, false, 2, -1, c);
+      gemmInto(c, a, tview(b), { alpha: 2, beta: -1, pool });
+      expect(worstErrorRatio(c, want)).toBeLessThanOrEqual(1);
+      // every element outside the view keeps its sentinel
+      const inView = new Set<number>();
+      for (let i = 0; i < 41; i++)
+        for (let j = 0; j < 29; j++) inView.add(c.offset + i * c.strides[0]! + j * 2);
+      for (let q = 0; q < c.data.length; q++) if (!inView.has(q)) expect(c.data[q]).toBe(before[q]);
+    }
+  });
+
+  it('handles empty operands and k = 0 (C := beta·C)', () => {
+    const c = randn('f64', 3, 4, 1);
+    const c0 = Array.from(c.data as Float64Array);
+    gemmInto(c, tensor('f64', [3, 0]), tensor('f64', [0, 4]), { beta: 2 });
+    expect(Array.from(c.data)).toEqual(c0.map((v) => 2 * v));
+    gemmInto(c, tensor('f64', [3, 0]), tensor('f64', [0, 4]));
+    expect(Array.from(c.data)).toEqual(new Array(12).fill(0));
+    expect(gemm(tensor('f32', [0, 5]), tensor('f32', [5, 3])).shape).toEqual([0, 3]);
+    expect(gemm(tensor('f32', [2, 5]), tensor('f32', [5, 0])).shape).toEqual([2, 0]);
+  });
+
+  it('with beta = 0 ignores NaN already in C', () => {
+    const c = tensor('f32', [8, 8]);
+    c.data.fill(Number.NaN);
+    gemmInto(c, randn('f32', 8, 80, 1), randn('f32', 80, 8, 2));
+    expect(c.data.every(Number.isFinite)).toBe(true);
+  });
+
+  it('chunks problems larger than the scratch budget without changing the result', () => {
+    const exec = defaultExecutor()!;
+    for (const dtype of ['f32', 'f64'] as const) {
+      const a = randn(dtype, 45, 70, 3);
+      const b = randn(dtype, 70, 38, 4);
+      const whole = gemm(a, b);
+      const chunked = tensor(dtype, [45, 38]) as Matrix;
+      panelGemmInto(
+        exec,
+        { c: chunked, a, b, transA: false, transB: false, alpha: 1, beta: 0, maxBytes: 20_000 },
+        't',
+      );
+      expect(chunked.data).toEqual(whole.data);
+    }
+  });
+});
+
+describe('gemm input errors', () => {
+  const a = randn('f32', 3, 4, 1);
+  it('rejects mismatched shapes, dtypes and non-finite input with stable codes', () => {
+    expect(codeOf(() => gemm(a, randn('f32', 5, 2, 2)))).toBe('E_SHAPE');
+    expect(() => gemm(a, randn('f32', 5, 2, 2))).toThrow(/inner dimensions differ/);
+    expect(codeOf(() => gemm(a, randn('f64', 4, 2, 2) as never))).toBe('E_DTYPE');
+    expect(codeOf(() => gemm(a, randn('f32', 4, 2, 2), { c: randn('f32', 2, 2, 3), beta: 1 }))).toBe(
+      'E_SHAPE',
+    );
+    expect(codeOf(() => gemm(tensor('i32', [2, 2]) as never, a))).toBe('E_DTYPE');
+    const bad = randn('f32', 4, 2, 2);
+    bad.data[3] = Number.POSITIVE_INFINITY;
+    expect(codeOf(() => gemm(a, bad))).toBe('E_VALUE');
+    expect(codeOf(() => gemm(a, randn('f32', 4, 2, 2), { alpha: Number.NaN }))).toBe('E_VALUE');
+    expect(
+      codeOf(() => gemmInto(slice(randn('f32', 4, 4, 1), [[0, 3]]) as Matrix, a, randn('f32', 4, 3, 2))),
+    ).toBe('E_SHAPE');
+  });
+
+  it('rejects a disposed pool', () => {
+    const p = createPool({ threads: 2 });
+    p.dispose();
+    expect(p.disposed).toBe(true);
+    expect(codeOf(() => gemm(a, randn('f32', 4, 2, 2), { pool: p }))).toBe('E_VALUE');
+  });
+
+  it('reads strided C for beta and leaves it unmodified in gemm()', () => {
+    const c = stridedRandn('f64', 3, 2, 9);
+    const copy = Array.from(c.data);
+    const r = gemm(randn('f64', 3, 4, 1), randn('f64', 4, 2, 2), { c, beta: 1 });
+    expect(Array.from(c.data)).toEqual(copy);
+    expect(at(r, 0, 0)).not.toBe(0);
+  });
+});

@@ -1,0 +1,151 @@
+/**
+ * General matrix multiply: `alpha·op(A)·op(B) + beta·C` for f32 and f64 matrices with any strides, on
+ * the WebAssembly SIMD kernels (optionally multi-threaded through a {@link Pool}).
+ */
+import { CalderaError, type Matrix, type Tensor } from '@caldera/core';
+import {
+  assertFiniteMatrix,
+  assertFiniteScalar,
+  assertMatrix,
+  assertSameDType,
+  fmtShape,
+  newMatrix,
+  type FloatDType,
+} from './check.js';
+import { gemmRefInto } from './gemm-ref.js';
+import { defaultExecutor } from './pool/default.js';
+import { poolExecutor, type Executor, type Pool } from './pool/pool.js';
+import { panelGemmInto } from './wasm/panel-gemm.js';
+
+/** Options shared by {@link gemm} and {@link gemmInto}. */
+export interface GemmIntoOptions {
+  /** Use `Aᵀ` instead of `A`. Default `false`. */
+  transA?: boolean;
+  /** Use `Bᵀ` instead of `B`. Default `false`. */
+  transB?: boolean;
+  /** Scale of the product. Default `1`. */
+  alpha?: number;
+  /** Scale of the existing C; with `beta = 0` C is not read (NaN in it is overwritten). Default `0`. */
+  beta?: number;
+  /** Worker pool from `createPool`; default: single-threaded WebAssembly. */
+  pool?: Pool;
+  /**
+   * Reject non-finite entries of A, B (and C when `beta ≠ 0`) with `E_VALUE`. Default `true`; blocked
+   * algorithms that already validated their input may turn it off for speed.
+   */
+  checkFinite?: boolean;
+  /** Use the plain TypeScript reference kernel (for tests and comparison). Default `false`. */
+  reference?: boolean;
+}
+
+/** Options of {@link gemm}. */
+export interface GemmOptions extends GemmIntoOptions {
+  /** Matrix added as `beta·C` (not modified); shape `[m, n]`. Default: none (as if zero). */
+  c?: Matrix;
+}
+
+/** Below this many multiply-adds the TypeScript kernel is faster than packing for WebAssembly. */
+const SMALL_FLOPS = 4096;
+
+/**
+ * `alpha·op(A)·op(B) + beta·C` as a new contiguous matrix of the operands' dtype.
+ * `op(A)` is `m × k`, `op(B)` is `k × n`. Throws `E_SHAPE` when inner dimensions (or C) do not match,
+ * `E_DTYPE` when dtypes differ, `E_VALUE` on non-finite input.
+ * @example
+ * const c = gemm(a, b, { transB: true }); // A·Bᵀ
+ */
+export function gemm(a: Tensor<'f32'>, b: Tensor<'f32'>, options?: GemmOptions): Tensor<'f32'>;
+export function gemm(a: Tensor<'f64'>, b: Tensor<'f64'>, options?: GemmOptions): Tensor<'f64'>;
+export function gemm(a: Matrix, b: Matrix, options?: GemmOptions): Matrix;
+export function gemm(a: Matrix, b: Matrix, options: GemmOptions = {}): Matrix {
+  assertMatrix(a, 'gemm', 'a');
+  assertMatrix(b, 'gemm', 'b');
+  const rows = options.transA ? a.shape[1]! : a.shape[0]!;
+  const cols = options.transB ? b.shape[0]! : b.shape[1]!;
+  const out = newMatrix(a.dtype as FloatDType, rows, cols) as Matrix;
+  const beta = options.beta ?? 0;
+  if (options.c !== undefined && beta !== 0) {
+    const c = options.c;
+    assertMatrix(c, 'gemm', 'c');
+    if (c.shape[0] !== rows || c.shape[1] !== cols) {
+      throw new CalderaError(
+        'E_SHAPE',
+        `gemm: c has shape ${fmtShape(c.shape)}, expected [${rows}, ${cols}]`,
+      );
+    }
+    assertSameDType('gemm', ['a', a], ['c', c]);
+    const [s0, s1] = c.strides as [number, number];
+    for (let i = 0; i < rows; i++) {
+      for (let j = 0; j < cols; j++) out.data[i * cols + j] = c.data[c.offset + i * s0 + j * s1]!;
+    }
+    gemmIntoImpl(out, a, b, options, beta, 'gemm');
+  } else {
+    gemmIntoImpl(out, a, b, options, 0, 'gemm');
+  }
+  return out;
+}
+
+/**
+ * In place: `c := alpha·op(A)·op(B) + beta·c`, where `c` may be any strided view (e.g. a block of a
+ * larger matrix). `c` must not overlap `a` or `b`. Same errors as {@link gemm}.
+ */
+export function gemmInto(c: Matrix, a: Matrix, b: Matrix, options: GemmIntoOptions = {}): void {
+  assertMatrix(c, 'gemmInto', 'c');
+  gemmIntoImpl(c, a, b, options, options.beta ?? 0, 'gemmInto');
+}
+
+function gemmIntoImpl(c: Matrix, a: Matrix, b: Matrix, o: GemmIntoOptions, beta: number, fn: string): void {
+  assertMatrix(a, fn, 'a');
+  assertMatrix(b, fn, 'b');
+  assertSameDType(fn, ['a', a], ['b', b], ['c', c]);
+  const transA = o.transA ?? false;
+  const transB = o.transB ?? false;
+  const alpha = o.alpha ?? 1;
+  assertFiniteScalar(alpha, fn, 'alpha');
+  assertFiniteScalar(beta, fn, 'beta');
+  const m = transA ? a.shape[1]! : a.shape[0]!;
+  const k = transA ? a.shape[0]! : a.shape[1]!;
+  const kb = transB ? b.shape[1]! : b.shape[0]!;
+  const n = transB ? b.shape[0]! : b.shape[1]!;
+  if (k !== kb) {
+    throw new CalderaError(
+      'E_SHAPE',
+      `${fn}: inner dimensions differ: op(a) is [${m}, ${k}] (a ${fmtShape(a.shape)}${transA ? 'ᵀ' : ''}), ` +
+        `op(b) is [${kb}, ${n}] (b ${fmtShape(b.shape)}${transB ? 'ᵀ' : ''})`,
+    );
+  }
+  if (c.shape[0] !== m || c.shape[1] !== n) {
+    throw new CalderaError('E_SHAPE', `${fn}: c has shape ${fmtShape(c.shape)}, expected [${m}, ${n}]`);
+  }
+  if (o.checkFinite ?? true) {
+    assertFiniteMatrix(a, fn, 'a');
+    assertFiniteMatrix(b, fn, 'b');
+    if (beta !== 0) assertFiniteMatrix(c, fn, 'c');
+  }
+  const exec = resolveExecutor(o.pool);
+  if (m === 0 || n === 0) return;
+  if (k === 0 || alpha === 0) {
+    scaleInPlace(c, beta);
+    return;
+  }
+  if (o.reference || exec === null || m * n * k < SMALL_FLOPS) {
+    gemmRefInto(c, a, b, transA, transB, alpha, beta);
+    return;
+  }
+  panelGemmInto(exec, { c, a, b, transA, transB, alpha, beta }, fn);
+}
+
+/** The executor for an optional pool (the default single-threaded one without), `null` without wasm. */
+export function resolveExecutor(pool: Pool | undefined): Executor | null {
+  return pool === undefined ? defaultExecutor() : poolExecutor(pool);
+}
+
+/** `c := beta·c` (`beta = 0` writes zeros without reading). */
+export function scaleInPlace(c: Matrix, beta: number): void {
+  const [m, n] = c.shape as [number, number];
+  const [s0, s1] = c.strides as [number, number];
+  for (let i = 0; i < m; i++) {
+    for (let j = 0, d = c.offset + i * s0; j < n; j++, d += s1)
+      c.data[d] = beta === 0 ? 0 : beta * c.data[d]!;
+  }
+}

@@ -1,0 +1,81 @@
+/**
+ * The shared control block between the calling thread and pool workers: an `Int32Array` over a
+ * SharedArrayBuffer. A task is a list of row blocks of one panel-GEMM; every thread (the caller included)
+ * claims blocks with `Atomics.add(NEXT)` until none are left, so a worker that starts late or is
+ * descheduled never holds the task up, and the caller never depends on a worker having started.
+ *
+ * Publishing a task: NEXT = CLOSED, write the parameters, FIN = 0, NEXT = 0, GEN += 1, notify GEN.
+ * A thread that claims block `b` reads NBLOCKS after the claim; `b >= NBLOCKS` means nothing is left
+ * (CLOSED exceeds any block count, so late claims against a finished task find nothing). After a block
+ * it adds one to FIN and notifies; the caller waits until FIN = NBLOCKS.
+ */
+import type { KernelExports } from '../wasm/module.js';
+
+export const GEN = 0;
+export const QUIT = 1;
+export const NEXT = 2;
+export const FIN = 3;
+export const NBLOCKS = 4;
+export const KIND = 5;
+export const APACK = 6;
+export const BPACK = 7;
+export const CPTR = 8;
+export const K = 9;
+export const NPI = 10;
+export const BP = 11;
+export const NPJ = 12;
+export const LDC = 13;
+export const KC = 14;
+export const TRI = 15;
+export const CTRL_SLOTS = 16;
+/** NEXT while no task is open: larger than any block count, far from overflow. */
+export const CLOSED = 1 << 30;
+
+/** Kinds of task. */
+export const KIND_SGEMM = 0;
+export const KIND_DGEMM = 1;
+
+/** Columns per micro-tile by kind (MR is 4 for both). */
+export function nrOfKind(kind: number): number {
+  return kind === KIND_SGEMM ? 8 : 4;
+}
+
+/**
+ * Claim and run blocks of the open task until none are left (the caller-thread side; the worker side
+ * is the same loop in `worker-source.ts`). Returns the number of blocks this thread ran.
+ */
+export function runBlocks(ctrl: Int32Array, ex: KernelExports): number {
+  let ran = 0;
+  for (;;) {
+    const b = Atomics.add(ctrl, NEXT, 1);
+    const nb = Atomics.load(ctrl, NBLOCKS);
+    if (b >= nb) return ran;
+    runBlock(ctrl, ex, b);
+    ran++;
+    Atomics.add(ctrl, FIN, 1);
+    Atomics.notify(ctrl, FIN);
+  }
+}
+
+/** Run block `b` of the open task. */
+export function runBlock(ctrl: Int32Array, ex: KernelExports, b: number): void {
+  const kind = ctrl[KIND]!;
+  const bp = ctrl[BP]!;
+  const ip0 = b * bp;
+  const ip1 = Math.min(ip0 + bp, ctrl[NPI]!);
+  const nr = nrOfKind(kind);
+  const jp0 = ctrl[TRI] ? Math.floor((ip0 * 4) / nr) : 0;
+  const f = kind === KIND_SGEMM ? ex.sgemmPanels : ex.dgemmPanels;
+  f(
+    ctrl[APACK]! >>> 0,
+    ctrl[BPACK]! >>> 0,
+    ctrl[CPTR]! >>> 0,
+    ctrl[K]!,
+    ip0,
+    ip1,
+    jp0,
+    ctrl[NPJ]!,
+    ctrl[LDC]!,
+    ctrl[KC]!,
+  );
+}

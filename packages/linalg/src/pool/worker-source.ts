@@ -1,0 +1,43 @@
+/**
+ * Source of a pool worker, as a string so that workers can be created the same way from TypeScript
+ * sources, from the built dist (ESM or CJS) and in browsers (Blob URL): no separate worker file to
+ * locate. It mirrors `runBlocks`/`runBlock` of `protocol.ts` (slot numbers must match).
+ *
+ * In Node it receives `{ module, memory, ctrl }` through `workerData`; in a browser through its first
+ * message. It instantiates the kernels on the shared memory and then waits on GEN for tasks.
+ */
+export const WORKER_SOURCE = `
+'use strict';
+const GEN = 0, QUIT = 1, NEXT = 2, FIN = 3, NBLOCKS = 4, KIND = 5, APACK = 6, BPACK = 7, CPTR = 8,
+  K = 9, NPI = 10, BP = 11, NPJ = 12, LDC = 13, KC = 14, TRI = 15;
+function start(data) {
+  const ex = new WebAssembly.Instance(data.module, { env: { memory: data.memory, abort() {} } }).exports;
+  const ctrl = new Int32Array(data.ctrl);
+  let gen = 0;
+  for (;;) {
+    Atomics.wait(ctrl, GEN, gen);
+    gen = Atomics.load(ctrl, GEN);
+    if (Atomics.load(ctrl, QUIT) !== 0) return;
+    for (;;) {
+      const b = Atomics.add(ctrl, NEXT, 1);
+      const nb = Atomics.load(ctrl, NBLOCKS);
+      if (b >= nb) break;
+      const kind = ctrl[KIND], bp = ctrl[BP];
+      const ip0 = b * bp;
+      const ip1 = Math.min(ip0 + bp, ctrl[NPI]);
+      const nr = kind === 0 ? 8 : 4;
+      const jp0 = ctrl[TRI] ? Math.floor((ip0 * 4) / nr) : 0;
+      const f = kind === 0 ? ex.sgemmPanels : ex.dgemmPanels;
+      f(ctrl[APACK] >>> 0, ctrl[BPACK] >>> 0, ctrl[CPTR] >>> 0, ctrl[K], ip0, ip1, jp0, ctrl[NPJ], ctrl[LDC], ctrl[KC]);
+      Atomics.add(ctrl, FIN, 1);
+      Atomics.notify(ctrl, FIN);
+    }
+  }
+}
+if (typeof require === 'function') {
+  const wt = require('node:worker_threads');
+  start(wt.workerData);
+} else {
+  self.onmessage = (e) => { self.onmessage = null; start(e.data); };
+}
+`;

@@ -1,0 +1,80 @@
+/**
+ * Loading the WebAssembly SIMD kernels embedded in `src/generated/kernels.ts` (built from `asm/`).
+ * Compiled modules are cached: they are pure functions of the embedded bytes.
+ */
+import { KERNELS_LOCAL_WASM_BASE64, KERNELS_SHARED_WASM_BASE64 } from '../generated/kernels.js';
+
+/** The functions exported by the kernels module (see `asm/kernels.ts` for the packed layouts). */
+export interface KernelExports {
+  /** f32 panel GEMM: MR = 4 rows × NR = 8 columns per micro-tile. */
+  sgemmPanels(
+    apack: number,
+    bpack: number,
+    c: number,
+    k: number,
+    ip0: number,
+    ip1: number,
+    jp0: number,
+    jp1: number,
+    ldc: number,
+    kc: number,
+  ): void;
+  /** f64 panel GEMM: MR = 4 rows × NR = 4 columns per micro-tile. */
+  dgemmPanels(
+    apack: number,
+    bpack: number,
+    c: number,
+    k: number,
+    ip0: number,
+    ip1: number,
+    jp0: number,
+    jp1: number,
+    ldc: number,
+    kc: number,
+  ): void;
+}
+
+/** Rows per micro-tile (both dtypes). */
+export const MR = 4;
+/** Columns per micro-tile: 8 for f32 (two f32x4), 4 for f64 (two f64x2). */
+export const NR_F32 = 8;
+export const NR_F64 = 4;
+/** The wasm memory's maximum size in 64 KiB pages (4 GiB, the wasm32 limit). */
+export const MAX_PAGES = 65536;
+
+function decodeBase64(b64: string): Uint8Array {
+  const bin = atob(b64);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+const compiled: { shared?: WebAssembly.Module | null; local?: WebAssembly.Module | null } = {};
+
+function compile(b64: string): WebAssembly.Module | null {
+  try {
+    return new WebAssembly.Module(decodeBase64(b64) as BufferSource);
+  } catch {
+    return null; // no SIMD128 / no threads in this engine: callers fall back to TypeScript kernels
+  }
+}
+
+/** True when this realm can create shared wasm memories (Node, or a cross-origin-isolated page). */
+export function sharedMemorySupported(): boolean {
+  if (typeof SharedArrayBuffer === 'undefined') return false;
+  const coi = (globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated;
+  return coi !== false;
+}
+
+/**
+ * The compiled kernels module (cached), or `null` when WebAssembly SIMD is unavailable.
+ * @param shared the variant importing a shared memory (for worker pools)
+ */
+export function kernelsModule(shared: boolean): WebAssembly.Module | null {
+  if (shared) {
+    if (compiled.shared === undefined) compiled.shared = compile(KERNELS_SHARED_WASM_BASE64);
+    return compiled.shared;
+  }
+  if (compiled.local === undefined) compiled.local = compile(KERNELS_LOCAL_WASM_BASE64);
+  return compiled.local;
+}

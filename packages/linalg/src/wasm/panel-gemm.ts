@@ -1,0 +1,157 @@
+/**
+ * The WebAssembly GEMM driver: packs op(A) and op(B) into the engine's memory (in chunks that fit a
+ * memory budget), runs the panel kernels on the executor's threads over row blocks, and writes
+ * `alpha·(A·B) + beta·C` into the strided output.
+ */
+import type { Matrix } from '@caldera/core';
+import type { Executor } from '../pool/pool.js';
+import {
+  APACK,
+  BP,
+  BPACK,
+  CPTR,
+  K,
+  KC,
+  KIND,
+  KIND_DGEMM,
+  KIND_SGEMM,
+  LDC,
+  NPI,
+  NPJ,
+  TRI,
+} from '../pool/protocol.js';
+import { ensureMemory, HEAP_BASE } from './engine.js';
+import { MR, NR_F32, NR_F64 } from './module.js';
+import { packPanels, type StridedSrc } from './pack.js';
+
+/** Arguments of {@link panelGemmInto} (already validated; `k > 0`, `m, n > 0`). */
+export interface PanelGemmArgs {
+  c: Matrix;
+  a: Matrix;
+  b: Matrix;
+  transA: boolean;
+  transB: boolean;
+  alpha: number;
+  beta: number;
+  /**
+   * Only the upper triangle (j ≥ i) of C is needed and written (C square, used by `syrk`); blocks
+   * strictly below the diagonal are skipped.
+   */
+  upper?: boolean;
+  /** Largest wasm scratch use per chunk in bytes (default 1 GiB). */
+  maxBytes?: number;
+}
+
+/** K-block length per dtype: one B micro-panel (kc × NR) stays in L1 (8 KiB f32, 4 KiB f64). */
+const KC_F32 = 256;
+const KC_F64 = 128;
+/** Largest row block, in A panels (64 rows × kc stays in L2). */
+const MAX_BLOCK_PANELS = 16;
+
+function roundUp(x: number, q: number): number {
+  return Math.ceil(x / q) * q;
+}
+
+/** `c := alpha·op(a)·op(b) + beta·c` on the WebAssembly kernels. */
+export function panelGemmInto(exec: Executor, args: PanelGemmArgs, what: string): void {
+  const { c, a, b, transA, transB, alpha, beta } = args;
+  const upper = args.upper ?? false;
+  const f64 = c.dtype === 'f64';
+  const es = f64 ? 8 : 4;
+  const nr = f64 ? NR_F64 : NR_F32;
+  const m = c.shape[0]!;
+  const n = c.shape[1]!;
+  const k = transA ? a.shape[0]! : a.shape[1]!;
+  const srcA: StridedSrc = {
+    data: a.data,
+    offset: a.offset,
+    sShort: transA ? a.strides[1]! : a.strides[0]!,
+    sK: transA ? a.strides[0]! : a.strides[1]!,
+  };
+  const srcB: StridedSrc = {
+    data: b.data,
+    offset: b.offset,
+    sShort: transB ? b.strides[0]! : b.strides[1]!,
+    sK: transB ? b.strides[1]! : b.strides[0]!,
+  };
+
+  // Chunk sizes: the whole problem when it fits the budget, else halve the larger side.
+  const budget = args.maxBytes ?? 2 ** 30;
+  const q = 8; // multiple of MR and of NR for both dtypes
+  let mc = roundUp(m, q);
+  let nc = roundUp(n, q);
+  const bytes = (x: number, y: number): number => es * (x * k + k * y + x * y);
+  while (bytes(mc, nc) > budget && (mc > q || nc > q)) {
+    if (upper || mc >= nc) mc = Math.max(q, roundUp(mc / 2, q));
+    if (upper || nc > mc) nc = Math.max(q, roundUp(nc / 2, q));
+  }
+  const aOff = HEAP_BASE;
+  const bOff = aOff + mc * k * es;
+  const cOff = bOff + k * nc * es;
+  ensureMemory(exec.engine, cOff + mc * nc * es, what);
+
+  for (let i0 = 0; i0 < m; i0 += mc) {
+    const mcnt = Math.min(mc, m - i0);
+    let aPacked = false;
+    for (let j0 = 0; j0 < n; j0 += nc) {
+      if (upper && j0 + nc <= i0) continue;
+      const ncnt = Math.min(nc, n - j0);
+      const buf = exec.engine.memory.buffer;
+      const view = f64 ? new Float64Array(buf) : new Float32Array(buf);
+      const mcp = roundUp(mcnt, MR);
+      const ncp = roundUp(ncnt, nr);
+      if (!aPacked) {
+        packPanels(view, aOff / es, srcA, i0, mcnt, m, k, MR);
+        aPacked = true;
+      }
+      packPanels(view, bOff / es, srcB, j0, ncnt, n, k, nr);
+      const npi = mcp / MR;
+      const bp = Math.max(1, Math.min(MAX_BLOCK_PANELS, Math.floor(npi / (4 * exec.threads))));
+      const nblocks = Math.ceil(npi / bp);
+      const tri = upper && i0 === j0 ? 1 : 0;
+      exec.run(nblocks, (ctrl) => {
+        ctrl[KIND] = f64 ? KIND_DGEMM : KIND_SGEMM;
+        ctrl[APACK] = aOff;
+        ctrl[BPACK] = bOff;
+        ctrl[CPTR] = cOff;
+        ctrl[K] = k;
+        ctrl[NPI] = npi;
+        ctrl[BP] = bp;
+        ctrl[NPJ] = ncp / nr;
+        ctrl[LDC] = ncp;
+        ctrl[KC] = f64 ? KC_F64 : KC_F32;
+        ctrl[TRI] = tri;
+      });
+      writeOut(c, view, cOff / es, ncp, i0, mcnt, j0, ncnt, alpha, beta, upper);
+    }
+  }
+}
+
+function writeOut(
+  c: Matrix,
+  src: Float32Array | Float64Array,
+  off: number,
+  ld: number,
+  i0: number,
+  mcnt: number,
+  j0: number,
+  ncnt: number,
+  alpha: number,
+  beta: number,
+  upper: boolean,
+): void {
+  const cd = c.data;
+  const [s0, s1] = c.strides as [number, number];
+  for (let r = 0; r < mcnt; r++) {
+    const i = i0 + r;
+    const jStart = upper ? Math.max(0, i - j0) : 0;
+    let s = off + r * ld + jStart;
+    let d = c.offset + i * s0 + (j0 + jStart) * s1;
+    if (beta === 0) {
+      if (alpha === 1) for (let j = jStart; j < ncnt; j++, s++, d += s1) cd[d] = src[s]!;
+      else for (let j = jStart; j < ncnt; j++, s++, d += s1) cd[d] = alpha * src[s]!;
+    } else {
+      for (let j = jStart; j < ncnt; j++, s++, d += s1) cd[d] = alpha * src[s]! + beta * cd[d]!;
+    }
+  }
+}
