@@ -141,3 +141,17 @@ export function newMatrix<D extends FloatDType>(dtype: D, m: number, n: number):
   const data = (dtype === 'f32' ? new Float32Array(m * n) : new Float64Array(m * n)) as Tensor<D>['data'];
   return { dtype, shape: [m, n], strides: [n, 1], offset: 0, data };
 }
+
+/** Throw unless `t` is a 1-D `f32`/`f64` tensor whose strided view lies inside its data. */
+export function assertVector(t: Tensor, fn: string, name: string): void {
+  if (t === null || typeof t !== 'object' || !Array.isArray(t.shape)) {
+    throw new CalderaError('E_VALUE', `${fn}: ${name} is not a tensor`);
+  }
+  if (t.dtype !== 'f32' && t.dtype !== 'f64') {
+    throw new CalderaError('E_DTYPE', `${fn}: ${name} has dtype '${t.dtype}', expected 'f32' or 'f64'`);
+  }
+  if (t.shape.length !== 1) {
+    throw new CalderaError('E_SHAPE', `${fn}: ${name} must be 1-D, got shape ${fmtShape(t.shape)}`);
+  }
+  assertViewInBounds(t, fn, name);
+}

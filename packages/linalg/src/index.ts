@@ -1,2 +1,4 @@
 export { gemm, gemmInto, type GemmOptions, type GemmIntoOptions } from './gemm.js';
 export { createPool, type Pool, type PoolOptions } from './pool/pool.js';
+export { gemv, gemvInto, type GemvOptions, type GemvNewOptions, type Vector } from './gemv.js';
+export { syrk, syrkInto, type SyrkOptions, type SyrkNewOptions } from './syrk.js';

@@ -1,0 +1,99 @@
+import { CalderaError, tensor, type Matrix } from '@caldera/core';
+import { afterAll, describe, expect, it } from 'vitest';
+import { defaultExecutor } from './pool/default.js';
+import { createPool } from './pool/pool.js';
+import { panelGemmInto } from './wasm/panel-gemm.js';
+import { syrk, syrkInto } from './syrk.js';
+import { at, naiveGemm, randn, stridedRandn, tview, worstErrorRatio } from './test-util.js';
+
+const pool = createPool({ threads: 2 });
+afterAll(() => pool.dispose());
+
+describe('syrk', () => {
+  it('equals a brute-force XᵀX within the k·u bound and is exactly symmetric (odd sizes, both dtypes)', () => {
+    let seed = 1;
+    for (const dtype of ['f32', 'f64'] as const) {
+      for (const [m, n] of [
+        [1, 1],
+        [3, 70],
+        [129, 33],
+        [260, 45],
+      ] as const) {
+        for (const x of [randn(dtype, m, n, seed++), stridedRandn(dtype, m, n, seed++)]) {
+          const want = naiveGemm(x, x, true, false, 1, 0);
+          const h = syrk(x, { pool });
+          expect(h.dtype).toBe(dtype);
+          expect(worstErrorRatio(h, want)).toBeLessThanOrEqual(1);
+          for (let i = 0; i < n; i++) for (let j = 0; j < i; j++) expect(at(h, i, j)).toBe(at(h, j, i));
+          expect(syrk(x).data).toEqual(h.data); // same arithmetic with or without workers
+        }
+      }
+    }
+  });
+
+  it('accumulates f32 activations in f64 with the f64 rounding bound', () => {
+    const x = randn('f32', 300, 37, 5);
+    const h = syrk(x, { accumulate: 'f64' });
+    expect(h.dtype).toBe('f64');
+    // products of f32 numbers are exact in f64, so the f64 bound applies to the f32 data
+    expect(worstErrorRatio(h, naiveGemm(x, x, true, false, 1, 0))).toBeLessThanOrEqual(1);
+  });
+
+  it('syrkInto adds batches: H := XᵀX + YᵀY equals the Gram matrix of the stacked rows', () => {
+    const x = randn('f32', 150, 40, 8);
+    const y = randn('f32', 90, 40, 9);
+    const h = tensor('f64', [40, 40]) as Matrix;
+    syrkInto(h, x, { pool });
+    syrkInto(h, y, { beta: 1, pool });
+    const stacked = tensor('f32', [240, 40]);
+    stacked.data.set(x.data as Float32Array);
+    stacked.data.set(y.data as Float32Array, 150 * 40);
+    expect(worstErrorRatio(h, naiveGemm(stacked, stacked, true, false, 1, 0))).toBeLessThanOrEqual(1);
+  });
+
+  it('writes a strided output and handles empty inputs', () => {
+    const x = randn('f64', 40, 30, 3);
+    const c = stridedRandn('f64', 30, 30, 4);
+    syrkInto(c, x, { alpha: 2 });
+    expect(worstErrorRatio(c, naiveGemm(tview(tview(x)), x, true, false, 2, 0))).toBeLessThanOrEqual(1);
+    expect(syrk(tensor('f32', [0, 3])).data).toEqual(new Float32Array(9));
+    expect(syrk(tensor('f32', [4, 0])).shape).toEqual([0, 0]);
+  });
+
+  it('computes only the upper triangle in chunks when scratch memory is limited', () => {
+    for (const dtype of ['f32', 'f64'] as const) {
+      const x = randn(dtype, 50, 61, 12);
+      const full = naiveGemm(x, x, true, false, 1, 0);
+      const c = tensor(dtype, [61, 61]) as Matrix;
+      c.data.fill(-5);
+      const exec = defaultExecutor()!;
+      panelGemmInto(
+        exec,
+        { c, a: x, b: x, transA: true, transB: false, alpha: 1, beta: 0, upper: true, maxBytes: 9000 },
+        't',
+      );
+      const upperRatio = worstErrorRatio(
+        { ...c, data: c.data.map((v, q) => (q % 61 >= Math.floor(q / 61) ? v : full.value[q]!)) } as Matrix,
+        full,
+      );
+      expect(upperRatio).toBeLessThanOrEqual(1);
+      for (let i = 1; i < 61; i++) for (let j = 0; j < i; j++) expect(at(c, i, j)).toBe(-5); // lower untouched
+    }
+  });
+
+  it('rejects bad shapes, dtypes and non-finite input', () => {
+    const code = (f: () => unknown): string | undefined => {
+      try {
+        f();
+      } catch (e) {
+        return (e as CalderaError).code;
+      }
+      return undefined;
+    };
+    expect(code(() => syrkInto(tensor('f64', [3, 3]), randn('f64', 5, 4, 1)))).toBe('E_SHAPE');
+    expect(code(() => syrkInto(tensor('f32', [4, 4]), randn('f64', 5, 4, 1)))).toBe('E_DTYPE');
+    const bad = randn('f32', 5, 4, 1);
+    bad.data[7] = Number.NaN;
+    expect(code(() => syrk(bad))).toBe('E_VALUE');
+  });
+});

@@ -1,0 +1,125 @@
+/**
+ * Symmetric rank-k update `C := alpha·XᵀX + beta·C` (the Gram matrix of the rows of X, e.g. a Hessian
+ * `H = XᵀX` of calibration activations). Computes the upper triangle on the WebAssembly kernels (about
+ * half the work of a general product) and mirrors it. Can accumulate f32 input in f64.
+ */
+import { CalderaError, type Matrix, type Tensor } from '@caldera/core';
+import {
+  assertFiniteMatrix,
+  assertFiniteScalar,
+  assertMatrix,
+  assertSquare,
+  fmtShape,
+  newMatrix,
+  type FloatDType,
+} from './check.js';
+import { resolveExecutor, scaleInPlace } from './gemm.js';
+import { gemmRefInto } from './gemm-ref.js';
+import type { Pool } from './pool/pool.js';
+import { panelGemmInto } from './wasm/panel-gemm.js';
+
+/** Options of {@link syrk} and {@link syrkInto}. */
+export interface SyrkOptions {
+  /** Scale of XᵀX. Default `1`. */
+  alpha?: number;
+  /** Worker pool from `createPool`; default: single-threaded WebAssembly. */
+  pool?: Pool;
+  /** Reject non-finite entries with `E_VALUE`. Default `true`. */
+  checkFinite?: boolean;
+  /** Use the plain TypeScript reference kernel. Default `false`. */
+  reference?: boolean;
+}
+
+/** Options of {@link syrk}. */
+export interface SyrkNewOptions extends SyrkOptions {
+  /**
+   * Element type of the result: `'f64'` accumulates (and returns) in f64 even for f32 input, as
+   * Hessians need. Default: the dtype of X.
+   */
+  accumulate?: FloatDType;
+}
+
+/**
+ * `alpha·XᵀX` for `X` of shape `[m, n]`: a new symmetric `n × n` matrix.
+ * @example
+ * const h = syrk(activations, { accumulate: 'f64', pool }); // f32 [tokens, n] → f64 [n, n]
+ */
+export function syrk(x: Matrix, options: SyrkNewOptions & { accumulate: 'f64' }): Tensor<'f64'>;
+export function syrk(x: Tensor<'f32'>, options?: SyrkNewOptions & { accumulate?: 'f32' }): Tensor<'f32'>;
+export function syrk(x: Tensor<'f64'>, options?: SyrkNewOptions): Tensor<'f64'>;
+export function syrk(x: Matrix, options?: SyrkNewOptions): Matrix;
+export function syrk(x: Matrix, options: SyrkNewOptions = {}): Matrix {
+  assertMatrix(x, 'syrk', 'x');
+  const n = x.shape[1]!;
+  const c = newMatrix(options.accumulate ?? x.dtype, n, n) as Matrix;
+  syrkImpl(c, x, options, 0, 'syrk');
+  return c;
+}
+
+/**
+ * In place: `c := alpha·XᵀX + beta·c` for a symmetric `n × n` matrix `c` (only its upper triangle is
+ * read; the whole of it is written). `c` may be f64 while `x` is f32 (accumulation in f64, e.g.
+ * `syrkInto(h, xBatch, { beta: 1 })` adds a batch to a Hessian); an f32 `c` needs an f32 `x`.
+ */
+export function syrkInto(c: Matrix, x: Matrix, options: SyrkOptions & { beta?: number } = {}): void {
+  syrkImpl(c, x, options, options.beta ?? 0, 'syrkInto');
+}
+
+function syrkImpl(c: Matrix, x: Matrix, o: SyrkOptions, beta: number, fn: string): void {
+  assertMatrix(c, fn, 'c');
+  assertMatrix(x, fn, 'x');
+  assertSquare(c, fn, 'c');
+  const [m, n] = x.shape as [number, number];
+  if (c.shape[0] !== n) {
+    throw new CalderaError(
+      'E_SHAPE',
+      `${fn}: c has shape ${fmtShape(c.shape)}, x ${fmtShape(x.shape)} needs [${n}, ${n}]`,
+    );
+  }
+  if (c.dtype === 'f32' && x.dtype !== 'f32') {
+    throw new CalderaError(
+      'E_DTYPE',
+      `${fn}: an f32 c needs f32 x, got '${x.dtype}' (use an f64 c to accumulate)`,
+    );
+  }
+  const alpha = o.alpha ?? 1;
+  assertFiniteScalar(alpha, fn, 'alpha');
+  assertFiniteScalar(beta, fn, 'beta');
+  if (o.checkFinite ?? true) {
+    assertFiniteMatrix(x, fn, 'x');
+    if (beta !== 0) assertFiniteMatrix(c, fn, 'c');
+  }
+  const exec = resolveExecutor(o.pool);
+  if (n === 0) return;
+  if (m === 0 || alpha === 0) {
+    scaleInPlace(c, beta);
+    return;
+  }
+  if (o.reference || exec === null || m * n * n < 8192) {
+    // reference: full product in f64 arithmetic (x may be f32 while c is f64: read values as numbers)
+    const xc = x as unknown as Matrix;
+    if (beta !== 0) mirrorUpper(c);
+    gemmRefInto(c, xc, xc, true, false, alpha, beta);
+    return;
+  }
+  panelGemmInto(exec, { c, a: x, b: x, transA: true, transB: false, alpha, beta, upper: true }, fn);
+  mirrorUpper(c);
+}
+
+/** Copy the upper triangle of a square matrix onto its lower triangle. */
+function mirrorUpper(c: Matrix): void {
+  const n = c.shape[0]!;
+  const [s0, s1] = c.strides as [number, number];
+  const d = c.data;
+  const T = 64; // tiles keep both the rows read and the columns written in cache
+  for (let i0 = 0; i0 < n; i0 += T) {
+    for (let j0 = i0; j0 < n; j0 += T) {
+      const i1 = Math.min(n, i0 + T);
+      const j1 = Math.min(n, j0 + T);
+      for (let i = i0; i < i1; i++) {
+        for (let j = Math.max(j0, i + 1); j < j1; j++)
+          d[c.offset + j * s0 + i * s1] = d[c.offset + i * s0 + j * s1]!;
+      }
+    }
+  }
+}
