@@ -1,0 +1,39 @@
+/**
+ * `npm run bench -w @caldera/linalg [-- --quick] [-- --threads N] [-- --filter substring]`: runs the
+ * registered cases and prints one JSON line per case. To add cases, export a `BenchCase[]` from a module
+ * in `bench/cases/` and append it to `CASES` below.
+ */
+import { availableParallelism } from 'node:os';
+import { createPool } from '../src/index.js';
+import { gemmCases } from './cases/gemm.js';
+import type { BenchCase } from './harness.js';
+
+const CASES: BenchCase[] = [...gemmCases];
+
+function argValue(name: string): string | undefined {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
+
+async function main(): Promise<void> {
+  const quick = process.argv.includes('--quick');
+  const threads = Number(argValue('--threads') ?? Math.min(availableParallelism(), 16));
+  const filter = argValue('--filter');
+  const pool = createPool({ threads });
+  try {
+    for (const c of CASES) {
+      if (quick && !c.quick) continue;
+      if (filter && !c.name.includes(filter)) continue;
+      try {
+        const r = await c.run({ quick, threads, pool });
+        process.stdout.write(JSON.stringify({ case: c.name, ...r }) + '\n');
+      } catch (e) {
+        process.stdout.write(JSON.stringify({ case: c.name, error: String(e) }) + '\n');
+      }
+    }
+  } finally {
+    pool.dispose();
+  }
+}
+
+await main();
