@@ -36,6 +36,8 @@ export function packPanels(
     const first = start + q * w;
     const valid = Math.max(0, Math.min(w, limit - first, start + count - first));
     if (valid < w) dst.fill(0, pbase, pbase + k * w);
+    else if (w === 4 && packFull4(dst, pbase, sd, src.offset + first * sShort, sShort, sK, k)) continue;
+    else if (w === 8 && packFull8(dst, pbase, sd, src.offset + first * sShort, sShort, sK, k)) continue;
     if (sK === 1 || (sShort !== 1 && Math.abs(sK) < Math.abs(sShort))) {
       // lines are contiguous along k: read each line sequentially, write with stride w
       for (let r = 0; r < valid; r++) {
@@ -52,4 +54,79 @@ export function packPanels(
       }
     }
   }
+}
+
+/** Full 4-wide panel, unrolled: contiguous along k (4 row streams) or across the panel. */
+function packFull4(
+  dst: Float32Array | Float64Array,
+  d: number,
+  sd: Float32Array | Float64Array,
+  s: number,
+  sShort: number,
+  sK: number,
+  k: number,
+): boolean {
+  if (sK === 1) {
+    const s1 = s + sShort;
+    const s2 = s1 + sShort;
+    const s3 = s2 + sShort;
+    for (let p = 0; p < k; p++, d += 4) {
+      dst[d] = sd[s + p]!;
+      dst[d + 1] = sd[s1 + p]!;
+      dst[d + 2] = sd[s2 + p]!;
+      dst[d + 3] = sd[s3 + p]!;
+    }
+    return true;
+  }
+  if (sShort === 1) {
+    for (let p = 0; p < k; p++, d += 4, s += sK) {
+      dst[d] = sd[s]!;
+      dst[d + 1] = sd[s + 1]!;
+      dst[d + 2] = sd[s + 2]!;
+      dst[d + 3] = sd[s + 3]!;
+    }
+    return true;
+  }
+  return false;
+}
+
+/** Full 8-wide panel, unrolled (see {@link packFull4}). */
+function packFull8(
+  dst: Float32Array | Float64Array,
+  d: number,
+  sd: Float32Array | Float64Array,
+  s: number,
+  sShort: number,
+  sK: number,
+  k: number,
+): boolean {
+  if (sShort === 1) {
+    for (let p = 0; p < k; p++, d += 8, s += sK) {
+      dst[d] = sd[s]!;
+      dst[d + 1] = sd[s + 1]!;
+      dst[d + 2] = sd[s + 2]!;
+      dst[d + 3] = sd[s + 3]!;
+      dst[d + 4] = sd[s + 4]!;
+      dst[d + 5] = sd[s + 5]!;
+      dst[d + 6] = sd[s + 6]!;
+      dst[d + 7] = sd[s + 7]!;
+    }
+    return true;
+  }
+  if (sK === 1) {
+    for (let r = 0; r < 8; r += 4) {
+      const s0 = s + r * sShort;
+      const s1 = s0 + sShort;
+      const s2 = s1 + sShort;
+      const s3 = s2 + sShort;
+      for (let p = 0, q = d + r; p < k; p++, q += 8) {
+        dst[q] = sd[s0 + p]!;
+        dst[q + 1] = sd[s1 + p]!;
+        dst[q + 2] = sd[s2 + p]!;
+        dst[q + 3] = sd[s3 + p]!;
+      }
+    }
+    return true;
+  }
+  return false;
 }

@@ -148,7 +148,8 @@ function writeOut(
     let s = off + r * ld + jStart;
     let d = c.offset + i * s0 + (j0 + jStart) * s1;
     if (beta === 0) {
-      if (alpha === 1) for (let j = jStart; j < ncnt; j++, s++, d += s1) cd[d] = src[s]!;
+      if (alpha === 1 && s1 === 1) cd.set(src.subarray(s, s + ncnt - jStart), d);
+      else if (alpha === 1) for (let j = jStart; j < ncnt; j++, s++, d += s1) cd[d] = src[s]!;
       else for (let j = jStart; j < ncnt; j++, s++, d += s1) cd[d] = alpha * src[s]!;
     } else {
       for (let j = jStart; j < ncnt; j++, s++, d += s1) cd[d] = alpha * src[s]! + beta * cd[d]!;
