@@ -166,3 +166,34 @@ export function dgemmPanels(
     }
   }
 }
+
+/** 1 when the `bytes` bytes at `p` (a multiple of 16) hold only finite f32 values, else 0. */
+export function allFinite32(p: usize, bytes: usize): i32 {
+  // x·0 is ±0 for finite x and NaN for NaN/±Inf, so the sum stays zero exactly when all are finite.
+  const z = f32x4.splat(0);
+  let acc0 = z;
+  let acc1 = z;
+  const end = p + bytes;
+  for (; p + 32 <= end; p += 32) {
+    acc0 = f32x4.add(acc0, f32x4.mul(v128.load(p), z));
+    acc1 = f32x4.add(acc1, f32x4.mul(v128.load(p, 16), z));
+  }
+  if (p < end) acc0 = f32x4.add(acc0, f32x4.mul(v128.load(p), z));
+  const acc = f32x4.add(acc0, acc1);
+  return i32(v128.all_true<i32>(f32x4.eq(acc, z)));
+}
+
+/** 1 when the `bytes` bytes at `p` (a multiple of 16) hold only finite f64 values, else 0. */
+export function allFinite64(p: usize, bytes: usize): i32 {
+  const z = f64x2.splat(0);
+  let acc0 = z;
+  let acc1 = z;
+  const end = p + bytes;
+  for (; p + 32 <= end; p += 32) {
+    acc0 = f64x2.add(acc0, f64x2.mul(v128.load(p), z));
+    acc1 = f64x2.add(acc1, f64x2.mul(v128.load(p, 16), z));
+  }
+  if (p < end) acc0 = f64x2.add(acc0, f64x2.mul(v128.load(p), z));
+  const acc = f64x2.add(acc0, acc1);
+  return i32(v128.all_true<i64>(f64x2.eq(acc, z)));
+}

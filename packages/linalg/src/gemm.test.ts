@@ -134,6 +134,23 @@ describe('gemm input errors', () => {
     ).toBe('E_SHAPE');
   });
 
+  it('detects non-finite values on the WebAssembly path and names the index', () => {
+    for (const dtype of ['f32', 'f64'] as const) {
+      for (const [which, value, where] of [
+        ['a', Number.NaN, '0, 37'],
+        ['b', Number.NEGATIVE_INFINITY, '1, 7'],
+      ] as const) {
+        const x = randn(dtype, 40, 50, 1);
+        const y = randn(dtype, 50, 30, 2);
+        (which === 'a' ? x : y).data[37] = value;
+        expect(() => gemm(x, y, { pool })).toThrow(
+          new RegExp(`gemm: ${which} has a non-finite value .* at \\[${where}\\]`),
+        );
+        expect(() => gemm(x, y, { checkFinite: false })).not.toThrow();
+      }
+    }
+  });
+
   it('rejects a disposed pool', () => {
     const p = createPool({ threads: 2 });
     p.dispose();

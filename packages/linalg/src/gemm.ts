@@ -117,22 +117,31 @@ function gemmIntoImpl(c: Matrix, a: Matrix, b: Matrix, o: GemmIntoOptions, beta:
   if (c.shape[0] !== m || c.shape[1] !== n) {
     throw new CalderaError('E_SHAPE', `${fn}: c has shape ${fmtShape(c.shape)}, expected [${m}, ${n}]`);
   }
-  if (o.checkFinite ?? true) {
+  const check = o.checkFinite ?? true;
+  if (check && beta !== 0) assertFiniteMatrix(c, fn, 'c');
+  const exec = resolveExecutor(o.pool);
+  const wasm = !o.reference && exec !== null && m * n * k >= SMALL_FLOPS;
+  // The wasm path checks A and B on their packed copies (fast); other paths scan them here.
+  if (check && !wasm) {
     assertFiniteMatrix(a, fn, 'a');
     assertFiniteMatrix(b, fn, 'b');
-    if (beta !== 0) assertFiniteMatrix(c, fn, 'c');
   }
-  const exec = resolveExecutor(o.pool);
   if (m === 0 || n === 0) return;
   if (k === 0 || alpha === 0) {
     scaleInPlace(c, beta);
     return;
   }
-  if (o.reference || exec === null || m * n * k < SMALL_FLOPS) {
+  if (!wasm) {
     gemmRefInto(c, a, b, transA, transB, alpha, beta);
     return;
   }
-  panelGemmInto(exec, { c, a, b, transA, transB, alpha, beta }, fn);
+  const onNonFinite = check
+    ? (operand: 'a' | 'b'): never => {
+        assertFiniteMatrix(operand === 'a' ? a : b, fn, operand); // throws E_VALUE naming the index
+        throw new CalderaError('E_VALUE', `${fn}: ${operand} has a non-finite value`);
+      }
+    : undefined;
+  panelGemmInto(exec!, { c, a, b, transA, transB, alpha, beta, onNonFinite }, fn);
 }
 
 /** The executor for an optional pool (the default single-threaded one without), `null` without wasm. */

@@ -95,5 +95,8 @@ describe('syrk', () => {
     const bad = randn('f32', 5, 4, 1);
     bad.data[7] = Number.NaN;
     expect(code(() => syrk(bad))).toBe('E_VALUE');
+    const big = randn('f64', 64, 48, 2);
+    big.data[100] = Number.POSITIVE_INFINITY;
+    expect(() => syrk(big, { pool })).toThrow(/syrk: x has a non-finite value \(Infinity\) at \[2, 4\]/);
   });
 });

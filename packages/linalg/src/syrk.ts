@@ -85,24 +85,34 @@ function syrkImpl(c: Matrix, x: Matrix, o: SyrkOptions, beta: number, fn: string
   const alpha = o.alpha ?? 1;
   assertFiniteScalar(alpha, fn, 'alpha');
   assertFiniteScalar(beta, fn, 'beta');
-  if (o.checkFinite ?? true) {
-    assertFiniteMatrix(x, fn, 'x');
-    if (beta !== 0) assertFiniteMatrix(c, fn, 'c');
-  }
+  const check = o.checkFinite ?? true;
+  if (check && beta !== 0) assertFiniteMatrix(c, fn, 'c');
   const exec = resolveExecutor(o.pool);
+  const wasm = !o.reference && exec !== null && m * n * n >= 8192;
+  if (check && !wasm) assertFiniteMatrix(x, fn, 'x'); // the wasm path checks the packed copy
   if (n === 0) return;
   if (m === 0 || alpha === 0) {
     scaleInPlace(c, beta);
     return;
   }
-  if (o.reference || exec === null || m * n * n < 8192) {
+  if (!wasm) {
     // reference: full product in f64 arithmetic (x may be f32 while c is f64: read values as numbers)
     const xc = x as unknown as Matrix;
     if (beta !== 0) mirrorUpper(c);
     gemmRefInto(c, xc, xc, true, false, alpha, beta);
     return;
   }
-  panelGemmInto(exec, { c, a: x, b: x, transA: true, transB: false, alpha, beta, upper: true }, fn);
+  const onNonFinite = check
+    ? (): never => {
+        assertFiniteMatrix(x, fn, 'x'); // throws E_VALUE naming the index
+        throw new CalderaError('E_VALUE', `${fn}: x has a non-finite value`);
+      }
+    : undefined;
+  panelGemmInto(
+    exec!,
+    { c, a: x, b: x, transA: true, transB: false, alpha, beta, upper: true, onNonFinite },
+    fn,
+  );
   mirrorUpper(c);
 }
 

@@ -32,6 +32,10 @@ export interface KernelExports {
     ldc: number,
     kc: number,
   ): void;
+  /** 1 when `bytes` bytes (a multiple of 16) at `ptr` are finite f32 values, else 0. */
+  allFinite32(ptr: number, bytes: number): number;
+  /** 1 when `bytes` bytes (a multiple of 16) at `ptr` are finite f64 values, else 0. */
+  allFinite64(ptr: number, bytes: number): number;
 }
 
 /** Rows per micro-tile (both dtypes). */

@@ -40,6 +40,11 @@ export interface PanelGemmArgs {
   upper?: boolean;
   /** Largest wasm scratch use per chunk in bytes (default 1 GiB). */
   maxBytes?: number;
+  /**
+   * Called when a packed operand holds a non-finite value (checked on the packed copy, in wasm, which is
+   * much faster than a scan in JavaScript); it must throw. Default: no check.
+   */
+  onNonFinite?: (operand: 'a' | 'b') => never;
 }
 
 /** K-block length per dtype: one B micro-panel (kc × NR) stays in L1 (8 KiB f32, 4 KiB f64). */
@@ -103,8 +108,10 @@ export function panelGemmInto(exec: Executor, args: PanelGemmArgs, what: string)
       if (!aPacked) {
         packPanels(view, aOff / es, srcA, i0, mcnt, m, k, MR);
         aPacked = true;
+        if (args.onNonFinite && !allFinite(exec, aOff, mcp * k * es, f64)) args.onNonFinite('a');
       }
       packPanels(view, bOff / es, srcB, j0, ncnt, n, k, nr);
+      if (args.onNonFinite && !allFinite(exec, bOff, ncp * k * es, f64)) args.onNonFinite('b');
       const npi = mcp / MR;
       const bp = Math.max(1, Math.min(MAX_BLOCK_PANELS, Math.floor(npi / (4 * exec.threads))));
       const nblocks = Math.ceil(npi / bp);
@@ -125,6 +132,11 @@ export function panelGemmInto(exec: Executor, args: PanelGemmArgs, what: string)
       writeOut(c, view, cOff / es, ncp, i0, mcnt, j0, ncnt, alpha, beta, upper);
     }
   }
+}
+
+function allFinite(exec: Executor, ptr: number, bytes: number, f64: boolean): boolean {
+  const ex = exec.engine.exports;
+  return (f64 ? ex.allFinite64(ptr, bytes) : ex.allFinite32(ptr, bytes)) === 1;
 }
 
 function writeOut(
