@@ -16,7 +16,14 @@ if (!chromium) {
   console.log('skipped: no chromium (install Debian chromium to run the docs site test)');
   process.exit(0);
 }
-const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.json': 'application/json', '.svg': 'image/svg+xml', '.woff2': 'font/woff2' };
+const types = {
+  '.html': 'text/html',
+  '.js': 'text/javascript',
+  '.css': 'text/css',
+  '.json': 'application/json',
+  '.svg': 'image/svg+xml',
+  '.woff2': 'font/woff2',
+};
 const server = createServer(async (req, res) => {
   try {
     let p = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname));
@@ -36,7 +43,14 @@ const base = `http://127.0.0.1:${server.address().port}`;
 const { chromium: pw } = await import('playwright-core');
 const browser = await pw.launch({
   executablePath: chromium,
-  args: ['--no-sandbox', '--headless=new', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+  args: [
+    '--no-sandbox',
+    '--headless=new',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--no-first-run',
+  ],
 });
 let failures = 0;
 let passed = 0;
@@ -50,7 +64,11 @@ try {
     page.on('pageerror', (e) => errors.push(String(e)));
     page.on('response', (r) => r.status() >= 400 && errors.push(`${r.status()} ${r.url()}`));
     const resp = await page.goto(base + path, { waitUntil: 'networkidle' });
-    const h1 = await page.locator('h1').first().textContent().catch(() => null);
+    const h1 = await page
+      .locator('h1')
+      .first()
+      .textContent()
+      .catch(() => null);
     const links = await page.$$eval('a[href]', (as) => as.map((a) => a.getAttribute('href')));
     const ok = resp?.status() === 200 && errors.length === 0 && h1;
     console.log(`${ok ? 'ok' : 'FAIL'} ${path} h1=${JSON.stringify(h1)} errors=${JSON.stringify(errors)}`);
