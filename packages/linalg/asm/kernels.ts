@@ -11,11 +11,30 @@
 //   B[p, NR*jp .. NR*jp+NR-1] contiguously. Columns past N are zero.
 // - C is row-major with leading dimension ldc (elements), padded to multiples of MR rows and NR columns.
 //
-// Each kernel computes C[rows of panels ip0..ip1-1, columns of panels jp0..jp1-1] = A·B over the whole K
-// (overwriting C), blocking K by kc so that one B micro-panel (kc x NR) stays in L1 while the A panels
+// Each kernel computes C := alpha·A·B + beta·C on the rows of panels ip0..ip1-1 and the columns of panels
+// jp0..jp1-1 over the whole K (with beta = 0, C is not read), blocking K by kc so that one B micro-panel (kc x NR) stays in L1 while the A panels
 // of the row block stream from L2.
 
-/** f32: C[4ip0.., 8jp0..] = A·B for panels ip in [ip0, ip1), jp in [jp0, jp1). */
+/** First K block with beta = 0: C = alpha·acc. */
+const MODE_SCALE = 0;
+/** First K block: C = alpha·acc + beta·C. */
+const MODE_SCALE_ADD = 1;
+/** Later K blocks: C += alpha·acc. */
+const MODE_ACCUMULATE = 2;
+
+function fin32(acc: v128, p: usize, va: v128, vb: v128, mode: i32): v128 {
+  if (mode == MODE_SCALE) return f32x4.mul(acc, va);
+  if (mode == MODE_SCALE_ADD) return f32x4.add(f32x4.mul(acc, va), f32x4.mul(v128.load(p), vb));
+  return f32x4.add(v128.load(p), f32x4.mul(acc, va));
+}
+
+function fin64(acc: v128, p: usize, va: v128, vb: v128, mode: i32): v128 {
+  if (mode == MODE_SCALE) return f64x2.mul(acc, va);
+  if (mode == MODE_SCALE_ADD) return f64x2.add(f64x2.mul(acc, va), f64x2.mul(v128.load(p), vb));
+  return f64x2.add(v128.load(p), f64x2.mul(acc, va));
+}
+
+/** f32: C[4ip0.., 8jp0..] = alpha·A·B + beta·C for panels ip in [ip0, ip1), jp in [jp0, jp1). */
 export function sgemmPanels(
   apack: usize,
   bpack: usize,
@@ -27,12 +46,16 @@ export function sgemmPanels(
   jp1: i32,
   ldc: i32,
   kc: i32,
+  alpha: f64,
+  beta: f64,
 ): void {
   const kk = k as usize;
   const ldcb = (ldc as usize) << 2;
+  const va = f32x4.splat(alpha as f32);
+  const vb = f32x4.splat(beta as f32);
   for (let p0 = 0; p0 < k; p0 += kc) {
     const kl = min(kc, k - p0);
-    const first = p0 == 0;
+    const mode = p0 > 0 ? MODE_ACCUMULATE : beta == 0 ? MODE_SCALE : MODE_SCALE_ADD;
     for (let jp = jp0; jp < jp1; jp++) {
       const bstart = bpack + (((jp as usize) * kk + (p0 as usize)) << 5);
       for (let ip = ip0; ip < ip1; ip++) {
@@ -64,34 +87,21 @@ export function sgemmPanels(
           a += 16;
           b += 32;
         }
-        let cp = c + (((ip as usize) << 2) * (ldc as usize) + ((jp as usize) << 3)) * 4;
-        if (!first) {
-          c00 = f32x4.add(c00, v128.load(cp));
-          c01 = f32x4.add(c01, v128.load(cp, 16));
-          c10 = f32x4.add(c10, v128.load(cp + ldcb));
-          c11 = f32x4.add(c11, v128.load(cp + ldcb, 16));
-          c20 = f32x4.add(c20, v128.load(cp + 2 * ldcb));
-          c21 = f32x4.add(c21, v128.load(cp + 2 * ldcb, 16));
-          c30 = f32x4.add(c30, v128.load(cp + 3 * ldcb));
-          c31 = f32x4.add(c31, v128.load(cp + 3 * ldcb, 16));
-        }
-        v128.store(cp, c00);
-        v128.store(cp, c01, 16);
-        cp += ldcb;
-        v128.store(cp, c10);
-        v128.store(cp, c11, 16);
-        cp += ldcb;
-        v128.store(cp, c20);
-        v128.store(cp, c21, 16);
-        cp += ldcb;
-        v128.store(cp, c30);
-        v128.store(cp, c31, 16);
+        const cp = c + (((ip as usize) << 2) * (ldc as usize) + ((jp as usize) << 3)) * 4;
+        v128.store(cp, fin32(c00, cp, va, vb, mode));
+        v128.store(cp, fin32(c01, cp + 16, va, vb, mode), 16);
+        v128.store(cp + ldcb, fin32(c10, cp + ldcb, va, vb, mode));
+        v128.store(cp + ldcb, fin32(c11, cp + ldcb + 16, va, vb, mode), 16);
+        v128.store(cp + 2 * ldcb, fin32(c20, cp + 2 * ldcb, va, vb, mode));
+        v128.store(cp + 2 * ldcb, fin32(c21, cp + 2 * ldcb + 16, va, vb, mode), 16);
+        v128.store(cp + 3 * ldcb, fin32(c30, cp + 3 * ldcb, va, vb, mode));
+        v128.store(cp + 3 * ldcb, fin32(c31, cp + 3 * ldcb + 16, va, vb, mode), 16);
       }
     }
   }
 }
 
-/** f64: C[4ip0.., 4jp0..] = A·B for panels ip in [ip0, ip1), jp in [jp0, jp1) (MR = NR = 4). */
+/** f64: C[4ip0.., 4jp0..] = alpha·A·B + beta·C for panels ip in [ip0, ip1), jp in [jp0, jp1) (MR = NR = 4). */
 export function dgemmPanels(
   apack: usize,
   bpack: usize,
@@ -103,12 +113,16 @@ export function dgemmPanels(
   jp1: i32,
   ldc: i32,
   kc: i32,
+  alpha: f64,
+  beta: f64,
 ): void {
   const kk = k as usize;
   const ldcb = (ldc as usize) << 3;
+  const va = f64x2.splat(alpha);
+  const vb = f64x2.splat(beta);
   for (let p0 = 0; p0 < k; p0 += kc) {
     const kl = min(kc, k - p0);
-    const first = p0 == 0;
+    const mode = p0 > 0 ? MODE_ACCUMULATE : beta == 0 ? MODE_SCALE : MODE_SCALE_ADD;
     for (let jp = jp0; jp < jp1; jp++) {
       const bstart = bpack + (((jp as usize) * kk + (p0 as usize)) << 5);
       for (let ip = ip0; ip < ip1; ip++) {
@@ -140,28 +154,15 @@ export function dgemmPanels(
           a += 32;
           b += 32;
         }
-        let cp = c + (((ip as usize) << 2) * (ldc as usize) + ((jp as usize) << 2)) * 8;
-        if (!first) {
-          c00 = f64x2.add(c00, v128.load(cp));
-          c01 = f64x2.add(c01, v128.load(cp, 16));
-          c10 = f64x2.add(c10, v128.load(cp + ldcb));
-          c11 = f64x2.add(c11, v128.load(cp + ldcb, 16));
-          c20 = f64x2.add(c20, v128.load(cp + 2 * ldcb));
-          c21 = f64x2.add(c21, v128.load(cp + 2 * ldcb, 16));
-          c30 = f64x2.add(c30, v128.load(cp + 3 * ldcb));
-          c31 = f64x2.add(c31, v128.load(cp + 3 * ldcb, 16));
-        }
-        v128.store(cp, c00);
-        v128.store(cp, c01, 16);
-        cp += ldcb;
-        v128.store(cp, c10);
-        v128.store(cp, c11, 16);
-        cp += ldcb;
-        v128.store(cp, c20);
-        v128.store(cp, c21, 16);
-        cp += ldcb;
-        v128.store(cp, c30);
-        v128.store(cp, c31, 16);
+        const cp = c + (((ip as usize) << 2) * (ldc as usize) + ((jp as usize) << 2)) * 8;
+        v128.store(cp, fin64(c00, cp, va, vb, mode));
+        v128.store(cp, fin64(c01, cp + 16, va, vb, mode), 16);
+        v128.store(cp + ldcb, fin64(c10, cp + ldcb, va, vb, mode));
+        v128.store(cp + ldcb, fin64(c11, cp + ldcb + 16, va, vb, mode), 16);
+        v128.store(cp + 2 * ldcb, fin64(c20, cp + 2 * ldcb, va, vb, mode));
+        v128.store(cp + 2 * ldcb, fin64(c21, cp + 2 * ldcb + 16, va, vb, mode), 16);
+        v128.store(cp + 3 * ldcb, fin64(c30, cp + 3 * ldcb, va, vb, mode));
+        v128.store(cp + 3 * ldcb, fin64(c31, cp + 3 * ldcb + 16, va, vb, mode), 16);
       }
     }
   }

@@ -5,7 +5,10 @@
  */
 import type { Matrix } from '@caldera/core';
 
-/** `c := alpha·op(a)·op(b) + beta·c` (no validation; `beta = 0` does not read `c`). */
+/**
+ * `c := alpha·op(a)·op(b) + beta·c` (no validation; `beta = 0` does not read `c`); with `triangle`, only
+ * that triangle of the square `c` is written.
+ */
 export function gemmRefInto(
   c: Matrix,
   a: Matrix,
@@ -14,6 +17,7 @@ export function gemmRefInto(
   transB: boolean,
   alpha: number,
   beta: number,
+  triangle?: 'upper' | 'lower',
 ): void {
   const m = c.shape[0]!;
   const n = c.shape[1]!;
@@ -32,9 +36,11 @@ export function gemmRefInto(
       let q = b.offset + p * bp;
       for (let j = 0; j < n; j++, q += bj) row[j]! += aip * bd[q]!;
     }
-    let q = c.offset + i * c.strides[0]!;
     const cj = c.strides[1]!;
-    for (let j = 0; j < n; j++, q += cj)
+    const j0 = triangle === 'upper' ? i : 0;
+    const j1 = triangle === 'lower' ? Math.min(n, i + 1) : n;
+    let q = c.offset + i * c.strides[0]! + j0 * cj;
+    for (let j = j0; j < j1; j++, q += cj)
       cd[q] = beta === 0 ? alpha * row[j]! : alpha * row[j]! + beta * cd[q]!;
   }
 }

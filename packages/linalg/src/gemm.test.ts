@@ -43,6 +43,7 @@ describe('gemm matches a brute-force product within the k·u rounding bound', ()
             for (const [alpha, beta] of [
               [1, 0],
               [-0.75, 1.5],
+              [0.1, -0.3],
             ] as const) {
               const want = naiveGemm(a, b, transA, transB, alpha, beta, c);
               const got = gemm(a, b, { transA, transB, alpha, beta, c });
@@ -78,6 +79,44 @@ describe('gemmInto', () => {
         for (let j = 0; j < 29; j++) inView.add(c.offset + i * c.strides[0]! + j * 2);
       for (let q = 0; q < c.data.length; q++) if (!inView.has(q)) expect(c.data[q]).toBe(before[q]);
     }
+  });
+
+  it('updates only the requested triangle, on both paths, leaving the other untouched', () => {
+    for (const dtype of ['f32', 'f64'] as const) {
+      for (const triangle of ['upper', 'lower'] as const) {
+        for (const [n, k] of [
+          [5, 3],
+          [61, 70],
+        ] as const) {
+          const l = randn(dtype, n, k, 7);
+          const r = randn(dtype, k, n, 8);
+          const c = stridedRandn(dtype, n, n, 9);
+          const before = tensor(dtype, [n, n]) as Matrix;
+          for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) before.data[i * n + j] = at(c, i, j);
+          const want = naiveGemm(l, tview(r), false, true, -1, 1, c);
+          gemmInto(c, l, tview(r), { transB: true, alpha: -1, beta: 1, triangle, pool });
+          const inTri = (i: number, j: number): boolean => (triangle === 'upper' ? j >= i : j <= i);
+          let worst = 0;
+          for (let i = 0; i < n; i++) {
+            for (let j = 0; j < n; j++) {
+              if (!inTri(i, j)) {
+                expect(at(c, i, j)).toBe(before.data[i * n + j]);
+                continue;
+              }
+              const q = i * n + j;
+              const bound = (k + 4) * (dtype === 'f32' ? 2 ** -24 : 2 ** -53) * want.magnitude[q]!;
+              worst = Math.max(worst, Math.abs(at(c, i, j) - want.value[q]!) / bound);
+            }
+          }
+          expect(worst).toBeLessThanOrEqual(1);
+        }
+      }
+    }
+    expect(
+      codeOf(() =>
+        gemmInto(randn('f32', 3, 4, 1), randn('f32', 3, 2, 1), randn('f32', 2, 4, 1), { triangle: 'upper' }),
+      ),
+    ).toBe('E_SHAPE');
   });
 
   it('handles empty operands and k = 0 (C := beta·C)', () => {

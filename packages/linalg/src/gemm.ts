@@ -36,10 +36,16 @@ export interface GemmIntoOptions {
   checkFinite?: boolean;
   /** Use the plain TypeScript reference kernel (for tests and comparison). Default `false`. */
   reference?: boolean;
+  /**
+   * `gemmInto` only: compute and write only the upper (`j ≥ i`) or lower (`j ≤ i`) triangle of a square
+   * C, leaving the other untouched — about half the work, e.g. for a symmetric update `C −= L·Lᵀ`.
+   * Default: the whole of C.
+   */
+  triangle?: 'upper' | 'lower';
 }
 
 /** Options of {@link gemm}. */
-export interface GemmOptions extends GemmIntoOptions {
+export interface GemmOptions extends Omit<GemmIntoOptions, 'triangle'> {
   /** Matrix added as `beta·C` (not modified); shape `[m, n]`. Default: none (as if zero). */
   c?: Matrix;
 }
@@ -78,9 +84,9 @@ export function gemm(a: Matrix, b: Matrix, options: GemmOptions = {}): Matrix {
     for (let i = 0; i < rows; i++) {
       for (let j = 0; j < cols; j++) out.data[i * cols + j] = c.data[c.offset + i * s0 + j * s1]!;
     }
-    gemmIntoImpl(out, a, b, options, beta, 'gemm');
+    gemmIntoImpl(out, a, b, { ...options, triangle: undefined }, beta, 'gemm');
   } else {
-    gemmIntoImpl(out, a, b, options, 0, 'gemm');
+    gemmIntoImpl(out, a, b, { ...options, triangle: undefined }, 0, 'gemm');
   }
   return out;
 }
@@ -117,6 +123,16 @@ function gemmIntoImpl(c: Matrix, a: Matrix, b: Matrix, o: GemmIntoOptions, beta:
   if (c.shape[0] !== m || c.shape[1] !== n) {
     throw new CalderaError('E_SHAPE', `${fn}: c has shape ${fmtShape(c.shape)}, expected [${m}, ${n}]`);
   }
+  const triangle = o.triangle;
+  if (triangle !== undefined && triangle !== 'upper' && triangle !== 'lower') {
+    throw new CalderaError('E_VALUE', `${fn}: triangle must be 'upper' or 'lower', got ${String(triangle)}`);
+  }
+  if (triangle !== undefined && m !== n) {
+    throw new CalderaError(
+      'E_SHAPE',
+      `${fn}: triangle '${triangle}' needs a square c, got ${fmtShape(c.shape)}`,
+    );
+  }
   const check = o.checkFinite ?? true;
   if (check && beta !== 0) assertFiniteMatrix(c, fn, 'c');
   const exec = resolveExecutor(o.pool);
@@ -128,11 +144,11 @@ function gemmIntoImpl(c: Matrix, a: Matrix, b: Matrix, o: GemmIntoOptions, beta:
   }
   if (m === 0 || n === 0) return;
   if (k === 0 || alpha === 0) {
-    scaleInPlace(c, beta);
+    scaleInPlace(c, beta, triangle);
     return;
   }
   if (!wasm) {
-    gemmRefInto(c, a, b, transA, transB, alpha, beta);
+    gemmRefInto(c, a, b, transA, transB, alpha, beta, triangle);
     return;
   }
   const onNonFinite = check
@@ -141,7 +157,19 @@ function gemmIntoImpl(c: Matrix, a: Matrix, b: Matrix, o: GemmIntoOptions, beta:
         throw new CalderaError('E_VALUE', `${fn}: ${operand} has a non-finite value`);
       }
     : undefined;
-  panelGemmInto(exec!, { c, a, b, transA, transB, alpha, beta, onNonFinite }, fn);
+  if (triangle === 'lower') {
+    // lower(C) = upper(Cᵀ) and Cᵀ = op(B)ᵀ·op(A)ᵀ
+    const ct = { ...c, shape: [n, m], strides: [c.strides[1]!, c.strides[0]!] } as Matrix;
+    const swapped = (operand: 'a' | 'b'): never => onNonFinite!(operand === 'a' ? 'b' : 'a');
+    const args = { c: ct, a: b, b: a, transA: !transB, transB: !transA, alpha, beta, upper: true };
+    panelGemmInto(exec!, { ...args, onNonFinite: onNonFinite && swapped }, fn);
+    return;
+  }
+  panelGemmInto(
+    exec!,
+    { c, a, b, transA, transB, alpha, beta, onNonFinite, upper: triangle === 'upper' },
+    fn,
+  );
 }
 
 /** The executor for an optional pool (the default single-threaded one without), `null` without wasm. */
@@ -149,12 +177,15 @@ export function resolveExecutor(pool: Pool | undefined): Executor | null {
   return pool === undefined ? defaultExecutor() : poolExecutor(pool);
 }
 
-/** `c := beta·c` (`beta = 0` writes zeros without reading). */
-export function scaleInPlace(c: Matrix, beta: number): void {
+/** `c := beta·c` (`beta = 0` writes zeros without reading), optionally on one triangle only. */
+export function scaleInPlace(c: Matrix, beta: number, triangle?: 'upper' | 'lower'): void {
   const [m, n] = c.shape as [number, number];
   const [s0, s1] = c.strides as [number, number];
   for (let i = 0; i < m; i++) {
-    for (let j = 0, d = c.offset + i * s0; j < n; j++, d += s1)
+    const j0 = triangle === 'upper' ? i : 0;
+    const j1 = triangle === 'lower' ? Math.min(n, i + 1) : n;
+    for (let j = j0, d = c.offset + i * s0 + j0 * s1; j < j1; j++, d += s1) {
       c.data[d] = beta === 0 ? 0 : beta * c.data[d]!;
+    }
   }
 }

@@ -82,9 +82,9 @@ export function naiveGemm(
 }
 
 /**
- * Largest ratio |got − want| / bound over all elements, where bound = (k + 3)·u·magnitude + tiny:
+ * Largest ratio |got − want| / bound over all elements, where bound = (k + 4)·u·magnitude + tiny:
  * the classical dot-product bound |fl(xᵀy) − xᵀy| ≤ γ_k·|x|ᵀ|y| (γ_k ≈ k·u) plus one rounding each for
- * the alpha scaling, the beta update and the final store. A ratio ≤ 1 means the result is within it.
+ * the rounding of alpha, the alpha and beta products, the final sum and store. A ratio ≤ 1 means the result is within it.
  */
 export function worstErrorRatio(
   got: Matrix,
@@ -95,7 +95,7 @@ export function worstErrorRatio(
   for (let i = 0; i < want.m; i++) {
     for (let j = 0; j < want.n; j++) {
       const e = Math.abs(at(got, i, j) - want.value[i * want.n + j]!);
-      const bound = (want.k + 3) * u * want.magnitude[i * want.n + j]! + 1e-300;
+      const bound = (want.k + 4) * u * want.magnitude[i * want.n + j]! + 1e-300;
       worst = Math.max(worst, e / bound);
     }
   }

@@ -7,7 +7,19 @@
  */
 import { CalderaError } from '@caldera/core';
 import { createEngine, type Engine } from '../wasm/engine.js';
-import { CLOSED, CTRL_SLOTS, FIN, GEN, NBLOCKS, NEXT, QUIT, runBlock, runBlocks } from './protocol.js';
+import {
+  CLOSED,
+  CTRL_BYTES,
+  ctrlViews,
+  FIN,
+  GEN,
+  NBLOCKS,
+  NEXT,
+  QUIT,
+  runBlock,
+  runBlocks,
+  type Ctrl,
+} from './protocol.js';
 import { WORKER_SOURCE } from './worker-source.js';
 
 /** Options of {@link createPool}. */
@@ -37,7 +49,7 @@ export interface Executor {
   /**
    * Run blocks `0..nblocks-1` of the task whose parameters `setParams` writes into the control block.
    */
-  run(nblocks: number, setParams: (ctrl: Int32Array) => void): void;
+  run(nblocks: number, setParams: (ctrl: Ctrl) => void): void;
 }
 
 interface WorkerLike {
@@ -70,7 +82,7 @@ function canBlock(): boolean {
 
 /** Single-threaded executor: runs every block on the calling thread. */
 export function localExecutor(engine: Engine): Executor {
-  const ctrl = new Int32Array(CTRL_SLOTS);
+  const ctrl = ctrlViews(new ArrayBuffer(CTRL_BYTES));
   return {
     engine,
     threads: 1,
@@ -84,7 +96,7 @@ export function localExecutor(engine: Engine): Executor {
 class PoolImpl implements Pool, Executor {
   readonly threads: number;
   readonly engine: Engine;
-  private readonly ctrl: Int32Array;
+  private readonly ctrl: Ctrl;
   private readonly workers: WorkerLike[] = [];
   private blobUrl: string | undefined;
   private _disposed = false;
@@ -92,11 +104,9 @@ class PoolImpl implements Pool, Executor {
   constructor(threads: number, engine: Engine) {
     this.engine = engine;
     const wantWorkers = engine.shared && canBlock() ? threads - 1 : 0;
-    this.ctrl = new Int32Array(
-      engine.shared ? new SharedArrayBuffer(CTRL_SLOTS * 4) : new ArrayBuffer(CTRL_SLOTS * 4),
-    );
-    this.ctrl[NEXT] = CLOSED;
-    const data = { module: engine.module, memory: engine.memory, ctrl: this.ctrl.buffer };
+    this.ctrl = ctrlViews(engine.shared ? new SharedArrayBuffer(CTRL_BYTES) : new ArrayBuffer(CTRL_BYTES));
+    this.ctrl.i32[NEXT] = CLOSED;
+    const data = { module: engine.module, memory: engine.memory, ctrl: this.ctrl.i32.buffer };
     const wt = getBuiltin<NodeWorkerThreads>('node:worker_threads');
     try {
       for (let i = 0; i < wantWorkers; i++) {
@@ -132,22 +142,22 @@ class PoolImpl implements Pool, Executor {
     return this._disposed;
   }
 
-  run(nblocks: number, setParams: (ctrl: Int32Array) => void): void {
+  run(nblocks: number, setParams: (ctrl: Ctrl) => void): void {
     if (this._disposed) throw new CalderaError('E_VALUE', 'pool has been disposed');
-    const ctrl = this.ctrl;
     if (this.workers.length === 0) {
-      setParams(ctrl);
-      for (let b = 0; b < nblocks; b++) runBlock(ctrl, this.engine.exports, b);
+      setParams(this.ctrl);
+      for (let b = 0; b < nblocks; b++) runBlock(this.ctrl, this.engine.exports, b);
       return;
     }
+    const ctrl = this.ctrl.i32;
     Atomics.store(ctrl, NEXT, CLOSED);
-    setParams(ctrl);
+    setParams(this.ctrl);
     Atomics.store(ctrl, NBLOCKS, nblocks);
     Atomics.store(ctrl, FIN, 0);
     Atomics.store(ctrl, NEXT, 0);
     Atomics.add(ctrl, GEN, 1);
     Atomics.notify(ctrl, GEN);
-    runBlocks(ctrl, this.engine.exports);
+    runBlocks(this.ctrl, this.engine.exports);
     for (;;) {
       const fin = Atomics.load(ctrl, FIN);
       if (fin >= nblocks) break;
@@ -159,9 +169,10 @@ class PoolImpl implements Pool, Executor {
   dispose(): void {
     if (this._disposed) return;
     this._disposed = true;
-    Atomics.store(this.ctrl, QUIT, 1);
-    Atomics.add(this.ctrl, GEN, 1);
-    if (this.engine.shared) Atomics.notify(this.ctrl, GEN);
+    const ctrl = this.ctrl.i32;
+    Atomics.store(ctrl, QUIT, 1);
+    Atomics.add(ctrl, GEN, 1);
+    if (this.engine.shared) Atomics.notify(ctrl, GEN);
     for (const w of this.workers) void w.terminate();
     this.workers.length = 0;
     if (this.blobUrl) {

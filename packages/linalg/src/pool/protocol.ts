@@ -28,6 +28,22 @@ export const LDC = 13;
 export const KC = 14;
 export const TRI = 15;
 export const CTRL_SLOTS = 16;
+/** Two f64 slots after the i32 slots: alpha and beta. */
+export const ALPHA = 0;
+export const BETA = 1;
+/** Bytes of the control block: 16 i32 slots, then 2 f64 slots. */
+export const CTRL_BYTES = CTRL_SLOTS * 4 + 16;
+
+/** The control block's two views. */
+export interface Ctrl {
+  readonly i32: Int32Array;
+  readonly f64: Float64Array;
+}
+
+/** Views over a control block buffer of {@link CTRL_BYTES} bytes. */
+export function ctrlViews(buffer: ArrayBufferLike): Ctrl {
+  return { i32: new Int32Array(buffer, 0, CTRL_SLOTS), f64: new Float64Array(buffer, CTRL_SLOTS * 4, 2) };
+}
 /** NEXT while no task is open: larger than any block count, far from overflow. */
 export const CLOSED = 1 << 30;
 
@@ -44,13 +60,14 @@ export function nrOfKind(kind: number): number {
  * Claim and run blocks of the open task until none are left (the caller-thread side; the worker side
  * is the same loop in `worker-source.ts`). Returns the number of blocks this thread ran.
  */
-export function runBlocks(ctrl: Int32Array, ex: KernelExports): number {
+export function runBlocks(c: Ctrl, ex: KernelExports): number {
+  const ctrl = c.i32;
   let ran = 0;
   for (;;) {
     const b = Atomics.add(ctrl, NEXT, 1);
     const nb = Atomics.load(ctrl, NBLOCKS);
     if (b >= nb) return ran;
-    runBlock(ctrl, ex, b);
+    runBlock(c, ex, b);
     ran++;
     Atomics.add(ctrl, FIN, 1);
     Atomics.notify(ctrl, FIN);
@@ -58,7 +75,8 @@ export function runBlocks(ctrl: Int32Array, ex: KernelExports): number {
 }
 
 /** Run block `b` of the open task. */
-export function runBlock(ctrl: Int32Array, ex: KernelExports, b: number): void {
+export function runBlock(c: Ctrl, ex: KernelExports, b: number): void {
+  const ctrl = c.i32;
   const kind = ctrl[KIND]!;
   const bp = ctrl[BP]!;
   const ip0 = b * bp;
@@ -77,5 +95,7 @@ export function runBlock(ctrl: Int32Array, ex: KernelExports, b: number): void {
     ctrl[NPJ]!,
     ctrl[LDC]!,
     ctrl[KC]!,
+    c.f64[ALPHA]!,
+    c.f64[BETA]!,
   );
 }

@@ -12,7 +12,8 @@ const GEN = 0, QUIT = 1, NEXT = 2, FIN = 3, NBLOCKS = 4, KIND = 5, APACK = 6, BP
   K = 9, NPI = 10, BP = 11, NPJ = 12, LDC = 13, KC = 14, TRI = 15;
 function start(data) {
   const ex = new WebAssembly.Instance(data.module, { env: { memory: data.memory, abort() {} } }).exports;
-  const ctrl = new Int32Array(data.ctrl);
+  const ctrl = new Int32Array(data.ctrl, 0, 16);
+  const ctrl64 = new Float64Array(data.ctrl, 64, 2);
   let gen = 0;
   for (;;) {
     Atomics.wait(ctrl, GEN, gen);
@@ -28,7 +29,7 @@ function start(data) {
       const nr = kind === 0 ? 8 : 4;
       const jp0 = ctrl[TRI] ? Math.floor((ip0 * 4) / nr) : 0;
       const f = kind === 0 ? ex.sgemmPanels : ex.dgemmPanels;
-      f(ctrl[APACK] >>> 0, ctrl[BPACK] >>> 0, ctrl[CPTR] >>> 0, ctrl[K], ip0, ip1, jp0, ctrl[NPJ], ctrl[LDC], ctrl[KC]);
+      f(ctrl[APACK] >>> 0, ctrl[BPACK] >>> 0, ctrl[CPTR] >>> 0, ctrl[K], ip0, ip1, jp0, ctrl[NPJ], ctrl[LDC], ctrl[KC], ctrl64[0], ctrl64[1]);
       Atomics.add(ctrl, FIN, 1);
       Atomics.notify(ctrl, FIN);
     }

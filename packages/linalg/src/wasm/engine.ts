@@ -65,7 +65,7 @@ export function warmUp(engine: Engine): void {
   const b = a + 8 * 64 * k;
   const c = b + 8 * 64 * k;
   for (let r = 0; r < 40; r++) {
-    engine.exports.sgemmPanels(a, b, c, k, 0, 4, 0, 2, 16, 32);
-    engine.exports.dgemmPanels(a, b, c, k, 0, 4, 0, 4, 16, 32);
+    engine.exports.sgemmPanels(a, b, c, k, 0, 4, 0, 2, 16, 32, 1, 0);
+    engine.exports.dgemmPanels(a, b, c, k, 0, 4, 0, 4, 16, 32, 1, 0);
   }
 }

@@ -18,6 +18,8 @@ export interface KernelExports {
     jp1: number,
     ldc: number,
     kc: number,
+    alpha: number,
+    beta: number,
   ): void;
   /** f64 panel GEMM: MR = 4 rows × NR = 4 columns per micro-tile. */
   dgemmPanels(
@@ -31,6 +33,8 @@ export interface KernelExports {
     jp1: number,
     ldc: number,
     kc: number,
+    alpha: number,
+    beta: number,
   ): void;
   /** 1 when `bytes` bytes (a multiple of 16) at `ptr` are finite f32 values, else 0. */
   allFinite32(ptr: number, bytes: number): number;

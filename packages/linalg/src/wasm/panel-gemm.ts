@@ -6,7 +6,9 @@
 import type { Matrix } from '@caldera/core';
 import type { Executor } from '../pool/pool.js';
 import {
+  ALPHA,
   APACK,
+  BETA,
   BP,
   BPACK,
   CPTR,
@@ -116,7 +118,10 @@ export function panelGemmInto(exec: Executor, args: PanelGemmArgs, what: string)
       const bp = Math.max(1, Math.min(MAX_BLOCK_PANELS, Math.floor(npi / (4 * exec.threads))));
       const nblocks = Math.ceil(npi / bp);
       const tri = upper && i0 === j0 ? 1 : 0;
-      exec.run(nblocks, (ctrl) => {
+      if (beta !== 0) readIn(c, view, cOff / es, ncp, i0, mcnt, j0, ncnt);
+      exec.run(nblocks, ({ i32: ctrl, f64: scal }) => {
+        scal[ALPHA] = alpha;
+        scal[BETA] = beta;
         ctrl[KIND] = f64 ? KIND_DGEMM : KIND_SGEMM;
         ctrl[APACK] = aOff;
         ctrl[BPACK] = bOff;
@@ -129,7 +134,7 @@ export function panelGemmInto(exec: Executor, args: PanelGemmArgs, what: string)
         ctrl[KC] = f64 ? KC_F64 : KC_F32;
         ctrl[TRI] = tri;
       });
-      writeOut(c, view, cOff / es, ncp, i0, mcnt, j0, ncnt, alpha, beta, upper);
+      writeOut(c, view, cOff / es, ncp, i0, mcnt, j0, ncnt, upper);
     }
   }
 }
@@ -139,6 +144,28 @@ function allFinite(exec: Executor, ptr: number, bytes: number, f64: boolean): bo
   return (f64 ? ex.allFinite64(ptr, bytes) : ex.allFinite32(ptr, bytes)) === 1;
 }
 
+/** Copy the block of C at (i0, j0) into the padded wasm C buffer (for beta ≠ 0). */
+function readIn(
+  c: Matrix,
+  dst: Float32Array | Float64Array,
+  off: number,
+  ld: number,
+  i0: number,
+  mcnt: number,
+  j0: number,
+  ncnt: number,
+): void {
+  const cd = c.data;
+  const [s0, s1] = c.strides as [number, number];
+  for (let r = 0; r < mcnt; r++) {
+    const s = c.offset + (i0 + r) * s0 + j0 * s1;
+    const d = off + r * ld;
+    if (s1 === 1) dst.set(cd.subarray(s, s + ncnt), d);
+    else for (let j = 0; j < ncnt; j++) dst[d + j] = cd[s + j * s1]!;
+  }
+}
+
+/** Copy the finished block (alpha and beta already applied by the kernel) back into C. */
 function writeOut(
   c: Matrix,
   src: Float32Array | Float64Array,
@@ -148,8 +175,6 @@ function writeOut(
   mcnt: number,
   j0: number,
   ncnt: number,
-  alpha: number,
-  beta: number,
   upper: boolean,
 ): void {
   const cd = c.data;
@@ -157,14 +182,9 @@ function writeOut(
   for (let r = 0; r < mcnt; r++) {
     const i = i0 + r;
     const jStart = upper ? Math.max(0, i - j0) : 0;
-    let s = off + r * ld + jStart;
-    let d = c.offset + i * s0 + (j0 + jStart) * s1;
-    if (beta === 0) {
-      if (alpha === 1 && s1 === 1) cd.set(src.subarray(s, s + ncnt - jStart), d);
-      else if (alpha === 1) for (let j = jStart; j < ncnt; j++, s++, d += s1) cd[d] = src[s]!;
-      else for (let j = jStart; j < ncnt; j++, s++, d += s1) cd[d] = alpha * src[s]!;
-    } else {
-      for (let j = jStart; j < ncnt; j++, s++, d += s1) cd[d] = alpha * src[s]! + beta * cd[d]!;
-    }
+    const s = off + r * ld + jStart;
+    const d = c.offset + i * s0 + (j0 + jStart) * s1;
+    if (s1 === 1) cd.set(src.subarray(s, s + ncnt - jStart), d);
+    else for (let j = 0; j < ncnt - jStart; j++) cd[d + j * s1] = src[s + j]!;
   }
 }
