@@ -1,1 +1,2 @@
-export {};
+export * from './e8p.js';
+export * from './rvq.js';
