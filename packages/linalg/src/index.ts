@@ -1,4 +1,6 @@
-export { gemm, gemmInto, type GemmOptions, type GemmIntoOptions } from './gemm.js';
+export { gemm, gemmInto, type GemmOptions, type GemmIntoOptions, type KernelProgress } from './gemm.js';
 export { createPool, type Pool, type PoolOptions } from './pool/pool.js';
 export { gemv, gemvInto, type GemvOptions, type GemvNewOptions, type Vector } from './gemv.js';
 export { syrk, syrkInto, type SyrkOptions, type SyrkNewOptions } from './syrk.js';
+export { cholesky, choleskyWithInfo, type CholeskyOptions, type CholeskyResult } from './cholesky.js';
+export { blockLDL, type BlockLDL } from './ldl.js';

@@ -1,0 +1,97 @@
+import { describe, expect, it } from 'vitest';
+import { isCalderaError, Rng, tensor, type Tensor } from '@caldera/core';
+import { cholesky, choleskyWithInfo } from './cholesky.js';
+import { blockLDL } from './ldl.js';
+
+/** A = GᵀG/k + εI with a seeded G (k × n): SPD, condition number controlled by k and ε. */
+function spd(n: number, seed: number, eps = 1e-3, k = n + 3): Tensor<'f64'> {
+  const rng = new Rng(seed);
+  const g = rng.fillNormal(new Float64Array(k * n));
+  const a = new Float64Array(n * n);
+  for (let i = 0; i < n; i++)
+    for (let j = 0; j <= i; j++) {
+      let s = 0;
+      for (let r = 0; r < k; r++) s += g[r * n + i]! * g[r * n + j]!;
+      a[i * n + j] = a[j * n + i] = s / k + (i === j ? eps : 0);
+    }
+  return tensor('f64', [n, n], a);
+}
+
+function maxAbs(x: Float64Array): number {
+  return x.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+}
+
+describe('cholesky', () => {
+  for (const n of [1, 7, 129, 300]) {
+    it(`reconstructs A = LLᵀ for n = ${n} (blocked across panels of 128)`, () => {
+      const a = spd(n, n);
+      const l = cholesky(a, { blockSize: 128 }).data;
+      const r = new Float64Array(n * n);
+      for (let i = 0; i < n; i++)
+        for (let j = 0; j < n; j++) {
+          let s = 0;
+          for (let p = 0; p <= Math.min(i, j); p++) s += l[i * n + p]! * l[j * n + p]!;
+          r[i * n + j] = s - a.data[i * n + j]!;
+        }
+      for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) expect(l[i * n + j]).toBe(0);
+      // backward stability of Cholesky: ‖LLᵀ − A‖ ≤ c·n·eps·‖A‖; c = 4 is generous
+      expect(maxAbs(r)).toBeLessThan(4 * n * 2.2e-16 * maxAbs(a.data) + 1e-300);
+    });
+  }
+
+  it('rejects a matrix that is not positive definite with E_NOT_PD, naming the pivot', () => {
+    const a = tensor('f64', [3, 3], [1, 0, 0, 0, -1, 0, 0, 0, 1]);
+    try {
+      cholesky(a);
+      expect.unreachable();
+    } catch (e) {
+      expect(isCalderaError(e, 'E_NOT_PD')).toBe(true);
+      expect(String(e)).toMatch(/pivot 1/);
+    }
+  });
+
+  it('with jitter, factors a singular PSD matrix and reports the jitter used', () => {
+    const a = tensor('f64', [2, 2], [1, 1, 1, 1]); // rank 1
+    const { l, jitter } = choleskyWithInfo(a, { jitter: true });
+    expect(jitter).toBeGreaterThan(0);
+    expect(l.data[0]! ** 2).toBeCloseTo(1 + jitter, 12);
+  });
+
+  it('rejects non-finite input with E_VALUE', () => {
+    expect(() => cholesky(tensor('f64', [2, 2], [1, 0, NaN, 1]))).toThrow(/E_VALUE/);
+  });
+});
+
+describe('blockLDL', () => {
+  it('H = L·blockdiag(D)·Lᵀ with L unit block-lower-triangular (n = 48, b = 8)', () => {
+    const n = 48;
+    const b = 8;
+    const h = spd(n, 3, 1e-2, 20); // ill-conditioned: rank-20 Gram + 1e-2
+    const { L, D } = blockLDL(h, b);
+    const l = L.data;
+    const d = D.data;
+    for (let i = 0; i < n; i++)
+      for (let j = 0; j < n; j++) {
+        const bi = Math.floor(i / b);
+        const bj = Math.floor(j / b);
+        if (bj > bi) expect(l[i * n + j]).toBe(0);
+        if (bi === bj) expect(l[i * n + j]).toBe(i === j ? 1 : 0);
+      }
+    let err = 0;
+    for (let i = 0; i < n; i++)
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let k = 0; k < n / b; k++)
+          for (let p = 0; p < b; p++)
+            for (let q = 0; q < b; q++)
+              s += l[i * n + k * b + p]! * d[k * b * b + p * b + q]! * l[j * n + k * b + q]!;
+        err = Math.max(err, Math.abs(s - h.data[i * n + j]!));
+      }
+    // error grows with κ(Cᵢᵢ) of the inverted blocks; 1e-10 ≫ eps·n·κ for κ ≲ 1e3 here
+    expect(err).toBeLessThan(1e-10);
+  });
+
+  it('rejects sizes that are not a multiple of b', () => {
+    expect(() => blockLDL(spd(10, 1), 8)).toThrow(/E_SHAPE/);
+  });
+});
