@@ -119,6 +119,51 @@ describe('gemmInto', () => {
     ).toBe('E_SHAPE');
   });
 
+  it('reports progress in waves up to the total and stops when aborted', () => {
+    const exec = defaultExecutor()!;
+    for (const upper of [false, true]) {
+      const a = randn('f64', 96, 40, 1);
+      const c = tensor('f64', [96, 96]) as Matrix;
+      const events: { done: number; total: number }[] = [];
+      const args = {
+        c,
+        a,
+        b: tview(a),
+        transA: false,
+        transB: false,
+        alpha: 1,
+        beta: 0,
+        upper,
+        waveMadds: 5000,
+      };
+      panelGemmInto(exec, { ...args, onProgress: (p) => events.push(p) }, 't');
+      const total = upper ? ((96 * 97) / 2) * 40 : 96 * 96 * 40;
+      expect(events.length).toBeGreaterThan(3);
+      expect(events.at(-1)).toEqual({ done: total, total });
+      for (let i = 1; i < events.length; i++) expect(events[i]!.done).toBeGreaterThan(events[i - 1]!.done);
+      const ac = new AbortController();
+      let calls = 0;
+      const onProgress = (): void => {
+        if (++calls === 2) ac.abort();
+      };
+      expect(codeOf(() => panelGemmInto(exec, { ...args, signal: ac.signal, onProgress }, 't'))).toBe(
+        'E_ABORTED',
+      );
+      expect(calls).toBe(2);
+    }
+    const ac = new AbortController();
+    ac.abort();
+    expect(codeOf(() => gemm(randn('f32', 80, 80, 1), randn('f32', 80, 80, 2), { signal: ac.signal }))).toBe(
+      'E_ABORTED',
+    );
+    const seen: number[] = [];
+    gemm(randn('f32', 80, 70, 1), randn('f32', 70, 60, 2), {
+      pool,
+      onProgress: (p) => seen.push(p.done / p.total),
+    });
+    expect(seen.at(-1)).toBe(1);
+  });
+
   it('handles empty operands and k = 0 (C := beta·C)', () => {
     const c = randn('f64', 3, 4, 1);
     const c0 = Array.from(c.data as Float64Array);

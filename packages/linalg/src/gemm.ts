@@ -2,7 +2,7 @@
  * General matrix multiply: `alpha·op(A)·op(B) + beta·C` for f32 and f64 matrices with any strides, on
  * the WebAssembly SIMD kernels (optionally multi-threaded through a {@link Pool}).
  */
-import { CalderaError, type Matrix, type Tensor } from '@caldera/core';
+import { CalderaError, throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
 import {
   assertFiniteMatrix,
   assertFiniteScalar,
@@ -15,7 +15,9 @@ import {
 import { gemmRefInto } from './gemm-ref.js';
 import { defaultExecutor } from './pool/default.js';
 import { poolExecutor, type Executor, type Pool } from './pool/pool.js';
-import { panelGemmInto } from './wasm/panel-gemm.js';
+import { panelGemmInto, type KernelProgress } from './wasm/panel-gemm.js';
+
+export type { KernelProgress } from './wasm/panel-gemm.js';
 
 /** Options shared by {@link gemm} and {@link gemmInto}. */
 export interface GemmIntoOptions {
@@ -42,6 +44,10 @@ export interface GemmIntoOptions {
    * Default: the whole of C.
    */
   triangle?: 'upper' | 'lower';
+  /** Abort between waves of about 10⁹ multiply-adds (`E_ABORTED`; the output is then partly written). */
+  signal?: AbortSignal;
+  /** Progress in multiply-adds, reported after each wave. */
+  onProgress?: (p: KernelProgress) => void;
 }
 
 /** Options of {@link gemm}. */
@@ -142,6 +148,7 @@ function gemmIntoImpl(c: Matrix, a: Matrix, b: Matrix, o: GemmIntoOptions, beta:
     assertFiniteMatrix(a, fn, 'a');
     assertFiniteMatrix(b, fn, 'b');
   }
+  throwIfAborted(o.signal, fn);
   if (m === 0 || n === 0) return;
   if (k === 0 || alpha === 0) {
     scaleInPlace(c, beta, triangle);
@@ -157,17 +164,18 @@ function gemmIntoImpl(c: Matrix, a: Matrix, b: Matrix, o: GemmIntoOptions, beta:
         throw new CalderaError('E_VALUE', `${fn}: ${operand} has a non-finite value`);
       }
     : undefined;
+  const long = { signal: o.signal, onProgress: o.onProgress };
   if (triangle === 'lower') {
     // lower(C) = upper(Cᵀ) and Cᵀ = op(B)ᵀ·op(A)ᵀ
     const ct = { ...c, shape: [n, m], strides: [c.strides[1]!, c.strides[0]!] } as Matrix;
     const swapped = (operand: 'a' | 'b'): never => onNonFinite!(operand === 'a' ? 'b' : 'a');
-    const args = { c: ct, a: b, b: a, transA: !transB, transB: !transA, alpha, beta, upper: true };
+    const args = { c: ct, a: b, b: a, transA: !transB, transB: !transA, alpha, beta, upper: true, ...long };
     panelGemmInto(exec!, { ...args, onNonFinite: onNonFinite && swapped }, fn);
     return;
   }
   panelGemmInto(
     exec!,
-    { c, a, b, transA, transB, alpha, beta, onNonFinite, upper: triangle === 'upper' },
+    { c, a, b, transA, transB, alpha, beta, onNonFinite, upper: triangle === 'upper', ...long },
     fn,
   );
 }

@@ -3,7 +3,7 @@
  * `H = XᵀX` of calibration activations). Computes the upper triangle on the WebAssembly kernels (about
  * half the work of a general product) and mirrors it. Can accumulate f32 input in f64.
  */
-import { CalderaError, type Matrix, type Tensor } from '@caldera/core';
+import { CalderaError, throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
 import {
   assertFiniteMatrix,
   assertFiniteScalar,
@@ -16,7 +16,7 @@ import {
 import { resolveExecutor, scaleInPlace } from './gemm.js';
 import { gemmRefInto } from './gemm-ref.js';
 import type { Pool } from './pool/pool.js';
-import { panelGemmInto } from './wasm/panel-gemm.js';
+import { panelGemmInto, type KernelProgress } from './wasm/panel-gemm.js';
 
 /** Options of {@link syrk} and {@link syrkInto}. */
 export interface SyrkOptions {
@@ -28,6 +28,10 @@ export interface SyrkOptions {
   checkFinite?: boolean;
   /** Use the plain TypeScript reference kernel. Default `false`. */
   reference?: boolean;
+  /** Abort between waves of about 10⁹ multiply-adds (`E_ABORTED`; the output is then partly written). */
+  signal?: AbortSignal;
+  /** Progress in multiply-adds (of the upper triangle), reported after each wave. */
+  onProgress?: (p: KernelProgress) => void;
 }
 
 /** Options of {@link syrk}. */
@@ -90,6 +94,7 @@ function syrkImpl(c: Matrix, x: Matrix, o: SyrkOptions, beta: number, fn: string
   const exec = resolveExecutor(o.pool);
   const wasm = !o.reference && exec !== null && m * n * n >= 8192;
   if (check && !wasm) assertFiniteMatrix(x, fn, 'x'); // the wasm path checks the packed copy
+  throwIfAborted(o.signal, fn);
   if (n === 0) return;
   if (m === 0 || alpha === 0) {
     scaleInPlace(c, beta);
@@ -110,7 +115,19 @@ function syrkImpl(c: Matrix, x: Matrix, o: SyrkOptions, beta: number, fn: string
     : undefined;
   panelGemmInto(
     exec!,
-    { c, a: x, b: x, transA: true, transB: false, alpha, beta, upper: true, onNonFinite },
+    {
+      c,
+      a: x,
+      b: x,
+      transA: true,
+      transB: false,
+      alpha,
+      beta,
+      upper: true,
+      onNonFinite,
+      signal: o.signal,
+      onProgress: o.onProgress,
+    },
     fn,
   );
   mirrorUpper(c);

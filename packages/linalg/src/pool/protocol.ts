@@ -27,11 +27,14 @@ export const NPJ = 12;
 export const LDC = 13;
 export const KC = 14;
 export const TRI = 15;
-export const CTRL_SLOTS = 16;
+/** First A panel of the task (blocks cover panels IP_BASE + b·BP …, up to NPI). */
+export const IP_BASE = 16;
+/** i32 slots (even, so the f64 slots that follow are 8-byte aligned). */
+export const CTRL_SLOTS = 18;
 /** Two f64 slots after the i32 slots: alpha and beta. */
 export const ALPHA = 0;
 export const BETA = 1;
-/** Bytes of the control block: 16 i32 slots, then 2 f64 slots. */
+/** Bytes of the control block: 18 i32 slots, then 2 f64 slots. */
 export const CTRL_BYTES = CTRL_SLOTS * 4 + 16;
 
 /** The control block's two views. */
@@ -79,7 +82,7 @@ export function runBlock(c: Ctrl, ex: KernelExports, b: number): void {
   const ctrl = c.i32;
   const kind = ctrl[KIND]!;
   const bp = ctrl[BP]!;
-  const ip0 = b * bp;
+  const ip0 = ctrl[IP_BASE]! + b * bp;
   const ip1 = Math.min(ip0 + bp, ctrl[NPI]!);
   const nr = nrOfKind(kind);
   const jp0 = ctrl[TRI] ? Math.floor((ip0 * 4) / nr) : 0;

@@ -9,11 +9,11 @@
 export const WORKER_SOURCE = `
 'use strict';
 const GEN = 0, QUIT = 1, NEXT = 2, FIN = 3, NBLOCKS = 4, KIND = 5, APACK = 6, BPACK = 7, CPTR = 8,
-  K = 9, NPI = 10, BP = 11, NPJ = 12, LDC = 13, KC = 14, TRI = 15;
+  K = 9, NPI = 10, BP = 11, NPJ = 12, LDC = 13, KC = 14, TRI = 15, IP_BASE = 16;
 function start(data) {
   const ex = new WebAssembly.Instance(data.module, { env: { memory: data.memory, abort() {} } }).exports;
-  const ctrl = new Int32Array(data.ctrl, 0, 16);
-  const ctrl64 = new Float64Array(data.ctrl, 64, 2);
+  const ctrl = new Int32Array(data.ctrl, 0, 18);
+  const ctrl64 = new Float64Array(data.ctrl, 72, 2);
   let gen = 0;
   for (;;) {
     Atomics.wait(ctrl, GEN, gen);
@@ -24,7 +24,7 @@ function start(data) {
       const nb = Atomics.load(ctrl, NBLOCKS);
       if (b >= nb) break;
       const kind = ctrl[KIND], bp = ctrl[BP];
-      const ip0 = b * bp;
+      const ip0 = ctrl[IP_BASE] + b * bp;
       const ip1 = Math.min(ip0 + bp, ctrl[NPI]);
       const nr = kind === 0 ? 8 : 4;
       const jp0 = ctrl[TRI] ? Math.floor((ip0 * 4) / nr) : 0;

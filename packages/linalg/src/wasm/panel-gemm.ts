@@ -3,7 +3,7 @@
  * memory budget), runs the panel kernels on the executor's threads over row blocks, and writes
  * `alpha·(A·B) + beta·C` into the strided output.
  */
-import type { Matrix } from '@caldera/core';
+import { throwIfAborted, type Matrix } from '@caldera/core';
 import type { Executor } from '../pool/pool.js';
 import {
   ALPHA,
@@ -12,6 +12,7 @@ import {
   BP,
   BPACK,
   CPTR,
+  IP_BASE,
   K,
   KC,
   KIND,
@@ -47,7 +48,22 @@ export interface PanelGemmArgs {
    * much faster than a scan in JavaScript); it must throw. Default: no check.
    */
   onNonFinite?: (operand: 'a' | 'b') => never;
+  /** Checked between waves of row blocks; aborting throws `E_ABORTED` (C is then partly updated). */
+  signal?: AbortSignal;
+  /** Called after each wave with multiply-adds done and in total. */
+  onProgress?: (p: KernelProgress) => void;
+  /** Multiply-adds per wave when `signal` or `onProgress` is given (default 2³⁰; tests use less). */
+  waveMadds?: number;
 }
+
+/** Progress of a long kernel call, in multiply-adds. */
+export interface KernelProgress {
+  done: number;
+  total: number;
+}
+
+/** Multiply-adds per wave between abort checks / progress reports when either is requested. */
+const WAVE_MADDS = 2 ** 30;
 
 /** K-block length per dtype: one B micro-panel (kc × NR) stays in L1 (8 KiB f32, 4 KiB f64). */
 const KC_F32 = 256;
@@ -92,6 +108,8 @@ export function panelGemmInto(exec: Executor, args: PanelGemmArgs, what: string)
     if (upper || mc >= nc) mc = Math.max(q, roundUp(mc / 2, q));
     if (upper || nc > mc) nc = Math.max(q, roundUp(nc / 2, q));
   }
+  const total = upper ? (m * (m + 1) * k) / 2 : m * n * k;
+  let done = 0;
   const aOff = HEAP_BASE;
   const bOff = aOff + mc * k * es;
   const cOff = bOff + k * nc * es;
@@ -116,27 +134,49 @@ export function panelGemmInto(exec: Executor, args: PanelGemmArgs, what: string)
       if (args.onNonFinite && !allFinite(exec, bOff, ncp * k * es, f64)) args.onNonFinite('b');
       const npi = mcp / MR;
       const bp = Math.max(1, Math.min(MAX_BLOCK_PANELS, Math.floor(npi / (4 * exec.threads))));
-      const nblocks = Math.ceil(npi / bp);
       const tri = upper && i0 === j0 ? 1 : 0;
       if (beta !== 0) readIn(c, view, cOff / es, ncp, i0, mcnt, j0, ncnt);
-      exec.run(nblocks, ({ i32: ctrl, f64: scal }) => {
-        scal[ALPHA] = alpha;
-        scal[BETA] = beta;
-        ctrl[KIND] = f64 ? KIND_DGEMM : KIND_SGEMM;
-        ctrl[APACK] = aOff;
-        ctrl[BPACK] = bOff;
-        ctrl[CPTR] = cOff;
-        ctrl[K] = k;
-        ctrl[NPI] = npi;
-        ctrl[BP] = bp;
-        ctrl[NPJ] = ncp / nr;
-        ctrl[LDC] = ncp;
-        ctrl[KC] = f64 ? KC_F64 : KC_F32;
-        ctrl[TRI] = tri;
-      });
+      // Waves of row panels: one wave unless abort checks or progress reports are wanted.
+      const wantWaves = args.signal !== undefined || args.onProgress !== undefined;
+      const rowMadds = Math.max(1, ncp * k);
+      const wavePanels = wantWaves
+        ? Math.max(bp * exec.threads, Math.ceil((args.waveMadds ?? WAVE_MADDS) / (rowMadds * MR)))
+        : npi;
+      for (let w0 = 0; w0 < npi; w0 += wavePanels) {
+        throwIfAborted(args.signal, what);
+        const w1 = Math.min(npi, w0 + wavePanels);
+        exec.run(Math.ceil((w1 - w0) / bp), ({ i32: ctrl, f64: scal }) => {
+          scal[ALPHA] = alpha;
+          scal[BETA] = beta;
+          ctrl[KIND] = f64 ? KIND_DGEMM : KIND_SGEMM;
+          ctrl[APACK] = aOff;
+          ctrl[BPACK] = bOff;
+          ctrl[CPTR] = cOff;
+          ctrl[K] = k;
+          ctrl[IP_BASE] = w0;
+          ctrl[NPI] = w1;
+          ctrl[BP] = bp;
+          ctrl[NPJ] = ncp / nr;
+          ctrl[LDC] = ncp;
+          ctrl[KC] = f64 ? KC_F64 : KC_F32;
+          ctrl[TRI] = tri;
+        });
+        if (args.onProgress) {
+          const rows = Math.min(mcnt, w1 * MR) - Math.min(mcnt, w0 * MR);
+          done += tri ? waveTriMadds(i0 + w0 * MR, rows, j0, ncnt, k) : rows * ncnt * k;
+          args.onProgress({ done: Math.min(done, total), total });
+        }
+      }
       writeOut(c, view, cOff / es, ncp, i0, mcnt, j0, ncnt, upper);
     }
   }
+}
+
+/** Multiply-adds of rows [r0, r0 + rows) of an upper-triangular block starting at column j0. */
+function waveTriMadds(r0: number, rows: number, j0: number, ncnt: number, k: number): number {
+  let s = 0;
+  for (let i = r0; i < r0 + rows; i++) s += Math.max(0, j0 + ncnt - Math.max(i, j0));
+  return s * k;
 }
 
 function allFinite(exec: Executor, ptr: number, bytes: number, f64: boolean): boolean {
