@@ -121,7 +121,7 @@ describe('gemmInto', () => {
 
   it('reports progress in waves up to the total and stops when aborted', () => {
     const exec = defaultExecutor()!;
-    for (const upper of [false, true]) {
+    for (const triangle of [undefined, 'upper', 'lower'] as const) {
       const a = randn('f64', 96, 40, 1);
       const c = tensor('f64', [96, 96]) as Matrix;
       const events: { done: number; total: number }[] = [];
@@ -133,11 +133,11 @@ describe('gemmInto', () => {
         transB: false,
         alpha: 1,
         beta: 0,
-        upper,
+        triangle,
         waveMadds: 5000,
       };
       panelGemmInto(exec, { ...args, onProgress: (p) => events.push(p) }, 't');
-      const total = upper ? ((96 * 97) / 2) * 40 : 96 * 96 * 40;
+      const total = triangle ? ((96 * 97) / 2) * 40 : 96 * 96 * 40;
       expect(events.length).toBeGreaterThan(3);
       expect(events.at(-1)).toEqual({ done: total, total });
       for (let i = 1; i < events.length; i++) expect(events[i]!.done).toBeGreaterThan(events[i - 1]!.done);

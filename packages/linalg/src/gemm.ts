@@ -165,19 +165,7 @@ function gemmIntoImpl(c: Matrix, a: Matrix, b: Matrix, o: GemmIntoOptions, beta:
       }
     : undefined;
   const long = { signal: o.signal, onProgress: o.onProgress };
-  if (triangle === 'lower') {
-    // lower(C) = upper(Cᵀ) and Cᵀ = op(B)ᵀ·op(A)ᵀ
-    const ct = { ...c, shape: [n, m], strides: [c.strides[1]!, c.strides[0]!] } as Matrix;
-    const swapped = (operand: 'a' | 'b'): never => onNonFinite!(operand === 'a' ? 'b' : 'a');
-    const args = { c: ct, a: b, b: a, transA: !transB, transB: !transA, alpha, beta, upper: true, ...long };
-    panelGemmInto(exec!, { ...args, onNonFinite: onNonFinite && swapped }, fn);
-    return;
-  }
-  panelGemmInto(
-    exec!,
-    { c, a, b, transA, transB, alpha, beta, onNonFinite, upper: triangle === 'upper', ...long },
-    fn,
-  );
+  panelGemmInto(exec!, { c, a, b, transA, transB, alpha, beta, onNonFinite, triangle, ...long }, fn);
 }
 
 /** The executor for an optional pool (the default single-threaded one without), `null` without wasm. */

@@ -60,24 +60,32 @@ describe('syrk', () => {
     expect(syrk(tensor('f32', [4, 0])).shape).toEqual([0, 0]);
   });
 
-  it('computes only the upper triangle in chunks when scratch memory is limited', () => {
+  it('computes only one triangle in chunks when scratch memory is limited', () => {
     for (const dtype of ['f32', 'f64'] as const) {
-      const x = randn(dtype, 50, 61, 12);
-      const full = naiveGemm(x, x, true, false, 1, 0);
-      const c = tensor(dtype, [61, 61]) as Matrix;
-      c.data.fill(-5);
-      const exec = defaultExecutor()!;
-      panelGemmInto(
-        exec,
-        { c, a: x, b: x, transA: true, transB: false, alpha: 1, beta: 0, upper: true, maxBytes: 9000 },
-        't',
-      );
-      const upperRatio = worstErrorRatio(
-        { ...c, data: c.data.map((v, q) => (q % 61 >= Math.floor(q / 61) ? v : full.value[q]!)) } as Matrix,
-        full,
-      );
-      expect(upperRatio).toBeLessThanOrEqual(1);
-      for (let i = 1; i < 61; i++) for (let j = 0; j < i; j++) expect(at(c, i, j)).toBe(-5); // lower untouched
+      for (const triangle of ['upper', 'lower'] as const) {
+        const x = randn(dtype, 50, 61, 12);
+        const full = naiveGemm(x, x, true, false, 1, 0);
+        const c = tensor(dtype, [61, 61]) as Matrix;
+        c.data.fill(-5);
+        const exec = defaultExecutor()!;
+        const args = {
+          c,
+          a: x,
+          b: x,
+          transA: true,
+          transB: false,
+          alpha: 1,
+          beta: 0,
+          triangle,
+          maxBytes: 9000,
+        };
+        panelGemmInto(exec, args, 't');
+        const inTri = (i: number, j: number): boolean => (triangle === 'upper' ? j >= i : j <= i);
+        const filled = c.data.map((v, q) => (inTri(Math.floor(q / 61), q % 61) ? v : full.value[q]!));
+        expect(worstErrorRatio({ ...c, data: filled } as Matrix, full)).toBeLessThanOrEqual(1);
+        for (let i = 0; i < 61; i++)
+          for (let j = 0; j < 61; j++) if (!inTri(i, j)) expect(at(c, i, j)).toBe(-5);
+      }
     }
   });
 

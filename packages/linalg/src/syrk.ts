@@ -123,7 +123,7 @@ function syrkImpl(c: Matrix, x: Matrix, o: SyrkOptions, beta: number, fn: string
       transB: false,
       alpha,
       beta,
-      upper: true,
+      triangle: 'upper',
       onNonFinite,
       signal: o.signal,
       onProgress: o.onProgress,

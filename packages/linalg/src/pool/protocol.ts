@@ -85,7 +85,10 @@ export function runBlock(c: Ctrl, ex: KernelExports, b: number): void {
   const ip0 = ctrl[IP_BASE]! + b * bp;
   const ip1 = Math.min(ip0 + bp, ctrl[NPI]!);
   const nr = nrOfKind(kind);
-  const jp0 = ctrl[TRI] ? Math.floor((ip0 * 4) / nr) : 0;
+  // TRI 1: only columns j ≥ first row (upper); TRI 2: only columns j ≤ last row (lower)
+  const tri = ctrl[TRI]!;
+  const jp0 = tri === 1 ? Math.floor((ip0 * 4) / nr) : 0;
+  const jp1 = tri === 2 ? Math.min(ctrl[NPJ]!, Math.ceil((ip1 * 4) / nr)) : ctrl[NPJ]!;
   const f = kind === KIND_SGEMM ? ex.sgemmPanels : ex.dgemmPanels;
   f(
     ctrl[APACK]! >>> 0,
@@ -95,7 +98,7 @@ export function runBlock(c: Ctrl, ex: KernelExports, b: number): void {
     ip0,
     ip1,
     jp0,
-    ctrl[NPJ]!,
+    jp1,
     ctrl[LDC]!,
     ctrl[KC]!,
     c.f64[ALPHA]!,

@@ -27,9 +27,11 @@ function start(data) {
       const ip0 = ctrl[IP_BASE] + b * bp;
       const ip1 = Math.min(ip0 + bp, ctrl[NPI]);
       const nr = kind === 0 ? 8 : 4;
-      const jp0 = ctrl[TRI] ? Math.floor((ip0 * 4) / nr) : 0;
+      const tri = ctrl[TRI];
+      const jp0 = tri === 1 ? Math.floor((ip0 * 4) / nr) : 0;
+      const jp1 = tri === 2 ? Math.min(ctrl[NPJ], Math.ceil((ip1 * 4) / nr)) : ctrl[NPJ];
       const f = kind === 0 ? ex.sgemmPanels : ex.dgemmPanels;
-      f(ctrl[APACK] >>> 0, ctrl[BPACK] >>> 0, ctrl[CPTR] >>> 0, ctrl[K], ip0, ip1, jp0, ctrl[NPJ], ctrl[LDC], ctrl[KC], ctrl64[0], ctrl64[1]);
+      f(ctrl[APACK] >>> 0, ctrl[BPACK] >>> 0, ctrl[CPTR] >>> 0, ctrl[K], ip0, ip1, jp0, jp1, ctrl[LDC], ctrl[KC], ctrl64[0], ctrl64[1]);
       Atomics.add(ctrl, FIN, 1);
       Atomics.notify(ctrl, FIN);
     }

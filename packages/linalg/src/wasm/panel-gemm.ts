@@ -37,10 +37,10 @@ export interface PanelGemmArgs {
   alpha: number;
   beta: number;
   /**
-   * Only the upper triangle (j ≥ i) of C is needed and written (C square, used by `syrk`); blocks
-   * strictly below the diagonal are skipped.
+   * Only the upper (j ≥ i) or lower (j ≤ i) triangle of the square C is computed and written (`syrk`,
+   * symmetric updates); tiles entirely in the other triangle are skipped.
    */
-  upper?: boolean;
+  triangle?: 'upper' | 'lower';
   /** Largest wasm scratch use per chunk in bytes (default 1 GiB). */
   maxBytes?: number;
   /**
@@ -78,7 +78,8 @@ function roundUp(x: number, q: number): number {
 /** `c := alpha·op(a)·op(b) + beta·c` on the WebAssembly kernels. */
 export function panelGemmInto(exec: Executor, args: PanelGemmArgs, what: string): void {
   const { c, a, b, transA, transB, alpha, beta } = args;
-  const upper = args.upper ?? false;
+  const triangle = args.triangle;
+  const upper = triangle !== undefined; // one triangle: square chunks on the diagonal
   const f64 = c.dtype === 'f64';
   const es = f64 ? 8 : 4;
   const nr = f64 ? NR_F64 : NR_F32;
@@ -119,7 +120,8 @@ export function panelGemmInto(exec: Executor, args: PanelGemmArgs, what: string)
     const mcnt = Math.min(mc, m - i0);
     let aPacked = false;
     for (let j0 = 0; j0 < n; j0 += nc) {
-      if (upper && j0 + nc <= i0) continue;
+      if (triangle === 'upper' && j0 + nc <= i0) continue;
+      if (triangle === 'lower' && j0 >= i0 + mc) continue;
       const ncnt = Math.min(nc, n - j0);
       const buf = exec.engine.memory.buffer;
       const view = f64 ? new Float64Array(buf) : new Float32Array(buf);
@@ -134,7 +136,7 @@ export function panelGemmInto(exec: Executor, args: PanelGemmArgs, what: string)
       if (args.onNonFinite && !allFinite(exec, bOff, ncp * k * es, f64)) args.onNonFinite('b');
       const npi = mcp / MR;
       const bp = Math.max(1, Math.min(MAX_BLOCK_PANELS, Math.floor(npi / (4 * exec.threads))));
-      const tri = upper && i0 === j0 ? 1 : 0;
+      const tri = upper && i0 === j0 ? (triangle === 'upper' ? 1 : 2) : 0;
       if (beta !== 0) readIn(c, view, cOff / es, ncp, i0, mcnt, j0, ncnt);
       // Waves of row panels: one wave unless abort checks or progress reports are wanted.
       const wantWaves = args.signal !== undefined || args.onProgress !== undefined;
@@ -163,19 +165,28 @@ export function panelGemmInto(exec: Executor, args: PanelGemmArgs, what: string)
         });
         if (args.onProgress) {
           const rows = Math.min(mcnt, w1 * MR) - Math.min(mcnt, w0 * MR);
-          done += tri ? waveTriMadds(i0 + w0 * MR, rows, j0, ncnt, k) : rows * ncnt * k;
+          done += tri ? waveTriMadds(i0 + w0 * MR, rows, j0, ncnt, k, tri === 1) : rows * ncnt * k;
           args.onProgress({ done: Math.min(done, total), total });
         }
       }
-      writeOut(c, view, cOff / es, ncp, i0, mcnt, j0, ncnt, upper);
+      writeOut(c, view, cOff / es, ncp, i0, mcnt, j0, ncnt, triangle);
     }
   }
 }
 
-/** Multiply-adds of rows [r0, r0 + rows) of an upper-triangular block starting at column j0. */
-function waveTriMadds(r0: number, rows: number, j0: number, ncnt: number, k: number): number {
+/** Multiply-adds of rows [r0, r0 + rows) of a diagonal block (columns j0 … j0 + ncnt − 1). */
+function waveTriMadds(
+  r0: number,
+  rows: number,
+  j0: number,
+  ncnt: number,
+  k: number,
+  upperTri: boolean,
+): number {
   let s = 0;
-  for (let i = r0; i < r0 + rows; i++) s += Math.max(0, j0 + ncnt - Math.max(i, j0));
+  for (let i = r0; i < r0 + rows; i++) {
+    s += upperTri ? Math.max(0, j0 + ncnt - Math.max(i, j0)) : Math.max(0, Math.min(i + 1, j0 + ncnt) - j0);
+  }
   return s * k;
 }
 
@@ -215,16 +226,17 @@ function writeOut(
   mcnt: number,
   j0: number,
   ncnt: number,
-  upper: boolean,
+  triangle: 'upper' | 'lower' | undefined,
 ): void {
   const cd = c.data;
   const [s0, s1] = c.strides as [number, number];
   for (let r = 0; r < mcnt; r++) {
     const i = i0 + r;
-    const jStart = upper ? Math.max(0, i - j0) : 0;
+    const jStart = triangle === 'upper' ? Math.min(ncnt, Math.max(0, i - j0)) : 0;
+    const jEnd = triangle === 'lower' ? Math.max(0, Math.min(ncnt, i - j0 + 1)) : ncnt;
     const s = off + r * ld + jStart;
     const d = c.offset + i * s0 + (j0 + jStart) * s1;
-    if (s1 === 1) cd.set(src.subarray(s, s + ncnt - jStart), d);
-    else for (let j = 0; j < ncnt - jStart; j++) cd[d + j * s1] = src[s + j]!;
+    if (s1 === 1) cd.set(src.subarray(s, s + jEnd - jStart), d);
+    else for (let j = 0; j < jEnd - jStart; j++) cd[d + j * s1] = src[s + j]!;
   }
 }
