@@ -1,6 +1,6 @@
 /** gemm (f32, f64) and syrk cases, with numpy and tfjs-backend-wasm matmul as references. */
-import { Rng, tensor, type Matrix } from '@caldera/core';
-import { gemm, syrk } from '../../src/index.js';
+import { Rng, slice, tensor, type Matrix } from '@caldera/core';
+import { gemm, gemmInto, syrk } from '../../src/index.js';
 import { bestSeconds, numpySeconds, PY_BEST, ratios, sig, type BenchCase } from '../harness.js';
 import { tfjsWasm } from './tfjs.js';
 
@@ -89,6 +89,47 @@ function syrkCase(tokens: number, n: number): BenchCase {
   };
 }
 
+/**
+ * The trailing update of a blocked Cholesky, `C −= L·Lᵀ` on the lower triangle of an (n − k)² block of an
+ * n × n f64 matrix, in place; numpy reference: the same product on the full block (`c -= l @ l.T`).
+ */
+function updateCase(n: number, k: number): BenchCase {
+  return {
+    name: `gemm_update_f64_lower_n${n}_k${k}`,
+    async run(ctx) {
+      const big = randomMatrix('f64', n, n, 4);
+      const m = n - k;
+      const c = slice(big, [
+        [k, n],
+        [k, n],
+      ]) as Matrix;
+      const l = slice(big, [
+        [k, n],
+        [0, k],
+      ]) as Matrix;
+      const flops = m * (m + 1) * k; // lower triangle: m(m+1)/2 dot products of length k
+      const opts = { transB: true, alpha: -1e-9, beta: 1, triangle: 'lower' as const, pool: ctx.pool };
+      const seconds = await bestSeconds(() => gemmInto(c, l, l, opts), 3);
+      const np = numpySeconds(
+        `${PY_BEST}a = np.random.default_rng(4).standard_normal((${n}, ${n}))\n` +
+          `c = a[${k}:, ${k}:]; l = a[${k}:, :${k}]\n` +
+          `def f():\n    global c\n    c -= 1e-9 * (l @ l.T)\n` +
+          `print(best(f, 3))`,
+        ctx.threads,
+      );
+      // seconds on both sides (numpy updates the full block, we only the lower triangle)
+      const refs = { numpy: sig(np) };
+      return {
+        value: sig(seconds)!,
+        unit: 's',
+        refs,
+        ratios: ratios(seconds, refs, false),
+        gflops: sig(flops / seconds / 1e9),
+      };
+    },
+  };
+}
+
 /** The kernel cases. */
 export const gemmCases: BenchCase[] = [
   gemmCase('f32', 1024, false),
@@ -97,4 +138,5 @@ export const gemmCases: BenchCase[] = [
   gemmCase('f64', 1024, true),
   gemmCase('f64', 2048, false),
   syrkCase(4096, 2048),
+  updateCase(4096, 128),
 ];
