@@ -164,6 +164,21 @@ describe('gemmInto', () => {
     expect(seen.at(-1)).toBe(1);
   });
 
+  it('allows a nested product from a progress callback without disturbing the outer one', () => {
+    const a = randn('f64', 64, 64, 21);
+    const b = randn('f64', 64, 64, 22);
+    const alone = gemm(a, b, { pool });
+    let inner: Matrix | undefined;
+    const outer = gemm(a, b, {
+      pool,
+      onProgress: () => {
+        inner ??= gemm(b, a, { pool });
+      },
+    });
+    expect(outer.data).toEqual(alone.data);
+    expect(worstErrorRatio(inner!, naiveGemm(b, a, false, false, 1, 0))).toBeLessThanOrEqual(1);
+  });
+
   it('handles empty operands and k = 0 (C := beta·C)', () => {
     const c = randn('f64', 3, 4, 1);
     const c0 = Array.from(c.data as Float64Array);

@@ -14,7 +14,8 @@ import {
 } from './check.js';
 import { gemmRefInto } from './gemm-ref.js';
 import { defaultExecutor } from './pool/default.js';
-import { poolExecutor, type Executor, type Pool } from './pool/pool.js';
+import { localExecutor, poolExecutor, type Executor, type Pool } from './pool/pool.js';
+import { createEngine } from './wasm/engine.js';
 import { panelGemmInto, type KernelProgress } from './wasm/panel-gemm.js';
 
 export type { KernelProgress } from './wasm/panel-gemm.js';
@@ -168,9 +169,18 @@ function gemmIntoImpl(c: Matrix, a: Matrix, b: Matrix, o: GemmIntoOptions, beta:
   panelGemmInto(exec!, { c, a, b, transA, transB, alpha, beta, onNonFinite, triangle, ...long }, fn);
 }
 
-/** The executor for an optional pool (the default single-threaded one without), `null` without wasm. */
+/**
+ * The executor for an optional pool (the default single-threaded one without), `null` without wasm.
+ * A call made while that executor is busy (from an `onProgress` callback) gets a fresh single-threaded
+ * one, so it cannot overwrite the scratch memory of the call in progress.
+ */
 export function resolveExecutor(pool: Pool | undefined): Executor | null {
-  return pool === undefined ? defaultExecutor() : poolExecutor(pool);
+  const exec = pool === undefined ? defaultExecutor() : poolExecutor(pool);
+  if (exec?.busy) {
+    const engine = createEngine(false);
+    return engine ? localExecutor(engine) : null;
+  }
+  return exec;
 }
 
 /** `c := beta·c` (`beta = 0` writes zeros without reading), optionally on one triangle only. */

@@ -50,6 +50,8 @@ export interface Executor {
    * Run blocks `0..nblocks-1` of the task whose parameters `setParams` writes into the control block.
    */
   run(nblocks: number, setParams: (ctrl: Ctrl) => void): void;
+  /** True while a call is using the engine's scratch memory (a nested call must not reuse it). */
+  busy: boolean;
 }
 
 interface WorkerLike {
@@ -86,6 +88,7 @@ export function localExecutor(engine: Engine): Executor {
   return {
     engine,
     threads: 1,
+    busy: false,
     run(nblocks, setParams) {
       setParams(ctrl);
       for (let b = 0; b < nblocks; b++) runBlock(ctrl, engine.exports, b);
@@ -96,6 +99,7 @@ export function localExecutor(engine: Engine): Executor {
 class PoolImpl implements Pool, Executor {
   readonly threads: number;
   readonly engine: Engine;
+  busy = false;
   private readonly ctrl: Ctrl;
   private readonly workers: WorkerLike[] = [];
   private blobUrl: string | undefined;
@@ -161,7 +165,14 @@ class PoolImpl implements Pool, Executor {
     for (;;) {
       const fin = Atomics.load(ctrl, FIN);
       if (fin >= nblocks) break;
-      Atomics.wait(ctrl, FIN, fin, 60_000);
+      // A block takes well under a second; a minute without progress means a worker died mid-block.
+      if (Atomics.wait(ctrl, FIN, fin, 60_000) === 'timed-out' && Atomics.load(ctrl, FIN) === fin) {
+        this.dispose();
+        throw new CalderaError(
+          'E_DEVICE',
+          `pool: a worker stopped responding (${fin} of ${nblocks} blocks done)`,
+        );
+      }
     }
     Atomics.store(ctrl, NEXT, CLOSED);
   }

@@ -3,7 +3,7 @@
  * memory budget), runs the panel kernels on the executor's threads over row blocks, and writes
  * `alpha·(A·B) + beta·C` into the strided output.
  */
-import { throwIfAborted, type Matrix } from '@caldera/core';
+import { CalderaError, throwIfAborted, type Matrix } from '@caldera/core';
 import type { Executor } from '../pool/pool.js';
 import {
   ALPHA,
@@ -77,6 +77,19 @@ function roundUp(x: number, q: number): number {
 
 /** `c := alpha·op(a)·op(b) + beta·c` on the WebAssembly kernels. */
 export function panelGemmInto(exec: Executor, args: PanelGemmArgs, what: string): void {
+  if (exec.busy) {
+    // called again from inside a progress callback: the scratch memory holds our operands
+    throw new CalderaError('E_VALUE', `${what}: executor is busy (nested call from onProgress?)`);
+  }
+  exec.busy = true;
+  try {
+    panelGemmIntoImpl(exec, args, what);
+  } finally {
+    exec.busy = false;
+  }
+}
+
+function panelGemmIntoImpl(exec: Executor, args: PanelGemmArgs, what: string): void {
   const { c, a, b, transA, transB, alpha, beta } = args;
   const triangle = args.triangle;
   const upper = triangle !== undefined; // one triangle: square chunks on the diagonal
