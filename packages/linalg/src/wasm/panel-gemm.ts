@@ -52,6 +52,10 @@ export interface PanelGemmArgs {
   signal?: AbortSignal;
   /** Called after each wave with multiply-adds done and in total. */
   onProgress?: (p: KernelProgress) => void;
+  /** K-block length (default 256 for f32, 128 for f64; for tuning). */
+  kc?: number;
+  /** Largest row block in 4-row panels (default 16; for tuning). */
+  blockPanels?: number;
   /** Multiply-adds per wave when `signal` or `onProgress` is given (default 2³⁰; tests use less). */
   waveMadds?: number;
 }
@@ -148,7 +152,10 @@ function panelGemmIntoImpl(exec: Executor, args: PanelGemmArgs, what: string): v
       packPanels(view, bOff / es, srcB, j0, ncnt, n, k, nr);
       if (args.onNonFinite && !allFinite(exec, bOff, ncp * k * es, f64)) args.onNonFinite('b');
       const npi = mcp / MR;
-      const bp = Math.max(1, Math.min(MAX_BLOCK_PANELS, Math.floor(npi / (4 * exec.threads))));
+      const bp = Math.max(
+        1,
+        Math.min(args.blockPanels ?? MAX_BLOCK_PANELS, Math.floor(npi / (4 * exec.threads))),
+      );
       const tri = upper && i0 === j0 ? (triangle === 'upper' ? 1 : 2) : 0;
       if (beta !== 0) readIn(c, view, cOff / es, ncp, i0, mcnt, j0, ncnt);
       // Waves of row panels: one wave unless abort checks or progress reports are wanted.
@@ -173,7 +180,7 @@ function panelGemmIntoImpl(exec: Executor, args: PanelGemmArgs, what: string): v
           ctrl[BP] = bp;
           ctrl[NPJ] = ncp / nr;
           ctrl[LDC] = ncp;
-          ctrl[KC] = f64 ? KC_F64 : KC_F32;
+          ctrl[KC] = args.kc ?? (f64 ? KC_F64 : KC_F32);
           ctrl[TRI] = tri;
         });
         if (args.onProgress) {
