@@ -1,0 +1,438 @@
+import { CalderaError, isCalderaError, throwIfAborted, toF32, type Matrix, type Tensor } from '@caldera/core';
+import { blockLDL, gemmInto, type BlockLDL, type Pool } from '@caldera/linalg';
+import { allocPlanes, e8pRounder, type CodePlane, type GroupRounder } from './rounder.js';
+
+/** Options of {@link ldlq}. */
+export interface LdlqOptions {
+  /**
+   * Codebook rounding groups of `dim` consecutive columns (any {@link GroupRounder}: `e8pRounder()`,
+   * `rvqRounder(3 | 4)`, or a scalar rounder with `dim = 1`). `dim` must divide n. Default: E8P12 (2 bits, dim 8).
+   */
+  quantizer?: GroupRounder;
+  /**
+   * Block-coordinate refinement passes after LDLQ (QuIP#'s `quip_tune_iters`; each costs about 2·m·n² flops, as
+   * much as LDLQ itself). Default 0.
+   */
+  tuneIters?: number;
+  /** Columns per buffer: feedback from columns right of a buffer is one gemm. Multiple of `dim`. Default 128. */
+  bufferCols?: number;
+  /**
+   * Damping σ: `σ·mean(diag H)·I` is added to H before factoring (QuIP#'s `sigma_reg`, brief §1.1). Default
+   * `0.01`. Pass `0` when H is already damped (e.g. a Hessian from `@caldera/calibrate`, which adds 1 % itself).
+   * A still-singular H (zero columns of X with `damping: 0`) is repaired with a tiny jitter and `repaired` is set.
+   */
+  damping?: number;
+  /** Worker pool from `@caldera/linalg`'s `createPool` for the gemm parts. Default: single-threaded. */
+  pool?: Pool;
+  /** Abort between buffers (`E_ABORTED`). */
+  signal?: AbortSignal;
+  /** Called after each buffer with the fraction of LDLQ (and tuning) work done. */
+  onProgress?: (fraction: number) => void;
+}
+
+/** Result of {@link ldlq}. */
+export interface LdlqResult {
+  /** Codes, one plane per stage, each `[m, n/dim]` row-major (code j of row i covers columns dim·j..dim·j+dim−1). */
+  codes: CodePlane[];
+  /** The quantized matrix Ŵ (f32, m × n). */
+  wHat: Tensor<'f32'>;
+  /** True when H was singular and a small diagonal jitter had to be added to factor it. */
+  repaired: boolean;
+  /**
+   * Relative proxy loss `tr((Ŵ − W)H(Ŵ − W)ᵀ) / tr(WHWᵀ)` against the damped H that was factored. After LDLQ
+   * alone the numerator is free (`Σ_k tr(r_k D_k r_kᵀ)`); the denominator and the loss after tuning cost one
+   * triangular product each.
+   */
+  proxyLoss: number;
+}
+
+/**
+ * LDLQ (QuIP#/OPTQ adaptive rounding): quantize `W (m × n)` group by group from the last column block to the first,
+ * feeding back the rounding error through the block-LDL factor of `H (n × n)`, so that `tr((Ŵ − W)H(Ŵ − W)ᵀ)` is
+ * `Σ_k tr(r_k D_k r_kᵀ)` (brief §3.3). Buffered: the feedback from columns right of each buffer is a single gemm.
+ * With `H = I` it equals round-to-nearest exactly. The caller chooses the scale of W (codebooks are unscaled).
+ */
+export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResult {
+  const rounder = options.quantizer ?? e8pRounder();
+  const g = rounder.dim;
+  const [m, n] = w.shape as [number, number];
+  if (w.shape.length !== 2)
+    throw new CalderaError('E_SHAPE', `ldlq: W must be 2-D, got [${w.shape.join(', ')}]`);
+  if (h.shape.length !== 2 || h.shape[0] !== n || h.shape[1] !== n) {
+    throw new CalderaError(
+      'E_SHAPE',
+      `ldlq: H has shape [${h.shape.join(', ')}], expected [${n}, ${n}] for W [${m}, ${n}]`,
+    );
+  }
+  if (n % g !== 0)
+    throw new CalderaError('E_SHAPE', `ldlq: n = ${n} is not a multiple of the codebook dimension ${g}`);
+  const B = options.bufferCols ?? 128;
+  if (!Number.isInteger(B) || B <= 0 || B % g !== 0)
+    throw new CalderaError('E_VALUE', `ldlq: bufferCols ${B} must be a positive multiple of ${g}`);
+  const W = toF32(w).data;
+  for (let i = 0; i < W.length; i++) {
+    if (!Number.isFinite(W[i]!))
+      throw new CalderaError('E_VALUE', `ldlq: W has a non-finite value at (${Math.floor(i / n)}, ${i % n})`);
+  }
+  const { ldl, repaired, hd } = factorHessian(h, g, options.damping ?? 0.01, options.pool);
+  const L = Float32Array.from(ldl.L.data);
+  const E = new Float32Array(m * n); // W − Ŵ of the columns done so far
+  const What = new Float32Array(m * n);
+  const groupsPerRow = n / g;
+  const planes = allocPlanes(rounder, m * groupsPerRow);
+  const tune = options.tuneIters ?? 0;
+  const totalWork = 1 + tune;
+  const x = new Float32Array(m * g);
+  const vals = new Float32Array(m * g);
+  const F = new Float32Array(m * B);
+  const Lb = new Float32Array(B * B); // L[s:e, s:e], contiguous
+  const D = ldl.D.data;
+  const pool = options.pool ? { pool: options.pool } : {};
+  const den = traceWHWt(W, L, D, m, n, g, B, options.pool);
+  let num = 0;
+
+  const bufferStarts: number[] = [];
+  for (let s = 0; s < n; s += B) bufferStarts.push(s);
+  bufferStarts.reverse();
+  for (const s of bufferStarts) {
+    throwIfAborted(options.signal, 'ldlq');
+    const e = Math.min(n, s + B);
+    const bw = e - s;
+    // F = W[:, s:e] + E[:, e:n]·L[e:n, s:e]  (the bulk of the work: one gemm per buffer)
+    for (let r = 0; r < m; r++) F.set(W.subarray(r * n + s, r * n + e), r * bw);
+    if (e < n) {
+      const fView: Tensor<'f32'> = { dtype: 'f32', shape: [m, bw], strides: [bw, 1], offset: 0, data: F };
+      const eView: Tensor<'f32'> = { dtype: 'f32', shape: [m, n - e], strides: [n, 1], offset: e, data: E };
+      const lView: Tensor<'f32'> = {
+        dtype: 'f32',
+        shape: [n - e, bw],
+        strides: [n, 1],
+        offset: e * n + s,
+        data: L,
+      };
+      gemmInto(fView, eView, lView, { alpha: 1, beta: 1, checkFinite: false, ...pool });
+    }
+    for (let j = 0; j < bw; j++) Lb.set(L.subarray((s + j) * n + s, (s + j) * n + e), j * bw);
+    for (let c = e - g; c >= s; c -= g) {
+      const cl = c - s;
+      // x = F[:, c:c+g] + E[:, c+g:e]·L[c+g:e, c:c+g]  (feedback from this buffer's finished blocks)
+      for (let r = 0; r < m; r++) {
+        const xr = r * g;
+        for (let t = 0; t < g; t++) x[xr + t] = F[r * bw + cl + t]!;
+        const er = r * n + s;
+        for (let j = cl + g; j < bw; j++) {
+          const ev = E[er + j]!;
+          if (ev === 0) continue;
+          const lj = j * bw + cl;
+          for (let t = 0; t < g; t++) x[xr + t]! += ev * Lb[lj + t]!;
+        }
+      }
+      rounder.round(x, m, vals, planes, c / g, groupsPerRow);
+      const dk = (c / g) * g * g;
+      for (let r = 0; r < m; r++) {
+        for (let t = 0; t < g; t++) {
+          const v = vals[r * g + t]!;
+          What[r * n + c + t] = v;
+          E[r * n + c + t] = W[r * n + c + t]! - v;
+        }
+        // tr(r_k D_k r_kᵀ) for this row: the exact contribution of block k to the proxy loss
+        for (let t = 0; t < g; t++) {
+          const rt = x[r * g + t]! - vals[r * g + t]!;
+          let acc = 0;
+          for (let u = 0; u < g; u++) acc += D[dk + t * g + u]! * (x[r * g + u]! - vals[r * g + u]!);
+          num += rt * acc;
+        }
+      }
+    }
+    options.onProgress?.((n - s) / n / totalWork);
+  }
+  for (let it = 0; it < tune; it++) {
+    tunePass(What, E, hd, n, m, rounder, planes, B, options);
+    options.onProgress?.((2 + it) / totalWork);
+  }
+  if (tune > 0) num = lossNumerator(E, hd, m, n, options.pool);
+  const proxyLoss = den > 0 ? num / den : 0;
+  return {
+    codes: planes,
+    wHat: { dtype: 'f32', shape: [m, n], strides: [n, 1], offset: 0, data: What },
+    repaired,
+    proxyLoss,
+  };
+}
+
+function factorHessian(h: Matrix, g: number, damping: number, pool: Pool | undefined) {
+  const n = h.shape[0]!;
+  const hd = Float64Array.from(h.data.subarray(h.offset, h.offset + n * n));
+  if (h.strides[0] !== n || h.strides[1] !== 1) {
+    for (let i = 0; i < n; i++)
+      for (let j = 0; j < n; j++) hd[i * n + j] = h.data[h.offset + i * h.strides[0]! + j * h.strides[1]!]!;
+  }
+  for (let i = 0; i < hd.length; i++) {
+    if (!Number.isFinite(hd[i]!))
+      throw new CalderaError('E_VALUE', `ldlq: H has a non-finite value at (${Math.floor(i / n)}, ${i % n})`);
+  }
+  if (damping > 0) {
+    let mean = 0;
+    for (let i = 0; i < n; i++) mean += hd[i * n + i]!;
+    mean /= n;
+    for (let i = 0; i < n; i++) hd[i * n + i]! += damping * mean;
+  }
+  const ht: Tensor<'f64'> = { dtype: 'f64', shape: [n, n], strides: [n, 1], offset: 0, data: hd };
+  const opt = pool ? { pool } : {};
+  let ldl: BlockLDL;
+  let repaired = false;
+  try {
+    ldl = blockLDL(ht, g, opt);
+  } catch (e) {
+    if (!isCalderaError(e, 'E_NOT_PD')) throw e;
+    // singular H (e.g. dead input channels): retry with the smallest jitter, from 1e-6·mean(diag), that factors it
+    let mean = 0;
+    for (let i = 0; i < n; i++) mean += Math.abs(hd[i * n + i]!);
+    ldl = blockLDL(ht, g, { ...opt, jitter: 1e-6 * (mean / n || 1) });
+    repaired = true;
+  }
+  return { ldl, repaired, hd };
+}
+
+/**
+ * One block-coordinate refinement pass: Ŵ_k ← Q(Ŵ_k + (W − Ŵ)·H[:, k]·H[k,k]⁻¹), last block to first. G = E·H is
+ * kept current per buffer with gemm and inside the buffer with direct updates.
+ */
+function tunePass(
+  What: Float32Array,
+  E: Float32Array,
+  hd: Float64Array,
+  n: number,
+  m: number,
+  rounder: GroupRounder,
+  planes: CodePlane[],
+  B: number,
+  options: LdlqOptions,
+): void {
+  const g = rounder.dim;
+  const H = Float32Array.from(hd);
+  const pool = options.pool ? { pool: options.pool } : {};
+  const G = new Float32Array(m * n);
+  const eT: Tensor<'f32'> = { dtype: 'f32', shape: [m, n], strides: [n, 1], offset: 0, data: E };
+  gemmInto(
+    { dtype: 'f32', shape: [m, n], strides: [n, 1], offset: 0, data: G },
+    eT,
+    { dtype: 'f32', shape: [n, n], strides: [n, 1], offset: 0, data: H },
+    { checkFinite: false, ...pool },
+  );
+  const x = new Float32Array(m * g);
+  const vals = new Float32Array(m * g);
+  const delta = new Float32Array(m * B); // changes of Ŵ within the current buffer
+  const hkk = new Float64Array(g * g);
+  const stride = n / g;
+  for (let s = Math.floor((n - 1) / B) * B; s >= 0; s -= B) {
+    throwIfAborted(options.signal, 'ldlq tuning');
+    const e = Math.min(n, s + B);
+    const bw = e - s;
+    delta.fill(0);
+    for (let c = e - g; c >= s; c -= g) {
+      // H[k,k]⁻¹ (g×g) by Gauss–Jordan in f64
+      const inv = invertSmall(hd, n, c, g);
+      for (let i = 0; i < g; i++) for (let j = 0; j < g; j++) hkk[i * g + j] = hd[(c + i) * n + c + j]!;
+      for (let r = 0; r < m; r++) {
+        for (let t = 0; t < g; t++) {
+          let acc = 0;
+          for (let u = 0; u < g; u++) acc += G[r * n + c + u]! * inv[u * g + t]!;
+          x[r * g + t] = What[r * n + c + t]! + acc;
+        }
+      }
+      const saved = planes.map((p) => {
+        const keep = new Uint16Array(m);
+        for (let r = 0; r < m; r++) keep[r] = p[r * stride + c / g]!;
+        return keep;
+      });
+      rounder.round(x, m, vals, planes, c / g, stride);
+      for (let r = 0; r < m; r++) {
+        // Guard: the block objective is (q − x)·H_kk·(q − x)ᵀ, but codebooks round in the Euclidean metric; keep
+        // the old codeword unless the new one is strictly better, so a pass never increases the proxy loss.
+        if (
+          !(
+            blockObjective(vals, What, r, c, n, x, hkk, g) <
+            blockObjective(What, What, r, c, n, x, hkk, g, true)
+          )
+        ) {
+          for (let p = 0; p < planes.length; p++) planes[p]![r * stride + c / g] = saved[p]![r]!;
+          continue;
+        }
+        for (let t = 0; t < g; t++) {
+          const d = vals[r * g + t]! - What[r * n + c + t]!;
+          if (d === 0) continue;
+          What[r * n + c + t] = vals[r * g + t]!;
+          E[r * n + c + t]! -= d;
+          delta[r * bw + (c - s) + t] = d;
+          // keep G current inside the buffer: G[:, s:e] -= d·H[c+t, s:e]
+          for (let j = s; j < e; j++) G[r * n + j]! -= d * H[(c + t) * n + j]!;
+        }
+      }
+    }
+    // the rest of G (outside the buffer) at once: G[:, outside] -= Δ·H[s:e, outside]
+    const dView: Tensor<'f32'> = { dtype: 'f32', shape: [m, bw], strides: [bw, 1], offset: 0, data: delta };
+    if (s > 0) {
+      gemmInto(
+        { dtype: 'f32', shape: [m, s], strides: [n, 1], offset: 0, data: G },
+        dView,
+        { dtype: 'f32', shape: [bw, s], strides: [n, 1], offset: s * n, data: H },
+        { alpha: -1, beta: 1, checkFinite: false, ...pool },
+      );
+    }
+  }
+}
+
+/**
+ * `(q − x)·H_kk·(q − x)ᵀ` for row r of block c, where q is row r's group of `src` (a `rows × g` scratch array, or
+ * the `m × n` matrix when `full`).
+ */
+function blockObjective(
+  src: Float32Array,
+  _what: Float32Array,
+  r: number,
+  c: number,
+  n: number,
+  x: Float32Array,
+  hkk: Float64Array,
+  g: number,
+  full = false,
+): number {
+  const base = full ? r * n + c : r * g;
+  let f = 0;
+  for (let t = 0; t < g; t++) {
+    const dt = src[base + t]! - x[r * g + t]!;
+    let acc = 0;
+    for (let u = 0; u < g; u++) acc += hkk[t * g + u]! * (src[base + u]! - x[r * g + u]!);
+    f += dt * acc;
+  }
+  return f;
+}
+
+/** `tr(W·H·Wᵀ) = Σ_k tr(P_k D_k P_kᵀ)` with `P = W·L`, one gemm per buffer over the nonzero rows of L. */
+function traceWHWt(
+  W: Float32Array,
+  L: Float32Array,
+  D: Float64Array,
+  m: number,
+  n: number,
+  g: number,
+  B: number,
+  pool: Pool | undefined,
+): number {
+  let tr = 0;
+  const P = new Float32Array(m * B);
+  for (let s = 0; s < n; s += B) {
+    const bw = Math.min(B, n - s);
+    const pv: Tensor<'f32'> = { dtype: 'f32', shape: [m, bw], strides: [bw, 1], offset: 0, data: P };
+    const wv: Tensor<'f32'> = { dtype: 'f32', shape: [m, n - s], strides: [n, 1], offset: s, data: W };
+    const lv: Tensor<'f32'> = {
+      dtype: 'f32',
+      shape: [n - s, bw],
+      strides: [n, 1],
+      offset: s * n + s,
+      data: L,
+    };
+    gemmInto(pv, wv, lv, { checkFinite: false, ...(pool ? { pool } : {}) });
+    for (let r = 0; r < m; r++) {
+      for (let c = 0; c < bw; c += g) {
+        const dk = ((s + c) / g) * g * g;
+        for (let t = 0; t < g; t++) {
+          let acc = 0;
+          for (let u = 0; u < g; u++) acc += D[dk + t * g + u]! * P[r * bw + c + u]!;
+          tr += P[r * bw + c + t]! * acc;
+        }
+      }
+    }
+  }
+  return tr;
+}
+
+/** `tr(E·H·Eᵀ)` with one gemm. */
+function lossNumerator(
+  E: Float32Array,
+  hd: Float64Array,
+  m: number,
+  n: number,
+  pool: Pool | undefined,
+): number {
+  const H: Tensor<'f32'> = {
+    dtype: 'f32',
+    shape: [n, n],
+    strides: [n, 1],
+    offset: 0,
+    data: Float32Array.from(hd),
+  };
+  const G = new Float32Array(m * n);
+  const ev: Tensor<'f32'> = { dtype: 'f32', shape: [m, n], strides: [n, 1], offset: 0, data: E };
+  gemmInto({ dtype: 'f32', shape: [m, n], strides: [n, 1], offset: 0, data: G }, ev, H, {
+    checkFinite: false,
+    ...(pool ? { pool } : {}),
+  });
+  let s = 0;
+  for (let i = 0; i < G.length; i++) s += G[i]! * E[i]!;
+  return s;
+}
+
+function invertSmall(hd: Float64Array, n: number, c: number, g: number): Float64Array {
+  const a = new Float64Array(g * g);
+  const inv = new Float64Array(g * g);
+  for (let i = 0; i < g; i++) {
+    for (let j = 0; j < g; j++) a[i * g + j] = hd[(c + i) * n + c + j]!;
+    inv[i * g + i] = 1;
+  }
+  for (let col = 0; col < g; col++) {
+    let piv = col;
+    for (let r = col + 1; r < g; r++) if (Math.abs(a[r * g + col]!) > Math.abs(a[piv * g + col]!)) piv = r;
+    if (piv !== col) {
+      for (let j = 0; j < g; j++) {
+        [a[col * g + j], a[piv * g + j]] = [a[piv * g + j]!, a[col * g + j]!];
+        [inv[col * g + j], inv[piv * g + j]] = [inv[piv * g + j]!, inv[col * g + j]!];
+      }
+    }
+    const p = a[col * g + col]!;
+    for (let j = 0; j < g; j++) {
+      a[col * g + j]! /= p;
+      inv[col * g + j]! /= p;
+    }
+    for (let r = 0; r < g; r++) {
+      if (r === col) continue;
+      const f = a[r * g + col]!;
+      if (f === 0) continue;
+      for (let j = 0; j < g; j++) {
+        a[r * g + j]! -= f * a[col * g + j]!;
+        inv[r * g + j]! -= f * inv[col * g + j]!;
+      }
+    }
+  }
+  return inv;
+}
+
+/** `tr((Ŵ − W)H(Ŵ − W)ᵀ) / tr(WHWᵀ)`: the relative proxy loss LDLQ minimises (computed with two gemms). */
+export function proxyLoss(w: Matrix, wHat: Matrix, h: Matrix, pool?: Pool): number {
+  const W = toF32(w);
+  const Wh = toF32(wHat);
+  const [m, n] = W.shape as [number, number];
+  const D = new Float32Array(m * n);
+  for (let i = 0; i < D.length; i++) D[i] = Wh.data[i]! - W.data[i]!;
+  const H = toF32(h);
+  const p = pool ? { pool } : {};
+  const dt: Tensor<'f32'> = { dtype: 'f32', shape: [m, n], strides: [n, 1], offset: 0, data: D };
+  const DH = new Float32Array(m * n);
+  gemmInto({ dtype: 'f32', shape: [m, n], strides: [n, 1], offset: 0, data: DH }, dt, H, {
+    checkFinite: false,
+    ...p,
+  });
+  const WH = new Float32Array(m * n);
+  gemmInto({ dtype: 'f32', shape: [m, n], strides: [n, 1], offset: 0, data: WH }, W, H, {
+    checkFinite: false,
+    ...p,
+  });
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < D.length; i++) {
+    num += DH[i]! * D[i]!;
+    den += WH[i]! * W.data[i]!;
+  }
+  return den > 0 ? num / den : 0;
+}
