@@ -5,10 +5,11 @@
  */
 import { availableParallelism } from 'node:os';
 import { createPool } from '../src/index.js';
+import { browserCases } from './cases/browser.js';
 import { gemmCases } from './cases/gemm.js';
 import type { BenchCase } from './harness.js';
 
-const CASES: BenchCase[] = [...gemmCases];
+const CASES: BenchCase[] = [...gemmCases, ...browserCases];
 
 function argValue(name: string): string | undefined {
   const i = process.argv.indexOf(name);

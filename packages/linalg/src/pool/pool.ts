@@ -38,6 +38,11 @@ export interface Pool {
   readonly threads: number;
   /** True once {@link Pool.dispose} has been called. */
   readonly disposed: boolean;
+  /**
+   * True when the kernels use relaxed SIMD (fused multiply-add; current browsers), false for plain
+   * SIMD128 (Node 20 without `--experimental-wasm-relaxed-simd`).
+   */
+  readonly relaxedSimd: boolean;
   /** Stop the workers and release the memory. Using the pool afterwards throws `E_VALUE`. */
   dispose(): void;
 }
@@ -144,6 +149,10 @@ class PoolImpl implements Pool, Executor {
 
   get disposed(): boolean {
     return this._disposed;
+  }
+
+  get relaxedSimd(): boolean {
+    return this.engine.relaxedSimd;
   }
 
   run(nblocks: number, setParams: (ctrl: Ctrl) => void): void {

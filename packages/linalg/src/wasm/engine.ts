@@ -6,8 +6,15 @@
 import { CalderaError } from '@caldera/core';
 import { kernelsModule, MAX_PAGES, sharedMemorySupported, type KernelExports } from './module.js';
 
-/** First byte used for operands (the module itself keeps no data, the first page stays reserved). */
+/** First byte used for operands (the module keeps no data; the first page is the warm-up area). */
 export const HEAP_BASE = 65536;
+
+/**
+ * Warm-up problem inside the first page (below {@link HEAP_BASE}), so that workers may warm up while the
+ * caller already uses the operand area: 16 × 16 output, k = 32 (A and B ≤ 16 KiB each). Its contents
+ * are garbage by design. Mirrored in `worker-source.ts`.
+ */
+export const WARM_UP = { a: 1024, b: 1024 + 16384, c: 1024 + 32768, k: 32, reps: 200 } as const;
 const PAGE = 65536;
 
 /** A kernels instance over its memory. */
@@ -16,13 +23,16 @@ export interface Engine {
   readonly memory: WebAssembly.Memory;
   readonly exports: KernelExports;
   readonly shared: boolean;
+  /** The kernels use relaxed SIMD (fused multiply-add), where the engine supports it. */
+  readonly relaxedSimd: boolean;
 }
 
 /** Instantiate the kernels over a fresh memory; `null` when WebAssembly SIMD is unavailable. */
 export function createEngine(shared: boolean): Engine | null {
   const useShared = shared && sharedMemorySupported();
-  const module = kernelsModule(useShared);
-  if (!module) return null;
+  const km = kernelsModule(useShared);
+  if (!km) return null;
+  const module = km.module;
   const memory = new WebAssembly.Memory({ initial: 2, maximum: MAX_PAGES, shared: useShared });
   const instance = new WebAssembly.Instance(module, { env: { memory, abort: () => undefined } });
   const engine: Engine = {
@@ -30,6 +40,7 @@ export function createEngine(shared: boolean): Engine | null {
     memory,
     exports: instance.exports as unknown as KernelExports,
     shared: useShared,
+    relaxedSimd: km.relaxedSimd,
   };
   warmUp(engine);
   return engine;
@@ -59,13 +70,9 @@ export function ensureMemory(engine: Engine, end: number, what: string): void {
  * of the module in the process, workers included.
  */
 export function warmUp(engine: Engine): void {
-  const k = 64;
-  ensureMemory(engine, HEAP_BASE + 3 * 8 * 64 * k, 'warm-up');
-  const a = HEAP_BASE;
-  const b = a + 8 * 64 * k;
-  const c = b + 8 * 64 * k;
-  for (let r = 0; r < 40; r++) {
-    engine.exports.sgemmPanels(a, b, c, k, 0, 4, 0, 2, 16, 32, 1, 0);
-    engine.exports.dgemmPanels(a, b, c, k, 0, 4, 0, 4, 16, 32, 1, 0);
+  const { a, b, c, k, reps } = WARM_UP;
+  for (let r = 0; r < reps; r++) {
+    engine.exports.sgemmPanels(a, b, c, k, 0, 4, 0, 2, 16, 16, 1, 0);
+    engine.exports.dgemmPanels(a, b, c, k, 0, 4, 0, 4, 16, 16, 1, 0);
   }
 }

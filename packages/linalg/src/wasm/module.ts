@@ -2,7 +2,12 @@
  * Loading the WebAssembly SIMD kernels embedded in `src/generated/kernels.ts` (built from `asm/`).
  * Compiled modules are cached: they are pure functions of the embedded bytes.
  */
-import { KERNELS_LOCAL_WASM_BASE64, KERNELS_SHARED_WASM_BASE64 } from '../generated/kernels.js';
+import {
+  KERNELS_LOCAL_RELAXED_WASM_BASE64,
+  KERNELS_LOCAL_WASM_BASE64,
+  KERNELS_SHARED_RELAXED_WASM_BASE64,
+  KERNELS_SHARED_WASM_BASE64,
+} from '../generated/kernels.js';
 
 /** The functions exported by the kernels module (see `asm/kernels.ts` for the packed layouts). */
 export interface KernelExports {
@@ -57,11 +62,23 @@ function decodeBase64(b64: string): Uint8Array {
   return out;
 }
 
-const compiled: { shared?: WebAssembly.Module | null; local?: WebAssembly.Module | null } = {};
+/** A compiled kernels module and whether it uses relaxed SIMD (fused multiply-add). */
+export interface KernelsModule {
+  readonly module: WebAssembly.Module;
+  readonly relaxedSimd: boolean;
+}
 
-function compile(b64: string): WebAssembly.Module | null {
+const compiled: { shared?: KernelsModule | null; local?: KernelsModule | null } = {};
+
+function compile(relaxedB64: string, plainB64: string): KernelsModule | null {
   try {
-    return new WebAssembly.Module(decodeBase64(b64) as BufferSource);
+    const relaxed = decodeBase64(relaxedB64) as BufferSource;
+    if (WebAssembly.validate(relaxed)) return { module: new WebAssembly.Module(relaxed), relaxedSimd: true };
+  } catch {
+    // fall through to plain SIMD128
+  }
+  try {
+    return { module: new WebAssembly.Module(decodeBase64(plainB64) as BufferSource), relaxedSimd: false };
   } catch {
     return null; // no SIMD128 / no threads in this engine: callers fall back to TypeScript kernels
   }
@@ -75,14 +92,19 @@ export function sharedMemorySupported(): boolean {
 }
 
 /**
- * The compiled kernels module (cached), or `null` when WebAssembly SIMD is unavailable.
+ * The compiled kernels module (cached): the relaxed-SIMD build where the engine accepts it, else plain
+ * SIMD128; `null` when WebAssembly SIMD is unavailable.
  * @param shared the variant importing a shared memory (for worker pools)
  */
-export function kernelsModule(shared: boolean): WebAssembly.Module | null {
+export function kernelsModule(shared: boolean): KernelsModule | null {
   if (shared) {
-    if (compiled.shared === undefined) compiled.shared = compile(KERNELS_SHARED_WASM_BASE64);
+    if (compiled.shared === undefined) {
+      compiled.shared = compile(KERNELS_SHARED_RELAXED_WASM_BASE64, KERNELS_SHARED_WASM_BASE64);
+    }
     return compiled.shared;
   }
-  if (compiled.local === undefined) compiled.local = compile(KERNELS_LOCAL_WASM_BASE64);
+  if (compiled.local === undefined) {
+    compiled.local = compile(KERNELS_LOCAL_RELAXED_WASM_BASE64, KERNELS_LOCAL_WASM_BASE64);
+  }
   return compiled.local;
 }
