@@ -14,18 +14,18 @@ describe('E8P12 codebook', () => {
   it('has 65 536 distinct codewords, each ±¼ plus a point of D̂8 (half-integers, even sum)', () => {
     const g = e8pGrid();
     const keys = new Set<string>();
+    let bad = 0;
     for (let c = 0; c < 65536; c++) {
       const v = Array.from(g.subarray(c * 8, c * 8 + 8));
       keys.add(v.join(','));
       const oddPopcount = ((c & 0xff).toString(2).split('1').length - 1) % 2 === 1;
       const shift = oddPopcount ? -0.25 : 0.25;
       const u = v.map((x) => x - shift);
-      for (const x of u) {
-        expect(Math.abs(x * 2 - Math.round(x * 2))).toBe(0);
-        expect(Math.round(x * 2) % 2 !== 0).toBe(true);
-      }
-      expect(Math.abs(Math.round(u.reduce((a, b) => a + b, 0)) % 2)).toBe(0);
+      // every coordinate a half-integer (2u odd) and the coordinate sum even
+      if (u.some((x) => Math.abs(x * 2 - Math.round(x * 2)) !== 0 || Math.round(x * 2) % 2 === 0)) bad++;
+      if (Math.round(u.reduce((a, b) => a + b, 0)) % 2 !== 0) bad++;
     }
+    expect(bad).toBe(0);
     expect(keys.size).toBe(65536);
   });
 
@@ -70,6 +70,45 @@ describe('E8P12 codebook', () => {
       if (n2 - 2 * dot > best + 1e-4) mismatches++;
     }
     expect(mismatches).toBe(0);
+  });
+
+  it('fast search equals exhaustive search on adversarial inputs (ties on a ¼-grid, huge values, near codewords)', () => {
+    const rng = new Rng(8);
+    const n = 3000;
+    const x = new Float32Array(n * 8);
+    const g = e8pGrid();
+    for (let k = 0; k < n; k++) {
+      for (let i = 0; i < 8; i++) {
+        const kind = k % 3;
+        if (kind === 0)
+          x[k * 8 + i] = (rng.int(25) - 12) / 4; // exact quarter-grid: many equidistant codewords
+        else if (kind === 1)
+          x[k * 8 + i] = (rng.int(2) ? 1 : -1) * 1e6 * rng.uniform(); // far outside
+        else x[k * 8 + i] = g[rng.int(65536) * 8 + i]! + 1e-3 * rng.normal(); // next to a codeword
+      }
+    }
+    const dec = e8pDecode(e8pEncode(x));
+    let worse = 0;
+    for (let k = 0; k < n; k++) {
+      let best = Infinity;
+      for (let c = 0; c < 65536; c++) {
+        let d = 0;
+        for (let i = 0; i < 8; i++) d += (x[k * 8 + i]! - g[c * 8 + i]!) ** 2;
+        if (d < best) best = d;
+      }
+      let d = 0;
+      for (let i = 0; i < 8; i++) d += (x[k * 8 + i]! - dec[k * 8 + i]!) ** 2;
+      // relative f64 round-off of squared distances up to ~1e13 (huge inputs): 1e-9 relative + 1e-9 absolute
+      if (d > best * (1 + 1e-9) + 1e-9) worse++;
+    }
+    expect(worse).toBe(0);
+  });
+
+  it('rejects non-finite input and lengths that are not a multiple of 8', () => {
+    expect(() => e8pEncode(new Float32Array(7))).toThrow(/E_SHAPE/);
+    const bad = new Float32Array(8);
+    bad[3] = Infinity;
+    expect(() => e8pEncode(bad)).toThrow(/E_VALUE/);
   });
 
   it('decode(encode(codeword)) is the identity on codewords', () => {

@@ -1,4 +1,5 @@
 import { CalderaError } from '@caldera/core';
+import { e8pEncodeInto, type E8PEncodeTables } from './e8p-encode.js';
 
 /**
  * The E8P12 codebook of QuIP# (algorithm brief §3.4): 2¹⁶ points of dimension 8, so one 16-bit code per 8
@@ -60,37 +61,18 @@ interface E8PTables {
   sources: Float32Array; // 256 × 8 magnitudes
   oddSum: Uint8Array; // 1 when the source's coordinate sum is odd
   grid: Float32Array; // 65536 × 8 decoded codewords
-  norm2: Float32Array; // 256 squared norms of the sources
-  /** Source index by magnitude pattern key (digits of 2·m). */
-  indexOf: Map<number, number>;
-  /** The 7 permutation-closed magnitude multisets (sorted descending) among rows 0..226. */
-  multisets: Float32Array[];
 }
 
 let tables: E8PTables | null = null;
-
-function patternKey(m: ArrayLike<number>, off = 0): number {
-  let k = 0;
-  for (let i = 0; i < 8; i++) k = k * 8 + Math.round(2 * m[off + i]!);
-  return k;
-}
 
 function getTables(): E8PTables {
   if (tables) return tables;
   const sources = buildSources();
   const oddSum = new Uint8Array(256);
-  const norm2 = new Float32Array(256);
-  const indexOf = new Map<number, number>();
   for (let a = 0; a < 256; a++) {
     let s = 0;
-    let n2 = 0;
-    for (let i = 0; i < 8; i++) {
-      s += sources[a * 8 + i]!;
-      n2 += sources[a * 8 + i]! ** 2;
-    }
+    for (let i = 0; i < 8; i++) s += sources[a * 8 + i]!;
     oddSum[a] = Math.round(s) % 2;
-    norm2[a] = n2;
-    indexOf.set(patternKey(sources, a * 8), a);
   }
   const grid = new Float32Array(65536 * 8);
   const v = new Float32Array(8);
@@ -98,12 +80,7 @@ function getTables(): E8PTables {
     decodeOne(c, sources, oddSum, v);
     grid.set(v, c * 8);
   }
-  const seen = new Map<string, Float32Array>();
-  for (let a = 0; a < 227; a++) {
-    const m = Array.from(sources.subarray(a * 8, a * 8 + 8)).sort((x, y) => y - x);
-    seen.set(m.join(','), Float32Array.from(m));
-  }
-  tables = { sources, oddSum, grid, norm2, indexOf, multisets: [...seen.values()] };
+  tables = { sources, oddSum, grid };
   return tables;
 }
 
@@ -150,154 +127,41 @@ export function e8pDecode(codes: Uint16Array, out = new Float32Array(codes.lengt
 }
 
 /**
- * Exact nearest codeword of each consecutive 8-vector of `x` (Euclidean distance). `x.length` must be a multiple
- * of 8. Fast exact search: for each of the two shifts, the best signed arrangement of each permutation-closed
- * magnitude multiset follows from sorting |y| (rearrangement inequality, with the even-sum parity handled by the
- * cheapest single flip); only the 29 non-permutation-closed sources are scanned. See `e8p.test.ts` for the proof
- * by comparison with exhaustive search.
+ * Exact nearest codeword of each consecutive 8-vector of `x` (Euclidean distance; ties broken arbitrarily but
+ * deterministically). `x.length` must be a multiple of 8; non-finite values throw `E_VALUE`. Closed-form search per
+ * magnitude class (see `e8p-encode.ts`), verified against exhaustive search in `e8p.test.ts`.
  */
 export function e8pEncode(x: ArrayLike<number>, out = new Uint16Array(x.length / 8)): Uint16Array {
   if (x.length % 8 !== 0)
     throw new CalderaError('E_SHAPE', `e8pEncode: length ${x.length} is not a multiple of 8`);
-  const t = getTables();
-  const y = new Float64Array(8);
-  const ay = new Float64Array(8);
-  const order = new Int32Array(8);
-  const best = { dist: Infinity, code: 0 };
-  for (let k = 0; k < x.length / 8; k++) {
-    best.dist = Infinity;
-    for (let p = 0; p < 2; p++) {
-      const shift = p === 1 ? -0.25 : 0.25;
-      for (let i = 0; i < 8; i++) {
-        const v = x[k * 8 + i]!;
-        if (!Number.isFinite(v))
-          throw new CalderaError('E_VALUE', `e8pEncode: non-finite input ${v} at index ${k * 8 + i}`);
-        y[i] = v - shift;
-      }
-      nearestUnshifted(y, ay, order, t, p, best);
-    }
-    out[k] = best.code;
+  if (out.length < x.length / 8)
+    throw new CalderaError('E_SHAPE', `e8pEncode: output has ${out.length} codes, needs ${x.length / 8}`);
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i]!;
+    if (v - v !== 0) throw new CalderaError('E_VALUE', `e8pEncode: non-finite input ${v} at index ${i}`);
   }
+  const xf = x instanceof Float32Array ? x : Float32Array.from(x);
+  e8pEncodeInto(getEncodeTables(), xf, 0, x.length / 8, out, 0);
   return out;
 }
 
-/** Search the unshifted set for the point nearest to y; updates `best` when closer (distance includes ‖y‖²). */
-function nearestUnshifted(
-  y: Float64Array,
-  ay: Float64Array,
-  order: Int32Array,
-  t: E8PTables,
-  p: number,
-  best: { dist: number; code: number },
-): void {
-  let y2 = 0;
-  let negParity = 0;
-  for (let i = 0; i < 8; i++) {
-    const v = y[i]!;
-    y2 += v * v;
-    ay[i] = Math.abs(v);
-    if (v < 0) negParity ^= 1;
-    order[i] = i;
+let encodeTables: E8PEncodeTables | null = null;
+
+/** Encoder tables (a pure function of the codebook constants, built once). */
+export function getEncodeTables(): E8PEncodeTables {
+  if (encodeTables) return encodeTables;
+  const { sources, oddSum } = getTables();
+  const base3Index = new Int16Array(6561).fill(-1);
+  for (let a = 0; a < 227; a++) {
+    let key = 0;
+    for (let i = 0; i < 8; i++) key = key * 3 + (sources[a * 8 + i]! - 0.5);
+    base3Index[key] = a;
   }
-  // indices sorted by |y| descending (insertion sort on 8 elements)
-  for (let i = 1; i < 8; i++) {
-    const oi = order[i]!;
-    const key = ay[oi]!;
-    let j = i - 1;
-    while (j >= 0 && ay[order[j]!]! < key) {
-      order[j + 1] = order[j]!;
-      j--;
-    }
-    order[j + 1] = oi;
+  const extraHalf = new Int8Array(29 * 3);
+  for (let e = 0; e < 29; e++) {
+    let k = 0;
+    for (let i = 0; i < 8; i++) if (sources[(227 + e) * 8 + i] === 0.5) extraHalf[3 * e + k++] = i;
   }
-  let bestD = best.dist;
-  let bestM: Float32Array | null = null; // chosen multiset (sorted) or a source row
-  let bestFlip = -1; // position in sorted order that gets the parity flip (-1: none)
-  let bestSource = -1;
-  for (const m of t.multisets) {
-    let n2 = 0;
-    let dot = 0;
-    for (let i = 0; i < 8; i++) {
-      n2 += m[i]! * m[i]!;
-      dot += ay[order[i]!]! * m[i]!;
-    }
-    // required negative-count parity = (Σm) mod 2; sign(y) has negParity negatives (zeros count as positive).
-    let msum = 0;
-    for (let i = 0; i < 8; i++) msum += m[i]!;
-    const need = Math.round(msum) % 2;
-    if (need === negParity) {
-      const d = y2 - 2 * dot + n2;
-      if (d < bestD) {
-        bestD = d;
-        bestM = m;
-        bestFlip = -1;
-      }
-    } else {
-      // flip position j (sorted order) gets the smallest magnitude m[7]; the others keep sorted pairing.
-      // cost_j = -2(Σ_{i<j} y(i)m(i) + Σ_{i>j} y(i)m(i-1)) + 2 y(j) m(7)
-      let pref = 0;
-      for (let j = 0; j < 8; j++) {
-        let suf = 0;
-        for (let i = j + 1; i < 8; i++) suf += ay[order[i]!]! * m[i - 1]!;
-        const d = y2 - 2 * (pref + suf) + 2 * ay[order[j]!]! * m[7]! + n2;
-        if (d < bestD) {
-          bestD = d;
-          bestM = m;
-          bestFlip = j;
-        }
-        pref += ay[order[j]!]! * m[j]!;
-      }
-    }
-  }
-  for (let a = 227; a < 256; a++) {
-    let dot = 0;
-    let minProd = Infinity;
-    let minI = 0;
-    for (let i = 0; i < 8; i++) {
-      const pr = ay[i]! * t.sources[a * 8 + i]!;
-      dot += pr;
-      if (pr < minProd) {
-        minProd = pr;
-        minI = i;
-      }
-    }
-    const mismatch = t.oddSum[a]! !== negParity;
-    const d = y2 - 2 * dot + t.norm2[a]! + (mismatch ? 4 * minProd : 0);
-    if (d < bestD) {
-      bestD = d;
-      bestM = null;
-      bestSource = a;
-      bestFlip = mismatch ? minI : -1; // here a coordinate index, not a sorted position
-    }
-  }
-  if (bestD >= best.dist) return;
-  // Build the chosen signed point u, then its code.
-  const u = new Float64Array(8);
-  if (bestM) {
-    if (bestFlip < 0) {
-      for (let i = 0; i < 8; i++) u[order[i]!] = bestM[i]!;
-    } else {
-      for (let i = 0; i < 8; i++) {
-        if (i < bestFlip) u[order[i]!] = bestM[i]!;
-        else if (i > bestFlip) u[order[i]!] = bestM[i - 1]!;
-        else u[order[i]!] = bestM[7]!;
-      }
-    }
-    for (let i = 0; i < 8; i++) if (y[i]! < 0) u[i] = -u[i]!;
-    if (bestFlip >= 0) u[order[bestFlip]!] = -u[order[bestFlip]!]!;
-  } else {
-    for (let i = 0; i < 8; i++)
-      u[i] = y[i]! < 0 ? -t.sources[bestSource * 8 + i]! : t.sources[bestSource * 8 + i]!;
-    if (bestFlip >= 0) u[bestFlip] = -u[bestFlip]!;
-  }
-  const a = bestM ? t.indexOf.get(patternKey(Array.from(u, Math.abs)))! : bestSource;
-  let s2 = 0;
-  for (let i = 0; i < 8; i++) {
-    const base = i === 7 && t.oddSum[a] === 1 ? -1 : 1; // sign of decode's pre-negated v before flips
-    const want = u[i]! < 0 ? -1 : 1;
-    if (want !== base) s2 |= 1 << PERM[i]!;
-  }
-  const sigma = p === 1 ? s2 ^ 1 : s2;
-  best.dist = bestD;
-  best.code = (a << 8) | sigma;
+  encodeTables = { sources, oddSum, base3Index, extraHalf };
+  return encodeTables;
 }
