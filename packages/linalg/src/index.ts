@@ -4,3 +4,13 @@ export { gemv, gemvInto, type GemvOptions, type GemvNewOptions, type Vector } fr
 export { syrk, syrkInto, type SyrkOptions, type SyrkNewOptions } from './syrk.js';
 export { cholesky, choleskyWithInfo, type CholeskyOptions, type CholeskyResult } from './cholesky.js';
 export { blockLDL, type BlockLDL } from './ldl.js';
+export {
+  hadamard,
+  hadamardRowsInPlace,
+  hadamardBase,
+  hadamardFactor,
+  hadamardSupported,
+  nextHadamardSize,
+  HADAMARD_BASE_ORDERS,
+  type HadamardOptions,
+} from './hadamard.js';

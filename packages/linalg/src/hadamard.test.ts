@@ -1,0 +1,70 @@
+import { describe, expect, it } from 'vitest';
+import { Rng, tensor } from '@caldera/core';
+import {
+  HADAMARD_BASE_ORDERS,
+  hadamard,
+  hadamardBase,
+  hadamardFactor,
+  hadamardSupported,
+  nextHadamardSize,
+} from './hadamard.js';
+
+describe('Hadamard base matrices', () => {
+  for (const k of HADAMARD_BASE_ORDERS) {
+    it(`H_${k}·H_${k}ᵀ = ${k}·I with ±1 entries`, () => {
+      const h = hadamardBase(k);
+      for (const v of h) expect(Math.abs(v)).toBe(1);
+      for (let i = 0; i < k; i++)
+        for (let j = 0; j < k; j++) {
+          let s = 0;
+          for (let t = 0; t < k; t++) s += h[i * k + t]! * h[j * k + t]!;
+          expect(s).toBe(i === j ? k : 0);
+        }
+    });
+  }
+});
+
+describe('hadamard transform', () => {
+  it('factors real model sizes and pads unsupported ones', () => {
+    expect(hadamardFactor(4096)).toEqual({ K: 1, p: 12 });
+    expect(hadamardFactor(14336)).toEqual({ K: 28, p: 9 });
+    expect(hadamardFactor(768)).toEqual({ K: 12, p: 6 });
+    expect(hadamardSupported(11008)).toBe(false); // 172·64: order 172 not constructed here
+    expect(nextHadamardSize(11008)).toBe(12288); // 12·1024: the first supported size ≥ 11008
+    expect(hadamardSupported(nextHadamardSize(11008))).toBe(true);
+  });
+
+  for (const n of [1, 8, 12, 40, 56, 96, 240]) {
+    it(`equals the explicit dense (H_K ⊗ H_2^p)/√n and is orthogonal (n = ${n})`, () => {
+      const { K, p } = hadamardFactor(n)!;
+      const P = 2 ** p;
+      const hk = hadamardBase(K);
+      const dense = (i: number, j: number) => {
+        const [a, b] = [Math.floor(i / P), i % P];
+        const [a2, b2] = [Math.floor(j / P), j % P];
+        let s = 1;
+        for (let t = 0; t < p; t++) if ((b >> t) & 1 & ((b2 >> t) & 1)) s = -s;
+        return (hk[a * K + a2]! * s) / Math.sqrt(n);
+      };
+      const x = tensor('f64', [3, n], new Rng(n).fillNormal(new Float64Array(3 * n)));
+      const y = hadamard(x);
+      for (let r = 0; r < 3; r++)
+        for (let j = 0; j < n; j++) {
+          let s = 0;
+          for (let i = 0; i < n; i++) s += x.data[r * n + i]! * dense(i, j);
+          // n additions of O(1) terms: |error| ≲ n·eps·‖x‖
+          expect(Math.abs(y.data[r * n + j]! - s)).toBeLessThan(1e-12 * n);
+        }
+      const back = hadamard(y, { transpose: true });
+      for (let i = 0; i < x.data.length; i++)
+        expect(Math.abs(back.data[i]! - x.data[i]!)).toBeLessThan(1e-12 * n);
+      let nx = 0;
+      let ny = 0;
+      for (let i = 0; i < x.data.length; i++) {
+        nx += x.data[i]! ** 2;
+        ny += y.data[i]! ** 2;
+      }
+      expect(Math.abs(nx - ny) / nx).toBeLessThan(1e-12);
+    });
+  }
+});

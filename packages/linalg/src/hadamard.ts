@@ -1,0 +1,198 @@
+/**
+ * Orthogonal Hadamard transforms `M_n = (H_K ⊗ H_{2^p}) / √n` for `n = K·2^p` (algorithm brief §3.1), with
+ * flat index `a·2^p + b`: a fast Walsh–Hadamard transform over `b` and a dense `H_K` mix over `a`.
+ *
+ * `H_K` for K > 1 is built by the Paley constructions (no tables): Paley I (order q+1, q ≡ 3 mod 4 prime) for
+ * K ∈ {12, 20, 60, 108, 140}, Paley II (order 2(q+1), q ≡ 1 mod 4 prime) for K ∈ {28, 36}, and Sylvester doubling for
+ * K = 40. Orders 52, 156 and 172 need constructions over GF(25) or Williamson matrices and are not supported:
+ * {@link hadamardSupported} is false for them and callers pad to {@link nextHadamardSize}.
+ */
+import { CalderaError, type Matrix, type Tensor } from '@caldera/core';
+import { assertMatrix, newMatrix } from './check.js';
+
+/** The orders K > 1 with a construction here, largest first (the search order for a size n). */
+export const HADAMARD_BASE_ORDERS: readonly number[] = [140, 108, 60, 40, 36, 28, 20, 12];
+
+function isPrime(q: number): boolean {
+  if (q < 2) return false;
+  for (let d = 2; d * d <= q; d++) if (q % d === 0) return false;
+  return true;
+}
+
+/** Legendre symbol χ(x) over GF(q), q an odd prime. */
+function chi(x: number, q: number): number {
+  const r = ((x % q) + q) % q;
+  if (r === 0) return 0;
+  let acc = 1;
+  let base = r;
+  let e = (q - 1) / 2;
+  while (e > 0) {
+    if (e & 1) acc = (acc * base) % q;
+    base = (base * base) % q;
+    e >>= 1;
+  }
+  return acc === 1 ? 1 : -1;
+}
+
+function paley1(q: number): Int8Array {
+  const k = q + 1;
+  const h = new Int8Array(k * k);
+  // S = [[0, 1ᵀ], [−1, Q]], H = S + I, Q_ij = χ(j − i)
+  for (let i = 0; i < k; i++)
+    for (let j = 0; j < k; j++) {
+      let s: number;
+      if (i === 0 && j === 0) s = 0;
+      else if (i === 0) s = 1;
+      else if (j === 0) s = -1;
+      else s = chi(j - i, q);
+      h[i * k + j] = s + (i === j ? 1 : 0);
+    }
+  return h;
+}
+
+function paley2(q: number): Int8Array {
+  const c = q + 1;
+  const k = 2 * c;
+  const h = new Int8Array(k * k);
+  // C = [[0, 1ᵀ], [1, Q]] (symmetric conference); H = C ⊗ [[1,1],[1,−1]] + I ⊗ [[1,−1],[−1,−1]]
+  for (let i = 0; i < c; i++)
+    for (let j = 0; j < c; j++) {
+      const cij = i === 0 && j === 0 ? 0 : i === 0 || j === 0 ? 1 : chi(j - i, q);
+      for (let a = 0; a < 2; a++)
+        for (let b = 0; b < 2; b++) {
+          const t1 = cij * (a === 1 && b === 1 ? -1 : 1);
+          const t2 = i === j ? (a === 0 && b === 0 ? 1 : -1) : 0;
+          h[(2 * i + a) * k + 2 * j + b] = t1 + t2;
+        }
+    }
+  return h;
+}
+
+function sylvesterDouble(h: Int8Array, k: number): Int8Array {
+  const out = new Int8Array(4 * k * k);
+  for (let i = 0; i < k; i++)
+    for (let j = 0; j < k; j++) {
+      const v = h[i * k + j]!;
+      out[i * 2 * k + j] = v;
+      out[i * 2 * k + j + k] = v;
+      out[(i + k) * 2 * k + j] = v;
+      out[(i + k) * 2 * k + j + k] = -v;
+    }
+  return out;
+}
+
+const baseCache = new Map<number, Int8Array>();
+
+/** The ±1 Hadamard matrix of order K (row-major, K×K) used in `M_n`; K = 1 gives [1]. */
+export function hadamardBase(k: number): Int8Array {
+  const hit = baseCache.get(k);
+  if (hit) return hit;
+  let h: Int8Array;
+  if (k === 1) h = Int8Array.of(1);
+  else if (k === 40) h = sylvesterDouble(hadamardBase(20), 20);
+  else if (isPrime(k - 1) && (k - 1) % 4 === 3) h = paley1(k - 1);
+  else if (k % 2 === 0 && isPrime(k / 2 - 1) && (k / 2 - 1) % 4 === 1) h = paley2(k / 2 - 1);
+  else throw new CalderaError('E_UNSUPPORTED', `no Hadamard construction of order ${k} is implemented`);
+  baseCache.set(k, h);
+  return h;
+}
+
+/** `{ K, p }` with `n = K·2^p` for the first supported K (largest first), or null when n is not supported. */
+export function hadamardFactor(n: number): { K: number; p: number } | null {
+  if (!Number.isInteger(n) || n <= 0) return null;
+  for (const K of [...HADAMARD_BASE_ORDERS, 1]) {
+    if (n % K !== 0) continue;
+    const r = n / K;
+    if ((r & (r - 1)) === 0) return { K, p: Math.round(Math.log2(r)) };
+  }
+  return null;
+}
+
+/** True when `M_n` is available. */
+export function hadamardSupported(n: number): boolean {
+  return hadamardFactor(n) !== null;
+}
+
+/** Smallest supported size ≥ n (the size to zero-pad to). */
+export function nextHadamardSize(n: number): number {
+  let m = Math.max(1, Math.ceil(n));
+  while (!hadamardSupported(m)) m++;
+  return m;
+}
+
+/** In-place unnormalised Walsh–Hadamard transform of `len` (a power of two) values at `off`. */
+function fwht(v: Float32Array | Float64Array, off: number, len: number): void {
+  for (let h = 1; h < len; h <<= 1) {
+    for (let i = off; i < off + len; i += h << 1) {
+      for (let j = i; j < i + h; j++) {
+        const a = v[j]!;
+        const b = v[j + h]!;
+        v[j] = a + b;
+        v[j + h] = a - b;
+      }
+    }
+  }
+}
+
+/**
+ * Replace each of `rows` consecutive rows (length n) of `data` by `v·M_n` (or `v·M_nᵀ` with `transpose`).
+ * The kernel the runtimes use on activations.
+ */
+export function hadamardRowsInPlace(
+  data: Float32Array | Float64Array,
+  rows: number,
+  n: number,
+  options: { transpose?: boolean; offset?: number } = {},
+): void {
+  const f = hadamardFactor(n);
+  if (!f)
+    throw new CalderaError(
+      'E_UNSUPPORTED',
+      `hadamard: size ${n} is not K·2^p for a supported K; pad to ${nextHadamardSize(n)}`,
+    );
+  const off0 = options.offset ?? 0;
+  if (off0 + rows * n > data.length)
+    throw new CalderaError('E_SHAPE', `hadamard: ${rows} rows of ${n} exceed the data length ${data.length}`);
+  const { K } = f;
+  const P = n / K;
+  const scale = 1 / Math.sqrt(n);
+  const H = hadamardBase(K);
+  const tmp = K > 1 ? new Float64Array(n) : null;
+  for (let r = 0; r < rows; r++) {
+    const o = off0 + r * n;
+    for (let a = 0; a < K; a++) fwht(data, o + a * P, P);
+    if (tmp) {
+      // out[a'] = Σ_a H[a][a'] V[a]  (v·M);  transpose: out[a'] = Σ_a H[a'][a] V[a]
+      tmp.fill(0);
+      for (let a = 0; a < K; a++)
+        for (let a2 = 0; a2 < K; a2++) {
+          const hv = options.transpose ? H[a2 * K + a]! : H[a * K + a2]!;
+          const src = o + a * P;
+          const dst = a2 * P;
+          if (hv === 1) for (let b = 0; b < P; b++) tmp[dst + b]! += data[src + b]!;
+          else for (let b = 0; b < P; b++) tmp[dst + b]! -= data[src + b]!;
+        }
+      for (let i = 0; i < n; i++) data[o + i] = tmp[i]! * scale;
+    } else {
+      for (let i = 0; i < n; i++) data[o + i]! *= scale;
+    }
+  }
+}
+
+/** Options of {@link hadamard}. */
+export interface HadamardOptions {
+  /** Apply `M_nᵀ` instead of `M_n`. Default false. */
+  transpose?: boolean;
+}
+
+/** Each row `v` of `x` (r × n) mapped to `v·M_n` (or `v·M_nᵀ`), as a new contiguous matrix of x's dtype. */
+export function hadamard<T extends Matrix>(x: T, options: HadamardOptions = {}): T {
+  assertMatrix(x, 'hadamard', 'x');
+  const [r, n] = x.shape as [number, number];
+  const out = newMatrix(x.dtype, r, n) as Tensor<'f32'> | Tensor<'f64'>;
+  for (let i = 0; i < r; i++)
+    for (let j = 0; j < n; j++)
+      out.data[i * n + j] = x.data[x.offset + i * x.strides[0]! + j * x.strides[1]!]!;
+  hadamardRowsInPlace(out.data, r, n, options);
+  return out as T;
+}
