@@ -14,3 +14,10 @@ export {
   HADAMARD_BASE_ORDERS,
   type HadamardOptions,
 } from './hadamard.js';
+export {
+  randomizedSvd,
+  eighJacobi,
+  orthonormalizeColumns,
+  type RandomizedSvdOptions,
+  type TruncatedSvd,
+} from './rsvd.js';

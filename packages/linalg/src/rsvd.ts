@@ -1,0 +1,168 @@
+/**
+ * Randomized truncated SVD (Halko, Martinsson & Tropp 2011) and the small dense kernels it needs: a cyclic Jacobi
+ * symmetric eigensolver for the l×l core and modified Gram–Schmidt orthonormalisation. The large products run on
+ * the gemm kernels; everything of size l = k + oversample is done in f64.
+ */
+import { CalderaError, Rng, type Matrix, type Tensor } from '@caldera/core';
+import { assertFiniteMatrix, assertMatrix } from './check.js';
+import { gemm } from './gemm.js';
+import type { Pool } from './pool/pool.js';
+
+/** Eigen-decomposition of a small symmetric matrix `a` (n×n row-major, f64) by cyclic Jacobi rotations. */
+export function eighJacobi(a: Float64Array, n: number): { values: Float64Array; vectors: Float64Array } {
+  if (a.length !== n * n)
+    throw new CalderaError('E_SHAPE', `eighJacobi: ${a.length} values for a ${n}×${n} matrix`);
+  const A = Float64Array.from(a);
+  const V = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) V[i * n + i] = 1;
+  let scale = 0;
+  for (let i = 0; i < n * n; i++) scale += A[i]! * A[i]!;
+  const tol = 1e-30 * scale;
+  for (let sweep = 0; sweep < 60; sweep++) {
+    let off = 0;
+    for (let p = 0; p < n; p++) for (let q = p + 1; q < n; q++) off += A[p * n + q]! * A[p * n + q]!;
+    if (off <= tol) break;
+    for (let p = 0; p < n; p++) {
+      for (let q = p + 1; q < n; q++) {
+        const apq = A[p * n + q]!;
+        if (apq === 0) continue;
+        const app = A[p * n + p]!;
+        const aqq = A[q * n + q]!;
+        const theta = (aqq - app) / (2 * apq);
+        const t = Math.sign(theta || 1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
+        const c = 1 / Math.sqrt(t * t + 1);
+        const s = t * c;
+        for (let k = 0; k < n; k++) {
+          const akp = A[k * n + p]!;
+          const akq = A[k * n + q]!;
+          A[k * n + p] = c * akp - s * akq;
+          A[k * n + q] = s * akp + c * akq;
+        }
+        for (let k = 0; k < n; k++) {
+          const apk = A[p * n + k]!;
+          const aqk = A[q * n + k]!;
+          A[p * n + k] = c * apk - s * aqk;
+          A[q * n + k] = s * apk + c * aqk;
+        }
+        for (let k = 0; k < n; k++) {
+          const vkp = V[k * n + p]!;
+          const vkq = V[k * n + q]!;
+          V[k * n + p] = c * vkp - s * vkq;
+          V[k * n + q] = s * vkp + c * vkq;
+        }
+      }
+    }
+  }
+  const order = [...Array(n).keys()].sort((i, j) => A[i * n + i]! - A[j * n + j]!);
+  const values = Float64Array.from(order, (i) => A[i * n + i]!);
+  const vectors = new Float64Array(n * n);
+  order.forEach((src, dst) => {
+    for (let k = 0; k < n; k++) vectors[k * n + dst] = V[k * n + src]!;
+  });
+  return { values, vectors };
+}
+
+/** Orthonormalise the `l` columns of `z` (m×l row-major, f64) in place by two passes of modified Gram–Schmidt. */
+export function orthonormalizeColumns(z: Float64Array, m: number, l: number): void {
+  for (let pass = 0; pass < 2; pass++) {
+    for (let j = 0; j < l; j++) {
+      for (let i = 0; i < j; i++) {
+        let d = 0;
+        for (let r = 0; r < m; r++) d += z[r * l + i]! * z[r * l + j]!;
+        for (let r = 0; r < m; r++) z[r * l + j]! -= d * z[r * l + i]!;
+      }
+      let nrm = 0;
+      for (let r = 0; r < m; r++) nrm += z[r * l + j]! ** 2;
+      nrm = Math.sqrt(nrm);
+      const inv = nrm > 1e-300 ? 1 / nrm : 0; // a dependent column becomes zero (rank-deficient input)
+      for (let r = 0; r < m; r++) z[r * l + j]! *= inv;
+    }
+  }
+}
+
+/** Options of {@link randomizedSvd}. */
+export interface RandomizedSvdOptions {
+  /** Extra random directions beyond k. Default 10. */
+  oversample?: number;
+  /** Subspace (power) iterations, each sharpening the spectrum by one power of A·Aᵀ. Default 2. */
+  powerIters?: number;
+  /** Seed of the Gaussian test matrix. Default 0. */
+  seed?: number;
+  pool?: Pool;
+}
+
+/** A truncated SVD `A ≈ U·diag(s)·Vᵀ` (f64): `u` m×k, `s` descending, `vt` k×n. */
+export interface TruncatedSvd {
+  u: Tensor<'f64'>;
+  s: Float64Array;
+  vt: Tensor<'f64'>;
+}
+
+function toDType(x: Float64Array, dtype: 'f32' | 'f64', shape: [number, number]): Matrix {
+  return dtype === 'f64'
+    ? { dtype, shape, strides: [shape[1], 1], offset: 0, data: x }
+    : { dtype, shape, strides: [shape[1], 1], offset: 0, data: Float32Array.from(x) };
+}
+
+/** Rank-k randomized SVD of `a` (m×n, f32 or f64). Deterministic given the seed. */
+export function randomizedSvd(a: Matrix, k: number, options: RandomizedSvdOptions = {}): TruncatedSvd {
+  assertMatrix(a, 'randomizedSvd', 'a');
+  assertFiniteMatrix(a, 'randomizedSvd', 'a');
+  const [m, n] = a.shape as [number, number];
+  if (!Number.isInteger(k) || k < 0 || k > Math.min(m, n)) {
+    throw new CalderaError(
+      'E_VALUE',
+      `randomizedSvd: rank ${k} must be an integer in [0, ${Math.min(m, n)}]`,
+    );
+  }
+  const l = Math.min(k + (options.oversample ?? 10), Math.min(m, n));
+  const pool = options.pool ? { pool: options.pool } : {};
+  const dt = a.dtype;
+  const rng = new Rng(options.seed ?? 0);
+  const omega = toDType(rng.fillNormal(new Float64Array(n * l)), dt, [n, l]);
+  let q = Float64Array.from(gemm(a, omega, { checkFinite: false, ...pool }).data);
+  orthonormalizeColumns(q, m, l);
+  for (let it = 0; it < (options.powerIters ?? 2); it++) {
+    const z = Float64Array.from(
+      gemm(a, toDType(q, dt, [m, l]), { transA: true, checkFinite: false, ...pool }).data,
+    );
+    orthonormalizeColumns(z, n, l);
+    q = Float64Array.from(gemm(a, toDType(z, dt, [n, l]), { checkFinite: false, ...pool }).data);
+    orthonormalizeColumns(q, m, l);
+  }
+  // B = Qᵀ·A (l×n); G = B·Bᵀ = U_B Λ U_Bᵀ
+  const bT = gemm(toDType(q, dt, [m, l]), a, { transA: true, checkFinite: false, ...pool });
+  const b = Float64Array.from(bT.data);
+  const g = new Float64Array(l * l);
+  for (let i = 0; i < l; i++)
+    for (let j = i; j < l; j++) {
+      let s = 0;
+      for (let c = 0; c < n; c++) s += b[i * n + c]! * b[j * n + c]!;
+      g[i * l + j] = g[j * l + i] = s;
+    }
+  const { values, vectors } = eighJacobi(g, l); // ascending
+  const s = new Float64Array(k);
+  const u = new Float64Array(m * k);
+  const vt = new Float64Array(k * n);
+  for (let t = 0; t < k; t++) {
+    const col = l - 1 - t;
+    const sig = Math.sqrt(Math.max(values[col]!, 0));
+    s[t] = sig;
+    for (let r = 0; r < m; r++) {
+      let acc = 0;
+      for (let i = 0; i < l; i++) acc += q[r * l + i]! * vectors[i * l + col]!;
+      u[r * k + t] = acc;
+    }
+    const inv = sig > 0 ? 1 / sig : 0;
+    for (let c = 0; c < n; c++) {
+      let acc = 0;
+      for (let i = 0; i < l; i++) acc += vectors[i * l + col]! * b[i * n + c]!;
+      vt[t * n + c] = acc * inv;
+    }
+  }
+  return {
+    u: { dtype: 'f64', shape: [m, k], strides: [k, 1], offset: 0, data: u },
+    s,
+    vt: { dtype: 'f64', shape: [k, n], strides: [n, 1], offset: 0, data: vt },
+  };
+}
