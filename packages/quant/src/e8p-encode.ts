@@ -43,7 +43,6 @@ export function e8pEncodeInto(
 ): void {
   const a = new Float64Array(8);
   const y = new Float64Array(8);
-  const ord = new Int32Array(8);
   const u = new Float64Array(8);
   const extraHalf = t.extraHalf;
   for (let k = 0; k < count; k++) {
@@ -156,7 +155,7 @@ export function e8pEncodeInto(
         }
       }
     }
-    out[outOff + k] = buildCode(t, x, base, bestP, bestKind, bestMis, a, y, ord, u);
+    out[outOff + k] = buildCode(t, x, base, bestP, bestKind, bestMis, a, y, u);
   }
 }
 
@@ -170,33 +169,49 @@ function buildCode(
   mis: number,
   a: Float64Array,
   y: Float64Array,
-  ord: Int32Array,
   u: Float64Array,
 ): number {
   const shift = p === 1 ? -0.25 : 0.25;
   for (let i = 0; i < 8; i++) {
     y[i] = x[base + i]! - shift;
     a[i] = Math.abs(y[i]!);
-    ord[i] = i;
   }
   let src: number;
   if (kind < 7) {
-    // argsort a descending by counting ranks (ties by index; branch-free comparisons)
-    for (let i = 0; i < 8; i++) {
-      const ai = a[i]!;
-      let rank = 0;
-      for (let j = 0; j < 8; j++) rank += Number(a[j]! > ai || (a[j] === ai && j < i));
-      ord[rank] = i;
-    }
+    // magnitudes: the `nbig` largest |y| get the large entries (selection by repeated argmax), the rest ½
     u.fill(0.5);
-    if (kind >= 1 && kind <= 4) for (let r = 0; r < kind; r++) u[ord[r]!] = 1.5;
-    if (kind >= 5) u[ord[0]!] = 2.5;
-    if (kind === 6) u[ord[1]!] = 1.5;
+    const nbig = kind <= 4 ? kind : kind - 4; // M5: one 5/2; M6: 5/2 then 3/2
+    let used = 0;
+    for (let r = 0; r < nbig; r++) {
+      let bi = -1;
+      let bv = -1;
+      for (let i = 0; i < 8; i++) {
+        if ((used >> i) & 1) continue;
+        if (a[i]! > bv) {
+          bv = a[i]!;
+          bi = i;
+        }
+      }
+      used |= 1 << bi;
+      u[bi] = kind >= 5 && r === 0 ? 2.5 : 1.5;
+    }
     let key = 0;
     for (let i = 0; i < 8; i++) key = key * 3 + (u[i]! - 0.5);
     src = t.base3Index[key]!;
     for (let i = 0; i < 8; i++) if (y[i]! < 0) u[i] = -u[i]!;
-    if (mis) u[ord[7]!] = -u[ord[7]!]!;
+    if (mis) {
+      // flip the smallest |y| among the ½ coordinates
+      let mi = -1;
+      let mv = Infinity;
+      for (let i = 0; i < 8; i++) {
+        if ((used >> i) & 1) continue;
+        if (a[i]! < mv) {
+          mv = a[i]!;
+          mi = i;
+        }
+      }
+      u[mi] = -u[mi]!;
+    }
   } else {
     const e = kind - 7;
     src = 227 + e;

@@ -116,15 +116,17 @@ export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResul
     for (let c = e - g; c >= s; c -= g) {
       const cl = c - s;
       // x = F[:, c:c+g] + E[:, c+g:e]·L[c+g:e, c:c+g]  (feedback from this buffer's finished blocks)
-      for (let r = 0; r < m; r++) {
-        const xr = r * g;
-        for (let t = 0; t < g; t++) x[xr + t] = F[r * bw + cl + t]!;
-        const er = r * n + s;
-        for (let j = cl + g; j < bw; j++) {
-          const ev = E[er + j]!;
-          if (ev === 0) continue;
-          const lj = j * bw + cl;
-          for (let t = 0; t < g; t++) x[xr + t]! += ev * Lb[lj + t]!;
+      if (g === 8) feedback8(x, F, E, Lb, m, n, s, bw, cl);
+      else {
+        for (let r = 0; r < m; r++) {
+          const xr = r * g;
+          for (let t = 0; t < g; t++) x[xr + t] = F[r * bw + cl + t]!;
+          const er = r * n + s;
+          for (let j = cl + g; j < bw; j++) {
+            const ev = E[er + j]!;
+            const lj = j * bw + cl;
+            for (let t = 0; t < g; t++) x[xr + t]! += ev * Lb[lj + t]!;
+          }
         }
       }
       rounder.round(x, m, vals, planes, c / g, groupsPerRow);
@@ -280,6 +282,53 @@ function tunePass(
         { alpha: -1, beta: 1, checkFinite: false, ...pool },
       );
     }
+  }
+}
+
+/** The in-buffer feedback for 8-column groups with the accumulators in registers (the hot loop of LDLQ). */
+function feedback8(
+  x: Float32Array,
+  F: Float32Array,
+  E: Float32Array,
+  Lb: Float32Array,
+  m: number,
+  n: number,
+  s: number,
+  bw: number,
+  cl: number,
+): void {
+  for (let r = 0; r < m; r++) {
+    const fr = r * bw + cl;
+    let x0 = F[fr]!,
+      x1 = F[fr + 1]!,
+      x2 = F[fr + 2]!,
+      x3 = F[fr + 3]!,
+      x4 = F[fr + 4]!,
+      x5 = F[fr + 5]!,
+      x6 = F[fr + 6]!,
+      x7 = F[fr + 7]!;
+    const er = r * n + s;
+    for (let j = cl + 8; j < bw; j++) {
+      const ev = E[er + j]!;
+      const lj = j * bw + cl;
+      x0 += ev * Lb[lj]!;
+      x1 += ev * Lb[lj + 1]!;
+      x2 += ev * Lb[lj + 2]!;
+      x3 += ev * Lb[lj + 3]!;
+      x4 += ev * Lb[lj + 4]!;
+      x5 += ev * Lb[lj + 5]!;
+      x6 += ev * Lb[lj + 6]!;
+      x7 += ev * Lb[lj + 7]!;
+    }
+    const xr = r * 8;
+    x[xr] = x0;
+    x[xr + 1] = x1;
+    x[xr + 2] = x2;
+    x[xr + 3] = x3;
+    x[xr + 4] = x4;
+    x[xr + 5] = x5;
+    x[xr + 6] = x6;
+    x[xr + 7] = x7;
   }
 }
 
