@@ -21,3 +21,6 @@ export {
   type RandomizedSvdOptions,
   type TruncatedSvd,
 } from './rsvd.js';
+export { solveTriangular, invTriangular, type SolveTriangularOptions } from './triangular.js';
+export { qr, type QR } from './qr.js';
+export { eigh, type Eigh, type EighOptions } from './eigh.js';

@@ -1,0 +1,40 @@
+/**
+ * Internal helpers of the factorisation routines: validated row-major f64 copies of input matrices and
+ * wrapping of row-major buffers as tensors. Not exported from the package.
+ */
+import type { Matrix, Tensor } from '@caldera/core';
+import { assertFiniteMatrix, assertMatrix, assertSquare } from './check.js';
+
+/** A validated (2-D, f32/f64, finite) matrix copied into a fresh row-major Float64Array. */
+export function denseCopy(a: Matrix, fn: string, name: string, square = false): Float64Array {
+  assertMatrix(a, fn, name);
+  if (square) assertSquare(a, fn, name);
+  assertFiniteMatrix(a, fn, name);
+  const [m, n] = a.shape as [number, number];
+  const [s0, s1] = a.strides as [number, number];
+  const out = new Float64Array(m * n);
+  const d = a.data;
+  for (let i = 0; i < m; i++) {
+    let p = a.offset + i * s0;
+    for (let j = 0; j < n; j++, p += s1) out[i * n + j] = d[p]!;
+  }
+  return out;
+}
+
+/** Wrap a row-major `m × n` buffer as a contiguous f64 tensor. */
+export function wrap(data: Float64Array, m: number, n: number): Tensor<'f64'> {
+  return { dtype: 'f64', shape: [m, n], strides: [n, 1], offset: 0, data };
+}
+
+/** Row-major transpose of an `m × n` buffer into a new `n × m` buffer. */
+export function transposeBuf(a: Float64Array, m: number, n: number): Float64Array {
+  const t = new Float64Array(m * n);
+  const B = 32;
+  for (let i0 = 0; i0 < m; i0 += B)
+    for (let j0 = 0; j0 < n; j0 += B) {
+      const i1 = Math.min(m, i0 + B);
+      const j1 = Math.min(n, j0 + B);
+      for (let i = i0; i < i1; i++) for (let j = j0; j < j1; j++) t[j * m + i] = a[i * n + j]!;
+    }
+  return t;
+}

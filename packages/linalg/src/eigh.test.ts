@@ -1,0 +1,92 @@
+import { describe, expect, it } from 'vitest';
+import { isCalderaError, Rng, tensor } from '@caldera/core';
+import { eigh } from './eigh.js';
+import { diffFro, EPS, fro, mul, orthErr, symWithEigs } from './factor-test-util.js';
+
+function randSym(n: number, seed: number): Float64Array {
+  const g = new Rng(seed).fillNormal(new Float64Array(n * n));
+  const a = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) a[i * n + j] = (g[i * n + j]! + g[j * n + i]!) / 2;
+  return a;
+}
+
+/** ‖A − VΛVᵀ‖_F and ‖VᵀV − I‖_max. */
+function residuals(a: Float64Array, n: number, values: Float64Array, v: Float64Array): [number, number] {
+  const vl = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) vl[i * n + j] = v[i * n + j]! * values[j]!;
+  return [diffFro(mul(vl, v, n, n, n, false, true), a), orthErr(v, n, n)];
+}
+
+describe('eigh', () => {
+  for (const n of [1, 2, 3, 17, 64, 161]) {
+    it(`A = VΛVᵀ, VᵀV = I, ascending values for a random symmetric ${n}×${n}`, () => {
+      const a = randSym(n, n);
+      const { values, vectors } = eigh(tensor('f64', [n, n], a));
+      for (let i = 1; i < n; i++) expect(values[i]).toBeGreaterThanOrEqual(values[i - 1]!);
+      const [res, orth] = residuals(a, n, values, vectors.data);
+      // Householder tridiagonalisation + QL are backward stable with error O(n·eps·‖A‖) (Golub–Van Loan §8.3);
+      // 2·n·eps·‖A‖_F leaves a factor ~10 of headroom over what we observe.
+      expect(res).toBeLessThan(2 * n * EPS * fro(a) + 1e-300);
+      expect(orth).toBeLessThan(2 * n * EPS);
+    });
+  }
+
+  it('recovers prescribed eigenvalues, including repeated and clustered ones', () => {
+    const lambda = [-3, -3, -3, 0, 0, 1e-9, 1, 1, 1, 1, 2, 2 + 1e-12, 5, 7, 7, 100];
+    const n = lambda.length;
+    const a = symWithEigs(lambda, 42);
+    const { values, vectors } = eigh(tensor('f64', [n, n], a));
+    const sorted = [...lambda].sort((x, y) => x - y);
+    // Weyl: |λ̂ᵢ − λᵢ| ≤ ‖E‖₂ for a backward error E; the construction itself is accurate to ~n·eps·‖A‖.
+    for (let i = 0; i < n; i++) expect(Math.abs(values[i]! - sorted[i]!)).toBeLessThan(4 * n * EPS * 100);
+    const [res, orth] = residuals(a, n, values, vectors.data);
+    expect(res).toBeLessThan(2 * n * EPS * fro(a));
+    expect(orth).toBeLessThan(2 * n * EPS);
+  });
+
+  it('identity, zero and diagonal matrices (already tridiagonal)', () => {
+    const n = 9;
+    const id = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) id[i * n + i] = n - i;
+    const r = eigh(tensor('f64', [n, n], id));
+    expect(Array.from(r.values)).toEqual(Array.from({ length: n }, (_, i) => i + 1));
+    expect(orthErr(r.vectors.data, n, n)).toBeLessThan(EPS);
+    const z = eigh(tensor('f64', [n, n], new Float64Array(n * n)));
+    expect(Array.from(z.values).every((x) => x === 0)).toBe(true);
+  });
+
+  it('reads only the lower triangle and does not modify the input', () => {
+    const n = 12;
+    const a = randSym(n, 3);
+    const lowerOnly = a.map((x, idx) => (idx % n > Math.floor(idx / n) ? 1e6 : x));
+    const before = lowerOnly.slice();
+    const r1 = eigh(tensor('f64', [n, n], a));
+    const r2 = eigh(tensor('f64', [n, n], lowerOnly));
+    expect(lowerOnly).toEqual(before);
+    for (let i = 0; i < n; i++) expect(r2.values[i]).toBeCloseTo(r1.values[i]!, 12);
+  });
+
+  it('values-only mode matches', () => {
+    const n = 30;
+    const a = randSym(n, 8);
+    const full = eigh(tensor('f64', [n, n], a));
+    const vals = eigh(tensor('f64', [n, n], a), { vectors: false });
+    expect(vals.vectors.shape).toEqual([0, 0]);
+    for (let i = 0; i < n; i++)
+      expect(Math.abs(vals.values[i]! - full.values[i]!)).toBeLessThan(n * EPS * fro(a));
+  });
+
+  it('empty, non-square, non-finite and aborted inputs', () => {
+    expect(eigh(tensor('f64', [0, 0], [])).values.length).toBe(0);
+    expect(() => eigh(tensor('f64', [2, 3], [1, 2, 3, 4, 5, 6]))).toThrow(/square/);
+    try {
+      eigh(tensor('f64', [2, 2], [1, 0, Infinity, 1]));
+      expect.unreachable();
+    } catch (e) {
+      expect(isCalderaError(e, 'E_VALUE')).toBe(true);
+    }
+    const ac = new AbortController();
+    ac.abort();
+    expect(() => eigh(tensor('f64', [40, 40], randSym(40, 1)), { signal: ac.signal })).toThrow();
+  });
+});

@@ -1,0 +1,64 @@
+/**
+ * Symmetric eigendecomposition `A = V·diag(λ)·Vᵀ`: Householder tridiagonalisation followed by the implicit
+ * QL iteration, in f64. Robust for repeated and clustered eigenvalues (the vectors stay orthonormal because
+ * they are products of orthogonal transformations).
+ */
+import { type Matrix, type Tensor } from '@caldera/core';
+import { denseCopy, wrap } from './dense.js';
+import { backTransform, tridiagonalize, tridiagonalQL } from './tridiag.js';
+
+/** Options of {@link eigh}. */
+export interface EighOptions {
+  /** Compute eigenvectors. Default `true`; `false` returns an empty `0 × 0` `vectors` tensor (O(n²) after the reduction). */
+  vectors?: boolean;
+  /** Abort between reduction steps / eigenvalues (`E_ABORTED`). */
+  signal?: AbortSignal;
+  /** Called with the phase and fraction done (0–1) at phase boundaries. */
+  onProgress?: (p: { phase: 'tridiagonalize' | 'iterate' | 'backTransform'; fraction: number }) => void;
+}
+
+/** Result of {@link eigh}. */
+export interface Eigh {
+  /** Eigenvalues in ascending order. */
+  values: Float64Array;
+  /** `n × n` (f64), column `i` is the unit eigenvector of `values[i]`. */
+  vectors: Tensor<'f64'>;
+}
+
+/**
+ * Eigenvalues (ascending) and eigenvectors (columns) of a symmetric `n × n` matrix. Only the lower triangle
+ * of `a` is read (the input is not modified). Non-square → `E_SHAPE`, non-finite → `E_VALUE`.
+ * @example
+ * const { values, vectors } = eigh(h); // h ≈ vectors·diag(values)·vectorsᵀ
+ */
+export function eigh(a: Matrix, options: EighOptions = {}): Eigh {
+  const w = denseCopy(a, 'eigh', 'a', true);
+  const n = a.shape[0]!;
+  const wantVectors = options.vectors ?? true;
+  const { signal, onProgress } = options;
+  onProgress?.({ phase: 'tridiagonalize', fraction: 0 });
+  const { d, e, taus } = tridiagonalize(w, n, signal);
+  onProgress?.({ phase: 'iterate', fraction: 0 });
+  let zt: Float64Array | undefined;
+  if (wantVectors) {
+    zt = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) zt[i * n + i] = 1;
+  }
+  tridiagonalQL(d, e, n, zt, signal);
+  const order = Array.from({ length: n }, (_, i) => i).sort((x, y) => d[x]! - d[y]!);
+  const values = Float64Array.from(order, (i) => d[i]!);
+  if (!zt) {
+    onProgress?.({ phase: 'iterate', fraction: 1 });
+    return { values, vectors: wrap(new Float64Array(0), 0, 0) };
+  }
+  onProgress?.({ phase: 'backTransform', fraction: 0 });
+  backTransform(w, taus, n, zt, signal);
+  // vectors as columns, in ascending order of eigenvalue (reuse w as the output buffer)
+  const out = w;
+  for (let col = 0; col < n; col++) {
+    const src = order[col]! * n;
+    for (let k = 0; k < n; k++) out[k * n + col] = zt[src + k]!;
+  }
+  onProgress?.({ phase: 'backTransform', fraction: 1 });
+  return { values, vectors: wrap(out, n, n) };
+}

@@ -1,0 +1,75 @@
+import { describe, expect, it } from 'vitest';
+import { isCalderaError, Rng, tensor } from '@caldera/core';
+import { qr } from './qr.js';
+import { dense, diffFro, EPS, fro, mul, orthErr, withSpectrum } from './factor-test-util.js';
+import { stridedRandn } from './test-util.js';
+
+describe('qr', () => {
+  const shapes: [number, number][] = [
+    [1, 1],
+    [5, 3],
+    [3, 5],
+    [37, 37],
+    [150, 41],
+    [41, 150],
+  ];
+  for (const [m, n] of shapes) {
+    it(`A = QR, QᵀQ = I, R upper for ${m}×${n}`, () => {
+      const a = new Rng(m * 31 + n).fillNormal(new Float64Array(m * n));
+      const { q, r } = qr(tensor('f64', [m, n], a));
+      const k = Math.min(m, n);
+      expect(q.shape).toEqual([m, k]);
+      expect(r.shape).toEqual([k, n]);
+      for (let i = 0; i < k; i++) for (let j = 0; j < i; j++) expect(r.data[i * n + j]).toBe(0);
+      // Householder QR is backward stable: ‖A − QR‖ ≤ c·m·n·eps·‖A‖ (Higham Thm 19.4, c small);
+      // we allow 1·max(m,n)·eps·‖A‖_F, far above the observed ~eps·√n but tight enough to catch any bug.
+      expect(diffFro(mul(q.data, r.data, m, k, n), a)).toBeLessThan(Math.max(m, n) * EPS * fro(a));
+      // orthogonality of the accumulated Q: ‖QᵀQ − I‖ ≤ c·m·eps
+      expect(orthErr(q.data, m, k)).toBeLessThan(m * EPS * 4);
+    });
+  }
+
+  it('handles rank-deficient and ill-conditioned matrices (Q stays orthonormal)', () => {
+    const m = 60;
+    const n = 30;
+    const s = Array.from({ length: n }, (_, i) => (i < 10 ? 10 ** -i : 0));
+    const a = withSpectrum(m, n, s, 7);
+    const { q, r } = qr(tensor('f64', [m, n], a));
+    expect(diffFro(mul(q.data, r.data, m, n, n), a)).toBeLessThan(m * EPS * fro(a));
+    expect(orthErr(q.data, m, n)).toBeLessThan(m * EPS * 4);
+  });
+
+  it('handles zero columns and an all-zero matrix', () => {
+    const a = tensor('f64', [3, 2], [0, 1, 0, 2, 0, 3]);
+    const { q, r } = qr(a);
+    expect(diffFro(mul(q.data, r.data, 3, 2, 2), dense(a))).toBeLessThan(1e-14);
+    expect(orthErr(q.data, 3, 2)).toBeLessThan(1e-15);
+    const z = qr(tensor('f64', [4, 3], new Float64Array(12)));
+    expect(orthErr(z.q.data, 4, 3)).toBe(0);
+    expect(fro(z.r.data)).toBe(0);
+  });
+
+  it('reads strided f32 views without modifying them', () => {
+    const a = stridedRandn('f32', 9, 4, 3);
+    const before = Float32Array.from(a.data as Float32Array);
+    const { q, r } = qr(a);
+    expect(diffFro(mul(q.data, r.data, 9, 4, 4), dense(a))).toBeLessThan(1e-13);
+    expect(a.data).toEqual(before);
+  });
+
+  it('empty matrices give empty factors', () => {
+    const { q, r } = qr(tensor('f64', [0, 3], []));
+    expect(q.shape).toEqual([0, 0]);
+    expect(r.shape).toEqual([0, 3]);
+  });
+
+  it('rejects non-finite input and non-matrices', () => {
+    expect(() => qr(tensor('f64', [2, 2], [1, NaN, 0, 1]))).toThrow(/non-finite/);
+    try {
+      qr(tensor('f64', [4], [1, 2, 3, 4]) as never);
+      expect.unreachable();
+    } catch (e) {
+      expect(isCalderaError(e, 'E_SHAPE')).toBe(true);
+    }
+  });
+});

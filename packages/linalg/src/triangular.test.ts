@@ -1,0 +1,93 @@
+import { describe, expect, it } from 'vitest';
+import { isCalderaError, Rng, tensor } from '@caldera/core';
+import { invTriangular, solveTriangular } from './triangular.js';
+import { EPS, mul } from './factor-test-util.js';
+
+/** Well-conditioned random triangular n×n: diagonal in [1, 2], off-diagonal N(0, 1)/n. */
+function tri(n: number, lower: boolean, seed: number): Float64Array {
+  const rng = new Rng(seed);
+  const a = new Float64Array(n * n);
+  for (let i = 0; i < n; i++)
+    for (let j = 0; j < n; j++) {
+      if (i === j) a[i * n + j] = 1 + rng.uniform();
+      else if (lower ? j < i : j > i) a[i * n + j] = rng.normal() / n;
+      else a[i * n + j] = 99; // garbage in the other triangle: must not be read
+    }
+  return a;
+}
+
+function opA(a: Float64Array, n: number, lower: boolean, trans: boolean, unit: boolean): Float64Array {
+  const m = new Float64Array(n * n);
+  for (let i = 0; i < n; i++)
+    for (let j = 0; j < n; j++) {
+      const inTri = lower ? j <= i : j >= i;
+      const v = i === j && unit ? 1 : inTri ? a[i * n + j]! : 0;
+      if (trans) m[j * n + i] = v;
+      else m[i * n + j] = v;
+    }
+  return m;
+}
+
+describe('solveTriangular', () => {
+  const n = 23;
+  const k = 5;
+  for (const lower of [true, false])
+    for (const transpose of [false, true])
+      for (const unitDiagonal of [false, true])
+        for (const side of ['left', 'right'] as const) {
+          it(`lower=${lower} transpose=${transpose} unit=${unitDiagonal} side=${side}`, () => {
+            const a = tri(n, lower, 3);
+            const rng = new Rng(5);
+            const [br, bc] = side === 'left' ? [n, k] : [k, n];
+            const b = rng.fillNormal(new Float64Array(br * bc));
+            const x = solveTriangular(tensor('f64', [n, n], a), tensor('f64', [br, bc], b), {
+              lower,
+              transpose,
+              unitDiagonal,
+              side,
+            });
+            const m = opA(a, n, lower, transpose, unitDiagonal);
+            const back = side === 'left' ? mul(m, x.data, n, n, k) : mul(x.data, m, k, n, n);
+            // substitution is backward stable: residual ≤ n·eps·|op(A)|·|X| elementwise; with the
+            // well-conditioned A above, 10·n·eps·max|B| is a safe bound.
+            let worst = 0;
+            for (let i = 0; i < b.length; i++) worst = Math.max(worst, Math.abs(back[i]! - b[i]!));
+            expect(worst).toBeLessThan(10 * n * EPS * 4);
+          });
+        }
+
+  it('rejects a singular matrix and mismatched shapes', () => {
+    const a = tensor('f64', [2, 2], [1, 0, 1, 0]);
+    expect(() => solveTriangular(a, tensor('f64', [2, 1], [1, 1]))).toThrow(/singular.*\[1, 1\]/);
+    try {
+      solveTriangular(tensor('f64', [2, 2], [1, 0, 0, 1]), tensor('f64', [3, 1], [1, 1, 1]));
+      expect.unreachable();
+    } catch (e) {
+      expect(isCalderaError(e, 'E_SHAPE')).toBe(true);
+    }
+  });
+
+  it('handles 1×1 and empty systems', () => {
+    expect(solveTriangular(tensor('f64', [1, 1], [4]), tensor('f64', [1, 2], [2, 8])).data).toEqual(
+      new Float64Array([0.5, 2]),
+    );
+    expect(solveTriangular(tensor('f64', [0, 0], []), tensor('f64', [0, 3], [])).shape).toEqual([0, 3]);
+  });
+});
+
+describe('invTriangular', () => {
+  for (const lower of [true, false]) {
+    it(`A·A⁻¹ = I (lower=${lower}), result stays triangular`, () => {
+      const n = 40;
+      const a = tri(n, lower, 11);
+      const inv = invTriangular(tensor('f64', [n, n], a), { lower });
+      const m = opA(a, n, lower, false, false);
+      const p = mul(m, inv.data, n, n, n);
+      for (let i = 0; i < n; i++)
+        for (let j = 0; j < n; j++) {
+          expect(Math.abs(p[i * n + j]! - (i === j ? 1 : 0))).toBeLessThan(10 * n * EPS);
+          if (lower ? j > i : j < i) expect(inv.data[i * n + j]).toBe(0);
+        }
+    });
+  }
+});

@@ -1,0 +1,202 @@
+/**
+ * Symmetric tridiagonal helpers of {@link eigh}: Householder reduction `A = Q·T·Qᵀ` (lower triangle, row
+ * oriented), the implicit QL iteration with Wilkinson-type shifts on `T`, and the back-transformation
+ * of eigenvectors by the stored reflectors. Internal to the package.
+ */
+import { CalderaError, throwIfAborted } from '@caldera/core';
+
+/** Householder tridiagonalisation result: diagonal `d`, off-diagonal `e` (`e[i] = T[i, i+1]`, `e[n−1] = 0`). */
+export interface Tridiagonal {
+  d: Float64Array;
+  e: Float64Array;
+  /** Reflector scalars τⱼ; reflector j is stored in column j of `w` below the sub-diagonal. */
+  taus: Float64Array;
+}
+
+/**
+ * Reduce the symmetric matrix whose lower triangle is in `w` (n×n row-major, overwritten) to tridiagonal
+ * form. Reflector j (`v = [1, w[j+2.., j]]` acting on indices j+1..n−1) is kept in `w`.
+ */
+export function tridiagonalize(w: Float64Array, n: number, signal?: AbortSignal): Tridiagonal {
+  const d = new Float64Array(n);
+  const e = new Float64Array(n);
+  const taus = new Float64Array(n);
+  const v = new Float64Array(n);
+  const p = new Float64Array(n);
+  for (let j = 0; j + 2 < n; j++) {
+    if ((j & 31) === 0) throwIfAborted(signal, 'eigh');
+    const o = j + 1; // trailing block starts at o; x = w[o.., j]
+    const len = n - o;
+    const alpha = w[o * n + j]!;
+    let scale = 0;
+    for (let i = o + 1; i < n; i++) scale = Math.max(scale, Math.abs(w[i * n + j]!));
+    d[j] = w[j * n + j]!;
+    if (scale === 0) {
+      e[j] = alpha;
+      taus[j] = 0;
+      continue;
+    }
+    scale = Math.max(scale, Math.abs(alpha));
+    let ss = 0;
+    for (let i = o; i < n; i++) {
+      const t = w[i * n + j]! / scale;
+      ss += t * t;
+    }
+    const norm = scale * Math.sqrt(ss);
+    const beta = alpha >= 0 ? -norm : norm;
+    const tau = (beta - alpha) / beta;
+    const inv = 1 / (alpha - beta);
+    v[0] = 1;
+    for (let i = o + 1; i < n; i++) {
+      const vi = w[i * n + j]! * inv;
+      w[i * n + j] = vi;
+      v[i - o] = vi;
+    }
+    e[j] = beta;
+    taus[j] = tau;
+    // p = τ·A₂₂·v using the lower triangle only
+    p.fill(0, 0, len);
+    for (let i = 0; i < len; i++) {
+      const row = (o + i) * n + o;
+      const vi = v[i]!;
+      let s = 0;
+      for (let c = 0; c < i; c++) {
+        const a = w[row + c]!;
+        s += a * v[c]!;
+        p[c]! += a * vi;
+      }
+      p[i]! += s + w[row + i]! * vi;
+    }
+    let pv = 0;
+    for (let i = 0; i < len; i++) {
+      p[i]! *= tau;
+      pv += p[i]! * v[i]!;
+    }
+    // w = p − (τ/2)(pᵀv)·v ; A₂₂ −= v·wᵀ + w·vᵀ (lower triangle)
+    const k = 0.5 * tau * pv;
+    for (let i = 0; i < len; i++) p[i]! -= k * v[i]!;
+    for (let i = 0; i < len; i++) {
+      const row = (o + i) * n + o;
+      const vi = v[i]!;
+      const wi = p[i]!;
+      for (let c = 0; c <= i; c++) w[row + c]! -= vi * p[c]! + wi * v[c]!;
+    }
+  }
+  if (n >= 2) {
+    d[n - 2] = w[(n - 2) * n + n - 2]!;
+    e[n - 2] = w[(n - 1) * n + n - 2]!;
+  }
+  if (n >= 1) d[n - 1] = w[(n - 1) * n + n - 1]!;
+  e[n - 1] = 0;
+  return { d, e, taus };
+}
+
+/**
+ * Implicit QL iteration on the tridiagonal (d, e) (both overwritten; eigenvalues end in `d`, unsorted).
+ * When `zt` (n×n row-major, rows = vectors) is given, each rotation is applied to its rows, so starting from
+ * the identity its rows become the eigenvectors of T. Throws `E_VALUE` if an eigenvalue fails to converge.
+ */
+export function tridiagonalQL(
+  d: Float64Array,
+  e: Float64Array,
+  n: number,
+  zt?: Float64Array,
+  signal?: AbortSignal,
+): void {
+  const eps = 2 ** -52;
+  let f = 0;
+  let tst1 = 0;
+  for (let l = 0; l < n; l++) {
+    throwIfAborted(signal, 'eigh');
+    tst1 = Math.max(tst1, Math.abs(d[l]!) + Math.abs(e[l]!));
+    let m = l;
+    while (m < n - 1 && Math.abs(e[m]!) > eps * tst1) m++;
+    if (m > l) {
+      let iter = 0;
+      do {
+        if (++iter > 100) {
+          throw new CalderaError(
+            'E_VALUE',
+            `eigh: QL iteration did not converge for eigenvalue ${l} of ${n}`,
+          );
+        }
+        let g = d[l]!;
+        let p = (d[l + 1]! - g) / (2 * e[l]!);
+        let r = Math.hypot(p, 1);
+        if (p < 0) r = -r;
+        d[l] = e[l]! / (p + r);
+        d[l + 1] = e[l]! * (p + r);
+        const dl1 = d[l + 1]!;
+        let h = g - d[l]!;
+        for (let i = l + 2; i < n; i++) d[i]! -= h;
+        f += h;
+        p = d[m]!;
+        let c = 1;
+        let c2 = 1;
+        let c3 = 1;
+        const el1 = e[l + 1]!;
+        let s = 0;
+        let s2 = 0;
+        for (let i = m - 1; i >= l; i--) {
+          c3 = c2;
+          c2 = c;
+          s2 = s;
+          g = c * e[i]!;
+          h = c * p;
+          r = Math.hypot(p, e[i]!);
+          e[i + 1] = s * r;
+          s = e[i]! / r;
+          c = p / r;
+          p = c * d[i]! - s * g;
+          d[i + 1] = h + s * (c * g + s * d[i]!);
+          if (zt) {
+            const a = i * n;
+            const b = (i + 1) * n;
+            for (let k = 0; k < n; k++) {
+              const zb = zt[b + k]!;
+              const za = zt[a + k]!;
+              zt[b + k] = s * za + c * zb;
+              zt[a + k] = c * za - s * zb;
+            }
+          }
+        }
+        p = (-s * s2 * c3 * el1 * e[l]!) / dl1;
+        e[l] = s * p;
+        d[l] = c * p;
+      } while (Math.abs(e[l]!) > eps * tst1);
+    }
+    d[l] = d[l]! + f;
+    e[l] = 0;
+  }
+}
+
+/**
+ * Apply `Q = H₀·H₁·…` from {@link tridiagonalize} to each row `z` of `zt` (`z ← Q·z`), turning eigenvectors of
+ * T into eigenvectors of A.
+ */
+export function backTransform(
+  w: Float64Array,
+  taus: Float64Array,
+  n: number,
+  zt: Float64Array,
+  signal?: AbortSignal,
+): void {
+  const v = new Float64Array(n);
+  for (let j = n - 3; j >= 0; j--) {
+    const tau = taus[j]!;
+    if (tau === 0) continue;
+    if ((j & 31) === 0) throwIfAborted(signal, 'eigh');
+    const o = j + 1;
+    const len = n - o;
+    v[0] = 1;
+    for (let i = 1; i < len; i++) v[i] = w[(o + i) * n + j]!;
+    for (let r = 0; r < n; r++) {
+      const row = r * n + o;
+      let s = 0;
+      for (let c = 0; c < len; c++) s += v[c]! * zt[row + c]!;
+      s *= tau;
+      if (s === 0) continue;
+      for (let c = 0; c < len; c++) zt[row + c]! -= s * v[c]!;
+    }
+  }
+}
