@@ -1,1 +1,4 @@
-export {};
+export * from './caldera.js';
+export * from './decomposition.js';
+export * from './codec.js';
+export * from './rotate.js';

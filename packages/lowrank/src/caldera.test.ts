@@ -1,0 +1,185 @@
+import { describe, expect, it } from 'vitest';
+import { Rng, tensor, type Tensor } from '@caldera/core';
+import { randomizedSvd } from '@caldera/linalg';
+import { caldera, type CalderaOptions } from './caldera.js';
+import {
+  applyDecomposition,
+  fromCheckpointTensors,
+  reconstruct,
+  toCheckpointTensors,
+} from './decomposition.js';
+import { rotateWeight, unrotateWeight, randomSigns, paddedSize } from './rotate.js';
+
+/** W with heavy-tailed singular values plus a few outlier columns, like real projection weights. */
+function structuredWeight(m: number, n: number, seed: number): Tensor<'f32'> {
+  const rng = new Rng(seed);
+  const w = new Float32Array(m * n);
+  for (let t = 0; t < 24; t++) {
+    const u = rng.fillNormal(new Float32Array(m));
+    const v = rng.fillNormal(new Float32Array(n));
+    const s = 3 / (1 + t) ** 1.2;
+    for (let i = 0; i < m; i++)
+      for (let j = 0; j < n; j++) w[i * n + j]! += (s * u[i]! * v[j]!) / Math.sqrt(n);
+  }
+  for (let i = 0; i < w.length; i++) w[i]! += 0.05 * rng.normal();
+  for (const j of [3, 17]) for (let i = 0; i < m; i++) w[i * n + j]! *= 6; // outlier input channels
+  return tensor('f32', [m, n], w);
+}
+
+/** H = XᵀX/N (normalised, 1 % damping) from correlated activations with unequal channel scales. */
+function correlatedHessian(n: number, seed: number): Tensor<'f64'> {
+  const rng = new Rng(seed);
+  const N = 3 * n;
+  const f = 8;
+  const mix = rng.fillNormal(new Float64Array(f * n));
+  const x = new Float64Array(N * n);
+  for (let r = 0; r < N; r++) {
+    const z = Array.from({ length: f }, () => rng.normal());
+    for (let j = 0; j < n; j++) {
+      let v = 0.2 * rng.normal();
+      for (let q = 0; q < f; q++) v += z[q]! * mix[q * n + j]!;
+      x[r * n + j] = v * (1 + (j % 7));
+    }
+  }
+  const h = new Float64Array(n * n);
+  for (let r = 0; r < N; r++)
+    for (let i = 0; i < n; i++)
+      for (let j = 0; j < n; j++) h[i * n + j]! += (x[r * n + i]! * x[r * n + j]!) / N;
+  let mean = 0;
+  for (let i = 0; i < n; i++) mean += h[i * n + i]! / n;
+  for (let i = 0; i < n * n; i++) h[i]! /= mean;
+  for (let i = 0; i < n; i++) h[i * n + i]! += 0.01;
+  return tensor('f64', [n, n], h);
+}
+
+function identity(n: number): Tensor<'f64'> {
+  const h = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) h[i * n + i] = 1;
+  return tensor('f64', [n, n], h);
+}
+
+const m = 256;
+const n = 256;
+const W = structuredWeight(m, n, 1);
+const H = correlatedHessian(n, 2);
+const fast: CalderaOptions = { outerIters: 3, lplrIters: 3 };
+
+describe('rotation', () => {
+  it('rotateWeight is undone by unrotateWeight to f32 round-off (with padding)', () => {
+    const [mp, np] = [paddedSize(100, true), paddedSize(90, true)];
+    const rng = new Rng(3);
+    const w = tensor('f32', [100, 90], rng.fillNormal(new Float32Array(9000)));
+    const su = randomSigns(np, rng);
+    const sv = randomSigns(mp, rng);
+    const back = unrotateWeight(rotateWeight(w, mp, np, su, sv), mp, np, 100, 90, su, sv);
+    // two orthogonal transforms of length ≤ 128 in f32: error ≲ log2(n)·eps32·|w| ⇒ 1e-5 is generous
+    for (let i = 0; i < 9000; i++) expect(Math.abs(back[i]! - w.data[i]!)).toBeLessThan(1e-5);
+  });
+});
+
+describe('caldera', () => {
+  it('with H = I and 16-bit factors, low-rank only equals the truncated-SVD error (Eckart–Young)', () => {
+    const k = 16;
+    const d = caldera(W, identity(n), {
+      rank: k,
+      qBits: 0,
+      lBits: 16,
+      rBits: 16,
+      hadamard: false,
+      svdPowerIters: 6,
+    });
+    const full = randomizedSvd(W, Math.min(m, n), { oversample: 0, powerIters: 0 });
+    let tail = 0;
+    let all = 0;
+    full.s.forEach((s, i) => {
+      all += s * s;
+      if (i >= k) tail += s * s;
+    });
+    // f16 storage of L, R adds ~1e-3 relative perturbation to the kept part
+    expect(d.error).toBeGreaterThan(Math.sqrt(tail / all) * 0.999);
+    expect(d.error).toBeLessThan(Math.sqrt(tail / all) * 1.01 + 1e-3);
+  });
+
+  it('data-aware LPLR beats the data-unaware one on the activation-aware error', () => {
+    const aware = caldera(W, H, { rank: 16, qBits: 0, lBits: 16, rBits: 16, hadamard: false });
+    const plain = caldera(W, H, {
+      rank: 16,
+      qBits: 0,
+      lBits: 16,
+      rBits: 16,
+      hadamard: false,
+      dataAwareLR: false,
+    });
+    expect(aware.error).toBeLessThan(plain.error);
+  });
+
+  const table: { k: number; error: number; bits: number }[] = [];
+  for (const k of [0, 16, 64, 128]) {
+    const d = caldera(W, H, { ...fast, rank: k });
+    table.push({ k, error: d.error, bits: d.paperBitsPerWeight });
+  }
+  it(`error is non-increasing in k and CALDERA(k=64) beats LDLQ-only: ${table.map((r) => `k=${r.k}: ${r.error.toFixed(4)} @ ${r.bits.toFixed(2)}b`).join(', ')}`, () => {
+    console.table(table);
+    for (let i = 1; i < table.length; i++)
+      expect(table[i]!.error).toBeLessThanOrEqual(table[i - 1]!.error * 1.0001);
+    expect(table[2]!.error).toBeLessThan(table[0]!.error);
+  });
+
+  it('LDLQ-based Q beats round-to-nearest Q at rank 0', () => {
+    const rtn = caldera(W, H, { rank: 0, dataAwareQ: false });
+    const ldlqOnly = caldera(W, H, { rank: 0 });
+    expect(ldlqOnly.error).toBeLessThan(rtn.error);
+  });
+
+  const d = caldera(W, H, { ...fast, rank: 32, seed: 5 });
+  it('apply(x) equals x·reconstruct()ᵀ, and the reported error matches the dense reconstruction', () => {
+    const rows = 3;
+    const x = new Rng(9).fillNormal(new Float32Array(rows * n));
+    const y = applyDecomposition(d, x, rows);
+    const wh = reconstruct(d).data;
+    for (let r = 0; r < rows; r++)
+      for (let i = 0; i < m; i++) {
+        let s = 0;
+        for (let j = 0; j < n; j++) s += x[r * n + j]! * wh[i * n + j]!;
+        // two f32 evaluation orders of a length-192 dot product (plus rotations): 1e-3 relative to ‖x‖·‖w_i‖
+        expect(Math.abs(y[r * m + i]! - s)).toBeLessThan(2e-3 * (1 + Math.abs(s)));
+      }
+    let num = 0;
+    let den = 0;
+    for (let i = 0; i < m; i++)
+      for (let a = 0; a < n; a++)
+        for (let b = 0; b < n; b++) {
+          const hab = H.data[a * n + b]!;
+          num += (wh[i * n + a]! - W.data[i * n + a]!) * hab * (wh[i * n + b]! - W.data[i * n + b]!);
+          den += W.data[i * n + a]! * hab * W.data[i * n + b]!;
+        }
+    expect(Math.sqrt(num / den)).toBeCloseTo(d.error, 3);
+  });
+
+  it('is deterministic: same seed, byte-identical decomposition', () => {
+    const again = caldera(W, H, { ...fast, rank: 32, seed: 5 });
+    expect(again.q.planes.map((p) => Array.from(p))).toEqual(d.q.planes.map((p) => Array.from(p)));
+    expect(JSON.stringify(toCheckpointTensors('x', again).meta)).toBe(
+      JSON.stringify(toCheckpointTensors('x', d).meta),
+    );
+    const a = toCheckpointTensors('x', again).tensors;
+    const b = toCheckpointTensors('x', d).tensors;
+    for (const key of Object.keys(b)) expect(Array.from(a[key]!.data)).toEqual(Array.from(b[key]!.data));
+  });
+
+  it('round-trips through the checkpoint tensors', () => {
+    const { tensors, meta } = toCheckpointTensors('model.layers.0.mlp.up_proj', d);
+    const back = fromCheckpointTensors('model.layers.0.mlp.up_proj', (name) => tensors[name], meta);
+    const a = reconstruct(d).data;
+    const b = reconstruct(back).data;
+    // sign vectors are exact in f16; the folded global scale changes rounding of Q_scale/L_scale only (f32)
+    for (let i = 0; i < a.length; i++)
+      expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-5 * (1 + Math.abs(a[i]!)));
+    expect(() => fromCheckpointTensors('other', (name) => tensors[name], meta)).toThrow(/E_MISSING/);
+  });
+
+  it('rejects bad input with CalderaError', () => {
+    expect(() => caldera(W, identity(10))).toThrow(/E_SHAPE/);
+    expect(() => caldera(W, H, { rank: 1000 })).toThrow(/E_VALUE/);
+  });
+});

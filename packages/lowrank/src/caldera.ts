@@ -1,0 +1,412 @@
+import {
+  CalderaError,
+  f16ArrayToF32,
+  f32ArrayToF16,
+  Rng,
+  tensor,
+  throwIfAborted,
+  toF32,
+  type Tensor,
+} from '@caldera/core';
+import { cholesky, gemm, randomizedSvd, type Pool } from '@caldera/linalg';
+import { ldlq } from '@caldera/quant';
+import {
+  latticeRound,
+  latticeRoundRaw,
+  optScale,
+  rounderFor,
+  type FactorBits,
+  type LatticeCodes,
+} from './codec.js';
+import type { Decomposition, StoredFactor } from './decomposition.js';
+import { paddedSize, randomSigns, rotateHessian, rotateWeight } from './rotate.js';
+
+/** Options of {@link caldera}. Defaults follow the paper where they earn their cost (see the package README). */
+export interface CalderaOptions {
+  /** Rank k of L·R; 0 gives Q alone (LDLQ only, a QuIP#-style quantizer). Default 64. */
+  rank?: number;
+  /** Bits per entry of Q (E8P12 = 2, RVQ 3/4), or 0 for no Q at all (low-rank only, "LPLR"). Default 2. */
+  qBits?: 0 | 2 | 3 | 4;
+  /** Bits per entry of L (lattice 2/3/4, or 16 = half precision, no quantization). Default 4. */
+  lBits?: FactorBits;
+  /** Bits per entry of R. Default 4. */
+  rBits?: FactorBits;
+  /** Outer alternations (each: an LR update, then a Q update). Default 4. */
+  outerIters?: number;
+  /** Alternating quantized least-squares rounds inside each LR update. Default 4. */
+  lplrIters?: number;
+  /** Quantize Q with LDLQ against H (else round to nearest). Default true. */
+  dataAwareQ?: boolean;
+  /** Fit L·R in the H-weighted norm (else the plain Frobenius norm). Default true. */
+  dataAwareLR?: boolean;
+  /** Remove the input directions L·R already explains from H before each LDLQ (brief §2.2b). Default false. */
+  hessianDowndate?: boolean;
+  /** Power iterations of the randomized SVD (more = closer to the exact truncated SVD). Default 2. */
+  svdPowerIters?: number;
+  /** Randomized Hadamard incoherence processing. Default true. */
+  hadamard?: boolean;
+  /** LDLQ block-coordinate refinement passes. Default 0. */
+  tuneIters?: number;
+  /** Seed of the sign vectors and the randomized SVD. Default 0. */
+  seed?: number;
+  pool?: Pool;
+  signal?: AbortSignal;
+  onProgress?: (p: CalderaProgress) => void;
+}
+
+/** Progress of {@link caldera}: after every sub-step. */
+export interface CalderaProgress {
+  iteration: number;
+  iterations: number;
+  step: 'LR' | 'Q';
+  error: number;
+}
+
+const DEFAULTS = {
+  rank: 64,
+  qBits: 2 as 0 | 2 | 3 | 4,
+  lBits: 4 as FactorBits,
+  rBits: 4 as FactorBits,
+  outerIters: 4,
+  lplrIters: 4,
+  dataAwareQ: true,
+  dataAwareLR: true,
+  hessianDowndate: false,
+  svdPowerIters: 2,
+  hadamard: true,
+  tuneIters: 0,
+  seed: 0,
+};
+
+type Mat = Tensor<'f32'>;
+const mat = (rows: number, cols: number, data: Float32Array): Mat => tensor('f32', [rows, cols], data);
+
+function rms(x: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += x[i]! * x[i]!;
+  return Math.sqrt(s / Math.max(1, x.length));
+}
+
+/** Solve X·G = B for X (B: r×k, G: k×k symmetric positive semidefinite) through a jittered Cholesky of G. */
+function solveRightSpd(b: Float32Array, r: number, g: Float64Array, k: number): Float32Array {
+  const c = cholesky(tensor('f64', [k, k], g), { jitter: true }).data;
+  const out = new Float32Array(r * k);
+  const y = new Float64Array(k);
+  for (let row = 0; row < r; row++) {
+    // X G = B ⇔ G Xᵀ = Bᵀ (G symmetric): forward with C, back with Cᵀ
+    for (let i = 0; i < k; i++) {
+      let s = b[row * k + i]!;
+      for (let p = 0; p < i; p++) s -= c[i * k + p]! * y[p]!;
+      y[i] = s / c[i * k + i]!;
+    }
+    for (let i = k - 1; i >= 0; i--) {
+      let s = y[i]!;
+      for (let p = i + 1; p < k; p++) s -= c[p * k + i]! * out[row * k + p]!;
+      out[row * k + i] = s / c[i * k + i]!;
+    }
+  }
+  return out;
+}
+
+/** X = B·M⁻¹ for lower-triangular M (n×n): each row solves x·M = b by back substitution. */
+function rightSolveLower(b: Float64Array, rows: number, m: Float64Array, n: number): Float32Array {
+  const out = new Float32Array(rows * n);
+  const x = new Float64Array(n);
+  for (let r = 0; r < rows; r++) {
+    for (let j = n - 1; j >= 0; j--) {
+      let s = b[r * n + j]!;
+      for (let i = j + 1; i < n; i++) s -= x[i]! * m[i * n + j]!;
+      x[j] = s / m[j * n + j]!;
+    }
+    out.set(x, r * n);
+  }
+  return out;
+}
+
+function storeFactor(x: Float32Array, bits: FactorBits): { stored: StoredFactor; values: Float32Array } {
+  if (bits === 16) {
+    const values = f16ArrayToF32(f32ArrayToF16(x));
+    return { stored: { kind: 'dense', values }, values };
+  }
+  const { codes, values } = latticeRound(x, bits);
+  return { stored: { kind: 'lattice', codes }, values };
+}
+
+function transpose(x: Float32Array, r: number, c: number): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) out[j * r + i] = x[i * c + j]!;
+  return out;
+}
+
+interface LowRank {
+  l: StoredFactor; // Lᵀ, k × mp
+  r: StoredFactor; // k × np
+  product: Float32Array; // L·R, mp × np
+}
+
+/**
+ * CALDERA (Saha et al., NeurIPS 2024): `W ≈ Q + L·R` with Q on a lattice codebook (LDLQ against H) and a quantized
+ * low-rank pair fitted in the H-weighted norm, alternating and keeping the best iterate by the activation-aware
+ * error `‖(Ŵ − W)H^½‖_F / ‖W H^½‖_F`. `W` is `m × n` (f32/f64), `H` is the `n × n` input Hessian (null: identity).
+ */
+export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {}): Decomposition {
+  const o = {
+    ...DEFAULTS,
+    ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)),
+  } as typeof DEFAULTS & CalderaOptions;
+  if (w.shape.length !== 2)
+    throw new CalderaError('E_SHAPE', `caldera: W must be 2-D, got [${w.shape.join(', ')}]`);
+  const W0 = toF32(w);
+  const [m, n] = W0.shape as [number, number];
+  if (h && (h.shape.length !== 2 || h.shape[0] !== n || h.shape[1] !== n)) {
+    throw new CalderaError(
+      'E_SHAPE',
+      `caldera: H has shape [${h.shape.join(', ')}], expected [${n}, ${n}] for W [${m}, ${n}]`,
+    );
+  }
+  for (let i = 0; i < W0.data.length; i++) {
+    if (!Number.isFinite(W0.data[i]!))
+      throw new CalderaError(
+        'E_VALUE',
+        `caldera: W has a non-finite value at (${Math.floor(i / n)}, ${i % n})`,
+      );
+  }
+  const k = o.rank;
+  if (!Number.isInteger(k) || k < 0 || k > Math.min(m, n))
+    throw new CalderaError('E_VALUE', `caldera: rank ${k} must be in [0, ${Math.min(m, n)}]`);
+  if (o.qBits === 0 && k === 0) throw new CalderaError('E_VALUE', 'caldera: qBits 0 (no Q) needs rank > 0');
+  const pool = o.pool ? { pool: o.pool } : {};
+  const g = rms(W0.data);
+  const hd = h
+    ? h.dtype === 'f64'
+      ? (h as Tensor<'f64'>)
+      : tensor('f64', h.shape, Float64Array.from(toF32(h).data))
+    : null;
+
+  const mp = paddedSize(m, o.hadamard);
+  const np = paddedSize(n, o.hadamard);
+  const rng = new Rng(o.seed);
+  const su = o.hadamard ? randomSigns(np, rng) : null;
+  const sv = o.hadamard ? randomSigns(mp, rng) : null;
+  const Wr = rotateWeight(W0, mp, np, su, sv);
+  const invG = g > 0 ? 1 / g : 0;
+  for (let i = 0; i < Wr.length; i++) Wr[i]! *= invG;
+  const Hr = rotateHessian(hd, n, np, su);
+  const M = cholesky(tensor('f64', [np, np], Hr), { jitter: true, ...pool }).data;
+  const Mf = mat(np, np, Float32Array.from(M));
+  const HrT = tensor('f64', [np, np], Hr);
+  const Hf = mat(np, np, Float32Array.from(Hr));
+
+  const weightedSq = (x: Float32Array): number => {
+    const xm = gemm(mat(mp, np, x), Mf, { checkFinite: false, ...pool }).data;
+    let s = 0;
+    for (let i = 0; i < xm.length; i++) s += xm[i]! * xm[i]!;
+    return s;
+  };
+  const den = weightedSq(Wr);
+  const relError = (est: Float32Array): number => {
+    if (den === 0) return 0;
+    const d = new Float32Array(est.length);
+    for (let i = 0; i < d.length; i++) d[i] = est[i]! - Wr[i]!;
+    return Math.sqrt(weightedSq(d) / den);
+  };
+
+  const lowRank = (A: Float32Array, t: number): LowRank => {
+    // data-aware rank-k start: SVD of A·M (‖ΔH^½‖ = ‖ΔM‖ since MMᵀ = H), L₀ = U_k, R₀ = Σ_k V_kᵀ M⁻¹ (Eckart–Young)
+    let L0: Float32Array; // mp × k
+    let R0: Float32Array; // k × np
+    if (o.dataAwareLR) {
+      const Y = gemm(mat(mp, np, A), Mf, { checkFinite: false, ...pool });
+      const svd = randomizedSvd(Y, k, { seed: o.seed + 7919 * t, powerIters: o.svdPowerIters, ...pool });
+      L0 = Float32Array.from(svd.u.data);
+      const B = new Float64Array(k * np);
+      for (let i = 0; i < k; i++)
+        for (let j = 0; j < np; j++) B[i * np + j] = svd.s[i]! * svd.vt.data[i * np + j]!;
+      R0 = rightSolveLower(B, k, M, np);
+    } else {
+      const svd = randomizedSvd(mat(mp, np, A), k, {
+        seed: o.seed + 7919 * t,
+        powerIters: o.svdPowerIters,
+        ...pool,
+      });
+      L0 = new Float32Array(mp * k);
+      R0 = new Float32Array(k * np);
+      for (let i = 0; i < mp; i++)
+        for (let j = 0; j < k; j++) L0[i * k + j] = svd.u.data[i * k + j]! * Math.sqrt(svd.s[j]!);
+      for (let i = 0; i < k; i++)
+        for (let j = 0; j < np; j++) R0[i * np + j] = Math.sqrt(svd.s[i]!) * svd.vt.data[i * np + j]!;
+    }
+    const H = o.dataAwareLR ? Hf : null;
+    const product = (lt: Float32Array, r: Float32Array) =>
+      gemm(mat(k, mp, lt), mat(k, np, r), { transA: true, checkFinite: false, ...pool }).data;
+    if (o.lBits === 16 && o.rBits === 16) {
+      const l = storeFactor(transpose(L0, mp, k), 16);
+      const r = storeFactor(R0, 16);
+      return { l: l.stored, r: r.stored, product: product(l.values, r.values) };
+    }
+    let R = R0;
+    let best: LowRank | null = null;
+    let bestScore = Infinity;
+    const Am = mat(mp, np, A);
+    for (let it = 0; it < Math.max(1, o.lplrIters); it++) {
+      // L ← A·H·Rᵀ·(R·H·Rᵀ)⁻¹ (or A·Rᵀ·(R·Rᵀ)⁻¹ data-unaware)
+      const RH = H ? gemm(mat(k, np, R), H, { checkFinite: false, ...pool }).data : R;
+      const AHRt = gemm(Am, mat(k, np, RH), { transB: true, checkFinite: false, ...pool }).data; // mp × k
+      const G = new Float64Array(k * k);
+      for (let i = 0; i < k; i++)
+        for (let j = i; j < k; j++) {
+          let s = 0;
+          for (let c = 0; c < np; c++) s += RH[i * np + c]! * R[j * np + c]!;
+          G[i * k + j] = G[j * k + i] = s;
+        }
+      const L = solveRightSpd(AHRt, mp, G, k);
+      const lq = storeFactor(transpose(L, mp, k), o.lBits);
+      // R ← (L̂ᵀL̂)⁻¹·L̂ᵀ·A, the H-weighted optimum too (H sits on the right)
+      const LtA = gemm(mat(k, mp, lq.values), Am, { checkFinite: false, ...pool }).data; // k × np
+      const Gl = new Float64Array(k * k);
+      for (let i = 0; i < k; i++)
+        for (let j = i; j < k; j++) {
+          let s = 0;
+          for (let c = 0; c < mp; c++) s += lq.values[i * mp + c]! * lq.values[j * mp + c]!;
+          Gl[i * k + j] = Gl[j * k + i] = s;
+        }
+      const Rsol = transpose(solveRightSpd(transpose(LtA, k, np), np, Gl, k), np, k);
+      const rq = storeFactor(Rsol, o.rBits);
+      // ‖(A − L̂R̂)M‖² − ‖AM‖² = −2⟨L̂ᵀA, R̂H⟩ + ⟨L̂ᵀL̂, R̂HR̂ᵀ⟩
+      const RqH = H ? gemm(mat(k, np, rq.values), H, { checkFinite: false, ...pool }).data : rq.values;
+      let score = 0;
+      for (let i = 0; i < k * np; i++) score -= 2 * LtA[i]! * RqH[i]!;
+      for (let i = 0; i < k; i++)
+        for (let j = 0; j < k; j++) {
+          let s = 0;
+          for (let c = 0; c < np; c++) s += RqH[i * np + c]! * rq.values[j * np + c]!;
+          score += Gl[i * k + j]! * s;
+        }
+      if (score < bestScore) {
+        bestScore = score;
+        best = { l: lq.stored, r: rq.stored, product: product(lq.values, rq.values) };
+      }
+      R = rq.values;
+    }
+    return best!;
+  };
+
+  const quantizeQ = (A: Float32Array, hq: Tensor<'f64'>): { codes: LatticeCodes; values: Float32Array } => {
+    const bits = o.qBits as 2 | 3 | 4;
+    const s = rms(A);
+    if (s === 0) return latticeRound(A, bits);
+    const inScale = optScale(bits) / s;
+    const x = new Float32Array(A.length);
+    for (let i = 0; i < A.length; i++) x[i] = A[i]! * inScale;
+    let planes;
+    let values: Float32Array;
+    if (o.dataAwareQ) {
+      const r = ldlq(mat(mp, np, x), hq, {
+        quantizer: rounderFor(bits),
+        tuneIters: o.tuneIters,
+        damping: 0,
+        ...pool,
+        ...(o.signal ? { signal: o.signal } : {}),
+      });
+      planes = r.codes;
+      values = r.wHat.data;
+    } else {
+      const r = latticeRoundRaw(x, bits); // round to nearest at the codebook's optimal input scale
+      planes = r.planes;
+      values = r.values;
+    }
+    const out = new Float32Array(values.length);
+    for (let i = 0; i < values.length; i++) out[i] = values[i]! / inScale;
+    return { codes: { bits, planes, scale: 1 / inScale }, values: out };
+  };
+
+  const downdated = (lr: Float32Array): Tensor<'f64'> => {
+    // H' = H − M·V_k·V_kᵀ·Mᵀ with V_k the top right singular vectors of (L·R)·M, then a damping repair
+    const P = gemm(mat(mp, np, lr), Mf, { checkFinite: false, ...pool });
+    const svd = randomizedSvd(P, k, { seed: o.seed + 1, powerIters: o.svdPowerIters, ...pool });
+    const C = gemm(mat(k, np, Float32Array.from(svd.vt.data)), Mf, {
+      transB: true,
+      checkFinite: false,
+      ...pool,
+    }).data; // (M V)ᵀ
+    const out = Float64Array.from(Hr);
+    for (let t = 0; t < k; t++)
+      for (let i = 0; i < np; i++) {
+        const ci = C[t * np + i]!;
+        if (ci === 0) continue;
+        for (let j = 0; j < np; j++) out[i * np + j]! -= ci * C[t * np + j]!;
+      }
+    let mean = 0;
+    for (let i = 0; i < np; i++) mean += out[i * np + i]!;
+    mean = Math.abs(mean / np);
+    for (let i = 0; i < np; i++) out[i * np + i]! += 0.01 * (mean || 1);
+    return tensor('f64', [np, np], out);
+  };
+
+  const order: ('LR' | 'Q')[] = k === 0 ? ['Q'] : o.qBits === 0 ? ['LR'] : ['LR', 'Q'];
+  const iters = order.length === 1 ? 1 : o.outerIters;
+  let Qv: Float32Array = new Float32Array(mp * np);
+  let qCodes: LatticeCodes | null = null;
+  let lr: LowRank | null = null;
+  const errors = { LR: [] as number[], Q: [] as number[] };
+  let best: { q: LatticeCodes | null; lr: LowRank | null; error: number } | null = null;
+  const updated = new Set<string>();
+  for (let t = 0; t < iters; t++) {
+    for (const step of order) {
+      throwIfAborted(o.signal, 'caldera');
+      if (step === 'LR') {
+        const A = new Float32Array(mp * np);
+        for (let i = 0; i < A.length; i++) A[i] = Wr[i]! - Qv[i]!;
+        lr = lowRank(A, t);
+      } else {
+        const A = new Float32Array(mp * np);
+        for (let i = 0; i < A.length; i++) A[i] = Wr[i]! - (lr ? lr.product[i]! : 0);
+        const q = quantizeQ(A, o.hessianDowndate && lr ? downdated(lr.product) : HrT);
+        Qv = q.values;
+        qCodes = q.codes;
+      }
+      updated.add(step);
+      const est = new Float32Array(mp * np);
+      for (let i = 0; i < est.length; i++) est[i] = Qv[i]! + (lr ? lr.product[i]! : 0);
+      const e = relError(est);
+      errors[step].push(e);
+      o.onProgress?.({ iteration: t + 1, iterations: iters, step, error: e });
+      if (updated.size === order.length && (!best || e < best.error)) best = { q: qCodes, lr, error: e };
+    }
+  }
+  const kept = best!;
+  const zeroQ: LatticeCodes = { bits: 2, planes: [new Uint16Array((mp * np) / 8)], scale: 0 };
+  const q = kept.q ?? zeroQ;
+  const empty: StoredFactor = { kind: 'dense', values: new Float32Array(0) };
+  const l = kept.lr?.l ?? empty;
+  const r = kept.lr?.r ?? empty;
+  const factorBits = (f: StoredFactor, cols: number) =>
+    k === 0 ? 0 : f.kind === 'dense' ? 16 * k * cols : f.codes.bits * k * cols + 32;
+  const qStoreBits = kept.q ? q.bits * mp * np + 32 : 0;
+  const signBits = o.hadamard ? 16 * (mp + np) : 0;
+  const bitsPerWeight = (qStoreBits + factorBits(l, mp) + factorBits(r, np) + signBits) / (m * n);
+  const qb = kept.q ? q.bits : 0;
+  const paperBitsPerWeight =
+    qb +
+    (k *
+      ((k ? (l.kind === 'dense' ? 16 : l.codes.bits) : 0) * m +
+        (k ? (r.kind === 'dense' ? 16 : r.codes.bits) : 0) * n)) /
+      (m * n);
+  return {
+    shape: [m, n],
+    padded: [mp, np],
+    rank: k,
+    scale: g,
+    hadamard: o.hadamard,
+    su,
+    sv,
+    q,
+    l,
+    r,
+    bitsPerWeight,
+    paperBitsPerWeight,
+    error: kept.error,
+    errors,
+    seed: o.seed,
+  };
+}

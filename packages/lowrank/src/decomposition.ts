@@ -1,0 +1,247 @@
+import { CalderaError, f32ArrayToF16, f16ArrayToF32, tensor, type Tensor } from '@caldera/core';
+import { hadamardRowsInPlace } from '@caldera/linalg';
+import { codecBits, codecName, latticeDecode, type FactorBits, type LatticeCodes } from './codec.js';
+import { unrotateWeight } from './rotate.js';
+
+/** A factor stored as lattice codes or, at 16 bits, as half-precision values (held here as f32 of f16 values). */
+export type StoredFactor = { kind: 'lattice'; codes: LatticeCodes } | { kind: 'dense'; values: Float32Array };
+
+/**
+ * One decomposed weight `W ≈ g·diag(SV)·M_m·(Q̂ + L̂·R̂)·M_nᵀ·diag(SU)` (docs/architecture.md). Q̂ is `mp × np`, L̂ is
+ * `mp × k` and R̂ is `k × np` in the rotated, globally scaled domain; L is stored transposed (`k × mp`) so that its
+ * lattice groups run along m. Plain data: serialisable, no methods.
+ */
+export interface Decomposition {
+  /** Original shape [m, n]. */
+  shape: [number, number];
+  /** Working (padded) shape [mp, np]. */
+  padded: [number, number];
+  rank: number;
+  /** Global scale g = RMS(W). */
+  scale: number;
+  hadamard: boolean;
+  /** Sign vectors (length np and mp), ±1; null without the Hadamard transform. */
+  su: Float32Array | null;
+  sv: Float32Array | null;
+  q: LatticeCodes;
+  /** Lᵀ (k × mp). */
+  l: StoredFactor;
+  /** R (k × np). */
+  r: StoredFactor;
+  /** Exact storage cost in bits per original weight (codes, scales, sign vectors). */
+  bitsPerWeight: number;
+  /** The paper's accounting: B_Q + k(B_L·m + B_R·n)/(m·n). */
+  paperBitsPerWeight: number;
+  /** Activation-aware relative error ‖(Ŵ − W)H^½‖_F / ‖W H^½‖_F of the kept iterate. */
+  error: number;
+  /** Error after every sub-step, per kind. */
+  errors: { LR: number[]; Q: number[] };
+  seed: number;
+}
+
+function factorValues(f: StoredFactor): Float32Array {
+  return f.kind === 'dense' ? f.values : latticeDecode(f.codes);
+}
+
+/** Dense Q̂ + L̂R̂ in the rotated domain (mp × np), without the global scale. */
+export function rotatedEstimate(d: Decomposition): Float32Array {
+  const [mp, np] = d.padded;
+  const k = d.rank;
+  const out = latticeDecode(d.q);
+  if (k > 0) {
+    const lt = factorValues(d.l); // k × mp
+    const r = factorValues(d.r); // k × np
+    for (let i = 0; i < mp; i++)
+      for (let t = 0; t < k; t++) {
+        const li = lt[t * mp + i]!;
+        if (li === 0) continue;
+        for (let j = 0; j < np; j++) out[i * np + j]! += li * r[t * np + j]!;
+      }
+  }
+  return out;
+}
+
+/** The dense estimate Ŵ (m × n, f32). For tests and export; runtimes use {@link applyDecomposition}. */
+export function reconstruct(d: Decomposition): Tensor<'f32'> {
+  const [m, n] = d.shape;
+  const [mp, np] = d.padded;
+  const w = unrotateWeight(rotatedEstimate(d), mp, np, m, n, d.su, d.sv);
+  for (let i = 0; i < w.length; i++) w[i]! *= d.scale;
+  return tensor('f32', [m, n], w);
+}
+
+/**
+ * `y = x·Ŵᵀ` for `rows` input rows (x: rows × n, row-major) without forming Ŵ: rotate the input, multiply by Q̂
+ * (decoded) and by the low-rank pair, rotate the output back. The reference the runtimes' fused kernels match.
+ */
+export function applyDecomposition(d: Decomposition, x: Float32Array, rows: number): Float32Array {
+  const [m, n] = d.shape;
+  const [mp, np] = d.padded;
+  if (x.length !== rows * n)
+    throw new CalderaError('E_SHAPE', `apply: input has ${x.length} values, expected ${rows}·${n}`);
+  const xr = new Float32Array(rows * np);
+  for (let r = 0; r < rows; r++)
+    for (let j = 0; j < n; j++) xr[r * np + j] = d.su ? x[r * n + j]! * d.su[j]! : x[r * n + j]!;
+  if (d.hadamard) hadamardRowsInPlace(xr, rows, np, { transpose: false });
+  const q = latticeDecode(d.q);
+  const yr = new Float32Array(rows * mp);
+  for (let r = 0; r < rows; r++)
+    for (let i = 0; i < mp; i++) {
+      let s = 0;
+      for (let j = 0; j < np; j++) s += xr[r * np + j]! * q[i * np + j]!;
+      yr[r * mp + i] = s;
+    }
+  const k = d.rank;
+  if (k > 0) {
+    const lt = factorValues(d.l);
+    const rf = factorValues(d.r);
+    const z = new Float32Array(k);
+    for (let r = 0; r < rows; r++) {
+      for (let t = 0; t < k; t++) {
+        let s = 0;
+        for (let j = 0; j < np; j++) s += xr[r * np + j]! * rf[t * np + j]!;
+        z[t] = s;
+      }
+      for (let i = 0; i < mp; i++) {
+        let s = 0;
+        for (let t = 0; t < k; t++) s += z[t]! * lt[t * mp + i]!;
+        yr[r * mp + i]! += s;
+      }
+    }
+  }
+  if (d.hadamard) hadamardRowsInPlace(yr, rows, mp, { transpose: true });
+  const y = new Float32Array(rows * m);
+  for (let r = 0; r < rows; r++)
+    for (let i = 0; i < m; i++)
+      y[r * m + i] = d.scale * (d.sv ? yr[r * mp + i]! * d.sv[i]! : yr[r * mp + i]!);
+  return y;
+}
+
+/** Metadata of one compressed layer in `caldera.json` (docs/architecture.md). */
+export interface CheckpointLayerMeta {
+  shape: [number, number];
+  padded: [number, number];
+  rank: number;
+  ftRank: number;
+  hadamard: boolean;
+  codecs: { Q: string; L: string; R: string };
+  bitsPerWeight: number;
+  paperBitsPerWeight: number;
+  error: number;
+}
+
+function planeTensor(p: Uint8Array | Uint16Array, rows: number): Tensor {
+  const cols = p.length / rows;
+  return p instanceof Uint8Array ? tensor('u8', [rows, cols], p) : tensor('u16', [rows, cols], p);
+}
+
+/** The checkpoint tensors (named `<prefix>.caldera.*`) and metadata of a decomposition; g is folded into Q and L. */
+export function toCheckpointTensors(
+  prefix: string,
+  d: Decomposition,
+): { tensors: Record<string, Tensor>; meta: CheckpointLayerMeta } {
+  const [mp, np] = d.padded;
+  const k = d.rank;
+  const p = `${prefix}.caldera.`;
+  const t: Record<string, Tensor> = {};
+  t[`${p}Q`] = planeTensor(d.q.planes[0]!, mp);
+  if (d.q.planes[1]) t[`${p}Q_resid`] = planeTensor(d.q.planes[1], mp);
+  t[`${p}Q_scale`] = tensor('f32', [1], [d.q.scale * d.scale]);
+  const put = (name: 'L' | 'R', f: StoredFactor, cols: number, fold: number) => {
+    if (k === 0) return;
+    if (f.kind === 'dense') {
+      const v = f.values.map((x) => x * fold);
+      t[`${p}${name}_dense`] = tensor('f16', [k, cols], f32ArrayToF16(v));
+    } else {
+      t[`${p}${name}`] = planeTensor(f.codes.planes[0]!, k);
+      if (f.codes.planes[1]) t[`${p}${name}_resid`] = planeTensor(f.codes.planes[1], k);
+      t[`${p}${name}_scale`] = tensor('f32', [1], [f.codes.scale * fold]);
+    }
+  };
+  put('L', d.l, mp, d.scale);
+  put('R', d.r, np, 1);
+  if (d.su && d.sv) {
+    t[`${p}SU`] = tensor('f16', [np], f32ArrayToF16(d.su));
+    t[`${p}SV`] = tensor('f16', [mp], f32ArrayToF16(d.sv));
+  }
+  const bitsOf = (f: StoredFactor): FactorBits => (f.kind === 'dense' ? 16 : f.codes.bits);
+  return {
+    tensors: t,
+    meta: {
+      shape: d.shape,
+      padded: d.padded,
+      rank: k,
+      ftRank: 0,
+      hadamard: d.hadamard,
+      codecs: { Q: codecName(d.q.bits), L: codecName(bitsOf(d.l)), R: codecName(bitsOf(d.r)) },
+      bitsPerWeight: d.bitsPerWeight,
+      paperBitsPerWeight: d.paperBitsPerWeight,
+      error: d.error,
+    },
+  };
+}
+
+/** Rebuild a decomposition (with g folded into the scales, so `scale = 1`) from checkpoint tensors. */
+export function fromCheckpointTensors(
+  prefix: string,
+  get: (name: string) => Tensor | undefined,
+  meta: CheckpointLayerMeta,
+): Decomposition {
+  const p = `${prefix}.caldera.`;
+  const need = (name: string): Tensor => {
+    const t = get(p + name);
+    if (!t) throw new CalderaError('E_MISSING', `checkpoint has no tensor '${p}${name}'`);
+    return t;
+  };
+  const [mp, np] = meta.padded;
+  const k = meta.rank;
+  const scalar = (name: string) => Number(need(name).data[0]);
+  const planes = (
+    name: string,
+    rows: number,
+    cols: number,
+    bits: FactorBits,
+  ): (Uint8Array | Uint16Array)[] => {
+    const check = (t: Tensor, nm: string) => {
+      if (t.shape[0] !== rows || t.shape[1] !== cols / 8) {
+        throw new CalderaError(
+          'E_SHAPE',
+          `'${p}${nm}' has shape [${t.shape.join(', ')}], expected [${rows}, ${cols / 8}]`,
+        );
+      }
+      return t.data as Uint8Array | Uint16Array;
+    };
+    const out = [check(need(name), name)];
+    if (bits !== 2) out.push(check(need(`${name}_resid`), `${name}_resid`));
+    return out;
+  };
+  const qBits = codecBits(meta.codecs.Q) as 2 | 3 | 4;
+  const factor = (name: 'L' | 'R', cols: number): StoredFactor => {
+    const bits = codecBits(meta.codecs[name]);
+    if (bits === 16)
+      return { kind: 'dense', values: f16ArrayToF32(need(`${name}_dense`).data as Uint16Array) };
+    return {
+      kind: 'lattice',
+      codes: { bits, planes: planes(name, k, cols, bits), scale: scalar(`${name}_scale`) },
+    };
+  };
+  const su = meta.hadamard ? f16ArrayToF32(need('SU').data as Uint16Array) : null;
+  const sv = meta.hadamard ? f16ArrayToF32(need('SV').data as Uint16Array) : null;
+  return {
+    shape: meta.shape,
+    padded: meta.padded,
+    rank: k,
+    scale: 1,
+    hadamard: meta.hadamard,
+    su,
+    sv,
+    q: { bits: qBits, planes: planes('Q', mp, np, qBits), scale: scalar('Q_scale') },
+    l: k > 0 ? factor('L', mp) : { kind: 'dense', values: new Float32Array(0) },
+    r: k > 0 ? factor('R', np) : { kind: 'dense', values: new Float32Array(0) },
+    bitsPerWeight: meta.bitsPerWeight,
+    paperBitsPerWeight: meta.paperBitsPerWeight,
+    error: meta.error,
+    errors: { LR: [], Q: [] },
+    seed: 0,
+  };
+}
