@@ -1,0 +1,87 @@
+/**
+ * E8P12 and its residual-VQ variants as whole-tensor {@link Quantizer}s, the way CALDERA quantizes L and R
+ * (brief §2.5): one f32 scale per tensor, `s = RMS(x)/inputScale`; the codes are those of `x/s` in 8-vectors of
+ * consecutive values (row-major), `x̂ = s·decode(codes)`. `inputScale` is the codec's MSE-optimal input RMS for
+ * Gaussian data: 1.03 for E8P12, 1.0 for RVQ4 (how CALDERA feeds L and R), 0.98 for RVQ3.
+ */
+import { CalderaError, tensor, type Tensor } from '@caldera/core';
+import { E8P_OPT_SCALE, e8pDecode, e8pEncode } from './e8p.js';
+import {
+  checkDescriptor,
+  finiteValues,
+  type QuantizedTensor,
+  type Quantizer,
+  type QuantizerDescriptor,
+} from './quantizer.js';
+import { RVQ3_OPT_SCALE, rvqDecode, rvqEncode } from './rvq.js';
+
+/** Which lattice codec. */
+export type LatticeKind = 'e8p12' | 'e8p12-rvq3' | 'e8p12-rvq4';
+
+/** Options of {@link latticeQuantizer}. */
+export interface LatticeOptions {
+  /** Input RMS the values are scaled to before rounding. Default: the codec's (1.03, 0.98 or 1.0). */
+  inputScale?: number;
+}
+
+const BITS: Record<LatticeKind, number> = { e8p12: 2, 'e8p12-rvq3': 3, 'e8p12-rvq4': 4 };
+const DEFAULT_SCALE: Record<LatticeKind, number> = {
+  e8p12: E8P_OPT_SCALE,
+  'e8p12-rvq3': RVQ3_OPT_SCALE,
+  'e8p12-rvq4': 1,
+};
+
+/** Create an E8P12 (2-bit), E8P12-RVQ3 (3-bit) or E8P12-RVQ4 (4-bit) tensor quantizer. */
+export function latticeQuantizer(kind: LatticeKind, options: LatticeOptions = {}): Quantizer {
+  if (!(kind in BITS)) throw new CalderaError('E_VALUE', `latticeQuantizer: unknown kind ${String(kind)}`);
+  const inputScale = options.inputScale ?? DEFAULT_SCALE[kind];
+  if (!(inputScale > 0) || !Number.isFinite(inputScale)) {
+    throw new CalderaError(
+      'E_VALUE',
+      `latticeQuantizer: inputScale must be positive and finite, got ${inputScale}`,
+    );
+  }
+  const descriptor: QuantizerDescriptor = { kind };
+  const bits = BITS[kind];
+  return {
+    descriptor,
+    bitsPerWeight(shape) {
+      let n = 1;
+      for (const d of shape) n *= d;
+      return (n * bits + 32) / n;
+    },
+    quantize(t: Tensor): QuantizedTensor {
+      const x = finiteValues(t, `${kind}.quantize`);
+      if (x.length % 8 !== 0) {
+        throw new CalderaError(
+          'E_SHAPE',
+          `${kind}.quantize: tensor [${t.shape.join(', ')}] has ${x.length} values, not a multiple of 8`,
+        );
+      }
+      let ss = 0;
+      for (let i = 0; i < x.length; i++) ss += x[i]! * x[i]!;
+      const rms = Math.sqrt(ss / Math.max(1, x.length));
+      const s = Math.fround(rms > 0 ? rms / inputScale : 1);
+      const y = new Float32Array(x.length);
+      for (let i = 0; i < x.length; i++) y[i] = x[i]! / s;
+      const codes =
+        kind === 'e8p12'
+          ? [e8pEncode(y)]
+          : (({ stage1, stage2 }) => [stage1, stage2])(rvqEncode(y, kind === 'e8p12-rvq4' ? 4 : 3));
+      return { descriptor, shape: [...t.shape], codes, params: { scales: Float32Array.of(s) } };
+    },
+    dequantize(q: QuantizedTensor): Tensor<'f32'> {
+      checkDescriptor(q, descriptor, `${kind}.dequantize`);
+      const v =
+        kind === 'e8p12'
+          ? e8pDecode(q.codes[0] as Uint16Array)
+          : rvqDecode(
+              { stage1: q.codes[0] as Uint16Array, stage2: q.codes[1]! },
+              kind === 'e8p12-rvq4' ? 4 : 3,
+            );
+      const s = q.params.scales[0]!;
+      for (let i = 0; i < v.length; i++) v[i]! *= s;
+      return tensor('f32', q.shape, v);
+    },
+  };
+}

@@ -1,0 +1,147 @@
+/**
+ * The `Quantizer` interface shared by every codec (uniform, NormalFloat, E8P12 and its RVQ variants), the JSON
+ * descriptors that identify them, and the grouping rule of the scalar codecs.
+ */
+import { CalderaError, contiguous, toF32, type Tensor } from '@caldera/core';
+import type { CodePlane } from './rounder.js';
+
+/** Which values share one scale (scalar codecs). */
+export type Granularity = 'tensor' | 'channel' | 'group';
+
+/** Serialisable identity of a quantizer; `quantizerFromDescriptor` rebuilds it. */
+export type QuantizerDescriptor =
+  | {
+      kind: 'uniform';
+      bits: number;
+      symmetric: boolean;
+      granularity: Granularity;
+      /** Values per group along the last axis (only for `granularity: 'group'`). */
+      groupSize: number;
+      rounding: 'nearest' | 'stochastic';
+      /** Seed of the stochastic rounding. */
+      seed: number;
+    }
+  | { kind: 'nf'; bits: 2 | 3 | 4; granularity: Granularity; groupSize: number }
+  | { kind: 'e8p12' }
+  | { kind: 'e8p12-rvq3' }
+  | { kind: 'e8p12-rvq4' };
+
+/** Scale parameters of a quantized tensor (one entry per scale group). */
+export interface QuantParams {
+  /** Scale per group (f32: 32 bits each in `bitsPerWeight`). */
+  scales: Float32Array;
+  /** Offset per group for asymmetric uniform codecs (f32), absent otherwise. */
+  zeros?: Float32Array;
+}
+
+/** Output of {@link Quantizer.quantize}: unpacked codes (see `packBits` for the stored layout) and parameters. */
+export interface QuantizedTensor {
+  descriptor: QuantizerDescriptor;
+  shape: number[];
+  /**
+   * Scalar codecs: one `Uint8Array` with one code per value (row-major). Lattice codecs: one plane per stage,
+   * one code per 8 consecutive values (`u16`, or `u8` for the E81B stage of RVQ3).
+   */
+  codes: CodePlane[];
+  params: QuantParams;
+}
+
+/** A codec for whole tensors. Pure: `quantize` does not modify its input. */
+export interface Quantizer {
+  readonly descriptor: QuantizerDescriptor;
+  /** Quantize a tensor of any shape (f32/f64/f16/bf16 input; lattice codecs need a multiple of 8 values). */
+  quantize(t: Tensor): QuantizedTensor;
+  /** Reconstruct an f32 tensor of the original shape. */
+  dequantize(q: QuantizedTensor): Tensor<'f32'>;
+  /** Exact storage cost of a tensor of this shape, in bits per value, codes plus scales and offsets. */
+  bitsPerWeight(shape: readonly number[]): number;
+}
+
+/** Row count and row length used for grouping: rows = first axis (1 for scalars/1-D), cols = the rest. */
+export function rowsCols(shape: readonly number[]): [number, number] {
+  if (shape.length <= 1) return [1, shape[0] ?? 1];
+  const rows = shape[0]!;
+  let cols = 1;
+  for (let i = 1; i < shape.length; i++) cols *= shape[i]!;
+  return [rows, cols];
+}
+
+/**
+ * The scale groups of a row-major tensor: `'tensor'` one group; `'channel'` one per row (first axis);
+ * `'group'` runs of `groupSize` consecutive values inside each row (the last run of a row may be shorter).
+ * Calls `f(start, length, index)` per group in order; returns the group count.
+ */
+export function forEachGroup(
+  shape: readonly number[],
+  granularity: Granularity,
+  groupSize: number,
+  f: (start: number, length: number, index: number) => void,
+): number {
+  const [rows, cols] = rowsCols(shape);
+  if (granularity === 'tensor') {
+    f(0, rows * cols, 0);
+    return 1;
+  }
+  if (granularity === 'channel') {
+    for (let r = 0; r < rows; r++) f(r * cols, cols, r);
+    return rows;
+  }
+  let k = 0;
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c += groupSize) f(r * cols + c, Math.min(groupSize, cols - c), k++);
+  }
+  return k;
+}
+
+/** Number of scale groups for a shape. */
+export function groupCount(shape: readonly number[], granularity: Granularity, groupSize: number): number {
+  const [rows, cols] = rowsCols(shape);
+  if (granularity === 'tensor') return 1;
+  if (granularity === 'channel') return rows;
+  return rows * Math.ceil(cols / groupSize);
+}
+
+/** Validate the common scalar options; throws `E_VALUE` naming the bad option. */
+export function checkScalarOptions(
+  what: string,
+  bits: number,
+  granularity: Granularity,
+  groupSize: number,
+): void {
+  if (granularity !== 'tensor' && granularity !== 'channel' && granularity !== 'group') {
+    throw new CalderaError(
+      'E_VALUE',
+      `${what}: granularity must be 'tensor', 'channel' or 'group', got ${String(granularity)}`,
+    );
+  }
+  if (granularity === 'group' && (!Number.isInteger(groupSize) || groupSize < 1)) {
+    throw new CalderaError('E_VALUE', `${what}: groupSize must be a positive integer, got ${groupSize}`);
+  }
+  void bits;
+}
+
+/** Contiguous f32 values of a tensor, rejecting non-finite entries with `E_VALUE` naming the index. */
+export function finiteValues(t: Tensor, what: string): Float32Array {
+  const c = contiguous(toF32(t));
+  const d = c.data; // contiguous(): offset 0, exactly the tensor's values
+  for (let i = 0; i < d.length; i++) {
+    const v = d[i]!;
+    if (v - v !== 0) {
+      throw new CalderaError(
+        'E_VALUE',
+        `${what}: tensor [${t.shape.join(', ')}] has a non-finite value ${v} at flat index ${i}`,
+      );
+    }
+  }
+  return d;
+}
+
+/** Check that a quantized tensor belongs to this codec. */
+export function checkDescriptor(q: QuantizedTensor, d: QuantizerDescriptor, what: string): void {
+  if (JSON.stringify(q.descriptor) !== JSON.stringify(d)) {
+    throw new CalderaError(
+      'E_VALUE',
+      `${what}: quantized tensor was made by ${JSON.stringify(q.descriptor)}, not ${JSON.stringify(d)}`,
+    );
+  }
+}
