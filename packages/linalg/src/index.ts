@@ -24,3 +24,6 @@ export {
 export { solveTriangular, invTriangular, type SolveTriangularOptions } from './triangular.js';
 export { qr, type QR } from './qr.js';
 export { eigh, type Eigh, type EighOptions } from './eigh.js';
+export { svd, type Svd, type SvdOptions } from './svd.js';
+export { lstsq, pinv, type Lstsq, type LstsqOptions } from './lstsq.js';
+export { sqrtmSym, invSqrtmSym, type SqrtmOptions } from './sqrtm.js';

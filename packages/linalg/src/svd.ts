@@ -1,0 +1,191 @@
+/**
+ * Thin singular value decomposition `A = U·diag(s)·Vᵀ` by Householder QR followed by one-sided (Hestenes)
+ * Jacobi on the triangular factor, in f64. One-sided Jacobi computes small singular values to high relative
+ * accuracy and returns orthonormal singular vectors even for ill-conditioned or rank-deficient matrices.
+ */
+import { CalderaError, throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
+import { denseCopy, transposeBuf, wrap } from './dense.js';
+import { qrBuf } from './qr.js';
+
+/** Options of {@link svd}. */
+export interface SvdOptions {
+  /** Abort between Jacobi sweeps (`E_ABORTED`). */
+  signal?: AbortSignal;
+  /** Maximum number of Jacobi sweeps before `E_VALUE` (convergence failure). Default 60. */
+  maxSweeps?: number;
+}
+
+/** Result of {@link svd}. */
+export interface Svd {
+  /** `m × k` with orthonormal columns (f64), `k = min(m, n)`. */
+  u: Tensor<'f64'>;
+  /** The `k` singular values, descending, ≥ 0. */
+  s: Float64Array;
+  /** `k × n` with orthonormal rows (f64). */
+  vt: Tensor<'f64'>;
+}
+
+/**
+ * Thin SVD of an `m × n` matrix (any strides, f32/f64; not modified). Columns of `u` belonging to zero
+ * singular values are completed to an orthonormal set. Non-finite input → `E_VALUE`.
+ * @example
+ * const { u, s, vt } = svd(a); // a ≈ u·diag(s)·vt
+ */
+export function svd(a: Matrix, options: SvdOptions = {}): Svd {
+  const [m, n] = (a.shape as [number, number] | undefined) ?? [0, 0];
+  const w = denseCopy(a, 'svd', 'a');
+  const r = svdBuf(w, m, n, options);
+  const k = Math.min(m, n);
+  return { u: wrap(r.u, m, k), s: r.s, vt: wrap(r.vt, k, n) };
+}
+
+/** SVD of the row-major `m × n` buffer `w` (overwritten). Returns row-major u (m×k), s, vt (k×n). @internal */
+export function svdBuf(
+  w: Float64Array,
+  m: number,
+  n: number,
+  options: SvdOptions = {},
+): { u: Float64Array; s: Float64Array; vt: Float64Array } {
+  if (m < n) {
+    // A = (Aᵀ)ᵀ: svd(Aᵀ) = U'·S·V'ᵀ  ⇒  A = V'·S·U'ᵀ
+    const t = svdBuf(transposeBuf(w, m, n), n, m, options);
+    return { u: transposeBuf(t.vt, m, m), s: t.s, vt: transposeBuf(t.u, n, m) };
+  }
+  // m ≥ n: A = Q·R, R = U_R·S·Vᵀ, U = Q·U_R
+  const { q, r } = qrBuf(w, m, n);
+  const res = jacobiSquare(r, n, options);
+  const u = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) {
+    const qi = i * n;
+    for (let p = 0; p < n; p++) {
+      const c = q[qi + p]!;
+      if (c === 0) continue;
+      const up = p * n;
+      for (let j = 0; j < n; j++) u[qi + j]! += c * res.u[up + j]!;
+    }
+  }
+  return { u, s: res.s, vt: res.vt };
+}
+
+/** One-sided Jacobi SVD of a square n×n row-major matrix (not modified). */
+function jacobiSquare(
+  a: Float64Array,
+  n: number,
+  options: SvdOptions,
+): { u: Float64Array; s: Float64Array; vt: Float64Array } {
+  // Work on G = Aᵀ: its rows are the columns of A; rotating rows of G = rotating columns of A.
+  const g = transposeBuf(a, n, n);
+  const vt = new Float64Array(n * n); // accumulates Jᵀ; A·J = W with orthogonal columns ⇒ V = J
+  for (let i = 0; i < n; i++) vt[i * n + i] = 1;
+  const eps = 2 ** -53;
+  const maxSweeps = options.maxSweeps ?? 60;
+  const norms = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    let s = 0;
+    for (let c = 0; c < n; c++) s += g[i * n + c]! ** 2;
+    norms[i] = s;
+  }
+  let converged = n < 2;
+  for (let sweep = 0; sweep < maxSweeps && !converged; sweep++) {
+    throwIfAborted(options.signal, 'svd');
+    let rotations = 0;
+    for (let p = 0; p < n - 1; p++) {
+      const rp = p * n;
+      for (let q = p + 1; q < n; q++) {
+        const rq = q * n;
+        const alpha = norms[p]!;
+        const beta = norms[q]!;
+        if (alpha === 0 || beta === 0) continue;
+        let gamma = 0;
+        for (let c = 0; c < n; c++) gamma += g[rp + c]! * g[rq + c]!;
+        if (Math.abs(gamma) <= n * eps * Math.sqrt(alpha * beta)) continue;
+        rotations++;
+        const zeta = (beta - alpha) / (2 * gamma);
+        const t = (zeta >= 0 ? 1 : -1) / (Math.abs(zeta) + Math.sqrt(1 + zeta * zeta));
+        const cs = 1 / Math.sqrt(1 + t * t);
+        const sn = cs * t;
+        let np = 0;
+        let nq = 0;
+        for (let c = 0; c < n; c++) {
+          const x = g[rp + c]!;
+          const y = g[rq + c]!;
+          const xp = cs * x - sn * y;
+          const yq = sn * x + cs * y;
+          g[rp + c] = xp;
+          g[rq + c] = yq;
+          np += xp * xp;
+          nq += yq * yq;
+        }
+        norms[p] = np;
+        norms[q] = nq;
+        for (let c = 0; c < n; c++) {
+          const x = vt[rp + c]!;
+          const y = vt[rq + c]!;
+          vt[rp + c] = cs * x - sn * y;
+          vt[rq + c] = sn * x + cs * y;
+        }
+      }
+    }
+    if (rotations === 0) converged = true;
+  }
+  if (!converged) {
+    throw new CalderaError(
+      'E_VALUE',
+      `svd: one-sided Jacobi did not converge in ${maxSweeps} sweeps (n = ${n})`,
+    );
+  }
+  // σᵢ = ‖gᵢ‖, uᵢ = gᵢ/σᵢ; sort descending
+  const sig = Float64Array.from(norms, (x) => Math.sqrt(x));
+  const order = Array.from({ length: n }, (_, i) => i).sort((x, y) => sig[y]! - sig[x]!);
+  const s = Float64Array.from(order, (i) => sig[i]!);
+  const ut = new Float64Array(n * n); // rows = left singular vectors
+  const vtOut = new Float64Array(n * n);
+  const zero: number[] = [];
+  order.forEach((src, dst) => {
+    const sv = sig[src]!;
+    vtOut.set(vt.subarray(src * n, src * n + n), dst * n);
+    if (sv === 0) {
+      zero.push(dst);
+      return;
+    }
+    for (let c = 0; c < n; c++) ut[dst * n + c] = g[src * n + c]! / sv;
+  });
+  completeOrthonormalRows(ut, n, zero);
+  return { u: transposeBuf(ut, n, n), s, vt: vtOut };
+}
+
+/**
+ * Fill the listed rows of `ut` (n×n, rows orthonormal elsewhere) with unit vectors orthogonal to all other
+ * rows: the standard basis vector with the largest component left after two Gram–Schmidt passes.
+ */
+function completeOrthonormalRows(ut: Float64Array, n: number, rows: number[]): void {
+  const filled = new Set<number>();
+  for (let i = 0; i < n; i++) if (!rows.includes(i)) filled.add(i);
+  const cand = new Float64Array(n);
+  for (const target of rows) {
+    let best = -1;
+    let bestNorm = 0;
+    let bestVec: Float64Array | undefined;
+    for (let e = 0; e < n && bestNorm < 0.5; e++) {
+      cand.fill(0);
+      cand[e] = 1;
+      for (let pass = 0; pass < 2; pass++)
+        for (const r of filled) {
+          let d = 0;
+          for (let c = 0; c < n; c++) d += ut[r * n + c]! * cand[c]!;
+          for (let c = 0; c < n; c++) cand[c]! -= d * ut[r * n + c]!;
+        }
+      let nrm = 0;
+      for (let c = 0; c < n; c++) nrm += cand[c]! ** 2;
+      nrm = Math.sqrt(nrm);
+      if (nrm > bestNorm) {
+        bestNorm = nrm;
+        best = e;
+        bestVec = Float64Array.from(cand);
+      }
+    }
+    if (best < 0 || !bestVec) continue;
+    for (let c = 0; c < n; c++) ut[target * n + c] = bestVec[c]! / bestNorm;
+    filled.add(target);
+  }
+}
