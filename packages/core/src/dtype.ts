@@ -48,7 +48,10 @@ export function dtypeSize(dtype: DType): number {
 /** The typed-array constructor backing `dtype`. */
 export function arrayCtor<D extends DType>(
   dtype: D,
-): { new (length: number): DTypeArrayMap[D]; new (b: ArrayBufferLike, o?: number, l?: number): DTypeArrayMap[D] } {
+): {
+  new (length: number): DTypeArrayMap[D];
+  new (b: ArrayBufferLike, o?: number, l?: number): DTypeArrayMap[D];
+} {
   const c = CTORS[dtype];
   if (!c) throw new CalderaError('E_DTYPE', `unknown dtype '${String(dtype)}'`);
   return c as never;

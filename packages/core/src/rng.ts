@@ -52,7 +52,8 @@ export class Rng {
 
   /** Uniform integer in [0, n). */
   int(n: number): number {
-    if (!Number.isInteger(n) || n <= 0) throw new CalderaError('E_VALUE', `Rng.int: n must be a positive integer, got ${n}`);
+    if (!Number.isInteger(n) || n <= 0)
+      throw new CalderaError('E_VALUE', `Rng.int: n must be a positive integer, got ${n}`);
     return Math.floor(this.uniform() * n);
   }
 

@@ -70,7 +70,10 @@ export function tensor<D extends DType>(
     for (let i = 0; i < data.length; i++) (arr as unknown as number[])[i] = (data as ArrayLike<number>)[i]!;
   }
   if (arr.length !== n) {
-    throw new CalderaError('E_SHAPE', `tensor: shape [${shape.join(', ')}] needs ${n} elements, data has ${arr.length}`);
+    throw new CalderaError(
+      'E_SHAPE',
+      `tensor: shape [${shape.join(', ')}] needs ${n} elements, data has ${arr.length}`,
+    );
   }
   return { dtype, shape: [...shape], strides: contiguousStrides(shape), offset: 0, data: arr };
 }
@@ -81,12 +84,19 @@ export function zeros<D extends DType>(dtype: D, shape: readonly number[]): Tens
 }
 
 /** A 2-D matrix from rows of numbers (tests and small examples). */
-export function matrixFromRows<D extends 'f32' | 'f64'>(dtype: D, rows: readonly (readonly number[])[]): Tensor<D> {
+export function matrixFromRows<D extends 'f32' | 'f64'>(
+  dtype: D,
+  rows: readonly (readonly number[])[],
+): Tensor<D> {
   const m = rows.length;
   const n = m === 0 ? 0 : rows[0]!.length;
   const t = tensor(dtype, [m, n]);
   for (let i = 0; i < m; i++) {
-    if (rows[i]!.length !== n) throw new CalderaError('E_SHAPE', `matrixFromRows: row ${i} has ${rows[i]!.length} entries, expected ${n}`);
+    if (rows[i]!.length !== n)
+      throw new CalderaError(
+        'E_SHAPE',
+        `matrixFromRows: row ${i} has ${rows[i]!.length} entries, expected ${n}`,
+      );
     for (let j = 0; j < n; j++) t.data[i * n + j] = rows[i]![j]!;
   }
   return t;
@@ -105,7 +115,10 @@ export function isContiguous(t: Tensor): boolean {
 /** Flat index in `data` of a multi-index. */
 export function indexOf(t: Tensor, idx: readonly number[]): number {
   if (idx.length !== t.shape.length) {
-    throw new CalderaError('E_SHAPE', `index has ${idx.length} coordinates, tensor has rank ${t.shape.length}`);
+    throw new CalderaError(
+      'E_SHAPE',
+      `index has ${idx.length} coordinates, tensor has rank ${t.shape.length}`,
+    );
   }
   let p = t.offset;
   for (let k = 0; k < idx.length; k++) {
@@ -137,9 +150,13 @@ export function reshape<D extends DType>(t: Tensor<D>, shape: readonly number[])
   }
   checkShape(s, 'reshape');
   if (shapeSize(s) !== n) {
-    throw new CalderaError('E_SHAPE', `reshape: cannot view [${t.shape.join(', ')}] as [${shape.join(', ')}]`);
+    throw new CalderaError(
+      'E_SHAPE',
+      `reshape: cannot view [${t.shape.join(', ')}] as [${shape.join(', ')}]`,
+    );
   }
-  if (!isContiguous(t)) throw new CalderaError('E_SHAPE', 'reshape: tensor is not contiguous; call contiguous() first');
+  if (!isContiguous(t))
+    throw new CalderaError('E_SHAPE', 'reshape: tensor is not contiguous; call contiguous() first');
   return { dtype: t.dtype, shape: s, strides: contiguousStrides(s), offset: t.offset, data: t.data };
 }
 
@@ -163,7 +180,10 @@ export function transpose<D extends DType>(t: Tensor<D>, axes?: readonly number[
  * A strided sub-view: `ranges[k] = [start, end)` (or `[start, end, step]`) per axis; missing axes are
  * taken whole. No copy.
  */
-export function slice<D extends DType>(t: Tensor<D>, ranges: readonly (readonly number[] | null)[]): Tensor<D> {
+export function slice<D extends DType>(
+  t: Tensor<D>,
+  ranges: readonly (readonly number[] | null)[],
+): Tensor<D> {
   const shape: number[] = [];
   const strides: number[] = [];
   let offset = t.offset;
@@ -173,8 +193,19 @@ export function slice<D extends DType>(t: Tensor<D>, ranges: readonly (readonly 
     const start = r?.[0] ?? 0;
     const end = r?.[1] ?? size;
     const step = r?.[2] ?? 1;
-    if (!Number.isInteger(start) || !Number.isInteger(end) || !Number.isInteger(step) || step <= 0 || start < 0 || end > size || start > end) {
-      throw new CalderaError('E_SHAPE', `slice: range [${r?.join(', ')}] invalid for axis ${k} of size ${size}`);
+    if (
+      !Number.isInteger(start) ||
+      !Number.isInteger(end) ||
+      !Number.isInteger(step) ||
+      step <= 0 ||
+      start < 0 ||
+      end > size ||
+      start > end
+    ) {
+      throw new CalderaError(
+        'E_SHAPE',
+        `slice: range [${r?.join(', ')}] invalid for axis ${k} of size ${size}`,
+      );
     }
     shape.push(Math.ceil((end - start) / step));
     strides.push(t.strides[k]! * step);
@@ -257,14 +288,22 @@ export function toF64(t: Tensor): Tensor<'f64'> {
 export function assertShape(t: Tensor, shape: readonly number[], name = 'tensor'): void {
   const ok = t.shape.length === shape.length && shape.every((d, k) => d === -1 || d === t.shape[k]);
   if (!ok) {
-    throw new CalderaError('E_SHAPE', `${name} has shape [${t.shape.join(', ')}], expected [${shape.map((d) => (d === -1 ? '*' : d)).join(', ')}]`);
+    throw new CalderaError(
+      'E_SHAPE',
+      `${name} has shape [${t.shape.join(', ')}], expected [${shape.map((d) => (d === -1 ? '*' : d)).join(', ')}]`,
+    );
   }
 }
 
 /** Throw `E_VALUE` if any element is NaN or ±Inf. */
 export function assertFinite(t: Tensor, name = 'tensor'): void {
   const c = contiguous(t);
-  const d = c.dtype === 'f16' ? f16ArrayToF32(c.data as Uint16Array) : c.dtype === 'bf16' ? bf16ArrayToF32(c.data as Uint16Array) : c.data;
+  const d =
+    c.dtype === 'f16'
+      ? f16ArrayToF32(c.data as Uint16Array)
+      : c.dtype === 'bf16'
+        ? bf16ArrayToF32(c.data as Uint16Array)
+        : c.data;
   for (let i = 0; i < d.length; i++) {
     if (!Number.isFinite(d[i]!)) {
       throw new CalderaError('E_VALUE', `${name} has a non-finite value (${d[i]}) at flat index ${i}`);

@@ -1,0 +1,162 @@
+import { describe, expect, it } from 'vitest';
+import { CalderaError } from './errors.js';
+import { fromF16Bits } from './half.js';
+import {
+  assertFinite,
+  assertShape,
+  cast,
+  contiguous,
+  contiguousStrides,
+  get,
+  indexOf,
+  isContiguous,
+  matrixFromRows,
+  reshape,
+  shapeSize,
+  slice,
+  tensor,
+  toF32,
+  toF64,
+  transpose,
+  zeros,
+} from './tensor.js';
+
+const iota = (n: number) => Float64Array.from({ length: n }, (_, i) => i);
+
+describe('construction', () => {
+  it('wraps typed arrays without copying and copies plain arrays', () => {
+    const d = new Float32Array(6);
+    const t = tensor('f32', [2, 3], d);
+    expect(t.data).toBe(d);
+    expect(t.strides).toEqual([3, 1]);
+    const u = tensor('i16', [3], [1, -2, 3]);
+    expect(u.data).toBeInstanceOf(Int16Array);
+    expect(Array.from(u.data)).toEqual([1, -2, 3]);
+    expect(zeros('u8', [2, 2]).data).toEqual(new Uint8Array(4));
+  });
+
+  it('rejects wrong lengths, wrong array types and invalid shapes with CalderaError', () => {
+    expect(() => tensor('f32', [2, 3], new Float32Array(5))).toThrow(/needs 6 elements/);
+    expect(() => tensor('f32', [2], new Float64Array(2))).toThrow(/Float64Array/);
+    expect(() => tensor('f32', [-1])).toThrow(CalderaError);
+    expect(() => tensor('f32', [1.5])).toThrow(CalderaError);
+    expect(() => matrixFromRows('f64', [[1, 2], [3]])).toThrow(/row 1/);
+  });
+
+  it('computes sizes and row-major strides', () => {
+    expect(shapeSize([2, 3, 4])).toBe(24);
+    expect(shapeSize([])).toBe(1);
+    expect(contiguousStrides([2, 3, 4])).toEqual([12, 4, 1]);
+  });
+});
+
+describe('views', () => {
+  const t = tensor('f64', [2, 3, 4], iota(24));
+
+  it('get/indexOf address data[offset + Σ i·stride]', () => {
+    expect(get(t, 1, 2, 3)).toBe(23);
+    expect(indexOf(t, [1, 0, 2])).toBe(14);
+    expect(() => get(t, 2, 0, 0)).toThrow(/out of range/);
+    expect(() => get(t, 0, 0)).toThrow(/rank 3/);
+  });
+
+  it('transpose is a view and matches the definition for every element', () => {
+    const p = transpose(t, [2, 0, 1]);
+    expect(p.data).toBe(t.data);
+    expect(p.shape).toEqual([4, 2, 3]);
+    for (let a = 0; a < 2; a++)
+      for (let b = 0; b < 3; b++) for (let c = 0; c < 4; c++) expect(get(p, c, a, b)).toBe(get(t, a, b, c));
+    const m = matrixFromRows('f32', [
+      [1, 2, 3],
+      [4, 5, 6],
+    ]);
+    expect(Array.from(contiguous(transpose(m)).data)).toEqual([1, 4, 2, 5, 3, 6]);
+    expect(() => transpose(t, [0, 0, 1])).toThrow(CalderaError);
+  });
+
+  it('slice takes ranges with steps as views', () => {
+    const s = slice(t, [[1, 2], [0, 3, 2], null]);
+    expect(s.shape).toEqual([1, 2, 4]);
+    expect(s.data).toBe(t.data);
+    for (let b = 0; b < 2; b++) for (let c = 0; c < 4; c++) expect(get(s, 0, b, c)).toBe(get(t, 1, 2 * b, c));
+    expect(slice(t, [[0, 0]]).shape).toEqual([0, 3, 4]);
+    expect(() => slice(t, [[0, 3]])).toThrow(/axis 0/);
+    expect(() => slice(t, [[0, 2, 0]])).toThrow(CalderaError);
+  });
+
+  it('reshape views contiguous data, infers -1, and refuses non-contiguous input', () => {
+    const r = reshape(t, [6, -1]);
+    expect(r.shape).toEqual([6, 4]);
+    expect(r.data).toBe(t.data);
+    expect(get(r, 5, 3)).toBe(23);
+    const inner = slice(t, [[1, 2]]); // contiguous with an offset
+    expect(isContiguous(inner)).toBe(true);
+    expect(get(reshape(inner, [12]), 0)).toBe(12);
+    expect(() => reshape(transpose(t), [24])).toThrow(/not contiguous/);
+    expect(() => reshape(t, [5, 5])).toThrow(/cannot view/);
+  });
+
+  it('contiguous copies strided views in row-major order and returns contiguous tensors as is', () => {
+    expect(contiguous(t)).toBe(t);
+    const v = slice(transpose(t), [null, [1, 3]]);
+    const c = contiguous(v);
+    expect(isContiguous(c)).toBe(true);
+    expect(c.offset).toBe(0);
+    let i = 0;
+    for (let a = 0; a < 4; a++)
+      for (let b = 0; b < 2; b++) for (let d = 0; d < 2; d++) expect(c.data[i++]).toBe(get(v, a, b, d));
+    const off = contiguous(slice(t, [[1, 2]]));
+    expect(Array.from(off.data)).toEqual(Array.from(iota(24).subarray(12)));
+  });
+});
+
+describe('cast', () => {
+  it('rounds float → int to nearest and saturates; NaN → 0', () => {
+    const t = tensor('f64', [6], [1.4, 1.6, -300, 300, NaN, -0.4]);
+    expect(Array.from(cast(t, 'i8').data)).toEqual([1, 2, -128, 127, 0, 0]);
+    expect(Array.from(cast(t, 'u8').data)).toEqual([1, 2, 0, 255, 0, 0]);
+  });
+
+  it('converts through f16/bf16 with correct rounding and back', () => {
+    const t = tensor('f32', [3], [1, 1 + 2 ** -11, 65520]);
+    const h = cast(t, 'f16');
+    expect(Array.from(h.data)).toEqual([0x3c00, 0x3c00, 0x7c00]);
+    expect(Array.from(toF32(h).data)).toEqual([1, 1, Infinity]);
+    const b = cast(tensor('f64', [2], [1.5, -2]), 'bf16');
+    expect(Array.from(b.data)).toEqual([0x3fc0, 0xc000]);
+    expect(Array.from(toF64(b).data)).toEqual([1.5, -2]);
+    expect(fromF16Bits(get(h, 0))).not.toBe(1); // get() decodes: 1 as raw bits would be 0x3c00
+    expect(get(h, 0)).toBe(1);
+  });
+
+  it('same-dtype cast returns an independent copy; cast of a view is contiguous', () => {
+    const t = tensor('f32', [2], [1, 2]);
+    const c = cast(t, 'f32');
+    c.data[0] = 9;
+    expect(t.data[0]).toBe(1);
+    const v = cast(
+      transpose(
+        matrixFromRows('f64', [
+          [1, 2],
+          [3, 4],
+        ]),
+      ),
+      'i32',
+    );
+    expect(Array.from(v.data)).toEqual([1, 3, 2, 4]);
+  });
+});
+
+describe('assertions', () => {
+  it('assertShape accepts wildcards and names the tensor', () => {
+    const t = zeros('f32', [2, 3]);
+    expect(() => assertShape(t, [2, -1], 'W')).not.toThrow();
+    expect(() => assertShape(t, [3, 2], 'W')).toThrow(/W has shape \[2, 3\], expected \[3, 2\]/);
+  });
+
+  it('assertFinite finds NaN/Inf also in half-precision data', () => {
+    expect(() => assertFinite(tensor('f32', [2], [1, NaN]), 'x')).toThrow(/x has a non-finite value/);
+    expect(() => assertFinite(tensor('f16', [1], Uint16Array.of(0x7c00)))).toThrow(CalderaError);
+    expect(() => assertFinite(tensor('f16', [1], Uint16Array.of(0x3c00)))).not.toThrow();
+  });
+});
