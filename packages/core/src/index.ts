@@ -3,3 +3,4 @@ export * from './dtype.js';
 export * from './half.js';
 export * from './tensor.js';
 export * from './rng.js';
+export * from './ndarray.js';
