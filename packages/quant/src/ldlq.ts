@@ -86,6 +86,7 @@ export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResul
   const vals = new Float32Array(m * g);
   const F = new Float32Array(m * B);
   const Lb = new Float32Array(B * B); // L[s:e, s:e], contiguous
+  const sub = Math.max(g, Math.floor(Math.min(32, B) / g) * g); // sub-buffer width (JS feedback inside it)
   const D = ldl.D.data;
   const pool = options.pool ? { pool: options.pool } : {};
   const den = traceWHWt(W, L, D, m, n, g, B, options.pool);
@@ -113,16 +114,45 @@ export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResul
       gemmInto(fView, eView, lView, { alpha: 1, beta: 1, checkFinite: false, ...pool });
     }
     for (let j = 0; j < bw; j++) Lb.set(L.subarray((s + j) * n + s, (s + j) * n + e), j * bw);
+    let subEnd = e; // the buffer is processed in sub-buffers of SUB columns, right to left
     for (let c = e - g; c >= s; c -= g) {
       const cl = c - s;
-      // x = F[:, c:c+g] + E[:, c+g:e]·L[c+g:e, c:c+g]  (feedback from this buffer's finished blocks)
-      if (g === 8) feedback8(x, F, E, Lb, m, n, s, bw, cl);
+      if ((e - c - g) % sub === 0 && c + g < e) {
+        // entering sub-buffer [s2, c+g): its feedback from the sub-buffers to its right in one small gemm
+        subEnd = c + g;
+        const s2 = Math.max(s, subEnd - sub);
+        const fv: Tensor<'f32'> = {
+          dtype: 'f32',
+          shape: [m, subEnd - s2],
+          strides: [bw, 1],
+          offset: s2 - s,
+          data: F,
+        };
+        const ev: Tensor<'f32'> = {
+          dtype: 'f32',
+          shape: [m, e - subEnd],
+          strides: [n, 1],
+          offset: subEnd,
+          data: E,
+        };
+        const lv: Tensor<'f32'> = {
+          dtype: 'f32',
+          shape: [e - subEnd, subEnd - s2],
+          strides: [bw, 1],
+          offset: (subEnd - s) * bw + (s2 - s),
+          data: Lb,
+        };
+        gemmInto(fv, ev, lv, { alpha: 1, beta: 1, checkFinite: false });
+      }
+      const jEnd = subEnd - s;
+      // x = F[:, c:c+g] + E[:, c+g:subEnd]·L[c+g:subEnd, c:c+g]  (feedback from this sub-buffer's finished blocks)
+      if (g === 8) feedback8(x, F, E, Lb, m, n, s, bw, cl, jEnd);
       else {
         for (let r = 0; r < m; r++) {
           const xr = r * g;
           for (let t = 0; t < g; t++) x[xr + t] = F[r * bw + cl + t]!;
           const er = r * n + s;
-          for (let j = cl + g; j < bw; j++) {
+          for (let j = cl + g; j < jEnd; j++) {
             const ev = E[er + j]!;
             const lj = j * bw + cl;
             for (let t = 0; t < g; t++) x[xr + t]! += ev * Lb[lj + t]!;
@@ -296,6 +326,7 @@ function feedback8(
   s: number,
   bw: number,
   cl: number,
+  jEnd: number,
 ): void {
   for (let r = 0; r < m; r++) {
     const fr = r * bw + cl;
@@ -308,7 +339,7 @@ function feedback8(
       x6 = F[fr + 6]!,
       x7 = F[fr + 7]!;
     const er = r * n + s;
-    for (let j = cl + 8; j < bw; j++) {
+    for (let j = cl + 8; j < jEnd; j++) {
       const ev = E[er + j]!;
       const lj = j * bw + cl;
       x0 += ev * Lb[lj]!;
