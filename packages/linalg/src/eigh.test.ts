@@ -18,10 +18,19 @@ function residuals(a: Float64Array, n: number, values: Float64Array, v: Float64A
 }
 
 describe('eigh', () => {
-  for (const n of [1, 2, 3, 17, 64, 161]) {
-    it(`A = VΛVᵀ, VᵀV = I, ascending values for a random symmetric ${n}×${n}`, () => {
+  for (const [n, method] of [
+    [1, 'auto'],
+    [2, 'auto'],
+    [3, 'auto'],
+    [17, 'auto'],
+    [64, 'auto'],
+    [161, 'ql'],
+    [161, 'dc'],
+    [200, 'dc'],
+  ] as const) {
+    it(`A = VΛVᵀ, VᵀV = I, ascending values for a random symmetric ${n}×${n} (${method})`, () => {
       const a = randSym(n, n);
-      const { values, vectors } = eigh(tensor('f64', [n, n], a));
+      const { values, vectors } = eigh(tensor('f64', [n, n], a), { method });
       for (let i = 1; i < n; i++) expect(values[i]).toBeGreaterThanOrEqual(values[i - 1]!);
       const [res, orth] = residuals(a, n, values, vectors.data);
       // Householder tridiagonalisation + QL are backward stable with error O(n·eps·‖A‖) (Golub–Van Loan §8.3);
@@ -31,29 +40,39 @@ describe('eigh', () => {
     });
   }
 
-  it('recovers prescribed eigenvalues, including repeated and clustered ones', () => {
-    const lambda = [-3, -3, -3, 0, 0, 1e-9, 1, 1, 1, 1, 2, 2 + 1e-12, 5, 7, 7, 100];
-    const n = lambda.length;
-    const a = symWithEigs(lambda, 42);
-    const { values, vectors } = eigh(tensor('f64', [n, n], a));
-    const sorted = [...lambda].sort((x, y) => x - y);
-    // Weyl: |λ̂ᵢ − λᵢ| ≤ ‖E‖₂ for a backward error E; the construction itself is accurate to ~n·eps·‖A‖.
-    for (let i = 0; i < n; i++) expect(Math.abs(values[i]! - sorted[i]!)).toBeLessThan(4 * n * EPS * 100);
-    const [res, orth] = residuals(a, n, values, vectors.data);
-    expect(res).toBeLessThan(2 * n * EPS * fro(a));
-    expect(orth).toBeLessThan(2 * n * EPS);
-  });
+  for (const [reps, method] of [
+    [1, 'ql'],
+    [8, 'dc'],
+  ] as const)
+    it(`recovers prescribed eigenvalues, including repeated and clustered ones (${method}, n = ${16 * reps})`, () => {
+      const base = [-3, -3, -3, 0, 0, 1e-9, 1, 1, 1, 1, 2, 2 + 1e-12, 5, 7, 7, 100];
+      const lambda = Array.from({ length: reps }, () => base).flat();
+      const n = lambda.length;
+      const a = symWithEigs(lambda, 42);
+      const { values, vectors } = eigh(tensor('f64', [n, n], a), { method });
+      const sorted = [...lambda].sort((x, y) => x - y);
+      // Weyl: |λ̂ᵢ − λᵢ| ≤ ‖E‖₂ for a backward error E; the construction itself is accurate to ~n·eps·‖A‖.
+      for (let i = 0; i < n; i++) expect(Math.abs(values[i]! - sorted[i]!)).toBeLessThan(4 * n * EPS * 100);
+      const [res, orth] = residuals(a, n, values, vectors.data);
+      expect(res).toBeLessThan(2 * n * EPS * fro(a));
+      expect(orth).toBeLessThan(2 * n * EPS);
+    });
 
-  it('identity, zero and diagonal matrices (already tridiagonal)', () => {
-    const n = 9;
-    const id = new Float64Array(n * n);
-    for (let i = 0; i < n; i++) id[i * n + i] = n - i;
-    const r = eigh(tensor('f64', [n, n], id));
-    expect(Array.from(r.values)).toEqual(Array.from({ length: n }, (_, i) => i + 1));
-    expect(orthErr(r.vectors.data, n, n)).toBeLessThan(EPS);
-    const z = eigh(tensor('f64', [n, n], new Float64Array(n * n)));
-    expect(Array.from(z.values).every((x) => x === 0)).toBe(true);
-  });
+  for (const n of [9, 90])
+    it(`identity, zero and diagonal matrices (already tridiagonal), n = ${n}`, () => {
+      const diag = new Float64Array(n * n);
+      for (let i = 0; i < n; i++) diag[i * n + i] = n - i;
+      const r = eigh(tensor('f64', [n, n], diag));
+      expect(Array.from(r.values)).toEqual(Array.from({ length: n }, (_, i) => i + 1));
+      expect(orthErr(r.vectors.data, n, n)).toBeLessThan(EPS);
+      const ones = new Float64Array(n * n);
+      for (let i = 0; i < n; i++) ones[i * n + i] = 1;
+      const id = eigh(tensor('f64', [n, n], ones));
+      expect(Array.from(id.values).every((x) => x === 1)).toBe(true);
+      expect(orthErr(id.vectors.data, n, n)).toBeLessThan(EPS);
+      const z = eigh(tensor('f64', [n, n], new Float64Array(n * n)));
+      expect(Array.from(z.values).every((x) => x === 0)).toBe(true);
+    });
 
   it('reads only the lower triangle and does not modify the input', () => {
     const n = 12;

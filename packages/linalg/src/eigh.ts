@@ -5,12 +5,21 @@
  */
 import { type Matrix, type Tensor } from '@caldera/core';
 import { denseCopy, wrap } from './dense.js';
-import { backTransform, tridiagonalize, tridiagonalQL } from './tridiag.js';
+import type { Pool } from './pool/pool.js';
+import { backTransform, backTransformBlocked, tridiagonalize, tridiagonalQL } from './tridiag.js';
+import { tridiagonalDC } from './tridiag-dc.js';
 
 /** Options of {@link eigh}. */
 export interface EighOptions {
   /** Compute eigenvectors. Default `true`; `false` returns an empty `0 × 0` `vectors` tensor (O(n²) after the reduction). */
   vectors?: boolean;
+  /**
+   * Tridiagonal eigensolver: `'dc'` divide and conquer (merge products on gemm; fast for large n), `'ql'`
+   * implicit QL with rotations accumulated in TypeScript. Default `'auto'`: `'dc'` for n > 64.
+   */
+  method?: 'auto' | 'dc' | 'ql';
+  /** Worker pool for the divide-and-conquer merge products. */
+  pool?: Pool;
   /** Abort between reduction steps / eigenvalues (`E_ABORTED`). */
   signal?: AbortSignal;
   /** Called with the phase and fraction done (0–1) at phase boundaries. */
@@ -39,6 +48,14 @@ export function eigh(a: Matrix, options: EighOptions = {}): Eigh {
   onProgress?.({ phase: 'tridiagonalize', fraction: 0 });
   const { d, e, taus } = tridiagonalize(w, n, signal);
   onProgress?.({ phase: 'iterate', fraction: 0 });
+  const method = options.method ?? 'auto';
+  if (wantVectors && (method === 'dc' || (method === 'auto' && n > 64))) {
+    const dc = tridiagonalDC(d, e, n, options.pool, signal);
+    onProgress?.({ phase: 'backTransform', fraction: 0 });
+    backTransformBlocked(w, taus, n, dc.q, options.pool, signal);
+    onProgress?.({ phase: 'backTransform', fraction: 1 });
+    return { values: dc.lam, vectors: wrap(dc.q, n, n) };
+  }
   let zt: Float64Array | undefined;
   if (wantVectors) {
     zt = new Float64Array(n * n);

@@ -3,7 +3,9 @@
  * oriented), the implicit QL iteration with Wilkinson-type shifts on `T`, and the back-transformation
  * of eigenvectors by the stored reflectors. Internal to the package.
  */
-import { CalderaError, throwIfAborted } from '@caldera/core';
+import { CalderaError, throwIfAborted, type Tensor } from '@caldera/core';
+import { gemm, gemmInto } from './gemm.js';
+import type { Pool } from './pool/pool.js';
 
 /** Householder tridiagonalisation result: diagonal `d`, off-diagonal `e` (`e[i] = T[i, i+1]`, `e[n−1] = 0`). */
 export interface Tridiagonal {
@@ -198,5 +200,61 @@ export function backTransform(
       if (s === 0) continue;
       for (let c = 0; c < len; c++) zt[row + c]! -= s * v[c]!;
     }
+  }
+}
+
+/**
+ * Blocked back-transformation `Y ← Q·Y` (Y is n×n row-major, its columns the eigenvectors of T), with
+ * blocks of `nb` reflectors in compact WY form `H_j…H_{j+nb−1} = I − V·T·Vᵀ` so that the O(n³) work runs on
+ * the gemm kernels.
+ */
+export function backTransformBlocked(
+  w: Float64Array,
+  taus: Float64Array,
+  n: number,
+  y: Float64Array,
+  pool?: Pool,
+  signal?: AbortSignal,
+  nb = 64,
+): void {
+  const nref = Math.max(0, n - 2);
+  const opts = { checkFinite: false, ...(pool ? { pool } : {}) };
+  for (let j1 = nref; j1 > 0; j1 -= nb) {
+    throwIfAborted(signal, 'eigh');
+    const j0 = Math.max(0, j1 - nb);
+    const b = j1 - j0;
+    const r0 = j0 + 1; // first row touched by the block
+    const rows = n - r0;
+    // V: rows × b, column c = reflector j0+c (unit at row j0+c+1, zeros above)
+    const v = new Float64Array(rows * b);
+    for (let c = 0; c < b; c++) {
+      const j = j0 + c;
+      v[(j + 1 - r0) * b + c] = 1;
+      for (let i = j + 2; i < n; i++) v[(i - r0) * b + c] = w[i * n + j]!;
+    }
+    // T (b×b upper): T[c,c] = τ, T[0:c, c] = −τ·T[0:c,0:c]·(V[:,0:c]ᵀ·v_c)
+    const t = new Float64Array(b * b);
+    const tmp = new Float64Array(b);
+    for (let c = 0; c < b; c++) {
+      const tau = taus[j0 + c]!;
+      t[c * b + c] = tau;
+      if (tau === 0 || c === 0) continue;
+      tmp.fill(0, 0, c);
+      for (let i = c; i < rows; i++) {
+        const vc = v[i * b + c]!;
+        if (vc === 0) continue;
+        for (let p = 0; p < c; p++) tmp[p]! += v[i * b + p]! * vc;
+      }
+      for (let p = 0; p < c; p++) {
+        let s = 0;
+        for (let q = p; q < c; q++) s += t[p * b + q]! * tmp[q]!;
+        t[p * b + c] = -tau * s;
+      }
+    }
+    const vt: Tensor<'f64'> = { dtype: 'f64', shape: [rows, b], strides: [b, 1], offset: 0, data: v };
+    const ysub: Tensor<'f64'> = { dtype: 'f64', shape: [rows, n], strides: [n, 1], offset: r0 * n, data: y };
+    const wmat = gemm(vt, ysub, { transA: true, ...opts }); // b × n
+    const tw = gemm({ dtype: 'f64', shape: [b, b], strides: [b, 1], offset: 0, data: t }, wmat, opts);
+    gemmInto(ysub, vt, tw, { alpha: -1, beta: 1, ...opts });
   }
 }

@@ -1,0 +1,247 @@
+/**
+ * Cuppen's divide-and-conquer eigensolver for a symmetric tridiagonal matrix, with Gu–Eisenstat
+ * recomputation of the rank-one vector (orthogonal eigenvectors without extra precision) and the LAPACK
+ * (dlaed2) deflation rules. The merge products run on the gemm kernels, so the O(n³) part is fast; the
+ * small leaves use the implicit QL iteration. Internal to the package (used by {@link eigh}).
+ */
+import { throwIfAborted } from '@caldera/core';
+import { gemm } from './gemm.js';
+import type { Pool } from './pool/pool.js';
+import { tridiagonalQL } from './tridiag.js';
+
+/** Leaves of at most this size are solved by QL. */
+const LEAF = 32;
+const EPS = 2 ** -53;
+
+interface Eig {
+  /** ascending eigenvalues */
+  lam: Float64Array;
+  /** s×s row-major, column j = eigenvector of lam[j] */
+  q: Float64Array;
+}
+
+/**
+ * Eigenvalues (ascending) and eigenvectors (columns of the returned n×n row-major matrix) of the tridiagonal
+ * (d, e) with `e[i] = T[i, i+1]`. `d` and `e` are not modified.
+ */
+export function tridiagonalDC(
+  d: Float64Array,
+  e: Float64Array,
+  n: number,
+  pool?: Pool,
+  signal?: AbortSignal,
+): Eig {
+  const dd = Float64Array.from(d);
+  return solve(dd, e, 0, n, pool, signal);
+}
+
+function solve(
+  d: Float64Array,
+  e: Float64Array,
+  lo: number,
+  s: number,
+  pool?: Pool,
+  signal?: AbortSignal,
+): Eig {
+  if (s <= LEAF) return leaf(d, e, lo, s, signal);
+  throwIfAborted(signal, 'eigh');
+  const k = s >> 1;
+  const beta = e[lo + k - 1]!;
+  d[lo + k - 1]! -= beta;
+  d[lo + k]! -= beta;
+  const a = solve(d, e, lo, k, pool, signal);
+  const b = solve(d, e, lo + k, s - k, pool, signal);
+  return merge(a, b, k, s, beta, pool);
+}
+
+function leaf(d: Float64Array, e: Float64Array, lo: number, s: number, signal?: AbortSignal): Eig {
+  const dd = d.slice(lo, lo + s);
+  const ee = new Float64Array(s);
+  for (let i = 0; i + 1 < s; i++) ee[i] = e[lo + i]!;
+  const zt = new Float64Array(s * s);
+  for (let i = 0; i < s; i++) zt[i * s + i] = 1;
+  tridiagonalQL(dd, ee, s, zt, signal);
+  const order = Array.from({ length: s }, (_, i) => i).sort((x, y) => dd[x]! - dd[y]!);
+  const q = new Float64Array(s * s);
+  order.forEach((src, col) => {
+    for (let r = 0; r < s; r++) q[r * s + col] = zt[src * s + r]!;
+  });
+  return { lam: Float64Array.from(order, (i) => dd[i]!), q };
+}
+
+/** Eigen-decomposition of blockdiag(T₁, T₂) + β·v·vᵀ, v = e_{k−1} + e_k, from those of T₁ and T₂. */
+function merge(a: Eig, b: Eig, k: number, s: number, beta: number, pool?: Pool): Eig {
+  const k2 = s - k;
+  // z = blockdiag(Q₁, Q₂)ᵀ·v / √2 (unit), ρ = 2β; flip signs so that ρ > 0
+  const sgn = beta < 0 ? -1 : 1;
+  const rho = 2 * Math.abs(beta);
+  const D = new Float64Array(s);
+  const z = new Float64Array(s);
+  for (let j = 0; j < k; j++) {
+    D[j] = sgn * a.lam[j]!;
+    z[j] = a.q[(k - 1) * k + j]! / Math.SQRT2;
+  }
+  for (let j = 0; j < k2; j++) {
+    D[k + j] = sgn * b.lam[j]!;
+    z[k + j] = b.q[j]! / Math.SQRT2;
+  }
+  const perm = Array.from({ length: s }, (_, i) => i).sort((x, y) => D[x]! - D[y]!);
+  const ds = Float64Array.from(perm, (i) => D[i]!);
+  const zs = Float64Array.from(perm, (i) => z[i]!);
+  // Qw: blockdiag(Q₁, Q₂) with columns in sorted order
+  const qw = new Float64Array(s * s);
+  perm.forEach((src, col) => {
+    if (src < k) for (let r = 0; r < k; r++) qw[r * s + col] = a.q[r * k + src]!;
+    else for (let r = 0; r < k2; r++) qw[(k + r) * s + col] = b.q[r * k2 + src - k]!;
+  });
+  let dmax = 0;
+  for (const x of ds) dmax = Math.max(dmax, Math.abs(x));
+  const tol = 8 * EPS * Math.max(dmax, rho);
+  const deflated: number[] = [];
+  const nd: number[] = [];
+  let prev = -1;
+  for (let i = 0; i < s; i++) {
+    if (rho * Math.abs(zs[i]!) <= tol) {
+      deflated.push(i);
+      continue;
+    }
+    if (prev < 0) {
+      prev = i;
+      continue;
+    }
+    const t = Math.hypot(zs[prev]!, zs[i]!);
+    const c = zs[i]! / t;
+    const sn = zs[prev]! / t;
+    if (Math.abs(c * sn * (ds[i]! - ds[prev]!)) <= tol) {
+      zs[i] = t;
+      zs[prev] = 0;
+      const dp = ds[prev]!;
+      const di = ds[i]!;
+      ds[prev] = c * c * dp + sn * sn * di;
+      ds[i] = sn * sn * dp + c * c * di;
+      for (let r = 0; r < s; r++) {
+        const xp = qw[r * s + prev]!;
+        const xi = qw[r * s + i]!;
+        qw[r * s + prev] = c * xp - sn * xi;
+        qw[r * s + i] = sn * xp + c * xi;
+      }
+      deflated.push(prev);
+    } else nd.push(prev);
+    prev = i;
+  }
+  if (prev >= 0) nd.push(prev);
+  nd.sort((x, y) => ds[x]! - ds[y]!);
+  const K = nd.length;
+  const dk = Float64Array.from(nd, (i) => ds[i]!);
+  const zk = Float64Array.from(nd, (i) => zs[i]!);
+  // secular equation 1 + ρ·Σ zⱼ²/(dⱼ − λ) = 0: root j is λⱼ = d[origin[j]] + tau[j]
+  const origin = new Int32Array(K);
+  const tau = new Float64Array(K);
+  let zz = 0;
+  for (const x of zk) zz += x * x;
+  const f = (o: number, t: number): number => {
+    let sum = 0;
+    const d0 = dk[o]!;
+    for (let j = 0; j < K; j++) sum += (zk[j]! * zk[j]!) / (dk[j]! - d0 - t);
+    return 1 + rho * sum;
+  };
+  for (let j = 0; j < K; j++) {
+    let o: number;
+    let lo: number;
+    let hi: number;
+    if (j < K - 1) {
+      const gap = dk[j + 1]! - dk[j]!;
+      if (f(j, gap / 2) >= 0) {
+        o = j;
+        lo = 0;
+        hi = gap / 2;
+      } else {
+        o = j + 1;
+        lo = -gap / 2;
+        hi = 0;
+      }
+    } else {
+      o = j;
+      lo = 0;
+      hi = rho * zz;
+      // widen for rounding: ensure f(hi) ≥ 0
+      while (f(o, hi) < 0) hi *= 2;
+    }
+    for (let it = 0; it < 200; it++) {
+      const mid = 0.5 * (lo + hi);
+      if (mid === lo || mid === hi) break;
+      const fm = f(o, mid);
+      if (fm === 0) {
+        lo = hi = mid;
+        break;
+      }
+      if (fm > 0) hi = mid;
+      else lo = mid;
+    }
+    origin[j] = o;
+    // keep the root strictly inside its interval (away from the pole at the origin)
+    tau[j] = o === j ? (hi > 0 ? hi : lo) : lo < 0 ? lo : hi;
+  }
+  // λⱼ − dᵢ computed without cancellation
+  const lamMinusD = (j: number, i: number): number => dk[origin[j]!]! - dk[i]! + tau[j]!;
+  // Gu–Eisenstat: ẑ from the computed eigenvalues
+  const zh = new Float64Array(K);
+  for (let i = 0; i < K; i++) {
+    let p = lamMinusD(K - 1, i) / rho;
+    for (let j = 0; j < i; j++) p *= lamMinusD(j, i) / (dk[j]! - dk[i]!);
+    for (let j = i; j < K - 1; j++) p *= lamMinusD(j, i) / (dk[j + 1]! - dk[i]!);
+    zh[i] = Math.sqrt(Math.max(p, 0)) * (zk[i]! >= 0 ? 1 : -1);
+  }
+  // eigenvectors of D + ρ·ẑẑᵀ: u_j ∝ ẑᵢ/(dᵢ − λⱼ); stored as U (K×K, column j)
+  const u = new Float64Array(K * K);
+  const col = new Float64Array(K);
+  for (let j = 0; j < K; j++) {
+    let nrm = 0;
+    for (let i = 0; i < K; i++) {
+      const v = zh[i]! / -lamMinusD(j, i);
+      col[i] = v;
+      nrm += v * v;
+    }
+    nrm = Math.sqrt(nrm);
+    for (let i = 0; i < K; i++) u[i * K + j] = col[i]! / nrm;
+  }
+  // new eigenvectors: Qw[:, nd]·U (s×K) plus the deflated columns of Qw
+  const lam = new Float64Array(s);
+  const q = new Float64Array(s * s);
+  const entries: { value: number; src: number; fromProduct: boolean }[] = [];
+  if (K > 0) {
+    const qnd = new Float64Array(s * K);
+    for (let r = 0; r < s; r++) for (let c = 0; c < K; c++) qnd[r * K + c] = qw[r * s + nd[c]!]!;
+    const prod = gemm(
+      { dtype: 'f64', shape: [s, K], strides: [K, 1], offset: 0, data: qnd },
+      { dtype: 'f64', shape: [K, K], strides: [K, 1], offset: 0, data: u },
+      { checkFinite: false, ...(pool ? { pool } : {}) },
+    ).data;
+    for (let j = 0; j < K; j++)
+      entries.push({ value: sgn * (dk[origin[j]!]! + tau[j]!), src: j, fromProduct: true });
+    fill(entries, deflated, ds, sgn);
+    entries.sort((x, y) => x.value - y.value);
+    entries.forEach((en, c) => {
+      lam[c] = en.value;
+      if (en.fromProduct) for (let r = 0; r < s; r++) q[r * s + c] = prod[r * K + en.src]!;
+      else for (let r = 0; r < s; r++) q[r * s + c] = qw[r * s + en.src]!;
+    });
+  } else {
+    fill(entries, deflated, ds, sgn);
+    entries.sort((x, y) => x.value - y.value);
+    entries.forEach((en, c) => {
+      lam[c] = en.value;
+      for (let r = 0; r < s; r++) q[r * s + c] = qw[r * s + en.src]!;
+    });
+  }
+  return { lam, q };
+}
+
+function fill(
+  entries: { value: number; src: number; fromProduct: boolean }[],
+  deflated: number[],
+  ds: Float64Array,
+  sgn: number,
+): void {
+  for (const i of deflated) entries.push({ value: sgn * ds[i]!, src: i, fromProduct: false });
+}
