@@ -4,3 +4,5 @@ export * from './half.js';
 export * from './tensor.js';
 export * from './rng.js';
 export * from './ndarray.js';
+export * from './fs-atomic.js';
+export * from './safetensors/index.js';

@@ -1,0 +1,52 @@
+import { CalderaError } from './errors.js';
+
+/** A random suffix for temporary names (not security-relevant; avoids collisions between writers). */
+export function tempSuffix(): string {
+  const c = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
+  return c?.randomUUID ? c.randomUUID().slice(0, 8) : Date.now().toString(36) + process.pid.toString(36);
+}
+
+/** Options of {@link atomicWriteFile}. */
+export interface AtomicWriteOptions {
+  /** Cancels the write; the temporary file is removed. */
+  signal?: AbortSignal;
+}
+
+/**
+ * Write a file atomically (Node only): the content goes to `<path>.tmp-<random>` in the same directory,
+ * which is then renamed over `path`, so readers see either the old file or the whole new one. `write`
+ * receives the open handle and may write in as many pieces as it likes (streaming). On any error the
+ * temporary file is removed and the error is rethrown (I/O errors as `E_IO`).
+ */
+export async function atomicWriteFile(
+  path: string,
+  content: string | Uint8Array | ((fh: import('node:fs/promises').FileHandle) => Promise<void>),
+  options: AtomicWriteOptions = {},
+): Promise<void> {
+  const fs = await import('node:fs/promises');
+  const tmp = `${path}.tmp-${tempSuffix()}`;
+  let fh: import('node:fs/promises').FileHandle | undefined;
+  try {
+    options.signal?.throwIfAborted();
+    fh = await fs.open(tmp, 'wx');
+    if (typeof content === 'function') await content(fh);
+    else await fh.writeFile(content);
+    options.signal?.throwIfAborted();
+    await fh.sync();
+    await fh.close();
+    fh = undefined;
+    await fs.rename(tmp, path);
+  } catch (e) {
+    await fh?.close().catch(() => undefined);
+    await fs.rm(tmp, { force: true }).catch(() => undefined);
+    throw toCalderaError(e, `writing ${path}`, options.signal);
+  }
+}
+
+/** Wrap a Node error as `E_IO` (or `E_ABORTED`); CalderaErrors pass through. */
+export function toCalderaError(e: unknown, what: string, signal?: AbortSignal): CalderaError {
+  if (e instanceof CalderaError) return e;
+  if (signal?.aborted) return new CalderaError('E_ABORTED', `${what} was aborted`, { cause: e });
+  const code = (e as { code?: string }).code;
+  return new CalderaError('E_IO', `${what} failed (${code ?? (e as Error).message})`, { cause: e });
+}

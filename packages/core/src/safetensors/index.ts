@@ -1,0 +1,6 @@
+export * from './dtypes.js';
+export * from './header.js';
+export * from './source.js';
+export * from './reader.js';
+export * from './writer.js';
+export * from './sharded.js';

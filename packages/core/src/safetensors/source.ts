@@ -1,0 +1,118 @@
+import { CalderaError } from '../errors.js';
+
+/**
+ * Random-access bytes: what the safetensors reader reads from. Implementations exist for an in-memory
+ * buffer, a `Blob` (browser `File`), and a Node file (see {@link openFileSource}).
+ */
+export interface ByteSource {
+  /** Name used in error messages (a path, or `'<buffer>'`). */
+  readonly name: string;
+  /** Total size in bytes. */
+  readonly size: number;
+  /**
+   * Read `length` bytes at `offset`. The result owns an aligned buffer of its own unless `shared` is
+   * true (then it may be a view into the source's memory).
+   */
+  read(offset: number, length: number): Promise<Uint8Array>;
+  /** True when `read` returns views into memory the source keeps (in-memory sources). */
+  readonly shared?: boolean;
+  /** Release the underlying handle (no-op for memory). */
+  close(): Promise<void>;
+}
+
+function checkRange(src: { name: string; size: number }, offset: number, length: number): void {
+  if (offset < 0 || length < 0 || offset + length > src.size) {
+    throw new CalderaError(
+      'E_FORMAT',
+      `${src.name}: read of ${length} bytes at ${offset} runs past the end (${src.size} bytes)`,
+    );
+  }
+}
+
+/** A source over an `ArrayBuffer` or a byte view (no copy; reads return views into it). */
+export function bufferSource(buf: ArrayBuffer | ArrayBufferView, name = '<buffer>'): ByteSource {
+  const bytes = ArrayBuffer.isView(buf)
+    ? new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength)
+    : new Uint8Array(buf);
+  return {
+    name,
+    size: bytes.length,
+    shared: true,
+    read(offset, length) {
+      checkRange(this, offset, length);
+      return Promise.resolve(bytes.subarray(offset, offset + length));
+    },
+    close: () => Promise.resolve(),
+  };
+}
+
+/** A source over a `Blob` or `File` (browser); each read slices the blob, so nothing is loaded whole. */
+export function blobSource(blob: Blob, name = (blob as { name?: string }).name ?? '<blob>'): ByteSource {
+  return {
+    name,
+    size: blob.size,
+    async read(offset, length) {
+      checkRange(this, offset, length);
+      const ab = await blob.slice(offset, offset + length).arrayBuffer();
+      if (ab.byteLength !== length) {
+        throw new CalderaError('E_IO', `${name}: blob read returned ${ab.byteLength} of ${length} bytes`);
+      }
+      return new Uint8Array(ab);
+    },
+    close: () => Promise.resolve(),
+  };
+}
+
+/** The subset of Node's `fs/promises` `FileHandle` the file source uses. */
+export interface FileHandleLike {
+  read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
+  stat(): Promise<{ size: number }>;
+  close(): Promise<void>;
+}
+
+/**
+ * A source over an open Node file handle: reads by position on demand, so a file of any size is never
+ * loaded whole. Closing the source closes the handle.
+ */
+export async function fileHandleSource(fh: FileHandleLike, name: string): Promise<ByteSource> {
+  const { size } = await fh.stat();
+  const self = { name, size };
+  return {
+    name,
+    size,
+    async read(offset, length) {
+      checkRange(self, offset, length);
+      const out = new Uint8Array(length);
+      let done = 0;
+      while (done < length) {
+        let r: { bytesRead: number };
+        try {
+          r = await fh.read(out, done, length - done, offset + done);
+        } catch (e) {
+          throw new CalderaError('E_IO', `${name}: read failed at byte ${offset + done}`, { cause: e });
+        }
+        if (r.bytesRead === 0) {
+          throw new CalderaError('E_FORMAT', `${name}: file truncated while reading byte ${offset + done}`);
+        }
+        done += r.bytesRead;
+      }
+      return out;
+    },
+    close: () => fh.close(),
+  };
+}
+
+/** Open a file by path as a {@link ByteSource} (Node only; `node:fs` is loaded on first use). */
+export async function openFileSource(path: string): Promise<ByteSource> {
+  const fs = await import('node:fs/promises');
+  let fh: FileHandleLike;
+  try {
+    fh = (await fs.open(path, 'r')) as unknown as FileHandleLike;
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    throw new CalderaError(code === 'ENOENT' ? 'E_MISSING' : 'E_IO', `${path}: cannot open (${code ?? e})`, {
+      cause: e,
+    });
+  }
+  return fileHandleSource(fh, path);
+}

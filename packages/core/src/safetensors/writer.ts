@@ -1,0 +1,165 @@
+import { CalderaError, throwIfAborted } from '../errors.js';
+import { atomicWriteFile } from '../fs-atomic.js';
+import { contiguous, shapeSize, type Tensor } from '../tensor.js';
+import {
+  DTYPE_TO_SAFETENSORS,
+  isSafetensorsDType,
+  SAFETENSORS_DTYPE_SIZE,
+  type SafetensorsDType,
+} from './dtypes.js';
+
+/**
+ * A tensor given as raw little-endian bytes (for dtypes without a tensor dtype, e.g. `I64`/`BOOL`, or to
+ * stream data produced later): `data` may be a function called once, when the writer reaches it.
+ */
+export interface RawTensorEntry {
+  readonly dtype: SafetensorsDType;
+  readonly shape: readonly number[];
+  readonly data: Uint8Array | (() => Uint8Array | Promise<Uint8Array>);
+}
+
+/** What the writers accept per tensor name: a {@link Tensor} (any view; written contiguous) or raw bytes. */
+export type WritableTensor = Tensor | RawTensorEntry;
+
+/** Options of {@link writeSafetensors} and {@link serializeSafetensors}. */
+export interface SafetensorsWriteOptions {
+  /** `__metadata__` (string → string). Default: none. */
+  metadata?: Record<string, string>;
+  /** Cancels the write (the temporary file is removed). */
+  signal?: AbortSignal;
+  /** Called after each tensor is written, with bytes written so far and the total. */
+  onProgress?: (e: { tensor: string; bytesWritten: number; totalBytes: number }) => void;
+}
+
+interface Planned {
+  name: string;
+  dtype: SafetensorsDType;
+  shape: number[];
+  nbytes: number;
+  entry: WritableTensor;
+}
+
+function isRaw(t: WritableTensor): t is RawTensorEntry {
+  return isSafetensorsDType(t.dtype);
+}
+
+/** Lay out the header: tensors in insertion order, contiguous offsets; header padded to 8 bytes with spaces. */
+function plan(
+  tensors: Record<string, WritableTensor>,
+  metadata: Record<string, string> | undefined,
+): { header: Uint8Array; items: Planned[]; total: number } {
+  const items: Planned[] = [];
+  const json: Record<string, unknown> = {};
+  if (metadata && Object.keys(metadata).length > 0) {
+    for (const [k, v] of Object.entries(metadata)) {
+      if (typeof v !== 'string')
+        throw new CalderaError('E_VALUE', `safetensors metadata '${k}' must be a string`);
+    }
+    json.__metadata__ = metadata;
+  }
+  let pos = 0;
+  for (const [name, t] of Object.entries(tensors)) {
+    if (name === '__metadata__') throw new CalderaError('E_VALUE', `'__metadata__' cannot be a tensor name`);
+    const dtype = isRaw(t) ? t.dtype : DTYPE_TO_SAFETENSORS[t.dtype];
+    if (!dtype)
+      throw new CalderaError('E_DTYPE', `tensor '${name}': dtype '${String(t.dtype)}' cannot be written`);
+    const shape = [...t.shape];
+    if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+      throw new CalderaError('E_SHAPE', `tensor '${name}': invalid shape [${shape.join(', ')}]`);
+    }
+    const nbytes = shapeSize(shape) * SAFETENSORS_DTYPE_SIZE[dtype];
+    if (isRaw(t) && t.data instanceof Uint8Array && t.data.length !== nbytes) {
+      throw new CalderaError(
+        'E_SHAPE',
+        `tensor '${name}': ${t.data.length} bytes given, shape needs ${nbytes}`,
+      );
+    }
+    json[name] = { dtype, shape, data_offsets: [pos, pos + nbytes] };
+    items.push({ name, dtype, shape, nbytes, entry: t });
+    pos += nbytes;
+  }
+  let text = JSON.stringify(json);
+  const enc = new TextEncoder();
+  let len = enc.encode(text).length;
+  const pad = (8 - ((8 + len) % 8)) % 8;
+  text += ' '.repeat(pad);
+  len += pad;
+  const header = new Uint8Array(8 + len);
+  new DataView(header.buffer).setBigUint64(0, BigInt(len), true);
+  header.set(enc.encode(text), 8);
+  return { header, items, total: pos };
+}
+
+async function bytesOf(p: Planned): Promise<Uint8Array> {
+  let bytes: Uint8Array;
+  if (isRaw(p.entry)) {
+    bytes = typeof p.entry.data === 'function' ? await p.entry.data() : p.entry.data;
+  } else {
+    const c = contiguous(p.entry);
+    bytes = new Uint8Array(c.data.buffer, c.data.byteOffset, c.data.byteLength);
+  }
+  if (bytes.length !== p.nbytes) {
+    throw new CalderaError(
+      'E_SHAPE',
+      `tensor '${p.name}': ${bytes.length} bytes of data, shape needs ${p.nbytes}`,
+    );
+  }
+  return bytes;
+}
+
+/**
+ * Serialize tensors to one safetensors buffer in memory (browser-friendly; for large checkpoints in
+ * Node prefer {@link writeSafetensors}, which streams).
+ */
+export async function serializeSafetensors(
+  tensors: Record<string, WritableTensor>,
+  options: SafetensorsWriteOptions = {},
+): Promise<Uint8Array> {
+  const { header, items, total } = plan(tensors, options.metadata);
+  const out = new Uint8Array(header.length + total);
+  out.set(header, 0);
+  let pos = header.length;
+  for (const p of items) {
+    throwIfAborted(options.signal, 'serializeSafetensors');
+    out.set(await bytesOf(p), pos);
+    pos += p.nbytes;
+    options.onProgress?.({ tensor: p.name, bytesWritten: pos - header.length, totalBytes: total });
+  }
+  return out;
+}
+
+/**
+ * Write a safetensors file (Node only), streaming one tensor at a time, atomically: data goes to a
+ * temporary file in the same directory that is renamed over `path` when complete. Views are made
+ * contiguous one tensor at a time, and lazy raw entries are produced only when reached, so peak memory is
+ * about one tensor.
+ */
+export async function writeSafetensors(
+  path: string,
+  tensors: Record<string, WritableTensor>,
+  options: SafetensorsWriteOptions = {},
+): Promise<void> {
+  const { header, items, total } = plan(tensors, options.metadata);
+  await atomicWriteFile(
+    path,
+    async (fh) => {
+      await writeAll(fh, header);
+      let written = 0;
+      for (const p of items) {
+        throwIfAborted(options.signal, `writing ${path}`);
+        await writeAll(fh, await bytesOf(p));
+        written += p.nbytes;
+        options.onProgress?.({ tensor: p.name, bytesWritten: written, totalBytes: total });
+      }
+    },
+    options.signal ? { signal: options.signal } : {},
+  );
+}
+
+async function writeAll(fh: import('node:fs/promises').FileHandle, bytes: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < bytes.length) {
+    const { bytesWritten } = await fh.write(bytes, done, bytes.length - done);
+    done += bytesWritten;
+  }
+}
