@@ -49,7 +49,7 @@ describe('reading the published format', () => {
       },
       data,
     );
-    const r = await openSafetensors(file.buffer);
+    const r = await openSafetensors(file.buffer as ArrayBuffer);
     expect(r.metadata).toEqual({ format: 'pt' });
     expect(r.names()).toEqual(['b', 'a', 'c', 'd', 'h', 'e']);
     const ta = await r.readTensor('a');
