@@ -106,6 +106,11 @@ describe('ldlq', () => {
     // only f32 summation order differs; a flipped near-tie changes later feedback slightly
     expect(same / a.codes[0]!.length).toBeGreaterThan(0.97);
     expect(Math.abs(a.proxyLoss - b.proxyLoss) / b.proxyLoss).toBeLessThan(0.02);
+    // tuning through the sub-buffer gemm updates: same loss as the unbuffered-like run, and no worse than LDLQ
+    const ta = ldlq(w2, h2, { bufferCols: 128, tuneIters: 2 });
+    const tb = ldlq(w2, h2, { bufferCols: 8, tuneIters: 2 });
+    expect(ta.proxyLoss).toBeLessThanOrEqual(a.proxyLoss * (1 + 1e-6));
+    expect(Math.abs(ta.proxyLoss - tb.proxyLoss) / tb.proxyLoss).toBeLessThan(0.02);
   });
 
   const rvqRtn = tensor('f32', [64, n], rvqDecode(rvqEncode(w.data, 4), 4));

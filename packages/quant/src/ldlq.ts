@@ -179,10 +179,9 @@ export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResul
     options.onProgress?.((n - s) / n / totalWork);
   }
   for (let it = 0; it < tune; it++) {
-    tunePass(What, E, hd, n, m, rounder, planes, B, options);
+    num = tunePass(What, E, hd, n, m, rounder, planes, B, options);
     options.onProgress?.((2 + it) / totalWork);
   }
-  if (tune > 0) num = lossNumerator(E, hd, m, n, options.pool);
   const proxyLoss = den > 0 ? num / den : 0;
   return {
     codes: planes,
@@ -240,7 +239,7 @@ function tunePass(
   planes: CodePlane[],
   B: number,
   options: LdlqOptions,
-): void {
+): number {
   const g = rounder.dim;
   const H = Float32Array.from(hd);
   const pool = options.pool ? { pool: options.pool } : {};
@@ -252,17 +251,35 @@ function tunePass(
     { dtype: 'f32', shape: [n, n], strides: [n, 1], offset: 0, data: H },
     { checkFinite: false, ...pool },
   );
+  // tr(E·H·Eᵀ) now; each accepted block change then lowers it by exactly f_old − f_new (x is the exact
+  // block minimiser given the other blocks), so the loss after the pass needs no further product
+  let loss = 0;
+  for (let i = 0; i < G.length; i++) loss += G[i]! * E[i]!;
   const x = new Float32Array(m * g);
   const vals = new Float32Array(m * g);
   const delta = new Float32Array(m * B); // changes of Ŵ within the current buffer
   const hkk = new Float64Array(g * g);
   const stride = n / g;
+  const sub = Math.max(g, Math.floor(Math.min(32, B) / g) * g);
   for (let s = Math.floor((n - 1) / B) * B; s >= 0; s -= B) {
     throwIfAborted(options.signal, 'ldlq tuning');
     const e = Math.min(n, s + B);
     const bw = e - s;
     delta.fill(0);
+    let subEnd = e;
     for (let c = e - g; c >= s; c -= g) {
+      if ((e - c - g) % sub === 0 && c + g < e) {
+        // sub-buffer [c+g, subEnd) finished: G[:, s:c+g] −= Δ[:, sub-buffer]·H[sub-buffer, s:c+g] in one gemm
+        const s2 = c + g;
+        gemmInto(
+          { dtype: 'f32', shape: [m, s2 - s], strides: [n, 1], offset: s, data: G },
+          { dtype: 'f32', shape: [m, subEnd - s2], strides: [bw, 1], offset: s2 - s, data: delta },
+          { dtype: 'f32', shape: [subEnd - s2, s2 - s], strides: [n, 1], offset: s2 * n + s, data: H },
+          { alpha: -1, beta: 1, checkFinite: false },
+        );
+        subEnd = s2;
+      }
+      const jStart = Math.max(s, subEnd - sub);
       // H[k,k]⁻¹ (g×g) by Gauss–Jordan in f64
       const inv = invertSmall(hd, n, c, g);
       for (let i = 0; i < g; i++) for (let j = 0; j < g; j++) hkk[i * g + j] = hd[(c + i) * n + c + j]!;
@@ -282,23 +299,23 @@ function tunePass(
       for (let r = 0; r < m; r++) {
         // Guard: the block objective is (q − x)·H_kk·(q − x)ᵀ, but codebooks round in the Euclidean metric; keep
         // the old codeword unless the new one is strictly better, so a pass never increases the proxy loss.
-        if (
-          !(
-            blockObjective(vals, What, r, c, n, x, hkk, g) <
-            blockObjective(What, What, r, c, n, x, hkk, g, true)
-          )
-        ) {
+        const fNew = blockObjective(vals, r, r * g, x, hkk, g);
+        const fOld = blockObjective(What, r, r * n + c, x, hkk, g);
+        if (!(fNew < fOld)) {
           for (let p = 0; p < planes.length; p++) planes[p]![r * stride + c / g] = saved[p]![r]!;
           continue;
         }
+        loss += fNew - fOld;
         for (let t = 0; t < g; t++) {
           const d = vals[r * g + t]! - What[r * n + c + t]!;
           if (d === 0) continue;
           What[r * n + c + t] = vals[r * g + t]!;
           E[r * n + c + t]! -= d;
           delta[r * bw + (c - s) + t] = d;
-          // keep G current inside the buffer: G[:, s:e] -= d·H[c+t, s:e]
-          for (let j = s; j < e; j++) G[r * n + j]! -= d * H[(c + t) * n + j]!;
+          // keep G current for the blocks still to come in this sub-buffer: G[:, jStart:c] −= d·H[c+t, jStart:c]
+          const gr = r * n;
+          const hr = (c + t) * n;
+          for (let j = jStart; j < c; j++) G[gr + j]! -= d * H[hr + j]!;
         }
       }
     }
@@ -313,6 +330,7 @@ function tunePass(
       );
     }
   }
+  return loss;
 }
 
 /** The in-buffer feedback for 8-column groups with the accumulators in registers (the hot loop of LDLQ). */
@@ -363,22 +381,15 @@ function feedback8(
   }
 }
 
-/**
- * `(q − x)·H_kk·(q − x)ᵀ` for row r of block c, where q is row r's group of `src` (a `rows × g` scratch array, or
- * the `m × n` matrix when `full`).
- */
+/** `(q − x)·H_kk·(q − x)ᵀ` for row r, with q = `src[base .. base+g)` and x = row r's group of `x`. */
 function blockObjective(
   src: Float32Array,
-  _what: Float32Array,
   r: number,
-  c: number,
-  n: number,
+  base: number,
   x: Float32Array,
   hkk: Float64Array,
   g: number,
-  full = false,
 ): number {
-  const base = full ? r * n + c : r * g;
   let f = 0;
   for (let t = 0; t < g; t++) {
     const dt = src[base + t]! - x[r * g + t]!;
@@ -426,32 +437,6 @@ function traceWHWt(
     }
   }
   return tr;
-}
-
-/** `tr(E·H·Eᵀ)` with one gemm. */
-function lossNumerator(
-  E: Float32Array,
-  hd: Float64Array,
-  m: number,
-  n: number,
-  pool: Pool | undefined,
-): number {
-  const H: Tensor<'f32'> = {
-    dtype: 'f32',
-    shape: [n, n],
-    strides: [n, 1],
-    offset: 0,
-    data: Float32Array.from(hd),
-  };
-  const G = new Float32Array(m * n);
-  const ev: Tensor<'f32'> = { dtype: 'f32', shape: [m, n], strides: [n, 1], offset: 0, data: E };
-  gemmInto({ dtype: 'f32', shape: [m, n], strides: [n, 1], offset: 0, data: G }, ev, H, {
-    checkFinite: false,
-    ...(pool ? { pool } : {}),
-  });
-  let s = 0;
-  for (let i = 0; i < G.length; i++) s += G[i]! * E[i]!;
-  return s;
 }
 
 function invertSmall(hd: Float64Array, n: number, c: number, g: number): Float64Array {
