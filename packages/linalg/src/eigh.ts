@@ -6,7 +6,7 @@
 import { type Matrix, type Tensor } from '@caldera/core';
 import { denseCopy, wrap } from './dense.js';
 import type { Pool } from './pool/pool.js';
-import { backTransform, backTransformBlocked, tridiagonalize, tridiagonalQL } from './tridiag.js';
+import { backTransform, backTransformBlocked, tridiagonalizeBlocked, tridiagonalQL } from './tridiag.js';
 import { tridiagonalDC } from './tridiag-dc.js';
 
 /** Options of {@link eigh}. */
@@ -46,7 +46,7 @@ export function eigh(a: Matrix, options: EighOptions = {}): Eigh {
   const wantVectors = options.vectors ?? true;
   const { signal, onProgress } = options;
   onProgress?.({ phase: 'tridiagonalize', fraction: 0 });
-  const { d, e, taus } = tridiagonalize(w, n, signal);
+  const { d, e, taus } = tridiagonalizeBlocked(w, n, options.pool, signal);
   onProgress?.({ phase: 'iterate', fraction: 0 });
   const method = options.method ?? 'auto';
   if (wantVectors && (method === 'dc' || (method === 'auto' && n > 64))) {

@@ -167,20 +167,38 @@ function merge(a: Eig, b: Eig, k: number, s: number, beta: number, pool?: Pool):
       // widen for rounding: ensure f(hi) ≥ 0
       while (f(o, hi) < 0) hi *= 2;
     }
+    // safeguarded Newton on the bracket [lo, hi] (f is increasing between poles): a Newton step that leaves
+    // the bracket, or does not shrink it fast enough, is replaced by bisection
+    let t = 0.5 * (lo + hi);
     for (let it = 0; it < 200; it++) {
-      const mid = 0.5 * (lo + hi);
-      if (mid === lo || mid === hi) break;
-      const fm = f(o, mid);
+      const d0 = dk[o]!;
+      let sum = 0;
+      let der = 0;
+      for (let q = 0; q < K; q++) {
+        const z2 = zk[q]! * zk[q]!;
+        const inv = 1 / (dk[q]! - d0 - t);
+        sum += z2 * inv;
+        der += z2 * inv * inv;
+      }
+      const fm = 1 + rho * sum;
       if (fm === 0) {
-        lo = hi = mid;
+        lo = hi = t;
         break;
       }
-      if (fm > 0) hi = mid;
-      else lo = mid;
+      if (fm > 0) hi = t;
+      else lo = t;
+      const width = hi - lo;
+      if (width <= 4 * EPS * Math.max(Math.abs(lo), Math.abs(hi)) || !(width > 0)) break;
+      let next = t - fm / (rho * der);
+      if (!(next > lo && next < hi) || (it > 3 && Math.abs(next - t) > 0.5 * width)) next = 0.5 * (lo + hi);
+      if (next === t) break;
+      t = next;
     }
     origin[j] = o;
     // keep the root strictly inside its interval (away from the pole at the origin)
-    tau[j] = o === j ? (hi > 0 ? hi : lo) : lo < 0 ? lo : hi;
+    if (t < lo || t > hi) t = 0.5 * (lo + hi);
+    if (t === 0) t = o === j ? hi : lo;
+    tau[j] = t;
   }
   // λⱼ − dᵢ computed without cancellation
   const lamMinusD = (j: number, i: number): number => dk[origin[j]!]! - dk[i]! + tau[j]!;

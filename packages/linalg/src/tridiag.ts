@@ -57,18 +57,7 @@ export function tridiagonalize(w: Float64Array, n: number, signal?: AbortSignal)
     e[j] = beta;
     taus[j] = tau;
     // p = τ·A₂₂·v using the lower triangle only
-    p.fill(0, 0, len);
-    for (let i = 0; i < len; i++) {
-      const row = (o + i) * n + o;
-      const vi = v[i]!;
-      let s = 0;
-      for (let c = 0; c < i; c++) {
-        const a = w[row + c]!;
-        s += a * v[c]!;
-        p[c]! += a * vi;
-      }
-      p[i]! += s + w[row + i]! * vi;
-    }
+    symvLower(w, n, o, len, v, p);
     let pv = 0;
     for (let i = 0; i < len; i++) {
       p[i]! *= tau;
@@ -256,5 +245,182 @@ export function backTransformBlocked(
     const wmat = gemm(vt, ysub, { transA: true, ...opts }); // b × n
     const tw = gemm({ dtype: 'f64', shape: [b, b], strides: [b, 1], offset: 0, data: t }, wmat, opts);
     gemmInto(ysub, vt, tw, { alpha: -1, beta: 1, ...opts });
+  }
+}
+
+/**
+ * Blocked version of {@link tridiagonalize} (LAPACK dlatrd scheme): each panel of `nb` reflectors is built
+ * against the not-yet-updated trailing matrix corrected by `V·Wᵀ + W·Vᵀ`, and the trailing update
+ * `A₂₂ −= V·Wᵀ + W·Vᵀ` (half of the O(n³) work) runs on the gemm kernels. Same output and reflector storage.
+ */
+export function tridiagonalizeBlocked(
+  w: Float64Array,
+  n: number,
+  pool?: Pool,
+  signal?: AbortSignal,
+  nb = 32,
+): Tridiagonal {
+  if (n < 3 * nb) return tridiagonalize(w, n, signal);
+  const d = new Float64Array(n);
+  const e = new Float64Array(n);
+  const taus = new Float64Array(n);
+  const V = new Float64Array(n * nb);
+  const W = new Float64Array(n * nb);
+  const v = new Float64Array(n);
+  const p = new Float64Array(n);
+  const t1 = new Float64Array(nb);
+  const t2 = new Float64Array(nb);
+  const opts = {
+    checkFinite: false,
+    triangle: 'lower' as const,
+    alpha: -1,
+    beta: 1,
+    ...(pool ? { pool } : {}),
+  };
+  for (let j0 = 0; j0 < n - 2; j0 += nb) {
+    throwIfAborted(signal, 'eigh');
+    const b = Math.min(nb, n - 2 - j0);
+    V.fill(0);
+    W.fill(0);
+    for (let c = 0; c < b; c++) {
+      const j = j0 + c;
+      // 1. bring column j (rows ≥ j) up to date with the panel's previous reflectors
+      if (c > 0) {
+        for (let i = j; i < n; i++) {
+          let s = 0;
+          const ri = i * nb;
+          const rj = j * nb;
+          for (let q = 0; q < c; q++) s += V[ri + q]! * W[rj + q]! + W[ri + q]! * V[rj + q]!;
+          w[i * n + j]! -= s;
+        }
+      }
+      d[j] = w[j * n + j]!;
+      // 2. reflector from w[j+1.., j]
+      const o = j + 1;
+      const len = n - o;
+      const alpha = w[o * n + j]!;
+      let scale = Math.abs(alpha);
+      let tail = 0;
+      for (let i = o + 1; i < n; i++) tail = Math.max(tail, Math.abs(w[i * n + j]!));
+      if (tail === 0) {
+        e[j] = alpha;
+        taus[j] = 0;
+        continue;
+      }
+      scale = Math.max(scale, tail);
+      let ss = 0;
+      for (let i = o; i < n; i++) {
+        const t = w[i * n + j]! / scale;
+        ss += t * t;
+      }
+      const norm = scale * Math.sqrt(ss);
+      const beta = alpha >= 0 ? -norm : norm;
+      const tau = (beta - alpha) / beta;
+      const inv = 1 / (alpha - beta);
+      v[0] = 1;
+      V[o * nb + c] = 1;
+      for (let i = o + 1; i < n; i++) {
+        const vi = w[i * n + j]! * inv;
+        w[i * n + j] = vi;
+        v[i - o] = vi;
+        V[i * nb + c] = vi;
+      }
+      e[j] = beta;
+      taus[j] = tau;
+      // 3. p = A₂₂(original)·v − V(Wᵀv) − W(Vᵀv), rows/cols ≥ o
+      symvLower(w, n, o, len, v, p);
+      if (c > 0) {
+        t1.fill(0);
+        t2.fill(0);
+        for (let i = 0; i < len; i++) {
+          const r = (o + i) * nb;
+          const vi = v[i]!;
+          for (let q = 0; q < c; q++) {
+            t1[q]! += W[r + q]! * vi;
+            t2[q]! += V[r + q]! * vi;
+          }
+        }
+        for (let i = 0; i < len; i++) {
+          const r = (o + i) * nb;
+          let s = 0;
+          for (let q = 0; q < c; q++) s += V[r + q]! * t1[q]! + W[r + q]! * t2[q]!;
+          p[i]! -= s;
+        }
+      }
+      // 4. w = τp − (τ/2)(τpᵀv)·v
+      let pv = 0;
+      for (let i = 0; i < len; i++) {
+        p[i]! *= tau;
+        pv += p[i]! * v[i]!;
+      }
+      const k = 0.5 * tau * pv;
+      for (let i = 0; i < len; i++) W[(o + i) * nb + c] = p[i]! - k * v[i]!;
+    }
+    // trailing update of rows/cols ≥ j0 + b: A −= V·Wᵀ + W·Vᵀ (lower triangle)
+    const r0 = j0 + b;
+    const rows = n - r0;
+    const vs: Tensor<'f64'> = { dtype: 'f64', shape: [rows, b], strides: [nb, 1], offset: r0 * nb, data: V };
+    const ws: Tensor<'f64'> = { dtype: 'f64', shape: [rows, b], strides: [nb, 1], offset: r0 * nb, data: W };
+    const a22: Tensor<'f64'> = {
+      dtype: 'f64',
+      shape: [rows, rows],
+      strides: [n, 1],
+      offset: r0 * n + r0,
+      data: w,
+    };
+    gemmInto(a22, vs, ws, { transB: true, ...opts });
+    gemmInto(a22, ws, vs, { transB: true, ...opts });
+  }
+  d[n - 2] = w[(n - 2) * n + n - 2]!;
+  e[n - 2] = w[(n - 1) * n + n - 2]!;
+  d[n - 1] = w[(n - 1) * n + n - 1]!;
+  e[n - 1] = 0;
+  return { d, e, taus };
+}
+
+/**
+ * `p[0..len) = A·v` for the symmetric trailing block `A = w[o.., o..]` of which only the lower triangle is
+ * read; two rows per pass so that each load of `v[q]` and update of `p[q]` serves two matrix elements.
+ */
+function symvLower(
+  w: Float64Array,
+  n: number,
+  o: number,
+  len: number,
+  v: Float64Array,
+  p: Float64Array,
+): void {
+  p.fill(0, 0, len);
+  let i = 0;
+  for (; i + 1 < len; i += 2) {
+    const row0 = (o + i) * n + o;
+    const row1 = row0 + n;
+    const v0 = v[i]!;
+    const v1 = v[i + 1]!;
+    let s0 = 0;
+    let s1 = 0;
+    for (let q = 0; q < i; q++) {
+      const a0 = w[row0 + q]!;
+      const a1 = w[row1 + q]!;
+      const vq = v[q]!;
+      s0 += a0 * vq;
+      s1 += a1 * vq;
+      p[q]! += a0 * v0 + a1 * v1;
+    }
+    const a10 = w[row1 + i]!;
+    s1 += a10 * v0;
+    p[i]! += s0 + a10 * v1 + w[row0 + i]! * v0;
+    p[i + 1]! += s1 + w[row1 + i + 1]! * v1;
+  }
+  if (i < len) {
+    const row = (o + i) * n + o;
+    const vi = v[i]!;
+    let s = 0;
+    for (let q = 0; q < i; q++) {
+      const a = w[row + q]!;
+      s += a * v[q]!;
+      p[q]! += a * vi;
+    }
+    p[i]! += s + w[row + i]! * vi;
   }
 }
