@@ -6,3 +6,4 @@ export * from './rng.js';
 export * from './ndarray.js';
 export * from './fs-atomic.js';
 export * from './safetensors/index.js';
+export * from './checkpoint/index.js';

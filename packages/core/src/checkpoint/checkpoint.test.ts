@@ -1,0 +1,212 @@
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CalderaError } from '../errors.js';
+import { atomicWriteFile } from '../fs-atomic.js';
+import { tensor, type Tensor } from '../tensor.js';
+import { openCheckpointDir, readCheckpointMeta, writeCheckpointDir } from './dir.js';
+import { parseCalderaMeta, type CalderaCheckpointMeta } from './meta.js';
+import { calderaTensorName, parseCalderaTensorName } from './names.js';
+import { expectedCalderaTensors, validateCalderaCheckpoint } from './validate.js';
+
+const P = 'model.layers.0.self_attn.q_proj';
+
+function meta(): CalderaCheckpointMeta {
+  return {
+    format: 'caldera',
+    version: 1,
+    method: 'caldera',
+    options: { rank: 4 },
+    seed: 7,
+    bitsPerWeight: 2.4,
+    layers: {
+      [P]: {
+        shape: [12, 16],
+        padded: [16, 16],
+        rank: 4,
+        ftRank: 1,
+        hadamard: true,
+        codecs: { Q: 'e8p12', L: 'e8p12-rvq4', R: 'f16' },
+        bitsPerWeight: 2.4,
+        error: 0.01,
+      },
+    },
+  };
+}
+
+/** A complete tensor set for meta(): built from the table in docs/architecture.md, not from the validator. */
+function tensors(): Record<string, Tensor> {
+  const n = (part: string) => `${P}.caldera.${part}`;
+  return {
+    'model.embed_tokens.weight': tensor('f16', [8, 16]),
+    [n('Q')]: tensor('u16', [16, 2]),
+    [n('Q_scale')]: tensor('f32', [1], [0.5]),
+    [n('L')]: tensor('u16', [3, 2]),
+    [n('L_resid')]: tensor('u16', [3, 2]),
+    [n('L_scale')]: tensor('f32', [1]),
+    [n('R_dense')]: tensor('f16', [3, 16]),
+    [n('L_ft')]: tensor('f32', [16, 1]),
+    [n('R_ft')]: tensor('f32', [1, 16]),
+    [n('SU')]: tensor('f16', [16]),
+    [n('SV')]: tensor('f16', [16]),
+    [`${P}.bias`]: tensor('f32', [12]),
+  };
+}
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'caldera-ckpt-'));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('tensor names', () => {
+  it('builds and parses <prefix>.caldera.<part>', () => {
+    expect(calderaTensorName(P, 'L_resid')).toBe(`${P}.caldera.L_resid`);
+    expect(parseCalderaTensorName(`${P}.caldera.SU`)).toEqual({ prefix: P, part: 'SU' });
+    expect(parseCalderaTensorName(`${P}.weight`)).toBeNull();
+    expect(parseCalderaTensorName(`${P}.caldera.nope`)).toBeNull();
+  });
+});
+
+describe('metadata', () => {
+  it('accepts a valid caldera.json and lists every problem of an invalid one', () => {
+    expect(parseCalderaMeta(JSON.parse(JSON.stringify(meta())))).toEqual(meta());
+    const bad = meta() as unknown as Record<string, unknown>;
+    bad.version = 2;
+    const layer = (bad.layers as Record<string, Record<string, unknown>>)[P]!;
+    layer.padded = [12, 16];
+    layer.ftRank = 9;
+    const err = (() => {
+      try {
+        parseCalderaMeta(bad, 'x/caldera.json');
+      } catch (e) {
+        return e as CalderaError;
+      }
+    })();
+    expect(err).toBeInstanceOf(CalderaError);
+    expect(err!.code).toBe('E_FORMAT');
+    expect(err!.details!.problems).toHaveLength(3);
+    expect(err!.message).toMatch(/x\/caldera\.json: version is 2.*padded.*ftRank/);
+  });
+});
+
+describe('validation', () => {
+  it('the expected set matches the format table', () => {
+    const names = expectedCalderaTensors(P, meta().layers[P]!).map((e) => e.part);
+    expect(names.sort()).toEqual([
+      'L',
+      'L_ft',
+      'L_resid',
+      'L_scale',
+      'Q',
+      'Q_scale',
+      'R_dense',
+      'R_ft',
+      'SU',
+      'SV',
+    ]);
+  });
+
+  it('passes a complete checkpoint and reports missing, mistyped, misshaped and stray tensors', () => {
+    const sig = (ts: Record<string, Tensor>) => ts;
+    expect(() => validateCalderaCheckpoint(meta(), sig(tensors()))).not.toThrow();
+    const t = tensors();
+    delete t[`${P}.caldera.SU`];
+    t[`${P}.caldera.Q`] = tensor('i32', [16, 2]);
+    t[`${P}.caldera.L_ft`] = tensor('f32', [16, 2]);
+    t[`${P}.weight`] = tensor('f16', [12, 16]);
+    t[`${P}.caldera.R`] = tensor('u16', [3, 2]);
+    t['model.layers.1.mlp.up_proj.caldera.Q'] = tensor('u16', [1, 1]);
+    let err: CalderaError | undefined;
+    try {
+      validateCalderaCheckpoint(meta(), t, 'ck/model.safetensors');
+    } catch (e) {
+      err = e as CalderaError;
+    }
+    expect(err?.code).toBe('E_FORMAT');
+    const problems = err!.details!.problems as string[];
+    expect(problems).toHaveLength(6);
+    expect(err!.message).toMatch(/^E_FORMAT: ck\/model\.safetensors does not match caldera\.json/);
+    expect(problems.join('\n')).toMatch(/missing .*caldera\.SU \(f16 \[16\]\)/);
+    expect(problems.join('\n')).toMatch(/caldera\.Q is i32, expected u16/);
+    expect(problems.join('\n')).toMatch(/L_ft has shape \[16, 2\], expected \[16, 1\]/);
+    expect(problems.join('\n')).toMatch(/q_proj\.weight is present/);
+    expect(problems.join('\n')).toMatch(/caldera\.R is not part of layer/);
+    expect(problems.join('\n')).toMatch(/which caldera\.json does not list/);
+  });
+});
+
+describe('checkpoint directory', () => {
+  it('writes atomically and reads back (meta, tensors, copied files)', async () => {
+    const cfg = join(dir, 'config.json');
+    await writeFile(cfg, '{"hidden_size":16}');
+    const out = join(dir, 'ckpt');
+    await writeCheckpointDir(out, { meta: meta(), tensors: tensors(), copyFiles: [cfg] });
+    expect((await readdir(out)).sort()).toEqual(['caldera.json', 'config.json', 'model.safetensors']);
+    expect(await readCheckpointMeta(out)).toEqual(meta());
+    const { meta: m, tensors: r } = await openCheckpointDir(out);
+    expect(m.seed).toBe(7);
+    expect(Array.from((await r.readTensor(`${P}.caldera.Q_scale`)).data)).toEqual([0.5]);
+    expect(r.metadata).toEqual({ format: 'caldera' });
+    await r.close();
+    await expect(writeCheckpointDir(out, { meta: meta(), tensors: tensors() })).rejects.toThrow(
+      /already exists/,
+    );
+  });
+
+  it('never leaves a half-written checkpoint: invalid input writes nothing, failures clean up', async () => {
+    const out = join(dir, 'ckpt2');
+    const t = tensors();
+    delete t[`${P}.caldera.Q`];
+    await expect(writeCheckpointDir(out, { meta: meta(), tensors: t })).rejects.toThrow(/missing/);
+    await writeCheckpointDir(out, { meta: meta(), tensors: tensors() });
+    // A missing file to copy fails midway: the existing checkpoint stays intact, no temp dirs remain.
+    await expect(
+      writeCheckpointDir(
+        out,
+        {
+          meta: { ...meta(), seed: 99 },
+          tensors: tensors(),
+          copyFiles: { 'config.json': join(dir, 'nope') },
+        },
+        { overwrite: true },
+      ),
+    ).rejects.toMatchObject({ code: 'E_IO' });
+    expect((await readCheckpointMeta(out)).seed).toBe(7);
+    expect((await readdir(dir)).filter((f) => f.includes('.tmp-') || f.includes('.old-'))).toEqual([]);
+    await writeCheckpointDir(out, { meta: { ...meta(), seed: 99 }, tensors: tensors() }, { overwrite: true });
+    expect((await readCheckpointMeta(out)).seed).toBe(99);
+    expect((await readdir(dir)).filter((f) => f.includes('.tmp-') || f.includes('.old-'))).toEqual([]);
+  });
+
+  it('reports missing and malformed metadata', async () => {
+    await expect(readCheckpointMeta(join(dir, 'none'))).rejects.toMatchObject({ code: 'E_MISSING' });
+    const bad = join(dir, 'bad');
+    await import('node:fs/promises').then((fs) => fs.mkdir(bad));
+    await writeFile(join(bad, 'caldera.json'), '{"format": "caldera"');
+    await expect(readCheckpointMeta(bad)).rejects.toMatchObject({ code: 'E_FORMAT' });
+  });
+
+  it('atomicWriteFile replaces content in one step and cleans up on abort', async () => {
+    const f = join(dir, 'a.txt');
+    await atomicWriteFile(f, 'one');
+    await atomicWriteFile(f, new TextEncoder().encode('two'));
+    expect(await readFile(f, 'utf8')).toBe('two');
+    const ac = new AbortController();
+    await expect(
+      atomicWriteFile(
+        f,
+        async (fh) => {
+          await fh.write('partial');
+          ac.abort();
+        },
+        { signal: ac.signal },
+      ),
+    ).rejects.toMatchObject({ code: 'E_ABORTED' });
+    expect(await readFile(f, 'utf8')).toBe('two');
+    expect((await readdir(dir)).filter((x) => x.startsWith('a.txt.tmp-'))).toEqual([]);
+  });
+});

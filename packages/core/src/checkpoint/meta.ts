@@ -1,0 +1,101 @@
+import { CalderaError } from '../errors.js';
+
+/** Codec names used in `caldera.json` (`codecs.Q/L/R`). Other strings are allowed for future codecs. */
+export type CalderaCodecName = 'e8p12' | 'e8p12-rvq3' | 'e8p12-rvq4' | 'f16' | (string & {});
+
+/** Per-linear-layer entry of `caldera.json` (`layers["<prefix>"]`). */
+export interface CalderaLayerMeta {
+  /** Source weight shape `[m, n]` (out, in). */
+  shape: [number, number];
+  /** Padded shape `[mp, np]` used in the rotated domain (multiples of 8, ≥ shape). */
+  padded: [number, number];
+  /** Total rank k of L·R (k' = rank − ftRank are quantized). */
+  rank: number;
+  /** Rank of the trainable LoRA part `L_ft`, `R_ft` (0 = none). */
+  ftRank: number;
+  /** Whether randomized Hadamard incoherence was applied (then `SU`, `SV` are stored). */
+  hadamard: boolean;
+  /**
+   * Codec of each part. `'f16'` for L or R means the factor is stored dense (`L_dense`/`R_dense`); a codec
+   * containing `rvq` has a residual stage (`L_resid`/`R_resid`).
+   */
+  codecs: { Q: CalderaCodecName; L: CalderaCodecName; R: CalderaCodecName };
+  /** Bits per weight of this layer. */
+  bitsPerWeight: number;
+  /** Relative reconstruction error reported by the compressor (optional diagnostics). */
+  error?: number;
+}
+
+/** The `caldera.json` of a compressed checkpoint (format version 1, see docs/architecture.md). */
+export interface CalderaCheckpointMeta {
+  format: 'caldera';
+  version: 1;
+  /** Compression method, e.g. `'caldera'`. */
+  method: string;
+  /** The options the compressor ran with (free-form, serialisable). */
+  options: Record<string, unknown>;
+  /** The seed of the run. */
+  seed: number;
+  /** Average bits per weight over the compressed layers. */
+  bitsPerWeight: number;
+  /** Compressed linear layers by Hugging Face prefix (e.g. `model.layers.0.self_attn.q_proj`). */
+  layers: Record<string, CalderaLayerMeta>;
+}
+
+/** The file name of the metadata inside a checkpoint directory. */
+export const CALDERA_META_FILE = 'caldera.json';
+
+const isInt = (x: unknown, min = 0): x is number =>
+  typeof x === 'number' && Number.isSafeInteger(x) && x >= min;
+const isPair = (x: unknown, min: number): x is [number, number] =>
+  Array.isArray(x) && x.length === 2 && isInt(x[0], min) && isInt(x[1], min);
+
+/**
+ * Check that a parsed `caldera.json` has the version-1 structure; returns it typed. Throws
+ * `E_FORMAT` listing every problem (with `details.problems`), `file` naming the source.
+ */
+export function parseCalderaMeta(json: unknown, file = CALDERA_META_FILE): CalderaCheckpointMeta {
+  const problems: string[] = [];
+  const o = json as Partial<CalderaCheckpointMeta> | null;
+  if (typeof o !== 'object' || o === null || Array.isArray(o)) {
+    throw new CalderaError('E_FORMAT', `${file}: not a JSON object`);
+  }
+  if (o.format !== 'caldera') problems.push(`format is ${JSON.stringify(o.format)}, expected "caldera"`);
+  if (o.version !== 1)
+    problems.push(`version is ${JSON.stringify(o.version)}, expected 1 (this reader's format)`);
+  if (typeof o.method !== 'string') problems.push('method is not a string');
+  if (typeof o.options !== 'object' || o.options === null) problems.push('options is not an object');
+  if (typeof o.seed !== 'number') problems.push('seed is not a number');
+  if (typeof o.bitsPerWeight !== 'number') problems.push('bitsPerWeight is not a number');
+  if (typeof o.layers !== 'object' || o.layers === null || Array.isArray(o.layers)) {
+    problems.push('layers is not an object');
+  } else {
+    for (const [p, l] of Object.entries(o.layers as Record<string, Partial<CalderaLayerMeta>>)) {
+      const at = `layers["${p}"]`;
+      if (typeof l !== 'object' || l === null) {
+        problems.push(`${at} is not an object`);
+        continue;
+      }
+      if (!isPair(l.shape, 1)) problems.push(`${at}.shape ${JSON.stringify(l.shape)} is not [m, n]`);
+      if (!isPair(l.padded, 8) || l.padded[0] % 8 !== 0 || l.padded[1] % 8 !== 0) {
+        problems.push(`${at}.padded ${JSON.stringify(l.padded)} is not [mp, np] in multiples of 8`);
+      } else if (isPair(l.shape, 1) && (l.padded[0] < l.shape[0] || l.padded[1] < l.shape[1])) {
+        problems.push(`${at}.padded [${l.padded.join(', ')}] is smaller than shape [${l.shape.join(', ')}]`);
+      }
+      if (!isInt(l.rank)) problems.push(`${at}.rank is not a non-negative integer`);
+      if (!isInt(l.ftRank) || (isInt(l.rank) && l.ftRank > l.rank))
+        problems.push(`${at}.ftRank must be in [0, rank]`);
+      if (typeof l.hadamard !== 'boolean') problems.push(`${at}.hadamard is not a boolean`);
+      const c = l.codecs as Record<string, unknown> | undefined;
+      if (typeof c !== 'object' || c === null || !['Q', 'L', 'R'].every((k) => typeof c[k] === 'string')) {
+        problems.push(`${at}.codecs is not { Q, L, R } codec names`);
+      } else if (c.Q === 'f16') problems.push(`${at}.codecs.Q cannot be dense`);
+      if (typeof l.bitsPerWeight !== 'number') problems.push(`${at}.bitsPerWeight is not a number`);
+      if (l.error !== undefined && typeof l.error !== 'number') problems.push(`${at}.error is not a number`);
+    }
+  }
+  if (problems.length > 0) {
+    throw new CalderaError('E_FORMAT', `${file}: ${problems.join('; ')}`, { details: { file, problems } });
+  }
+  return o as CalderaCheckpointMeta;
+}

@@ -1,0 +1,103 @@
+import type { DType } from '../dtype.js';
+import { CalderaError } from '../errors.js';
+import type { CalderaCheckpointMeta, CalderaLayerMeta } from './meta.js';
+import { calderaTensorName, parseCalderaTensorName, type CalderaTensorPart } from './names.js';
+
+/** A tensor's dtype (tensor or safetensors spelling, e.g. `'u16'` or `'U16'`) and shape. */
+export interface TensorSignature {
+  readonly dtype: string;
+  readonly shape: readonly number[];
+}
+
+/** One tensor a compressed layer must (or may) have. */
+export interface ExpectedTensor {
+  readonly name: string;
+  readonly part: CalderaTensorPart;
+  readonly dtype: DType;
+  readonly shape: readonly number[];
+}
+
+const hasResidual = (codec: string) => codec.includes('rvq');
+
+/** The tensors the checkpoint format (version 1) requires for one compressed layer. */
+export function expectedCalderaTensors(prefix: string, layer: CalderaLayerMeta): ExpectedTensor[] {
+  const [mp, np] = layer.padded;
+  const kq = layer.rank - layer.ftRank;
+  const out: ExpectedTensor[] = [];
+  const add = (part: CalderaTensorPart, dtype: DType, shape: number[]) =>
+    out.push({ name: calderaTensorName(prefix, part), part, dtype, shape });
+  add('Q', 'u16', [mp, np / 8]);
+  add('Q_scale', 'f32', [1]);
+  for (const [f, dim] of [
+    ['L', mp],
+    ['R', np],
+  ] as const) {
+    const codec = layer.codecs[f];
+    if (codec === 'f16') {
+      add(`${f}_dense`, 'f16', f === 'L' ? [mp, kq] : [kq, np]);
+    } else {
+      add(f, 'u16', [kq, dim / 8]);
+      add(`${f}_scale`, 'f32', [1]);
+      if (hasResidual(codec)) add(`${f}_resid`, 'u16', [kq, dim / 8]);
+    }
+  }
+  if (layer.ftRank > 0) {
+    add('L_ft', 'f32', [mp, layer.ftRank]);
+    add('R_ft', 'f32', [layer.ftRank, np]);
+  }
+  if (layer.hadamard) {
+    add('SU', 'f16', [np]);
+    add('SV', 'f16', [mp]);
+  }
+  return out;
+}
+
+/**
+ * Check a checkpoint's tensors against its `caldera.json`: every required part present with the right
+ * dtype and shape, no `P.weight` left beside a compressed layer, `P.bias` of shape `[m]` if present, and
+ * no `.caldera.` tensor of a layer the metadata does not list. Throws `E_FORMAT` listing every problem
+ * (`details.problems`). `tensors` maps names to dtype/shape (a safetensors header's entries, or tensors).
+ */
+export function validateCalderaCheckpoint(
+  meta: CalderaCheckpointMeta,
+  tensors: ReadonlyMap<string, TensorSignature> | Readonly<Record<string, TensorSignature>>,
+  file = 'model.safetensors',
+): void {
+  const map: ReadonlyMap<string, TensorSignature> =
+    tensors instanceof Map ? tensors : new Map(Object.entries(tensors as Record<string, TensorSignature>));
+  const problems: string[] = [];
+  const fmt = (s: readonly number[]) => `[${s.join(', ')}]`;
+  for (const [prefix, layer] of Object.entries(meta.layers)) {
+    for (const e of expectedCalderaTensors(prefix, layer)) {
+      const t = map.get(e.name);
+      if (!t) problems.push(`missing ${e.name} (${e.dtype} ${fmt(e.shape)})`);
+      else {
+        if (t.dtype.toLowerCase() !== e.dtype) problems.push(`${e.name} is ${t.dtype}, expected ${e.dtype}`);
+        if (fmt(t.shape) !== fmt(e.shape))
+          problems.push(`${e.name} has shape ${fmt(t.shape)}, expected ${fmt(e.shape)}`);
+      }
+    }
+    if (map.has(`${prefix}.weight`))
+      problems.push(`${prefix}.weight is present although the layer is compressed`);
+    const bias = map.get(`${prefix}.bias`);
+    if (bias && fmt(bias.shape) !== fmt([layer.shape[0]])) {
+      problems.push(`${prefix}.bias has shape ${fmt(bias.shape)}, expected [${layer.shape[0]}]`);
+    }
+  }
+  for (const name of map.keys()) {
+    const p = parseCalderaTensorName(name);
+    if (!p) continue;
+    const layer = Object.prototype.hasOwnProperty.call(meta.layers, p.prefix)
+      ? meta.layers[p.prefix]
+      : undefined;
+    if (!layer) problems.push(`${name} belongs to layer '${p.prefix}', which caldera.json does not list`);
+    else if (!expectedCalderaTensors(p.prefix, layer).some((e) => e.name === name)) {
+      problems.push(`${name} is not part of layer '${p.prefix}' with codecs ${JSON.stringify(layer.codecs)}`);
+    }
+  }
+  if (problems.length > 0) {
+    throw new CalderaError('E_FORMAT', `${file} does not match caldera.json: ${problems.join('; ')}`, {
+      details: { file, problems },
+    });
+  }
+}
