@@ -1,4 +1,5 @@
 import { CalderaError } from './errors.js';
+import { nodeFs } from './node-builtins.js';
 
 /** A random suffix for temporary names (not security-relevant; avoids collisions between writers). */
 export function tempSuffix(): string {
@@ -23,7 +24,7 @@ export async function atomicWriteFile(
   content: string | Uint8Array | ((fh: import('node:fs/promises').FileHandle) => Promise<void>),
   options: AtomicWriteOptions = {},
 ): Promise<void> {
-  const fs = await import('node:fs/promises');
+  const fs = await nodeFs();
   const tmp = `${path}.tmp-${tempSuffix()}`;
   let fh: import('node:fs/promises').FileHandle | undefined;
   try {

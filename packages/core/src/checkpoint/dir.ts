@@ -5,6 +5,7 @@ import { DTYPE_TO_SAFETENSORS, isSafetensorsDType } from '../safetensors/dtypes.
 import { writeSafetensors, type WritableTensor } from '../safetensors/writer.js';
 import { CALDERA_META_FILE, parseCalderaMeta, type CalderaCheckpointMeta } from './meta.js';
 import { validateCalderaCheckpoint, type TensorSignature } from './validate.js';
+import { nodeFs, nodePath } from '../node-builtins.js';
 
 /** What {@link writeCheckpointDir} writes. */
 export interface CheckpointContents {
@@ -50,8 +51,8 @@ export async function writeCheckpointDir(
   const meta = parseCalderaMeta(JSON.parse(JSON.stringify(contents.meta)), `${dir}/${CALDERA_META_FILE}`);
   const sigs = new Map(Object.entries(contents.tensors).map(([k, t]) => [k, signatureOf(t)]));
   validateCalderaCheckpoint(meta, sigs, `${dir}/model.safetensors`);
-  const fs = await import('node:fs/promises');
-  const path = await import('node:path');
+  const fs = await nodeFs();
+  const path = await nodePath();
   const exists = await fs.stat(dir).then(
     () => true,
     () => false,
@@ -102,7 +103,7 @@ export async function writeCheckpointDir(
 
 /** Read and validate `<dir>/caldera.json` (Node only). `E_MISSING` when absent, `E_FORMAT` when invalid. */
 export async function readCheckpointMeta(dir: string): Promise<CalderaCheckpointMeta> {
-  const fs = await import('node:fs/promises');
+  const fs = await nodeFs();
   const file = `${dir}/${CALDERA_META_FILE}`;
   let text: string;
   try {

@@ -2,6 +2,7 @@ import { CalderaError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import type { SafetensorsTensorInfo } from './header.js';
 import { openSafetensors, type SafetensorsReader, type TensorStore } from './reader.js';
+import { nodeFs, nodePath } from '../node-builtins.js';
 
 /** The parsed `model.safetensors.index.json` of a sharded checkpoint. */
 export interface SafetensorsIndex {
@@ -134,8 +135,8 @@ export async function openShardedSafetensors(
   index: string | { json: unknown; open: (file: string) => Promise<ArrayBuffer | ArrayBufferView | Blob> },
 ): Promise<ShardedSafetensorsReader> {
   if (typeof index === 'string') {
-    const fs = await import('node:fs/promises');
-    const pathMod = await import('node:path');
+    const fs = await nodeFs();
+    const pathMod = await nodePath();
     let text: string;
     try {
       text = await fs.readFile(index, 'utf8');
@@ -163,8 +164,8 @@ export async function openShardedSafetensors(
  * present (sharded), else `model.safetensors`.
  */
 export async function openSafetensorsDir(dir: string): Promise<TensorStore> {
-  const fs = await import('node:fs/promises');
-  const pathMod = await import('node:path');
+  const fs = await nodeFs();
+  const pathMod = await nodePath();
   const idx = pathMod.join(dir, 'model.safetensors.index.json');
   const exists = await fs.stat(idx).then(
     () => true,

@@ -1,4 +1,5 @@
 import { CalderaError } from '../errors.js';
+import { nodeFs } from '../node-builtins.js';
 
 /**
  * Random-access bytes: what the safetensors reader reads from. Implementations exist for an in-memory
@@ -104,7 +105,7 @@ export async function fileHandleSource(fh: FileHandleLike, name: string): Promis
 
 /** Open a file by path as a {@link ByteSource} (Node only; `node:fs` is loaded on first use). */
 export async function openFileSource(path: string): Promise<ByteSource> {
-  const fs = await import('node:fs/promises');
+  const fs = await nodeFs();
   let fh: FileHandleLike;
   try {
     fh = (await fs.open(path, 'r')) as unknown as FileHandleLike;
