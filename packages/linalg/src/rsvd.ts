@@ -7,6 +7,7 @@ import { CalderaError, Rng, type Matrix, type Tensor } from '@caldera/core';
 import { assertFiniteMatrix, assertMatrix } from './check.js';
 import { gemm } from './gemm.js';
 import type { Pool } from './pool/pool.js';
+import { svdBuf } from './svd.js';
 
 /** Eigen-decomposition of a small symmetric matrix `a` (n×n row-major, f64) by cyclic Jacobi rotations. */
 export function eighJacobi(a: Float64Array, n: number): { values: Float64Array; vectors: Float64Array } {
@@ -130,36 +131,19 @@ export function randomizedSvd(a: Matrix, k: number, options: RandomizedSvdOption
     q = Float64Array.from(gemm(a, toDType(z, dt, [n, l]), { checkFinite: false, ...pool }).data);
     orthonormalizeColumns(q, m, l);
   }
-  // B = Qᵀ·A (l×n); G = B·Bᵀ = U_B Λ U_Bᵀ
+  // B = Qᵀ·A (l×n) = U_B·S·Vᵀ by the accurate QR + one-sided Jacobi SVD (no Gram matrix, so small singular
+  // values keep their relative accuracy); U = Q·U_B
   const bT = gemm(toDType(q, dt, [m, l]), a, { transA: true, checkFinite: false, ...pool });
-  const b = Float64Array.from(bT.data);
-  const g = new Float64Array(l * l);
-  for (let i = 0; i < l; i++)
-    for (let j = i; j < l; j++) {
-      let s = 0;
-      for (let c = 0; c < n; c++) s += b[i * n + c]! * b[j * n + c]!;
-      g[i * l + j] = g[j * l + i] = s;
-    }
-  const { values, vectors } = eighJacobi(g, l); // ascending
-  const s = new Float64Array(k);
-  const u = new Float64Array(m * k);
-  const vt = new Float64Array(k * n);
-  for (let t = 0; t < k; t++) {
-    const col = l - 1 - t;
-    const sig = Math.sqrt(Math.max(values[col]!, 0));
-    s[t] = sig;
-    for (let r = 0; r < m; r++) {
-      let acc = 0;
-      for (let i = 0; i < l; i++) acc += q[r * l + i]! * vectors[i * l + col]!;
-      u[r * k + t] = acc;
-    }
-    const inv = sig > 0 ? 1 / sig : 0;
-    for (let c = 0; c < n; c++) {
-      let acc = 0;
-      for (let i = 0; i < l; i++) acc += vectors[i * l + col]! * b[i * n + c]!;
-      vt[t * n + c] = acc * inv;
-    }
-  }
+  const small = svdBuf(Float64Array.from(bT.data), l, n);
+  const s = small.s.slice(0, k);
+  const ub = new Float64Array(l * k);
+  for (let i = 0; i < l; i++) for (let t = 0; t < k; t++) ub[i * k + t] = small.u[i * l + t]!;
+  const u = gemm(
+    { dtype: 'f64', shape: [m, l], strides: [l, 1], offset: 0, data: q },
+    { dtype: 'f64', shape: [l, k], strides: [k, 1], offset: 0, data: ub },
+    { checkFinite: false, ...pool },
+  ).data;
+  const vt = small.vt.slice(0, k * n);
   return {
     u: { dtype: 'f64', shape: [m, k], strides: [k, 1], offset: 0, data: u },
     s,
