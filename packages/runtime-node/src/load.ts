@@ -1,0 +1,131 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CalderaError, cast, openSafetensorsDir, type Tensor, type TensorStore } from '@caldera/core';
+import { fromCheckpointTensors, type CheckpointLayerMeta } from '@caldera/lowrank';
+import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
+import { CalderaLinear, DenseLinear, type Linear } from './linear.js';
+import { LlamaModel, type BlockWeights } from './model.js';
+
+/** A loaded model with where it came from. */
+export interface LoadedModel {
+  model: LlamaModel;
+  config: ModelConfig;
+  dir: string;
+  /** `caldera.json` of a compressed checkpoint, or null for a dense model. */
+  calderaMeta: { layers: Record<string, CheckpointLayerMeta>; [k: string]: unknown } | null;
+}
+
+async function readJson(path: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    throw new CalderaError('E_IO', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new CalderaError('E_FORMAT', `${path} is not valid JSON: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+async function f32(store: TensorStore, name: string, shape: readonly number[]): Promise<Tensor<'f32'>> {
+  if (!store.has(name)) throw new CalderaError('E_MISSING', `tensor '${name}' is missing`);
+  const t = await store.readTensor(name);
+  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+    throw new CalderaError(
+      'E_SHAPE',
+      `tensor '${name}' has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`,
+    );
+  }
+  const out = t.dtype === 'f32' ? (t as Tensor<'f32'>) : cast(t, 'f32');
+  for (let i = 0; i < out.data.length; i++) {
+    if (!Number.isFinite(out.data[i]!))
+      throw new CalderaError('E_VALUE', `tensor '${name}' has a non-finite value at flat index ${i}`);
+  }
+  return out;
+}
+
+/**
+ * Load a Hugging Face Llama-family model directory (config.json + model.safetensors or a sharded index), or a Caldera
+ * compressed checkpoint (the same plus caldera.json). Weights are read tensor by tensor and kept as f32 (dense) or as
+ * codes (CALDERA layers). Missing or malformed tensors fail with a CalderaError naming them.
+ */
+export async function loadModel(dir: string): Promise<LoadedModel> {
+  const config = parseModelConfig(await readJson(join(dir, 'config.json')), join(dir, 'config.json'));
+  let calderaMeta: LoadedModel['calderaMeta'] = null;
+  try {
+    calderaMeta = (await readJson(join(dir, 'caldera.json'))) as LoadedModel['calderaMeta'];
+  } catch (e) {
+    if (!(e instanceof CalderaError && e.code === 'E_IO')) throw e;
+  }
+  const store = await openSafetensorsDir(dir);
+  try {
+    const {
+      hiddenSize: d,
+      intermediateSize: I,
+      vocabSize: V,
+      numHeads: H,
+      numKvHeads: KV,
+      headDim: hd,
+    } = config;
+    const missing = [];
+    for (const n of ['model.embed_tokens.weight', 'model.norm.weight']) if (!store.has(n)) missing.push(n);
+    if (missing.length) throw new CalderaError('E_MISSING', `${dir}: missing tensors ${missing.join(', ')}`);
+    const embed = await f32(store, 'model.embed_tokens.weight', [V, d]);
+    const lmHead =
+      config.tieWordEmbeddings || !store.has('lm_head.weight')
+        ? embed
+        : await f32(store, 'lm_head.weight', [V, d]);
+    const shapes: Record<string, [number, number]> = {
+      q_proj: [H * hd, d],
+      k_proj: [KV * hd, d],
+      v_proj: [KV * hd, d],
+      o_proj: [d, H * hd],
+      gate_proj: [I, d],
+      up_proj: [I, d],
+      down_proj: [d, I],
+    };
+    const blocks: BlockWeights[] = [];
+    for (let b = 0; b < config.numLayers; b++) {
+      const lin: Linear[] = [];
+      for (const { name } of blockLinearNames(b)) {
+        const kind = name.slice(name.lastIndexOf('.') + 1);
+        const bias = store.has(`${name}.bias`)
+          ? (await f32(store, `${name}.bias`, [shapes[kind]![0]])).data
+          : null;
+        const meta = calderaMeta?.layers?.[name];
+        if (meta) {
+          const tensors: Record<string, Tensor> = {};
+          for (const t of store.names())
+            if (t.startsWith(`${name}.caldera.`)) tensors[t] = await store.readTensor(t);
+          lin.push(
+            new CalderaLinear(
+              fromCheckpointTensors(name, (n) => tensors[n], meta),
+              bias,
+            ),
+          );
+        } else {
+          const wt = await f32(store, `${name}.weight`, shapes[kind]!);
+          lin.push(new DenseLinear(wt, bias, 2));
+        }
+      }
+      const [q, k, v, o, gate, up, down] = lin as [Linear, Linear, Linear, Linear, Linear, Linear, Linear];
+      blocks.push({
+        inputNorm: (await f32(store, `model.layers.${b}.input_layernorm.weight`, [d])).data,
+        postAttnNorm: (await f32(store, `model.layers.${b}.post_attention_layernorm.weight`, [d])).data,
+        q,
+        k,
+        v,
+        o,
+        gate,
+        up,
+        down,
+      });
+    }
+    const norm = (await f32(store, 'model.norm.weight', [d])).data;
+    return { model: new LlamaModel(config, { embed, blocks, norm, lmHead }), config, dir, calderaMeta };
+  } finally {
+    await store.close();
+  }
+}

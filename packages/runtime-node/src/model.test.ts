@@ -1,0 +1,186 @@
+import { describe, expect, it } from 'vitest';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Rng, tensor, writeSafetensors, type Tensor } from '@caldera/core';
+import { applyDecomposition, caldera } from '@caldera/lowrank';
+import { parseModelConfig, type ModelConfig } from './config.js';
+import { CalderaLinear, DenseLinear } from './linear.js';
+import { KVCache, LlamaModel, type BlockWeights } from './model.js';
+import { loadModel } from './load.js';
+
+const hf = {
+  architectures: ['LlamaForCausalLM'],
+  hidden_size: 32,
+  intermediate_size: 48,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  vocab_size: 40,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000,
+  tie_word_embeddings: true,
+};
+const cfg: ModelConfig = parseModelConfig(hf);
+
+function rand(rng: Rng, shape: number[], std = 0.2): Tensor<'f32'> {
+  return tensor('f32', shape, rng.fillNormal(new Float32Array(shape.reduce((a, b) => a * b, 1)), 0, std));
+}
+
+function randomModel(seed: number): { model: LlamaModel; raw: Record<string, Tensor<'f32'>> } {
+  const rng = new Rng(seed);
+  const { hiddenSize: d, intermediateSize: I, vocabSize: V, numLayers: L } = cfg;
+  const raw: Record<string, Tensor<'f32'>> = {
+    'model.embed_tokens.weight': rand(rng, [V, d], 1),
+    'model.norm.weight': rand(rng, [d], 0.1),
+  };
+  raw['model.norm.weight']!.data.forEach((v, i, a) => (a[i] = 1 + v));
+  const blocks: BlockWeights[] = [];
+  for (let b = 0; b < L; b++) {
+    const p = `model.layers.${b}`;
+    const w = (n: string, shape: number[]) => (raw[`${p}.${n}.weight`] = rand(rng, shape));
+    const norm = (n: string) => {
+      const t = rand(rng, [d], 0.1);
+      t.data.forEach((v, i, a) => (a[i] = 1 + v));
+      return (raw[`${p}.${n}.weight`] = t).data;
+    };
+    blocks.push({
+      inputNorm: norm('input_layernorm'),
+      postAttnNorm: norm('post_attention_layernorm'),
+      q: new DenseLinear(w('self_attn.q_proj', [32, d])),
+      k: new DenseLinear(w('self_attn.k_proj', [16, d])),
+      v: new DenseLinear(w('self_attn.v_proj', [16, d])),
+      o: new DenseLinear(w('self_attn.o_proj', [d, 32])),
+      gate: new DenseLinear(w('mlp.gate_proj', [I, d])),
+      up: new DenseLinear(w('mlp.up_proj', [I, d])),
+      down: new DenseLinear(w('mlp.down_proj', [d, I])),
+    });
+  }
+  const embed = raw['model.embed_tokens.weight']!;
+  return {
+    model: new LlamaModel(cfg, { embed, blocks, norm: raw['model.norm.weight']!.data, lmHead: embed }),
+    raw,
+  };
+}
+
+/** Straightforward f64 reference forward written from the Llama definition (independent of LlamaModel). */
+function referenceLogits(raw: Record<string, Tensor<'f32'>>, tokens: number[]): number[][] {
+  const { hiddenSize: d, numHeads: H, numKvHeads: KV, headDim: hd, vocabSize: V } = cfg;
+  const W = (n: string) => raw[n]!;
+  const mv = (w: Tensor<'f32'>, x: number[]) =>
+    Array.from({ length: w.shape[0]! }, (_, i) =>
+      x.reduce((s, xj, j) => s + xj * w.data[i * w.shape[1]! + j]!, 0),
+    );
+  const norm = (x: number[], w: Float32Array) => {
+    const r = 1 / Math.sqrt(x.reduce((s, v) => s + v * v, 0) / x.length + cfg.rmsNormEps);
+    return x.map((v, i) => v * r * w[i]!);
+  };
+  const ropeVec = (v: number[], pos: number) => {
+    const out = v.slice();
+    for (let i = 0; i < hd / 2; i++) {
+      const a = pos / 10000 ** ((2 * i) / hd);
+      out[i] = v[i]! * Math.cos(a) - v[i + hd / 2]! * Math.sin(a);
+      out[i + hd / 2] = v[i + hd / 2]! * Math.cos(a) + v[i]! * Math.sin(a);
+    }
+    return out;
+  };
+  let xs = tokens.map((t) => Array.from(W('model.embed_tokens.weight').data.subarray(t * d, t * d + d)));
+  for (let b = 0; b < cfg.numLayers; b++) {
+    const p = `model.layers.${b}`;
+    const hs = xs.map((x) => norm(x, W(`${p}.input_layernorm.weight`).data));
+    const qs = hs.map((h, pos) =>
+      Array.from({ length: H }, (_, hh) =>
+        ropeVec(mv(W(`${p}.self_attn.q_proj.weight`), h).slice(hh * hd, hh * hd + hd), pos),
+      ),
+    );
+    const ks = hs.map((h, pos) =>
+      Array.from({ length: KV }, (_, hh) =>
+        ropeVec(mv(W(`${p}.self_attn.k_proj.weight`), h).slice(hh * hd, hh * hd + hd), pos),
+      ),
+    );
+    const vs = hs.map((h) =>
+      Array.from({ length: KV }, (_, hh) =>
+        mv(W(`${p}.self_attn.v_proj.weight`), h).slice(hh * hd, hh * hd + hd),
+      ),
+    );
+    xs = xs.map((x, t) => {
+      const att: number[] = [];
+      for (let hh = 0; hh < H; hh++) {
+        const kv = Math.floor(hh / (H / KV));
+        const sc = Array.from(
+          { length: t + 1 },
+          (_, u) => qs[t]![hh]!.reduce((s, q, i) => s + q * ks[u]![kv]![i]!, 0) / Math.sqrt(hd),
+        );
+        const mx = Math.max(...sc);
+        const e = sc.map((s) => Math.exp(s - mx));
+        const z = e.reduce((a, c) => a + c, 0);
+        for (let i = 0; i < hd; i++) att.push(e.reduce((s, ei, u) => s + (ei / z) * vs[u]![kv]![i]!, 0));
+      }
+      const x1 = x.map((v, i) => v + mv(W(`${p}.self_attn.o_proj.weight`), att)[i]!);
+      const h2 = norm(x1, W(`${p}.post_attention_layernorm.weight`).data);
+      const g = mv(W(`${p}.mlp.gate_proj.weight`), h2);
+      const u = mv(W(`${p}.mlp.up_proj.weight`), h2);
+      const a = g.map((gi, i) => (gi / (1 + Math.exp(-gi))) * u[i]!);
+      const dn = mv(W(`${p}.mlp.down_proj.weight`), a);
+      return x1.map((v, i) => v + dn[i]!);
+    });
+  }
+  return xs.map((x) => mv(W('model.embed_tokens.weight'), norm(x, W('model.norm.weight').data)).slice(0, V));
+}
+
+describe('LlamaModel', () => {
+  const { model, raw } = randomModel(1);
+  const tokens = [3, 17, 5, 39, 0, 22, 8];
+
+  it('dense logits equal a plain-loop reference forward within 1e-4 relative', () => {
+    const got = model.forward(tokens);
+    const ref = referenceLogits(raw, tokens);
+    const V = cfg.vocabSize;
+    let maxRef = 0;
+    ref.forEach((r) => r.forEach((v) => (maxRef = Math.max(maxRef, Math.abs(v)))));
+    ref.forEach((r, t) =>
+      r.forEach((v, j) => expect(Math.abs(got[t * V + j]! - v)).toBeLessThan(1e-4 * maxRef)),
+    );
+  });
+
+  it('KV-cache decode (prefill 4, then one token at a time) equals the full recompute', () => {
+    const full = model.forward(tokens);
+    const cache = new KVCache(cfg, 16);
+    const V = cfg.vocabSize;
+    const pre = model.forward(tokens.slice(0, 4), cache);
+    const rows = [...Array.from({ length: 4 }, (_, t) => pre.subarray(t * V, t * V + V))];
+    for (let t = 4; t < tokens.length; t++) rows.push(model.forward([tokens[t]!], cache));
+    rows.forEach((r, t) => r.forEach((v, j) => expect(Math.abs(v - full[t * V + j]!)).toBeLessThan(1e-5)));
+  });
+
+  it('a CALDERA layer equals Decomposition.apply (odd shapes, padding)', () => {
+    const rng = new Rng(4);
+    const w = rand(rng, [40, 56], 1);
+    const d = caldera(w, null, { rank: 8, outerIters: 2, lplrIters: 2 });
+    const x = rng.fillNormal(new Float32Array(3 * 56));
+    const a = new CalderaLinear(d).forward(x, 3);
+    const b = applyDecomposition(d, x, 3);
+    // both evaluate the same sums in f32 in different orders: 1e-4 relative to the output scale
+    const scale = Math.max(...Array.from(b, Math.abs));
+    for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-4 * scale);
+  });
+
+  it('loads a Hugging Face directory and rejects missing tensors and NaNs with CalderaError', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-rt-'));
+    await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
+    await writeSafetensors(join(dir, 'model.safetensors'), raw);
+    const loaded = await loadModel(dir);
+    const a = loaded.model.forward(tokens);
+    const b = model.forward(tokens);
+    for (let i = 0; i < a.length; i++) expect(a[i]).toBeCloseTo(b[i]!, 5);
+    const broken = { ...raw };
+    delete broken['model.layers.1.mlp.up_proj.weight'];
+    await writeSafetensors(join(dir, 'model.safetensors'), broken);
+    await expect(loadModel(dir)).rejects.toThrow(/E_MISSING.*up_proj/);
+    const nan = { ...raw, 'model.norm.weight': tensor('f32', [32], new Float32Array(32).fill(NaN)) };
+    await writeSafetensors(join(dir, 'model.safetensors'), nan);
+    await expect(loadModel(dir)).rejects.toThrow(/E_VALUE.*non-finite/);
+    await writeFile(join(dir, 'config.json'), JSON.stringify({ ...hf, architectures: ['GPT2LMHeadModel'] }));
+    await expect(loadModel(dir)).rejects.toThrow(/E_UNSUPPORTED/);
+  });
+});

@@ -1,0 +1,264 @@
+import { CalderaError, type Tensor } from '@caldera/core';
+import { gemm } from '@caldera/linalg';
+import { blockLinearNames, type ModelConfig } from './config.js';
+import type { Linear } from './linear.js';
+
+/** One transformer block's weights. */
+export interface BlockWeights {
+  inputNorm: Float32Array;
+  postAttnNorm: Float32Array;
+  q: Linear;
+  k: Linear;
+  v: Linear;
+  o: Linear;
+  gate: Linear;
+  up: Linear;
+  down: Linear;
+}
+
+type LinearKey = 'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down';
+
+/** All weights of a Llama-family model. Linear layers are pluggable (dense or CALDERA). */
+export interface ModelWeights {
+  embed: Tensor<'f32'>; // [vocab, hidden]
+  blocks: BlockWeights[];
+  norm: Float32Array;
+  lmHead: Tensor<'f32'>; // [vocab, hidden] (the embedding when tied)
+}
+
+/** Per-layer key/value cache of one sequence. */
+export class KVCache {
+  readonly k: Float32Array[];
+  readonly v: Float32Array[];
+  length = 0;
+  constructor(
+    readonly config: ModelConfig,
+    readonly capacity: number,
+  ) {
+    const w = config.numKvHeads * config.headDim;
+    this.k = Array.from({ length: config.numLayers }, () => new Float32Array(capacity * w));
+    this.v = Array.from({ length: config.numLayers }, () => new Float32Array(capacity * w));
+  }
+}
+
+function rmsNorm(x: Float32Array, rows: number, w: Float32Array, eps: number): Float32Array {
+  const d = w.length;
+  const y = new Float32Array(x.length);
+  for (let r = 0; r < rows; r++) {
+    let ss = 0;
+    for (let j = 0; j < d; j++) ss += x[r * d + j]! * x[r * d + j]!;
+    const inv = 1 / Math.sqrt(ss / d + eps);
+    for (let j = 0; j < d; j++) y[r * d + j] = x[r * d + j]! * inv * w[j]!;
+  }
+  return y;
+}
+
+/** Inverse frequencies of RoPE, with Llama-3 scaling when configured. */
+export function ropeInvFreq(cfg: ModelConfig): Float64Array {
+  const half = cfg.headDim / 2;
+  const inv = new Float64Array(half);
+  for (let i = 0; i < half; i++) inv[i] = cfg.ropeTheta ** (-(2 * i) / cfg.headDim);
+  const s = cfg.ropeScaling;
+  if (s) {
+    const lowWl = s.originalMaxPositions / s.lowFreqFactor;
+    const highWl = s.originalMaxPositions / s.highFreqFactor;
+    for (let i = 0; i < half; i++) {
+      const wl = (2 * Math.PI) / inv[i]!;
+      if (wl > lowWl) inv[i]! /= s.factor;
+      else if (wl >= highWl) {
+        const t = (s.originalMaxPositions / wl - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
+        inv[i] = (1 - t) * (inv[i]! / s.factor) + t * inv[i]!;
+      }
+    }
+  }
+  return inv;
+}
+
+/** Apply RoPE (Hugging Face rotate-half layout) in place to `rows` vectors of `heads` heads at positions pos0+r. */
+function rope(
+  x: Float32Array,
+  rows: number,
+  heads: number,
+  hd: number,
+  pos0: number,
+  inv: Float64Array,
+): void {
+  const half = hd / 2;
+  for (let r = 0; r < rows; r++) {
+    const pos = pos0 + r;
+    for (let i = 0; i < half; i++) {
+      const a = pos * inv[i]!;
+      const c = Math.cos(a);
+      const s = Math.sin(a);
+      for (let h = 0; h < heads; h++) {
+        const o = (r * heads + h) * hd;
+        const x1 = x[o + i]!;
+        const x2 = x[o + i + half]!;
+        x[o + i] = x1 * c - x2 * s;
+        x[o + i + half] = x2 * c + x1 * s;
+      }
+    }
+  }
+}
+
+/** Called with the input of each linear group (`attn`, `o`, `mlp`, `down`) during a block's forward. */
+export type CaptureFn = (input: string, x: Float32Array, rows: number) => void;
+
+/** A Llama-family causal language model on the CPU. */
+export class LlamaModel {
+  private readonly invFreq: Float64Array;
+  constructor(
+    readonly config: ModelConfig,
+    readonly weights: ModelWeights,
+  ) {
+    if (weights.blocks.length !== config.numLayers) {
+      throw new CalderaError(
+        'E_SHAPE',
+        `model has ${weights.blocks.length} blocks, config says ${config.numLayers}`,
+      );
+    }
+    this.invFreq = ropeInvFreq(config);
+  }
+
+  /** Token embeddings `[tokens, hidden]`. */
+  embed(tokens: ArrayLike<number>): Float32Array {
+    const d = this.config.hiddenSize;
+    const out = new Float32Array(tokens.length * d);
+    for (let t = 0; t < tokens.length; t++) {
+      const id = tokens[t]!;
+      if (!Number.isInteger(id) || id < 0 || id >= this.config.vocabSize)
+        throw new CalderaError('E_VALUE', `token id ${id} out of range [0, ${this.config.vocabSize})`);
+      out.set(this.weights.embed.data.subarray(id * d, id * d + d), t * d);
+    }
+    return out;
+  }
+
+  /** Run block `b` on `rows` hidden states at positions `cache.length…` (the cache is extended), or from 0 without a cache. */
+  runBlock(b: number, x: Float32Array, rows: number, cache?: KVCache, capture?: CaptureFn): Float32Array {
+    const cfg = this.config;
+    const w = this.weights.blocks[b]!;
+    const { numHeads: H, numKvHeads: KV, headDim: hd } = cfg;
+    const group = H / KV;
+    const pos0 = cache ? cache.length : 0;
+    const h = rmsNorm(x, rows, w.inputNorm, cfg.rmsNormEps);
+    capture?.('attn', h, rows);
+    const q = w.q.forward(h, rows);
+    const k = w.k.forward(h, rows);
+    const v = w.v.forward(h, rows);
+    rope(q, rows, H, hd, pos0, this.invFreq);
+    rope(k, rows, KV, hd, pos0, this.invFreq);
+    const kw = KV * hd;
+    let K: Float32Array;
+    let V: Float32Array;
+    if (cache) {
+      if (pos0 + rows > cache.capacity)
+        throw new CalderaError('E_VALUE', `KV cache capacity ${cache.capacity} exceeded`);
+      cache.k[b]!.set(k, pos0 * kw);
+      cache.v[b]!.set(v, pos0 * kw);
+      K = cache.k[b]!;
+      V = cache.v[b]!;
+    } else {
+      K = k;
+      V = v;
+    }
+    const att = new Float32Array(rows * H * hd);
+    const scale = 1 / Math.sqrt(hd);
+    const scores = new Float32Array(pos0 + rows);
+    for (let r = 0; r < rows; r++) {
+      const len = pos0 + r + 1;
+      for (let hh = 0; hh < H; hh++) {
+        const kvh = Math.floor(hh / group);
+        const qo = (r * H + hh) * hd;
+        let mx = -Infinity;
+        for (let t = 0; t < len; t++) {
+          const ko = t * kw + kvh * hd;
+          let s = 0;
+          for (let i = 0; i < hd; i++) s += q[qo + i]! * K[ko + i]!;
+          s *= scale;
+          scores[t] = s;
+          if (s > mx) mx = s;
+        }
+        let sum = 0;
+        for (let t = 0; t < len; t++) {
+          const e = Math.exp(scores[t]! - mx);
+          scores[t] = e;
+          sum += e;
+        }
+        const ao = (r * H + hh) * hd;
+        for (let t = 0; t < len; t++) {
+          const p = scores[t]! / sum;
+          const vo = t * kw + kvh * hd;
+          for (let i = 0; i < hd; i++) att[ao + i]! += p * V[vo + i]!;
+        }
+      }
+    }
+    capture?.('o', att, rows);
+    const o = w.o.forward(att, rows);
+    const x1 = new Float32Array(x.length);
+    for (let i = 0; i < x.length; i++) x1[i] = x[i]! + o[i]!;
+    const h2 = rmsNorm(x1, rows, w.postAttnNorm, cfg.rmsNormEps);
+    capture?.('mlp', h2, rows);
+    const g = w.gate.forward(h2, rows);
+    const u = w.up.forward(h2, rows);
+    for (let i = 0; i < g.length; i++) {
+      const gi = g[i]!;
+      g[i] = (gi / (1 + Math.exp(-gi))) * u[i]!;
+    }
+    capture?.('down', g, rows);
+    const dn = w.down.forward(g, rows);
+    for (let i = 0; i < x1.length; i++) x1[i]! += dn[i]!;
+    return x1;
+  }
+
+  /** Final norm + LM head: logits `[rows, vocab]`. */
+  logits(x: Float32Array, rows: number): Float32Array {
+    const h = rmsNorm(x, rows, this.weights.norm, this.config.rmsNormEps);
+    const ht: Tensor<'f32'> = {
+      dtype: 'f32',
+      shape: [rows, this.config.hiddenSize],
+      strides: [this.config.hiddenSize, 1],
+      offset: 0,
+      data: h,
+    };
+    return gemm(ht, this.weights.lmHead, { transB: true, checkFinite: false }).data;
+  }
+
+  /**
+   * Logits for every position of `tokens` (`[tokens, vocab]`). With a cache, the tokens continue the cached sequence
+   * (prefill or single-token decode) and the cache is extended.
+   */
+  forward(tokens: ArrayLike<number>, cache?: KVCache): Float32Array {
+    let x = this.embed(tokens);
+    const rows = tokens.length;
+    for (let b = 0; b < this.config.numLayers; b++) x = this.runBlock(b, x, rows, cache);
+    if (cache) cache.length += rows;
+    return this.logits(x, rows);
+  }
+
+  /** The linear layer with a Hugging Face prefix such as `model.layers.0.mlp.up_proj`. */
+  linear(name: string): Linear {
+    const [blk, key] = this.locate(name);
+    return blk[key];
+  }
+
+  /** Replace a linear layer (e.g. with its CALDERA form). */
+  setLinear(name: string, layer: Linear): void {
+    const [blk, key] = this.locate(name);
+    blk[key] = layer;
+  }
+
+  private locate(name: string): [BlockWeights, LinearKey] {
+    const m = /^model\.layers\.(\d+)\.(?:self_attn|mlp)\.(q|k|v|o|gate|up|down)_proj$/.exec(name);
+    const blk = m ? this.weights.blocks[Number(m[1])] : undefined;
+    if (!m || !blk) throw new CalderaError('E_MISSING', `no linear layer named '${name}'`);
+    return [blk, m[2] as LinearKey];
+  }
+
+  /** Total bytes of linear-layer weights (the storage format's real size). */
+  linearBytes(): number {
+    let s = 0;
+    for (let b = 0; b < this.config.numLayers; b++)
+      for (const { name } of blockLinearNames(b)) s += this.linear(name).weightBytes;
+    return s;
+  }
+}

@@ -1,0 +1,61 @@
+import { CalderaError, type Tensor } from '@caldera/core';
+import { fromCheckpointTensors, type CheckpointLayerMeta } from '@caldera/lowrank';
+import { blockLinearNames } from './config.js';
+import { CalderaLinear, DenseLinear } from './linear.js';
+import type { LlamaModel } from './model.js';
+
+/**
+ * Adapter that lets `@caldera/calibrate` drive a {@link LlamaModel} (it implements calibrate's `ModelRunner`
+ * structurally; this package does not import calibrate).
+ */
+export class ModelRunnerAdapter {
+  constructor(readonly model: LlamaModel) {}
+
+  get numBlocks(): number {
+    return this.model.config.numLayers;
+  }
+
+  get hiddenSize(): number {
+    return this.model.config.hiddenSize;
+  }
+
+  linears(block: number) {
+    return blockLinearNames(block).map(({ name, input }) => {
+      const l = this.model.linear(name);
+      return { name, block, input, outFeatures: l.outFeatures, inFeatures: l.inFeatures };
+    });
+  }
+
+  weight(name: string): Tensor<'f32'> {
+    const l = this.model.linear(name);
+    if (!(l instanceof DenseLinear)) throw new CalderaError('E_UNSUPPORTED', `layer '${name}' is not dense`);
+    return l.weight;
+  }
+
+  embed(tokens: Int32Array): Float32Array {
+    return this.model.embed(tokens);
+  }
+
+  runBlock(
+    block: number,
+    hidden: Float32Array,
+    tokens: number,
+    capture?: (input: string, x: Float32Array, rows: number) => void,
+  ): Float32Array {
+    return this.model.runBlock(block, hidden, tokens, undefined, capture);
+  }
+
+  replaceLinear(
+    name: string,
+    replacement: { tensors: Record<string, Tensor>; meta: Record<string, unknown> },
+  ): void {
+    const old = this.model.linear(name);
+    const bias = old instanceof DenseLinear || old instanceof CalderaLinear ? old.bias : null;
+    const d = fromCheckpointTensors(
+      name,
+      (n) => replacement.tensors[n],
+      replacement.meta as unknown as CheckpointLayerMeta,
+    );
+    this.model.setLinear(name, new CalderaLinear(d, bias));
+  }
+}
