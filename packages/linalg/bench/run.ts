@@ -6,10 +6,11 @@
 import { availableParallelism } from 'node:os';
 import { createPool } from '../src/index.js';
 import { browserCases } from './cases/browser.js';
+import { factorCases } from './cases/factor.js';
 import { gemmCases } from './cases/gemm.js';
 import type { BenchCase } from './harness.js';
 
-const CASES: BenchCase[] = [...gemmCases, ...browserCases];
+const CASES: BenchCase[] = [...gemmCases, ...browserCases, ...factorCases];
 
 function argValue(name: string): string | undefined {
   const i = process.argv.indexOf(name);

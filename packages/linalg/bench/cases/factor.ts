@@ -1,0 +1,127 @@
+/**
+ * Factorisation cases: Cholesky, block LDL (b = 8), eigh (f64) and randomized SVD, each timed against numpy
+ * (LAPACK) in the same run. Values are seconds (lower is better); `ratios.numpy` is numpy's time / ours.
+ */
+import { Rng, tensor, type Tensor } from '@caldera/core';
+import { blockLDL, cholesky, eigh, randomizedSvd } from '../../src/index.js';
+import {
+  bestSeconds,
+  numpySeconds,
+  PY_BEST,
+  ratios,
+  sig,
+  type BenchCase,
+  type BenchContext,
+} from '../harness.js';
+
+/** Seeded SPD matrix GᵀG/n + I (f64), built with a symmetric random fill (no O(n³) setup). */
+function spd(n: number, seed: number): Tensor<'f64'> {
+  const t = tensor('f64', [n, n]);
+  const rng = new Rng(seed);
+  for (let i = 0; i < n; i++)
+    for (let j = 0; j <= i; j++) t.data[i * n + j] = t.data[j * n + i] = rng.normal() / Math.sqrt(n);
+  // diagonally dominant: λ_min ≥ 2√n·… − 2 > 0 for the semicircle spectrum of radius 2
+  for (let i = 0; i < n; i++) t.data[i * n + i]! += 3;
+  return t;
+}
+
+const NP_SPD = (n: number): string =>
+  `g = np.random.default_rng(1).standard_normal((${n}, ${n})) / np.sqrt(${n})\n` +
+  `a = np.tril(g) + np.tril(g, -1).T + 3 * np.eye(${n})\n`;
+
+function secondsCase(
+  name: string,
+  quick: boolean,
+  ours: (ctx: BenchContext) => unknown,
+  numpyBody: string,
+  reps: number,
+  flops?: number,
+): BenchCase {
+  return {
+    name,
+    quick,
+    async run(ctx) {
+      const seconds = await bestSeconds(() => ours(ctx), reps);
+      const np = numpySeconds(`${PY_BEST}${numpyBody}\nprint(best(f, ${reps}))`, ctx.threads);
+      const refs = { numpy: sig(np) };
+      return {
+        value: sig(seconds)!,
+        unit: 's',
+        refs,
+        ratios: ratios(seconds, refs, false),
+        ...(flops ? { gflops: sig(flops / seconds / 1e9) } : {}),
+        threads: ctx.pool.threads,
+      };
+    },
+  };
+}
+
+function choleskyCase(n: number, quick: boolean): BenchCase {
+  const a = (): Tensor<'f64'> => spd(n, 1);
+  let m: Tensor<'f64'> | undefined;
+  return secondsCase(
+    `cholesky_f64_n${n}`,
+    quick,
+    (ctx) => cholesky((m ??= a()), { pool: ctx.pool }),
+    `${NP_SPD(n)}def f():\n    np.linalg.cholesky(a)`,
+    n >= 4096 ? 2 : 3,
+    n ** 3 / 3,
+  );
+}
+
+function ldlCase(n: number, quick: boolean): BenchCase {
+  let m: Tensor<'f64'> | undefined;
+  // numpy has no block LDL; its reference is the Cholesky it would be derived from plus the 8×8 block work
+  return secondsCase(
+    `blockldl_f64_n${n}_b8`,
+    quick,
+    (ctx) => blockLDL((m ??= spd(n, 2)), 8, { pool: ctx.pool }),
+    `${NP_SPD(n)}def f():\n    c = np.linalg.cholesky(a)\n    d = c.reshape(${n / 8}, 8, ${n / 8}, 8)\n` +
+      `    blocks = np.einsum('iaib->iab', d)\n    inv = np.linalg.inv(blocks)\n` +
+      `    return np.einsum('rjb,jbc->rjc', d, inv)`,
+    n >= 4096 ? 2 : 3,
+  );
+}
+
+function eighCase(n: number, quick: boolean): BenchCase {
+  let m: Tensor<'f64'> | undefined;
+  return secondsCase(
+    `eigh_f64_n${n}`,
+    quick,
+    (ctx) => eigh((m ??= spd(n, 3)), { pool: ctx.pool }),
+    `${NP_SPD(n)}def f():\n    np.linalg.eigh(a)`,
+    n >= 2048 ? 1 : 2,
+  );
+}
+
+function rsvdCase(n: number, k: number): BenchCase {
+  let m: Tensor<'f64'> | undefined;
+  return secondsCase(
+    `rsvd_f64_n${n}_k${k}`,
+    false,
+    (ctx) => {
+      if (!m) {
+        m = tensor('f64', [n, n]);
+        new Rng(4).fillNormal(m.data);
+      }
+      return randomizedSvd(m, k, { pool: ctx.pool, oversample: 10, powerIters: 2, seed: 1 });
+    },
+    // the same Halko–Martinsson–Tropp scheme in numpy (QR between power iterations)
+    `a = np.random.default_rng(4).standard_normal((${n}, ${n}))\n` +
+      `def f():\n    om = np.random.default_rng(1).standard_normal((${n}, ${k + 10}))\n` +
+      `    q, _ = np.linalg.qr(a @ om)\n    for _ in range(2):\n        z, _ = np.linalg.qr(a.T @ q)\n        q, _ = np.linalg.qr(a @ z)\n` +
+      `    u, s, vt = np.linalg.svd(q.T @ a, full_matrices=False)\n    return q @ u[:, :${k}], s[:${k}], vt[:${k}]`,
+    1,
+  );
+}
+
+/** The factorisation cases. */
+export const factorCases: BenchCase[] = [
+  choleskyCase(2048, true),
+  choleskyCase(4096, false),
+  ldlCase(2048, false),
+  ldlCase(4096, false),
+  eighCase(1024, true),
+  eighCase(2048, false),
+  rsvdCase(4096, 128),
+];
