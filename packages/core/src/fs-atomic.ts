@@ -7,6 +7,20 @@ export function tempSuffix(): string {
   return c?.randomUUID ? c.randomUUID().slice(0, 8) : Date.now().toString(36) + process.pid.toString(36);
 }
 
+/**
+ * The part of Node's `FileHandle` that {@link atomicWriteFile} hands to a streaming writer (declared here so
+ * the package's types do not depend on `@types/node`).
+ */
+export interface WritableFileHandle {
+  write(
+    buffer: Uint8Array,
+    offset?: number,
+    length?: number,
+    position?: number | null,
+  ): Promise<{ bytesWritten: number }>;
+  write(data: string): Promise<{ bytesWritten: number }>;
+}
+
 /** Options of {@link atomicWriteFile}. */
 export interface AtomicWriteOptions {
   /** Cancels the write; the temporary file is removed. */
@@ -21,12 +35,12 @@ export interface AtomicWriteOptions {
  */
 export async function atomicWriteFile(
   path: string,
-  content: string | Uint8Array | ((fh: import('node:fs/promises').FileHandle) => Promise<void>),
+  content: string | Uint8Array | ((fh: WritableFileHandle) => Promise<void>),
   options: AtomicWriteOptions = {},
 ): Promise<void> {
   const fs = await nodeFs();
   const tmp = `${path}.tmp-${tempSuffix()}`;
-  let fh: import('node:fs/promises').FileHandle | undefined;
+  let fh: Awaited<ReturnType<Awaited<ReturnType<typeof nodeFs>>['open']>> | undefined;
   try {
     options.signal?.throwIfAborted();
     fh = await fs.open(tmp, 'wx');

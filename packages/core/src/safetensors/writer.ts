@@ -1,5 +1,5 @@
 import { CalderaError, throwIfAborted } from '../errors.js';
-import { atomicWriteFile } from '../fs-atomic.js';
+import { atomicWriteFile, type WritableFileHandle } from '../fs-atomic.js';
 import { contiguous, shapeSize, type Tensor } from '../tensor.js';
 import {
   DTYPE_TO_SAFETENSORS,
@@ -156,7 +156,7 @@ export async function writeSafetensors(
   );
 }
 
-async function writeAll(fh: import('node:fs/promises').FileHandle, bytes: Uint8Array): Promise<void> {
+async function writeAll(fh: WritableFileHandle, bytes: Uint8Array): Promise<void> {
   let done = 0;
   while (done < bytes.length) {
     const { bytesWritten } = await fh.write(bytes, done, bytes.length - done);

@@ -1,0 +1,198 @@
+#!/usr/bin/env node
+// Pack smoke test: `npm pack` every publishable packages/* package, install the tarballs into a fresh
+// temporary npm project (offline: external dependencies come from the npm cache that `npm install`/`npm ci`
+// filled), then for each package `import` it (ESM) and `require` it (CJS) and call an exported function,
+// and type-check a consumer of @caldera/core under both module systems with `tsc --noEmit`.
+//
+// Usage: node scripts/pack-smoke.mjs [--skip-build] [--keep] [--only=@caldera/core,...]
+//   --skip-build  do not run `turbo run build` first (dist/ folders must be current)
+//   --only=a,b    check only these packages (their @caldera dependencies are packed and installed too)
+//   --keep        keep the temporary directory and print its path
+import { execFileSync } from 'node:child_process';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const args = new Set(process.argv.slice(2));
+const only = process.argv
+  .slice(2)
+  .find((a) => a.startsWith('--only='))
+  ?.slice(7)
+  .split(',');
+const t0 = Date.now();
+const log = (msg) => console.log(`[pack-smoke ${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}`);
+const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
+
+function run(cmd, argv, cwd, opts = {}) {
+  try {
+    return execFileSync(cmd, argv, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+  } catch (e) {
+    console.error(
+      `[pack-smoke] FAILED: ${cmd} ${argv.join(' ')} (in ${cwd})\n${e.stdout ?? ''}\n${e.stderr ?? ''}`,
+    );
+    throw new Error(`${cmd} ${argv.slice(0, 3).join(' ')} failed`);
+  }
+}
+
+// Packages to check: every packages/* with a package.json that is not private.
+const packages = readdirSync(join(root, 'packages'))
+  .map((d) => join(root, 'packages', d))
+  .filter((d) => existsSync(join(d, 'package.json')))
+  .map((dir) => ({ dir, pkg: JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) }))
+  .filter(({ pkg }) => !pkg.private);
+const checked = new Set(packages.map((p) => p.pkg.name));
+if (only) {
+  // Keep the named packages and, transitively, the workspace packages they depend on (needed to install).
+  checked.clear();
+  const add = (name) => {
+    const p = packages.find((q) => q.pkg.name === name);
+    if (!p) throw new Error(`--only: no publishable package ${name}`);
+    if (checked.has(name)) return;
+    checked.add(name);
+    for (const dep of Object.keys(p.pkg.dependencies ?? {})) if (dep.startsWith('@caldera/')) add(dep);
+  };
+  only.forEach(add);
+}
+const selected = packages.filter((p) => checked.has(p.pkg.name));
+
+if (!args.has('--skip-build')) {
+  log('building packages (turbo, cached)');
+  const filters = only ? only.map((n) => `--filter=${n}...`) : ['--filter=./packages/*'];
+  run('npx', ['turbo', 'run', 'build', ...filters, '--output-logs=errors-only'], root);
+}
+
+process.on('uncaughtException', (e) => {
+  console.error(`[pack-smoke] ${e.message.split('\n')[0]}`);
+  console.log('pack-smoke: 0 passed, 1 failed');
+  process.exit(1);
+});
+
+const tmp = mkdtempSync(join(tmpdir(), 'caldera-pack-smoke-'));
+let failed = 0;
+let passed = 0;
+try {
+  const tarDir = join(tmp, 'tarballs');
+  const tarballs = [];
+  mkdirSync(tarDir);
+  for (const { dir, pkg } of selected) {
+    const out = run(npm, ['pack', '--json', '--pack-destination', tarDir.replace(/\\/g, '/')], dir, {
+      env: { ...process.env, npm_config_loglevel: 'error' },
+    }).replace(/^[^[]*/, ''); // drop anything npm printed before the JSON
+    const [info] = JSON.parse(out);
+    const files = info.files.map((f) => f.path);
+    for (const need of ['package.json', 'dist/index.js', 'dist/index.cjs', 'dist/index.d.ts']) {
+      if (!files.includes(need)) throw new Error(`${pkg.name}: tarball lacks ${need} (did the build run?)`);
+    }
+    if (files.some((f) => /\.test\.[cm]?[jt]s$/.test(f) || f.startsWith('src/'))) {
+      throw new Error(`${pkg.name}: tarball contains sources or tests: ${files.join(', ')}`);
+    }
+    tarballs.push(join(tarDir, info.filename));
+    log(`packed ${info.filename} (${files.length} files, ${(info.size / 1024).toFixed(0)} KiB)`);
+  }
+
+  const app = join(tmp, 'app');
+  mkdirSync(app);
+  writeFileSync(
+    join(app, 'package.json'),
+    JSON.stringify({ name: 'pack-smoke-app', version: '1.0.0', private: true }),
+  );
+  log('installing tarballs offline into a fresh project');
+  run(npm, ['install', '--offline', '--no-audit', '--no-fund', '--loglevel=error', ...tarballs], app);
+
+  // Per-package smoke: ESM import and CJS require must expose the same names; call one function.
+  const calls = {
+    '@caldera/core': `
+      const t = m.tensor('f32', [2, 2], [1, 2, 3, 4]);
+      const back = m.fromNdarray(m.toNdarray(m.transpose(t)));
+      if (m.get(back, 0, 1) !== 3) throw new Error('transpose/ndarray round trip');
+      const bytes = await m.serializeSafetensors({ w: t }, { metadata: { k: 'v' } });
+      const r = await m.openSafetensors(bytes);
+      const w = await r.readTensor('w');
+      if (w.data[3] !== 4 || r.metadata.k !== 'v') throw new Error('safetensors round trip');
+      if (m.toF16Bits(1) !== 0x3c00) throw new Error('f16');
+      if (!(new m.CalderaError('E_IO', 'x') instanceof Error)) throw new Error('CalderaError');`,
+  };
+  for (const { pkg } of selected) {
+    const name = pkg.name;
+    const body =
+      calls[name] ?? `if (Object.keys(m).length === 0) console.log('  (${name} exports nothing yet)');`;
+    const esm = `import * as m from '${name}';\n${body}\nconsole.log(JSON.stringify(Object.keys(m).sort()));\n`;
+    const cjs = `(async () => { const m = require('${name}');\n${body}\nconsole.log(JSON.stringify(Object.keys(m).sort()));\n})().catch((e) => { console.error(e); process.exit(1); });\n`;
+    const base = name.replace(/[@/]/g, '_');
+    writeFileSync(join(app, `${base}.mjs`), esm);
+    writeFileSync(join(app, `${base}.cjs`), cjs);
+    try {
+      const a = run(process.execPath, [`${base}.mjs`], app)
+        .trim()
+        .split('\n')
+        .pop();
+      const b = run(process.execPath, [`${base}.cjs`], app)
+        .trim()
+        .split('\n')
+        .pop();
+      const ak = JSON.parse(a).filter((k) => k !== 'default');
+      const bk = JSON.parse(b).filter((k) => k !== 'default');
+      if (JSON.stringify(ak) !== JSON.stringify(bk)) {
+        throw new Error(`ESM exports ${ak.length} names, CJS ${bk.length}: ${a} vs ${b}`);
+      }
+      log(`ok   ${name}: import + require (${ak.length} exports)${calls[name] ? ', functions called' : ''}`);
+      passed++;
+    } catch (e) {
+      log(`FAIL ${name}: ${e.message.split('\n')[0]}`);
+      failed++;
+    }
+  }
+
+  // Types resolve for @caldera/core from both an ES module and a CommonJS consumer (exports map conditions).
+  writeFileSync(
+    join(app, 'types-esm.mts'),
+    `import { tensor, openSafetensors, type Tensor, type CalderaCheckpointMeta } from '@caldera/core';\n` +
+      `const t: Tensor<'f32'> = tensor('f32', [1]);\nconst p: Promise<unknown> = openSafetensors(new Uint8Array(8));\n` +
+      `const m: CalderaCheckpointMeta['version'] = 1;\nexport { t, p, m };\n`,
+  );
+  writeFileSync(
+    join(app, 'types-cjs.cts'),
+    `import core = require('@caldera/core');\nconst t: core.Tensor<'u16'> = core.tensor('u16', [2]);\n` +
+      `const e: core.CalderaErrorCode = new core.CalderaError('E_SHAPE', 'x').code;\nexport = { t, e };\n`,
+  );
+  writeFileSync(
+    join(app, 'tsconfig.json'),
+    JSON.stringify({
+      compilerOptions: {
+        module: 'node16',
+        moduleResolution: 'node16',
+        target: 'es2022',
+        strict: true,
+        noEmit: true,
+        skipLibCheck: false,
+        types: [],
+        lib: ['es2022', 'dom'],
+      },
+      files: ['types-esm.mts', 'types-cjs.cts'],
+    }),
+  );
+  const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc');
+  try {
+    run(process.execPath, [tsc, '-p', 'tsconfig.json'], app);
+    log('ok   @caldera/core: types resolve for ESM (.mts) and CJS (.cts) consumers (tsc --noEmit)');
+    passed++;
+  } catch {
+    log('FAIL @caldera/core: tsc --noEmit of a consumer');
+    failed++;
+  }
+} finally {
+  if (args.has('--keep')) log(`kept ${tmp}`);
+  else rmSync(tmp, { recursive: true, force: true });
+}
+console.log(`pack-smoke: ${passed} passed, ${failed} failed`);
+process.exit(failed > 0 ? 1 : 0);
