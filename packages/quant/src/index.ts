@@ -8,3 +8,4 @@ export * from './normal-float.js';
 export * from './lattice-quantizer.js';
 export * from './registry.js';
 export * from './pack.js';
+export * from './quantizer-rounder.js';

@@ -25,7 +25,8 @@ export interface LatticeOptions {
 }
 
 const BITS: Record<LatticeKind, number> = { e8p12: 2, 'e8p12-rvq3': 3, 'e8p12-rvq4': 4 };
-const DEFAULT_SCALE: Record<LatticeKind, number> = {
+/** Default input RMS per lattice codec. */
+export const LATTICE_INPUT_SCALE: Record<LatticeKind, number> = {
   e8p12: E8P_OPT_SCALE,
   'e8p12-rvq3': RVQ3_OPT_SCALE,
   'e8p12-rvq4': 1,
@@ -34,14 +35,14 @@ const DEFAULT_SCALE: Record<LatticeKind, number> = {
 /** Create an E8P12 (2-bit), E8P12-RVQ3 (3-bit) or E8P12-RVQ4 (4-bit) tensor quantizer. */
 export function latticeQuantizer(kind: LatticeKind, options: LatticeOptions = {}): Quantizer {
   if (!(kind in BITS)) throw new CalderaError('E_VALUE', `latticeQuantizer: unknown kind ${String(kind)}`);
-  const inputScale = options.inputScale ?? DEFAULT_SCALE[kind];
+  const inputScale = options.inputScale ?? LATTICE_INPUT_SCALE[kind];
   if (!(inputScale > 0) || !Number.isFinite(inputScale)) {
     throw new CalderaError(
       'E_VALUE',
       `latticeQuantizer: inputScale must be positive and finite, got ${inputScale}`,
     );
   }
-  const descriptor: QuantizerDescriptor = { kind };
+  const descriptor: QuantizerDescriptor = { kind, inputScale };
   const bits = BITS[kind];
   return {
     descriptor,
@@ -58,10 +59,7 @@ export function latticeQuantizer(kind: LatticeKind, options: LatticeOptions = {}
           `${kind}.quantize: tensor [${t.shape.join(', ')}] has ${x.length} values, not a multiple of 8`,
         );
       }
-      let ss = 0;
-      for (let i = 0; i < x.length; i++) ss += x[i]! * x[i]!;
-      const rms = Math.sqrt(ss / Math.max(1, x.length));
-      const s = Math.fround(rms > 0 ? rms / inputScale : 1);
+      const s = latticeScale(x, inputScale);
       const y = new Float32Array(x.length);
       for (let i = 0; i < x.length; i++) y[i] = x[i]! / s;
       const codes =
@@ -84,4 +82,12 @@ export function latticeQuantizer(kind: LatticeKind, options: LatticeOptions = {}
       return tensor('f32', q.shape, v);
     },
   };
+}
+
+/** The per-tensor scale of a lattice codec: `RMS(x)/inputScale` as f32 (1 for an all-zero tensor). */
+export function latticeScale(x: ArrayLike<number>, inputScale: number): number {
+  let ss = 0;
+  for (let i = 0; i < x.length; i++) ss += x[i]! * x[i]!;
+  const rms = Math.sqrt(ss / Math.max(1, x.length));
+  return Math.fround(rms > 0 ? rms / inputScale : 1);
 }

@@ -2,6 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { Rng, tensor } from '@caldera/core';
 import { e8pDecode } from './e8p.js';
 import { latticeQuantizer } from './lattice-quantizer.js';
+import { ldlq } from './ldlq.js';
+import { rounderFromQuantizer } from './quantizer-rounder.js';
 import { normalFloatQuantizer } from './normal-float.js';
 import { packBits, unpackBits } from './pack.js';
 import { quantizerFromDescriptor } from './registry.js';
@@ -63,4 +65,29 @@ describe('Quantizer interface', () => {
     expect(() => latticeQuantizer('e8p12').quantize(tensor('f32', [12]))).toThrow(/E_SHAPE/);
     expect(() => quantizerFromDescriptor({ kind: 'nope' } as never)).toThrow(/E_VALUE/);
   });
+});
+
+describe('rounderFromQuantizer + ldlq', () => {
+  const w = tensor('f32', [16, 64], new Rng(4).fillNormal(new Float32Array(1024)));
+  const eye = tensor('f64', [64, 64]);
+  for (let i = 0; i < 64; i++) eye.data[i * 65] = 1;
+  const codecs = [
+    uniformQuantizer({ bits: 3, groupSize: 16 }),
+    uniformQuantizer({ bits: 4, granularity: 'channel', symmetric: false }),
+    normalFloatQuantizer({ bits: 4, groupSize: 32 }),
+    latticeQuantizer('e8p12'),
+    latticeQuantizer('e8p12-rvq3'),
+  ];
+  for (const q of codecs) {
+    it(`${JSON.stringify(q.descriptor)}: with H = I, LDLQ codes equal the quantizer's own (RTN)`, () => {
+      const { rounder, params } = rounderFromQuantizer(q, w);
+      const res = ldlq(w, eye, { quantizer: rounder });
+      const own = q.quantize(w);
+      for (let p = 0; p < own.codes.length; p++)
+        expect(Array.from(res.codes[p]!)).toEqual(Array.from(own.codes[p]!));
+      const back = q.dequantize({ descriptor: q.descriptor, shape: [16, 64], codes: res.codes, params });
+      // LDLQ's Ŵ and the codec's reconstruction agree to f32 round-off of s·level
+      for (let i = 0; i < 1024; i++) expect(Math.abs(back.data[i]! - res.wHat.data[i]!)).toBeLessThan(1e-5);
+    });
+  }
 });

@@ -22,9 +22,11 @@ export type QuantizerDescriptor =
       seed: number;
     }
   | { kind: 'nf'; bits: 2 | 3 | 4; granularity: Granularity; groupSize: number }
-  | { kind: 'e8p12' }
-  | { kind: 'e8p12-rvq3' }
-  | { kind: 'e8p12-rvq4' };
+  | {
+      kind: 'e8p12' | 'e8p12-rvq3' | 'e8p12-rvq4';
+      /** Input RMS the values are scaled to before rounding (1.03, 0.98 and 1.0 by default). */
+      inputScale: number;
+    };
 
 /** Scale parameters of a quantized tensor (one entry per scale group). */
 export interface QuantParams {

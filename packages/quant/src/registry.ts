@@ -17,7 +17,7 @@ export function quantizerFromDescriptor(d: QuantizerDescriptor): Quantizer {
     case 'e8p12':
     case 'e8p12-rvq3':
     case 'e8p12-rvq4':
-      return latticeQuantizer(d.kind);
+      return latticeQuantizer(d.kind, { inputScale: d.inputScale });
     default:
       throw new CalderaError('E_VALUE', `quantizerFromDescriptor: unknown kind in ${JSON.stringify(d)}`);
   }
