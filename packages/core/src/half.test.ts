@@ -101,6 +101,10 @@ describe('f16 decode', () => {
   it('array conversions agree with the scalar ones', () => {
     const all = new Uint16Array(65536).map((_, i) => i);
     const f = f16ArrayToF32(all);
+    for (let h = 0; h < 65536; h++) {
+      if (isF16NaN(h)) expect(Number.isNaN(f[h]!)).toBe(true);
+      else if (!Object.is(f[h], refF16(h))) expect(f[h], `pattern 0x${h.toString(16)}`).toBe(refF16(h));
+    }
     const back = f32ArrayToF16(f);
     for (let h = 0; h < 65536; h++) {
       if (isF16NaN(h)) continue;

@@ -85,10 +85,18 @@ export function f32ArrayToF16(src: ArrayLike<number>, out = new Uint16Array(src.
   return out;
 }
 
-/** Convert f16 bits to f32 values. */
+/** Convert f16 bits to f32 values (exact; every f16 value is an f32 value). */
 export function f16ArrayToF32(src: Uint16Array, out = new Float32Array(src.length)): Float32Array {
-  // A 65 536-entry table would be faster but costs 256 KiB per call site; this loop is ~1 ns/element.
-  for (let i = 0; i < src.length; i++) out[i] = fromF16Bits(src[i]!);
+  // Bit-level rebias (exponent + 112) for normals, Inf and NaN; subnormals take the arithmetic path.
+  const u = new Uint32Array(out.buffer, out.byteOffset, out.length);
+  for (let i = 0; i < src.length; i++) {
+    const h = src[i]!;
+    const sign = (h & 0x8000) << 16;
+    const em = h & 0x7fff;
+    if (em >= 0x7c00) u[i] = sign | 0x7f800000 | ((em & 0x3ff) << 13);
+    else if (em >= 0x400) u[i] = sign | ((em + 0x1c000) << 13);
+    else out[i] = fromF16Bits(h);
+  }
   return out;
 }
 
