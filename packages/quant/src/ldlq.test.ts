@@ -135,6 +135,19 @@ describe('ldlq', () => {
     const bad = identity(16);
     bad.data[5] = Infinity;
     expect(() => ldlq(gaussian(4, 16, 1), bad)).toThrow(/E_VALUE/);
+    const asym = identity(16);
+    asym.data[1] = 0.5; // H[0][1] without H[1][0]
+    expect(() => ldlq(gaussian(4, 16, 1), asym)).toThrow(/not symmetric/);
+  });
+
+  it('stops with E_ABORTED when the signal fires and reports progress up to 1', () => {
+    const ac = new AbortController();
+    ac.abort();
+    expect(() => ldlq(w, h, { signal: ac.signal })).toThrow(/E_ABORTED/);
+    const seen: number[] = [];
+    ldlq(w, h, { bufferCols: 32, tuneIters: 1, onProgress: (f) => seen.push(f) });
+    expect(seen.at(-1)).toBeCloseTo(1, 12);
+    expect(seen.every((f, i) => i === 0 || f >= seen[i - 1]!)).toBe(true);
   });
 
   it('rejects mismatched shapes and non-finite input with CalderaError', () => {

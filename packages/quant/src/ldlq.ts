@@ -202,6 +202,20 @@ function factorHessian(h: Matrix, g: number, damping: number, pool: Pool | undef
     if (!Number.isFinite(hd[i]!))
       throw new CalderaError('E_VALUE', `ldlq: H has a non-finite value at (${Math.floor(i / n)}, ${i % n})`);
   }
+  // H must be symmetric (only its lower triangle is factored): allow f32 round-off relative to the largest diagonal
+  let dmax = 0;
+  for (let i = 0; i < n; i++) dmax = Math.max(dmax, Math.abs(hd[i * n + i]!));
+  const tol = 1e-5 * dmax;
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < i; j++) {
+      if (Math.abs(hd[i * n + j]! - hd[j * n + i]!) > tol) {
+        throw new CalderaError('E_VALUE', `ldlq: H [${n}, ${n}] is not symmetric at (${i}, ${j})`);
+      }
+    }
+  }
+  if (damping < 0 || !Number.isFinite(damping)) {
+    throw new CalderaError('E_VALUE', `ldlq: damping must be a finite number ≥ 0, got ${damping}`);
+  }
   if (damping > 0) {
     let mean = 0;
     for (let i = 0; i < n; i++) mean += hd[i * n + i]!;
