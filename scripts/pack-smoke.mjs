@@ -65,6 +65,17 @@ if (only) {
 }
 const selected = packages.filter((p) => checked.has(p.pkg.name));
 
+/** Files the `"."` export of a package points at (import/require, with their types). */
+function entryFiles(pkg) {
+  const out = [];
+  const walk = (v) => {
+    if (typeof v === 'string') out.push(v.replace(/^\.\//, ''));
+    else if (v && typeof v === 'object') Object.values(v).forEach(walk);
+  };
+  walk(pkg.exports?.['.'] ?? pkg.exports ?? pkg.main ?? []);
+  return out;
+}
+
 if (!args.has('--skip-build')) {
   log('building packages (turbo, cached)');
   const filters = only ? only.map((n) => `--filter=${n}...`) : ['--filter=./packages/*'];
@@ -90,7 +101,7 @@ try {
     }).replace(/^[^[]*/, ''); // drop anything npm printed before the JSON
     const [info] = JSON.parse(out);
     const files = info.files.map((f) => f.path);
-    for (const need of ['package.json', 'dist/index.js', 'dist/index.cjs', 'dist/index.d.ts']) {
+    for (const need of ['package.json', ...entryFiles(pkg)]) {
       if (!files.includes(need)) throw new Error(`${pkg.name}: tarball lacks ${need} (did the build run?)`);
     }
     if (files.some((f) => /\.test\.[cm]?[jt]s$/.test(f) || f.startsWith('src/'))) {
