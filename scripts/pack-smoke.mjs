@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+/* global console, process */
 // Pack smoke test: `npm pack` every publishable packages/* package, install the tarballs into a fresh
 // temporary npm project (offline: external dependencies come from the npm cache that `npm install`/`npm ci`
 // filled), then for each package `import` it (ESM) and `require` it (CJS) and call an exported function,
