@@ -78,7 +78,7 @@ function ldlCase(n: number, quick: boolean): BenchCase {
     (ctx) => blockLDL((m ??= spd(n, 2)), 8, { pool: ctx.pool }),
     `${NP_SPD(n)}def f():\n    c = np.linalg.cholesky(a)\n    d = c.reshape(${n / 8}, 8, ${n / 8}, 8)\n` +
       `    blocks = np.einsum('iaib->iab', d)\n    inv = np.linalg.inv(blocks)\n` +
-      `    return np.einsum('rjb,jbc->rjc', d, inv)`,
+      `    return np.einsum('rjb,jbc->rjc', c.reshape(${n}, ${n / 8}, 8), inv), blocks @ blocks.transpose(0, 2, 1)`,
     n >= 4096 ? 2 : 3,
   );
 }
