@@ -28,10 +28,13 @@ export function expectedCalderaTensors(prefix: string, layer: CalderaLayerMeta):
     out.push({ name: calderaTensorName(prefix, part), part, dtype, shape });
   add('Q', 'u16', [mp, np / 8]);
   add('Q_scale', 'f32', [1]);
-  for (const [f, dim] of [
-    ['L', mp],
-    ['R', np],
-  ] as const) {
+  // rank 0 (LDLQ-only layers) has no low-rank factors at all
+  for (const [f, dim] of kq > 0
+    ? ([
+        ['L', mp],
+        ['R', np],
+      ] as const)
+    : []) {
     const codec = layer.codecs[f];
     if (codec === 'f16') {
       add(`${f}_dense`, 'f16', f === 'L' ? [mp, kq] : [kq, np]);
