@@ -21,8 +21,12 @@ export interface E8PEncodeTables {
   sources: Float32Array;
   /** 1 when the source's coordinate sum is odd (decode negates coordinate 7 then). */
   oddSum: Uint8Array;
-  /** Source index by base-3 key of the magnitude pattern (digit = (2m − 1)/2 ∈ {0,1,2}), −1 when absent. */
-  base3Index: Int16Array;
+  /** Source index (rows 0..226) by the bit mask of its 3/2 coordinates, for sources without a 5/2. */
+  maskIndex: Int16Array;
+  /** Source index by the position of its 5/2 (sources 5/2·½⁷). */
+  pos25Index: Int16Array;
+  /** Source index by `8·pos(5/2) + pos(3/2)` (sources 5/2·3/2·½⁶). */
+  pairIndex: Int16Array;
   /** For each of the 29 extra sources, the 3 coordinates holding ½ (29 × 3). */
   extraHalf: Int8Array;
 }
@@ -42,8 +46,6 @@ export function e8pEncodeInto(
   outOff: number,
 ): void {
   const a = new Float64Array(8);
-  const y = new Float64Array(8);
-  const u = new Float64Array(8);
   const extraHalf = t.extraHalf;
   for (let k = 0; k < count; k++) {
     const base = off + 8 * k;
@@ -155,11 +157,11 @@ export function e8pEncodeInto(
         }
       }
     }
-    out[outOff + k] = buildCode(t, x, base, bestP, bestKind, bestMis, a, y, u);
+    out[outOff + k] = buildCode(t, x, base, bestP, bestKind, bestMis, a);
   }
 }
 
-/** Turn the winning (shift, class, parity-flip) into the signed point and then its 16-bit code. */
+/** Turn the winning (shift, class, parity-flip) into its 16-bit code without building the point. */
 function buildCode(
   t: E8PEncodeTables,
   x: Float32Array,
@@ -168,71 +170,64 @@ function buildCode(
   kind: number,
   mis: number,
   a: Float64Array,
-  y: Float64Array,
-  u: Float64Array,
 ): number {
   const shift = p === 1 ? -0.25 : 0.25;
+  let nm = 0; // sign bits of y, already at their code positions π(i)
   for (let i = 0; i < 8; i++) {
-    y[i] = x[base + i]! - shift;
-    a[i] = Math.abs(y[i]!);
+    const v = x[base + i]! - shift;
+    a[i] = Math.abs(v);
+    if (v < 0) nm |= 1 << PERM[i]!;
   }
   let src: number;
+  let flipI = -1;
   if (kind < 7) {
-    // magnitudes: the `nbig` largest |y| get the large entries (selection by repeated argmax), the rest ½
-    u.fill(0.5);
+    // the `nbig` largest |y| carry the large magnitudes (selection by repeated argmax), the rest ½
     const nbig = kind <= 4 ? kind : kind - 4; // M5: one 5/2; M6: 5/2 then 3/2
     let used = 0;
+    let first = -1;
     for (let r = 0; r < nbig; r++) {
       let bi = -1;
       let bv = -1;
       for (let i = 0; i < 8; i++) {
-        if ((used >> i) & 1) continue;
-        if (a[i]! > bv) {
+        if (!((used >> i) & 1) && a[i]! > bv) {
           bv = a[i]!;
           bi = i;
         }
       }
       used |= 1 << bi;
-      u[bi] = kind >= 5 && r === 0 ? 2.5 : 1.5;
+      if (r === 0) first = bi;
     }
-    let key = 0;
-    for (let i = 0; i < 8; i++) key = key * 3 + (u[i]! - 0.5);
-    src = t.base3Index[key]!;
-    for (let i = 0; i < 8; i++) if (y[i]! < 0) u[i] = -u[i]!;
+    if (kind <= 4) src = t.maskIndex[used]!;
+    else if (kind === 5) src = t.pos25Index[first]!;
+    else src = t.pairIndex[first * 8 + (31 - Math.clz32(used & ~(1 << first)))]!;
     if (mis) {
       // flip the smallest |y| among the ½ coordinates
-      let mi = -1;
       let mv = Infinity;
       for (let i = 0; i < 8; i++) {
-        if ((used >> i) & 1) continue;
-        if (a[i]! < mv) {
+        if (!((used >> i) & 1) && a[i]! < mv) {
           mv = a[i]!;
-          mi = i;
+          flipI = i;
         }
       }
-      u[mi] = -u[mi]!;
     }
   } else {
-    const e = kind - 7;
-    src = 227 + e;
-    let flipI = -1;
-    let flipCost = Infinity;
-    for (let i = 0; i < 8; i++) {
-      const m = t.sources[src * 8 + i]!;
-      u[i] = y[i]! < 0 ? -m : m;
-      const c = a[i]! * m;
-      if (c < flipCost) {
-        flipCost = c;
-        flipI = i;
+    src = 227 + (kind - 7);
+    if (mis) {
+      let flipCost = Infinity;
+      for (let i = 0; i < 8; i++) {
+        const c = a[i]! * t.sources[src * 8 + i]!;
+        if (c < flipCost) {
+          flipCost = c;
+          flipI = i;
+        }
       }
     }
-    if (mis) u[flipI] = -u[flipI]!;
   }
-  let s2 = 0;
-  for (let i = 0; i < 8; i++) {
-    const baseNeg = i === 7 && t.oddSum[src] === 1; // decode's sign of coordinate i before the σ' flips
-    if (u[i]! < 0 !== baseNeg) s2 |= 1 << PERM[i]!;
-  }
+  // bit π(i) of σ' is set when coordinate i's sign differs from decode's base sign (coordinate 7 starts negative
+  // for sources with an odd coordinate sum)
+  let s2 = nm;
+  if (flipI >= 0) s2 ^= 1 << PERM[flipI]!;
+  if (t.oddSum[src] === 1) s2 ^= 1 << PERM[7]!;
   const sigma = p === 1 ? s2 ^ 1 : s2;
   return (src << 8) | sigma;
 }

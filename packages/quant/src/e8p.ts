@@ -151,17 +151,26 @@ let encodeTables: E8PEncodeTables | null = null;
 export function getEncodeTables(): E8PEncodeTables {
   if (encodeTables) return encodeTables;
   const { sources, oddSum } = getTables();
-  const base3Index = new Int16Array(6561).fill(-1);
+  const maskIndex = new Int16Array(256).fill(-1);
+  const pos25Index = new Int16Array(8).fill(-1);
+  const pairIndex = new Int16Array(64).fill(-1);
   for (let a = 0; a < 227; a++) {
-    let key = 0;
-    for (let i = 0; i < 8; i++) key = key * 3 + (sources[a * 8 + i]! - 0.5);
-    base3Index[key] = a;
+    let mask = 0;
+    let pos25 = -1;
+    for (let i = 0; i < 8; i++) {
+      const m = sources[a * 8 + i]!;
+      if (m === 1.5) mask |= 1 << i;
+      else if (m === 2.5) pos25 = i;
+    }
+    if (pos25 < 0) maskIndex[mask] = a;
+    else if (mask === 0) pos25Index[pos25] = a;
+    else pairIndex[pos25 * 8 + (31 - Math.clz32(mask))] = a;
   }
   const extraHalf = new Int8Array(29 * 3);
   for (let e = 0; e < 29; e++) {
     let k = 0;
     for (let i = 0; i < 8; i++) if (sources[(227 + e) * 8 + i] === 0.5) extraHalf[3 * e + k++] = i;
   }
-  encodeTables = { sources, oddSum, base3Index, extraHalf };
+  encodeTables = { sources, oddSum, maskIndex, pos25Index, pairIndex, extraHalf };
   return encodeTables;
 }
