@@ -1,1 +1,2 @@
-export {};
+export { main } from './cli.js';
+export { parseArgs, type Args } from './args.js';

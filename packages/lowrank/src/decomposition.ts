@@ -130,6 +130,12 @@ export interface CheckpointLayerMeta {
   error: number;
 }
 
+function transposeFactor(x: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = x[i * cols + j]!;
+  return out;
+}
+
 function planeTensor(p: Uint8Array | Uint16Array, rows: number): Tensor {
   const cols = p.length / rows;
   return p instanceof Uint8Array ? tensor('u8', [rows, cols], p) : tensor('u16', [rows, cols], p);
@@ -150,8 +156,10 @@ export function toCheckpointTensors(
   const put = (name: 'L' | 'R', f: StoredFactor, cols: number, fold: number) => {
     if (k === 0) return;
     if (f.kind === 'dense') {
-      const v = f.values.map((x) => x * fold);
-      t[`${p}${name}_dense`] = tensor('f16', [k, cols], f32ArrayToF16(v));
+      // dense factors are stored as L [mp, k] and R [k, np] (docs/architecture.md); L is held transposed here
+      const v = name === 'L' ? transposeFactor(f.values, k, cols) : f.values.slice();
+      for (let i = 0; i < v.length; i++) v[i]! *= fold;
+      t[`${p}${name}_dense`] = tensor('f16', name === 'L' ? [cols, k] : [k, cols], f32ArrayToF16(v));
     } else {
       t[`${p}${name}`] = planeTensor(f.codes.planes[0]!, k);
       if (f.codes.planes[1]) t[`${p}${name}_resid`] = planeTensor(f.codes.planes[1], k);
@@ -218,8 +226,10 @@ export function fromCheckpointTensors(
   const qBits = codecBits(meta.codecs.Q) as 2 | 3 | 4;
   const factor = (name: 'L' | 'R', cols: number): StoredFactor => {
     const bits = codecBits(meta.codecs[name]);
-    if (bits === 16)
-      return { kind: 'dense', values: f16ArrayToF32(need(`${name}_dense`).data as Uint16Array) };
+    if (bits === 16) {
+      const v = f16ArrayToF32(need(`${name}_dense`).data as Uint16Array);
+      return { kind: 'dense', values: name === 'L' ? transposeFactor(v, cols, k) : v };
+    }
     return {
       kind: 'lattice',
       codes: { bits, planes: planes(name, k, cols, bits), scale: scalar(`${name}_scale`) },

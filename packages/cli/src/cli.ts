@@ -1,0 +1,56 @@
+import { isCalderaError } from '@caldera/core';
+import { parseArgs } from './args.js';
+import { compressCommand, compressHelp } from './commands/compress.js';
+import {
+  evalCommand,
+  evalHelp,
+  generateCommand,
+  generateHelp,
+  inspectCommand,
+  inspectHelp,
+} from './commands/run.js';
+
+const COMMANDS: Record<string, { run: (a: ReturnType<typeof parseArgs>) => Promise<number>; help: string }> =
+  {
+    compress: { run: compressCommand, help: compressHelp },
+    eval: { run: evalCommand, help: evalHelp },
+    generate: { run: generateCommand, help: generateHelp },
+    inspect: { run: inspectCommand, help: inspectHelp },
+  };
+
+const USAGE = `caldera <command> [options]     (no model-dir = the embedded reference model)
+
+Commands:
+${Object.entries(COMMANDS)
+  .map(([name, c]) => `  ${name.padEnd(10)} ${c.help.split('\n')[0]!.replace(/^caldera \S+ /, '')}`)
+  .join('\n')}
+
+Run 'caldera <command> --help' for a command's options.`;
+
+/** Run the CLI with `argv` (without node and script); resolves to the exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') {
+    console.log(USAGE);
+    return 0;
+  }
+  const c = COMMANDS[cmd];
+  if (!c) {
+    console.error(`caldera: unknown command '${cmd}'\n\n${USAGE}`);
+    return 2;
+  }
+  const args = parseArgs(rest);
+  if (args.flags.has('help')) {
+    console.log(c.help);
+    return 0;
+  }
+  try {
+    return await c.run(args);
+  } catch (e) {
+    if (isCalderaError(e)) {
+      console.error(`caldera ${cmd}: ${e.message}`);
+      return 1;
+    }
+    throw e;
+  }
+}
