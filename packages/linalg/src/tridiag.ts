@@ -392,6 +392,44 @@ function symvLower(
 ): void {
   p.fill(0, 0, len);
   let i = 0;
+  // four rows per pass: one load of v[q] and one update of p[q] per four matrix elements
+  for (; i + 3 < len; i += 4) {
+    const r0 = (o + i) * n + o;
+    const r1 = r0 + n;
+    const r2 = r1 + n;
+    const r3 = r2 + n;
+    const v0 = v[i]!;
+    const v1 = v[i + 1]!;
+    const v2 = v[i + 2]!;
+    const v3 = v[i + 3]!;
+    let s0 = 0;
+    let s1 = 0;
+    let s2 = 0;
+    let s3 = 0;
+    for (let q = 0; q < i; q++) {
+      const a0 = w[r0 + q]!;
+      const a1 = w[r1 + q]!;
+      const a2 = w[r2 + q]!;
+      const a3 = w[r3 + q]!;
+      const vq = v[q]!;
+      s0 += a0 * vq;
+      s1 += a1 * vq;
+      s2 += a2 * vq;
+      s3 += a3 * vq;
+      p[q]! += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3;
+    }
+    // the 4×4 diagonal block (lower triangle)
+    const a10 = w[r1 + i]!;
+    const a20 = w[r2 + i]!;
+    const a21 = w[r2 + i + 1]!;
+    const a30 = w[r3 + i]!;
+    const a31 = w[r3 + i + 1]!;
+    const a32 = w[r3 + i + 2]!;
+    p[i]! += s0 + w[r0 + i]! * v0 + a10 * v1 + a20 * v2 + a30 * v3;
+    p[i + 1]! += s1 + a10 * v0 + w[r1 + i + 1]! * v1 + a21 * v2 + a31 * v3;
+    p[i + 2]! += s2 + a20 * v0 + a21 * v1 + w[r2 + i + 2]! * v2 + a32 * v3;
+    p[i + 3]! += s3 + a30 * v0 + a31 * v1 + a32 * v2 + w[r3 + i + 3]! * v3;
+  }
   for (; i + 1 < len; i += 2) {
     const row0 = (o + i) * n + o;
     const row1 = row0 + n;
