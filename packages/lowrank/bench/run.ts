@@ -47,7 +47,12 @@ function problem(m: number, n: number, seed: number, pool: ReturnType<typeof cre
 }
 
 const pool = createPool({ threads: 2 });
-const shapes: [number, number][] = quick ? [[4096, 4096]] : [[4096, 4096], [11008, 4096]];
+const shapes: [number, number][] = quick
+  ? [[4096, 4096]]
+  : [
+      [4096, 4096],
+      [11008, 4096],
+    ];
 for (const [m, n] of shapes) {
   const { w, h } = problem(m, n, 1, pool);
   const phases: Record<string, number> = {};
@@ -71,7 +76,11 @@ for (const [m, n] of shapes) {
       case: `caldera_n${m === n ? n : `${m}x${n}`}_k64`,
       value: Number(seconds.toFixed(2)),
       unit: 's',
-      refs: { error: Number(d.error.toFixed(5)), ldlq_error: Number(ldlqOnly.error.toFixed(5)), ldlq_seconds: Number(ldlqSeconds.toFixed(2)) },
+      refs: {
+        error: Number(d.error.toFixed(5)),
+        ldlq_error: Number(ldlqOnly.error.toFixed(5)),
+        ldlq_seconds: Number(ldlqSeconds.toFixed(2)),
+      },
       phases_s: Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, Number(v.toFixed(2))])),
       bitsPerWeight: Number(d.paperBitsPerWeight.toFixed(4)),
     }),

@@ -51,7 +51,9 @@ function detag(raw) {
     );
   return paragraphs.join('\n');
 }
-const files = readdirSync(corpusDir).filter((f) => /^c[a-r]\d\d$/.test(f)).sort();
+const files = readdirSync(corpusDir)
+  .filter((f) => /^c[a-r]\d\d$/.test(f))
+  .sort();
 const docs = files.map((f) => detag(readFileSync(join(corpusDir, f), 'utf8')));
 
 // --- 2. split by document, seeded (xorshift32 Fisher–Yates) -----------------------------------------------
@@ -112,7 +114,10 @@ for (const i of split.train) {
 const SPECIAL = '<|endoftext|>';
 const vocab = [SPECIAL, ...byteChar];
 const idOf = new Map(vocab.map((t, i) => [t, i]));
-const words = [...wordCounts.entries()].map(([w, c]) => ({ syms: Array.from(w, (ch) => idOf.get(ch)), count: c }));
+const words = [...wordCounts.entries()].map(([w, c]) => ({
+  syms: Array.from(w, (ch) => idOf.get(ch)),
+  count: c,
+}));
 const pairKey = (a, b) => a * 65536 + b;
 const pairCount = new Map();
 const pairWords = new Map();
@@ -165,7 +170,17 @@ const tokenizerJson = {
   version: '1.0',
   truncation: null,
   padding: null,
-  added_tokens: [{ id: 0, content: SPECIAL, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true }],
+  added_tokens: [
+    {
+      id: 0,
+      content: SPECIAL,
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: false,
+      special: true,
+    },
+  ],
   normalizer: null,
   pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true },
   post_processor: null,
@@ -208,5 +223,15 @@ for (const [name, idx] of Object.entries(split)) {
   atomicWrite(join(root, '.tmp', `${name}.u16`), Buffer.from(Uint16Array.from(ids).buffer));
   stats[name] = { documents: idx.length, tokens: ids.length, files: idx.map((i) => files[i]) };
 }
-atomicWrite(join(root, 'data', 'split.json'), JSON.stringify({ seed: 20241122, vocabSize: vocab.length, ...stats }, null, 1) + '\n');
-console.log(JSON.stringify({ vocab: vocab.length, train: stats.train.tokens, valid: stats.valid.tokens, test: stats.test.tokens }));
+atomicWrite(
+  join(root, 'data', 'split.json'),
+  JSON.stringify({ seed: 20241122, vocabSize: vocab.length, ...stats }, null, 1) + '\n',
+);
+console.log(
+  JSON.stringify({
+    vocab: vocab.length,
+    train: stats.train.tokens,
+    valid: stats.valid.tokens,
+    test: stats.test.tokens,
+  }),
+);
