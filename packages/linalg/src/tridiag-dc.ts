@@ -90,10 +90,20 @@ function merge(a: Eig, b: Eig, k: number, s: number, beta: number, pool?: Pool):
   const zs = Float64Array.from(perm, (i) => z[i]!);
   // Qw: blockdiag(Q₁, Q₂) with columns in sorted order
   const qw = new Float64Array(s * s);
-  perm.forEach((src, col) => {
-    if (src < k) for (let r = 0; r < k; r++) qw[r * s + col] = a.q[r * k + src]!;
-    else for (let r = 0; r < k2; r++) qw[(k + r) * s + col] = b.q[r * k2 + src - k]!;
-  });
+  // row by row (sequential writes); each row gathers from one row of Q₁ or Q₂
+  const topCols: number[] = [];
+  const botCols: number[] = [];
+  perm.forEach((src, col) => (src < k ? topCols : botCols).push(col));
+  for (let r = 0; r < k; r++) {
+    const row = r * s;
+    const srcRow = r * k;
+    for (const col of topCols) qw[row + col] = a.q[srcRow + perm[col]!]!;
+  }
+  for (let r = 0; r < k2; r++) {
+    const row = (k + r) * s;
+    const srcRow = r * k2 - k;
+    for (const col of botCols) qw[row + col] = b.q[srcRow + perm[col]!]!;
+  }
   const part = Uint8Array.from(perm, (src) => (src < k ? 1 : 2));
   let dmax = 0;
   for (const x of ds) dmax = Math.max(dmax, Math.abs(x));
@@ -239,11 +249,14 @@ function merge(a: Eig, b: Eig, k: number, s: number, beta: number, pool?: Pool):
       entries.push({ value: sgn * (dk[origin[j]!]! + tau[j]!), src: j, fromProduct: true });
     fill(entries, deflated, ds, sgn);
     entries.sort((x, y) => x.value - y.value);
-    entries.forEach((en, c) => {
-      lam[c] = en.value;
-      if (en.fromProduct) for (let r = 0; r < s; r++) q[r * s + c] = prod[r * K + en.src]!;
-      else for (let r = 0; r < s; r++) q[r * s + c] = qw[r * s + en.src]!;
-    });
+    entries.forEach((en, c) => (lam[c] = en.value));
+    const fromProd = entries.map((en) => en.fromProduct);
+    const srcs = entries.map((en) => en.src);
+    for (let r = 0; r < s; r++) {
+      const row = r * s;
+      const prow = r * K;
+      for (let c = 0; c < s; c++) q[row + c] = fromProd[c] ? prod[prow + srcs[c]!]! : qw[row + srcs[c]!]!;
+    }
   } else {
     fill(entries, deflated, ds, sgn);
     entries.sort((x, y) => x.value - y.value);
