@@ -1,7 +1,11 @@
-import { CalderaError, type Tensor } from '@caldera/core';
+import { CalderaError, f16ArrayToF32, type Tensor } from '@caldera/core';
 import { gemm, hadamardRowsInPlace } from '@caldera/linalg';
 import { type Decomposition, latticeDecode } from '@caldera/lowrank';
-import { e8pGrid } from '@caldera/quant';
+import { e8pMatvecLut } from './kernels/e8p-lut.js';
+import { matvecF16, matvecF32 } from './kernels/matvec.js';
+
+/** Up to this many rows a dense product runs as matrix–vector products in TypeScript, above it through `gemm`. */
+const MATVEC_MAX_ROWS = 4;
 
 /** A linear layer `y = x·Wᵀ (+ b)` on `rows` row vectors. Implementations differ in how W is stored. */
 export interface Linear {
@@ -19,7 +23,12 @@ function addBias(y: Float32Array, rows: number, bias: Float32Array | null): Floa
   return y;
 }
 
-/** Dense f32 weights `[out, in]`. */
+function checkInput(what: string, x: Float32Array, rows: number, n: number): void {
+  if (x.length !== rows * n)
+    throw new CalderaError('E_SHAPE', `${what}: input has ${x.length} values, expected ${rows}·${n}`);
+}
+
+/** Dense f32 weights `[out, in]` (contiguous, row-major). */
 export class DenseLinear implements Linear {
   readonly inFeatures: number;
   readonly outFeatures: number;
@@ -27,17 +36,18 @@ export class DenseLinear implements Linear {
   constructor(
     readonly weight: Tensor<'f32'>,
     readonly bias: Float32Array | null = null,
-    storedBytesPerWeight = 4,
   ) {
     [this.outFeatures, this.inFeatures] = weight.shape as [number, number];
-    this.weightBytes = this.outFeatures * this.inFeatures * storedBytesPerWeight;
+    this.weightBytes = this.outFeatures * this.inFeatures * 4;
   }
   forward(x: Float32Array, rows: number): Float32Array {
-    if (x.length !== rows * this.inFeatures)
-      throw new CalderaError(
-        'E_SHAPE',
-        `linear: input has ${x.length} values, expected ${rows}·${this.inFeatures}`,
-      );
+    checkInput('linear', x, rows, this.inFeatures);
+    const w = this.weight;
+    if (rows <= MATVEC_MAX_ROWS && w.offset === 0 && w.strides[0] === this.inFeatures && w.strides[1] === 1) {
+      const y = new Float32Array(rows * this.outFeatures);
+      matvecF32(w.data, this.outFeatures, this.inFeatures, x, rows, y);
+      return addBias(y, rows, this.bias);
+    }
     const xt: Tensor<'f32'> = {
       dtype: 'f32',
       shape: [rows, this.inFeatures],
@@ -46,6 +56,50 @@ export class DenseLinear implements Linear {
       data: x,
     };
     return addBias(gemm(xt, this.weight, { transB: true, checkFinite: false }).data, rows, this.bias);
+  }
+}
+
+/** Rows of W converted to f32 per chunk in the batched path of {@link DenseF16Linear}. */
+const F16_CHUNK_ROWS = 256;
+
+/**
+ * Dense weights kept as f16 bits `[out, in]` (half the memory of f32) and converted to f32 on the fly: row by row
+ * for decode, in chunks of {@link F16_CHUNK_ROWS} rows fed to `gemm` for batches. W is never held in f32 whole.
+ */
+export class DenseF16Linear implements Linear {
+  readonly weightBytes: number;
+  constructor(
+    /** f16 bits, row-major `[outFeatures, inFeatures]`. */
+    readonly bits: Uint16Array,
+    readonly outFeatures: number,
+    readonly inFeatures: number,
+    readonly bias: Float32Array | null = null,
+  ) {
+    if (bits.length !== outFeatures * inFeatures)
+      throw new CalderaError(
+        'E_SHAPE',
+        `f16 linear: ${bits.length} weights, expected ${outFeatures}·${inFeatures}`,
+      );
+    this.weightBytes = bits.length * 2;
+  }
+  forward(x: Float32Array, rows: number): Float32Array {
+    const { outFeatures: m, inFeatures: n } = this;
+    checkInput('f16 linear', x, rows, n);
+    const y = new Float32Array(rows * m);
+    if (rows <= MATVEC_MAX_ROWS) {
+      matvecF16(this.bits, m, n, x, rows, y);
+      return addBias(y, rows, this.bias);
+    }
+    const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, n], strides: [n, 1], offset: 0, data: x };
+    const chunk = new Float32Array(F16_CHUNK_ROWS * n);
+    for (let i0 = 0; i0 < m; i0 += F16_CHUNK_ROWS) {
+      const c = Math.min(F16_CHUNK_ROWS, m - i0);
+      f16ArrayToF32(this.bits.subarray(i0 * n, (i0 + c) * n), chunk);
+      const wt: Tensor<'f32'> = { dtype: 'f32', shape: [c, n], strides: [n, 1], offset: 0, data: chunk };
+      const part = gemm(xt, wt, { transB: true, checkFinite: false }).data; // rows × c
+      for (let r = 0; r < rows; r++) y.set(part.subarray(r * c, r * c + c), r * m + i0);
+    }
+    return addBias(y, rows, this.bias);
   }
 }
 
@@ -60,7 +114,8 @@ export class CalderaLinear implements Linear {
   readonly weightBytes: number;
   private readonly lt: Tensor<'f32'> | null; // k × mp
   private readonly r: Tensor<'f32'> | null; // k × np
-  private readonly qCodes: Uint16Array;
+  /** 2-bit Q codes, group-major `[np/8, mp]` (the transpose of the checkpoint layout; same bytes). */
+  private readonly qCodesT: Uint16Array | null;
   private readonly qDense: Float32Array | null; // only for non-2-bit Q (decoded once)
   constructor(
     readonly d: Decomposition,
@@ -72,8 +127,14 @@ export class CalderaLinear implements Linear {
     const fv = (f: Decomposition['l']) => (f.kind === 'dense' ? f.values : latticeDecode(f.codes));
     this.lt = k > 0 ? { dtype: 'f32', shape: [k, mp], strides: [mp, 1], offset: 0, data: fv(d.l) } : null;
     this.r = k > 0 ? { dtype: 'f32', shape: [k, np], strides: [np, 1], offset: 0, data: fv(d.r) } : null;
-    this.qCodes = d.q.planes[0] as Uint16Array;
     this.qDense = d.q.bits === 2 ? null : latticeDecode(d.q);
+    if (d.q.bits === 2) {
+      const codes = d.q.planes[0] as Uint16Array;
+      const groups = np / 8;
+      const t = new Uint16Array(codes.length);
+      for (let i = 0; i < mp; i++) for (let g = 0; g < groups; g++) t[g * mp + i] = codes[i * groups + g]!;
+      this.qCodesT = t;
+    } else this.qCodesT = null;
     this.weightBytes = Math.ceil((d.bitsPerWeight * this.inFeatures * this.outFeatures) / 8);
   }
 
@@ -81,17 +142,12 @@ export class CalderaLinear implements Linear {
     const d = this.d;
     const [m, n] = d.shape;
     const [mp, np] = d.padded;
-    if (x.length !== rows * n)
-      throw new CalderaError(
-        'E_SHAPE',
-        `caldera linear: input has ${x.length} values, expected ${rows}·${n}`,
-      );
+    checkInput('caldera linear', x, rows, n);
     const xr = new Float32Array(rows * np);
     for (let r = 0; r < rows; r++)
       for (let j = 0; j < n; j++) xr[r * np + j] = d.su ? x[r * n + j]! * d.su[j]! : x[r * n + j]!;
     if (d.hadamard) hadamardRowsInPlace(xr, rows, np, { transpose: false });
     const yr = new Float32Array(rows * mp);
-    const groups = np / 8;
     if (this.qDense) {
       const q = this.qDense;
       for (let r = 0; r < rows; r++)
@@ -101,36 +157,30 @@ export class CalderaLinear implements Linear {
           yr[r * mp + i] = s;
         }
     } else {
-      const grid = e8pGrid();
-      const codes = this.qCodes;
+      e8pMatvecLut(this.qCodesT!, mp, np, xr, rows, yr);
       const scale = d.q.scale;
-      for (let i = 0; i < mp; i++) {
-        const rowCodes = i * groups;
-        for (let r = 0; r < rows; r++) {
-          const xo = r * np;
-          let s = 0;
-          for (let j = 0; j < groups; j++) {
-            const c = codes[rowCodes + j]! * 8;
-            const xb = xo + j * 8;
-            s +=
-              xr[xb]! * grid[c]! +
-              xr[xb + 1]! * grid[c + 1]! +
-              xr[xb + 2]! * grid[c + 2]! +
-              xr[xb + 3]! * grid[c + 3]! +
-              xr[xb + 4]! * grid[c + 4]! +
-              xr[xb + 5]! * grid[c + 5]! +
-              xr[xb + 6]! * grid[c + 6]! +
-              xr[xb + 7]! * grid[c + 7]!;
-          }
-          yr[r * mp + i] = s * scale;
-        }
-      }
+      for (let i = 0; i < yr.length; i++) yr[i]! *= scale;
     }
     if (this.lt && this.r) {
-      const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, np], strides: [np, 1], offset: 0, data: xr };
-      const z = gemm(xt, this.r, { transB: true, checkFinite: false }); // rows × k
-      const lr = gemm(z, this.lt, { checkFinite: false }).data; // rows × mp
-      for (let i = 0; i < yr.length; i++) yr[i]! += lr[i]!;
+      const k = d.rank;
+      if (rows <= MATVEC_MAX_ROWS) {
+        // z = x'·R̂ᵀ (rows × k), then yr += z·L̂ᵀ as k scaled adds of rows of Lᵀ
+        const z = new Float32Array(rows * k);
+        matvecF32(this.r.data, k, np, xr, rows, z);
+        const lt = this.lt.data;
+        for (let r = 0; r < rows; r++)
+          for (let t = 0; t < k; t++) {
+            const zt = z[r * k + t]!;
+            const lo = t * mp;
+            const yo = r * mp;
+            for (let i = 0; i < mp; i++) yr[yo + i]! += zt * lt[lo + i]!;
+          }
+      } else {
+        const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, np], strides: [np, 1], offset: 0, data: xr };
+        const z = gemm(xt, this.r, { transB: true, checkFinite: false }); // rows × k
+        const lr = gemm(z, this.lt, { checkFinite: false }).data; // rows × mp
+        for (let i = 0; i < yr.length; i++) yr[i]! += lr[i]!;
+      }
     }
     if (d.hadamard) hadamardRowsInPlace(yr, rows, mp, { transpose: true });
     const y = new Float32Array(rows * m);

@@ -1,9 +1,16 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CalderaError, cast, openSafetensorsDir, type Tensor, type TensorStore } from '@caldera/core';
+import {
+  CalderaError,
+  cast,
+  f32ArrayToF16,
+  openSafetensorsDir,
+  type Tensor,
+  type TensorStore,
+} from '@caldera/core';
 import { fromCheckpointTensors, type CheckpointLayerMeta } from '@caldera/lowrank';
 import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
-import { CalderaLinear, DenseLinear, type Linear } from './linear.js';
+import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
 import { LlamaModel, type BlockWeights } from './model.js';
 
 /** A loaded model with where it came from. */
@@ -30,6 +37,15 @@ async function readJson(path: string): Promise<unknown> {
 }
 
 async function f32(store: TensorStore, name: string, shape: readonly number[]): Promise<Tensor<'f32'>> {
+  return (await checked(store, name, shape)).f32;
+}
+
+/** Read a tensor, check its shape and that every value is finite; returns it as stored and as f32. */
+async function checked(
+  store: TensorStore,
+  name: string,
+  shape: readonly number[],
+): Promise<{ source: Tensor; f32: Tensor<'f32'> }> {
   if (!store.has(name)) throw new CalderaError('E_MISSING', `tensor '${name}' is missing`);
   const t = await store.readTensor(name);
   if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
@@ -43,7 +59,30 @@ async function f32(store: TensorStore, name: string, shape: readonly number[]): 
     if (!Number.isFinite(out.data[i]!))
       throw new CalderaError('E_VALUE', `tensor '${name}' has a non-finite value at flat index ${i}`);
   }
-  return out;
+  return { source: t, f32: out };
+}
+
+/** Options of {@link loadModel}. */
+export interface LoadOptions {
+  /**
+   * Storage of dense linear weights: `'auto'` (default) keeps f16 checkpoints as f16 and everything else as f32;
+   * `'f32'` / `'f16'` force one.
+   */
+  dtype?: 'auto' | 'f32' | 'f16';
+}
+
+async function denseLinear(
+  store: TensorStore,
+  name: string,
+  shape: [number, number],
+  bias: Float32Array | null,
+  dtype: 'auto' | 'f32' | 'f16',
+): Promise<Linear> {
+  const { source, f32: t } = await checked(store, name, shape);
+  if (dtype === 'auto' && source.dtype === 'f16')
+    return new DenseF16Linear(source.data as Uint16Array, shape[0], shape[1], bias);
+  if (dtype === 'f16') return new DenseF16Linear(f32ArrayToF16(t.data), shape[0], shape[1], bias);
+  return new DenseLinear(t, bias);
 }
 
 /**
@@ -51,7 +90,7 @@ async function f32(store: TensorStore, name: string, shape: readonly number[]): 
  * compressed checkpoint (the same plus caldera.json). Weights are read tensor by tensor and kept as f32 (dense) or as
  * codes (CALDERA layers). Missing or malformed tensors fail with a CalderaError naming them.
  */
-export async function loadModel(dir: string): Promise<LoadedModel> {
+export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
   const config = parseModelConfig(await readJson(join(dir, 'config.json')), join(dir, 'config.json'));
   let calderaMeta: LoadedModel['calderaMeta'] = null;
   try {
@@ -106,8 +145,7 @@ export async function loadModel(dir: string): Promise<LoadedModel> {
             ),
           );
         } else {
-          const wt = await f32(store, `${name}.weight`, shapes[kind]!);
-          lin.push(new DenseLinear(wt, bias, 2));
+          lin.push(await denseLinear(store, `${name}.weight`, shapes[kind]!, bias, options.dtype ?? 'auto'));
         }
       }
       const [q, k, v, o, gate, up, down] = lin as [Linear, Linear, Linear, Linear, Linear, Linear, Linear];

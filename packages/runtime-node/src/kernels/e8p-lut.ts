@@ -1,0 +1,142 @@
+import { e8pSources } from '@caldera/quant';
+
+/**
+ * Table-driven product with E8P12 codes (layout in `@caldera/quant`'s e8p.ts). A codeword is `sgn ⊙ source[a] ± ¼`,
+ * and the signs of coordinates 0–3 and 4–7 come from disjoint bits of the sign byte. So `⟨codeword, x⟩` splits into
+ * two half dot products, each a function of (half magnitude pattern, 4 sign bits), plus `±¼·Σx`. For one 8-group of
+ * the input we tabulate both halves for every distinct half pattern (≤ 81 each) and all 16 sign choices; then each
+ * code costs two table reads and two adds instead of eight multiply-adds.
+ */
+export interface E8PLutTables {
+  /** Per source a: base index into the first-half table (pattern·16). */
+  a1: Int32Array;
+  /** Per source a: pattern·16 of the second half, with bit 3 set when coordinate 7 is negated once more (odd sum). */
+  a2: Int32Array;
+  /** Per sign byte σ: low 4 bits = signs of coords 0–3, bits 4–7 = signs of coords 4–7, bit 8 = parity (shift −¼). */
+  sig: Int32Array;
+  /** Distinct half patterns, 4 magnitudes each. */
+  p1: Float32Array;
+  p2: Float32Array;
+}
+
+let tables: E8PLutTables | null = null;
+
+const PERM = [0, 4, 1, 5, 2, 6, 3, 7];
+
+/** Build (once) the index tables of the split decode. */
+export function e8pLutTables(): E8PLutTables {
+  if (tables) return tables;
+  const src = e8pSources();
+  const a1 = new Int32Array(256);
+  const a2 = new Int32Array(256);
+  const pats: [Map<string, number>, Map<string, number>] = [new Map(), new Map()];
+  const lists: [number[], number[]] = [[], []];
+  for (let a = 0; a < 256; a++) {
+    let sum = 0;
+    for (let i = 0; i < 8; i++) sum += src[a * 8 + i]!;
+    for (let h = 0; h < 2; h++) {
+      const v = Array.from(src.subarray(a * 8 + 4 * h, a * 8 + 4 * h + 4));
+      const key = v.join(',');
+      let idx = pats[h].get(key);
+      if (idx === undefined) {
+        idx = pats[h].size;
+        pats[h].set(key, idx);
+        lists[h].push(...v);
+      }
+      if (h === 0) a1[a] = idx * 16;
+      else a2[a] = idx * 16 + (Math.round(sum) % 2 === 1 ? 8 : 0);
+    }
+  }
+  const sig = new Int32Array(256);
+  for (let s = 0; s < 256; s++) {
+    let pc = 0;
+    for (let b = 0; b < 8; b++) pc += (s >> b) & 1;
+    const p = pc & 1;
+    const s2 = s ^ p;
+    let bits = 0;
+    for (let i = 0; i < 8; i++) if ((s2 >> PERM[i]!) & 1) bits |= 1 << i;
+    sig[s] = bits | (p << 8);
+  }
+  tables = { a1, a2, sig, p1: Float32Array.from(lists[0]), p2: Float32Array.from(lists[1]) };
+  return tables;
+}
+
+/** Fill `lut` (patterns·16) with the signed half dot products of magnitude patterns `p` with x[xo..xo+4). */
+function fillHalf(p: Float32Array, x: Float32Array, xo: number, lut: Float32Array): void {
+  const x0 = x[xo]!;
+  const x1 = x[xo + 1]!;
+  const x2 = x[xo + 2]!;
+  const x3 = x[xo + 3]!;
+  const np = p.length / 4;
+  for (let k = 0; k < np; k++) {
+    const v0 = p[4 * k]! * x0;
+    const v1 = p[4 * k + 1]! * x1;
+    const v2 = p[4 * k + 2]! * x2;
+    const v3 = p[4 * k + 3]! * x3;
+    const a0 = v0 + v1;
+    const a1 = -v0 + v1;
+    const a2 = v0 - v1;
+    const a3 = -v0 - v1;
+    const b0 = v2 + v3;
+    const b1 = -v2 + v3;
+    const b2 = v2 - v3;
+    const b3 = -v2 - v3;
+    const o = 16 * k;
+    // sign bit i set ⇒ coordinate i negated; index = bits of (c0, c1, c2, c3)
+    lut[o] = a0 + b0;
+    lut[o + 1] = a1 + b0;
+    lut[o + 2] = a2 + b0;
+    lut[o + 3] = a3 + b0;
+    lut[o + 4] = a0 + b1;
+    lut[o + 5] = a1 + b1;
+    lut[o + 6] = a2 + b1;
+    lut[o + 7] = a3 + b1;
+    lut[o + 8] = a0 + b2;
+    lut[o + 9] = a1 + b2;
+    lut[o + 10] = a2 + b2;
+    lut[o + 11] = a3 + b2;
+    lut[o + 12] = a0 + b3;
+    lut[o + 13] = a1 + b3;
+    lut[o + 14] = a2 + b3;
+    lut[o + 15] = a3 + b3;
+  }
+}
+
+/**
+ * `y[r·mp + i] = Σ_g ⟨codeword(codesT[g·mp + i]), x[r·np + 8g…]⟩` (y is overwritten). Codes are stored
+ * group-major (`[np/8, mp]`, the transpose of the checkpoint's row-major layout) so that one group's tables serve a
+ * contiguous run of codes.
+ */
+export function e8pMatvecLut(
+  codesT: Uint16Array,
+  mp: number,
+  np: number,
+  x: Float32Array,
+  rows: number,
+  y: Float32Array,
+): void {
+  const t = e8pLutTables();
+  const { a1, a2, sig } = t;
+  const l1 = new Float32Array(t.p1.length * 4);
+  const l2 = new Float32Array(t.p2.length * 4);
+  const groups = np / 8;
+  y.fill(0, 0, rows * mp);
+  for (let r = 0; r < rows; r++) {
+    const yo = r * mp;
+    for (let g = 0; g < groups; g++) {
+      const xo = r * np + 8 * g;
+      fillHalf(t.p1, x, xo, l1);
+      fillHalf(t.p2, x, xo + 4, l2);
+      const sh =
+        0.25 *
+        (x[xo]! + x[xo + 1]! + x[xo + 2]! + x[xo + 3]! + x[xo + 4]! + x[xo + 5]! + x[xo + 6]! + x[xo + 7]!);
+      const co = g * mp;
+      for (let i = 0; i < mp; i++) {
+        const c = codesT[co + i]!;
+        const a = c >>> 8;
+        const s = sig[c & 0xff]!;
+        y[yo + i]! += l1[a1[a]! | (s & 15)]! + l2[a2[a]! ^ ((s >>> 4) & 15)]! + ((s & 256) === 0 ? sh : -sh);
+      }
+    }
+  }
+}

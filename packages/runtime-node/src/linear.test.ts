@@ -1,0 +1,44 @@
+import { describe, expect, it } from 'vitest';
+import { f16ArrayToF32, f32ArrayToF16, Rng, tensor } from '@caldera/core';
+import { applyDecomposition, caldera } from '@caldera/lowrank';
+import { CalderaLinear, DenseF16Linear, DenseLinear } from './linear.js';
+
+describe('linear layers', () => {
+  const rng = new Rng(21);
+
+  it('f16 layer equals the f32 layer of the same (rounded) weights, decode and batched paths', () => {
+    const m = 300; // crosses the 256-row conversion chunk
+    const n = 40;
+    const bits = f32ArrayToF16(rng.fillNormal(new Float32Array(m * n)));
+    const bias = rng.fillNormal(new Float32Array(m));
+    const f16 = new DenseF16Linear(bits, m, n, bias);
+    const f32 = new DenseLinear(tensor('f32', [m, n], f16ArrayToF32(bits)), bias);
+    expect(f16.weightBytes).toBe(m * n * 2);
+    expect(f32.weightBytes).toBe(m * n * 4);
+    for (const rows of [1, 3, 9]) {
+      const x = rng.fillNormal(new Float32Array(rows * n));
+      const a = f16.forward(x, rows);
+      const b = f32.forward(x, rows);
+      // same products summed in a different order in f32 (n = 40 terms of size ~1): 1e-4 absolute is ample
+      for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-4);
+    }
+    expect(() => f16.forward(new Float32Array(3), 1)).toThrow(/E_SHAPE/);
+  });
+
+  it('CALDERA layer equals Decomposition.apply for batches (gemm low-rank path) and with a bias', () => {
+    const w = tensor('f32', [24, 72], rng.fillNormal(new Float32Array(24 * 72)));
+    const d = caldera(w, null, { rank: 4, outerIters: 1, lplrIters: 1 });
+    const bias = rng.fillNormal(new Float32Array(24));
+    const layer = new CalderaLinear(d, bias);
+    const rows = 7;
+    const x = rng.fillNormal(new Float32Array(rows * 72));
+    const a = layer.forward(x, rows);
+    const b = applyDecomposition(d, x, rows);
+    const scale = Math.max(...Array.from(b, Math.abs));
+    // same sums in f32 in different orders (np = 128 terms): 1e-4 relative to the output scale
+    for (let r = 0; r < rows; r++)
+      for (let i = 0; i < 24; i++)
+        expect(Math.abs(a[r * 24 + i]! - bias[i]! - b[r * 24 + i]!)).toBeLessThan(1e-4 * scale);
+    expect(layer.weightBytes).toBeLessThan(24 * 72 * 2);
+  });
+});
