@@ -4,6 +4,7 @@
  * Workers from a Blob URL, and both give the right product. Skipped when Chromium, playwright-core or
  * the dist build is absent.
  */
+import { buildSync } from 'esbuild';
 import { existsSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -91,7 +92,14 @@ describe('in a browser (headless Chromium)', () => {
         /from ["']@caldera\/core["']/g,
         "from '/core.js'",
       ),
-      '/core.js': readFileSync(coreDist, 'utf8'),
+      // core's dist imports npm dependencies (ndarray, CommonJS): bundle it for the page as a browser would
+      '/core.js': buildSync({
+        entryPoints: [coreDist],
+        bundle: true,
+        format: 'esm',
+        platform: 'browser',
+        write: false,
+      }).outputFiles[0]!.text,
     };
     server = createServer((req, res) => {
       const body = files[req.url ?? ''];
