@@ -111,11 +111,18 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     const missing = [];
     for (const n of ['model.embed_tokens.weight', 'model.norm.weight']) if (!store.has(n)) missing.push(n);
     if (missing.length) throw new CalderaError('E_MISSING', `${dir}: missing tensors ${missing.join(', ')}`);
-    const embed = await f32(store, 'model.embed_tokens.weight', [V, d]);
-    const lmHead =
+    const embedT = await checked(store, 'model.embed_tokens.weight', [V, d]);
+    const embed = embedT.f32;
+    const headT =
       config.tieWordEmbeddings || !store.has('lm_head.weight')
-        ? embed
-        : await f32(store, 'lm_head.weight', [V, d]);
+        ? embedT
+        : await checked(store, 'lm_head.weight', [V, d]);
+    const lmHead = headT.f32;
+    const dtype = options.dtype ?? 'auto';
+    const head =
+      dtype === 'f16' || (dtype === 'auto' && headT.source.dtype === 'f16')
+        ? new DenseF16Linear(f32ArrayToF16(lmHead.data), V, d)
+        : undefined;
     const shapes: Record<string, [number, number]> = {
       q_proj: [H * hd, d],
       k_proj: [KV * hd, d],
@@ -145,7 +152,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
             ),
           );
         } else {
-          lin.push(await denseLinear(store, `${name}.weight`, shapes[kind]!, bias, options.dtype ?? 'auto'));
+          lin.push(await denseLinear(store, `${name}.weight`, shapes[kind]!, bias, dtype));
         }
       }
       const [q, k, v, o, gate, up, down] = lin as [Linear, Linear, Linear, Linear, Linear, Linear, Linear];
@@ -162,7 +169,12 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
       });
     }
     const norm = (await f32(store, 'model.norm.weight', [d])).data;
-    return { model: new LlamaModel(config, { embed, blocks, norm, lmHead }), config, dir, calderaMeta };
+    return {
+      model: new LlamaModel(config, { embed, blocks, norm, lmHead, ...(head ? { head } : {}) }),
+      config,
+      dir,
+      calderaMeta,
+    };
   } finally {
     await store.close();
   }

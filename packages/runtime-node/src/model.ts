@@ -1,7 +1,6 @@
 import { CalderaError, type Tensor } from '@caldera/core';
-import { gemm } from '@caldera/linalg';
 import { blockLinearNames, type ModelConfig } from './config.js';
-import type { Linear } from './linear.js';
+import { DenseLinear, type Linear } from './linear.js';
 
 /** One transformer block's weights. */
 export interface BlockWeights {
@@ -24,6 +23,8 @@ export interface ModelWeights {
   blocks: BlockWeights[];
   norm: Float32Array;
   lmHead: Tensor<'f32'>; // [vocab, hidden] (the embedding when tied)
+  /** Optional LM head layer used for logits instead of `lmHead` (e.g. an f16 {@link Linear}); default: dense f32. */
+  head?: Linear;
 }
 
 /** Per-layer key/value cache of one sequence. */
@@ -107,6 +108,7 @@ export type CaptureFn = (input: string, x: Float32Array, rows: number) => void;
 /** A Llama-family causal language model on the CPU. */
 export class LlamaModel {
   private readonly invFreq: Float64Array;
+  private readonly head: Linear;
   constructor(
     readonly config: ModelConfig,
     readonly weights: ModelWeights,
@@ -118,6 +120,7 @@ export class LlamaModel {
       );
     }
     this.invFreq = ropeInvFreq(config);
+    this.head = weights.head ?? new DenseLinear(weights.lmHead);
   }
 
   /** Token embeddings `[tokens, hidden]`. */
@@ -213,14 +216,7 @@ export class LlamaModel {
   /** Final norm + LM head: logits `[rows, vocab]`. */
   logits(x: Float32Array, rows: number): Float32Array {
     const h = rmsNorm(x, rows, this.weights.norm, this.config.rmsNormEps);
-    const ht: Tensor<'f32'> = {
-      dtype: 'f32',
-      shape: [rows, this.config.hiddenSize],
-      strides: [this.config.hiddenSize, 1],
-      offset: 0,
-      data: h,
-    };
-    return gemm(ht, this.weights.lmHead, { transB: true, checkFinite: false }).data;
+    return this.head.forward(h, rows);
   }
 
   /**

@@ -17,6 +17,11 @@ export interface E8PLutTables {
   /** Distinct half patterns, 4 magnitudes each. */
   p1: Float32Array;
   p2: Float32Array;
+  /**
+   * Per code (65 536 entries): low 16 bits = index into the first-half table (pattern·32 + parity·16 + signs, the
+   * ±¼ shift folded in), high 16 bits = index into the second-half table (pattern·16 + signs).
+   */
+  comb: Int32Array;
 }
 
 let tables: E8PLutTables | null = null;
@@ -57,12 +62,27 @@ export function e8pLutTables(): E8PLutTables {
     for (let i = 0; i < 8; i++) if ((s2 >> PERM[i]!) & 1) bits |= 1 << i;
     sig[s] = bits | (p << 8);
   }
-  tables = { a1, a2, sig, p1: Float32Array.from(lists[0]), p2: Float32Array.from(lists[1]) };
+  const comb = new Int32Array(65536);
+  for (let c = 0; c < 65536; c++) {
+    const a = c >>> 8;
+    const g = sig[c & 0xff]!;
+    const i1 = (a1[a]! >>> 4) * 32 + ((g >>> 8) & 1) * 16 + (g & 15);
+    const i2 = a2[a]! ^ ((g >>> 4) & 15);
+    comb[c] = i1 | (i2 << 16);
+  }
+  tables = { a1, a2, sig, p1: Float32Array.from(lists[0]), p2: Float32Array.from(lists[1]), comb };
   return tables;
 }
 
-/** Fill `lut` (patterns·16) with the signed half dot products of magnitude patterns `p` with x[xo..xo+4). */
-function fillHalf(p: Float32Array, x: Float32Array, xo: number, lut: Float32Array): void {
+/** Fill `lut` (patterns·16, or ·32 with the shift variants) with the signed half dot products of magnitude patterns `p` with x[xo..xo+4). */
+function fillHalf(
+  p: Float32Array,
+  x: Float32Array,
+  xo: number,
+  lut: Float32Array,
+  withShift: boolean,
+  shift: number,
+): void {
   const x0 = x[xo]!;
   const x1 = x[xo + 1]!;
   const x2 = x[xo + 2]!;
@@ -81,7 +101,7 @@ function fillHalf(p: Float32Array, x: Float32Array, xo: number, lut: Float32Arra
     const b1 = -v2 + v3;
     const b2 = v2 - v3;
     const b3 = -v2 - v3;
-    const o = 16 * k;
+    const o = (withShift ? 32 : 16) * k;
     // sign bit i set ⇒ coordinate i negated; index = bits of (c0, c1, c2, c3)
     lut[o] = a0 + b0;
     lut[o + 1] = a1 + b0;
@@ -99,6 +119,11 @@ function fillHalf(p: Float32Array, x: Float32Array, xo: number, lut: Float32Arra
     lut[o + 13] = a1 + b3;
     lut[o + 14] = a2 + b3;
     lut[o + 15] = a3 + b3;
+    if (withShift)
+      for (let j = 0; j < 16; j++) {
+        lut[o + 16 + j] = lut[o + j]! - shift; // parity 1: shift −¼
+        lut[o + j]! += shift;
+      }
   }
 }
 
@@ -116,26 +141,42 @@ export function e8pMatvecLut(
   y: Float32Array,
 ): void {
   const t = e8pLutTables();
-  const { a1, a2, sig } = t;
-  const l1 = new Float32Array(t.p1.length * 4);
-  const l2 = new Float32Array(t.p2.length * 4);
+  const comb = t.comb;
+  // first-half tables carry the shift (±¼·Σx of the group) in two 16-entry variants per pattern
+  const n1 = (t.p1.length / 4) * 32;
+  const n2 = (t.p2.length / 4) * 16;
+  const l1 = new Float32Array(2 * n1);
+  const l2 = new Float32Array(2 * n2);
   const groups = np / 8;
+  const group = (xo: number, k: number) => {
+    const sh =
+      0.25 *
+      (x[xo]! + x[xo + 1]! + x[xo + 2]! + x[xo + 3]! + x[xo + 4]! + x[xo + 5]! + x[xo + 6]! + x[xo + 7]!);
+    fillHalf(t.p1, x, xo, k === 0 ? l1 : l1.subarray(n1), true, sh);
+    fillHalf(t.p2, x, xo + 4, k === 0 ? l2 : l2.subarray(n2), false, 0);
+  };
   y.fill(0, 0, rows * mp);
   for (let r = 0; r < rows; r++) {
     const yo = r * mp;
-    for (let g = 0; g < groups; g++) {
-      const xo = r * np + 8 * g;
-      fillHalf(t.p1, x, xo, l1);
-      fillHalf(t.p2, x, xo + 4, l2);
-      const sh =
-        0.25 *
-        (x[xo]! + x[xo + 1]! + x[xo + 2]! + x[xo + 3]! + x[xo + 4]! + x[xo + 5]! + x[xo + 6]! + x[xo + 7]!);
-      const co = g * mp;
+    let g = 0;
+    // two groups per pass over y: half the loads and stores of the accumulator
+    for (; g + 1 < groups; g += 2) {
+      group(r * np + 8 * g, 0);
+      group(r * np + 8 * g + 8, 1);
+      const c0 = g * mp;
+      const c1 = c0 + mp;
       for (let i = 0; i < mp; i++) {
-        const c = codesT[co + i]!;
-        const a = c >>> 8;
-        const s = sig[c & 0xff]!;
-        y[yo + i]! += l1[a1[a]! | (s & 15)]! + l2[a2[a]! ^ ((s >>> 4) & 15)]! + ((s & 256) === 0 ? sh : -sh);
+        const e0 = comb[codesT[c0 + i]!]!;
+        const e1 = comb[codesT[c1 + i]!]!;
+        y[yo + i]! += l1[e0 & 0xffff]! + l2[e0 >>> 16]! + l1[n1 + (e1 & 0xffff)]! + l2[n2 + (e1 >>> 16)]!;
+      }
+    }
+    if (g < groups) {
+      group(r * np + 8 * g, 0);
+      const c0 = g * mp;
+      for (let i = 0; i < mp; i++) {
+        const e0 = comb[codesT[c0 + i]!]!;
+        y[yo + i]! += l1[e0 & 0xffff]! + l2[e0 >>> 16]!;
       }
     }
   }

@@ -34,9 +34,21 @@ export function matvecF32(
   }
 }
 
+let f16Table: Float32Array | null = null;
+
+/** All 65 536 f16 values as f32 (256 KiB, built once): one table read converts a weight. */
+function f16ToF32Table(): Float32Array {
+  if (!f16Table) {
+    const bits = new Uint16Array(65536);
+    for (let i = 0; i < 65536; i++) bits[i] = i;
+    f16Table = f16ArrayToF32(bits);
+  }
+  return f16Table;
+}
+
 /**
- * As {@link matvecF32} with W stored as f16 bits: each weight row is converted into a scratch row of f32 (exact) and
- * then used for every input row, so W is never materialised in f32.
+ * As {@link matvecF32} with W stored as f16 bits, converted on the fly by table lookup (exact), so W is never
+ * materialised in f32.
  */
 export function matvecF16(
   w: Uint16Array,
@@ -46,24 +58,24 @@ export function matvecF16(
   rows: number,
   y: Float32Array,
 ) {
-  const row = new Float32Array(n);
+  const t = f16ToF32Table();
   const n4 = n - (n % 4);
-  for (let i = 0; i < m; i++) {
-    f16ArrayToF32(w.subarray(i * n, i * n + n), row);
-    for (let r = 0; r < rows; r++) {
-      const xo = r * n;
+  for (let r = 0; r < rows; r++) {
+    const xo = r * n;
+    for (let i = 0; i < m; i++) {
+      const wo = i * n;
       let s0 = 0;
       let s1 = 0;
       let s2 = 0;
       let s3 = 0;
       let j = 0;
       for (; j < n4; j += 4) {
-        s0 += x[xo + j]! * row[j]!;
-        s1 += x[xo + j + 1]! * row[j + 1]!;
-        s2 += x[xo + j + 2]! * row[j + 2]!;
-        s3 += x[xo + j + 3]! * row[j + 3]!;
+        s0 += x[xo + j]! * t[w[wo + j]!]!;
+        s1 += x[xo + j + 1]! * t[w[wo + j + 1]!]!;
+        s2 += x[xo + j + 2]! * t[w[wo + j + 2]!]!;
+        s3 += x[xo + j + 3]! * t[w[wo + j + 3]!]!;
       }
-      for (; j < n; j++) s0 += x[xo + j]! * row[j]!;
+      for (; j < n; j++) s0 += x[xo + j]! * t[w[wo + j]!]!;
       y[r * m + i] = s0 + s1 + s2 + s3;
     }
   }

@@ -1,0 +1,190 @@
+/**
+ * Runtime benchmark: prefill and decode tokens/s of a ~100 M-parameter Llama-shaped model with random weights in f32,
+ * f16 and CALDERA (rank 64, 2-bit E8P Q, 4-bit lattice L/R), resident memory, and the measured checkpoint size of a
+ * 4096×4096 CALDERA layer vs f16. JSON Lines on stdout. `--quick`: fewer tokens.
+ */
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { f32ArrayToF16, Rng, tensor } from '@caldera/core';
+import { latticeRound, paddedSize, toCheckpointTensors, type Decomposition } from '@caldera/lowrank';
+import {
+  CalderaLinear,
+  DenseF16Linear,
+  DenseLinear,
+  KVCache,
+  LlamaModel,
+  parseModelConfig,
+  type BlockWeights,
+  type Linear,
+} from '../src/index.js';
+
+const quick = process.argv.includes('--quick');
+const cfg = parseModelConfig({
+  architectures: ['LlamaForCausalLM'],
+  hidden_size: 1024,
+  intermediate_size: 2816,
+  num_hidden_layers: 8,
+  num_attention_heads: 16,
+  num_key_value_heads: 8,
+  vocab_size: 8192,
+  tie_word_embeddings: true,
+});
+const PREFILL = quick ? 16 : 64;
+const DECODE = quick ? 6 : 24;
+const RANK = 64;
+
+function emit(c: string, value: number, unit: string, refs: Record<string, unknown> = {}) {
+  console.log(JSON.stringify({ case: c, value: Number(value.toPrecision(4)), unit, refs }));
+}
+
+/** Uniform values in ±0.05 (fast LCG: the values only matter for speed). */
+function randomF32(n: number, seed: number): Float32Array {
+  const a = new Float32Array(n);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    a[i] = (s / 4294967296 - 0.5) * 0.1;
+  }
+  return a;
+}
+
+function randomDecomposition(m: number, n: number, rng: Rng): Decomposition {
+  const mp = paddedSize(m, true);
+  const np = paddedSize(n, true);
+  const codes = new Uint16Array((mp * np) / 8);
+  for (let i = 0; i < codes.length; i++) codes[i] = rng.nextU32() & 0xffff;
+  const l = latticeRound(rng.fillNormal(new Float32Array(RANK * mp)), 4).codes;
+  const r = latticeRound(rng.fillNormal(new Float32Array(RANK * np)), 4).codes;
+  const bits = 2 * mp * np + 32 + 2 * (4 * RANK * (mp + np) + 32) + 16 * (mp + np);
+  return {
+    shape: [m, n],
+    padded: [mp, np],
+    rank: RANK,
+    scale: 0.02,
+    hadamard: true,
+    su: rng.fillRademacher(new Float32Array(np)),
+    sv: rng.fillRademacher(new Float32Array(mp)),
+    q: { bits: 2, planes: [codes], scale: 0.3 },
+    l: { kind: 'lattice', codes: l },
+    r: { kind: 'lattice', codes: r },
+    bitsPerWeight: bits / (m * n),
+    paperBitsPerWeight: 2 + (RANK * 4 * (m + n)) / (m * n),
+    error: 0,
+    errors: { LR: [], Q: [] },
+    seed: 0,
+  };
+}
+
+type Kind = 'f32' | 'f16' | 'caldera';
+
+function buildModel(kind: Kind): LlamaModel {
+  const { hiddenSize: d, intermediateSize: I, vocabSize: V, numHeads: H, numKvHeads: KV, headDim: hd } = cfg;
+  const rng = new Rng(7);
+  let seed = 1;
+  const lin = (m: number, n: number): Linear => {
+    if (kind === 'caldera') return new CalderaLinear(randomDecomposition(m, n, rng));
+    const w = randomF32(m * n, seed++);
+    return kind === 'f16'
+      ? new DenseF16Linear(f32ArrayToF16(w), m, n)
+      : new DenseLinear(tensor('f32', [m, n], w));
+  };
+  const blocks: BlockWeights[] = Array.from({ length: cfg.numLayers }, () => ({
+    inputNorm: new Float32Array(d).fill(1),
+    postAttnNorm: new Float32Array(d).fill(1),
+    q: lin(H * hd, d),
+    k: lin(KV * hd, d),
+    v: lin(KV * hd, d),
+    o: lin(d, H * hd),
+    gate: lin(I, d),
+    up: lin(I, d),
+    down: lin(d, I),
+  }));
+  const embed = tensor('f32', [V, d], randomF32(V * d, 999));
+  // the embedding / LM head stays dense in every format: f32 for the f32 model, f16 otherwise (as in checkpoints)
+  const head = kind === 'f32' ? undefined : new DenseF16Linear(f32ArrayToF16(embed.data), V, d);
+  return new LlamaModel(cfg, {
+    embed,
+    blocks,
+    norm: new Float32Array(d).fill(1),
+    lmHead: embed,
+    ...(head ? { head } : {}),
+  });
+}
+
+function run(kind: Kind): { prefill: number; decode: number; rssMB: number; linearMB: number } {
+  globalThis.gc?.();
+  const rss0 = process.memoryUsage().rss;
+  const model = buildModel(kind);
+  globalThis.gc?.();
+  // growth of the resident set while the model is alive (needs --expose-gc, as `npm run bench` passes)
+  const rssMB = (process.memoryUsage().rss - rss0) / 2 ** 20;
+  const prompt = Array.from({ length: PREFILL }, (_, i) => (i * 37) % cfg.vocabSize);
+  const cache = new KVCache(cfg, PREFILL + DECODE + 1);
+  let t = performance.now();
+  let logits = model.forward(prompt, cache);
+  const prefill = PREFILL / ((performance.now() - t) / 1000);
+  let next = 0;
+  model.forward([1], cache); // warm-up of the decode path
+  t = performance.now();
+  for (let i = 0; i < DECODE; i++) {
+    let best = 0;
+    for (let v = 1; v < cfg.vocabSize; v++) if (logits[v]! > logits[best]!) best = v;
+    next = best;
+    logits = model.forward([next], cache);
+  }
+  const decode = DECODE / ((performance.now() - t) / 1000);
+  return { prefill, decode, rssMB, linearMB: model.linearBytes() / 2 ** 20 };
+}
+
+const params =
+  cfg.numLayers *
+    (cfg.hiddenSize * cfg.headDim * (2 * cfg.numHeads + 2 * cfg.numKvHeads) +
+      3 * cfg.hiddenSize * cfg.intermediateSize) +
+  cfg.vocabSize * cfg.hiddenSize;
+const shape = {
+  params,
+  hidden: cfg.hiddenSize,
+  layers: cfg.numLayers,
+  vocab: cfg.vocabSize,
+  prefill: PREFILL,
+  decode: DECODE,
+};
+const only = process.argv.find((a) => a.startsWith('--kind='))?.slice(7) as Kind | undefined;
+if (only) {
+  // child mode: one model per process, so that its resident memory is measured alone
+  console.log(JSON.stringify(run(only)));
+  process.exit(0);
+}
+const res = {} as Record<Kind, ReturnType<typeof run>>;
+for (const kind of ['f32', 'f16', 'caldera'] as Kind[]) {
+  const child = spawnSync(
+    process.execPath,
+    [...process.execArgv, fileURLToPath(import.meta.url), `--kind=${kind}`, ...(quick ? ['--quick'] : [])],
+    { encoding: 'utf8' },
+  );
+  if (child.status !== 0) throw new Error(`bench child ${kind} failed: ${child.stderr}`);
+  const r = (res[kind] = JSON.parse(child.stdout.trim().split('\n').pop()!) as ReturnType<typeof run>);
+  if (kind !== 'caldera') {
+    emit(`prefill_${kind}`, r.prefill, 'tokens/s', shape);
+    emit(`decode_${kind}`, r.decode, 'tokens/s', shape);
+    emit(`rss_${kind}`, r.rssMB, 'MiB', { linearWeightsMiB: r.linearMB });
+  }
+}
+const c = res.caldera;
+emit('prefill_caldera', c.prefill, 'tokens/s', { ...shape, f16: res.f16.prefill, f32: res.f32.prefill });
+emit('decode_caldera', c.decode, 'tokens/s', {
+  ...shape,
+  f16: res.f16.decode,
+  f32: res.f32.decode,
+  speedupVsF16: c.decode / res.f16.decode,
+  speedupVsF32: c.decode / res.f32.decode,
+});
+emit('rss_caldera', c.rssMB, 'MiB', { linearWeightsMiB: c.linearMB });
+
+// The format's real size: bytes of the checkpoint tensors of one 4096×4096 layer at rank 64 vs the f16 weight.
+const big = toCheckpointTensors('layer', randomDecomposition(4096, 4096, new Rng(3))).tensors;
+const bytes = Object.values(big).reduce((s, t) => s + t.data.byteLength, 0);
+emit('weight_bytes_ratio_4096', bytes / (4096 * 4096 * 2), 'x f16', {
+  calderaBytes: bytes,
+  f16Bytes: 4096 * 4096 * 2,
+});
