@@ -6,3 +6,4 @@ export * from './eval.js';
 export * from './generate.js';
 export * from './tokenizer.js';
 export * from './runner.js';
+export * from './llama2c.js';

@@ -1,0 +1,122 @@
+import { describe, expect, it } from 'vitest';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Rng, tensor, type Tensor } from '@caldera/core';
+import { Llama2cTokenizer, loadLlama2c } from './llama2c.js';
+import { referenceLogits } from './testing/reference.js';
+
+const dim = 16;
+const hidden = 24;
+const layers = 2;
+const heads = 4;
+const kvHeads = 2;
+const vocab = 20;
+const seqLen = 32;
+const hd = dim / heads;
+
+/** A llama2.c file with random weights (classifier `wcls` when `untied`) and the same tensors under HF names. */
+function build(untied: boolean): { bin: Uint8Array; raw: Record<string, Tensor<'f32'>> } {
+  const rng = new Rng(5);
+  const parts: Float32Array[] = [];
+  const raw: Record<string, Tensor<'f32'>> = {};
+  const put = (n: number, name?: string, shape?: number[], std = 0.3, one = false) => {
+    const a = rng.fillNormal(new Float32Array(n), 0, std);
+    if (one) a.forEach((v, i) => (a[i] = 1 + v));
+    parts.push(a);
+    if (name) raw[name] = tensor('f32', shape!, a);
+  };
+  put(vocab * dim, 'model.embed_tokens.weight', [vocab, dim], 1);
+  const kv = kvHeads * hd;
+  const L = (n: string) => Array.from({ length: layers }, (_, l) => `model.layers.${l}.${n}.weight`);
+  L('input_layernorm').forEach((n) => put(dim, n, [dim], 0.1, true));
+  L('self_attn.q_proj').forEach((n) => put(dim * dim, n, [dim, dim]));
+  L('self_attn.k_proj').forEach((n) => put(kv * dim, n, [kv, dim]));
+  L('self_attn.v_proj').forEach((n) => put(kv * dim, n, [kv, dim]));
+  L('self_attn.o_proj').forEach((n) => put(dim * dim, n, [dim, dim]));
+  L('post_attention_layernorm').forEach((n) => put(dim, n, [dim], 0.1, true));
+  L('mlp.gate_proj').forEach((n) => put(hidden * dim, n, [hidden, dim]));
+  L('mlp.down_proj').forEach((n) => put(dim * hidden, n, [dim, hidden]));
+  L('mlp.up_proj').forEach((n) => put(hidden * dim, n, [hidden, dim]));
+  put(dim, 'model.norm.weight', [dim], 0.1, true);
+  put(seqLen * hd); // freq_cis_real + freq_cis_imag (unused by the loader)
+  if (untied) put(vocab * dim, 'lm_head.weight', [vocab, dim], 1);
+  const header = Int32Array.of(dim, hidden, layers, heads, kvHeads, untied ? -vocab : vocab, seqLen);
+  const total = parts.reduce((s, p) => s + p.length, 0);
+  const bin = new Uint8Array(28 + 4 * total);
+  bin.set(new Uint8Array(header.buffer), 0);
+  let o = 28;
+  for (const p of parts) {
+    bin.set(new Uint8Array(p.buffer), o);
+    o += 4 * p.length;
+  }
+  return { bin, raw };
+}
+
+describe('llama2.c import', () => {
+  it.each([false, true])(
+    'logits equal a reference forward with interleaved RoPE on the file weights (untied=%s)',
+    async (untied) => {
+      const { bin, raw } = build(untied);
+      const dir = await mkdtemp(join(tmpdir(), 'caldera-l2c-'));
+      await writeFile(join(dir, 'model.bin'), bin);
+      const { model, config } = await loadLlama2c(join(dir, 'model.bin'));
+      expect(config.tieWordEmbeddings).toBe(!untied);
+      const tokens = [1, 7, 3, 19, 0, 5];
+      const got = model.forward(tokens);
+      const ref = referenceLogits(config, raw, tokens, 'interleaved');
+      let max = 0;
+      ref.forEach((r) => r.forEach((v) => (max = Math.max(max, Math.abs(v)))));
+      // f32 forward vs f64 reference on a 2-layer model: 1e-4 relative to the logit scale
+      ref.forEach((r, t) =>
+        r.forEach((v, j) => expect(Math.abs(got[t * vocab + j]! - v)).toBeLessThan(1e-4 * max)),
+      );
+      await writeFile(join(dir, 'short.bin'), bin.subarray(0, bin.length - 4));
+      await expect(loadLlama2c(join(dir, 'short.bin'))).rejects.toThrow(/E_FORMAT.*bytes, expected/);
+    },
+  );
+
+  it('tokenizer.bin: BPE by score with dummy prefix and byte fallback; decode inverts encode', () => {
+    // vocabulary: <unk> <s> </s>, 256 byte tokens, then pieces with scores (higher merges first)
+    const pieces: [string, number][] = [
+      ['<unk>', 0],
+      ['<s>', 0],
+      ['</s>', 0],
+      ...Array.from({ length: 256 }, (_, b): [string, number] => [
+        `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`,
+        0,
+      ]),
+      [' ', -1],
+      ['a', -1],
+      ['b', -1],
+      ['c', -1],
+      ['ab', -2],
+      [' a', -3],
+      [' ab', -2.5],
+      ['abc', -4],
+    ];
+    const enc = new TextEncoder();
+    const chunks: Uint8Array[] = [new Uint8Array(Int32Array.of(8).buffer)];
+    for (const [s, score] of pieces) {
+      const b = enc.encode(s);
+      const head = new DataView(new ArrayBuffer(8));
+      head.setFloat32(0, score, true);
+      head.setInt32(4, b.length, true);
+      chunks.push(new Uint8Array(head.buffer), b);
+    }
+    const bytes = new Uint8Array(chunks.reduce((s, c) => s + c.length, 0));
+    let o = 0;
+    for (const c of chunks) {
+      bytes.set(c, o);
+      o += c.length;
+    }
+    const tok = Llama2cTokenizer.fromBytes(bytes, pieces.length);
+    const id = (s: string) => pieces.findIndex(([p]) => p === s);
+    // " abc": [' ','a','b','c'] → 'ab' (−2) first → [' ','ab','c'] → ' ab' (−2.5) → [' ab','c'] (no ' abc')
+    expect(tok.encode('abc')).toEqual([1, id(' ab'), id('c')]);
+    // 'é' is not a piece: two UTF-8 byte tokens (3 + byte)
+    expect(tok.encode('aé', { bos: false })).toEqual([id(' a'), 3 + 0xc3, 3 + 0xa9]);
+    for (const text of ['abc', 'aé cab', 'ba  c']) expect(tok.decode(tok.encode(text))).toBe(text);
+    expect(() => Llama2cTokenizer.fromBytes(bytes.subarray(0, 30), pieces.length)).toThrow(/E_FORMAT/);
+  });
+});
