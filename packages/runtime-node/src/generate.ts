@@ -1,18 +1,30 @@
-import { CalderaError, Rng } from '@caldera/core';
+import { CalderaError, Rng, throwIfAborted } from '@caldera/core';
 import { KVCache, type LlamaModel } from './model.js';
 
 /** Options of {@link generate}. Defaults: greedy decoding of up to 64 tokens. */
 export interface GenerateOptions {
+  /** Most tokens to generate. Default 64 (also bounded by the model's `maxPositions`). */
   maxTokens?: number;
-  /** 0 = greedy (default). */
+  /** Softmax temperature; 0 = greedy (default). */
   temperature?: number;
+  /** Sample only among the k most likely tokens; 0 = all (default). */
   topK?: number;
+  /** Nucleus sampling: smallest set of tokens with cumulative probability ≥ p; 1 = all (default). */
   topP?: number;
-  /** > 1 discourages tokens already in the context. Default 1. */
+  /** > 1 discourages tokens already in the context (CTRL-style: positive logits divided, negative multiplied). Default 1. */
   repetitionPenalty?: number;
-  /** Token ids that end generation (e.g. EOS). */
+  /** Token ids that end generation (e.g. EOS); the stop token is yielded. Default none. */
   stopTokens?: number[];
+  /**
+   * Strings that end generation: when the decoded completion contains one, generation stops and the token that
+   * completed it is not yielded. Needs `decode`. Default none.
+   */
+  stopStrings?: string[];
+  /** Text of generated ids, for `stopStrings`. */
+  decode?: (ids: number[]) => string;
+  /** Seed of the sampler (deterministic given the seed). Default 0. */
   seed?: number;
+  /** Abort: the iterator throws `E_ABORTED` before the next token. */
   signal?: AbortSignal;
 }
 
@@ -24,6 +36,9 @@ export async function* generate(
 ): AsyncGenerator<number> {
   const maxTokens = options.maxTokens ?? 64;
   if (prompt.length === 0) throw new CalderaError('E_VALUE', 'generate: empty prompt');
+  if (options.stopStrings?.length && !options.decode)
+    throw new CalderaError('E_VALUE', 'generate: stopStrings need a decode function');
+  const produced: number[] = [];
   const capacity = Math.min(model.config.maxPositions, prompt.length + maxTokens);
   const cache = new KVCache(model.config, capacity);
   const rng = new Rng(options.seed ?? 0);
@@ -32,11 +47,16 @@ export async function* generate(
   let logits = model.forward(prompt, cache);
   let row = prompt.length - 1;
   for (let n = 0; n < maxTokens && cache.length < capacity; n++) {
-    if (options.signal?.aborted) return;
+    throwIfAborted(options.signal, 'generate');
     const l = Float64Array.from(logits.subarray(row * V, row * V + V));
     const pen = options.repetitionPenalty ?? 1;
     if (pen !== 1) for (const t of seen) l[t] = l[t]! > 0 ? l[t]! / pen : l[t]! * pen;
     const next = sample(l, options, rng);
+    produced.push(next);
+    if (options.stopStrings?.length) {
+      const text = options.decode!(produced);
+      if (options.stopStrings.some((st) => st.length > 0 && text.includes(st))) return;
+    }
     yield next;
     if (options.stopTokens?.includes(next)) return;
     seen.add(next);

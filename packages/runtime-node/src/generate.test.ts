@@ -1,0 +1,124 @@
+import { describe, expect, it } from 'vitest';
+import { parseModelConfig } from './config.js';
+import { perplexity } from './eval.js';
+import { generate } from './generate.js';
+import { randomModel } from './testing/random-model.js';
+
+const cfg = parseModelConfig({
+  architectures: ['LlamaForCausalLM'],
+  hidden_size: 16,
+  intermediate_size: 24,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  vocab_size: 12,
+  max_position_embeddings: 64,
+  tie_word_embeddings: true,
+});
+const { model } = randomModel(cfg, 3);
+const V = cfg.vocabSize;
+
+async function collect(it: AsyncIterable<number>): Promise<number[]> {
+  const out: number[] = [];
+  for await (const t of it) out.push(t);
+  return out;
+}
+
+function argmaxLast(ids: number[]): number {
+  const l = model.forward(ids);
+  const row = l.subarray((ids.length - 1) * V);
+  let best = 0;
+  for (let i = 1; i < V; i++) if (row[i]! > row[best]!) best = i;
+  return best;
+}
+
+/** log-softmax of logits row, f64. */
+function logProb(logits: Float32Array, row: number, id: number): number {
+  let mx = -Infinity;
+  for (let v = 0; v < V; v++) mx = Math.max(mx, logits[row * V + v]!);
+  let se = 0;
+  for (let v = 0; v < V; v++) se += Math.exp(logits[row * V + v]! - mx);
+  return logits[row * V + id]! - mx - Math.log(se);
+}
+
+describe('generate', () => {
+  const prompt = [1, 4, 7];
+
+  it('greedy decoding with the KV cache equals argmax of full recomputation at every step', async () => {
+    const got = await collect(generate(model, prompt, { maxTokens: 6 }));
+    const ctx = [...prompt];
+    for (const t of got) {
+      expect(t).toBe(argmaxLast(ctx));
+      ctx.push(t);
+    }
+    expect(got).toHaveLength(6);
+  });
+
+  it('sampling is deterministic given the seed; top-k 1 is greedy; stop tokens, stop strings and abort', async () => {
+    const opts = { maxTokens: 8, temperature: 1.5, topP: 0.9, seed: 11 };
+    const a = await collect(generate(model, prompt, opts));
+    expect(await collect(generate(model, prompt, opts))).toEqual(a);
+    expect(await collect(generate(model, prompt, { ...opts, seed: 12, maxTokens: 30 }))).not.toEqual(a);
+    const greedy = await collect(generate(model, prompt, { maxTokens: 5 }));
+    expect(await collect(generate(model, prompt, { maxTokens: 5, temperature: 2, topK: 1 }))).toEqual(greedy);
+    const stop = await collect(generate(model, prompt, { maxTokens: 5, stopTokens: [greedy[1]!] }));
+    expect(stop).toEqual(greedy.slice(0, greedy.indexOf(greedy[1]!) + 1));
+    const decode = (ids: number[]) => ids.map((i) => String.fromCharCode(97 + i)).join('');
+    const st = decode(greedy.slice(1, 3));
+    const s = await collect(generate(model, prompt, { maxTokens: 5, decode, stopStrings: [st] }));
+    let k = 1;
+    while (!decode(greedy.slice(0, k)).includes(st)) k++;
+    expect(s).toEqual(greedy.slice(0, k - 1)); // the token completing the stop string is not yielded
+    const ac = new AbortController();
+    const it = generate(model, prompt, { maxTokens: 5, signal: ac.signal });
+    await it.next();
+    ac.abort();
+    await expect(it.next()).rejects.toThrow(/E_ABORTED/);
+  });
+
+  it('repetition penalty changes the choice away from tokens already seen', async () => {
+    const plain = await collect(generate(model, prompt, { maxTokens: 12 }));
+    const pen = await collect(generate(model, prompt, { maxTokens: 12, repetitionPenalty: 50 }));
+    const repeats = (ids: number[]) =>
+      ids.filter((t, i) => [...prompt, ...ids.slice(0, i)].includes(t)).length;
+    expect(repeats(pen)).toBeLessThanOrEqual(repeats(plain));
+    expect(pen).not.toEqual(plain);
+  });
+});
+
+describe('perplexity', () => {
+  const ids = Array.from({ length: 23 }, (_, i) => (i * 7 + 3) % V);
+
+  it('with one window equals the mean next-token NLL of a full forward', () => {
+    const logits = model.forward(ids);
+    let nll = 0;
+    for (let p = 1; p < ids.length; p++) nll -= logProb(logits, p - 1, ids[p]!);
+    const r = perplexity(model, ids, { context: 64 });
+    expect(r.tokens).toBe(ids.length - 1);
+    // f32 logits, f64 sums: 1e-9 absolute is far above the rounding of 22 terms
+    expect(Math.abs(r.nll - nll / (ids.length - 1))).toBeLessThan(1e-9);
+    expect(r.ppl).toBeCloseTo(Math.exp(r.nll), 12);
+  });
+
+  it('sliding windows score every token once, each with the left context its window gives', () => {
+    const context = 8;
+    const stride = 3;
+    const r = perplexity(model, ids, { context, stride });
+    // brute force: token p is scored in the first window [s, s+8) (s multiple of 3) with p < s+8 and p > s, using
+    // the tokens of that window before it
+    let nll = 0;
+    let scored = 1;
+    for (let s = 0; scored < ids.length; s += stride) {
+      const end = Math.min(ids.length, s + context);
+      for (let p = Math.max(scored, s + 1); p < end; p++) {
+        const window = ids.slice(s, p + 1);
+        nll -= logProb(model.forward(window), window.length - 2, ids[p]!);
+      }
+      scored = end;
+    }
+    expect(r.tokens).toBe(ids.length - 1);
+    expect(Math.abs(r.nll - nll / r.tokens)).toBeLessThan(1e-6);
+    expect(() => perplexity(model, ids, { context: 4, stride: 5 })).toThrow(/E_VALUE/);
+    expect(() => perplexity(model, [1], {})).toThrow(/E_VALUE/);
+  });
+});
