@@ -1,7 +1,7 @@
-import { CalderaError, type Tensor } from '@caldera/core';
+import { CalderaError, f16ArrayToF32, tensor, type Tensor } from '@caldera/core';
 import { fromCheckpointTensors, type CheckpointLayerMeta } from '@caldera/lowrank';
 import { blockLinearNames } from './config.js';
-import { CalderaLinear, DenseLinear } from './linear.js';
+import { CalderaLinear, DenseF16Linear, DenseLinear } from './linear.js';
 import type { LlamaModel } from './model.js';
 
 /**
@@ -28,8 +28,10 @@ export class ModelRunnerAdapter {
 
   weight(name: string): Tensor<'f32'> {
     const l = this.model.linear(name);
-    if (!(l instanceof DenseLinear)) throw new CalderaError('E_UNSUPPORTED', `layer '${name}' is not dense`);
-    return l.weight;
+    if (l instanceof DenseLinear) return l.weight;
+    if (l instanceof DenseF16Linear)
+      return tensor('f32', [l.outFeatures, l.inFeatures], f16ArrayToF32(l.bits));
+    throw new CalderaError('E_UNSUPPORTED', `layer '${name}' is not dense`);
   }
 
   embed(tokens: Int32Array): Float32Array {
@@ -50,7 +52,10 @@ export class ModelRunnerAdapter {
     replacement: { tensors: Record<string, Tensor>; meta: Record<string, unknown> },
   ): void {
     const old = this.model.linear(name);
-    const bias = old instanceof DenseLinear || old instanceof CalderaLinear ? old.bias : null;
+    const bias =
+      old instanceof DenseLinear || old instanceof DenseF16Linear || old instanceof CalderaLinear
+        ? old.bias
+        : null;
     const d = fromCheckpointTensors(
       name,
       (n) => replacement.tensors[n],
