@@ -3,6 +3,7 @@ import { CalderaError, tensor } from '@caldera/core';
 import { parseModelConfig, type ModelConfig } from './config.js';
 import { DenseLinear } from './linear.js';
 import { LlamaModel, type BlockWeights } from './model.js';
+import type { TextTokenizer } from './tokenizer.js';
 
 async function readBytes(path: string): Promise<Uint8Array> {
   try {
@@ -118,7 +119,7 @@ export async function loadLlama2c(path: string): Promise<{ model: LlamaModel; co
  * bytes`): a dummy-prefix space, code points looked up directly or as byte tokens `<0xXX>` (ids 3 + byte), then
  * repeated merging of the adjacent pair whose concatenation is a token with the highest score.
  */
-export class Llama2cTokenizer {
+export class Llama2cTokenizer implements TextTokenizer {
   private readonly ids = new Map<string, number>();
   readonly bosTokenId = 1;
   readonly eosTokenId = 2;
@@ -156,7 +157,7 @@ export class Llama2cTokenizer {
     return Llama2cTokenizer.fromBytes(await readBytes(path), vocabSize, path);
   }
 
-  /** Token ids of `text` (with BOS first when `bos`, default true). */
+  /** Token ids of `text` (with BOS first when `bos`; default false, as for every {@link TextTokenizer}). */
   encode(text: string, options: { bos?: boolean } = {}): number[] {
     const out: number[] = [];
     if (text.length > 0) {
@@ -184,7 +185,7 @@ export class Llama2cTokenizer {
       if (at < 0) break;
       out.splice(at, 2, bestId);
     }
-    return options.bos === false ? out : [this.bosTokenId, ...out];
+    return options.bos === true ? [this.bosTokenId, ...out] : out;
   }
 
   /** Text of `ids` (byte tokens reassembled as UTF-8; the dummy-prefix space after BOS dropped). */

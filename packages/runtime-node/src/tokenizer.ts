@@ -1,23 +1,107 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { CalderaError } from '@caldera/core';
 
-/** Load `tokenizer.json` (+ `tokenizer_config.json` when present) of a model directory. */
-export async function loadTokenizer(dir: string): Promise<Tokenizer> {
-  let json: unknown;
+/** The tokenizer interface the runtime and CLI use (Hugging Face `tokenizer.json` or llama2.c `tokenizer.bin`). */
+export interface TextTokenizer {
+  /** Token ids of `text`, without special tokens. */
+  encode(text: string): number[];
+  /** Text of `ids`; special tokens are skipped. */
+  decode(ids: ArrayLike<number>): string;
+}
+
+async function readJsonFile(path: string, optional: boolean): Promise<Record<string, unknown> | null> {
+  let text: string;
   try {
-    json = JSON.parse(await readFile(join(dir, 'tokenizer.json'), 'utf8'));
+    text = await readFile(path, 'utf8');
   } catch (e) {
-    throw new CalderaError('E_IO', `cannot read ${join(dir, 'tokenizer.json')}: ${(e as Error).message}`, {
-      cause: e,
-    });
+    if (optional) return null;
+    throw new CalderaError('E_IO', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
   }
-  let config: unknown = {};
   try {
-    config = JSON.parse(await readFile(join(dir, 'tokenizer_config.json'), 'utf8'));
-  } catch {
-    config = {};
+    return JSON.parse(text) as Record<string, unknown>;
+  } catch (e) {
+    throw new CalderaError('E_FORMAT', `${path} is not valid JSON: ${(e as Error).message}`, { cause: e });
   }
-  return new Tokenizer(json as object, config as object);
+}
+
+/**
+ * A Hugging Face tokenizer (`tokenizer.json`, run by `@huggingface/tokenizers`) with the chat template of
+ * `tokenizer_config.json` when present (rendered with `@huggingface/jinja`).
+ */
+export class HfTokenizer implements TextTokenizer {
+  constructor(
+    /** The underlying `@huggingface/tokenizers` instance. */
+    readonly tokenizer: Tokenizer,
+    /** `tokenizer_config.json` (empty object when absent). */
+    readonly config: Record<string, unknown> = {},
+  ) {}
+
+  /** Build from the parsed `tokenizer.json` (and optional `tokenizer_config.json`) objects. */
+  static fromJson(json: object, config: Record<string, unknown> = {}): HfTokenizer {
+    try {
+      return new HfTokenizer(new Tokenizer(json, config), config);
+    } catch (e) {
+      throw new CalderaError(
+        'E_FORMAT',
+        `tokenizer.json is not a supported tokenizer: ${(e as Error).message}`,
+        {
+          cause: e,
+        },
+      );
+    }
+  }
+
+  encode(text: string): number[] {
+    return this.tokenizer.encode(text, { add_special_tokens: false }).ids as number[];
+  }
+
+  decode(ids: ArrayLike<number>): string {
+    return this.tokenizer.decode(Array.from(ids), { skip_special_tokens: true });
+  }
+
+  /** True when `tokenizer_config.json` has a chat template. */
+  get hasChatTemplate(): boolean {
+    return typeof this.config.chat_template === 'string';
+  }
+
+  /**
+   * Render `messages` with the model's chat template (`bos_token`, `eos_token` from the tokenizer config;
+   * `addGenerationPrompt` default true). `E_UNSUPPORTED` when the model has no template.
+   */
+  applyChatTemplate(
+    messages: { role: string; content: string }[],
+    options: { addGenerationPrompt?: boolean; template?: string } = {},
+  ): string {
+    const tpl = options.template ?? this.config.chat_template;
+    if (typeof tpl !== 'string')
+      throw new CalderaError('E_UNSUPPORTED', 'tokenizer_config.json has no chat_template');
+    const tok = (k: string) => {
+      const v = this.config[k];
+      return typeof v === 'string'
+        ? v
+        : v && typeof v === 'object'
+          ? String((v as { content?: string }).content)
+          : '';
+    };
+    try {
+      return new Template(tpl).render({
+        messages,
+        bos_token: tok('bos_token'),
+        eos_token: tok('eos_token'),
+        add_generation_prompt: options.addGenerationPrompt ?? true,
+      });
+    } catch (e) {
+      throw new CalderaError('E_FORMAT', `chat template failed: ${(e as Error).message}`, { cause: e });
+    }
+  }
+}
+
+/** Load `tokenizer.json` (+ `tokenizer_config.json` when present) of a model directory. */
+export async function loadTokenizer(dir: string): Promise<HfTokenizer> {
+  const json = (await readJsonFile(join(dir, 'tokenizer.json'), false))!;
+  const config = (await readJsonFile(join(dir, 'tokenizer_config.json'), true)) ?? {};
+  return HfTokenizer.fromJson(json, config);
 }

@@ -1,0 +1,149 @@
+import { describe, expect, it } from 'vitest';
+import { HfTokenizer } from './tokenizer.js';
+
+/**
+ * What this proves: `@huggingface/tokenizers`, driven by our loader, encodes a byte-level BPE `tokenizer.json` exactly
+ * as an independent byte-level BPE written here from the GPT-2 definition (byte→unicode map, pre-tokenisation regex,
+ * lowest-rank merge first) on a small corpus, and decodes back to the text. It does not prove agreement with the
+ * Python/Rust reference on real vocabularies (no Python here); the merges are learnt by this test from the corpus.
+ */
+function bytesToUnicode(): string[] {
+  const bs: number[] = [];
+  for (let b = 33; b <= 126; b++) bs.push(b);
+  for (let b = 161; b <= 172; b++) bs.push(b);
+  for (let b = 174; b <= 255; b++) bs.push(b);
+  const map: string[] = new Array(256);
+  for (const b of bs) map[b] = String.fromCharCode(b);
+  let n = 0;
+  for (let b = 0; b < 256; b++) if (!bs.includes(b)) map[b] = String.fromCharCode(256 + n++);
+  return map;
+}
+
+const SPLIT = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
+const B2U = bytesToUnicode();
+const words = (text: string) =>
+  (text.match(SPLIT) ?? []).map((w) => Array.from(new TextEncoder().encode(w), (b) => B2U[b]!));
+
+/** Learn `count` merges greedily from a corpus (most frequent pair, ties by first seen). */
+function learnMerges(corpus: string, count: number): [string, string][] {
+  let seqs = words(corpus);
+  const merges: [string, string][] = [];
+  for (let k = 0; k < count; k++) {
+    const freq = new Map<string, number>();
+    for (const s of seqs)
+      for (let i = 0; i + 1 < s.length; i++) {
+        const key = `${s[i]} ${s[i + 1]}`;
+        freq.set(key, (freq.get(key) ?? 0) + 1);
+      }
+    let best = '';
+    let bf = 0;
+    for (const [key, f] of freq) if (f > bf) [best, bf] = [key, f];
+    if (!best) break;
+    const [a, b] = best.split(' ') as [string, string];
+    merges.push([a, b]);
+    seqs = seqs.map((s) => {
+      const out: string[] = [];
+      for (let i = 0; i < s.length; i++)
+        if (i + 1 < s.length && s[i] === a && s[i + 1] === b) {
+          out.push(a + b);
+          i++;
+        } else out.push(s[i]!);
+      return out;
+    });
+  }
+  return merges;
+}
+
+/** Independent encoder: per pre-token, repeatedly apply the lowest-rank adjacent merge. */
+function referenceEncode(text: string, vocab: Map<string, number>, merges: [string, string][]): number[] {
+  const rank = new Map(merges.map(([a, b], i) => [`${a} ${b}`, i]));
+  const ids: number[] = [];
+  for (let s of words(text)) {
+    for (;;) {
+      let best = -1;
+      let br = Infinity;
+      for (let i = 0; i + 1 < s.length; i++) {
+        const r = rank.get(`${s[i]} ${s[i + 1]}`);
+        if (r !== undefined && r < br) [best, br] = [i, r];
+      }
+      if (best < 0) break;
+      s = [...s.slice(0, best), s[best]! + s[best + 1]!, ...s.slice(best + 2)];
+    }
+    for (const p of s) ids.push(vocab.get(p)!);
+  }
+  return ids;
+}
+
+const corpus = [
+  'The Fulton County Grand Jury said Friday an investigation of recent primary elections produced no evidence.',
+  "It's the jury's belief that the city's 1,250 voters weren't treated fairly -- they said so twice.",
+  'Naïve café owners paid 3.5 million dollars; the résumé was 12 pages long!',
+  '  Multiple   spaces\tand tabs\nand newlines are kept.',
+  'Emoji 🙂 and CJK 漢字 fall back to byte tokens.',
+];
+
+describe('HfTokenizer', () => {
+  const merges = learnMerges(corpus.slice(0, 3).join(' '), 120);
+  const vocab = new Map<string, number>();
+  vocab.set('<|endoftext|>', 0);
+  for (let b = 0; b < 256; b++) vocab.set(B2U[b]!, vocab.size);
+  for (const [a, b] of merges) if (!vocab.has(a + b)) vocab.set(a + b, vocab.size);
+  const byteLevel = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true };
+  const json = {
+    version: '1.0',
+    truncation: null,
+    padding: null,
+    added_tokens: [
+      {
+        id: 0,
+        content: '<|endoftext|>',
+        single_word: false,
+        lstrip: false,
+        rstrip: false,
+        normalized: false,
+        special: true,
+      },
+    ],
+    normalizer: null,
+    pre_tokenizer: byteLevel,
+    post_processor: null,
+    decoder: byteLevel,
+    model: {
+      type: 'BPE',
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: false,
+      byte_fallback: false,
+      vocab: Object.fromEntries(vocab),
+      merges: merges.map(([a, b]) => `${a} ${b}`),
+    },
+  };
+  const config = {
+    bos_token: '<|endoftext|>',
+    eos_token: '<|endoftext|>',
+    chat_template:
+      "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}",
+  };
+  const tok = HfTokenizer.fromJson(json, config);
+
+  it('encodes a corpus exactly like an independent byte-level BPE, and decodes back to the text', () => {
+    for (const text of corpus) {
+      const ids = tok.encode(text);
+      expect(ids).toEqual(referenceEncode(text, vocab, merges));
+      expect(tok.decode(ids)).toBe(text);
+    }
+    expect(tok.encode(corpus[0]!).length).toBeLessThan(corpus[0]!.length / 2); // merges really apply
+    expect(tok.decode([0, ...tok.encode('jury')])).toBe('jury'); // special tokens skipped
+  });
+
+  it('renders the chat template with @huggingface/jinja', () => {
+    const out = tok.applyChatTemplate([
+      { role: 'user', content: 'Hi' },
+      { role: 'assistant', content: 'Hello' },
+    ]);
+    expect(out).toBe('<|user|>Hi<|endoftext|><|assistant|>Hello<|endoftext|><|assistant|>');
+    expect(() => HfTokenizer.fromJson(json, {}).applyChatTemplate([])).toThrow(/E_UNSUPPORTED/);
+  });
+});
