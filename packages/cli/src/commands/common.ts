@@ -1,7 +1,17 @@
-import { readFile } from 'node:fs/promises';
 import { CalderaError } from '@caldera/core';
 import { referenceModelDir, referenceTextPath } from '@caldera/reference-model';
-import { loadTokenizer } from '@caldera/runtime-node';
+import { dirname, join } from 'node:path';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import {
+  Llama2cTokenizer,
+  loadLlama2c,
+  loadModel,
+  loadTokenizer,
+  type LlamaModel,
+  type LoadedModel,
+  type ModelConfig,
+  type TextTokenizer,
+} from '@caldera/runtime-node';
 
 /** The model directory: the positional argument, or the embedded reference model. */
 export function modelDirOf(positional: string | undefined): string {
@@ -40,7 +50,7 @@ export async function tokenizeDocuments(
 ): Promise<number[][]> {
   const tok = await loadTokenizer(modelDir);
   return docs.map((d) => {
-    const ids = tok.encode(d, { add_special_tokens: false }).ids as number[];
+    const ids = tok.encode(d);
     return bos === null ? ids : [bos, ...ids];
   });
 }
@@ -48,4 +58,50 @@ export async function tokenizeDocuments(
 /** Default calibration and evaluation texts for the reference model. */
 export function defaultText(split: 'train' | 'test'): string {
   return referenceTextPath(split);
+}
+
+/** A model opened for generate/eval/inspect, from a Hugging Face / Caldera directory or a llama2.c `.bin`. */
+export interface OpenedModel {
+  model: LlamaModel;
+  config: ModelConfig;
+  tokenizer: TextTokenizer;
+  calderaMeta: LoadedModel['calderaMeta'];
+  /** Bytes of the weight file(s). */
+  fileBytes: number;
+  format: 'huggingface' | 'caldera' | 'llama2.c';
+}
+
+/**
+ * Open `path`: a llama2.c checkpoint when it ends in `.bin` (tokenizer: `tokenizerPath` or `tokenizer.bin` beside
+ * it), else a model directory (config.json, safetensors, tokenizer.json).
+ */
+export async function openModel(path: string, tokenizerPath?: string): Promise<OpenedModel> {
+  if (path.endsWith('.bin')) {
+    const { model, config } = await loadLlama2c(path);
+    const tokenizer = await Llama2cTokenizer.load(
+      tokenizerPath ?? join(dirname(path), 'tokenizer.bin'),
+      config.vocabSize,
+    );
+    return {
+      model,
+      config,
+      tokenizer,
+      calderaMeta: null,
+      fileBytes: (await stat(path)).size,
+      format: 'llama2.c',
+    };
+  }
+  const { model, config, calderaMeta } = await loadModel(path);
+  const tokenizer = await loadTokenizer(path);
+  let fileBytes = 0;
+  for (const f of await readdir(path))
+    if (f.endsWith('.safetensors')) fileBytes += (await stat(join(path, f))).size;
+  return {
+    model,
+    config,
+    tokenizer,
+    calderaMeta,
+    fileBytes,
+    format: calderaMeta ? 'caldera' : 'huggingface',
+  };
 }

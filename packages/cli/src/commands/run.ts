@@ -1,54 +1,58 @@
-import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
-import { generate, loadModel, loadTokenizer, perplexity } from '@caldera/runtime-node';
+import { blockLinearNames, generate, perplexity } from '@caldera/runtime-node';
 import { flagNumber, flagString, progressBar, type Args } from '../args.js';
-import { defaultText, modelDirOf, readDocuments, tokenizeDocuments } from './common.js';
+import { defaultText, modelDirOf, openModel, readDocuments } from './common.js';
 
-export const evalHelp = `caldera eval [model-dir] [--text FILE] [--context N] [--stride N] [--max-tokens N] [--json]
-Perplexity of a model (dense or Caldera checkpoint) on a text (default: the reference model's test split).`;
+export const evalHelp = `caldera eval [model] [--text FILE] [--context N] [--stride N] [--max-tokens N] [--tokenizer FILE] [--json]
+Perplexity of a model (Hugging Face / Caldera directory, or llama2.c .bin) on a text (default: the reference
+model's test split). Prints tokens, mean NLL and perplexity.
+  --context N      tokens per window (default 256)
+  --stride N       window step, ≤ context (default: context)
+  --max-tokens N   evaluate at most N tokens of the text (default 16384)
+  --tokenizer FILE tokenizer.bin of a llama2.c model (default: beside the .bin)`;
 
 export async function evalCommand(a: Args): Promise<number> {
-  const dir = modelDirOf(a.positionals[0]);
-  const { model, config } = await loadModel(dir);
-  const ids = (
-    await tokenizeDocuments(
-      dir,
-      await readDocuments(flagString(a, 'text') ?? defaultText('test')),
-      config.bosTokenId,
-    )
-  ).flat();
+  const path = modelDirOf(a.positionals[0]);
+  const { model, config, tokenizer } = await openModel(path, flagString(a, 'tokenizer'));
+  const docs = await readDocuments(flagString(a, 'text') ?? defaultText('test'));
+  const bos = config.bosTokenId;
+  const ids = docs.flatMap((d) => (bos === null ? tokenizer.encode(d) : [bos, ...tokenizer.encode(d)]));
   const max = flagNumber(a, 'max-tokens', 16384);
   const context = flagNumber(a, 'context', 256);
   const bar = progressBar('eval', !a.flags.has('json') && process.stderr.isTTY === true);
+  const t0 = performance.now();
   const r = perplexity(model, ids.slice(0, max), {
     context,
     stride: flagNumber(a, 'stride', context),
-    onProgress: (d, t) => bar.update(d, t),
+    onProgress: (d, t) => {
+      const el = (performance.now() - t0) / 1000;
+      bar.update(d, t, d > 0 ? (el / d) * (t - d) : undefined);
+    },
   });
   bar.done();
-  if (a.flags.has('json')) console.log(JSON.stringify({ model: dir, ...r, context }));
+  if (a.flags.has('json')) console.log(JSON.stringify({ model: path, ...r, context }));
   else
     console.log(
-      `${dir}: perplexity ${r.ppl.toFixed(3)} (nll ${r.nll.toFixed(4)}) over ${r.tokens} tokens, context ${context}`,
+      `${path}: perplexity ${r.ppl.toFixed(3)} (nll ${r.nll.toFixed(4)}) over ${r.tokens} tokens, context ${context}`,
     );
   return 0;
 }
 
-export const generateHelp = `caldera generate [model-dir] --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
-  [--repetition-penalty R] [--seed S] [--json]
-Generate text (greedy by default), streaming tokens to stdout.`;
+export const generateHelp = `caldera generate [model] --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
+  [--repetition-penalty R] [--stop STRING] [--seed S] [--tokenizer FILE] [--json]
+Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Face / Caldera directory or llama2.c .bin.`;
 
 export async function generateCommand(a: Args): Promise<number> {
-  const dir = modelDirOf(a.positionals[0]);
-  const { model, config } = await loadModel(dir);
-  const tok = await loadTokenizer(dir);
+  const path = modelDirOf(a.positionals[0]);
+  const { model, config, tokenizer } = await openModel(path, flagString(a, 'tokenizer'));
   const prompt = flagString(a, 'prompt', 'The')!;
-  const ids = tok.encode(prompt, { add_special_tokens: false }).ids as number[];
+  const ids = tokenizer.encode(prompt);
   const full = config.bosTokenId === null ? ids : [config.bosTokenId, ...ids];
+  const json = a.flags.has('json');
   const out: number[] = [];
   const t0 = performance.now();
-  if (!a.flags.has('json')) process.stdout.write(prompt);
+  if (!json) process.stdout.write(prompt);
   let printed = '';
+  const stop = flagString(a, 'stop');
   for await (const t of generate(model, full, {
     maxTokens: flagNumber(a, 'max-tokens', 48),
     temperature: flagNumber(a, 'temperature', 0),
@@ -57,14 +61,15 @@ export async function generateCommand(a: Args): Promise<number> {
     repetitionPenalty: flagNumber(a, 'repetition-penalty', 1),
     seed: flagNumber(a, 'seed', 0),
     stopTokens: config.eosTokenId === null ? [] : [config.eosTokenId],
+    ...(stop ? { stopStrings: [stop], decode: (x: number[]) => tokenizer.decode(x) } : {}),
   })) {
     out.push(t);
-    const text = tok.decode(out);
-    if (!a.flags.has('json')) process.stdout.write(text.slice(printed.length));
+    const text = tokenizer.decode(out);
+    if (!json) process.stdout.write(text.slice(printed.length));
     printed = text;
   }
   const secs = (performance.now() - t0) / 1000;
-  if (a.flags.has('json'))
+  if (json)
     console.log(
       JSON.stringify({ prompt, completion: printed, tokens: out.length, tokensPerSecond: out.length / secs }),
     );
@@ -72,52 +77,55 @@ export async function generateCommand(a: Args): Promise<number> {
   return 0;
 }
 
-export const inspectHelp = `caldera inspect [model-dir] [--json]
-Architecture, parameter count, bits per weight per layer and file size of a model or Caldera checkpoint.`;
+export const inspectHelp = `caldera inspect [model] [--tokenizer FILE] [--json]
+Architecture, parameter count, bits per weight per layer and file size of a model, Caldera checkpoint or llama2.c .bin.`;
 
 export async function inspectCommand(a: Args): Promise<number> {
-  const dir = modelDirOf(a.positionals[0]);
-  const { model, config, calderaMeta } = await loadModel(dir);
-  const size = (await stat(join(dir, 'model.safetensors'))).size;
-  const linearParams = Array.from({ length: config.numLayers }, (_, b) =>
-    ['q', 'k', 'v', 'o', 'gate', 'up', 'down'].map((k) => {
-      const l = model.weights.blocks[b]![k as 'q'];
-      return l.inFeatures * l.outFeatures;
+  const path = modelDirOf(a.positionals[0]);
+  const { model, config, calderaMeta, fileBytes, format } = await openModel(path, flagString(a, 'tokenizer'));
+  const layers = Array.from({ length: config.numLayers }, (_, b) =>
+    blockLinearNames(b).map(({ name }) => {
+      const l = model.linear(name);
+      const meta = calderaMeta?.layers?.[name];
+      return {
+        name,
+        shape: `${l.outFeatures}x${l.inFeatures}`,
+        kind: meta ? 'caldera' : l.weightBytes === l.inFeatures * l.outFeatures * 2 ? 'f16' : 'f32',
+        rank: meta?.rank ?? null,
+        bitsPerWeight: Number(((l.weightBytes * 8) / (l.inFeatures * l.outFeatures)).toFixed(4)),
+        error: meta?.error ?? null,
+      };
     }),
-  )
-    .flat()
-    .reduce((x, y) => x + y, 0);
+  ).flat();
+  const linearParams = layers.reduce((s, l) => {
+    const [m, n] = l.shape.split('x').map(Number) as [number, number];
+    return s + m * n;
+  }, 0);
   const params =
     linearParams +
     config.vocabSize * config.hiddenSize * (config.tieWordEmbeddings ? 1 : 2) +
     config.hiddenSize * (2 * config.numLayers + 1);
+  const linearBytes = model.linearBytes();
   const info = {
-    dir,
+    path,
+    format,
     architecture: config.architecture,
     config,
     parameters: params,
-    fileBytes: size,
-    linearBytes: model.linearBytes(),
-    compressed: calderaMeta !== null,
-    bitsPerWeight: calderaMeta ? (calderaMeta as { bitsPerWeight?: number }).bitsPerWeight : 16,
-    layers: calderaMeta
-      ? Object.entries(calderaMeta.layers).map(([name, l]) => ({
-          name,
-          rank: l.rank,
-          bits: l.bitsPerWeight,
-          error: l.error,
-        }))
-      : [],
+    fileBytes,
+    linearBytes,
+    linearBitsPerWeight: (linearBytes * 8) / linearParams,
+    layers,
   };
   if (a.flags.has('json')) console.log(JSON.stringify(info));
   else {
     console.log(
-      `${dir}\n${config.architecture}: ${config.numLayers} layers, hidden ${config.hiddenSize}, MLP ${config.intermediateSize}, heads ${config.numHeads}/${config.numKvHeads} (q/kv), vocab ${config.vocabSize}`,
+      `${path} (${format})\n${config.architecture}: ${config.numLayers} layers, hidden ${config.hiddenSize}, MLP ${config.intermediateSize}, heads ${config.numHeads}/${config.numKvHeads} (q/kv), head dim ${config.headDim}, vocab ${config.vocabSize}`,
     );
     console.log(
-      `parameters ${(params / 1e6).toFixed(2)} M, file ${(size / 1e6).toFixed(2)} MB, linear weights ${(info.linearBytes / 1e6).toFixed(2)} MB, ${info.compressed ? `CALDERA ${Number(info.bitsPerWeight).toFixed(3)} bits/weight` : 'dense'}`,
+      `parameters ${(params / 1e6).toFixed(2)} M, files ${(fileBytes / 1e6).toFixed(2)} MB, linear weights ${(linearBytes / 1e6).toFixed(2)} MB (${info.linearBitsPerWeight.toFixed(3)} bits/weight)`,
     );
-    if (info.layers.length) console.table(info.layers);
+    console.table(layers);
   }
   return 0;
 }

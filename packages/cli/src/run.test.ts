@@ -1,0 +1,74 @@
+import { describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Rng } from '@caldera/core';
+
+const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
+const run = (args: string[]) =>
+  spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 60_000 });
+
+/** A tiny random llama2.c model (dim 16, 2 layers, vocab 262: 3 specials + 256 bytes + 3 pieces) and tokenizer. */
+function tinyLlama2c(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'caldera-cli-run-'));
+  const [dim, hidden, layers, heads, kv, seq] = [16, 32, 2, 4, 2, 64];
+  const pieces = ['<unk>', '<s>', '</s>'];
+  for (let b = 0; b < 256; b++) pieces.push(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`);
+  pieces.push(' ', 'a', ' a');
+  const vocab = pieces.length;
+  const kvDim = (dim / heads) * kv;
+  const floats =
+    vocab * dim +
+    layers * (2 * dim + 2 * dim * dim + 2 * dim * kvDim + 3 * dim * hidden) +
+    dim +
+    seq * (dim / heads);
+  const w = new Rng(1).fillNormal(new Float32Array(floats), 0, 0.3);
+  const header = new Int32Array([dim, hidden, layers, heads, kv, vocab, seq]);
+  writeFileSync(join(dir, 'model.bin'), Buffer.concat([Buffer.from(header.buffer), Buffer.from(w.buffer)]));
+  const parts: Buffer[] = [Buffer.from(Int32Array.of(8).buffer)];
+  for (const p of pieces) {
+    const b = Buffer.from(p, 'utf8');
+    const h = Buffer.alloc(8);
+    h.writeFloatLE(p.length > 1 && !p.startsWith('<') ? -1 : -2, 0);
+    h.writeInt32LE(b.length, 4);
+    parts.push(h, b);
+  }
+  writeFileSync(join(dir, 'tokenizer.bin'), Buffer.concat(parts));
+  writeFileSync(join(dir, 'text.txt'), 'a aa a\n\naaa a a');
+  return join(dir, 'model.bin');
+}
+
+describe('caldera generate / eval / inspect', () => {
+  const model = tinyLlama2c();
+
+  it('inspect, generate and eval a llama2.c model with --json', () => {
+    const ins = run(['inspect', model, '--json']);
+    expect(ins.status, ins.stderr).toBe(0);
+    const info = JSON.parse(ins.stdout);
+    expect(info.format).toBe('llama2.c');
+    expect(info.layers).toHaveLength(14);
+    expect(info.layers[0].bitsPerWeight).toBe(32);
+    const gen = run(['generate', model, '--prompt', 'a', '--max-tokens', '5', '--json']);
+    expect(gen.status, gen.stderr).toBe(0);
+    const g = JSON.parse(gen.stdout.trim());
+    expect(g.tokens).toBeGreaterThan(0);
+    expect(g.tokens).toBeLessThanOrEqual(5);
+    const ev = run(['eval', model, '--text', join(model, '..', 'text.txt'), '--context', '4', '--json']);
+    expect(ev.status, ev.stderr).toBe(0);
+    const e = JSON.parse(ev.stdout.trim());
+    expect(e.tokens).toBeGreaterThan(3);
+    expect(e.ppl).toBeCloseTo(Math.exp(e.nll), 6);
+  });
+
+  it('clear errors and non-zero exit codes', () => {
+    const bad = run(['inspect', join(model, '..', 'nope.bin')]);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/caldera inspect: .*E_IO|cannot read/);
+    const num = run(['generate', model, '--max-tokens', 'many']);
+    expect(num.status).toBe(1);
+    expect(num.stderr).toMatch(/--max-tokens must be a number/);
+    expect(run(['generate', '--help']).stdout).toMatch(/--temperature/);
+  });
+});
