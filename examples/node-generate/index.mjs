@@ -7,7 +7,7 @@ const dir = process.argv[2] ?? referenceModelDir();
 const prompt = process.argv[3] ?? 'The jury said';
 const { model, config } = await loadModel(dir);
 const tok = await loadTokenizer(dir);
-const ids = [config.bosTokenId ?? 0, ...tok.encode(prompt, { add_special_tokens: false }).ids];
+const ids = [config.bosTokenId ?? 0, ...tok.encode(prompt)];
 process.stdout.write(prompt);
 const out = [];
 let shown = '';
