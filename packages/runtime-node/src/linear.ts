@@ -1,7 +1,7 @@
 import { CalderaError, f16ArrayToF32, type Tensor } from '@caldera/core';
 import { gemm, hadamardRowsInPlace } from '@caldera/linalg';
 import { type Decomposition, latticeDecode } from '@caldera/lowrank';
-import { e8pMatvecLut } from './kernels/e8p-lut.js';
+import { e8pDecodeInto, e8pMatvecLut } from './kernels/e8p-lut.js';
 import { matvecF16, matvecF32 } from './kernels/matvec.js';
 
 /** Up to this many rows a dense product runs as matrix–vector products in TypeScript, above it through `gemm`. */
@@ -59,7 +59,7 @@ export class DenseLinear implements Linear {
   }
 }
 
-/** Rows of W converted to f32 per chunk in the batched path of {@link DenseF16Linear}. */
+/** Rows of W converted to f32 per chunk in the batched paths of {@link DenseF16Linear} and {@link CalderaLinear}. */
 const F16_CHUNK_ROWS = 256;
 
 /**
@@ -117,6 +117,8 @@ export class CalderaLinear implements Linear {
   /** 2-bit Q codes, group-major `[np/8, mp]` (the transpose of the checkpoint layout; same bytes). */
   private readonly qCodesT: Uint16Array | null;
   private readonly qDense: Float32Array | null; // only for non-2-bit Q (decoded once)
+  /** L̂ row-major `[mp, k]` (decoded once) for the decode path: y_i += ⟨L̂_i, z⟩. */
+  private readonly lRows: Float32Array | null;
   constructor(
     readonly d: Decomposition,
     readonly bias: Float32Array | null = null,
@@ -128,6 +130,12 @@ export class CalderaLinear implements Linear {
     this.lt = k > 0 ? { dtype: 'f32', shape: [k, mp], strides: [mp, 1], offset: 0, data: fv(d.l) } : null;
     this.r = k > 0 ? { dtype: 'f32', shape: [k, np], strides: [np, 1], offset: 0, data: fv(d.r) } : null;
     this.qDense = d.q.bits === 2 ? null : latticeDecode(d.q);
+    if (this.lt) {
+      const lr = new Float32Array(mp * k);
+      const lt = this.lt.data;
+      for (let t = 0; t < k; t++) for (let i = 0; i < mp; i++) lr[i * k + t] = lt[t * mp + i]!;
+      this.lRows = lr;
+    } else this.lRows = null;
     if (d.q.bits === 2) {
       const codes = d.q.planes[0] as Uint16Array;
       const groups = np / 8;
@@ -156,25 +164,35 @@ export class CalderaLinear implements Linear {
           for (let j = 0; j < np; j++) s += xr[r * np + j]! * q[i * np + j]!;
           yr[r * mp + i] = s;
         }
-    } else {
+    } else if (rows <= MATVEC_MAX_ROWS) {
       e8pMatvecLut(this.qCodesT!, mp, np, xr, rows, yr);
+      const scale = d.q.scale;
+      for (let i = 0; i < yr.length; i++) yr[i]! *= scale;
+    } else {
+      // batches: decode Q̂ a block of rows at a time (never whole) and multiply with gemm
+      const codes = d.q.planes[0] as Uint16Array;
+      const groups = np / 8;
+      const chunk = new Float32Array(F16_CHUNK_ROWS * np);
+      const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, np], strides: [np, 1], offset: 0, data: xr };
+      for (let i0 = 0; i0 < mp; i0 += F16_CHUNK_ROWS) {
+        const c = Math.min(F16_CHUNK_ROWS, mp - i0);
+        e8pDecodeInto(codes.subarray(i0 * groups, (i0 + c) * groups), chunk);
+        const wt: Tensor<'f32'> = { dtype: 'f32', shape: [c, np], strides: [np, 1], offset: 0, data: chunk };
+        const part = gemm(xt, wt, { transB: true, checkFinite: false }).data;
+        for (let r = 0; r < rows; r++) yr.set(part.subarray(r * c, r * c + c), r * mp + i0);
+      }
       const scale = d.q.scale;
       for (let i = 0; i < yr.length; i++) yr[i]! *= scale;
     }
     if (this.lt && this.r) {
       const k = d.rank;
       if (rows <= MATVEC_MAX_ROWS) {
-        // z = x'·R̂ᵀ (rows × k), then yr += z·L̂ᵀ as k scaled adds of rows of Lᵀ
+        // z = x'·R̂ᵀ (rows × k), then yr += z·L̂ᵀ, both as matrix–vector products with contiguous rows
         const z = new Float32Array(rows * k);
         matvecF32(this.r.data, k, np, xr, rows, z);
-        const lt = this.lt.data;
-        for (let r = 0; r < rows; r++)
-          for (let t = 0; t < k; t++) {
-            const zt = z[r * k + t]!;
-            const lo = t * mp;
-            const yo = r * mp;
-            for (let i = 0; i < mp; i++) yr[yo + i]! += zt * lt[lo + i]!;
-          }
+        const lr = new Float32Array(rows * mp);
+        matvecF32(this.lRows!, mp, k, z, rows, lr);
+        for (let i = 0; i < lr.length; i++) yr[i]! += lr[i]!;
       } else {
         const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, np], strides: [np, 1], offset: 0, data: xr };
         const z = gemm(xt, this.r, { transB: true, checkFinite: false }); // rows × k
