@@ -1,0 +1,110 @@
+import { describe, expect, it } from 'vitest';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { cast, writeSafetensors, type Tensor } from '@caldera/core';
+import { applyDecomposition, caldera, toCheckpointTensors } from '@caldera/lowrank';
+import { parseModelConfig } from './config.js';
+import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
+import { loadModel } from './load.js';
+import { randomModel } from './testing/random-model.js';
+
+const hf = {
+  architectures: ['LlamaForCausalLM'],
+  hidden_size: 32,
+  intermediate_size: 40,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  vocab_size: 30,
+  tie_word_embeddings: false,
+};
+const cfg = parseModelConfig(hf);
+
+describe('loadModel', () => {
+  const { raw } = randomModel(cfg, 8);
+  raw['lm_head.weight'] = raw['model.embed_tokens.weight']!; // untied head (same values, separate tensor)
+  const tokens = [2, 9, 29, 4, 4, 17];
+
+  it('f16 and bf16 checkpoints: f16 layers stay f16 (auto), bf16 widen to f32; logits match the f32 model', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-load-'));
+    await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
+    const f32Dir = await mkdtemp(join(tmpdir(), 'caldera-load32-'));
+    await writeFile(join(f32Dir, 'config.json'), JSON.stringify(hf));
+    for (const dtype of ['f16', 'bf16'] as const) {
+      const t: Record<string, Tensor> = {};
+      const rounded: Record<string, Tensor> = {};
+      for (const [k, v] of Object.entries(raw)) {
+        t[k] = cast(v, dtype);
+        rounded[k] = cast(t[k]!, 'f32');
+      }
+      await writeSafetensors(join(dir, 'model.safetensors'), t);
+      await writeSafetensors(join(f32Dir, 'model.safetensors'), rounded);
+      const { model } = await loadModel(dir);
+      const ref = (await loadModel(f32Dir)).model;
+      const q = model.linear('model.layers.1.self_attn.q_proj');
+      expect(q).toBeInstanceOf(dtype === 'f16' ? DenseF16Linear : DenseLinear);
+      const a = model.forward(tokens);
+      const b = ref.forward(tokens);
+      // identical weights, different summation order in f32: 1e-4 absolute on logits of size ~10
+      for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-4);
+      const forced = (await loadModel(dir, { dtype: 'f32' })).model.linear('model.layers.0.mlp.up_proj');
+      expect(forced).toBeInstanceOf(DenseLinear);
+    }
+  });
+
+  it('a Caldera checkpoint: compressed layers run fused and equal Decomposition.apply inside the model', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-ckpt-'));
+    await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
+    const tensors: Record<string, Tensor> = {};
+    for (const [k, v] of Object.entries(raw)) tensors[k] = cast(v, 'f16');
+    const layers: Record<string, unknown> = {};
+    const decomps = new Map<string, ReturnType<typeof caldera>>();
+    for (const name of ['model.layers.0.self_attn.q_proj', 'model.layers.1.mlp.down_proj']) {
+      const d = caldera(raw[`${name}.weight`]!, null, { rank: 4, outerIters: 1, lplrIters: 1 });
+      const { tensors: ct, meta } = toCheckpointTensors(name, d);
+      delete tensors[`${name}.weight`];
+      Object.assign(tensors, ct);
+      layers[name] = meta;
+      decomps.set(name, d);
+    }
+    await writeSafetensors(join(dir, 'model.safetensors'), tensors);
+    await writeFile(join(dir, 'caldera.json'), JSON.stringify({ format: 'caldera', version: 1, layers }));
+    const { model, calderaMeta } = await loadModel(dir);
+    expect(Object.keys(calderaMeta!.layers)).toHaveLength(2);
+    // reference: the same model with those layers evaluated by Decomposition.apply
+    const ref = (await loadModel(dir)).model;
+    for (const [name, d] of decomps) {
+      expect(model.linear(name)).toBeInstanceOf(CalderaLinear);
+      const apply: Linear = {
+        inFeatures: d.shape[1],
+        outFeatures: d.shape[0],
+        weightBytes: 0,
+        forward: (x, rows) => applyDecomposition(d, x, rows),
+      };
+      ref.setLinear(name, apply);
+    }
+    for (const n of [1, tokens.length]) {
+      const a = model.forward(tokens.slice(0, n));
+      const b = ref.forward(tokens.slice(0, n));
+      // checkpoint codes fold g into the scales (f32 products in another order): 1e-3 absolute on logits ~10
+      for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-3);
+    }
+    delete tensors['model.layers.1.mlp.down_proj.caldera.Q'];
+    await writeSafetensors(join(dir, 'model.safetensors'), tensors);
+    await expect(loadModel(dir)).rejects.toThrow(/E_MISSING.*down_proj\.caldera\.Q/);
+  });
+
+  it('a tensor of the wrong shape is an E_SHAPE error naming it', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-shape-'));
+    await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
+    const bad = {
+      ...raw,
+      'model.layers.1.self_attn.k_proj.weight': raw['model.layers.1.self_attn.q_proj.weight']!,
+    };
+    await writeSafetensors(join(dir, 'model.safetensors'), bad);
+    await expect(loadModel(dir)).rejects.toThrow(
+      /E_SHAPE.*layers\.1\.self_attn\.k_proj.*\[32, 32\].*\[16, 32\]/,
+    );
+  });
+});
