@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cast, writeSafetensors, type Tensor } from '@caldera/core';
+import { cast, tensor, writeSafetensors, type Tensor } from '@caldera/core';
 import { applyDecomposition, caldera, toCheckpointTensors } from '@caldera/lowrank';
 import { parseModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
@@ -106,5 +106,28 @@ describe('loadModel', () => {
     await expect(loadModel(dir)).rejects.toThrow(
       /E_SHAPE.*layers\.1\.self_attn\.k_proj.*\[32, 32\].*\[16, 32\]/,
     );
+  });
+
+  it('Qwen2: q/k/v biases are loaded and added; a missing bias is E_MISSING', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-qwen-'));
+    await writeFile(join(dir, 'config.json'), JSON.stringify({ ...hf, architectures: ['Qwen2ForCausalLM'] }));
+    await writeSafetensors(join(dir, 'model.safetensors'), raw);
+    await expect(loadModel(dir)).rejects.toThrow(/E_MISSING.*layers\.0\.self_attn\.q_proj\.bias/);
+    const withBias: Record<string, Tensor> = { ...raw };
+    for (let b = 0; b < 2; b++)
+      for (const [p, m] of [
+        ['q', 32],
+        ['k', 16],
+        ['v', 16],
+      ] as const)
+        withBias[`model.layers.${b}.self_attn.${p}_proj.bias`] = tensor(
+          'f32',
+          [m],
+          new Float32Array(m).fill(0.5),
+        );
+    await writeSafetensors(join(dir, 'model.safetensors'), withBias);
+    const { model } = await loadModel(dir);
+    const y = model.linear('model.layers.1.self_attn.k_proj').forward(new Float32Array(32), 1);
+    expect(Array.from(y)).toEqual(new Array(16).fill(0.5));
   });
 });

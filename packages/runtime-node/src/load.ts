@@ -137,6 +137,11 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
       const lin: Linear[] = [];
       for (const { name } of blockLinearNames(b)) {
         const kind = name.slice(name.lastIndexOf('.') + 1);
+        if (config.attentionBias && /(q|k|v)_proj$/.test(kind) && !store.has(`${name}.bias`))
+          throw new CalderaError(
+            'E_MISSING',
+            `${dir}: tensor '${name}.bias' is missing (config has q/k/v biases, e.g. Qwen2)`,
+          );
         const bias = store.has(`${name}.bias`)
           ? (await f32(store, `${name}.bias`, [shapes[kind]![0]])).data
           : null;
