@@ -182,17 +182,30 @@ def write_safetensors(path, tensors, metadata):
         for b in blobs: f.write(b)
     os.replace(tmp, path)
 
-def hf_tensors(p, cfg):
-    t = {"model.embed_tokens.weight": p["embed"], "model.norm.weight": p["norm"]}
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    dt = {"F16": np.float16, "F32": np.float32}
+    return {k: np.frombuffer(data[v["data_offsets"][0]:v["data_offsets"][1]], dtype=dt[v["dtype"]]).reshape(v["shape"])
+            for k, v in header.items() if k != "__metadata__"}
+
+def hf_names(cfg):
+    """Map from Hugging Face tensor names to this script's parameter names."""
+    m = {"model.embed_tokens.weight": "embed", "model.norm.weight": "norm"}
     for l in range(cfg["num_hidden_layers"]):
         pre = f"model.layers.{l}."
-        t[pre + "input_layernorm.weight"] = p[f"{l}.ln1"]
-        t[pre + "post_attention_layernorm.weight"] = p[f"{l}.ln2"]
+        m[pre + "input_layernorm.weight"] = f"{l}.ln1"
+        m[pre + "post_attention_layernorm.weight"] = f"{l}.ln2"
         for a, b in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj")):
-            t[pre + f"self_attn.{b}.weight"] = p[f"{l}.{a}"]
+            m[pre + f"self_attn.{b}.weight"] = f"{l}.{a}"
         for a in ("gate", "up", "down"):
-            t[pre + f"mlp.{a}_proj.weight"] = p[f"{l}.{a}"]
-    return {k: v.astype(np.float16) for k, v in t.items()}
+            m[pre + f"mlp.{a}_proj.weight"] = f"{l}.{a}"
+    return m
+
+def hf_tensors(p, cfg):
+    return {hf: p[ours].astype(np.float16) for hf, ours in hf_names(cfg).items()}
 
 def evaluate(p, cfg, ids, T, max_windows=None):
     n = (len(ids) - 1) // T
@@ -214,6 +227,8 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--ctx", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--log", default="training-log.jsonl", help="log file name in model/")
+    ap.add_argument("--init", help="continue from the weights of an HF model.safetensors written by this script")
     args = ap.parse_args()
     if args.check:
         grad_check(); return
@@ -224,13 +239,18 @@ def main():
                num_key_value_heads=2, vocab_size=2048, rms_norm_eps=1e-5, rope_theta=10000.0)
     rng = np.random.default_rng(args.seed)
     p = init_params(cfg, rng, np.float32)
+    if args.init:
+        loaded = read_safetensors(args.init)
+        inv = hf_names(cfg)
+        for hf_name, ours in inv.items():
+            p[ours] = loaded[hf_name].astype(np.float32).reshape(p[ours].shape)
     nparams = sum(v.size for v in p.values())
     m = {k: np.zeros_like(v) for k, v in p.items()}; s2 = {k: np.zeros_like(v) for k, v in p.items()}
     b1, b2, wd, clip = 0.9, 0.95, 0.1, 1.0
     T, B = args.ctx, args.batch
     budget = args.minutes * 60
     est_steps = None
-    log = open(os.path.join(ROOT, "model", "training-log.jsonl.tmp"), "w")
+    log = open(os.path.join(ROOT, "model", args.log + ".tmp"), "w")
     t0 = time.time(); step = 0; tokens = 0
     while True:
         el = time.time() - t0
@@ -265,7 +285,7 @@ def main():
                "valid_loss": round(vl, 4), "valid_ppl": round(math.exp(vl), 2), "test_loss": round(tl, 4), "test_ppl": round(math.exp(tl), 2),
                "unigram_test_ppl": round(math.exp(uni), 2), "context": T, "batch": B, "seed": args.seed}
     log.write(json.dumps({"summary": summary}) + "\n"); log.close()
-    os.replace(os.path.join(ROOT, "model", "training-log.jsonl.tmp"), os.path.join(ROOT, "model", "training-log.jsonl"))
+    os.replace(os.path.join(ROOT, "model", args.log + ".tmp"), os.path.join(ROOT, "model", args.log))
     hf = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", tie_word_embeddings=True,
               max_position_embeddings=512, torch_dtype="float16", bos_token_id=0, eos_token_id=0, attention_bias=False,
               head_dim=cfg["hidden_size"] // cfg["num_attention_heads"], initializer_range=0.02, **cfg)
