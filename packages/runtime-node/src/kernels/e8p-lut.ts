@@ -1,4 +1,5 @@
 import { e8pGrid, e8pSources } from '@caldera/quant';
+import { E8P_WASM_BASE64 } from '../generated/e8p-wasm.js';
 
 /**
  * Table-driven product with E8P12 codes (layout in `@caldera/quant`'s e8p.ts). A codeword is `sgn ⊙ source[a] ± ¼`,
@@ -127,10 +128,54 @@ function fillHalf(
   }
 }
 
+interface WasmKernel {
+  memory: WebAssembly.Memory;
+  pair: (
+    c0: number,
+    c1: number,
+    comb: number,
+    l1: number,
+    l2: number,
+    n1: number,
+    n2: number,
+    mp: number,
+    y: number,
+  ) => void;
+}
+
+let wasm: WasmKernel | null | undefined;
+
+/** The WebAssembly inner loop with the code→index table at address 0, or null where WebAssembly is unavailable. */
+function wasmKernel(): WasmKernel | null {
+  if (wasm !== undefined) return wasm;
+  try {
+    const bytes = Uint8Array.from(atob(E8P_WASM_BASE64), (c) => c.charCodeAt(0));
+    const memory = new WebAssembly.Memory({ initial: 8, maximum: 65536 });
+    const inst = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { memory } });
+    new Int32Array(memory.buffer, 0, 65536).set(e8pLutTables().comb);
+    wasm = { memory, pair: inst.exports.pair as WasmKernel['pair'] };
+  } catch {
+    wasm = null;
+  }
+  return wasm;
+}
+
+/** True when the WebAssembly inner loop could be instantiated. */
+export function e8pWasmAvailable(): boolean {
+  return wasmKernel() !== null;
+}
+
+/** Options of {@link e8pMatvecLut}. */
+export interface E8PMatvecOptions {
+  /** Run the inner loop in WebAssembly when available (default true); false = the TypeScript loop. */
+  wasm?: boolean;
+}
+
 /**
  * `y[r·mp + i] = Σ_g ⟨codeword(codesT[g·mp + i]), x[r·np + 8g…]⟩` (y is overwritten). Codes are stored
  * group-major (`[np/8, mp]`, the transpose of the checkpoint's row-major layout) so that one group's tables serve a
- * contiguous run of codes.
+ * contiguous run of codes. Two groups per pass over y; the pass runs in WebAssembly (codes copied into its memory)
+ * or in TypeScript.
  */
 export function e8pMatvecLut(
   codesT: Uint16Array,
@@ -139,39 +184,81 @@ export function e8pMatvecLut(
   x: Float32Array,
   rows: number,
   y: Float32Array,
+  options: E8PMatvecOptions = {},
 ): void {
   const t = e8pLutTables();
   const comb = t.comb;
   // first-half tables carry the shift (±¼·Σx of the group) in two 16-entry variants per pattern
   const n1 = (t.p1.length / 4) * 32;
   const n2 = (t.p2.length / 4) * 16;
-  const l1 = new Float32Array(2 * n1);
-  const l2 = new Float32Array(2 * n2);
   const groups = np / 8;
-  const group = (xo: number, k: number) => {
+  const k = options.wasm === false ? null : wasmKernel();
+  let l1: Float32Array;
+  let l2: Float32Array;
+  let addr = { l1: 0, l2: 0, y: 0, codes: 0 };
+  if (k) {
+    const l1a = 65536 * 4;
+    const l2a = l1a + 2 * n1 * 4;
+    const ya = l2a + 2 * n2 * 4;
+    const ca = ya + mp * 4;
+    const need = ca + codesT.length * 2;
+    if (k.memory.buffer.byteLength < need)
+      k.memory.grow(Math.ceil((need - k.memory.buffer.byteLength) / 65536));
+    addr = { l1: l1a, l2: l2a, y: ya, codes: ca };
+    const buf = k.memory.buffer;
+    new Uint16Array(buf, ca, codesT.length).set(codesT);
+    l1 = new Float32Array(buf, l1a, 2 * n1);
+    l2 = new Float32Array(buf, l2a, 2 * n2);
+  } else {
+    l1 = new Float32Array(2 * n1);
+    l2 = new Float32Array(2 * n2);
+  }
+  const group = (xo: number, half: number) => {
     const sh =
       0.25 *
       (x[xo]! + x[xo + 1]! + x[xo + 2]! + x[xo + 3]! + x[xo + 4]! + x[xo + 5]! + x[xo + 6]! + x[xo + 7]!);
-    fillHalf(t.p1, x, xo, k === 0 ? l1 : l1.subarray(n1), true, sh);
-    fillHalf(t.p2, x, xo + 4, k === 0 ? l2 : l2.subarray(n2), false, 0);
+    fillHalf(t.p1, x, xo, half === 0 ? l1 : l1.subarray(n1), true, sh);
+    fillHalf(t.p2, x, xo + 4, half === 0 ? l2 : l2.subarray(n2), false, 0);
   };
   y.fill(0, 0, rows * mp);
   for (let r = 0; r < rows; r++) {
     const yo = r * mp;
     let g = 0;
-    // two groups per pass over y: half the loads and stores of the accumulator
-    for (; g + 1 < groups; g += 2) {
-      group(r * np + 8 * g, 0);
-      group(r * np + 8 * g + 8, 1);
-      const c0 = g * mp;
-      const c1 = c0 + mp;
-      for (let i = 0; i < mp; i++) {
-        const e0 = comb[codesT[c0 + i]!]!;
-        const e1 = comb[codesT[c1 + i]!]!;
-        y[yo + i]! += l1[e0 & 0xffff]! + l2[e0 >>> 16]! + l1[n1 + (e1 & 0xffff)]! + l2[n2 + (e1 >>> 16)]!;
+    if (k) {
+      const yw = new Float32Array(k.memory.buffer, addr.y, mp);
+      yw.fill(0);
+      for (; g + 1 < groups; g += 2) {
+        group(r * np + 8 * g, 0);
+        group(r * np + 8 * g + 8, 1);
+        k.pair(
+          addr.codes + 2 * g * mp,
+          addr.codes + 2 * (g + 1) * mp,
+          0,
+          addr.l1,
+          addr.l2,
+          n1,
+          n2,
+          mp,
+          addr.y,
+        );
+      }
+      y.set(yw, yo);
+    } else {
+      // two groups per pass over y: half the loads and stores of the accumulator
+      for (; g + 1 < groups; g += 2) {
+        group(r * np + 8 * g, 0);
+        group(r * np + 8 * g + 8, 1);
+        const c0 = g * mp;
+        const c1 = c0 + mp;
+        for (let i = 0; i < mp; i++) {
+          const e0 = comb[codesT[c0 + i]!]!;
+          const e1 = comb[codesT[c1 + i]!]!;
+          y[yo + i]! += l1[e0 & 0xffff]! + l2[e0 >>> 16]! + l1[n1 + (e1 & 0xffff)]! + l2[n2 + (e1 >>> 16)]!;
+        }
       }
     }
     if (g < groups) {
+      // odd group count: the last group in TypeScript (tables at the first half of l1/l2)
       group(r * np + 8 * g, 0);
       const c0 = g * mp;
       for (let i = 0; i < mp; i++) {

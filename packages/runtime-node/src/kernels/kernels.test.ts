@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { f16ArrayToF32, f32ArrayToF16, Rng } from '@caldera/core';
 import { e8pDecode } from '@caldera/quant';
-import { e8pMatvecLut } from './e8p-lut.js';
+import { e8pMatvecLut, e8pWasmAvailable } from './e8p-lut.js';
 import { matvecF16, matvecF32 } from './matvec.js';
 
 /** Plain f64 y = x·Wᵀ. */
@@ -35,9 +35,24 @@ describe('kernels', () => {
     for (let i = 0; i < mp; i++) for (let g = 0; g < groups; g++) codesT[g * mp + i] = codes[i * groups + g]!;
     const rows = 3;
     const x = rng.fillNormal(new Float32Array(rows * np));
-    const y = new Float32Array(rows * mp);
-    e8pMatvecLut(codesT, mp, np, x, rows, y);
-    expectClose(y, ref(w, mp, np, x, rows), 2e-4);
+    const want = ref(w, mp, np, x, rows);
+    expect(e8pWasmAvailable()).toBe(true);
+    for (const wasm of [true, false]) {
+      const y = new Float32Array(rows * mp);
+      e8pMatvecLut(codesT, mp, np, x, rows, y, { wasm });
+      expectClose(y, want, 2e-4);
+    }
+    // an odd number of groups (the last one runs in TypeScript) and a second, larger layer (memory growth)
+    const np2 = 8 * 65;
+    const mp2 = 2000;
+    const codes2 = new Uint16Array(mp2 * 65).map((_, i) => (i * 7919) & 0xffff);
+    const w2 = e8pDecode(codes2);
+    const t2 = new Uint16Array(codes2.length);
+    for (let i = 0; i < mp2; i++) for (let g = 0; g < 65; g++) t2[g * mp2 + i] = codes2[i * 65 + g]!;
+    const x2 = rng.fillNormal(new Float32Array(np2));
+    const y2 = new Float32Array(mp2);
+    e8pMatvecLut(t2, mp2, np2, x2, 1, y2);
+    expectClose(y2, ref(w2, mp2, np2, x2, 1), 2e-4);
   });
 
   it('f32 and f16 matrix-vector products equal the plain reference (odd sizes)', () => {
