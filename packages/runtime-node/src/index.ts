@@ -7,3 +7,4 @@ export * from './generate.js';
 export * from './tokenizer.js';
 export * from './runner.js';
 export * from './llama2c.js';
+export * from './train/index.js';
