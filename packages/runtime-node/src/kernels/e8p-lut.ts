@@ -130,18 +130,28 @@ function fillHalf(
 
 interface WasmKernel {
   memory: WebAssembly.Memory;
-  pair: (
-    c0: number,
-    c1: number,
+  /** See asm/e8p.ts. */
+  row: (
+    codes: number,
     comb: number,
+    p1: number,
+    np1: number,
+    p2: number,
+    np2: number,
     l1: number,
     l2: number,
-    n1: number,
-    n2: number,
+    x: number,
+    groups: number,
     mp: number,
     y: number,
   ) => void;
 }
+
+/** WebAssembly memory layout: code→index table, then the half patterns (≤ 81 each), then per-call buffers. */
+const W_COMB = 0;
+const W_P1 = 65536 * 4;
+const W_P2 = W_P1 + 81 * 16;
+const W_DYN = W_P2 + 81 * 16;
 
 let wasm: WasmKernel | null | undefined;
 
@@ -152,8 +162,11 @@ function wasmKernel(): WasmKernel | null {
     const bytes = Uint8Array.from(atob(E8P_WASM_BASE64), (c) => c.charCodeAt(0));
     const memory = new WebAssembly.Memory({ initial: 8, maximum: 65536 });
     const inst = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { memory } });
-    new Int32Array(memory.buffer, 0, 65536).set(e8pLutTables().comb);
-    wasm = { memory, pair: inst.exports.pair as WasmKernel['pair'] };
+    const t = e8pLutTables();
+    new Int32Array(memory.buffer, W_COMB, 65536).set(t.comb);
+    new Float32Array(memory.buffer, W_P1, t.p1.length).set(t.p1);
+    new Float32Array(memory.buffer, W_P2, t.p2.length).set(t.p2);
+    wasm = { memory, row: inst.exports.row as WasmKernel['row'] };
   } catch {
     wasm = null;
   }
@@ -195,16 +208,17 @@ export function e8pMatvecLut(
   const k = options.wasm === false ? null : wasmKernel();
   let l1: Float32Array;
   let l2: Float32Array;
-  let addr = { l1: 0, l2: 0, y: 0, codes: 0 };
+  let addr = { l1: 0, l2: 0, x: 0, y: 0, codes: 0 };
   if (k) {
-    const l1a = 65536 * 4;
+    const l1a = W_DYN;
     const l2a = l1a + 2 * n1 * 4;
-    const ya = l2a + 2 * n2 * 4;
+    const xa = l2a + 2 * n2 * 4;
+    const ya = xa + np * 4;
     const ca = ya + mp * 4;
     const need = ca + codesT.length * 2;
     if (k.memory.buffer.byteLength < need)
       k.memory.grow(Math.ceil((need - k.memory.buffer.byteLength) / 65536));
-    addr = { l1: l1a, l2: l2a, y: ya, codes: ca };
+    addr = { l1: l1a, l2: l2a, x: xa, y: ya, codes: ca };
     const buf = k.memory.buffer;
     new Uint16Array(buf, ca, codesT.length).set(codesT);
     l1 = new Float32Array(buf, l1a, 2 * n1);
@@ -225,24 +239,12 @@ export function e8pMatvecLut(
     const yo = r * mp;
     let g = 0;
     if (k) {
-      const yw = new Float32Array(k.memory.buffer, addr.y, mp);
-      yw.fill(0);
-      for (; g + 1 < groups; g += 2) {
-        group(r * np + 8 * g, 0);
-        group(r * np + 8 * g + 8, 1);
-        k.pair(
-          addr.codes + 2 * g * mp,
-          addr.codes + 2 * (g + 1) * mp,
-          0,
-          addr.l1,
-          addr.l2,
-          n1,
-          n2,
-          mp,
-          addr.y,
-        );
-      }
-      y.set(yw, yo);
+      const buf = k.memory.buffer;
+      new Float32Array(buf, addr.x, np).set(x.subarray(r * np, r * np + np));
+      const even = groups - (groups % 2);
+      k.row(addr.codes, W_COMB, W_P1, n1 / 32, W_P2, n2 / 16, addr.l1, addr.l2, addr.x, even, mp, addr.y);
+      y.set(new Float32Array(buf, addr.y, mp), yo);
+      g = even;
     } else {
       // two groups per pass over y: half the loads and stores of the accumulator
       for (; g + 1 < groups; g += 2) {
