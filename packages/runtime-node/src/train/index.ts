@@ -5,3 +5,5 @@ export * from './swiglu.js';
 export * from './optim.js';
 export * from './rope.js';
 export * from './attention.js';
+export * from './linear.js';
+export * from './model.js';

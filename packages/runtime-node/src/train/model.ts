@@ -1,0 +1,233 @@
+import { CalderaError, type Rng } from '@caldera/core';
+import type { ModelConfig } from '../config.js';
+import { attentionBackward, attentionForward } from './attention.js';
+import { linearBackward, linearForward } from './linear.js';
+import { crossEntropy } from './loss.js';
+import { rmsNormBackward, rmsNormForward } from './rmsnorm.js';
+import { ropeApply } from './rope.js';
+import { swigluBackward, swigluForward } from './swiglu.js';
+import { zerosLike, type Vec } from './types.js';
+
+/** The parts of {@link ModelConfig} the training forward uses (tied embeddings, no biases, no RoPE scaling). */
+export type TrainConfig = Pick<
+  ModelConfig,
+  | 'hiddenSize'
+  | 'intermediateSize'
+  | 'numLayers'
+  | 'numHeads'
+  | 'numKvHeads'
+  | 'headDim'
+  | 'vocabSize'
+  | 'rmsNormEps'
+  | 'ropeTheta'
+>;
+
+/** Trainable parameters by Hugging Face tensor name (`model.embed_tokens.weight`, …), row-major. */
+export type TrainParams = Record<string, Vec>;
+
+/** Hugging Face names and shapes of every parameter of a tied-embedding Llama model. */
+export function trainParamShapes(c: TrainConfig): Record<string, number[]> {
+  const d = c.hiddenSize;
+  const qd = c.numHeads * c.headDim;
+  const kd = c.numKvHeads * c.headDim;
+  const s: Record<string, number[]> = {
+    'model.embed_tokens.weight': [c.vocabSize, d],
+    'model.norm.weight': [d],
+  };
+  for (let l = 0; l < c.numLayers; l++) {
+    const p = `model.layers.${l}.`;
+    s[`${p}input_layernorm.weight`] = [d];
+    s[`${p}post_attention_layernorm.weight`] = [d];
+    s[`${p}self_attn.q_proj.weight`] = [qd, d];
+    s[`${p}self_attn.k_proj.weight`] = [kd, d];
+    s[`${p}self_attn.v_proj.weight`] = [kd, d];
+    s[`${p}self_attn.o_proj.weight`] = [d, qd];
+    s[`${p}mlp.gate_proj.weight`] = [c.intermediateSize, d];
+    s[`${p}mlp.up_proj.weight`] = [c.intermediateSize, d];
+    s[`${p}mlp.down_proj.weight`] = [d, c.intermediateSize];
+  }
+  return s;
+}
+
+/**
+ * Fresh parameters: norms 1, matrices N(0, std²) with the residual outputs (`o_proj`, `down_proj`) scaled by
+ * 1/√(2·layers) (GPT-2 style). f32 unless `f64` is set (gradient checks).
+ * @param std initial standard deviation (default 0.02).
+ */
+export function initTrainParams(c: TrainConfig, rng: Rng, std = 0.02, f64 = false): TrainParams {
+  const out: TrainParams = {};
+  for (const [name, shape] of Object.entries(trainParamShapes(c))) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const a = f64 ? new Float64Array(n) : new Float32Array(n);
+    if (shape.length === 1) a.fill(1);
+    else {
+      const s = /o_proj|down_proj/.test(name) ? std / Math.sqrt(2 * c.numLayers) : std;
+      for (let i = 0; i < n; i++) a[i] = s * rng.normal();
+    }
+    out[name] = a;
+  }
+  return out;
+}
+
+/** Result of {@link lossAndGrad}. */
+export interface LossAndGrad {
+  /** Mean cross-entropy over the non-ignored targets. */
+  loss: number;
+  /** Number of targets that count. */
+  count: number;
+  /** Gradients by parameter name (absent when `grad` was false). */
+  grads?: TrainParams;
+}
+
+/**
+ * Training forward of one sequence (`tokens[t]` predicts `targets[t]`; `ignoreIndex` −100 skips a position)
+ * through embedding, `numLayers` × (RMSNorm, RoPE GQA causal attention, residual, RMSNorm, SwiGLU, residual),
+ * final RMSNorm and the tied LM head, then cross-entropy; with `grad` (default true) the backward pass of every op
+ * in reverse, activations kept from the forward. Gradients are of the mean loss of this sequence.
+ */
+export function lossAndGrad(
+  params: TrainParams,
+  c: TrainConfig,
+  tokens: ArrayLike<number>,
+  targets: ArrayLike<number>,
+  grad = true,
+): LossAndGrad {
+  const T = tokens.length;
+  const d = c.hiddenSize;
+  const I = c.intermediateSize;
+  const qd = c.numHeads * c.headDim;
+  const kd = c.numKvHeads * c.headDim;
+  const shape = { T, heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim };
+  const P = (name: string): Vec => {
+    const v = params[name];
+    if (!v) throw new CalderaError('E_MISSING', `lossAndGrad: parameter ${name} is missing`);
+    return v;
+  };
+  const emb = P('model.embed_tokens.weight');
+  let x = zerosLike(emb, T * d);
+  for (let t = 0; t < T; t++) {
+    const id = tokens[t]!;
+    if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize)
+      throw new CalderaError('E_VALUE', `lossAndGrad: token ${id} at ${t} is outside [0, ${c.vocabSize})`);
+    x.set(emb.subarray(id * d, id * d + d), t * d);
+  }
+  const caches = [];
+  for (let l = 0; l < c.numLayers; l++) {
+    const p = `model.layers.${l}.`;
+    const x0 = x;
+    const n1 = rmsNormForward(x0, P(`${p}input_layernorm.weight`), T, d, c.rmsNormEps);
+    const qRaw = linearForward(n1.y, P(`${p}self_attn.q_proj.weight`), T, d, qd);
+    const kRaw = linearForward(n1.y, P(`${p}self_attn.k_proj.weight`), T, d, kd);
+    const v = linearForward(n1.y, P(`${p}self_attn.v_proj.weight`), T, d, kd);
+    const q = ropeApply(qRaw, T, c.numHeads, c.headDim, c.ropeTheta);
+    const k = ropeApply(kRaw, T, c.numKvHeads, c.headDim, c.ropeTheta);
+    const att = attentionForward(q, k, v, shape);
+    const ao = linearForward(att.out, P(`${p}self_attn.o_proj.weight`), T, qd, d);
+    const x1 = zerosLike(x0, T * d);
+    for (let i = 0; i < T * d; i++) x1[i] = x0[i]! + ao[i]!;
+    const n2 = rmsNormForward(x1, P(`${p}post_attention_layernorm.weight`), T, d, c.rmsNormEps);
+    const gate = linearForward(n2.y, P(`${p}mlp.gate_proj.weight`), T, d, I);
+    const up = linearForward(n2.y, P(`${p}mlp.up_proj.weight`), T, d, I);
+    const h = swigluForward(gate, up);
+    const mo = linearForward(h, P(`${p}mlp.down_proj.weight`), T, I, d);
+    x = zerosLike(x0, T * d);
+    for (let i = 0; i < T * d; i++) x[i] = x1[i]! + mo[i]!;
+    caches.push({ x0, n1, q, k, v, att, x1, n2, gate, up, h });
+  }
+  const nf = rmsNormForward(x, P('model.norm.weight'), T, d, c.rmsNormEps);
+  const logits = linearForward(nf.y, emb, T, d, c.vocabSize);
+  const ce = crossEntropy(logits, T, c.vocabSize, targets);
+  if (!grad) return { loss: ce.loss, count: ce.count };
+
+  const g: TrainParams = {};
+  for (const [name, v] of Object.entries(params)) g[name] = zerosLike(v, v.length);
+  const G = (name: string): Vec => g[name]!;
+  const dNf = linearBackward(ce.dLogits, nf.y, emb, G('model.embed_tokens.weight'), T, d, c.vocabSize);
+  const fb = rmsNormBackward(dNf, x, P('model.norm.weight'), nf.cache, T, d);
+  addInto(G('model.norm.weight'), fb.dw);
+  let dx = fb.dx;
+  for (let l = c.numLayers - 1; l >= 0; l--) {
+    const p = `model.layers.${l}.`;
+    const a = caches[l]!;
+    // x = x1 + down(swiglu(gate(n2), up(n2)))
+    const dh = linearBackward(dx, a.h, P(`${p}mlp.down_proj.weight`), G(`${p}mlp.down_proj.weight`), T, I, d);
+    const sw = swigluBackward(dh, a.gate, a.up);
+    const dn2 = linearBackward(
+      sw.dGate,
+      a.n2.y,
+      P(`${p}mlp.gate_proj.weight`),
+      G(`${p}mlp.gate_proj.weight`),
+      T,
+      d,
+      I,
+    );
+    addInto(
+      dn2,
+      linearBackward(sw.dUp, a.n2.y, P(`${p}mlp.up_proj.weight`), G(`${p}mlp.up_proj.weight`), T, d, I),
+    );
+    const b2 = rmsNormBackward(dn2, a.x1, P(`${p}post_attention_layernorm.weight`), a.n2.cache, T, d);
+    addInto(G(`${p}post_attention_layernorm.weight`), b2.dw);
+    const dx1 = dx;
+    addInto(dx1, b2.dx);
+    // x1 = x0 + o(attn(rope(q(n1)), rope(k(n1)), v(n1)))
+    const dAtt = linearBackward(
+      dx1,
+      a.att.out,
+      P(`${p}self_attn.o_proj.weight`),
+      G(`${p}self_attn.o_proj.weight`),
+      T,
+      qd,
+      d,
+    );
+    const ab = attentionBackward(dAtt, a.q, a.k, a.v, a.att.cache, shape);
+    const dqRaw = ropeApply(ab.dq, T, c.numHeads, c.headDim, c.ropeTheta, true);
+    const dkRaw = ropeApply(ab.dk, T, c.numKvHeads, c.headDim, c.ropeTheta, true);
+    const dn1 = linearBackward(
+      dqRaw,
+      a.n1.y,
+      P(`${p}self_attn.q_proj.weight`),
+      G(`${p}self_attn.q_proj.weight`),
+      T,
+      d,
+      qd,
+    );
+    addInto(
+      dn1,
+      linearBackward(
+        dkRaw,
+        a.n1.y,
+        P(`${p}self_attn.k_proj.weight`),
+        G(`${p}self_attn.k_proj.weight`),
+        T,
+        d,
+        kd,
+      ),
+    );
+    addInto(
+      dn1,
+      linearBackward(
+        ab.dv,
+        a.n1.y,
+        P(`${p}self_attn.v_proj.weight`),
+        G(`${p}self_attn.v_proj.weight`),
+        T,
+        d,
+        kd,
+      ),
+    );
+    const b1 = rmsNormBackward(dn1, a.x0, P(`${p}input_layernorm.weight`), a.n1.cache, T, d);
+    addInto(G(`${p}input_layernorm.weight`), b1.dw);
+    addInto(dx1, b1.dx);
+    dx = dx1;
+  }
+  const dEmb = G('model.embed_tokens.weight');
+  for (let t = 0; t < T; t++) {
+    const o = tokens[t]! * d;
+    for (let j = 0; j < d; j++) dEmb[o + j] = dEmb[o + j]! + dx[t * d + j]!;
+  }
+  return { loss: ce.loss, count: ce.count, grads: g };
+}
+
+function addInto(acc: Vec, v: Vec): void {
+  for (let i = 0; i < acc.length; i++) acc[i] = acc[i]! + v[i]!;
+}
