@@ -7,3 +7,4 @@ export * from './rope.js';
 export * from './attention.js';
 export * from './linear.js';
 export * from './model.js';
+export * from './trainer.js';

@@ -1,0 +1,187 @@
+import { readFile } from 'node:fs/promises';
+import { atomicWriteFile, CalderaError, Rng } from '@caldera/core';
+import { lossAndGrad, type TrainConfig, type TrainParams } from './model.js';
+import { adamWState, adamWStep, clipGradNorm, cosineLr, type AdamWState } from './optim.js';
+
+/** Options of a {@link Trainer}. */
+export interface TrainerOptions {
+  /** Tokens per training sequence (default 128). */
+  seqLen?: number;
+  /** Sequences whose gradients are averaged per optimizer step (gradient accumulation; default 8). */
+  batch?: number;
+  /** Peak learning rate (default 3e-3). */
+  lr?: number;
+  /** Linear warmup steps (default 50). */
+  warmup?: number;
+  /** Steps of the cosine schedule (default 1000). */
+  totalSteps?: number;
+  /** Final learning rate as a fraction of the peak (default 0.1). */
+  minLrRatio?: number;
+  /** Decoupled weight decay on matrices (norm weights are not decayed; default 0.1). */
+  weightDecay?: number;
+  /** Global gradient-norm clip (default 1.0). */
+  clip?: number;
+  /** AdamW betas (default 0.9, 0.95). */
+  betas?: [number, number];
+  /** Seed of the data order (default 0). */
+  seed?: number;
+}
+
+/** What {@link Trainer.step} reports. */
+export interface TrainStepResult {
+  step: number;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+}
+
+/**
+ * Trains a tied-embedding Llama model from scratch on a token stream: random windows (seeded), gradient
+ * accumulation over `batch` sequences, global-norm clipping, AdamW with a warmup + cosine schedule. The whole
+ * state (weights, moments, step, RNG) is saved atomically with {@link Trainer.save} and restored with
+ * {@link Trainer.load}, and a resumed run continues with exactly the same losses.
+ */
+export class Trainer {
+  readonly options: Required<TrainerOptions>;
+  private moments: Record<string, AdamWState>;
+  private rng: Rng;
+  /** Optimizer steps done so far. */
+  stepCount = 0;
+
+  constructor(
+    readonly config: TrainConfig,
+    readonly params: TrainParams,
+    readonly data: ArrayLike<number>,
+    options: TrainerOptions = {},
+  ) {
+    this.options = {
+      seqLen: 128,
+      batch: 8,
+      lr: 3e-3,
+      warmup: 50,
+      totalSteps: 1000,
+      minLrRatio: 0.1,
+      weightDecay: 0.1,
+      clip: 1,
+      betas: [0.9, 0.95],
+      seed: 0,
+      ...options,
+    };
+    if (data.length < this.options.seqLen + 2)
+      throw new CalderaError(
+        'E_VALUE',
+        `Trainer: ${data.length} tokens is shorter than seqLen ${this.options.seqLen} + 2`,
+      );
+    this.moments = Object.fromEntries(Object.entries(params).map(([k, v]) => [k, adamWState(v.length)]));
+    this.rng = new Rng(this.options.seed);
+  }
+
+  /** One optimizer step over `batch` random windows of the data. */
+  step(): TrainStepResult {
+    const o = this.options;
+    const acc: TrainParams = {};
+    for (const [k, v] of Object.entries(this.params)) acc[k] = new Float32Array(v.length);
+    let loss = 0;
+    for (let b = 0; b < o.batch; b++) {
+      const s = this.rng.int(this.data.length - o.seqLen - 1);
+      const tokens = Array.from({ length: o.seqLen }, (_, i) => this.data[s + i]!);
+      const targets = Array.from({ length: o.seqLen }, (_, i) => this.data[s + i + 1]!);
+      const r = lossAndGrad(this.params, this.config, tokens, targets);
+      loss += r.loss / o.batch;
+      for (const [k, g] of Object.entries(r.grads!)) {
+        const a = acc[k]!;
+        for (let i = 0; i < a.length; i++) a[i] = a[i]! + g[i]! / o.batch;
+      }
+    }
+    const gradNorm = clipGradNorm(Object.values(acc), o.clip);
+    const lr = cosineLr(this.stepCount, {
+      peak: o.lr,
+      warmup: o.warmup,
+      total: o.totalSteps,
+      minRatio: o.minLrRatio,
+    });
+    this.stepCount++;
+    for (const [k, p] of Object.entries(this.params)) {
+      const decay = p.length === this.config.hiddenSize ? 0 : o.weightDecay;
+      adamWStep(p, acc[k]!, this.moments[k]!, this.stepCount, {
+        lr,
+        beta1: o.betas[0],
+        beta2: o.betas[1],
+        weightDecay: decay,
+      });
+    }
+    return { step: this.stepCount, loss, lr, gradNorm };
+  }
+
+  /**
+   * Writes the whole training state to `path` atomically: a little-endian u32 header length, a JSON header
+   * (options, step, RNG state, tensor directory), then the f32 tensors (weights, first and second moments).
+   */
+  async save(path: string, signal?: AbortSignal): Promise<void> {
+    const names = Object.keys(this.params);
+    const arrays: Float32Array[] = [];
+    const dir: Record<string, [number, number]> = {};
+    let off = 0;
+    for (const n of names)
+      for (const [suffix, a] of [
+        ['', this.params[n]!],
+        ['.m', this.moments[n]!.m],
+        ['.v', this.moments[n]!.v],
+      ] as const) {
+        const f = Float32Array.from(a);
+        dir[n + suffix] = [off, f.length];
+        off += f.length;
+        arrays.push(f);
+      }
+    const header = Buffer.from(
+      JSON.stringify({
+        format: 'caldera-train-state',
+        version: 1,
+        options: this.options,
+        step: this.stepCount,
+        rng: this.rng.getState(),
+        tensors: dir,
+      }),
+    );
+    const body = new Uint8Array(4 + header.length + off * 4);
+    new DataView(body.buffer).setUint32(0, header.length, true);
+    body.set(header, 4);
+    let p = 4 + header.length;
+    for (const a of arrays) {
+      body.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), p);
+      p += a.byteLength;
+    }
+    await atomicWriteFile(path, body, { signal });
+  }
+
+  /** Restores a state written by {@link save}; `data` must be the same token stream. */
+  static async load(path: string, config: TrainConfig, data: ArrayLike<number>): Promise<Trainer> {
+    const buf = await readFile(path).catch((e: Error) => {
+      throw new CalderaError('E_IO', `cannot read training state ${path}: ${e.message}`);
+    });
+    const hl = buf.readUInt32LE(0);
+    const h = JSON.parse(buf.subarray(4, 4 + hl).toString('utf8')) as {
+      format: string;
+      options: Required<TrainerOptions>;
+      step: number;
+      rng: number[];
+      tensors: Record<string, [number, number]>;
+    };
+    if (h.format !== 'caldera-train-state')
+      throw new CalderaError('E_FORMAT', `${path}: not a Caldera training state`);
+    const base = 4 + hl;
+    const get = (name: string): Float32Array => {
+      const e = h.tensors[name];
+      if (!e) throw new CalderaError('E_MISSING', `${path}: tensor ${name} is missing`);
+      const bytes = buf.subarray(base + e[0] * 4, base + (e[0] + e[1]) * 4);
+      return new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+    };
+    const params: TrainParams = {};
+    for (const n of Object.keys(h.tensors)) if (!n.endsWith('.m') && !n.endsWith('.v')) params[n] = get(n);
+    const t = new Trainer(config, params, data, h.options);
+    for (const n of Object.keys(params)) t.moments[n] = { m: get(`${n}.m`), v: get(`${n}.v`) };
+    t.stepCount = h.step;
+    t.rng = Rng.fromState(h.rng);
+    return t;
+  }
+}
