@@ -1,18 +1,27 @@
-import { zerosLike, type Vec } from './types.js';
+import { tensor, type Tensor } from '@caldera/core';
+import { gemm } from '@caldera/linalg';
+import type { Vec } from './types.js';
 
-/** Dense linear `y = x·Wᵀ` for `x` `[n, inF]` and `W` `[outF, inF]` (Hugging Face layout); returns `[n, outF]`. */
+function mat(v: Vec, rows: number, cols: number): Tensor<'f32'> | Tensor<'f64'> {
+  return v instanceof Float64Array ? tensor('f64', [rows, cols], v) : tensor('f32', [rows, cols], v);
+}
+
+function run(
+  a: Tensor<'f32'> | Tensor<'f64'>,
+  b: Tensor<'f32'> | Tensor<'f64'>,
+  transA: boolean,
+  transB: boolean,
+): Vec {
+  // Both operands share the training dtype (f32 in training, f64 in gradient checks).
+  return gemm(a as Tensor<'f32'>, b as Tensor<'f32'>, { transA, transB }).data as Vec;
+}
+
+/**
+ * Dense linear `y = x·Wᵀ` for `x` `[n, inF]` and `W` `[outF, inF]` (Hugging Face layout); returns `[n, outF]`.
+ * Runs on `@caldera/linalg`'s gemm.
+ */
 export function linearForward(x: Vec, w: Vec, n: number, inF: number, outF: number): Vec {
-  const y = zerosLike(x, n * outF);
-  for (let r = 0; r < n; r++) {
-    const xo = r * inF;
-    for (let o = 0; o < outF; o++) {
-      const wo = o * inF;
-      let s = 0;
-      for (let j = 0; j < inF; j++) s += x[xo + j]! * w[wo + j]!;
-      y[r * outF + o] = s;
-    }
-  }
-  return y;
+  return run(mat(x, n, inF), mat(w, outF, inF), false, true);
 }
 
 /**
@@ -20,18 +29,8 @@ export function linearForward(x: Vec, w: Vec, n: number, inF: number, outF: numb
  * weights and gradient accumulation sum naturally).
  */
 export function linearBackward(dy: Vec, x: Vec, w: Vec, dw: Vec, n: number, inF: number, outF: number): Vec {
-  const dx = zerosLike(x, n * inF);
-  for (let r = 0; r < n; r++) {
-    const xo = r * inF;
-    for (let o = 0; o < outF; o++) {
-      const g = dy[r * outF + o]!;
-      if (g === 0) continue;
-      const wo = o * inF;
-      for (let j = 0; j < inF; j++) {
-        dx[xo + j] = dx[xo + j]! + g * w[wo + j]!;
-        dw[wo + j] = dw[wo + j]! + g * x[xo + j]!;
-      }
-    }
-  }
+  const dx = run(mat(dy, n, outF), mat(w, outF, inF), false, false);
+  const g = run(mat(dy, n, outF), mat(x, n, inF), true, false);
+  for (let i = 0; i < dw.length; i++) dw[i] = dw[i]! + g[i]!;
   return dx;
 }
