@@ -1,17 +1,27 @@
 // AssemblyScript source of the E8P table-driven inner loop (compiled by scripts/build-wasm.mjs).
 // y[i] += l1a[e0 & 0xffff] + l2a[e0 >>> 16] + l1b[e1 & 0xffff] + l2b[e1 >>> 16], e = comb[code]
-export function pair(c0: usize, c1: usize, comb: usize, l1: usize, l2: usize, n1: i32, n2: i32, mp: i32, y: usize): void {
-  const l1b = l1 + (<usize>n1 << 2);
-  const l2b = l2 + (<usize>n2 << 2);
+export function pair(
+  c0: usize,
+  c1: usize,
+  comb: usize,
+  l1: usize,
+  l2: usize,
+  n1: i32,
+  n2: i32,
+  mp: i32,
+  y: usize,
+): void {
+  const l1b = l1 + ((<usize>n1) << 2);
+  const l2b = l2 + ((<usize>n2) << 2);
   for (let i: i32 = 0; i < mp; i++) {
     const o = <usize>i;
-    const e0 = load<u32>(comb + (<usize>load<u16>(c0 + (o << 1)) << 2));
-    const e1 = load<u32>(comb + (<usize>load<u16>(c1 + (o << 1)) << 2));
+    const e0 = load<u32>(comb + ((<usize>load<u16>(c0 + (o << 1))) << 2));
+    const e1 = load<u32>(comb + ((<usize>load<u16>(c1 + (o << 1))) << 2));
     const s =
-      load<f32>(l1 + (<usize>(e0 & 0xffff) << 2)) +
-      load<f32>(l2 + (<usize>(e0 >>> 16) << 2)) +
-      load<f32>(l1b + (<usize>(e1 & 0xffff) << 2)) +
-      load<f32>(l2b + (<usize>(e1 >>> 16) << 2));
+      load<f32>(l1 + ((<usize>(e0 & 0xffff)) << 2)) +
+      load<f32>(l2 + ((<usize>(e0 >>> 16)) << 2)) +
+      load<f32>(l1b + ((<usize>(e1 & 0xffff)) << 2)) +
+      load<f32>(l2b + ((<usize>(e1 >>> 16)) << 2));
     store<f32>(y + (o << 2), load<f32>(y + (o << 2)) + s);
   }
 }
@@ -25,7 +35,7 @@ function fillHalf(p: usize, np: i32, x: usize, lut: usize, withShift: bool, shif
   const x3 = load<f32>(x, 12);
   const stride: usize = withShift ? 128 : 64;
   for (let k: i32 = 0; k < np; k++) {
-    const pk = p + (<usize>k << 4);
+    const pk = p + ((<usize>k) << 4);
     const v0 = load<f32>(pk) * x0;
     const v1 = load<f32>(pk, 4) * x1;
     const v2 = load<f32>(pk, 8) * x2;
@@ -81,10 +91,10 @@ export function row(
 ): void {
   const n1 = np1 * 32;
   const n2 = np2 * 16;
-  memory.fill(y, 0, <usize>mp << 2);
+  memory.fill(y, 0, (<usize>mp) << 2);
   for (let g: i32 = 0; g + 1 < groups; g += 2) {
     for (let h: i32 = 0; h < 2; h++) {
-      const xo = x + (<usize>(g + h) << 5);
+      const xo = x + ((<usize>(g + h)) << 5);
       const sh: f32 =
         0.25 *
         (load<f32>(xo) +
@@ -95,9 +105,19 @@ export function row(
           load<f32>(xo, 20) +
           load<f32>(xo, 24) +
           load<f32>(xo, 28));
-      fillHalf(p1, np1, xo, l1 + (<usize>(h * n1) << 2), true, sh);
-      fillHalf(p2, np2, xo + 16, l2 + (<usize>(h * n2) << 2), false, 0);
+      fillHalf(p1, np1, xo, l1 + ((<usize>(h * n1)) << 2), true, sh);
+      fillHalf(p2, np2, xo + 16, l2 + ((<usize>(h * n2)) << 2), false, 0);
     }
-    pair(codes + ((<usize>g * <usize>mp) << 1), codes + ((<usize>(g + 1) * <usize>mp) << 1), comb, l1, l2, n1, n2, mp, y);
+    pair(
+      codes + ((<usize>g * <usize>mp) << 1),
+      codes + ((<usize>(g + 1) * <usize>mp) << 1),
+      comb,
+      l1,
+      l2,
+      n1,
+      n2,
+      mp,
+      y,
+    );
   }
 }
