@@ -28,6 +28,12 @@ export interface Decomposition {
   l: StoredFactor;
   /** R (k × np). */
   r: StoredFactor;
+  /**
+   * Trainable low-rank part kept in full precision (LoRA fine-tuning, docs/architecture.md): `l` is L_ft
+   * `[mp, rank]`, `r` is R_ft `[rank, np]`, added as `(x'·R_ftᵀ)·L_ftᵀ` in the rotated domain (scaled by `scale`
+   * like the rest). Absent or null when the layer has none. {@link withTrainableFactors} creates it.
+   */
+  ft?: TrainableFactors | null;
   /** Exact storage cost in bits per original weight (codes, scales, sign vectors). */
   bitsPerWeight: number;
   /** The paper's accounting: B_Q + k(B_L·m + B_R·n)/(m·n). */
@@ -37,6 +43,13 @@ export interface Decomposition {
   /** Error after every sub-step, per kind. */
   errors: { LR: number[]; Q: number[] };
   seed: number;
+}
+
+/** The full-precision LoRA pair of a {@link Decomposition}: L_ft `[mp, rank]` and R_ft `[rank, np]`, row-major. */
+export interface TrainableFactors {
+  rank: number;
+  l: Float32Array;
+  r: Float32Array;
 }
 
 function factorValues(f: StoredFactor): Float32Array {
@@ -58,6 +71,13 @@ export function rotatedEstimate(d: Decomposition): Float32Array {
         for (let j = 0; j < np; j++) out[i * np + j]! += li * r[t * np + j]!;
       }
   }
+  const ft = d.ft;
+  if (ft && ft.rank > 0)
+    for (let i = 0; i < mp; i++)
+      for (let t = 0; t < ft.rank; t++) {
+        const li = ft.l[i * ft.rank + t]!;
+        for (let j = 0; j < np; j++) out[i * np + j]! += li * ft.r[t * np + j]!;
+      }
   return out;
 }
 
@@ -105,6 +125,23 @@ export function applyDecomposition(d: Decomposition, x: Float32Array, rows: numb
       for (let i = 0; i < mp; i++) {
         let s = 0;
         for (let t = 0; t < k; t++) s += z[t]! * lt[t * mp + i]!;
+        yr[r * mp + i]! += s;
+      }
+    }
+  }
+  const ft = d.ft;
+  if (ft && ft.rank > 0) {
+    const kf = ft.rank;
+    const z = new Float32Array(kf);
+    for (let r = 0; r < rows; r++) {
+      for (let t = 0; t < kf; t++) {
+        let s = 0;
+        for (let j = 0; j < np; j++) s += xr[r * np + j]! * ft.r[t * np + j]!;
+        z[t] = s;
+      }
+      for (let i = 0; i < mp; i++) {
+        let s = 0;
+        for (let t = 0; t < kf; t++) s += z[t]! * ft.l[i * kf + t]!;
         yr[r * mp + i]! += s;
       }
     }
@@ -168,6 +205,15 @@ export function toCheckpointTensors(
   };
   put('L', d.l, mp, d.scale);
   put('R', d.r, np, 1);
+  const ft = d.ft && d.ft.rank > 0 ? d.ft : null;
+  if (ft) {
+    t[`${p}L_ft`] = tensor(
+      'f32',
+      [mp, ft.rank],
+      ft.l.map((v) => v * d.scale),
+    );
+    t[`${p}R_ft`] = tensor('f32', [ft.rank, np], ft.r.slice());
+  }
   if (d.su && d.sv) {
     t[`${p}SU`] = tensor('f16', [np], f32ArrayToF16(d.su));
     t[`${p}SV`] = tensor('f16', [mp], f32ArrayToF16(d.sv));
@@ -178,8 +224,8 @@ export function toCheckpointTensors(
     meta: {
       shape: d.shape,
       padded: d.padded,
-      rank: k,
-      ftRank: 0,
+      rank: k + (ft?.rank ?? 0),
+      ftRank: ft?.rank ?? 0,
       hadamard: d.hadamard,
       codecs: { Q: codecName(d.q.bits), L: codecName(bitsOf(d.l)), R: codecName(bitsOf(d.r)) },
       bitsPerWeight: d.bitsPerWeight,
@@ -202,7 +248,8 @@ export function fromCheckpointTensors(
     return t;
   };
   const [mp, np] = meta.padded;
-  const k = meta.rank;
+  const ftRank = meta.ftRank ?? 0;
+  const k = meta.rank - ftRank;
   const scalar = (name: string) => Number(need(name).data[0]);
   const planes = (
     name: string,
@@ -235,6 +282,19 @@ export function fromCheckpointTensors(
       codes: { bits, planes: planes(name, k, cols, bits), scale: scalar(`${name}_scale`) },
     };
   };
+  const ftTensor = (name: 'L_ft' | 'R_ft', shape: [number, number]): Float32Array => {
+    const t = need(name);
+    if (t.dtype !== 'f32' || t.shape[0] !== shape[0] || t.shape[1] !== shape[1])
+      throw new CalderaError(
+        'E_SHAPE',
+        `'${p}${name}' is ${t.dtype} [${t.shape.join(', ')}], expected f32 [${shape.join(', ')}]`,
+      );
+    return t.data as Float32Array;
+  };
+  const ft: TrainableFactors | null =
+    ftRank > 0
+      ? { rank: ftRank, l: ftTensor('L_ft', [mp, ftRank]), r: ftTensor('R_ft', [ftRank, np]) }
+      : null;
   const su = meta.hadamard ? f16ArrayToF32(need('SU').data as Uint16Array) : null;
   const sv = meta.hadamard ? f16ArrayToF32(need('SV').data as Uint16Array) : null;
   return {
@@ -248,10 +308,75 @@ export function fromCheckpointTensors(
     q: { bits: qBits, planes: planes('Q', mp, np, qBits), scale: scalar('Q_scale') },
     l: k > 0 ? factor('L', mp) : { kind: 'dense', values: new Float32Array(0) },
     r: k > 0 ? factor('R', np) : { kind: 'dense', values: new Float32Array(0) },
+    ft,
     bitsPerWeight: meta.bitsPerWeight,
     paperBitsPerWeight: meta.paperBitsPerWeight,
     error: meta.error,
     errors: { LR: [], Q: [] },
     seed: 0,
+  };
+}
+
+function sliceFactorRows(f: StoredFactor, from: number, k: number, cols: number): StoredFactor {
+  if (f.kind === 'dense') return { kind: 'dense', values: f.values.slice(from * cols, k * cols) };
+  const g = cols / 8;
+  return {
+    kind: 'lattice',
+    codes: { ...f.codes, planes: f.codes.planes.map((p) => p.slice(from * g, k * g)) },
+  };
+}
+
+/**
+ * Prepare a decomposition for LoRA fine-tuning (algorithm brief §7.1): the first rank components of L̂ and R̂ are
+ * dequantized into the full-precision trainable pair `ft` until it has `ftRank` components (clamped to the total
+ * rank; components already trainable stay), and the quantized factors keep the remaining rows of their codes
+ * unchanged. Q̂, the signs and the scale are untouched, and Ŵ is the same up to float rounding. Storage accounting is
+ * updated: trainable components cost 32 bits per entry (they are stored as f32).
+ */
+export function withTrainableFactors(d: Decomposition, ftRank: number): Decomposition {
+  if (!Number.isInteger(ftRank) || ftRank < 0)
+    throw new CalderaError(
+      'E_VALUE',
+      `withTrainableFactors: ftRank ${ftRank} must be a non-negative integer`,
+    );
+  const [m, n] = d.shape;
+  const [mp, np] = d.padded;
+  const k = d.rank;
+  const have = d.ft?.rank ?? 0;
+  const move = Math.max(0, Math.min(ftRank, have + k) - have);
+  if (move === 0) return d;
+  const kf = have + move;
+  const lt = factorValues(d.l); // k × mp
+  const r = factorValues(d.r); // k × np
+  const l = new Float32Array(mp * kf);
+  const rf = new Float32Array(kf * np);
+  for (let i = 0; i < mp; i++) {
+    for (let t = 0; t < have; t++) l[i * kf + t] = d.ft!.l[i * have + t]!;
+    for (let t = 0; t < move; t++) l[i * kf + have + t] = lt[t * mp + i]!;
+  }
+  if (have) rf.set(d.ft!.r.subarray(0, have * np));
+  rf.set(r.subarray(0, move * np), have * np);
+  const kq = k - move;
+  const bitsOf = (f: StoredFactor) => (f.kind === 'dense' ? 16 : f.codes.bits);
+  const factorStore = (f: StoredFactor, rows: number, cols: number) =>
+    rows === 0 ? 0 : bitsOf(f) * rows * cols + (f.kind === 'dense' ? 0 : 32);
+  const bitsPerWeight =
+    d.bitsPerWeight +
+    (factorStore(d.l, kq, mp) -
+      factorStore(d.l, k, mp) +
+      factorStore(d.r, kq, np) -
+      factorStore(d.r, k, np) +
+      32 * move * (mp + np)) /
+      (m * n);
+  const paperBitsPerWeight =
+    d.paperBitsPerWeight + (move * ((32 - bitsOf(d.l)) * m + (32 - bitsOf(d.r)) * n)) / (m * n);
+  return {
+    ...d,
+    rank: kq,
+    l: sliceFactorRows(d.l, move, k, mp),
+    r: sliceFactorRows(d.r, move, k, np),
+    ft: { rank: kf, l, r: rf },
+    bitsPerWeight,
+    paperBitsPerWeight,
   };
 }
