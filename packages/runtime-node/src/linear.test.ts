@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { f16ArrayToF32, f32ArrayToF16, Rng, tensor } from '@caldera/core';
-import { applyDecomposition, caldera } from '@caldera/lowrank';
+import { applyDecomposition, caldera, withTrainableFactors } from '@caldera/lowrank';
 import { CalderaLinear, DenseF16Linear, DenseLinear } from './linear.js';
 
 describe('linear layers', () => {
@@ -40,5 +40,21 @@ describe('linear layers', () => {
       for (let i = 0; i < 24; i++)
         expect(Math.abs(a[r * 24 + i]! - bias[i]! - b[r * 24 + i]!)).toBeLessThan(1e-4 * scale);
     expect(layer.weightBytes).toBeLessThan(24 * 72 * 2);
+  });
+
+  it('CALDERA layer with a trainable LoRA part (L_ft, R_ft) equals Decomposition.apply, decode and batched', () => {
+    const w = tensor('f32', [24, 72], rng.fillNormal(new Float32Array(24 * 72)));
+    const d = withTrainableFactors(caldera(w, null, { rank: 6, outerIters: 1, lplrIters: 1 }), 2);
+    // perturb the trainable part so a layer that ignored it would differ by O(1)
+    for (let i = 0; i < d.ft!.l.length; i++) d.ft!.l[i]! += 0.5 * rng.normal();
+    const layer = new CalderaLinear(d);
+    for (const rows of [1, 7]) {
+      const x = rng.fillNormal(new Float32Array(rows * 72));
+      const a = layer.forward(x, rows);
+      const b = applyDecomposition(d, x, rows);
+      const scale = Math.max(...Array.from(b, Math.abs));
+      // same sums in f32 in different orders (np = 128 terms): 1e-4 relative to the output scale
+      for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-4 * scale);
+    }
   });
 });

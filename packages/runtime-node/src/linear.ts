@@ -119,6 +119,9 @@ export class CalderaLinear implements Linear {
   private readonly qDense: Float32Array | null; // only for non-2-bit Q (decoded once)
   /** L̂ row-major `[mp, k]` (decoded once) for the decode path: y_i += ⟨L̂_i, z⟩. */
   private readonly lRows: Float32Array | null;
+  /** The trainable LoRA pair (L_ft `[mp, kf]` row-major, R_ft `[kf, np]`), when the checkpoint has one. */
+  private readonly ftL: Tensor<'f32'> | null;
+  private readonly ftR: Tensor<'f32'> | null;
   constructor(
     readonly d: Decomposition,
     readonly bias: Float32Array | null = null,
@@ -143,6 +146,11 @@ export class CalderaLinear implements Linear {
       for (let i = 0; i < mp; i++) for (let g = 0; g < groups; g++) t[g * mp + i] = codes[i * groups + g]!;
       this.qCodesT = t;
     } else this.qCodesT = null;
+    const ft = d.ft && d.ft.rank > 0 ? d.ft : null;
+    this.ftL = ft
+      ? { dtype: 'f32', shape: [mp, ft.rank], strides: [ft.rank, 1], offset: 0, data: ft.l }
+      : null;
+    this.ftR = ft ? { dtype: 'f32', shape: [ft.rank, np], strides: [np, 1], offset: 0, data: ft.r } : null;
     this.weightBytes = Math.ceil((d.bitsPerWeight * this.inFeatures * this.outFeatures) / 8);
   }
 
@@ -199,6 +207,13 @@ export class CalderaLinear implements Linear {
         const lr = gemm(z, this.lt, { checkFinite: false }).data; // rows × mp
         for (let i = 0; i < yr.length; i++) yr[i]! += lr[i]!;
       }
+    }
+    if (this.ftL && this.ftR) {
+      // LoRA part: yr += (x'·R_ftᵀ)·L_ftᵀ
+      const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, np], strides: [np, 1], offset: 0, data: xr };
+      const z = gemm(xt, this.ftR, { transB: true, checkFinite: false }); // rows × kf
+      const lr = gemm(z, this.ftL, { transB: true, checkFinite: false }).data; // rows × mp
+      for (let i = 0; i < yr.length; i++) yr[i]! += lr[i]!;
     }
     if (d.hadamard) hadamardRowsInPlace(yr, rows, mp, { transpose: true });
     const y = new Float32Array(rows * m);
