@@ -27,6 +27,18 @@ export class HessianAccumulator {
     this.sum = new Float64Array(n * n);
   }
 
+  /** An accumulator holding given partial sums (upper triangle of Σxxᵀ, full n×n storage) of `count` rows. */
+  static fromSums(n: number, sum: Float64Array, count: number): HessianAccumulator {
+    const acc = new HessianAccumulator(n);
+    if (sum.length !== n * n)
+      throw new CalderaError('E_SHAPE', `Hessian sums have ${sum.length} values, expected ${n}·${n}`);
+    if (!Number.isInteger(count) || count < 0)
+      throw new CalderaError('E_VALUE', `Hessian row count must be a non-negative integer, got ${count}`);
+    acc.sum.set(sum);
+    acc.count = count;
+    return acc;
+  }
+
   /** Add `rows` input vectors stored row-major in `x` (length rows·n). */
   add(x: Float32Array | Float64Array, rows: number): void {
     const n = this.n;

@@ -1,0 +1,603 @@
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import { isAbsolute, join } from 'node:path';
+import {
+  atomicWriteFile,
+  CalderaError,
+  cast,
+  isCalderaError,
+  openSafetensors,
+  openSafetensorsDir,
+  tensor,
+  throwIfAborted,
+  writeSafetensors,
+  type Tensor,
+} from '@caldera/core';
+import type { Pool } from '@caldera/linalg';
+import { caldera, toCheckpointTensors, type CalderaOptions } from '@caldera/lowrank';
+import type { LayerResult } from './driver.js';
+import { finalizeHessian, HessianAccumulator } from './hessian.js';
+import type { LinearInfo, ModelRunner } from './runner.js';
+
+/*
+ * Scale-out of whole-model compression with Hessians fixed by the original model (`propagate: 'original'`).
+ *
+ * Phase 1 (data-parallel): the calibration windows are cut into a fixed number of chunks; each chunk job runs its
+ * windows through the unmodified model and writes the partial sums Σxxᵀ of every linear input. The chunks are reduced by
+ * f64 addition in chunk order, so the Hessians depend on the chunk count of the plan, never on how many processes ran
+ * the chunks or in which order they finished.
+ *
+ * Phase 2 (independent jobs): every (block, sublayer) decomposition is one job of the manifest, with content hashes of
+ * its inputs (W bytes in the model file, H bytes in the work directory) and its options. A job's output is named by
+ * the hash of all of that, written atomically, so re-executing a job (a retry, a second worker) is harmless.
+ *
+ * Work directory layout: `hessian-plan.json`, `hessian-chunks/<chunk>-b<block>.safetensors`,
+ * `hessians/<sha256>.f64` (raw little-endian f64, n × n), `manifest.json`, `results/<job id>.safetensors`.
+ */
+
+/** JSON options of one decomposition: {@link CalderaOptions} without the handles, callbacks and seed. */
+export type LayerOptions = Omit<CalderaOptions, 'pool' | 'signal' | 'onProgress' | 'seed'>;
+
+/** What a matrix job computes: `caldera(W, H, { ...options, seed })`. */
+export interface LayerSpec {
+  options: LayerOptions;
+  seed: number;
+}
+
+/** A content-addressed Hessian in the work directory. */
+export interface HessianRef {
+  /** Path relative to the work directory. */
+  file: string;
+  sha256: string;
+  n: number;
+}
+
+/** One independent decomposition. */
+export interface MatrixJob {
+  /** sha256 of the job's inputs and spec: the name of its output. */
+  id: string;
+  name: string;
+  block: number;
+  input: string;
+  m: number;
+  n: number;
+  /** The dense weight in the model directory and the sha256 of its stored bytes. */
+  weight: { tensor: string; sha256: string };
+  hessian: HessianRef | null;
+  spec: LayerSpec;
+}
+
+/** The job manifest: everything any engine needs to execute the matrix phase and assemble the result. */
+export interface JobManifest {
+  format: 'caldera-jobs';
+  version: 1;
+  /** Absolute path of the source model directory. */
+  model: string;
+  modelSha256: string;
+  seed: number;
+  /** The run's remaining options (method, calibration, evaluation): opaque here, used when assembling. */
+  settings: Record<string, unknown>;
+  jobs: MatrixJob[];
+}
+
+/** The Hessian phase's plan: the calibration windows and their fixed split into chunks. */
+export interface HessianPlan {
+  format: 'caldera-hessian-plan';
+  version: 1;
+  model: string;
+  modelSha256: string;
+  numBlocks: number;
+  windows: number[][];
+  /** Chunk c covers windows [start, end); `key` names its partial-sum files. */
+  chunks: { key: string; start: number; end: number }[];
+}
+
+const PLAN_FILE = 'hessian-plan.json';
+const MANIFEST_FILE = 'manifest.json';
+
+/** sha256 of bytes (or of a string's UTF-8), as hex. */
+export function sha256Hex(data: Uint8Array | string): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+function bytesOf(a: ArrayBufferView): Uint8Array {
+  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+}
+
+/** FNV-1a of a layer name: per-layer seeds independent of processing order (resumed and sharded runs agree). */
+export function layerSeed(seed: number, name: string): number {
+  let h = 2166136261 ^ seed;
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 16777619);
+  return h >>> 0;
+}
+
+/**
+ * The one way a layer is decomposed, whatever runs it (the sequential driver, a shard, a queue worker): CALDERA with
+ * the spec's options and seed, converted to checkpoint tensors. `pool` changes the speed, never the result.
+ */
+export function compressLayerWithSpec(
+  w: Tensor<'f32'>,
+  h: Tensor<'f64'> | null,
+  name: string,
+  spec: LayerSpec,
+  handles: { pool?: Pool; signal?: AbortSignal } = {},
+): Omit<LayerResult, 'seconds' | 'name'> {
+  const d = caldera(w, h, { ...spec.options, seed: spec.seed, ...handles });
+  return {
+    replacement: toCheckpointTensors(name, d) as unknown as LayerResult['replacement'],
+    error: d.error,
+    bitsPerWeight: d.paperBitsPerWeight,
+    rank: d.rank,
+  };
+}
+
+/** Hessian key of one linear input of one block. */
+export function hessianKey(block: number, input: string): string {
+  return `${block}/${input}`;
+}
+
+/** sha256 of every tensor of a model directory, and of the whole (names and hashes in name order). */
+export async function hashModelTensors(
+  dir: string,
+  signal?: AbortSignal,
+): Promise<{ sha256: string; tensors: Map<string, string> }> {
+  const store = await openSafetensorsDir(dir);
+  try {
+    const tensors = new Map<string, string>();
+    for (const name of [...store.names()].sort()) {
+      throwIfAborted(signal, 'hashing the model');
+      tensors.set(name, sha256Hex(await store.readRaw(name)));
+    }
+    return { sha256: sha256Hex(JSON.stringify([...tensors])), tensors };
+  } finally {
+    await store.close();
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+async function readJson<T>(path: string, what: string): Promise<T> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    throw new CalderaError(
+      code === 'ENOENT' ? 'E_MISSING' : 'E_IO',
+      `${what} ${path}: cannot read (${code})`,
+      {
+        cause: e,
+      },
+    );
+  }
+  try {
+    return JSON.parse(text) as T;
+  } catch (e) {
+    throw new CalderaError('E_FORMAT', `${what} ${path} is not valid JSON (${(e as Error).message})`);
+  }
+}
+
+/** Write JSON atomically unless the file already holds exactly these bytes (plans are deterministic). */
+async function writeJsonOnce(path: string, value: unknown): Promise<void> {
+  const text = JSON.stringify(value, null, 1) + '\n';
+  const old = await readFile(path, 'utf8').catch(() => null);
+  if (old === text) return;
+  await atomicWriteFile(path, text);
+}
+
+/**
+ * Split `windows` into `chunks` contiguous chunks (fewer when there are fewer windows). The plan, not the number of
+ * processes, fixes the f64 summation order of the Hessians.
+ */
+export function makeHessianPlan(
+  model: string,
+  modelSha256: string,
+  numBlocks: number,
+  windows: readonly ArrayLike<number>[],
+  chunks: number,
+): HessianPlan {
+  if (!Number.isInteger(chunks) || chunks <= 0)
+    throw new CalderaError('E_VALUE', `Hessian chunks must be a positive integer, got ${chunks}`);
+  if (windows.length === 0) throw new CalderaError('E_VALUE', 'no calibration windows');
+  const c = Math.min(chunks, windows.length);
+  const ws = windows.map((w) => Array.from(w));
+  const list = Array.from({ length: c }, (_, i) => {
+    const start = Math.floor((i * ws.length) / c);
+    const end = Math.floor(((i + 1) * ws.length) / c);
+    return {
+      key: sha256Hex(JSON.stringify({ modelSha256, windows: ws.slice(start, end) })).slice(0, 32),
+      start,
+      end,
+    };
+  });
+  return {
+    format: 'caldera-hessian-plan',
+    version: 1,
+    model,
+    modelSha256,
+    numBlocks,
+    windows: ws,
+    chunks: list,
+  };
+}
+
+export async function writeHessianPlan(workDir: string, plan: HessianPlan): Promise<void> {
+  await mkdir(workDir, { recursive: true });
+  await writeJsonOnce(join(workDir, PLAN_FILE), plan);
+}
+
+export async function readHessianPlan(workDir: string): Promise<HessianPlan> {
+  const p = await readJson<HessianPlan>(join(workDir, PLAN_FILE), 'Hessian plan');
+  if (p.format !== 'caldera-hessian-plan' || p.version !== 1)
+    throw new CalderaError('E_FORMAT', `${join(workDir, PLAN_FILE)} is not a version-1 Hessian plan`);
+  return p;
+}
+
+function chunkFile(workDir: string, key: string, block: number): string {
+  return join(workDir, 'hessian-chunks', `${key}-b${String(block).padStart(4, '0')}.safetensors`);
+}
+
+/**
+ * Accumulate the partial Hessians of `windows` block by block through the unmodified model, handing each finished
+ * block's accumulators (one per input key) to `onBlock`. Only one block's sums are in memory at a time.
+ */
+export async function accumulateHessians(
+  runner: ModelRunner,
+  windows: readonly Int32Array[],
+  onBlock: (block: number, accs: Map<string, HessianAccumulator>) => Promise<void> | void,
+  signal?: AbortSignal,
+): Promise<void> {
+  let hidden = windows.map((w) => runner.embed(w));
+  for (let b = 0; b < runner.numBlocks; b++) {
+    const accs = new Map<string, HessianAccumulator>();
+    for (const l of runner.linears(b))
+      if (!accs.has(l.input)) accs.set(l.input, new HessianAccumulator(l.inFeatures));
+    hidden = hidden.map((h, w) => {
+      throwIfAborted(signal, 'Hessian accumulation');
+      return runner.runBlock(b, h, windows[w]!.length, (key, x, rows) => accs.get(key)?.add(x, rows));
+    });
+    await onBlock(b, accs);
+  }
+}
+
+/** Whether chunk `c` of the plan has all its partial sums on disk. */
+export async function hasHessianChunk(workDir: string, plan: HessianPlan, c: number): Promise<boolean> {
+  const { key } = plan.chunks[c]!;
+  for (let b = 0; b < plan.numBlocks; b++) if (!(await exists(chunkFile(workDir, key, b)))) return false;
+  return true;
+}
+
+/**
+ * Phase-1 job: the partial sums of chunk `c` (through the original model `runner`), one atomic file per block.
+ * Idempotent: a chunk already on disk is not recomputed.
+ */
+export async function runHessianChunk(
+  workDir: string,
+  plan: HessianPlan,
+  c: number,
+  runner: ModelRunner,
+  signal?: AbortSignal,
+): Promise<'cached' | 'computed'> {
+  const chunk = plan.chunks[c];
+  if (!chunk)
+    throw new CalderaError('E_VALUE', `Hessian chunk ${c} is not in the plan (${plan.chunks.length})`);
+  if (await hasHessianChunk(workDir, plan, c)) return 'cached';
+  if (runner.numBlocks !== plan.numBlocks)
+    throw new CalderaError('E_VALUE', `model has ${runner.numBlocks} blocks, the plan ${plan.numBlocks}`);
+  await mkdir(join(workDir, 'hessian-chunks'), { recursive: true });
+  const windows = plan.windows.slice(chunk.start, chunk.end).map((w) => Int32Array.from(w));
+  await accumulateHessians(
+    runner,
+    windows,
+    async (b, accs) => {
+      const tensors: Record<string, Tensor> = {};
+      const counts: Record<string, number> = {};
+      for (const [key, acc] of accs) {
+        tensors[key] = tensor('f64', [acc.n, acc.n], acc.sum);
+        counts[key] = acc.count;
+      }
+      await writeSafetensors(chunkFile(workDir, chunk.key, b), tensors, {
+        metadata: { counts: JSON.stringify(counts) },
+        ...(signal ? { signal } : {}),
+      });
+    },
+    signal,
+  );
+  return 'computed';
+}
+
+/**
+ * Reduce the chunks' partial sums by f64 addition in chunk order, finalise (normalise + damp) and store every Hessian
+ * under its content hash. Deterministic: every process that reduces the same plan writes the same bytes.
+ */
+export async function reduceHessianChunks(
+  workDir: string,
+  plan: HessianPlan,
+  options: { damping?: number; signal?: AbortSignal } = {},
+): Promise<Map<string, HessianRef>> {
+  const refs = new Map<string, HessianRef>();
+  await mkdir(join(workDir, 'hessians'), { recursive: true });
+  for (let b = 0; b < plan.numBlocks; b++) {
+    const accs = new Map<string, HessianAccumulator>();
+    for (const chunk of plan.chunks) {
+      throwIfAborted(options.signal, 'Hessian reduction');
+      const file = chunkFile(workDir, chunk.key, b);
+      let reader;
+      try {
+        reader = await openSafetensors(file);
+      } catch (e) {
+        throw new CalderaError('E_MISSING', `Hessian partial sums ${file} are missing or unreadable`, {
+          cause: e,
+        });
+      }
+      try {
+        const counts = JSON.parse(reader.metadata.counts ?? '{}') as Record<string, number>;
+        for (const key of reader.names()) {
+          const t = await reader.readTensor(key);
+          if (t.dtype !== 'f64' || t.shape.length !== 2)
+            throw new CalderaError('E_FORMAT', `${file}: '${key}' is not a 2-D f64 tensor`);
+          const part = HessianAccumulator.fromSums(t.shape[0]!, t.data as Float64Array, counts[key] ?? 0);
+          const acc = accs.get(key);
+          if (acc) acc.merge(part);
+          else accs.set(key, part);
+        }
+      } finally {
+        await reader.close();
+      }
+    }
+    for (const [input, acc] of accs) {
+      const h = finalizeHessian(acc, options.damping === undefined ? {} : { damping: options.damping });
+      const bytes = bytesOf(h.data);
+      const sha = sha256Hex(bytes);
+      const file = join('hessians', `${sha}.f64`);
+      if (!(await exists(join(workDir, file)))) await atomicWriteFile(join(workDir, file), bytes);
+      refs.set(hessianKey(b, input), { file, sha256: sha, n: acc.n });
+    }
+  }
+  return refs;
+}
+
+/** The id of a matrix job: sha256 of everything its output depends on. */
+export function matrixJobId(job: Omit<MatrixJob, 'id'>): string {
+  return sha256Hex(
+    JSON.stringify({
+      v: 1,
+      name: job.name,
+      m: job.m,
+      n: job.n,
+      weight: job.weight.sha256,
+      hessian: job.hessian?.sha256 ?? null,
+      spec: job.spec,
+    }),
+  );
+}
+
+/** Build the manifest's job list from the model's linears, weight hashes, Hessians and per-layer specs. */
+export function makeManifest(args: {
+  model: string;
+  modelSha256: string;
+  seed: number;
+  settings: Record<string, unknown>;
+  linears: readonly LinearInfo[];
+  weightSha256: ReadonlyMap<string, string>;
+  hessians: ReadonlyMap<string, HessianRef> | null;
+  spec: (l: LinearInfo) => LayerSpec;
+}): JobManifest {
+  if (!isAbsolute(args.model))
+    throw new CalderaError('E_VALUE', `manifest model path must be absolute, got '${args.model}'`);
+  const jobs = args.linears.map((l): MatrixJob => {
+    const tensorName = `${l.name}.weight`;
+    const sha = args.weightSha256.get(tensorName);
+    if (!sha) throw new CalderaError('E_MISSING', `no hash for tensor '${tensorName}'`);
+    let hessian: HessianRef | null = null;
+    if (args.hessians) {
+      hessian = args.hessians.get(hessianKey(l.block, l.input)) ?? null;
+      if (!hessian) throw new CalderaError('E_MISSING', `no Hessian for ${l.name} (input ${l.input})`);
+    }
+    const job = {
+      name: l.name,
+      block: l.block,
+      input: l.input,
+      m: l.outFeatures,
+      n: l.inFeatures,
+      weight: { tensor: tensorName, sha256: sha },
+      hessian,
+      spec: args.spec(l),
+    };
+    return { id: matrixJobId(job), ...job };
+  });
+  return {
+    format: 'caldera-jobs',
+    version: 1,
+    model: args.model,
+    modelSha256: args.modelSha256,
+    seed: args.seed,
+    settings: args.settings,
+    jobs,
+  };
+}
+
+export async function writeManifest(workDir: string, manifest: JobManifest): Promise<void> {
+  await mkdir(workDir, { recursive: true });
+  await writeJsonOnce(join(workDir, MANIFEST_FILE), manifest);
+}
+
+export async function readManifest(workDir: string): Promise<JobManifest> {
+  const m = await readJson<JobManifest>(join(workDir, MANIFEST_FILE), 'job manifest');
+  if (m.format !== 'caldera-jobs' || m.version !== 1 || !Array.isArray(m.jobs))
+    throw new CalderaError('E_FORMAT', `${join(workDir, MANIFEST_FILE)} is not a version-1 job manifest`);
+  return m;
+}
+
+export function jobResultPath(workDir: string, job: Pick<MatrixJob, 'id'>): string {
+  return join(workDir, 'results', `${job.id}.safetensors`);
+}
+
+export async function hasJobResult(workDir: string, job: Pick<MatrixJob, 'id'>): Promise<boolean> {
+  return exists(jobResultPath(workDir, job));
+}
+
+/** Jobs of the manifest whose outputs are not on disk yet. */
+export async function missingJobs(workDir: string, manifest: JobManifest): Promise<MatrixJob[]> {
+  const out: MatrixJob[] = [];
+  for (const j of manifest.jobs) if (!(await hasJobResult(workDir, j))) out.push(j);
+  return out;
+}
+
+/**
+ * Shard `i` of `count`: jobs dealt largest first (cost m·n) to the least loaded shard, ties to the lowest index, so
+ * that shards get near-equal work. Deterministic; every job lands in exactly one shard.
+ */
+export function shardJobs<T extends { m: number; n: number }>(
+  jobs: readonly T[],
+  index: number,
+  count: number,
+): T[] {
+  if (!Number.isInteger(count) || count <= 0 || !Number.isInteger(index) || index < 0 || index >= count)
+    throw new CalderaError('E_VALUE', `shard must be i/n with 0 ≤ i < n, got ${index}/${count}`);
+  const order = jobs
+    .map((_, k) => k)
+    .sort((a, b) => jobs[b]!.m * jobs[b]!.n - jobs[a]!.m * jobs[a]!.n || a - b);
+  const load = new Array<number>(count).fill(0);
+  const mine = new Set<number>();
+  for (const k of order) {
+    let s = 0;
+    for (let t = 1; t < count; t++) if (load[t]! < load[s]!) s = t;
+    load[s]! += jobs[k]!.m * jobs[k]!.n;
+    if (s === index) mine.add(k);
+  }
+  return jobs.filter((_, k) => mine.has(k));
+}
+
+async function loadWeight(manifest: JobManifest, job: MatrixJob): Promise<Tensor<'f32'>> {
+  const store = await openSafetensorsDir(manifest.model);
+  try {
+    const raw = await store.readRaw(job.weight.tensor);
+    if (sha256Hex(raw) !== job.weight.sha256) {
+      throw new CalderaError(
+        'E_FORMAT',
+        `job ${job.name}: weight '${job.weight.tensor}' in ${manifest.model} does not match the manifest's sha256`,
+      );
+    }
+    const t = await store.readTensor(job.weight.tensor);
+    if (t.shape.length !== 2 || t.shape[0] !== job.m || t.shape[1] !== job.n)
+      throw new CalderaError(
+        'E_SHAPE',
+        `job ${job.name}: weight shape [${t.shape}] is not [${job.m}, ${job.n}]`,
+      );
+    if (t.dtype !== 'f32' && t.dtype !== 'f16' && t.dtype !== 'bf16' && t.dtype !== 'f64')
+      throw new CalderaError('E_DTYPE', `job ${job.name}: weight dtype ${t.dtype} is not a float type`);
+    return t.dtype === 'f32' ? (t as Tensor<'f32'>) : cast(t, 'f32');
+  } finally {
+    await store.close();
+  }
+}
+
+async function loadHessian(workDir: string, job: MatrixJob): Promise<Tensor<'f64'> | null> {
+  const ref = job.hessian;
+  if (!ref) return null;
+  const path = join(workDir, ref.file);
+  let buf: Buffer;
+  try {
+    buf = await readFile(path);
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    throw new CalderaError(
+      code === 'ENOENT' ? 'E_MISSING' : 'E_IO',
+      `job ${job.name}: Hessian ${path} cannot be read (${code})`,
+      { cause: e },
+    );
+  }
+  if (buf.length !== ref.n * ref.n * 8 || sha256Hex(buf) !== ref.sha256) {
+    throw new CalderaError(
+      'E_FORMAT',
+      `job ${job.name}: Hessian ${path} is corrupted (${buf.length} bytes, sha256 does not match the manifest)`,
+    );
+  }
+  const data = new Float64Array(ref.n * ref.n);
+  bytesOf(data).set(buf);
+  return tensor('f64', [ref.n, ref.n], data);
+}
+
+/**
+ * Phase-2 job: decompose one matrix from its content-checked inputs and write the result atomically under the job's
+ * id. Idempotent: an output already on disk is kept. A missing or corrupted input fails with a CalderaError naming the
+ * job and the file.
+ */
+export async function executeMatrixJob(
+  workDir: string,
+  manifest: JobManifest,
+  job: MatrixJob,
+  handles: { pool?: Pool; signal?: AbortSignal } = {},
+): Promise<'cached' | 'computed'> {
+  const out = jobResultPath(workDir, job);
+  if (await exists(out)) return 'cached';
+  throwIfAborted(handles.signal, `job ${job.name}`);
+  const w = await loadWeight(manifest, job);
+  const h = await loadHessian(workDir, job);
+  const t0 = performance.now();
+  let r;
+  try {
+    r = compressLayerWithSpec(w, h, job.name, job.spec, handles);
+  } catch (e) {
+    if (isCalderaError(e)) throw e;
+    throw new CalderaError('E_VALUE', `job ${job.name}: ${(e as Error).message}`, { cause: e });
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  await mkdir(join(workDir, 'results'), { recursive: true });
+  await writeSafetensors(out, r.replacement.tensors, {
+    metadata: {
+      caldera_job: JSON.stringify({
+        id: job.id,
+        name: job.name,
+        error: r.error,
+        bitsPerWeight: r.bitsPerWeight,
+        rank: r.rank,
+        seconds,
+        meta: r.replacement.meta,
+      }),
+    },
+  });
+  return 'computed';
+}
+
+/** Read a finished job's output back as a {@link LayerResult}. */
+export async function readJobResult(workDir: string, job: MatrixJob): Promise<LayerResult> {
+  const path = jobResultPath(workDir, job);
+  let reader;
+  try {
+    reader = await openSafetensors(path);
+  } catch (e) {
+    throw new CalderaError('E_MISSING', `job ${job.name} has no result ${path}`, { cause: e });
+  }
+  try {
+    const info = JSON.parse(reader.metadata.caldera_job ?? 'null') as {
+      id: string;
+      name: string;
+      error: number;
+      bitsPerWeight: number;
+      rank: number;
+      seconds: number;
+      meta: Record<string, unknown>;
+    } | null;
+    if (!info || info.id !== job.id || info.name !== job.name)
+      throw new CalderaError('E_FORMAT', `${path} is not the result of job ${job.name}`);
+    const tensors: Record<string, Tensor> = {};
+    for (const n of reader.names()) tensors[n] = await reader.readTensor(n);
+    return {
+      name: info.name,
+      error: info.error,
+      bitsPerWeight: info.bitsPerWeight,
+      rank: info.rank,
+      seconds: info.seconds,
+      replacement: { tensors, meta: info.meta },
+    };
+  } finally {
+    await reader.close();
+  }
+}
