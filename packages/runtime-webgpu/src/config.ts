@@ -1,0 +1,125 @@
+/**
+ * Model configuration read from a Hugging Face config.json. The same contract and validation as @caldera/runtime-node's
+ * config (docs/architecture.md, "Model conventions"), kept here so that the browser bundle does not import runtime-node.
+ */
+import { CalderaError } from '@caldera/core';
+
+/** The architecture parameters the runtime needs, read from a Hugging Face `config.json`. */
+export interface ModelConfig {
+  architecture: 'LlamaForCausalLM' | 'MistralForCausalLM' | 'Qwen2ForCausalLM';
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  vocabSize: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  /** Llama-3 style frequency scaling, when present. */
+  ropeScaling: {
+    factor: number;
+    lowFreqFactor: number;
+    highFreqFactor: number;
+    originalMaxPositions: number;
+  } | null;
+  maxPositions: number;
+  tieWordEmbeddings: boolean;
+  /** q/k/v projections have biases (Qwen2). */
+  attentionBias: boolean;
+  bosTokenId: number | null;
+  eosTokenId: number | null;
+}
+
+const SUPPORTED = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'] as const;
+
+/** Parse and validate a Hugging Face `config.json` object. `file` names it in errors. */
+export function parseModelConfig(json: unknown, file = 'config.json'): ModelConfig {
+  if (!json || typeof json !== 'object') throw new CalderaError('E_FORMAT', `${file}: not a JSON object`);
+  const c = json as Record<string, unknown>;
+  const arch = Array.isArray(c.architectures) ? String(c.architectures[0]) : String(c.model_type ?? '');
+  const archName =
+    SUPPORTED.find((a) => a === arch) ??
+    (c.model_type === 'llama'
+      ? 'LlamaForCausalLM'
+      : c.model_type === 'mistral'
+        ? 'MistralForCausalLM'
+        : c.model_type === 'qwen2'
+          ? 'Qwen2ForCausalLM'
+          : null);
+  if (!archName)
+    throw new CalderaError(
+      'E_UNSUPPORTED',
+      `${file}: architecture '${arch}' is not supported (supported: ${SUPPORTED.join(', ')})`,
+    );
+  const missing: string[] = [];
+  const num = (k: string, def?: number): number => {
+    const v = c[k];
+    if (typeof v === 'number' && Number.isFinite(v)) return v;
+    if (def !== undefined) return def;
+    missing.push(k);
+    return NaN;
+  };
+  const hiddenSize = num('hidden_size');
+  const numHeads = num('num_attention_heads');
+  const cfg: ModelConfig = {
+    architecture: archName,
+    hiddenSize,
+    intermediateSize: num('intermediate_size'),
+    numLayers: num('num_hidden_layers'),
+    numHeads,
+    numKvHeads: num('num_key_value_heads', numHeads),
+    headDim: num('head_dim', hiddenSize / numHeads),
+    vocabSize: num('vocab_size'),
+    rmsNormEps: num('rms_norm_eps', 1e-6),
+    ropeTheta: num('rope_theta', 10000),
+    ropeScaling: null,
+    maxPositions: num('max_position_embeddings', 2048),
+    tieWordEmbeddings: c.tie_word_embeddings === true,
+    attentionBias: c.attention_bias === true || archName === 'Qwen2ForCausalLM',
+    bosTokenId: typeof c.bos_token_id === 'number' ? c.bos_token_id : null,
+    eosTokenId:
+      typeof c.eos_token_id === 'number'
+        ? c.eos_token_id
+        : Array.isArray(c.eos_token_id)
+          ? Number(c.eos_token_id[0])
+          : null,
+  };
+  if (missing.length)
+    throw new CalderaError('E_FORMAT', `${file}: missing or non-numeric fields: ${missing.join(', ')}`);
+  const rs = c.rope_scaling as Record<string, unknown> | null | undefined;
+  if (rs && (rs.rope_type === 'llama3' || rs.type === 'llama3')) {
+    cfg.ropeScaling = {
+      factor: Number(rs.factor),
+      lowFreqFactor: Number(rs.low_freq_factor ?? 1),
+      highFreqFactor: Number(rs.high_freq_factor ?? 4),
+      originalMaxPositions: Number(rs.original_max_position_embeddings ?? 8192),
+    };
+  } else if (rs && rs.rope_type !== 'default' && rs.type !== 'default') {
+    throw new CalderaError(
+      'E_UNSUPPORTED',
+      `${file}: rope_scaling type '${String(rs.rope_type ?? rs.type)}' is not supported`,
+    );
+  }
+  if (cfg.numHeads % cfg.numKvHeads !== 0) {
+    throw new CalderaError(
+      'E_FORMAT',
+      `${file}: num_attention_heads ${cfg.numHeads} is not a multiple of num_key_value_heads ${cfg.numKvHeads}`,
+    );
+  }
+  return cfg;
+}
+
+/** The names of the seven linear layers of block `i`, Hugging Face layout, in the order q, k, v, o, gate, up, down. */
+export function blockLinearNames(i: number): string[] {
+  const p = `model.layers.${i}`;
+  return [
+    `${p}.self_attn.q_proj`,
+    `${p}.self_attn.k_proj`,
+    `${p}.self_attn.v_proj`,
+    `${p}.self_attn.o_proj`,
+    `${p}.mlp.gate_proj`,
+    `${p}.mlp.up_proj`,
+    `${p}.mlp.down_proj`,
+  ];
+}

@@ -1,0 +1,181 @@
+import { CalderaError } from '@caldera/core';
+
+/** Buffer usage flags (the values of `GPUBufferUsage`, which Node has only after installing a WebGPU binding's globals). */
+export const BufferUsage = {
+  MAP_READ: 0x0001,
+  COPY_SRC: 0x0004,
+  COPY_DST: 0x0008,
+  UNIFORM: 0x0040,
+  STORAGE: 0x0080,
+} as const;
+
+/** `GPUMapMode.READ`. */
+export const MAP_READ_MODE = 0x0001;
+
+/** Options of {@link createDevice}. */
+export interface CreateDeviceOptions {
+  /** An adapter to use; default: requested from `gpu`. */
+  adapter?: GPUAdapter;
+  /**
+   * The WebGPU entry point; default `navigator.gpu`. In Node pass the object returned by `create([])` of the
+   * `webgpu` package, and keep a strong reference to it for as long as the device is used.
+   */
+  gpu?: GPU;
+  /** Passed to `requestAdapter`. Default `'high-performance'`. */
+  powerPreference?: GPUPowerPreference;
+}
+
+/** A WebGPU device with what the runtime needs to know about it. An explicit handle: call `dispose()`. */
+export interface CalderaDevice {
+  readonly device: GPUDevice;
+  readonly adapter: GPUAdapter;
+  /**
+   * True when the `shader-f16` feature was available and enabled. The kernels compute in f32 either way and read
+   * f16 weights through `unpack2x16float`, so f16 storage works on every device.
+   */
+  readonly shaderF16: boolean;
+  /** Largest storage buffer binding in bytes (requested at the adapter's maximum). */
+  readonly maxStorageBinding: number;
+  /** Largest buffer in bytes. */
+  readonly maxBufferSize: number;
+  /** Workgroup memory in bytes (bounds the Hadamard size run in one workgroup: `n ≤ bytes / 4`). */
+  readonly maxWorkgroupStorage: number;
+  /** A short description of the adapter (vendor, architecture, device). */
+  readonly description: string;
+  dispose(): void;
+}
+
+/**
+ * Acquire a WebGPU device: requests `shader-f16` when the adapter has it and the adapter's maximum storage-buffer,
+ * buffer and workgroup-storage limits. Throws `CalderaError('E_DEVICE')` when WebGPU or an adapter is missing.
+ */
+export async function createDevice(options: CreateDeviceOptions = {}): Promise<CalderaDevice> {
+  let adapter = options.adapter ?? null;
+  if (!adapter) {
+    const gpu = options.gpu ?? (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
+    if (!gpu)
+      throw new CalderaError(
+        'E_DEVICE',
+        'WebGPU is not available: no navigator.gpu (in Node pass { gpu: create([]) } from the webgpu package)',
+      );
+    adapter = await gpu.requestAdapter({ powerPreference: options.powerPreference ?? 'high-performance' });
+    if (!adapter) throw new CalderaError('E_DEVICE', 'WebGPU: requestAdapter() returned no adapter');
+  }
+  const shaderF16 = adapter.features.has('shader-f16');
+  const l = adapter.limits;
+  let device: GPUDevice;
+  try {
+    device = await adapter.requestDevice({
+      requiredFeatures: shaderF16 ? ['shader-f16'] : [],
+      requiredLimits: {
+        maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+        maxBufferSize: l.maxBufferSize,
+        maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+        maxStorageBuffersPerShaderStage: Math.min(l.maxStorageBuffersPerShaderStage, 10),
+      },
+    });
+  } catch (e) {
+    throw new CalderaError('E_DEVICE', `WebGPU: requestDevice failed: ${(e as Error).message}`, { cause: e });
+  }
+  const info = (adapter as { info?: GPUAdapterInfo }).info;
+  const description =
+    [info?.vendor, info?.architecture, info?.device, info?.description].filter((s) => s).join(' ') ||
+    'unknown adapter';
+  return {
+    device,
+    adapter,
+    shaderF16,
+    maxStorageBinding: device.limits.maxStorageBufferBindingSize,
+    maxBufferSize: device.limits.maxBufferSize,
+    maxWorkgroupStorage: device.limits.maxComputeWorkgroupStorageSize,
+    description,
+    dispose: () => device.destroy(),
+  };
+}
+
+/** Throw `E_DEVICE` when a buffer of `bytes` cannot be bound as storage on this device. */
+export function checkFits(dev: CalderaDevice, bytes: number, what: string): void {
+  const cap = Math.min(dev.maxStorageBinding, dev.maxBufferSize);
+  if (bytes > cap)
+    throw new CalderaError(
+      'E_DEVICE',
+      `${what} needs a ${bytes}-byte storage buffer; this device binds at most ${cap} bytes`,
+      { details: { bytes, limit: cap, what } },
+    );
+}
+
+/** A storage buffer holding `data` (padded to a multiple of 4 bytes, at least 16). */
+export function storageBuffer(
+  dev: CalderaDevice,
+  data: ArrayBufferView,
+  label: string,
+  extraUsage = 0,
+): GPUBuffer {
+  checkFits(dev, data.byteLength, label);
+  const size = Math.max(16, Math.ceil(data.byteLength / 4) * 4);
+  const buf = dev.device.createBuffer({
+    label,
+    size,
+    usage: BufferUsage.STORAGE | BufferUsage.COPY_DST | BufferUsage.COPY_SRC | extraUsage,
+    mappedAtCreation: true,
+  });
+  new Uint8Array(buf.getMappedRange()).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  buf.unmap();
+  return buf;
+}
+
+/** An uninitialised (zeroed) storage buffer of `bytes`. */
+export function scratchBuffer(dev: CalderaDevice, bytes: number, label: string): GPUBuffer {
+  checkFits(dev, bytes, label);
+  return dev.device.createBuffer({
+    label,
+    size: Math.max(16, Math.ceil(bytes / 4) * 4),
+    usage: BufferUsage.STORAGE | BufferUsage.COPY_DST | BufferUsage.COPY_SRC,
+  });
+}
+
+/** A scalar field of a uniform block: WGSL `u32` or `f32`, 4 bytes each, in declaration order. */
+export type UniformField = ['u32' | 'f32', number];
+
+/** A uniform buffer with the given 4-byte fields in order (padded to 16 bytes). */
+export function uniformBuffer(dev: CalderaDevice, fields: UniformField[], label: string): GPUBuffer {
+  const words = Math.max(4, Math.ceil(fields.length / 4) * 4);
+  const data = new ArrayBuffer(words * 4);
+  const u = new Uint32Array(data);
+  const f = new Float32Array(data);
+  fields.forEach(([t, v], i) => {
+    if (t === 'u32') u[i] = v;
+    else f[i] = v;
+  });
+  const buf = dev.device.createBuffer({
+    label,
+    size: words * 4,
+    usage: BufferUsage.UNIFORM | BufferUsage.COPY_DST,
+    mappedAtCreation: true,
+  });
+  new Uint8Array(buf.getMappedRange()).set(new Uint8Array(data));
+  buf.unmap();
+  return buf;
+}
+
+/** Copy `bytes` of `src` to the CPU (a staging buffer, one submit, mapAsync). */
+export async function readBuffer(
+  dev: CalderaDevice,
+  src: GPUBuffer,
+  bytes: number,
+  offset = 0,
+): Promise<ArrayBuffer> {
+  const size = Math.ceil(bytes / 4) * 4;
+  const staging = dev.device.createBuffer({
+    size,
+    usage: BufferUsage.MAP_READ | BufferUsage.COPY_DST,
+  });
+  const enc = dev.device.createCommandEncoder();
+  enc.copyBufferToBuffer(src, offset, staging, 0, size);
+  dev.device.queue.submit([enc.finish()]);
+  await staging.mapAsync(MAP_READ_MODE);
+  const out = staging.getMappedRange().slice(0, bytes);
+  staging.unmap();
+  staging.destroy();
+  return out;
+}

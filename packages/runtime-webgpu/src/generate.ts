@@ -1,0 +1,146 @@
+import { CalderaError, Rng, throwIfAborted } from '@caldera/core';
+import type { WebGpuModel } from './model.js';
+
+/**
+ * Options of {@link generate}: the same shape and defaults as `@caldera/runtime-node`'s `GenerateOptions` (greedy
+ * decoding of up to 64 tokens).
+ */
+export interface GenerateOptions {
+  /** Most tokens to generate. Default 64 (also bounded by the model's context length). */
+  maxTokens?: number;
+  /** Softmax temperature; 0 = greedy (default; the argmax is computed on the GPU). */
+  temperature?: number;
+  /** Sample only among the k most likely tokens; 0 = all (default). */
+  topK?: number;
+  /** Nucleus sampling: smallest set of tokens with cumulative probability ≥ p; 1 = all (default). */
+  topP?: number;
+  /** > 1 discourages tokens already in the context (CTRL-style). Default 1. */
+  repetitionPenalty?: number;
+  /** Token ids that end generation; the stop token is yielded. Default none. */
+  stopTokens?: number[];
+  /** Strings that end generation (the completing token is not yielded). Needs `decode`. */
+  stopStrings?: string[];
+  /** Text of generated ids, for `stopStrings`. */
+  decode?: (ids: number[]) => string;
+  /** Seed of the sampler. Default 0. */
+  seed?: number;
+  /** Abort: the iterator throws `E_ABORTED` before the next token. */
+  signal?: AbortSignal;
+}
+
+/**
+ * Generate token ids after `prompt`, one at a time, on the GPU. The model's KV cache is reset first. Greedy decoding
+ * reads back 4 bytes per token (the GPU argmax); sampling reads back the logits and samples on the CPU exactly as
+ * runtime-node does (same Rng, same order of operations), so the same logits give the same tokens.
+ */
+export async function* generate(
+  model: WebGpuModel,
+  prompt: ArrayLike<number>,
+  options: GenerateOptions = {},
+): AsyncGenerator<number> {
+  const maxTokens = options.maxTokens ?? 64;
+  if (prompt.length === 0) throw new CalderaError('E_VALUE', 'generate: empty prompt');
+  if (options.stopStrings?.length && !options.decode)
+    throw new CalderaError('E_VALUE', 'generate: stopStrings need a decode function');
+  const capacity = Math.min(model.contextLength, prompt.length + maxTokens);
+  if (prompt.length > capacity)
+    throw new CalderaError(
+      'E_VALUE',
+      `generate: prompt of ${prompt.length} tokens exceeds the context ${capacity}`,
+    );
+  model.reset();
+  const pen = options.repetitionPenalty ?? 1;
+  const greedy = (options.temperature ?? 0) <= 0 && pen === 1;
+  const rng = new Rng(options.seed ?? 0);
+  const seen = new Set<number>(Array.from(prompt));
+  const produced: number[] = [];
+  for (let t = 0; t < prompt.length - 1; t++) {
+    throwIfAborted(options.signal, 'generate');
+    await model.step(prompt[t]!, 'none');
+  }
+  let last = prompt[prompt.length - 1]!;
+  for (let n = 0; n < maxTokens && model.length < capacity; n++) {
+    throwIfAborted(options.signal, 'generate');
+    let next: number;
+    if (greedy) next = await model.step(last, 'argmax');
+    else {
+      const l = Float64Array.from(await model.step(last, 'logits'));
+      if (pen !== 1) for (const s of seen) l[s] = l[s]! > 0 ? l[s]! / pen : l[s]! * pen;
+      next = sample(l, options, rng);
+    }
+    produced.push(next);
+    if (options.stopStrings?.length) {
+      const text = options.decode!(produced);
+      if (options.stopStrings.some((st) => st.length > 0 && text.includes(st))) return;
+    }
+    yield next;
+    if (options.stopTokens?.includes(next)) return;
+    seen.add(next);
+    last = next;
+  }
+}
+
+/** Sample from logits (float64) with temperature, top-k and top-p; greedy when temperature is 0. */
+export function sample(l: Float64Array, o: GenerateOptions, rng: Rng): number {
+  const temp = o.temperature ?? 0;
+  let best = 0;
+  for (let i = 1; i < l.length; i++) if (l[i]! > l[best]!) best = i;
+  if (temp <= 0) return best;
+  let idx = [...l.keys()].sort((a, b) => l[b]! - l[a]!);
+  if (o.topK && o.topK > 0) idx = idx.slice(0, o.topK);
+  const mx = l[idx[0]!]!;
+  let probs = idx.map((i) => Math.exp((l[i]! - mx) / temp));
+  const z = probs.reduce((a, b) => a + b, 0);
+  probs = probs.map((p) => p / z);
+  if (o.topP && o.topP < 1) {
+    let acc = 0;
+    let cut = probs.length;
+    for (let i = 0; i < probs.length; i++) {
+      acc += probs[i]!;
+      if (acc >= o.topP) {
+        cut = i + 1;
+        break;
+      }
+    }
+    idx = idx.slice(0, cut);
+    probs = probs.slice(0, cut);
+    const z2 = probs.reduce((a, b) => a + b, 0);
+    probs = probs.map((p) => p / z2);
+  }
+  let u = rng.uniform();
+  for (let i = 0; i < probs.length; i++) {
+    u -= probs[i]!;
+    if (u <= 0) return idx[i]!;
+  }
+  return idx[idx.length - 1]!;
+}
+
+/**
+ * Perplexity of `tokens` (exp of the mean negative log-likelihood of tokens 1..n−1 given their prefix), one token at
+ * a time from position 0 (the cache is reset). Returns the NLL sum too.
+ */
+export async function perplexity(
+  model: WebGpuModel,
+  tokens: ArrayLike<number>,
+  options: { signal?: AbortSignal } = {},
+): Promise<{ perplexity: number; nll: number; tokens: number }> {
+  if (tokens.length < 2) throw new CalderaError('E_VALUE', 'perplexity: needs at least 2 tokens');
+  if (tokens.length > model.contextLength)
+    throw new CalderaError(
+      'E_VALUE',
+      `perplexity: ${tokens.length} tokens exceed the context ${model.contextLength}`,
+    );
+  model.reset();
+  let nll = 0;
+  for (let t = 0; t < tokens.length - 1; t++) {
+    throwIfAborted(options.signal, 'perplexity');
+    const l = await model.step(tokens[t]!, 'logits');
+    let mx = -Infinity;
+    for (let i = 0; i < l.length; i++) if (l[i]! > mx) mx = l[i]!;
+    let s = 0;
+    for (let i = 0; i < l.length; i++) s += Math.exp(l[i]! - mx);
+    nll += mx + Math.log(s) - l[tokens[t + 1]!]!;
+  }
+  const n = tokens.length - 1;
+  return { perplexity: Math.exp(nll / n), nll, tokens: n };
+}

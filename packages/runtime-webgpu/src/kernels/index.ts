@@ -1,0 +1,322 @@
+import { CalderaError } from '@caldera/core';
+import { uniformBuffer, type CalderaDevice, type UniformField } from '../device.js';
+import {
+  ARGMAX_WGSL,
+  ATTENTION_WGSL,
+  e8pMatvecWgsl,
+  embedWgsl,
+  hadamardWgsl,
+  KV_STORE_WGSL,
+  matvecWgsl,
+  RMSNORM_WGSL,
+  ROPE_WGSL,
+  ROWS_PER_WG,
+  SWIGLU_WGSL,
+  WG,
+} from './wgsl.js';
+
+export * from './wgsl.js';
+
+/** One recorded kernel launch: replayed into a compute pass as often as needed. */
+export interface Dispatch {
+  readonly label: string;
+  readonly pipeline: GPUComputePipeline;
+  readonly bindGroup: GPUBindGroup;
+  readonly workgroups: number;
+}
+
+/** A dense weight matrix on the GPU: f32 rows, or f16 rows packed two halves per u32 (`rowWords` words a row). */
+export interface GpuMatrix {
+  buffer: GPUBuffer;
+  rows: number;
+  cols: number;
+  f16: boolean;
+  rowWords: number;
+}
+
+/** Record `dispatches` into one compute pass of `encoder`. */
+export function encodeDispatches(encoder: GPUCommandEncoder, dispatches: readonly Dispatch[]): void {
+  const pass = encoder.beginComputePass();
+  for (const d of dispatches) {
+    pass.setPipeline(d.pipeline);
+    pass.setBindGroup(0, d.bindGroup);
+    pass.dispatchWorkgroups(d.workgroups);
+  }
+  pass.end();
+}
+
+const MAX_GROUPS = 65535;
+
+/**
+ * Builds kernel launches on one device. Pipelines are compiled once per kernel variant and cached in this object
+ * (not globally); the uniform buffers it creates are released by {@link Kernels.dispose}.
+ */
+export class Kernels {
+  private readonly pipelines = new Map<string, GPUComputePipeline>();
+  private readonly owned: GPUBuffer[] = [];
+  constructor(readonly dev: CalderaDevice) {}
+
+  private pipeline(key: string, code: () => string): GPUComputePipeline {
+    let p = this.pipelines.get(key);
+    if (!p) {
+      const module = this.dev.device.createShaderModule({ label: key, code: code() });
+      p = this.dev.device.createComputePipeline({
+        label: key,
+        layout: 'auto',
+        compute: { module, entryPoint: 'main' },
+      });
+      this.pipelines.set(key, p);
+    }
+    return p;
+  }
+
+  private uniform(fields: UniformField[], label: string): GPUBuffer {
+    const b = uniformBuffer(this.dev, fields, label);
+    this.owned.push(b);
+    return b;
+  }
+
+  private make(
+    label: string,
+    pipeline: GPUComputePipeline,
+    buffers: GPUBuffer[],
+    workgroups: number,
+  ): Dispatch {
+    if (workgroups > MAX_GROUPS)
+      throw new CalderaError('E_DEVICE', `${label}: ${workgroups} workgroups exceed the limit ${MAX_GROUPS}`);
+    const bindGroup = this.dev.device.createBindGroup({
+      label,
+      layout: pipeline.getBindGroupLayout(0),
+      entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
+    });
+    return { label, pipeline, bindGroup, workgroups: Math.max(1, workgroups) };
+  }
+
+  /** `out[0..d) = table[step.token]`. */
+  embed(step: GPUBuffer, table: GpuMatrix, out: GPUBuffer): Dispatch {
+    const p = this.pipeline(`embed_${table.f16 ? 'f16' : 'f32'}`, () => embedWgsl(table.f16));
+    const u = this.uniform(
+      [
+        ['u32', table.cols],
+        ['u32', table.rowWords],
+      ],
+      'embed params',
+    );
+    return this.make('embed', p, [step, u, table.buffer, out], Math.ceil(table.cols / WG));
+  }
+
+  /** `out = rmsnorm(x) ⊙ w` over `n` values. */
+  rmsNorm(x: GPUBuffer, w: GPUBuffer, out: GPUBuffer, n: number, eps: number): Dispatch {
+    const p = this.pipeline('rmsnorm', () => RMSNORM_WGSL);
+    const u = this.uniform(
+      [
+        ['u32', n],
+        ['f32', eps],
+      ],
+      'rmsnorm params',
+    );
+    return this.make('rmsnorm', p, [u, x, w, out], 1);
+  }
+
+  /** `out (+)= W·x (+ bias)`; `bias` null = none. `dummy` is any small storage buffer for absent bindings. */
+  matvec(
+    w: GpuMatrix,
+    x: GPUBuffer,
+    out: GPUBuffer,
+    o: { bias: GPUBuffer | null; accumulate: boolean; dummy: GPUBuffer },
+  ): Dispatch {
+    const p = this.pipeline(`matvec_${w.f16 ? 'f16' : 'f32'}`, () => matvecWgsl(w.f16));
+    const u = this.uniform(
+      [
+        ['u32', w.rows],
+        ['u32', w.cols],
+        ['u32', w.rowWords],
+        ['u32', o.accumulate ? 1 : 0],
+        ['u32', o.bias ? 1 : 0],
+      ],
+      'matvec params',
+    );
+    return this.make(
+      `matvec ${w.rows}x${w.cols}${w.f16 ? ' f16' : ''}`,
+      p,
+      [u, w.buffer, x, o.bias ?? o.dummy, out],
+      Math.ceil(w.rows / ROWS_PER_WG),
+    );
+  }
+
+  /** Largest `n` of {@link Kernels.hadamard} on this device (its vector lives in workgroup memory). */
+  get maxHadamardSize(): number {
+    return Math.floor(this.dev.maxWorkgroupStorage / 4);
+  }
+
+  /**
+   * The sign/rotation/padding step of a CALDERA layer (see {@link hadamardWgsl}): reads `nIn` values of `x`,
+   * transforms `n` (K·P) values, writes `outLen`. `hk` is the ±1 `H_K` (f32, K×K).
+   */
+  hadamard(o: {
+    x: GPUBuffer;
+    out: GPUBuffer;
+    pre: GPUBuffer;
+    post: GPUBuffer;
+    bias: GPUBuffer | null;
+    hk: GPUBuffer;
+    dummy: GPUBuffer;
+    n: number;
+    nIn: number;
+    outLen: number;
+    K: number;
+    transform: boolean;
+    transpose: boolean;
+    accumulate: boolean;
+    gscale: number;
+  }): Dispatch {
+    if (o.n > this.maxHadamardSize)
+      throw new CalderaError(
+        'E_DEVICE',
+        `a rotation of size ${o.n} needs ${4 * o.n} bytes of workgroup memory; this device has ${this.dev.maxWorkgroupStorage}`,
+      );
+    // one pipeline per power-of-two bucket of the workgroup array size
+    const maxN = Math.max(256, 2 ** Math.ceil(Math.log2(o.n)));
+    const bucket = Math.min(maxN, this.maxHadamardSize);
+    const p = this.pipeline(`hadamard_${bucket}`, () => hadamardWgsl(bucket));
+    const u = this.uniform(
+      [
+        ['u32', o.n],
+        ['u32', o.nIn],
+        ['u32', o.outLen],
+        ['u32', o.K],
+        ['u32', o.n / o.K],
+        ['u32', o.transform ? 1 : 0],
+        ['u32', o.transpose ? 1 : 0],
+        ['u32', o.accumulate ? 1 : 0],
+        ['u32', o.bias ? 1 : 0],
+        ['f32', 1 / Math.sqrt(o.n)],
+        ['f32', o.gscale],
+      ],
+      'hadamard params',
+    );
+    return this.make(
+      `hadamard n=${o.n} K=${o.K}${o.transpose ? ' T' : ''}`,
+      p,
+      [u, o.x, o.pre, o.post, o.bias ?? o.dummy, o.hk, o.out],
+      1,
+    );
+  }
+
+  /** Fused E8P12 (or RVQ4) matvec plus the low-rank term `L·z` (see {@link e8pMatvecWgsl}). */
+  e8pMatvec(o: {
+    codes: GPUBuffer;
+    codes2: GPUBuffer | null;
+    sources: GPUBuffer;
+    x: GPUBuffer;
+    z: GPUBuffer;
+    l: GPUBuffer;
+    out: GPUBuffer;
+    mp: number;
+    np: number;
+    k: number;
+    qscale: number;
+    resScale: number;
+  }): Dispatch {
+    const rvq4 = o.codes2 !== null;
+    const p = this.pipeline(`e8p_matvec${rvq4 ? '_rvq4' : ''}`, () => e8pMatvecWgsl(rvq4));
+    const u = this.uniform(
+      [
+        ['u32', o.mp],
+        ['u32', o.np / 8],
+        ['u32', o.k],
+        ['u32', 0],
+        ['f32', o.qscale],
+        ['f32', o.resScale],
+      ],
+      'e8p params',
+    );
+    const bufs = [u, o.codes, o.sources, o.x, o.z, o.l, o.out];
+    if (o.codes2) bufs.push(o.codes2);
+    return this.make(`e8p ${o.mp}x${o.np} k=${o.k}`, p, bufs, Math.ceil(o.mp / ROWS_PER_WG));
+  }
+
+  /** RoPE in place on `heads` heads of `hd` at `step.pos`. */
+  rope(step: GPUBuffer, cs: GPUBuffer, x: GPUBuffer, heads: number, hd: number): Dispatch {
+    const p = this.pipeline('rope', () => ROPE_WGSL);
+    const u = this.uniform(
+      [
+        ['u32', heads],
+        ['u32', hd],
+      ],
+      'rope params',
+    );
+    return this.make('rope', p, [step, u, cs, x], Math.ceil((heads * hd) / 2 / WG));
+  }
+
+  /** Rotate `k` and store `k`, `v` at row `step.pos` of the caches. */
+  kvStore(
+    step: GPUBuffer,
+    cs: GPUBuffer,
+    k: GPUBuffer,
+    v: GPUBuffer,
+    ck: GPUBuffer,
+    cv: GPUBuffer,
+    heads: number,
+    hd: number,
+  ): Dispatch {
+    const p = this.pipeline('kv_store', () => KV_STORE_WGSL);
+    const u = this.uniform(
+      [
+        ['u32', heads],
+        ['u32', hd],
+      ],
+      'kv params',
+    );
+    return this.make('kv_store', p, [step, u, cs, k, v, ck, cv], Math.ceil((heads * hd) / 2 / WG));
+  }
+
+  /** Attention of one query over `step.len` cached positions. */
+  attention(o: {
+    step: GPUBuffer;
+    q: GPUBuffer;
+    ck: GPUBuffer;
+    cv: GPUBuffer;
+    scores: GPUBuffer;
+    out: GPUBuffer;
+    heads: number;
+    kvHeads: number;
+    hd: number;
+    capacity: number;
+  }): Dispatch {
+    const p = this.pipeline('attention', () => ATTENTION_WGSL);
+    const u = this.uniform(
+      [
+        ['u32', o.heads],
+        ['u32', o.heads / o.kvHeads],
+        ['u32', o.hd],
+        ['u32', o.kvHeads * o.hd],
+        ['u32', o.capacity],
+        ['f32', 1 / Math.sqrt(o.hd)],
+      ],
+      'attention params',
+    );
+    return this.make('attention', p, [o.step, u, o.q, o.ck, o.cv, o.scores, o.out], o.heads);
+  }
+
+  /** `g = silu(g)·u` over `n` values. */
+  swiglu(g: GPUBuffer, u: GPUBuffer, n: number): Dispatch {
+    const p = this.pipeline('swiglu', () => SWIGLU_WGSL);
+    const un = this.uniform([['u32', n]], 'swiglu params');
+    return this.make('swiglu', p, [un, g, u], Math.ceil(n / WG));
+  }
+
+  /** `out[0] = argmax(x[0..n))` (u32). */
+  argmax(x: GPUBuffer, out: GPUBuffer, n: number): Dispatch {
+    const p = this.pipeline('argmax', () => ARGMAX_WGSL);
+    const u = this.uniform([['u32', n]], 'argmax params');
+    return this.make('argmax', p, [u, x, out], 1);
+  }
+
+  /** Release the uniform buffers created so far. */
+  dispose(): void {
+    for (const b of this.owned) b.destroy();
+    this.owned.length = 0;
+    this.pipelines.clear();
+  }
+}

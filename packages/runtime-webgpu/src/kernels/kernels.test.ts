@@ -1,0 +1,298 @@
+import { describe, expect, it } from 'vitest';
+import { f16ArrayToF32, f32ArrayToF16, Rng } from '@caldera/core';
+import { hadamardBase, hadamardFactor, hadamardRowsInPlace } from '@caldera/linalg';
+import { e8pDecode, RVQ4_RESID_SCALE } from '@caldera/quant';
+import { readBuffer, storageBuffer, scratchBuffer, uniformBuffer, type CalderaDevice } from '../device.js';
+import { e8pSourceTable, uploadMatrix } from '../linear.js';
+import { gpuTitle, testDevice } from '../testing/gpu.js';
+import { encodeDispatches, Kernels, type Dispatch } from './index.js';
+
+const { device: dev, reason } = await testDevice();
+
+async function run(d: CalderaDevice, list: Dispatch[]): Promise<void> {
+  const enc = d.device.createCommandEncoder();
+  encodeDispatches(enc, list);
+  d.device.queue.submit([enc.finish()]);
+  await d.device.queue.onSubmittedWorkDone();
+}
+const readF32 = async (d: CalderaDevice, b: GPUBuffer, n: number) =>
+  new Float32Array(await readBuffer(d, b, n * 4));
+const randn = (rng: Rng, n: number, std = 1) => rng.fillNormal(new Float32Array(n), 0, std);
+
+/** max |a − b| / max(1, max |b|): relative to the output scale, since every kernel sums in f32 in a different order. */
+function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let e = 0;
+  let s = 1;
+  for (let i = 0; i < b.length; i++) {
+    e = Math.max(e, Math.abs(a[i]! - b[i]!));
+    s = Math.max(s, Math.abs(b[i]!));
+  }
+  return e / s;
+}
+
+describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), () => {
+  const d = dev!;
+  const K = () => new Kernels(d);
+  const stepBuf = (pos: number, len: number, token = 0) =>
+    uniformBuffer(
+      d,
+      [
+        ['u32', pos],
+        ['u32', len],
+        ['u32', token],
+      ],
+      'step',
+    );
+
+  it('dense matvec, f32 and packed f16 (odd width), with bias and accumulation', async () => {
+    const rng = new Rng(1);
+    const [m, n] = [37, 45];
+    const w = randn(rng, m * n);
+    const x = randn(rng, n);
+    const bias = randn(rng, m);
+    const prev = randn(rng, m);
+    const k = K();
+    const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
+    for (const f16 of [false, true]) {
+      const wq = f16 ? f16ArrayToF32(f32ArrayToF16(w)) : w; // the values the GPU sees
+      const mat = uploadMatrix(d, f16 ? f32ArrayToF16(w) : w, m, n, 'w');
+      const out = storageBuffer(d, prev, 'out');
+      await run(d, [
+        k.matvec(mat, storageBuffer(d, x, 'x'), out, {
+          bias: storageBuffer(d, bias, 'b'),
+          accumulate: true,
+          dummy,
+        }),
+      ]);
+      const ref = new Float64Array(m);
+      for (let i = 0; i < m; i++) {
+        let s = 0;
+        for (let j = 0; j < n; j++) s += wq[i * n + j]! * x[j]!;
+        ref[i] = s + bias[i]! + prev[i]!;
+      }
+      // 45 products of unit-variance values summed in f32 (32 lanes + tree): ~1e-6 relative; 1e-5 leaves margin
+      expect(relErr(await readF32(d, out, m), ref)).toBeLessThan(1e-5);
+    }
+  });
+
+  it('E8P12 matvec decodes all 65 536 codes exactly like @caldera/quant (and the RVQ4 plane plus L·z)', async () => {
+    const rng = new Rng(2);
+    const mp = 1024;
+    const np = 512; // 64 codes per row: every code appears once
+    const codes = new Uint16Array(mp * (np / 8));
+    for (let i = 0; i < codes.length; i++) codes[i] = i;
+    for (let i = codes.length - 1; i > 0; i--) {
+      const j = rng.int(i + 1);
+      [codes[i], codes[j]] = [codes[j]!, codes[i]!];
+    }
+    const codes2 = new Uint16Array(codes.length);
+    for (let i = 0; i < codes2.length; i++) codes2[i] = rng.int(65536);
+    const x = randn(rng, np);
+    const kr = 3;
+    const l = randn(rng, mp * kr);
+    const z = randn(rng, kr);
+    const k = K();
+    const sources = storageBuffer(d, e8pSourceTable(), 'src');
+    const xb = storageBuffer(d, x, 'x');
+    const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
+    const q1 = e8pDecode(codes);
+    const q2 = e8pDecode(codes2);
+    for (const rvq4 of [false, true]) {
+      const out = scratchBuffer(d, mp * 4, 'out');
+      const qscale = 0.37;
+      await run(d, [
+        k.e8pMatvec({
+          codes: storageBuffer(d, codes, 'c'),
+          codes2: rvq4 ? storageBuffer(d, codes2, 'c2') : null,
+          sources,
+          x: xb,
+          z: rvq4 ? storageBuffer(d, z, 'z') : dummy,
+          l: rvq4 ? storageBuffer(d, l, 'l') : dummy,
+          out,
+          mp,
+          np,
+          k: rvq4 ? kr : 0,
+          qscale,
+          resScale: RVQ4_RESID_SCALE,
+        }),
+      ]);
+      const ref = new Float64Array(mp);
+      for (let i = 0; i < mp; i++) {
+        let s = 0;
+        for (let j = 0; j < np; j++) {
+          const w = rvq4 ? q1[i * np + j]! + q2[i * np + j]! / RVQ4_RESID_SCALE : q1[i * np + j]!;
+          s += w * x[j]!;
+        }
+        ref[i] = qscale * s;
+        if (rvq4) for (let t = 0; t < kr; t++) ref[i]! += l[i * kr + t]! * z[t]!;
+      }
+      // a wrong sign or source entry changes an output by ≥ 0.25·|x_j| ~ 0.1 relative; f32 rounding of 512
+      // products is ~1e-6 relative
+      expect(relErr(await readF32(d, out, mp), ref)).toBeLessThan(1e-5);
+    }
+  });
+
+  it('Hadamard step: M_n and M_nᵀ for K ∈ {1, 12, 20, 28, 36, 40, 108, 140}, with signs, padding, truncation, bias', async () => {
+    const rng = new Rng(3);
+    const k = K();
+    const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
+    for (const n of [256, 96, 768, 40, 160, 20, 56, 72, 216, 140]) {
+      const Kf = hadamardFactor(n)!.K;
+      for (const transpose of [false, true]) {
+        const nIn = n - 3;
+        const outLen = n - 5;
+        const x = randn(rng, nIn);
+        const pre = Float32Array.from({ length: n }, () => rng.rademacher());
+        const post = Float32Array.from({ length: n }, () => rng.rademacher());
+        const bias = randn(rng, n);
+        const g = 0.7;
+        const out = scratchBuffer(d, outLen * 4, 'out');
+        await run(d, [
+          k.hadamard({
+            x: storageBuffer(d, x, 'x'),
+            out,
+            pre: storageBuffer(d, pre, 'pre'),
+            post: storageBuffer(d, post, 'post'),
+            bias: storageBuffer(d, bias, 'bias'),
+            hk: storageBuffer(d, Float32Array.from(hadamardBase(Kf)), 'hk'),
+            dummy,
+            n,
+            nIn,
+            outLen,
+            K: Kf,
+            transform: true,
+            transpose,
+            accumulate: false,
+            gscale: g,
+          }),
+        ]);
+        const v = new Float32Array(n);
+        for (let j = 0; j < nIn; j++) v[j] = x[j]! * pre[j]!;
+        hadamardRowsInPlace(v, 1, n, { transpose });
+        const ref = Array.from({ length: outLen }, (_, i) => g * v[i]! * post[i]! + bias[i]!);
+        // the same butterflies in f32 (the CPU mixes H_K in f64): ~1e-6 relative at n = 768
+        expect(relErr(await readF32(d, out, outLen), ref), `n=${n} K=${Kf} T=${transpose}`).toBeLessThan(
+          1e-5,
+        );
+      }
+    }
+  });
+
+  it('RMSNorm, SwiGLU and argmax (first index on ties)', async () => {
+    const rng = new Rng(4);
+    const k = K();
+    const n = 300;
+    const x = randn(rng, n, 3);
+    const w = randn(rng, n);
+    const out = scratchBuffer(d, n * 4, 'out');
+    await run(d, [k.rmsNorm(storageBuffer(d, x, 'x'), storageBuffer(d, w, 'w'), out, n, 1e-5)]);
+    let ss = 0;
+    for (const v of x) ss += v * v;
+    const inv = 1 / Math.sqrt(ss / n + 1e-5);
+    expect(
+      relErr(
+        await readF32(d, out, n),
+        Array.from(x, (v, i) => v * inv * w[i]!),
+      ),
+    ).toBeLessThan(1e-5);
+
+    const g = randn(rng, n, 4);
+    const u = randn(rng, n);
+    const gb = storageBuffer(d, g, 'g');
+    await run(d, [k.swiglu(gb, storageBuffer(d, u, 'u'), n)]);
+    const ref = Array.from(g, (gi, i) => (gi / (1 + Math.exp(-gi))) * u[i]!);
+    expect(relErr(await readF32(d, gb, n), ref)).toBeLessThan(1e-5);
+
+    for (const [len, at, dup] of [
+      [2048, 1500, 1700],
+      [7, 0, 6],
+      [1000, 999, -1],
+    ] as const) {
+      const v = randn(rng, len);
+      v[at] = 10;
+      if (dup >= 0) v[dup] = 10;
+      const o = scratchBuffer(d, 4, 'o');
+      await run(d, [k.argmax(storageBuffer(d, v, 'v'), o, len)]);
+      expect(new Uint32Array(await readBuffer(d, o, 4))[0]).toBe(at);
+    }
+  });
+
+  it('RoPE (rotate-half), KV store and GQA attention at position 4 against a direct evaluation', async () => {
+    const rng = new Rng(5);
+    const k = K();
+    const [H, KV, hd, cap, pos] = [4, 2, 8, 6, 4];
+    const kw = KV * hd;
+    const half = hd / 2;
+    const cs = new Float32Array(cap * half * 2);
+    for (let p = 0; p < cap; p++)
+      for (let i = 0; i < half; i++) {
+        const a = p * 10000 ** (-(2 * i) / hd);
+        cs[(p * half + i) * 2] = Math.cos(a);
+        cs[(p * half + i) * 2 + 1] = Math.sin(a);
+      }
+    const q = randn(rng, H * hd);
+    const kk = randn(rng, kw);
+    const vv = randn(rng, kw);
+    const cacheK = randn(rng, cap * kw);
+    const cacheV = randn(rng, cap * kw);
+    const step = stepBuf(pos, pos + 1);
+    const csb = storageBuffer(d, cs, 'cs');
+    const [qb, ckb, cvb] = [
+      storageBuffer(d, q, 'q'),
+      storageBuffer(d, cacheK, 'ck'),
+      storageBuffer(d, cacheV, 'cv'),
+    ];
+    const out = scratchBuffer(d, H * hd * 4, 'att');
+    await run(d, [
+      k.rope(step, csb, qb, H, hd),
+      k.kvStore(step, csb, storageBuffer(d, kk, 'k'), storageBuffer(d, vv, 'v'), ckb, cvb, KV, hd),
+      k.attention({
+        step,
+        q: qb,
+        ck: ckb,
+        cv: cvb,
+        scores: scratchBuffer(d, H * cap * 4, 's'),
+        out,
+        heads: H,
+        kvHeads: KV,
+        hd,
+        capacity: cap,
+      }),
+    ]);
+    const rope = (v: Float32Array, heads: number) => {
+      const r = v.slice();
+      for (let h = 0; h < heads; h++)
+        for (let i = 0; i < half; i++) {
+          const a = pos * 10000 ** (-(2 * i) / hd);
+          const [x1, x2] = [v[h * hd + i]!, v[h * hd + i + half]!];
+          r[h * hd + i] = x1 * Math.cos(a) - x2 * Math.sin(a);
+          r[h * hd + i + half] = x2 * Math.cos(a) + x1 * Math.sin(a);
+        }
+      return r;
+    };
+    const qr = rope(q, H);
+    const K2 = cacheK.slice();
+    K2.set(rope(kk, KV), pos * kw);
+    const V2 = cacheV.slice();
+    V2.set(vv, pos * kw);
+    expect(relErr(await readF32(d, qb, H * hd), qr)).toBeLessThan(1e-6);
+    expect(relErr(await readF32(d, ckb, cap * kw), K2)).toBeLessThan(1e-6);
+    expect(Array.from(await readF32(d, cvb, cap * kw))).toEqual(Array.from(V2));
+    const ref = new Float64Array(H * hd);
+    for (let h = 0; h < H; h++) {
+      const kvh = Math.floor(h / (H / KV));
+      const s = Array.from({ length: pos + 1 }, (_, t) => {
+        let a = 0;
+        for (let i = 0; i < hd; i++) a += qr[h * hd + i]! * K2[t * kw + kvh * hd + i]!;
+        return a / Math.sqrt(hd);
+      });
+      const mx = Math.max(...s);
+      const e = s.map((v) => Math.exp(v - mx));
+      const z = e.reduce((a, b) => a + b, 0);
+      for (let t = 0; t <= pos; t++)
+        for (let i = 0; i < hd; i++) ref[h * hd + i]! += (e[t]! / z) * V2[t * kw + kvh * hd + i]!;
+    }
+    // f32 dot products of length 8 and a softmax over 5 positions: ~1e-6
+    expect(relErr(await readF32(d, out, H * hd), ref)).toBeLessThan(1e-5);
+  });
+});

@@ -1,0 +1,384 @@
+/**
+ * WGSL sources of the runtime's kernels. Every kernel computes in f32; f16 weights are stored two per `u32` and read
+ * with `unpack2x16float` (core WGSL, so no `shader-f16` feature is needed). Workgroups are 256 invocations (the
+ * WebGPU default limit). Matrix–vector kernels give each output row 32 lanes that stride over the row and reduce
+ * in workgroup memory, 8 rows per workgroup.
+ */
+
+/** Invocations per workgroup of every kernel. */
+export const WG = 256;
+/** Output rows per workgroup of the matrix–vector kernels (32 lanes each). */
+export const ROWS_PER_WG = 8;
+
+const STEP = /* wgsl */ `
+struct Step { pos: u32, len: u32, token: u32, pad: u32 }
+@group(0) @binding(0) var<uniform> step: Step;`;
+
+/** Gather row `step.token` of an embedding table (f32 rows, or f16 rows packed two per u32). */
+export function embedWgsl(f16: boolean): string {
+  return /* wgsl */ `${STEP}
+struct P { d: u32, rowWords: u32, a: u32, b: u32 }
+@group(0) @binding(1) var<uniform> p: P;
+@group(0) @binding(2) var<storage, read> table: array<${f16 ? 'u32' : 'f32'}>;
+@group(0) @binding(3) var<storage, read_write> outv: array<f32>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let j = gid.x;
+  if (j >= p.d) { return; }
+  ${
+    f16
+      ? `let w = unpack2x16float(table[step.token * p.rowWords + j / 2u]);
+  outv[j] = select(w.x, w.y, (j & 1u) == 1u);`
+      : `outv[j] = table[step.token * p.rowWords + j];`
+  }
+}`;
+}
+
+/** RMSNorm of one vector: `out = x / sqrt(mean(x²) + eps) ⊙ w` (one workgroup). */
+export const RMSNORM_WGSL = /* wgsl */ `
+struct P { n: u32, eps: f32, a: u32, b: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read_write> outv: array<f32>;
+var<workgroup> red: array<f32, ${WG}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32) {
+  var s = 0.0;
+  for (var j = lid; j < p.n; j += ${WG}u) { let v = x[j]; s += v * v; }
+  red[lid] = s;
+  workgroupBarrier();
+  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
+    if (lid < k) { red[lid] += red[lid + k]; }
+    workgroupBarrier();
+  }
+  let inv = 1.0 / sqrt(red[0] / f32(p.n) + p.eps);
+  for (var j = lid; j < p.n; j += ${WG}u) { outv[j] = x[j] * inv * w[j]; }
+}`;
+
+const MATVEC_TAIL = /* wgsl */ `
+  part[lid] = acc;
+  workgroupBarrier();
+  for (var s = 16u; s > 0u; s >>= 1u) {
+    if (lane < s) { part[lid] += part[lid + s]; }
+    workgroupBarrier();
+  }`;
+
+/**
+ * Dense `out[i] (+)= Σ_j W[i, j]·x[j] (+ bias[i])`, W row-major f32, or f16 packed two per u32 with `rowWords`
+ * words per row (odd rows padded with a zero half).
+ */
+export function matvecWgsl(f16: boolean): string {
+  const body = f16
+    ? `for (var w = lane; w < p.rowWords; w += 32u) {
+      let v = unpack2x16float(W[row * p.rowWords + w]);
+      let j = 2u * w;
+      acc += v.x * x[j];
+      if (j + 1u < p.n) { acc += v.y * x[j + 1u]; }
+    }`
+    : `for (var j = lane; j < p.n; j += 32u) { acc += W[row * p.rowWords + j] * x[j]; }`;
+  return /* wgsl */ `
+struct P { m: u32, n: u32, rowWords: u32, accumulate: u32, hasBias: u32, a: u32, b: u32, c: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> W: array<${f16 ? 'u32' : 'f32'}>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> outv: array<f32>;
+var<workgroup> part: array<f32, ${WG}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let row = wid.x * ${ROWS_PER_WG}u + lid / 32u;
+  let lane = lid % 32u;
+  var acc = 0.0;
+  if (row < p.m) {
+    ${body}
+  }${MATVEC_TAIL}
+  if (lane == 0u && row < p.m) {
+    var y = part[lid];
+    if (p.hasBias == 1u) { y += bias[row]; }
+    if (p.accumulate == 1u) { y += outv[row]; }
+    outv[row] = y;
+  }
+}`;
+}
+
+/**
+ * The rotation steps of a CALDERA layer on one vector, in one workgroup: load `v_j = x_j·pre_j` (zero past `nIn`,
+ * the padding), then when `transform` is set the orthogonal Hadamard `v·M_n` (or `v·M_nᵀ`) with
+ * `M_n = (H_K ⊗ H_{2^p})/√n`: a fast Walsh–Hadamard transform over each block of `P = 2^p`, then the dense ±1 `H_K`
+ * mix across blocks (flat index `a·P + b`, as in @caldera/linalg); finally
+ * `out_i (+)= gscale·v_i·post_i (+ bias_i)` for `i < outLen`. `maxN` sizes the workgroup array (4 bytes each).
+ */
+export function hadamardWgsl(maxN: number): string {
+  return /* wgsl */ `
+struct P { n: u32, nIn: u32, outLen: u32, K: u32, P: u32, transform: u32, transposeH: u32, accumulate: u32,
+  hasBias: u32, invSqrtN: f32, gscale: f32, a: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> pre: array<f32>;
+@group(0) @binding(3) var<storage, read> post: array<f32>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read> hk: array<f32>;
+@group(0) @binding(6) var<storage, read_write> outv: array<f32>;
+var<workgroup> v: array<f32, ${maxN}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32) {
+  for (var j = lid; j < p.n; j += ${WG}u) {
+    if (j < p.nIn) { v[j] = x[j] * pre[j]; } else { v[j] = 0.0; }
+  }
+  workgroupBarrier();
+  if (p.transform == 1u) {
+    let half = p.P / 2u;
+    for (var h = 1u; h < p.P; h <<= 1u) {
+      for (var q = lid; q < p.n / 2u; q += ${WG}u) {
+        let a = q / half;
+        let r = q % half;
+        let i = a * p.P + (r / h) * (2u * h) + (r % h);
+        let s = v[i];
+        let t = v[i + h];
+        v[i] = s + t;
+        v[i + h] = s - t;
+      }
+      workgroupBarrier();
+    }
+  }
+  for (var i = lid; i < p.outLen; i += ${WG}u) {
+    var val: f32;
+    if (p.transform == 1u) {
+      let a2 = i / p.P;
+      let b = i % p.P;
+      var acc = 0.0;
+      for (var a = 0u; a < p.K; a++) {
+        var hv: f32;
+        if (p.transposeH == 1u) { hv = hk[a2 * p.K + a]; } else { hv = hk[a * p.K + a2]; }
+        acc += hv * v[a * p.P + b];
+      }
+      val = acc * p.invSqrtN;
+    } else {
+      val = v[i];
+    }
+    var y = p.gscale * (val * post[i]);
+    if (p.hasBias == 1u) { y += bias[i]; }
+    if (p.accumulate == 1u) { y += outv[i]; }
+    outv[i] = y;
+  }
+}`;
+}
+
+/**
+ * Fused CALDERA matvec in the rotated domain: `out_i = qscale·Σ_g ⟨decode(Q[i, g]), x[8g..8g+8)⟩ + Σ_t L[i, t]·z_t`
+ * with `z = R̂·x` computed before (dense kernel). Q stays packed: E8P12 u16 codes, two per u32, row-major
+ * `[mp, np/8]` (the checkpoint layout). `rvq4` adds a second code plane: value `c1 + c2/resScale`.
+ *
+ * Decoding (see @caldera/quant e8p.ts): code = (a << 8) | σ; with `p = popcount(σ) & 1` and `σ' = σ ^ p`,
+ * coordinate i is `±source[a][i] + (p ? −¼ : ¼)`, negated when bit `π(i) = (i >> 1) | ((i & 1) << 2)` of σ' is set.
+ * The 256×8 source table (8 KiB, with coordinate 7 pre-negated for sources of odd coordinate sum) is copied into
+ * workgroup memory by every workgroup.
+ */
+export function e8pMatvecWgsl(rvq4: boolean): string {
+  return /* wgsl */ `
+struct P { mp: u32, G: u32, k: u32, a: u32, qscale: f32, resScale: f32, b: u32, c: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> codes: array<u32>;
+@group(0) @binding(2) var<storage, read> src: array<f32>;
+@group(0) @binding(3) var<storage, read> x: array<f32>;
+@group(0) @binding(4) var<storage, read> z: array<f32>;
+@group(0) @binding(5) var<storage, read> L: array<f32>;
+@group(0) @binding(6) var<storage, read_write> outv: array<f32>;
+${rvq4 ? '@group(0) @binding(7) var<storage, read> codes2: array<u32>;' : ''}
+var<workgroup> tbl: array<f32, 2048>;
+var<workgroup> part: array<f32, ${WG}>;
+fn dot8(c: u32, xo: u32) -> f32 {
+  let a = (c >> 8u) * 8u;
+  let sigma = c & 255u;
+  let par = countOneBits(sigma) & 1u;
+  let s2 = sigma ^ par;
+  let shift = select(0.25, -0.25, par == 1u);
+  var s = 0.0;
+  for (var i = 0u; i < 8u; i++) {
+    let bit = (i >> 1u) | ((i & 1u) << 2u);
+    let mag = tbl[a + i];
+    let val = select(mag, -mag, ((s2 >> bit) & 1u) == 1u) + shift;
+    s += val * x[xo + i];
+  }
+  return s;
+}
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  for (var i = lid; i < 2048u; i += ${WG}u) { tbl[i] = src[i]; }
+  workgroupBarrier();
+  let row = wid.x * ${ROWS_PER_WG}u + lid / 32u;
+  let lane = lid % 32u;
+  var acc = 0.0;
+  if (row < p.mp) {
+    var acc2 = 0.0;
+    for (var g = lane; g < p.G; g += 32u) {
+      let idx = row * p.G + g;
+      let sh = (idx & 1u) * 16u;
+      acc += dot8((codes[idx >> 1u] >> sh) & 0xffffu, 8u * g);
+      ${rvq4 ? 'acc2 += dot8((codes2[idx >> 1u] >> sh) & 0xffffu, 8u * g);' : ''}
+    }
+    ${rvq4 ? 'acc += acc2 / p.resScale;' : ''}
+  }${MATVEC_TAIL}
+  if (lane == 0u && row < p.mp) {
+    var y = p.qscale * part[lid];
+    for (var t = 0u; t < p.k; t++) { y += L[row * p.k + t] * z[t]; }
+    outv[row] = y;
+  }
+}`;
+}
+
+/** RoPE (Hugging Face rotate-half) in place on `heads` heads at position `step.pos`; `cs` holds cos/sin pairs. */
+export const ROPE_WGSL = /* wgsl */ `${STEP}
+struct P { heads: u32, hd: u32, a: u32, b: u32 }
+@group(0) @binding(1) var<uniform> p: P;
+@group(0) @binding(2) var<storage, read> cs: array<f32>;
+@group(0) @binding(3) var<storage, read_write> x: array<f32>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let half = p.hd / 2u;
+  let idx = gid.x;
+  if (idx >= p.heads * half) { return; }
+  let h = idx / half;
+  let i = idx % half;
+  let c = cs[(step.pos * half + i) * 2u];
+  let s = cs[(step.pos * half + i) * 2u + 1u];
+  let o = h * p.hd;
+  let x1 = x[o + i];
+  let x2 = x[o + i + half];
+  x[o + i] = x1 * c - x2 * s;
+  x[o + i + half] = x2 * c + x1 * s;
+}`;
+
+/** Rotate `k` (RoPE at `step.pos`) and store it and `v` in row `step.pos` of the layer's KV cache. */
+export const KV_STORE_WGSL = /* wgsl */ `${STEP}
+struct P { heads: u32, hd: u32, a: u32, b: u32 }
+@group(0) @binding(1) var<uniform> p: P;
+@group(0) @binding(2) var<storage, read> cs: array<f32>;
+@group(0) @binding(3) var<storage, read> k: array<f32>;
+@group(0) @binding(4) var<storage, read> v: array<f32>;
+@group(0) @binding(5) var<storage, read_write> ck: array<f32>;
+@group(0) @binding(6) var<storage, read_write> cv: array<f32>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let half = p.hd / 2u;
+  let idx = gid.x;
+  if (idx >= p.heads * half) { return; }
+  let h = idx / half;
+  let i = idx % half;
+  let c = cs[(step.pos * half + i) * 2u];
+  let s = cs[(step.pos * half + i) * 2u + 1u];
+  let o = h * p.hd;
+  let base = step.pos * p.heads * p.hd;
+  let x1 = k[o + i];
+  let x2 = k[o + i + half];
+  ck[base + o + i] = x1 * c - x2 * s;
+  ck[base + o + i + half] = x2 * c + x1 * s;
+  cv[base + o + i] = v[o + i];
+  cv[base + o + i + half] = v[o + i + half];
+}`;
+
+/**
+ * Causal attention of one query position over the first `step.len` cached keys/values, one workgroup per query
+ * head; grouped-query heads share KV head `h / group`. Scores go through a scratch buffer `[heads, cap]`.
+ */
+export const ATTENTION_WGSL = /* wgsl */ `${STEP}
+struct P { heads: u32, group: u32, hd: u32, kw: u32, cap: u32, scale: f32, a: u32, b: u32 }
+@group(0) @binding(1) var<uniform> p: P;
+@group(0) @binding(2) var<storage, read> q: array<f32>;
+@group(0) @binding(3) var<storage, read> ck: array<f32>;
+@group(0) @binding(4) var<storage, read> cv: array<f32>;
+@group(0) @binding(5) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(6) var<storage, read_write> outv: array<f32>;
+var<workgroup> red: array<f32, ${WG}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let hh = wid.x;
+  let ko = (hh / p.group) * p.hd;
+  let qo = hh * p.hd;
+  let base = hh * p.cap;
+  let len = step.len;
+  var mx = -3.0e38;
+  for (var t = lid; t < len; t += ${WG}u) {
+    var s = 0.0;
+    for (var i = 0u; i < p.hd; i++) { s += q[qo + i] * ck[t * p.kw + ko + i]; }
+    s *= p.scale;
+    scores[base + t] = s;
+    mx = max(mx, s);
+  }
+  red[lid] = mx;
+  workgroupBarrier();
+  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
+    if (lid < k) { red[lid] = max(red[lid], red[lid + k]); }
+    workgroupBarrier();
+  }
+  let m = red[0];
+  workgroupBarrier();
+  var sum = 0.0;
+  for (var t = lid; t < len; t += ${WG}u) {
+    let e = exp(scores[base + t] - m);
+    scores[base + t] = e;
+    sum += e;
+  }
+  red[lid] = sum;
+  workgroupBarrier();
+  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
+    if (lid < k) { red[lid] += red[lid + k]; }
+    workgroupBarrier();
+  }
+  let total = red[0];
+  storageBarrier();
+  workgroupBarrier();
+  for (var i = lid; i < p.hd; i += ${WG}u) {
+    var acc = 0.0;
+    for (var t = 0u; t < len; t++) { acc += scores[base + t] / total * cv[t * p.kw + ko + i]; }
+    outv[qo + i] = acc;
+  }
+}`;
+
+/** SwiGLU in place: `g = silu(g)·u`. */
+export const SWIGLU_WGSL = /* wgsl */ `
+struct P { n: u32, a: u32, b: u32, c: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> g: array<f32>;
+@group(0) @binding(2) var<storage, read> u: array<f32>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = gid.x;
+  if (i >= p.n) { return; }
+  let gi = g[i];
+  g[i] = gi / (1.0 + exp(-gi)) * u[i];
+}`;
+
+/** Index of the largest value (the first one on ties), one workgroup. */
+export const ARGMAX_WGSL = /* wgsl */ `
+struct P { n: u32, a: u32, b: u32, c: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> outv: array<u32>;
+var<workgroup> vals: array<f32, ${WG}>;
+var<workgroup> idxs: array<u32, ${WG}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32) {
+  var best = -3.4e38;
+  var bi = 0xffffffffu;
+  for (var j = lid; j < p.n; j += ${WG}u) {
+    let v = x[j];
+    if (v > best || bi == 0xffffffffu) { best = v; bi = j; }
+  }
+  vals[lid] = best;
+  idxs[lid] = bi;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) {
+      let ov = vals[lid + s];
+      let oi = idxs[lid + s];
+      if (oi != 0xffffffffu && (idxs[lid] == 0xffffffffu || ov > vals[lid] || (ov == vals[lid] && oi < idxs[lid]))) {
+        vals[lid] = ov;
+        idxs[lid] = oi;
+      }
+    }
+    workgroupBarrier();
+  }
+  if (lid == 0u) { outv[0] = idxs[0]; }
+}`;

@@ -1,0 +1,286 @@
+import { CalderaError } from '@caldera/core';
+import { hadamardBase, hadamardFactor } from '@caldera/linalg';
+import { latticeDecode, type Decomposition } from '@caldera/lowrank';
+import { e8pSources, RVQ4_RESID_SCALE } from '@caldera/quant';
+import { checkFits, storageBuffer, type CalderaDevice } from './device.js';
+import type { Dispatch, GpuMatrix, Kernels } from './kernels/index.js';
+
+/** Upload a dense `[rows, cols]` matrix: f32 as is, or f16 bits packed two per u32 (rows padded to even length). */
+export function uploadMatrix(
+  dev: CalderaDevice,
+  data: Float32Array | Uint16Array,
+  rows: number,
+  cols: number,
+  label: string,
+): GpuMatrix {
+  if (data.length !== rows * cols)
+    throw new CalderaError('E_SHAPE', `${label}: ${data.length} values, expected ${rows}·${cols}`);
+  if (data instanceof Float32Array)
+    return { buffer: storageBuffer(dev, data, label), rows, cols, f16: false, rowWords: cols };
+  const rowWords = Math.ceil(cols / 2);
+  checkFits(dev, rows * rowWords * 4, label);
+  let packed: Uint16Array = data;
+  if (cols % 2 === 1) {
+    packed = new Uint16Array(rows * rowWords * 2);
+    for (let i = 0; i < rows; i++) packed.set(data.subarray(i * cols, i * cols + cols), i * rowWords * 2);
+  }
+  return { buffer: storageBuffer(dev, packed, label), rows, cols, f16: true, rowWords };
+}
+
+/** The E8P12 source table for the GPU: 256×8 magnitudes, coordinate 7 negated for sources of odd coordinate sum. */
+export function e8pSourceTable(): Float32Array {
+  const src = e8pSources().slice();
+  for (let a = 0; a < 256; a++) {
+    let s = 0;
+    for (let i = 0; i < 8; i++) s += src[a * 8 + i]!;
+    if (Math.round(s) % 2 === 1) src[a * 8 + 7] = -src[a * 8 + 7]!;
+  }
+  return src;
+}
+
+/** Buffers shared by all layers of a model: scratch vectors for the rotated domain and constant tables. */
+export interface LinearContext {
+  dev: CalderaDevice;
+  kernels: Kernels;
+  /** Rotated input, rotated output and low-rank scratch, each at least as long as the largest layer needs. */
+  rotIn: GPUBuffer;
+  rotOut: GPUBuffer;
+  z: GPUBuffer;
+  /** All ones, at least as long as any padded dimension. */
+  ones: GPUBuffer;
+  dummy: GPUBuffer;
+  sources: GPUBuffer;
+  /** `H_K` (f32, ±1) by K, created on demand. */
+  hk(K: number): GPUBuffer;
+}
+
+/** A linear layer on the GPU: `out (+)= x·Wᵀ (+ bias)` as a list of kernel launches bound to fixed buffers. */
+export interface GpuLinear {
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  /** Bytes of this layer's weights on the GPU. */
+  readonly gpuBytes: number;
+  /** Bits per weight of the stored form (16 or 32 for dense, the checkpoint's figure for CALDERA layers). */
+  readonly bitsPerWeight: number;
+  /** The launches computing `out (+)= layer(x)`; `x` and `out` must be different buffers. */
+  bind(ctx: LinearContext, x: GPUBuffer, out: GPUBuffer, accumulate: boolean): Dispatch[];
+  dispose(): void;
+}
+
+/** A dense (f32 or packed f16) layer. */
+export class GpuDenseLinear implements GpuLinear {
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  readonly gpuBytes: number;
+  readonly bitsPerWeight: number;
+  constructor(
+    readonly w: GpuMatrix,
+    readonly bias: GPUBuffer | null,
+  ) {
+    this.inFeatures = w.cols;
+    this.outFeatures = w.rows;
+    this.gpuBytes = w.buffer.size + (bias?.size ?? 0);
+    this.bitsPerWeight = w.f16 ? 16 : 32;
+  }
+
+  bind(ctx: LinearContext, x: GPUBuffer, out: GPUBuffer, accumulate: boolean): Dispatch[] {
+    return [ctx.kernels.matvec(this.w, x, out, { bias: this.bias, accumulate, dummy: ctx.dummy })];
+  }
+
+  dispose(): void {
+    this.w.buffer.destroy();
+    this.bias?.destroy();
+  }
+}
+
+/** Scratch sizes (in f32 values) a CALDERA layer needs from the {@link LinearContext}. */
+export interface ScratchNeeds {
+  rotIn: number;
+  rotOut: number;
+  z: number;
+  ones: number;
+}
+
+/**
+ * A CALDERA layer on the GPU, never materialising W (docs/architecture.md, "Decomposition.apply"):
+ * 1. `x' = (x ⊙ SU)·M_n` (zero-padded to np): {@link Kernels.hadamard};
+ * 2. `z = x'·R̂ᵀ`: dense f32 matvec (k × np);
+ * 3. `y' = Q̂·x' + L̂·z`: {@link Kernels.e8pMatvec}, decoding the E8P codes on the fly;
+ * 4. `y = g·(y'·M_mᵀ ⊙ SV) (+ bias)`, first m outputs: {@link Kernels.hadamard} with the transpose.
+ *
+ * Q's codes stay packed on the GPU (u16, two per u32: 2 bits per weight; RVQ4 adds a second plane). L̂ and R̂ are
+ * decoded to f32 on the CPU before upload (they hold k·(m+n) values, small next to m·n). The 3-bit RVQ codec of Q is
+ * not supported (`E_UNSUPPORTED`).
+ */
+export class GpuCalderaLinear implements GpuLinear {
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  readonly gpuBytes: number;
+  readonly bitsPerWeight: number;
+  readonly needs: ScratchNeeds;
+  private readonly codes: GPUBuffer;
+  private readonly codes2: GPUBuffer | null;
+  private readonly r: GpuMatrix | null;
+  private readonly l: GPUBuffer | null;
+  private readonly su: GPUBuffer | null;
+  private readonly sv: GPUBuffer | null;
+  private readonly bias: GPUBuffer | null;
+  private readonly K: { n: number; m: number };
+
+  constructor(
+    dev: CalderaDevice,
+    readonly d: Decomposition,
+    bias: Float32Array | null,
+    label: string,
+  ) {
+    [this.outFeatures, this.inFeatures] = d.shape;
+    const [mp, np] = d.padded;
+    const k = d.rank;
+    if (d.q.bits === 3)
+      throw new CalderaError(
+        'E_UNSUPPORTED',
+        `${label}: Q codec e8p12-rvq3 is not supported by runtime-webgpu (e8p12 and e8p12-rvq4 are)`,
+      );
+    if (np % 8 !== 0)
+      throw new CalderaError('E_SHAPE', `${label}: padded input width ${np} is not a multiple of 8`);
+    if (d.hadamard) {
+      const fn = hadamardFactor(np);
+      const fm = hadamardFactor(mp);
+      if (!fn || !fm)
+        throw new CalderaError('E_UNSUPPORTED', `${label}: no Hadamard transform of size ${np} or ${mp}`);
+      this.K = { n: fn.K, m: fm.K };
+    } else this.K = { n: 1, m: 1 };
+    const bufs: GPUBuffer[] = [];
+    const up = (a: ArrayBufferView, what: string) => {
+      const b = storageBuffer(dev, a, `${label}.${what}`);
+      bufs.push(b);
+      return b;
+    };
+    this.codes = up(d.q.planes[0]!, 'Q');
+    this.codes2 = d.q.bits === 4 ? up(d.q.planes[1]!, 'Q_resid') : null;
+    if (k > 0) {
+      const fv = (f: Decomposition['l']) => (f.kind === 'dense' ? f.values : latticeDecode(f.codes));
+      const lt = fv(d.l); // k × mp
+      const lr = new Float32Array(mp * k);
+      for (let t = 0; t < k; t++) for (let i = 0; i < mp; i++) lr[i * k + t] = lt[t * mp + i]!;
+      this.l = up(lr, 'L');
+      const rv = fv(d.r);
+      this.r = { buffer: up(rv, 'R'), rows: k, cols: np, f16: false, rowWords: np };
+    } else {
+      this.l = null;
+      this.r = null;
+    }
+    this.su = d.su ? up(d.su, 'SU') : null;
+    this.sv = d.sv ? up(d.sv, 'SV') : null;
+    this.bias = bias ? up(bias, 'bias') : null;
+    this.gpuBytes = bufs.reduce((s, b) => s + b.size, 0);
+    this.bitsPerWeight = d.bitsPerWeight;
+    this.needs = { rotIn: np, rotOut: mp, z: k, ones: Math.max(mp, np) };
+  }
+
+  bind(ctx: LinearContext, x: GPUBuffer, out: GPUBuffer, accumulate: boolean): Dispatch[] {
+    const d = this.d;
+    const [m, n] = d.shape;
+    const [mp, np] = d.padded;
+    const k = d.rank;
+    const K = ctx.kernels;
+    const list: Dispatch[] = [
+      K.hadamard({
+        x,
+        out: ctx.rotIn,
+        pre: this.su ?? ctx.ones,
+        post: ctx.ones,
+        bias: null,
+        hk: ctx.hk(this.K.n),
+        dummy: ctx.dummy,
+        n: np,
+        nIn: n,
+        outLen: np,
+        K: this.K.n,
+        transform: d.hadamard,
+        transpose: false,
+        accumulate: false,
+        gscale: 1,
+      }),
+    ];
+    if (this.r)
+      list.push(K.matvec(this.r, ctx.rotIn, ctx.z, { bias: null, accumulate: false, dummy: ctx.dummy }));
+    list.push(
+      K.e8pMatvec({
+        codes: this.codes,
+        codes2: this.codes2,
+        sources: ctx.sources,
+        x: ctx.rotIn,
+        z: k > 0 ? ctx.z : ctx.dummy,
+        l: this.l ?? ctx.dummy,
+        out: ctx.rotOut,
+        mp,
+        np,
+        k,
+        qscale: d.q.scale,
+        resScale: RVQ4_RESID_SCALE,
+      }),
+    );
+    list.push(
+      K.hadamard({
+        x: ctx.rotOut,
+        out,
+        pre: ctx.ones,
+        post: this.sv ?? ctx.ones,
+        bias: this.bias,
+        hk: ctx.hk(this.K.m),
+        dummy: ctx.dummy,
+        n: mp,
+        nIn: mp,
+        outLen: m,
+        K: this.K.m,
+        transform: d.hadamard,
+        transpose: true,
+        accumulate,
+        gscale: d.scale,
+      }),
+    );
+    return list;
+  }
+
+  dispose(): void {
+    for (const b of [this.codes, this.codes2, this.l, this.r?.buffer, this.su, this.sv, this.bias])
+      b?.destroy();
+  }
+}
+
+/** Create the shared context buffers for layers with the given scratch needs. */
+export function createLinearContext(
+  dev: CalderaDevice,
+  kernels: Kernels,
+  needs: ScratchNeeds,
+): LinearContext & {
+  dispose(): void;
+} {
+  const f = (n: number, label: string, fill = 0) =>
+    storageBuffer(dev, new Float32Array(Math.max(4, n)).fill(fill), label);
+  const hks = new Map<number, GPUBuffer>();
+  const ctx = {
+    dev,
+    kernels,
+    rotIn: f(needs.rotIn, 'rotIn'),
+    rotOut: f(needs.rotOut, 'rotOut'),
+    z: f(needs.z, 'z'),
+    ones: f(needs.ones, 'ones', 1),
+    dummy: f(4, 'dummy'),
+    sources: storageBuffer(dev, e8pSourceTable(), 'e8p sources'),
+    hk(K: number): GPUBuffer {
+      let b = hks.get(K);
+      if (!b) {
+        b = storageBuffer(dev, Float32Array.from(hadamardBase(K)), `H_${K}`);
+        hks.set(K, b);
+      }
+      return b;
+    },
+    dispose() {
+      for (const b of [ctx.rotIn, ctx.rotOut, ctx.z, ctx.ones, ctx.dummy, ctx.sources, ...hks.values()])
+        b.destroy();
+    },
+  };
+  return ctx;
+}

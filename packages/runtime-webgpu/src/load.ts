@@ -1,0 +1,283 @@
+import {
+  CalderaError,
+  cast,
+  f32ArrayToF16,
+  openSafetensors,
+  openSafetensorsDir,
+  type Tensor,
+  type TensorStore,
+} from '@caldera/core';
+import { fromCheckpointTensors, type CheckpointLayerMeta } from '@caldera/lowrank';
+import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
+import { storageBuffer, type CalderaDevice } from './device.js';
+import type { GpuMatrix } from './kernels/index.js';
+import { GpuCalderaLinear, GpuDenseLinear, uploadMatrix, type GpuLinear } from './linear.js';
+import { WebGpuModel, type GpuBlockWeights, type WebGpuModelOptions } from './model.js';
+
+/** `caldera.json` of a compressed checkpoint (docs/architecture.md). */
+export interface CalderaMeta {
+  layers: Record<string, CheckpointLayerMeta>;
+  bitsPerWeight?: number;
+  [k: string]: unknown;
+}
+
+/** Options of the loaders. */
+export interface LoadOptions extends WebGpuModelOptions {
+  /**
+   * Storage of dense weights (embedding, LM head, uncompressed linears): `'auto'` (default) keeps f16 tensors as f16
+   * (two per u32 on the GPU) and everything else as f32; `'f16'` / `'f32'` force one.
+   */
+  dtype?: 'auto' | 'f16' | 'f32';
+  /** Called after each block is uploaded. */
+  onProgress?: (e: { block: number; blocks: number }) => void;
+  /** Abort between tensors. */
+  signal?: AbortSignal;
+}
+
+/** A model loaded on the GPU with its provenance. */
+export interface LoadedWebGpuModel {
+  model: WebGpuModel;
+  config: ModelConfig;
+  /** `caldera.json`, or null for a dense model. */
+  calderaMeta: CalderaMeta | null;
+  /** Bits per weight of the seven linear layers of every block as stored on the GPU (16 for a dense f16 model). */
+  linearBitsPerWeight: number;
+}
+
+async function read(store: TensorStore, name: string, shape: readonly number[]): Promise<Tensor> {
+  if (!store.has(name)) throw new CalderaError('E_MISSING', `tensor '${name}' is missing`);
+  const t = await store.readTensor(name);
+  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
+    throw new CalderaError(
+      'E_SHAPE',
+      `tensor '${name}' has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`,
+    );
+  return t;
+}
+
+async function vector(store: TensorStore, name: string, n: number): Promise<Float32Array> {
+  const t = await read(store, name, [n]);
+  const f = (t.dtype === 'f32' ? t : cast(t, 'f32')).data as Float32Array;
+  for (let i = 0; i < f.length; i++)
+    if (!Number.isFinite(f[i]!))
+      throw new CalderaError('E_VALUE', `tensor '${name}' has a non-finite value at index ${i}`);
+  return f;
+}
+
+function denseData(t: Tensor, dtype: 'auto' | 'f16' | 'f32'): Float32Array | Uint16Array {
+  if (t.dtype === 'f16' && dtype !== 'f32') return t.data as Uint16Array;
+  const f = (t.dtype === 'f32' ? t : cast(t, 'f32')).data as Float32Array;
+  return dtype === 'f16' ? f32ArrayToF16(f) : f;
+}
+
+/**
+ * Load a model onto the GPU from an open tensor store plus its parsed `config.json` and `caldera.json` (null for a
+ * dense model). The building block of {@link loadModel} (Node, a directory) and {@link loadModelFromUrl} (fetch).
+ */
+export async function loadModelFromStore(
+  dev: CalderaDevice,
+  source: { config: unknown; calderaMeta: CalderaMeta | null; store: TensorStore },
+  options: LoadOptions = {},
+): Promise<LoadedWebGpuModel> {
+  const config = parseModelConfig(source.config);
+  const { store, calderaMeta } = source;
+  const dtype = options.dtype ?? 'auto';
+  const {
+    hiddenSize: d,
+    intermediateSize: I,
+    vocabSize: V,
+    numHeads: H,
+    numKvHeads: KV,
+    headDim: hd,
+  } = config;
+  const shapes: Record<string, [number, number]> = {
+    q_proj: [H * hd, d],
+    k_proj: [KV * hd, d],
+    v_proj: [KV * hd, d],
+    o_proj: [d, H * hd],
+    gate_proj: [I, d],
+    up_proj: [I, d],
+    down_proj: [d, I],
+  };
+  const created: { dispose(): void }[] = [];
+  const buffer = (data: Float32Array, label: string) => {
+    const b = storageBuffer(dev, data, label);
+    created.push({ dispose: () => b.destroy() });
+    return b;
+  };
+  const matrix = (data: Float32Array | Uint16Array, rows: number, cols: number, label: string): GpuMatrix => {
+    const m = uploadMatrix(dev, data, rows, cols, label);
+    created.push({ dispose: () => m.buffer.destroy() });
+    return m;
+  };
+  try {
+    const embedT = await read(store, 'model.embed_tokens.weight', [V, d]);
+    const embed = matrix(denseData(embedT, dtype), V, d, 'embed_tokens');
+    const head =
+      config.tieWordEmbeddings || !store.has('lm_head.weight')
+        ? embed
+        : matrix(denseData(await read(store, 'lm_head.weight', [V, d]), dtype), V, d, 'lm_head');
+    const blocks: GpuBlockWeights[] = [];
+    let bitsNum = 0;
+    let weightsNum = 0;
+    for (let b = 0; b < config.numLayers; b++) {
+      const lin: GpuLinear[] = [];
+      for (const name of blockLinearNames(b)) {
+        if (options.signal?.aborted)
+          throw new CalderaError('E_ABORTED', 'loading was aborted', { cause: options.signal.reason });
+        const kind = name.slice(name.lastIndexOf('.') + 1);
+        const [m, n] = shapes[kind]!;
+        if (config.attentionBias && /(q|k|v)_proj$/.test(kind) && !store.has(`${name}.bias`))
+          throw new CalderaError('E_MISSING', `tensor '${name}.bias' is missing (config has q/k/v biases)`);
+        const bias = store.has(`${name}.bias`) ? await vector(store, `${name}.bias`, m) : null;
+        const meta = calderaMeta?.layers?.[name];
+        let layer: GpuLinear;
+        if (meta) {
+          const tensors: Record<string, Tensor> = {};
+          for (const t of store.names())
+            if (t.startsWith(`${name}.caldera.`)) tensors[t] = await store.readTensor(t);
+          const dec = fromCheckpointTensors(name, (nm) => tensors[nm], meta);
+          if (dec.shape[0] !== m || dec.shape[1] !== n)
+            throw new CalderaError(
+              'E_SHAPE',
+              `${name}: compressed shape [${dec.shape.join(', ')}], expected [${m}, ${n}]`,
+            );
+          layer = new GpuCalderaLinear(dev, dec, bias, name);
+        } else {
+          const w = await read(store, `${name}.weight`, [m, n]);
+          const data = denseData(w, dtype);
+          layer = new GpuDenseLinear(
+            uploadMatrix(dev, data, m, n, name),
+            bias ? storageBuffer(dev, bias, `${name}.bias`) : null,
+          );
+        }
+        created.push(layer);
+        lin.push(layer);
+        bitsNum += layer.bitsPerWeight * m * n;
+        weightsNum += m * n;
+      }
+      const [q, k, v, o, gate, up, down] = lin as [
+        GpuLinear,
+        GpuLinear,
+        GpuLinear,
+        GpuLinear,
+        GpuLinear,
+        GpuLinear,
+        GpuLinear,
+      ];
+      blocks.push({
+        inputNorm: buffer(await vector(store, `model.layers.${b}.input_layernorm.weight`, d), `ln_in${b}`),
+        postAttnNorm: buffer(
+          await vector(store, `model.layers.${b}.post_attention_layernorm.weight`, d),
+          `ln_post${b}`,
+        ),
+        q,
+        k,
+        v,
+        o,
+        gate,
+        up,
+        down,
+      });
+      options.onProgress?.({ block: b + 1, blocks: config.numLayers });
+    }
+    const norm = buffer(await vector(store, 'model.norm.weight', d), 'norm');
+    const model = new WebGpuModel(dev, config, { embed, blocks, norm, head }, options);
+    return { model, config, calderaMeta, linearBitsPerWeight: weightsNum ? bitsNum / weightsNum : 0 };
+  } catch (e) {
+    for (const c of created) c.dispose();
+    throw e;
+  }
+}
+
+type Fs = { readFile(p: string, enc: 'utf8'): Promise<string> };
+const nodeImport = (name: string) => import(/* @vite-ignore */ /* webpackIgnore: true */ `node:${name}`);
+
+/**
+ * Load a Hugging Face Llama-family directory or a Caldera compressed checkpoint from disk (Node only: `node:fs` is
+ * imported on first use, so browser bundles never load it).
+ */
+export async function loadModel(
+  dev: CalderaDevice,
+  dir: string,
+  options: LoadOptions = {},
+): Promise<LoadedWebGpuModel> {
+  const fs = (await nodeImport('fs/promises')) as Fs;
+  const json = async (file: string, optional: boolean): Promise<unknown> => {
+    let text: string;
+    try {
+      text = await fs.readFile(`${dir}/${file}`, 'utf8');
+    } catch (e) {
+      if (optional) return null;
+      throw new CalderaError('E_IO', `cannot read ${dir}/${file}: ${(e as Error).message}`, { cause: e });
+    }
+    try {
+      return JSON.parse(text);
+    } catch (e) {
+      throw new CalderaError('E_FORMAT', `${dir}/${file} is not valid JSON: ${(e as Error).message}`, {
+        cause: e,
+      });
+    }
+  };
+  const config = await json('config.json', false);
+  const calderaMeta = (await json('caldera.json', true)) as CalderaMeta | null;
+  const store = await openSafetensorsDir(dir);
+  try {
+    return await loadModelFromStore(dev, { config, calderaMeta, store }, options);
+  } finally {
+    await store.close();
+  }
+}
+
+/** Options of {@link loadModelFromUrl}. */
+export interface UrlLoadOptions extends LoadOptions {
+  /** The fetch to use (default `globalThis.fetch`). */
+  fetch?: typeof fetch;
+}
+
+/**
+ * Load a model served over HTTP: `<base>/config.json`, optional `<base>/caldera.json` (a 404 means dense) and
+ * `<base>/model.safetensors` (one file, read into memory; sharded checkpoints are not supported here).
+ */
+export async function loadModelFromUrl(
+  dev: CalderaDevice,
+  base: string,
+  options: UrlLoadOptions = {},
+): Promise<LoadedWebGpuModel> {
+  const f = options.fetch ?? globalThis.fetch;
+  const root = base.endsWith('/') ? base : `${base}/`;
+  const get = async (file: string, optional: boolean): Promise<Response | null> => {
+    let r: Response;
+    try {
+      r = await f(root + file, options.signal ? { signal: options.signal } : {});
+    } catch (e) {
+      throw new CalderaError('E_IO', `cannot fetch ${root + file}: ${(e as Error).message}`, { cause: e });
+    }
+    if (r.status === 404 && optional) return null;
+    if (!r.ok) throw new CalderaError('E_IO', `cannot fetch ${root + file}: HTTP ${r.status}`);
+    return r;
+  };
+  const config = await (await get('config.json', false))!.json();
+  const cr = await get('caldera.json', true);
+  const calderaMeta = cr ? ((await cr.json()) as CalderaMeta) : null;
+  const bytes = await (await get('model.safetensors', false))!.arrayBuffer();
+  return loadModelFromBuffer(dev, { config, calderaMeta, weights: bytes }, options);
+}
+
+/** Load from in-memory parts: parsed `config.json`, `caldera.json` (or null) and `model.safetensors` bytes. */
+export async function loadModelFromBuffer(
+  dev: CalderaDevice,
+  parts: { config: unknown; calderaMeta: CalderaMeta | null; weights: ArrayBuffer | ArrayBufferView | Blob },
+  options: LoadOptions = {},
+): Promise<LoadedWebGpuModel> {
+  const store = await openSafetensors(parts.weights, 'model.safetensors');
+  try {
+    return await loadModelFromStore(
+      dev,
+      { config: parts.config, calderaMeta: parts.calderaMeta, store },
+      options,
+    );
+  } finally {
+    await store.close();
+  }
+}

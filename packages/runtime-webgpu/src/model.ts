@@ -1,0 +1,322 @@
+import { CalderaError } from '@caldera/core';
+import type { ModelConfig } from './config.js';
+import { BufferUsage, MAP_READ_MODE, scratchBuffer, storageBuffer, type CalderaDevice } from './device.js';
+import { encodeDispatches, Kernels, type Dispatch, type GpuMatrix } from './kernels/index.js';
+import { createLinearContext, GpuCalderaLinear, type GpuLinear, type ScratchNeeds } from './linear.js';
+
+/** One transformer block's weights on the GPU. */
+export interface GpuBlockWeights {
+  inputNorm: GPUBuffer;
+  postAttnNorm: GPUBuffer;
+  q: GpuLinear;
+  k: GpuLinear;
+  v: GpuLinear;
+  o: GpuLinear;
+  gate: GpuLinear;
+  up: GpuLinear;
+  down: GpuLinear;
+}
+
+/** All weights of a Llama-family model on the GPU. */
+export interface GpuModelWeights {
+  /** `[vocab, hidden]`, f32 or packed f16. */
+  embed: GpuMatrix;
+  blocks: GpuBlockWeights[];
+  norm: GPUBuffer;
+  /** LM head `[vocab, hidden]`; the same object as `embed` when tied. */
+  head: GpuMatrix;
+}
+
+/** Options of {@link WebGpuModel}. */
+export interface WebGpuModelOptions {
+  /** KV-cache length in tokens. Default `min(config.maxPositions, 2048)`. */
+  contextLength?: number;
+}
+
+/** Inverse RoPE frequencies with Llama-3 scaling (the same formula as runtime-node), in f64. */
+export function ropeInvFreq(cfg: ModelConfig): Float64Array {
+  const half = cfg.headDim / 2;
+  const inv = new Float64Array(half);
+  for (let i = 0; i < half; i++) inv[i] = cfg.ropeTheta ** (-(2 * i) / cfg.headDim);
+  const s = cfg.ropeScaling;
+  if (s) {
+    const lowWl = s.originalMaxPositions / s.lowFreqFactor;
+    const highWl = s.originalMaxPositions / s.highFreqFactor;
+    for (let i = 0; i < half; i++) {
+      const wl = (2 * Math.PI) / inv[i]!;
+      if (wl > lowWl) inv[i]! /= s.factor;
+      else if (wl >= highWl) {
+        const t = (s.originalMaxPositions / wl - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
+        inv[i] = (1 - t) * (inv[i]! / s.factor) + t * inv[i]!;
+      }
+    }
+  }
+  return inv;
+}
+
+/** cos/sin pairs `[positions, headDim/2, 2]` computed in f64 and rounded to f32 (as the CPU runtime's values are). */
+export function ropeTable(cfg: ModelConfig, positions: number): Float32Array {
+  const inv = ropeInvFreq(cfg);
+  const half = inv.length;
+  const t = new Float32Array(positions * half * 2);
+  for (let p = 0; p < positions; p++)
+    for (let i = 0; i < half; i++) {
+      const a = p * inv[i]!;
+      t[(p * half + i) * 2] = Math.cos(a);
+      t[(p * half + i) * 2 + 1] = Math.sin(a);
+    }
+  return t;
+}
+
+/** What {@link WebGpuModel.step} returns: nothing, the greedy token, or the logits. */
+export type StepOutput = 'none' | 'argmax' | 'logits';
+
+/**
+ * A Llama-family causal LM on a WebGPU device, one token at a time (decode path). The whole step — embedding,
+ * every block, final norm, LM head and argmax — is recorded once at construction as a list of kernel launches over
+ * fixed buffers and replayed into one compute pass per token; only a 16-byte uniform (position, length, token)
+ * changes between tokens. The KV cache lives on the GPU. One sequence at a time: {@link reset} starts a new one.
+ *
+ * An explicit handle: {@link dispose} frees every GPU buffer (the device stays the caller's).
+ */
+export class WebGpuModel {
+  readonly contextLength: number;
+  /** Bytes of weights on the GPU (codes, factors, dense matrices, norms). */
+  readonly weightBytes: number;
+  /** Bytes of the KV cache and activations on the GPU. */
+  readonly cacheBytes: number;
+  private readonly kernels: Kernels;
+  private readonly program: Dispatch[];
+  private readonly owned: GPUBuffer[] = [];
+  private readonly ctx: ReturnType<typeof createLinearContext>;
+  private readonly stepBuf: GPUBuffer;
+  private readonly logitsBuf: GPUBuffer;
+  private readonly argmaxBuf: GPUBuffer;
+  private readonly readLogits: GPUBuffer;
+  private readonly readArgmax: GPUBuffer;
+  private pos = 0;
+  private busy = false;
+  private disposed = false;
+
+  constructor(
+    readonly dev: CalderaDevice,
+    readonly config: ModelConfig,
+    readonly weights: GpuModelWeights,
+    options: WebGpuModelOptions = {},
+  ) {
+    const cfg = config;
+    const {
+      hiddenSize: d,
+      intermediateSize: I,
+      vocabSize: V,
+      numHeads: H,
+      numKvHeads: KV,
+      headDim: hd,
+    } = cfg;
+    if (weights.blocks.length !== cfg.numLayers)
+      throw new CalderaError(
+        'E_SHAPE',
+        `model has ${weights.blocks.length} blocks, config says ${cfg.numLayers}`,
+      );
+    const cap = options.contextLength ?? Math.min(cfg.maxPositions, 2048);
+    if (!Number.isInteger(cap) || cap < 1)
+      throw new CalderaError('E_VALUE', `contextLength must be a positive integer, got ${cap}`);
+    this.contextLength = cap;
+    this.kernels = new Kernels(dev);
+    const K = this.kernels;
+    const buf = (n: number, label: string) => {
+      const b = scratchBuffer(dev, n * 4, label);
+      this.owned.push(b);
+      return b;
+    };
+    const kw = KV * hd;
+    const x = buf(d, 'x');
+    const h = buf(d, 'h');
+    const q = buf(H * hd, 'q');
+    const k = buf(kw, 'k');
+    const v = buf(kw, 'v');
+    const att = buf(H * hd, 'att');
+    const g = buf(I, 'gate');
+    const u = buf(I, 'up');
+    const scores = buf(H * cap, 'scores');
+    this.logitsBuf = buf(V, 'logits');
+    this.argmaxBuf = buf(4, 'argmax');
+    const caches = weights.blocks.map((_, b) => ({
+      k: buf(cap * kw, `cacheK${b}`),
+      v: buf(cap * kw, `cacheV${b}`),
+    }));
+    this.cacheBytes = this.owned.reduce((s, b) => s + b.size, 0);
+    this.stepBuf = dev.device.createBuffer({
+      label: 'step',
+      size: 16,
+      usage: BufferUsage.UNIFORM | BufferUsage.COPY_DST,
+    });
+    this.owned.push(this.stepBuf);
+    const cs = storageBuffer(dev, ropeTable(cfg, cap), 'rope table');
+    this.owned.push(cs);
+    this.readLogits = dev.device.createBuffer({
+      size: V * 4,
+      usage: BufferUsage.MAP_READ | BufferUsage.COPY_DST,
+    });
+    this.readArgmax = dev.device.createBuffer({
+      size: 16,
+      usage: BufferUsage.MAP_READ | BufferUsage.COPY_DST,
+    });
+    this.owned.push(this.readLogits, this.readArgmax);
+
+    const needs: ScratchNeeds = { rotIn: 4, rotOut: 4, z: 4, ones: 4 };
+    for (const blk of weights.blocks)
+      for (const lin of [blk.q, blk.k, blk.v, blk.o, blk.gate, blk.up, blk.down])
+        if (lin instanceof GpuCalderaLinear)
+          for (const key of Object.keys(needs) as (keyof ScratchNeeds)[])
+            needs[key] = Math.max(needs[key], lin.needs[key]);
+    this.ctx = createLinearContext(dev, K, needs);
+    const ctx = this.ctx;
+    const check = (lin: GpuLinear, name: string, n: number, m: number) => {
+      if (lin.inFeatures !== n || lin.outFeatures !== m)
+        throw new CalderaError(
+          'E_SHAPE',
+          `${name}: layer is ${lin.outFeatures}×${lin.inFeatures}, the config needs ${m}×${n}`,
+        );
+    };
+
+    const p: Dispatch[] = [K.embed(this.stepBuf, weights.embed, x)];
+    weights.blocks.forEach((w, b) => {
+      const name = `model.layers.${b}`;
+      check(w.q, `${name}.q_proj`, d, H * hd);
+      check(w.k, `${name}.k_proj`, d, kw);
+      check(w.v, `${name}.v_proj`, d, kw);
+      check(w.o, `${name}.o_proj`, H * hd, d);
+      check(w.gate, `${name}.gate_proj`, d, I);
+      check(w.up, `${name}.up_proj`, d, I);
+      check(w.down, `${name}.down_proj`, I, d);
+      p.push(K.rmsNorm(x, w.inputNorm, h, d, cfg.rmsNormEps));
+      p.push(...w.q.bind(ctx, h, q, false), ...w.k.bind(ctx, h, k, false), ...w.v.bind(ctx, h, v, false));
+      p.push(K.rope(this.stepBuf, cs, q, H, hd));
+      p.push(K.kvStore(this.stepBuf, cs, k, v, caches[b]!.k, caches[b]!.v, KV, hd));
+      p.push(
+        K.attention({
+          step: this.stepBuf,
+          q,
+          ck: caches[b]!.k,
+          cv: caches[b]!.v,
+          scores,
+          out: att,
+          heads: H,
+          kvHeads: KV,
+          hd,
+          capacity: cap,
+        }),
+      );
+      p.push(...w.o.bind(ctx, att, x, true));
+      p.push(K.rmsNorm(x, w.postAttnNorm, h, d, cfg.rmsNormEps));
+      p.push(...w.gate.bind(ctx, h, g, false), ...w.up.bind(ctx, h, u, false));
+      p.push(K.swiglu(g, u, I));
+      p.push(...w.down.bind(ctx, g, x, true));
+    });
+    p.push(K.rmsNorm(x, weights.norm, h, d, cfg.rmsNormEps));
+    p.push(K.matvec(weights.head, h, this.logitsBuf, { bias: null, accumulate: false, dummy: ctx.dummy }));
+    p.push(K.argmax(this.logitsBuf, this.argmaxBuf, V));
+    this.program = p;
+
+    let wb = weights.embed.buffer.size + weights.norm.size;
+    if (weights.head !== weights.embed) wb += weights.head.buffer.size;
+    for (const blk of weights.blocks) {
+      wb += blk.inputNorm.size + blk.postAttnNorm.size;
+      for (const lin of [blk.q, blk.k, blk.v, blk.o, blk.gate, blk.up, blk.down]) wb += lin.gpuBytes;
+    }
+    this.weightBytes = wb;
+  }
+
+  /** Tokens in the KV cache (the position of the next token). */
+  get length(): number {
+    return this.pos;
+  }
+
+  /** Kernel launches per token. */
+  get dispatchesPerToken(): number {
+    return this.program.length;
+  }
+
+  /** Forget the sequence: the next token is at position 0. */
+  reset(): void {
+    this.pos = 0;
+  }
+
+  /**
+   * Run one token at the next position (appending it to the KV cache) and return, per `output`, nothing, the argmax
+   * of the logits (greedy token, computed on the GPU: 4 bytes read back) or the logits (`vocab` floats).
+   */
+  async step(token: number, output: 'none'): Promise<null>;
+  async step(token: number, output: 'argmax'): Promise<number>;
+  async step(token: number, output: 'logits'): Promise<Float32Array>;
+  async step(token: number, output: StepOutput): Promise<null | number | Float32Array> {
+    if (this.disposed) throw new CalderaError('E_VALUE', 'WebGpuModel: used after dispose()');
+    if (this.busy)
+      throw new CalderaError(
+        'E_VALUE',
+        'WebGpuModel: step() called while another step is running (await it)',
+      );
+    const V = this.config.vocabSize;
+    if (!Number.isInteger(token) || token < 0 || token >= V)
+      throw new CalderaError('E_VALUE', `token id ${token} out of range [0, ${V})`);
+    if (this.pos >= this.contextLength)
+      throw new CalderaError('E_VALUE', `KV cache capacity ${this.contextLength} exceeded`);
+    this.busy = true;
+    try {
+      const dev = this.dev.device;
+      dev.queue.writeBuffer(this.stepBuf, 0, Uint32Array.of(this.pos, this.pos + 1, token, 0));
+      const enc = dev.createCommandEncoder();
+      encodeDispatches(enc, this.program);
+      if (output === 'logits') enc.copyBufferToBuffer(this.logitsBuf, 0, this.readLogits, 0, V * 4);
+      if (output === 'argmax') enc.copyBufferToBuffer(this.argmaxBuf, 0, this.readArgmax, 0, 16);
+      dev.queue.submit([enc.finish()]);
+      this.pos++;
+      if (output === 'none') return null;
+      const staging = output === 'logits' ? this.readLogits : this.readArgmax;
+      await staging.mapAsync(MAP_READ_MODE);
+      try {
+        const range = staging.getMappedRange();
+        return output === 'logits' ? new Float32Array(range.slice(0, V * 4)) : new Uint32Array(range)[0]!;
+      } finally {
+        staging.unmap();
+      }
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /** Wait until the GPU has finished the submitted work. */
+  async finish(): Promise<void> {
+    await this.dev.device.queue.onSubmittedWorkDone();
+  }
+
+  /**
+   * Logits `[tokens, vocab]` of every position of `tokens`, continuing the cached sequence (one step per token, like
+   * runtime-node's `LlamaModel.forward(tokens, cache)`).
+   */
+  async forward(tokens: ArrayLike<number>): Promise<Float32Array> {
+    const V = this.config.vocabSize;
+    const out = new Float32Array(tokens.length * V);
+    for (let t = 0; t < tokens.length; t++) out.set(await this.step(tokens[t]!, 'logits'), t * V);
+    return out;
+  }
+
+  /** Free every GPU buffer of the model (weights, cache, uniforms). The device is not destroyed. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const b of this.owned) b.destroy();
+    this.ctx.dispose();
+    this.kernels.dispose();
+    const w = this.weights;
+    w.embed.buffer.destroy();
+    if (w.head !== w.embed) w.head.buffer.destroy();
+    w.norm.destroy();
+    for (const blk of w.blocks) {
+      blk.inputNorm.destroy();
+      blk.postAttnNorm.destroy();
+      for (const lin of [blk.q, blk.k, blk.v, blk.o, blk.gate, blk.up, blk.down]) lin.dispose();
+    }
+  }
+}
