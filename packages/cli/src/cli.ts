@@ -1,6 +1,6 @@
 import { isCalderaError } from '@caldera/core';
 import { parseArgs } from './args.js';
-import { compressCommand, compressHelp } from './commands/compress.js';
+import { compressCommand, compressHelp, mergeCommand, mergeHelp, workerHelp } from './commands/compress.js';
 import {
   evalCommand,
   evalHelp,
@@ -16,6 +16,8 @@ const COMMANDS: Record<string, { run: (a: ReturnType<typeof parseArgs>) => Promi
     eval: { run: evalCommand, help: evalHelp },
     generate: { run: generateCommand, help: generateHelp },
     inspect: { run: inspectCommand, help: inspectHelp },
+    merge: { run: mergeCommand, help: mergeHelp },
+    worker: { run: async (a) => (await import('./commands/queue.js')).workerCommand(a), help: workerHelp },
   };
 
 const USAGE = `caldera <command> [options]     (no model-dir = the embedded reference model)

@@ -1,5 +1,5 @@
 import { mkdir, readFile, rm, stat } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import {
   atomicWriteFile,
   cast,
@@ -12,17 +12,35 @@ import {
 } from '@caldera/core';
 import {
   allocateRanks,
+  compressLayerWithSpec,
   compressModel,
+  executeMatrixJob,
+  hashModelTensors,
+  hasHessianChunk,
+  layerSeed,
+  makeHessianPlan,
+  makeManifest,
+  missingJobs,
+  readJobResult,
+  readManifest,
+  reduceHessianChunks,
+  runHessianChunk,
   sampleWindows,
+  shardJobs,
+  writeHessianPlan,
+  writeManifest,
   type BlockStore,
-  type CompressLayerFn,
+  type JobManifest,
   type LayerResult,
+  type LayerSpec,
+  type LinearInfo,
 } from '@caldera/calibrate';
-import { createPool } from '@caldera/linalg';
-import { caldera, toCheckpointTensors, type CalderaOptions } from '@caldera/lowrank';
+import { createPool, type Pool } from '@caldera/linalg';
+import type { CalderaOptions } from '@caldera/lowrank';
 import { loadModel, ModelRunnerAdapter, perplexity } from '@caldera/runtime-node';
 import { flagNumber, flagString, progressBar, type Args } from '../args.js';
 import { defaultText, modelDirOf, readDocuments, tokenizeDocuments } from './common.js';
+import type { QueueTask } from './task.js';
 
 export const compressHelp = `caldera compress [model-dir] [options]
 
@@ -39,17 +57,119 @@ Options:
   --eval FILE          held-out text for perplexity before/after (default: the reference test split)
   --eval-tokens N      tokens of held-out text to score (default 8192)
   --outer-iters N      CALDERA outer iterations (default 4)   --lplr-iters N   inner LPLR rounds (default 4)
-  --propagate MODE     compressed (default) | original
+  --propagate MODE     compressed (default) | original (Hessians of the original model: every matrix is an independent
+                       job, run by this process, by --shard or through --queue; see docs/guide/scale-out.md)
+  --threads N          threads of this process's linear-algebra pool (default 2; 1 = no pool)
   --seed S             seed (default 0)
-  --json               JSON lines on stdout instead of tables`;
+  --json               JSON lines on stdout instead of tables
+
+Scale-out (--propagate original; work files in <out>.work, kept until the checkpoint is written):
+  --hessian-chunks C   calibration windows are cut into C chunks reduced in a fixed order (default 4)
+  --plan-only          compute the Hessians and write <out>.work/manifest.json, then stop
+  --shard I/N          run shard I of N (0-based) of the Hessian chunks and matrix jobs, then stop; 'caldera merge'
+                       assembles the checkpoint once every shard has finished
+  --queue URL          coordinate through a BullMQ queue on Redis (redis://host:port): enqueue the jobs, show the
+                       progress of 'caldera worker' processes, assemble the checkpoint
+  --queue-name NAME    BullMQ queue name (default caldera)   --attempts N   tries per job (default 3)`;
+
+export const mergeHelp = `caldera merge <out> [--json]
+
+Assemble the checkpoint <out> from the job outputs in <out>.work (written by 'caldera compress --shard I/N' or by
+workers), byte-identical to a single-process 'caldera compress --propagate original' with the same options.`;
+
+export const workerHelp = `caldera worker --queue URL [options]
+
+Take jobs of 'caldera compress --queue URL' runs from a BullMQ queue on Redis and execute them (Hessian chunks and
+matrix decompositions), on this or any machine that sees the same work directory. Outputs are named by content hash
+and written atomically, so a retried or duplicated job is harmless. Stops cleanly on SIGINT/SIGTERM: the job in hand
+is cancelled and handed back to the queue for another worker.
+
+Options:
+  --queue URL          redis://host:port[/db] of the Redis server
+  --queue-name NAME    BullMQ queue name (default caldera)
+  --threads N          linear-algebra threads per job (default 1: one worker process per core scales best)
+  --concurrency N      jobs at a time in this process (default 1)
+  --lock-seconds S     BullMQ job lock; a dead worker's job is retried about S seconds after it died (default 30)
+  --json               JSON lines on stdout (events: ready, job-start, job-done, job-failed, stopped)`;
 
 type Method = 'caldera' | 'ldlq' | 'rtn' | 'lplr';
 
-/** FNV-1a of a layer name: per-layer seeds independent of processing order (resumed runs are identical). */
-function nameSeed(seed: number, name: string): number {
-  let h = 2166136261 ^ seed;
-  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 16777619);
-  return h >>> 0;
+/** Every option that determines a run's result (stored in the job manifest, so 'merge' needs nothing else). */
+interface RunSettings {
+  method: Method;
+  windows: number;
+  length: number;
+  data: string;
+  eval: string;
+  evalTokens: number;
+  propagate: 'compressed' | 'original';
+  outerIters: number;
+  lplrIters: number;
+  hessianChunks: number;
+  ranks: Record<string, number>;
+}
+
+function settingsFromFlags(a: Args): Omit<RunSettings, 'ranks'> {
+  const method = (flagString(a, 'method', 'caldera') as Method) ?? 'caldera';
+  if (!['caldera', 'ldlq', 'rtn', 'lplr'].includes(method))
+    throw new CalderaError('E_VALUE', `unknown --method '${method}'`);
+  const propagate = flagString(a, 'propagate', 'compressed');
+  if (propagate !== 'compressed' && propagate !== 'original')
+    throw new CalderaError('E_VALUE', `--propagate must be compressed or original, got '${propagate}'`);
+  return {
+    method,
+    windows: flagNumber(a, 'windows', 32),
+    length: flagNumber(a, 'length', 128),
+    data: resolve(flagString(a, 'data') ?? defaultText('train')),
+    eval: resolve(flagString(a, 'eval') ?? defaultText('test')),
+    evalTokens: flagNumber(a, 'eval-tokens', 8192),
+    propagate,
+    outerIters: flagNumber(a, 'outer-iters', 4),
+    lplrIters: flagNumber(a, 'lplr-iters', 4),
+    hessianChunks: flagNumber(a, 'hessian-chunks', 4),
+  };
+}
+
+function ranksFor(a: Args, method: Method, layers: readonly LinearInfo[]): Record<string, number> {
+  if (method !== 'caldera' && method !== 'lplr') return {};
+  const fixed = flagNumber(a, 'rank');
+  if (fixed !== undefined)
+    return Object.fromEntries(layers.map((l) => [l.name, Math.min(fixed, l.outFeatures, l.inFeatures)]));
+  const target = flagNumber(a, 'bits', method === 'lplr' ? 2 + 16 * 0.1 : 2.4);
+  const shapes = layers.map((l) => ({ name: l.name, m: l.outFeatures, n: l.inFeatures }));
+  const budget =
+    method === 'lplr'
+      ? allocateRanks(shapes, { targetBits: target, q: 0, l: 16, r: 16, granularity: 8 })
+      : allocateRanks(shapes, { targetBits: target, granularity: 8 });
+  return Object.fromEntries(layers.map((l, i) => [l.name, budget.ranks[i]!]));
+}
+
+/** The decomposition of one layer under the run's settings: the same spec in every mode. */
+function layerSpec(s: RunSettings, seed: number, name: string): LayerSpec {
+  const base = { outerIters: s.outerIters, lplrIters: s.lplrIters };
+  let options: Omit<CalderaOptions, 'pool' | 'signal' | 'onProgress' | 'seed'>;
+  switch (s.method) {
+    case 'caldera':
+      options = { ...base, rank: s.ranks[name] ?? 0 };
+      break;
+    case 'ldlq':
+      options = { ...base, rank: 0 };
+      break;
+    case 'rtn':
+      options = { ...base, rank: 0, dataAwareQ: false };
+      break;
+    case 'lplr':
+      options = { ...base, rank: Math.max(1, s.ranks[name] ?? 1), qBits: 0, lBits: 16, rBits: 16 };
+      break;
+  }
+  return { options, seed: layerSeed(seed, name) };
+}
+
+/** A linear-algebra pool of `threads` threads, or none for 1 (results do not depend on it). */
+export function poolFor(threads: number): Pool | undefined {
+  if (!Number.isInteger(threads) || threads < 1)
+    throw new CalderaError('E_VALUE', `--threads must be a positive integer, got ${threads}`);
+  return threads > 1 ? createPool({ threads }) : undefined;
 }
 
 function fileStore(dir: string): BlockStore {
@@ -65,15 +185,14 @@ function fileStore(dir: string): BlockStore {
         () => false,
       );
       if (!ok) return null;
-      const info = JSON.parse(await readFile(p.js, 'utf8')) as Omit<LayerResult, 'replacement'>[] &
-        { meta?: unknown }[];
+      const info = JSON.parse(await readFile(p.js, 'utf8')) as (Omit<LayerResult, 'replacement'> & {
+        meta: Record<string, unknown>;
+        tensorNames: string[];
+      })[];
       const reader = await openSafetensors(p.st);
       try {
         const out: LayerResult[] = [];
-        for (const r of info as (Omit<LayerResult, 'replacement'> & {
-          meta: Record<string, unknown>;
-          tensorNames: string[];
-        })[]) {
+        for (const r of info) {
           const tensors: Record<string, Tensor> = {};
           for (const n of r.tensorNames) tensors[n] = await reader.readTensor(n);
           out.push({
@@ -110,132 +229,263 @@ function fileStore(dir: string): BlockStore {
   };
 }
 
+/** Calibration windows of a run (deterministic in the settings and seed). */
+async function calibrationWindows(modelDir: string, s: RunSettings, seed: number, bos: number | null) {
+  const calib = await tokenizeDocuments(modelDir, await readDocuments(s.data), bos);
+  return sampleWindows(calib, { count: s.windows, length: s.length, seed });
+}
+
+function parseShard(v: string | undefined): { index: number; count: number } | null {
+  if (v === undefined) return null;
+  const m = /^(\d+)\/(\d+)$/.exec(v);
+  const index = m ? Number(m[1]) : NaN;
+  const count = m ? Number(m[2]) : NaN;
+  if (!m || !(count >= 1) || !(index < count))
+    throw new CalderaError('E_VALUE', `--shard must be I/N with 0 ≤ I < N, got '${v}'`);
+  return { index, count };
+}
+
+interface Ctx {
+  modelDir: string;
+  out: string;
+  seed: number;
+  json: boolean;
+  log: (o: Record<string, unknown>) => void;
+  t0: number;
+}
+
 export async function compressCommand(a: Args): Promise<number> {
   const json = a.flags.has('json');
-  const modelDir = modelDirOf(a.positionals[0]);
-  const method = (flagString(a, 'method', 'caldera') as Method) ?? 'caldera';
-  if (!['caldera', 'ldlq', 'rtn', 'lplr'].includes(method))
-    throw new CalderaError('E_VALUE', `unknown --method '${method}'`);
+  const modelDir = resolve(modelDirOf(a.positionals[0]));
+  const base = settingsFromFlags(a);
   const seed = flagNumber(a, 'seed', 0);
   const out =
     flagString(a, 'out') ??
-    join('caldera-out', `${basename(modelDir.replace(/\/$/, '')) || 'model'}-${method}`);
-  const windowsN = flagNumber(a, 'windows', 32);
-  const length = flagNumber(a, 'length', 128);
-  const evalTokens = flagNumber(a, 'eval-tokens', 8192);
-  const propagate = (flagString(a, 'propagate', 'compressed') as 'compressed' | 'original') ?? 'compressed';
-  const log = (o: Record<string, unknown>) => (json ? console.log(JSON.stringify(o)) : undefined);
-  const t0 = performance.now();
+    join('caldera-out', `${basename(modelDir.replace(/\/$/, '')) || 'model'}-${base.method}`);
+  const shard = parseShard(flagString(a, 'shard'));
+  const queue = flagString(a, 'queue');
+  const planOnly = a.flags.has('plan-only');
+  const threads = flagNumber(a, 'threads', 2);
+  if ((shard || queue || planOnly) && base.propagate !== 'original') {
+    throw new CalderaError(
+      'E_VALUE',
+      '--shard, --queue and --plan-only need --propagate original (independent jobs need Hessians of the original model)',
+    );
+  }
+  if (shard && queue) throw new CalderaError('E_VALUE', '--shard and --queue are alternatives');
+  const ctx: Ctx = {
+    modelDir,
+    out,
+    seed,
+    json,
+    log: (o) => (json ? console.log(JSON.stringify(o)) : undefined),
+    t0: performance.now(),
+  };
 
   const loaded = await loadModel(modelDir);
-  const cfg = loaded.config;
-  const bos = cfg.bosTokenId;
-  const calib = await tokenizeDocuments(
-    modelDir,
-    await readDocuments(flagString(a, 'data') ?? defaultText('train')),
-    bos,
-  );
-  const windows = sampleWindows(calib, { count: windowsN, length, seed });
-  const heldOut = (
-    await tokenizeDocuments(modelDir, await readDocuments(flagString(a, 'eval') ?? defaultText('test')), bos)
-  )
-    .flat()
-    .slice(0, evalTokens);
-  const evalCtx = Math.min(length * 2, cfg.maxPositions);
-  const before = perplexity(loaded.model, heldOut, { context: evalCtx });
-  log({ event: 'baseline', ppl: before.ppl, tokens: before.tokens });
-
-  const originalLinearBytes = loaded.model.linearBytes(); // before the runner swaps in compressed layers
   const runner = new ModelRunnerAdapter(loaded.model);
-  const layers = Array.from({ length: cfg.numLayers }, (_, b) => runner.linears(b)).flat();
-  let ranks = new Map<string, number>();
-  if (method === 'caldera' || method === 'lplr') {
-    const fixed = flagNumber(a, 'rank');
-    if (fixed !== undefined)
-      ranks = new Map(layers.map((l) => [l.name, Math.min(fixed, l.outFeatures, l.inFeatures)]));
-    else {
-      const target = flagNumber(a, 'bits', method === 'lplr' ? 2 + 16 * 0.1 : 2.4);
-      const budget =
-        method === 'lplr'
-          ? allocateRanks(
-              layers.map((l) => ({ name: l.name, m: l.outFeatures, n: l.inFeatures })),
-              { targetBits: target, q: 0, l: 16, r: 16, granularity: 8 },
-            )
-          : allocateRanks(
-              layers.map((l) => ({ name: l.name, m: l.outFeatures, n: l.inFeatures })),
-              { targetBits: target, granularity: 8 },
-            );
-      ranks = new Map(layers.map((l, i) => [l.name, budget.ranks[i]!]));
-    }
-  }
-  const pool = createPool({ threads: 2 });
-  const base: CalderaOptions = {
-    outerIters: flagNumber(a, 'outer-iters', 4),
-    lplrIters: flagNumber(a, 'lplr-iters', 4),
-    pool,
-  };
-  const methodOptions = (name: string): CalderaOptions => {
-    switch (method) {
-      case 'caldera':
-        return { ...base, rank: ranks.get(name) ?? 0 };
-      case 'ldlq':
-        return { ...base, rank: 0 };
-      case 'rtn':
-        return { ...base, rank: 0, dataAwareQ: false };
-      case 'lplr':
-        return { ...base, rank: Math.max(1, ranks.get(name) ?? 1), qBits: 0, lBits: 16, rBits: 16 };
-    }
-  };
-  const compressLayer: CompressLayerFn = (w, h, info) => {
-    const d = caldera(w, h, { ...methodOptions(info.name), seed: nameSeed(seed, info.name) });
-    return {
-      replacement: toCheckpointTensors(info.name, d) as unknown as LayerResult['replacement'],
-      error: d.error,
-      bitsPerWeight: d.paperBitsPerWeight,
-      rank: d.rank,
-    };
-  };
+  const layers = Array.from({ length: loaded.config.numLayers }, (_, b) => runner.linears(b)).flat();
+  const settings: RunSettings = { ...base, ranks: ranksFor(a, base.method, layers) };
+  const windows = await calibrationWindows(modelDir, settings, seed, loaded.config.bosTokenId);
   const bar = progressBar('compress', !json && process.stderr.isTTY === true);
-  let results: LayerResult[];
+  const ctl = new AbortController();
+  const onSignal = () => ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
+  process.once('SIGINT', onSignal);
+  const pool = poolFor(threads);
   try {
-    results = await compressModel(runner, windows, {
-      compressLayer,
-      propagate,
-      needsHessian: method !== 'rtn',
-      store: fileStore(`${out}.partial`),
-      onProgress: (p) => {
-        bar.update(
-          p.layersDone,
-          p.layersTotal,
-          p.etaSeconds,
-          `${p.phase} block ${p.block}${p.layer ? ' ' + p.layer.split('.').slice(-2).join('.') : ''}`,
-        );
-        log({ event: 'progress', ...p });
-      },
+    if (settings.propagate === 'compressed') {
+      const results = await compressModel(runner, windows, {
+        compressLayer: (w, h, info, signal) =>
+          compressLayerWithSpec(w, h, info.name, layerSpec(settings, seed, info.name), {
+            ...(pool ? { pool } : {}),
+            ...(signal ? { signal } : {}),
+          }),
+        propagate: 'compressed',
+        needsHessian: settings.method !== 'rtn',
+        store: fileStore(`${out}.partial`),
+        signal: ctl.signal,
+        onProgress: (p) => {
+          bar.update(
+            p.layersDone,
+            p.layersTotal,
+            p.etaSeconds,
+            `${p.phase} block ${p.block}${p.layer ? ' ' + p.layer.split('.').slice(-2).join('.') : ''}`,
+          );
+          ctx.log({ event: 'progress', ...p });
+        },
+      });
+      bar.done();
+      await finish(ctx, settings, results);
+      await rm(`${out}.partial`, { recursive: true, force: true });
+      return 0;
+    }
+
+    // propagate 'original': phase 1 (Hessian chunks), the manifest, phase 2 (matrix jobs), then assemble
+    const work = resolve(`${out}.work`);
+    const report = (phase: string, done: number, total: number) => {
+      bar.update(done, total, undefined, phase);
+      ctx.log({ event: 'progress', phase, done, total });
+    };
+    const needsHessian = settings.method !== 'rtn';
+    const hashes = await hashModelTensors(modelDir, ctl.signal);
+    let hessians = null;
+    if (needsHessian) {
+      const plan = makeHessianPlan(
+        modelDir,
+        hashes.sha256,
+        loaded.config.numLayers,
+        windows,
+        settings.hessianChunks,
+      );
+      await writeHessianPlan(work, plan);
+      const all = [...plan.chunks.keys()];
+      if (queue) {
+        const tasks: QueueTask[] = all.map((c) => ({
+          kind: 'hessian',
+          work,
+          index: c,
+          label: `hessian ${c}`,
+        }));
+        const { runOnQueue } = await import('./queue.js'); // BullMQ loads only for queue runs
+        await runOnQueue(queue, a, tasks, {
+          signal: ctl.signal,
+          onProgress: (d, t) => report('hessian', d, t),
+          log: ctx.log,
+        });
+      } else {
+        // a shard computes its own chunks first, then any chunk no other shard has written yet (never waits)
+        const own = shard ? all.filter((c) => c % shard.count === shard.index) : all;
+        const order = [...own, ...all.filter((c) => !own.includes(c))];
+        let done = 0;
+        for (const c of order) {
+          if (!own.includes(c) && (await hasHessianChunk(work, plan, c))) continue;
+          const r = await runHessianChunk(work, plan, c, runner, ctl.signal);
+          ctx.log({ event: 'hessian-chunk', chunk: c, result: r });
+          report('hessian', ++done, order.length);
+        }
+      }
+      hessians = await reduceHessianChunks(work, plan, { signal: ctl.signal });
+    }
+    const manifest = makeManifest({
+      model: modelDir,
+      modelSha256: hashes.sha256,
+      seed,
+      settings: settings as unknown as Record<string, unknown>,
+      linears: layers,
+      weightSha256: hashes.tensors,
+      hessians,
+      spec: (l) => layerSpec(settings, seed, l.name),
     });
+    await writeManifest(work, manifest);
+    ctx.log({ event: 'manifest', path: join(work, 'manifest.json'), jobs: manifest.jobs.length });
+    if (planOnly) {
+      if (!json) console.log(`wrote ${join(work, 'manifest.json')} (${manifest.jobs.length} jobs)`);
+      return 0;
+    }
+
+    const tm = performance.now();
+    if (queue) {
+      const todo = await missingJobs(work, manifest);
+      ctx.log({ event: 'queue', enqueued: todo.length, cached: manifest.jobs.length - todo.length });
+      const tasks: QueueTask[] = todo.map((j) => ({ kind: 'matrix', work, id: j.id, label: j.name }));
+      const { runOnQueue } = await import('./queue.js');
+      await runOnQueue(queue, a, tasks, {
+        signal: ctl.signal,
+        onProgress: (d) => report('matrix', manifest.jobs.length - todo.length + d, manifest.jobs.length),
+        log: ctx.log,
+      });
+    } else {
+      const mine = shard ? shardJobs(manifest.jobs, shard.index, shard.count) : manifest.jobs;
+      let done = 0;
+      for (const j of mine) {
+        const r = await executeMatrixJob(work, manifest, j, {
+          ...(pool ? { pool } : {}),
+          signal: ctl.signal,
+        });
+        ctx.log({ event: 'job', name: j.name, id: j.id, result: r });
+        report('matrix', ++done, mine.length);
+      }
+    }
+    const matrixSeconds = (performance.now() - tm) / 1000;
+    ctx.log({ event: 'matrix-phase', seconds: matrixSeconds });
+    bar.done();
+    if (shard) {
+      const left = (await missingJobs(work, manifest)).length;
+      if (!json)
+        console.log(
+          `shard ${shard.index}/${shard.count} done (${left} jobs of other shards left); then: caldera merge ${out}`,
+        );
+      return 0;
+    }
+    await assemble(ctx, work, manifest);
+    return 0;
   } finally {
-    pool.dispose();
+    process.off('SIGINT', onSignal);
+    pool?.dispose();
     bar.done();
   }
+}
+
+/** Assemble the checkpoint from a manifest's job outputs, then drop the work directory. */
+async function assemble(ctx: Ctx, work: string, manifest: JobManifest): Promise<void> {
+  const missing = await missingJobs(work, manifest);
+  if (missing.length > 0) {
+    throw new CalderaError(
+      'E_MISSING',
+      `${missing.length} of ${manifest.jobs.length} jobs have no output in ${work} yet (first: ${missing[0]!.name}); ` +
+        'run the remaining shards or workers first',
+    );
+  }
+  const results: LayerResult[] = [];
+  for (const j of manifest.jobs) results.push(await readJobResult(work, j));
+  await finish(ctx, manifest.settings as unknown as RunSettings, results);
+  await rm(work, { recursive: true, force: true });
+}
+
+export async function mergeCommand(a: Args): Promise<number> {
+  const out = a.positionals[0];
+  if (!out) throw new CalderaError('E_VALUE', 'caldera merge needs the output directory (as given to --out)');
+  const json = a.flags.has('json');
+  const work = resolve(`${out}.work`);
+  const manifest = await readManifest(work);
+  await assemble(
+    {
+      modelDir: manifest.model,
+      out,
+      seed: manifest.seed,
+      json,
+      log: (o) => (json ? console.log(JSON.stringify(o)) : undefined),
+      t0: performance.now(),
+    },
+    work,
+    manifest,
+  );
+  return 0;
+}
+
+/** Write the checkpoint and the report: the same code for every mode, so the bytes agree. */
+async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[]): Promise<void> {
+  const { modelDir, out, seed, json } = ctx;
+  const loaded = await loadModel(modelDir);
+  const cfg = loaded.config;
+  const heldOut = (await tokenizeDocuments(modelDir, await readDocuments(s.eval), cfg.bosTokenId))
+    .flat()
+    .slice(0, s.evalTokens);
+  const evalCtx = Math.min(s.length * 2, cfg.maxPositions);
+  const before = perplexity(loaded.model, heldOut, { context: evalCtx });
+  ctx.log({ event: 'baseline', ppl: before.ppl, tokens: before.tokens });
 
   // checkpoint: dense non-linear tensors in f16, compressed linears as codes
   const tensors: Record<string, Tensor> = {};
   const w = loaded.model.weights;
   tensors['model.embed_tokens.weight'] = cast(w.embed, 'f16');
+  const vec = (data: Float32Array) =>
+    cast({ dtype: 'f32', shape: [data.length], strides: [1], offset: 0, data }, 'f16');
   w.blocks.forEach((blk, b) => {
-    tensors[`model.layers.${b}.input_layernorm.weight`] = cast(
-      { dtype: 'f32', shape: [blk.inputNorm.length], strides: [1], offset: 0, data: blk.inputNorm },
-      'f16',
-    );
-    tensors[`model.layers.${b}.post_attention_layernorm.weight`] = cast(
-      { dtype: 'f32', shape: [blk.postAttnNorm.length], strides: [1], offset: 0, data: blk.postAttnNorm },
-      'f16',
-    );
+    tensors[`model.layers.${b}.input_layernorm.weight`] = vec(blk.inputNorm);
+    tensors[`model.layers.${b}.post_attention_layernorm.weight`] = vec(blk.postAttnNorm);
   });
-  tensors['model.norm.weight'] = cast(
-    { dtype: 'f32', shape: [w.norm.length], strides: [1], offset: 0, data: w.norm },
-    'f16',
-  );
+  tensors['model.norm.weight'] = vec(w.norm);
   if (!cfg.tieWordEmbeddings && w.lmHead !== w.embed) tensors['lm_head.weight'] = cast(w.lmHead, 'f16');
   const layerMeta: CalderaCheckpointMeta['layers'] = {};
   let bitNum = 0;
@@ -250,14 +500,15 @@ export async function compressCommand(a: Args): Promise<number> {
   const meta: CalderaCheckpointMeta = {
     format: 'caldera',
     version: 1,
-    method,
+    method: s.method,
     options: {
-      windows: windowsN,
-      length,
-      propagate,
-      outerIters: base.outerIters,
-      lplrIters: base.lplrIters,
-      ranks: Object.fromEntries(ranks),
+      windows: s.windows,
+      length: s.length,
+      propagate: s.propagate,
+      outerIters: s.outerIters,
+      lplrIters: s.lplrIters,
+      ranks: s.ranks,
+      ...(s.propagate === 'original' && s.method !== 'rtn' ? { hessianChunks: s.hessianChunks } : {}),
     },
     seed,
     bitsPerWeight: bitNum / bitDen,
@@ -274,7 +525,6 @@ export async function compressCommand(a: Args): Promise<number> {
       copy[f] = join(modelDir, f);
   }
   await writeCheckpointDir(out, { meta, tensors, copyFiles: copy }, { overwrite: true });
-  await rm(`${out}.partial`, { recursive: true, force: true });
 
   const compressed = await loadModel(out);
   const after = perplexity(compressed.model, heldOut, { context: evalCtx });
@@ -282,14 +532,14 @@ export async function compressCommand(a: Args): Promise<number> {
   const report = {
     model: modelDir,
     out,
-    method,
+    method: s.method,
     seed,
-    calibration: { windows: windowsN, length },
+    calibration: { windows: s.windows, length: s.length },
     bitsPerWeight: meta.bitsPerWeight,
-    linearBytes: { original: originalLinearBytes, compressed: compressed.model.linearBytes() },
+    linearBytes: { original: loaded.model.linearBytes(), compressed: compressed.model.linearBytes() },
     fileBytes: { original: await sizeOf(modelDir), compressed: await sizeOf(out) },
     perplexity: { original: before.ppl, compressed: after.ppl, tokens: after.tokens, context: evalCtx },
-    seconds: (performance.now() - t0) / 1000,
+    seconds: (performance.now() - ctx.t0) / 1000,
     layers: results.map((r) => ({
       name: r.name,
       rank: r.rank,
@@ -302,7 +552,7 @@ export async function compressCommand(a: Args): Promise<number> {
   if (json) console.log(JSON.stringify({ event: 'report', ...report }));
   else {
     console.log(
-      `\nCALDERA compression of ${modelDir}\n→ ${out}  (method ${method}, ${report.seconds.toFixed(1)} s)\n`,
+      `\nCALDERA compression of ${modelDir}\n→ ${out}  (method ${s.method}, ${report.seconds.toFixed(1)} s)\n`,
     );
     console.table(
       report.layers.map((l) => ({
@@ -321,7 +571,7 @@ export async function compressCommand(a: Args): Promise<number> {
         perplexity: +before.ppl.toFixed(2),
       },
       {
-        model: `${method}`,
+        model: `${s.method}`,
         'bits/weight': +meta.bitsPerWeight.toFixed(3),
         'linear MB': +(report.linearBytes.compressed / 1e6).toFixed(2),
         'file MB': +(report.fileBytes.compressed / 1e6).toFixed(2),
@@ -332,5 +582,4 @@ export async function compressCommand(a: Args): Promise<number> {
       `held-out perplexity on ${after.tokens} tokens (context ${evalCtx}); report: ${join(out, 'report.json')}`,
     );
   }
-  return 0;
 }

@@ -1,0 +1,293 @@
+import { createHash } from 'node:crypto';
+import { Worker as Thread } from 'node:worker_threads';
+import { Queue, WaitingError, Worker, type ConnectionOptions } from 'bullmq';
+import { CalderaError, type CalderaErrorCode } from '@caldera/core';
+import { flagNumber, flagString, type Args } from '../args.js';
+import type { QueueTask } from './task.js';
+
+export type { QueueTask } from './task.js';
+
+const CODES: readonly CalderaErrorCode[] = [
+  'E_SHAPE',
+  'E_DTYPE',
+  'E_FORMAT',
+  'E_IO',
+  'E_VALUE',
+  'E_NOT_PD',
+  'E_MISSING',
+  'E_UNSUPPORTED',
+  'E_ABORTED',
+  'E_DEVICE',
+];
+
+/** Connection options of a redis:// URL (no extra dependency: BullMQ passes them to its Redis client). */
+export function redisConnection(url: string): ConnectionOptions {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new CalderaError('E_VALUE', `--queue must be a redis://host:port URL, got '${url}'`);
+  }
+  if (u.protocol !== 'redis:')
+    throw new CalderaError('E_VALUE', `--queue must be a redis://host:port URL, got '${url}'`);
+  const db = u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0;
+  return {
+    host: u.hostname || '127.0.0.1',
+    port: u.port ? Number(u.port) : 6379,
+    ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
+    ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
+    ...(Number.isInteger(db) ? { db } : {}),
+    maxRetriesPerRequest: null,
+  };
+}
+
+function jobIdOf(t: QueueTask): string {
+  const key = t.kind === 'hessian' ? `${t.work}\0hessian\0${t.index}` : `${t.work}\0matrix\0${t.id}`;
+  return `${t.kind}-${createHash('sha256').update(key).digest('hex').slice(0, 32)}`;
+}
+
+/** A CalderaError from a message that may start with a code (as a CalderaError's message does). */
+function errorFrom(message: string, fallback: CalderaErrorCode, code?: string): CalderaError {
+  const m = /^(E_[A-Z_]+): ([\s\S]*)$/.exec(message);
+  const c = (code ?? m?.[1]) as CalderaErrorCode | undefined;
+  return new CalderaError(c && CODES.includes(c) ? c : fallback, m ? m[2]! : message);
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new CalderaError('E_IO', what)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Coordinator side: enqueue `tasks` (job ids derived from the work directory and the task, so re-running enqueues the
+ * same ids), follow them until each has completed or finally failed, report progress, and clean up. Tasks that fail
+ * after all attempts are reported together in one CalderaError; the outputs of the others stay in the work directory,
+ * so a later run only enqueues what is missing. On abort, jobs not yet started are withdrawn.
+ */
+export async function runOnQueue(
+  url: string,
+  a: Args,
+  tasks: readonly QueueTask[],
+  opts: {
+    signal?: AbortSignal;
+    onProgress?: (done: number, total: number) => void;
+    log?: (o: Record<string, unknown>) => void;
+  },
+): Promise<void> {
+  if (tasks.length === 0) return;
+  const name = flagString(a, 'queue-name', 'caldera')!;
+  const attempts = flagNumber(a, 'attempts', 3);
+  const queue = new Queue(name, { connection: redisConnection(url) });
+  let lastError = '';
+  queue.on('error', (e) => {
+    lastError = e.message;
+  });
+  try {
+    await within(
+      queue.client.then((c) => c.ping()),
+      10_000,
+      `cannot reach Redis at ${url}${lastError ? ` (${lastError})` : ''}`,
+    );
+    const ids = tasks.map(jobIdOf);
+    for (const id of ids) {
+      const old = await queue.getJob(id);
+      if (old) {
+        const state = await old.getState();
+        if (state === 'completed' || state === 'failed') await old.remove();
+      }
+    }
+    await queue.addBulk(
+      tasks.map((t, i) => ({
+        name: t.kind,
+        data: t,
+        opts: {
+          jobId: ids[i]!,
+          attempts,
+          backoff: { type: 'fixed', delay: 500 },
+          removeOnComplete: false,
+          removeOnFail: false,
+        },
+      })),
+    );
+    opts.log?.({ event: 'enqueued', queue: name, jobs: tasks.length });
+    const pending = new Map(ids.map((id, i) => [id, tasks[i]!]));
+    const failed: { task: QueueTask; reason: string }[] = [];
+    while (pending.size > 0) {
+      if (opts.signal?.aborted) {
+        for (const id of pending.keys()) {
+          const j = await queue.getJob(id);
+          const state = j ? await j.getState() : 'unknown';
+          if (j && (state === 'waiting' || state === 'delayed' || state === 'prioritized'))
+            await j.remove().catch(() => undefined);
+        }
+        throw new CalderaError('E_ABORTED', `queue run was aborted (${pending.size} jobs unfinished)`);
+      }
+      for (const [id, task] of [...pending]) {
+        const j = await queue.getJob(id);
+        const state = j ? await j.getState() : 'unknown';
+        if (state === 'completed') pending.delete(id);
+        else if (state === 'failed' || !j) {
+          pending.delete(id);
+          failed.push({ task, reason: j ? j.failedReason : 'the job vanished from the queue' });
+          opts.log?.({ event: 'job-failed', label: task.label, reason: j?.failedReason });
+        }
+      }
+      opts.onProgress?.(tasks.length - pending.size, tasks.length);
+      if (pending.size > 0) await sleep(250, opts.signal);
+    }
+    for (const id of ids) {
+      const j = await queue.getJob(id);
+      if (j && (await j.getState()) === 'completed') await j.remove().catch(() => undefined);
+    }
+    if (failed.length > 0) {
+      const first = errorFrom(failed[0]!.reason, 'E_DEVICE');
+      throw new CalderaError(
+        first.code,
+        `${failed.length} of ${tasks.length} jobs failed after ${attempts} attempts; the other jobs' outputs are ` +
+          `kept in ${tasks[0]!.work} and a re-run only enqueues what is missing: ` +
+          failed.map((f) => `${f.task.label}: ${f.reason}`).join('; '),
+        { details: { failed: failed.map((f) => f.task.label) } },
+      );
+    }
+  } finally {
+    await within(queue.close(), 5000, 'closing the queue').catch(() => queue.disconnect());
+  }
+}
+
+/** Run one task in a thread (see job-thread.ts); abort terminates the thread. */
+function runInThread(task: QueueTask, threads: number, signal: AbortSignal): Promise<string> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) {
+      reject(new CalderaError('E_ABORTED', `${task.label} was cancelled`));
+      return;
+    }
+    const t = new Thread(new URL('./job-thread.js', import.meta.url), { workerData: { task, threads } });
+    let settled = false;
+    const settle = (f: () => void) => {
+      if (settled) return;
+      settled = true;
+      signal.removeEventListener('abort', onAbort);
+      f();
+    };
+    function onAbort() {
+      settle(() => reject(new CalderaError('E_ABORTED', `${task.label} was cancelled`)));
+      void t.terminate();
+    }
+    signal.addEventListener('abort', onAbort, { once: true });
+    t.once('message', (m: { ok: boolean; result?: string; code?: string; message?: string }) =>
+      settle(() => (m.ok ? resolve(m.result!) : reject(errorFrom(m.message ?? '', 'E_DEVICE', m.code)))),
+    );
+    t.once('error', (e) =>
+      settle(() => reject(new CalderaError('E_DEVICE', `${task.label}: job thread failed: ${e.message}`))),
+    );
+    t.once('exit', (code) =>
+      settle(() =>
+        reject(new CalderaError('E_DEVICE', `${task.label}: job thread exited with code ${code}`)),
+      ),
+    );
+  });
+}
+
+export async function workerCommand(a: Args): Promise<number> {
+  const url = flagString(a, 'queue');
+  if (!url) throw new CalderaError('E_VALUE', 'caldera worker needs --queue redis://host:port');
+  const name = flagString(a, 'queue-name', 'caldera')!;
+  const threads = flagNumber(a, 'threads', 1);
+  const concurrency = flagNumber(a, 'concurrency', 1);
+  const lockMs = flagNumber(a, 'lock-seconds', 30) * 1000;
+  if (!Number.isInteger(threads) || threads < 1)
+    throw new CalderaError('E_VALUE', `--threads must be a positive integer, got ${threads}`);
+  if (!Number.isInteger(concurrency) || concurrency < 1)
+    throw new CalderaError('E_VALUE', `--concurrency must be a positive integer, got ${concurrency}`);
+  if (!(lockMs >= 1000)) throw new CalderaError('E_VALUE', '--lock-seconds must be at least 1');
+  const json = a.flags.has('json');
+  const log = (o: Record<string, unknown>) =>
+    json ? console.log(JSON.stringify(o)) : console.error(`caldera worker: ${o.event} ${o.label ?? ''}`);
+  const stop = new AbortController();
+  const onSignal = () => stop.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  let lastError = '';
+  const worker = new Worker<QueueTask>(
+    name,
+    async (job, token, jobSignal) => {
+      const signal = jobSignal ? AbortSignal.any([stop.signal, jobSignal]) : stop.signal;
+      const t0 = performance.now();
+      log({
+        event: 'job-start',
+        id: job.id,
+        kind: job.data.kind,
+        label: job.data.label,
+        attempt: job.attemptsMade + 1,
+      });
+      try {
+        const result = await runInThread(job.data, threads, signal);
+        log({
+          event: 'job-done',
+          id: job.id,
+          label: job.data.label,
+          result,
+          seconds: (performance.now() - t0) / 1000,
+        });
+        return result;
+      } catch (e) {
+        if (stop.signal.aborted && token) {
+          // cancelled by this worker's shutdown: hand the job back without spending an attempt
+          await job.moveToWait(token);
+          log({ event: 'job-returned', id: job.id, label: job.data.label });
+          throw new WaitingError();
+        }
+        log({ event: 'job-failed', id: job.id, label: job.data.label, reason: (e as Error).message });
+        throw e;
+      }
+    },
+    {
+      connection: redisConnection(url),
+      concurrency,
+      lockDuration: lockMs,
+      stalledInterval: lockMs,
+      maxStalledCount: 1,
+    },
+  );
+  worker.on('error', (e) => {
+    lastError = e.message;
+  });
+  try {
+    await within(
+      worker.waitUntilReady().then((c) => c.ping()),
+      10_000,
+      `cannot reach Redis at ${url}${lastError ? ` (${lastError})` : ''}`,
+    );
+    log({ event: 'ready', queue: name, threads, concurrency });
+    if (!stop.signal.aborted)
+      await new Promise((r) => stop.signal.addEventListener('abort', r, { once: true }));
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    stop.abort();
+    await within(worker.close(), 10_000, 'closing the worker').catch(() => worker.disconnect());
+    log({ event: 'stopped' });
+  }
+  return 0;
+}

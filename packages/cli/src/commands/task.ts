@@ -1,0 +1,41 @@
+import { CalderaError } from '@caldera/core';
+import { executeMatrixJob, readHessianPlan, readManifest, runHessianChunk } from '@caldera/calibrate';
+import { createPool } from '@caldera/linalg';
+import { loadModel, ModelRunnerAdapter } from '@caldera/runtime-node';
+
+/** One unit of distributed work: a Hessian chunk (phase 1) or a matrix job (phase 2) of a work directory. */
+export type QueueTask =
+  | { kind: 'hessian'; work: string; index: number; label: string }
+  | { kind: 'matrix'; work: string; id: string; label: string };
+
+/**
+ * Execute one task with the same functions the single-process and sharded modes use (runHessianChunk,
+ * executeMatrixJob). Idempotent: outputs are named by content hash and written atomically.
+ */
+export async function runTask(
+  task: QueueTask,
+  threads: number,
+  signal?: AbortSignal,
+): Promise<'cached' | 'computed'> {
+  if (task.kind === 'hessian') {
+    const plan = await readHessianPlan(task.work);
+    const loaded = await loadModel(plan.model);
+    return runHessianChunk(task.work, plan, task.index, new ModelRunnerAdapter(loaded.model), signal);
+  }
+  const manifest = await readManifest(task.work);
+  const job = manifest.jobs.find((j) => j.id === task.id);
+  if (!job)
+    throw new CalderaError(
+      'E_MISSING',
+      `job ${task.label} (${task.id}) is not in ${task.work}/manifest.json`,
+    );
+  const pool = threads > 1 ? createPool({ threads }) : undefined;
+  try {
+    return await executeMatrixJob(task.work, manifest, job, {
+      ...(pool ? { pool } : {}),
+      ...(signal ? { signal } : {}),
+    });
+  } finally {
+    pool?.dispose();
+  }
+}
