@@ -40,6 +40,11 @@ export interface CalderaDevice {
   readonly maxBufferSize: number;
   /** Workgroup memory in bytes (bounds the Hadamard size run in one workgroup: `n ≤ bytes / 4`). */
   readonly maxWorkgroupStorage: number;
+  /**
+   * True for a CPU implementation (SwiftShader, the fallback adapter): the matrix–vector kernels then use one
+   * invocation per row (see `Lanes`).
+   */
+  readonly fallbackAdapter: boolean;
   /** A short description of the adapter (vendor, architecture, device). */
   readonly description: string;
   dispose(): void;
@@ -81,10 +86,15 @@ export async function createDevice(options: CreateDeviceOptions = {}): Promise<C
   const description =
     [info?.vendor, info?.architecture, info?.device, info?.description].filter((s) => s).join(' ') ||
     'unknown adapter';
+  const fallbackAdapter =
+    (info as { isFallbackAdapter?: boolean } | undefined)?.isFallbackAdapter === true ||
+    (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter === true ||
+    /swiftshader/i.test(description);
   return {
     device,
     adapter,
     shaderF16,
+    fallbackAdapter,
     maxStorageBinding: device.limits.maxStorageBufferBindingSize,
     maxBufferSize: device.limits.maxBufferSize,
     maxWorkgroupStorage: device.limits.maxComputeWorkgroupStorageSize,

@@ -115,15 +115,22 @@ export function sample(l: Float64Array, o: GenerateOptions, rng: Rng): number {
   return idx[idx.length - 1]!;
 }
 
+/** Result of {@link perplexity}: the same shape as runtime-node's (`nll` is the mean per scored token). */
+export interface PerplexityResult {
+  tokens: number;
+  nll: number;
+  ppl: number;
+}
+
 /**
- * Perplexity of `tokens` (exp of the mean negative log-likelihood of tokens 1..n−1 given their prefix), one token at
- * a time from position 0 (the cache is reset). Returns the NLL sum too.
+ * Perplexity of `tokens`: every token after the first is scored given all tokens before it (one window, so at most
+ * `contextLength` tokens), one step at a time from position 0 (the cache is reset).
  */
 export async function perplexity(
   model: WebGpuModel,
   tokens: ArrayLike<number>,
   options: { signal?: AbortSignal } = {},
-): Promise<{ perplexity: number; nll: number; tokens: number }> {
+): Promise<PerplexityResult> {
   if (tokens.length < 2) throw new CalderaError('E_VALUE', 'perplexity: needs at least 2 tokens');
   if (tokens.length > model.contextLength)
     throw new CalderaError(
@@ -142,5 +149,5 @@ export async function perplexity(
     nll += mx + Math.log(s) - l[tokens[t + 1]!]!;
   }
   const n = tokens.length - 1;
-  return { perplexity: Math.exp(nll / n), nll, tokens: n };
+  return { tokens: n, nll: nll / n, ppl: Math.exp(nll / n) };
 }

@@ -10,9 +10,10 @@ import {
   matvecWgsl,
   RMSNORM_WGSL,
   ROPE_WGSL,
-  ROWS_PER_WG,
+  rowsPerWorkgroup,
   SWIGLU_WGSL,
   WG,
+  type Lanes,
 } from './wgsl.js';
 
 export * from './wgsl.js';
@@ -54,7 +55,14 @@ const MAX_GROUPS = 65535;
 export class Kernels {
   private readonly pipelines = new Map<string, GPUComputePipeline>();
   private readonly owned: GPUBuffer[] = [];
-  constructor(readonly dev: CalderaDevice) {}
+  /** Threads per output row of the matrix–vector kernels (default: 1 on CPU fallback adapters, else 32). */
+  readonly lanes: Lanes;
+  constructor(
+    readonly dev: CalderaDevice,
+    options: { lanes?: Lanes } = {},
+  ) {
+    this.lanes = options.lanes ?? (dev.fallbackAdapter ? 1 : 32);
+  }
 
   private pipeline(key: string, code: () => string): GPUComputePipeline {
     let p = this.pipelines.get(key);
@@ -125,7 +133,9 @@ export class Kernels {
     out: GPUBuffer,
     o: { bias: GPUBuffer | null; accumulate: boolean; dummy: GPUBuffer },
   ): Dispatch {
-    const p = this.pipeline(`matvec_${w.f16 ? 'f16' : 'f32'}`, () => matvecWgsl(w.f16));
+    const p = this.pipeline(`matvec_${w.f16 ? 'f16' : 'f32'}_${this.lanes}`, () =>
+      matvecWgsl(w.f16, this.lanes),
+    );
     const u = this.uniform(
       [
         ['u32', w.rows],
@@ -140,7 +150,7 @@ export class Kernels {
       `matvec ${w.rows}x${w.cols}${w.f16 ? ' f16' : ''}`,
       p,
       [u, w.buffer, x, o.bias ?? o.dummy, out],
-      Math.ceil(w.rows / ROWS_PER_WG),
+      Math.ceil(w.rows / rowsPerWorkgroup(this.lanes)),
     );
   }
 
@@ -219,7 +229,9 @@ export class Kernels {
     resScale: number;
   }): Dispatch {
     const rvq4 = o.codes2 !== null;
-    const p = this.pipeline(`e8p_matvec${rvq4 ? '_rvq4' : ''}`, () => e8pMatvecWgsl(rvq4));
+    const p = this.pipeline(`e8p_matvec${rvq4 ? '_rvq4' : ''}_${this.lanes}`, () =>
+      e8pMatvecWgsl(rvq4, this.lanes),
+    );
     const u = this.uniform(
       [
         ['u32', o.mp],
@@ -233,7 +245,7 @@ export class Kernels {
     );
     const bufs = [u, o.codes, o.sources, o.x, o.z, o.l, o.out];
     if (o.codes2) bufs.push(o.codes2);
-    return this.make(`e8p ${o.mp}x${o.np} k=${o.k}`, p, bufs, Math.ceil(o.mp / ROWS_PER_WG));
+    return this.make(`e8p ${o.mp}x${o.np} k=${o.k}`, p, bufs, Math.ceil(o.mp / rowsPerWorkgroup(this.lanes)));
   }
 
   /** RoPE in place on `heads` heads of `hd` at `step.pos`. */

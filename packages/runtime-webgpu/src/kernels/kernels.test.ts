@@ -44,93 +44,95 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       'step',
     );
 
-  it('dense matvec, f32 and packed f16 (odd width), with bias and accumulation', async () => {
-    const rng = new Rng(1);
-    const [m, n] = [37, 45];
-    const w = randn(rng, m * n);
-    const x = randn(rng, n);
-    const bias = randn(rng, m);
-    const prev = randn(rng, m);
-    const k = K();
-    const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
-    for (const f16 of [false, true]) {
-      const wq = f16 ? f16ArrayToF32(f32ArrayToF16(w)) : w; // the values the GPU sees
-      const mat = uploadMatrix(d, f16 ? f32ArrayToF16(w) : w, m, n, 'w');
-      const out = storageBuffer(d, prev, 'out');
-      await run(d, [
-        k.matvec(mat, storageBuffer(d, x, 'x'), out, {
-          bias: storageBuffer(d, bias, 'b'),
-          accumulate: true,
-          dummy,
-        }),
-      ]);
-      const ref = new Float64Array(m);
-      for (let i = 0; i < m; i++) {
-        let s = 0;
-        for (let j = 0; j < n; j++) s += wq[i * n + j]! * x[j]!;
-        ref[i] = s + bias[i]! + prev[i]!;
-      }
-      // 45 products of unit-variance values summed in f32 (32 lanes + tree): ~1e-6 relative; 1e-5 leaves margin
-      expect(relErr(await readF32(d, out, m), ref)).toBeLessThan(1e-5);
-    }
-  });
-
-  it('E8P12 matvec decodes all 65 536 codes exactly like @caldera/quant (and the RVQ4 plane plus L·z)', async () => {
-    const rng = new Rng(2);
-    const mp = 1024;
-    const np = 512; // 64 codes per row: every code appears once
-    const codes = new Uint16Array(mp * (np / 8));
-    for (let i = 0; i < codes.length; i++) codes[i] = i;
-    for (let i = codes.length - 1; i > 0; i--) {
-      const j = rng.int(i + 1);
-      [codes[i], codes[j]] = [codes[j]!, codes[i]!];
-    }
-    const codes2 = new Uint16Array(codes.length);
-    for (let i = 0; i < codes2.length; i++) codes2[i] = rng.int(65536);
-    const x = randn(rng, np);
-    const kr = 3;
-    const l = randn(rng, mp * kr);
-    const z = randn(rng, kr);
-    const k = K();
-    const sources = storageBuffer(d, e8pSourceTable(), 'src');
-    const xb = storageBuffer(d, x, 'x');
-    const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
-    const q1 = e8pDecode(codes);
-    const q2 = e8pDecode(codes2);
-    for (const rvq4 of [false, true]) {
-      const out = scratchBuffer(d, mp * 4, 'out');
-      const qscale = 0.37;
-      await run(d, [
-        k.e8pMatvec({
-          codes: storageBuffer(d, codes, 'c'),
-          codes2: rvq4 ? storageBuffer(d, codes2, 'c2') : null,
-          sources,
-          x: xb,
-          z: rvq4 ? storageBuffer(d, z, 'z') : dummy,
-          l: rvq4 ? storageBuffer(d, l, 'l') : dummy,
-          out,
-          mp,
-          np,
-          k: rvq4 ? kr : 0,
-          qscale,
-          resScale: RVQ4_RESID_SCALE,
-        }),
-      ]);
-      const ref = new Float64Array(mp);
-      for (let i = 0; i < mp; i++) {
-        let s = 0;
-        for (let j = 0; j < np; j++) {
-          const w = rvq4 ? q1[i * np + j]! + q2[i * np + j]! / RVQ4_RESID_SCALE : q1[i * np + j]!;
-          s += w * x[j]!;
+  for (const lanes of [1, 32] as const) {
+    it(`dense matvec (${lanes} lane(s) per row), f32 and packed f16 (odd width), with bias and accumulation`, async () => {
+      const rng = new Rng(1);
+      const [m, n] = [37, 45];
+      const w = randn(rng, m * n);
+      const x = randn(rng, n);
+      const bias = randn(rng, m);
+      const prev = randn(rng, m);
+      const k = new Kernels(d, { lanes });
+      const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
+      for (const f16 of [false, true]) {
+        const wq = f16 ? f16ArrayToF32(f32ArrayToF16(w)) : w; // the values the GPU sees
+        const mat = uploadMatrix(d, f16 ? f32ArrayToF16(w) : w, m, n, 'w');
+        const out = storageBuffer(d, prev, 'out');
+        await run(d, [
+          k.matvec(mat, storageBuffer(d, x, 'x'), out, {
+            bias: storageBuffer(d, bias, 'b'),
+            accumulate: true,
+            dummy,
+          }),
+        ]);
+        const ref = new Float64Array(m);
+        for (let i = 0; i < m; i++) {
+          let s = 0;
+          for (let j = 0; j < n; j++) s += wq[i * n + j]! * x[j]!;
+          ref[i] = s + bias[i]! + prev[i]!;
         }
-        ref[i] = qscale * s;
-        if (rvq4) for (let t = 0; t < kr; t++) ref[i]! += l[i * kr + t]! * z[t]!;
+        // 45 products of unit-variance values summed in f32 (32 lanes + tree): ~1e-6 relative; 1e-5 leaves margin
+        expect(relErr(await readF32(d, out, m), ref)).toBeLessThan(1e-5);
       }
-      // a wrong sign or source entry changes an output by ≥ 0.25·|x_j| ~ 0.1 relative; f32 rounding of 512
-      // products is ~1e-6 relative
-      expect(relErr(await readF32(d, out, mp), ref)).toBeLessThan(1e-5);
-    }
-  });
+    });
+
+    it(`E8P12 matvec (${lanes} lane(s) per row) decodes all 65 536 codes like @caldera/quant (and RVQ4 plus L·z)`, async () => {
+      const rng = new Rng(2);
+      const mp = 1024;
+      const np = 512; // 64 codes per row: every code appears once
+      const codes = new Uint16Array(mp * (np / 8));
+      for (let i = 0; i < codes.length; i++) codes[i] = i;
+      for (let i = codes.length - 1; i > 0; i--) {
+        const j = rng.int(i + 1);
+        [codes[i], codes[j]] = [codes[j]!, codes[i]!];
+      }
+      const codes2 = new Uint16Array(codes.length);
+      for (let i = 0; i < codes2.length; i++) codes2[i] = rng.int(65536);
+      const x = randn(rng, np);
+      const kr = 3;
+      const l = randn(rng, mp * kr);
+      const z = randn(rng, kr);
+      const k = new Kernels(d, { lanes });
+      const sources = storageBuffer(d, e8pSourceTable(), 'src');
+      const xb = storageBuffer(d, x, 'x');
+      const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
+      const q1 = e8pDecode(codes);
+      const q2 = e8pDecode(codes2);
+      for (const rvq4 of [false, true]) {
+        const out = scratchBuffer(d, mp * 4, 'out');
+        const qscale = 0.37;
+        await run(d, [
+          k.e8pMatvec({
+            codes: storageBuffer(d, codes, 'c'),
+            codes2: rvq4 ? storageBuffer(d, codes2, 'c2') : null,
+            sources,
+            x: xb,
+            z: rvq4 ? storageBuffer(d, z, 'z') : dummy,
+            l: rvq4 ? storageBuffer(d, l, 'l') : dummy,
+            out,
+            mp,
+            np,
+            k: rvq4 ? kr : 0,
+            qscale,
+            resScale: RVQ4_RESID_SCALE,
+          }),
+        ]);
+        const ref = new Float64Array(mp);
+        for (let i = 0; i < mp; i++) {
+          let s = 0;
+          for (let j = 0; j < np; j++) {
+            const w = rvq4 ? q1[i * np + j]! + q2[i * np + j]! / RVQ4_RESID_SCALE : q1[i * np + j]!;
+            s += w * x[j]!;
+          }
+          ref[i] = qscale * s;
+          if (rvq4) for (let t = 0; t < kr; t++) ref[i]! += l[i * kr + t]! * z[t]!;
+        }
+        // a wrong sign or source entry changes an output by ≥ 0.25·|x_j| ~ 0.1 relative; f32 rounding of 512
+        // products is ~1e-6 relative
+        expect(relErr(await readF32(d, out, mp), ref)).toBeLessThan(1e-5);
+      }
+    });
+  }
 
   it('Hadamard step: M_n and M_nᵀ for K ∈ {1, 12, 20, 28, 36, 40, 108, 140}, with signs, padding, truncation, bias', async () => {
     const rng = new Rng(3);

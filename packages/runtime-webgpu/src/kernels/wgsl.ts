@@ -56,50 +56,82 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   for (var j = lid; j < p.n; j += ${WG}u) { outv[j] = x[j] * inv * w[j]; }
 }`;
 
-const MATVEC_TAIL = /* wgsl */ `
+/**
+ * Threads per output row of the matrix–vector kernels: 32 (a row's lanes stride over it and reduce in workgroup
+ * memory, 8 rows per workgroup; for GPUs) or 1 (one invocation per row, 64 rows per workgroup, no barriers; far
+ * faster on CPU implementations such as SwiftShader, where barriers are expensive).
+ */
+export type Lanes = 1 | 32;
+
+/** Output rows per workgroup of a matrix–vector kernel. */
+export function rowsPerWorkgroup(lanes: Lanes): number {
+  return lanes === 1 ? 64 : ROWS_PER_WG;
+}
+
+function matvecKernel(lanes: Lanes, decls: string, prologue: string, body: string, epilogue: string): string {
+  if (lanes === 1)
+    return `${decls}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let row = gid.x;
+  if (row >= p.${'${M}'}) { return; }
+  let lane = 0u;
+  let stride = 1u;
+  var acc = 0.0;
+  ${body}
+  let total = acc;
+  ${epilogue}
+}`;
+  return `${decls}
+var<workgroup> part: array<f32, ${WG}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  ${prologue}
+  let row = wid.x * ${ROWS_PER_WG}u + lid / 32u;
+  let lane = lid % 32u;
+  let stride = 32u;
+  var acc = 0.0;
+  if (row < p.${'${M}'}) {
+    ${body}
+  }
   part[lid] = acc;
   workgroupBarrier();
   for (var s = 16u; s > 0u; s >>= 1u) {
     if (lane < s) { part[lid] += part[lid + s]; }
     workgroupBarrier();
-  }`;
+  }
+  let total = part[lid];
+  if (lane == 0u && row < p.${'${M}'}) {
+    ${epilogue}
+  }
+}`;
+}
 
 /**
  * Dense `out[i] (+)= Σ_j W[i, j]·x[j] (+ bias[i])`, W row-major f32, or f16 packed two per u32 with `rowWords`
  * words per row (odd rows padded with a zero half).
  */
-export function matvecWgsl(f16: boolean): string {
+export function matvecWgsl(f16: boolean, lanes: Lanes = 32): string {
   const body = f16
-    ? `for (var w = lane; w < p.rowWords; w += 32u) {
+    ? `for (var w = lane; w < p.rowWords; w += stride) {
       let v = unpack2x16float(W[row * p.rowWords + w]);
       let j = 2u * w;
       acc += v.x * x[j];
       if (j + 1u < p.n) { acc += v.y * x[j + 1u]; }
     }`
-    : `for (var j = lane; j < p.n; j += 32u) { acc += W[row * p.rowWords + j] * x[j]; }`;
-  return /* wgsl */ `
+    : `for (var j = lane; j < p.n; j += stride) { acc += W[row * p.rowWords + j] * x[j]; }`;
+  const decls = /* wgsl */ `
 struct P { m: u32, n: u32, rowWords: u32, accumulate: u32, hasBias: u32, a: u32, b: u32, c: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> W: array<${f16 ? 'u32' : 'f32'}>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> outv: array<f32>;
-var<workgroup> part: array<f32, ${WG}>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-  let row = wid.x * ${ROWS_PER_WG}u + lid / 32u;
-  let lane = lid % 32u;
-  var acc = 0.0;
-  if (row < p.m) {
-    ${body}
-  }${MATVEC_TAIL}
-  if (lane == 0u && row < p.m) {
-    var y = part[lid];
+@group(0) @binding(4) var<storage, read_write> outv: array<f32>;`;
+  const epilogue = `var y = total;
     if (p.hasBias == 1u) { y += bias[row]; }
     if (p.accumulate == 1u) { y += outv[row]; }
-    outv[row] = y;
-  }
-}`;
+    outv[row] = y;`;
+  return matvecKernel(lanes, decls, '', body, epilogue).replaceAll('${M}', 'm');
 }
 
 /**
@@ -175,8 +207,10 @@ fn main(@builtin(local_invocation_index) lid: u32) {
  * The 256×8 source table (8 KiB, with coordinate 7 pre-negated for sources of odd coordinate sum) is copied into
  * workgroup memory by every workgroup.
  */
-export function e8pMatvecWgsl(rvq4: boolean): string {
-  return /* wgsl */ `
+export function e8pMatvecWgsl(rvq4: boolean, lanes: Lanes = 32): string {
+  // with one lane per row the table is read from the storage buffer (no workgroup copy, no barrier)
+  const tbl = lanes === 1 ? 'src' : 'tbl';
+  const decls = /* wgsl */ `
 struct P { mp: u32, G: u32, k: u32, a: u32, qscale: f32, resScale: f32, b: u32, c: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> codes: array<u32>;
@@ -186,8 +220,7 @@ struct P { mp: u32, G: u32, k: u32, a: u32, qscale: f32, resScale: f32, b: u32, 
 @group(0) @binding(5) var<storage, read> L: array<f32>;
 @group(0) @binding(6) var<storage, read_write> outv: array<f32>;
 ${rvq4 ? '@group(0) @binding(7) var<storage, read> codes2: array<u32>;' : ''}
-var<workgroup> tbl: array<f32, 2048>;
-var<workgroup> part: array<f32, ${WG}>;
+${lanes === 1 ? '' : 'var<workgroup> tbl: array<f32, 2048>;'}
 fn dot8(c: u32, xo: u32) -> f32 {
   let a = (c >> 8u) * 8u;
   let sigma = c & 255u;
@@ -197,35 +230,26 @@ fn dot8(c: u32, xo: u32) -> f32 {
   var s = 0.0;
   for (var i = 0u; i < 8u; i++) {
     let bit = (i >> 1u) | ((i & 1u) << 2u);
-    let mag = tbl[a + i];
+    let mag = ${tbl}[a + i];
     let val = select(mag, -mag, ((s2 >> bit) & 1u) == 1u) + shift;
     s += val * x[xo + i];
   }
   return s;
-}
-@compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-  for (var i = lid; i < 2048u; i += ${WG}u) { tbl[i] = src[i]; }
-  workgroupBarrier();
-  let row = wid.x * ${ROWS_PER_WG}u + lid / 32u;
-  let lane = lid % 32u;
-  var acc = 0.0;
-  if (row < p.mp) {
-    var acc2 = 0.0;
-    for (var g = lane; g < p.G; g += 32u) {
+}`;
+  const prologue = `for (var i = lid; i < 2048u; i += ${WG}u) { tbl[i] = src[i]; }
+  workgroupBarrier();`;
+  const body = `var acc2 = 0.0;
+    for (var g = lane; g < p.G; g += stride) {
       let idx = row * p.G + g;
       let sh = (idx & 1u) * 16u;
       acc += dot8((codes[idx >> 1u] >> sh) & 0xffffu, 8u * g);
       ${rvq4 ? 'acc2 += dot8((codes2[idx >> 1u] >> sh) & 0xffffu, 8u * g);' : ''}
     }
-    ${rvq4 ? 'acc += acc2 / p.resScale;' : ''}
-  }${MATVEC_TAIL}
-  if (lane == 0u && row < p.mp) {
-    var y = p.qscale * part[lid];
+    ${rvq4 ? 'acc += acc2 / p.resScale;' : ''}`;
+  const epilogue = `var y = p.qscale * total;
     for (var t = 0u; t < p.k; t++) { y += L[row * p.k + t] * z[t]; }
-    outv[row] = y;
-  }
-}`;
+    outv[row] = y;`;
+  return matvecKernel(lanes, decls, prologue, body, epilogue).replaceAll('${M}', 'mp');
 }
 
 /** RoPE (Hugging Face rotate-half) in place on `heads` heads at position `step.pos`; `cs` holds cos/sin pairs. */

@@ -1,0 +1,186 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import {
+  cast,
+  CalderaError,
+  openSafetensorsDir,
+  Rng,
+  tensor,
+  writeSafetensors,
+  type Tensor,
+} from '@caldera/core';
+import { caldera, toCheckpointTensors } from '@caldera/lowrank';
+import * as node from '@caldera/runtime-node';
+import { generate, perplexity } from './generate.js';
+import { loadModel } from './load.js';
+import { gpuTitle, testDevice } from './testing/gpu.js';
+
+const { device: dev, reason } = await testDevice();
+const REF = fileURLToPath(new URL('../../reference-model/model/', import.meta.url));
+const PROMPT = [0, 17, 250, 1033, 5];
+
+/** Compress blocks 0 and 3 of the reference model (all seven linears, rank 8, one iteration each: fast, not good). */
+async function compressedReference(dir: string): Promise<void> {
+  const store = await openSafetensorsDir(REF);
+  const tensors: Record<string, Tensor> = {};
+  for (const n of store.names()) tensors[n] = await store.readTensor(n);
+  await store.close();
+  const layers: Record<string, unknown> = {};
+  for (const b of [0, 3])
+    for (const p of [
+      'self_attn.q_proj',
+      'self_attn.k_proj',
+      'self_attn.v_proj',
+      'self_attn.o_proj',
+      'mlp.gate_proj',
+      'mlp.up_proj',
+      'mlp.down_proj',
+    ]) {
+      const name = `model.layers.${b}.${p}`;
+      const w = cast(tensors[`${name}.weight`]!, 'f32');
+      const d = caldera(w, null, { rank: 8, outerIters: 1, lplrIters: 1, seed: b });
+      const ck = toCheckpointTensors(name, d);
+      delete tensors[`${name}.weight`];
+      Object.assign(tensors, ck.tensors);
+      layers[name] = ck.meta;
+    }
+  await writeSafetensors(join(dir, 'model.safetensors'), tensors);
+  await writeFile(join(dir, 'caldera.json'), JSON.stringify({ format: 'caldera', version: 1, layers }));
+  for (const f of ['config.json', 'tokenizer.json', 'generation_config.json'])
+    await copyFile(join(REF, f), join(dir, f));
+}
+
+async function collect(it: AsyncIterable<number>): Promise<number[]> {
+  const out: number[] = [];
+  for await (const t of it) out.push(t);
+  return out;
+}
+
+function maxRel(a: Float32Array, b: Float32Array): number {
+  let e = 0;
+  let s = 1;
+  for (let i = 0; i < a.length; i++) {
+    e = Math.max(e, Math.abs(a[i]! - b[i]!));
+    s = Math.max(s, Math.abs(b[i]!));
+  }
+  return e / s;
+}
+
+describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () => {
+  const d = dev!;
+  let cdir = '';
+  beforeAll(async () => {
+    cdir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-'));
+    await compressedReference(cdir);
+  });
+  afterAll(async () => {
+    if (cdir) await rm(cdir, { recursive: true, force: true });
+  });
+
+  for (const kind of [
+    'dense f16 reference model',
+    'compressed reference model (blocks 0 and 3 CALDERA)',
+  ] as const)
+    it(`${kind}: logits of a prompt and 12 greedy tokens equal runtime-node's`, async () => {
+      const dir = kind.startsWith('dense') ? REF : cdir;
+      const { model, calderaMeta, linearBitsPerWeight } = await loadModel(d, dir, { contextLength: 64 });
+      const cpu = (await node.loadModel(dir)).model;
+      expect(calderaMeta === null).toBe(kind.startsWith('dense'));
+      if (calderaMeta) expect(linearBitsPerWeight).toBeLessThan(16);
+      else expect(linearBitsPerWeight).toBe(16);
+      try {
+        const got = await model.forward(PROMPT);
+        const want = cpu.forward(PROMPT);
+        // f32 on both sides, different summation orders over ≤ 768 terms and 4 blocks: ~1e-5 of the logit scale
+        expect(maxRel(got, want)).toBeLessThan(1e-4);
+        const g = await collect(generate(model, PROMPT, { maxTokens: 12 }));
+        const c = await collect(node.generate(cpu, PROMPT, { maxTokens: 12 }));
+        expect(g).toHaveLength(12);
+        expect(g).toEqual(c);
+        // sampling reads logits back and uses runtime-node's sampler and Rng: same tokens for the same seed
+        const opts = { maxTokens: 6, temperature: 0.8, topK: 20, topP: 0.95, seed: 3 };
+        expect(await collect(generate(model, PROMPT, opts))).toEqual(
+          await collect(node.generate(cpu, PROMPT, opts)),
+        );
+        const text = [...PROMPT, ...c];
+        const pg = await perplexity(model, text);
+        const pc = node.perplexity(cpu, text, { context: 64 });
+        expect(pg.tokens).toBe(pc.tokens);
+        expect(Math.abs(pg.ppl - pc.ppl) / pc.ppl).toBeLessThan(1e-4);
+      } finally {
+        model.dispose();
+      }
+    });
+
+  it('a Qwen2-style f32 checkpoint (q/k/v biases, untied head, GQA 4:1) gives runtime-node logits', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-qwen-'));
+    const hf = {
+      architectures: ['Qwen2ForCausalLM'],
+      hidden_size: 64,
+      intermediate_size: 96,
+      num_hidden_layers: 2,
+      num_attention_heads: 8,
+      num_key_value_heads: 2,
+      vocab_size: 50,
+      tie_word_embeddings: false,
+      rope_theta: 1000,
+    };
+    const rng = new Rng(11);
+    const t: Record<string, Tensor> = {};
+    const r = (name: string, shape: number[], std: number, mean = 0) =>
+      (t[name] = tensor(
+        'f32',
+        shape,
+        rng.fillNormal(new Float32Array(shape.reduce((a, b) => a * b, 1)), mean, std),
+      ));
+    r('model.embed_tokens.weight', [50, 64], 1);
+    r('lm_head.weight', [50, 64], 0.3);
+    r('model.norm.weight', [64], 0.1, 1);
+    for (let b = 0; b < 2; b++) {
+      const p = `model.layers.${b}`;
+      r(`${p}.input_layernorm.weight`, [64], 0.1, 1);
+      r(`${p}.post_attention_layernorm.weight`, [64], 0.1, 1);
+      for (const [n, shape] of [
+        ['self_attn.q_proj', [64, 64]],
+        ['self_attn.k_proj', [16, 64]],
+        ['self_attn.v_proj', [16, 64]],
+        ['self_attn.o_proj', [64, 64]],
+        ['mlp.gate_proj', [96, 64]],
+        ['mlp.up_proj', [96, 64]],
+        ['mlp.down_proj', [64, 96]],
+      ] as const) {
+        r(`${p}.${n}.weight`, [...shape], 0.15);
+        if (/[qkv]_proj/.test(n)) r(`${p}.${n}.bias`, [shape[0]], 0.5);
+      }
+    }
+    await writeSafetensors(join(dir, 'model.safetensors'), t);
+    await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
+    try {
+      const { model } = await loadModel(d, dir, { contextLength: 16 });
+      const cpu = (await node.loadModel(dir)).model;
+      const tokens = [3, 49, 0, 7, 7, 21, 33];
+      expect(maxRel(await model.forward(tokens), cpu.forward(tokens))).toBeLessThan(1e-4);
+      // f16 storage of the same weights still tracks (f16 rounding of weights: ~1e-3 relative)
+      const half = await loadModel(d, dir, { contextLength: 16, dtype: 'f16' });
+      expect(maxRel(await half.model.forward(tokens), cpu.forward(tokens))).toBeLessThan(2e-2);
+      await expect(model.step(1, 'none')).resolves.toBeNull(); // position 7 of 16
+      for (let i = 8; i < 16; i++) await model.step(1, 'none');
+      await expect(model.step(1, 'none')).rejects.toMatchObject({ code: 'E_VALUE' });
+      await expect(model.step(50, 'none')).rejects.toMatchObject({ code: 'E_VALUE' });
+      model.dispose();
+      half.model.dispose();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a model that does not fit the device fails with CalderaError E_DEVICE', async () => {
+    const small = { ...d, maxStorageBinding: 256 * 1024 };
+    const err = await loadModel(small, REF).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CalderaError);
+    expect((err as CalderaError).code).toBe('E_DEVICE');
+  });
+});
