@@ -1,0 +1,93 @@
+/**
+ * WebGPU runtime benchmark: greedy decode tokens/s of the reference model (packages/reference-model, 4 blocks,
+ * hidden 256, dense f16) and of a CALDERA-compressed copy of it (every linear: Q 2-bit E8P12, rank 16, L/R 4-bit;
+ * one outer/inner iteration, built here in a temporary directory), each next to runtime-node on the same checkpoint
+ * (`refs.runtime_node`) with the share of identical greedy tokens (`refs.agreement`). JSON Lines on stdout.
+ * `--quick`: 16 decoded tokens instead of 64. Without a GPU (SwiftShader) the numbers are only a record.
+ */
+import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { cast, openSafetensorsDir, writeSafetensors, type Tensor } from '@caldera/core';
+import { caldera, toCheckpointTensors } from '@caldera/lowrank';
+import * as node from '@caldera/runtime-node';
+import { generate, loadModel } from '../src/index.js';
+import { testDevice } from '../src/testing/gpu.js';
+
+const quick = process.argv.includes('--quick');
+const TOKENS = quick ? 16 : 64;
+const PROMPT = [0, 17, 250, 1033, 5];
+const REF = fileURLToPath(new URL('../../reference-model/model/', import.meta.url));
+
+function emit(c: string, value: number, unit: string, refs: Record<string, unknown> = {}) {
+  console.log(JSON.stringify({ case: c, value: Number(value.toPrecision(4)), unit, refs }));
+}
+
+async function compress(dir: string): Promise<void> {
+  const store = await openSafetensorsDir(REF);
+  const tensors: Record<string, Tensor> = {};
+  for (const n of store.names()) tensors[n] = await store.readTensor(n);
+  await store.close();
+  const layers: Record<string, unknown> = {};
+  for (const name of Object.keys(tensors)) {
+    if (!/mlp\.|self_attn\./.test(name) || !name.endsWith('.weight')) continue;
+    const prefix = name.slice(0, -'.weight'.length);
+    const d = caldera(cast(tensors[name]!, 'f32'), null, { rank: 16, outerIters: 1, lplrIters: 1 });
+    const ck = toCheckpointTensors(prefix, d);
+    delete tensors[name];
+    Object.assign(tensors, ck.tensors);
+    layers[prefix] = ck.meta;
+  }
+  await writeSafetensors(join(dir, 'model.safetensors'), tensors);
+  await writeFile(join(dir, 'caldera.json'), JSON.stringify({ format: 'caldera', version: 1, layers }));
+  for (const f of ['config.json', 'tokenizer.json', 'generation_config.json'])
+    await copyFile(join(REF, f), join(dir, f));
+}
+
+async function timed(gen: AsyncIterable<number>): Promise<{ tokens: number[]; tokS: number }> {
+  const tokens: number[] = [];
+  let t0 = 0;
+  for await (const t of gen) {
+    // time from the first generated token on: decode only (the prompt is prefilled before it)
+    if (tokens.length === 0) t0 = performance.now();
+    tokens.push(t);
+  }
+  return { tokens, tokS: (tokens.length - 1) / ((performance.now() - t0) / 1000) };
+}
+
+const { device, reason } = await testDevice();
+if (!device) {
+  console.error(reason);
+  process.exit(0);
+}
+const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-bench-'));
+try {
+  await compress(dir);
+  for (const [name, path] of [
+    ['webgpu_decode_caldera_tok_s', dir],
+    ['webgpu_decode_dense_f16_tok_s', REF],
+  ] as const) {
+    const { model, linearBitsPerWeight } = await loadModel(device, path, {
+      contextLength: PROMPT.length + TOKENS,
+    });
+    const cpu = (await node.loadModel(path)).model;
+    await timed(generate(model, PROMPT, { maxTokens: 4 })); // warm-up (pipeline compilation)
+    const g = await timed(generate(model, PROMPT, { maxTokens: TOKENS }));
+    await timed(node.generate(cpu, PROMPT, { maxTokens: 4 }));
+    const c = await timed(node.generate(cpu, PROMPT, { maxTokens: TOKENS }));
+    const agree = g.tokens.filter((t, i) => t === c.tokens[i]).length / c.tokens.length;
+    emit(name, g.tokS, 'tok/s', {
+      runtime_node: Number(c.tokS.toPrecision(4)),
+      agreement: agree,
+      bits_per_weight: Number(linearBitsPerWeight.toPrecision(4)),
+      weight_bytes: model.weightBytes,
+      dispatches_per_token: model.dispatchesPerToken,
+      adapter: device.description,
+    });
+    model.dispose();
+  }
+} finally {
+  await rm(dir, { recursive: true, force: true });
+  device.dispose();
+}
