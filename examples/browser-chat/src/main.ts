@@ -1,0 +1,67 @@
+// Loads public/model/ (a Caldera checkpoint) onto WebGPU and streams tokens into the page with tokens/s and the
+// checkpoint's bits per weight. The tokenizer is the checkpoint's tokenizer.json run by @huggingface/tokenizers.
+import { Tokenizer } from '@huggingface/tokenizers';
+import { createDevice, generate, loadModelFromUrl } from '@caldera/runtime-webgpu';
+
+const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
+const status = $('status');
+const out = $('out');
+const stats = $('stats');
+const go = $<HTMLButtonElement>('go');
+
+async function main(): Promise<void> {
+  const dev = await createDevice();
+  const t0 = performance.now();
+  const { model, config, calderaMeta, linearBitsPerWeight } = await loadModelFromUrl(dev, '/model/', {
+    contextLength: 512,
+  });
+  const tokJson = await (await fetch('/model/tokenizer.json')).json();
+  const tokCfg = await fetch('/model/tokenizer_config.json').then((r) => (r.ok ? r.json() : {}));
+  const tok = new Tokenizer(tokJson, tokCfg);
+  const layers = Object.keys(calderaMeta?.layers ?? {}).length;
+  status.textContent =
+    `${dev.description}${dev.fallbackAdapter ? ' (CPU fallback)' : ''} · ${config.numLayers} blocks, ` +
+    `${layers} CALDERA layers · ${linearBitsPerWeight.toFixed(2)} bits/weight in the linears · ` +
+    `${(model.weightBytes / 2 ** 20).toFixed(1)} MiB on the GPU · loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
+  go.disabled = false;
+  go.onclick = async () => {
+    go.disabled = true;
+    const prompt = $<HTMLTextAreaElement>('prompt').value;
+    const ids = [
+      config.bosTokenId ?? 0,
+      ...(tok.encode(prompt, { add_special_tokens: false }).ids as number[]),
+    ];
+    out.textContent = prompt;
+    const gen = document.createElement('span');
+    gen.className = 'gen';
+    out.append(gen);
+    const produced: number[] = [];
+    let start = 0;
+    try {
+      for await (const id of generate(model, ids, {
+        maxTokens: Number($<HTMLInputElement>('max').value),
+        temperature: Number($<HTMLInputElement>('temp').value),
+        topK: Number($<HTMLInputElement>('topk').value),
+        seed: Date.now() % 1e9,
+        stopTokens:
+          config.eosTokenId !== null && config.eosTokenId !== config.bosTokenId ? [config.eosTokenId] : [],
+      })) {
+        if (produced.length === 0) start = performance.now();
+        produced.push(id);
+        gen.textContent = tok.decode(produced, { skip_special_tokens: true });
+        const s = (performance.now() - start) / 1000;
+        stats.textContent = `${produced.length} tokens · ${s > 0 ? ((produced.length - 1) / s).toFixed(1) : '–'} tokens/s (decode)`;
+      }
+    } catch (e) {
+      stats.textContent = String(e);
+    }
+    (window as unknown as { chatDone: number }).chatDone = produced.length;
+    go.disabled = false;
+  };
+  (window as unknown as { chatReady: boolean }).chatReady = true;
+}
+
+main().catch((e: unknown) => {
+  status.textContent = `failed: ${String(e)}`;
+  (window as unknown as { chatError: string }).chatError = String(e);
+});
