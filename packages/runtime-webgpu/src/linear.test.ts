@@ -28,6 +28,14 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     },
     { name: 'rank 0 (LDLQ only)', m: 40, n: 64, padded: [40, 64], o: { rank: 0 } },
     { name: 'no Hadamard rotation', m: 32, n: 48, padded: [32, 48], o: { rank: 5, hadamard: false } },
+    {
+      name: 'multi-pass global rotation (forced), K=12',
+      m: 50,
+      n: 96,
+      padded: [56, 96],
+      o: { rank: 6 },
+      local: 16,
+    },
   ] as const;
   for (const v of variants)
     it(`${v.name}: equals Decomposition.apply and runtime-node's CalderaLinear`, async () => {
@@ -41,7 +49,7 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
       const bias = rng.fillNormal(new Float32Array(v.m), 0, 1);
       const x = rng.fillNormal(new Float32Array(v.n), 0, 1);
       const lin = new GpuCalderaLinear(d, dec, bias, 'layer');
-      const kernels = new Kernels(d);
+      const kernels = new Kernels(d, 'local' in v ? { maxLocalHadamard: v.local } : {});
       const ctx = createLinearContext(d, kernels, lin.needs);
       const prev = rng.fillNormal(new Float32Array(v.m), 0, 1);
       const out = storageBuffer(d, prev, 'out');

@@ -45,6 +45,8 @@ export interface LinearContext {
   /** Rotated input, rotated output and low-rank scratch, each at least as long as the largest layer needs. */
   rotIn: GPUBuffer;
   rotOut: GPUBuffer;
+  /** Scratch of the multi-pass rotation (as long as `ones`). */
+  rotTmp: GPUBuffer;
   z: GPUBuffer;
   /** All ones, at least as long as any padded dimension. */
   ones: GPUBuffer;
@@ -185,13 +187,14 @@ export class GpuCalderaLinear implements GpuLinear {
     const k = d.rank;
     const K = ctx.kernels;
     const list: Dispatch[] = [
-      K.hadamard({
+      ...K.hadamard({
         x,
         out: ctx.rotIn,
         pre: this.su ?? ctx.ones,
         post: ctx.ones,
         bias: null,
         hk: ctx.hk(this.K.n),
+        tmp: ctx.rotTmp,
         dummy: ctx.dummy,
         n: np,
         nIn: n,
@@ -222,13 +225,14 @@ export class GpuCalderaLinear implements GpuLinear {
       }),
     );
     list.push(
-      K.hadamard({
+      ...K.hadamard({
         x: ctx.rotOut,
         out,
         pre: ctx.ones,
         post: this.sv ?? ctx.ones,
         bias: this.bias,
         hk: ctx.hk(this.K.m),
+        tmp: ctx.rotTmp,
         dummy: ctx.dummy,
         n: mp,
         nIn: mp,
@@ -265,6 +269,7 @@ export function createLinearContext(
     kernels,
     rotIn: f(needs.rotIn, 'rotIn'),
     rotOut: f(needs.rotOut, 'rotOut'),
+    rotTmp: f(needs.ones, 'rotTmp'),
     z: f(needs.z, 'z'),
     ones: f(needs.ones, 'ones', 1),
     dummy: f(4, 'dummy'),
@@ -278,7 +283,16 @@ export function createLinearContext(
       return b;
     },
     dispose() {
-      for (const b of [ctx.rotIn, ctx.rotOut, ctx.z, ctx.ones, ctx.dummy, ctx.sources, ...hks.values()])
+      for (const b of [
+        ctx.rotIn,
+        ctx.rotOut,
+        ctx.rotTmp,
+        ctx.z,
+        ctx.ones,
+        ctx.dummy,
+        ctx.sources,
+        ...hks.values(),
+      ])
         b.destroy();
     },
   };

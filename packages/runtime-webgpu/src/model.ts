@@ -1,7 +1,7 @@
 import { CalderaError } from '@caldera/core';
 import type { ModelConfig } from './config.js';
 import { BufferUsage, MAP_READ_MODE, scratchBuffer, storageBuffer, type CalderaDevice } from './device.js';
-import { encodeDispatches, Kernels, type Dispatch, type GpuMatrix } from './kernels/index.js';
+import { encodeDispatches, Kernels, type Dispatch, type GpuMatrix, type Lanes } from './kernels/index.js';
 import { createLinearContext, GpuCalderaLinear, type GpuLinear, type ScratchNeeds } from './linear.js';
 
 /** One transformer block's weights on the GPU. */
@@ -31,6 +31,10 @@ export interface GpuModelWeights {
 export interface WebGpuModelOptions {
   /** KV-cache length in tokens. Default `min(config.maxPositions, 2048)`. */
   contextLength?: number;
+  /** Threads per output row of the matrix–vector kernels; default by adapter (see {@link Kernels}). */
+  lanes?: Lanes;
+  /** Largest rotation run in one workgroup; default: what workgroup memory holds. */
+  maxLocalHadamard?: number;
 }
 
 /** Inverse RoPE frequencies with Llama-3 scaling (the same formula as runtime-node), in f64. */
@@ -122,7 +126,10 @@ export class WebGpuModel {
     if (!Number.isInteger(cap) || cap < 1)
       throw new CalderaError('E_VALUE', `contextLength must be a positive integer, got ${cap}`);
     this.contextLength = cap;
-    this.kernels = new Kernels(dev);
+    this.kernels = new Kernels(dev, {
+      ...(options.lanes ? { lanes: options.lanes } : {}),
+      ...(options.maxLocalHadamard ? { maxLocalHadamard: options.maxLocalHadamard } : {}),
+    });
     const K = this.kernels;
     const buf = (n: number, label: string) => {
       const b = scratchBuffer(dev, n * 4, label);

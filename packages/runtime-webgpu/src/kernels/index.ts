@@ -5,6 +5,7 @@ import {
   ATTENTION_WGSL,
   e8pMatvecWgsl,
   embedWgsl,
+  HADAMARD_GLOBAL_WGSL,
   hadamardWgsl,
   KV_STORE_WGSL,
   matvecWgsl,
@@ -57,11 +58,17 @@ export class Kernels {
   private readonly owned: GPUBuffer[] = [];
   /** Threads per output row of the matrix–vector kernels (default: 1 on CPU fallback adapters, else 32). */
   readonly lanes: Lanes;
+  /** Largest rotation run in one workgroup (larger ones take the multi-pass global-memory path). */
+  readonly maxLocalHadamard: number;
   constructor(
     readonly dev: CalderaDevice,
-    options: { lanes?: Lanes } = {},
+    options: { lanes?: Lanes; maxLocalHadamard?: number } = {},
   ) {
     this.lanes = options.lanes ?? (dev.fallbackAdapter ? 1 : 32);
+    this.maxLocalHadamard = Math.min(
+      options.maxLocalHadamard ?? Infinity,
+      Math.floor(dev.maxWorkgroupStorage / 4),
+    );
   }
 
   private pipeline(key: string, code: () => string): GPUComputePipeline {
@@ -154,14 +161,10 @@ export class Kernels {
     );
   }
 
-  /** Largest `n` of {@link Kernels.hadamard} on this device (its vector lives in workgroup memory). */
-  get maxHadamardSize(): number {
-    return Math.floor(this.dev.maxWorkgroupStorage / 4);
-  }
-
   /**
    * The sign/rotation/padding step of a CALDERA layer (see {@link hadamardWgsl}): reads `nIn` values of `x`,
-   * transforms `n` (K·P) values, writes `outLen`. `hk` is the ±1 `H_K` (f32, K×K).
+   * transforms `n` (K·P) values, writes `outLen`. `hk` is the ±1 `H_K` (f32, K×K). One launch when the vector fits
+   * workgroup memory ({@link Kernels.maxLocalHadamard}), else `2 + log2(P)` launches over `tmp` (≥ n values).
    */
   hadamard(o: {
     x: GPUBuffer;
@@ -170,6 +173,7 @@ export class Kernels {
     post: GPUBuffer;
     bias: GPUBuffer | null;
     hk: GPUBuffer;
+    tmp: GPUBuffer;
     dummy: GPUBuffer;
     n: number;
     nIn: number;
@@ -179,38 +183,61 @@ export class Kernels {
     transpose: boolean;
     accumulate: boolean;
     gscale: number;
-  }): Dispatch {
-    if (o.n > this.maxHadamardSize)
-      throw new CalderaError(
-        'E_DEVICE',
-        `a rotation of size ${o.n} needs ${4 * o.n} bytes of workgroup memory; this device has ${this.dev.maxWorkgroupStorage}`,
-      );
-    // one pipeline per power-of-two bucket of the workgroup array size
-    const maxN = Math.max(256, 2 ** Math.ceil(Math.log2(o.n)));
-    const bucket = Math.min(maxN, this.maxHadamardSize);
-    const p = this.pipeline(`hadamard_${bucket}`, () => hadamardWgsl(bucket));
-    const u = this.uniform(
-      [
-        ['u32', o.n],
-        ['u32', o.nIn],
-        ['u32', o.outLen],
-        ['u32', o.K],
-        ['u32', o.n / o.K],
-        ['u32', o.transform ? 1 : 0],
-        ['u32', o.transpose ? 1 : 0],
-        ['u32', o.accumulate ? 1 : 0],
-        ['u32', o.bias ? 1 : 0],
-        ['f32', 1 / Math.sqrt(o.n)],
-        ['f32', o.gscale],
-      ],
-      'hadamard params',
+  }): Dispatch[] {
+    const P = o.n / o.K;
+    const fields = (h: number): UniformField[] => [
+      ['u32', o.n],
+      ['u32', o.nIn],
+      ['u32', o.outLen],
+      ['u32', o.K],
+      ['u32', P],
+      ['u32', o.transform ? 1 : 0],
+      ['u32', o.transpose ? 1 : 0],
+      ['u32', o.accumulate ? 1 : 0],
+      ['u32', o.bias ? 1 : 0],
+      ['f32', 1 / Math.sqrt(o.n)],
+      ['f32', o.gscale],
+      ['u32', h],
+    ];
+    const label = `hadamard n=${o.n} K=${o.K}${o.transpose ? ' T' : ''}`;
+    if (o.n <= this.maxLocalHadamard) {
+      // one pipeline per power-of-two bucket of the workgroup array size
+      const bucket = Math.min(Math.max(256, 2 ** Math.ceil(Math.log2(o.n))), this.maxLocalHadamard);
+      const p = this.pipeline(`hadamard_${bucket}`, () => hadamardWgsl(bucket));
+      const u = this.uniform(fields(0), 'hadamard params');
+      return [this.make(label, p, [u, o.x, o.pre, o.post, o.bias ?? o.dummy, o.hk, o.out], 1)];
+    }
+    if (o.tmp.size < o.n * 4)
+      throw new CalderaError('E_SHAPE', `${label}: scratch of ${o.tmp.size} bytes, needs ${o.n * 4}`);
+    const G = HADAMARD_GLOBAL_WGSL;
+    const u0 = this.uniform(fields(0), 'hadamard params');
+    const list = [
+      this.make(
+        `${label} load`,
+        this.pipeline('had_load', () => G.load),
+        [u0, o.x, o.pre, o.tmp],
+        Math.ceil(o.n / WG),
+      ),
+    ];
+    if (o.transform)
+      for (let h = 1; h < P; h *= 2)
+        list.push(
+          this.make(
+            `${label} stage ${h}`,
+            this.pipeline('had_stage', () => G.stage),
+            [this.uniform(fields(h), 'hadamard stage'), o.tmp],
+            Math.ceil(o.n / 2 / WG),
+          ),
+        );
+    list.push(
+      this.make(
+        `${label} mix`,
+        this.pipeline('had_mix', () => G.mix),
+        [u0, o.tmp, o.post, o.bias ?? o.dummy, o.hk, o.out],
+        Math.ceil(o.outLen / WG),
+      ),
     );
-    return this.make(
-      `hadamard n=${o.n} K=${o.K}${o.transpose ? ' T' : ''}`,
-      p,
-      [u, o.x, o.pre, o.post, o.bias ?? o.dummy, o.hk, o.out],
-      1,
-    );
+    return list;
   }
 
   /** Fused E8P12 (or RVQ4) matvec plus the low-rank term `L·z` (see {@link e8pMatvecWgsl}). */

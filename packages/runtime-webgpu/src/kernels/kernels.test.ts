@@ -134,29 +134,32 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     });
   }
 
-  it('Hadamard step: M_n and M_nᵀ for K ∈ {1, 12, 20, 28, 36, 40, 108, 140}, with signs, padding, truncation, bias', async () => {
-    const rng = new Rng(3);
-    const k = K();
-    const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
-    for (const n of [256, 96, 768, 40, 160, 20, 56, 72, 216, 140]) {
-      const Kf = hadamardFactor(n)!.K;
-      for (const transpose of [false, true]) {
-        const nIn = n - 3;
-        const outLen = n - 5;
-        const x = randn(rng, nIn);
-        const pre = Float32Array.from({ length: n }, () => rng.rademacher());
-        const post = Float32Array.from({ length: n }, () => rng.rademacher());
-        const bias = randn(rng, n);
-        const g = 0.7;
-        const out = scratchBuffer(d, outLen * 4, 'out');
-        await run(d, [
-          k.hadamard({
+  for (const path of ['workgroup', 'multi-pass global'] as const)
+    it(`Hadamard step (${path}): M_n and M_nᵀ for K ∈ {1, 12, 20, 28, 36, 40, 108, 140}, signs, padding, truncation, bias`, async () => {
+      const rng = new Rng(3);
+      // the multi-pass path is forced by declaring every rotation too large for workgroup memory
+      const k = new Kernels(d, path === 'workgroup' ? {} : { maxLocalHadamard: 16 });
+      const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
+      const tmp = scratchBuffer(d, 1024 * 4, 'tmp');
+      for (const n of [256, 96, 768, 40, 160, 20, 56, 72, 216, 140]) {
+        const Kf = hadamardFactor(n)!.K;
+        for (const transpose of [false, true]) {
+          const nIn = n - 3;
+          const outLen = n - 5;
+          const x = randn(rng, nIn);
+          const pre = Float32Array.from({ length: n }, () => rng.rademacher());
+          const post = Float32Array.from({ length: n }, () => rng.rademacher());
+          const bias = randn(rng, n);
+          const g = 0.7;
+          const out = scratchBuffer(d, outLen * 4, 'out');
+          const launches = k.hadamard({
             x: storageBuffer(d, x, 'x'),
             out,
             pre: storageBuffer(d, pre, 'pre'),
             post: storageBuffer(d, post, 'post'),
             bias: storageBuffer(d, bias, 'bias'),
             hk: storageBuffer(d, Float32Array.from(hadamardBase(Kf)), 'hk'),
+            tmp,
             dummy,
             n,
             nIn,
@@ -166,19 +169,20 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
             transpose,
             accumulate: false,
             gscale: g,
-          }),
-        ]);
-        const v = new Float32Array(n);
-        for (let j = 0; j < nIn; j++) v[j] = x[j]! * pre[j]!;
-        hadamardRowsInPlace(v, 1, n, { transpose });
-        const ref = Array.from({ length: outLen }, (_, i) => g * v[i]! * post[i]! + bias[i]!);
-        // the same butterflies in f32 (the CPU mixes H_K in f64): ~1e-6 relative at n = 768
-        expect(relErr(await readF32(d, out, outLen), ref), `n=${n} K=${Kf} T=${transpose}`).toBeLessThan(
-          1e-5,
-        );
+          });
+          expect(launches.length).toBe(path === 'workgroup' ? 1 : 2 + Math.log2(n / Kf));
+          await run(d, launches);
+          const v = new Float32Array(n);
+          for (let j = 0; j < nIn; j++) v[j] = x[j]! * pre[j]!;
+          hadamardRowsInPlace(v, 1, n, { transpose });
+          const ref = Array.from({ length: outLen }, (_, i) => g * v[i]! * post[i]! + bias[i]!);
+          // the same butterflies in f32 (the CPU mixes H_K in f64): ~1e-6 relative at n = 768
+          expect(relErr(await readF32(d, out, outLen), ref), `n=${n} K=${Kf} T=${transpose}`).toBeLessThan(
+            1e-5,
+          );
+        }
       }
-    }
-  });
+    });
 
   it('RMSNorm, SwiGLU and argmax (first index on ties)', async () => {
     const rng = new Rng(4);

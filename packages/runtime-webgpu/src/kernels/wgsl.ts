@@ -197,6 +197,73 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 }`;
 }
 
+const HAD_PARAMS = /* wgsl */ `
+struct P { n: u32, nIn: u32, outLen: u32, K: u32, P: u32, transform: u32, transposeH: u32, accumulate: u32,
+  hasBias: u32, invSqrtN: f32, gscale: f32, h: u32 }
+@group(0) @binding(0) var<uniform> p: P;`;
+
+/**
+ * The same rotation step as {@link hadamardWgsl} in global memory, for vectors larger than workgroup memory: three
+ * kernels over a scratch vector `tmp` — load (`tmp = x ⊙ pre`, zero-padded), one butterfly stage of the
+ * Walsh–Hadamard transform per launch (stride `p.h`), and the `H_K` mix with the output epilogue.
+ */
+export const HADAMARD_GLOBAL_WGSL = {
+  load: /* wgsl */ `${HAD_PARAMS}
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> pre: array<f32>;
+@group(0) @binding(3) var<storage, read_write> tmp: array<f32>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let j = gid.x;
+  if (j >= p.n) { return; }
+  if (j < p.nIn) { tmp[j] = x[j] * pre[j]; } else { tmp[j] = 0.0; }
+}`,
+  stage: /* wgsl */ `${HAD_PARAMS}
+@group(0) @binding(1) var<storage, read_write> tmp: array<f32>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let q = gid.x;
+  if (q >= p.n / 2u) { return; }
+  let half = p.P / 2u;
+  let a = q / half;
+  let r = q % half;
+  let i = a * p.P + (r / p.h) * (2u * p.h) + (r % p.h);
+  let s = tmp[i];
+  let t = tmp[i + p.h];
+  tmp[i] = s + t;
+  tmp[i + p.h] = s - t;
+}`,
+  mix: /* wgsl */ `${HAD_PARAMS}
+@group(0) @binding(1) var<storage, read> tmp: array<f32>;
+@group(0) @binding(2) var<storage, read> post: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> hk: array<f32>;
+@group(0) @binding(5) var<storage, read_write> outv: array<f32>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = gid.x;
+  if (i >= p.outLen) { return; }
+  var val: f32;
+  if (p.transform == 1u) {
+    let a2 = i / p.P;
+    let b = i % p.P;
+    var acc = 0.0;
+    for (var a = 0u; a < p.K; a++) {
+      var hv: f32;
+      if (p.transposeH == 1u) { hv = hk[a2 * p.K + a]; } else { hv = hk[a * p.K + a2]; }
+      acc += hv * tmp[a * p.P + b];
+    }
+    val = acc * p.invSqrtN;
+  } else {
+    val = tmp[i];
+  }
+  var y = p.gscale * (val * post[i]);
+  if (p.hasBias == 1u) { y += bias[i]; }
+  if (p.accumulate == 1u) { y += outv[i]; }
+  outv[i] = y;
+}`,
+};
+
 /**
  * Fused CALDERA matvec in the rotated domain: `out_i = qscale·Σ_g ⟨decode(Q[i, g]), x[8g..8g+8)⟩ + Σ_t L[i, t]·z_t`
  * with `z = R̂·x` computed before (dense kernel). Q stays packed: E8P12 u16 codes, two per u32, row-major
