@@ -115,7 +115,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
       }
     });
 
-  it('a Qwen2-style f32 checkpoint (q/k/v biases, untied head, GQA 4:1) gives runtime-node logits', async () => {
+  it('a Qwen2-style f32 checkpoint (q/k/v biases, untied head, GQA 4:1, two CALDERA layers) gives runtime-node logits, in every kernel variant', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-qwen-'));
     const hf = {
       architectures: ['Qwen2ForCausalLM'],
@@ -156,7 +156,19 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
         if (/[qkv]_proj/.test(n)) r(`${p}.${n}.bias`, [shape[0]], 0.5);
       }
     }
+    // block 1's q_proj (with its bias) and down_proj compressed
+    const layers: Record<string, unknown> = {};
+    for (const name of ['model.layers.1.self_attn.q_proj', 'model.layers.1.mlp.down_proj']) {
+      const ck = toCheckpointTensors(
+        name,
+        caldera(t[`${name}.weight`]!, null, { rank: 4, outerIters: 1, lplrIters: 1 }),
+      );
+      delete t[`${name}.weight`];
+      Object.assign(t, ck.tensors);
+      layers[name] = ck.meta;
+    }
     await writeSafetensors(join(dir, 'model.safetensors'), t);
+    await writeFile(join(dir, 'caldera.json'), JSON.stringify({ format: 'caldera', version: 1, layers }));
     await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
     try {
       const { model } = await loadModel(d, dir, { contextLength: 16 });
@@ -166,6 +178,10 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
       // f16 storage of the same weights still tracks (f16 rounding of weights: ~1e-3 relative)
       const half = await loadModel(d, dir, { contextLength: 16, dtype: 'f16' });
       expect(maxRel(await half.model.forward(tokens), cpu.forward(tokens))).toBeLessThan(2e-2);
+      // the GPU kernel variants (32 lanes per row) and the multi-pass rotation, in a whole model
+      const gpuStyle = await loadModel(d, dir, { contextLength: 16, lanes: 32, maxLocalHadamard: 16 });
+      expect(maxRel(await gpuStyle.model.forward(tokens), cpu.forward(tokens))).toBeLessThan(1e-4);
+      gpuStyle.model.dispose();
       await expect(model.step(1, 'none')).resolves.toBeNull(); // position 7 of 16
       for (let i = 8; i < 16; i++) await model.step(1, 'none');
       await expect(model.step(1, 'none')).rejects.toMatchObject({ code: 'E_VALUE' });
