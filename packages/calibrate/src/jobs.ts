@@ -87,6 +87,11 @@ export interface HessianPlan {
   model: string;
   modelSha256: string;
   numBlocks: number;
+  /**
+   * Opaque key of what produced the windows (e.g. a hash of the corpus, window count and length, seed), so a later
+   * process can reuse them instead of tokenizing the corpus again; '' when not given.
+   */
+  source: string;
   windows: number[][];
   /** Chunk c covers windows [start, end); `key` names its partial-sum files. */
   chunks: { key: string; start: number; end: number }[];
@@ -200,6 +205,7 @@ export function makeHessianPlan(
   numBlocks: number,
   windows: readonly ArrayLike<number>[],
   chunks: number,
+  source = '',
 ): HessianPlan {
   if (!Number.isInteger(chunks) || chunks <= 0)
     throw new CalderaError('E_VALUE', `Hessian chunks must be a positive integer, got ${chunks}`);
@@ -221,6 +227,7 @@ export function makeHessianPlan(
     model,
     modelSha256,
     numBlocks,
+    source,
     windows: ws,
     chunks: list,
   };

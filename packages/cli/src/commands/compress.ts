@@ -22,10 +22,12 @@ import {
   makeManifest,
   missingJobs,
   readJobResult,
+  readHessianPlan,
   readManifest,
   reduceHessianChunks,
   runHessianChunk,
   sampleWindows,
+  sha256Hex,
   shardJobs,
   writeHessianPlan,
   writeManifest,
@@ -286,7 +288,7 @@ export async function compressCommand(a: Args): Promise<number> {
   const runner = new ModelRunnerAdapter(loaded.model);
   const layers = Array.from({ length: loaded.config.numLayers }, (_, b) => runner.linears(b)).flat();
   const settings: RunSettings = { ...base, ranks: ranksFor(a, base.method, layers) };
-  const windows = await calibrationWindows(modelDir, settings, seed, loaded.config.bosTokenId);
+  const windowsOf = () => calibrationWindows(modelDir, settings, seed, loaded.config.bosTokenId);
   const bar = progressBar('compress', !json && process.stderr.isTTY === true);
   const ctl = new AbortController();
   const onSignal = () => ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
@@ -294,7 +296,7 @@ export async function compressCommand(a: Args): Promise<number> {
   const pool = poolFor(threads);
   try {
     if (settings.propagate === 'compressed') {
-      const results = await compressModel(runner, windows, {
+      const results = await compressModel(runner, await windowsOf(), {
         compressLayer: (w, h, info, signal) =>
           compressLayerWithSpec(w, h, info.name, layerSpec(settings, seed, info.name), {
             ...(pool ? { pool } : {}),
@@ -330,12 +332,28 @@ export async function compressCommand(a: Args): Promise<number> {
     const hashes = await hashModelTensors(modelDir, ctl.signal);
     let hessians = null;
     if (needsHessian) {
+      // the windows of an earlier process of this run (another shard, a restarted coordinator) are reused: tokenizing
+      // a large corpus is the slowest part of the set-up
+      const source = sha256Hex(
+        JSON.stringify({
+          data: sha256Hex(
+            await readFile(settings.data).catch((e: Error) => {
+              throw new CalderaError('E_IO', `cannot read ${settings.data}: ${e.message}`, { cause: e });
+            }),
+          ),
+          windows: settings.windows,
+          length: settings.length,
+          seed,
+        }),
+      );
+      const old = await readHessianPlan(work).catch(() => null);
       const plan = makeHessianPlan(
         modelDir,
         hashes.sha256,
         loaded.config.numLayers,
-        windows,
+        old?.source === source && old.modelSha256 === hashes.sha256 ? old.windows : await windowsOf(),
         settings.hessianChunks,
+        source,
       );
       await writeHessianPlan(work, plan);
       const all = [...plan.chunks.keys()];

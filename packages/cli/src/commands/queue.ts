@@ -175,38 +175,77 @@ export async function runOnQueue(
   }
 }
 
-/** Run one task in a thread (see job-thread.ts); abort terminates the thread. */
-function runInThread(task: QueueTask, threads: number, signal: AbortSignal): Promise<string> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) {
-      reject(new CalderaError('E_ABORTED', `${task.label} was cancelled`));
-      return;
-    }
-    const t = new Thread(new URL('./job-thread.js', import.meta.url), { workerData: { task, threads } });
-    let settled = false;
-    const settle = (f: () => void) => {
-      if (settled) return;
-      settled = true;
-      signal.removeEventListener('abort', onAbort);
-      f();
-    };
-    function onAbort() {
-      settle(() => reject(new CalderaError('E_ABORTED', `${task.label} was cancelled`)));
-      void t.terminate();
-    }
-    signal.addEventListener('abort', onAbort, { once: true });
-    t.once('message', (m: { ok: boolean; result?: string; code?: string; message?: string }) =>
-      settle(() => (m.ok ? resolve(m.result!) : reject(errorFrom(m.message ?? '', 'E_DEVICE', m.code)))),
-    );
-    t.once('error', (e) =>
-      settle(() => reject(new CalderaError('E_DEVICE', `${task.label}: job thread failed: ${e.message}`))),
-    );
-    t.once('exit', (code) =>
-      settle(() =>
-        reject(new CalderaError('E_DEVICE', `${task.label}: job thread exited with code ${code}`)),
-      ),
-    );
-  });
+/**
+ * A thread that runs tasks one at a time (see job-thread.ts). Aborting a task terminates the thread; the next task
+ * starts a fresh one.
+ */
+class TaskThread {
+  private thread: Thread | null = null;
+  private seq = 0;
+
+  constructor(private readonly threads: number) {}
+
+  run(task: QueueTask, signal: AbortSignal): Promise<string> {
+    return new Promise((resolve, reject) => {
+      if (signal.aborted) {
+        reject(new CalderaError('E_ABORTED', `${task.label} was cancelled`));
+        return;
+      }
+      const t = (this.thread ??= new Thread(new URL('./job-thread.js', import.meta.url), {
+        workerData: { threads: this.threads },
+      }));
+      const seq = ++this.seq;
+      let settled = false;
+      const settle = (f: () => void) => {
+        if (settled) return;
+        settled = true;
+        signal.removeEventListener('abort', onAbort);
+        t.off('message', onMessage);
+        t.off('error', onError);
+        t.off('exit', onExit);
+        f();
+      };
+      const drop = () => {
+        if (this.thread === t) this.thread = null;
+        void t.terminate();
+      };
+      const onAbort = () => {
+        settle(() => reject(new CalderaError('E_ABORTED', `${task.label} was cancelled`)));
+        drop();
+      };
+      const onMessage = (m: {
+        seq: number;
+        ok: boolean;
+        result?: string;
+        code?: string;
+        message?: string;
+      }) => {
+        if (m.seq !== seq) return;
+        settle(() => (m.ok ? resolve(m.result!) : reject(errorFrom(m.message ?? '', 'E_DEVICE', m.code))));
+      };
+      const onError = (e: Error) => {
+        settle(() => reject(new CalderaError('E_DEVICE', `${task.label}: job thread failed: ${e.message}`)));
+        drop();
+      };
+      const onExit = (code: number) => {
+        if (this.thread === t) this.thread = null;
+        settle(() =>
+          reject(new CalderaError('E_DEVICE', `${task.label}: job thread exited with code ${code}`)),
+        );
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      t.on('message', onMessage);
+      t.on('error', onError);
+      t.on('exit', onExit);
+      t.postMessage({ seq, task });
+    });
+  }
+
+  async dispose(): Promise<void> {
+    const t = this.thread;
+    this.thread = null;
+    if (t) await t.terminate();
+  }
 }
 
 export async function workerCommand(a: Args): Promise<number> {
@@ -229,6 +268,8 @@ export async function workerCommand(a: Args): Promise<number> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   let lastError = '';
+  const idle: TaskThread[] = [];
+  const all: TaskThread[] = [];
   const worker = new Worker<QueueTask>(
     name,
     async (job, token, jobSignal) => {
@@ -242,7 +283,9 @@ export async function workerCommand(a: Args): Promise<number> {
         attempt: job.attemptsMade + 1,
       });
       try {
-        const result = await runInThread(job.data, threads, signal);
+        let thread = idle.pop();
+        if (!thread) all.push((thread = new TaskThread(threads)));
+        const result = await thread.run(job.data, signal).finally(() => idle.push(thread));
         log({
           event: 'job-done',
           id: job.id,
@@ -287,6 +330,7 @@ export async function workerCommand(a: Args): Promise<number> {
     process.off('SIGTERM', onSignal);
     stop.abort();
     await within(worker.close(), 10_000, 'closing the worker').catch(() => worker.disconnect());
+    await Promise.all(all.map((t) => t.dispose()));
     log({ event: 'stopped' });
   }
   return 0;

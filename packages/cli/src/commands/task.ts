@@ -1,6 +1,6 @@
 import { CalderaError } from '@caldera/core';
 import { executeMatrixJob, readHessianPlan, readManifest, runHessianChunk } from '@caldera/calibrate';
-import { createPool } from '@caldera/linalg';
+import type { Pool } from '@caldera/linalg';
 import { loadModel, ModelRunnerAdapter } from '@caldera/runtime-node';
 
 /** One unit of distributed work: a Hessian chunk (phase 1) or a matrix job (phase 2) of a work directory. */
@@ -14,7 +14,7 @@ export type QueueTask =
  */
 export async function runTask(
   task: QueueTask,
-  threads: number,
+  pool?: Pool,
   signal?: AbortSignal,
 ): Promise<'cached' | 'computed'> {
   if (task.kind === 'hessian') {
@@ -29,13 +29,8 @@ export async function runTask(
       'E_MISSING',
       `job ${task.label} (${task.id}) is not in ${task.work}/manifest.json`,
     );
-  const pool = threads > 1 ? createPool({ threads }) : undefined;
-  try {
-    return await executeMatrixJob(task.work, manifest, job, {
-      ...(pool ? { pool } : {}),
-      ...(signal ? { signal } : {}),
-    });
-  } finally {
-    pool?.dispose();
-  }
+  return executeMatrixJob(task.work, manifest, job, {
+    ...(pool ? { pool } : {}),
+    ...(signal ? { signal } : {}),
+  });
 }

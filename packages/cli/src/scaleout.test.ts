@@ -1,0 +1,258 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { referenceTextPath } from '@caldera/reference-model';
+
+const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'caldera-scaleout-'));
+const single = join(dir, 'single');
+// The first ~200 kB of the reference calibration text: plenty for 8 windows, and quick to tokenize.
+const data = join(dir, 'calib.txt');
+writeFileSync(data, readFileSync(referenceTextPath('train'), 'utf8').slice(0, 200_000));
+// Small settings: a whole 'original'-propagation run of the reference model (28 matrix jobs) in seconds.
+const SMALL = [
+  '--windows',
+  '8',
+  '--length',
+  '64',
+  '--rank',
+  '8',
+  '--outer-iters',
+  '1',
+  '--lplr-iters',
+  '1',
+  '--eval-tokens',
+  '256',
+  '--propagate',
+  'original',
+  '--json',
+  '--data',
+  data,
+];
+
+interface Done {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function start(args: string[]): { p: ChildProcess; done: Promise<Done>; out: () => string } {
+  const p = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  p.stdout!.on('data', (d) => (stdout += d));
+  p.stderr!.on('data', (d) => (stderr += d));
+  const done = new Promise<Done>((resolve) => p.on('close', (status) => resolve({ status, stdout, stderr })));
+  return { p, done, out: () => stdout };
+}
+
+const cli = (args: string[]) => start(args).done;
+
+function same(a: string, b: string) {
+  for (const f of ['model.safetensors', 'caldera.json'])
+    expect(readFileSync(join(a, f)).equals(readFileSync(join(b, f))), `${f} of ${a} and ${b}`).toBe(true);
+}
+
+const events = (stdout: string) =>
+  stdout
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+
+describe('scale-out: manifest, shards and merge', () => {
+  beforeAll(async () => {
+    const r = await cli(['compress', '--out', single, ...SMALL]);
+    expect(r.status, r.stderr).toBe(0);
+  }, 120_000);
+
+  it('2 concurrent shards + merge give the single-process checkpoint bytes; merge refuses an incomplete run', async () => {
+    const out = join(dir, 'sharded');
+    const s0 = await cli(['compress', '--out', out, ...SMALL, '--shard', '0/2', '--threads', '1']);
+    expect(s0.status, s0.stderr).toBe(0);
+    const early = await cli(['merge', out]);
+    expect(early.status).toBe(1);
+    expect(early.stderr).toMatch(/E_MISSING: 14 of 28 jobs have no output/);
+    // the second shard finds the manifest and the Hessian chunks and runs only its 14 jobs
+    const s1 = await cli(['compress', '--out', out, ...SMALL, '--shard', '1/2', '--threads', '1']);
+    expect(s1.status, s1.stderr).toBe(0);
+    const ev = events(s1.stdout);
+    expect(ev.filter((e) => e.event === 'job' && e.result === 'computed')).toHaveLength(14);
+    expect(ev.filter((e) => e.event === 'hessian-chunk')).toHaveLength(2); // its own chunks: already there
+    expect(ev.filter((e) => e.event === 'hessian-chunk' && e.result === 'computed')).toHaveLength(0);
+    const m = await cli(['merge', out, '--json']);
+    expect(m.status, m.stderr).toBe(0);
+    same(out, single);
+    expect(existsSync(`${out}.work`)).toBe(false);
+    const a = JSON.parse(readFileSync(join(single, 'report.json'), 'utf8'));
+    const b = JSON.parse(readFileSync(join(out, 'report.json'), 'utf8'));
+    const untimed = (r: { seconds: number; out: string; layers: { seconds: number }[] }) => ({
+      ...r,
+      seconds: 0,
+      out: '',
+      layers: r.layers.map((l) => ({ ...l, seconds: 0 })),
+    });
+    expect(untimed(b)).toEqual(untimed(a));
+  }, 120_000);
+
+  it('3 shards running at once agree too', async () => {
+    const out = join(dir, 'three');
+    const rs = await Promise.all(
+      [0, 1, 2].map((i) => cli(['compress', '--out', out, ...SMALL, '--shard', `${i}/3`, '--threads', '1'])),
+    );
+    for (const r of rs) expect(r.status, r.stderr).toBe(0);
+    expect((await cli(['merge', out])).status).toBe(0);
+    same(out, single);
+  }, 120_000);
+
+  it('rejects --shard without --propagate original and a malformed shard', async () => {
+    const r = await cli(['compress', '--out', join(dir, 'x'), '--shard', '0/2']);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/need --propagate original/);
+    const r2 = await cli(['compress', '--out', join(dir, 'x'), ...SMALL, '--shard', '2/2']);
+    expect(r2.stderr).toMatch(/--shard must be I\/N/);
+  });
+});
+
+const hasRedis = spawnSync('redis-server', ['--version']).status === 0;
+if (!hasRedis) console.warn('redis-server is not installed: the BullMQ queue-mode tests are skipped');
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+describe.skipIf(!hasRedis)(
+  'scale-out: BullMQ queue on a real redis-server (skipped without redis-server)',
+  () => {
+    let redis: ChildProcess | undefined;
+    let url = '';
+    const workers: ReturnType<typeof start>[] = [];
+    const worker = (extra: string[] = []) => {
+      const w = start(['worker', '--queue', url, '--json', '--lock-seconds', '2', ...extra]);
+      workers.push(w);
+      return w;
+    };
+    const stopWorkers = async () => {
+      const ws = workers.splice(0);
+      for (const w of ws) if (w.p.exitCode === null && w.p.signalCode === null) w.p.kill('SIGINT');
+      return Promise.all(ws.map((w) => w.done));
+    };
+
+    beforeAll(async () => {
+      const port = await freePort();
+      url = `redis://127.0.0.1:${port}`;
+      redis = spawn(
+        'redis-server',
+        ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+        {
+          stdio: ['ignore', 'pipe', 'inherit'],
+        },
+      );
+      await new Promise<void>((resolve, reject) => {
+        let text = '';
+        redis!.stdout!.on('data', (d) => {
+          text += d;
+          if (text.includes('Ready to accept connections')) resolve();
+        });
+        redis!.once('exit', (c) => reject(new Error(`redis-server exited with ${c}: ${text}`)));
+      });
+      if (!existsSync(join(single, 'model.safetensors'))) {
+        const r = await cli(['compress', '--out', single, ...SMALL]);
+        expect(r.status, r.stderr).toBe(0);
+      }
+    }, 120_000);
+
+    afterAll(async () => {
+      await stopWorkers();
+      redis?.kill('SIGKILL');
+    });
+
+    it('coordinator + 2 workers produce the single-process checkpoint bytes; workers stop cleanly on SIGINT', async () => {
+      const w1 = worker();
+      const w2 = worker();
+      const out = join(dir, 'queue');
+      const c = await cli(['compress', '--out', out, ...SMALL, '--queue', url]);
+      expect(c.status, c.stderr).toBe(0);
+      same(out, single);
+      const progress = events(c.stdout).filter((e) => e.event === 'progress' && e.phase === 'matrix');
+      expect(progress.at(-1)).toMatchObject({ done: 28, total: 28 });
+      const [d1, d2] = await stopWorkers();
+      for (const d of [d1!, d2!]) {
+        expect(d.status, d.stderr).toBe(0);
+        expect(events(d.stdout).at(-1)).toEqual({ event: 'stopped' });
+      }
+      const count = (s: string) => events(s).filter((e) => e.event === 'job-done').length;
+      // both workers took part: 4 Hessian chunks + 28 matrix jobs between them
+      expect(count(w1.out()) + count(w2.out())).toBe(32);
+      expect(count(w1.out())).toBeGreaterThan(0);
+      expect(count(w2.out())).toBeGreaterThan(0);
+    }, 120_000);
+
+    it('a worker SIGKILLed in the middle of a job: the job is retried elsewhere and the bytes are unchanged', async () => {
+      const victim = worker();
+      const out = join(dir, 'killed');
+      const coord = start(['compress', '--out', out, ...SMALL, '--queue', url]);
+      // kill the victim as soon as it has started a matrix job (before any other worker exists)
+      const killed = await new Promise<string>((resolve) => {
+        const t = setInterval(() => {
+          const s = events(victim.out()).find((e) => e.event === 'job-start' && e.kind === 'matrix');
+          if (s) {
+            victim.p.kill('SIGKILL');
+            clearInterval(t);
+            resolve(String(s.id));
+          }
+        }, 10);
+      });
+      await victim.done;
+      expect(events(victim.out()).some((e) => e.event === 'job-done' && e.id === killed)).toBe(false);
+      const rescuer = worker();
+      const c = await coord.done;
+      expect(c.status, c.stderr).toBe(0);
+      same(out, single);
+      expect(events(rescuer.out()).some((e) => e.event === 'job-done' && e.id === killed)).toBe(true);
+      await stopWorkers();
+    }, 120_000);
+
+    it('a poisoned job fails with a clear CalderaError in the coordinator; the other results are kept and reused', async () => {
+      const out = join(dir, 'poisoned');
+      const plan = await cli(['compress', '--out', out, ...SMALL, '--plan-only']);
+      expect(plan.status, plan.stderr).toBe(0);
+      const manifest = JSON.parse(readFileSync(join(`${out}.work`, 'manifest.json'), 'utf8'));
+      const victim = manifest.jobs.find((j: { name: string }) => j.name === 'model.layers.2.mlp.down_proj');
+      const hFile = join(`${out}.work`, victim.hessian.file);
+      const backup = join(dir, 'h.bak');
+      copyFileSync(hFile, backup);
+      const bytes = readFileSync(hFile);
+      bytes[12345] ^= 0x40;
+      writeFileSync(hFile, bytes);
+      worker();
+      const c = await cli(['compress', '--out', out, ...SMALL, '--queue', url, '--attempts', '2']);
+      expect(c.status).toBe(1);
+      expect(c.stderr).toMatch(
+        /E_FORMAT: 1 of 28 jobs failed after 2 attempts.*model\.layers\.2\.mlp\.down_proj: .*Hessian .* is corrupted/,
+      );
+      expect(readdirSync(join(`${out}.work`, 'results'))).toHaveLength(27);
+      expect(existsSync(out)).toBe(false);
+      // repair the input: the re-run enqueues only the failed job and gives the single-process bytes
+      copyFileSync(backup, hFile);
+      const again = await cli(['compress', '--out', out, ...SMALL, '--queue', url]);
+      expect(again.status, again.stderr).toBe(0);
+      expect(events(again.stdout).find((e) => e.event === 'queue')).toMatchObject({
+        enqueued: 1,
+        cached: 27,
+      });
+      same(out, single);
+      await stopWorkers();
+    }, 120_000);
+  },
+);
