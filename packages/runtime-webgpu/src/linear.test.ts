@@ -26,6 +26,13 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
       padded: [64, 72],
       o: { rank: 4, qBits: 4, lBits: 16, rBits: 16 },
     },
+    {
+      name: 'Q RVQ3 (u8 E81B residual), L/R 3-bit',
+      m: 48,
+      n: 64,
+      padded: [48, 64],
+      o: { rank: 4, qBits: 3, lBits: 3, rBits: 3 },
+    },
     { name: 'rank 0 (LDLQ only)', m: 40, n: 64, padded: [40, 64], o: { rank: 0 } },
     { name: 'no Hadamard rotation', m: 32, n: 48, padded: [32, 48], o: { rank: 5, hadamard: false } },
     {

@@ -1,7 +1,7 @@
 import { CalderaError } from '@caldera/core';
 import { hadamardBase, hadamardFactor } from '@caldera/linalg';
 import { latticeDecode, type Decomposition } from '@caldera/lowrank';
-import { e8pSources, RVQ4_RESID_SCALE } from '@caldera/quant';
+import { e81bCodebook, e8pSources, RVQ3_RESID_SCALE, RVQ4_RESID_SCALE } from '@caldera/quant';
 import { checkFits, storageBuffer, type CalderaDevice } from './device.js';
 import type { Dispatch, GpuMatrix, Kernels } from './kernels/index.js';
 
@@ -52,6 +52,8 @@ export interface LinearContext {
   ones: GPUBuffer;
   dummy: GPUBuffer;
   sources: GPUBuffer;
+  /** The E81B codebook (256×8 f32) of the 3-bit RVQ residual. */
+  e81b: GPUBuffer;
   /** `H_K` (f32, ±1) by K, created on demand. */
   hk(K: number): GPUBuffer;
 }
@@ -111,8 +113,8 @@ export interface ScratchNeeds {
  * 4. `y = g·(y'·M_mᵀ ⊙ SV) (+ bias)`, first m outputs: {@link Kernels.hadamard} with the transpose.
  *
  * Q's codes stay packed on the GPU (u16, two per u32: 2 bits per weight; RVQ4 adds a second plane). L̂ and R̂ are
- * decoded to f32 on the CPU before upload (they hold k·(m+n) values, small next to m·n). The 3-bit RVQ codec of Q is
- * not supported (`E_UNSUPPORTED`).
+ * decoded to f32 on the CPU before upload (they hold k·(m+n) values, small next to m·n). Q codecs: E8P12, RVQ4 (two
+ * u16 planes) and RVQ3 (u16 + u8 E81B plane).
  */
 export class GpuCalderaLinear implements GpuLinear {
   readonly inFeatures: number;
@@ -138,11 +140,6 @@ export class GpuCalderaLinear implements GpuLinear {
     [this.outFeatures, this.inFeatures] = d.shape;
     const [mp, np] = d.padded;
     const k = d.rank;
-    if (d.q.bits === 3)
-      throw new CalderaError(
-        'E_UNSUPPORTED',
-        `${label}: Q codec e8p12-rvq3 is not supported by runtime-webgpu (e8p12 and e8p12-rvq4 are)`,
-      );
     if (np % 8 !== 0)
       throw new CalderaError('E_SHAPE', `${label}: padded input width ${np} is not a multiple of 8`);
     if (d.hadamard) {
@@ -159,7 +156,7 @@ export class GpuCalderaLinear implements GpuLinear {
       return b;
     };
     this.codes = up(d.q.planes[0]!, 'Q');
-    this.codes2 = d.q.bits === 4 ? up(d.q.planes[1]!, 'Q_resid') : null;
+    this.codes2 = d.q.bits === 2 ? null : up(d.q.planes[1]!, 'Q_resid');
     if (k > 0) {
       const fv = (f: Decomposition['l']) => (f.kind === 'dense' ? f.values : latticeDecode(f.codes));
       const lt = fv(d.l); // k × mp
@@ -212,6 +209,8 @@ export class GpuCalderaLinear implements GpuLinear {
       K.e8pMatvec({
         codes: this.codes,
         codes2: this.codes2,
+        codec: d.q.bits === 2 ? 'e8p12' : d.q.bits === 4 ? 'rvq4' : 'rvq3',
+        e81b: d.q.bits === 3 ? ctx.e81b : null,
         sources: ctx.sources,
         x: ctx.rotIn,
         z: k > 0 ? ctx.z : ctx.dummy,
@@ -221,7 +220,7 @@ export class GpuCalderaLinear implements GpuLinear {
         np,
         k,
         qscale: d.q.scale,
-        resScale: RVQ4_RESID_SCALE,
+        resScale: d.q.bits === 3 ? RVQ3_RESID_SCALE : RVQ4_RESID_SCALE,
       }),
     );
     list.push(
@@ -274,6 +273,7 @@ export function createLinearContext(
     ones: f(needs.ones, 'ones', 1),
     dummy: f(4, 'dummy'),
     sources: storageBuffer(dev, e8pSourceTable(), 'e8p sources'),
+    e81b: storageBuffer(dev, e81bCodebook(), 'e81b codebook'),
     hk(K: number): GPUBuffer {
       let b = hks.get(K);
       if (!b) {

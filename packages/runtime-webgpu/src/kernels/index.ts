@@ -243,7 +243,11 @@ export class Kernels {
   /** Fused E8P12 (or RVQ4) matvec plus the low-rank term `L·z` (see {@link e8pMatvecWgsl}). */
   e8pMatvec(o: {
     codes: GPUBuffer;
+    /** Second plane: E8P12 u16 codes (`codec` 'rvq4') or E81B u8 codes ('rvq3'); null for 'e8p12'. */
     codes2: GPUBuffer | null;
+    codec: 'e8p12' | 'rvq4' | 'rvq3';
+    /** The E81B codebook (256×8 f32), for 'rvq3'. */
+    e81b: GPUBuffer | null;
     sources: GPUBuffer;
     x: GPUBuffer;
     z: GPUBuffer;
@@ -255,10 +259,12 @@ export class Kernels {
     qscale: number;
     resScale: number;
   }): Dispatch {
-    const rvq4 = o.codes2 !== null;
-    const p = this.pipeline(`e8p_matvec${rvq4 ? '_rvq4' : ''}_${this.lanes}`, () =>
-      e8pMatvecWgsl(rvq4, this.lanes),
-    );
+    if ((o.codec === 'e8p12') !== (o.codes2 === null) || (o.codec === 'rvq3') !== (o.e81b !== null))
+      throw new CalderaError(
+        'E_VALUE',
+        `e8pMatvec: codec ${o.codec} needs ${o.codec === 'e8p12' ? 'no' : 'a'} second plane`,
+      );
+    const p = this.pipeline(`e8p_matvec_${o.codec}_${this.lanes}`, () => e8pMatvecWgsl(o.codec, this.lanes));
     const u = this.uniform(
       [
         ['u32', o.mp],
@@ -272,6 +278,7 @@ export class Kernels {
     );
     const bufs = [u, o.codes, o.sources, o.x, o.z, o.l, o.out];
     if (o.codes2) bufs.push(o.codes2);
+    if (o.e81b) bufs.push(o.e81b);
     return this.make(`e8p ${o.mp}x${o.np} k=${o.k}`, p, bufs, Math.ceil(o.mp / rowsPerWorkgroup(this.lanes)));
   }
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { f16ArrayToF32, f32ArrayToF16, Rng } from '@caldera/core';
 import { hadamardBase, hadamardFactor, hadamardRowsInPlace } from '@caldera/linalg';
-import { e8pDecode, RVQ4_RESID_SCALE } from '@caldera/quant';
+import { e81bCodebook, e8pDecode, RVQ3_RESID_SCALE, RVQ4_RESID_SCALE } from '@caldera/quant';
 import { readBuffer, storageBuffer, scratchBuffer, uniformBuffer, type CalderaDevice } from '../device.js';
 import { e8pSourceTable, uploadMatrix } from '../linear.js';
 import { gpuTitle, testDevice } from '../testing/gpu.js';
@@ -76,7 +76,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       }
     });
 
-    it(`E8P12 matvec (${lanes} lane(s) per row) decodes all 65 536 codes like @caldera/quant (and RVQ4 plus L·z)`, async () => {
+    it(`E8P12 matvec (${lanes} lane(s) per row) decodes all 65 536 codes like @caldera/quant (and RVQ4/RVQ3 plus L·z)`, async () => {
       const rng = new Rng(2);
       const mp = 1024;
       const np = 512; // 64 codes per row: every code appears once
@@ -96,40 +96,53 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       const sources = storageBuffer(d, e8pSourceTable(), 'src');
       const xb = storageBuffer(d, x, 'x');
       const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
+      const codes3 = Uint8Array.from({ length: codes.length }, () => rng.int(256));
       const q1 = e8pDecode(codes);
       const q2 = e8pDecode(codes2);
-      for (const rvq4 of [false, true]) {
+      const cb3 = e81bCodebook();
+      const e81b = storageBuffer(d, cb3, 'e81b');
+      for (const codec of ['e8p12', 'rvq4', 'rvq3'] as const) {
+        const rvq = codec !== 'e8p12';
+        const rho = codec === 'rvq3' ? RVQ3_RESID_SCALE : RVQ4_RESID_SCALE;
         const out = scratchBuffer(d, mp * 4, 'out');
         const qscale = 0.37;
         await run(d, [
           k.e8pMatvec({
             codes: storageBuffer(d, codes, 'c'),
-            codes2: rvq4 ? storageBuffer(d, codes2, 'c2') : null,
+            codes2: rvq ? storageBuffer(d, codec === 'rvq3' ? codes3 : codes2, 'c2') : null,
+            codec,
+            e81b: codec === 'rvq3' ? e81b : null,
             sources,
             x: xb,
-            z: rvq4 ? storageBuffer(d, z, 'z') : dummy,
-            l: rvq4 ? storageBuffer(d, l, 'l') : dummy,
+            z: rvq ? storageBuffer(d, z, 'z') : dummy,
+            l: rvq ? storageBuffer(d, l, 'l') : dummy,
             out,
             mp,
             np,
-            k: rvq4 ? kr : 0,
+            k: rvq ? kr : 0,
             qscale,
-            resScale: RVQ4_RESID_SCALE,
+            resScale: rho,
           }),
         ]);
         const ref = new Float64Array(mp);
         for (let i = 0; i < mp; i++) {
           let s = 0;
           for (let j = 0; j < np; j++) {
-            const w = rvq4 ? q1[i * np + j]! + q2[i * np + j]! / RVQ4_RESID_SCALE : q1[i * np + j]!;
+            const r2 =
+              codec === 'rvq4'
+                ? q2[i * np + j]!
+                : codec === 'rvq3'
+                  ? cb3[codes3[i * (np / 8) + (j >> 3)]! * 8 + (j & 7)]!
+                  : 0;
+            const w = q1[i * np + j]! + r2 / rho;
             s += w * x[j]!;
           }
           ref[i] = qscale * s;
-          if (rvq4) for (let t = 0; t < kr; t++) ref[i]! += l[i * kr + t]! * z[t]!;
+          if (rvq) for (let t = 0; t < kr; t++) ref[i]! += l[i * kr + t]! * z[t]!;
         }
         // a wrong sign or source entry changes an output by ≥ 0.25·|x_j| ~ 0.1 relative; f32 rounding of 512
         // products is ~1e-6 relative
-        expect(relErr(await readF32(d, out, mp), ref)).toBeLessThan(1e-5);
+        expect(relErr(await readF32(d, out, mp), ref), codec).toBeLessThan(1e-5);
       }
     });
   }

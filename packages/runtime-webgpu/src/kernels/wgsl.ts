@@ -267,14 +267,17 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 /**
  * Fused CALDERA matvec in the rotated domain: `out_i = qscale·Σ_g ⟨decode(Q[i, g]), x[8g..8g+8)⟩ + Σ_t L[i, t]·z_t`
  * with `z = R̂·x` computed before (dense kernel). Q stays packed: E8P12 u16 codes, two per u32, row-major
- * `[mp, np/8]` (the checkpoint layout). `rvq4` adds a second code plane: value `c1 + c2/resScale`.
+ * `[mp, np/8]` (the checkpoint layout). `rvq4` adds a second E8P12 plane (value `c1 + c2/resScale`); `rvq3` a plane
+ * of u8 E81B codes packed four per u32 (byte `idx mod 4`), decoded through the 256×8 E81B table `e81b`.
  *
  * Decoding (see @caldera/quant e8p.ts): code = (a << 8) | σ; with `p = popcount(σ) & 1` and `σ' = σ ^ p`,
  * coordinate i is `±source[a][i] + (p ? −¼ : ¼)`, negated when bit `π(i) = (i >> 1) | ((i & 1) << 2)` of σ' is set.
  * The 256×8 source table (8 KiB, with coordinate 7 pre-negated for sources of odd coordinate sum) is copied into
  * workgroup memory by every workgroup.
  */
-export function e8pMatvecWgsl(rvq4: boolean, lanes: Lanes = 32): string {
+export function e8pMatvecWgsl(codec: 'e8p12' | 'rvq4' | 'rvq3', lanes: Lanes = 32): string {
+  const rvq4 = codec === 'rvq4';
+  const rvq3 = codec === 'rvq3';
   // with one lane per row the table is read from the storage buffer (no workgroup copy, no barrier)
   const tbl = lanes === 1 ? 'src' : 'tbl';
   const decls = /* wgsl */ `
@@ -286,7 +289,8 @@ struct P { mp: u32, G: u32, k: u32, a: u32, qscale: f32, resScale: f32, b: u32, 
 @group(0) @binding(4) var<storage, read> z: array<f32>;
 @group(0) @binding(5) var<storage, read> L: array<f32>;
 @group(0) @binding(6) var<storage, read_write> outv: array<f32>;
-${rvq4 ? '@group(0) @binding(7) var<storage, read> codes2: array<u32>;' : ''}
+${rvq4 || rvq3 ? '@group(0) @binding(7) var<storage, read> codes2: array<u32>;' : ''}
+${rvq3 ? '@group(0) @binding(8) var<storage, read> e81b: array<f32>;' : ''}
 ${lanes === 1 ? '' : 'var<workgroup> tbl: array<f32, 2048>;'}
 fn dot8(c: u32, xo: u32) -> f32 {
   let a = (c >> 8u) * 8u;
@@ -311,8 +315,14 @@ fn dot8(c: u32, xo: u32) -> f32 {
       let sh = (idx & 1u) * 16u;
       acc += dot8((codes[idx >> 1u] >> sh) & 0xffffu, 8u * g);
       ${rvq4 ? 'acc2 += dot8((codes2[idx >> 1u] >> sh) & 0xffffu, 8u * g);' : ''}
+      ${
+        rvq3
+          ? `let c2 = ((codes2[idx >> 2u] >> ((idx & 3u) * 8u)) & 0xffu) * 8u;
+      for (var i = 0u; i < 8u; i++) { acc2 += e81b[c2 + i] * x[8u * g + i]; }`
+          : ''
+      }
     }
-    ${rvq4 ? 'acc += acc2 / p.resScale;' : ''}`;
+    ${rvq4 || rvq3 ? 'acc += acc2 / p.resScale;' : ''}`;
   const epilogue = `var y = p.qscale * total;
     for (var t = 0u; t < p.k; t++) { y += L[row * p.k + t] * z[t]; }
     outv[row] = y;`;
