@@ -4,6 +4,8 @@ import {
   f32ArrayToF16,
   openSafetensors,
   openSafetensorsDir,
+  parseSafetensorsIndex,
+  ShardedSafetensorsReader,
   type Tensor,
   type TensorStore,
 } from '@caldera/core';
@@ -237,7 +239,8 @@ export interface UrlLoadOptions extends LoadOptions {
 
 /**
  * Load a model served over HTTP: `<base>/config.json`, optional `<base>/caldera.json` (a 404 means dense) and
- * `<base>/model.safetensors` (one file, read into memory; sharded checkpoints are not supported here).
+ * `<base>/model.safetensors`, or when that is 404 the shards listed in `<base>/model.safetensors.index.json`. Each
+ * file is fetched as a `Blob` (not one `ArrayBuffer`, so no 2 GiB cap) and read tensor by tensor.
  */
 export async function loadModelFromUrl(
   dev: CalderaDevice,
@@ -260,8 +263,20 @@ export async function loadModelFromUrl(
   const config = await (await get('config.json', false))!.json();
   const cr = await get('caldera.json', true);
   const calderaMeta = cr ? ((await cr.json()) as CalderaMeta) : null;
-  const bytes = await (await get('model.safetensors', false))!.arrayBuffer();
-  return loadModelFromBuffer(dev, { config, calderaMeta, weights: bytes }, options);
+  const single = await get('model.safetensors', true);
+  let store: TensorStore;
+  if (single) store = await openSafetensors(await single.blob(), 'model.safetensors');
+  else {
+    const index = parseSafetensorsIndex(await (await get('model.safetensors.index.json', false))!.json());
+    store = new ShardedSafetensorsReader(index, async (file) =>
+      openSafetensors(await (await get(file, false))!.blob(), file),
+    );
+  }
+  try {
+    return await loadModelFromStore(dev, { config, calderaMeta, store }, options);
+  } finally {
+    await store.close();
+  }
 }
 
 /** Load from in-memory parts: parsed `config.json`, `caldera.json` (or null) and `model.safetensors` bytes. */
