@@ -59,7 +59,8 @@ export async function* generate(
     await model.step(prompt[t]!, 'none');
   }
   let last = prompt[prompt.length - 1]!;
-  for (let n = 0; n < maxTokens && model.length < capacity; n++) {
+  // as runtime-node: min(maxTokens, capacity − prompt length) tokens
+  for (let n = 0; n < maxTokens && prompt.length + n < capacity; n++) {
     throwIfAborted(options.signal, 'generate');
     let next: number;
     if (greedy) next = await model.step(last, 'argmax');

@@ -182,6 +182,15 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
       const gpuStyle = await loadModel(d, dir, { contextLength: 16, lanes: 32, maxLocalHadamard: 16 });
       expect(maxRel(await gpuStyle.model.forward(tokens), cpu.forward(tokens))).toBeLessThan(1e-4);
       gpuStyle.model.dispose();
+      // generation stops at the context length like runtime-node: 16 − 7 = 9 tokens
+      const gen: number[] = [];
+      for await (const id of generate(model, tokens, { maxTokens: 50 })) gen.push(id);
+      expect(gen).toHaveLength(9);
+      const cpuGen: number[] = [];
+      for await (const id of node.generate(cpu, tokens, { maxTokens: 9 })) cpuGen.push(id);
+      expect(gen).toEqual(cpuGen);
+      model.reset();
+      await model.forward(tokens);
       await expect(model.step(1, 'none')).resolves.toBeNull(); // position 7 of 16
       for (let i = 8; i < 16; i++) await model.step(1, 'none');
       await expect(model.step(1, 'none')).rejects.toMatchObject({ code: 'E_VALUE' });
