@@ -30,6 +30,8 @@ export interface LoadOptions extends WebGpuModelOptions {
    * (two per u32 on the GPU) and everything else as f32; `'f16'` / `'f32'` force one.
    */
   dtype?: 'auto' | 'f16' | 'f32';
+  /** Called with the memory plan before anything is uploaded. */
+  onPlan?: (plan: MemoryPlan) => void;
   /** Called after each block is uploaded. */
   onProgress?: (e: { block: number; blocks: number }) => void;
   /** Abort between tensors. */
@@ -72,6 +74,84 @@ function denseData(t: Tensor, dtype: 'auto' | 'f16' | 'f32'): Float32Array | Uin
   return dtype === 'f16' ? f32ArrayToF16(f) : f;
 }
 
+/** GPU memory a model will take, computed from tensor headers before anything is read or uploaded. */
+export interface MemoryPlan {
+  /** Bytes of weight buffers (what {@link WebGpuModel.weightBytes} reports after loading). */
+  weightBytes: number;
+  /** Bytes of the KV cache and activation buffers (what {@link WebGpuModel.cacheBytes} reports), approximately. */
+  cacheBytes: number;
+  /** The largest single buffer and what it holds (it must fit one storage binding). */
+  largestBuffer: { bytes: number; what: string };
+}
+
+const bufferBytes = (bytes: number) => Math.max(16, Math.ceil(bytes / 4) * 4);
+
+/**
+ * Plan the GPU memory of a model from its config, `caldera.json` and tensor headers (no tensor data is read).
+ * {@link loadModelFromStore} calls it first and fails with `E_DEVICE` before uploading anything when the largest
+ * buffer exceeds the device's storage binding.
+ */
+export async function planMemory(
+  config: ModelConfig,
+  calderaMeta: CalderaMeta | null,
+  store: TensorStore,
+  options: { contextLength?: number; dtype?: 'auto' | 'f16' | 'f32' } = {},
+): Promise<MemoryPlan> {
+  const dtype = options.dtype ?? 'auto';
+  let weightBytes = 0;
+  let largest = { bytes: 0, what: '' };
+  const add = (bytes: number, what: string) => {
+    const b = bufferBytes(bytes);
+    weightBytes += b;
+    if (b > largest.bytes) largest = { bytes: b, what };
+  };
+  const dense = async (name: string) => {
+    const info = await store.tensorInfo(name);
+    const [rows, cols] = info.shape as [number, number];
+    const f16 = dtype === 'f16' || (dtype === 'auto' && info.dtype === 'F16');
+    add(f16 ? rows * Math.ceil(cols / 2) * 4 : rows * cols * 4, name);
+  };
+  const { hiddenSize: d, vocabSize: V, numKvHeads: KV, headDim: hd, numHeads: H } = config;
+  await dense('model.embed_tokens.weight');
+  if (!config.tieWordEmbeddings && store.has('lm_head.weight')) await dense('lm_head.weight');
+  add(d * 4, 'model.norm.weight');
+  for (let b = 0; b < config.numLayers; b++) {
+    add(d * 4, `model.layers.${b}.input_layernorm.weight`);
+    add(d * 4, `model.layers.${b}.post_attention_layernorm.weight`);
+    for (const name of blockLinearNames(b)) {
+      const meta = calderaMeta?.layers?.[name];
+      if (store.has(`${name}.bias`))
+        add((await store.tensorInfo(`${name}.bias`)).shape[0]! * 4, `${name}.bias`);
+      if (!meta) {
+        await dense(`${name}.weight`);
+        continue;
+      }
+      const [mp, np] = meta.padded;
+      const k = meta.rank;
+      add((mp * np) / 4, `${name}.caldera.Q`);
+      if (meta.codecs.Q !== 'e8p12')
+        add(meta.codecs.Q.endsWith('rvq3') ? (mp * np) / 8 : (mp * np) / 4, `${name}.Q_resid`);
+      if (k > 0) {
+        add(mp * k * 4, `${name} L (f32)`);
+        add(k * np * 4, `${name} R (f32)`);
+      }
+      if (meta.hadamard) {
+        add(np * 4, `${name}.SU`);
+        add(mp * 4, `${name}.SV`);
+      }
+    }
+  }
+  const cap = options.contextLength ?? Math.min(config.maxPositions, 2048);
+  const kw = KV * hd;
+  const cacheBytes =
+    2 * config.numLayers * bufferBytes(cap * kw * 4) +
+    [d, d, H * hd, kw, kw, H * hd, config.intermediateSize, config.intermediateSize, H * cap, V, 4].reduce(
+      (s, n) => s + bufferBytes(n * 4),
+      0,
+    );
+  return { weightBytes, cacheBytes, largestBuffer: largest };
+}
+
 /**
  * Load a model onto the GPU from an open tensor store plus its parsed `config.json` and `caldera.json` (null for a
  * dense model). The building block of {@link loadModel} (Node, a directory) and {@link loadModelFromUrl} (fetch).
@@ -101,6 +181,17 @@ export async function loadModelFromStore(
     up_proj: [I, d],
     down_proj: [d, I],
   };
+  const plan = await planMemory(config, calderaMeta, store, options);
+  options.onPlan?.(plan);
+  const cap = Math.min(dev.maxStorageBinding, dev.maxBufferSize);
+  if (plan.largestBuffer.bytes > cap)
+    throw new CalderaError(
+      'E_DEVICE',
+      `the model does not fit this device: ${plan.largestBuffer.what} needs a ${plan.largestBuffer.bytes}-byte ` +
+        `storage buffer, the device binds at most ${cap} (model: ${plan.weightBytes} bytes of weights, ` +
+        `${plan.cacheBytes} of cache)`,
+      { details: { ...plan.largestBuffer, limit: cap, weightBytes: plan.weightBytes } },
+    );
   const created: { dispose(): void }[] = [];
   const buffer = (data: Float32Array, label: string) => {
     const b = storageBuffer(dev, data, label);

@@ -15,7 +15,7 @@ import {
 import { caldera, toCheckpointTensors } from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
 import { generate, perplexity } from './generate.js';
-import { loadModel } from './load.js';
+import { loadModel, type MemoryPlan } from './load.js';
 import { gpuTitle, testDevice } from './testing/gpu.js';
 
 const { device: dev, reason } = await testDevice();
@@ -86,7 +86,14 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
   ] as const)
     it(`${kind}: logits of a prompt and 12 greedy tokens equal runtime-node's`, async () => {
       const dir = kind.startsWith('dense') ? REF : cdir;
-      const { model, calderaMeta, linearBitsPerWeight } = await loadModel(d, dir, { contextLength: 64 });
+      let plan: MemoryPlan | undefined;
+      const { model, calderaMeta, linearBitsPerWeight } = await loadModel(d, dir, {
+        contextLength: 64,
+        onPlan: (p) => (plan = p),
+      });
+      // the plan from tensor headers is exact for the weights
+      expect(plan!.weightBytes).toBe(model.weightBytes);
+      expect(Math.abs(plan!.cacheBytes - model.cacheBytes)).toBeLessThan(0.01 * model.cacheBytes);
       const cpu = (await node.loadModel(dir)).model;
       expect(calderaMeta === null).toBe(kind.startsWith('dense'));
       if (calderaMeta) expect(linearBitsPerWeight).toBeLessThan(16);
@@ -207,5 +214,8 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
     const err = await loadModel(small, REF).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(CalderaError);
     expect((err as CalderaError).code).toBe('E_DEVICE');
+    expect((err as CalderaError).message).toMatch(
+      /model\.embed_tokens\.weight needs a \d+-byte storage buffer/,
+    );
   });
 });
