@@ -1,6 +1,6 @@
-// Put a compressed checkpoint at public/model/: copy the directory given as argument (e.g. the output of
+// Put a compressed checkpoint at dist/model/: copy the directory given as argument (e.g. the output of
 // `caldera compress`), or, without one, compress the embedded reference model here with @caldera/lowrank
-// (data-free: identity Hessian, rank 32, Q 2-bit E8P12, L/R 4-bit; about 20 s). Skipped when public/model exists.
+// (data-free: identity Hessian, rank 32, Q 2-bit E8P12, L/R 4-bit; about 20 s). Skipped when dist/model exists.
 import { existsSync } from 'node:fs';
 import { cp, copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -8,16 +8,16 @@ import { cast, openSafetensorsDir, writeSafetensors } from '@caldera/core';
 import { caldera, toCheckpointTensors } from '@caldera/lowrank';
 import { referenceModelDir } from '@caldera/reference-model';
 
-const out = new URL('./public/model/', import.meta.url).pathname;
+const out = new URL('./dist/model/', import.meta.url).pathname;
 const from = process.argv[2];
 if (existsSync(join(out, 'config.json')) && !from) {
-  console.log(`public/model already present (delete it to rebuild)`);
+  console.log(`dist/model already present (delete it to rebuild)`);
   process.exit(0);
 }
 await mkdir(out, { recursive: true });
 if (from) {
   await cp(from, out, { recursive: true });
-  console.log(`copied ${from} to public/model`);
+  console.log(`copied ${from} to dist/model`);
   process.exit(0);
 }
 const src = referenceModelDir();
@@ -47,4 +47,4 @@ await writeFile(
 );
 for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json'])
   if (existsSync(join(src, f))) await copyFile(join(src, f), join(out, f));
-console.log(`\nwrote public/model (${(bits / weights).toFixed(2)} bits per weight in the linear layers)`);
+console.log(`\nwrote dist/model (${(bits / weights).toFixed(2)} bits per weight in the linear layers)`);

@@ -1,16 +1,16 @@
-// A tiny static server for public/ on 127.0.0.1 (WebGPU needs a secure context: localhost counts as one).
+// A tiny static server for dist/ (the built site) on 127.0.0.1 (WebGPU needs a secure context: localhost counts as one).
 import { createServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { extname, join, normalize } from 'node:path';
 
-const root = new URL('./public/', import.meta.url).pathname;
+const root = new URL('./dist/', import.meta.url).pathname;
 const types = {
   '.html': 'text/html',
   '.js': 'text/javascript',
   '.json': 'application/json',
   '.map': 'application/json',
 };
-/** A server for public/ (not yet listening). */
+/** A server for dist/ (not yet listening). */
 export function staticServer() {
   return createServer(async (req, res) => {
     const path = normalize(decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname)).replace(

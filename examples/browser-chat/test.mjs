@@ -1,5 +1,5 @@
 // Smoke test of the example in headless Chromium (WebGPU on SwiftShader): prepare the model and the bundle, serve
-// public/, generate 12 tokens through the page's button and check the page's status and token count.
+// dist/, generate 12 tokens through the page's button and check the page's status and token count.
 // Prints 'skipped: …' and exits 0 when /usr/bin/chromium or playwright-core is missing.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';

@@ -1,4 +1,4 @@
-// Loads public/model/ (a Caldera checkpoint) onto WebGPU and streams tokens into the page with tokens/s and the
+// Loads /model/ (dist/model/, a Caldera checkpoint) onto WebGPU and streams tokens into the page with tokens/s and the
 // checkpoint's bits per weight. The tokenizer is the checkpoint's tokenizer.json run by @huggingface/tokenizers.
 import { Tokenizer } from '@huggingface/tokenizers';
 import { createDevice, generate, loadModelFromUrl } from '@caldera/runtime-webgpu';
