@@ -25,6 +25,7 @@ export default defineConfig({
           items: [
             { text: 'What is CALDERA?', link: '/guide/what-is-caldera' },
             { text: 'Quickstart', link: '/guide/quickstart' },
+            { text: 'Scale out', link: '/guide/scale-out' },
           ],
         },
       ],
