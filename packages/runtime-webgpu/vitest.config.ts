@@ -1,11 +1,26 @@
+import { existsSync } from 'node:fs';
 import { defineConfig } from 'vitest/config';
+
+// WebGPU in Node (the `webgpu` package, Dawn) needs a Vulkan loader and driver. Debian's chromium package ships both
+// (its own libvulkan.so.1 and SwiftShader) under /usr/lib/chromium: use them when the system has no loader. Set here,
+// in the main process, so that the test worker processes start with them (the loader path is read at startup).
+const CHROMIUM_LIB = '/usr/lib/chromium';
+if (existsSync(`${CHROMIUM_LIB}/vk_swiftshader_icd.json`)) {
+  process.env.VK_ICD_FILENAMES ??= `${CHROMIUM_LIB}/vk_swiftshader_icd.json`;
+  const systemLoader = [
+    '/usr/lib/x86_64-linux-gnu/libvulkan.so.1',
+    '/usr/lib/aarch64-linux-gnu/libvulkan.so.1',
+  ];
+  if (!systemLoader.some((p) => existsSync(p)) && existsSync(`${CHROMIUM_LIB}/libvulkan.so.1`))
+    process.env.LD_LIBRARY_PATH = [CHROMIUM_LIB, process.env.LD_LIBRARY_PATH].filter(Boolean).join(':');
+}
 
 export default defineConfig({
   test: {
     include: ['src/**/*.test.ts', 'test/**/*.test.ts'],
     testTimeout: 120_000,
     hookTimeout: 120_000,
-    // one Dawn instance per process: run the GPU test files one after another in a single fork
+    // one Dawn instance per process: run the GPU test files one after another
     fileParallelism: false,
   },
 });

@@ -5,6 +5,8 @@
  * (`refs.runtime_node`) with the share of identical greedy tokens (`refs.agreement`). JSON Lines on stdout.
  * `--quick`: 16 decoded tokens instead of 64. Without a GPU (SwiftShader) the numbers are only a record.
  */
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -56,6 +58,23 @@ async function timed(gen: AsyncIterable<number>): Promise<{ tokens: number[]; to
   return { tokens, tokS: (tokens.length - 1) / ((performance.now() - t0) / 1000) };
 }
 
+const CHROMIUM_LIB = '/usr/lib/chromium';
+if (
+  !existsSync('/usr/lib/x86_64-linux-gnu/libvulkan.so.1') &&
+  existsSync(`${CHROMIUM_LIB}/libvulkan.so.1`) &&
+  !(process.env.LD_LIBRARY_PATH ?? '').split(':').includes(CHROMIUM_LIB)
+) {
+  // no system Vulkan loader: run again with Chromium's (the loader path is read at process start)
+  const env = {
+    ...process.env,
+    LD_LIBRARY_PATH: [CHROMIUM_LIB, process.env.LD_LIBRARY_PATH].filter(Boolean).join(':'),
+  };
+  const r = spawnSync(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
+    env,
+    stdio: 'inherit',
+  });
+  process.exit(r.status ?? 1);
+}
 const { device, reason } = await testDevice();
 if (!device) {
   console.error(reason);
