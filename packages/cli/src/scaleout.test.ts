@@ -198,7 +198,7 @@ describe.skipIf(!hasRedis)(
       expect(count(w2.out())).toBeGreaterThan(0);
     }, 120_000);
 
-    it('a worker SIGKILLed in the middle of a job: the job is retried elsewhere and the bytes are unchanged', async () => {
+    it('a worker SIGKILLed mid-job and one SIGINTed mid-job: their jobs are taken over and the bytes are unchanged', async () => {
       const victim = worker();
       const out = join(dir, 'killed');
       const coord = start(['compress', '--out', out, ...SMALL, '--queue', url]);
@@ -215,6 +215,25 @@ describe.skipIf(!hasRedis)(
       });
       await victim.done;
       expect(events(victim.out()).some((e) => e.event === 'job-done' && e.id === killed)).toBe(false);
+      // a second worker is interrupted (SIGINT) in the middle of its first job: it hands the job back and exits cleanly
+      const quitter = worker();
+      const handed = await new Promise<string>((resolve) => {
+        const t = setInterval(() => {
+          const s = events(quitter.out()).find((e) => e.event === 'job-start');
+          if (s) {
+            quitter.p.kill('SIGINT');
+            clearInterval(t);
+            resolve(String(s.id));
+          }
+        }, 10);
+      });
+      const q = await quitter.done;
+      expect(q.status, q.stderr).toBe(0);
+      expect(events(q.stdout).filter((e) => e.event !== 'ready')).toEqual([
+        expect.objectContaining({ event: 'job-start', id: handed }),
+        expect.objectContaining({ event: 'job-returned', id: handed }),
+        { event: 'stopped' },
+      ]);
       const rescuer = worker();
       const c = await coord.done;
       expect(c.status, c.stderr).toBe(0);

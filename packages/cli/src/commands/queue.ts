@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { Worker as Thread } from 'node:worker_threads';
-import { Queue, WaitingError, Worker, type ConnectionOptions } from 'bullmq';
+import { Queue, Worker, type ConnectionOptions } from 'bullmq';
 import { CalderaError, type CalderaErrorCode } from '@caldera/core';
 import { flagNumber, flagString, type Args } from '../args.js';
 import type { QueueTask } from './task.js';
@@ -264,15 +264,12 @@ export async function workerCommand(a: Args): Promise<number> {
   const log = (o: Record<string, unknown>) =>
     json ? console.log(JSON.stringify(o)) : console.error(`caldera worker: ${o.event} ${o.label ?? ''}`);
   const stop = new AbortController();
-  const onSignal = () => stop.abort();
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
   let lastError = '';
   const idle: TaskThread[] = [];
   const all: TaskThread[] = [];
   const worker = new Worker<QueueTask>(
     name,
-    async (job, token, jobSignal) => {
+    async (job, _token, jobSignal) => {
       const signal = jobSignal ? AbortSignal.any([stop.signal, jobSignal]) : stop.signal;
       const t0 = performance.now();
       log({
@@ -295,11 +292,11 @@ export async function workerCommand(a: Args): Promise<number> {
         });
         return result;
       } catch (e) {
-        if (stop.signal.aborted && token) {
-          // cancelled by this worker's shutdown: hand the job back without spending an attempt
-          await job.moveToWait(token);
+        if (stop.signal.aborted) {
+          // cancelled by this worker's shutdown: hand the job back to the wait list without spending an attempt.
+          // (BullMQ's "manual rate limit" error does exactly that and, unlike WaitingError, fetches no next job.)
           log({ event: 'job-returned', id: job.id, label: job.data.label });
-          throw new WaitingError();
+          throw Worker.RateLimitError();
         }
         log({ event: 'job-failed', id: job.id, label: job.data.label, reason: (e as Error).message });
         throw e;
@@ -316,6 +313,15 @@ export async function workerCommand(a: Args): Promise<number> {
   worker.on('error', (e) => {
     lastError = e.message;
   });
+  // Shutdown: first stop fetching (close() sets the closing flag at once, then waits for the jobs in hand), then cancel
+  // the jobs in hand, which hand themselves back to the queue.
+  let closing: Promise<void> | undefined;
+  const shutdown = () => {
+    closing ??= worker.close();
+    stop.abort();
+  };
+  process.once('SIGINT', shutdown);
+  process.once('SIGTERM', shutdown);
   try {
     await within(
       worker.waitUntilReady().then((c) => c.ping()),
@@ -326,10 +332,10 @@ export async function workerCommand(a: Args): Promise<number> {
     if (!stop.signal.aborted)
       await new Promise((r) => stop.signal.addEventListener('abort', r, { once: true }));
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    stop.abort();
-    await within(worker.close(), 10_000, 'closing the worker').catch(() => worker.disconnect());
+    process.off('SIGINT', shutdown);
+    process.off('SIGTERM', shutdown);
+    shutdown();
+    await within(closing!, 10_000, 'closing the worker').catch(() => worker.disconnect());
     await Promise.all(all.map((t) => t.dispose()));
     log({ event: 'stopped' });
   }
