@@ -26,6 +26,7 @@ export default defineConfig({
             { text: 'What is CALDERA?', link: '/guide/what-is-caldera' },
             { text: 'Quickstart', link: '/guide/quickstart' },
             { text: 'Scale out', link: '/guide/scale-out' },
+            { text: 'Fine-tune the low-rank factors', link: '/guide/finetune' },
           ],
         },
       ],

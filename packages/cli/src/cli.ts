@@ -1,6 +1,8 @@
 import { isCalderaError } from '@caldera/core';
 import { parseArgs } from './args.js';
 import { compressCommand, compressHelp, mergeCommand, mergeHelp, workerHelp } from './commands/compress.js';
+import { finetuneCommand, finetuneHelp } from './commands/finetune.js';
+import { trainCommand, trainHelp } from './commands/train.js';
 import {
   evalCommand,
   evalHelp,
@@ -13,6 +15,8 @@ import {
 const COMMANDS: Record<string, { run: (a: ReturnType<typeof parseArgs>) => Promise<number>; help: string }> =
   {
     compress: { run: compressCommand, help: compressHelp },
+    finetune: { run: finetuneCommand, help: finetuneHelp },
+    train: { run: trainCommand, help: trainHelp },
     eval: { run: evalCommand, help: evalHelp },
     generate: { run: generateCommand, help: generateHelp },
     inspect: { run: inspectCommand, help: inspectHelp },

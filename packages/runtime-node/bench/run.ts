@@ -188,3 +188,11 @@ emit('weight_bytes_ratio_4096', bytes / (4096 * 4096 * 2), 'x f16', {
   calderaBytes: bytes,
   f16Bytes: 4096 * 4096 * 2,
 });
+
+// training cases (their own process, so the inference models above are freed)
+const train = spawnSync(
+  process.execPath,
+  [...process.execArgv, fileURLToPath(new URL('./train.ts', import.meta.url)), ...(quick ? ['--quick'] : [])],
+  { encoding: 'utf8', stdio: ['ignore', 'inherit', 'inherit'] },
+);
+if (train.status !== 0) throw new Error('training benchmark failed');

@@ -56,7 +56,7 @@ export async function tokenizeDocuments(
 }
 
 /** Default calibration and evaluation texts for the reference model. */
-export function defaultText(split: 'train' | 'test'): string {
+export function defaultText(split: 'train' | 'valid' | 'test'): string {
   return referenceTextPath(split);
 }
 

@@ -8,3 +8,6 @@ export * from './attention.js';
 export * from './linear.js';
 export * from './model.js';
 export * from './trainer.js';
+export * from './caldera-lora.js';
+export * from './finetune.js';
+export * from './rht.js';

@@ -26,11 +26,59 @@ export function linearForward(x: Vec, w: Vec, n: number, inF: number, outF: numb
 
 /**
  * Backward of {@link linearForward}: returns `dx = dy·W` and adds `dyᵀ·x` into `dw` (accumulating, so tied
- * weights and gradient accumulation sum naturally).
+ * weights and gradient accumulation sum naturally). `dw` null = W is frozen (its gemm is skipped).
  */
-export function linearBackward(dy: Vec, x: Vec, w: Vec, dw: Vec, n: number, inF: number, outF: number): Vec {
+export function linearBackward(
+  dy: Vec,
+  x: Vec,
+  w: Vec,
+  dw: Vec | null,
+  n: number,
+  inF: number,
+  outF: number,
+): Vec {
   const dx = run(mat(dy, n, outF), mat(w, outF, inF), false, false);
-  const g = run(mat(dy, n, outF), mat(x, n, inF), true, false);
-  for (let i = 0; i < dw.length; i++) dw[i] = dw[i]! + g[i]!;
+  if (dw) addInto(dw, run(mat(dy, n, outF), mat(x, n, inF), true, false));
   return dx;
+}
+
+function addInto(acc: Vec, v: Vec): void {
+  for (let i = 0; i < acc.length; i++) acc[i] = acc[i]! + v[i]!;
+}
+
+/** A low-rank adapter `ΔW = A·B` of a linear layer: `A [outF, rank]`, `B [rank, inF]`, row-major. */
+export interface LoraPair {
+  a: Vec;
+  b: Vec;
+  rank: number;
+}
+
+/** Adds the adapter term `(x·Bᵀ)·Aᵀ` to `y` (`[n, outF]`, in place); returns `z = x·Bᵀ` (`[n, rank]`) for backward. */
+export function loraForward(y: Vec, x: Vec, p: LoraPair, n: number, inF: number, outF: number): Vec {
+  const z = run(mat(x, n, inF), mat(p.b, p.rank, inF), false, true);
+  addInto(y, run(mat(z, n, p.rank), mat(p.a, outF, p.rank), false, true));
+  return z;
+}
+
+/**
+ * Backward of {@link loraForward}: adds `dyᵀ·z` into `da` and `(dy·A)ᵀ·x` into `db` (either may be null when
+ * frozen) and `(dy·A)·B` into `dx` (in place).
+ */
+export function loraBackward(
+  dx: Vec,
+  dy: Vec,
+  x: Vec,
+  z: Vec,
+  p: LoraPair,
+  da: Vec | null,
+  db: Vec | null,
+  n: number,
+  inF: number,
+  outF: number,
+): void {
+  const k = p.rank;
+  const u = run(mat(dy, n, outF), mat(p.a, outF, k), false, false); // n × k
+  addInto(dx, run(mat(u, n, k), mat(p.b, k, inF), false, false));
+  if (da) addInto(da, run(mat(dy, n, outF), mat(z, n, k), true, false));
+  if (db) addInto(db, run(mat(u, n, k), mat(x, n, inF), true, false));
 }

@@ -50,3 +50,37 @@ export function crossEntropy(
   }
   return { loss: count > 0 ? total / count : 0, count, dLogits: d };
 }
+
+/**
+ * Cross-entropy against soft targets (distillation): the mean over rows of `−Σ_j p_j·log softmax(logits)_j`, with
+ * `probs` (`[rows, vocab]`, each row summing to 1) e.g. a teacher model's softmax, and its gradient
+ * `(softmax − p) / rows`. Equal to the mean KL divergence from `p` up to the (constant) entropy of `p`.
+ */
+export function softCrossEntropy(
+  logits: Vec,
+  rows: number,
+  vocab: number,
+  probs: ArrayLike<number>,
+): CrossEntropyResult {
+  if (logits.length !== rows * vocab || probs.length !== rows * vocab)
+    throw new CalderaError(
+      'E_SHAPE',
+      `softCrossEntropy: logits has ${logits.length} values, probs ${probs.length}; expected ${rows}·${vocab}`,
+    );
+  const d = zerosLike(logits, logits.length);
+  let total = 0;
+  for (let r = 0; r < rows; r++) {
+    const o = r * vocab;
+    let mx = -Infinity;
+    for (let j = 0; j < vocab; j++) mx = Math.max(mx, logits[o + j]!);
+    let s = 0;
+    for (let j = 0; j < vocab; j++) s += Math.exp(logits[o + j]! - mx);
+    const lse = mx + Math.log(s);
+    for (let j = 0; j < vocab; j++) {
+      const p = probs[o + j]!;
+      total -= p * (logits[o + j]! - lse);
+      d[o + j] = (Math.exp(logits[o + j]! - lse) - p) / rows;
+    }
+  }
+  return { loss: rows > 0 ? total / rows : 0, count: rows, dLogits: d };
+}

@@ -1,8 +1,8 @@
 import { CalderaError, type Rng } from '@caldera/core';
 import type { ModelConfig } from '../config.js';
 import { attentionBackward, attentionForward } from './attention.js';
-import { linearBackward, linearForward } from './linear.js';
-import { crossEntropy } from './loss.js';
+import { linearBackward, linearForward, loraBackward, loraForward, type LoraPair } from './linear.js';
+import { crossEntropy, softCrossEntropy } from './loss.js';
 import { rmsNormBackward, rmsNormForward } from './rmsnorm.js';
 import { ropeApply } from './rope.js';
 import { swigluBackward, swigluForward } from './swiglu.js';
@@ -22,7 +22,10 @@ export type TrainConfig = Pick<
   | 'ropeTheta'
 >;
 
-/** Trainable parameters by Hugging Face tensor name (`model.embed_tokens.weight`, …), row-major. */
+/**
+ * Parameters by Hugging Face tensor name (`model.embed_tokens.weight`, …), row-major. A linear layer `P` may also
+ * have a low-rank adapter `P.lora_A` `[out, r]` and `P.lora_B` `[r, in]`: then `y = x·Wᵀ + (x·Bᵀ)·Aᵀ`.
+ */
 export type TrainParams = Record<string, Vec>;
 
 /** Hugging Face names and shapes of every parameter of a tied-embedding Llama model. */
@@ -69,6 +72,11 @@ export function initTrainParams(c: TrainConfig, rng: Rng, std = 0.02, f64 = fals
   return out;
 }
 
+/** Soft targets for distillation: `[T, vocab]` probabilities (e.g. a teacher model's softmax), row-major. */
+export interface SoftTargets {
+  probs: ArrayLike<number>;
+}
+
 /** Result of {@link lossAndGrad}. */
 export interface LossAndGrad {
   /** Mean cross-entropy over the non-ignored targets. */
@@ -80,17 +88,21 @@ export interface LossAndGrad {
 }
 
 /**
- * Training forward of one sequence (`tokens[t]` predicts `targets[t]`; `ignoreIndex` −100 skips a position)
+ * Training forward of one sequence (`tokens[t]` predicts `targets[t]`; `ignoreIndex` −100 skips a position; or soft
+ * targets, see {@link SoftTargets})
  * through embedding, `numLayers` × (RMSNorm, RoPE GQA causal attention, residual, RMSNorm, SwiGLU, residual),
  * final RMSNorm and the tied LM head, then cross-entropy; with `grad` (default true) the backward pass of every op
- * in reverse, activations kept from the forward. Gradients are of the mean loss of this sequence.
+ * in reverse, activations kept from the forward. Gradients are of the mean loss of this sequence. With
+ * `trainable`, gradients are computed (and returned) only for those parameter names: frozen weights skip their
+ * weight-gradient products (LoRA fine-tuning freezes everything but the adapters).
  */
 export function lossAndGrad(
   params: TrainParams,
   c: TrainConfig,
   tokens: ArrayLike<number>,
-  targets: ArrayLike<number>,
+  targets: ArrayLike<number> | SoftTargets,
   grad = true,
+  trainable?: ReadonlySet<string>,
 ): LossAndGrad {
   const T = tokens.length;
   const d = c.hiddenSize;
@@ -104,6 +116,26 @@ export function lossAndGrad(
     return v;
   };
   const emb = P('model.embed_tokens.weight');
+  const loraOf = (prefix: string, inF: number, outF: number): LoraPair | null => {
+    const a = params[`${prefix}.lora_A`];
+    const b = params[`${prefix}.lora_B`];
+    if (!a || !b) return null;
+    const rank = a.length / outF;
+    if (!Number.isInteger(rank) || b.length !== rank * inF)
+      throw new CalderaError(
+        'E_SHAPE',
+        `lossAndGrad: ${prefix}.lora_A has ${a.length} and lora_B ${b.length} values, expected [${outF}, r] and [r, ${inF}]`,
+      );
+    return { a, b, rank };
+  };
+  const zs = new Map<string, Vec>();
+  /** Linear `prefix` (weight `prefix.weight`, optional adapter) on `[T, inF]`. */
+  const lf = (prefix: string, xin: Vec, inF: number, outF: number): Vec => {
+    const y = linearForward(xin, P(`${prefix}.weight`), T, inF, outF);
+    const lora = loraOf(prefix, inF, outF);
+    if (lora) zs.set(prefix, loraForward(y, xin, lora, T, inF, outF));
+    return y;
+  };
   let x = zerosLike(emb, T * d);
   for (let t = 0; t < T; t++) {
     const id = tokens[t]!;
@@ -116,116 +148,94 @@ export function lossAndGrad(
     const p = `model.layers.${l}.`;
     const x0 = x;
     const n1 = rmsNormForward(x0, P(`${p}input_layernorm.weight`), T, d, c.rmsNormEps);
-    const qRaw = linearForward(n1.y, P(`${p}self_attn.q_proj.weight`), T, d, qd);
-    const kRaw = linearForward(n1.y, P(`${p}self_attn.k_proj.weight`), T, d, kd);
-    const v = linearForward(n1.y, P(`${p}self_attn.v_proj.weight`), T, d, kd);
+    const qRaw = lf(`${p}self_attn.q_proj`, n1.y, d, qd);
+    const kRaw = lf(`${p}self_attn.k_proj`, n1.y, d, kd);
+    const v = lf(`${p}self_attn.v_proj`, n1.y, d, kd);
     const q = ropeApply(qRaw, T, c.numHeads, c.headDim, c.ropeTheta);
     const k = ropeApply(kRaw, T, c.numKvHeads, c.headDim, c.ropeTheta);
     const att = attentionForward(q, k, v, shape);
-    const ao = linearForward(att.out, P(`${p}self_attn.o_proj.weight`), T, qd, d);
+    const ao = lf(`${p}self_attn.o_proj`, att.out, qd, d);
     const x1 = zerosLike(x0, T * d);
     for (let i = 0; i < T * d; i++) x1[i] = x0[i]! + ao[i]!;
     const n2 = rmsNormForward(x1, P(`${p}post_attention_layernorm.weight`), T, d, c.rmsNormEps);
-    const gate = linearForward(n2.y, P(`${p}mlp.gate_proj.weight`), T, d, I);
-    const up = linearForward(n2.y, P(`${p}mlp.up_proj.weight`), T, d, I);
+    const gate = lf(`${p}mlp.gate_proj`, n2.y, d, I);
+    const up = lf(`${p}mlp.up_proj`, n2.y, d, I);
     const h = swigluForward(gate, up);
-    const mo = linearForward(h, P(`${p}mlp.down_proj.weight`), T, I, d);
+    const mo = lf(`${p}mlp.down_proj`, h, I, d);
     x = zerosLike(x0, T * d);
     for (let i = 0; i < T * d; i++) x[i] = x1[i]! + mo[i]!;
     caches.push({ x0, n1, q, k, v, att, x1, n2, gate, up, h });
   }
   const nf = rmsNormForward(x, P('model.norm.weight'), T, d, c.rmsNormEps);
   const logits = linearForward(nf.y, emb, T, d, c.vocabSize);
-  const ce = crossEntropy(logits, T, c.vocabSize, targets);
+  const ce =
+    'probs' in targets
+      ? softCrossEntropy(logits, T, c.vocabSize, targets.probs)
+      : crossEntropy(logits, T, c.vocabSize, targets);
   if (!grad) return { loss: ce.loss, count: ce.count };
 
   const g: TrainParams = {};
-  for (const [name, v] of Object.entries(params)) g[name] = zerosLike(v, v.length);
-  const G = (name: string): Vec => g[name]!;
+  for (const [name, v] of Object.entries(params))
+    if (!trainable || trainable.has(name)) g[name] = zerosLike(v, v.length);
+  const G = (name: string): Vec | null => g[name] ?? null;
+  /** Backward of {@link lf}: returns dx; accumulates the gradients of the trainable weight / adapter. */
+  const lb = (prefix: string, dy: Vec, xin: Vec, inF: number, outF: number): Vec => {
+    const dx = linearBackward(dy, xin, P(`${prefix}.weight`), G(`${prefix}.weight`), T, inF, outF);
+    const lora = loraOf(prefix, inF, outF);
+    if (lora)
+      loraBackward(
+        dx,
+        dy,
+        xin,
+        zs.get(prefix)!,
+        lora,
+        G(`${prefix}.lora_A`),
+        G(`${prefix}.lora_B`),
+        T,
+        inF,
+        outF,
+      );
+    return dx;
+  };
   const dNf = linearBackward(ce.dLogits, nf.y, emb, G('model.embed_tokens.weight'), T, d, c.vocabSize);
   const fb = rmsNormBackward(dNf, x, P('model.norm.weight'), nf.cache, T, d);
-  addInto(G('model.norm.weight'), fb.dw);
+  addIfTrainable(G('model.norm.weight'), fb.dw);
   let dx = fb.dx;
   for (let l = c.numLayers - 1; l >= 0; l--) {
     const p = `model.layers.${l}.`;
     const a = caches[l]!;
     // x = x1 + down(swiglu(gate(n2), up(n2)))
-    const dh = linearBackward(dx, a.h, P(`${p}mlp.down_proj.weight`), G(`${p}mlp.down_proj.weight`), T, I, d);
+    const dh = lb(`${p}mlp.down_proj`, dx, a.h, I, d);
     const sw = swigluBackward(dh, a.gate, a.up);
-    const dn2 = linearBackward(
-      sw.dGate,
-      a.n2.y,
-      P(`${p}mlp.gate_proj.weight`),
-      G(`${p}mlp.gate_proj.weight`),
-      T,
-      d,
-      I,
-    );
-    addInto(
-      dn2,
-      linearBackward(sw.dUp, a.n2.y, P(`${p}mlp.up_proj.weight`), G(`${p}mlp.up_proj.weight`), T, d, I),
-    );
+    const dn2 = lb(`${p}mlp.gate_proj`, sw.dGate, a.n2.y, d, I);
+    addInto(dn2, lb(`${p}mlp.up_proj`, sw.dUp, a.n2.y, d, I));
     const b2 = rmsNormBackward(dn2, a.x1, P(`${p}post_attention_layernorm.weight`), a.n2.cache, T, d);
-    addInto(G(`${p}post_attention_layernorm.weight`), b2.dw);
+    addIfTrainable(G(`${p}post_attention_layernorm.weight`), b2.dw);
     const dx1 = dx;
     addInto(dx1, b2.dx);
     // x1 = x0 + o(attn(rope(q(n1)), rope(k(n1)), v(n1)))
-    const dAtt = linearBackward(
-      dx1,
-      a.att.out,
-      P(`${p}self_attn.o_proj.weight`),
-      G(`${p}self_attn.o_proj.weight`),
-      T,
-      qd,
-      d,
-    );
+    const dAtt = lb(`${p}self_attn.o_proj`, dx1, a.att.out, qd, d);
     const ab = attentionBackward(dAtt, a.q, a.k, a.v, a.att.cache, shape);
     const dqRaw = ropeApply(ab.dq, T, c.numHeads, c.headDim, c.ropeTheta, true);
     const dkRaw = ropeApply(ab.dk, T, c.numKvHeads, c.headDim, c.ropeTheta, true);
-    const dn1 = linearBackward(
-      dqRaw,
-      a.n1.y,
-      P(`${p}self_attn.q_proj.weight`),
-      G(`${p}self_attn.q_proj.weight`),
-      T,
-      d,
-      qd,
-    );
-    addInto(
-      dn1,
-      linearBackward(
-        dkRaw,
-        a.n1.y,
-        P(`${p}self_attn.k_proj.weight`),
-        G(`${p}self_attn.k_proj.weight`),
-        T,
-        d,
-        kd,
-      ),
-    );
-    addInto(
-      dn1,
-      linearBackward(
-        ab.dv,
-        a.n1.y,
-        P(`${p}self_attn.v_proj.weight`),
-        G(`${p}self_attn.v_proj.weight`),
-        T,
-        d,
-        kd,
-      ),
-    );
+    const dn1 = lb(`${p}self_attn.q_proj`, dqRaw, a.n1.y, d, qd);
+    addInto(dn1, lb(`${p}self_attn.k_proj`, dkRaw, a.n1.y, d, kd));
+    addInto(dn1, lb(`${p}self_attn.v_proj`, ab.dv, a.n1.y, d, kd));
     const b1 = rmsNormBackward(dn1, a.x0, P(`${p}input_layernorm.weight`), a.n1.cache, T, d);
-    addInto(G(`${p}input_layernorm.weight`), b1.dw);
+    addIfTrainable(G(`${p}input_layernorm.weight`), b1.dw);
     addInto(dx1, b1.dx);
     dx = dx1;
   }
   const dEmb = G('model.embed_tokens.weight');
-  for (let t = 0; t < T; t++) {
+  for (let t = 0; dEmb && t < T; t++) {
     const o = tokens[t]! * d;
     for (let j = 0; j < d; j++) dEmb[o + j] = dEmb[o + j]! + dx[t * d + j]!;
   }
   return { loss: ce.loss, count: ce.count, grads: g };
+}
+
+function addIfTrainable(acc: Vec | null, v: Vec): void {
+  if (acc) addInto(acc, v);
 }
 
 function addInto(acc: Vec, v: Vec): void {

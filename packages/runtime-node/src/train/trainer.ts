@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { atomicWriteFile, CalderaError, Rng } from '@caldera/core';
-import { lossAndGrad, type TrainConfig, type TrainParams } from './model.js';
+import { lossAndGrad, type LossAndGrad, type TrainConfig, type TrainParams } from './model.js';
 import { adamWState, adamWStep, clipGradNorm, cosineLr, type AdamWState } from './optim.js';
 
 /** Options of a {@link Trainer}. */
@@ -27,6 +27,24 @@ export interface TrainerOptions {
   seed?: number;
 }
 
+/**
+ * The loss a {@link Trainer} minimises, for one sequence: `tokens[t]` predicts `targets[t]`; with `grad`, the
+ * gradients of the mean loss for every trainable parameter (the keys of the trainer's `params`). The default is
+ * {@link lossAndGrad} of the whole model; LoRA fine-tuning supplies one over the adapters only.
+ */
+export type Objective = (
+  params: TrainParams,
+  tokens: number[],
+  targets: number[],
+  grad: boolean,
+) => LossAndGrad;
+
+/** Extra state saved with a training state (e.g. early-stopping bookkeeping and the best weights so far). */
+export interface TrainStateExtra {
+  info?: unknown;
+  tensors?: Record<string, Float32Array>;
+}
+
 /** What {@link Trainer.step} reports. */
 export interface TrainStepResult {
   step: number;
@@ -47,13 +65,18 @@ export class Trainer {
   private rng: Rng;
   /** Optimizer steps done so far. */
   stepCount = 0;
+  /** The extra state restored by {@link Trainer.load} (undefined for a fresh trainer). */
+  restored: TrainStateExtra | undefined;
+  readonly objective: Objective;
 
   constructor(
     readonly config: TrainConfig,
     readonly params: TrainParams,
     readonly data: ArrayLike<number>,
     options: TrainerOptions = {},
+    objective?: Objective,
   ) {
+    this.objective = objective ?? ((p, t, g, grad) => lossAndGrad(p, config, t, g, grad));
     this.options = {
       seqLen: 128,
       batch: 8,
@@ -86,7 +109,7 @@ export class Trainer {
       const s = this.rng.int(this.data.length - o.seqLen - 1);
       const tokens = Array.from({ length: o.seqLen }, (_, i) => this.data[s + i]!);
       const targets = Array.from({ length: o.seqLen }, (_, i) => this.data[s + i + 1]!);
-      const r = lossAndGrad(this.params, this.config, tokens, targets);
+      const r = this.objective(this.params, tokens, targets, true);
       loss += r.loss / o.batch;
       for (const [k, g] of Object.entries(r.grads!)) {
         const a = acc[k]!;
@@ -117,11 +140,16 @@ export class Trainer {
    * Writes the whole training state to `path` atomically: a little-endian u32 header length, a JSON header
    * (options, step, RNG state, tensor directory), then the f32 tensors (weights, first and second moments).
    */
-  async save(path: string, signal?: AbortSignal): Promise<void> {
+  async save(path: string, signal?: AbortSignal, extra: TrainStateExtra = {}): Promise<void> {
     const names = Object.keys(this.params);
     const arrays: Float32Array[] = [];
     const dir: Record<string, [number, number]> = {};
     let off = 0;
+    for (const [n, a] of Object.entries(extra.tensors ?? {})) {
+      dir[`extra:${n}`] = [off, a.length];
+      off += a.length;
+      arrays.push(a);
+    }
     for (const n of names)
       for (const [suffix, a] of [
         ['', this.params[n]!],
@@ -140,6 +168,7 @@ export class Trainer {
         options: this.options,
         step: this.stepCount,
         rng: this.rng.getState(),
+        extraInfo: extra.info ?? null,
         tensors: dir,
       }),
     );
@@ -154,8 +183,13 @@ export class Trainer {
     await atomicWriteFile(path, body, { signal });
   }
 
-  /** Restores a state written by {@link save}; `data` must be the same token stream. */
-  static async load(path: string, config: TrainConfig, data: ArrayLike<number>): Promise<Trainer> {
+  /** Restores a state written by {@link save}; `data` (and `objective`) must be the same as when it was saved. */
+  static async load(
+    path: string,
+    config: TrainConfig,
+    data: ArrayLike<number>,
+    objective?: Objective,
+  ): Promise<Trainer> {
     const buf = await readFile(path).catch((e: Error) => {
       throw new CalderaError('E_IO', `cannot read training state ${path}: ${e.message}`);
     });
@@ -165,6 +199,7 @@ export class Trainer {
       options: Required<TrainerOptions>;
       step: number;
       rng: number[];
+      extraInfo?: unknown;
       tensors: Record<string, [number, number]>;
     };
     if (h.format !== 'caldera-train-state')
@@ -177,8 +212,13 @@ export class Trainer {
       return new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
     };
     const params: TrainParams = {};
-    for (const n of Object.keys(h.tensors)) if (!n.endsWith('.m') && !n.endsWith('.v')) params[n] = get(n);
-    const t = new Trainer(config, params, data, h.options);
+    const extraTensors: Record<string, Float32Array> = {};
+    for (const n of Object.keys(h.tensors)) {
+      if (n.startsWith('extra:')) extraTensors[n.slice(6)] = get(n);
+      else if (!n.endsWith('.m') && !n.endsWith('.v')) params[n] = get(n);
+    }
+    const t = new Trainer(config, params, data, h.options, objective);
+    t.restored = { info: h.extraInfo ?? undefined, tensors: extraTensors };
     for (const n of Object.keys(params)) t.moments[n] = { m: get(`${n}.m`), v: get(`${n}.v`) };
     t.stepCount = h.step;
     t.rng = Rng.fromState(h.rng);

@@ -1,0 +1,165 @@
+import { mkdir, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CalderaError } from '@caldera/core';
+import {
+  loadModel,
+  modelTeacher,
+  perplexity,
+  prepareLoraFinetune,
+  prepareSignFinetune,
+  runFinetune,
+  writeFinetunedCheckpoint,
+} from '@caldera/runtime-node';
+import { flagNumber, flagString, progressBar, type Args } from '../args.js';
+import { defaultText, modelDirOf, readDocuments, tokenizeDocuments } from './common.js';
+
+export const finetuneHelp = `caldera finetune [compressed-dir] [options]
+
+LoRA fine-tuning of a CALDERA checkpoint (algorithm brief §7.1): the first k_ft components of L and R of every
+compressed layer become trainable (f32, initialised from their dequantized values); Q, the rest of L and R, signs,
+embeddings and norms stay frozen. Trains on a text with early stopping on a validation text, keeps the best
+weights, and writes a new checkpoint (L_ft/R_ft in f32) that both runtimes load. Interrupt (Ctrl-C) saves a
+resumable state; rerunning the same command continues from it.
+Without compressed-dir, fine-tunes ./caldera-out/model-caldera (what 'caldera compress' writes by default).
+
+With --signs, trains the Hadamard sign vectors SU, SV of every layer end to end instead (the paper's RHT fine-tuning,
+§7.2): everything else frozen, loss = cross-entropy against a teacher's next-token distribution.
+
+Options:
+  --out DIR          output checkpoint (default: <compressed-dir>-ft)
+  --teacher DIR      distil from this (uncompressed) model's next-token distributions instead of the data's next
+                     tokens (default: none; with --signs, the embedded reference model)
+  --signs            train the sign vectors SU, SV instead of L_ft, R_ft
+  --data FILE        training text (.txt documents separated by blank lines, or .jsonl; default: reference train split)
+  --valid FILE       validation text for early stopping (default: reference valid split)
+  --eval FILE        held-out text for perplexity before/after (default: reference test split)
+  --ft-rank K        trainable rank per layer, clamped to the layer's rank (default 64)
+  --steps N          optimizer steps at most (default 200)   --lr LR   peak learning rate (default 1e-3)
+  --batch N          sequences per step (default 4)   --seq-len L   tokens per sequence (default 128)
+  --eval-every N     validate every N steps (default 20)   --patience N   validations without improvement (default 3)
+  --valid-tokens N   validation tokens (default 4096)   --eval-tokens N   held-out tokens scored (default 8192)
+  --seed S           data order seed (default 0)
+  --json             JSON lines on stdout instead of a progress bar and table`;
+
+async function exists(p: string): Promise<boolean> {
+  return stat(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+export async function finetuneCommand(a: Args): Promise<number> {
+  const json = a.flags.has('json');
+  const src = a.positionals[0] ?? join('caldera-out', 'model-caldera');
+  if (!(await exists(join(src, 'caldera.json'))))
+    throw new CalderaError(
+      'E_IO',
+      `${src} is not a CALDERA checkpoint (no caldera.json)${a.positionals[0] ? '' : "; run 'caldera compress' first"}`,
+    );
+  const out = flagString(a, 'out') ?? `${src.replace(/\/$/, '')}-ft`;
+  const ftRank = flagNumber(a, 'ft-rank', 64);
+  const seqLen = flagNumber(a, 'seq-len', 128);
+  const options = {
+    steps: flagNumber(a, 'steps', 200),
+    seqLen,
+    batch: flagNumber(a, 'batch', 4),
+    lr: flagNumber(a, 'lr', 1e-3),
+    evalEvery: flagNumber(a, 'eval-every', 20),
+    patience: flagNumber(a, 'patience', 3),
+    evalTokens: flagNumber(a, 'valid-tokens', 4096),
+    seed: flagNumber(a, 'seed', 0),
+  };
+  const log = (o: Record<string, unknown>) => (json ? console.log(JSON.stringify(o)) : undefined);
+
+  const loaded = await loadModel(src, { dtype: 'f32' });
+  const bos = loaded.config.bosTokenId;
+  const tokens = async (file: string) =>
+    (await tokenizeDocuments(src, await readDocuments(file), bos)).flat();
+  const train = await tokens(flagString(a, 'data') ?? defaultText('train'));
+  const valid = await tokens(flagString(a, 'valid') ?? defaultText('valid'));
+  const heldOut = (await tokens(flagString(a, 'eval') ?? defaultText('test'))).slice(
+    0,
+    flagNumber(a, 'eval-tokens', 8192),
+  );
+  const evalCtx = Math.min(256, loaded.config.maxPositions);
+  const before = perplexity(loaded.model, heldOut, { context: evalCtx });
+  log({ event: 'baseline', ppl: before.ppl, tokens: before.tokens });
+
+  const signs = a.flags.has('signs');
+  const teacherDir = flagString(a, 'teacher') ?? (signs ? modelDirOf(undefined) : undefined);
+  const teacherModel = teacherDir ? (await loadModel(teacherDir)).model : undefined;
+  const setup = signs
+    ? prepareSignFinetune(loaded, teacherModel!)
+    : prepareLoraFinetune(loaded, ftRank, teacherModel ? modelTeacher(teacherModel) : undefined);
+  const partial = `${out}.partial`;
+  await mkdir(partial, { recursive: true });
+  const ctl = new AbortController();
+  const onSignal = () => ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
+  process.once('SIGINT', onSignal);
+  const bar = progressBar('finetune', !json && process.stderr.isTTY === true);
+  let result;
+  try {
+    result = await runFinetune(setup, train, valid, {
+      ...options,
+      statePath: join(partial, 'finetune-state.bin'),
+      signal: ctl.signal,
+      onProgress: (e) => {
+        bar.update(
+          e.step,
+          e.steps,
+          e.etaSeconds,
+          `loss ${e.loss.toFixed(3)} val ${(e.valLoss ?? e.bestValLoss).toFixed(3)} ${Math.round(e.tokensPerSecond)} tok/s`,
+        );
+        log({ ...e });
+      },
+    });
+  } catch (e) {
+    if (ctl.signal.aborted) {
+      bar.done();
+      console.error(
+        `caldera finetune: interrupted; state saved in ${partial} — rerun the same command to resume`,
+      );
+      return 130;
+    }
+    throw e;
+  } finally {
+    process.off('SIGINT', onSignal);
+    bar.done();
+  }
+
+  const meta = await writeFinetunedCheckpoint(src, out, setup.layers, {
+    trained: signs ? 'signs' : 'factors',
+    ...(signs ? {} : { ftRank }),
+    ...(teacherDir ? { teacher: teacherDir } : {}),
+    ...options,
+    steps: result.steps,
+    bestStep: result.bestStep,
+    initialValLoss: result.initialValLoss,
+    bestValLoss: result.bestValLoss,
+  });
+  await rm(partial, { recursive: true, force: true });
+  const tuned = await loadModel(out);
+  const after = perplexity(tuned.model, heldOut, { context: evalCtx });
+  const report = {
+    source: src,
+    out,
+    ftRank,
+    layers: setup.layers.length,
+    ...result,
+    bitsPerWeight: meta.bitsPerWeight,
+    perplexity: { before: before.ppl, after: after.ppl, tokens: after.tokens, context: evalCtx },
+  };
+  if (json) console.log(JSON.stringify({ event: 'done', ...report }));
+  else {
+    console.log(
+      `fine-tuned ${signs ? 'the sign vectors of ' : ''}${setup.layers.length} layers${signs ? '' : ` (k_ft ≤ ${ftRank})`}${teacherModel ? ' against the teacher' : ''} for ${result.steps} steps in ${result.seconds.toFixed(1)} s` +
+        `${result.stoppedEarly ? ' (early stop)' : ''}; kept step ${result.bestStep}`,
+    );
+    console.log(
+      `validation loss ${result.initialValLoss.toFixed(4)} → ${result.bestValLoss.toFixed(4)}; ` +
+        `held-out perplexity ${before.ppl.toFixed(2)} → ${after.ppl.toFixed(2)} (${after.tokens} tokens, context ${evalCtx})`,
+    );
+    console.log(`wrote ${out} (${meta.bitsPerWeight.toFixed(3)} bits/weight, paper accounting)`);
+  }
+  return 0;
+}

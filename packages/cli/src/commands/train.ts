@@ -1,0 +1,175 @@
+import { copyFile, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CalderaError, cast, Rng, tempSuffix, writeSafetensors, type Tensor } from '@caldera/core';
+import {
+  initTrainParams,
+  parseModelConfig,
+  Trainer,
+  trainParamShapes,
+  validationLoss,
+  type TrainConfig,
+} from '@caldera/runtime-node';
+import { flagNumber, flagString, progressBar, type Args } from '../args.js';
+import { defaultText, modelDirOf, readDocuments, tokenizeDocuments } from './common.js';
+
+export const trainHelp = `caldera train [template-dir] --out DIR [options]
+
+Train a Llama-architecture model from scratch with Caldera's training engine (AdamW, warmup + cosine, clipping,
+seeded data order). The architecture (config.json) and tokenizer (tokenizer.json) come from template-dir (default:
+the embedded reference model, i.e. retrain it). Writes a Hugging Face directory (config.json, model.safetensors in
+f16, tokenizer.json, generation_config.json, training-log.jsonl) atomically. Interrupt (Ctrl-C) saves a resumable
+state in <out>.partial; rerunning the same command continues from it with the same losses.
+
+Options:
+  --out DIR          output model directory (required)
+  --data FILE        training text (default: reference train split)   --valid FILE   validation text (reference valid split)
+  --steps N          optimizer steps (default 2000)   --lr LR   peak learning rate (default 3e-3)
+  --batch N          sequences per step (default 8)   --seq-len L   tokens per sequence (default 128)
+  --warmup N         warmup steps (default 50)   --eval-every N   validation every N steps (default 100)
+  --valid-tokens N   validation tokens (default 8192)   --seed S   seed of init and data order (default 0)
+  --json             JSON lines on stdout (one per step and per validation)`;
+
+async function exists(p: string): Promise<boolean> {
+  return stat(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+export async function trainCommand(a: Args): Promise<number> {
+  const json = a.flags.has('json');
+  const template = modelDirOf(a.positionals[0]);
+  const out = flagString(a, 'out');
+  if (!out) throw new CalderaError('E_VALUE', 'caldera train needs --out DIR');
+  const hfConfig = JSON.parse(await readFile(join(template, 'config.json'), 'utf8')) as Record<
+    string,
+    unknown
+  >;
+  const mc = parseModelConfig(hfConfig, join(template, 'config.json'));
+  if (!mc.tieWordEmbeddings || mc.attentionBias || mc.ropeScaling)
+    throw new CalderaError(
+      'E_UNSUPPORTED',
+      `${template}: the training engine supports tied-embedding Llama models without biases or RoPE scaling`,
+    );
+  const cfg: TrainConfig = mc;
+  const steps = flagNumber(a, 'steps', 2000);
+  const seqLen = flagNumber(a, 'seq-len', 128);
+  const seed = flagNumber(a, 'seed', 0);
+  const evalEvery = flagNumber(a, 'eval-every', 100);
+  const tokens = async (file: string) =>
+    (await tokenizeDocuments(template, await readDocuments(file), mc.bosTokenId)).flat();
+  const data = Uint16Array.from(await tokens(flagString(a, 'data') ?? defaultText('train')));
+  const valid = await tokens(flagString(a, 'valid') ?? defaultText('valid'));
+  const validTokens = flagNumber(a, 'valid-tokens', 8192);
+  const partial = `${out}.partial`;
+  const statePath = join(partial, 'train-state.bin');
+  const logPath = join(partial, 'training-log.jsonl');
+  await mkdir(partial, { recursive: true });
+  const trainer = (await exists(statePath))
+    ? await Trainer.load(statePath, cfg, data)
+    : new Trainer(cfg, initTrainParams(cfg, new Rng(seed)), data, {
+        seqLen,
+        batch: flagNumber(a, 'batch', 8),
+        lr: flagNumber(a, 'lr', 3e-3),
+        warmup: flagNumber(a, 'warmup', 50),
+        totalSteps: steps,
+        seed,
+      });
+  if (trainer.stepCount === 0) await writeFile(logPath, '');
+  const lines: string[] = [];
+  const flushLog = async () => {
+    if (lines.length) await writeFile(logPath, lines.splice(0).join(''), { flag: 'a' });
+  };
+  let stop = false;
+  const onSignal = () => (stop = true);
+  process.once('SIGINT', onSignal);
+  const bar = progressBar('train', !json && process.stderr.isTTY === true);
+  const t0 = performance.now();
+  const first = trainer.stepCount;
+  const tokensPerStep = trainer.options.seqLen * trainer.options.batch;
+  try {
+    while (trainer.stepCount < steps) {
+      await new Promise((resolve) => setTimeout(resolve, 0)); // lets the SIGINT handler run between steps
+      if (stop) {
+        await flushLog();
+        await trainer.save(statePath);
+        bar.done();
+        console.error(
+          `caldera train: interrupted at step ${trainer.stepCount}; rerun the same command to resume`,
+        );
+        return 130;
+      }
+      const r = trainer.step();
+      const seconds = (performance.now() - t0) / 1000;
+      const tps = ((trainer.stepCount - first) * tokensPerStep) / seconds;
+      const rec: Record<string, unknown> = { event: 'step', ...r, tokensPerSecond: tps };
+      if (r.step % evalEvery === 0 || r.step === steps)
+        rec.valLoss = validationLoss(
+          trainer.objective,
+          trainer.params,
+          valid,
+          trainer.options.seqLen,
+          validTokens,
+        );
+      lines.push(JSON.stringify(rec) + '\n');
+      if (json) console.log(JSON.stringify(rec));
+      bar.update(
+        r.step,
+        steps,
+        ((steps - r.step) * tokensPerStep) / tps,
+        `loss ${r.loss.toFixed(3)}${rec.valLoss ? ` val ${(rec.valLoss as number).toFixed(3)}` : ''} ${Math.round(tps)} tok/s`,
+      );
+      if (r.step % 25 === 0) {
+        await flushLog();
+        await trainer.save(statePath);
+      }
+    }
+  } finally {
+    process.off('SIGINT', onSignal);
+    bar.done();
+  }
+  await flushLog();
+
+  // the model directory, written beside `out` and renamed into place
+  const tmp = `${out}.tmp-${tempSuffix()}`;
+  await mkdir(tmp, { recursive: true });
+  try {
+    const shapes = trainParamShapes(cfg);
+    const tensors: Record<string, Tensor> = {};
+    for (const [name, p] of Object.entries(trainer.params))
+      tensors[name] = cast(
+        {
+          dtype: 'f32',
+          shape: shapes[name]!,
+          strides: stridesOf(shapes[name]!),
+          offset: 0,
+          data: p as Float32Array,
+        },
+        'f16',
+      );
+    await writeSafetensors(join(tmp, 'model.safetensors'), tensors, { metadata: { format: 'pt' } });
+    await writeFile(
+      join(tmp, 'config.json'),
+      JSON.stringify({ ...hfConfig, torch_dtype: 'float16' }, null, 2) + '\n',
+    );
+    for (const f of ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json'])
+      if (await exists(join(template, f))) await copyFile(join(template, f), join(tmp, f));
+    await copyFile(logPath, join(tmp, 'training-log.jsonl'));
+    await rm(out, { recursive: true, force: true });
+    await rename(tmp, out);
+  } catch (e) {
+    await rm(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  await rm(partial, { recursive: true, force: true });
+  const summary = { event: 'done', out, steps: trainer.stepCount, seconds: (performance.now() - t0) / 1000 };
+  if (json) console.log(JSON.stringify(summary));
+  else console.log(`wrote ${out} after ${trainer.stepCount} steps`);
+  return 0;
+}
+
+function stridesOf(shape: readonly number[]): number[] {
+  const s = new Array<number>(shape.length).fill(1);
+  for (let i = shape.length - 2; i >= 0; i--) s[i] = s[i + 1]! * shape[i + 1]!;
+  return s;
+}

@@ -1,0 +1,186 @@
+import { describe, expect, it } from 'vitest';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { openSafetensors } from '@caldera/core';
+import { loadModel } from '@caldera/runtime-node';
+
+const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
+
+function run(args: string[]) {
+  return spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 300_000 });
+}
+
+// Small settings: a compress of the reference model at rank 8 and a short fine-tune, each well under a minute here.
+const COMPRESS = [
+  '--rank',
+  '8',
+  '--windows',
+  '4',
+  '--length',
+  '64',
+  '--outer-iters',
+  '1',
+  '--lplr-iters',
+  '1',
+];
+const FINETUNE = [
+  '--ft-rank',
+  '4',
+  '--steps',
+  '16',
+  '--batch',
+  '2',
+  '--seq-len',
+  '64',
+  '--eval-every',
+  '8',
+  '--valid-tokens',
+  '512',
+  '--eval-tokens',
+  '1024',
+  '--json',
+];
+
+async function tensorsOf(dir: string): Promise<Map<string, Buffer>> {
+  const r = await openSafetensors(join(dir, 'model.safetensors'));
+  const out = new Map<string, Buffer>();
+  try {
+    for (const t of r.header.tensors) {
+      const v = await r.readTensor(t.name);
+      out.set(t.name, Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength));
+    }
+  } finally {
+    await r.close();
+  }
+  return out;
+}
+
+describe('caldera finetune', () => {
+  it('fine-tunes L_ft/R_ft of a compressed model: Q codes byte-identical, loads, resumes after SIGINT identically', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'caldera-ft-'));
+    const ckpt = join(dir, 'ckpt');
+    const c = run(['compress', '--out', ckpt, ...COMPRESS, '--eval-tokens', '256', '--json']);
+    expect(c.status, c.stderr).toBe(0);
+
+    const whole = join(dir, 'whole');
+    const r = run(['finetune', ckpt, '--out', whole, ...FINETUNE]);
+    expect(r.status, r.stderr).toBe(0);
+    const report = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    expect(report.event).toBe('done');
+    expect(report.layers).toBe(28);
+    expect(report.bestValLoss).toBeLessThanOrEqual(report.initialValLoss); // best weights are kept
+    expect(Number.isFinite(report.perplexity.after)).toBe(true);
+
+    const before = await tensorsOf(ckpt);
+    const after = await tensorsOf(whole);
+    const meta = JSON.parse(readFileSync(join(whole, 'caldera.json'), 'utf8'));
+    for (const [prefix, layer] of Object.entries(meta.layers) as [
+      string,
+      { rank: number; ftRank: number },
+    ][]) {
+      expect(layer.ftRank).toBe(4);
+      expect(layer.rank).toBe(8);
+      expect(after.get(`${prefix}.caldera.Q`)!.equals(before.get(`${prefix}.caldera.Q`)!)).toBe(true);
+      expect(after.get(`${prefix}.caldera.SU`)!.equals(before.get(`${prefix}.caldera.SU`)!)).toBe(true);
+      expect(after.has(`${prefix}.caldera.L_ft`)).toBe(true);
+      // the quantized part keeps rows 4..7 of the original L codes byte for byte
+      const l0 = before.get(`${prefix}.caldera.L`)!;
+      expect(after.get(`${prefix}.caldera.L`)!.equals(l0.subarray(l0.length / 2))).toBe(true);
+    }
+    const { model } = await loadModel(whole);
+    expect(model.forward([1, 2, 3]).every(Number.isFinite)).toBe(true);
+
+    // interrupted with SIGINT once the first validation state is saved, then resumed: same bytes
+    const resumed = join(dir, 'resumed');
+    const state = join(`${resumed}.partial`, 'finetune-state.bin');
+    const code = await new Promise<number | null>((resolve) => {
+      const p = spawn(process.execPath, [bin, 'finetune', ckpt, '--out', resumed, ...FINETUNE], {
+        stdio: 'ignore',
+      });
+      const timer = setInterval(() => {
+        if (existsSync(state)) {
+          p.kill('SIGINT');
+          clearInterval(timer);
+        }
+      }, 20);
+      p.on('exit', (c) => {
+        clearInterval(timer);
+        resolve(c);
+      });
+    });
+    expect(code).toBe(130);
+    expect(existsSync(join(resumed, 'model.safetensors'))).toBe(false); // nothing half-written
+    const again = run(['finetune', ckpt, '--out', resumed, ...FINETUNE]);
+    expect(again.status, again.stderr).toBe(0);
+    expect(
+      readFileSync(join(resumed, 'model.safetensors')).equals(readFileSync(join(whole, 'model.safetensors'))),
+    ).toBe(true);
+    expect(existsSync(`${resumed}.partial`)).toBe(false);
+  }, 600_000);
+
+  it('fails clearly on a directory that is not a CALDERA checkpoint', () => {
+    const r = run(['finetune', '/nonexistent/ckpt']);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/not a CALDERA checkpoint/);
+  });
+
+  it('trains the sign vectors against the teacher (--signs): only SU/SV change, and the result loads', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'caldera-signs-'));
+    const ckpt = join(dir, 'ckpt');
+    expect(run(['compress', '--out', ckpt, ...COMPRESS, '--eval-tokens', '256', '--json']).status).toBe(0);
+    const out = join(dir, 'signs');
+    const r = run([
+      'finetune',
+      ckpt,
+      '--signs',
+      '--out',
+      out,
+      ...FINETUNE.map((f) => (f === '16' ? '8' : f)),
+    ]);
+    expect(r.status, r.stderr).toBe(0);
+    const report = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    expect(report.bestValLoss).toBeLessThan(report.initialValLoss); // distillation loss against the original model
+    const before = await tensorsOf(ckpt);
+    const after = await tensorsOf(out);
+    let changedSigns = 0;
+    for (const [name, bytes] of after) {
+      if (/\.caldera\.S[UV]$/.test(name)) changedSigns += bytes.equals(before.get(name)!) ? 0 : 1;
+      else expect(bytes.equals(before.get(name)!), name).toBe(true);
+    }
+    expect(changedSigns).toBeGreaterThan(0);
+    const { model } = await loadModel(out);
+    expect(model.forward([1, 2, 3]).every(Number.isFinite)).toBe(true);
+  }, 300_000);
+
+  it('trains a model from scratch (caldera train) into a loadable Hugging Face directory', async () => {
+    const out = join(mkdtempSync(join(tmpdir(), 'caldera-train-')), 'model');
+    const r = run([
+      'train',
+      '--out',
+      out,
+      '--steps',
+      '6',
+      '--batch',
+      '1',
+      '--seq-len',
+      '32',
+      '--warmup',
+      '1',
+    ]);
+    expect(r.status, r.stderr).toBe(0);
+    const log = readFileSync(join(out, 'training-log.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    expect(log.length).toBe(6);
+    expect(log[0].loss).toBeGreaterThan(7); // ≈ ln 2048 at initialisation
+    expect(typeof log[5].valLoss).toBe('number');
+    const { model, config } = await loadModel(out);
+    expect(config.hiddenSize).toBe(256);
+    expect(model.forward([1, 2, 3]).every(Number.isFinite)).toBe(true);
+    expect(existsSync(`${out}.partial`)).toBe(false);
+  }, 300_000);
+});

@@ -1,0 +1,469 @@
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  CalderaError,
+  f16ArrayToF32,
+  openCheckpointDir,
+  throwIfAborted,
+  writeCheckpointDir,
+  type CalderaCheckpointMeta,
+  type CalderaLayerMeta,
+  type Tensor,
+} from '@caldera/core';
+import { reconstruct, toCheckpointTensors, withTrainableFactors, type Decomposition } from '@caldera/lowrank';
+import { blockLinearNames } from '../config.js';
+import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from '../linear.js';
+import type { LoadedModel } from '../load.js';
+import { loraFromRotated, loraGradToRotated, type LayerRotation } from './caldera-lora.js';
+import { lossAndGrad, type TrainConfig, type TrainParams } from './model.js';
+import type { Teacher } from './rht.js';
+import { Trainer, type Objective } from './trainer.js';
+
+/** One CALDERA layer under LoRA fine-tuning. */
+export interface LoraLayer {
+  /** Hugging Face prefix, e.g. `model.layers.0.self_attn.q_proj`. */
+  prefix: string;
+  /** The decomposition after {@link withTrainableFactors}: its `ft` arrays are the ones being trained. */
+  decomposition: Decomposition;
+}
+
+/** A compressed model prepared for fine-tuning ({@link prepareLoraFinetune}, `prepareSignFinetune`). */
+export interface FinetuneSetup {
+  config: TrainConfig;
+  /** Frozen parameters by Hugging Face name: embeddings, norms, and dense base weights. */
+  frozen: TrainParams;
+  /** The layers being trained; their decompositions alias `trainable`, so they hold the trained values. */
+  layers: LoraLayer[];
+  /** The trainable tensors by checkpoint name (e.g. `<prefix>.caldera.L_ft`), aliasing `layers`. */
+  trainable: TrainParams;
+  /** Loss of one sequence and the gradients of the trainable tensors. */
+  objective: Objective;
+}
+
+function denseWeightOf(layer: Linear): Float32Array {
+  if (layer instanceof DenseLinear) {
+    const w = layer.weight;
+    const [m, n] = w.shape as [number, number];
+    if (w.offset === 0 && w.strides[0] === n && w.strides[1] === 1) return w.data;
+    const out = new Float32Array(m * n);
+    for (let i = 0; i < m; i++)
+      for (let j = 0; j < n; j++) out[i * n + j] = w.data[w.offset + i * w.strides[0]! + j * w.strides[1]!]!;
+    return out;
+  }
+  if (layer instanceof DenseF16Linear) return f16ArrayToF32(layer.bits);
+  if (layer instanceof CalderaLinear) return reconstruct(layer.d).data;
+  throw new CalderaError('E_UNSUPPORTED', 'fine-tuning: unknown linear layer type');
+}
+
+/**
+ * The frozen part of a loaded CALDERA checkpoint for training: embeddings, norms and the dense weights of layers that
+ * are not compressed, plus the list of compressed layers (whose weights the caller provides). Checks that the model is
+ * in the training engine's scope (tied embeddings, no biases, no RoPE scaling) and fails with `E_UNSUPPORTED`
+ * otherwise.
+ */
+export function frozenBase(loaded: LoadedModel): {
+  frozen: TrainParams;
+  compressed: { name: string; linear: CalderaLinear }[];
+} {
+  const c = loaded.config;
+  if (!loaded.calderaMeta)
+    throw new CalderaError('E_VALUE', `${loaded.dir} is not a CALDERA checkpoint (no caldera.json)`);
+  const unsupported = [
+    !c.tieWordEmbeddings && 'untied embeddings',
+    c.attentionBias && 'q/k/v biases',
+    c.ropeScaling && 'RoPE scaling',
+  ].filter(Boolean);
+  if (unsupported.length)
+    throw new CalderaError(
+      'E_UNSUPPORTED',
+      `${loaded.dir}: fine-tuning does not support ${unsupported.join(', ')} yet (training engine scope)`,
+    );
+  const w = loaded.model.weights;
+  const frozen: TrainParams = {
+    'model.embed_tokens.weight': w.embed.data,
+    'model.norm.weight': w.norm,
+  };
+  const compressed: { name: string; linear: CalderaLinear }[] = [];
+  const keys = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;
+  w.blocks.forEach((blk, b) => {
+    frozen[`model.layers.${b}.input_layernorm.weight`] = blk.inputNorm;
+    frozen[`model.layers.${b}.post_attention_layernorm.weight`] = blk.postAttnNorm;
+    blockLinearNames(b).forEach(({ name }, i) => {
+      const lin = blk[keys[i]!];
+      if (lin instanceof CalderaLinear) {
+        if (lin.bias)
+          throw new CalderaError('E_UNSUPPORTED', `${name}: fine-tuning layers with a bias is not supported`);
+        compressed.push({ name, linear: lin });
+      } else frozen[`${name}.weight`] = denseWeightOf(lin);
+    });
+  });
+  return { frozen, compressed };
+}
+
+/**
+ * Prepares a loaded CALDERA checkpoint for LoRA fine-tuning (algorithm brief §7.1): in every compressed layer the
+ * first `ftRank` components of L̂ and R̂ (clamped to the layer's rank) become trainable f32 factors initialised from
+ * their dequantized values; Q̂, the remaining quantized factors, signs, embeddings and norms stay frozen. For
+ * training, each frozen part is a dense f32 base weight (so the model computes the same function as the
+ * checkpoint), and the trainable pair enters through {@link loraFromRotated}.
+ *
+ * With a `teacher` (see `modelTeacher`), the factors are trained to reproduce its next-token distributions
+ * (distillation, a stronger signal per token than the data's next tokens when recovering compression loss).
+ * The training engine covers tied-embedding Llama models without biases or RoPE scaling (like the reference model);
+ * other checkpoints fail with `E_UNSUPPORTED`.
+ */
+export function prepareLoraFinetune(loaded: LoadedModel, ftRank: number, teacher?: Teacher): FinetuneSetup {
+  const { frozen, compressed } = frozenBase(loaded);
+  const layers: LoraLayer[] = [];
+  const trainable: TrainParams = {};
+  for (const { name, linear } of compressed) {
+    if (ftRank > 0 && linear.d.rank + (linear.d.ft?.rank ?? 0) > 0) {
+      const d = withTrainableFactors(linear.d, ftRank);
+      frozen[`${name}.weight`] = reconstruct({ ...d, ft: null }).data;
+      layers.push({ prefix: name, decomposition: d });
+      trainable[`${name}.caldera.L_ft`] = d.ft!.l;
+      trainable[`${name}.caldera.R_ft`] = d.ft!.r;
+    } else frozen[`${name}.weight`] = reconstruct(linear.d).data;
+  }
+  const config: TrainConfig = loaded.config;
+  const objective = loraObjective(
+    config,
+    frozen,
+    layers.map((l) => ({ prefix: l.prefix, rotation: l.decomposition, ftRank: l.decomposition.ft!.rank })),
+    teacher,
+  );
+  return { config, frozen, layers, trainable, objective };
+}
+
+/**
+ * The LoRA fine-tuning loss of one sequence: the model `frozen` (dense weights by Hugging Face name) plus, for each
+ * listed CALDERA layer, the adapter of its trainable pair (`<prefix>.caldera.L_ft`, `<prefix>.caldera.R_ft` in the
+ * params) mapped to the original domain by {@link loraFromRotated}; gradients flow back through the rotation by
+ * {@link loraGradToRotated}. Works in f32 or, for gradient checks, f64 (frozen and trainable of the same type).
+ * With a `teacher` (e.g. the uncompressed model) the loss is cross-entropy against its next-token distribution
+ * (distillation) instead of the data's next tokens.
+ */
+export function loraObjective(
+  config: TrainConfig,
+  frozen: TrainParams,
+  layers: readonly { prefix: string; rotation: LayerRotation; ftRank: number }[],
+  teacher?: Teacher,
+): Objective {
+  const loraNames = new Set(layers.flatMap((l) => [`${l.prefix}.lora_A`, `${l.prefix}.lora_B`]));
+  return (params, tokens, targets, grad) => {
+    const full: TrainParams = { ...frozen };
+    for (const l of layers) {
+      const { a, b } = loraFromRotated(
+        l.rotation,
+        params[`${l.prefix}.caldera.L_ft`]!,
+        params[`${l.prefix}.caldera.R_ft`]!,
+        l.ftRank,
+      );
+      full[`${l.prefix}.lora_A`] = a;
+      full[`${l.prefix}.lora_B`] = b;
+    }
+    const r = lossAndGrad(
+      full,
+      config,
+      tokens,
+      teacher ? { probs: teacher(tokens) } : targets,
+      grad,
+      loraNames,
+    );
+    if (!grad) return r;
+    const grads: TrainParams = {};
+    for (const l of layers) {
+      const { dL, dR } = loraGradToRotated(
+        l.rotation,
+        r.grads![`${l.prefix}.lora_A`]!,
+        r.grads![`${l.prefix}.lora_B`]!,
+        l.ftRank,
+      );
+      grads[`${l.prefix}.caldera.L_ft`] = dL;
+      grads[`${l.prefix}.caldera.R_ft`] = dR;
+    }
+    return { loss: r.loss, count: r.count, grads };
+  };
+}
+
+/** Options of {@link runFinetune}. */
+export interface LoraFinetuneOptions {
+  /** Optimizer steps at most (default 200). */
+  steps?: number;
+  /** Tokens per sequence (default 128). */
+  seqLen?: number;
+  /** Sequences per step (default 4). */
+  batch?: number;
+  /** Peak learning rate (default 1e-3). */
+  lr?: number;
+  /** Warmup steps (default 10). */
+  warmup?: number;
+  /** Decoupled weight decay (default 0). */
+  weightDecay?: number;
+  /** Validate every this many steps (default 20). */
+  evalEvery?: number;
+  /** Stop after this many validations without improvement (default 3). */
+  patience?: number;
+  /** Validation tokens used, in non-overlapping windows of `seqLen` (default 4096). */
+  evalTokens?: number;
+  /** Seed of the data order (default 0). */
+  seed?: number;
+  /**
+   * Resumable state file: saved atomically every `evalEvery` steps and on abort; when it exists at the start,
+   * training continues from it with identical results.
+   */
+  statePath?: string;
+  signal?: AbortSignal;
+  onProgress?: (e: FinetuneProgress) => void;
+}
+
+/** Progress of {@link runFinetune}. */
+export interface FinetuneProgress {
+  event: 'step' | 'eval';
+  step: number;
+  steps: number;
+  loss: number;
+  lr: number;
+  valLoss?: number;
+  bestValLoss: number;
+  tokensPerSecond: number;
+  etaSeconds: number;
+}
+
+/** What {@link runFinetune} did. */
+export interface FinetuneResult {
+  /** Steps taken in total (including steps before a resume). */
+  steps: number;
+  stoppedEarly: boolean;
+  /** Step whose weights were kept (best validation loss; 0 = the untrained model). */
+  bestStep: number;
+  initialValLoss: number;
+  bestValLoss: number;
+  history: { step: number; trainLoss: number; valLoss: number }[];
+  seconds: number;
+}
+
+interface EarlyStopState {
+  initialValLoss: number;
+  bestValLoss: number;
+  bestStep: number;
+  badEvals: number;
+  history: FinetuneResult['history'];
+  trainLossSinceEval: number[];
+}
+
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Mean loss of `objective` over non-overlapping windows of `seqLen` + 1 tokens of `tokens` (at most `maxTokens`). */
+export function validationLoss(
+  objective: Objective,
+  params: TrainParams,
+  tokens: ArrayLike<number>,
+  seqLen: number,
+  maxTokens = Infinity,
+): number {
+  const n = Math.min(tokens.length, maxTokens);
+  let sum = 0;
+  let count = 0;
+  for (let s = 0; s + seqLen + 1 <= n; s += seqLen) {
+    const t = Array.from({ length: seqLen }, (_, i) => tokens[s + i]!);
+    const g = Array.from({ length: seqLen }, (_, i) => tokens[s + i + 1]!);
+    const r = objective(params, t, g, false);
+    sum += r.loss * r.count;
+    count += r.count;
+  }
+  if (count === 0)
+    throw new CalderaError('E_VALUE', `validation text has ${n} tokens, fewer than seqLen ${seqLen} + 1`);
+  return sum / count;
+}
+
+/**
+ * Fine-tuning of a prepared CALDERA model (LoRA factors or sign vectors): AdamW on the trainable tensors over random
+ * windows of `train`,
+ * validation loss on `valid` every `evalEvery` steps, early stopping after `patience` validations without
+ * improvement, and at the end the best weights are written back into `setup.layers` (and `setup.trainable`).
+ * Deterministic given the seed; resumable through `statePath`.
+ */
+export async function runFinetune(
+  setup: FinetuneSetup,
+  train: ArrayLike<number>,
+  valid: ArrayLike<number>,
+  options: LoraFinetuneOptions = {},
+): Promise<FinetuneResult> {
+  const o = {
+    steps: 200,
+    seqLen: 128,
+    batch: 4,
+    lr: 1e-3,
+    warmup: 10,
+    weightDecay: 0,
+    evalEvery: 20,
+    patience: 3,
+    evalTokens: 4096,
+    seed: 0,
+    ...options,
+  };
+  if (setup.layers.length === 0)
+    throw new CalderaError('E_VALUE', 'fine-tuning: the checkpoint has no compressed layer to train');
+  const t0 = performance.now();
+  const val = (p: TrainParams) => validationLoss(setup.objective, p, valid, o.seqLen, o.evalTokens);
+  const trainerOptions = {
+    seqLen: o.seqLen,
+    batch: o.batch,
+    lr: o.lr,
+    warmup: o.warmup,
+    totalSteps: o.steps,
+    minLrRatio: 0.1,
+    weightDecay: o.weightDecay,
+    seed: o.seed,
+  };
+  let trainer: Trainer;
+  let es: EarlyStopState;
+  let best: Record<string, Float32Array>;
+  if (o.statePath && (await exists(o.statePath))) {
+    trainer = await Trainer.load(o.statePath, setup.config, train, setup.objective);
+    es = trainer.restored!.info as EarlyStopState;
+    best = trainer.restored!.tensors ?? {};
+    for (const [k, v] of Object.entries(trainer.params)) setup.trainable[k]!.set(v);
+  } else {
+    const params: TrainParams = {};
+    for (const [k, v] of Object.entries(setup.trainable)) params[k] = Float32Array.from(v);
+    trainer = new Trainer(setup.config, params, train, trainerOptions, setup.objective);
+    const v0 = val(trainer.params);
+    es = {
+      initialValLoss: v0,
+      bestValLoss: v0,
+      bestStep: 0,
+      badEvals: 0,
+      history: [],
+      trainLossSinceEval: [],
+    };
+    best = Object.fromEntries(Object.entries(params).map(([k, v]) => [k, Float32Array.from(v)]));
+  }
+  const save = async () => {
+    if (o.statePath) await trainer.save(o.statePath, undefined, { info: es, tensors: best });
+  };
+  const stepsAtStart = trainer.stepCount;
+  let stoppedEarly = false;
+  const tokensPerStep = o.seqLen * o.batch;
+  while (trainer.stepCount < o.steps) {
+    await yieldToEventLoop(); // lets signal handlers (e.g. SIGINT → abort) run between the synchronous steps
+    if (o.signal?.aborted) {
+      await save();
+      throwIfAborted(o.signal, 'fine-tuning');
+    }
+    const r = trainer.step();
+    es.trainLossSinceEval.push(r.loss);
+    const elapsed = (performance.now() - t0) / 1000;
+    const tps = ((trainer.stepCount - stepsAtStart) * tokensPerStep) / elapsed;
+    const eta = ((o.steps - trainer.stepCount) * tokensPerStep) / tps;
+    o.onProgress?.({
+      event: 'step',
+      step: r.step,
+      steps: o.steps,
+      loss: r.loss,
+      lr: r.lr,
+      bestValLoss: es.bestValLoss,
+      tokensPerSecond: tps,
+      etaSeconds: eta,
+    });
+    if (trainer.stepCount % o.evalEvery === 0 || trainer.stepCount === o.steps) {
+      const v = val(trainer.params);
+      const trainLoss = es.trainLossSinceEval.reduce((a, b) => a + b, 0) / es.trainLossSinceEval.length;
+      es.trainLossSinceEval = [];
+      es.history.push({ step: trainer.stepCount, trainLoss, valLoss: v });
+      if (v < es.bestValLoss) {
+        es.bestValLoss = v;
+        es.bestStep = trainer.stepCount;
+        es.badEvals = 0;
+        best = Object.fromEntries(Object.entries(trainer.params).map(([k, p]) => [k, Float32Array.from(p)]));
+      } else es.badEvals++;
+      o.onProgress?.({
+        event: 'eval',
+        step: trainer.stepCount,
+        steps: o.steps,
+        loss: trainLoss,
+        lr: r.lr,
+        valLoss: v,
+        bestValLoss: es.bestValLoss,
+        tokensPerSecond: tps,
+        etaSeconds: eta,
+      });
+      await save();
+      if (es.badEvals >= o.patience) {
+        stoppedEarly = true;
+        break;
+      }
+    }
+  }
+  for (const [k, v] of Object.entries(best)) setup.trainable[k]!.set(v);
+  return {
+    steps: trainer.stepCount,
+    stoppedEarly,
+    bestStep: es.bestStep,
+    initialValLoss: es.initialValLoss,
+    bestValLoss: es.bestValLoss,
+    history: es.history,
+    seconds: (performance.now() - t0) / 1000,
+  };
+}
+
+/**
+ * Writes the fine-tuned checkpoint: the source checkpoint's tensors, with each fine-tuned layer's Q codes untouched,
+ * its remaining L/R codes sliced and `L_ft`/`R_ft` added in f32 (docs/architecture.md), `caldera.json` updated
+ * (ranks, bits) with the fine-tuning settings under `options.finetune`. Atomic: nothing is left half-written.
+ */
+export async function writeFinetunedCheckpoint(
+  sourceDir: string,
+  outDir: string,
+  layers: readonly LoraLayer[],
+  finetuneInfo: Record<string, unknown>,
+  signal?: AbortSignal,
+): Promise<CalderaCheckpointMeta> {
+  const { meta, tensors: reader } = await openCheckpointDir(sourceDir);
+  const tensors: Record<string, Tensor> = {};
+  const layerMeta: Record<string, CalderaLayerMeta> = { ...meta.layers };
+  try {
+    const replaced = new Set(layers.map((l) => `${l.prefix}.caldera.`));
+    const prefixOf = (name: string) => name.slice(0, name.indexOf('.caldera.') + 9);
+    for (const t of reader.header.tensors) {
+      if (t.name.includes('.caldera.') && replaced.has(prefixOf(t.name))) continue;
+      tensors[t.name] = await reader.readTensor(t.name);
+    }
+  } finally {
+    await reader.close();
+  }
+  for (const l of layers) {
+    const { tensors: t, meta: m } = toCheckpointTensors(l.prefix, l.decomposition);
+    Object.assign(tensors, t);
+    layerMeta[l.prefix] = { ...m, error: meta.layers[l.prefix]?.error ?? m.error } as CalderaLayerMeta;
+  }
+  let num = 0;
+  let den = 0;
+  for (const m of Object.values(layerMeta)) {
+    // the checkpoint's headline figure uses the paper's accounting, like `caldera compress`
+    const bits = (m as { paperBitsPerWeight?: number }).paperBitsPerWeight ?? m.bitsPerWeight;
+    num += bits * m.shape[0] * m.shape[1];
+    den += m.shape[0] * m.shape[1];
+  }
+  const out: CalderaCheckpointMeta = {
+    ...meta,
+    options: { ...meta.options, finetune: finetuneInfo },
+    bitsPerWeight: num / den,
+    layers: layerMeta,
+  };
+  const copy: Record<string, string> = {};
+  for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json'])
+    if (await exists(join(sourceDir, f))) copy[f] = join(sourceDir, f);
+  await writeCheckpointDir(outDir, { meta: out, tensors, copyFiles: copy }, { overwrite: true, signal });
+  return out;
+}
