@@ -1,6 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { CalderaError, Rng, tensor } from '@caldera/core';
-import { applyDecomposition, caldera, fromCheckpointTensors, toCheckpointTensors } from '@caldera/lowrank';
+import {
+  applyDecomposition,
+  caldera,
+  fromCheckpointTensors,
+  toCheckpointTensors,
+  withTrainableFactors,
+  type Decomposition,
+} from '@caldera/lowrank';
 import { CalderaLinear } from '@caldera/runtime-node';
 import { readBuffer, storageBuffer } from './device.js';
 import { encodeDispatches, Kernels } from './kernels/index.js';
@@ -81,6 +88,84 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
       ctx.dispose();
       kernels.dispose();
     });
+
+  /** Run one layer on the GPU (accumulating onto nothing) and return its first m outputs. */
+  async function gpuForward(
+    dec: Decomposition,
+    x: Float32Array,
+    bias: Float32Array | null,
+  ): Promise<Float32Array> {
+    const lin = new GpuCalderaLinear(d, dec, bias, 'layer');
+    const kernels = new Kernels(d);
+    const ctx = createLinearContext(d, kernels, lin.needs);
+    const out = storageBuffer(d, new Float32Array(dec.shape[0]), 'out');
+    const enc = d.device.createCommandEncoder();
+    encodeDispatches(enc, lin.bind(ctx, storageBuffer(d, x, 'x'), out, false));
+    d.device.queue.submit([enc.finish()]);
+    const got = new Float32Array(await readBuffer(d, out, dec.shape[0] * 4));
+    lin.dispose();
+    ctx.dispose();
+    kernels.dispose();
+    return got;
+  }
+
+  const fineTuned = [
+    { name: 'LoRA part of 2 of rank 6 (L_ft, R_ft), 4-bit L/R codes, padded m', m: 50, n: 96, kft: 2, o: {} },
+    { name: 'every component trainable (no L/R codes left), RVQ4 Q', m: 32, n: 64, kft: 5, o: { qBits: 4 } },
+    { name: 'LoRA part beside dense f16 factors', m: 40, n: 70, kft: 3, o: { lBits: 16, rBits: 16 } },
+  ] as const;
+  for (const v of fineTuned)
+    for (const signs of [false, true])
+      it(`fine-tuned checkpoint, ${v.name}${signs ? ', continuous SU/SV' : ''}: equals Decomposition.apply and runtime-node`, async () => {
+        const rng = new Rng(11);
+        const w = tensor('f32', [v.m, v.n], rng.fillNormal(new Float32Array(v.m * v.n), 0, 0.5));
+        const rank = v.kft === 5 ? 5 : 6;
+        const ft = withTrainableFactors(
+          caldera(w, null, { rank, outerIters: 1, lplrIters: 1, ...v.o }),
+          v.kft,
+        );
+        // perturb the trainable part (and the signs) so that a runtime ignoring them differs by O(1), as
+        // `caldera finetune` (--signs) would leave them
+        for (let i = 0; i < ft.ft!.l.length; i++) ft.ft!.l[i]! += 0.5 * rng.normal();
+        if (signs) {
+          for (let i = 0; i < ft.su!.length; i++) ft.su![i]! *= 1 + 0.3 * rng.normal();
+          for (let i = 0; i < ft.sv!.length; i++) ft.sv![i]! *= 1 + 0.3 * rng.normal();
+        }
+        const { tensors, meta } = toCheckpointTensors('layer', ft);
+        expect(meta.rank).toBe(rank);
+        expect(meta.ftRank).toBe(v.kft);
+        expect(tensors['layer.caldera.L_ft']?.shape).toEqual([ft.padded[0], v.kft]);
+        const dec = fromCheckpointTensors('layer', (nm) => tensors[nm], meta);
+        expect(dec.ft?.rank).toBe(v.kft);
+        expect(dec.rank).toBe(rank - v.kft);
+        const bias = rng.fillNormal(new Float32Array(v.m), 0, 1);
+        const x = rng.fillNormal(new Float32Array(v.n), 0, 1);
+        const got = await gpuForward(dec, x, bias);
+        const apply = applyDecomposition(dec, x, 1);
+        const cpu = new CalderaLinear(dec, bias).forward(x, 1);
+        // the same layer without the LoRA part: must be far from the result, or the test proves nothing
+        const noFt = applyDecomposition({ ...dec, ft: null }, x, 1);
+        let err = 0;
+        let errNode = 0;
+        let gap = 0;
+        let scale = 1;
+        for (let i = 0; i < v.m; i++) {
+          err = Math.max(err, Math.abs(got[i]! - (apply[i]! + bias[i]!)));
+          errNode = Math.max(errNode, Math.abs(got[i]! - cpu[i]!));
+          gap = Math.max(gap, Math.abs(apply[i]! - noFt[i]!));
+          scale = Math.max(scale, Math.abs(apply[i]!));
+        }
+        expect(gap / scale).toBeGreaterThan(0.05);
+        if (signs) {
+          // and with the signs rounded back to ±1
+          const pm = (a: Float32Array | null) => a && a.map(Math.sign);
+          const plain = applyDecomposition({ ...dec, su: pm(dec.su), sv: pm(dec.sv) }, x, 1);
+          expect(Math.max(...plain.map((p, i) => Math.abs(p - apply[i]!))) / scale).toBeGreaterThan(0.05);
+        }
+        // f32 throughout, different summation order (rotation, reduction, ≤ 128 + 6 terms): ~1e-6 of the output scale
+        expect(err / scale).toBeLessThan(2e-5);
+        expect(errNode / scale).toBeLessThan(2e-5);
+      });
 
   it('a layer that does not fit the device is a CalderaError E_DEVICE, not a GPU validation error', () => {
     const rng = new Rng(8);

@@ -105,6 +105,11 @@ export interface ScratchNeeds {
   ones: number;
 }
 
+/** Total rank of the low-rank term: the quantized components plus the LoRA pair (`d.ft`), when there is one. */
+function lowRank(d: Decomposition): number {
+  return d.rank + (d.ft?.rank ?? 0);
+}
+
 /**
  * A CALDERA layer on the GPU, never materialising W (docs/architecture.md, "Decomposition.apply"):
  * 1. `x' = (x ⊙ SU)·M_n` (zero-padded to np): {@link Kernels.hadamard};
@@ -113,8 +118,10 @@ export interface ScratchNeeds {
  * 4. `y = g·(y'·M_mᵀ ⊙ SV) (+ bias)`, first m outputs: {@link Kernels.hadamard} with the transpose.
  *
  * Q's codes stay packed on the GPU (u16, two per u32: 2 bits per weight; RVQ4 adds a second plane). L̂ and R̂ are
- * decoded to f32 on the CPU before upload (they hold k·(m+n) values, small next to m·n). Q codecs: E8P12, RVQ4 (two
- * u16 planes) and RVQ3 (u16 + u8 E81B plane).
+ * decoded to f32 on the CPU before upload (they hold k·(m+n) values, small next to m·n), with the LoRA pair of a
+ * fine-tuned checkpoint (`L_ft`, `R_ft`) appended as further rank components, so that step 2–3 compute
+ * `(x'·R̂ᵀ)·L̂ᵀ + (x'·R_ftᵀ)·L_ftᵀ` in one pass. SU and SV are multipliers (±1, or continuous after `caldera finetune
+ * --signs`). Q codecs: E8P12, RVQ4 (two u16 planes) and RVQ3 (u16 + u8 E81B plane).
  */
 export class GpuCalderaLinear implements GpuLinear {
   readonly inFeatures: number;
@@ -139,7 +146,7 @@ export class GpuCalderaLinear implements GpuLinear {
   ) {
     [this.outFeatures, this.inFeatures] = d.shape;
     const [mp, np] = d.padded;
-    const k = d.rank;
+    const k = lowRank(d);
     if (np % 8 !== 0)
       throw new CalderaError('E_SHAPE', `${label}: padded input width ${np} is not a multiple of 8`);
     if (d.hadamard) {
@@ -158,12 +165,24 @@ export class GpuCalderaLinear implements GpuLinear {
     this.codes = up(d.q.planes[0]!, 'Q');
     this.codes2 = d.q.bits === 2 ? null : up(d.q.planes[1]!, 'Q_resid');
     if (k > 0) {
+      // the quantized components (decoded) and the LoRA pair, concatenated along the rank: L̂ [mp, kq + kf], R̂ [kq + kf, np]
+      const kq = d.rank;
+      const ft = d.ft && d.ft.rank > 0 ? d.ft : null;
+      const kf = ft?.rank ?? 0;
+      if (ft && (ft.l.length !== mp * kf || ft.r.length !== kf * np))
+        throw new CalderaError(
+          'E_SHAPE',
+          `${label}: LoRA factors hold ${ft.l.length} and ${ft.r.length} values, expected ${mp}·${kf} and ${kf}·${np}`,
+        );
       const fv = (f: Decomposition['l']) => (f.kind === 'dense' ? f.values : latticeDecode(f.codes));
-      const lt = fv(d.l); // k × mp
+      const lt = kq > 0 ? fv(d.l) : new Float32Array(0); // kq × mp
       const lr = new Float32Array(mp * k);
-      for (let t = 0; t < k; t++) for (let i = 0; i < mp; i++) lr[i * k + t] = lt[t * mp + i]!;
+      for (let t = 0; t < kq; t++) for (let i = 0; i < mp; i++) lr[i * k + t] = lt[t * mp + i]!;
+      if (ft) for (let i = 0; i < mp; i++) lr.set(ft.l.subarray(i * kf, i * kf + kf), i * k + kq);
       this.l = up(lr, 'L');
-      const rv = fv(d.r);
+      const rv = new Float32Array(k * np);
+      if (kq > 0) rv.set(fv(d.r).subarray(0, kq * np));
+      if (ft) rv.set(ft.r, kq * np);
       this.r = { buffer: up(rv, 'R'), rows: k, cols: np, f16: false, rowWords: np };
     } else {
       this.l = null;
@@ -181,7 +200,7 @@ export class GpuCalderaLinear implements GpuLinear {
     const d = this.d;
     const [m, n] = d.shape;
     const [mp, np] = d.padded;
-    const k = d.rank;
+    const k = lowRank(d);
     const K = ctx.kernels;
     const list: Dispatch[] = [
       ...K.hadamard({

@@ -12,7 +12,7 @@ import {
   writeSafetensors,
   type Tensor,
 } from '@caldera/core';
-import { caldera, toCheckpointTensors } from '@caldera/lowrank';
+import { caldera, toCheckpointTensors, withTrainableFactors } from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
 import { generate, perplexity } from './generate.js';
 import { loadModel, type MemoryPlan } from './load.js';
@@ -22,7 +22,11 @@ const { device: dev, reason } = await testDevice();
 const REF = fileURLToPath(new URL('../../reference-model/model/', import.meta.url));
 const PROMPT = [0, 17, 250, 1033, 5];
 
-/** Compress blocks 0 and 3 of the reference model (all seven linears, rank 8, one iteration each: fast, not good). */
+/**
+ * Compress blocks 0 and 3 of the reference model (all seven linears, rank 8, one iteration each: fast, not good).
+ * Block 3 is made a fine-tuned checkpoint as `caldera finetune --signs` leaves it: 3 of the 8 components as a
+ * perturbed f32 LoRA pair (L_ft, R_ft) and continuous sign vectors.
+ */
 async function compressedReference(dir: string): Promise<void> {
   const store = await openSafetensorsDir(REF);
   const tensors: Record<string, Tensor> = {};
@@ -41,7 +45,14 @@ async function compressedReference(dir: string): Promise<void> {
     ]) {
       const name = `model.layers.${b}.${p}`;
       const w = cast(tensors[`${name}.weight`]!, 'f32');
-      const d = caldera(w, null, { rank: 8, outerIters: 1, lplrIters: 1, seed: b });
+      let d = caldera(w, null, { rank: 8, outerIters: 1, lplrIters: 1, seed: b });
+      if (b === 3) {
+        d = withTrainableFactors(d, 3);
+        const rng = new Rng(b);
+        for (let i = 0; i < d.ft!.l.length; i++) d.ft!.l[i]! *= 1 + 0.5 * rng.normal();
+        for (let i = 0; i < d.su!.length; i++) d.su![i]! *= 1 + 0.2 * rng.normal();
+        for (let i = 0; i < d.sv!.length; i++) d.sv![i]! *= 1 + 0.2 * rng.normal();
+      }
       const ck = toCheckpointTensors(name, d);
       delete tensors[`${name}.weight`];
       Object.assign(tensors, ck.tensors);
@@ -82,7 +93,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
 
   for (const kind of [
     'dense f16 reference model',
-    'compressed reference model (blocks 0 and 3 CALDERA)',
+    'compressed reference model (blocks 0 and 3 CALDERA, block 3 fine-tuned: LoRA + continuous signs)',
   ] as const)
     it(`${kind}: logits of a prompt and 12 greedy tokens equal runtime-node's`, async () => {
       const dir = kind.startsWith('dense') ? REF : cdir;
