@@ -1,3 +1,5 @@
+import type { Tensor } from '@caldera/core';
+import { gemm } from '@caldera/linalg';
 import { zerosLike, type Vec } from './types.js';
 
 /** Shape of one causal grouped-query attention call (one sequence). */
@@ -16,9 +18,43 @@ export interface AttentionCache {
   probs: Vec;
 }
 
+type M = Tensor<'f32'> | Tensor<'f64'>;
+
+/** A `[rows, cols]` view of `data` with row stride `stride` starting at `offset` (no copy). */
+function view(data: Vec, rows: number, cols: number, stride: number, offset: number): M {
+  const dtype = data instanceof Float64Array ? 'f64' : 'f32';
+  return { dtype, shape: [rows, cols], strides: [stride, 1], offset, data } as M;
+}
+
+function mm(a: M, b: M, transA: boolean, transB: boolean, alpha = 1): Vec {
+  // operands share the training dtype (f32 in training, f64 in gradient checks)
+  return gemm(a as Tensor<'f32'>, b as Tensor<'f32'>, { transA, transB, alpha, checkFinite: false })
+    .data as Vec;
+}
+
+/** `dst[t·stride + offset + j] (+)= src[t·cols + j]` for a `[rows, cols]` block. */
+function scatter(
+  dst: Vec,
+  src: Vec,
+  rows: number,
+  cols: number,
+  stride: number,
+  offset: number,
+  add: boolean,
+) {
+  for (let t = 0; t < rows; t++) {
+    const o = t * stride + offset;
+    const so = t * cols;
+    if (add) for (let j = 0; j < cols; j++) dst[o + j] = dst[o + j]! + src[so + j]!;
+    else for (let j = 0; j < cols; j++) dst[o + j] = src[so + j]!;
+  }
+}
+
 /**
  * Causal softmax attention: `out[t,h] = Σ_{s≤t} softmax_s(q[t,h]·k[s,g]/√d) · v[s,g]` with `g` the KV head of
- * query head `h`. `q` is `[T, heads, d]`, `k`/`v` are `[T, kvHeads, d]`, `out` is `[T, heads, d]`.
+ * query head `h`. `q` is `[T, heads, d]`, `k`/`v` are `[T, kvHeads, d]`, `out` is `[T, heads, d]`. The products
+ * per head run on `@caldera/linalg`'s gemm over strided views (the scores of the masked upper triangle are computed
+ * and discarded: twice the flops of a causal loop, but at SIMD speed).
  */
 export function attentionForward(
   q: Vec,
@@ -33,30 +69,22 @@ export function attentionForward(
   const probs = zerosLike(q, heads * T * T);
   for (let h = 0; h < heads; h++) {
     const g = Math.floor(h / group);
+    const sc = mm(view(q, T, d, heads * d, h * d), view(k, T, d, kvHeads * d, g * d), false, true, scale);
+    const po = h * T * T;
     for (let t = 0; t < T; t++) {
-      const qo = (t * heads + h) * d;
-      const po = (h * T + t) * T;
+      const r = t * T;
       let mx = -Infinity;
-      for (let s = 0; s <= t; s++) {
-        const ko = (s * kvHeads + g) * d;
-        let dot = 0;
-        for (let j = 0; j < d; j++) dot += q[qo + j]! * k[ko + j]!;
-        probs[po + s] = dot * scale;
-        mx = Math.max(mx, dot * scale);
-      }
+      for (let s = 0; s <= t; s++) mx = Math.max(mx, sc[r + s]!);
       let sum = 0;
       for (let s = 0; s <= t; s++) {
-        const e = Math.exp(probs[po + s]! - mx);
-        probs[po + s] = e;
+        const e = Math.exp(sc[r + s]! - mx);
+        probs[po + r + s] = e;
         sum += e;
       }
-      for (let s = 0; s <= t; s++) {
-        const p = probs[po + s]! / sum;
-        probs[po + s] = p;
-        const vo = (s * kvHeads + g) * d;
-        for (let j = 0; j < d; j++) out[qo + j] = out[qo + j]! + p * v[vo + j]!;
-      }
+      for (let s = 0; s <= t; s++) probs[po + r + s] = probs[po + r + s]! / sum;
     }
+    const oh = mm(view(probs, T, T, T, po), view(v, T, d, kvHeads * d, g * d), false, false);
+    scatter(out, oh, T, d, heads * d, h * d, false);
   }
   return { out, cache: { probs } };
 }
@@ -79,34 +107,25 @@ export function attentionBackward(
   const dq = zerosLike(q, q.length);
   const dk = zerosLike(q, k.length);
   const dv = zerosLike(q, v.length);
-  const dp = zerosLike(q, T);
   const { probs } = cache;
   for (let h = 0; h < heads; h++) {
     const g = Math.floor(h / group);
+    const po = h * T * T;
+    const P = view(probs, T, T, T, po);
+    const dO = view(dOut, T, d, heads * d, h * d);
+    const Vg = view(v, T, d, kvHeads * d, g * d);
+    scatter(dv, mm(P, dO, true, false), T, d, kvHeads * d, g * d, true);
+    const dp = mm(dO, Vg, false, true); // T × T
     for (let t = 0; t < T; t++) {
-      const qo = (t * heads + h) * d;
-      const po = (h * T + t) * T;
+      const r = t * T;
       let rowDot = 0;
-      for (let s = 0; s <= t; s++) {
-        const vo = (s * kvHeads + g) * d;
-        const p = probs[po + s]!;
-        let acc = 0;
-        for (let j = 0; j < d; j++) {
-          acc += dOut[qo + j]! * v[vo + j]!;
-          dv[vo + j] = dv[vo + j]! + p * dOut[qo + j]!;
-        }
-        dp[s] = acc;
-        rowDot += acc * p;
-      }
-      for (let s = 0; s <= t; s++) {
-        const ds = probs[po + s]! * (dp[s]! - rowDot) * scale;
-        const ko = (s * kvHeads + g) * d;
-        for (let j = 0; j < d; j++) {
-          dq[qo + j] = dq[qo + j]! + ds * k[ko + j]!;
-          dk[ko + j] = dk[ko + j]! + ds * q[qo + j]!;
-        }
-      }
+      for (let s = 0; s <= t; s++) rowDot += dp[r + s]! * probs[po + r + s]!;
+      for (let s = 0; s <= t; s++) dp[r + s] = probs[po + r + s]! * (dp[r + s]! - rowDot) * scale;
+      for (let s = t + 1; s < T; s++) dp[r + s] = 0;
     }
+    const dS = view(dp, T, T, T, 0);
+    scatter(dq, mm(dS, view(k, T, d, kvHeads * d, g * d), false, false), T, d, heads * d, h * d, false);
+    scatter(dk, mm(dS, view(q, T, d, heads * d, h * d), true, false), T, d, kvHeads * d, g * d, true);
   }
   return { dq, dk, dv };
 }
