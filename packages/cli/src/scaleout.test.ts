@@ -242,6 +242,34 @@ describe.skipIf(!hasRedis)(
       await stopWorkers();
     }, 120_000);
 
+    it('SIGINT to the coordinator withdraws the jobs no worker has started and fails with E_ABORTED', async () => {
+      const out = join(dir, 'cancelled');
+      const coord = start([
+        'compress',
+        '--out',
+        out,
+        ...SMALL,
+        '--queue',
+        url,
+        '--queue-name',
+        'cancel-test',
+      ]);
+      while (!events(coord.out()).some((e) => e.event === 'enqueued'))
+        await new Promise((r) => setTimeout(r, 20));
+      const port = new URL(url).port;
+      const waiting = () =>
+        Number(
+          spawnSync('redis-cli', ['-p', port, 'llen', 'bull:cancel-test:wait'], { encoding: 'utf8' }).stdout,
+        );
+      expect(waiting()).toBe(4); // the Hessian chunks, with no worker to take them
+      coord.p.kill('SIGINT');
+      const c = await coord.done;
+      expect(c.status).toBe(1);
+      expect(c.stderr).toMatch(/E_ABORTED: queue run was aborted \(4 jobs unfinished\)/);
+      expect(waiting()).toBe(0);
+      expect(existsSync(out)).toBe(false);
+    });
+
     it('a poisoned job fails with a clear CalderaError in the coordinator; the other results are kept and reused', async () => {
       const out = join(dir, 'poisoned');
       const plan = await cli(['compress', '--out', out, ...SMALL, '--plan-only']);

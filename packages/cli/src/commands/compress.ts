@@ -293,7 +293,7 @@ export async function compressCommand(a: Args): Promise<number> {
   const ctl = new AbortController();
   const onSignal = () => ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
   process.once('SIGINT', onSignal);
-  const pool = poolFor(threads);
+  const pool = queue ? undefined : poolFor(threads); // a coordinator computes nothing itself
   try {
     if (settings.propagate === 'compressed') {
       const results = await compressModel(runner, await windowsOf(), {
