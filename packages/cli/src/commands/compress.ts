@@ -324,9 +324,15 @@ export async function compressCommand(a: Args): Promise<number> {
 
     // propagate 'original': phase 1 (Hessian chunks), the manifest, phase 2 (matrix jobs), then assemble
     const work = resolve(`${out}.work`);
+    // progress of a phase, aggregated over every process that works on it (ETA from this phase's rate so far)
+    const phaseStart = new Map<string, { t: number; done: number }>();
     const report = (phase: string, done: number, total: number) => {
-      bar.update(done, total, undefined, phase);
-      ctx.log({ event: 'progress', phase, done, total });
+      const s0 = phaseStart.get(phase) ?? { t: performance.now(), done };
+      phaseStart.set(phase, s0);
+      const rate = (done - s0.done) / ((performance.now() - s0.t) / 1000);
+      const eta = rate > 0 ? (total - done) / rate : undefined;
+      bar.update(done, total, eta, phase);
+      ctx.log({ event: 'progress', phase, done, total, ...(eta === undefined ? {} : { etaSeconds: eta }) });
     };
     const needsHessian = settings.method !== 'rtn';
     const hashes = await hashModelTensors(modelDir, ctl.signal);
