@@ -7,3 +7,4 @@ export * from './ndarray.js';
 export * from './fs-atomic.js';
 export * from './safetensors/index.js';
 export * from './checkpoint/index.js';
+export * from './model-config.js';

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { blockLinearNames, parseModelConfig } from './config.js';
+import * as core from '@caldera/core';
+import * as api from './index.js';
 import { ropeInvFreq } from './model.js';
 
 const base = {
@@ -9,52 +10,13 @@ const base = {
   num_attention_heads: 8,
   vocab_size: 100,
 };
+const { blockLinearNames, parseModelConfig } = api;
 
-describe('parseModelConfig', () => {
-  it('reads Llama, Mistral and Qwen2 configs with GQA, head_dim, biases and tied embeddings', () => {
-    const llama = parseModelConfig({ ...base, architectures: ['LlamaForCausalLM'], num_key_value_heads: 2 });
-    expect(llama).toMatchObject({
-      numKvHeads: 2,
-      headDim: 8,
-      attentionBias: false,
-      tieWordEmbeddings: false,
-    });
-    const mistral = parseModelConfig({ ...base, model_type: 'mistral', head_dim: 16, rope_theta: 1e6 });
-    expect(mistral).toMatchObject({
-      architecture: 'MistralForCausalLM',
-      headDim: 16,
-      ropeTheta: 1e6,
-      numKvHeads: 8,
-    });
-    const qwen = parseModelConfig({
-      ...base,
-      architectures: ['Qwen2ForCausalLM'],
-      tie_word_embeddings: true,
-    });
-    expect(qwen).toMatchObject({ attentionBias: true, tieWordEmbeddings: true });
-    expect(parseModelConfig({ ...base, model_type: 'llama', eos_token_id: [7, 8] }).eosTokenId).toBe(7);
-  });
-
-  it('lists every missing field and rejects unsupported architectures, rope types and head counts', () => {
-    let msg = '';
-    try {
-      parseModelConfig({ architectures: ['LlamaForCausalLM'], hidden_size: 8 }, 'x/config.json');
-    } catch (e) {
-      msg = String(e);
-    }
-    expect(msg).toMatch(/E_FORMAT.*x\/config\.json/);
-    for (const f of ['intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'vocab_size'])
-      expect(msg).toContain(f);
-    expect(() => parseModelConfig({ ...base, architectures: ['GPT2LMHeadModel'] })).toThrow(
-      /E_UNSUPPORTED.*GPT2/,
-    );
-    expect(() =>
-      parseModelConfig({ ...base, model_type: 'llama', rope_scaling: { rope_type: 'yarn' } }),
-    ).toThrow(/E_UNSUPPORTED.*yarn/);
-    expect(() => parseModelConfig({ ...base, model_type: 'llama', num_key_value_heads: 3 })).toThrow(
-      /E_FORMAT/,
-    );
-    expect(() => parseModelConfig(null)).toThrow(/E_FORMAT/);
+// The parser itself is tested in @caldera/core (src/model-config.test.ts); here: the public API and RoPE scaling.
+describe('model config (from @caldera/core)', () => {
+  it("parseModelConfig and blockLinearNames are still exported by @caldera/runtime-node, as core's", () => {
+    expect(api.parseModelConfig).toBe(core.parseModelConfig);
+    expect(api.blockLinearNames).toBe(core.blockLinearNames);
   });
 
   it('Llama-3 RoPE scaling: long wavelengths divided by factor, short kept, smooth blend between', () => {

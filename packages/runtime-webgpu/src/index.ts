@@ -1,5 +1,6 @@
 export * from './device.js';
-export * from './config.js';
+/** The model-config parser shared with @caldera/runtime-node (it lives in @caldera/core). */
+export { blockLinearNames, parseModelConfig, type ModelConfig } from '@caldera/core';
 export * from './kernels/index.js';
 export * from './linear.js';
 export * from './model.js';

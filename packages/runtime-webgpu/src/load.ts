@@ -1,16 +1,18 @@
 import {
+  blockLinearNames,
   CalderaError,
   cast,
   f32ArrayToF16,
   openSafetensors,
   openSafetensorsDir,
+  parseModelConfig,
   parseSafetensorsIndex,
   ShardedSafetensorsReader,
+  type ModelConfig,
   type Tensor,
   type TensorStore,
 } from '@caldera/core';
 import { fromCheckpointTensors, type CheckpointLayerMeta } from '@caldera/lowrank';
-import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
 import { storageBuffer, type CalderaDevice } from './device.js';
 import type { GpuMatrix } from './kernels/index.js';
 import { GpuCalderaLinear, GpuDenseLinear, uploadMatrix, type GpuLinear } from './linear.js';
@@ -118,7 +120,7 @@ export async function planMemory(
   for (let b = 0; b < config.numLayers; b++) {
     add(d * 4, `model.layers.${b}.input_layernorm.weight`);
     add(d * 4, `model.layers.${b}.post_attention_layernorm.weight`);
-    for (const name of blockLinearNames(b)) {
+    for (const { name } of blockLinearNames(b)) {
       const meta = calderaMeta?.layers?.[name];
       if (store.has(`${name}.bias`))
         add((await store.tensorInfo(`${name}.bias`)).shape[0]! * 4, `${name}.bias`);
@@ -215,7 +217,7 @@ export async function loadModelFromStore(
     let weightsNum = 0;
     for (let b = 0; b < config.numLayers; b++) {
       const lin: GpuLinear[] = [];
-      for (const name of blockLinearNames(b)) {
+      for (const { name } of blockLinearNames(b)) {
         if (options.signal?.aborted)
           throw new CalderaError('E_ABORTED', 'loading was aborted', { cause: options.signal.reason });
         const kind = name.slice(name.lastIndexOf('.') + 1);

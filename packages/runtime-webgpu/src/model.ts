@@ -1,5 +1,4 @@
-import { CalderaError } from '@caldera/core';
-import type { ModelConfig } from './config.js';
+import { CalderaError, type ModelConfig } from '@caldera/core';
 import { BufferUsage, MAP_READ_MODE, scratchBuffer, storageBuffer, type CalderaDevice } from './device.js';
 import { encodeDispatches, Kernels, type Dispatch, type GpuMatrix, type Lanes } from './kernels/index.js';
 import { createLinearContext, GpuCalderaLinear, type GpuLinear, type ScratchNeeds } from './linear.js';

@@ -1,8 +1,8 @@
 /**
- * Model configuration read from a Hugging Face config.json. The same contract and validation as @caldera/runtime-node's
- * config (docs/architecture.md, "Model conventions"), kept here so that the browser bundle does not import runtime-node.
+ * Model configuration read from a Hugging Face `config.json` (docs/architecture.md, "Model conventions"): the one
+ * parser of @caldera/runtime-node and @caldera/runtime-webgpu (and of the CLI through them).
  */
-import { CalderaError } from '@caldera/core';
+import { CalderaError } from './errors.js';
 
 /** The architecture parameters the runtime needs, read from a Hugging Face `config.json`. */
 export interface ModelConfig {
@@ -110,16 +110,20 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
   return cfg;
 }
 
-/** The names of the seven linear layers of block `i`, Hugging Face layout, in the order q, k, v, o, gate, up, down. */
-export function blockLinearNames(i: number): string[] {
+/**
+ * The seven linear layers of block `i`, Hugging Face names, in the order q, k, v, o, gate, up, down, each with the
+ * activation it reads (`attn`: the normed block input, `o`: the attention output, `mlp`: the normed MLP input,
+ * `down`: the SwiGLU product); layers with the same `input` share their input activations and so their Hessian.
+ */
+export function blockLinearNames(i: number): { name: string; input: 'attn' | 'o' | 'mlp' | 'down' }[] {
   const p = `model.layers.${i}`;
   return [
-    `${p}.self_attn.q_proj`,
-    `${p}.self_attn.k_proj`,
-    `${p}.self_attn.v_proj`,
-    `${p}.self_attn.o_proj`,
-    `${p}.mlp.gate_proj`,
-    `${p}.mlp.up_proj`,
-    `${p}.mlp.down_proj`,
+    { name: `${p}.self_attn.q_proj`, input: 'attn' },
+    { name: `${p}.self_attn.k_proj`, input: 'attn' },
+    { name: `${p}.self_attn.v_proj`, input: 'attn' },
+    { name: `${p}.self_attn.o_proj`, input: 'o' },
+    { name: `${p}.mlp.gate_proj`, input: 'mlp' },
+    { name: `${p}.mlp.up_proj`, input: 'mlp' },
+    { name: `${p}.mlp.down_proj`, input: 'down' },
   ];
 }

@@ -1,0 +1,92 @@
+import { describe, expect, it } from 'vitest';
+import { blockLinearNames, parseModelConfig } from './model-config.js';
+
+const base = {
+  hidden_size: 64,
+  intermediate_size: 128,
+  num_hidden_layers: 2,
+  num_attention_heads: 8,
+  vocab_size: 100,
+};
+
+describe('parseModelConfig', () => {
+  it('reads Llama, Mistral and Qwen2 configs with GQA, head_dim, biases and tied embeddings', () => {
+    const llama = parseModelConfig({ ...base, architectures: ['LlamaForCausalLM'], num_key_value_heads: 2 });
+    expect(llama).toMatchObject({
+      numKvHeads: 2,
+      headDim: 8,
+      attentionBias: false,
+      tieWordEmbeddings: false,
+    });
+    const mistral = parseModelConfig({ ...base, model_type: 'mistral', head_dim: 16, rope_theta: 1e6 });
+    expect(mistral).toMatchObject({
+      architecture: 'MistralForCausalLM',
+      headDim: 16,
+      ropeTheta: 1e6,
+      numKvHeads: 8,
+    });
+    const qwen = parseModelConfig({
+      ...base,
+      architectures: ['Qwen2ForCausalLM'],
+      tie_word_embeddings: true,
+    });
+    expect(qwen).toMatchObject({ attentionBias: true, tieWordEmbeddings: true });
+    expect(parseModelConfig({ ...base, model_type: 'llama', eos_token_id: [7, 8] }).eosTokenId).toBe(7);
+  });
+
+  it('lists every missing field and rejects unsupported architectures, rope types and head counts', () => {
+    let msg = '';
+    try {
+      parseModelConfig({ architectures: ['LlamaForCausalLM'], hidden_size: 8 }, 'x/config.json');
+    } catch (e) {
+      msg = String(e);
+    }
+    expect(msg).toMatch(/E_FORMAT.*x\/config\.json/);
+    for (const f of ['intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'vocab_size'])
+      expect(msg).toContain(f);
+    expect(() => parseModelConfig({ ...base, architectures: ['GPT2LMHeadModel'] })).toThrow(
+      /E_UNSUPPORTED.*GPT2/,
+    );
+    expect(() =>
+      parseModelConfig({ ...base, model_type: 'llama', rope_scaling: { rope_type: 'yarn' } }),
+    ).toThrow(/E_UNSUPPORTED.*yarn/);
+    expect(() => parseModelConfig({ ...base, model_type: 'llama', num_key_value_heads: 3 })).toThrow(
+      /E_FORMAT/,
+    );
+    expect(() => parseModelConfig(null)).toThrow(/E_FORMAT/);
+  });
+
+  it('reads Llama-3 rope_scaling', () => {
+    const cfg = parseModelConfig({
+      ...base,
+      model_type: 'llama',
+      rope_scaling: { rope_type: 'llama3', factor: 8, original_max_position_embeddings: 4096 },
+    });
+    // defaults of transformers for the two unspecified factors
+    expect(cfg.ropeScaling).toEqual({
+      factor: 8,
+      lowFreqFactor: 1,
+      highFreqFactor: 4,
+      originalMaxPositions: 4096,
+    });
+    expect(
+      parseModelConfig({ ...base, model_type: 'llama', rope_scaling: { type: 'default' } }).ropeScaling,
+    ).toBe(null);
+  });
+});
+
+describe('blockLinearNames', () => {
+  it('lists the seven linears of a block in q, k, v, o, gate, up, down order with their input keys', () => {
+    const l = blockLinearNames(3);
+    expect(l.map((x) => x.name)).toEqual([
+      'model.layers.3.self_attn.q_proj',
+      'model.layers.3.self_attn.k_proj',
+      'model.layers.3.self_attn.v_proj',
+      'model.layers.3.self_attn.o_proj',
+      'model.layers.3.mlp.gate_proj',
+      'model.layers.3.mlp.up_proj',
+      'model.layers.3.mlp.down_proj',
+    ]);
+    expect(l.map((x) => x.input)).toEqual(['attn', 'attn', 'attn', 'o', 'mlp', 'mlp', 'down']);
+  });
+});
