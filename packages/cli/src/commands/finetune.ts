@@ -34,7 +34,7 @@ Options:
   --valid FILE       validation text for early stopping (default: reference valid split)
   --eval FILE        held-out text for perplexity before/after (default: reference test split)
   --ft-rank K        trainable rank per layer, clamped to the layer's rank (default 64)
-  --steps N          optimizer steps at most (default 200)   --lr LR   peak learning rate (default 1e-3)
+  --steps N          optimizer steps at most (default 200)   --lr LR   relative peak learning rate (default 1e-2)
   --batch N          sequences per step (default 4)   --seq-len L   tokens per sequence (default 128)
   --eval-every N     validate every N steps (default 20)   --patience N   validations without improvement (default 3)
   --valid-tokens N   validation tokens (default 4096)   --eval-tokens N   held-out tokens scored (default 8192)
@@ -63,7 +63,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
     steps: flagNumber(a, 'steps', 200),
     seqLen,
     batch: flagNumber(a, 'batch', 4),
-    lr: flagNumber(a, 'lr', 1e-3),
+    lr: flagNumber(a, 'lr', 1e-2),
     evalEvery: flagNumber(a, 'eval-every', 20),
     patience: flagNumber(a, 'patience', 3),
     evalTokens: flagNumber(a, 'valid-tokens', 4096),

@@ -215,7 +215,7 @@ describe('LoRA fine-tuning of a compressed reference model', () => {
       steps: 24,
       seqLen: 64,
       batch: 2,
-      lr: 1e-3,
+      lr: 1e-2,
       evalEvery: 8,
       evalTokens: 1024,
     });

@@ -194,7 +194,10 @@ export interface LoraFinetuneOptions {
   seqLen?: number;
   /** Sequences per step (default 4). */
   batch?: number;
-  /** Peak learning rate (default 1e-3). */
+  /**
+   * Peak learning rate, relative: each tensor's step is scaled by the RMS of its initial values (so L_ft, R_ft
+   * and sign vectors move by about `lr` of their size per step whatever scale they are stored at). Default 1e-2.
+   */
   lr?: number;
   /** Warmup steps (default 10). */
   warmup?: number;
@@ -303,7 +306,7 @@ export async function runFinetune(
     steps: 200,
     seqLen: 128,
     batch: 4,
-    lr: 1e-3,
+    lr: 1e-2,
     warmup: 10,
     weightDecay: 0,
     evalEvery: 20,
@@ -325,6 +328,13 @@ export async function runFinetune(
     minLrRatio: 0.1,
     weightDecay: o.weightDecay,
     seed: o.seed,
+    lrScale: Object.fromEntries(
+      Object.entries(setup.trainable).map(([k, v]) => {
+        let ss = 0;
+        for (let i = 0; i < v.length; i++) ss += v[i]! * v[i]!;
+        return [k, Math.max(Math.sqrt(ss / Math.max(1, v.length)), 1e-8)];
+      }),
+    ),
   };
   let trainer: Trainer;
   let es: EarlyStopState;

@@ -25,6 +25,11 @@ export interface TrainerOptions {
   betas?: [number, number];
   /** Seed of the data order (default 0). */
   seed?: number;
+  /**
+   * Per-parameter multipliers of the learning rate (default 1 for every parameter). Fine-tuning sets each to the
+   * RMS of the tensor's initial values, so that `lr` is a relative step size whatever scale a factor is stored at.
+   */
+  lrScale?: Record<string, number>;
 }
 
 /**
@@ -88,6 +93,7 @@ export class Trainer {
       clip: 1,
       betas: [0.9, 0.95],
       seed: 0,
+      lrScale: {},
       ...options,
     };
     if (data.length < this.options.seqLen + 2)
@@ -127,7 +133,7 @@ export class Trainer {
     for (const [k, p] of Object.entries(this.params)) {
       const decay = p.length === this.config.hiddenSize ? 0 : o.weightDecay;
       adamWStep(p, acc[k]!, this.moments[k]!, this.stepCount, {
-        lr,
+        lr: lr * (o.lrScale[k] ?? 1),
         beta1: o.betas[0],
         beta2: o.betas[1],
         weightDecay: decay,
