@@ -133,6 +133,19 @@ try {
       if (w.data[3] !== 4 || r.metadata.k !== 'v') throw new Error('safetensors round trip');
       if (m.toF16Bits(1) !== 0x3c00) throw new Error('f16');
       if (!(new m.CalderaError('E_IO', 'x') instanceof Error)) throw new Error('CalderaError');`,
+    // no GPU needed: parse a config and plan the GPU memory of a tiny dense f16 model from tensor headers
+    '@caldera/runtime-webgpu': `
+      const core = await import('@caldera/core');
+      const cfg = m.parseModelConfig({ architectures: ['LlamaForCausalLM'], hidden_size: 8, intermediate_size: 16,
+        num_hidden_layers: 1, num_attention_heads: 2, vocab_size: 10, tie_word_embeddings: true });
+      const f16 = (r, c) => core.tensor('f16', [r, c], new Uint16Array(r * c));
+      const w = { 'model.embed_tokens.weight': f16(10, 8) };
+      const shapes = [[8, 8], [8, 8], [8, 8], [8, 8], [16, 8], [16, 8], [8, 16]];
+      m.blockLinearNames(0).forEach(({ name }, i) => (w[name + '.weight'] = f16(...shapes[i])));
+      const store = await core.openSafetensors(await core.serializeSafetensors(w));
+      const plan = await m.planMemory(cfg, null, store, { contextLength: 4 });
+      // f16 rows packed two per u32: embedding 160 + norms 96 + linears 4·128 + 3·256 bytes
+      if (plan.weightBytes !== 1536) throw new Error('planMemory: ' + plan.weightBytes + ' bytes');`,
   };
   for (const { pkg } of selected) {
     const name = pkg.name;
