@@ -27,6 +27,7 @@ export default defineConfig({
             { text: 'Quickstart', link: '/guide/quickstart' },
             { text: 'Scale out', link: '/guide/scale-out' },
             { text: 'Fine-tune the low-rank factors', link: '/guide/finetune' },
+            { text: 'Run in the browser', link: '/guide/browser' },
           ],
         },
       ],
