@@ -1,0 +1,100 @@
+// Error vs rank for one weight matrix: CALDERA (Q 2-bit E8P12 + L·R 4-bit) at ranks 0…128 on the synthetic
+// structured weight and correlated calibration Hessian of examples/decompose-matrix, plus the RTN and LDLQ-only
+// baselines. Writes JSON Lines (first line: how the data was produced) to docs/data/rank-sweep.jsonl, or to stdout
+// with --stdout. Uses the built packages: run `npx turbo run build --filter=@caldera/lowrank...` first.
+//   node docs/scripts/measure-rank-sweep.mjs [--m 512] [--n 512] [--seed 0] [--ranks 0,8,16,32,64,128] [--stdout]
+/* global process, console, performance, URL */
+import { writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { Rng, tensor } from '@caldera/core';
+import { createPool, syrk } from '@caldera/linalg';
+import { caldera } from '@caldera/lowrank';
+
+const args = process.argv.slice(2);
+const opt = (name, def) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : def;
+};
+const m = Number(opt('m', 512));
+const n = Number(opt('n', 512));
+const seed = Number(opt('seed', 0));
+const ranks = String(opt('ranks', '0,8,16,32,64,128')).split(',').map(Number);
+const toStdout = args.includes('--stdout');
+
+// The same synthetic weight and activations as examples/decompose-matrix/index.mjs: a heavy-tailed spectrum
+// (48 rank-one terms), noise, three outlier input channels; activations from 16 shared factors plus noise, with
+// channel scales 1..8, so that H = XᵀX is correlated and unequally scaled.
+const rng = new Rng(seed);
+const w = new Float32Array(m * n);
+for (let t = 0; t < 48; t++) {
+  const u = rng.fillNormal(new Float32Array(m));
+  const v = rng.fillNormal(new Float32Array(n));
+  const s = 3 / (1 + t) ** 1.1;
+  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) w[i * n + j] += (s * u[i] * v[j]) / Math.sqrt(n);
+}
+for (let i = 0; i < w.length; i++) w[i] += 0.05 * rng.normal();
+for (const j of [5, 77, 300 % n]) for (let i = 0; i < m; i++) w[i * n + j] *= 8;
+const W = tensor('f32', [m, n], w);
+
+const N = 4 * n;
+const factors = 16;
+const mix = rng.fillNormal(new Float32Array(factors * n));
+const x = new Float32Array(N * n);
+for (let r = 0; r < N; r++) {
+  const z = Array.from({ length: factors }, () => rng.normal());
+  for (let j = 0; j < n; j++) {
+    let v = 0.3 * rng.normal();
+    for (let q = 0; q < factors; q++) v += z[q] * mix[q * n + j];
+    x[r * n + j] = v * (1 + (j % 8));
+  }
+}
+const pool = createPool({ threads: 2 });
+const H = syrk(tensor('f32', [N, n], x), { accumulate: 'f64', pool });
+let mean = 0;
+for (let i = 0; i < n; i++) mean += H.data[i * n + i] / n;
+for (let i = 0; i < n * n; i++) H.data[i] /= mean;
+for (let i = 0; i < n; i++) H.data[i * n + i] += 0.01;
+
+const runs = [{ method: 'rtn', rank: 0, options: { rank: 0, dataAwareQ: false } }];
+for (const rank of ranks) runs.push({ method: rank === 0 ? 'ldlq' : 'caldera', rank, options: { rank } });
+
+const lines = [
+  {
+    kind: 'meta',
+    what: 'activation-aware error ‖(Ŵ − W)·H^½‖_F / ‖W·H^½‖_F vs rank k, one synthetic matrix',
+    command:
+      `node docs/scripts/measure-rank-sweep.mjs ${args.filter((a) => a !== '--stdout').join(' ')}`.trim(),
+    shape: [m, n],
+    calibrationRows: N,
+    seed,
+    qBits: 2,
+    lrBits: 4,
+    date: new Date().toISOString(),
+    node: process.version,
+    cpu: `${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}`,
+  },
+];
+for (const r of runs) {
+  const t0 = performance.now();
+  const d = caldera(W, H, { ...r.options, seed, pool });
+  const line = {
+    kind: 'point',
+    method: r.method,
+    rank: r.rank,
+    paperBitsPerWeight: Number(d.paperBitsPerWeight.toFixed(4)),
+    storedBitsPerWeight: Number(d.bitsPerWeight.toFixed(4)),
+    error: Number(d.error.toFixed(5)),
+    seconds: Number(((performance.now() - t0) / 1000).toFixed(2)),
+  };
+  console.error(JSON.stringify(line));
+  lines.push(line);
+}
+pool.dispose();
+const text = lines.map((l) => JSON.stringify(l)).join('\n') + '\n';
+if (toStdout) process.stdout.write(text);
+else {
+  const file = fileURLToPath(new URL('../data/rank-sweep.jsonl', import.meta.url));
+  writeFileSync(file, text);
+  console.error(`wrote ${file}`);
+}
