@@ -1,0 +1,60 @@
+import { describe, expect, it } from 'vitest';
+import { averageBits } from '@caldera/calibrate';
+import { chooseRanks, parseLayerRanks } from './commands/ranks.js';
+
+// four blocks' worth of reference-model shapes (attention 256×256, MLP 704×256 / 256×704)
+const layers = [0, 1].flatMap((b) => [
+  { name: `model.layers.${b}.self_attn.q_proj`, m: 256, n: 256 },
+  { name: `model.layers.${b}.self_attn.o_proj`, m: 256, n: 256 },
+  { name: `model.layers.${b}.mlp.gate_proj`, m: 704, n: 256 },
+  { name: `model.layers.${b}.mlp.down_proj`, m: 256, n: 704 },
+]);
+const widths = { q: 2, l: 4, r: 4 };
+
+describe('rank choice for caldera compress', () => {
+  it('parses --layer-rank and rejects malformed parts', () => {
+    expect(parseLayerRanks('mlp=32, self_attn=16')).toEqual([
+      ['mlp', 32],
+      ['self_attn', 16],
+    ]);
+    expect(() => parseLayerRanks('mlp')).toThrow(/PATTERN=RANK/);
+    expect(() => parseLayerRanks('mlp=-1')).toThrow(/PATTERN=RANK/);
+  });
+
+  it('meets the bits target over all layers with overrides counted first', () => {
+    const ranks = chooseRanks(layers, { widths, bits: 2.4, overrides: [['mlp', 8]] });
+    for (const s of layers.filter((s) => s.name.includes('mlp'))) expect(ranks[s.name]).toBe(8);
+    const avg = averageBits(
+      layers,
+      layers.map((s) => ranks[s.name]!),
+    );
+    expect(avg).toBeLessThanOrEqual(2.4 + 1e-12);
+    // attention layers absorb the budget the MLP left: well above the uniform allocation's rank
+    const uniform = chooseRanks(layers, { widths, bits: 2.4 });
+    expect(ranks['model.layers.0.self_attn.q_proj']!).toBeGreaterThan(
+      uniform['model.layers.0.self_attn.q_proj']!,
+    );
+    // within one granularity step (8) of a layer of the target: 8·(4·512)/65536 = 0.25 bits on a 256×256 layer
+    expect(2.4 - avg).toBeLessThan(0.25 * (65536 / layers.reduce((a, s) => a + s.m * s.n, 0)) + 1e-9);
+  });
+
+  it('converts --max-bytes to a bits target and fails clearly when overrides exceed it', () => {
+    const params = layers.reduce((a, s) => a + s.m * s.n, 0);
+    const ranks = chooseRanks(layers, { widths, maxBytes: (2.3 * params) / 8 });
+    expect(
+      averageBits(
+        layers,
+        layers.map((s) => ranks[s.name]!),
+      ),
+    ).toBeLessThanOrEqual(2.3 + 1e-12);
+    expect(() => chooseRanks(layers, { widths, bits: 2.1, overrides: [['mlp', 256]] })).toThrow(
+      /too small.*layer-rank/,
+    );
+  });
+
+  it('a fixed --rank applies to the layers without an override', () => {
+    const ranks = chooseRanks(layers, { widths, rank: 16, overrides: [['down_proj', 300]] });
+    expect(ranks['model.layers.0.mlp.down_proj']).toBe(256); // clamped to min(m, n)
+    expect(ranks['model.layers.1.self_attn.q_proj']).toBe(16);
+  });
+});
