@@ -25,9 +25,12 @@ export default defineConfig({
           items: [
             { text: 'What is CALDERA?', link: '/guide/what-is-caldera' },
             { text: 'Quickstart', link: '/guide/quickstart' },
+            { text: 'Compress your own model', link: '/guide/own-model' },
             { text: 'Scale out', link: '/guide/scale-out' },
             { text: 'Fine-tune the low-rank factors', link: '/guide/finetune' },
             { text: 'Run in the browser', link: '/guide/browser' },
+            { text: 'The checkpoint format', link: '/guide/checkpoint-format' },
+            { text: 'Performance', link: '/guide/performance' },
           ],
         },
       ],

@@ -145,7 +145,7 @@ function lineChart({
         'stroke-width': 1.5,
       }),
     );
-    parts.push(text(m.left + pw - 6, sy(h.y) - 6, h.label, { 'text-anchor': 'end', fill: h.color }));
+    parts.push(text(m.left + 6, sy(h.y) + 16, h.label, { fill: h.color }));
   }
   for (const s of series) {
     const linePoints = s.from ? [s.from, ...s.points] : s.points;
@@ -340,14 +340,22 @@ if (pplVsBits) {
     title: 'Reference model: held-out perplexity vs bits per weight',
     xLabel: 'average bits per weight of the linear layers (paper accounting)',
     yLabel: 'perplexity (lower is better)',
-    x: { min: Math.min(...bits) - 0.1, max: Math.max(...bits) + 0.15, format: (v) => v.toFixed(1) },
+    x: {
+      min: Math.min(...bits) - 0.1,
+      max: Math.max(...bits) + 0.15,
+      ticks: niceTicks(Math.min(...bits), Math.max(...bits) + 0.05, 5),
+      format: (v) => v.toFixed(2),
+    },
     y: { min: Math.floor(Math.min(...all) - 1), max: Math.ceil(Math.max(...all) + 1.5) },
     series: [
       {
         name: 'CALDERA (--bits 2.2, 2.4, 2.8)',
         color: COLORS.caldera,
-        points: cal.map((p) =>
-          pt(p, { label: `${p.perplexity.compressed.toFixed(2)} · ${p.bitsPerWeight.toFixed(2)} bits` }),
+        points: cal.map((p, i) =>
+          pt(p, {
+            label: `${p.perplexity.compressed.toFixed(2)} · ${p.bitsPerWeight.toFixed(2)} bits`,
+            ...(i === cal.length - 1 ? { anchor: 'end', dx: 0, dy: -12 } : {}),
+          }),
         ),
       },
       {
@@ -373,7 +381,7 @@ if (pplVsBits) {
   ].map(({ p, label, color }) => {
     const inc = 100 * (p.perplexity.compressed / p.perplexity.original - 1);
     return {
-      label: `${label} (${p.bitsPerWeight.toFixed(2)} b)`,
+      label: `${label} (${p.bitsPerWeight.toFixed(2)} bits)`,
       value: +inc.toFixed(2),
       color,
       note: `+${inc.toFixed(1)} %`,

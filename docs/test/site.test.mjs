@@ -54,7 +54,14 @@ const browser = await pw.launch({
 });
 let failures = 0;
 let passed = 0;
-const pages = ['/', '/guide/what-is-caldera.html', '/api/'];
+const pages = [
+  '/',
+  '/guide/what-is-caldera.html',
+  '/guide/own-model.html',
+  '/guide/checkpoint-format.html',
+  '/guide/performance.html',
+  '/api/',
+];
 const seen = new Set();
 try {
   for (const path of pages) {
