@@ -15,7 +15,10 @@ const flag = (name, def) => {
   const i = args.indexOf(`--${name}`);
   return i >= 0 ? args[i + 1] : def;
 };
-const positional = args.find((a, i) => !a.startsWith('--') && (i === 0 || !args[i - 1].startsWith('--')));
+const booleans = new Set(['--quick', '--reference']);
+const positional = args.find(
+  (a, i) => !a.startsWith('--') && (i === 0 || !args[i - 1].startsWith('--') || booleans.has(args[i - 1])),
+);
 const reference = args.includes('--reference');
 if (!positional && !reference) {
   console.error(
