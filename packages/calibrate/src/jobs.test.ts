@@ -12,6 +12,7 @@ import {
   executeMatrixJob,
   hashModelTensors,
   hessianKey,
+  largestFirst,
   layerSeed,
   makeHessianPlan,
   makeManifest,
@@ -156,6 +157,14 @@ describe('matrix jobs', () => {
 
   it('shards partition the jobs; any sharding and order gives byte-identical outputs; re-execution is a no-op', async () => {
     const { work, manifest } = await setup(9);
+    expect(largestFirst(manifest.jobs).map((j) => j.name)).toEqual([
+      'b0.down', // 8×16: same size as up, larger n first
+      'b1.down',
+      'b2.down',
+      'b0.up',
+      'b1.up',
+      'b2.up',
+    ]);
     for (const count of [1, 2, 3]) {
       const shards = Array.from({ length: count }, (_, i) => shardJobs(manifest.jobs, i, count));
       expect(

@@ -457,8 +457,20 @@ export async function missingJobs(workDir: string, manifest: JobManifest): Promi
 }
 
 /**
- * Shard `i` of `count`: jobs dealt largest first (cost m·n) to the least loaded shard, ties to the lowest index, so
- * that shards get near-equal work. Deterministic; every job lands in exactly one shard.
+ * Jobs largest first (by m·n, then by n, since the Hessian side costs more; stable otherwise). Handing out jobs in this
+ * order keeps the tail of a parallel run short: the last job to start is one of the smallest.
+ */
+export function largestFirst<T extends { m: number; n: number }>(jobs: readonly T[]): T[] {
+  return jobs
+    .map((j, k) => ({ j, k }))
+    .sort((a, b) => b.j.m * b.j.n - a.j.m * a.j.n || b.j.n - a.j.n || a.k - b.k)
+    .map(({ j }) => j);
+}
+
+/**
+ * Shard `i` of `count`: jobs dealt {@link largestFirst} to the least loaded shard (cost m·n), ties to the lowest index,
+ * so that shards get near-equal work. Deterministic; every job lands in exactly one shard; a shard's jobs come in the
+ * manifest's order.
  */
 export function shardJobs<T extends { m: number; n: number }>(
   jobs: readonly T[],
@@ -467,18 +479,15 @@ export function shardJobs<T extends { m: number; n: number }>(
 ): T[] {
   if (!Number.isInteger(count) || count <= 0 || !Number.isInteger(index) || index < 0 || index >= count)
     throw new CalderaError('E_VALUE', `shard must be i/n with 0 ≤ i < n, got ${index}/${count}`);
-  const order = jobs
-    .map((_, k) => k)
-    .sort((a, b) => jobs[b]!.m * jobs[b]!.n - jobs[a]!.m * jobs[a]!.n || a - b);
   const load = new Array<number>(count).fill(0);
-  const mine = new Set<number>();
-  for (const k of order) {
+  const mine = new Set<T>();
+  for (const j of largestFirst(jobs)) {
     let s = 0;
     for (let t = 1; t < count; t++) if (load[t]! < load[s]!) s = t;
-    load[s]! += jobs[k]!.m * jobs[k]!.n;
-    if (s === index) mine.add(k);
+    load[s]! += j.m * j.n;
+    if (s === index) mine.add(j);
   }
-  return jobs.filter((_, k) => mine.has(k));
+  return jobs.filter((j) => mine.has(j));
 }
 
 async function loadWeight(manifest: JobManifest, job: MatrixJob): Promise<Tensor<'f32'>> {

@@ -11,12 +11,12 @@ import {
   type Tensor,
 } from '@caldera/core';
 import {
-  allocateRanks,
   compressLayerWithSpec,
   compressModel,
   executeMatrixJob,
   hashModelTensors,
   hasHessianChunk,
+  largestFirst,
   layerSeed,
   makeHessianPlan,
   makeManifest,
@@ -42,6 +42,7 @@ import type { CalderaOptions } from '@caldera/lowrank';
 import { loadModel, ModelRunnerAdapter, perplexity } from '@caldera/runtime-node';
 import { flagNumber, flagString, progressBar, type Args } from '../args.js';
 import { defaultText, modelDirOf, readDocuments, tokenizeDocuments } from './common.js';
+import { chooseRanks, parseLayerRanks } from './ranks.js';
 import type { QueueTask } from './task.js';
 
 export const compressHelp = `caldera compress [model-dir] [options]
@@ -54,6 +55,9 @@ Options:
   --method NAME        caldera (default) | ldlq (rank 0, QuIP#-style) | rtn (E8P rounding, no Hessian) | lplr (low-rank only, 16-bit)
   --rank K             rank of L·R for every layer (overrides --bits)
   --bits B             target average bits per weight (paper accounting), ranks chosen per layer (default 2.4)
+  --max-bytes N        instead of --bits: a byte budget for all compressed layers (paper accounting)
+  --layer-rank SPEC    per-layer ranks by name substring, first match wins, e.g. 'mlp=32,self_attn=16'; the
+                       budget (--bits / --max-bytes) is met over all layers, the rest get what is left
   --data FILE          calibration text (.txt, documents separated by blank lines, or .jsonl with "text")
   --windows N          calibration windows (default 32)   --length L   tokens per window (default 128)
   --eval FILE          held-out text for perplexity before/after (default: the reference test split)
@@ -134,16 +138,19 @@ function settingsFromFlags(a: Args): Omit<RunSettings, 'ranks'> {
 
 function ranksFor(a: Args, method: Method, layers: readonly LinearInfo[]): Record<string, number> {
   if (method !== 'caldera' && method !== 'lplr') return {};
-  const fixed = flagNumber(a, 'rank');
-  if (fixed !== undefined)
-    return Object.fromEntries(layers.map((l) => [l.name, Math.min(fixed, l.outFeatures, l.inFeatures)]));
-  const target = flagNumber(a, 'bits', method === 'lplr' ? 2 + 16 * 0.1 : 2.4);
-  const shapes = layers.map((l) => ({ name: l.name, m: l.outFeatures, n: l.inFeatures }));
-  const budget =
-    method === 'lplr'
-      ? allocateRanks(shapes, { targetBits: target, q: 0, l: 16, r: 16, granularity: 8 })
-      : allocateRanks(shapes, { targetBits: target, granularity: 8 });
-  return Object.fromEntries(layers.map((l, i) => [l.name, budget.ranks[i]!]));
+  const overrides = flagString(a, 'layer-rank');
+  const rank = flagNumber(a, 'rank');
+  const maxBytes = flagNumber(a, 'max-bytes');
+  return chooseRanks(
+    layers.map((l) => ({ name: l.name, m: l.outFeatures, n: l.inFeatures })),
+    {
+      widths: method === 'lplr' ? { q: 0, l: 16, r: 16 } : { q: 2, l: 4, r: 4 },
+      ...(rank !== undefined ? { rank } : {}),
+      ...(maxBytes !== undefined ? { maxBytes } : {}),
+      bits: flagNumber(a, 'bits', method === 'lplr' ? 2 + 16 * 0.1 : 2.4),
+      ...(overrides ? { overrides: parseLayerRanks(overrides) } : {}),
+    },
+  );
 }
 
 /** The decomposition of one layer under the run's settings: the same spec in every mode. */
@@ -411,7 +418,13 @@ export async function compressCommand(a: Args): Promise<number> {
     if (queue) {
       const todo = await missingJobs(work, manifest);
       ctx.log({ event: 'queue', enqueued: todo.length, cached: manifest.jobs.length - todo.length });
-      const tasks: QueueTask[] = todo.map((j) => ({ kind: 'matrix', work, id: j.id, label: j.name }));
+      // largest jobs first, so that the last ones to start are short and no worker idles long at the end
+      const tasks: QueueTask[] = largestFirst(todo).map((j) => ({
+        kind: 'matrix',
+        work,
+        id: j.id,
+        label: j.name,
+      }));
       const { runOnQueue } = await import('./queue.js');
       await runOnQueue(queue, a, tasks, {
         signal: ctl.signal,
