@@ -3,7 +3,10 @@
  * hidden 256, dense f16) and of a CALDERA-compressed copy of it (every linear: Q 2-bit E8P12, rank 16, L/R 4-bit;
  * one outer/inner iteration, built here in a temporary directory), each next to runtime-node on the same checkpoint
  * (`refs.runtime_node`) with the share of identical greedy tokens (`refs.agreement`). JSON Lines on stdout.
- * `--quick`: 16 decoded tokens instead of 64. Without a GPU (SwiftShader) the numbers are only a record.
+ * Prefill: tokens/s of a prompt run through the CALDERA copy in batches of 32 rows (`webgpu_prefill_caldera_tok_s`)
+ * next to the same prompt token by token (`refs.token_by_token`, prefillChunk 1).
+ * `--quick`: 16 decoded tokens instead of 64, a 32-token prompt instead of 128. Without a GPU (SwiftShader) the
+ * numbers are only a record.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -106,6 +109,26 @@ try {
     });
     model.dispose();
   }
+  const P = quick ? 32 : 128;
+  const prompt = Array.from({ length: P }, (_, i) => (i * 97 + 5) % 2048);
+  const rate: Record<number, number> = {};
+  for (const chunk of [1, 32]) {
+    const { model } = await loadModel(device, dir, { contextLength: P, prefillChunk: chunk });
+    await model.prefill(prompt.slice(0, chunk)); // warm-up (pipeline compilation)
+    await model.finish();
+    model.reset();
+    const t0 = performance.now();
+    await model.prefill(prompt);
+    await model.finish();
+    rate[chunk] = P / ((performance.now() - t0) / 1000);
+    model.dispose();
+  }
+  emit('webgpu_prefill_caldera_tok_s', rate[32]!, 'tok/s', {
+    token_by_token: Number(rate[1]!.toPrecision(4)),
+    prompt_tokens: P,
+    prefill_chunk: 32,
+    adapter: device.description,
+  });
 } finally {
   await rm(dir, { recursive: true, force: true });
   device.dispose();

@@ -54,10 +54,8 @@ export async function* generate(
   const rng = new Rng(options.seed ?? 0);
   const seen = new Set<number>(Array.from(prompt));
   const produced: number[] = [];
-  for (let t = 0; t < prompt.length - 1; t++) {
-    throwIfAborted(options.signal, 'generate');
-    await model.step(prompt[t]!, 'none');
-  }
+  // prefill all but the last prompt token in batches (one pass per model.prefillChunk tokens)
+  await model.prefill(Array.from(prompt).slice(0, -1), options.signal ? { signal: options.signal } : {});
   let last = prompt[prompt.length - 1]!;
   // as runtime-node: min(maxTokens, capacity − prompt length) tokens
   for (let n = 0; n < maxTokens && prompt.length + n < capacity; n++) {
@@ -125,7 +123,7 @@ export interface PerplexityResult {
 
 /**
  * Perplexity of `tokens`: every token after the first is scored given all tokens before it (one window, so at most
- * `contextLength` tokens), one step at a time from position 0 (the cache is reset).
+ * `contextLength` tokens), in batches of `model.prefillChunk` tokens from position 0 (the cache is reset).
  */
 export async function perplexity(
   model: WebGpuModel,
@@ -140,14 +138,20 @@ export async function perplexity(
     );
   model.reset();
   let nll = 0;
-  for (let t = 0; t < tokens.length - 1; t++) {
+  const V = model.config.vocabSize;
+  const inputs = Array.from(tokens).slice(0, -1);
+  for (let t0 = 0; t0 < inputs.length; t0 += model.prefillChunk) {
     throwIfAborted(options.signal, 'perplexity');
-    const l = await model.step(tokens[t]!, 'logits');
-    let mx = -Infinity;
-    for (let i = 0; i < l.length; i++) if (l[i]! > mx) mx = l[i]!;
-    let s = 0;
-    for (let i = 0; i < l.length; i++) s += Math.exp(l[i]! - mx);
-    nll += mx + Math.log(s) - l[tokens[t + 1]!]!;
+    const batch = inputs.slice(t0, t0 + model.prefillChunk);
+    const all = await model.stepBatch(batch, 'all');
+    for (let r = 0; r < batch.length; r++) {
+      const l = all.subarray(r * V, r * V + V);
+      let mx = -Infinity;
+      for (let i = 0; i < V; i++) if (l[i]! > mx) mx = l[i]!;
+      let s = 0;
+      for (let i = 0; i < V; i++) s += Math.exp(l[i]! - mx);
+      nll += mx + Math.log(s) - l[tokens[t0 + r + 1]!]!;
+    }
   }
   const n = tokens.length - 1;
   return { tokens: n, nll: nll / n, ppl: Math.exp(nll / n) };

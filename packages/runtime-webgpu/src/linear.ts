@@ -42,10 +42,10 @@ export function e8pSourceTable(): Float32Array {
 export interface LinearContext {
   dev: CalderaDevice;
   kernels: Kernels;
-  /** Rotated input, rotated output and low-rank scratch, each at least as long as the largest layer needs. */
+  /** Rotated input, rotated output and low-rank scratch, each as long as the largest layer needs times the rows. */
   rotIn: GPUBuffer;
   rotOut: GPUBuffer;
-  /** Scratch of the multi-pass rotation (as long as `ones`). */
+  /** Scratch of the multi-pass rotation (as long as `ones` times the rows). */
   rotTmp: GPUBuffer;
   z: GPUBuffer;
   /** All ones, at least as long as any padded dimension. */
@@ -66,7 +66,10 @@ export interface GpuLinear {
   readonly gpuBytes: number;
   /** Bits per weight of the stored form (16 or 32 for dense, the checkpoint's figure for CALDERA layers). */
   readonly bitsPerWeight: number;
-  /** The launches computing `out (+)= layer(x)`; `x` and `out` must be different buffers. */
+  /**
+   * The launches computing `out (+)= layer(x)` for every row of a batch (rows of `inFeatures` in `x`, of
+   * `outFeatures` in `out`); `x` and `out` must be different buffers.
+   */
   bind(ctx: LinearContext, x: GPUBuffer, out: GPUBuffer, accumulate: boolean): Dispatch[];
   dispose(): void;
 }
@@ -271,24 +274,29 @@ export class GpuCalderaLinear implements GpuLinear {
   }
 }
 
-/** Create the shared context buffers for layers with the given scratch needs. */
+/**
+ * Create the shared context buffers for layers with the given scratch needs (per row), for batches of up to `rows`
+ * activation vectors.
+ */
 export function createLinearContext(
   dev: CalderaDevice,
   kernels: Kernels,
   needs: ScratchNeeds,
+  rows = 1,
 ): LinearContext & {
   dispose(): void;
 } {
   const f = (n: number, label: string, fill = 0) =>
     storageBuffer(dev, new Float32Array(Math.max(4, n)).fill(fill), label);
+  const scratch = (n: number, label: string) => f(n * rows, label);
   const hks = new Map<number, GPUBuffer>();
   const ctx = {
     dev,
     kernels,
-    rotIn: f(needs.rotIn, 'rotIn'),
-    rotOut: f(needs.rotOut, 'rotOut'),
-    rotTmp: f(needs.ones, 'rotTmp'),
-    z: f(needs.z, 'z'),
+    rotIn: scratch(needs.rotIn, 'rotIn'),
+    rotOut: scratch(needs.rotOut, 'rotOut'),
+    rotTmp: scratch(needs.ones, 'rotTmp'),
+    z: scratch(needs.z, 'z'),
     ones: f(needs.ones, 'ones', 1),
     dummy: f(4, 'dummy'),
     sources: storageBuffer(dev, e8pSourceTable(), 'e8p sources'),
@@ -310,6 +318,7 @@ export function createLinearContext(
         ctx.ones,
         ctx.dummy,
         ctx.sources,
+        ctx.e81b,
         ...hks.values(),
       ])
         b.destroy();

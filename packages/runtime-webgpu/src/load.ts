@@ -16,7 +16,7 @@ import { fromCheckpointTensors, type CheckpointLayerMeta } from '@caldera/lowran
 import { storageBuffer, type CalderaDevice } from './device.js';
 import type { GpuMatrix } from './kernels/index.js';
 import { GpuCalderaLinear, GpuDenseLinear, uploadMatrix, type GpuLinear } from './linear.js';
-import { WebGpuModel, type GpuBlockWeights, type WebGpuModelOptions } from './model.js';
+import { prefillChunkOf, WebGpuModel, type GpuBlockWeights, type WebGpuModelOptions } from './model.js';
 
 /** `caldera.json` of a compressed checkpoint (docs/architecture.md). */
 export interface CalderaMeta {
@@ -82,7 +82,7 @@ export interface MemoryPlan {
   weightBytes: number;
   /** Bytes of the KV cache and activation buffers (what {@link WebGpuModel.cacheBytes} reports), approximately. */
   cacheBytes: number;
-  /** The largest single buffer and what it holds (it must fit one storage binding). */
+  /** The largest single buffer (weights, KV cache or activations) and what it holds (it must fit one binding). */
   largestBuffer: { bytes: number; what: string };
 }
 
@@ -97,7 +97,7 @@ export async function planMemory(
   config: ModelConfig,
   calderaMeta: CalderaMeta | null,
   store: TensorStore,
-  options: { contextLength?: number; dtype?: 'auto' | 'f16' | 'f32' } = {},
+  options: { contextLength?: number; prefillChunk?: number; dtype?: 'auto' | 'f16' | 'f32' } = {},
 ): Promise<MemoryPlan> {
   const dtype = options.dtype ?? 'auto';
   let weightBytes = 0;
@@ -144,13 +144,32 @@ export async function planMemory(
     }
   }
   const cap = options.contextLength ?? Math.min(config.maxPositions, 2048);
+  const T = prefillChunkOf(options, cap);
   const kw = KV * hd;
-  const cacheBytes =
-    2 * config.numLayers * bufferBytes(cap * kw * 4) +
-    [d, d, H * hd, kw, kw, H * hd, config.intermediateSize, config.intermediateSize, H * cap, V, 4].reduce(
-      (s, n) => s + bufferBytes(n * 4),
-      0,
-    );
+  const I = config.intermediateSize;
+  // activation buffers hold T rows (the prefill batch), as WebGpuModel allocates them
+  const activations: [number, string][] = [
+    [T * d, 'x'],
+    [T * d, 'h'],
+    [T * H * hd, 'q'],
+    [T * kw, 'k'],
+    [T * kw, 'v'],
+    [T * H * hd, 'att'],
+    [T * I, 'gate'],
+    [T * I, 'up'],
+    [T * H * cap, 'attention scores'],
+    [T * V, 'logits'],
+    [4, 'argmax'],
+    [Math.max(4, T), 'tokens'],
+  ];
+  let cacheBytes = 2 * config.numLayers * bufferBytes(cap * kw * 4);
+  if (bufferBytes(cap * kw * 4) > largest.bytes)
+    largest = { bytes: bufferBytes(cap * kw * 4), what: 'KV cache' };
+  for (const [n, what] of activations) {
+    const b = bufferBytes(n * 4);
+    cacheBytes += b;
+    if (b > largest.bytes) largest = { bytes: b, what: `${what} (activations)` };
+  }
   return { weightBytes, cacheBytes, largestBuffer: largest };
 }
 

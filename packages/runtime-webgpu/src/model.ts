@@ -1,4 +1,4 @@
-import { CalderaError, type ModelConfig } from '@caldera/core';
+import { CalderaError, throwIfAborted, type ModelConfig } from '@caldera/core';
 import { BufferUsage, MAP_READ_MODE, scratchBuffer, storageBuffer, type CalderaDevice } from './device.js';
 import { encodeDispatches, Kernels, type Dispatch, type GpuMatrix, type Lanes } from './kernels/index.js';
 import { createLinearContext, GpuCalderaLinear, type GpuLinear, type ScratchNeeds } from './linear.js';
@@ -34,6 +34,19 @@ export interface WebGpuModelOptions {
   lanes?: Lanes;
   /** Largest rotation run in one workgroup; default: what workgroup memory holds. */
   maxLocalHadamard?: number;
+  /**
+   * Prompt tokens run through the layers together in one pass (prefill batch); the activation buffers hold this many
+   * rows. Default `min(32, contextLength)`; 1 makes prefill token by token.
+   */
+  prefillChunk?: number;
+}
+
+/** The prefill batch a model with these options uses (see {@link WebGpuModelOptions.prefillChunk}). */
+export function prefillChunkOf(options: WebGpuModelOptions, contextLength: number): number {
+  const c = options.prefillChunk ?? 32;
+  if (!Number.isInteger(c) || c < 1)
+    throw new CalderaError('E_VALUE', `prefillChunk must be a positive integer, got ${c}`);
+  return Math.min(c, contextLength);
 }
 
 /** Inverse RoPE frequencies with Llama-3 scaling (the same formula as runtime-node), in f64. */
@@ -74,11 +87,16 @@ export function ropeTable(cfg: ModelConfig, positions: number): Float32Array {
 /** What {@link WebGpuModel.step} returns: nothing, the greedy token, or the logits. */
 export type StepOutput = 'none' | 'argmax' | 'logits';
 
+/** What {@link WebGpuModel.stepBatch} returns: {@link StepOutput} for the last token, or `'all'` logits. */
+export type BatchOutput = StepOutput | 'all';
+
 /**
- * A Llama-family causal LM on a WebGPU device, one token at a time (decode path). The whole step — embedding,
- * every block, final norm, LM head and argmax — is recorded once at construction as a list of kernel launches over
- * fixed buffers and replayed into one compute pass per token; only a 16-byte uniform (position, length, token)
- * changes between tokens. The KV cache lives on the GPU. One sequence at a time: {@link reset} starts a new one.
+ * A Llama-family causal LM on a WebGPU device. The whole step — embedding, every block, final norm, LM head and
+ * argmax — is recorded once at construction as a list of kernel launches over fixed buffers and replayed into one
+ * compute pass per batch of tokens: one token when decoding, up to {@link prefillChunk} prompt tokens as a matrix
+ * of activation rows when prefilling (every kernel runs once per row; attention is causal within the batch). Only
+ * the token ids and a 16-byte uniform (position, length) change between passes. The KV cache lives on the GPU. One
+ * sequence at a time: {@link reset} starts a new one.
  *
  * An explicit handle: {@link dispose} frees every GPU buffer (the device stays the caller's).
  */
@@ -88,8 +106,13 @@ export class WebGpuModel {
   readonly weightBytes: number;
   /** Bytes of the KV cache and activations on the GPU. */
   readonly cacheBytes: number;
+  /** Tokens per pass at most (prefill batch). */
+  readonly prefillChunk: number;
   private readonly kernels: Kernels;
+  /** Embedding and blocks; then {@link head}: final norm, LM head, argmax. */
   private readonly program: Dispatch[];
+  private readonly head: Dispatch[];
+  private readonly tokensBuf: GPUBuffer;
   private readonly owned: GPUBuffer[] = [];
   private readonly ctx: ReturnType<typeof createLinearContext>;
   private readonly stepBuf: GPUBuffer;
@@ -125,6 +148,8 @@ export class WebGpuModel {
     if (!Number.isInteger(cap) || cap < 1)
       throw new CalderaError('E_VALUE', `contextLength must be a positive integer, got ${cap}`);
     this.contextLength = cap;
+    const T = prefillChunkOf(options, cap);
+    this.prefillChunk = T;
     this.kernels = new Kernels(dev, {
       ...(options.lanes ? { lanes: options.lanes } : {}),
       ...(options.maxLocalHadamard ? { maxLocalHadamard: options.maxLocalHadamard } : {}),
@@ -136,17 +161,19 @@ export class WebGpuModel {
       return b;
     };
     const kw = KV * hd;
-    const x = buf(d, 'x');
-    const h = buf(d, 'h');
-    const q = buf(H * hd, 'q');
-    const k = buf(kw, 'k');
-    const v = buf(kw, 'v');
-    const att = buf(H * hd, 'att');
-    const g = buf(I, 'gate');
-    const u = buf(I, 'up');
-    const scores = buf(H * cap, 'scores');
-    this.logitsBuf = buf(V, 'logits');
+    // activations: T rows each
+    const x = buf(T * d, 'x');
+    const h = buf(T * d, 'h');
+    const q = buf(T * H * hd, 'q');
+    const k = buf(T * kw, 'k');
+    const v = buf(T * kw, 'v');
+    const att = buf(T * H * hd, 'att');
+    const g = buf(T * I, 'gate');
+    const u = buf(T * I, 'up');
+    const scores = buf(T * H * cap, 'scores');
+    this.logitsBuf = buf(T * V, 'logits');
     this.argmaxBuf = buf(4, 'argmax');
+    this.tokensBuf = buf(Math.max(4, T), 'tokens');
     const caches = weights.blocks.map((_, b) => ({
       k: buf(cap * kw, `cacheK${b}`),
       v: buf(cap * kw, `cacheV${b}`),
@@ -161,7 +188,7 @@ export class WebGpuModel {
     const cs = storageBuffer(dev, ropeTable(cfg, cap), 'rope table');
     this.owned.push(cs);
     this.readLogits = dev.device.createBuffer({
-      size: V * 4,
+      size: T * V * 4,
       usage: BufferUsage.MAP_READ | BufferUsage.COPY_DST,
     });
     this.readArgmax = dev.device.createBuffer({
@@ -176,7 +203,7 @@ export class WebGpuModel {
         if (lin instanceof GpuCalderaLinear)
           for (const key of Object.keys(needs) as (keyof ScratchNeeds)[])
             needs[key] = Math.max(needs[key], lin.needs[key]);
-    this.ctx = createLinearContext(dev, K, needs);
+    this.ctx = createLinearContext(dev, K, needs, T);
     const ctx = this.ctx;
     const check = (lin: GpuLinear, name: string, n: number, m: number) => {
       if (lin.inFeatures !== n || lin.outFeatures !== m)
@@ -186,7 +213,7 @@ export class WebGpuModel {
         );
     };
 
-    const p: Dispatch[] = [K.embed(this.stepBuf, weights.embed, x)];
+    const p: Dispatch[] = [K.embed(this.tokensBuf, weights.embed, x)];
     weights.blocks.forEach((w, b) => {
       const name = `model.layers.${b}`;
       check(w.q, `${name}.q_proj`, d, H * hd);
@@ -220,10 +247,12 @@ export class WebGpuModel {
       p.push(K.swiglu(g, u, I));
       p.push(...w.down.bind(ctx, g, x, true));
     });
-    p.push(K.rmsNorm(x, weights.norm, h, d, cfg.rmsNormEps));
-    p.push(K.matvec(weights.head, h, this.logitsBuf, { bias: null, accumulate: false, dummy: ctx.dummy }));
-    p.push(K.argmax(this.logitsBuf, this.argmaxBuf, V));
     this.program = p;
+    this.head = [
+      K.rmsNorm(x, weights.norm, h, d, cfg.rmsNormEps),
+      K.matvec(weights.head, h, this.logitsBuf, { bias: null, accumulate: false, dummy: ctx.dummy }),
+      K.argmax(this.logitsBuf, this.argmaxBuf, V, this.stepBuf),
+    ];
 
     let wb = weights.embed.buffer.size + weights.norm.size;
     if (weights.head !== weights.embed) wb += weights.head.buffer.size;
@@ -241,7 +270,7 @@ export class WebGpuModel {
 
   /** Kernel launches per token. */
   get dispatchesPerToken(): number {
-    return this.program.length;
+    return this.program.length + this.head.length;
   }
 
   /** Forget the sequence: the next token is at position 0. */
@@ -257,6 +286,19 @@ export class WebGpuModel {
   async step(token: number, output: 'argmax'): Promise<number>;
   async step(token: number, output: 'logits'): Promise<Float32Array>;
   async step(token: number, output: StepOutput): Promise<null | number | Float32Array> {
+    return this.stepBatch([token], output);
+  }
+
+  /**
+   * Run up to {@link prefillChunk} tokens at the next positions in one pass (appending them to the KV cache) and
+   * return, per `output`, nothing, the argmax or the logits of the last token, or (`'all'`) the logits of every token
+   * (`[tokens, vocab]`). With `'none'` the final norm and LM head are skipped.
+   */
+  async stepBatch(tokens: ArrayLike<number>, output: 'none'): Promise<null>;
+  async stepBatch(tokens: ArrayLike<number>, output: 'argmax'): Promise<number>;
+  async stepBatch(tokens: ArrayLike<number>, output: 'logits' | 'all'): Promise<Float32Array>;
+  async stepBatch(tokens: ArrayLike<number>, output: BatchOutput): Promise<null | number | Float32Array>;
+  async stepBatch(tokens: ArrayLike<number>, output: BatchOutput): Promise<null | number | Float32Array> {
     if (this.disposed) throw new CalderaError('E_VALUE', 'WebGpuModel: used after dispose()');
     if (this.busy)
       throw new CalderaError(
@@ -264,31 +306,60 @@ export class WebGpuModel {
         'WebGpuModel: step() called while another step is running (await it)',
       );
     const V = this.config.vocabSize;
-    if (!Number.isInteger(token) || token < 0 || token >= V)
-      throw new CalderaError('E_VALUE', `token id ${token} out of range [0, ${V})`);
-    if (this.pos >= this.contextLength)
+    const T = tokens.length;
+    if (T < 1 || T > this.prefillChunk)
+      throw new CalderaError('E_VALUE', `stepBatch: ${T} tokens, expected 1 to ${this.prefillChunk}`);
+    const ids = new Uint32Array(T);
+    for (let t = 0; t < T; t++) {
+      const token = tokens[t]!;
+      if (!Number.isInteger(token) || token < 0 || token >= V)
+        throw new CalderaError('E_VALUE', `token id ${token} out of range [0, ${V})`);
+      ids[t] = token;
+    }
+    if (this.pos + T > this.contextLength)
       throw new CalderaError('E_VALUE', `KV cache capacity ${this.contextLength} exceeded`);
     this.busy = true;
     try {
       const dev = this.dev.device;
-      dev.queue.writeBuffer(this.stepBuf, 0, Uint32Array.of(this.pos, this.pos + 1, token, 0));
+      dev.queue.writeBuffer(this.tokensBuf, 0, ids);
+      dev.queue.writeBuffer(this.stepBuf, 0, Uint32Array.of(this.pos, this.pos + T, 0, 0));
       const enc = dev.createCommandEncoder();
-      encodeDispatches(enc, this.program);
-      if (output === 'logits') enc.copyBufferToBuffer(this.logitsBuf, 0, this.readLogits, 0, V * 4);
+      encodeDispatches(enc, output === 'none' ? this.program : [...this.program, ...this.head], T);
+      const bytes = output === 'all' ? T * V * 4 : V * 4;
+      if (output === 'logits' || output === 'all')
+        enc.copyBufferToBuffer(
+          this.logitsBuf,
+          output === 'all' ? 0 : (T - 1) * V * 4,
+          this.readLogits,
+          0,
+          bytes,
+        );
       if (output === 'argmax') enc.copyBufferToBuffer(this.argmaxBuf, 0, this.readArgmax, 0, 16);
       dev.queue.submit([enc.finish()]);
-      this.pos++;
+      this.pos += T;
       if (output === 'none') return null;
-      const staging = output === 'logits' ? this.readLogits : this.readArgmax;
-      await staging.mapAsync(MAP_READ_MODE);
+      const staging = output === 'argmax' ? this.readArgmax : this.readLogits;
+      await staging.mapAsync(MAP_READ_MODE, 0, output === 'argmax' ? 16 : bytes);
       try {
-        const range = staging.getMappedRange();
-        return output === 'logits' ? new Float32Array(range.slice(0, V * 4)) : new Uint32Array(range)[0]!;
+        const range = staging.getMappedRange(0, output === 'argmax' ? 16 : bytes);
+        return output === 'argmax' ? new Uint32Array(range)[0]! : new Float32Array(range.slice(0));
       } finally {
         staging.unmap();
       }
     } finally {
       this.busy = false;
+    }
+  }
+
+  /**
+   * Append `tokens` to the sequence without reading anything back: batches of {@link prefillChunk} tokens, each
+   * one pass through the layers. `signal` is checked between batches.
+   */
+  async prefill(tokens: ArrayLike<number>, options: { signal?: AbortSignal } = {}): Promise<void> {
+    const all = Array.from(tokens);
+    for (let t = 0; t < all.length; t += this.prefillChunk) {
+      throwIfAborted(options.signal, 'prefill');
+      await this.stepBatch(all.slice(t, t + this.prefillChunk), 'none');
     }
   }
 
@@ -298,13 +369,15 @@ export class WebGpuModel {
   }
 
   /**
-   * Logits `[tokens, vocab]` of every position of `tokens`, continuing the cached sequence (one step per token, like
-   * runtime-node's `LlamaModel.forward(tokens, cache)`).
+   * Logits `[tokens, vocab]` of every position of `tokens`, continuing the cached sequence (batches of
+   * {@link prefillChunk} tokens; like runtime-node's `LlamaModel.forward(tokens, cache)`).
    */
   async forward(tokens: ArrayLike<number>): Promise<Float32Array> {
     const V = this.config.vocabSize;
-    const out = new Float32Array(tokens.length * V);
-    for (let t = 0; t < tokens.length; t++) out.set(await this.step(tokens[t]!, 'logits'), t * V);
+    const all = Array.from(tokens);
+    const out = new Float32Array(all.length * V);
+    for (let t = 0; t < all.length; t += this.prefillChunk)
+      out.set(await this.stepBatch(all.slice(t, t + this.prefillChunk), 'all'), t * V);
     return out;
   }
 

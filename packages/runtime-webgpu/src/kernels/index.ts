@@ -25,6 +25,8 @@ export interface Dispatch {
   readonly pipeline: GPUComputePipeline;
   readonly bindGroup: GPUBindGroup;
   readonly workgroups: number;
+  /** Runs once per row of a batch (`rows` workgroups along y); false for a launch that runs once (argmax). */
+  readonly batched: boolean;
 }
 
 /** A dense weight matrix on the GPU: f32 rows, or f16 rows packed two halves per u32 (`rowWords` words a row). */
@@ -36,13 +38,25 @@ export interface GpuMatrix {
   rowWords: number;
 }
 
-/** Record `dispatches` into one compute pass of `encoder`. */
-export function encodeDispatches(encoder: GPUCommandEncoder, dispatches: readonly Dispatch[]): void {
+/**
+ * Record `dispatches` into one compute pass of `encoder`, for a batch of `rows` activation vectors (default 1; the
+ * buffers must hold that many rows, see the kernels' batch convention in wgsl.ts).
+ */
+export function encodeDispatches(
+  encoder: GPUCommandEncoder,
+  dispatches: readonly Dispatch[],
+  rows = 1,
+): void {
+  if (!Number.isInteger(rows) || rows < 1 || rows > MAX_GROUPS)
+    throw new CalderaError(
+      'E_VALUE',
+      `encodeDispatches: rows must be an integer in [1, ${MAX_GROUPS}], got ${rows}`,
+    );
   const pass = encoder.beginComputePass();
   for (const d of dispatches) {
     pass.setPipeline(d.pipeline);
     pass.setBindGroup(0, d.bindGroup);
-    pass.dispatchWorkgroups(d.workgroups);
+    pass.dispatchWorkgroups(d.workgroups, d.batched ? rows : 1);
   }
   pass.end();
 }
@@ -96,6 +110,7 @@ export class Kernels {
     pipeline: GPUComputePipeline,
     buffers: GPUBuffer[],
     workgroups: number,
+    batched = true,
   ): Dispatch {
     if (workgroups > MAX_GROUPS)
       throw new CalderaError('E_DEVICE', `${label}: ${workgroups} workgroups exceed the limit ${MAX_GROUPS}`);
@@ -104,11 +119,11 @@ export class Kernels {
       layout: pipeline.getBindGroupLayout(0),
       entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
     });
-    return { label, pipeline, bindGroup, workgroups: Math.max(1, workgroups) };
+    return { label, pipeline, bindGroup, workgroups: Math.max(1, workgroups), batched };
   }
 
-  /** `out[0..d) = table[step.token]`. */
-  embed(step: GPUBuffer, table: GpuMatrix, out: GPUBuffer): Dispatch {
+  /** Row r of `out` (`d` values) = `table[tokens[r]]`; `tokens` is a u32 storage buffer. */
+  embed(tokens: GPUBuffer, table: GpuMatrix, out: GPUBuffer): Dispatch {
     const p = this.pipeline(`embed_${table.f16 ? 'f16' : 'f32'}`, () => embedWgsl(table.f16));
     const u = this.uniform(
       [
@@ -117,7 +132,7 @@ export class Kernels {
       ],
       'embed params',
     );
-    return this.make('embed', p, [step, u, table.buffer, out], Math.ceil(table.cols / WG));
+    return this.make('embed', p, [tokens, u, table.buffer, out], Math.ceil(table.cols / WG));
   }
 
   /** `out = rmsnorm(x) ⊙ w` over `n` values. */
@@ -317,7 +332,7 @@ export class Kernels {
     return this.make('kv_store', p, [step, u, cs, k, v, ck, cv], Math.ceil((heads * hd) / 2 / WG));
   }
 
-  /** Attention of one query over `step.len` cached positions. */
+  /** Causal attention of each query row r over the `step.pos + r + 1` cached positions up to its own. */
   attention(o: {
     step: GPUBuffer;
     q: GPUBuffer;
@@ -352,11 +367,23 @@ export class Kernels {
     return this.make('swiglu', p, [un, g, u], Math.ceil(n / WG));
   }
 
-  /** `out[0] = argmax(x[0..n))` (u32). */
-  argmax(x: GPUBuffer, out: GPUBuffer, n: number): Dispatch {
+  /**
+   * `out[0] = argmax` (u32) of the last row of `x` (rows of `n`): row `step.len − step.pos − 1`, or row 0 without
+   * `step`. Not batched: one launch whatever the row count.
+   */
+  argmax(x: GPUBuffer, out: GPUBuffer, n: number, step?: GPUBuffer): Dispatch {
     const p = this.pipeline('argmax', () => ARGMAX_WGSL);
     const u = this.uniform([['u32', n]], 'argmax params');
-    return this.make('argmax', p, [u, x, out], 1);
+    const s =
+      step ??
+      this.uniform(
+        [
+          ['u32', 0],
+          ['u32', 1],
+        ],
+        'argmax row 0',
+      );
+    return this.make('argmax', p, [s, u, x, out], 1, false);
   }
 
   /** Release the uniform buffers created so far. */

@@ -3,6 +3,11 @@
  * with `unpack2x16float` (core WGSL, so no `shader-f16` feature is needed). Workgroups are 256 invocations (the
  * WebGPU default limit). Matrix–vector kernels give each output row 32 lanes that stride over the row and reduce
  * in workgroup memory, 8 rows per workgroup.
+ *
+ * Batches: every kernel except argmax processes row `r = workgroup_id.y` of a batch of activation vectors stored
+ * back to back (row r of an `n`-vector at offset `r·n`), so a launch recorded once runs for 1 token (decode) or T
+ * prompt tokens (prefill) by dispatching T workgroups along y. Token r sits at position `step.pos + r`;
+ * `step.len = step.pos + T`.
  */
 
 /** Invocations per workgroup of every kernel. */
@@ -14,9 +19,10 @@ const STEP = /* wgsl */ `
 struct Step { pos: u32, len: u32, token: u32, pad: u32 }
 @group(0) @binding(0) var<uniform> step: Step;`;
 
-/** Gather row `step.token` of an embedding table (f32 rows, or f16 rows packed two per u32). */
+/** Gather row `tokens[r]` of an embedding table (f32 rows, or f16 rows packed two per u32) into row r. */
 export function embedWgsl(f16: boolean): string {
-  return /* wgsl */ `${STEP}
+  return /* wgsl */ `
+@group(0) @binding(0) var<storage, read> tokens: array<u32>;
 struct P { d: u32, rowWords: u32, a: u32, b: u32 }
 @group(0) @binding(1) var<uniform> p: P;
 @group(0) @binding(2) var<storage, read> table: array<${f16 ? 'u32' : 'f32'}>;
@@ -25,11 +31,13 @@ struct P { d: u32, rowWords: u32, a: u32, b: u32 }
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let j = gid.x;
   if (j >= p.d) { return; }
+  let token = tokens[gid.y];
+  let o = gid.y * p.d + j;
   ${
     f16
-      ? `let w = unpack2x16float(table[step.token * p.rowWords + j / 2u]);
-  outv[j] = select(w.x, w.y, (j & 1u) == 1u);`
-      : `outv[j] = table[step.token * p.rowWords + j];`
+      ? `let w = unpack2x16float(table[token * p.rowWords + j / 2u]);
+  outv[o] = select(w.x, w.y, (j & 1u) == 1u);`
+      : `outv[o] = table[token * p.rowWords + j];`
   }
 }`;
 }
@@ -43,9 +51,10 @@ struct P { n: u32, eps: f32, a: u32, b: u32 }
 @group(0) @binding(3) var<storage, read_write> outv: array<f32>;
 var<workgroup> red: array<f32, ${WG}>;
 @compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let o = wid.y * p.n;
   var s = 0.0;
-  for (var j = lid; j < p.n; j += ${WG}u) { let v = x[j]; s += v * v; }
+  for (var j = lid; j < p.n; j += ${WG}u) { let v = x[o + j]; s += v * v; }
   red[lid] = s;
   workgroupBarrier();
   for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
@@ -53,7 +62,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     workgroupBarrier();
   }
   let inv = 1.0 / sqrt(red[0] / f32(p.n) + p.eps);
-  for (var j = lid; j < p.n; j += ${WG}u) { outv[j] = x[j] * inv * w[j]; }
+  for (var j = lid; j < p.n; j += ${WG}u) { outv[o + j] = x[o + j] * inv * w[j]; }
 }`;
 
 /**
@@ -74,6 +83,7 @@ function matvecKernel(lanes: Lanes, decls: string, prologue: string, body: strin
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let row = gid.x;
+  let r = gid.y;
   if (row >= p.${'${M}'}) { return; }
   let lane = 0u;
   let stride = 1u;
@@ -88,6 +98,7 @@ var<workgroup> part: array<f32, ${WG}>;
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   ${prologue}
   let row = wid.x * ${ROWS_PER_WG}u + lid / 32u;
+  let r = wid.y;
   let lane = lid % 32u;
   let stride = 32u;
   var acc = 0.0;
@@ -116,10 +127,10 @@ export function matvecWgsl(f16: boolean, lanes: Lanes = 32): string {
     ? `for (var w = lane; w < p.rowWords; w += stride) {
       let v = unpack2x16float(W[row * p.rowWords + w]);
       let j = 2u * w;
-      acc += v.x * x[j];
-      if (j + 1u < p.n) { acc += v.y * x[j + 1u]; }
+      acc += v.x * x[r * p.n + j];
+      if (j + 1u < p.n) { acc += v.y * x[r * p.n + j + 1u]; }
     }`
-    : `for (var j = lane; j < p.n; j += stride) { acc += W[row * p.rowWords + j] * x[j]; }`;
+    : `for (var j = lane; j < p.n; j += stride) { acc += W[row * p.rowWords + j] * x[r * p.n + j]; }`;
   const decls = /* wgsl */ `
 struct P { m: u32, n: u32, rowWords: u32, accumulate: u32, hasBias: u32, a: u32, b: u32, c: u32 }
 @group(0) @binding(0) var<uniform> p: P;
@@ -128,9 +139,10 @@ struct P { m: u32, n: u32, rowWords: u32, accumulate: u32, hasBias: u32, a: u32,
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> outv: array<f32>;`;
   const epilogue = `var y = total;
+    let oi = r * p.m + row;
     if (p.hasBias == 1u) { y += bias[row]; }
-    if (p.accumulate == 1u) { y += outv[row]; }
-    outv[row] = y;`;
+    if (p.accumulate == 1u) { y += outv[oi]; }
+    outv[oi] = y;`;
   return matvecKernel(lanes, decls, '', body, epilogue).replaceAll('${M}', 'm');
 }
 
@@ -154,9 +166,11 @@ struct P { n: u32, nIn: u32, outLen: u32, K: u32, P: u32, transform: u32, transp
 @group(0) @binding(6) var<storage, read_write> outv: array<f32>;
 var<workgroup> v: array<f32, ${maxN}>;
 @compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let xo = wid.y * p.nIn;
+  let oo = wid.y * p.outLen;
   for (var j = lid; j < p.n; j += ${WG}u) {
-    if (j < p.nIn) { v[j] = x[j] * pre[j]; } else { v[j] = 0.0; }
+    if (j < p.nIn) { v[j] = x[xo + j] * pre[j]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
   if (p.transform == 1u) {
@@ -191,8 +205,8 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
     var y = p.gscale * (val * post[i]);
     if (p.hasBias == 1u) { y += bias[i]; }
-    if (p.accumulate == 1u) { y += outv[i]; }
-    outv[i] = y;
+    if (p.accumulate == 1u) { y += outv[oo + i]; }
+    outv[oo + i] = y;
   }
 }`;
 }
@@ -216,7 +230,8 @@ export const HADAMARD_GLOBAL_WGSL = {
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let j = gid.x;
   if (j >= p.n) { return; }
-  if (j < p.nIn) { tmp[j] = x[j] * pre[j]; } else { tmp[j] = 0.0; }
+  let t = gid.y * p.n + j;
+  if (j < p.nIn) { tmp[t] = x[gid.y * p.nIn + j] * pre[j]; } else { tmp[t] = 0.0; }
 }`,
   stage: /* wgsl */ `${HAD_PARAMS}
 @group(0) @binding(1) var<storage, read_write> tmp: array<f32>;
@@ -227,7 +242,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let half = p.P / 2u;
   let a = q / half;
   let r = q % half;
-  let i = a * p.P + (r / p.h) * (2u * p.h) + (r % p.h);
+  let i = gid.y * p.n + a * p.P + (r / p.h) * (2u * p.h) + (r % p.h);
   let s = tmp[i];
   let t = tmp[i + p.h];
   tmp[i] = s + t;
@@ -243,6 +258,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = gid.x;
   if (i >= p.outLen) { return; }
+  let tb = gid.y * p.n;
   var val: f32;
   if (p.transform == 1u) {
     let a2 = i / p.P;
@@ -251,16 +267,17 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var a = 0u; a < p.K; a++) {
       var hv: f32;
       if (p.transposeH == 1u) { hv = hk[a2 * p.K + a]; } else { hv = hk[a * p.K + a2]; }
-      acc += hv * tmp[a * p.P + b];
+      acc += hv * tmp[tb + a * p.P + b];
     }
     val = acc * p.invSqrtN;
   } else {
-    val = tmp[i];
+    val = tmp[tb + i];
   }
   var y = p.gscale * (val * post[i]);
+  let o = gid.y * p.outLen + i;
   if (p.hasBias == 1u) { y += bias[i]; }
-  if (p.accumulate == 1u) { y += outv[i]; }
-  outv[i] = y;
+  if (p.accumulate == 1u) { y += outv[o]; }
+  outv[o] = y;
 }`,
 };
 
@@ -313,23 +330,24 @@ fn dot8(c: u32, xo: u32) -> f32 {
     for (var g = lane; g < p.G; g += stride) {
       let idx = row * p.G + g;
       let sh = (idx & 1u) * 16u;
-      acc += dot8((codes[idx >> 1u] >> sh) & 0xffffu, 8u * g);
-      ${rvq4 ? 'acc2 += dot8((codes2[idx >> 1u] >> sh) & 0xffffu, 8u * g);' : ''}
+      let xo = r * 8u * p.G + 8u * g;
+      acc += dot8((codes[idx >> 1u] >> sh) & 0xffffu, xo);
+      ${rvq4 ? 'acc2 += dot8((codes2[idx >> 1u] >> sh) & 0xffffu, xo);' : ''}
       ${
         rvq3
           ? `let c2 = ((codes2[idx >> 2u] >> ((idx & 3u) * 8u)) & 0xffu) * 8u;
-      for (var i = 0u; i < 8u; i++) { acc2 += e81b[c2 + i] * x[8u * g + i]; }`
+      for (var i = 0u; i < 8u; i++) { acc2 += e81b[c2 + i] * x[xo + i]; }`
           : ''
       }
     }
     ${rvq4 || rvq3 ? 'acc += acc2 / p.resScale;' : ''}`;
   const epilogue = `var y = p.qscale * total;
-    for (var t = 0u; t < p.k; t++) { y += L[row * p.k + t] * z[t]; }
-    outv[row] = y;`;
+    for (var t = 0u; t < p.k; t++) { y += L[row * p.k + t] * z[r * p.k + t]; }
+    outv[r * p.mp + row] = y;`;
   return matvecKernel(lanes, decls, prologue, body, epilogue).replaceAll('${M}', 'mp');
 }
 
-/** RoPE (Hugging Face rotate-half) in place on `heads` heads at position `step.pos`; `cs` holds cos/sin pairs. */
+/** RoPE (Hugging Face rotate-half) in place on `heads` heads of row r at position `step.pos + r`; `cs` holds cos/sin. */
 export const ROPE_WGSL = /* wgsl */ `${STEP}
 struct P { heads: u32, hd: u32, a: u32, b: u32 }
 @group(0) @binding(1) var<uniform> p: P;
@@ -342,16 +360,17 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   if (idx >= p.heads * half) { return; }
   let h = idx / half;
   let i = idx % half;
-  let c = cs[(step.pos * half + i) * 2u];
-  let s = cs[(step.pos * half + i) * 2u + 1u];
-  let o = h * p.hd;
+  let pos = step.pos + gid.y;
+  let c = cs[(pos * half + i) * 2u];
+  let s = cs[(pos * half + i) * 2u + 1u];
+  let o = gid.y * p.heads * p.hd + h * p.hd;
   let x1 = x[o + i];
   let x2 = x[o + i + half];
   x[o + i] = x1 * c - x2 * s;
   x[o + i + half] = x2 * c + x1 * s;
 }`;
 
-/** Rotate `k` (RoPE at `step.pos`) and store it and `v` in row `step.pos` of the layer's KV cache. */
+/** Rotate row r of `k` (RoPE at `step.pos + r`) and store it and row r of `v` at that position of the KV cache. */
 export const KV_STORE_WGSL = /* wgsl */ `${STEP}
 struct P { heads: u32, hd: u32, a: u32, b: u32 }
 @group(0) @binding(1) var<uniform> p: P;
@@ -367,21 +386,24 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   if (idx >= p.heads * half) { return; }
   let h = idx / half;
   let i = idx % half;
-  let c = cs[(step.pos * half + i) * 2u];
-  let s = cs[(step.pos * half + i) * 2u + 1u];
+  let pos = step.pos + gid.y;
+  let c = cs[(pos * half + i) * 2u];
+  let s = cs[(pos * half + i) * 2u + 1u];
   let o = h * p.hd;
-  let base = step.pos * p.heads * p.hd;
-  let x1 = k[o + i];
-  let x2 = k[o + i + half];
+  let base = pos * p.heads * p.hd;
+  let ro = gid.y * p.heads * p.hd + o;
+  let x1 = k[ro + i];
+  let x2 = k[ro + i + half];
   ck[base + o + i] = x1 * c - x2 * s;
   ck[base + o + i + half] = x2 * c + x1 * s;
-  cv[base + o + i] = v[o + i];
-  cv[base + o + i + half] = v[o + i + half];
+  cv[base + o + i] = v[ro + i];
+  cv[base + o + i + half] = v[ro + i + half];
 }`;
 
 /**
- * Causal attention of one query position over the first `step.len` cached keys/values, one workgroup per query
- * head; grouped-query heads share KV head `h / group`. Scores go through a scratch buffer `[heads, cap]`.
+ * Causal attention of query row r (position `step.pos + r`) over the first `step.pos + r + 1` cached keys/values,
+ * one workgroup per query head and row; grouped-query heads share KV head `h / group`. Scores go through a scratch
+ * buffer `[rows, heads, cap]`.
  */
 export const ATTENTION_WGSL = /* wgsl */ `${STEP}
 struct P { heads: u32, group: u32, hd: u32, kw: u32, cap: u32, scale: f32, a: u32, b: u32 }
@@ -396,9 +418,9 @@ var<workgroup> red: array<f32, ${WG}>;
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let hh = wid.x;
   let ko = (hh / p.group) * p.hd;
-  let qo = hh * p.hd;
-  let base = hh * p.cap;
-  let len = step.len;
+  let qo = wid.y * p.heads * p.hd + hh * p.hd;
+  let base = (wid.y * p.heads + hh) * p.cap;
+  let len = step.pos + wid.y + 1u;
   var mx = -3.0e38;
   for (var t = lid; t < len; t += ${WG}u) {
     var s = 0.0;
@@ -445,26 +467,30 @@ struct P { n: u32, a: u32, b: u32, c: u32 }
 @group(0) @binding(2) var<storage, read> u: array<f32>;
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = gid.x;
-  if (i >= p.n) { return; }
+  if (gid.x >= p.n) { return; }
+  let i = gid.y * p.n + gid.x;
   let gi = g[i];
   g[i] = gi / (1.0 + exp(-gi)) * u[i];
 }`;
 
-/** Index of the largest value (the first one on ties), one workgroup. */
-export const ARGMAX_WGSL = /* wgsl */ `
+/**
+ * Index of the largest value (the first one on ties) of the last row of a batch (row `step.len − step.pos − 1`),
+ * one workgroup (not batched).
+ */
+export const ARGMAX_WGSL = /* wgsl */ `${STEP}
 struct P { n: u32, a: u32, b: u32, c: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> outv: array<u32>;
+@group(0) @binding(1) var<uniform> p: P;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> outv: array<u32>;
 var<workgroup> vals: array<f32, ${WG}>;
 var<workgroup> idxs: array<u32, ${WG}>;
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32) {
   var best = -3.4e38;
   var bi = 0xffffffffu;
+  let o = (step.len - step.pos - 1u) * p.n;
   for (var j = lid; j < p.n; j += ${WG}u) {
-    let v = x[j];
+    let v = x[o + j];
     if (v > best || bi == 0xffffffffu) { best = v; bi = j; }
   }
   vals[lid] = best;
