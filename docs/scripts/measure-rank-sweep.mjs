@@ -7,9 +7,9 @@
 import { writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { Rng, tensor } from '@caldera/core';
-import { createPool, syrk } from '@caldera/linalg';
+import { createPool } from '@caldera/linalg';
 import { caldera } from '@caldera/lowrank';
+import { syntheticProblem } from '../../examples/decompose-matrix/synthetic.mjs';
 
 const args = process.argv.slice(2);
 const opt = (name, def) => {
@@ -22,39 +22,8 @@ const seed = Number(opt('seed', 0));
 const ranks = String(opt('ranks', '0,8,16,32,64,128')).split(',').map(Number);
 const toStdout = args.includes('--stdout');
 
-// The same synthetic weight and activations as examples/decompose-matrix/index.mjs: a heavy-tailed spectrum
-// (48 rank-one terms), noise, three outlier input channels; activations from 16 shared factors plus noise, with
-// channel scales 1..8, so that H = XᵀX is correlated and unequally scaled.
-const rng = new Rng(seed);
-const w = new Float32Array(m * n);
-for (let t = 0; t < 48; t++) {
-  const u = rng.fillNormal(new Float32Array(m));
-  const v = rng.fillNormal(new Float32Array(n));
-  const s = 3 / (1 + t) ** 1.1;
-  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) w[i * n + j] += (s * u[i] * v[j]) / Math.sqrt(n);
-}
-for (let i = 0; i < w.length; i++) w[i] += 0.05 * rng.normal();
-for (const j of [5, 77, 300 % n]) for (let i = 0; i < m; i++) w[i * n + j] *= 8;
-const W = tensor('f32', [m, n], w);
-
-const N = 4 * n;
-const factors = 16;
-const mix = rng.fillNormal(new Float32Array(factors * n));
-const x = new Float32Array(N * n);
-for (let r = 0; r < N; r++) {
-  const z = Array.from({ length: factors }, () => rng.normal());
-  for (let j = 0; j < n; j++) {
-    let v = 0.3 * rng.normal();
-    for (let q = 0; q < factors; q++) v += z[q] * mix[q * n + j];
-    x[r * n + j] = v * (1 + (j % 8));
-  }
-}
 const pool = createPool({ threads: 2 });
-const H = syrk(tensor('f32', [N, n], x), { accumulate: 'f64', pool });
-let mean = 0;
-for (let i = 0; i < n; i++) mean += H.data[i * n + i] / n;
-for (let i = 0; i < n * n; i++) H.data[i] /= mean;
-for (let i = 0; i < n; i++) H.data[i * n + i] += 0.01;
+const { W, H, N } = syntheticProblem(m, n, seed, pool);
 
 const runs = [{ method: 'rtn', rank: 0, options: { rank: 0, dataAwareQ: false } }];
 for (const rank of ranks) runs.push({ method: rank === 0 ? 'ldlq' : 'caldera', rank, options: { rank } });
