@@ -70,7 +70,7 @@ export interface GpuLinear {
    * The launches computing `out (+)= layer(x)` for every row of a batch (rows of `inFeatures` in `x`, of
    * `outFeatures` in `out`); `x` and `out` must be different buffers.
    */
-  bind(ctx: LinearContext, x: GPUBuffer, out: GPUBuffer, accumulate: boolean): Dispatch[];
+  bind(ctx: LinearContext, x: GPUBuffer, out: GPUBuffer, accumulate: boolean, tile?: number): Dispatch[];
   dispose(): void;
 }
 
@@ -90,8 +90,8 @@ export class GpuDenseLinear implements GpuLinear {
     this.bitsPerWeight = w.f16 ? 16 : 32;
   }
 
-  bind(ctx: LinearContext, x: GPUBuffer, out: GPUBuffer, accumulate: boolean): Dispatch[] {
-    return [ctx.kernels.matvec(this.w, x, out, { bias: this.bias, accumulate, dummy: ctx.dummy })];
+  bind(ctx: LinearContext, x: GPUBuffer, out: GPUBuffer, accumulate: boolean, tile = 1): Dispatch[] {
+    return [ctx.kernels.matvec(this.w, x, out, { bias: this.bias, accumulate, dummy: ctx.dummy, tile })];
   }
 
   dispose(): void {
@@ -199,7 +199,7 @@ export class GpuCalderaLinear implements GpuLinear {
     this.needs = { rotIn: np, rotOut: mp, z: k, ones: Math.max(mp, np) };
   }
 
-  bind(ctx: LinearContext, x: GPUBuffer, out: GPUBuffer, accumulate: boolean): Dispatch[] {
+  bind(ctx: LinearContext, x: GPUBuffer, out: GPUBuffer, accumulate: boolean, tile = 1): Dispatch[] {
     const d = this.d;
     const [m, n] = d.shape;
     const [mp, np] = d.padded;
@@ -226,7 +226,9 @@ export class GpuCalderaLinear implements GpuLinear {
       }),
     ];
     if (this.r)
-      list.push(K.matvec(this.r, ctx.rotIn, ctx.z, { bias: null, accumulate: false, dummy: ctx.dummy }));
+      list.push(
+        K.matvec(this.r, ctx.rotIn, ctx.z, { bias: null, accumulate: false, dummy: ctx.dummy, tile }),
+      );
     list.push(
       K.e8pMatvec({
         codes: this.codes,
@@ -243,6 +245,7 @@ export class GpuCalderaLinear implements GpuLinear {
         k,
         qscale: d.q.scale,
         resScale: d.q.bits === 3 ? RVQ3_RESID_SCALE : RVQ4_RESID_SCALE,
+        tile,
       }),
     );
     list.push(

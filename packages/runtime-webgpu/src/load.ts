@@ -16,7 +16,7 @@ import { fromCheckpointTensors, type CheckpointLayerMeta } from '@caldera/lowran
 import { storageBuffer, type CalderaDevice } from './device.js';
 import type { GpuMatrix } from './kernels/index.js';
 import { GpuCalderaLinear, GpuDenseLinear, uploadMatrix, type GpuLinear } from './linear.js';
-import { prefillChunkOf, WebGpuModel, type GpuBlockWeights, type WebGpuModelOptions } from './model.js';
+import { activationRowsOf, WebGpuModel, type GpuBlockWeights, type WebGpuModelOptions } from './model.js';
 
 /** `caldera.json` of a compressed checkpoint (docs/architecture.md). */
 export interface CalderaMeta {
@@ -144,10 +144,10 @@ export async function planMemory(
     }
   }
   const cap = options.contextLength ?? Math.min(config.maxPositions, 2048);
-  const T = prefillChunkOf(options, cap);
+  const T = activationRowsOf(options, cap);
   const kw = KV * hd;
   const I = config.intermediateSize;
-  // activation buffers hold T rows (the prefill batch), as WebGpuModel allocates them
+  // activation buffers hold T rows (the prefill batch rounded up to the row tile), as WebGpuModel allocates them
   const activations: [number, string][] = [
     [T * d, 'x'],
     [T * d, 'h'],

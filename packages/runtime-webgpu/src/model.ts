@@ -49,6 +49,18 @@ export function prefillChunkOf(options: WebGpuModelOptions, contextLength: numbe
   return Math.min(c, contextLength);
 }
 
+/** Activation rows a weight read serves in the prefill form of the matrix kernels (see {@link Kernels.matvec}). */
+export const PREFILL_ROW_TILE = 8;
+
+/**
+ * Rows the activation buffers of a model with these options hold: the prefill batch rounded up to the row tile
+ * (row-tiled kernels compute whole tiles; the rows past the batch are scratch).
+ */
+export function activationRowsOf(options: WebGpuModelOptions, contextLength: number): number {
+  const T = prefillChunkOf(options, contextLength);
+  return T === 1 ? 1 : Math.ceil(T / PREFILL_ROW_TILE) * PREFILL_ROW_TILE;
+}
+
 /** Inverse RoPE frequencies with Llama-3 scaling (the same formula as runtime-node), in f64. */
 export function ropeInvFreq(cfg: ModelConfig): Float64Array {
   const half = cfg.headDim / 2;
@@ -109,9 +121,12 @@ export class WebGpuModel {
   /** Tokens per pass at most (prefill batch). */
   readonly prefillChunk: number;
   private readonly kernels: Kernels;
-  /** Embedding and blocks; then {@link head}: final norm, LM head, argmax. */
+  /** Embedding and blocks; then {@link head}: final norm, LM head, argmax. One token (decode). */
   private readonly program: Dispatch[];
   private readonly head: Dispatch[];
+  /** The same for batches of tokens, with row-tiled matrix kernels (prefill); the decode lists when the chunk is 1. */
+  private readonly batchProgram: Dispatch[];
+  private readonly batchHead: Dispatch[];
   private readonly tokensBuf: GPUBuffer;
   private readonly owned: GPUBuffer[] = [];
   private readonly ctx: ReturnType<typeof createLinearContext>;
@@ -148,8 +163,8 @@ export class WebGpuModel {
     if (!Number.isInteger(cap) || cap < 1)
       throw new CalderaError('E_VALUE', `contextLength must be a positive integer, got ${cap}`);
     this.contextLength = cap;
-    const T = prefillChunkOf(options, cap);
-    this.prefillChunk = T;
+    this.prefillChunk = prefillChunkOf(options, cap);
+    const T = activationRowsOf(options, cap);
     this.kernels = new Kernels(dev, {
       ...(options.lanes ? { lanes: options.lanes } : {}),
       ...(options.maxLocalHadamard ? { maxLocalHadamard: options.maxLocalHadamard } : {}),
@@ -213,46 +228,57 @@ export class WebGpuModel {
         );
     };
 
-    const p: Dispatch[] = [K.embed(this.tokensBuf, weights.embed, x)];
-    weights.blocks.forEach((w, b) => {
-      const name = `model.layers.${b}`;
-      check(w.q, `${name}.q_proj`, d, H * hd);
-      check(w.k, `${name}.k_proj`, d, kw);
-      check(w.v, `${name}.v_proj`, d, kw);
-      check(w.o, `${name}.o_proj`, H * hd, d);
-      check(w.gate, `${name}.gate_proj`, d, I);
-      check(w.up, `${name}.up_proj`, d, I);
-      check(w.down, `${name}.down_proj`, I, d);
-      p.push(K.rmsNorm(x, w.inputNorm, h, d, cfg.rmsNormEps));
-      p.push(...w.q.bind(ctx, h, q, false), ...w.k.bind(ctx, h, k, false), ...w.v.bind(ctx, h, v, false));
-      p.push(K.rope(this.stepBuf, cs, q, H, hd));
-      p.push(K.kvStore(this.stepBuf, cs, k, v, caches[b]!.k, caches[b]!.v, KV, hd));
-      p.push(
-        K.attention({
-          step: this.stepBuf,
-          q,
-          ck: caches[b]!.k,
-          cv: caches[b]!.v,
-          scores,
-          out: att,
-          heads: H,
-          kvHeads: KV,
-          hd,
-          capacity: cap,
-        }),
-      );
-      p.push(...w.o.bind(ctx, att, x, true));
-      p.push(K.rmsNorm(x, w.postAttnNorm, h, d, cfg.rmsNormEps));
-      p.push(...w.gate.bind(ctx, h, g, false), ...w.up.bind(ctx, h, u, false));
-      p.push(K.swiglu(g, u, I));
-      p.push(...w.down.bind(ctx, g, x, true));
-    });
-    this.program = p;
-    this.head = [
-      K.rmsNorm(x, weights.norm, h, d, cfg.rmsNormEps),
-      K.matvec(weights.head, h, this.logitsBuf, { bias: null, accumulate: false, dummy: ctx.dummy }),
-      K.argmax(this.logitsBuf, this.argmaxBuf, V, this.stepBuf),
-    ];
+    const record = (tile: number): { program: Dispatch[]; head: Dispatch[] } => {
+      const p: Dispatch[] = [K.embed(this.tokensBuf, weights.embed, x)];
+      weights.blocks.forEach((w, b) => {
+        const name = `model.layers.${b}`;
+        check(w.q, `${name}.q_proj`, d, H * hd);
+        check(w.k, `${name}.k_proj`, d, kw);
+        check(w.v, `${name}.v_proj`, d, kw);
+        check(w.o, `${name}.o_proj`, H * hd, d);
+        check(w.gate, `${name}.gate_proj`, d, I);
+        check(w.up, `${name}.up_proj`, d, I);
+        check(w.down, `${name}.down_proj`, I, d);
+        p.push(K.rmsNorm(x, w.inputNorm, h, d, cfg.rmsNormEps));
+        p.push(
+          ...w.q.bind(ctx, h, q, false, tile),
+          ...w.k.bind(ctx, h, k, false, tile),
+          ...w.v.bind(ctx, h, v, false, tile),
+        );
+        p.push(K.rope(this.stepBuf, cs, q, H, hd));
+        p.push(K.kvStore(this.stepBuf, cs, k, v, caches[b]!.k, caches[b]!.v, KV, hd));
+        p.push(
+          K.attention({
+            step: this.stepBuf,
+            q,
+            ck: caches[b]!.k,
+            cv: caches[b]!.v,
+            scores,
+            out: att,
+            heads: H,
+            kvHeads: KV,
+            hd,
+            capacity: cap,
+          }),
+        );
+        p.push(...w.o.bind(ctx, att, x, true, tile));
+        p.push(K.rmsNorm(x, w.postAttnNorm, h, d, cfg.rmsNormEps));
+        p.push(...w.gate.bind(ctx, h, g, false, tile), ...w.up.bind(ctx, h, u, false, tile));
+        p.push(K.swiglu(g, u, I));
+        p.push(...w.down.bind(ctx, g, x, true, tile));
+      });
+      const head = [
+        K.rmsNorm(x, weights.norm, h, d, cfg.rmsNormEps),
+        K.matvec(weights.head, h, this.logitsBuf, { bias: null, accumulate: false, dummy: ctx.dummy, tile }),
+        K.argmax(this.logitsBuf, this.argmaxBuf, V, this.stepBuf),
+      ];
+      return { program: p, head };
+    };
+    ({ program: this.program, head: this.head } = record(1));
+    ({ program: this.batchProgram, head: this.batchHead } =
+      this.prefillChunk > 1
+        ? record(Math.min(PREFILL_ROW_TILE, T))
+        : { program: this.program, head: this.head });
 
     let wb = weights.embed.buffer.size + weights.norm.size;
     if (weights.head !== weights.embed) wb += weights.head.buffer.size;
@@ -324,7 +350,8 @@ export class WebGpuModel {
       dev.queue.writeBuffer(this.tokensBuf, 0, ids);
       dev.queue.writeBuffer(this.stepBuf, 0, Uint32Array.of(this.pos, this.pos + T, 0, 0));
       const enc = dev.createCommandEncoder();
-      encodeDispatches(enc, output === 'none' ? this.program : [...this.program, ...this.head], T);
+      const [prog, head] = T === 1 ? [this.program, this.head] : [this.batchProgram, this.batchHead];
+      encodeDispatches(enc, output === 'none' ? prog : [...prog, ...head], T);
       const bytes = output === 'all' ? T * V * 4 : V * 4;
       if (output === 'logits' || output === 'all')
         enc.copyBufferToBuffer(

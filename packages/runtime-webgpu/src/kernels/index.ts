@@ -27,6 +27,8 @@ export interface Dispatch {
   readonly workgroups: number;
   /** Runs once per row of a batch (`rows` workgroups along y); false for a launch that runs once (argmax). */
   readonly batched: boolean;
+  /** Activation rows per workgroup along y (row-tiled matrix kernels; 1 otherwise): `⌈rows / rowTile⌉` along y. */
+  readonly rowTile: number;
 }
 
 /** A dense weight matrix on the GPU: f32 rows, or f16 rows packed two halves per u32 (`rowWords` words a row). */
@@ -56,7 +58,7 @@ export function encodeDispatches(
   for (const d of dispatches) {
     pass.setPipeline(d.pipeline);
     pass.setBindGroup(0, d.bindGroup);
-    pass.dispatchWorkgroups(d.workgroups, d.batched ? rows : 1);
+    pass.dispatchWorkgroups(d.workgroups, d.batched ? Math.ceil(rows / d.rowTile) : 1);
   }
   pass.end();
 }
@@ -111,6 +113,7 @@ export class Kernels {
     buffers: GPUBuffer[],
     workgroups: number,
     batched = true,
+    rowTile = 1,
   ): Dispatch {
     if (workgroups > MAX_GROUPS)
       throw new CalderaError('E_DEVICE', `${label}: ${workgroups} workgroups exceed the limit ${MAX_GROUPS}`);
@@ -119,7 +122,7 @@ export class Kernels {
       layout: pipeline.getBindGroupLayout(0),
       entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
     });
-    return { label, pipeline, bindGroup, workgroups: Math.max(1, workgroups), batched };
+    return { label, pipeline, bindGroup, workgroups: Math.max(1, workgroups), batched, rowTile };
   }
 
   /** Row r of `out` (`d` values) = `table[tokens[r]]`; `tokens` is a u32 storage buffer. */
@@ -148,15 +151,19 @@ export class Kernels {
     return this.make('rmsnorm', p, [u, x, w, out], 1);
   }
 
-  /** `out (+)= W·x (+ bias)`; `bias` null = none. `dummy` is any small storage buffer for absent bindings. */
+  /**
+   * `out (+)= W·x (+ bias)` per activation row; `bias` null = none. `dummy` is any small storage buffer for absent
+   * bindings. `tile` > 1: each weight read serves `tile` rows (prefill; buffers must hold `⌈rows/tile⌉·tile` rows).
+   */
   matvec(
     w: GpuMatrix,
     x: GPUBuffer,
     out: GPUBuffer,
-    o: { bias: GPUBuffer | null; accumulate: boolean; dummy: GPUBuffer },
+    o: { bias: GPUBuffer | null; accumulate: boolean; dummy: GPUBuffer; tile?: number },
   ): Dispatch {
-    const p = this.pipeline(`matvec_${w.f16 ? 'f16' : 'f32'}_${this.lanes}`, () =>
-      matvecWgsl(w.f16, this.lanes),
+    const tile = o.tile ?? 1;
+    const p = this.pipeline(`matvec_${w.f16 ? 'f16' : 'f32'}_${this.lanes}_${tile}`, () =>
+      matvecWgsl(w.f16, this.lanes, tile),
     );
     const u = this.uniform(
       [
@@ -173,6 +180,8 @@ export class Kernels {
       p,
       [u, w.buffer, x, o.bias ?? o.dummy, out],
       Math.ceil(w.rows / rowsPerWorkgroup(this.lanes)),
+      true,
+      tile,
     );
   }
 
@@ -273,13 +282,18 @@ export class Kernels {
     k: number;
     qscale: number;
     resScale: number;
+    /** Activation rows per invocation (see {@link Kernels.matvec}); default 1. */
+    tile?: number;
   }): Dispatch {
     if ((o.codec === 'e8p12') !== (o.codes2 === null) || (o.codec === 'rvq3') !== (o.e81b !== null))
       throw new CalderaError(
         'E_VALUE',
         `e8pMatvec: codec ${o.codec} needs ${o.codec === 'e8p12' ? 'no' : 'a'} second plane`,
       );
-    const p = this.pipeline(`e8p_matvec_${o.codec}_${this.lanes}`, () => e8pMatvecWgsl(o.codec, this.lanes));
+    const tile = o.tile ?? 1;
+    const p = this.pipeline(`e8p_matvec_${o.codec}_${this.lanes}_${tile}`, () =>
+      e8pMatvecWgsl(o.codec, this.lanes, tile),
+    );
     const u = this.uniform(
       [
         ['u32', o.mp],
@@ -294,7 +308,14 @@ export class Kernels {
     const bufs = [u, o.codes, o.sources, o.x, o.z, o.l, o.out];
     if (o.codes2) bufs.push(o.codes2);
     if (o.e81b) bufs.push(o.e81b);
-    return this.make(`e8p ${o.mp}x${o.np} k=${o.k}`, p, bufs, Math.ceil(o.mp / rowsPerWorkgroup(this.lanes)));
+    return this.make(
+      `e8p ${o.mp}x${o.np} k=${o.k}`,
+      p,
+      bufs,
+      Math.ceil(o.mp / rowsPerWorkgroup(this.lanes)),
+      true,
+      tile,
+    );
   }
 
   /** RoPE in place on `heads` heads of `hd` at `step.pos`. */

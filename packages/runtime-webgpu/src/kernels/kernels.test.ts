@@ -9,9 +9,9 @@ import { encodeDispatches, Kernels, type Dispatch } from './index.js';
 
 const { device: dev, reason } = await testDevice();
 
-async function run(d: CalderaDevice, list: Dispatch[]): Promise<void> {
+async function run(d: CalderaDevice, list: Dispatch[], rows = 1): Promise<void> {
   const enc = d.device.createCommandEncoder();
-  encodeDispatches(enc, list);
+  encodeDispatches(enc, list, rows);
   d.device.queue.submit([enc.finish()]);
   await d.device.queue.onSubmittedWorkDone();
 }
@@ -146,6 +146,68 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       }
     });
   }
+
+  for (const lanes of [1, 32] as const)
+    it(`row-tiled prefill form (${lanes} lane(s) per row): 11 rows through E8P12/RVQ4/RVQ3 and dense f32/f16 equal the one-row kernel row by row, to the bit`, async () => {
+      const rng = new Rng(9);
+      const [mp, np, kr, rows, tile] = [40, 64, 3, 11, 8]; // 11 rows: a full tile and a partial one
+      const padded = Math.ceil(rows / tile) * tile;
+      const k = new Kernels(d, { lanes });
+      const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
+      const sources = storageBuffer(d, e8pSourceTable(), 'src');
+      const e81b = storageBuffer(d, e81bCodebook(), 'e81b');
+      const u16 = (n: number) => Uint16Array.from({ length: n }, () => rng.int(65536));
+      const codes = storageBuffer(d, u16((mp * np) / 8), 'c');
+      const planes2 = {
+        rvq4: storageBuffer(d, u16((mp * np) / 8), 'c2'),
+        rvq3: storageBuffer(
+          d,
+          Uint8Array.from({ length: (mp * np) / 8 }, () => rng.int(256)),
+          'c3',
+        ),
+      };
+      const l = storageBuffer(d, randn(rng, mp * kr), 'l');
+      const x = randn(rng, padded * np);
+      const z = randn(rng, padded * kr);
+      const w = randn(rng, mp * np);
+      const bias = storageBuffer(d, randn(rng, mp), 'bias');
+      const mats = [uploadMatrix(d, w, mp, np, 'w32'), uploadMatrix(d, f32ArrayToF16(w), mp, np, 'w16')];
+      const launch = (tile: number, xb: GPUBuffer, zb: GPUBuffer, out: GPUBuffer, which: number) => {
+        if (which >= 3) return k.matvec(mats[which - 3]!, xb, out, { bias, accumulate: false, dummy, tile });
+        const codec = (['e8p12', 'rvq4', 'rvq3'] as const)[which]!;
+        return k.e8pMatvec({
+          codes,
+          codes2: codec === 'e8p12' ? null : planes2[codec],
+          codec,
+          e81b: codec === 'rvq3' ? e81b : null,
+          sources,
+          x: xb,
+          z: zb,
+          l,
+          out,
+          mp,
+          np,
+          k: kr,
+          qscale: 0.4,
+          resScale: codec === 'rvq3' ? RVQ3_RESID_SCALE : RVQ4_RESID_SCALE,
+          tile,
+        });
+      };
+      for (let which = 0; which < 5; which++) {
+        const out = scratchBuffer(d, padded * mp * 4, 'out');
+        await run(d, [launch(tile, storageBuffer(d, x, 'x'), storageBuffer(d, z, 'z'), out, which)], rows);
+        const got = await readF32(d, out, rows * mp);
+        for (let r = 0; r < rows; r++) {
+          const one = scratchBuffer(d, mp * 4, 'one');
+          const xr = storageBuffer(d, x.slice(r * np, r * np + np), 'xr');
+          await run(d, [launch(1, xr, storageBuffer(d, z.slice(r * kr, r * kr + kr), 'zr'), one, which)]);
+          // the same operations in the same order per row: identical bits
+          expect(Array.from(got.subarray(r * mp, r * mp + mp)), `kernel ${which} row ${r}`).toEqual(
+            Array.from(await readF32(d, one, mp)),
+          );
+        }
+      }
+    }, 240_000); // pipeline compilation of the tiled 32-lane kernels takes tens of seconds on SwiftShader
 
   for (const path of ['workgroup', 'multi-pass global'] as const)
     it(`Hadamard step (${path}): M_n and M_nᵀ for K ∈ {1, 12, 20, 28, 36, 40, 108, 140}, signs, padding, truncation, bias`, async () => {

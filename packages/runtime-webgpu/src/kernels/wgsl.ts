@@ -77,7 +77,67 @@ export function rowsPerWorkgroup(lanes: Lanes): number {
   return lanes === 1 ? 64 : ROWS_PER_WG;
 }
 
-function matvecKernel(lanes: Lanes, decls: string, prologue: string, body: string, epilogue: string): string {
+/**
+ * The matrix–vector kernel template. With `tile` > 1 every invocation computes its output row for `tile` consecutive
+ * activation rows (`r0 = workgroup_id.y · tile`, accumulators `acc[k]`), so each weight (or decoded E8P group) read
+ * from memory is used `tile` times: the prefill form. Per activation row the operations are those of `tile` = 1 in
+ * the same order. Rows past the batch are computed from whatever the scratch rows hold and never read.
+ */
+function matvecKernel(
+  lanes: Lanes,
+  decls: string,
+  prologue: string,
+  body: string,
+  epilogue: string,
+  tile = 1,
+): string {
+  if (tile > 1 && lanes === 1)
+    return `${decls}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let row = gid.x;
+  if (row >= p.${'${M}'}) { return; }
+  let r0 = gid.y * ${tile}u;
+  let lane = 0u;
+  let stride = 1u;
+  var acc: array<f32, ${tile}>;
+  ${body}
+  for (var k = 0u; k < ${tile}u; k++) {
+    let r = r0 + k;
+    let total = acc[k];
+    ${epilogue}
+  }
+}`;
+  if (tile > 1)
+    return `${decls}
+var<workgroup> part: array<f32, ${WG * tile}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  ${prologue}
+  let row = wid.x * ${ROWS_PER_WG}u + lid / 32u;
+  let r0 = wid.y * ${tile}u;
+  let lane = lid % 32u;
+  let stride = 32u;
+  var acc: array<f32, ${tile}>;
+  if (row < p.${'${M}'}) {
+    ${body}
+  }
+  for (var k = 0u; k < ${tile}u; k++) { part[k * ${WG}u + lid] = acc[k]; }
+  workgroupBarrier();
+  for (var s = 16u; s > 0u; s >>= 1u) {
+    if (lane < s) {
+      for (var k = 0u; k < ${tile}u; k++) { part[k * ${WG}u + lid] += part[k * ${WG}u + lid + s]; }
+    }
+    workgroupBarrier();
+  }
+  if (lane == 0u && row < p.${'${M}'}) {
+    for (var k = 0u; k < ${tile}u; k++) {
+      let r = r0 + k;
+      let total = part[k * ${WG}u + lid];
+      ${epilogue}
+    }
+  }
+}`;
   if (lanes === 1)
     return `${decls}
 @compute @workgroup_size(64)
@@ -122,7 +182,21 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
  * Dense `out[i] (+)= Σ_j W[i, j]·x[j] (+ bias[i])`, W row-major f32, or f16 packed two per u32 with `rowWords`
  * words per row (odd rows padded with a zero half).
  */
-export function matvecWgsl(f16: boolean, lanes: Lanes = 32): string {
+export function matvecWgsl(f16: boolean, lanes: Lanes = 32, tile = 1): string {
+  const tiled = f16
+    ? `for (var w = lane; w < p.rowWords; w += stride) {
+      let v = unpack2x16float(W[row * p.rowWords + w]);
+      let j = 2u * w;
+      for (var k = 0u; k < ${tile}u; k++) {
+        let xo = (r0 + k) * p.n + j;
+        acc[k] += v.x * x[xo];
+        if (j + 1u < p.n) { acc[k] += v.y * x[xo + 1u]; }
+      }
+    }`
+    : `for (var j = lane; j < p.n; j += stride) {
+      let wv = W[row * p.rowWords + j];
+      for (var k = 0u; k < ${tile}u; k++) { acc[k] += wv * x[(r0 + k) * p.n + j]; }
+    }`;
   const body = f16
     ? `for (var w = lane; w < p.rowWords; w += stride) {
       let v = unpack2x16float(W[row * p.rowWords + w]);
@@ -143,7 +217,7 @@ struct P { m: u32, n: u32, rowWords: u32, accumulate: u32, hasBias: u32, a: u32,
     if (p.hasBias == 1u) { y += bias[row]; }
     if (p.accumulate == 1u) { y += outv[oi]; }
     outv[oi] = y;`;
-  return matvecKernel(lanes, decls, '', body, epilogue).replaceAll('${M}', 'm');
+  return matvecKernel(lanes, decls, '', tile > 1 ? tiled : body, epilogue, tile).replaceAll('${M}', 'm');
 }
 
 /**
@@ -292,7 +366,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
  * The 256×8 source table (8 KiB, with coordinate 7 pre-negated for sources of odd coordinate sum) is copied into
  * workgroup memory by every workgroup.
  */
-export function e8pMatvecWgsl(codec: 'e8p12' | 'rvq4' | 'rvq3', lanes: Lanes = 32): string {
+export function e8pMatvecWgsl(codec: 'e8p12' | 'rvq4' | 'rvq3', lanes: Lanes = 32, tile = 1): string {
   const rvq4 = codec === 'rvq4';
   const rvq3 = codec === 'rvq3';
   // with one lane per row the table is read from the storage buffer (no workgroup copy, no barrier)
@@ -323,6 +397,20 @@ fn dot8(c: u32, xo: u32) -> f32 {
     s += val * x[xo + i];
   }
   return s;
+}
+fn decode8(c: u32) -> array<f32, 8> {
+  let a = (c >> 8u) * 8u;
+  let sigma = c & 255u;
+  let par = countOneBits(sigma) & 1u;
+  let s2 = sigma ^ par;
+  let shift = select(0.25, -0.25, par == 1u);
+  var v: array<f32, 8>;
+  for (var i = 0u; i < 8u; i++) {
+    let bit = (i >> 1u) | ((i & 1u) << 2u);
+    let mag = ${tbl}[a + i];
+    v[i] = select(mag, -mag, ((s2 >> bit) & 1u) == 1u) + shift;
+  }
+  return v;
 }`;
   const prologue = `for (var i = lid; i < 2048u; i += ${WG}u) { tbl[i] = src[i]; }
   workgroupBarrier();`;
@@ -341,10 +429,36 @@ fn dot8(c: u32, xo: u32) -> f32 {
       }
     }
     ${rvq4 || rvq3 ? 'acc += acc2 / p.resScale;' : ''}`;
+  const tiled = `var acc2: array<f32, ${tile}>;
+    for (var g = lane; g < p.G; g += stride) {
+      let idx = row * p.G + g;
+      let sh = (idx & 1u) * 16u;
+      var v1 = decode8((codes[idx >> 1u] >> sh) & 0xffffu);
+      ${rvq4 ? 'var v2 = decode8((codes2[idx >> 1u] >> sh) & 0xffffu);' : ''}
+      ${rvq3 ? 'let c2 = ((codes2[idx >> 2u] >> ((idx & 3u) * 8u)) & 0xffu) * 8u;' : ''}
+      for (var k = 0u; k < ${tile}u; k++) {
+        let xo = (r0 + k) * 8u * p.G + 8u * g;
+        var s = 0.0;
+        for (var i = 0u; i < 8u; i++) { s += v1[i] * x[xo + i]; }
+        acc[k] += s;
+        ${
+          rvq4
+            ? `var s2 = 0.0;
+        for (var i = 0u; i < 8u; i++) { s2 += v2[i] * x[xo + i]; }
+        acc2[k] += s2;`
+            : ''
+        }
+        ${rvq3 ? 'for (var i = 0u; i < 8u; i++) { acc2[k] += e81b[c2 + i] * x[xo + i]; }' : ''}
+      }
+    }
+    ${rvq4 || rvq3 ? `for (var k = 0u; k < ${tile}u; k++) { acc[k] += acc2[k] / p.resScale; }` : ''}`;
   const epilogue = `var y = p.qscale * total;
     for (var t = 0u; t < p.k; t++) { y += L[row * p.k + t] * z[r * p.k + t]; }
     outv[r * p.mp + row] = y;`;
-  return matvecKernel(lanes, decls, prologue, body, epilogue).replaceAll('${M}', 'mp');
+  return matvecKernel(lanes, decls, prologue, tile > 1 ? tiled : body, epilogue, tile).replaceAll(
+    '${M}',
+    'mp',
+  );
 }
 
 /** RoPE (Hugging Face rotate-half) in place on `heads` heads of row r at position `step.pos + r`; `cs` holds cos/sin. */
