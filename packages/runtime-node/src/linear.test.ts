@@ -57,4 +57,22 @@ describe('linear layers', () => {
       for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-4 * scale);
     }
   });
+
+  it('CALDERA layers with 3- and 4-bit RVQ Q equal Decomposition.apply (decoded per block of rows, decode and batch)', () => {
+    const w = tensor('f32', [300, 64], rng.fillNormal(new Float32Array(300 * 64))); // 300 rows: crosses a 256-row block
+    for (const qBits of [3, 4] as const) {
+      const d = caldera(w, null, { rank: 4, qBits, outerIters: 1, lplrIters: 1 });
+      const layer = new CalderaLinear(d);
+      for (const rows of [1, 6]) {
+        const x = rng.fillNormal(new Float32Array(rows * 64));
+        const a = layer.forward(x, rows);
+        const b = applyDecomposition(d, x, rows);
+        const scale = Math.max(...Array.from(b, Math.abs));
+        // same sums in f32 in different orders (np = 64 terms): 1e-4 relative to the output scale
+        for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-4 * scale);
+      }
+      // storage stays in codes: about qBits + low-rank bits per weight, far below f32
+      expect(layer.weightBytes).toBeLessThan(300 * 64);
+    }
+  });
 });

@@ -59,6 +59,13 @@ export class DenseLinear implements Linear {
   }
 }
 
+/** `x·Wᵀ` for a few rows with contiguous `W [m, n]`: `[rows, m]`. */
+function matvecRows(w: Float32Array, m: number, n: number, x: Float32Array, rows: number): Float32Array {
+  const y = new Float32Array(rows * m);
+  matvecF32(w, m, n, x, rows, y);
+  return y;
+}
+
 /** Rows of W converted to f32 per chunk in the batched paths of {@link DenseF16Linear} and {@link CalderaLinear}. */
 const F16_CHUNK_ROWS = 256;
 
@@ -116,7 +123,6 @@ export class CalderaLinear implements Linear {
   private readonly r: Tensor<'f32'> | null; // k × np
   /** 2-bit Q codes, group-major `[np/8, mp]` (the transpose of the checkpoint layout; same bytes). */
   private readonly qCodesT: Uint16Array | null;
-  private readonly qDense: Float32Array | null; // only for non-2-bit Q (decoded once)
   /** L̂ row-major `[mp, k]` (decoded once) for the decode path: y_i += ⟨L̂_i, z⟩. */
   private readonly lRows: Float32Array | null;
   /** The trainable LoRA pair (L_ft `[mp, kf]` row-major, R_ft `[kf, np]`), when the checkpoint has one. */
@@ -132,7 +138,6 @@ export class CalderaLinear implements Linear {
     const fv = (f: Decomposition['l']) => (f.kind === 'dense' ? f.values : latticeDecode(f.codes));
     this.lt = k > 0 ? { dtype: 'f32', shape: [k, mp], strides: [mp, 1], offset: 0, data: fv(d.l) } : null;
     this.r = k > 0 ? { dtype: 'f32', shape: [k, np], strides: [np, 1], offset: 0, data: fv(d.r) } : null;
-    this.qDense = d.q.bits === 2 ? null : latticeDecode(d.q);
     if (this.lt) {
       const lr = new Float32Array(mp * k);
       const lt = this.lt.data;
@@ -164,14 +169,24 @@ export class CalderaLinear implements Linear {
       for (let j = 0; j < n; j++) xr[r * np + j] = d.su ? x[r * n + j]! * d.su[j]! : x[r * n + j]!;
     if (d.hadamard) hadamardRowsInPlace(xr, rows, np, { transpose: false });
     const yr = new Float32Array(rows * mp);
-    if (this.qDense) {
-      const q = this.qDense;
-      for (let r = 0; r < rows; r++)
-        for (let i = 0; i < mp; i++) {
-          let s = 0;
-          for (let j = 0; j < np; j++) s += xr[r * np + j]! * q[i * np + j]!;
-          yr[r * mp + i] = s;
-        }
+    if (d.q.bits !== 2) {
+      // 3/4-bit RVQ Q: decode a block of rows at a time (codes + residual, scale included) and multiply; Q̂ is
+      // never held whole in f32
+      const groups = np / 8;
+      const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, np], strides: [np, 1], offset: 0, data: xr };
+      for (let i0 = 0; i0 < mp; i0 += F16_CHUNK_ROWS) {
+        const c = Math.min(F16_CHUNK_ROWS, mp - i0);
+        const chunk = latticeDecode({
+          ...d.q,
+          planes: d.q.planes.map((p) => p.subarray(i0 * groups, (i0 + c) * groups)),
+        });
+        const wt: Tensor<'f32'> = { dtype: 'f32', shape: [c, np], strides: [np, 1], offset: 0, data: chunk };
+        const part =
+          rows <= MATVEC_MAX_ROWS
+            ? matvecRows(chunk, c, np, xr, rows)
+            : gemm(xt, wt, { transB: true, checkFinite: false }).data;
+        for (let r = 0; r < rows; r++) yr.set(part.subarray(r * c, r * c + c), r * mp + i0);
+      }
     } else if (rows <= MATVEC_MAX_ROWS) {
       e8pMatvecLut(this.qCodesT!, mp, np, xr, rows, yr);
       const scale = d.q.scale;
