@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /* global console, process */
 // Pack smoke test: `npm pack` every publishable packages/* package, install the tarballs into a fresh
-// temporary npm project (offline: external dependencies come from the npm cache that `npm install`/`npm ci`
+// temporary npm project (prefer-offline: external dependencies come from the npm cache that `npm install`/`npm ci`
 // filled), then for each package `import` it (ESM) and `require` it (CJS) and call an exported function,
 // and type-check a consumer of @caldera/core under both module systems with `tsc --noEmit`.
 //
@@ -118,8 +118,10 @@ try {
     join(app, 'package.json'),
     JSON.stringify({ name: 'pack-smoke-app', version: '1.0.0', private: true }),
   );
-  log('installing tarballs offline into a fresh project');
-  run(npm, ['install', '--offline', '--no-audit', '--no-fund', '--loglevel=error', ...tarballs], app);
+  // --prefer-offline: tarballs come from the npm cache that the repository's install filled; package metadata that
+  // a lockfile install never fetched (e.g. bullmq's dependencies' packuments) may still come from the registry
+  log('installing tarballs into a fresh project (prefer offline)');
+  run(npm, ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', ...tarballs], app);
 
   // Per-package smoke: ESM import and CJS require must expose the same names; call one function.
   const calls = {
