@@ -68,20 +68,16 @@ const count = (p: TrainParams) => Object.values(p).reduce((a, v) => a + v.length
   const batch = Array.from({ length: B }, () => sequence(T, c.vocabSize, rng));
   const states = Object.fromEntries(Object.entries(params).map(([k, v]) => [k, adamWState(v.length)]));
   let step = 0;
-  const reps = quick ? 2 : 3;
+  const reps = 5;
   const fwd = time(() => {
     for (const s of batch) lossAndGrad(params, c, s.tokens, s.targets, false);
   }, reps);
+  const acc: TrainParams = {};
+  for (const [k, v] of Object.entries(params)) acc[k] = new Float32Array(v.length);
   const full = time(() => {
-    const acc: TrainParams = {};
-    for (const [k, v] of Object.entries(params)) acc[k] = new Float32Array(v.length);
-    for (const s of batch) {
-      const r = lossAndGrad(params, c, s.tokens, s.targets);
-      for (const [k, g] of Object.entries(r.grads!)) {
-        const a = acc[k]!;
-        for (let i = 0; i < a.length; i++) a[i] = a[i]! + g[i]! / B;
-      }
-    }
+    for (const a of Object.values(acc)) a.fill(0);
+    for (const s of batch) lossAndGrad(params, c, s.tokens, s.targets, true, undefined, acc);
+    for (const a of Object.values(acc)) for (let i = 0; i < a.length; i++) a[i] = a[i]! / B;
     clipGradNorm(Object.values(acc), 1);
     step++;
     for (const [k, v] of Object.entries(params)) adamWStep(v, acc[k]!, states[k]!, step, { lr: 1e-4 });

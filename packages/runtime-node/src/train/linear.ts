@@ -1,5 +1,5 @@
 import { tensor, type Tensor } from '@caldera/core';
-import { gemm } from '@caldera/linalg';
+import { gemm, gemmInto } from '@caldera/linalg';
 import type { Vec } from './types.js';
 
 function mat(v: Vec, rows: number, cols: number): Tensor<'f32'> | Tensor<'f64'> {
@@ -38,8 +38,22 @@ export function linearBackward(
   outF: number,
 ): Vec {
   const dx = run(mat(dy, n, outF), mat(w, outF, inF), false, false);
-  if (dw) addInto(dw, run(mat(dy, n, outF), mat(x, n, inF), true, false));
+  if (dw) accumulateProduct(dw, dy, x, outF, n, inF);
   return dx;
+}
+
+/** `acc [rows, cols] += aᵀ·b` for `a [k, rows]`, `b [k, cols]`, in place (gemm with β = 1, no temporary). */
+function accumulateProduct(acc: Vec, a: Vec, b: Vec, rows: number, k: number, cols: number): void {
+  gemmInto(
+    mat(acc, rows, cols) as Tensor<'f32'>,
+    mat(a, k, rows) as Tensor<'f32'>,
+    mat(b, k, cols) as Tensor<'f32'>,
+    {
+      transA: true,
+      beta: 1,
+      checkFinite: false,
+    },
+  );
 }
 
 function addInto(acc: Vec, v: Vec): void {
@@ -79,6 +93,6 @@ export function loraBackward(
   const k = p.rank;
   const u = run(mat(dy, n, outF), mat(p.a, outF, k), false, false); // n × k
   addInto(dx, run(mat(u, n, k), mat(p.b, k, inF), false, false));
-  if (da) addInto(da, run(mat(dy, n, outF), mat(z, n, k), true, false));
-  if (db) addInto(db, run(mat(u, n, k), mat(x, n, inF), true, false));
+  if (da) accumulateProduct(da, dy, z, outF, n, k);
+  if (db) accumulateProduct(db, u, x, k, n, inF);
 }

@@ -94,7 +94,8 @@ export interface LossAndGrad {
  * final RMSNorm and the tied LM head, then cross-entropy; with `grad` (default true) the backward pass of every op
  * in reverse, activations kept from the forward. Gradients are of the mean loss of this sequence. With
  * `trainable`, gradients are computed (and returned) only for those parameter names: frozen weights skip their
- * weight-gradient products (LoRA fine-tuning freezes everything but the adapters).
+ * weight-gradient products (LoRA fine-tuning freezes everything but the adapters). With `into`, gradients are
+ * added to those buffers (gradient accumulation without temporaries) and returned as `grads`.
  */
 export function lossAndGrad(
   params: TrainParams,
@@ -103,6 +104,7 @@ export function lossAndGrad(
   targets: ArrayLike<number> | SoftTargets,
   grad = true,
   trainable?: ReadonlySet<string>,
+  into?: TrainParams,
 ): LossAndGrad {
   const T = tokens.length;
   const d = c.hiddenSize;
@@ -176,7 +178,15 @@ export function lossAndGrad(
 
   const g: TrainParams = {};
   for (const [name, v] of Object.entries(params))
-    if (!trainable || trainable.has(name)) g[name] = zerosLike(v, v.length);
+    if (!trainable || trainable.has(name)) {
+      const buf = into?.[name];
+      if (into && (!buf || buf.length !== v.length))
+        throw new CalderaError(
+          'E_SHAPE',
+          `lossAndGrad: gradient buffer for ${name} is missing or of the wrong size`,
+        );
+      g[name] = buf ?? zerosLike(v, v.length);
+    }
   const G = (name: string): Vec | null => g[name] ?? null;
   /** Backward of {@link lf}: returns dx; accumulates the gradients of the trainable weight / adapter. */
   const lb = (prefix: string, dy: Vec, xin: Vec, inF: number, outF: number): Vec => {
@@ -231,7 +241,7 @@ export function lossAndGrad(
     const o = tokens[t]! * d;
     for (let j = 0; j < d; j++) dEmb[o + j] = dEmb[o + j]! + dx[t * d + j]!;
   }
-  return { loss: ce.loss, count: ce.count, grads: g };
+  return { loss: ce.loss, count: ce.count, grads: into ?? g };
 }
 
 function addIfTrainable(acc: Vec | null, v: Vec): void {

@@ -42,6 +42,8 @@ export type Objective = (
   tokens: number[],
   targets: number[],
   grad: boolean,
+  /** When given, an objective may add its gradients into these buffers and return them as `grads`. */
+  into?: TrainParams,
 ) => LossAndGrad;
 
 /** Extra state saved with a training state (e.g. early-stopping bookkeeping and the best weights so far). */
@@ -81,7 +83,8 @@ export class Trainer {
     options: TrainerOptions = {},
     objective?: Objective,
   ) {
-    this.objective = objective ?? ((p, t, g, grad) => lossAndGrad(p, config, t, g, grad));
+    this.objective =
+      objective ?? ((p, t, g, grad, into) => lossAndGrad(p, config, t, g, grad, undefined, into));
     this.options = {
       seqLen: 128,
       batch: 8,
@@ -115,13 +118,16 @@ export class Trainer {
       const s = this.rng.int(this.data.length - o.seqLen - 1);
       const tokens = Array.from({ length: o.seqLen }, (_, i) => this.data[s + i]!);
       const targets = Array.from({ length: o.seqLen }, (_, i) => this.data[s + i + 1]!);
-      const r = this.objective(this.params, tokens, targets, true);
+      const r = this.objective(this.params, tokens, targets, true, acc); // adds its gradients into acc
       loss += r.loss / o.batch;
-      for (const [k, g] of Object.entries(r.grads!)) {
-        const a = acc[k]!;
-        for (let i = 0; i < a.length; i++) a[i] = a[i]! + g[i]! / o.batch;
-      }
+      if (r.grads !== acc)
+        // objectives that do not accumulate (e.g. LoRA) return their own gradients
+        for (const [k, g] of Object.entries(r.grads!)) {
+          const a = acc[k]!;
+          for (let i = 0; i < a.length; i++) a[i] = a[i]! + g[i]!;
+        }
     }
+    for (const a of Object.values(acc)) for (let i = 0; i < a.length; i++) a[i] = a[i]! / o.batch;
     const gradNorm = clipGradNorm(Object.values(acc), o.clip);
     const lr = cosineLr(this.stepCount, {
       peak: o.lr,
