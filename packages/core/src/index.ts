@@ -8,3 +8,4 @@ export * from './fs-atomic.js';
 export * from './safetensors/index.js';
 export * from './checkpoint/index.js';
 export * from './model-config.js';
+export * from './sampling.js';

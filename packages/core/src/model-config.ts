@@ -127,3 +127,24 @@ export function blockLinearNames(i: number): { name: string; input: 'attn' | 'o'
     { name: `${p}.mlp.down_proj`, input: 'down' },
   ];
 }
+
+/** Inverse frequencies of RoPE, with Llama-3 scaling when configured. */
+export function ropeInvFreq(cfg: ModelConfig): Float64Array {
+  const half = cfg.headDim / 2;
+  const inv = new Float64Array(half);
+  for (let i = 0; i < half; i++) inv[i] = cfg.ropeTheta ** (-(2 * i) / cfg.headDim);
+  const s = cfg.ropeScaling;
+  if (s) {
+    const lowWl = s.originalMaxPositions / s.lowFreqFactor;
+    const highWl = s.originalMaxPositions / s.highFreqFactor;
+    for (let i = 0; i < half; i++) {
+      const wl = (2 * Math.PI) / inv[i]!;
+      if (wl > lowWl) inv[i]! /= s.factor;
+      else if (wl >= highWl) {
+        const t = (s.originalMaxPositions / wl - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
+        inv[i] = (1 - t) * (inv[i]! / s.factor) + t * inv[i]!;
+      }
+    }
+  }
+  return inv;
+}

@@ -1,4 +1,4 @@
-import { CalderaError, type Tensor } from '@caldera/core';
+import { CalderaError, ropeInvFreq, type Tensor } from '@caldera/core';
 import { blockLinearNames, type ModelConfig } from './config.js';
 import { DenseLinear, type Linear } from './linear.js';
 
@@ -54,26 +54,7 @@ function rmsNorm(x: Float32Array, rows: number, w: Float32Array, eps: number): F
   return y;
 }
 
-/** Inverse frequencies of RoPE, with Llama-3 scaling when configured. */
-export function ropeInvFreq(cfg: ModelConfig): Float64Array {
-  const half = cfg.headDim / 2;
-  const inv = new Float64Array(half);
-  for (let i = 0; i < half; i++) inv[i] = cfg.ropeTheta ** (-(2 * i) / cfg.headDim);
-  const s = cfg.ropeScaling;
-  if (s) {
-    const lowWl = s.originalMaxPositions / s.lowFreqFactor;
-    const highWl = s.originalMaxPositions / s.highFreqFactor;
-    for (let i = 0; i < half; i++) {
-      const wl = (2 * Math.PI) / inv[i]!;
-      if (wl > lowWl) inv[i]! /= s.factor;
-      else if (wl >= highWl) {
-        const t = (s.originalMaxPositions / wl - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
-        inv[i] = (1 - t) * (inv[i]! / s.factor) + t * inv[i]!;
-      }
-    }
-  }
-  return inv;
-}
+export { ropeInvFreq } from '@caldera/core';
 
 /** Apply RoPE (Hugging Face rotate-half layout) in place to `rows` vectors of `heads` heads at positions pos0+r. */
 function rope(

@@ -1,32 +1,7 @@
-import { CalderaError, Rng, throwIfAborted } from '@caldera/core';
+import { CalderaError, Rng, sampleToken, throwIfAborted, type GenerateOptions } from '@caldera/core';
 import type { WebGpuModel } from './model.js';
 
-/**
- * Options of {@link generate}: the same shape and defaults as `@caldera/runtime-node`'s `GenerateOptions` (greedy
- * decoding of up to 64 tokens).
- */
-export interface GenerateOptions {
-  /** Most tokens to generate. Default 64 (also bounded by the model's context length). */
-  maxTokens?: number;
-  /** Softmax temperature; 0 = greedy (default; the argmax is computed on the GPU). */
-  temperature?: number;
-  /** Sample only among the k most likely tokens; 0 = all (default). */
-  topK?: number;
-  /** Nucleus sampling: smallest set of tokens with cumulative probability ≥ p; 1 = all (default). */
-  topP?: number;
-  /** > 1 discourages tokens already in the context (CTRL-style). Default 1. */
-  repetitionPenalty?: number;
-  /** Token ids that end generation; the stop token is yielded. Default none. */
-  stopTokens?: number[];
-  /** Strings that end generation (the completing token is not yielded). Needs `decode`. */
-  stopStrings?: string[];
-  /** Text of generated ids, for `stopStrings`. */
-  decode?: (ids: number[]) => string;
-  /** Seed of the sampler. Default 0. */
-  seed?: number;
-  /** Abort: the iterator throws `E_ABORTED` before the next token. */
-  signal?: AbortSignal;
-}
+export type { GenerateOptions } from '@caldera/core';
 
 /**
  * Generate token ids after `prompt`, one at a time, on the GPU. The model's KV cache is reset first. Greedy decoding
@@ -65,7 +40,7 @@ export async function* generate(
     else {
       const l = Float64Array.from(await model.step(last, 'logits'));
       if (pen !== 1) for (const s of seen) l[s] = l[s]! > 0 ? l[s]! / pen : l[s]! * pen;
-      next = sample(l, options, rng);
+      next = sampleToken(l, options, rng);
     }
     produced.push(next);
     if (options.stopStrings?.length) {
@@ -79,40 +54,8 @@ export async function* generate(
   }
 }
 
-/** Sample from logits (float64) with temperature, top-k and top-p; greedy when temperature is 0. */
-export function sample(l: Float64Array, o: GenerateOptions, rng: Rng): number {
-  const temp = o.temperature ?? 0;
-  let best = 0;
-  for (let i = 1; i < l.length; i++) if (l[i]! > l[best]!) best = i;
-  if (temp <= 0) return best;
-  let idx = [...l.keys()].sort((a, b) => l[b]! - l[a]!);
-  if (o.topK && o.topK > 0) idx = idx.slice(0, o.topK);
-  const mx = l[idx[0]!]!;
-  let probs = idx.map((i) => Math.exp((l[i]! - mx) / temp));
-  const z = probs.reduce((a, b) => a + b, 0);
-  probs = probs.map((p) => p / z);
-  if (o.topP && o.topP < 1) {
-    let acc = 0;
-    let cut = probs.length;
-    for (let i = 0; i < probs.length; i++) {
-      acc += probs[i]!;
-      if (acc >= o.topP) {
-        cut = i + 1;
-        break;
-      }
-    }
-    idx = idx.slice(0, cut);
-    probs = probs.slice(0, cut);
-    const z2 = probs.reduce((a, b) => a + b, 0);
-    probs = probs.map((p) => p / z2);
-  }
-  let u = rng.uniform();
-  for (let i = 0; i < probs.length; i++) {
-    u -= probs[i]!;
-    if (u <= 0) return idx[i]!;
-  }
-  return idx[idx.length - 1]!;
-}
+/** The shared sampler of the runtimes (`sampleToken` from `@caldera/core`). */
+export const sample = sampleToken;
 
 /** Result of {@link perplexity}: the same shape as runtime-node's (`nll` is the mean per scored token). */
 export interface PerplexityResult {

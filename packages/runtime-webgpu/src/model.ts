@@ -1,4 +1,4 @@
-import { CalderaError, throwIfAborted, type ModelConfig } from '@caldera/core';
+import { CalderaError, ropeInvFreq, throwIfAborted, type ModelConfig } from '@caldera/core';
 import { BufferUsage, MAP_READ_MODE, scratchBuffer, storageBuffer, type CalderaDevice } from './device.js';
 import { encodeDispatches, Kernels, type Dispatch, type GpuMatrix, type Lanes } from './kernels/index.js';
 import { createLinearContext, GpuCalderaLinear, type GpuLinear, type ScratchNeeds } from './linear.js';
@@ -61,26 +61,7 @@ export function activationRowsOf(options: WebGpuModelOptions, contextLength: num
   return T === 1 ? 1 : Math.ceil(T / PREFILL_ROW_TILE) * PREFILL_ROW_TILE;
 }
 
-/** Inverse RoPE frequencies with Llama-3 scaling (the same formula as runtime-node), in f64. */
-export function ropeInvFreq(cfg: ModelConfig): Float64Array {
-  const half = cfg.headDim / 2;
-  const inv = new Float64Array(half);
-  for (let i = 0; i < half; i++) inv[i] = cfg.ropeTheta ** (-(2 * i) / cfg.headDim);
-  const s = cfg.ropeScaling;
-  if (s) {
-    const lowWl = s.originalMaxPositions / s.lowFreqFactor;
-    const highWl = s.originalMaxPositions / s.highFreqFactor;
-    for (let i = 0; i < half; i++) {
-      const wl = (2 * Math.PI) / inv[i]!;
-      if (wl > lowWl) inv[i]! /= s.factor;
-      else if (wl >= highWl) {
-        const t = (s.originalMaxPositions / wl - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
-        inv[i] = (1 - t) * (inv[i]! / s.factor) + t * inv[i]!;
-      }
-    }
-  }
-  return inv;
-}
+export { ropeInvFreq } from '@caldera/core';
 
 /** cos/sin pairs `[positions, headDim/2, 2]` computed in f64 and rounded to f32 (as the CPU runtime's values are). */
 export function ropeTable(cfg: ModelConfig, positions: number): Float32Array {
