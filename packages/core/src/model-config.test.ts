@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { blockLinearNames, parseModelConfig } from './model-config.js';
+import { blockLinearNames, linearShape, parseModelConfig } from './model-config.js';
 
 const base = {
   hidden_size: 64,
@@ -88,5 +88,33 @@ describe('blockLinearNames', () => {
       'model.layers.3.mlp.down_proj',
     ]);
     expect(l.map((x) => x.input)).toEqual(['attn', 'attn', 'attn', 'o', 'mlp', 'mlp', 'down']);
+  });
+});
+
+describe('linearShape', () => {
+  it('gives [out, in] of every block linear for a GQA config with an explicit head_dim', () => {
+    const c = parseModelConfig({
+      architectures: ['LlamaForCausalLM'],
+      hidden_size: 96,
+      intermediate_size: 200,
+      num_hidden_layers: 1,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      head_dim: 32,
+      vocab_size: 50,
+    });
+    const shapes = blockLinearNames(0).map(({ name }) =>
+      linearShape(c, name.slice(name.lastIndexOf('.') + 1)),
+    );
+    expect(shapes).toEqual([
+      [128, 96],
+      [64, 96],
+      [64, 96],
+      [96, 128],
+      [200, 96],
+      [200, 96],
+      [96, 200],
+    ]);
+    expect(() => linearShape(c, 'lm_head')).toThrow(/unknown linear layer kind 'lm_head'/);
   });
 });

@@ -128,6 +128,27 @@ export function blockLinearNames(i: number): { name: string; input: 'attn' | 'o'
   ];
 }
 
+/** The weight shape `[out, in]` of a block's linear layer by kind (`q_proj` … `down_proj`, the last part of its name). */
+export function linearShape(cfg: ModelConfig, kind: string): [number, number] {
+  const { hiddenSize: d, intermediateSize: I, numHeads: H, numKvHeads: KV, headDim: hd } = cfg;
+  switch (kind) {
+    case 'q_proj':
+      return [H * hd, d];
+    case 'k_proj':
+    case 'v_proj':
+      return [KV * hd, d];
+    case 'o_proj':
+      return [d, H * hd];
+    case 'gate_proj':
+    case 'up_proj':
+      return [I, d];
+    case 'down_proj':
+      return [d, I];
+    default:
+      throw new CalderaError('E_VALUE', `linearShape: unknown linear layer kind '${kind}'`);
+  }
+}
+
 /** Inverse frequencies of RoPE, with Llama-3 scaling when configured. */
 export function ropeInvFreq(cfg: ModelConfig): Float64Array {
   const half = cfg.headDim / 2;

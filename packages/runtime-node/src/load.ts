@@ -4,6 +4,7 @@ import {
   CalderaError,
   cast,
   f32ArrayToF16,
+  linearShape,
   openSafetensorsDir,
   type Tensor,
   type TensorStore,
@@ -100,14 +101,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   }
   const store = await openSafetensorsDir(dir);
   try {
-    const {
-      hiddenSize: d,
-      intermediateSize: I,
-      vocabSize: V,
-      numHeads: H,
-      numKvHeads: KV,
-      headDim: hd,
-    } = config;
+    const { hiddenSize: d, vocabSize: V } = config;
     const missing = [];
     for (const n of ['model.embed_tokens.weight', 'model.norm.weight']) if (!store.has(n)) missing.push(n);
     if (missing.length) throw new CalderaError('E_MISSING', `${dir}: missing tensors ${missing.join(', ')}`);
@@ -123,15 +117,6 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
       dtype === 'f16' || (dtype === 'auto' && headT.source.dtype === 'f16')
         ? new DenseF16Linear(f32ArrayToF16(lmHead.data), V, d)
         : undefined;
-    const shapes: Record<string, [number, number]> = {
-      q_proj: [H * hd, d],
-      k_proj: [KV * hd, d],
-      v_proj: [KV * hd, d],
-      o_proj: [d, H * hd],
-      gate_proj: [I, d],
-      up_proj: [I, d],
-      down_proj: [d, I],
-    };
     const blocks: BlockWeights[] = [];
     for (let b = 0; b < config.numLayers; b++) {
       const lin: Linear[] = [];
@@ -143,7 +128,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
             `${dir}: tensor '${name}.bias' is missing (config has q/k/v biases, e.g. Qwen2)`,
           );
         const bias = store.has(`${name}.bias`)
-          ? (await f32(store, `${name}.bias`, [shapes[kind]![0]])).data
+          ? (await f32(store, `${name}.bias`, [linearShape(config, kind)[0]])).data
           : null;
         const meta = calderaMeta?.layers?.[name];
         if (meta) {
@@ -157,7 +142,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
             ),
           );
         } else {
-          lin.push(await denseLinear(store, `${name}.weight`, shapes[kind]!, bias, dtype));
+          lin.push(await denseLinear(store, `${name}.weight`, linearShape(config, kind), bias, dtype));
         }
       }
       const [q, k, v, o, gate, up, down] = lin as [Linear, Linear, Linear, Linear, Linear, Linear, Linear];

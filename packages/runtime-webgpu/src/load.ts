@@ -3,6 +3,7 @@ import {
   CalderaError,
   cast,
   f32ArrayToF16,
+  linearShape,
   openSafetensors,
   openSafetensorsDir,
   parseModelConfig,
@@ -185,23 +186,7 @@ export async function loadModelFromStore(
   const config = parseModelConfig(source.config);
   const { store, calderaMeta } = source;
   const dtype = options.dtype ?? 'auto';
-  const {
-    hiddenSize: d,
-    intermediateSize: I,
-    vocabSize: V,
-    numHeads: H,
-    numKvHeads: KV,
-    headDim: hd,
-  } = config;
-  const shapes: Record<string, [number, number]> = {
-    q_proj: [H * hd, d],
-    k_proj: [KV * hd, d],
-    v_proj: [KV * hd, d],
-    o_proj: [d, H * hd],
-    gate_proj: [I, d],
-    up_proj: [I, d],
-    down_proj: [d, I],
-  };
+  const { hiddenSize: d, vocabSize: V } = config;
   const plan = await planMemory(config, calderaMeta, store, options);
   options.onPlan?.(plan);
   const cap = Math.min(dev.maxStorageBinding, dev.maxBufferSize);
@@ -240,7 +225,7 @@ export async function loadModelFromStore(
         if (options.signal?.aborted)
           throw new CalderaError('E_ABORTED', 'loading was aborted', { cause: options.signal.reason });
         const kind = name.slice(name.lastIndexOf('.') + 1);
-        const [m, n] = shapes[kind]!;
+        const [m, n] = linearShape(config, kind);
         if (config.attentionBias && /(q|k|v)_proj$/.test(kind) && !store.has(`${name}.bias`))
           throw new CalderaError('E_MISSING', `tensor '${name}.bias' is missing (config has q/k/v biases)`);
         const bias = store.has(`${name}.bias`) ? await vector(store, `${name}.bias`, m) : null;
