@@ -13,6 +13,14 @@ import {
   type TextTokenizer,
 } from '@caldera/runtime-node';
 
+/** Whether a file or directory exists at `path`. */
+export async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
 /** The model directory: the positional argument, or the embedded reference model. */
 export function modelDirOf(positional: string | undefined): string {
   return positional ?? referenceModelDir();

@@ -1,4 +1,4 @@
-import { mkdir, rm, stat } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CalderaError } from '@caldera/core';
 import {
@@ -11,7 +11,7 @@ import {
   writeFinetunedCheckpoint,
 } from '@caldera/runtime-node';
 import { flagNumber, flagString, progressBar, type Args } from '../args.js';
-import { defaultText, modelDirOf, readDocuments, tokenizeDocuments } from './common.js';
+import { defaultText, exists, modelDirOf, readDocuments, tokenizeDocuments } from './common.js';
 
 export const finetuneHelp = `caldera finetune [compressed-dir] [options]
 
@@ -42,13 +42,6 @@ Options:
   --valid-tokens N   validation tokens (default 4096)   --eval-tokens N   held-out tokens scored (default 8192)
   --seed S           data order seed (default 0)
   --json             JSON lines on stdout instead of a progress bar and table`;
-
-async function exists(p: string): Promise<boolean> {
-  return stat(p).then(
-    () => true,
-    () => false,
-  );
-}
 
 export async function finetuneCommand(a: Args): Promise<number> {
   const json = a.flags.has('json');

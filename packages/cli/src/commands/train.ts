@@ -1,6 +1,6 @@
-import { copyFile, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CalderaError, cast, Rng, tempSuffix, writeSafetensors, type Tensor } from '@caldera/core';
+import { CalderaError, cast, Rng, tempSuffix, tensor, writeSafetensors, type Tensor } from '@caldera/core';
 import {
   initTrainParams,
   parseModelConfig,
@@ -10,7 +10,7 @@ import {
   type TrainConfig,
 } from '@caldera/runtime-node';
 import { flagNumber, flagString, progressBar, type Args } from '../args.js';
-import { defaultText, modelDirOf, readDocuments, tokenizeDocuments } from './common.js';
+import { defaultText, exists, modelDirOf, readDocuments, tokenizeDocuments } from './common.js';
 
 export const trainHelp = `caldera train [template-dir] --out DIR [options]
 
@@ -28,13 +28,6 @@ Options:
   --warmup N         warmup steps (default 50)   --eval-every N   validation every N steps (default 100)
   --valid-tokens N   validation tokens (default 8192)   --seed S   seed of init and data order (default 0)
   --json             JSON lines on stdout (one per step and per validation)`;
-
-async function exists(p: string): Promise<boolean> {
-  return stat(p).then(
-    () => true,
-    () => false,
-  );
-}
 
 export async function trainCommand(a: Args): Promise<number> {
   const json = a.flags.has('json');
@@ -137,16 +130,7 @@ export async function trainCommand(a: Args): Promise<number> {
     const shapes = trainParamShapes(cfg);
     const tensors: Record<string, Tensor> = {};
     for (const [name, p] of Object.entries(trainer.params))
-      tensors[name] = cast(
-        {
-          dtype: 'f32',
-          shape: shapes[name]!,
-          strides: stridesOf(shapes[name]!),
-          offset: 0,
-          data: p as Float32Array,
-        },
-        'f16',
-      );
+      tensors[name] = cast(tensor('f32', shapes[name]!, p as Float32Array), 'f16');
     await writeSafetensors(join(tmp, 'model.safetensors'), tensors, { metadata: { format: 'pt' } });
     await writeFile(
       join(tmp, 'config.json'),
@@ -166,10 +150,4 @@ export async function trainCommand(a: Args): Promise<number> {
   if (json) console.log(JSON.stringify(summary));
   else console.log(`wrote ${out} after ${trainer.stepCount} steps`);
   return 0;
-}
-
-function stridesOf(shape: readonly number[]): number[] {
-  const s = new Array<number>(shape.length).fill(1);
-  for (let i = shape.length - 2; i >= 0; i--) s[i] = s[i + 1]! * shape[i + 1]!;
-  return s;
 }

@@ -2,6 +2,7 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   CalderaError,
+  contiguous,
   f16ArrayToF32,
   openCheckpointDir,
   throwIfAborted,
@@ -41,15 +42,7 @@ export interface FinetuneSetup {
 }
 
 function denseWeightOf(layer: Linear): Float32Array {
-  if (layer instanceof DenseLinear) {
-    const w = layer.weight;
-    const [m, n] = w.shape as [number, number];
-    if (w.offset === 0 && w.strides[0] === n && w.strides[1] === 1) return w.data;
-    const out = new Float32Array(m * n);
-    for (let i = 0; i < m; i++)
-      for (let j = 0; j < n; j++) out[i * n + j] = w.data[w.offset + i * w.strides[0]! + j * w.strides[1]!]!;
-    return out;
-  }
+  if (layer instanceof DenseLinear) return contiguous(layer.weight).data;
   if (layer instanceof DenseF16Linear) return f16ArrayToF32(layer.bits);
   if (layer instanceof CalderaLinear) return reconstruct(layer.d).data;
   throw new CalderaError('E_UNSUPPORTED', 'fine-tuning: unknown linear layer type');
