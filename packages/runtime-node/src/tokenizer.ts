@@ -42,7 +42,10 @@ export class HfTokenizer implements TextTokenizer {
   /** Build from the parsed `tokenizer.json` (and optional `tokenizer_config.json`) objects. */
   static fromJson(json: object, config: Record<string, unknown> = {}): HfTokenizer {
     try {
-      return new HfTokenizer(new Tokenizer(json, config), config);
+      // Decoding never rewrites spaces unless the config asks for it: the reference library does not, and
+      // transformers defaults `clean_up_tokenization_spaces` to false; @huggingface/tokenizers defaults to true.
+      const options = { clean_up_tokenization_spaces: false, ...config };
+      return new HfTokenizer(new Tokenizer(json, options), config);
     } catch (e) {
       throw new CalderaError(
         'E_FORMAT',
@@ -59,6 +62,7 @@ export class HfTokenizer implements TextTokenizer {
   }
 
   decode(ids: ArrayLike<number>): string {
+    if (ids.length === 0) return ''; // the library rejects an empty list
     return this.tokenizer.decode(Array.from(ids), { skip_special_tokens: true });
   }
 
