@@ -27,48 +27,39 @@ export function pair(
 }
 
 // Fill the signed half dot products of `np` magnitude patterns (4 f32 each at p) with x[0..4) at lut
-// (16 entries per pattern, or 32 with the ±shift variants when withShift).
+// (16 entries per pattern, or 32 with the ±shift variants when withShift). Entry 4q + i of a pattern is
+// (±v0 ± v1)[i] + (±v2 ± v3)[q] with v = pattern ⊙ x, the sign choices i, q ∈ 0..3 as bits (first, second negated).
 function fillHalf(p: usize, np: i32, x: usize, lut: usize, withShift: bool, shift: f32): void {
-  const x0 = load<f32>(x);
-  const x1 = load<f32>(x, 4);
-  const x2 = load<f32>(x, 8);
-  const x3 = load<f32>(x, 12);
+  const xv = v128.load(x);
+  const oddLanes = i32x4(0, 0x80000000, 0, 0x80000000); // negate lanes 1, 3: −v0 where bit 0 is set
+  const highLanes = i32x4(0, 0, 0x80000000, 0x80000000); // negate lanes 2, 3: −v1 where bit 1 is set
+  const s = f32x4.splat(withShift ? shift : 0);
   const stride: usize = withShift ? 128 : 64;
   for (let k: i32 = 0; k < np; k++) {
-    const pk = p + ((<usize>k) << 4);
-    const v0 = load<f32>(pk) * x0;
-    const v1 = load<f32>(pk, 4) * x1;
-    const v2 = load<f32>(pk, 8) * x2;
-    const v3 = load<f32>(pk, 12) * x3;
-    const a0 = v0 + v1;
-    const a1 = -v0 + v1;
-    const a2 = v0 - v1;
-    const a3 = -v0 - v1;
-    const b0 = v2 + v3;
-    const b1 = -v2 + v3;
-    const b2 = v2 - v3;
-    const b3 = -v2 - v3;
+    const v = f32x4.mul(v128.load(p + ((<usize>k) << 4)), xv);
+    const a = f32x4.add(
+      v128.xor(f32x4.splat(f32x4.extract_lane(v, 0)), oddLanes),
+      v128.xor(f32x4.splat(f32x4.extract_lane(v, 1)), highLanes),
+    );
+    const b = f32x4.add(
+      v128.xor(f32x4.splat(f32x4.extract_lane(v, 2)), oddLanes),
+      v128.xor(f32x4.splat(f32x4.extract_lane(v, 3)), highLanes),
+    );
     const o = lut + <usize>k * stride;
-    const s: f32 = withShift ? shift : 0;
-    store<f32>(o, a0 + b0 + s);
-    store<f32>(o, a1 + b0 + s, 4);
-    store<f32>(o, a2 + b0 + s, 8);
-    store<f32>(o, a3 + b0 + s, 12);
-    store<f32>(o, a0 + b1 + s, 16);
-    store<f32>(o, a1 + b1 + s, 20);
-    store<f32>(o, a2 + b1 + s, 24);
-    store<f32>(o, a3 + b1 + s, 28);
-    store<f32>(o, a0 + b2 + s, 32);
-    store<f32>(o, a1 + b2 + s, 36);
-    store<f32>(o, a2 + b2 + s, 40);
-    store<f32>(o, a3 + b2 + s, 44);
-    store<f32>(o, a0 + b3 + s, 48);
-    store<f32>(o, a1 + b3 + s, 52);
-    store<f32>(o, a2 + b3 + s, 56);
-    store<f32>(o, a3 + b3 + s, 60);
+    const r0 = f32x4.add(a, f32x4.splat(f32x4.extract_lane(b, 0)));
+    const r1 = f32x4.add(a, f32x4.splat(f32x4.extract_lane(b, 1)));
+    const r2 = f32x4.add(a, f32x4.splat(f32x4.extract_lane(b, 2)));
+    const r3 = f32x4.add(a, f32x4.splat(f32x4.extract_lane(b, 3)));
+    v128.store(o, f32x4.add(r0, s));
+    v128.store(o, f32x4.add(r1, s), 16);
+    v128.store(o, f32x4.add(r2, s), 32);
+    v128.store(o, f32x4.add(r3, s), 48);
     if (withShift) {
-      const t = shift + shift;
-      for (let j: usize = 0; j < 16; j++) store<f32>(o + 64 + (j << 2), load<f32>(o + (j << 2)) - t);
+      // parity 1: the shift enters with the opposite sign
+      v128.store(o, f32x4.sub(r0, s), 64);
+      v128.store(o, f32x4.sub(r1, s), 80);
+      v128.store(o, f32x4.sub(r2, s), 96);
+      v128.store(o, f32x4.sub(r3, s), 112);
     }
   }
 }

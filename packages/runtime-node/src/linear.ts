@@ -2,10 +2,35 @@ import { CalderaError, f16ArrayToF32, type Tensor } from '@caldera/core';
 import { gemm, hadamardRowsInPlace } from '@caldera/linalg';
 import { type Decomposition, latticeDecode } from '@caldera/lowrank';
 import { e8pDecodeInto, e8pMatvecLut } from './kernels/e8p-lut.js';
-import { matvecF16, matvecF32 } from './kernels/matvec.js';
+import { matvecF16, matvecF32, WasmMatrix } from './kernels/matvec.js';
 
-/** Up to this many rows a dense product runs as matrix–vector products in TypeScript, above it through `gemm`. */
+/** Up to this many rows a dense product runs as matrix–vector products, above it through `gemm`. */
 const MATVEC_MAX_ROWS = 4;
+
+/** Matrix–vector products `y = x·Wᵀ` (≤ {@link MATVEC_MAX_ROWS} rows) with a contiguous `W [m, n]`. */
+interface RowProduct<A extends Float32Array | Uint16Array> {
+  /** W: a view into the WebAssembly memory the SIMD kernel reads, or the caller's array for the TypeScript loop. */
+  weights: A;
+  run(x: Float32Array, rows: number, y: Float32Array): void;
+}
+
+/**
+ * W copied once into its own WebAssembly memory (SIMD kernel), or the TypeScript loop where that is unavailable. The
+ * closures are built in separate functions: one sharing this scope would keep the caller's array alive.
+ */
+function f32Product(w: Float32Array, m: number, n: number): RowProduct<Float32Array> {
+  const r = WasmMatrix.create('f32', w, m, n, MATVEC_MAX_ROWS);
+  return r ? wasmProduct(r) : { weights: w, run: (x, rows, y) => matvecF32(w, m, n, x, rows, y) };
+}
+
+function f16Product(w: Uint16Array, m: number, n: number): RowProduct<Uint16Array> {
+  const r = WasmMatrix.create('f16', w, m, n, MATVEC_MAX_ROWS);
+  return r ? wasmProduct(r) : { weights: w, run: (x, rows, y) => matvecF16(w, m, n, x, rows, y) };
+}
+
+function wasmProduct<K extends 'f32' | 'f16'>(r: WasmMatrix<K>): RowProduct<WasmMatrix<K>['weights']> {
+  return { weights: r.weights, run: (x, rows, y) => r.matvec(x, rows, y) };
+}
 
 /** A linear layer `y = x·Wᵀ (+ b)` on `rows` row vectors. Implementations differ in how W is stored. */
 export interface Linear {
@@ -28,24 +53,32 @@ function checkInput(what: string, x: Float32Array, rows: number, n: number): voi
     throw new CalderaError('E_SHAPE', `${what}: input has ${x.length} values, expected ${rows}·${n}`);
 }
 
-/** Dense f32 weights `[out, in]` (contiguous, row-major). */
+/**
+ * Dense f32 weights `[out, in]`. A contiguous W is copied at construction into the memory of the SIMD matrix–vector
+ * kernel and {@link DenseLinear.weight} is that copy (later writes to the caller's array are not seen).
+ */
 export class DenseLinear implements Linear {
   readonly inFeatures: number;
   readonly outFeatures: number;
   readonly weightBytes: number;
+  readonly weight: Tensor<'f32'>;
+  private readonly product: RowProduct<Float32Array> | null;
   constructor(
-    readonly weight: Tensor<'f32'>,
+    weight: Tensor<'f32'>,
     readonly bias: Float32Array | null = null,
   ) {
-    [this.outFeatures, this.inFeatures] = weight.shape as [number, number];
-    this.weightBytes = this.outFeatures * this.inFeatures * 4;
+    const [m, n] = weight.shape as [number, number];
+    [this.outFeatures, this.inFeatures] = [m, n];
+    this.weightBytes = m * n * 4;
+    const contiguous = weight.offset === 0 && weight.strides[0] === n && weight.strides[1] === 1;
+    this.product = contiguous ? f32Product(weight.data, m, n) : null;
+    this.weight = this.product ? { ...weight, data: this.product.weights } : weight;
   }
   forward(x: Float32Array, rows: number): Float32Array {
     checkInput('linear', x, rows, this.inFeatures);
-    const w = this.weight;
-    if (rows <= MATVEC_MAX_ROWS && w.offset === 0 && w.strides[0] === this.inFeatures && w.strides[1] === 1) {
+    if (rows <= MATVEC_MAX_ROWS && this.product) {
       const y = new Float32Array(rows * this.outFeatures);
-      matvecF32(w.data, this.outFeatures, this.inFeatures, x, rows, y);
+      this.product.run(x, rows, y);
       return addBias(y, rows, this.bias);
     }
     const xt: Tensor<'f32'> = {
@@ -75,9 +108,11 @@ const F16_CHUNK_ROWS = 256;
  */
 export class DenseF16Linear implements Linear {
   readonly weightBytes: number;
+  /** f16 bits, row-major `[outFeatures, inFeatures]` (the SIMD kernel's copy when it is available). */
+  readonly bits: Uint16Array;
+  private readonly product: RowProduct<Uint16Array>;
   constructor(
-    /** f16 bits, row-major `[outFeatures, inFeatures]`. */
-    readonly bits: Uint16Array,
+    bits: Uint16Array,
     readonly outFeatures: number,
     readonly inFeatures: number,
     readonly bias: Float32Array | null = null,
@@ -88,13 +123,15 @@ export class DenseF16Linear implements Linear {
         `f16 linear: ${bits.length} weights, expected ${outFeatures}·${inFeatures}`,
       );
     this.weightBytes = bits.length * 2;
+    this.product = f16Product(bits, outFeatures, inFeatures);
+    this.bits = this.product.weights;
   }
   forward(x: Float32Array, rows: number): Float32Array {
     const { outFeatures: m, inFeatures: n } = this;
     checkInput('f16 linear', x, rows, n);
     const y = new Float32Array(rows * m);
     if (rows <= MATVEC_MAX_ROWS) {
-      matvecF16(this.bits, m, n, x, rows, y);
+      this.product.run(x, rows, y);
       return addBias(y, rows, this.bias);
     }
     const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, n], strides: [n, 1], offset: 0, data: x };
@@ -123,8 +160,9 @@ export class CalderaLinear implements Linear {
   private readonly r: Tensor<'f32'> | null; // k × np
   /** 2-bit Q codes, group-major `[np/8, mp]` (the transpose of the checkpoint layout; same bytes). */
   private readonly qCodesT: Uint16Array | null;
-  /** L̂ row-major `[mp, k]` (decoded once) for the decode path: y_i += ⟨L̂_i, z⟩. */
-  private readonly lRows: Float32Array | null;
+  /** Decode-path products: z = x'·R̂ᵀ (R̂ `[k, np]`) and y += z·L̂ᵀ with L̂ row-major `[mp, k]` (decoded once). */
+  private readonly rProduct: RowProduct<Float32Array> | null;
+  private readonly lProduct: RowProduct<Float32Array> | null;
   /** The trainable LoRA pair (L_ft `[mp, kf]` row-major, R_ft `[kf, np]`), when the checkpoint has one. */
   private readonly ftL: Tensor<'f32'> | null;
   private readonly ftR: Tensor<'f32'> | null;
@@ -137,13 +175,16 @@ export class CalderaLinear implements Linear {
     const k = d.rank;
     const fv = (f: Decomposition['l']) => (f.kind === 'dense' ? f.values : latticeDecode(f.codes));
     this.lt = k > 0 ? { dtype: 'f32', shape: [k, mp], strides: [mp, 1], offset: 0, data: fv(d.l) } : null;
-    this.r = k > 0 ? { dtype: 'f32', shape: [k, np], strides: [np, 1], offset: 0, data: fv(d.r) } : null;
+    this.rProduct = k > 0 ? f32Product(fv(d.r), k, np) : null;
+    this.r = this.rProduct
+      ? { dtype: 'f32', shape: [k, np], strides: [np, 1], offset: 0, data: this.rProduct.weights }
+      : null;
     if (this.lt) {
       const lr = new Float32Array(mp * k);
       const lt = this.lt.data;
       for (let t = 0; t < k; t++) for (let i = 0; i < mp; i++) lr[i * k + t] = lt[t * mp + i]!;
-      this.lRows = lr;
-    } else this.lRows = null;
+      this.lProduct = f32Product(lr, mp, k);
+    } else this.lProduct = null;
     if (d.q.bits === 2) {
       const codes = d.q.planes[0] as Uint16Array;
       const groups = np / 8;
@@ -212,9 +253,9 @@ export class CalderaLinear implements Linear {
       if (rows <= MATVEC_MAX_ROWS) {
         // z = x'·R̂ᵀ (rows × k), then yr += z·L̂ᵀ, both as matrix–vector products with contiguous rows
         const z = new Float32Array(rows * k);
-        matvecF32(this.r.data, k, np, xr, rows, z);
+        this.rProduct!.run(xr, rows, z);
         const lr = new Float32Array(rows * mp);
-        matvecF32(this.lRows!, mp, k, z, rows, lr);
+        this.lProduct!.run(z, rows, lr);
         for (let i = 0; i < lr.length; i++) yr[i]! += lr[i]!;
       } else {
         const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, np], strides: [np, 1], offset: 0, data: xr };

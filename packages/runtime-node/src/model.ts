@@ -90,9 +90,10 @@ export type CaptureFn = (input: string, x: Float32Array, rows: number) => void;
 export class LlamaModel {
   private readonly invFreq: Float64Array;
   private readonly head: Linear;
+  readonly weights: ModelWeights;
   constructor(
     readonly config: ModelConfig,
-    readonly weights: ModelWeights,
+    weights: ModelWeights,
   ) {
     if (weights.blocks.length !== config.numLayers) {
       throw new CalderaError(
@@ -101,7 +102,14 @@ export class LlamaModel {
       );
     }
     this.invFreq = ropeInvFreq(config);
-    this.head = weights.head ?? new DenseLinear(weights.lmHead);
+    if (weights.head) this.head = weights.head;
+    else {
+      const head = new DenseLinear(weights.lmHead);
+      this.head = head;
+      // a tied f32 head: the embedding lookup reads the head's copy, so the table is held once
+      if (weights.lmHead === weights.embed) weights = { ...weights, embed: head.weight, lmHead: head.weight };
+    }
+    this.weights = weights;
   }
 
   /** Token embeddings `[tokens, hidden]`. */

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { f16ArrayToF32, f32ArrayToF16, Rng } from '@caldera/core';
 import { e8pDecode } from '@caldera/quant';
 import { e8pMatvecLut, e8pWasmAvailable } from './e8p-lut.js';
-import { matvecF16, matvecF32 } from './matvec.js';
+import { matvecF16, matvecF32, WasmMatrix } from './matvec.js';
 
 /** Plain f64 y = x·Wᵀ. */
 function ref(w: ArrayLike<number>, m: number, n: number, x: Float32Array, rows: number): Float64Array {
@@ -67,5 +67,66 @@ describe('kernels', () => {
     expectClose(y, ref(w, m, n, x, 2), 1e-4);
     matvecF16(bits, m, n, x, 2, y);
     expectClose(y, ref(wh, m, n, x, 2), 1e-4);
+  });
+
+  it('SIMD f32 and f16 kernels equal the plain reference (odd sizes, 1–4 rows, tails of every length)', () => {
+    for (const [m, n] of [
+      [1, 1],
+      [5, 7],
+      [3, 16],
+      [13, 37],
+      [64, 1000],
+    ] as const) {
+      const w = rng.fillNormal(new Float32Array(m * n));
+      const bits = f32ArrayToF16(w);
+      const wh = f16ArrayToF32(bits);
+      const m32 = WasmMatrix.create('f32', w, m, n, 4)!;
+      const m16 = WasmMatrix.create('f16', bits, m, n, 4)!;
+      expect(m32 && m16).toBeTruthy(); // WebAssembly SIMD runs on Node 20
+      expect(Array.from(m16.weights)).toEqual(Array.from(bits)); // the resident copy
+      for (const rows of [1, 4]) {
+        const x = rng.fillNormal(new Float32Array(rows * n));
+        const y = new Float32Array(rows * m);
+        // sums of n ≤ 1000 products of N(0,1) values in f32: a different summation order moves the result by
+        // ≲ n·2⁻²⁴·Σ|x·w| ≈ 1000·6e-8·800 ≈ 5e-2 in the very worst case, ~1e-4 typically; 1e-3 is safe and still fails
+        // on a wrong element or a dropped tail
+        m32.matvec(x, rows, y);
+        expectClose(y, ref(w, m, n, x, rows), 1e-3);
+        m16.matvec(x, rows, y);
+        expectClose(y, ref(wh, m, n, x, rows), 1e-3);
+      }
+    }
+  });
+
+  it('the SIMD f16 kernel converts all 65 536 half values exactly (normals, subnormals, ±0, ±∞, NaN)', () => {
+    const all = new Uint16Array(65536).map((_, i) => i);
+    const want = f16ArrayToF32(all);
+    const finite = all.filter((h) => (h & 0x7c00) !== 0x7c00); // 63 488 values, 16 per row
+    const m = finite.length / 16;
+    const mat = WasmMatrix.create('f16', finite, m, 16, 4)!;
+    const y = new Float32Array(m);
+    const wantF = f16ArrayToF32(finite);
+    for (let j = 0; j < 16; j++) {
+      // x = e_j selects column j (the products with 0 add exact zeros): y_i is W[i, j] converted, bit for bit
+      const x = new Float32Array(16);
+      x[j] = 1;
+      mat.matvec(x, 1, y);
+      for (let i = 0; i < m; i++)
+        if (y[i] !== wantF[i * 16 + j]) expect([i, j, y[i]]).toEqual([i, j, wantF[i * 16 + j]]);
+    }
+    // infinities and NaNs, through the SIMD body (row = [h, 0 × 15]) and the scalar tail (n = 1)
+    const special = all.filter((h) => (h & 0x7c00) === 0x7c00);
+    const padded = new Uint16Array(special.length * 16);
+    special.forEach((h, i) => (padded[i * 16] = h));
+    const x16 = new Float32Array(16);
+    x16[0] = 1;
+    const y16 = new Float32Array(special.length);
+    WasmMatrix.create('f16', padded, special.length, 16, 4)!.matvec(x16, 1, y16);
+    const y1 = new Float32Array(special.length);
+    WasmMatrix.create('f16', special, special.length, 1, 4)!.matvec(new Float32Array([1]), 1, y1);
+    special.forEach((h, i) => {
+      expect(Object.is(y16[i], want[h])).toBe(true);
+      expect(Object.is(y1[i], want[h])).toBe(true);
+    });
   });
 });

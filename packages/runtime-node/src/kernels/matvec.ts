@@ -1,4 +1,5 @@
 import { f16ArrayToF32 } from '@caldera/core';
+import { MATVEC_WASM_BASE64 } from '../generated/matvec-wasm.js';
 
 /**
  * `y[r·m + i] = Σ_j x[r·n + j]·w[i·n + j]` for `rows` input rows, W row-major `[m, n]` f32. Four partial sums per
@@ -78,5 +79,84 @@ export function matvecF16(
       for (; j < n; j++) s0 += x[xo + j]! * t[w[wo + j]!]!;
       y[r * m + i] = s0 + s1 + s2 + s3;
     }
+  }
+}
+
+interface DenseKernels {
+  module: WebAssembly.Module;
+}
+let kernels: DenseKernels | null | undefined;
+
+function denseKernels(): DenseKernels | null {
+  if (kernels !== undefined) return kernels;
+  try {
+    const bytes = Uint8Array.from(atob(MATVEC_WASM_BASE64), (c) => c.charCodeAt(0));
+    kernels = { module: new WebAssembly.Module(bytes) };
+  } catch {
+    kernels = null; // no WebAssembly SIMD: the TypeScript loops above
+  }
+  return kernels;
+}
+
+type Kernel = (w: number, m: number, n: number, x: number, rows: number, y: number) => void;
+
+/**
+ * A dense matrix `W [m, n]` (f32, or f16 bits) resident in its own WebAssembly memory, multiplied by `x` (up to
+ * `maxRows` rows) with the SIMD kernels of asm/matvec.ts: the weights are copied in once at construction and read in
+ * place on every call (decode is memory-bound, so no per-call copy of W); only x and y cross the boundary.
+ * `weights` is the view of W inside that memory. {@link WasmMatrix.create} returns null when WebAssembly SIMD is
+ * unavailable or W does not fit in one memory (4 GiB), and callers keep the TypeScript loops.
+ */
+export class WasmMatrix<K extends 'f32' | 'f16'> {
+  private constructor(
+    readonly kind: K,
+    readonly m: number,
+    readonly n: number,
+    readonly maxRows: number,
+    /** W inside the WebAssembly memory (row-major). */
+    readonly weights: K extends 'f32' ? Float32Array : Uint16Array,
+    private readonly memory: WebAssembly.Memory,
+    private readonly kernel: Kernel,
+    private readonly xAt: number,
+    private readonly yAt: number,
+  ) {}
+
+  static create<K extends 'f32' | 'f16'>(
+    kind: K,
+    w: K extends 'f32' ? Float32Array : Uint16Array,
+    m: number,
+    n: number,
+    maxRows: number,
+  ): WasmMatrix<K> | null {
+    const k = denseKernels();
+    if (!k || w.length !== m * n) return null;
+    const align = (b: number) => Math.ceil(b / 16) * 16;
+    const wBytes = align(m * n * (kind === 'f32' ? 4 : 2));
+    const xAt = wBytes;
+    const yAt = xAt + align(maxRows * n * 4);
+    const pages = Math.ceil((yAt + maxRows * m * 4) / 65536);
+    if (pages > 65536) return null;
+    let memory: WebAssembly.Memory;
+    let kernel: Kernel;
+    try {
+      memory = new WebAssembly.Memory({ initial: Math.max(1, pages), maximum: Math.max(1, pages) });
+      const inst = new WebAssembly.Instance(k.module, { env: { memory } });
+      kernel = (kind === 'f32' ? inst.exports.denseF32 : inst.exports.denseF16) as Kernel;
+    } catch {
+      return null; // e.g. the address space for a multi-GiB memory could not be reserved
+    }
+    const view = (
+      kind === 'f32' ? new Float32Array(memory.buffer, 0, m * n) : new Uint16Array(memory.buffer, 0, m * n)
+    ) as K extends 'f32' ? Float32Array : Uint16Array;
+    view.set(w as never);
+    return new WasmMatrix(kind, m, n, maxRows, view, memory, kernel, xAt, yAt);
+  }
+
+  /** `y[r·m + i] = Σ_j x[r·n + j]·W[i, j]` for `rows ≤ maxRows` input rows. */
+  matvec(x: Float32Array, rows: number, y: Float32Array): void {
+    const { m, n, memory } = this;
+    new Float32Array(memory.buffer, this.xAt, rows * n).set(x.subarray(0, rows * n));
+    this.kernel(0, m, n, this.xAt, rows, this.yAt);
+    y.set(new Float32Array(memory.buffer, this.yAt, rows * m));
   }
 }

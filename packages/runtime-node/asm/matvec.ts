@@ -1,0 +1,85 @@
+// AssemblyScript source of the dense matrix–vector kernels (WebAssembly SIMD; compiled by scripts/build-wasm.mjs).
+// y[r·m + i] = Σ_j x[r·n + j]·W[i, j] for `rows` input rows, W row-major [m, n] resident in this memory; each weight
+// row is read once and used for every input row (rows ≤ 4 in decode).
+
+// f16 bits (8 lanes of u16 widened to i32x4) → f32, exactly: the magnitude bits shifted into f32 position and
+// rebiased by a multiplication with 2^112 (exact for normal and subnormal halves); infinities and NaNs (exponent
+// all ones) take the exponent 0xff directly; the sign bit is moved last.
+function halfToF32(h: v128): v128 {
+  const em = i32x4.shl(v128.and(h, i32x4.splat(0x7fff)), 13);
+  const scaled = f32x4.mul(em, f32x4.splat(5.192296858534828e33)); // 2^112
+  const special = i32x4.eq(v128.and(h, i32x4.splat(0x7c00)), i32x4.splat(0x7c00));
+  const mag = v128.bitselect(v128.or(em, i32x4.splat(0x7f800000)), scaled, special);
+  return v128.or(mag, i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16));
+}
+
+// Scalar form of halfToF32 for the tail columns.
+function halfToF32Scalar(h: u32): f32 {
+  const em = (h & 0x7fff) << 13;
+  const mag: u32 =
+    (h & 0x7c00) == 0x7c00 ? em | 0x7f800000 : reinterpret<u32>(reinterpret<f32>(em) * 5.192296858534828e33);
+  return reinterpret<f32>(mag | ((h & 0x8000) << 16));
+}
+
+export function denseF32(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize): void {
+  const n16 = n & ~15;
+  for (let i: i32 = 0; i < m; i++) {
+    const wi = w + ((<usize>i * <usize>n) << 2);
+    for (let r: i32 = 0; r < rows; r++) {
+      const xr = x + ((<usize>r * <usize>n) << 2);
+      let a0 = f32x4.splat(0);
+      let a1 = f32x4.splat(0);
+      let a2 = f32x4.splat(0);
+      let a3 = f32x4.splat(0);
+      let j: i32 = 0;
+      for (; j < n16; j += 16) {
+        const o = (<usize>j) << 2;
+        a0 = f32x4.add(a0, f32x4.mul(v128.load(wi + o), v128.load(xr + o)));
+        a1 = f32x4.add(a1, f32x4.mul(v128.load(wi + o, 16), v128.load(xr + o, 16)));
+        a2 = f32x4.add(a2, f32x4.mul(v128.load(wi + o, 32), v128.load(xr + o, 32)));
+        a3 = f32x4.add(a3, f32x4.mul(v128.load(wi + o, 48), v128.load(xr + o, 48)));
+      }
+      const a = f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3));
+      let s: f32 =
+        f32x4.extract_lane(a, 0) +
+        f32x4.extract_lane(a, 1) +
+        f32x4.extract_lane(a, 2) +
+        f32x4.extract_lane(a, 3);
+      for (; j < n; j++) s += load<f32>(wi + ((<usize>j) << 2)) * load<f32>(xr + ((<usize>j) << 2));
+      store<f32>(y + ((<usize>r * <usize>m + <usize>i) << 2), s);
+    }
+  }
+}
+
+export function denseF16(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize): void {
+  const n16 = n & ~15;
+  for (let i: i32 = 0; i < m; i++) {
+    const wi = w + ((<usize>i * <usize>n) << 1);
+    for (let r: i32 = 0; r < rows; r++) {
+      const xr = x + ((<usize>r * <usize>n) << 2);
+      let a0 = f32x4.splat(0);
+      let a1 = f32x4.splat(0);
+      let a2 = f32x4.splat(0);
+      let a3 = f32x4.splat(0);
+      let j: i32 = 0;
+      for (; j < n16; j += 16) {
+        const h0 = v128.load(wi + ((<usize>j) << 1));
+        const h1 = v128.load(wi + ((<usize>j) << 1), 16);
+        const xo = xr + ((<usize>j) << 2);
+        a0 = f32x4.add(a0, f32x4.mul(halfToF32(i32x4.extend_low_i16x8_u(h0)), v128.load(xo)));
+        a1 = f32x4.add(a1, f32x4.mul(halfToF32(i32x4.extend_high_i16x8_u(h0)), v128.load(xo, 16)));
+        a2 = f32x4.add(a2, f32x4.mul(halfToF32(i32x4.extend_low_i16x8_u(h1)), v128.load(xo, 32)));
+        a3 = f32x4.add(a3, f32x4.mul(halfToF32(i32x4.extend_high_i16x8_u(h1)), v128.load(xo, 48)));
+      }
+      const a = f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3));
+      let s: f32 =
+        f32x4.extract_lane(a, 0) +
+        f32x4.extract_lane(a, 1) +
+        f32x4.extract_lane(a, 2) +
+        f32x4.extract_lane(a, 3);
+      for (; j < n; j++)
+        s += halfToF32Scalar(<u32>load<u16>(wi + ((<usize>j) << 1))) * load<f32>(xr + ((<usize>j) << 2));
+      store<f32>(y + ((<usize>r * <usize>m + <usize>i) << 2), s);
+    }
+  }
+}
