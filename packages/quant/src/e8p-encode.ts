@@ -53,6 +53,7 @@ export function e8pEncodeInto(
     let bestP = 0;
     let bestKind = 0; // 0..6 multiset, 7 + e extra source e
     let bestMis = 0;
+    let bestThr = 0; // classes M1–M4: the q-th largest |y|, the smallest magnitude that gets 3/2
     for (let p = 0; p < 2; p++) {
       const shift = p === 1 ? -0.25 : 0.25;
       let y2 = 0;
@@ -124,6 +125,7 @@ export function e8pEncodeInto(
         bestP = p;
         bestKind = q;
         bestMis = (q === 1 || q === 3 || q === 6 ? 1 : 0) !== neg ? 1 : 0;
+        bestThr = q === 1 ? s0 : q === 2 ? s1 : q === 3 ? s2 : s3;
       }
       // extras: dot = 1.5·S − Σ_C a, norm 12, parity 1; lower bound uses the 3 smallest a
       if (y2 - 3 * S + 2 * (s5 + s6 + s7) + 12 < bestD) {
@@ -157,7 +159,7 @@ export function e8pEncodeInto(
         }
       }
     }
-    out[outOff + k] = buildCode(t, x, base, bestP, bestKind, bestMis, a);
+    out[outOff + k] = buildCode(t, x, base, bestP, bestKind, bestMis, bestThr, a);
   }
 }
 
@@ -169,6 +171,7 @@ function buildCode(
   p: number,
   kind: number,
   mis: number,
+  thr: number,
   a: Float64Array,
 ): number {
   const shift = p === 1 ? -0.25 : 0.25;
@@ -185,7 +188,18 @@ function buildCode(
     const nbig = kind <= 4 ? kind : kind - 4; // M5: one 5/2; M6: 5/2 then 3/2
     let used = 0;
     let first = -1;
-    for (let r = 0; r < nbig; r++) {
+    if (kind >= 1 && kind <= 4) {
+      // one pass: the coordinates with |y| ≥ the q-th largest, unless ties at it make that set too large (then
+      // the selection below decides, lowest index first)
+      let n = 0;
+      for (let i = 0; i < 8; i++)
+        if (a[i]! >= thr) {
+          used |= 1 << i;
+          n++;
+        }
+      if (n !== nbig) used = 0;
+    }
+    for (let r = used === 0 ? 0 : nbig; r < nbig; r++) {
       let bi = -1;
       let bv = -1;
       for (let i = 0; i < 8; i++) {
