@@ -29,12 +29,16 @@ describe('hadamard transform', () => {
     expect(hadamardFactor(4096)).toEqual({ K: 1, p: 12 });
     expect(hadamardFactor(14336)).toEqual({ K: 28, p: 9 });
     expect(hadamardFactor(768)).toEqual({ K: 12, p: 6 });
-    expect(hadamardSupported(11008)).toBe(false); // 172·64: order 172 not constructed here
-    expect(nextHadamardSize(11008)).toBe(12288); // 12·1024: the first supported size ≥ 11008
-    expect(hadamardSupported(nextHadamardSize(11008))).toBe(true);
+    expect(hadamardFactor(11008)).toEqual({ K: 172, p: 6 }); // Llama-2-7B's MLP: no padding
+    expect(hadamardFactor(13824)).toEqual({ K: 108, p: 7 }); // Llama-2-13B's MLP
+    expect(hadamardFactor(4992)).toEqual({ K: 156, p: 5 });
+    expect(hadamardFactor(3328)).toEqual({ K: 52, p: 6 });
+    expect(hadamardSupported(11000)).toBe(false); // odd part 1375: no construction
+    expect(nextHadamardSize(11000)).toBe(11008); // the first supported size ≥ 11000
+    expect(hadamardSupported(nextHadamardSize(11000))).toBe(true);
   });
 
-  for (const n of [1, 8, 12, 40, 56, 96, 240]) {
+  for (const n of [1, 8, 12, 40, 56, 96, 240, 104, 172]) {
     it(`equals the explicit dense (H_K ⊗ H_2^p)/√n and is orthogonal (n = ${n})`, () => {
       const { K, p } = hadamardFactor(n)!;
       const P = 2 ** p;

@@ -2,16 +2,17 @@
  * Orthogonal Hadamard transforms `M_n = (H_K ⊗ H_{2^p}) / √n` for `n = K·2^p` (algorithm brief §3.1), with
  * flat index `a·2^p + b`: a fast Walsh–Hadamard transform over `b` and a dense `H_K` mix over `a`.
  *
- * `H_K` for K > 1 is built by the Paley constructions (no tables): Paley I (order q+1, q ≡ 3 mod 4 prime) for
- * K ∈ {12, 20, 60, 108, 140}, Paley II (order 2(q+1), q ≡ 1 mod 4 prime) for K ∈ {28, 36}, and Sylvester doubling for
- * K = 40. Orders 52, 156 and 172 need constructions over GF(25) or Williamson matrices and are not supported:
- * {@link hadamardSupported} is false for them and callers pad to {@link nextHadamardSize}.
+ * `H_K` for K > 1: Paley I (order q+1, q ≡ 3 mod 4 prime) for K ∈ {12, 20, 60, 108, 140}, Paley II (order
+ * 2(q+1), q ≡ 1 mod 4 prime) for K ∈ {28, 36}, Sylvester doubling for K = 40, and Williamson's array of four
+ * symmetric circulant ±1 matrices for K = 4t ∈ {52, 156, 172} (t = 13, 39, 43; the four first rows are published
+ * sequences — Hall 1983 for t = 13, 43, Londoño 2013 for t = 39). Every size n = K·2^p with one of these K (e.g.
+ * 11 008 = 172·64, 14 336 = 28·512) is supported; other sizes are padded by callers to {@link nextHadamardSize}.
  */
 import { CalderaError, type Matrix, type Tensor } from '@caldera/core';
 import { assertMatrix, newMatrix } from './check.js';
 
 /** The orders K > 1 with a construction here, largest first (the search order for a size n). */
-export const HADAMARD_BASE_ORDERS: readonly number[] = [140, 108, 60, 40, 36, 28, 20, 12];
+export const HADAMARD_BASE_ORDERS: readonly number[] = [172, 156, 140, 108, 60, 52, 40, 36, 28, 20, 12];
 
 function isPrime(q: number): boolean {
   if (q < 2) return false;
@@ -81,6 +82,54 @@ function sylvesterDouble(h: Int8Array, k: number): Int8Array {
   return out;
 }
 
+/** First rows of Williamson quadruples (symmetric circulants A, B, C, D with A² + B² + C² + D² = 4t·I), by t. */
+const WILLIAMSON: Readonly<Record<number, readonly [string, string, string, string]>> = {
+  13: ['++++-+--+-+++', '+---+-++-+---', '++---+--+---+', '++---+--+---+'],
+  39: [
+    '+++--+-+-----+--++----++--+-----+-+--++',
+    '+++--++-+---+-+--+----+--+-+---+-++--++',
+    '++++---+--++----+-+--+-+----++--+---+++',
+    '+---++-+-+-----+++-++-+++-----+-+-++---',
+  ],
+  43: [
+    '++---++++-+--+--++--------++--+--+-++++---+',
+    '+++-+-++--+-+-++++-+----+-++++-+-+--++-+-++',
+    '++-++++++----+-+--++-++-++--+-+----++++++-+',
+    '+---++--++++-+-+++-++--++-+++-+-++++--++---',
+  ],
+};
+
+/**
+ * Williamson's array `[[A, B, C, D], [−B, A, −D, C], [−C, D, A, −B], [−D, −C, B, A]]`: with symmetric, pairwise
+ * commuting (circulant) blocks, `H·Hᵀ = diag(A² + B² + C² + D²) = 4t·I`.
+ */
+function williamson(t: number): Int8Array {
+  const rows = WILLIAMSON[t]!.map((r) => Array.from(r, (c) => (c === '+' ? 1 : -1)));
+  const k = 4 * t;
+  const h = new Int8Array(k * k);
+  // block (bi, bj) = sign · circulant(rows[which]); entry (i, j) of circulant(r) is r[(j − i) mod t]
+  const which = [
+    [0, 1, 2, 3],
+    [1, 0, 3, 2],
+    [2, 3, 0, 1],
+    [3, 2, 1, 0],
+  ];
+  const sign = [
+    [1, 1, 1, 1],
+    [-1, 1, -1, 1],
+    [-1, 1, 1, -1],
+    [-1, -1, 1, 1],
+  ];
+  for (let bi = 0; bi < 4; bi++)
+    for (let bj = 0; bj < 4; bj++) {
+      const r = rows[which[bi]![bj]!]!;
+      const sg = sign[bi]![bj]!;
+      for (let i = 0; i < t; i++)
+        for (let j = 0; j < t; j++) h[(bi * t + i) * k + bj * t + j] = sg * r[(j - i + t) % t]!;
+    }
+  return h;
+}
+
 const baseCache = new Map<number, Int8Array>();
 
 /** The ±1 Hadamard matrix of order K (row-major, K×K) used in `M_n`; K = 1 gives [1]. */
@@ -90,6 +139,7 @@ export function hadamardBase(k: number): Int8Array {
   let h: Int8Array;
   if (k === 1) h = Int8Array.of(1);
   else if (k === 40) h = sylvesterDouble(hadamardBase(20), 20);
+  else if (k % 4 === 0 && WILLIAMSON[k / 4]) h = williamson(k / 4);
   else if (isPrime(k - 1) && (k - 1) % 4 === 3) h = paley1(k - 1);
   else if (k % 2 === 0 && isPrime(k / 2 - 1) && (k / 2 - 1) % 4 === 1) h = paley2(k / 2 - 1);
   else throw new CalderaError('E_UNSUPPORTED', `no Hadamard construction of order ${k} is implemented`);
