@@ -210,13 +210,13 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     }, 240_000); // pipeline compilation of the tiled 32-lane kernels takes tens of seconds on SwiftShader
 
   for (const path of ['workgroup', 'multi-pass global'] as const)
-    it(`Hadamard step (${path}): M_n and M_nᵀ for K ∈ {1, 12, 20, 28, 36, 40, 108, 140}, signs, padding, truncation, bias`, async () => {
+    it(`Hadamard step (${path}): M_n and M_nᵀ for K ∈ {1, 12, 20, 28, 36, 40, 52, 108, 140, 156, 172}, signs, padding, truncation, bias`, async () => {
       const rng = new Rng(3);
       // the multi-pass path is forced by declaring every rotation too large for workgroup memory
       const k = new Kernels(d, path === 'workgroup' ? {} : { maxLocalHadamard: 16 });
       const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
       const tmp = scratchBuffer(d, 1024 * 4, 'tmp');
-      for (const n of [256, 96, 768, 40, 160, 20, 56, 72, 216, 140]) {
+      for (const n of [256, 96, 768, 40, 160, 20, 56, 72, 216, 140, 52, 344, 156]) {
         const Kf = hadamardFactor(n)!.K;
         for (const transpose of [false, true]) {
           const nIn = n - 3;
