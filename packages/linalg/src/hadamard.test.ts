@@ -33,6 +33,9 @@ describe('hadamard transform', () => {
     expect(hadamardFactor(13824)).toEqual({ K: 108, p: 7 }); // Llama-2-13B's MLP
     expect(hadamardFactor(4992)).toEqual({ K: 156, p: 5 });
     expect(hadamardFactor(3328)).toEqual({ K: 52, p: 6 });
+    expect(hadamardFactor(5632)).toEqual({ K: 44, p: 7 }); // TinyLlama's MLP
+    expect(hadamardFactor(4864)).toEqual({ K: 76, p: 6 }); // Qwen2-0.5B's MLP
+    expect(hadamardFactor(18944)).toEqual({ K: 148, p: 7 }); // Qwen2-7B's MLP
     expect(hadamardSupported(11000)).toBe(false); // odd part 1375: no construction
     expect(nextHadamardSize(11000)).toBe(11008); // the first supported size ≥ 11000
     expect(hadamardSupported(nextHadamardSize(11000))).toBe(true);

@@ -4,15 +4,18 @@
  *
  * `H_K` for K > 1: Paley I (order q+1, q ≡ 3 mod 4 prime) for K ∈ {12, 20, 60, 108, 140}, Paley II (order
  * 2(q+1), q ≡ 1 mod 4 prime) for K ∈ {28, 36}, Sylvester doubling for K = 40, and Williamson's array of four
- * symmetric circulant ±1 matrices for K = 4t ∈ {52, 156, 172} (t = 13, 39, 43; the four first rows are published
- * sequences — Hall 1983 for t = 13, 43, Londoño 2013 for t = 39). Every size n = K·2^p with one of these K (e.g.
- * 11 008 = 172·64, 14 336 = 28·512) is supported; other sizes are padded by callers to {@link nextHadamardSize}.
+ * symmetric circulant ±1 matrices for K = 4t ∈ {44, 52, 76, 148, 156, 172} (t = 11, 13, 19, 37, 39, 43; the four
+ * first rows are published sequences — Hall 1983, and Londoño 2013 for t = 39). Every size n = K·2^p with one of
+ * these K is supported — e.g. 11 008 = 172·64 (Llama-2-7B), 5 632 = 44·128 (TinyLlama), 4 864 = 76·64 (Qwen2-0.5B),
+ * 18 944 = 148·128 (Qwen2-7B), 14 336 = 28·512; other sizes are padded by callers to {@link nextHadamardSize}.
  */
 import { CalderaError, type Matrix, type Tensor } from '@caldera/core';
 import { assertMatrix, newMatrix } from './check.js';
 
 /** The orders K > 1 with a construction here, largest first (the search order for a size n). */
-export const HADAMARD_BASE_ORDERS: readonly number[] = [172, 156, 140, 108, 60, 52, 40, 36, 28, 20, 12];
+export const HADAMARD_BASE_ORDERS: readonly number[] = [
+  172, 156, 148, 140, 108, 76, 60, 52, 44, 40, 36, 28, 20, 12,
+];
 
 function isPrime(q: number): boolean {
   if (q < 2) return false;
@@ -84,7 +87,15 @@ function sylvesterDouble(h: Int8Array, k: number): Int8Array {
 
 /** First rows of Williamson quadruples (symmetric circulants A, B, C, D with A² + B² + C² + D² = 4t·I), by t. */
 const WILLIAMSON: Readonly<Record<number, readonly [string, string, string, string]>> = {
+  11: ['++--------+', '++-+-++-+-+', '++-++--++-+', '+-++----++-'],
   13: ['++++-+--+-+++', '+---+-++-+---', '++---+--+---+', '++---+--+---+'],
+  19: ['++--+++-+--+-+++--+', '++-++--+-++-+--++-+', '+-+---++++++++---+-', '++--+-++++++++-+--+'],
+  37: [
+    '+--+-+-+-++---+--++++--+---++-+-+-+--',
+    '+---++-++--+-+-++----++-+-+--++-++---',
+    '+++++-+-----++----++----++-----+-++++',
+    '+--+++-+-----+----++----+-----+-+++--',
+  ],
   39: [
     '+++--+-+-----+--++----++--+-----+-+--++',
     '+++--++-+---+-+--+----+--+-+---+-++--++',
