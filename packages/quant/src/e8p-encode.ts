@@ -13,6 +13,10 @@
  *   costs `4·min_i a_i·m_i`. They are skipped when a lower bound already loses.
  * The distance `‖y‖² − 2⟨y,u⟩ + ‖u‖²` is compared across both shifts; only the winner is turned into a code.
  * `e8p.test.ts` checks the result against an exhaustive search over all 65 536 codewords.
+ *
+ * `asm/e8p-encode.ts` is the same algorithm in AssemblyScript (WebAssembly SIMD, both shifts in the two f64 lanes),
+ * which `e8pEncode` runs by default; this file is the reference and the fallback. Keep the two in step: the tests
+ * require bit-identical codes, including which of several equidistant codewords wins.
  */
 
 /** Tables the encoder needs (built by `e8p.ts` from the source vectors). */

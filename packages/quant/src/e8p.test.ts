@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Rng } from '@caldera/core';
-import { E8P_OPT_SCALE, e8pDecode, e8pEncode, e8pGrid, e8pSources } from './e8p.js';
+import { E8P_OPT_SCALE, e8pDecode, e8pEncode, e8pEncodeWasmAvailable, e8pGrid, e8pSources } from './e8p.js';
 import { e81bCodebook, rvqDecode, rvqEncode } from './rvq.js';
 
 function mse(x: Float32Array, scale: number, roundTrip: (v: Float32Array) => Float32Array): number {
@@ -8,6 +8,37 @@ function mse(x: Float32Array, scale: number, roundTrip: (v: Float32Array) => Flo
   let s = 0;
   for (let i = 0; i < x.length; i++) s += (x[i]! - q[i]! / scale) ** 2;
   return s / x.length;
+}
+
+/** 10 000 seeded Gaussian 8-vectors at scales 0.5–3, the origin and a far point. */
+function gaussianInputs(n = 10_000, seed = 7): Float32Array {
+  const rng = new Rng(seed);
+  const x = new Float32Array(n * 8);
+  for (let k = 0; k < n; k++) {
+    const scale = [0.5, 1, 1.5, 3][k % 4]!; // cover small, typical and large inputs
+    for (let i = 0; i < 8; i++) x[k * 8 + i] = rng.normal() * scale;
+  }
+  x.fill(0, 0, 8); // the origin
+  x.fill(10, 8, 16); // far outside the codebook
+  return x;
+}
+
+/** Seeded 8-vectors on the ¼-grid (many equidistant codewords), huge ones, and ones next to a codeword. */
+function adversarialInputs(n = 3000, seed = 8): Float32Array {
+  const rng = new Rng(seed);
+  const x = new Float32Array(n * 8);
+  const g = e8pGrid();
+  for (let k = 0; k < n; k++) {
+    for (let i = 0; i < 8; i++) {
+      const kind = k % 3;
+      if (kind === 0)
+        x[k * 8 + i] = (rng.int(25) - 12) / 4; // exact quarter-grid: many equidistant codewords
+      else if (kind === 1)
+        x[k * 8 + i] = (rng.int(2) ? 1 : -1) * 1e6 * rng.uniform(); // far outside
+      else x[k * 8 + i] = g[rng.int(65536) * 8 + i]! + 1e-3 * rng.normal(); // next to a codeword
+    }
+  }
+  return x;
 }
 
 describe('E8P12 codebook', () => {
@@ -38,15 +69,8 @@ describe('E8P12 codebook', () => {
   });
 
   it('fast nearest search equals exhaustive search on 10 000 seeded Gaussian vectors and edge cases', () => {
-    const rng = new Rng(7);
-    const n = 10_000;
-    const x = new Float32Array(n * 8);
-    for (let k = 0; k < n; k++) {
-      const scale = [0.5, 1, 1.5, 3][k % 4]!; // cover small, typical and large inputs
-      for (let i = 0; i < 8; i++) x[k * 8 + i] = rng.normal() * scale;
-    }
-    x.fill(0, 0, 8); // the origin
-    x.fill(10, 8, 16); // far outside the codebook
+    const x = gaussianInputs();
+    const n = x.length / 8;
     const dec = e8pDecode(e8pEncode(x));
     const g = e8pGrid();
     const norms = new Float32Array(65536);
@@ -73,20 +97,9 @@ describe('E8P12 codebook', () => {
   }, 240_000); // 5·10⁹ multiply-adds of brute force: ~10 s alone, minutes when CI runs packages in parallel
 
   it('fast search equals exhaustive search on adversarial inputs (ties on a ¼-grid, huge values, near codewords)', () => {
-    const rng = new Rng(8);
-    const n = 3000;
-    const x = new Float32Array(n * 8);
+    const x = adversarialInputs();
+    const n = x.length / 8;
     const g = e8pGrid();
-    for (let k = 0; k < n; k++) {
-      for (let i = 0; i < 8; i++) {
-        const kind = k % 3;
-        if (kind === 0)
-          x[k * 8 + i] = (rng.int(25) - 12) / 4; // exact quarter-grid: many equidistant codewords
-        else if (kind === 1)
-          x[k * 8 + i] = (rng.int(2) ? 1 : -1) * 1e6 * rng.uniform(); // far outside
-        else x[k * 8 + i] = g[rng.int(65536) * 8 + i]! + 1e-3 * rng.normal(); // next to a codeword
-      }
-    }
     const dec = e8pDecode(e8pEncode(x));
     let worse = 0;
     for (let k = 0; k < n; k++) {
@@ -104,11 +117,44 @@ describe('E8P12 codebook', () => {
     expect(worse).toBe(0);
   });
 
+  it("the WebAssembly encoder returns the TypeScript encoder's codes, ties included", () => {
+    expect(e8pEncodeWasmAvailable()).toBe(true);
+    const g = e8pGrid();
+    // many more tie patterns than the exhaustive tests can afford: ¼- and ½-grids with few distinct |values|
+    const rng = new Rng(9);
+    const ties = new Float32Array(200_000 * 8);
+    for (let j = 0; j < ties.length; j++) {
+      const kind = (j >> 3) % 4;
+      ties[j] =
+        kind === 0
+          ? (rng.int(25) - 12) / 4
+          : kind === 1
+            ? (rng.int(9) - 4) / 2
+            : kind === 2
+              ? [-0.75, -0.25, 0.25, 0.75][rng.int(4)]!
+              : (rng.int(2) ? -1 : 1) * [0, 0.5, 1, 3.25, 1e30, 3e38][rng.int(6)]!;
+    }
+    const huge = new Float32Array(64).map((_, i) => (i % 3 === 0 ? -3.4e38 : i % 3 === 1 ? 3.4e38 : 1e-45));
+    // 10 000 and 200 000 vectors cross the 4096-vector chunks of the WebAssembly path with a remainder
+    for (const x of [gaussianInputs(), adversarialInputs(), g.subarray(0, 4096 * 8), ties, huge]) {
+      const wasm = e8pEncode(x);
+      const ts = e8pEncode(x, undefined, { wasm: false });
+      let diff = 0;
+      for (let k = 0; k < ts.length; k++) if (wasm[k] !== ts[k]) diff++;
+      expect(diff).toBe(0);
+    }
+    // other array types convert to f32 first, in both paths
+    const f64 = Float64Array.from(gaussianInputs(1000, 3), (v) => v * 1.7);
+    expect(Array.from(e8pEncode(f64))).toEqual(Array.from(e8pEncode(f64, undefined, { wasm: false })));
+    expect(Array.from(e8pEncode(Array.from(f64)))).toEqual(Array.from(e8pEncode(Float32Array.from(f64))));
+  });
+
   it('rejects non-finite input and lengths that are not a multiple of 8', () => {
     expect(() => e8pEncode(new Float32Array(7))).toThrow(/E_SHAPE/);
     const bad = new Float32Array(8);
     bad[3] = Infinity;
     expect(() => e8pEncode(bad)).toThrow(/E_VALUE/);
+    expect(() => e8pEncode(bad, undefined, { wasm: false })).toThrow(/E_VALUE/);
   });
 
   it('decode(encode(codeword)) is the identity on codewords', () => {

@@ -1,5 +1,6 @@
 import { CalderaError } from '@caldera/core';
 import { e8pEncodeInto, type E8PEncodeTables } from './e8p-encode.js';
+import { e8pEncodeWasmInto, wasmEncoderReady } from './e8p-encode-wasm.js';
 
 /**
  * The E8P12 codebook of QuIP# (algorithm brief §3.4): 2¹⁶ points of dimension 8, so one 16-bit code per 8
@@ -126,12 +127,28 @@ export function e8pDecode(codes: Uint16Array, out = new Float32Array(codes.lengt
   return out;
 }
 
+/** Options of {@link e8pEncode}. */
+export interface E8PEncodeOptions {
+  /** Run the encoder in WebAssembly when available (default true); false = the TypeScript encoder. Same codes. */
+  wasm?: boolean;
+}
+
+/** True when `e8pEncode` runs in WebAssembly (the module could be instantiated on this thread). */
+export function e8pEncodeWasmAvailable(): boolean {
+  return wasmEncoderReady(getEncodeTables());
+}
+
 /**
  * Exact nearest codeword of each consecutive 8-vector of `x` (Euclidean distance; ties broken arbitrarily but
  * deterministically). `x.length` must be a multiple of 8; non-finite values throw `E_VALUE`. Closed-form search per
- * magnitude class (see `e8p-encode.ts`), verified against exhaustive search in `e8p.test.ts`.
+ * magnitude class (see `e8p-encode.ts`), verified against exhaustive search in `e8p.test.ts`. Runs in WebAssembly
+ * (`asm/e8p-encode.ts`, bit-identical codes) where available, else in TypeScript; `{ wasm: false }` forces the latter.
  */
-export function e8pEncode(x: ArrayLike<number>, out = new Uint16Array(x.length / 8)): Uint16Array {
+export function e8pEncode(
+  x: ArrayLike<number>,
+  out = new Uint16Array(x.length / 8),
+  options: E8PEncodeOptions = {},
+): Uint16Array {
   if (x.length % 8 !== 0)
     throw new CalderaError('E_SHAPE', `e8pEncode: length ${x.length} is not a multiple of 8`);
   if (out.length < x.length / 8)
@@ -141,7 +158,9 @@ export function e8pEncode(x: ArrayLike<number>, out = new Uint16Array(x.length /
     if (v - v !== 0) throw new CalderaError('E_VALUE', `e8pEncode: non-finite input ${v} at index ${i}`);
   }
   const xf = x instanceof Float32Array ? x : Float32Array.from(x);
-  e8pEncodeInto(getEncodeTables(), xf, 0, x.length / 8, out, 0);
+  const t = getEncodeTables();
+  if (options.wasm === false || !e8pEncodeWasmInto(t, xf, 0, x.length / 8, out, 0))
+    e8pEncodeInto(t, xf, 0, x.length / 8, out, 0);
   return out;
 }
 
