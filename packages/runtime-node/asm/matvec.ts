@@ -21,6 +21,14 @@ function halfToF32Scalar(h: u32): f32 {
   return reinterpret<f32>(mag | ((h & 0x8000) << 16));
 }
 
+// The sum of all lanes of four accumulators.
+function sum4(a0: v128, a1: v128, a2: v128, a3: v128): f32 {
+  const a = f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3));
+  return (
+    f32x4.extract_lane(a, 0) + f32x4.extract_lane(a, 1) + f32x4.extract_lane(a, 2) + f32x4.extract_lane(a, 3)
+  );
+}
+
 export function denseF32(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize): void {
   const n16 = n & ~15;
   for (let i: i32 = 0; i < m; i++) {
@@ -39,12 +47,7 @@ export function denseF32(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize
         a2 = f32x4.add(a2, f32x4.mul(v128.load(wi + o, 32), v128.load(xr + o, 32)));
         a3 = f32x4.add(a3, f32x4.mul(v128.load(wi + o, 48), v128.load(xr + o, 48)));
       }
-      const a = f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3));
-      let s: f32 =
-        f32x4.extract_lane(a, 0) +
-        f32x4.extract_lane(a, 1) +
-        f32x4.extract_lane(a, 2) +
-        f32x4.extract_lane(a, 3);
+      let s = sum4(a0, a1, a2, a3);
       for (; j < n; j++) s += load<f32>(wi + ((<usize>j) << 2)) * load<f32>(xr + ((<usize>j) << 2));
       store<f32>(y + ((<usize>r * <usize>m + <usize>i) << 2), s);
     }
@@ -71,12 +74,7 @@ export function denseF16(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize
         a2 = f32x4.add(a2, f32x4.mul(halfToF32(i32x4.extend_low_i16x8_u(h1)), v128.load(xo, 32)));
         a3 = f32x4.add(a3, f32x4.mul(halfToF32(i32x4.extend_high_i16x8_u(h1)), v128.load(xo, 48)));
       }
-      const a = f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3));
-      let s: f32 =
-        f32x4.extract_lane(a, 0) +
-        f32x4.extract_lane(a, 1) +
-        f32x4.extract_lane(a, 2) +
-        f32x4.extract_lane(a, 3);
+      let s = sum4(a0, a1, a2, a3);
       for (; j < n; j++)
         s += halfToF32Scalar(<u32>load<u16>(wi + ((<usize>j) << 1))) * load<f32>(xr + ((<usize>j) << 2));
       store<f32>(y + ((<usize>r * <usize>m + <usize>i) << 2), s);
