@@ -50,7 +50,55 @@ export function adamWStep(
   const c1 = 1 - b1 ** step;
   const c2 = 1 - b2 ** step;
   const { m, v } = state;
-  for (let i = 0; i < n; i++) {
+  if (
+    param instanceof Float32Array &&
+    grad instanceof Float32Array &&
+    m instanceof Float32Array &&
+    v instanceof Float32Array
+  )
+    adamWLoopF32(param, grad, m, v, b1, b2, c1, c2, lr, wd, eps);
+  else adamWLoop(param, grad, m, v, b1, b2, c1, c2, lr, wd, eps);
+}
+
+// The update loop, once for f32 arrays (the training engine's case) and once generic: each copy only ever sees one
+// kind of array, so the JIT keeps it monomorphic (a shared loop was measured 4–20× slower after it had seen both).
+function adamWLoopF32(
+  param: Float32Array,
+  grad: Float32Array,
+  m: Float32Array,
+  v: Float32Array,
+  b1: number,
+  b2: number,
+  c1: number,
+  c2: number,
+  lr: number,
+  wd: number,
+  eps: number,
+): void {
+  for (let i = 0; i < param.length; i++) {
+    const g = grad[i]!;
+    const mi = b1 * m[i]! + (1 - b1) * g;
+    const vi = b2 * v[i]! + (1 - b2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    param[i] = param[i]! * (1 - lr * wd) - (lr * (mi / c1)) / (Math.sqrt(vi / c2) + eps);
+  }
+}
+
+function adamWLoop(
+  param: Vec,
+  grad: Vec,
+  m: Vec,
+  v: Vec,
+  b1: number,
+  b2: number,
+  c1: number,
+  c2: number,
+  lr: number,
+  wd: number,
+  eps: number,
+): void {
+  for (let i = 0; i < param.length; i++) {
     const g = grad[i]!;
     const mi = b1 * m[i]! + (1 - b1) * g;
     const vi = b2 * v[i]! + (1 - b2) * g * g;
