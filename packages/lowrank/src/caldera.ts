@@ -305,6 +305,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
         quantizer: rounderFor(bits),
         tuneIters: o.tuneIters,
         damping: 0,
+        proxyLoss: false, // the decomposition measures its own error
         ...pool,
         ...(o.signal ? { signal: o.signal } : {}),
       });

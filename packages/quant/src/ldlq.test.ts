@@ -71,6 +71,13 @@ describe('ldlq', () => {
     expect(Math.abs(plain.proxyLoss - ldlqLoss) / ldlqLoss).toBeLessThan(1e-4);
   });
 
+  it('skipping the proxy-loss diagnostic changes nothing else (identical codes and Ŵ, loss NaN)', () => {
+    const quiet = ldlq(w, h, { bufferCols: 32, damping: 0, proxyLoss: false });
+    expect(quiet.proxyLoss).toBeNaN();
+    expect(quiet.codes.map((p) => Array.from(p))).toEqual(plain.codes.map((p) => Array.from(p)));
+    expect(Array.from(quiet.wHat.data)).toEqual(Array.from(plain.wHat.data));
+  });
+
   it('buffer size changes only the summation order (identical codes up to rare rounding ties)', () => {
     const other = ldlq(w, h, { bufferCols: 8, damping: 0 });
     let same = 0;

@@ -28,6 +28,11 @@ export interface LdlqOptions {
   signal?: AbortSignal;
   /** Called after each buffer with the fraction of LDLQ (and tuning) work done. */
   onProgress?: (fraction: number) => void;
+  /**
+   * Compute {@link LdlqResult.proxyLoss} (default true). Its denominator `tr(WHWᵀ)` is a product `W·L` as large as
+   * LDLQ's own feedback products; `false` skips it (the result's `proxyLoss` is then `NaN`).
+   */
+  proxyLoss?: boolean;
 }
 
 /** Result of {@link ldlq}. */
@@ -41,7 +46,7 @@ export interface LdlqResult {
   /**
    * Relative proxy loss `tr((Ŵ − W)H(Ŵ − W)ᵀ) / tr(WHWᵀ)` against the damped H that was factored. After LDLQ
    * alone the numerator is free (`Σ_k tr(r_k D_k r_kᵀ)`); the denominator and the loss after tuning cost one
-   * triangular product each.
+   * triangular product each. `NaN` with `proxyLoss: false`.
    */
   proxyLoss: number;
 }
@@ -89,7 +94,8 @@ export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResul
   const sub = Math.max(g, Math.floor(Math.min(32, B) / g) * g); // sub-buffer width (JS feedback inside it)
   const D = ldl.D.data;
   const pool = options.pool ? { pool: options.pool } : {};
-  const den = traceWHWt(W, L, D, m, n, g, B, options.pool);
+  const measure = options.proxyLoss ?? true;
+  const den = measure ? traceWHWt(W, L, D, m, n, g, B, options.pool) : NaN;
   let num = 0;
 
   const bufferStarts: number[] = [];
@@ -182,7 +188,7 @@ export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResul
     num = tunePass(What, E, hd, n, m, rounder, planes, B, options);
     options.onProgress?.((2 + it) / totalWork);
   }
-  const proxyLoss = den > 0 ? num / den : 0;
+  const proxyLoss = !measure ? NaN : den > 0 ? num / den : 0;
   return {
     codes: planes,
     wHat: { dtype: 'f32', shape: [m, n], strides: [n, 1], offset: 0, data: What },
