@@ -111,7 +111,13 @@ function buildModel(kind: Kind): LlamaModel {
   });
 }
 
-function run(kind: Kind): { prefill: number; decode: number; rssMB: number; linearMB: number } {
+function run(kind: Kind): {
+  prefill: number;
+  decode: number;
+  rssMB: number;
+  linearMB: number;
+  weightBytes: number;
+} {
   globalThis.gc?.();
   const rss0 = process.memoryUsage().rss;
   const model = buildModel(kind);
@@ -133,7 +139,15 @@ function run(kind: Kind): { prefill: number; decode: number; rssMB: number; line
     logits = model.forward([next], cache);
   }
   const decode = DECODE / ((performance.now() - t) / 1000);
-  return { prefill, decode, rssMB, linearMB: model.linearBytes() / 2 ** 20 };
+  // everything a decode step reads: the linear layers and the LM head (f32 in the f32 model, f16 otherwise)
+  const headBytes = cfg.vocabSize * cfg.hiddenSize * (kind === 'f32' ? 4 : 2);
+  return {
+    prefill,
+    decode,
+    rssMB,
+    linearMB: model.linearBytes() / 2 ** 20,
+    weightBytes: model.linearBytes() + headBytes,
+  };
 }
 
 const params =
@@ -178,6 +192,13 @@ emit('decode_caldera', c.decode, 'tokens/s', {
   f32: res.f32.decode,
   speedupVsF16: c.decode / res.f16.decode,
   speedupVsF32: c.decode / res.f32.decode,
+  // weight bytes (at each format's stored size) per second of decode: f32 near the memory bandwidth of one core means
+  // dense decode is memory-bound there, while CALDERA's (far fewer bytes) is bound by its table lookups
+  streamedGBs: {
+    f32: (res.f32.weightBytes * res.f32.decode) / 1e9,
+    f16: (res.f16.weightBytes * res.f16.decode) / 1e9,
+    caldera: (c.weightBytes * c.decode) / 1e9,
+  },
 });
 emit('rss_caldera', c.rssMB, 'MiB', { linearWeightsMiB: c.linearMB });
 
