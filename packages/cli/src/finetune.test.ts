@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openSafetensors } from '@caldera/core';
 import { loadModel } from '@caldera/runtime-node';
@@ -182,5 +182,13 @@ describe('caldera finetune', () => {
     expect(config.hiddenSize).toBe(256);
     expect(model.forward([1, 2, 3]).every(Number.isFinite)).toBe(true);
     expect(existsSync(`${out}.partial`)).toBe(false);
+    // activation checkpointing recomputes blocks in the backward: the same weights, byte for byte
+    const out2 = join(dirname(out), 'model-ckpt');
+    const args = ['--steps', '6', '--batch', '1', '--seq-len', '32', '--warmup', '1', '--checkpoint'];
+    const r2 = run(['train', '--out', out2, ...args]);
+    expect(r2.status, r2.stderr).toBe(0);
+    expect(
+      readFileSync(join(out2, 'model.safetensors')).equals(readFileSync(join(out, 'model.safetensors'))),
+    ).toBe(true);
   }, 300_000);
 });

@@ -41,6 +41,8 @@ Options:
   --eval-every N     validate every N steps (default 20)   --patience N   validations without improvement (default 3)
   --valid-tokens N   validation tokens (default 4096)   --eval-tokens N   held-out tokens scored (default 8192)
   --seed S           data order seed (default 0)
+  --checkpoint       activation checkpointing: recompute each block in the backward (less memory, ≈ 1 more
+                     forward per step, same result)
   --json             JSON lines on stdout instead of a progress bar and table`;
 
 export async function finetuneCommand(a: Args): Promise<number> {
@@ -88,7 +90,9 @@ export async function finetuneCommand(a: Args): Promise<number> {
   const teacherModel = teacherDir ? (await loadModel(teacherDir)).model : undefined;
   const setup = signs
     ? prepareSignFinetune(loaded, teacherModel!)
-    : prepareLoraFinetune(loaded, ftRank, teacherModel ? modelTeacher(teacherModel) : undefined);
+    : prepareLoraFinetune(loaded, ftRank, teacherModel ? modelTeacher(teacherModel) : undefined, {
+        checkpoint: a.flags.has('checkpoint'),
+      });
   const partial = `${out}.partial`;
   await mkdir(partial, { recursive: true });
   const ctl = new AbortController();

@@ -27,6 +27,8 @@ Options:
   --batch N          sequences per step (default 8)   --seq-len L   tokens per sequence (default 128)
   --warmup N         warmup steps (default 50)   --eval-every N   validation every N steps (default 100)
   --valid-tokens N   validation tokens (default 8192)   --seed S   seed of init and data order (default 0)
+  --checkpoint       activation checkpointing: recompute each block in the backward (less memory, ≈ 1 more
+                     forward per step, same losses)
   --json             JSON lines on stdout (one per step and per validation)`;
 
 export async function trainCommand(a: Args): Promise<number> {
@@ -67,6 +69,7 @@ export async function trainCommand(a: Args): Promise<number> {
         warmup: flagNumber(a, 'warmup', 50),
         totalSteps: steps,
         seed,
+        checkpoint: a.flags.has('checkpoint'),
       });
   if (trainer.stepCount === 0) await writeFile(logPath, '');
   const lines: string[] = [];

@@ -16,7 +16,7 @@ import { blockLinearNames } from '../config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from '../linear.js';
 import type { LoadedModel } from '../load.js';
 import { loraFromRotated, loraGradToRotated, type LayerRotation } from './caldera-lora.js';
-import { lossAndGrad, type TrainConfig, type TrainParams } from './model.js';
+import { lossAndGrad, type LossAndGradOptions, type TrainConfig, type TrainParams } from './model.js';
 import type { Teacher } from './rht.js';
 import { Trainer, type Objective } from './trainer.js';
 
@@ -105,7 +105,12 @@ export function frozenBase(loaded: LoadedModel): {
  * The training engine covers tied-embedding Llama models without biases or RoPE scaling (like the reference model);
  * other checkpoints fail with `E_UNSUPPORTED`.
  */
-export function prepareLoraFinetune(loaded: LoadedModel, ftRank: number, teacher?: Teacher): FinetuneSetup {
+export function prepareLoraFinetune(
+  loaded: LoadedModel,
+  ftRank: number,
+  teacher?: Teacher,
+  options: LossAndGradOptions = {},
+): FinetuneSetup {
   const { frozen, compressed } = frozenBase(loaded);
   const layers: LoraLayer[] = [];
   const trainable: TrainParams = {};
@@ -124,6 +129,7 @@ export function prepareLoraFinetune(loaded: LoadedModel, ftRank: number, teacher
     frozen,
     layers.map((l) => ({ prefix: l.prefix, rotation: l.decomposition, ftRank: l.decomposition.ft!.rank })),
     teacher,
+    options,
   );
   return { config, frozen, layers, trainable, objective };
 }
@@ -141,6 +147,7 @@ export function loraObjective(
   frozen: TrainParams,
   layers: readonly { prefix: string; rotation: LayerRotation; ftRank: number }[],
   teacher?: Teacher,
+  options: LossAndGradOptions = {},
 ): Objective {
   const loraNames = new Set(layers.flatMap((l) => [`${l.prefix}.lora_A`, `${l.prefix}.lora_B`]));
   return (params, tokens, targets, grad) => {
@@ -162,6 +169,8 @@ export function loraObjective(
       teacher ? { probs: teacher(tokens) } : targets,
       grad,
       loraNames,
+      undefined,
+      options,
     );
     if (!grad) return r;
     const grads: TrainParams = {};

@@ -41,6 +41,38 @@ describe('lossAndGrad (whole tiny model)', () => {
     }
   });
 
+  it('activation checkpointing gives bit-identical loss and gradients (plain, LoRA adapters, frozen, into)', () => {
+    // recomputing a block runs the same operations on the same inputs, so equality is exact, not approximate
+    const params = initTrainParams(cfg, new Rng(3), 0.3);
+    const rng = new Rng(4);
+    for (const [name, [outF, inF]] of [
+      ['model.layers.1.mlp.down_proj', [8, 12]],
+      ['model.layers.0.self_attn.q_proj', [8, 8]],
+    ] as const) {
+      params[`${name}.lora_A`] = rng.fillNormal(new Float32Array(outF * 2)).map((v) => 0.1 * v);
+      params[`${name}.lora_B`] = rng.fillNormal(new Float32Array(2 * inF)).map((v) => 0.1 * v);
+    }
+    const tokens = [1, 5, 3, 9, 2, 7, 4];
+    const targets = [5, 3, -100, 2, 7, 4, 1];
+    const plain = lossAndGrad(params, cfg, tokens, targets);
+    const ckpt = lossAndGrad(params, cfg, tokens, targets, true, undefined, undefined, { checkpoint: true });
+    expect(ckpt.loss).toBe(plain.loss);
+    expect(Object.keys(ckpt.grads!).sort()).toEqual(Object.keys(plain.grads!).sort());
+    for (const [k, g] of Object.entries(plain.grads!))
+      expect(Array.from(ckpt.grads![k]!), k).toEqual(Array.from(g));
+    // only the adapters trainable, accumulating into caller buffers
+    const trainable = new Set(Object.keys(params).filter((k) => k.includes('lora_')));
+    const into = () =>
+      Object.fromEntries([...trainable].map((k) => [k, new Float32Array(params[k]!.length)]));
+    const a = lossAndGrad(params, cfg, tokens, targets, true, trainable, into());
+    const b = lossAndGrad(params, cfg, tokens, targets, true, trainable, into(), { checkpoint: true });
+    for (const k of trainable) expect(Array.from(b.grads![k]!), k).toEqual(Array.from(a.grads![k]!));
+    // without gradients the option changes nothing
+    expect(
+      lossAndGrad(params, cfg, tokens, targets, false, undefined, undefined, { checkpoint: true }).loss,
+    ).toBe(plain.loss);
+  });
+
   it('overfits a repeated sentence with AdamW (loss → near 0)', () => {
     const params = initTrainParams({ ...cfg, hiddenSize: 16, headDim: 8 }, new Rng(1));
     const c = { ...cfg, hiddenSize: 16, headDim: 8 };

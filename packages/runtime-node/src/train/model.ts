@@ -77,6 +77,12 @@ export interface SoftTargets {
   probs: ArrayLike<number>;
 }
 
+/** Options of {@link lossAndGrad}. */
+export interface LossAndGradOptions {
+  /** Activation checkpointing: keep only block inputs, recompute each block before its backward (default false). */
+  checkpoint?: boolean;
+}
+
 /** Result of {@link lossAndGrad}. */
 export interface LossAndGrad {
   /** Mean cross-entropy over the non-ignored targets. */
@@ -95,7 +101,10 @@ export interface LossAndGrad {
  * in reverse, activations kept from the forward. Gradients are of the mean loss of this sequence. With
  * `trainable`, gradients are computed (and returned) only for those parameter names: frozen weights skip their
  * weight-gradient products (LoRA fine-tuning freezes everything but the adapters). With `into`, gradients are
- * added to those buffers (gradient accumulation without temporaries) and returned as `grads`.
+ * added to those buffers (gradient accumulation without temporaries) and returned as `grads`. With
+ * `options.checkpoint`, only each block's input is kept from the forward and the block's activations are recomputed
+ * just before its backward (activation checkpointing): activation memory drops from `layers` blocks' worth to one
+ * block's plus `layers·T·hidden` values, for about one more forward pass; results are bit-identical.
  */
 export function lossAndGrad(
   params: TrainParams,
@@ -105,6 +114,7 @@ export function lossAndGrad(
   grad = true,
   trainable?: ReadonlySet<string>,
   into?: TrainParams,
+  options: LossAndGradOptions = {},
 ): LossAndGrad {
   const T = tokens.length;
   const d = c.hiddenSize;
@@ -145,10 +155,9 @@ export function lossAndGrad(
       throw new CalderaError('E_VALUE', `lossAndGrad: token ${id} at ${t} is outside [0, ${c.vocabSize})`);
     x.set(emb.subarray(id * d, id * d + d), t * d);
   }
-  const caches = [];
-  for (let l = 0; l < c.numLayers; l++) {
+  /** Forward of block `l` on its input `x0`: the block's output and the activations its backward needs. */
+  const blockForward = (l: number, x0: Vec) => {
     const p = `model.layers.${l}.`;
-    const x0 = x;
     const n1 = rmsNormForward(x0, P(`${p}input_layernorm.weight`), T, d, c.rmsNormEps);
     const qRaw = lf(`${p}self_attn.q_proj`, n1.y, d, qd);
     const kRaw = lf(`${p}self_attn.k_proj`, n1.y, d, kd);
@@ -164,9 +173,19 @@ export function lossAndGrad(
     const up = lf(`${p}mlp.up_proj`, n2.y, d, I);
     const h = swigluForward(gate, up);
     const mo = lf(`${p}mlp.down_proj`, h, I, d);
-    x = zerosLike(x0, T * d);
-    for (let i = 0; i < T * d; i++) x[i] = x1[i]! + mo[i]!;
-    caches.push({ x0, n1, q, k, v, att, x1, n2, gate, up, h });
+    const out = zerosLike(x0, T * d);
+    for (let i = 0; i < T * d; i++) out[i] = x1[i]! + mo[i]!;
+    return { out, cache: { x0, n1, q, k, v, att, x1, n2, gate, up, h } };
+  };
+  type BlockCache = ReturnType<typeof blockForward>['cache'];
+  const checkpoint = (options.checkpoint ?? false) && grad;
+  const caches: BlockCache[] = [];
+  const inputs: Vec[] = []; // with checkpointing: each block's input only
+  for (let l = 0; l < c.numLayers; l++) {
+    const r = blockForward(l, x);
+    if (checkpoint) inputs.push(x);
+    else if (grad) caches.push(r.cache);
+    x = r.out;
   }
   const nf = rmsNormForward(x, P('model.norm.weight'), T, d, c.rmsNormEps);
   const logits = linearForward(nf.y, emb, T, d, c.vocabSize);
@@ -213,7 +232,8 @@ export function lossAndGrad(
   let dx = fb.dx;
   for (let l = c.numLayers - 1; l >= 0; l--) {
     const p = `model.layers.${l}.`;
-    const a = caches[l]!;
+    // recomputing the block also refreshes its adapters' intermediates in `zs`
+    const a = checkpoint ? blockForward(l, inputs[l]!).cache : caches[l]!;
     // x = x1 + down(swiglu(gate(n2), up(n2)))
     const dh = lb(`${p}mlp.down_proj`, dx, a.h, I, d);
     const sw = swigluBackward(dh, a.gate, a.up);
