@@ -43,6 +43,8 @@ Options:
   --seed S           data order seed (default 0)
   --checkpoint       activation checkpointing: recompute each block in the backward (less memory, ≈ 1 more
                      forward per step, same result)
+  --half-base        keep the frozen dense base of the compressed layers in f16 (half its memory; the base is
+                     rounded to f16, ≈ 1e-3 relative)
   --json             JSON lines on stdout instead of a progress bar and table`;
 
 export async function finetuneCommand(a: Args): Promise<number> {
@@ -92,6 +94,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
     ? prepareSignFinetune(loaded, teacherModel!)
     : prepareLoraFinetune(loaded, ftRank, teacherModel ? modelTeacher(teacherModel) : undefined, {
         checkpoint: a.flags.has('checkpoint'),
+        halfBase: a.flags.has('half-base'),
       });
   const partial = `${out}.partial`;
   await mkdir(partial, { recursive: true });

@@ -4,6 +4,7 @@ import {
   CalderaError,
   contiguous,
   f16ArrayToF32,
+  f32ArrayToF16,
   openCheckpointDir,
   throwIfAborted,
   writeCheckpointDir,
@@ -109,19 +110,25 @@ export function prepareLoraFinetune(
   loaded: LoadedModel,
   ftRank: number,
   teacher?: Teacher,
-  options: LossAndGradOptions = {},
+  options: LoraFinetuneOptions = {},
 ): FinetuneSetup {
   const { frozen, compressed } = frozenBase(loaded);
+  // the dense base of each compressed layer: f32, or f16 bits with `halfBase` (converted back where used)
+  const half: Record<string, Uint16Array> = {};
+  const freeze = (name: string, w: Float32Array) => {
+    if (options.halfBase) half[name] = f32ArrayToF16(w);
+    else frozen[name] = w;
+  };
   const layers: LoraLayer[] = [];
   const trainable: TrainParams = {};
   for (const { name, linear } of compressed) {
     if (ftRank > 0 && linear.d.rank + (linear.d.ft?.rank ?? 0) > 0) {
       const d = withTrainableFactors(linear.d, ftRank);
-      frozen[`${name}.weight`] = reconstruct({ ...d, ft: null }).data;
+      freeze(`${name}.weight`, reconstruct({ ...d, ft: null }).data);
       layers.push({ prefix: name, decomposition: d });
       trainable[`${name}.caldera.L_ft`] = d.ft!.l;
       trainable[`${name}.caldera.R_ft`] = d.ft!.r;
-    } else frozen[`${name}.weight`] = reconstruct(linear.d).data;
+    } else freeze(`${name}.weight`, reconstruct(linear.d).data);
   }
   const config: TrainConfig = loaded.config;
   const objective = loraObjective(
@@ -129,9 +136,20 @@ export function prepareLoraFinetune(
     frozen,
     layers.map((l) => ({ prefix: l.prefix, rotation: l.decomposition, ftRank: l.decomposition.ft!.rank })),
     teacher,
-    options,
+    { checkpoint: options.checkpoint ?? false, ...(options.halfBase ? { half } : {}) },
   );
   return { config, frozen, layers, trainable, objective };
+}
+
+/** Options of {@link prepareLoraFinetune}. */
+export interface LoraFinetuneOptions {
+  /** Activation checkpointing in the objective (see `lossAndGrad`; default false). */
+  checkpoint?: boolean;
+  /**
+   * Keep the frozen dense base of the compressed layers as f16 bits instead of f32 (mixed precision: half its
+   * memory; the base is rounded to f16, ≈ 1e-3 relative; default false).
+   */
+  halfBase?: boolean;
 }
 
 /**

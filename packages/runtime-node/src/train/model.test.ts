@@ -1,4 +1,4 @@
-import { Rng } from '@caldera/core';
+import { f16ArrayToF32, f32ArrayToF16, Rng } from '@caldera/core';
 import { describe, expect, it } from 'vitest';
 import { initTrainParams, lossAndGrad, type TrainConfig } from './model.js';
 import { adamWState, adamWStep } from './optim.js';
@@ -71,6 +71,28 @@ describe('lossAndGrad (whole tiny model)', () => {
     expect(
       lossAndGrad(params, cfg, tokens, targets, false, undefined, undefined, { checkpoint: true }).loss,
     ).toBe(plain.loss);
+  });
+
+  it('frozen parameters stored as f16 (mixed precision) give exactly the f32 result of their rounded values', () => {
+    // f16 → f32 conversion is exact, so the half-stored run must equal an all-f32 run on the f16-rounded weights
+    const params = initTrainParams(cfg, new Rng(5), 0.3);
+    const halfNames = Object.keys(params).filter((k) => k.endsWith('_proj.weight'));
+    const half = Object.fromEntries(halfNames.map((k) => [k, f32ArrayToF16(params[k] as Float32Array)]));
+    const rounded = { ...params };
+    for (const k of halfNames) rounded[k] = f16ArrayToF32(half[k]!);
+    const rest = Object.fromEntries(Object.entries(params).filter(([k]) => !halfNames.includes(k)));
+    const tokens = [1, 5, 3, 9, 2, 7, 4];
+    const targets = [5, 3, -100, 2, 7, 4, 1];
+    const trainable = new Set(Object.keys(rest));
+    const want = lossAndGrad(rounded, cfg, tokens, targets, true, trainable);
+    for (const checkpoint of [false, true]) {
+      const got = lossAndGrad(rest, cfg, tokens, targets, true, trainable, undefined, { half, checkpoint });
+      expect(got.loss).toBe(want.loss);
+      expect(Object.keys(got.grads!).sort()).toEqual([...trainable].sort());
+      for (const k of trainable) expect(Array.from(got.grads![k]!), k).toEqual(Array.from(want.grads![k]!));
+    }
+    // and it is not the f32 result: the rounding is real (≈ 1e-3 relative on the weights)
+    expect(lossAndGrad(params, cfg, tokens, targets, false).loss).not.toBe(want.loss);
   });
 
   it('overfits a repeated sentence with AdamW (loss → near 0)', () => {

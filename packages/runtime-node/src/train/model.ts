@@ -1,4 +1,4 @@
-import { CalderaError, type Rng } from '@caldera/core';
+import { CalderaError, f16ArrayToF32, type Rng } from '@caldera/core';
 import type { ModelConfig } from '../config.js';
 import { attentionBackward, attentionForward } from './attention.js';
 import { linearBackward, linearForward, loraBackward, loraForward, type LoraPair } from './linear.js';
@@ -81,6 +81,11 @@ export interface SoftTargets {
 export interface LossAndGradOptions {
   /** Activation checkpointing: keep only block inputs, recompute each block before its backward (default false). */
   checkpoint?: boolean;
+  /**
+   * Frozen parameters stored as f16 bits, by name (mixed precision: half the memory of a frozen base). Each is
+   * converted to f32 (exactly) where it is used and dropped again; they get no gradients. `params` takes precedence.
+   */
+  half?: Readonly<Record<string, Uint16Array>>;
 }
 
 /** Result of {@link lossAndGrad}. */
@@ -122,8 +127,10 @@ export function lossAndGrad(
   const qd = c.numHeads * c.headDim;
   const kd = c.numKvHeads * c.headDim;
   const shape = { T, heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim };
+  const half = options.half;
   const P = (name: string): Vec => {
-    const v = params[name];
+    const bits = params[name] ? undefined : half?.[name];
+    const v = bits ? f16ArrayToF32(bits) : params[name];
     if (!v) throw new CalderaError('E_MISSING', `lossAndGrad: parameter ${name} is missing`);
     return v;
   };
