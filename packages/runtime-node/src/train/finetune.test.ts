@@ -212,6 +212,17 @@ describe('LoRA fine-tuning of a compressed reference model', () => {
     expect(setup.layers.length).toBe(28);
     const qBefore = setup.layers.map((l) => Uint16Array.from(l.decomposition.q.planes[0]!));
     const v0 = validationLoss(setup.objective, setup.trainable, valid, 64, 1024);
+    // the same setup with the frozen base in f16 (mixed precision): the base is rounded to f16 (≈ 5e-4 relative per
+    // weight), which moves the loss by far less than 1e-3 relative — but does move it
+    const halfSetup = prepareLoraFinetune(
+      { ...loaded, model: compressed, calderaMeta: { layers: {} } },
+      4,
+      modelTeacher(loaded.model),
+      { halfBase: true },
+    );
+    const vHalf = validationLoss(halfSetup.objective, halfSetup.trainable, valid, 64, 1024);
+    expect(Math.abs(vHalf - v0) / v0).toBeLessThan(1e-3);
+    expect(vHalf).not.toBe(v0);
     const result = await runFinetune(setup, train, valid, {
       steps: 24,
       seqLen: 64,
