@@ -92,19 +92,45 @@ export class DenseLinear implements Linear {
   }
 }
 
-/** `x·Wᵀ` for a few rows with contiguous `W [m, n]`: `[rows, m]`. */
-function matvecRows(w: Float32Array, m: number, n: number, x: Float32Array, rows: number): Float32Array {
-  const y = new Float32Array(rows * m);
-  matvecF32(w, m, n, x, rows, y);
-  return y;
-}
+/**
+ * Rows of W decoded to f32 per block where {@link DenseF16Linear} and {@link CalderaLinear} have no kernel reading
+ * the stored format directly (batches; 3/4-bit Q).
+ */
+const BLOCK_ROWS = 256;
 
-/** Rows of W converted to f32 per chunk in the batched paths of {@link DenseF16Linear} and {@link CalderaLinear}. */
-const F16_CHUNK_ROWS = 256;
+/**
+ * `y = x·Wᵀ` (`[rows, m]`, overwritten) for `W [m, n]` that exists only in a stored format: `decodeRows(i0, c)`
+ * returns rows `i0 … i0+c−1` of W in f32 (row-major, at least `c·n` values; it may reuse one buffer), at most
+ * {@link BLOCK_ROWS} at a time, so W is never held whole in f32. Matrix–vector products for a few rows of x, `gemm`
+ * for batches.
+ */
+function productByRowBlocks(
+  x: Float32Array,
+  rows: number,
+  n: number,
+  m: number,
+  decodeRows: (i0: number, c: number) => Float32Array,
+  y: Float32Array,
+): void {
+  const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, n], strides: [n, 1], offset: 0, data: x };
+  for (let i0 = 0; i0 < m; i0 += BLOCK_ROWS) {
+    const c = Math.min(BLOCK_ROWS, m - i0);
+    const w = decodeRows(i0, c);
+    let part: Float32Array; // rows × c
+    if (rows <= MATVEC_MAX_ROWS) {
+      part = new Float32Array(rows * c);
+      matvecF32(w, c, n, x, rows, part);
+    } else {
+      const wt: Tensor<'f32'> = { dtype: 'f32', shape: [c, n], strides: [n, 1], offset: 0, data: w };
+      part = gemm(xt, wt, { transB: true, checkFinite: false }).data;
+    }
+    for (let r = 0; r < rows; r++) y.set(part.subarray(r * c, r * c + c), r * m + i0);
+  }
+}
 
 /**
  * Dense weights kept as f16 bits `[out, in]` (half the memory of f32) and converted to f32 on the fly: row by row
- * for decode, in chunks of {@link F16_CHUNK_ROWS} rows fed to `gemm` for batches. W is never held in f32 whole.
+ * for decode, in blocks of {@link BLOCK_ROWS} rows fed to `gemm` for batches. W is never held in f32 whole.
  */
 export class DenseF16Linear implements Linear {
   readonly weightBytes: number;
@@ -134,15 +160,9 @@ export class DenseF16Linear implements Linear {
       this.product.run(x, rows, y);
       return addBias(y, rows, this.bias);
     }
-    const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, n], strides: [n, 1], offset: 0, data: x };
-    const chunk = new Float32Array(F16_CHUNK_ROWS * n);
-    for (let i0 = 0; i0 < m; i0 += F16_CHUNK_ROWS) {
-      const c = Math.min(F16_CHUNK_ROWS, m - i0);
-      f16ArrayToF32(this.bits.subarray(i0 * n, (i0 + c) * n), chunk);
-      const wt: Tensor<'f32'> = { dtype: 'f32', shape: [c, n], strides: [n, 1], offset: 0, data: chunk };
-      const part = gemm(xt, wt, { transB: true, checkFinite: false }).data; // rows × c
-      for (let r = 0; r < rows; r++) y.set(part.subarray(r * c, r * c + c), r * m + i0);
-    }
+    const block = new Float32Array(BLOCK_ROWS * n);
+    const decode = (i0: number, c: number) => f16ArrayToF32(this.bits.subarray(i0 * n, (i0 + c) * n), block);
+    productByRowBlocks(x, rows, n, m, decode, y);
     return addBias(y, rows, this.bias);
   }
 }
@@ -210,43 +230,29 @@ export class CalderaLinear implements Linear {
       for (let j = 0; j < n; j++) xr[r * np + j] = d.su ? x[r * n + j]! * d.su[j]! : x[r * n + j]!;
     if (d.hadamard) hadamardRowsInPlace(xr, rows, np, { transpose: false });
     const yr = new Float32Array(rows * mp);
-    if (d.q.bits !== 2) {
-      // 3/4-bit RVQ Q: decode a block of rows at a time (codes + residual, scale included) and multiply; Q̂ is
-      // never held whole in f32
-      const groups = np / 8;
-      const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, np], strides: [np, 1], offset: 0, data: xr };
-      for (let i0 = 0; i0 < mp; i0 += F16_CHUNK_ROWS) {
-        const c = Math.min(F16_CHUNK_ROWS, mp - i0);
-        const chunk = latticeDecode({
-          ...d.q,
-          planes: d.q.planes.map((p) => p.subarray(i0 * groups, (i0 + c) * groups)),
-        });
-        const wt: Tensor<'f32'> = { dtype: 'f32', shape: [c, np], strides: [np, 1], offset: 0, data: chunk };
-        const part =
-          rows <= MATVEC_MAX_ROWS
-            ? matvecRows(chunk, c, np, xr, rows)
-            : gemm(xt, wt, { transB: true, checkFinite: false }).data;
-        for (let r = 0; r < rows; r++) yr.set(part.subarray(r * c, r * c + c), r * mp + i0);
-      }
-    } else if (rows <= MATVEC_MAX_ROWS) {
+    if (d.q.bits === 2 && rows <= MATVEC_MAX_ROWS) {
+      // decode: the table-driven kernel reads the E8P codes directly
       e8pMatvecLut(this.qCodesT!, mp, np, xr, rows, yr);
       const scale = d.q.scale;
       for (let i = 0; i < yr.length; i++) yr[i]! *= scale;
-    } else {
-      // batches: decode Q̂ a block of rows at a time (never whole) and multiply with gemm
+    } else if (d.q.bits === 2) {
+      // batches: Q̂ decoded a block of rows at a time (without its scale) into gemm
       const codes = d.q.planes[0] as Uint16Array;
       const groups = np / 8;
-      const chunk = new Float32Array(F16_CHUNK_ROWS * np);
-      const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, np], strides: [np, 1], offset: 0, data: xr };
-      for (let i0 = 0; i0 < mp; i0 += F16_CHUNK_ROWS) {
-        const c = Math.min(F16_CHUNK_ROWS, mp - i0);
-        e8pDecodeInto(codes.subarray(i0 * groups, (i0 + c) * groups), chunk);
-        const wt: Tensor<'f32'> = { dtype: 'f32', shape: [c, np], strides: [np, 1], offset: 0, data: chunk };
-        const part = gemm(xt, wt, { transB: true, checkFinite: false }).data;
-        for (let r = 0; r < rows; r++) yr.set(part.subarray(r * c, r * c + c), r * mp + i0);
-      }
+      const block = new Float32Array(BLOCK_ROWS * np);
+      const decode = (i0: number, c: number) => {
+        e8pDecodeInto(codes.subarray(i0 * groups, (i0 + c) * groups), block);
+        return block;
+      };
+      productByRowBlocks(xr, rows, np, mp, decode, yr);
       const scale = d.q.scale;
       for (let i = 0; i < yr.length; i++) yr[i]! *= scale;
+    } else {
+      // 3/4-bit RVQ Q: a block of rows decoded at a time (codes + residual, scale included)
+      const groups = np / 8;
+      const decode = (i0: number, c: number) =>
+        latticeDecode({ ...d.q, planes: d.q.planes.map((p) => p.subarray(i0 * groups, (i0 + c) * groups)) });
+      productByRowBlocks(xr, rows, np, mp, decode, yr);
     }
     if (this.lt && this.r) {
       const k = d.rank;
