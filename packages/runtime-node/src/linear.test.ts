@@ -1,10 +1,25 @@
 import { describe, expect, it } from 'vitest';
 import { f16ArrayToF32, f32ArrayToF16, Rng, tensor } from '@caldera/core';
-import { applyDecomposition, caldera, withTrainableFactors } from '@caldera/lowrank';
+import { applyDecomposition, caldera, withTrainableFactors, type Decomposition } from '@caldera/lowrank';
 import { CalderaLinear, DenseF16Linear, DenseLinear } from './linear.js';
 
 describe('linear layers', () => {
   const rng = new Rng(21);
+
+  /**
+   * A CALDERA layer's forward equals `Decomposition.apply` for each row count: the same sums in f32 in different
+   * orders (at most 128 terms), so 1e-4 relative to the output scale.
+   */
+  const expectMatchesApply = (layer: CalderaLinear, d: Decomposition, rowCounts: number[]) => {
+    const n = d.shape[1];
+    for (const rows of rowCounts) {
+      const x = rng.fillNormal(new Float32Array(rows * n));
+      const a = layer.forward(x, rows);
+      const b = applyDecomposition(d, x, rows);
+      const scale = Math.max(...Array.from(b, Math.abs));
+      for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-4 * scale);
+    }
+  };
 
   it('f16 layer equals the f32 layer of the same (rounded) weights, decode and batched paths', () => {
     const m = 300; // crosses the 256-row conversion chunk
@@ -47,15 +62,7 @@ describe('linear layers', () => {
     const d = withTrainableFactors(caldera(w, null, { rank: 6, outerIters: 1, lplrIters: 1 }), 2);
     // perturb the trainable part so a layer that ignored it would differ by O(1)
     for (let i = 0; i < d.ft!.l.length; i++) d.ft!.l[i]! += 0.5 * rng.normal();
-    const layer = new CalderaLinear(d);
-    for (const rows of [1, 7]) {
-      const x = rng.fillNormal(new Float32Array(rows * 72));
-      const a = layer.forward(x, rows);
-      const b = applyDecomposition(d, x, rows);
-      const scale = Math.max(...Array.from(b, Math.abs));
-      // same sums in f32 in different orders (np = 128 terms): 1e-4 relative to the output scale
-      for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-4 * scale);
-    }
+    expectMatchesApply(new CalderaLinear(d), d, [1, 7]);
   });
 
   it('CALDERA layers with 3- and 4-bit RVQ Q equal Decomposition.apply (decoded per block of rows, decode and batch)', () => {
@@ -63,14 +70,7 @@ describe('linear layers', () => {
     for (const qBits of [3, 4] as const) {
       const d = caldera(w, null, { rank: 4, qBits, outerIters: 1, lplrIters: 1 });
       const layer = new CalderaLinear(d);
-      for (const rows of [1, 6]) {
-        const x = rng.fillNormal(new Float32Array(rows * 64));
-        const a = layer.forward(x, rows);
-        const b = applyDecomposition(d, x, rows);
-        const scale = Math.max(...Array.from(b, Math.abs));
-        // same sums in f32 in different orders (np = 64 terms): 1e-4 relative to the output scale
-        for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-4 * scale);
-      }
+      expectMatchesApply(layer, d, [1, 6]);
       // storage stays in codes: about qBits + low-rank bits per weight, far below f32
       expect(layer.weightBytes).toBeLessThan(300 * 64);
     }
