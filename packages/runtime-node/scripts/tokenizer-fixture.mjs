@@ -59,15 +59,14 @@ const byteLevel = (useRegex) => ({
 });
 
 /**
- * The families: each gives the tokenizer.json skeleton (everything but the BPE vocab and merges), the symbols a
- * pre-token starts as, and the base vocabulary.
+ * The families: each gives the tokenizer.json skeleton (everything but the BPE vocab and merges) and the base
+ * vocabulary; a pre-token starts as its characters.
  */
 const families = {
   // GPT-2 / SmolLM / the reference model: byte-level BPE with the GPT-2 regex
   gpt2ByteLevel: {
     specials: [special(0, '<|endoftext|>')],
     base: GPT2_BYTES,
-    symbols: (piece) => Array.from(piece),
     skeleton: {
       normalizer: null,
       pre_tokenizer: byteLevel(true),
@@ -80,7 +79,6 @@ const families = {
   llama3ByteLevel: {
     specials: [special(0, '<|begin_of_text|>'), special(1, '<|end_of_text|>'), special(2, '<|eot_id|>')],
     base: GPT2_BYTES,
-    symbols: (piece) => Array.from(piece),
     skeleton: {
       normalizer: { type: 'NFC' },
       pre_tokenizer: {
@@ -114,7 +112,6 @@ const families = {
   sentencePieceBpe: {
     specials: [special(0, '<unk>'), special(1, '<s>'), special(2, '</s>')],
     base: Array.from({ length: 256 }, (_, b) => hex(b)),
-    symbols: (piece) => Array.from(piece),
     skeleton: {
       normalizer: {
         type: 'Sequence',
@@ -141,7 +138,6 @@ const families = {
   metaspaceBpe: {
     specials: [special(0, '<unk>'), special(1, '<s>'), special(2, '</s>')],
     base: Array.from({ length: 256 }, (_, b) => hex(b)),
-    symbols: (piece) => Array.from(piece),
     skeleton: {
       normalizer: null,
       pre_tokenizer: { type: 'Metaspace', replacement: '▁', prepend_scheme: 'first', split: false },
@@ -200,7 +196,7 @@ function learn(family, mergesWanted) {
     for (const [ch] of [...chars].filter(([, c]) => c >= 3).sort((a, b) => b[1] - a[1]))
       if (!vocab.has(ch)) vocab.set(ch, vocab.size);
   }
-  let words = [...counts].map(([p, c]) => ({ s: family.symbols(p).filter((x) => vocab.has(x)), c }));
+  let words = [...counts].map(([p, c]) => ({ s: Array.from(p).filter((x) => vocab.has(x)), c }));
   const merges = [];
   while (merges.length < mergesWanted) {
     const freq = new Map();
