@@ -82,20 +82,17 @@ export function matvecF16(
   }
 }
 
-interface DenseKernels {
-  module: WebAssembly.Module;
-}
-let kernels: DenseKernels | null | undefined;
+/** The compiled module of asm/matvec.ts (once), or null without WebAssembly SIMD (the TypeScript loops above). */
+let matvecModule: WebAssembly.Module | null | undefined;
 
-function denseKernels(): DenseKernels | null {
-  if (kernels !== undefined) return kernels;
+function matvecKernelModule(): WebAssembly.Module | null {
+  if (matvecModule !== undefined) return matvecModule;
   try {
-    const bytes = Uint8Array.from(atob(MATVEC_WASM_BASE64), (c) => c.charCodeAt(0));
-    kernels = { module: new WebAssembly.Module(bytes) };
+    matvecModule = new WebAssembly.Module(Uint8Array.from(atob(MATVEC_WASM_BASE64), (c) => c.charCodeAt(0)));
   } catch {
-    kernels = null; // no WebAssembly SIMD: the TypeScript loops above
+    matvecModule = null;
   }
-  return kernels;
+  return matvecModule;
 }
 
 type Kernel = (w: number, m: number, n: number, x: number, rows: number, y: number) => void;
@@ -128,7 +125,7 @@ export class WasmMatrix<K extends 'f32' | 'f16'> {
     n: number,
     maxRows: number,
   ): WasmMatrix<K> | null {
-    const k = denseKernels();
+    const k = matvecKernelModule();
     if (!k || w.length !== m * n) return null;
     const align = (b: number) => Math.ceil(b / 16) * 16;
     const wBytes = align(m * n * (kind === 'f32' ? 4 : 2));
@@ -140,7 +137,7 @@ export class WasmMatrix<K extends 'f32' | 'f16'> {
     let kernel: Kernel;
     try {
       memory = new WebAssembly.Memory({ initial: Math.max(1, pages), maximum: Math.max(1, pages) });
-      const inst = new WebAssembly.Instance(k.module, { env: { memory } });
+      const inst = new WebAssembly.Instance(k, { env: { memory } });
       kernel = (kind === 'f32' ? inst.exports.denseF32 : inst.exports.denseF16) as Kernel;
     } catch {
       return null; // e.g. the address space for a multi-GiB memory could not be reserved
