@@ -198,3 +198,190 @@ export function allFinite64(p: usize, bytes: usize): i32 {
   const acc = f64x2.add(acc0, acc1);
   return i32(v128.all_true<i64>(f64x2.eq(acc, z)));
 }
+
+function hsum(x: v128): f64 {
+  return f64x2.extract_lane(x, 0) + f64x2.extract_lane(x, 1);
+}
+
+/**
+ * Rows [i0, i1) of the symmetric matrix–vector product `p = A·v`, where only the lower triangle of A is
+ * read (row-major, leading dimension `lda` elements, starting at `a`). Every element A[i, q] (q < i) is
+ * loaded once and serves both its row (p[i] += A[i, q]·v[q]) and, by symmetry, its column
+ * (p[q] += A[i, q]·v[i]). `p[0..i1)` is zeroed first, so with i0 = 0 it receives A·v; several threads may
+ * run disjoint row ranges into separate `p` buffers whose sum is A·v (`p[q]` for q ≥ i1 is not written).
+ * Four rows per pass share each load and store of v[q..q+1] and p[q..q+1] (f64x2).
+ */
+export function dsymvLowerRows(a: usize, lda: i32, i0: i32, i1: i32, v: usize, p: usize): void {
+  memory.fill(p, 0, (i1 as usize) << 3);
+  const ldb = (lda as usize) << 3;
+  let i = i0;
+  for (; i + 3 < i1; i += 4) {
+    const ii = i as usize;
+    const r0 = a + ii * ldb;
+    const r1 = r0 + ldb;
+    const r2 = r1 + ldb;
+    const r3 = r2 + ldb;
+    const x0 = load<f64>(v + (ii << 3));
+    const x1 = load<f64>(v + (ii << 3), 8);
+    const x2 = load<f64>(v + (ii << 3), 16);
+    const x3 = load<f64>(v + (ii << 3), 24);
+    const w0 = f64x2.splat(x0);
+    const w1 = f64x2.splat(x1);
+    const w2 = f64x2.splat(x2);
+    const w3 = f64x2.splat(x3);
+    let s0 = f64x2.splat(0);
+    let s1 = f64x2.splat(0);
+    let s2 = f64x2.splat(0);
+    let s3 = f64x2.splat(0);
+    const qe = ii << 3;
+    let q: usize = 0;
+    for (; q + 16 <= qe; q += 16) {
+      const e0 = v128.load(r0 + q);
+      const e1 = v128.load(r1 + q);
+      const e2 = v128.load(r2 + q);
+      const e3 = v128.load(r3 + q);
+      const vq = v128.load(v + q);
+      s0 = f64x2.add(s0, f64x2.mul(e0, vq));
+      s1 = f64x2.add(s1, f64x2.mul(e1, vq));
+      s2 = f64x2.add(s2, f64x2.mul(e2, vq));
+      s3 = f64x2.add(s3, f64x2.mul(e3, vq));
+      const lo = f64x2.add(f64x2.mul(e0, w0), f64x2.mul(e1, w1));
+      const hi = f64x2.add(f64x2.mul(e2, w2), f64x2.mul(e3, w3));
+      v128.store(p + q, f64x2.add(v128.load(p + q), f64x2.add(lo, hi)));
+    }
+    let t0 = hsum(s0);
+    let t1 = hsum(s1);
+    let t2 = hsum(s2);
+    let t3 = hsum(s3);
+    for (; q < qe; q += 8) {
+      const e0 = load<f64>(r0 + q);
+      const e1 = load<f64>(r1 + q);
+      const e2 = load<f64>(r2 + q);
+      const e3 = load<f64>(r3 + q);
+      const vq = load<f64>(v + q);
+      t0 += e0 * vq;
+      t1 += e1 * vq;
+      t2 += e2 * vq;
+      t3 += e3 * vq;
+      store<f64>(p + q, load<f64>(p + q) + (e0 * x0 + e1 * x1) + (e2 * x2 + e3 * x3));
+    }
+    // the 4×4 diagonal block (lower triangle)
+    const a00 = load<f64>(r0 + qe);
+    const a10 = load<f64>(r1 + qe);
+    const a11 = load<f64>(r1 + qe, 8);
+    const a20 = load<f64>(r2 + qe);
+    const a21 = load<f64>(r2 + qe, 8);
+    const a22 = load<f64>(r2 + qe, 16);
+    const a30 = load<f64>(r3 + qe);
+    const a31 = load<f64>(r3 + qe, 8);
+    const a32 = load<f64>(r3 + qe, 16);
+    const a33 = load<f64>(r3 + qe, 24);
+    store<f64>(p + qe, t0 + a00 * x0 + a10 * x1 + a20 * x2 + a30 * x3);
+    store<f64>(p + qe, t1 + a10 * x0 + a11 * x1 + a21 * x2 + a31 * x3, 8);
+    store<f64>(p + qe, t2 + a20 * x0 + a21 * x1 + a22 * x2 + a32 * x3, 16);
+    store<f64>(p + qe, t3 + a30 * x0 + a31 * x1 + a32 * x2 + a33 * x3, 24);
+  }
+  for (; i < i1; i++) {
+    const ii = i as usize;
+    const r0 = a + ii * ldb;
+    const x0 = load<f64>(v + (ii << 3));
+    const w0 = f64x2.splat(x0);
+    let s0 = f64x2.splat(0);
+    const qe = ii << 3;
+    let q: usize = 0;
+    for (; q + 16 <= qe; q += 16) {
+      const e0 = v128.load(r0 + q);
+      s0 = f64x2.add(s0, f64x2.mul(e0, v128.load(v + q)));
+      v128.store(p + q, f64x2.add(v128.load(p + q), f64x2.mul(e0, w0)));
+    }
+    let t0 = hsum(s0);
+    for (; q < qe; q += 8) {
+      const e0 = load<f64>(r0 + q);
+      t0 += e0 * load<f64>(v + q);
+      store<f64>(p + q, load<f64>(p + q) + e0 * x0);
+    }
+    store<f64>(p + qe, t0 + load<f64>(r0 + qe) * x0);
+  }
+}
+
+// Panel kernels of the blocked tridiagonalisation (LAPACK dlatrd scheme). The panel's reflectors V and
+// their updates W are kept side by side, `x` = [V | W] row-major with row stride 2·nb (V in columns
+// 0..nb−1, W in nb..2nb−1); `c` columns of each are in use.
+
+/** Σ_{q<c} (f[q]·g[q]) for f64 rows at f and g. */
+function dotRow(f: usize, g: usize, c: i32): f64 {
+  const cb = (c as usize) << 3;
+  let s0 = f64x2.splat(0);
+  let s1 = f64x2.splat(0);
+  let q: usize = 0;
+  for (; q + 32 <= cb; q += 32) {
+    s0 = f64x2.add(s0, f64x2.mul(v128.load(f + q), v128.load(g + q)));
+    s1 = f64x2.add(s1, f64x2.mul(v128.load(f + q, 16), v128.load(g + q, 16)));
+  }
+  for (; q + 16 <= cb; q += 16) s0 = f64x2.add(s0, f64x2.mul(v128.load(f + q), v128.load(g + q)));
+  let t = hsum(f64x2.add(s0, s1));
+  if (q < cb) t += load<f64>(f + q) * load<f64>(g + q);
+  return t;
+}
+
+/**
+ * Bring column j of A (rows j..n−1, leading dimension lda) up to date with the panel's first c reflectors:
+ * A[i, j] −= Σ_{q<c} V[i, q]·W[j, q] + W[i, q]·V[j, q].
+ */
+export function dlatrdColumn(a: usize, lda: i32, x: usize, nb: i32, c: i32, j: i32, n: i32): void {
+  const ldx = (nb as usize) << 4;
+  const half = (nb as usize) << 3;
+  const xj = x + (j as usize) * ldx;
+  const ldab = (lda as usize) << 3;
+  let ap = a + (j as usize) * ldab + ((j as usize) << 3);
+  let xi = xj;
+  for (let i = j; i < n; i++) {
+    const s = dotRow(xi, xj + half, c) + dotRow(xi + half, xj, c);
+    store<f64>(ap, load<f64>(ap) - s);
+    ap += ldab;
+    xi += ldx;
+  }
+}
+
+/**
+ * p[i] −= V[o+i, :c]·(Wᵀv) + W[o+i, :c]·(Vᵀv) for i < len, with the sums over rows o.. of the panel:
+ * the correction of the not-yet-updated trailing matrix's product A·v. `u` is scratch for 2·nb values.
+ */
+export function dlatrdCorrect(
+  x: usize,
+  nb: i32,
+  c: i32,
+  o: i32,
+  len: i32,
+  v: usize,
+  p: usize,
+  u: usize,
+): void {
+  const ldx = (nb as usize) << 4;
+  const half = (nb as usize) << 3;
+  const cb = (c as usize) << 3;
+  memory.fill(u, 0, ldx);
+  const x0 = x + (o as usize) * ldx;
+  // u[q] = Σ_i X[o+i, q]·v[i] over both halves (columns c..nb−1 of each are left out)
+  let xi = x0;
+  for (let i = 0; i < len; i++) {
+    const vi = f64x2.splat(load<f64>(v + ((i as usize) << 3)));
+    let q: usize = 0;
+    for (; q + 16 <= cb; q += 16) {
+      v128.store(u + q, f64x2.add(v128.load(u + q), f64x2.mul(v128.load(xi + q), vi)));
+      v128.store(u + half + q, f64x2.add(v128.load(u + half + q), f64x2.mul(v128.load(xi + half + q), vi)));
+    }
+    if (q < cb) {
+      const s = f64x2.extract_lane(vi, 0);
+      store<f64>(u + q, load<f64>(u + q) + load<f64>(xi + q) * s);
+      store<f64>(u + half + q, load<f64>(u + half + q) + load<f64>(xi + half + q) * s);
+    }
+    xi += ldx;
+  }
+  xi = x0;
+  for (let i = 0; i < len; i++) {
+    const pp = p + ((i as usize) << 3);
+    store<f64>(pp, load<f64>(pp) - dotRow(xi, u + half, c) - dotRow(xi + half, u, c));
+    xi += ldx;
+  }
+}

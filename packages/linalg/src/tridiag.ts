@@ -4,8 +4,9 @@
  * of eigenvectors by the stored reflectors. Internal to the package.
  */
 import { CalderaError, throwIfAborted, type Tensor } from '@caldera/core';
-import { gemm, gemmInto } from './gemm.js';
+import { gemm, gemmInto, resolveExecutor } from './gemm.js';
 import type { Pool } from './pool/pool.js';
+import { tridiagonalizeWasm } from './tridiag-wasm.js';
 
 /** Householder tridiagonalisation result: diagonal `d`, off-diagonal `e` (`e[i] = T[i, i+1]`, `e[n−1] = 0`). */
 export interface Tridiagonal {
@@ -252,6 +253,8 @@ export function backTransformBlocked(
  * Blocked version of {@link tridiagonalize} (LAPACK dlatrd scheme): each panel of `nb` reflectors is built
  * against the not-yet-updated trailing matrix corrected by `V·Wᵀ + W·Vᵀ`, and the trailing update
  * `A₂₂ −= V·Wᵀ + W·Vᵀ` (half of the O(n³) work) runs on the gemm kernels. Same output and reflector storage.
+ * Where WebAssembly SIMD is available (and `reference` is not set) the whole reduction runs with the matrix
+ * in wasm memory ({@link tridiagonalizeWasm}); this TypeScript version is the reference the tests compare with.
  */
 export function tridiagonalizeBlocked(
   w: Float64Array,
@@ -259,8 +262,18 @@ export function tridiagonalizeBlocked(
   pool?: Pool,
   signal?: AbortSignal,
   nb = 32,
+  reference = false,
 ): Tridiagonal {
   if (n < 3 * nb) return tridiagonalize(w, n, signal);
+  const exec = reference ? null : resolveExecutor(pool);
+  if (exec) {
+    exec.busy = true;
+    try {
+      return tridiagonalizeWasm(w, n, exec, signal, nb);
+    } finally {
+      exec.busy = false;
+    }
+  }
   const d = new Float64Array(n);
   const e = new Float64Array(n);
   const taus = new Float64Array(n);
@@ -380,9 +393,10 @@ export function tridiagonalizeBlocked(
 
 /**
  * `p[0..len) = A·v` for the symmetric trailing block `A = w[o.., o..]` of which only the lower triangle is
- * read; two rows per pass so that each load of `v[q]` and update of `p[q]` serves two matrix elements.
+ * read; four rows per pass so that each load of `v[q]` and update of `p[q]` serves four matrix elements.
+ * The TypeScript reference of the `dsymvLowerRows` kernel.
  */
-function symvLower(
+export function symvLower(
   w: Float64Array,
   n: number,
   o: number,

@@ -53,6 +53,20 @@ export const CLOSED = 1 << 30;
 /** Kinds of task. */
 export const KIND_SGEMM = 0;
 export const KIND_DGEMM = 1;
+/**
+ * Symmetric matrix–vector product (f64, lower triangle): APACK = A, LDC = its leading dimension, K = its
+ * order, BPACK = v, CPTR = the first of NPI partial outputs NPJ elements apart; block b computes the rows
+ * [{@link symvSplit}(b), symvSplit(b + 1)) into output b (the caller adds the partial outputs).
+ */
+export const KIND_DSYMV = 2;
+
+/**
+ * First row of part `b` of `parts` of an order-`len` lower triangle, so that the parts hold about the
+ * same number of elements (row i holds i + 1). Mirrored in `worker-source.ts`.
+ */
+export function symvSplit(b: number, parts: number, len: number): number {
+  return b >= parts ? len : Math.round(len * Math.sqrt(b / parts));
+}
 
 /** Columns per micro-tile by kind (MR is 4 for both). */
 export function nrOfKind(kind: number): number {
@@ -81,6 +95,15 @@ export function runBlocks(c: Ctrl, ex: KernelExports): number {
 export function runBlock(c: Ctrl, ex: KernelExports, b: number): void {
   const ctrl = c.i32;
   const kind = ctrl[KIND]!;
+  if (kind === KIND_DSYMV) {
+    const parts = ctrl[NPI]!;
+    const len = ctrl[K]!;
+    const p = (ctrl[CPTR]! >>> 0) + b * ctrl[NPJ]! * 8;
+    const i0 = symvSplit(b, parts, len);
+    const i1 = symvSplit(b + 1, parts, len);
+    ex.dsymvLowerRows(ctrl[APACK]! >>> 0, ctrl[LDC]!, i0, i1, ctrl[BPACK]! >>> 0, p);
+    return;
+  }
   const bp = ctrl[BP]!;
   const ip0 = ctrl[IP_BASE]! + b * bp;
   const ip1 = Math.min(ip0 + bp, ctrl[NPI]!);

@@ -18,7 +18,10 @@ function start(data) {
   for (let r = 0; r < 200; r++) {
     ex.sgemmPanels(1024, 17408, 33792, 32, 0, 4, 0, 2, 16, 16, 1, 0);
     ex.dgemmPanels(1024, 17408, 33792, 32, 0, 4, 0, 4, 16, 16, 1, 0);
+    ex.dsymvLowerRows(1024, 16, 0, 15, 17408, 33792);
   }
+  // symvSplit of protocol.ts
+  const split = (b, parts, len) => (b >= parts ? len : Math.round(len * Math.sqrt(b / parts)));
   let gen = 0;
   for (;;) {
     Atomics.wait(ctrl, GEN, gen);
@@ -29,6 +32,14 @@ function start(data) {
       const nb = Atomics.load(ctrl, NBLOCKS);
       if (b >= nb) break;
       const kind = ctrl[KIND], bp = ctrl[BP];
+      if (kind === 2) {
+        const parts = ctrl[NPI], len = ctrl[K];
+        const p = (ctrl[CPTR] >>> 0) + b * ctrl[NPJ] * 8;
+        ex.dsymvLowerRows(ctrl[APACK] >>> 0, ctrl[LDC], split(b, parts, len), split(b + 1, parts, len), ctrl[BPACK] >>> 0, p);
+        Atomics.add(ctrl, FIN, 1);
+        Atomics.notify(ctrl, FIN);
+        continue;
+      }
       const ip0 = ctrl[IP_BASE] + b * bp;
       const ip1 = Math.min(ip0 + bp, ctrl[NPI]);
       const nr = kind === 0 ? 8 : 4;

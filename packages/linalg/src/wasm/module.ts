@@ -41,6 +41,24 @@ export interface KernelExports {
     alpha: number,
     beta: number,
   ): void;
+  /**
+   * Rows `[i0, i1)` of `p = A·v` for the symmetric f64 matrix at `a` (leading dimension `lda` elements) of
+   * which only the lower triangle is read; zeroes `p[0..i1)` first (see `asm/kernels.ts`).
+   */
+  dsymvLowerRows(a: number, lda: number, i0: number, i1: number, v: number, p: number): void;
+  /** Panel column update of the blocked tridiagonalisation (`x` = [V | W], row stride 2·nb). */
+  dlatrdColumn(a: number, lda: number, x: number, nb: number, c: number, j: number, n: number): void;
+  /** Panel correction of the product A·v in the blocked tridiagonalisation (`u`: 2·nb scratch values). */
+  dlatrdCorrect(
+    x: number,
+    nb: number,
+    c: number,
+    o: number,
+    len: number,
+    v: number,
+    p: number,
+    u: number,
+  ): void;
   /** 1 when `bytes` bytes (a multiple of 16) at `ptr` are finite f32 values, else 0. */
   allFinite32(ptr: number, bytes: number): number;
   /** 1 when `bytes` bytes (a multiple of 16) at `ptr` are finite f64 values, else 0. */

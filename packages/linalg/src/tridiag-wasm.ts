@@ -1,0 +1,225 @@
+/**
+ * The blocked Householder tridiagonalisation of {@link tridiagonalizeBlocked} with the matrix kept in the
+ * executor's WebAssembly memory for the whole reduction: the memory-bound symmetric matrix–vector product
+ * (half of the O(n³) work) runs on the `dsymvLowerRows` SIMD kernel, split over the pool's threads, and the
+ * trailing rank-2b update `A₂₂ −= V·Wᵀ + W·Vᵀ` runs on the `dgemmPanels` kernel in place (one product of
+ * inner dimension 2b, lower-triangle tiles only). The O(n²·b) panel bookkeeping stays in TypeScript, on
+ * views of the same memory. Internal to the package (used by {@link eigh}).
+ */
+import { throwIfAborted } from '@caldera/core';
+import type { Executor } from './pool/pool.js';
+import {
+  ALPHA,
+  APACK,
+  BETA,
+  BP,
+  BPACK,
+  CPTR,
+  IP_BASE,
+  K,
+  KC,
+  KIND,
+  KIND_DGEMM,
+  KIND_DSYMV,
+  LDC,
+  NPI,
+  NPJ,
+  TRI,
+} from './pool/protocol.js';
+import type { Tridiagonal } from './tridiag.js';
+import { ensureMemory, HEAP_BASE } from './wasm/engine.js';
+
+const roundUp = (x: number, q: number): number => Math.ceil(x / q) * q;
+
+/** Rows of the symmetric product below which one thread does it all (the hand-off costs more). */
+const SYMV_SPLIT_MIN = 256;
+
+/**
+ * Same contract as {@link tridiagonalizeBlocked} (`w` holds the lower triangle on entry and the reflectors
+ * on return), on the executor's kernels. `n ≥ 3` and `nb ≥ 1` are assumed.
+ */
+export function tridiagonalizeWasm(
+  w: Float64Array,
+  n: number,
+  exec: Executor,
+  signal?: AbortSignal,
+  nb = 32,
+): Tridiagonal {
+  // Leading dimension: a multiple of 4 with room for the 3 columns past n that the last gemm tiles touch,
+  // and not a power of two (n = 2048 rows 16 KiB apart would alias in the caches). 3 padding rows likewise.
+  const ld = roundUp(n, 4) + 4;
+  const aLen = (n + 4) * ld;
+  const npad = roundUp(n, 4);
+  const threads = exec.threads;
+  const aOff = HEAP_BASE;
+  const xOff = aOff + aLen * 8; // packed [V W] (A panels of the update)
+  const yOff = xOff + npad * 2 * nb * 8; // packed [W V] (B panels)
+  const vOff = yOff + npad * 2 * nb * 8;
+  const pOff = vOff + npad * 8; // one partial product per thread
+  const pnOff = pOff + threads * npad * 8; // the panel [V | W], n × 2nb
+  const uOff = pnOff + n * 2 * nb * 8; // 2nb scratch values of the panel correction
+  ensureMemory(exec.engine, uOff + 2 * nb * 8, 'eigh');
+  const buf = exec.engine.memory.buffer;
+  const A = new Float64Array(buf, aOff, aLen);
+  const X = new Float64Array(buf, xOff, npad * 2 * nb);
+  const Y = new Float64Array(buf, yOff, npad * 2 * nb);
+  const v = new Float64Array(buf, vOff, npad);
+  const pp = new Float64Array(buf, pOff, threads * npad);
+  const p = pp.subarray(0, npad);
+  const VW = new Float64Array(buf, pnOff, n * 2 * nb);
+  A.fill(0);
+  for (let i = 0; i < n; i++) A.set(w.subarray(i * n, i * n + i + 1), i * ld);
+
+  const d = new Float64Array(n);
+  const e = new Float64Array(n);
+  const taus = new Float64Array(n);
+  const ldx = 2 * nb;
+  const ex = exec.engine.exports;
+
+  /** p[0..len) = A[o.., o..]·v (lower triangle), on up to `threads` threads. */
+  const symv = (o: number, len: number): void => {
+    const a = aOff + (o * ld + o) * 8;
+    const parts = len >= SYMV_SPLIT_MIN ? threads : 1;
+    if (parts === 1) {
+      ex.dsymvLowerRows(a, ld, 0, len, vOff, pOff);
+      return;
+    }
+    exec.run(parts, ({ i32: ctrl }) => {
+      ctrl[KIND] = KIND_DSYMV;
+      ctrl[APACK] = a;
+      ctrl[LDC] = ld;
+      ctrl[K] = len;
+      ctrl[BPACK] = vOff;
+      ctrl[CPTR] = pOff;
+      ctrl[NPJ] = npad;
+      ctrl[NPI] = parts;
+    });
+    // part t wrote p_t[0..end of its rows); add the partial products into p (= part 0)
+    for (let t = 1; t < parts; t++) {
+      const base = t * npad;
+      const end = Math.round(len * Math.sqrt((t + 1) / parts));
+      for (let i = 0; i < end; i++) p[i]! += pp[base + i]!;
+    }
+  };
+
+  for (let j0 = 0; j0 < n - 2; j0 += nb) {
+    throwIfAborted(signal, 'eigh');
+    const b = Math.min(nb, n - 2 - j0);
+    VW.fill(0);
+    for (let c = 0; c < b; c++) {
+      const j = j0 + c;
+      // 1. bring column j (rows ≥ j) up to date with the panel's previous reflectors
+      if (c > 0) ex.dlatrdColumn(aOff, ld, pnOff, nb, c, j, n);
+      d[j] = A[j * ld + j]!;
+      // 2. reflector from A[j+1.., j]
+      const o = j + 1;
+      const len = n - o;
+      const alpha = A[o * ld + j]!;
+      let tail = 0;
+      for (let i = o + 1; i < n; i++) tail = Math.max(tail, Math.abs(A[i * ld + j]!));
+      if (tail === 0) {
+        e[j] = alpha;
+        taus[j] = 0;
+        continue;
+      }
+      const scale = Math.max(Math.abs(alpha), tail);
+      let ss = 0;
+      for (let i = o; i < n; i++) {
+        const t = A[i * ld + j]! / scale;
+        ss += t * t;
+      }
+      const norm = scale * Math.sqrt(ss);
+      const beta = alpha >= 0 ? -norm : norm;
+      const tau = (beta - alpha) / beta;
+      const inv = 1 / (alpha - beta);
+      v[0] = 1;
+      VW[o * ldx + c] = 1;
+      for (let i = o + 1; i < n; i++) {
+        const vi = A[i * ld + j]! * inv;
+        A[i * ld + j] = vi;
+        v[i - o] = vi;
+        VW[i * ldx + c] = vi;
+      }
+      e[j] = beta;
+      taus[j] = tau;
+      // 3. p = A₂₂(not yet updated)·v − V(Wᵀv) − W(Vᵀv), rows/cols ≥ o
+      symv(o, len);
+      if (c > 0) ex.dlatrdCorrect(pnOff, nb, c, o, len, vOff, pOff, uOff);
+      // 4. w = τp − (τ/2)(τpᵀv)·v
+      let pv = 0;
+      for (let i = 0; i < len; i++) {
+        p[i]! *= tau;
+        pv += p[i]! * v[i]!;
+      }
+      const k = 0.5 * tau * pv;
+      for (let i = 0; i < len; i++) VW[(o + i) * ldx + nb + c] = p[i]! - k * v[i]!;
+    }
+    // trailing update of rows/cols ≥ r0: A −= [V W]·[W V]ᵀ (lower-triangle tiles), in place in wasm memory
+    const r0 = j0 + b;
+    const rows = n - r0;
+    if (rows <= 0) continue;
+    const kk = 2 * b;
+    const npi = Math.ceil(rows / 4);
+    packPair(X, VW, r0, rows, npi, b, nb, false);
+    packPair(Y, VW, r0, rows, npi, b, nb, true);
+    const bp = Math.max(1, Math.min(16, Math.floor(npi / (4 * threads))));
+    exec.run(Math.ceil(npi / bp), ({ i32: ctrl, f64: scal }) => {
+      scal[ALPHA] = -1;
+      scal[BETA] = 1;
+      ctrl[KIND] = KIND_DGEMM;
+      ctrl[APACK] = xOff;
+      ctrl[BPACK] = yOff;
+      ctrl[CPTR] = aOff + (r0 * ld + r0) * 8;
+      ctrl[K] = kk;
+      ctrl[IP_BASE] = 0;
+      ctrl[NPI] = npi;
+      ctrl[BP] = bp;
+      ctrl[NPJ] = npi;
+      ctrl[LDC] = ld;
+      ctrl[KC] = 128;
+      ctrl[TRI] = 2;
+    });
+  }
+  d[n - 2] = A[(n - 2) * ld + n - 2]!;
+  e[n - 2] = A[(n - 1) * ld + n - 2]!;
+  d[n - 1] = A[(n - 1) * ld + n - 1]!;
+  e[n - 1] = 0;
+  // the reflectors (and the rest of the lower triangle) back into w for the back-transformation
+  for (let i = 0; i < n; i++) w.set(A.subarray(i * ld, i * ld + i + 1), i * n);
+  return { d, e, taus };
+}
+
+/**
+ * Pack rows r0.. of `[V W]` (`swap`: `[W V]`; first b columns of each, from the panel `VW` of row stride
+ * 2nb) into 4-row panels of inner dimension 2b (`asm/kernels.ts` layout: panel ip holds, for each k, rows
+ * 4ip..4ip+3); rows past the end are zero.
+ */
+function packPair(
+  dst: Float64Array,
+  VW: Float64Array,
+  r0: number,
+  rows: number,
+  npi: number,
+  b: number,
+  nb: number,
+  swap: boolean,
+): void {
+  const kk = 2 * b;
+  const f0 = swap ? nb : 0;
+  const g0 = swap ? 0 : nb;
+  for (let ip = 0; ip < npi; ip++) {
+    const base = ip * kk * 4;
+    for (let l = 0; l < 4; l++) {
+      const r = 4 * ip + l;
+      if (r >= rows) {
+        for (let q = 0; q < kk; q++) dst[base + q * 4 + l] = 0;
+        continue;
+      }
+      const src = (r0 + r) * 2 * nb;
+      for (let q = 0; q < b; q++) {
+        dst[base + q * 4 + l] = VW[src + f0 + q]!;
+        dst[base + (b + q) * 4 + l] = VW[src + g0 + q]!;
+      }
+    }
+  }
+}
