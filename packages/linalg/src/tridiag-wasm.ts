@@ -24,6 +24,7 @@ import {
   LDC,
   NPI,
   NPJ,
+  symvSplit,
   TRI,
 } from './pool/protocol.js';
 import type { Tridiagonal } from './tridiag.js';
@@ -94,11 +95,14 @@ export function tridiagonalizeWasm(
       ctrl[NPJ] = npad;
       ctrl[NPI] = parts;
     });
-    // part t wrote p_t[0..end of its rows); add the partial products into p (= part 0)
+    // part t wrote p_t[0..end_t) (end_t: the end of its rows) and nothing beyond; p (= p_0) gets the sum
+    let prevEnd = symvSplit(1, parts, len);
     for (let t = 1; t < parts; t++) {
       const base = t * npad;
-      const end = Math.round(len * Math.sqrt((t + 1) / parts));
-      for (let i = 0; i < end; i++) p[i]! += pp[base + i]!;
+      const end = symvSplit(t + 1, parts, len);
+      for (let i = 0; i < prevEnd; i++) p[i]! += pp[base + i]!;
+      for (let i = prevEnd; i < end; i++) p[i] = pp[base + i]!;
+      prevEnd = end;
     }
   };
 
