@@ -3,6 +3,11 @@
  * recomputation of the rank-one vector (orthogonal eigenvectors without extra precision) and the LAPACK
  * (dlaed2) deflation rules. The merge products run on the gemm kernels, so the O(n³) part is fast; the
  * small leaves use the implicit QL iteration. Internal to the package (used by {@link eigh}).
+ *
+ * Memory: every subproblem works in place in its diagonal block of the one n×n output matrix (a merge only
+ * permutes and rotates the columns of its block, and overwrites the block row by row with the product), so
+ * besides the output the solver holds two scratch buffers of at most max(n²/4, 2¹⁶) doubles each (a block
+ * of the rank-one eigenvector matrix U and a block of product rows) and O(n) vectors.
  */
 import { throwIfAborted } from '@caldera/core';
 import { gemmInto } from './gemm.js';
@@ -16,13 +21,27 @@ const EPS = 2 ** -53;
 interface Eig {
   /** ascending eigenvalues */
   lam: Float64Array;
-  /** s×s row-major, column j = eigenvector of lam[j] */
+  /** n×n row-major, column j = eigenvector of lam[j] */
   q: Float64Array;
+}
+
+/** The output matrix, its order, and the bounded scratch shared by all merges. */
+interface Work {
+  q: Float64Array;
+  n: number;
+  /** a column block of U (rows in group order), at most `budget` values */
+  ub: Float64Array;
+  /** a block of product rows, at most `budget` values */
+  rows: Float64Array;
+  budget: number;
+  pool: Pool | undefined;
+  signal: AbortSignal | undefined;
 }
 
 /**
  * Eigenvalues (ascending) and eigenvectors (columns of the returned n×n row-major matrix) of the tridiagonal
- * (d, e) with `e[i] = T[i, i+1]`. `d` and `e` are not modified.
+ * (d, e) with `e[i] = T[i, i+1]`. `d` and `e` are not modified. `budget` (values per scratch buffer; tests
+ * use small ones to exercise the blocked merge product) defaults to max(n²/4, 2¹⁶).
  */
 export function tridiagonalDC(
   d: Float64Array,
@@ -30,47 +49,80 @@ export function tridiagonalDC(
   n: number,
   pool?: Pool,
   signal?: AbortSignal,
+  budget = Math.max(2 ** 16, Math.ceil((n * n) / 4)),
 ): Eig {
   const dd = Float64Array.from(d);
-  return solve(dd, e, 0, n, pool, signal);
+  const q = new Float64Array(n * n);
+  const work: Work = {
+    q,
+    n,
+    ub: new Float64Array(Math.min(budget, n * n)),
+    rows: new Float64Array(Math.min(budget, n * n)),
+    budget,
+    pool,
+    signal,
+  };
+  const lam = solve(dd, e, 0, n, work);
+  // ascending order: one permutation of the columns
+  const order = Int32Array.from(argsort(lam));
+  permuteColumns(q, n, 0, n, order);
+  return { lam: Float64Array.from(order, (i) => lam[i]!), q };
 }
 
-function solve(
-  d: Float64Array,
-  e: Float64Array,
-  lo: number,
-  s: number,
-  pool?: Pool,
-  signal?: AbortSignal,
-): Eig {
-  if (s <= LEAF) return leaf(d, e, lo, s, signal);
-  throwIfAborted(signal, 'eigh');
+function argsort(x: Float64Array): number[] {
+  return Array.from({ length: x.length }, (_, i) => i).sort((a, b) => x[a]! - x[b]!);
+}
+
+/** Columns lo..lo+s of rows lo..lo+s of q: new column c = old column src[c] (one row at a time). */
+function permuteColumns(q: Float64Array, n: number, lo: number, s: number, src: Int32Array): void {
+  const tmp = new Float64Array(s);
+  for (let r = lo; r < lo + s; r++) {
+    const row = r * n + lo;
+    for (let c = 0; c < s; c++) tmp[c] = q[row + src[c]!]!;
+    q.set(tmp, row);
+  }
+}
+
+/** Solve the block (lo, s) into q[lo.., lo..]; returns its eigenvalues in the order of the block's columns. */
+function solve(d: Float64Array, e: Float64Array, lo: number, s: number, work: Work): Float64Array {
+  if (s <= LEAF) return leaf(d, e, lo, s, work);
+  throwIfAborted(work.signal, 'eigh');
   const k = s >> 1;
   const beta = e[lo + k - 1]!;
   d[lo + k - 1]! -= beta;
   d[lo + k]! -= beta;
-  const a = solve(d, e, lo, k, pool, signal);
-  const b = solve(d, e, lo + k, s - k, pool, signal);
-  return merge(a, b, k, s, beta, pool);
+  const a = solve(d, e, lo, k, work);
+  const b = solve(d, e, lo + k, s - k, work);
+  return merge(a, b, lo, k, s, beta, work);
 }
 
-function leaf(d: Float64Array, e: Float64Array, lo: number, s: number, signal?: AbortSignal): Eig {
+function leaf(d: Float64Array, e: Float64Array, lo: number, s: number, work: Work): Float64Array {
   const dd = d.slice(lo, lo + s);
   const ee = new Float64Array(s);
   for (let i = 0; i + 1 < s; i++) ee[i] = e[lo + i]!;
   const zt = new Float64Array(s * s);
   for (let i = 0; i < s; i++) zt[i * s + i] = 1;
-  tridiagonalQL(dd, ee, s, zt, signal);
-  const order = Array.from({ length: s }, (_, i) => i).sort((x, y) => dd[x]! - dd[y]!);
-  const q = new Float64Array(s * s);
-  order.forEach((src, col) => {
-    for (let r = 0; r < s; r++) q[r * s + col] = zt[src * s + r]!;
-  });
-  return { lam: Float64Array.from(order, (i) => dd[i]!), q };
+  tridiagonalQL(dd, ee, s, zt, work.signal);
+  const { q, n } = work;
+  for (let c = 0; c < s; c++) for (let r = 0; r < s; r++) q[(lo + r) * n + lo + c] = zt[c * s + r]!;
+  return dd;
 }
 
-/** Eigen-decomposition of blockdiag(T₁, T₂) + β·v·vᵀ, v = e_{k−1} + e_k, from those of T₁ and T₂. */
-function merge(a: Eig, b: Eig, k: number, s: number, beta: number, pool?: Pool): Eig {
+/**
+ * Eigen-decomposition of blockdiag(T₁, T₂) + β·v·vᵀ, v = e_{k−1} + e_k, from those of T₁ and T₂ (in the
+ * block's columns 0..k−1 and k..s−1, eigenvalues `la`, `lb`). On return the block's first K columns are the
+ * eigenvectors from the secular equation, the others the deflated ones.
+ */
+function merge(
+  la: Float64Array,
+  lb: Float64Array,
+  lo: number,
+  k: number,
+  s: number,
+  beta: number,
+  work: Work,
+): Float64Array {
+  const { q, n } = work;
   const k2 = s - k;
   // z = blockdiag(Q₁, Q₂)ᵀ·v / √2 (unit), ρ = 2β; flip signs so that ρ > 0
   const sgn = beta < 0 ? -1 : 1;
@@ -78,32 +130,17 @@ function merge(a: Eig, b: Eig, k: number, s: number, beta: number, pool?: Pool):
   const D = new Float64Array(s);
   const z = new Float64Array(s);
   for (let j = 0; j < k; j++) {
-    D[j] = sgn * a.lam[j]!;
-    z[j] = a.q[(k - 1) * k + j]! / Math.SQRT2;
+    D[j] = sgn * la[j]!;
+    z[j] = q[(lo + k - 1) * n + lo + j]! / Math.SQRT2;
   }
   for (let j = 0; j < k2; j++) {
-    D[k + j] = sgn * b.lam[j]!;
-    z[k + j] = b.q[j]! / Math.SQRT2;
+    D[k + j] = sgn * lb[j]!;
+    z[k + j] = q[(lo + k) * n + lo + k + j]! / Math.SQRT2;
   }
-  const perm = Array.from({ length: s }, (_, i) => i).sort((x, y) => D[x]! - D[y]!);
+  // sorted position i ↦ block column perm[i]; Qw = the block's columns in sorted order (not moved yet)
+  const perm = argsort(D);
   const ds = Float64Array.from(perm, (i) => D[i]!);
   const zs = Float64Array.from(perm, (i) => z[i]!);
-  // Qw: blockdiag(Q₁, Q₂) with columns in sorted order
-  const qw = new Float64Array(s * s);
-  // row by row (sequential writes); each row gathers from one row of Q₁ or Q₂
-  const topCols: number[] = [];
-  const botCols: number[] = [];
-  perm.forEach((src, col) => (src < k ? topCols : botCols).push(col));
-  for (let r = 0; r < k; r++) {
-    const row = r * s;
-    const srcRow = r * k;
-    for (const col of topCols) qw[row + col] = a.q[srcRow + perm[col]!]!;
-  }
-  for (let r = 0; r < k2; r++) {
-    const row = (k + r) * s;
-    const srcRow = r * k2 - k;
-    for (const col of botCols) qw[row + col] = b.q[srcRow + perm[col]!]!;
-  }
   const part = Uint8Array.from(perm, (src) => (src < k ? 1 : 2));
   let dmax = 0;
   for (const x of ds) dmax = Math.max(dmax, Math.abs(x));
@@ -130,13 +167,18 @@ function merge(a: Eig, b: Eig, k: number, s: number, beta: number, pool?: Pool):
       const di = ds[i]!;
       ds[prev] = c * c * dp + sn * sn * di;
       ds[i] = sn * sn * dp + c * c * di;
-      for (let r = 0; r < s; r++) {
-        const xp = qw[r * s + prev]!;
-        const xi = qw[r * s + i]!;
-        qw[r * s + prev] = c * xp - sn * xi;
-        qw[r * s + i] = sn * xp + c * xi;
+      const bits = part[prev]! | part[i]!;
+      const r0 = bits & 1 ? lo : lo + k;
+      const r1 = bits & 2 ? lo + s : lo + k;
+      const cp = lo + perm[prev]!;
+      const ci = lo + perm[i]!;
+      for (let r = r0; r < r1; r++) {
+        const xp = q[r * n + cp]!;
+        const xi = q[r * n + ci]!;
+        q[r * n + cp] = c * xp - sn * xi;
+        q[r * n + ci] = sn * xp + c * xi;
       }
-      part[prev] = part[i] = part[prev]! | part[i]!;
+      part[prev] = part[i] = bits;
       deflated.push(prev);
     } else nd.push(prev);
     prev = i;
@@ -151,10 +193,11 @@ function merge(a: Eig, b: Eig, k: number, s: number, beta: number, pool?: Pool):
   const tau = new Float64Array(K);
   let zz = 0;
   for (const x of zk) zz += x * x;
+  const z2 = Float64Array.from(zk, (x) => x * x);
   const f = (o: number, t: number): number => {
     let sum = 0;
     const d0 = dk[o]!;
-    for (let j = 0; j < K; j++) sum += (zk[j]! * zk[j]!) / (dk[j]! - d0 - t);
+    for (let j = 0; j < K; j++) sum += z2[j]! / (dk[j]! - d0 - t);
     return 1 + rho * sum;
   };
   for (let j = 0; j < K; j++) {
@@ -179,21 +222,35 @@ function merge(a: Eig, b: Eig, k: number, s: number, beta: number, pool?: Pool):
       // widen for rounding: ensure f(hi) ≥ 0
       while (f(o, hi) < 0) hi *= 2;
     }
-    // safeguarded Newton on the bracket [lo, hi] (f is increasing between poles): a Newton step that leaves
-    // the bracket, or does not shrink it fast enough, is replaced by bisection
+    // Safeguarded rational iteration on the bracket [lo, hi] (f is increasing between its poles). The sum
+    // is split at the root's interval into ψ (poles dₖ, k ≤ j) and φ (poles k > j); each is modelled by a
+    // constant plus one pole at the interval's end, matching value and slope at t (the "middle way" of
+    // R.-C. Li / LAPACK dlaed4), and the model's root in the interval is the next iterate — quadratic
+    // convergence without Newton's slow start near a pole. A step that leaves the bracket bisects it.
+    const d0 = dk[o]!;
+    const dl = dk[j]! - d0; // the interval's poles, relative to the origin pole (one of them is 0)
+    const dr = j < K - 1 ? dk[j + 1]! - d0 : Infinity;
     let t = 0.5 * (lo + hi);
     for (let it = 0; it < 200; it++) {
-      const d0 = dk[o]!;
-      let sum = 0;
-      let der = 0;
-      for (let q = 0; q < K; q++) {
-        const z2 = zk[q]! * zk[q]!;
+      let psi = 0;
+      let dpsi = 0;
+      let phi = 0;
+      let dphi = 0;
+      for (let q = 0; q <= j; q++) {
         const inv = 1 / (dk[q]! - d0 - t);
-        sum += z2 * inv;
-        der += z2 * inv * inv;
+        const w = z2[q]! * inv;
+        psi += w;
+        dpsi += w * inv;
       }
-      const fm = 1 + rho * sum;
-      if (fm === 0) {
+      for (let q = j + 1; q < K; q++) {
+        const inv = 1 / (dk[q]! - d0 - t);
+        const w = z2[q]! * inv;
+        phi += w;
+        dphi += w * inv;
+      }
+      const fm = 1 + rho * (psi + phi);
+      // converged when f(t) is at the level of its rounding error (ψ's terms are negative, φ's positive)
+      if (Math.abs(fm) <= 8 * EPS * (1 + rho * (phi - psi))) {
         lo = hi = t;
         break;
       }
@@ -201,10 +258,31 @@ function merge(a: Eig, b: Eig, k: number, s: number, beta: number, pool?: Pool):
       else lo = t;
       const width = hi - lo;
       if (width <= 4 * EPS * Math.max(Math.abs(lo), Math.abs(hi)) || !(width > 0)) break;
-      let next = t - fm / (rho * der);
-      if (!(next > lo && next < hi) || (it > 3 && Math.abs(next - t) > 0.5 * width)) next = 0.5 * (lo + hi);
+      const e1 = dl - t; // < 0
+      const bl = rho * dpsi * e1 * e1; // model ψ ≈ const + bl/(ρ(dl − x))
+      let next = NaN;
+      if (j === K - 1) {
+        // no pole on the right: c + bl/(dl − x) = 0 with c = fm − bl/e1
+        const c = fm - bl / e1;
+        if (c > 0) next = dl + bl / c;
+      } else {
+        const e2 = dr - t; // > 0
+        const br = rho * dphi * e2 * e2;
+        const c = fm - bl / e1 - br / e2;
+        // c + bl/(e1 − η) + br/(e2 − η) = 0  ⇔  c·η² − a·η + e1·e2·fm = 0
+        const a = c * (e1 + e2) + bl + br;
+        const pr = e1 * e2 * fm;
+        const disc = Math.sqrt(Math.max(0, a * a - 4 * c * pr));
+        const h = 0.5 * (a + (a >= 0 ? disc : -disc));
+        const eta1 = h !== 0 ? pr / h : NaN;
+        const eta2 = c !== 0 ? h / c : NaN;
+        next = t + eta1 > lo && t + eta1 < hi ? t + eta1 : t + eta2;
+      }
+      if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
       if (next === t) break;
+      const step = Math.abs(next - t);
       t = next;
+      if (step <= 2 * EPS * Math.abs(t)) break;
     }
     origin[j] = o;
     // keep the root strictly inside its interval (away from the pole at the origin)
@@ -222,89 +300,81 @@ function merge(a: Eig, b: Eig, k: number, s: number, beta: number, pool?: Pool):
     for (let j = i; j < K - 1; j++) p *= lamMinusD(j, i) / (dk[j + 1]! - dk[i]!);
     zh[i] = Math.sqrt(Math.max(p, 0)) * (zk[i]! >= 0 ? 1 : -1);
   }
-  // eigenvectors of D + ρ·ẑẑᵀ: u_j ∝ ẑᵢ/(dᵢ − λⱼ); stored as U (K×K, column j)
-  const u = new Float64Array(K * K);
-  const col = new Float64Array(K);
+  // Group the secular equation's columns by where they are nonzero — top block only, both, bottom only
+  // (LAPACK dlaed2) — so that the top rows' product reads columns [0, n1 + n3) and the bottom rows'
+  // [n1, K): contiguous views, about half the flops of one full product (dlaed3).
+  const g: number[] = [];
+  for (const bits of [1, 3, 2]) for (let i = 0; i < K; i++) if (part[nd[i]!] === bits) g.push(i);
+  let n1 = 0;
+  let n3 = 0;
+  for (let i = 0; i < K; i++) {
+    if (part[nd[i]!] === 1) n1++;
+    else if (part[nd[i]!] === 3) n3++;
+  }
+  // new block layout: columns 0..K−1 = Qw[:, nd[g[t]]], then the deflated columns (in place, row by row)
+  const src = new Int32Array(s);
+  for (let t = 0; t < K; t++) src[t] = perm[nd[g[t]!]!]!;
+  deflated.forEach((i, m) => (src[K + m] = perm[i]!));
+  permuteColumns(q, n, lo, s, src);
+  const lam = new Float64Array(s);
+  for (let j = 0; j < K; j++) lam[j] = sgn * (dk[origin[j]!]! + tau[j]!);
+  deflated.forEach((i, m) => (lam[K + m] = sgn * ds[i]!));
+  if (K === 0) return lam;
+  // norms of the rank-one eigenvectors u_j ∝ ẑᵢ/(dᵢ − λⱼ)
+  const inrm = new Float64Array(K);
   for (let j = 0; j < K; j++) {
     let nrm = 0;
     for (let i = 0; i < K; i++) {
-      const v = zh[i]! / -lamMinusD(j, i);
-      col[i] = v;
+      const v = zh[i]! / lamMinusD(j, i);
       nrm += v * v;
     }
-    nrm = Math.sqrt(nrm);
-    for (let i = 0; i < K; i++) u[i * K + j] = col[i]! / nrm;
+    inrm[j] = 1 / Math.sqrt(nrm);
   }
-  // new eigenvectors: Qw[:, nd]·U (s×K) plus the deflated columns of Qw
-  const lam = new Float64Array(s);
-  const q = new Float64Array(s * s);
-  const entries: { value: number; src: number; fromProduct: boolean }[] = [];
-  if (K > 0) {
-    // Columns of Qw are zero outside their block(s): multiply the top rows (0..k) only by the columns living
-    // there, and the bottom rows likewise — about half the flops of one full product (LAPACK dlaed3).
-    const prod = new Float64Array(s * K);
-    blockProduct(qw, s, nd, part, 1, 0, k, u, K, prod, pool);
-    blockProduct(qw, s, nd, part, 2, k, s, u, K, prod, pool);
-    for (let j = 0; j < K; j++)
-      entries.push({ value: sgn * (dk[origin[j]!]! + tau[j]!), src: j, fromProduct: true });
-    fill(entries, deflated, ds, sgn);
-    entries.sort((x, y) => x.value - y.value);
-    entries.forEach((en, c) => (lam[c] = en.value));
-    const fromProd = entries.map((en) => en.fromProduct);
-    const srcs = entries.map((en) => en.src);
-    for (let r = 0; r < s; r++) {
-      const row = r * s;
-      const prow = r * K;
-      for (let c = 0; c < s; c++) q[row + c] = fromProd[c] ? prod[prow + srcs[c]!]! : qw[row + srcs[c]!]!;
+  // U′ (K×K, rows in group order) in column blocks of cb: ub[t·cb + j − j0] = U[g[t], j]
+  const cb = Math.max(1, Math.min(K, Math.floor(work.budget / K)));
+  const fillU = (j0: number, j1: number): void => {
+    const w = j1 - j0;
+    for (let t = 0; t < K; t++) {
+      const i = g[t]!;
+      const zi = zh[i]!;
+      const row = t * w;
+      for (let j = j0; j < j1; j++) ub[row + j - j0] = (zi / -lamMinusD(j, i)) * inrm[j]!;
     }
-  } else {
-    fill(entries, deflated, ds, sgn);
-    entries.sort((x, y) => x.value - y.value);
-    entries.forEach((en, c) => {
-      lam[c] = en.value;
-      for (let r = 0; r < s; r++) q[r * s + c] = qw[r * s + en.src]!;
-    });
+  };
+  const ub = work.ub;
+  const tmp = work.rows;
+  if (cb === K) fillU(0, K);
+  // rows of the block: product into tmp (rb rows at a time), then over the block's first K columns
+  const rb = Math.max(1, Math.floor(work.budget / K));
+  const opts = { checkFinite: false, ...(work.pool ? { pool: work.pool } : {}) };
+  for (const [r0, r1, t0, t1] of [
+    [lo, lo + k, 0, n1 + n3],
+    [lo + k, lo + s, n1, K],
+  ] as const) {
+    for (let i0 = r0; i0 < r1; i0 += rb) {
+      const m = Math.min(rb, r1 - i0);
+      if (t1 === t0) {
+        for (let r = i0; r < i0 + m; r++) q.fill(0, r * n + lo, r * n + lo + K);
+        continue;
+      }
+      for (let j0 = 0; j0 < K; j0 += cb) {
+        const j1 = Math.min(K, j0 + cb);
+        if (cb < K) fillU(j0, j1);
+        gemmInto(
+          { dtype: 'f64', shape: [m, j1 - j0], strides: [K, 1], offset: j0, data: tmp },
+          { dtype: 'f64', shape: [m, t1 - t0], strides: [n, 1], offset: i0 * n + lo + t0, data: q },
+          {
+            dtype: 'f64',
+            shape: [t1 - t0, j1 - j0],
+            strides: [j1 - j0, 1],
+            offset: t0 * (j1 - j0),
+            data: ub,
+          },
+          opts,
+        );
+      }
+      for (let r = 0; r < m; r++) q.set(tmp.subarray(r * K, r * K + K), (i0 + r) * n + lo);
+    }
   }
-  return { lam, q };
-}
-
-function fill(
-  entries: { value: number; src: number; fromProduct: boolean }[],
-  deflated: number[],
-  ds: Float64Array,
-  sgn: number,
-): void {
-  for (const i of deflated) entries.push({ value: sgn * ds[i]!, src: i, fromProduct: false });
-}
-
-/** `prod[r0..r1, :] = Qw[r0..r1, nd[c] for c with part & bit]·U[those c, :]`. */
-function blockProduct(
-  qw: Float64Array,
-  s: number,
-  nd: number[],
-  part: Uint8Array,
-  bit: number,
-  r0: number,
-  r1: number,
-  u: Float64Array,
-  K: number,
-  prod: Float64Array,
-  pool?: Pool,
-): void {
-  const cols: number[] = [];
-  for (let c = 0; c < K; c++) if (part[nd[c]!]! & bit) cols.push(c);
-  const rows = r1 - r0;
-  const kk = cols.length;
-  if (rows === 0 || kk === 0) return;
-  const a = new Float64Array(rows * kk);
-  for (let r = 0; r < rows; r++)
-    for (let t = 0; t < kk; t++) a[r * kk + t] = qw[(r0 + r) * s + nd[cols[t]!]!]!;
-  const b = new Float64Array(kk * K);
-  for (let t = 0; t < kk; t++) b.set(u.subarray(cols[t]! * K, cols[t]! * K + K), t * K);
-  gemmInto(
-    { dtype: 'f64', shape: [rows, K], strides: [K, 1], offset: r0 * K, data: prod },
-    { dtype: 'f64', shape: [rows, kk], strides: [kk, 1], offset: 0, data: a },
-    { dtype: 'f64', shape: [kk, K], strides: [K, 1], offset: 0, data: b },
-    { checkFinite: false, ...(pool ? { pool } : {}) },
-  );
+  return lam;
 }

@@ -1,0 +1,230 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { Rng, tensor } from '@caldera/core';
+import { eigh } from './eigh.js';
+import { diffFro, EPS, fro, mul, orthErr } from './factor-test-util.js';
+import { createPool } from './pool/pool.js';
+import { symvLower, tridiagonalizeBlocked, tridiagonalQL } from './tridiag.js';
+import { tridiagonalDC } from './tridiag-dc.js';
+import { createEngine, ensureMemory, HEAP_BASE } from './wasm/engine.js';
+
+const engine = createEngine(false)!;
+const pool = createPool({ threads: 2 });
+afterAll(() => pool.dispose());
+
+/** Random row-major buffer (upper triangle filled with NaN: the kernels must not read it). */
+function lowerWithNanAbove(n: number, ld: number, seed: number): Float64Array {
+  const a = new Rng(seed).fillNormal(new Float64Array(n * ld));
+  for (let i = 0; i < n; i++) for (let j = i + 1; j < ld; j++) a[i * ld + j] = NaN;
+  return a;
+}
+
+/** The plain O(n²) loop p = A·v over the symmetric matrix whose lower triangle is given, and Σ|A||v|. */
+function plainSymv(a: Float64Array, ld: number, n: number, v: Float64Array): [Float64Array, Float64Array] {
+  const p = new Float64Array(n);
+  const abs = new Float64Array(n);
+  for (let i = 0; i < n; i++)
+    for (let q = 0; q < n; q++) {
+      const x = i >= q ? a[i * ld + q]! : a[q * ld + i]!;
+      p[i]! += x * v[q]!;
+      abs[i]! += Math.abs(x * v[q]!);
+    }
+  return [p, abs];
+}
+
+function randSym(n: number, seed: number): Float64Array {
+  const g = new Rng(seed).fillNormal(new Float64Array(n * n));
+  const a = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) a[i * n + j] = (g[i * n + j]! + g[j * n + i]!) / 2;
+  return a;
+}
+
+describe('dsymvLowerRows (WebAssembly SIMD symmetric matrix–vector product)', () => {
+  // Sizes around the 4-row passes and the f64x2 width (odd, even, 1×1), leading dimensions with and without
+  // padding, and an odd element offset so that the rows are not 16-byte aligned.
+  for (const [n, pad, shift] of [
+    [1, 0, 0],
+    [2, 0, 0],
+    [3, 1, 1],
+    [4, 0, 0],
+    [5, 3, 1],
+    [7, 2, 0],
+    [8, 0, 1],
+    [9, 1, 0],
+    [31, 5, 1],
+    [64, 4, 0],
+    [129, 3, 1],
+  ] as const) {
+    it(`matches the plain loop and the TypeScript reference, n = ${n}, lda = n + ${pad}, offset ${shift}`, () => {
+      const ld = n + pad;
+      const a = lowerWithNanAbove(n, ld, n);
+      const v = new Rng(n + 1).fillNormal(new Float64Array(n));
+      const aOff = HEAP_BASE + shift * 8;
+      const vOff = HEAP_BASE + 8 * (n * ld + 8) + 16;
+      const pOff = vOff + 8 * (n + 2);
+      const p2Off = pOff + 8 * (n + 2);
+      ensureMemory(engine, p2Off + 8 * (n + 2), 'test');
+      const mem = new Float64Array(engine.memory.buffer);
+      mem.set(a, aOff / 8);
+      mem.set(v, vOff / 8);
+      mem.fill(NaN, pOff / 8, pOff / 8 + n); // the kernel zeroes its output
+      engine.exports.dsymvLowerRows(aOff, ld, 0, n, vOff, pOff);
+      const got = mem.slice(pOff / 8, pOff / 8 + n);
+      // two row ranges into separate outputs, summed (the pool's split)
+      const mid = n >> 1;
+      engine.exports.dsymvLowerRows(aOff, ld, 0, mid, vOff, pOff);
+      engine.exports.dsymvLowerRows(aOff, ld, mid, n, vOff, p2Off);
+      const split = new Float64Array(n);
+      for (let i = 0; i < n; i++) split[i] = (i < mid ? mem[pOff / 8 + i]! : 0) + mem[p2Off / 8 + i]!;
+      // the TypeScript reference reads a row-major block with leading dimension ld at offset o = 0
+      const ref = new Float64Array(n);
+      symvLower(a, ld, 0, n, v, ref);
+      const [plain, abs] = plainSymv(a, ld, n, v);
+      for (let i = 0; i < n; i++) {
+        // Each is a sum of the same n products in a different order: |error| ≤ γₙ·Σ|aᵢq·v_q| for each, so
+        // two of them differ by at most 2·n·eps·Σ|aᵢq·v_q|.
+        const tol = 2 * n * EPS * abs[i]!;
+        expect(Math.abs(got[i]! - plain[i]!)).toBeLessThanOrEqual(tol);
+        expect(Math.abs(split[i]! - plain[i]!)).toBeLessThanOrEqual(tol);
+        expect(Math.abs(ref[i]! - plain[i]!)).toBeLessThanOrEqual(tol);
+      }
+    });
+  }
+});
+
+describe('dlatrd panel kernels', () => {
+  // x = [V | W] with row stride 2·nb; c columns of each in use (odd and even c, nb not a multiple of 2)
+  for (const [n, nb, c, j] of [
+    [9, 5, 1, 2],
+    [17, 5, 4, 3],
+    [40, 32, 31, 6],
+    [40, 8, 7, 0],
+  ] as const)
+    it(`dlatrdColumn and dlatrdCorrect match plain loops (n = ${n}, nb = ${nb}, c = ${c})`, () => {
+      const rng = new Rng(n * 31 + c);
+      const ld = n + 3;
+      const x = rng.fillNormal(new Float64Array(n * 2 * nb));
+      const a = rng.fillNormal(new Float64Array(n * ld));
+      const v = rng.fillNormal(new Float64Array(n));
+      const p = rng.fillNormal(new Float64Array(n));
+      const aOff = HEAP_BASE;
+      const xOff = aOff + 8 * n * ld + 8; // odd element offset: unaligned rows
+      const vOff = xOff + 8 * n * 2 * nb;
+      const pOff = vOff + 8 * n;
+      const uOff = pOff + 8 * n;
+      ensureMemory(engine, uOff + 16 * nb, 'test');
+      const mem = new Float64Array(engine.memory.buffer);
+      mem.set(a, aOff / 8);
+      mem.set(x, xOff / 8);
+      mem.set(v, vOff / 8);
+      mem.set(p, pOff / 8);
+      const V = (i: number, q: number): number => x[i * 2 * nb + q]!;
+      const W = (i: number, q: number): number => x[i * 2 * nb + nb + q]!;
+      engine.exports.dlatrdColumn(aOff, ld, xOff, nb, c, j, n);
+      for (let i = 0; i < n; i++) {
+        let s = 0;
+        let abs = 0;
+        for (let q = 0; q < c && i >= j; q++) {
+          s += V(i, q) * W(j, q) + W(i, q) * V(j, q);
+          abs += Math.abs(V(i, q) * W(j, q)) + Math.abs(W(i, q) * V(j, q));
+        }
+        const want = a[i * ld + j]! - s;
+        // a sum of 2c products in another order: within 2·(2c + 1)·eps·Σ|terms| of each other
+        expect(Math.abs(mem[aOff / 8 + i * ld + j]! - want)).toBeLessThanOrEqual(
+          2 * (2 * c + 1) * EPS * (abs + Math.abs(a[i * ld + j]!)),
+        );
+      }
+      const o = j + 1;
+      const len = n - o;
+      engine.exports.dlatrdCorrect(xOff, nb, c, o, len, vOff, pOff, uOff);
+      const t1 = new Float64Array(c);
+      const t2 = new Float64Array(c);
+      const t1abs = new Float64Array(c);
+      const t2abs = new Float64Array(c);
+      for (let i = 0; i < len; i++)
+        for (let q = 0; q < c; q++) {
+          t1[q]! += W(o + i, q) * v[i]!;
+          t2[q]! += V(o + i, q) * v[i]!;
+          t1abs[q]! += Math.abs(W(o + i, q) * v[i]!);
+          t2abs[q]! += Math.abs(V(o + i, q) * v[i]!);
+        }
+      for (let i = 0; i < len; i++) {
+        let s = 0;
+        let abs = Math.abs(p[i]!);
+        for (let q = 0; q < c; q++) {
+          s += V(o + i, q) * t1[q]! + W(o + i, q) * t2[q]!;
+          abs += Math.abs(V(o + i, q)) * t1abs[q]! + Math.abs(W(o + i, q)) * t2abs[q]!;
+        }
+        // inner sums of len terms, then row sums of 2c + 1 terms, each in another order: both results are
+        // within γ_{len+2c+1}·Σ|V|·Σ|Wv| + … of the exact value, so they differ by at most twice that
+        expect(Math.abs(mem[pOff / 8 + i]! - (p[i]! - s))).toBeLessThanOrEqual(
+          2 * (len + 2 * c + 1) * EPS * abs,
+        );
+      }
+    });
+});
+
+describe('tridiagonalisation in WebAssembly memory', () => {
+  for (const [n, threads] of [
+    [97, 1],
+    [250, 1],
+    [301, 2],
+    [420, 2],
+  ] as const)
+    it(`gives a tridiagonal T with the reference's eigenvalues, n = ${n}, ${threads} thread(s)`, () => {
+      const a = randSym(n, 7 + n);
+      const ref = tridiagonalizeBlocked(a.slice(), n, undefined, undefined, 32, true);
+      const got = tridiagonalizeBlocked(a.slice(), n, threads > 1 ? pool : undefined);
+      const eigs = (t: { d: Float64Array; e: Float64Array }): Float64Array => {
+        const d = t.d.slice();
+        tridiagonalQL(d, t.e.slice(), n);
+        return d.sort();
+      };
+      const lr = eigs(ref);
+      const lg = eigs(got);
+      // Both reductions are backward stable (T = Qᵀ(A + E)Q, ‖E‖ ≤ c·n·eps·‖A‖) and QL adds the same kind
+      // of error, so by Weyl each spectrum is within that of A's; 2·n·eps·‖A‖_F leaves ample headroom
+      // (the entries of T themselves are not compared: they are not well conditioned functions of A).
+      for (let i = 0; i < n; i++) expect(Math.abs(lg[i]! - lr[i]!)).toBeLessThan(2 * n * EPS * fro(a));
+    });
+
+  it('eigh with a 2-thread pool: A = VΛVᵀ, VᵀV = I', () => {
+    const n = 333;
+    const a = randSym(n, 11);
+    const { values, vectors } = eigh(tensor('f64', [n, n], a), { pool });
+    const v = vectors.data;
+    const vl = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) vl[i * n + j] = v[i * n + j]! * values[j]!;
+    // the same bounds as eigh.test.ts (backward-stable reduction + divide and conquer)
+    expect(diffFro(mul(vl, v, n, n, n, false, true), a)).toBeLessThan(2 * n * EPS * fro(a));
+    expect(orthErr(v, n, n)).toBeLessThan(2 * n * EPS);
+  });
+});
+
+describe('divide and conquer with bounded scratch', () => {
+  it('the blocked merge product (small budget) gives the same decomposition', () => {
+    const n = 300;
+    const rng = new Rng(5);
+    const d = rng.fillNormal(new Float64Array(n));
+    const e = rng.fillNormal(new Float64Array(n));
+    e[n - 1] = 0;
+    const full = tridiagonalDC(d, e, n);
+    // 4096 values: U is built 13 columns at a time at the top merge and the product runs 13 rows at a time
+    const small = tridiagonalDC(d, e, n, undefined, undefined, 4096);
+    let tn = 0;
+    for (let i = 0; i < n; i++) tn += d[i]! ** 2 + 2 * e[i]! ** 2;
+    tn = Math.sqrt(tn);
+    for (let i = 0; i < n; i++) expect(Math.abs(small.lam[i]! - full.lam[i]!)).toBeLessThan(n * EPS * tn);
+    // T·q_j = λ_j·q_j for every column, to O(n·eps·‖T‖)
+    const q = small.q;
+    let res = 0;
+    for (let j = 0; j < n; j++)
+      for (let i = 0; i < n; i++) {
+        let s = d[i]! * q[i * n + j]! - small.lam[j]! * q[i * n + j]!;
+        if (i > 0) s += e[i - 1]! * q[(i - 1) * n + j]!;
+        if (i + 1 < n) s += e[i]! * q[(i + 1) * n + j]!;
+        res += s * s;
+      }
+    expect(Math.sqrt(res)).toBeLessThan(2 * n * EPS * tn);
+    expect(orthErr(q, n, n)).toBeLessThan(2 * n * EPS);
+  });
+});
