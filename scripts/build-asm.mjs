@@ -42,6 +42,8 @@ export async function buildAsmModules(root, targets, options = {}) {
         '65536',
         '--enable',
         'simd',
+        // ASM_DEBUG=1: keep function names, so that CPU profiles name the kernels
+        ...(process.env.ASM_DEBUG ? ['--debug'] : []),
       ]);
       if (error) {
         process.stderr.write(stderr.toString());

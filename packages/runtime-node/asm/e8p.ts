@@ -1,40 +1,21 @@
-// AssemblyScript source of the E8P table-driven inner loop (compiled by scripts/build-wasm.mjs).
-// y[i] += l1a[e0 & 0xffff] + l2a[e0 >>> 16] + l1b[e1 & 0xffff] + l2b[e1 >>> 16], e = comb[code]
-export function pair(
-  c0: usize,
-  c1: usize,
-  comb: usize,
-  l1: usize,
-  l2: usize,
-  n1: i32,
-  n2: i32,
-  mp: i32,
-  y: usize,
-): void {
-  const l1b = l1 + ((<usize>n1) << 2);
-  const l2b = l2 + ((<usize>n2) << 2);
-  for (let i: i32 = 0; i < mp; i++) {
-    const o = <usize>i;
-    const e0 = load<u32>(comb + ((<usize>load<u16>(c0 + (o << 1))) << 2));
-    const e1 = load<u32>(comb + ((<usize>load<u16>(c1 + (o << 1))) << 2));
-    const s =
-      load<f32>(l1 + ((<usize>(e0 & 0xffff)) << 2)) +
-      load<f32>(l2 + ((<usize>(e0 >>> 16)) << 2)) +
-      load<f32>(l1b + ((<usize>(e1 & 0xffff)) << 2)) +
-      load<f32>(l2b + ((<usize>(e1 >>> 16)) << 2));
-    store<f32>(y + (o << 2), load<f32>(y + (o << 2)) + s);
-  }
-}
+// AssemblyScript: the E8P table-driven matrix–vector product (WebAssembly SIMD), imported by asm/caldera.ts.
+//
+// A codeword is sgn ⊙ source[a] ± ¼ (layout in @caldera/quant's e8p.ts); its dot product with an 8-group of x splits
+// into two half dot products, each a function of (half magnitude pattern, 4 sign bits), plus ±¼·Σx. Per group we
+// tabulate both halves for every distinct half pattern: the first half with both shift signs (32 entries per pattern),
+// the second half with and without one more negation of its last coordinate (32 entries per pattern). A code maps to
+// the byte offsets of its two table entries through two 256-entry maps (src/kernels/e8p-lut.ts builds them), so each
+// code costs four table reads and three adds instead of eight multiply-adds.
 
-// Fill the signed half dot products of `np` magnitude patterns (4 f32 each at p) with x[0..4) at lut
-// (16 entries per pattern, or 32 with the ±shift variants when withShift). Entry 4q + i of a pattern is
-// (±v0 ± v1)[i] + (±v2 ± v3)[q] with v = pattern ⊙ x, the sign choices i, q ∈ 0..3 as bits (first, second negated).
-function fillHalf(p: usize, np: i32, x: usize, lut: usize, withShift: bool, shift: f32): void {
+// Signed half dot products of `np` magnitude patterns (4 f32 each at p) with x[0..4): entry 4q + i of a pattern is
+// (±v0 ± v1)[i] + (±v2 ± v3)[q] with v = pattern ⊙ x and the sign choices i, q ∈ 0..3 as bits (first, second negated).
+// first: entries 0–15 with +shift, 16–31 with −shift. Otherwise: entries 16–31 are 0–15 with v3 negated once more
+// (q ^ 2). 32 entries (128 bytes) per pattern either way.
+function fillHalf(p: usize, np: i32, x: usize, lut: usize, first: bool, shift: f32): void {
   const xv = v128.load(x);
   const oddLanes = i32x4(0, 0x80000000, 0, 0x80000000); // negate lanes 1, 3: −v0 where bit 0 is set
   const highLanes = i32x4(0, 0, 0x80000000, 0x80000000); // negate lanes 2, 3: −v1 where bit 1 is set
-  const s = f32x4.splat(withShift ? shift : 0);
-  const stride: usize = withShift ? 128 : 64;
+  const s = f32x4.splat(shift);
   for (let k: i32 = 0; k < np; k++) {
     const v = f32x4.mul(v128.load(p + ((<usize>k) << 4)), xv);
     const a = f32x4.add(
@@ -45,70 +26,107 @@ function fillHalf(p: usize, np: i32, x: usize, lut: usize, withShift: bool, shif
       v128.xor(f32x4.splat(f32x4.extract_lane(v, 2)), oddLanes),
       v128.xor(f32x4.splat(f32x4.extract_lane(v, 3)), highLanes),
     );
-    const o = lut + <usize>k * stride;
+    const o = lut + ((<usize>k) << 7);
     const r0 = f32x4.add(a, f32x4.splat(f32x4.extract_lane(b, 0)));
     const r1 = f32x4.add(a, f32x4.splat(f32x4.extract_lane(b, 1)));
     const r2 = f32x4.add(a, f32x4.splat(f32x4.extract_lane(b, 2)));
     const r3 = f32x4.add(a, f32x4.splat(f32x4.extract_lane(b, 3)));
-    v128.store(o, f32x4.add(r0, s));
-    v128.store(o, f32x4.add(r1, s), 16);
-    v128.store(o, f32x4.add(r2, s), 32);
-    v128.store(o, f32x4.add(r3, s), 48);
-    if (withShift) {
-      // parity 1: the shift enters with the opposite sign
+    if (first) {
+      v128.store(o, f32x4.add(r0, s));
+      v128.store(o, f32x4.add(r1, s), 16);
+      v128.store(o, f32x4.add(r2, s), 32);
+      v128.store(o, f32x4.add(r3, s), 48);
       v128.store(o, f32x4.sub(r0, s), 64);
       v128.store(o, f32x4.sub(r1, s), 80);
       v128.store(o, f32x4.sub(r2, s), 96);
       v128.store(o, f32x4.sub(r3, s), 112);
+    } else {
+      v128.store(o, r0);
+      v128.store(o, r1, 16);
+      v128.store(o, r2, 32);
+      v128.store(o, r3, 48);
+      v128.store(o, r2, 64);
+      v128.store(o, r3, 80);
+      v128.store(o, r0, 96);
+      v128.store(o, r1, 112);
     }
   }
 }
 
-// One input row: y[0..mp) = Σ over group pairs (tables built here); `groups` even. p1/p2: patterns (np1/np2 of
-// them), n1 = np1·32, n2 = np2·16 table entries; l1/l2: scratch for two groups' tables.
-export function row(
-  codes: usize,
-  comb: usize,
-  p1: usize,
-  np1: i32,
-  p2: usize,
-  np2: i32,
-  l1: usize,
-  l2: usize,
-  x: usize,
-  groups: i32,
-  mp: i32,
-  y: usize,
-): void {
-  const n1 = np1 * 32;
-  const n2 = np2 * 16;
+// Both half tables of the 8-group at x: first halves at l1, second halves at l2.
+function fillGroup(p1: usize, np1: i32, p2: usize, np2: i32, x: usize, l1: usize, l2: usize): void {
+  const sh: f32 =
+    0.25 *
+    (load<f32>(x) +
+      load<f32>(x, 4) +
+      load<f32>(x, 8) +
+      load<f32>(x, 12) +
+      load<f32>(x, 16) +
+      load<f32>(x, 20) +
+      load<f32>(x, 24) +
+      load<f32>(x, 28));
+  fillHalf(p1, np1, x, l1, true, sh);
+  fillHalf(p2, np2, x + 16, l2, false, 0);
+}
+
+// Fixed addresses in every kernel memory (src/kernels/caldera-kernel.ts lays them out): the two index maps ta and ts
+// (256 u32 each; a code's entry byte offsets are ta[code >>> 8] + ts[code & 0xff]: into the first-half tables in the
+// low 16 bits, into the second-half tables in the high 16 bits, no carries), then the first-half and second-half
+// tables of two groups (32 patterns × 32 entries × 4 bytes = 4096 bytes per group and half). Constant addresses let
+// every table read use an immediate offset; the maps (2 KiB) stay in L1 across layers, where one 65 536-entry map
+// (256 KiB per layer memory) was measured slower in a whole model.
+const TA: usize = 0;
+const TS: usize = 1024;
+const L1: usize = 2048;
+const L2: usize = L1 + 8192;
+const GROUP: usize = 4096;
+
+function entry(code: u32): u32 {
+  return load<u32>(<usize>((code >>> 6) & 0x3fc), TA) + load<u32>(<usize>((code << 2) & 0x3fc), TS);
+}
+
+function halves0(e: u32): f32 {
+  return load<f32>(<usize>(e & 0xffff), L1) + load<f32>(<usize>(e >>> 16), L2);
+}
+
+function halves1(e: u32): f32 {
+  return load<f32>(<usize>(e & 0xffff), L1 + GROUP) + load<f32>(<usize>(e >>> 16), L2 + GROUP);
+}
+
+/**
+ * y[0..mp) = Σ_g ⟨codeword(codes[g·mp + i]), x[8g..8g+8)⟩ for one input vector x of `groups`·8 values; codes are
+ * group-major ([groups, mp]), mp even. p1/p2: the 32 half patterns each. Two groups per pass over y (an odd last group
+ * alone) and two rows per step (one 32-bit load reads both codes).
+ */
+export function e8pRow(codes: usize, p1: usize, p2: usize, x: usize, groups: i32, mp: i32, y: usize): void {
   memory.fill(y, 0, (<usize>mp) << 2);
-  for (let g: i32 = 0; g + 1 < groups; g += 2) {
-    for (let h: i32 = 0; h < 2; h++) {
-      const xo = x + ((<usize>(g + h)) << 5);
-      const sh: f32 =
-        0.25 *
-        (load<f32>(xo) +
-          load<f32>(xo, 4) +
-          load<f32>(xo, 8) +
-          load<f32>(xo, 12) +
-          load<f32>(xo, 16) +
-          load<f32>(xo, 20) +
-          load<f32>(xo, 24) +
-          load<f32>(xo, 28));
-      fillHalf(p1, np1, xo, l1 + ((<usize>(h * n1)) << 2), true, sh);
-      fillHalf(p2, np2, xo + 16, l2 + ((<usize>(h * n2)) << 2), false, 0);
+  let g: i32 = 0;
+  for (; g + 1 < groups; g += 2) {
+    const xo = x + ((<usize>g) << 5);
+    fillGroup(p1, 32, p2, 32, xo, L1, L2);
+    fillGroup(p1, 32, p2, 32, xo + 32, L1 + GROUP, L2 + GROUP);
+    const c0 = codes + ((<usize>g * <usize>mp) << 1);
+    const c1 = c0 + ((<usize>mp) << 1);
+    for (let i: i32 = 0; i < mp; i += 2) {
+      const o = <usize>i;
+      const k0 = load<u32>(c0 + (o << 1));
+      const k1 = load<u32>(c1 + (o << 1));
+      const a = halves0(entry(k0 & 0xffff)) + halves1(entry(k1 & 0xffff));
+      const b = halves0(entry(k0 >>> 16)) + halves1(entry(k1 >>> 16));
+      const yo = y + (o << 2);
+      store<f32>(yo, load<f32>(yo) + a);
+      store<f32>(yo, load<f32>(yo, 4) + b, 4);
     }
-    pair(
-      codes + ((<usize>g * <usize>mp) << 1),
-      codes + ((<usize>(g + 1) * <usize>mp) << 1),
-      comb,
-      l1,
-      l2,
-      n1,
-      n2,
-      mp,
-      y,
-    );
+  }
+  if (g < groups) {
+    fillGroup(p1, 32, p2, 32, x + ((<usize>g) << 5), L1, L2);
+    const c0 = codes + ((<usize>g * <usize>mp) << 1);
+    for (let i: i32 = 0; i < mp; i += 2) {
+      const o = <usize>i;
+      const k0 = load<u32>(c0 + (o << 1));
+      const yo = y + (o << 2);
+      store<f32>(yo, load<f32>(yo) + halves0(entry(k0 & 0xffff)));
+      store<f32>(yo, load<f32>(yo, 4) + halves0(entry(k0 >>> 16)), 4);
+    }
   }
 }

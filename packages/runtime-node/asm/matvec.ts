@@ -2,7 +2,7 @@
 // y[r·m + i] = Σ_j x[r·n + j]·W[i, j] for `rows` input rows, W row-major [m, n] resident in this memory; each weight
 // row is read once and used for every input row (rows ≤ 4 in decode).
 
-// f16 bits (8 lanes of u16 widened to i32x4) → f32, exactly: the magnitude bits shifted into f32 position and
+// f16 bits (widened to i32x4 lanes; bits above 15 are ignored) → f32, exactly: the magnitude bits shifted into f32 position and
 // rebiased by a multiplication with 2^112 (exact for normal and subnormal halves); infinities and NaNs (exponent
 // all ones) take the exponent 0xff directly; the sign bit is moved last.
 function halfToF32(h: v128): v128 {
@@ -54,6 +54,14 @@ export function denseF32(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize
   }
 }
 
+// As halfToF32 for finite halves only (no infinity or NaN in the matrix, checked once when it is loaded): the
+// sign-extended bits shifted by 13 put the sign at bit 31 (bits 28–30 are sign copies, cleared) and exponent and
+// mantissa in f32 position; the multiplication by 2^112 rebiases, exactly, keeping the sign. 3 operations instead of 10.
+function finiteHalfToF32(h: v128): v128 {
+  return f32x4.mul(v128.and(i32x4.shl(h, 13), i32x4.splat(0x8fffe000)), f32x4.splat(5.192296858534828e33));
+}
+
+// W as f16 bits, any values (infinities and NaNs included).
 export function denseF16(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize): void {
   const n16 = n & ~15;
   for (let i: i32 = 0; i < m; i++) {
@@ -69,10 +77,48 @@ export function denseF16(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize
         const h0 = v128.load(wi + ((<usize>j) << 1));
         const h1 = v128.load(wi + ((<usize>j) << 1), 16);
         const xo = xr + ((<usize>j) << 2);
-        a0 = f32x4.add(a0, f32x4.mul(halfToF32(i32x4.extend_low_i16x8_u(h0)), v128.load(xo)));
-        a1 = f32x4.add(a1, f32x4.mul(halfToF32(i32x4.extend_high_i16x8_u(h0)), v128.load(xo, 16)));
-        a2 = f32x4.add(a2, f32x4.mul(halfToF32(i32x4.extend_low_i16x8_u(h1)), v128.load(xo, 32)));
-        a3 = f32x4.add(a3, f32x4.mul(halfToF32(i32x4.extend_high_i16x8_u(h1)), v128.load(xo, 48)));
+        const w0 = i32x4.extend_low_i16x8_s(h0);
+        const w1 = i32x4.extend_high_i16x8_s(h0);
+        const w2 = i32x4.extend_low_i16x8_s(h1);
+        const w3 = i32x4.extend_high_i16x8_s(h1);
+        a0 = f32x4.add(a0, f32x4.mul(halfToF32(w0), v128.load(xo)));
+        a1 = f32x4.add(a1, f32x4.mul(halfToF32(w1), v128.load(xo, 16)));
+        a2 = f32x4.add(a2, f32x4.mul(halfToF32(w2), v128.load(xo, 32)));
+        a3 = f32x4.add(a3, f32x4.mul(halfToF32(w3), v128.load(xo, 48)));
+      }
+      let s = sum4(a0, a1, a2, a3);
+      for (; j < n; j++)
+        s += halfToF32Scalar(<u32>load<u16>(wi + ((<usize>j) << 1))) * load<f32>(xr + ((<usize>j) << 2));
+      store<f32>(y + ((<usize>r * <usize>m + <usize>i) << 2), s);
+    }
+  }
+}
+
+// W as f16 bits, all finite: the same loop with the shorter conversion (a copy, so that each loop is branch-free).
+export function denseF16Finite(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize): void {
+  const n16 = n & ~15;
+  for (let i: i32 = 0; i < m; i++) {
+    const wi = w + ((<usize>i * <usize>n) << 1);
+    for (let r: i32 = 0; r < rows; r++) {
+      const xr = x + ((<usize>r * <usize>n) << 2);
+      let a0 = f32x4.splat(0);
+      let a1 = f32x4.splat(0);
+      let a2 = f32x4.splat(0);
+      let a3 = f32x4.splat(0);
+      let j: i32 = 0;
+      for (; j < n16; j += 16) {
+        const h0 = v128.load(wi + ((<usize>j) << 1));
+        const h1 = v128.load(wi + ((<usize>j) << 1), 16);
+        const xo = xr + ((<usize>j) << 2);
+        // sign-extended lanes, as finiteHalfToF32 needs
+        const w0 = i32x4.extend_low_i16x8_s(h0);
+        const w1 = i32x4.extend_high_i16x8_s(h0);
+        const w2 = i32x4.extend_low_i16x8_s(h1);
+        const w3 = i32x4.extend_high_i16x8_s(h1);
+        a0 = f32x4.add(a0, f32x4.mul(finiteHalfToF32(w0), v128.load(xo)));
+        a1 = f32x4.add(a1, f32x4.mul(finiteHalfToF32(w1), v128.load(xo, 16)));
+        a2 = f32x4.add(a2, f32x4.mul(finiteHalfToF32(w2), v128.load(xo, 32)));
+        a3 = f32x4.add(a3, f32x4.mul(finiteHalfToF32(w3), v128.load(xo, 48)));
       }
       let s = sum4(a0, a1, a2, a3);
       for (; j < n; j++)

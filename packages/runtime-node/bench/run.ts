@@ -6,7 +6,7 @@
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { f32ArrayToF16, Rng, tensor } from '@caldera/core';
-import { latticeRound, paddedSize, toCheckpointTensors, type Decomposition } from '@caldera/lowrank';
+import { toCheckpointTensors } from '@caldera/lowrank';
 import {
   CalderaLinear,
   DenseF16Linear,
@@ -17,6 +17,7 @@ import {
   type BlockWeights,
   type Linear,
 } from '../src/index.js';
+import { randomDecomposition } from '../src/testing/random-model.js';
 
 const quick = process.argv.includes('--quick');
 const cfg = parseModelConfig({
@@ -48,33 +49,6 @@ function randomF32(n: number, seed: number): Float32Array {
   return a;
 }
 
-function randomDecomposition(m: number, n: number, rng: Rng): Decomposition {
-  const mp = paddedSize(m, true);
-  const np = paddedSize(n, true);
-  const codes = new Uint16Array((mp * np) / 8);
-  for (let i = 0; i < codes.length; i++) codes[i] = rng.nextU32() & 0xffff;
-  const l = latticeRound(rng.fillNormal(new Float32Array(RANK * mp)), 4).codes;
-  const r = latticeRound(rng.fillNormal(new Float32Array(RANK * np)), 4).codes;
-  const bits = 2 * mp * np + 32 + 2 * (4 * RANK * (mp + np) + 32) + 16 * (mp + np);
-  return {
-    shape: [m, n],
-    padded: [mp, np],
-    rank: RANK,
-    scale: 0.02,
-    hadamard: true,
-    su: rng.fillRademacher(new Float32Array(np)),
-    sv: rng.fillRademacher(new Float32Array(mp)),
-    q: { bits: 2, planes: [codes], scale: 0.3 },
-    l: { kind: 'lattice', codes: l },
-    r: { kind: 'lattice', codes: r },
-    bitsPerWeight: bits / (m * n),
-    paperBitsPerWeight: 2 + (RANK * 4 * (m + n)) / (m * n),
-    error: 0,
-    errors: { LR: [], Q: [] },
-    seed: 0,
-  };
-}
-
 type Kind = 'f32' | 'f16' | 'caldera';
 
 function buildModel(kind: Kind): LlamaModel {
@@ -82,7 +56,7 @@ function buildModel(kind: Kind): LlamaModel {
   const rng = new Rng(7);
   let seed = 1;
   const lin = (m: number, n: number): Linear => {
-    if (kind === 'caldera') return new CalderaLinear(randomDecomposition(m, n, rng));
+    if (kind === 'caldera') return new CalderaLinear(randomDecomposition(m, n, RANK, rng));
     const w = randomF32(m * n, seed++);
     return kind === 'f16'
       ? new DenseF16Linear(f32ArrayToF16(w), m, n)
@@ -203,7 +177,7 @@ emit('decode_caldera', c.decode, 'tokens/s', {
 emit('rss_caldera', c.rssMB, 'MiB', { linearWeightsMiB: c.linearMB });
 
 // The format's real size: bytes of the checkpoint tensors of one 4096×4096 layer at rank 64 vs the f16 weight.
-const big = toCheckpointTensors('layer', randomDecomposition(4096, 4096, new Rng(3))).tensors;
+const big = toCheckpointTensors('layer', randomDecomposition(4096, 4096, RANK, new Rng(3))).tensors;
 const bytes = Object.values(big).reduce((s, t) => s + t.data.byteLength, 0);
 emit('weight_bytes_ratio_4096', bytes / (4096 * 4096 * 2), 'x f16', {
   calderaBytes: bytes,

@@ -6,9 +6,9 @@ import { buildAsmModules } from '../../../scripts/build-asm.mjs';
 
 await buildAsmModules(join(dirname(fileURLToPath(import.meta.url)), '..'), [
   {
-    src: 'e8p',
-    name: 'E8P_WASM_BASE64',
-    doc: 'The E8P table-driven inner loop (WebAssembly SIMD, imported memory)',
+    src: 'caldera',
+    name: 'CALDERA_WASM_BASE64',
+    doc: "A CALDERA layer's decode forward: rotations, E8P table-driven product, low-rank term (WebAssembly SIMD, imported memory)",
   },
   {
     src: 'matvec',

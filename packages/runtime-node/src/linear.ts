@@ -1,6 +1,7 @@
 import { CalderaError, f16ArrayToF32, type Tensor } from '@caldera/core';
 import { gemm, hadamardRowsInPlace } from '@caldera/linalg';
 import { type Decomposition, latticeDecode } from '@caldera/lowrank';
+import { CalderaKernel } from './kernels/caldera-kernel.js';
 import { e8pDecodeInto, e8pMatvecLut } from './kernels/e8p-lut.js';
 import { matvecF16, matvecF32, WasmMatrix } from './kernels/matvec.js';
 
@@ -176,11 +177,13 @@ export class CalderaLinear implements Linear {
   readonly inFeatures: number;
   readonly outFeatures: number;
   readonly weightBytes: number;
-  private readonly lt: Tensor<'f32'> | null; // k × mp
-  private readonly r: Tensor<'f32'> | null; // k × np
-  /** 2-bit Q codes, group-major `[np/8, mp]` (the transpose of the checkpoint layout; same bytes). */
+  /** Decode (≤ {@link MATVEC_MAX_ROWS} rows, 2-bit Q, no LoRA part): the whole layer in one SIMD kernel. */
+  private readonly kernel: CalderaKernel | null;
+  /** L̂ `[mp, k]` and R̂ `[k, np]` (f32, decoded once; inside the kernel's memory when there is one). */
+  private readonly l: Tensor<'f32'> | null;
+  private readonly r: Tensor<'f32'> | null;
+  /** Without the kernel: 2-bit Q codes group-major `[np/8, mp]` and the decode-path products z = x'·R̂ᵀ, y += z·L̂ᵀ. */
   private readonly qCodesT: Uint16Array | null;
-  /** Decode-path products: z = x'·R̂ᵀ (R̂ `[k, np]`) and y += z·L̂ᵀ with L̂ row-major `[mp, k]` (decoded once). */
   private readonly rProduct: RowProduct<Float32Array> | null;
   private readonly lProduct: RowProduct<Float32Array> | null;
   /** The trainable LoRA pair (L_ft `[mp, kf]` row-major, R_ft `[kf, np]`), when the checkpoint has one. */
@@ -193,30 +196,42 @@ export class CalderaLinear implements Linear {
     [this.outFeatures, this.inFeatures] = d.shape;
     const [mp, np] = d.padded;
     const k = d.rank;
-    const fv = (f: Decomposition['l']) => (f.kind === 'dense' ? f.values : latticeDecode(f.codes));
-    this.lt = k > 0 ? { dtype: 'f32', shape: [k, mp], strides: [mp, 1], offset: 0, data: fv(d.l) } : null;
-    this.rProduct = k > 0 ? f32Product(fv(d.r), k, np) : null;
-    this.r = this.rProduct
-      ? { dtype: 'f32', shape: [k, np], strides: [np, 1], offset: 0, data: this.rProduct.weights }
-      : null;
-    if (this.lt) {
-      const lr = new Float32Array(mp * k);
-      const lt = this.lt.data;
-      for (let t = 0; t < k; t++) for (let i = 0; i < mp; i++) lr[i * k + t] = lt[t * mp + i]!;
-      this.lProduct = f32Product(lr, mp, k);
-    } else this.lProduct = null;
-    if (d.q.bits === 2) {
-      const codes = d.q.planes[0] as Uint16Array;
-      const groups = np / 8;
-      const t = new Uint16Array(codes.length);
-      for (let i = 0; i < mp; i++) for (let g = 0; g < groups; g++) t[g * mp + i] = codes[i * groups + g]!;
-      this.qCodesT = t;
-    } else this.qCodesT = null;
+    this.kernel = CalderaKernel.create(d, MATVEC_MAX_ROWS);
+    const matrix = (data: Float32Array, rows: number, cols: number): Tensor<'f32'> => ({
+      dtype: 'f32',
+      shape: [rows, cols],
+      strides: [cols, 1],
+      offset: 0,
+      data,
+    });
+    if (this.kernel) {
+      this.l = k > 0 ? matrix(this.kernel.lRows, mp, k) : null;
+      this.r = k > 0 ? matrix(this.kernel.r, k, np) : null;
+      this.qCodesT = null;
+      this.rProduct = null;
+      this.lProduct = null;
+    } else {
+      const fv = (f: Decomposition['l']) => (f.kind === 'dense' ? f.values : latticeDecode(f.codes));
+      const lRows = new Float32Array(mp * k);
+      if (k > 0) {
+        const lt = fv(d.l); // [k, mp]
+        for (let t = 0; t < k; t++) for (let i = 0; i < mp; i++) lRows[i * k + t] = lt[t * mp + i]!;
+      }
+      this.rProduct = k > 0 ? f32Product(fv(d.r), k, np) : null;
+      this.lProduct = k > 0 ? f32Product(lRows, mp, k) : null;
+      this.l = this.lProduct ? matrix(this.lProduct.weights, mp, k) : null;
+      this.r = this.rProduct ? matrix(this.rProduct.weights, k, np) : null;
+      if (d.q.bits === 2) {
+        const codes = d.q.planes[0] as Uint16Array;
+        const groups = np / 8;
+        const t = new Uint16Array(codes.length);
+        for (let i = 0; i < mp; i++) for (let g = 0; g < groups; g++) t[g * mp + i] = codes[i * groups + g]!;
+        this.qCodesT = t;
+      } else this.qCodesT = null;
+    }
     const ft = d.ft && d.ft.rank > 0 ? d.ft : null;
-    this.ftL = ft
-      ? { dtype: 'f32', shape: [mp, ft.rank], strides: [ft.rank, 1], offset: 0, data: ft.l }
-      : null;
-    this.ftR = ft ? { dtype: 'f32', shape: [ft.rank, np], strides: [np, 1], offset: 0, data: ft.r } : null;
+    this.ftL = ft ? matrix(ft.l, mp, ft.rank) : null;
+    this.ftR = ft ? matrix(ft.r, ft.rank, np) : null;
     this.weightBytes = Math.ceil((d.bitsPerWeight * this.inFeatures * this.outFeatures) / 8);
   }
 
@@ -225,6 +240,7 @@ export class CalderaLinear implements Linear {
     const [m, n] = d.shape;
     const [mp, np] = d.padded;
     checkInput('caldera linear', x, rows, n);
+    if (this.kernel && rows <= MATVEC_MAX_ROWS) return addBias(this.kernel.forward(x, rows), rows, this.bias);
     const xr = new Float32Array(rows * np);
     for (let r = 0; r < rows; r++)
       for (let j = 0; j < n; j++) xr[r * np + j] = d.su ? x[r * n + j]! * d.su[j]! : x[r * n + j]!;
@@ -254,7 +270,7 @@ export class CalderaLinear implements Linear {
         latticeDecode({ ...d.q, planes: d.q.planes.map((p) => p.subarray(i0 * groups, (i0 + c) * groups)) });
       productByRowBlocks(xr, rows, np, mp, decode, yr);
     }
-    if (this.lt && this.r) {
+    if (this.l && this.r) {
       const k = d.rank;
       if (rows <= MATVEC_MAX_ROWS) {
         // z = x'·R̂ᵀ (rows × k), then yr += z·L̂ᵀ, both as matrix–vector products with contiguous rows
@@ -266,7 +282,7 @@ export class CalderaLinear implements Linear {
       } else {
         const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, np], strides: [np, 1], offset: 0, data: xr };
         const z = gemm(xt, this.r, { transB: true, checkFinite: false }); // rows × k
-        const lr = gemm(z, this.lt, { checkFinite: false }).data; // rows × mp
+        const lr = gemm(z, this.l, { transB: true, checkFinite: false }).data; // rows × mp
         for (let i = 0; i < yr.length; i++) yr[i]! += lr[i]!;
       }
     }

@@ -1,7 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { f16ArrayToF32, f32ArrayToF16, Rng } from '@caldera/core';
 import { e8pDecode } from '@caldera/quant';
-import { e8pMatvecLut, e8pWasmAvailable } from './e8p-lut.js';
+import { applyDecomposition } from '@caldera/lowrank';
+import { hadamardFactor } from '@caldera/linalg';
+import { randomDecomposition } from '../testing/random-model.js';
+import { CalderaKernel } from './caldera-kernel.js';
+import { e8pMatvecLut } from './e8p-lut.js';
 import { matvecF16, matvecF32, WasmMatrix } from './matvec.js';
 
 /** Plain f64 y = x·Wᵀ. */
@@ -23,7 +27,7 @@ function expectClose(got: Float32Array, want: Float64Array, tol: number) {
 
 describe('kernels', () => {
   const rng = new Rng(9);
-  it('E8P table-driven product equals decoding every codeword (all 65 536 codes, several rows)', () => {
+  it('E8P table-driven product (TypeScript reference) equals decoding every codeword (all 65 536 codes, several rows)', () => {
     // every code appears exactly once: mp = 1024 rows × 64 groups
     const mp = 1024;
     const np = 512;
@@ -36,13 +40,10 @@ describe('kernels', () => {
     const rows = 3;
     const x = rng.fillNormal(new Float32Array(rows * np));
     const want = ref(w, mp, np, x, rows);
-    expect(e8pWasmAvailable()).toBe(true);
-    for (const wasm of [true, false]) {
-      const y = new Float32Array(rows * mp);
-      e8pMatvecLut(codesT, mp, np, x, rows, y, { wasm });
-      expectClose(y, want, 2e-4);
-    }
-    // an odd number of groups (the last one runs in TypeScript) and a second, larger layer (memory growth)
+    const y = new Float32Array(rows * mp);
+    e8pMatvecLut(codesT, mp, np, x, rows, y);
+    expectClose(y, want, 2e-4);
+    // an odd number of groups
     const np2 = 8 * 65;
     const mp2 = 2000;
     const codes2 = new Uint16Array(mp2 * 65).map((_, i) => (i * 7919) & 0xffff);
@@ -53,6 +54,36 @@ describe('kernels', () => {
     const y2 = new Float32Array(mp2);
     e8pMatvecLut(t2, mp2, np2, x2, 1, y2);
     expectClose(y2, ref(w2, mp2, np2, x2, 1), 2e-4);
+  });
+
+  it('CALDERA decode kernel equals Decomposition.apply (Hadamard block sizes K = 1…172, odd groups, all codes, 1–4 rows)', () => {
+    // (m, n) → padded (mp, np); the Hadamard factor K of each padded size is checked below so that the cases keep
+    // covering: K = 1 with every one of the 65 536 codes (1024 × 512), P = 1 and 2 (scalar fwht and mix), K = 12,
+    // 28, 36, 40, 44, 52, 172, an odd number of 8-groups, rank 0 and a rank that is not a multiple of 4
+    const cases: [number, number, number, number[]][] = [
+      [1024, 512, 64, [1, 1]],
+      [24, 72, 5, [12, 36]],
+      [100, 104, 3, [52, 52]],
+      [344, 176, 16, [172, 44]],
+      [160, 40, 0, [40, 40]],
+      [56, 224, 8, [28, 28]],
+      [8, 8, 1, [1, 1]],
+    ];
+    for (const [m, n, rank, ks] of cases) {
+      const d = randomDecomposition(m, n, rank, rng);
+      expect([hadamardFactor(d.padded[0])!.K, hadamardFactor(d.padded[1])!.K]).toEqual(ks);
+      const kernel = CalderaKernel.create(d, 4);
+      expect(kernel).not.toBeNull(); // WebAssembly SIMD runs on Node 20
+      for (const rows of [1, 4]) {
+        const x = rng.fillNormal(new Float32Array(rows * n));
+        const got = kernel!.forward(x, rows);
+        const want = applyDecomposition(d, x, rows);
+        // the same sums in f32 in different orders (E8P via tables, Hadamard mix in f32 instead of f64): relative
+        // error ≲ a few ulps × log n of the output scale; 1e-5 of the largest output fails on any wrong term
+        const scale = Math.max(...Array.from(want, Math.abs));
+        for (let i = 0; i < want.length; i++) expect(Math.abs(got[i]! - want[i]!)).toBeLessThan(1e-5 * scale);
+      }
+    }
   });
 
   it('f32 and f16 matrix-vector products equal the plain reference (odd sizes)', () => {

@@ -138,7 +138,11 @@ export class WasmMatrix<K extends 'f32' | 'f16'> {
     try {
       memory = new WebAssembly.Memory({ initial: Math.max(1, pages), maximum: Math.max(1, pages) });
       const inst = new WebAssembly.Instance(k, { env: { memory } });
-      kernel = (kind === 'f32' ? inst.exports.denseF32 : inst.exports.denseF16) as Kernel;
+      // f16 without infinities or NaNs (every real checkpoint) takes the shorter exact conversion
+      const finite = kind === 'f32' || (w as Uint16Array).every((h) => (h & 0x7c00) !== 0x7c00);
+      kernel = (
+        kind === 'f32' ? inst.exports.denseF32 : finite ? inst.exports.denseF16Finite : inst.exports.denseF16
+      ) as Kernel;
     } catch {
       return null; // e.g. the address space for a multi-GiB memory could not be reserved
     }

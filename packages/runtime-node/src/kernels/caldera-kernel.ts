@@ -1,0 +1,203 @@
+import { hadamardBase, hadamardFactor } from '@caldera/linalg';
+import { latticeDecode, type Decomposition } from '@caldera/lowrank';
+import { CALDERA_WASM_BASE64 } from '../generated/caldera-wasm.js';
+import { e8pLutTables } from './e8p-lut.js';
+
+/** The compiled module of asm/caldera.ts (once), or null without WebAssembly SIMD. */
+let calderaModule: WebAssembly.Module | null | undefined;
+
+function calderaKernelModule(): WebAssembly.Module | null {
+  if (calderaModule !== undefined) return calderaModule;
+  try {
+    calderaModule = new WebAssembly.Module(
+      Uint8Array.from(atob(CALDERA_WASM_BASE64), (c) => c.charCodeAt(0)),
+    );
+  } catch {
+    calderaModule = null;
+  }
+  return calderaModule;
+}
+
+/** Bytes at the start of a kernel memory fixed by asm/e8p.ts: the two 256-entry maps, then 2 × 2 groups' tables. */
+const E8P_FIXED_BYTES = 2048 + 4 * 4096;
+
+/** ta/ts entries as byte offsets (index·4 in each 16-bit half), as asm/e8p.ts reads them. */
+const byteOffsets = (e: number) => (e & 0xffff) * 4 + (e >>> 16) * 4 * 65536;
+
+/** Fields of asm/caldera.ts's `Layer` record, in order (4 bytes each). */
+const LAYER_FIELDS = [
+  'n',
+  'm',
+  'np',
+  'mp',
+  'rank',
+  'kIn',
+  'kOut',
+  'codes',
+  'p1',
+  'p2',
+  'lr',
+  'r',
+  'su',
+  'sv',
+  'mixIn',
+  'mixOut',
+  'x',
+  'y',
+  'xr',
+  'yr',
+  'z',
+  'tmp',
+  'qScale',
+  'scale',
+] as const;
+
+/**
+ * The K×K block-mixing matrix of the Hadamard transform of size n (see asm/hadamard.ts): entry `[a2·K + a]` is the
+ * coefficient of block a in output block a2 — `H[a][a2]` for `M_n` (`transpose` false), `H[a2][a]` for `M_nᵀ`, as
+ * `@caldera/linalg`'s `hadamardRowsInPlace`. K = 1 (a power of two) has no mix.
+ */
+function blockMix(n: number, transpose: boolean): { K: number; mix: Float32Array } {
+  const f = hadamardFactor(n);
+  if (!f) throw new Error(`caldera kernel: ${n} is not a supported Hadamard size`); // the decomposition padded it
+  const H = hadamardBase(f.K);
+  const mix = new Float32Array(f.K * f.K);
+  for (let a2 = 0; a2 < f.K; a2++)
+    for (let a = 0; a < f.K; a++) mix[a2 * f.K + a] = transpose ? H[a2 * f.K + a]! : H[a * f.K + a2]!;
+  return { K: f.K, mix };
+}
+
+/**
+ * One CALDERA layer with 2-bit E8P Q resident in its own WebAssembly memory, for decode (≤ `maxRows` input rows per
+ * call): the whole forward — signs and Hadamard rotation of the input, the table-driven E8P product, the low-rank
+ * term `L̂·(R̂·x')`, the inverse rotation, signs and scale — runs in the SIMD kernel of asm/caldera.ts, so only x and y
+ * cross the boundary. Codes are stored group-major (`[np/8, mp]`); L̂ (`[mp, k]`) and R̂ (`[k, np]`) are decoded once
+ * to f32. {@link CalderaKernel.create} returns null without WebAssembly SIMD or for a decomposition it does not cover
+ * (3/4-bit Q, a trainable LoRA part), and the caller keeps its TypeScript path.
+ */
+export class CalderaKernel {
+  private constructor(
+    private readonly memory: WebAssembly.Memory,
+    private readonly run: (layer: number, rows: number) => void,
+    private readonly layerAt: number,
+    private readonly xAt: number,
+    private readonly yAt: number,
+    readonly n: number,
+    readonly m: number,
+    readonly maxRows: number,
+    /** L̂ `[mp, k]` row-major inside the kernel's memory. */
+    readonly lRows: Float32Array,
+    /** R̂ `[k, np]` row-major inside the kernel's memory. */
+    readonly r: Float32Array,
+  ) {}
+
+  static create(d: Decomposition, maxRows: number): CalderaKernel | null {
+    const mod = calderaKernelModule();
+    if (!mod || d.q.bits !== 2 || (d.ft && d.ft.rank > 0)) return null;
+    const [m, n] = d.shape;
+    const [mp, np] = d.padded;
+    const k = d.rank;
+    const t = e8pLutTables();
+    const mixIn = d.hadamard ? blockMix(np, false) : null;
+    const mixOut = d.hadamard ? blockMix(mp, true) : null;
+    // fixed at the start (asm/e8p.ts): the index maps and two groups' half tables; then bump allocation
+    if (t.p1.length !== 128 || t.p2.length !== 128 || mp % 2 !== 0) return null; // 32 patterns per half; even rows
+    let top = E8P_FIXED_BYTES;
+    const alloc = (bytes: number) => {
+      const at = top;
+      top += Math.ceil(bytes / 16) * 16;
+      return at;
+    };
+    const at = {
+      layer: alloc(LAYER_FIELDS.length * 4),
+      p1: alloc(t.p1.length * 4),
+      p2: alloc(t.p2.length * 4),
+      codes: alloc((mp * np) / 4),
+      lr: alloc(mp * k * 4),
+      r: alloc(k * np * 4),
+      su: alloc(np * 4),
+      sv: alloc(mp * 4),
+      mixIn: alloc((mixIn?.mix.length ?? 0) * 4),
+      mixOut: alloc((mixOut?.mix.length ?? 0) * 4),
+      x: alloc(maxRows * n * 4),
+      y: alloc(maxRows * m * 4),
+      xr: alloc(np * 4),
+      yr: alloc(mp * 4),
+      z: alloc(k * 4),
+      tmp: alloc(Math.max(np, mp) * 4),
+    };
+    const pages = Math.ceil(top / 65536);
+    let memory: WebAssembly.Memory;
+    let run: (layer: number, rows: number) => void;
+    try {
+      memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
+      run = new WebAssembly.Instance(mod, { env: { memory } }).exports.forward as typeof run;
+    } catch {
+      return null; // e.g. the address space could not be reserved
+    }
+    const buf = memory.buffer;
+    const f32 = (addr: number, len: number) => new Float32Array(buf, addr, len);
+    new Uint32Array(buf, 0, 256).set(t.ta.map(byteOffsets));
+    new Uint32Array(buf, 1024, 256).set(t.ts.map(byteOffsets));
+    f32(at.p1, t.p1.length).set(t.p1);
+    f32(at.p2, t.p2.length).set(t.p2);
+    // codes: row-major [mp, groups] in the checkpoint, group-major here
+    const codes = d.q.planes[0] as Uint16Array;
+    const groups = np / 8;
+    const ct = new Uint16Array(buf, at.codes, mp * groups);
+    for (let i = 0; i < mp; i++) for (let g = 0; g < groups; g++) ct[g * mp + i] = codes[i * groups + g]!;
+    const lRows = f32(at.lr, mp * k);
+    const r = f32(at.r, k * np);
+    if (k > 0) {
+      const decoded = (f: Decomposition['l']) => (f.kind === 'dense' ? f.values : latticeDecode(f.codes));
+      const lt = decoded(d.l); // [k, mp]
+      for (let s = 0; s < k; s++) for (let i = 0; i < mp; i++) lRows[i * k + s] = lt[s * mp + i]!;
+      r.set(decoded(d.r));
+    }
+    f32(at.su, np).set(d.su ?? new Float32Array(np).fill(1));
+    f32(at.sv, mp).set(d.sv ?? new Float32Array(mp).fill(1));
+    if (mixIn) f32(at.mixIn, mixIn.mix.length).set(mixIn.mix);
+    if (mixOut) f32(at.mixOut, mixOut.mix.length).set(mixOut.mix);
+    const values: Record<(typeof LAYER_FIELDS)[number], number> = {
+      n,
+      m,
+      np,
+      mp,
+      rank: k,
+      kIn: mixIn?.K ?? 0,
+      kOut: mixOut?.K ?? 0,
+      codes: at.codes,
+      p1: at.p1,
+      p2: at.p2,
+      lr: at.lr,
+      r: at.r,
+      su: at.su,
+      sv: at.sv,
+      mixIn: at.mixIn,
+      mixOut: at.mixOut,
+      x: at.x,
+      y: at.y,
+      xr: at.xr,
+      yr: at.yr,
+      z: at.z,
+      tmp: at.tmp,
+      qScale: d.q.scale,
+      scale: d.scale,
+    };
+    const ints = new Int32Array(buf, at.layer, LAYER_FIELDS.length);
+    const floats = f32(at.layer, LAYER_FIELDS.length);
+    LAYER_FIELDS.forEach((f, i) => {
+      if (f === 'qScale' || f === 'scale') floats[i] = values[f];
+      else ints[i] = values[f];
+    });
+    return new CalderaKernel(memory, run, at.layer, at.x, at.y, n, m, maxRows, lRows, r);
+  }
+
+  /** `y = x·Ŵᵀ` for `rows ≤ maxRows` input rows of `n` values (a new array of rows·m values). */
+  forward(x: Float32Array, rows: number): Float32Array {
+    const { n, m, memory } = this;
+    new Float32Array(memory.buffer, this.xAt, rows * n).set(x.subarray(0, rows * n));
+    this.run(this.layerAt, rows);
+    return new Float32Array(memory.buffer, this.yAt, rows * m).slice();
+  }
+}
