@@ -290,14 +290,15 @@ function merge(
     if (t === 0) t = o === j ? hi : lo;
     tau[j] = t;
   }
-  // λⱼ − dᵢ computed without cancellation
-  const lamMinusD = (j: number, i: number): number => dk[origin[j]!]! - dk[i]! + tau[j]!;
+  // λⱼ − dᵢ is computed without cancellation as (d_origin(j) − dᵢ) + τⱼ
+  const dOrg = Float64Array.from(origin, (o) => dk[o]!);
   // Gu–Eisenstat: ẑ from the computed eigenvalues
   const zh = new Float64Array(K);
   for (let i = 0; i < K; i++) {
-    let p = lamMinusD(K - 1, i) / rho;
-    for (let j = 0; j < i; j++) p *= lamMinusD(j, i) / (dk[j]! - dk[i]!);
-    for (let j = i; j < K - 1; j++) p *= lamMinusD(j, i) / (dk[j + 1]! - dk[i]!);
+    const di = dk[i]!;
+    let p = (dOrg[K - 1]! - di + tau[K - 1]!) / rho;
+    for (let j = 0; j < i; j++) p *= (dOrg[j]! - di + tau[j]!) / (dk[j]! - di);
+    for (let j = i; j < K - 1; j++) p *= (dOrg[j]! - di + tau[j]!) / (dk[j + 1]! - di);
     zh[i] = Math.sqrt(Math.max(p, 0)) * (zk[i]! >= 0 ? 1 : -1);
   }
   // Group the secular equation's columns by where they are nonzero — top block only, both, bottom only
@@ -324,8 +325,10 @@ function merge(
   const inrm = new Float64Array(K);
   for (let j = 0; j < K; j++) {
     let nrm = 0;
+    const dj = dOrg[j]!;
+    const tj = tau[j]!;
     for (let i = 0; i < K; i++) {
-      const v = zh[i]! / lamMinusD(j, i);
+      const v = zh[i]! / (dj - dk[i]! + tj);
       nrm += v * v;
     }
     inrm[j] = 1 / Math.sqrt(nrm);
@@ -337,8 +340,9 @@ function merge(
     for (let t = 0; t < K; t++) {
       const i = g[t]!;
       const zi = zh[i]!;
-      const row = t * w;
-      for (let j = j0; j < j1; j++) ub[row + j - j0] = (zi / -lamMinusD(j, i)) * inrm[j]!;
+      const di = dk[i]!;
+      const row = t * w - j0;
+      for (let j = j0; j < j1; j++) ub[row + j] = (zi / (di - dOrg[j]! - tau[j]!)) * inrm[j]!;
     }
   };
   const ub = work.ub;

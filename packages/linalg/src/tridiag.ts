@@ -215,33 +215,29 @@ export function backTransformBlocked(
     const b = j1 - j0;
     const r0 = j0 + 1; // first row touched by the block
     const rows = n - r0;
-    // V: rows × b, column c = reflector j0+c (unit at row j0+c+1, zeros above)
+    // V: rows × b, column c = reflector j0+c (unit at row j0+c+1, zeros above); row by row (w is row-major)
     const v = new Float64Array(rows * b);
-    for (let c = 0; c < b; c++) {
-      const j = j0 + c;
-      v[(j + 1 - r0) * b + c] = 1;
-      for (let i = j + 2; i < n; i++) v[(i - r0) * b + c] = w[i * n + j]!;
+    for (let i = r0; i < n; i++) {
+      const row = (i - r0) * b;
+      const src = i * n + j0;
+      const cEnd = Math.min(b, i - j0 - 1); // reflector j0+c has entries below row j0+c+1
+      for (let c = 0; c < cEnd; c++) v[row + c] = w[src + c]!;
+      if (i - j0 - 1 < b) v[row + i - j0 - 1] = 1;
     }
-    // T (b×b upper): T[c,c] = τ, T[0:c, c] = −τ·T[0:c,0:c]·(V[:,0:c]ᵀ·v_c)
+    const vt: Tensor<'f64'> = { dtype: 'f64', shape: [rows, b], strides: [b, 1], offset: 0, data: v };
+    // T (b×b upper): T[c,c] = τ, T[0:c, c] = −τ·T[0:c,0:c]·(V[:,0:c]ᵀ·v_c), with S = VᵀV on the kernels
+    const sg = gemm(vt, vt, { transA: true, ...opts }).data;
     const t = new Float64Array(b * b);
-    const tmp = new Float64Array(b);
     for (let c = 0; c < b; c++) {
       const tau = taus[j0 + c]!;
       t[c * b + c] = tau;
       if (tau === 0 || c === 0) continue;
-      tmp.fill(0, 0, c);
-      for (let i = c; i < rows; i++) {
-        const vc = v[i * b + c]!;
-        if (vc === 0) continue;
-        for (let p = 0; p < c; p++) tmp[p]! += v[i * b + p]! * vc;
-      }
       for (let p = 0; p < c; p++) {
         let s = 0;
-        for (let q = p; q < c; q++) s += t[p * b + q]! * tmp[q]!;
+        for (let q = p; q < c; q++) s += t[p * b + q]! * sg[q * b + c]!;
         t[p * b + c] = -tau * s;
       }
     }
-    const vt: Tensor<'f64'> = { dtype: 'f64', shape: [rows, b], strides: [b, 1], offset: 0, data: v };
     const ysub: Tensor<'f64'> = { dtype: 'f64', shape: [rows, n], strides: [n, 1], offset: r0 * n, data: y };
     const wmat = gemm(vt, ysub, { transA: true, ...opts }); // b × n
     const tw = gemm({ dtype: 'f64', shape: [b, b], strides: [b, 1], offset: 0, data: t }, wmat, opts);
