@@ -40,21 +40,25 @@ describe('linear layers', () => {
     expect(() => f16.forward(new Float32Array(3), 1)).toThrow(/E_SHAPE/);
   });
 
-  it('CALDERA layer equals Decomposition.apply for batches (gemm low-rank path) and with a bias', () => {
+  it('CALDERA layer equals Decomposition.apply: fused kernel and TypeScript path (table product, gemm for batches), with a bias', () => {
     const w = tensor('f32', [24, 72], rng.fillNormal(new Float32Array(24 * 72)));
     const d = caldera(w, null, { rank: 4, outerIters: 1, lplrIters: 1 });
     const bias = rng.fillNormal(new Float32Array(24));
-    const layer = new CalderaLinear(d, bias);
-    const rows = 7;
-    const x = rng.fillNormal(new Float32Array(rows * 72));
-    const a = layer.forward(x, rows);
-    const b = applyDecomposition(d, x, rows);
-    const scale = Math.max(...Array.from(b, Math.abs));
-    // same sums in f32 in different orders (np = 128 terms): 1e-4 relative to the output scale
-    for (let r = 0; r < rows; r++)
-      for (let i = 0; i < 24; i++)
-        expect(Math.abs(a[r * 24 + i]! - bias[i]! - b[r * 24 + i]!)).toBeLessThan(1e-4 * scale);
-    expect(layer.weightBytes).toBeLessThan(24 * 72 * 2);
+    for (const kernel of [true, false]) {
+      const layer = new CalderaLinear(d, bias, { kernel });
+      for (const rows of [1, 7, 37]) {
+        // 37 rows: three chunks of the kernel's 16
+        const x = rng.fillNormal(new Float32Array(rows * 72));
+        const a = layer.forward(x, rows);
+        const b = applyDecomposition(d, x, rows);
+        const scale = Math.max(...Array.from(b, Math.abs));
+        // same sums in f32 in different orders (np = 128 terms): 1e-4 relative to the output scale
+        for (let r = 0; r < rows; r++)
+          for (let i = 0; i < 24; i++)
+            expect(Math.abs(a[r * 24 + i]! - bias[i]! - b[r * 24 + i]!)).toBeLessThan(1e-4 * scale);
+      }
+      expect(layer.weightBytes).toBeLessThan(24 * 72 * 2);
+    }
   });
 
   it('CALDERA layer with a trainable LoRA part (L_ft, R_ft) equals Decomposition.apply, decode and batched', () => {

@@ -68,8 +68,8 @@ function blockMix(n: number, transpose: boolean): { K: number; mix: Float32Array
 }
 
 /**
- * One CALDERA layer with 2-bit E8P Q resident in its own WebAssembly memory, for decode (≤ `maxRows` input rows per
- * call): the whole forward — signs and Hadamard rotation of the input, the table-driven E8P product, the low-rank
+ * One CALDERA layer with 2-bit E8P Q resident in its own WebAssembly memory (input rows go through it `maxRows` at a
+ * time): the whole forward — signs and Hadamard rotation of the input, the table-driven E8P product, the low-rank
  * term `L̂·(R̂·x')`, the inverse rotation, signs and scale — runs in the SIMD kernel of asm/caldera.ts, so only x and y
  * cross the boundary. Codes are stored group-major (`[np/8, mp]`); L̂ (`[mp, k]`) and R̂ (`[k, np]`) are decoded once
  * to f32. {@link CalderaKernel.create} returns null without WebAssembly SIMD or for a decomposition it does not cover
@@ -193,11 +193,16 @@ export class CalderaKernel {
     return new CalderaKernel(memory, run, at.layer, at.x, at.y, n, m, maxRows, lRows, r);
   }
 
-  /** `y = x·Ŵᵀ` for `rows ≤ maxRows` input rows of `n` values (a new array of rows·m values). */
+  /** `y = x·Ŵᵀ` for `rows` input rows of `n` values (a new array of rows·m values), `maxRows` per kernel call. */
   forward(x: Float32Array, rows: number): Float32Array {
-    const { n, m, memory } = this;
-    new Float32Array(memory.buffer, this.xAt, rows * n).set(x.subarray(0, rows * n));
-    this.run(this.layerAt, rows);
-    return new Float32Array(memory.buffer, this.yAt, rows * m).slice();
+    const { n, m, memory, maxRows } = this;
+    const y = new Float32Array(rows * m);
+    for (let r0 = 0; r0 < rows; r0 += maxRows) {
+      const c = Math.min(maxRows, rows - r0);
+      new Float32Array(memory.buffer, this.xAt, c * n).set(x.subarray(r0 * n, (r0 + c) * n));
+      this.run(this.layerAt, c);
+      y.set(new Float32Array(memory.buffer, this.yAt, c * m), r0 * m);
+    }
+    return y;
   }
 }

@@ -56,7 +56,7 @@ describe('kernels', () => {
     expectClose(y2, ref(w2, mp2, np2, x2, 1), 2e-4);
   });
 
-  it('CALDERA decode kernel equals Decomposition.apply (Hadamard block sizes K = 1…172, odd groups, all codes, 1–4 rows)', () => {
+  it('CALDERA layer kernel equals Decomposition.apply (Hadamard block sizes K = 1…172, odd groups, all codes, 1–9 rows)', () => {
     // (m, n) → padded (mp, np); the Hadamard factor K of each padded size is checked below so that the cases keep
     // covering: K = 1 with every one of the 65 536 codes (1024 × 512), P = 1 and 2 (scalar fwht and mix), K = 12,
     // 28, 36, 40, 44, 52, 172, an odd number of 8-groups, rank 0 and a rank that is not a multiple of 4
@@ -74,7 +74,8 @@ describe('kernels', () => {
       expect([hadamardFactor(d.padded[0])!.K, hadamardFactor(d.padded[1])!.K]).toEqual(ks);
       const kernel = CalderaKernel.create(d, 4);
       expect(kernel).not.toBeNull(); // WebAssembly SIMD runs on Node 20
-      for (const rows of [1, 4]) {
+      for (const rows of [1, 4, 9]) {
+        // 9 rows: three calls of at most 4
         const x = rng.fillNormal(new Float32Array(rows * n));
         const got = kernel!.forward(x, rows);
         const want = applyDecomposition(d, x, rows);
