@@ -101,7 +101,12 @@ export function sgemmPanels(
   }
 }
 
-/** f64: C[4ip0.., 4jp0..] = alpha·A·B + beta·C for panels ip in [ip0, ip1), jp in [jp0, jp1) (MR = NR = 4). */
+/**
+ * f64: C[4ip0.., 4jp0..] = alpha·A·B + beta·C for panels ip in [ip0, ip1), jp in [jp0, jp1) (MR = NR = 4).
+ * `bps`: elements from one B panel to the next (0: packed, 4k); `cps`: elements from one 4-column block of C
+ * to the next (0: row-major, 4). With ldc = 4 and cps = 4·h, C (and, through bps, B) may be a matrix of
+ * height h stored as 4-column panels — the panel layout itself, so that a product can be kept in place.
+ */
 export function dgemmPanels(
   apack: usize,
   bpack: usize,
@@ -115,8 +120,12 @@ export function dgemmPanels(
   kc: i32,
   alpha: f64,
   beta: f64,
+  bps: i32,
+  cps: i32,
 ): void {
   const kk = k as usize;
+  const bstride: usize = bps > 0 ? (bps as usize) : kk << 2;
+  const cstride: usize = cps > 0 ? (cps as usize) : 4;
   const ldcb = (ldc as usize) << 3;
   const va = f64x2.splat(alpha);
   const vb = f64x2.splat(beta);
@@ -124,7 +133,7 @@ export function dgemmPanels(
     const kl = min(kc, k - p0);
     const mode = p0 > 0 ? MODE_ACCUMULATE : beta == 0 ? MODE_SCALE : MODE_SCALE_ADD;
     for (let jp = jp0; jp < jp1; jp++) {
-      const bstart = bpack + (((jp as usize) * kk + (p0 as usize)) << 5);
+      const bstart = bpack + (((jp as usize) * bstride + ((p0 as usize) << 2)) << 3);
       for (let ip = ip0; ip < ip1; ip++) {
         let a = apack + (((ip as usize) * kk + (p0 as usize)) << 5);
         let b = bstart;
@@ -154,7 +163,7 @@ export function dgemmPanels(
           a += 32;
           b += 32;
         }
-        const cp = c + (((ip as usize) << 2) * (ldc as usize) + ((jp as usize) << 2)) * 8;
+        const cp = c + (((ip as usize) << 2) * (ldc as usize) + (jp as usize) * cstride) * 8;
         v128.store(cp, fin64(c00, cp, va, vb, mode));
         v128.store(cp, fin64(c01, cp + 16, va, vb, mode), 16);
         v128.store(cp + ldcb, fin64(c10, cp + ldcb, va, vb, mode));

@@ -14,6 +14,8 @@ import {
   BETA,
   BP,
   BPACK,
+  BPS,
+  CPS,
   CPTR,
   IP_BASE,
   K,
@@ -182,6 +184,8 @@ export function tridiagonalizeWasm(
       ctrl[LDC] = ld;
       ctrl[KC] = 128;
       ctrl[TRI] = 2;
+      ctrl[BPS] = 0;
+      ctrl[CPS] = 0;
     });
   }
   d[n - 2] = A[(n - 2) * ld + n - 2]!;
@@ -225,5 +229,188 @@ function packPair(
         dst[base + (b + q) * 4 + l] = VW[src + g0 + q]!;
       }
     }
+  }
+}
+
+/** Arguments of one f64 panel product on the executor (see `dgemmPanels` in `asm/kernels.ts`). */
+interface PanelProduct {
+  apack: number;
+  bpack: number;
+  c: number;
+  k: number;
+  /** 4-row panels of A (= of C) */
+  npi: number;
+  /** 4-column panels of B (= of C) */
+  npj: number;
+  ldc: number;
+  alpha: number;
+  beta: number;
+  /** B panel stride in elements (0: packed, 4k) */
+  bps: number;
+  /** C 4-column block stride in elements (0: row-major, 4) */
+  cps: number;
+}
+
+/** Run one panel product over the executor's threads, in blocks of 4-row panels. */
+function panelProduct(exec: Executor, a: PanelProduct): void {
+  const bp = Math.max(1, Math.min(16, Math.floor(a.npi / (4 * exec.threads))));
+  exec.run(Math.ceil(a.npi / bp), ({ i32: ctrl, f64: scal }) => {
+    scal[ALPHA] = a.alpha;
+    scal[BETA] = a.beta;
+    ctrl[KIND] = KIND_DGEMM;
+    ctrl[APACK] = a.apack;
+    ctrl[BPACK] = a.bpack;
+    ctrl[CPTR] = a.c;
+    ctrl[K] = a.k;
+    ctrl[IP_BASE] = 0;
+    ctrl[NPI] = a.npi;
+    ctrl[BP] = bp;
+    ctrl[NPJ] = a.npj;
+    ctrl[LDC] = a.ldc;
+    ctrl[KC] = 128;
+    ctrl[TRI] = 0;
+    ctrl[BPS] = a.bps;
+    ctrl[CPS] = a.cps;
+  });
+}
+
+/**
+ * Same contract as {@link backTransformBlocked} (`y ← Q·y`, Q from the reflectors in `w` and `taus`), with
+ * y kept in the executor's wasm memory for the whole product, stored as 4-column panels — the kernels' B
+ * layout — so that every block of reflectors `I − V·T·Vᵀ` is applied with three panel products and no
+ * repacking of y: `W = Vᵀ·Y` (Y read in place as B), `W ← T·W` (W written directly in B layout) and
+ * `Y −= V·W` (Y updated in place as C). Only V, T and W (O(n·nb) each) are packed per block.
+ */
+export function backTransformWasm(
+  w: Float64Array,
+  taus: Float64Array,
+  n: number,
+  y: Float64Array,
+  exec: Executor,
+  signal?: AbortSignal,
+  nb = 64,
+): void {
+  const np = Math.ceil(n / 4); // column panels of Y
+  const ph = (n + 4) * 4; // elements per panel: n rows + 3 rows touched by the last row tiles
+  const kbMax = roundUp(nb, 4);
+  const n4 = roundUp(n, 4);
+  const yOff = HEAP_BASE;
+  const vtOff = yOff + np * ph * 8; // Vᵀ as A panels (= V as B panels): kb × rows
+  const vaOff = vtOff + kbMax * n4 * 8; // V as A panels: rows × kb
+  const sOff = vaOff + n4 * kbMax * 8; // S = VᵀV, kb × kb row-major
+  const tOff = sOff + kbMax * kbMax * 8; // T as A panels
+  const wOff = tOff + kbMax * kbMax * 8; // W = Vᵀ·Y in B layout (kb × 4 per panel)
+  const twOff = wOff + np * kbMax * 4 * 8; // T·W in B layout
+  ensureMemory(exec.engine, twOff + np * kbMax * 4 * 8, 'eigh');
+  const buf = exec.engine.memory.buffer;
+  const Y = new Float64Array(buf, yOff, np * ph);
+  const VT = new Float64Array(buf, vtOff, kbMax * n4);
+  const VA = new Float64Array(buf, vaOff, n4 * kbMax);
+  const S = new Float64Array(buf, sOff, kbMax * kbMax);
+  const T = new Float64Array(buf, tOff, kbMax * kbMax);
+  Y.fill(0);
+  for (let r = 0; r < n; r++) {
+    const src = r * n;
+    for (let c = 0; c < n; c++) Y[(c >> 2) * ph + r * 4 + (c & 3)] = y[src + c]!;
+  }
+  const t = new Float64Array(kbMax * kbMax);
+  const nref = Math.max(0, n - 2);
+  for (let j1 = nref; j1 > 0; j1 -= nb) {
+    throwIfAborted(signal, 'eigh');
+    const j0 = Math.max(0, j1 - nb);
+    const b = j1 - j0;
+    const kb = roundUp(b, 4); // columns b..kb−1 of V and rows/columns of T are zero
+    const r0 = j0 + 1; // first row touched by the block
+    const rows = n - r0;
+    const npi = Math.ceil(rows / 4);
+    // V (rows × kb): column c = reflector j0+c, unit at row c, entries w[r0+p, j0+c] below, zeros above
+    VT.fill(0, 0, kb * rows);
+    VA.fill(0, 0, npi * 4 * kb);
+    for (let p = 0; p < rows; p++) {
+      const src = (r0 + p) * n + j0;
+      const cEnd = Math.min(b, p);
+      const at = (p >> 2) * kb * 4 + (p & 3);
+      for (let c = 0; c < cEnd; c++) {
+        const x = w[src + c]!;
+        VT[(c >> 2) * rows * 4 + p * 4 + (c & 3)] = x;
+        VA[at + c * 4] = x;
+      }
+      if (p < b) {
+        VT[(p >> 2) * rows * 4 + p * 4 + (p & 3)] = 1;
+        VA[at + p * 4] = 1;
+      }
+    }
+    // S = VᵀV, then T (b×b upper): T[c,c] = τ, T[0:c, c] = −τ·T[0:c,0:c]·S[0:c, c]
+    const kp = kb / 4;
+    panelProduct(exec, {
+      apack: vtOff,
+      bpack: vtOff,
+      c: sOff,
+      k: rows,
+      npi: kp,
+      npj: kp,
+      ldc: kb,
+      alpha: 1,
+      beta: 0,
+      bps: 0,
+      cps: 0,
+    });
+    t.fill(0, 0, kb * kb);
+    for (let c = 0; c < b; c++) {
+      const tau = taus[j0 + c]!;
+      t[c * kb + c] = tau;
+      if (tau === 0 || c === 0) continue;
+      for (let p = 0; p < c; p++) {
+        let s = 0;
+        for (let q = p; q < c; q++) s += t[p * kb + q]! * S[q * kb + c]!;
+        t[p * kb + c] = -tau * s;
+      }
+    }
+    for (let i = 0; i < kb; i++)
+      for (let p = 0; p < kb; p++) T[(i >> 2) * kb * 4 + p * 4 + (i & 3)] = t[i * kb + p]!;
+    // W = Vᵀ·Y[r0:, :] (kb × n, B layout), W ← T·W, Y[r0:, :] −= V·W
+    panelProduct(exec, {
+      apack: vtOff,
+      bpack: yOff + r0 * 32,
+      c: wOff,
+      k: rows,
+      npi: kp,
+      npj: np,
+      ldc: 4,
+      alpha: 1,
+      beta: 0,
+      bps: ph,
+      cps: kb * 4,
+    });
+    panelProduct(exec, {
+      apack: tOff,
+      bpack: wOff,
+      c: twOff,
+      k: kb,
+      npi: kp,
+      npj: np,
+      ldc: 4,
+      alpha: 1,
+      beta: 0,
+      bps: 0,
+      cps: kb * 4,
+    });
+    panelProduct(exec, {
+      apack: vaOff,
+      bpack: twOff,
+      c: yOff + r0 * 32,
+      k: kb,
+      npi,
+      npj: np,
+      ldc: 4,
+      alpha: -1,
+      beta: 1,
+      bps: 0,
+      cps: ph,
+    });
+  }
+  for (let r = 0; r < n; r++) {
+    const dst = r * n;
+    for (let c = 0; c < n; c++) y[dst + c] = Y[(c >> 2) * ph + r * 4 + (c & 3)]!;
   }
 }

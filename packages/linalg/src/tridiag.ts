@@ -6,7 +6,7 @@
 import { CalderaError, throwIfAborted, type Tensor } from '@caldera/core';
 import { gemm, gemmInto, resolveExecutor } from './gemm.js';
 import type { Pool } from './pool/pool.js';
-import { tridiagonalizeWasm } from './tridiag-wasm.js';
+import { backTransformWasm, tridiagonalizeWasm } from './tridiag-wasm.js';
 
 /** Householder tridiagonalisation result: diagonal `d`, off-diagonal `e` (`e[i] = T[i, i+1]`, `e[n−1] = 0`). */
 export interface Tridiagonal {
@@ -196,7 +196,8 @@ export function backTransform(
 /**
  * Blocked back-transformation `Y ← Q·Y` (Y is n×n row-major, its columns the eigenvectors of T), with
  * blocks of `nb` reflectors in compact WY form `H_j…H_{j+nb−1} = I − V·T·Vᵀ` so that the O(n³) work runs on
- * the gemm kernels.
+ * the gemm kernels. Where WebAssembly SIMD is available (and `reference` is not set) y stays in wasm memory
+ * for the whole product ({@link backTransformWasm}); this version is the reference the tests compare with.
  */
 export function backTransformBlocked(
   w: Float64Array,
@@ -206,7 +207,18 @@ export function backTransformBlocked(
   pool?: Pool,
   signal?: AbortSignal,
   nb = 64,
+  reference = false,
 ): void {
+  const exec = reference || n < 3 ? null : resolveExecutor(pool);
+  if (exec) {
+    exec.busy = true;
+    try {
+      backTransformWasm(w, taus, n, y, exec, signal, nb);
+      return;
+    } finally {
+      exec.busy = false;
+    }
+  }
   const nref = Math.max(0, n - 2);
   const opts = { checkFinite: false, ...(pool ? { pool } : {}) };
   for (let j1 = nref; j1 > 0; j1 -= nb) {

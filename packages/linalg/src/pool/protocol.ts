@@ -29,12 +29,15 @@ export const KC = 14;
 export const TRI = 15;
 /** First A panel of the task (blocks cover panels IP_BASE + b·BP …, up to NPI). */
 export const IP_BASE = 16;
-/** i32 slots (even, so the f64 slots that follow are 8-byte aligned). */
-export const CTRL_SLOTS = 18;
+/** f64 GEMM only: stride of B's panels and of C's 4-column blocks, in elements (0: packed / row-major). */
+export const BPS = 18;
+export const CPS = 19;
+/** i32 slots (even, so the f64 slots that follow are 8-byte aligned). Mirrored in `worker-source.ts`. */
+export const CTRL_SLOTS = 20;
 /** Two f64 slots after the i32 slots: alpha and beta. */
 export const ALPHA = 0;
 export const BETA = 1;
-/** Bytes of the control block: 18 i32 slots, then 2 f64 slots. */
+/** Bytes of the control block: 20 i32 slots, then 2 f64 slots. */
 export const CTRL_BYTES = CTRL_SLOTS * 4 + 16;
 
 /** The control block's two views. */
@@ -126,5 +129,7 @@ export function runBlock(c: Ctrl, ex: KernelExports, b: number): void {
     ctrl[KC]!,
     c.f64[ALPHA]!,
     c.f64[BETA]!,
+    ctrl[BPS]!,
+    ctrl[CPS]!,
   );
 }

@@ -9,15 +9,15 @@
 export const WORKER_SOURCE = `
 'use strict';
 const GEN = 0, QUIT = 1, NEXT = 2, FIN = 3, NBLOCKS = 4, KIND = 5, APACK = 6, BPACK = 7, CPTR = 8,
-  K = 9, NPI = 10, BP = 11, NPJ = 12, LDC = 13, KC = 14, TRI = 15, IP_BASE = 16;
+  K = 9, NPI = 10, BP = 11, NPJ = 12, LDC = 13, KC = 14, TRI = 15, IP_BASE = 16, BPS = 18, CPS = 19;
 function start(data) {
   const ex = new WebAssembly.Instance(data.module, { env: { memory: data.memory, abort() {} } }).exports;
-  const ctrl = new Int32Array(data.ctrl, 0, 18);
-  const ctrl64 = new Float64Array(data.ctrl, 72, 2);
+  const ctrl = new Int32Array(data.ctrl, 0, 20);
+  const ctrl64 = new Float64Array(data.ctrl, 80, 2);
   // warm up (tier up) the kernels in this thread, in the first page (WARM_UP of engine.ts)
   for (let r = 0; r < 200; r++) {
     ex.sgemmPanels(1024, 17408, 33792, 32, 0, 4, 0, 2, 16, 16, 1, 0);
-    ex.dgemmPanels(1024, 17408, 33792, 32, 0, 4, 0, 4, 16, 16, 1, 0);
+    ex.dgemmPanels(1024, 17408, 33792, 32, 0, 4, 0, 4, 16, 16, 1, 0, 0, 0);
     ex.dsymvLowerRows(1024, 16, 0, 15, 17408, 33792);
   }
   // symvSplit of protocol.ts
@@ -47,7 +47,7 @@ function start(data) {
       const jp0 = tri === 1 ? Math.floor((ip0 * 4) / nr) : 0;
       const jp1 = tri === 2 ? Math.min(ctrl[NPJ], Math.ceil((ip1 * 4) / nr)) : ctrl[NPJ];
       const f = kind === 0 ? ex.sgemmPanels : ex.dgemmPanels;
-      f(ctrl[APACK] >>> 0, ctrl[BPACK] >>> 0, ctrl[CPTR] >>> 0, ctrl[K], ip0, ip1, jp0, jp1, ctrl[LDC], ctrl[KC], ctrl64[0], ctrl64[1]);
+      f(ctrl[APACK] >>> 0, ctrl[BPACK] >>> 0, ctrl[CPTR] >>> 0, ctrl[K], ip0, ip1, jp0, jp1, ctrl[LDC], ctrl[KC], ctrl64[0], ctrl64[1], ctrl[BPS], ctrl[CPS]);
       Atomics.add(ctrl, FIN, 1);
       Atomics.notify(ctrl, FIN);
     }

@@ -73,7 +73,7 @@ export function warmUp(engine: Engine): void {
   const { a, b, c, k, reps } = WARM_UP;
   for (let r = 0; r < reps; r++) {
     engine.exports.sgemmPanels(a, b, c, k, 0, 4, 0, 2, 16, 16, 1, 0);
-    engine.exports.dgemmPanels(a, b, c, k, 0, 4, 0, 4, 16, 16, 1, 0);
+    engine.exports.dgemmPanels(a, b, c, k, 0, 4, 0, 4, 16, 16, 1, 0, 0, 0);
     engine.exports.dsymvLowerRows(a, 16, 0, 15, b, c);
   }
 }

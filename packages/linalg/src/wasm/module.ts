@@ -26,7 +26,10 @@ export interface KernelExports {
     alpha: number,
     beta: number,
   ): void;
-  /** f64 panel GEMM: MR = 4 rows × NR = 4 columns per micro-tile. */
+  /**
+   * f64 panel GEMM: MR = 4 rows × NR = 4 columns per micro-tile. `bps` / `cps`: strides of B's panels and
+   * of C's 4-column blocks in elements (0: packed B, row-major C; see `asm/kernels.ts`).
+   */
   dgemmPanels(
     apack: number,
     bpack: number,
@@ -40,6 +43,8 @@ export interface KernelExports {
     kc: number,
     alpha: number,
     beta: number,
+    bps: number,
+    cps: number,
   ): void;
   /**
    * Rows `[i0, i1)` of `p = A·v` for the symmetric f64 matrix at `a` (leading dimension `lda` elements) of

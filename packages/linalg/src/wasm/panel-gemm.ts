@@ -11,6 +11,8 @@ import {
   BETA,
   BP,
   BPACK,
+  BPS,
+  CPS,
   CPTR,
   IP_BASE,
   K,
@@ -182,6 +184,8 @@ function panelGemmIntoImpl(exec: Executor, args: PanelGemmArgs, what: string): v
           ctrl[LDC] = ncp;
           ctrl[KC] = args.kc ?? (f64 ? KC_F64 : KC_F32);
           ctrl[TRI] = tri;
+          ctrl[BPS] = 0;
+          ctrl[CPS] = 0;
         });
         if (args.onProgress) {
           const rows = Math.min(mcnt, w1 * MR) - Math.min(mcnt, w0 * MR);
