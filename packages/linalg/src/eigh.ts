@@ -6,7 +6,13 @@
 import { type Matrix, type Tensor } from '@caldera/core';
 import { denseCopy, wrap } from './dense.js';
 import type { Pool } from './pool/pool.js';
-import { backTransform, backTransformBlocked, tridiagonalizeBlocked, tridiagonalQL } from './tridiag.js';
+import {
+  backTransform,
+  backTransformBlocked,
+  packReflectors,
+  tridiagonalizeBlocked,
+  tridiagonalQL,
+} from './tridiag.js';
 import { tridiagonalDC } from './tridiag-dc.js';
 
 /** Options of {@link eigh}. */
@@ -50,9 +56,11 @@ export function eigh(a: Matrix, options: EighOptions = {}): Eigh {
   onProgress?.({ phase: 'iterate', fraction: 0 });
   const method = options.method ?? 'auto';
   if (wantVectors && (method === 'dc' || (method === 'auto' && n > 64))) {
-    const dc = tridiagonalDC(d, e, n, options.pool, signal);
+    // the reflectors move to packed storage (n²/2) so that w can take the eigenvectors
+    const refl = packReflectors(w, n);
+    const dc = tridiagonalDC(d, e, n, options.pool, signal, undefined, w);
     onProgress?.({ phase: 'backTransform', fraction: 0 });
-    backTransformBlocked(w, taus, n, dc.q, options.pool, signal);
+    backTransformBlocked(refl, taus, n, dc.q, options.pool, signal);
     onProgress?.({ phase: 'backTransform', fraction: 1 });
     return { values: dc.lam, vectors: wrap(dc.q, n, n) };
   }

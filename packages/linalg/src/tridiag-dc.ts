@@ -41,7 +41,8 @@ interface Work {
 /**
  * Eigenvalues (ascending) and eigenvectors (columns of the returned n×n row-major matrix) of the tridiagonal
  * (d, e) with `e[i] = T[i, i+1]`. `d` and `e` are not modified. `budget` (values per scratch buffer; tests
- * use small ones to exercise the blocked merge product) defaults to max(n²/4, 2¹⁶).
+ * use small ones to exercise the blocked merge product) defaults to max(n²/4, 2¹⁶); `out` (n² values,
+ * overwritten) receives the eigenvectors instead of a new buffer.
  */
 export function tridiagonalDC(
   d: Float64Array,
@@ -50,9 +51,10 @@ export function tridiagonalDC(
   pool?: Pool,
   signal?: AbortSignal,
   budget = Math.max(2 ** 16, Math.ceil((n * n) / 4)),
+  out?: Float64Array,
 ): Eig {
   const dd = Float64Array.from(d);
-  const q = new Float64Array(n * n);
+  const q = out ? out.fill(0, 0, n * n) : new Float64Array(n * n);
   const work: Work = {
     q,
     n,

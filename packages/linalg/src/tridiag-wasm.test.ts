@@ -3,7 +3,14 @@ import { Rng, tensor } from '@caldera/core';
 import { eigh } from './eigh.js';
 import { diffFro, EPS, fro, mul, orthErr } from './factor-test-util.js';
 import { createPool } from './pool/pool.js';
-import { backTransformBlocked, symvLower, tridiagonalizeBlocked, tridiagonalQL } from './tridiag.js';
+import {
+  backTransformBlocked,
+  fullReflectors,
+  packReflectors,
+  symvLower,
+  tridiagonalizeBlocked,
+  tridiagonalQL,
+} from './tridiag.js';
 import { tridiagonalDC } from './tridiag-dc.js';
 import { createEngine, ensureMemory, HEAP_BASE } from './wasm/engine.js';
 
@@ -215,9 +222,9 @@ describe('back-transformation in WebAssembly memory', () => {
       const { taus } = tridiagonalizeBlocked(w, n, undefined, undefined, 32, true);
       const y0 = new Rng(n).fillNormal(new Float64Array(n * n));
       const ref = y0.slice();
-      backTransformBlocked(w, taus, n, ref, undefined, undefined, nb, true);
+      backTransformBlocked(fullReflectors(w, n), taus, n, ref, undefined, undefined, nb, true);
       const got = y0.slice();
-      backTransformBlocked(w, taus, n, got, threads > 1 ? pool : undefined, undefined, nb);
+      backTransformBlocked(packReflectors(w, n), taus, n, got, threads > 1 ? pool : undefined, undefined, nb);
       // Both apply the same n − 2 reflectors in the same blocks; each is backward stable, Q·(Y + ΔY) with
       // ‖ΔY‖_F ≤ c·n·eps·‖Y‖_F (Higham, Lemma 19.3), so 4·n·eps·‖Y‖_F bounds their difference. (With the same
       // kernel and block sizes they even agree bit for bit today; the bound does not rely on that.)

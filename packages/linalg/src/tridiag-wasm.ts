@@ -29,7 +29,7 @@ import {
   symvSplit,
   TRI,
 } from './pool/protocol.js';
-import type { Tridiagonal } from './tridiag.js';
+import type { Reflectors, Tridiagonal } from './tridiag.js';
 import { ensureMemory, HEAP_BASE } from './wasm/engine.js';
 
 const roundUp = (x: number, q: number): number => Math.ceil(x / q) * q;
@@ -282,7 +282,7 @@ function panelProduct(exec: Executor, a: PanelProduct): void {
  * `Y −= V·W` (Y updated in place as C). Only V, T and W (O(n·nb) each) are packed per block.
  */
 export function backTransformWasm(
-  w: Float64Array,
+  refl: Reflectors,
   taus: Float64Array,
   n: number,
   y: Float64Array,
@@ -314,6 +314,7 @@ export function backTransformWasm(
     for (let c = 0; c < n; c++) Y[(c >> 2) * ph + r * 4 + (c & 3)] = y[src + c]!;
   }
   const t = new Float64Array(kbMax * kbMax);
+  const w = refl.data;
   const nref = Math.max(0, n - 2);
   for (let j1 = nref; j1 > 0; j1 -= nb) {
     throwIfAborted(signal, 'eigh');
@@ -327,7 +328,7 @@ export function backTransformWasm(
     VT.fill(0, 0, kb * rows);
     VA.fill(0, 0, npi * 4 * kb);
     for (let p = 0; p < rows; p++) {
-      const src = (r0 + p) * n + j0;
+      const src = refl.row(r0 + p) + j0;
       const cEnd = Math.min(b, p);
       const at = (p >> 2) * kb * 4 + (p & 3);
       for (let c = 0; c < cEnd; c++) {

@@ -194,13 +194,38 @@ export function backTransform(
 }
 
 /**
+ * The reflectors of a reduction: entry (i, j), j ≤ i − 2, of the reduced matrix (reflector j's component i)
+ * is `data[row(i) + j]`.
+ */
+export interface Reflectors {
+  data: Float64Array;
+  row(i: number): number;
+}
+
+/** The reflectors where the reduction left them: the n×n row-major `w`. */
+export function fullReflectors(w: Float64Array, n: number): Reflectors {
+  return { data: w, row: (i) => i * n };
+}
+
+/**
+ * The reflectors copied out of `w` into packed storage (row i holds its i − 1 entries; n(n−1)/2 − n + 1 values
+ * in all), so that `w` itself can be reused.
+ */
+export function packReflectors(w: Float64Array, n: number): Reflectors {
+  const row = (i: number): number => ((i - 1) * (i - 2)) / 2;
+  const data = new Float64Array(n >= 2 ? row(n) + n - 1 : 0);
+  for (let i = 2; i < n; i++) data.set(w.subarray(i * n, i * n + i - 1), row(i));
+  return { data, row };
+}
+
+/**
  * Blocked back-transformation `Y ← Q·Y` (Y is n×n row-major, its columns the eigenvectors of T), with
  * blocks of `nb` reflectors in compact WY form `H_j…H_{j+nb−1} = I − V·T·Vᵀ` so that the O(n³) work runs on
  * the gemm kernels. Where WebAssembly SIMD is available (and `reference` is not set) y stays in wasm memory
  * for the whole product ({@link backTransformWasm}); this version is the reference the tests compare with.
  */
 export function backTransformBlocked(
-  w: Float64Array,
+  refl: Reflectors,
   taus: Float64Array,
   n: number,
   y: Float64Array,
@@ -213,7 +238,7 @@ export function backTransformBlocked(
   if (exec) {
     exec.busy = true;
     try {
-      backTransformWasm(w, taus, n, y, exec, signal, nb);
+      backTransformWasm(refl, taus, n, y, exec, signal, nb);
       return;
     } finally {
       exec.busy = false;
@@ -231,9 +256,9 @@ export function backTransformBlocked(
     const v = new Float64Array(rows * b);
     for (let i = r0; i < n; i++) {
       const row = (i - r0) * b;
-      const src = i * n + j0;
+      const src = refl.row(i) + j0;
       const cEnd = Math.min(b, i - j0 - 1); // reflector j0+c has entries below row j0+c+1
-      for (let c = 0; c < cEnd; c++) v[row + c] = w[src + c]!;
+      for (let c = 0; c < cEnd; c++) v[row + c] = refl.data[src + c]!;
       if (i - j0 - 1 < b) v[row + i - j0 - 1] = 1;
     }
     const vt: Tensor<'f64'> = { dtype: 'f64', shape: [rows, b], strides: [b, 1], offset: 0, data: v };
