@@ -394,3 +394,121 @@ export function dlatrdCorrect(
     xi += ldx;
   }
 }
+
+// Secular equation of the divide-and-conquer eigensolver: 1 + ρ·Σ z2[q]/(dk[q] − λ) = 0, dk ascending, z2 > 0,
+// ρ > 0. Mirrors `secularRootsRef` in src/tridiag-dc.ts (the same iteration with f64x2 sums).
+
+const SEC_EPS: f64 = 1.1102230246251565e-16; // 2⁻⁵³
+
+/** Σ_{q ∈ [q0, q1)} z2[q]/(dk[q] − d0 − t) and the sum of its squares' weights (the derivative), as [s, ds]. */
+@inline
+function secularSums(dk: usize, z2: usize, q0: i32, q1: i32, d0: f64, t: f64): v128 {
+  const shift = f64x2.splat(d0); // (dk − d0) − t, in the order of the scalar reference
+  const tv = f64x2.splat(t);
+  let s = f64x2.splat(0);
+  let ds = f64x2.splat(0);
+  let q = q0;
+  for (; q + 1 < q1; q += 2) {
+    const off = (q as usize) << 3;
+    const inv = f64x2.div(f64x2.splat(1), f64x2.sub(f64x2.sub(v128.load(dk + off), shift), tv));
+    const w = f64x2.mul(v128.load(z2 + off), inv);
+    s = f64x2.add(s, w);
+    ds = f64x2.add(ds, f64x2.mul(w, inv));
+  }
+  let ss = hsum(s);
+  let dss = hsum(ds);
+  if (q < q1) {
+    const off = (q as usize) << 3;
+    const inv = 1 / (load<f64>(dk + off) - d0 - t);
+    const w = load<f64>(z2 + off) * inv;
+    ss += w;
+    dss += w * inv;
+  }
+  return f64x2.replace_lane(f64x2.splat(ss), 1, dss);
+}
+
+/**
+ * Roots j0..j1−1 of the secular equation (K = k poles): root j = dk[origin[j]] + tau[j] (origin stored as
+ * f64). Bracketing, the two-pole rational model step ("middle way") and the stopping rules are those of
+ * `secularRootsRef`.
+ */
+export function secularRoots(
+  dk: usize,
+  z2: usize,
+  k: i32,
+  rho: f64,
+  zz: f64,
+  j0: i32,
+  j1: i32,
+  origin: usize,
+  tau: usize,
+): void {
+  for (let j = j0; j < j1; j++) {
+    let o = j;
+    let lo: f64 = 0;
+    let hi: f64 = 0;
+    const dj = load<f64>(dk + ((j as usize) << 3));
+    if (j < k - 1) {
+      const gap = load<f64>(dk + ((j as usize) << 3), 8) - dj;
+      const f0 = 1 + rho * f64x2.extract_lane(secularSums(dk, z2, 0, k, dj, gap / 2), 0);
+      if (f0 >= 0) {
+        hi = gap / 2;
+      } else {
+        o = j + 1;
+        lo = -gap / 2;
+      }
+    } else {
+      hi = rho * zz;
+      while (1 + rho * f64x2.extract_lane(secularSums(dk, z2, 0, k, dj, hi), 0) < 0) hi *= 2;
+    }
+    const d0 = load<f64>(dk + ((o as usize) << 3));
+    const dl = dj - d0;
+    const dr = j < k - 1 ? load<f64>(dk + ((j as usize) << 3), 8) - d0 : Infinity;
+    let t = 0.5 * (lo + hi);
+    for (let it = 0; it < 200; it++) {
+      const a = secularSums(dk, z2, 0, j + 1, d0, t);
+      const b = secularSums(dk, z2, j + 1, k, d0, t);
+      const psi = f64x2.extract_lane(a, 0);
+      const dpsi = f64x2.extract_lane(a, 1);
+      const phi = f64x2.extract_lane(b, 0);
+      const dphi = f64x2.extract_lane(b, 1);
+      const fm = 1 + rho * (psi + phi);
+      if (Math.abs(fm) <= 8 * SEC_EPS * (1 + rho * (phi - psi))) {
+        lo = t;
+        hi = t;
+        break;
+      }
+      if (fm > 0) hi = t;
+      else lo = t;
+      const width = hi - lo;
+      if (width <= 4 * SEC_EPS * Math.max(Math.abs(lo), Math.abs(hi)) || !(width > 0)) break;
+      const e1 = dl - t;
+      const bl = rho * dpsi * e1 * e1;
+      let next: f64 = NaN;
+      if (j == k - 1) {
+        const c = fm - bl / e1;
+        if (c > 0) next = dl + bl / c;
+      } else {
+        const e2 = dr - t;
+        const br = rho * dphi * e2 * e2;
+        const c = fm - bl / e1 - br / e2;
+        const qa = c * (e1 + e2) + bl + br;
+        const pr = e1 * e2 * fm;
+        const disc = Math.sqrt(Math.max(0, qa * qa - 4 * c * pr));
+        const h = 0.5 * (qa + (qa >= 0 ? disc : -disc));
+        const eta1 = h != 0 ? pr / h : NaN;
+        const eta2 = c != 0 ? h / c : NaN;
+        next = t + eta1 > lo && t + eta1 < hi ? t + eta1 : t + eta2;
+      }
+      if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
+      if (next == t) break;
+      const step = Math.abs(next - t);
+      t = next;
+      if (step <= 2 * SEC_EPS * Math.abs(t)) break;
+    }
+    if (t < lo || t > hi) t = 0.5 * (lo + hi);
+    if (t == 0) t = o == j ? hi : lo;
+    store<f64>(origin + ((j as usize) << 3), o as f64);
+    store<f64>(tau + ((j as usize) << 3), t);
+  }
+}

@@ -10,13 +10,27 @@
  * of the rank-one eigenvector matrix U and a block of product rows) and O(n) vectors.
  */
 import { throwIfAborted } from '@caldera/core';
-import { gemmInto } from './gemm.js';
+import { gemmInto, resolveExecutor } from './gemm.js';
 import type { Pool } from './pool/pool.js';
+import {
+  ALPHA,
+  APACK,
+  BETA,
+  BPACK,
+  CPTR,
+  K as K_SLOT,
+  KIND,
+  KIND_SECULAR,
+  LDC,
+  NPI,
+} from './pool/protocol.js';
 import { tridiagonalQL } from './tridiag.js';
+import { ensureMemory, HEAP_BASE } from './wasm/engine.js';
 
 /** Leaves of at most this size are solved by QL. */
 const LEAF = 32;
 const EPS = 2 ** -53;
+const roundUp = (x: number, q: number): number => Math.ceil(x / q) * q;
 
 interface Eig {
   /** ascending eigenvalues */
@@ -196,6 +210,162 @@ function merge(
   let zz = 0;
   for (const x of zk) zz += x * x;
   const z2 = Float64Array.from(zk, (x) => x * x);
+  secularRoots(dk, z2, K, rho, zz, origin, tau, work);
+  // λⱼ − dᵢ is computed without cancellation as (d_origin(j) − dᵢ) + τⱼ
+  const dOrg = Float64Array.from(origin, (o) => dk[o]!);
+  // Gu–Eisenstat: ẑ from the computed eigenvalues
+  const zh = new Float64Array(K);
+  for (let i = 0; i < K; i++) {
+    const di = dk[i]!;
+    let p = (dOrg[K - 1]! - di + tau[K - 1]!) / rho;
+    for (let j = 0; j < i; j++) p *= (dOrg[j]! - di + tau[j]!) / (dk[j]! - di);
+    for (let j = i; j < K - 1; j++) p *= (dOrg[j]! - di + tau[j]!) / (dk[j + 1]! - di);
+    zh[i] = Math.sqrt(Math.max(p, 0)) * (zk[i]! >= 0 ? 1 : -1);
+  }
+  // Group the secular equation's columns by where they are nonzero — top block only, both, bottom only
+  // (LAPACK dlaed2) — so that the top rows' product reads columns [0, n1 + n3) and the bottom rows'
+  // [n1, K): contiguous views, about half the flops of one full product (dlaed3).
+  const g: number[] = [];
+  for (const bits of [1, 3, 2]) for (let i = 0; i < K; i++) if (part[nd[i]!] === bits) g.push(i);
+  let n1 = 0;
+  let n3 = 0;
+  for (let i = 0; i < K; i++) {
+    if (part[nd[i]!] === 1) n1++;
+    else if (part[nd[i]!] === 3) n3++;
+  }
+  // new block layout: columns 0..K−1 = Qw[:, nd[g[t]]], then the deflated columns (in place, row by row)
+  const src = new Int32Array(s);
+  for (let t = 0; t < K; t++) src[t] = perm[nd[g[t]!]!]!;
+  deflated.forEach((i, m) => (src[K + m] = perm[i]!));
+  permuteColumns(q, n, lo, s, src);
+  const lam = new Float64Array(s);
+  for (let j = 0; j < K; j++) lam[j] = sgn * (dk[origin[j]!]! + tau[j]!);
+  deflated.forEach((i, m) => (lam[K + m] = sgn * ds[i]!));
+  if (K === 0) return lam;
+  // norms of the rank-one eigenvectors u_j ∝ ẑᵢ/(dᵢ − λⱼ)
+  const inrm = new Float64Array(K);
+  for (let j = 0; j < K; j++) {
+    let nrm = 0;
+    const dj = dOrg[j]!;
+    const tj = tau[j]!;
+    for (let i = 0; i < K; i++) {
+      const v = zh[i]! / (dj - dk[i]! + tj);
+      nrm += v * v;
+    }
+    inrm[j] = 1 / Math.sqrt(nrm);
+  }
+  // U′ (K×K, rows in group order) in column blocks of cb: ub[t·cb + j − j0] = U[g[t], j]
+  const cb = Math.max(1, Math.min(K, Math.floor(work.budget / K)));
+  const fillU = (j0: number, j1: number): void => {
+    const w = j1 - j0;
+    for (let t = 0; t < K; t++) {
+      const i = g[t]!;
+      const zi = zh[i]!;
+      const di = dk[i]!;
+      const row = t * w - j0;
+      for (let j = j0; j < j1; j++) ub[row + j] = (zi / (di - dOrg[j]! - tau[j]!)) * inrm[j]!;
+    }
+  };
+  const ub = work.ub;
+  const tmp = work.rows;
+  if (cb === K) fillU(0, K);
+  // rows of the block: product into tmp (rb rows at a time), then over the block's first K columns
+  const rb = Math.max(1, Math.floor(work.budget / K));
+  const opts = { checkFinite: false, ...(work.pool ? { pool: work.pool } : {}) };
+  for (const [r0, r1, t0, t1] of [
+    [lo, lo + k, 0, n1 + n3],
+    [lo + k, lo + s, n1, K],
+  ] as const) {
+    for (let i0 = r0; i0 < r1; i0 += rb) {
+      const m = Math.min(rb, r1 - i0);
+      if (t1 === t0) {
+        for (let r = i0; r < i0 + m; r++) q.fill(0, r * n + lo, r * n + lo + K);
+        continue;
+      }
+      for (let j0 = 0; j0 < K; j0 += cb) {
+        const j1 = Math.min(K, j0 + cb);
+        if (cb < K) fillU(j0, j1);
+        gemmInto(
+          { dtype: 'f64', shape: [m, j1 - j0], strides: [K, 1], offset: j0, data: tmp },
+          { dtype: 'f64', shape: [m, t1 - t0], strides: [n, 1], offset: i0 * n + lo + t0, data: q },
+          {
+            dtype: 'f64',
+            shape: [t1 - t0, j1 - j0],
+            strides: [j1 - j0, 1],
+            offset: t0 * (j1 - j0),
+            data: ub,
+          },
+          opts,
+        );
+      }
+      for (let r = 0; r < m; r++) q.set(tmp.subarray(r * K, r * K + K), (i0 + r) * n + lo);
+    }
+  }
+  return lam;
+}
+
+/**
+ * Roots of the secular equation 1 + ρ·Σ z2ⱼ/(dkⱼ − λ) = 0 (dk ascending, z2 > 0, ρ > 0): root j lies in
+ * (dkⱼ, dkⱼ₊₁) (the last in (dk_{K−1}, dk_{K−1} + ρ·zz]) and is returned as dk[origin[j]] + tau[j] relative
+ * to the nearer end. On the WebAssembly kernel (`secularRoots`, f64x2 sums, the roots split over the pool's
+ * threads) where available, else {@link secularRootsRef}.
+ */
+function secularRoots(
+  dk: Float64Array,
+  z2: Float64Array,
+  K: number,
+  rho: number,
+  zz: number,
+  origin: Int32Array,
+  tau: Float64Array,
+  work: Work,
+): void {
+  const exec = K >= 16 ? resolveExecutor(work.pool) : null;
+  if (!exec) {
+    secularRootsRef(dk, z2, K, rho, zz, origin, tau);
+    return;
+  }
+  exec.busy = true;
+  try {
+    const dOff = HEAP_BASE;
+    const zOff = dOff + 8 * roundUp(K, 2);
+    const oOff = zOff + 8 * roundUp(K, 2);
+    const tOff = oOff + 8 * roundUp(K, 2);
+    ensureMemory(exec.engine, tOff + 8 * K, 'eigh');
+    const mem = new Float64Array(exec.engine.memory.buffer);
+    mem.set(dk.subarray(0, K), dOff / 8);
+    mem.set(z2.subarray(0, K), zOff / 8);
+    const parts = K >= 256 ? Math.min(exec.threads * 4, Math.ceil(K / 64)) : 1;
+    exec.run(parts, ({ i32: ctrl, f64: scal }) => {
+      ctrl[KIND] = KIND_SECULAR;
+      ctrl[APACK] = dOff;
+      ctrl[BPACK] = zOff;
+      ctrl[CPTR] = oOff;
+      ctrl[LDC] = tOff;
+      ctrl[K_SLOT] = K;
+      ctrl[NPI] = parts;
+      scal[ALPHA] = rho;
+      scal[BETA] = zz;
+    });
+    for (let j = 0; j < K; j++) {
+      origin[j] = mem[oOff / 8 + j]!;
+      tau[j] = mem[tOff / 8 + j]!;
+    }
+  } finally {
+    exec.busy = false;
+  }
+}
+
+/** The TypeScript reference of {@link secularRoots} (same iteration, scalar sums). */
+export function secularRootsRef(
+  dk: Float64Array,
+  z2: Float64Array,
+  K: number,
+  rho: number,
+  zz: number,
+  origin: Int32Array,
+  tau: Float64Array,
+): void {
   const f = (o: number, t: number): number => {
     let sum = 0;
     const d0 = dk[o]!;
@@ -292,95 +462,4 @@ function merge(
     if (t === 0) t = o === j ? hi : lo;
     tau[j] = t;
   }
-  // λⱼ − dᵢ is computed without cancellation as (d_origin(j) − dᵢ) + τⱼ
-  const dOrg = Float64Array.from(origin, (o) => dk[o]!);
-  // Gu–Eisenstat: ẑ from the computed eigenvalues
-  const zh = new Float64Array(K);
-  for (let i = 0; i < K; i++) {
-    const di = dk[i]!;
-    let p = (dOrg[K - 1]! - di + tau[K - 1]!) / rho;
-    for (let j = 0; j < i; j++) p *= (dOrg[j]! - di + tau[j]!) / (dk[j]! - di);
-    for (let j = i; j < K - 1; j++) p *= (dOrg[j]! - di + tau[j]!) / (dk[j + 1]! - di);
-    zh[i] = Math.sqrt(Math.max(p, 0)) * (zk[i]! >= 0 ? 1 : -1);
-  }
-  // Group the secular equation's columns by where they are nonzero — top block only, both, bottom only
-  // (LAPACK dlaed2) — so that the top rows' product reads columns [0, n1 + n3) and the bottom rows'
-  // [n1, K): contiguous views, about half the flops of one full product (dlaed3).
-  const g: number[] = [];
-  for (const bits of [1, 3, 2]) for (let i = 0; i < K; i++) if (part[nd[i]!] === bits) g.push(i);
-  let n1 = 0;
-  let n3 = 0;
-  for (let i = 0; i < K; i++) {
-    if (part[nd[i]!] === 1) n1++;
-    else if (part[nd[i]!] === 3) n3++;
-  }
-  // new block layout: columns 0..K−1 = Qw[:, nd[g[t]]], then the deflated columns (in place, row by row)
-  const src = new Int32Array(s);
-  for (let t = 0; t < K; t++) src[t] = perm[nd[g[t]!]!]!;
-  deflated.forEach((i, m) => (src[K + m] = perm[i]!));
-  permuteColumns(q, n, lo, s, src);
-  const lam = new Float64Array(s);
-  for (let j = 0; j < K; j++) lam[j] = sgn * (dk[origin[j]!]! + tau[j]!);
-  deflated.forEach((i, m) => (lam[K + m] = sgn * ds[i]!));
-  if (K === 0) return lam;
-  // norms of the rank-one eigenvectors u_j ∝ ẑᵢ/(dᵢ − λⱼ)
-  const inrm = new Float64Array(K);
-  for (let j = 0; j < K; j++) {
-    let nrm = 0;
-    const dj = dOrg[j]!;
-    const tj = tau[j]!;
-    for (let i = 0; i < K; i++) {
-      const v = zh[i]! / (dj - dk[i]! + tj);
-      nrm += v * v;
-    }
-    inrm[j] = 1 / Math.sqrt(nrm);
-  }
-  // U′ (K×K, rows in group order) in column blocks of cb: ub[t·cb + j − j0] = U[g[t], j]
-  const cb = Math.max(1, Math.min(K, Math.floor(work.budget / K)));
-  const fillU = (j0: number, j1: number): void => {
-    const w = j1 - j0;
-    for (let t = 0; t < K; t++) {
-      const i = g[t]!;
-      const zi = zh[i]!;
-      const di = dk[i]!;
-      const row = t * w - j0;
-      for (let j = j0; j < j1; j++) ub[row + j] = (zi / (di - dOrg[j]! - tau[j]!)) * inrm[j]!;
-    }
-  };
-  const ub = work.ub;
-  const tmp = work.rows;
-  if (cb === K) fillU(0, K);
-  // rows of the block: product into tmp (rb rows at a time), then over the block's first K columns
-  const rb = Math.max(1, Math.floor(work.budget / K));
-  const opts = { checkFinite: false, ...(work.pool ? { pool: work.pool } : {}) };
-  for (const [r0, r1, t0, t1] of [
-    [lo, lo + k, 0, n1 + n3],
-    [lo + k, lo + s, n1, K],
-  ] as const) {
-    for (let i0 = r0; i0 < r1; i0 += rb) {
-      const m = Math.min(rb, r1 - i0);
-      if (t1 === t0) {
-        for (let r = i0; r < i0 + m; r++) q.fill(0, r * n + lo, r * n + lo + K);
-        continue;
-      }
-      for (let j0 = 0; j0 < K; j0 += cb) {
-        const j1 = Math.min(K, j0 + cb);
-        if (cb < K) fillU(j0, j1);
-        gemmInto(
-          { dtype: 'f64', shape: [m, j1 - j0], strides: [K, 1], offset: j0, data: tmp },
-          { dtype: 'f64', shape: [m, t1 - t0], strides: [n, 1], offset: i0 * n + lo + t0, data: q },
-          {
-            dtype: 'f64',
-            shape: [t1 - t0, j1 - j0],
-            strides: [j1 - j0, 1],
-            offset: t0 * (j1 - j0),
-            data: ub,
-          },
-          opts,
-        );
-      }
-      for (let r = 0; r < m; r++) q.set(tmp.subarray(r * K, r * K + K), (i0 + r) * n + lo);
-    }
-  }
-  return lam;
 }

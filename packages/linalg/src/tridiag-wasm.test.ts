@@ -11,7 +11,7 @@ import {
   tridiagonalizeBlocked,
   tridiagonalQL,
 } from './tridiag.js';
-import { tridiagonalDC } from './tridiag-dc.js';
+import { secularRootsRef, tridiagonalDC } from './tridiag-dc.js';
 import { createEngine, ensureMemory, HEAP_BASE } from './wasm/engine.js';
 
 const engine = createEngine(false)!;
@@ -229,6 +229,39 @@ describe('back-transformation in WebAssembly memory', () => {
       // ‖ΔY‖_F ≤ c·n·eps·‖Y‖_F (Higham, Lemma 19.3), so 4·n·eps·‖Y‖_F bounds their difference. (With the same
       // kernel and block sizes they even agree bit for bit today; the bound does not rely on that.)
       expect(diffFro(got, ref)).toBeLessThan(4 * n * EPS * fro(y0));
+    });
+});
+
+describe('secularRoots (WebAssembly) against the TypeScript reference', () => {
+  for (const k of [1, 2, 3, 16, 37, 300])
+    it(`K = ${k}: every root in its interval and within 1e-12 of the interval's width of the reference`, () => {
+      const rng = new Rng(k);
+      const dk = Float64Array.from({ length: k }, () => rng.normal()).sort();
+      const z2 = Float64Array.from({ length: k }, () => rng.uniform() + 1e-3);
+      let zz = 0;
+      for (const x of z2) zz += x;
+      const rho = 0.5 + rng.uniform();
+      const o1 = new Int32Array(k);
+      const t1 = new Float64Array(k);
+      secularRootsRef(dk, z2, k, rho, zz, o1, t1);
+      const base = HEAP_BASE;
+      ensureMemory(engine, base + 32 * (k + 2), 'test');
+      const mem = new Float64Array(engine.memory.buffer);
+      mem.set(dk, base / 8);
+      mem.set(z2, base / 8 + k + 1);
+      const oOff = base + 8 * (2 * k + 2);
+      const tOff = oOff + 8 * k;
+      engine.exports.secularRoots(base, base + 8 * (k + 1), k, rho, zz, 0, k, oOff, tOff);
+      for (let j = 0; j < k; j++) {
+        const lw = dk[mem[oOff / 8 + j]!]! + mem[tOff / 8 + j]!;
+        const lr = dk[o1[j]!]! + t1[j]!;
+        const right = j < k - 1 ? dk[j + 1]! : dk[j]! + rho * zz;
+        expect(lw).toBeGreaterThan(dk[j]!);
+        expect(lw).toBeLessThanOrEqual(right);
+        // both stop at a rounding-level residual; the roots' difference is a sanity bound far above the
+        // observed ulps and far below what a wrong root (another interval, a bisection left unfinished) gives
+        expect(Math.abs(lw - lr)).toBeLessThanOrEqual(1e-12 * (right - dk[j]!));
+      }
     });
 });
 

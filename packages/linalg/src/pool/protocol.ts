@@ -64,6 +64,12 @@ export const KIND_DGEMM = 1;
 export const KIND_DSYMV = 2;
 
 /**
+ * Roots of the divide-and-conquer secular equation: APACK = dk, BPACK = z², K = their length, CPTR = origin
+ * (f64), LDC = tau, ALPHA = ρ, BETA = ‖z‖²; block b of NPI solves roots [⌊b·K/NPI⌋, ⌊(b+1)·K/NPI⌋).
+ */
+export const KIND_SECULAR = 3;
+
+/**
  * First row of part `b` of `parts` of an order-`len` lower triangle, so that the parts hold about the
  * same number of elements (row i holds i + 1). Mirrored in `worker-source.ts`.
  */
@@ -98,6 +104,15 @@ export function runBlocks(c: Ctrl, ex: KernelExports): number {
 export function runBlock(c: Ctrl, ex: KernelExports, b: number): void {
   const ctrl = c.i32;
   const kind = ctrl[KIND]!;
+  if (kind === KIND_SECULAR) {
+    const k = ctrl[K]!;
+    const parts = ctrl[NPI]!;
+    const j0 = Math.floor((b * k) / parts);
+    const j1 = Math.floor(((b + 1) * k) / parts);
+    const [dk, z2, o, t] = [ctrl[APACK]!, ctrl[BPACK]!, ctrl[CPTR]!, ctrl[LDC]!].map((x) => x >>> 0);
+    ex.secularRoots(dk!, z2!, k, c.f64[ALPHA]!, c.f64[BETA]!, j0, j1, o!, t!);
+    return;
+  }
   if (kind === KIND_DSYMV) {
     const parts = ctrl[NPI]!;
     const len = ctrl[K]!;

@@ -32,6 +32,14 @@ function start(data) {
       const nb = Atomics.load(ctrl, NBLOCKS);
       if (b >= nb) break;
       const kind = ctrl[KIND], bp = ctrl[BP];
+      if (kind === 3) {
+        const k = ctrl[K], parts = ctrl[NPI];
+        ex.secularRoots(ctrl[APACK] >>> 0, ctrl[BPACK] >>> 0, k, ctrl64[0], ctrl64[1], Math.floor((b * k) / parts),
+          Math.floor(((b + 1) * k) / parts), ctrl[CPTR] >>> 0, ctrl[LDC] >>> 0);
+        Atomics.add(ctrl, FIN, 1);
+        Atomics.notify(ctrl, FIN);
+        continue;
+      }
       if (kind === 2) {
         const parts = ctrl[NPI], len = ctrl[K];
         const p = (ctrl[CPTR] >>> 0) + b * ctrl[NPJ] * 8;

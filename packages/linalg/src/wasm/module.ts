@@ -64,6 +64,21 @@ export interface KernelExports {
     p: number,
     u: number,
   ): void;
+  /**
+   * Roots j0..j1−1 of the divide-and-conquer secular equation (`dk`, `z2`: k f64 values; `origin`, `tau`: f64
+   * outputs, root j = dk[origin[j]] + tau[j]); see `secularRootsRef` in `tridiag-dc.ts`.
+   */
+  secularRoots(
+    dk: number,
+    z2: number,
+    k: number,
+    rho: number,
+    zz: number,
+    j0: number,
+    j1: number,
+    origin: number,
+    tau: number,
+  ): void;
   /** 1 when `bytes` bytes (a multiple of 16) at `ptr` are finite f32 values, else 0. */
   allFinite32(ptr: number, bytes: number): number;
   /** 1 when `bytes` bytes (a multiple of 16) at `ptr` are finite f64 values, else 0. */
