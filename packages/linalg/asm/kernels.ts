@@ -400,8 +400,7 @@ export function dlatrdCorrect(
 
 const SEC_EPS: f64 = 1.1102230246251565e-16; // 2⁻⁵³
 
-/** Σ_{q ∈ [q0, q1)} z2[q]/(dk[q] − d0 − t) and the sum of its squares' weights (the derivative), as [s, ds]. */
-@inline
+/** Σ_{q ∈ [q0, q1)} z2[q]/(dk[q] − d0 − t) and its derivative in t, as the lanes [s, ds]. */
 function secularSums(dk: usize, z2: usize, q0: i32, q1: i32, d0: f64, t: f64): v128 {
   const shift = f64x2.splat(d0); // (dk − d0) − t, in the order of the scalar reference
   const tv = f64x2.splat(t);
