@@ -81,3 +81,8 @@ export function forward(layer: usize, rows: i32): void {
       );
   }
 }
+
+/** End of this module's static data; the fixed table addresses of asm/e8p.ts start at 65 536 above it (checked). */
+export function heapBase(): usize {
+  return __heap_base;
+}

@@ -75,9 +75,9 @@ function fillGroup(p1: usize, np1: i32, p2: usize, np2: i32, x: usize, l1: usize
 // tables of two groups (32 patterns × 32 entries × 4 bytes = 4096 bytes per group and half). Constant addresses let
 // every table read use an immediate offset; the maps (2 KiB) stay in L1 across layers, where one 65 536-entry map
 // (256 KiB per layer memory) was measured slower in a whole model.
-const TA: usize = 0;
-const TS: usize = 1024;
-const L1: usize = 2048;
+const TA: usize = 65536; // above the first page, which holds any static data (the host checks __heap_base)
+const TS: usize = TA + 1024;
+const L1: usize = TA + 2048;
 const L2: usize = L1 + 8192;
 const GROUP: usize = 4096;
 

@@ -11,6 +11,11 @@ await buildAsmModules(join(dirname(fileURLToPath(import.meta.url)), '..'), [
     doc: "A CALDERA layer's decode forward: rotations, E8P table-driven product, low-rank term (WebAssembly SIMD, imported memory)",
   },
   {
+    src: 'attention',
+    name: 'ATTENTION_WASM_BASE64',
+    doc: 'Causal grouped-query attention over a KV cache (WebAssembly SIMD, imported memory)',
+  },
+  {
     src: 'matvec',
     name: 'MATVEC_WASM_BASE64',
     doc: 'Dense f32/f16 matrix–vector kernels (WebAssembly SIMD, imported memory)',

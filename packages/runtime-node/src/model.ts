@@ -1,5 +1,6 @@
 import { CalderaError, ropeInvFreq, type Tensor } from '@caldera/core';
 import { blockLinearNames, type ModelConfig } from './config.js';
+import { AttentionKernel } from './kernels/attention-kernel.js';
 import { DenseLinear, type Linear } from './linear.js';
 
 /** One transformer block's weights. */
@@ -32,13 +33,22 @@ export class KVCache {
   readonly k: Float32Array[];
   readonly v: Float32Array[];
   length = 0;
+  /** Keys and values inside the SIMD attention kernel's memory (null: plain arrays and the TypeScript loops). */
+  readonly kernel: AttentionKernel | null;
   constructor(
     readonly config: ModelConfig,
     readonly capacity: number,
   ) {
+    const shape = {
+      layers: config.numLayers,
+      heads: config.numHeads,
+      kvHeads: config.numKvHeads,
+      headDim: config.headDim,
+    };
+    this.kernel = AttentionKernel.create(shape, capacity);
     const w = config.numKvHeads * config.headDim;
-    this.k = Array.from({ length: config.numLayers }, () => new Float32Array(capacity * w));
-    this.v = Array.from({ length: config.numLayers }, () => new Float32Array(capacity * w));
+    this.k = this.kernel?.k ?? Array.from({ length: config.numLayers }, () => new Float32Array(capacity * w));
+    this.v = this.kernel?.v ?? Array.from({ length: config.numLayers }, () => new Float32Array(capacity * w));
   }
 }
 
@@ -52,6 +62,55 @@ function rmsNorm(x: Float32Array, rows: number, w: Float32Array, eps: number): F
     for (let j = 0; j < d; j++) y[r * d + j] = x[r * d + j]! * inv * w[j]!;
   }
   return y;
+}
+
+/**
+ * Causal grouped-query attention in TypeScript (the reference of asm/attention.ts, and the path without a cache or
+ * without WebAssembly SIMD): `rows` query rows at positions pos0 + r over K/V `[positions, kvHeads·headDim]`.
+ */
+function attention(
+  q: Float32Array,
+  K: Float32Array,
+  V: Float32Array,
+  rows: number,
+  pos0: number,
+  cfg: ModelConfig,
+): Float32Array {
+  const { numHeads: H, numKvHeads: KV, headDim: hd } = cfg;
+  const group = H / KV;
+  const kw = KV * hd;
+  const att = new Float32Array(rows * H * hd);
+  const scale = 1 / Math.sqrt(hd);
+  const scores = new Float32Array(pos0 + rows);
+  for (let r = 0; r < rows; r++) {
+    const len = pos0 + r + 1;
+    for (let hh = 0; hh < H; hh++) {
+      const kvh = Math.floor(hh / group);
+      const qo = (r * H + hh) * hd;
+      let mx = -Infinity;
+      for (let t = 0; t < len; t++) {
+        const ko = t * kw + kvh * hd;
+        let s = 0;
+        for (let i = 0; i < hd; i++) s += q[qo + i]! * K[ko + i]!;
+        s *= scale;
+        scores[t] = s;
+        if (s > mx) mx = s;
+      }
+      let sum = 0;
+      for (let t = 0; t < len; t++) {
+        const e = Math.exp(scores[t]! - mx);
+        scores[t] = e;
+        sum += e;
+      }
+      const ao = (r * H + hh) * hd;
+      for (let t = 0; t < len; t++) {
+        const p = scores[t]! / sum;
+        const vo = t * kw + kvh * hd;
+        for (let i = 0; i < hd; i++) att[ao + i]! += p * V[vo + i]!;
+      }
+    }
+  }
+  return att;
 }
 
 export { ropeInvFreq } from '@caldera/core';
@@ -130,7 +189,6 @@ export class LlamaModel {
     const cfg = this.config;
     const w = this.weights.blocks[b]!;
     const { numHeads: H, numKvHeads: KV, headDim: hd } = cfg;
-    const group = H / KV;
     const pos0 = cache ? cache.length : 0;
     const h = rmsNorm(x, rows, w.inputNorm, cfg.rmsNormEps);
     capture?.('attn', h, rows);
@@ -153,37 +211,7 @@ export class LlamaModel {
       K = k;
       V = v;
     }
-    const att = new Float32Array(rows * H * hd);
-    const scale = 1 / Math.sqrt(hd);
-    const scores = new Float32Array(pos0 + rows);
-    for (let r = 0; r < rows; r++) {
-      const len = pos0 + r + 1;
-      for (let hh = 0; hh < H; hh++) {
-        const kvh = Math.floor(hh / group);
-        const qo = (r * H + hh) * hd;
-        let mx = -Infinity;
-        for (let t = 0; t < len; t++) {
-          const ko = t * kw + kvh * hd;
-          let s = 0;
-          for (let i = 0; i < hd; i++) s += q[qo + i]! * K[ko + i]!;
-          s *= scale;
-          scores[t] = s;
-          if (s > mx) mx = s;
-        }
-        let sum = 0;
-        for (let t = 0; t < len; t++) {
-          const e = Math.exp(scores[t]! - mx);
-          scores[t] = e;
-          sum += e;
-        }
-        const ao = (r * H + hh) * hd;
-        for (let t = 0; t < len; t++) {
-          const p = scores[t]! / sum;
-          const vo = t * kw + kvh * hd;
-          for (let i = 0; i < hd; i++) att[ao + i]! += p * V[vo + i]!;
-        }
-      }
-    }
+    const att = cache?.kernel ? cache.kernel.attend(b, q, rows, pos0) : attention(q, K, V, rows, pos0, cfg);
     capture?.('o', att, rows);
     const o = w.o.forward(att, rows);
     const x1 = new Float32Array(x.length);

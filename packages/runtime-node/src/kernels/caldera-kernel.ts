@@ -18,8 +18,12 @@ function calderaKernelModule(): WebAssembly.Module | null {
   return calderaModule;
 }
 
-/** Bytes at the start of a kernel memory fixed by asm/e8p.ts: the two 256-entry maps, then 2 × 2 groups' tables. */
-const E8P_FIXED_BYTES = 2048 + 4 * 4096;
+/**
+ * Bytes at the start of a kernel memory fixed by asm/e8p.ts: the module's static data (first page), then the two
+ * 256-entry maps at 65 536, then 2 × 2 groups' tables.
+ */
+const E8P_BASE = 65536;
+const E8P_FIXED_BYTES = E8P_BASE + 2048 + 4 * 4096;
 
 /** ta/ts entries as byte offsets (index·4 in each 16-bit half), as asm/e8p.ts reads them. */
 const byteOffsets = (e: number) => (e & 0xffff) * 4 + (e >>> 16) * 4 * 65536;
@@ -77,11 +81,11 @@ function blockMix(n: number, transpose: boolean): { K: number; mix: Float32Array
  */
 export class CalderaKernel {
   private constructor(
-    private readonly memory: WebAssembly.Memory,
     private readonly run: (layer: number, rows: number) => void,
     private readonly layerAt: number,
-    private readonly xAt: number,
-    private readonly yAt: number,
+    /** Views of the input and output rows (the memory never grows, so they stay valid). */
+    private readonly xView: Float32Array,
+    private readonly yView: Float32Array,
     readonly n: number,
     readonly m: number,
     readonly maxRows: number,
@@ -129,16 +133,22 @@ export class CalderaKernel {
     const pages = Math.ceil(top / 65536);
     let memory: WebAssembly.Memory;
     let run: (layer: number, rows: number) => void;
+    let heapBase: number;
     try {
       memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
-      run = new WebAssembly.Instance(mod, { env: { memory } }).exports.forward as typeof run;
+      const exports = new WebAssembly.Instance(mod, { env: { memory } }).exports;
+      run = exports.forward as typeof run;
+      heapBase = (exports.heapBase as () => number)();
     } catch {
       return null; // e.g. the address space could not be reserved
     }
+    // the module's static data must stay below the fixed tables (a build-time property; tests fail loudly)
+    if (heapBase > E8P_BASE)
+      throw new Error(`caldera kernel: static data up to ${heapBase} overlaps its tables`);
     const buf = memory.buffer;
     const f32 = (addr: number, len: number) => new Float32Array(buf, addr, len);
-    new Uint32Array(buf, 0, 256).set(t.ta.map(byteOffsets));
-    new Uint32Array(buf, 1024, 256).set(t.ts.map(byteOffsets));
+    new Uint32Array(buf, E8P_BASE, 256).set(t.ta.map(byteOffsets));
+    new Uint32Array(buf, E8P_BASE + 1024, 256).set(t.ts.map(byteOffsets));
     f32(at.p1, t.p1.length).set(t.p1);
     f32(at.p2, t.p2.length).set(t.p2);
     // codes: row-major [mp, groups] in the checkpoint, group-major here
@@ -190,18 +200,25 @@ export class CalderaKernel {
       if (f === 'qScale' || f === 'scale') floats[i] = values[f];
       else ints[i] = values[f];
     });
-    return new CalderaKernel(memory, run, at.layer, at.x, at.y, n, m, maxRows, lRows, r);
+    const xView = f32(at.x, maxRows * n);
+    const yView = f32(at.y, maxRows * m);
+    return new CalderaKernel(run, at.layer, xView, yView, n, m, maxRows, lRows, r);
   }
 
   /** `y = x·Ŵᵀ` for `rows` input rows of `n` values (a new array of rows·m values), `maxRows` per kernel call. */
   forward(x: Float32Array, rows: number): Float32Array {
-    const { n, m, memory, maxRows } = this;
+    const { n, m, maxRows } = this;
+    if (rows === 1) {
+      this.xView.set(x.length === n ? x : x.subarray(0, n));
+      this.run(this.layerAt, 1);
+      return this.yView.slice(0, m);
+    }
     const y = new Float32Array(rows * m);
     for (let r0 = 0; r0 < rows; r0 += maxRows) {
       const c = Math.min(maxRows, rows - r0);
-      new Float32Array(memory.buffer, this.xAt, c * n).set(x.subarray(r0 * n, (r0 + c) * n));
+      this.xView.set(x.subarray(r0 * n, (r0 + c) * n));
       this.run(this.layerAt, c);
-      y.set(new Float32Array(memory.buffer, this.yAt, c * m), r0 * m);
+      y.set(this.yView.subarray(0, c * m), r0 * m);
     }
     return y;
   }

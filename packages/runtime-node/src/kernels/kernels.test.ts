@@ -4,6 +4,7 @@ import { e8pDecode } from '@caldera/quant';
 import { applyDecomposition } from '@caldera/lowrank';
 import { hadamardFactor } from '@caldera/linalg';
 import { randomDecomposition } from '../testing/random-model.js';
+import { AttentionKernel } from './attention-kernel.js';
 import { CalderaKernel } from './caldera-kernel.js';
 import { e8pMatvecLut } from './e8p-lut.js';
 import { matvecF16, matvecF32, WasmMatrix } from './matvec.js';
@@ -83,6 +84,57 @@ describe('kernels', () => {
         // error ≲ a few ulps × log n of the output scale; 1e-5 of the largest output fails on any wrong term
         const scale = Math.max(...Array.from(want, Math.abs));
         for (let i = 0; i < want.length; i++) expect(Math.abs(got[i]! - want[i]!)).toBeLessThan(1e-5 * scale);
+      }
+    }
+  });
+
+  it('SIMD attention over the cache equals a plain f64 softmax-attention (GQA, odd head size, chunks, positions)', () => {
+    for (const [heads, kvHeads, headDim] of [
+      [6, 2, 7],
+      [4, 4, 16],
+      [8, 1, 64],
+    ] as const) {
+      const layers = 2;
+      const cap = 40;
+      const kernel = AttentionKernel.create({ layers, heads, kvHeads, headDim }, cap)!;
+      expect(kernel).not.toBeNull();
+      const kw = kvHeads * headDim;
+      const qw = heads * headDim;
+      for (let b = 0; b < layers; b++) {
+        kernel.k[b]!.set(rng.fillNormal(new Float32Array(cap * kw)));
+        kernel.v[b]!.set(rng.fillNormal(new Float32Array(cap * kw)));
+      }
+      // 1 row at position 0, 1 row late, a 19-row prompt (two chunks of 16) after 3 cached positions
+      for (const [rows, pos0] of [
+        [1, 0],
+        [1, 38],
+        [19, 3],
+      ] as const) {
+        const layer = rows === 19 ? 1 : 0;
+        const q = rng.fillNormal(new Float32Array(rows * qw));
+        const got = kernel.attend(layer, q, rows, pos0);
+        const K = kernel.k[layer]!;
+        const V = kernel.v[layer]!;
+        for (let r = 0; r < rows; r++)
+          for (let h = 0; h < heads; h++) {
+            const kv = Math.floor(h / (heads / kvHeads)) * headDim;
+            const len = pos0 + r + 1;
+            const s = Array.from({ length: len }, (_, t) => {
+              let d = 0;
+              for (let i = 0; i < headDim; i++) d += q[r * qw + h * headDim + i]! * K[t * kw + kv + i]!;
+              return d / Math.sqrt(headDim);
+            });
+            const mx = Math.max(...s);
+            const e = s.map((v) => Math.exp(v - mx));
+            const sum = e.reduce((a, v) => a + v, 0);
+            for (let i = 0; i < headDim; i++) {
+              let want = 0;
+              for (let t = 0; t < len; t++) want += (e[t]! / sum) * V[t * kw + kv + i]!;
+              // f32 dot products of ≤ 64 N(0,1) terms and ≤ 41 softmax-weighted N(0,1) values: a few 1e-6 of
+              // rounding, and f32 exp; 1e-4 fails on any wrong position, head mapping or weight
+              expect(Math.abs(got[r * qw + h * headDim + i]! - want)).toBeLessThan(1e-4);
+            }
+          }
       }
     }
   });

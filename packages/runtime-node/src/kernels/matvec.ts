@@ -112,10 +112,12 @@ export class WasmMatrix<K extends 'f32' | 'f16'> {
     readonly maxRows: number,
     /** W inside the WebAssembly memory (row-major). */
     readonly weights: K extends 'f32' ? Float32Array : Uint16Array,
-    private readonly memory: WebAssembly.Memory,
     private readonly kernel: Kernel,
     private readonly xAt: number,
     private readonly yAt: number,
+    /** Views of the x and y regions (the memory never grows, so they stay valid). */
+    private readonly xView: Float32Array,
+    private readonly yView: Float32Array,
   ) {}
 
   static create<K extends 'f32' | 'f16'>(
@@ -150,14 +152,16 @@ export class WasmMatrix<K extends 'f32' | 'f16'> {
       kind === 'f32' ? new Float32Array(memory.buffer, 0, m * n) : new Uint16Array(memory.buffer, 0, m * n)
     ) as K extends 'f32' ? Float32Array : Uint16Array;
     view.set(w as never);
-    return new WasmMatrix(kind, m, n, maxRows, view, memory, kernel, xAt, yAt);
+    const xView = new Float32Array(memory.buffer, xAt, maxRows * n);
+    const yView = new Float32Array(memory.buffer, yAt, maxRows * m);
+    return new WasmMatrix(kind, m, n, maxRows, view, kernel, xAt, yAt, xView, yView);
   }
 
   /** `y[r·m + i] = Σ_j x[r·n + j]·W[i, j]` for `rows ≤ maxRows` input rows. */
   matvec(x: Float32Array, rows: number, y: Float32Array): void {
-    const { m, n, memory } = this;
-    new Float32Array(memory.buffer, this.xAt, rows * n).set(x.subarray(0, rows * n));
+    const { m, n } = this;
+    this.xView.set(rows === this.maxRows && x.length === rows * n ? x : x.subarray(0, rows * n));
     this.kernel(0, m, n, this.xAt, rows, this.yAt);
-    y.set(new Float32Array(memory.buffer, this.yAt, rows * m));
+    y.set(rows === this.maxRows ? this.yView : this.yView.subarray(0, rows * m));
   }
 }
