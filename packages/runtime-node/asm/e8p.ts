@@ -107,7 +107,23 @@ export function e8pRow(codes: usize, p1: usize, p2: usize, x: usize, groups: i32
     fillGroup(p1, 32, p2, 32, xo + 32, L1 + GROUP, L2 + GROUP);
     const c0 = codes + ((<usize>g * <usize>mp) << 1);
     const c1 = c0 + ((<usize>mp) << 1);
-    for (let i: i32 = 0; i < mp; i += 2) {
+    let i: i32 = 0;
+    for (; i + 4 <= mp; i += 4) {
+      const o = <usize>i;
+      const k0 = load<u64>(c0 + (o << 1));
+      const k1 = load<u64>(c1 + (o << 1));
+      const lo0 = <u32>k0;
+      const hi0 = <u32>(k0 >>> 32);
+      const lo1 = <u32>k1;
+      const hi1 = <u32>(k1 >>> 32);
+      const a = halves0(entry(lo0 & 0xffff)) + halves1(entry(lo1 & 0xffff));
+      const b = halves0(entry(lo0 >>> 16)) + halves1(entry(lo1 >>> 16));
+      const c = halves0(entry(hi0 & 0xffff)) + halves1(entry(hi1 & 0xffff));
+      const d = halves0(entry(hi0 >>> 16)) + halves1(entry(hi1 >>> 16));
+      const yo = y + (o << 2);
+      v128.store(yo, f32x4.add(v128.load(yo), f32x4(a, b, c, d)));
+    }
+    for (; i < mp; i += 2) {
       const o = <usize>i;
       const k0 = load<u32>(c0 + (o << 1));
       const k1 = load<u32>(c1 + (o << 1));
