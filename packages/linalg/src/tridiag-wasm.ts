@@ -31,6 +31,10 @@ import {
 } from './pool/protocol.js';
 import type { Reflectors, Tridiagonal } from './tridiag.js';
 import { ensureMemory, HEAP_BASE } from './wasm/engine.js';
+import { MAX_PAGES } from './wasm/module.js';
+
+/** Bytes a wasm32 memory can hold. */
+const WASM_LIMIT = MAX_PAGES * 65536;
 
 const roundUp = (x: number, q: number): number => Math.ceil(x / q) * q;
 
@@ -39,7 +43,8 @@ const SYMV_SPLIT_MIN = 256;
 
 /**
  * Same contract as {@link tridiagonalizeBlocked} (`w` holds the lower triangle on entry and the reflectors
- * on return), on the executor's kernels. `n ≥ 3` and `nb ≥ 1` are assumed.
+ * on return), on the executor's kernels. `n ≥ 3` and `nb ≥ 1` are assumed. Returns `null`, having changed
+ * nothing, when the matrix does not fit a wasm32 memory (n ≳ 23 000); the caller then uses TypeScript.
  */
 export function tridiagonalizeWasm(
   w: Float64Array,
@@ -47,7 +52,7 @@ export function tridiagonalizeWasm(
   exec: Executor,
   signal?: AbortSignal,
   nb = 32,
-): Tridiagonal {
+): Tridiagonal | null {
   // Leading dimension: a multiple of 4 with room for the 3 columns past n that the last gemm tiles touch,
   // and not a power of two (n = 2048 rows 16 KiB apart would alias in the caches). 3 padding rows likewise.
   const ld = roundUp(n, 4) + 4;
@@ -61,6 +66,7 @@ export function tridiagonalizeWasm(
   const pOff = vOff + npad * 8; // one partial product per thread
   const pnOff = pOff + threads * npad * 8; // the panel [V | W], n × 2nb
   const uOff = pnOff + n * 2 * nb * 8; // 2nb scratch values of the panel correction
+  if (uOff + 2 * nb * 8 > WASM_LIMIT) return null;
   ensureMemory(exec.engine, uOff + 2 * nb * 8, 'eigh');
   const buf = exec.engine.memory.buffer;
   const A = new Float64Array(buf, aOff, aLen);
@@ -279,7 +285,8 @@ function panelProduct(exec: Executor, a: PanelProduct): void {
  * y kept in the executor's wasm memory for the whole product, stored as 4-column panels — the kernels' B
  * layout — so that every block of reflectors `I − V·T·Vᵀ` is applied with three panel products and no
  * repacking of y: `W = Vᵀ·Y` (Y read in place as B), `W ← T·W` (W written directly in B layout) and
- * `Y −= V·W` (Y updated in place as C). Only V, T and W (O(n·nb) each) are packed per block.
+ * `Y −= V·W` (Y updated in place as C). Only V, T and W (O(n·nb) each) are packed per block. Returns false,
+ * having changed nothing, when y does not fit a wasm32 memory; the caller then uses TypeScript.
  */
 export function backTransformWasm(
   refl: Reflectors,
@@ -289,7 +296,7 @@ export function backTransformWasm(
   exec: Executor,
   signal?: AbortSignal,
   nb = 64,
-): void {
+): boolean {
   const np = Math.ceil(n / 4); // column panels of Y
   const ph = (n + 4) * 4; // elements per panel: n rows + 3 rows touched by the last row tiles
   const kbMax = roundUp(nb, 4);
@@ -301,6 +308,7 @@ export function backTransformWasm(
   const tOff = sOff + kbMax * kbMax * 8; // T as A panels
   const wOff = tOff + kbMax * kbMax * 8; // W = Vᵀ·Y in B layout (kb × 4 per panel)
   const twOff = wOff + np * kbMax * 4 * 8; // T·W in B layout
+  if (twOff + np * kbMax * 4 * 8 > WASM_LIMIT) return false;
   ensureMemory(exec.engine, twOff + np * kbMax * 4 * 8, 'eigh');
   const buf = exec.engine.memory.buffer;
   const Y = new Float64Array(buf, yOff, np * ph);
@@ -414,4 +422,5 @@ export function backTransformWasm(
     const dst = r * n;
     for (let c = 0; c < n; c++) y[dst + c] = Y[(c >> 2) * ph + r * 4 + (c & 3)]!;
   }
+  return true;
 }

@@ -238,8 +238,7 @@ export function backTransformBlocked(
   if (exec) {
     exec.busy = true;
     try {
-      backTransformWasm(refl, taus, n, y, exec, signal, nb);
-      return;
+      if (backTransformWasm(refl, taus, n, y, exec, signal, nb)) return;
     } finally {
       exec.busy = false;
     }
@@ -302,7 +301,8 @@ export function tridiagonalizeBlocked(
   if (exec) {
     exec.busy = true;
     try {
-      return tridiagonalizeWasm(w, n, exec, signal, nb);
+      const t = tridiagonalizeWasm(w, n, exec, signal, nb);
+      if (t) return t;
     } finally {
       exec.busy = false;
     }
