@@ -89,6 +89,18 @@ describe('LlamaModel', () => {
     rows.forEach((r, t) => r.forEach((v, j) => expect(Math.abs(v - full[t * V + j]!)).toBeLessThan(1e-5)));
   });
 
+  it('a block without a cache (TypeScript attention) equals the block over a fresh cache (SIMD attention kernel)', () => {
+    const x = model.embed(tokens);
+    const cache = new KVCache(cfg, tokens.length);
+    expect(cache.kernel).not.toBeNull(); // WebAssembly SIMD runs on Node 20
+    for (let b = 0; b < cfg.numLayers; b++) {
+      const a = model.runBlock(b, x, tokens.length);
+      const k = model.runBlock(b, x, tokens.length, cache);
+      // same attention in f32 (kernel) vs f64-accumulated TypeScript; hidden states of size ~1: 1e-5 is ample
+      a.forEach((v, i) => expect(Math.abs(v - k[i]!)).toBeLessThan(1e-5));
+    }
+  });
+
   it('a CALDERA layer equals Decomposition.apply (odd shapes, padding)', () => {
     const rng = new Rng(4);
     const w = rand(rng, [40, 56], 1);

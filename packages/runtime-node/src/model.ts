@@ -18,6 +18,14 @@ export interface BlockWeights {
 
 type LinearKey = 'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down';
 
+/** Bytes of keys and values of all layers for `positions` positions. */
+function kvBytes(cfg: ModelConfig, positions: number): number {
+  return 2 * cfg.numLayers * positions * cfg.numKvHeads * cfg.headDim * 4;
+}
+
+/** The largest temporary KV cache a forward without a cache allocates (see {@link LlamaModel.forward}). */
+const TEMP_CACHE_MAX_BYTES = 256 * 2 ** 20;
+
 /** All weights of a Llama-family model. Linear layers are pluggable (dense or CALDERA). */
 export interface ModelWeights {
   embed: Tensor<'f32'>; // [vocab, hidden]
@@ -243,7 +251,14 @@ export class LlamaModel {
   forward(tokens: ArrayLike<number>, cache?: KVCache): Float32Array {
     let x = this.embed(tokens);
     const rows = tokens.length;
-    for (let b = 0; b < this.config.numLayers; b++) x = this.runBlock(b, x, rows, cache);
+    // without a cache, a sequence of several tokens gets a temporary one (positions from 0, as without a cache) so
+    // that its attention runs in the SIMD kernel — unless its keys and values for all layers would exceed 256 MiB
+    const c =
+      cache ??
+      (rows > 1 && kvBytes(this.config, rows) <= TEMP_CACHE_MAX_BYTES
+        ? new KVCache(this.config, rows)
+        : undefined);
+    for (let b = 0; b < this.config.numLayers; b++) x = this.runBlock(b, x, rows, c);
     if (cache) cache.length += rows;
     return this.logits(x, rows);
   }
