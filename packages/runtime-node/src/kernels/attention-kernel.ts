@@ -1,19 +1,5 @@
+import { embeddedModule } from './wasm-module.js';
 import { ATTENTION_WASM_BASE64 } from '../generated/attention-wasm.js';
-
-/** The compiled module of asm/attention.ts (once), or null without WebAssembly SIMD. */
-let attentionModule: WebAssembly.Module | null | undefined;
-
-function attentionKernelModule(): WebAssembly.Module | null {
-  if (attentionModule !== undefined) return attentionModule;
-  try {
-    attentionModule = new WebAssembly.Module(
-      Uint8Array.from(atob(ATTENTION_WASM_BASE64), (c) => c.charCodeAt(0)),
-    );
-  } catch {
-    attentionModule = null;
-  }
-  return attentionModule;
-}
 
 type Attend = (
   q: number,
@@ -60,7 +46,7 @@ export class AttentionKernel {
   ) {}
 
   static create(shape: AttentionShape, capacity: number): AttentionKernel | null {
-    const mod = attentionKernelModule();
+    const mod = embeddedModule(ATTENTION_WASM_BASE64);
     if (!mod) return null;
     const { layers, heads, kvHeads, headDim } = shape;
     const kw = kvHeads * headDim;

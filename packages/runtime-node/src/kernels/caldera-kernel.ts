@@ -1,22 +1,8 @@
 import { hadamardBase, hadamardFactor } from '@caldera/linalg';
 import { latticeDecode, type Decomposition } from '@caldera/lowrank';
+import { embeddedModule } from './wasm-module.js';
 import { CALDERA_WASM_BASE64 } from '../generated/caldera-wasm.js';
 import { e8pLutTables } from './e8p-lut.js';
-
-/** The compiled module of asm/caldera.ts (once), or null without WebAssembly SIMD. */
-let calderaModule: WebAssembly.Module | null | undefined;
-
-function calderaKernelModule(): WebAssembly.Module | null {
-  if (calderaModule !== undefined) return calderaModule;
-  try {
-    calderaModule = new WebAssembly.Module(
-      Uint8Array.from(atob(CALDERA_WASM_BASE64), (c) => c.charCodeAt(0)),
-    );
-  } catch {
-    calderaModule = null;
-  }
-  return calderaModule;
-}
 
 /**
  * Bytes at the start of a kernel memory fixed by asm/e8p.ts: the module's static data (first page), then the two
@@ -96,7 +82,7 @@ export class CalderaKernel {
   ) {}
 
   static create(d: Decomposition, maxRows: number): CalderaKernel | null {
-    const mod = calderaKernelModule();
+    const mod = embeddedModule(CALDERA_WASM_BASE64);
     if (!mod || d.q.bits !== 2 || (d.ft && d.ft.rank > 0)) return null;
     const [m, n] = d.shape;
     const [mp, np] = d.padded;

@@ -1,4 +1,5 @@
 import { f16ArrayToF32 } from '@caldera/core';
+import { embeddedModule } from './wasm-module.js';
 import { MATVEC_WASM_BASE64 } from '../generated/matvec-wasm.js';
 
 /**
@@ -82,19 +83,6 @@ export function matvecF16(
   }
 }
 
-/** The compiled module of asm/matvec.ts (once), or null without WebAssembly SIMD (the TypeScript loops above). */
-let matvecModule: WebAssembly.Module | null | undefined;
-
-function matvecKernelModule(): WebAssembly.Module | null {
-  if (matvecModule !== undefined) return matvecModule;
-  try {
-    matvecModule = new WebAssembly.Module(Uint8Array.from(atob(MATVEC_WASM_BASE64), (c) => c.charCodeAt(0)));
-  } catch {
-    matvecModule = null;
-  }
-  return matvecModule;
-}
-
 type Kernel = (w: number, m: number, n: number, x: number, rows: number, y: number) => void;
 
 /**
@@ -127,7 +115,7 @@ export class WasmMatrix<K extends 'f32' | 'f16'> {
     n: number,
     maxRows: number,
   ): WasmMatrix<K> | null {
-    const k = matvecKernelModule();
+    const k = embeddedModule(MATVEC_WASM_BASE64);
     if (!k || w.length !== m * n) return null;
     const align = (b: number) => Math.ceil(b / 16) * 16;
     const wBytes = align(m * n * (kind === 'f32' ? 4 : 2));
