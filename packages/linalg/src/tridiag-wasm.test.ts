@@ -207,6 +207,31 @@ describe('tridiagonalisation in WebAssembly memory', () => {
   });
 });
 
+describe('aborting the WebAssembly paths', () => {
+  it('an abort in any phase throws E_ABORTED and leaves the executor usable', () => {
+    const n = 200;
+    const a = tensor('f64', [n, n], randSym(n, 21));
+    const ok = eigh(a);
+    for (const phase of ['tridiagonalize', 'iterate', 'backTransform'] as const) {
+      for (const p of [undefined, pool]) {
+        const ac = new AbortController();
+        expect(() =>
+          eigh(a, {
+            ...(p ? { pool: p } : {}),
+            signal: ac.signal,
+            onProgress: (e) => {
+              if (e.phase === phase) ac.abort();
+            },
+          }),
+        ).toThrow(/abort/i);
+        // the scratch memory was released (not left busy): the same call succeeds and agrees
+        const again = eigh(a, p ? { pool: p } : {});
+        for (let i = 0; i < n; i++) expect(again.values[i]).toBeCloseTo(ok.values[i]!, 10);
+      }
+    }
+  });
+});
+
 describe('back-transformation in WebAssembly memory', () => {
   // odd n (partial 4-column panels and 4-row tiles), block sizes that leave a last block of b % 4 ≠ 0
   for (const [n, nb, threads] of [
