@@ -5,9 +5,15 @@
  * small leaves use the implicit QL iteration. Internal to the package (used by {@link eigh}).
  *
  * Memory: every subproblem works in place in its diagonal block of the one n×n output matrix (a merge only
- * permutes and rotates the columns of its block, and overwrites the block row by row with the product), so
- * besides the output the solver holds two scratch buffers of at most max(n²/4, 2¹⁶) doubles each (a block
- * of the rank-one eigenvector matrix U and a block of product rows) and O(n) vectors.
+ * permutes and rotates the columns of its block, and overwrites the block row by row with the product).
+ * With WebAssembly the merge product runs in the executor's memory: a block of rows of the output is packed
+ * there, the rank-one eigenvector matrix U is written there directly in the kernels' B layout and the
+ * product rows go from there straight back into the output, so besides the output the solver holds only
+ * O(n) vectors; it uses the memory the executor already has (in {@link eigh} the reduction left ≥ n²
+ * doubles there) and grows it, when that is less, to at most 3·`budget` values (and 1 GiB) — blocks of rows
+ * and of U's columns then bound the scratch. Without WebAssembly (or with `reference`) it holds two
+ * scratch buffers of at most `budget` = max(n²/4, 2¹⁶) doubles each (a block of U and a block of product
+ * rows) for `gemmInto`.
  */
 import { throwIfAborted } from '@caldera/core';
 import { gemmInto, resolveExecutor } from './gemm.js';
@@ -24,8 +30,11 @@ import {
   LDC,
   NPI,
 } from './pool/protocol.js';
+import type { Executor } from './pool/pool.js';
 import { tridiagonalQL } from './tridiag.js';
+import { panelProduct } from './tridiag-wasm.js';
 import { ensureMemory, HEAP_BASE } from './wasm/engine.js';
+import { packPanels } from './wasm/pack.js';
 
 /** Leaves of at most this size are solved by QL. */
 const LEAF = 32;
@@ -43,20 +52,34 @@ interface Eig {
 interface Work {
   q: Float64Array;
   n: number;
-  /** a column block of U (rows in group order), at most `budget` values */
-  ub: Float64Array;
-  /** a block of product rows, at most `budget` values */
-  rows: Float64Array;
+  /** TypeScript path: a column block of U (rows in group order), at most `budget` values (on first use) */
+  ub?: Float64Array;
+  /** TypeScript path: a block of product rows, at most `budget` values (on first use) */
+  rows?: Float64Array;
   budget: number;
+  /** the merge products run in this executor's memory (null: `gemmInto` on `ub` / `rows`) */
+  product: Executor | null;
+  /** least wasm scratch (values) the merge product may grow the memory to */
+  wasmValues: number;
+  /** when set (an explicit budget), the wasm scratch of the merge product in values, whatever the memory has */
+  wasmMax?: number;
+  /** the executor of the secular-equation kernel */
+  exec: Executor | null;
   pool: Pool | undefined;
   signal: AbortSignal | undefined;
 }
 
 /**
  * Eigenvalues (ascending) and eigenvectors (columns of the returned n×n row-major matrix) of the tridiagonal
- * (d, e) with `e[i] = T[i, i+1]`. `d` and `e` are not modified. `budget` (values per scratch buffer; tests
- * use small ones to exercise the blocked merge product) defaults to max(n²/4, 2¹⁶); `out` (n² values,
- * overwritten) receives the eigenvectors instead of a new buffer.
+ * (d, e) with `e[i] = T[i, i+1]`. `d` and `e` are not modified. `budget` (values per scratch buffer of the
+ * TypeScript merge product, default max(n²/4, 2¹⁶)) also bounds the WebAssembly merge product: when given,
+ * it uses 3·`budget` values of wasm memory and no more (tests use small ones to exercise the blocked
+ * product); by default it uses whatever the executor's memory already holds, at least 3·max(n²/4, 2¹⁶)
+ * values (1 GiB at most). `out` (n² values, overwritten) receives the eigenvectors instead of a new
+ * buffer. `reference` runs the merge products through `gemmInto` on JavaScript buffers (the secular
+ * equation still uses the WebAssembly kernel); where `gemmInto` runs them on the kernels (all but small
+ * products) the WebAssembly product computes every element with the same kernel calls, so the results are
+ * the same bit for bit.
  */
 export function tridiagonalDC(
   d: Float64Array,
@@ -64,20 +87,25 @@ export function tridiagonalDC(
   n: number,
   pool?: Pool,
   signal?: AbortSignal,
-  budget = Math.max(2 ** 16, Math.ceil((n * n) / 4)),
+  budget?: number,
   out?: Float64Array,
+  reference = false,
 ): Eig {
   const dd = Float64Array.from(d);
   const q = out ? out.fill(0, 0, n * n) : new Float64Array(n * n);
+  const b = budget ?? Math.max(2 ** 16, Math.ceil((n * n) / 4));
+  const exec = n > LEAF ? resolveExecutor(pool) : null;
   const work: Work = {
     q,
     n,
-    ub: new Float64Array(Math.min(budget, n * n)),
-    rows: new Float64Array(Math.min(budget, n * n)),
-    budget,
+    budget: b,
+    product: reference ? null : exec,
+    wasmValues: 3 * b,
+    exec,
     pool,
     signal,
   };
+  if (budget !== undefined) work.wasmMax = 3 * budget;
   const lam = solve(dd, e, 0, n, work);
   // ascending order: one permutation of the columns
   const order = Int32Array.from(argsort(lam));
@@ -254,8 +282,14 @@ function merge(
     }
     inrm[j] = 1 / Math.sqrt(nrm);
   }
+  if (work.product) {
+    mergeProductWasm(work, work.product, { lo, k, s, K, n1, n3, g, zh, dk, dOrg, tau, inrm });
+    return lam;
+  }
   // U′ (K×K, rows in group order) in column blocks of cb: ub[t·cb + j − j0] = U[g[t], j]
   const cb = Math.max(1, Math.min(K, Math.floor(work.budget / K)));
+  const ub = (work.ub ??= new Float64Array(Math.min(work.budget, n * n)));
+  const tmp = (work.rows ??= new Float64Array(Math.min(work.budget, n * n)));
   const fillU = (j0: number, j1: number): void => {
     const w = j1 - j0;
     for (let t = 0; t < K; t++) {
@@ -266,8 +300,6 @@ function merge(
       for (let j = j0; j < j1; j++) ub[row + j] = (zi / (di - dOrg[j]! - tau[j]!)) * inrm[j]!;
     }
   };
-  const ub = work.ub;
-  const tmp = work.rows;
   if (cb === K) fillU(0, K);
   // rows of the block: product into tmp (rb rows at a time), then over the block's first K columns
   const rb = Math.max(1, Math.floor(work.budget / K));
@@ -304,6 +336,141 @@ function merge(
   return lam;
 }
 
+/** What the merge product needs from {@link merge}: the block, the groups and U's ingredients. */
+interface MergeProduct {
+  lo: number;
+  k: number;
+  s: number;
+  K: number;
+  n1: number;
+  n3: number;
+  /** group order: row t of U′ is row g[t] of U */
+  g: number[];
+  zh: Float64Array;
+  dk: Float64Array;
+  dOrg: Float64Array;
+  tau: Float64Array;
+  inrm: Float64Array;
+}
+
+/**
+ * B panels per kernel call of the merge product: 256 columns, so a K-block slice of B (128 × 256 doubles,
+ * 256 KiB) stays in L2 while the row blocks stream past it (at n = 2048 on one thread the product's kernel
+ * time went from ≈ 0.73 s with U′'s ≈ 1 750 columns in one call to ≈ 0.5 s).
+ */
+const PRODUCT_PANELS = 64;
+
+/** Most wasm scratch (values) the merge product grows the memory to by default: 1 GiB, as gemm's chunks. */
+const WASM_SCRATCH_MAX = 2 ** 27;
+
+/** Largest multiple of 4 not above x (at least 4). */
+const floor4 = (x: number): number => Math.max(4, Math.floor(x / 4) * 4);
+
+/**
+ * The merge product of {@link merge} in the executor's memory: for the top rows (U′ rows [0, n1 + n3)) and
+ * then the bottom rows (U′ rows [n1, K)), blocks of rb rows of the block's first columns are packed as A
+ * panels, U′ is written directly as B panels (cb columns at a time; once per pass when cb covers K) and each
+ * product block goes straight back into those rows of q — their old values are in the packed copy. Every
+ * element is one `dgemmPanels` computation over the same packed values and K blocks as `gemmInto`'s, so the
+ * result equals the TypeScript path's.
+ */
+function mergeProductWasm(work: Work, exec: Executor, p: MergeProduct): void {
+  const { q, n } = work;
+  const { lo, k, s, K, n1, n3, g, zh, dk, dOrg, tau, inrm } = p;
+  const Kp = roundUp(K, 4);
+  const have = Math.floor((exec.engine.memory.buffer.byteLength - HEAP_BASE) / 8);
+  exec.busy = true;
+  try {
+    for (const [r0, r1, t0, t1] of [
+      [lo, lo + k, 0, n1 + n3],
+      [lo + k, lo + s, n1, K],
+    ] as const) {
+      if (t1 === t0) {
+        for (let r = r0; r < r1; r++) q.fill(0, r * n + lo, r * n + lo + K);
+        continue;
+      }
+      const kk = t1 - t0;
+      const mp = roundUp(r1 - r0, 4);
+      // scratch (values): what the memory has (or the explicit budget), at least what one 4×4 tile needs
+      const whole = kk * Kp + mp * kk + mp * Kp;
+      const avail = Math.max(
+        8 * kk + 16,
+        work.wasmMax ?? Math.max(have, Math.min(work.wasmValues, whole, WASM_SCRATCH_MAX)),
+      );
+      // U′ whole (filled once) with as many rows as fit, unless square-ish blocks take all the rows at once
+      let cb = Kp;
+      let rb = Math.min(mp, avail > kk * Kp ? floor4((avail - kk * Kp) / (kk + Kp)) : 0);
+      if (rb < mp) {
+        const rb2 = Math.min(mp, floor4(Math.sqrt(kk * kk + avail) - kk));
+        if (rb2 === mp || rb < 64) {
+          rb = rb2;
+          cb = Math.min(Kp, floor4((avail - rb * kk) / (kk + rb)));
+        }
+      }
+      const aOff = HEAP_BASE;
+      const bOff = aOff + 8 * rb * kk;
+      const cOff = bOff + 8 * kk * cb;
+      ensureMemory(exec.engine, cOff + 8 * rb * cb, 'eigh');
+      const view = new Float64Array(exec.engine.memory.buffer);
+      const src = { data: q, offset: lo + t0, sShort: n, sK: 1 };
+      /** U′[t0 + t, j] for j in [j0, j1) as 4-column B panels: view[b + (jp·kk + t)·4 + l], zeros past j1 */
+      const fillB = (j0: number, j1: number): void => {
+        const b = bOff / 8;
+        for (let jp = 0; j0 + 4 * jp < j1; jp++) {
+          for (let l = 0; l < 4; l++) {
+            const j = j0 + 4 * jp + l;
+            let at = b + jp * kk * 4 + l;
+            if (j >= j1) {
+              for (let t = 0; t < kk; t++, at += 4) view[at] = 0;
+              continue;
+            }
+            const dj = dOrg[j]!;
+            const tj = tau[j]!;
+            const nj = inrm[j]!;
+            for (let t = 0; t < kk; t++, at += 4) {
+              const i = g[t0 + t]!;
+              view[at] = (zh[i]! / (dk[i]! - dj - tj)) * nj;
+            }
+          }
+        }
+      };
+      if (cb >= K) fillB(0, K);
+      for (let i0 = r0; i0 < r1; i0 += rb) {
+        throwIfAborted(work.signal, 'eigh');
+        const m = Math.min(rb, r1 - i0);
+        const npi = Math.ceil(m / 4);
+        packPanels(view, aOff / 8, src, i0, m, i0 + m, kk, 4);
+        for (let j0 = 0; j0 < K; j0 += cb) {
+          const j1 = Math.min(K, j0 + cb);
+          const ncp = roundUp(j1 - j0, 4);
+          if (cb < K) fillB(j0, j1);
+          // B in column chunks whose K-block slices stay in L2 (a full slice of a wide U′ does not)
+          for (let jp0 = 0; jp0 < ncp / 4; jp0 += PRODUCT_PANELS) {
+            panelProduct(exec, {
+              apack: aOff,
+              bpack: bOff + jp0 * kk * 32,
+              c: cOff + jp0 * 32,
+              k: kk,
+              npi,
+              npj: Math.min(PRODUCT_PANELS, ncp / 4 - jp0),
+              ldc: ncp,
+              alpha: 1,
+              beta: 0,
+              bps: 0,
+              cps: 0,
+            });
+          }
+          const c = cOff / 8;
+          for (let r = 0; r < m; r++)
+            q.set(view.subarray(c + r * ncp, c + r * ncp + j1 - j0), (i0 + r) * n + lo + j0);
+        }
+      }
+    }
+  } finally {
+    exec.busy = false;
+  }
+}
+
 /**
  * Roots of the secular equation 1 + ρ·Σ z2ⱼ/(dkⱼ − λ) = 0 (dk ascending, z2 > 0, ρ > 0): root j lies in
  * (dkⱼ, dkⱼ₊₁) (the last in (dk_{K−1}, dk_{K−1} + ρ·zz]) and is returned as dk[origin[j]] + tau[j] relative
@@ -320,7 +487,7 @@ function secularRoots(
   tau: Float64Array,
   work: Work,
 ): void {
-  const exec = K >= 16 ? resolveExecutor(work.pool) : null;
+  const exec = K >= 16 ? work.exec : null;
   if (!exec) {
     secularRootsRef(dk, z2, K, rho, zz, origin, tau);
     return;

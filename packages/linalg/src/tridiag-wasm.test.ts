@@ -2,7 +2,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { Rng, tensor } from '@caldera/core';
 import { eigh } from './eigh.js';
 import { diffFro, EPS, fro, mul, orthErr } from './factor-test-util.js';
-import { createPool } from './pool/pool.js';
+import { createPool, poolExecutor } from './pool/pool.js';
 import {
   backTransformBlocked,
   fullReflectors,
@@ -316,5 +316,77 @@ describe('divide and conquer with bounded scratch', () => {
       }
     expect(Math.sqrt(res)).toBeLessThan(2 * n * EPS * tn);
     expect(orthErr(q, n, n)).toBeLessThan(2 * n * EPS);
+  });
+
+  // The WebAssembly merge product packs the same rows, builds the same U′ values (same expression) and runs
+  // the same dgemmPanels K blocks per element as gemmInto on the JavaScript buffers, so with the default
+  // budget (every gemmInto product large enough for the kernels) the decompositions are equal bit for bit.
+  // Small budgets make gemmInto's products small enough for its TypeScript loop, which rounds differently:
+  // then each product element (a row of Q, norm ≤ 1, times a unit column of U) may differ by the dot
+  // product's error bound, k·eps with k ≤ n, and the eigenvalues computed from those rows by n·eps·‖T‖.
+  // A layout bug (wrong panel, row or column) gives O(1) differences.
+  it.each([
+    ['default executor, default budget', 300, undefined, false, false],
+    ['default executor, 4096 values (blocks of rows and of U′)', 300, 4096, false, false],
+    ['pool, default budget (U′ in 256-column kernel calls)', 700, undefined, true, false],
+    ['pool, 5000 values', 517, 5000, true, false],
+    ['pool, 600 values (blocks of a few rows and columns)', 130, 600, true, false],
+    ['pool, heavy deflation (all three column groups)', 400, undefined, true, true],
+  ] as const)(
+    'the merge product in wasm memory equals the TypeScript one (%s)',
+    (_, n, budget, usePool, deflating) => {
+      const rng = new Rng(n);
+      let d: Float64Array;
+      let e: Float64Array;
+      if (deflating) {
+        // a random tridiagonal (its halves' eigenvectors are localised: most of z deflates) with a repeated
+        // stretch (rotations between the halves)
+        d = rng.fillNormal(new Float64Array(n));
+        e = rng.fillNormal(new Float64Array(n));
+        e[n - 1] = 0;
+        for (let i = 40; i < 60; i++) d[i] = 1;
+        for (let i = 40; i < 60; i++) e[i] = 0;
+      } else {
+        // the tridiagonal of a random dense matrix: little deflation, K ≈ n at the top merge
+        ({ d, e } = tridiagonalizeBlocked(rng.fillNormal(new Float64Array(n * n)), n, pool));
+      }
+      const p = usePool ? pool : undefined;
+      const wasm = tridiagonalDC(d, e, n, p, undefined, budget);
+      const ref = tridiagonalDC(d, e, n, p, undefined, budget, undefined, true);
+      let diff = 0;
+      for (let i = 0; i < n * n; i++) diff = Math.max(diff, Math.abs(wasm.q[i]! - ref.q[i]!));
+      if (budget === undefined) {
+        expect(wasm.lam).toEqual(ref.lam);
+        expect(diff).toBe(0);
+      } else {
+        let tn = 0;
+        for (let i = 0; i < n; i++) tn += d[i]! ** 2 + 2 * e[i]! ** 2;
+        tn = Math.sqrt(tn);
+        for (let i = 0; i < n; i++) expect(Math.abs(wasm.lam[i]! - ref.lam[i]!)).toBeLessThan(n * EPS * tn);
+        expect(diff).toBeLessThan(n * EPS);
+      }
+    },
+  );
+
+  it('eigh: the divide and conquer works in the memory the reduction left (it does not grow it)', () => {
+    const n = 400;
+    const own = createPool({ threads: 2 });
+    try {
+      const exec = poolExecutor(own);
+      const sizes: Record<string, number> = {};
+      const a = tensor('f64', [n, n]);
+      new Rng(9).fillNormal(a.data);
+      eigh(a, {
+        pool: own,
+        onProgress: ({ phase, fraction }) => {
+          if (fraction === 0) sizes[phase] = exec.engine.memory.buffer.byteLength;
+        },
+      });
+      // the reduction holds the n × n matrix there: at least n² doubles for the merge products
+      expect(sizes.iterate!).toBeGreaterThanOrEqual(HEAP_BASE + 8 * n * n);
+      expect(sizes.backTransform).toBe(sizes.iterate);
+    } finally {
+      own.dispose();
+    }
   });
 });

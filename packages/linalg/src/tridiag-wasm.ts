@@ -239,7 +239,7 @@ function packPair(
 }
 
 /** Arguments of one f64 panel product on the executor (see `dgemmPanels` in `asm/kernels.ts`). */
-interface PanelProduct {
+export interface PanelProduct {
   apack: number;
   bpack: number;
   c: number;
@@ -258,7 +258,7 @@ interface PanelProduct {
 }
 
 /** Run one panel product over the executor's threads, in blocks of 4-row panels. */
-function panelProduct(exec: Executor, a: PanelProduct): void {
+export function panelProduct(exec: Executor, a: PanelProduct): void {
   const bp = Math.max(1, Math.min(16, Math.floor(a.npi / (4 * exec.threads))));
   exec.run(Math.ceil(a.npi / bp), ({ i32: ctrl, f64: scal }) => {
     scal[ALPHA] = a.alpha;
