@@ -1,4 +1,4 @@
-// AssemblyScript: one CALDERA layer's forward for a few input rows (decode), entirely in WebAssembly SIMD:
+// AssemblyScript: one CALDERA layer's forward for a few input rows at a time, entirely in WebAssembly SIMD:
 //   x' = H_n·(su ⊙ x) (zero-padded to np), y' = qScale·Q̂·x' + L̂·(R̂·x'), y = scale · sv ⊙ (H_mᵀ·y')[0..m)
 // with Q̂ read as E8P codes through tables (asm/e8p.ts), never materialised. Compiled by scripts/build-wasm.mjs;
 // src/kernels/caldera-kernel.ts lays out the memory and writes the Layer record.
@@ -19,7 +19,7 @@ class Layer {
   codes: usize; // E8P codes, group-major [np/8, mp] u16
   p1: usize; // first-half patterns, 32 × 4 f32
   p2: usize;
-  lr: usize; // L̂ [mp, k] f32
+  lRows: usize; // L̂ [mp, k] f32 (row-major)
   r: usize; // R̂ [k, np] f32
   su: usize; // np f32 (input signs; ones when the decomposition has none)
   sv: usize; // mp f32
@@ -61,7 +61,7 @@ export function forward(layer: usize, rows: i32): void {
     for (; i < mp; i++) store<f32>(L.yr + ((<usize>i) << 2), load<f32>(L.yr + ((<usize>i) << 2)) * L.qScale);
     if (k > 0) {
       denseF32(L.r, k, np, L.xr, 1, L.z); // z = R̂·x'
-      denseF32(L.lr, mp, k, L.z, 1, L.tmp); // L̂·z
+      denseF32(L.lRows, mp, k, L.z, 1, L.tmp); // L̂·z
       for (i = 0; i + 4 <= mp; i += 4) {
         const p = L.yr + ((<usize>i) << 2);
         v128.store(p, f32x4.add(v128.load(p), v128.load(L.tmp + ((<usize>i) << 2))));

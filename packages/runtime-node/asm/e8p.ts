@@ -96,7 +96,7 @@ function halves1(e: u32): f32 {
 /**
  * y[0..mp) = Σ_g ⟨codeword(codes[g·mp + i]), x[8g..8g+8)⟩ for one input vector x of `groups`·8 values; codes are
  * group-major ([groups, mp]), mp even. p1/p2: the 32 half patterns each. Two groups per pass over y (an odd last group
- * alone) and two rows per step (one 32-bit load reads both codes).
+ * alone) and four rows per step (one 64-bit load reads a group's four codes; two rows at a time for the rest).
  */
 export function e8pRow(codes: usize, p1: usize, p2: usize, x: usize, groups: i32, mp: i32, y: usize): void {
   memory.fill(y, 0, (<usize>mp) << 2);

@@ -127,3 +127,20 @@ export function denseF16Finite(w: usize, m: i32, n: i32, x: usize, rows: i32, y:
     }
   }
 }
+
+// 1 when none of the `count` f16 values at w is an infinity or NaN (exponent bits all ones), else 0.
+export function finiteHalves(w: usize, count: i32): i32 {
+  const expMask = i16x8.splat(0x7c00);
+  let special = i16x8.splat(0);
+  let j: i32 = 0;
+  for (; j + 8 <= count; j += 8)
+    special = v128.or(special, i16x8.eq(v128.and(v128.load(w + ((<usize>j) << 1)), expMask), expMask));
+  if (v128.any_true(special)) return 0;
+  for (; j < count; j++) if ((load<u16>(w + ((<usize>j) << 1)) & 0x7c00) == 0x7c00) return 0;
+  return 1;
+}
+
+/** End of this module's static data (none today); the host's buffers start at 65 536 above it (checked). */
+export function heapBase(): usize {
+  return __heap_base;
+}

@@ -176,6 +176,31 @@ emit('decode_caldera', c.decode, 'tokens/s', {
 });
 emit('rss_caldera', c.rssMB, 'MiB', { linearWeightsMiB: c.linearMB });
 
+// One CALDERA layer (the fused kernel) at the model's shapes, one input row: best of 8 × 200 calls, as weights/s.
+{
+  const rng = new Rng(5);
+  const { hiddenSize: d, intermediateSize: I } = cfg;
+  for (const [m, n] of [
+    [I, d],
+    [d, I],
+    [d, d],
+    [d / 2, d],
+  ] as const) {
+    const layer = new CalderaLinear(randomDecomposition(m, n, RANK, rng));
+    const x = rng.fillNormal(new Float32Array(n));
+    let best = Infinity;
+    for (let rep = 0; rep < 8; rep++) {
+      const t = performance.now();
+      for (let i = 0; i < 200; i++) layer.forward(x, 1);
+      best = Math.min(best, (performance.now() - t) / 200);
+    }
+    emit(`caldera_layer_${m}x${n}`, (m * n) / (best * 1e6), 'G weights/s', {
+      microseconds: best * 1000,
+      fused: layer.fused,
+    });
+  }
+}
+
 // The format's real size: bytes of the checkpoint tensors of one 4096×4096 layer at rank 64 vs the f16 weight.
 const big = toCheckpointTensors('layer', randomDecomposition(4096, 4096, RANK, new Rng(3))).tensors;
 const bytes = Object.values(big).reduce((s, t) => s + t.data.byteLength, 0);

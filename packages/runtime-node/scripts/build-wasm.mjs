@@ -1,23 +1,33 @@
 // Compile asm/*.ts (AssemblyScript) to WebAssembly embedded in src/generated/*-wasm.ts (the repository's
-// scripts/build-asm.mjs); `npm run build` runs it.
+// scripts/build-asm.mjs); `npm run build` runs it. `--if-stale`: only modules older than any asm/ source (the modules
+// import each other's files) or this script (vitest's global setup uses this).
+/* global process */
+import { readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildAsmModules } from '../../../scripts/build-asm.mjs';
 
-await buildAsmModules(join(dirname(fileURLToPath(import.meta.url)), '..'), [
-  {
-    src: 'caldera',
-    name: 'CALDERA_WASM_BASE64',
-    doc: "A CALDERA layer's decode forward: rotations, E8P table-driven product, low-rank term (WebAssembly SIMD, imported memory)",
-  },
-  {
-    src: 'attention',
-    name: 'ATTENTION_WASM_BASE64',
-    doc: 'Causal grouped-query attention over a KV cache (WebAssembly SIMD, imported memory)',
-  },
-  {
-    src: 'matvec',
-    name: 'MATVEC_WASM_BASE64',
-    doc: 'Dense f32/f16 matrix–vector kernels (WebAssembly SIMD, imported memory)',
-  },
-]);
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const sources = readdirSync(join(root, 'asm')).map((f) => join(root, 'asm', f));
+
+await buildAsmModules(
+  root,
+  [
+    {
+      src: 'caldera',
+      name: 'CALDERA_WASM_BASE64',
+      doc: "A CALDERA layer's forward: rotations, E8P table-driven product, low-rank term (WebAssembly SIMD, imported memory)",
+    },
+    {
+      src: 'attention',
+      name: 'ATTENTION_WASM_BASE64',
+      doc: 'Causal grouped-query attention over a KV cache (WebAssembly SIMD, imported memory)',
+    },
+    {
+      src: 'matvec',
+      name: 'MATVEC_WASM_BASE64',
+      doc: 'Dense f32/f16 matrix–vector kernels (WebAssembly SIMD, imported memory)',
+    },
+  ],
+  { ifStale: process.argv.includes('--if-stale'), extraInputs: [fileURLToPath(import.meta.url), ...sources] },
+);

@@ -1,6 +1,7 @@
 export * from './config.js';
 export * from './linear.js';
 export * from './model.js';
+export { AttentionKernel, type AttentionShape } from './kernels/attention-kernel.js';
 export * from './load.js';
 export * from './eval.js';
 export * from './generate.js';

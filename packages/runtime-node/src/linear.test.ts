@@ -46,6 +46,7 @@ describe('linear layers', () => {
     const bias = rng.fillNormal(new Float32Array(24));
     for (const kernel of [true, false]) {
       const layer = new CalderaLinear(d, bias, { kernel });
+      expect(layer.fused).toBe(kernel); // WebAssembly SIMD runs on Node 20
       for (const rows of [1, 7, 37]) {
         // 37 rows: three chunks of the kernel's 16
         const x = rng.fillNormal(new Float32Array(rows * 72));

@@ -1,7 +1,7 @@
 import { CalderaError, f16ArrayToF32, type Tensor } from '@caldera/core';
 import { gemm, hadamardRowsInPlace } from '@caldera/linalg';
 import { type Decomposition, latticeDecode } from '@caldera/lowrank';
-import { CalderaKernel } from './kernels/caldera-kernel.js';
+import { CalderaKernel, groupMajorCodes, lowRankFactors } from './kernels/caldera-kernel.js';
 import { e8pDecodeInto, e8pMatvecLut } from './kernels/e8p-lut.js';
 import { matvecF16, matvecF32, WasmMatrix } from './kernels/matvec.js';
 
@@ -195,7 +195,7 @@ export class CalderaLinear implements Linear {
    * benchmark model and on par for the reference model).
    */
   private readonly kernel: CalderaKernel | null;
-  /** L̂ `[mp, k]` and R̂ `[k, np]` (f32, decoded once; inside the kernel's memory when there is one). */
+  /** Without the kernel: L̂ `[mp, k]` and R̂ `[k, np]` (f32, decoded once) for the batch path's gemm. */
   private readonly l: Tensor<'f32'> | null;
   private readonly r: Tensor<'f32'> | null;
   /** Without the kernel: 2-bit Q codes group-major `[np/8, mp]` and the decode-path products z = x'·R̂ᵀ, y += z·L̂ᵀ. */
@@ -221,35 +221,29 @@ export class CalderaLinear implements Linear {
       offset: 0,
       data,
     });
-    if (this.kernel) {
-      this.l = k > 0 ? matrix(this.kernel.lRows, mp, k) : null;
-      this.r = k > 0 ? matrix(this.kernel.r, k, np) : null;
-      this.qCodesT = null;
+    if (this.kernel || k === 0) {
       this.rProduct = null;
       this.lProduct = null;
     } else {
-      const fv = (f: Decomposition['l']) => (f.kind === 'dense' ? f.values : latticeDecode(f.codes));
-      const lRows = new Float32Array(mp * k);
-      if (k > 0) {
-        const lt = fv(d.l); // [k, mp]
-        for (let t = 0; t < k; t++) for (let i = 0; i < mp; i++) lRows[i * k + t] = lt[t * mp + i]!;
-      }
-      this.rProduct = k > 0 ? f32Product(fv(d.r), k, np) : null;
-      this.lProduct = k > 0 ? f32Product(lRows, mp, k) : null;
-      this.l = this.lProduct ? matrix(this.lProduct.weights, mp, k) : null;
-      this.r = this.rProduct ? matrix(this.rProduct.weights, k, np) : null;
-      if (d.q.bits === 2) {
-        const codes = d.q.planes[0] as Uint16Array;
-        const groups = np / 8;
-        const t = new Uint16Array(codes.length);
-        for (let i = 0; i < mp; i++) for (let g = 0; g < groups; g++) t[g * mp + i] = codes[i * groups + g]!;
-        this.qCodesT = t;
-      } else this.qCodesT = null;
+      const { lRows, r } = lowRankFactors(d);
+      this.rProduct = f32Product(r, k, np);
+      this.lProduct = f32Product(lRows, mp, k);
     }
+    this.l = this.lProduct ? matrix(this.lProduct.weights, mp, k) : null;
+    this.r = this.rProduct ? matrix(this.rProduct.weights, k, np) : null;
+    this.qCodesT =
+      !this.kernel && d.q.bits === 2
+        ? groupMajorCodes(d, new Uint16Array((d.q.planes[0] as Uint16Array).length))
+        : null;
     const ft = d.ft && d.ft.rank > 0 ? d.ft : null;
     this.ftL = ft ? matrix(ft.l, mp, ft.rank) : null;
     this.ftR = ft ? matrix(ft.r, ft.rank, np) : null;
     this.weightBytes = Math.ceil((d.bitsPerWeight * this.inFeatures * this.outFeatures) / 8);
+  }
+
+  /** True when forward runs the fused WebAssembly SIMD kernel (2-bit Q, no LoRA part, SIMD available, not opted out). */
+  get fused(): boolean {
+    return this.kernel !== null;
   }
 
   forward(x: Float32Array, rows: number): Float32Array {

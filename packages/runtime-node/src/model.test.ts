@@ -89,6 +89,23 @@ describe('LlamaModel', () => {
     rows.forEach((r, t) => r.forEach((v, j) => expect(Math.abs(v - full[t * V + j]!)).toBeLessThan(1e-5)));
   });
 
+  it('cached decode with TypeScript attention equals cached decode with the SIMD attention kernel', () => {
+    const V = cfg.vocabSize;
+    const run = (cache: KVCache) => {
+      const out: Float32Array[] = [model.forward(tokens.slice(0, 4), cache).slice(3 * V)];
+      for (let t = 4; t < tokens.length; t++) out.push(model.forward([tokens[t]!], cache));
+      return out;
+    };
+    const plain = new KVCache(cfg, tokens.length, { kernel: false });
+    const simd = new KVCache(cfg, tokens.length);
+    expect(plain.kernel).toBeNull();
+    expect(simd.kernel).not.toBeNull();
+    const a = run(plain);
+    const b = run(simd);
+    // f64-accumulated vs f32 attention through every layer, logits of size ~10: 1e-4 absolute is ample
+    a.forEach((r, t) => r.forEach((v, j) => expect(Math.abs(v - b[t]![j]!)).toBeLessThan(1e-4)));
+  });
+
   it('a block without a cache (TypeScript attention) equals the block over a fresh cache (SIMD attention kernel)', () => {
     const x = model.embed(tokens);
     const cache = new KVCache(cfg, tokens.length);

@@ -1,6 +1,6 @@
 import { CalderaError, ropeInvFreq, type Tensor } from '@caldera/core';
 import { blockLinearNames, type ModelConfig } from './config.js';
-import { AttentionKernel } from './kernels/attention-kernel.js';
+import { AttentionKernel, type AttentionShape } from './kernels/attention-kernel.js';
 import { DenseLinear, type Linear } from './linear.js';
 
 /** One transformer block's weights. */
@@ -41,23 +41,31 @@ export class KVCache {
   readonly k: Float32Array[];
   readonly v: Float32Array[];
   length = 0;
-  /** Keys and values inside the SIMD attention kernel's memory (null: plain arrays and the TypeScript loops). */
+  /**
+   * Keys and values inside the SIMD attention kernel's memory, or null: plain arrays and the TypeScript loops (no
+   * WebAssembly SIMD, a cache over 4 GiB, or `{ kernel: false }`).
+   */
   readonly kernel: AttentionKernel | null;
   constructor(
     readonly config: ModelConfig,
     readonly capacity: number,
+    options: KVCacheOptions = {},
   ) {
-    const shape = {
-      layers: config.numLayers,
-      heads: config.numHeads,
-      kvHeads: config.numKvHeads,
-      headDim: config.headDim,
-    };
-    this.kernel = AttentionKernel.create(shape, capacity);
+    this.kernel = options.kernel === false ? null : AttentionKernel.create(attentionShape(config), capacity);
     const w = config.numKvHeads * config.headDim;
     this.k = this.kernel?.k ?? Array.from({ length: config.numLayers }, () => new Float32Array(capacity * w));
     this.v = this.kernel?.v ?? Array.from({ length: config.numLayers }, () => new Float32Array(capacity * w));
   }
+}
+
+/** Options of {@link KVCache}. */
+export interface KVCacheOptions {
+  /** Keep keys and values in the SIMD attention kernel's memory when it is available (default true). */
+  kernel?: boolean;
+}
+
+function attentionShape(cfg: ModelConfig): AttentionShape {
+  return { layers: cfg.numLayers, heads: cfg.numHeads, kvHeads: cfg.numKvHeads, headDim: cfg.headDim };
 }
 
 function rmsNorm(x: Float32Array, rows: number, w: Float32Array, eps: number): Float32Array {
@@ -253,14 +261,18 @@ export class LlamaModel {
     const rows = tokens.length;
     // without a cache, a sequence of several tokens gets a temporary one (positions from 0, as without a cache) so
     // that its attention runs in the SIMD kernel — unless its keys and values for all layers would exceed 256 MiB
-    const c =
-      cache ??
-      (rows > 1 && kvBytes(this.config, rows) <= TEMP_CACHE_MAX_BYTES
-        ? new KVCache(this.config, rows)
-        : undefined);
+    const c = cache ?? (rows > 1 ? this.temporaryCache(rows) : undefined);
     for (let b = 0; b < this.config.numLayers; b++) x = this.runBlock(b, x, rows, c);
     if (cache) cache.length += rows;
     return this.logits(x, rows);
+  }
+
+  /** A kernel-backed cache for `positions` positions, or undefined (no SIMD kernel, or over the 256 MiB limit). */
+  private temporaryCache(positions: number): KVCache | undefined {
+    if (kvBytes(this.config, positions) > TEMP_CACHE_MAX_BYTES) return undefined;
+    if (!AttentionKernel.available()) return undefined;
+    const c = new KVCache(this.config, positions);
+    return c.kernel ? c : undefined;
   }
 
   /** The linear layer with a Hugging Face prefix such as `model.layers.0.mlp.up_proj`. */

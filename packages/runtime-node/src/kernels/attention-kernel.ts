@@ -1,4 +1,5 @@
-import { embeddedModule } from './wasm-module.js';
+import { CalderaError } from '@caldera/core';
+import { checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
 import { ATTENTION_WASM_BASE64 } from '../generated/attention-wasm.js';
 
 type Attend = (
@@ -45,6 +46,11 @@ export class AttentionKernel {
     private readonly at: { k: number[]; v: number[]; q: number; out: number; scores: number },
   ) {}
 
+  /** True when the kernel's module compiles here (WebAssembly SIMD). */
+  static available(): boolean {
+    return embeddedModule(ATTENTION_WASM_BASE64) !== null;
+  }
+
   static create(shape: AttentionShape, capacity: number): AttentionKernel | null {
     const mod = embeddedModule(ATTENTION_WASM_BASE64);
     if (!mod) return null;
@@ -52,8 +58,8 @@ export class AttentionKernel {
     const kw = kvHeads * headDim;
     const qw = heads * headDim;
     const align = (b: number) => Math.ceil(b / 16) * 16;
-    // the module's static data (Mathf.exp's tables) sits in the first page; buffers start at 65 536
-    const base = 65536;
+    // the module's static data (Mathf.exp's tables) sits in the first page
+    const base = KERNEL_BASE;
     const layerBytes = align(capacity * kw * 4);
     const kAt = Array.from({ length: layers }, (_, b) => base + b * layerBytes);
     const vAt = kAt.map((a) => a + layers * layerBytes);
@@ -65,17 +71,15 @@ export class AttentionKernel {
     if (pages > 65536) return null;
     let memory: WebAssembly.Memory;
     let run: Attend;
-    let heapBase: number;
+    let exports: WebAssembly.Exports;
     try {
       memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
-      const exports = new WebAssembly.Instance(mod, { env: { memory } }).exports;
+      exports = new WebAssembly.Instance(mod, { env: { memory } }).exports;
       run = exports.attend as Attend;
-      heapBase = (exports.heapBase as () => number)();
     } catch {
       return null;
     }
-    if (heapBase > base)
-      throw new Error(`attention kernel: static data up to ${heapBase} overlaps its buffers`);
+    checkHeapBase(exports, 'attention kernel');
     const view = (a: number, n: number) => new Float32Array(memory.buffer, a, n);
     return new AttentionKernel(
       shape,
@@ -94,7 +98,12 @@ export class AttentionKernel {
    * layer `layer`'s cached keys and values (positions 0 … pos0 + rows − 1 already written): `[rows, heads·headDim]`.
    */
   attend(layer: number, q: Float32Array, rows: number, pos0: number): Float32Array {
-    const { heads, kvHeads, headDim } = this.shape;
+    const { heads, kvHeads, headDim, layers } = this.shape;
+    if (pos0 + rows > this.capacity || layer < 0 || layer >= layers || q.length < rows * heads * headDim)
+      throw new CalderaError(
+        'E_SHAPE',
+        `attention: layer ${layer} of ${layers}, positions up to ${pos0 + rows} of ${this.capacity}, q of ${q.length}`,
+      );
     const qw = heads * headDim;
     const out = new Float32Array(rows * qw);
     const scale = 1 / Math.sqrt(headDim);

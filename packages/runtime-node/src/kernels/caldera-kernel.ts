@@ -1,18 +1,35 @@
 import { hadamardBase, hadamardFactor } from '@caldera/linalg';
 import { latticeDecode, type Decomposition } from '@caldera/lowrank';
-import { embeddedModule } from './wasm-module.js';
+import { checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
 import { CALDERA_WASM_BASE64 } from '../generated/caldera-wasm.js';
 import { e8pLutTables } from './e8p-lut.js';
 
-/**
- * Bytes at the start of a kernel memory fixed by asm/e8p.ts: the module's static data (first page), then the two
- * 256-entry maps at 65 536, then 2 × 2 groups' tables.
- */
-const E8P_BASE = 65536;
-const E8P_FIXED_BYTES = E8P_BASE + 2048 + 4 * 4096;
+/** End of the region fixed by asm/e8p.ts: the two 256-entry maps at {@link KERNEL_BASE}, then 2 × 2 groups' tables. */
+const E8P_FIXED_END = KERNEL_BASE + 2048 + 4 * 4096;
 
 /** ta/ts entries as byte offsets (index·4 in each 16-bit half), as asm/e8p.ts reads them. */
 const byteOffsets = (e: number) => (e & 0xffff) * 4 + (e >>> 16) * 4 * 65536;
+
+/** 2-bit Q's codes group-major (`[np/8, mp]`, the transpose of the checkpoint's `[mp, np/8]`) into `out`. */
+export function groupMajorCodes(d: Decomposition, out: Uint16Array): Uint16Array {
+  const codes = d.q.planes[0] as Uint16Array;
+  const [mp, np] = d.padded;
+  const groups = np / 8;
+  for (let i = 0; i < mp; i++) for (let g = 0; g < groups; g++) out[g * mp + i] = codes[i * groups + g]!;
+  return out;
+}
+
+/** L̂ row-major `[mp, k]` and R̂ `[k, np]`, decoded to f32 (empty for rank 0). */
+export function lowRankFactors(d: Decomposition): { lRows: Float32Array; r: Float32Array } {
+  const [mp] = d.padded;
+  const k = d.rank;
+  if (k === 0) return { lRows: new Float32Array(0), r: new Float32Array(0) };
+  const decoded = (f: Decomposition['l']) => (f.kind === 'dense' ? f.values : latticeDecode(f.codes));
+  const lt = decoded(d.l); // [k, mp]
+  const lRows = new Float32Array(mp * k);
+  for (let s = 0; s < k; s++) for (let i = 0; i < mp; i++) lRows[i * k + s] = lt[s * mp + i]!;
+  return { lRows, r: decoded(d.r) };
+}
 
 /** Fields of asm/caldera.ts's `Layer` record, in order (4 bytes each). */
 const LAYER_FIELDS = [
@@ -26,7 +43,7 @@ const LAYER_FIELDS = [
   'codes',
   'p1',
   'p2',
-  'lr',
+  'lRows',
   'r',
   'su',
   'sv',
@@ -75,10 +92,6 @@ export class CalderaKernel {
     readonly n: number,
     readonly m: number,
     readonly maxRows: number,
-    /** L̂ `[mp, k]` row-major inside the kernel's memory. */
-    readonly lRows: Float32Array,
-    /** R̂ `[k, np]` row-major inside the kernel's memory. */
-    readonly r: Float32Array,
   ) {}
 
   static create(d: Decomposition, maxRows: number): CalderaKernel | null {
@@ -92,7 +105,7 @@ export class CalderaKernel {
     const mixOut = d.hadamard ? blockMix(mp, true) : null;
     // fixed at the start (asm/e8p.ts): the index maps and two groups' half tables; then bump allocation
     if (t.p1.length !== 128 || t.p2.length !== 128 || mp % 2 !== 0) return null; // 32 patterns per half; even rows
-    let top = E8P_FIXED_BYTES;
+    let top = E8P_FIXED_END;
     const alloc = (bytes: number) => {
       const at = top;
       top += Math.ceil(bytes / 16) * 16;
@@ -119,37 +132,25 @@ export class CalderaKernel {
     const pages = Math.ceil(top / 65536);
     let memory: WebAssembly.Memory;
     let run: (layer: number, rows: number) => void;
-    let heapBase: number;
+    let exports: WebAssembly.Exports;
     try {
       memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
-      const exports = new WebAssembly.Instance(mod, { env: { memory } }).exports;
+      exports = new WebAssembly.Instance(mod, { env: { memory } }).exports;
       run = exports.forward as typeof run;
-      heapBase = (exports.heapBase as () => number)();
     } catch {
       return null; // e.g. the address space could not be reserved
     }
-    // the module's static data must stay below the fixed tables (a build-time property; tests fail loudly)
-    if (heapBase > E8P_BASE)
-      throw new Error(`caldera kernel: static data up to ${heapBase} overlaps its tables`);
+    checkHeapBase(exports, 'caldera kernel');
     const buf = memory.buffer;
     const f32 = (addr: number, len: number) => new Float32Array(buf, addr, len);
-    new Uint32Array(buf, E8P_BASE, 256).set(t.ta.map(byteOffsets));
-    new Uint32Array(buf, E8P_BASE + 1024, 256).set(t.ts.map(byteOffsets));
+    new Uint32Array(buf, KERNEL_BASE, 256).set(t.ta.map(byteOffsets));
+    new Uint32Array(buf, KERNEL_BASE + 1024, 256).set(t.ts.map(byteOffsets));
     f32(at.p1, t.p1.length).set(t.p1);
     f32(at.p2, t.p2.length).set(t.p2);
-    // codes: row-major [mp, groups] in the checkpoint, group-major here
-    const codes = d.q.planes[0] as Uint16Array;
-    const groups = np / 8;
-    const ct = new Uint16Array(buf, at.codes, mp * groups);
-    for (let i = 0; i < mp; i++) for (let g = 0; g < groups; g++) ct[g * mp + i] = codes[i * groups + g]!;
-    const lRows = f32(at.lr, mp * k);
-    const r = f32(at.r, k * np);
-    if (k > 0) {
-      const decoded = (f: Decomposition['l']) => (f.kind === 'dense' ? f.values : latticeDecode(f.codes));
-      const lt = decoded(d.l); // [k, mp]
-      for (let s = 0; s < k; s++) for (let i = 0; i < mp; i++) lRows[i * k + s] = lt[s * mp + i]!;
-      r.set(decoded(d.r));
-    }
+    groupMajorCodes(d, new Uint16Array(buf, at.codes, (mp * np) / 8));
+    const { lRows, r } = lowRankFactors(d);
+    f32(at.lr, mp * k).set(lRows);
+    f32(at.r, k * np).set(r);
     f32(at.su, np).set(d.su ?? new Float32Array(np).fill(1));
     f32(at.sv, mp).set(d.sv ?? new Float32Array(mp).fill(1));
     if (mixIn) f32(at.mixIn, mixIn.mix.length).set(mixIn.mix);
@@ -165,7 +166,7 @@ export class CalderaKernel {
       codes: at.codes,
       p1: at.p1,
       p2: at.p2,
-      lr: at.lr,
+      lRows: at.lr,
       r: at.r,
       su: at.su,
       sv: at.sv,
@@ -188,7 +189,7 @@ export class CalderaKernel {
     });
     const xView = f32(at.x, maxRows * n);
     const yView = f32(at.y, maxRows * m);
-    return new CalderaKernel(run, at.layer, xView, yView, n, m, maxRows, lRows, r);
+    return new CalderaKernel(run, at.layer, xView, yView, n, m, maxRows);
   }
 
   /** `y = x·Ŵᵀ` for `rows` input rows of `n` values (a new array of rows·m values), `maxRows` per kernel call. */

@@ -91,13 +91,12 @@ function fillHalf(
     const v1 = Math.fround(p[4 * k + 1]! * x1);
     const v2 = Math.fround(p[4 * k + 2]! * x2);
     const v3 = Math.fround(p[4 * k + 3]! * x3);
-    const a = [v0 + v1, -v0 + v1, v0 - v1, -v0 - v1].map(Math.fround);
-    const b = [v2 + v3, -v2 + v3, v2 - v3, -v2 - v3].map(Math.fround);
     const o = 32 * k;
     // sign bit i set ⇒ coordinate i negated; index = bits of (c0, c1, c2, c3)
-    for (let q = 0; q < 4; q++)
+    for (let q = 0; q < 4; q++) {
+      const b = Math.fround((q & 1 ? -v2 : v2) + (q & 2 ? -v3 : v3));
       for (let i = 0; i < 4; i++) {
-        const e = Math.fround(a[i]! + b[q]!);
+        const e = Math.fround(Math.fround((i & 1 ? -v0 : v0) + (i & 2 ? -v1 : v1)) + b);
         if (first) {
           lut[o + 4 * q + i] = e + shift;
           lut[o + 16 + 4 * q + i] = e - shift;
@@ -106,6 +105,7 @@ function fillHalf(
           lut[o + 16 + 4 * (q ^ 2) + i] = e;
         }
       }
+    }
   }
 }
 

@@ -72,6 +72,8 @@ describe('kernels', () => {
     ];
     for (const [m, n, rank, ks] of cases) {
       const d = randomDecomposition(m, n, rank, rng);
+      // 1024 × 512: every code exactly once (an odd multiplier permutes 0…65 535)
+      if (m * n === 8 * 65536) d.q.planes[0] = new Uint16Array(65536).map((_, i) => (i * 40503) & 0xffff);
       expect([hadamardFactor(d.padded[0])!.K, hadamardFactor(d.padded[1])!.K]).toEqual(ks);
       const kernel = CalderaKernel.create(d, 4);
       expect(kernel).not.toBeNull(); // WebAssembly SIMD runs on Node 20
@@ -104,10 +106,11 @@ describe('kernels', () => {
         kernel.k[b]!.set(rng.fillNormal(new Float32Array(cap * kw)));
         kernel.v[b]!.set(rng.fillNormal(new Float32Array(cap * kw)));
       }
-      // 1 row at position 0, 1 row late, a 19-row prompt (two chunks of 16) after 3 cached positions
+      // 1 row at position 0, 1 row at the last position of the cache, a 19-row prompt (two chunks of 16) after 3
+      // cached positions
       for (const [rows, pos0] of [
         [1, 0],
-        [1, 38],
+        [1, 39],
         [19, 3],
       ] as const) {
         const layer = rows === 19 ? 1 : 0;
@@ -212,5 +215,12 @@ describe('kernels', () => {
       expect(Object.is(y16[i], want[h])).toBe(true);
       expect(Object.is(y1[i], want[h])).toBe(true);
     });
+    // one infinity in the scalar tail of the finiteness scan (13 values: 8 + 5) still selects the exact kernel
+    const tail = f32ArrayToF16(new Float32Array([...Array.from({ length: 12 }, (_, i) => i + 1), Infinity]));
+    const e12 = new Float32Array(13);
+    e12[12] = 1;
+    const yt = new Float32Array(1);
+    WasmMatrix.create('f16', tail, 1, 13, 4)!.matvec(e12, 1, yt);
+    expect(yt[0]).toBe(Infinity);
   });
 });

@@ -1,5 +1,5 @@
 import { f16ArrayToF32 } from '@caldera/core';
-import { embeddedModule } from './wasm-module.js';
+import { checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
 import { MATVEC_WASM_BASE64 } from '../generated/matvec-wasm.js';
 
 /**
@@ -89,7 +89,8 @@ type Kernel = (w: number, m: number, n: number, x: number, rows: number, y: numb
  * A dense matrix `W [m, n]` (f32, or f16 bits) resident in its own WebAssembly memory, multiplied by `x` (up to
  * `maxRows` rows) with the SIMD kernels of asm/matvec.ts: the weights are copied in once at construction and read in
  * place on every call (decode is memory-bound, so no per-call copy of W); only x and y cross the boundary.
- * `weights` is the view of W inside that memory. {@link WasmMatrix.create} returns null when WebAssembly SIMD is
+ * `weights` is the view of W inside that memory (later writes to it must keep f16 values finite when they were: the
+ * kernel for finite matrices is chosen once). {@link WasmMatrix.create} returns null when WebAssembly SIMD is
  * unavailable or W does not fit in one memory (4 GiB), and callers keep the TypeScript loops.
  */
 export class WasmMatrix<K extends 'f32' | 'f16'> {
@@ -101,6 +102,7 @@ export class WasmMatrix<K extends 'f32' | 'f16'> {
     /** W inside the WebAssembly memory (row-major). */
     readonly weights: K extends 'f32' ? Float32Array : Uint16Array,
     private readonly kernel: Kernel,
+    private readonly wAt: number,
     private readonly xAt: number,
     private readonly yAt: number,
     /** Views of the x and y regions (the memory never grows, so they stay valid). */
@@ -118,38 +120,42 @@ export class WasmMatrix<K extends 'f32' | 'f16'> {
     const k = embeddedModule(MATVEC_WASM_BASE64);
     if (!k || w.length !== m * n) return null;
     const align = (b: number) => Math.ceil(b / 16) * 16;
-    const wBytes = align(m * n * (kind === 'f32' ? 4 : 2));
-    const xAt = wBytes;
+    const wAt = KERNEL_BASE;
+    const xAt = wAt + align(m * n * (kind === 'f32' ? 4 : 2));
     const yAt = xAt + align(maxRows * n * 4);
     const pages = Math.ceil((yAt + maxRows * m * 4) / 65536);
     if (pages > 65536) return null;
     let memory: WebAssembly.Memory;
-    let kernel: Kernel;
+    let exports: WebAssembly.Exports;
     try {
-      memory = new WebAssembly.Memory({ initial: Math.max(1, pages), maximum: Math.max(1, pages) });
-      const inst = new WebAssembly.Instance(k, { env: { memory } });
-      // f16 without infinities or NaNs (every real checkpoint) takes the shorter exact conversion
-      const finite = kind === 'f32' || (w as Uint16Array).every((h) => (h & 0x7c00) !== 0x7c00);
-      kernel = (
-        kind === 'f32' ? inst.exports.denseF32 : finite ? inst.exports.denseF16Finite : inst.exports.denseF16
-      ) as Kernel;
+      memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
+      exports = new WebAssembly.Instance(k, { env: { memory } }).exports;
     } catch {
       return null; // e.g. the address space for a multi-GiB memory could not be reserved
     }
+    checkHeapBase(exports, 'matvec kernel');
     const view = (
-      kind === 'f32' ? new Float32Array(memory.buffer, 0, m * n) : new Uint16Array(memory.buffer, 0, m * n)
+      kind === 'f32'
+        ? new Float32Array(memory.buffer, wAt, m * n)
+        : new Uint16Array(memory.buffer, wAt, m * n)
     ) as K extends 'f32' ? Float32Array : Uint16Array;
     view.set(w as never);
+    // f16 without infinities or NaNs (every real checkpoint) takes the shorter exact conversion
+    const finite =
+      kind === 'f16' && (exports.finiteHalves as (w: number, count: number) => number)(wAt, m * n) === 1;
+    const kernel = (
+      kind === 'f32' ? exports.denseF32 : finite ? exports.denseF16Finite : exports.denseF16
+    ) as Kernel;
     const xView = new Float32Array(memory.buffer, xAt, maxRows * n);
     const yView = new Float32Array(memory.buffer, yAt, maxRows * m);
-    return new WasmMatrix(kind, m, n, maxRows, view, kernel, xAt, yAt, xView, yView);
+    return new WasmMatrix(kind, m, n, maxRows, view, kernel, wAt, xAt, yAt, xView, yView);
   }
 
   /** `y[r·m + i] = Σ_j x[r·n + j]·W[i, j]` for `rows ≤ maxRows` input rows. */
   matvec(x: Float32Array, rows: number, y: Float32Array): void {
     const { m, n } = this;
     this.xView.set(rows === this.maxRows && x.length === rows * n ? x : x.subarray(0, rows * n));
-    this.kernel(0, m, n, this.xAt, rows, this.yAt);
+    this.kernel(this.wAt, m, n, this.xAt, rows, this.yAt);
     y.set(rows === this.maxRows ? this.yView : this.yView.subarray(0, rows * m));
   }
 }

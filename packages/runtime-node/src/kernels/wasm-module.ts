@@ -17,3 +17,16 @@ export function embeddedModule(base64: string): WebAssembly.Module | null {
   }
   return mod;
 }
+
+/**
+ * First address of the buffers the hosts lay out in a kernel's memory: the page below holds the module's static data
+ * (checked against its exported `heapBase()`); asm/e8p.ts's fixed tables start here too.
+ */
+export const KERNEL_BASE = 65536;
+
+/** Throw when a module's static data reaches {@link KERNEL_BASE} (a build-time property, caught by the tests). */
+export function checkHeapBase(exports: WebAssembly.Exports, what: string): void {
+  const end = (exports.heapBase as () => number)();
+  if (end > KERNEL_BASE)
+    throw new Error(`${what}: static data up to ${end} overlaps the buffers at ${KERNEL_BASE}`);
+}
