@@ -101,7 +101,7 @@ function run(kind: Kind): {
   const prompt = Array.from({ length: PREFILL }, (_, i) => (i * 37) % cfg.vocabSize);
   const cache = new KVCache(cfg, PREFILL + DECODE + 1);
   let t = performance.now();
-  let logits = model.forward(prompt, cache);
+  let logits = model.forward(prompt, cache, { last: true }); // as generate() prefills: logits of the last position
   const prefill = PREFILL / ((performance.now() - t) / 1000);
   let next = 0;
   model.forward([1], cache); // warm-up of the decode path

@@ -19,11 +19,10 @@ export async function* generate(
   const rng = new Rng(options.seed ?? 0);
   const V = model.config.vocabSize;
   const seen = new Set<number>(Array.from(prompt));
-  let logits = model.forward(prompt, cache);
-  let row = prompt.length - 1;
+  let logits = model.forward(prompt, cache, { last: true });
   for (let n = 0; n < maxTokens && cache.length < capacity; n++) {
     throwIfAborted(options.signal, 'generate');
-    const l = Float64Array.from(logits.subarray(row * V, row * V + V));
+    const l = Float64Array.from(logits.subarray(0, V));
     const pen = options.repetitionPenalty ?? 1;
     if (pen !== 1) for (const t of seen) l[t] = l[t]! > 0 ? l[t]! / pen : l[t]! * pen;
     const next = sampleToken(l, options, rng);
@@ -36,6 +35,5 @@ export async function* generate(
     if (options.stopTokens?.includes(next)) return;
     seen.add(next);
     logits = model.forward([next], cache);
-    row = 0;
   }
 }

@@ -89,6 +89,15 @@ describe('LlamaModel', () => {
     rows.forEach((r, t) => r.forEach((v, j) => expect(Math.abs(v - full[t * V + j]!)).toBeLessThan(1e-5)));
   });
 
+  it('forward with { last: true } gives the last row of the full logits', () => {
+    const full = model.forward(tokens);
+    const V = cfg.vocabSize;
+    const last = model.forward(tokens, undefined, { last: true });
+    expect(last.length).toBe(V);
+    // the same computation for that row (the head's matrix–vector path for 1 row vs gemm for 7): 1e-5 is ample
+    last.forEach((v, j) => expect(Math.abs(v - full[(tokens.length - 1) * V + j]!)).toBeLessThan(1e-5));
+  });
+
   it('cached decode with TypeScript attention equals cached decode with the SIMD attention kernel', () => {
     const V = cfg.vocabSize;
     const run = (cache: KVCache) => {

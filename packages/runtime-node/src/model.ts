@@ -253,10 +253,11 @@ export class LlamaModel {
   }
 
   /**
-   * Logits for every position of `tokens` (`[tokens, vocab]`). With a cache, the tokens continue the cached sequence
-   * (prefill or single-token decode) and the cache is extended.
+   * Logits for every position of `tokens` (`[tokens, vocab]`), or with `{ last: true }` for the last position only
+   * (`[vocab]`: what generation needs, without the LM head on the rest of a prompt). With a cache, the tokens continue
+   * the cached sequence (prefill or single-token decode) and the cache is extended.
    */
-  forward(tokens: ArrayLike<number>, cache?: KVCache): Float32Array {
+  forward(tokens: ArrayLike<number>, cache?: KVCache, options: { last?: boolean } = {}): Float32Array {
     let x = this.embed(tokens);
     const rows = tokens.length;
     // without a cache, a sequence of several tokens gets a temporary one (positions from 0, as without a cache) so
@@ -264,6 +265,10 @@ export class LlamaModel {
     const c = cache ?? (rows > 1 ? this.temporaryCache(rows) : undefined);
     for (let b = 0; b < this.config.numLayers; b++) x = this.runBlock(b, x, rows, c);
     if (cache) cache.length += rows;
+    if (options.last && rows > 1) {
+      const d = this.config.hiddenSize;
+      return this.logits(x.subarray((rows - 1) * d), 1);
+    }
     return this.logits(x, rows);
   }
 
