@@ -24,7 +24,7 @@ export interface EighOptions {
    * implicit QL with rotations accumulated in TypeScript. Default `'auto'`: `'dc'` for n > 64.
    */
   method?: 'auto' | 'dc' | 'ql';
-  /** Worker pool for the divide-and-conquer merge products. */
+  /** Worker pool for the reduction's symv and updates, the divide-and-conquer merge products and secular equations, and the back-transformation. */
   pool?: Pool;
   /** Abort between reduction steps / eigenvalues (`E_ABORTED`). */
   signal?: AbortSignal;

@@ -33,7 +33,7 @@ import {
 import type { Executor } from './pool/pool.js';
 import { tridiagonalQL } from './tridiag.js';
 import { panelProduct } from './tridiag-wasm.js';
-import { ensureMemory, HEAP_BASE } from './wasm/engine.js';
+import { ensureMemory, HEAP_BASE, tryEnsureMemory } from './wasm/engine.js';
 import { packPanels } from './wasm/pack.js';
 
 /** Leaves of at most this size are solved by QL. */
@@ -74,8 +74,8 @@ interface Work {
  * (d, e) with `e[i] = T[i, i+1]`. `d` and `e` are not modified. `budget` (values per scratch buffer of the
  * TypeScript merge product, default max(n²/4, 2¹⁶)) also bounds the WebAssembly merge product: when given,
  * it uses 3·`budget` values of wasm memory and no more (tests use small ones to exercise the blocked
- * product); by default it uses whatever the executor's memory already holds, at least 3·max(n²/4, 2¹⁶)
- * values (1 GiB at most). `out` (n² values, overwritten) receives the eigenvectors instead of a new
+ * product); by default it uses whatever the executor's memory already holds, or up to min(3·block, the whole
+ * product's operands, 2²⁷) values (1 GiB at most). `out` (n² values, overwritten) receives the eigenvectors instead of a new
  * buffer. `reference` runs the merge products through `gemmInto` on JavaScript buffers (the secular
  * equation still uses the WebAssembly kernel); where `gemmInto` runs them on the kernels (all but small
  * products) the WebAssembly product computes every element with the same kernel calls, so the results are
@@ -488,17 +488,16 @@ function secularRoots(
   work: Work,
 ): void {
   const exec = K >= 16 ? work.exec : null;
-  if (!exec) {
+  const dOff = HEAP_BASE;
+  const zOff = dOff + 8 * roundUp(K, 2);
+  const oOff = zOff + 8 * roundUp(K, 2);
+  const tOff = oOff + 8 * roundUp(K, 2);
+  if (!exec || !tryEnsureMemory(exec.engine, tOff + 8 * K, 'eigh')) {
     secularRootsRef(dk, z2, K, rho, zz, origin, tau);
     return;
   }
   exec.busy = true;
   try {
-    const dOff = HEAP_BASE;
-    const zOff = dOff + 8 * roundUp(K, 2);
-    const oOff = zOff + 8 * roundUp(K, 2);
-    const tOff = oOff + 8 * roundUp(K, 2);
-    ensureMemory(exec.engine, tOff + 8 * K, 'eigh');
     const mem = new Float64Array(exec.engine.memory.buffer);
     mem.set(dk.subarray(0, K), dOff / 8);
     mem.set(z2.subarray(0, K), zOff / 8);

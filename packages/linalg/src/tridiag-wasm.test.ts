@@ -2,6 +2,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { Rng, tensor } from '@caldera/core';
 import { eigh } from './eigh.js';
 import { diffFro, EPS, fro, mul, orthErr } from './factor-test-util.js';
+import { defaultExecutor } from './pool/default.js';
 import { createPool, poolExecutor } from './pool/pool.js';
 import {
   backTransformBlocked,
@@ -17,6 +18,10 @@ import { createEngine, ensureMemory, HEAP_BASE } from './wasm/engine.js';
 const engine = createEngine(false)!;
 const pool = createPool({ threads: 2 });
 afterAll(() => pool.dispose());
+
+it('the pool these tests use really has a worker (the caller and one more thread)', () => {
+  expect(pool.threads).toBe(2);
+});
 
 /** Random row-major buffer (upper triangle filled with NaN: the kernels must not read it). */
 function lowerWithNanAbove(n: number, ld: number, seed: number): Float64Array {
@@ -224,7 +229,9 @@ describe('aborting the WebAssembly paths', () => {
             },
           }),
         ).toThrow(/abort/i);
-        // the scratch memory was released (not left busy): the same call succeeds and agrees
+        // the scratch memory was released: the executor is not left busy (a busy one would be silently replaced by a
+        // fresh single-threaded executor, so agreeing results alone would not show it), and the same call agrees
+        expect(p ? poolExecutor(p).busy : defaultExecutor()!.busy).toBe(false);
         const again = eigh(a, p ? { pool: p } : {});
         for (let i = 0; i < n; i++) expect(again.values[i]).toBeCloseTo(ok.values[i]!, 10);
       }

@@ -30,8 +30,9 @@ import {
   TRI,
 } from './pool/protocol.js';
 import type { Reflectors, Tridiagonal } from './tridiag.js';
-import { ensureMemory, HEAP_BASE } from './wasm/engine.js';
+import { HEAP_BASE, tryEnsureMemory } from './wasm/engine.js';
 import { MAX_PAGES } from './wasm/module.js';
+import { KC_F64 } from './wasm/panel-gemm.js';
 
 /** Bytes a wasm32 memory can hold. */
 const WASM_LIMIT = MAX_PAGES * 65536;
@@ -66,8 +67,8 @@ export function tridiagonalizeWasm(
   const pOff = vOff + npad * 8; // one partial product per thread
   const pnOff = pOff + threads * npad * 8; // the panel [V | W], n × 2nb
   const uOff = pnOff + n * 2 * nb * 8; // 2nb scratch values of the panel correction
-  if (uOff + 2 * nb * 8 > WASM_LIMIT) return null;
-  ensureMemory(exec.engine, uOff + 2 * nb * 8, 'eigh');
+  // too large for wasm32, or the host will not grow the memory: the TypeScript reduction
+  if (uOff + 2 * nb * 8 > WASM_LIMIT || !tryEnsureMemory(exec.engine, uOff + 2 * nb * 8, 'eigh')) return null;
   const buf = exec.engine.memory.buffer;
   const A = new Float64Array(buf, aOff, aLen);
   const X = new Float64Array(buf, xOff, npad * 2 * nb);
@@ -188,7 +189,7 @@ export function tridiagonalizeWasm(
       ctrl[BP] = bp;
       ctrl[NPJ] = npi;
       ctrl[LDC] = ld;
-      ctrl[KC] = 128;
+      ctrl[KC] = KC_F64;
       ctrl[TRI] = 2;
       ctrl[BPS] = 0;
       ctrl[CPS] = 0;
@@ -273,7 +274,7 @@ export function panelProduct(exec: Executor, a: PanelProduct): void {
     ctrl[BP] = bp;
     ctrl[NPJ] = a.npj;
     ctrl[LDC] = a.ldc;
-    ctrl[KC] = 128;
+    ctrl[KC] = KC_F64;
     ctrl[TRI] = 0;
     ctrl[BPS] = a.bps;
     ctrl[CPS] = a.cps;
@@ -283,7 +284,7 @@ export function panelProduct(exec: Executor, a: PanelProduct): void {
 /**
  * Same contract as {@link backTransformBlocked} (`y ← Q·y`, Q from the reflectors in `w` and `taus`), with
  * y kept in the executor's wasm memory for the whole product, stored as 4-column panels — the kernels' B
- * layout — so that every block of reflectors `I − V·T·Vᵀ` is applied with three panel products and no
+ * layout — so that every block of reflectors `I − V·T·Vᵀ` is applied with four panel products (S = VᵀV among them) and no
  * repacking of y: `W = Vᵀ·Y` (Y read in place as B), `W ← T·W` (W written directly in B layout) and
  * `Y −= V·W` (Y updated in place as C). Only V, T and W (O(n·nb) each) are packed per block. Returns false,
  * having changed nothing, when y does not fit a wasm32 memory; the caller then uses TypeScript.
@@ -308,8 +309,8 @@ export function backTransformWasm(
   const tOff = sOff + kbMax * kbMax * 8; // T as A panels
   const wOff = tOff + kbMax * kbMax * 8; // W = Vᵀ·Y in B layout (kb × 4 per panel)
   const twOff = wOff + np * kbMax * 4 * 8; // T·W in B layout
-  if (twOff + np * kbMax * 4 * 8 > WASM_LIMIT) return false;
-  ensureMemory(exec.engine, twOff + np * kbMax * 4 * 8, 'eigh');
+  const end = twOff + np * kbMax * 4 * 8;
+  if (end > WASM_LIMIT || !tryEnsureMemory(exec.engine, end, 'eigh')) return false; // the TypeScript back-transform
   const buf = exec.engine.memory.buffer;
   const Y = new Float64Array(buf, yOff, np * ph);
   const VT = new Float64Array(buf, vtOff, kbMax * n4);

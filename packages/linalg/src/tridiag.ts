@@ -208,8 +208,8 @@ export function fullReflectors(w: Float64Array, n: number): Reflectors {
 }
 
 /**
- * The reflectors copied out of `w` into packed storage (row i holds its i − 1 entries; n(n−1)/2 − n + 1 values
- * in all), so that `w` itself can be reused.
+ * The reflectors copied out of `w` into packed storage (row i holds its i − 1 entries; an n(n−1)/2-value buffer),
+ * so that `w` itself can be reused.
  */
 export function packReflectors(w: Float64Array, n: number): Reflectors {
   const row = (i: number): number => ((i - 1) * (i - 2)) / 2;

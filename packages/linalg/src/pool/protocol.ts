@@ -1,6 +1,7 @@
 /**
  * The shared control block between the calling thread and pool workers: an `Int32Array` over a
- * SharedArrayBuffer. A task is a list of row blocks of one panel-GEMM; every thread (the caller included)
+ * SharedArrayBuffer. A task is a list of blocks of one kernel call (a panel-GEMM's row blocks, or the blocks of
+ * eigh's symv or secular-equation kernels); every thread (the caller included)
  * claims blocks with `Atomics.add(NEXT)` until none are left, so a worker that starts late or is
  * descheduled never holds the task up, and the caller never depends on a worker having started.
  *

@@ -65,6 +65,20 @@ export function ensureMemory(engine: Engine, end: number, what: string): void {
 }
 
 /**
+ * As {@link ensureMemory}, but false instead of an error when the memory cannot reach `end` (over 4 GiB, or the
+ * host refused to grow it, as browsers with a memory cap do), so that callers can take their TypeScript path.
+ */
+export function tryEnsureMemory(engine: Engine, end: number, what: string): boolean {
+  try {
+    ensureMemory(engine, end, what);
+    return true;
+  } catch (e) {
+    if (e instanceof CalderaError && (e.code === 'E_DEVICE' || e.code === 'E_VALUE')) return false;
+    throw e;
+  }
+}
+
+/**
  * Run each kernel on small problems a few times so V8 tiers it up to optimised code before real work
  * (a kernel first runs in the baseline compiler, 3–4× slower). Compiled code is shared by every instance
  * of the module in the process, workers included.

@@ -73,7 +73,7 @@ const WAVE_MADDS = 2 ** 30;
 
 /** K-block length per dtype: one B micro-panel (kc × NR) stays in L1 (8 KiB f32, 4 KiB f64). */
 const KC_F32 = 256;
-const KC_F64 = 128;
+export const KC_F64 = 128;
 /** Largest row block, in A panels (64 rows × kc stays in L2). */
 const MAX_BLOCK_PANELS = 16;
 
