@@ -61,8 +61,16 @@ function finiteHalfToF32(h: v128): v128 {
   return f32x4.mul(v128.and(i32x4.shl(h, 13), i32x4.splat(0x8fffe000)), f32x4.splat(5.192296858534828e33));
 }
 
-// W as f16 bits, any values (infinities and NaNs included).
-export function denseF16(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize): void {
+// The f16 conversion of denseHalf, chosen at compile time by a tag type (each instantiation is its own branch-free
+// loop): FiniteHalves for matrices without infinities or NaNs, AnyHalves for the rest.
+type FiniteHalves = u8;
+type AnyHalves = u16;
+
+function convertHalves<Kind>(h: v128): v128 {
+  return sizeof<Kind>() == sizeof<FiniteHalves>() ? finiteHalfToF32(h) : halfToF32(h);
+}
+
+function denseHalf<Kind>(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize): void {
   const n16 = n & ~15;
   for (let i: i32 = 0; i < m; i++) {
     const wi = w + ((<usize>i * <usize>n) << 1);
@@ -77,14 +85,11 @@ export function denseF16(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize
         const h0 = v128.load(wi + ((<usize>j) << 1));
         const h1 = v128.load(wi + ((<usize>j) << 1), 16);
         const xo = xr + ((<usize>j) << 2);
-        const w0 = i32x4.extend_low_i16x8_s(h0);
-        const w1 = i32x4.extend_high_i16x8_s(h0);
-        const w2 = i32x4.extend_low_i16x8_s(h1);
-        const w3 = i32x4.extend_high_i16x8_s(h1);
-        a0 = f32x4.add(a0, f32x4.mul(halfToF32(w0), v128.load(xo)));
-        a1 = f32x4.add(a1, f32x4.mul(halfToF32(w1), v128.load(xo, 16)));
-        a2 = f32x4.add(a2, f32x4.mul(halfToF32(w2), v128.load(xo, 32)));
-        a3 = f32x4.add(a3, f32x4.mul(halfToF32(w3), v128.load(xo, 48)));
+        // sign-extended lanes: finiteHalfToF32 needs them, halfToF32 masks the sign bit itself
+        a0 = f32x4.add(a0, f32x4.mul(convertHalves<Kind>(i32x4.extend_low_i16x8_s(h0)), v128.load(xo)));
+        a1 = f32x4.add(a1, f32x4.mul(convertHalves<Kind>(i32x4.extend_high_i16x8_s(h0)), v128.load(xo, 16)));
+        a2 = f32x4.add(a2, f32x4.mul(convertHalves<Kind>(i32x4.extend_low_i16x8_s(h1)), v128.load(xo, 32)));
+        a3 = f32x4.add(a3, f32x4.mul(convertHalves<Kind>(i32x4.extend_high_i16x8_s(h1)), v128.load(xo, 48)));
       }
       let s = sum4(a0, a1, a2, a3);
       for (; j < n; j++)
@@ -94,38 +99,14 @@ export function denseF16(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize
   }
 }
 
-// W as f16 bits, all finite: the same loop with the shorter conversion (a copy, so that each loop is branch-free).
+// W as f16 bits, any values (infinities and NaNs included).
+export function denseF16(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize): void {
+  denseHalf<AnyHalves>(w, m, n, x, rows, y);
+}
+
+// W as f16 bits, all finite.
 export function denseF16Finite(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize): void {
-  const n16 = n & ~15;
-  for (let i: i32 = 0; i < m; i++) {
-    const wi = w + ((<usize>i * <usize>n) << 1);
-    for (let r: i32 = 0; r < rows; r++) {
-      const xr = x + ((<usize>r * <usize>n) << 2);
-      let a0 = f32x4.splat(0);
-      let a1 = f32x4.splat(0);
-      let a2 = f32x4.splat(0);
-      let a3 = f32x4.splat(0);
-      let j: i32 = 0;
-      for (; j < n16; j += 16) {
-        const h0 = v128.load(wi + ((<usize>j) << 1));
-        const h1 = v128.load(wi + ((<usize>j) << 1), 16);
-        const xo = xr + ((<usize>j) << 2);
-        // sign-extended lanes, as finiteHalfToF32 needs
-        const w0 = i32x4.extend_low_i16x8_s(h0);
-        const w1 = i32x4.extend_high_i16x8_s(h0);
-        const w2 = i32x4.extend_low_i16x8_s(h1);
-        const w3 = i32x4.extend_high_i16x8_s(h1);
-        a0 = f32x4.add(a0, f32x4.mul(finiteHalfToF32(w0), v128.load(xo)));
-        a1 = f32x4.add(a1, f32x4.mul(finiteHalfToF32(w1), v128.load(xo, 16)));
-        a2 = f32x4.add(a2, f32x4.mul(finiteHalfToF32(w2), v128.load(xo, 32)));
-        a3 = f32x4.add(a3, f32x4.mul(finiteHalfToF32(w3), v128.load(xo, 48)));
-      }
-      let s = sum4(a0, a1, a2, a3);
-      for (; j < n; j++)
-        s += halfToF32Scalar(<u32>load<u16>(wi + ((<usize>j) << 1))) * load<f32>(xr + ((<usize>j) << 2));
-      store<f32>(y + ((<usize>r * <usize>m + <usize>i) << 2), s);
-    }
-  }
+  denseHalf<FiniteHalves>(w, m, n, x, rows, y);
 }
 
 // 1 when none of the `count` f16 values at w is an infinity or NaN (exponent bits all ones), else 0.
