@@ -29,6 +29,7 @@ import {
   symvSplit,
   TRI,
 } from './pool/protocol.js';
+import { columnReflector } from './householder.js';
 import type { Reflectors, Tridiagonal } from './tridiag.js';
 import { HEAP_BASE, tryEnsureMemory } from './wasm/engine.js';
 import { MAX_PAGES } from './wasm/module.js';
@@ -124,37 +125,12 @@ export function tridiagonalizeWasm(
       // 1. bring column j (rows ≥ j) up to date with the panel's previous reflectors
       if (c > 0) ex.dlatrdColumn(aOff, ld, pnOff, nb, c, j, n);
       d[j] = A[j * ld + j]!;
-      // 2. reflector from A[j+1.., j]
+      // 2. reflector from A[j+1.., j], also as column c of the panel
       const o = j + 1;
       const len = n - o;
-      const alpha = A[o * ld + j]!;
-      let tail = 0;
-      for (let i = o + 1; i < n; i++) tail = Math.max(tail, Math.abs(A[i * ld + j]!));
-      if (tail === 0) {
-        e[j] = alpha;
-        taus[j] = 0;
-        continue;
-      }
-      const scale = Math.max(Math.abs(alpha), tail);
-      let ss = 0;
-      for (let i = o; i < n; i++) {
-        const t = A[i * ld + j]! / scale;
-        ss += t * t;
-      }
-      const norm = scale * Math.sqrt(ss);
-      const beta = alpha >= 0 ? -norm : norm;
-      const tau = (beta - alpha) / beta;
-      const inv = 1 / (alpha - beta);
-      v[0] = 1;
-      VW[o * ldx + c] = 1;
-      for (let i = o + 1; i < n; i++) {
-        const vi = A[i * ld + j]! * inv;
-        A[i * ld + j] = vi;
-        v[i - o] = vi;
-        VW[i * ldx + c] = vi;
-      }
-      e[j] = beta;
-      taus[j] = tau;
+      if (!columnReflector(A, ld, j, n, v, e, taus)) continue;
+      const tau = taus[j]!;
+      for (let i = 0; i < len; i++) VW[(o + i) * ldx + c] = v[i]!;
       // 3. p = A₂₂(not yet updated)·v − V(Wᵀv) − W(Vᵀv), rows/cols ≥ o
       symv(o, len);
       if (c > 0) ex.dlatrdCorrect(pnOff, nb, c, o, len, vOff, pOff, uOff);

@@ -5,6 +5,7 @@
  */
 import { CalderaError, throwIfAborted, type Tensor } from '@caldera/core';
 import { gemm, gemmInto, resolveExecutor } from './gemm.js';
+import { columnReflector } from './householder.js';
 import type { Pool } from './pool/pool.js';
 import { backTransformWasm, tridiagonalizeWasm } from './tridiag-wasm.js';
 
@@ -30,33 +31,9 @@ export function tridiagonalize(w: Float64Array, n: number, signal?: AbortSignal)
     if ((j & 31) === 0) throwIfAborted(signal, 'eigh');
     const o = j + 1; // trailing block starts at o; x = w[o.., j]
     const len = n - o;
-    const alpha = w[o * n + j]!;
-    let scale = 0;
-    for (let i = o + 1; i < n; i++) scale = Math.max(scale, Math.abs(w[i * n + j]!));
     d[j] = w[j * n + j]!;
-    if (scale === 0) {
-      e[j] = alpha;
-      taus[j] = 0;
-      continue;
-    }
-    scale = Math.max(scale, Math.abs(alpha));
-    let ss = 0;
-    for (let i = o; i < n; i++) {
-      const t = w[i * n + j]! / scale;
-      ss += t * t;
-    }
-    const norm = scale * Math.sqrt(ss);
-    const beta = alpha >= 0 ? -norm : norm;
-    const tau = (beta - alpha) / beta;
-    const inv = 1 / (alpha - beta);
-    v[0] = 1;
-    for (let i = o + 1; i < n; i++) {
-      const vi = w[i * n + j]! * inv;
-      w[i * n + j] = vi;
-      v[i - o] = vi;
-    }
-    e[j] = beta;
-    taus[j] = tau;
+    if (!columnReflector(w, n, j, n, v, e, taus)) continue;
+    const tau = taus[j]!;
     // p = τ·A₂₂·v using the lower triangle only
     symvLower(w, n, o, len, v, p);
     let pv = 0;
@@ -341,38 +318,12 @@ export function tridiagonalizeBlocked(
         }
       }
       d[j] = w[j * n + j]!;
-      // 2. reflector from w[j+1.., j]
+      // 2. reflector from w[j+1.., j], also as column c of the panel V
       const o = j + 1;
       const len = n - o;
-      const alpha = w[o * n + j]!;
-      let scale = Math.abs(alpha);
-      let tail = 0;
-      for (let i = o + 1; i < n; i++) tail = Math.max(tail, Math.abs(w[i * n + j]!));
-      if (tail === 0) {
-        e[j] = alpha;
-        taus[j] = 0;
-        continue;
-      }
-      scale = Math.max(scale, tail);
-      let ss = 0;
-      for (let i = o; i < n; i++) {
-        const t = w[i * n + j]! / scale;
-        ss += t * t;
-      }
-      const norm = scale * Math.sqrt(ss);
-      const beta = alpha >= 0 ? -norm : norm;
-      const tau = (beta - alpha) / beta;
-      const inv = 1 / (alpha - beta);
-      v[0] = 1;
-      V[o * nb + c] = 1;
-      for (let i = o + 1; i < n; i++) {
-        const vi = w[i * n + j]! * inv;
-        w[i * n + j] = vi;
-        v[i - o] = vi;
-        V[i * nb + c] = vi;
-      }
-      e[j] = beta;
-      taus[j] = tau;
+      if (!columnReflector(w, n, j, n, v, e, taus)) continue;
+      const tau = taus[j]!;
+      for (let i = 0; i < len; i++) V[(o + i) * nb + c] = v[i]!;
       // 3. p = A₂₂(original)·v − V(Wᵀv) − W(Vᵀv), rows/cols ≥ o
       symvLower(w, n, o, len, v, p);
       if (c > 0) {

@@ -1,0 +1,42 @@
+/**
+ * The Householder reflector `H = I − τ·v·vᵀ` that maps column j of `a` (row stride `ld`), rows o = j+1 … n−1, to
+ * `β·e₁`: v (with v₀ = 1) goes into `v[0 … n−o)` and over `a[o+1 …, j]`, β into `e[j]`, τ into `taus[j]`. Returns
+ * false (and sets `e[j] = α`, `τ = 0`: H = I) when the column is already zero below row o.
+ */
+export function columnReflector(
+  a: Float64Array,
+  ld: number,
+  j: number,
+  n: number,
+  v: Float64Array,
+  e: Float64Array,
+  taus: Float64Array,
+): boolean {
+  const o = j + 1;
+  const alpha = a[o * ld + j]!;
+  let tail = 0;
+  for (let i = o + 1; i < n; i++) tail = Math.max(tail, Math.abs(a[i * ld + j]!));
+  if (tail === 0) {
+    e[j] = alpha;
+    taus[j] = 0;
+    return false;
+  }
+  const scale = Math.max(Math.abs(alpha), tail);
+  let ss = 0;
+  for (let i = o; i < n; i++) {
+    const t = a[i * ld + j]! / scale;
+    ss += t * t;
+  }
+  const norm = scale * Math.sqrt(ss);
+  const beta = alpha >= 0 ? -norm : norm;
+  const inv = 1 / (alpha - beta);
+  v[0] = 1;
+  for (let i = o + 1; i < n; i++) {
+    const vi = a[i * ld + j]! * inv;
+    a[i * ld + j] = vi;
+    v[i - o] = vi;
+  }
+  e[j] = beta;
+  taus[j] = (beta - alpha) / beta;
+  return true;
+}
