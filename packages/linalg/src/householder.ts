@@ -40,3 +40,29 @@ export function columnReflector(
   taus[j] = (beta - alpha) / beta;
   return true;
 }
+
+/**
+ * The upper-triangular T of the compact WY form `H₀·H₁·…·H_{b−1} = I − V·T·Vᵀ` of reflectors with factors
+ * `taus[j0 …)`, from `S = VᵀV` (row stride `lds`): `T[c,c] = τ_c`, `T[0:c, c] = −τ_c·T[0:c,0:c]·S[0:c, c]`, into `t`
+ * (row stride `ldt`, zero below the diagonal on entry).
+ */
+export function compactWyT(
+  taus: Float64Array,
+  j0: number,
+  b: number,
+  s: Float64Array,
+  lds: number,
+  t: Float64Array,
+  ldt: number,
+): void {
+  for (let c = 0; c < b; c++) {
+    const tau = taus[j0 + c]!;
+    t[c * ldt + c] = tau;
+    if (tau === 0 || c === 0) continue;
+    for (let p = 0; p < c; p++) {
+      let sum = 0;
+      for (let q = p; q < c; q++) sum += t[p * ldt + q]! * s[q * lds + c]!;
+      t[p * ldt + c] = -tau * sum;
+    }
+  }
+}

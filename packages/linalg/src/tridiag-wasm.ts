@@ -29,7 +29,7 @@ import {
   symvSplit,
   TRI,
 } from './pool/protocol.js';
-import { columnReflector } from './householder.js';
+import { columnReflector, compactWyT } from './householder.js';
 import type { Reflectors, Tridiagonal } from './tridiag.js';
 import { HEAP_BASE, tryEnsureMemory } from './wasm/engine.js';
 import { MAX_PAGES } from './wasm/module.js';
@@ -342,16 +342,7 @@ export function backTransformWasm(
       cps: 0,
     });
     t.fill(0, 0, kb * kb);
-    for (let c = 0; c < b; c++) {
-      const tau = taus[j0 + c]!;
-      t[c * kb + c] = tau;
-      if (tau === 0 || c === 0) continue;
-      for (let p = 0; p < c; p++) {
-        let s = 0;
-        for (let q = p; q < c; q++) s += t[p * kb + q]! * S[q * kb + c]!;
-        t[p * kb + c] = -tau * s;
-      }
-    }
+    compactWyT(taus, j0, b, S, kb, t, kb);
     for (let i = 0; i < kb; i++)
       for (let p = 0; p < kb; p++) T[(i >> 2) * kb * 4 + p * 4 + (i & 3)] = t[i * kb + p]!;
     // W = Vᵀ·Y[r0:, :] (kb × n, B layout), W ← T·W, Y[r0:, :] −= V·W

@@ -5,7 +5,7 @@
  */
 import { CalderaError, throwIfAborted, type Tensor } from '@caldera/core';
 import { gemm, gemmInto, resolveExecutor } from './gemm.js';
-import { columnReflector } from './householder.js';
+import { columnReflector, compactWyT } from './householder.js';
 import type { Pool } from './pool/pool.js';
 import { backTransformWasm, tridiagonalizeWasm } from './tridiag-wasm.js';
 
@@ -241,16 +241,7 @@ export function backTransformBlocked(
     // T (b×b upper): T[c,c] = τ, T[0:c, c] = −τ·T[0:c,0:c]·(V[:,0:c]ᵀ·v_c), with S = VᵀV on the kernels
     const sg = gemm(vt, vt, { transA: true, ...opts }).data;
     const t = new Float64Array(b * b);
-    for (let c = 0; c < b; c++) {
-      const tau = taus[j0 + c]!;
-      t[c * b + c] = tau;
-      if (tau === 0 || c === 0) continue;
-      for (let p = 0; p < c; p++) {
-        let s = 0;
-        for (let q = p; q < c; q++) s += t[p * b + q]! * sg[q * b + c]!;
-        t[p * b + c] = -tau * s;
-      }
-    }
+    compactWyT(taus, j0, b, sg, b, t, b);
     const ysub: Tensor<'f64'> = { dtype: 'f64', shape: [rows, n], strides: [n, 1], offset: r0 * n, data: y };
     const wmat = gemm(vt, ysub, { transA: true, ...opts }); // b × n
     const tw = gemm({ dtype: 'f64', shape: [b, b], strides: [b, 1], offset: 0, data: t }, wmat, opts);
