@@ -151,24 +151,19 @@ export function tridiagonalizeWasm(
     const npi = Math.ceil(rows / 4);
     packPair(X, VW, r0, rows, npi, b, nb, false);
     packPair(Y, VW, r0, rows, npi, b, nb, true);
-    const bp = Math.max(1, Math.min(16, Math.floor(npi / (4 * threads))));
-    exec.run(Math.ceil(npi / bp), ({ i32: ctrl, f64: scal }) => {
-      scal[ALPHA] = -1;
-      scal[BETA] = 1;
-      ctrl[KIND] = KIND_DGEMM;
-      ctrl[APACK] = xOff;
-      ctrl[BPACK] = yOff;
-      ctrl[CPTR] = aOff + (r0 * ld + r0) * 8;
-      ctrl[K] = kk;
-      ctrl[IP_BASE] = 0;
-      ctrl[NPI] = npi;
-      ctrl[BP] = bp;
-      ctrl[NPJ] = npi;
-      ctrl[LDC] = ld;
-      ctrl[KC] = KC_F64;
-      ctrl[TRI] = 2;
-      ctrl[BPS] = 0;
-      ctrl[CPS] = 0;
+    panelProduct(exec, {
+      apack: xOff,
+      bpack: yOff,
+      c: aOff + (r0 * ld + r0) * 8,
+      k: kk,
+      npi,
+      npj: npi,
+      ldc: ld,
+      alpha: -1,
+      beta: 1,
+      bps: 0,
+      cps: 0,
+      tri: 2,
     });
   }
   d[n - 2] = A[(n - 2) * ld + n - 2]!;
@@ -232,6 +227,8 @@ export interface PanelProduct {
   bps: number;
   /** C 4-column block stride in elements (0: row-major, 4) */
   cps: number;
+  /** Which tiles of C: 0 all (default), 2 the lower triangle's (the symmetric rank-2b update) */
+  tri?: number;
 }
 
 /** Run one panel product over the executor's threads, in blocks of 4-row panels. */
@@ -251,7 +248,7 @@ export function panelProduct(exec: Executor, a: PanelProduct): void {
     ctrl[NPJ] = a.npj;
     ctrl[LDC] = a.ldc;
     ctrl[KC] = KC_F64;
-    ctrl[TRI] = 0;
+    ctrl[TRI] = a.tri ?? 0;
     ctrl[BPS] = a.bps;
     ctrl[CPS] = a.cps;
   });
