@@ -8,8 +8,8 @@
  * executor), workers included. The issue's budget is `2·output + input` = 3 n².
  */
 import { readFileSync, writeFileSync } from 'node:fs';
-import { Rng, tensor, type Tensor } from '@caldera/core';
 import { createPool, eigh, type Pool } from '../src/index.js';
+import { spd } from './cases/factor.js';
 
 function argValue(name: string): string | undefined {
   const i = process.argv.indexOf(name);
@@ -20,15 +20,6 @@ function status(field: 'VmRSS' | 'VmHWM'): number {
   const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync('/proc/self/status', 'utf8'));
   if (!m) throw new Error(`no ${field} in /proc/self/status`);
   return Number(m[1]) * 1024;
-}
-
-function spd(n: number, seed: number): Tensor<'f64'> {
-  const t = tensor('f64', [n, n]);
-  const rng = new Rng(seed);
-  for (let i = 0; i < n; i++)
-    for (let j = 0; j <= i; j++) t.data[i * n + j] = t.data[j * n + i] = rng.normal() / Math.sqrt(n);
-  for (let i = 0; i < n; i++) t.data[i * n + i]! += 3;
-  return t;
 }
 
 const n = Number(argValue('--n') ?? 2048);

@@ -15,7 +15,7 @@ import {
 } from '../harness.js';
 
 /** Seeded SPD matrix GᵀG/n + I (f64), built with a symmetric random fill (no O(n³) setup). */
-function spd(n: number, seed: number): Tensor<'f64'> {
+export function spd(n: number, seed: number): Tensor<'f64'> {
   const t = tensor('f64', [n, n]);
   const rng = new Rng(seed);
   for (let i = 0; i < n; i++)
