@@ -1,14 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { isCalderaError, Rng, tensor } from '@caldera/core';
+import { isCalderaError, tensor } from '@caldera/core';
 import { eigh } from './eigh.js';
-import { diffFro, EPS, fro, mul, orthErr, symWithEigs } from './factor-test-util.js';
-
-function randSym(n: number, seed: number): Float64Array {
-  const g = new Rng(seed).fillNormal(new Float64Array(n * n));
-  const a = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) a[i * n + j] = (g[i * n + j]! + g[j * n + i]!) / 2;
-  return a;
-}
+import { diffFro, EPS, fro, mul, orthErr, randSym, symWithEigs } from './factor-test-util.js';
 
 /** ‖A − VΛVᵀ‖_F and ‖VᵀV − I‖_max. */
 function residuals(a: Float64Array, n: number, values: Float64Array, v: Float64Array): [number, number] {

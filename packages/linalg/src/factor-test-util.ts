@@ -118,3 +118,11 @@ function symFrom(lambda: readonly number[], seed: number): Float64Array {
     }
   return a;
 }
+
+/** Seeded random symmetric n×n matrix (G + Gᵀ)/2, row-major. */
+export function randSym(n: number, seed: number): Float64Array {
+  const g = new Rng(seed).fillNormal(new Float64Array(n * n));
+  const a = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) a[i * n + j] = (g[i * n + j]! + g[j * n + i]!) / 2;
+  return a;
+}

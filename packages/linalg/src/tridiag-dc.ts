@@ -17,7 +17,7 @@
  */
 import { throwIfAborted } from '@caldera/core';
 import { gemmInto, resolveExecutor } from './gemm.js';
-import type { Pool } from './pool/pool.js';
+import type { Executor, Pool } from './pool/pool.js';
 import {
   ALPHA,
   APACK,
@@ -30,16 +30,15 @@ import {
   LDC,
   NPI,
 } from './pool/protocol.js';
-import type { Executor } from './pool/pool.js';
 import { tridiagonalQL } from './tridiag.js';
 import { panelProduct } from './tridiag-wasm.js';
 import { ensureMemory, HEAP_BASE, tryEnsureMemory } from './wasm/engine.js';
 import { packPanels } from './wasm/pack.js';
+import { roundUp } from './wasm/panel-gemm.js';
 
 /** Leaves of at most this size are solved by QL. */
 const LEAF = 32;
 const EPS = 2 ** -53;
-const roundUp = (x: number, q: number): number => Math.ceil(x / q) * q;
 
 interface Eig {
   /** ascending eigenvalues */

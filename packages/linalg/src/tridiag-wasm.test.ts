@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { Rng, tensor } from '@caldera/core';
 import { eigh } from './eigh.js';
-import { diffFro, EPS, fro, mul, orthErr } from './factor-test-util.js';
+import { diffFro, EPS, fro, mul, orthErr, randSym } from './factor-test-util.js';
 import { defaultExecutor } from './pool/default.js';
 import { createPool, poolExecutor } from './pool/pool.js';
 import {
@@ -41,13 +41,6 @@ function plainSymv(a: Float64Array, ld: number, n: number, v: Float64Array): [Fl
       abs[i]! += Math.abs(x * v[q]!);
     }
   return [p, abs];
-}
-
-function randSym(n: number, seed: number): Float64Array {
-  const g = new Rng(seed).fillNormal(new Float64Array(n * n));
-  const a = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) a[i * n + j] = (g[i * n + j]! + g[j * n + i]!) / 2;
-  return a;
 }
 
 describe('dsymvLowerRows (WebAssembly SIMD symmetric matrix–vector product)', () => {

@@ -33,12 +33,10 @@ import { columnReflector, compactWyT } from './householder.js';
 import type { Reflectors, Tridiagonal } from './tridiag.js';
 import { HEAP_BASE, tryEnsureMemory } from './wasm/engine.js';
 import { MAX_PAGES } from './wasm/module.js';
-import { KC_F64 } from './wasm/panel-gemm.js';
+import { KC_F64, roundUp } from './wasm/panel-gemm.js';
 
 /** Bytes a wasm32 memory can hold. */
 const WASM_LIMIT = MAX_PAGES * 65536;
-
-const roundUp = (x: number, q: number): number => Math.ceil(x / q) * q;
 
 /** Rows of the symmetric product below which one thread does it all (the hand-off costs more). */
 const SYMV_SPLIT_MIN = 256;

@@ -77,7 +77,8 @@ export const KC_F64 = 128;
 /** Largest row block, in A panels (64 rows × kc stays in L2). */
 const MAX_BLOCK_PANELS = 16;
 
-function roundUp(x: number, q: number): number {
+/** x rounded up to a multiple of q. */
+export function roundUp(x: number, q: number): number {
   return Math.ceil(x / q) * q;
 }
 
