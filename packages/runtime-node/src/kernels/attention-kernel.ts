@@ -1,5 +1,5 @@
 import { CalderaError } from '@caldera/core';
-import { checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
+import { align16, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
 import { ATTENTION_WASM_BASE64 } from '../generated/attention-wasm.js';
 
 type Attend = (
@@ -57,16 +57,15 @@ export class AttentionKernel {
     const { layers, heads, kvHeads, headDim } = shape;
     const kw = kvHeads * headDim;
     const qw = heads * headDim;
-    const align = (b: number) => Math.ceil(b / 16) * 16;
     // the module's static data (Mathf.exp's tables) sits in the first page
     const base = KERNEL_BASE;
-    const layerBytes = align(capacity * kw * 4);
+    const layerBytes = align16(capacity * kw * 4);
     const kAt = Array.from({ length: layers }, (_, b) => base + b * layerBytes);
     const vAt = kAt.map((a) => a + layers * layerBytes);
     const q = base + 2 * layers * layerBytes;
-    const out = q + align(CHUNK_ROWS * qw * 4);
-    const scores = out + align(CHUNK_ROWS * qw * 4);
-    const bytes = scores + align(capacity * 4);
+    const out = q + align16(CHUNK_ROWS * qw * 4);
+    const scores = out + align16(CHUNK_ROWS * qw * 4);
+    const bytes = scores + align16(capacity * 4);
     const pages = Math.ceil(bytes / 65536);
     if (pages > 65536) return null;
     let memory: WebAssembly.Memory;

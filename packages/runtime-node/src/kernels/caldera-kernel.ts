@@ -1,6 +1,6 @@
 import { hadamardBase, hadamardFactor } from '@caldera/linalg';
 import { latticeDecode, type Decomposition } from '@caldera/lowrank';
-import { checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
+import { align16, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
 import { CALDERA_WASM_BASE64 } from '../generated/caldera-wasm.js';
 import { e8pLutTables } from './e8p-lut.js';
 
@@ -108,7 +108,7 @@ export class CalderaKernel {
     let top = E8P_FIXED_END;
     const alloc = (bytes: number) => {
       const at = top;
-      top += Math.ceil(bytes / 16) * 16;
+      top += align16(bytes);
       return at;
     };
     const at = {

@@ -1,5 +1,5 @@
 import { f16ArrayToF32 } from '@caldera/core';
-import { checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
+import { align16, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
 import { MATVEC_WASM_BASE64 } from '../generated/matvec-wasm.js';
 
 /**
@@ -119,10 +119,9 @@ export class WasmMatrix<K extends 'f32' | 'f16'> {
   ): WasmMatrix<K> | null {
     const k = embeddedModule(MATVEC_WASM_BASE64);
     if (!k || w.length !== m * n) return null;
-    const align = (b: number) => Math.ceil(b / 16) * 16;
     const wAt = KERNEL_BASE;
-    const xAt = wAt + align(m * n * (kind === 'f32' ? 4 : 2));
-    const yAt = xAt + align(maxRows * n * 4);
+    const xAt = wAt + align16(m * n * (kind === 'f32' ? 4 : 2));
+    const yAt = xAt + align16(maxRows * n * 4);
     const pages = Math.ceil((yAt + maxRows * m * 4) / 65536);
     if (pages > 65536) return null;
     let memory: WebAssembly.Memory;

@@ -30,3 +30,8 @@ export function checkHeapBase(exports: WebAssembly.Exports, what: string): void 
   if (end > KERNEL_BASE)
     throw new Error(`${what}: static data up to ${end} overlaps the buffers at ${KERNEL_BASE}`);
 }
+
+/** `bytes` rounded up to 16, the alignment the kernels' SIMD loads expect of every buffer. */
+export function align16(bytes: number): number {
+  return Math.ceil(bytes / 16) * 16;
+}
