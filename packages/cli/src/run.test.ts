@@ -60,6 +60,22 @@ describe('caldera generate / eval / inspect', () => {
     const e = JSON.parse(ev.stdout.trim());
     expect(e.tokens).toBeGreaterThan(3);
     expect(e.ppl).toBeCloseTo(Math.exp(e.nll), 6);
+    // --threads only splits the products of each window among threads: the same result, bit for bit
+    for (const threads of ['1', '3']) {
+      const t = run([
+        'eval',
+        model,
+        '--text',
+        join(model, '..', 'text.txt'),
+        '--context',
+        '4',
+        '--threads',
+        threads,
+        '--json',
+      ]);
+      expect(t.status, t.stderr).toBe(0);
+      expect(JSON.parse(t.stdout.trim()).nll).toBe(e.nll);
+    }
   });
 
   it('clear errors and non-zero exit codes', () => {
@@ -70,5 +86,8 @@ describe('caldera generate / eval / inspect', () => {
     expect(num.status).toBe(1);
     expect(num.stderr).toMatch(/--max-tokens must be a number/);
     expect(run(['generate', '--help']).stdout).toMatch(/--temperature/);
+    const threads = run(['eval', model, '--threads', '0']);
+    expect(threads.status).toBe(1);
+    expect(threads.stderr).toMatch(/--threads must be a positive integer, got 0/);
   });
 });

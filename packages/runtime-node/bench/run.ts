@@ -1,11 +1,13 @@
 /**
- * Runtime benchmark: prefill and decode tokens/s of a ~100 M-parameter Llama-shaped model with random weights in f32,
- * f16 and CALDERA (rank 64, 2-bit E8P Q, 4-bit lattice L/R), resident memory, and the measured checkpoint size of a
- * 4096×4096 CALDERA layer vs f16. JSON Lines on stdout. `--quick`: fewer tokens.
+ * Runtime benchmark: prefill (one thread, and a 2-thread linalg pool) and decode tokens/s of a ~100 M-parameter
+ * Llama-shaped model with random weights in f32, f16 and CALDERA (rank 64, 2-bit E8P Q, 4-bit lattice L/R), resident
+ * memory, and the measured checkpoint size of a 4096×4096 CALDERA layer vs f16. JSON Lines on stdout. `--quick`: fewer
+ * tokens.
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { f32ArrayToF16, Rng, tensor } from '@caldera/core';
+import { createPool, type Pool } from '@caldera/linalg';
 import { toCheckpointTensors } from '@caldera/lowrank';
 import {
   CalderaLinear,
@@ -51,7 +53,7 @@ function randomF32(n: number, seed: number): Float32Array {
 
 type Kind = 'f32' | 'f16' | 'caldera';
 
-function buildModel(kind: Kind): LlamaModel {
+function buildModel(kind: Kind, pool?: Pool): LlamaModel {
   const { hiddenSize: d, intermediateSize: I, vocabSize: V, numHeads: H, numKvHeads: KV, headDim: hd } = cfg;
   const rng = new Rng(7);
   let seed = 1;
@@ -76,17 +78,28 @@ function buildModel(kind: Kind): LlamaModel {
   const embed = tensor('f32', [V, d], randomF32(V * d, 999));
   // the embedding / LM head stays dense in every format: f32 for the f32 model, f16 otherwise (as in checkpoints)
   const head = kind === 'f32' ? undefined : new DenseF16Linear(f32ArrayToF16(embed.data), V, d);
-  return new LlamaModel(cfg, {
-    embed,
-    blocks,
-    norm: new Float32Array(d).fill(1),
-    lmHead: embed,
-    ...(head ? { head } : {}),
-  });
+  return new LlamaModel(
+    cfg,
+    { embed, blocks, norm: new Float32Array(d).fill(1), lmHead: embed, ...(head ? { head } : {}) },
+    pool ? { pool } : {},
+  );
+}
+
+/** Prefill tokens/s as `generate()` prefills (LM head on the last position): best of 3 runs, each on a fresh cache. */
+function prefillRate(model: LlamaModel, prompt: number[]): number {
+  let best = Infinity;
+  for (let rep = 0; rep < 3; rep++) {
+    const cache = new KVCache(cfg, prompt.length);
+    const t = performance.now();
+    model.forward(prompt, cache, { last: true });
+    best = Math.min(best, performance.now() - t);
+  }
+  return prompt.length / (best / 1000);
 }
 
 function run(kind: Kind): {
   prefill: number;
+  prefill2t: number;
   decode: number;
   rssMB: number;
   linearMB: number;
@@ -99,13 +112,16 @@ function run(kind: Kind): {
   // growth of the resident set while the model is alive (needs --expose-gc, as `npm run bench` passes)
   const rssMB = (process.memoryUsage().rss - rss0) / 2 ** 20;
   const prompt = Array.from({ length: PREFILL }, (_, i) => (i * 37) % cfg.vocabSize);
+  const prefill = prefillRate(model, prompt);
+  // the same weights with a 2-thread pool: the batch products split over both cores
+  const pool = createPool({ threads: 2 });
+  const prefill2t = prefillRate(new LlamaModel(cfg, model.weights, { pool }), prompt);
+  pool.dispose();
   const cache = new KVCache(cfg, PREFILL + DECODE + 1);
-  let t = performance.now();
   let logits = model.forward(prompt, cache, { last: true }); // as generate() prefills: logits of the last position
-  const prefill = PREFILL / ((performance.now() - t) / 1000);
   let next = 0;
   model.forward([1], cache); // warm-up of the decode path
-  t = performance.now();
+  const t = performance.now();
   for (let i = 0; i < DECODE; i++) {
     let best = 0;
     for (let v = 1; v < cfg.vocabSize; v++) if (logits[v]! > logits[best]!) best = v;
@@ -117,6 +133,7 @@ function run(kind: Kind): {
   const headBytes = cfg.vocabSize * cfg.hiddenSize * (kind === 'f32' ? 4 : 2);
   return {
     prefill,
+    prefill2t,
     decode,
     rssMB,
     linearMB: model.linearBytes() / 2 ** 20,
@@ -154,12 +171,19 @@ for (const kind of ['f32', 'f16', 'caldera'] as Kind[]) {
   const r = (res[kind] = JSON.parse(child.stdout.trim().split('\n').pop()!) as ReturnType<typeof run>);
   if (kind !== 'caldera') {
     emit(`prefill_${kind}`, r.prefill, 'tokens/s', shape);
+    emit(`prefill_${kind}_2threads`, r.prefill2t, 'tokens/s', shape);
     emit(`decode_${kind}`, r.decode, 'tokens/s', shape);
     emit(`rss_${kind}`, r.rssMB, 'MiB', { linearWeightsMiB: r.linearMB });
   }
 }
 const c = res.caldera;
 emit('prefill_caldera', c.prefill, 'tokens/s', { ...shape, f16: res.f16.prefill, f32: res.f32.prefill });
+emit('prefill_caldera_2threads', c.prefill2t, 'tokens/s', {
+  ...shape,
+  f16: res.f16.prefill2t,
+  f32: res.f32.prefill2t,
+  speedupVs1Thread: c.prefill2t / c.prefill,
+});
 emit('decode_caldera', c.decode, 'tokens/s', {
   ...shape,
   f16: res.f16.decode,

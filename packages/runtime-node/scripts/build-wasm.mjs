@@ -24,6 +24,11 @@ await buildAsmModules(
       doc: 'Causal grouped-query attention over a KV cache (WebAssembly SIMD, imported memory)',
     },
     {
+      src: 'batch',
+      name: 'BATCH_WASM_BASE64',
+      doc: "Layers' batch-path helpers: CALDERA rotations and E8P decode, f16 conversion (WebAssembly SIMD, imported memory)",
+    },
+    {
       src: 'matvec',
       name: 'MATVEC_WASM_BASE64',
       doc: 'Dense f32/f16 matrix–vector kernels (WebAssembly SIMD, imported memory)',

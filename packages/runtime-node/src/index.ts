@@ -9,3 +9,4 @@ export * from './tokenizer.js';
 export * from './runner.js';
 export * from './llama2c.js';
 export * from './train/index.js';
+export { BatchWorkspace, type CalderaBatchLayer } from './kernels/batch-workspace.js';

@@ -40,7 +40,7 @@ describe('linear layers', () => {
     expect(() => f16.forward(new Float32Array(3), 1)).toThrow(/E_SHAPE/);
   });
 
-  it('CALDERA layer equals Decomposition.apply: fused kernel and TypeScript path (table product, gemm for batches), with a bias', () => {
+  it('CALDERA layer equals Decomposition.apply: fused kernel, batch path and TypeScript path (table product, gemm for batches), with a bias', () => {
     const w = tensor('f32', [24, 72], rng.fillNormal(new Float32Array(24 * 72)));
     const d = caldera(w, null, { rank: 4, outerIters: 1, lplrIters: 1 });
     const bias = rng.fillNormal(new Float32Array(24));
@@ -48,7 +48,7 @@ describe('linear layers', () => {
       const layer = new CalderaLinear(d, bias, { kernel });
       expect(layer.fused).toBe(kernel); // WebAssembly SIMD runs on Node 20
       for (const rows of [1, 7, 37]) {
-        // 37 rows: three chunks of the kernel's 16
+        // 7 rows: the fused kernel per row; 37 rows: the batch path (workspace + gemm; ≥ 20 rows)
         const x = rng.fillNormal(new Float32Array(rows * 72));
         const a = layer.forward(x, rows);
         const b = applyDecomposition(d, x, rows);

@@ -1,6 +1,7 @@
 import { CalderaError, f16ArrayToF32, type Tensor } from '@caldera/core';
-import { gemm, hadamardRowsInPlace } from '@caldera/linalg';
+import { gemm, gemmInto, hadamardRowsInPlace, type Pool } from '@caldera/linalg';
 import { type Decomposition, latticeDecode } from '@caldera/lowrank';
+import { BatchWorkspace, transposedView } from './kernels/batch-workspace.js';
 import { CalderaKernel, groupMajorCodes, lowRankFactors } from './kernels/caldera-kernel.js';
 import { e8pDecodeInto, e8pMatvecLut } from './kernels/e8p-lut.js';
 import { matvecF16, matvecF32, WasmMatrix } from './kernels/matvec.js';
@@ -8,8 +9,16 @@ import { matvecF16, matvecF32, WasmMatrix } from './kernels/matvec.js';
 /** Up to this many rows a dense product runs as matrix–vector products, above it through `gemm`. */
 const MATVEC_MAX_ROWS = 4;
 
-/** Rows per call of a CALDERA layer's fused kernel (larger batches run through it in chunks). */
+/** Rows per call of a CALDERA layer's fused kernel. */
 const CALDERA_KERNEL_ROWS = 16;
+
+/**
+ * From this many rows on, a fused CALDERA layer runs the batch path ({@link BatchWorkspace}: Q̂ decoded to f32 into
+ * `gemm`) instead of the per-row kernel: measured break-even at 16–24 rows for the 100 M benchmark model's layers, with
+ * and without a 2-thread pool (per row the fused kernel costs ≈ 2.5× more, the batch path ≈ 5 ms more per 2816×1024
+ * layer: decoding and packing Q̂).
+ */
+const CALDERA_BATCH_MIN_ROWS = 20;
 
 /** Matrix–vector products `y = x·Wᵀ` (≤ {@link MATVEC_MAX_ROWS} rows) with a contiguous `W [m, n]`. */
 interface RowProduct<A extends Float32Array | Uint16Array> {
@@ -36,13 +45,32 @@ function wasmProduct<K extends 'f32' | 'f16'>(r: WasmMatrix<K>): RowProduct<Wasm
   return { weights: r.weights, run: (x, rows, y) => r.matvec(x, rows, y) };
 }
 
+/** Options of {@link Linear.forward}. Results do not depend on them (bit for bit), only speed does. */
+export interface LinearRunOptions {
+  /**
+   * A `@caldera/linalg` worker pool for the products of batches (more than 4 rows): `gemm` splits them over its
+   * threads. Default: single-threaded.
+   */
+  pool?: Pool;
+  /**
+   * Workspace of the batch paths of f16 and CALDERA layers, reused across layers and calls ({@link LlamaModel} passes
+   * its own). Default: a temporary one per call.
+   */
+  workspace?: BatchWorkspace;
+}
+
 /** A linear layer `y = x·Wᵀ (+ b)` on `rows` row vectors. Implementations differ in how W is stored. */
 export interface Linear {
   readonly inFeatures: number;
   readonly outFeatures: number;
   /** Bytes of weight storage (the format's real size). */
   readonly weightBytes: number;
-  forward(x: Float32Array, rows: number): Float32Array;
+  forward(x: Float32Array, rows: number, options?: LinearRunOptions): Float32Array;
+}
+
+/** `{ pool }` for linalg calls when one is given (exactOptionalPropertyTypes: no `pool: undefined`). */
+function poolOf(options: LinearRunOptions): { pool?: Pool } {
+  return options.pool ? { pool: options.pool } : {};
 }
 
 function addBias(y: Float32Array, rows: number, bias: Float32Array | null): Float32Array {
@@ -78,21 +106,22 @@ export class DenseLinear implements Linear {
     this.product = contiguous ? f32Product(weight.data, m, n) : null;
     this.weight = this.product ? { ...weight, data: this.product.weights } : weight;
   }
-  forward(x: Float32Array, rows: number): Float32Array {
-    checkInput('linear', x, rows, this.inFeatures);
+  forward(x: Float32Array, rows: number, options: LinearRunOptions = {}): Float32Array {
+    const { outFeatures: m, inFeatures: n } = this;
+    checkInput('linear', x, rows, n);
+    const y = new Float32Array(rows * m);
     if (rows <= MATVEC_MAX_ROWS && this.product) {
-      const y = new Float32Array(rows * this.outFeatures);
       this.product.run(x, rows, y);
       return addBias(y, rows, this.bias);
     }
-    const xt: Tensor<'f32'> = {
-      dtype: 'f32',
-      shape: [rows, this.inFeatures],
-      strides: [this.inFeatures, 1],
-      offset: 0,
-      data: x,
-    };
-    return addBias(gemm(xt, this.weight, { transB: true, checkFinite: false }).data, rows, this.bias);
+    // yᵀ = W·xᵀ: W's rows are gemm's first operand, which its pool splits among threads
+    const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, n], strides: [n, 1], offset: 0, data: x };
+    gemmInto(transposedView(y, rows, m, 0, m), this.weight, xt, {
+      transB: true,
+      checkFinite: false,
+      ...poolOf(options),
+    });
+    return addBias(y, rows, this.bias);
   }
 }
 
@@ -100,7 +129,7 @@ export class DenseLinear implements Linear {
  * Rows of W decoded to f32 per block where {@link DenseF16Linear} and {@link CalderaLinear} have no kernel reading
  * the stored format directly (batches; 3/4-bit Q).
  */
-const BLOCK_ROWS = 256;
+const BLOCK_ROWS = 512;
 
 /**
  * `y = x·Wᵀ` (`[rows, m]`, overwritten) for `W [m, n]` that exists only in a stored format: `decodeRows(i0, c)`
@@ -115,20 +144,25 @@ function productByRowBlocks(
   m: number,
   decodeRows: (i0: number, c: number) => Float32Array,
   y: Float32Array,
+  options: LinearRunOptions,
 ): void {
   const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, n], strides: [n, 1], offset: 0, data: x };
   for (let i0 = 0; i0 < m; i0 += BLOCK_ROWS) {
     const c = Math.min(BLOCK_ROWS, m - i0);
     const w = decodeRows(i0, c);
-    let part: Float32Array; // rows × c
     if (rows <= MATVEC_MAX_ROWS) {
-      part = new Float32Array(rows * c);
+      const part = new Float32Array(rows * c); // rows × c
       matvecF32(w, c, n, x, rows, part);
+      for (let r = 0; r < rows; r++) y.set(part.subarray(r * c, r * c + c), r * m + i0);
     } else {
+      // y[:, i0…i0+c)ᵀ = W_block·xᵀ (the block's rows split among the pool's threads)
       const wt: Tensor<'f32'> = { dtype: 'f32', shape: [c, n], strides: [n, 1], offset: 0, data: w };
-      part = gemm(xt, wt, { transB: true, checkFinite: false }).data;
+      gemmInto(transposedView(y, rows, m, i0, c), wt, xt, {
+        transB: true,
+        checkFinite: false,
+        ...poolOf(options),
+      });
     }
-    for (let r = 0; r < rows; r++) y.set(part.subarray(r * c, r * c + c), r * m + i0);
   }
 }
 
@@ -156,7 +190,7 @@ export class DenseF16Linear implements Linear {
     this.product = f16Product(bits, outFeatures, inFeatures);
     this.bits = this.product.weights;
   }
-  forward(x: Float32Array, rows: number): Float32Array {
+  forward(x: Float32Array, rows: number, options: LinearRunOptions = {}): Float32Array {
     const { outFeatures: m, inFeatures: n } = this;
     checkInput('f16 linear', x, rows, n);
     const y = new Float32Array(rows * m);
@@ -164,9 +198,14 @@ export class DenseF16Linear implements Linear {
       this.product.run(x, rows, y);
       return addBias(y, rows, this.bias);
     }
+    const ws = options.workspace ?? new BatchWorkspace();
+    if (ws.available) {
+      ws.f16Product(this.bits, m, n, x, rows, y, options.pool);
+      return addBias(y, rows, this.bias);
+    }
     const block = new Float32Array(BLOCK_ROWS * n);
     const decode = (i0: number, c: number) => f16ArrayToF32(this.bits.subarray(i0 * n, (i0 + c) * n), block);
-    productByRowBlocks(x, rows, n, m, decode, y);
+    productByRowBlocks(x, rows, n, m, decode, y, options);
     return addBias(y, rows, this.bias);
   }
 }
@@ -246,11 +285,16 @@ export class CalderaLinear implements Linear {
     return this.kernel !== null;
   }
 
-  forward(x: Float32Array, rows: number): Float32Array {
+  forward(x: Float32Array, rows: number, options: LinearRunOptions = {}): Float32Array {
     const d = this.d;
     const [m, n] = d.shape;
     const [mp, np] = d.padded;
     checkInput('caldera linear', x, rows, n);
+    if (this.kernel && rows >= CALDERA_BATCH_MIN_ROWS) {
+      const ws = options.workspace ?? new BatchWorkspace();
+      if (ws.available)
+        return addBias(ws.calderaForward(this.kernel.batch, x, rows, options.pool), rows, this.bias);
+    }
     if (this.kernel) return addBias(this.kernel.forward(x, rows), rows, this.bias);
     const xr = new Float32Array(rows * np);
     for (let r = 0; r < rows; r++)
@@ -271,7 +315,7 @@ export class CalderaLinear implements Linear {
         e8pDecodeInto(codes.subarray(i0 * groups, (i0 + c) * groups), block);
         return block;
       };
-      productByRowBlocks(xr, rows, np, mp, decode, yr);
+      productByRowBlocks(xr, rows, np, mp, decode, yr, options);
       const scale = d.q.scale;
       for (let i = 0; i < yr.length; i++) yr[i]! *= scale;
     } else {
@@ -279,7 +323,7 @@ export class CalderaLinear implements Linear {
       const groups = np / 8;
       const decode = (i0: number, c: number) =>
         latticeDecode({ ...d.q, planes: d.q.planes.map((p) => p.subarray(i0 * groups, (i0 + c) * groups)) });
-      productByRowBlocks(xr, rows, np, mp, decode, yr);
+      productByRowBlocks(xr, rows, np, mp, decode, yr, options);
     }
     if (this.l && this.r) {
       const k = d.rank;
@@ -292,16 +336,16 @@ export class CalderaLinear implements Linear {
         for (let i = 0; i < lr.length; i++) yr[i]! += lr[i]!;
       } else {
         const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, np], strides: [np, 1], offset: 0, data: xr };
-        const z = gemm(xt, this.r, { transB: true, checkFinite: false }); // rows × k
-        const lr = gemm(z, this.l, { transB: true, checkFinite: false }).data; // rows × mp
+        const z = gemm(xt, this.r, { transB: true, checkFinite: false, ...poolOf(options) }); // rows × k
+        const lr = gemm(z, this.l, { transB: true, checkFinite: false, ...poolOf(options) }).data; // rows × mp
         for (let i = 0; i < yr.length; i++) yr[i]! += lr[i]!;
       }
     }
     if (this.ftL && this.ftR) {
       // LoRA part: yr += (x'·R_ftᵀ)·L_ftᵀ
       const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, np], strides: [np, 1], offset: 0, data: xr };
-      const z = gemm(xt, this.ftR, { transB: true, checkFinite: false }); // rows × kf
-      const lr = gemm(z, this.ftL, { transB: true, checkFinite: false }).data; // rows × mp
+      const z = gemm(xt, this.ftR, { transB: true, checkFinite: false, ...poolOf(options) }); // rows × kf
+      const lr = gemm(z, this.ftL, { transB: true, checkFinite: false, ...poolOf(options) }).data; // rows × mp
       for (let i = 0; i < yr.length; i++) yr[i]! += lr[i]!;
     }
     if (d.hadamard) hadamardRowsInPlace(yr, rows, mp, { transpose: true });

@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { CalderaError, tensor } from '@caldera/core';
 import { parseModelConfig, type ModelConfig } from './config.js';
 import { DenseLinear } from './linear.js';
-import { LlamaModel, type BlockWeights } from './model.js';
+import { LlamaModel, type BlockWeights, type LlamaModelOptions } from './model.js';
 import type { TextTokenizer } from './tokenizer.js';
 
 async function readBytes(path: string): Promise<Uint8Array> {
@@ -34,7 +34,10 @@ export function permuteRotary(w: Float32Array, heads: number, headDim: number, c
  * vocab_size (negative = separate classifier), seq_len`, then f32 tensors). q/k rows are permuted to the
  * rotate-half RoPE layout this runtime uses; RMSNorm ε = 1e-5 and θ = 10000 as in llama2.c.
  */
-export async function loadLlama2c(path: string): Promise<{ model: LlamaModel; config: ModelConfig }> {
+export async function loadLlama2c(
+  path: string,
+  options: LlamaModelOptions = {},
+): Promise<{ model: LlamaModel; config: ModelConfig }> {
   const bytes = await readBytes(path);
   if (bytes.length < 28) throw new CalderaError('E_FORMAT', `${path}: too short for a llama2.c header`);
   const hv = new DataView(bytes.buffer, bytes.byteOffset, 28);
@@ -111,7 +114,7 @@ export async function loadLlama2c(path: string): Promise<{ model: LlamaModel; co
     up: lin(w3[l]!, hidden, dim),
     down: lin(w2[l]!, dim, hidden),
   }));
-  return { model: new LlamaModel(config, { embed, blocks, norm, lmHead }), config };
+  return { model: new LlamaModel(config, { embed, blocks, norm, lmHead }, options), config };
 }
 
 /**

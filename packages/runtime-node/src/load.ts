@@ -9,6 +9,7 @@ import {
   type Tensor,
   type TensorStore,
 } from '@caldera/core';
+import type { Pool } from '@caldera/linalg';
 import { fromCheckpointTensors, type CheckpointLayerMeta } from '@caldera/lowrank';
 import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
@@ -70,6 +71,8 @@ export interface LoadOptions {
    * `'f32'` / `'f16'` force one.
    */
   dtype?: 'auto' | 'f32' | 'f16';
+  /** Worker pool for the model's batch products ({@link LlamaModelOptions.pool}). Default: none. */
+  pool?: Pool;
 }
 
 async function denseLinear(
@@ -160,7 +163,11 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     }
     const norm = (await f32(store, 'model.norm.weight', [d])).data;
     return {
-      model: new LlamaModel(config, { embed, blocks, norm, lmHead, ...(head ? { head } : {}) }),
+      model: new LlamaModel(
+        config,
+        { embed, blocks, norm, lmHead, ...(head ? { head } : {}) },
+        options.pool ? { pool: options.pool } : {},
+      ),
       config,
       dir,
       calderaMeta,

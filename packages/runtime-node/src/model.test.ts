@@ -2,12 +2,14 @@ import { describe, expect, it } from 'vitest';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Rng, tensor, writeSafetensors, type Tensor } from '@caldera/core';
+import { f32ArrayToF16, Rng, tensor, writeSafetensors, type Tensor } from '@caldera/core';
+import { createPool } from '@caldera/linalg';
 import { applyDecomposition, caldera } from '@caldera/lowrank';
 import { parseModelConfig, type ModelConfig } from './config.js';
-import { CalderaLinear, DenseLinear } from './linear.js';
+import { CalderaLinear, DenseF16Linear, DenseLinear } from './linear.js';
 import { KVCache, LlamaModel, type BlockWeights } from './model.js';
 import { loadModel } from './load.js';
+import { randomDecomposition, randomModel as randomModelOf } from './testing/random-model.js';
 import { referenceLogits } from './testing/reference.js';
 
 const hf = {
@@ -137,6 +139,31 @@ describe('LlamaModel', () => {
     // both evaluate the same sums in f32 in different orders: 1e-4 relative to the output scale
     const scale = Math.max(...Array.from(b, Math.abs));
     for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-4 * scale);
+  });
+
+  it('a worker pool changes no bit of the logits (f32, f16 and CALDERA layers; prompts through the batch paths)', () => {
+    // layers with more than 64 rows, so that gemm's pool really splits them: gate/up 200 × 64, head 300 × 64
+    const big = parseModelConfig({ ...hf, hidden_size: 64, intermediate_size: 200, vocab_size: 300 });
+    const { model: dense } = randomModelOf(big, 5);
+    const rng = new Rng(6);
+    const blocks = dense.weights.blocks.map((b) => ({
+      ...b,
+      gate: new CalderaLinear(randomDecomposition(200, 64, 8, rng)),
+      up: new DenseF16Linear(f32ArrayToF16(rng.fillNormal(new Float32Array(200 * 64), 0, 0.2)), 200, 64),
+      down: new CalderaLinear(randomDecomposition(64, 200, 4, rng)),
+    }));
+    const weights = { ...dense.weights, blocks };
+    const pool = createPool({ threads: 2 });
+    try {
+      expect(pool.threads).toBe(2);
+      const prompt = Array.from({ length: 40 }, (_, i) => (i * 37) % 300); // ≥ 20 rows: the CALDERA batch path
+      const alone = new LlamaModel(big, weights).forward(prompt);
+      const pooled = new LlamaModel(big, weights, { pool }).forward(prompt);
+      expect(alone.every(Number.isFinite)).toBe(true);
+      expect(pooled.findIndex((v, i) => v !== alone[i])).toBe(-1);
+    } finally {
+      pool.dispose();
+    }
   });
 
   it('loads a Hugging Face directory and rejects missing tensors and NaNs with CalderaError', async () => {

@@ -1,7 +1,9 @@
 import { CalderaError, ropeInvFreq, type Tensor } from '@caldera/core';
+import type { Pool } from '@caldera/linalg';
 import { blockLinearNames, type ModelConfig } from './config.js';
 import { AttentionKernel, type AttentionShape } from './kernels/attention-kernel.js';
-import { DenseLinear, type Linear } from './linear.js';
+import { BatchWorkspace } from './kernels/batch-workspace.js';
+import { DenseLinear, type Linear, type LinearRunOptions } from './linear.js';
 
 /** One transformer block's weights. */
 export interface BlockWeights {
@@ -161,15 +163,29 @@ function rope(
 /** Called with the input of each linear group (`attn`, `o`, `mlp`, `down`) during a block's forward. */
 export type CaptureFn = (input: string, x: Float32Array, rows: number) => void;
 
+/** Options of {@link LlamaModel}. */
+export interface LlamaModelOptions {
+  /**
+   * A `@caldera/linalg` worker pool (`createPool`): the linear layers' products for several tokens at once (prompts,
+   * perplexity windows, calibration) are split over its threads. Single-token decode stays on the calling thread.
+   * Outputs are bit for bit the same with or without it. The caller owns the pool (and disposes of it). Default: none.
+   */
+  pool?: Pool;
+}
+
 /** A Llama-family causal language model on the CPU. */
 export class LlamaModel {
   private readonly invFreq: Float64Array;
   private readonly head: Linear;
   readonly weights: ModelWeights;
+  /** What every linear layer's forward gets: the pool and one batch workspace for all layers. */
+  private readonly run: LinearRunOptions;
   constructor(
     readonly config: ModelConfig,
     weights: ModelWeights,
+    options: LlamaModelOptions = {},
   ) {
+    this.run = { workspace: new BatchWorkspace(), ...(options.pool ? { pool: options.pool } : {}) };
     if (weights.blocks.length !== config.numLayers) {
       throw new CalderaError(
         'E_SHAPE',
@@ -208,9 +224,9 @@ export class LlamaModel {
     const pos0 = cache ? cache.length : 0;
     const h = rmsNorm(x, rows, w.inputNorm, cfg.rmsNormEps);
     capture?.('attn', h, rows);
-    const q = w.q.forward(h, rows);
-    const k = w.k.forward(h, rows);
-    const v = w.v.forward(h, rows);
+    const q = w.q.forward(h, rows, this.run);
+    const k = w.k.forward(h, rows, this.run);
+    const v = w.v.forward(h, rows, this.run);
     rope(q, rows, H, hd, pos0, this.invFreq);
     rope(k, rows, KV, hd, pos0, this.invFreq);
     const kw = KV * hd;
@@ -229,19 +245,19 @@ export class LlamaModel {
     }
     const att = cache?.kernel ? cache.kernel.attend(b, q, rows, pos0) : attention(q, K, V, rows, pos0, cfg);
     capture?.('o', att, rows);
-    const o = w.o.forward(att, rows);
+    const o = w.o.forward(att, rows, this.run);
     const x1 = new Float32Array(x.length);
     for (let i = 0; i < x.length; i++) x1[i] = x[i]! + o[i]!;
     const h2 = rmsNorm(x1, rows, w.postAttnNorm, cfg.rmsNormEps);
     capture?.('mlp', h2, rows);
-    const g = w.gate.forward(h2, rows);
-    const u = w.up.forward(h2, rows);
+    const g = w.gate.forward(h2, rows, this.run);
+    const u = w.up.forward(h2, rows, this.run);
     for (let i = 0; i < g.length; i++) {
       const gi = g[i]!;
       g[i] = (gi / (1 + Math.exp(-gi))) * u[i]!;
     }
     capture?.('down', g, rows);
-    const dn = w.down.forward(g, rows);
+    const dn = w.down.forward(g, rows, this.run);
     for (let i = 0; i < x1.length; i++) x1[i]! += dn[i]!;
     return x1;
   }
@@ -249,7 +265,7 @@ export class LlamaModel {
   /** Final norm + LM head: logits `[rows, vocab]`. */
   logits(x: Float32Array, rows: number): Float32Array {
     const h = rmsNorm(x, rows, this.weights.norm, this.config.rmsNormEps);
-    return this.head.forward(h, rows);
+    return this.head.forward(h, rows, this.run);
   }
 
   /**

@@ -1,4 +1,5 @@
 import { CalderaError } from '@caldera/core';
+import { createPool, type Pool } from '@caldera/linalg';
 import { referenceModelDir, referenceTextPath } from '@caldera/reference-model';
 import { dirname, join } from 'node:path';
 import { readdir, readFile, stat } from 'node:fs/promises';
@@ -68,6 +69,13 @@ export function defaultText(split: 'train' | 'valid' | 'test'): string {
   return referenceTextPath(split);
 }
 
+/** A linear-algebra pool of `threads` threads, or none for 1 (results do not depend on it). */
+export function poolFor(threads: number): Pool | undefined {
+  if (!Number.isInteger(threads) || threads < 1)
+    throw new CalderaError('E_VALUE', `--threads must be a positive integer, got ${threads}`);
+  return threads > 1 ? createPool({ threads }) : undefined;
+}
+
 /** A model opened for generate/eval/inspect, from a Hugging Face / Caldera directory or a llama2.c `.bin`. */
 export interface OpenedModel {
   model: LlamaModel;
@@ -83,9 +91,9 @@ export interface OpenedModel {
  * Open `path`: a llama2.c checkpoint when it ends in `.bin` (tokenizer: `tokenizerPath` or `tokenizer.bin` beside
  * it), else a model directory (config.json, safetensors, tokenizer.json).
  */
-export async function openModel(path: string, tokenizerPath?: string): Promise<OpenedModel> {
+export async function openModel(path: string, tokenizerPath?: string, pool?: Pool): Promise<OpenedModel> {
   if (path.endsWith('.bin')) {
-    const { model, config } = await loadLlama2c(path);
+    const { model, config } = await loadLlama2c(path, pool ? { pool } : {});
     const tokenizer = await Llama2cTokenizer.load(
       tokenizerPath ?? join(dirname(path), 'tokenizer.bin'),
       config.vocabSize,
@@ -99,7 +107,7 @@ export async function openModel(path: string, tokenizerPath?: string): Promise<O
       format: 'llama2.c',
     };
   }
-  const { model, config, calderaMeta } = await loadModel(path);
+  const { model, config, calderaMeta } = await loadModel(path, pool ? { pool } : {});
   const tokenizer = await loadTokenizer(path);
   let fileBytes = 0;
   for (const f of await readdir(path))

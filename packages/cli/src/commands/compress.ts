@@ -37,11 +37,10 @@ import {
   type LayerSpec,
   type LinearInfo,
 } from '@caldera/calibrate';
-import { createPool, type Pool } from '@caldera/linalg';
 import type { CalderaOptions } from '@caldera/lowrank';
 import { loadModel, ModelRunnerAdapter, perplexity } from '@caldera/runtime-node';
 import { flagNumber, flagString, progressBar, type Args } from '../args.js';
-import { defaultText, modelDirOf, readDocuments, tokenizeDocuments } from './common.js';
+import { defaultText, modelDirOf, poolFor, readDocuments, tokenizeDocuments } from './common.js';
 import { chooseRanks, parseLayerRanks } from './ranks.js';
 import type { QueueTask } from './task.js';
 
@@ -174,13 +173,6 @@ function layerSpec(s: RunSettings, seed: number, name: string): LayerSpec {
   return { options, seed: layerSeed(seed, name) };
 }
 
-/** A linear-algebra pool of `threads` threads, or none for 1 (results do not depend on it). */
-export function poolFor(threads: number): Pool | undefined {
-  if (!Number.isInteger(threads) || threads < 1)
-    throw new CalderaError('E_VALUE', `--threads must be a positive integer, got ${threads}`);
-  return threads > 1 ? createPool({ threads }) : undefined;
-}
-
 function fileStore(dir: string): BlockStore {
   const paths = (b: number) => ({
     st: join(dir, `block-${String(b).padStart(4, '0')}.safetensors`),
@@ -291,7 +283,8 @@ export async function compressCommand(a: Args): Promise<number> {
     t0: performance.now(),
   };
 
-  const loaded = await loadModel(modelDir);
+  const pool = queue ? undefined : poolFor(threads); // a coordinator computes nothing itself
+  const loaded = await loadModel(modelDir, pool ? { pool } : {});
   const runner = new ModelRunnerAdapter(loaded.model);
   const layers = Array.from({ length: loaded.config.numLayers }, (_, b) => runner.linears(b)).flat();
   const settings: RunSettings = { ...base, ranks: ranksFor(a, base.method, layers) };
@@ -300,7 +293,6 @@ export async function compressCommand(a: Args): Promise<number> {
   const ctl = new AbortController();
   const onSignal = () => ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
   process.once('SIGINT', onSignal);
-  const pool = queue ? undefined : poolFor(threads); // a coordinator computes nothing itself
   try {
     if (settings.propagate === 'compressed') {
       const results = await compressModel(runner, await windowsOf(), {

@@ -1,18 +1,28 @@
 import { blockLinearNames, generate, perplexity } from '@caldera/runtime-node';
 import { flagNumber, flagString, progressBar, type Args } from '../args.js';
-import { defaultText, modelDirOf, openModel, readDocuments } from './common.js';
+import { defaultText, modelDirOf, openModel, poolFor, readDocuments, type OpenedModel } from './common.js';
 
-export const evalHelp = `caldera eval [model] [--text FILE] [--context N] [--stride N] [--max-tokens N] [--tokenizer FILE] [--json]
+export const evalHelp = `caldera eval [model] [--text FILE] [--context N] [--stride N] [--max-tokens N] [--threads N]
+  [--tokenizer FILE] [--json]
 Perplexity of a model (Hugging Face / Caldera directory, or llama2.c .bin) on a text (default: the reference
 model's test split). Prints tokens, mean NLL and perplexity.
   --context N      tokens per window (default 256)
   --stride N       window step, ≤ context (default: context)
   --max-tokens N   evaluate at most N tokens of the text (default 16384)
+  --threads N      threads for the products of each window (default 2; 1 = the calling thread only)
   --tokenizer FILE tokenizer.bin of a llama2.c model (default: beside the .bin)`;
 
 export async function evalCommand(a: Args): Promise<number> {
   const path = modelDirOf(a.positionals[0]);
-  const { model, config, tokenizer } = await openModel(path, flagString(a, 'tokenizer'));
+  const pool = poolFor(flagNumber(a, 'threads', 2));
+  try {
+    return await evaluate(a, path, await openModel(path, flagString(a, 'tokenizer'), pool));
+  } finally {
+    pool?.dispose();
+  }
+}
+
+async function evaluate(a: Args, path: string, { model, config, tokenizer }: OpenedModel): Promise<number> {
   const docs = await readDocuments(flagString(a, 'text') ?? defaultText('test'));
   const bos = config.bosTokenId;
   const ids = docs.flatMap((d) => (bos === null ? tokenizer.encode(d) : [bos, ...tokenizer.encode(d)]));
@@ -38,12 +48,21 @@ export async function evalCommand(a: Args): Promise<number> {
 }
 
 export const generateHelp = `caldera generate [model] --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
-  [--repetition-penalty R] [--stop STRING] [--seed S] [--tokenizer FILE] [--json]
-Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Face / Caldera directory or llama2.c .bin.`;
+  [--repetition-penalty R] [--stop STRING] [--seed S] [--threads N] [--tokenizer FILE] [--json]
+Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Face / Caldera directory or llama2.c .bin.
+--threads N: threads for the prompt's products (default 2; 1 = the calling thread only; decoding uses one).`;
 
 export async function generateCommand(a: Args): Promise<number> {
   const path = modelDirOf(a.positionals[0]);
-  const { model, config, tokenizer } = await openModel(path, flagString(a, 'tokenizer'));
+  const pool = poolFor(flagNumber(a, 'threads', 2));
+  try {
+    return await generateText(a, await openModel(path, flagString(a, 'tokenizer'), pool));
+  } finally {
+    pool?.dispose();
+  }
+}
+
+async function generateText(a: Args, { model, config, tokenizer }: OpenedModel): Promise<number> {
   const prompt = flagString(a, 'prompt', 'The')!;
   const ids = tokenizer.encode(prompt);
   const full = config.bosTokenId === null ? ids : [config.bosTokenId, ...ids];

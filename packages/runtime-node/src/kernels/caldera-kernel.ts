@@ -2,6 +2,7 @@ import { hadamardBase, hadamardFactor } from '@caldera/linalg';
 import { latticeDecode, type Decomposition } from '@caldera/lowrank';
 import { align16, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
 import { CALDERA_WASM_BASE64 } from '../generated/caldera-wasm.js';
+import type { CalderaBatchLayer } from './batch-workspace.js';
 import { e8pLutTables } from './e8p-lut.js';
 
 /** End of the region fixed by asm/e8p.ts: the two 256-entry maps at {@link KERNEL_BASE}, then 2 × 2 groups' tables. */
@@ -92,6 +93,8 @@ export class CalderaKernel {
     readonly n: number,
     readonly m: number,
     readonly maxRows: number,
+    /** The same layer for {@link BatchWorkspace}'s batch path (L̂ and R̂ are views of this kernel's memory). */
+    readonly batch: CalderaBatchLayer,
   ) {}
 
   static create(d: Decomposition, maxRows: number): CalderaKernel | null {
@@ -151,8 +154,10 @@ export class CalderaKernel {
     const { lRows, r } = lowRankFactors(d);
     f32(at.lr, mp * k).set(lRows);
     f32(at.r, k * np).set(r);
-    f32(at.su, np).set(d.su ?? new Float32Array(np).fill(1));
-    f32(at.sv, mp).set(d.sv ?? new Float32Array(mp).fill(1));
+    const su = d.su ?? new Float32Array(np).fill(1);
+    const sv = d.sv ?? new Float32Array(mp).fill(1);
+    f32(at.su, np).set(su);
+    f32(at.sv, mp).set(sv);
     if (mixIn) f32(at.mixIn, mixIn.mix.length).set(mixIn.mix);
     if (mixOut) f32(at.mixOut, mixOut.mix.length).set(mixOut.mix);
     const values: Record<(typeof LAYER_FIELDS)[number], number> = {
@@ -189,7 +194,23 @@ export class CalderaKernel {
     });
     const xView = f32(at.x, maxRows * n);
     const yView = f32(at.y, maxRows * m);
-    return new CalderaKernel(run, at.layer, xView, yView, n, m, maxRows);
+    const batch: CalderaBatchLayer = {
+      n,
+      m,
+      np,
+      mp,
+      rank: k,
+      su,
+      sv,
+      mixIn,
+      mixOut,
+      codes: d.q.planes[0] as Uint16Array,
+      qScale: d.q.scale,
+      scale: d.scale,
+      lRows: f32(at.lr, mp * k),
+      r: f32(at.r, k * np),
+    };
+    return new CalderaKernel(run, at.layer, xView, yView, n, m, maxRows, batch);
   }
 
   /** `y = x·Ŵᵀ` for `rows` input rows of `n` values (a new array of rows·m values), `maxRows` per kernel call. */

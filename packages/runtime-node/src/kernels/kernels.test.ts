@@ -2,9 +2,10 @@ import { describe, expect, it } from 'vitest';
 import { f16ArrayToF32, f32ArrayToF16, Rng } from '@caldera/core';
 import { e8pDecode } from '@caldera/quant';
 import { applyDecomposition } from '@caldera/lowrank';
-import { hadamardFactor } from '@caldera/linalg';
+import { createPool, hadamardFactor } from '@caldera/linalg';
 import { randomDecomposition } from '../testing/random-model.js';
 import { AttentionKernel } from './attention-kernel.js';
+import { BatchWorkspace } from './batch-workspace.js';
 import { CalderaKernel } from './caldera-kernel.js';
 import { e8pMatvecLut } from './e8p-lut.js';
 import { matvecF16, matvecF32, WasmMatrix } from './matvec.js';
@@ -88,6 +89,73 @@ describe('kernels', () => {
         for (let i = 0; i < want.length; i++) expect(Math.abs(got[i]! - want[i]!)).toBeLessThan(1e-5 * scale);
       }
     }
+  });
+
+  it('CALDERA batch path (workspace: SIMD rotations, E8P decode, gemm) equals Decomposition.apply; a pool changes no bit', () => {
+    // the kernel test's shapes (K = 1…172, every code once in 1024 × 512, rank 0, odd ranks), through one workspace
+    // that grows and shrinks between layers; 300 rows cross the 256-row chunk, mp = 1024 two 512-row blocks of Q̂
+    const cases: [number, number, number][] = [
+      [24, 72, 5],
+      [1024, 512, 64],
+      [344, 176, 16],
+      [160, 40, 0],
+      [100, 104, 3],
+      [8, 8, 1],
+    ];
+    const ws = new BatchWorkspace();
+    expect(ws.available).toBe(true); // WebAssembly SIMD runs on Node 20
+    const pool = createPool({ threads: 2 });
+    try {
+      expect(pool.threads).toBe(2);
+      for (const [m, n, rank] of cases) {
+        const d = randomDecomposition(m, n, rank, rng);
+        if (m * n === 8 * 65536) d.q.planes[0] = new Uint16Array(65536).map((_, i) => (i * 40503) & 0xffff);
+        const kernel = CalderaKernel.create(d, 4)!;
+        for (const rows of m === 1024 ? [300] : [1, 21]) {
+          const x = rng.fillNormal(new Float32Array(rows * n));
+          const got = ws.calderaForward(kernel.batch, x, rows);
+          const want = applyDecomposition(d, x, rows);
+          // f32 sums in other orders (gemm over np ≤ 1024 terms, the Hadamard mix in f32): a few ulps × log n of the
+          // output scale; 1e-5 of the largest output fails on any wrong codeword, sign or rotation
+          let scale = 0;
+          let err = 0;
+          for (let i = 0; i < want.length; i++) {
+            scale = Math.max(scale, Math.abs(want[i]!));
+            err = Math.max(err, Math.abs(got[i]! - want[i]!));
+          }
+          expect(err).toBeLessThan(1e-5 * scale);
+          // the pool only splits gemm's row blocks: every element is computed by the same kernel in the same order
+          const pooled = ws.calderaForward(kernel.batch, x, rows, pool);
+          expect(pooled.findIndex((v, i) => v !== got[i])).toBe(-1);
+        }
+      }
+    } finally {
+      pool.dispose();
+    }
+  });
+
+  it('f16 batch product converts every half exactly (all 63 488 finite values; infinities and NaN)', () => {
+    const ws = new BatchWorkspace();
+    // W [248, 256] holds each finite f16 bit pattern once; x = the identity (256 rows), so y[r, i] = W[i, r] exactly
+    const m = 248;
+    const n = 256;
+    const bits = new Uint16Array(m * n);
+    let k = 0;
+    for (let h = 0; h < 65536; h++) if ((h & 0x7c00) !== 0x7c00) bits[k++] = h;
+    expect(k).toBe(m * n);
+    const x = new Float32Array(n * n);
+    for (let r = 0; r < n; r++) x[r * n + r] = 1;
+    const y = new Float32Array(n * m);
+    ws.f16Product(bits, m, n, x, n, y);
+    const want = f16ArrayToF32(bits);
+    let wrong = 0;
+    for (let r = 0; r < n; r++) for (let i = 0; i < m; i++) if (y[r * m + i] !== want[i * n + r]) wrong++;
+    expect(wrong).toBe(0);
+    // a column of +∞, −∞ and a NaN times 1, for 5 rows (more than the 4 of the matrix–vector kernel)
+    const special = Uint16Array.of(0x7c00, 0xfc00, 0x7e00);
+    const ys = new Float32Array(5 * 3);
+    ws.f16Product(special, 3, 1, new Float32Array(5).fill(1), 5, ys);
+    for (let r = 0; r < 5; r++) expect(Array.from(ys.subarray(3 * r, 3 * r + 3))).toEqual([Infinity, -Infinity, NaN]);
   });
 
   it('SIMD attention over the cache equals a plain f64 softmax-attention (GQA, odd head size, chunks, positions)', () => {

@@ -1,0 +1,269 @@
+import type { Tensor } from '@caldera/core';
+import { gemm, gemmInto, type Pool } from '@caldera/linalg';
+import { e8pGrid } from '@caldera/quant';
+import { BATCH_WASM_BASE64 } from '../generated/batch-wasm.js';
+import { e8pLutTables } from './e8p-lut.js';
+import { align16, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
+
+/** `[rows, m]` row-major y seen as its transpose `[c, rows]` from column i0 on, as `gemmInto`'s output. */
+export function transposedView(
+  y: Float32Array,
+  rows: number,
+  m: number,
+  i0: number,
+  c: number,
+): Tensor<'f32'> {
+  return { dtype: 'f32', shape: [c, rows], strides: [1, m], offset: i0, data: y };
+}
+
+function matrix(data: Float32Array, rows: number, cols: number): Tensor<'f32'> {
+  return { dtype: 'f32', shape: [rows, cols], strides: [cols, 1], offset: 0, data };
+}
+
+/** `{ pool }` for linalg calls when one is given. */
+function poolOf(pool: Pool | undefined): { pool?: Pool } {
+  return pool ? { pool } : {};
+}
+
+/** What a CALDERA layer lends to the batch path (small vectors copied per call, L̂/R̂ read in place). */
+export interface CalderaBatchLayer {
+  readonly n: number;
+  readonly m: number;
+  readonly np: number;
+  readonly mp: number;
+  readonly rank: number;
+  /** Input / output signs (np / mp values). */
+  readonly su: Float32Array;
+  readonly sv: Float32Array;
+  /** Hadamard block mixes of np (`M_n`) and mp (`M_mᵀ`), or null without Hadamard rotations. */
+  readonly mixIn: { K: number; mix: Float32Array } | null;
+  readonly mixOut: { K: number; mix: Float32Array } | null;
+  /** 2-bit Q's E8P codes, row-major `[mp, np/8]` (the checkpoint's layout). */
+  readonly codes: Uint16Array;
+  readonly qScale: number;
+  readonly scale: number;
+  /** L̂ `[mp, k]` and R̂ `[k, np]` in f32. */
+  readonly lRows: Float32Array;
+  readonly r: Float32Array;
+}
+
+/** Input rows rotated per pass (the workspace holds this many rows of x', y'). */
+const CHUNK_ROWS = 256;
+/**
+ * Rows of a weight matrix (Q̂, or f16 W) converted to f32 per product: ≥ 128 so that the pool's 64-row blocks give
+ * every thread work, and few enough to stay small (2 MiB per 1024 input features).
+ */
+const BLOCK_ROWS = 512;
+
+/** E8P decode tables at fixed addresses: the ta/ts maps (raw entries), then the two half tables of 4-f32 entries. */
+const DA = KERNEL_BASE;
+const DS = DA + 1024;
+const H1 = DS + 1024;
+const H2 = H1 + 1024 * 16;
+const TABLES_END = H2 + 2048 * 16;
+
+interface DecodeTables {
+  da: Uint32Array;
+  ds: Uint32Array;
+  h1: Float32Array;
+  h2: Float32Array;
+}
+
+let decodeTables: DecodeTables | null = null;
+
+/**
+ * The half tables of asm/batch.ts's `decodeE8P`, filled from every one of the 65 536 codewords of `@caldera/quant`'s
+ * grid. The split is exact (each entry receives the same four values from every code that maps to it; checked).
+ */
+function e8pDecodeTables(): DecodeTables {
+  if (decodeTables) return decodeTables;
+  const { ta, ts } = e8pLutTables();
+  const grid = e8pGrid();
+  const h1 = new Float32Array(1024 * 4).fill(NaN);
+  const h2 = new Float32Array(2048 * 4).fill(NaN);
+  const put = (t: Float32Array, at: number, code: number, half: number) => {
+    for (let i = 0; i < 4; i++) {
+      const v = grid[code * 8 + half * 4 + i]!;
+      const old = t[at * 4 + i]!;
+      if (!Number.isNaN(old) && old !== v) throw new Error(`E8P decode tables: code ${code} does not split`);
+      t[at * 4 + i] = v;
+    }
+  };
+  for (let code = 0; code < 65536; code++) {
+    const e = ta[code >>> 8]! + ts[code & 0xff]!;
+    put(h1, e & 0xffff, code, 0);
+    put(h2, (e >>> 16) | ((e & 16) << 6), code, 1);
+  }
+  decodeTables = { da: ta, ds: ts, h1, h2 };
+  return decodeTables;
+}
+
+interface Instance {
+  memory: WebAssembly.Memory;
+  rotateRowsIn(
+    x: number,
+    n: number,
+    rows: number,
+    su: number,
+    np: number,
+    K: number,
+    mix: number,
+    xr: number,
+    tmp: number,
+  ): void;
+  rotateRowsOut(
+    yr: number,
+    mp: number,
+    rows: number,
+    K: number,
+    mix: number,
+    sv: number,
+    scale: number,
+    y: number,
+    m: number,
+    tmp: number,
+  ): void;
+  decodeE8P(codes: number, count: number, da: number, ds: number, h1: number, h2: number, out: number): void;
+  halvesToF32(src: number, count: number, dst: number): void;
+}
+
+/**
+ * Workspace of the layers' batch paths (many input rows): one WebAssembly memory, grown to the largest layer and batch
+ * seen, shared by all layers of a model ({@link LlamaModel} owns one). The products run in `@caldera/linalg`'s `gemm`,
+ * threaded when a pool is given (results do not depend on it: the pool only splits gemm's row blocks); the workspace
+ * does what gemm cannot — converting stored weights to f32 a block of rows at a time (SIMD) and, for CALDERA layers,
+ * the rotations. For a few rows the per-row kernels are faster; the layers choose.
+ */
+export class BatchWorkspace {
+  private instance: Instance | null = null;
+
+  /** Null where WebAssembly SIMD is unavailable. */
+  private get(): Instance | null {
+    if (this.instance) return this.instance;
+    const mod = embeddedModule(BATCH_WASM_BASE64);
+    if (!mod) return null;
+    const memory = new WebAssembly.Memory({ initial: Math.ceil(TABLES_END / 65536), maximum: 65536 });
+    const exports = new WebAssembly.Instance(mod, { env: { memory } }).exports;
+    checkHeapBase(exports, 'batch workspace');
+    const t = e8pDecodeTables();
+    const buf = memory.buffer;
+    new Uint32Array(buf, DA, 256).set(t.da);
+    new Uint32Array(buf, DS, 256).set(t.ds);
+    new Float32Array(buf, H1, t.h1.length).set(t.h1);
+    new Float32Array(buf, H2, t.h2.length).set(t.h2);
+    this.instance = { memory, ...(exports as unknown as Omit<Instance, 'memory'>) };
+    return this.instance;
+  }
+
+  /** True where the batch path can run (WebAssembly SIMD). */
+  get available(): boolean {
+    return this.get() !== null;
+  }
+
+  /** The instance with its memory grown to `end` bytes (callers check {@link BatchWorkspace.available} first). */
+  private grown(end: number): Instance {
+    const ins = this.get();
+    if (!ins) throw new Error('batch workspace: WebAssembly SIMD is unavailable');
+    const have = ins.memory.buffer.byteLength;
+    if (end > have) ins.memory.grow(Math.ceil((end - have) / 65536));
+    return ins;
+  }
+
+  /**
+   * `y = x·Wᵀ` into y (`[rows, m]`) for W `[m, n]` stored as f16 bits: blocks of rows converted to f32 in SIMD (exact,
+   * infinities and NaNs kept) and multiplied by `gemm`.
+   */
+  f16Product(
+    bits: Uint16Array,
+    m: number,
+    n: number,
+    x: Float32Array,
+    rows: number,
+    y: Float32Array,
+    pool?: Pool,
+  ) {
+    const B = Math.min(m, BLOCK_ROWS);
+    const src = TABLES_END;
+    const dst = src + align16(B * n * 2);
+    const ins = this.grown(dst + B * n * 4);
+    const buf = ins.memory.buffer;
+    const xt = matrix(x, rows, n);
+    for (let i0 = 0; i0 < m; i0 += B) {
+      const c = Math.min(B, m - i0);
+      new Uint16Array(buf, src, c * n).set(bits.subarray(i0 * n, (i0 + c) * n));
+      ins.halvesToF32(src, c * n, dst);
+      // y[:, i0…i0+c)ᵀ = W_block·xᵀ: W's rows are gemm's first operand, the one its pool splits among threads
+      gemmInto(transposedView(y, rows, m, i0, c), matrix(new Float32Array(buf, dst, c * n), c, n), xt, {
+        transB: true,
+        checkFinite: false,
+        ...poolOf(pool),
+      });
+    }
+  }
+
+  /** A CALDERA layer's `y = x·Ŵᵀ` for `rows` rows (a new array of rows·m values); pool: threads for the products. */
+  calderaForward(layer: CalderaBatchLayer, x: Float32Array, rows: number, pool?: Pool): Float32Array {
+    const { n, m, np, mp, rank: k } = layer;
+    const groups = np / 8;
+    const R = Math.min(rows, CHUNK_ROWS);
+    const QB = Math.min(mp, BLOCK_ROWS);
+    let top = TABLES_END;
+    const alloc = (bytes: number) => {
+      const at = top;
+      top += align16(bytes);
+      return at;
+    };
+    const at = {
+      su: alloc(np * 4),
+      sv: alloc(mp * 4),
+      mixIn: alloc((layer.mixIn?.mix.length ?? 0) * 4),
+      mixOut: alloc((layer.mixOut?.mix.length ?? 0) * 4),
+      tmp: alloc(Math.max(np, mp) * 4),
+      x: alloc(R * n * 4),
+      xr: alloc(R * np * 4),
+      yr: alloc(R * mp * 4),
+      y: alloc(R * m * 4),
+      codes: alloc(QB * groups * 2),
+      q: alloc(QB * np * 4),
+    };
+    const ins = this.grown(top);
+    const buf = ins.memory.buffer;
+    const f32 = (addr: number, len: number) => new Float32Array(buf, addr, len);
+    f32(at.su, np).set(layer.su);
+    f32(at.sv, mp).set(layer.sv);
+    if (layer.mixIn) f32(at.mixIn, layer.mixIn.mix.length).set(layer.mixIn.mix);
+    if (layer.mixOut) f32(at.mixOut, layer.mixOut.mix.length).set(layer.mixOut.mix);
+    const codes = new Uint16Array(buf, at.codes, QB * groups);
+    const q = f32(at.q, QB * np);
+    const lt = k > 0 ? matrix(layer.lRows, mp, k) : null;
+    const rt = k > 0 ? matrix(layer.r, k, np) : null;
+    const y = new Float32Array(rows * m);
+    for (let r0 = 0; r0 < rows; r0 += R) {
+      const c = Math.min(R, rows - r0);
+      f32(at.x, c * n).set(x.subarray(r0 * n, (r0 + c) * n));
+      ins.rotateRowsIn(at.x, n, c, at.su, np, layer.mixIn?.K ?? 0, at.mixIn, at.xr, at.tmp);
+      const xr = matrix(f32(at.xr, c * np), c, np);
+      const yr = f32(at.yr, c * mp);
+      // y'ᵀ = qScale·Q̂·x'ᵀ + L̂·(R̂·x'ᵀ), written through a transposed view of y' (rows × mp): the long dimension (Q̂'s
+      // rows) is gemm's first operand, the one its pool splits among threads
+      for (let i0 = 0; i0 < mp; i0 += QB) {
+        const qb = Math.min(QB, mp - i0);
+        codes.set(layer.codes.subarray(i0 * groups, (i0 + qb) * groups));
+        ins.decodeE8P(at.codes, qb * groups, DA, DS, H1, H2, at.q);
+        gemmInto(transposedView(yr, c, mp, i0, qb), matrix(q.subarray(0, qb * np), qb, np), xr, {
+          transB: true,
+          alpha: layer.qScale,
+          checkFinite: false,
+          ...poolOf(pool),
+        });
+      }
+      if (lt && rt) {
+        const zt = gemm(rt, xr, { transB: true, checkFinite: false, ...poolOf(pool) }); // [k, c]
+        gemmInto(transposedView(yr, c, mp, 0, mp), lt, zt, { beta: 1, checkFinite: false, ...poolOf(pool) });
+      }
+      ins.rotateRowsOut(at.yr, mp, c, layer.mixOut?.K ?? 0, at.mixOut, at.sv, layer.scale, at.y, m, at.tmp);
+      y.set(f32(at.y, c * m), r0 * m);
+    }
+    return y;
+  }
+}
