@@ -155,7 +155,8 @@ describe('kernels', () => {
     const special = Uint16Array.of(0x7c00, 0xfc00, 0x7e00);
     const ys = new Float32Array(5 * 3);
     ws.f16Product(special, 3, 1, new Float32Array(5).fill(1), 5, ys);
-    for (let r = 0; r < 5; r++) expect(Array.from(ys.subarray(3 * r, 3 * r + 3))).toEqual([Infinity, -Infinity, NaN]);
+    for (let r = 0; r < 5; r++)
+      expect(Array.from(ys.subarray(3 * r, 3 * r + 3))).toEqual([Infinity, -Infinity, NaN]);
   });
 
   it('SIMD attention over the cache equals a plain f64 softmax-attention (GQA, odd head size, chunks, positions)', () => {
