@@ -177,6 +177,51 @@ export function dgemmPanels(
   }
 }
 
+/**
+ * Pack `lines` f32 lines (rows of op(A) or columns of op(B); `lines` a multiple of `w`), line l holding k contiguous
+ * values at src + l·ld·4, into panels of w = 4 or 8 lines at dst: panel q holds, for p = 0..k−1, the w values of lines
+ * q·w … q·w+w−1 contiguously at dst + (q·k + p)·w·4 (the layouts above). Groups of 4 lines are transposed 4×4 at a
+ * time in registers.
+ */
+export function packLines32(src: usize, ld: i32, lines: i32, k: i32, w: i32, dst: usize): void {
+  const k4 = k & ~3;
+  const rowBytes = (<usize>ld) << 2;
+  const step = (<usize>w) << 2; // bytes from one k to the next inside a panel
+  for (let l: i32 = 0; l < lines; l += 4) {
+    const q = l / w;
+    const s0 = src + <usize>l * rowBytes;
+    const s1 = s0 + rowBytes;
+    const s2 = s1 + rowBytes;
+    const s3 = s2 + rowBytes;
+    const d0 = dst + ((<usize>q * <usize>k * <usize>w + <usize>(l - q * w)) << 2);
+    let p: i32 = 0;
+    for (; p < k4; p += 4) {
+      const o = (<usize>p) << 2;
+      const a = v128.load(s0 + o);
+      const b = v128.load(s1 + o);
+      const c = v128.load(s2 + o);
+      const e = v128.load(s3 + o);
+      const t0 = v128.shuffle<f32>(a, b, 0, 4, 1, 5); // a0 b0 a1 b1
+      const t1 = v128.shuffle<f32>(a, b, 2, 6, 3, 7); // a2 b2 a3 b3
+      const t2 = v128.shuffle<f32>(c, e, 0, 4, 1, 5);
+      const t3 = v128.shuffle<f32>(c, e, 2, 6, 3, 7);
+      const d = d0 + <usize>p * step;
+      v128.store(d, v128.shuffle<f32>(t0, t2, 0, 1, 4, 5)); // k = p:   a0 b0 c0 e0
+      v128.store(d + step, v128.shuffle<f32>(t0, t2, 2, 3, 6, 7));
+      v128.store(d + 2 * step, v128.shuffle<f32>(t1, t3, 0, 1, 4, 5));
+      v128.store(d + 3 * step, v128.shuffle<f32>(t1, t3, 2, 3, 6, 7));
+    }
+    for (; p < k; p++) {
+      const o = (<usize>p) << 2;
+      const d = d0 + <usize>p * step;
+      store<f32>(d, load<f32>(s0 + o));
+      store<f32>(d, load<f32>(s1 + o), 4);
+      store<f32>(d, load<f32>(s2 + o), 8);
+      store<f32>(d, load<f32>(s3 + o), 12);
+    }
+  }
+}
+
 /** 1 when the `bytes` bytes at `p` (a multiple of 16) hold only finite f32 values, else 0. */
 export function allFinite32(p: usize, bytes: usize): i32 {
   // x·0 is ±0 for finite x and NaN for NaN/±Inf, so the sum stays zero exactly when all are finite.

@@ -47,6 +47,11 @@ export interface KernelExports {
     cps: number,
   ): void;
   /**
+   * Pack `lines` f32 lines of k contiguous values, `ld` elements apart from `src`, into panels of `w` (4 or 8) lines
+   * at `dst` (byte offsets; `lines` a multiple of w): the A/B panel layouts of `asm/kernels.ts`.
+   */
+  packLines32(src: number, ld: number, lines: number, k: number, w: number, dst: number): void;
+  /**
    * Rows `[i0, i1)` of `p = A·v` for the symmetric f64 matrix at `a` (leading dimension `lda` elements) of
    * which only the lower triangle is read; zeroes `p[0..i1)` first (see `asm/kernels.ts`).
    */

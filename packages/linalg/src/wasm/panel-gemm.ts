@@ -27,7 +27,7 @@ import {
 } from '../pool/protocol.js';
 import { ensureMemory, HEAP_BASE } from './engine.js';
 import { MR, NR_F32, NR_F64 } from './module.js';
-import { packPanels, type StridedSrc } from './pack.js';
+import { packPanels, STAGE_LINES, type StridedSrc, type WasmPacker } from './pack.js';
 
 /** Arguments of {@link panelGemmInto} (already validated; `k > 0`, `m, n > 0`). */
 export interface PanelGemmArgs {
@@ -134,7 +134,13 @@ function panelGemmIntoImpl(exec: Executor, args: PanelGemmArgs, what: string): v
   const aOff = HEAP_BASE;
   const bOff = aOff + mc * k * es;
   const cOff = bOff + k * nc * es;
-  ensureMemory(exec.engine, cOff + mc * nc * es, what);
+  // f32: a staging area for packing lines in WebAssembly (see packPanels)
+  const staging = roundUp(cOff + mc * nc * es, 16);
+  const stagingBytes = f64 ? 0 : STAGE_LINES * k * es;
+  ensureMemory(exec.engine, staging + stagingBytes, what);
+  const packer: WasmPacker | undefined = f64
+    ? undefined
+    : { exports: exec.engine.exports, staging, stagingBytes };
 
   for (let i0 = 0; i0 < m; i0 += mc) {
     const mcnt = Math.min(mc, m - i0);
@@ -148,11 +154,11 @@ function panelGemmIntoImpl(exec: Executor, args: PanelGemmArgs, what: string): v
       const mcp = roundUp(mcnt, MR);
       const ncp = roundUp(ncnt, nr);
       if (!aPacked) {
-        packPanels(view, aOff / es, srcA, i0, mcnt, m, k, MR);
+        packPanels(view, aOff / es, srcA, i0, mcnt, m, k, MR, packer);
         aPacked = true;
         if (args.onNonFinite && !allFinite(exec, aOff, mcp * k * es, f64)) args.onNonFinite('a');
       }
-      packPanels(view, bOff / es, srcB, j0, ncnt, n, k, nr);
+      packPanels(view, bOff / es, srcB, j0, ncnt, n, k, nr, packer);
       if (args.onNonFinite && !allFinite(exec, bOff, ncp * k * es, f64)) args.onNonFinite('b');
       const npi = mcp / MR;
       const bp = Math.max(
