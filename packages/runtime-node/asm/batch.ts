@@ -95,6 +95,22 @@ export function decodeE8P(
   }
 }
 
+/** dst (cols × rows) = the transpose of src (rows × cols), f32, in 8 × 8 tiles. */
+export function transpose32(src: usize, rows: i32, cols: i32, dst: usize): void {
+  for (let i0: i32 = 0; i0 < rows; i0 += 8) {
+    const i1 = min(i0 + 8, rows);
+    for (let j0: i32 = 0; j0 < cols; j0 += 8) {
+      const j1 = min(j0 + 8, cols);
+      for (let i = i0; i < i1; i++)
+        for (let j = j0; j < j1; j++)
+          store<f32>(
+            dst + ((<usize>j * <usize>rows + <usize>i) << 2),
+            load<f32>(src + ((<usize>i * <usize>cols + <usize>j) << 2)),
+          );
+    }
+  }
+}
+
 /** Convert `count` f16 values (bits at src) to f32 at dst, exactly (infinities and NaNs included). */
 export function halvesToF32(src: usize, count: i32, dst: usize): void {
   let k: i32 = 0;

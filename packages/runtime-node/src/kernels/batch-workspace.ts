@@ -125,6 +125,7 @@ interface Instance {
   ): void;
   decodeE8P(codes: number, count: number, da: number, ds: number, h1: number, h2: number, out: number): void;
   halvesToF32(src: number, count: number, dst: number): void;
+  transpose32(src: number, rows: number, cols: number, dst: number): void;
 }
 
 /**
@@ -221,6 +222,7 @@ export class BatchWorkspace {
       tmp: alloc(Math.max(np, mp) * 4),
       x: alloc(R * n * 4),
       xr: alloc(R * np * 4),
+      yt: alloc(R * mp * 4),
       yr: alloc(R * mp * 4),
       y: alloc(R * m * 4),
       codes: alloc(QB * groups * 2),
@@ -243,14 +245,21 @@ export class BatchWorkspace {
       f32(at.x, c * n).set(x.subarray(r0 * n, (r0 + c) * n));
       ins.rotateRowsIn(at.x, n, c, at.su, np, layer.mixIn?.K ?? 0, at.mixIn, at.xr, at.tmp);
       const xr = matrix(f32(at.xr, c * np), c, np);
-      const yr = f32(at.yr, c * mp);
-      // y'ᵀ = qScale·Q̂·x'ᵀ + L̂·(R̂·x'ᵀ), written through a transposed view of y' (rows × mp): the long dimension (Q̂'s
-      // rows) is gemm's first operand, the one its pool splits among threads
+      const yt = f32(at.yt, mp * c);
+      // y'ᵀ = qScale·Q̂·x'ᵀ + L̂·(R̂·x'ᵀ) (mp × c, contiguous: gemm writes its rows whole), then transposed to y': the
+      // long dimension (Q̂'s rows) is gemm's first operand, the one its pool splits among threads
       for (let i0 = 0; i0 < mp; i0 += QB) {
         const qb = Math.min(QB, mp - i0);
         codes.set(layer.codes.subarray(i0 * groups, (i0 + qb) * groups));
         ins.decodeE8P(at.codes, qb * groups, DA, DS, H1, H2, at.q);
-        gemmInto(transposedView(yr, c, mp, i0, qb), matrix(q.subarray(0, qb * np), qb, np), xr, {
+        const rowsOut: Tensor<'f32'> = {
+          dtype: 'f32',
+          shape: [qb, c],
+          strides: [c, 1],
+          offset: i0 * c,
+          data: yt,
+        };
+        gemmInto(rowsOut, matrix(q.subarray(0, qb * np), qb, np), xr, {
           transB: true,
           alpha: layer.qScale,
           checkFinite: false,
@@ -259,8 +268,9 @@ export class BatchWorkspace {
       }
       if (lt && rt) {
         const zt = gemm(rt, xr, { transB: true, checkFinite: false, ...poolOf(pool) }); // [k, c]
-        gemmInto(transposedView(yr, c, mp, 0, mp), lt, zt, { beta: 1, checkFinite: false, ...poolOf(pool) });
+        gemmInto(matrix(yt, mp, c), lt, zt, { beta: 1, checkFinite: false, ...poolOf(pool) });
       }
+      ins.transpose32(at.yt, mp, c, at.yr);
       ins.rotateRowsOut(at.yr, mp, c, layer.mixOut?.K ?? 0, at.mixOut, at.sv, layer.scale, at.y, m, at.tmp);
       y.set(f32(at.y, c * m), r0 * m);
     }
