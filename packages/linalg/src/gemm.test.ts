@@ -1,7 +1,7 @@
 import { CalderaError, slice, tensor, type Matrix } from '@caldera/core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { gemm, gemmInto } from './gemm.js';
-import { createPool } from './pool/pool.js';
+import { createPool, poolExecutor } from './pool/pool.js';
 import { defaultExecutor } from './pool/default.js';
 import { at, naiveGemm, randn, stridedRandn, tview, worstErrorRatio } from './test-util.js';
 import { panelGemmInto } from './wasm/panel-gemm.js';
@@ -247,6 +247,30 @@ describe('gemm input errors', () => {
         );
         expect(() => gemm(x, y, { checkFinite: false })).not.toThrow();
       }
+    }
+  });
+
+  it('with a memory the host will not grow (a browser cap): smaller chunks, else the TypeScript kernel', () => {
+    const capped = createPool({ threads: 2 });
+    try {
+      const memory = poolExecutor(capped).engine.memory;
+      memory.grow = () => {
+        throw new RangeError('WebAssembly.Memory.grow(): maximum memory size exceeded');
+      };
+      const have = memory.buffer.byteLength; // 2 pages: 64 KiB for operands above HEAP_BASE
+      // fits in 8 × 8 chunks over the whole k: the same kernel calls per element, so bitwise equal
+      const a = randn('f32', 200, 100, 11);
+      const b = randn('f32', 150, 100, 12);
+      const want = gemm(a, b, { transB: true });
+      expect(gemm(a, b, { transB: true, pool: capped }).data).toEqual(want.data);
+      // k = 20 000 needs ≥ 1.3 MB even for the smallest chunks: the TypeScript kernel, within the rounding bound
+      const a2 = randn('f32', 9, 20000, 13);
+      const b2 = randn('f32', 20000, 7, 14);
+      const got = gemm(a2, b2, { pool: capped });
+      expect(worstErrorRatio(got, naiveGemm(a2, b2, false, false, 1, 0))).toBeLessThanOrEqual(1);
+      expect(memory.buffer.byteLength).toBe(have);
+    } finally {
+      capped.dispose();
     }
   });
 

@@ -166,7 +166,14 @@ function gemmIntoImpl(c: Matrix, a: Matrix, b: Matrix, o: GemmIntoOptions, beta:
       }
     : undefined;
   const long = { signal: o.signal, onProgress: o.onProgress };
-  panelGemmInto(exec!, { c, a, b, transA, transB, alpha, beta, onNonFinite, triangle, ...long }, fn);
+  if (panelGemmInto(exec!, { c, a, b, transA, transB, alpha, beta, onNonFinite, triangle, ...long }, fn))
+    return;
+  // the host refused the scratch memory (a browser's cap): the TypeScript kernel
+  if (check) {
+    assertFiniteMatrix(a, fn, 'a');
+    assertFiniteMatrix(b, fn, 'b');
+  }
+  gemmRefInto(c, a, b, transA, transB, alpha, beta, triangle);
 }
 
 /**

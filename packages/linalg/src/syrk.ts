@@ -113,7 +113,7 @@ function syrkImpl(c: Matrix, x: Matrix, o: SyrkOptions, beta: number, fn: string
         throw new CalderaError('E_VALUE', `${fn}: x has a non-finite value`);
       }
     : undefined;
-  panelGemmInto(
+  const done = panelGemmInto(
     exec!,
     {
       c,
@@ -130,7 +130,14 @@ function syrkImpl(c: Matrix, x: Matrix, o: SyrkOptions, beta: number, fn: string
     },
     fn,
   );
-  mirrorUpper(c);
+  if (done) {
+    mirrorUpper(c);
+    return;
+  }
+  // the host refused the scratch memory (a browser's cap): the reference path
+  if (check) assertFiniteMatrix(x, fn, 'x');
+  if (beta !== 0) mirrorUpper(c);
+  gemmRefInto(c, x as unknown as Matrix, x as unknown as Matrix, true, false, alpha, beta);
 }
 
 /** Copy the upper triangle of a square matrix onto its lower triangle. */

@@ -281,10 +281,11 @@ function merge(
     }
     inrm[j] = 1 / Math.sqrt(nrm);
   }
-  if (work.product) {
-    mergeProductWasm(work, work.product, { lo, k, s, K, n1, n3, g, zh, dk, dOrg, tau, inrm });
+  if (
+    work.product &&
+    mergeProductWasm(work, work.product, { lo, k, s, K, n1, n3, g, zh, dk, dOrg, tau, inrm })
+  )
     return lam;
-  }
   // U′ (K×K, rows in group order) in column blocks of cb: ub[t·cb + j − j0] = U[g[t], j]
   const cb = Math.max(1, Math.min(K, Math.floor(work.budget / K)));
   const ub = (work.ub ??= new Float64Array(Math.min(work.budget, n * n)));
@@ -373,10 +374,14 @@ const floor4 = (x: number): number => Math.max(4, Math.floor(x / 4) * 4);
  * element is one `dgemmPanels` computation over the same packed values and K blocks as `gemmInto`'s, so the
  * result equals the TypeScript path's.
  */
-function mergeProductWasm(work: Work, exec: Executor, p: MergeProduct): void {
+function mergeProductWasm(work: Work, exec: Executor, p: MergeProduct): boolean {
   const { q, n } = work;
   const { lo, k, s, K, n1, n3, g, zh, dk, dOrg, tau, inrm } = p;
   const Kp = roundUp(K, 4);
+  // the smallest scratch either pass works in (one 4×4 tile, see `avail`) must exist before q is touched; where the
+  // host refuses even that (a browser's memory cap), the caller merges in TypeScript
+  const kkMax = Math.max(n1 + n3, K - n1);
+  if (!tryEnsureMemory(exec.engine, HEAP_BASE + 8 * (8 * kkMax + 16), 'eigh')) return false;
   const have = Math.floor((exec.engine.memory.buffer.byteLength - HEAP_BASE) / 8);
   exec.busy = true;
   try {
@@ -392,19 +397,25 @@ function mergeProductWasm(work: Work, exec: Executor, p: MergeProduct): void {
       const mp = roundUp(r1 - r0, 4);
       // scratch (values): what the memory has (or the explicit budget), at least what one 4×4 tile needs
       const whole = kk * Kp + mp * kk + mp * Kp;
-      const avail = Math.max(
-        8 * kk + 16,
-        work.wasmMax ?? Math.max(have, Math.min(work.wasmValues, whole, WASM_SCRATCH_MAX)),
-      );
-      // U′ whole (filled once) with as many rows as fit, unless square-ish blocks take all the rows at once
-      let cb = Kp;
-      let rb = Math.min(mp, avail > kk * Kp ? floor4((avail - kk * Kp) / (kk + Kp)) : 0);
-      if (rb < mp) {
-        const rb2 = Math.min(mp, floor4(Math.sqrt(kk * kk + avail) - kk));
-        if (rb2 === mp || rb < 64) {
-          rb = rb2;
-          cb = Math.min(Kp, floor4((avail - rb * kk) / (kk + rb)));
+      const blocks = (avail: number): { rb: number; cb: number } => {
+        // U′ whole (filled once) with as many rows as fit, unless square-ish blocks take all the rows at once
+        let cb = Kp;
+        let rb = Math.min(mp, avail > kk * Kp ? floor4((avail - kk * Kp) / (kk + Kp)) : 0);
+        if (rb < mp) {
+          const rb2 = Math.min(mp, floor4(Math.sqrt(kk * kk + avail) - kk));
+          if (rb2 === mp || rb < 64) {
+            rb = rb2;
+            cb = Math.min(Kp, floor4((avail - rb * kk) / (kk + rb)));
+          }
         }
+        return { rb, cb };
+      };
+      const wanted = work.wasmMax ?? Math.max(have, Math.min(work.wasmValues, whole, WASM_SCRATCH_MAX));
+      let { rb, cb } = blocks(Math.max(8 * kk + 16, wanted));
+      if (!tryEnsureMemory(exec.engine, HEAP_BASE + 8 * (rb * kk + kk * cb + rb * cb), 'eigh')) {
+        // growth refused: blocks that fit the memory there is (at least the tile checked above)
+        const there = Math.floor((exec.engine.memory.buffer.byteLength - HEAP_BASE) / 8);
+        ({ rb, cb } = blocks(Math.max(8 * kk + 16, there)));
       }
       const aOff = HEAP_BASE;
       const bOff = aOff + 8 * rb * kk;
@@ -468,6 +479,7 @@ function mergeProductWasm(work: Work, exec: Executor, p: MergeProduct): void {
   } finally {
     exec.busy = false;
   }
+  return true;
 }
 
 /**

@@ -368,6 +368,29 @@ describe('divide and conquer with bounded scratch', () => {
     },
   );
 
+  it('eigh with a pool whose memory cannot grow (a browser cap): every phase fits or takes its TypeScript path', () => {
+    const n = 300;
+    const own = createPool({ threads: 2 });
+    try {
+      const exec = poolExecutor(own);
+      // the host refuses to grow the memory from its first two pages on (RangeError, as browsers throw)
+      exec.engine.memory.grow = () => {
+        throw new RangeError('WebAssembly.Memory.grow(): maximum memory size exceeded');
+      };
+      const a = randSym(n, 12);
+      const { values, vectors } = eigh(tensor('f64', [n, n], a), { pool: own });
+      const v = vectors.data;
+      const vl = new Float64Array(n * n);
+      for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) vl[i * n + j] = v[i * n + j]! * values[j]!;
+      // V·Λ·Vᵀ = A and VᵀV = I within the divide and conquer's backward-error bound, as in the tests above
+      expect(diffFro(mul(vl, v, n, n, n, false, true), a)).toBeLessThan(2 * n * EPS * fro(a));
+      expect(orthErr(v, n, n)).toBeLessThan(2 * n * EPS);
+      expect(exec.engine.memory.buffer.byteLength).toBe(2 * 65536);
+    } finally {
+      own.dispose();
+    }
+  });
+
   it('eigh: the divide and conquer works in the memory the reduction left (it does not grow it)', () => {
     const n = 400;
     const own = createPool({ threads: 2 });

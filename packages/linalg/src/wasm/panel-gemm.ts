@@ -25,7 +25,7 @@ import {
   NPJ,
   TRI,
 } from '../pool/protocol.js';
-import { ensureMemory, HEAP_BASE } from './engine.js';
+import { HEAP_BASE, tryEnsureMemory } from './engine.js';
 import { MR, NR_F32, NR_F64 } from './module.js';
 import { packPanels, STAGE_LINES, type StridedSrc, type WasmPacker } from './pack.js';
 
@@ -82,21 +82,24 @@ export function roundUp(x: number, q: number): number {
   return Math.ceil(x / q) * q;
 }
 
-/** `c := alpha·op(a)·op(b) + beta·c` on the WebAssembly kernels. */
-export function panelGemmInto(exec: Executor, args: PanelGemmArgs, what: string): void {
+/**
+ * `c := alpha·op(a)·op(b) + beta·c` on the WebAssembly kernels. Returns false, with c untouched, when the host refuses
+ * the memory even the smallest chunks need (the caller takes its TypeScript path).
+ */
+export function panelGemmInto(exec: Executor, args: PanelGemmArgs, what: string): boolean {
   if (exec.busy) {
     // called again from inside a progress callback: the scratch memory holds our operands
     throw new CalderaError('E_VALUE', `${what}: executor is busy (nested call from onProgress?)`);
   }
   exec.busy = true;
   try {
-    panelGemmIntoImpl(exec, args, what);
+    return panelGemmIntoImpl(exec, args, what);
   } finally {
     exec.busy = false;
   }
 }
 
-function panelGemmIntoImpl(exec: Executor, args: PanelGemmArgs, what: string): void {
+function panelGemmIntoImpl(exec: Executor, args: PanelGemmArgs, what: string): boolean {
   const { c, a, b, transA, transB, alpha, beta } = args;
   const triangle = args.triangle;
   const upper = triangle !== undefined; // one triangle: square chunks on the diagonal
@@ -120,27 +123,39 @@ function panelGemmIntoImpl(exec: Executor, args: PanelGemmArgs, what: string): v
   };
 
   // Chunk sizes: the whole problem when it fits the budget, else halve the larger side.
-  const budget = args.maxBytes ?? 2 ** 30;
   const q = 8; // multiple of MR and of NR for both dtypes
-  let mc = roundUp(m, q);
-  let nc = roundUp(n, q);
   const bytes = (x: number, y: number): number => es * (x * k + k * y + x * y);
-  while (bytes(mc, nc) > budget && (mc > q || nc > q)) {
-    if (upper || mc >= nc) mc = Math.max(q, roundUp(mc / 2, q));
-    if (upper || nc > mc) nc = Math.max(q, roundUp(nc / 2, q));
+  const chunks = (budget: number): [number, number] => {
+    let mc = roundUp(m, q);
+    let nc = roundUp(n, q);
+    while (bytes(mc, nc) > budget && (mc > q || nc > q)) {
+      if (upper || mc >= nc) mc = Math.max(q, roundUp(mc / 2, q));
+      if (upper || nc > mc) nc = Math.max(q, roundUp(nc / 2, q));
+    }
+    return [mc, nc];
+  };
+  let [mc, nc] = chunks(args.maxBytes ?? 2 ** 30);
+  // f32: a staging area after the operands for packing lines in WebAssembly (see packPanels)
+  const stagingBytes = f64 ? 0 : STAGE_LINES * k * es;
+  let staged = !f64;
+  const end = (x: number, y: number): number =>
+    roundUp(HEAP_BASE + bytes(x, y), 16) + (staged ? stagingBytes : 0);
+  if (!tryEnsureMemory(exec.engine, end(mc, nc), what)) {
+    // the host refused to grow the memory (a browser's cap): chunks that fit what there is, without staging, or
+    // nothing (the caller takes its TypeScript path)
+    staged = false;
+    const have = exec.engine.memory.buffer.byteLength;
+    [mc, nc] = chunks(have - HEAP_BASE);
+    if (end(mc, nc) > have) return false;
   }
   const total = upper ? (m * (m + 1) * k) / 2 : m * n * k;
   let done = 0;
   const aOff = HEAP_BASE;
   const bOff = aOff + mc * k * es;
   const cOff = bOff + k * nc * es;
-  // f32: a staging area for packing lines in WebAssembly (see packPanels)
-  const staging = roundUp(cOff + mc * nc * es, 16);
-  const stagingBytes = f64 ? 0 : STAGE_LINES * k * es;
-  ensureMemory(exec.engine, staging + stagingBytes, what);
-  const packer: WasmPacker | undefined = f64
-    ? undefined
-    : { exports: exec.engine.exports, staging, stagingBytes };
+  const packer: WasmPacker | undefined = staged
+    ? { exports: exec.engine.exports, staging: roundUp(cOff + mc * nc * es, 16), stagingBytes }
+    : undefined;
 
   for (let i0 = 0; i0 < m; i0 += mc) {
     const mcnt = Math.min(mc, m - i0);
@@ -203,6 +218,7 @@ function panelGemmIntoImpl(exec: Executor, args: PanelGemmArgs, what: string): v
       writeOut(c, view, cOff / es, ncp, i0, mcnt, j0, ncnt, triangle);
     }
   }
+  return true;
 }
 
 /** Multiply-adds of rows [r0, r0 + rows) of a diagonal block (columns j0 … j0 + ncnt − 1). */
