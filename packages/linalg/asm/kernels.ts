@@ -222,6 +222,27 @@ export function packLines32(src: usize, ld: i32, lines: i32, k: i32, w: i32, dst
   }
 }
 
+/**
+ * Pack f32 lines that are adjacent along each row: row p of k (p = 0..k−1) holds `lines` values (one per line) at
+ * src + p·ld·4, `lines` a multiple of w = 4 or 8. Panel q of w lines receives, for each p, the w values of its lines
+ * contiguously at dst + (q·k + p)·w·4 (the layouts above): one or two 16-byte copies per k.
+ */
+export function packRows32(src: usize, ld: i32, k: i32, lines: i32, w: i32, dst: usize): void {
+  const rowBytes = (<usize>ld) << 2;
+  for (let q: i32 = 0; q < lines / w; q++) {
+    let s = src + ((<usize>(q * w)) << 2);
+    let d = dst + ((<usize>q * <usize>k * <usize>w) << 2);
+    if (w == 8) {
+      for (let p: i32 = 0; p < k; p++, s += rowBytes, d += 32) {
+        v128.store(d, v128.load(s));
+        v128.store(d, v128.load(s, 16), 16);
+      }
+    } else {
+      for (let p: i32 = 0; p < k; p++, s += rowBytes, d += 16) v128.store(d, v128.load(s));
+    }
+  }
+}
+
 /** 1 when the `bytes` bytes at `p` (a multiple of 16) hold only finite f32 values, else 0. */
 export function allFinite32(p: usize, bytes: usize): i32 {
   // x·0 is ±0 for finite x and NaN for NaN/±Inf, so the sum stays zero exactly when all are finite.

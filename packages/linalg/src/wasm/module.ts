@@ -52,6 +52,11 @@ export interface KernelExports {
    */
   packLines32(src: number, ld: number, lines: number, k: number, w: number, dst: number): void;
   /**
+   * Pack f32 lines that are adjacent along rows (row p of k: `lines` values, `ld` elements apart from `src`) into
+   * panels of `w` (4 or 8) lines at `dst` (byte offsets; `lines` a multiple of w).
+   */
+  packRows32(src: number, ld: number, k: number, lines: number, w: number, dst: number): void;
+  /**
    * Rows `[i0, i1)` of `p = A·v` for the symmetric f64 matrix at `a` (leading dimension `lda` elements) of
    * which only the lower triangle is read; zeroes `p[0..i1)` first (see `asm/kernels.ts`).
    */

@@ -15,8 +15,8 @@ export interface StridedSrc {
 }
 
 /**
- * The kernels' packing routine and a staging area in their memory (byte offset and size) where f32 lines are copied
- * before `packLines32` transposes them into panels.
+ * The kernels' packing routines and a staging area in their memory (byte offset and size) where f32 lines are copied
+ * before `packLines32` / `packRows32` lay them out in panels.
  */
 export interface WasmPacker {
   readonly exports: KernelExports;
@@ -24,8 +24,10 @@ export interface WasmPacker {
   readonly stagingBytes: number;
 }
 
-/** Lines copied to the staging area per `packLines32` call (at most; whole panels). */
-export const STAGE_LINES = 64;
+/** Lines copied to the staging area per packing call: at most 256, and at most 4 MiB of them. */
+export function stageLines(k: number): number {
+  return Math.min(256, Math.floor(2 ** 22 / (4 * Math.max(1, k))));
+}
 
 /** Shortest k for which staging pays (a copy per line or group of lines). */
 const STAGE_MIN_K = 16;
@@ -53,14 +55,14 @@ export function packPanels(
   let q0 = 0;
   if (
     packer &&
-    sK === 1 &&
+    (sK === 1 || sShort === 1) &&
     k >= STAGE_MIN_K &&
     dst instanceof Float32Array &&
     sd instanceof Float32Array &&
     sd.buffer !== dst.buffer // a source inside the kernels' memory could overlap the staging area
   ) {
     const full = Math.floor(Math.max(0, Math.min(count, limit - start)) / w); // panels with all w lines valid
-    q0 = packStaged(dst, off, sd, src.offset + start * sShort, sShort, full, k, w, packer);
+    q0 = packStaged(dst, off, sd, src.offset + start * sShort, sShort, sK, full, k, w, packer);
   }
   for (let q = q0; q < panels; q++) {
     const pbase = off + q * k * w;
@@ -88,31 +90,45 @@ export function packPanels(
 }
 
 /**
- * The first `full` panels of f32 lines (line i: k contiguous values at `so + i·ld`) through the staging area and
- * `packLines32`; returns the number of panels packed (0 when not even one panel's lines fit the staging area).
+ * The first `full` panels of f32 lines (line i starting at `so`, its values `sK` apart, lines `sShort` apart; one of
+ * them 1) through the staging area and the SIMD packing: lines contiguous along k are staged line by line and
+ * transposed (`packLines32`); lines adjacent along k (`sShort` 1) are staged row by row and copied in 16-byte pieces
+ * (`packRows32`). Returns the number of panels packed (0 when not even one panel fits the staging area).
  */
 function packStaged(
   dst: Float32Array,
   off: number,
   sd: Float32Array,
   so: number,
-  ld: number,
+  sShort: number,
+  sK: number,
   full: number,
   k: number,
   w: number,
   packer: WasmPacker,
 ): number {
-  const perStage = Math.min(STAGE_LINES, Math.floor(packer.stagingBytes / (4 * k)));
+  const perStage = Math.min(stageLines(k), Math.floor(packer.stagingBytes / (4 * k)));
   const panelsPerStage = Math.floor(perStage / w);
   if (panelsPerStage === 0) return 0;
   const st = packer.staging / 4;
   for (let q = 0; q < full; q += panelsPerStage) {
     const np = Math.min(panelsPerStage, full - q);
     const lines = np * w;
-    const first = so + q * w * ld;
-    if (ld === k) dst.set(sd.subarray(first, first + lines * k), st);
-    else for (let i = 0; i < lines; i++) dst.set(sd.subarray(first + i * ld, first + i * ld + k), st + i * k);
-    packer.exports.packLines32(packer.staging, k, lines, k, w, (off + q * k * w) * 4);
+    const first = so + q * w * sShort;
+    const to = (off + q * k * w) * 4;
+    if (sK === 1) {
+      if (sShort === k) dst.set(sd.subarray(first, first + lines * k), st);
+      else
+        for (let i = 0; i < lines; i++)
+          dst.set(sd.subarray(first + i * sShort, first + i * sShort + k), st + i * k);
+      packer.exports.packLines32(packer.staging, k, lines, k, w, to);
+    } else {
+      if (sK === lines) dst.set(sd.subarray(first, first + k * lines), st);
+      else
+        for (let p = 0; p < k; p++)
+          dst.set(sd.subarray(first + p * sK, first + p * sK + lines), st + p * lines);
+      packer.exports.packRows32(packer.staging, lines, k, lines, w, to);
+    }
   }
   return full;
 }

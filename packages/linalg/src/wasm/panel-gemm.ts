@@ -27,7 +27,7 @@ import {
 } from '../pool/protocol.js';
 import { HEAP_BASE, tryEnsureMemory } from './engine.js';
 import { MR, NR_F32, NR_F64 } from './module.js';
-import { packPanels, STAGE_LINES, type StridedSrc, type WasmPacker } from './pack.js';
+import { packPanels, stageLines, type StridedSrc, type WasmPacker } from './pack.js';
 
 /** Arguments of {@link panelGemmInto} (already validated; `k > 0`, `m, n > 0`). */
 export interface PanelGemmArgs {
@@ -136,7 +136,7 @@ function panelGemmIntoImpl(exec: Executor, args: PanelGemmArgs, what: string): b
   };
   let [mc, nc] = chunks(args.maxBytes ?? 2 ** 30);
   // f32: a staging area after the operands for packing lines in WebAssembly (see packPanels)
-  const stagingBytes = f64 ? 0 : STAGE_LINES * k * es;
+  const stagingBytes = f64 ? 0 : stageLines(k) * k * es;
   let staged = !f64;
   const end = (x: number, y: number): number =>
     roundUp(HEAP_BASE + bytes(x, y), 16) + (staged ? stagingBytes : 0);
