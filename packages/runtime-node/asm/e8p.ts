@@ -54,7 +54,7 @@ function fillHalf(p: usize, np: i32, x: usize, lut: usize, first: bool, shift: f
 }
 
 // Both half tables of the 8-group at x: first halves at l1, second halves at l2.
-function fillGroup(p1: usize, np1: i32, p2: usize, np2: i32, x: usize, l1: usize, l2: usize): void {
+export function fillGroup(p1: usize, np1: i32, p2: usize, np2: i32, x: usize, l1: usize, l2: usize): void {
   const sh: f32 =
     0.25 *
     (load<f32>(x) +
@@ -77,9 +77,9 @@ function fillGroup(p1: usize, np1: i32, p2: usize, np2: i32, x: usize, l1: usize
 // (256 KiB per layer memory) was measured slower in a whole model.
 const TA: usize = 65536; // above the first page, which holds any static data (the host checks __heap_base)
 const TS: usize = TA + 1024;
-const L1: usize = TA + 2048;
-const L2: usize = L1 + 8192;
-const GROUP: usize = 4096;
+export const L1: usize = TA + 2048;
+export const L2: usize = L1 + 8192;
+export const GROUP: usize = 4096;
 
 function entry(code: u32): u32 {
   return load<u32>(<usize>((code >>> 6) & 0x3fc), TA) + load<u32>(<usize>((code << 2) & 0x3fc), TS);

@@ -20,6 +20,7 @@ import {
   type Linear,
 } from '../src/index.js';
 import { randomDecomposition } from '../src/testing/random-model.js';
+import { floors } from './floors.js';
 
 const quick = process.argv.includes('--quick');
 const cfg = parseModelConfig({
@@ -235,6 +236,9 @@ emit('weight_bytes_ratio_4096', bytes / (4096 * 4096 * 2), 'x f16', {
   calderaBytes: bytes,
   f16Bytes: 4096 * 4096 * 2,
 });
+
+// floors of E8P decoding in WebAssembly SIMD128 (bench/floors.ts; full runs only: it compiles a module, ≈ 10 s)
+if (!quick) await floors(emit);
 
 // training cases (their own process, so the inference models above are freed)
 const train = spawnSync(
