@@ -53,7 +53,8 @@ function fillHalf(p: usize, np: i32, x: usize, lut: usize, first: bool, shift: f
   }
 }
 
-// Both half tables of the 8-group at x: first halves at l1, second halves at l2.
+// Both half tables of the 8-group at x: first halves at l1, second halves at l2. (Exported, with the table addresses
+// below, for the benchmark variants in asm-bench/e8p-floors.ts.)
 export function fillGroup(p1: usize, np1: i32, p2: usize, np2: i32, x: usize, l1: usize, l2: usize): void {
   const sh: f32 =
     0.25 *
