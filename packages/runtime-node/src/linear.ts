@@ -1,7 +1,7 @@
-import { CalderaError, f16ArrayToF32, type Tensor } from '@caldera/core';
+import { CalderaError, f16ArrayToF32, tensor, type Tensor } from '@caldera/core';
 import { gemm, gemmInto, hadamardRowsInPlace, type Pool } from '@caldera/linalg';
 import { type Decomposition, latticeDecode } from '@caldera/lowrank';
-import { BatchWorkspace, transposedView } from './kernels/batch-workspace.js';
+import { BatchWorkspace, poolOf } from './kernels/batch-workspace.js';
 import { CalderaKernel, groupMajorCodes, lowRankFactors } from './kernels/caldera-kernel.js';
 import { e8pDecodeInto, e8pMatvecLut } from './kernels/e8p-lut.js';
 import { matvecF16, matvecF32, WasmMatrix } from './kernels/matvec.js';
@@ -68,9 +68,9 @@ export interface Linear {
   forward(x: Float32Array, rows: number, options?: LinearRunOptions): Float32Array;
 }
 
-/** `{ pool }` for linalg calls when one is given (exactOptionalPropertyTypes: no `pool: undefined`). */
-function poolOf(options: LinearRunOptions): { pool?: Pool } {
-  return options.pool ? { pool: options.pool } : {};
+/** `[rows, m]` row-major y seen as its transpose `[c, rows]` from column i0 on, as `gemmInto`'s output. */
+function transposedView(y: Float32Array, rows: number, m: number, i0: number, c: number): Tensor<'f32'> {
+  return { dtype: 'f32', shape: [c, rows], strides: [1, m], offset: i0, data: y };
 }
 
 function addBias(y: Float32Array, rows: number, bias: Float32Array | null): Float32Array {
@@ -115,11 +115,10 @@ export class DenseLinear implements Linear {
       return addBias(y, rows, this.bias);
     }
     // yᵀ = W·xᵀ: W's rows are gemm's first operand, which its pool splits among threads
-    const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, n], strides: [n, 1], offset: 0, data: x };
-    gemmInto(transposedView(y, rows, m, 0, m), this.weight, xt, {
+    gemmInto(transposedView(y, rows, m, 0, m), this.weight, tensor('f32', [rows, n], x), {
       transB: true,
       checkFinite: false,
-      ...poolOf(options),
+      ...poolOf(options.pool),
     });
     return addBias(y, rows, this.bias);
   }
@@ -146,7 +145,7 @@ function productByRowBlocks(
   y: Float32Array,
   options: LinearRunOptions,
 ): void {
-  const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, n], strides: [n, 1], offset: 0, data: x };
+  const xt = tensor('f32', [rows, n], x);
   for (let i0 = 0; i0 < m; i0 += BLOCK_ROWS) {
     const c = Math.min(BLOCK_ROWS, m - i0);
     const w = decodeRows(i0, c);
@@ -156,11 +155,10 @@ function productByRowBlocks(
       for (let r = 0; r < rows; r++) y.set(part.subarray(r * c, r * c + c), r * m + i0);
     } else {
       // y[:, i0…i0+c)ᵀ = W_block·xᵀ (the block's rows split among the pool's threads)
-      const wt: Tensor<'f32'> = { dtype: 'f32', shape: [c, n], strides: [n, 1], offset: 0, data: w };
-      gemmInto(transposedView(y, rows, m, i0, c), wt, xt, {
+      gemmInto(transposedView(y, rows, m, i0, c), tensor('f32', [c, n], w.subarray(0, c * n)), xt, {
         transB: true,
         checkFinite: false,
-        ...poolOf(options),
+        ...poolOf(options.pool),
       });
     }
   }
@@ -198,13 +196,13 @@ export class DenseF16Linear implements Linear {
       this.product.run(x, rows, y);
       return addBias(y, rows, this.bias);
     }
+    // blocks of rows converted exactly in SIMD (the workspace), else in TypeScript
     const ws = options.workspace ?? new BatchWorkspace();
-    if (ws.available) {
-      ws.f16Product(this.bits, m, n, x, rows, y, options.pool);
-      return addBias(y, rows, this.bias);
-    }
-    const block = new Float32Array(BLOCK_ROWS * n);
-    const decode = (i0: number, c: number) => f16ArrayToF32(this.bits.subarray(i0 * n, (i0 + c) * n), block);
+    const block = ws.available ? null : new Float32Array(BLOCK_ROWS * n);
+    const decode = (i0: number, c: number) =>
+      block
+        ? f16ArrayToF32(this.bits.subarray(i0 * n, (i0 + c) * n), block)
+        : ws.f16Rows(this.bits, n, i0, c);
     productByRowBlocks(x, rows, n, m, decode, y, options);
     return addBias(y, rows, this.bias);
   }
@@ -253,13 +251,6 @@ export class CalderaLinear implements Linear {
     const [mp, np] = d.padded;
     const k = d.rank;
     this.kernel = options.kernel === false ? null : CalderaKernel.create(d, CALDERA_KERNEL_ROWS);
-    const matrix = (data: Float32Array, rows: number, cols: number): Tensor<'f32'> => ({
-      dtype: 'f32',
-      shape: [rows, cols],
-      strides: [cols, 1],
-      offset: 0,
-      data,
-    });
     if (this.kernel || k === 0) {
       this.rProduct = null;
       this.lProduct = null;
@@ -268,15 +259,15 @@ export class CalderaLinear implements Linear {
       this.rProduct = f32Product(r, k, np);
       this.lProduct = f32Product(lRows, mp, k);
     }
-    this.l = this.lProduct ? matrix(this.lProduct.weights, mp, k) : null;
-    this.r = this.rProduct ? matrix(this.rProduct.weights, k, np) : null;
+    this.l = this.lProduct ? tensor('f32', [mp, k], this.lProduct.weights) : null;
+    this.r = this.rProduct ? tensor('f32', [k, np], this.rProduct.weights) : null;
     this.qCodesT =
       !this.kernel && d.q.bits === 2
         ? groupMajorCodes(d, new Uint16Array((d.q.planes[0] as Uint16Array).length))
         : null;
     const ft = d.ft && d.ft.rank > 0 ? d.ft : null;
-    this.ftL = ft ? matrix(ft.l, mp, ft.rank) : null;
-    this.ftR = ft ? matrix(ft.r, ft.rank, np) : null;
+    this.ftL = ft ? tensor('f32', [mp, ft.rank], ft.l) : null;
+    this.ftR = ft ? tensor('f32', [ft.rank, np], ft.r) : null;
     this.weightBytes = Math.ceil((d.bitsPerWeight * this.inFeatures * this.outFeatures) / 8);
   }
 
@@ -335,17 +326,23 @@ export class CalderaLinear implements Linear {
         this.lProduct!.run(z, rows, lr);
         for (let i = 0; i < lr.length; i++) yr[i]! += lr[i]!;
       } else {
-        const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, np], strides: [np, 1], offset: 0, data: xr };
-        const z = gemm(xt, this.r, { transB: true, checkFinite: false, ...poolOf(options) }); // rows × k
-        const lr = gemm(z, this.l, { transB: true, checkFinite: false, ...poolOf(options) }).data; // rows × mp
+        const z = gemm(tensor('f32', [rows, np], xr), this.r, {
+          transB: true,
+          checkFinite: false,
+          ...poolOf(options.pool),
+        }); // rows × k
+        const lr = gemm(z, this.l, { transB: true, checkFinite: false, ...poolOf(options.pool) }).data; // rows × mp
         for (let i = 0; i < yr.length; i++) yr[i]! += lr[i]!;
       }
     }
     if (this.ftL && this.ftR) {
       // LoRA part: yr += (x'·R_ftᵀ)·L_ftᵀ
-      const xt: Tensor<'f32'> = { dtype: 'f32', shape: [rows, np], strides: [np, 1], offset: 0, data: xr };
-      const z = gemm(xt, this.ftR, { transB: true, checkFinite: false, ...poolOf(options) }); // rows × kf
-      const lr = gemm(z, this.ftL, { transB: true, checkFinite: false, ...poolOf(options) }).data; // rows × mp
+      const z = gemm(tensor('f32', [rows, np], xr), this.ftR, {
+        transB: true,
+        checkFinite: false,
+        ...poolOf(options.pool),
+      }); // rows × kf
+      const lr = gemm(z, this.ftL, { transB: true, checkFinite: false, ...poolOf(options.pool) }).data; // rows × mp
       for (let i = 0; i < yr.length; i++) yr[i]! += lr[i]!;
     }
     if (d.hadamard) hadamardRowsInPlace(yr, rows, mp, { transpose: true });

@@ -1,27 +1,12 @@
-import type { Tensor } from '@caldera/core';
+import { tensor, type Tensor } from '@caldera/core';
 import { gemm, gemmInto, type Pool } from '@caldera/linalg';
 import { e8pGrid } from '@caldera/quant';
 import { BATCH_WASM_BASE64 } from '../generated/batch-wasm.js';
 import { e8pLutTables } from './e8p-lut.js';
 import { align16, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
 
-/** `[rows, m]` row-major y seen as its transpose `[c, rows]` from column i0 on, as `gemmInto`'s output. */
-export function transposedView(
-  y: Float32Array,
-  rows: number,
-  m: number,
-  i0: number,
-  c: number,
-): Tensor<'f32'> {
-  return { dtype: 'f32', shape: [c, rows], strides: [1, m], offset: i0, data: y };
-}
-
-function matrix(data: Float32Array, rows: number, cols: number): Tensor<'f32'> {
-  return { dtype: 'f32', shape: [rows, cols], strides: [cols, 1], offset: 0, data };
-}
-
-/** `{ pool }` for linalg calls when one is given. */
-function poolOf(pool: Pool | undefined): { pool?: Pool } {
+/** `{ pool }` for linalg calls when one is given (exactOptionalPropertyTypes: no `pool: undefined`). */
+export function poolOf(pool: Pool | undefined): { pool?: Pool } {
   return pool ? { pool } : {};
 }
 
@@ -50,10 +35,10 @@ export interface CalderaBatchLayer {
 /** Input rows rotated per pass (the workspace holds this many rows of x', y'). */
 const CHUNK_ROWS = 256;
 /**
- * Rows of a weight matrix (Q̂, or f16 W) converted to f32 per product: ≥ 128 so that the pool's 64-row blocks give
- * every thread work, and few enough to stay small (2 MiB per 1024 input features).
+ * Rows of Q̂ decoded to f32 per product (as linear.ts's BLOCK_ROWS for f16 and 3/4-bit weights): ≥ 128 so that the
+ * pool's 64-row blocks give every thread work, and few enough to stay small (2 MiB per 1024 input features).
  */
-const BLOCK_ROWS = 512;
+const Q_BLOCK_ROWS = 512;
 
 /** E8P decode tables at fixed addresses: the ta/ts maps (raw entries), then the two half tables of 4-f32 entries. */
 const DA = KERNEL_BASE;
@@ -171,35 +156,16 @@ export class BatchWorkspace {
   }
 
   /**
-   * `y = x·Wᵀ` into y (`[rows, m]`) for W `[m, n]` stored as f16 bits: blocks of rows converted to f32 in SIMD (exact,
-   * infinities and NaNs kept) and multiplied by `gemm`.
+   * Rows `i0 … i0+c−1` of W `[·, n]` stored as f16 bits, converted to f32 in SIMD (exact, infinities and NaNs kept):
+   * a view of this workspace's memory, valid until its next call.
    */
-  f16Product(
-    bits: Uint16Array,
-    m: number,
-    n: number,
-    x: Float32Array,
-    rows: number,
-    y: Float32Array,
-    pool?: Pool,
-  ) {
-    const B = Math.min(m, BLOCK_ROWS);
+  f16Rows(bits: Uint16Array, n: number, i0: number, c: number): Float32Array {
     const src = TABLES_END;
-    const dst = src + align16(B * n * 2);
-    const ins = this.grown(dst + B * n * 4);
-    const buf = ins.memory.buffer;
-    const xt = matrix(x, rows, n);
-    for (let i0 = 0; i0 < m; i0 += B) {
-      const c = Math.min(B, m - i0);
-      new Uint16Array(buf, src, c * n).set(bits.subarray(i0 * n, (i0 + c) * n));
-      ins.halvesToF32(src, c * n, dst);
-      // y[:, i0…i0+c)ᵀ = W_block·xᵀ: W's rows are gemm's first operand, the one its pool splits among threads
-      gemmInto(transposedView(y, rows, m, i0, c), matrix(new Float32Array(buf, dst, c * n), c, n), xt, {
-        transB: true,
-        checkFinite: false,
-        ...poolOf(pool),
-      });
-    }
+    const dst = src + align16(c * n * 2);
+    const ins = this.grown(dst + c * n * 4);
+    new Uint16Array(ins.memory.buffer, src, c * n).set(bits.subarray(i0 * n, (i0 + c) * n));
+    ins.halvesToF32(src, c * n, dst);
+    return new Float32Array(ins.memory.buffer, dst, c * n);
   }
 
   /** A CALDERA layer's `y = x·Ŵᵀ` for `rows` rows (a new array of rows·m values); pool: threads for the products. */
@@ -207,7 +173,7 @@ export class BatchWorkspace {
     const { n, m, np, mp, rank: k } = layer;
     const groups = np / 8;
     const R = Math.min(rows, CHUNK_ROWS);
-    const QB = Math.min(mp, BLOCK_ROWS);
+    const QB = Math.min(mp, Q_BLOCK_ROWS);
     let top = TABLES_END;
     const alloc = (bytes: number) => {
       const at = top;
@@ -237,14 +203,14 @@ export class BatchWorkspace {
     if (layer.mixOut) f32(at.mixOut, layer.mixOut.mix.length).set(layer.mixOut.mix);
     const codes = new Uint16Array(buf, at.codes, QB * groups);
     const q = f32(at.q, QB * np);
-    const lt = k > 0 ? matrix(layer.lRows, mp, k) : null;
-    const rt = k > 0 ? matrix(layer.r, k, np) : null;
+    const lt = k > 0 ? tensor('f32', [mp, k], layer.lRows) : null;
+    const rt = k > 0 ? tensor('f32', [k, np], layer.r) : null;
     const y = new Float32Array(rows * m);
     for (let r0 = 0; r0 < rows; r0 += R) {
       const c = Math.min(R, rows - r0);
       f32(at.x, c * n).set(x.subarray(r0 * n, (r0 + c) * n));
       ins.rotateRowsIn(at.x, n, c, at.su, np, layer.mixIn?.K ?? 0, at.mixIn, at.xr, at.tmp);
-      const xr = matrix(f32(at.xr, c * np), c, np);
+      const xr = tensor('f32', [c, np], f32(at.xr, c * np));
       const yt = f32(at.yt, mp * c);
       // y'ᵀ = qScale·Q̂·x'ᵀ + L̂·(R̂·x'ᵀ) (mp × c, contiguous: gemm writes its rows whole), then transposed to y': the
       // long dimension (Q̂'s rows) is gemm's first operand, the one its pool splits among threads
@@ -259,7 +225,7 @@ export class BatchWorkspace {
           offset: i0 * c,
           data: yt,
         };
-        gemmInto(rowsOut, matrix(q.subarray(0, qb * np), qb, np), xr, {
+        gemmInto(rowsOut, tensor('f32', [qb, np], q.subarray(0, qb * np)), xr, {
           transB: true,
           alpha: layer.qScale,
           checkFinite: false,
@@ -268,7 +234,7 @@ export class BatchWorkspace {
       }
       if (lt && rt) {
         const zt = gemm(rt, xr, { transB: true, checkFinite: false, ...poolOf(pool) }); // [k, c]
-        gemmInto(matrix(yt, mp, c), lt, zt, { beta: 1, checkFinite: false, ...poolOf(pool) });
+        gemmInto(tensor('f32', [mp, c], yt), lt, zt, { beta: 1, checkFinite: false, ...poolOf(pool) });
       }
       ins.transpose32(at.yt, mp, c, at.yr);
       ins.rotateRowsOut(at.yr, mp, c, layer.mixOut?.K ?? 0, at.mixOut, at.sv, layer.scale, at.y, m, at.tmp);
