@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { e8pGrid } from '@caldera/quant';
+import { byteOffsets, E8P_FIXED_END } from '../src/kernels/caldera-kernel.js';
 import { e8pLutTables } from '../src/kernels/e8p-lut.js';
 import { KERNEL_BASE } from '../src/kernels/wasm-module.js';
 
@@ -54,7 +55,6 @@ export async function floors(
 ): Promise<void> {
   const mod = await compile();
   const { ta, ts, p1, p2 } = e8pLutTables();
-  const byteOffsets = (e: number) => (e & 0xffff) * 4 + (e >>> 16) * 4 * 65536; // as caldera-kernel.ts stores them
   const grid = e8pGrid();
   const grid8 = Int8Array.from(grid, (v) => Math.round(4 * v)); // 4·w: odd integers, |4·w| ≤ 15
   const totals = { shipped: 0, offsets: 0, int8: 0, codes: 0 };
@@ -65,7 +65,7 @@ export async function floors(
   ] as const) {
     const groups = n / 8;
     const count = mp * groups;
-    let top = KERNEL_BASE + 2048 + 4 * 4096; // the maps and the two groups' tables of asm/e8p.ts
+    let top = E8P_FIXED_END; // the maps and the two groups' tables of asm/e8p.ts
     const alloc = (bytes: number) => {
       const at = top;
       top += Math.ceil(bytes / 16) * 16;

@@ -6,10 +6,10 @@ import type { CalderaBatchLayer } from './batch-workspace.js';
 import { e8pLutTables } from './e8p-lut.js';
 
 /** End of the region fixed by asm/e8p.ts: the two 256-entry maps at {@link KERNEL_BASE}, then 2 × 2 groups' tables. */
-const E8P_FIXED_END = KERNEL_BASE + 2048 + 4 * 4096;
+export const E8P_FIXED_END = KERNEL_BASE + 2048 + 4 * 4096;
 
 /** ta/ts entries as byte offsets (index·4 in each 16-bit half), as asm/e8p.ts reads them. */
-const byteOffsets = (e: number) => (e & 0xffff) * 4 + (e >>> 16) * 4 * 65536;
+export const byteOffsets = (e: number): number => (e & 0xffff) * 4 + (e >>> 16) * 4 * 65536;
 
 /** 2-bit Q's codes group-major (`[np/8, mp]`, the transpose of the checkpoint's `[mp, np/8]`) into `out`. */
 export function groupMajorCodes(d: Decomposition, out: Uint16Array): Uint16Array {
