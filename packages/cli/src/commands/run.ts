@@ -12,14 +12,25 @@ model's test split). Prints tokens, mean NLL and perplexity.
   --threads N      threads for the products of each window (default 2; 1 = the calling thread only)
   --tokenizer FILE tokenizer.bin of a llama2.c model (default: beside the .bin)`;
 
-export async function evalCommand(a: Args): Promise<number> {
+/**
+ * Open the command's model (`[model]`, `--tokenizer`) with a linear-algebra pool of `--threads` threads (default 2),
+ * run `use` on it, and dispose of the pool.
+ */
+async function withModel(
+  a: Args,
+  use: (opened: OpenedModel, path: string) => Promise<number>,
+): Promise<number> {
   const path = modelDirOf(a.positionals[0]);
   const pool = poolFor(flagNumber(a, 'threads', 2));
   try {
-    return await evaluate(a, path, await openModel(path, flagString(a, 'tokenizer'), pool));
+    return await use(await openModel(path, flagString(a, 'tokenizer'), pool), path);
   } finally {
     pool?.dispose();
   }
+}
+
+export async function evalCommand(a: Args): Promise<number> {
+  return withModel(a, (opened, path) => evaluate(a, path, opened));
 }
 
 async function evaluate(a: Args, path: string, { model, config, tokenizer }: OpenedModel): Promise<number> {
@@ -53,13 +64,7 @@ Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Fa
 --threads N: threads for the prompt's products (default 2; 1 = the calling thread only; decoding uses one).`;
 
 export async function generateCommand(a: Args): Promise<number> {
-  const path = modelDirOf(a.positionals[0]);
-  const pool = poolFor(flagNumber(a, 'threads', 2));
-  try {
-    return await generateText(a, await openModel(path, flagString(a, 'tokenizer'), pool));
-  } finally {
-    pool?.dispose();
-  }
+  return withModel(a, (opened) => generateText(a, opened));
 }
 
 async function generateText(a: Args, { model, config, tokenizer }: OpenedModel): Promise<number> {
