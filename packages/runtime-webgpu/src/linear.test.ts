@@ -40,6 +40,20 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
       padded: [48, 64],
       o: { rank: 4, qBits: 3, lBits: 3, rBits: 3 },
     },
+    {
+      name: 'Q 2-bit, L/R 2-bit (E8P12 factors)',
+      m: 64,
+      n: 64,
+      padded: [64, 64],
+      o: { rank: 5, lBits: 2, rBits: 2 },
+    },
+    {
+      name: 'Q RVQ4, L 4-bit, R 3-bit',
+      m: 40,
+      n: 64,
+      padded: [40, 64],
+      o: { rank: 3, qBits: 4, lBits: 4, rBits: 3 },
+    },
     { name: 'rank 0 (LDLQ only)', m: 40, n: 64, padded: [40, 64], o: { rank: 0 } },
     { name: 'no Hadamard rotation', m: 32, n: 48, padded: [32, 48], o: { rank: 5, hadamard: false } },
     {

@@ -1,9 +1,9 @@
 import { CalderaError } from '@caldera/core';
 import { hadamardBase, hadamardFactor } from '@caldera/linalg';
-import { latticeDecode, type Decomposition } from '@caldera/lowrank';
+import { latticeDecode, type Decomposition, type LatticeCodes } from '@caldera/lowrank';
 import { e81bCodebook, e8pSources, RVQ3_RESID_SCALE, RVQ4_RESID_SCALE } from '@caldera/quant';
 import { checkFits, storageBuffer, type CalderaDevice } from './device.js';
-import type { Dispatch, GpuMatrix, Kernels } from './kernels/index.js';
+import type { Dispatch, GpuMatrix, Kernels, LatticeCodec } from './kernels/index.js';
 
 /** Upload a dense `[rows, cols]` matrix: f32 as is, or f16 bits packed two per u32 (rows padded to even length). */
 export function uploadMatrix(
@@ -108,23 +108,37 @@ export interface ScratchNeeds {
   ones: number;
 }
 
-/** Total rank of the low-rank term: the quantized components plus the LoRA pair (`d.ft`), when there is one. */
-function lowRank(d: Decomposition): number {
-  return d.rank + (d.ft?.rank ?? 0);
+/** The GPU codec of packed lattice codes, and the divisor of their second plane. */
+function codecOf(c: LatticeCodes): { codec: LatticeCodec; resScale: number } {
+  return c.bits === 2
+    ? { codec: 'e8p12', resScale: 1 }
+    : { codec: c.bits === 3 ? 'rvq3' : 'rvq4', resScale: c.bits === 3 ? RVQ3_RESID_SCALE : RVQ4_RESID_SCALE };
+}
+
+/** Both code planes in one buffer: plane 1 (u16) from byte 0, plane 2 (u16 or u8) from word `plane2Word`. */
+function concatPlanes(c: LatticeCodes): { bytes: Uint8Array; plane2Word: number } {
+  const p1 = c.planes[0]!;
+  const plane2Word = Math.ceil(p1.byteLength / 4);
+  const p2 = c.planes[1];
+  const bytes = new Uint8Array(plane2Word * 4 + (p2?.byteLength ?? 0));
+  bytes.set(new Uint8Array(p1.buffer, p1.byteOffset, p1.byteLength));
+  if (p2) bytes.set(new Uint8Array(p2.buffer, p2.byteOffset, p2.byteLength), plane2Word * 4);
+  return { bytes, plane2Word };
 }
 
 /**
  * A CALDERA layer on the GPU, never materialising W (docs/architecture.md, "Decomposition.apply"):
  * 1. `x' = (x ⊙ SU)·M_n` (zero-padded to np): {@link Kernels.hadamard};
- * 2. `z = x'·R̂ᵀ`: dense f32 matvec (k × np);
- * 3. `y' = Q̂·x' + L̂·z`: {@link Kernels.e8pMatvec}, decoding the E8P codes on the fly;
- * 4. `y = g·(y'·M_mᵀ ⊙ SV) (+ bias)`, first m outputs: {@link Kernels.hadamard} with the transpose.
+ * 2. `z = x'·R̂ᵀ`: {@link Kernels.e8pMatvec} on R̂'s codes (k × np);
+ * 3. `y' = Q̂·x' + L̂·z`: {@link Kernels.e8pMatvec}, decoding the E8P codes of Q̂ and L̂ on the fly;
+ * 4. dense factors only (f16 `L_dense`/`R_dense`, the LoRA pair `L_ft`/`R_ft` of a fine-tuned checkpoint):
+ *    `y' += L_d·(R_d·x')`, two f32 {@link Kernels.matvec}s;
+ * 5. `y = g·(y'·M_mᵀ ⊙ SV) (+ bias)`, first m outputs: {@link Kernels.hadamard} with the transpose.
  *
- * Q's codes stay packed on the GPU (u16, two per u32: 2 bits per weight; RVQ4 adds a second plane). L̂ and R̂ are
- * decoded to f32 on the CPU before upload (they hold k·(m+n) values, small next to m·n), with the LoRA pair of a
- * fine-tuned checkpoint (`L_ft`, `R_ft`) appended as further rank components, so that step 2–3 compute
- * `(x'·R̂ᵀ)·L̂ᵀ + (x'·R_ftᵀ)·L_ftᵀ` in one pass. SU and SV are multipliers (±1, or continuous after `caldera finetune
- * --signs`). Q codecs: E8P12, RVQ4 (two u16 planes) and RVQ3 (u16 + u8 E81B plane).
+ * Quantized weights stay packed on the GPU: Q̂'s codes (u16, two per u32: 2 bits per weight; RVQ4 adds a second
+ * plane, RVQ3 a u8 plane) and L̂'s and R̂'s codes (4 bits per value with the default RVQ4). Dense factors, which the
+ * checkpoint stores unquantized, are uploaded as f32 `[mp, k_d]` and `[k_d, np]`, the LoRA pair appended as
+ * further components. SU and SV are multipliers (±1, or continuous after `caldera finetune --signs`).
  */
 export class GpuCalderaLinear implements GpuLinear {
   readonly inFeatures: number;
@@ -134,11 +148,26 @@ export class GpuCalderaLinear implements GpuLinear {
   readonly needs: ScratchNeeds;
   private readonly codes: GPUBuffer;
   private readonly codes2: GPUBuffer | null;
-  private readonly r: GpuMatrix | null;
-  private readonly l: GPUBuffer | null;
+  /** L̂ and R̂ as codes (both factors lattice-coded, rank > 0). */
+  private readonly packed: {
+    k: number;
+    r: GPUBuffer;
+    r2: GPUBuffer | null;
+    rCodec: LatticeCodec;
+    rResScale: number;
+    rScale: number;
+    l: GPUBuffer;
+    lPlane2Word: number;
+    lCodec: LatticeCodec;
+    lResScale: number;
+    lScale: number;
+  } | null;
+  /** Dense factors and the LoRA pair, f32: L `[mp, k_d]`, R `[k_d, np]`. */
+  private readonly dense: { l: GpuMatrix; r: GpuMatrix } | null;
   private readonly su: GPUBuffer | null;
   private readonly sv: GPUBuffer | null;
   private readonly bias: GPUBuffer | null;
+  private readonly bufs: GPUBuffer[];
   private readonly K: { n: number; m: number };
 
   constructor(
@@ -149,7 +178,6 @@ export class GpuCalderaLinear implements GpuLinear {
   ) {
     [this.outFeatures, this.inFeatures] = d.shape;
     const [mp, np] = d.padded;
-    const k = lowRank(d);
     if (np % 8 !== 0)
       throw new CalderaError('E_SHAPE', `${label}: padded input width ${np} is not a multiple of 8`);
     if (d.hadamard) {
@@ -167,44 +195,75 @@ export class GpuCalderaLinear implements GpuLinear {
     };
     this.codes = up(d.q.planes[0]!, 'Q');
     this.codes2 = d.q.bits === 2 ? null : up(d.q.planes[1]!, 'Q_resid');
-    if (k > 0) {
-      // the quantized components (decoded) and the LoRA pair, concatenated along the rank: L̂ [mp, kq + kf], R̂ [kq + kf, np]
-      const kq = d.rank;
-      const ft = d.ft && d.ft.rank > 0 ? d.ft : null;
-      const kf = ft?.rank ?? 0;
-      if (ft && (ft.l.length !== mp * kf || ft.r.length !== kf * np))
-        throw new CalderaError(
-          'E_SHAPE',
-          `${label}: LoRA factors hold ${ft.l.length} and ${ft.r.length} values, expected ${mp}·${kf} and ${kf}·${np}`,
-        );
+    const kq = d.rank;
+    const ft = d.ft && d.ft.rank > 0 ? d.ft : null;
+    const kf = ft?.rank ?? 0;
+    if (ft && (ft.l.length !== mp * kf || ft.r.length !== kf * np))
+      throw new CalderaError(
+        'E_SHAPE',
+        `${label}: LoRA factors hold ${ft.l.length} and ${ft.r.length} values, expected ${mp}·${kf} and ${kf}·${np}`,
+      );
+    const lattice =
+      kq > 0 && d.l.kind === 'lattice' && d.r.kind === 'lattice' ? { l: d.l.codes, r: d.r.codes } : null;
+    if (lattice) {
+      if (mp % 8 !== 0)
+        throw new CalderaError('E_SHAPE', `${label}: padded output height ${mp} is not a multiple of 8`);
+      const l = concatPlanes(lattice.l);
+      const lc = codecOf(lattice.l);
+      const rc = codecOf(lattice.r);
+      this.packed = {
+        k: kq,
+        r: up(lattice.r.planes[0]!, 'R'),
+        r2: lattice.r.bits === 2 ? null : up(lattice.r.planes[1]!, 'R_resid'),
+        rCodec: rc.codec,
+        rResScale: rc.resScale,
+        rScale: lattice.r.scale,
+        l: up(l.bytes, 'L'),
+        lPlane2Word: l.plane2Word,
+        lCodec: lc.codec,
+        lResScale: lc.resScale,
+        lScale: lattice.l.scale,
+      };
+    } else this.packed = null;
+    // dense components: unquantized factors (when not lattice-coded) followed by the LoRA pair
+    const kd = (lattice ? 0 : kq) + kf;
+    if (kd > 0) {
+      const kdq = kd - kf;
       const fv = (f: Decomposition['l']) => (f.kind === 'dense' ? f.values : latticeDecode(f.codes));
-      const lt = kq > 0 ? fv(d.l) : new Float32Array(0); // kq × mp
-      const lr = new Float32Array(mp * k);
-      for (let t = 0; t < kq; t++) for (let i = 0; i < mp; i++) lr[i * k + t] = lt[t * mp + i]!;
-      if (ft) for (let i = 0; i < mp; i++) lr.set(ft.l.subarray(i * kf, i * kf + kf), i * k + kq);
-      this.l = up(lr, 'L');
-      const rv = new Float32Array(k * np);
-      if (kq > 0) rv.set(fv(d.r).subarray(0, kq * np));
-      if (ft) rv.set(ft.r, kq * np);
-      this.r = { buffer: up(rv, 'R'), rows: k, cols: np, f16: false, rowWords: np };
-    } else {
-      this.l = null;
-      this.r = null;
-    }
+      const lt = kdq > 0 ? fv(d.l) : new Float32Array(0); // kdq × mp
+      const lr = new Float32Array(mp * kd);
+      for (let t = 0; t < kdq; t++) for (let i = 0; i < mp; i++) lr[i * kd + t] = lt[t * mp + i]!;
+      if (ft) for (let i = 0; i < mp; i++) lr.set(ft.l.subarray(i * kf, i * kf + kf), i * kd + kdq);
+      const rv = new Float32Array(kd * np);
+      if (kdq > 0) rv.set(fv(d.r).subarray(0, kdq * np));
+      if (ft) rv.set(ft.r, kdq * np);
+      this.dense = {
+        l: { buffer: up(lr, 'L_dense'), rows: mp, cols: kd, f16: false, rowWords: kd },
+        r: { buffer: up(rv, 'R_dense'), rows: kd, cols: np, f16: false, rowWords: np },
+      };
+    } else this.dense = null;
     this.su = d.su ? up(d.su, 'SU') : null;
     this.sv = d.sv ? up(d.sv, 'SV') : null;
     this.bias = bias ? up(bias, 'bias') : null;
+    this.bufs = bufs;
     this.gpuBytes = bufs.reduce((s, b) => s + b.size, 0);
     this.bitsPerWeight = d.bitsPerWeight;
-    this.needs = { rotIn: np, rotOut: mp, z: k, ones: Math.max(mp, np) };
+    this.needs = {
+      rotIn: np,
+      rotOut: mp,
+      z: Math.max(this.packed?.k ?? 0, kd),
+      ones: Math.max(mp, np),
+    };
   }
 
   bind(ctx: LinearContext, x: GPUBuffer, out: GPUBuffer, accumulate: boolean, tile = 1): Dispatch[] {
     const d = this.d;
     const [m, n] = d.shape;
     const [mp, np] = d.padded;
-    const k = lowRank(d);
     const K = ctx.kernels;
+    const q = codecOf(d.q);
+    const pk = this.packed;
+    const e81b = q.codec === 'rvq3' || pk?.lCodec === 'rvq3' ? ctx.e81b : null;
     const list: Dispatch[] = [
       ...K.hadamard({
         x,
@@ -225,29 +284,58 @@ export class GpuCalderaLinear implements GpuLinear {
         gscale: 1,
       }),
     ];
-    if (this.r)
+    if (pk)
       list.push(
-        K.matvec(this.r, ctx.rotIn, ctx.z, { bias: null, accumulate: false, dummy: ctx.dummy, tile }),
+        K.e8pMatvec({
+          codes: pk.r,
+          codes2: pk.r2,
+          codec: pk.rCodec,
+          e81b: pk.rCodec === 'rvq3' ? ctx.e81b : null,
+          sources: ctx.sources,
+          x: ctx.rotIn,
+          out: ctx.z,
+          mp: pk.k,
+          np,
+          qscale: pk.rScale,
+          resScale: pk.rResScale,
+          tile,
+        }),
       );
     list.push(
       K.e8pMatvec({
         codes: this.codes,
         codes2: this.codes2,
-        codec: d.q.bits === 2 ? 'e8p12' : d.q.bits === 4 ? 'rvq4' : 'rvq3',
-        e81b: d.q.bits === 3 ? ctx.e81b : null,
+        codec: q.codec,
+        e81b,
         sources: ctx.sources,
         x: ctx.rotIn,
-        z: k > 0 ? ctx.z : ctx.dummy,
-        l: this.l ?? ctx.dummy,
         out: ctx.rotOut,
         mp,
         np,
-        k,
         qscale: d.q.scale,
-        resScale: d.q.bits === 3 ? RVQ3_RESID_SCALE : RVQ4_RESID_SCALE,
+        resScale: q.resScale,
+        ...(pk
+          ? {
+              lowRank: {
+                codec: pk.lCodec,
+                codes: pk.l,
+                plane2Word: pk.lPlane2Word,
+                k: pk.k,
+                scale: pk.lScale,
+                resScale: pk.lResScale,
+                z: ctx.z,
+              },
+            }
+          : {}),
         tile,
       }),
     );
+    if (this.dense) {
+      // z is free again: the fused kernel above has consumed it (dispatches of a pass run in order)
+      const opts = { bias: null, dummy: ctx.dummy, tile };
+      list.push(K.matvec(this.dense.r, ctx.rotIn, ctx.z, { ...opts, accumulate: false }));
+      list.push(K.matvec(this.dense.l, ctx.z, ctx.rotOut, { ...opts, accumulate: true }));
+    }
     list.push(
       ...K.hadamard({
         x: ctx.rotOut,
@@ -272,8 +360,7 @@ export class GpuCalderaLinear implements GpuLinear {
   }
 
   dispose(): void {
-    for (const b of [this.codes, this.codes2, this.l, this.r?.buffer, this.su, this.sv, this.bias])
-      b?.destroy();
+    for (const b of this.bufs) b.destroy();
   }
 }
 

@@ -130,13 +130,25 @@ export async function planMemory(
         continue;
       }
       const [mp, np] = meta.padded;
-      const k = meta.rank;
+      // bytes of `groups` packed groups of 8 in a codec: u16 codes, plus a u16 (rvq4) or u8 (rvq3) second plane
+      const plane2 = (codec: string, groups: number) =>
+        codec === 'e8p12' ? 0 : codec.endsWith('rvq3') ? groups : 2 * groups;
       add((mp * np) / 4, `${name}.caldera.Q`);
-      if (meta.codecs.Q !== 'e8p12')
-        add(meta.codecs.Q.endsWith('rvq3') ? (mp * np) / 8 : (mp * np) / 4, `${name}.Q_resid`);
-      if (k > 0) {
-        add(mp * k * 4, `${name} L (f32)`);
-        add(k * np * 4, `${name} R (f32)`);
+      if (meta.codecs.Q !== 'e8p12') add(plane2(meta.codecs.Q, (mp * np) / 8), `${name}.Q_resid`);
+      // as GpuCalderaLinear uploads them: lattice-coded L̂, R̂ packed (L̂'s planes in one buffer), dense factors
+      // and the LoRA pair as f32
+      const kf = meta.ftRank;
+      const kq = meta.rank - kf;
+      const lattice = kq > 0 && meta.codecs.L !== 'f16' && meta.codecs.R !== 'f16';
+      if (lattice) {
+        add(4 * Math.ceil((kq * mp) / 16) + plane2(meta.codecs.L, (kq * mp) / 8), `${name}.caldera.L`);
+        add((kq * np) / 4, `${name}.caldera.R`);
+        if (meta.codecs.R !== 'e8p12') add(plane2(meta.codecs.R, (kq * np) / 8), `${name}.R_resid`);
+      }
+      const kd = (lattice ? 0 : kq) + kf;
+      if (kd > 0) {
+        add(mp * kd * 4, `${name} L (f32)`);
+        add(kd * np * 4, `${name} R (f32)`);
       }
       if (meta.hadamard) {
         add(np * 4, `${name}.SU`);

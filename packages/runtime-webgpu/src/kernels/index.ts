@@ -3,6 +3,7 @@ import { uniformBuffer, type CalderaDevice, type UniformField } from '../device.
 import {
   ARGMAX_WGSL,
   ATTENTION_WGSL,
+  e8pBindings,
   e8pMatvecWgsl,
   embedWgsl,
   HADAMARD_GLOBAL_WGSL,
@@ -15,6 +16,7 @@ import {
   SWIGLU_WGSL,
   WG,
   type Lanes,
+  type LatticeCodec,
 } from './wgsl.js';
 
 export * from './wgsl.js';
@@ -264,52 +266,80 @@ export class Kernels {
     return list;
   }
 
-  /** Fused E8P12 (or RVQ4) matvec plus the low-rank term `L·z` (see {@link e8pMatvecWgsl}). */
+  /**
+   * Fused E8P12/RVQ matvec, with the packed low-rank term `L̂·z` when `lowRank` is given (see {@link e8pMatvecWgsl});
+   * without one it also computes `z = R̂·x` from R̂'s codes.
+   */
   e8pMatvec(o: {
     codes: GPUBuffer;
     /** Second plane: E8P12 u16 codes (`codec` 'rvq4') or E81B u8 codes ('rvq3'); null for 'e8p12'. */
     codes2: GPUBuffer | null;
-    codec: 'e8p12' | 'rvq4' | 'rvq3';
-    /** The E81B codebook (256×8 f32), for 'rvq3'. */
+    codec: LatticeCodec;
+    /** The E81B codebook (256×8 f32), for a 'rvq3' plane of Q or L̂. */
     e81b: GPUBuffer | null;
     sources: GPUBuffer;
     x: GPUBuffer;
-    z: GPUBuffer;
-    l: GPUBuffer;
     out: GPUBuffer;
     mp: number;
     np: number;
-    k: number;
     qscale: number;
+    /** Divisor of Q's second plane (`RVQ4_RESID_SCALE` or `RVQ3_RESID_SCALE`); unused for 'e8p12'. */
     resScale: number;
+    /** L̂ packed (`k` components), and `z` with `k` values per activation row; absent: no low-rank term. */
+    lowRank?: {
+      codec: LatticeCodec;
+      /** Plane 1 (u16 codes of L̂ᵀ, `[k, mp/8]`) from word 0, plane 2 from word `plane2Word`. */
+      codes: GPUBuffer;
+      plane2Word: number;
+      k: number;
+      scale: number;
+      resScale: number;
+      z: GPUBuffer;
+    };
     /** Activation rows per invocation (see {@link Kernels.matvec}); default 1. */
     tile?: number;
   }): Dispatch {
-    if ((o.codec === 'e8p12') !== (o.codes2 === null) || (o.codec === 'rvq3') !== (o.e81b !== null))
+    if ((o.codec === 'e8p12') !== (o.codes2 === null))
       throw new CalderaError(
         'E_VALUE',
         `e8pMatvec: codec ${o.codec} needs ${o.codec === 'e8p12' ? 'no' : 'a'} second plane`,
       );
+    const lr = o.lowRank ?? null;
+    if ((o.codec === 'rvq3' || lr?.codec === 'rvq3') !== (o.e81b !== null))
+      throw new CalderaError('E_VALUE', 'e8pMatvec: the E81B table is needed exactly when a plane is rvq3');
+    if (lr && o.mp % 8 !== 0)
+      throw new CalderaError('E_SHAPE', `e8pMatvec: packed L̂ needs mp divisible by 8, got ${o.mp}`);
     const tile = o.tile ?? 1;
-    const p = this.pipeline(`e8p_matvec_${o.codec}_${this.lanes}_${tile}`, () =>
-      e8pMatvecWgsl(o.codec, this.lanes, tile),
+    const p = this.pipeline(`e8p_matvec_${o.codec}_${lr?.codec ?? 'none'}_${this.lanes}_${tile}`, () =>
+      e8pMatvecWgsl(o.codec, lr?.codec ?? null, this.lanes, tile),
     );
     const u = this.uniform(
       [
         ['u32', o.mp],
         ['u32', o.np / 8],
-        ['u32', o.k],
-        ['u32', 0],
+        ['u32', lr?.k ?? 0],
+        ['u32', o.mp / 8],
         ['f32', o.qscale],
         ['f32', o.resScale],
+        ['f32', lr?.scale ?? 0],
+        ['f32', lr?.resScale ?? 1],
+        ['u32', lr?.plane2Word ?? 0],
       ],
       'e8p params',
     );
-    const bufs = [u, o.codes, o.sources, o.x, o.z, o.l, o.out];
-    if (o.codes2) bufs.push(o.codes2);
-    if (o.e81b) bufs.push(o.e81b);
+    const named: Record<string, GPUBuffer | null> = {
+      codes: o.codes,
+      src: o.sources,
+      x: o.x,
+      outv: o.out,
+      codes2: o.codes2,
+      z: lr?.z ?? null,
+      lcodes: lr?.codes ?? null,
+      e81b: o.e81b,
+    };
+    const bufs = [u, ...e8pBindings(o.codec, lr?.codec ?? null).map((n) => named[n]!)];
     return this.make(
-      `e8p ${o.mp}x${o.np} k=${o.k}`,
+      `e8p ${o.mp}x${o.np}${lr ? ` k=${lr.k}` : ''}`,
       p,
       bufs,
       Math.ceil(o.mp / rowsPerWorkgroup(this.lanes)),

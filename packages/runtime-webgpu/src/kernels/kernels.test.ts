@@ -5,7 +5,7 @@ import { e81bCodebook, e8pDecode, RVQ3_RESID_SCALE, RVQ4_RESID_SCALE } from '@ca
 import { readBuffer, storageBuffer, scratchBuffer, uniformBuffer, type CalderaDevice } from '../device.js';
 import { e8pSourceTable, uploadMatrix } from '../linear.js';
 import { gpuTitle, testDevice } from '../testing/gpu.js';
-import { encodeDispatches, Kernels, type Dispatch } from './index.js';
+import { encodeDispatches, Kernels, type Dispatch, type LatticeCodec } from './index.js';
 
 const { device: dev, reason } = await testDevice();
 
@@ -18,6 +18,33 @@ async function run(d: CalderaDevice, list: Dispatch[], rows = 1): Promise<void> 
 const readF32 = async (d: CalderaDevice, b: GPUBuffer, n: number) =>
   new Float32Array(await readBuffer(d, b, n * 4));
 const randn = (rng: Rng, n: number, std = 1) => rng.fillNormal(new Float32Array(n), 0, std);
+
+/**
+ * Random packed codes of `groups` groups of 8 in `codec`, the buffer layout `Kernels.e8pMatvec` takes for L̂
+ * (plane 1 from word 0, plane 2 from word `plane2Word`), and their values `c1 + c2/ρ` decoded here with
+ * @caldera/quant's E8P decoder and E81B table (not the kernel's).
+ */
+function packedCodes(rng: Rng, groups: number, codec: LatticeCodec) {
+  const p1 = Uint16Array.from({ length: groups }, () => rng.int(65536));
+  const p2 =
+    codec === 'rvq4'
+      ? Uint16Array.from({ length: groups }, () => rng.int(65536))
+      : codec === 'rvq3'
+        ? Uint8Array.from({ length: groups }, () => rng.int(256))
+        : null;
+  const plane2Word = Math.ceil(p1.byteLength / 4);
+  const bytes = new Uint8Array(plane2Word * 4 + (p2?.byteLength ?? 0));
+  bytes.set(new Uint8Array(p1.buffer));
+  if (p2) bytes.set(new Uint8Array(p2.buffer), plane2Word * 4);
+  const rho = codec === 'rvq3' ? RVQ3_RESID_SCALE : RVQ4_RESID_SCALE;
+  const values = Float64Array.from(e8pDecode(p1));
+  if (p2 instanceof Uint16Array) e8pDecode(p2).forEach((v, i) => (values[i]! += v / rho));
+  if (p2 instanceof Uint8Array) {
+    const cb = e81bCodebook();
+    for (let i = 0; i < values.length; i++) values[i]! += cb[p2[i >> 3]! * 8 + (i & 7)]! / rho;
+  }
+  return { bytes, plane2Word, values, resScale: rho };
+}
 
 /** max |a − b| / max(1, max |b|): relative to the output scale, since every kernel sums in f32 in a different order. */
 function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -76,7 +103,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       }
     });
 
-    it(`E8P12 matvec (${lanes} lane(s) per row) decodes all 65 536 codes like @caldera/quant (and RVQ4/RVQ3 plus L·z)`, async () => {
+    it(`E8P12 matvec (${lanes} lane(s) per row) decodes all 65 536 codes like @caldera/quant (and RVQ4/RVQ3, plus packed L̂·z in every codec)`, async () => {
       const rng = new Rng(2);
       const mp = 1024;
       const np = 512; // 64 codes per row: every code appears once
@@ -90,38 +117,55 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       for (let i = 0; i < codes2.length; i++) codes2[i] = rng.int(65536);
       const x = randn(rng, np);
       const kr = 3;
-      const l = randn(rng, mp * kr);
       const z = randn(rng, kr);
       const k = new Kernels(d, { lanes });
       const sources = storageBuffer(d, e8pSourceTable(), 'src');
       const xb = storageBuffer(d, x, 'x');
-      const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
       const codes3 = Uint8Array.from({ length: codes.length }, () => rng.int(256));
       const q1 = e8pDecode(codes);
       const q2 = e8pDecode(codes2);
       const cb3 = e81bCodebook();
       const e81b = storageBuffer(d, cb3, 'e81b');
-      for (const codec of ['e8p12', 'rvq4', 'rvq3'] as const) {
+      // each Q codec, and each codec of L̂ (L̂ᵀ: kr × mp, groups along m) once
+      const cases = [
+        ['e8p12', null],
+        ['rvq4', 'rvq4'],
+        ['rvq3', 'e8p12'],
+        ['e8p12', 'rvq3'],
+      ] as const;
+      for (const [codec, lCodec] of cases) {
         const rvq = codec !== 'e8p12';
         const rho = codec === 'rvq3' ? RVQ3_RESID_SCALE : RVQ4_RESID_SCALE;
         const out = scratchBuffer(d, mp * 4, 'out');
         const qscale = 0.37;
+        const lscale = 0.21;
+        const L = lCodec ? packedCodes(rng, (kr * mp) / 8, lCodec) : null;
         await run(d, [
           k.e8pMatvec({
             codes: storageBuffer(d, codes, 'c'),
             codes2: rvq ? storageBuffer(d, codec === 'rvq3' ? codes3 : codes2, 'c2') : null,
             codec,
-            e81b: codec === 'rvq3' ? e81b : null,
+            e81b: codec === 'rvq3' || lCodec === 'rvq3' ? e81b : null,
             sources,
             x: xb,
-            z: rvq ? storageBuffer(d, z, 'z') : dummy,
-            l: rvq ? storageBuffer(d, l, 'l') : dummy,
             out,
             mp,
             np,
-            k: rvq ? kr : 0,
             qscale,
             resScale: rho,
+            ...(L && lCodec
+              ? {
+                  lowRank: {
+                    codec: lCodec,
+                    codes: storageBuffer(d, L.bytes, 'l'),
+                    plane2Word: L.plane2Word,
+                    k: kr,
+                    scale: lscale,
+                    resScale: L.resScale,
+                    z: storageBuffer(d, z, 'z'),
+                  },
+                }
+              : {}),
           }),
         ]);
         const ref = new Float64Array(mp);
@@ -138,11 +182,11 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
             s += w * x[j]!;
           }
           ref[i] = qscale * s;
-          if (rvq) for (let t = 0; t < kr; t++) ref[i]! += l[i * kr + t]! * z[t]!;
+          if (L) for (let t = 0; t < kr; t++) ref[i]! += lscale * L.values[t * mp + i]! * z[t]!;
         }
-        // a wrong sign or source entry changes an output by ≥ 0.25·|x_j| ~ 0.1 relative; f32 rounding of 512
-        // products is ~1e-6 relative
-        expect(relErr(await readF32(d, out, mp), ref), codec).toBeLessThan(1e-5);
+        // a wrong sign or source entry changes an output by ≥ 0.25·|x_j| ~ 0.1 relative (of L̂: ≥ 0.25·lscale·|z_t|
+        // ~ 0.05); f32 rounding of 512 products is ~1e-6 relative
+        expect(relErr(await readF32(d, out, mp), ref), `${codec} ${lCodec}`).toBeLessThan(1e-5);
       }
     });
   }
@@ -166,7 +210,16 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
           'c3',
         ),
       };
-      const l = storageBuffer(d, randn(rng, mp * kr), 'l');
+      const lCodecs = ['rvq4', 'e8p12', 'rvq3'] as const; // L̂'s codec beside Q's e8p12, rvq4, rvq3
+      const ls = lCodecs.map((c) => {
+        const p = packedCodes(rng, (kr * mp) / 8, c);
+        return {
+          codec: c,
+          codes: storageBuffer(d, p.bytes, 'l'),
+          plane2Word: p.plane2Word,
+          resScale: p.resScale,
+        };
+      });
       const x = randn(rng, padded * np);
       const z = randn(rng, padded * kr);
       const w = randn(rng, mp * np);
@@ -175,21 +228,20 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       const launch = (tile: number, xb: GPUBuffer, zb: GPUBuffer, out: GPUBuffer, which: number) => {
         if (which >= 3) return k.matvec(mats[which - 3]!, xb, out, { bias, accumulate: false, dummy, tile });
         const codec = (['e8p12', 'rvq4', 'rvq3'] as const)[which]!;
+        const l = ls[which]!;
         return k.e8pMatvec({
           codes,
           codes2: codec === 'e8p12' ? null : planes2[codec],
           codec,
-          e81b: codec === 'rvq3' ? e81b : null,
+          e81b: codec === 'rvq3' || l.codec === 'rvq3' ? e81b : null,
           sources,
           x: xb,
-          z: zb,
-          l,
           out,
           mp,
           np,
-          k: kr,
           qscale: 0.4,
           resScale: codec === 'rvq3' ? RVQ3_RESID_SCALE : RVQ4_RESID_SCALE,
+          lowRank: { ...l, k: kr, scale: 0.3, z: zb },
           tile,
         });
       };

@@ -355,33 +355,77 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }`,
 };
 
+/** A lattice codec of packed codes on the GPU (the checkpoint's `e8p12`, `e8p12-rvq4`, `e8p12-rvq3`). */
+export type LatticeCodec = 'e8p12' | 'rvq4' | 'rvq3';
+
 /**
- * Fused CALDERA matvec in the rotated domain: `out_i = qscale·Σ_g ⟨decode(Q[i, g]), x[8g..8g+8)⟩ + Σ_t L[i, t]·z_t`
- * with `z = R̂·x` computed before (dense kernel). Q stays packed: E8P12 u16 codes, two per u32, row-major
- * `[mp, np/8]` (the checkpoint layout). `rvq4` adds a second E8P12 plane (value `c1 + c2/resScale`); `rvq3` a plane
- * of u8 E81B codes packed four per u32 (byte `idx mod 4`), decoded through the 256×8 E81B table `e81b`.
+ * The storage bindings of {@link e8pMatvecWgsl} after the uniform (binding 0), in binding order: the kernel's source
+ * and the bind group built by `Kernels.e8pMatvec` both follow this list.
+ */
+export function e8pBindings(codec: LatticeCodec, lowRank: LatticeCodec | null): string[] {
+  const names = ['codes', 'src', 'x', 'outv'];
+  if (codec !== 'e8p12') names.push('codes2');
+  if (lowRank) names.push('z', 'lcodes');
+  if (codec === 'rvq3' || lowRank === 'rvq3') names.push('e81b');
+  return names;
+}
+
+/**
+ * Fused CALDERA matvec in the rotated domain: `out_i = qscale·Σ_g ⟨decode(Q[i, g]), x[8g..8g+8)⟩ + Σ_t L̂[i, t]·z_t`
+ * with `z = R̂·x` computed before (this kernel without a low-rank term, on R̂'s codes). Q stays packed: E8P12 u16
+ * codes, two per u32, row-major `[mp, np/8]` (the checkpoint layout). `rvq4` adds a second E8P12 plane (value
+ * `c1 + c2/resScale`); `rvq3` a plane of u8 E81B codes packed four per u32 (byte `idx mod 4`), decoded through the
+ * 256×8 E81B table `e81b`.
+ *
+ * `lowRank` (the codec of L̂; null: no low-rank term) keeps L̂ packed too: its codes are those of the checkpoint's
+ * `L̂ᵀ` (`[k, mp/8]` groups along m), plane 1 from word 0 of `lcodes` and plane 2 from word `p.l2`, so the element
+ * `L̂[i, t] = lscale·(c1 + c2/lres)` is coordinate `i mod 8` of code `t·mp/8 + ⌊i/8⌋`, decoded alone. The 8 rows of a
+ * workgroup share those codes, so L̂ costs its packed bytes in memory traffic. A row's lanes split both the code
+ * groups of Q and the k terms of L̂, so one reduction sums them.
  *
  * Decoding (see @caldera/quant e8p.ts): code = (a << 8) | σ; with `p = popcount(σ) & 1` and `σ' = σ ^ p`,
  * coordinate i is `±source[a][i] + (p ? −¼ : ¼)`, negated when bit `π(i) = (i >> 1) | ((i & 1) << 2)` of σ' is set.
  * The 256×8 source table (8 KiB, with coordinate 7 pre-negated for sources of odd coordinate sum) is copied into
  * workgroup memory by every workgroup.
  */
-export function e8pMatvecWgsl(codec: 'e8p12' | 'rvq4' | 'rvq3', lanes: Lanes = 32, tile = 1): string {
+export function e8pMatvecWgsl(
+  codec: LatticeCodec,
+  lowRank: LatticeCodec | null,
+  lanes: Lanes = 32,
+  tile = 1,
+): string {
   const rvq4 = codec === 'rvq4';
   const rvq3 = codec === 'rvq3';
   // with one lane per row the table is read from the storage buffer (no workgroup copy, no barrier)
   const tbl = lanes === 1 ? 'src' : 'tbl';
+  const types: Record<string, string> = {
+    codes: 'array<u32>',
+    src: 'array<f32>',
+    x: 'array<f32>',
+    outv: 'array<f32>',
+    codes2: 'array<u32>',
+    z: 'array<f32>',
+    lcodes: 'array<u32>',
+    e81b: 'array<f32>',
+  };
+  const bindings = e8pBindings(codec, lowRank)
+    .map(
+      (n, i) =>
+        `@group(0) @binding(${i + 1}) var<storage, ${n === 'outv' ? 'read_write' : 'read'}> ${n}: ${types[n]};`,
+    )
+    .join('\n');
+  // the second plane of L̂: an E8P12 code (rvq4) or an E81B code (rvq3), scaled by 1/lres
+  const lresid =
+    lowRank === 'rvq4'
+      ? ' + elem((lcodes[p.l2 + (idx >> 1u)] >> ((idx & 1u) * 16u)) & 0xffffu, i) / p.lres'
+      : lowRank === 'rvq3'
+        ? ' + e81b[((lcodes[p.l2 + (idx >> 2u)] >> ((idx & 3u) * 8u)) & 0xffu) * 8u + i] / p.lres'
+        : '';
   const decls = /* wgsl */ `
-struct P { mp: u32, G: u32, k: u32, a: u32, qscale: f32, resScale: f32, b: u32, c: u32 }
+struct P { mp: u32, G: u32, k: u32, lG: u32, qscale: f32, resScale: f32, lscale: f32, lres: f32, l2: u32, a: u32,
+  b: u32, c: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> codes: array<u32>;
-@group(0) @binding(2) var<storage, read> src: array<f32>;
-@group(0) @binding(3) var<storage, read> x: array<f32>;
-@group(0) @binding(4) var<storage, read> z: array<f32>;
-@group(0) @binding(5) var<storage, read> L: array<f32>;
-@group(0) @binding(6) var<storage, read_write> outv: array<f32>;
-${rvq4 || rvq3 ? '@group(0) @binding(7) var<storage, read> codes2: array<u32>;' : ''}
-${rvq3 ? '@group(0) @binding(8) var<storage, read> e81b: array<f32>;' : ''}
+${bindings}
 ${lanes === 1 ? '' : 'var<workgroup> tbl: array<f32, 2048>;'}
 fn dot8(c: u32, xo: u32) -> f32 {
   let a = (c >> 8u) * 8u;
@@ -411,6 +455,22 @@ fn decode8(c: u32) -> array<f32, 8> {
     v[i] = select(mag, -mag, ((s2 >> bit) & 1u) == 1u) + shift;
   }
   return v;
+}
+${
+  lowRank
+    ? `fn elem(c: u32, i: u32) -> f32 {
+  let sigma = c & 255u;
+  let par = countOneBits(sigma) & 1u;
+  let bit = (i >> 1u) | ((i & 1u) << 2u);
+  let mag = ${tbl}[(c >> 8u) * 8u + i];
+  return select(mag, -mag, (((sigma ^ par) >> bit) & 1u) == 1u) + select(0.25, -0.25, par == 1u);
+}
+fn lval(t: u32, row: u32) -> f32 {
+  let idx = t * p.lG + (row >> 3u);
+  let i = row & 7u;
+  return p.lscale * (elem((lcodes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu, i)${lresid});
+}`
+    : ''
 }`;
   const prologue = `for (var i = lid; i < 2048u; i += ${WG}u) { tbl[i] = src[i]; }
   workgroupBarrier();`;
@@ -428,7 +488,9 @@ fn decode8(c: u32) -> array<f32, 8> {
           : ''
       }
     }
-    ${rvq4 || rvq3 ? 'acc += acc2 / p.resScale;' : ''}`;
+    ${rvq4 || rvq3 ? 'acc += acc2 / p.resScale;' : ''}
+    acc *= p.qscale;
+    ${lowRank ? 'for (var t = lane; t < p.k; t += stride) { acc += lval(t, row) * z[r * p.k + t]; }' : ''}`;
   const tiled = `var acc2: array<f32, ${tile}>;
     for (var g = lane; g < p.G; g += stride) {
       let idx = row * p.G + g;
@@ -451,10 +513,16 @@ fn decode8(c: u32) -> array<f32, 8> {
         ${rvq3 ? 'for (var i = 0u; i < 8u; i++) { acc2[k] += e81b[c2 + i] * x[xo + i]; }' : ''}
       }
     }
-    ${rvq4 || rvq3 ? `for (var k = 0u; k < ${tile}u; k++) { acc[k] += acc2[k] / p.resScale; }` : ''}`;
-  const epilogue = `var y = p.qscale * total;
-    for (var t = 0u; t < p.k; t++) { y += L[row * p.k + t] * z[r * p.k + t]; }
-    outv[r * p.mp + row] = y;`;
+    for (var k = 0u; k < ${tile}u; k++) { acc[k] = p.qscale * (acc[k]${rvq4 || rvq3 ? ' + acc2[k] / p.resScale' : ''}); }
+    ${
+      lowRank
+        ? `for (var t = lane; t < p.k; t += stride) {
+      let lv = lval(t, row);
+      for (var k = 0u; k < ${tile}u; k++) { acc[k] += lv * z[(r0 + k) * p.k + t]; }
+    }`
+        : ''
+    }`;
+  const epilogue = 'outv[r * p.mp + row] = total;';
   return matvecKernel(lanes, decls, prologue, tile > 1 ? tiled : body, epilogue, tile).replaceAll(
     '${M}',
     'mp',
