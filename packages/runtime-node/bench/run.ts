@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { f32ArrayToF16, Rng, tensor } from '@caldera/core';
 import { createPool, type Pool } from '@caldera/linalg';
-import { toCheckpointTensors } from '@caldera/lowrank';
+import { randomDecomposition, toCheckpointTensors } from '@caldera/lowrank';
 import {
   CalderaLinear,
   DenseF16Linear,
@@ -19,7 +19,6 @@ import {
   type BlockWeights,
   type Linear,
 } from '../src/index.js';
-import { randomDecomposition } from '../src/testing/random-model.js';
 import { floors } from './floors.js';
 
 const quick = process.argv.includes('--quick');

@@ -4,12 +4,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { f32ArrayToF16, Rng, tensor, writeSafetensors, type Tensor } from '@caldera/core';
 import { createPool } from '@caldera/linalg';
-import { applyDecomposition, caldera } from '@caldera/lowrank';
+import { applyDecomposition, caldera, randomDecomposition } from '@caldera/lowrank';
 import { parseModelConfig, type ModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear } from './linear.js';
 import { KVCache, LlamaModel, type BlockWeights } from './model.js';
 import { loadModel } from './load.js';
-import { randomDecomposition, randomModel as randomModelOf } from './testing/random-model.js';
+import { randomModel as randomModelOf } from './testing/random-model.js';
 import { referenceLogits } from './testing/reference.js';
 
 const hf = {

@@ -1,9 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { f16ArrayToF32, f32ArrayToF16, Rng } from '@caldera/core';
 import { e8pDecode } from '@caldera/quant';
-import { applyDecomposition } from '@caldera/lowrank';
+import { applyDecomposition, randomDecomposition } from '@caldera/lowrank';
 import { createPool, hadamardFactor } from '@caldera/linalg';
-import { randomDecomposition } from '../testing/random-model.js';
 import { AttentionKernel } from './attention-kernel.js';
 import { DenseF16Linear } from '../linear.js';
 import { BatchWorkspace } from './batch-workspace.js';

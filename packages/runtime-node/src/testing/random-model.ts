@@ -1,5 +1,4 @@
 import { Rng, tensor, type Tensor } from '@caldera/core';
-import { latticeRound, paddedSize, type Decomposition } from '@caldera/lowrank';
 import type { ModelConfig } from '../config.js';
 import { DenseLinear } from '../linear.js';
 import { LlamaModel, type BlockWeights } from '../model.js';
@@ -38,36 +37,4 @@ export function randomModel(
   const embed = raw['model.embed_tokens.weight']!;
   const normW = norm('model.norm.weight');
   return { model: new LlamaModel(cfg, { embed, blocks, norm: normW, lmHead: embed }), raw };
-}
-
-/**
- * A random CALDERA decomposition of an m×n layer (Hadamard rotation, random signs, uniformly random 16-bit E8P codes,
- * random 4-bit lattice L/R of `rank`) for kernel tests and speed benchmarks: the values are not an approximation of
- * anything, but every part of the format is exercised.
- */
-export function randomDecomposition(m: number, n: number, rank: number, rng: Rng): Decomposition {
-  const mp = paddedSize(m, true);
-  const np = paddedSize(n, true);
-  const codes = new Uint16Array((mp * np) / 8);
-  for (let i = 0; i < codes.length; i++) codes[i] = rng.nextU32() & 0xffff;
-  const l = latticeRound(rng.fillNormal(new Float32Array(rank * mp)), 4).codes;
-  const r = latticeRound(rng.fillNormal(new Float32Array(rank * np)), 4).codes;
-  const bits = 2 * mp * np + 32 + 2 * (4 * rank * (mp + np) + 32) + 16 * (mp + np);
-  return {
-    shape: [m, n],
-    padded: [mp, np],
-    rank,
-    scale: 0.02,
-    hadamard: true,
-    su: rng.fillRademacher(new Float32Array(np)),
-    sv: rng.fillRademacher(new Float32Array(mp)),
-    q: { bits: 2, planes: [codes], scale: 0.3 },
-    l: { kind: 'lattice', codes: l },
-    r: { kind: 'lattice', codes: r },
-    bitsPerWeight: bits / (m * n),
-    paperBitsPerWeight: 2 + (rank * 4 * (m + n)) / (m * n),
-    error: 0,
-    errors: { LR: [], Q: [] },
-    seed: 0,
-  };
 }
