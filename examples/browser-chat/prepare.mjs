@@ -43,7 +43,15 @@ for (const name of Object.keys(tensors)) {
 await writeSafetensors(join(out, 'model.safetensors'), tensors);
 await writeFile(
   join(out, 'caldera.json'),
-  JSON.stringify({ format: 'caldera', version: 1, method: 'caldera', bitsPerWeight: bits / weights, layers }),
+  JSON.stringify({
+    format: 'caldera',
+    version: 1,
+    method: 'caldera',
+    options: { hessian: 'identity', rank: 32, outerIters: 2, lplrIters: 2 },
+    seed: 0,
+    bitsPerWeight: bits / weights,
+    layers,
+  }),
 );
 for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json'])
   if (existsSync(join(src, f))) await copyFile(join(src, f), join(out, f));

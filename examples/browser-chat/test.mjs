@@ -1,10 +1,15 @@
-// Smoke test of the example in headless Chromium (WebGPU on SwiftShader): prepare the model and the bundle, serve
-// dist/, generate 12 tokens through the page's button and check the page's status and token count.
+// End-to-end test of the example in headless Chromium (WebGPU on SwiftShader): prepare the model and the bundle, serve
+// dist/, generate 12 greedy tokens through the page's controls and check (1) the page's status (bits/weight, GPU
+// memory) and tokens/s, (2) the tokens: exactly runtime-node's greedy tokens for the same prompt ids and checkpoint,
+// (3) a screenshot: the generated text is on screen (its highlight colour, absent before generating); then stop the
+// server, reload, and check that the page loads and generates the same tokens offline (service worker).
 // Prints 'skipped: …' and exits 0 when /usr/bin/chromium or playwright-core is missing.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { generate, loadModel } from '@caldera/runtime-node';
+import { decodePng } from './png.mjs';
 import { staticServer } from './serve.mjs';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -37,24 +42,90 @@ const ctx = await chromium.launchPersistentContext(profile, {
     '--no-first-run',
   ],
 });
-let failed = 0;
-try {
-  const page = await ctx.newPage();
-  await page.goto(`http://127.0.0.1:${server.address().port}/`);
-  await page.waitForFunction('window.chatReady || window.chatError', undefined, { timeout: 60_000 });
-  const status = await page.textContent('#status');
+const checks = [];
+const check = (ok, what) => {
+  checks.push(ok);
+  console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}`);
+};
+/** Pixels of the generated text's highlight (#e8f0ff, public/index.html) in a PNG screenshot. */
+const highlighted = (png) => {
+  const { rgba } = decodePng(png);
+  let n = 0;
+  for (let p = 0; p < rgba.length; p += 4)
+    if (rgba[p] === 0xe8 && rgba[p + 1] === 0xf0 && rgba[p + 2] === 0xff) n++;
+  return n;
+};
+/** Generate 12 greedy tokens through the page; returns the prompt ids and the tokens. */
+async function generateOnPage(page) {
   await page.fill('#max', '12');
+  await page.fill('#temp', '0');
+  await page.evaluate('window.chatDone = undefined');
   await page.click('#go');
   await page.waitForFunction('window.chatDone !== undefined', undefined, { timeout: 120_000 });
-  const done = await page.evaluate('window.chatDone');
+  return {
+    ids: await page.evaluate('window.chatPromptIds'),
+    tokens: await page.evaluate('window.chatTokens'),
+  };
+}
+try {
+  const page = await ctx.newPage();
+  const url = `http://127.0.0.1:${server.address().port}/`;
+  await page.goto(url);
+  await page.waitForFunction('(window.chatReady && window.offlineReady) || window.chatError', undefined, {
+    timeout: 60_000,
+  });
+  const status = await page.textContent('#status');
+  console.log(`status: ${status}\noffline: ${await page.textContent('#offline')}`);
+  check(
+    /CALDERA layers/.test(status) && /bits\/weight/.test(status) && /MiB of weights/.test(status),
+    'status line',
+  );
+  const before = highlighted(await page.screenshot());
+  const first = await generateOnPage(page);
   const stats = await page.textContent('#stats');
-  console.log(`status: ${status}\nout: ${await page.textContent('#out')}\nstats: ${stats}`);
-  if (!/CALDERA layers/.test(status ?? '') || !/bits\/weight/.test(status ?? '')) failed++;
-  if (done !== 12 || !/tokens\/s/.test(stats ?? '')) failed++;
+  console.log(`out: ${await page.textContent('#out')}\nstats: ${stats}\ntokens: ${first.tokens.join(' ')}`);
+  check(first.tokens.length === 12 && /tokens\/s/.test(stats), '12 tokens streamed, tokens/s shown');
+  // the same greedy generation in runtime-node on the checkpoint the page loaded
+  const { model, config } = await loadModel(join(here, 'dist/model'));
+  const stop =
+    config.eosTokenId !== null && config.eosTokenId !== config.bosTokenId ? [config.eosTokenId] : [];
+  const ref = [];
+  for await (const t of generate(model, first.ids, { maxTokens: 12, temperature: 0, stopTokens: stop }))
+    ref.push(t);
+  check(
+    JSON.stringify(first.tokens) === JSON.stringify(ref),
+    `greedy tokens equal runtime-node's (${ref.join(' ')})`,
+  );
+  const shot = await page.screenshot({ fullPage: true });
+  writeFileSync(join(here, 'dist/screenshot.png'), shot);
+  const after = highlighted(shot);
+  check(
+    before === 0 && after > 200,
+    `screenshot shows the generated text (${after} highlighted pixels, ${before} before)`,
+  );
+  // offline: no server at all, then a reload
+  server.closeAllConnections();
+  await new Promise((r) => server.close(r));
+  const down = await fetch(url).then(
+    () => false,
+    () => true,
+  );
+  check(down, 'server stopped');
+  await page.reload();
+  await page.waitForFunction('window.chatReady || window.chatError', undefined, { timeout: 60_000 });
+  console.log(
+    `offline reload: ${await page.textContent('#status')}\noffline: ${await page.textContent('#offline')}`,
+  );
+  const again = await generateOnPage(page);
+  check(
+    JSON.stringify(again.tokens) === JSON.stringify(first.tokens),
+    'offline: the page loads and gives the same tokens',
+  );
 } finally {
   await ctx.close();
   server.close();
   rmSync(profile, { recursive: true, force: true });
 }
-console.log(failed ? `0 passed, 1 failed` : `1 passed, 0 failed`);
+const failed = checks.filter((c) => !c).length;
+console.log(`${checks.length - failed} passed, ${failed} failed`);
 process.exit(failed ? 1 : 0);

@@ -1,5 +1,6 @@
-// Loads /model/ (dist/model/, a Caldera checkpoint) onto WebGPU and streams tokens into the page with tokens/s and the
-// checkpoint's bits per weight. The tokenizer is the checkpoint's tokenizer.json run by @huggingface/tokenizers.
+// Loads /model/ (dist/model/, a Caldera checkpoint) onto WebGPU and streams tokens into the page with tokens/s, the
+// checkpoint's bits per weight and the GPU memory in use. The tokenizer is the checkpoint's tokenizer.json run by
+// @huggingface/tokenizers. A service worker (sw.js) keeps the page, the bundle and the checkpoint for offline use.
 import { Tokenizer } from '@huggingface/tokenizers';
 import { createDevice, generate, loadModelFromUrl } from '@caldera/runtime-webgpu';
 
@@ -8,6 +9,35 @@ const status = $('status');
 const out = $('out');
 const stats = $('stats');
 const go = $<HTMLButtonElement>('go');
+const offline = $('offline');
+/** State the headless test reads (examples/browser-chat/test.mjs). */
+const testHooks = window as unknown as {
+  chatReady?: boolean;
+  chatError?: string;
+  chatDone?: number;
+  chatTokens?: number[];
+  chatPromptIds?: number[];
+  offlineReady?: boolean;
+};
+
+const MiB = (bytes: number) => (bytes / 2 ** 20).toFixed(1);
+
+function keepOffline(): void {
+  if (!('serviceWorker' in navigator)) {
+    offline.textContent = 'no service worker in this browser: needs the network on every visit';
+    return;
+  }
+  navigator.serviceWorker
+    .register('/sw.js')
+    .then(() => navigator.serviceWorker.ready)
+    .then(() => {
+      offline.textContent = navigator.serviceWorker.controller
+        ? 'running from the offline copy: works without a network'
+        : 'saved for offline use: the next visit works without a network';
+      testHooks.offlineReady = true;
+    })
+    .catch((e: unknown) => (offline.textContent = `no offline copy: ${String(e)}`));
+}
 
 async function main(): Promise<void> {
   const dev = await createDevice();
@@ -22,7 +52,8 @@ async function main(): Promise<void> {
   status.textContent =
     `${dev.description}${dev.fallbackAdapter ? ' (CPU fallback)' : ''} · ${config.numLayers} blocks, ` +
     `${layers} CALDERA layers · ${linearBitsPerWeight.toFixed(2)} bits/weight in the linears · ` +
-    `${(model.weightBytes / 2 ** 20).toFixed(1)} MiB on the GPU · loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
+    `GPU memory ${MiB(model.weightBytes)} MiB of weights + ${MiB(model.cacheBytes)} MiB of KV cache and activations · ` +
+    `loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
   go.disabled = false;
   go.onclick = async () => {
     go.disabled = true;
@@ -31,6 +62,7 @@ async function main(): Promise<void> {
       config.bosTokenId ?? 0,
       ...(tok.encode(prompt, { add_special_tokens: false }).ids as number[]),
     ];
+    testHooks.chatPromptIds = ids;
     out.textContent = prompt;
     const gen = document.createElement('span');
     gen.className = 'gen';
@@ -55,13 +87,15 @@ async function main(): Promise<void> {
     } catch (e) {
       stats.textContent = String(e);
     }
-    (window as unknown as { chatDone: number }).chatDone = produced.length;
+    testHooks.chatTokens = produced;
+    testHooks.chatDone = produced.length;
     go.disabled = false;
   };
-  (window as unknown as { chatReady: boolean }).chatReady = true;
+  testHooks.chatReady = true;
 }
 
+keepOffline();
 main().catch((e: unknown) => {
   status.textContent = `failed: ${String(e)}`;
-  (window as unknown as { chatError: string }).chatError = String(e);
+  testHooks.chatError = String(e);
 });
