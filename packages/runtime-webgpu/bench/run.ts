@@ -1,12 +1,20 @@
 /**
- * WebGPU runtime benchmark: greedy decode tokens/s of the reference model (packages/reference-model, 4 blocks,
- * hidden 256, dense f16) and of a CALDERA-compressed copy of it (every linear: Q 2-bit E8P12, rank 16, L/R 4-bit;
- * one outer/inner iteration, built here in a temporary directory), each next to runtime-node on the same checkpoint
- * (`refs.runtime_node`) with the share of identical greedy tokens (`refs.agreement`). JSON Lines on stdout.
- * Prefill: tokens/s of a prompt run through the CALDERA copy in batches of 32 rows (`webgpu_prefill_caldera_tok_s`)
- * next to the same prompt token by token (`refs.token_by_token`, prefillChunk 1).
- * `--quick`: 16 decoded tokens instead of 64, a 32-token prompt instead of 128. Without a GPU (SwiftShader) the
- * numbers are only a record.
+ * WebGPU runtime benchmark. JSON Lines on stdout.
+ * - `webgpu_decode_caldera_tok_s`, `webgpu_decode_dense_f16_tok_s`: greedy decode tokens/s of the reference model
+ *   (packages/reference-model, 4 blocks, hidden 256, dense f16) and of a CALDERA-compressed copy of it (every linear:
+ *   Q 2-bit E8P12, rank 16, L/R 4-bit; one outer/inner iteration, built here in a temporary directory), each next to
+ *   runtime-node on the same checkpoint (`refs.runtime_node`) with the share of identical greedy tokens
+ *   (`refs.agreement`).
+ * - `webgpu_prefill_caldera_tok_s`: a prompt through the CALDERA copy in batches of 32 rows, next to the same prompt
+ *   token by token (`refs.token_by_token`, prefillChunk 1).
+ * - `webgpu_matvec_caldera_gbs`: the memory-bandwidth roofline of the compressed matvec (bench/roofline.ts): weight
+ *   bytes per second of 4096×4096 rank-64 CALDERA layers, `refs.stream_read_gbs` the streaming-read anchor of the
+ *   same run, `refs.roofline_share` their ratio; the fused kernel alone and a dense f16 matvec beside it.
+ * - `webgpu_decode_random_<shape>_caldera_tok_s` and `…_f16_tok_s`: decode tokens/s of a random-weight Llama-shaped
+ *   model (bench/random-model.ts; `1b`: TinyLlama-1.1B's shape, CALDERA rank 64) in both forms. Default: `1b` on a
+ *   GPU in a full run, none on a CPU adapter or with `--quick`; `--random-model tiny|1b|none` overrides.
+ * `--quick`: 16 decoded tokens instead of 64, a 32-token prompt instead of 128, a quarter of the roofline bytes.
+ * Without a GPU (SwiftShader) the numbers are only a record.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -17,10 +25,18 @@ import { fileURLToPath } from 'node:url';
 import { cast, openSafetensorsDir, writeSafetensors, type Tensor } from '@caldera/core';
 import { caldera, toCheckpointTensors } from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
-import { generate, loadModel } from '../src/index.js';
+import { generate, loadModel, type WebGpuModel } from '../src/index.js';
 import { testDevice } from '../src/testing/gpu.js';
+import { parameterCount, SHAPES, writeRandomCalderaModel, writeRandomF16Model } from './random-model.js';
+import { rooflineCase } from './roofline.js';
 
 const quick = process.argv.includes('--quick');
+const randomAt = process.argv.indexOf('--random-model');
+const randomArg = randomAt < 0 ? undefined : process.argv[randomAt + 1];
+if (randomAt >= 0 && !['tiny', '1b', 'none'].includes(randomArg ?? '')) {
+  console.error(`--random-model takes tiny, 1b or none, got ${randomArg}`);
+  process.exit(2);
+}
 const TOKENS = quick ? 16 : 64;
 const PROMPT = [0, 17, 250, 1033, 5];
 const REF = fileURLToPath(new URL('../../reference-model/model/', import.meta.url));
@@ -48,6 +64,12 @@ async function compress(dir: string): Promise<void> {
   await writeFile(join(dir, 'caldera.json'), JSON.stringify({ format: 'caldera', version: 1, layers }));
   for (const f of ['config.json', 'tokenizer.json', 'generation_config.json'])
     await copyFile(join(REF, f), join(dir, f));
+}
+
+/** Greedy decode tokens/s of a loaded model: a warm-up (pipeline compilation), then `TOKENS` tokens. */
+async function decodeRate(model: WebGpuModel, prompt = PROMPT): Promise<{ tokens: number[]; tokS: number }> {
+  await timed(generate(model, prompt, { maxTokens: 4 }));
+  return timed(generate(model, prompt, { maxTokens: TOKENS }));
 }
 
 async function timed(gen: AsyncIterable<number>): Promise<{ tokens: number[]; tokS: number }> {
@@ -94,8 +116,7 @@ try {
       contextLength: PROMPT.length + TOKENS,
     });
     const cpu = (await node.loadModel(path)).model;
-    await timed(generate(model, PROMPT, { maxTokens: 4 })); // warm-up (pipeline compilation)
-    const g = await timed(generate(model, PROMPT, { maxTokens: TOKENS }));
+    const g = await decodeRate(model);
     await timed(node.generate(cpu, PROMPT, { maxTokens: 4 }));
     const c = await timed(node.generate(cpu, PROMPT, { maxTokens: TOKENS }));
     const agree = g.tokens.filter((t, i) => t === c.tokens[i]).length / c.tokens.length;
@@ -129,6 +150,46 @@ try {
     prefill_chunk: 32,
     adapter: device.description,
   });
+
+  const roof = await rooflineCase(device, {
+    targetBytes: ((device.fallbackAdapter ? 16 : 512) * 2 ** 20) / (quick ? 4 : 1),
+  });
+  emit('webgpu_matvec_caldera_gbs', roof.value, 'GB/s', roof.refs);
+
+  const shapeName = randomArg ?? (quick || device.fallbackAdapter ? 'none' : '1b');
+  if (shapeName !== 'none') {
+    const shape = SHAPES[shapeName as keyof typeof SHAPES];
+    const rates: Record<string, { tokS: number; bytes: number; bits: number }> = {};
+    for (const kind of ['f16', 'caldera'] as const) {
+      const path = join(dir, `random-${kind}`);
+      if (kind === 'f16') await writeRandomF16Model(path, shape);
+      else await writeRandomCalderaModel(path, shape, 64);
+      const { model, linearBitsPerWeight } = await loadModel(device, path, {
+        contextLength: PROMPT.length + TOKENS,
+      });
+      const prompt = PROMPT.map((t) => t % shape.vocab);
+      const tokS = (await decodeRate(model, prompt)).tokS;
+      rates[kind] = { tokS, bytes: model.weightBytes, bits: linearBitsPerWeight };
+      model.dispose();
+      await rm(path, { recursive: true, force: true });
+    }
+    const f = rates.f16!;
+    const c = rates.caldera!;
+    const common = { parameters: parameterCount(shape), tokens: TOKENS, adapter: device.description };
+    emit(`webgpu_decode_random_${shapeName}_f16_tok_s`, f.tokS, 'tok/s', {
+      weight_bytes: f.bytes,
+      ...common,
+    });
+    emit(`webgpu_decode_random_${shapeName}_caldera_tok_s`, c.tokS, 'tok/s', {
+      f16: Number(f.tokS.toPrecision(4)),
+      speedup_vs_f16: Number((c.tokS / f.tokS).toPrecision(4)),
+      weight_bytes: c.bytes,
+      f16_weight_bytes: f.bytes,
+      bits_per_weight: Number(c.bits.toPrecision(4)),
+      rank: 64,
+      ...common,
+    });
+  }
 } finally {
   await rm(dir, { recursive: true, force: true });
   device.dispose();

@@ -109,14 +109,17 @@ export interface ScratchNeeds {
 }
 
 /** The GPU codec of packed lattice codes, and the divisor of their second plane. */
-function codecOf(c: LatticeCodes): { codec: LatticeCodec; resScale: number } {
+export function gpuCodecOf(c: LatticeCodes): { codec: LatticeCodec; resScale: number } {
   return c.bits === 2
     ? { codec: 'e8p12', resScale: 1 }
     : { codec: c.bits === 3 ? 'rvq3' : 'rvq4', resScale: c.bits === 3 ? RVQ3_RESID_SCALE : RVQ4_RESID_SCALE };
 }
 
-/** Both code planes in one buffer: plane 1 (u16) from byte 0, plane 2 (u16 or u8) from word `plane2Word`. */
-function concatPlanes(c: LatticeCodes): { bytes: Uint8Array; plane2Word: number } {
+/**
+ * The GPU layout of packed L̂ codes: both code planes in one buffer, plane 1 (u16) from byte 0, plane 2 (u16 or u8)
+ * from word `plane2Word` (the `lowRank.codes` of {@link Kernels.e8pMatvec}).
+ */
+export function packCodePlanes(c: LatticeCodes): { bytes: Uint8Array; plane2Word: number } {
   const p1 = c.planes[0]!;
   const plane2Word = Math.ceil(p1.byteLength / 4);
   const p2 = c.planes[1];
@@ -208,9 +211,9 @@ export class GpuCalderaLinear implements GpuLinear {
     if (lattice) {
       if (mp % 8 !== 0)
         throw new CalderaError('E_SHAPE', `${label}: padded output height ${mp} is not a multiple of 8`);
-      const l = concatPlanes(lattice.l);
-      const lc = codecOf(lattice.l);
-      const rc = codecOf(lattice.r);
+      const l = packCodePlanes(lattice.l);
+      const lc = gpuCodecOf(lattice.l);
+      const rc = gpuCodecOf(lattice.r);
       this.packed = {
         k: kq,
         r: up(lattice.r.planes[0]!, 'R'),
@@ -261,7 +264,7 @@ export class GpuCalderaLinear implements GpuLinear {
     const [m, n] = d.shape;
     const [mp, np] = d.padded;
     const K = ctx.kernels;
-    const q = codecOf(d.q);
+    const q = gpuCodecOf(d.q);
     const pk = this.packed;
     const e81b = q.codec === 'rvq3' || pk?.lCodec === 'rvq3' ? ctx.e81b : null;
     const list: Dispatch[] = [

@@ -1,0 +1,79 @@
+/**
+ * Packs the WebGPU benchmark for a bare x86-64 Linux machine with a GPU driver but no Node.js or npm (a rented GPU
+ * box, a CI runner with a GPU). `npm run bench:bundle -w @caldera/runtime-webgpu` (after `npm run build`) writes
+ * `.gpu-bench/` in this package (git-ignored, ~29 MB):
+ *   bench.mjs          bench/run.ts bundled with every @caldera package it imports (esbuild)
+ *   node_modules/webgpu the Dawn binding, its Linux x86-64 binary xz-compressed
+ *   node.xz            this Node.js executable, xz-compressed
+ *   debs/              Debian's Vulkan loader (libvulkan1), for machines without one
+ *   run.sh             unpacks what is missing and runs the benchmark (arguments are passed on)
+ * Copy the whole repository checkout (the bench reads packages/reference-model/model) and run
+ * `sh packages/runtime-webgpu/.gpu-bench/run.sh`; JSON Lines go to stdout and to `$RESULTS_DIR/webgpu-bench.jsonl`.
+ */
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, chmodSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { build } from 'esbuild';
+
+const pkg = join(dirname(fileURLToPath(import.meta.url)), '..');
+const out = join(pkg, '.gpu-bench');
+rmSync(out, { recursive: true, force: true });
+mkdirSync(out, { recursive: true });
+
+await build({
+  entryPoints: [join(pkg, 'bench/run.ts')],
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  outfile: join(out, 'bench.mjs'),
+  external: ['webgpu'],
+  // bundled CommonJS dependencies may call require()
+  banner: {
+    js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
+  },
+  logLevel: 'warning',
+});
+
+const xz = (src, dst) =>
+  writeFileSync(dst, execFileSync('xz', ['-T2', '-6', '-c', src], { maxBuffer: 1 << 30 }));
+const webgpu = dirname(createRequire(join(pkg, 'package.json')).resolve('webgpu/package.json'));
+const wdst = join(out, 'node_modules/webgpu');
+mkdirSync(join(wdst, 'dist/linux-x64'), { recursive: true });
+for (const f of ['index.js', 'package.json', 'LICENSE.md']) copyFileSync(join(webgpu, f), join(wdst, f));
+xz(join(webgpu, 'dist/linux-x64/dawn.node'), join(wdst, 'dist/linux-x64/dawn.node.xz'));
+xz(process.execPath, join(out, 'node.xz'));
+
+mkdirSync(join(out, 'debs'));
+execFileSync('apt-get', ['download', 'libvulkan1'], { cwd: join(out, 'debs'), stdio: 'ignore' });
+if (!readdirSync(join(out, 'debs')).some((f) => f.endsWith('.deb')))
+  throw new Error('apt-get download libvulkan1 gave no .deb');
+
+const run = `#!/bin/sh
+# Run the Caldera WebGPU benchmark here without Node.js installed (see scripts/gpu-bundle.mjs). Arguments go to the bench.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+work=\${TMPDIR:-/tmp}/caldera-gpu-bench
+mkdir -p "$work"
+unxz() { if command -v xz >/dev/null; then xz -dc "$1" > "$2"; else python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"; fi; }
+[ -x "$work/node" ] || { unxz "$here/node.xz" "$work/node"; chmod +x "$work/node"; }
+dawn="$here/node_modules/webgpu/dist/linux-x64/dawn.node"
+[ -f "$dawn" ] || unxz "$dawn.xz" "$dawn"
+# a Vulkan loader, when the system has none
+if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1 '; then
+  for f in "$here"/debs/*.deb; do dpkg -x "$f" "$work/vulkan"; done
+  export LD_LIBRARY_PATH="$work/vulkan/usr/lib/x86_64-linux-gnu\${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+# NVIDIA container images mount the driver's Vulkan ICD outside the loader's search path
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+if [ -z "\${VK_DRIVER_FILES:-}\${VK_ICD_FILENAMES:-}" ] && [ -f "$icd" ]; then
+  export VK_DRIVER_FILES="$icd" VK_ICD_FILENAMES="$icd"
+fi
+"$work/node" --version
+"$work/node" "$here/bench.mjs" "$@" | tee "\${RESULTS_DIR:-.}/webgpu-bench.jsonl"
+`;
+writeFileSync(join(out, 'run.sh'), run);
+chmodSync(join(out, 'run.sh'), 0o755);
+console.log(`wrote ${out}`);
