@@ -1,23 +1,27 @@
 /**
- * Memory-bandwidth roofline of the compressed matrix–vector product: effective bandwidth (weight bytes read per
- * second) of CALDERA layers and of their fused E8P kernel alone, next to a dense f16 matvec of the same shape and a
- * plain streaming read (the roofline anchor, measured in the same run). The layers are distinct buffers totalling
- * more than a GPU's last-level cache, run back to back as in a decode step, so every byte comes from memory.
+ * Memory-bandwidth roofline of the compressed matrix–vector product, at two levels:
+ * - the kernel: the fused E8P kernel (Q̂·x' + L̂·z in one launch, the "compressed matvec") on layers large enough
+ *   that a launch's fixed cost is small next to its memory time (16384 × 8192: 32 MiB of Q codes each), next to the
+ *   dense f16 matvec kernel (8192 × 8192) and a plain streaming read, the roofline anchor measured in the same run;
+ * - a decode step's layers: whole CALDERA layers of 4096 × 4096 (rotations, R̂·x', the fused kernel; as in a
+ *   7B-class model) against dense f16 layers of the same shape, as weights per second.
+ * Every variant runs over distinct buffers totalling `targetBytes` (more than a GPU's last-level cache) back to back,
+ * so its bytes come from memory. On a CPU adapter the shapes are smaller (the numbers are only a record there).
  */
 import { Rng } from '@caldera/core';
-import { randomDecomposition } from '@caldera/lowrank';
+import { randomDecomposition, type Decomposition } from '@caldera/lowrank';
 import {
+  BufferUsage,
   createLinearContext,
   e8pSourceTable,
+  encodeDispatches,
   GpuCalderaLinear,
   gpuCodecOf,
+  Kernels,
   packCodePlanes,
   storageBuffer,
   uploadMatrix,
   WG,
-  BufferUsage,
-  encodeDispatches,
-  Kernels,
   type CalderaDevice,
   type Dispatch,
 } from '../src/index.js';
@@ -51,92 +55,117 @@ async function secondsPerPass(dev: CalderaDevice, list: Dispatch[]): Promise<num
 }
 
 export interface RooflineOptions {
-  /** Square layer size (default 4096). */
-  size?: number;
-  /** Rank of L·R (default 64). */
-  rank?: number;
   /** Weight bytes each variant streams per pass (default 512 MiB on a GPU, 16 MiB on a CPU adapter). */
   targetBytes?: number;
+  /** Rank of L·R (default 64). */
+  rank?: number;
 }
 
-/** Measure and return the roofline case (bytes/s in GB/s, 1e9). */
-export async function rooflineCase(
-  dev: CalderaDevice,
-  options: RooflineOptions = {},
-): Promise<{ value: number; refs: Record<string, unknown> }> {
-  const size = options.size ?? 4096;
+/** The measurement: fields in GB/s (1e9 bytes per second) or ratios. */
+export interface Roofline {
+  /** The fused kernel on the large layers. */
+  kernelGbs: number;
+  streamGbs: number;
+  denseF16KernelGbs: number;
+  /** Whole 4096 × 4096 CALDERA layers and dense f16 layers, every launch. */
+  layerGbs: number;
+  layerF16Gbs: number;
+  /** Weights per second of the CALDERA layers over the f16 layers. */
+  layerWeightsVsF16: number;
+  layerBitsPerWeight: number;
+  shapes: { kernel: string; denseKernel: string; layer: string };
+}
+
+/** Measure the roofline on `dev`. */
+export async function measureRoofline(dev: CalderaDevice, options: RooflineOptions = {}): Promise<Roofline> {
+  const cpu = dev.fallbackAdapter;
+  const target = options.targetBytes ?? (cpu ? 16 : 512) * 2 ** 20;
   const rank = options.rank ?? 64;
-  const target = options.targetBytes ?? (dev.fallbackAdapter ? 16 : 512) * 2 ** 20;
+  const [km, kn] = cpu ? [4096, 2048] : [16384, 8192];
+  const dn = cpu ? 2048 : 8192;
+  const ln = cpu ? 1024 : 4096;
   const kernels = new Kernels(dev);
-  const d = randomDecomposition(size, size, rank, new Rng(11));
+  const rng = new Rng(11);
   const owned: { destroy(): void }[] = [];
   const buf = (data: ArrayBufferView, label: string) => {
     const b = storageBuffer(dev, data, label);
     owned.push(b);
     return b;
   };
-  // CALDERA layers (every dispatch of the layer: rotations, R̂·x', the fused Q̂ + L̂·z kernel)
-  const first = new GpuCalderaLinear(dev, d, null, 'layer 0');
-  const count = Math.max(2, Math.ceil(target / first.gpuBytes));
-  const layers = [first];
-  for (let i = 1; i < count; i++) layers.push(new GpuCalderaLinear(dev, d, null, `layer ${i}`));
-  const ctx = createLinearContext(dev, kernels, first.needs);
-  const x = buf(new Rng(12).fillNormal(new Float32Array(size)), 'x');
-  const out = buf(new Float32Array(size), 'out');
-  const layerList = layers.flatMap((l) => l.bind(ctx, x, out, false));
-  const layerBytes = count * first.gpuBytes;
-  // the fused kernel alone, on buffers of its own: Q̂'s codes and L̂'s packed codes
-  const q = gpuCodecOf(d.q);
-  if (d.l.kind !== 'lattice') throw new Error('randomDecomposition gives lattice factors');
-  const lc = gpuCodecOf(d.l.codes);
-  const lp = packCodePlanes(d.l.codes);
   const sources = buf(e8pSourceTable(), 'sources');
-  const z = buf(new Rng(13).fillNormal(new Float32Array(rank)), 'z');
-  const fusedList: Dispatch[] = [];
-  let fusedBytes = 0;
-  for (let i = 0; i < count; i++) {
-    const codes = buf(d.q.planes[0]!, `Q ${i}`);
-    const l = buf(lp.bytes, `L ${i}`);
-    fusedBytes += codes.size + l.size;
-    fusedList.push(
-      kernels.e8pMatvec({
-        codes,
-        codes2: null,
-        codec: q.codec,
-        e81b: null,
-        sources,
-        x: ctx.rotIn,
-        out: ctx.rotOut,
-        mp: size,
-        np: size,
-        qscale: d.q.scale,
-        resScale: q.resScale,
-        lowRank: {
-          codec: lc.codec,
-          codes: l,
-          plane2Word: lp.plane2Word,
-          k: rank,
-          scale: d.l.codes.scale,
-          resScale: lc.resScale,
-          z,
-        },
-      }),
-    );
-  }
-  // dense f16 layers of the same shape
-  const f16 = new Uint16Array(size * size);
+  const copies = (bytesEach: number) => Math.max(2, Math.ceil(target / bytesEach));
+
+  // the fused kernel alone, on buffers of its own: Q̂'s codes and L̂'s packed codes
+  const big = randomDecomposition(km, kn, rank, rng);
+  const fusedLaunch = (d: Decomposition, x: GPUBuffer, out: GPUBuffer, z: GPUBuffer) => {
+    if (d.l.kind !== 'lattice') throw new Error('randomDecomposition gives lattice factors');
+    const q = gpuCodecOf(d.q);
+    const lc = gpuCodecOf(d.l.codes);
+    const lp = packCodePlanes(d.l.codes);
+    const codes = buf(d.q.planes[0]!, 'Q');
+    const l = buf(lp.bytes, 'L');
+    const [mp, np] = d.padded;
+    const launch = kernels.e8pMatvec({
+      codes,
+      codes2: null,
+      codec: q.codec,
+      e81b: null,
+      sources,
+      x,
+      out,
+      mp,
+      np,
+      qscale: d.q.scale,
+      resScale: q.resScale,
+      lowRank: {
+        codec: lc.codec,
+        codes: l,
+        plane2Word: lp.plane2Word,
+        k: rank,
+        scale: d.l.codes.scale,
+        resScale: lc.resScale,
+        z,
+      },
+    });
+    return { launch, bytes: codes.size + l.size };
+  };
+  const kx = buf(rng.fillNormal(new Float32Array(kn)), 'x');
+  const kout = buf(new Float32Array(km), 'out');
+  const kz = buf(rng.fillNormal(new Float32Array(rank)), 'z');
+  const fused = Array.from({ length: copies((km * kn) / 4) }, () => fusedLaunch(big, kx, kout, kz));
+  const kernelBytes = fused.reduce((s, f) => s + f.bytes, 0);
+
+  // the dense f16 kernel
+  const f16 = new Uint16Array(dn * dn);
   for (let i = 0; i < f16.length; i++) f16[i] = 0x2000 | (i & 0x83ff);
-  const denseCount = Math.max(2, Math.ceil(target / f16.byteLength));
-  const denseList: Dispatch[] = [];
-  for (let i = 0; i < denseCount; i++) {
-    const w = uploadMatrix(dev, f16, size, size, `f16 ${i}`);
+  const dx = buf(rng.fillNormal(new Float32Array(dn)), 'x16');
+  const dout = buf(new Float32Array(dn), 'out16');
+  const dummy = buf(new Float32Array(4), 'dummy');
+  const dense = (n: number, data: Uint16Array, x: GPUBuffer, out: GPUBuffer) => {
+    const w = uploadMatrix(dev, data, n, n, 'f16');
     owned.push(w.buffer);
-    denseList.push(kernels.matvec(w, x, out, { bias: null, accumulate: false, dummy: ctx.dummy }));
-  }
-  const denseBytes = denseCount * size * size * 2;
+    return kernels.matvec(w, x, out, { bias: null, accumulate: false, dummy });
+  };
+  const denseList = Array.from({ length: copies(f16.byteLength) }, () => dense(dn, f16, dx, dout));
+  const denseBytes = denseList.length * f16.byteLength;
+
+  // whole layers of a decode step
+  const small = randomDecomposition(ln, ln, rank, rng);
+  const first = new GpuCalderaLinear(dev, small, null, 'layer');
+  const layers = [first];
+  for (let i = copies(first.gpuBytes); i > 1; i--)
+    layers.push(new GpuCalderaLinear(dev, small, null, 'layer'));
+  const ctx = createLinearContext(dev, kernels, first.needs);
+  const lx = buf(rng.fillNormal(new Float32Array(ln)), 'lx');
+  const lout = buf(new Float32Array(ln), 'lout');
+  const layerList = layers.flatMap((l) => l.bind(ctx, lx, lout, false));
+  const layerBytes = layers.length * first.gpuBytes;
+  const lf16 = f16.subarray(0, ln * ln);
+  const layerF16List = Array.from({ length: copies(lf16.byteLength) }, () => dense(ln, lf16, lx, lout));
+  const layerF16Bytes = layerF16List.length * lf16.byteLength;
+
   // streaming read of buffers of the same total size
   const chunk = Math.min(dev.maxStorageBinding, 128 * 2 ** 20);
-  const streamCount = Math.max(1, Math.ceil(target / chunk));
   const module = dev.device.createShaderModule({ code: STREAM_WGSL });
   const pipeline = dev.device.createComputePipeline({
     layout: 'auto',
@@ -144,7 +173,7 @@ export async function rooflineCase(
   });
   const sink = buf(new Uint32Array(4), 'sink');
   const streamList: Dispatch[] = [];
-  for (let i = 0; i < streamCount; i++) {
+  for (let i = Math.max(1, Math.ceil(target / chunk)); i > 0; i--) {
     const a = dev.device.createBuffer({ size: chunk, usage: BufferUsage.STORAGE });
     owned.push(a);
     const bindGroup = dev.device.createBindGroup({
@@ -157,35 +186,34 @@ export async function rooflineCase(
     const groups = Math.min(65535, Math.ceil(chunk / 16 / WG / 4));
     streamList.push({ label: 'stream', pipeline, bindGroup, workgroups: groups, batched: false, rowTile: 1 });
   }
-  const streamBytes = streamCount * chunk;
+  const streamBytes = streamList.length * chunk;
 
-  const gbs = (bytes: number, s: number) => bytes / s / 1e9;
-  const value = gbs(layerBytes, await secondsPerPass(dev, layerList));
-  const fused = gbs(fusedBytes, await secondsPerPass(dev, fusedList));
-  const dense = gbs(denseBytes, await secondsPerPass(dev, denseList));
-  const stream = gbs(streamBytes, await secondsPerPass(dev, streamList));
-  const r = (v: number) => Number(v.toPrecision(4));
-  // weights per second relative to the f16 kernel: the speed of a decode step's linears, CALDERA vs f16
-  const weightsRatio = value / (first.gpuBytes / (size * size)) / (dense / 2);
+  const gbs = async (bytes: number, list: Dispatch[]) => bytes / (await secondsPerPass(dev, list)) / 1e9;
+  const kernelGbs = await gbs(
+    kernelBytes,
+    fused.map((f) => f.launch),
+  );
+  const denseF16KernelGbs = await gbs(denseBytes, denseList);
+  const layerGbs = await gbs(layerBytes, layerList);
+  const layerF16Gbs = await gbs(layerF16Bytes, layerF16List);
+  const streamGbs = await gbs(streamBytes, streamList);
+  const layerBits = (8 * first.gpuBytes) / (ln * ln);
   for (const l of layers) l.dispose();
   ctx.dispose();
   kernels.dispose();
   for (const b of owned) b.destroy();
   return {
-    value,
-    refs: {
-      stream_read_gbs: r(stream),
-      roofline_share: r(value / stream),
-      fused_kernel_gbs: r(fused),
-      fused_roofline_share: r(fused / stream),
-      dense_f16_gbs: r(dense),
-      dense_f16_roofline_share: r(dense / stream),
-      weights_per_s_vs_f16: r(weightsRatio),
-      layer: `${size}x${size} rank ${rank}`,
-      layer_bits_per_weight: r((8 * first.gpuBytes) / (size * size)),
-      layers: count,
-      bytes_per_pass: layerBytes,
-      adapter: dev.description,
+    kernelGbs,
+    streamGbs,
+    denseF16KernelGbs,
+    layerGbs,
+    layerF16Gbs,
+    layerWeightsVsF16: layerGbs / layerBits / (layerF16Gbs / 16),
+    layerBitsPerWeight: layerBits,
+    shapes: {
+      kernel: `${km}x${kn} rank ${rank}`,
+      denseKernel: `${dn}x${dn}`,
+      layer: `${ln}x${ln} rank ${rank}`,
     },
   };
 }

@@ -8,8 +8,9 @@
  * - `webgpu_prefill_caldera_tok_s`: a prompt through the CALDERA copy in batches of 32 rows, next to the same prompt
  *   token by token (`refs.token_by_token`, prefillChunk 1).
  * - `webgpu_matvec_caldera_gbs`: the memory-bandwidth roofline of the compressed matvec (bench/roofline.ts): weight
- *   bytes per second of 4096×4096 rank-64 CALDERA layers, `refs.stream_read_gbs` the streaming-read anchor of the
- *   same run, `refs.roofline_share` their ratio; the fused kernel alone and a dense f16 matvec beside it.
+ *   bytes per second of the fused E8P kernel on 16384×8192 rank-64 layers, `refs.stream_read_gbs` the streaming-read
+ *   anchor of the same run, `refs.roofline_share` their ratio; the dense f16 kernel beside it, and whole 4096×4096
+ *   CALDERA and f16 layers as in a decode step (`refs.layer_*`).
  * - `webgpu_decode_random_<shape>_caldera_tok_s` and `…_f16_tok_s`: decode tokens/s of a random-weight Llama-shaped
  *   model (bench/random-model.ts; `1b`: TinyLlama-1.1B's shape, CALDERA rank 64) in both forms. Default: `1b` on a
  *   GPU in a full run, none on a CPU adapter or with `--quick`; `--random-model tiny|1b|none` overrides.
@@ -28,7 +29,7 @@ import * as node from '@caldera/runtime-node';
 import { generate, loadModel, type WebGpuModel } from '../src/index.js';
 import { testDevice } from '../src/testing/gpu.js';
 import { parameterCount, SHAPES, writeRandomCalderaModel, writeRandomF16Model } from './random-model.js';
-import { rooflineCase } from './roofline.js';
+import { measureRoofline } from './roofline.js';
 
 const quick = process.argv.includes('--quick');
 const randomAt = process.argv.indexOf('--random-model');
@@ -151,15 +152,29 @@ try {
     adapter: device.description,
   });
 
-  const roof = await rooflineCase(device, {
+  const roof = await measureRoofline(device, {
     targetBytes: ((device.fallbackAdapter ? 16 : 512) * 2 ** 20) / (quick ? 4 : 1),
   });
-  emit('webgpu_matvec_caldera_gbs', roof.value, 'GB/s', roof.refs);
+  const r4 = (v: number) => Number(v.toPrecision(4));
+  emit('webgpu_matvec_caldera_gbs', roof.kernelGbs, 'GB/s', {
+    stream_read_gbs: r4(roof.streamGbs),
+    roofline_share: r4(roof.kernelGbs / roof.streamGbs),
+    kernel: roof.shapes.kernel,
+    dense_f16_gbs: r4(roof.denseF16KernelGbs),
+    dense_f16_roofline_share: r4(roof.denseF16KernelGbs / roof.streamGbs),
+    dense_f16_kernel: roof.shapes.denseKernel,
+    layer: roof.shapes.layer,
+    layer_gbs: r4(roof.layerGbs),
+    layer_f16_gbs: r4(roof.layerF16Gbs),
+    layer_weights_per_s_vs_f16: r4(roof.layerWeightsVsF16),
+    layer_bits_per_weight: r4(roof.layerBitsPerWeight),
+    adapter: device.description,
+  });
 
   const shapeName = randomArg ?? (quick || device.fallbackAdapter ? 'none' : '1b');
   if (shapeName !== 'none') {
     const shape = SHAPES[shapeName as keyof typeof SHAPES];
-    const rates: Record<string, { tokS: number; bytes: number; bits: number }> = {};
+    const rates: Record<string, { tokS: number; bytes: number; bits: number; launches: number }> = {};
     for (const kind of ['f16', 'caldera'] as const) {
       const path = join(dir, `random-${kind}`);
       if (kind === 'f16') await writeRandomF16Model(path, shape);
@@ -169,7 +184,12 @@ try {
       });
       const prompt = PROMPT.map((t) => t % shape.vocab);
       const tokS = (await decodeRate(model, prompt)).tokS;
-      rates[kind] = { tokS, bytes: model.weightBytes, bits: linearBitsPerWeight };
+      rates[kind] = {
+        tokS,
+        bytes: model.weightBytes,
+        bits: linearBitsPerWeight,
+        launches: model.dispatchesPerToken,
+      };
       model.dispose();
       await rm(path, { recursive: true, force: true });
     }
@@ -178,6 +198,7 @@ try {
     const common = { parameters: parameterCount(shape), tokens: TOKENS, adapter: device.description };
     emit(`webgpu_decode_random_${shapeName}_f16_tok_s`, f.tokS, 'tok/s', {
       weight_bytes: f.bytes,
+      dispatches_per_token: f.launches,
       ...common,
     });
     emit(`webgpu_decode_random_${shapeName}_caldera_tok_s`, c.tokS, 'tok/s', {
@@ -186,6 +207,7 @@ try {
       weight_bytes: c.bytes,
       f16_weight_bytes: f.bytes,
       bits_per_weight: Number(c.bits.toPrecision(4)),
+      dispatches_per_token: c.launches,
       rank: 64,
       ...common,
     });
