@@ -23,7 +23,7 @@ describe('randomDecomposition', () => {
           bitsPerWeight: 2,
           layers: { layer: meta },
         },
-        Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, { dtype: t.dtype, shape: t.shape }])),
+        tensors,
       );
       let bytes = 0;
       for (const t of Object.values(tensors)) bytes += t.data.byteLength;
