@@ -116,7 +116,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       const codes2 = new Uint16Array(codes.length);
       for (let i = 0; i < codes2.length; i++) codes2[i] = rng.int(65536);
       const x = randn(rng, np);
-      const kr = 3;
+      const kr = 37; // more components than the 32 lanes of a row: each lane takes several
       const z = randn(rng, kr);
       const k = new Kernels(d, { lanes });
       const sources = storageBuffer(d, e8pSourceTable(), 'src');
@@ -194,7 +194,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
   for (const lanes of [1, 32] as const)
     it(`row-tiled prefill form (${lanes} lane(s) per row): 11 rows through E8P12/RVQ4/RVQ3 and dense f32/f16 equal the one-row kernel row by row, to the bit`, async () => {
       const rng = new Rng(9);
-      const [mp, np, kr, rows, tile] = [40, 64, 3, 11, 8]; // 11 rows: a full tile and a partial one
+      const [mp, np, kr, rows, tile] = [40, 64, 35, 11, 8]; // 11 rows: a full tile and a partial one; k > 32 lanes
       const padded = Math.ceil(rows / tile) * tile;
       const k = new Kernels(d, { lanes });
       const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
