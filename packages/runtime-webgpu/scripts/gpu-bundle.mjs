@@ -61,9 +61,23 @@ unxz() { if command -v xz >/dev/null; then xz -dc "$1" > "$2"; else python3 -c '
 [ -x "$work/node" ] || { unxz "$here/node.xz" "$work/node"; chmod +x "$work/node"; }
 dawn="$here/node_modules/webgpu/dist/linux-x64/dawn.node"
 [ -f "$dawn" ] || unxz "$dawn.xz" "$dawn"
+# unpack a .deb into a folder: dpkg, or Python's ar + tar where there is no dpkg
+undeb() {
+  if command -v dpkg >/dev/null; then dpkg -x "$1" "$2"; return; fi
+  python3 - "$1" "$2" <<'PY'
+import io, sys, tarfile
+data = open(sys.argv[1], 'rb').read()
+pos = 8  # after the 8-byte ar magic: 60-byte member headers, data padded to even length
+while pos < len(data):
+    name, size = data[pos:pos + 16].decode().strip(), int(data[pos + 48:pos + 58])
+    if name.startswith('data.tar'):
+        tarfile.open(fileobj=io.BytesIO(data[pos + 60:pos + 60 + size])).extractall(sys.argv[2])
+    pos += 60 + size + size % 2
+PY
+}
 # a Vulkan loader, when the system has none
 if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1 '; then
-  for f in "$here"/debs/*.deb; do dpkg -x "$f" "$work/vulkan"; done
+  for f in "$here"/debs/*.deb; do undeb "$f" "$work/vulkan"; done
   export LD_LIBRARY_PATH="$work/vulkan/usr/lib/x86_64-linux-gnu\${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 # NVIDIA container images mount the driver's Vulkan ICD outside the loader's search path
