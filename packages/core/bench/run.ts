@@ -1,5 +1,7 @@
 /**
- * @caldera/core benchmarks: half-float conversion, RNG and safetensors I/O throughput.
+ * @caldera/core benchmarks: half-float conversion, RNG and safetensors I/O throughput, and the shared sampler
+ * (milliseconds per draw on Llama-sized vocabularies, next to a full sort of the indices by logit — what the sampler
+ * did before — measured in the same run as `refs.sort_ms`).
  * Prints JSON Lines: {"case","value","unit","refs"}. `--quick` runs smaller sizes (well under a minute).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -12,6 +14,7 @@ import {
   f32ArrayToF16,
   openSafetensors,
   Rng,
+  sampleToken,
   serializeSafetensors,
   tensor,
   writeSafetensors,
@@ -83,3 +86,15 @@ emit(
   'MiB/s',
 );
 await rm(dir, { recursive: true, force: true });
+
+for (const V of quick ? [32_000] : [32_000, 128_256]) {
+  const l = Float64Array.from({ length: V }, () => 3 * rng.normal());
+  const sortMs = (await time(() => [...l.keys()].sort((a, b) => l[b]! - l[a]!))) * 1000;
+  for (const [name, o] of [
+    ['topk40', { temperature: 0.8, topK: 40 }],
+    ['topp095', { temperature: 0.8, topP: 0.95 }],
+  ] as const)
+    emit(`sample_v${V}_${name}_ms`, (await time(() => sampleToken(l, o, rng), 5)) * 1000, 'ms', {
+      sort_ms: Number(sortMs.toPrecision(4)),
+    });
+}

@@ -28,9 +28,74 @@ export interface GenerateOptions {
 }
 
 /**
+ * Tokens in rank order — higher logit first, equal logits by lower index (the order of a stable descending sort) —
+ * produced lazily by a binary heap over all indices: building it is O(V), each next token O(log V), so a draw that
+ * needs the first few hundred tokens of a 128k vocabulary never sorts it.
+ */
+class RankOrder {
+  /** Heap of (logit, index) pairs in two parallel arrays; the root ranks first. */
+  private readonly vals: Float64Array;
+  private readonly ids: Int32Array;
+  private size: number;
+  private readonly taken: number[] = [];
+
+  constructor(l: Float64Array) {
+    this.size = l.length;
+    this.vals = Float64Array.from(l);
+    this.ids = new Int32Array(this.size);
+    for (let i = 0; i < this.size; i++) this.ids[i] = i;
+    for (let i = (this.size >> 1) - 1; i >= 0; i--) this.siftDown(i, this.vals[i]!, this.ids[i]!);
+  }
+
+  /** Place (v, id) at or below slot `at`, moving up the children that rank before it. */
+  private siftDown(at: number, v: number, id: number): void {
+    const { vals, ids } = this;
+    const n = this.size;
+    let i = at;
+    for (;;) {
+      let c = 2 * i + 1;
+      if (c >= n) break;
+      let cv = vals[c]!;
+      let ci = ids[c]!;
+      if (c + 1 < n) {
+        const dv = vals[c + 1]!;
+        const di = ids[c + 1]!;
+        if (dv > cv || (dv === cv && di < ci)) {
+          c++;
+          cv = dv;
+          ci = di;
+        }
+      }
+      // stop when the child does not rank before (v, id): a higher logit, or the same and a lower index
+      if (!(cv > v || (cv === v && ci < id))) break;
+      vals[i] = cv;
+      ids[i] = ci;
+      i = c;
+    }
+    vals[i] = v;
+    ids[i] = id;
+  }
+
+  /** The token of rank r (0 = the argmax). */
+  at(r: number): number {
+    while (this.taken.length <= r) {
+      this.taken.push(this.ids[0]!);
+      const last = --this.size;
+      this.siftDown(0, this.vals[last]!, this.ids[last]!);
+    }
+    return this.taken[r]!;
+  }
+}
+
+/**
  * The next token from a row of logits under `options` (the runtimes' shared sampler): the argmax when the temperature
  * is 0, else a draw from the softmax at that temperature, restricted to the top-k tokens and then to the smallest
- * nucleus of probability ≥ top-p. Deterministic given the `rng` state.
+ * nucleus of probability ≥ top-p. Deterministic given the `rng` state (one `uniform()` per call).
+ *
+ * Candidates are taken in rank order (higher logit first, ties by lower index) and only as far as the draw needs
+ * them; the weights `exp((l − max)/T)` are normalised over the top k in rank order, or, without top-k, over the whole
+ * vocabulary in index order. Cost: O(V + n·log V) for the n candidates looked at, instead of a full sort (18 ms per
+ * token for a 32 000-token vocabulary, 83 ms for 128 256, before).
  */
 export function sampleToken(logits: Float64Array, options: GenerateOptions, rng: Rng): number {
   const o = options;
@@ -39,31 +104,34 @@ export function sampleToken(logits: Float64Array, options: GenerateOptions, rng:
   let best = 0;
   for (let i = 1; i < l.length; i++) if (l[i]! > l[best]!) best = i;
   if (temp <= 0) return best;
-  let idx = [...l.keys()].sort((a, b) => l[b]! - l[a]!);
-  if (o.topK && o.topK > 0) idx = idx.slice(0, o.topK);
-  const mx = l[idx[0]!]!;
-  let probs = idx.map((i) => Math.exp((l[i]! - mx) / temp));
-  const z = probs.reduce((a, b) => a + b, 0);
-  probs = probs.map((p) => p / z);
+  const V = l.length;
+  const k = o.topK && o.topK > 0 ? Math.min(o.topK, V) : V;
+  const mx = l[best]!;
+  const rank = new RankOrder(l);
+  const weight = (i: number) => Math.exp((l[i]! - mx) / temp);
+  let z = 0;
+  if (k < V) for (let r = 0; r < k; r++) z += weight(rank.at(r));
+  else for (let i = 0; i < V; i++) z += weight(i);
+  // candidates: ranks [0, count), probability weight/z, divided by norm once the nucleus is cut
+  let count = k;
+  let norm = 1;
   if (o.topP && o.topP < 1) {
     let acc = 0;
-    let cut = probs.length;
-    for (let i = 0; i < probs.length; i++) {
-      acc += probs[i]!;
+    for (let r = 0; r < k; r++) {
+      acc += weight(rank.at(r)) / z;
       if (acc >= o.topP) {
-        cut = i + 1;
+        count = r + 1;
         break;
       }
     }
-    idx = idx.slice(0, cut);
-    probs = probs.slice(0, cut);
-    const z2 = probs.reduce((a, b) => a + b, 0);
-    probs = probs.map((p) => p / z2);
+    norm = 0;
+    for (let r = 0; r < count; r++) norm += weight(rank.at(r)) / z;
   }
+  const prob = (r: number) => (norm === 1 ? weight(rank.at(r)) / z : weight(rank.at(r)) / z / norm);
   let u = rng.uniform();
-  for (let i = 0; i < probs.length; i++) {
-    u -= probs[i]!;
-    if (u <= 0) return idx[i]!;
+  for (let r = 0; r < count; r++) {
+    u -= prob(r);
+    if (u <= 0) return rank.at(r);
   }
-  return idx[idx.length - 1]!;
+  return rank.at(count - 1);
 }
