@@ -64,38 +64,70 @@ export interface PerplexityResult {
   ppl: number;
 }
 
+/** Options of {@link perplexity}: those of runtime-node's. */
+export interface PerplexityOptions {
+  /** Tokens per window (default and maximum: the model's `contextLength`). */
+  context?: number;
+  /** Start of each window after the previous one (default `context`: windows that do not overlap). */
+  stride?: number;
+  signal?: AbortSignal;
+  /** Called after each window with the tokens scored so far (counting the first) and the text's length. */
+  onProgress?: (done: number, total: number) => void;
+}
+
 /**
- * Perplexity of `tokens`: every token after the first is scored given all tokens before it (one window, so at most
- * `contextLength` tokens), in batches of `model.prefillChunk` tokens from position 0 (the cache is reset).
+ * Perplexity of `tokens` with windows of `context` tokens moved by `stride`, scored as runtime-node's `perplexity`
+ * does: every token after the first is scored exactly once, with as much left context as its window allows. Each
+ * window starts from an empty cache and runs in batches of `model.prefillChunk` tokens.
  */
 export async function perplexity(
   model: WebGpuModel,
   tokens: ArrayLike<number>,
-  options: { signal?: AbortSignal } = {},
+  options: PerplexityOptions = {},
 ): Promise<PerplexityResult> {
-  if (tokens.length < 2) throw new CalderaError('E_VALUE', 'perplexity: needs at least 2 tokens');
-  if (tokens.length > model.contextLength)
+  const context = options.context ?? model.contextLength;
+  const stride = options.stride ?? context;
+  if (!Number.isInteger(context) || context < 2 || context > model.contextLength)
     throw new CalderaError(
       'E_VALUE',
-      `perplexity: ${tokens.length} tokens exceed the context ${model.contextLength}`,
+      `perplexity: context must be an integer in [2, ${model.contextLength}] (the model's context), got ${context}`,
     );
-  model.reset();
-  let nll = 0;
+  if (!Number.isInteger(stride) || stride <= 0 || stride > context)
+    throw new CalderaError('E_VALUE', `perplexity: stride must be in (0, context], got ${stride}`);
+  if (tokens.length < 2) throw new CalderaError('E_VALUE', 'perplexity: needs at least 2 tokens');
   const V = model.config.vocabSize;
-  const inputs = Array.from(tokens).slice(0, -1);
-  for (let t0 = 0; t0 < inputs.length; t0 += model.prefillChunk) {
-    throwIfAborted(options.signal, 'perplexity');
-    const batch = inputs.slice(t0, t0 + model.prefillChunk);
-    const all = await model.stepBatch(batch, 'all');
-    for (let r = 0; r < batch.length; r++) {
-      const l = all.subarray(r * V, r * V + V);
-      let mx = -Infinity;
-      for (let i = 0; i < V; i++) if (l[i]! > mx) mx = l[i]!;
-      let s = 0;
-      for (let i = 0; i < V; i++) s += Math.exp(l[i]! - mx);
-      nll += mx + Math.log(s) - l[tokens[t0 + r + 1]!]!;
+  let nll = 0;
+  let count = 0;
+  let scoredUpTo = 0; // tokens [1, scoredUpTo) already scored
+  for (let start = 0; scoredUpTo < tokens.length; start += stride) {
+    const end = Math.min(tokens.length, start + context);
+    model.reset();
+    // position p is predicted by the logits after token p − 1; only the last end − from inputs are scored
+    const from = Math.max(scoredUpTo, start + 1);
+    for (let t0 = start; t0 < end - 1; t0 += model.prefillChunk) {
+      throwIfAborted(options.signal, 'perplexity');
+      const batch = Array.from(
+        { length: Math.min(model.prefillChunk, end - 1 - t0) },
+        (_, i) => tokens[t0 + i]!,
+      );
+      if (t0 + batch.length < from) {
+        await model.stepBatch(batch, 'none');
+        continue;
+      }
+      const all = await model.stepBatch(batch, 'all');
+      for (let r = Math.max(0, from - 1 - t0); r < batch.length; r++) {
+        const l = all.subarray(r * V, r * V + V);
+        let mx = -Infinity;
+        for (let i = 0; i < V; i++) if (l[i]! > mx) mx = l[i]!;
+        let s = 0;
+        for (let i = 0; i < V; i++) s += Math.exp(l[i]! - mx);
+        nll += mx + Math.log(s) - l[tokens[t0 + r + 1]!]!;
+        count++;
+      }
     }
+    scoredUpTo = end;
+    options.onProgress?.(scoredUpTo, tokens.length);
+    if (end === tokens.length) break;
   }
-  const n = tokens.length - 1;
-  return { tokens: n, nll: nll / n, ppl: Math.exp(nll / n) };
+  return { tokens: count, nll: nll / count, ppl: Math.exp(nll / count) };
 }

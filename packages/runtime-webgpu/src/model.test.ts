@@ -128,6 +128,24 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
         const pc = node.perplexity(cpu, text, { context: 64 });
         expect(pg.tokens).toBe(pc.tokens);
         expect(Math.abs(pg.ppl - pc.ppl) / pc.ppl).toBeLessThan(1e-4);
+        // overlapping windows over a text longer than one: the same tokens scored with the same left context
+        const long = Array.from({ length: 45 }, (_, i) => (i * 37 + 11) % 2048);
+        const seenG: number[] = [];
+        const seenC: number[] = [];
+        const wg = await perplexity(model, long, {
+          context: 16,
+          stride: 7,
+          onProgress: (d) => seenG.push(d),
+        });
+        const wc = node.perplexity(cpu, long, { context: 16, stride: 7, onProgress: (d) => seenC.push(d) });
+        expect(wg.tokens).toBe(44);
+        expect(wc.tokens).toBe(44);
+        expect(seenG).toEqual(seenC);
+        // the windows matter: one 45-token window scores the same tokens with more context, a different value
+        const one = node.perplexity(cpu, long, { context: 64 });
+        expect(Math.abs(one.ppl - wc.ppl) / wc.ppl).toBeGreaterThan(1e-3);
+        expect(Math.abs(wg.ppl - wc.ppl) / wc.ppl).toBeLessThan(1e-4);
+        await expect(perplexity(model, long, { context: 65 })).rejects.toMatchObject({ code: 'E_VALUE' });
       } finally {
         model.dispose();
       }
