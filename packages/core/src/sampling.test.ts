@@ -49,6 +49,15 @@ describe('sampleToken (the runtimes shared sampler)', () => {
     expect(sampleToken(logits, { temperature: 0.7, topK: 1 }, new Rng(1))).toBe(1);
   });
 
+  it('takes a fractional top-k as its integer part', () => {
+    for (let seed = 1; seed <= 50; seed++) {
+      expect(sampleToken(logits, { temperature: 5, topK: 1.5 }, new Rng(seed))).toBe(1);
+      expect(sampleToken(logits, { temperature: 5, topK: 2.7 }, new Rng(seed))).toBe(
+        sampleToken(logits, { temperature: 5, topK: 2 }, new Rng(seed)),
+      );
+    }
+  });
+
   it('draws from the tempered softmax: frequencies over 20 000 seeded draws match the probabilities', () => {
     const rng = new Rng(5);
     const counts = new Array<number>(5).fill(0);

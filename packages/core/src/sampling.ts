@@ -105,7 +105,7 @@ export function sampleToken(logits: Float64Array, options: GenerateOptions, rng:
   for (let i = 1; i < l.length; i++) if (l[i]! > l[best]!) best = i;
   if (temp <= 0) return best;
   const V = l.length;
-  const k = o.topK && o.topK > 0 ? Math.min(o.topK, V) : V;
+  const k = o.topK && o.topK >= 1 ? Math.min(Math.floor(o.topK), V) : V; // a fraction counts as its integer part
   const mx = l[best]!;
   const rank = new RankOrder(l);
   const weight = (i: number) => Math.exp((l[i]! - mx) / temp);

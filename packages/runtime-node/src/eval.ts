@@ -9,8 +9,10 @@ export interface PerplexityResult {
 }
 
 /**
- * Perplexity of `ids` with windows of `context` tokens moved by `stride` (default: non-overlapping). Every token after
- * the first of the text is scored exactly once, with as much left context as the window allows.
+ * Perplexity of `ids` with windows of `context` tokens moved by `stride` (default: non-overlapping). No token is scored
+ * twice, each with as much left context as its window allows. With overlapping windows (`stride < context`) every
+ * token after the first of the text is scored; with non-overlapping ones the first token of each later window, which
+ * has no left context in it, is not.
  */
 export function perplexity(
   model: LlamaModel,

@@ -5,7 +5,7 @@
  *   bench.mjs          bench/run.ts bundled with every @caldera package it imports (esbuild)
  *   node_modules/webgpu the Dawn binding, its Linux x86-64 binary xz-compressed
  *   node.xz            this Node.js executable, xz-compressed
- *   debs/              Debian's Vulkan loader (libvulkan1), for machines without one
+ *   debs/              Debian's Vulkan loader (libvulkan1; its data.tar.xz unpacks with dpkg or Python alone)
  *   run.sh             unpacks what is missing and runs the benchmark (arguments are passed on)
  * Copy the whole repository checkout (the bench reads packages/reference-model/model) and run
  * `sh packages/runtime-webgpu/.gpu-bench/run.sh`; JSON Lines go to stdout and to `$RESULTS_DIR/webgpu-bench.jsonl`.
@@ -44,6 +44,9 @@ const wdst = join(out, 'node_modules/webgpu');
 mkdirSync(join(wdst, 'dist/linux-x64'), { recursive: true });
 for (const f of ['index.js', 'package.json', 'LICENSE.md']) copyFileSync(join(webgpu, f), join(wdst, f));
 xz(join(webgpu, 'dist/linux-x64/dawn.node'), join(wdst, 'dist/linux-x64/dawn.node.xz'));
+// the Node.js executable travels alone: one linked against a shared libnode (some distributions) would not run there
+if (/libnode/.test(execFileSync('ldd', [process.execPath], { encoding: 'utf8' })))
+  throw new Error(`${process.execPath} needs a shared libnode: bundle with a self-contained Node.js build`);
 xz(process.execPath, join(out, 'node.xz'));
 
 mkdirSync(join(out, 'debs'));
@@ -57,7 +60,12 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 work=\${TMPDIR:-/tmp}/caldera-gpu-bench
 mkdir -p "$work"
-unxz() { if command -v xz >/dev/null; then xz -dc "$1" > "$2"; else python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"; fi; }
+# decompress $1 to $2 through a temporary file, so an interrupted run never leaves a truncated $2
+unxz() {
+  if command -v xz >/dev/null; then xz -dc "$1" > "$2.part"
+  else python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2.part"; fi
+  mv "$2.part" "$2"
+}
 [ -x "$work/node" ] || { unxz "$here/node.xz" "$work/node"; chmod +x "$work/node"; }
 dawn="$here/node_modules/webgpu/dist/linux-x64/dawn.node"
 [ -f "$dawn" ] || unxz "$dawn.xz" "$dawn"
@@ -86,7 +94,12 @@ if [ -z "\${VK_DRIVER_FILES:-}\${VK_ICD_FILENAMES:-}" ] && [ -f "$icd" ]; then
   export VK_DRIVER_FILES="$icd" VK_ICD_FILENAMES="$icd"
 fi
 "$work/node" --version
-"$work/node" "$here/bench.mjs" "$@" | tee "\${RESULTS_DIR:-.}/webgpu-bench.jsonl"
+# the bench's exit status, not tee's; and no adapter (the bench then prints why and exits 0) is a failure here
+results="\${RESULTS_DIR:-.}/webgpu-bench.jsonl"
+{ "$work/node" "$here/bench.mjs" "$@"; echo $? > "$work/status"; } | tee "$results"
+status=$(cat "$work/status")
+[ "$status" = 0 ] || exit "$status"
+grep -q '"case":"webgpu_decode_caldera_tok_s"' "$results" || { echo 'run.sh: the bench measured nothing (no GPU adapter?)' >&2; exit 1; }
 `;
 writeFileSync(join(out, 'run.sh'), run);
 chmodSync(join(out, 'run.sh'), 0o755);

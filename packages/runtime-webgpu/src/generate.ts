@@ -77,8 +77,10 @@ export interface PerplexityOptions {
 
 /**
  * Perplexity of `tokens` with windows of `context` tokens moved by `stride`, scored as runtime-node's `perplexity`
- * does: every token after the first is scored exactly once, with as much left context as its window allows. Each
- * window starts from an empty cache and runs in batches of `model.prefillChunk` tokens.
+ * does: no token is scored twice, each with as much left context as its window allows. With overlapping windows
+ * (`stride < context`) every token after the first is scored; with the default `stride = context` the windows do
+ * not overlap and the first token of each later window, which has no left context in it, is not. Each window starts
+ * from an empty cache and runs in batches of `model.prefillChunk` tokens.
  */
 export async function perplexity(
   model: WebGpuModel,

@@ -116,6 +116,27 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
         expect(err).toBeLessThan(1e-4);
         model.dispose();
       }
+      // layers whose metadata omits ftRank (the checkpoint reader takes it as 0): the memory plan still counts the
+      // packed L̂ and R̂, exactly as uploaded
+      const noFt = Object.fromEntries(
+        Object.entries(layers).map(([k, m]) => {
+          const rest: Record<string, unknown> = { ...(m as Record<string, unknown>) };
+          delete rest.ftRank;
+          return [k, rest];
+        }),
+      );
+      await writeFile(
+        join(one, 'caldera.json'),
+        JSON.stringify({ format: 'caldera', version: 1, layers: noFt }),
+      );
+      let planned = 0;
+      const loaded = await loadModelFromUrl(d, 'http://models.test/m', {
+        fetch: dirFetch(one, []),
+        contextLength: 8,
+        onPlan: (p) => (planned = p.weightBytes),
+      });
+      expect(planned).toBe(loaded.model.weightBytes);
+      loaded.model.dispose();
       // a missing config is an E_IO naming the URL
       await expect(
         loadModelFromUrl(d, 'http://models.test/m/', { fetch: dirFetch(join(one, 'nope'), []) }),

@@ -137,7 +137,7 @@ export async function planMemory(
       if (meta.codecs.Q !== 'e8p12') add(plane2(meta.codecs.Q, (mp * np) / 8), `${name}.Q_resid`);
       // as GpuCalderaLinear uploads them: lattice-coded L̂, R̂ packed (L̂'s planes in one buffer), dense factors
       // and the LoRA pair as f32
-      const kf = meta.ftRank;
+      const kf = meta.ftRank ?? 0; // a layer without ftRank has no LoRA pair, as @caldera/lowrank reads it
       const kq = meta.rank - kf;
       const lattice = kq > 0 && meta.codecs.L !== 'f16' && meta.codecs.R !== 'f16';
       if (lattice) {

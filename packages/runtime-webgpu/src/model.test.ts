@@ -145,6 +145,14 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
         const one = node.perplexity(cpu, long, { context: 64 });
         expect(Math.abs(one.ppl - wc.ppl) / wc.ppl).toBeGreaterThan(1e-3);
         expect(Math.abs(wg.ppl - wc.ppl) / wc.ppl).toBeLessThan(1e-4);
+        // a window longer than a prefill batch (32) plus the stride: the second window runs its first batch
+        // unscored (those tokens were scored by the first window)
+        const longer = Array.from({ length: 46 }, (_, i) => (i * 53 + 7) % 2048);
+        const sg = await perplexity(model, longer, { context: 40, stride: 6 });
+        const sc = node.perplexity(cpu, longer, { context: 40, stride: 6 });
+        expect(sg.tokens).toBe(45);
+        expect(sc.tokens).toBe(45);
+        expect(Math.abs(sg.ppl - sc.ppl) / sc.ppl).toBeLessThan(1e-4);
         await expect(perplexity(model, long, { context: 65 })).rejects.toMatchObject({ code: 'E_VALUE' });
       } finally {
         model.dispose();
