@@ -96,7 +96,8 @@ fi
 "$work/node" --version
 # the bench's exit status, not tee's; and no adapter (the bench then prints why and exits 0) is a failure here
 results="\${RESULTS_DIR:-.}/webgpu-bench.jsonl"
-{ "$work/node" "$here/bench.mjs" "$@"; echo $? > "$work/status"; } | tee "$results"
+rm -f "$work/status"
+{ "$work/node" "$here/bench.mjs" "$@" && s=0 || s=$?; echo "$s" > "$work/status"; } | tee "$results"
 status=$(cat "$work/status")
 [ "$status" = 0 ] || exit "$status"
 grep -q '"case":"webgpu_decode_caldera_tok_s"' "$results" || { echo 'run.sh: the bench measured nothing (no GPU adapter?)' >&2; exit 1; }
