@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { Rng, validateCalderaCheckpoint } from '@caldera/core';
+import { Rng } from '@caldera/core';
 import { toCheckpointTensors } from './decomposition.js';
 import { randomDecomposition } from './random.js';
+import { validateLayer } from './test-util.js';
 
 describe('randomDecomposition', () => {
   for (const [m, n, rank] of [
@@ -11,22 +12,11 @@ describe('randomDecomposition', () => {
     it(`${m}×${n}, rank ${rank}: a valid checkpoint layer whose bitsPerWeight is its stored bytes`, () => {
       const d = randomDecomposition(m, n, rank, new Rng(5));
       expect(d.padded).toEqual(m === 20 ? [24, 40] : [64, 128]);
-      const { tensors, meta } = toCheckpointTensors('layer', d);
+      const ck = toCheckpointTensors('layer', d);
       // the checkpoint validator checks every tensor's name, dtype and shape against the layer's metadata
-      validateCalderaCheckpoint(
-        {
-          format: 'caldera',
-          version: 1,
-          method: 'caldera',
-          options: {},
-          seed: 0,
-          bitsPerWeight: 2,
-          layers: { layer: meta },
-        },
-        tensors,
-      );
+      validateLayer('layer', ck);
       let bytes = 0;
-      for (const t of Object.values(tensors)) bytes += t.data.byteLength;
+      for (const t of Object.values(ck.tensors)) bytes += t.data.byteLength;
       expect(d.bitsPerWeight * m * n).toBe(8 * bytes);
       expect(d.paperBitsPerWeight).toBeCloseTo(2 + (rank * 4 * (m + n)) / (m * n), 12);
     });

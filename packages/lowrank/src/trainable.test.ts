@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Rng, tensor, validateCalderaCheckpoint, type CalderaLayerMeta, type Tensor } from '@caldera/core';
+import { Rng, tensor, type Tensor } from '@caldera/core';
 import { caldera } from './caldera.js';
 import {
   applyDecomposition,
@@ -8,6 +8,7 @@ import {
   toCheckpointTensors,
   withTrainableFactors,
 } from './decomposition.js';
+import { validateLayer } from './test-util.js';
 
 function randomMatrix(m: number, n: number, seed: number): Tensor<'f32'> {
   const rng = new Rng(seed);
@@ -67,23 +68,13 @@ describe('withTrainableFactors (LoRA split, algorithm brief §7.1)', () => {
 
   it('round-trips through the checkpoint tensors (L_ft with g folded in) and validates', () => {
     const s = withTrainableFactors(d, 2);
-    const { tensors, meta } = toCheckpointTensors('blk.q', s);
+    const ck = toCheckpointTensors('blk.q', s);
+    const { tensors, meta } = ck;
     expect(meta.rank).toBe(6);
     expect(meta.ftRank).toBe(2);
     expect(tensors['blk.q.caldera.L_ft']!.shape).toEqual([24, 2]);
     expect(tensors['blk.q.caldera.L']!.shape).toEqual([4, 3]);
-    validateCalderaCheckpoint(
-      {
-        format: 'caldera',
-        version: 1,
-        method: 'caldera',
-        options: {},
-        seed: 0,
-        bitsPerWeight: meta.bitsPerWeight,
-        layers: { 'blk.q': meta as CalderaLayerMeta },
-      },
-      tensors,
-    );
+    validateLayer('blk.q', ck);
     const back = fromCheckpointTensors('blk.q', (k) => tensors[k], meta);
     expect(back.ft!.rank).toBe(2);
     // folding g into Q_scale / L_scale / L_ft rounds each once in f32: relative 1e-6 of O(1) outputs
