@@ -1,5 +1,5 @@
-// Loads /model/ (dist/model/, a Caldera checkpoint) onto WebGPU and streams tokens into the page with tokens/s, the
-// checkpoint's bits per weight and the GPU memory in use. The tokenizer is the checkpoint's tokenizer.json run by
+// Loads /model/ (dist/model/, a Caldera checkpoint) onto WebGPU, with download and upload progress, and streams tokens
+// into the page with tokens/s, the checkpoint's bits per weight and the GPU memory in use. The tokenizer is the checkpoint's tokenizer.json run by
 // @huggingface/tokenizers. A service worker (sw.js) keeps the page, the bundle and the checkpoint for offline use.
 import { Tokenizer } from '@huggingface/tokenizers';
 import { createDevice, generate, loadModelFromUrl } from '@caldera/runtime-webgpu';
@@ -44,6 +44,12 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   const { model, config, calderaMeta, linearBitsPerWeight } = await loadModelFromUrl(dev, '/model/', {
     contextLength: 512,
+    onDownload: ({ file, bytes, total }) =>
+      (status.textContent =
+        `downloading ${file}: ${MiB(bytes)}` +
+        (total ? ` of ${MiB(total)} MiB (${((100 * bytes) / total).toFixed(0)} %)` : ' MiB')),
+    onProgress: ({ block, blocks }) =>
+      (status.textContent = `uploading to the GPU: block ${block} of ${blocks}`),
   });
   const tokJson = await (await fetch('/model/tokenizer.json')).json();
   const tokCfg = await fetch('/model/tokenizer_config.json').then((r) => (r.ok ? r.json() : {}));

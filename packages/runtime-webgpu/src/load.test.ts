@@ -63,7 +63,16 @@ function dirFetch(dir: string, seen: string[]): typeof fetch {
     const file = String(url).replace('http://models.test/m/', '');
     seen.push(file);
     try {
-      return new Response(await readFile(join(dir, file)));
+      const body = await readFile(join(dir, file));
+      // streamed in 4 KiB chunks, as a network delivers it
+      let at = 0;
+      const stream = new ReadableStream<Uint8Array>({
+        pull(controller) {
+          if (at >= body.byteLength) controller.close();
+          else controller.enqueue(new Uint8Array(body.subarray(at, (at += 4096))));
+        },
+      });
+      return new Response(stream, { headers: { 'content-length': String(body.byteLength) } });
     } catch {
       return new Response('not found', { status: 404 });
     }
@@ -102,10 +111,28 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
         [two, ['config.json', 'caldera.json', 'model.safetensors', 'model.safetensors.index.json']],
       ] as const) {
         const seen: string[] = [];
+        const progress: { file: string; bytes: number; total: number | null }[] = [];
         const { model, calderaMeta } = await loadModelFromUrl(d, 'http://models.test/m', {
           fetch: dirFetch(dir, seen),
           contextLength: 8,
+          onDownload: (e) => progress.push(e),
         });
+        // download progress of every weight file: from 0, never backwards, ending at its Content-Length
+        const weightFiles =
+          dir === one
+            ? ['model.safetensors']
+            : ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors'];
+        expect([...new Set(progress.map((e) => e.file))]).toEqual(weightFiles);
+        for (const f of weightFiles) {
+          const events = progress.filter((e) => e.file === f);
+          const size = (await readFile(join(dir, f))).byteLength;
+          expect(events[0]!.bytes).toBe(0);
+          expect(
+            events.every((e, i) => e.total === size && (i === 0 || e.bytes >= events[i - 1]!.bytes)),
+          ).toBe(true);
+          expect(events.at(-1)!.bytes).toBe(size);
+          expect(events.length).toBe(Math.ceil(size / 4096) + 1);
+        }
         expect(Object.keys(calderaMeta!.layers)).toEqual(['model.layers.0.mlp.up_proj']);
         expect(seen.slice(0, files.length)).toEqual(files);
         if (dir === two) expect(seen.filter((s) => s.endsWith('-of-00002.safetensors'))).toHaveLength(2);

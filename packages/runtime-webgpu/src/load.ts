@@ -344,6 +344,37 @@ export async function loadModel(
 export interface UrlLoadOptions extends LoadOptions {
   /** The fetch to use (default `globalThis.fetch`). */
   fetch?: typeof fetch;
+  /**
+   * Download progress of the weight files (`model.safetensors` or each shard), called as bytes arrive: bytes so far
+   * and the file's `Content-Length` (null when the server sends none).
+   */
+  onDownload?: (e: { file: string; bytes: number; total: number | null }) => void;
+}
+
+/**
+ * The body of `r` as a `Blob`, reporting bytes as they arrive: each chunk passes once through a counting stream on its
+ * way, unchanged, to `Response.blob()`; nothing is kept or copied in JavaScript.
+ */
+async function blobWithProgress(
+  r: Response,
+  file: string,
+  onDownload: UrlLoadOptions['onDownload'],
+): Promise<Blob> {
+  if (!onDownload || !r.body) return r.blob();
+  const length = Number(r.headers.get('content-length'));
+  const total = Number.isFinite(length) && length > 0 ? length : null;
+  let bytes = 0;
+  onDownload({ file, bytes, total });
+  const counted = r.body.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        bytes += chunk.byteLength;
+        onDownload({ file, bytes, total });
+        controller.enqueue(chunk);
+      },
+    }),
+  );
+  return new Response(counted).blob();
 }
 
 /**
@@ -374,12 +405,12 @@ export async function loadModelFromUrl(
   const calderaMeta = cr ? ((await cr.json()) as CalderaMeta) : null;
   const single = await get('model.safetensors', true);
   let store: TensorStore;
-  if (single) store = await openSafetensors(await single.blob(), 'model.safetensors');
+  const weights = async (r: Response, file: string) =>
+    openSafetensors(await blobWithProgress(r, file, options.onDownload), file);
+  if (single) store = await weights(single, 'model.safetensors');
   else {
     const index = parseSafetensorsIndex(await (await get('model.safetensors.index.json', false))!.json());
-    store = new ShardedSafetensorsReader(index, async (file) =>
-      openSafetensors(await (await get(file, false))!.blob(), file),
-    );
+    store = new ShardedSafetensorsReader(index, async (file) => weights((await get(file, false))!, file));
   }
   try {
     return await loadModelFromStore(dev, { config, calderaMeta, store }, options);
