@@ -4,9 +4,11 @@ import type { WebGpuModel } from './model.js';
 export type { GenerateOptions } from '@caldera/core';
 
 /**
- * Generate token ids after `prompt`, one at a time, on the GPU. The model's KV cache is reset first. Greedy decoding
- * reads back 4 bytes per token (the GPU argmax); sampling reads back the logits and samples on the CPU exactly as
- * runtime-node does (same Rng, same order of operations), so the same logits give the same tokens.
+ * Generate token ids after `prompt`, one at a time, on the GPU. The model's KV cache is kept for the longest prefix of
+ * `prompt` it already holds (the earlier turns of a chat whose next prompt extends the last one: only the new tokens
+ * are run) and forgotten after it. Greedy decoding reads back 4 bytes per token (the GPU argmax); sampling reads
+ * back the logits and samples on the CPU exactly as runtime-node does (same Rng, same order of operations), so the
+ * same logits give the same tokens.
  */
 export async function* generate(
   model: WebGpuModel,
@@ -23,14 +25,18 @@ export async function* generate(
       'E_VALUE',
       `generate: prompt of ${prompt.length} tokens exceeds the context ${capacity}`,
     );
-  model.reset();
+  // the cached prefix (at most all but the last prompt token, which must run to give the first logits)
+  const cached = model.tokens;
+  let keep = 0;
+  while (keep < prompt.length - 1 && keep < cached.length && cached[keep] === prompt[keep]) keep++;
+  model.truncate(keep);
   const pen = options.repetitionPenalty ?? 1;
   const greedy = (options.temperature ?? 0) <= 0 && pen === 1;
   const rng = new Rng(options.seed ?? 0);
   const seen = new Set<number>(Array.from(prompt));
   const produced: number[] = [];
-  // prefill all but the last prompt token in batches (one pass per model.prefillChunk tokens)
-  await model.prefill(Array.from(prompt).slice(0, -1), options.signal ? { signal: options.signal } : {});
+  // prefill the rest but the last prompt token in batches (one pass per model.prefillChunk tokens)
+  await model.prefill(Array.from(prompt).slice(keep, -1), options.signal ? { signal: options.signal } : {});
   let last = prompt[prompt.length - 1]!;
   // as runtime-node: min(maxTokens, capacity − prompt length) tokens
   for (let n = 0; n < maxTokens && prompt.length + n < capacity; n++) {

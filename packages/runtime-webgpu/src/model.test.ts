@@ -118,6 +118,22 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
         const c = await collect(node.generate(cpu, PROMPT, { maxTokens: 12 }));
         expect(g).toHaveLength(12);
         expect(g).toEqual(c);
+        // a follow-up turn extends the sequence: only its new tokens run (the cache holds the prompt and the first
+        // 11 generated tokens), and it gives the tokens of a run from an empty cache
+        const turn2 = [...PROMPT, ...g, 17, 99];
+        expect(model.tokens).toEqual([...PROMPT, ...g.slice(0, 11)]);
+        let ran = 0;
+        const stepBatch = model.stepBatch.bind(model);
+        model.stepBatch = ((t: number[], o: 'none') => {
+          ran += t.length;
+          return stepBatch(t, o);
+        }) as typeof model.stepBatch;
+        const reused = await collect(generate(model, turn2, { maxTokens: 6 }));
+        model.stepBatch = stepBatch;
+        expect(ran).toBe(2 + 6); // g[11] and 17 prefilled, then 99 and five generated tokens stepped
+        model.reset();
+        expect(reused).toEqual(await collect(generate(model, turn2, { maxTokens: 6 })));
+        expect(() => model.truncate(model.length + 1)).toThrow(CalderaError);
         // sampling reads logits back and uses runtime-node's sampler and Rng: same tokens for the same seed
         const opts = { maxTokens: 6, temperature: 0.8, topK: 20, topP: 0.95, seed: 3 };
         expect(await collect(generate(model, PROMPT, opts))).toEqual(

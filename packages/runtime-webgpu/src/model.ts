@@ -117,6 +117,8 @@ export class WebGpuModel {
   private readonly readLogits: GPUBuffer;
   private readonly readArgmax: GPUBuffer;
   private pos = 0;
+  /** Token ids at positions [0, pos). */
+  private readonly history: number[] = [];
   private busy = false;
   private disposed = false;
 
@@ -275,6 +277,11 @@ export class WebGpuModel {
     return this.pos;
   }
 
+  /** The token ids in the KV cache, in position order. */
+  get tokens(): readonly number[] {
+    return this.history;
+  }
+
   /** Kernel launches per token. */
   get dispatchesPerToken(): number {
     return this.program.length + this.head.length;
@@ -282,7 +289,21 @@ export class WebGpuModel {
 
   /** Forget the sequence: the next token is at position 0. */
   reset(): void {
-    this.pos = 0;
+    this.truncate(0);
+  }
+
+  /**
+   * Keep the first `length` tokens of the sequence and forget the rest: the next token is at position `length`.
+   * The cached keys and values of those tokens depend on nothing after them, so they stay valid.
+   */
+  truncate(length: number): void {
+    if (!Number.isInteger(length) || length < 0 || length > this.pos)
+      throw new CalderaError(
+        'E_VALUE',
+        `truncate: length must be an integer in [0, ${this.pos}], got ${length}`,
+      );
+    this.pos = length;
+    this.history.length = length;
   }
 
   /**
@@ -345,6 +366,7 @@ export class WebGpuModel {
       if (output === 'argmax') enc.copyBufferToBuffer(this.argmaxBuf, 0, this.readArgmax, 0, 16);
       dev.queue.submit([enc.finish()]);
       this.pos += T;
+      for (const id of ids) this.history.push(id);
       if (output === 'none') return null;
       const staging = output === 'argmax' ? this.readArgmax : this.readLogits;
       await staging.mapAsync(MAP_READ_MODE, 0, output === 'argmax' ? 16 : bytes);
