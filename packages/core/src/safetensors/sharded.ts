@@ -51,7 +51,7 @@ export function parseSafetensorsIndex(
 
 /**
  * A sharded checkpoint: one logical tensor store over several safetensors shards. Shards are opened lazily,
- * the first time one of their tensors (or {@link ShardedSafetensorsReader.info}) is needed, so opening reads
+ * the first time one of their tensors (or {@link ShardedSafetensorsReader.tensorInfo}) is needed, so opening reads
  * only the index. Create with {@link openShardedSafetensors}.
  */
 export class ShardedSafetensorsReader implements TensorStore {

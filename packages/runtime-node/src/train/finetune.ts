@@ -110,7 +110,7 @@ export function prepareLoraFinetune(
   loaded: LoadedModel,
   ftRank: number,
   teacher?: Teacher,
-  options: LoraFinetuneOptions = {},
+  options: LoraPrepareOptions = {},
 ): FinetuneSetup {
   const { frozen, compressed } = frozenBase(loaded);
   // the dense base of each compressed layer: f32, or f16 bits with `halfBase` (converted back where used)
@@ -142,7 +142,7 @@ export function prepareLoraFinetune(
 }
 
 /** Options of {@link prepareLoraFinetune}. */
-export interface LoraFinetuneOptions {
+export interface LoraPrepareOptions {
   /** Activation checkpointing in the objective (see `lossAndGrad`; default false). */
   checkpoint?: boolean;
   /**
