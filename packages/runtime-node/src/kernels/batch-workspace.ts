@@ -3,7 +3,7 @@ import { gemm, gemmInto, type Pool } from '@caldera/linalg';
 import { e8pGrid } from '@caldera/quant';
 import { BATCH_WASM_BASE64 } from '../generated/batch-wasm.js';
 import { e8pLutTables } from './e8p-lut.js';
-import { align16, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
+import { align16, bumpAllocator, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
 
 /** `{ pool }` for linalg calls when one is given (exactOptionalPropertyTypes: no `pool: undefined`). */
 export function poolOf(pool: Pool | undefined): { pool?: Pool } {
@@ -174,12 +174,7 @@ export class BatchWorkspace {
     const groups = np / 8;
     const R = Math.min(rows, CHUNK_ROWS);
     const QB = Math.min(mp, Q_BLOCK_ROWS);
-    let top = TABLES_END;
-    const alloc = (bytes: number) => {
-      const at = top;
-      top += align16(bytes);
-      return at;
-    };
+    const { alloc, end } = bumpAllocator(TABLES_END);
     const at = {
       su: alloc(np * 4),
       sv: alloc(mp * 4),
@@ -194,7 +189,7 @@ export class BatchWorkspace {
       codes: alloc(QB * groups * 2),
       q: alloc(QB * np * 4),
     };
-    const ins = this.grown(top);
+    const ins = this.grown(end());
     const buf = ins.memory.buffer;
     const f32 = (addr: number, len: number) => new Float32Array(buf, addr, len);
     f32(at.su, np).set(layer.su);

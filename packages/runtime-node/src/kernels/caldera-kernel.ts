@@ -1,6 +1,6 @@
 import { hadamardBase, hadamardFactor } from '@caldera/linalg';
 import { latticeDecode, type Decomposition } from '@caldera/lowrank';
-import { align16, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
+import { bumpAllocator, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
 import { CALDERA_WASM_BASE64 } from '../generated/caldera-wasm.js';
 import type { CalderaBatchLayer } from './batch-workspace.js';
 import { e8pLutTables } from './e8p-lut.js';
@@ -108,12 +108,7 @@ export class CalderaKernel {
     const mixOut = d.hadamard ? blockMix(mp, true) : null;
     // fixed at the start (asm/e8p.ts): the index maps and two groups' half tables; then bump allocation
     if (t.p1.length !== 128 || t.p2.length !== 128 || mp % 2 !== 0) return null; // 32 patterns per half; even rows
-    let top = E8P_FIXED_END;
-    const alloc = (bytes: number) => {
-      const at = top;
-      top += align16(bytes);
-      return at;
-    };
+    const { alloc, end } = bumpAllocator(E8P_FIXED_END);
     const at = {
       layer: alloc(LAYER_FIELDS.length * 4),
       p1: alloc(t.p1.length * 4),
@@ -132,7 +127,7 @@ export class CalderaKernel {
       z: alloc(k * 4),
       tmp: alloc(Math.max(np, mp) * 4),
     };
-    const pages = Math.ceil(top / 65536);
+    const pages = Math.ceil(end() / 65536);
     let memory: WebAssembly.Memory;
     let run: (layer: number, rows: number) => void;
     let exports: WebAssembly.Exports;

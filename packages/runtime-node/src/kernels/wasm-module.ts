@@ -35,3 +35,19 @@ export function checkHeapBase(exports: WebAssembly.Exports, what: string): void 
 export function align16(bytes: number): number {
   return Math.ceil(bytes / 16) * 16;
 }
+
+/**
+ * Lays buffers out one after another from `start`: `alloc(bytes)` returns the next address, each buffer 16-byte
+ * aligned ({@link align16}); `end()` is the first address past them all.
+ */
+export function bumpAllocator(start: number): { alloc(bytes: number): number; end(): number } {
+  let top = start;
+  return {
+    alloc(bytes) {
+      const at = top;
+      top += align16(bytes);
+      return at;
+    },
+    end: () => top,
+  };
+}
