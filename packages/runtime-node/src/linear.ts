@@ -73,6 +73,21 @@ function transposedView(y: Float32Array, rows: number, m: number, i0: number, c:
   return { dtype: 'f32', shape: [c, rows], strides: [1, m], offset: i0, data: y };
 }
 
+/** `y += (x·rᵀ)·lᵀ` for `rows` rows of x (`[rows, np]`), r `[k, np]`, l `[mp, k]`, y `[rows, mp]`: two gemms. */
+function addLowRankProduct(
+  y: Float32Array,
+  x: Float32Array,
+  rows: number,
+  r: Tensor<'f32'>,
+  l: Tensor<'f32'>,
+  pool: Pool | undefined,
+): void {
+  const opts = { transB: true, checkFinite: false, ...poolOf(pool) };
+  const z = gemm(tensor('f32', [rows, r.shape[1]!], x), r, opts); // rows × k
+  const lr = gemm(z, l, opts).data; // rows × mp
+  for (let i = 0; i < y.length; i++) y[i]! += lr[i]!;
+}
+
 function addBias(y: Float32Array, rows: number, bias: Float32Array | null): Float32Array {
   if (!bias) return y;
   const m = bias.length;
@@ -325,26 +340,10 @@ export class CalderaLinear implements Linear {
         const lr = new Float32Array(rows * mp);
         this.lProduct!.run(z, rows, lr);
         for (let i = 0; i < lr.length; i++) yr[i]! += lr[i]!;
-      } else {
-        const z = gemm(tensor('f32', [rows, np], xr), this.r, {
-          transB: true,
-          checkFinite: false,
-          ...poolOf(options.pool),
-        }); // rows × k
-        const lr = gemm(z, this.l, { transB: true, checkFinite: false, ...poolOf(options.pool) }).data; // rows × mp
-        for (let i = 0; i < yr.length; i++) yr[i]! += lr[i]!;
-      }
+      } else addLowRankProduct(yr, xr, rows, this.r, this.l, options.pool);
     }
-    if (this.ftL && this.ftR) {
-      // LoRA part: yr += (x'·R_ftᵀ)·L_ftᵀ
-      const z = gemm(tensor('f32', [rows, np], xr), this.ftR, {
-        transB: true,
-        checkFinite: false,
-        ...poolOf(options.pool),
-      }); // rows × kf
-      const lr = gemm(z, this.ftL, { transB: true, checkFinite: false, ...poolOf(options.pool) }).data; // rows × mp
-      for (let i = 0; i < yr.length; i++) yr[i]! += lr[i]!;
-    }
+    // LoRA part: yr += (x'·R_ftᵀ)·L_ftᵀ
+    if (this.ftL && this.ftR) addLowRankProduct(yr, xr, rows, this.ftR, this.ftL, options.pool);
     if (d.hadamard) hadamardRowsInPlace(yr, rows, mp, { transpose: true });
     const y = new Float32Array(rows * m);
     for (let r = 0; r < rows; r++)
