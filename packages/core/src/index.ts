@@ -9,3 +9,4 @@ export * from './safetensors/index.js';
 export * from './checkpoint/index.js';
 export * from './model-config.js';
 export * from './sampling.js';
+export * from './perplexity.js';

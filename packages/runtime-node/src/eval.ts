@@ -1,4 +1,4 @@
-import { CalderaError, throwIfAborted } from '@caldera/core';
+import { CalderaError, perplexityWindows, throwIfAborted, tokenNll } from '@caldera/core';
 import type { LlamaModel } from './model.js';
 
 /** Result of {@link perplexity}. */
@@ -32,24 +32,15 @@ export function perplexity(
   const V = model.config.vocabSize;
   let nll = 0;
   let count = 0;
-  let scoredUpTo = 0; // tokens [1, scoredUpTo) already scored
-  for (let start = 0; scoredUpTo < ids.length; start += stride) {
+  for (const { start, end, from } of perplexityWindows(ids.length, context, stride)) {
     throwIfAborted(options.signal, 'perplexity');
-    const end = Math.min(ids.length, start + context);
     const window = Array.from({ length: end - start }, (_, i) => ids[start + i]!);
     const logits = model.forward(window);
-    for (let p = Math.max(scoredUpTo, start + 1); p < end; p++) {
-      const row = p - start - 1;
-      let mx = -Infinity;
-      for (let v = 0; v < V; v++) mx = Math.max(mx, logits[row * V + v]!);
-      let se = 0;
-      for (let v = 0; v < V; v++) se += Math.exp(logits[row * V + v]! - mx);
-      nll += Math.log(se) + mx - logits[row * V + ids[p]!]!;
+    for (let p = from; p < end; p++) {
+      nll += tokenNll(logits, (p - start - 1) * V, V, ids[p]!);
       count++;
     }
-    scoredUpTo = end;
-    options.onProgress?.(scoredUpTo, ids.length);
-    if (end === ids.length) break;
+    options.onProgress?.(end, ids.length);
   }
   return { tokens: count, nll: nll / count, ppl: Math.exp(nll / count) };
 }

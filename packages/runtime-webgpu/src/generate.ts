@@ -1,4 +1,12 @@
-import { CalderaError, Rng, sampleToken, throwIfAborted, type GenerateOptions } from '@caldera/core';
+import {
+  CalderaError,
+  perplexityWindows,
+  Rng,
+  sampleToken,
+  throwIfAborted,
+  tokenNll,
+  type GenerateOptions,
+} from '@caldera/core';
 import type { WebGpuModel } from './model.js';
 
 export type { GenerateOptions } from '@caldera/core';
@@ -106,12 +114,9 @@ export async function perplexity(
   const V = model.config.vocabSize;
   let nll = 0;
   let count = 0;
-  let scoredUpTo = 0; // tokens [1, scoredUpTo) already scored
-  for (let start = 0; scoredUpTo < tokens.length; start += stride) {
-    const end = Math.min(tokens.length, start + context);
+  for (const { start, end, from } of perplexityWindows(tokens.length, context, stride)) {
     model.reset();
-    // position p is predicted by the logits after token p − 1; only the last end − from inputs are scored
-    const from = Math.max(scoredUpTo, start + 1);
+    // position p is predicted by the logits after token p − 1
     for (let t0 = start; t0 < end - 1; t0 += model.prefillChunk) {
       throwIfAborted(options.signal, 'perplexity');
       const batch = Array.from(
@@ -119,23 +124,16 @@ export async function perplexity(
         (_, i) => tokens[t0 + i]!,
       );
       if (t0 + batch.length < from) {
-        await model.stepBatch(batch, 'none');
+        await model.stepBatch(batch, 'none'); // predicts only positions already scored
         continue;
       }
       const all = await model.stepBatch(batch, 'all');
       for (let r = Math.max(0, from - 1 - t0); r < batch.length; r++) {
-        const l = all.subarray(r * V, r * V + V);
-        let mx = -Infinity;
-        for (let i = 0; i < V; i++) if (l[i]! > mx) mx = l[i]!;
-        let s = 0;
-        for (let i = 0; i < V; i++) s += Math.exp(l[i]! - mx);
-        nll += mx + Math.log(s) - l[tokens[t0 + r + 1]!]!;
+        nll += tokenNll(all, r * V, V, tokens[t0 + r + 1]!);
         count++;
       }
     }
-    scoredUpTo = end;
-    options.onProgress?.(scoredUpTo, tokens.length);
-    if (end === tokens.length) break;
+    options.onProgress?.(end, tokens.length);
   }
   return { tokens: count, nll: nll / count, ppl: Math.exp(nll / count) };
 }

@@ -1,0 +1,49 @@
+import { describe, expect, it } from 'vitest';
+import { perplexityWindows, tokenNll } from './perplexity.js';
+
+/** Positions each window scores, in order. */
+function scored(length: number, context: number, stride: number): number[] {
+  const out: number[] = [];
+  for (const w of perplexityWindows(length, context, stride)) {
+    expect(w.end - w.start).toBeLessThanOrEqual(context);
+    expect(w.from).toBeGreaterThan(w.start); // a scored position has at least one token of context in its window
+    for (let p = w.from; p < w.end; p++) out.push(p);
+  }
+  return out;
+}
+
+describe('perplexityWindows', () => {
+  it('overlapping windows score every position after the first exactly once', () => {
+    for (const [n, c, s] of [
+      [45, 16, 7],
+      [46, 40, 6],
+      [2, 2, 1],
+      [100, 64, 8],
+    ] as const)
+      expect(scored(n, c, s)).toEqual(Array.from({ length: n - 1 }, (_, i) => i + 1));
+  });
+
+  it('non-overlapping windows leave each later window’s first position unscored', () => {
+    expect(scored(45, 16, 16)).toEqual(
+      [...Array(44).keys()].map((i) => i + 1).filter((p) => p !== 16 && p !== 32),
+    );
+    expect(scored(10, 16, 16)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]); // one window holds the whole text
+  });
+});
+
+describe('tokenNll', () => {
+  it('is −log softmax at the target, also for logits far from 0', () => {
+    const row = [0.5, -1, 2, 800, 799.5];
+    const at = (shift: number, target: number) =>
+      tokenNll(Float64Array.from([9, ...row.map((x) => x + shift)]), 1, row.length, target);
+    const direct = (target: number) => {
+      const z = row.reduce((a, x) => a + Math.exp(x - 800), 0);
+      return -(row[target]! - 800 - Math.log(z));
+    };
+    for (let t = 0; t < row.length; t++) {
+      // f64 throughout, logits of size ~800: a few ulps of 800
+      expect(Math.abs(at(0, t) - direct(t))).toBeLessThan(1e-12 * 800);
+      expect(Math.abs(at(-1000, t) - direct(t))).toBeLessThan(1e-12 * 1800);
+    }
+  });
+});
