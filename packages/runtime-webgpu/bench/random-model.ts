@@ -7,6 +7,8 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   blockLinearNames,
+  linearShape,
+  parseModelConfig,
   Rng,
   writeSafetensors,
   type RawTensorEntry,
@@ -85,20 +87,6 @@ function ones(n: number): RawTensorEntry {
   return { dtype: 'F16', shape: [n], data: new Uint8Array(new Uint16Array(n).fill(0x3c00).buffer) };
 }
 
-function linearShape(s: LlamaShape, kind: string): [number, number] {
-  const kv = s.kvHeads * (s.hidden / s.heads);
-  const shapes: Record<string, [number, number]> = {
-    q_proj: [s.hidden, s.hidden],
-    k_proj: [kv, s.hidden],
-    v_proj: [kv, s.hidden],
-    o_proj: [s.hidden, s.hidden],
-    gate_proj: [s.intermediate, s.hidden],
-    up_proj: [s.intermediate, s.hidden],
-    down_proj: [s.hidden, s.intermediate],
-  };
-  return shapes[kind]!;
-}
-
 /** Tensors shared by both checkpoints: embedding and norms. */
 function common(s: LlamaShape): Record<string, WritableTensor> {
   const t: Record<string, WritableTensor> = { 'model.embed_tokens.weight': halves([s.vocab, s.hidden], 1) };
@@ -114,11 +102,12 @@ function common(s: LlamaShape): Record<string, WritableTensor> {
 export async function writeRandomF16Model(dir: string, shape: LlamaShape): Promise<void> {
   await mkdir(dir, { recursive: true });
   const tensors = common(shape);
+  const cfg = parseModelConfig(config(shape));
   let seed = 2;
   for (let b = 0; b < shape.layers; b++)
     for (const { name } of blockLinearNames(b)) {
       const kind = name.slice(name.lastIndexOf('.') + 1);
-      tensors[`${name}.weight`] = halves(linearShape(shape, kind), seed++);
+      tensors[`${name}.weight`] = halves(linearShape(cfg, kind), seed++);
     }
   await writeSafetensors(join(dir, 'model.safetensors'), tensors);
   await writeFile(join(dir, 'config.json'), JSON.stringify(config(shape)));
@@ -131,6 +120,7 @@ export async function writeRandomF16Model(dir: string, shape: LlamaShape): Promi
 export async function writeRandomCalderaModel(dir: string, shape: LlamaShape, rank: number): Promise<void> {
   await mkdir(dir, { recursive: true });
   const tensors = common(shape);
+  const cfg = parseModelConfig(config(shape));
   const rng = new Rng(3);
   const byShape = new Map<string, Decomposition>();
   const layers: Record<string, unknown> = {};
@@ -138,7 +128,7 @@ export async function writeRandomCalderaModel(dir: string, shape: LlamaShape, ra
   let weights = 0;
   for (let b = 0; b < shape.layers; b++)
     for (const { name } of blockLinearNames(b)) {
-      const [m, n] = linearShape(shape, name.slice(name.lastIndexOf('.') + 1));
+      const [m, n] = linearShape(cfg, name.slice(name.lastIndexOf('.') + 1));
       let d = byShape.get(`${m}x${n}`);
       if (!d) byShape.set(`${m}x${n}`, (d = randomDecomposition(m, n, rank, rng)));
       const ck = toCheckpointTensors(name, d);

@@ -42,8 +42,11 @@ const TOKENS = quick ? 16 : 64;
 const PROMPT = [0, 17, 250, 1033, 5];
 const REF = fileURLToPath(new URL('../../reference-model/model/', import.meta.url));
 
+/** A measurement to 4 significant digits. */
+const r4 = (v: number) => Number(v.toPrecision(4));
+
 function emit(c: string, value: number, unit: string, refs: Record<string, unknown> = {}) {
-  console.log(JSON.stringify({ case: c, value: Number(value.toPrecision(4)), unit, refs }));
+  console.log(JSON.stringify({ case: c, value: r4(value), unit, refs }));
 }
 
 async function compress(dir: string): Promise<void> {
@@ -122,9 +125,9 @@ try {
     const c = await timed(node.generate(cpu, PROMPT, { maxTokens: TOKENS }));
     const agree = g.tokens.filter((t, i) => t === c.tokens[i]).length / c.tokens.length;
     emit(name, g.tokS, 'tok/s', {
-      runtime_node: Number(c.tokS.toPrecision(4)),
+      runtime_node: r4(c.tokS),
       agreement: agree,
-      bits_per_weight: Number(linearBitsPerWeight.toPrecision(4)),
+      bits_per_weight: r4(linearBitsPerWeight),
       weight_bytes: model.weightBytes,
       dispatches_per_token: model.dispatchesPerToken,
       adapter: device.description,
@@ -146,7 +149,7 @@ try {
     model.dispose();
   }
   emit('webgpu_prefill_caldera_tok_s', rate[32]!, 'tok/s', {
-    token_by_token: Number(rate[1]!.toPrecision(4)),
+    token_by_token: r4(rate[1]!),
     prompt_tokens: P,
     prefill_chunk: 32,
     adapter: device.description,
@@ -155,7 +158,6 @@ try {
   const roof = await measureRoofline(device, {
     targetBytes: ((device.fallbackAdapter ? 16 : 512) * 2 ** 20) / (quick ? 4 : 1),
   });
-  const r4 = (v: number) => Number(v.toPrecision(4));
   emit('webgpu_matvec_caldera_gbs', roof.kernelGbs, 'GB/s', {
     stream_read_gbs: r4(roof.streamGbs),
     roofline_share: r4(roof.kernelGbs / roof.streamGbs),
@@ -202,11 +204,11 @@ try {
       ...common,
     });
     emit(`webgpu_decode_random_${shapeName}_caldera_tok_s`, c.tokS, 'tok/s', {
-      f16: Number(f.tokS.toPrecision(4)),
-      speedup_vs_f16: Number((c.tokS / f.tokS).toPrecision(4)),
+      f16: r4(f.tokS),
+      speedup_vs_f16: r4(c.tokS / f.tokS),
       weight_bytes: c.bytes,
       f16_weight_bytes: f.bytes,
-      bits_per_weight: Number(c.bits.toPrecision(4)),
+      bits_per_weight: r4(c.bits),
       dispatches_per_token: c.launches,
       rank: 64,
       ...common,
