@@ -109,25 +109,27 @@ export function sampleToken(logits: Float64Array, options: GenerateOptions, rng:
   const mx = l[best]!;
   const rank = new RankOrder(l);
   const weight = (i: number) => Math.exp((l[i]! - mx) / temp);
+  const rankWeights: number[] = []; // weight of the token of rank r, computed once
+  const weightAt = (r: number) => (rankWeights[r] ??= weight(rank.at(r)));
   let z = 0;
-  if (k < V) for (let r = 0; r < k; r++) z += weight(rank.at(r));
+  if (k < V) for (let r = 0; r < k; r++) z += weightAt(r);
   else for (let i = 0; i < V; i++) z += weight(i);
-  // candidates: ranks [0, count), probability weight/z, divided by norm once the nucleus is cut
+  // candidates: ranks [0, count), probability weight/z, divided by norm (the nucleus' mass) once top-p cuts them
   let count = k;
   let norm = 1;
   if (o.topP && o.topP < 1) {
     let acc = 0;
     for (let r = 0; r < k; r++) {
-      acc += weight(rank.at(r)) / z;
+      acc += weightAt(r) / z;
       if (acc >= o.topP) {
         count = r + 1;
         break;
       }
     }
     norm = 0;
-    for (let r = 0; r < count; r++) norm += weight(rank.at(r)) / z;
+    for (let r = 0; r < count; r++) norm += weightAt(r) / z;
   }
-  const prob = (r: number) => (norm === 1 ? weight(rank.at(r)) / z : weight(rank.at(r)) / z / norm);
+  const prob = (r: number) => weightAt(r) / z / norm; // dividing by norm = 1 changes no bit
   let u = rng.uniform();
   for (let r = 0; r < count; r++) {
     u -= prob(r);
