@@ -113,19 +113,16 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
       sources,
       x,
       out,
-      mp,
       np,
-      qscale: d.q.scale,
       resScale: q.resScale,
-      lowRank: {
-        codec: lc.codec,
-        codes: l,
-        plane2Word: lp.plane2Word,
-        k: rank,
-        scale: d.l.codes.scale,
-        resScale: lc.resScale,
-        z,
-      },
+      segments: [
+        {
+          rows: mp,
+          qscale: d.q.scale,
+          lowRank: { k: rank, scale: d.l.codes.scale, codeByte: 0, code2Byte: lp.plane2Word * 4 },
+        },
+      ],
+      lowRank: { codec: lc.codec, codes: l, resScale: lc.resScale, z },
     });
     return { launch, bytes: codes.size + l.size };
   };

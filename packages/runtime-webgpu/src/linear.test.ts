@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { CalderaError, Rng, tensor } from '@caldera/core';
+import { hadamardFactor } from '@caldera/linalg';
 import {
   applyDecomposition,
   caldera,
@@ -11,7 +12,13 @@ import {
 import { CalderaLinear } from '@caldera/runtime-node';
 import { readBuffer, storageBuffer } from './device.js';
 import { encodeDispatches, Kernels } from './kernels/index.js';
-import { createLinearContext, GpuCalderaLinear } from './linear.js';
+import {
+  bindSharedInput,
+  createCalderaLinears,
+  createLinearContext,
+  GpuCalderaLinear,
+  groupable,
+} from './linear.js';
 import { gpuTitle, testDevice } from './testing/gpu.js';
 
 const { device: dev, reason } = await testDevice();
@@ -57,7 +64,7 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     { name: 'rank 0 (LDLQ only)', m: 40, n: 64, padded: [40, 64], o: { rank: 0 } },
     { name: 'no Hadamard rotation', m: 32, n: 48, padded: [32, 48], o: { rank: 5, hadamard: false } },
     {
-      name: 'multi-pass global rotation (forced), K=12',
+      name: 'global-memory rotation (forced), K=12',
       m: 50,
       n: 96,
       padded: [56, 96],
@@ -180,6 +187,101 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
         expect(err / scale).toBeLessThan(2e-5);
         expect(errNode / scale).toBeLessThan(2e-5);
       });
+
+  for (const local of [undefined, 16])
+    it(`a group of layers sharing an input (GQA-like heights, rank 0, LoRA, dense f16 factors; ${local ? 'global-memory' : 'workgroup'} rotation) equals each layer alone, to the bit, for 2 activation rows`, async () => {
+      const rng = new Rng(12);
+      const n = 96;
+      // a seed each: different random signs SU, so a layer reading another's rotated input gives other values
+      let seed = 0;
+      const dec = (m: number, o: Record<string, number>, kft = 0) => {
+        const w = tensor('f32', [m, n], rng.fillNormal(new Float32Array(m * n), 0, 0.5));
+        let x = caldera(w, null, { outerIters: 1, lplrIters: 1, seed: ++seed, ...o });
+        if (kft > 0) {
+          x = withTrainableFactors(x, kft);
+          for (let i = 0; i < x.ft!.l.length; i++) x.ft!.l[i]! += 0.5 * rng.normal();
+        }
+        const { tensors, meta } = toCheckpointTensors('layer', x);
+        return fromCheckpointTensors('layer', (nm) => tensors[nm], meta);
+      };
+      const layers = [
+        { d: dec(50, { rank: 6 }), bias: rng.fillNormal(new Float32Array(50), 0, 1), label: 'q' },
+        { d: dec(24, { rank: 0 }), bias: null, label: 'k' },
+        { d: dec(40, { rank: 4 }, 1), bias: null, label: 'v' },
+        { d: dec(32, { rank: 3, lBits: 16, rBits: 16 }), bias: null, label: 'extra' },
+      ];
+      expect(groupable(layers.map((l) => l.d))).toBe(true);
+      const members = createCalderaLinears(d, layers);
+      const group = members[0]!.group;
+      expect(members.every((m, j) => m.group === group && m.index === j)).toBe(true);
+      const alone = layers.map((l) => new GpuCalderaLinear(d, l.d, l.bias, l.label));
+      // the shared buffers hold exactly the bytes of the layers apart
+      expect(members.map((m) => m.gpuBytes)).toEqual(alone.map((m) => m.gpuBytes));
+      const kernels = new Kernels(d, local ? { maxLocalHadamard: local } : {});
+      const ctx = createLinearContext(d, kernels, group.needs, 2);
+      const xs = rng.fillNormal(new Float32Array(2 * n), 0, 1);
+      const x = storageBuffer(d, xs, 'x');
+      const outs = layers.map((l) => storageBuffer(d, new Float32Array(2 * l.d.shape[0]), 'out'));
+      const launches = bindSharedInput(
+        ctx,
+        x,
+        members.map((layer, j) => ({ layer, out: outs[j]! })),
+      );
+      // one input rotation (in global memory: 2 or 3 launches per layer), R̂ and the fused kernel for all; 2 dense
+      // launches for each of the two layers with dense factors; an output rotation each
+      const rotations = (m: number) => (local ? 2 + (m > 16 * hadamardFactor(m)!.K ? 1 : 0) : 1);
+      expect(launches.length).toBe(
+        (local ? layers.length * rotations(n) : 1) +
+          2 +
+          2 * 2 +
+          layers.reduce((s, l) => s + rotations(l.d.padded[0]), 0),
+      );
+      const run = async (list: ReturnType<typeof bindSharedInput>) => {
+        const enc = d.device.createCommandEncoder();
+        encodeDispatches(enc, list, 2);
+        d.device.queue.submit([enc.finish()]);
+      };
+      await run(launches);
+      for (const [j, l] of layers.entries()) {
+        const m = l.d.shape[0];
+        const got = new Float32Array(await readBuffer(d, outs[j]!, 2 * m * 4));
+        const one = storageBuffer(d, new Float32Array(2 * m), 'one');
+        await run(alone[j]!.bind(ctx, x, one, false));
+        // the same operations in the same order per output: identical bits
+        expect(Array.from(got), l.label).toEqual(
+          Array.from(new Float32Array(await readBuffer(d, one, 2 * m * 4))),
+        );
+        const apply = applyDecomposition(l.d, xs, 2);
+        let err = 0;
+        let scale = 1;
+        for (let i = 0; i < 2 * m; i++) {
+          err = Math.max(err, Math.abs(got[i]! - apply[i]! - (l.bias?.[i % m] ?? 0)));
+          scale = Math.max(scale, Math.abs(apply[i]!));
+        }
+        // f32 throughout, different summation order: ~1e-6 of the output scale (as for one layer above)
+        expect(err / scale, l.label).toBeLessThan(2e-5);
+      }
+      for (const m of [...members, ...alone]) m.dispose();
+      ctx.dispose();
+      kernels.dispose();
+    });
+
+  it('layers of different codecs are not grouped', () => {
+    const rng = new Rng(13);
+    const w = () => tensor('f32', [32, 64], rng.fillNormal(new Float32Array(32 * 64), 0, 1));
+    const a = caldera(w(), null, { rank: 2, outerIters: 1, lplrIters: 1 });
+    const b = caldera(w(), null, { rank: 2, lBits: 3, outerIters: 1, lplrIters: 1 });
+    const c = caldera(w(), null, { rank: 2, qBits: 4, outerIters: 1, lplrIters: 1 });
+    expect(groupable([a, a])).toBe(true);
+    expect(groupable([a, b])).toBe(false);
+    expect(groupable([a, c])).toBe(false);
+    const lin = createCalderaLinears(d, [
+      { d: a, bias: null, label: 'a' },
+      { d: b, bias: null, label: 'b' },
+    ]);
+    expect(lin[0]!.group).not.toBe(lin[1]!.group);
+    for (const l of lin) l.dispose();
+  });
 
   it('a layer that does not fit the device is a CalderaError E_DEVICE, not a GPU validation error', () => {
     const rng = new Rng(8);

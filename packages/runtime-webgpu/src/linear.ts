@@ -1,9 +1,15 @@
-import { CalderaError } from '@caldera/core';
+import { CalderaError, isCalderaError } from '@caldera/core';
 import { hadamardBase, hadamardFactor } from '@caldera/linalg';
 import { latticeDecode, type Decomposition, type LatticeCodes } from '@caldera/lowrank';
 import { e81bCodebook, e8pSources, RVQ3_RESID_SCALE, RVQ4_RESID_SCALE } from '@caldera/quant';
 import { checkFits, storageBuffer, type CalderaDevice } from './device.js';
-import type { Dispatch, GpuMatrix, Kernels, LatticeCodec } from './kernels/index.js';
+import {
+  E8P_MAX_SEGMENTS,
+  type Dispatch,
+  type GpuMatrix,
+  type Kernels,
+  type LatticeCodec,
+} from './kernels/index.js';
 
 /** Upload a dense `[rows, cols]` matrix: f32 as is, or f16 bits packed two per u32 (rows padded to even length). */
 export function uploadMatrix(
@@ -45,7 +51,7 @@ export interface LinearContext {
   /** Rotated input, rotated output and low-rank scratch, each as long as the largest layer needs times the rows. */
   rotIn: GPUBuffer;
   rotOut: GPUBuffer;
-  /** Scratch of the multi-pass rotation (as long as `ones` times the rows). */
+  /** Scratch of the global-memory rotation (as long as `ones` times the rows). */
   rotTmp: GPUBuffer;
   z: GPUBuffer;
   /** All ones, at least as long as any padded dimension. */
@@ -129,242 +135,548 @@ export function packCodePlanes(c: LatticeCodes): { bytes: Uint8Array; plane2Word
   return { bytes, plane2Word };
 }
 
+/** A CALDERA layer to upload: its decomposition, bias (null: none) and a label for errors and buffers. */
+export interface CalderaLayerInput {
+  d: Decomposition;
+  bias: Float32Array | null;
+  label: string;
+}
+
+/** Bytes a part occupies in a GPU buffer (as a buffer of its own would: a multiple of 4, at least 16). */
+const partBytes = (bytes: number) => Math.max(16, Math.ceil(bytes / 4) * 4);
+
+/** Parts laid out back to back at {@link partBytes} boundaries: their byte offsets and the whole. */
+function layout(parts: Uint8Array[]): { offsets: number[]; bytes: Uint8Array } {
+  const offsets: number[] = [];
+  let at = 0;
+  for (const p of parts) {
+    offsets.push(at);
+    at += p.byteLength > 0 ? partBytes(p.byteLength) : 0;
+  }
+  const bytes = new Uint8Array(at);
+  parts.forEach((p, i) => bytes.set(p, offsets[i]));
+  return { offsets, bytes };
+}
+
+const u8 = (a: ArrayBufferView) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+
+/** Lattice-coded L̂ and R̂ of a layer (rank > 0), or null. */
+function latticeFactors(d: Decomposition): { l: LatticeCodes; r: LatticeCodes } | null {
+  return d.rank > 0 && d.l.kind === 'lattice' && d.r.kind === 'lattice'
+    ? { l: d.l.codes, r: d.r.codes }
+    : null;
+}
+
+/** Most layers in one {@link GpuCalderaGroup} (the segments of one fused launch). */
+export const MAX_GROUP_LAYERS = E8P_MAX_SEGMENTS;
+
 /**
- * A CALDERA layer on the GPU, never materialising W (docs/architecture.md, "Decomposition.apply"):
- * 1. `x' = (x ⊙ SU)·M_n` (zero-padded to np): {@link Kernels.hadamard};
- * 2. `z = x'·R̂ᵀ`: {@link Kernels.e8pMatvec} on R̂'s codes (k × np);
- * 3. `y' = Q̂·x' + L̂·z`: {@link Kernels.e8pMatvec}, decoding the E8P codes of Q̂ and L̂ on the fly;
+ * Whether these layers can share one {@link GpuCalderaGroup}: at most {@link MAX_GROUP_LAYERS}, the same input and
+ * padded input width, rotation and Q codec, and the same codecs of L̂ and R̂ among those whose factors are
+ * lattice-coded.
+ */
+export function groupable(layers: readonly Decomposition[]): boolean {
+  if (layers.length < 1 || layers.length > MAX_GROUP_LAYERS) return false;
+  const a = layers[0]!;
+  const fa = layers.map(latticeFactors).find((f) => f) ?? null;
+  return layers.every((b) => {
+    const fb = latticeFactors(b);
+    return (
+      b.shape[1] === a.shape[1] &&
+      b.padded[1] === a.padded[1] &&
+      b.hadamard === a.hadamard &&
+      b.q.bits === a.q.bits &&
+      (!fb || !fa || (fb.l.bits === fa.l.bits && fb.r.bits === fa.r.bits))
+    );
+  });
+}
+
+/** One layer's place in its group's buffers. */
+interface Member {
+  d: Decomposition;
+  label: string;
+  /** Byte offsets of Q's planes in the group's code buffers. */
+  q: number;
+  q2: number;
+  /** L̂ and R̂ as codes: rank, byte offsets (L̂'s plane 2 in the same buffer as its plane 1), scales. */
+  packed: { k: number; r: number; r2: number; rScale: number; l: number; l2: number; lScale: number } | null;
+  /** Dense factors and the LoRA pair, f32: L `[mp, k_d]`, R `[k_d, np]`. */
+  dense: { l: GpuMatrix; r: GpuMatrix } | null;
+  sv: GPUBuffer | null;
+  bias: GPUBuffer | null;
+  /** K of the output rotation's Hadamard factor. */
+  Km: number;
+  gpuBytes: number;
+}
+
+/**
+ * CALDERA layers that read the same input (a block's q, k and v; gate and up), or one layer alone, on the GPU with
+ * their packed codes in shared buffers, so that one launch serves them all (see {@link GpuCalderaGroup.bind}); W is
+ * never materialised (docs/architecture.md, "Decomposition.apply"). Per layer j:
+ * 1. `x'_j = (x ⊙ SU_j)·M_n` (zero-padded to np): one {@link Kernels.hadamard} launch for all layers;
+ * 2. `z_j = x'_j·R̂_jᵀ`: one {@link Kernels.e8pMatvec} launch on R̂'s codes, a segment per layer;
+ * 3. `y'_j = Q̂_j·x'_j + L̂_j·z_j`: one {@link Kernels.e8pMatvec} launch decoding Q̂ and L̂ on the fly;
  * 4. dense factors only (f16 `L_dense`/`R_dense`, the LoRA pair `L_ft`/`R_ft` of a fine-tuned checkpoint):
- *    `y' += L_d·(R_d·x')`, two f32 {@link Kernels.matvec}s;
- * 5. `y = g·(y'·M_mᵀ ⊙ SV) (+ bias)`, first m outputs: {@link Kernels.hadamard} with the transpose.
+ *    `y'_j += L_d·(R_d·x'_j)`, two f32 {@link Kernels.matvec}s per layer;
+ * 5. `y_j = g_j·(y'_j·M_mᵀ ⊙ SV_j) (+ bias_j)`, first m outputs: {@link Kernels.hadamard} with the transpose, per
+ *    layer (their outputs are different buffers).
  *
  * Quantized weights stay packed on the GPU: Q̂'s codes (u16, two per u32: 2 bits per weight; RVQ4 adds a second
- * plane, RVQ3 a u8 plane) and L̂'s and R̂'s codes (4 bits per value with the default RVQ4). Dense factors, which the
- * checkpoint stores unquantized, are uploaded as f32 `[mp, k_d]` and `[k_d, np]`, the LoRA pair appended as
- * further components. SU and SV are multipliers (±1, or continuous after `caldera finetune --signs`).
+ * plane, RVQ3 a u8 plane) and L̂'s and R̂'s codes (4 bits per value with the default RVQ4), each layer's part at a
+ * 4-byte boundary (at least 16 bytes, as a buffer of its own), so a group needs exactly the bytes of its layers
+ * apart. Dense factors, which the checkpoint stores unquantized, are uploaded as f32 `[mp, k_d]` and `[k_d, np]`,
+ * the LoRA pair appended as further components. SU and SV are multipliers (±1, or continuous after
+ * `caldera finetune --signs`).
+ *
+ * An explicit handle: the buffers are freed when every member has been disposed.
  */
-export class GpuCalderaLinear implements GpuLinear {
-  readonly inFeatures: number;
-  readonly outFeatures: number;
-  readonly gpuBytes: number;
-  readonly bitsPerWeight: number;
+export class GpuCalderaGroup {
+  /** The layers, in the order given. */
+  readonly members: readonly GpuCalderaLinear[];
   readonly needs: ScratchNeeds;
+  private readonly m: Member[];
   private readonly codes: GPUBuffer;
   private readonly codes2: GPUBuffer | null;
-  /** L̂ and R̂ as codes (both factors lattice-coded, rank > 0). */
-  private readonly packed: {
-    k: number;
-    r: GPUBuffer;
-    r2: GPUBuffer | null;
-    rCodec: LatticeCodec;
-    rResScale: number;
-    rScale: number;
-    l: GPUBuffer;
-    lPlane2Word: number;
-    lCodec: LatticeCodec;
-    lResScale: number;
-    lScale: number;
-  } | null;
-  /** Dense factors and the LoRA pair, f32: L `[mp, k_d]`, R `[k_d, np]`. */
-  private readonly dense: { l: GpuMatrix; r: GpuMatrix } | null;
+  private readonly rCodes: GPUBuffer | null;
+  private readonly rCodes2: GPUBuffer | null;
+  private readonly lCodes: GPUBuffer | null;
+  /** SU of every layer back to back (np each); null without the rotation. */
   private readonly su: GPUBuffer | null;
-  private readonly sv: GPUBuffer | null;
-  private readonly bias: GPUBuffer | null;
-  private readonly bufs: GPUBuffer[];
-  private readonly K: { n: number; m: number };
+  private readonly q: { codec: LatticeCodec; resScale: number };
+  private readonly r: { codec: LatticeCodec; resScale: number } | null;
+  private readonly l: { codec: LatticeCodec; resScale: number } | null;
+  private readonly Kn: number;
+  private readonly bufs: GPUBuffer[] = [];
+  private live: number;
 
-  constructor(
-    dev: CalderaDevice,
-    readonly d: Decomposition,
-    bias: Float32Array | null,
-    label: string,
-  ) {
-    [this.outFeatures, this.inFeatures] = d.shape;
-    const [mp, np] = d.padded;
-    if (np % 8 !== 0)
-      throw new CalderaError('E_SHAPE', `${label}: padded input width ${np} is not a multiple of 8`);
-    if (d.hadamard) {
-      const fn = hadamardFactor(np);
-      const fm = hadamardFactor(mp);
-      if (!fn || !fm)
-        throw new CalderaError('E_UNSUPPORTED', `${label}: no Hadamard transform of size ${np} or ${mp}`);
-      this.K = { n: fn.K, m: fm.K };
-    } else this.K = { n: 1, m: 1 };
-    const bufs: GPUBuffer[] = [];
-    const up = (a: ArrayBufferView, what: string) => {
-      const b = storageBuffer(dev, a, `${label}.${what}`);
-      bufs.push(b);
-      return b;
-    };
-    this.codes = up(d.q.planes[0]!, 'Q');
-    this.codes2 = d.q.bits === 2 ? null : up(d.q.planes[1]!, 'Q_resid');
-    const kq = d.rank;
-    const ft = d.ft && d.ft.rank > 0 ? d.ft : null;
-    const kf = ft?.rank ?? 0;
-    if (ft && (ft.l.length !== mp * kf || ft.r.length !== kf * np))
-      throw new CalderaError(
-        'E_SHAPE',
-        `${label}: LoRA factors hold ${ft.l.length} and ${ft.r.length} values, expected ${mp}·${kf} and ${kf}·${np}`,
-      );
-    const lattice =
-      kq > 0 && d.l.kind === 'lattice' && d.r.kind === 'lattice' ? { l: d.l.codes, r: d.r.codes } : null;
-    if (lattice) {
-      if (mp % 8 !== 0)
-        throw new CalderaError('E_SHAPE', `${label}: padded output height ${mp} is not a multiple of 8`);
-      const l = packCodePlanes(lattice.l);
-      const lc = gpuCodecOf(lattice.l);
-      const rc = gpuCodecOf(lattice.r);
-      this.packed = {
-        k: kq,
-        r: up(lattice.r.planes[0]!, 'R'),
-        r2: lattice.r.bits === 2 ? null : up(lattice.r.planes[1]!, 'R_resid'),
-        rCodec: rc.codec,
-        rResScale: rc.resScale,
-        rScale: lattice.r.scale,
-        l: up(l.bytes, 'L'),
-        lPlane2Word: l.plane2Word,
-        lCodec: lc.codec,
-        lResScale: lc.resScale,
-        lScale: lattice.l.scale,
+  constructor(dev: CalderaDevice, layers: readonly CalderaLayerInput[]) {
+    try {
+      const decs = layers.map((x) => x.d);
+      const label = layers.map((x) => x.label).join('+');
+      if (!groupable(decs))
+        throw new CalderaError(
+          'E_VALUE',
+          `${label}: layers of different input widths, rotations or codecs (or more than ${MAX_GROUP_LAYERS}) cannot share a group`,
+        );
+      const d0 = decs[0]!;
+      const np = d0.padded[1];
+      if (np % 8 !== 0)
+        throw new CalderaError('E_SHAPE', `${label}: padded input width ${np} is not a multiple of 8`);
+      const Kof = (size: number, what: string) => {
+        if (!d0.hadamard) return 1;
+        const f = hadamardFactor(size);
+        if (!f) throw new CalderaError('E_UNSUPPORTED', `${what}: no Hadamard transform of size ${size}`);
+        return f.K;
       };
-    } else this.packed = null;
-    // dense components: unquantized factors (when not lattice-coded) followed by the LoRA pair
-    const kd = (lattice ? 0 : kq) + kf;
-    if (kd > 0) {
-      const kdq = kd - kf;
-      const fv = (f: Decomposition['l']) => (f.kind === 'dense' ? f.values : latticeDecode(f.codes));
-      const lt = kdq > 0 ? fv(d.l) : new Float32Array(0); // kdq × mp
-      const lr = new Float32Array(mp * kd);
-      for (let t = 0; t < kdq; t++) for (let i = 0; i < mp; i++) lr[i * kd + t] = lt[t * mp + i]!;
-      if (ft) for (let i = 0; i < mp; i++) lr.set(ft.l.subarray(i * kf, i * kf + kf), i * kd + kdq);
-      const rv = new Float32Array(kd * np);
-      if (kdq > 0) rv.set(fv(d.r).subarray(0, kdq * np));
-      if (ft) rv.set(ft.r, kdq * np);
-      this.dense = {
-        l: { buffer: up(lr, 'L_dense'), rows: mp, cols: kd, f16: false, rowWords: kd },
-        r: { buffer: up(rv, 'R_dense'), rows: kd, cols: np, f16: false, rowWords: np },
+      this.Kn = Kof(np, label);
+      const up = (a: ArrayBufferView, what: string) => {
+        const b = storageBuffer(dev, a, `${label}.${what}`);
+        this.bufs.push(b);
+        return b;
       };
-    } else this.dense = null;
-    this.su = d.su ? up(d.su, 'SU') : null;
-    this.sv = d.sv ? up(d.sv, 'SV') : null;
-    this.bias = bias ? up(bias, 'bias') : null;
-    this.bufs = bufs;
-    this.gpuBytes = bufs.reduce((s, b) => s + b.size, 0);
-    this.bitsPerWeight = d.bitsPerWeight;
-    this.needs = {
-      rotIn: np,
-      rotOut: mp,
-      z: Math.max(this.packed?.k ?? 0, kd),
-      ones: Math.max(mp, np),
-    };
+      const lat = decs.map(latticeFactors);
+      const anyLat = lat.find((f) => f) ?? null;
+      for (const [j, f] of lat.entries())
+        if (f && decs[j]!.padded[0] % 8 !== 0)
+          throw new CalderaError(
+            'E_SHAPE',
+            `${layers[j]!.label}: padded output height ${decs[j]!.padded[0]} is not a multiple of 8`,
+          );
+      const qL = layout(decs.map((d) => u8(d.q.planes[0]!)));
+      const q2L = d0.q.bits === 2 ? null : layout(decs.map((d) => u8(d.q.planes[1]!)));
+      const some = (parts: (Uint8Array | null)[]) => parts.map((p) => p ?? new Uint8Array(0));
+      const rL = anyLat ? layout(some(lat.map((f) => (f ? u8(f.r.planes[0]!) : null)))) : null;
+      const r2L =
+        anyLat && anyLat.r.bits !== 2 ? layout(some(lat.map((f) => (f ? u8(f.r.planes[1]!) : null)))) : null;
+      const lPlanes = lat.map((f) => (f ? packCodePlanes(f.l) : null));
+      const lL = anyLat ? layout(some(lPlanes.map((p) => p?.bytes ?? null))) : null;
+      this.codes = up(qL.bytes, 'Q');
+      this.codes2 = q2L ? up(q2L.bytes, 'Q_resid') : null;
+      this.rCodes = rL ? up(rL.bytes, 'R') : null;
+      this.rCodes2 = r2L ? up(r2L.bytes, 'R_resid') : null;
+      this.lCodes = lL ? up(lL.bytes, 'L') : null;
+      this.q = gpuCodecOf(d0.q);
+      this.r = anyLat ? gpuCodecOf(anyLat.r) : null;
+      this.l = anyLat ? gpuCodecOf(anyLat.l) : null;
+      if (d0.hadamard) {
+        const su = new Float32Array(np * decs.length);
+        decs.forEach((d, j) => su.set(d.su!, j * np));
+        this.su = up(su, 'SU');
+      } else this.su = null;
+      // a part of nothing (a layer without lattice factors) takes no bytes in the group's buffers
+      const size = (bytes: number) => (bytes > 0 ? partBytes(bytes) : 0);
+      this.m = decs.map((d, j) => {
+        const { label: name, bias } = layers[j]!;
+        const [mp] = d.padded;
+        const mine: GPUBuffer[] = [];
+        const own = (a: ArrayBufferView, what: string) => {
+          const b = up(a, `${j}.${what}`);
+          mine.push(b);
+          return b;
+        };
+        const f = lat[j];
+        const lp = lPlanes[j];
+        const ft = d.ft && d.ft.rank > 0 ? d.ft : null;
+        const kf = ft?.rank ?? 0;
+        if (ft && (ft.l.length !== mp * kf || ft.r.length !== kf * np))
+          throw new CalderaError(
+            'E_SHAPE',
+            `${name}: LoRA factors hold ${ft.l.length} and ${ft.r.length} values, expected ${mp}·${kf} and ${kf}·${np}`,
+          );
+        // dense components: unquantized factors (when not lattice-coded) followed by the LoRA pair
+        const kq = f ? 0 : d.rank;
+        const kd = kq + kf;
+        let dense: Member['dense'] = null;
+        if (kd > 0) {
+          const fv = (x: Decomposition['l']) => (x.kind === 'dense' ? x.values : latticeDecode(x.codes));
+          const lt = kq > 0 ? fv(d.l) : new Float32Array(0); // kq × mp
+          const lr = new Float32Array(mp * kd);
+          for (let t = 0; t < kq; t++) for (let i = 0; i < mp; i++) lr[i * kd + t] = lt[t * mp + i]!;
+          if (ft) for (let i = 0; i < mp; i++) lr.set(ft.l.subarray(i * kf, i * kf + kf), i * kd + kq);
+          const rv = new Float32Array(kd * np);
+          if (kq > 0) rv.set(fv(d.r).subarray(0, kq * np));
+          if (ft) rv.set(ft.r, kq * np);
+          dense = {
+            l: { buffer: own(lr, 'L_dense'), rows: mp, cols: kd, f16: false, rowWords: kd },
+            r: { buffer: own(rv, 'R_dense'), rows: kd, cols: np, f16: false, rowWords: np },
+          };
+        }
+        const sv = d.sv ? own(d.sv, 'SV') : null;
+        const b = bias ? own(bias, 'bias') : null;
+        const partSum =
+          size(d.q.planes[0]!.byteLength) +
+          size(q2L ? d.q.planes[1]!.byteLength : 0) +
+          size(f?.r.planes[0]!.byteLength ?? 0) +
+          size(r2L ? (f?.r.planes[1]?.byteLength ?? 0) : 0) +
+          size(lp?.bytes.byteLength ?? 0) +
+          (d.hadamard ? np * 4 : 0);
+        return {
+          d,
+          label: name,
+          q: qL.offsets[j]!,
+          q2: q2L?.offsets[j] ?? 0,
+          packed:
+            f && lp
+              ? {
+                  k: d.rank,
+                  r: rL!.offsets[j]!,
+                  r2: r2L?.offsets[j] ?? 0,
+                  rScale: f.r.scale,
+                  l: lL!.offsets[j]!,
+                  l2: lL!.offsets[j]! + lp.plane2Word * 4,
+                  lScale: f.l.scale,
+                }
+              : null,
+          dense,
+          sv,
+          bias: b,
+          Km: Kof(mp, name),
+          gpuBytes: partSum + mine.reduce((s, x) => s + x.size, 0),
+        };
+      });
+      // a group buffer is never smaller than the 16 bytes its parts are each counted at
+      const total = this.bufs.reduce((s, x) => s + x.size, 0);
+      const counted = this.m.reduce((s, x) => s + x.gpuBytes, 0);
+      if (total !== counted)
+        throw new Error(`${label}: ${total} bytes allocated, ${counted} counted (internal error)`);
+      const sumK = this.m.reduce((s, x) => s + (x.packed?.k ?? 0), 0);
+      const maxKd = Math.max(0, ...this.m.map((x) => x.dense?.l.cols ?? 0));
+      this.needs = {
+        rotIn: np * decs.length,
+        rotOut: decs.reduce((s, d) => s + d.padded[0], 0),
+        z: Math.max(sumK, maxKd),
+        ones: Math.max(np, ...decs.map((d) => d.padded[0])),
+      };
+    } catch (e) {
+      // nothing half-uploaded stays behind
+      for (const x of this.bufs) x.destroy();
+      throw e;
+    }
+    this.live = layers.length;
+    this.members = layers.map((_, j) => new GpuCalderaLinear(this, j));
   }
 
-  bind(ctx: LinearContext, x: GPUBuffer, out: GPUBuffer, accumulate: boolean, tile = 1): Dispatch[] {
-    const d = this.d;
-    const [m, n] = d.shape;
-    const [mp, np] = d.padded;
+  /** Bytes of layer `j`'s weights on the GPU (its parts of the shared buffers and its own buffers). */
+  memberBytes(j: number): number {
+    return this.m[j]!.gpuBytes;
+  }
+
+  /** Layer `j`'s decomposition. */
+  decomposition(j: number): Decomposition {
+    return this.m[j]!.d;
+  }
+
+  /**
+   * The launches computing `outs[w] (+)= layer_{j0+w}(x)` for the layers `j0 … j0 + outs.length − 1` (every row of a
+   * batch; `x` holds rows of the layers' input width, `outs[w]` rows of layer j0+w's output width). The whole group
+   * takes 3 launches plus one output rotation per layer (and two per layer with dense factors).
+   */
+  bind(
+    ctx: LinearContext,
+    x: GPUBuffer,
+    j0: number,
+    outs: GPUBuffer[],
+    accumulate: boolean,
+    tile = 1,
+  ): Dispatch[] {
+    const J = outs.length;
+    if (!Number.isInteger(j0) || j0 < 0 || J < 1 || j0 + J > this.m.length)
+      throw new CalderaError('E_VALUE', `bind: layers ${j0}…${j0 + J - 1} of a group of ${this.m.length}`);
+    const ms = this.m.slice(j0, j0 + J);
+    const d0 = ms[0]!.d;
+    const n = d0.shape[1];
+    const np = d0.padded[1];
     const K = ctx.kernels;
-    const q = gpuCodecOf(d.q);
-    const pk = this.packed;
-    const e81b = q.codec === 'rvq3' || pk?.lCodec === 'rvq3' ? ctx.e81b : null;
-    const list: Dispatch[] = [
-      ...K.hadamard({
-        x,
-        out: ctx.rotIn,
-        pre: this.su ?? ctx.ones,
-        post: ctx.ones,
-        bias: null,
-        hk: ctx.hk(this.K.n),
-        tmp: ctx.rotTmp,
-        dummy: ctx.dummy,
-        n: np,
-        nIn: n,
-        outLen: np,
-        K: this.K.n,
-        transform: d.hadamard,
-        transpose: false,
-        accumulate: false,
-        gscale: 1,
-      }),
-    ];
-    if (pk)
+    const e81b = this.q.codec === 'rvq3' || this.l?.codec === 'rvq3' ? ctx.e81b : null;
+    const list: Dispatch[] = K.hadamard({
+      x,
+      out: ctx.rotIn,
+      pre: this.su ?? ctx.ones,
+      preOff: this.su ? j0 * np : 0,
+      preStride: this.su ? np : 0,
+      members: J,
+      post: ctx.ones,
+      bias: null,
+      hk: ctx.hk(this.Kn),
+      tmp: ctx.rotTmp,
+      dummy: ctx.dummy,
+      n: np,
+      nIn: n,
+      outLen: np,
+      K: this.Kn,
+      transform: d0.hadamard,
+      transpose: false,
+      accumulate: false,
+      gscale: 1,
+    });
+    const xRow = J * np;
+    const withFactors = ms.map((mb, w) => ({ mb, w })).filter(({ mb }) => mb.packed);
+    let zOff = 0;
+    const zAt = ms.map((mb) => {
+      const at = zOff;
+      zOff += mb.packed?.k ?? 0;
+      return at;
+    });
+    if (withFactors.length > 0 && this.r && this.rCodes)
       list.push(
         K.e8pMatvec({
-          codes: pk.r,
-          codes2: pk.r2,
-          codec: pk.rCodec,
-          e81b: pk.rCodec === 'rvq3' ? ctx.e81b : null,
+          codes: this.rCodes,
+          codes2: this.rCodes2,
+          codec: this.r.codec,
+          e81b: this.r.codec === 'rvq3' ? ctx.e81b : null,
           sources: ctx.sources,
           x: ctx.rotIn,
           out: ctx.z,
-          mp: pk.k,
           np,
-          qscale: pk.rScale,
-          resScale: pk.rResScale,
+          resScale: this.r.resScale,
+          xRow,
+          segments: withFactors.map(({ mb, w }) => ({
+            rows: mb.packed!.k,
+            qscale: mb.packed!.rScale,
+            codeByte: mb.packed!.r,
+            code2Byte: mb.packed!.r2,
+            x: w * np,
+          })),
           tile,
         }),
       );
+    const rowStart: number[] = [];
+    let rows = 0;
+    for (const mb of ms) {
+      rowStart.push(rows);
+      rows += mb.d.padded[0];
+    }
     list.push(
       K.e8pMatvec({
         codes: this.codes,
         codes2: this.codes2,
-        codec: q.codec,
+        codec: this.q.codec,
         e81b,
         sources: ctx.sources,
         x: ctx.rotIn,
         out: ctx.rotOut,
-        mp,
         np,
-        qscale: d.q.scale,
-        resScale: q.resScale,
-        ...(pk
+        resScale: this.q.resScale,
+        xRow,
+        segments: ms.map((mb, w) => ({
+          rows: mb.d.padded[0],
+          qscale: mb.d.q.scale,
+          codeByte: mb.q,
+          code2Byte: mb.q2,
+          x: w * np,
+          ...(mb.packed
+            ? {
+                lowRank: {
+                  k: mb.packed.k,
+                  scale: mb.packed.lScale,
+                  codeByte: mb.packed.l,
+                  code2Byte: mb.packed.l2,
+                  z: zAt[w]!,
+                },
+              }
+            : {}),
+        })),
+        ...(withFactors.length > 0 && this.l && this.lCodes
           ? {
               lowRank: {
-                codec: pk.lCodec,
-                codes: pk.l,
-                plane2Word: pk.lPlane2Word,
-                k: pk.k,
-                scale: pk.lScale,
-                resScale: pk.lResScale,
+                codec: this.l.codec,
+                codes: this.lCodes,
+                resScale: this.l.resScale,
                 z: ctx.z,
+                zRow: zOff,
               },
             }
           : {}),
         tile,
       }),
     );
-    if (this.dense) {
+    ms.forEach((mb, w) => {
+      if (!mb.dense) return;
       // z is free again: the fused kernel above has consumed it (dispatches of a pass run in order)
       const opts = { bias: null, dummy: ctx.dummy, tile };
-      list.push(K.matvec(this.dense.r, ctx.rotIn, ctx.z, { ...opts, accumulate: false }));
-      list.push(K.matvec(this.dense.l, ctx.z, ctx.rotOut, { ...opts, accumulate: true }));
-    }
-    list.push(
-      ...K.hadamard({
-        x: ctx.rotOut,
-        out,
-        pre: ctx.ones,
-        post: this.sv ?? ctx.ones,
-        bias: this.bias,
-        hk: ctx.hk(this.K.m),
-        tmp: ctx.rotTmp,
-        dummy: ctx.dummy,
-        n: mp,
-        nIn: mp,
-        outLen: m,
-        K: this.K.m,
-        transform: d.hadamard,
-        transpose: true,
-        accumulate,
-        gscale: d.scale,
-      }),
-    );
+      list.push(K.matvec(mb.dense.r, ctx.rotIn, ctx.z, { ...opts, accumulate: false, xRow, xOff: w * np }));
+      list.push(
+        K.matvec(mb.dense.l, ctx.z, ctx.rotOut, {
+          ...opts,
+          accumulate: true,
+          outRow: rows,
+          outOff: rowStart[w]!,
+        }),
+      );
+    });
+    ms.forEach((mb, w) => {
+      const [m] = mb.d.shape;
+      const [mp] = mb.d.padded;
+      list.push(
+        ...K.hadamard({
+          x: ctx.rotOut,
+          xStride: rows,
+          xOff: rowStart[w]!,
+          out: outs[w]!,
+          pre: ctx.ones,
+          post: mb.sv ?? ctx.ones,
+          bias: mb.bias,
+          hk: ctx.hk(mb.Km),
+          tmp: ctx.rotTmp,
+          dummy: ctx.dummy,
+          n: mp,
+          nIn: mp,
+          outLen: m,
+          K: mb.Km,
+          transform: mb.d.hadamard,
+          transpose: true,
+          accumulate,
+          gscale: mb.d.scale,
+        }),
+      );
+    });
     return list;
   }
 
-  dispose(): void {
-    for (const b of this.bufs) b.destroy();
+  /** Called by each member's dispose(): the buffers go when the last member is disposed. */
+  release(): void {
+    if (this.live <= 0) return;
+    this.live--;
+    if (this.live === 0) for (const b of this.bufs) b.destroy();
   }
+}
+
+/**
+ * A CALDERA layer on the GPU: one member of a {@link GpuCalderaGroup} (`new GpuCalderaLinear(dev, d, bias, label)`
+ * makes a group of its own; {@link createCalderaLinears} groups layers that share an input).
+ */
+export class GpuCalderaLinear implements GpuLinear {
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  readonly gpuBytes: number;
+  readonly bitsPerWeight: number;
+  /** Scratch this layer's group needs from the {@link LinearContext}. */
+  readonly needs: ScratchNeeds;
+  readonly group: GpuCalderaGroup;
+  /** This layer's place in {@link group}. */
+  readonly index: number;
+  private disposed = false;
+
+  constructor(dev: CalderaDevice, d: Decomposition, bias: Float32Array | null, label: string);
+  /** A member of `group` (used by {@link GpuCalderaGroup}). */
+  constructor(group: GpuCalderaGroup, index: number);
+  constructor(
+    a: CalderaDevice | GpuCalderaGroup,
+    b: Decomposition | number,
+    bias: Float32Array | null = null,
+    label = 'layer',
+  ) {
+    if (a instanceof GpuCalderaGroup) {
+      this.group = a;
+      this.index = b as number;
+    } else {
+      const g = new GpuCalderaGroup(a, [{ d: b as Decomposition, bias, label }]);
+      this.group = g;
+      this.index = 0;
+      // the group made its own member object; this one takes its place
+      (g.members as GpuCalderaLinear[])[0] = this;
+    }
+    const d = this.group.decomposition(this.index);
+    [this.outFeatures, this.inFeatures] = d.shape;
+    this.gpuBytes = this.group.memberBytes(this.index);
+    this.bitsPerWeight = d.bitsPerWeight;
+    this.needs = this.group.needs;
+  }
+
+  bind(ctx: LinearContext, x: GPUBuffer, out: GPUBuffer, accumulate: boolean, tile = 1): Dispatch[] {
+    return this.group.bind(ctx, x, this.index, [out], accumulate, tile);
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.group.release();
+  }
+}
+
+/**
+ * Upload CALDERA layers that read the same input (a block's q, k and v; or gate and up): one shared
+ * {@link GpuCalderaGroup} when they are {@link groupable} and the combined buffers fit the device, else a group each.
+ */
+export function createCalderaLinears(
+  dev: CalderaDevice,
+  layers: readonly CalderaLayerInput[],
+): GpuCalderaLinear[] {
+  if (layers.length > 1 && groupable(layers.map((x) => x.d)))
+    try {
+      return [...new GpuCalderaGroup(dev, layers).members];
+    } catch (e) {
+      // a shared buffer larger than the device binds: each layer alone (its own parts were checked by the plan)
+      if (!isCalderaError(e, 'E_DEVICE')) throw e;
+    }
+  return layers.map((x) => new GpuCalderaLinear(dev, x.d, x.bias, x.label));
+}
+
+/**
+ * The launches computing `out = layer(x)` for layers that read the same `x`: one group launch set when the layers
+ * are exactly the members of one {@link GpuCalderaGroup} in order, else each layer's own.
+ */
+export function bindSharedInput(
+  ctx: LinearContext,
+  x: GPUBuffer,
+  layers: readonly { layer: GpuLinear; out: GPUBuffer }[],
+  tile = 1,
+): Dispatch[] {
+  const first = layers[0]?.layer;
+  if (
+    first instanceof GpuCalderaLinear &&
+    first.group.members.length === layers.length &&
+    layers.every(({ layer }, j) => layer === first.group.members[j])
+  )
+    return first.group.bind(
+      ctx,
+      x,
+      0,
+      layers.map((l) => l.out),
+      false,
+      tile,
+    );
+  return layers.flatMap(({ layer, out }) => layer.bind(ctx, x, out, false, tile));
 }
 
 /**

@@ -16,7 +16,13 @@ import {
 import { fromCheckpointTensors, type CheckpointLayerMeta } from '@caldera/lowrank';
 import { storageBuffer, type CalderaDevice } from './device.js';
 import type { GpuMatrix } from './kernels/index.js';
-import { GpuCalderaLinear, GpuDenseLinear, uploadMatrix, type GpuLinear } from './linear.js';
+import {
+  createCalderaLinears,
+  GpuDenseLinear,
+  uploadMatrix,
+  type CalderaLayerInput,
+  type GpuLinear,
+} from './linear.js';
 import { activationRowsOf, WebGpuModel, type GpuBlockWeights, type WebGpuModelOptions } from './model.js';
 
 /** `caldera.json` of a compressed checkpoint (docs/architecture.md). */
@@ -232,7 +238,10 @@ export async function loadModelFromStore(
     let bitsNum = 0;
     let weightsNum = 0;
     for (let b = 0; b < config.numLayers; b++) {
-      const lin: GpuLinear[] = [];
+      // dense layers are uploaded as they are read; CALDERA layers that share an input (q, k, v; gate, up) are
+      // uploaded together, into one group's buffers when their codecs allow
+      const lin: (GpuLinear | null)[] = [];
+      const pending: { at: number; layer: CalderaLayerInput; share: string }[] = [];
       for (const { name } of blockLinearNames(b)) {
         if (options.signal?.aborted)
           throw new CalderaError('E_ABORTED', 'loading was aborted', { cause: options.signal.reason });
@@ -242,7 +251,7 @@ export async function loadModelFromStore(
           throw new CalderaError('E_MISSING', `tensor '${name}.bias' is missing (config has q/k/v biases)`);
         const bias = store.has(`${name}.bias`) ? await vector(store, `${name}.bias`, m) : null;
         const meta = calderaMeta?.layers?.[name];
-        let layer: GpuLinear;
+        weightsNum += m * n;
         if (meta) {
           const tensors: Record<string, Tensor> = {};
           for (const t of store.names())
@@ -253,19 +262,30 @@ export async function loadModelFromStore(
               'E_SHAPE',
               `${name}: compressed shape [${dec.shape.join(', ')}], expected [${m}, ${n}]`,
             );
-          layer = new GpuCalderaLinear(dev, dec, bias, name);
+          bitsNum += dec.bitsPerWeight * m * n;
+          const share = /^(q|k|v)_proj$/.test(kind) ? 'qkv' : /^(gate|up)_proj$/.test(kind) ? 'mlp' : name;
+          pending.push({ at: lin.length, layer: { d: dec, bias, label: name }, share });
+          lin.push(null);
         } else {
           const w = await read(store, `${name}.weight`, [m, n]);
           const data = denseData(w, dtype);
-          layer = new GpuDenseLinear(
+          const layer = new GpuDenseLinear(
             uploadMatrix(dev, data, m, n, name),
             bias ? storageBuffer(dev, bias, `${name}.bias`) : null,
           );
+          created.push(layer);
+          lin.push(layer);
+          bitsNum += layer.bitsPerWeight * m * n;
         }
-        created.push(layer);
-        lin.push(layer);
-        bitsNum += layer.bitsPerWeight * m * n;
-        weightsNum += m * n;
+      }
+      for (const share of new Set(pending.map((p) => p.share))) {
+        const these = pending.filter((p) => p.share === share);
+        const layers = createCalderaLinears(
+          dev,
+          these.map((p) => p.layer),
+        );
+        created.push(...layers);
+        these.forEach((p, i) => (lin[p.at] = layers[i]!));
       }
       const [q, k, v, o, gate, up, down] = lin as [
         GpuLinear,

@@ -238,7 +238,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
       // f16 storage of the same weights still tracks (f16 rounding of weights: ~1e-3 relative)
       const half = await loadModel(d, dir, { contextLength: 16, dtype: 'f16' });
       expect(maxRel(await half.model.forward(tokens), cpu.forward(tokens))).toBeLessThan(2e-2);
-      // the GPU kernel variants (32 lanes per row) and the multi-pass rotation, in a whole model
+      // the GPU kernel variants (32 lanes per row) and the global-memory rotation, in a whole model
       const gpuStyle = await loadModel(d, dir, { contextLength: 16, lanes: 32, maxLocalHadamard: 16 });
       expect(maxRel(await gpuStyle.model.forward(tokens), cpu.forward(tokens))).toBeLessThan(1e-4);
       // batched prefill (batches of 3, 3, 1) gives the bits of token-by-token steps in these variants too
@@ -276,7 +276,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
   });
 
   it('batched prefill: logits equal token-by-token steps, across batch boundaries and after a cached prefix', async () => {
-    // 1 lane per row (32 lanes and the multi-pass rotation: the Qwen2-style test above; too slow on SwiftShader here)
+    // 1 lane per row (32 lanes and the global-memory rotation: the Qwen2-style test above; too slow on SwiftShader here)
     const opts = { lanes: 1 as const };
     // the compressed reference: dense blocks, CALDERA blocks and a fine-tuned CALDERA block
     const batched = await loadModel(d, cdir, { contextLength: 32, prefillChunk: 4, ...opts });

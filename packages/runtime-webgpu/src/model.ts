@@ -1,7 +1,13 @@
 import { CalderaError, ropeInvFreq, throwIfAborted, type ModelConfig } from '@caldera/core';
 import { BufferUsage, MAP_READ_MODE, scratchBuffer, storageBuffer, type CalderaDevice } from './device.js';
 import { encodeDispatches, Kernels, type Dispatch, type GpuMatrix, type Lanes } from './kernels/index.js';
-import { createLinearContext, GpuCalderaLinear, type GpuLinear, type ScratchNeeds } from './linear.js';
+import {
+  bindSharedInput,
+  createLinearContext,
+  GpuCalderaLinear,
+  type GpuLinear,
+  type ScratchNeeds,
+} from './linear.js';
 
 /** One transformer block's weights on the GPU. */
 export interface GpuBlockWeights {
@@ -224,9 +230,16 @@ export class WebGpuModel {
         check(w.down, `${name}.down_proj`, I, d);
         p.push(K.rmsNorm(x, w.inputNorm, h, d, cfg.rmsNormEps));
         p.push(
-          ...w.q.bind(ctx, h, q, false, tile),
-          ...w.k.bind(ctx, h, k, false, tile),
-          ...w.v.bind(ctx, h, v, false, tile),
+          ...bindSharedInput(
+            ctx,
+            h,
+            [
+              { layer: w.q, out: q },
+              { layer: w.k, out: k },
+              { layer: w.v, out: v },
+            ],
+            tile,
+          ),
         );
         p.push(K.rope(this.stepBuf, cs, q, H, hd));
         p.push(K.kvStore(this.stepBuf, cs, k, v, caches[b]!.k, caches[b]!.v, KV, hd));
@@ -246,7 +259,17 @@ export class WebGpuModel {
         );
         p.push(...w.o.bind(ctx, att, x, true, tile));
         p.push(K.rmsNorm(x, w.postAttnNorm, h, d, cfg.rmsNormEps));
-        p.push(...w.gate.bind(ctx, h, g, false, tile), ...w.up.bind(ctx, h, u, false, tile));
+        p.push(
+          ...bindSharedInput(
+            ctx,
+            h,
+            [
+              { layer: w.gate, out: g },
+              { layer: w.up, out: u },
+            ],
+            tile,
+          ),
+        );
         p.push(K.swiglu(g, u, I));
         p.push(...w.down.bind(ctx, g, x, true, tile));
       });

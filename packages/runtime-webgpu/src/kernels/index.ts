@@ -4,9 +4,12 @@ import {
   ARGMAX_WGSL,
   ATTENTION_WGSL,
   e8pBindings,
+  E8P_MAX_SEGMENTS,
   e8pMatvecWgsl,
   embedWgsl,
-  HADAMARD_GLOBAL_WGSL,
+  hadamardChunkWgsl,
+  HADAMARD_MIX_WGSL,
+  hadamardStrideWgsl,
   hadamardWgsl,
   KV_STORE_WGSL,
   matvecWgsl,
@@ -20,6 +23,22 @@ import {
 } from './wgsl.js';
 
 export * from './wgsl.js';
+
+/** One layer's rows in a launch of {@link Kernels.e8pMatvec}. */
+export interface E8pSegment {
+  rows: number;
+  qscale: number;
+  /** Byte offset of the segment's first code in the codes buffer (default 0), and in the second plane's. */
+  codeByte?: number;
+  code2Byte?: number;
+  /** Offset of the segment's input vector within an activation row of `x` (default 0). */
+  x?: number;
+  /**
+   * Packed L̂ (codes of `L̂ᵀ`, `[k, rows/8]`): byte offsets of its two planes in `lowRank.codes`, its scale, and the
+   * offset of its `k` inputs within a row of `z` (default: after the previous segments' ranks).
+   */
+  lowRank?: { k: number; scale: number; codeByte: number; code2Byte: number; z?: number };
+}
 
 /** One recorded kernel launch: replayed into a compute pass as often as needed. */
 export interface Dispatch {
@@ -76,7 +95,7 @@ export class Kernels {
   private readonly owned: GPUBuffer[] = [];
   /** Threads per output row of the matrix–vector kernels (default: 1 on CPU fallback adapters, else 32). */
   readonly lanes: Lanes;
-  /** Largest rotation run in one workgroup (larger ones take the multi-pass global-memory path). */
+  /** Largest rotation run in one workgroup (larger ones take the global-memory path: two or three launches). */
   readonly maxLocalHadamard: number;
   constructor(
     readonly dev: CalderaDevice,
@@ -161,7 +180,18 @@ export class Kernels {
     w: GpuMatrix,
     x: GPUBuffer,
     out: GPUBuffer,
-    o: { bias: GPUBuffer | null; accumulate: boolean; dummy: GPUBuffer; tile?: number },
+    o: {
+      bias: GPUBuffer | null;
+      accumulate: boolean;
+      dummy: GPUBuffer;
+      tile?: number;
+      /** Values per activation row of `x` (default `cols`) and the input's offset in a row (default 0). */
+      xRow?: number;
+      xOff?: number;
+      /** Values per activation row of `out` (default `rows`) and the output's offset in a row (default 0). */
+      outRow?: number;
+      outOff?: number;
+    },
   ): Dispatch {
     const tile = o.tile ?? 1;
     const p = this.pipeline(`matvec_${w.f16 ? 'f16' : 'f32'}_${this.lanes}_${tile}`, () =>
@@ -174,6 +204,10 @@ export class Kernels {
         ['u32', w.rowWords],
         ['u32', o.accumulate ? 1 : 0],
         ['u32', o.bias ? 1 : 0],
+        ['u32', o.xRow ?? w.cols],
+        ['u32', o.xOff ?? 0],
+        ['u32', o.outRow ?? w.rows],
+        ['u32', o.outOff ?? 0],
       ],
       'matvec params',
     );
@@ -190,7 +224,9 @@ export class Kernels {
   /**
    * The sign/rotation/padding step of a CALDERA layer (see {@link hadamardWgsl}): reads `nIn` values of `x`,
    * transforms `n` (K·P) values, writes `outLen`. `hk` is the ±1 `H_K` (f32, K×K). One launch when the vector fits
-   * workgroup memory ({@link Kernels.maxLocalHadamard}), else `2 + log2(P)` launches over `tmp` (≥ n values).
+   * workgroup memory ({@link Kernels.maxLocalHadamard}), else two or three launches over `tmp` (≥ n values per row).
+   * `members` > 1 rotates one input vector for several layers: member w multiplies by `pre` from
+   * `preOff + w·preStride` and writes `w·outLen` after `outOff` (one launch in workgroup memory, else one set each).
    */
   hadamard(o: {
     x: GPUBuffer;
@@ -209,9 +245,24 @@ export class Kernels {
     transpose: boolean;
     accumulate: boolean;
     gscale: number;
+    /** Values per activation row of `x` (default `nIn`) and offset of the input in a row (default 0). */
+    xStride?: number;
+    xOff?: number;
+    /** Values per activation row of `out` (default `outLen · members`) and offset of the output (default 0). */
+    outStride?: number;
+    outOff?: number;
+    /** Offset of the multipliers in `pre` (default 0), and between members (default `n`). */
+    preOff?: number;
+    preStride?: number;
+    /** Layers rotating the same input (default 1). */
+    members?: number;
   }): Dispatch[] {
     const P = o.n / o.K;
-    const fields = (h: number): UniformField[] => [
+    const members = o.members ?? 1;
+    const xStride = o.xStride ?? o.nIn;
+    const outStride = o.outStride ?? o.outLen * members;
+    const preStride = o.preStride ?? o.n;
+    const fields = (outOff: number, preOff: number): UniformField[] => [
       ['u32', o.n],
       ['u32', o.nIn],
       ['u32', o.outLen],
@@ -223,52 +274,106 @@ export class Kernels {
       ['u32', o.bias ? 1 : 0],
       ['f32', 1 / Math.sqrt(o.n)],
       ['f32', o.gscale],
-      ['u32', h],
+      ['u32', xStride],
+      ['u32', o.xOff ?? 0],
+      ['u32', outStride],
+      ['u32', outOff],
+      ['u32', preOff],
+      ['u32', preStride],
     ];
-    const label = `hadamard n=${o.n} K=${o.K}${o.transpose ? ' T' : ''}`;
+    const label = `hadamard n=${o.n} K=${o.K}${o.transpose ? ' T' : ''}${members > 1 ? ` ×${members}` : ''}`;
     if (o.n <= this.maxLocalHadamard) {
       // one pipeline per power-of-two bucket of the workgroup array size
       const bucket = Math.min(Math.max(256, 2 ** Math.ceil(Math.log2(o.n))), this.maxLocalHadamard);
       const p = this.pipeline(`hadamard_${bucket}`, () => hadamardWgsl(bucket));
-      const u = this.uniform(fields(0), 'hadamard params');
-      return [this.make(label, p, [u, o.x, o.pre, o.post, o.bias ?? o.dummy, o.hk, o.out], 1)];
+      const u = this.uniform(fields(o.outOff ?? 0, o.preOff ?? 0), 'hadamard params');
+      return [this.make(label, p, [u, o.x, o.pre, o.post, o.bias ?? o.dummy, o.hk, o.out], members)];
     }
     if (o.tmp.size < o.n * 4)
       throw new CalderaError('E_SHAPE', `${label}: scratch of ${o.tmp.size} bytes, needs ${o.n * 4}`);
-    const G = HADAMARD_GLOBAL_WGSL;
-    const u0 = this.uniform(fields(0), 'hadamard params');
-    const list = [
-      this.make(
-        `${label} load`,
-        this.pipeline('had_load', () => G.load),
-        [u0, o.x, o.pre, o.tmp],
-        Math.ceil(o.n / WG),
-      ),
-    ];
-    if (o.transform)
-      for (let h = 1; h < P; h *= 2)
+    // chunks of B values (a power of two dividing P, at most a workgroup's worth), S chunks per block
+    const cap = 2 ** Math.floor(Math.log2(this.maxLocalHadamard));
+    const B = Math.min(P, cap);
+    const S = P / B;
+    if (S > cap)
+      throw new CalderaError(
+        'E_UNSUPPORTED',
+        `${label}: a Walsh–Hadamard block of ${P} exceeds ${cap}² (workgroup memory holds ${cap} values)`,
+      );
+    const list: Dispatch[] = [];
+    for (let w = 0; w < members; w++) {
+      const outOff = (o.outOff ?? 0) + w * o.outLen;
+      const preOff = (o.preOff ?? 0) + w * preStride;
+      list.push(
+        this.make(
+          `${label} chunk ${B}`,
+          this.pipeline(`had_chunk_${B}`, () => hadamardChunkWgsl(B)),
+          [
+            this.uniform(
+              [
+                ['u32', o.n],
+                ['u32', o.nIn],
+                ['u32', B],
+                ['u32', o.transform ? 1 : 0],
+                ['u32', xStride],
+                ['u32', o.xOff ?? 0],
+                ['u32', preOff],
+              ],
+              'hadamard chunk',
+            ),
+            o.x,
+            o.pre,
+            o.tmp,
+          ],
+          o.n / B,
+        ),
+      );
+      if (o.transform && S > 1) {
+        const C = Math.min(B, cap / S);
         list.push(
           this.make(
-            `${label} stage ${h}`,
-            this.pipeline('had_stage', () => G.stage),
-            [this.uniform(fields(h), 'hadamard stage'), o.tmp],
-            Math.ceil(o.n / 2 / WG),
+            `${label} stride ${S}`,
+            this.pipeline(`had_stride_${S * C}`, () => hadamardStrideWgsl(S * C)),
+            [
+              this.uniform(
+                [
+                  ['u32', o.n],
+                  ['u32', P],
+                  ['u32', B],
+                  ['u32', S],
+                  ['u32', C],
+                ],
+                'hadamard stride',
+              ),
+              o.tmp,
+            ],
+            (o.K * B) / C,
           ),
         );
-    list.push(
-      this.make(
-        `${label} mix`,
-        this.pipeline('had_mix', () => G.mix),
-        [u0, o.tmp, o.post, o.bias ?? o.dummy, o.hk, o.out],
-        Math.ceil(o.outLen / WG),
-      ),
-    );
+      }
+      list.push(
+        this.make(
+          `${label} mix`,
+          this.pipeline('had_mix', () => HADAMARD_MIX_WGSL),
+          [
+            this.uniform(fields(outOff, preOff), 'hadamard params'),
+            o.tmp,
+            o.post,
+            o.bias ?? o.dummy,
+            o.hk,
+            o.out,
+          ],
+          Math.ceil(o.outLen / WG),
+        ),
+      );
+    }
     return list;
   }
 
   /**
-   * Fused E8P12/RVQ matvec, with the packed low-rank term `L̂·z` when `lowRank` is given (see {@link e8pMatvecWgsl});
-   * without one it also computes `z = R̂·x` from R̂'s codes.
+   * Fused E8P12/RVQ matvec over the stacked rows of one or more layers (segments; see {@link e8pMatvecWgsl}), with
+   * the packed low-rank term `L̂·z` when `lowRank` is given; without one it also computes `z = R̂·x` from R̂'s codes.
+   * Output rows: all segments' rows, in order.
    */
   e8pMatvec(o: {
     codes: GPUBuffer;
@@ -280,22 +385,15 @@ export class Kernels {
     sources: GPUBuffer;
     x: GPUBuffer;
     out: GPUBuffer;
-    mp: number;
+    /** Width of every segment's rows (a multiple of 8). */
     np: number;
-    qscale: number;
     /** Divisor of Q's second plane (`RVQ4_RESID_SCALE` or `RVQ3_RESID_SCALE`); unused for 'e8p12'. */
     resScale: number;
-    /** L̂ packed (`k` components), and `z` with `k` values per activation row; absent: no low-rank term. */
-    lowRank?: {
-      codec: LatticeCodec;
-      /** Plane 1 (u16 codes of L̂ᵀ, `[k, mp/8]`) from word 0, plane 2 from word `plane2Word`. */
-      codes: GPUBuffer;
-      plane2Word: number;
-      k: number;
-      scale: number;
-      resScale: number;
-      z: GPUBuffer;
-    };
+    segments: readonly E8pSegment[];
+    /** Values per activation row of `x` (default `np`: one segment's input). */
+    xRow?: number;
+    /** L̂ packed, and `z` with `zRow` values per activation row (default: the segments' ranks summed). */
+    lowRank?: { codec: LatticeCodec; codes: GPUBuffer; resScale: number; z: GPUBuffer; zRow?: number };
     /** Activation rows per invocation (see {@link Kernels.matvec}); default 1. */
     tile?: number;
   }): Dispatch {
@@ -307,23 +405,64 @@ export class Kernels {
     const lr = o.lowRank ?? null;
     if ((o.codec === 'rvq3' || lr?.codec === 'rvq3') !== (o.e81b !== null))
       throw new CalderaError('E_VALUE', 'e8pMatvec: the E81B table is needed exactly when a plane is rvq3');
-    if (lr && o.mp % 8 !== 0)
-      throw new CalderaError('E_SHAPE', `e8pMatvec: packed L̂ needs mp divisible by 8, got ${o.mp}`);
+    const segs = o.segments;
+    if (segs.length < 1 || segs.length > E8P_MAX_SEGMENTS)
+      throw new CalderaError('E_VALUE', `e8pMatvec: 1 to ${E8P_MAX_SEGMENTS} segments, got ${segs.length}`);
+    const G = o.np / 8;
+    // byte offsets to element indices of a plane: u16 codes, or u8 for an rvq3 second plane
+    const index = (bytes: number, plane2Codec: LatticeCodec | null, what: string) => {
+      const size = plane2Codec === 'rvq3' ? 1 : 2;
+      if (bytes % size !== 0)
+        throw new CalderaError('E_VALUE', `e8pMatvec: ${what} byte offset ${bytes} is odd`);
+      return bytes / size;
+    };
+    const fields: UniformField[] = [];
+    let start = 0;
+    let zOff = 0;
+    for (const [j, sg] of segs.entries()) {
+      const l = sg.lowRank;
+      if (l && !lr)
+        throw new CalderaError('E_VALUE', `e8pMatvec: segment ${j} has a low-rank term, the launch none`);
+      if (l && sg.rows % 8 !== 0)
+        throw new CalderaError(
+          'E_SHAPE',
+          `e8pMatvec: packed L̂ needs rows divisible by 8, segment ${j} has ${sg.rows}`,
+        );
+      fields.push(
+        ['u32', start],
+        ['u32', sg.x ?? 0],
+        ['u32', l?.z ?? zOff],
+        ['u32', l?.k ?? 0],
+        ['u32', sg.rows / 8],
+        ['u32', index(sg.codeByte ?? 0, null, 'code')],
+        ['u32', index(sg.code2Byte ?? 0, o.codec, 'second-plane code')],
+        ['u32', index(l?.codeByte ?? 0, null, 'L̂ code')],
+        ['u32', index(l?.code2Byte ?? 0, lr?.codec ?? null, 'L̂ second-plane code')],
+        ['f32', sg.qscale],
+        ['f32', l?.scale ?? 0],
+        ['u32', 0],
+      );
+      start += sg.rows;
+      zOff += l?.k ?? 0;
+    }
+    // the uniform holds every segment slot
+    while (fields.length < 12 * E8P_MAX_SEGMENTS) fields.push(['u32', 0]);
+    const mp = start;
     const tile = o.tile ?? 1;
     const p = this.pipeline(`e8p_matvec_${o.codec}_${lr?.codec ?? 'none'}_${this.lanes}_${tile}`, () =>
       e8pMatvecWgsl(o.codec, lr?.codec ?? null, this.lanes, tile),
     );
     const u = this.uniform(
       [
-        ['u32', o.mp],
-        ['u32', o.np / 8],
-        ['u32', lr?.k ?? 0],
-        ['u32', o.mp / 8],
-        ['f32', o.qscale],
+        ['u32', mp],
+        ['u32', G],
+        ['u32', o.xRow ?? o.np],
+        ['u32', lr?.zRow ?? zOff],
         ['f32', o.resScale],
-        ['f32', lr?.scale ?? 0],
         ['f32', lr?.resScale ?? 1],
-        ['u32', lr?.plane2Word ?? 0],
+        ['u32', segs.length],
+        ['u32', 0],
+        ...fields,
       ],
       'e8p params',
     );
@@ -338,11 +477,12 @@ export class Kernels {
       e81b: o.e81b,
     };
     const bufs = [u, ...e8pBindings(o.codec, lr?.codec ?? null).map((n) => named[n]!)];
+    const k = segs.reduce((s, sg) => s + (sg.lowRank?.k ?? 0), 0);
     return this.make(
-      `e8p ${o.mp}x${o.np}${lr ? ` k=${lr.k}` : ''}`,
+      `e8p ${mp}x${o.np}${segs.length > 1 ? ` (${segs.length} layers)` : ''}${lr ? ` k=${k}` : ''}`,
       p,
       bufs,
-      Math.ceil(o.mp / rowsPerWorkgroup(this.lanes)),
+      Math.ceil(mp / rowsPerWorkgroup(this.lanes)),
       true,
       tile,
     );

@@ -180,7 +180,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
 /**
  * Dense `out[i] (+)= Σ_j W[i, j]·x[j] (+ bias[i])`, W row-major f32, or f16 packed two per u32 with `rowWords`
- * words per row (odd rows padded with a zero half).
+ * words per row (odd rows padded with a zero half). Activation row r reads `x` from `r·xRow + xOff` and writes
+ * `out` from `r·outRow + outOff`.
  */
 export function matvecWgsl(f16: boolean, lanes: Lanes = 32, tile = 1): string {
   const tiled = f16
@@ -188,32 +189,34 @@ export function matvecWgsl(f16: boolean, lanes: Lanes = 32, tile = 1): string {
       let v = unpack2x16float(W[row * p.rowWords + w]);
       let j = 2u * w;
       for (var k = 0u; k < ${tile}u; k++) {
-        let xo = (r0 + k) * p.n + j;
+        let xo = (r0 + k) * p.xRow + p.xOff + j;
         acc[k] += v.x * x[xo];
         if (j + 1u < p.n) { acc[k] += v.y * x[xo + 1u]; }
       }
     }`
     : `for (var j = lane; j < p.n; j += stride) {
       let wv = W[row * p.rowWords + j];
-      for (var k = 0u; k < ${tile}u; k++) { acc[k] += wv * x[(r0 + k) * p.n + j]; }
+      for (var k = 0u; k < ${tile}u; k++) { acc[k] += wv * x[(r0 + k) * p.xRow + p.xOff + j]; }
     }`;
   const body = f16
     ? `for (var w = lane; w < p.rowWords; w += stride) {
       let v = unpack2x16float(W[row * p.rowWords + w]);
       let j = 2u * w;
-      acc += v.x * x[r * p.n + j];
-      if (j + 1u < p.n) { acc += v.y * x[r * p.n + j + 1u]; }
+      let xo = r * p.xRow + p.xOff + j;
+      acc += v.x * x[xo];
+      if (j + 1u < p.n) { acc += v.y * x[xo + 1u]; }
     }`
-    : `for (var j = lane; j < p.n; j += stride) { acc += W[row * p.rowWords + j] * x[r * p.n + j]; }`;
+    : `for (var j = lane; j < p.n; j += stride) { acc += W[row * p.rowWords + j] * x[r * p.xRow + p.xOff + j]; }`;
   const decls = /* wgsl */ `
-struct P { m: u32, n: u32, rowWords: u32, accumulate: u32, hasBias: u32, a: u32, b: u32, c: u32 }
+struct P { m: u32, n: u32, rowWords: u32, accumulate: u32, hasBias: u32, xRow: u32, xOff: u32, outRow: u32,
+  outOff: u32, a: u32, b: u32, c: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> W: array<${f16 ? 'u32' : 'f32'}>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> outv: array<f32>;`;
   const epilogue = `var y = total;
-    let oi = r * p.m + row;
+    let oi = r * p.outRow + p.outOff + row;
     if (p.hasBias == 1u) { y += bias[row]; }
     if (p.accumulate == 1u) { y += outv[oi]; }
     outv[oi] = y;`;
@@ -226,11 +229,15 @@ struct P { m: u32, n: u32, rowWords: u32, accumulate: u32, hasBias: u32, a: u32,
  * `M_n = (H_K ⊗ H_{2^p})/√n`: a fast Walsh–Hadamard transform over each block of `P = 2^p`, then the dense ±1 `H_K`
  * mix across blocks (flat index `a·P + b`, as in @caldera/linalg); finally
  * `out_i (+)= gscale·v_i·post_i (+ bias_i)` for `i < outLen`. `maxN` sizes the workgroup array (4 bytes each).
+ * Activation row r reads `x` from `r·xStride + xOff` and writes from `r·outStride + outOff`. Workgroup w along x
+ * transforms with the multipliers `pre` from `preOff + w·memberPre` and writes `w·outLen` further: several layers'
+ * input rotations of one vector (q, k and v) in one launch.
  */
 export function hadamardWgsl(maxN: number): string {
   return /* wgsl */ `
 struct P { n: u32, nIn: u32, outLen: u32, K: u32, P: u32, transform: u32, transposeH: u32, accumulate: u32,
-  hasBias: u32, invSqrtN: f32, gscale: f32, a: u32 }
+  hasBias: u32, invSqrtN: f32, gscale: f32, xStride: u32, xOff: u32, outStride: u32, outOff: u32, preOff: u32,
+  memberPre: u32, a: u32, b: u32, c: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> pre: array<f32>;
@@ -241,10 +248,11 @@ struct P { n: u32, nIn: u32, outLen: u32, K: u32, P: u32, transform: u32, transp
 var<workgroup> v: array<f32, ${maxN}>;
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-  let xo = wid.y * p.nIn;
-  let oo = wid.y * p.outLen;
+  let xo = wid.y * p.xStride + p.xOff;
+  let oo = wid.y * p.outStride + p.outOff + wid.x * p.outLen;
+  let po = p.preOff + wid.x * p.memberPre;
   for (var j = lid; j < p.n; j += ${WG}u) {
-    if (j < p.nIn) { v[j] = x[xo + j] * pre[j]; } else { v[j] = 0.0; }
+    if (j < p.nIn) { v[j] = x[xo + j] * pre[po + j]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
   if (p.transform == 1u) {
@@ -287,42 +295,92 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
 const HAD_PARAMS = /* wgsl */ `
 struct P { n: u32, nIn: u32, outLen: u32, K: u32, P: u32, transform: u32, transposeH: u32, accumulate: u32,
-  hasBias: u32, invSqrtN: f32, gscale: f32, h: u32 }
+  hasBias: u32, invSqrtN: f32, gscale: f32, xStride: u32, xOff: u32, outStride: u32, outOff: u32, preOff: u32,
+  memberPre: u32, a: u32, b: u32, c: u32 }
 @group(0) @binding(0) var<uniform> p: P;`;
 
 /**
- * The same rotation step as {@link hadamardWgsl} in global memory, for vectors larger than workgroup memory: three
- * kernels over a scratch vector `tmp` — load (`tmp = x ⊙ pre`, zero-padded), one butterfly stage of the
- * Walsh–Hadamard transform per launch (stride `p.h`), and the `H_K` mix with the output epilogue.
+ * First launch of the global-memory rotation (see {@link HADAMARD_GLOBAL_WGSL}): workgroup `c` loads the chunk
+ * `[c·B, c·B + B)` of `x ⊙ pre` (zero past `nIn`) into workgroup memory, applies the Walsh–Hadamard butterflies of
+ * strides 1 … B/2 when `transform` is set, and stores it to `tmp`. `B` (a power of two dividing `P`) is at most
+ * `maxB`, the workgroup array's length.
  */
-export const HADAMARD_GLOBAL_WGSL = {
-  load: /* wgsl */ `${HAD_PARAMS}
+export function hadamardChunkWgsl(maxB: number): string {
+  return /* wgsl */ `
+struct C { n: u32, nIn: u32, B: u32, transform: u32, xStride: u32, xOff: u32, preOff: u32, a: u32 }
+@group(0) @binding(0) var<uniform> p: C;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> pre: array<f32>;
 @group(0) @binding(3) var<storage, read_write> tmp: array<f32>;
+var<workgroup> v: array<f32, ${maxB}>;
 @compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let j = gid.x;
-  if (j >= p.n) { return; }
-  let t = gid.y * p.n + j;
-  if (j < p.nIn) { tmp[t] = x[gid.y * p.nIn + j] * pre[j]; } else { tmp[t] = 0.0; }
-}`,
-  stage: /* wgsl */ `${HAD_PARAMS}
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let base = wid.x * p.B;
+  let xo = wid.y * p.xStride + p.xOff;
+  let to = wid.y * p.n + base;
+  for (var j = lid; j < p.B; j += ${WG}u) {
+    let g = base + j;
+    if (g < p.nIn) { v[j] = x[xo + g] * pre[p.preOff + g]; } else { v[j] = 0.0; }
+  }
+  workgroupBarrier();
+  if (p.transform == 1u) {
+    for (var h = 1u; h < p.B; h <<= 1u) {
+      for (var q = lid; q < p.B / 2u; q += ${WG}u) {
+        let i = (q / h) * (2u * h) + (q % h);
+        let s = v[i];
+        let t = v[i + h];
+        v[i] = s + t;
+        v[i + h] = s - t;
+      }
+      workgroupBarrier();
+    }
+  }
+  for (var j = lid; j < p.B; j += ${WG}u) { tmp[to + j] = v[j]; }
+}`;
+}
+
+/**
+ * Second launch of the global-memory rotation when a block is longer than a chunk (`P = S·B`, S > 1): the remaining
+ * butterflies of strides B … P/2 of each block, which pair elements `S` chunks apart. Workgroup `w` takes block
+ * `a = w / (B/C)` and the `C` consecutive offsets `c₀ = (w mod (B/C))·C …` within a chunk, gathering the `S·C` values
+ * `tmp[a·P + s·B + c₀ + c]` (C contiguous values per s) into workgroup memory (`maxL ≥ S·C`), transforming along s.
+ */
+export function hadamardStrideWgsl(maxL: number): string {
+  return /* wgsl */ `
+struct S { n: u32, P: u32, B: u32, S: u32, C: u32, a: u32, b: u32, c: u32 }
+@group(0) @binding(0) var<uniform> p: S;
 @group(0) @binding(1) var<storage, read_write> tmp: array<f32>;
+var<workgroup> v: array<f32, ${maxL}>;
 @compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let q = gid.x;
-  if (q >= p.n / 2u) { return; }
-  let half = p.P / 2u;
-  let a = q / half;
-  let r = q % half;
-  let i = gid.y * p.n + a * p.P + (r / p.h) * (2u * p.h) + (r % p.h);
-  let s = tmp[i];
-  let t = tmp[i + p.h];
-  tmp[i] = s + t;
-  tmp[i + p.h] = s - t;
-}`,
-  mix: /* wgsl */ `${HAD_PARAMS}
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let groups = p.B / p.C;
+  let base = wid.y * p.n + (wid.x / groups) * p.P + (wid.x % groups) * p.C;
+  let L = p.S * p.C;
+  for (var l = lid; l < L; l += ${WG}u) { v[l] = tmp[base + (l / p.C) * p.B + l % p.C]; }
+  workgroupBarrier();
+  for (var h = 1u; h < p.S; h <<= 1u) {
+    for (var q = lid; q < L / 2u; q += ${WG}u) {
+      let qq = q / p.C;
+      let i = ((qq / h) * (2u * h) + (qq % h)) * p.C + q % p.C;
+      let j = i + h * p.C;
+      let s = v[i];
+      let t = v[j];
+      v[i] = s + t;
+      v[j] = s - t;
+    }
+    workgroupBarrier();
+  }
+  for (var l = lid; l < L; l += ${WG}u) { tmp[base + (l / p.C) * p.B + l % p.C] = v[l]; }
+}`;
+}
+
+/**
+ * Last launch of the global-memory rotation, for vectors larger than workgroup memory (`n = K·P`, P = 2^p; the
+ * one-workgroup form is {@link hadamardWgsl}): after {@link hadamardChunkWgsl} (`tmp = x ⊙ pre`, zero-padded, with
+ * the butterflies inside each chunk of up to a workgroup's worth of values) and, when a block spans several chunks,
+ * {@link hadamardStrideWgsl}, the `H_K` mix across blocks with the output epilogue. Two or three launches whatever n.
+ */
+export const HADAMARD_MIX_WGSL = /* wgsl */ `${HAD_PARAMS}
 @group(0) @binding(1) var<storage, read> tmp: array<f32>;
 @group(0) @binding(2) var<storage, read> post: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
@@ -348,12 +406,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     val = tmp[tb + i];
   }
   var y = p.gscale * (val * post[i]);
-  let o = gid.y * p.outLen + i;
+  let o = gid.y * p.outStride + p.outOff + i;
   if (p.hasBias == 1u) { y += bias[i]; }
   if (p.accumulate == 1u) { y += outv[o]; }
   outv[o] = y;
-}`,
-};
+}`;
 
 /** A lattice codec of packed codes on the GPU (the checkpoint's `e8p12`, `e8p12-rvq4`, `e8p12-rvq3`). */
 export type LatticeCodec = 'e8p12' | 'rvq4' | 'rvq3';
@@ -370,6 +427,9 @@ export function e8pBindings(codec: LatticeCodec, lowRank: LatticeCodec | null): 
   return names;
 }
 
+/** Most segments (layers sharing one launch) of {@link e8pMatvecWgsl}. */
+export const E8P_MAX_SEGMENTS = 4;
+
 /**
  * Fused CALDERA matvec in the rotated domain: `out_i = qscale·Σ_g ⟨decode(Q[i, g]), x[8g..8g+8)⟩ + Σ_t L̂[i, t]·z_t`
  * with `z = R̂·x` computed before (this kernel without a low-rank term, on R̂'s codes). Q stays packed: E8P12 u16
@@ -378,10 +438,15 @@ export function e8pBindings(codec: LatticeCodec, lowRank: LatticeCodec | null): 
  * 256×8 E81B table `e81b`.
  *
  * `lowRank` (the codec of L̂; null: no low-rank term) keeps L̂ packed too: its codes are those of the checkpoint's
- * `L̂ᵀ` (`[k, mp/8]` groups along m), plane 1 from word 0 of `lcodes` and plane 2 from word `p.l2`, so the element
- * `L̂[i, t] = lscale·(c1 + c2/lres)` is coordinate `i mod 8` of code `t·mp/8 + ⌊i/8⌋`, decoded alone. The 8 rows of a
- * workgroup share those codes, so L̂ costs its packed bytes in memory traffic. A row's lanes split both the code
- * groups of Q and the k terms of L̂, so one reduction sums them.
+ * `L̂ᵀ` (`[k, mp/8]` groups along m), so the element `L̂[i, t] = lscale·(c1 + c2/lres)` is coordinate `i mod 8` of code
+ * `t·mp/8 + ⌊i/8⌋`, decoded alone. The 8 rows of a workgroup share those codes, so L̂ costs its packed bytes in
+ * memory traffic. A row's lanes split both the code groups of Q and the k terms of L̂, so one reduction sums them.
+ *
+ * Segments: the output rows are the stacked rows of up to {@link E8P_MAX_SEGMENTS} layers of the same input width and
+ * codecs (q, k and v; gate and up), one launch for all. Segment j's rows start at row `start`; its codes at
+ * plane-1 code `q1` (plane 2: `q2`, in that plane's elements) and L̂'s at `l1`/`l2`; it reads its own activation
+ * vector at `xOff` within an activation row of `xRow` values and its `k` low-rank inputs at `zOff` within a row of
+ * `zRow`; outputs are rows of `mp` (all segments' rows).
  *
  * Decoding (see @caldera/quant e8p.ts): code = (a << 8) | σ; with `p = popcount(σ) & 1` and `σ' = σ ^ p`,
  * coordinate i is `±source[a][i] + (p ? −¼ : ¼)`, negated when bit `π(i) = (i >> 1) | ((i & 1) << 2)` of σ' is set.
@@ -417,14 +482,21 @@ export function e8pMatvecWgsl(
   // the second plane of L̂: an E8P12 code (rvq4) or an E81B code (rvq3), scaled by 1/lres
   const lresid =
     lowRank === 'rvq4'
-      ? ' + elem((lcodes[p.l2 + (idx >> 1u)] >> ((idx & 1u) * 16u)) & 0xffffu, i) / p.lres'
+      ? ' + elem((lcodes[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu, i) / p.lres'
       : lowRank === 'rvq3'
-        ? ' + e81b[((lcodes[p.l2 + (idx >> 2u)] >> ((idx & 3u) * 8u)) & 0xffu) * 8u + i] / p.lres'
+        ? ' + e81b[((lcodes[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u + i] / p.lres'
         : '';
   const decls = /* wgsl */ `
-struct P { mp: u32, G: u32, k: u32, lG: u32, qscale: f32, resScale: f32, lscale: f32, lres: f32, l2: u32, a: u32,
-  b: u32, c: u32 }
+struct Seg { start: u32, xOff: u32, zOff: u32, k: u32, lG: u32, q1: u32, q2: u32, l1: u32, l2: u32, qscale: f32,
+  lscale: f32, a: u32 }
+struct P { mp: u32, G: u32, xRow: u32, zRow: u32, resScale: f32, lres: f32, nseg: u32, a: u32,
+  seg: array<Seg, ${E8P_MAX_SEGMENTS}> }
 @group(0) @binding(0) var<uniform> p: P;
+fn segOf(row: u32) -> Seg {
+  var j = 0u;
+  for (var t = 1u; t < p.nseg; t++) { if (row >= p.seg[t].start) { j = t; } }
+  return p.seg[j];
+}
 ${bindings}
 ${lanes === 1 ? '' : 'var<workgroup> tbl: array<f32, 2048>;'}
 fn dot8(c: u32, xo: u32) -> f32 {
@@ -465,41 +537,48 @@ ${
   let mag = ${tbl}[(c >> 8u) * 8u + i];
   return select(mag, -mag, (((sigma ^ par) >> bit) & 1u) == 1u) + select(0.25, -0.25, par == 1u);
 }
-fn lval(t: u32, row: u32) -> f32 {
-  let idx = t * p.lG + (row >> 3u);
-  let i = row & 7u;
-  return p.lscale * (elem((lcodes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu, i)${lresid});
+fn lval(sg: Seg, t: u32, lrow: u32) -> f32 {
+  let off = t * sg.lG + (lrow >> 3u);
+  let idx = sg.l1 + off;
+  let idx2 = sg.l2 + off;
+  let i = lrow & 7u;
+  return sg.lscale * (elem((lcodes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu, i)${lresid});
 }`
     : ''
 }`;
   const prologue = `for (var i = lid; i < 2048u; i += ${WG}u) { tbl[i] = src[i]; }
   workgroupBarrier();`;
-  const body = `var acc2 = 0.0;
+  // segment of the row, its row within the segment; plane-1 and plane-2 code indices of group g
+  const seg = `let sg = segOf(row);
+    let lrow = row - sg.start;`;
+  const body = `${seg}
+    var acc2 = 0.0;
     for (var g = lane; g < p.G; g += stride) {
-      let idx = row * p.G + g;
-      let sh = (idx & 1u) * 16u;
-      let xo = r * 8u * p.G + 8u * g;
-      acc += dot8((codes[idx >> 1u] >> sh) & 0xffffu, xo);
-      ${rvq4 ? 'acc2 += dot8((codes2[idx >> 1u] >> sh) & 0xffffu, xo);' : ''}
+      let idx = sg.q1 + lrow * p.G + g;
+      let idx2 = sg.q2 + lrow * p.G + g;
+      let xo = r * p.xRow + sg.xOff + 8u * g;
+      acc += dot8((codes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu, xo);
+      ${rvq4 ? 'acc2 += dot8((codes2[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu, xo);' : ''}
       ${
         rvq3
-          ? `let c2 = ((codes2[idx >> 2u] >> ((idx & 3u) * 8u)) & 0xffu) * 8u;
+          ? `let c2 = ((codes2[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u;
       for (var i = 0u; i < 8u; i++) { acc2 += e81b[c2 + i] * x[xo + i]; }`
           : ''
       }
     }
     ${rvq4 || rvq3 ? 'acc += acc2 / p.resScale;' : ''}
-    acc *= p.qscale;
-    ${lowRank ? 'for (var t = lane; t < p.k; t += stride) { acc += lval(t, row) * z[r * p.k + t]; }' : ''}`;
-  const tiled = `var acc2: array<f32, ${tile}>;
+    acc *= sg.qscale;
+    ${lowRank ? 'for (var t = lane; t < sg.k; t += stride) { acc += lval(sg, t, lrow) * z[r * p.zRow + sg.zOff + t]; }' : ''}`;
+  const tiled = `${seg}
+    var acc2: array<f32, ${tile}>;
     for (var g = lane; g < p.G; g += stride) {
-      let idx = row * p.G + g;
-      let sh = (idx & 1u) * 16u;
-      var v1 = decode8((codes[idx >> 1u] >> sh) & 0xffffu);
-      ${rvq4 ? 'var v2 = decode8((codes2[idx >> 1u] >> sh) & 0xffffu);' : ''}
-      ${rvq3 ? 'let c2 = ((codes2[idx >> 2u] >> ((idx & 3u) * 8u)) & 0xffu) * 8u;' : ''}
+      let idx = sg.q1 + lrow * p.G + g;
+      let idx2 = sg.q2 + lrow * p.G + g;
+      var v1 = decode8((codes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu);
+      ${rvq4 ? 'var v2 = decode8((codes2[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu);' : ''}
+      ${rvq3 ? 'let c2 = ((codes2[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u;' : ''}
       for (var k = 0u; k < ${tile}u; k++) {
-        let xo = (r0 + k) * 8u * p.G + 8u * g;
+        let xo = (r0 + k) * p.xRow + sg.xOff + 8u * g;
         var s = 0.0;
         for (var i = 0u; i < 8u; i++) { s += v1[i] * x[xo + i]; }
         acc[k] += s;
@@ -513,12 +592,12 @@ fn lval(t: u32, row: u32) -> f32 {
         ${rvq3 ? 'for (var i = 0u; i < 8u; i++) { acc2[k] += e81b[c2 + i] * x[xo + i]; }' : ''}
       }
     }
-    for (var k = 0u; k < ${tile}u; k++) { acc[k] = p.qscale * (acc[k]${rvq4 || rvq3 ? ' + acc2[k] / p.resScale' : ''}); }
+    for (var k = 0u; k < ${tile}u; k++) { acc[k] = sg.qscale * (acc[k]${rvq4 || rvq3 ? ' + acc2[k] / p.resScale' : ''}); }
     ${
       lowRank
-        ? `for (var t = lane; t < p.k; t += stride) {
-      let lv = lval(t, row);
-      for (var k = 0u; k < ${tile}u; k++) { acc[k] += lv * z[(r0 + k) * p.k + t]; }
+        ? `for (var t = lane; t < sg.k; t += stride) {
+      let lv = lval(sg, t, lrow);
+      for (var k = 0u; k < ${tile}u; k++) { acc[k] += lv * z[(r0 + k) * p.zRow + sg.zOff + t]; }
     }`
         : ''
     }`;
