@@ -7,6 +7,7 @@ import {
   fromCheckpointTensors,
   toCheckpointTensors,
   withTrainableFactors,
+  type CalderaOptions,
   type Decomposition,
 } from '@caldera/lowrank';
 import { CalderaLinear } from '@caldera/runtime-node';
@@ -188,83 +189,89 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
         expect(errNode / scale).toBeLessThan(2e-5);
       });
 
-  for (const local of [undefined, 16])
-    it(`a group of layers sharing an input (GQA-like heights, rank 0, LoRA, dense f16 factors; ${local ? 'global-memory' : 'workgroup'} rotation) equals each layer alone, to the bit, for 2 activation rows`, async () => {
-      const rng = new Rng(12);
-      const n = 96;
-      // a seed each: different random signs SU, so a layer reading another's rotated input gives other values
-      let seed = 0;
-      const dec = (m: number, o: Record<string, number>, kft = 0) => {
-        const w = tensor('f32', [m, n], rng.fillNormal(new Float32Array(m * n), 0, 0.5));
-        let x = caldera(w, null, { outerIters: 1, lplrIters: 1, seed: ++seed, ...o });
-        if (kft > 0) {
-          x = withTrainableFactors(x, kft);
-          for (let i = 0; i < x.ft!.l.length; i++) x.ft!.l[i]! += 0.5 * rng.normal();
-        }
-        const { tensors, meta } = toCheckpointTensors('layer', x);
-        return fromCheckpointTensors('layer', (nm) => tensors[nm], meta);
-      };
-      const layers = [
-        { d: dec(50, { rank: 6 }), bias: rng.fillNormal(new Float32Array(50), 0, 1), label: 'q' },
-        { d: dec(24, { rank: 0 }), bias: null, label: 'k' },
-        { d: dec(40, { rank: 4 }, 1), bias: null, label: 'v' },
-        { d: dec(32, { rank: 3, lBits: 16, rBits: 16 }), bias: null, label: 'extra' },
-      ];
-      expect(groupable(layers.map((l) => l.d))).toBe(true);
-      const members = createCalderaLinears(d, layers);
-      const group = members[0]!.group;
-      expect(members.every((m, j) => m.group === group && m.index === j)).toBe(true);
-      const alone = layers.map((l) => new GpuCalderaLinear(d, l.d, l.bias, l.label));
-      // the shared buffers hold exactly the bytes of the layers apart
-      expect(members.map((m) => m.gpuBytes)).toEqual(alone.map((m) => m.gpuBytes));
-      const kernels = new Kernels(d, local ? { maxLocalHadamard: local } : {});
-      const ctx = createLinearContext(d, kernels, group.needs, 2);
-      const xs = rng.fillNormal(new Float32Array(2 * n), 0, 1);
-      const x = storageBuffer(d, xs, 'x');
-      const outs = layers.map((l) => storageBuffer(d, new Float32Array(2 * l.d.shape[0]), 'out'));
-      const launches = bindSharedInput(
-        ctx,
-        x,
-        members.map((layer, j) => ({ layer, out: outs[j]! })),
-      );
-      // one input rotation (in global memory: 2 or 3 launches per layer), R̂ and the fused kernel for all; 2 dense
-      // launches for each of the two layers with dense factors; an output rotation each
-      const rotations = (m: number) => (local ? 2 + (m > 16 * hadamardFactor(m)!.K ? 1 : 0) : 1);
-      expect(launches.length).toBe(
-        (local ? layers.length * rotations(n) : 1) +
-          2 +
-          2 * 2 +
-          layers.reduce((s, l) => s + rotations(l.d.padded[0]), 0),
-      );
-      const run = async (list: ReturnType<typeof bindSharedInput>) => {
-        const enc = d.device.createCommandEncoder();
-        encodeDispatches(enc, list, 2);
-        d.device.queue.submit([enc.finish()]);
-      };
-      await run(launches);
-      for (const [j, l] of layers.entries()) {
-        const m = l.d.shape[0];
-        const got = new Float32Array(await readBuffer(d, outs[j]!, 2 * m * 4));
-        const one = storageBuffer(d, new Float32Array(2 * m), 'one');
-        await run(alone[j]!.bind(ctx, x, one, false));
-        // the same operations in the same order per output: identical bits
-        expect(Array.from(got), l.label).toEqual(
-          Array.from(new Float32Array(await readBuffer(d, one, 2 * m * 4))),
+  // two groups of three (the most one launch serves): GQA-like heights, rank 0, a LoRA pair, dense f16 factors, biases
+  const groups: { m: number; o: CalderaOptions; bias?: boolean; kft?: number }[][] = [
+    [
+      { m: 50, o: { rank: 6 }, bias: true },
+      { m: 24, o: { rank: 0 } },
+      { m: 40, o: { rank: 4 }, kft: 1 },
+    ],
+    [
+      { m: 32, o: { rank: 3, lBits: 16, rBits: 16 }, bias: true },
+      { m: 56, o: { rank: 5 } },
+      { m: 24, o: { rank: 2 }, bias: true },
+    ],
+  ];
+  for (const [gi, spec] of groups.entries())
+    for (const local of [undefined, 16])
+      it(`group ${gi + 1} of layers sharing an input (${local ? 'global-memory' : 'workgroup'} rotations) equals each layer alone, to the bit, for 2 activation rows`, async () => {
+        const rng = new Rng(12 + gi);
+        const n = 96;
+        // a seed each: different random signs SU, so a layer reading another's rotated input gives other values
+        const layers = spec.map((l, j) => {
+          const w = tensor('f32', [l.m, n], rng.fillNormal(new Float32Array(l.m * n), 0, 0.5));
+          let x = caldera(w, null, { outerIters: 1, lplrIters: 1, seed: j + 1, ...l.o });
+          if (l.kft) {
+            x = withTrainableFactors(x, l.kft);
+            for (let i = 0; i < x.ft!.l.length; i++) x.ft!.l[i]! += 0.5 * rng.normal();
+          }
+          const { tensors, meta } = toCheckpointTensors('layer', x);
+          const d = fromCheckpointTensors('layer', (nm) => tensors[nm], meta);
+          const bias = l.bias ? rng.fillNormal(new Float32Array(l.m), 0, 1) : null;
+          return { d, bias, label: `layer${j}` };
+        });
+        expect(groupable(layers.map((l) => l.d))).toBe(true);
+        const members = createCalderaLinears(d, layers);
+        const group = members[0]!.group;
+        expect(members.every((m, j) => m.group === group && m.index === j)).toBe(true);
+        const alone = layers.map((l) => new GpuCalderaLinear(d, l.d, l.bias, l.label));
+        // the shared buffers hold exactly the bytes of the layers apart
+        expect(members.map((m) => m.gpuBytes)).toEqual(alone.map((m) => m.gpuBytes));
+        const kernels = new Kernels(d, local ? { maxLocalHadamard: local } : {});
+        const ctx = createLinearContext(d, kernels, group.needs, 2);
+        const xs = rng.fillNormal(new Float32Array(2 * n), 0, 1);
+        const x = storageBuffer(d, xs, 'x');
+        const outs = layers.map((l) => storageBuffer(d, new Float32Array(2 * l.d.shape[0]), 'out'));
+        const launches = bindSharedInput(
+          ctx,
+          x,
+          members.map((layer, j) => ({ layer, out: outs[j]! })),
         );
-        const apply = applyDecomposition(l.d, xs, 2);
-        let err = 0;
-        let scale = 1;
-        for (let i = 0; i < 2 * m; i++) {
-          err = Math.max(err, Math.abs(got[i]! - apply[i]! - (l.bias?.[i % m] ?? 0)));
-          scale = Math.max(scale, Math.abs(apply[i]!));
+        // in workgroup memory: one input rotation, R̂, the fused kernel and one output rotation for all, plus 2
+        // launches for the layer with dense factors; in global memory 2 or 3 per rotation and layer
+        const rotation = (size: number) => 2 + (size > 16 * hadamardFactor(size)!.K ? 1 : 0);
+        expect(launches.length).toBe(
+          local ? layers.reduce((s, l) => s + rotation(n) + rotation(l.d.padded[0]), 2 + 2) : 1 + 2 + 2 + 1,
+        );
+        const run = async (list: ReturnType<typeof bindSharedInput>) => {
+          const enc = d.device.createCommandEncoder();
+          encodeDispatches(enc, list, 2);
+          d.device.queue.submit([enc.finish()]);
+        };
+        await run(launches);
+        for (const [j, l] of layers.entries()) {
+          const m = l.d.shape[0];
+          const got = new Float32Array(await readBuffer(d, outs[j]!, 2 * m * 4));
+          const one = storageBuffer(d, new Float32Array(2 * m), 'one');
+          await run(alone[j]!.bind(ctx, x, one, false));
+          // the same operations in the same order per output: identical bits
+          expect(Array.from(got), l.label).toEqual(
+            Array.from(new Float32Array(await readBuffer(d, one, 2 * m * 4))),
+          );
+          const apply = applyDecomposition(l.d, xs, 2);
+          let err = 0;
+          let scale = 1;
+          for (let i = 0; i < 2 * m; i++) {
+            err = Math.max(err, Math.abs(got[i]! - apply[i]! - (l.bias?.[i % m] ?? 0)));
+            scale = Math.max(scale, Math.abs(apply[i]!));
+          }
+          // f32 throughout, different summation order: ~1e-6 of the output scale (as for one layer above)
+          expect(err / scale, l.label).toBeLessThan(2e-5);
         }
-        // f32 throughout, different summation order: ~1e-6 of the output scale (as for one layer above)
-        expect(err / scale, l.label).toBeLessThan(2e-5);
-      }
-      for (const m of [...members, ...alone]) m.dispose();
-      ctx.dispose();
-      kernels.dispose();
-    });
+        for (const m of [...members, ...alone]) m.dispose();
+        ctx.dispose();
+        kernels.dispose();
+      });
 
   it('layers of different codecs are not grouped', () => {
     const rng = new Rng(13);

@@ -5,6 +5,7 @@ import { e81bCodebook, e8pSources, RVQ3_RESID_SCALE, RVQ4_RESID_SCALE } from '@c
 import { checkFits, storageBuffer, type CalderaDevice } from './device.js';
 import {
   E8P_MAX_SEGMENTS,
+  ROTATION_MAX_MEMBERS,
   type Dispatch,
   type GpuMatrix,
   type Kernels,
@@ -62,6 +63,8 @@ export interface LinearContext {
   e81b: GPUBuffer;
   /** `H_K` (f32, ±1) by K, created on demand. */
   hk(K: number): GPUBuffer;
+  /** `H_K` for each K of `Ks` back to back, and where each starts (f32 values); created on demand. */
+  hkTable(Ks: readonly number[]): { buffer: GPUBuffer; offsets: number[] };
 }
 
 /** A linear layer on the GPU: `out (+)= x·Wᵀ (+ bias)` as a list of kernel launches bound to fixed buffers. */
@@ -168,7 +171,7 @@ function latticeFactors(d: Decomposition): { l: LatticeCodes; r: LatticeCodes } 
 }
 
 /** Most layers in one {@link GpuCalderaGroup} (the segments of one fused launch). */
-export const MAX_GROUP_LAYERS = E8P_MAX_SEGMENTS;
+export const MAX_GROUP_LAYERS = Math.min(E8P_MAX_SEGMENTS, ROTATION_MAX_MEMBERS);
 
 /**
  * Whether these layers can share one {@link GpuCalderaGroup}: at most {@link MAX_GROUP_LAYERS}, the same input and
@@ -202,8 +205,9 @@ interface Member {
   packed: { k: number; r: number; r2: number; rScale: number; l: number; l2: number; lScale: number } | null;
   /** Dense factors and the LoRA pair, f32: L `[mp, k_d]`, R `[k_d, np]`. */
   dense: { l: GpuMatrix; r: GpuMatrix } | null;
-  sv: GPUBuffer | null;
-  bias: GPUBuffer | null;
+  /** Offsets (in f32 values) of SV in the group's SV buffer and of the bias in its bias buffer (null: none). */
+  sv: number;
+  bias: number | null;
   /** K of the output rotation's Hadamard factor. */
   Km: number;
   gpuBytes: number;
@@ -240,8 +244,11 @@ export class GpuCalderaGroup {
   private readonly rCodes: GPUBuffer | null;
   private readonly rCodes2: GPUBuffer | null;
   private readonly lCodes: GPUBuffer | null;
-  /** SU of every layer back to back (np each); null without the rotation. */
+  /** SU of every layer back to back (np each), and SV (mp each); null without the rotation. */
   private readonly su: GPUBuffer | null;
+  private readonly sv: GPUBuffer | null;
+  /** The biases of the layers that have one, back to back. */
+  private readonly bias: GPUBuffer | null;
   private readonly q: { codec: LatticeCodec; resScale: number };
   private readonly r: { codec: LatticeCodec; resScale: number } | null;
   private readonly l: { codec: LatticeCodec; resScale: number } | null;
@@ -303,6 +310,10 @@ export class GpuCalderaGroup {
         decs.forEach((d, j) => su.set(d.su!, j * np));
         this.su = up(su, 'SU');
       } else this.su = null;
+      const svL = layout(decs.map((d) => (d.sv ? u8(d.sv) : new Uint8Array(0))));
+      this.sv = d0.hadamard ? up(svL.bytes, 'SV') : null;
+      const biasL = layout(layers.map((x) => (x.bias ? u8(x.bias) : new Uint8Array(0))));
+      this.bias = layers.some((x) => x.bias) ? up(biasL.bytes, 'bias') : null;
       // a part of nothing (a layer without lattice factors) takes no bytes in the group's buffers
       const size = (bytes: number) => (bytes > 0 ? partBytes(bytes) : 0);
       this.m = decs.map((d, j) => {
@@ -341,15 +352,14 @@ export class GpuCalderaGroup {
             r: { buffer: own(rv, 'R_dense'), rows: kd, cols: np, f16: false, rowWords: np },
           };
         }
-        const sv = d.sv ? own(d.sv, 'SV') : null;
-        const b = bias ? own(bias, 'bias') : null;
         const partSum =
           size(d.q.planes[0]!.byteLength) +
           size(q2L ? d.q.planes[1]!.byteLength : 0) +
           size(f?.r.planes[0]!.byteLength ?? 0) +
           size(r2L ? (f?.r.planes[1]?.byteLength ?? 0) : 0) +
           size(lp?.bytes.byteLength ?? 0) +
-          (d.hadamard ? np * 4 : 0);
+          size(bias?.byteLength ?? 0) +
+          (d.hadamard ? (np + mp) * 4 : 0);
         return {
           d,
           label: name,
@@ -368,8 +378,8 @@ export class GpuCalderaGroup {
                 }
               : null,
           dense,
-          sv,
-          bias: b,
+          sv: svL.offsets[j]! / 4,
+          bias: bias ? biasL.offsets[j]! / 4 : null,
           Km: Kof(mp, name),
           gpuBytes: partSum + mine.reduce((s, x) => s + x.size, 0),
         };
@@ -544,32 +554,69 @@ export class GpuCalderaGroup {
         }),
       );
     });
-    ms.forEach((mb, w) => {
-      const [m] = mb.d.shape;
-      const [mp] = mb.d.padded;
+    // the output rotations: one launch for all in workgroup memory, else a launch set per layer
+    const Ks = [...new Set(ms.map((mb) => mb.Km))];
+    const hks = ctx.hkTable(Ks);
+    if (J <= ROTATION_MAX_MEMBERS && ms.every((mb) => mb.d.padded[0] <= K.maxLocalHadamard))
       list.push(
-        ...K.hadamard({
+        K.rotations({
           x: ctx.rotOut,
           xStride: rows,
-          xOff: rowStart[w]!,
-          out: outs[w]!,
           pre: ctx.ones,
-          post: mb.sv ?? ctx.ones,
-          bias: mb.bias,
-          hk: ctx.hk(mb.Km),
-          tmp: ctx.rotTmp,
+          post: this.sv ?? ctx.ones,
+          bias: this.bias,
+          hk: hks.buffer,
           dummy: ctx.dummy,
-          n: mp,
-          nIn: mp,
-          outLen: m,
-          K: mb.Km,
-          transform: mb.d.hadamard,
+          outs,
+          transform: d0.hadamard,
           transpose: true,
           accumulate,
-          gscale: mb.d.scale,
+          members: ms.map((mb, w) => ({
+            n: mb.d.padded[0],
+            nIn: mb.d.padded[0],
+            outLen: mb.d.shape[0],
+            K: mb.Km,
+            gscale: mb.d.scale,
+            xOff: rowStart[w]!,
+            preOff: 0,
+            postOff: this.sv ? mb.sv : 0,
+            biasOff: mb.bias,
+            hkOff: hks.offsets[Ks.indexOf(mb.Km)]!,
+            outOff: 0,
+            outStride: mb.d.shape[0],
+            slot: w,
+          })),
         }),
       );
-    });
+    else
+      ms.forEach((mb, w) => {
+        const [m] = mb.d.shape;
+        const [mp] = mb.d.padded;
+        list.push(
+          ...K.hadamard({
+            x: ctx.rotOut,
+            xStride: rows,
+            xOff: rowStart[w]!,
+            out: outs[w]!,
+            pre: ctx.ones,
+            post: this.sv ?? ctx.ones,
+            postOff: this.sv ? mb.sv : 0,
+            bias: mb.bias === null ? null : this.bias,
+            biasOff: mb.bias ?? 0,
+            hk: ctx.hk(mb.Km),
+            tmp: ctx.rotTmp,
+            dummy: ctx.dummy,
+            n: mp,
+            nIn: mp,
+            outLen: m,
+            K: mb.Km,
+            transform: mb.d.hadamard,
+            transpose: true,
+            accumulate,
+            gscale: mb.d.scale,
+          }),
+        );
+      });
     return list;
   }
 
@@ -695,6 +742,7 @@ export function createLinearContext(
     storageBuffer(dev, new Float32Array(Math.max(4, n)).fill(fill), label);
   const scratch = (n: number, label: string) => f(n * rows, label);
   const hks = new Map<number, GPUBuffer>();
+  const tables = new Map<string, { buffer: GPUBuffer; offsets: number[] }>();
   const ctx = {
     dev,
     kernels,
@@ -706,6 +754,23 @@ export function createLinearContext(
     dummy: f(4, 'dummy'),
     sources: storageBuffer(dev, e8pSourceTable(), 'e8p sources'),
     e81b: storageBuffer(dev, e81bCodebook(), 'e81b codebook'),
+    hkTable(Ks: readonly number[]): { buffer: GPUBuffer; offsets: number[] } {
+      const key = Ks.join(',');
+      let t = tables.get(key);
+      if (!t) {
+        const offsets: number[] = [];
+        let at = 0;
+        for (const K of Ks) {
+          offsets.push(at);
+          at += K * K;
+        }
+        const all = new Float32Array(at);
+        Ks.forEach((K, i) => all.set(hadamardBase(K), offsets[i]));
+        t = { buffer: storageBuffer(dev, all, `H_{${key}}`), offsets };
+        tables.set(key, t);
+      }
+      return t;
+    },
     hk(K: number): GPUBuffer {
       let b = hks.get(K);
       if (!b) {
@@ -725,6 +790,7 @@ export function createLinearContext(
         ctx.sources,
         ctx.e81b,
         ...hks.values(),
+        ...[...tables.values()].map((t) => t.buffer),
       ])
         b.destroy();
     },

@@ -5,6 +5,7 @@ import {
   ATTENTION_WGSL,
   e8pBindings,
   E8P_MAX_SEGMENTS,
+  ROTATION_MAX_MEMBERS,
   e8pMatvecWgsl,
   embedWgsl,
   hadamardChunkWgsl,
@@ -23,6 +24,25 @@ import {
 } from './wgsl.js';
 
 export * from './wgsl.js';
+
+/** One layer's vector in a launch of {@link Kernels.rotations}: sizes, scale and offsets (see {@link hadamardWgsl}). */
+export interface RotationMember {
+  n: number;
+  nIn: number;
+  outLen: number;
+  K: number;
+  gscale: number;
+  xOff: number;
+  preOff: number;
+  postOff: number;
+  /** Offset into `bias`, or null for none. */
+  biasOff: number | null;
+  hkOff: number;
+  outOff: number;
+  outStride: number;
+  /** Which of `outs` to write. */
+  slot: number;
+}
 
 /** One layer's rows in a launch of {@link Kernels.e8pMatvec}. */
 export interface E8pSegment {
@@ -254,7 +274,10 @@ export class Kernels {
     /** Offset of the multipliers in `pre` (default 0), and between members (default `n`). */
     preOff?: number;
     preStride?: number;
-    /** Layers rotating the same input (default 1). */
+    /** Offsets of the output multipliers in `post` and of the bias in `bias` (default 0). */
+    postOff?: number;
+    biasOff?: number;
+    /** Layers rotating the same input (default 1; at most {@link ROTATION_MAX_MEMBERS} in workgroup memory). */
     members?: number;
   }): Dispatch[] {
     const P = o.n / o.K;
@@ -262,7 +285,31 @@ export class Kernels {
     const xStride = o.xStride ?? o.nIn;
     const outStride = o.outStride ?? o.outLen * members;
     const preStride = o.preStride ?? o.n;
-    const fields = (outOff: number, preOff: number): UniformField[] => [
+    const label = `hadamard n=${o.n} K=${o.K}${o.transpose ? ' T' : ''}${members > 1 ? ` ×${members}` : ''}`;
+    if (o.n <= this.maxLocalHadamard && members <= ROTATION_MAX_MEMBERS)
+      return [
+        this.rotations({
+          ...o,
+          xStride,
+          outs: [o.out],
+          members: Array.from({ length: members }, (_, w) => ({
+            n: o.n,
+            nIn: o.nIn,
+            outLen: o.outLen,
+            K: o.K,
+            gscale: o.gscale,
+            xOff: o.xOff ?? 0,
+            preOff: (o.preOff ?? 0) + w * preStride,
+            postOff: o.postOff ?? 0,
+            biasOff: o.bias ? (o.biasOff ?? 0) : null,
+            hkOff: 0,
+            outOff: (o.outOff ?? 0) + w * o.outLen,
+            outStride,
+            slot: 0,
+          })),
+        }),
+      ];
+    const fields = (outOff: number): UniformField[] => [
       ['u32', o.n],
       ['u32', o.nIn],
       ['u32', o.outLen],
@@ -274,21 +321,11 @@ export class Kernels {
       ['u32', o.bias ? 1 : 0],
       ['f32', 1 / Math.sqrt(o.n)],
       ['f32', o.gscale],
-      ['u32', xStride],
-      ['u32', o.xOff ?? 0],
       ['u32', outStride],
       ['u32', outOff],
-      ['u32', preOff],
-      ['u32', preStride],
+      ['u32', o.postOff ?? 0],
+      ['u32', o.biasOff ?? 0],
     ];
-    const label = `hadamard n=${o.n} K=${o.K}${o.transpose ? ' T' : ''}${members > 1 ? ` ×${members}` : ''}`;
-    if (o.n <= this.maxLocalHadamard) {
-      // one pipeline per power-of-two bucket of the workgroup array size
-      const bucket = Math.min(Math.max(256, 2 ** Math.ceil(Math.log2(o.n))), this.maxLocalHadamard);
-      const p = this.pipeline(`hadamard_${bucket}`, () => hadamardWgsl(bucket));
-      const u = this.uniform(fields(o.outOff ?? 0, o.preOff ?? 0), 'hadamard params');
-      return [this.make(label, p, [u, o.x, o.pre, o.post, o.bias ?? o.dummy, o.hk, o.out], members)];
-    }
     if (o.tmp.size < o.n * 4)
       throw new CalderaError('E_SHAPE', `${label}: scratch of ${o.tmp.size} bytes, needs ${o.n * 4}`);
     // chunks of B values (a power of two dividing P, at most a workgroup's worth), S chunks per block
@@ -355,19 +392,88 @@ export class Kernels {
         this.make(
           `${label} mix`,
           this.pipeline('had_mix', () => HADAMARD_MIX_WGSL),
-          [
-            this.uniform(fields(outOff, preOff), 'hadamard params'),
-            o.tmp,
-            o.post,
-            o.bias ?? o.dummy,
-            o.hk,
-            o.out,
-          ],
+          [this.uniform(fields(outOff), 'hadamard params'), o.tmp, o.post, o.bias ?? o.dummy, o.hk, o.out],
           Math.ceil(o.outLen / WG),
         ),
       );
     }
     return list;
+  }
+
+  /**
+   * The rotation step of up to {@link ROTATION_MAX_MEMBERS} layers in one launch, each vector in workgroup memory
+   * (see {@link hadamardWgsl}; every member's `n` at most {@link Kernels.maxLocalHadamard}): member w reads `x` at
+   * `xOff` within rows of `xStride`, its multipliers and `H_K` at its offsets into `pre`, `post` and `hk` (and `bias`
+   * unless `biasOff` is null), and writes `outs[slot]` at `outOff` within rows of `outStride`.
+   */
+  rotations(o: {
+    x: GPUBuffer;
+    xStride: number;
+    pre: GPUBuffer;
+    post: GPUBuffer;
+    bias: GPUBuffer | null;
+    hk: GPUBuffer;
+    dummy: GPUBuffer;
+    outs: readonly GPUBuffer[];
+    transform: boolean;
+    transpose: boolean;
+    accumulate: boolean;
+    members: readonly RotationMember[];
+  }): Dispatch {
+    const J = o.members.length;
+    if (J < 1 || J > ROTATION_MAX_MEMBERS || o.outs.length < 1 || o.outs.length > ROTATION_MAX_MEMBERS)
+      throw new CalderaError(
+        'E_VALUE',
+        `rotations: 1 to ${ROTATION_MAX_MEMBERS} members and outputs, got ${J} and ${o.outs.length}`,
+      );
+    const maxN = Math.max(...o.members.map((m) => m.n));
+    if (maxN > this.maxLocalHadamard)
+      throw new CalderaError(
+        'E_VALUE',
+        `rotations: n = ${maxN} exceeds workgroup memory (${this.maxLocalHadamard})`,
+      );
+    if (o.members.some((m) => m.biasOff !== null) && !o.bias)
+      throw new CalderaError('E_VALUE', 'rotations: a member reads a bias, none is bound');
+    const fields: UniformField[] = [
+      ['u32', o.xStride],
+      ['u32', o.transform ? 1 : 0],
+      ['u32', o.transpose ? 1 : 0],
+      ['u32', o.accumulate ? 1 : 0],
+    ];
+    for (const m of o.members) {
+      if (m.slot >= o.outs.length)
+        throw new CalderaError('E_VALUE', `rotations: output slot ${m.slot} is not bound`);
+      fields.push(
+        ['u32', m.n],
+        ['u32', m.nIn],
+        ['u32', m.outLen],
+        ['u32', m.K],
+        ['u32', m.n / m.K],
+        ['f32', 1 / Math.sqrt(m.n)],
+        ['f32', m.gscale],
+        ['u32', m.xOff],
+        ['u32', m.preOff],
+        ['u32', m.postOff],
+        ['u32', m.biasOff ?? 0],
+        ['u32', m.biasOff === null ? 0 : 1],
+        ['u32', m.hkOff],
+        ['u32', m.outOff],
+        ['u32', m.outStride],
+        ['u32', m.slot],
+      );
+    }
+    while (fields.length < 4 + 16 * ROTATION_MAX_MEMBERS) fields.push(['u32', 0]);
+    // one pipeline per power-of-two bucket of the workgroup array size and per output count
+    const bucket = Math.min(Math.max(256, 2 ** Math.ceil(Math.log2(maxN))), this.maxLocalHadamard);
+    const S = o.outs.length;
+    const p = this.pipeline(`hadamard_${bucket}_${S}`, () => hadamardWgsl(bucket, S));
+    const m0 = o.members[0]!;
+    return this.make(
+      `hadamard n=${m0.n} K=${m0.K}${o.transpose ? ' T' : ''}${J > 1 ? ` ×${J}` : ''}`,
+      p,
+      [this.uniform(fields, 'rotation params'), o.x, o.pre, o.post, o.hk, ...o.outs, o.bias ?? o.dummy],
+      J,
+    );
   }
 
   /**

@@ -223,45 +223,60 @@ struct P { m: u32, n: u32, rowWords: u32, accumulate: u32, hasBias: u32, xRow: u
   return matvecKernel(lanes, decls, '', tile > 1 ? tiled : body, epilogue, tile).replaceAll('${M}', 'm');
 }
 
+/** Most layers (workgroups along x, output buffers) of one {@link hadamardWgsl} launch. */
+export const ROTATION_MAX_MEMBERS = 3;
+
 /**
- * The rotation steps of a CALDERA layer on one vector, in one workgroup: load `v_j = x_j·pre_j` (zero past `nIn`,
- * the padding), then when `transform` is set the orthogonal Hadamard `v·M_n` (or `v·M_nᵀ`) with
- * `M_n = (H_K ⊗ H_{2^p})/√n`: a fast Walsh–Hadamard transform over each block of `P = 2^p`, then the dense ±1 `H_K`
- * mix across blocks (flat index `a·P + b`, as in @caldera/linalg); finally
- * `out_i (+)= gscale·v_i·post_i (+ bias_i)` for `i < outLen`. `maxN` sizes the workgroup array (4 bytes each).
- * Activation row r reads `x` from `r·xStride + xOff` and writes from `r·outStride + outOff`. Workgroup w along x
- * transforms with the multipliers `pre` from `preOff + w·memberPre` and writes `w·outLen` further: several layers'
- * input rotations of one vector (q, k and v) in one launch.
+ * The rotation steps of CALDERA layers on one vector each, one workgroup per layer ("member" w = workgroup_id.x,
+ * parameters `u.m[w]`): load `v_j = x_j·pre_j` (zero past `nIn`, the padding), then when `transform` is set the
+ * orthogonal Hadamard `v·M_n` (or `v·M_nᵀ`) with `M_n = (H_K ⊗ H_{2^p})/√n`: a fast Walsh–Hadamard transform over
+ * each block of `P = 2^p`, then the dense ±1 `H_K` mix across blocks (flat index `a·P + b`, as in @caldera/linalg);
+ * finally `out_i (+)= gscale·v_i·post_i (+ bias_i)` for `i < outLen`. Activation row r reads `x` from
+ * `r·xStride + xOff` and writes output buffer `slot` (one of `outputs` bindings) from `r·outStride + outOff`; `pre`,
+ * `post`, `bias` and `H_K` are read from the member's offsets. So one launch rotates one input for several layers
+ * (q, k and v: `pre` their signs SU back to back, one output) or several layers' outputs (`post` their SV, an output
+ * buffer each). `maxN` sizes the workgroup array (4 bytes each).
  */
-export function hadamardWgsl(maxN: number): string {
+export function hadamardWgsl(maxN: number, outputs = 1): string {
+  const outs = Array.from(
+    { length: outputs },
+    (_, k) => `@group(0) @binding(${5 + k}) var<storage, read_write> out${k}: array<f32>;`,
+  ).join('\n');
+  const store = Array.from(
+    { length: outputs },
+    (_, k) => `if (mb.slot == ${k}u) {
+      if (u.accumulate == 1u) { y += out${k}[o]; }
+      out${k}[o] = y;
+    }`,
+  ).join(' else ');
   return /* wgsl */ `
-struct P { n: u32, nIn: u32, outLen: u32, K: u32, P: u32, transform: u32, transposeH: u32, accumulate: u32,
-  hasBias: u32, invSqrtN: f32, gscale: f32, xStride: u32, xOff: u32, outStride: u32, outOff: u32, preOff: u32,
-  memberPre: u32, a: u32, b: u32, c: u32 }
-@group(0) @binding(0) var<uniform> p: P;
+struct M { n: u32, nIn: u32, outLen: u32, K: u32, P: u32, invSqrtN: f32, gscale: f32, xOff: u32, preOff: u32,
+  postOff: u32, biasOff: u32, hasBias: u32, hkOff: u32, outOff: u32, outStride: u32, slot: u32 }
+struct U { xStride: u32, transform: u32, transposeH: u32, accumulate: u32, m: array<M, ${ROTATION_MAX_MEMBERS}> }
+@group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> pre: array<f32>;
 @group(0) @binding(3) var<storage, read> post: array<f32>;
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-@group(0) @binding(5) var<storage, read> hk: array<f32>;
-@group(0) @binding(6) var<storage, read_write> outv: array<f32>;
+@group(0) @binding(4) var<storage, read> hkb: array<f32>;
+${outs}
+@group(0) @binding(${5 + outputs}) var<storage, read> bias: array<f32>;
 var<workgroup> v: array<f32, ${maxN}>;
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-  let xo = wid.y * p.xStride + p.xOff;
-  let oo = wid.y * p.outStride + p.outOff + wid.x * p.outLen;
-  let po = p.preOff + wid.x * p.memberPre;
-  for (var j = lid; j < p.n; j += ${WG}u) {
-    if (j < p.nIn) { v[j] = x[xo + j] * pre[po + j]; } else { v[j] = 0.0; }
+  let mb = u.m[wid.x];
+  let xo = wid.y * u.xStride + mb.xOff;
+  let oo = wid.y * mb.outStride + mb.outOff;
+  for (var j = lid; j < mb.n; j += ${WG}u) {
+    if (j < mb.nIn) { v[j] = x[xo + j] * pre[mb.preOff + j]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
-  if (p.transform == 1u) {
-    let half = p.P / 2u;
-    for (var h = 1u; h < p.P; h <<= 1u) {
-      for (var q = lid; q < p.n / 2u; q += ${WG}u) {
+  if (u.transform == 1u) {
+    let half = mb.P / 2u;
+    for (var h = 1u; h < mb.P; h <<= 1u) {
+      for (var q = lid; q < mb.n / 2u; q += ${WG}u) {
         let a = q / half;
         let r = q % half;
-        let i = a * p.P + (r / h) * (2u * h) + (r % h);
+        let i = a * mb.P + (r / h) * (2u * h) + (r % h);
         let s = v[i];
         let t = v[i + h];
         v[i] = s + t;
@@ -270,33 +285,32 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       workgroupBarrier();
     }
   }
-  for (var i = lid; i < p.outLen; i += ${WG}u) {
+  for (var i = lid; i < mb.outLen; i += ${WG}u) {
     var val: f32;
-    if (p.transform == 1u) {
-      let a2 = i / p.P;
-      let b = i % p.P;
+    if (u.transform == 1u) {
+      let a2 = i / mb.P;
+      let b = i % mb.P;
       var acc = 0.0;
-      for (var a = 0u; a < p.K; a++) {
+      for (var a = 0u; a < mb.K; a++) {
         var hv: f32;
-        if (p.transposeH == 1u) { hv = hk[a2 * p.K + a]; } else { hv = hk[a * p.K + a2]; }
-        acc += hv * v[a * p.P + b];
+        if (u.transposeH == 1u) { hv = hkb[mb.hkOff + a2 * mb.K + a]; } else { hv = hkb[mb.hkOff + a * mb.K + a2]; }
+        acc += hv * v[a * mb.P + b];
       }
-      val = acc * p.invSqrtN;
+      val = acc * mb.invSqrtN;
     } else {
       val = v[i];
     }
-    var y = p.gscale * (val * post[i]);
-    if (p.hasBias == 1u) { y += bias[i]; }
-    if (p.accumulate == 1u) { y += outv[oo + i]; }
-    outv[oo + i] = y;
+    var y = mb.gscale * (val * post[mb.postOff + i]);
+    if (mb.hasBias == 1u) { y += bias[mb.biasOff + i]; }
+    let o = oo + i;
+    ${store}
   }
 }`;
 }
 
 const HAD_PARAMS = /* wgsl */ `
 struct P { n: u32, nIn: u32, outLen: u32, K: u32, P: u32, transform: u32, transposeH: u32, accumulate: u32,
-  hasBias: u32, invSqrtN: f32, gscale: f32, xStride: u32, xOff: u32, outStride: u32, outOff: u32, preOff: u32,
-  memberPre: u32, a: u32, b: u32, c: u32 }
+  hasBias: u32, invSqrtN: f32, gscale: f32, outStride: u32, outOff: u32, postOff: u32, biasOff: u32, a: u32 }
 @group(0) @binding(0) var<uniform> p: P;`;
 
 /**
@@ -405,9 +419,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   } else {
     val = tmp[tb + i];
   }
-  var y = p.gscale * (val * post[i]);
+  var y = p.gscale * (val * post[p.postOff + i]);
   let o = gid.y * p.outStride + p.outOff + i;
-  if (p.hasBias == 1u) { y += bias[i]; }
+  if (p.hasBias == 1u) { y += bias[p.biasOff + i]; }
   if (p.accumulate == 1u) { y += outv[o]; }
   outv[o] = y;
 }`;
