@@ -65,6 +65,14 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     { name: 'rank 0 (LDLQ only)', m: 40, n: 64, padded: [40, 64], o: { rank: 0 } },
     { name: 'no Hadamard rotation', m: 32, n: 48, padded: [32, 48], o: { rank: 5, hadamard: false } },
     {
+      name: 'no Hadamard rotation, global-memory path (forced; n = 40 is no power of two)',
+      m: 24,
+      n: 40,
+      padded: [24, 40],
+      o: { rank: 3, hadamard: false },
+      local: 16,
+    },
+    {
       name: 'global-memory rotation (forced), K=12',
       m: 50,
       n: 96,
@@ -189,22 +197,37 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
         expect(errNode / scale).toBeLessThan(2e-5);
       });
 
-  // two groups of three (the most one launch serves): GQA-like heights, rank 0, a LoRA pair, dense f16 factors, biases
+  // groups of three (the most one launch serves): GQA-like heights, rank 0 (beside a 3-bit L̂ and 2-bit Q: bound alone
+  // it needs no E81B table), a LoRA pair, dense f16 factors, biases
   const groups: { m: number; o: CalderaOptions; bias?: boolean; kft?: number }[][] = [
     [
-      { m: 50, o: { rank: 6 }, bias: true },
+      { m: 50, o: { rank: 6, lBits: 3 }, bias: true },
       { m: 24, o: { rank: 0 } },
-      { m: 40, o: { rank: 4 }, kft: 1 },
+      { m: 40, o: { rank: 4, lBits: 3 }, kft: 1 },
     ],
     [
       { m: 32, o: { rank: 3, lBits: 16, rBits: 16 }, bias: true },
       { m: 56, o: { rank: 5 } },
       { m: 24, o: { rank: 2 }, bias: true },
     ],
+    // RVQ3 Q (u8 second plane) with 3-bit L̂/R̂, a rank-0 layer among them; RVQ4 Q with L̂ 4-bit, R̂ 3-bit
+    [
+      { m: 40, o: { rank: 3, qBits: 3, lBits: 3, rBits: 3 } },
+      { m: 16, o: { rank: 0, qBits: 3 }, bias: true },
+      { m: 24, o: { rank: 2, qBits: 3, lBits: 3, rBits: 3 } },
+    ],
+    [
+      { m: 24, o: { rank: 2, qBits: 4, lBits: 4, rBits: 3 }, bias: true },
+      { m: 48, o: { rank: 3, qBits: 4, lBits: 4, rBits: 3 } },
+    ],
   ];
+  const paths = [
+    { local: undefined, lanes: 1 },
+    { local: 16, lanes: 1 },
+  ] as const;
   for (const [gi, spec] of groups.entries())
-    for (const local of [undefined, 16])
-      it(`group ${gi + 1} of layers sharing an input (${local ? 'global-memory' : 'workgroup'} rotations) equals each layer alone, to the bit, for 2 activation rows`, async () => {
+    for (const { local, lanes } of gi === 0 ? [...paths, { local: undefined, lanes: 32 } as const] : paths)
+      it(`group ${gi + 1} of layers sharing an input (${local ? 'global-memory' : 'workgroup'} rotations, ${lanes} lane(s) per row) equals each layer alone, to the bit, for 2 activation rows`, async () => {
         const rng = new Rng(12 + gi);
         const n = 96;
         // a seed each: different random signs SU, so a layer reading another's rotated input gives other values
@@ -227,7 +250,7 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
         const alone = layers.map((l) => new GpuCalderaLinear(d, l.d, l.bias, l.label));
         // the shared buffers hold exactly the bytes of the layers apart
         expect(members.map((m) => m.gpuBytes)).toEqual(alone.map((m) => m.gpuBytes));
-        const kernels = new Kernels(d, local ? { maxLocalHadamard: local } : {});
+        const kernels = new Kernels(d, { lanes, ...(local ? { maxLocalHadamard: local } : {}) });
         const ctx = createLinearContext(d, kernels, group.needs, 2);
         const xs = rng.fillNormal(new Float32Array(2 * n), 0, 1);
         const x = storageBuffer(d, xs, 'x');
@@ -237,11 +260,17 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
           x,
           members.map((layer, j) => ({ layer, out: outs[j]! })),
         );
-        // in workgroup memory: one input rotation, R̂, the fused kernel and one output rotation for all, plus 2
-        // launches for the layer with dense factors; in global memory 2 or 3 per rotation and layer
-        const rotation = (size: number) => 2 + (size > 16 * hadamardFactor(size)!.K ? 1 : 0);
+        // in workgroup memory: one input rotation, R̂ (when a layer has lattice factors), the fused kernel and one
+        // output rotation for all, plus 2 launches for a layer with dense factors; in global memory 2 or 3 per
+        // rotation and layer (1 for a vector that fits)
+        const rotation = (size: number) =>
+          size <= 16 ? 1 : 2 + (size > 16 * hadamardFactor(size)!.K ? 1 : 0);
+        const dense =
+          2 *
+          layers.filter((l) => (l.d.rank > 0 && l.d.l.kind === 'dense') || (l.d.ft?.rank ?? 0) > 0).length;
+        const matrices = 1 + (layers.some((l) => l.d.rank > 0 && l.d.l.kind === 'lattice') ? 1 : 0) + dense;
         expect(launches.length).toBe(
-          local ? layers.reduce((s, l) => s + rotation(n) + rotation(l.d.padded[0]), 2 + 2) : 1 + 2 + 2 + 1,
+          local ? layers.reduce((s, l) => s + rotation(n) + rotation(l.d.padded[0]), matrices) : matrices + 2,
         );
         const run = async (list: ReturnType<typeof bindSharedInput>) => {
           const enc = d.device.createCommandEncoder();
@@ -254,10 +283,13 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
           const got = new Float32Array(await readBuffer(d, outs[j]!, 2 * m * 4));
           const one = storageBuffer(d, new Float32Array(2 * m), 'one');
           await run(alone[j]!.bind(ctx, x, one, false));
-          // the same operations in the same order per output: identical bits
-          expect(Array.from(got), l.label).toEqual(
-            Array.from(new Float32Array(await readBuffer(d, one, 2 * m * 4))),
-          );
+          // the same operations in the same order per output: identical bits; and the same for the member bound
+          // alone (a layer of a group run by itself)
+          const ref = Array.from(new Float32Array(await readBuffer(d, one, 2 * m * 4)));
+          expect(Array.from(got), l.label).toEqual(ref);
+          const single = storageBuffer(d, new Float32Array(2 * m), 'single');
+          await run(members[j]!.bind(ctx, x, single, false));
+          expect(Array.from(new Float32Array(await readBuffer(d, single, 2 * m * 4))), l.label).toEqual(ref);
           const apply = applyDecomposition(l.d, xs, 2);
           let err = 0;
           let scale = 1;

@@ -49,7 +49,10 @@ export function e8pSourceTable(): Float32Array {
 export interface LinearContext {
   dev: CalderaDevice;
   kernels: Kernels;
-  /** Rotated input, rotated output and low-rank scratch, each as long as the largest layer needs times the rows. */
+  /**
+   * Rotated input, rotated output and low-rank scratch, each as long as the largest group of layers needs (its
+   * layers' vectors side by side) times the rows.
+   */
   rotIn: GPUBuffer;
   rotOut: GPUBuffer;
   /** Scratch of the global-memory rotation (as long as `ones` times the rows). */
@@ -217,13 +220,15 @@ interface Member {
  * CALDERA layers that read the same input (a block's q, k and v; gate and up), or one layer alone, on the GPU with
  * their packed codes in shared buffers, so that one launch serves them all (see {@link GpuCalderaGroup.bind}); W is
  * never materialised (docs/architecture.md, "Decomposition.apply"). Per layer j:
- * 1. `x'_j = (x ⊙ SU_j)·M_n` (zero-padded to np): one {@link Kernels.hadamard} launch for all layers;
+ * 1. `x'_j = (x ⊙ SU_j)·M_n` (zero-padded to np): one {@link Kernels.hadamard} launch for all layers (one set each
+ *    for vectors larger than workgroup memory);
  * 2. `z_j = x'_j·R̂_jᵀ`: one {@link Kernels.e8pMatvec} launch on R̂'s codes, a segment per layer;
  * 3. `y'_j = Q̂_j·x'_j + L̂_j·z_j`: one {@link Kernels.e8pMatvec} launch decoding Q̂ and L̂ on the fly;
  * 4. dense factors only (f16 `L_dense`/`R_dense`, the LoRA pair `L_ft`/`R_ft` of a fine-tuned checkpoint):
  *    `y'_j += L_d·(R_d·x'_j)`, two f32 {@link Kernels.matvec}s per layer;
- * 5. `y_j = g_j·(y'_j·M_mᵀ ⊙ SV_j) (+ bias_j)`, first m outputs: {@link Kernels.hadamard} with the transpose, per
- *    layer (their outputs are different buffers).
+ * 5. `y_j = g_j·(y'_j·M_mᵀ ⊙ SV_j) (+ bias_j)`, first m outputs: one {@link Kernels.rotations} launch for all
+ *    layers, each writing its own output buffer (a {@link Kernels.hadamard} set each for vectors larger than
+ *    workgroup memory).
  *
  * Quantized weights stay packed on the GPU: Q̂'s codes (u16, two per u32: 2 bits per weight; RVQ4 adds a second
  * plane, RVQ3 a u8 plane) and L̂'s and R̂'s codes (4 bits per value with the default RVQ4), each layer's part at a
@@ -419,7 +424,8 @@ export class GpuCalderaGroup {
   /**
    * The launches computing `outs[w] (+)= layer_{j0+w}(x)` for the layers `j0 … j0 + outs.length − 1` (every row of a
    * batch; `x` holds rows of the layers' input width, `outs[w]` rows of layer j0+w's output width). The whole group
-   * takes 3 launches plus one output rotation per layer (and two per layer with dense factors).
+   * takes 4 launches when its vectors fit workgroup memory (2 more per layer with dense factors; 2 or 3 per layer and
+   * rotation for larger vectors).
    */
   bind(
     ctx: LinearContext,
@@ -437,7 +443,10 @@ export class GpuCalderaGroup {
     const n = d0.shape[1];
     const np = d0.padded[1];
     const K = ctx.kernels;
-    const e81b = this.q.codec === 'rvq3' || this.l?.codec === 'rvq3' ? ctx.e81b : null;
+    const withFactors = ms.map((mb, w) => ({ mb, w })).filter(({ mb }) => mb.packed);
+    // L̂'s codes are bound only when a bound layer has them
+    const lowRank = withFactors.length > 0 ? this.l : null;
+    const e81b = this.q.codec === 'rvq3' || lowRank?.codec === 'rvq3' ? ctx.e81b : null;
     const list: Dispatch[] = K.hadamard({
       x,
       out: ctx.rotIn,
@@ -460,7 +469,6 @@ export class GpuCalderaGroup {
       gscale: 1,
     });
     const xRow = J * np;
-    const withFactors = ms.map((mb, w) => ({ mb, w })).filter(({ mb }) => mb.packed);
     let zOff = 0;
     const zAt = ms.map((mb) => {
       const at = zOff;
@@ -526,12 +534,12 @@ export class GpuCalderaGroup {
               }
             : {}),
         })),
-        ...(withFactors.length > 0 && this.l && this.lCodes
+        ...(lowRank && this.lCodes
           ? {
               lowRank: {
-                codec: this.l.codec,
+                codec: lowRank.codec,
                 codes: this.lCodes,
-                resScale: this.l.resScale,
+                resScale: lowRank.resScale,
                 z: ctx.z,
                 zRow: zOff,
               },

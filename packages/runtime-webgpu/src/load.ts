@@ -89,7 +89,10 @@ export interface MemoryPlan {
   weightBytes: number;
   /** Bytes of the KV cache and activation buffers (what {@link WebGpuModel.cacheBytes} reports), approximately. */
   cacheBytes: number;
-  /** The largest single buffer (weights, KV cache or activations) and what it holds (it must fit one binding). */
+  /**
+   * The largest single tensor's buffer (weights, KV cache or activations) and what it holds (it must fit one
+   * binding). Layers uploaded as one group share buffers; a group too large for a binding is uploaded layer by layer.
+   */
   largestBuffer: { bytes: number; what: string };
 }
 

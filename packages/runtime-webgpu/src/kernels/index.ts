@@ -328,10 +328,11 @@ export class Kernels {
     ];
     if (o.tmp.size < o.n * 4)
       throw new CalderaError('E_SHAPE', `${label}: scratch of ${o.tmp.size} bytes, needs ${o.n * 4}`);
-    // chunks of B values (a power of two dividing P, at most a workgroup's worth), S chunks per block
+    // chunks of B values (a power of two dividing P, at most a workgroup's worth), S chunks per block; without the
+    // transform (K = 1, P = n only a multiple of 8) chunks of the largest power of two dividing n
     const cap = 2 ** Math.floor(Math.log2(this.maxLocalHadamard));
-    const B = Math.min(P, cap);
-    const S = P / B;
+    const B = o.transform ? Math.min(P, cap) : Math.min(cap, o.n & -o.n);
+    const S = o.transform ? P / B : 1;
     if (S > cap)
       throw new CalderaError(
         'E_UNSUPPORTED',

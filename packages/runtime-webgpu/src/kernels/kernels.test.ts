@@ -319,6 +319,49 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       }
     });
 
+  it('Hadamard step without the transform (signs, padding, bias) in workgroup and global memory, n a multiple of 8 only', async () => {
+    const rng = new Rng(5);
+    const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
+    const tmp = scratchBuffer(d, 1024 * 4, 'tmp');
+    for (const local of [undefined, 16])
+      for (const n of [40, 96, 344, 24]) {
+        const k = new Kernels(d, local ? { maxLocalHadamard: local } : {});
+        const [nIn, outLen, g] = [n - 3, n - 5, 0.7];
+        const x = randn(rng, nIn);
+        const pre = randn(rng, n);
+        const post = randn(rng, n);
+        const bias = randn(rng, n);
+        const out = scratchBuffer(d, outLen * 4, 'out');
+        const launches = k.hadamard({
+          x: storageBuffer(d, x, 'x'),
+          out,
+          pre: storageBuffer(d, pre, 'pre'),
+          post: storageBuffer(d, post, 'post'),
+          bias: storageBuffer(d, bias, 'bias'),
+          hk: storageBuffer(d, Float32Array.of(1), 'hk'),
+          tmp,
+          dummy,
+          n,
+          nIn,
+          outLen,
+          K: 1,
+          transform: false,
+          transpose: false,
+          accumulate: false,
+          gscale: g,
+        });
+        // global memory: the load in chunks of the largest power of two dividing n (≤ 16), then the epilogue
+        expect(launches.length).toBe(local ? 2 : 1);
+        await run(d, launches);
+        const ref = Array.from(
+          { length: outLen },
+          (_, i) => g * (i < nIn ? x[i]! * pre[i]! : 0) * post[i]! + bias[i]!,
+        );
+        // two or three f32 roundings per value
+        expect(relErr(await readF32(d, out, outLen), ref), `n=${n} local=${local}`).toBeLessThan(1e-6);
+      }
+  });
+
   it('RMSNorm, SwiGLU and argmax (first index on ties)', async () => {
     const rng = new Rng(4);
     const k = K();

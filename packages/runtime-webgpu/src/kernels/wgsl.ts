@@ -5,7 +5,8 @@
  * in workgroup memory, 8 rows per workgroup.
  *
  * Batches: every kernel except argmax processes row `r = workgroup_id.y` of a batch of activation vectors stored
- * back to back (row r of an `n`-vector at offset `r·n`), so a launch recorded once runs for 1 token (decode) or T
+ * back to back (row r of an `n`-vector at offset `r·n`, or at a row stride and offset the kernel takes, where
+ * several layers' vectors share a row), so a launch recorded once runs for 1 token (decode) or T
  * prompt tokens (prefill) by dispatching T workgroups along y. Token r sits at position `step.pos + r`;
  * `step.len = step.pos + T`.
  */
@@ -314,7 +315,7 @@ struct P { n: u32, nIn: u32, outLen: u32, K: u32, P: u32, transform: u32, transp
 @group(0) @binding(0) var<uniform> p: P;`;
 
 /**
- * First launch of the global-memory rotation (see {@link HADAMARD_GLOBAL_WGSL}): workgroup `c` loads the chunk
+ * First launch of the global-memory rotation (see {@link HADAMARD_MIX_WGSL}): workgroup `c` loads the chunk
  * `[c·B, c·B + B)` of `x ⊙ pre` (zero past `nIn`) into workgroup memory, applies the Walsh–Hadamard butterflies of
  * strides 1 … B/2 when `transform` is set, and stores it to `tmp`. `B` (a power of two dividing `P`) is at most
  * `maxB`, the workgroup array's length.
