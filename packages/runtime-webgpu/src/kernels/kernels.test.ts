@@ -269,7 +269,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     }, 240_000); // pipeline compilation of the tiled 32-lane kernels takes tens of seconds on SwiftShader
 
   for (const path of ['workgroup', 'global memory'] as const)
-    it(`Hadamard step (${path}): M_n and M_nᵀ for K ∈ {1, 12, 20, 28, 36, 40, 52, 108, 140, 156, 172}, signs, padding, truncation, bias`, async () => {
+    it(`Hadamard step (${path}): M_n and M_nᵀ for K ∈ {1, 12, 20, 28, 36, 40, 52, 108, 140, 156, 172}, and no transform; signs, padding, truncation, bias`, async () => {
       const rng = new Rng(3);
       // the global-memory path is forced by declaring every rotation too large for workgroup memory: chunks of 16,
       // so blocks of P ≤ 16 take 2 launches, longer ones (P = 64, 128, 256 here) a strided third
@@ -277,8 +277,14 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
       const tmp = scratchBuffer(d, 1024 * 4, 'tmp');
       for (const n of [256, 96, 768, 40, 160, 20, 56, 72, 216, 140, 52, 344, 156]) {
-        const Kf = hadamardFactor(n)!.K;
-        for (const transpose of [false, true]) {
+        // the transform both ways, and without it (K = 1; the global path then loads in chunks of the largest
+        // power of two dividing n)
+        for (const [transform, transpose] of [
+          [true, false],
+          [true, true],
+          [false, false],
+        ] as const) {
+          const Kf = transform ? hadamardFactor(n)!.K : 1;
           const nIn = n - 3;
           const outLen = n - 5;
           const x = randn(rng, nIn);
@@ -300,67 +306,25 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
             nIn,
             outLen,
             K: Kf,
-            transform: true,
+            transform,
             transpose,
             accumulate: false,
             gscale: g,
           });
-          expect(launches.length).toBe(path === 'workgroup' ? 1 : n / Kf <= 16 ? 2 : 3);
+          expect(launches.length).toBe(path === 'workgroup' ? 1 : !transform || n / Kf <= 16 ? 2 : 3);
           await run(d, launches);
           const v = new Float32Array(n);
           for (let j = 0; j < nIn; j++) v[j] = x[j]! * pre[j]!;
-          hadamardRowsInPlace(v, 1, n, { transpose });
+          if (transform) hadamardRowsInPlace(v, 1, n, { transpose });
           const ref = Array.from({ length: outLen }, (_, i) => g * v[i]! * post[i]! + bias[i]!);
           // the same butterflies in f32 (the CPU mixes H_K in f64): ~1e-6 relative at n = 768
-          expect(relErr(await readF32(d, out, outLen), ref), `n=${n} K=${Kf} T=${transpose}`).toBeLessThan(
-            1e-5,
-          );
+          expect(
+            relErr(await readF32(d, out, outLen), ref),
+            `n=${n} K=${Kf} T=${transpose} transform=${transform}`,
+          ).toBeLessThan(1e-5);
         }
       }
     });
-
-  it('Hadamard step without the transform (signs, padding, bias) in workgroup and global memory, n a multiple of 8 only', async () => {
-    const rng = new Rng(5);
-    const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
-    const tmp = scratchBuffer(d, 1024 * 4, 'tmp');
-    for (const local of [undefined, 16])
-      for (const n of [40, 96, 344, 24]) {
-        const k = new Kernels(d, local ? { maxLocalHadamard: local } : {});
-        const [nIn, outLen, g] = [n - 3, n - 5, 0.7];
-        const x = randn(rng, nIn);
-        const pre = randn(rng, n);
-        const post = randn(rng, n);
-        const bias = randn(rng, n);
-        const out = scratchBuffer(d, outLen * 4, 'out');
-        const launches = k.hadamard({
-          x: storageBuffer(d, x, 'x'),
-          out,
-          pre: storageBuffer(d, pre, 'pre'),
-          post: storageBuffer(d, post, 'post'),
-          bias: storageBuffer(d, bias, 'bias'),
-          hk: storageBuffer(d, Float32Array.of(1), 'hk'),
-          tmp,
-          dummy,
-          n,
-          nIn,
-          outLen,
-          K: 1,
-          transform: false,
-          transpose: false,
-          accumulate: false,
-          gscale: g,
-        });
-        // global memory: the load in chunks of the largest power of two dividing n (≤ 16), then the epilogue
-        expect(launches.length).toBe(local ? 2 : 1);
-        await run(d, launches);
-        const ref = Array.from(
-          { length: outLen },
-          (_, i) => g * (i < nIn ? x[i]! * pre[i]! : 0) * post[i]! + bias[i]!,
-        );
-        // two or three f32 roundings per value
-        expect(relErr(await readF32(d, out, outLen), ref), `n=${n} local=${local}`).toBeLessThan(1e-6);
-      }
-  });
 
   it('RMSNorm, SwiGLU and argmax (first index on ties)', async () => {
     const rng = new Rng(4);
