@@ -114,6 +114,9 @@ export function checkFits(dev: CalderaDevice, bytes: number, what: string): void
     );
 }
 
+/** The size of a buffer holding `bytes`: a multiple of 4, at least 16 (as {@link storageBuffer} allocates). */
+export const bufferBytes = (bytes: number) => Math.max(16, Math.ceil(bytes / 4) * 4);
+
 /** A storage buffer holding `data` (padded to a multiple of 4 bytes, at least 16). */
 export function storageBuffer(
   dev: CalderaDevice,
@@ -122,7 +125,7 @@ export function storageBuffer(
   extraUsage = 0,
 ): GPUBuffer {
   checkFits(dev, data.byteLength, label);
-  const size = Math.max(16, Math.ceil(data.byteLength / 4) * 4);
+  const size = bufferBytes(data.byteLength);
   const buf = dev.device.createBuffer({
     label,
     size,
@@ -139,7 +142,7 @@ export function scratchBuffer(dev: CalderaDevice, bytes: number, label: string):
   checkFits(dev, bytes, label);
   return dev.device.createBuffer({
     label,
-    size: Math.max(16, Math.ceil(bytes / 4) * 4),
+    size: bufferBytes(bytes),
     usage: BufferUsage.STORAGE | BufferUsage.COPY_DST | BufferUsage.COPY_SRC,
   });
 }

@@ -2,7 +2,7 @@ import { CalderaError, isCalderaError } from '@caldera/core';
 import { hadamardBase, hadamardFactor } from '@caldera/linalg';
 import { latticeDecode, type Decomposition, type LatticeCodes } from '@caldera/lowrank';
 import { e81bCodebook, e8pSources, RVQ3_RESID_SCALE, RVQ4_RESID_SCALE } from '@caldera/quant';
-import { checkFits, storageBuffer, type CalderaDevice } from './device.js';
+import { bufferBytes, checkFits, storageBuffer, type CalderaDevice } from './device.js';
 import {
   E8P_MAX_SEGMENTS,
   ROTATION_MAX_MEMBERS,
@@ -148,23 +148,30 @@ export interface CalderaLayerInput {
   label: string;
 }
 
-/** Bytes a part occupies in a GPU buffer (as a buffer of its own would: a multiple of 4, at least 16). */
-const partBytes = (bytes: number) => Math.max(16, Math.ceil(bytes / 4) * 4);
-
-/** Parts laid out back to back at {@link partBytes} boundaries: their byte offsets and the whole. */
-function layout(parts: Uint8Array[]): { offsets: number[]; bytes: Uint8Array } {
-  const offsets: number[] = [];
-  let at = 0;
-  for (const p of parts) {
-    offsets.push(at);
-    at += p.byteLength > 0 ? partBytes(p.byteLength) : 0;
-  }
-  const bytes = new Uint8Array(at);
-  parts.forEach((p, i) => bytes.set(p, offsets[i]));
-  return { offsets, bytes };
+/** The parts of one group buffer, one per layer (null: the layer has none). */
+interface Layout {
+  /** Byte offset of each part, and the bytes it takes (0 for none). */
+  offsets: number[];
+  sizes: number[];
+  bytes: Uint8Array;
 }
 
-const u8 = (a: ArrayBufferView) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+/**
+ * Parts laid out back to back, each taking the bytes a buffer of its own would ({@link bufferBytes}), so a group
+ * needs exactly the bytes of its layers apart.
+ */
+function layout(parts: readonly (ArrayBufferView | null | undefined)[]): Layout {
+  const sizes = parts.map((p) => (p ? bufferBytes(p.byteLength) : 0));
+  const offsets: number[] = [];
+  let at = 0;
+  for (const size of sizes) {
+    offsets.push(at);
+    at += size;
+  }
+  const bytes = new Uint8Array(at);
+  parts.forEach((p, i) => p && bytes.set(new Uint8Array(p.buffer, p.byteOffset, p.byteLength), offsets[i]));
+  return { offsets, sizes, bytes };
+}
 
 /** Lattice-coded L̂ and R̂ of a layer (rank > 0), or null. */
 function latticeFactors(d: Decomposition): { l: LatticeCodes; r: LatticeCodes } | null {
@@ -208,7 +215,8 @@ interface Member {
   packed: { k: number; r: number; r2: number; rScale: number; l: number; l2: number; lScale: number } | null;
   /** Dense factors and the LoRA pair, f32: L `[mp, k_d]`, R `[k_d, np]`. */
   dense: { l: GpuMatrix; r: GpuMatrix } | null;
-  /** Offsets (in f32 values) of SV in the group's SV buffer and of the bias in its bias buffer (null: none). */
+  /** Offsets (in f32 values) of SU and SV in the group's buffers and of the bias in its bias buffer (null: none). */
+  su: number;
   sv: number;
   bias: number | null;
   /** K of the output rotation's Hadamard factor. */
@@ -220,15 +228,14 @@ interface Member {
  * CALDERA layers that read the same input (a block's q, k and v; gate and up), or one layer alone, on the GPU with
  * their packed codes in shared buffers, so that one launch serves them all (see {@link GpuCalderaGroup.bind}); W is
  * never materialised (docs/architecture.md, "Decomposition.apply"). Per layer j:
- * 1. `x'_j = (x ⊙ SU_j)·M_n` (zero-padded to np): one {@link Kernels.hadamard} launch for all layers (one set each
- *    for vectors larger than workgroup memory);
+ * 1. `x'_j = (x ⊙ SU_j)·M_n` (zero-padded to np): one {@link Kernels.rotate} launch for all layers (two or three
+ *    each for vectors larger than workgroup memory);
  * 2. `z_j = x'_j·R̂_jᵀ`: one {@link Kernels.e8pMatvec} launch on R̂'s codes, a segment per layer;
  * 3. `y'_j = Q̂_j·x'_j + L̂_j·z_j`: one {@link Kernels.e8pMatvec} launch decoding Q̂ and L̂ on the fly;
  * 4. dense factors only (f16 `L_dense`/`R_dense`, the LoRA pair `L_ft`/`R_ft` of a fine-tuned checkpoint):
  *    `y'_j += L_d·(R_d·x'_j)`, two f32 {@link Kernels.matvec}s per layer;
- * 5. `y_j = g_j·(y'_j·M_mᵀ ⊙ SV_j) (+ bias_j)`, first m outputs: one {@link Kernels.rotations} launch for all
- *    layers, each writing its own output buffer (a {@link Kernels.hadamard} set each for vectors larger than
- *    workgroup memory).
+ * 5. `y_j = g_j·(y'_j·M_mᵀ ⊙ SV_j) (+ bias_j)`, first m outputs: one {@link Kernels.rotate} launch for all
+ *    layers, each writing its own output buffer (two or three each for vectors larger than workgroup memory).
  *
  * Quantized weights stay packed on the GPU: Q̂'s codes (u16, two per u32: 2 bits per weight; RVQ4 adds a second
  * plane, RVQ3 a u8 plane) and L̂'s and R̂'s codes (4 bits per value with the default RVQ4), each layer's part at a
@@ -294,14 +301,12 @@ export class GpuCalderaGroup {
             'E_SHAPE',
             `${layers[j]!.label}: padded output height ${decs[j]!.padded[0]} is not a multiple of 8`,
           );
-      const qL = layout(decs.map((d) => u8(d.q.planes[0]!)));
-      const q2L = d0.q.bits === 2 ? null : layout(decs.map((d) => u8(d.q.planes[1]!)));
-      const some = (parts: (Uint8Array | null)[]) => parts.map((p) => p ?? new Uint8Array(0));
-      const rL = anyLat ? layout(some(lat.map((f) => (f ? u8(f.r.planes[0]!) : null)))) : null;
-      const r2L =
-        anyLat && anyLat.r.bits !== 2 ? layout(some(lat.map((f) => (f ? u8(f.r.planes[1]!) : null)))) : null;
+      const qL = layout(decs.map((d) => d.q.planes[0]));
+      const q2L = d0.q.bits === 2 ? null : layout(decs.map((d) => d.q.planes[1]));
+      const rL = anyLat ? layout(lat.map((f) => f?.r.planes[0])) : null;
+      const r2L = anyLat && anyLat.r.bits !== 2 ? layout(lat.map((f) => f?.r.planes[1])) : null;
       const lPlanes = lat.map((f) => (f ? packCodePlanes(f.l) : null));
-      const lL = anyLat ? layout(some(lPlanes.map((p) => p?.bytes ?? null))) : null;
+      const lL = anyLat ? layout(lPlanes.map((p) => p?.bytes)) : null;
       this.codes = up(qL.bytes, 'Q');
       this.codes2 = q2L ? up(q2L.bytes, 'Q_resid') : null;
       this.rCodes = rL ? up(rL.bytes, 'R') : null;
@@ -310,17 +315,14 @@ export class GpuCalderaGroup {
       this.q = gpuCodecOf(d0.q);
       this.r = anyLat ? gpuCodecOf(anyLat.r) : null;
       this.l = anyLat ? gpuCodecOf(anyLat.l) : null;
-      if (d0.hadamard) {
-        const su = new Float32Array(np * decs.length);
-        decs.forEach((d, j) => su.set(d.su!, j * np));
-        this.su = up(su, 'SU');
-      } else this.su = null;
-      const svL = layout(decs.map((d) => (d.sv ? u8(d.sv) : new Uint8Array(0))));
+      // SU, SV and biases, f32
+      const suL = layout(decs.map((d) => d.su));
+      const svL = layout(decs.map((d) => d.sv));
+      const biasL = layout(layers.map((x) => x.bias));
+      this.su = d0.hadamard ? up(suL.bytes, 'SU') : null;
       this.sv = d0.hadamard ? up(svL.bytes, 'SV') : null;
-      const biasL = layout(layers.map((x) => (x.bias ? u8(x.bias) : new Uint8Array(0))));
       this.bias = layers.some((x) => x.bias) ? up(biasL.bytes, 'bias') : null;
-      // a part of nothing (a layer without lattice factors) takes no bytes in the group's buffers
-      const size = (bytes: number) => (bytes > 0 ? partBytes(bytes) : 0);
+      const shared = [qL, q2L, rL, r2L, lL, suL, svL, biasL];
       this.m = decs.map((d, j) => {
         const { label: name, bias } = layers[j]!;
         const [mp] = d.padded;
@@ -357,14 +359,7 @@ export class GpuCalderaGroup {
             r: { buffer: own(rv, 'R_dense'), rows: kd, cols: np, f16: false, rowWords: np },
           };
         }
-        const partSum =
-          size(d.q.planes[0]!.byteLength) +
-          size(q2L ? d.q.planes[1]!.byteLength : 0) +
-          size(f?.r.planes[0]!.byteLength ?? 0) +
-          size(r2L ? (f?.r.planes[1]?.byteLength ?? 0) : 0) +
-          size(lp?.bytes.byteLength ?? 0) +
-          size(bias?.byteLength ?? 0) +
-          (d.hadamard ? (np + mp) * 4 : 0);
+        const partSum = shared.reduce((sum, L) => sum + (L?.sizes[j] ?? 0), 0);
         return {
           d,
           label: name,
@@ -383,13 +378,14 @@ export class GpuCalderaGroup {
                 }
               : null,
           dense,
+          su: suL.offsets[j]! / 4,
           sv: svL.offsets[j]! / 4,
           bias: bias ? biasL.offsets[j]! / 4 : null,
           Km: Kof(mp, name),
           gpuBytes: partSum + mine.reduce((s, x) => s + x.size, 0),
         };
       });
-      // a group buffer is never smaller than the 16 bytes its parts are each counted at
+      // every part is counted as a buffer of its own would be, so the shared buffers are their sum
       const total = this.bufs.reduce((s, x) => s + x.size, 0);
       const counted = this.m.reduce((s, x) => s + x.gpuBytes, 0);
       if (total !== counted)
@@ -447,28 +443,36 @@ export class GpuCalderaGroup {
     // L̂'s codes are bound only when a bound layer has them
     const lowRank = withFactors.length > 0 ? this.l : null;
     const e81b = this.q.codec === 'rvq3' || lowRank?.codec === 'rvq3' ? ctx.e81b : null;
-    const list: Dispatch[] = K.hadamard({
+    const xRow = J * np;
+    const list: Dispatch[] = K.rotate({
       x,
-      out: ctx.rotIn,
+      xStride: n,
       pre: this.su ?? ctx.ones,
-      preOff: this.su ? j0 * np : 0,
-      preStride: this.su ? np : 0,
-      members: J,
       post: ctx.ones,
       bias: null,
       hk: ctx.hk(this.Kn),
       tmp: ctx.rotTmp,
       dummy: ctx.dummy,
-      n: np,
-      nIn: n,
-      outLen: np,
-      K: this.Kn,
+      outs: [ctx.rotIn],
       transform: d0.hadamard,
       transpose: false,
       accumulate: false,
-      gscale: 1,
+      members: ms.map((mb, w) => ({
+        n: np,
+        nIn: n,
+        outLen: np,
+        K: this.Kn,
+        gscale: 1,
+        xOff: 0,
+        preOff: this.su ? mb.su : 0,
+        postOff: 0,
+        biasOff: null,
+        hkOff: 0,
+        outOff: w * np,
+        outStride: xRow,
+        slot: 0,
+      })),
     });
-    const xRow = J * np;
     let zOff = 0;
     const zAt = ms.map((mb) => {
       const at = zOff;
@@ -562,69 +566,40 @@ export class GpuCalderaGroup {
         }),
       );
     });
-    // the output rotations: one launch for all in workgroup memory, else a launch set per layer
+    // the output rotations: one launch for all in workgroup memory
     const Ks = [...new Set(ms.map((mb) => mb.Km))];
     const hks = ctx.hkTable(Ks);
-    if (J <= ROTATION_MAX_MEMBERS && ms.every((mb) => mb.d.padded[0] <= K.maxLocalHadamard))
-      list.push(
-        K.rotations({
-          x: ctx.rotOut,
-          xStride: rows,
-          pre: ctx.ones,
-          post: this.sv ?? ctx.ones,
-          bias: this.bias,
-          hk: hks.buffer,
-          dummy: ctx.dummy,
-          outs,
-          transform: d0.hadamard,
-          transpose: true,
-          accumulate,
-          members: ms.map((mb, w) => ({
-            n: mb.d.padded[0],
-            nIn: mb.d.padded[0],
-            outLen: mb.d.shape[0],
-            K: mb.Km,
-            gscale: mb.d.scale,
-            xOff: rowStart[w]!,
-            preOff: 0,
-            postOff: this.sv ? mb.sv : 0,
-            biasOff: mb.bias,
-            hkOff: hks.offsets[Ks.indexOf(mb.Km)]!,
-            outOff: 0,
-            outStride: mb.d.shape[0],
-            slot: w,
-          })),
-        }),
-      );
-    else
-      ms.forEach((mb, w) => {
-        const [m] = mb.d.shape;
-        const [mp] = mb.d.padded;
-        list.push(
-          ...K.hadamard({
-            x: ctx.rotOut,
-            xStride: rows,
-            xOff: rowStart[w]!,
-            out: outs[w]!,
-            pre: ctx.ones,
-            post: this.sv ?? ctx.ones,
-            postOff: this.sv ? mb.sv : 0,
-            bias: mb.bias === null ? null : this.bias,
-            biasOff: mb.bias ?? 0,
-            hk: ctx.hk(mb.Km),
-            tmp: ctx.rotTmp,
-            dummy: ctx.dummy,
-            n: mp,
-            nIn: mp,
-            outLen: m,
-            K: mb.Km,
-            transform: mb.d.hadamard,
-            transpose: true,
-            accumulate,
-            gscale: mb.d.scale,
-          }),
-        );
-      });
+    list.push(
+      ...K.rotate({
+        x: ctx.rotOut,
+        xStride: rows,
+        pre: ctx.ones,
+        post: this.sv ?? ctx.ones,
+        bias: this.bias,
+        hk: hks.buffer,
+        tmp: ctx.rotTmp,
+        dummy: ctx.dummy,
+        outs,
+        transform: d0.hadamard,
+        transpose: true,
+        accumulate,
+        members: ms.map((mb, w) => ({
+          n: mb.d.padded[0],
+          nIn: mb.d.padded[0],
+          outLen: mb.d.shape[0],
+          K: mb.Km,
+          gscale: mb.d.scale,
+          xOff: rowStart[w]!,
+          preOff: 0,
+          postOff: this.sv ? mb.sv : 0,
+          biasOff: mb.bias,
+          hkOff: hks.offsets[Ks.indexOf(mb.Km)]!,
+          outOff: 0,
+          outStride: mb.d.shape[0],
+          slot: w,
+        })),
+      }),
+    );
     return list;
   }
 

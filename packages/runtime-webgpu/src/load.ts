@@ -14,7 +14,7 @@ import {
   type TensorStore,
 } from '@caldera/core';
 import { fromCheckpointTensors, type CheckpointLayerMeta } from '@caldera/lowrank';
-import { storageBuffer, type CalderaDevice } from './device.js';
+import { bufferBytes, storageBuffer, type CalderaDevice } from './device.js';
 import type { GpuMatrix } from './kernels/index.js';
 import {
   createCalderaLinears,
@@ -95,8 +95,6 @@ export interface MemoryPlan {
    */
   largestBuffer: { bytes: number; what: string };
 }
-
-const bufferBytes = (bytes: number) => Math.max(16, Math.ceil(bytes / 4) * 4);
 
 /**
  * Plan the GPU memory of a model from its config, `caldera.json` and tensor headers (no tensor data is read).
@@ -241,11 +239,11 @@ export async function loadModelFromStore(
     let bitsNum = 0;
     let weightsNum = 0;
     for (let b = 0; b < config.numLayers; b++) {
-      // dense layers are uploaded as they are read; CALDERA layers that share an input (q, k, v; gate, up) are
-      // uploaded together, into one group's buffers when their codecs allow
+      // dense layers are uploaded as they are read; CALDERA layers that read the same activations (`input`: q, k
+      // and v; gate and up) are uploaded together, into one group's buffers when their codecs allow
       const lin: (GpuLinear | null)[] = [];
-      const pending: { at: number; layer: CalderaLayerInput; share: string }[] = [];
-      for (const { name } of blockLinearNames(b)) {
+      const pending: { at: number; layer: CalderaLayerInput; input: string }[] = [];
+      for (const { name, input } of blockLinearNames(b)) {
         if (options.signal?.aborted)
           throw new CalderaError('E_ABORTED', 'loading was aborted', { cause: options.signal.reason });
         const kind = name.slice(name.lastIndexOf('.') + 1);
@@ -266,8 +264,7 @@ export async function loadModelFromStore(
               `${name}: compressed shape [${dec.shape.join(', ')}], expected [${m}, ${n}]`,
             );
           bitsNum += dec.bitsPerWeight * m * n;
-          const share = /^(q|k|v)_proj$/.test(kind) ? 'qkv' : /^(gate|up)_proj$/.test(kind) ? 'mlp' : name;
-          pending.push({ at: lin.length, layer: { d: dec, bias, label: name }, share });
+          pending.push({ at: lin.length, layer: { d: dec, bias, label: name }, input });
           lin.push(null);
         } else {
           const w = await read(store, `${name}.weight`, [m, n]);
@@ -281,8 +278,8 @@ export async function loadModelFromStore(
           bitsNum += layer.bitsPerWeight * m * n;
         }
       }
-      for (const share of new Set(pending.map((p) => p.share))) {
-        const these = pending.filter((p) => p.share === share);
+      for (const input of new Set(pending.map((p) => p.input))) {
+        const these = pending.filter((p) => p.input === input);
         const layers = createCalderaLinears(
           dev,
           these.map((p) => p.layer),

@@ -25,7 +25,32 @@ import {
 
 export * from './wgsl.js';
 
-/** One layer's vector in a launch of {@link Kernels.rotations}: sizes, scale and offsets (see {@link hadamardWgsl}). */
+/**
+ * The buffers and flags of a rotation step ({@link Kernels.hadamard}, {@link Kernels.rotate}): input `x`,
+ * multipliers before (`pre`) and after (`post`) the transform, the bias (null: none), `H_K`, global-memory scratch
+ * `tmp`, and any small buffer `dummy` for absent bindings.
+ */
+export interface RotationBuffers {
+  x: GPUBuffer;
+  pre: GPUBuffer;
+  post: GPUBuffer;
+  bias: GPUBuffer | null;
+  hk: GPUBuffer;
+  tmp: GPUBuffer;
+  dummy: GPUBuffer;
+  transform: boolean;
+  transpose: boolean;
+  accumulate: boolean;
+}
+
+/** {@link Kernels.rotate}: rows of `xStride` values in `x`, the output buffers, and each layer's vector. */
+export interface RotateOptions extends RotationBuffers {
+  xStride: number;
+  outs: readonly GPUBuffer[];
+  members: readonly RotationMember[];
+}
+
+/** One layer's vector in {@link Kernels.rotate}: sizes, scale and offsets (see {@link hadamardWgsl}). */
 export interface RotationMember {
   n: number;
   nIn: number;
@@ -242,208 +267,182 @@ export class Kernels {
   }
 
   /**
-   * The sign/rotation/padding step of a CALDERA layer (see {@link hadamardWgsl}): reads `nIn` values of `x`,
-   * transforms `n` (K·P) values, writes `outLen`. `hk` is the ±1 `H_K` (f32, K×K). One launch when the vector fits
-   * workgroup memory ({@link Kernels.maxLocalHadamard}), else two or three launches over `tmp` (≥ n values per row).
-   * `members` > 1 rotates one input vector for several layers: member w multiplies by `pre` from
-   * `preOff + w·preStride` and writes `w·outLen` after `outOff` (one launch in workgroup memory, else one set each).
+   * The sign/rotation/padding step of a CALDERA layer on one vector per activation row (see {@link hadamardWgsl}):
+   * reads `nIn` values of `x`, transforms `n` (K·P) values, writes `outLen`. `hk` is the ±1 `H_K` (f32, K×K). One
+   * launch when the vector fits workgroup memory ({@link Kernels.maxLocalHadamard}), else two or three launches over
+   * `tmp` (≥ n values per row). {@link Kernels.rotate} is the form for several layers at once.
    */
-  hadamard(o: {
-    x: GPUBuffer;
-    out: GPUBuffer;
-    pre: GPUBuffer;
-    post: GPUBuffer;
-    bias: GPUBuffer | null;
-    hk: GPUBuffer;
-    tmp: GPUBuffer;
-    dummy: GPUBuffer;
-    n: number;
-    nIn: number;
-    outLen: number;
-    K: number;
-    transform: boolean;
-    transpose: boolean;
-    accumulate: boolean;
-    gscale: number;
-    /** Values per activation row of `x` (default `nIn`) and offset of the input in a row (default 0). */
-    xStride?: number;
-    xOff?: number;
-    /** Values per activation row of `out` (default `outLen · members`) and offset of the output (default 0). */
-    outStride?: number;
-    outOff?: number;
-    /** Offset of the multipliers in `pre` (default 0), and between members (default `n`). */
-    preOff?: number;
-    preStride?: number;
-    /** Offsets of the output multipliers in `post` and of the bias in `bias` (default 0). */
-    postOff?: number;
-    biasOff?: number;
-    /** Layers rotating the same input (default 1; at most {@link ROTATION_MAX_MEMBERS} in workgroup memory). */
-    members?: number;
-  }): Dispatch[] {
-    const P = o.n / o.K;
-    const members = o.members ?? 1;
-    const xStride = o.xStride ?? o.nIn;
-    const outStride = o.outStride ?? o.outLen * members;
-    const preStride = o.preStride ?? o.n;
-    const label = `hadamard n=${o.n} K=${o.K}${o.transpose ? ' T' : ''}${members > 1 ? ` ×${members}` : ''}`;
-    if (o.n <= this.maxLocalHadamard && members <= ROTATION_MAX_MEMBERS)
-      return [
-        this.rotations({
-          ...o,
-          xStride,
-          outs: [o.out],
-          members: Array.from({ length: members }, (_, w) => ({
-            n: o.n,
-            nIn: o.nIn,
-            outLen: o.outLen,
-            K: o.K,
-            gscale: o.gscale,
-            xOff: o.xOff ?? 0,
-            preOff: (o.preOff ?? 0) + w * preStride,
-            postOff: o.postOff ?? 0,
-            biasOff: o.bias ? (o.biasOff ?? 0) : null,
-            hkOff: 0,
-            outOff: (o.outOff ?? 0) + w * o.outLen,
-            outStride,
-            slot: 0,
-          })),
-        }),
-      ];
-    const fields = (outOff: number): UniformField[] => [
-      ['u32', o.n],
-      ['u32', o.nIn],
-      ['u32', o.outLen],
-      ['u32', o.K],
-      ['u32', P],
-      ['u32', o.transform ? 1 : 0],
-      ['u32', o.transpose ? 1 : 0],
-      ['u32', o.accumulate ? 1 : 0],
-      ['u32', o.bias ? 1 : 0],
-      ['f32', 1 / Math.sqrt(o.n)],
-      ['f32', o.gscale],
-      ['u32', outStride],
-      ['u32', outOff],
-      ['u32', o.postOff ?? 0],
-      ['u32', o.biasOff ?? 0],
-    ];
-    if (o.tmp.size < o.n * 4)
-      throw new CalderaError('E_SHAPE', `${label}: scratch of ${o.tmp.size} bytes, needs ${o.n * 4}`);
+  hadamard(
+    o: RotationBuffers & {
+      out: GPUBuffer;
+      n: number;
+      nIn: number;
+      outLen: number;
+      K: number;
+      gscale: number;
+    },
+  ): Dispatch[] {
+    return this.rotate({
+      ...o,
+      xStride: o.nIn,
+      outs: [o.out],
+      members: [
+        {
+          n: o.n,
+          nIn: o.nIn,
+          outLen: o.outLen,
+          K: o.K,
+          gscale: o.gscale,
+          xOff: 0,
+          preOff: 0,
+          postOff: 0,
+          biasOff: o.bias ? 0 : null,
+          hkOff: 0,
+          outOff: 0,
+          outStride: o.outLen,
+          slot: 0,
+        },
+      ],
+    });
+  }
+
+  /**
+   * The rotation step of several layers (see {@link hadamardWgsl}): member w reads `x` at `xOff` within rows of
+   * `xStride`, its multipliers and `H_K` at its offsets into `pre`, `post` and `hk` (and `bias` unless `biasOff` is
+   * null), and writes `outs[slot]` at `outOff` within rows of `outStride`. One launch for all when every vector fits
+   * workgroup memory ({@link Kernels.maxLocalHadamard}) and there are at most {@link ROTATION_MAX_MEMBERS}; else a
+   * launch per member that fits and two or three over `tmp` (≥ n values per row) per member that does not.
+   */
+  rotate(o: RotateOptions): Dispatch[] {
+    const fits = (m: RotationMember) => m.n <= this.maxLocalHadamard;
+    if (o.members.length <= ROTATION_MAX_MEMBERS && o.members.every(fits)) return [this.rotationLaunch(o)];
+    return o.members.flatMap((m) =>
+      fits(m) ? [this.rotationLaunch({ ...o, members: [m] })] : this.globalRotation(o, m),
+    );
+  }
+
+  /** The rotation of a vector larger than workgroup memory, two or three launches over `tmp` (see {@link rotate}). */
+  private globalRotation(o: RotateOptions, m: RotationMember): Dispatch[] {
+    const P = m.n / m.K;
+    const label = `hadamard n=${m.n} K=${m.K}${o.transpose ? ' T' : ''}`;
+    if (o.tmp.size < m.n * 4)
+      throw new CalderaError('E_SHAPE', `${label}: scratch of ${o.tmp.size} bytes, needs ${m.n * 4}`);
     // chunks of B values (a power of two dividing P, at most a workgroup's worth), S chunks per block; without the
     // transform (K = 1, P = n only a multiple of 8) chunks of the largest power of two dividing n
     const cap = 2 ** Math.floor(Math.log2(this.maxLocalHadamard));
-    const B = o.transform ? Math.min(P, cap) : Math.min(cap, o.n & -o.n);
+    const B = o.transform ? Math.min(P, cap) : Math.min(cap, m.n & -m.n);
     const S = o.transform ? P / B : 1;
     if (S > cap)
       throw new CalderaError(
         'E_UNSUPPORTED',
         `${label}: a Walsh–Hadamard block of ${P} exceeds ${cap}² (workgroup memory holds ${cap} values)`,
       );
-    const list: Dispatch[] = [];
-    for (let w = 0; w < members; w++) {
-      const outOff = (o.outOff ?? 0) + w * o.outLen;
-      const preOff = (o.preOff ?? 0) + w * preStride;
+    const list = [
+      this.make(
+        `${label} chunk ${B}`,
+        this.pipeline(`had_chunk_${B}`, () => hadamardChunkWgsl(B)),
+        [
+          this.uniform(
+            [
+              ['u32', m.n],
+              ['u32', m.nIn],
+              ['u32', B],
+              ['u32', o.transform ? 1 : 0],
+              ['u32', o.xStride],
+              ['u32', m.xOff],
+              ['u32', m.preOff],
+            ],
+            'hadamard chunk',
+          ),
+          o.x,
+          o.pre,
+          o.tmp,
+        ],
+        m.n / B,
+      ),
+    ];
+    if (S > 1) {
+      const C = Math.min(B, cap / S);
       list.push(
         this.make(
-          `${label} chunk ${B}`,
-          this.pipeline(`had_chunk_${B}`, () => hadamardChunkWgsl(B)),
+          `${label} stride ${S}`,
+          this.pipeline(`had_stride_${S * C}`, () => hadamardStrideWgsl(S * C)),
           [
             this.uniform(
               [
-                ['u32', o.n],
-                ['u32', o.nIn],
+                ['u32', m.n],
+                ['u32', P],
                 ['u32', B],
-                ['u32', o.transform ? 1 : 0],
-                ['u32', xStride],
-                ['u32', o.xOff ?? 0],
-                ['u32', preOff],
+                ['u32', S],
+                ['u32', C],
               ],
-              'hadamard chunk',
+              'hadamard stride',
             ),
-            o.x,
-            o.pre,
             o.tmp,
           ],
-          o.n / B,
-        ),
-      );
-      if (o.transform && S > 1) {
-        const C = Math.min(B, cap / S);
-        list.push(
-          this.make(
-            `${label} stride ${S}`,
-            this.pipeline(`had_stride_${S * C}`, () => hadamardStrideWgsl(S * C)),
-            [
-              this.uniform(
-                [
-                  ['u32', o.n],
-                  ['u32', P],
-                  ['u32', B],
-                  ['u32', S],
-                  ['u32', C],
-                ],
-                'hadamard stride',
-              ),
-              o.tmp,
-            ],
-            (o.K * B) / C,
-          ),
-        );
-      }
-      list.push(
-        this.make(
-          `${label} mix`,
-          this.pipeline('had_mix', () => HADAMARD_MIX_WGSL),
-          [this.uniform(fields(outOff), 'hadamard params'), o.tmp, o.post, o.bias ?? o.dummy, o.hk, o.out],
-          Math.ceil(o.outLen / WG),
+          (m.K * B) / C,
         ),
       );
     }
+
+    list.push(
+      this.make(
+        `${label} mix`,
+        this.pipeline('had_mix', () => HADAMARD_MIX_WGSL),
+        [
+          this.uniform(this.rotationFields(o, [m]), 'hadamard params'),
+          o.tmp,
+          o.post,
+          m.biasOff === null ? o.dummy : this.boundBias(o.bias),
+          o.hk,
+          this.output(o.outs, m.slot),
+        ],
+        Math.ceil(m.outLen / WG),
+      ),
+    );
     return list;
   }
 
-  /**
-   * The rotation step of up to {@link ROTATION_MAX_MEMBERS} layers in one launch, each vector in workgroup memory
-   * (see {@link hadamardWgsl}; every member's `n` at most {@link Kernels.maxLocalHadamard}): member w reads `x` at
-   * `xOff` within rows of `xStride`, its multipliers and `H_K` at its offsets into `pre`, `post` and `hk` (and `bias`
-   * unless `biasOff` is null), and writes `outs[slot]` at `outOff` within rows of `outStride`.
-   */
-  rotations(o: {
-    x: GPUBuffer;
-    xStride: number;
-    pre: GPUBuffer;
-    post: GPUBuffer;
-    bias: GPUBuffer | null;
-    hk: GPUBuffer;
-    dummy: GPUBuffer;
-    outs: readonly GPUBuffer[];
-    transform: boolean;
-    transpose: boolean;
-    accumulate: boolean;
-    members: readonly RotationMember[];
-  }): Dispatch {
+  /** One launch rotating every member's vector in workgroup memory (one workgroup each; see {@link rotate}). */
+  private rotationLaunch(o: RotateOptions): Dispatch {
     const J = o.members.length;
-    if (J < 1 || J > ROTATION_MAX_MEMBERS || o.outs.length < 1 || o.outs.length > ROTATION_MAX_MEMBERS)
-      throw new CalderaError(
-        'E_VALUE',
-        `rotations: 1 to ${ROTATION_MAX_MEMBERS} members and outputs, got ${J} and ${o.outs.length}`,
-      );
+    if (o.outs.length < 1 || o.outs.length > ROTATION_MAX_MEMBERS)
+      throw new CalderaError('E_VALUE', `rotate: 1 to ${ROTATION_MAX_MEMBERS} outputs, got ${o.outs.length}`);
+    for (const m of o.members) {
+      this.output(o.outs, m.slot);
+      if (m.biasOff !== null) this.boundBias(o.bias);
+    }
+    // one pipeline per power-of-two bucket of the workgroup array size and per output count
     const maxN = Math.max(...o.members.map((m) => m.n));
-    if (maxN > this.maxLocalHadamard)
-      throw new CalderaError(
-        'E_VALUE',
-        `rotations: n = ${maxN} exceeds workgroup memory (${this.maxLocalHadamard})`,
-      );
-    if (o.members.some((m) => m.biasOff !== null) && !o.bias)
-      throw new CalderaError('E_VALUE', 'rotations: a member reads a bias, none is bound');
+    const bucket = Math.min(Math.max(256, 2 ** Math.ceil(Math.log2(maxN))), this.maxLocalHadamard);
+    const S = o.outs.length;
+    const p = this.pipeline(`hadamard_${bucket}_${S}`, () => hadamardWgsl(bucket, S));
+    const m0 = o.members[0]!;
+    return this.make(
+      `hadamard n=${m0.n} K=${m0.K}${o.transpose ? ' T' : ''}${J > 1 ? ` ×${J}` : ''}`,
+      p,
+      [
+        this.uniform(this.rotationFields(o, o.members), 'rotation params'),
+        o.x,
+        o.pre,
+        o.post,
+        o.hk,
+        ...o.outs,
+        o.bias ?? o.dummy,
+      ],
+      J,
+    );
+  }
+
+  /** The uniform of the rotation kernels (the WGSL `U` of {@link hadamardWgsl}) for these members. */
+  private rotationFields(o: RotateOptions, members: readonly RotationMember[]): UniformField[] {
     const fields: UniformField[] = [
       ['u32', o.xStride],
       ['u32', o.transform ? 1 : 0],
       ['u32', o.transpose ? 1 : 0],
       ['u32', o.accumulate ? 1 : 0],
     ];
-    for (const m of o.members) {
-      if (m.slot >= o.outs.length)
-        throw new CalderaError('E_VALUE', `rotations: output slot ${m.slot} is not bound`);
+    for (const m of members)
       fields.push(
         ['u32', m.n],
         ['u32', m.nIn],
@@ -462,19 +461,19 @@ export class Kernels {
         ['u32', m.outStride],
         ['u32', m.slot],
       );
-    }
     while (fields.length < 4 + 16 * ROTATION_MAX_MEMBERS) fields.push(['u32', 0]);
-    // one pipeline per power-of-two bucket of the workgroup array size and per output count
-    const bucket = Math.min(Math.max(256, 2 ** Math.ceil(Math.log2(maxN))), this.maxLocalHadamard);
-    const S = o.outs.length;
-    const p = this.pipeline(`hadamard_${bucket}_${S}`, () => hadamardWgsl(bucket, S));
-    const m0 = o.members[0]!;
-    return this.make(
-      `hadamard n=${m0.n} K=${m0.K}${o.transpose ? ' T' : ''}${J > 1 ? ` ×${J}` : ''}`,
-      p,
-      [this.uniform(fields, 'rotation params'), o.x, o.pre, o.post, o.hk, ...o.outs, o.bias ?? o.dummy],
-      J,
-    );
+    return fields;
+  }
+
+  private output(outs: readonly GPUBuffer[], slot: number): GPUBuffer {
+    const b = outs[slot];
+    if (!b) throw new CalderaError('E_VALUE', `rotate: output slot ${slot} is not bound`);
+    return b;
+  }
+
+  private boundBias(bias: GPUBuffer | null): GPUBuffer {
+    if (!bias) throw new CalderaError('E_VALUE', 'rotate: a member reads a bias, none is bound');
+    return bias;
   }
 
   /**

@@ -228,6 +228,16 @@ struct P { m: u32, n: u32, rowWords: u32, accumulate: u32, hasBias: u32, xRow: u
 export const ROTATION_MAX_MEMBERS = 3;
 
 /**
+ * The uniform of the rotation kernels ({@link hadamardWgsl}, {@link HADAMARD_MIX_WGSL}): flags, the row stride of
+ * `x`, and per member (layer) its sizes, scale and offsets.
+ */
+const ROTATION_PARAMS = /* wgsl */ `
+struct M { n: u32, nIn: u32, outLen: u32, K: u32, P: u32, invSqrtN: f32, gscale: f32, xOff: u32, preOff: u32,
+  postOff: u32, biasOff: u32, hasBias: u32, hkOff: u32, outOff: u32, outStride: u32, slot: u32 }
+struct U { xStride: u32, transform: u32, transposeH: u32, accumulate: u32, m: array<M, ${ROTATION_MAX_MEMBERS}> }
+@group(0) @binding(0) var<uniform> u: U;`;
+
+/**
  * The rotation steps of CALDERA layers on one vector each, one workgroup per layer ("member" w = workgroup_id.x,
  * parameters `u.m[w]`): load `v_j = x_j·pre_j` (zero past `nIn`, the padding), then when `transform` is set the
  * orthogonal Hadamard `v·M_n` (or `v·M_nᵀ`) with `M_n = (H_K ⊗ H_{2^p})/√n`: a fast Walsh–Hadamard transform over
@@ -251,10 +261,7 @@ export function hadamardWgsl(maxN: number, outputs = 1): string {
     }`,
   ).join(' else ');
   return /* wgsl */ `
-struct M { n: u32, nIn: u32, outLen: u32, K: u32, P: u32, invSqrtN: f32, gscale: f32, xOff: u32, preOff: u32,
-  postOff: u32, biasOff: u32, hasBias: u32, hkOff: u32, outOff: u32, outStride: u32, slot: u32 }
-struct U { xStride: u32, transform: u32, transposeH: u32, accumulate: u32, m: array<M, ${ROTATION_MAX_MEMBERS}> }
-@group(0) @binding(0) var<uniform> u: U;
+${ROTATION_PARAMS}
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> pre: array<f32>;
 @group(0) @binding(3) var<storage, read> post: array<f32>;
@@ -308,11 +315,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   }
 }`;
 }
-
-const HAD_PARAMS = /* wgsl */ `
-struct P { n: u32, nIn: u32, outLen: u32, K: u32, P: u32, transform: u32, transposeH: u32, accumulate: u32,
-  hasBias: u32, invSqrtN: f32, gscale: f32, outStride: u32, outOff: u32, postOff: u32, biasOff: u32, a: u32 }
-@group(0) @binding(0) var<uniform> p: P;`;
 
 /**
  * First launch of the global-memory rotation (see {@link HADAMARD_MIX_WGSL}): workgroup `c` loads the chunk
@@ -395,7 +397,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
  * the butterflies inside each chunk of up to a workgroup's worth of values) and, when a block spans several chunks,
  * {@link hadamardStrideWgsl}, the `H_K` mix across blocks with the output epilogue. Two or three launches whatever n.
  */
-export const HADAMARD_MIX_WGSL = /* wgsl */ `${HAD_PARAMS}
+export const HADAMARD_MIX_WGSL = /* wgsl */ `${ROTATION_PARAMS}
 @group(0) @binding(1) var<storage, read> tmp: array<f32>;
 @group(0) @binding(2) var<storage, read> post: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
@@ -403,27 +405,28 @@ export const HADAMARD_MIX_WGSL = /* wgsl */ `${HAD_PARAMS}
 @group(0) @binding(5) var<storage, read_write> outv: array<f32>;
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let mb = u.m[0];
   let i = gid.x;
-  if (i >= p.outLen) { return; }
-  let tb = gid.y * p.n;
+  if (i >= mb.outLen) { return; }
+  let tb = gid.y * mb.n;
   var val: f32;
-  if (p.transform == 1u) {
-    let a2 = i / p.P;
-    let b = i % p.P;
+  if (u.transform == 1u) {
+    let a2 = i / mb.P;
+    let b = i % mb.P;
     var acc = 0.0;
-    for (var a = 0u; a < p.K; a++) {
+    for (var a = 0u; a < mb.K; a++) {
       var hv: f32;
-      if (p.transposeH == 1u) { hv = hk[a2 * p.K + a]; } else { hv = hk[a * p.K + a2]; }
-      acc += hv * tmp[tb + a * p.P + b];
+      if (u.transposeH == 1u) { hv = hk[mb.hkOff + a2 * mb.K + a]; } else { hv = hk[mb.hkOff + a * mb.K + a2]; }
+      acc += hv * tmp[tb + a * mb.P + b];
     }
-    val = acc * p.invSqrtN;
+    val = acc * mb.invSqrtN;
   } else {
     val = tmp[tb + i];
   }
-  var y = p.gscale * (val * post[p.postOff + i]);
-  let o = gid.y * p.outStride + p.outOff + i;
-  if (p.hasBias == 1u) { y += bias[p.biasOff + i]; }
-  if (p.accumulate == 1u) { y += outv[o]; }
+  var y = mb.gscale * (val * post[mb.postOff + i]);
+  let o = gid.y * mb.outStride + mb.outOff + i;
+  if (mb.hasBias == 1u) { y += bias[mb.biasOff + i]; }
+  if (u.accumulate == 1u) { y += outv[o]; }
   outv[o] = y;
 }`;
 
