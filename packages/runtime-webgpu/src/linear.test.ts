@@ -14,11 +14,14 @@ import { CalderaLinear } from '@caldera/runtime-node';
 import { readBuffer, storageBuffer } from './device.js';
 import { encodeDispatches, Kernels } from './kernels/index.js';
 import {
-  bindSharedInput,
+  bindLayers,
   createCalderaLinears,
   createLinearContext,
   GpuCalderaLinear,
+  GpuDenseLinear,
   groupable,
+  uploadMatrix,
+  type GpuLinear,
 } from './linear.js';
 import { gpuTitle, testDevice } from './testing/gpu.js';
 
@@ -255,7 +258,7 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
         const xs = rng.fillNormal(new Float32Array(2 * n), 0, 1);
         const x = storageBuffer(d, xs, 'x');
         const outs = layers.map((l) => storageBuffer(d, new Float32Array(2 * l.d.shape[0]), 'out'));
-        const launches = bindSharedInput(
+        const launches = bindLayers(
           ctx,
           x,
           members.map((layer, j) => ({ layer, out: outs[j]! })),
@@ -272,7 +275,7 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
         expect(launches.length).toBe(
           local ? layers.reduce((s, l) => s + rotation(n) + rotation(l.d.padded[0]), matrices) : matrices + 2,
         );
-        const run = async (list: ReturnType<typeof bindSharedInput>) => {
+        const run = async (list: ReturnType<typeof bindLayers>) => {
           const enc = d.device.createCommandEncoder();
           encodeDispatches(enc, list, 2);
           d.device.queue.submit([enc.finish()]);
@@ -304,6 +307,75 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
         ctx.dispose();
         kernels.dispose();
       });
+
+  it('bindLayers: RMSNorm and SwiGLU inputs computed by the input rotations equal their own launch first, to the bit, for whole groups, runs of members, lone layers and dense layers', async () => {
+    const rng = new Rng(14);
+    const n = 96;
+    const rows = 2;
+    const layers = [40, 24, 32].map((m, j) => {
+      const w = tensor('f32', [m, n], rng.fillNormal(new Float32Array(m * n), 0, 0.5));
+      const x = caldera(w, null, { rank: 3, outerIters: 1, lplrIters: 1, seed: j + 1 });
+      const { tensors, meta } = toCheckpointTensors('layer', x);
+      return { d: fromCheckpointTensors('layer', (nm) => tensors[nm], meta), bias: null, label: `l${j}` };
+    });
+    const members = createCalderaLinears(d, layers);
+    const lone = new GpuCalderaLinear(d, layers[0]!.d, null, 'lone');
+    const dense = new GpuDenseLinear(
+      uploadMatrix(d, rng.fillNormal(new Float32Array(16 * n), 0, 0.3), 16, n, 'dense'),
+      null,
+    );
+    const kernels = new Kernels(d, { lanes: 1 });
+    const ctx = createLinearContext(d, kernels, members[0]!.group.needs, rows);
+    const xBuf = storageBuffer(d, rng.fillNormal(new Float32Array(rows * n), 0, 2), 'x');
+    const aux = storageBuffer(d, rng.fillNormal(new Float32Array(rows * n), 0, 1), 'aux');
+    const h = storageBuffer(d, new Float32Array(rows * n), 'h');
+    const run = async (list: ReturnType<typeof bindLayers>) => {
+      const enc = d.device.createCommandEncoder();
+      encodeDispatches(enc, list, rows);
+      d.device.queue.submit([enc.finish()]);
+      await d.device.queue.onSubmittedWorkDone();
+    };
+    const read = async (b: GPUBuffer) => Array.from(new Float32Array(await readBuffer(d, b, b.size)));
+    // [members 0-2], [members 1-2] (a run not from the group's start), [member 0, member 2] (two runs), a lone
+    // layer with members, a dense layer among CALDERA layers (then every layer reads the launch's output)
+    const sets: { layer: GpuLinear; launches: number }[][] = [
+      members.map((layer) => ({ layer, launches: 4 })),
+      [members[1]!, members[2]!].map((layer) => ({ layer, launches: 4 })),
+      [members[0]!, members[2]!].map((layer) => ({ layer, launches: 8 })),
+      [lone, members[0]!, members[1]!].map((layer) => ({ layer, launches: 8 })),
+      [members[0]!, dense].map((layer) => ({ layer, launches: 1 + 4 + 1 })),
+    ];
+    for (const kind of ['rmsNorm', 'swiglu'] as const)
+      for (const [si, set] of sets.entries()) {
+        const outs = set.map(({ layer }) =>
+          storageBuffer(d, new Float32Array(rows * layer.outFeatures), 'o'),
+        );
+        // SwiGLU without a fusing layer runs in place: x is a fresh copy each time
+        const x = storageBuffer(d, new Float32Array(await readBuffer(d, xBuf, xBuf.size)), 'x copy');
+        const compute =
+          kind === 'rmsNorm'
+            ? ({ kind, weight: aux, eps: 1e-5, scratch: h } as const)
+            : ({ kind, up: aux } as const);
+        const launches = bindLayers(
+          ctx,
+          { x, compute },
+          set.map(({ layer }, j) => ({ layer, out: outs[j]! })),
+        );
+        expect(launches.length, `${kind} set ${si}`).toBe(set[0]!.launches);
+        await run(launches);
+        // the reference: the launch of its own, then each layer alone on its output
+        const ref = storageBuffer(d, new Float32Array(await readBuffer(d, xBuf, xBuf.size)), 'ref');
+        await run([kind === 'rmsNorm' ? kernels.rmsNorm(ref, aux, h, n, 1e-5) : kernels.swiglu(ref, aux, n)]);
+        for (const [j, { layer }] of set.entries()) {
+          const one = storageBuffer(d, new Float32Array(rows * layer.outFeatures), 'one');
+          await run(layer.bind(ctx, kind === 'rmsNorm' ? h : ref, one, false));
+          expect(await read(outs[j]!), `${kind} set ${si} layer ${j}`).toEqual(await read(one));
+        }
+      }
+    for (const m of [...members, lone, dense]) m.dispose();
+    ctx.dispose();
+    kernels.dispose();
+  });
 
   it('layers of different codecs are not grouped', () => {
     const rng = new Rng(13);

@@ -10,6 +10,7 @@ import {
   type GpuMatrix,
   type Kernels,
   type LatticeCodec,
+  type RotationInput,
 } from './kernels/index.js';
 
 /** Upload a dense `[rows, cols]` matrix: f32 as is, or f16 bits packed two per u32 (rows padded to even length). */
@@ -421,7 +422,8 @@ export class GpuCalderaGroup {
    * The launches computing `outs[w] (+)= layer_{j0+w}(x)` for the layers `j0 … j0 + outs.length − 1` (every row of a
    * batch; `x` holds rows of the layers' input width, `outs[w]` rows of layer j0+w's output width). The whole group
    * takes 4 launches when its vectors fit workgroup memory (2 more per layer with dense factors; 2 or 3 per layer and
-   * rotation for larger vectors).
+   * rotation for larger vectors). With `input` the layers read rows computed from `x` (RMSNorm or SwiGLU), which
+   * their input rotation computes as it loads `x`.
    */
   bind(
     ctx: LinearContext,
@@ -430,6 +432,7 @@ export class GpuCalderaGroup {
     outs: GPUBuffer[],
     accumulate: boolean,
     tile = 1,
+    input?: RotationInput,
   ): Dispatch[] {
     const J = outs.length;
     if (!Number.isInteger(j0) || j0 < 0 || J < 1 || j0 + J > this.m.length)
@@ -446,6 +449,7 @@ export class GpuCalderaGroup {
     const xRow = J * np;
     const list: Dispatch[] = K.rotate({
       x,
+      ...(input ? { input } : {}),
       xStride: n,
       pre: this.su ?? ctx.ones,
       post: ctx.ones,
@@ -683,30 +687,60 @@ export function createCalderaLinears(
 }
 
 /**
- * The launches computing `out = layer(x)` for layers that read the same `x`: one group launch set when the layers
- * are exactly the members of one {@link GpuCalderaGroup} in order, else each layer's own.
+ * What layers read: the rows of `x` as they are, or rows computed from them (`compute`): the RMSNorm with `weight`,
+ * or SwiGLU `silu(x) ⊙ up` (see {@link RotationInput}). CALDERA layers compute it as their input rotation loads `x`,
+ * with no launch of its own (`x` is left as it is); other layers read it after a launch that writes it to `scratch`
+ * (RMSNorm) or over `x` in place (SwiGLU).
  */
-export function bindSharedInput(
+export interface LayerInput {
+  x: GPUBuffer;
+  compute?:
+    | { kind: 'rmsNorm'; weight: GPUBuffer; eps: number; scratch: GPUBuffer }
+    | { kind: 'swiglu'; up: GPUBuffer };
+}
+
+/**
+ * The launches computing `out (+)= layer(input)` for layers that read the same input (`x`, or a {@link LayerInput}),
+ * in order. Consecutive members of one {@link GpuCalderaGroup} run as one launch set (the block's q, k and v; gate
+ * and up); other layers run each their own.
+ */
+export function bindLayers(
   ctx: LinearContext,
-  x: GPUBuffer,
+  input: GPUBuffer | LayerInput,
   layers: readonly { layer: GpuLinear; out: GPUBuffer }[],
-  tile = 1,
+  options: { accumulate?: boolean; tile?: number } = {},
 ): Dispatch[] {
-  const first = layers[0]?.layer;
-  if (
-    first instanceof GpuCalderaLinear &&
-    first.group.members.length === layers.length &&
-    layers.every(({ layer }, j) => layer === first.group.members[j])
-  )
-    return first.group.bind(
-      ctx,
-      x,
-      0,
-      layers.map((l) => l.out),
-      false,
-      tile,
-    );
-  return layers.flatMap(({ layer, out }) => layer.bind(ctx, x, out, false, tile));
+  const { x, compute } = 'x' in input ? input : { x: input, compute: undefined };
+  const accumulate = options.accumulate ?? false;
+  const tile = options.tile ?? 1;
+  if (layers.length === 0) return [];
+  if (layers.every(({ layer }) => layer instanceof GpuCalderaLinear)) {
+    const list: Dispatch[] = [];
+    // runs of consecutive members of one group
+    for (let i = 0; i < layers.length;) {
+      const first = layers[i]!.layer as GpuCalderaLinear;
+      let e = i + 1;
+      while (e < layers.length) {
+        const next = layers[e]!.layer as GpuCalderaLinear;
+        if (next.group !== first.group || next.index !== first.index + (e - i)) break;
+        e++;
+      }
+      const outs = layers.slice(i, e).map((l) => l.out);
+      list.push(...first.group.bind(ctx, x, first.index, outs, accumulate, tile, compute));
+      i = e;
+    }
+    return list;
+  }
+  const K = ctx.kernels;
+  const n = layers[0]!.layer.inFeatures;
+  let src = x;
+  const list: Dispatch[] = [];
+  if (compute?.kind === 'rmsNorm') {
+    list.push(K.rmsNorm(x, compute.weight, compute.scratch, n, compute.eps));
+    src = compute.scratch;
+  } else if (compute?.kind === 'swiglu') list.push(K.swiglu(x, compute.up, n));
+  for (const { layer, out } of layers) list.push(...layer.bind(ctx, src, out, accumulate, tile));
+  return list;
 }
 
 /**

@@ -2,7 +2,7 @@ import { CalderaError, ropeInvFreq, throwIfAborted, type ModelConfig } from '@ca
 import { BufferUsage, MAP_READ_MODE, scratchBuffer, storageBuffer, type CalderaDevice } from './device.js';
 import { encodeDispatches, Kernels, type Dispatch, type GpuMatrix, type Lanes } from './kernels/index.js';
 import {
-  bindSharedInput,
+  bindLayers,
   createLinearContext,
   GpuCalderaLinear,
   type GpuLinear,
@@ -228,17 +228,19 @@ export class WebGpuModel {
         check(w.gate, `${name}.gate_proj`, d, I);
         check(w.up, `${name}.up_proj`, d, I);
         check(w.down, `${name}.down_proj`, I, d);
-        p.push(K.rmsNorm(x, w.inputNorm, h, d, cfg.rmsNormEps));
+        // each RMSNorm, and the SwiGLU, is computed by the next layers' input rotation when they are CALDERA layers
+        const eps = cfg.rmsNormEps;
+        const opts = { tile };
         p.push(
-          ...bindSharedInput(
+          ...bindLayers(
             ctx,
-            h,
+            { x, compute: { kind: 'rmsNorm', weight: w.inputNorm, eps, scratch: h } },
             [
               { layer: w.q, out: q },
               { layer: w.k, out: k },
               { layer: w.v, out: v },
             ],
-            tile,
+            opts,
           ),
         );
         p.push(K.rope(this.stepBuf, cs, q, H, hd));
@@ -257,21 +259,24 @@ export class WebGpuModel {
             capacity: cap,
           }),
         );
-        p.push(...w.o.bind(ctx, att, x, true, tile));
-        p.push(K.rmsNorm(x, w.postAttnNorm, h, d, cfg.rmsNormEps));
+        p.push(...bindLayers(ctx, att, [{ layer: w.o, out: x }], { tile, accumulate: true }));
         p.push(
-          ...bindSharedInput(
+          ...bindLayers(
             ctx,
-            h,
+            { x, compute: { kind: 'rmsNorm', weight: w.postAttnNorm, eps, scratch: h } },
             [
               { layer: w.gate, out: g },
               { layer: w.up, out: u },
             ],
-            tile,
+            opts,
           ),
         );
-        p.push(K.swiglu(g, u, I));
-        p.push(...w.down.bind(ctx, g, x, true, tile));
+        p.push(
+          ...bindLayers(ctx, { x: g, compute: { kind: 'swiglu', up: u } }, [{ layer: w.down, out: x }], {
+            tile,
+            accumulate: true,
+          }),
+        );
       });
       const head = [
         K.rmsNorm(x, weights.norm, h, d, cfg.rmsNormEps),

@@ -6,6 +6,7 @@ import {
   e8pBindings,
   E8P_MAX_SEGMENTS,
   ROTATION_MAX_MEMBERS,
+  ROTATION_MAX_OUTPUTS_WITH_INPUT,
   e8pMatvecWgsl,
   embedWgsl,
   hadamardChunkWgsl,
@@ -21,6 +22,7 @@ import {
   WG,
   type Lanes,
   type LatticeCodec,
+  type RotationInputKind,
 } from './wgsl.js';
 
 export * from './wgsl.js';
@@ -43,11 +45,29 @@ export interface RotationBuffers {
   accumulate: boolean;
 }
 
+/**
+ * What a rotation computes from `x` as it loads it (see {@link RotationInputKind}): the RMSNorm of each row with
+ * `weight` (`nIn` values), or SwiGLU with `up` (rows laid out as `x`'s).
+ */
+export type RotationInput =
+  { kind: 'rmsNorm'; weight: GPUBuffer; eps: number } | { kind: 'swiglu'; up: GPUBuffer };
+
 /** {@link Kernels.rotate}: rows of `xStride` values in `x`, the output buffers, and each layer's vector. */
 export interface RotateOptions extends RotationBuffers {
   xStride: number;
   outs: readonly GPUBuffer[];
   members: readonly RotationMember[];
+  /** Computed from `x` on the way in, by every launch that loads it; default none (`x` as it is). */
+  input?: RotationInput;
+}
+
+/** The kind of a rotation's input computation, and its `aux` buffer (none: null). */
+function inputOf(o: RotateOptions): { kind: RotationInputKind; aux: GPUBuffer | null; eps: number } {
+  const i = o.input;
+  if (!i) return { kind: 'none', aux: null, eps: 0 };
+  return i.kind === 'rmsNorm'
+    ? { kind: 'rmsNorm', aux: i.weight, eps: i.eps }
+    : { kind: 'swiglu', aux: i.up, eps: 0 };
 }
 
 /** One layer's vector in {@link Kernels.rotate}: sizes, scale and offsets (see {@link hadamardWgsl}). */
@@ -311,9 +331,16 @@ export class Kernels {
    * `xStride`, its multipliers and `H_K` at its offsets into `pre`, `post` and `hk` (and `bias` unless `biasOff` is
    * null), and writes `outs[slot]` at `outOff` within rows of `outStride`. One launch for all when every vector fits
    * workgroup memory ({@link Kernels.maxLocalHadamard}) and there are at most {@link ROTATION_MAX_MEMBERS}; else a
-   * launch per member that fits and two or three over `tmp` (≥ n values per row) per member that does not.
+   * launch per member that fits and two or three over `tmp` (≥ n values per row) per member that does not. With an
+   * `input` computation every launch that loads `x` computes it (at most
+   * {@link ROTATION_MAX_OUTPUTS_WITH_INPUT} outputs then: its buffer takes a storage binding).
    */
   rotate(o: RotateOptions): Dispatch[] {
+    if (o.input && o.outs.length > ROTATION_MAX_OUTPUTS_WITH_INPUT)
+      throw new CalderaError(
+        'E_VALUE',
+        `rotate: at most ${ROTATION_MAX_OUTPUTS_WITH_INPUT} outputs with an input computation, got ${o.outs.length}`,
+      );
     const fits = (m: RotationMember) => m.n <= this.maxLocalHadamard;
     if (o.members.length <= ROTATION_MAX_MEMBERS && o.members.every(fits)) return [this.rotationLaunch(o)];
     return o.members.flatMap((m) =>
@@ -337,10 +364,11 @@ export class Kernels {
         'E_UNSUPPORTED',
         `${label}: a Walsh–Hadamard block of ${P} exceeds ${cap}² (workgroup memory holds ${cap} values)`,
       );
+    const input = inputOf(o);
     const list = [
       this.make(
-        `${label} chunk ${B}`,
-        this.pipeline(`had_chunk_${B}`, () => hadamardChunkWgsl(B)),
+        `${label} chunk ${B}${input.aux ? ` ${input.kind}` : ''}`,
+        this.pipeline(`had_chunk_${B}_${input.kind}`, () => hadamardChunkWgsl(B, input.kind)),
         [
           this.uniform(
             [
@@ -351,12 +379,14 @@ export class Kernels {
               ['u32', o.xStride],
               ['u32', m.xOff],
               ['u32', m.preOff],
+              ['f32', input.eps],
             ],
             'hadamard chunk',
           ),
           o.x,
           o.pre,
           o.tmp,
+          ...(input.aux ? [input.aux] : []),
         ],
         m.n / B,
       ),
@@ -416,10 +446,13 @@ export class Kernels {
     const maxN = Math.max(...o.members.map((m) => m.n));
     const bucket = Math.min(Math.max(256, 2 ** Math.ceil(Math.log2(maxN))), this.maxLocalHadamard);
     const S = o.outs.length;
-    const p = this.pipeline(`hadamard_${bucket}_${S}`, () => hadamardWgsl(bucket, S));
+    const input = inputOf(o);
+    const p = this.pipeline(`hadamard_${bucket}_${S}_${input.kind}`, () =>
+      hadamardWgsl(bucket, S, input.kind),
+    );
     const m0 = o.members[0]!;
     return this.make(
-      `hadamard n=${m0.n} K=${m0.K}${o.transpose ? ' T' : ''}${J > 1 ? ` ×${J}` : ''}`,
+      `hadamard n=${m0.n} K=${m0.K}${o.transpose ? ' T' : ''}${J > 1 ? ` ×${J}` : ''}${input.aux ? ` ${input.kind}` : ''}`,
       p,
       [
         this.uniform(this.rotationFields(o, o.members), 'rotation params'),
@@ -429,6 +462,7 @@ export class Kernels {
         o.hk,
         ...o.outs,
         o.bias ?? o.dummy,
+        ...(input.aux ? [input.aux] : []),
       ],
       J,
     );
@@ -441,6 +475,10 @@ export class Kernels {
       ['u32', o.transform ? 1 : 0],
       ['u32', o.transpose ? 1 : 0],
       ['u32', o.accumulate ? 1 : 0],
+      ['f32', inputOf(o).eps],
+      ['u32', 0],
+      ['u32', 0],
+      ['u32', 0],
     ];
     for (const m of members)
       fields.push(
@@ -461,7 +499,7 @@ export class Kernels {
         ['u32', m.outStride],
         ['u32', m.slot],
       );
-    while (fields.length < 4 + 16 * ROTATION_MAX_MEMBERS) fields.push(['u32', 0]);
+    while (fields.length < 8 + 16 * ROTATION_MAX_MEMBERS) fields.push(['u32', 0]);
     return fields;
   }
 

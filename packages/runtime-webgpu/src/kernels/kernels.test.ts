@@ -326,6 +326,81 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       }
     });
 
+  for (const path of ['workgroup', 'global memory'] as const)
+    it(`RMSNorm and SwiGLU computed by the rotation's load (${path}) equal their own launch and then the rotation, to the bit`, async () => {
+      const rng = new Rng(5);
+      // global memory forced as in the Hadamard step test: chunks of 16, every chunk reducing the whole row
+      const k = new Kernels(d, path === 'workgroup' ? {} : { maxLocalHadamard: 16 });
+      const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
+      const rows = 3;
+      for (const [nIn, n] of [
+        [300, 320],
+        [160, 160],
+        [37, 40],
+      ] as const) {
+        const tmp = scratchBuffer(d, rows * n * 4, 'tmp');
+        const Kf = hadamardFactor(n)!.K;
+        const bufs = {
+          pre: storageBuffer(
+            d,
+            Float32Array.from({ length: n }, () => rng.rademacher()),
+            'pre',
+          ),
+          post: storageBuffer(
+            d,
+            Float32Array.from({ length: n }, () => rng.rademacher()),
+            'post',
+          ),
+          bias: null,
+          hk: storageBuffer(d, Float32Array.from(hadamardBase(Kf)), 'hk'),
+          tmp,
+          dummy,
+          xStride: nIn,
+          transform: true,
+          transpose: false,
+          accumulate: false,
+        };
+        const member = {
+          n,
+          nIn,
+          outLen: n,
+          K: Kf,
+          gscale: 1,
+          xOff: 0,
+          preOff: 0,
+          postOff: 0,
+          biasOff: null,
+          hkOff: 0,
+          outOff: 0,
+          outStride: n,
+          slot: 0,
+        };
+        const x = storageBuffer(d, randn(rng, rows * nIn, 3), 'x');
+        const aux = storageBuffer(d, randn(rng, rows * nIn), 'aux');
+        const fused = scratchBuffer(d, rows * n * 4, 'fused');
+        const apart = scratchBuffer(d, rows * n * 4, 'apart');
+        for (const kind of ['rmsNorm', 'swiglu'] as const) {
+          const input =
+            kind === 'rmsNorm' ? ({ kind, weight: aux, eps: 1e-5 } as const) : ({ kind, up: aux } as const);
+          const launches = k.rotate({ ...bufs, x, outs: [fused], members: [member], input });
+          expect(launches.length).toBe(path === 'workgroup' ? 1 : n / Kf <= 16 ? 2 : 3);
+          await run(d, launches, rows);
+          // the launch the rotation replaces writes h, which the rotation then reads as it is
+          const h = scratchBuffer(d, rows * nIn * 4, 'h');
+          const first = kind === 'rmsNorm' ? k.rmsNorm(x, aux, h, nIn, 1e-5) : k.swiglu(h, aux, nIn);
+          if (kind === 'swiglu') {
+            const enc = d.device.createCommandEncoder();
+            enc.copyBufferToBuffer(x, 0, h, 0, rows * nIn * 4);
+            d.device.queue.submit([enc.finish()]);
+          }
+          await run(d, [first, ...k.rotate({ ...bufs, x: h, outs: [apart], members: [member] })], rows);
+          expect(Array.from(await readF32(d, fused, rows * n)), `${kind} nIn=${nIn}`).toEqual(
+            Array.from(await readF32(d, apart, rows * n)),
+          );
+        }
+      }
+    });
+
   it('RMSNorm, SwiGLU and argmax (first index on ties)', async () => {
     const rng = new Rng(4);
     const k = K();

@@ -224,17 +224,62 @@ struct P { m: u32, n: u32, rowWords: u32, accumulate: u32, hasBias: u32, xRow: u
   return matvecKernel(lanes, decls, '', tile > 1 ? tiled : body, epilogue, tile).replaceAll('${M}', 'm');
 }
 
+/**
+ * What a rotation computes from its input rows as it loads them (`x` below is the input row, `aux` the extra
+ * binding): `'none'` takes `x` as it is; `'rmsNorm'` the RMSNorm `x / sqrt(mean(x²) + eps) ⊙ aux` over the `nIn`
+ * values of the row (`aux` the norm weight; the same reduction, in the same order, as {@link RMSNORM_WGSL}, so the
+ * result is the same to the bit); `'swiglu'` `silu(x) ⊙ aux` (`aux` the up projection, at the same offsets as `x`;
+ * the same expression as {@link SWIGLU_WGSL}). So a layer's input rotation takes the place of the launch before it.
+ */
+export type RotationInputKind = 'none' | 'rmsNorm' | 'swiglu';
+
+/** Largest output count of a rotation launch with an input computation (its `aux` binding takes a storage slot). */
+export const ROTATION_MAX_OUTPUTS_WITH_INPUT = 2;
+
+/**
+ * WGSL declaring `inputScale(xo, nIn, lid)` (call it in uniform control flow, every invocation of the workgroup; it
+ * uses `v[0 … WG)` and leaves `v` free again) and `inputAt(xo, j, scale)`, the input value j of the row at `xo`.
+ * `eps` names the uniform's RMSNorm epsilon; `auxBinding` the binding of `aux`.
+ */
+function rotationInputWgsl(kind: RotationInputKind, eps: string, auxBinding: number): string {
+  const aux = `@group(0) @binding(${auxBinding}) var<storage, read> aux: array<f32>;`;
+  if (kind === 'rmsNorm')
+    return /* wgsl */ `${aux}
+fn inputScale(xo: u32, nIn: u32, lid: u32) -> f32 {
+  var s = 0.0;
+  for (var j = lid; j < nIn; j += ${WG}u) { let t = x[xo + j]; s += t * t; }
+  v[lid] = s;
+  workgroupBarrier();
+  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
+    if (lid < k) { v[lid] += v[lid + k]; }
+    workgroupBarrier();
+  }
+  let inv = 1.0 / sqrt(v[0] / f32(nIn) + ${eps});
+  workgroupBarrier();
+  return inv;
+}
+fn inputAt(xo: u32, j: u32, scale: f32) -> f32 { return x[xo + j] * scale * aux[j]; }`;
+  const head = /* wgsl */ `
+fn inputScale(xo: u32, nIn: u32, lid: u32) -> f32 { return 1.0; }`;
+  if (kind === 'swiglu')
+    return /* wgsl */ `${aux}${head}
+fn inputAt(xo: u32, j: u32, scale: f32) -> f32 { let g = x[xo + j]; return g / (1.0 + exp(-g)) * aux[xo + j]; }`;
+  return /* wgsl */ `${head}
+fn inputAt(xo: u32, j: u32, scale: f32) -> f32 { return x[xo + j]; }`;
+}
+
 /** Most layers (workgroups along x, output buffers) of one {@link hadamardWgsl} launch. */
 export const ROTATION_MAX_MEMBERS = 3;
 
 /**
  * The uniform of the rotation kernels ({@link hadamardWgsl}, {@link HADAMARD_MIX_WGSL}): flags, the row stride of
- * `x`, and per member (layer) its sizes, scale and offsets.
+ * `x`, the RMSNorm epsilon of an input computation, and per member (layer) its sizes, scale and offsets.
  */
 const ROTATION_PARAMS = /* wgsl */ `
 struct M { n: u32, nIn: u32, outLen: u32, K: u32, P: u32, invSqrtN: f32, gscale: f32, xOff: u32, preOff: u32,
   postOff: u32, biasOff: u32, hasBias: u32, hkOff: u32, outOff: u32, outStride: u32, slot: u32 }
-struct U { xStride: u32, transform: u32, transposeH: u32, accumulate: u32, m: array<M, ${ROTATION_MAX_MEMBERS}> }
+struct U { xStride: u32, transform: u32, transposeH: u32, accumulate: u32, eps: f32, a: u32, b: u32, c: u32,
+  m: array<M, ${ROTATION_MAX_MEMBERS}> }
 @group(0) @binding(0) var<uniform> u: U;`;
 
 /**
@@ -246,9 +291,10 @@ struct U { xStride: u32, transform: u32, transposeH: u32, accumulate: u32, m: ar
  * `r·xStride + xOff` and writes output buffer `slot` (one of `outputs` bindings) from `r·outStride + outOff`; `pre`,
  * `post`, `bias` and `H_K` are read from the member's offsets. So one launch rotates one input for several layers
  * (q, k and v: `pre` their signs SU back to back, one output) or several layers' outputs (`post` their SV, an output
- * buffer each). `maxN` sizes the workgroup array (4 bytes each).
+ * buffer each). `input` is what the load computes from `x` (see {@link RotationInputKind}; `aux` is bound after
+ * `bias`). `maxN` sizes the workgroup array (4 bytes each; at least {@link WG} values with RMSNorm).
  */
-export function hadamardWgsl(maxN: number, outputs = 1): string {
+export function hadamardWgsl(maxN: number, outputs = 1, input: RotationInputKind = 'none'): string {
   const outs = Array.from(
     { length: outputs },
     (_, k) => `@group(0) @binding(${5 + k}) var<storage, read_write> out${k}: array<f32>;`,
@@ -268,14 +314,16 @@ ${ROTATION_PARAMS}
 @group(0) @binding(4) var<storage, read> hkb: array<f32>;
 ${outs}
 @group(0) @binding(${5 + outputs}) var<storage, read> bias: array<f32>;
-var<workgroup> v: array<f32, ${maxN}>;
+var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, WG) : maxN}>;
+${rotationInputWgsl(input, 'u.eps', 6 + outputs)}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let mb = u.m[wid.x];
   let xo = wid.y * u.xStride + mb.xOff;
   let oo = wid.y * mb.outStride + mb.outOff;
+  let scale = inputScale(xo, mb.nIn, lid);
   for (var j = lid; j < mb.n; j += ${WG}u) {
-    if (j < mb.nIn) { v[j] = x[xo + j] * pre[mb.preOff + j]; } else { v[j] = 0.0; }
+    if (j < mb.nIn) { v[j] = inputAt(xo, j, scale) * pre[mb.preOff + j]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
   if (u.transform == 1u) {
@@ -318,26 +366,29 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
 /**
  * First launch of the global-memory rotation (see {@link HADAMARD_MIX_WGSL}): workgroup `c` loads the chunk
- * `[c·B, c·B + B)` of `x ⊙ pre` (zero past `nIn`) into workgroup memory, applies the Walsh–Hadamard butterflies of
- * strides 1 … B/2 when `transform` is set, and stores it to `tmp`. `B` (a power of two dividing `P`) is at most
+ * `[c·B, c·B + B)` of `x ⊙ pre` (zero past `nIn`; `x` computed per `input`, see {@link RotationInputKind}, an
+ * RMSNorm reducing the whole row in every workgroup) into workgroup memory, applies the Walsh–Hadamard butterflies
+ * of strides 1 … B/2 when `transform` is set, and stores it to `tmp`. `B` (a power of two dividing `P`) is at most
  * `maxB`, the workgroup array's length.
  */
-export function hadamardChunkWgsl(maxB: number): string {
+export function hadamardChunkWgsl(maxB: number, input: RotationInputKind = 'none'): string {
   return /* wgsl */ `
-struct C { n: u32, nIn: u32, B: u32, transform: u32, xStride: u32, xOff: u32, preOff: u32, a: u32 }
+struct C { n: u32, nIn: u32, B: u32, transform: u32, xStride: u32, xOff: u32, preOff: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: C;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> pre: array<f32>;
 @group(0) @binding(3) var<storage, read_write> tmp: array<f32>;
-var<workgroup> v: array<f32, ${maxB}>;
+var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxB, WG) : maxB}>;
+${rotationInputWgsl(input, 'p.eps', 4)}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let base = wid.x * p.B;
   let xo = wid.y * p.xStride + p.xOff;
   let to = wid.y * p.n + base;
+  let scale = inputScale(xo, p.nIn, lid);
   for (var j = lid; j < p.B; j += ${WG}u) {
     let g = base + j;
-    if (g < p.nIn) { v[j] = x[xo + g] * pre[p.preOff + g]; } else { v[j] = 0.0; }
+    if (g < p.nIn) { v[j] = inputAt(xo, g, scale) * pre[p.preOff + g]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
   if (p.transform == 1u) {
