@@ -13,7 +13,7 @@ import { randomDecomposition, type Decomposition } from '@caldera/lowrank';
 import {
   BufferUsage,
   createLinearContext,
-  e8pSourceTable,
+  e8pSourceWords,
   encodeDispatches,
   GpuCalderaLinear,
   gpuCodecOf,
@@ -92,7 +92,7 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
     owned.push(b);
     return b;
   };
-  const sources = buf(e8pSourceTable(), 'sources');
+  const sources = buf(e8pSourceWords(), 'sources');
   const copies = (bytesEach: number) => Math.max(2, Math.ceil(target / bytesEach));
 
   // the fused kernel alone, on buffers of its own: Q̂'s codes and L̂'s packed codes

@@ -35,15 +35,27 @@ export function uploadMatrix(
   return { buffer: storageBuffer(dev, packed, label), rows, cols, f16: true, rowWords };
 }
 
-/** The E8P12 source table for the GPU: 256×8 magnitudes, coordinate 7 negated for sources of odd coordinate sum. */
-export function e8pSourceTable(): Float32Array {
-  const src = e8pSources().slice();
+/**
+ * The E8P12 source table for the GPU: a u32 word per source (256), coordinate i in bits 4i … 4i+3 as
+ * `2·magnitude + 5` (magnitudes are ±½, ±1½, ±2½: 0 … 10), coordinate 7 negated for sources of odd coordinate sum.
+ */
+export function e8pSourceWords(): Uint32Array {
+  const src = e8pSources();
+  const words = new Uint32Array(256);
   for (let a = 0; a < 256; a++) {
     let s = 0;
     for (let i = 0; i < 8; i++) s += src[a * 8 + i]!;
-    if (Math.round(s) % 2 === 1) src[a * 8 + 7] = -src[a * 8 + 7]!;
+    let w = 0;
+    for (let i = 0; i < 8; i++) {
+      const v = i === 7 && Math.round(s) % 2 === 1 ? -src[a * 8 + i]! : src[a * 8 + i]!;
+      const nibble = 2 * v + 5;
+      if (!Number.isInteger(nibble) || nibble < 0 || nibble > 15)
+        throw new CalderaError('E_VALUE', `E8P source ${a} coordinate ${i} = ${v} has no 4-bit form`);
+      w |= nibble << (4 * i);
+    }
+    words[a] = w >>> 0;
   }
-  return src;
+  return words;
 }
 
 /** Buffers shared by all layers of a model: scratch vectors for the rotated domain and constant tables. */
@@ -769,7 +781,7 @@ export function createLinearContext(
     z: scratch(needs.z, 'z'),
     ones: f(needs.ones, 'ones', 1),
     dummy: f(4, 'dummy'),
-    sources: storageBuffer(dev, e8pSourceTable(), 'e8p sources'),
+    sources: storageBuffer(dev, e8pSourceWords(), 'e8p sources'),
     e81b: storageBuffer(dev, e81bCodebook(), 'e81b codebook'),
     hkTable(Ks: readonly number[]): { buffer: GPUBuffer; offsets: number[] } {
       const key = Ks.join(',');

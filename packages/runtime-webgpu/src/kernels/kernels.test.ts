@@ -3,7 +3,7 @@ import { f16ArrayToF32, f32ArrayToF16, Rng } from '@caldera/core';
 import { hadamardBase, hadamardFactor, hadamardRowsInPlace } from '@caldera/linalg';
 import { e81bCodebook, e8pDecode, RVQ3_RESID_SCALE, RVQ4_RESID_SCALE } from '@caldera/quant';
 import { readBuffer, storageBuffer, scratchBuffer, uniformBuffer, type CalderaDevice } from '../device.js';
-import { e8pSourceTable, uploadMatrix } from '../linear.js';
+import { e8pSourceWords, uploadMatrix } from '../linear.js';
 import { gpuTitle, testDevice } from '../testing/gpu.js';
 import { encodeDispatches, Kernels, type Dispatch, type LatticeCodec } from './index.js';
 
@@ -119,7 +119,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       const kr = 37; // more components than the 32 lanes of a row: each lane takes several
       const z = randn(rng, kr);
       const k = new Kernels(d, { lanes });
-      const sources = storageBuffer(d, e8pSourceTable(), 'src');
+      const sources = storageBuffer(d, e8pSourceWords(), 'src');
       const xb = storageBuffer(d, x, 'x');
       const codes3 = Uint8Array.from({ length: codes.length }, () => rng.int(256));
       const q1 = e8pDecode(codes);
@@ -200,7 +200,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       const padded = Math.ceil(rows / tile) * tile;
       const k = new Kernels(d, { lanes });
       const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
-      const sources = storageBuffer(d, e8pSourceTable(), 'src');
+      const sources = storageBuffer(d, e8pSourceWords(), 'src');
       const e81b = storageBuffer(d, e81bCodebook(), 'e81b');
       const u16 = (n: number) => Uint16Array.from({ length: n }, () => rng.int(65536));
       const codes = storageBuffer(d, u16((mp * np) / 8), 'c');

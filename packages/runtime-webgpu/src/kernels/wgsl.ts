@@ -519,8 +519,11 @@ export const E8P_MAX_SEGMENTS = 4;
  *
  * Decoding (see @caldera/quant e8p.ts): code = (a << 8) | σ; with `p = popcount(σ) & 1` and `σ' = σ ^ p`,
  * coordinate i is `±source[a][i] + (p ? −¼ : ¼)`, negated when bit `π(i) = (i >> 1) | ((i & 1) << 2)` of σ' is set.
- * The 256×8 source table (8 KiB, with coordinate 7 pre-negated for sources of odd coordinate sum) is copied into
- * workgroup memory by every workgroup.
+ * The source table is 256 words, one per source ({@link e8pSourceWords}: coordinate i in bits 4i…4i+3 as
+ * `2·source + 5`, coordinate 7 pre-negated for sources of odd coordinate sum), so a code costs one table read; with
+ * 32 lanes per row every workgroup copies it (1 KiB) into workgroup memory. Activation values are read 8 at a time
+ * as two 16-byte loads (`x` is bound as `vec4<f32>`; every offset is a multiple of 8). The products are summed in
+ * the same order as with one value at a time.
  */
 export function e8pMatvecWgsl(
   codec: LatticeCodec,
@@ -534,8 +537,8 @@ export function e8pMatvecWgsl(
   const tbl = lanes === 1 ? 'src' : 'tbl';
   const types: Record<string, string> = {
     codes: 'array<u32>',
-    src: 'array<f32>',
-    x: 'array<f32>',
+    src: 'array<u32>',
+    x: 'array<vec4<f32>>',
     outv: 'array<f32>',
     codes2: 'array<u32>',
     z: 'array<f32>',
@@ -567,44 +570,45 @@ fn segOf(row: u32) -> Seg {
   return p.seg[j];
 }
 ${bindings}
-${lanes === 1 ? '' : 'var<workgroup> tbl: array<f32, 2048>;'}
-fn dot8(c: u32, xo: u32) -> f32 {
-  let a = (c >> 8u) * 8u;
-  let sigma = c & 255u;
-  let par = countOneBits(sigma) & 1u;
-  let s2 = sigma ^ par;
-  let shift = select(0.25, -0.25, par == 1u);
-  var s = 0.0;
-  for (var i = 0u; i < 8u; i++) {
-    let bit = (i >> 1u) | ((i & 1u) << 2u);
-    let mag = ${tbl}[a + i];
-    let val = select(mag, -mag, ((s2 >> bit) & 1u) == 1u) + shift;
-    s += val * x[xo + i];
-  }
-  return s;
+${lanes === 1 ? '' : 'var<workgroup> tbl: array<u32, 256>;'}
+// 2·(coordinate i) of a source word, whose 4 bits hold 2·magnitude + 5: the float 2²³ + bits, less 2²³ + 5 (exact;
+// an OR and an add, where an integer conversion is a slower instruction on many GPUs)
+fn mag2(w: u32, i: u32) -> f32 { return bitcast<f32>(0x4b000000u | ((w >> (4u * i)) & 15u)) - 8388613.0; }
+// coordinate i of a code with source word w and sign bits s2: (±2·magnitude)·½ ± ¼, the sign flipped on the bits
+fn coord(w: u32, s2: u32, i: u32, shift: f32) -> f32 {
+  let bit = (i >> 1u) | ((i & 1u) << 2u);
+  let neg = (s2 << (31u - bit)) & 0x80000000u;
+  return bitcast<f32>(bitcast<u32>(mag2(w, i)) ^ neg) * 0.5 + shift;
+}
+// the 8 activation values from xo (a multiple of 4): two 16-byte loads
+fn x8(xo: u32) -> array<f32, 8> {
+  let a = x[xo >> 2u];
+  let b = x[(xo >> 2u) + 1u];
+  return array<f32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
 }
 fn decode8(c: u32) -> array<f32, 8> {
-  let a = (c >> 8u) * 8u;
+  let w = ${tbl}[c >> 8u];
   let sigma = c & 255u;
   let par = countOneBits(sigma) & 1u;
   let s2 = sigma ^ par;
   let shift = select(0.25, -0.25, par == 1u);
   var v: array<f32, 8>;
-  for (var i = 0u; i < 8u; i++) {
-    let bit = (i >> 1u) | ((i & 1u) << 2u);
-    let mag = ${tbl}[a + i];
-    v[i] = select(mag, -mag, ((s2 >> bit) & 1u) == 1u) + shift;
-  }
+  for (var i = 0u; i < 8u; i++) { v[i] = coord(w, s2, i, shift); }
   return v;
+}
+fn dot8(c: u32, xv: array<f32, 8>) -> f32 {
+  var v = decode8(c);
+  var xs = xv;
+  var s = 0.0;
+  for (var i = 0u; i < 8u; i++) { s += v[i] * xs[i]; }
+  return s;
 }
 ${
   lowRank
     ? `fn elem(c: u32, i: u32) -> f32 {
   let sigma = c & 255u;
   let par = countOneBits(sigma) & 1u;
-  let bit = (i >> 1u) | ((i & 1u) << 2u);
-  let mag = ${tbl}[(c >> 8u) * 8u + i];
-  return select(mag, -mag, (((sigma ^ par) >> bit) & 1u) == 1u) + select(0.25, -0.25, par == 1u);
+  return coord(${tbl}[c >> 8u], sigma ^ par, i, select(0.25, -0.25, par == 1u));
 }
 fn lval(sg: Seg, t: u32, lrow: u32) -> f32 {
   let off = t * sg.lG + (lrow >> 3u);
@@ -615,7 +619,7 @@ fn lval(sg: Seg, t: u32, lrow: u32) -> f32 {
 }`
     : ''
 }`;
-  const prologue = `for (var i = lid; i < 2048u; i += ${WG}u) { tbl[i] = src[i]; }
+  const prologue = `for (var i = lid; i < 256u; i += ${WG}u) { tbl[i] = src[i]; }
   workgroupBarrier();`;
   // segment of the row, its row within the segment; plane-1 and plane-2 code indices of group g
   const seg = `let sg = segOf(row);
@@ -625,13 +629,13 @@ fn lval(sg: Seg, t: u32, lrow: u32) -> f32 {
     for (var g = lane; g < p.G; g += stride) {
       let idx = sg.q1 + lrow * p.G + g;
       let idx2 = sg.q2 + lrow * p.G + g;
-      let xo = r * p.xRow + sg.xOff + 8u * g;
-      acc += dot8((codes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu, xo);
-      ${rvq4 ? 'acc2 += dot8((codes2[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu, xo);' : ''}
+      var xv = x8(r * p.xRow + sg.xOff + 8u * g);
+      acc += dot8((codes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu, xv);
+      ${rvq4 ? 'acc2 += dot8((codes2[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu, xv);' : ''}
       ${
         rvq3
           ? `let c2 = ((codes2[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u;
-      for (var i = 0u; i < 8u; i++) { acc2 += e81b[c2 + i] * x[xo + i]; }`
+      for (var i = 0u; i < 8u; i++) { acc2 += e81b[c2 + i] * xv[i]; }`
           : ''
       }
     }
@@ -647,18 +651,18 @@ fn lval(sg: Seg, t: u32, lrow: u32) -> f32 {
       ${rvq4 ? 'var v2 = decode8((codes2[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu);' : ''}
       ${rvq3 ? 'let c2 = ((codes2[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u;' : ''}
       for (var k = 0u; k < ${tile}u; k++) {
-        let xo = (r0 + k) * p.xRow + sg.xOff + 8u * g;
+        var xv = x8((r0 + k) * p.xRow + sg.xOff + 8u * g);
         var s = 0.0;
-        for (var i = 0u; i < 8u; i++) { s += v1[i] * x[xo + i]; }
+        for (var i = 0u; i < 8u; i++) { s += v1[i] * xv[i]; }
         acc[k] += s;
         ${
           rvq4
             ? `var s2 = 0.0;
-        for (var i = 0u; i < 8u; i++) { s2 += v2[i] * x[xo + i]; }
+        for (var i = 0u; i < 8u; i++) { s2 += v2[i] * xv[i]; }
         acc2[k] += s2;`
             : ''
         }
-        ${rvq3 ? 'for (var i = 0u; i < 8u; i++) { acc2[k] += e81b[c2 + i] * x[xo + i]; }' : ''}
+        ${rvq3 ? 'for (var i = 0u; i < 8u; i++) { acc2[k] += e81b[c2 + i] * xv[i]; }' : ''}
       }
     }
     for (var k = 0u; k < ${tile}u; k++) { acc[k] = sg.qscale * (acc[k]${rvq4 || rvq3 ? ' + acc2[k] / p.resScale' : ''}); }
