@@ -152,21 +152,25 @@ export type UniformField = ['u32' | 'f32', number];
 
 /** A uniform buffer with the given 4-byte fields in order (padded to 16 bytes). */
 export function uniformBuffer(dev: CalderaDevice, fields: UniformField[], label: string): GPUBuffer {
-  const words = Math.max(4, Math.ceil(fields.length / 4) * 4);
-  const data = new ArrayBuffer(words * 4);
-  const u = new Uint32Array(data);
-  const f = new Float32Array(data);
+  const u = new Uint32Array(fields.length);
+  const f = new Float32Array(u.buffer);
   fields.forEach(([t, v], i) => {
     if (t === 'u32') u[i] = v;
     else f[i] = v;
   });
+  return uniformWords(dev, u, label);
+}
+
+/** A uniform buffer holding `words` (its layout is the caller's), padded to a multiple of 16 bytes. */
+export function uniformWords(dev: CalderaDevice, words: Uint32Array, label: string): GPUBuffer {
+  const size = Math.max(16, Math.ceil(words.byteLength / 16) * 16);
   const buf = dev.device.createBuffer({
     label,
-    size: words * 4,
+    size,
     usage: BufferUsage.UNIFORM | BufferUsage.COPY_DST,
     mappedAtCreation: true,
   });
-  new Uint8Array(buf.getMappedRange()).set(new Uint8Array(data));
+  new Uint32Array(buf.getMappedRange()).set(words);
   buf.unmap();
   return buf;
 }

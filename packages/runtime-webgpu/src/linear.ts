@@ -2,9 +2,10 @@ import { CalderaError, isCalderaError } from '@caldera/core';
 import { hadamardBase, hadamardFactor } from '@caldera/linalg';
 import { latticeDecode, type Decomposition, type LatticeCodes } from '@caldera/lowrank';
 import { e81bCodebook, e8pSources, RVQ3_RESID_SCALE, RVQ4_RESID_SCALE } from '@caldera/quant';
-import { bufferBytes, checkFits, storageBuffer, type CalderaDevice } from './device.js';
+import { bufferBytes, checkFits, storageBuffer, uniformWords, type CalderaDevice } from './device.js';
 import {
   E8P_MAX_SEGMENTS,
+  e8pTablesUniform,
   ROTATION_MAX_MEMBERS,
   type Dispatch,
   type GpuMatrix,
@@ -77,6 +78,8 @@ export interface LinearContext {
   sources: GPUBuffer;
   /** The E81B codebook (256×8 f32) of the 3-bit RVQ residual. */
   e81b: GPUBuffer;
+  /** Both tables as one uniform buffer ({@link e8pTablesUniform}), for the one-launch input step. */
+  tables: GPUBuffer;
   /** `H_K` (f32, ±1) by K, created on demand. */
   hk(K: number): GPUBuffer;
   /** `H_K` for each K of `Ks` back to back, and where each starts (f32 values); created on demand. */
@@ -459,65 +462,48 @@ export class GpuCalderaGroup {
     const lowRank = withFactors.length > 0 ? this.l : null;
     const e81b = this.q.codec === 'rvq3' || lowRank?.codec === 'rvq3' ? ctx.e81b : null;
     const xRow = J * np;
-    const list: Dispatch[] = K.rotate({
-      x,
-      ...(input ? { input } : {}),
-      xStride: n,
-      pre: this.su ?? ctx.ones,
-      post: ctx.ones,
-      bias: null,
-      hk: ctx.hk(this.Kn),
-      tmp: ctx.rotTmp,
-      dummy: ctx.dummy,
-      outs: [ctx.rotIn],
-      transform: d0.hadamard,
-      transpose: false,
-      accumulate: false,
-      members: ms.map((mb, w) => ({
-        n: np,
-        nIn: n,
-        outLen: np,
-        K: this.Kn,
-        gscale: 1,
-        xOff: 0,
-        preOff: this.su ? mb.su : 0,
-        postOff: 0,
-        biasOff: null,
-        hkOff: 0,
-        outOff: w * np,
-        outStride: xRow,
-        slot: 0,
-      })),
-    });
     let zOff = 0;
     const zAt = ms.map((mb) => {
       const at = zOff;
       zOff += mb.packed?.k ?? 0;
       return at;
     });
-    if (withFactors.length > 0 && this.r && this.rCodes)
-      list.push(
-        K.e8pMatvec({
-          codes: this.rCodes,
-          codes2: this.rCodes2,
-          codec: this.r.codec,
-          e81b: this.r.codec === 'rvq3' ? ctx.e81b : null,
-          sources: ctx.sources,
-          x: ctx.rotIn,
-          out: ctx.z,
-          np,
-          resScale: this.r.resScale,
-          xRow,
-          segments: withFactors.map(({ mb, w }) => ({
-            rows: mb.packed!.k,
-            qscale: mb.packed!.rScale,
-            codeByte: mb.packed!.r,
-            code2Byte: mb.packed!.r2,
-            x: w * np,
-          })),
-          tile,
-        }),
-      );
+    // the input rotation and R̂·x' (one launch when they fit)
+    const list: Dispatch[] = K.projectInput({
+      x,
+      xStride: n,
+      ...(input ? { input } : {}),
+      pre: this.su ?? ctx.ones,
+      hk: ctx.hk(this.Kn),
+      transform: d0.hadamard,
+      n: np,
+      nIn: n,
+      K: this.Kn,
+      layers: ms.map((mb) => ({
+        preOff: this.su ? mb.su : 0,
+        r: mb.packed
+          ? { rows: mb.packed.k, qscale: mb.packed.rScale, codeByte: mb.packed.r, code2Byte: mb.packed.r2 }
+          : null,
+      })),
+      rot: ctx.rotIn,
+      codes:
+        this.r && this.rCodes
+          ? {
+              codec: this.r.codec,
+              codes: this.rCodes,
+              codes2: this.rCodes2,
+              resScale: this.r.resScale,
+              e81b: this.r.codec === 'rvq3' ? ctx.e81b : null,
+              sources: ctx.sources,
+              tables: ctx.tables,
+              z: ctx.z,
+            }
+          : null,
+      ones: ctx.ones,
+      tmp: ctx.rotTmp,
+      dummy: ctx.dummy,
+      tile,
+    });
     const rowStart: number[] = [];
     let rows = 0;
     for (const mb of ms) {
@@ -783,6 +769,7 @@ export function createLinearContext(
     dummy: f(4, 'dummy'),
     sources: storageBuffer(dev, e8pSourceWords(), 'e8p sources'),
     e81b: storageBuffer(dev, e81bCodebook(), 'e81b codebook'),
+    tables: uniformWords(dev, e8pTablesUniform(e8pSourceWords(), e81bCodebook()), 'e8p tables'),
     hkTable(Ks: readonly number[]): { buffer: GPUBuffer; offsets: number[] } {
       const key = Ks.join(',');
       let t = tables.get(key);
@@ -818,6 +805,7 @@ export function createLinearContext(
         ctx.dummy,
         ctx.sources,
         ctx.e81b,
+        ctx.tables,
         ...hks.values(),
         ...[...tables.values()].map((t) => t.buffer),
       ])

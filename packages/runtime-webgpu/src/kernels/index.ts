@@ -13,6 +13,9 @@ import {
   HADAMARD_MIX_WGSL,
   hadamardStrideWgsl,
   hadamardWgsl,
+  inputProjectionBindings,
+  inputProjectionWgsl,
+  ROWS_PER_WG,
   KV_STORE_WGSL,
   matvecWgsl,
   RMSNORM_WGSL,
@@ -103,6 +106,57 @@ export interface E8pSegment {
    * offset of its `k` inputs within a row of `z` (default: after the previous segments' ranks).
    */
   lowRank?: { k: number; scale: number; codeByte: number; code2Byte: number; z?: number };
+}
+
+/** The codes of R̂ (the layers' lattice factors) for {@link Kernels.projectInput}, and where `z = R̂·x'` goes. */
+export interface ProjectionCodes {
+  codec: LatticeCodec;
+  codes: GPUBuffer;
+  /** Second plane (see {@link Kernels.e8pMatvec}); null for 'e8p12'. */
+  codes2: GPUBuffer | null;
+  resScale: number;
+  /** The E81B codebook buffer, for an 'rvq3' plane; else null. */
+  e81b: GPUBuffer | null;
+  /** The E8P source words (storage, `e8pSourceWords()`) and the same with E81B as a uniform ({@link e8pTablesUniform}). */
+  sources: GPUBuffer;
+  tables: GPUBuffer;
+  /** Output: every segment's `k` values back to back per activation row. */
+  z: GPUBuffer;
+}
+
+/**
+ * {@link Kernels.projectInput}: the input step of CALDERA layers that read the same `x` (rows of `xStride`), all of
+ * width `n` (`nIn` read, the rest zero padding) and Hadamard factor `K`: `x'_w = (x ⊙ SU_w)·M_n` (or computed from
+ * `x` per `input`) into `rot` (rows of `layers.length · n`, layer w's at `w·n`), and `z = R̂_w·x'_w` for the layers
+ * with lattice factors (`r`: R̂'s rows, scale and code offsets; `x` is implied).
+ */
+export interface InputProjectionOptions {
+  x: GPUBuffer;
+  xStride: number;
+  input?: RotationInput;
+  pre: GPUBuffer;
+  hk: GPUBuffer;
+  transform: boolean;
+  n: number;
+  nIn: number;
+  K: number;
+  layers: readonly { preOff: number; r: E8pSegment | null }[];
+  rot: GPUBuffer;
+  /** R̂'s codes; unused when no layer has lattice factors. */
+  codes: ProjectionCodes | null;
+  /** All ones (at least n), the global-memory rotation's scratch, any small buffer for absent bindings. */
+  ones: GPUBuffer;
+  tmp: GPUBuffer;
+  dummy: GPUBuffer;
+  /** Activation rows per invocation of R̂'s kernel (see {@link Kernels.matvec}); default 1. */
+  tile?: number;
+}
+
+/** Element index of a code at `bytes` in a plane of u16 codes, or of u8 codes for an rvq3 second plane. */
+function codeIndex(bytes: number, plane2Codec: LatticeCodec | null, what: string): number {
+  const size = plane2Codec === 'rvq3' ? 1 : 2;
+  if (bytes % size !== 0) throw new CalderaError('E_VALUE', `e8p: ${what} byte offset ${bytes} is odd`);
+  return bytes / size;
 }
 
 /** One recorded kernel launch: replayed into a compute pass as often as needed. */
@@ -553,13 +607,7 @@ export class Kernels {
     if (segs.length < 1 || segs.length > E8P_MAX_SEGMENTS)
       throw new CalderaError('E_VALUE', `e8pMatvec: 1 to ${E8P_MAX_SEGMENTS} segments, got ${segs.length}`);
     const G = o.np / 8;
-    // byte offsets to element indices of a plane: u16 codes, or u8 for an rvq3 second plane
-    const index = (bytes: number, plane2Codec: LatticeCodec | null, what: string) => {
-      const size = plane2Codec === 'rvq3' ? 1 : 2;
-      if (bytes % size !== 0)
-        throw new CalderaError('E_VALUE', `e8pMatvec: ${what} byte offset ${bytes} is odd`);
-      return bytes / size;
-    };
+    const index = codeIndex;
     const fields: UniformField[] = [];
     let start = 0;
     let zOff = 0;
@@ -630,6 +678,129 @@ export class Kernels {
       true,
       tile,
     );
+  }
+
+  /**
+   * The input step of CALDERA layers that share an input (see {@link InputProjectionOptions}): one launch
+   * ({@link inputProjectionWgsl}) when R̂ has rows to compute, the vectors fit workgroup memory beside the kernel's
+   * tables, there are at most {@link ROTATION_MAX_MEMBERS} layers and `tile` is 1; else the rotation
+   * ({@link Kernels.rotate}) and R̂'s kernel ({@link Kernels.e8pMatvec}) apart. Both give the same bits.
+   */
+  projectInput(o: InputProjectionOptions): Dispatch[] {
+    const J = o.layers.length;
+    const { n, nIn, K } = o;
+    const members: RotationMember[] = o.layers.map((l, w) => ({
+      n,
+      nIn,
+      outLen: n,
+      K,
+      gscale: 1,
+      xOff: 0,
+      preOff: l.preOff,
+      postOff: 0,
+      biasOff: null,
+      hkOff: 0,
+      outOff: w * n,
+      outStride: J * n,
+      slot: 0,
+    }));
+    const rotation: RotateOptions = {
+      x: o.x,
+      xStride: o.xStride,
+      ...(o.input ? { input: o.input } : {}),
+      pre: o.pre,
+      post: o.ones,
+      bias: null,
+      hk: o.hk,
+      tmp: o.tmp,
+      dummy: o.dummy,
+      outs: [o.rot],
+      transform: o.transform,
+      transpose: false,
+      accumulate: false,
+      members,
+    };
+    const segments = o.layers.flatMap((l, w) => (l.r ? [{ ...l.r, x: w * n }] : []));
+    const c = o.codes;
+    if (segments.length === 0 || !c) return this.rotate(rotation);
+    const tile = o.tile ?? 1;
+    const extra = this.lanes === 1 ? 0 : 2 * WG * 4; // the source words and the lanes' partial sums
+    const words = Math.ceil(n / WG) * WG;
+    const fused =
+      tile === 1 &&
+      J <= ROTATION_MAX_MEMBERS &&
+      n <= this.maxLocalHadamard &&
+      Math.max(words, o.input?.kind === 'rmsNorm' ? WG : 0) * 4 + extra <= this.dev.maxWorkgroupStorage;
+    if (!fused)
+      return [
+        ...this.rotate(rotation),
+        this.e8pMatvec({
+          codes: c.codes,
+          codes2: c.codes2,
+          codec: c.codec,
+          e81b: c.e81b,
+          sources: c.sources,
+          x: o.rot,
+          out: c.z,
+          np: n,
+          resScale: c.resScale,
+          xRow: J * n,
+          segments,
+          tile,
+        }),
+      ];
+    if ((c.codec === 'e8p12') !== (c.codes2 === null))
+      throw new CalderaError('E_VALUE', `projectInput: codec ${c.codec} and the second plane disagree`);
+    const rpw = this.lanes === 1 ? WG : ROWS_PER_WG;
+    const seg: UniformField[] = [];
+    let wg = 0;
+    let zOff = 0;
+    for (const l of o.layers) {
+      const k = l.r?.rows ?? 0;
+      seg.push(
+        ['u32', wg],
+        ['u32', k],
+        ['u32', codeIndex(l.r?.codeByte ?? 0, null, 'R̂ code')],
+        ['u32', codeIndex(l.r?.code2Byte ?? 0, c.codec, 'R̂ second-plane code')],
+        ['u32', zOff],
+        ['f32', l.r?.qscale ?? 0],
+        ['u32', 0],
+        ['u32', 0],
+      );
+      wg += Math.max(1, Math.ceil(k / rpw));
+      zOff += k;
+    }
+    while (seg.length < 8 * ROTATION_MAX_MEMBERS) seg.push(['u32', 0]);
+    const input = inputOf(rotation);
+    const p = this.pipeline(`project_${words}_${c.codec}_${this.lanes}_${input.kind}`, () =>
+      inputProjectionWgsl(words, c.codec, this.lanes, input.kind),
+    );
+    const named: Record<string, GPUBuffer | null> = {
+      x: o.x,
+      pre: o.pre,
+      hkb: o.hk,
+      rot: o.rot,
+      codes: c.codes,
+      z: c.z,
+      codes2: c.codes2,
+      aux: input.aux,
+    };
+    return [
+      this.make(
+        `project n=${n} K=${K}${J > 1 ? ` ×${J}` : ''} k=${zOff}${input.aux ? ` ${input.kind}` : ''}`,
+        p,
+        [
+          this.uniform(this.rotationFields(rotation, members), 'rotation params'),
+          this.uniform(
+            [['u32', n / 8], ['u32', zOff], ['f32', c.resScale], ['u32', J], ...seg],
+            'projection params',
+          ),
+          c.tables,
+          ...inputProjectionBindings(c.codec, input.kind).map((name) => named[name]!),
+        ],
+        wg,
+      ),
+    ];
   }
 
   /** RoPE in place on `heads` heads of `hd` at `step.pos`. */

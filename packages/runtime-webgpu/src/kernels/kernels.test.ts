@@ -2,10 +2,17 @@ import { describe, expect, it } from 'vitest';
 import { f16ArrayToF32, f32ArrayToF16, Rng } from '@caldera/core';
 import { hadamardBase, hadamardFactor, hadamardRowsInPlace } from '@caldera/linalg';
 import { e81bCodebook, e8pDecode, RVQ3_RESID_SCALE, RVQ4_RESID_SCALE } from '@caldera/quant';
-import { readBuffer, storageBuffer, scratchBuffer, uniformBuffer, type CalderaDevice } from '../device.js';
+import {
+  readBuffer,
+  storageBuffer,
+  scratchBuffer,
+  uniformBuffer,
+  uniformWords,
+  type CalderaDevice,
+} from '../device.js';
 import { e8pSourceWords, uploadMatrix } from '../linear.js';
 import { gpuTitle, testDevice } from '../testing/gpu.js';
-import { encodeDispatches, Kernels, type Dispatch, type LatticeCodec } from './index.js';
+import { e8pTablesUniform, encodeDispatches, Kernels, type Dispatch, type LatticeCodec } from './index.js';
 
 const { device: dev, reason } = await testDevice();
 
@@ -399,6 +406,115 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
           );
         }
       }
+    });
+
+  for (const lanes of [1, 32] as const)
+    it(`input step in one launch (${lanes} lane(s) per row) equals the rotation and R̂'s kernel apart, to the bit: 3 layers (one without R̂), every R̂ codec, with and without RMSNorm`, async () => {
+      const rng = new Rng(6);
+      const rows = 2;
+      const [n, nIn] = [160, 150];
+      const Kf = hadamardFactor(n)!.K;
+      const G = n / 8;
+      const ks = [12, 0, 9]; // R̂ rows per layer (0: no lattice factors); 12 spans two 8-row blocks with 32 lanes
+      const fused = new Kernels(d, { lanes });
+      // the two-step form: with rotations declared too large for workgroup memory (global-memory rotations, the same
+      // butterflies and mix), and with row tiles of 2 (the one-workgroup rotation, R̂'s kernel in its prefill form)
+      const apart = new Kernels(d, { lanes, maxLocalHadamard: 16 });
+      const forms = [
+        { k: fused, tile: 1, launches: 1 },
+        { k: apart, tile: 1, launches: 3 * 2 + 1 }, // K = 40, P = 4: a chunk per block and the mix, per layer
+        { k: fused, tile: 2, launches: 2 },
+      ];
+      const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
+      const ones = storageBuffer(d, new Float32Array(n).fill(1), 'ones');
+      const tables = uniformWords(d, e8pTablesUniform(e8pSourceWords(), e81bCodebook()), 'tables');
+      const sources = storageBuffer(d, e8pSourceWords(), 'src');
+      const e81b = storageBuffer(d, e81bCodebook(), 'e81b');
+      const x = storageBuffer(d, randn(rng, rows * nIn, 2), 'x');
+      const pre = storageBuffer(
+        d,
+        Float32Array.from({ length: 3 * n }, () => rng.rademacher()),
+        'pre',
+      );
+      const weight = storageBuffer(d, randn(rng, nIn), 'norm');
+      const hk = storageBuffer(d, Float32Array.from(hadamardBase(Kf)), 'hk');
+      const kTotal = ks.reduce((a, b) => a + b, 0);
+      for (const codec of ['e8p12', 'rvq4', 'rvq3'] as const)
+        for (const input of [undefined, { kind: 'rmsNorm', weight, eps: 1e-5 } as const]) {
+          // R̂'s codes of the layers back to back in both planes
+          const codes = storageBuffer(
+            d,
+            Uint16Array.from({ length: kTotal * G }, () => rng.int(65536)),
+            'r1',
+          );
+          const codes2 =
+            codec === 'e8p12'
+              ? null
+              : storageBuffer(
+                  d,
+                  codec === 'rvq4'
+                    ? Uint16Array.from({ length: kTotal * G }, () => rng.int(65536))
+                    : Uint8Array.from({ length: kTotal * G }, () => rng.int(256)),
+                  'r2',
+                );
+          let at = 0;
+          const layers = ks.map((k, w) => {
+            const r = k
+              ? {
+                  rows: k,
+                  qscale: 0.3 + 0.1 * w,
+                  codeByte: at * G * 2,
+                  code2Byte: at * G * (codec === 'rvq3' ? 1 : 2),
+                }
+              : null;
+            at += k;
+            return { preOff: w * n, r };
+          });
+          const outs = forms.map(() => ({
+            rot: scratchBuffer(d, rows * 3 * n * 4, 'rot'),
+            z: scratchBuffer(d, rows * kTotal * 4, 'z'),
+          }));
+          for (const [j, { k, tile, launches: count }] of forms.entries()) {
+            const launches = k.projectInput({
+              tile,
+              x,
+              xStride: nIn,
+              ...(input ? { input } : {}),
+              pre,
+              hk,
+              transform: true,
+              n,
+              nIn,
+              K: Kf,
+              layers,
+              rot: outs[j]!.rot,
+              codes: {
+                codec,
+                codes,
+                codes2,
+                resScale: codec === 'rvq3' ? RVQ3_RESID_SCALE : RVQ4_RESID_SCALE,
+                e81b: codec === 'rvq3' ? e81b : null,
+                sources,
+                tables,
+                z: outs[j]!.z,
+              },
+              ones,
+              tmp: scratchBuffer(d, rows * n * 4, 'tmp'),
+              dummy,
+            });
+            expect(launches.length).toBe(count);
+            await run(d, launches, rows);
+          }
+          const z = await readF32(d, outs[0]!.z, rows * kTotal);
+          expect(z.every((v) => Number.isFinite(v) && v !== 0)).toBe(true);
+          for (const j of [1, 2]) {
+            const what = `${codec}${input ? ' rmsNorm' : ''} form ${j}`;
+            expect(Array.from(await readF32(d, outs[0]!.rot, rows * 3 * n)), what).toEqual(
+              Array.from(await readF32(d, outs[j]!.rot, rows * 3 * n)),
+            );
+            expect(Array.from(z), what).toEqual(Array.from(await readF32(d, outs[j]!.z, rows * kTotal)));
+          }
+        }
     });
 
   it('RMSNorm, SwiGLU and argmax (first index on ties)', async () => {

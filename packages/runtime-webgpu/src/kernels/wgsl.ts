@@ -500,6 +500,38 @@ export function e8pBindings(codec: LatticeCodec, lowRank: LatticeCodec | null): 
 export const E8P_MAX_SEGMENTS = 4;
 
 /**
+ * Decoding of E8P12 codes (see {@link e8pMatvecWgsl}) for a kernel that declares `word(a)`, the source word of
+ * source a: `decode8(c)`, the 8 coordinates of code c, and `dot8(c, xv)`, their dot product with `xv`.
+ */
+const E8P_DECODE_WGSL = /* wgsl */ `
+// 2·(coordinate i) of a source word, whose 4 bits hold 2·magnitude + 5: the float 2²³ + bits, less 2²³ + 5 (exact;
+// an OR and an add, where an integer conversion is a slower instruction on many GPUs)
+fn mag2(w: u32, i: u32) -> f32 { return bitcast<f32>(0x4b000000u | ((w >> (4u * i)) & 15u)) - 8388613.0; }
+// coordinate i of a code with source word w and sign bits s2: (±2·magnitude)·½ ± ¼, the sign flipped on the bits
+fn coord(w: u32, s2: u32, i: u32, shift: f32) -> f32 {
+  let bit = (i >> 1u) | ((i & 1u) << 2u);
+  let neg = (s2 << (31u - bit)) & 0x80000000u;
+  return bitcast<f32>(bitcast<u32>(mag2(w, i)) ^ neg) * 0.5 + shift;
+}
+fn decode8(c: u32) -> array<f32, 8> {
+  let w = word(c >> 8u);
+  let sigma = c & 255u;
+  let par = countOneBits(sigma) & 1u;
+  let s2 = sigma ^ par;
+  let shift = select(0.25, -0.25, par == 1u);
+  var v: array<f32, 8>;
+  for (var i = 0u; i < 8u; i++) { v[i] = coord(w, s2, i, shift); }
+  return v;
+}
+fn dot8(c: u32, xv: array<f32, 8>) -> f32 {
+  var v = decode8(c);
+  var xs = xv;
+  var s = 0.0;
+  for (var i = 0u; i < 8u; i++) { s += v[i] * xs[i]; }
+  return s;
+}`;
+
+/**
  * Fused CALDERA matvec in the rotated domain: `out_i = qscale·Σ_g ⟨decode(Q[i, g]), x[8g..8g+8)⟩ + Σ_t L̂[i, t]·z_t`
  * with `z = R̂·x` computed before (this kernel without a low-rank term, on R̂'s codes). Q stays packed: E8P12 u16
  * codes, two per u32, row-major `[mp, np/8]` (the checkpoint layout). `rvq4` adds a second E8P12 plane (value
@@ -571,44 +603,20 @@ fn segOf(row: u32) -> Seg {
 }
 ${bindings}
 ${lanes === 1 ? '' : 'var<workgroup> tbl: array<u32, 256>;'}
-// 2·(coordinate i) of a source word, whose 4 bits hold 2·magnitude + 5: the float 2²³ + bits, less 2²³ + 5 (exact;
-// an OR and an add, where an integer conversion is a slower instruction on many GPUs)
-fn mag2(w: u32, i: u32) -> f32 { return bitcast<f32>(0x4b000000u | ((w >> (4u * i)) & 15u)) - 8388613.0; }
-// coordinate i of a code with source word w and sign bits s2: (±2·magnitude)·½ ± ¼, the sign flipped on the bits
-fn coord(w: u32, s2: u32, i: u32, shift: f32) -> f32 {
-  let bit = (i >> 1u) | ((i & 1u) << 2u);
-  let neg = (s2 << (31u - bit)) & 0x80000000u;
-  return bitcast<f32>(bitcast<u32>(mag2(w, i)) ^ neg) * 0.5 + shift;
-}
+fn word(a: u32) -> u32 { return ${tbl}[a]; }
+${E8P_DECODE_WGSL}
 // the 8 activation values from xo (a multiple of 4): two 16-byte loads
 fn x8(xo: u32) -> array<f32, 8> {
   let a = x[xo >> 2u];
   let b = x[(xo >> 2u) + 1u];
   return array<f32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
 }
-fn decode8(c: u32) -> array<f32, 8> {
-  let w = ${tbl}[c >> 8u];
-  let sigma = c & 255u;
-  let par = countOneBits(sigma) & 1u;
-  let s2 = sigma ^ par;
-  let shift = select(0.25, -0.25, par == 1u);
-  var v: array<f32, 8>;
-  for (var i = 0u; i < 8u; i++) { v[i] = coord(w, s2, i, shift); }
-  return v;
-}
-fn dot8(c: u32, xv: array<f32, 8>) -> f32 {
-  var v = decode8(c);
-  var xs = xv;
-  var s = 0.0;
-  for (var i = 0u; i < 8u; i++) { s += v[i] * xs[i]; }
-  return s;
-}
 ${
   lowRank
     ? `fn elem(c: u32, i: u32) -> f32 {
   let sigma = c & 255u;
   let par = countOneBits(sigma) & 1u;
-  return coord(${tbl}[c >> 8u], sigma ^ par, i, select(0.25, -0.25, par == 1u));
+  return coord(word(c >> 8u), sigma ^ par, i, select(0.25, -0.25, par == 1u));
 }
 fn lval(sg: Seg, t: u32, lrow: u32) -> f32 {
   let off = t * sg.lG + (lrow >> 3u);
@@ -679,6 +687,171 @@ fn lval(sg: Seg, t: u32, lrow: u32) -> f32 {
     '${M}',
     'mp',
   );
+}
+
+/**
+ * The storage bindings of {@link inputProjectionWgsl} after its three uniforms (bindings 0–2), in binding order.
+ */
+export function inputProjectionBindings(codec: LatticeCodec, input: RotationInputKind): string[] {
+  const names = ['x', 'pre', 'hkb', 'rot', 'codes', 'z'];
+  if (codec !== 'e8p12') names.push('codes2');
+  if (input !== 'none') names.push('aux');
+  return names;
+}
+
+/**
+ * The input step of CALDERA layers that share an input, in one launch: the input rotation of {@link hadamardWgsl}
+ * (`x' = (x ⊙ SU)·M_n` with the input computation `input`, multipliers `post` of 1, no bias) and `z = R̂·x'` of
+ * {@link e8pMatvecWgsl} (no low-rank term), which the two launches it replaces compute with the same operations in
+ * the same order: the same bits. Member w (parameters `u.m[w]` as in the rotation, `pr.seg[w]` for R̂) takes
+ * workgroups `seg.wg0 …` along x: each computes the member's whole `x'` in workgroup memory (the H_K mix through
+ * registers, `maxN/WG` values per invocation) and then its block of R̂'s rows (8 with 32 lanes per row, {@link WG}
+ * with one) from there; the member's first workgroup also writes `x'` to `rot` for the Q̂ kernel. A member without
+ * lattice factors (`k` = 0) takes one workgroup. The E8P source words (and the E81B table of an `rvq3` R̂) come from
+ * the uniform `tables` (see {@link e8pTablesUniform}). Not batched over row tiles: one activation row per workgroup
+ * along y.
+ */
+export function inputProjectionWgsl(
+  maxN: number,
+  codec: LatticeCodec,
+  lanes: Lanes,
+  input: RotationInputKind,
+): string {
+  const rvq4 = codec === 'rvq4';
+  const rvq3 = codec === 'rvq3';
+  const rpw = lanes === 1 ? WG : ROWS_PER_WG;
+  const C = Math.ceil(maxN / WG);
+  const types: Record<string, string> = {
+    x: 'array<f32>',
+    pre: 'array<f32>',
+    hkb: 'array<f32>',
+    rot: 'array<f32>',
+    codes: 'array<u32>',
+    z: 'array<f32>',
+    codes2: 'array<u32>',
+  };
+  const names = inputProjectionBindings(codec, input);
+  const bindings = names
+    .filter((n) => n !== 'aux')
+    .map(
+      (n, i) =>
+        `@group(0) @binding(${i + 3}) var<storage, ${n === 'rot' || n === 'z' ? 'read_write' : 'read'}> ${n}: ${types[n]};`,
+    )
+    .join('\n');
+  return /* wgsl */ `
+${ROTATION_PARAMS}
+struct RSeg { wg0: u32, k: u32, q1: u32, q2: u32, zOff: u32, qscale: f32, a: u32, b: u32 }
+struct PR { G: u32, zRow: u32, resScale: f32, nmem: u32, seg: array<RSeg, ${ROTATION_MAX_MEMBERS}> }
+@group(0) @binding(1) var<uniform> pr: PR;
+struct T { words: array<vec4<u32>, 64>, e81b: array<vec4<f32>, 512> }
+@group(0) @binding(2) var<uniform> tables: T;
+${bindings}
+var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, WG) : maxN}>;
+${rotationInputWgsl(input, 'u.eps', 3 + names.length - 1)}
+${lanes === 1 ? '' : `var<workgroup> tbl: array<u32, 256>;\nvar<workgroup> part: array<f32, ${WG}>;`}
+fn word(a: u32) -> u32 { return ${lanes === 1 ? 'tables.words[a >> 2u][a & 3u]' : 'tbl[a]'}; }
+fn e81bAt(i: u32) -> f32 { return tables.e81b[i >> 2u][i & 3u]; }
+${E8P_DECODE_WGSL}
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  ${lanes === 1 ? '' : 'tbl[lid] = tables.words[lid >> 2u][lid & 3u];'}
+  var w = 0u;
+  for (var t = 1u; t < pr.nmem; t++) { if (wid.x >= pr.seg[t].wg0) { w = t; } }
+  let mb = u.m[w];
+  let sg = pr.seg[w];
+  let blk = wid.x - sg.wg0;
+  let r = wid.y;
+  let xo = r * u.xStride + mb.xOff;
+  let scale = inputScale(xo, mb.nIn, lid);
+  for (var j = lid; j < mb.n; j += ${WG}u) {
+    if (j < mb.nIn) { v[j] = inputAt(xo, j, scale) * pre[mb.preOff + j]; } else { v[j] = 0.0; }
+  }
+  workgroupBarrier();
+  if (u.transform == 1u) {
+    let half = mb.P / 2u;
+    for (var h = 1u; h < mb.P; h <<= 1u) {
+      for (var q = lid; q < mb.n / 2u; q += ${WG}u) {
+        let a = q / half;
+        let rr = q % half;
+        let i = a * mb.P + (rr / h) * (2u * h) + (rr % h);
+        let s = v[i];
+        let t = v[i + h];
+        v[i] = s + t;
+        v[i + h] = s - t;
+      }
+      workgroupBarrier();
+    }
+    var mixed: array<f32, ${C}>;
+    for (var c = 0u; c < ${C}u; c++) {
+      let i = lid + c * ${WG}u;
+      if (i < mb.n) {
+        let a2 = i / mb.P;
+        let b = i % mb.P;
+        var acc = 0.0;
+        for (var a = 0u; a < mb.K; a++) {
+          var hv: f32;
+          if (u.transposeH == 1u) { hv = hkb[mb.hkOff + a2 * mb.K + a]; } else { hv = hkb[mb.hkOff + a * mb.K + a2]; }
+          acc += hv * v[a * mb.P + b];
+        }
+        mixed[c] = acc * mb.invSqrtN;
+      }
+    }
+    workgroupBarrier();
+    for (var c = 0u; c < ${C}u; c++) {
+      let i = lid + c * ${WG}u;
+      if (i < mb.n) { v[i] = mixed[c]; }
+    }
+    workgroupBarrier();
+  }
+  if (blk == 0u) {
+    let oo = r * mb.outStride + mb.outOff;
+    for (var i = lid; i < mb.n; i += ${WG}u) { rot[oo + i] = v[i]; }
+  }
+  let row = blk * ${rpw}u + ${lanes === 1 ? 'lid' : 'lid / 32u'};
+  let lane = ${lanes === 1 ? '0u' : 'lid % 32u'};
+  var acc = 0.0;
+  if (row < sg.k) {
+    var acc2 = 0.0;
+    for (var g = lane; g < pr.G; g += ${lanes}u) {
+      let idx = sg.q1 + row * pr.G + g;
+      let idx2 = sg.q2 + row * pr.G + g;
+      let o = 8u * g;
+      var xv = array<f32, 8>(v[o], v[o + 1u], v[o + 2u], v[o + 3u], v[o + 4u], v[o + 5u], v[o + 6u], v[o + 7u]);
+      acc += dot8((codes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu, xv);
+      ${rvq4 ? 'acc2 += dot8((codes2[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu, xv);' : ''}
+      ${
+        rvq3
+          ? `let c2 = ((codes2[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u;
+      for (var i = 0u; i < 8u; i++) { acc2 += e81bAt(c2 + i) * xv[i]; }`
+          : ''
+      }
+    }
+    ${rvq4 || rvq3 ? 'acc += acc2 / pr.resScale;' : ''}
+    acc *= sg.qscale;
+  }
+  ${
+    lanes === 1
+      ? 'if (row < sg.k) { z[r * pr.zRow + sg.zOff + row] = acc; }'
+      : `part[lid] = acc;
+  workgroupBarrier();
+  for (var s = 16u; s > 0u; s >>= 1u) {
+    if (lane < s) { part[lid] += part[lid + s]; }
+    workgroupBarrier();
+  }
+  if (lane == 0u && row < sg.k) { z[r * pr.zRow + sg.zOff + row] = part[lid]; }`
+  }
+}`;
+}
+
+/**
+ * The uniform `tables` of {@link inputProjectionWgsl}: the 256 E8P source words ({@link e8pSourceWords} layout) and
+ * the 256×8 E81B codebook (f32 bits), 9 KiB.
+ */
+export function e8pTablesUniform(words: Uint32Array, e81b: Float32Array): Uint32Array {
+  const out = new Uint32Array(256 + 2048);
+  out.set(words);
+  out.set(new Uint32Array(e81b.buffer, e81b.byteOffset, 2048), 256);
+  return out;
 }
 
 /** RoPE (Hugging Face rotate-half) in place on `heads` heads of row r at position `step.pos + r`; `cs` holds cos/sin. */
