@@ -243,8 +243,20 @@ export class WebGpuModel {
             opts,
           ),
         );
-        p.push(K.rope(this.stepBuf, cs, q, H, hd));
-        p.push(K.kvStore(this.stepBuf, cs, k, v, caches[b]!.k, caches[b]!.v, KV, hd));
+        p.push(
+          K.ropeKv({
+            step: this.stepBuf,
+            cs,
+            q,
+            k,
+            v,
+            ck: caches[b]!.k,
+            cv: caches[b]!.v,
+            heads: H,
+            kvHeads: KV,
+            hd,
+          }),
+        );
         p.push(
           K.attention({
             step: this.stepBuf,

@@ -16,10 +16,9 @@ import {
   inputProjectionBindings,
   inputProjectionWgsl,
   ROWS_PER_WG,
-  KV_STORE_WGSL,
   matvecWgsl,
   RMSNORM_WGSL,
-  ROPE_WGSL,
+  ROPE_KV_WGSL,
   rowsPerWorkgroup,
   SWIGLU_WGSL,
   WG,
@@ -803,39 +802,37 @@ export class Kernels {
     ];
   }
 
-  /** RoPE in place on `heads` heads of `hd` at `step.pos`. */
-  rope(step: GPUBuffer, cs: GPUBuffer, x: GPUBuffer, heads: number, hd: number): Dispatch {
-    const p = this.pipeline('rope', () => ROPE_WGSL);
+  /**
+   * RoPE at `step.pos + r` on row r of `q` (in place, `heads` heads of `hd`) and of `k` (`kvHeads` heads), which is
+   * stored with row r of `v` at that position of the caches `ck`, `cv` (see {@link ROPE_KV_WGSL}).
+   */
+  ropeKv(o: {
+    step: GPUBuffer;
+    cs: GPUBuffer;
+    q: GPUBuffer;
+    k: GPUBuffer;
+    v: GPUBuffer;
+    ck: GPUBuffer;
+    cv: GPUBuffer;
+    heads: number;
+    kvHeads: number;
+    hd: number;
+  }): Dispatch {
+    const p = this.pipeline('rope_kv', () => ROPE_KV_WGSL);
     const u = this.uniform(
       [
-        ['u32', heads],
-        ['u32', hd],
+        ['u32', o.heads],
+        ['u32', o.kvHeads],
+        ['u32', o.hd],
       ],
       'rope params',
     );
-    return this.make('rope', p, [step, u, cs, x], Math.ceil((heads * hd) / 2 / WG));
-  }
-
-  /** Rotate `k` and store `k`, `v` at row `step.pos` of the caches. */
-  kvStore(
-    step: GPUBuffer,
-    cs: GPUBuffer,
-    k: GPUBuffer,
-    v: GPUBuffer,
-    ck: GPUBuffer,
-    cv: GPUBuffer,
-    heads: number,
-    hd: number,
-  ): Dispatch {
-    const p = this.pipeline('kv_store', () => KV_STORE_WGSL);
-    const u = this.uniform(
-      [
-        ['u32', heads],
-        ['u32', hd],
-      ],
-      'kv params',
+    return this.make(
+      'rope+kv',
+      p,
+      [o.step, u, o.cs, o.q, o.k, o.v, o.ck, o.cv],
+      Math.ceil(((o.heads + o.kvHeads) * o.hd) / 2 / WG),
     );
-    return this.make('kv_store', p, [step, u, cs, k, v, ck, cv], Math.ceil((heads * hd) / 2 / WG));
   }
 
   /** Causal attention of each query row r over the `step.pos + r + 1` cached positions up to its own. */

@@ -556,7 +556,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     }
   });
 
-  it('RoPE (rotate-half), KV store and GQA attention at position 4 against a direct evaluation', async () => {
+  it('RoPE (rotate-half) of q and k with the KV store in one launch, and GQA attention at position 4, against a direct evaluation', async () => {
     const rng = new Rng(5);
     const k = K();
     const [H, KV, hd, cap, pos] = [4, 2, 8, 6, 4];
@@ -583,8 +583,18 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     ];
     const out = scratchBuffer(d, H * hd * 4, 'att');
     await run(d, [
-      k.rope(step, csb, qb, H, hd),
-      k.kvStore(step, csb, storageBuffer(d, kk, 'k'), storageBuffer(d, vv, 'v'), ckb, cvb, KV, hd),
+      k.ropeKv({
+        step,
+        cs: csb,
+        q: qb,
+        k: storageBuffer(d, kk, 'k'),
+        v: storageBuffer(d, vv, 'v'),
+        ck: ckb,
+        cv: cvb,
+        heads: H,
+        kvHeads: KV,
+        hd,
+      }),
       k.attention({
         step,
         q: qb,

@@ -854,51 +854,44 @@ export function e8pTablesUniform(words: Uint32Array, e81b: Float32Array): Uint32
   return out;
 }
 
-/** RoPE (Hugging Face rotate-half) in place on `heads` heads of row r at position `step.pos + r`; `cs` holds cos/sin. */
-export const ROPE_WGSL = /* wgsl */ `${STEP}
-struct P { heads: u32, hd: u32, a: u32, b: u32 }
+/**
+ * RoPE (Hugging Face rotate-half) of row r at position `step.pos + r` (`cs` holds cos/sin), in one launch: in place on
+ * the `heads` query heads of `q`, and on the `kvHeads` heads of `k`, which are stored with row r of `v` at that
+ * position of the KV cache (`ck`, `cv`). Invocation `idx` takes one pair `(i, i + hd/2)` of a query head, then of a
+ * key/value head.
+ */
+export const ROPE_KV_WGSL = /* wgsl */ `${STEP}
+struct P { heads: u32, kvHeads: u32, hd: u32, a: u32 }
 @group(0) @binding(1) var<uniform> p: P;
 @group(0) @binding(2) var<storage, read> cs: array<f32>;
-@group(0) @binding(3) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> q: array<f32>;
+@group(0) @binding(4) var<storage, read> k: array<f32>;
+@group(0) @binding(5) var<storage, read> v: array<f32>;
+@group(0) @binding(6) var<storage, read_write> ck: array<f32>;
+@group(0) @binding(7) var<storage, read_write> cv: array<f32>;
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let half = p.hd / 2u;
-  let idx = gid.x;
-  if (idx >= p.heads * half) { return; }
+  let qPairs = p.heads * half;
+  if (gid.x >= qPairs + p.kvHeads * half) { return; }
+  let isQ = gid.x < qPairs;
+  let idx = select(gid.x - qPairs, gid.x, isQ);
   let h = idx / half;
   let i = idx % half;
   let pos = step.pos + gid.y;
   let c = cs[(pos * half + i) * 2u];
   let s = cs[(pos * half + i) * 2u + 1u];
-  let o = gid.y * p.heads * p.hd + h * p.hd;
-  let x1 = x[o + i];
-  let x2 = x[o + i + half];
-  x[o + i] = x1 * c - x2 * s;
-  x[o + i + half] = x2 * c + x1 * s;
-}`;
-
-/** Rotate row r of `k` (RoPE at `step.pos + r`) and store it and row r of `v` at that position of the KV cache. */
-export const KV_STORE_WGSL = /* wgsl */ `${STEP}
-struct P { heads: u32, hd: u32, a: u32, b: u32 }
-@group(0) @binding(1) var<uniform> p: P;
-@group(0) @binding(2) var<storage, read> cs: array<f32>;
-@group(0) @binding(3) var<storage, read> k: array<f32>;
-@group(0) @binding(4) var<storage, read> v: array<f32>;
-@group(0) @binding(5) var<storage, read_write> ck: array<f32>;
-@group(0) @binding(6) var<storage, read_write> cv: array<f32>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let half = p.hd / 2u;
-  let idx = gid.x;
-  if (idx >= p.heads * half) { return; }
-  let h = idx / half;
-  let i = idx % half;
-  let pos = step.pos + gid.y;
-  let c = cs[(pos * half + i) * 2u];
-  let s = cs[(pos * half + i) * 2u + 1u];
+  if (isQ) {
+    let o = gid.y * p.heads * p.hd + h * p.hd;
+    let x1 = q[o + i];
+    let x2 = q[o + i + half];
+    q[o + i] = x1 * c - x2 * s;
+    q[o + i + half] = x2 * c + x1 * s;
+    return;
+  }
   let o = h * p.hd;
-  let base = pos * p.heads * p.hd;
-  let ro = gid.y * p.heads * p.hd + o;
+  let base = pos * p.kvHeads * p.hd;
+  let ro = gid.y * p.kvHeads * p.hd + o;
   let x1 = k[ro + i];
   let x2 = k[ro + i + half];
   ck[base + o + i] = x1 * c - x2 * s;
