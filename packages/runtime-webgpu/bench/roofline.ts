@@ -63,8 +63,11 @@ export interface RooflineOptions {
 
 /** The measurement: fields in GB/s (1e9 bytes per second) or ratios. */
 export interface Roofline {
-  /** The fused kernel on the large layers. */
+  /** The fused kernel on the large layers, with the adapter's default lanes per row (see `Kernels.lanes`). */
   kernelGbs: number;
+  lanes: number;
+  /** The same kernel with the other lane count (1 or 32). */
+  otherLanes: { lanes: number; kernelGbs: number };
   streamGbs: number;
   denseF16KernelGbs: number;
   /** Whole 4096 × 4096 CALDERA layers and dense f16 layers, every launch. */
@@ -95,17 +98,25 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
   const sources = buf(e8pSourceWords(), 'sources');
   const copies = (bytesEach: number) => Math.max(2, Math.ceil(target / bytesEach));
 
-  // the fused kernel alone, on buffers of its own: Q̂'s codes and L̂'s packed codes
+  // the fused kernel alone, on buffers of its own: Q̂'s codes and L̂'s packed codes; with the default lanes per row
+  // and with the other choice (1 or 32), over the same buffers
   const big = randomDecomposition(km, kn, rank, rng);
-  const fusedLaunch = (d: Decomposition, x: GPUBuffer, out: GPUBuffer, z: GPUBuffer) => {
+  if (big.l.kind !== 'lattice') throw new Error('randomDecomposition gives lattice factors');
+  const bigL = packCodePlanes(big.l.codes);
+  const upload = () => ({ codes: buf(big.q.planes[0]!, 'Q'), l: buf(bigL.bytes, 'L') });
+  const fusedLaunch = (
+    k: Kernels,
+    d: Decomposition,
+    { codes, l }: ReturnType<typeof upload>,
+    x: GPUBuffer,
+    out: GPUBuffer,
+    z: GPUBuffer,
+  ) => {
     if (d.l.kind !== 'lattice') throw new Error('randomDecomposition gives lattice factors');
     const q = gpuCodecOf(d.q);
     const lc = gpuCodecOf(d.l.codes);
-    const lp = packCodePlanes(d.l.codes);
-    const codes = buf(d.q.planes[0]!, 'Q');
-    const l = buf(lp.bytes, 'L');
     const [mp, np] = d.padded;
-    const launch = kernels.e8pMatvec({
+    const launch = k.e8pMatvec({
       codes,
       codes2: null,
       codec: q.codec,
@@ -119,7 +130,7 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
         {
           rows: mp,
           qscale: d.q.scale,
-          lowRank: { k: rank, scale: d.l.codes.scale, codeByte: 0, code2Byte: lp.plane2Word * 4 },
+          lowRank: { k: rank, scale: d.l.codes.scale, codeByte: 0, code2Byte: bigL.plane2Word * 4 },
         },
       ],
       lowRank: { codec: lc.codec, codes: l, resScale: lc.resScale, z },
@@ -129,8 +140,12 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
   const kx = buf(rng.fillNormal(new Float32Array(kn)), 'x');
   const kout = buf(new Float32Array(km), 'out');
   const kz = buf(rng.fillNormal(new Float32Array(rank)), 'z');
-  const fused = Array.from({ length: copies((km * kn) / 4) }, () => fusedLaunch(big, kx, kout, kz));
+  const uploads = Array.from({ length: copies((km * kn) / 4) }, upload);
+  const fused = uploads.map((u) => fusedLaunch(kernels, big, u, kx, kout, kz));
   const kernelBytes = fused.reduce((s, f) => s + f.bytes, 0);
+  const otherLanes = kernels.lanes === 1 ? 32 : 1;
+  const otherKernels = new Kernels(dev, { lanes: otherLanes });
+  const fusedOther = uploads.map((u) => fusedLaunch(otherKernels, big, u, kx, kout, kz));
 
   // the dense f16 kernel
   const f16 = new Uint16Array(dn * dn);
@@ -190,6 +205,10 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
     kernelBytes,
     fused.map((f) => f.launch),
   );
+  const otherLanesGbs = await gbs(
+    kernelBytes,
+    fusedOther.map((f) => f.launch),
+  );
   const denseF16KernelGbs = await gbs(denseBytes, denseList);
   const layerGbs = await gbs(layerBytes, layerList);
   const layerF16Gbs = await gbs(layerF16Bytes, layerF16List);
@@ -198,9 +217,12 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
   for (const l of layers) l.dispose();
   ctx.dispose();
   kernels.dispose();
+  otherKernels.dispose();
   for (const b of owned) b.destroy();
   return {
     kernelGbs,
+    lanes: kernels.lanes,
+    otherLanes: { lanes: otherLanes, kernelGbs: otherLanesGbs },
     streamGbs,
     denseF16KernelGbs,
     layerGbs,

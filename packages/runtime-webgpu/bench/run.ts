@@ -162,6 +162,8 @@ try {
     stream_read_gbs: r4(roof.streamGbs),
     roofline_share: r4(roof.kernelGbs / roof.streamGbs),
     kernel: roof.shapes.kernel,
+    lanes: roof.lanes,
+    [`lanes_${roof.otherLanes.lanes}_gbs`]: r4(roof.otherLanes.kernelGbs),
     dense_f16_gbs: r4(roof.denseF16KernelGbs),
     dense_f16_roofline_share: r4(roof.denseF16KernelGbs / roof.streamGbs),
     dense_f16_kernel: roof.shapes.denseKernel,

@@ -244,9 +244,10 @@ interface Member {
  * CALDERA layers that read the same input (a block's q, k and v; gate and up), or one layer alone, on the GPU with
  * their packed codes in shared buffers, so that one launch serves them all (see {@link GpuCalderaGroup.bind}); W is
  * never materialised (docs/architecture.md, "Decomposition.apply"). Per layer j:
- * 1. `x'_j = (x ⊙ SU_j)·M_n` (zero-padded to np): one {@link Kernels.rotate} launch for all layers (two or three
- *    each for vectors larger than workgroup memory);
- * 2. `z_j = x'_j·R̂_jᵀ`: one {@link Kernels.e8pMatvec} launch on R̂'s codes, a segment per layer;
+ * 1. `x'_j = (x ⊙ SU_j)·M_n` (zero-padded to np; `x` computed on the way in when it is an RMSNorm or SwiGLU);
+ * 2. `z_j = x'_j·R̂_jᵀ` from R̂'s codes; steps 1 and 2 are one {@link Kernels.projectInput} launch for all layers
+ *    (for prefill tiles and vectors larger than workgroup memory: a {@link Kernels.rotate} launch, two or three
+ *    each for the larger vectors, and a {@link Kernels.e8pMatvec} launch with a segment per layer);
  * 3. `y'_j = Q̂_j·x'_j + L̂_j·z_j`: one {@link Kernels.e8pMatvec} launch decoding Q̂ and L̂ on the fly;
  * 4. dense factors only (f16 `L_dense`/`R_dense`, the LoRA pair `L_ft`/`R_ft` of a fine-tuned checkpoint):
  *    `y'_j += L_d·(R_d·x'_j)`, two f32 {@link Kernels.matvec}s per layer;
@@ -436,9 +437,9 @@ export class GpuCalderaGroup {
   /**
    * The launches computing `outs[w] (+)= layer_{j0+w}(x)` for the layers `j0 … j0 + outs.length − 1` (every row of a
    * batch; `x` holds rows of the layers' input width, `outs[w]` rows of layer j0+w's output width). The whole group
-   * takes 4 launches when its vectors fit workgroup memory (2 more per layer with dense factors; 2 or 3 per layer and
-   * rotation for larger vectors). With `input` the layers read rows computed from `x` (RMSNorm or SwiGLU), which
-   * their input rotation computes as it loads `x`.
+   * takes 3 launches when its vectors fit workgroup memory and `tile` is 1 (4 with prefill tiles; 2 more per layer
+   * with dense factors; 2 or 3 per layer and rotation for larger vectors). With `input` the layers read rows computed
+   * from `x` (RMSNorm or SwiGLU), which their input rotation computes as it loads `x`.
    */
   bind(
     ctx: LinearContext,

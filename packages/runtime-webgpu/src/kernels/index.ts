@@ -385,15 +385,10 @@ export class Kernels {
    * null), and writes `outs[slot]` at `outOff` within rows of `outStride`. One launch for all when every vector fits
    * workgroup memory ({@link Kernels.maxLocalHadamard}) and there are at most {@link ROTATION_MAX_MEMBERS}; else a
    * launch per member that fits and two or three over `tmp` (≥ n values per row) per member that does not. With an
-   * `input` computation every launch that loads `x` computes it (at most
-   * {@link ROTATION_MAX_OUTPUTS_WITH_INPUT} outputs then: its buffer takes a storage binding).
+   * `input` computation every launch that loads `x` computes it (a launch in workgroup memory then takes at most
+   * {@link ROTATION_MAX_OUTPUTS_WITH_INPUT} outputs: its buffer takes a storage binding).
    */
   rotate(o: RotateOptions): Dispatch[] {
-    if (o.input && o.outs.length > ROTATION_MAX_OUTPUTS_WITH_INPUT)
-      throw new CalderaError(
-        'E_VALUE',
-        `rotate: at most ${ROTATION_MAX_OUTPUTS_WITH_INPUT} outputs with an input computation, got ${o.outs.length}`,
-      );
     const fits = (m: RotationMember) => m.n <= this.maxLocalHadamard;
     if (o.members.length <= ROTATION_MAX_MEMBERS && o.members.every(fits)) return [this.rotationLaunch(o)];
     return o.members.flatMap((m) =>
@@ -491,6 +486,11 @@ export class Kernels {
     const J = o.members.length;
     if (o.outs.length < 1 || o.outs.length > ROTATION_MAX_MEMBERS)
       throw new CalderaError('E_VALUE', `rotate: 1 to ${ROTATION_MAX_MEMBERS} outputs, got ${o.outs.length}`);
+    if (o.input && o.outs.length > ROTATION_MAX_OUTPUTS_WITH_INPUT)
+      throw new CalderaError(
+        'E_VALUE',
+        `rotate: at most ${ROTATION_MAX_OUTPUTS_WITH_INPUT} outputs with an input computation, got ${o.outs.length}`,
+      );
     for (const m of o.members) {
       this.output(o.outs, m.slot);
       if (m.biasOff !== null) this.boundBias(o.bias);
@@ -607,6 +607,15 @@ export class Kernels {
       throw new CalderaError('E_VALUE', `e8pMatvec: 1 to ${E8P_MAX_SEGMENTS} segments, got ${segs.length}`);
     const G = o.np / 8;
     const index = codeIndex;
+    // activation values are read as 16-byte vectors: every offset must be a multiple of 8 values
+    const xRow = o.xRow ?? o.np;
+    for (const [what, v] of [
+      ['np', o.np],
+      ['xRow', xRow],
+      ...segs.map((sg, j) => [`segment ${j} x offset`, sg.x ?? 0] as const),
+    ] as const)
+      if (!Number.isInteger(v) || v % 8 !== 0)
+        throw new CalderaError('E_VALUE', `e8pMatvec: ${what} ${v} is not a multiple of 8`);
     const fields: UniformField[] = [];
     let start = 0;
     let zOff = 0;
@@ -647,7 +656,7 @@ export class Kernels {
       [
         ['u32', mp],
         ['u32', G],
-        ['u32', o.xRow ?? o.np],
+        ['u32', xRow],
         ['u32', lr?.zRow ?? zOff],
         ['f32', o.resScale],
         ['f32', lr?.resScale ?? 1],
@@ -683,7 +692,8 @@ export class Kernels {
    * The input step of CALDERA layers that share an input (see {@link InputProjectionOptions}): one launch
    * ({@link inputProjectionWgsl}) when R̂ has rows to compute, the vectors fit workgroup memory beside the kernel's
    * tables, there are at most {@link ROTATION_MAX_MEMBERS} layers and `tile` is 1; else the rotation
-   * ({@link Kernels.rotate}) and R̂'s kernel ({@link Kernels.e8pMatvec}) apart. Both give the same bits.
+   * ({@link Kernels.rotate}) and R̂'s kernel ({@link Kernels.e8pMatvec}) apart, with the same operations in the same
+   * order (bit-identical on SwiftShader, tested).
    */
   projectInput(o: InputProjectionOptions): Dispatch[] {
     const J = o.layers.length;
@@ -723,7 +733,8 @@ export class Kernels {
     const c = o.codes;
     if (segments.length === 0 || !c) return this.rotate(rotation);
     const tile = o.tile ?? 1;
-    const extra = this.lanes === 1 ? 0 : 2 * WG * 4; // the source words and the lanes' partial sums
+    // the source words and the lanes' partial sums, and E81B for an rvq3 R̂ (see inputProjectionWgsl)
+    const extra = this.lanes === 1 ? 0 : 2 * WG * 4 + (c.codec === 'rvq3' ? 2048 * 4 : 0);
     const words = Math.ceil(n / WG) * WG;
     const fused =
       tile === 1 &&

@@ -409,113 +409,150 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     });
 
   for (const lanes of [1, 32] as const)
-    it(`input step in one launch (${lanes} lane(s) per row) equals the rotation and R̂'s kernel apart, to the bit: 3 layers (one without R̂), every R̂ codec, with and without RMSNorm`, async () => {
+    it(`input step in one launch (${lanes} lane(s) per row) equals the rotation and R̂'s kernel apart, to the bit: layers without R̂ and with R̂ over several workgroups, every R̂ codec, no input computation, RMSNorm, SwiGLU`, async () => {
       const rng = new Rng(6);
       const rows = 2;
-      const [n, nIn] = [160, 150];
-      const Kf = hadamardFactor(n)!.K;
-      const G = n / 8;
-      const ks = [12, 0, 9]; // R̂ rows per layer (0: no lattice factors); 12 spans two 8-row blocks with 32 lanes
+      // R̂ rows per layer (0: no lattice factors): 12 spans two 8-row blocks with 32 lanes, 300 two 256-row blocks
+      // with one; n = 640 takes 3 mixed values per invocation (the H_K mix through registers) and an RMSNorm over
+      // more than a workgroup's 256 values
+      const cases = [
+        { n: 160, nIn: 150, ks: [12, 0, 9], inputs: ['none', 'rmsNorm'] },
+        { n: 640, nIn: 600, ks: [300, 17], inputs: ['rmsNorm', 'swiglu'] },
+      ] as const;
       const fused = new Kernels(d, { lanes });
       // the two-step form: with rotations declared too large for workgroup memory (global-memory rotations, the same
       // butterflies and mix), and with row tiles of 2 (the one-workgroup rotation, R̂'s kernel in its prefill form)
       const apart = new Kernels(d, { lanes, maxLocalHadamard: 16 });
-      const forms = [
-        { k: fused, tile: 1, launches: 1 },
-        { k: apart, tile: 1, launches: 3 * 2 + 1 }, // K = 40, P = 4: a chunk per block and the mix, per layer
-        { k: fused, tile: 2, launches: 2 },
-      ];
       const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
-      const ones = storageBuffer(d, new Float32Array(n).fill(1), 'ones');
       const tables = uniformWords(d, e8pTablesUniform(e8pSourceWords(), e81bCodebook()), 'tables');
       const sources = storageBuffer(d, e8pSourceWords(), 'src');
       const e81b = storageBuffer(d, e81bCodebook(), 'e81b');
-      const x = storageBuffer(d, randn(rng, rows * nIn, 2), 'x');
-      const pre = storageBuffer(
-        d,
-        Float32Array.from({ length: 3 * n }, () => rng.rademacher()),
-        'pre',
-      );
-      const weight = storageBuffer(d, randn(rng, nIn), 'norm');
-      const hk = storageBuffer(d, Float32Array.from(hadamardBase(Kf)), 'hk');
-      const kTotal = ks.reduce((a, b) => a + b, 0);
-      for (const codec of ['e8p12', 'rvq4', 'rvq3'] as const)
-        for (const input of [undefined, { kind: 'rmsNorm', weight, eps: 1e-5 } as const]) {
-          // R̂'s codes of the layers back to back in both planes
-          const codes = storageBuffer(
-            d,
-            Uint16Array.from({ length: kTotal * G }, () => rng.int(65536)),
-            'r1',
-          );
-          const codes2 =
-            codec === 'e8p12'
-              ? null
-              : storageBuffer(
-                  d,
-                  codec === 'rvq4'
-                    ? Uint16Array.from({ length: kTotal * G }, () => rng.int(65536))
-                    : Uint8Array.from({ length: kTotal * G }, () => rng.int(256)),
-                  'r2',
-                );
-          let at = 0;
-          const layers = ks.map((k, w) => {
-            const r = k
-              ? {
-                  rows: k,
-                  qscale: 0.3 + 0.1 * w,
-                  codeByte: at * G * 2,
-                  code2Byte: at * G * (codec === 'rvq3' ? 1 : 2),
-                }
-              : null;
-            at += k;
-            return { preOff: w * n, r };
-          });
-          const outs = forms.map(() => ({
-            rot: scratchBuffer(d, rows * 3 * n * 4, 'rot'),
-            z: scratchBuffer(d, rows * kTotal * 4, 'z'),
-          }));
-          for (const [j, { k, tile, launches: count }] of forms.entries()) {
-            const launches = k.projectInput({
-              tile,
-              x,
-              xStride: nIn,
-              ...(input ? { input } : {}),
-              pre,
-              hk,
-              transform: true,
-              n,
-              nIn,
-              K: Kf,
-              layers,
-              rot: outs[j]!.rot,
-              codes: {
-                codec,
-                codes,
-                codes2,
-                resScale: codec === 'rvq3' ? RVQ3_RESID_SCALE : RVQ4_RESID_SCALE,
-                e81b: codec === 'rvq3' ? e81b : null,
-                sources,
-                tables,
-                z: outs[j]!.z,
-              },
-              ones,
-              tmp: scratchBuffer(d, rows * n * 4, 'tmp'),
-              dummy,
-            });
-            expect(launches.length).toBe(count);
-            await run(d, launches, rows);
-          }
-          const z = await readF32(d, outs[0]!.z, rows * kTotal);
-          expect(z.every((v) => Number.isFinite(v) && v !== 0)).toBe(true);
-          for (const j of [1, 2]) {
-            const what = `${codec}${input ? ' rmsNorm' : ''} form ${j}`;
-            expect(Array.from(await readF32(d, outs[0]!.rot, rows * 3 * n)), what).toEqual(
-              Array.from(await readF32(d, outs[j]!.rot, rows * 3 * n)),
+      for (const { n, nIn, ks, inputs } of cases) {
+        const J = ks.length;
+        const Kf = hadamardFactor(n)!.K;
+        const G = n / 8;
+        // K = 40, P = 4 (n = 160) or P = 16 (n = 640): a chunk of 16 per block and the mix, per layer
+        const forms = [
+          { k: fused, tile: 1, launches: 1 },
+          { k: apart, tile: 1, launches: J * 2 + 1 },
+          { k: fused, tile: 2, launches: 2 },
+        ];
+        const ones = storageBuffer(d, new Float32Array(n).fill(1), 'ones');
+        const x = storageBuffer(d, randn(rng, rows * nIn, 2), 'x');
+        const aux = storageBuffer(d, randn(rng, rows * nIn), 'aux');
+        const pre = storageBuffer(
+          d,
+          Float32Array.from({ length: J * n }, () => rng.rademacher()),
+          'pre',
+        );
+        const hk = storageBuffer(d, Float32Array.from(hadamardBase(Kf)), 'hk');
+        const kTotal = ks.reduce<number>((a, b) => a + b, 0);
+        for (const codec of ['e8p12', 'rvq4', 'rvq3'] as const)
+          for (const kind of inputs) {
+            const input =
+              kind === 'rmsNorm'
+                ? ({ kind, weight: aux, eps: 1e-5 } as const)
+                : kind === 'swiglu'
+                  ? ({ kind, up: aux } as const)
+                  : undefined;
+            // R̂'s codes of the layers back to back in both planes
+            const codes = storageBuffer(
+              d,
+              Uint16Array.from({ length: kTotal * G }, () => rng.int(65536)),
+              'r1',
             );
-            expect(Array.from(z), what).toEqual(Array.from(await readF32(d, outs[j]!.z, rows * kTotal)));
+            const codes2 =
+              codec === 'e8p12'
+                ? null
+                : storageBuffer(
+                    d,
+                    codec === 'rvq4'
+                      ? Uint16Array.from({ length: kTotal * G }, () => rng.int(65536))
+                      : Uint8Array.from({ length: kTotal * G }, () => rng.int(256)),
+                    'r2',
+                  );
+            let at = 0;
+            const layers = ks.map((k, w) => {
+              const r = k
+                ? {
+                    rows: k,
+                    qscale: 0.3 + 0.1 * w,
+                    codeByte: at * G * 2,
+                    code2Byte: at * G * (codec === 'rvq3' ? 1 : 2),
+                  }
+                : null;
+              at += k;
+              return { preOff: w * n, r };
+            });
+            const outs = forms.map(() => ({
+              rot: scratchBuffer(d, rows * J * n * 4, 'rot'),
+              z: scratchBuffer(d, rows * kTotal * 4, 'z'),
+            }));
+            for (const [j, { k, tile, launches: count }] of forms.entries()) {
+              const launches = k.projectInput({
+                tile,
+                x,
+                xStride: nIn,
+                ...(input ? { input } : {}),
+                pre,
+                hk,
+                transform: true,
+                n,
+                nIn,
+                K: Kf,
+                layers,
+                rot: outs[j]!.rot,
+                codes: {
+                  codec,
+                  codes,
+                  codes2,
+                  resScale: codec === 'rvq3' ? RVQ3_RESID_SCALE : RVQ4_RESID_SCALE,
+                  e81b: codec === 'rvq3' ? e81b : null,
+                  sources,
+                  tables,
+                  z: outs[j]!.z,
+                },
+                ones,
+                tmp: scratchBuffer(d, rows * n * 4, 'tmp'),
+                dummy,
+              });
+              expect(launches.length).toBe(count);
+              await run(d, launches, rows);
+            }
+            const z = await readF32(d, outs[0]!.z, rows * kTotal);
+            expect(z.every((v) => Number.isFinite(v) && v !== 0)).toBe(true);
+            for (const j of [1, 2]) {
+              const what = `n=${n} ${codec} ${kind} form ${j}`;
+              expect(Array.from(await readF32(d, outs[0]!.rot, rows * J * n)), what).toEqual(
+                Array.from(await readF32(d, outs[j]!.rot, rows * J * n)),
+              );
+              expect(Array.from(z), what).toEqual(Array.from(await readF32(d, outs[j]!.z, rows * kTotal)));
+            }
           }
-        }
+      }
     });
+
+  it('e8pMatvec rejects activation offsets that are not multiples of 8 (they are read as 16-byte vectors)', () => {
+    const k = K();
+    const b = storageBuffer(d, new Float32Array(64), 'b');
+    const base = {
+      codes: b,
+      codes2: null,
+      codec: 'e8p12',
+      e81b: null,
+      sources: b,
+      x: b,
+      out: b,
+      np: 16,
+      resScale: 1,
+    } as const;
+    expect(() => k.e8pMatvec({ ...base, segments: [{ rows: 8, qscale: 1 }] })).not.toThrow();
+    for (const bad of [
+      { xRow: 20, segments: [{ rows: 8, qscale: 1 }] },
+      { segments: [{ rows: 8, qscale: 1, x: 4 }] },
+    ])
+      expect(() => k.e8pMatvec({ ...base, ...bad })).toThrow(/not a multiple of 8/);
+  });
 
   it('RMSNorm, SwiGLU and argmax (first index on ties)', async () => {
     const rng = new Rng(4);

@@ -227,9 +227,9 @@ struct P { m: u32, n: u32, rowWords: u32, accumulate: u32, hasBias: u32, xRow: u
 /**
  * What a rotation computes from its input rows as it loads them (`x` below is the input row, `aux` the extra
  * binding): `'none'` takes `x` as it is; `'rmsNorm'` the RMSNorm `x / sqrt(mean(x²) + eps) ⊙ aux` over the `nIn`
- * values of the row (`aux` the norm weight; the same reduction, in the same order, as {@link RMSNORM_WGSL}, so the
- * result is the same to the bit); `'swiglu'` `silu(x) ⊙ aux` (`aux` the up projection, at the same offsets as `x`;
- * the same expression as {@link SWIGLU_WGSL}). So a layer's input rotation takes the place of the launch before it.
+ * values of the row (`aux` the norm weight; the same reduction, in the same order, as {@link RMSNORM_WGSL}:
+ * bit-identical on SwiftShader, tested); `'swiglu'` `silu(x) ⊙ aux` (`aux` the up projection, at the same offsets as
+ * `x`; the same expression as {@link SWIGLU_WGSL}). So a layer's input rotation takes the place of the launch before it.
  */
 export type RotationInputKind = 'none' | 'rmsNorm' | 'swiglu';
 
@@ -702,14 +702,15 @@ export function inputProjectionBindings(codec: LatticeCodec, input: RotationInpu
 /**
  * The input step of CALDERA layers that share an input, in one launch: the input rotation of {@link hadamardWgsl}
  * (`x' = (x ⊙ SU)·M_n` with the input computation `input`, multipliers `post` of 1, no bias) and `z = R̂·x'` of
- * {@link e8pMatvecWgsl} (no low-rank term), which the two launches it replaces compute with the same operations in
- * the same order: the same bits. Member w (parameters `u.m[w]` as in the rotation, `pr.seg[w]` for R̂) takes
+ * {@link e8pMatvecWgsl} (no low-rank term), with the same operations in the same order as the two launches it
+ * replaces (bit-identical on SwiftShader, tested; a GPU compiler could still fuse a multiply-add differently in two
+ * shaders). Member w (parameters `u.m[w]` as in the rotation, `pr.seg[w]` for R̂) takes
  * workgroups `seg.wg0 …` along x: each computes the member's whole `x'` in workgroup memory (the H_K mix through
  * registers, `maxN/WG` values per invocation) and then its block of R̂'s rows (8 with 32 lanes per row, {@link WG}
  * with one) from there; the member's first workgroup also writes `x'` to `rot` for the Q̂ kernel. A member without
  * lattice factors (`k` = 0) takes one workgroup. The E8P source words (and the E81B table of an `rvq3` R̂) come from
- * the uniform `tables` (see {@link e8pTablesUniform}). Not batched over row tiles: one activation row per workgroup
- * along y.
+ * the uniform `tables` (see {@link e8pTablesUniform}), copied into workgroup memory with 32 lanes per row (1 KiB, and
+ * 8 KiB for E81B). Not batched over row tiles: one activation row per workgroup along y.
  */
 export function inputProjectionWgsl(
   maxN: number,
@@ -721,6 +722,8 @@ export function inputProjectionWgsl(
   const rvq3 = codec === 'rvq3';
   const rpw = lanes === 1 ? WG : ROWS_PER_WG;
   const C = Math.ceil(maxN / WG);
+  // with 32 lanes an rvq3 R̂ reads E81B from workgroup memory (code-dependent uniform reads serialize on many GPUs)
+  const e81bLocal = rvq3 && lanes === 32;
   const types: Record<string, string> = {
     x: 'array<f32>',
     pre: 'array<f32>',
@@ -749,12 +752,14 @@ ${bindings}
 var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, WG) : maxN}>;
 ${rotationInputWgsl(input, 'u.eps', 3 + names.length - 1)}
 ${lanes === 1 ? '' : `var<workgroup> tbl: array<u32, 256>;\nvar<workgroup> part: array<f32, ${WG}>;`}
+${e81bLocal ? 'var<workgroup> e81bw: array<f32, 2048>;' : ''}
 fn word(a: u32) -> u32 { return ${lanes === 1 ? 'tables.words[a >> 2u][a & 3u]' : 'tbl[a]'}; }
-fn e81bAt(i: u32) -> f32 { return tables.e81b[i >> 2u][i & 3u]; }
+fn e81bAt(i: u32) -> f32 { return ${e81bLocal ? 'e81bw[i]' : 'tables.e81b[i >> 2u][i & 3u]'}; }
 ${E8P_DECODE_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   ${lanes === 1 ? '' : 'tbl[lid] = tables.words[lid >> 2u][lid & 3u];'}
+  ${e81bLocal ? `for (var i = lid; i < 2048u; i += ${WG}u) { e81bw[i] = tables.e81b[i >> 2u][i & 3u]; }` : ''}
   var w = 0u;
   for (var t = 1u; t < pr.nmem; t++) { if (wid.x >= pr.seg[t].wg0) { w = t; } }
   let mb = u.m[w];
