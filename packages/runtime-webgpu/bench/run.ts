@@ -11,8 +11,11 @@
  *   bytes per second of the fused E8P kernel on 16384×8192 rank-64 layers, `refs.stream_read_gbs` the streaming-read
  *   anchor of the same run, `refs.roofline_share` their ratio; the dense f16 kernel beside it, and whole 4096×4096
  *   CALDERA and f16 layers as in a decode step (`refs.layer_*`).
+ * - `webgpu_dispatch_us`: microseconds per kernel launch that depends on the one before (bench/dispatch.ts), and the
+ *   round trip of one token (`refs.round_trip_us`): a step's fixed costs.
  * - `webgpu_decode_random_<shape>_caldera_tok_s` and `…_f16_tok_s`: decode tokens/s of a random-weight Llama-shaped
- *   model (bench/random-model.ts; `1b`: TinyLlama-1.1B's shape, CALDERA rank 64) in both forms. Default: `1b` on a
+ *   model (bench/random-model.ts; `1b`: TinyLlama-1.1B's shape, CALDERA rank 64) in both forms, with the rate its
+ *   launches and round trip alone would allow (`refs.launch_bound_tok_s`). Default: `1b` on a
  *   GPU in a full run, none on a CPU adapter or with `--quick`; `--random-model tiny|1b|none` overrides.
  * `--quick`: 16 decoded tokens instead of 64, a 32-token prompt instead of 128, a quarter of the roofline bytes.
  * Without a GPU (SwiftShader) the numbers are only a record.
@@ -29,6 +32,7 @@ import * as node from '@caldera/runtime-node';
 import { generate, loadModel, type WebGpuModel } from '../src/index.js';
 import { testDevice } from '../src/testing/gpu.js';
 import { parameterCount, SHAPES, writeRandomCalderaModel, writeRandomF16Model } from './random-model.js';
+import { measureDispatchCost } from './dispatch.js';
 import { measureRoofline } from './roofline.js';
 
 const quick = process.argv.includes('--quick');
@@ -155,6 +159,14 @@ try {
     adapter: device.description,
   });
 
+  const cost = await measureDispatchCost(device);
+  emit('webgpu_dispatch_us', cost.dependentUs, 'us', {
+    round_trip_us: r4(cost.roundTripUs),
+    adapter: device.description,
+  });
+  // tokens/s if a step cost nothing but its launches and one round trip
+  const launchFloor = (launches: number) => 1e6 / (launches * cost.dependentUs + cost.roundTripUs);
+
   const roof = await measureRoofline(device, {
     targetBytes: ((device.fallbackAdapter ? 16 : 512) * 2 ** 20) / (quick ? 4 : 1),
   });
@@ -203,6 +215,7 @@ try {
     emit(`webgpu_decode_random_${shapeName}_f16_tok_s`, f.tokS, 'tok/s', {
       weight_bytes: f.bytes,
       dispatches_per_token: f.launches,
+      launch_bound_tok_s: r4(launchFloor(f.launches)),
       ...common,
     });
     emit(`webgpu_decode_random_${shapeName}_caldera_tok_s`, c.tokS, 'tok/s', {
@@ -212,6 +225,7 @@ try {
       f16_weight_bytes: f.bytes,
       bits_per_weight: r4(c.bits),
       dispatches_per_token: c.launches,
+      launch_bound_tok_s: r4(launchFloor(c.launches)),
       rank: 64,
       ...common,
     });
