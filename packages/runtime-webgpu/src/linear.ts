@@ -11,6 +11,8 @@ import {
   type GpuMatrix,
   type Kernels,
   type LatticeCodec,
+  type RopeKvOptions,
+  type RotateOptions,
   type RotationInput,
 } from './kernels/index.js';
 
@@ -439,17 +441,18 @@ export class GpuCalderaGroup {
    * batch; `x` holds rows of the layers' input width, `outs[w]` rows of layer j0+w's output width). The whole group
    * takes 3 launches when its vectors fit workgroup memory and `tile` is 1 (4 with prefill tiles; 2 more per layer
    * with dense factors; 2 or 3 per layer and rotation for larger vectors). With `input` the layers read rows computed
-   * from `x` (RMSNorm or SwiGLU), which their input rotation computes as it loads `x`.
+   * from `x` (RMSNorm or SwiGLU), which their input rotation computes as it loads `x`. With `then` the layers are
+   * q, k and v and their output rotation also applies RoPE and stores k and v in the KV cache (see
+   * {@link Kernels.rotateRopeKv}).
    */
   bind(
     ctx: LinearContext,
     x: GPUBuffer,
     j0: number,
     outs: GPUBuffer[],
-    accumulate: boolean,
-    tile = 1,
-    input?: RotationInput,
+    options: { accumulate?: boolean; tile?: number; input?: RotationInput; then?: RopeKvOptions } = {},
   ): Dispatch[] {
+    const { accumulate = false, tile = 1, input, then } = options;
     const J = outs.length;
     if (!Number.isInteger(j0) || j0 < 0 || J < 1 || j0 + J > this.m.length)
       throw new CalderaError('E_VALUE', `bind: layers ${j0}…${j0 + J - 1} of a group of ${this.m.length}`);
@@ -572,36 +575,38 @@ export class GpuCalderaGroup {
     // the output rotations: one launch for all in workgroup memory
     const Ks = [...new Set(ms.map((mb) => mb.Km))];
     const hks = ctx.hkTable(Ks);
+    const rotation: Omit<RotateOptions, 'pre'> = {
+      x: ctx.rotOut,
+      xStride: rows,
+      post: this.sv ?? ctx.ones,
+      bias: this.bias,
+      hk: hks.buffer,
+      tmp: ctx.rotTmp,
+      dummy: ctx.dummy,
+      outs,
+      transform: d0.hadamard,
+      transpose: true,
+      accumulate,
+      members: ms.map((mb, w) => ({
+        n: mb.d.padded[0],
+        nIn: mb.d.padded[0],
+        outLen: mb.d.shape[0],
+        K: mb.Km,
+        gscale: mb.d.scale,
+        xOff: rowStart[w]!,
+        preOff: 0,
+        postOff: this.sv ? mb.sv : 0,
+        biasOff: mb.bias,
+        hkOff: hks.offsets[Ks.indexOf(mb.Km)]!,
+        outOff: 0,
+        outStride: mb.d.shape[0],
+        slot: w,
+      })),
+    };
     list.push(
-      ...K.rotate({
-        x: ctx.rotOut,
-        xStride: rows,
-        pre: ctx.ones,
-        post: this.sv ?? ctx.ones,
-        bias: this.bias,
-        hk: hks.buffer,
-        tmp: ctx.rotTmp,
-        dummy: ctx.dummy,
-        outs,
-        transform: d0.hadamard,
-        transpose: true,
-        accumulate,
-        members: ms.map((mb, w) => ({
-          n: mb.d.padded[0],
-          nIn: mb.d.padded[0],
-          outLen: mb.d.shape[0],
-          K: mb.Km,
-          gscale: mb.d.scale,
-          xOff: rowStart[w]!,
-          preOff: 0,
-          postOff: this.sv ? mb.sv : 0,
-          biasOff: mb.bias,
-          hkOff: hks.offsets[Ks.indexOf(mb.Km)]!,
-          outOff: 0,
-          outStride: mb.d.shape[0],
-          slot: w,
-        })),
-      }),
+      ...(then
+        ? K.rotateRopeKv({ ...rotation, ones: ctx.ones }, then)
+        : K.rotate({ ...rotation, pre: ctx.ones })),
     );
     return list;
   }
@@ -657,7 +662,7 @@ export class GpuCalderaLinear implements GpuLinear {
   }
 
   bind(ctx: LinearContext, x: GPUBuffer, out: GPUBuffer, accumulate: boolean, tile = 1): Dispatch[] {
-    return this.group.bind(ctx, x, this.index, [out], accumulate, tile);
+    return this.group.bind(ctx, x, this.index, [out], { accumulate, tile });
   }
 
   dispose(): void {
@@ -701,17 +706,24 @@ export interface LayerInput {
 /**
  * The launches computing `out (+)= layer(input)` for layers that read the same input (`x`, or a {@link LayerInput}),
  * in order. Consecutive members of one {@link GpuCalderaGroup} run as one launch set (the block's q, k and v; gate
- * and up); other layers run each their own.
+ * and up); other layers run each their own. With `then` the layers are q, k and v (in that order, not accumulated)
+ * and RoPE with the KV-cache store follows ({@link Kernels.ropeKv}); the output rotation of a group of exactly those
+ * three computes it.
  */
 export function bindLayers(
   ctx: LinearContext,
   input: GPUBuffer | LayerInput,
   layers: readonly { layer: GpuLinear; out: GPUBuffer }[],
-  options: { accumulate?: boolean; tile?: number } = {},
+  options: { accumulate?: boolean; tile?: number; then?: RopeKvOptions } = {},
 ): Dispatch[] {
   const { x, compute } = 'x' in input ? input : { x: input, compute: undefined };
   const accumulate = options.accumulate ?? false;
   const tile = options.tile ?? 1;
+  const then = options.then;
+  if (then && (layers.length !== 3 || accumulate))
+    throw new CalderaError('E_VALUE', 'bindLayers: RoPE and the KV store follow q, k and v, not accumulated');
+  const ropeKv = (): Dispatch[] =>
+    then ? [ctx.kernels.ropeKv({ ...then, q: layers[0]!.out, k: layers[1]!.out, v: layers[2]!.out })] : [];
   if (layers.length === 0) return [];
   if (layers.every(({ layer }) => layer instanceof GpuCalderaLinear)) {
     const list: Dispatch[] = [];
@@ -725,7 +737,17 @@ export function bindLayers(
         e++;
       }
       const outs = layers.slice(i, e).map((l) => l.out);
-      list.push(...first.group.bind(ctx, x, first.index, outs, accumulate, tile, compute));
+      // one run of all three layers: its output rotation computes RoPE and the store
+      const whole = then && i === 0 && e === layers.length;
+      list.push(
+        ...first.group.bind(ctx, x, first.index, outs, {
+          accumulate,
+          tile,
+          ...(compute ? { input: compute } : {}),
+          ...(whole ? { then } : {}),
+        }),
+      );
+      if (then && !whole && e === layers.length) list.push(...ropeKv());
       i = e;
     }
     return list;
@@ -739,6 +761,7 @@ export function bindLayers(
     src = compute.scratch;
   } else if (compute?.kind === 'swiglu') list.push(K.swiglu(x, compute.up, n));
   for (const { layer, out } of layers) list.push(...layer.bind(ctx, src, out, accumulate, tile));
+  list.push(...ropeKv());
   return list;
 }
 

@@ -240,22 +240,11 @@ export class WebGpuModel {
               { layer: w.k, out: k },
               { layer: w.v, out: v },
             ],
-            opts,
+            {
+              tile,
+              then: { step: this.stepBuf, cs, ck: caches[b]!.k, cv: caches[b]!.v, heads: H, kvHeads: KV, hd },
+            },
           ),
-        );
-        p.push(
-          K.ropeKv({
-            step: this.stepBuf,
-            cs,
-            q,
-            k,
-            v,
-            ck: caches[b]!.k,
-            cv: caches[b]!.v,
-            heads: H,
-            kvHeads: KV,
-            hd,
-          }),
         );
         p.push(
           K.attention({

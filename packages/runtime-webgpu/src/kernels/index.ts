@@ -19,6 +19,7 @@ import {
   matvecWgsl,
   RMSNORM_WGSL,
   ROPE_KV_WGSL,
+  rotationRopeKvWgsl,
   rowsPerWorkgroup,
   SWIGLU_WGSL,
   WG,
@@ -70,6 +71,20 @@ function inputOf(o: RotateOptions): { kind: RotationInputKind; aux: GPUBuffer | 
   return i.kind === 'rmsNorm'
     ? { kind: 'rmsNorm', aux: i.weight, eps: i.eps }
     : { kind: 'swiglu', aux: i.up, eps: 0 };
+}
+
+/**
+ * RoPE of q and k and the KV-cache store after the q, k and v layers (see {@link Kernels.ropeKv}): the step uniform,
+ * the cos/sin table, the caches and the head counts.
+ */
+export interface RopeKvOptions {
+  step: GPUBuffer;
+  cs: GPUBuffer;
+  ck: GPUBuffer;
+  cv: GPUBuffer;
+  heads: number;
+  kvHeads: number;
+  hd: number;
 }
 
 /** One layer's vector in {@link Kernels.rotate}: sizes, scale and offsets (see {@link hadamardWgsl}). */
@@ -394,6 +409,62 @@ export class Kernels {
     return o.members.flatMap((m) =>
       fits(m) ? [this.rotationLaunch({ ...o, members: [m] })] : this.globalRotation(o, m),
     );
+  }
+
+  /**
+   * The output rotations of q, k and v (`o.outs` = [q, k, v], members 0–2 writing slots 0–2, no accumulation, no
+   * multipliers before the transform) and then RoPE with the KV store ({@link Kernels.ropeKv}): one launch
+   * ({@link rotationRopeKvWgsl}) when the three vectors fit workgroup memory, else {@link Kernels.rotate} (with `pre`
+   * = `ones`, all ones) and {@link Kernels.ropeKv} apart (which also write the k and v buffers).
+   */
+  rotateRopeKv(o: Omit<RotateOptions, 'pre'> & { ones: GPUBuffer }, rope: RopeKvOptions): Dispatch[] {
+    const [q, k, v] = o.outs;
+    if (!q || !k || !v || o.outs.length !== 3)
+      throw new CalderaError('E_VALUE', `rotateRopeKv: 3 outputs (q, k, v), got ${o.outs.length}`);
+    const widths = [rope.heads * rope.hd, rope.kvHeads * rope.hd, rope.kvHeads * rope.hd];
+    if (
+      o.members.length !== 3 ||
+      o.members.some(
+        (m, w) => m.slot !== w || m.outLen !== widths[w] || m.outOff !== 0 || m.outStride !== m.outLen,
+      )
+    )
+      throw new CalderaError(
+        'E_VALUE',
+        'rotateRopeKv: members must be q, k and v writing whole rows of their outputs',
+      );
+    if (o.accumulate) throw new CalderaError('E_VALUE', 'rotateRopeKv: outputs are not accumulated');
+    const maxN = Math.max(...o.members.map((m) => m.n));
+    if (maxN > this.maxLocalHadamard)
+      return [...this.rotate({ ...o, pre: o.ones }), this.ropeKv({ ...rope, q, k, v })];
+    for (const m of o.members) if (m.biasOff !== null) this.boundBias(o.bias);
+    const words = Math.ceil(maxN / WG) * WG;
+    return [
+      this.make(
+        `hadamard n=${maxN} T ×3 +rope+kv`,
+        this.pipeline(`hadamard_rope_kv_${words}`, () => rotationRopeKvWgsl(words)),
+        [
+          this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),
+          rope.step,
+          this.uniform(
+            [
+              ['u32', rope.heads],
+              ['u32', rope.kvHeads],
+              ['u32', rope.hd],
+            ],
+            'rope params',
+          ),
+          o.x,
+          o.post,
+          o.hk,
+          o.bias ?? o.dummy,
+          rope.cs,
+          q,
+          rope.ck,
+          rope.cv,
+        ],
+        3,
+      ),
+    ];
   }
 
   /** The rotation of a vector larger than workgroup memory, two or three launches over `tmp` (see {@link rotate}). */
@@ -817,18 +888,7 @@ export class Kernels {
    * RoPE at `step.pos + r` on row r of `q` (in place, `heads` heads of `hd`) and of `k` (`kvHeads` heads), which is
    * stored with row r of `v` at that position of the caches `ck`, `cv` (see {@link ROPE_KV_WGSL}).
    */
-  ropeKv(o: {
-    step: GPUBuffer;
-    cs: GPUBuffer;
-    q: GPUBuffer;
-    k: GPUBuffer;
-    v: GPUBuffer;
-    ck: GPUBuffer;
-    cv: GPUBuffer;
-    heads: number;
-    kvHeads: number;
-    hd: number;
-  }): Dispatch {
+  ropeKv(o: RopeKvOptions & { q: GPUBuffer; k: GPUBuffer; v: GPUBuffer }): Dispatch {
     const p = this.pipeline('rope_kv', () => ROPE_KV_WGSL);
     const u = this.uniform(
       [

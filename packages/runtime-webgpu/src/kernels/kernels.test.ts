@@ -532,6 +532,91 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       }
     });
 
+  it("q, k and v's output rotations with RoPE and the KV store in one launch equal the rotation and ropeKv apart, to the bit (GQA, biases, 2 rows at positions 3 and 4)", async () => {
+    const rng = new Rng(8);
+    const k = K();
+    const [H, KV, hd, cap, pos, rows] = [4, 2, 16, 6, 3, 2];
+    const kw = KV * hd;
+    const widths = [H * hd, kw, kw];
+    // padded rotated lengths (K·2^p) above the output widths, as a layer's m_p can be
+    const ns = [80, 40, 40];
+    const off = [0, 80, 120];
+    const x = storageBuffer(d, randn(rng, rows * 160), 'rotOut');
+    const post = storageBuffer(d, randn(rng, 160), 'sv');
+    const bias = storageBuffer(d, randn(rng, 160), 'bias');
+    const Ks = [...new Set(ns.map((n) => hadamardFactor(n)!.K))];
+    const hkData = Ks.flatMap((Kf) => Array.from(hadamardBase(Kf)));
+    const hkOff = (Kf: number) => Ks.slice(0, Ks.indexOf(Kf)).reduce((s, a) => s + a * a, 0);
+    const cs = new Float32Array(cap * (hd / 2) * 2);
+    for (let i = 0; i < cs.length; i++) cs[i] = Math.sin(0.37 * i + 0.1);
+    const rope = {
+      step: stepBuf(pos, pos + rows),
+      cs: storageBuffer(d, cs, 'cs'),
+      heads: H,
+      kvHeads: KV,
+      hd,
+    };
+    const ones = storageBuffer(d, new Float32Array(160).fill(1), 'ones');
+    const results = [];
+    for (const fused of [true, false]) {
+      const kk = fused ? k : new Kernels(d, { maxLocalHadamard: 16 }); // apart: the rotations in global memory
+      const outs = widths.map((w) => scratchBuffer(d, rows * w * 4, 'out'));
+      const ck = storageBuffer(d, new Float32Array(cap * kw), 'ck');
+      const cv = storageBuffer(d, new Float32Array(cap * kw), 'cv');
+      const launches = kk.rotateRopeKv(
+        {
+          x,
+          xStride: 160,
+          ones,
+          post,
+          bias,
+          hk: storageBuffer(d, Float32Array.from(hkData), 'hk'),
+          tmp: scratchBuffer(d, rows * 160 * 4, 'tmp'),
+          dummy: ones,
+          outs,
+          transform: true,
+          transpose: true,
+          accumulate: false,
+          members: ns.map((n, w) => {
+            const Kf = hadamardFactor(n)!.K;
+            return {
+              n,
+              nIn: n,
+              outLen: widths[w]!,
+              K: Kf,
+              gscale: 0.8 + 0.1 * w,
+              xOff: off[w]!,
+              preOff: 0,
+              postOff: off[w]!,
+              biasOff: off[w]!,
+              hkOff: hkOff(Kf),
+              outOff: 0,
+              outStride: widths[w]!,
+              slot: w,
+            };
+          }),
+        },
+        { ...rope, ck, cv },
+      );
+      expect(launches.length).toBe(fused ? 1 : 3 * 2 + 1);
+      await run(d, launches, rows);
+      results.push({
+        q: await readF32(d, outs[0]!, rows * H * hd),
+        ck: await readF32(d, ck, cap * kw),
+        cv: await readF32(d, cv, cap * kw),
+      });
+    }
+    const [one, apart] = results;
+    expect(Array.from(one!.q)).toEqual(Array.from(apart!.q));
+    expect(Array.from(one!.ck)).toEqual(Array.from(apart!.ck));
+    expect(Array.from(one!.cv)).toEqual(Array.from(apart!.cv));
+    // the rows at positions 3 and 4 were written, the others left zero
+    for (let p = 0; p < cap; p++) {
+      const row = one!.ck.subarray(p * kw, p * kw + kw);
+      expect(row.some((v) => v !== 0)).toBe(p === pos || p === pos + 1);
+    }
+  });
+
   it('e8pMatvec rejects activation offsets that are not multiples of 8 (they are read as 16-byte vectors)', () => {
     const k = K();
     const b = storageBuffer(d, new Float32Array(64), 'b');

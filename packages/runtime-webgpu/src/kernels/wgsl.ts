@@ -365,6 +365,113 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 }
 
 /**
+ * The output rotations of a group's q, k and v (members 0, 1, 2 of {@link hadamardWgsl}'s parameters; one workgroup
+ * each; no accumulation, multipliers `pre` of 1) followed by what {@link ROPE_KV_WGSL} does with their outputs, in one
+ * launch: each workgroup keeps its layer's output in workgroup memory, then RoPE at `step.pos + r` writes q (row r of
+ * `q`) and k (the KV cache `ck` at that position), and v goes to `cv` unrotated. The same operations in the same
+ * order as the two launches (bit-identical on SwiftShader, tested). `maxN` sizes the workgroup array.
+ */
+export function rotationRopeKvWgsl(maxN: number): string {
+  const C = Math.ceil(maxN / WG);
+  return /* wgsl */ `
+${ROTATION_PARAMS}
+struct Step { pos: u32, len: u32, token: u32, pad: u32 }
+@group(0) @binding(1) var<uniform> step: Step;
+struct RP { heads: u32, kvHeads: u32, hd: u32, a: u32 }
+@group(0) @binding(2) var<uniform> rp: RP;
+@group(0) @binding(3) var<storage, read> x: array<f32>;
+@group(0) @binding(4) var<storage, read> post: array<f32>;
+@group(0) @binding(5) var<storage, read> hkb: array<f32>;
+@group(0) @binding(6) var<storage, read> bias: array<f32>;
+@group(0) @binding(7) var<storage, read> cs: array<f32>;
+@group(0) @binding(8) var<storage, read_write> q: array<f32>;
+@group(0) @binding(9) var<storage, read_write> ck: array<f32>;
+@group(0) @binding(10) var<storage, read_write> cv: array<f32>;
+var<workgroup> v: array<f32, ${maxN}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let w = wid.x;
+  let mb = u.m[w];
+  let r = wid.y;
+  let xo = r * u.xStride + mb.xOff;
+  for (var j = lid; j < mb.n; j += ${WG}u) {
+    if (j < mb.nIn) { v[j] = x[xo + j]; } else { v[j] = 0.0; }
+  }
+  workgroupBarrier();
+  if (u.transform == 1u) {
+    let half = mb.P / 2u;
+    for (var h = 1u; h < mb.P; h <<= 1u) {
+      for (var t = lid; t < mb.n / 2u; t += ${WG}u) {
+        let a = t / half;
+        let rr = t % half;
+        let i = a * mb.P + (rr / h) * (2u * h) + (rr % h);
+        let s = v[i];
+        let b = v[i + h];
+        v[i] = s + b;
+        v[i + h] = s - b;
+      }
+      workgroupBarrier();
+    }
+  }
+  var ys: array<f32, ${C}>;
+  for (var c = 0u; c < ${C}u; c++) {
+    let i = lid + c * ${WG}u;
+    if (i < mb.outLen) {
+      var val: f32;
+      if (u.transform == 1u) {
+        let a2 = i / mb.P;
+        let b = i % mb.P;
+        var acc = 0.0;
+        for (var a = 0u; a < mb.K; a++) {
+          var hv: f32;
+          if (u.transposeH == 1u) { hv = hkb[mb.hkOff + a2 * mb.K + a]; } else { hv = hkb[mb.hkOff + a * mb.K + a2]; }
+          acc += hv * v[a * mb.P + b];
+        }
+        val = acc * mb.invSqrtN;
+      } else {
+        val = v[i];
+      }
+      var y = mb.gscale * (val * post[mb.postOff + i]);
+      if (mb.hasBias == 1u) { y += bias[mb.biasOff + i]; }
+      ys[c] = y;
+    }
+  }
+  let pos = step.pos + r;
+  let kw = rp.kvHeads * rp.hd;
+  workgroupBarrier();
+  for (var c = 0u; c < ${C}u; c++) {
+    let i = lid + c * ${WG}u;
+    if (i < mb.outLen) {
+      if (w == 2u) { cv[pos * kw + i] = ys[c]; } else { v[i] = ys[c]; }
+    }
+  }
+  workgroupBarrier();
+  if (w == 2u) { return; }
+  let heads = select(rp.kvHeads, rp.heads, w == 0u);
+  let half = rp.hd / 2u;
+  for (var idx = lid; idx < heads * half; idx += ${WG}u) {
+    let h = idx / half;
+    let i = idx % half;
+    let c = cs[(pos * half + i) * 2u];
+    let s = cs[(pos * half + i) * 2u + 1u];
+    let x1 = v[h * rp.hd + i];
+    let x2 = v[h * rp.hd + i + half];
+    let lo = x1 * c - x2 * s;
+    let hi = x2 * c + x1 * s;
+    if (w == 0u) {
+      let o = r * rp.heads * rp.hd + h * rp.hd;
+      q[o + i] = lo;
+      q[o + i + half] = hi;
+    } else {
+      let o = pos * kw + h * rp.hd;
+      ck[o + i] = lo;
+      ck[o + i + half] = hi;
+    }
+  }
+}`;
+}
+
+/**
  * First launch of the global-memory rotation (see {@link HADAMARD_MIX_WGSL}): workgroup `c` loads the chunk
  * `[c·B, c·B + B)` of `x ⊙ pre` (zero past `nIn`; `x` computed per `input`, see {@link RotationInputKind}, an
  * RMSNorm reducing the whole row in every workgroup) into workgroup memory, applies the Walsh–Hadamard butterflies
