@@ -11,7 +11,7 @@ import {
   type Decomposition,
 } from '@caldera/lowrank';
 import { CalderaLinear } from '@caldera/runtime-node';
-import { readBuffer, storageBuffer } from './device.js';
+import { readBuffer, storageBuffer, uniformWords } from './device.js';
 import { encodeDispatches, Kernels } from './kernels/index.js';
 import {
   bindLayers,
@@ -374,6 +374,64 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
         }
       }
     for (const m of [...members, lone, dense]) m.dispose();
+    ctx.dispose();
+    kernels.dispose();
+  });
+
+  it('bindLayers then RoPE and the KV store: a q/k/v group (in its output rotation) equals the layers alone (a launch after them), to the bit; dense layers get that launch too', async () => {
+    const rng = new Rng(15);
+    const [n, H, KV, hd, cap, pos] = [96, 4, 2, 16, 4, 2];
+    const widths = [H * hd, KV * hd, KV * hd];
+    const dense = widths.map((m) => rng.fillNormal(new Float32Array(m * n), 0, 0.3));
+    const layers = widths.map((m, j) => {
+      const x = caldera(tensor('f32', [m, n], dense[j]!), null, {
+        rank: 2,
+        outerIters: 1,
+        lplrIters: 1,
+        seed: j,
+      });
+      const { tensors, meta } = toCheckpointTensors('layer', x);
+      return { d: fromCheckpointTensors('layer', (nm) => tensors[nm], meta), bias: null, label: `l${j}` };
+    });
+    const grouped = createCalderaLinears(d, layers);
+    const alone = layers.map((l) => new GpuCalderaLinear(d, l.d, null, l.label));
+    const denseLayers = widths.map(
+      (m, j) => new GpuDenseLinear(uploadMatrix(d, dense[j]!, m, n, 'dense'), null),
+    );
+    const kernels = new Kernels(d, { lanes: 1 });
+    const ctx = createLinearContext(d, kernels, grouped[0]!.group.needs);
+    const x = storageBuffer(d, rng.fillNormal(new Float32Array(n), 0, 1), 'x');
+    const cs = storageBuffer(
+      d,
+      Float32Array.from({ length: cap * hd }, (_, i) => Math.cos(0.3 * i)),
+      'cs',
+    );
+    const step = uniformWords(d, Uint32Array.of(pos, pos + 1, 0, 0), 'step');
+    const results: { q: number[]; ck: number[]; cv: number[] }[] = [];
+    for (const [si, set] of [grouped, alone, denseLayers].entries()) {
+      const outs = widths.map((m) => storageBuffer(d, new Float32Array(m), 'out'));
+      const ck = storageBuffer(d, new Float32Array(cap * KV * hd), 'ck');
+      const cv = storageBuffer(d, new Float32Array(cap * KV * hd), 'cv');
+      const launches = bindLayers(
+        ctx,
+        x,
+        set.map((layer, j) => ({ layer, out: outs[j]! })),
+        { then: { step, cs, ck, cv, heads: H, kvHeads: KV, hd } },
+      );
+      // the group: input step, fused kernel, output rotation with RoPE; alone: 3 each and the RoPE launch; dense: 3 + 1
+      expect(launches.length).toBe([3, 3 * 3 + 1, 3 + 1][si]);
+      const enc = d.device.createCommandEncoder();
+      encodeDispatches(enc, launches);
+      d.device.queue.submit([enc.finish()]);
+      const read = async (b: GPUBuffer) => Array.from(new Float32Array(await readBuffer(d, b, b.size)));
+      results.push({ q: await read(outs[0]!), ck: await read(ck), cv: await read(cv) });
+    }
+    expect(results[0]).toEqual(results[1]);
+    // the dense layers (the weights before compression) filled the cache row at the position, and only it
+    const kw = KV * hd;
+    for (const c of [results[2]!.ck, results[2]!.cv])
+      for (let p = 0; p < cap; p++) expect(c.slice(p * kw, p * kw + kw).some((v) => v !== 0)).toBe(p === pos);
+    for (const m of [...grouped, ...alone, ...denseLayers]) m.dispose();
     ctx.dispose();
     kernels.dispose();
   });

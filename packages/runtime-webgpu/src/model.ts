@@ -169,6 +169,7 @@ export class WebGpuModel {
     const x = buf(T * d, 'x');
     const h = buf(T * d, 'h');
     const q = buf(T * H * hd, 'q');
+    // k and v are written only where RoPE and the KV store run as a launch of their own (dense or ungrouped q/k/v)
     const k = buf(T * kw, 'k');
     const v = buf(T * kw, 'v');
     const att = buf(T * H * hd, 'att');

@@ -166,6 +166,12 @@ export interface InputProjectionOptions {
   tile?: number;
 }
 
+/** RoPE rotates pairs `(i, i + hd/2)`: the head size must be even. */
+function checkHeadDim(hd: number): void {
+  if (!Number.isInteger(hd) || hd < 2 || hd % 2 !== 0)
+    throw new CalderaError('E_SHAPE', `RoPE needs an even head size, got ${hd}`);
+}
+
 /** Element index of a code at `bytes` in a plane of u16 codes, or of u8 codes for an rvq3 second plane. */
 function codeIndex(bytes: number, plane2Codec: LatticeCodec | null, what: string): number {
   const size = plane2Codec === 'rvq3' ? 1 : 2;
@@ -417,7 +423,11 @@ export class Kernels {
    * ({@link rotationRopeKvWgsl}) when the three vectors fit workgroup memory, else {@link Kernels.rotate} (with `pre`
    * = `ones`, all ones) and {@link Kernels.ropeKv} apart (which also write the k and v buffers).
    */
-  rotateRopeKv(o: Omit<RotateOptions, 'pre'> & { ones: GPUBuffer }, rope: RopeKvOptions): Dispatch[] {
+  rotateRopeKv(
+    o: Omit<RotateOptions, 'pre' | 'input'> & { ones: GPUBuffer },
+    rope: RopeKvOptions,
+  ): Dispatch[] {
+    checkHeadDim(rope.hd);
     const [q, k, v] = o.outs;
     if (!q || !k || !v || o.outs.length !== 3)
       throw new CalderaError('E_VALUE', `rotateRopeKv: 3 outputs (q, k, v), got ${o.outs.length}`);
@@ -889,6 +899,7 @@ export class Kernels {
    * stored with row r of `v` at that position of the caches `ck`, `cv` (see {@link ROPE_KV_WGSL}).
    */
   ropeKv(o: RopeKvOptions & { q: GPUBuffer; k: GPUBuffer; v: GPUBuffer }): Dispatch {
+    checkHeadDim(o.hd);
     const p = this.pipeline('rope_kv', () => ROPE_KV_WGSL);
     const u = this.uniform(
       [

@@ -532,89 +532,103 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       }
     });
 
-  it("q, k and v's output rotations with RoPE and the KV store in one launch equal the rotation and ropeKv apart, to the bit (GQA, biases, 2 rows at positions 3 and 4)", async () => {
+  it("q, k and v's output rotations with RoPE and the KV store in one launch equal the rotation and ropeKv apart, to the bit (GQA, biases, 2 rows at positions 3 and 4; with and without the transform; one and several values per invocation)", async () => {
     const rng = new Rng(8);
+    const [cap, pos, rows] = [6, 3, 2];
+    const cases = [
+      // padded rotated lengths (K·2^p) above the output widths, as a layer's m_p can be
+      { H: 4, KV: 2, hd: 16, ns: [80, 40, 40] },
+      // q: 576 values, 3 per invocation of 256
+      { H: 8, KV: 2, hd: 64, ns: [576, 160, 160] },
+    ];
     const k = K();
-    const [H, KV, hd, cap, pos, rows] = [4, 2, 16, 6, 3, 2];
-    const kw = KV * hd;
-    const widths = [H * hd, kw, kw];
-    // padded rotated lengths (K·2^p) above the output widths, as a layer's m_p can be
-    const ns = [80, 40, 40];
-    const off = [0, 80, 120];
-    const x = storageBuffer(d, randn(rng, rows * 160), 'rotOut');
-    const post = storageBuffer(d, randn(rng, 160), 'sv');
-    const bias = storageBuffer(d, randn(rng, 160), 'bias');
-    const Ks = [...new Set(ns.map((n) => hadamardFactor(n)!.K))];
-    const hkData = Ks.flatMap((Kf) => Array.from(hadamardBase(Kf)));
-    const hkOff = (Kf: number) => Ks.slice(0, Ks.indexOf(Kf)).reduce((s, a) => s + a * a, 0);
-    const cs = new Float32Array(cap * (hd / 2) * 2);
-    for (let i = 0; i < cs.length; i++) cs[i] = Math.sin(0.37 * i + 0.1);
-    const rope = {
-      step: stepBuf(pos, pos + rows),
-      cs: storageBuffer(d, cs, 'cs'),
-      heads: H,
-      kvHeads: KV,
-      hd,
-    };
-    const ones = storageBuffer(d, new Float32Array(160).fill(1), 'ones');
-    const results = [];
-    for (const fused of [true, false]) {
-      const kk = fused ? k : new Kernels(d, { maxLocalHadamard: 16 }); // apart: the rotations in global memory
-      const outs = widths.map((w) => scratchBuffer(d, rows * w * 4, 'out'));
-      const ck = storageBuffer(d, new Float32Array(cap * kw), 'ck');
-      const cv = storageBuffer(d, new Float32Array(cap * kw), 'cv');
-      const launches = kk.rotateRopeKv(
-        {
-          x,
-          xStride: 160,
-          ones,
-          post,
-          bias,
-          hk: storageBuffer(d, Float32Array.from(hkData), 'hk'),
-          tmp: scratchBuffer(d, rows * 160 * 4, 'tmp'),
-          dummy: ones,
-          outs,
-          transform: true,
-          transpose: true,
-          accumulate: false,
-          members: ns.map((n, w) => {
-            const Kf = hadamardFactor(n)!.K;
-            return {
-              n,
-              nIn: n,
-              outLen: widths[w]!,
-              K: Kf,
-              gscale: 0.8 + 0.1 * w,
-              xOff: off[w]!,
-              preOff: 0,
-              postOff: off[w]!,
-              biasOff: off[w]!,
-              hkOff: hkOff(Kf),
-              outOff: 0,
-              outStride: widths[w]!,
-              slot: w,
-            };
-          }),
-        },
-        { ...rope, ck, cv },
-      );
-      expect(launches.length).toBe(fused ? 1 : 3 * 2 + 1);
-      await run(d, launches, rows);
-      results.push({
-        q: await readF32(d, outs[0]!, rows * H * hd),
-        ck: await readF32(d, ck, cap * kw),
-        cv: await readF32(d, cv, cap * kw),
-      });
-    }
-    const [one, apart] = results;
-    expect(Array.from(one!.q)).toEqual(Array.from(apart!.q));
-    expect(Array.from(one!.ck)).toEqual(Array.from(apart!.ck));
-    expect(Array.from(one!.cv)).toEqual(Array.from(apart!.cv));
-    // the rows at positions 3 and 4 were written, the others left zero
-    for (let p = 0; p < cap; p++) {
-      const row = one!.ck.subarray(p * kw, p * kw + kw);
-      expect(row.some((v) => v !== 0)).toBe(p === pos || p === pos + 1);
-    }
+    for (const { H, KV, hd, ns } of cases)
+      for (const transform of [true, false]) {
+        const kw = KV * hd;
+        const widths = [H * hd, kw, kw];
+        const off = [0, ns[0]!, ns[0]! + ns[1]!];
+        const total = ns[0]! + ns[1]! + ns[2]!;
+        const x = storageBuffer(d, randn(rng, rows * total), 'rotOut');
+        const post = storageBuffer(d, randn(rng, total), 'sv');
+        const bias = storageBuffer(d, randn(rng, total), 'bias');
+        const Ks = transform ? [...new Set(ns.map((n) => hadamardFactor(n)!.K))] : [1];
+        const hk = storageBuffer(
+          d,
+          Float32Array.from(Ks.flatMap((Kf) => Array.from(hadamardBase(Kf)))),
+          'hk',
+        );
+        const hkOff = (Kf: number) => Ks.slice(0, Ks.indexOf(Kf)).reduce((s, a) => s + a * a, 0);
+        const cs = new Float32Array(cap * (hd / 2) * 2);
+        for (let i = 0; i < cs.length; i++) cs[i] = Math.sin(0.37 * i + 0.1);
+        const rope = {
+          step: stepBuf(pos, pos + rows),
+          cs: storageBuffer(d, cs, 'cs'),
+          heads: H,
+          kvHeads: KV,
+          hd,
+        };
+        const ones = storageBuffer(d, new Float32Array(total).fill(1), 'ones');
+        const members = ns.map((n, w) => {
+          const Kf = transform ? hadamardFactor(n)!.K : 1;
+          return {
+            n,
+            nIn: n,
+            outLen: widths[w]!,
+            K: Kf,
+            gscale: 0.8 + 0.1 * w,
+            xOff: off[w]!,
+            preOff: 0,
+            postOff: off[w]!,
+            biasOff: off[w]!,
+            hkOff: hkOff(Kf),
+            outOff: 0,
+            outStride: widths[w]!,
+            slot: w,
+          };
+        });
+        const base = { x, xStride: total, post, bias, hk, dummy: ones, transform, transpose: true };
+        // one launch; the rotation in workgroup memory then ropeKv; the rotation in global memory then ropeKv
+        const forms = ['fused', 'workgroup', 'global'] as const;
+        const results = [];
+        for (const form of forms) {
+          const outs = widths.map((w) => scratchBuffer(d, rows * w * 4, 'out'));
+          const ck = storageBuffer(d, new Float32Array(cap * kw), 'ck');
+          const cv = storageBuffer(d, new Float32Array(cap * kw), 'cv');
+          const tmp = scratchBuffer(d, rows * total * 4, 'tmp');
+          const opts = { ...base, tmp, outs, accumulate: false, members };
+          const launches =
+            form === 'fused'
+              ? k.rotateRopeKv({ ...opts, ones }, { ...rope, ck, cv })
+              : form === 'workgroup'
+                ? [
+                    ...k.rotate({ ...opts, pre: ones }),
+                    k.ropeKv({ ...rope, ck, cv, q: outs[0]!, k: outs[1]!, v: outs[2]! }),
+                  ]
+                : new Kernels(d, { maxLocalHadamard: 16 }).rotateRopeKv(
+                    { ...opts, ones },
+                    { ...rope, ck, cv },
+                  );
+          // global memory: a chunk of 16 per 2^p block (P ≤ 16 here) and the mix per layer, then ropeKv
+          expect(launches.length, form).toBe(form === 'fused' ? 1 : form === 'workgroup' ? 2 : 3 * 2 + 1);
+          await run(d, launches, rows);
+          results.push({
+            q: Array.from(await readF32(d, outs[0]!, rows * H * hd)),
+            ck: await readF32(d, ck, cap * kw),
+            cv: Array.from(await readF32(d, cv, cap * kw)),
+          });
+        }
+        const what = `H=${H} hd=${hd} transform=${transform}`;
+        for (const j of [1, 2]) {
+          expect(results[0]!.q, `${what} ${forms[j]}`).toEqual(results[j]!.q);
+          expect(Array.from(results[0]!.ck), `${what} ${forms[j]}`).toEqual(Array.from(results[j]!.ck));
+          expect(results[0]!.cv, `${what} ${forms[j]}`).toEqual(results[j]!.cv);
+        }
+        // the rows at positions 3 and 4 were written, the others left zero
+        for (let p = 0; p < cap; p++) {
+          const row = results[0]!.ck.subarray(p * kw, p * kw + kw);
+          expect(row.some((v) => v !== 0)).toBe(p === pos || p === pos + 1);
+        }
+      }
   });
 
   it('e8pMatvec rejects activation offsets that are not multiples of 8 (they are read as 16-byte vectors)', () => {

@@ -369,7 +369,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
  * each; no accumulation, multipliers `pre` of 1) followed by what {@link ROPE_KV_WGSL} does with their outputs, in one
  * launch: each workgroup keeps its layer's output in workgroup memory, then RoPE at `step.pos + r` writes q (row r of
  * `q`) and k (the KV cache `ck` at that position), and v goes to `cv` unrotated. The same operations in the same
- * order as the two launches (bit-identical on SwiftShader, tested). `maxN` sizes the workgroup array.
+ * order as the rotation and the RoPE/KV launch (bit-identical on SwiftShader to both rotation paths, tested). `maxN`
+ * sizes the workgroup array.
  */
 export function rotationRopeKvWgsl(maxN: number): string {
   const C = Math.ceil(maxN / WG);
