@@ -283,6 +283,41 @@ struct U { xStride: u32, transform: u32, transposeH: u32, accumulate: u32, eps: 
 @group(0) @binding(0) var<uniform> u: U;`;
 
 /**
+ * The steps of the one-workgroup rotation kernels, over the workgroup array `v`, the uniform `u`
+ * ({@link ROTATION_PARAMS}) and the ±1 `H_K` table `hkb`: `butterflies(lid, mb)`, the fast Walsh–Hadamard transform
+ * over each block of `P` (it has barriers: call it in uniform control flow), and `rotatedAt(mb, i)`, value i after
+ * the `H_K` mix (transposed when `u.transposeH`) times `1/√n`, or v_i itself without the transform.
+ */
+const ROTATION_STEPS_WGSL = /* wgsl */ `
+fn butterflies(lid: u32, mb: M) {
+  let half = mb.P / 2u;
+  for (var h = 1u; h < mb.P; h <<= 1u) {
+    for (var q = lid; q < mb.n / 2u; q += ${WG}u) {
+      let a = q / half;
+      let r = q % half;
+      let i = a * mb.P + (r / h) * (2u * h) + (r % h);
+      let s = v[i];
+      let t = v[i + h];
+      v[i] = s + t;
+      v[i + h] = s - t;
+    }
+    workgroupBarrier();
+  }
+}
+fn rotatedAt(mb: M, i: u32) -> f32 {
+  if (u.transform != 1u) { return v[i]; }
+  let a2 = i / mb.P;
+  let b = i % mb.P;
+  var acc = 0.0;
+  for (var a = 0u; a < mb.K; a++) {
+    var hv: f32;
+    if (u.transposeH == 1u) { hv = hkb[mb.hkOff + a2 * mb.K + a]; } else { hv = hkb[mb.hkOff + a * mb.K + a2]; }
+    acc += hv * v[a * mb.P + b];
+  }
+  return acc * mb.invSqrtN;
+}`;
+
+/**
  * The rotation steps of CALDERA layers on one vector each, one workgroup per layer ("member" w = workgroup_id.x,
  * parameters `u.m[w]`): load `v_j = x_j·pre_j` (zero past `nIn`, the padding), then when `transform` is set the
  * orthogonal Hadamard `v·M_n` (or `v·M_nᵀ`) with `M_n = (H_K ⊗ H_{2^p})/√n`: a fast Walsh–Hadamard transform over
@@ -316,6 +351,7 @@ ${outs}
 @group(0) @binding(${5 + outputs}) var<storage, read> bias: array<f32>;
 var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, WG) : maxN}>;
 ${rotationInputWgsl(input, 'u.eps', 6 + outputs)}
+${ROTATION_STEPS_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let mb = u.m[wid.x];
@@ -326,37 +362,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if (j < mb.nIn) { v[j] = inputAt(xo, j, scale) * pre[mb.preOff + j]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
-  if (u.transform == 1u) {
-    let half = mb.P / 2u;
-    for (var h = 1u; h < mb.P; h <<= 1u) {
-      for (var q = lid; q < mb.n / 2u; q += ${WG}u) {
-        let a = q / half;
-        let r = q % half;
-        let i = a * mb.P + (r / h) * (2u * h) + (r % h);
-        let s = v[i];
-        let t = v[i + h];
-        v[i] = s + t;
-        v[i + h] = s - t;
-      }
-      workgroupBarrier();
-    }
-  }
+  if (u.transform == 1u) { butterflies(lid, mb); }
   for (var i = lid; i < mb.outLen; i += ${WG}u) {
-    var val: f32;
-    if (u.transform == 1u) {
-      let a2 = i / mb.P;
-      let b = i % mb.P;
-      var acc = 0.0;
-      for (var a = 0u; a < mb.K; a++) {
-        var hv: f32;
-        if (u.transposeH == 1u) { hv = hkb[mb.hkOff + a2 * mb.K + a]; } else { hv = hkb[mb.hkOff + a * mb.K + a2]; }
-        acc += hv * v[a * mb.P + b];
-      }
-      val = acc * mb.invSqrtN;
-    } else {
-      val = v[i];
-    }
-    var y = mb.gscale * (val * post[mb.postOff + i]);
+    var y = mb.gscale * (rotatedAt(mb, i) * post[mb.postOff + i]);
     if (mb.hasBias == 1u) { y += bias[mb.biasOff + i]; }
     let o = oo + i;
     ${store}
@@ -389,6 +397,7 @@ struct RP { heads: u32, kvHeads: u32, hd: u32, a: u32 }
 @group(0) @binding(9) var<storage, read_write> ck: array<f32>;
 @group(0) @binding(10) var<storage, read_write> cv: array<f32>;
 var<workgroup> v: array<f32, ${maxN}>;
+${ROTATION_STEPS_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let w = wid.x;
@@ -399,40 +408,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if (j < mb.nIn) { v[j] = x[xo + j]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
-  if (u.transform == 1u) {
-    let half = mb.P / 2u;
-    for (var h = 1u; h < mb.P; h <<= 1u) {
-      for (var t = lid; t < mb.n / 2u; t += ${WG}u) {
-        let a = t / half;
-        let rr = t % half;
-        let i = a * mb.P + (rr / h) * (2u * h) + (rr % h);
-        let s = v[i];
-        let b = v[i + h];
-        v[i] = s + b;
-        v[i + h] = s - b;
-      }
-      workgroupBarrier();
-    }
-  }
+  if (u.transform == 1u) { butterflies(lid, mb); }
   var ys: array<f32, ${C}>;
   for (var c = 0u; c < ${C}u; c++) {
     let i = lid + c * ${WG}u;
     if (i < mb.outLen) {
-      var val: f32;
-      if (u.transform == 1u) {
-        let a2 = i / mb.P;
-        let b = i % mb.P;
-        var acc = 0.0;
-        for (var a = 0u; a < mb.K; a++) {
-          var hv: f32;
-          if (u.transposeH == 1u) { hv = hkb[mb.hkOff + a2 * mb.K + a]; } else { hv = hkb[mb.hkOff + a * mb.K + a2]; }
-          acc += hv * v[a * mb.P + b];
-        }
-        val = acc * mb.invSqrtN;
-      } else {
-        val = v[i];
-      }
-      var y = mb.gscale * (val * post[mb.postOff + i]);
+      var y = mb.gscale * (rotatedAt(mb, i) * post[mb.postOff + i]);
       if (mb.hasBias == 1u) { y += bias[mb.biasOff + i]; }
       ys[c] = y;
     }
@@ -864,6 +845,7 @@ ${e81bLocal ? 'var<workgroup> e81bw: array<f32, 2048>;' : ''}
 fn word(a: u32) -> u32 { return ${lanes === 1 ? 'tables.words[a >> 2u][a & 3u]' : 'tbl[a]'}; }
 fn e81bAt(i: u32) -> f32 { return ${e81bLocal ? 'e81bw[i]' : 'tables.e81b[i >> 2u][i & 3u]'}; }
 ${E8P_DECODE_WGSL}
+${ROTATION_STEPS_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   ${lanes === 1 ? '' : 'tbl[lid] = tables.words[lid >> 2u][lid & 3u];'}
@@ -881,33 +863,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   }
   workgroupBarrier();
   if (u.transform == 1u) {
-    let half = mb.P / 2u;
-    for (var h = 1u; h < mb.P; h <<= 1u) {
-      for (var q = lid; q < mb.n / 2u; q += ${WG}u) {
-        let a = q / half;
-        let rr = q % half;
-        let i = a * mb.P + (rr / h) * (2u * h) + (rr % h);
-        let s = v[i];
-        let t = v[i + h];
-        v[i] = s + t;
-        v[i + h] = s - t;
-      }
-      workgroupBarrier();
-    }
+    butterflies(lid, mb);
     var mixed: array<f32, ${C}>;
     for (var c = 0u; c < ${C}u; c++) {
       let i = lid + c * ${WG}u;
-      if (i < mb.n) {
-        let a2 = i / mb.P;
-        let b = i % mb.P;
-        var acc = 0.0;
-        for (var a = 0u; a < mb.K; a++) {
-          var hv: f32;
-          if (u.transposeH == 1u) { hv = hkb[mb.hkOff + a2 * mb.K + a]; } else { hv = hkb[mb.hkOff + a * mb.K + a2]; }
-          acc += hv * v[a * mb.P + b];
-        }
-        mixed[c] = acc * mb.invSqrtN;
-      }
+      if (i < mb.n) { mixed[c] = rotatedAt(mb, i); }
     }
     workgroupBarrier();
     for (var c = 0u; c < ${C}u; c++) {
