@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { CalderaError, Rng, tensor } from '@caldera/core';
+import { CalderaError, f16ArrayToF32, f32ArrayToF16, Rng, tensor } from '@caldera/core';
 import { hadamardFactor } from '@caldera/linalg';
 import {
   applyDecomposition,
@@ -12,10 +12,11 @@ import {
 } from '@caldera/lowrank';
 import { CalderaLinear } from '@caldera/runtime-node';
 import { readBuffer, storageBuffer, uniformWords } from './device.js';
-import { encodeDispatches, Kernels } from './kernels/index.js';
+import { encodeDispatches, Kernels, type Dispatch } from './kernels/index.js';
 import {
   bindLayers,
   createCalderaLinears,
+  createDenseLinears,
   createLinearContext,
   GpuCalderaLinear,
   GpuDenseLinear,
@@ -435,6 +436,85 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     ctx.dispose();
     kernels.dispose();
   });
+
+  for (const lanes of [1, 32] as const)
+    it(`dense layers sharing an input (${lanes} lane(s) per row): one launch for the group equals each layer alone, to the bit (f32 and odd-width f16, biases, accumulation, prefill tiles)`, async () => {
+      const rng = new Rng(16);
+      const rows = 2;
+      const kernels = new Kernels(d, { lanes });
+      const ctx = createLinearContext(d, kernels, { rotIn: 4, rotOut: 4, z: 4, ones: 4 }, rows);
+      for (const [f16, n, heights, bias] of [
+        [false, 40, [24, 8, 8], true],
+        [true, 37, [16, 32], false],
+      ] as const) {
+        const inputs = heights.map((m, j) => {
+          const w = rng.fillNormal(new Float32Array(m * n), 0, 0.5);
+          return {
+            data: f16 ? f32ArrayToF16(w) : w,
+            rows: m,
+            cols: n,
+            bias: bias ? rng.fillNormal(new Float32Array(m), 0, 1) : null,
+            label: `d${j}`,
+          };
+        });
+        const members = createDenseLinears(d, inputs);
+        const group = members[0]!.member!.group;
+        expect(members.every((m, j) => m.member?.group === group && m.member.index === j)).toBe(true);
+        const alone = inputs.map((l) => createDenseLinears(d, [l])[0]!);
+        expect(alone.every((l) => l.member === null)).toBe(true);
+        // the stacked buffers hold exactly the bytes of the layers apart
+        expect(members.map((m) => m.gpuBytes)).toEqual(alone.map((m) => m.gpuBytes));
+        const x = storageBuffer(d, rng.fillNormal(new Float32Array(rows * n), 0, 1), 'x');
+        const start = () => heights.map((m) => rng.fillNormal(new Float32Array(rows * m), 0, 1));
+        for (const tile of [1, 2])
+          for (const accumulate of [false, true]) {
+            const init = start();
+            const run = async (bind: (outs: GPUBuffer[]) => Dispatch[]) => {
+              const outs = init.map((v) => storageBuffer(d, v, 'out'));
+              const enc = d.device.createCommandEncoder();
+              encodeDispatches(enc, bind(outs), rows);
+              d.device.queue.submit([enc.finish()]);
+              return Promise.all(
+                outs.map(async (o) => Array.from(new Float32Array(await readBuffer(d, o, o.size)))),
+              );
+            };
+            const together = await run((outs) => {
+              const list = bindLayers(
+                ctx,
+                x,
+                members.map((layer, j) => ({ layer, out: outs[j]! })),
+                { accumulate, tile },
+              );
+              expect(list.length).toBe(1);
+              return list;
+            });
+            const apart = await run((outs) =>
+              alone.flatMap((l, j) => l.bind(ctx, x, outs[j]!, accumulate, tile)),
+            );
+            const single = await run((outs) =>
+              members.flatMap((l, j) => l.bind(ctx, x, outs[j]!, accumulate, tile)),
+            );
+            const what = `f16=${f16} tile=${tile} accumulate=${accumulate}`;
+            expect(together, what).toEqual(apart);
+            expect(single, what).toEqual(apart);
+            // and the values: W·x (+ bias) (+ the initial output)
+            const xs = new Float32Array(await readBuffer(d, x, rows * n * 4));
+            inputs.forEach((l, j) => {
+              const w = l.data instanceof Uint16Array ? f16ArrayToF32(l.data) : l.data;
+              for (let r = 0; r < rows; r++)
+                for (let i = 0; i < l.rows; i++) {
+                  let s = (l.bias?.[i] ?? 0) + (accumulate ? init[j]![r * l.rows + i]! : 0);
+                  for (let c = 0; c < n; c++) s += w[i * n + c]! * xs[r * n + c]!;
+                  // f32 sums of ≤ 40 products in another order: ~1e-6 of values ~5
+                  expect(Math.abs(together[j]![r * l.rows + i]! - s), what).toBeLessThan(1e-4);
+                }
+            });
+          }
+        for (const m of [...members, ...alone]) m.dispose();
+      }
+      ctx.dispose();
+      kernels.dispose();
+    });
 
   it('layers of different codecs are not grouped', () => {
     const rng = new Rng(13);

@@ -104,30 +104,193 @@ export interface GpuLinear {
   dispose(): void;
 }
 
-/** A dense (f32 or packed f16) layer. */
+/**
+ * A dense (f32 or packed f16) layer: all rows of `w` (and `bias`), or its rows `rowStart … rowStart + rows − 1` as a
+ * member of a {@link GpuDenseGroup}.
+ */
 export class GpuDenseLinear implements GpuLinear {
   readonly inFeatures: number;
   readonly outFeatures: number;
   readonly gpuBytes: number;
   readonly bitsPerWeight: number;
+  private disposed = false;
   constructor(
     readonly w: GpuMatrix,
     readonly bias: GPUBuffer | null,
+    /** The group this layer belongs to, and its first row in the group's matrix. */
+    readonly member: { group: GpuDenseGroup; index: number; rowStart: number; rows: number } | null = null,
   ) {
     this.inFeatures = w.cols;
-    this.outFeatures = w.rows;
-    this.gpuBytes = w.buffer.size + (bias?.size ?? 0);
+    this.outFeatures = member?.rows ?? w.rows;
+    this.gpuBytes = member
+      ? member.rows * w.rowWords * 4 + (bias ? member.rows * 4 : 0)
+      : w.buffer.size + (bias?.size ?? 0);
     this.bitsPerWeight = w.f16 ? 16 : 32;
   }
 
   bind(ctx: LinearContext, x: GPUBuffer, out: GPUBuffer, accumulate: boolean, tile = 1): Dispatch[] {
-    return [ctx.kernels.matvec(this.w, x, out, { bias: this.bias, accumulate, dummy: ctx.dummy, tile })];
+    return [
+      ctx.kernels.matvec(this.w, x, out, {
+        bias: this.bias,
+        accumulate,
+        dummy: ctx.dummy,
+        tile,
+        ...(this.member ? { rowStart: this.member.rowStart, rows: this.member.rows } : {}),
+      }),
+    ];
   }
 
   dispose(): void {
-    this.w.buffer.destroy();
-    this.bias?.destroy();
+    if (this.disposed) return;
+    this.disposed = true;
+    if (this.member) this.member.group.release();
+    else {
+      this.w.buffer.destroy();
+      this.bias?.destroy();
+    }
   }
+}
+
+/**
+ * Dense layers that read the same input (a block's q, k and v; gate and up) stacked in one matrix (and one bias
+ * buffer), so that one matrix–vector launch computes them all, each into its own output buffer. The matrix holds
+ * exactly the bytes of the layers apart; the buffers are freed when every member has been disposed.
+ */
+export class GpuDenseGroup {
+  readonly members: readonly GpuDenseLinear[];
+  private live: number;
+  constructor(
+    readonly w: GpuMatrix,
+    readonly bias: GPUBuffer | null,
+    heights: readonly number[],
+  ) {
+    let at = 0;
+    this.members = heights.map((rows, index) => {
+      const m = new GpuDenseLinear(w, bias, { group: this, index, rowStart: at, rows });
+      at += rows;
+      return m;
+    });
+    if (at !== w.rows)
+      throw new CalderaError('E_SHAPE', `dense group: layers of ${at} rows in a ${w.rows}-row matrix`);
+    this.live = heights.length;
+  }
+
+  /** The launch computing `outs[w] (+)= layer_{j0+w}(x)` for consecutive members from j0 (at most 3). */
+  bind(
+    ctx: LinearContext,
+    x: GPUBuffer,
+    j0: number,
+    outs: readonly GPUBuffer[],
+    options: { accumulate?: boolean; tile?: number } = {},
+  ): Dispatch[] {
+    const ms = this.members.slice(j0, j0 + outs.length);
+    if (ms.length !== outs.length || ms.length < 1)
+      throw new CalderaError(
+        'E_VALUE',
+        `dense group bind: layers ${j0}… of a group of ${this.members.length}`,
+      );
+    return [
+      ctx.kernels.matvec(
+        this.w,
+        x,
+        ms.map((m, i) => ({ out: outs[i]!, rows: m.outFeatures })),
+        {
+          bias: this.bias,
+          accumulate: options.accumulate ?? false,
+          dummy: ctx.dummy,
+          tile: options.tile ?? 1,
+          rowStart: ms[0]!.member!.rowStart,
+          rows: ms.reduce((a, m) => a + m.outFeatures, 0),
+        },
+      ),
+    ];
+  }
+
+  /** Called by each member's dispose(). */
+  release(): void {
+    if (this.live <= 0) return;
+    this.live--;
+    if (this.live === 0) {
+      this.w.buffer.destroy();
+      this.bias?.destroy();
+    }
+  }
+}
+
+/** A dense layer to upload: `[rows, cols]` f32, or f16 bits. */
+export interface DenseLayerInput {
+  data: Float32Array | Uint16Array;
+  rows: number;
+  cols: number;
+  bias: Float32Array | null;
+  label: string;
+}
+
+/**
+ * Upload dense layers that read the same input: one {@link GpuDenseGroup} when they share a width and a dtype, all
+ * or none have a bias, every part takes at least 16 bytes (so the stacked buffers hold exactly the parts' bytes, as
+ * `planMemory` counts them), there are 2 or 3 of them and the stacked matrix fits a binding; else a layer each.
+ */
+export function createDenseLinears(dev: CalderaDevice, layers: readonly DenseLayerInput[]): GpuDenseLinear[] {
+  const alone = () =>
+    layers.map(
+      (l) =>
+        new GpuDenseLinear(
+          uploadMatrix(dev, l.data, l.rows, l.cols, l.label),
+          l.bias ? storageBuffer(dev, l.bias, `${l.label}.bias`) : null,
+        ),
+    );
+  const first = layers[0];
+  if (
+    !first ||
+    layers.length < 2 ||
+    layers.length > 3 ||
+    layers.some(
+      (l) =>
+        l.cols !== first.cols ||
+        l.data.constructor !== first.data.constructor ||
+        (l.bias === null) !== (first.bias === null) ||
+        l.rows * Math.ceil(l.cols / (l.data instanceof Uint16Array ? 2 : 1)) * 4 < 16 ||
+        (l.bias !== null && l.rows * 4 < 16),
+    )
+  )
+    return alone();
+  const rows = layers.reduce((a, l) => a + l.rows, 0);
+  const data =
+    first.data instanceof Uint16Array
+      ? new Uint16Array(rows * first.cols)
+      : new Float32Array(rows * first.cols);
+  let at = 0;
+  for (const l of layers) {
+    data.set(l.data, at);
+    at += l.data.length;
+  }
+  const label = layers.map((l) => l.label).join('+');
+  let w: GpuMatrix;
+  try {
+    w = uploadMatrix(dev, data, rows, first.cols, label);
+  } catch (e) {
+    // a stacked matrix larger than the device binds: each layer alone (its own size was checked by the plan)
+    if (isCalderaError(e, 'E_DEVICE')) return alone();
+    throw e;
+  }
+  let bias: GPUBuffer | null = null;
+  if (first.bias) {
+    const b = new Float32Array(rows);
+    let o = 0;
+    for (const l of layers) {
+      b.set(l.bias!, o);
+      o += l.rows;
+    }
+    bias = storageBuffer(dev, b, `${label}.bias`);
+  }
+  return [
+    ...new GpuDenseGroup(
+      w,
+      bias,
+      layers.map((l) => l.rows),
+    ).members,
+  ];
 }
 
 /** Scratch sizes (in f32 values) a CALDERA layer needs from the {@link LinearContext}. */
@@ -705,8 +868,8 @@ export interface LayerInput {
 
 /**
  * The launches computing `out (+)= layer(input)` for layers that read the same input (`x`, or a {@link LayerInput}),
- * in order. Consecutive members of one {@link GpuCalderaGroup} run as one launch set (the block's q, k and v; gate
- * and up); other layers run each their own. With `then` the layers are q, k and v (in that order, not accumulated)
+ * in order. Consecutive members of one {@link GpuCalderaGroup} or {@link GpuDenseGroup} run as one launch set (the
+ * block's q, k and v; gate and up); other layers run each their own. With `then` the layers are q, k and v (in that order, not accumulated)
  * and RoPE with the KV-cache store follows ({@link Kernels.ropeKv}); the output rotation of a group of exactly those
  * three computes it.
  */
@@ -722,47 +885,67 @@ export function bindLayers(
   const then = options.then;
   if (then && (layers.length !== 3 || accumulate))
     throw new CalderaError('E_VALUE', 'bindLayers: RoPE and the KV store follow q, k and v, not accumulated');
+  if (layers.length === 0) return [];
   const ropeKv = (): Dispatch[] =>
     then ? [ctx.kernels.ropeKv({ ...then, q: layers[0]!.out, k: layers[1]!.out, v: layers[2]!.out })] : [];
-  if (layers.length === 0) return [];
+  const runs = runsOf(layers);
+  const list: Dispatch[] = [];
   if (layers.every(({ layer }) => layer instanceof GpuCalderaLinear)) {
-    const list: Dispatch[] = [];
-    // runs of consecutive members of one group
-    for (let i = 0; i < layers.length;) {
-      const first = layers[i]!.layer as GpuCalderaLinear;
-      let e = i + 1;
-      while (e < layers.length) {
-        const next = layers[e]!.layer as GpuCalderaLinear;
-        if (next.group !== first.group || next.index !== first.index + (e - i)) break;
-        e++;
-      }
-      const outs = layers.slice(i, e).map((l) => l.out);
+    for (const run of runs) {
+      const first = run.layers[0] as GpuCalderaLinear;
       // one run of all three layers: its output rotation computes RoPE and the store
-      const whole = then && i === 0 && e === layers.length;
+      const whole = then !== undefined && run.layers.length === layers.length;
       list.push(
-        ...first.group.bind(ctx, x, first.index, outs, {
+        ...first.group.bind(ctx, x, first.index, run.outs, {
           accumulate,
           tile,
           ...(compute ? { input: compute } : {}),
           ...(whole ? { then } : {}),
         }),
       );
-      if (then && !whole && e === layers.length) list.push(...ropeKv());
-      i = e;
+      if (then && !whole && run === runs[runs.length - 1]) list.push(...ropeKv());
     }
     return list;
   }
   const K = ctx.kernels;
   const n = layers[0]!.layer.inFeatures;
   let src = x;
-  const list: Dispatch[] = [];
   if (compute?.kind === 'rmsNorm') {
     list.push(K.rmsNorm(x, compute.weight, compute.scratch, n, compute.eps));
     src = compute.scratch;
   } else if (compute?.kind === 'swiglu') list.push(K.swiglu(x, compute.up, n));
-  for (const { layer, out } of layers) list.push(...layer.bind(ctx, src, out, accumulate, tile));
+  for (const run of runs) {
+    const first = run.layers[0]!;
+    if (first instanceof GpuDenseLinear && first.member && run.layers.length > 1)
+      list.push(...first.member.group.bind(ctx, src, first.member.index, run.outs, { accumulate, tile }));
+    else run.layers.forEach((l, i) => list.push(...l.bind(ctx, src, run.outs[i]!, accumulate, tile)));
+  }
   list.push(...ropeKv());
   return list;
+}
+
+/** Split layers into runs of consecutive members of one group (CALDERA or dense); other layers are runs of one. */
+function runsOf(
+  layers: readonly { layer: GpuLinear; out: GPUBuffer }[],
+): { layers: GpuLinear[]; outs: GPUBuffer[] }[] {
+  const place = (l: GpuLinear): { group: object; index: number } | null =>
+    l instanceof GpuCalderaLinear
+      ? { group: l.group, index: l.index }
+      : l instanceof GpuDenseLinear && l.member
+        ? { group: l.member.group, index: l.member.index }
+        : null;
+  const runs: { layers: GpuLinear[]; outs: GPUBuffer[] }[] = [];
+  let prev: { group: object; index: number } | null = null;
+  for (const { layer, out } of layers) {
+    const at = place(layer);
+    const last = runs[runs.length - 1];
+    if (last && at && prev && at.group === prev.group && at.index === prev.index + 1) {
+      last.layers.push(layer);
+      last.outs.push(out);
+    } else runs.push({ layers: [layer], outs: [out] });
+    prev = at;
+  }
+  return runs;
 }
 
 /**

@@ -18,7 +18,8 @@ import { bufferBytes, storageBuffer, type CalderaDevice } from './device.js';
 import type { GpuMatrix } from './kernels/index.js';
 import {
   createCalderaLinears,
-  GpuDenseLinear,
+  createDenseLinears,
+  type DenseLayerInput,
   uploadMatrix,
   type CalderaLayerInput,
   type GpuLinear,
@@ -239,10 +240,11 @@ export async function loadModelFromStore(
     let bitsNum = 0;
     let weightsNum = 0;
     for (let b = 0; b < config.numLayers; b++) {
-      // dense layers are uploaded as they are read; CALDERA layers that read the same activations (`input`: q, k
-      // and v; gate and up) are uploaded together, into one group's buffers when their codecs allow
+      // layers that read the same activations (`input`: q, k and v; gate and up) are uploaded together, into one
+      // group's buffers when their codecs (CALDERA) or dtypes (dense) allow
       const lin: (GpuLinear | null)[] = [];
       const pending: { at: number; layer: CalderaLayerInput; input: string }[] = [];
+      const pendingDense: { at: number; layer: DenseLayerInput; input: string }[] = [];
       for (const { name, input } of blockLinearNames(b)) {
         if (options.signal?.aborted)
           throw new CalderaError('E_ABORTED', 'loading was aborted', { cause: options.signal.reason });
@@ -267,16 +269,20 @@ export async function loadModelFromStore(
           pending.push({ at: lin.length, layer: { d: dec, bias, label: name }, input });
           lin.push(null);
         } else {
-          const w = await read(store, `${name}.weight`, [m, n]);
-          const data = denseData(w, dtype);
-          const layer = new GpuDenseLinear(
-            uploadMatrix(dev, data, m, n, name),
-            bias ? storageBuffer(dev, bias, `${name}.bias`) : null,
-          );
-          created.push(layer);
-          lin.push(layer);
-          bitsNum += layer.bitsPerWeight * m * n;
+          const data = denseData(await read(store, `${name}.weight`, [m, n]), dtype);
+          pendingDense.push({ at: lin.length, layer: { data, rows: m, cols: n, bias, label: name }, input });
+          lin.push(null);
+          bitsNum += (data instanceof Uint16Array ? 16 : 32) * m * n;
         }
+      }
+      for (const input of new Set(pendingDense.map((p) => p.input))) {
+        const these = pendingDense.filter((p) => p.input === input);
+        const layers = createDenseLinears(
+          dev,
+          these.map((p) => p.layer),
+        );
+        created.push(...layers);
+        these.forEach((p, i) => (lin[p.at] = layers[i]!));
       }
       for (const input of new Set(pending.map((p) => p.input))) {
         const these = pending.filter((p) => p.input === input);

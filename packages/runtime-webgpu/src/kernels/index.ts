@@ -314,11 +314,13 @@ export class Kernels {
   /**
    * `out (+)= W·x (+ bias)` per activation row; `bias` null = none. `dummy` is any small storage buffer for absent
    * bindings. `tile` > 1: each weight read serves `tile` rows (prefill; buffers must hold `⌈rows/tile⌉·tile` rows).
+   * `out` may be several buffers with their row counts (`parts`): W's rows split over them in order, each a whole row
+   * of its buffer per activation row (a group of dense layers stacked in one matrix, in one launch).
    */
   matvec(
     w: GpuMatrix,
     x: GPUBuffer,
-    out: GPUBuffer,
+    out: GPUBuffer | readonly { out: GPUBuffer; rows: number }[],
     o: {
       bias: GPUBuffer | null;
       accumulate: boolean;
@@ -327,34 +329,50 @@ export class Kernels {
       /** Values per activation row of `x` (default `cols`) and the input's offset in a row (default 0). */
       xRow?: number;
       xOff?: number;
-      /** Values per activation row of `out` (default `rows`) and the output's offset in a row (default 0). */
+      /** Values per activation row of `out` (default the rows computed) and the output's offset in a row (default 0). */
       outRow?: number;
       outOff?: number;
+      /** The rows of W (and of `bias`) computed: `rows` from `rowStart` (default all of them). */
+      rowStart?: number;
+      rows?: number;
     },
   ): Dispatch {
     const tile = o.tile ?? 1;
-    const p = this.pipeline(`matvec_${w.f16 ? 'f16' : 'f32'}_${this.lanes}_${tile}`, () =>
-      matvecWgsl(w.f16, this.lanes, tile),
+    const start = o.rowStart ?? 0;
+    const m = o.rows ?? w.rows - start;
+    if (!Number.isInteger(start) || start < 0 || !Number.isInteger(m) || m < 1 || start + m > w.rows)
+      throw new CalderaError('E_VALUE', `matvec: rows ${start}…${start + m - 1} of a ${w.rows}-row matrix`);
+    const parts = 'length' in out ? out : [{ out, rows: m }];
+    if (parts.length < 1 || parts.length > 3 || parts.reduce((a, q) => a + q.rows, 0) !== m)
+      throw new CalderaError('E_VALUE', `matvec: 1 to 3 outputs whose rows add up to ${m}`);
+    if (parts.length > 1 && (o.outRow !== undefined || o.outOff !== undefined))
+      throw new CalderaError('E_VALUE', 'matvec: several outputs take whole rows (no outRow/outOff)');
+    const p = this.pipeline(`matvec_${w.f16 ? 'f16' : 'f32'}_${this.lanes}_${tile}_${parts.length}`, () =>
+      matvecWgsl(w.f16, this.lanes, tile, parts.length),
     );
+    const s1 = parts[0]!.rows;
     const u = this.uniform(
       [
-        ['u32', w.rows],
+        ['u32', m],
         ['u32', w.cols],
         ['u32', w.rowWords],
         ['u32', o.accumulate ? 1 : 0],
         ['u32', o.bias ? 1 : 0],
         ['u32', o.xRow ?? w.cols],
         ['u32', o.xOff ?? 0],
-        ['u32', o.outRow ?? w.rows],
+        ['u32', o.outRow ?? m],
         ['u32', o.outOff ?? 0],
+        ['u32', start],
+        ['u32', s1],
+        ['u32', s1 + (parts[1]?.rows ?? 0)],
       ],
       'matvec params',
     );
     return this.make(
-      `matvec ${w.rows}x${w.cols}${w.f16 ? ' f16' : ''}`,
+      `matvec ${m}x${w.cols}${w.f16 ? ' f16' : ''}${parts.length > 1 ? ` →${parts.length}` : ''}`,
       p,
-      [u, w.buffer, x, o.bias ?? o.dummy, out],
-      Math.ceil(w.rows / rowsPerWorkgroup(this.lanes)),
+      [u, w.buffer, x, o.bias ?? o.dummy, ...parts.map((q) => q.out)],
+      Math.ceil(m / rowsPerWorkgroup(this.lanes)),
       true,
       tile,
     );

@@ -180,14 +180,16 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 }
 
 /**
- * Dense `out[i] (+)= Σ_j W[i, j]·x[j] (+ bias[i])`, W row-major f32, or f16 packed two per u32 with `rowWords`
- * words per row (odd rows padded with a zero half). Activation row r reads `x` from `r·xRow + xOff` and writes
- * `out` from `r·outRow + outOff`.
+ * Dense `out[i] (+)= Σ_j W[w0 + i, j]·x[j] (+ bias[w0 + i])` for `m` rows from row `w0` of W (row-major f32, or f16
+ * packed two per u32 with `rowWords` words per row, odd rows padded with a zero half). Activation row r reads `x`
+ * from `r·xRow + xOff` and writes `out` from `r·outRow + outOff`. With `outputs` 2 or 3 the rows are split over that
+ * many output buffers at rows `s1` and `s2` (`s2 = m` for 2), each a whole row of its buffer per activation row: the
+ * stacked q/k/v or gate/up of a group of dense layers in one launch.
  */
-export function matvecWgsl(f16: boolean, lanes: Lanes = 32, tile = 1): string {
+export function matvecWgsl(f16: boolean, lanes: Lanes = 32, tile = 1, outputs = 1): string {
   const tiled = f16
     ? `for (var w = lane; w < p.rowWords; w += stride) {
-      let v = unpack2x16float(W[row * p.rowWords + w]);
+      let v = unpack2x16float(W[(p.w0 + row) * p.rowWords + w]);
       let j = 2u * w;
       for (var k = 0u; k < ${tile}u; k++) {
         let xo = (r0 + k) * p.xRow + p.xOff + j;
@@ -196,31 +198,45 @@ export function matvecWgsl(f16: boolean, lanes: Lanes = 32, tile = 1): string {
       }
     }`
     : `for (var j = lane; j < p.n; j += stride) {
-      let wv = W[row * p.rowWords + j];
+      let wv = W[(p.w0 + row) * p.rowWords + j];
       for (var k = 0u; k < ${tile}u; k++) { acc[k] += wv * x[(r0 + k) * p.xRow + p.xOff + j]; }
     }`;
   const body = f16
     ? `for (var w = lane; w < p.rowWords; w += stride) {
-      let v = unpack2x16float(W[row * p.rowWords + w]);
+      let v = unpack2x16float(W[(p.w0 + row) * p.rowWords + w]);
       let j = 2u * w;
       let xo = r * p.xRow + p.xOff + j;
       acc += v.x * x[xo];
       if (j + 1u < p.n) { acc += v.y * x[xo + 1u]; }
     }`
-    : `for (var j = lane; j < p.n; j += stride) { acc += W[row * p.rowWords + j] * x[r * p.xRow + p.xOff + j]; }`;
+    : `for (var j = lane; j < p.n; j += stride) { acc += W[(p.w0 + row) * p.rowWords + j] * x[r * p.xRow + p.xOff + j]; }`;
   const decls = /* wgsl */ `
 struct P { m: u32, n: u32, rowWords: u32, accumulate: u32, hasBias: u32, xRow: u32, xOff: u32, outRow: u32,
-  outOff: u32, a: u32, b: u32, c: u32 }
+  outOff: u32, w0: u32, s1: u32, s2: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> W: array<${f16 ? 'u32' : 'f32'}>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> outv: array<f32>;`;
-  const epilogue = `var y = total;
+${Array.from({ length: outputs }, (_, k) => `@group(0) @binding(${4 + k}) var<storage, read_write> out${k}: array<f32>;`).join('\n')}`;
+  // output k's rows: [start, end) of the computed rows, a whole row of out k per activation row
+  const bounds = ['0u', 'p.s1', 'p.s2', 'p.m'];
+  const store = (k: number, oi: string) => `if (p.accumulate == 1u) { y += out${k}[${oi}]; }
+      out${k}[${oi}] = y;`;
+  const epilogue =
+    outputs === 1
+      ? `var y = total;
     let oi = r * p.outRow + p.outOff + row;
-    if (p.hasBias == 1u) { y += bias[row]; }
-    if (p.accumulate == 1u) { y += outv[oi]; }
-    outv[oi] = y;`;
+    if (p.hasBias == 1u) { y += bias[p.w0 + row]; }
+    ${store(0, 'oi')}`
+      : `var y = total;
+    if (p.hasBias == 1u) { y += bias[p.w0 + row]; }
+    ${Array.from({ length: outputs }, (_, k) => {
+      const [lo, hi] = [bounds[k]!, k === outputs - 1 ? 'p.m' : bounds[k + 1]!];
+      return `${k === outputs - 1 ? '' : `if (row < ${hi}) `}{
+      let oi = r * (${hi} - ${lo}) + row - ${lo};
+      ${store(k, 'oi')}
+    }`;
+    }).join(' else ')}`;
   return matvecKernel(lanes, decls, '', tile > 1 ? tiled : body, epilogue, tile).replaceAll('${M}', 'm');
 }
 
