@@ -445,6 +445,7 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
       const ctx = createLinearContext(d, kernels, { rotIn: 4, rotOut: 4, z: 4, ones: 4 }, rows);
       for (const [f16, n, heights, bias] of [
         [false, 40, [24, 8, 8], true],
+        [true, 37, [16, 32, 8], true],
         [true, 37, [16, 32], false],
       ] as const) {
         const inputs = heights.map((m, j) => {
@@ -491,12 +492,24 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
             const apart = await run((outs) =>
               alone.flatMap((l, j) => l.bind(ctx, x, outs[j]!, accumulate, tile)),
             );
+            // the group's layers after the first, in one launch (a row offset with several outputs)
+            const rest = await run((outs) => {
+              const list = bindLayers(
+                ctx,
+                x,
+                members.slice(1).map((layer, j) => ({ layer, out: outs[j + 1]! })),
+                { accumulate, tile },
+              );
+              expect(list.length).toBe(1);
+              return [...list, ...members[0]!.bind(ctx, x, outs[0]!, accumulate, tile)];
+            });
             const single = await run((outs) =>
               members.flatMap((l, j) => l.bind(ctx, x, outs[j]!, accumulate, tile)),
             );
             const what = `f16=${f16} tile=${tile} accumulate=${accumulate}`;
             expect(together, what).toEqual(apart);
             expect(single, what).toEqual(apart);
+            expect(rest, what).toEqual(apart);
             // and the values: W·x (+ bias) (+ the initial output)
             const xs = new Float32Array(await readBuffer(d, x, rows * n * 4));
             inputs.forEach((l, j) => {
@@ -515,6 +528,16 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
       ctx.dispose();
       kernels.dispose();
     });
+
+  it('createDenseLinears rejects weights or biases of the wrong length with E_SHAPE, naming the layer', () => {
+    const data = new Float32Array(4 * 8);
+    expect(() => createDenseLinears(d, [{ data, rows: 5, cols: 8, bias: null, label: 'q' }])).toThrow(
+      /q: 32 weights/,
+    );
+    expect(() =>
+      createDenseLinears(d, [{ data, rows: 4, cols: 8, bias: new Float32Array(3), label: 'k' }]),
+    ).toThrow(CalderaError);
+  });
 
   it('layers of different codecs are not grouped', () => {
     const rng = new Rng(13);

@@ -232,65 +232,78 @@ export interface DenseLayerInput {
  * `planMemory` counts them), there are 2 or 3 of them and the stacked matrix fits a binding; else a layer each.
  */
 export function createDenseLinears(dev: CalderaDevice, layers: readonly DenseLayerInput[]): GpuDenseLinear[] {
-  const alone = () =>
-    layers.map(
-      (l) =>
-        new GpuDenseLinear(
-          uploadMatrix(dev, l.data, l.rows, l.cols, l.label),
-          l.bias ? storageBuffer(dev, l.bias, `${l.label}.bias`) : null,
-        ),
-    );
-  const first = layers[0];
-  if (
-    !first ||
-    layers.length < 2 ||
-    layers.length > 3 ||
-    layers.some(
-      (l) =>
-        l.cols !== first.cols ||
-        l.data.constructor !== first.data.constructor ||
-        (l.bias === null) !== (first.bias === null) ||
-        l.rows * Math.ceil(l.cols / (l.data instanceof Uint16Array ? 2 : 1)) * 4 < 16 ||
-        (l.bias !== null && l.rows * 4 < 16),
-    )
-  )
-    return alone();
-  const rows = layers.reduce((a, l) => a + l.rows, 0);
-  const data =
-    first.data instanceof Uint16Array
-      ? new Uint16Array(rows * first.cols)
-      : new Float32Array(rows * first.cols);
-  let at = 0;
-  for (const l of layers) {
-    data.set(l.data, at);
-    at += l.data.length;
-  }
-  const label = layers.map((l) => l.label).join('+');
-  let w: GpuMatrix;
+  for (const l of layers)
+    if (l.data.length !== l.rows * l.cols || (l.bias && l.bias.length !== l.rows))
+      throw new CalderaError(
+        'E_SHAPE',
+        `${l.label}: ${l.data.length} weights and ${l.bias?.length ?? 0} biases for a ${l.rows}×${l.cols} layer`,
+      );
+  // buffers made so far are destroyed when a later upload fails
+  const made: { destroy(): void }[] = [];
+  const track = <T extends { destroy(): void }>(b: T): T => (made.push(b), b);
   try {
-    w = uploadMatrix(dev, data, rows, first.cols, label);
+    const alone = () =>
+      layers.map((l) => {
+        const w = uploadMatrix(dev, l.data, l.rows, l.cols, l.label);
+        track(w.buffer);
+        return new GpuDenseLinear(w, l.bias ? track(storageBuffer(dev, l.bias, `${l.label}.bias`)) : null);
+      });
+    const first = layers[0];
+    if (
+      !first ||
+      layers.length < 2 ||
+      layers.length > 3 ||
+      layers.some(
+        (l) =>
+          l.cols !== first.cols ||
+          l.data.constructor !== first.data.constructor ||
+          (l.bias === null) !== (first.bias === null) ||
+          l.rows * Math.ceil(l.cols / (l.data instanceof Uint16Array ? 2 : 1)) * 4 < 16 ||
+          (l.bias !== null && l.rows * 4 < 16),
+      )
+    )
+      return alone();
+    const rows = layers.reduce((a, l) => a + l.rows, 0);
+    const data =
+      first.data instanceof Uint16Array
+        ? new Uint16Array(rows * first.cols)
+        : new Float32Array(rows * first.cols);
+    let at = 0;
+    for (const l of layers) {
+      data.set(l.data, at);
+      at += l.data.length;
+    }
+    const label = layers.map((l) => l.label).join('+');
+    let w: GpuMatrix;
+    try {
+      w = uploadMatrix(dev, data, rows, first.cols, label);
+    } catch (e) {
+      // a stacked matrix larger than the device binds: each layer alone (its own size was checked by the plan)
+      if (isCalderaError(e, 'E_DEVICE')) return alone();
+      throw e;
+    }
+    track(w.buffer);
+    let bias: GPUBuffer | null = null;
+    if (first.bias) {
+      const b = new Float32Array(rows);
+      let o = 0;
+      for (const l of layers) {
+        b.set(l.bias!, o);
+        o += l.rows;
+      }
+      bias = track(storageBuffer(dev, b, `${label}.bias`));
+    }
+    return [
+      ...new GpuDenseGroup(
+        w,
+        bias,
+        layers.map((l) => l.rows),
+      ).members,
+    ];
   } catch (e) {
-    // a stacked matrix larger than the device binds: each layer alone (its own size was checked by the plan)
-    if (isCalderaError(e, 'E_DEVICE')) return alone();
+    for (const b of made) b.destroy();
     throw e;
   }
-  let bias: GPUBuffer | null = null;
-  if (first.bias) {
-    const b = new Float32Array(rows);
-    let o = 0;
-    for (const l of layers) {
-      b.set(l.bias!, o);
-      o += l.rows;
-    }
-    bias = storageBuffer(dev, b, `${label}.bias`);
-  }
-  return [
-    ...new GpuDenseGroup(
-      w,
-      bias,
-      layers.map((l) => l.rows),
-    ).members,
-  ];
 }
 
 /** Scratch sizes (in f32 values) a CALDERA layer needs from the {@link LinearContext}. */

@@ -245,6 +245,15 @@ export async function loadModelFromStore(
       const lin: (GpuLinear | null)[] = [];
       const pending: { at: number; layer: CalderaLayerInput; input: string }[] = [];
       const pendingDense: { at: number; layer: DenseLayerInput; input: string }[] = [];
+      const uploadDense = () => {
+        const layers = createDenseLinears(
+          dev,
+          pendingDense.map((p) => p.layer),
+        );
+        created.push(...layers);
+        pendingDense.forEach((p, i) => (lin[p.at] = layers[i]!));
+        pendingDense.length = 0;
+      };
       for (const { name, input } of blockLinearNames(b)) {
         if (options.signal?.aborted)
           throw new CalderaError('E_ABORTED', 'loading was aborted', { cause: options.signal.reason });
@@ -269,21 +278,15 @@ export async function loadModelFromStore(
           pending.push({ at: lin.length, layer: { d: dec, bias, label: name }, input });
           lin.push(null);
         } else {
+          // the layers that read one input are consecutive: upload those read so far when the input changes
+          if (pendingDense.length > 0 && pendingDense[0]!.input !== input) uploadDense();
           const data = denseData(await read(store, `${name}.weight`, [m, n]), dtype);
           pendingDense.push({ at: lin.length, layer: { data, rows: m, cols: n, bias, label: name }, input });
           lin.push(null);
           bitsNum += (data instanceof Uint16Array ? 16 : 32) * m * n;
         }
       }
-      for (const input of new Set(pendingDense.map((p) => p.input))) {
-        const these = pendingDense.filter((p) => p.input === input);
-        const layers = createDenseLinears(
-          dev,
-          these.map((p) => p.layer),
-        );
-        created.push(...layers);
-        these.forEach((p, i) => (lin[p.at] = layers[i]!));
-      }
+      uploadDense();
       for (const input of new Set(pending.map((p) => p.input))) {
         const these = pending.filter((p) => p.input === input);
         const layers = createCalderaLinears(

@@ -342,9 +342,16 @@ export class Kernels {
     const m = o.rows ?? w.rows - start;
     if (!Number.isInteger(start) || start < 0 || !Number.isInteger(m) || m < 1 || start + m > w.rows)
       throw new CalderaError('E_VALUE', `matvec: rows ${start}…${start + m - 1} of a ${w.rows}-row matrix`);
-    const parts = 'length' in out ? out : [{ out, rows: m }];
-    if (parts.length < 1 || parts.length > 3 || parts.reduce((a, q) => a + q.rows, 0) !== m)
-      throw new CalderaError('E_VALUE', `matvec: 1 to 3 outputs whose rows add up to ${m}`);
+    const parts = Array.isArray(out)
+      ? (out as readonly { out: GPUBuffer; rows: number }[])
+      : [{ out: out as GPUBuffer, rows: m }];
+    if (
+      parts.length < 1 ||
+      parts.length > 3 ||
+      parts.some((q) => !Number.isInteger(q.rows) || q.rows < 1) ||
+      parts.reduce((a, q) => a + q.rows, 0) !== m
+    )
+      throw new CalderaError('E_VALUE', `matvec: 1 to 3 outputs of at least one row each, adding up to ${m}`);
     if (parts.length > 1 && (o.outRow !== undefined || o.outOff !== undefined))
       throw new CalderaError('E_VALUE', 'matvec: several outputs take whole rows (no outRow/outOff)');
     const p = this.pipeline(`matvec_${w.f16 ? 'f16' : 'f32'}_${this.lanes}_${tile}_${parts.length}`, () =>
