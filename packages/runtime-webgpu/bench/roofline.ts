@@ -9,7 +9,7 @@
  * so its bytes come from memory. On a CPU adapter the shapes are smaller (the numbers are only a record there).
  */
 import { Rng } from '@caldera/core';
-import { randomDecomposition, type Decomposition } from '@caldera/lowrank';
+import { randomDecomposition } from '@caldera/lowrank';
 import {
   BufferUsage,
   createLinearContext,
@@ -104,19 +104,18 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
   if (big.l.kind !== 'lattice') throw new Error('randomDecomposition gives lattice factors');
   const bigL = packCodePlanes(big.l.codes);
   const upload = () => ({ codes: buf(big.q.planes[0]!, 'Q'), l: buf(bigL.bytes, 'L') });
+  const q = gpuCodecOf(big.q);
+  const lc = gpuCodecOf(big.l.codes);
+  const lScale = big.l.codes.scale;
+  const [mp, np] = big.padded;
   const fusedLaunch = (
     k: Kernels,
-    d: Decomposition,
     { codes, l }: ReturnType<typeof upload>,
     x: GPUBuffer,
     out: GPUBuffer,
     z: GPUBuffer,
-  ) => {
-    if (d.l.kind !== 'lattice') throw new Error('randomDecomposition gives lattice factors');
-    const q = gpuCodecOf(d.q);
-    const lc = gpuCodecOf(d.l.codes);
-    const [mp, np] = d.padded;
-    const launch = k.e8pMatvec({
+  ) => ({
+    launch: k.e8pMatvec({
       codes,
       codes2: null,
       codec: q.codec,
@@ -129,23 +128,23 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
       segments: [
         {
           rows: mp,
-          qscale: d.q.scale,
-          lowRank: { k: rank, scale: d.l.codes.scale, codeByte: 0, code2Byte: bigL.plane2Word * 4 },
+          qscale: big.q.scale,
+          lowRank: { k: rank, scale: lScale, codeByte: 0, code2Byte: bigL.plane2Word * 4 },
         },
       ],
       lowRank: { codec: lc.codec, codes: l, resScale: lc.resScale, z },
-    });
-    return { launch, bytes: codes.size + l.size };
-  };
+    }),
+    bytes: codes.size + l.size,
+  });
   const kx = buf(rng.fillNormal(new Float32Array(kn)), 'x');
   const kout = buf(new Float32Array(km), 'out');
   const kz = buf(rng.fillNormal(new Float32Array(rank)), 'z');
   const uploads = Array.from({ length: copies((km * kn) / 4) }, upload);
-  const fused = uploads.map((u) => fusedLaunch(kernels, big, u, kx, kout, kz));
+  const fused = uploads.map((u) => fusedLaunch(kernels, u, kx, kout, kz));
   const kernelBytes = fused.reduce((s, f) => s + f.bytes, 0);
   const otherLanes = kernels.lanes === 1 ? 32 : 1;
   const otherKernels = new Kernels(dev, { lanes: otherLanes });
-  const fusedOther = uploads.map((u) => fusedLaunch(otherKernels, big, u, kx, kout, kz));
+  const fusedOther = uploads.map((u) => fusedLaunch(otherKernels, u, kx, kout, kz));
 
   // the dense f16 kernel
   const f16 = new Uint16Array(dn * dn);

@@ -82,7 +82,7 @@ export interface LinearContext {
   e81b: GPUBuffer;
   /** Both tables as one uniform buffer ({@link e8pTablesUniform}), for the one-launch input step. */
   tables: GPUBuffer;
-  /** `H_K` (f32, ±1) by K, created on demand. */
+  /** `H_K` (f32, ±1) by K, created on demand (`hkTable([K])`). */
   hk(K: number): GPUBuffer;
   /** `H_K` for each K of `Ks` back to back, and where each starts (f32 values); created on demand. */
   hkTable(Ks: readonly number[]): { buffer: GPUBuffer; offsets: number[] };
@@ -899,41 +899,37 @@ export function bindLayers(
   if (then && (layers.length !== 3 || accumulate))
     throw new CalderaError('E_VALUE', 'bindLayers: RoPE and the KV store follow q, k and v, not accumulated');
   if (layers.length === 0) return [];
-  const ropeKv = (): Dispatch[] =>
-    then ? [ctx.kernels.ropeKv({ ...then, q: layers[0]!.out, k: layers[1]!.out, v: layers[2]!.out })] : [];
   const runs = runsOf(layers);
+  // with CALDERA layers only, each run computes the input in its input rotation, and a single run of q, k and v
+  // applies RoPE and the KV store in its output rotation
+  const caldera = layers.every(({ layer }) => layer instanceof GpuCalderaLinear);
+  const ropeInRotation = then !== undefined && caldera && runs.length === 1;
   const list: Dispatch[] = [];
-  if (layers.every(({ layer }) => layer instanceof GpuCalderaLinear)) {
-    for (const run of runs) {
-      const first = run.layers[0] as GpuCalderaLinear;
-      // one run of all three layers: its output rotation computes RoPE and the store
-      const whole = then !== undefined && run.layers.length === layers.length;
+  let src = x;
+  if (!caldera && compute) {
+    const n = layers[0]!.layer.inFeatures;
+    if (compute.kind === 'rmsNorm') {
+      list.push(ctx.kernels.rmsNorm(x, compute.weight, compute.scratch, n, compute.eps));
+      src = compute.scratch;
+    } else list.push(ctx.kernels.swiglu(x, compute.up, n));
+  }
+  for (const { layers: run, outs } of runs) {
+    const first = run[0]!;
+    if (first instanceof GpuCalderaLinear)
       list.push(
-        ...first.group.bind(ctx, x, first.index, run.outs, {
+        ...first.group.bind(ctx, src, first.index, outs, {
           accumulate,
           tile,
-          ...(compute ? { input: compute } : {}),
-          ...(whole ? { then } : {}),
+          ...(compute && caldera ? { input: compute } : {}),
+          ...(ropeInRotation ? { then } : {}),
         }),
       );
-      if (then && !whole && run === runs[runs.length - 1]) list.push(...ropeKv());
-    }
-    return list;
+    else if (first instanceof GpuDenseLinear && first.member && run.length > 1)
+      list.push(...first.member.group.bind(ctx, src, first.member.index, outs, { accumulate, tile }));
+    else run.forEach((l, i) => list.push(...l.bind(ctx, src, outs[i]!, accumulate, tile)));
   }
-  const K = ctx.kernels;
-  const n = layers[0]!.layer.inFeatures;
-  let src = x;
-  if (compute?.kind === 'rmsNorm') {
-    list.push(K.rmsNorm(x, compute.weight, compute.scratch, n, compute.eps));
-    src = compute.scratch;
-  } else if (compute?.kind === 'swiglu') list.push(K.swiglu(x, compute.up, n));
-  for (const run of runs) {
-    const first = run.layers[0]!;
-    if (first instanceof GpuDenseLinear && first.member && run.layers.length > 1)
-      list.push(...first.member.group.bind(ctx, src, first.member.index, run.outs, { accumulate, tile }));
-    else run.layers.forEach((l, i) => list.push(...l.bind(ctx, src, run.outs[i]!, accumulate, tile)));
-  }
-  list.push(...ropeKv());
+  if (then && !ropeInRotation)
+    list.push(ctx.kernels.ropeKv({ ...then, q: layers[0]!.out, k: layers[1]!.out, v: layers[2]!.out }));
   return list;
 }
 
@@ -976,8 +972,9 @@ export function createLinearContext(
   const f = (n: number, label: string, fill = 0) =>
     storageBuffer(dev, new Float32Array(Math.max(4, n)).fill(fill), label);
   const scratch = (n: number, label: string) => f(n * rows, label);
-  const hks = new Map<number, GPUBuffer>();
   const tables = new Map<string, { buffer: GPUBuffer; offsets: number[] }>();
+  const words = e8pSourceWords();
+  const e81b = e81bCodebook();
   const ctx = {
     dev,
     kernels,
@@ -987,9 +984,9 @@ export function createLinearContext(
     z: scratch(needs.z, 'z'),
     ones: f(needs.ones, 'ones', 1),
     dummy: f(4, 'dummy'),
-    sources: storageBuffer(dev, e8pSourceWords(), 'e8p sources'),
-    e81b: storageBuffer(dev, e81bCodebook(), 'e81b codebook'),
-    tables: uniformWords(dev, e8pTablesUniform(e8pSourceWords(), e81bCodebook()), 'e8p tables'),
+    sources: storageBuffer(dev, words, 'e8p sources'),
+    e81b: storageBuffer(dev, e81b, 'e81b codebook'),
+    tables: uniformWords(dev, e8pTablesUniform(words, e81b), 'e8p tables'),
     hkTable(Ks: readonly number[]): { buffer: GPUBuffer; offsets: number[] } {
       const key = Ks.join(',');
       let t = tables.get(key);
@@ -1008,12 +1005,7 @@ export function createLinearContext(
       return t;
     },
     hk(K: number): GPUBuffer {
-      let b = hks.get(K);
-      if (!b) {
-        b = storageBuffer(dev, Float32Array.from(hadamardBase(K)), `H_${K}`);
-        hks.set(K, b);
-      }
-      return b;
+      return ctx.hkTable([K]).buffer;
     },
     dispose() {
       for (const b of [
@@ -1026,7 +1018,6 @@ export function createLinearContext(
         ctx.sources,
         ctx.e81b,
         ctx.tables,
-        ...hks.values(),
         ...[...tables.values()].map((t) => t.buffer),
       ])
         b.destroy();

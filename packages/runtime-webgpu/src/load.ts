@@ -240,23 +240,39 @@ export async function loadModelFromStore(
     let bitsNum = 0;
     let weightsNum = 0;
     for (let b = 0; b < config.numLayers; b++) {
-      // layers that read the same activations (`input`: q, k and v; gate and up) are uploaded together, into one
-      // group's buffers when their codecs (CALDERA) or dtypes (dense) allow
+      // layers that read the same activations (`input`: q, k and v; gate and up; consecutive in blockLinearNames)
+      // are uploaded together as soon as they are read, into one group's buffers when their codecs (CALDERA) or
+      // dtypes (dense) allow
       const lin: (GpuLinear | null)[] = [];
-      const pending: { at: number; layer: CalderaLayerInput; input: string }[] = [];
-      const pendingDense: { at: number; layer: DenseLayerInput; input: string }[] = [];
-      const uploadDense = () => {
-        const layers = createDenseLinears(
-          dev,
-          pendingDense.map((p) => p.layer),
+      let input: string | null = null;
+      const caldera: { at: number; layer: CalderaLayerInput }[] = [];
+      const dense: { at: number; layer: DenseLayerInput }[] = [];
+      const upload = () => {
+        const place = (these: { at: number }[], layers: GpuLinear[]) => {
+          created.push(...layers);
+          these.forEach((p, i) => (lin[p.at] = layers[i]!));
+          these.length = 0;
+        };
+        place(
+          caldera,
+          createCalderaLinears(
+            dev,
+            caldera.map((p) => p.layer),
+          ),
         );
-        created.push(...layers);
-        pendingDense.forEach((p, i) => (lin[p.at] = layers[i]!));
-        pendingDense.length = 0;
+        place(
+          dense,
+          createDenseLinears(
+            dev,
+            dense.map((p) => p.layer),
+          ),
+        );
       };
-      for (const { name, input } of blockLinearNames(b)) {
+      for (const { name, input: reads } of blockLinearNames(b)) {
         if (options.signal?.aborted)
           throw new CalderaError('E_ABORTED', 'loading was aborted', { cause: options.signal.reason });
+        if (reads !== input) upload();
+        input = reads;
         const kind = name.slice(name.lastIndexOf('.') + 1);
         const [m, n] = linearShape(config, kind);
         if (config.attentionBias && /(q|k|v)_proj$/.test(kind) && !store.has(`${name}.bias`))
@@ -275,27 +291,16 @@ export async function loadModelFromStore(
               `${name}: compressed shape [${dec.shape.join(', ')}], expected [${m}, ${n}]`,
             );
           bitsNum += dec.bitsPerWeight * m * n;
-          pending.push({ at: lin.length, layer: { d: dec, bias, label: name }, input });
+          caldera.push({ at: lin.length, layer: { d: dec, bias, label: name } });
           lin.push(null);
         } else {
-          // the layers that read one input are consecutive: upload those read so far when the input changes
-          if (pendingDense.length > 0 && pendingDense[0]!.input !== input) uploadDense();
           const data = denseData(await read(store, `${name}.weight`, [m, n]), dtype);
-          pendingDense.push({ at: lin.length, layer: { data, rows: m, cols: n, bias, label: name }, input });
+          dense.push({ at: lin.length, layer: { data, rows: m, cols: n, bias, label: name } });
           lin.push(null);
           bitsNum += (data instanceof Uint16Array ? 16 : 32) * m * n;
         }
       }
-      uploadDense();
-      for (const input of new Set(pending.map((p) => p.input))) {
-        const these = pending.filter((p) => p.input === input);
-        const layers = createCalderaLinears(
-          dev,
-          these.map((p) => p.layer),
-        );
-        created.push(...layers);
-        these.forEach((p, i) => (lin[p.at] = layers[i]!));
-      }
+      upload();
       const [q, k, v, o, gate, up, down] = lin as [
         GpuLinear,
         GpuLinear,

@@ -6,6 +6,7 @@ import {
   createLinearContext,
   GpuCalderaLinear,
   type GpuLinear,
+  type LayerInput,
   type ScratchNeeds,
 } from './linear.js';
 
@@ -230,12 +231,14 @@ export class WebGpuModel {
         check(w.up, `${name}.up_proj`, d, I);
         check(w.down, `${name}.down_proj`, I, d);
         // each RMSNorm, and the SwiGLU, is computed by the next layers' input rotation when they are CALDERA layers
-        const eps = cfg.rmsNormEps;
-        const opts = { tile };
+        const normed = (weight: GPUBuffer): LayerInput => ({
+          x,
+          compute: { kind: 'rmsNorm', weight, eps: cfg.rmsNormEps, scratch: h },
+        });
         p.push(
           ...bindLayers(
             ctx,
-            { x, compute: { kind: 'rmsNorm', weight: w.inputNorm, eps, scratch: h } },
+            normed(w.inputNorm),
             [
               { layer: w.q, out: q },
               { layer: w.k, out: k },
@@ -265,12 +268,12 @@ export class WebGpuModel {
         p.push(
           ...bindLayers(
             ctx,
-            { x, compute: { kind: 'rmsNorm', weight: w.postAttnNorm, eps, scratch: h } },
+            normed(w.postAttnNorm),
             [
               { layer: w.gate, out: g },
               { layer: w.up, out: u },
             ],
-            opts,
+            { tile },
           ),
         );
         p.push(

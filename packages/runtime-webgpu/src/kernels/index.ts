@@ -480,14 +480,7 @@ export class Kernels {
         [
           this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),
           rope.step,
-          this.uniform(
-            [
-              ['u32', rope.heads],
-              ['u32', rope.kvHeads],
-              ['u32', rope.hd],
-            ],
-            'rope params',
-          ),
+          this.ropeParams(rope),
           o.x,
           o.post,
           o.hk,
@@ -662,6 +655,18 @@ export class Kernels {
     return fields;
   }
 
+  /** The uniform of the RoPE kernels ({@link ROPE_KV_WGSL}, {@link rotationRopeKvWgsl}): head counts and size. */
+  private ropeParams(rope: RopeKvOptions): GPUBuffer {
+    return this.uniform(
+      [
+        ['u32', rope.heads],
+        ['u32', rope.kvHeads],
+        ['u32', rope.hd],
+      ],
+      'rope params',
+    );
+  }
+
   private output(outs: readonly GPUBuffer[], slot: number): GPUBuffer {
     const b = outs[slot];
     if (!b) throw new CalderaError('E_VALUE', `rotate: output slot ${slot} is not bound`);
@@ -712,7 +717,6 @@ export class Kernels {
     if (segs.length < 1 || segs.length > E8P_MAX_SEGMENTS)
       throw new CalderaError('E_VALUE', `e8pMatvec: 1 to ${E8P_MAX_SEGMENTS} segments, got ${segs.length}`);
     const G = o.np / 8;
-    const index = codeIndex;
     // activation values are read as 16-byte vectors: every offset must be a multiple of 8 values
     const xRow = o.xRow ?? o.np;
     for (const [what, v] of [
@@ -740,10 +744,10 @@ export class Kernels {
         ['u32', l?.z ?? zOff],
         ['u32', l?.k ?? 0],
         ['u32', sg.rows / 8],
-        ['u32', index(sg.codeByte ?? 0, null, 'code')],
-        ['u32', index(sg.code2Byte ?? 0, o.codec, 'second-plane code')],
-        ['u32', index(l?.codeByte ?? 0, null, 'L̂ code')],
-        ['u32', index(l?.code2Byte ?? 0, lr?.codec ?? null, 'L̂ second-plane code')],
+        ['u32', codeIndex(sg.codeByte ?? 0, null, 'code')],
+        ['u32', codeIndex(sg.code2Byte ?? 0, o.codec, 'second-plane code')],
+        ['u32', codeIndex(l?.codeByte ?? 0, null, 'L̂ code')],
+        ['u32', codeIndex(l?.code2Byte ?? 0, lr?.codec ?? null, 'L̂ second-plane code')],
         ['f32', sg.qscale],
         ['f32', l?.scale ?? 0],
         ['u32', 0],
@@ -926,18 +930,10 @@ export class Kernels {
   ropeKv(o: RopeKvOptions & { q: GPUBuffer; k: GPUBuffer; v: GPUBuffer }): Dispatch {
     checkHeadDim(o.hd);
     const p = this.pipeline('rope_kv', () => ROPE_KV_WGSL);
-    const u = this.uniform(
-      [
-        ['u32', o.heads],
-        ['u32', o.kvHeads],
-        ['u32', o.hd],
-      ],
-      'rope params',
-    );
     return this.make(
       'rope+kv',
       p,
-      [o.step, u, o.cs, o.q, o.k, o.v, o.ck, o.cv],
+      [o.step, this.ropeParams(o), o.cs, o.q, o.k, o.v, o.ck, o.cv],
       Math.ceil(((o.heads + o.kvHeads) * o.hd) / 2 / WG),
     );
   }

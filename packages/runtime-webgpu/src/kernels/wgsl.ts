@@ -20,6 +20,17 @@ const STEP = /* wgsl */ `
 struct Step { pos: u32, len: u32, token: u32, pad: u32 }
 @group(0) @binding(0) var<uniform> step: Step;`;
 
+/**
+ * RoPE (Hugging Face rotate-half) of one pair `(x1, x2) = (x_i, x_{i + hd/2})` of a head at position `pos`, for kernels
+ * that bind the cos/sin table as `cs` (`[positions, hd/2, 2]`): `(x1·cos − x2·sin, x2·cos + x1·sin)`.
+ */
+const ROPE_PAIR_WGSL = /* wgsl */ `
+fn ropePair(x1: f32, x2: f32, pos: u32, half: u32, i: u32) -> vec2<f32> {
+  let c = cs[(pos * half + i) * 2u];
+  let s = cs[(pos * half + i) * 2u + 1u];
+  return vec2<f32>(x1 * c - x2 * s, x2 * c + x1 * s);
+}`;
+
 /** Gather row `tokens[r]` of an embedding table (f32 rows, or f16 rows packed two per u32) into row r. */
 export function embedWgsl(f16: boolean): string {
   return /* wgsl */ `
@@ -414,6 +425,7 @@ struct RP { heads: u32, kvHeads: u32, hd: u32, a: u32 }
 @group(0) @binding(10) var<storage, read_write> cv: array<f32>;
 var<workgroup> v: array<f32, ${maxN}>;
 ${ROTATION_STEPS_WGSL}
+${ROPE_PAIR_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let w = wid.x;
@@ -450,20 +462,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   for (var idx = lid; idx < heads * half; idx += ${WG}u) {
     let h = idx / half;
     let i = idx % half;
-    let c = cs[(pos * half + i) * 2u];
-    let s = cs[(pos * half + i) * 2u + 1u];
-    let x1 = v[h * rp.hd + i];
-    let x2 = v[h * rp.hd + i + half];
-    let lo = x1 * c - x2 * s;
-    let hi = x2 * c + x1 * s;
+    let y = ropePair(v[h * rp.hd + i], v[h * rp.hd + i + half], pos, half, i);
     if (w == 0u) {
       let o = r * rp.heads * rp.hd + h * rp.hd;
-      q[o + i] = lo;
-      q[o + i + half] = hi;
+      q[o + i] = y.x;
+      q[o + i + half] = y.y;
     } else {
       let o = pos * kw + h * rp.hd;
-      ck[o + i] = lo;
-      ck[o + i + half] = hi;
+      ck[o + i] = y.x;
+      ck[o + i + half] = y.y;
     }
   }
 }`;
@@ -958,6 +965,7 @@ struct P { heads: u32, kvHeads: u32, hd: u32, a: u32 }
 @group(0) @binding(5) var<storage, read> v: array<f32>;
 @group(0) @binding(6) var<storage, read_write> ck: array<f32>;
 @group(0) @binding(7) var<storage, read_write> cv: array<f32>;
+${ROPE_PAIR_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let half = p.hd / 2u;
@@ -968,23 +976,19 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let h = idx / half;
   let i = idx % half;
   let pos = step.pos + gid.y;
-  let c = cs[(pos * half + i) * 2u];
-  let s = cs[(pos * half + i) * 2u + 1u];
   if (isQ) {
     let o = gid.y * p.heads * p.hd + h * p.hd;
-    let x1 = q[o + i];
-    let x2 = q[o + i + half];
-    q[o + i] = x1 * c - x2 * s;
-    q[o + i + half] = x2 * c + x1 * s;
+    let y = ropePair(q[o + i], q[o + i + half], pos, half, i);
+    q[o + i] = y.x;
+    q[o + i + half] = y.y;
     return;
   }
   let o = h * p.hd;
   let base = pos * p.kvHeads * p.hd;
   let ro = gid.y * p.kvHeads * p.hd + o;
-  let x1 = k[ro + i];
-  let x2 = k[ro + i + half];
-  ck[base + o + i] = x1 * c - x2 * s;
-  ck[base + o + i + half] = x2 * c + x1 * s;
+  let y = ropePair(k[ro + i], k[ro + i + half], pos, half, i);
+  ck[base + o + i] = y.x;
+  ck[base + o + i + half] = y.y;
   cv[base + o + i] = v[ro + i];
   cv[base + o + i + half] = v[ro + i + half];
 }`;
