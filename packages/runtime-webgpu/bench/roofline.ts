@@ -13,7 +13,7 @@ import { randomDecomposition } from '@caldera/lowrank';
 import {
   BufferUsage,
   createLinearContext,
-  e8pSourceWords,
+  e8pSourcePairs,
   encodeDispatches,
   GpuCalderaLinear,
   gpuCodecOf,
@@ -95,7 +95,7 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
     owned.push(b);
     return b;
   };
-  const sources = buf(e8pSourceWords(), 'sources');
+  const sources = buf(e8pSourcePairs(), 'sources');
   const copies = (bytesEach: number) => Math.max(2, Math.ceil(target / bytesEach));
 
   // the fused kernel alone, on buffers of its own: Q̂'s codes and L̂'s packed codes; with the default lanes per row

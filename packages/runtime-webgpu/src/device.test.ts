@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { CalderaError } from '@caldera/core';
 import { e8pDecode } from '@caldera/quant';
 import { createDevice } from './device.js';
-import { e8pSourceWords } from './linear.js';
+import { e8pSourcePairs } from './linear.js';
 
 describe('without a GPU', () => {
   it('createDevice reports a missing WebGPU or adapter as CalderaError E_DEVICE', async () => {
@@ -16,23 +16,33 @@ describe('without a GPU', () => {
   });
 
   it('the GPU source table reproduces every E8P12 codeword with the kernel’s decoding rule', () => {
-    // the same arithmetic as decode8() in the WGSL, in TypeScript, against @caldera/quant's decoder
-    const words = e8pSourceWords();
-    const mag = (w: number, i: number) => (((w >>> (4 * i)) & 15) - 5) * 0.5;
+    // the same bit arithmetic as decodeCode() and elem() in the WGSL, in TypeScript, against @caldera/quant's decoder:
+    // both the vector rule (signs spread onto the bf16 sign bits of the four pair words) and the one-coordinate rule
+    const pairs = e8pSourcePairs();
+    const bits = new Uint32Array(1);
+    const asFloat = new Float32Array(bits.buffer);
+    const f32 = (u: number) => ((bits[0] = u >>> 0), asFloat[0]!);
     const codes = Uint16Array.from({ length: 65536 }, (_, i) => i);
     const want = e8pDecode(codes);
     let bad = 0;
     for (let c = 0; c < 65536; c++) {
-      const w = words[c >> 8]!;
       const sigma = c & 255;
       let pc = 0;
       for (let b = 0; b < 8; b++) pc += (sigma >> b) & 1;
       const par = pc & 1;
       const s2 = sigma ^ par;
+      const shift = par ? -0.25 : 0.25;
+      const spread = s2 | ((s2 & 0xf0) << 12);
+      for (let j = 0; j < 4; j++) {
+        const w = pairs[(c >> 8) * 4 + j]! ^ ((spread << (15 - j)) & 0x80008000);
+        if (f32(w << 16) + shift !== want[c * 8 + 2 * j]) bad++;
+        if (f32(w & 0xffff0000) + shift !== want[c * 8 + 2 * j + 1]) bad++;
+      }
       for (let i = 0; i < 8; i++) {
+        const w = pairs[(c >> 8) * 4 + (i >> 1)]!;
         const bit = (i >> 1) | ((i & 1) << 2);
-        const v = ((s2 >> bit) & 1 ? -mag(w, i) : mag(w, i)) + (par ? -0.25 : 0.25);
-        if (v !== want[c * 8 + i]) bad++;
+        const neg = (s2 << (31 - bit)) & 0x80000000;
+        if (f32(((i & 1 ? w & 0xffff0000 : w << 16) ^ neg) >>> 0) + shift !== want[c * 8 + i]) bad++;
       }
     }
     expect(bad).toBe(0);

@@ -39,26 +39,30 @@ export function uploadMatrix(
 }
 
 /**
- * The E8P12 source table for the GPU: a u32 word per source (256), coordinate i in bits 4i … 4i+3 as
- * `2·magnitude + 5` (magnitudes are ±½, ±1½, ±2½: 0 … 10), coordinate 7 negated for sources of odd coordinate sum.
+ * The E8P12 source table for the GPU: four u32 words per source (256 × 16 bytes), word j holding coordinates 2j (low
+ * half) and 2j + 1 (high half) as bfloat16 — the upper 16 bits of the f32, exact for the magnitudes ±½, ±1½, ±2½ —
+ * with coordinate 7 negated for sources of odd coordinate sum. A kernel turns a word into two floats with a shift and
+ * a mask, and flips the two signs with one XOR (see `e8pMatvecWgsl`).
  */
-export function e8pSourceWords(): Uint32Array {
+export function e8pSourcePairs(): Uint32Array {
   const src = e8pSources();
-  const words = new Uint32Array(256);
+  const out = new Uint32Array(256 * 4);
+  const f = new Float32Array(1);
+  const bits = new Uint32Array(f.buffer);
+  const bf16 = (v: number, a: number, i: number) => {
+    f[0] = v;
+    if ((bits[0]! & 0xffff) !== 0 || f[0] !== v)
+      throw new CalderaError('E_VALUE', `E8P source ${a} coordinate ${i} = ${v} has no bfloat16 form`);
+    return bits[0]! >>> 16;
+  };
   for (let a = 0; a < 256; a++) {
     let s = 0;
     for (let i = 0; i < 8; i++) s += src[a * 8 + i]!;
-    let w = 0;
-    for (let i = 0; i < 8; i++) {
-      const v = i === 7 && Math.round(s) % 2 === 1 ? -src[a * 8 + i]! : src[a * 8 + i]!;
-      const nibble = 2 * v + 5;
-      if (!Number.isInteger(nibble) || nibble < 0 || nibble > 15)
-        throw new CalderaError('E_VALUE', `E8P source ${a} coordinate ${i} = ${v} has no 4-bit form`);
-      w |= nibble << (4 * i);
-    }
-    words[a] = w >>> 0;
+    const odd = Math.round(s) % 2 === 1;
+    const at = (i: number) => bf16(i === 7 && odd ? -src[a * 8 + i]! : src[a * 8 + i]!, a, i);
+    for (let j = 0; j < 4; j++) out[a * 4 + j] = (at(2 * j) | (at(2 * j + 1) << 16)) >>> 0;
   }
-  return words;
+  return out;
 }
 
 /** Buffers shared by all layers of a model: scratch vectors for the rotated domain and constant tables. */
@@ -973,7 +977,7 @@ export function createLinearContext(
     storageBuffer(dev, new Float32Array(Math.max(4, n)).fill(fill), label);
   const scratch = (n: number, label: string) => f(n * rows, label);
   const tables = new Map<string, { buffer: GPUBuffer; offsets: number[] }>();
-  const words = e8pSourceWords();
+  const pairs = e8pSourcePairs();
   const e81b = e81bCodebook();
   const ctx = {
     dev,
@@ -984,9 +988,9 @@ export function createLinearContext(
     z: scratch(needs.z, 'z'),
     ones: f(needs.ones, 'ones', 1),
     dummy: f(4, 'dummy'),
-    sources: storageBuffer(dev, words, 'e8p sources'),
+    sources: storageBuffer(dev, pairs, 'e8p sources'),
     e81b: storageBuffer(dev, e81b, 'e81b codebook'),
-    tables: uniformWords(dev, e8pTablesUniform(words, e81b), 'e8p tables'),
+    tables: uniformWords(dev, e8pTablesUniform(pairs, e81b), 'e8p tables'),
     hkTable(Ks: readonly number[]): { buffer: GPUBuffer; offsets: number[] } {
       const key = Ks.join(',');
       let t = tables.get(key);

@@ -131,7 +131,7 @@ export interface ProjectionCodes {
   resScale: number;
   /** The E81B codebook buffer, for an 'rvq3' plane; else null. */
   e81b: GPUBuffer | null;
-  /** The E8P source words (storage, `e8pSourceWords()`) and the same with E81B as a uniform ({@link e8pTablesUniform}). */
+  /** The E8P source table (storage, `e8pSourcePairs()`) and the same with E81B as a uniform ({@link e8pTablesUniform}). */
   sources: GPUBuffer;
   tables: GPUBuffer;
   /** Output: every segment's `k` values back to back per activation row. */
@@ -843,8 +843,8 @@ export class Kernels {
     const c = o.codes;
     if (segments.length === 0 || !c) return this.rotate(rotation);
     const tile = o.tile ?? 1;
-    // the source words and the lanes' partial sums, and E81B for an rvq3 R̂ (see inputProjectionWgsl)
-    const extra = this.lanes === 1 ? 0 : 2 * WG * 4 + (c.codec === 'rvq3' ? 2048 * 4 : 0);
+    // the source table (256 × 16 bytes) and the lanes' partial sums, and E81B for an rvq3 R̂ (see inputProjectionWgsl)
+    const extra = this.lanes === 1 ? 0 : 256 * 16 + WG * 4 + (c.codec === 'rvq3' ? 2048 * 4 : 0);
     const words = Math.ceil(n / WG) * WG;
     const fused =
       tile === 1 &&

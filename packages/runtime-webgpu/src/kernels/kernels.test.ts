@@ -10,7 +10,7 @@ import {
   uniformWords,
   type CalderaDevice,
 } from '../device.js';
-import { e8pSourceWords, uploadMatrix } from '../linear.js';
+import { e8pSourcePairs, uploadMatrix } from '../linear.js';
 import { gpuTitle, testDevice } from '../testing/gpu.js';
 import { e8pTablesUniform, encodeDispatches, Kernels, type Dispatch, type LatticeCodec } from './index.js';
 
@@ -126,7 +126,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       const kr = 37; // more components than the 32 lanes of a row: each lane takes several
       const z = randn(rng, kr);
       const k = new Kernels(d, { lanes });
-      const sources = storageBuffer(d, e8pSourceWords(), 'src');
+      const sources = storageBuffer(d, e8pSourcePairs(), 'src');
       const xb = storageBuffer(d, x, 'x');
       const codes3 = Uint8Array.from({ length: codes.length }, () => rng.int(256));
       const q1 = e8pDecode(codes);
@@ -207,7 +207,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       const padded = Math.ceil(rows / tile) * tile;
       const k = new Kernels(d, { lanes });
       const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
-      const sources = storageBuffer(d, e8pSourceWords(), 'src');
+      const sources = storageBuffer(d, e8pSourcePairs(), 'src');
       const e81b = storageBuffer(d, e81bCodebook(), 'e81b');
       const u16 = (n: number) => Uint16Array.from({ length: n }, () => rng.int(65536));
       const codes = storageBuffer(d, u16((mp * np) / 8), 'c');
@@ -424,8 +424,8 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       // butterflies and mix), and with row tiles of 2 (the one-workgroup rotation, R̂'s kernel in its prefill form)
       const apart = new Kernels(d, { lanes, maxLocalHadamard: 16 });
       const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
-      const tables = uniformWords(d, e8pTablesUniform(e8pSourceWords(), e81bCodebook()), 'tables');
-      const sources = storageBuffer(d, e8pSourceWords(), 'src');
+      const tables = uniformWords(d, e8pTablesUniform(e8pSourcePairs(), e81bCodebook()), 'tables');
+      const sources = storageBuffer(d, e8pSourcePairs(), 'src');
       const e81b = storageBuffer(d, e81bCodebook(), 'e81b');
       for (const { n, nIn, ks, inputs } of cases) {
         const J = ks.length;

@@ -612,35 +612,48 @@ export function e8pBindings(codec: LatticeCodec, lowRank: LatticeCodec | null): 
 export const E8P_MAX_SEGMENTS = 4;
 
 /**
- * Decoding of E8P12 codes (see {@link e8pMatvecWgsl}) for a kernel that declares `word(a)`, the source word of
- * source a: `decode8(c)`, the 8 coordinates of code c, and `dot8(c, xv)`, their dot product with `xv`.
+ * Decoding of E8P12 codes (see {@link e8pMatvecWgsl}) for a kernel that declares `pairs(a)`, the four bfloat16 pair
+ * words of source a ({@link e8pSourcePairs}): `decodeCode(c)`, code c as its signed magnitudes (coordinates 0, 2, 4, 6
+ * in `even`, 1, 3, 5, 7 in `odd`) and the ¼ shift common to its 8 coordinates; `activations(a, b)`, 8 activation
+ * values in the same split with their sum; `dotCode(k, xv)`, their dot product
+ * `⟨±m, x⟩ + shift·Σx` (= `⟨decode(c), x⟩`); and `elem(c, i)`, coordinate i of code c alone.
  */
 const E8P_DECODE_WGSL = /* wgsl */ `
-// 2·(coordinate i) of a source word, whose 4 bits hold 2·magnitude + 5: the float 2²³ + bits, less 2²³ + 5 (exact;
-// an OR and an add, where an integer conversion is a slower instruction on many GPUs)
-fn mag2(w: u32, i: u32) -> f32 { return bitcast<f32>(0x4b000000u | ((w >> (4u * i)) & 15u)) - 8388613.0; }
-// coordinate i of a code with source word w and sign bits s2: (±2·magnitude)·½ ± ¼, the sign flipped on the bits
-fn coord(w: u32, s2: u32, i: u32, shift: f32) -> f32 {
-  let bit = (i >> 1u) | ((i & 1u) << 2u);
-  let neg = (s2 << (31u - bit)) & 0x80000000u;
-  return bitcast<f32>(bitcast<u32>(mag2(w, i)) ^ neg) * 0.5 + shift;
-}
-fn decode8(c: u32) -> array<f32, 8> {
-  let w = word(c >> 8u);
+struct Code { even: vec4<f32>, odd: vec4<f32>, shift: f32 }
+struct Activations { even: vec4<f32>, odd: vec4<f32>, sum: f32 }
+fn decodeCode(c: u32) -> Code {
   let sigma = c & 255u;
   let par = countOneBits(sigma) & 1u;
   let s2 = sigma ^ par;
-  let shift = select(0.25, -0.25, par == 1u);
-  var v: array<f32, 8>;
-  for (var i = 0u; i < 8u; i++) { v[i] = coord(w, s2, i, shift); }
-  return v;
+  // coordinate 2j's sign is bit j of s2 and 2j + 1's bit j + 4: spread to bits j and 16 + j, shifted by 15 − j
+  // they land on the bf16 sign bits (15 and 31) of word j
+  let spread = s2 | ((s2 & 0xf0u) << 12u);
+  let w = pairs(c >> 8u) ^ ((vec4<u32>(spread) << vec4<u32>(15u, 14u, 13u, 12u)) & vec4<u32>(0x80008000u));
+  return Code(bitcast<vec4<f32>>(w << vec4<u32>(16u)), bitcast<vec4<f32>>(w & vec4<u32>(0xffff0000u)),
+    select(0.25, -0.25, par == 1u));
 }
-fn dot8(c: u32, xv: array<f32, 8>) -> f32 {
-  var v = decode8(c);
-  var xs = xv;
-  var s = 0.0;
-  for (var i = 0u; i < 8u; i++) { s += v[i] * xs[i]; }
-  return s;
+fn activations(a: vec4<f32>, b: vec4<f32>) -> Activations {
+  let t = a + b;
+  return Activations(vec4<f32>(a.x, a.z, b.x, b.z), vec4<f32>(a.y, a.w, b.y, b.w), (t.x + t.y) + (t.z + t.w));
+}
+fn dotCode(k: Code, xv: Activations) -> f32 {
+  return dot(k.even, xv.even) + dot(k.odd, xv.odd) + k.shift * xv.sum;
+}
+fn elem(c: u32, i: u32) -> f32 {
+  let sigma = c & 255u;
+  let par = countOneBits(sigma) & 1u;
+  let w = pairs(c >> 8u)[i >> 1u];
+  let bit = (i >> 1u) | ((i & 1u) << 2u);
+  let neg = ((sigma ^ par) << (31u - bit)) & 0x80000000u;
+  return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1u) == 1u) ^ neg) + select(0.25, -0.25, par == 1u);
+}`;
+
+/** `dotE81b(c8, xv)`: the dot product of E81B codeword `c8/8` with 8 activations, for a kernel declaring `e81bAt(i)`. */
+const E81B_DOT_WGSL = /* wgsl */ `
+fn dotE81b(c8: u32, xv: Activations) -> f32 {
+  let e = vec4<f32>(e81bAt(c8), e81bAt(c8 + 2u), e81bAt(c8 + 4u), e81bAt(c8 + 6u));
+  let o = vec4<f32>(e81bAt(c8 + 1u), e81bAt(c8 + 3u), e81bAt(c8 + 5u), e81bAt(c8 + 7u));
+  return dot(e, xv.even) + dot(o, xv.odd);
 }`;
 
 /**
@@ -663,11 +676,13 @@ fn dot8(c: u32, xv: array<f32, 8>) -> f32 {
  *
  * Decoding (see @caldera/quant e8p.ts): code = (a << 8) | σ; with `p = popcount(σ) & 1` and `σ' = σ ^ p`,
  * coordinate i is `±source[a][i] + (p ? −¼ : ¼)`, negated when bit `π(i) = (i >> 1) | ((i & 1) << 2)` of σ' is set.
- * The source table is 256 words, one per source ({@link e8pSourceWords}: coordinate i in bits 4i…4i+3 as
- * `2·source + 5`, coordinate 7 pre-negated for sources of odd coordinate sum), so a code costs one table read; with
- * 32 lanes per row every workgroup copies it (1 KiB) into workgroup memory. Activation values are read 8 at a time
- * as two 16-byte loads (`x` is bound as `vec4<f32>`; every offset is a multiple of 8). The products are summed in
- * the same order as with one value at a time.
+ * The source table is 256 × 16 bytes ({@link e8pSourcePairs}: the 8 coordinates as bfloat16 pairs, coordinate 7
+ * pre-negated for sources of odd coordinate sum), so a code costs one 16-byte table read; with 32 lanes per row every
+ * workgroup copies it (4 KiB) into workgroup memory. The signs go onto the bf16 sign bits with one XOR per pair, a
+ * pair becomes two floats with a shift and a mask, and the ¼ shift is applied once per code to the sum of its 8
+ * activations (`⟨±m + s, x⟩ = ⟨±m, x⟩ + s·Σx`): about 5 instructions per weight coordinate, where decoding each
+ * coordinate to a float took about 9. Activation values are read 8 at a time as two 16-byte loads (`x` is bound as
+ * `vec4<f32>`; every offset is a multiple of 8).
  */
 export function e8pMatvecWgsl(
   codec: LatticeCodec,
@@ -681,7 +696,7 @@ export function e8pMatvecWgsl(
   const tbl = lanes === 1 ? 'src' : 'tbl';
   const types: Record<string, string> = {
     codes: 'array<u32>',
-    src: 'array<u32>',
+    src: 'array<vec4<u32>>',
     x: 'array<vec4<f32>>',
     outv: 'array<f32>',
     codes2: 'array<u32>',
@@ -714,23 +729,20 @@ fn segOf(row: u32) -> Seg {
   return p.seg[j];
 }
 ${bindings}
-${lanes === 1 ? '' : 'var<workgroup> tbl: array<u32, 256>;'}
-fn word(a: u32) -> u32 { return ${tbl}[a]; }
+${lanes === 1 ? '' : 'var<workgroup> tbl: array<vec4<u32>, 256>;'}
+fn pairs(a: u32) -> vec4<u32> { return ${tbl}[a]; }
 ${E8P_DECODE_WGSL}
-// the 8 activation values from xo (a multiple of 4): two 16-byte loads
-fn x8(xo: u32) -> array<f32, 8> {
-  let a = x[xo >> 2u];
-  let b = x[(xo >> 2u) + 1u];
-  return array<f32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+${
+  rvq3 || lowRank === 'rvq3'
+    ? `fn e81bAt(i: u32) -> f32 { return e81b[i]; }
+${E81B_DOT_WGSL}`
+    : ''
 }
+// the 8 activation values from xo (a multiple of 4): two 16-byte loads
+fn x8(xo: u32) -> Activations { return activations(x[xo >> 2u], x[(xo >> 2u) + 1u]); }
 ${
   lowRank
-    ? `fn elem(c: u32, i: u32) -> f32 {
-  let sigma = c & 255u;
-  let par = countOneBits(sigma) & 1u;
-  return coord(word(c >> 8u), sigma ^ par, i, select(0.25, -0.25, par == 1u));
-}
-fn lval(sg: Seg, t: u32, lrow: u32) -> f32 {
+    ? `fn lval(sg: Seg, t: u32, lrow: u32) -> f32 {
   let off = t * sg.lG + (lrow >> 3u);
   let idx = sg.l1 + off;
   let idx2 = sg.l2 + off;
@@ -749,15 +761,10 @@ fn lval(sg: Seg, t: u32, lrow: u32) -> f32 {
     for (var g = lane; g < p.G; g += stride) {
       let idx = sg.q1 + lrow * p.G + g;
       let idx2 = sg.q2 + lrow * p.G + g;
-      var xv = x8(r * p.xRow + sg.xOff + 8u * g);
-      acc += dot8((codes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu, xv);
-      ${rvq4 ? 'acc2 += dot8((codes2[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu, xv);' : ''}
-      ${
-        rvq3
-          ? `let c2 = ((codes2[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u;
-      for (var i = 0u; i < 8u; i++) { acc2 += e81b[c2 + i] * xv[i]; }`
-          : ''
-      }
+      let xv = x8(r * p.xRow + sg.xOff + 8u * g);
+      acc += dotCode(decodeCode((codes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu), xv);
+      ${rvq4 ? 'acc2 += dotCode(decodeCode((codes2[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu), xv);' : ''}
+      ${rvq3 ? 'acc2 += dotE81b(((codes2[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u, xv);' : ''}
     }
     ${rvq4 || rvq3 ? 'acc += acc2 / p.resScale;' : ''}
     acc *= sg.qscale;
@@ -767,22 +774,14 @@ fn lval(sg: Seg, t: u32, lrow: u32) -> f32 {
     for (var g = lane; g < p.G; g += stride) {
       let idx = sg.q1 + lrow * p.G + g;
       let idx2 = sg.q2 + lrow * p.G + g;
-      var v1 = decode8((codes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu);
-      ${rvq4 ? 'var v2 = decode8((codes2[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu);' : ''}
+      let k1 = decodeCode((codes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu);
+      ${rvq4 ? 'let k2 = decodeCode((codes2[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu);' : ''}
       ${rvq3 ? 'let c2 = ((codes2[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u;' : ''}
       for (var k = 0u; k < ${tile}u; k++) {
-        var xv = x8((r0 + k) * p.xRow + sg.xOff + 8u * g);
-        var s = 0.0;
-        for (var i = 0u; i < 8u; i++) { s += v1[i] * xv[i]; }
-        acc[k] += s;
-        ${
-          rvq4
-            ? `var s2 = 0.0;
-        for (var i = 0u; i < 8u; i++) { s2 += v2[i] * xv[i]; }
-        acc2[k] += s2;`
-            : ''
-        }
-        ${rvq3 ? 'for (var i = 0u; i < 8u; i++) { acc2[k] += e81b[c2 + i] * xv[i]; }' : ''}
+        let xv = x8((r0 + k) * p.xRow + sg.xOff + 8u * g);
+        acc[k] += dotCode(k1, xv);
+        ${rvq4 ? 'acc2[k] += dotCode(k2, xv);' : ''}
+        ${rvq3 ? 'acc2[k] += dotE81b(c2, xv);' : ''}
       }
     }
     for (var k = 0u; k < ${tile}u; k++) { acc[k] = sg.qscale * (acc[k]${rvq4 || rvq3 ? ' + acc2[k] / p.resScale' : ''}); }
@@ -820,8 +819,8 @@ export function inputProjectionBindings(codec: LatticeCodec, input: RotationInpu
  * workgroups `seg.wg0 …` along x: each computes the member's whole `x'` in workgroup memory (the H_K mix through
  * registers, `maxN/WG` values per invocation) and then its block of R̂'s rows (8 with 32 lanes per row, {@link WG}
  * with one) from there; the member's first workgroup also writes `x'` to `rot` for the Q̂ kernel. A member without
- * lattice factors (`k` = 0) takes one workgroup. The E8P source words (and the E81B table of an `rvq3` R̂) come from
- * the uniform `tables` (see {@link e8pTablesUniform}), copied into workgroup memory with 32 lanes per row (1 KiB, and
+ * lattice factors (`k` = 0) takes one workgroup. The E8P source table (and the E81B table of an `rvq3` R̂) come from
+ * the uniform `tables` (see {@link e8pTablesUniform}), copied into workgroup memory with 32 lanes per row (4 KiB, and
  * 8 KiB for E81B). Not batched over row tiles: one activation row per workgroup along y.
  */
 export function inputProjectionWgsl(
@@ -858,20 +857,21 @@ ${ROTATION_PARAMS}
 struct RSeg { wg0: u32, k: u32, q1: u32, q2: u32, zOff: u32, qscale: f32, a: u32, b: u32 }
 struct PR { G: u32, zRow: u32, resScale: f32, nmem: u32, seg: array<RSeg, ${ROTATION_MAX_MEMBERS}> }
 @group(0) @binding(1) var<uniform> pr: PR;
-struct T { words: array<vec4<u32>, 64>, e81b: array<vec4<f32>, 512> }
+struct T { pairs: array<vec4<u32>, 256>, e81b: array<vec4<f32>, 512> }
 @group(0) @binding(2) var<uniform> tables: T;
 ${bindings}
 var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, WG) : maxN}>;
 ${rotationInputWgsl(input, 'u.eps', 3 + names.length - 1)}
-${lanes === 1 ? '' : `var<workgroup> tbl: array<u32, 256>;\nvar<workgroup> part: array<f32, ${WG}>;`}
+${lanes === 1 ? '' : `var<workgroup> tbl: array<vec4<u32>, 256>;\nvar<workgroup> part: array<f32, ${WG}>;`}
 ${e81bLocal ? 'var<workgroup> e81bw: array<f32, 2048>;' : ''}
-fn word(a: u32) -> u32 { return ${lanes === 1 ? 'tables.words[a >> 2u][a & 3u]' : 'tbl[a]'}; }
+fn pairs(a: u32) -> vec4<u32> { return ${lanes === 1 ? 'tables.pairs[a]' : 'tbl[a]'}; }
 fn e81bAt(i: u32) -> f32 { return ${e81bLocal ? 'e81bw[i]' : 'tables.e81b[i >> 2u][i & 3u]'}; }
 ${E8P_DECODE_WGSL}
+${rvq3 ? E81B_DOT_WGSL : ''}
 ${ROTATION_STEPS_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-  ${lanes === 1 ? '' : 'tbl[lid] = tables.words[lid >> 2u][lid & 3u];'}
+  ${lanes === 1 ? '' : 'tbl[lid] = tables.pairs[lid];'}
   ${e81bLocal ? `for (var i = lid; i < 2048u; i += ${WG}u) { e81bw[i] = tables.e81b[i >> 2u][i & 3u]; }` : ''}
   var w = 0u;
   for (var t = 1u; t < pr.nmem; t++) { if (wid.x >= pr.seg[t].wg0) { w = t; } }
@@ -912,15 +912,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       let idx = sg.q1 + row * pr.G + g;
       let idx2 = sg.q2 + row * pr.G + g;
       let o = 8u * g;
-      var xv = array<f32, 8>(v[o], v[o + 1u], v[o + 2u], v[o + 3u], v[o + 4u], v[o + 5u], v[o + 6u], v[o + 7u]);
-      acc += dot8((codes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu, xv);
-      ${rvq4 ? 'acc2 += dot8((codes2[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu, xv);' : ''}
-      ${
-        rvq3
-          ? `let c2 = ((codes2[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u;
-      for (var i = 0u; i < 8u; i++) { acc2 += e81bAt(c2 + i) * xv[i]; }`
-          : ''
-      }
+      let xv = activations(vec4<f32>(v[o], v[o + 1u], v[o + 2u], v[o + 3u]),
+        vec4<f32>(v[o + 4u], v[o + 5u], v[o + 6u], v[o + 7u]));
+      acc += dotCode(decodeCode((codes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu), xv);
+      ${rvq4 ? 'acc2 += dotCode(decodeCode((codes2[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu), xv);' : ''}
+      ${rvq3 ? 'acc2 += dotE81b(((codes2[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u, xv);' : ''}
     }
     ${rvq4 || rvq3 ? 'acc += acc2 / pr.resScale;' : ''}
     acc *= sg.qscale;
@@ -940,13 +936,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 }
 
 /**
- * The uniform `tables` of {@link inputProjectionWgsl}: the 256 E8P source words ({@link e8pSourceWords} layout) and
- * the 256×8 E81B codebook (f32 bits), 9 KiB.
+ * The uniform `tables` of {@link inputProjectionWgsl}: the E8P source table ({@link e8pSourcePairs} layout, 4 KiB)
+ * and the 256×8 E81B codebook (f32 bits, 8 KiB).
  */
-export function e8pTablesUniform(words: Uint32Array, e81b: Float32Array): Uint32Array {
-  const out = new Uint32Array(256 + 2048);
-  out.set(words);
-  out.set(new Uint32Array(e81b.buffer, e81b.byteOffset, 2048), 256);
+export function e8pTablesUniform(pairs: Uint32Array, e81b: Float32Array): Uint32Array {
+  const out = new Uint32Array(1024 + 2048);
+  out.set(pairs);
+  out.set(new Uint32Array(e81b.buffer, e81b.byteOffset, 2048), 1024);
   return out;
 }
 
