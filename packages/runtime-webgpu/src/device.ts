@@ -41,6 +41,11 @@ export interface CalderaDevice {
   /** Workgroup memory in bytes (bounds the Hadamard size run in one workgroup: `n ≤ bytes / 4`). */
   readonly maxWorkgroupStorage: number;
   /**
+   * Storage buffers a kernel may bind (requested at the adapter's maximum, up to 16): a step that finishes the layer
+   * before it (see `Kernels.residualFusable`) needs up to 12, else it takes an extra launch.
+   */
+  readonly maxStorageBuffers: number;
+  /**
    * True for a CPU implementation (SwiftShader, the fallback adapter): the matrix–vector kernels then use one
    * invocation per row (see `Lanes`).
    */
@@ -76,7 +81,7 @@ export async function createDevice(options: CreateDeviceOptions = {}): Promise<C
         maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
         maxBufferSize: l.maxBufferSize,
         maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
-        maxStorageBuffersPerShaderStage: Math.min(l.maxStorageBuffersPerShaderStage, 10),
+        maxStorageBuffersPerShaderStage: Math.min(l.maxStorageBuffersPerShaderStage, 16),
       },
     });
   } catch (e) {
@@ -98,6 +103,7 @@ export async function createDevice(options: CreateDeviceOptions = {}): Promise<C
     maxStorageBinding: device.limits.maxStorageBufferBindingSize,
     maxBufferSize: device.limits.maxBufferSize,
     maxWorkgroupStorage: device.limits.maxComputeWorkgroupStorageSize,
+    maxStorageBuffers: device.limits.maxStorageBuffersPerShaderStage,
     description,
     dispose: () => device.destroy(),
   };

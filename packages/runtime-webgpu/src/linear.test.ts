@@ -14,7 +14,9 @@ import { CalderaLinear } from '@caldera/runtime-node';
 import { readBuffer, storageBuffer, uniformWords } from './device.js';
 import { encodeDispatches, Kernels, type Dispatch } from './kernels/index.js';
 import {
+  bindDeferred,
   bindLayers,
+  bindResidual,
   createCalderaLinears,
   createDenseLinears,
   createLinearContext,
@@ -377,6 +379,85 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     for (const m of [...members, lone, dense]) m.dispose();
     ctx.dispose();
     kernels.dispose();
+  });
+
+  it('a residual branch finished by the next input step (bindDeferred + bindResidual) equals its output rotation first, to the bit, with one launch fewer; 1 and 32 lanes, RVQ4 and E8P12 R̂, a biased o; falls back on a device with 8 storage buffers', async () => {
+    const rng = new Rng(16);
+    const [nAtt, dModel, rows, eps] = [64, 96, 2, 1e-5];
+    const layerOf = (m: number, n: number, o: Partial<CalderaOptions>, seed: number, bias: boolean) => {
+      const w = tensor('f32', [m, n], rng.fillNormal(new Float32Array(m * n), 0, 0.5));
+      const x = caldera(w, null, { rank: 3, outerIters: 1, lplrIters: 1, seed, ...o });
+      const { tensors, meta } = toCheckpointTensors('layer', x);
+      return {
+        d: fromCheckpointTensors('layer', (nm) => tensors[nm], meta),
+        bias: bias ? rng.fillNormal(new Float32Array(m), 0, 0.5) : null,
+        label: `l${seed}`,
+      };
+    };
+    // o_proj: 96 × 64 with a bias (its output rotation has K = 12, the next layers' input rotation too)
+    const [o] = createCalderaLinears(d, [layerOf(dModel, nAtt, {}, 1, true)]);
+    const nexts = ([{}, { lBits: 2, rBits: 2 }] as Partial<CalderaOptions>[]).map((opts, v) =>
+      createCalderaLinears(
+        d,
+        [40, 24].map((m, j) => layerOf(m, dModel, opts, 10 + 2 * v + j, false)),
+      ),
+    );
+    const att = storageBuffer(d, rng.fillNormal(new Float32Array(rows * nAtt), 0, 1), 'att');
+    const h0 = rng.fillNormal(new Float32Array(rows * dModel), 0, 2);
+    const weight = storageBuffer(d, rng.fillNormal(new Float32Array(dModel), 1, 0.2), 'norm weight');
+    const scratch = storageBuffer(d, new Float32Array(rows * dModel), 'scratch');
+    const run = async (list: Dispatch[]) => {
+      const enc = d.device.createCommandEncoder();
+      encodeDispatches(enc, list, rows);
+      d.device.queue.submit([enc.finish()]);
+      await d.device.queue.onSubmittedWorkDone();
+    };
+    const read = async (b: GPUBuffer) => Array.from(new Float32Array(await readBuffer(d, b, b.size)));
+    for (const storage of [d.maxStorageBuffers, 8])
+      for (const lanes of [1, 32] as const)
+        for (const [v, next] of nexts.entries()) {
+          const dev = { ...d, maxStorageBuffers: storage };
+          const kernels = new Kernels(dev, { lanes });
+          const needs = { ...o!.group.needs };
+          for (const key of Object.keys(needs) as (keyof typeof needs)[])
+            needs[key] = Math.max(needs[key], next[0]!.group.needs[key]);
+          const ctx = createLinearContext(dev, kernels, needs, rows);
+          const what = `${storage} storage buffers, ${lanes} lane(s), next ${v}`;
+          const outs = () => next.map((l) => storageBuffer(d, new Float32Array(rows * l.outFeatures), 'out'));
+          const layers = (bufs: GPUBuffer[]) => next.map((layer, j) => ({ layer, out: bufs[j]! }));
+          const norm = { weight, eps, scratch };
+          // deferred: o's output rotation left to the next layers' input step
+          const x = storageBuffer(d, h0, 'x');
+          const x2 = storageBuffer(d, new Float32Array(rows * dModel), 'x2');
+          const outA = outs();
+          const deferred = bindDeferred(ctx, att, o!, x);
+          expect(deferred.pending, what).not.toBeNull();
+          const step = bindResidual(
+            ctx,
+            { pending: deferred.pending!, x, residualOut: x2, norm },
+            layers(outA),
+          );
+          // the reference: o whole (accumulating into h), then the next layers reading RMSNorm(h)
+          const ref = storageBuffer(d, h0, 'ref');
+          const outB = outs();
+          const refList = [
+            ...bindLayers(ctx, att, [{ layer: o!, out: ref }], { accumulate: true }),
+            ...bindLayers(ctx, { x: ref, compute: { kind: 'rmsNorm', ...norm } }, layers(outB)),
+          ];
+          const fused = storage >= 11 + (v === 0 ? 1 : 0);
+          expect(step.residual, what).toBe(fused ? x2 : x);
+          expect(deferred.dispatches.length + step.dispatches.length, what).toBe(
+            refList.length - (fused ? 1 : 0),
+          );
+          await run([...deferred.dispatches, ...step.dispatches]);
+          await run(refList);
+          expect(await read(step.residual), `${what}: h`).toEqual(await read(ref));
+          for (const j of [0, 1])
+            expect(await read(outA[j]!), `${what}: layer ${j}`).toEqual(await read(outB[j]!));
+          ctx.dispose();
+          kernels.dispose();
+        }
+    for (const l of [o!, ...nexts.flat()]) l.dispose();
   });
 
   it('bindLayers then RoPE and the KV store: a q/k/v group (in its output rotation) equals the layers alone (a launch after them), to the bit; dense layers get that launch too', async () => {

@@ -9,8 +9,10 @@ import {
   ROTATION_MAX_MEMBERS,
   type Dispatch,
   type GpuMatrix,
+  type InputProjectionOptions,
   type Kernels,
   type LatticeCodec,
+  type ResidualInput,
   type RopeKvOptions,
   type RotateOptions,
   type RotationInput,
@@ -445,6 +447,24 @@ interface Member {
  *
  * An explicit handle: the buffers are freed when every member has been disposed.
  */
+/** Options of {@link GpuCalderaGroup.bind}. */
+export interface GroupBindOptions {
+  /** Add to the outputs instead of writing them (default false). */
+  accumulate?: boolean;
+  /** Activation rows per invocation of the matrix kernels (default 1; see `Kernels.matvec`). */
+  tile?: number;
+  /** What the input rotation computes from `x` as it loads it (RMSNorm, SwiGLU; default none). */
+  input?: RotationInput;
+  /**
+   * The layer before, finished by the input step: its pending output rotation (from
+   * {@link GpuCalderaGroup.bindPending}) accumulating into `x`, and the buffer that receives `x + its output`. Needs
+   * `input` RMSNorm and {@link GpuCalderaGroup.fusesResidual}.
+   */
+  residual?: ResidualInput;
+  /** The layers are q, k and v: RoPE and the KV store follow in their output rotation. */
+  then?: RopeKvOptions;
+}
+
 export class GpuCalderaGroup {
   /** The layers, in the order given. */
   readonly members: readonly GpuCalderaLinear[];
@@ -630,35 +650,73 @@ export class GpuCalderaGroup {
     x: GPUBuffer,
     j0: number,
     outs: GPUBuffer[],
-    options: { accumulate?: boolean; tile?: number; input?: RotationInput; then?: RopeKvOptions } = {},
+    options: GroupBindOptions = {},
   ): Dispatch[] {
-    const { accumulate = false, tile = 1, input, then } = options;
-    const J = outs.length;
-    if (!Number.isInteger(j0) || j0 < 0 || J < 1 || j0 + J > this.m.length)
-      throw new CalderaError('E_VALUE', `bind: layers ${j0}…${j0 + J - 1} of a group of ${this.m.length}`);
-    const ms = this.m.slice(j0, j0 + J);
+    const { list, output } = this.record(ctx, x, j0, outs, options);
+    list.push(...output());
+    return list;
+  }
+
+  /**
+   * {@link GpuCalderaGroup.bind} for one layer `j` without its output rotation, which is returned instead (accumulating
+   * into `out` when `accumulate`): the residual input step of the next layers can finish it (see `bindResidual`).
+   */
+  bindPending(
+    ctx: LinearContext,
+    x: GPUBuffer,
+    j: number,
+    out: GPUBuffer,
+    options: { accumulate?: boolean; tile?: number; input?: RotationInput } = {},
+  ): { dispatches: Dispatch[]; pending: RotateOptions } {
+    const { list, rotation } = this.record(ctx, x, j, [out], options);
+    return { dispatches: list, pending: { ...rotation, pre: ctx.ones } };
+  }
+
+  /** Whether {@link GpuCalderaGroup.bind} with these options finishes `options.residual` in its input step. */
+  fusesResidual(
+    ctx: LinearContext,
+    x: GPUBuffer,
+    j0: number,
+    count: number,
+    options: GroupBindOptions,
+  ): boolean {
+    return ctx.kernels.residualFusable(this.inputStep(ctx, x, this.m.slice(j0, j0 + count), options));
+  }
+
+  /** The options of the layers' input step (see {@link Kernels.projectInput}). */
+  private inputStep(
+    ctx: LinearContext,
+    x: GPUBuffer,
+    ms: readonly Member[],
+    options: GroupBindOptions,
+  ): InputProjectionOptions {
+    const { tile = 1, input, residual } = options;
     const d0 = ms[0]!.d;
     const n = d0.shape[1];
     const np = d0.padded[1];
-    const K = ctx.kernels;
-    const withFactors = ms.map((mb, w) => ({ mb, w })).filter(({ mb }) => mb.packed);
-    // L̂'s codes are bound only when a bound layer has them
-    const lowRank = withFactors.length > 0 ? this.l : null;
-    const e81b = this.q.codec === 'rvq3' || lowRank?.codec === 'rvq3' ? ctx.e81b : null;
-    const xRow = J * np;
-    let zOff = 0;
-    const zAt = ms.map((mb) => {
-      const at = zOff;
-      zOff += mb.packed?.k ?? 0;
-      return at;
-    });
-    // the input rotation and R̂·x' (one launch when they fit)
-    const list: Dispatch[] = K.projectInput({
+    // with a residual, one H_K table holds both rotations' factors
+    const Ks = [...new Set([this.Kn, ...(residual?.rotation.members.map((m) => m.K) ?? [])])];
+    const hks = ctx.hkTable(Ks);
+    const at = (K: number) => hks.offsets[Ks.indexOf(K)]!;
+    return {
       x,
       xStride: n,
       ...(input ? { input } : {}),
+      ...(residual
+        ? {
+            residual: {
+              out: residual.out,
+              rotation: {
+                ...residual.rotation,
+                hk: hks.buffer,
+                members: residual.rotation.members.map((m) => ({ ...m, hkOff: at(m.K) })),
+              },
+            },
+          }
+        : {}),
       pre: this.su ?? ctx.ones,
-      hk: ctx.hk(this.Kn),
+      hk: hks.buffer,
+      hkOff: at(this.Kn),
       transform: d0.hadamard,
       n: np,
       nIn: n,
@@ -687,7 +745,38 @@ export class GpuCalderaGroup {
       tmp: ctx.rotTmp,
       dummy: ctx.dummy,
       tile,
+    };
+  }
+
+  /** The launches of `bind` up to the output rotation, and that rotation. */
+  private record(
+    ctx: LinearContext,
+    x: GPUBuffer,
+    j0: number,
+    outs: GPUBuffer[],
+    options: GroupBindOptions,
+  ): { list: Dispatch[]; rotation: Omit<RotateOptions, 'pre'>; output: () => Dispatch[] } {
+    const { accumulate = false, tile = 1, then } = options;
+    const J = outs.length;
+    if (!Number.isInteger(j0) || j0 < 0 || J < 1 || j0 + J > this.m.length)
+      throw new CalderaError('E_VALUE', `bind: layers ${j0}…${j0 + J - 1} of a group of ${this.m.length}`);
+    const ms = this.m.slice(j0, j0 + J);
+    const d0 = ms[0]!.d;
+    const np = d0.padded[1];
+    const K = ctx.kernels;
+    const withFactors = ms.map((mb, w) => ({ mb, w })).filter(({ mb }) => mb.packed);
+    // L̂'s codes are bound only when a bound layer has them
+    const lowRank = withFactors.length > 0 ? this.l : null;
+    const e81b = this.q.codec === 'rvq3' || lowRank?.codec === 'rvq3' ? ctx.e81b : null;
+    const xRow = J * np;
+    let zOff = 0;
+    const zAt = ms.map((mb) => {
+      const at = zOff;
+      zOff += mb.packed?.k ?? 0;
+      return at;
     });
+    // the input rotation and R̂·x' (one launch when they fit)
+    const list: Dispatch[] = K.projectInput(this.inputStep(ctx, x, ms, options));
     const rowStart: number[] = [];
     let rows = 0;
     for (const mb of ms) {
@@ -783,12 +872,9 @@ export class GpuCalderaGroup {
         slot: w,
       })),
     };
-    list.push(
-      ...(then
-        ? K.rotateRopeKv({ ...rotation, ones: ctx.ones }, then)
-        : K.rotate({ ...rotation, pre: ctx.ones })),
-    );
-    return list;
+    const output = () =>
+      then ? K.rotateRopeKv({ ...rotation, ones: ctx.ones }, then) : K.rotate({ ...rotation, pre: ctx.ones });
+    return { list, rotation, output };
   }
 
   /** Called by each member's dispose(): the buffers go when the last member is disposed. */
@@ -935,6 +1021,72 @@ export function bindLayers(
   if (then && !ropeInRotation)
     list.push(ctx.kernels.ropeKv({ ...then, q: layers[0]!.out, k: layers[1]!.out, v: layers[2]!.out }));
   return list;
+}
+
+/**
+ * The launches computing `out += layer(x)` (a residual branch's last layer: o_proj, down_proj), leaving a CALDERA
+ * layer's output rotation pending: it is returned for {@link bindResidual}, which finishes it with the next layers'
+ * input step when it can. Other layers are bound whole (`pending` null).
+ */
+export function bindDeferred(
+  ctx: LinearContext,
+  input: GPUBuffer | LayerInput,
+  layer: GpuLinear,
+  out: GPUBuffer,
+  options: { tile?: number } = {},
+): { dispatches: Dispatch[]; pending: RotateOptions | null } {
+  const tile = options.tile ?? 1;
+  const { x, compute } = 'x' in input ? input : { x: input, compute: undefined };
+  if (layer instanceof GpuCalderaLinear)
+    return layer.group.bindPending(ctx, x, layer.index, out, {
+      accumulate: true,
+      tile,
+      ...(compute ? { input: compute } : {}),
+    });
+  return { dispatches: bindLayers(ctx, input, [{ layer, out }], { accumulate: true, tile }), pending: null };
+}
+
+/**
+ * The next layers after a residual branch whose output rotation is pending ({@link bindDeferred}): `h = x + that
+ * output`, then `out_w = layer_w(RMSNorm(h) ⊙ weight)`. When the layers are one run of a CALDERA group whose input
+ * step can finish the pending rotation ({@link GpuCalderaGroup.fusesResidual}), h is written to `residualOut` by that
+ * step (one launch fewer); else the rotation runs first, accumulating into `x`, and h stays there. Returns the
+ * launches and the buffer holding h.
+ */
+export function bindResidual(
+  ctx: LinearContext,
+  step: {
+    pending: RotateOptions;
+    x: GPUBuffer;
+    residualOut: GPUBuffer;
+    norm: { weight: GPUBuffer; eps: number; scratch: GPUBuffer };
+  },
+  layers: readonly { layer: GpuLinear; out: GPUBuffer }[],
+  options: { tile?: number; then?: RopeKvOptions } = {},
+): { dispatches: Dispatch[]; residual: GPUBuffer } {
+  const { x, pending, residualOut, norm } = step;
+  const input = { kind: 'rmsNorm' as const, weight: norm.weight, eps: norm.eps };
+  const runs = runsOf(layers);
+  const first = runs.length === 1 ? runs[0]!.layers[0] : undefined;
+  // (q, k and v with RoPE are one run of three; other `then` uses go to bindLayers, which rejects them)
+  if (first instanceof GpuCalderaLinear && (!options.then || layers.length === 3)) {
+    const outs = runs[0]!.outs;
+    const opts: GroupBindOptions = {
+      tile: options.tile ?? 1,
+      input,
+      residual: { rotation: pending, out: residualOut },
+      ...(options.then ? { then: options.then } : {}),
+    };
+    if (first.group.fusesResidual(ctx, x, first.index, outs.length, opts))
+      return { dispatches: first.group.bind(ctx, x, first.index, outs, opts), residual: residualOut };
+  }
+  return {
+    dispatches: [
+      ...ctx.kernels.rotate(pending),
+      ...bindLayers(ctx, { x, compute: { kind: 'rmsNorm', ...norm } }, layers, options),
+    ],
+    residual: x,
+  };
 }
 
 /** Split layers into runs of consecutive members of one group (CALDERA or dense); other layers are runs of one. */

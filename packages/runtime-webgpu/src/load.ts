@@ -171,6 +171,7 @@ export async function planMemory(
   // activation buffers hold T rows (the prefill batch rounded up to the row tile), as WebGpuModel allocates them
   const activations: [number, string][] = [
     [T * d, 'x'],
+    [T * d, 'x2'],
     [T * d, 'h'],
     [T * H * hd, 'q'],
     [T * kw, 'k'],

@@ -1,8 +1,18 @@
 import { CalderaError, ropeInvFreq, throwIfAborted, type ModelConfig } from '@caldera/core';
 import { BufferUsage, MAP_READ_MODE, scratchBuffer, storageBuffer, type CalderaDevice } from './device.js';
-import { encodeDispatches, Kernels, type Dispatch, type GpuMatrix, type Lanes } from './kernels/index.js';
 import {
+  encodeDispatches,
+  Kernels,
+  type Dispatch,
+  type GpuMatrix,
+  type Lanes,
+  type RopeKvOptions,
+  type RotateOptions,
+} from './kernels/index.js';
+import {
+  bindDeferred,
   bindLayers,
+  bindResidual,
   createLinearContext,
   GpuCalderaLinear,
   type GpuLinear,
@@ -167,7 +177,10 @@ export class WebGpuModel {
     };
     const kw = KV * hd;
     // activations: T rows each
+    // the residual stream, in x or x2: a step that finishes a residual branch's output rotation in the next layers'
+    // input step writes the sum to the other one (see bindResidual)
     const x = buf(T * d, 'x');
+    const x2 = buf(T * d, 'x2');
     const h = buf(T * d, 'h');
     const q = buf(T * H * hd, 'q');
     // k and v are written only where RoPE and the KV store run as a launch of their own (dense or ungrouped q/k/v)
@@ -221,6 +234,45 @@ export class WebGpuModel {
 
     const record = (tile: number): { program: Dispatch[]; head: Dispatch[] } => {
       const p: Dispatch[] = [K.embed(this.tokensBuf, weights.embed, x)];
+      // where the residual stream is, and the output rotation of the last residual branch when still pending
+      let res = x;
+      let pending: RotateOptions | null = null;
+      // the layers after an RMSNorm of the residual stream: each RMSNorm (and the SwiGLU) is computed by the next
+      // layers' input rotation when they are CALDERA layers, which also finish a pending output rotation when they can
+      const normedLayers = (
+        weight: GPUBuffer,
+        layers: { layer: GpuLinear; out: GPUBuffer }[],
+        then?: RopeKvOptions,
+      ): Dispatch[] => {
+        const options = { tile, ...(then ? { then } : {}) };
+        if (!pending)
+          return bindLayers(
+            ctx,
+            { x: res, compute: { kind: 'rmsNorm', weight, eps: cfg.rmsNormEps, scratch: h } },
+            layers,
+            options,
+          );
+        const r = bindResidual(
+          ctx,
+          {
+            pending,
+            x: res,
+            residualOut: res === x ? x2 : x,
+            norm: { weight, eps: cfg.rmsNormEps, scratch: h },
+          },
+          layers,
+          options,
+        );
+        pending = null;
+        res = r.residual;
+        return r.dispatches;
+      };
+      // a residual branch's last layer: out += layer(input), its output rotation left pending when it is CALDERA
+      const branchEnd = (input: GPUBuffer | LayerInput, layer: GpuLinear): Dispatch[] => {
+        const r = bindDeferred(ctx, input, layer, res, { tile });
+        pending = r.pending;
+        return r.dispatches;
+      };
       weights.blocks.forEach((w, b) => {
         const name = `model.layers.${b}`;
         check(w.q, `${name}.q_proj`, d, H * hd);
@@ -230,24 +282,15 @@ export class WebGpuModel {
         check(w.gate, `${name}.gate_proj`, d, I);
         check(w.up, `${name}.up_proj`, d, I);
         check(w.down, `${name}.down_proj`, I, d);
-        // each RMSNorm, and the SwiGLU, is computed by the next layers' input rotation when they are CALDERA layers
-        const normed = (weight: GPUBuffer): LayerInput => ({
-          x,
-          compute: { kind: 'rmsNorm', weight, eps: cfg.rmsNormEps, scratch: h },
-        });
         p.push(
-          ...bindLayers(
-            ctx,
-            normed(w.inputNorm),
+          ...normedLayers(
+            w.inputNorm,
             [
               { layer: w.q, out: q },
               { layer: w.k, out: k },
               { layer: w.v, out: v },
             ],
-            {
-              tile,
-              then: { step: this.stepBuf, cs, ck: caches[b]!.k, cv: caches[b]!.v, heads: H, kvHeads: KV, hd },
-            },
+            { step: this.stepBuf, cs, ck: caches[b]!.k, cv: caches[b]!.v, heads: H, kvHeads: KV, hd },
           ),
         );
         p.push(
@@ -264,27 +307,19 @@ export class WebGpuModel {
             capacity: cap,
           }),
         );
-        p.push(...bindLayers(ctx, att, [{ layer: w.o, out: x }], { tile, accumulate: true }));
+        p.push(...branchEnd(att, w.o));
         p.push(
-          ...bindLayers(
-            ctx,
-            normed(w.postAttnNorm),
-            [
-              { layer: w.gate, out: g },
-              { layer: w.up, out: u },
-            ],
-            { tile },
-          ),
+          ...normedLayers(w.postAttnNorm, [
+            { layer: w.gate, out: g },
+            { layer: w.up, out: u },
+          ]),
         );
-        p.push(
-          ...bindLayers(ctx, { x: g, compute: { kind: 'swiglu', up: u } }, [{ layer: w.down, out: x }], {
-            tile,
-            accumulate: true,
-          }),
-        );
+        // the SwiGLU is computed by down_proj's input rotation when it is a CALDERA layer (in place over g else)
+        p.push(...branchEnd({ x: g, compute: { kind: 'swiglu', up: u } }, w.down));
       });
+      if (pending) p.push(...K.rotate(pending));
       const head = [
-        K.rmsNorm(x, weights.norm, h, d, cfg.rmsNormEps),
+        K.rmsNorm(res, weights.norm, h, d, cfg.rmsNormEps),
         K.matvec(weights.head, h, this.logitsBuf, { bias: null, accumulate: false, dummy: ctx.dummy, tile }),
         K.argmax(this.logitsBuf, this.argmaxBuf, V, this.stepBuf),
       ];

@@ -155,6 +155,14 @@ export interface InputProjectionOptions {
   nIn: number;
   K: number;
   layers: readonly { preOff: number; r: E8pSegment | null }[];
+  /** Offset of H_K in `hk` (default 0). */
+  hkOff?: number;
+  /**
+   * The layer before, whose output rotation is finished by this step (see {@link Kernels.residualFusable}): that
+   * rotation (one member accumulating into `x`, the residual stream h) and the buffer that receives `h + its output`.
+   * Needs `input` RMSNorm.
+   */
+  residual?: ResidualInput;
   rot: GPUBuffer;
   /** R̂'s codes; unused when no layer has lattice factors. */
   codes: ProjectionCodes | null;
@@ -164,6 +172,12 @@ export interface InputProjectionOptions {
   dummy: GPUBuffer;
   /** Activation rows per invocation of R̂'s kernel (see {@link Kernels.matvec}); default 1. */
   tile?: number;
+}
+
+/** {@link InputProjectionOptions.residual}. */
+export interface ResidualInput {
+  rotation: RotateOptions;
+  out: GPUBuffer;
 }
 
 /** RoPE rotates pairs `(i, i + hd/2)`: the head size must be even. */
@@ -799,6 +813,62 @@ export class Kernels {
   }
 
   /**
+   * The workgroup array size of the one-launch input step for `o` ({@link inputProjectionWgsl}), or null when it
+   * cannot run in one launch: prefill tiles, more than {@link ROTATION_MAX_MEMBERS} layers, vectors (the input's and,
+   * with `residual`, the output before) larger than {@link Kernels.maxLocalHadamard} or than workgroup memory beside
+   * the kernel's tables, or more storage bindings than the device allows.
+   */
+  private projectionWords(o: InputProjectionOptions): number | null {
+    const c = o.codes;
+    if (!c || (o.tile ?? 1) !== 1 || o.layers.length > ROTATION_MAX_MEMBERS) return null;
+    const widths = [o.n, ...(o.residual?.rotation.members.map((m) => m.n) ?? [])];
+    const maxN = Math.max(...widths);
+    if (maxN > this.maxLocalHadamard) return null;
+    const words = Math.ceil(maxN / WG) * WG;
+    // the source table (256 × 16 bytes) and the lanes' partial sums, and E81B for an rvq3 R̂ (see inputProjectionWgsl)
+    const extra = this.lanes === 1 ? 0 : 256 * 16 + WG * 4 + (c.codec === 'rvq3' ? 2048 * 4 : 0);
+    if (Math.max(words, o.input?.kind === 'rmsNorm' ? WG : 0) * 4 + extra > this.dev.maxWorkgroupStorage)
+      return null;
+    const storage = inputProjectionBindings(
+      c.codec,
+      o.input?.kind ?? 'none',
+      o.residual !== undefined,
+    ).filter((name) => name !== 'uo').length;
+    return storage <= this.dev.maxStorageBuffers ? words : null;
+  }
+
+  /**
+   * Whether {@link Kernels.projectInput} can finish the layer before (`o.residual`: its output rotation, accumulating
+   * into the residual stream `o.x`) in the same launch as this step's RMSNorm and input rotation. Needs: that rotation
+   * with one member over `o.x`'s rows at offset 0 (as wide as this step's input), multipliers `pre` of 1 (`o.ones`),
+   * its H_K in `o.hk`, no input computation of its own; this step with RMSNorm and R̂ rows to compute; and the
+   * one-launch input step to fit (see `projectionWords`: on a device with the baseline 8 storage buffers it does not,
+   * as the step binds up to 12).
+   */
+  residualFusable(o: InputProjectionOptions): boolean {
+    const r = o.residual;
+    if (!r || o.input?.kind !== 'rmsNorm' || !o.layers.some((l) => l.r)) return false;
+    const rot = r.rotation;
+    const m = rot.members[0];
+    return (
+      rot.members.length === 1 &&
+      m !== undefined &&
+      rot.accumulate &&
+      rot.input === undefined &&
+      rot.outs.length === 1 &&
+      rot.outs[0] === o.x &&
+      r.out !== o.x &&
+      rot.pre === o.ones &&
+      rot.hk === o.hk &&
+      m.slot === 0 &&
+      m.outOff === 0 &&
+      m.outStride === o.xStride &&
+      m.outLen === o.nIn &&
+      this.projectionWords(o) !== null
+    );
+  }
+
+  /**
    * The input step of CALDERA layers that share an input (see {@link InputProjectionOptions}): one launch
    * ({@link inputProjectionWgsl}) when R̂ has rows to compute, the vectors fit workgroup memory beside the kernel's
    * tables, there are at most {@link ROTATION_MAX_MEMBERS} layers and `tile` is 1; else the rotation
@@ -818,7 +888,7 @@ export class Kernels {
       preOff: l.preOff,
       postOff: 0,
       biasOff: null,
-      hkOff: 0,
+      hkOff: o.hkOff ?? 0,
       outOff: w * n,
       outStride: J * n,
       slot: 0,
@@ -841,17 +911,17 @@ export class Kernels {
     };
     const segments = o.layers.flatMap((l, w) => (l.r ? [{ ...l.r, x: w * n }] : []));
     const c = o.codes;
+    const res = o.residual;
+    if (res && !this.residualFusable(o))
+      throw new CalderaError(
+        'E_VALUE',
+        'projectInput: this step cannot finish the layer before it in one launch (see residualFusable); run that ' +
+          "layer's output rotation with rotate() first",
+      );
     if (segments.length === 0 || !c) return this.rotate(rotation);
     const tile = o.tile ?? 1;
-    // the source table (256 × 16 bytes) and the lanes' partial sums, and E81B for an rvq3 R̂ (see inputProjectionWgsl)
-    const extra = this.lanes === 1 ? 0 : 256 * 16 + WG * 4 + (c.codec === 'rvq3' ? 2048 * 4 : 0);
-    const words = Math.ceil(n / WG) * WG;
-    const fused =
-      tile === 1 &&
-      J <= ROTATION_MAX_MEMBERS &&
-      n <= this.maxLocalHadamard &&
-      Math.max(words, o.input?.kind === 'rmsNorm' ? WG : 0) * 4 + extra <= this.dev.maxWorkgroupStorage;
-    if (!fused)
+    const words = this.projectionWords(o);
+    if (words === null)
       return [
         ...this.rotate(rotation),
         this.e8pMatvec({
@@ -892,8 +962,9 @@ export class Kernels {
     }
     while (seg.length < 8 * ROTATION_MAX_MEMBERS) seg.push(['u32', 0]);
     const input = inputOf(rotation);
-    const p = this.pipeline(`project_${words}_${c.codec}_${this.lanes}_${input.kind}`, () =>
-      inputProjectionWgsl(words, c.codec, this.lanes, input.kind),
+    const p = this.pipeline(
+      `project_${words}_${c.codec}_${this.lanes}_${input.kind}${res ? '_res' : ''}`,
+      () => inputProjectionWgsl(words, c.codec, this.lanes, input.kind, res !== undefined),
     );
     const named: Record<string, GPUBuffer | null> = {
       x: o.x,
@@ -904,10 +975,22 @@ export class Kernels {
       z: c.z,
       codes2: c.codes2,
       aux: input.aux,
+      ...(res
+        ? {
+            raw: res.rotation.x,
+            post: res.rotation.post,
+            obias: res.rotation.bias ?? o.dummy,
+            hout: res.out,
+            uo: this.uniform(
+              this.rotationFields(res.rotation, res.rotation.members),
+              'residual rotation params',
+            ),
+          }
+        : {}),
     };
     return [
       this.make(
-        `project n=${n} K=${K}${J > 1 ? ` ×${J}` : ''} k=${zOff}${input.aux ? ` ${input.kind}` : ''}`,
+        `project n=${n} K=${K}${J > 1 ? ` ×${J}` : ''} k=${zOff}${input.aux ? ` ${input.kind}` : ''}${res ? ' +residual' : ''}`,
         p,
         [
           this.uniform(this.rotationFields(rotation, members), 'rotation params'),
@@ -916,7 +999,7 @@ export class Kernels {
             'projection params',
           ),
           c.tables,
-          ...inputProjectionBindings(c.codec, input.kind).map((name) => named[name]!),
+          ...inputProjectionBindings(c.codec, input.kind, res !== undefined).map((name) => named[name]!),
         ],
         wg,
       ),

@@ -275,6 +275,10 @@ function rotationInputWgsl(kind: RotationInputKind, eps: string, auxBinding: num
 fn inputScale(xo: u32, nIn: u32, lid: u32) -> f32 {
   var s = 0.0;
   for (var j = lid; j < nIn; j += ${WG}u) { let t = x[xo + j]; s += t * t; }
+  return normScale(s, nIn, lid);
+}
+// 1/√(mean + eps) from each invocation's partial sum of squares (the tree reduction of RMSNORM_WGSL)
+fn normScale(s: f32, nIn: u32, lid: u32) -> f32 {
   v[lid] = s;
   workgroupBarrier();
   for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
@@ -312,8 +316,9 @@ struct U { xStride: u32, transform: u32, transposeH: u32, accumulate: u32, eps: 
 /**
  * The steps of the one-workgroup rotation kernels, over the workgroup array `v`, the uniform `u`
  * ({@link ROTATION_PARAMS}) and the ±1 `H_K` table `hkb`: `butterflies(lid, mb)`, the fast Walsh–Hadamard transform
- * over each block of `P` (it has barriers: call it in uniform control flow), and `rotatedAt(mb, i)`, value i after
- * the `H_K` mix (transposed when `u.transposeH`) times `1/√n`, or v_i itself without the transform.
+ * over each block of `P` (it has barriers: call it in uniform control flow), and `rotatedAt(mb, i, transform,
+ * transposeH)`, value i after the `H_K` mix (transposed when `transposeH` is 1) times `1/√n`, or v_i itself without
+ * the transform (`transform` 0); the kernels pass their uniform's flags.
  */
 const ROTATION_STEPS_WGSL = /* wgsl */ `
 fn butterflies(lid: u32, mb: M) {
@@ -331,14 +336,14 @@ fn butterflies(lid: u32, mb: M) {
     workgroupBarrier();
   }
 }
-fn rotatedAt(mb: M, i: u32) -> f32 {
-  if (u.transform != 1u) { return v[i]; }
+fn rotatedAt(mb: M, i: u32, transform: u32, transposeH: u32) -> f32 {
+  if (transform != 1u) { return v[i]; }
   let a2 = i / mb.P;
   let b = i % mb.P;
   var acc = 0.0;
   for (var a = 0u; a < mb.K; a++) {
     var hv: f32;
-    if (u.transposeH == 1u) { hv = hkb[mb.hkOff + a2 * mb.K + a]; } else { hv = hkb[mb.hkOff + a * mb.K + a2]; }
+    if (transposeH == 1u) { hv = hkb[mb.hkOff + a2 * mb.K + a]; } else { hv = hkb[mb.hkOff + a * mb.K + a2]; }
     acc += hv * v[a * mb.P + b];
   }
   return acc * mb.invSqrtN;
@@ -391,7 +396,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   workgroupBarrier();
   if (u.transform == 1u) { butterflies(lid, mb); }
   for (var i = lid; i < mb.outLen; i += ${WG}u) {
-    var y = mb.gscale * (rotatedAt(mb, i) * post[mb.postOff + i]);
+    var y = mb.gscale * (rotatedAt(mb, i, u.transform, u.transposeH) * post[mb.postOff + i]);
     if (mb.hasBias == 1u) { y += bias[mb.biasOff + i]; }
     let o = oo + i;
     ${store}
@@ -441,7 +446,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   for (var c = 0u; c < ${C}u; c++) {
     let i = lid + c * ${WG}u;
     if (i < mb.outLen) {
-      var y = mb.gscale * (rotatedAt(mb, i) * post[mb.postOff + i]);
+      var y = mb.gscale * (rotatedAt(mb, i, u.transform, u.transposeH) * post[mb.postOff + i]);
       if (mb.hasBias == 1u) { y += bias[mb.biasOff + i]; }
       ys[c] = y;
     }
@@ -801,12 +806,18 @@ ${
 }
 
 /**
- * The storage bindings of {@link inputProjectionWgsl} after its three uniforms (bindings 0–2), in binding order.
+ * The bindings of {@link inputProjectionWgsl} after its three uniforms (bindings 0–2), in binding order: storage
+ * buffers, and with `residual` a last uniform (`uo`).
  */
-export function inputProjectionBindings(codec: LatticeCodec, input: RotationInputKind): string[] {
+export function inputProjectionBindings(
+  codec: LatticeCodec,
+  input: RotationInputKind,
+  residual = false,
+): string[] {
   const names = ['x', 'pre', 'hkb', 'rot', 'codes', 'z'];
   if (codec !== 'e8p12') names.push('codes2');
   if (input !== 'none') names.push('aux');
+  if (residual) names.push('raw', 'post', 'obias', 'hout', 'uo');
   return names;
 }
 
@@ -822,12 +833,21 @@ export function inputProjectionBindings(codec: LatticeCodec, input: RotationInpu
  * lattice factors (`k` = 0) takes one workgroup. The E8P source table (and the E81B table of an `rvq3` R̂) come from
  * the uniform `tables` (see {@link e8pTablesUniform}), copied into workgroup memory with 32 lanes per row (4 KiB, and
  * 8 KiB for E81B). Not batched over row tiles: one activation row per workgroup along y.
+ *
+ * With `residual` (and `input` 'rmsNorm') the step also finishes the layer before it: `x` holds the residual stream
+ * h, `raw` that layer's output rows before their output rotation (uniform `uo`, one member, as {@link hadamardWgsl}
+ * with multipliers `pre` of 1, `post` its SV and `obias` its bias, H_K from `hkb`), and each workgroup computes
+ * `h' = h + rotation(raw)` in registers, the RMSNorm of h' and the input rotation from there. Member 0's first
+ * workgroup writes h' to `hout` (another buffer than `x`: the other workgroups still read h). The same operations in
+ * the same order as that output rotation accumulating into h, then this step with RMSNorm (bit-identical on
+ * SwiftShader, tested). `maxN` covers both vectors.
  */
 export function inputProjectionWgsl(
   maxN: number,
   codec: LatticeCodec,
   lanes: Lanes,
   input: RotationInputKind,
+  residual = false,
 ): string {
   const rvq4 = codec === 'rvq4';
   const rvq3 = codec === 'rvq3';
@@ -843,13 +863,21 @@ export function inputProjectionWgsl(
     codes: 'array<u32>',
     z: 'array<f32>',
     codes2: 'array<u32>',
+    raw: 'array<f32>',
+    post: 'array<f32>',
+    obias: 'array<f32>',
+    hout: 'array<f32>',
   };
-  const names = inputProjectionBindings(codec, input);
+  const names = inputProjectionBindings(codec, input, residual);
+  const written = ['rot', 'z', 'hout'];
+  // aux is declared by rotationInputWgsl
   const bindings = names
-    .filter((n) => n !== 'aux')
-    .map(
-      (n, i) =>
-        `@group(0) @binding(${i + 3}) var<storage, ${n === 'rot' || n === 'z' ? 'read_write' : 'read'}> ${n}: ${types[n]};`,
+    .map((n, i) =>
+      n === 'aux'
+        ? ''
+        : n === 'uo'
+          ? `@group(0) @binding(${i + 3}) var<uniform> uo: U;`
+          : `@group(0) @binding(${i + 3}) var<storage, ${written.includes(n) ? 'read_write' : 'read'}> ${n}: ${types[n]};`,
     )
     .join('\n');
   return /* wgsl */ `
@@ -861,7 +889,7 @@ struct T { pairs: array<vec4<u32>, 256>, e81b: array<vec4<f32>, 512> }
 @group(0) @binding(2) var<uniform> tables: T;
 ${bindings}
 var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, WG) : maxN}>;
-${rotationInputWgsl(input, 'u.eps', 3 + names.length - 1)}
+${rotationInputWgsl(input, 'u.eps', 3 + names.indexOf('aux'))}
 ${lanes === 1 ? '' : `var<workgroup> tbl: array<vec4<u32>, 256>;\nvar<workgroup> part: array<f32, ${WG}>;`}
 ${e81bLocal ? 'var<workgroup> e81bw: array<f32, 2048>;' : ''}
 fn pairs(a: u32) -> vec4<u32> { return ${lanes === 1 ? 'tables.pairs[a]' : 'tbl[a]'}; }
@@ -880,9 +908,44 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let blk = wid.x - sg.wg0;
   let r = wid.y;
   let xo = r * u.xStride + mb.xOff;
-  let scale = inputScale(xo, mb.nIn, lid);
+  ${
+    residual
+      ? `// the layer before: h' = h + its rotated output (h at xo: its output offsets are this step's input offsets)
+  let mo = uo.m[0];
+  let ro = r * uo.xStride + mo.xOff;
+  for (var j = lid; j < mo.n; j += ${WG}u) {
+    if (j < mo.nIn) { v[j] = raw[ro + j]; } else { v[j] = 0.0; }
+  }
+  workgroupBarrier();
+  if (uo.transform == 1u) { butterflies(lid, mo); }
+  var hn: array<f32, ${C}>;
+  for (var c = 0u; c < ${C}u; c++) {
+    let i = lid + c * ${WG}u;
+    if (i < mo.outLen) {
+      var y = mo.gscale * (rotatedAt(mo, i, uo.transform, uo.transposeH) * post[mo.postOff + i]);
+      if (mo.hasBias == 1u) { y += obias[mo.biasOff + i]; }
+      y += x[xo + i];
+      hn[c] = y;
+    }
+  }
+  workgroupBarrier();
+  var ss = 0.0;
+  for (var c = 0u; c < ${C}u; c++) {
+    let i = lid + c * ${WG}u;
+    if (i < mo.outLen && wid.x == 0u) { hout[xo + i] = hn[c]; }
+    if (i < mb.nIn) { ss += hn[c] * hn[c]; }
+  }
+  let scale = normScale(ss, mb.nIn, lid);
+  for (var c = 0u; c < ${C}u; c++) {
+    let j = lid + c * ${WG}u;
+    if (j < mb.n) {
+      if (j < mb.nIn) { v[j] = hn[c] * scale * aux[j] * pre[mb.preOff + j]; } else { v[j] = 0.0; }
+    }
+  }`
+      : `let scale = inputScale(xo, mb.nIn, lid);
   for (var j = lid; j < mb.n; j += ${WG}u) {
     if (j < mb.nIn) { v[j] = inputAt(xo, j, scale) * pre[mb.preOff + j]; } else { v[j] = 0.0; }
+  }`
   }
   workgroupBarrier();
   if (u.transform == 1u) {
@@ -890,7 +953,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var mixed: array<f32, ${C}>;
     for (var c = 0u; c < ${C}u; c++) {
       let i = lid + c * ${WG}u;
-      if (i < mb.n) { mixed[c] = rotatedAt(mb, i); }
+      if (i < mb.n) { mixed[c] = rotatedAt(mb, i, u.transform, u.transposeH); }
     }
     workgroupBarrier();
     for (var c = 0u; c < ${C}u; c++) {
