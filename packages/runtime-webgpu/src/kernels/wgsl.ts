@@ -685,8 +685,8 @@ fn dotE81b(c8: u32, xv: Activations) -> f32 {
  * pre-negated for sources of odd coordinate sum), so a code costs one 16-byte table read; with 32 lanes per row every
  * workgroup copies it (4 KiB) into workgroup memory. The signs go onto the bf16 sign bits with one XOR per pair, a
  * pair becomes two floats with a shift and a mask, and the ¼ shift is applied once per code to the sum of its 8
- * activations (`⟨±m + s, x⟩ = ⟨±m, x⟩ + s·Σx`): about 5 instructions per weight coordinate, where decoding each
- * coordinate to a float took about 9. Activation values are read 8 at a time as two 16-byte loads (`x` is bound as
+ * activations (`⟨±m + s, x⟩ = ⟨±m, x⟩ + s·Σx`): about 62 instructions per code in all, where decoding each
+ * coordinate to a float took about 89. Activation values are read 8 at a time as two 16-byte loads (`x` is bound as
  * `vec4<f32>`; every offset is a multiple of 8).
  */
 export function e8pMatvecWgsl(
