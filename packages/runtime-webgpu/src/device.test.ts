@@ -15,6 +15,36 @@ describe('without a GPU', () => {
     await expect(createDevice({ gpu })).rejects.toMatchObject({ code: 'E_DEVICE' });
   });
 
+  it("createDevice requests the adapter's limits (storage buffers up to 16) and reports what the device got", async () => {
+    let asked: GPUDeviceDescriptor | undefined;
+    const limits = {
+      maxStorageBufferBindingSize: 1 << 30,
+      maxBufferSize: 1 << 31,
+      maxComputeWorkgroupStorageSize: 32768,
+    };
+    const adapterWith = (storage: number) =>
+      ({
+        features: new Set<string>(),
+        limits: { ...limits, maxStorageBuffersPerShaderStage: storage },
+        info: { vendor: 'test', architecture: '', device: '', description: '' },
+        requestDevice: async (desc: GPUDeviceDescriptor) => {
+          asked = desc;
+          const got = desc.requiredLimits as Record<string, number>;
+          return { limits: { ...limits, ...got }, destroy: () => {} } as unknown as GPUDevice;
+        },
+      }) as unknown as GPUAdapter;
+    for (const [storage, want] of [
+      [8, 8],
+      [12, 12],
+      [30, 16],
+    ] as const) {
+      const dev = await createDevice({ adapter: adapterWith(storage) });
+      expect(asked!.requiredLimits!.maxStorageBuffersPerShaderStage).toBe(want);
+      expect(dev.maxStorageBuffers).toBe(want);
+      expect(dev.shaderF16).toBe(false);
+    }
+  });
+
   it('the GPU source table reproduces every E8P12 codeword with the kernel’s decoding rule', () => {
     // the same bit arithmetic as decodeCode() and elem() in the WGSL, in TypeScript, against @caldera/quant's decoder:
     // both the vector rule (signs spread onto the bf16 sign bits of the four pair words) and the one-coordinate rule

@@ -14,7 +14,7 @@ import { CalderaLinear } from '@caldera/runtime-node';
 import { readBuffer, storageBuffer, uniformWords } from './device.js';
 import { encodeDispatches, Kernels, type Dispatch } from './kernels/index.js';
 import {
-  bindDeferred,
+  bindPending,
   bindLayers,
   bindResidual,
   createCalderaLinears,
@@ -381,7 +381,7 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     kernels.dispose();
   });
 
-  it('a residual branch finished by the next input step (bindDeferred + bindResidual) equals its output rotation first, to the bit, with one launch fewer; 1 and 32 lanes, RVQ4 and E8P12 R̂, a biased o; falls back on a device with 8 storage buffers', async () => {
+  it('a residual branch finished by the next input step (bindPending + bindResidual) equals its output rotation first, to the bit, with one launch fewer; 1 and 32 lanes, RVQ4 and E8P12 R̂, biased o with and without its rotation; falls back on a device with 8 storage buffers', async () => {
     const rng = new Rng(16);
     const [nAtt, dModel, rows, eps] = [64, 96, 2, 1e-5];
     const layerOf = (m: number, n: number, o: Partial<CalderaOptions>, seed: number, bias: boolean) => {
@@ -394,14 +394,19 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
         label: `l${seed}`,
       };
     };
-    // o_proj: 96 × 64 with a bias (its output rotation has K = 12, the next layers' input rotation too)
-    const [o] = createCalderaLinears(d, [layerOf(dModel, nAtt, {}, 1, true)]);
+    // o_proj: 96 × 64 with a bias, its output rotation with K = 12 as the next layers' input rotation (variant 0,
+    // RVQ4 R̂), or without a rotation (variant 1, E8P12 R̂: H_K of K = 1 first in the shared table, so the next
+    // layers read theirs at an offset)
+    const os = [{}, { hadamard: false }].map(
+      (opts, v) => createCalderaLinears(d, [layerOf(dModel, nAtt, opts, 1 + v, true)])[0]!,
+    );
     const nexts = ([{}, { lBits: 2, rBits: 2 }] as Partial<CalderaOptions>[]).map((opts, v) =>
       createCalderaLinears(
         d,
         [40, 24].map((m, j) => layerOf(m, dModel, opts, 10 + 2 * v + j, false)),
       ),
     );
+    let fusedRuns = 0;
     const att = storageBuffer(d, rng.fillNormal(new Float32Array(rows * nAtt), 0, 1), 'att');
     const h0 = rng.fillNormal(new Float32Array(rows * dModel), 0, 2);
     const weight = storageBuffer(d, rng.fillNormal(new Float32Array(dModel), 1, 0.2), 'norm weight');
@@ -416,9 +421,10 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     for (const storage of [d.maxStorageBuffers, 8])
       for (const lanes of [1, 32] as const)
         for (const [v, next] of nexts.entries()) {
+          const o = os[v]!;
           const dev = { ...d, maxStorageBuffers: storage };
           const kernels = new Kernels(dev, { lanes });
-          const needs = { ...o!.group.needs };
+          const needs = { ...o.group.needs };
           for (const key of Object.keys(needs) as (keyof typeof needs)[])
             needs[key] = Math.max(needs[key], next[0]!.group.needs[key]);
           const ctx = createLinearContext(dev, kernels, needs, rows);
@@ -430,21 +436,18 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
           const x = storageBuffer(d, h0, 'x');
           const x2 = storageBuffer(d, new Float32Array(rows * dModel), 'x2');
           const outA = outs();
-          const deferred = bindDeferred(ctx, att, o!, x);
+          const deferred = bindPending(ctx, att, o, x);
           expect(deferred.pending, what).not.toBeNull();
-          const step = bindResidual(
-            ctx,
-            { pending: deferred.pending!, x, residualOut: x2, norm },
-            layers(outA),
-          );
+          const step = bindResidual(ctx, { pending: deferred.pending!, x, out: x2, norm }, layers(outA));
           // the reference: o whole (accumulating into h), then the next layers reading RMSNorm(h)
           const ref = storageBuffer(d, h0, 'ref');
           const outB = outs();
           const refList = [
-            ...bindLayers(ctx, att, [{ layer: o!, out: ref }], { accumulate: true }),
+            ...bindLayers(ctx, att, [{ layer: o, out: ref }], { accumulate: true }),
             ...bindLayers(ctx, { x: ref, compute: { kind: 'rmsNorm', ...norm } }, layers(outB)),
           ];
           const fused = storage >= 11 + (v === 0 ? 1 : 0);
+          if (fused) fusedRuns++;
           expect(step.residual, what).toBe(fused ? x2 : x);
           expect(deferred.dispatches.length + step.dispatches.length, what).toBe(
             refList.length - (fused ? 1 : 0),
@@ -454,10 +457,15 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
           expect(await read(step.residual), `${what}: h`).toEqual(await read(ref));
           for (const j of [0, 1])
             expect(await read(outA[j]!), `${what}: layer ${j}`).toEqual(await read(outB[j]!));
+          // a pending rotation that reads a bias with none bound is refused on both paths
+          const noBias = { pending: { ...deferred.pending!, bias: null }, x, out: x2, norm };
+          expect(() => bindResidual(ctx, noBias, layers(outA)), what).toThrow(/bias/);
           ctx.dispose();
           kernels.dispose();
         }
-    for (const l of [o!, ...nexts.flat()]) l.dispose();
+    // SwiftShader allows 12 storage buffers: both variants fused with 1 and 32 lanes
+    if (d.maxStorageBuffers >= 12) expect(fusedRuns).toBe(4);
+    for (const l of [...os, ...nexts.flat()]) l.dispose();
   });
 
   it('bindLayers then RoPE and the KV store: a q/k/v group (in its output rotation) equals the layers alone (a launch after them), to the bit; dense layers get that launch too', async () => {

@@ -424,29 +424,6 @@ interface Member {
   gpuBytes: number;
 }
 
-/**
- * CALDERA layers that read the same input (a block's q, k and v; gate and up), or one layer alone, on the GPU with
- * their packed codes in shared buffers, so that one launch serves them all (see {@link GpuCalderaGroup.bind}); W is
- * never materialised (docs/architecture.md, "Decomposition.apply"). Per layer j:
- * 1. `x'_j = (x ⊙ SU_j)·M_n` (zero-padded to np; `x` computed on the way in when it is an RMSNorm or SwiGLU);
- * 2. `z_j = x'_j·R̂_jᵀ` from R̂'s codes; steps 1 and 2 are one {@link Kernels.projectInput} launch for all layers
- *    (for prefill tiles and vectors larger than workgroup memory: a {@link Kernels.rotate} launch, two or three
- *    each for the larger vectors, and a {@link Kernels.e8pMatvec} launch with a segment per layer);
- * 3. `y'_j = Q̂_j·x'_j + L̂_j·z_j`: one {@link Kernels.e8pMatvec} launch decoding Q̂ and L̂ on the fly;
- * 4. dense factors only (f16 `L_dense`/`R_dense`, the LoRA pair `L_ft`/`R_ft` of a fine-tuned checkpoint):
- *    `y'_j += L_d·(R_d·x'_j)`, two f32 {@link Kernels.matvec}s per layer;
- * 5. `y_j = g_j·(y'_j·M_mᵀ ⊙ SV_j) (+ bias_j)`, first m outputs: one {@link Kernels.rotate} launch for all
- *    layers, each writing its own output buffer (two or three each for vectors larger than workgroup memory).
- *
- * Quantized weights stay packed on the GPU: Q̂'s codes (u16, two per u32: 2 bits per weight; RVQ4 adds a second
- * plane, RVQ3 a u8 plane) and L̂'s and R̂'s codes (4 bits per value with the default RVQ4), each layer's part at a
- * 4-byte boundary (at least 16 bytes, as a buffer of its own), so a group needs exactly the bytes of its layers
- * apart. Dense factors, which the checkpoint stores unquantized, are uploaded as f32 `[mp, k_d]` and `[k_d, np]`,
- * the LoRA pair appended as further components. SU and SV are multipliers (±1, or continuous after
- * `caldera finetune --signs`).
- *
- * An explicit handle: the buffers are freed when every member has been disposed.
- */
 /** Options of {@link GpuCalderaGroup.bind}. */
 export interface GroupBindOptions {
   /** Add to the outputs instead of writing them (default false). */
@@ -465,6 +442,31 @@ export interface GroupBindOptions {
   then?: RopeKvOptions;
 }
 
+/**
+ * CALDERA layers that read the same input (a block's q, k and v; gate and up), or one layer alone, on the GPU with
+ * their packed codes in shared buffers, so that one launch serves them all (see {@link GpuCalderaGroup.bind}); W is
+ * never materialised (docs/architecture.md, "Decomposition.apply"). Per layer j:
+ * 1. `x'_j = (x ⊙ SU_j)·M_n` (zero-padded to np; `x` computed on the way in when it is an RMSNorm or SwiGLU);
+ * 2. `z_j = x'_j·R̂_jᵀ` from R̂'s codes; steps 1 and 2 are one {@link Kernels.projectInput} launch for all layers
+ *    (for prefill tiles and vectors larger than workgroup memory: a {@link Kernels.rotate} launch, two or three
+ *    each for the larger vectors, and a {@link Kernels.e8pMatvec} launch with a segment per layer);
+ * 3. `y'_j = Q̂_j·x'_j + L̂_j·z_j`: one {@link Kernels.e8pMatvec} launch decoding Q̂ and L̂ on the fly;
+ * 4. dense factors only (f16 `L_dense`/`R_dense`, the LoRA pair `L_ft`/`R_ft` of a fine-tuned checkpoint):
+ *    `y'_j += L_d·(R_d·x'_j)`, two f32 {@link Kernels.matvec}s per layer;
+ * 5. `y_j = g_j·(y'_j·M_mᵀ ⊙ SV_j) (+ bias_j)`, first m outputs: one {@link Kernels.rotate} launch for all
+ *    layers, each writing its own output buffer (two or three each for vectors larger than workgroup memory); or,
+ *    for a residual branch's last layer, left pending ({@link GpuCalderaGroup.bindPending}) for the next layers'
+ *    input step to finish ({@link bindResidual}).
+ *
+ * Quantized weights stay packed on the GPU: Q̂'s codes (u16, two per u32: 2 bits per weight; RVQ4 adds a second
+ * plane, RVQ3 a u8 plane) and L̂'s and R̂'s codes (4 bits per value with the default RVQ4), each layer's part at a
+ * 4-byte boundary (at least 16 bytes, as a buffer of its own), so a group needs exactly the bytes of its layers
+ * apart. Dense factors, which the checkpoint stores unquantized, are uploaded as f32 `[mp, k_d]` and `[k_d, np]`,
+ * the LoRA pair appended as further components. SU and SV are multipliers (±1, or continuous after
+ * `caldera finetune --signs`).
+ *
+ * An explicit handle: the buffers are freed when every member has been disposed.
+ */
 export class GpuCalderaGroup {
   /** The layers, in the order given. */
   readonly members: readonly GpuCalderaLinear[];
@@ -643,7 +645,8 @@ export class GpuCalderaGroup {
    * with dense factors; 2 or 3 per layer and rotation for larger vectors). With `input` the layers read rows computed
    * from `x` (RMSNorm or SwiGLU), which their input rotation computes as it loads `x`. With `then` the layers are
    * q, k and v and their output rotation also applies RoPE and stores k and v in the KV cache (see
-   * {@link Kernels.rotateRopeKv}).
+   * {@link Kernels.rotateRopeKv}). With `residual` the input step also finishes the layer before (see
+   * {@link GroupBindOptions.residual}).
    */
   bind(
     ctx: LinearContext,
@@ -672,15 +675,28 @@ export class GpuCalderaGroup {
     return { dispatches: list, pending: { ...rotation, pre: ctx.ones } };
   }
 
-  /** Whether {@link GpuCalderaGroup.bind} with these options finishes `options.residual` in its input step. */
+  /**
+   * Whether {@link GpuCalderaGroup.bind} of layers `j0 …` (as many as `outs`) with these options finishes
+   * `options.residual` in its input step ({@link Kernels.residualFusable}).
+   */
   fusesResidual(
     ctx: LinearContext,
     x: GPUBuffer,
     j0: number,
-    count: number,
+    outs: readonly GPUBuffer[],
     options: GroupBindOptions,
   ): boolean {
-    return ctx.kernels.residualFusable(this.inputStep(ctx, x, this.m.slice(j0, j0 + count), options));
+    return ctx.kernels.residualFusable(this.inputStep(ctx, x, this.slice(j0, outs.length), options));
+  }
+
+  /** Layers `j0 … j0 + count − 1`, checked. */
+  private slice(j0: number, count: number): Member[] {
+    if (!Number.isInteger(j0) || j0 < 0 || count < 1 || j0 + count > this.m.length)
+      throw new CalderaError(
+        'E_VALUE',
+        `bind: layers ${j0}…${j0 + count - 1} of a group of ${this.m.length}`,
+      );
+    return this.m.slice(j0, j0 + count);
   }
 
   /** The options of the layers' input step (see {@link Kernels.projectInput}). */
@@ -694,8 +710,8 @@ export class GpuCalderaGroup {
     const d0 = ms[0]!.d;
     const n = d0.shape[1];
     const np = d0.padded[1];
-    // with a residual, one H_K table holds both rotations' factors
-    const Ks = [...new Set([this.Kn, ...(residual?.rotation.members.map((m) => m.K) ?? [])])];
+    // with a residual, one H_K table holds both rotations' factors (the pending one's first)
+    const Ks = [...new Set([...(residual?.pending.members.map((m) => m.K) ?? []), this.Kn])];
     const hks = ctx.hkTable(Ks);
     const at = (K: number) => hks.offsets[Ks.indexOf(K)]!;
     return {
@@ -706,10 +722,10 @@ export class GpuCalderaGroup {
         ? {
             residual: {
               out: residual.out,
-              rotation: {
-                ...residual.rotation,
+              pending: {
+                ...residual.pending,
                 hk: hks.buffer,
-                members: residual.rotation.members.map((m) => ({ ...m, hkOff: at(m.K) })),
+                members: residual.pending.members.map((m) => ({ ...m, hkOff: at(m.K) })),
               },
             },
           }
@@ -758,9 +774,7 @@ export class GpuCalderaGroup {
   ): { list: Dispatch[]; rotation: Omit<RotateOptions, 'pre'>; output: () => Dispatch[] } {
     const { accumulate = false, tile = 1, then } = options;
     const J = outs.length;
-    if (!Number.isInteger(j0) || j0 < 0 || J < 1 || j0 + J > this.m.length)
-      throw new CalderaError('E_VALUE', `bind: layers ${j0}…${j0 + J - 1} of a group of ${this.m.length}`);
-    const ms = this.m.slice(j0, j0 + J);
+    const ms = this.slice(j0, J);
     const d0 = ms[0]!.d;
     const np = d0.padded[1];
     const K = ctx.kernels;
@@ -1028,7 +1042,7 @@ export function bindLayers(
  * layer's output rotation pending: it is returned for {@link bindResidual}, which finishes it with the next layers'
  * input step when it can. Other layers are bound whole (`pending` null).
  */
-export function bindDeferred(
+export function bindPending(
   ctx: LinearContext,
   input: GPUBuffer | LayerInput,
   layer: GpuLinear,
@@ -1047,9 +1061,9 @@ export function bindDeferred(
 }
 
 /**
- * The next layers after a residual branch whose output rotation is pending ({@link bindDeferred}): `h = x + that
+ * The next layers after a residual branch whose output rotation is pending ({@link bindPending}): `h = x + that
  * output`, then `out_w = layer_w(RMSNorm(h) ⊙ weight)`. When the layers are one run of a CALDERA group whose input
- * step can finish the pending rotation ({@link GpuCalderaGroup.fusesResidual}), h is written to `residualOut` by that
+ * step can finish the pending rotation ({@link GpuCalderaGroup.fusesResidual}), h is written to `step.out` by that
  * step (one launch fewer); else the rotation runs first, accumulating into `x`, and h stays there. Returns the
  * launches and the buffer holding h.
  */
@@ -1058,13 +1072,13 @@ export function bindResidual(
   step: {
     pending: RotateOptions;
     x: GPUBuffer;
-    residualOut: GPUBuffer;
+    out: GPUBuffer;
     norm: { weight: GPUBuffer; eps: number; scratch: GPUBuffer };
   },
   layers: readonly { layer: GpuLinear; out: GPUBuffer }[],
   options: { tile?: number; then?: RopeKvOptions } = {},
 ): { dispatches: Dispatch[]; residual: GPUBuffer } {
-  const { x, pending, residualOut, norm } = step;
+  const { x, pending, out, norm } = step;
   const input = { kind: 'rmsNorm' as const, weight: norm.weight, eps: norm.eps };
   const runs = runsOf(layers);
   const first = runs.length === 1 ? runs[0]!.layers[0] : undefined;
@@ -1074,11 +1088,11 @@ export function bindResidual(
     const opts: GroupBindOptions = {
       tile: options.tile ?? 1,
       input,
-      residual: { rotation: pending, out: residualOut },
+      residual: { pending, out },
       ...(options.then ? { then: options.then } : {}),
     };
-    if (first.group.fusesResidual(ctx, x, first.index, outs.length, opts))
-      return { dispatches: first.group.bind(ctx, x, first.index, outs, opts), residual: residualOut };
+    if (first.group.fusesResidual(ctx, x, first.index, outs, opts))
+      return { dispatches: first.group.bind(ctx, x, first.index, outs, opts), residual: out };
   }
   return {
     dispatches: [

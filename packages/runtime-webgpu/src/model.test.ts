@@ -16,6 +16,7 @@ import { caldera, toCheckpointTensors, withTrainableFactors } from '@caldera/low
 import * as node from '@caldera/runtime-node';
 import { generate, perplexity } from './generate.js';
 import { loadModel, type MemoryPlan } from './load.js';
+import { writeRandomCalderaModel } from '../bench/random-model.js';
 import { gpuTitle, testDevice } from './testing/gpu.js';
 
 const { device: dev, reason } = await testDevice();
@@ -312,6 +313,30 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
     } finally {
       m.dispose();
       single.model.dispose();
+    }
+  });
+
+  it('residual branches finished in the next input step: the same logits, to the bit, as their own rotation launches (a device with 8 storage buffers), with 11 launches per CALDERA block instead of 13', async () => {
+    // every linear CALDERA (random weights), so q/k/v's input step with RoPE finishes down_proj's rotation too
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-res-'));
+    const shape = { hidden: 128, intermediate: 256, layers: 3, heads: 4, kvHeads: 2, vocab: 64 };
+    await writeRandomCalderaModel(dir, shape, 8);
+    const tokens = [1, 17, 5, 63, 2, 40];
+    const opts = { contextLength: 16, lanes: 1 as const };
+    const fused = (await loadModel(d, dir, opts)).model;
+    const apart = (await loadModel({ ...d, maxStorageBuffers: 8 }, dir, opts)).model;
+    try {
+      // embedding, final norm, head, argmax; the last down_proj's rotation runs before the final norm
+      expect(apart.dispatchesPerToken).toBe(4 + 13 * shape.layers);
+      if (d.maxStorageBuffers >= 12) expect(fused.dispatchesPerToken).toBe(4 + 11 * shape.layers + 1);
+      const want: Float32Array[] = [];
+      for (const t of tokens) want.push(await apart.step(t, 'logits'));
+      for (const [i, t] of tokens.entries())
+        expect(await fused.step(t, 'logits'), `token ${i}`).toEqual(want[i]);
+    } finally {
+      fused.dispose();
+      apart.dispose();
+      await rm(dir, { recursive: true, force: true });
     }
   });
 

@@ -10,7 +10,7 @@ import {
   type RotateOptions,
 } from './kernels/index.js';
 import {
-  bindDeferred,
+  bindPending,
   bindLayers,
   bindResidual,
   createLinearContext,
@@ -178,7 +178,8 @@ export class WebGpuModel {
     const kw = KV * hd;
     // activations: T rows each
     // the residual stream, in x or x2: a step that finishes a residual branch's output rotation in the next layers'
-    // input step writes the sum to the other one (see bindResidual)
+    // input step writes the sum to the other one (see bindResidual; only one-row decode steps do, but x2 has T rows
+    // like every activation buffer, so that any recorded program may use it)
     const x = buf(T * d, 'x');
     const x2 = buf(T * d, 'x2');
     const h = buf(T * d, 'h');
@@ -257,7 +258,7 @@ export class WebGpuModel {
           {
             pending,
             x: res,
-            residualOut: res === x ? x2 : x,
+            out: res === x ? x2 : x,
             norm: { weight, eps: cfg.rmsNormEps, scratch: h },
           },
           layers,
@@ -269,7 +270,7 @@ export class WebGpuModel {
       };
       // a residual branch's last layer: out += layer(input), its output rotation left pending when it is CALDERA
       const branchEnd = (input: GPUBuffer | LayerInput, layer: GpuLinear): Dispatch[] => {
-        const r = bindDeferred(ctx, input, layer, res, { tile });
+        const r = bindPending(ctx, input, layer, res, { tile });
         pending = r.pending;
         return r.dispatches;
       };

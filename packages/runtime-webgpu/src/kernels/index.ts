@@ -174,9 +174,12 @@ export interface InputProjectionOptions {
   tile?: number;
 }
 
-/** {@link InputProjectionOptions.residual}. */
+/**
+ * A residual branch's last layer for the next input step to finish ({@link InputProjectionOptions.residual}): its
+ * pending output rotation (one member, accumulating into the residual stream) and the buffer that receives the sum.
+ */
 export interface ResidualInput {
-  rotation: RotateOptions;
+  pending: RotateOptions;
   out: GPUBuffer;
 }
 
@@ -821,7 +824,7 @@ export class Kernels {
   private projectionWords(o: InputProjectionOptions): number | null {
     const c = o.codes;
     if (!c || (o.tile ?? 1) !== 1 || o.layers.length > ROTATION_MAX_MEMBERS) return null;
-    const widths = [o.n, ...(o.residual?.rotation.members.map((m) => m.n) ?? [])];
+    const widths = [o.n, ...(o.residual?.pending.members.map((m) => m.n) ?? [])];
     const maxN = Math.max(...widths);
     if (maxN > this.maxLocalHadamard) return null;
     const words = Math.ceil(maxN / WG) * WG;
@@ -833,7 +836,7 @@ export class Kernels {
       c.codec,
       o.input?.kind ?? 'none',
       o.residual !== undefined,
-    ).filter((name) => name !== 'uo').length;
+    ).filter((name) => name !== 'prevParams').length;
     return storage <= this.dev.maxStorageBuffers ? words : null;
   }
 
@@ -848,7 +851,7 @@ export class Kernels {
   residualFusable(o: InputProjectionOptions): boolean {
     const r = o.residual;
     if (!r || o.input?.kind !== 'rmsNorm' || !o.layers.some((l) => l.r)) return false;
-    const rot = r.rotation;
+    const rot = r.pending;
     const m = rot.members[0];
     return (
       rot.members.length === 1 &&
@@ -864,6 +867,7 @@ export class Kernels {
       m.outOff === 0 &&
       m.outStride === o.xStride &&
       m.outLen === o.nIn &&
+      (m.biasOff === null || rot.bias !== null) &&
       this.projectionWords(o) !== null
     );
   }
@@ -871,9 +875,11 @@ export class Kernels {
   /**
    * The input step of CALDERA layers that share an input (see {@link InputProjectionOptions}): one launch
    * ({@link inputProjectionWgsl}) when R̂ has rows to compute, the vectors fit workgroup memory beside the kernel's
-   * tables, there are at most {@link ROTATION_MAX_MEMBERS} layers and `tile` is 1; else the rotation
-   * ({@link Kernels.rotate}) and R̂'s kernel ({@link Kernels.e8pMatvec}) apart, with the same operations in the same
-   * order (bit-identical on SwiftShader, tested).
+   * tables, there are at most {@link ROTATION_MAX_MEMBERS} layers, `tile` is 1 and the device allows the storage
+   * buffers it binds; else the rotation ({@link Kernels.rotate}) and R̂'s kernel ({@link Kernels.e8pMatvec}) apart,
+   * with the same operations in the same order (bit-identical on SwiftShader, tested). With `o.residual` it also
+   * finishes the layer before (see {@link Kernels.residualFusable}; `E_VALUE` when it cannot: run that layer's
+   * rotation first instead).
    */
   projectInput(o: InputProjectionOptions): Dispatch[] {
     const J = o.layers.length;
@@ -977,12 +983,12 @@ export class Kernels {
       aux: input.aux,
       ...(res
         ? {
-            raw: res.rotation.x,
-            post: res.rotation.post,
-            obias: res.rotation.bias ?? o.dummy,
-            hout: res.out,
-            uo: this.uniform(
-              this.rotationFields(res.rotation, res.rotation.members),
+            prevOut: res.pending.x,
+            prevPost: res.pending.post,
+            prevBias: res.pending.bias ?? o.dummy,
+            hOut: res.out,
+            prevParams: this.uniform(
+              this.rotationFields(res.pending, res.pending.members),
               'residual rotation params',
             ),
           }

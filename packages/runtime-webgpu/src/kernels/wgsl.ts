@@ -10,6 +10,7 @@
  * prompt tokens (prefill) by dispatching T workgroups along y. Token r sits at position `step.pos + r`;
  * `step.len = step.pos + T`.
  */
+import { CalderaError } from '@caldera/core';
 
 /** Invocations per workgroup of every kernel. */
 export const WG = 256;
@@ -314,8 +315,17 @@ struct U { xStride: u32, transform: u32, transposeH: u32, accumulate: u32, eps: 
 @group(0) @binding(0) var<uniform> u: U;`;
 
 /**
- * The steps of the one-workgroup rotation kernels, over the workgroup array `v`, the uniform `u`
- * ({@link ROTATION_PARAMS}) and the ±1 `H_K` table `hkb`: `butterflies(lid, mb)`, the fast Walsh–Hadamard transform
+ * WGSL statements declaring `var y`, output value `i` of member `mb` after its rotation (see {@link ROTATION_STEPS_WGSL};
+ * flags from the uniform `params`): `gscale·(rotated·post) (+ bias)`, with the kernel's multiplier and bias arrays.
+ */
+function outputValueWgsl(mb: string, params: string, post: string, bias: string): string {
+  return `var y = ${mb}.gscale * (rotatedAt(${mb}, i, ${params}.transform, ${params}.transposeH) * ${post}[${mb}.postOff + i]);
+      if (${mb}.hasBias == 1u) { y += ${bias}[${mb}.biasOff + i]; }`;
+}
+
+/**
+ * The steps of the one-workgroup rotation kernels, over the workgroup array `v` (parameters `M` of
+ * {@link ROTATION_PARAMS}) and the ±1 `H_K` table `hkb`: `butterflies(lid, mb)`, the fast Walsh–Hadamard transform
  * over each block of `P` (it has barriers: call it in uniform control flow), and `rotatedAt(mb, i, transform,
  * transposeH)`, value i after the `H_K` mix (transposed when `transposeH` is 1) times `1/√n`, or v_i itself without
  * the transform (`transform` 0); the kernels pass their uniform's flags.
@@ -396,8 +406,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   workgroupBarrier();
   if (u.transform == 1u) { butterflies(lid, mb); }
   for (var i = lid; i < mb.outLen; i += ${WG}u) {
-    var y = mb.gscale * (rotatedAt(mb, i, u.transform, u.transposeH) * post[mb.postOff + i]);
-    if (mb.hasBias == 1u) { y += bias[mb.biasOff + i]; }
+    ${outputValueWgsl('mb', 'u', 'post', 'bias')}
     let o = oo + i;
     ${store}
   }
@@ -446,8 +455,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   for (var c = 0u; c < ${C}u; c++) {
     let i = lid + c * ${WG}u;
     if (i < mb.outLen) {
-      var y = mb.gscale * (rotatedAt(mb, i, u.transform, u.transposeH) * post[mb.postOff + i]);
-      if (mb.hasBias == 1u) { y += bias[mb.biasOff + i]; }
+      ${outputValueWgsl('mb', 'u', 'post', 'bias')}
       ys[c] = y;
     }
   }
@@ -686,7 +694,7 @@ fn dotE81b(c8: u32, xv: Activations) -> f32 {
  * workgroup copies it (4 KiB) into workgroup memory. The signs go onto the bf16 sign bits with one XOR per pair, a
  * pair becomes two floats with a shift and a mask, and the ¼ shift is applied once per code to the sum of its 8
  * activations (`⟨±m + s, x⟩ = ⟨±m, x⟩ + s·Σx`): about 62 instructions per code in all, where decoding each
- * coordinate to a float took about 89. Activation values are read 8 at a time as two 16-byte loads (`x` is bound as
+ * coordinate to a float took about 89 per code. Activation values are read 8 at a time as two 16-byte loads (`x` is bound as
  * `vec4<f32>`; every offset is a multiple of 8).
  */
 export function e8pMatvecWgsl(
@@ -807,7 +815,7 @@ ${
 
 /**
  * The bindings of {@link inputProjectionWgsl} after its three uniforms (bindings 0–2), in binding order: storage
- * buffers, and with `residual` a last uniform (`uo`).
+ * buffers, and with `residual` a last uniform (`prevParams`).
  */
 export function inputProjectionBindings(
   codec: LatticeCodec,
@@ -817,7 +825,7 @@ export function inputProjectionBindings(
   const names = ['x', 'pre', 'hkb', 'rot', 'codes', 'z'];
   if (codec !== 'e8p12') names.push('codes2');
   if (input !== 'none') names.push('aux');
-  if (residual) names.push('raw', 'post', 'obias', 'hout', 'uo');
+  if (residual) names.push('prevOut', 'prevPost', 'prevBias', 'hOut', 'prevParams');
   return names;
 }
 
@@ -835,10 +843,10 @@ export function inputProjectionBindings(
  * 8 KiB for E81B). Not batched over row tiles: one activation row per workgroup along y.
  *
  * With `residual` (and `input` 'rmsNorm') the step also finishes the layer before it: `x` holds the residual stream
- * h, `raw` that layer's output rows before their output rotation (uniform `uo`, one member, as {@link hadamardWgsl}
- * with multipliers `pre` of 1, `post` its SV and `obias` its bias, H_K from `hkb`), and each workgroup computes
- * `h' = h + rotation(raw)` in registers, the RMSNorm of h' and the input rotation from there. Member 0's first
- * workgroup writes h' to `hout` (another buffer than `x`: the other workgroups still read h). The same operations in
+ * h, `prevOut` that layer's output rows before their output rotation (uniform `pu`, one member, as in
+ * {@link hadamardWgsl} with multipliers `pre` of 1, `prevPost` its SV and `prevBias` its bias, H_K from `hkb`), and
+ * each workgroup computes `h' = h + rotation(prevOut)` in registers, the RMSNorm of h' and the input rotation from
+ * there. Member 0's first workgroup writes h' to `hOut` (another buffer than `x`: the other workgroups still read h). The same operations in
  * the same order as that output rotation accumulating into h, then this step with RMSNorm (bit-identical on
  * SwiftShader, tested). `maxN` covers both vectors.
  */
@@ -863,20 +871,20 @@ export function inputProjectionWgsl(
     codes: 'array<u32>',
     z: 'array<f32>',
     codes2: 'array<u32>',
-    raw: 'array<f32>',
-    post: 'array<f32>',
-    obias: 'array<f32>',
-    hout: 'array<f32>',
+    prevOut: 'array<f32>',
+    prevPost: 'array<f32>',
+    prevBias: 'array<f32>',
+    hOut: 'array<f32>',
   };
   const names = inputProjectionBindings(codec, input, residual);
-  const written = ['rot', 'z', 'hout'];
+  const written = ['rot', 'z', 'hOut'];
   // aux is declared by rotationInputWgsl
   const bindings = names
     .map((n, i) =>
       n === 'aux'
         ? ''
-        : n === 'uo'
-          ? `@group(0) @binding(${i + 3}) var<uniform> uo: U;`
+        : n === 'prevParams'
+          ? `@group(0) @binding(${i + 3}) var<uniform> pu: U;`
           : `@group(0) @binding(${i + 3}) var<storage, ${written.includes(n) ? 'read_write' : 'read'}> ${n}: ${types[n]};`,
     )
     .join('\n');
@@ -889,7 +897,7 @@ struct T { pairs: array<vec4<u32>, 256>, e81b: array<vec4<f32>, 512> }
 @group(0) @binding(2) var<uniform> tables: T;
 ${bindings}
 var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, WG) : maxN}>;
-${rotationInputWgsl(input, 'u.eps', 3 + names.indexOf('aux'))}
+${rotationInputWgsl(input, 'u.eps', 3 + Math.max(0, names.indexOf('aux')))}
 ${lanes === 1 ? '' : `var<workgroup> tbl: array<vec4<u32>, 256>;\nvar<workgroup> part: array<f32, ${WG}>;`}
 ${e81bLocal ? 'var<workgroup> e81bw: array<f32, 2048>;' : ''}
 fn pairs(a: u32) -> vec4<u32> { return ${lanes === 1 ? 'tables.pairs[a]' : 'tbl[a]'}; }
@@ -911,19 +919,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   ${
     residual
       ? `// the layer before: h' = h + its rotated output (h at xo: its output offsets are this step's input offsets)
-  let mo = uo.m[0];
-  let ro = r * uo.xStride + mo.xOff;
+  let mo = pu.m[0];
+  let ro = r * pu.xStride + mo.xOff;
   for (var j = lid; j < mo.n; j += ${WG}u) {
-    if (j < mo.nIn) { v[j] = raw[ro + j]; } else { v[j] = 0.0; }
+    if (j < mo.nIn) { v[j] = prevOut[ro + j]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
-  if (uo.transform == 1u) { butterflies(lid, mo); }
+  if (pu.transform == 1u) { butterflies(lid, mo); }
   var hn: array<f32, ${C}>;
   for (var c = 0u; c < ${C}u; c++) {
     let i = lid + c * ${WG}u;
     if (i < mo.outLen) {
-      var y = mo.gscale * (rotatedAt(mo, i, uo.transform, uo.transposeH) * post[mo.postOff + i]);
-      if (mo.hasBias == 1u) { y += obias[mo.biasOff + i]; }
+      ${outputValueWgsl('mo', 'pu', 'prevPost', 'prevBias')}
       y += x[xo + i];
       hn[c] = y;
     }
@@ -932,7 +939,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   var ss = 0.0;
   for (var c = 0u; c < ${C}u; c++) {
     let i = lid + c * ${WG}u;
-    if (i < mo.outLen && wid.x == 0u) { hout[xo + i] = hn[c]; }
+    if (i < mo.outLen && wid.x == 0u) { hOut[xo + i] = hn[c]; }
     if (i < mb.nIn) { ss += hn[c] * hn[c]; }
   }
   let scale = normScale(ss, mb.nIn, lid);
@@ -1003,6 +1010,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
  * and the 256×8 E81B codebook (f32 bits, 8 KiB).
  */
 export function e8pTablesUniform(pairs: Uint32Array, e81b: Float32Array): Uint32Array {
+  if (pairs.length !== 1024 || e81b.length !== 2048)
+    throw new CalderaError(
+      'E_SHAPE',
+      `e8pTablesUniform: ${pairs.length} pair words and ${e81b.length} E81B values, need 1024 and 2048`,
+    );
   const out = new Uint32Array(1024 + 2048);
   out.set(pairs);
   out.set(new Uint32Array(e81b.buffer, e81b.byteOffset, 2048), 1024);
