@@ -115,9 +115,15 @@ export async function writeRandomF16Model(dir: string, shape: LlamaShape): Promi
 
 /**
  * Write the CALDERA checkpoint of `shape` into `dir`: one random decomposition per distinct layer shape, shared by
- * all blocks (the values only matter for speed; every layer still gets buffers of its own on the GPU).
+ * all blocks (the values only matter for speed; every layer still gets buffers of its own on the GPU), or with
+ * `distinct` one per layer.
  */
-export async function writeRandomCalderaModel(dir: string, shape: LlamaShape, rank: number): Promise<void> {
+export async function writeRandomCalderaModel(
+  dir: string,
+  shape: LlamaShape,
+  rank: number,
+  options: { distinct?: boolean } = {},
+): Promise<void> {
   await mkdir(dir, { recursive: true });
   const tensors = common(shape);
   const cfg = parseModelConfig(config(shape));
@@ -129,7 +135,9 @@ export async function writeRandomCalderaModel(dir: string, shape: LlamaShape, ra
   for (let b = 0; b < shape.layers; b++)
     for (const { name } of blockLinearNames(b)) {
       const [m, n] = linearShape(cfg, name.slice(name.lastIndexOf('.') + 1));
-      let d = byShape.get(`${m}x${n}`);
+      // one decomposition per shape (fast for large models; speed does not depend on the values), or with `distinct`
+      // one per layer (for tests that must tell layers apart)
+      let d = options.distinct ? undefined : byShape.get(`${m}x${n}`);
       if (!d) byShape.set(`${m}x${n}`, (d = randomDecomposition(m, n, rank, rng)));
       const ck = toCheckpointTensors(name, d);
       Object.assign(tensors, ck.tensors);

@@ -42,7 +42,7 @@ export interface CalderaDevice {
   readonly maxWorkgroupStorage: number;
   /**
    * Storage buffers a kernel may bind (requested at the adapter's maximum, up to 16): a step that finishes the layer
-   * before it (see `Kernels.residualFusable`) needs up to 12, else it takes an extra launch.
+   * before it (see `Kernels.finishesPending`) needs up to 12, else it takes an extra launch.
    */
   readonly maxStorageBuffers: number;
   /**

@@ -16,7 +16,7 @@ import { encodeDispatches, Kernels, type Dispatch } from './kernels/index.js';
 import {
   bindPending,
   bindLayers,
-  bindResidual,
+  bindNormed,
   createCalderaLinears,
   createDenseLinears,
   createLinearContext,
@@ -381,7 +381,7 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     kernels.dispose();
   });
 
-  it('a residual branch finished by the next input step (bindPending + bindResidual) equals its output rotation first, to the bit, with one launch fewer; 1 and 32 lanes, RVQ4 and E8P12 R̂, biased o with and without its rotation; falls back on a device with 8 storage buffers', async () => {
+  it('a residual branch finished by the next input step (bindPending + bindNormed) equals its output rotation first, to the bit, with one launch fewer; 1 and 32 lanes, RVQ4 and E8P12 R̂, biased o with and without its rotation; falls back on a device with 8 storage buffers', async () => {
     const rng = new Rng(16);
     const [nAtt, dModel, rows, eps] = [64, 96, 2, 1e-5];
     const layerOf = (m: number, n: number, o: Partial<CalderaOptions>, seed: number, bias: boolean) => {
@@ -438,7 +438,7 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
           const outA = outs();
           const deferred = bindPending(ctx, att, o, x);
           expect(deferred.pending, what).not.toBeNull();
-          const step = bindResidual(ctx, { pending: deferred.pending!, x, out: x2, norm }, layers(outA));
+          const step = bindNormed(ctx, { pending: deferred.pending!, x, out: x2, norm }, layers(outA));
           // the reference: o whole (accumulating into h), then the next layers reading RMSNorm(h)
           const ref = storageBuffer(d, h0, 'ref');
           const outB = outs();
@@ -459,7 +459,7 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
             expect(await read(outA[j]!), `${what}: layer ${j}`).toEqual(await read(outB[j]!));
           // a pending rotation that reads a bias with none bound is refused on both paths
           const noBias = { pending: { ...deferred.pending!, bias: null }, x, out: x2, norm };
-          expect(() => bindResidual(ctx, noBias, layers(outA)), what).toThrow(/bias/);
+          expect(() => bindNormed(ctx, noBias, layers(outA)), what).toThrow(/bias/);
           ctx.dispose();
           kernels.dispose();
         }

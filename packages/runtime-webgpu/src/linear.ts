@@ -9,6 +9,7 @@ import {
   ROTATION_MAX_MEMBERS,
   type Dispatch,
   type GpuMatrix,
+  type GateInput,
   type InputProjectionOptions,
   type Kernels,
   type LatticeCodec,
@@ -435,9 +436,15 @@ export interface GroupBindOptions {
   /**
    * The layer before, finished by the input step: its pending output rotation (from
    * {@link GpuCalderaGroup.bindPending}) accumulating into `x`, and the buffer that receives `x + its output`. Needs
-   * `input` RMSNorm and {@link GpuCalderaGroup.fusesResidual}.
+   * `input` RMSNorm and {@link GpuCalderaGroup.finishesPending}.
    */
   residual?: ResidualInput;
+  /**
+   * The gate and up layers before, finished by the input step: their pending output rotation (from
+   * {@link GpuCalderaGroup.bindPending}) writing `x` and `input.up`, which are then not written. Needs `input` SwiGLU
+   * and {@link GpuCalderaGroup.finishesPending}.
+   */
+  gate?: GateInput;
   /** The layers are q, k and v: RoPE and the KV store follow in their output rotation. */
   then?: RopeKvOptions;
 }
@@ -456,7 +463,7 @@ export interface GroupBindOptions {
  * 5. `y_j = g_j·(y'_j·M_mᵀ ⊙ SV_j) (+ bias_j)`, first m outputs: one {@link Kernels.rotate} launch for all
  *    layers, each writing its own output buffer (two or three each for vectors larger than workgroup memory); or,
  *    for a residual branch's last layer, left pending ({@link GpuCalderaGroup.bindPending}) for the next layers'
- *    input step to finish ({@link bindResidual}).
+ *    input step to finish ({@link bindNormed}).
  *
  * Quantized weights stay packed on the GPU: Q̂'s codes (u16, two per u32: 2 bits per weight; RVQ4 adds a second
  * plane, RVQ3 a u8 plane) and L̂'s and R̂'s codes (4 bits per value with the default RVQ4), each layer's part at a
@@ -661,32 +668,33 @@ export class GpuCalderaGroup {
   }
 
   /**
-   * {@link GpuCalderaGroup.bind} for one layer `j` without its output rotation, which is returned instead (accumulating
-   * into `out` when `accumulate`): the residual input step of the next layers can finish it (see `bindResidual`).
+   * {@link GpuCalderaGroup.bind} without the output rotation, which is returned instead (accumulating into the outputs
+   * when `accumulate`): the next layers' input step can finish it (see `bindNormed` and the function `bindPending`).
+   * Not with `then`.
    */
   bindPending(
     ctx: LinearContext,
     x: GPUBuffer,
-    j: number,
-    out: GPUBuffer,
-    options: { accumulate?: boolean; tile?: number; input?: RotationInput } = {},
+    j0: number,
+    outs: GPUBuffer[],
+    options: Omit<GroupBindOptions, 'then'> = {},
   ): { dispatches: Dispatch[]; pending: RotateOptions } {
-    const { list, rotation } = this.record(ctx, x, j, [out], options);
+    const { list, rotation } = this.record(ctx, x, j0, outs, options);
     return { dispatches: list, pending: { ...rotation, pre: ctx.ones } };
   }
 
   /**
    * Whether {@link GpuCalderaGroup.bind} of layers `j0 …` (as many as `outs`) with these options finishes
-   * `options.residual` in its input step ({@link Kernels.residualFusable}).
+   * `options.residual` or `options.gate` in its input step ({@link Kernels.finishesPending}).
    */
-  fusesResidual(
+  finishesPending(
     ctx: LinearContext,
     x: GPUBuffer,
     j0: number,
     outs: readonly GPUBuffer[],
     options: GroupBindOptions,
   ): boolean {
-    return ctx.kernels.residualFusable(this.inputStep(ctx, x, this.slice(j0, outs.length), options));
+    return ctx.kernels.finishesPending(this.inputStep(ctx, x, this.slice(j0, outs.length), options));
   }
 
   /** Layers `j0 … j0 + count − 1`, checked. */
@@ -706,30 +714,26 @@ export class GpuCalderaGroup {
     ms: readonly Member[],
     options: GroupBindOptions,
   ): InputProjectionOptions {
-    const { tile = 1, input, residual } = options;
+    const { tile = 1, input, residual, gate } = options;
     const d0 = ms[0]!.d;
     const n = d0.shape[1];
     const np = d0.padded[1];
-    // with a residual, one H_K table holds both rotations' factors (the pending one's first)
-    const Ks = [...new Set([...(residual?.pending.members.map((m) => m.K) ?? []), this.Kn])];
+    // with layers to finish, one H_K table holds both steps' factors (the pending rotation's first)
+    const pending = residual?.pending ?? gate?.pending;
+    const Ks = [...new Set([...(pending?.members.map((m) => m.K) ?? []), this.Kn])];
     const hks = ctx.hkTable(Ks);
     const at = (K: number) => hks.offsets[Ks.indexOf(K)]!;
+    const rebased = (p: RotateOptions): RotateOptions => ({
+      ...p,
+      hk: hks.buffer,
+      members: p.members.map((m) => ({ ...m, hkOff: at(m.K) })),
+    });
     return {
       x,
       xStride: n,
       ...(input ? { input } : {}),
-      ...(residual
-        ? {
-            residual: {
-              out: residual.out,
-              pending: {
-                ...residual.pending,
-                hk: hks.buffer,
-                members: residual.pending.members.map((m) => ({ ...m, hkOff: at(m.K) })),
-              },
-            },
-          }
-        : {}),
+      ...(residual ? { residual: { out: residual.out, pending: rebased(residual.pending) } } : {}),
+      ...(gate ? { gate: { pending: rebased(gate.pending) } } : {}),
       pre: this.su ?? ctx.ones,
       hk: hks.buffer,
       hkOff: at(this.Kn),
@@ -1038,68 +1042,94 @@ export function bindLayers(
 }
 
 /**
- * The launches computing `out += layer(x)` (a residual branch's last layer: o_proj, down_proj), leaving a CALDERA
- * layer's output rotation pending: it is returned for {@link bindResidual}, which finishes it with the next layers'
- * input step when it can. Other layers are bound whole (`pending` null).
+ * The launches computing `out += layer(input)` for a residual branch's last layer (o_proj, down_proj), leaving a
+ * CALDERA layer's output rotation pending: it is returned for {@link bindNormed}, which finishes it with the next
+ * layers' input step when it can. `after` is the gate and up layers' pending output rotation (from `bindNormed` with
+ * `defer`) that writes `input` (SwiGLU's `x` and `up`): this layer's input step finishes it when it can, else it runs
+ * first. Other layers are bound whole (`pending` null).
  */
 export function bindPending(
   ctx: LinearContext,
   input: GPUBuffer | LayerInput,
   layer: GpuLinear,
   out: GPUBuffer,
-  options: { tile?: number } = {},
+  options: { tile?: number; after?: RotateOptions | null } = {},
 ): { dispatches: Dispatch[]; pending: RotateOptions | null } {
   const tile = options.tile ?? 1;
+  const after = options.after ?? null;
   const { x, compute } = 'x' in input ? input : { x: input, compute: undefined };
-  if (layer instanceof GpuCalderaLinear)
-    return layer.group.bindPending(ctx, x, layer.index, out, {
-      accumulate: true,
-      tile,
-      ...(compute ? { input: compute } : {}),
-    });
-  return { dispatches: bindLayers(ctx, input, [{ layer, out }], { accumulate: true, tile }), pending: null };
+  const first = after ? ctx.kernels.rotate(after) : [];
+  if (layer instanceof GpuCalderaLinear) {
+    const g = layer.group;
+    const opts = { accumulate: true, tile, ...(compute ? { input: compute } : {}) };
+    if (after && compute?.kind === 'swiglu') {
+      const gated = { ...opts, gate: { pending: after } };
+      if (g.finishesPending(ctx, x, layer.index, [out], gated))
+        return g.bindPending(ctx, x, layer.index, [out], gated);
+    }
+    const r = g.bindPending(ctx, x, layer.index, [out], opts);
+    return { dispatches: [...first, ...r.dispatches], pending: r.pending };
+  }
+  return {
+    dispatches: [...first, ...bindLayers(ctx, input, [{ layer, out }], { accumulate: true, tile })],
+    pending: null,
+  };
 }
 
 /**
- * The next layers after a residual branch whose output rotation is pending ({@link bindPending}): `h = x + that
- * output`, then `out_w = layer_w(RMSNorm(h) ⊙ weight)`. When the layers are one run of a CALDERA group whose input
- * step can finish the pending rotation ({@link GpuCalderaGroup.fusesResidual}), h is written to `step.out` by that
- * step (one launch fewer); else the rotation runs first, accumulating into `x`, and h stays there. Returns the
- * launches and the buffer holding h.
+ * Layers reading the RMSNorm of the residual stream: `out_w = layer_w(RMSNorm(h) ⊙ weight)` with `h = x` plus, when
+ * `step.pending` is a residual branch's pending output rotation ({@link bindPending}), that branch's output. When the
+ * layers are one run of a CALDERA group whose input step can finish that rotation
+ * ({@link GpuCalderaGroup.finishesPending}), h is written to `step.out` by that step (one launch fewer); else the
+ * rotation runs first, accumulating into `x`, and h stays there. With `defer` (not with `then`), a CALDERA run's own
+ * output rotation is left pending and returned (for the gate and up layers: see {@link bindPending}'s `after`).
+ * Returns the launches, the buffer holding h and the pending rotation (null when none).
  */
-export function bindResidual(
+export function bindNormed(
   ctx: LinearContext,
   step: {
-    pending: RotateOptions;
+    pending: RotateOptions | null;
     x: GPUBuffer;
     out: GPUBuffer;
     norm: { weight: GPUBuffer; eps: number; scratch: GPUBuffer };
   },
   layers: readonly { layer: GpuLinear; out: GPUBuffer }[],
-  options: { tile?: number; then?: RopeKvOptions } = {},
-): { dispatches: Dispatch[]; residual: GPUBuffer } {
+  options: { tile?: number; then?: RopeKvOptions; defer?: boolean } = {},
+): { dispatches: Dispatch[]; residual: GPUBuffer; pending: RotateOptions | null } {
   const { x, pending, out, norm } = step;
+  const { then, defer = false } = options;
+  const tile = options.tile ?? 1;
   const input = { kind: 'rmsNorm' as const, weight: norm.weight, eps: norm.eps };
   const runs = runsOf(layers);
   const first = runs.length === 1 ? runs[0]!.layers[0] : undefined;
   // (q, k and v with RoPE are one run of three; other `then` uses go to bindLayers, which rejects them)
-  if (first instanceof GpuCalderaLinear && (!options.then || layers.length === 3)) {
+  if (first instanceof GpuCalderaLinear && (!then || (layers.length === 3 && !defer))) {
+    const g = first.group;
     const outs = runs[0]!.outs;
-    const opts: GroupBindOptions = {
-      tile: options.tile ?? 1,
-      input,
-      residual: { pending, out },
-      ...(options.then ? { then: options.then } : {}),
-    };
-    if (first.group.fusesResidual(ctx, x, first.index, outs, opts))
-      return { dispatches: first.group.bind(ctx, x, first.index, outs, opts), residual: out };
+    const base: GroupBindOptions = { tile, input, ...(then ? { then } : {}) };
+    const fused: GroupBindOptions | null = pending ? { ...base, residual: { pending, out } } : null;
+    const fuses = fused !== null && g.finishesPending(ctx, x, first.index, outs, fused);
+    const opts = fuses ? fused : base;
+    const before = pending && !fuses ? ctx.kernels.rotate(pending) : [];
+    const residual = fuses ? out : x;
+    if (defer) {
+      const r = g.bindPending(ctx, x, first.index, outs, opts);
+      return { dispatches: [...before, ...r.dispatches], residual, pending: r.pending };
+    }
+    return { dispatches: [...before, ...g.bind(ctx, x, first.index, outs, opts)], residual, pending: null };
   }
   return {
     dispatches: [
-      ...ctx.kernels.rotate(pending),
-      ...bindLayers(ctx, { x, compute: { kind: 'rmsNorm', ...norm } }, layers, options),
+      ...(pending ? ctx.kernels.rotate(pending) : []),
+      ...bindLayers(
+        ctx,
+        { x, compute: { kind: 'rmsNorm', ...norm } },
+        layers,
+        then ? { tile, then } : { tile },
+      ),
     ],
     residual: x,
+    pending: null,
   };
 }
 

@@ -316,26 +316,35 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
     }
   });
 
-  it('residual branches finished in the next input step: the same logits, to the bit, as their own rotation launches (a device with 8 storage buffers), with 11 launches per CALDERA block instead of 13', async () => {
-    // every linear CALDERA (random weights), so q/k/v's input step with RoPE finishes down_proj's rotation too
+  it('output rotations finished in the next input step (residual branches; gate and up): the same logits, to the bit, as their own launches (devices with 8 and 10 storage buffers), with 10 launches per CALDERA block instead of 13', async () => {
+    // every linear CALDERA (random weights, RVQ4 R̂), so q/k/v's input step with RoPE finishes down_proj's rotation too
     const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-res-'));
     const shape = { hidden: 128, intermediate: 256, layers: 3, heads: 4, kvHeads: 2, vocab: 64 };
-    await writeRandomCalderaModel(dir, shape, 8);
+    await writeRandomCalderaModel(dir, shape, 8, { distinct: true });
     const tokens = [1, 17, 5, 63, 2, 40];
     const opts = { contextLength: 16, lanes: 1 as const };
-    const fused = (await loadModel(d, dir, opts)).model;
-    const apart = (await loadModel({ ...d, maxStorageBuffers: 8 }, dir, opts)).model;
+    // storage buffers per shader stage → launches per block: the residual step binds 12, the gate step 9
+    const variants = [
+      [8, 13],
+      [10, 12],
+      [d.maxStorageBuffers, d.maxStorageBuffers >= 12 ? 10 : d.maxStorageBuffers >= 9 ? 12 : 13],
+    ] as const;
+    const models = [];
     try {
-      // embedding, final norm, head, argmax; the last down_proj's rotation runs before the final norm
-      expect(apart.dispatchesPerToken).toBe(4 + 13 * shape.layers);
-      if (d.maxStorageBuffers >= 12) expect(fused.dispatchesPerToken).toBe(4 + 11 * shape.layers + 1);
+      for (const [storage] of variants)
+        models.push((await loadModel({ ...d, maxStorageBuffers: storage }, dir, opts)).model);
+      // embedding, final norm, head, argmax; with the residual step, the last down_proj's rotation before the norm
+      for (const [i, [storage, perBlock]] of variants.entries())
+        expect(models[i]!.dispatchesPerToken, `${storage} storage buffers`).toBe(
+          4 + perBlock * shape.layers + (perBlock === 10 ? 1 : 0),
+        );
       const want: Float32Array[] = [];
-      for (const t of tokens) want.push(await apart.step(t, 'logits'));
-      for (const [i, t] of tokens.entries())
-        expect(await fused.step(t, 'logits'), `token ${i}`).toEqual(want[i]);
+      for (const t of tokens) want.push(await models[0]!.step(t, 'logits'));
+      for (const [m, model] of models.entries())
+        for (const [i, t] of tokens.entries())
+          if (m > 0) expect(await model.step(t, 'logits'), `model ${m}, token ${i}`).toEqual(want[i]);
     } finally {
-      fused.dispose();
-      apart.dispose();
+      for (const model of models) model.dispose();
       await rm(dir, { recursive: true, force: true });
     }
   });

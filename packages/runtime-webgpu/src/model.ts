@@ -11,8 +11,7 @@ import {
 } from './kernels/index.js';
 import {
   bindPending,
-  bindLayers,
-  bindResidual,
+  bindNormed,
   createLinearContext,
   GpuCalderaLinear,
   type GpuLinear,
@@ -178,7 +177,7 @@ export class WebGpuModel {
     const kw = KV * hd;
     // activations: T rows each
     // the residual stream, in x or x2: a step that finishes a residual branch's output rotation in the next layers'
-    // input step writes the sum to the other one (see bindResidual; only one-row decode steps do, but x2 has T rows
+    // input step writes the sum to the other one (see bindNormed; only one-row decode steps do, but x2 has T rows
     // like every activation buffer, so that any recorded program may use it)
     const x = buf(T * d, 'x');
     const x2 = buf(T * d, 'x2');
@@ -235,42 +234,33 @@ export class WebGpuModel {
 
     const record = (tile: number): { program: Dispatch[]; head: Dispatch[] } => {
       const p: Dispatch[] = [K.embed(this.tokensBuf, weights.embed, x)];
-      // where the residual stream is, and the output rotation of the last residual branch when still pending
+      // where the residual stream is; the output rotation of the last residual branch, and of gate and up, when still
+      // pending (finished by the next layers' input step when they can, else run first)
       let res = x;
       let pending: RotateOptions | null = null;
+      let gatePending: RotateOptions | null = null;
       // the layers after an RMSNorm of the residual stream: each RMSNorm (and the SwiGLU) is computed by the next
-      // layers' input rotation when they are CALDERA layers, which also finish a pending output rotation when they can
+      // layers' input rotation when they are CALDERA layers
       const normedLayers = (
         weight: GPUBuffer,
         layers: { layer: GpuLinear; out: GPUBuffer }[],
-        then?: RopeKvOptions,
+        options: { then?: RopeKvOptions; defer?: boolean } = {},
       ): Dispatch[] => {
-        const options = { tile, ...(then ? { then } : {}) };
-        if (!pending)
-          return bindLayers(
-            ctx,
-            { x: res, compute: { kind: 'rmsNorm', weight, eps: cfg.rmsNormEps, scratch: h } },
-            layers,
-            options,
-          );
-        const r = bindResidual(
+        const r = bindNormed(
           ctx,
-          {
-            pending,
-            x: res,
-            out: res === x ? x2 : x,
-            norm: { weight, eps: cfg.rmsNormEps, scratch: h },
-          },
+          { pending, x: res, out: res === x ? x2 : x, norm: { weight, eps: cfg.rmsNormEps, scratch: h } },
           layers,
-          options,
+          { tile, ...options },
         );
         pending = null;
         res = r.residual;
+        gatePending = r.pending;
         return r.dispatches;
       };
       // a residual branch's last layer: out += layer(input), its output rotation left pending when it is CALDERA
       const branchEnd = (input: GPUBuffer | LayerInput, layer: GpuLinear): Dispatch[] => {
-        const r = bindPending(ctx, input, layer, res, { tile });
+        const r = bindPending(ctx, input, layer, res, { tile, after: gatePending });
+        gatePending = null;
         pending = r.pending;
         return r.dispatches;
       };
@@ -291,7 +281,9 @@ export class WebGpuModel {
               { layer: w.k, out: k },
               { layer: w.v, out: v },
             ],
-            { step: this.stepBuf, cs, ck: caches[b]!.k, cv: caches[b]!.v, heads: H, kvHeads: KV, hd },
+            {
+              then: { step: this.stepBuf, cs, ck: caches[b]!.k, cv: caches[b]!.v, heads: H, kvHeads: KV, hd },
+            },
           ),
         );
         p.push(
@@ -310,12 +302,17 @@ export class WebGpuModel {
         );
         p.push(...branchEnd(att, w.o));
         p.push(
-          ...normedLayers(w.postAttnNorm, [
-            { layer: w.gate, out: g },
-            { layer: w.up, out: u },
-          ]),
+          ...normedLayers(
+            w.postAttnNorm,
+            [
+              { layer: w.gate, out: g },
+              { layer: w.up, out: u },
+            ],
+            { defer: true },
+          ),
         );
-        // the SwiGLU is computed by down_proj's input rotation when it is a CALDERA layer (in place over g else)
+        // the SwiGLU is computed by down_proj's input rotation when it is a CALDERA layer (in place over g else),
+        // which also finishes gate and up's output rotation when it can
         p.push(...branchEnd({ x: g, compute: { kind: 'swiglu', up: u } }, w.down));
       });
       if (pending) p.push(...K.rotate(pending));

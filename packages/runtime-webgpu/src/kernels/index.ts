@@ -25,6 +25,7 @@ import {
   WG,
   type Lanes,
   type LatticeCodec,
+  type PreviousStep,
   type RotationInputKind,
 } from './wgsl.js';
 
@@ -158,11 +159,16 @@ export interface InputProjectionOptions {
   /** Offset of H_K in `hk` (default 0). */
   hkOff?: number;
   /**
-   * The layer before, whose output rotation is finished by this step (see {@link Kernels.residualFusable}): that
+   * The layer before, whose output rotation is finished by this step (see {@link Kernels.finishesPending}): that
    * rotation (one member accumulating into `x`, the residual stream h) and the buffer that receives `h + its output`.
    * Needs `input` RMSNorm.
    */
   residual?: ResidualInput;
+  /**
+   * The gate and up layers before, whose output rotations this step finishes (see {@link Kernels.finishesPending}):
+   * that rotation (two members, writing `x` and the SwiGLU's `up`, which are then not written). Needs `input` SwiGLU.
+   */
+  gate?: GateInput;
   rot: GPUBuffer;
   /** R̂'s codes; unused when no layer has lattice factors. */
   codes: ProjectionCodes | null;
@@ -181,6 +187,28 @@ export interface InputProjectionOptions {
 export interface ResidualInput {
   pending: RotateOptions;
   out: GPUBuffer;
+}
+
+/** The gate and up layers for the next input step to finish ({@link InputProjectionOptions.gate}). */
+export interface GateInput {
+  pending: RotateOptions;
+}
+
+/** What `o` asks the input step to finish of the layers before it. */
+function previousOf(o: InputProjectionOptions): { kind: PreviousStep; pending: RotateOptions | null } {
+  if (o.residual) return { kind: 'residual', pending: o.residual.pending };
+  if (o.gate) return { kind: 'gate', pending: o.gate.pending };
+  return { kind: 'none', pending: null };
+}
+
+/**
+ * The gate and up members of a two-member output rotation, in that order: the one writing `gateOut`, the one writing
+ * `upOut`; null when the rotation does not write both.
+ */
+function gateMembers(rot: RotateOptions, gateOut: GPUBuffer, upOut: GPUBuffer): RotationMember[] | null {
+  const g = rot.members.find((m) => rot.outs[m.slot] === gateOut);
+  const u = rot.members.find((m) => rot.outs[m.slot] === upOut);
+  return g && u && g !== u ? [g, u] : null;
 }
 
 /** RoPE rotates pairs `(i, i + hd/2)`: the head size must be even. */
@@ -824,7 +852,8 @@ export class Kernels {
   private projectionWords(o: InputProjectionOptions): number | null {
     const c = o.codes;
     if (!c || (o.tile ?? 1) !== 1 || o.layers.length > ROTATION_MAX_MEMBERS) return null;
-    const widths = [o.n, ...(o.residual?.pending.members.map((m) => m.n) ?? [])];
+    const prev = previousOf(o);
+    const widths = [o.n, ...(prev.pending?.members.map((m) => m.n) ?? [])];
     const maxN = Math.max(...widths);
     if (maxN > this.maxLocalHadamard) return null;
     const words = Math.ceil(maxN / WG) * WG;
@@ -832,43 +861,57 @@ export class Kernels {
     const extra = this.lanes === 1 ? 0 : 256 * 16 + WG * 4 + (c.codec === 'rvq3' ? 2048 * 4 : 0);
     if (Math.max(words, o.input?.kind === 'rmsNorm' ? WG : 0) * 4 + extra > this.dev.maxWorkgroupStorage)
       return null;
-    const storage = inputProjectionBindings(
-      c.codec,
-      o.input?.kind ?? 'none',
-      o.residual !== undefined,
-    ).filter((name) => name !== 'prevParams').length;
+    const storage = inputProjectionBindings(c.codec, o.input?.kind ?? 'none', prev.kind).filter(
+      (name) => name !== 'prevParams',
+    ).length;
     return storage <= this.dev.maxStorageBuffers ? words : null;
   }
 
   /**
-   * Whether {@link Kernels.projectInput} can finish the layer before (`o.residual`: its output rotation, accumulating
-   * into the residual stream `o.x`) in the same launch as this step's RMSNorm and input rotation. Needs: that rotation
-   * with one member over `o.x`'s rows at offset 0 (as wide as this step's input), multipliers `pre` of 1 (`o.ones`),
-   * its H_K in `o.hk`, no input computation of its own; this step with RMSNorm and R̂ rows to compute; and the
-   * one-launch input step to fit (see `projectionWords`: on a device with the baseline 8 storage buffers it does not,
-   * as the step binds up to 12).
+   * Whether {@link Kernels.projectInput} can finish the layers before in the same launch as this step's input
+   * computation and rotation: with `o.residual`, a residual branch's last layer (its output rotation accumulating into
+   * the residual stream `o.x`; this step computing RMSNorm); with `o.gate`, the gate and up layers (their output
+   * rotation writing `o.x` and the SwiGLU's `up`; this step computing SwiGLU). Needs: that rotation with one member
+   * (residual) or two (gate), each over this step's rows at offset 0 and as wide as its input, multipliers `pre` of 1
+   * (`o.ones`), its H_K in `o.hk`, its bias bound when read, no input computation of its own; R̂ rows to compute; and
+   * the one-launch input step to fit (see `projectionWords`: on a device with the baseline 8 storage buffers the
+   * residual step does not, as it binds up to 12; the gate step binds up to 9).
    */
-  residualFusable(o: InputProjectionOptions): boolean {
-    const r = o.residual;
-    if (!r || o.input?.kind !== 'rmsNorm' || !o.layers.some((l) => l.r)) return false;
-    const rot = r.pending;
-    const m = rot.members[0];
-    return (
-      rot.members.length === 1 &&
-      m !== undefined &&
-      rot.accumulate &&
+  finishesPending(o: InputProjectionOptions): boolean {
+    const prev = previousOf(o);
+    const rot = prev.pending;
+    if (!rot || !o.layers.some((l) => l.r)) return false;
+    const shaped = rot.members.every(
+      (m) =>
+        m.outOff === 0 &&
+        m.outStride === o.xStride &&
+        m.outLen === o.nIn &&
+        (m.biasOff === null || rot.bias !== null),
+    );
+    const common =
+      shaped &&
       rot.input === undefined &&
-      rot.outs.length === 1 &&
-      rot.outs[0] === o.x &&
-      r.out !== o.x &&
       rot.pre === o.ones &&
       rot.hk === o.hk &&
-      m.slot === 0 &&
-      m.outOff === 0 &&
-      m.outStride === o.xStride &&
-      m.outLen === o.nIn &&
-      (m.biasOff === null || rot.bias !== null) &&
-      this.projectionWords(o) !== null
+      this.projectionWords(o) !== null;
+    if (prev.kind === 'residual')
+      return (
+        common &&
+        o.input?.kind === 'rmsNorm' &&
+        rot.members.length === 1 &&
+        rot.members[0]!.slot === 0 &&
+        rot.accumulate &&
+        rot.outs.length === 1 &&
+        rot.outs[0] === o.x &&
+        o.residual!.out !== o.x
+      );
+    const input = o.input;
+    return (
+      common &&
+      input?.kind === 'swiglu' &&
+      !rot.accumulate &&
+      rot.members.length === 2 &&
+      gateMembers(rot, o.x, input.up) !== null
     );
   }
 
@@ -877,8 +920,8 @@ export class Kernels {
    * ({@link inputProjectionWgsl}) when R̂ has rows to compute, the vectors fit workgroup memory beside the kernel's
    * tables, there are at most {@link ROTATION_MAX_MEMBERS} layers, `tile` is 1 and the device allows the storage
    * buffers it binds; else the rotation ({@link Kernels.rotate}) and R̂'s kernel ({@link Kernels.e8pMatvec}) apart,
-   * with the same operations in the same order (bit-identical on SwiftShader, tested). With `o.residual` it also
-   * finishes the layer before (see {@link Kernels.residualFusable}; `E_VALUE` when it cannot: run that layer's
+   * with the same operations in the same order (bit-identical on SwiftShader, tested). With `o.residual` or `o.gate`
+   * it also finishes the layers before (see {@link Kernels.finishesPending}; `E_VALUE` when it cannot: run their
    * rotation first instead).
    */
   projectInput(o: InputProjectionOptions): Dispatch[] {
@@ -918,11 +961,12 @@ export class Kernels {
     const segments = o.layers.flatMap((l, w) => (l.r ? [{ ...l.r, x: w * n }] : []));
     const c = o.codes;
     const res = o.residual;
-    if (res && !this.residualFusable(o))
+    const prev = previousOf(o);
+    if (prev.pending && !this.finishesPending(o))
       throw new CalderaError(
         'E_VALUE',
-        'projectInput: this step cannot finish the layer before it in one launch (see residualFusable); run that ' +
-          "layer's output rotation with rotate() first",
+        'projectInput: this step cannot finish the layers before it in one launch (see finishesPending); run ' +
+          'their output rotation with rotate() first',
       );
     if (segments.length === 0 || !c) return this.rotate(rotation);
     const tile = o.tile ?? 1;
@@ -968,12 +1012,13 @@ export class Kernels {
     }
     while (seg.length < 8 * ROTATION_MAX_MEMBERS) seg.push(['u32', 0]);
     const input = inputOf(rotation);
-    const p = this.pipeline(
-      `project_${words}_${c.codec}_${this.lanes}_${input.kind}${res ? '_res' : ''}`,
-      () => inputProjectionWgsl(words, c.codec, this.lanes, input.kind, res !== undefined),
+    const p = this.pipeline(`project_${words}_${c.codec}_${this.lanes}_${input.kind}_${prev.kind}`, () =>
+      inputProjectionWgsl(words, c.codec, this.lanes, input.kind, prev.kind),
     );
+    const gate = o.gate ? gateMembers(o.gate.pending, o.x, (o.input as { up: GPUBuffer }).up)! : null;
     const named: Record<string, GPUBuffer | null> = {
-      x: o.x,
+      // the gate step reads the gate and up layers' outputs before their rotation
+      x: o.gate ? o.gate.pending.x : o.x,
       pre: o.pre,
       hkb: o.hk,
       rot: o.rot,
@@ -993,10 +1038,17 @@ export class Kernels {
             ),
           }
         : {}),
+      ...(o.gate && gate
+        ? {
+            prevPost: o.gate.pending.post,
+            prevBias: o.gate.pending.bias ?? o.dummy,
+            prevParams: this.uniform(this.rotationFields(o.gate.pending, gate), 'gate rotation params'),
+          }
+        : {}),
     };
     return [
       this.make(
-        `project n=${n} K=${K}${J > 1 ? ` ×${J}` : ''} k=${zOff}${input.aux ? ` ${input.kind}` : ''}${res ? ' +residual' : ''}`,
+        `project n=${n} K=${K}${J > 1 ? ` ×${J}` : ''} k=${zOff}${input.aux ? ` ${input.kind}` : ''}${prev.kind === 'none' ? '' : ` +${prev.kind}`}`,
         p,
         [
           this.uniform(this.rotationFields(rotation, members), 'rotation params'),
@@ -1005,7 +1057,7 @@ export class Kernels {
             'projection params',
           ),
           c.tables,
-          ...inputProjectionBindings(c.codec, input.kind, res !== undefined).map((name) => named[name]!),
+          ...inputProjectionBindings(c.codec, input.kind, prev.kind).map((name) => named[name]!),
         ],
         wg,
       ),

@@ -814,18 +814,27 @@ ${
 }
 
 /**
+ * What the one-launch input step ({@link inputProjectionWgsl}) finishes of the layers before it: nothing, a residual
+ * branch's last layer (its output rotation and residual add, then this step's RMSNorm), or the gate and up layers
+ * (their output rotations, then this step's SwiGLU).
+ */
+export type PreviousStep = 'none' | 'residual' | 'gate';
+
+/**
  * The bindings of {@link inputProjectionWgsl} after its three uniforms (bindings 0–2), in binding order: storage
- * buffers, and with `residual` a last uniform (`prevParams`).
+ * buffers, and when it finishes the layers before a last uniform (`prevParams`).
  */
 export function inputProjectionBindings(
   codec: LatticeCodec,
   input: RotationInputKind,
-  residual = false,
+  prev: PreviousStep = 'none',
 ): string[] {
   const names = ['x', 'pre', 'hkb', 'rot', 'codes', 'z'];
   if (codec !== 'e8p12') names.push('codes2');
-  if (input !== 'none') names.push('aux');
-  if (residual) names.push('prevOut', 'prevPost', 'prevBias', 'hOut', 'prevParams');
+  // the gate step computes the SwiGLU's up values itself
+  if (input !== 'none' && prev !== 'gate') names.push('aux');
+  if (prev === 'residual') names.push('prevOut', 'prevPost', 'prevBias', 'hOut', 'prevParams');
+  if (prev === 'gate') names.push('prevPost', 'prevBias', 'prevParams');
   return names;
 }
 
@@ -846,17 +855,24 @@ export function inputProjectionBindings(
  * h, `prevOut` that layer's output rows before their output rotation (uniform `pu`, one member, as in
  * {@link hadamardWgsl} with multipliers `pre` of 1, `prevPost` its SV and `prevBias` its bias, H_K from `hkb`), and
  * each workgroup computes `h' = h + rotation(prevOut)` in registers, the RMSNorm of h' and the input rotation from
- * there. Member 0's first workgroup writes h' to `hOut` (another buffer than `x`: the other workgroups still read h). The same operations in
- * the same order as that output rotation accumulating into h, then this step with RMSNorm (bit-identical on
- * SwiftShader, tested). `maxN` covers both vectors.
+ * there. Member 0's first workgroup writes h' to `hOut` (another buffer than `x`: the other workgroups still read h).
+ * The same operations in the same order as that output rotation accumulating into h, then this step with RMSNorm
+ * (bit-identical on SwiftShader, tested). `maxN` covers all vectors.
+ *
+ * With `prev` 'gate' (and `input` 'swiglu') it finishes the gate and up layers instead: `x` holds their output rows
+ * before the output rotation (members 0, gate, and 1, up, of `pu`), and each workgroup rotates both (gate's values
+ * kept in registers while up's are rotated), then loads `silu(gate)·up` as the SwiGLU input computation would. The
+ * same operations in the same order as their output rotation, then this step with SwiGLU (bit-identical on
+ * SwiftShader, tested); the gate and up outputs are not written.
  */
 export function inputProjectionWgsl(
   maxN: number,
   codec: LatticeCodec,
   lanes: Lanes,
   input: RotationInputKind,
-  residual = false,
+  prev: PreviousStep = 'none',
 ): string {
+  const residual = prev === 'residual';
   const rvq4 = codec === 'rvq4';
   const rvq3 = codec === 'rvq3';
   const rpw = lanes === 1 ? WG : ROWS_PER_WG;
@@ -876,7 +892,7 @@ export function inputProjectionWgsl(
     prevBias: 'array<f32>',
     hOut: 'array<f32>',
   };
-  const names = inputProjectionBindings(codec, input, residual);
+  const names = inputProjectionBindings(codec, input, prev);
   const written = ['rot', 'z', 'hOut'];
   // aux is declared by rotationInputWgsl
   const bindings = names
@@ -897,7 +913,7 @@ struct T { pairs: array<vec4<u32>, 256>, e81b: array<vec4<f32>, 512> }
 @group(0) @binding(2) var<uniform> tables: T;
 ${bindings}
 var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, WG) : maxN}>;
-${rotationInputWgsl(input, 'u.eps', 3 + Math.max(0, names.indexOf('aux')))}
+${rotationInputWgsl(prev === 'gate' ? 'none' : input, 'u.eps', 3 + Math.max(0, names.indexOf('aux')))}
 ${lanes === 1 ? '' : `var<workgroup> tbl: array<vec4<u32>, 256>;\nvar<workgroup> part: array<f32, ${WG}>;`}
 ${e81bLocal ? 'var<workgroup> e81bw: array<f32, 2048>;' : ''}
 fn pairs(a: u32) -> vec4<u32> { return ${lanes === 1 ? 'tables.pairs[a]' : 'tbl[a]'}; }
@@ -949,7 +965,34 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       if (j < mb.nIn) { v[j] = hn[c] * scale * aux[j] * pre[mb.preOff + j]; } else { v[j] = 0.0; }
     }
   }`
-      : `let scale = inputScale(xo, mb.nIn, lid);
+      : prev === 'gate'
+        ? `// the gate and up layers before: their rotated outputs (members 0 and 1 of pu, rows of x), then silu(gate)·up
+  var gv: array<f32, ${C}>;
+  var uv: array<f32, ${C}>;
+  for (var k = 0u; k < 2u; k++) {
+    let mo = pu.m[k];
+    let ro = r * pu.xStride + mo.xOff;
+    for (var j = lid; j < mo.n; j += ${WG}u) {
+      if (j < mo.nIn) { v[j] = x[ro + j]; } else { v[j] = 0.0; }
+    }
+    workgroupBarrier();
+    if (pu.transform == 1u) { butterflies(lid, mo); }
+    for (var c = 0u; c < ${C}u; c++) {
+      let i = lid + c * ${WG}u;
+      if (i < mo.outLen) {
+        ${outputValueWgsl('mo', 'pu', 'prevPost', 'prevBias')}
+        if (k == 0u) { gv[c] = y; } else { uv[c] = y; }
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var c = 0u; c < ${C}u; c++) {
+    let j = lid + c * ${WG}u;
+    if (j < mb.n) {
+      if (j < mb.nIn) { let g = gv[c]; v[j] = g / (1.0 + exp(-g)) * uv[c] * pre[mb.preOff + j]; } else { v[j] = 0.0; }
+    }
+  }`
+        : `let scale = inputScale(xo, mb.nIn, lid);
   for (var j = lid; j < mb.n; j += ${WG}u) {
     if (j < mb.nIn) { v[j] = inputAt(xo, j, scale) * pre[mb.preOff + j]; } else { v[j] = 0.0; }
   }`
