@@ -468,6 +468,89 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     for (const l of [...os, ...nexts.flat()]) l.dispose();
   });
 
+  it("gate and up finished by down_proj's input step (bindNormed with defer + bindPending with after) equal their output rotation first, to the bit, with one launch fewer; 1 and 32 lanes; falls back on a device with 8 storage buffers", async () => {
+    const rng = new Rng(17);
+    const [dModel, inter, rows] = [64, 96, 2];
+    const layerOf = (m: number, n: number, seed: number, bias: boolean) => {
+      const w = tensor('f32', [m, n], rng.fillNormal(new Float32Array(m * n), 0, 0.5));
+      const x = caldera(w, null, { rank: 3, outerIters: 1, lplrIters: 1, seed });
+      const { tensors, meta } = toCheckpointTensors('layer', x);
+      return {
+        d: fromCheckpointTensors('layer', (nm) => tensors[nm], meta),
+        bias: bias ? rng.fillNormal(new Float32Array(m), 0, 0.5) : null,
+        label: `l${seed}`,
+      };
+    };
+    // gate and up (96 × 64, up with a bias: the biases sit in one buffer), down (64 × 96, its rotation with K = 12)
+    const [gate, up] = createCalderaLinears(d, [
+      layerOf(inter, dModel, 1, false),
+      layerOf(inter, dModel, 2, true),
+    ]);
+    const [down] = createCalderaLinears(d, [layerOf(dModel, inter, 3, false)]);
+    const h0 = rng.fillNormal(new Float32Array(rows * dModel), 0, 2);
+    const weight = storageBuffer(d, rng.fillNormal(new Float32Array(dModel), 1, 0.2), 'norm weight');
+    const scratch = storageBuffer(d, new Float32Array(rows * dModel), 'scratch');
+    const run = async (list: Dispatch[]) => {
+      const enc = d.device.createCommandEncoder();
+      encodeDispatches(enc, list, rows);
+      d.device.queue.submit([enc.finish()]);
+      await d.device.queue.onSubmittedWorkDone();
+    };
+    const read = async (b: GPUBuffer) => Array.from(new Float32Array(await readBuffer(d, b, b.size)));
+    let fusedRuns = 0;
+    for (const storage of [d.maxStorageBuffers, 8])
+      for (const lanes of [1, 32] as const) {
+        const dev = { ...d, maxStorageBuffers: storage };
+        const kernels = new Kernels(dev, { lanes });
+        const needs = { ...gate!.group.needs };
+        for (const key of Object.keys(needs) as (keyof typeof needs)[])
+          needs[key] = Math.max(needs[key], down!.group.needs[key]);
+        const ctx = createLinearContext(dev, kernels, needs, rows);
+        const what = `${storage} storage buffers, ${lanes} lane(s)`;
+        const norm = { weight, eps: 1e-5, scratch };
+        const bufs = () => [inter, inter].map((m) => storageBuffer(d, new Float32Array(rows * m), 'g/u'));
+        // deferred: gate and up's output rotation left to down_proj's input step
+        const x = storageBuffer(d, h0, 'x');
+        const [g, u] = bufs();
+        const gu = bindNormed(
+          ctx,
+          { pending: null, x, out: x, norm },
+          [
+            { layer: gate!, out: g! },
+            { layer: up!, out: u! },
+          ],
+          { defer: true },
+        );
+        expect(gu.pending, what).not.toBeNull();
+        const dn = bindPending(ctx, { x: g!, compute: { kind: 'swiglu', up: u! } }, down!, x, {
+          after: gu.pending,
+        });
+        // the reference: gate and up whole, then down reading SwiGLU(g, u), accumulating into h
+        const ref = storageBuffer(d, h0, 'ref');
+        const [rg, ru] = bufs();
+        const refList = [
+          ...bindLayers(ctx, { x: ref, compute: { kind: 'rmsNorm', ...norm } }, [
+            { layer: gate!, out: rg! },
+            { layer: up!, out: ru! },
+          ]),
+          ...bindLayers(ctx, { x: rg!, compute: { kind: 'swiglu', up: ru! } }, [{ layer: down!, out: ref }], {
+            accumulate: true,
+          }),
+        ];
+        const ours = [...gu.dispatches, ...dn.dispatches, ...kernels.rotate(dn.pending!)];
+        const fused = storage >= 9;
+        if (fused) fusedRuns++;
+        expect(ours.length, what).toBe(refList.length - (fused ? 1 : 0));
+        await run(ours);
+        await run(refList);
+        expect(await read(x), what).toEqual(await read(ref));
+        ctx.dispose();
+        kernels.dispose();
+      }
+    if (d.maxStorageBuffers >= 9) expect(fusedRuns).toBe(2);
+    for (const l of [gate!, up!, down!]) l.dispose();
+  });
+
   it('bindLayers then RoPE and the KV store: a q/k/v group (in its output rotation) equals the layers alone (a launch after them), to the bit; dense layers get that launch too', async () => {
     const rng = new Rng(15);
     const [n, H, KV, hd, cap, pos] = [96, 4, 2, 16, 4, 2];
