@@ -381,19 +381,38 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     kernels.dispose();
   });
 
+  /** Run `list` over `rows` activation rows and wait for it. */
+  const runRows = async (list: Dispatch[], rows: number) => {
+    const enc = d.device.createCommandEncoder();
+    encodeDispatches(enc, list, rows);
+    d.device.queue.submit([enc.finish()]);
+    await d.device.queue.onSubmittedWorkDone();
+  };
+  const readF32 = async (b: GPUBuffer) => Array.from(new Float32Array(await readBuffer(d, b, b.size)));
+  /** A CALDERA layer of random m × n weights (rank 3, one iteration each: fast, not good), with a random bias. */
+  const randomLayer = (
+    rng: Rng,
+    m: number,
+    n: number,
+    o: Partial<CalderaOptions>,
+    seed: number,
+    bias: boolean,
+  ) => {
+    const w = tensor('f32', [m, n], rng.fillNormal(new Float32Array(m * n), 0, 0.5));
+    const x = caldera(w, null, { rank: 3, outerIters: 1, lplrIters: 1, seed, ...o });
+    const { tensors, meta } = toCheckpointTensors('layer', x);
+    return {
+      d: fromCheckpointTensors('layer', (nm) => tensors[nm], meta),
+      bias: bias ? rng.fillNormal(new Float32Array(m), 0, 0.5) : null,
+      label: `l${seed}`,
+    };
+  };
+
   it('a residual branch finished by the next input step (bindPending + bindNormed) equals its output rotation first, to the bit, with one launch fewer; 1 and 32 lanes, RVQ4 and E8P12 R̂, biased o with and without its rotation; falls back on a device with 8 storage buffers', async () => {
     const rng = new Rng(16);
     const [nAtt, dModel, rows, eps] = [64, 96, 2, 1e-5];
-    const layerOf = (m: number, n: number, o: Partial<CalderaOptions>, seed: number, bias: boolean) => {
-      const w = tensor('f32', [m, n], rng.fillNormal(new Float32Array(m * n), 0, 0.5));
-      const x = caldera(w, null, { rank: 3, outerIters: 1, lplrIters: 1, seed, ...o });
-      const { tensors, meta } = toCheckpointTensors('layer', x);
-      return {
-        d: fromCheckpointTensors('layer', (nm) => tensors[nm], meta),
-        bias: bias ? rng.fillNormal(new Float32Array(m), 0, 0.5) : null,
-        label: `l${seed}`,
-      };
-    };
+    const layerOf = (m: number, n: number, o: Partial<CalderaOptions>, seed: number, bias: boolean) =>
+      randomLayer(rng, m, n, o, seed, bias);
     // o_proj: 96 × 64 with a bias, its output rotation with K = 12 as the next layers' input rotation (variant 0,
     // RVQ4 R̂), or without a rotation (variant 1, E8P12 R̂: H_K of K = 1 first in the shared table, so the next
     // layers read theirs at an offset)
@@ -411,13 +430,7 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     const h0 = rng.fillNormal(new Float32Array(rows * dModel), 0, 2);
     const weight = storageBuffer(d, rng.fillNormal(new Float32Array(dModel), 1, 0.2), 'norm weight');
     const scratch = storageBuffer(d, new Float32Array(rows * dModel), 'scratch');
-    const run = async (list: Dispatch[]) => {
-      const enc = d.device.createCommandEncoder();
-      encodeDispatches(enc, list, rows);
-      d.device.queue.submit([enc.finish()]);
-      await d.device.queue.onSubmittedWorkDone();
-    };
-    const read = async (b: GPUBuffer) => Array.from(new Float32Array(await readBuffer(d, b, b.size)));
+    const run = (list: Dispatch[]) => runRows(list, rows);
     for (const storage of [d.maxStorageBuffers, 8])
       for (const lanes of [1, 32] as const)
         for (const [v, next] of nexts.entries()) {
@@ -454,9 +467,9 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
           );
           await run([...deferred.dispatches, ...step.dispatches]);
           await run(refList);
-          expect(await read(step.residual), `${what}: h`).toEqual(await read(ref));
+          expect(await readF32(step.residual), `${what}: h`).toEqual(await readF32(ref));
           for (const j of [0, 1])
-            expect(await read(outA[j]!), `${what}: layer ${j}`).toEqual(await read(outB[j]!));
+            expect(await readF32(outA[j]!), `${what}: layer ${j}`).toEqual(await readF32(outB[j]!));
           // a pending rotation that reads a bias with none bound is refused on both paths
           const noBias = { pending: { ...deferred.pending!, bias: null }, x, out: x2, norm };
           expect(() => bindNormed(ctx, noBias, layers(outA)), what).toThrow(/bias/);
@@ -468,63 +481,54 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     for (const l of [...os, ...nexts.flat()]) l.dispose();
   });
 
-  it("gate and up finished by down_proj's input step (bindNormed with defer + bindPending with after) equal their output rotation first, to the bit, with one launch fewer; 1 and 32 lanes; falls back on a device with 8 storage buffers", async () => {
+  it("gate and up finished by down_proj's input step (bindNormed with defer + bindPending with gate) equal their output rotation first, to the bit, with one launch fewer; 1 and 32 lanes, RVQ4 and E8P12 R̂, members in either order; falls back with 8 storage buffers (RVQ4 R̂), a wrong up buffer and a dense down; a missing bias is refused", async () => {
     const rng = new Rng(17);
     const [dModel, inter, rows] = [64, 96, 2];
-    const layerOf = (m: number, n: number, seed: number, bias: boolean) => {
-      const w = tensor('f32', [m, n], rng.fillNormal(new Float32Array(m * n), 0, 0.5));
-      const x = caldera(w, null, { rank: 3, outerIters: 1, lplrIters: 1, seed });
-      const { tensors, meta } = toCheckpointTensors('layer', x);
-      return {
-        d: fromCheckpointTensors('layer', (nm) => tensors[nm], meta),
-        bias: bias ? rng.fillNormal(new Float32Array(m), 0, 0.5) : null,
-        label: `l${seed}`,
-      };
-    };
-    // gate and up (96 × 64, up with a bias: the biases sit in one buffer), down (64 × 96, its rotation with K = 12)
+    const layerOf = (m: number, n: number, o: Partial<CalderaOptions>, seed: number, bias: boolean) =>
+      randomLayer(rng, m, n, o, seed, bias);
+    // gate and up (96 × 64, up with a bias: the biases sit in one buffer); down (64 × 96, its rotation with K = 12)
+    // with an RVQ4 R̂ (variant 0: the gate step binds 9 storage buffers) or an E8P12 R̂ (variant 1: 8), or dense
     const [gate, up] = createCalderaLinears(d, [
-      layerOf(inter, dModel, 1, false),
-      layerOf(inter, dModel, 2, true),
+      layerOf(inter, dModel, {}, 1, false),
+      layerOf(inter, dModel, {}, 2, true),
     ]);
-    const [down] = createCalderaLinears(d, [layerOf(dModel, inter, 3, false)]);
+    const downs: GpuLinear[] = [
+      createCalderaLinears(d, [layerOf(dModel, inter, {}, 3, false)])[0]!,
+      createCalderaLinears(d, [layerOf(dModel, inter, { lBits: 2, rBits: 2 }, 4, false)])[0]!,
+      new GpuDenseLinear(
+        uploadMatrix(
+          d,
+          rng.fillNormal(new Float32Array(dModel * inter), 0, 0.3),
+          dModel,
+          inter,
+          'dense down',
+        ),
+        null,
+      ),
+    ];
     const h0 = rng.fillNormal(new Float32Array(rows * dModel), 0, 2);
     const weight = storageBuffer(d, rng.fillNormal(new Float32Array(dModel), 1, 0.2), 'norm weight');
     const scratch = storageBuffer(d, new Float32Array(rows * dModel), 'scratch');
-    const run = async (list: Dispatch[]) => {
-      const enc = d.device.createCommandEncoder();
-      encodeDispatches(enc, list, rows);
-      d.device.queue.submit([enc.finish()]);
-      await d.device.queue.onSubmittedWorkDone();
-    };
-    const read = async (b: GPUBuffer) => Array.from(new Float32Array(await readBuffer(d, b, b.size)));
+    const run = (list: Dispatch[]) => runRows(list, rows);
+    const bufs = () => [inter, inter].map((m) => storageBuffer(d, new Float32Array(rows * m), 'g/u'));
     let fusedRuns = 0;
-    for (const storage of [d.maxStorageBuffers, 8])
-      for (const lanes of [1, 32] as const) {
+    // (with 8 storage buffers one lane per row only: the 32-lane kernels are slow on SwiftShader)
+    const devices = [
+      [d.maxStorageBuffers, 1],
+      [d.maxStorageBuffers, 32],
+      [8, 1],
+    ] as const;
+    for (const [storage, lanes] of devices)
+      for (const [v, down] of downs.entries()) {
         const dev = { ...d, maxStorageBuffers: storage };
         const kernels = new Kernels(dev, { lanes });
         const needs = { ...gate!.group.needs };
-        for (const key of Object.keys(needs) as (keyof typeof needs)[])
-          needs[key] = Math.max(needs[key], down!.group.needs[key]);
+        if (down instanceof GpuCalderaLinear)
+          for (const key of Object.keys(needs) as (keyof typeof needs)[])
+            needs[key] = Math.max(needs[key], down.group.needs[key]);
         const ctx = createLinearContext(dev, kernels, needs, rows);
-        const what = `${storage} storage buffers, ${lanes} lane(s)`;
+        const what = `${storage} storage buffers, ${lanes} lane(s), down ${v}`;
         const norm = { weight, eps: 1e-5, scratch };
-        const bufs = () => [inter, inter].map((m) => storageBuffer(d, new Float32Array(rows * m), 'g/u'));
-        // deferred: gate and up's output rotation left to down_proj's input step
-        const x = storageBuffer(d, h0, 'x');
-        const [g, u] = bufs();
-        const gu = bindNormed(
-          ctx,
-          { pending: null, x, out: x, norm },
-          [
-            { layer: gate!, out: g! },
-            { layer: up!, out: u! },
-          ],
-          { defer: true },
-        );
-        expect(gu.pending, what).not.toBeNull();
-        const dn = bindPending(ctx, { x: g!, compute: { kind: 'swiglu', up: u! } }, down!, x, {
-          after: gu.pending,
-        });
         // the reference: gate and up whole, then down reading SwiGLU(g, u), accumulating into h
         const ref = storageBuffer(d, h0, 'ref');
         const [rg, ru] = bufs();
@@ -533,22 +537,62 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
             { layer: gate!, out: rg! },
             { layer: up!, out: ru! },
           ]),
-          ...bindLayers(ctx, { x: rg!, compute: { kind: 'swiglu', up: ru! } }, [{ layer: down!, out: ref }], {
+          ...bindLayers(ctx, { x: rg!, compute: { kind: 'swiglu', up: ru! } }, [{ layer: down, out: ref }], {
             accumulate: true,
           }),
         ];
-        const ours = [...gu.dispatches, ...dn.dispatches, ...kernels.rotate(dn.pending!)];
-        const fused = storage >= 9;
-        if (fused) fusedRuns++;
-        expect(ours.length, what).toBe(refList.length - (fused ? 1 : 0));
-        await run(ours);
         await run(refList);
-        expect(await read(x), what).toEqual(await read(ref));
+        const want = await readF32(ref);
+        // deferred: gate and up's output rotation left to down_proj's input step (its members as given, reversed;
+        // a pending rotation whose second output is not the SwiGLU's up buffer cannot be finished there)
+        for (const form of ['as given', 'reversed', 'wrong up'] as const) {
+          const x = storageBuffer(d, h0, 'x');
+          const [g, u] = bufs();
+          const gu = bindNormed(
+            ctx,
+            { pending: null, x, out: x, norm },
+            [
+              { layer: gate!, out: g! },
+              { layer: up!, out: u! },
+            ],
+            { defer: true },
+          );
+          expect(gu.pending, what).not.toBeNull();
+          const pending = gu.pending!;
+          const given =
+            form === 'reversed' ? { ...pending, members: [...pending.members].reverse() } : pending;
+          // a wrong up: the rotation writes up elsewhere than the buffer down reads, so it cannot be finished there
+          // (it runs first; down then reads an up nobody wrote, so only the launches are checked)
+          const gate2 = form === 'wrong up' ? { ...pending, outs: [g!, bufs()[1]!] } : given;
+          const dn = bindPending(ctx, { x: g!, compute: { kind: 'swiglu', up: u! } }, down, x, {
+            gate: gate2,
+          });
+          const ours = [
+            ...gu.dispatches,
+            ...dn.dispatches,
+            ...(dn.pending ? kernels.rotate(dn.pending) : []),
+          ];
+          const binds = v === 0 ? 9 : 8;
+          const fused = form !== 'wrong up' && down instanceof GpuCalderaLinear && storage >= binds;
+          if (fused) fusedRuns++;
+          expect(ours.length, `${what}, ${form}`).toBe(refList.length - (fused ? 1 : 0));
+          if (form === 'wrong up') continue;
+          await run(ours);
+          expect(await readF32(x), `${what}, ${form}`).toEqual(want);
+          // a rotation that reads a bias with none bound is refused, fused or not
+          const noBias = { ...pending, bias: null };
+          expect(
+            () => bindPending(ctx, { x: g!, compute: { kind: 'swiglu', up: u! } }, down, x, { gate: noBias }),
+            what,
+          ).toThrow(/bias/);
+        }
         ctx.dispose();
         kernels.dispose();
       }
-    if (d.maxStorageBuffers >= 9) expect(fusedRuns).toBe(2);
-    for (const l of [gate!, up!, down!]) l.dispose();
+    // SwiftShader allows 12 storage buffers: both CALDERA downs fused with 1 and 32 lanes, given and reversed; with 8
+    // the E8P12 one (one lane)
+    if (d.maxStorageBuffers >= 9) expect(fusedRuns).toBe(2 * 2 * 2 + 2);
+    for (const l of [gate!, up!, ...downs]) l.dispose();
   });
 
   it('bindLayers then RoPE and the KV store: a q/k/v group (in its output rotation) equals the layers alone (a launch after them), to the bit; dense layers get that launch too', async () => {

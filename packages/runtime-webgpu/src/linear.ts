@@ -462,8 +462,9 @@ export interface GroupBindOptions {
  *    `y'_j += L_d·(R_d·x'_j)`, two f32 {@link Kernels.matvec}s per layer;
  * 5. `y_j = g_j·(y'_j·M_mᵀ ⊙ SV_j) (+ bias_j)`, first m outputs: one {@link Kernels.rotate} launch for all
  *    layers, each writing its own output buffer (two or three each for vectors larger than workgroup memory); or,
- *    for a residual branch's last layer, left pending ({@link GpuCalderaGroup.bindPending}) for the next layers'
- *    input step to finish ({@link bindNormed}).
+ *    or left pending ({@link GpuCalderaGroup.bindPending}) for the next layers' input step to finish: a residual
+ *    branch's last layer's by the next RMSNorm's layers ({@link bindNormed}), gate and up's by down_proj's
+ *    ({@link bindPending} with `gate`).
  *
  * Quantized weights stay packed on the GPU: Q̂'s codes (u16, two per u32: 2 bits per weight; RVQ4 adds a second
  * plane, RVQ3 a u8 plane) and L̂'s and R̂'s codes (4 bits per value with the default RVQ4), each layer's part at a
@@ -652,8 +653,8 @@ export class GpuCalderaGroup {
    * with dense factors; 2 or 3 per layer and rotation for larger vectors). With `input` the layers read rows computed
    * from `x` (RMSNorm or SwiGLU), which their input rotation computes as it loads `x`. With `then` the layers are
    * q, k and v and their output rotation also applies RoPE and stores k and v in the KV cache (see
-   * {@link Kernels.rotateRopeKv}). With `residual` the input step also finishes the layer before (see
-   * {@link GroupBindOptions.residual}).
+   * {@link Kernels.rotateRopeKv}). With `residual` or `gate` the input step also finishes the layers before (see
+   * {@link GroupBindOptions}).
    */
   bind(
     ctx: LinearContext,
@@ -1044,7 +1045,7 @@ export function bindLayers(
 /**
  * The launches computing `out += layer(input)` for a residual branch's last layer (o_proj, down_proj), leaving a
  * CALDERA layer's output rotation pending: it is returned for {@link bindNormed}, which finishes it with the next
- * layers' input step when it can. `after` is the gate and up layers' pending output rotation (from `bindNormed` with
+ * layers' input step when it can. `gate` is the gate and up layers' pending output rotation (from `bindNormed` with
  * `defer`) that writes `input` (SwiGLU's `x` and `up`): this layer's input step finishes it when it can, else it runs
  * first. Other layers are bound whole (`pending` null).
  */
@@ -1053,25 +1054,27 @@ export function bindPending(
   input: GPUBuffer | LayerInput,
   layer: GpuLinear,
   out: GPUBuffer,
-  options: { tile?: number; after?: RotateOptions | null } = {},
+  options: { tile?: number; gate?: RotateOptions | null } = {},
 ): { dispatches: Dispatch[]; pending: RotateOptions | null } {
   const tile = options.tile ?? 1;
-  const after = options.after ?? null;
+  const gate = options.gate ?? null;
   const { x, compute } = 'x' in input ? input : { x: input, compute: undefined };
-  const first = after ? ctx.kernels.rotate(after) : [];
+  // gate and up's rotation, when this layer's input step does not finish it
+  const first = () => (gate ? ctx.kernels.rotate(gate) : []);
   if (layer instanceof GpuCalderaLinear) {
     const g = layer.group;
     const opts = { accumulate: true, tile, ...(compute ? { input: compute } : {}) };
-    if (after && compute?.kind === 'swiglu') {
-      const gated = { ...opts, gate: { pending: after } };
+    if (gate && compute?.kind === 'swiglu') {
+      const gated = { ...opts, gate: { pending: gate } };
       if (g.finishesPending(ctx, x, layer.index, [out], gated))
         return g.bindPending(ctx, x, layer.index, [out], gated);
     }
+    const before = first();
     const r = g.bindPending(ctx, x, layer.index, [out], opts);
-    return { dispatches: [...first, ...r.dispatches], pending: r.pending };
+    return { dispatches: [...before, ...r.dispatches], pending: r.pending };
   }
   return {
-    dispatches: [...first, ...bindLayers(ctx, input, [{ layer, out }], { accumulate: true, tile })],
+    dispatches: [...first(), ...bindLayers(ctx, input, [{ layer, out }], { accumulate: true, tile })],
     pending: null,
   };
 }
@@ -1082,7 +1085,7 @@ export function bindPending(
  * layers are one run of a CALDERA group whose input step can finish that rotation
  * ({@link GpuCalderaGroup.finishesPending}), h is written to `step.out` by that step (one launch fewer); else the
  * rotation runs first, accumulating into `x`, and h stays there. With `defer` (not with `then`), a CALDERA run's own
- * output rotation is left pending and returned (for the gate and up layers: see {@link bindPending}'s `after`).
+ * output rotation is left pending and returned (for the gate and up layers: see {@link bindPending}'s `gate`).
  * Returns the launches, the buffer holding h and the pending rotation (null when none).
  */
 export function bindNormed(
@@ -1098,12 +1101,14 @@ export function bindNormed(
 ): { dispatches: Dispatch[]; residual: GPUBuffer; pending: RotateOptions | null } {
   const { x, pending, out, norm } = step;
   const { then, defer = false } = options;
+  if (then && defer)
+    throw new CalderaError('E_VALUE', 'bindNormed: q, k and v with RoPE cannot leave their rotation');
   const tile = options.tile ?? 1;
   const input = { kind: 'rmsNorm' as const, weight: norm.weight, eps: norm.eps };
   const runs = runsOf(layers);
   const first = runs.length === 1 ? runs[0]!.layers[0] : undefined;
   // (q, k and v with RoPE are one run of three; other `then` uses go to bindLayers, which rejects them)
-  if (first instanceof GpuCalderaLinear && (!then || (layers.length === 3 && !defer))) {
+  if (first instanceof GpuCalderaLinear && (!then || layers.length === 3)) {
     const g = first.group;
     const outs = runs[0]!.outs;
     const base: GroupBindOptions = { tile, input, ...(then ? { then } : {}) };

@@ -254,12 +254,14 @@ export class WebGpuModel {
         );
         pending = null;
         res = r.residual;
+        if (gatePending)
+          throw new CalderaError('E_VALUE', 'model: gate and up left their rotation unfinished');
         gatePending = r.pending;
         return r.dispatches;
       };
       // a residual branch's last layer: out += layer(input), its output rotation left pending when it is CALDERA
       const branchEnd = (input: GPUBuffer | LayerInput, layer: GpuLinear): Dispatch[] => {
-        const r = bindPending(ctx, input, layer, res, { tile, after: gatePending });
+        const r = bindPending(ctx, input, layer, res, { tile, gate: gatePending });
         gatePending = null;
         pending = r.pending;
         return r.dispatches;

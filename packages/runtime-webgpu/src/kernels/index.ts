@@ -146,6 +146,7 @@ export interface ProjectionCodes {
  * with lattice factors (`r`: R̂'s rows, scale and code offsets; `x` is implied).
  */
 export interface InputProjectionOptions {
+  /** The input rows (with `gate`, only matched by identity to the gate layer's output: the step reads `gate.pending.x`). */
   x: GPUBuffer;
   xStride: number;
   input?: RotationInput;
@@ -196,6 +197,11 @@ export interface GateInput {
 
 /** What `o` asks the input step to finish of the layers before it. */
 function previousOf(o: InputProjectionOptions): { kind: PreviousStep; pending: RotateOptions | null } {
+  if (o.residual && o.gate)
+    throw new CalderaError(
+      'E_VALUE',
+      'projectInput: a step finishes a residual branch or gate and up, not both',
+    );
   if (o.residual) return { kind: 'residual', pending: o.residual.pending };
   if (o.gate) return { kind: 'gate', pending: o.gate.pending };
   return { kind: 'none', pending: null };

@@ -839,6 +839,31 @@ export function inputProjectionBindings(
 }
 
 /**
+ * WGSL statements of {@link inputProjectionWgsl} finishing member `k` of the pending output rotation (uniform `pu`)
+ * for row `r`: its raw row from `src` rotated in `v`, then for each value `i = lid + c·WG` below its `outLen` the
+ * output value `y` (as {@link hadamardWgsl} computes it) handed to `use`; ends with a barrier (`v` is free again).
+ */
+function pendingOutputWgsl(k: string, src: string, C: number, use: string): string {
+  return `{
+    let mo = pu.m[${k}];
+    let ro = r * pu.xStride + mo.xOff;
+    for (var j = lid; j < mo.n; j += ${WG}u) {
+      if (j < mo.nIn) { v[j] = ${src}[ro + j]; } else { v[j] = 0.0; }
+    }
+    workgroupBarrier();
+    if (pu.transform == 1u) { butterflies(lid, mo); }
+    for (var c = 0u; c < ${C}u; c++) {
+      let i = lid + c * ${WG}u;
+      if (i < mo.outLen) {
+        ${outputValueWgsl('mo', 'pu', 'prevPost', 'prevBias')}
+        ${use}
+      }
+    }
+    workgroupBarrier();
+  }`;
+}
+
+/**
  * The input step of CALDERA layers that share an input, in one launch: the input rotation of {@link hadamardWgsl}
  * (`x' = (x ⊙ SU)·M_n` with the input computation `input`, multipliers `post` of 1, no bias) and `z = R̂·x'` of
  * {@link e8pMatvecWgsl} (no low-rank term), with the same operations in the same order as the two launches it
@@ -935,27 +960,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   ${
     residual
       ? `// the layer before: h' = h + its rotated output (h at xo: its output offsets are this step's input offsets)
-  let mo = pu.m[0];
-  let ro = r * pu.xStride + mo.xOff;
-  for (var j = lid; j < mo.n; j += ${WG}u) {
-    if (j < mo.nIn) { v[j] = prevOut[ro + j]; } else { v[j] = 0.0; }
-  }
-  workgroupBarrier();
-  if (pu.transform == 1u) { butterflies(lid, mo); }
   var hn: array<f32, ${C}>;
-  for (var c = 0u; c < ${C}u; c++) {
-    let i = lid + c * ${WG}u;
-    if (i < mo.outLen) {
-      ${outputValueWgsl('mo', 'pu', 'prevPost', 'prevBias')}
-      y += x[xo + i];
-      hn[c] = y;
-    }
-  }
-  workgroupBarrier();
+  ${pendingOutputWgsl('0u', 'prevOut', C, 'y += x[xo + i];\n      hn[c] = y;')}
   var ss = 0.0;
   for (var c = 0u; c < ${C}u; c++) {
     let i = lid + c * ${WG}u;
-    if (i < mo.outLen && wid.x == 0u) { hOut[xo + i] = hn[c]; }
+    if (i < pu.m[0].outLen && wid.x == 0u) { hOut[xo + i] = hn[c]; }
     if (i < mb.nIn) { ss += hn[c] * hn[c]; }
   }
   let scale = normScale(ss, mb.nIn, lid);
@@ -969,23 +979,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         ? `// the gate and up layers before: their rotated outputs (members 0 and 1 of pu, rows of x), then silu(gate)·up
   var gv: array<f32, ${C}>;
   var uv: array<f32, ${C}>;
-  for (var k = 0u; k < 2u; k++) {
-    let mo = pu.m[k];
-    let ro = r * pu.xStride + mo.xOff;
-    for (var j = lid; j < mo.n; j += ${WG}u) {
-      if (j < mo.nIn) { v[j] = x[ro + j]; } else { v[j] = 0.0; }
-    }
-    workgroupBarrier();
-    if (pu.transform == 1u) { butterflies(lid, mo); }
-    for (var c = 0u; c < ${C}u; c++) {
-      let i = lid + c * ${WG}u;
-      if (i < mo.outLen) {
-        ${outputValueWgsl('mo', 'pu', 'prevPost', 'prevBias')}
-        if (k == 0u) { gv[c] = y; } else { uv[c] = y; }
-      }
-    }
-    workgroupBarrier();
-  }
+  ${pendingOutputWgsl('0u', 'x', C, 'gv[c] = y;')}
+  ${pendingOutputWgsl('1u', 'x', C, 'uv[c] = y;')}
   for (var c = 0u; c < ${C}u; c++) {
     let j = lid + c * ${WG}u;
     if (j < mb.n) {
