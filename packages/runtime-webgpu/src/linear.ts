@@ -445,7 +445,10 @@ export interface GroupBindOptions {
    * and {@link GpuCalderaGroup.finishesPending}.
    */
   gate?: GateInput;
-  /** The layers are q, k and v: RoPE and the KV store follow in their output rotation. */
+  /**
+   * The layers are q, k and v: RoPE and the KV store (and attention, with `then.attention`) follow in their output
+   * rotation.
+   */
   then?: RopeKvOptions;
 }
 
@@ -892,7 +895,9 @@ export class GpuCalderaGroup {
       })),
     };
     const output = () =>
-      then ? K.rotateRopeKv({ ...rotation, ones: ctx.ones }, then) : K.rotate({ ...rotation, pre: ctx.ones });
+      then
+        ? K.rotateRopeKv({ ...rotation, ones: ctx.ones }, then, tile)
+        : K.rotate({ ...rotation, pre: ctx.ones });
     return { list, rotation, output };
   }
 
@@ -991,9 +996,10 @@ export interface LayerInput {
 /**
  * The launches computing `out (+)= layer(input)` for layers that read the same input (`x`, or a {@link LayerInput}),
  * in order. Consecutive members of one {@link GpuCalderaGroup} or {@link GpuDenseGroup} run as one launch set (the
- * block's q, k and v; gate and up); other layers run each their own. With `then` the layers are q, k and v (in that order, not accumulated)
- * and RoPE with the KV-cache store follows ({@link Kernels.ropeKv}); the output rotation of a group of exactly those
- * three computes it.
+ * block's q, k and v; gate and up); other layers run each their own. With `then` the layers are q, k and v (in
+ * that order, not accumulated) and RoPE with the KV-cache store follows ({@link Kernels.ropeKv}), then attention when
+ * `then.attention` asks for it; the output rotation of a group of exactly those three computes them (attention too
+ * with one activation row: {@link Kernels.rotateRopeKv}).
  */
 export function bindLayers(
   ctx: LinearContext,
@@ -1038,7 +1044,9 @@ export function bindLayers(
     else run.forEach((l, i) => list.push(...l.bind(ctx, src, outs[i]!, accumulate, tile)));
   }
   if (then && !ropeInRotation)
-    list.push(ctx.kernels.ropeKv({ ...then, q: layers[0]!.out, k: layers[1]!.out, v: layers[2]!.out }));
+    list.push(
+      ...ctx.kernels.ropeKvAttention({ ...then, q: layers[0]!.out, k: layers[1]!.out, v: layers[2]!.out }),
+    );
   return list;
 }
 

@@ -284,23 +284,19 @@ export class WebGpuModel {
               { layer: w.v, out: v },
             ],
             {
-              then: { step: this.stepBuf, cs, ck: caches[b]!.k, cv: caches[b]!.v, heads: H, kvHeads: KV, hd },
+              // RoPE, the KV store and attention (in q/k/v's output rotation when they can)
+              then: {
+                step: this.stepBuf,
+                cs,
+                ck: caches[b]!.k,
+                cv: caches[b]!.v,
+                heads: H,
+                kvHeads: KV,
+                hd,
+                attention: { scores, out: att, capacity: cap },
+              },
             },
           ),
-        );
-        p.push(
-          K.attention({
-            step: this.stepBuf,
-            q,
-            ck: caches[b]!.k,
-            cv: caches[b]!.v,
-            scores,
-            out: att,
-            heads: H,
-            kvHeads: KV,
-            hd,
-            capacity: cap,
-          }),
         );
         p.push(...branchEnd(att, w.o));
         p.push(

@@ -19,6 +19,7 @@ import {
   matvecWgsl,
   RMSNORM_WGSL,
   ROPE_KV_WGSL,
+  rotationAttentionWgsl,
   rotationRopeKvWgsl,
   rowsPerWorkgroup,
   SWIGLU_WGSL,
@@ -86,6 +87,11 @@ export interface RopeKvOptions {
   heads: number;
   kvHeads: number;
   hd: number;
+  /**
+   * Attention follows (see {@link Kernels.attention}): its score scratch, output and the cache's capacity. For a
+   * CALDERA q/k/v group with one activation row, {@link Kernels.rotateRopeKv} does it in the same launch.
+   */
+  attention?: { scores: GPUBuffer; out: GPUBuffer; capacity: number };
 }
 
 /** One layer's vector in {@link Kernels.rotate}: sizes, scale and offsets (see {@link hadamardWgsl}). */
@@ -502,6 +508,7 @@ export class Kernels {
   rotateRopeKv(
     o: Omit<RotateOptions, 'pre' | 'input'> & { ones: GPUBuffer },
     rope: RopeKvOptions,
+    tile = 1,
   ): Dispatch[] {
     checkHeadDim(rope.hd);
     const [q, k, v] = o.outs;
@@ -521,9 +528,42 @@ export class Kernels {
     if (o.accumulate) throw new CalderaError('E_VALUE', 'rotateRopeKv: outputs are not accumulated');
     const maxN = Math.max(...o.members.map((m) => m.n));
     if (maxN > this.maxLocalHadamard)
-      return [...this.rotate({ ...o, pre: o.ones }), this.ropeKv({ ...rope, q, k, v })];
+      return [...this.rotate({ ...o, pre: o.ones }), ...this.ropeKvAttention({ ...rope, q, k, v })];
     for (const m of o.members) if (m.biasOff !== null) this.boundBias(o.bias);
     const words = Math.ceil(maxN / WG) * WG;
+    const att = rope.attention;
+    // with attention, one activation row, a head that fits a workgroup and the workgroup arrays in memory: one launch
+    const together =
+      att &&
+      tile === 1 &&
+      rope.hd <= WG &&
+      (words + 3 * rope.hd + WG) * 4 <= this.dev.maxWorkgroupStorage &&
+      this.dev.maxStorageBuffers >= 9;
+    if (att && together)
+      return [
+        this.make(
+          `hadamard n=${maxN} T ×3 +rope+kv+attention`,
+          this.pipeline(`hadamard_attention_${words}_${rope.hd}`, () =>
+            rotationAttentionWgsl(words, rope.hd),
+          ),
+          [
+            this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),
+            rope.step,
+            this.attentionParams(rope, att.capacity),
+            o.x,
+            o.post,
+            o.hk,
+            o.bias ?? o.dummy,
+            rope.cs,
+            rope.ck,
+            rope.cv,
+            att.scores,
+            att.out,
+          ],
+          rope.heads,
+          false,
+        ),
+      ];
     return [
       this.make(
         `hadamard n=${maxN} T ×3 +rope+kv`,
@@ -543,7 +583,19 @@ export class Kernels {
         ],
         3,
       ),
+      ...(att ? [this.attentionAfter(rope, q)] : []),
     ];
+  }
+
+  /** {@link Kernels.ropeKv}, then the attention `rope` asks for. */
+  ropeKvAttention(o: RopeKvOptions & { q: GPUBuffer; k: GPUBuffer; v: GPUBuffer }): Dispatch[] {
+    return [this.ropeKv(o), ...(o.attention ? [this.attentionAfter(o, o.q)] : [])];
+  }
+
+  /** The attention `rope.attention` asks for, reading q from `q`. */
+  private attentionAfter(rope: RopeKvOptions, q: GPUBuffer): Dispatch {
+    const a = rope.attention!;
+    return this.attention({ ...rope, q, scores: a.scores, out: a.out, capacity: a.capacity });
   }
 
   /** The rotation of a vector larger than workgroup memory, two or three launches over `tmp` (see {@link rotate}). */
@@ -1099,18 +1151,23 @@ export class Kernels {
     capacity: number;
   }): Dispatch {
     const p = this.pipeline('attention', () => ATTENTION_WGSL);
-    const u = this.uniform(
+    const u = this.attentionParams(o, o.capacity);
+    return this.make('attention', p, [o.step, u, o.q, o.ck, o.cv, o.scores, o.out], o.heads);
+  }
+
+  /** The uniform of the attention kernels ({@link ATTENTION_WGSL}, {@link rotationAttentionWgsl}). */
+  private attentionParams(o: { heads: number; kvHeads: number; hd: number }, capacity: number): GPUBuffer {
+    return this.uniform(
       [
         ['u32', o.heads],
         ['u32', o.heads / o.kvHeads],
         ['u32', o.hd],
         ['u32', o.kvHeads * o.hd],
-        ['u32', o.capacity],
+        ['u32', capacity],
         ['f32', 1 / Math.sqrt(o.hd)],
       ],
       'attention params',
     );
-    return this.make('attention', p, [o.step, u, o.q, o.ck, o.cv, o.scores, o.out], o.heads);
   }
 
   /** `g = silu(g)·u` over `n` values. */

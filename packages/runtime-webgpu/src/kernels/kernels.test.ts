@@ -532,6 +532,60 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       }
     });
 
+  /**
+   * A q/k/v group's output rotation (rotated lengths `ns`, output widths of H and KV heads of `hd`) over `rows` random
+   * rows, with random SV multipliers and biases, and the RoPE options at position `pos` of a cache of `cap`.
+   */
+  const qkvRotation = (
+    rng: Rng,
+    { H, KV, hd, ns }: { H: number; KV: number; hd: number; ns: number[] },
+    transform: boolean,
+    cap: number,
+    pos: number,
+    rows: number,
+  ) => {
+    const kw = KV * hd;
+    const widths = [H * hd, kw, kw];
+    const off = [0, ns[0]!, ns[0]! + ns[1]!];
+    const total = ns[0]! + ns[1]! + ns[2]!;
+    const x = storageBuffer(d, randn(rng, rows * total), 'rotOut');
+    const post = storageBuffer(d, randn(rng, total), 'sv');
+    const bias = storageBuffer(d, randn(rng, total), 'bias');
+    const Ks = transform ? [...new Set(ns.map((n) => hadamardFactor(n)!.K))] : [1];
+    const hk = storageBuffer(d, Float32Array.from(Ks.flatMap((Kf) => Array.from(hadamardBase(Kf)))), 'hk');
+    const hkOff = (Kf: number) => Ks.slice(0, Ks.indexOf(Kf)).reduce((s, a) => s + a * a, 0);
+    const cs = new Float32Array(cap * (hd / 2) * 2);
+    for (let i = 0; i < cs.length; i++) cs[i] = Math.sin(0.37 * i + 0.1);
+    const rope = {
+      step: stepBuf(pos, pos + rows),
+      cs: storageBuffer(d, cs, 'cs'),
+      heads: H,
+      kvHeads: KV,
+      hd,
+    };
+    const ones = storageBuffer(d, new Float32Array(total).fill(1), 'ones');
+    const members = ns.map((n, w) => {
+      const Kf = transform ? hadamardFactor(n)!.K : 1;
+      return {
+        n,
+        nIn: n,
+        outLen: widths[w]!,
+        K: Kf,
+        gscale: 0.8 + 0.1 * w,
+        xOff: off[w]!,
+        preOff: 0,
+        postOff: off[w]!,
+        biasOff: off[w]!,
+        hkOff: hkOff(Kf),
+        outOff: 0,
+        outStride: widths[w]!,
+        slot: w,
+      };
+    });
+    const base = { x, xStride: total, post, bias, hk, dummy: ones, transform, transpose: true };
+    return { kw, widths, total, rope, ones, members, base };
+  };
+
   it("q, k and v's output rotations with RoPE and the KV store in one launch equal the rotation and ropeKv apart, to the bit (GQA, biases, 2 rows at positions 3 and 4; with and without the transform; one and several values per invocation)", async () => {
     const rng = new Rng(8);
     const [cap, pos, rows] = [6, 3, 2];
@@ -542,51 +596,17 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       { H: 8, KV: 2, hd: 64, ns: [576, 160, 160] },
     ];
     const k = K();
-    for (const { H, KV, hd, ns } of cases)
+    for (const shape of cases)
       for (const transform of [true, false]) {
-        const kw = KV * hd;
-        const widths = [H * hd, kw, kw];
-        const off = [0, ns[0]!, ns[0]! + ns[1]!];
-        const total = ns[0]! + ns[1]! + ns[2]!;
-        const x = storageBuffer(d, randn(rng, rows * total), 'rotOut');
-        const post = storageBuffer(d, randn(rng, total), 'sv');
-        const bias = storageBuffer(d, randn(rng, total), 'bias');
-        const Ks = transform ? [...new Set(ns.map((n) => hadamardFactor(n)!.K))] : [1];
-        const hk = storageBuffer(
-          d,
-          Float32Array.from(Ks.flatMap((Kf) => Array.from(hadamardBase(Kf)))),
-          'hk',
+        const { H, hd } = shape;
+        const { kw, widths, total, rope, ones, members, base } = qkvRotation(
+          rng,
+          shape,
+          transform,
+          cap,
+          pos,
+          rows,
         );
-        const hkOff = (Kf: number) => Ks.slice(0, Ks.indexOf(Kf)).reduce((s, a) => s + a * a, 0);
-        const cs = new Float32Array(cap * (hd / 2) * 2);
-        for (let i = 0; i < cs.length; i++) cs[i] = Math.sin(0.37 * i + 0.1);
-        const rope = {
-          step: stepBuf(pos, pos + rows),
-          cs: storageBuffer(d, cs, 'cs'),
-          heads: H,
-          kvHeads: KV,
-          hd,
-        };
-        const ones = storageBuffer(d, new Float32Array(total).fill(1), 'ones');
-        const members = ns.map((n, w) => {
-          const Kf = transform ? hadamardFactor(n)!.K : 1;
-          return {
-            n,
-            nIn: n,
-            outLen: widths[w]!,
-            K: Kf,
-            gscale: 0.8 + 0.1 * w,
-            xOff: off[w]!,
-            preOff: 0,
-            postOff: off[w]!,
-            biasOff: off[w]!,
-            hkOff: hkOff(Kf),
-            outOff: 0,
-            outStride: widths[w]!,
-            slot: w,
-          };
-        });
-        const base = { x, xStride: total, post, bias, hk, dummy: ones, transform, transpose: true };
         // one launch; the rotation in workgroup memory then ropeKv; the rotation in global memory then ropeKv
         const forms = ['fused', 'workgroup', 'global'] as const;
         const results = [];
@@ -628,6 +648,53 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
           const row = results[0]!.ck.subarray(p * kw, p * kw + kw);
           expect(row.some((v) => v !== 0)).toBe(p === pos || p === pos + 1);
         }
+      }
+  });
+
+  it("q, k and v's output rotations, RoPE, the KV store and attention in one launch (one row) equal rotateRopeKv and attention apart, to the bit (GQA, biases, earlier cache rows, with and without the transform)", async () => {
+    const rng = new Rng(9);
+    const [cap, pos] = [6, 3];
+    const cases = [
+      { H: 4, KV: 2, hd: 16, ns: [80, 40, 40] },
+      { H: 8, KV: 2, hd: 64, ns: [576, 160, 160] },
+    ];
+    const k = K();
+    for (const shape of cases)
+      for (const transform of [true, false]) {
+        const { H, hd } = shape;
+        const { kw, widths, rope, ones, members, base } = qkvRotation(rng, shape, transform, cap, pos, 1);
+        // the cache holds earlier positions
+        const earlier = randn(rng, cap * kw);
+        const earlierV = randn(rng, cap * kw);
+        const results = [];
+        for (const together of [true, false]) {
+          const outs = widths.map((w) => scratchBuffer(d, w * 4, 'out'));
+          const ck = storageBuffer(d, earlier, 'ck');
+          const cv = storageBuffer(d, earlierV, 'cv');
+          const scores = scratchBuffer(d, H * cap * 4, 'scores');
+          const att = scratchBuffer(d, H * hd * 4, 'att');
+          const tmp = scratchBuffer(d, 4 * 1024, 'tmp');
+          const opts = { ...base, tmp, outs, accumulate: false, members, ones };
+          const attention = { scores, out: att, capacity: cap };
+          const launches = together
+            ? k.rotateRopeKv(opts, { ...rope, ck, cv, attention })
+            : [
+                ...k.rotateRopeKv(opts, { ...rope, ck, cv }),
+                k.attention({ ...rope, ck, cv, q: outs[0]!, scores, out: att, capacity: cap }),
+              ];
+          expect(launches.length).toBe(together ? 1 : 2);
+          await run(d, launches, 1);
+          results.push({
+            att: Array.from(await readF32(d, att, H * hd)),
+            ck: Array.from(await readF32(d, ck, cap * kw)),
+            cv: Array.from(await readF32(d, cv, cap * kw)),
+          });
+        }
+        const what = `H=${H} hd=${hd} transform=${transform}`;
+        expect(results[0]!.att, what).toEqual(results[1]!.att);
+        expect(results[0]!.ck, what).toEqual(results[1]!.ck);
+        expect(results[0]!.cv, what).toEqual(results[1]!.cv);
+        expect(results[0]!.att.some((v) => v !== 0)).toBe(true);
       }
   });
 

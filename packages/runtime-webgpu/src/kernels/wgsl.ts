@@ -490,6 +490,122 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 }
 
 /**
+ * The output rotations of a group's q, k and v (members 0, 1, 2 of {@link hadamardWgsl}'s parameters, no
+ * accumulation, multipliers `pre` of 1), RoPE, the KV store at `step.pos` and attention, in one launch of one
+ * workgroup per query head (as {@link ATTENTION_WGSL}), for a single activation row. Each workgroup rotates all three
+ * vectors in workgroup memory and keeps its head's slice of q and its KV head's slices of k and v (RoPE applied to q
+ * and k); the first query head of each KV group stores k and v in the cache, and every head uses its own copies for
+ * the current position, so no workgroup reads what another writes. The same operations in the same order as
+ * {@link rotationRopeKvWgsl} and then {@link ATTENTION_WGSL} (bit-identical on SwiftShader, tested); q is not
+ * written. `maxN` sizes the workgroup array, `hd` the head size.
+ */
+export function rotationAttentionWgsl(maxN: number, hd: number): string {
+  const slice = (k: number, lo: string, dst: string) => `{
+    let mb = u.m[${k}u];
+    for (var j = lid; j < mb.n; j += ${WG}u) {
+      if (j < mb.nIn) { v[j] = x[mb.xOff + j]; } else { v[j] = 0.0; }
+    }
+    workgroupBarrier();
+    if (u.transform == 1u) { butterflies(lid, mb); }
+    if (lid < ${hd}u) {
+      let i = ${lo} + lid;
+      ${outputValueWgsl('mb', 'u', 'post', 'bias')}
+      ${dst}[lid] = y;
+    }
+    workgroupBarrier();
+  }`;
+  return /* wgsl */ `
+${ROTATION_PARAMS}
+struct Step { pos: u32, len: u32, token: u32, pad: u32 }
+@group(0) @binding(1) var<uniform> step: Step;
+struct AP { heads: u32, group: u32, hd: u32, kw: u32, cap: u32, scale: f32, a: u32, b: u32 }
+@group(0) @binding(2) var<uniform> p: AP;
+@group(0) @binding(3) var<storage, read> x: array<f32>;
+@group(0) @binding(4) var<storage, read> post: array<f32>;
+@group(0) @binding(5) var<storage, read> hkb: array<f32>;
+@group(0) @binding(6) var<storage, read> bias: array<f32>;
+@group(0) @binding(7) var<storage, read> cs: array<f32>;
+@group(0) @binding(8) var<storage, read_write> ck: array<f32>;
+@group(0) @binding(9) var<storage, read_write> cv: array<f32>;
+@group(0) @binding(10) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(11) var<storage, read_write> outv: array<f32>;
+var<workgroup> v: array<f32, ${maxN}>;
+var<workgroup> qh: array<f32, ${hd}>;
+var<workgroup> kh: array<f32, ${hd}>;
+var<workgroup> vh: array<f32, ${hd}>;
+var<workgroup> red: array<f32, ${WG}>;
+${ROTATION_STEPS_WGSL}
+${ROPE_PAIR_WGSL}
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let hh = wid.x;
+  let g = hh / p.group;
+  let ko = g * p.hd;
+  let pos = step.pos;
+  ${slice(0, 'hh * p.hd', 'qh')}
+  ${slice(1, 'ko', 'kh')}
+  ${slice(2, 'ko', 'vh')}
+  let half = p.hd / 2u;
+  if (lid < half) {
+    let yq = ropePair(qh[lid], qh[lid + half], pos, half, lid);
+    qh[lid] = yq.x;
+    qh[lid + half] = yq.y;
+    let yk = ropePair(kh[lid], kh[lid + half], pos, half, lid);
+    kh[lid] = yk.x;
+    kh[lid + half] = yk.y;
+  }
+  workgroupBarrier();
+  if (hh % p.group == 0u && lid < p.hd) {
+    ck[pos * p.kw + ko + lid] = kh[lid];
+    cv[pos * p.kw + ko + lid] = vh[lid];
+  }
+  let base = hh * p.cap;
+  let len = pos + 1u;
+  var mx = -3.0e38;
+  for (var t = lid; t < len; t += ${WG}u) {
+    var s = 0.0;
+    if (t == pos) {
+      for (var i = 0u; i < p.hd; i++) { s += qh[i] * kh[i]; }
+    } else {
+      for (var i = 0u; i < p.hd; i++) { s += qh[i] * ck[t * p.kw + ko + i]; }
+    }
+    s *= p.scale;
+    scores[base + t] = s;
+    mx = max(mx, s);
+  }
+  red[lid] = mx;
+  workgroupBarrier();
+  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
+    if (lid < k) { red[lid] = max(red[lid], red[lid + k]); }
+    workgroupBarrier();
+  }
+  let m = red[0];
+  workgroupBarrier();
+  var sum = 0.0;
+  for (var t = lid; t < len; t += ${WG}u) {
+    let e = exp(scores[base + t] - m);
+    scores[base + t] = e;
+    sum += e;
+  }
+  red[lid] = sum;
+  workgroupBarrier();
+  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
+    if (lid < k) { red[lid] += red[lid + k]; }
+    workgroupBarrier();
+  }
+  let total = red[0];
+  storageBarrier();
+  workgroupBarrier();
+  for (var i = lid; i < p.hd; i += ${WG}u) {
+    var acc = 0.0;
+    for (var t = 0u; t < pos; t++) { acc += scores[base + t] / total * cv[t * p.kw + ko + i]; }
+    acc += scores[base + pos] / total * vh[i];
+    outv[hh * p.hd + i] = acc;
+  }
+}`;
+}
+
+/**
  * First launch of the global-memory rotation (see {@link HADAMARD_MIX_WGSL}): workgroup `c` loads the chunk
  * `[c·B, c·B + B)` of `x ⊙ pre` (zero past `nIn`; `x` computed per `input`, see {@link RotationInputKind}, an
  * RMSNorm reducing the whole row in every workgroup) into workgroup memory, applies the Walsh–Hadamard butterflies
