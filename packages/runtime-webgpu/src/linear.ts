@@ -655,7 +655,8 @@ export class GpuCalderaGroup {
    * takes 3 launches when its vectors fit workgroup memory and `tile` is 1 (4 with prefill tiles; 2 more per layer
    * with dense factors; 2 or 3 per layer and rotation for larger vectors). With `input` the layers read rows computed
    * from `x` (RMSNorm or SwiGLU), which their input rotation computes as it loads `x`. With `then` the layers are
-   * q, k and v and their output rotation also applies RoPE and stores k and v in the KV cache (see
+   * q, k and v and their output rotation also applies RoPE and stores k and v in the KV cache, and attention follows
+   * with `then.attention` (in the same launch when `tile` is 1: those launches then compute one row only; see
    * {@link Kernels.rotateRopeKv}). With `residual` or `gate` the input step also finishes the layers before (see
    * {@link GroupBindOptions}).
    */

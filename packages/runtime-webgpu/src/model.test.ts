@@ -316,7 +316,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
     }
   });
 
-  it('output rotations finished in the next launch (residual branches and gate/up in the next input step, q/k/v in attention): the same logits, to the bit, as their own launches (devices with 8 and 10 storage buffers), with 9 launches per CALDERA block instead of 13', async () => {
+  it('output rotations finished in the next launch (residual branches and gate/up in the next input step, q/k/v in attention): the same logits, to the bit, as their own launches (devices with 8, 9 and 11 storage buffers), with 9 launches per CALDERA block instead of 13', async () => {
     // every linear CALDERA (random weights, RVQ4 R̂), so q/k/v's input step with RoPE finishes down_proj's rotation too
     const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-res-'));
     const shape = { hidden: 128, intermediate: 256, layers: 3, heads: 4, kvHeads: 2, vocab: 64 };
@@ -326,7 +326,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
     // storage buffers per shader stage → launches per block: the residual step binds 12 (with this RVQ4 R̂), the gate
     // step 9, q/k/v's rotation with attention 9
     const perBlock = (storage: number) => 13 - (storage >= 9 ? 2 : 0) - (storage >= 12 ? 2 : 0);
-    const variants = [8, 10, d.maxStorageBuffers].map((s) => [s, perBlock(s)] as const);
+    const variants = [8, 9, 11, d.maxStorageBuffers].map((s) => [s, perBlock(s)] as const);
     const models = [];
     try {
       for (const [storage] of variants)

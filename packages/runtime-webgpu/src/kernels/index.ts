@@ -246,6 +246,8 @@ export interface Dispatch {
   readonly batched: boolean;
   /** Activation rows per workgroup along y (row-tiled matrix kernels; 1 otherwise): `⌈rows / rowTile⌉` along y. */
   readonly rowTile: number;
+  /** Computes one activation row only (the decode step's attention with q/k/v's rotation): more is `E_VALUE`. */
+  readonly oneRow?: boolean;
 }
 
 /** A dense weight matrix on the GPU: f32 rows, or f16 rows packed two halves per u32 (`rowWords` words a row). */
@@ -270,6 +272,12 @@ export function encodeDispatches(
     throw new CalderaError(
       'E_VALUE',
       `encodeDispatches: rows must be an integer in [1, ${MAX_GROUPS}], got ${rows}`,
+    );
+  const single = dispatches.find((d) => d.oneRow);
+  if (single && rows > 1)
+    throw new CalderaError(
+      'E_VALUE',
+      `encodeDispatches: ${single.label} computes one activation row, not ${rows}`,
     );
   const pass = encoder.beginComputePass();
   for (const d of dispatches) {
@@ -503,7 +511,10 @@ export class Kernels {
    * The output rotations of q, k and v (`o.outs` = [q, k, v], members 0–2 writing slots 0–2, no accumulation, no
    * multipliers before the transform) and then RoPE with the KV store ({@link Kernels.ropeKv}): one launch
    * ({@link rotationRopeKvWgsl}) when the three vectors fit workgroup memory, else {@link Kernels.rotate} (with `pre`
-   * = `ones`, all ones) and {@link Kernels.ropeKv} apart (which also write the k and v buffers).
+   * = `ones`, all ones) and {@link Kernels.ropeKv} apart (which also write the k and v buffers). With
+   * `rope.attention`, attention follows; for one activation row (`tile` 1, the decode step) all of it is one launch
+   * ({@link rotationAttentionWgsl}; it runs for one row only, and q is not written) when the head fits a workgroup,
+   * the arrays fit workgroup memory and the device allows 9 storage buffers.
    */
   rotateRopeKv(
     o: Omit<RotateOptions, 'pre' | 'input'> & { ones: GPUBuffer },
@@ -541,27 +552,29 @@ export class Kernels {
       this.dev.maxStorageBuffers >= 9;
     if (att && together)
       return [
-        this.make(
-          `hadamard n=${maxN} T ×3 +rope+kv+attention`,
-          this.pipeline(`hadamard_attention_${words}_${rope.hd}`, () =>
-            rotationAttentionWgsl(words, rope.hd),
+        this.oneRow(
+          this.make(
+            `hadamard n=${maxN} T ×3 +rope+kv+attention`,
+            this.pipeline(`hadamard_attention_${words}_${rope.hd}`, () =>
+              rotationAttentionWgsl(words, rope.hd),
+            ),
+            [
+              this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),
+              rope.step,
+              this.attentionParams(rope, att.capacity),
+              o.x,
+              o.post,
+              o.hk,
+              o.bias ?? o.dummy,
+              rope.cs,
+              rope.ck,
+              rope.cv,
+              att.scores,
+              att.out,
+            ],
+            rope.heads,
+            false,
           ),
-          [
-            this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),
-            rope.step,
-            this.attentionParams(rope, att.capacity),
-            o.x,
-            o.post,
-            o.hk,
-            o.bias ?? o.dummy,
-            rope.cs,
-            rope.ck,
-            rope.cv,
-            att.scores,
-            att.out,
-          ],
-          rope.heads,
-          false,
         ),
       ];
     return [
@@ -585,6 +598,10 @@ export class Kernels {
       ),
       ...(att ? [this.attentionAfter(rope, q)] : []),
     ];
+  }
+
+  private oneRow(d: Dispatch): Dispatch {
+    return { ...d, oneRow: true };
   }
 
   /** {@link Kernels.ropeKv}, then the attention `rope` asks for. */
