@@ -543,6 +543,8 @@ export class Kernels {
     for (const m of o.members) if (m.biasOff !== null) this.boundBias(o.bias);
     const words = Math.ceil(maxN / WG) * WG;
     const att = rope.attention;
+    // the buffers both one-launch forms read after their parameters: raw rows, SV, H_K, biases, cos/sin
+    const rotationInputs = [o.x, o.post, o.hk, o.bias ?? o.dummy, rope.cs];
     // with attention, one activation row, a head that fits a workgroup and the workgroup arrays in memory: one launch
     const together =
       att &&
@@ -562,11 +564,7 @@ export class Kernels {
               this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),
               rope.step,
               this.attentionParams(rope, att.capacity),
-              o.x,
-              o.post,
-              o.hk,
-              o.bias ?? o.dummy,
-              rope.cs,
+              ...rotationInputs,
               rope.ck,
               rope.cv,
               att.scores,
@@ -585,11 +583,7 @@ export class Kernels {
           this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),
           rope.step,
           this.ropeParams(rope),
-          o.x,
-          o.post,
-          o.hk,
-          o.bias ?? o.dummy,
-          rope.cs,
+          ...rotationInputs,
           q,
           rope.ck,
           rope.cv,

@@ -489,6 +489,43 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 }`;
 }
 
+/** The attention kernels' uniform `p` at `binding`: head counts (`group` query heads per KV head), sizes, scale. */
+function attentionParamsWgsl(binding: number): string {
+  return `struct AP { heads: u32, group: u32, hd: u32, kw: u32, cap: u32, scale: f32, a: u32, b: u32 }
+@group(0) @binding(${binding}) var<uniform> p: AP;`;
+}
+
+/**
+ * The softmax of the attention kernels: from each invocation's running maximum `mx` of the scores
+ * `scores[base … base + len)`, the workgroup maximum, the exponentials in place and their sum `total` (reductions in
+ * `red`); the scores are then visible to the whole workgroup.
+ */
+const SOFTMAX_WGSL = /* wgsl */ `
+  red[lid] = mx;
+  workgroupBarrier();
+  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
+    if (lid < k) { red[lid] = max(red[lid], red[lid + k]); }
+    workgroupBarrier();
+  }
+  let m = red[0];
+  workgroupBarrier();
+  var sum = 0.0;
+  for (var t = lid; t < len; t += ${WG}u) {
+    let e = exp(scores[base + t] - m);
+    scores[base + t] = e;
+    sum += e;
+  }
+  red[lid] = sum;
+  workgroupBarrier();
+  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
+    if (lid < k) { red[lid] += red[lid + k]; }
+    workgroupBarrier();
+  }
+  let total = red[0];
+  storageBarrier();
+  workgroupBarrier();
+`;
+
 /**
  * The output rotations of a group's q, k and v (members 0, 1, 2 of {@link hadamardWgsl}'s parameters, no
  * accumulation, multipliers `pre` of 1), RoPE, the KV store at `step.pos` and attention, in one launch of one
@@ -518,8 +555,7 @@ export function rotationAttentionWgsl(maxN: number, hd: number): string {
 ${ROTATION_PARAMS}
 struct Step { pos: u32, len: u32, token: u32, pad: u32 }
 @group(0) @binding(1) var<uniform> step: Step;
-struct AP { heads: u32, group: u32, hd: u32, kw: u32, cap: u32, scale: f32, a: u32, b: u32 }
-@group(0) @binding(2) var<uniform> p: AP;
+${attentionParamsWgsl(2)}
 @group(0) @binding(3) var<storage, read> x: array<f32>;
 @group(0) @binding(4) var<storage, read> post: array<f32>;
 @group(0) @binding(5) var<storage, read> hkb: array<f32>;
@@ -573,29 +609,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     scores[base + t] = s;
     mx = max(mx, s);
   }
-  red[lid] = mx;
-  workgroupBarrier();
-  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
-    if (lid < k) { red[lid] = max(red[lid], red[lid + k]); }
-    workgroupBarrier();
-  }
-  let m = red[0];
-  workgroupBarrier();
-  var sum = 0.0;
-  for (var t = lid; t < len; t += ${WG}u) {
-    let e = exp(scores[base + t] - m);
-    scores[base + t] = e;
-    sum += e;
-  }
-  red[lid] = sum;
-  workgroupBarrier();
-  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
-    if (lid < k) { red[lid] += red[lid + k]; }
-    workgroupBarrier();
-  }
-  let total = red[0];
-  storageBarrier();
-  workgroupBarrier();
+  ${SOFTMAX_WGSL}
   for (var i = lid; i < p.hd; i += ${WG}u) {
     var acc = 0.0;
     for (var t = 0u; t < pos; t++) { acc += scores[base + t] / total * cv[t * p.kw + ko + i]; }
@@ -1224,8 +1238,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
  * buffer `[rows, heads, cap]`.
  */
 export const ATTENTION_WGSL = /* wgsl */ `${STEP}
-struct P { heads: u32, group: u32, hd: u32, kw: u32, cap: u32, scale: f32, a: u32, b: u32 }
-@group(0) @binding(1) var<uniform> p: P;
+${attentionParamsWgsl(1)}
 @group(0) @binding(2) var<storage, read> q: array<f32>;
 @group(0) @binding(3) var<storage, read> ck: array<f32>;
 @group(0) @binding(4) var<storage, read> cv: array<f32>;
@@ -1247,29 +1260,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     scores[base + t] = s;
     mx = max(mx, s);
   }
-  red[lid] = mx;
-  workgroupBarrier();
-  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
-    if (lid < k) { red[lid] = max(red[lid], red[lid + k]); }
-    workgroupBarrier();
-  }
-  let m = red[0];
-  workgroupBarrier();
-  var sum = 0.0;
-  for (var t = lid; t < len; t += ${WG}u) {
-    let e = exp(scores[base + t] - m);
-    scores[base + t] = e;
-    sum += e;
-  }
-  red[lid] = sum;
-  workgroupBarrier();
-  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
-    if (lid < k) { red[lid] += red[lid + k]; }
-    workgroupBarrier();
-  }
-  let total = red[0];
-  storageBarrier();
-  workgroupBarrier();
+  ${SOFTMAX_WGSL}
   for (var i = lid; i < p.hd; i += ${WG}u) {
     var acc = 0.0;
     for (var t = 0u; t < len; t++) { acc += scores[base + t] / total * cv[t * p.kw + ko + i]; }
