@@ -547,12 +547,12 @@ export class Kernels {
     const rotationInputs = [o.x, o.post, o.hk, o.bias ?? o.dummy, rope.cs];
     // with attention, one activation row, a head that fits a workgroup and the workgroup arrays in memory: one launch
     const together =
-      att &&
+      att !== undefined &&
       tile === 1 &&
       rope.hd <= WG &&
       (words + 3 * rope.hd + WG) * 4 <= this.dev.maxWorkgroupStorage &&
       this.dev.maxStorageBuffers >= 9;
-    if (att && together)
+    if (together)
       return [
         this.oneRow(
           this.make(
@@ -1029,7 +1029,6 @@ export class Kernels {
     };
     const segments = o.layers.flatMap((l, w) => (l.r ? [{ ...l.r, x: w * n }] : []));
     const c = o.codes;
-    const res = o.residual;
     const prev = previousOf(o);
     if (prev.pending && !this.finishesPending(o))
       throw new CalderaError(
@@ -1084,7 +1083,10 @@ export class Kernels {
     const p = this.pipeline(`project_${words}_${c.codec}_${this.lanes}_${input.kind}_${prev.kind}`, () =>
       inputProjectionWgsl(words, c.codec, this.lanes, input.kind, prev.kind),
     );
-    const gate = o.gate ? gateMembers(o.gate.pending, o.x, (o.input as { up: GPUBuffer }).up)! : null;
+    // the pending rotation's members as the kernel reads them (gate first in the gate step)
+    const pendingMembers = o.gate
+      ? gateMembers(o.gate.pending, o.x, (o.input as { up: GPUBuffer }).up)!
+      : prev.pending?.members;
     const named: Record<string, GPUBuffer | null> = {
       // the gate step reads the gate and up layers' outputs before their rotation
       x: o.gate ? o.gate.pending.x : o.x,
@@ -1095,23 +1097,17 @@ export class Kernels {
       z: c.z,
       codes2: c.codes2,
       aux: input.aux,
-      ...(res
+      // (prevOut and hOut are bound by the residual step only: see inputProjectionBindings)
+      ...(prev.pending && pendingMembers
         ? {
-            prevOut: res.pending.x,
-            prevPost: res.pending.post,
-            prevBias: res.pending.bias ?? o.dummy,
-            hOut: res.out,
+            prevOut: prev.pending.x,
+            prevPost: prev.pending.post,
+            prevBias: prev.pending.bias ?? o.dummy,
+            hOut: o.residual?.out ?? null,
             prevParams: this.uniform(
-              this.rotationFields(res.pending, res.pending.members),
-              'residual rotation params',
+              this.rotationFields(prev.pending, pendingMembers),
+              `${prev.kind} rotation params`,
             ),
-          }
-        : {}),
-      ...(o.gate && gate
-        ? {
-            prevPost: o.gate.pending.post,
-            prevBias: o.gate.pending.bias ?? o.dummy,
-            prevParams: this.uniform(this.rotationFields(o.gate.pending, gate), 'gate rotation params'),
           }
         : {}),
     };

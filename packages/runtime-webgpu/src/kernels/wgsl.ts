@@ -496,11 +496,19 @@ function attentionParamsWgsl(binding: number): string {
 }
 
 /**
- * The softmax of the attention kernels: from each invocation's running maximum `mx` of the scores
- * `scores[base … base + len)`, the workgroup maximum, the exponentials in place and their sum `total` (reductions in
- * `red`); the scores are then visible to the whole workgroup.
+ * The scores and softmax of the attention kernels, over `len` positions from `base` in `scores`: `dot` accumulates
+ * position t's `q·k` into `s` (then scaled by `p.scale`); then the workgroup maximum, the exponentials in place and
+ * their sum `total` (reductions in `red`), the scores visible to the whole workgroup afterwards.
  */
-const SOFTMAX_WGSL = /* wgsl */ `
+function scoresSoftmaxWgsl(dot: string): string {
+  return `var mx = -3.0e38;
+  for (var t = lid; t < len; t += ${WG}u) {
+    var s = 0.0;
+    ${dot}
+    s *= p.scale;
+    scores[base + t] = s;
+    mx = max(mx, s);
+  }
   red[lid] = mx;
   workgroupBarrier();
   for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
@@ -525,6 +533,7 @@ const SOFTMAX_WGSL = /* wgsl */ `
   storageBarrier();
   workgroupBarrier();
 `;
+}
 
 /**
  * The output rotations of a group's q, k and v (members 0, 1, 2 of {@link hadamardWgsl}'s parameters, no
@@ -597,19 +606,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   }
   let base = hh * p.cap;
   let len = pos + 1u;
-  var mx = -3.0e38;
-  for (var t = lid; t < len; t += ${WG}u) {
-    var s = 0.0;
-    if (t == pos) {
+  ${scoresSoftmaxWgsl(`if (t == pos) {
       for (var i = 0u; i < p.hd; i++) { s += qh[i] * kh[i]; }
     } else {
       for (var i = 0u; i < p.hd; i++) { s += qh[i] * ck[t * p.kw + ko + i]; }
-    }
-    s *= p.scale;
-    scores[base + t] = s;
-    mx = max(mx, s);
-  }
-  ${SOFTMAX_WGSL}
+    }`)}
   for (var i = lid; i < p.hd; i += ${WG}u) {
     var acc = 0.0;
     for (var t = 0u; t < pos; t++) { acc += scores[base + t] / total * cv[t * p.kw + ko + i]; }
@@ -1252,15 +1253,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let qo = wid.y * p.heads * p.hd + hh * p.hd;
   let base = (wid.y * p.heads + hh) * p.cap;
   let len = step.pos + wid.y + 1u;
-  var mx = -3.0e38;
-  for (var t = lid; t < len; t += ${WG}u) {
-    var s = 0.0;
-    for (var i = 0u; i < p.hd; i++) { s += q[qo + i] * ck[t * p.kw + ko + i]; }
-    s *= p.scale;
-    scores[base + t] = s;
-    mx = max(mx, s);
-  }
-  ${SOFTMAX_WGSL}
+  ${scoresSoftmaxWgsl('for (var i = 0u; i < p.hd; i++) { s += q[qo + i] * ck[t * p.kw + ko + i]; }')}
   for (var i = lid; i < p.hd; i += ${WG}u) {
     var acc = 0.0;
     for (var t = 0u; t < len; t++) { acc += scores[base + t] / total * cv[t * p.kw + ko + i]; }
