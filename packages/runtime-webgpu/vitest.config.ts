@@ -15,6 +15,12 @@ if (existsSync(`${CHROMIUM_LIB}/vk_swiftshader_icd.json`)) {
     process.env.LD_LIBRARY_PATH = [CHROMIUM_LIB, process.env.LD_LIBRARY_PATH].filter(Boolean).join(':');
 }
 
+// A second driver for the packed-f16 kernels' tests (src/testing/gpu.ts: testF16Device): Mesa 25's lavapipe, which
+// `npm test` unpacks here (scripts/fetch-lavapipe.sh). Listed after SwiftShader, which stays the default adapter.
+const LAVAPIPE = new URL('../../node_modules/.cache/caldera-lavapipe/lvp.json', import.meta.url).pathname;
+if (process.env.VK_ICD_FILENAMES && existsSync(LAVAPIPE) && !process.env.VK_ICD_FILENAMES.includes(LAVAPIPE))
+  process.env.VK_ICD_FILENAMES += `:${LAVAPIPE}`;
+
 export default defineConfig({
   test: {
     include: ['src/**/*.test.ts', 'test/**/*.test.ts'],

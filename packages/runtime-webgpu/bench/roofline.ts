@@ -1,8 +1,9 @@
 /**
  * Memory-bandwidth roofline of the compressed matrix–vector product, at two levels:
  * - the kernel: the fused E8P kernel (Q̂·x' + L̂·z in one launch, the "compressed matvec") on layers large enough
- *   that a launch's fixed cost is small next to its memory time (16384 × 8192: 32 MiB of Q codes each), next to the
- *   dense f16 matvec kernel (8192 × 8192) and a plain streaming read, the roofline anchor measured in the same run;
+ *   that a launch's fixed cost is small next to its memory time (16384 × 8192: 32 MiB of Q codes each), in the form
+ *   the device gets by default (packed f16 with `shader-f16`, then also the f32 form), next to the dense f16 matvec
+ *   kernel (8192 × 8192) and a plain streaming read, the roofline anchor measured in the same run;
  * - a decode step's layers: whole CALDERA layers of 4096 × 4096 (rotations, R̂·x', the fused kernel; as in a
  *   7B-class model) against dense f16 layers of the same shape, as weights per second.
  * Every variant runs over distinct buffers totalling `targetBytes` (more than a GPU's last-level cache) back to back,
@@ -24,6 +25,7 @@ import {
   WG,
   type CalderaDevice,
   type Dispatch,
+  type Lanes,
 } from '../src/index.js';
 
 /** Reads every 16-byte word of `a` once (grid-stride); the guarded write keeps the loads alive. */
@@ -59,6 +61,8 @@ export interface RooflineOptions {
   targetBytes?: number;
   /** Rank of L·R (default 64). */
   rank?: number;
+  /** Lanes per row of the default form (default: the adapter's, see `Kernels.lanes`). */
+  lanes?: Lanes;
 }
 
 /** The measurement: fields in GB/s (1e9 bytes per second) or ratios. */
@@ -68,6 +72,9 @@ export interface Roofline {
   lanes: number;
   /** The same kernel with the other lane count (1 or 32). */
   otherLanes: { lanes: number; kernelGbs: number };
+  /** Whether Q̂'s products ran in packed f16 (`Kernels.f16`), and then the f32 form's rate on the same buffers. */
+  f16: boolean;
+  f32FormGbs: number | null;
   streamGbs: number;
   denseF16KernelGbs: number;
   /** Whole 4096 × 4096 CALDERA layers and dense f16 layers, every launch. */
@@ -87,7 +94,7 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
   const [km, kn] = cpu ? [4096, 2048] : [16384, 8192];
   const dn = cpu ? 2048 : 8192;
   const ln = cpu ? 1024 : 4096;
-  const kernels = new Kernels(dev);
+  const kernels = new Kernels(dev, options.lanes ? { lanes: options.lanes } : {});
   const rng = new Rng(11);
   const owned: { destroy(): void }[] = [];
   const buf = (data: ArrayBufferView, label: string) => {
@@ -145,6 +152,8 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
   const otherLanes = kernels.lanes === 1 ? 32 : 1;
   const otherKernels = new Kernels(dev, { lanes: otherLanes });
   const fusedOther = uploads.map((u) => fusedLaunch(otherKernels, u, kx, kout, kz));
+  const f32Kernels = kernels.f16 ? new Kernels(dev, { lanes: kernels.lanes, f16: false }) : null;
+  const fusedF32 = f32Kernels ? uploads.map((u) => fusedLaunch(f32Kernels, u, kx, kout, kz)) : null;
 
   // the dense f16 kernel
   const f16 = new Uint16Array(dn * dn);
@@ -208,6 +217,12 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
     kernelBytes,
     fusedOther.map((f) => f.launch),
   );
+  const f32FormGbs = fusedF32
+    ? await gbs(
+        kernelBytes,
+        fusedF32.map((f) => f.launch),
+      )
+    : null;
   const denseF16KernelGbs = await gbs(denseBytes, denseList);
   const layerGbs = await gbs(layerBytes, layerList);
   const layerF16Gbs = await gbs(layerF16Bytes, layerF16List);
@@ -217,11 +232,14 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
   ctx.dispose();
   kernels.dispose();
   otherKernels.dispose();
+  f32Kernels?.dispose();
   for (const b of owned) b.destroy();
   return {
     kernelGbs,
     lanes: kernels.lanes,
     otherLanes: { lanes: otherLanes, kernelGbs: otherLanesGbs },
+    f16: kernels.f16,
+    f32FormGbs,
     streamGbs,
     denseF16KernelGbs,
     layerGbs,

@@ -8,14 +8,16 @@
  * - `webgpu_prefill_caldera_tok_s`: a prompt through the CALDERA copy in batches of 32 rows, next to the same prompt
  *   token by token (`refs.token_by_token`, prefillChunk 1).
  * - `webgpu_matvec_caldera_gbs`: the memory-bandwidth roofline of the compressed matvec (bench/roofline.ts): weight
- *   bytes per second of the fused E8P kernel on 16384×8192 rank-64 layers, `refs.stream_read_gbs` the streaming-read
- *   anchor of the same run, `refs.roofline_share` their ratio; the dense f16 kernel beside it, and whole 4096×4096
+ *   bytes per second of the fused E8P kernel on 16384×8192 rank-64 layers (`refs.q_products`: packed f16 where the
+ *   device has `shader-f16`, with the f32 form's rate in `refs.f32_form_gbs`), `refs.stream_read_gbs` the
+ *   streaming-read anchor of the same run, `refs.roofline_share` their ratio; the dense f16 kernel beside it, and whole 4096×4096
  *   CALDERA and f16 layers as in a decode step (`refs.layer_*`).
  * - `webgpu_dispatch_us`: microseconds per kernel launch that depends on the one before (bench/dispatch.ts), and the
  *   round trip of one token (`refs.round_trip_us`): a step's fixed costs.
  * - `webgpu_decode_random_<shape>_caldera_tok_s` and `…_f16_tok_s`: decode tokens/s of a random-weight Llama-shaped
  *   model (bench/random-model.ts; `1b`: TinyLlama-1.1B's shape, CALDERA rank 64) in both forms, with the rate its
- *   launches and round trip alone would allow (`refs.launch_bound_tok_s`). Default: `1b` on a
+ *   launches and round trip alone would allow (`refs.launch_bound_tok_s`); with `shader-f16` CALDERA decodes with f16
+ *   Q̂ products and again in f32 (`refs.f32_products_tok_s`). Default: `1b` on a
  *   GPU in a full run, none on a CPU adapter or with `--quick`; `--random-model tiny|1b|none` overrides.
  * `--quick`: 16 decoded tokens instead of 64, a 32-token prompt instead of 128, a quarter of the roofline bytes.
  * Without a GPU (SwiftShader) the numbers are only a record.
@@ -176,6 +178,8 @@ try {
     kernel: roof.shapes.kernel,
     lanes: roof.lanes,
     [`lanes_${roof.otherLanes.lanes}_gbs`]: r4(roof.otherLanes.kernelGbs),
+    q_products: roof.f16 ? 'f16' : 'f32',
+    ...(roof.f32FormGbs !== null ? { f32_form_gbs: r4(roof.f32FormGbs) } : {}),
     dense_f16_gbs: r4(roof.denseF16KernelGbs),
     dense_f16_roofline_share: r4(roof.denseF16KernelGbs / roof.streamGbs),
     dense_f16_kernel: roof.shapes.denseKernel,
@@ -190,23 +194,31 @@ try {
   const shapeName = randomArg ?? (quick || device.fallbackAdapter ? 'none' : '1b');
   if (shapeName !== 'none') {
     const shape = SHAPES[shapeName as keyof typeof SHAPES];
-    const rates: Record<string, { tokS: number; bytes: number; bits: number; launches: number }> = {};
+    const rates: Record<
+      string,
+      { tokS: number; bytes: number; bits: number; launches: number; f16: boolean }
+    > = {};
     for (const kind of ['f16', 'caldera'] as const) {
       const path = join(dir, `random-${kind}`);
       if (kind === 'f16') await writeRandomF16Model(path, shape);
       else await writeRandomCalderaModel(path, shape, 64);
-      const { model, linearBitsPerWeight } = await loadModel(device, path, {
-        contextLength: PROMPT.length + TOKENS,
-      });
-      const prompt = PROMPT.map((t) => t % shape.vocab);
-      const tokS = (await decodeRate(model, prompt)).tokS;
-      rates[kind] = {
-        tokS,
-        bytes: model.weightBytes,
-        bits: linearBitsPerWeight,
-        launches: model.dispatchesPerToken,
-      };
-      model.dispose();
+      // with shader-f16 the CALDERA model decodes with f16 Q̂ products (the default), and again in f32
+      for (const f16 of kind === 'caldera' && device.shaderF16 ? [true, false] : [undefined]) {
+        const { model, linearBitsPerWeight } = await loadModel(device, path, {
+          contextLength: PROMPT.length + TOKENS,
+          ...(f16 === false ? { f16 } : {}),
+        });
+        const prompt = PROMPT.map((t) => t % shape.vocab);
+        const tokS = (await decodeRate(model, prompt)).tokS;
+        rates[f16 === false ? 'caldera-f32' : kind] = {
+          tokS,
+          bytes: model.weightBytes,
+          bits: linearBitsPerWeight,
+          launches: model.dispatchesPerToken,
+          f16: model.launchLabels.some((l) => l.endsWith(' f16')),
+        };
+        model.dispose();
+      }
       await rm(path, { recursive: true, force: true });
     }
     const f = rates.f16!;
@@ -226,6 +238,8 @@ try {
       bits_per_weight: r4(c.bits),
       dispatches_per_token: c.launches,
       launch_bound_tok_s: r4(launchFloor(c.launches)),
+      q_products: c.f16 ? 'f16' : 'f32',
+      ...(rates['caldera-f32'] ? { f32_products_tok_s: r4(rates['caldera-f32'].tokS) } : {}),
       rank: 64,
       ...common,
     });

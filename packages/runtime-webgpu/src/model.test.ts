@@ -17,9 +17,10 @@ import * as node from '@caldera/runtime-node';
 import { generate, perplexity } from './generate.js';
 import { loadModel, type MemoryPlan } from './load.js';
 import { writeRandomCalderaModel } from '../bench/random-model.js';
-import { gpuTitle, testDevice } from './testing/gpu.js';
+import { gpuTitle, testDevice, testF16Device } from './testing/gpu.js';
 
 const { device: dev, reason } = await testDevice();
+const { device: f16dev, reason: f16reason } = await testF16Device();
 const REF = fileURLToPath(new URL('../../reference-model/model/', import.meta.url));
 const PROMPT = [0, 17, 250, 1033, 5];
 
@@ -355,5 +356,47 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
     expect((err as CalderaError).message).toMatch(
       /model\.embed_tokens\.weight needs a \d+-byte storage buffer/,
     );
+  });
+});
+
+describe.skipIf(!f16dev)(gpuTitle('WebGpuModel with packed-f16 Q̂ products', f16reason), () => {
+  it("the compressed reference model with f16 Q̂ products in decode: logits within 2e-3 of runtime-node's, its greedy tokens and perplexity; f16: false gives f32 logits", async () => {
+    const d = f16dev!;
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-f16-'));
+    try {
+      await compressedReference(dir);
+      const cpu = (await node.loadModel(dir)).model;
+      const want = cpu.forward(PROMPT);
+      const c = await collect(node.generate(cpu, PROMPT, { maxTokens: 12 }));
+      for (const f16 of [true, false]) {
+        // prefillChunk 1: every prompt token runs the decode program, where the f16 kernel is used
+        const { model } = await loadModel(d, dir, { contextLength: 64, lanes: 32, prefillChunk: 1, f16 });
+        try {
+          const q = model.launchLabels.filter((l) => l.startsWith('e8p ') && l.includes(' k='));
+          // Q̂ of q/k/v, o, gate/up and down in blocks 0 and 3
+          expect(q).toHaveLength(8);
+          expect(q.every((l) => l.endsWith(' f16'))).toBe(f16);
+          const got = await model.forward(PROMPT);
+          const err = maxRel(got, want);
+          if (f16) {
+            // f16 products round each code's sum to ~2⁻¹¹ of its terms (the kernel test bounds it); through two
+            // CALDERA blocks that moved the logits by 3.4e-4 of their scale on lavapipe (perplexity by 2.7e-4), far
+            // above f32's 6e-7; the tolerances leave 6× margin for another rounding of the same products
+            expect(err).toBeLessThan(2e-3);
+            expect(err).toBeGreaterThan(1e-6);
+          } else expect(err).toBeLessThan(1e-4);
+          model.reset();
+          expect(await collect(generate(model, PROMPT, { maxTokens: 12 }))).toEqual(c);
+          const text = [...PROMPT, ...c];
+          const pg = await perplexity(model, text);
+          const pc = node.perplexity(cpu, text, { context: 64 });
+          expect(Math.abs(pg.ppl - pc.ppl) / pc.ppl).toBeLessThan(f16 ? 2e-3 : 1e-4);
+        } finally {
+          model.dispose();
+        }
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

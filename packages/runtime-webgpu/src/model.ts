@@ -51,6 +51,11 @@ export interface WebGpuModelOptions {
   /** Largest rotation run in one workgroup; default: what workgroup memory holds. */
   maxLocalHadamard?: number;
   /**
+   * Packed-f16 arithmetic for Q̂'s products in decode (see {@link Kernels.f16}); default: on when the device has
+   * `shader-f16` and the kernels use 32 lanes per row. `false` keeps every kernel in f32.
+   */
+  f16?: boolean;
+  /**
    * Prompt tokens run through the layers together in one pass (prefill batch); the activation buffers hold this many
    * rows. Default `min(32, contextLength)`; 1 makes prefill token by token.
    */
@@ -167,6 +172,7 @@ export class WebGpuModel {
     this.kernels = new Kernels(dev, {
       ...(options.lanes ? { lanes: options.lanes } : {}),
       ...(options.maxLocalHadamard ? { maxLocalHadamard: options.maxLocalHadamard } : {}),
+      ...(options.f16 !== undefined ? { f16: options.f16 } : {}),
     });
     const K = this.kernels;
     const buf = (n: number, label: string) => {
@@ -349,6 +355,11 @@ export class WebGpuModel {
   /** Kernel launches per token. */
   get dispatchesPerToken(): number {
     return this.program.length + this.head.length;
+  }
+
+  /** What each of a token's kernel launches does (their labels, in order; e.g. `e8p 768x256 k=8 f16`). */
+  get launchLabels(): readonly string[] {
+    return [...this.program, ...this.head].map((d) => d.label);
   }
 
   /** Forget the sequence: the next token is at position 0. */

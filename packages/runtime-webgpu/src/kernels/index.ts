@@ -7,6 +7,8 @@ import {
   E8P_MAX_SEGMENTS,
   ROTATION_MAX_MEMBERS,
   ROTATION_MAX_OUTPUTS_WITH_INPUT,
+  e8pF16WorkgroupBytes,
+  e8pMatvecF16Wgsl,
   e8pMatvecWgsl,
   embedWgsl,
   hadamardChunkWgsl,
@@ -301,15 +303,25 @@ export class Kernels {
   readonly lanes: Lanes;
   /** Largest rotation run in one workgroup (larger ones take the global-memory path: two or three launches). */
   readonly maxLocalHadamard: number;
+  /**
+   * Whether Q̂'s products in decode run in packed f16 ({@link e8pMatvecF16Wgsl}; default: when the device has
+   * `shader-f16` and the kernels use 32 lanes per row). Everything else computes in f32 either way.
+   */
+  readonly f16: boolean;
   constructor(
     readonly dev: CalderaDevice,
-    options: { lanes?: Lanes; maxLocalHadamard?: number } = {},
+    options: { lanes?: Lanes; maxLocalHadamard?: number; f16?: boolean } = {},
   ) {
     this.lanes = options.lanes ?? (dev.fallbackAdapter ? 1 : 32);
     this.maxLocalHadamard = Math.min(
       options.maxLocalHadamard ?? Infinity,
       Math.floor(dev.maxWorkgroupStorage / 4),
     );
+    if (options.f16 && !dev.shaderF16)
+      throw new CalderaError('E_VALUE', 'Kernels: f16 needs a device with the shader-f16 feature');
+    if (options.f16 && this.lanes !== 32)
+      throw new CalderaError('E_VALUE', 'Kernels: f16 needs 32 lanes per row');
+    this.f16 = options.f16 ?? (dev.shaderF16 && this.lanes === 32);
   }
 
   private pipeline(key: string, code: () => string): GPUComputePipeline {
@@ -873,9 +885,15 @@ export class Kernels {
     while (fields.length < 12 * E8P_MAX_SEGMENTS) fields.push(['u32', 0]);
     const mp = start;
     const tile = o.tile ?? 1;
-    const p = this.pipeline(`e8p_matvec_${o.codec}_${lr?.codec ?? 'none'}_${this.lanes}_${tile}`, () =>
-      e8pMatvecWgsl(o.codec, lr?.codec ?? null, this.lanes, tile),
-    );
+    const chunk = this.f16Chunk(o.codec, G, segs, tile);
+    const p =
+      chunk !== null && o.codec !== 'rvq3'
+        ? this.pipeline(`e8p_matvec_f16_${o.codec}_${lr?.codec ?? 'none'}_${chunk}`, () =>
+            e8pMatvecF16Wgsl(o.codec as 'e8p12' | 'rvq4', lr?.codec ?? null, chunk),
+          )
+        : this.pipeline(`e8p_matvec_${o.codec}_${lr?.codec ?? 'none'}_${this.lanes}_${tile}`, () =>
+            e8pMatvecWgsl(o.codec, lr?.codec ?? null, this.lanes, tile),
+          );
     const u = this.uniform(
       [
         ['u32', mp],
@@ -903,13 +921,32 @@ export class Kernels {
     const bufs = [u, ...e8pBindings(o.codec, lr?.codec ?? null).map((n) => named[n]!)];
     const k = segs.reduce((s, sg) => s + (sg.lowRank?.k ?? 0), 0);
     return this.make(
-      `e8p ${mp}x${o.np}${segs.length > 1 ? ` (${segs.length} layers)` : ''}${lr ? ` k=${k}` : ''}`,
+      `e8p ${mp}x${o.np}${segs.length > 1 ? ` (${segs.length} layers)` : ''}${lr ? ` k=${k}` : ''}${chunk !== null ? ' f16' : ''}`,
       p,
       bufs,
       Math.ceil(mp / rowsPerWorkgroup(this.lanes)),
       true,
       tile,
     );
+  }
+
+  /**
+   * The activation chunk (groups of 8) of the packed-f16 Q̂ kernel ({@link e8pMatvecF16Wgsl}) for a launch, or null
+   * for the f32 form: f16 off, row tiles, an RVQ3 plane, an odd number of groups per row, a segment whose rows are not
+   * a multiple of 8 or whose first code index is odd. The chunk is the whole row (rounded up to 64 groups) when
+   * workgroup memory holds it, else the most that fits.
+   */
+  private f16Chunk(codec: LatticeCodec, G: number, segs: readonly E8pSegment[], tile: number): number | null {
+    if (!this.f16 || tile !== 1 || codec === 'rvq3' || G % 2 !== 0) return null;
+    const aligned = segs.every(
+      (sg) => sg.rows % ROWS_PER_WG === 0 && (sg.codeByte ?? 0) % 4 === 0 && (sg.code2Byte ?? 0) % 4 === 0,
+    );
+    if (!aligned) return null;
+    const whole = Math.ceil(G / 64) * 64;
+    if (e8pF16WorkgroupBytes(whole) <= this.dev.maxWorkgroupStorage) return whole;
+    let most = Math.floor((this.dev.maxWorkgroupStorage - 256 * 16) / 20 / 64) * 64;
+    while (most >= 64 && e8pF16WorkgroupBytes(most) > this.dev.maxWorkgroupStorage) most -= 64;
+    return most >= 64 ? most : null;
   }
 
   /**

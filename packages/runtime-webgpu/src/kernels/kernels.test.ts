@@ -11,10 +11,18 @@ import {
   type CalderaDevice,
 } from '../device.js';
 import { e8pSourcePairs, uploadMatrix } from '../linear.js';
-import { gpuTitle, testDevice } from '../testing/gpu.js';
-import { e8pTablesUniform, encodeDispatches, Kernels, type Dispatch, type LatticeCodec } from './index.js';
+import { gpuTitle, testDevice, testF16Device } from '../testing/gpu.js';
+import {
+  e8pF16WorkgroupBytes,
+  e8pTablesUniform,
+  encodeDispatches,
+  Kernels,
+  type Dispatch,
+  type LatticeCodec,
+} from './index.js';
 
 const { device: dev, reason } = await testDevice();
+const { device: f16dev, reason: f16reason } = await testF16Device();
 
 async function run(d: CalderaDevice, list: Dispatch[], rows = 1): Promise<void> {
   const enc = d.device.createCommandEncoder();
@@ -853,5 +861,138 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     }
     // f32 dot products of length 8 and a softmax over 5 positions: ~1e-6
     expect(relErr(await readF32(d, out, H * hd), ref)).toBeLessThan(1e-5);
+  });
+});
+
+describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact reference', f16reason), () => {
+  const d = f16dev!;
+
+  it('Q̂ in packed f16 (E8P12 and RVQ4 over all 65 536 codes, packed L̂·z, two segments, activations over 40 binades, in one chunk and in two) stays within its rounding bound of the exact product', async () => {
+    const rng = new Rng(11);
+    const mp = 512;
+    const np = 1024; // 128 codes per row: every code once
+    const G = np / 8;
+    const codes = new Uint16Array(mp * G);
+    for (let i = 0; i < codes.length; i++) codes[i] = i;
+    for (let i = codes.length - 1; i > 0; i--) {
+      const j = rng.int(i + 1);
+      [codes[i], codes[j]] = [codes[j]!, codes[i]!];
+    }
+    const codes2 = Uint16Array.from({ length: codes.length }, () => rng.int(65536));
+    // two segments of 256 rows reading their own vectors (row of 2·np values); each group of 8 activations at its
+    // own magnitude, 2^-20 … 2^20 (unscaled f16 would overflow at the top and lose everything at the bottom), one
+    // group all zeros
+    const x = randn(rng, 2 * np);
+    for (let g = 0; g < 2 * G; g++) {
+      const m = g === 5 ? 0 : 2 ** (rng.int(41) - 20);
+      for (let i = 0; i < 8; i++) x[8 * g + i]! *= m;
+    }
+    const kr = 40;
+    const z = randn(rng, 2 * kr);
+    const q1 = e8pDecode(codes);
+    const q2 = e8pDecode(codes2);
+    const sources = storageBuffer(d, e8pSourcePairs(), 'src');
+    const xb = storageBuffer(d, x, 'x');
+    const qscale = 0.37;
+    const lscale = 0.21;
+    const L = packedCodes(rng, (kr * 256) / 8, 'rvq4');
+    const lb = storageBuffer(d, L.bytes, 'l');
+    // one chunk (workgroup memory holds the row) and two (it holds half)
+    for (const storage of [d.maxWorkgroupStorage, e8pF16WorkgroupBytes(G / 2)])
+      for (const codec of ['e8p12', 'rvq4'] as const) {
+        const k = new Kernels({ ...d, maxWorkgroupStorage: storage }, { lanes: 32 });
+        expect(k.f16).toBe(true);
+        const out = scratchBuffer(d, mp * 4, 'out');
+        const seg = (j: number) => ({
+          rows: 256,
+          qscale,
+          codeByte: j * 256 * G * 2,
+          code2Byte: j * 256 * G * 2,
+          x: j * np,
+          lowRank: { k: kr, scale: lscale, codeByte: 0, code2Byte: L.plane2Word * 4, z: j * kr },
+        });
+        const launch = k.e8pMatvec({
+          codes: storageBuffer(d, codes, 'c'),
+          codes2: codec === 'rvq4' ? storageBuffer(d, codes2, 'c2') : null,
+          codec,
+          e81b: null,
+          sources,
+          x: xb,
+          out,
+          np,
+          xRow: 2 * np,
+          resScale: RVQ4_RESID_SCALE,
+          segments: [seg(0), seg(1)],
+          lowRank: {
+            codec: 'rvq4',
+            codes: lb,
+            resScale: L.resScale,
+            z: storageBuffer(d, z, 'z'),
+            zRow: 2 * kr,
+          },
+        });
+        expect(launch.label).toMatch(/ f16$/);
+        await run(d, [launch]);
+        const got = await readF32(d, out, mp);
+        let worst = 0;
+        for (let i = 0; i < mp; i++) {
+          const s = i < 256 ? 0 : 1;
+          let exact = 0;
+          let size = 0;
+          for (let j = 0; j < np; j++) {
+            const w1 = q1[i * np + j]!;
+            const w2 = codec === 'rvq4' ? q2[i * np + j]! / RVQ4_RESID_SCALE : 0;
+            const xv = x[s * np + j]!;
+            exact += (w1 + w2) * xv;
+            size += (Math.abs(w1) + Math.abs(w2)) * Math.abs(xv);
+          }
+          let low = 0;
+          let lowSize = 0;
+          // both segments share L̂'s codes (rows 0…255 of L̂ᵀ's columns), each with its own z
+          for (let t = 0; t < kr; t++) {
+            const term = lscale * L.values[t * 256 + (i % 256)]! * z[s * kr + t]!;
+            low += term;
+            lowSize += Math.abs(term);
+          }
+          const ref = qscale * exact + low;
+          // f16: per code at most ~6·2⁻¹¹ of Σ|w·x| (the activations' rounding, four multiply-adds per half, the
+          // halves' sum; the scaling by powers of two is exact), taken as 7·2⁻¹¹; f32 accumulation of 128 codes and
+          // 40 low-rank terms adds ~1e-6 of the same sizes
+          const bound = 7 * 2 ** -11 * qscale * size + 1e-5 * (qscale * size + lowSize);
+          const err = Math.abs(got[i]! - ref);
+          expect(err, `${codec} storage ${storage} row ${i}`).toBeLessThanOrEqual(bound);
+          worst = Math.max(worst, err / bound);
+        }
+        // the products do round in f16: far above f32 rounding, below the bound
+        expect(worst, `${codec} storage ${storage}`).toBeGreaterThan(0.01);
+      }
+  });
+
+  it('the f32 form runs where the f16 one cannot: an odd number of groups, an RVQ3 plane, row tiles, segments not in whole workgroups; f16 is refused without shader-f16 or with one lane', () => {
+    const k = new Kernels(d, { lanes: 32 });
+    const b = storageBuffer(d, new Float32Array(1024), 'b');
+    const base = {
+      codes: b,
+      codes2: null,
+      codec: 'e8p12',
+      e81b: null,
+      sources: b,
+      x: b,
+      out: b,
+      np: 128,
+      resScale: 1,
+      segments: [{ rows: 16, qscale: 1 }],
+    } as const;
+    expect(k.e8pMatvec(base).label).toMatch(/ f16$/);
+    for (const other of [
+      { np: 136 },
+      { codec: 'rvq3', codes2: b, e81b: b },
+      { tile: 8 },
+      { segments: [{ rows: 12, qscale: 1 }] },
+    ] as const)
+      expect(k.e8pMatvec({ ...base, ...other }).label).not.toMatch(/f16/);
+    expect(new Kernels(d, { lanes: 32, f16: false }).e8pMatvec(base).label).not.toMatch(/f16/);
+    expect(() => new Kernels({ ...d, shaderF16: false }, { f16: true })).toThrow(/shader-f16/);
+    expect(() => new Kernels(d, { lanes: 1, f16: true })).toThrow(/32 lanes/);
   });
 });

@@ -801,6 +801,72 @@ fn dotE81b(c8: u32, xv: Activations) -> f32 {
 }`;
 
 /**
+ * The declarations {@link e8pMatvecWgsl} and {@link e8pMatvecF16Wgsl} share: the uniform (segments), the storage
+ * bindings ({@link e8pBindings}), `pairs(a)` reading the bfloat16 source table from `table` (`'src'`, the storage
+ * buffer, or `'tbl'`, its copy in workgroup memory, declared here), the E8P decoding, E81B, `x8` and L̂'s `lval`.
+ */
+function e8pMatvecDecls(codec: LatticeCodec, lowRank: LatticeCodec | null, table: 'src' | 'tbl'): string {
+  const rvq3 = codec === 'rvq3';
+  const types: Record<string, string> = {
+    codes: 'array<u32>',
+    src: 'array<vec4<u32>>',
+    x: 'array<vec4<f32>>',
+    outv: 'array<f32>',
+    codes2: 'array<u32>',
+    z: 'array<f32>',
+    lcodes: 'array<u32>',
+    e81b: 'array<f32>',
+  };
+  const bindings = e8pBindings(codec, lowRank)
+    .map(
+      (n, i) =>
+        `@group(0) @binding(${i + 1}) var<storage, ${n === 'outv' ? 'read_write' : 'read'}> ${n}: ${types[n]};`,
+    )
+    .join('\n');
+  // the second plane of L̂: an E8P12 code (rvq4) or an E81B code (rvq3), scaled by 1/lres
+  const lresid =
+    lowRank === 'rvq4'
+      ? ' + elem((lcodes[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu, i) / p.lres'
+      : lowRank === 'rvq3'
+        ? ' + e81b[((lcodes[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u + i] / p.lres'
+        : '';
+  return /* wgsl */ `
+struct Seg { start: u32, xOff: u32, zOff: u32, k: u32, lG: u32, q1: u32, q2: u32, l1: u32, l2: u32, qscale: f32,
+  lscale: f32, a: u32 }
+struct P { mp: u32, G: u32, xRow: u32, zRow: u32, resScale: f32, lres: f32, nseg: u32, a: u32,
+  seg: array<Seg, ${E8P_MAX_SEGMENTS}> }
+@group(0) @binding(0) var<uniform> p: P;
+fn segOf(row: u32) -> Seg {
+  var j = 0u;
+  for (var t = 1u; t < p.nseg; t++) { if (row >= p.seg[t].start) { j = t; } }
+  return p.seg[j];
+}
+${bindings}
+${table === 'tbl' ? 'var<workgroup> tbl: array<vec4<u32>, 256>;' : ''}
+fn pairs(a: u32) -> vec4<u32> { return ${table}[a]; }
+${E8P_DECODE_WGSL}
+${
+  rvq3 || lowRank === 'rvq3'
+    ? `fn e81bAt(i: u32) -> f32 { return e81b[i]; }
+${E81B_DOT_WGSL}`
+    : ''
+}
+// the 8 activation values from xo (a multiple of 4): two 16-byte loads
+fn x8(xo: u32) -> Activations { return activations(x[xo >> 2u], x[(xo >> 2u) + 1u]); }
+${
+  lowRank
+    ? `fn lval(sg: Seg, t: u32, lrow: u32) -> f32 {
+  let off = t * sg.lG + (lrow >> 3u);
+  let idx = sg.l1 + off;
+  let idx2 = sg.l2 + off;
+  let i = lrow & 7u;
+  return sg.lscale * (elem((lcodes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu, i)${lresid});
+}`
+    : ''
+}`;
+}
+
+/**
  * Fused CALDERA matvec in the rotated domain: `out_i = qscale·Σ_g ⟨decode(Q[i, g]), x[8g..8g+8)⟩ + Σ_t L̂[i, t]·z_t`
  * with `z = R̂·x` computed before (this kernel without a low-rank term, on R̂'s codes). Q stays packed: E8P12 u16
  * codes, two per u32, row-major `[mp, np/8]` (the checkpoint layout). `rvq4` adds a second E8P12 plane (value
@@ -837,64 +903,7 @@ export function e8pMatvecWgsl(
   const rvq4 = codec === 'rvq4';
   const rvq3 = codec === 'rvq3';
   // with one lane per row the table is read from the storage buffer (no workgroup copy, no barrier)
-  const tbl = lanes === 1 ? 'src' : 'tbl';
-  const types: Record<string, string> = {
-    codes: 'array<u32>',
-    src: 'array<vec4<u32>>',
-    x: 'array<vec4<f32>>',
-    outv: 'array<f32>',
-    codes2: 'array<u32>',
-    z: 'array<f32>',
-    lcodes: 'array<u32>',
-    e81b: 'array<f32>',
-  };
-  const bindings = e8pBindings(codec, lowRank)
-    .map(
-      (n, i) =>
-        `@group(0) @binding(${i + 1}) var<storage, ${n === 'outv' ? 'read_write' : 'read'}> ${n}: ${types[n]};`,
-    )
-    .join('\n');
-  // the second plane of L̂: an E8P12 code (rvq4) or an E81B code (rvq3), scaled by 1/lres
-  const lresid =
-    lowRank === 'rvq4'
-      ? ' + elem((lcodes[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu, i) / p.lres'
-      : lowRank === 'rvq3'
-        ? ' + e81b[((lcodes[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u + i] / p.lres'
-        : '';
-  const decls = /* wgsl */ `
-struct Seg { start: u32, xOff: u32, zOff: u32, k: u32, lG: u32, q1: u32, q2: u32, l1: u32, l2: u32, qscale: f32,
-  lscale: f32, a: u32 }
-struct P { mp: u32, G: u32, xRow: u32, zRow: u32, resScale: f32, lres: f32, nseg: u32, a: u32,
-  seg: array<Seg, ${E8P_MAX_SEGMENTS}> }
-@group(0) @binding(0) var<uniform> p: P;
-fn segOf(row: u32) -> Seg {
-  var j = 0u;
-  for (var t = 1u; t < p.nseg; t++) { if (row >= p.seg[t].start) { j = t; } }
-  return p.seg[j];
-}
-${bindings}
-${lanes === 1 ? '' : 'var<workgroup> tbl: array<vec4<u32>, 256>;'}
-fn pairs(a: u32) -> vec4<u32> { return ${tbl}[a]; }
-${E8P_DECODE_WGSL}
-${
-  rvq3 || lowRank === 'rvq3'
-    ? `fn e81bAt(i: u32) -> f32 { return e81b[i]; }
-${E81B_DOT_WGSL}`
-    : ''
-}
-// the 8 activation values from xo (a multiple of 4): two 16-byte loads
-fn x8(xo: u32) -> Activations { return activations(x[xo >> 2u], x[(xo >> 2u) + 1u]); }
-${
-  lowRank
-    ? `fn lval(sg: Seg, t: u32, lrow: u32) -> f32 {
-  let off = t * sg.lG + (lrow >> 3u);
-  let idx = sg.l1 + off;
-  let idx2 = sg.l2 + off;
-  let i = lrow & 7u;
-  return sg.lscale * (elem((lcodes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu, i)${lresid});
-}`
-    : ''
-}`;
+  const decls = e8pMatvecDecls(codec, lowRank, lanes === 1 ? 'src' : 'tbl');
   const prologue = `for (var i = lid; i < 256u; i += ${WG}u) { tbl[i] = src[i]; }
   workgroupBarrier();`;
   // segment of the row, its row within the segment; plane-1 and plane-2 code indices of group g
@@ -942,6 +951,133 @@ ${
     '${M}',
     'mp',
   );
+}
+
+/**
+ * Workgroup-memory bytes of {@link e8pMatvecF16Wgsl} with activation chunks of `chunk` groups: the f16 source table
+ * (4 KiB), 16 bytes of f16 activations and a 4-byte scale per group (at least {@link WG} scales: they hold the lanes'
+ * partial sums at the end).
+ */
+export function e8pF16WorkgroupBytes(chunk: number): number {
+  return 256 * 16 + chunk * 16 + Math.max(chunk, WG) * 4;
+}
+
+/**
+ * The packed-f16 form of {@link e8pMatvecWgsl} for devices with `shader-f16`: the same output (Q̂ decoded with its
+ * low-rank term, segments, E8P12 or RVQ4 planes), 32 lanes per row, one activation row per workgroup along y. What
+ * differs is the arithmetic of Q̂'s products:
+ * - every workgroup converts the bfloat16 source table to f16 pairs in workgroup memory (the values are exact in
+ *   both), and the activation vector, in chunks of `chunk` groups of 8, to f16 pairs: each group scaled by a power of
+ *   two `2^(7−e)` that puts its largest magnitude in [64, 128) (exact), its inverse kept as an f32;
+ * - a code's 8 coordinates are the table's pairs with their signs XORed on (as in the f32 form) plus the ¼ shift, all
+ *   exact in f16; their products with the group's activations are 4 packed f16 multiply-adds, two codes per lane
+ *   iteration (one u32 of codes); each code's two half sums are added, converted to f32 and scaled back.
+ *
+ * Magnitudes stay far from f16 overflow: coordinates are at most 2.75, scaled activations below 128, so a code's sum is
+ * below 2 816. Per code the f16 rounding (the activations' conversion, 4 multiply-adds per half, the halves' sum) is at
+ * most about `6·2⁻¹¹·Σ|w_i·x_i|` of that code's terms; the f32 accumulation over codes and L̂'s term are as in the f32
+ * form. About 41 instructions per code in the loop (the sign spread ~20, the shift 5, products 4, the sum and its scale
+ * ~4, code, table and activation loads ~6, loop ~3) plus ~4 for its share of the activations' conversion (the 8 rows
+ * of a workgroup share it): ~45 against ~62 for the f32 form; and 36 bytes of workgroup-memory reads per code (table,
+ * activations, scale) against 16 from workgroup memory and 32 through the cache. Needs (checked by `Kernels.e8pMatvec`, which else
+ * uses the f32 form): an even number of groups per row, every segment's rows a multiple of 8 (a workgroup's rows read
+ * one activation vector) and its first code at an even index.
+ */
+export function e8pMatvecF16Wgsl(
+  codec: 'e8p12' | 'rvq4',
+  lowRank: LatticeCodec | null,
+  chunk: number,
+): string {
+  if (!Number.isInteger(chunk) || chunk < 2 || chunk % 2 !== 0)
+    throw new CalderaError(
+      'E_VALUE',
+      `e8pMatvecF16Wgsl: chunk ${chunk} is not a positive even number of groups`,
+    );
+  const rvq4 = codec === 'rvq4';
+  const plane = (buf: string, word: string, acc: string) => `{
+          let w = ${buf}[${word} + (g0 + j) / 2u];
+          ${acc} += codeValue(w & 0xffffu, j) + codeValue(w >> 16u, j + 1u);
+        }`;
+  return /* wgsl */ `enable f16;
+${e8pMatvecDecls(codec, lowRank, 'src')}
+var<workgroup> tblh: array<vec4<u32>, 256>;
+var<workgroup> xh: array<vec4<u32>, ${chunk}>;
+var<workgroup> xs: array<f32, ${Math.max(chunk, WG)}>;
+// code c times the 8 activations of chunk group j: the signed f16 pairs plus the shift, 4 packed multiply-adds, the
+// two half sums added in f16, then f32 and the group's scale
+fn codeValue(c: u32, j: u32) -> f32 {
+  let sigma = c & 255u;
+  let par = countOneBits(sigma) & 1u;
+  let s2 = sigma ^ par;
+  let spread = s2 | ((s2 & 0xf0u) << 12u);
+  let w = tblh[c >> 8u] ^ ((vec4<u32>(spread) << vec4<u32>(15u, 14u, 13u, 12u)) & vec4<u32>(0x80008000u));
+  let s = vec2<f16>(select(0.25h, -0.25h, par == 1u));
+  let xw = xh[j];
+  var h = (bitcast<vec2<f16>>(w.x) + s) * bitcast<vec2<f16>>(xw.x);
+  h = fma(bitcast<vec2<f16>>(w.y) + s, bitcast<vec2<f16>>(xw.y), h);
+  h = fma(bitcast<vec2<f16>>(w.z) + s, bitcast<vec2<f16>>(xw.z), h);
+  h = fma(bitcast<vec2<f16>>(w.w) + s, bitcast<vec2<f16>>(xw.w), h);
+  return f32(h.x + h.y) * xs[j];
+}
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  for (var i = lid; i < 1024u; i += ${WG}u) {
+    let b = src[i >> 2u][i & 3u];
+    tblh[i >> 2u][i & 3u] = pack2x16float(vec2<f32>(bitcast<f32>(b << 16u), bitcast<f32>(b & 0xffff0000u)));
+  }
+  let row = wid.x * ${ROWS_PER_WG}u + lid / 32u;
+  let r = wid.y;
+  let lane = lid % 32u;
+  // the workgroup's rows lie in one segment (every segment's rows are a multiple of 8): one activation vector
+  let sg = segOf(wid.x * ${ROWS_PER_WG}u);
+  let lrow = row - sg.start;
+  let xo = (r * p.xRow + sg.xOff) >> 2u;
+  // the u32 words of the row's first codes (its code indices are even)
+  let w1 = (sg.q1 + lrow * p.G) >> 1u;
+  let w2 = (sg.q2 + lrow * p.G) >> 1u;
+  var acc = 0.0;
+  var acc2 = 0.0;
+  for (var g0 = 0u; g0 < p.G; g0 += ${chunk}u) {
+    let n = min(${chunk}u, p.G - g0);
+    // the last chunk's reads are done (and, the first time, the table is written)
+    workgroupBarrier();
+    for (var j = lid; j < n; j += ${WG}u) {
+      let a = x[xo + 2u * (g0 + j)];
+      let b = x[xo + 2u * (g0 + j) + 1u];
+      let m = max(abs(a), abs(b));
+      let e = clamp(frexp(max(max(m.x, m.y), max(m.z, m.w))).exp, -100, 120);
+      let sc = ldexp(1.0, 7 - e);
+      xh[j] = vec4<u32>(pack2x16float(a.xy * sc), pack2x16float(a.zw * sc), pack2x16float(b.xy * sc),
+        pack2x16float(b.zw * sc));
+      xs[j] = ldexp(1.0, e - 7);
+    }
+    workgroupBarrier();
+    if (row < p.mp) {
+      for (var j = 2u * lane; j < n; j += 64u) {
+        ${plane('codes', 'w1', 'acc')}
+        ${rvq4 ? plane('codes2', 'w2', 'acc2') : ''}
+      }
+    }
+  }
+  ${rvq4 ? 'acc += acc2 / p.resScale;' : ''}
+  acc *= sg.qscale;
+  ${
+    lowRank
+      ? `if (row < p.mp) {
+    for (var t = lane; t < sg.k; t += 32u) { acc += lval(sg, t, lrow) * z[r * p.zRow + sg.zOff + t]; }
+  }`
+      : ''
+  }
+  // the lanes' partial sums, in xs (free now)
+  workgroupBarrier();
+  xs[lid] = acc;
+  workgroupBarrier();
+  for (var s = 16u; s > 0u; s >>= 1u) {
+    if (lane < s) { xs[lid] += xs[lid + s]; }
+    workgroupBarrier();
+  }
+  if (lane == 0u && row < p.mp) { outv[r * p.mp + row] = xs[lid]; }
+}`;
 }
 
 /**

@@ -39,6 +39,38 @@ export async function testDevice(): Promise<{ device: CalderaDevice | null; reas
   return g.__calderaTestGpu;
 }
 
+interface F16Global {
+  __calderaTestF16Gpu?: { gpu: GPU | null; device: CalderaDevice | null; reason: string };
+}
+
+/**
+ * A device with `shader-f16` for the packed-f16 kernels, or null with the reason: the default adapter when it has the
+ * feature, else Mesa's lavapipe (`llvmpipe`) when VK_ICD_FILENAMES lists it (vitest.config.ts adds the one
+ * scripts/fetch-lavapipe.sh unpacks). Kept on `globalThis` like {@link testDevice}.
+ */
+export async function testF16Device(): Promise<{ device: CalderaDevice | null; reason: string }> {
+  const g = globalThis as F16Global;
+  if (g.__calderaTestF16Gpu) return g.__calderaTestF16Gpu;
+  const base = await testDevice();
+  if (base.device?.shaderF16) return base;
+  let gpu: GPU | null = null;
+  let device: CalderaDevice | null = null;
+  let reason = 'skipped: no adapter with shader-f16 (SwiftShader has none; see scripts/fetch-lavapipe.sh)';
+  try {
+    const mod = (await import('webgpu')) as { create(o: string[]): GPU };
+    gpu = mod.create(['adapter=llvmpipe']);
+    const adapter = await gpu.requestAdapter();
+    if (adapter?.features.has('shader-f16') && /llvmpipe/i.test(adapter.info.description ?? '')) {
+      device = await createDevice({ gpu, adapter });
+      reason = '';
+    }
+  } catch (e) {
+    reason = `${reason}: ${(e as Error).message}`;
+  }
+  g.__calderaTestF16Gpu = { gpu, device, reason };
+  return g.__calderaTestF16Gpu;
+}
+
 /** A test title that says why it was skipped when there is no device. */
 export function gpuTitle(title: string, reason: string): string {
   return reason ? `${title} — ${reason}` : title;
