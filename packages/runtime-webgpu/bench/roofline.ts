@@ -70,9 +70,9 @@ export interface Roofline {
   /** The fused kernel on the large layers, with the adapter's default lanes per row (see `Kernels.lanes`). */
   kernelGbs: number;
   lanes: number;
-  /** The same kernel with the other lane count (1 or 32). */
+  /** The same kernel with the other lane count (1 or 32), in its f32 form. */
   otherLanes: { lanes: number; kernelGbs: number };
-  /** Whether Q̂'s products ran in packed f16 (`Kernels.f16`), and then the f32 form's rate on the same buffers. */
+  /** Whether Q̂'s products ran in packed f16 (the launch's label), and then the f32 form's rate on the same buffers. */
   f16: boolean;
   f32FormGbs: number | null;
   streamGbs: number;
@@ -150,7 +150,7 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
   const fused = uploads.map((u) => fusedLaunch(kernels, u, kx, kout, kz));
   const kernelBytes = fused.reduce((s, f) => s + f.bytes, 0);
   const otherLanes = kernels.lanes === 1 ? 32 : 1;
-  const otherKernels = new Kernels(dev, { lanes: otherLanes });
+  const otherKernels = new Kernels(dev, { lanes: otherLanes, f16: false });
   const fusedOther = uploads.map((u) => fusedLaunch(otherKernels, u, kx, kout, kz));
   const f32Kernels = kernels.f16 ? new Kernels(dev, { lanes: kernels.lanes, f16: false }) : null;
   const fusedF32 = f32Kernels ? uploads.map((u) => fusedLaunch(f32Kernels, u, kx, kout, kz)) : null;
@@ -238,7 +238,7 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
     kernelGbs,
     lanes: kernels.lanes,
     otherLanes: { lanes: otherLanes, kernelGbs: otherLanesGbs },
-    f16: kernels.f16,
+    f16: fused[0]!.launch.label.endsWith(' f16'),
     f32FormGbs,
     streamGbs,
     denseF16KernelGbs,

@@ -1093,7 +1093,8 @@ export function bindPending(
  * `step.pending` is a residual branch's pending output rotation ({@link bindPending}), that branch's output. When the
  * layers are one run of a CALDERA group whose input step can finish that rotation
  * ({@link GpuCalderaGroup.finishesPending}), h is written to `step.out` by that step (one launch fewer); else the
- * rotation runs first, accumulating into `x`, and h stays there. With `defer` (not with `then`), a CALDERA run's own
+ * rotation runs first, accumulating into `x`, and h stays there — computing the RMSNorm into `norm.scratch` in the
+ * same launch ({@link Kernels.rotateNorm}) when the layers are not all CALDERA (they read it from there). With `defer` (not with `then`), a CALDERA run's own
  * output rotation is left pending and returned (for the gate and up layers: see {@link bindPending}'s `gate`).
  * Returns the launches, the buffer holding h and the pending rotation (null when none).
  */
@@ -1132,15 +1133,21 @@ export function bindNormed(
     }
     return { dispatches: [...before, ...g.bind(ctx, x, first.index, outs, opts)], residual, pending: null };
   }
+  const rest = then ? { tile, then } : { tile };
+  // layers that compute the RMSNorm apart (not all CALDERA) take it from the rotation's launch
+  const normedApart = layers.some(({ layer }) => !(layer instanceof GpuCalderaLinear));
+  if (pending && normedApart) {
+    const normed = ctx.kernels.rotateNorm(pending, { weight: norm.weight, eps: norm.eps, out: norm.scratch });
+    return {
+      dispatches: [...normed, ...bindLayers(ctx, norm.scratch, layers, rest)],
+      residual: x,
+      pending: null,
+    };
+  }
   return {
     dispatches: [
       ...(pending ? ctx.kernels.rotate(pending) : []),
-      ...bindLayers(
-        ctx,
-        { x, compute: { kind: 'rmsNorm', ...norm } },
-        layers,
-        then ? { tile, then } : { tile },
-      ),
+      ...bindLayers(ctx, { x, compute: { kind: 'rmsNorm', ...norm } }, layers, rest),
     ],
     residual: x,
     pending: null,

@@ -51,8 +51,9 @@ export interface WebGpuModelOptions {
   /** Largest rotation run in one workgroup; default: what workgroup memory holds. */
   maxLocalHadamard?: number;
   /**
-   * Packed-f16 arithmetic for Q̂'s products in decode (see {@link Kernels.f16}); default: on when the device has
-   * `shader-f16` and the kernels use 32 lanes per row. `false` keeps every kernel in f32.
+   * Packed-f16 arithmetic for the E8P products in decode (see {@link Kernels.f16}); default: on when the device has
+   * `shader-f16` and the kernels use 32 lanes per row. `false` keeps every kernel in f32; `true` on a device without
+   * `shader-f16` or with one lane per row is `E_VALUE`.
    */
   f16?: boolean;
   /**
@@ -319,9 +320,11 @@ export class WebGpuModel {
         // which also finishes gate and up's output rotation when it can
         p.push(...branchEnd({ x: g, compute: { kind: 'swiglu', up: u } }, w.down));
       });
-      if (pending) p.push(...K.rotate(pending));
+      // the final RMSNorm, in the last residual branch's output rotation when that is pending
+      const finalNorm = { weight: weights.norm, eps: cfg.rmsNormEps, out: h };
+      if (pending) p.push(...K.rotateNorm(pending, finalNorm));
       const head = [
-        K.rmsNorm(res, weights.norm, h, d, cfg.rmsNormEps),
+        ...(pending ? [] : [K.rmsNorm(res, weights.norm, h, d, cfg.rmsNormEps)]),
         K.matvec(weights.head, h, this.logitsBuf, { bias: null, accumulate: false, dummy: ctx.dummy, tile }),
         K.argmax(this.logitsBuf, this.argmaxBuf, V, this.stepBuf),
       ];

@@ -22,6 +22,7 @@ import {
   RMSNORM_WGSL,
   ROPE_KV_WGSL,
   rotationAttentionWgsl,
+  rotationNormWgsl,
   rotationRopeKvWgsl,
   rowsPerWorkgroup,
   SWIGLU_WGSL,
@@ -304,8 +305,10 @@ export class Kernels {
   /** Largest rotation run in one workgroup (larger ones take the global-memory path: two or three launches). */
   readonly maxLocalHadamard: number;
   /**
-   * Whether Q̂'s products in decode run in packed f16 ({@link e8pMatvecF16Wgsl}; default: when the device has
-   * `shader-f16` and the kernels use 32 lanes per row). Everything else computes in f32 either way.
+   * Whether the E8P kernel's products in decode ({@link Kernels.e8pMatvec} with one activation row: Q̂'s, and R̂'s
+   * where the input step takes two launches) run in packed f16 ({@link e8pMatvecF16Wgsl}) where it can (see
+   * `f16Chunk`); default: when the device has `shader-f16` and the kernels use 32 lanes per row. Everything else
+   * computes in f32 either way.
    */
   readonly f16: boolean;
   constructor(
@@ -517,6 +520,55 @@ export class Kernels {
     return o.members.flatMap((m) =>
       fits(m) ? [this.rotationLaunch({ ...o, members: [m] })] : this.globalRotation(o, m),
     );
+  }
+
+  /**
+   * A residual branch's last output rotation (`o`: one member accumulating whole rows into the residual stream
+   * `o.outs[0]`, no input computation) and then the RMSNorm of the updated rows (weight, `eps`) into `norm.out` (rows
+   * of the member's `outLen`): one launch ({@link rotationNormWgsl}) when the vector fits workgroup memory, else
+   * {@link Kernels.rotate} and {@link Kernels.rmsNorm} apart. For the layers after a residual branch that do not
+   * finish its rotation in their own input step (dense layers, the final norm before the LM head).
+   */
+  rotateNorm(o: RotateOptions, norm: { weight: GPUBuffer; eps: number; out: GPUBuffer }): Dispatch[] {
+    const m = o.members[0];
+    const res = o.outs[0];
+    if (
+      !m ||
+      !res ||
+      o.members.length !== 1 ||
+      o.outs.length !== 1 ||
+      m.slot !== 0 ||
+      !o.accumulate ||
+      o.input ||
+      m.outOff !== 0 ||
+      m.outStride !== m.outLen
+    )
+      throw new CalderaError(
+        'E_VALUE',
+        'rotateNorm: one member accumulating whole rows into one output, with no input computation',
+      );
+    if (m.n > this.maxLocalHadamard)
+      return [...this.rotate(o), this.rmsNorm(res, norm.weight, norm.out, m.outLen, norm.eps)];
+    if (m.biasOff !== null) this.boundBias(o.bias);
+    const words = Math.ceil(m.n / WG) * WG;
+    return [
+      this.make(
+        `hadamard n=${m.n} K=${m.K}${o.transpose ? ' T' : ''} +rmsnorm`,
+        this.pipeline(`hadamard_norm_${words}`, () => rotationNormWgsl(words)),
+        [
+          this.uniform(this.rotationFields(o, o.members, norm.eps), 'rotation params'),
+          o.x,
+          o.pre,
+          o.post,
+          o.hk,
+          res,
+          o.bias ?? o.dummy,
+          norm.weight,
+          norm.out,
+        ],
+        1,
+      ),
+    ];
   }
 
   /**
@@ -746,14 +798,21 @@ export class Kernels {
     );
   }
 
-  /** The uniform of the rotation kernels (the WGSL `U` of {@link hadamardWgsl}) for these members. */
-  private rotationFields(o: RotateOptions, members: readonly RotationMember[]): UniformField[] {
+  /**
+   * The uniform of the rotation kernels (the WGSL `U` of {@link hadamardWgsl}) for these members; `eps` that of the
+   * input computation's RMSNorm by default.
+   */
+  private rotationFields(
+    o: RotateOptions,
+    members: readonly RotationMember[],
+    eps = inputOf(o).eps,
+  ): UniformField[] {
     const fields: UniformField[] = [
       ['u32', o.xStride],
       ['u32', o.transform ? 1 : 0],
       ['u32', o.transpose ? 1 : 0],
       ['u32', o.accumulate ? 1 : 0],
-      ['f32', inputOf(o).eps],
+      ['f32', eps],
       ['u32', 0],
       ['u32', 0],
       ['u32', 0],
@@ -942,8 +1001,10 @@ export class Kernels {
       (sg) => sg.rows % ROWS_PER_WG === 0 && (sg.codeByte ?? 0) % 4 === 0 && (sg.code2Byte ?? 0) % 4 === 0,
     );
     if (!aligned) return null;
+    // the whole row in one chunk: rounded up to 64 groups (fewer pipeline variants), or exactly
     const whole = Math.ceil(G / 64) * 64;
     if (e8pF16WorkgroupBytes(whole) <= this.dev.maxWorkgroupStorage) return whole;
+    if (e8pF16WorkgroupBytes(G) <= this.dev.maxWorkgroupStorage) return G;
     let most = Math.floor((this.dev.maxWorkgroupStorage - 256 * 16) / 20 / 64) * 64;
     while (most >= 64 && e8pF16WorkgroupBytes(most) > this.dev.maxWorkgroupStorage) most -= 64;
     return most >= 64 ? most : null;

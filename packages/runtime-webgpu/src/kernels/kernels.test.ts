@@ -659,6 +659,128 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       }
   });
 
+  it("a residual branch's output rotation with the RMSNorm after it in one launch equals the rotation and rmsNorm apart, to the bit (2 rows; biased and not, with and without the transform, padded n; the global-memory fallback); other shapes are refused", async () => {
+    const rng = new Rng(12);
+    const rows = 2;
+    const eps = 1e-5;
+    // d values of the residual stream from a rotation of n ≥ d values (a padded m_p), 1 and 3 per invocation
+    for (const [n, dOut] of [
+      [96, 90],
+      [640, 600],
+    ] as const)
+      for (const transform of [true, false])
+        for (const biased of [true, false]) {
+          const Kf = transform ? hadamardFactor(n)!.K : 1;
+          const member = {
+            n,
+            nIn: n,
+            outLen: dOut,
+            K: Kf,
+            gscale: 0.9,
+            xOff: 0,
+            preOff: 0,
+            postOff: 0,
+            biasOff: biased ? 0 : null,
+            hkOff: 0,
+            outOff: 0,
+            outStride: dOut,
+            slot: 0,
+          };
+          const ones = storageBuffer(d, new Float32Array(n).fill(1), 'ones');
+          const h0 = randn(rng, rows * dOut);
+          const opts = {
+            x: storageBuffer(d, randn(rng, rows * n), 'y'),
+            xStride: n,
+            pre: ones,
+            post: storageBuffer(d, randn(rng, n), 'sv'),
+            bias: biased ? storageBuffer(d, randn(rng, n), 'bias') : null,
+            hk: storageBuffer(d, Float32Array.from(hadamardBase(Kf)), 'hk'),
+            tmp: scratchBuffer(d, rows * n * 4, 'tmp'),
+            dummy: ones,
+            transform,
+            transpose: true,
+            accumulate: true,
+            members: [member],
+          };
+          const weight = storageBuffer(d, randn(rng, dOut), 'w');
+          const forms = ['fused', 'apart', 'global'] as const;
+          const results = [];
+          for (const form of forms) {
+            const res = storageBuffer(d, h0, 'h');
+            const out = scratchBuffer(d, rows * dOut * 4, 'normed');
+            const o = { ...opts, outs: [res] };
+            const launches =
+              form === 'fused'
+                ? K().rotateNorm(o, { weight, eps, out })
+                : form === 'apart'
+                  ? [...K().rotate(o), K().rmsNorm(res, weight, out, dOut, eps)]
+                  : new Kernels(d, { maxLocalHadamard: 16 }).rotateNorm(o, { weight, eps, out });
+            if (form === 'global') expect(launches.length).toBeGreaterThan(1);
+            else expect(launches.length, form).toBe(form === 'fused' ? 1 : 2);
+            await run(d, launches, rows);
+            results.push({
+              h: Array.from(await readF32(d, res, rows * dOut)),
+              normed: Array.from(await readF32(d, out, rows * dOut)),
+            });
+          }
+          const what = `n=${n} transform=${transform} biased=${biased}`;
+          for (const j of [1, 2]) expect(results[0], `${what} ${forms[j]}`).toEqual(results[j]);
+          // the residual moved, and the normed rows have mean square ≈ mean(w²)-weighted 1: check one row directly
+          expect(results[0]!.h.some((v, i) => v !== h0[i])).toBe(true);
+          const hRow = results[0]!.h.slice(0, dOut);
+          const inv = 1 / Math.sqrt(hRow.reduce((a, v) => a + v * v, 0) / dOut + eps);
+          const w = await readF32(d, weight, dOut);
+          // f32 sum of squares over ≤ 600 values in another order: ~1e-6 relative
+          expect(
+            relErr(
+              results[0]!.normed.slice(0, dOut),
+              hRow.map((v, i) => v * inv * w[i]!),
+            ),
+          ).toBeLessThan(1e-5);
+        }
+    const one = storageBuffer(d, new Float32Array(64).fill(1), 'one');
+    const member = {
+      n: 16,
+      nIn: 16,
+      outLen: 16,
+      K: 1,
+      gscale: 1,
+      xOff: 0,
+      preOff: 0,
+      postOff: 0,
+      biasOff: null,
+      hkOff: 0,
+      outOff: 0,
+      outStride: 16,
+      slot: 0,
+    };
+    const base = {
+      x: one,
+      xStride: 16,
+      pre: one,
+      post: one,
+      bias: null,
+      hk: one,
+      tmp: one,
+      dummy: one,
+      transform: false,
+      transpose: true,
+      accumulate: true,
+      outs: [one],
+      members: [member],
+    };
+    const norm = { weight: one, eps, out: one };
+    expect(() => K().rotateNorm(base, norm)).not.toThrow();
+    for (const bad of [
+      { accumulate: false },
+      { members: [member, member] },
+      { members: [{ ...member, outStride: 32 }] },
+      { input: { kind: 'rmsNorm' as const, weight: one, eps } },
+    ])
+      expect(() => K().rotateNorm({ ...base, ...bad }, norm)).toThrow(/rotateNorm/);
+    expect(() => K().rotateNorm({ ...base, members: [{ ...member, biasOff: 0 }] }, norm)).toThrow(/bias/);
+  });
+
   it("q, k and v's output rotations, RoPE, the KV store and attention in one launch (one row) equal rotateRopeKv and attention apart, to the bit (GQA, biases, earlier cache rows, positions 0, 3 and 300, with and without the transform); more rows are refused", async () => {
     const rng = new Rng(9);
     // (position 300: each invocation scores two positions)
@@ -867,108 +989,126 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
 describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact reference', f16reason), () => {
   const d = f16dev!;
 
-  it('Q̂ in packed f16 (E8P12 and RVQ4 over all 65 536 codes, packed L̂·z, two segments, activations over 40 binades, in one chunk and in two) stays within its rounding bound of the exact product', async () => {
+  it('Q̂ in packed f16 (E8P12 with an RVQ3 L̂, RVQ4 with an RVQ4 L̂; all 65 536 codes, two segments, one chunk and two with a partial one): exact where the products are exact in f16, within its rounding bound for activations over 40 binades', async () => {
     const rng = new Rng(11);
-    const mp = 512;
-    const np = 1024; // 128 codes per row: every code once
+    const rows = 344; // per segment (a multiple of 8)
+    const mp = 2 * rows;
+    const np = 768; // 96 codes per row: with chunks of 64, a full chunk and a partial one
     const G = np / 8;
+    // every code at least once (688 × 96 ≥ 65 536), shuffled
     const codes = new Uint16Array(mp * G);
-    for (let i = 0; i < codes.length; i++) codes[i] = i;
+    for (let i = 0; i < codes.length; i++) codes[i] = i % 65536;
     for (let i = codes.length - 1; i > 0; i--) {
       const j = rng.int(i + 1);
       [codes[i], codes[j]] = [codes[j]!, codes[i]!];
     }
     const codes2 = Uint16Array.from({ length: codes.length }, () => rng.int(65536));
-    // two segments of 256 rows reading their own vectors (row of 2·np values); each group of 8 activations at its
-    // own magnitude, 2^-20 … 2^20 (unscaled f16 would overflow at the top and lose everything at the bottom), one
-    // group all zeros
-    const x = randn(rng, 2 * np);
-    for (let g = 0; g < 2 * G; g++) {
-      const m = g === 5 ? 0 : 2 ** (rng.int(41) - 20);
-      for (let i = 0; i < 8; i++) x[8 * g + i]! *= m;
-    }
-    const kr = 40;
-    const z = randn(rng, 2 * kr);
     const q1 = e8pDecode(codes);
     const q2 = e8pDecode(codes2);
+    const kr = 40;
+    const z = randn(rng, 2 * kr);
+    const zb = storageBuffer(d, z, 'z');
     const sources = storageBuffer(d, e8pSourcePairs(), 'src');
-    const xb = storageBuffer(d, x, 'x');
+    const e81b = storageBuffer(d, e81bCodebook(), 'e81b');
     const qscale = 0.37;
     const lscale = 0.21;
-    const L = packedCodes(rng, (kr * 256) / 8, 'rvq4');
-    const lb = storageBuffer(d, L.bytes, 'l');
-    // one chunk (workgroup memory holds the row) and two (it holds half)
-    for (const storage of [d.maxWorkgroupStorage, e8pF16WorkgroupBytes(G / 2)])
-      for (const codec of ['e8p12', 'rvq4'] as const) {
-        const k = new Kernels({ ...d, maxWorkgroupStorage: storage }, { lanes: 32 });
-        expect(k.f16).toBe(true);
-        const out = scratchBuffer(d, mp * 4, 'out');
-        const seg = (j: number) => ({
-          rows: 256,
-          qscale,
-          codeByte: j * 256 * G * 2,
-          code2Byte: j * 256 * G * 2,
-          x: j * np,
-          lowRank: { k: kr, scale: lscale, codeByte: 0, code2Byte: L.plane2Word * 4, z: j * kr },
-        });
-        const launch = k.e8pMatvec({
-          codes: storageBuffer(d, codes, 'c'),
-          codes2: codec === 'rvq4' ? storageBuffer(d, codes2, 'c2') : null,
-          codec,
-          e81b: null,
-          sources,
-          x: xb,
-          out,
-          np,
-          xRow: 2 * np,
-          resScale: RVQ4_RESID_SCALE,
-          segments: [seg(0), seg(1)],
-          lowRank: {
-            codec: 'rvq4',
-            codes: lb,
-            resScale: L.resScale,
-            z: storageBuffer(d, z, 'z'),
-            zRow: 2 * kr,
-          },
-        });
-        expect(launch.label).toMatch(/ f16$/);
-        await run(d, [launch]);
-        const got = await readF32(d, out, mp);
-        let worst = 0;
-        for (let i = 0; i < mp; i++) {
-          const s = i < 256 ? 0 : 1;
-          let exact = 0;
-          let size = 0;
-          for (let j = 0; j < np; j++) {
-            const w1 = q1[i * np + j]!;
-            const w2 = codec === 'rvq4' ? q2[i * np + j]! / RVQ4_RESID_SCALE : 0;
-            const xv = x[s * np + j]!;
-            exact += (w1 + w2) * xv;
-            size += (Math.abs(w1) + Math.abs(w2)) * Math.abs(xv);
-          }
-          let low = 0;
-          let lowSize = 0;
-          // both segments share L̂'s codes (rows 0…255 of L̂ᵀ's columns), each with its own z
-          for (let t = 0; t < kr; t++) {
-            const term = lscale * L.values[t * 256 + (i % 256)]! * z[s * kr + t]!;
-            low += term;
-            lowSize += Math.abs(term);
-          }
-          const ref = qscale * exact + low;
-          // f16: per code at most ~6·2⁻¹¹ of Σ|w·x| (the activations' rounding, four multiply-adds per half, the
-          // halves' sum; the scaling by powers of two is exact), taken as 7·2⁻¹¹; f32 accumulation of 128 codes and
-          // 40 low-rank terms adds ~1e-6 of the same sizes
-          const bound = 7 * 2 ** -11 * qscale * size + 1e-5 * (qscale * size + lowSize);
-          const err = Math.abs(got[i]! - ref);
-          expect(err, `${codec} storage ${storage} row ${i}`).toBeLessThanOrEqual(bound);
-          worst = Math.max(worst, err / bound);
+    const activations = {
+      // multiples of 1/8 in [-1, 1]: coordinates are multiples of 1/4 up to 2.75, so every product, half sum and
+      // code sum is a multiple of 1/32 below 2^6 (scaled by a power of two: still exact in f16's 11 bits)
+      exact: Float32Array.from({ length: 2 * np }, () => (rng.int(17) - 8) / 8),
+      // each group of 8 at its own magnitude, 2^-20 … 2^20 (unscaled f16 would overflow at the top and lose
+      // everything at the bottom), one group all zeros
+      wide: (() => {
+        const x = randn(rng, 2 * np);
+        for (let g = 0; g < 2 * G; g++) {
+          const m = g === 5 ? 0 : 2 ** (rng.int(41) - 20);
+          for (let i = 0; i < 8; i++) x[8 * g + i]! *= m;
         }
-        // the products do round in f16: far above f32 rounding, below the bound
-        expect(worst, `${codec} storage ${storage}`).toBeGreaterThan(0.01);
-      }
+        return x;
+      })(),
+    };
+    for (const [codec, lCodec] of [
+      ['e8p12', 'rvq3'],
+      ['rvq4', 'rvq4'],
+    ] as const) {
+      const L = packedCodes(rng, (kr * rows) / 8, lCodec);
+      const lb = storageBuffer(d, L.bytes, 'l');
+      for (const [kind, x] of Object.entries(activations))
+        for (const [chunks, storage] of [
+          [1, d.maxWorkgroupStorage],
+          [2, e8pF16WorkgroupBytes(64)],
+        ] as const) {
+          const k = new Kernels({ ...d, maxWorkgroupStorage: storage }, { lanes: 32 });
+          expect(k.f16).toBe(true);
+          const out = scratchBuffer(d, mp * 4, 'out');
+          const seg = (j: number) => ({
+            rows,
+            qscale,
+            codeByte: j * rows * G * 2,
+            code2Byte: j * rows * G * 2,
+            x: j * np,
+            lowRank: { k: kr, scale: lscale, codeByte: 0, code2Byte: L.plane2Word * 4, z: j * kr },
+          });
+          const launch = k.e8pMatvec({
+            codes: storageBuffer(d, codes, 'c'),
+            codes2: codec === 'rvq4' ? storageBuffer(d, codes2, 'c2') : null,
+            codec,
+            e81b: lCodec === 'rvq3' ? e81b : null,
+            sources,
+            x: storageBuffer(d, x, 'x'),
+            out,
+            np,
+            xRow: 2 * np,
+            resScale: RVQ4_RESID_SCALE,
+            segments: [seg(0), seg(1)],
+            lowRank: { codec: lCodec, codes: lb, resScale: L.resScale, z: zb, zRow: 2 * kr },
+          });
+          expect(launch.label).toMatch(/ f16$/);
+          await run(d, [launch]);
+          const got = await readF32(d, out, mp);
+          const what = `${codec} ${kind} ${chunks} chunk(s)`;
+          const ref = new Float64Array(mp);
+          let worst = 0;
+          for (let i = 0; i < mp; i++) {
+            const s = i < rows ? 0 : 1;
+            let exact = 0;
+            let size = 0;
+            for (let j = 0; j < np; j++) {
+              const w1 = q1[i * np + j]!;
+              const w2 = codec === 'rvq4' ? q2[i * np + j]! / RVQ4_RESID_SCALE : 0;
+              const xv = x[s * np + j]!;
+              exact += (w1 + w2) * xv;
+              size += (Math.abs(w1) + Math.abs(w2)) * Math.abs(xv);
+            }
+            let low = 0;
+            let lowSize = 0;
+            // both segments share L̂'s codes, each with its own z
+            for (let t = 0; t < kr; t++) {
+              const term = lscale * L.values[t * rows + (i % rows)]! * z[s * kr + t]!;
+              low += term;
+              lowSize += Math.abs(term);
+            }
+            ref[i] = qscale * exact + low;
+            if (kind === 'wide') {
+              // per code at most ~6·2⁻¹¹ of Σ|w·x| with round-to-nearest (the activations' rounding, four
+              // multiply-adds per half, the halves' sum; the scaling by powers of two is exact), taken as 7·2⁻¹¹;
+              // f32 accumulation of 96 codes and 40 low-rank terms adds ~1e-6 of the same sizes
+              const bound = 7 * 2 ** -11 * qscale * size + 1e-5 * (qscale * size + lowSize);
+              const err = Math.abs(got[i]! - ref[i]!);
+              expect(err, `${what} row ${i}`).toBeLessThanOrEqual(bound);
+              worst = Math.max(worst, err / bound);
+            }
+          }
+          // exact products: only f32 accumulation differs (~1e-6 of the output scale), where one wrong coordinate
+          // sign, source entry or shift moves a row by ≥ 1/32 (~1e-3 of it)
+          if (kind === 'exact') expect(relErr(got, ref), what).toBeLessThan(1e-5);
+          // the wide products do round in f16: far above f32 rounding, below the bound
+          else expect(worst, what).toBeGreaterThan(0.01);
+        }
+    }
   });
 
-  it('the f32 form runs where the f16 one cannot: an odd number of groups, an RVQ3 plane, row tiles, segments not in whole workgroups; f16 is refused without shader-f16 or with one lane', () => {
+  it('the f32 form runs where the f16 one cannot: an odd number of groups, an RVQ3 plane, row tiles, segments not in whole workgroups, an odd first code index in either plane, too little workgroup memory; f16 is refused without shader-f16 or with one lane', () => {
     const k = new Kernels(d, { lanes: 32 });
     const b = storageBuffer(d, new Float32Array(1024), 'b');
     const base = {
@@ -984,13 +1124,20 @@ describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact refere
       segments: [{ rows: 16, qscale: 1 }],
     } as const;
     expect(k.e8pMatvec(base).label).toMatch(/ f16$/);
+    expect(k.e8pMatvec({ ...base, codec: 'rvq4', codes2: b }).label).toMatch(/ f16$/);
     for (const other of [
       { np: 136 },
       { codec: 'rvq3', codes2: b, e81b: b },
       { tile: 8 },
       { segments: [{ rows: 12, qscale: 1 }] },
+      { segments: [{ rows: 16, qscale: 1, codeByte: 2 }] },
+      { codec: 'rvq4', codes2: b, segments: [{ rows: 16, qscale: 1, code2Byte: 2 }] },
     ] as const)
       expect(k.e8pMatvec({ ...base, ...other }).label).not.toMatch(/f16/);
+    // workgroup memory short of the table and the whole row (16 groups), so of any chunk too
+    const small = new Kernels({ ...d, maxWorkgroupStorage: e8pF16WorkgroupBytes(16) - 4 }, { lanes: 32 });
+    expect(small.f16).toBe(true);
+    expect(small.e8pMatvec(base).label).not.toMatch(/f16/);
     expect(new Kernels(d, { lanes: 32, f16: false }).e8pMatvec(base).label).not.toMatch(/f16/);
     expect(() => new Kernels({ ...d, shaderF16: false }, { f16: true })).toThrow(/shader-f16/);
     expect(() => new Kernels(d, { lanes: 1, f16: true })).toThrow(/32 lanes/);

@@ -414,6 +414,66 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 }
 
 /**
+ * A residual branch's last output rotation (member 0 of {@link hadamardWgsl}'s parameters, accumulating into the
+ * residual stream `res`; no input computation) followed by the RMSNorm of the updated row ({@link RMSNORM_WGSL}, weight
+ * `nw`, `u.eps`) into `normOut` (rows of `outLen`), in one launch of one workgroup per row: each invocation keeps its
+ * values of `h' = h + rotation` in registers, so the norm reads no memory. The same operations in the same order as
+ * the rotation and the RMSNorm launch (bit-identical on SwiftShader, tested). `maxN` sizes the workgroup array.
+ */
+export function rotationNormWgsl(maxN: number): string {
+  const C = Math.ceil(maxN / WG);
+  return /* wgsl */ `
+${ROTATION_PARAMS}
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> pre: array<f32>;
+@group(0) @binding(3) var<storage, read> post: array<f32>;
+@group(0) @binding(4) var<storage, read> hkb: array<f32>;
+@group(0) @binding(5) var<storage, read_write> res: array<f32>;
+@group(0) @binding(6) var<storage, read> bias: array<f32>;
+@group(0) @binding(7) var<storage, read> nw: array<f32>;
+@group(0) @binding(8) var<storage, read_write> normOut: array<f32>;
+var<workgroup> v: array<f32, ${Math.max(maxN, WG)}>;
+${ROTATION_STEPS_WGSL}
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let mb = u.m[0];
+  let r = wid.y;
+  let xo = r * u.xStride + mb.xOff;
+  let oo = r * mb.outStride + mb.outOff;
+  for (var j = lid; j < mb.n; j += ${WG}u) {
+    if (j < mb.nIn) { v[j] = x[xo + j] * pre[mb.preOff + j]; } else { v[j] = 0.0; }
+  }
+  workgroupBarrier();
+  if (u.transform == 1u) { butterflies(lid, mb); }
+  var hn: array<f32, ${C}>;
+  var ss = 0.0;
+  for (var c = 0u; c < ${C}u; c++) {
+    let i = lid + c * ${WG}u;
+    if (i < mb.outLen) {
+      ${outputValueWgsl('mb', 'u', 'post', 'bias')}
+      y += res[oo + i];
+      res[oo + i] = y;
+      hn[c] = y;
+      ss += y * y;
+    }
+  }
+  // v is read by rotatedAt above; then it holds the partial sums
+  workgroupBarrier();
+  v[lid] = ss;
+  workgroupBarrier();
+  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
+    if (lid < k) { v[lid] += v[lid + k]; }
+    workgroupBarrier();
+  }
+  let inv = 1.0 / sqrt(v[0] / f32(mb.outLen) + u.eps);
+  for (var c = 0u; c < ${C}u; c++) {
+    let i = lid + c * ${WG}u;
+    if (i < mb.outLen) { normOut[r * mb.outLen + i] = hn[c] * inv * nw[i]; }
+  }
+}`;
+}
+
+/**
  * The output rotations of a group's q, k and v (members 0, 1, 2 of {@link hadamardWgsl}'s parameters; one workgroup
  * each; no accumulation, multipliers `pre` of 1) followed by what {@link ROPE_KV_WGSL} does with their outputs, in one
  * launch: each workgroup keeps its layer's output in workgroup memory, then RoPE at `step.pos + r` writes q (row r of
@@ -968,14 +1028,17 @@ export function e8pF16WorkgroupBytes(chunk: number): number {
  * differs is the arithmetic of Q̂'s products:
  * - every workgroup converts the bfloat16 source table to f16 pairs in workgroup memory (the values are exact in
  *   both), and the activation vector, in chunks of `chunk` groups of 8, to f16 pairs: each group scaled by a power of
- *   two `2^(7−e)` that puts its largest magnitude in [64, 128) (exact), its inverse kept as an f32;
+ *   two `2^(7−e)` that puts its largest magnitude in [64, 128) (exact; `e` clamped to [−119, 128] so that both the
+ *   scale and its inverse, kept as an f32, are normal f32 numbers);
  * - a code's 8 coordinates are the table's pairs with their signs XORed on (as in the f32 form) plus the ¼ shift, all
  *   exact in f16; their products with the group's activations are 4 packed f16 multiply-adds, two codes per lane
  *   iteration (one u32 of codes); each code's two half sums are added, converted to f32 and scaled back.
  *
  * Magnitudes stay far from f16 overflow: coordinates are at most 2.75, scaled activations below 128, so a code's sum is
- * below 2 816. Per code the f16 rounding (the activations' conversion, 4 multiply-adds per half, the halves' sum) is at
- * most about `6·2⁻¹¹·Σ|w_i·x_i|` of that code's terms; the f32 accumulation over codes and L̂'s term are as in the f32
+ * below 2 816. Values below about 2⁻¹⁸ of their group's largest become f16 subnormals (within the bound below);
+ * non-finite activations give an unspecified result. Per code the f16 rounding (the activations' conversion, 4
+ * multiply-adds per half, the halves' sum) is at most about `6·2⁻¹¹·Σ|w_i·x_i|` of that code's terms with
+ * round-to-nearest (WGSL also allows the other neighbour and an unfused multiply-add: up to about twice that); the f32 accumulation over codes and L̂'s term are as in the f32
  * form. About 41 instructions per code in the loop (the sign spread ~20, the shift 5, products 4, the sum and its scale
  * ~4, code, table and activation loads ~6, loop ~3) plus ~4 for its share of the activations' conversion (the 8 rows
  * of a workgroup share it): ~45 against ~62 for the f32 form; and 36 bytes of workgroup-memory reads per code (table,
@@ -1045,7 +1108,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       let a = x[xo + 2u * (g0 + j)];
       let b = x[xo + 2u * (g0 + j) + 1u];
       let m = max(abs(a), abs(b));
-      let e = clamp(frexp(max(max(m.x, m.y), max(m.z, m.w))).exp, -100, 120);
+      let e = clamp(frexp(max(max(m.x, m.y), max(m.z, m.w))).exp, -119, 128);
       let sc = ldexp(1.0, 7 - e);
       xh[j] = vec4<u32>(pack2x16float(a.xy * sc), pack2x16float(a.zw * sc), pack2x16float(b.xy * sc),
         pack2x16float(b.zw * sc));

@@ -21,7 +21,9 @@ export async function testDevice(): Promise<{ device: CalderaDevice | null; reas
   try {
     const mod = (await import('webgpu')) as { create(o: string[]): GPU; globals: Record<string, unknown> };
     Object.assign(globalThis, mod.globals);
-    gpu = mod.create([]);
+    // SwiftShader when it is listed (vitest.config.ts may list lavapipe after it, for testF16Device)
+    const swiftShader = process.env.VK_ICD_FILENAMES?.includes('vk_swiftshader_icd.json') ?? false;
+    gpu = mod.create(swiftShader ? ['adapter=SwiftShader'] : []);
   } catch (e) {
     return {
       device: null,
