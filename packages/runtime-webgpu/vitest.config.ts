@@ -16,9 +16,15 @@ if (existsSync(`${CHROMIUM_LIB}/vk_swiftshader_icd.json`)) {
 }
 
 // A second driver for the packed-f16 kernels' tests (src/testing/gpu.ts: testF16Device): Mesa 25's lavapipe, which
-// `npm test` unpacks here (scripts/fetch-lavapipe.sh). Listed after SwiftShader, which stays the default adapter.
+// `npm test` unpacks here (scripts/fetch-lavapipe.sh). Listed after SwiftShader, which stays the default adapter;
+// CALDERA_NO_LAVAPIPE leaves it out.
 const LAVAPIPE = new URL('../../node_modules/.cache/caldera-lavapipe/lvp.json', import.meta.url).pathname;
-if (process.env.VK_ICD_FILENAMES && existsSync(LAVAPIPE) && !process.env.VK_ICD_FILENAMES.includes(LAVAPIPE))
+if (
+  process.env.VK_ICD_FILENAMES &&
+  !process.env.CALDERA_NO_LAVAPIPE &&
+  existsSync(LAVAPIPE) &&
+  !process.env.VK_ICD_FILENAMES.includes(LAVAPIPE)
+)
   process.env.VK_ICD_FILENAMES += `:${LAVAPIPE}`;
 
 export default defineConfig({

@@ -3,9 +3,10 @@
 # run in the tests. Debian 12's own lavapipe (Mesa 22.3) is refused by Dawn and SwiftShader has no f16; Mesa 25's
 # lavapipe from bookworm-backports works. The package is downloaded (apt verifies it against the Debian archive keys,
 # with its lists and caches under a temporary directory) and unpacked into DIR without installing anything;
-# DIR/lvp.json is the ICD file for VK_ICD_FILENAMES (vitest.config.ts adds the default DIR's). Exits 0 with a note
-# when it cannot (CALDERA_NO_LAVAPIPE set, no apt, another system, no network, missing libraries): the f16 tests then
-# report "skipped". A failure is remembered in DIR.failed (delete it to try again), so that later runs do not wait.
+# DIR/lvp.json is the ICD file for VK_ICD_FILENAMES (vitest.config.ts adds the default DIR's unless
+# CALDERA_NO_LAVAPIPE is set). Exits 0 with a note when it cannot (CALDERA_NO_LAVAPIPE set, no apt, another system, no
+# network, missing libraries): the f16 tests then report "skipped". A failure is remembered for a day in DIR.failed
+# (delete it to try again sooner), so that the runs after it do not wait for the network again.
 #
 # usage: fetch-lavapipe.sh [DIR]   (default: node_modules/.cache/caldera-lavapipe at the repository root)
 set -u
@@ -13,15 +14,16 @@ here=$(cd "$(dirname "$0")" && pwd)
 dir=${1:-$(cd "$here/../../.." && pwd)/node_modules/.cache/caldera-lavapipe}
 # the version the tests were written against (apt takes the newest backport if it is gone)
 version=25.0.7-2~bpo12+1
-[ -f "$dir/lvp.json" ] && [ -f "$dir/libvulkan_lvp.so" ] && exit 0
 note() {
   echo "note: no lavapipe with shader-f16 ($1); the f16 kernel tests will report 'skipped'" >&2
   exit 0
 }
 [ -n "${CALDERA_NO_LAVAPIPE:-}" ] && note "CALDERA_NO_LAVAPIPE is set"
+[ -f "$dir/lvp.json" ] && [ -f "$dir/libvulkan_lvp.so" ] && exit 0
 mkdir -p "$(dirname "$dir")" 2>/dev/null || note "cannot create $(dirname "$dir")"
 dir=$(cd "$(dirname "$dir")" && pwd)/$(basename "$dir")
-[ -f "$dir.failed" ] && note "an earlier attempt failed: $(cat "$dir.failed"); delete $dir.failed to retry"
+[ -n "$(find "$dir.failed" -mmin -1440 2>/dev/null)" ] &&
+  note "an attempt today failed: $(cat "$dir.failed"); delete $dir.failed to retry"
 fail() {
   echo "$1" >"$dir.failed"
   note "$1"
@@ -31,12 +33,12 @@ command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1 || not
 grep -q bookworm /etc/os-release 2>/dev/null || note "not Debian 12 (bookworm)"
 tmp="$dir.tmp.$$"
 trap 'rm -rf "$tmp"' EXIT
-trap 'exit 0' INT TERM
+trap 'exit 130' INT TERM
 rm -rf "$tmp"
 mkdir -p "$tmp/lists/partial" "$tmp/archives/partial" "$tmp/cache" || note "cannot create $tmp"
 echo 'deb http://deb.debian.org/debian bookworm-backports main' >"$tmp/sources.list"
 apt() {
-  timeout 120 apt-get -qq -o Dir::Etc::SourceList="$tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+  timeout --foreground 120 apt-get -qq -o Dir::Etc::SourceList="$tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null \
     -o Dir::State::Lists="$tmp/lists" -o Dir::Cache="$tmp/cache" -o Dir::Cache::Archives="$tmp/archives" \
     -o Debug::NoLocking=1 -o APT::Sandbox::User=root "$@" >/dev/null 2>&1
 }
@@ -58,5 +60,6 @@ LIB="$dir/libvulkan_lvp.so" node -e '
   j.ICD.library_path = process.env.LIB;
   fs.writeFileSync("keep/lvp.json", JSON.stringify(j, null, 2) + "\n");
 ' || fail "cannot write the ICD file"
-rm -rf "$dir" && mv keep "$dir" || fail "cannot move into $dir"
+# (a run that finished meanwhile is as good)
+rm -rf "$dir" && mv -T keep "$dir" 2>/dev/null || [ -f "$dir/lvp.json" ] || fail "cannot move into $dir"
 echo "lavapipe (Mesa from bookworm-backports) unpacked into $dir" >&2

@@ -408,23 +408,34 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     };
   };
 
-  it('a residual branch finished by the next input step (bindPending + bindNormed) equals its output rotation first, to the bit, with one launch fewer; 1 and 32 lanes, RVQ4 and E8P12 R̂, biased o with and without its rotation; falls back on a device with 8 storage buffers', async () => {
+  it('a residual branch finished by the next input step (bindPending + bindNormed) equals its output rotation first, to the bit, with one launch fewer; 1 and 32 lanes, RVQ4 and E8P12 R̂, biased o with and without its rotation; falls back on a device with 8 storage buffers; before dense and mixed layers the rotation computes their RMSNorm (one launch fewer)', async () => {
     const rng = new Rng(16);
     const [nAtt, dModel, rows, eps] = [64, 96, 2, 1e-5];
     const layerOf = (m: number, n: number, o: Partial<CalderaOptions>, seed: number, bias: boolean) =>
       randomLayer(rng, m, n, o, seed, bias);
-    // o_proj: 96 × 64 with a bias, its output rotation with K = 12 as the next layers' input rotation (variant 0,
-    // RVQ4 R̂), or without a rotation (variant 1, E8P12 R̂: H_K of K = 1 first in the shared table, so the next
-    // layers read theirs at an offset)
+    // o_proj: 96 × 64 with a bias, its output rotation with K = 12 as the next layers' input rotation (variants 0 and
+    // 2; 0 with an RVQ4 R̂), or without a rotation (variants 1 and 3; 1 with an E8P12 R̂: H_K of K = 1 first in the
+    // shared table, so the next layers read theirs at an offset)
     const os = [{}, { hadamard: false }].map(
       (opts, v) => createCalderaLinears(d, [layerOf(dModel, nAtt, opts, 1 + v, true)])[0]!,
     );
-    const nexts = ([{}, { lBits: 2, rBits: 2 }] as Partial<CalderaOptions>[]).map((opts, v) =>
-      createCalderaLinears(
-        d,
-        [40, 24].map((m, j) => layerOf(m, dModel, opts, 10 + 2 * v + j, false)),
+    const dense = (m: number, label: string) =>
+      new GpuDenseLinear(
+        uploadMatrix(d, rng.fillNormal(new Float32Array(m * dModel), 0, 0.3), m, dModel, label),
+        null,
+      );
+    // the next layers: CALDERA pairs (RVQ4 and E8P12 R̂, fused when the device allows), then dense layers and a
+    // CALDERA layer followed by a dense one (variants 2 and 3: the rotation computes the RMSNorm they read)
+    const nexts: GpuLinear[][] = [
+      ...([{}, { lBits: 2, rBits: 2 }] as Partial<CalderaOptions>[]).map((opts, v) =>
+        createCalderaLinears(
+          d,
+          [40, 24].map((m, j) => layerOf(m, dModel, opts, 10 + 2 * v + j, false)),
+        ),
       ),
-    );
+      [dense(40, 'dense 40'), dense(24, 'dense 24')],
+      [...createCalderaLinears(d, [layerOf(40, dModel, {}, 14, false)]), dense(24, 'mixed dense 24')],
+    ];
     let fusedRuns = 0;
     const att = storageBuffer(d, rng.fillNormal(new Float32Array(rows * nAtt), 0, 1), 'att');
     const h0 = rng.fillNormal(new Float32Array(rows * dModel), 0, 2);
@@ -434,12 +445,14 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     for (const storage of [d.maxStorageBuffers, 8])
       for (const lanes of [1, 32] as const)
         for (const [v, next] of nexts.entries()) {
-          const o = os[v]!;
+          const o = os[v % 2]!;
           const dev = { ...d, maxStorageBuffers: storage };
           const kernels = new Kernels(dev, { lanes });
           const needs = { ...o.group.needs };
-          for (const key of Object.keys(needs) as (keyof typeof needs)[])
-            needs[key] = Math.max(needs[key], next[0]!.group.needs[key]);
+          for (const l of next)
+            if (l instanceof GpuCalderaLinear)
+              for (const key of Object.keys(needs) as (keyof typeof needs)[])
+                needs[key] = Math.max(needs[key], l.group.needs[key]);
           const ctx = createLinearContext(dev, kernels, needs, rows);
           const what = `${storage} storage buffers, ${lanes} lane(s), next ${v}`;
           const outs = () => next.map((l) => storageBuffer(d, new Float32Array(rows * l.outFeatures), 'out'));
@@ -459,12 +472,14 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
             ...bindLayers(ctx, att, [{ layer: o, out: ref }], { accumulate: true }),
             ...bindLayers(ctx, { x: ref, compute: { kind: 'rmsNorm', ...norm } }, layers(outB)),
           ];
-          const fused = storage >= 11 + (v === 0 ? 1 : 0);
+          const apart = v >= 2;
+          const fused = !apart && storage >= 11 + (v === 0 ? 1 : 0);
           if (fused) fusedRuns++;
           expect(step.residual, what).toBe(fused ? x2 : x);
           expect(deferred.dispatches.length + step.dispatches.length, what).toBe(
-            refList.length - (fused ? 1 : 0),
+            refList.length - (fused || apart ? 1 : 0),
           );
+          if (apart) expect(step.dispatches[0]!.label, what).toMatch(/\+rmsnorm$/);
           await run([...deferred.dispatches, ...step.dispatches]);
           await run(refList);
           expect(await readF32(step.residual), `${what}: h`).toEqual(await readF32(ref));
@@ -473,6 +488,9 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
           // a pending rotation that reads a bias with none bound is refused on both paths
           const noBias = { pending: { ...deferred.pending!, bias: null }, x, out: x2, norm };
           expect(() => bindNormed(ctx, noBias, layers(outA)), what).toThrow(/bias/);
+          // the rotation must be the one that accumulates into the residual stream normalized
+          const other = { pending: deferred.pending!, x: x2, out: x, norm };
+          if (apart) expect(() => bindNormed(ctx, other, layers(outA)), what).toThrow(/step\.x/);
           ctx.dispose();
           kernels.dispose();
         }

@@ -1137,6 +1137,8 @@ export function bindNormed(
   // layers that compute the RMSNorm apart (not all CALDERA) take it from the rotation's launch
   const normedApart = layers.some(({ layer }) => !(layer instanceof GpuCalderaLinear));
   if (pending && normedApart) {
+    if (pending.outs[0] !== x)
+      throw new CalderaError('E_VALUE', 'bindNormed: the pending rotation must accumulate into step.x');
     const normed = ctx.kernels.rotateNorm(pending, { weight: norm.weight, eps: norm.eps, out: norm.scratch });
     return {
       dispatches: [...normed, ...bindLayers(ctx, norm.scratch, layers, rest)],

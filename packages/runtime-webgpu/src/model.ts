@@ -124,7 +124,10 @@ export class WebGpuModel {
   /** Tokens per pass at most (prefill batch). */
   readonly prefillChunk: number;
   private readonly kernels: Kernels;
-  /** Embedding and blocks; then {@link head}: final norm, LM head, argmax. One token (decode). */
+  /**
+   * Embedding and blocks (and the final norm when the last block's output rotation computes it); then {@link head}:
+   * the final norm otherwise, LM head, argmax. One token (decode).
+   */
   private readonly program: Dispatch[];
   private readonly head: Dispatch[];
   /** The same for batches of tokens, with row-tiled matrix kernels (prefill); the decode lists when the chunk is 1. */
@@ -398,7 +401,8 @@ export class WebGpuModel {
   /**
    * Run up to {@link prefillChunk} tokens at the next positions in one pass (appending them to the KV cache) and
    * return, per `output`, nothing, the argmax or the logits of the last token, or (`'all'`) the logits of every token
-   * (`[tokens, vocab]`). With `'none'` the final norm and LM head are skipped.
+   * (`[tokens, vocab]`). With `'none'` the LM head is skipped (and the final norm, unless the last block's output
+   * rotation computes it).
    */
   async stepBatch(tokens: ArrayLike<number>, output: 'none'): Promise<null>;
   async stepBatch(tokens: ArrayLike<number>, output: 'argmax'): Promise<number>;

@@ -547,10 +547,10 @@ export class Kernels {
         'E_VALUE',
         'rotateNorm: one member accumulating whole rows into one output, with no input computation',
       );
-    if (m.n > this.maxLocalHadamard)
+    const words = Math.ceil(m.n / WG) * WG;
+    if (m.n > this.maxLocalHadamard || words * 4 > this.dev.maxWorkgroupStorage)
       return [...this.rotate(o), this.rmsNorm(res, norm.weight, norm.out, m.outLen, norm.eps)];
     if (m.biasOff !== null) this.boundBias(o.bias);
-    const words = Math.ceil(m.n / WG) * WG;
     return [
       this.make(
         `hadamard n=${m.n} K=${m.K}${o.transpose ? ' T' : ''} +rmsnorm`,
@@ -602,10 +602,10 @@ export class Kernels {
       );
     if (o.accumulate) throw new CalderaError('E_VALUE', 'rotateRopeKv: outputs are not accumulated');
     const maxN = Math.max(...o.members.map((m) => m.n));
-    if (maxN > this.maxLocalHadamard)
+    const words = Math.ceil(maxN / WG) * WG;
+    if (maxN > this.maxLocalHadamard || words * 4 > this.dev.maxWorkgroupStorage)
       return [...this.rotate({ ...o, pre: o.ones }), ...this.ropeKvAttention({ ...rope, q, k, v })];
     for (const m of o.members) if (m.biasOff !== null) this.boundBias(o.bias);
-    const words = Math.ceil(maxN / WG) * WG;
     const att = rope.attention;
     // the buffers both one-launch forms read after their parameters: raw rows, SV, H_K, biases, cos/sin
     const rotationInputs = [o.x, o.post, o.hk, o.bias ?? o.dummy, rope.cs];
@@ -945,6 +945,9 @@ export class Kernels {
     const mp = start;
     const tile = o.tile ?? 1;
     const chunk = this.f16Chunk(o.codec, G, segs, tile);
+    // the f16 form's label ends with ' f16', after its activation chunks when there are several
+    const chunks = chunk === null ? 0 : Math.ceil(G / chunk);
+    const f16Label = chunk === null ? '' : `${chunks > 1 ? ` ${chunks} chunks` : ''} f16`;
     const p =
       chunk !== null && o.codec !== 'rvq3'
         ? this.pipeline(`e8p_matvec_f16_${o.codec}_${lr?.codec ?? 'none'}_${chunk}`, () =>
@@ -980,7 +983,7 @@ export class Kernels {
     const bufs = [u, ...e8pBindings(o.codec, lr?.codec ?? null).map((n) => named[n]!)];
     const k = segs.reduce((s, sg) => s + (sg.lowRank?.k ?? 0), 0);
     return this.make(
-      `e8p ${mp}x${o.np}${segs.length > 1 ? ` (${segs.length} layers)` : ''}${lr ? ` k=${k}` : ''}${chunk !== null ? ' f16' : ''}`,
+      `e8p ${mp}x${o.np}${segs.length > 1 ? ` (${segs.length} layers)` : ''}${lr ? ` k=${k}` : ''}${f16Label}`,
       p,
       bufs,
       Math.ceil(mp / rowsPerWorkgroup(this.lanes)),

@@ -55,6 +55,26 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }`;
 }
 
+/**
+ * WGSL of `normScale(s, n, lid)`: `1/√(Σ/n + eps)` from each invocation's partial sum of squares `s`, by a tree
+ * reduction over the workgroup array `arr` (at least {@link WG} values; call it in uniform control flow; it ends with a
+ * barrier, so `arr` is free again). `eps` names the epsilon. Every RMSNorm of the kernels reduces this way.
+ */
+function normScaleWgsl(arr: string, eps: string): string {
+  return /* wgsl */ `
+fn normScale(s: f32, n: u32, lid: u32) -> f32 {
+  ${arr}[lid] = s;
+  workgroupBarrier();
+  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
+    if (lid < k) { ${arr}[lid] += ${arr}[lid + k]; }
+    workgroupBarrier();
+  }
+  let inv = 1.0 / sqrt(${arr}[0] / f32(n) + ${eps});
+  workgroupBarrier();
+  return inv;
+}`;
+}
+
 /** RMSNorm of one vector: `out = x / sqrt(mean(x²) + eps) ⊙ w` (one workgroup). */
 export const RMSNORM_WGSL = /* wgsl */ `
 struct P { n: u32, eps: f32, a: u32, b: u32 }
@@ -63,18 +83,13 @@ struct P { n: u32, eps: f32, a: u32, b: u32 }
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> outv: array<f32>;
 var<workgroup> red: array<f32, ${WG}>;
+${normScaleWgsl('red', 'p.eps')}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let o = wid.y * p.n;
   var s = 0.0;
   for (var j = lid; j < p.n; j += ${WG}u) { let v = x[o + j]; s += v * v; }
-  red[lid] = s;
-  workgroupBarrier();
-  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
-    if (lid < k) { red[lid] += red[lid + k]; }
-    workgroupBarrier();
-  }
-  let inv = 1.0 / sqrt(red[0] / f32(p.n) + p.eps);
+  let inv = normScale(s, p.n, lid);
   for (var j = lid; j < p.n; j += ${WG}u) { outv[o + j] = x[o + j] * inv * w[j]; }
 }`;
 
@@ -278,18 +293,7 @@ fn inputScale(xo: u32, nIn: u32, lid: u32) -> f32 {
   for (var j = lid; j < nIn; j += ${WG}u) { let t = x[xo + j]; s += t * t; }
   return normScale(s, nIn, lid);
 }
-// 1/√(mean + eps) from each invocation's partial sum of squares (the tree reduction of RMSNORM_WGSL)
-fn normScale(s: f32, nIn: u32, lid: u32) -> f32 {
-  v[lid] = s;
-  workgroupBarrier();
-  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
-    if (lid < k) { v[lid] += v[lid + k]; }
-    workgroupBarrier();
-  }
-  let inv = 1.0 / sqrt(v[0] / f32(nIn) + ${eps});
-  workgroupBarrier();
-  return inv;
-}
+${normScaleWgsl('v', eps)}
 fn inputAt(xo: u32, j: u32, scale: f32) -> f32 { return x[xo + j] * scale * aux[j]; }`;
   const head = /* wgsl */ `
 fn inputScale(xo: u32, nIn: u32, lid: u32) -> f32 { return 1.0; }`;
@@ -313,6 +317,13 @@ struct M { n: u32, nIn: u32, outLen: u32, K: u32, P: u32, invSqrtN: f32, gscale:
 struct U { xStride: u32, transform: u32, transposeH: u32, accumulate: u32, eps: f32, a: u32, b: u32, c: u32,
   m: array<M, ${ROTATION_MAX_MEMBERS}> }
 @group(0) @binding(0) var<uniform> u: U;`;
+
+/** The bindings after the uniform of the rotation kernels that load raw rows: rows `x`, multipliers `pre` and `post`, H_K. */
+const ROTATION_BINDINGS = /* wgsl */ `
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> pre: array<f32>;
+@group(0) @binding(3) var<storage, read> post: array<f32>;
+@group(0) @binding(4) var<storage, read> hkb: array<f32>;`;
 
 /**
  * WGSL statements declaring `var y`, output value `i` of member `mb` after its rotation (see {@link ROTATION_STEPS_WGSL};
@@ -385,10 +396,7 @@ export function hadamardWgsl(maxN: number, outputs = 1, input: RotationInputKind
   ).join(' else ');
   return /* wgsl */ `
 ${ROTATION_PARAMS}
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> pre: array<f32>;
-@group(0) @binding(3) var<storage, read> post: array<f32>;
-@group(0) @binding(4) var<storage, read> hkb: array<f32>;
+${ROTATION_BINDINGS}
 ${outs}
 @group(0) @binding(${5 + outputs}) var<storage, read> bias: array<f32>;
 var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, WG) : maxN}>;
@@ -424,16 +432,14 @@ export function rotationNormWgsl(maxN: number): string {
   const C = Math.ceil(maxN / WG);
   return /* wgsl */ `
 ${ROTATION_PARAMS}
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> pre: array<f32>;
-@group(0) @binding(3) var<storage, read> post: array<f32>;
-@group(0) @binding(4) var<storage, read> hkb: array<f32>;
+${ROTATION_BINDINGS}
 @group(0) @binding(5) var<storage, read_write> res: array<f32>;
 @group(0) @binding(6) var<storage, read> bias: array<f32>;
 @group(0) @binding(7) var<storage, read> nw: array<f32>;
 @group(0) @binding(8) var<storage, read_write> normOut: array<f32>;
 var<workgroup> v: array<f32, ${Math.max(maxN, WG)}>;
 ${ROTATION_STEPS_WGSL}
+${normScaleWgsl('v', 'u.eps')}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let mb = u.m[0];
@@ -459,13 +465,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   }
   // v is read by rotatedAt above; then it holds the partial sums
   workgroupBarrier();
-  v[lid] = ss;
-  workgroupBarrier();
-  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
-    if (lid < k) { v[lid] += v[lid + k]; }
-    workgroupBarrier();
-  }
-  let inv = 1.0 / sqrt(v[0] / f32(mb.outLen) + u.eps);
+  let inv = normScale(ss, mb.outLen, lid);
   for (var c = 0u; c < ${C}u; c++) {
     let i = lid + c * ${WG}u;
     if (i < mb.outLen) { normOut[r * mb.outLen + i] = hn[c] * inv * nw[i]; }
