@@ -32,7 +32,7 @@ import { cast, openSafetensorsDir, writeSafetensors, type Tensor } from '@calder
 import { caldera, toCheckpointTensors } from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
 import { generate, loadModel, type WebGpuModel } from '../src/index.js';
-import { testDevice } from '../src/testing/gpu.js';
+import { nodeDevice } from '../src/testing/gpu.js';
 import { parameterCount, SHAPES, writeRandomCalderaModel, writeRandomF16Model } from './random-model.js';
 import { measureDispatchCost } from './dispatch.js';
 import { measureRoofline } from './roofline.js';
@@ -110,7 +110,7 @@ if (
   });
   process.exit(r.status ?? 1);
 }
-const { device, reason } = await testDevice();
+const { device, reason } = await nodeDevice();
 if (!device) {
   console.error(reason);
   process.exit(0);

@@ -1,5 +1,5 @@
 /**
- * Test helper: a WebGPU device in Node through the Dawn-based `webgpu` package, or null (tests then report
+ * Test and benchmark helper: a WebGPU device in Node through the Dawn-based `webgpu` package, or null (tests then report
  * "skipped: no adapter"). Uses Chromium's SwiftShader Vulkan driver when VK_ICD_FILENAMES is unset and it is
  * installed. Dawn's instance is kept on `globalThis` for the whole run: if it is collected, mapAsync hangs.
  */
@@ -12,8 +12,18 @@ interface GpuGlobal {
   __calderaTestGpu?: { gpu: GPU; device: CalderaDevice | null; reason: string };
 }
 
-/** The shared test device, created on first use; `reason` says why there is none. */
+/**
+ * The test device as the f32 tests use it: {@link nodeDevice}'s, reporting no `shader-f16` whatever the adapter has,
+ * so that every kernel computes in f32 and those tests mean the same on any adapter (the packed-f16 form has
+ * {@link testF16Device}).
+ */
 export async function testDevice(): Promise<{ device: CalderaDevice | null; reason: string }> {
+  const { device, reason } = await nodeDevice();
+  return { device: device && { ...device, shaderF16: false }, reason };
+}
+
+/** The shared device in Node (the benchmark's, as the adapter gives it), created on first use; `reason` says why there is none. */
+export async function nodeDevice(): Promise<{ device: CalderaDevice | null; reason: string }> {
   const g = globalThis as GpuGlobal;
   if (g.__calderaTestGpu) return g.__calderaTestGpu;
   if (!process.env.VK_ICD_FILENAMES && existsSync(SWIFTSHADER)) process.env.VK_ICD_FILENAMES = SWIFTSHADER;
@@ -53,8 +63,11 @@ interface F16Global {
 export async function testF16Device(): Promise<{ device: CalderaDevice | null; reason: string }> {
   const g = globalThis as F16Global;
   if (g.__calderaTestF16Gpu) return g.__calderaTestF16Gpu;
-  const base = await testDevice();
-  if (base.device?.shaderF16) return base;
+  const own = (await nodeDevice()).device;
+  if (own?.shaderF16) {
+    g.__calderaTestF16Gpu = { gpu: null, device: own, reason: '' };
+    return g.__calderaTestF16Gpu;
+  }
   let gpu: GPU | null = null;
   let device: CalderaDevice | null = null;
   let reason = 'skipped: no adapter with shader-f16 (SwiftShader has none; see scripts/fetch-lavapipe.sh)';
