@@ -152,7 +152,9 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
   const otherLanes = kernels.lanes === 1 ? 32 : 1;
   const otherKernels = new Kernels(dev, { lanes: otherLanes, f16: false });
   const fusedOther = uploads.map((u) => fusedLaunch(otherKernels, u, kx, kout, kz));
-  const f32Kernels = kernels.f16 ? new Kernels(dev, { lanes: kernels.lanes, f16: false }) : null;
+  // the f32 form beside the default one when that runs f16 products
+  const f16Ran = fused[0]!.launch.label.endsWith(' f16');
+  const f32Kernels = f16Ran ? new Kernels(dev, { lanes: kernels.lanes, f16: false }) : null;
   const fusedF32 = f32Kernels ? uploads.map((u) => fusedLaunch(f32Kernels, u, kx, kout, kz)) : null;
 
   // the dense f16 kernel
@@ -238,7 +240,7 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
     kernelGbs,
     lanes: kernels.lanes,
     otherLanes: { lanes: otherLanes, kernelGbs: otherLanesGbs },
-    f16: fused[0]!.launch.label.endsWith(' f16'),
+    f16: f16Ran,
     f32FormGbs,
     streamGbs,
     denseF16KernelGbs,

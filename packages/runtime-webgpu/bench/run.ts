@@ -20,6 +20,7 @@
  *   Q̂ products and again in f32 (`refs.f32_products_tok_s`). Default: `1b` on a
  *   GPU in a full run, none on a CPU adapter or with `--quick`; `--random-model tiny|1b|none` overrides.
  * `--quick`: 16 decoded tokens instead of 64, a 32-token prompt instead of 128, a quarter of the roofline bytes.
+ * `--lanes 1|32`: lanes per row of the matrix kernels instead of the adapter's default.
  * Without a GPU (SwiftShader) the numbers are only a record.
  */
 import { spawnSync } from 'node:child_process';
@@ -44,6 +45,14 @@ if (randomAt >= 0 && !['tiny', '1b', 'none'].includes(randomArg ?? '')) {
   console.error(`--random-model takes tiny, 1b or none, got ${randomArg}`);
   process.exit(2);
 }
+// lanes per row of the matrix kernels (default: the adapter's; 32 runs the GPU forms, f16 included, on a CPU adapter)
+const lanesAt = process.argv.indexOf('--lanes');
+const lanesArg = lanesAt < 0 ? undefined : process.argv[lanesAt + 1];
+if (lanesAt >= 0 && lanesArg !== '1' && lanesArg !== '32') {
+  console.error(`--lanes takes 1 or 32, got ${lanesArg}`);
+  process.exit(2);
+}
+const lanes = lanesArg === undefined ? {} : { lanes: Number(lanesArg) as 1 | 32 };
 const TOKENS = quick ? 16 : 64;
 const PROMPT = [0, 17, 250, 1033, 5];
 const REF = fileURLToPath(new URL('../../reference-model/model/', import.meta.url));
@@ -124,6 +133,7 @@ try {
   ] as const) {
     const { model, linearBitsPerWeight } = await loadModel(device, path, {
       contextLength: PROMPT.length + TOKENS,
+      ...lanes,
     });
     const cpu = (await node.loadModel(path)).model;
     const g = await decodeRate(model);
@@ -144,7 +154,7 @@ try {
   const prompt = Array.from({ length: P }, (_, i) => (i * 97 + 5) % 2048);
   const rate: Record<number, number> = {};
   for (const chunk of [1, 32]) {
-    const { model } = await loadModel(device, dir, { contextLength: P, prefillChunk: chunk });
+    const { model } = await loadModel(device, dir, { contextLength: P, prefillChunk: chunk, ...lanes });
     await model.prefill(prompt.slice(0, chunk)); // warm-up (pipeline compilation)
     await model.finish();
     model.reset();
@@ -171,6 +181,7 @@ try {
 
   const roof = await measureRoofline(device, {
     targetBytes: ((device.fallbackAdapter ? 16 : 512) * 2 ** 20) / (quick ? 4 : 1),
+    ...lanes,
   });
   emit('webgpu_matvec_caldera_gbs', roof.kernelGbs, 'GB/s', {
     stream_read_gbs: r4(roof.streamGbs),
@@ -202,20 +213,22 @@ try {
       const path = join(dir, `random-${kind}`);
       if (kind === 'f16') await writeRandomF16Model(path, shape);
       else await writeRandomCalderaModel(path, shape, 64);
-      // with shader-f16 the CALDERA model decodes with f16 Q̂ products (the default), and again in f32
-      for (const f16 of kind === 'caldera' && device.shaderF16 ? [true, false] : [undefined]) {
+      // the default form; when the CALDERA model's decode ran f16 E8P products, again with f32 ones
+      for (const name of kind === 'caldera' ? ['caldera', 'caldera-f32'] : [kind]) {
+        if (name === 'caldera-f32' && !rates.caldera!.f16) break;
         const { model, linearBitsPerWeight } = await loadModel(device, path, {
           contextLength: PROMPT.length + TOKENS,
-          ...(f16 === false ? { f16 } : {}),
+          ...lanes,
+          ...(name === 'caldera-f32' ? { f16: false } : {}),
         });
         const prompt = PROMPT.map((t) => t % shape.vocab);
         const tokS = (await decodeRate(model, prompt)).tokS;
-        rates[f16 === false ? 'caldera-f32' : kind] = {
+        rates[name] = {
           tokS,
           bytes: model.weightBytes,
           bits: linearBitsPerWeight,
           launches: model.dispatchesPerToken,
-          f16: model.launchLabels.some((l) => l.endsWith(' f16')),
+          f16: model.launchLabels.some((l) => l.startsWith('e8p ') && l.endsWith(' f16')),
         };
         model.dispose();
       }

@@ -95,6 +95,7 @@ if [ -z "\${VK_DRIVER_FILES:-}\${VK_ICD_FILENAMES:-}" ] && [ -f "$icd" ]; then
 fi
 "$work/node" --version
 # the bench's exit status, not tee's; and no adapter (the bench then prints why and exits 0) is a failure here
+mkdir -p "\${RESULTS_DIR:-.}"
 results="\${RESULTS_DIR:-.}/webgpu-bench.jsonl"
 rm -f "$work/status"
 { "$work/node" "$here/bench.mjs" "$@" && s=0 || s=$?; echo "$s" > "$work/status"; } | tee "$results"
