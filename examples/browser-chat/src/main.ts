@@ -58,6 +58,7 @@ async function main(): Promise<void> {
   status.textContent =
     `${dev.description}${dev.fallbackAdapter ? ' (CPU fallback)' : ''} · ${config.numLayers} blocks, ` +
     `${layers} CALDERA layers · ${linearBitsPerWeight.toFixed(2)} bits/weight in the linears · ` +
+    `E8P products in ${model.f16Products ? 'packed f16' : 'f32'} · ` +
     `GPU memory ${MiB(model.weightBytes)} MiB of weights + ${MiB(model.cacheBytes)} MiB of KV cache and activations · ` +
     `loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
   go.disabled = false;

@@ -228,7 +228,7 @@ try {
           bytes: model.weightBytes,
           bits: linearBitsPerWeight,
           launches: model.dispatchesPerToken,
-          f16: model.launchLabels.some((l) => l.startsWith('e8p ') && l.endsWith(' f16')),
+          f16: model.f16Products,
         };
         model.dispose();
       }

@@ -377,6 +377,7 @@ describe.skipIf(!f16dev)(gpuTitle('WebGpuModel with packed-f16 Q̂ products', f1
           // Q̂ of q/k/v, o, gate/up and down in blocks 0 and 3
           expect(q).toHaveLength(8);
           expect(q.every((l) => l.endsWith(' f16'))).toBe(f16);
+          expect(model.f16Products).toBe(f16);
           const got = await model.forward(PROMPT);
           const err = maxRel(got, want);
           if (f16) {

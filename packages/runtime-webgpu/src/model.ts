@@ -2,6 +2,7 @@ import { CalderaError, ropeInvFreq, throwIfAborted, type ModelConfig } from '@ca
 import { BufferUsage, MAP_READ_MODE, scratchBuffer, storageBuffer, type CalderaDevice } from './device.js';
 import {
   encodeDispatches,
+  isF16E8p,
   Kernels,
   type Dispatch,
   type GpuMatrix,
@@ -366,6 +367,11 @@ export class WebGpuModel {
   /** What each of a token's kernel launches does (their labels, in order; e.g. `e8p 768x256 k=8 f16`). */
   get launchLabels(): readonly string[] {
     return [...this.program, ...this.head].map((d) => d.label);
+  }
+
+  /** Whether decoding computes E8P products in packed f16 (see {@link WebGpuModelOptions.f16}) in any launch. */
+  get f16Products(): boolean {
+    return this.program.some(isF16E8p);
   }
 
   /** Forget the sequence: the next token is at position 0. */

@@ -239,6 +239,11 @@ function codeIndex(bytes: number, plane2Codec: LatticeCodec | null, what: string
   return bytes / size;
 }
 
+/** Whether a launch is the packed-f16 form of {@link Kernels.e8pMatvec} (its label ends with ` f16`). */
+export function isF16E8p(d: Dispatch): boolean {
+  return d.label.startsWith('e8p ') && d.label.endsWith(' f16');
+}
+
 /** One recorded kernel launch: replayed into a compute pass as often as needed. */
 export interface Dispatch {
   readonly label: string;
