@@ -1025,7 +1025,7 @@ export function e8pF16WorkgroupBytes(chunk: number): number {
 /**
  * The packed-f16 form of {@link e8pMatvecWgsl} for devices with `shader-f16`: the same output (Q̂ decoded with its
  * low-rank term, segments, E8P12 or RVQ4 planes), 32 lanes per row, one activation row per workgroup along y. What
- * differs is the arithmetic of Q̂'s products:
+ * differs is the arithmetic of the code products (Q̂'s, or R̂'s where the input step runs as two launches):
  * - every workgroup converts the bfloat16 source table to f16 pairs in workgroup memory (the values are exact in
  *   both), and the activation vector, in chunks of `chunk` groups of 8, to f16 pairs: each group scaled by a power of
  *   two `2^(7−e)` that puts its largest magnitude in [64, 128) (exact; `e` clamped to [−119, 128] so that both the
