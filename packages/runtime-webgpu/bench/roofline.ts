@@ -18,7 +18,6 @@ import {
   encodeDispatches,
   GpuCalderaLinear,
   gpuCodecOf,
-  isF16E8p,
   Kernels,
   packCodePlanes,
   storageBuffer,
@@ -154,7 +153,7 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
   const otherKernels = new Kernels(dev, { lanes: otherLanes, f16: false });
   const fusedOther = uploads.map((u) => fusedLaunch(otherKernels, u, kx, kout, kz));
   // the f32 form beside the default one when that runs f16 products
-  const f16Ran = isF16E8p(fused[0]!.launch);
+  const f16Ran = fused[0]!.launch.f16Products === true;
   const f32Kernels = f16Ran ? new Kernels(dev, { lanes: kernels.lanes, f16: false }) : null;
   const fusedF32 = f32Kernels ? uploads.map((u) => fusedLaunch(f32Kernels, u, kx, kout, kz)) : null;
 

@@ -464,8 +464,8 @@ export interface GroupBindOptions {
  * 4. dense factors only (f16 `L_dense`/`R_dense`, the LoRA pair `L_ft`/`R_ft` of a fine-tuned checkpoint):
  *    `y'_j += L_d·(R_d·x'_j)`, two f32 {@link Kernels.matvec}s per layer;
  * 5. `y_j = g_j·(y'_j·M_mᵀ ⊙ SV_j) (+ bias_j)`, first m outputs: one {@link Kernels.rotate} launch for all
- *    layers, each writing its own output buffer (two or three each for vectors larger than workgroup memory); or,
- *    or left pending ({@link GpuCalderaGroup.bindPending}) for the next layers' input step to finish: a residual
+ *    layers, each writing its own output buffer (two or three each for vectors larger than workgroup memory), or
+ *    left pending ({@link GpuCalderaGroup.bindPending}) for the next layers' input step to finish: a residual
  *    branch's last layer's by the next RMSNorm's layers ({@link bindNormed}), gate and up's by down_proj's
  *    ({@link bindPending} with `gate`).
  *

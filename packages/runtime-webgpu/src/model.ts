@@ -2,7 +2,6 @@ import { CalderaError, ropeInvFreq, throwIfAborted, type ModelConfig } from '@ca
 import { BufferUsage, MAP_READ_MODE, scratchBuffer, storageBuffer, type CalderaDevice } from './device.js';
 import {
   encodeDispatches,
-  isF16E8p,
   Kernels,
   type Dispatch,
   type GpuMatrix,
@@ -371,7 +370,7 @@ export class WebGpuModel {
 
   /** Whether decoding computes E8P products in packed f16 (see {@link WebGpuModelOptions.f16}) in any launch. */
   get f16Products(): boolean {
-    return this.program.some(isF16E8p);
+    return this.program.some((d) => d.f16Products === true);
   }
 
   /** Forget the sequence: the next token is at position 0. */

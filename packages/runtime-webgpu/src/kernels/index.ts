@@ -239,11 +239,6 @@ function codeIndex(bytes: number, plane2Codec: LatticeCodec | null, what: string
   return bytes / size;
 }
 
-/** Whether a launch is the packed-f16 form of {@link Kernels.e8pMatvec} (its label ends with ` f16`). */
-export function isF16E8p(d: Dispatch): boolean {
-  return d.label.startsWith('e8p ') && d.label.endsWith(' f16');
-}
-
 /** One recorded kernel launch: replayed into a compute pass as often as needed. */
 export interface Dispatch {
   readonly label: string;
@@ -256,6 +251,8 @@ export interface Dispatch {
   readonly rowTile: number;
   /** Computes one activation row only (the decode step's attention with q/k/v's rotation): more is `E_VALUE`. */
   readonly oneRow?: boolean;
+  /** The packed-f16 form of {@link Kernels.e8pMatvec} (its label also ends with ` f16`). */
+  readonly f16Products?: boolean;
 }
 
 /** A dense weight matrix on the GPU: f32 rows, or f16 rows packed two halves per u32 (`rowWords` words a row). */
@@ -954,7 +951,7 @@ export class Kernels {
     const chunks = chunk === null ? 0 : Math.ceil(G / chunk);
     const f16Label = chunk === null ? '' : `${chunks > 1 ? ` ${chunks} chunks` : ''} f16`;
     const p =
-      chunk !== null && o.codec !== 'rvq3'
+      chunk !== null
         ? this.pipeline(`e8p_matvec_f16_${o.codec}_${lr?.codec ?? 'none'}_${chunk}`, () =>
             e8pMatvecF16Wgsl(o.codec as 'e8p12' | 'rvq4', lr?.codec ?? null, chunk),
           )
@@ -987,7 +984,7 @@ export class Kernels {
     };
     const bufs = [u, ...e8pBindings(o.codec, lr?.codec ?? null).map((n) => named[n]!)];
     const k = segs.reduce((s, sg) => s + (sg.lowRank?.k ?? 0), 0);
-    return this.make(
+    const launch = this.make(
       `e8p ${mp}x${o.np}${segs.length > 1 ? ` (${segs.length} layers)` : ''}${lr ? ` k=${k}` : ''}${f16Label}`,
       p,
       bufs,
@@ -995,6 +992,7 @@ export class Kernels {
       true,
       tile,
     );
+    return chunk === null ? launch : { ...launch, f16Products: true };
   }
 
   /**

@@ -1069,6 +1069,7 @@ describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact refere
             lowRank: { codec: lCodec, codes: lb, resScale: L.resScale, z: zb, zRow: 2 * kr },
           });
           expect(launch.label).toMatch(chunks === 1 ? / k=80 f16$/ : / k=80 2 chunks f16$/);
+          expect(launch.f16Products).toBe(true);
           await run(d, [launch]);
           const got = await readF32(d, out, mp);
           const what = `${codec} ${kind} ${chunks} chunk(s), ${storage} bytes`;
@@ -1120,6 +1121,7 @@ describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact refere
     const b = storageBuffer(d, new Float32Array(1024), 'b');
     const base = { ...e8pStub(b, 128), segments: [{ rows: 16, qscale: 1 }] } as const;
     expect(k.e8pMatvec(base).label).toMatch(/ f16$/);
+    expect(k.e8pMatvec(base).f16Products).toBe(true);
     expect(k.e8pMatvec({ ...base, codec: 'rvq4', codes2: b }).label).toMatch(/ f16$/);
     for (const other of [
       { np: 136 },
@@ -1130,6 +1132,7 @@ describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact refere
       { codec: 'rvq4', codes2: b, segments: [{ rows: 16, qscale: 1, code2Byte: 2 }] },
     ] as const)
       expect(k.e8pMatvec({ ...base, ...other }).label).not.toMatch(/f16/);
+    expect(k.e8pMatvec({ ...base, tile: 8 }).f16Products).toBeUndefined();
     // workgroup memory short of the table and the whole row (16 groups), so of any chunk too
     const small = new Kernels({ ...d, maxWorkgroupStorage: e8pF16WorkgroupBytes(16) - 4 }, { lanes: 32 });
     expect(small.f16).toBe(true);

@@ -474,6 +474,16 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 }
 
 /**
+ * The bindings 3–7 of the q/k/v output rotations with RoPE ({@link rotationRopeKvWgsl}, {@link rotationAttentionWgsl}):
+ * raw rows `x`, SV `post`, H_K, biases and the cos/sin table (`Kernels.rotateRopeKv` binds them from one list).
+ */
+const ROPE_ROTATION_BINDINGS = /* wgsl */ `@group(0) @binding(3) var<storage, read> x: array<f32>;
+@group(0) @binding(4) var<storage, read> post: array<f32>;
+@group(0) @binding(5) var<storage, read> hkb: array<f32>;
+@group(0) @binding(6) var<storage, read> bias: array<f32>;
+@group(0) @binding(7) var<storage, read> cs: array<f32>;`;
+
+/**
  * The output rotations of a group's q, k and v (members 0, 1, 2 of {@link hadamardWgsl}'s parameters; one workgroup
  * each; no accumulation, multipliers `pre` of 1) followed by what {@link ROPE_KV_WGSL} does with their outputs, in one
  * launch: each workgroup keeps its layer's output in workgroup memory, then RoPE at `step.pos + r` writes q (row r of
@@ -489,11 +499,7 @@ struct Step { pos: u32, len: u32, token: u32, pad: u32 }
 @group(0) @binding(1) var<uniform> step: Step;
 struct RP { heads: u32, kvHeads: u32, hd: u32, a: u32 }
 @group(0) @binding(2) var<uniform> rp: RP;
-@group(0) @binding(3) var<storage, read> x: array<f32>;
-@group(0) @binding(4) var<storage, read> post: array<f32>;
-@group(0) @binding(5) var<storage, read> hkb: array<f32>;
-@group(0) @binding(6) var<storage, read> bias: array<f32>;
-@group(0) @binding(7) var<storage, read> cs: array<f32>;
+${ROPE_ROTATION_BINDINGS}
 @group(0) @binding(8) var<storage, read_write> q: array<f32>;
 @group(0) @binding(9) var<storage, read_write> ck: array<f32>;
 @group(0) @binding(10) var<storage, read_write> cv: array<f32>;
@@ -625,11 +631,7 @@ ${ROTATION_PARAMS}
 struct Step { pos: u32, len: u32, token: u32, pad: u32 }
 @group(0) @binding(1) var<uniform> step: Step;
 ${attentionParamsWgsl(2)}
-@group(0) @binding(3) var<storage, read> x: array<f32>;
-@group(0) @binding(4) var<storage, read> post: array<f32>;
-@group(0) @binding(5) var<storage, read> hkb: array<f32>;
-@group(0) @binding(6) var<storage, read> bias: array<f32>;
-@group(0) @binding(7) var<storage, read> cs: array<f32>;
+${ROPE_ROTATION_BINDINGS}
 @group(0) @binding(8) var<storage, read_write> ck: array<f32>;
 @group(0) @binding(9) var<storage, read_write> cv: array<f32>;
 @group(0) @binding(10) var<storage, read_write> scores: array<f32>;
