@@ -2,7 +2,8 @@
  * Memory-bandwidth roofline of the compressed matrix–vector product, at two levels:
  * - the kernel: the fused E8P kernel (Q̂·x' + L̂·z in one launch, the "compressed matvec") on layers large enough
  *   that a launch's fixed cost is small next to its memory time (16384 × 8192: 32 MiB of Q codes each), in the form
- *   the device gets by default (packed f16 with `shader-f16`, then also the f32 form), next to the dense f16 matvec
+ *   the device gets by default (packed f16 with `shader-f16`, then also the f32 form, and one row per lane where the
+ *   default computes more), next to the dense f16 matvec
  *   kernel (8192 × 8192) and a plain streaming read, the roofline anchor measured in the same run;
  * - a decode step's layers: whole CALDERA layers of 4096 × 4096 (rotations, R̂·x', the fused kernel; as in a
  *   7B-class model) against dense f16 layers of the same shape, as weights per second.
@@ -75,6 +76,9 @@ export interface Roofline {
   /** Whether Q̂'s products ran in packed f16 (the launch's label), and then the f32 form's rate on the same buffers. */
   f16: boolean;
   f32FormGbs: number | null;
+  /** The packed-f16 form's rows per lane, and with more than one, its rate with one row per lane. */
+  f16Rows: number | null;
+  oneRowPerLaneGbs: number | null;
   streamGbs: number;
   denseF16KernelGbs: number;
   /** Whole 4096 × 4096 CALDERA layers and dense f16 layers, every launch. */
@@ -156,6 +160,11 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
   const f16Ran = fused[0]!.launch.f16Products === true;
   const f32Kernels = f16Ran ? new Kernels(dev, { lanes: kernels.lanes, f16: false }) : null;
   const fusedF32 = f32Kernels ? uploads.map((u) => fusedLaunch(f32Kernels, u, kx, kout, kz)) : null;
+  // and with one row per lane when it computes more
+  const f16Rows = fused[0]!.launch.f16Rows ?? null;
+  const oneRowKernels =
+    f16Rows !== null && f16Rows > 1 ? new Kernels(dev, { lanes: kernels.lanes, f16Rows: 1 }) : null;
+  const fusedOneRow = oneRowKernels ? uploads.map((u) => fusedLaunch(oneRowKernels, u, kx, kout, kz)) : null;
 
   // the dense f16 kernel
   const f16 = new Uint16Array(dn * dn);
@@ -225,6 +234,12 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
         fusedF32.map((f) => f.launch),
       )
     : null;
+  const oneRowPerLaneGbs = fusedOneRow
+    ? await gbs(
+        kernelBytes,
+        fusedOneRow.map((f) => f.launch),
+      )
+    : null;
   const denseF16KernelGbs = await gbs(denseBytes, denseList);
   const layerGbs = await gbs(layerBytes, layerList);
   const layerF16Gbs = await gbs(layerF16Bytes, layerF16List);
@@ -235,6 +250,7 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
   kernels.dispose();
   otherKernels.dispose();
   f32Kernels?.dispose();
+  oneRowKernels?.dispose();
   for (const b of owned) b.destroy();
   return {
     kernelGbs,
@@ -242,6 +258,8 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
     otherLanes: { lanes: otherLanes, kernelGbs: otherLanesGbs },
     f16: f16Ran,
     f32FormGbs,
+    f16Rows,
+    oneRowPerLaneGbs,
     streamGbs,
     denseF16KernelGbs,
     layerGbs,

@@ -9,7 +9,8 @@
  *   token by token (`refs.token_by_token`, prefillChunk 1).
  * - `webgpu_matvec_caldera_gbs`: the memory-bandwidth roofline of the compressed matvec (bench/roofline.ts): weight
  *   bytes per second of the fused E8P kernel on 16384×8192 rank-64 layers (`refs.q_products`: packed f16 where the
- *   device has `shader-f16`, with the f32 form's rate in `refs.f32_form_gbs`), `refs.stream_read_gbs` the
+ *   device has `shader-f16`, with the f32 form's rate in `refs.f32_form_gbs`, its rows per lane in
+ *   `refs.f16_rows_per_lane` and, when more than one, its rate with one in `refs.one_row_per_lane_gbs`), `refs.stream_read_gbs` the
  *   streaming-read anchor of the same run, `refs.roofline_share` their ratio; the dense f16 kernel beside it, and whole 4096×4096
  *   CALDERA and f16 layers as in a decode step (`refs.layer_*`).
  * - `webgpu_dispatch_us`: microseconds per kernel launch that depends on the one before (bench/dispatch.ts), and the
@@ -191,6 +192,8 @@ try {
     [`lanes_${roof.otherLanes.lanes}_gbs`]: r4(roof.otherLanes.kernelGbs),
     q_products: roof.f16 ? 'f16' : 'f32',
     ...(roof.f32FormGbs !== null ? { f32_form_gbs: r4(roof.f32FormGbs) } : {}),
+    ...(roof.f16Rows !== null ? { f16_rows_per_lane: roof.f16Rows } : {}),
+    ...(roof.oneRowPerLaneGbs !== null ? { one_row_per_lane_gbs: r4(roof.oneRowPerLaneGbs) } : {}),
     dense_f16_gbs: r4(roof.denseF16KernelGbs),
     dense_f16_roofline_share: r4(roof.denseF16KernelGbs / roof.streamGbs),
     dense_f16_kernel: roof.shapes.denseKernel,

@@ -387,6 +387,22 @@ describe.skipIf(!f16dev)(gpuTitle('WebGpuModel with packed-f16 Q̂ products', f1
             expect(err).toBeLessThan(2e-3);
             expect(err).toBeGreaterThan(1e-6);
           } else expect(err).toBeLessThan(1e-4);
+          if (f16) {
+            // 4 rows per lane where the segments allow (forced: these layers are too small for the default) change
+            // which lane computes a row, not its sums: the same logits to the bit
+            const { model: rows4 } = await loadModel(d, dir, {
+              contextLength: 64,
+              lanes: 32,
+              prefillChunk: 1,
+              f16Rows: 4,
+            });
+            try {
+              expect(rows4.launchLabels.some((l) => l.endsWith(' 4 rows/lane f16'))).toBe(true);
+              expect(await rows4.forward(PROMPT)).toEqual(got);
+            } finally {
+              rows4.dispose();
+            }
+          }
           model.reset();
           expect(await collect(generate(model, PROMPT, { maxTokens: 12 }))).toEqual(c);
           const text = [...PROMPT, ...c];

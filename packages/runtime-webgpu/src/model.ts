@@ -5,6 +5,7 @@ import {
   Kernels,
   type Dispatch,
   type GpuMatrix,
+  type F16Rows,
   type Lanes,
   type RopeKvOptions,
   type RotateOptions,
@@ -56,6 +57,8 @@ export interface WebGpuModelOptions {
    * `shader-f16` or with one lane per row is `E_VALUE`.
    */
   f16?: boolean;
+  /** Most rows each lane of the packed-f16 kernel computes (see {@link Kernels.f16Rows}); default: chosen per launch. */
+  f16Rows?: F16Rows;
   /**
    * Prompt tokens run through the layers together in one pass (prefill batch); the activation buffers hold this many
    * rows. Default `min(32, contextLength)`; 1 makes prefill token by token.
@@ -177,6 +180,7 @@ export class WebGpuModel {
       ...(options.lanes ? { lanes: options.lanes } : {}),
       ...(options.maxLocalHadamard ? { maxLocalHadamard: options.maxLocalHadamard } : {}),
       ...(options.f16 !== undefined ? { f16: options.f16 } : {}),
+      ...(options.f16Rows !== undefined ? { f16Rows: options.f16Rows } : {}),
     });
     const K = this.kernels;
     const buf = (n: number, label: string) => {

@@ -27,6 +27,7 @@ import {
   rowsPerWorkgroup,
   SWIGLU_WGSL,
   WG,
+  type F16Rows,
   type Lanes,
   type LatticeCodec,
   type PreviousStep,
@@ -253,6 +254,8 @@ export interface Dispatch {
   readonly oneRow?: boolean;
   /** The packed-f16 form of {@link Kernels.e8pMatvec} (its label also ends with ` f16`). */
   readonly f16Products?: boolean;
+  /** The packed-f16 form's rows per lane (see {@link e8pMatvecF16Wgsl}). */
+  readonly f16Rows?: F16Rows;
 }
 
 /** A dense weight matrix on the GPU: f32 rows, or f16 rows packed two halves per u32 (`rowWords` words a row). */
@@ -296,6 +299,12 @@ export function encodeDispatches(
 const MAX_GROUPS = 65535;
 
 /**
+ * Fewest workgroups a packed-f16 launch keeps when the kernel picks more than one row per lane itself (a large GPU
+ * has up to ~130 compute units, each wanting several workgroups to hide memory latency).
+ */
+export const F16_MIN_WORKGROUPS = 256;
+
+/**
  * Builds kernel launches on one device. Pipelines are compiled once per kernel variant and cached in this object
  * (not globally); the uniform buffers it creates are released by {@link Kernels.dispose}.
  */
@@ -309,13 +318,18 @@ export class Kernels {
   /**
    * Whether the E8P kernel's products in decode ({@link Kernels.e8pMatvec} with one activation row: Q̂'s, and R̂'s
    * where the input step takes two launches) run in packed f16 ({@link e8pMatvecF16Wgsl}) where it can (see
-   * `f16Chunk`); default: when the device has `shader-f16` and the kernels use 32 lanes per row. Everything else
+   * `f16Form`); default: when the device has `shader-f16` and the kernels use 32 lanes per row. Everything else
    * computes in f32 either way.
    */
   readonly f16: boolean;
+  /**
+   * Most rows each lane of the packed-f16 kernel computes (1, 2 or 4), or null (the default): chosen per launch, 4 or
+   * 2 where the segments' rows allow it and the launch keeps at least {@link F16_MIN_WORKGROUPS} workgroups, else 1.
+   */
+  readonly f16Rows: F16Rows | null;
   constructor(
     readonly dev: CalderaDevice,
-    options: { lanes?: Lanes; maxLocalHadamard?: number; f16?: boolean } = {},
+    options: { lanes?: Lanes; maxLocalHadamard?: number; f16?: boolean; f16Rows?: F16Rows } = {},
   ) {
     this.lanes = options.lanes ?? (dev.fallbackAdapter ? 1 : 32);
     this.maxLocalHadamard = Math.min(
@@ -327,6 +341,9 @@ export class Kernels {
     if (options.f16 && this.lanes !== 32)
       throw new CalderaError('E_VALUE', 'Kernels: f16 needs 32 lanes per row');
     this.f16 = options.f16 ?? (dev.shaderF16 && this.lanes === 32);
+    if (options.f16Rows !== undefined && ![1, 2, 4].includes(options.f16Rows))
+      throw new CalderaError('E_VALUE', `Kernels: f16Rows ${options.f16Rows} is not 1, 2 or 4`);
+    this.f16Rows = options.f16Rows ?? null;
   }
 
   private pipeline(key: string, code: () => string): GPUComputePipeline {
@@ -946,14 +963,18 @@ export class Kernels {
     while (fields.length < 12 * E8P_MAX_SEGMENTS) fields.push(['u32', 0]);
     const mp = start;
     const tile = o.tile ?? 1;
-    const chunk = this.f16Chunk(o.codec, G, segs, tile);
-    // the f16 form's label ends with ' f16', after its activation chunks when there are several
-    const chunks = chunk === null ? 0 : Math.ceil(G / chunk);
-    const f16Label = chunk === null ? '' : `${chunks > 1 ? ` ${chunks} chunks` : ''} f16`;
+    const f16 = this.f16Form(o.codec, G, segs, tile);
+    // the f16 form's label ends with ' f16', after its activation chunks when there are several and its rows per lane
+    // when more than one
+    const chunks = f16 === null ? 0 : Math.ceil(G / f16.chunk);
+    const f16Label =
+      f16 === null
+        ? ''
+        : `${chunks > 1 ? ` ${chunks} chunks` : ''}${f16.rows > 1 ? ` ${f16.rows} rows/lane` : ''} f16`;
     const p =
-      chunk !== null
-        ? this.pipeline(`e8p_matvec_f16_${o.codec}_${lr?.codec ?? 'none'}_${chunk}`, () =>
-            e8pMatvecF16Wgsl(o.codec as 'e8p12' | 'rvq4', lr?.codec ?? null, chunk),
+      f16 !== null
+        ? this.pipeline(`e8p_matvec_f16_${o.codec}_${lr?.codec ?? 'none'}_${f16.chunk}_${f16.rows}`, () =>
+            e8pMatvecF16Wgsl(o.codec as 'e8p12' | 'rvq4', lr?.codec ?? null, f16.chunk, f16.rows),
           )
         : this.pipeline(`e8p_matvec_${o.codec}_${lr?.codec ?? 'none'}_${this.lanes}_${tile}`, () =>
             e8pMatvecWgsl(o.codec, lr?.codec ?? null, this.lanes, tile),
@@ -988,32 +1009,44 @@ export class Kernels {
       `e8p ${mp}x${o.np}${segs.length > 1 ? ` (${segs.length} layers)` : ''}${lr ? ` k=${k}` : ''}${f16Label}`,
       p,
       bufs,
-      Math.ceil(mp / rowsPerWorkgroup(this.lanes)),
+      Math.ceil(mp / (f16 === null ? rowsPerWorkgroup(this.lanes) : ROWS_PER_WG * f16.rows)),
       true,
       tile,
     );
-    return chunk === null ? launch : { ...launch, f16Products: true };
+    return f16 === null ? launch : { ...launch, f16Products: true, f16Rows: f16.rows };
   }
 
   /**
-   * The activation chunk (groups of 8) of the packed-f16 Q̂ kernel ({@link e8pMatvecF16Wgsl}) for a launch, or null
-   * for the f32 form: f16 off, row tiles, an RVQ3 plane, an odd number of groups per row, a segment whose rows are not
-   * a multiple of 8 or whose first code index is odd. The chunk is the whole row (rounded up to 64 groups) when
-   * workgroup memory holds it, else the most that fits.
+   * The packed-f16 Q̂ kernel's shape ({@link e8pMatvecF16Wgsl}) for a launch, or null for the f32 form: f16 off, row
+   * tiles, an RVQ3 plane, an odd number of groups per row, a segment whose rows are not a multiple of 8 or whose first
+   * code index is odd. Rows per lane: the most (up to `f16Rows`, default 4) that divide every segment's rows by 8 and,
+   * by default, keep {@link F16_MIN_WORKGROUPS} workgroups. The activation chunk (groups of 8) is the whole row (rounded
+   * up to 64 groups) when workgroup memory holds it, else the most that fits.
    */
-  private f16Chunk(codec: LatticeCodec, G: number, segs: readonly E8pSegment[], tile: number): number | null {
+  private f16Form(
+    codec: LatticeCodec,
+    G: number,
+    segs: readonly E8pSegment[],
+    tile: number,
+  ): { chunk: number; rows: F16Rows } | null {
     if (!this.f16 || tile !== 1 || codec === 'rvq3' || G % 2 !== 0) return null;
-    const aligned = segs.every(
-      (sg) => sg.rows % ROWS_PER_WG === 0 && (sg.codeByte ?? 0) % 4 === 0 && (sg.code2Byte ?? 0) % 4 === 0,
+    const even = segs.every((sg) => (sg.codeByte ?? 0) % 4 === 0 && (sg.code2Byte ?? 0) % 4 === 0);
+    const mp = segs.reduce((s, sg) => s + sg.rows, 0);
+    const rows = ([4, 2, 1] as const).find(
+      (r) =>
+        r <= (this.f16Rows ?? 4) &&
+        segs.every((sg) => sg.rows % (ROWS_PER_WG * r) === 0) &&
+        (r === 1 || this.f16Rows !== null || mp / (ROWS_PER_WG * r) >= F16_MIN_WORKGROUPS),
     );
-    if (!aligned) return null;
+    if (!even || rows === undefined) return null;
+    const fits = (chunk: number) => e8pF16WorkgroupBytes(chunk, rows) <= this.dev.maxWorkgroupStorage;
     // the whole row in one chunk: rounded up to 64 groups (fewer pipeline variants), or exactly
     const whole = Math.ceil(G / 64) * 64;
-    if (e8pF16WorkgroupBytes(whole) <= this.dev.maxWorkgroupStorage) return whole;
-    if (e8pF16WorkgroupBytes(G) <= this.dev.maxWorkgroupStorage) return G;
-    let most = Math.floor((this.dev.maxWorkgroupStorage - 256 * 16) / 20 / 64) * 64;
-    while (most >= 64 && e8pF16WorkgroupBytes(most) > this.dev.maxWorkgroupStorage) most -= 64;
-    return most >= 64 ? most : null;
+    if (fits(whole)) return { chunk: whole, rows };
+    if (fits(G)) return { chunk: G, rows };
+    let most = Math.floor((this.dev.maxWorkgroupStorage - 2048) / 20 / 64) * 64;
+    while (most >= 64 && !fits(most)) most -= 64;
+    return most >= 64 ? { chunk: most, rows } : null;
   }
 
   /**

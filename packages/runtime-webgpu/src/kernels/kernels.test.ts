@@ -985,136 +985,150 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
 describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact reference', f16reason), () => {
   const d = f16dev!;
 
-  it('Q̂ in packed f16 (E8P12 with an RVQ3 L̂, RVQ4 with an RVQ4 L̂; all 65 536 codes, two segments, one chunk (rounded up or exact) and two with a partial one): exact where the products are exact in f16, within its rounding bound for activations over 40 binades, at 2^-30 and at 2^30, and with an outlier inside a group', async () => {
-    const rng = new Rng(11);
-    const rows = 344; // per segment (a multiple of 8)
-    const mp = 2 * rows;
-    const np = 768; // 96 codes per row: with chunks of 64, a full chunk and a partial one
-    const G = np / 8;
-    // every code at least once (688 × 96 ≥ 65 536), shuffled
-    const codes = new Uint16Array(mp * G);
-    for (let i = 0; i < codes.length; i++) codes[i] = i % 65536;
-    for (let i = codes.length - 1; i > 0; i--) {
-      const j = rng.int(i + 1);
-      [codes[i], codes[j]] = [codes[j]!, codes[i]!];
-    }
-    const codes2 = Uint16Array.from({ length: codes.length }, () => rng.int(65536));
-    const q1 = e8pDecode(codes);
-    const q2 = e8pDecode(codes2);
-    const kr = 40;
-    const z0 = randn(rng, 2 * kr);
-    const zOf = (kind: string) =>
-      z0.map((v) => v * (kind === 'tiny' ? 2 ** -30 : kind === 'huge' ? 2 ** 30 : 1));
-    const sources = storageBuffer(d, e8pSourcePairs(), 'src');
-    const e81b = storageBuffer(d, e81bCodebook(), 'e81b');
-    const qscale = 0.37;
-    const lscale = 0.21;
-    const activations = {
-      // multiples of 1/8 in [-1, 1]: coordinates are multiples of 1/4 up to 2.75, so every product, half sum and
-      // code sum is a multiple of 1/32 below 2^6 (scaled by a power of two: still exact in f16's 11 bits)
-      exact: Float32Array.from({ length: 2 * np }, () => (rng.int(17) - 8) / 8),
-      // each group of 8 at its own magnitude, 2^-20 … 2^20 (unscaled f16 would overflow at the top and lose
-      // everything at the bottom), one group all zeros; one group's coordinates 6 and 7 2^12 times the others (its
-      // scale must come from all 8)
-      wide: (() => {
-        const x = randn(rng, 2 * np);
-        for (let g = 0; g < 2 * G; g++) {
-          const m = g === 5 ? 0 : 2 ** (rng.int(41) - 20);
-          for (let i = 0; i < 8; i++) x[8 * g + i]! *= m * (g === 9 && i >= 6 ? 2 ** 12 : 1);
-        }
-        return x;
-      })(),
-      // whole vectors far below and above f16's range (z, which R̂ computes from them, scaled alike): each row's
-      // bound is at their scale, so a group scaled wrong (not up, not down) shows
-      tiny: randn(rng, 2 * np, 2 ** -30),
-      huge: randn(rng, 2 * np, 2 ** 30),
-    };
-    for (const [codec, lCodec] of [
-      ['e8p12', 'rvq3'],
-      ['rvq4', 'rvq4'],
-    ] as const) {
-      const L = packedCodes(rng, (kr * rows) / 8, lCodec);
-      const lb = storageBuffer(d, L.bytes, 'l');
-      for (const [kind, x] of Object.entries(activations)) {
-        const z = zOf(kind);
-        const zb = storageBuffer(d, z, 'z');
-        for (const [chunks, storage] of [
-          [1, d.maxWorkgroupStorage],
-          [1, e8pF16WorkgroupBytes(G)],
-          [2, e8pF16WorkgroupBytes(64)],
-        ] as const) {
-          const k = new Kernels({ ...d, maxWorkgroupStorage: storage }, { lanes: 32 });
-          expect(k.f16).toBe(true);
-          const out = scratchBuffer(d, mp * 4, 'out');
-          const seg = (j: number) => ({
-            rows,
-            qscale,
-            codeByte: j * rows * G * 2,
-            code2Byte: j * rows * G * 2,
-            x: j * np,
-            lowRank: { k: kr, scale: lscale, codeByte: 0, code2Byte: L.plane2Word * 4, z: j * kr },
-          });
-          const launch = k.e8pMatvec({
-            codes: storageBuffer(d, codes, 'c'),
-            codes2: codec === 'rvq4' ? storageBuffer(d, codes2, 'c2') : null,
-            codec,
-            e81b: lCodec === 'rvq3' ? e81b : null,
-            sources,
-            x: storageBuffer(d, x, 'x'),
-            out,
-            np,
-            xRow: 2 * np,
-            resScale: RVQ4_RESID_SCALE,
-            segments: [seg(0), seg(1)],
-            lowRank: { codec: lCodec, codes: lb, resScale: L.resScale, z: zb, zRow: 2 * kr },
-          });
-          expect(launch.label).toMatch(chunks === 1 ? / k=80 f16$/ : / k=80 2 chunks f16$/);
-          expect(launch.f16Products).toBe(true);
-          await run(d, [launch]);
-          const got = await readF32(d, out, mp);
-          const what = `${codec} ${kind} ${chunks} chunk(s), ${storage} bytes`;
-          const ref = new Float64Array(mp);
-          let worst = 0;
-          for (let i = 0; i < mp; i++) {
-            const s = i < rows ? 0 : 1;
-            let exact = 0;
-            let size = 0;
-            for (let j = 0; j < np; j++) {
-              const w1 = q1[i * np + j]!;
-              const w2 = codec === 'rvq4' ? q2[i * np + j]! / RVQ4_RESID_SCALE : 0;
-              const xv = x[s * np + j]!;
-              exact += (w1 + w2) * xv;
-              size += (Math.abs(w1) + Math.abs(w2)) * Math.abs(xv);
-            }
-            let low = 0;
-            let lowSize = 0;
-            // both segments share L̂'s codes, each with its own z
-            for (let t = 0; t < kr; t++) {
-              const term = lscale * L.values[t * rows + (i % rows)]! * z[s * kr + t]!;
-              low += term;
-              lowSize += Math.abs(term);
-            }
-            ref[i] = qscale * exact + low;
-            if (kind !== 'exact') {
-              // per code at most ~6·2⁻¹¹ of Σ|w·x| with round-to-nearest (the activations' rounding, four
-              // multiply-adds per half, the halves' sum; the scaling by powers of two is exact), taken as 7·2⁻¹¹;
-              // f32 accumulation of 96 codes and 40 low-rank terms adds ~1e-6 of the same sizes
-              const bound = 7 * 2 ** -11 * qscale * size + 1e-5 * (qscale * size + lowSize);
-              const err = Math.abs(got[i]! - ref[i]!);
-              expect(err, `${what} row ${i}`).toBeLessThanOrEqual(bound);
-              worst = Math.max(worst, err / bound);
-            }
+  it.each([
+    [344, undefined, 1],
+    [352, 2, 2],
+    [352, 4, 4],
+  ] as const)(
+    'Q̂ in packed f16 (segments of %i rows, f16Rows %s: %i row(s) per lane; E8P12 with an RVQ3 L̂, RVQ4 with an RVQ4 L̂; all 65 536 codes, two segments, one chunk (rounded up or exact) and two with a partial one): exact where the products are exact in f16, within its rounding bound for activations over 40 binades, at 2^-30 and at 2^30, and with an outlier inside a group',
+    async (rows, f16Rows, perLane) => {
+      const rng = new Rng(11);
+      // rows per segment: a multiple of 8 (344: of no more, so one row per lane by default; 352 = 11 · 32)
+      const mp = 2 * rows;
+      const np = 768; // 96 codes per row: with chunks of 64, a full chunk and a partial one
+      const G = np / 8;
+      // every code at least once (688 × 96 ≥ 65 536), shuffled
+      const codes = new Uint16Array(mp * G);
+      for (let i = 0; i < codes.length; i++) codes[i] = i % 65536;
+      for (let i = codes.length - 1; i > 0; i--) {
+        const j = rng.int(i + 1);
+        [codes[i], codes[j]] = [codes[j]!, codes[i]!];
+      }
+      const codes2 = Uint16Array.from({ length: codes.length }, () => rng.int(65536));
+      const q1 = e8pDecode(codes);
+      const q2 = e8pDecode(codes2);
+      const kr = 40;
+      const z0 = randn(rng, 2 * kr);
+      const zOf = (kind: string) =>
+        z0.map((v) => v * (kind === 'tiny' ? 2 ** -30 : kind === 'huge' ? 2 ** 30 : 1));
+      const sources = storageBuffer(d, e8pSourcePairs(), 'src');
+      const e81b = storageBuffer(d, e81bCodebook(), 'e81b');
+      const qscale = 0.37;
+      const lscale = 0.21;
+      const activations = {
+        // multiples of 1/8 in [-1, 1]: coordinates are multiples of 1/4 up to 2.75, so every product, half sum and
+        // code sum is a multiple of 1/32 below 2^6 (scaled by a power of two: still exact in f16's 11 bits)
+        exact: Float32Array.from({ length: 2 * np }, () => (rng.int(17) - 8) / 8),
+        // each group of 8 at its own magnitude, 2^-20 … 2^20 (unscaled f16 would overflow at the top and lose
+        // everything at the bottom), one group all zeros; one group's coordinates 6 and 7 2^12 times the others (its
+        // scale must come from all 8)
+        wide: (() => {
+          const x = randn(rng, 2 * np);
+          for (let g = 0; g < 2 * G; g++) {
+            const m = g === 5 ? 0 : 2 ** (rng.int(41) - 20);
+            for (let i = 0; i < 8; i++) x[8 * g + i]! *= m * (g === 9 && i >= 6 ? 2 ** 12 : 1);
           }
-          // exact products: only f32 accumulation differs (~1e-6 of the output scale), where one wrong coordinate
-          // sign, source entry or shift moves a row by ≥ 1/32 (~1e-3 of it)
-          if (kind === 'exact') expect(relErr(got, ref), what).toBeLessThan(1e-5);
-          // the other products do round in f16: their worst row is 6e-3 … 1e-1 of the worst-case bound here, where f32
-          // rounding of the same sums would be ~1e-6 of it
-          else expect(worst, what).toBeGreaterThan(1e-4);
+          return x;
+        })(),
+        // whole vectors far below and above f16's range (z, which R̂ computes from them, scaled alike): each row's
+        // bound is at their scale, so a group scaled wrong (not up, not down) shows
+        tiny: randn(rng, 2 * np, 2 ** -30),
+        huge: randn(rng, 2 * np, 2 ** 30),
+      };
+      for (const [codec, lCodec] of [
+        ['e8p12', 'rvq3'],
+        ['rvq4', 'rvq4'],
+      ] as const) {
+        const L = packedCodes(rng, (kr * rows) / 8, lCodec);
+        const lb = storageBuffer(d, L.bytes, 'l');
+        for (const [kind, x] of Object.entries(activations)) {
+          const z = zOf(kind);
+          const zb = storageBuffer(d, z, 'z');
+          // (the exact-size chunk once: each variant costs lavapipe a second or more to compile)
+          for (const [chunks, storage] of [
+            [1, d.maxWorkgroupStorage],
+            ...(perLane === 1 ? ([[1, e8pF16WorkgroupBytes(G)]] as const) : []),
+            [2, e8pF16WorkgroupBytes(64, perLane)],
+          ] as const) {
+            const k = new Kernels(
+              { ...d, maxWorkgroupStorage: storage },
+              { lanes: 32, ...(f16Rows ? { f16Rows } : {}) },
+            );
+            expect(k.f16).toBe(true);
+            const out = scratchBuffer(d, mp * 4, 'out');
+            const seg = (j: number) => ({
+              rows,
+              qscale,
+              codeByte: j * rows * G * 2,
+              code2Byte: j * rows * G * 2,
+              x: j * np,
+              lowRank: { k: kr, scale: lscale, codeByte: 0, code2Byte: L.plane2Word * 4, z: j * kr },
+            });
+            const launch = k.e8pMatvec({
+              codes: storageBuffer(d, codes, 'c'),
+              codes2: codec === 'rvq4' ? storageBuffer(d, codes2, 'c2') : null,
+              codec,
+              e81b: lCodec === 'rvq3' ? e81b : null,
+              sources,
+              x: storageBuffer(d, x, 'x'),
+              out,
+              np,
+              xRow: 2 * np,
+              resScale: RVQ4_RESID_SCALE,
+              segments: [seg(0), seg(1)],
+              lowRank: { codec: lCodec, codes: lb, resScale: L.resScale, z: zb, zRow: 2 * kr },
+            });
+            const shape = `${chunks === 1 ? '' : ' 2 chunks'}${perLane === 1 ? '' : ` ${perLane} rows/lane`}`;
+            expect(launch.label.endsWith(` k=80${shape} f16`), launch.label).toBe(true);
+            expect(launch.workgroups).toBe(mp / (8 * perLane));
+            expect(launch.f16Rows).toBe(perLane);
+            expect(launch.f16Products).toBe(true);
+            await run(d, [launch]);
+            const got = await readF32(d, out, mp);
+            const what = `${codec} ${kind} ${chunks} chunk(s), ${storage} bytes, ${perLane} rows per lane`;
+            const ref = new Float64Array(mp);
+            let worst = 0;
+            for (let i = 0; i < mp; i++) {
+              const s = i < rows ? 0 : 1;
+              let exact = 0;
+              let size = 0;
+              for (let j = 0; j < np; j++) {
+                const w1 = q1[i * np + j]!;
+                const w2 = codec === 'rvq4' ? q2[i * np + j]! / RVQ4_RESID_SCALE : 0;
+                const xv = x[s * np + j]!;
+                exact += (w1 + w2) * xv;
+                size += (Math.abs(w1) + Math.abs(w2)) * Math.abs(xv);
+              }
+              let low = 0;
+              let lowSize = 0;
+              // both segments share L̂'s codes, each with its own z
+              for (let t = 0; t < kr; t++) {
+                const term = lscale * L.values[t * rows + (i % rows)]! * z[s * kr + t]!;
+                low += term;
+                lowSize += Math.abs(term);
+              }
+              ref[i] = qscale * exact + low;
+              if (kind !== 'exact') {
+                // per code at most ~6·2⁻¹¹ of Σ|w·x| with round-to-nearest (the activations' rounding, four
+                // multiply-adds per half, the halves' sum; the scaling by powers of two is exact), taken as 7·2⁻¹¹;
+                // f32 accumulation of 96 codes and 40 low-rank terms adds ~1e-6 of the same sizes
+                const bound = 7 * 2 ** -11 * qscale * size + 1e-5 * (qscale * size + lowSize);
+                const err = Math.abs(got[i]! - ref[i]!);
+                expect(err, `${what} row ${i}`).toBeLessThanOrEqual(bound);
+                worst = Math.max(worst, err / bound);
+              }
+            }
+            // exact products: only f32 accumulation differs (~1e-6 of the output scale), where one wrong coordinate
+            // sign, source entry or shift moves a row by ≥ 1/32 (~1e-3 of it)
+            if (kind === 'exact') expect(relErr(got, ref), what).toBeLessThan(1e-5);
+            // the other products do round in f16: their worst row is 6e-3 … 1e-1 of the worst-case bound here, where f32
+            // rounding of the same sums would be ~1e-6 of it
+            else expect(worst, what).toBeGreaterThan(1e-4);
+          }
         }
       }
-    }
-  });
+    },
+  );
 
   it('the f32 form runs where the f16 one cannot: an odd number of groups, an RVQ3 plane, row tiles, segments not in whole workgroups, an odd first code index in either plane, too little workgroup memory; f16 is refused without shader-f16 or with one lane', () => {
     const k = new Kernels(d, { lanes: 32 });
@@ -1140,5 +1154,30 @@ describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact refere
     expect(new Kernels(d, { lanes: 32, f16: false }).e8pMatvec(base).label).not.toMatch(/f16/);
     expect(() => new Kernels({ ...d, shaderF16: false }, { f16: true })).toThrow(/shader-f16/);
     expect(() => new Kernels(d, { lanes: 1, f16: true })).toThrow(/32 lanes/);
+  });
+
+  it('rows per lane: the most (of 4, 2, 1) that divide every segment by 8 and, by default, keep 256 workgroups; up to f16Rows when given', () => {
+    const b = storageBuffer(d, new Float32Array(1024), 'b');
+    const shape = (k: Kernels, ...rows: number[]) => {
+      const l = k.e8pMatvec({ ...e8pStub(b, 128), segments: rows.map((r) => ({ rows: r, qscale: 1 })) });
+      expect(l.f16Products).toBe(true);
+      expect(l.label.endsWith(l.f16Rows === 1 ? ' f16' : ` ${l.f16Rows} rows/lane f16`)).toBe(true);
+      expect(l.label.includes('rows/lane')).toBe(l.f16Rows !== 1);
+      return [l.f16Rows, l.workgroups];
+    };
+    const k = new Kernels(d, { lanes: 32 });
+    expect(k.f16Rows).toBeNull();
+    expect(shape(k, 8192)).toEqual([4, 256]);
+    expect(shape(k, 4096, 4096)).toEqual([4, 256]);
+    expect(shape(k, 8160)).toEqual([2, 510]); // 16 · 510: not a multiple of 32
+    expect(shape(k, 4096)).toEqual([2, 256]); // 4 rows per lane would leave 128 workgroups
+    expect(shape(k, 4088)).toEqual([1, 511]);
+    expect(shape(k, 8192, 8)).toEqual([1, 1025]);
+    const k4 = new Kernels(d, { lanes: 32, f16Rows: 4 });
+    expect(shape(k4, 64)).toEqual([4, 2]);
+    expect(shape(k4, 48)).toEqual([2, 3]);
+    expect(shape(new Kernels(d, { lanes: 32, f16Rows: 2 }), 8192)).toEqual([2, 512]);
+    expect(shape(new Kernels(d, { lanes: 32, f16Rows: 1 }), 8192)).toEqual([1, 1024]);
+    expect(() => new Kernels(d, { lanes: 32, f16Rows: 3 as 1 })).toThrow(/f16Rows 3/);
   });
 });

@@ -1015,96 +1015,146 @@ export function e8pMatvecWgsl(
   );
 }
 
+/** Rows each lane of {@link e8pMatvecF16Wgsl} computes: a workgroup takes `8·rows` rows. */
+export type F16Rows = 1 | 2 | 4;
+
 /**
- * Workgroup-memory bytes of {@link e8pMatvecF16Wgsl} with activation chunks of `chunk` groups: the f16 source table
- * (4 KiB), 16 bytes of f16 activations and a 4-byte scale per group (at least {@link WG} scales: they hold the lanes'
- * partial sums at the end).
+ * Workgroup-memory bytes of {@link e8pMatvecF16Wgsl} with activation chunks of `chunk` groups and `rows` rows per
+ * lane: the two 256-word decoding tables (2 KiB), 16 bytes of f16 activations and a 4-byte scale per group (at least
+ * `rows·`{@link WG} scales: they hold the lanes' partial sums at the end).
  */
-export function e8pF16WorkgroupBytes(chunk: number): number {
-  return 256 * 16 + chunk * 16 + Math.max(chunk, WG) * 4;
+export function e8pF16WorkgroupBytes(chunk: number, rows: F16Rows = 1): number {
+  return 2 * 256 * 4 + chunk * 16 + Math.max(chunk, rows * WG) * 4;
 }
+
+/**
+ * Bit positions, within each 16-bit half of a word of the packed-f16 kernel's source table, of the 3-bit fields of
+ * f16 pairs 0–3 (coordinates 2k in the low half, 2k + 1 in the high half): pairs 0 and 2 sit where the f16 magic
+ * 256 gives them unit weight, pairs 1 and 3 where 32 does; pairs 2 and 3 are pairs 0 and 1 shifted by 8.
+ */
+const F16_FIELDS = [2, 5, 10, 13] as const;
 
 /**
  * The packed-f16 form of {@link e8pMatvecWgsl} for devices with `shader-f16`: the same output (Q̂ decoded with its
  * low-rank term, segments, E8P12 or RVQ4 planes), 32 lanes per row, one activation row per workgroup along y. What
- * differs is the arithmetic of the code products (Q̂'s, or R̂'s where the input step runs as two launches):
- * - every workgroup converts the bfloat16 source table to f16 pairs in workgroup memory (the values are exact in
- *   both), and the activation vector, in chunks of `chunk` groups of 8, to f16 pairs: each group scaled by a power of
- *   two `2^(7−e)` that puts its largest magnitude in [64, 128) (exact; `e` clamped to [−119, 128] so that both the
- *   scale and its inverse, kept as an f32, are normal f32 numbers);
- * - a code's 8 coordinates are the table's pairs with their signs XORed on (as in the f32 form) plus the ¼ shift, all
- *   exact in f16; their products with the group's activations are 4 packed f16 multiply-adds, two codes per lane
- *   iteration (one u32 of codes); each code's two half sums are added, converted to f32 and scaled back.
+ * differs is the arithmetic of the code products (Q̂'s, or R̂'s where the input step runs as two launches) and how a
+ * code is decoded:
+ * - every workgroup builds two 256-word tables in workgroup memory from the bfloat16 source table: `tb[a]`, source
+ *   a's 8 coordinates `v` as 3-bit fields `e = v + 3.5` (1 … 6; the magnitudes ±½, ±1½, ±2½), coordinate 2k at bit
+ *   `F[k]` and 2k + 1 at `F[k] + 16` with `F = [2, 5, 10, 13]`; and `sg[σ]`, the sign byte's XOR mask (7 on the field
+ *   of every negated coordinate: `7 − e = −v + 3.5`, a ones' complement) with the shift's sign at bits 1 and 17. A code
+ *   then costs two 4-byte table reads and one XOR, where the 16-byte table and the sign spread took ~20 instructions;
+ * - each f16 pair is its field ORed into an f16 "magic" number (256 for fields at bit 2, 32 at bit 5; the field has
+ *   unit weight) plus one constant, `−(259.5 ∓ ¼)` or `−(35.5 ∓ ¼)` chosen by the shift bit: the exact coordinate
+ *   `±v + s`, the same f16 value as the table's pair with its sign and shift — so the products, and the output, are
+ *   those of the first packed-f16 form to the bit;
+ * - the activation vector is converted, in chunks of `chunk` groups of 8, to f16 pairs in workgroup memory: each group
+ *   scaled by a power of two `2^(7−e)` that puts its largest magnitude in [64, 128) (exact; `e` clamped to
+ *   [−119, 128] so that both the scale and its inverse, kept as an f32, are normal f32 numbers), even groups in the
+ *   first half of the chunk and odd ones in the second (a lane's two groups sit in different banks);
+ * - a code's products with its group are 4 packed f16 multiply-adds, two codes per lane iteration (one u32 of codes);
+ *   each code's two half sums are added, converted to f32 and scaled back;
+ * - each lane computes `rows` rows (1, 2 or 4) with every activation pair it loads, so a workgroup takes `8·rows` rows
+ *   and reads its activations, converts them and loads them from workgroup memory `rows` times less per code.
  *
  * Magnitudes stay far from f16 overflow: coordinates are at most 2.75, scaled activations below 128, so a code's sum is
  * below 2 816. Values below about 2⁻¹⁸ of their group's largest become f16 subnormals (within the bound below);
  * non-finite activations give an unspecified result. Per code the f16 rounding (the activations' conversion, 4
  * multiply-adds per half, the halves' sum) is at most about `6·2⁻¹¹·Σ|w_i·x_i|` of that code's terms with
- * round-to-nearest (WGSL also allows the other neighbour and an unfused multiply-add: up to about twice that); the f32 accumulation over codes and L̂'s term are as in the f32
- * form. About 41 instructions per code in the loop (the sign spread ~20, the shift 5, products 4, the sum and its scale
- * ~4, code, table and activation loads ~6, loop ~3) plus ~4 for its share of the activations' conversion (the 8 rows
- * of a workgroup share it): ~45 against ~62 for the f32 form; and 36 bytes of workgroup-memory reads per code (table,
- * activations, scale) against 16 from workgroup memory and 32 through the cache. Needs (checked by `Kernels.e8pMatvec`, which else
- * uses the f32 form): an even number of groups per row, every segment's rows a multiple of 8 (a workgroup's rows read
- * one activation vector) and its first code at an even index.
+ * round-to-nearest (WGSL also allows the other neighbour and an unfused multiply-add: up to about twice that); the f32
+ * accumulation over codes and L̂'s term are as in the f32 form. About 26.5 instructions per code in the loop (the code's
+ * load and extraction 1.5, table indices 2, table reads 2, XOR 1, the fields 5 and the shift constants 3, their sums
+ * 4, products 4, the code's sum and scale 3, into the row's sum 1) plus 4/rows for the activation and scale loads and
+ * the loop and ~4/rows for its share of the activations' conversion: ~29 with 4 rows per lane and ~35 with one,
+ * against ~45 for the first packed-f16 form and ~62 for the f32 form; workgroup-memory reads per code: 8 bytes of tables and 20/rows of activations and scale (36 in the first
+ * packed-f16 form). Needs (checked by `Kernels.e8pMatvec`, which else uses the f32 form): an even number of groups per
+ * row, every segment's rows a multiple of `8·rows` (a workgroup's rows read one activation vector) and its first code
+ * at an even index.
  */
 export function e8pMatvecF16Wgsl(
   codec: 'e8p12' | 'rvq4',
   lowRank: LatticeCodec | null,
   chunk: number,
+  rows: F16Rows = 1,
 ): string {
   if (!Number.isInteger(chunk) || chunk < 2 || chunk % 2 !== 0)
     throw new CalderaError(
       'E_VALUE',
       `e8pMatvecF16Wgsl: chunk ${chunk} is not a positive even number of groups`,
     );
+  if (![1, 2, 4].includes(rows))
+    throw new CalderaError('E_VALUE', `e8pMatvecF16Wgsl: rows per lane ${rows} is not 1, 2 or 4`);
   const rvq4 = codec === 'rvq4';
-  const plane = (buf: string, word: string, acc: string) => `{
-          let w = ${buf}[${word} + (g0 + j) / 2u];
-          ${acc} += codeValue(w & 0xffffu, j) + codeValue(w >> 16u, j + 1u);
+  const half = chunk / 2;
+  const ks = Array.from({ length: rows }, (_, k) => k);
+  // row k's products with the lane's two groups: one u32 of codes per plane
+  const products = (k: number) => `{
+          let w = codes[w1 + ${k}u * hG + jw];
+          acc${k} += codeValue(w & 0xffffu, xa, sa) + codeValue(w >> 16u, xb, sb);${
+            rvq4
+              ? `
+          let v = codes2[w2 + ${k}u * hG + jw];
+          acc2${k} += codeValue(v & 0xffffu, xa, sa) + codeValue(v >> 16u, xb, sb);`
+              : ''
+          }
         }`;
+  const field = (k: number) => `${F16_FIELDS[k]}u`;
   return /* wgsl */ `enable f16;
 ${e8pMatvecDecls(codec, lowRank, 'src')}
-var<workgroup> tblh: array<vec4<u32>, 256>;
+var<workgroup> tb: array<u32, 256>;
+var<workgroup> sg8: array<u32, 256>;
 var<workgroup> xh: array<vec4<u32>, ${chunk}>;
-var<workgroup> xs: array<f32, ${Math.max(chunk, WG)}>;
-// code c times the 8 activations of chunk group j: the signed f16 pairs plus the shift, 4 packed multiply-adds, the
-// two half sums added in f16, then f32 and the group's scale
-fn codeValue(c: u32, j: u32) -> f32 {
-  let sigma = c & 255u;
-  let par = countOneBits(sigma) & 1u;
-  let s2 = sigma ^ par;
-  let spread = s2 | ((s2 & 0xf0u) << 12u);
-  let w = tblh[c >> 8u] ^ ((vec4<u32>(spread) << vec4<u32>(15u, 14u, 13u, 12u)) & vec4<u32>(0x80008000u));
-  let s = vec2<f16>(select(0.25h, -0.25h, par == 1u));
-  let xw = xh[j];
-  var h = (bitcast<vec2<f16>>(w.x) + s) * bitcast<vec2<f16>>(xw.x);
-  h = fma(bitcast<vec2<f16>>(w.y) + s, bitcast<vec2<f16>>(xw.y), h);
-  h = fma(bitcast<vec2<f16>>(w.z) + s, bitcast<vec2<f16>>(xw.z), h);
-  h = fma(bitcast<vec2<f16>>(w.w) + s, bitcast<vec2<f16>>(xw.w), h);
-  return f32(h.x + h.y) * xs[j];
+var<workgroup> xs: array<f32, ${Math.max(chunk, rows * WG)}>;
+// code c times the 8 activations xw (f16 pairs) of a group with scale sc: the coordinates from the fields of its
+// source with the sign mask XORed on, as f16 pairs through the magic numbers 256 (pairs 0, 2) and 32 (pairs 1, 3)
+// and the constants that take out the magic, 3.5 and the shift; 4 packed multiply-adds; the half sums added in f16,
+// then f32 and the scale
+fn codeValue(c: u32, xw: vec4<u32>, sc: f32) -> f32 {
+  let t = tb[c >> 8u] ^ sg8[c & 255u];
+  let u = t >> 8u;
+  let o256 = bitcast<vec2<f16>>((t & 0x00020002u) | 0xdc0ddc0du);
+  let o32 = bitcast<vec2<f16>>(((t << 3u) & 0x00100010u) | 0xd068d068u);
+  var h = (bitcast<vec2<f16>>((t & 0x001c001cu) | 0x5c005c00u) + o256) * bitcast<vec2<f16>>(xw.x);
+  h = fma(bitcast<vec2<f16>>((t & 0x00e000e0u) | 0x50005000u) + o32, bitcast<vec2<f16>>(xw.y), h);
+  h = fma(bitcast<vec2<f16>>((u & 0x001c001cu) | 0x5c005c00u) + o256, bitcast<vec2<f16>>(xw.z), h);
+  h = fma(bitcast<vec2<f16>>((u & 0x00e000e0u) | 0x50005000u) + o32, bitcast<vec2<f16>>(xw.w), h);
+  return f32(h.x + h.y) * sc;
 }
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-  for (var i = lid; i < 1024u; i += ${WG}u) {
-    let b = src[i >> 2u][i & 3u];
-    tblh[i >> 2u][i & 3u] = pack2x16float(vec2<f32>(bitcast<f32>(b << 16u), bitcast<f32>(b & 0xffff0000u)));
+  // the tables: source a's coordinates as fields e = v + 3.5; sign byte a's mask (σ' = σ ^ parity: coordinate 2k's
+  // sign is bit k, 2k + 1's bit k + 4) with the parity, the shift's sign, at bits 1 and 17
+  for (var a = lid; a < 256u; a += ${WG}u) {
+    let pair = src[a];
+    let par = countOneBits(a) & 1u;
+    let s2 = a ^ par;
+    var e = 0u;
+    var m = par * 0x00020002u;
+    ${[0, 1, 2, 3]
+      .map(
+        (k) => `e |= (u32(bitcast<f32>(pair[${k}] << 16u) + 3.5) << ${field(k)}) |
+      (u32(bitcast<f32>(pair[${k}] & 0xffff0000u) + 3.5) << ${F16_FIELDS[k] + 16}u);
+    m |= ((((s2 >> ${k}u) & 1u) * 7u) << ${field(k)}) | ((((s2 >> ${k + 4}u) & 1u) * 7u) << ${F16_FIELDS[k] + 16}u);`,
+      )
+      .join('\n    ')}
+    tb[a] = e;
+    sg8[a] = m;
   }
-  let row = wid.x * ${ROWS_PER_WG}u + lid / 32u;
+  let row0 = wid.x * ${8 * rows}u + (lid / 32u) * ${rows}u;
   let r = wid.y;
   let lane = lid % 32u;
-  // the workgroup's rows lie in one segment (every segment's rows are a multiple of 8): one activation vector
-  let sg = segOf(wid.x * ${ROWS_PER_WG}u);
-  let lrow = row - sg.start;
+  // the workgroup's rows lie in one segment (every segment's rows are a multiple of ${8 * rows}): one activation vector
+  let sg = segOf(wid.x * ${8 * rows}u);
+  let lrow = row0 - sg.start;
   let xo = (r * p.xRow + sg.xOff) >> 2u;
-  // the u32 words of the row's first codes (its code indices are even)
+  // the u32 words of the first row's first codes (code indices are even), words per row
+  let hG = p.G >> 1u;
   let w1 = (sg.q1 + lrow * p.G) >> 1u;
   let w2 = (sg.q2 + lrow * p.G) >> 1u;
-  var acc = 0.0;
-  var acc2 = 0.0;
+  ${ks.map((k) => `var acc${k} = 0.0;${rvq4 ? ` var acc2${k} = 0.0;` : ''}`).join('\n  ')}
   for (var g0 = 0u; g0 < p.G; g0 += ${chunk}u) {
     let n = min(${chunk}u, p.G - g0);
-    // the last chunk's reads are done (and, the first time, the table is written)
+    // the last chunk's reads are done (and, the first time, the tables are written)
     workgroupBarrier();
     for (var j = lid; j < n; j += ${WG}u) {
       let a = x[xo + 2u * (g0 + j)];
@@ -1112,36 +1162,50 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       let m = max(abs(a), abs(b));
       let e = clamp(frexp(max(max(m.x, m.y), max(m.z, m.w))).exp, -119, 128);
       let sc = ldexp(1.0, 7 - e);
-      xh[j] = vec4<u32>(pack2x16float(a.xy * sc), pack2x16float(a.zw * sc), pack2x16float(b.xy * sc),
+      // even groups in the first half, odd ones in the second
+      let d = (j & 1u) * ${half}u + (j >> 1u);
+      xh[d] = vec4<u32>(pack2x16float(a.xy * sc), pack2x16float(a.zw * sc), pack2x16float(b.xy * sc),
         pack2x16float(b.zw * sc));
-      xs[j] = ldexp(1.0, e - 7);
+      xs[d] = ldexp(1.0, e - 7);
     }
     workgroupBarrier();
-    if (row < p.mp) {
-      for (var j = 2u * lane; j < n; j += 64u) {
-        ${plane('codes', 'w1', 'acc')}
-        ${rvq4 ? plane('codes2', 'w2', 'acc2') : ''}
+    if (row0 < p.mp) {
+      for (var i = lane; 2u * i < n; i += 32u) {
+        let xa = xh[i];
+        let xb = xh[${half}u + i];
+        let sa = xs[i];
+        let sb = xs[${half}u + i];
+        let jw = (g0 >> 1u) + i;
+        ${ks.map(products).join('\n        ')}
       }
     }
   }
-  ${rvq4 ? 'acc += acc2 / p.resScale;' : ''}
-  acc *= sg.qscale;
-  ${
-    lowRank
-      ? `if (row < p.mp) {
-    for (var t = lane; t < sg.k; t += 32u) { acc += lval(sg, t, lrow) * z[r * p.zRow + sg.zOff + t]; }
+  ${ks
+    .map(
+      (k) =>
+        `${rvq4 ? `acc${k} += acc2${k} / p.resScale;\n  ` : ''}acc${k} *= sg.qscale;${
+          lowRank
+            ? `
+  if (row0 < p.mp) {
+    for (var t = lane; t < sg.k; t += 32u) { acc${k} += lval(sg, t, lrow + ${k}u) * z[r * p.zRow + sg.zOff + t]; }
   }`
-      : ''
-  }
-  // the lanes' partial sums, in xs (free now)
+            : ''
+        }`,
+    )
+    .join('\n  ')}
+  // the lanes' partial sums of row k at xs[k·${WG} + lid] (free now)
   workgroupBarrier();
-  xs[lid] = acc;
+  ${ks.map((k) => `xs[${k * WG}u + lid] = acc${k};`).join('\n  ')}
   workgroupBarrier();
   for (var s = 16u; s > 0u; s >>= 1u) {
-    if (lane < s) { xs[lid] += xs[lid + s]; }
+    if (lane < s) {
+      ${ks.map((k) => `xs[${k * WG}u + lid] += xs[${k * WG}u + lid + s];`).join('\n      ')}
+    }
     workgroupBarrier();
   }
-  if (lane == 0u && row < p.mp) { outv[r * p.mp + row] = xs[lid]; }
+  if (lane == 0u && row0 < p.mp) {
+    ${ks.map((k) => `outv[r * p.mp + row0 + ${k}u] = xs[${k * WG}u + lid];`).join('\n    ')}
+  }
 }`;
 }
 
