@@ -57,7 +57,11 @@ export interface WebGpuModelOptions {
    * `shader-f16` or with one lane per row is `E_VALUE`.
    */
   f16?: boolean;
-  /** Most rows each lane of the packed-f16 kernel computes (see {@link Kernels.f16Rows}); default: chosen per launch. */
+  /**
+   * Most rows each lane of the packed-f16 kernel computes, 1, 2 or 4 (see {@link Kernels.f16Rows}); default: chosen
+   * per launch. When set, every launch takes the most its layers' rows allow up to it, however few workgroups that
+   * leaves.
+   */
   f16Rows?: F16Rows;
   /**
    * Prompt tokens run through the layers together in one pass (prefill batch); the activation buffers hold this many

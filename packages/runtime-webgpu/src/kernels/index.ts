@@ -300,7 +300,7 @@ const MAX_GROUPS = 65535;
 
 /**
  * Fewest workgroups a packed-f16 launch keeps when the kernel picks more than one row per lane itself (a large GPU
- * has up to ~130 compute units, each wanting several workgroups to hide memory latency).
+ * has up to ~130 compute units, each wanting more than one workgroup to hide memory latency; unmeasured).
  */
 export const F16_MIN_WORKGROUPS = 256;
 
@@ -325,6 +325,7 @@ export class Kernels {
   /**
    * Most rows each lane of the packed-f16 kernel computes (1, 2 or 4), or null (the default): chosen per launch, 4 or
    * 2 where the segments' rows allow it and the launch keeps at least {@link F16_MIN_WORKGROUPS} workgroups, else 1.
+   * When set, the most the segments' rows allow up to it, however few workgroups that leaves.
    */
   readonly f16Rows: F16Rows | null;
   constructor(
@@ -1019,9 +1020,9 @@ export class Kernels {
   /**
    * The packed-f16 Q̂ kernel's shape ({@link e8pMatvecF16Wgsl}) for a launch, or null for the f32 form: f16 off, row
    * tiles, an RVQ3 plane, an odd number of groups per row, a segment whose rows are not a multiple of 8 or whose first
-   * code index is odd. Rows per lane: the most (up to `f16Rows`, default 4) that divide every segment's rows by 8 and,
-   * by default, keep {@link F16_MIN_WORKGROUPS} workgroups. The activation chunk (groups of 8) is the whole row (rounded
-   * up to 64 groups) when workgroup memory holds it, else the most that fits.
+   * code index is odd. Rows per lane: the most r (up to `f16Rows`, default 4) such that 8·r divides every segment's
+   * rows and, unless `f16Rows` is set, the launch keeps {@link F16_MIN_WORKGROUPS} workgroups, and its activation chunk
+   * (groups of 8) fits workgroup memory: the whole row (rounded up to 64 groups) when it does, else the most that fits.
    */
   private f16Form(
     codec: LatticeCodec,
@@ -1032,21 +1033,30 @@ export class Kernels {
     if (!this.f16 || tile !== 1 || codec === 'rvq3' || G % 2 !== 0) return null;
     const even = segs.every((sg) => (sg.codeByte ?? 0) % 4 === 0 && (sg.code2Byte ?? 0) % 4 === 0);
     const mp = segs.reduce((s, sg) => s + sg.rows, 0);
-    const rows = ([4, 2, 1] as const).find(
-      (r) =>
-        r <= (this.f16Rows ?? 4) &&
-        segs.every((sg) => sg.rows % (ROWS_PER_WG * r) === 0) &&
-        (r === 1 || this.f16Rows !== null || mp / (ROWS_PER_WG * r) >= F16_MIN_WORKGROUPS),
-    );
-    if (!even || rows === undefined) return null;
+    if (!even) return null;
+    for (const rows of [4, 2, 1] as const) {
+      if (
+        rows > (this.f16Rows ?? 4) ||
+        !segs.every((sg) => sg.rows % (ROWS_PER_WG * rows) === 0) ||
+        (rows > 1 && this.f16Rows === null && mp / (ROWS_PER_WG * rows) < F16_MIN_WORKGROUPS)
+      )
+        continue;
+      const chunk = this.f16ChunkFor(G, rows);
+      if (chunk !== null) return { chunk, rows };
+    }
+    return null;
+  }
+
+  /** The activation chunk of {@link Kernels.f16Form} for `rows` rows per lane, or null when not even 64 groups fit. */
+  private f16ChunkFor(G: number, rows: F16Rows): number | null {
     const fits = (chunk: number) => e8pF16WorkgroupBytes(chunk, rows) <= this.dev.maxWorkgroupStorage;
     // the whole row in one chunk: rounded up to 64 groups (fewer pipeline variants), or exactly
     const whole = Math.ceil(G / 64) * 64;
-    if (fits(whole)) return { chunk: whole, rows };
-    if (fits(G)) return { chunk: G, rows };
+    if (fits(whole)) return whole;
+    if (fits(G)) return G;
     let most = Math.floor((this.dev.maxWorkgroupStorage - 2048) / 20 / 64) * 64;
     while (most >= 64 && !fits(most)) most -= 64;
-    return most >= 64 ? { chunk: most, rows } : null;
+    return most >= 64 ? most : null;
   }
 
   /**

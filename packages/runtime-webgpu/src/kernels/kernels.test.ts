@@ -1130,7 +1130,7 @@ describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact refere
     },
   );
 
-  it('the f32 form runs where the f16 one cannot: an odd number of groups, an RVQ3 plane, row tiles, segments not in whole workgroups, an odd first code index in either plane, too little workgroup memory; f16 is refused without shader-f16 or with one lane', () => {
+  it('the f32 form runs where the f16 one cannot: an odd number of groups, an RVQ3 plane, row tiles, segments not a multiple of 8 rows, an odd first code index in either plane, too little workgroup memory; f16 is refused without shader-f16 or with one lane', () => {
     const k = new Kernels(d, { lanes: 32 });
     const b = storageBuffer(d, new Float32Array(1024), 'b');
     const base = { ...e8pStub(b, 128), segments: [{ rows: 16, qscale: 1 }] } as const;
@@ -1169,7 +1169,8 @@ describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact refere
     expect(k.f16Rows).toBeNull();
     expect(shape(k, 8192)).toEqual([4, 256]);
     expect(shape(k, 4096, 4096)).toEqual([4, 256]);
-    expect(shape(k, 8160)).toEqual([2, 510]); // 16 · 510: not a multiple of 32
+    expect(shape(k, 8208)).toEqual([2, 513]); // 16 · 513: not a multiple of 32
+    expect(shape(k, 8160)).toEqual([2, 510]); // 32 · 255: 4 rows per lane would leave 255 workgroups
     expect(shape(k, 4096)).toEqual([2, 256]); // 4 rows per lane would leave 128 workgroups
     expect(shape(k, 4088)).toEqual([1, 511]);
     expect(shape(k, 8192, 8)).toEqual([1, 1025]);
@@ -1178,6 +1179,12 @@ describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact refere
     expect(shape(k4, 48)).toEqual([2, 3]);
     expect(shape(new Kernels(d, { lanes: 32, f16Rows: 2 }), 8192)).toEqual([2, 512]);
     expect(shape(new Kernels(d, { lanes: 32, f16Rows: 1 }), 8192)).toEqual([1, 1024]);
+    // fewer rows per lane where workgroup memory holds no chunk for more (16 groups: one chunk of 64)
+    const tight = (bytes: number) =>
+      new Kernels({ ...d, maxWorkgroupStorage: bytes }, { lanes: 32, f16Rows: 4 });
+    expect(shape(tight(e8pF16WorkgroupBytes(64, 4)), 64)).toEqual([4, 2]);
+    expect(shape(tight(e8pF16WorkgroupBytes(64, 2)), 64)).toEqual([2, 4]);
+    expect(shape(tight(e8pF16WorkgroupBytes(64, 1)), 64)).toEqual([1, 8]);
     expect(() => new Kernels(d, { lanes: 32, f16Rows: 3 as 1 })).toThrow(/f16Rows 3/);
   });
 });

@@ -1024,7 +1024,8 @@ export type F16Rows = 1 | 2 | 4;
  * `rows·`{@link WG} scales: they hold the lanes' partial sums at the end).
  */
 export function e8pF16WorkgroupBytes(chunk: number, rows: F16Rows = 1): number {
-  return 2 * 256 * 4 + chunk * 16 + Math.max(chunk, rows * WG) * 4;
+  // each array rounded up to 16 bytes, as WebGPU counts them
+  return 2 * 256 * 4 + chunk * 16 + Math.ceil(Math.max(chunk, rows * WG) / 4) * 16;
 }
 
 /**
@@ -1041,7 +1042,7 @@ const F16_FIELDS = [2, 5, 10, 13] as const;
  * code is decoded:
  * - every workgroup builds two 256-word tables in workgroup memory from the bfloat16 source table: `tb[a]`, source
  *   a's 8 coordinates `v` as 3-bit fields `e = v + 3.5` (1 … 6; the magnitudes ±½, ±1½, ±2½), coordinate 2k at bit
- *   `F[k]` and 2k + 1 at `F[k] + 16` with `F = [2, 5, 10, 13]`; and `sg[σ]`, the sign byte's XOR mask (7 on the field
+ *   `F[k]` and 2k + 1 at `F[k] + 16` with `F = [2, 5, 10, 13]`; and `sg8[σ]`, the sign byte's XOR mask (7 on the field
  *   of every negated coordinate: `7 − e = −v + 3.5`, a ones' complement) with the shift's sign at bits 1 and 17. A code
  *   then costs two 4-byte table reads and one XOR, where the 16-byte table and the sign spread took ~20 instructions;
  * - each f16 pair is its field ORed into an f16 "magic" number (256 for fields at bit 2, 32 at bit 5; the field has
@@ -1051,7 +1052,7 @@ const F16_FIELDS = [2, 5, 10, 13] as const;
  * - the activation vector is converted, in chunks of `chunk` groups of 8, to f16 pairs in workgroup memory: each group
  *   scaled by a power of two `2^(7−e)` that puts its largest magnitude in [64, 128) (exact; `e` clamped to
  *   [−119, 128] so that both the scale and its inverse, kept as an f32, are normal f32 numbers), even groups in the
- *   first half of the chunk and odd ones in the second (a lane's two groups sit in different banks);
+ *   first half of the chunk and odd ones in the second (so a warp's loads of either are contiguous 16-byte words);
  * - a code's products with its group are 4 packed f16 multiply-adds, two codes per lane iteration (one u32 of codes);
  *   each code's two half sums are added, converted to f32 and scaled back;
  * - each lane computes `rows` rows (1, 2 or 4) with every activation pair it loads, so a workgroup takes `8·rows` rows
