@@ -1046,7 +1046,7 @@ const F16_FIELDS = [2, 5, 10, 13] as const;
  *   of every negated coordinate: `7 − e = −v + 3.5`, a ones' complement) with the shift's sign at bits 1 and 17. A code
  *   then costs two 4-byte table reads and one XOR, where the 16-byte table and the sign spread took ~20 instructions;
  * - each f16 pair is its field ORed into an f16 "magic" number (256 for fields at bit 2, 32 at bit 5; the field has
- *   unit weight) plus one constant, `−(259.5 ∓ ¼)` or `−(35.5 ∓ ¼)` chosen by the shift bit: the exact coordinate
+ *   unit weight) plus one constant, `−(259.5 ∓ ¼)` (the shift bit ORed into its bits) or that plus 224: the exact coordinate
  *   `±v + s`, the same f16 value as the table's pair with its sign and shift — so the products, and the output, are
  *   those of the first packed-f16 form to the bit;
  * - the activation vector is converted, in chunks of `chunk` groups of 8, to f16 pairs in workgroup memory: each group
@@ -1063,10 +1063,10 @@ const F16_FIELDS = [2, 5, 10, 13] as const;
  * non-finite activations give an unspecified result. Per code the f16 rounding (the activations' conversion, 4
  * multiply-adds per half, the halves' sum) is at most about `6·2⁻¹¹·Σ|w_i·x_i|` of that code's terms with
  * round-to-nearest (WGSL also allows the other neighbour and an unfused multiply-add: up to about twice that); the f32
- * accumulation over codes and L̂'s term are as in the f32 form. About 26.5 instructions per code in the loop (the code's
- * load and extraction 1.5, table indices 2, table reads 2, XOR 1, the fields 5 and the shift constants 3, their sums
+ * accumulation over codes and L̂'s term are as in the f32 form. About 25.5 instructions per code in the loop (the code's
+ * load and extraction 1.5, table indices 2, table reads 2, XOR 1, the fields 5 and the shift constants 2, their sums
  * 4, products 4, the code's sum and scale 3, into the row's sum 1) plus 4/rows for the activation and scale loads and
- * the loop and ~4/rows for its share of the activations' conversion: ~29 with 4 rows per lane and ~35 with one,
+ * the loop and ~4/rows for its share of the activations' conversion: ~28 with 4 rows per lane and ~34 with one,
  * against ~45 for the first packed-f16 form and ~62 for the f32 form; workgroup-memory reads per code: 8 bytes of tables and 20/rows of activations and scale (36 in the first
  * packed-f16 form). Needs (checked by `Kernels.e8pMatvec`, which else uses the f32 form): an even number of groups per
  * row, every segment's rows a multiple of `8·rows` (a workgroup's rows read one activation vector) and its first code
@@ -1108,13 +1108,14 @@ var<workgroup> xh: array<vec4<u32>, ${chunk}>;
 var<workgroup> xs: array<f32, ${Math.max(chunk, rows * WG)}>;
 // code c times the 8 activations xw (f16 pairs) of a group with scale sc: the coordinates from the fields of its
 // source with the sign mask XORed on, as f16 pairs through the magic numbers 256 (pairs 0, 2) and 32 (pairs 1, 3)
-// and the constants that take out the magic, 3.5 and the shift; 4 packed multiply-adds; the half sums added in f16,
+// and the constants that take out the magic, 3.5 and the shift (−259.5 ∓ ¼ from the shift bit, then + 224 for the
+// magic 32, exact); 4 packed multiply-adds; the half sums added in f16,
 // then f32 and the scale
 fn codeValue(c: u32, xw: vec4<u32>, sc: f32) -> f32 {
   let t = tb[c >> 8u] ^ sg8[c & 255u];
   let u = t >> 8u;
   let o256 = bitcast<vec2<f16>>((t & 0x00020002u) | 0xdc0ddc0du);
-  let o32 = bitcast<vec2<f16>>(((t << 3u) & 0x00100010u) | 0xd068d068u);
+  let o32 = o256 + vec2<f16>(224.0h);
   var h = (bitcast<vec2<f16>>((t & 0x001c001cu) | 0x5c005c00u) + o256) * bitcast<vec2<f16>>(xw.x);
   h = fma(bitcast<vec2<f16>>((t & 0x00e000e0u) | 0x50005000u) + o32, bitcast<vec2<f16>>(xw.y), h);
   h = fma(bitcast<vec2<f16>>((u & 0x001c001cu) | 0x5c005c00u) + o256, bitcast<vec2<f16>>(xw.z), h);
