@@ -964,7 +964,7 @@ export class Kernels {
     while (fields.length < 12 * E8P_MAX_SEGMENTS) fields.push(['u32', 0]);
     const mp = start;
     const tile = o.tile ?? 1;
-    const f16 = this.f16Form(o.codec, G, segs, tile);
+    const f16 = this.f16Form(o.codec, G, segs, mp, tile);
     // the f16 form's label ends with ' f16', after its activation chunks when there are several and its rows per lane
     // when more than one
     const chunks = f16 === null ? 0 : Math.ceil(G / f16.chunk);
@@ -1028,12 +1028,11 @@ export class Kernels {
     codec: LatticeCodec,
     G: number,
     segs: readonly E8pSegment[],
+    mp: number,
     tile: number,
   ): { chunk: number; rows: F16Rows } | null {
     if (!this.f16 || tile !== 1 || codec === 'rvq3' || G % 2 !== 0) return null;
-    const even = segs.every((sg) => (sg.codeByte ?? 0) % 4 === 0 && (sg.code2Byte ?? 0) % 4 === 0);
-    const mp = segs.reduce((s, sg) => s + sg.rows, 0);
-    if (!even) return null;
+    if (!segs.every((sg) => (sg.codeByte ?? 0) % 4 === 0 && (sg.code2Byte ?? 0) % 4 === 0)) return null;
     for (const rows of [4, 2, 1] as const) {
       if (
         rows > (this.f16Rows ?? 4) ||
@@ -1054,7 +1053,8 @@ export class Kernels {
     const whole = Math.ceil(G / 64) * 64;
     if (fits(whole)) return whole;
     if (fits(G)) return G;
-    let most = Math.floor((this.dev.maxWorkgroupStorage - 2048) / 20 / 64) * 64;
+    // the most that fits: every group takes at least 16 bytes
+    let most = Math.floor(this.dev.maxWorkgroupStorage / 16 / 64) * 64;
     while (most >= 64 && !fits(most)) most -= 64;
     return most >= 64 ? most : null;
   }

@@ -1046,8 +1046,8 @@ const F16_FIELDS = [2, 5, 10, 13] as const;
  *   of every negated coordinate: `7 − e = −v + 3.5`, a ones' complement) with the shift's sign at bits 1 and 17. A code
  *   then costs two 4-byte table reads and one XOR, where the 16-byte table and the sign spread took ~20 instructions;
  * - each f16 pair is its field ORed into an f16 "magic" number (256 for fields at bit 2, 32 at bit 5; the field has
- *   unit weight) plus one constant, `−(259.5 ∓ ¼)` (the shift bit ORed into its bits) or that plus 224: the exact coordinate
- *   `±v + s`, the same f16 value as the table's pair with its sign and shift — so the products, and the output, are
+ *   unit weight) plus one constant, `−(259.5 ∓ ¼)` (the shift bit ORed into its bits) or that plus 224: the exact
+ *   coordinate `±v + s`, the same f16 value as the table's pair with its sign and shift — so the products, and the output, are
  *   those of the first packed-f16 form to the bit;
  * - the activation vector is converted, in chunks of `chunk` groups of 8, to f16 pairs in workgroup memory: each group
  *   scaled by a power of two `2^(7−e)` that puts its largest magnitude in [64, 128) (exact; `e` clamped to
@@ -1067,8 +1067,8 @@ const F16_FIELDS = [2, 5, 10, 13] as const;
  * load and extraction 1.5, table indices 2, table reads 2, XOR 1, the fields 5 and the shift constants 2, their sums
  * 4, products 4, the code's sum and scale 3, into the row's sum 1) plus 4/rows for the activation and scale loads and
  * the loop and ~4/rows for its share of the activations' conversion: ~28 with 4 rows per lane and ~34 with one,
- * against ~45 for the first packed-f16 form and ~62 for the f32 form; workgroup-memory reads per code: 8 bytes of tables and 20/rows of activations and scale (36 in the first
- * packed-f16 form). Needs (checked by `Kernels.e8pMatvec`, which else uses the f32 form): an even number of groups per
+ * against ~45 for the first packed-f16 form and ~62 for the f32 form; workgroup-memory reads per code: 8 bytes of
+ * tables and 20/rows of activations and scale (36 in the first packed-f16 form). Needs (checked by `Kernels.e8pMatvec`, which else uses the f32 form): an even number of groups per
  * row, every segment's rows a multiple of `8·rows` (a workgroup's rows read one activation vector) and its first code
  * at an even index.
  */
@@ -1099,7 +1099,9 @@ export function e8pMatvecF16Wgsl(
               : ''
           }
         }`;
-  const field = (k: number) => `${F16_FIELDS[k]}u`;
+  // the bit of pair k's field in the low half (coordinate 2k) or the high one (2k + 1)
+  const field = (k: number, high = false) => `${F16_FIELDS[k]! + (high ? 16 : 0)}u`;
+  const wgRows = ROWS_PER_WG * rows;
   return /* wgsl */ `enable f16;
 ${e8pMatvecDecls(codec, lowRank, 'src')}
 var<workgroup> tb: array<u32, 256>;
@@ -1109,8 +1111,7 @@ var<workgroup> xs: array<f32, ${Math.max(chunk, rows * WG)}>;
 // code c times the 8 activations xw (f16 pairs) of a group with scale sc: the coordinates from the fields of its
 // source with the sign mask XORed on, as f16 pairs through the magic numbers 256 (pairs 0, 2) and 32 (pairs 1, 3)
 // and the constants that take out the magic, 3.5 and the shift (−259.5 ∓ ¼ from the shift bit, then + 224 for the
-// magic 32, exact); 4 packed multiply-adds; the half sums added in f16,
-// then f32 and the scale
+// magic 32, exact); 4 packed multiply-adds; the half sums added in f16, then f32 and the scale
 fn codeValue(c: u32, xw: vec4<u32>, sc: f32) -> f32 {
   let t = tb[c >> 8u] ^ sg8[c & 255u];
   let u = t >> 8u;
@@ -1135,18 +1136,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     ${[0, 1, 2, 3]
       .map(
         (k) => `e |= (u32(bitcast<f32>(pair[${k}] << 16u) + 3.5) << ${field(k)}) |
-      (u32(bitcast<f32>(pair[${k}] & 0xffff0000u) + 3.5) << ${F16_FIELDS[k] + 16}u);
-    m |= ((((s2 >> ${k}u) & 1u) * 7u) << ${field(k)}) | ((((s2 >> ${k + 4}u) & 1u) * 7u) << ${F16_FIELDS[k] + 16}u);`,
+      (u32(bitcast<f32>(pair[${k}] & 0xffff0000u) + 3.5) << ${field(k, true)});
+    m |= ((((s2 >> ${k}u) & 1u) * 7u) << ${field(k)}) | ((((s2 >> ${k + 4}u) & 1u) * 7u) << ${field(k, true)});`,
       )
       .join('\n    ')}
     tb[a] = e;
     sg8[a] = m;
   }
-  let row0 = wid.x * ${8 * rows}u + (lid / 32u) * ${rows}u;
+  let row0 = wid.x * ${wgRows}u + (lid / 32u) * ${rows}u;
   let r = wid.y;
   let lane = lid % 32u;
-  // the workgroup's rows lie in one segment (every segment's rows are a multiple of ${8 * rows}): one activation vector
-  let sg = segOf(wid.x * ${8 * rows}u);
+  // the workgroup's rows lie in one segment (every segment's rows are a multiple of ${wgRows}): one activation vector
+  let sg = segOf(wid.x * ${wgRows}u);
   let lrow = row0 - sg.start;
   let xo = (r * p.xRow + sg.xOff) >> 2u;
   // the u32 words of the first row's first codes (code indices are even), words per row
@@ -1182,19 +1183,19 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       }
     }
   }
-  ${ks
-    .map(
-      (k) =>
-        `${rvq4 ? `acc${k} += acc2${k} / p.resScale;\n  ` : ''}acc${k} *= sg.qscale;${
-          lowRank
-            ? `
-  if (row0 < p.mp) {
-    for (var t = lane; t < sg.k; t += 32u) { acc${k} += lval(sg, t, lrow + ${k}u) * z[r * p.zRow + sg.zOff + t]; }
+  ${ks.map((k) => `${rvq4 ? `acc${k} += acc2${k} / p.resScale; ` : ''}acc${k} *= sg.qscale;`).join('\n  ')}
+  ${
+    lowRank
+      ? `if (row0 < p.mp) {
+    ${ks
+      .map(
+        (k) =>
+          `for (var t = lane; t < sg.k; t += 32u) { acc${k} += lval(sg, t, lrow + ${k}u) * z[r * p.zRow + sg.zOff + t]; }`,
+      )
+      .join('\n    ')}
   }`
-            : ''
-        }`,
-    )
-    .join('\n  ')}
+      : ''
+  }
   // the lanes' partial sums of row k at xs[k·${WG} + lid] (free now)
   workgroupBarrier();
   ${ks.map((k) => `xs[${k * WG}u + lid] = acc${k};`).join('\n  ')}
