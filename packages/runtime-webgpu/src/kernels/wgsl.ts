@@ -106,6 +106,20 @@ export function rowsPerWorkgroup(lanes: Lanes): number {
 }
 
 /**
+ * The tree reduction of a row's 32 lanes in workgroup memory, after every lane has stored its partial sums: `add`
+ * adds the value at `lid + s` into the one at `lid` for each array of the row (lanes below `s` run it, for s = 16, 8,
+ * 4, 2, 1). Call it in uniform control flow; it starts with the barrier that publishes the partial sums and ends with
+ * one, so lane 0 then reads the row's totals. Every 32-lane matrix–vector kernel reduces this way.
+ */
+function laneSumWgsl(add: string): string {
+  return `workgroupBarrier();
+  for (var s = 16u; s > 0u; s >>= 1u) {
+    if (lane < s) { ${add} }
+    workgroupBarrier();
+  }`;
+}
+
+/**
  * The matrix–vector kernel template. With `tile` > 1 every invocation computes its output row for `tile` consecutive
  * activation rows (`r0 = workgroup_id.y · tile`, accumulators `acc[k]`), so each weight (or decoded E8P group) read
  * from memory is used `tile` times: the prefill form. Per activation row the operations are those of `tile` = 1 in
@@ -151,13 +165,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     ${body}
   }
   for (var k = 0u; k < ${tile}u; k++) { part[k * ${WG}u + lid] = acc[k]; }
-  workgroupBarrier();
-  for (var s = 16u; s > 0u; s >>= 1u) {
-    if (lane < s) {
-      for (var k = 0u; k < ${tile}u; k++) { part[k * ${WG}u + lid] += part[k * ${WG}u + lid + s]; }
-    }
-    workgroupBarrier();
-  }
+  ${laneSumWgsl(`for (var k = 0u; k < ${tile}u; k++) { part[k * ${WG}u + lid] += part[k * ${WG}u + lid + s]; }`)}
   if (lane == 0u && row < p.${'${M}'}) {
     for (var k = 0u; k < ${tile}u; k++) {
       let r = r0 + k;
@@ -194,11 +202,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     ${body}
   }
   part[lid] = acc;
-  workgroupBarrier();
-  for (var s = 16u; s > 0u; s >>= 1u) {
-    if (lane < s) { part[lid] += part[lid + s]; }
-    workgroupBarrier();
-  }
+  ${laneSumWgsl('part[lid] += part[lid + s];')}
   let total = part[lid];
   if (lane == 0u && row < p.${'${M}'}) {
     ${epilogue}
@@ -1199,13 +1203,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   // the lanes' partial sums of row k at xs[k·${WG} + lid] (free now)
   workgroupBarrier();
   ${ks.map((k) => `xs[${k * WG}u + lid] = acc${k};`).join('\n  ')}
-  workgroupBarrier();
-  for (var s = 16u; s > 0u; s >>= 1u) {
-    if (lane < s) {
-      ${ks.map((k) => `xs[${k * WG}u + lid] += xs[${k * WG}u + lid + s];`).join('\n      ')}
-    }
-    workgroupBarrier();
-  }
+  ${laneSumWgsl(ks.map((k) => `xs[${k * WG}u + lid] += xs[${k * WG}u + lid + s];`).join(' '))}
   if (lane == 0u && row0 < p.mp) {
     ${ks.map((k) => `outv[r * p.mp + row0 + ${k}u] = xs[${k * WG}u + lid];`).join('\n    ')}
   }
@@ -1432,11 +1430,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     lanes === 1
       ? 'if (row < sg.k) { z[r * pr.zRow + sg.zOff + row] = acc; }'
       : `part[lid] = acc;
-  workgroupBarrier();
-  for (var s = 16u; s > 0u; s >>= 1u) {
-    if (lane < s) { part[lid] += part[lid + s]; }
-    workgroupBarrier();
-  }
+  ${laneSumWgsl('part[lid] += part[lid + s];')}
   if (lane == 0u && row < sg.k) { z[r * pr.zRow + sg.zOff + row] = part[lid]; }`
   }
 }`;
