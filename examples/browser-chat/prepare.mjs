@@ -5,7 +5,7 @@ import { existsSync } from 'node:fs';
 import { cp, copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { cast, openSafetensorsDir, writeSafetensors } from '@caldera/core';
-import { caldera, toCheckpointTensors } from '@caldera/lowrank';
+import { caldera, calderaCheckpointMeta, toCheckpointTensors } from '@caldera/lowrank';
 import { referenceModelDir } from '@caldera/reference-model';
 
 const out = new URL('./dist/model/', import.meta.url).pathname;
@@ -26,8 +26,6 @@ const tensors = {};
 for (const n of store.names()) tensors[n] = await store.readTensor(n);
 await store.close();
 const layers = {};
-let bits = 0;
-let weights = 0;
 for (const name of Object.keys(tensors)) {
   if (!/(self_attn|mlp)\.\w+_proj\.weight$/.test(name)) continue;
   const prefix = name.slice(0, -'.weight'.length);
@@ -36,23 +34,15 @@ for (const name of Object.keys(tensors)) {
   delete tensors[name];
   Object.assign(tensors, ck.tensors);
   layers[prefix] = ck.meta;
-  bits += d.bitsPerWeight * d.shape[0] * d.shape[1];
-  weights += d.shape[0] * d.shape[1];
   process.stdout.write(`\r${prefix}: error ${d.error.toFixed(3)}          `);
 }
 await writeSafetensors(join(out, 'model.safetensors'), tensors);
-await writeFile(
-  join(out, 'caldera.json'),
-  JSON.stringify({
-    format: 'caldera',
-    version: 1,
-    method: 'caldera',
-    options: { hessian: 'identity', rank: 32, outerIters: 2, lplrIters: 2 },
-    seed: 0,
-    bitsPerWeight: bits / weights,
-    layers,
-  }),
-);
+const meta = calderaCheckpointMeta(layers, {
+  options: { hessian: 'identity', rank: 32, outerIters: 2, lplrIters: 2 },
+});
+await writeFile(join(out, 'caldera.json'), JSON.stringify(meta));
 for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json'])
   if (existsSync(join(src, f))) await copyFile(join(src, f), join(out, f));
-console.log(`\nwrote dist/model (${(bits / weights).toFixed(2)} bits per weight in the linear layers)`);
+console.log(
+  `\nwrote dist/model (${meta.bitsPerWeight.toFixed(2)} bits per weight in the linear layers, paper accounting)`,
+);

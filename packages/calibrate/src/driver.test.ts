@@ -21,7 +21,19 @@ const roundQuarter: CompressLayerFn = (w, h) => {
         den += w.data[i * n + a]! * hac * w.data[i * n + c]!;
       }
   return {
-    replacement: { tensors: { weight: q }, meta: {} },
+    // the driver passes the metadata through unread: a dense layer's entry, shaped as the checkpoint's
+    replacement: {
+      tensors: { weight: q },
+      meta: {
+        shape: [m, n],
+        padded: [m, n],
+        rank: 0,
+        ftRank: 0,
+        hadamard: false,
+        codecs: { Q: 'f16', L: 'f16', R: 'f16' },
+        bitsPerWeight: 16,
+      },
+    },
     error: Math.sqrt(num / den),
     bitsPerWeight: 16,
     rank: 0,

@@ -11,6 +11,7 @@ import {
   tensor,
   throwIfAborted,
   writeSafetensors,
+  type CalderaLayerMeta,
   type Tensor,
 } from '@caldera/core';
 import type { Pool } from '@caldera/linalg';
@@ -129,7 +130,7 @@ export function compressLayerWithSpec(
 ): Omit<LayerResult, 'seconds' | 'name'> {
   const d = caldera(w, h, { ...spec.options, seed: spec.seed, ...handles });
   return {
-    replacement: toCheckpointTensors(name, d) as unknown as LayerResult['replacement'],
+    replacement: toCheckpointTensors(name, d),
     error: d.error,
     bitsPerWeight: d.paperBitsPerWeight,
     rank: d.rank,
@@ -599,7 +600,7 @@ export async function readJobResult(workDir: string, job: MatrixJob): Promise<La
       bitsPerWeight: number;
       rank: number;
       seconds: number;
-      meta: Record<string, unknown>;
+      meta: CalderaLayerMeta;
     } | null;
     if (!info || info.id !== job.id || info.name !== job.name)
       throw new CalderaError('E_FORMAT', `${path} is not the result of job ${job.name}`);

@@ -1,4 +1,4 @@
-import type { Tensor } from '@caldera/core';
+import type { CalderaLayerMeta, Tensor } from '@caldera/core';
 
 /** One linear sublayer of a transformer block, as the compression driver sees it. */
 export interface LinearInfo {
@@ -20,7 +20,7 @@ export interface LinearInfo {
 /** What replaces a dense linear: the tensors and metadata of one compressed layer in the checkpoint format. */
 export interface LinearReplacement {
   tensors: Record<string, Tensor>;
-  meta: Record<string, unknown>;
+  meta: CalderaLayerMeta;
 }
 
 /**

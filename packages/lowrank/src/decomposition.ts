@@ -1,4 +1,12 @@
-import { CalderaError, f32ArrayToF16, f16ArrayToF32, tensor, type Tensor } from '@caldera/core';
+import {
+  CalderaError,
+  f32ArrayToF16,
+  f16ArrayToF32,
+  tensor,
+  type CalderaCheckpointMeta,
+  type CalderaLayerMeta,
+  type Tensor,
+} from '@caldera/core';
 import { hadamardRowsInPlace } from '@caldera/linalg';
 import { codecBits, codecName, latticeDecode, type FactorBits, type LatticeCodes } from './codec.js';
 import { unrotateWeight } from './rotate.js';
@@ -38,7 +46,10 @@ export interface Decomposition {
   bitsPerWeight: number;
   /** The paper's accounting: B_Q + k(B_L·m + B_R·n)/(m·n). */
   paperBitsPerWeight: number;
-  /** Activation-aware relative error ‖(Ŵ − W)H^½‖_F / ‖W H^½‖_F of the kept iterate. */
+  /**
+   * Activation-aware relative error ‖(Ŵ − W)H^½‖_F / ‖W H^½‖_F of the kept iterate (NaN for a decomposition read from
+   * a checkpoint that does not record it).
+   */
   error: number;
   /** Error after every sub-step, per kind. */
   errors: { LR: number[]; Q: number[] };
@@ -154,17 +165,22 @@ export function applyDecomposition(d: Decomposition, x: Float32Array, rows: numb
   return y;
 }
 
-/** Metadata of one compressed layer in `caldera.json` (docs/architecture.md). */
-export interface CheckpointLayerMeta {
-  shape: [number, number];
-  padded: [number, number];
-  rank: number;
-  ftRank: number;
-  hadamard: boolean;
-  codecs: { Q: string; L: string; R: string };
-  bitsPerWeight: number;
-  paperBitsPerWeight: number;
-  error: number;
+/**
+ * The paper's bits per weight of a compressed layer from its `caldera.json` entry (see
+ * {@link CalderaLayerMeta.paperBitsPerWeight}): what {@link fromCheckpointTensors} reports for a checkpoint that does
+ * not record it.
+ */
+export function paperBitsFromMeta(
+  meta: Pick<CalderaLayerMeta, 'shape' | 'rank' | 'ftRank' | 'codecs'>,
+): number {
+  const [m, n] = meta.shape;
+  const ft = meta.ftRank ?? 0;
+  const k = meta.rank - ft;
+  const b = (c: string) => (k > 0 ? codecBits(c) : 0);
+  return (
+    codecBits(meta.codecs.Q) +
+    (k * (b(meta.codecs.L) * m + b(meta.codecs.R) * n) + 32 * ft * (m + n)) / (m * n)
+  );
 }
 
 function transposeFactor(x: Float32Array, rows: number, cols: number): Float32Array {
@@ -182,7 +198,7 @@ function planeTensor(p: Uint8Array | Uint16Array, rows: number): Tensor {
 export function toCheckpointTensors(
   prefix: string,
   d: Decomposition,
-): { tensors: Record<string, Tensor>; meta: CheckpointLayerMeta } {
+): { tensors: Record<string, Tensor>; meta: CalderaLayerMeta } {
   const [mp, np] = d.padded;
   const k = d.rank;
   const p = `${prefix}.caldera.`;
@@ -230,16 +246,49 @@ export function toCheckpointTensors(
       codecs: { Q: codecName(d.q.bits), L: codecName(bitsOf(d.l)), R: codecName(bitsOf(d.r)) },
       bitsPerWeight: d.bitsPerWeight,
       paperBitsPerWeight: d.paperBitsPerWeight,
-      error: d.error,
+      // NaN (a decomposition read from a checkpoint that records none) is left out: JSON has no NaN
+      ...(Number.isNaN(d.error) ? {} : { error: d.error }),
     },
   };
 }
 
-/** Rebuild a decomposition (with g folded into the scales, so `scale = 1`) from checkpoint tensors. */
+/**
+ * The `caldera.json` of a checkpoint whose compressed layers are `layers` (entries as {@link toCheckpointTensors}
+ * makes them): its headline `bitsPerWeight` is the layers' paper accounting weighted by their m·n weights, the figure
+ * `caldera compress` reports and `--bits` targets. `run` records how the layers were made (default: method
+ * `'caldera'`, no options, seed 0).
+ */
+export function calderaCheckpointMeta(
+  layers: Record<string, CalderaLayerMeta>,
+  run: { method?: string; options?: Record<string, unknown>; seed?: number } = {},
+): CalderaCheckpointMeta {
+  let bits = 0;
+  let weights = 0;
+  for (const l of Object.values(layers)) {
+    const w = l.shape[0] * l.shape[1];
+    bits += (l.paperBitsPerWeight ?? paperBitsFromMeta(l)) * w;
+    weights += w;
+  }
+  return {
+    format: 'caldera',
+    version: 1,
+    method: run.method ?? 'caldera',
+    options: run.options ?? {},
+    seed: run.seed ?? 0,
+    bitsPerWeight: weights > 0 ? bits / weights : 0,
+    layers,
+  };
+}
+
+/**
+ * Rebuild a decomposition (with g folded into the scales, so `scale = 1`) from checkpoint tensors and the layer's
+ * `caldera.json` entry. Where the entry records no `paperBitsPerWeight` it is computed ({@link paperBitsFromMeta});
+ * where it records no `error`, `error` is NaN.
+ */
 export function fromCheckpointTensors(
   prefix: string,
   get: (name: string) => Tensor | undefined,
-  meta: CheckpointLayerMeta,
+  meta: CalderaLayerMeta,
 ): Decomposition {
   const p = `${prefix}.caldera.`;
   const need = (name: string): Tensor => {
@@ -310,8 +359,8 @@ export function fromCheckpointTensors(
     r: k > 0 ? factor('R', np) : { kind: 'dense', values: new Float32Array(0) },
     ft,
     bitsPerWeight: meta.bitsPerWeight,
-    paperBitsPerWeight: meta.paperBitsPerWeight,
-    error: meta.error,
+    paperBitsPerWeight: meta.paperBitsPerWeight ?? paperBitsFromMeta(meta),
+    error: meta.error ?? NaN,
     errors: { LR: [], Q: [] },
     seed: 0,
   };

@@ -1,9 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { Rng, tensor, type Tensor } from '@caldera/core';
+import { parseCalderaMeta, Rng, tensor, type Tensor } from '@caldera/core';
 import { caldera } from './caldera.js';
 import {
   applyDecomposition,
+  calderaCheckpointMeta,
   fromCheckpointTensors,
+  paperBitsFromMeta,
   reconstruct,
   toCheckpointTensors,
   withTrainableFactors,
@@ -58,6 +60,40 @@ describe('withTrainableFactors (LoRA split, algorithm brief §7.1)', () => {
     expect(withTrainableFactors(s, 3)).toBe(s); // already has more trainable components than asked
     expect(maxAbsDiff(applyDecomposition(s, x, 3), applyDecomposition(d, x, 3))).toBeLessThan(1e-4);
     expect(() => withTrainableFactors(d, -1)).toThrow(/non-negative/);
+  });
+
+  it('a checkpoint entry without paperBitsPerWeight or error reads back with the computed bits and a NaN error', () => {
+    // the compressor's own accounting (caldera, withTrainableFactors, densified factors) against the formula from
+    // the caldera.json fields alone: the same sums in a different order, so equal to f64 round-off
+    const dense = caldera(randomMatrix(m, n, 2), identity(n), {
+      rank: 3,
+      qBits: 3,
+      lBits: 16,
+      rBits: 16,
+      seed: 4,
+    });
+    for (const layer of [d, withTrainableFactors(d, 2), withTrainableFactors(d, 9), dense]) {
+      const { tensors, meta } = toCheckpointTensors('blk.q', layer);
+      expect(paperBitsFromMeta(meta)).toBeCloseTo(layer.paperBitsPerWeight, 12);
+      const { paperBitsPerWeight: _p, error: _e, ...bare } = meta;
+      const back = fromCheckpointTensors('blk.q', (k) => tensors[k], bare);
+      expect(back.paperBitsPerWeight).toBeCloseTo(layer.paperBitsPerWeight, 12);
+      expect(back.error).toBeNaN();
+      // written again, the unknown error is left out (JSON has no NaN) rather than written as null
+      expect('error' in toCheckpointTensors('blk.q', back).meta).toBe(false);
+    }
+  });
+
+  it("calderaCheckpointMeta: a valid caldera.json whose headline is the layers' paper bits weighted by m·n", () => {
+    const a = toCheckpointTensors('a', d).meta;
+    const b = toCheckpointTensors('b', withTrainableFactors(d, 2)).meta;
+    const { paperBitsPerWeight: _p, ...c } = toCheckpointTensors('c', d).meta; // computed when absent
+    const meta = calderaCheckpointMeta({ a, b, c }, { method: 'test', seed: 7 });
+    // the three layers have the same m·n: the headline is the plain mean
+    const want = (2 * d.paperBitsPerWeight + withTrainableFactors(d, 2).paperBitsPerWeight) / 3;
+    expect(meta.bitsPerWeight).toBeCloseTo(want, 12);
+    expect(parseCalderaMeta(JSON.parse(JSON.stringify(meta)))).toEqual(meta);
+    expect(meta).toMatchObject({ format: 'caldera', version: 1, method: 'test', seed: 7, options: {} });
   });
 
   it('accounts trainable components at 32 bits (paper formula with k_ft·32 + (k − k_ft)·B)', () => {

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cast, tensor, writeSafetensors, type Tensor } from '@caldera/core';
+import { cast, tensor, writeSafetensors, type CalderaLayerMeta, type Tensor } from '@caldera/core';
 import { applyDecomposition, caldera, toCheckpointTensors } from '@caldera/lowrank';
 import { parseModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
@@ -58,7 +58,7 @@ describe('loadModel', () => {
     await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
     const tensors: Record<string, Tensor> = {};
     for (const [k, v] of Object.entries(raw)) tensors[k] = cast(v, 'f16');
-    const layers: Record<string, unknown> = {};
+    const layers: Record<string, CalderaLayerMeta> = {};
     const decomps = new Map<string, ReturnType<typeof caldera>>();
     for (const name of ['model.layers.0.self_attn.q_proj', 'model.layers.1.mlp.down_proj']) {
       const d = caldera(raw[`${name}.weight`]!, null, { rank: 4, outerIters: 1, lplrIters: 1 });
@@ -69,7 +69,16 @@ describe('loadModel', () => {
       decomps.set(name, d);
     }
     await writeSafetensors(join(dir, 'model.safetensors'), tensors);
-    await writeFile(join(dir, 'caldera.json'), JSON.stringify({ format: 'caldera', version: 1, layers }));
+    const meta = {
+      format: 'caldera',
+      version: 1,
+      method: 'caldera',
+      options: {},
+      seed: 0,
+      bitsPerWeight: 2.9,
+      layers,
+    };
+    await writeFile(join(dir, 'caldera.json'), JSON.stringify(meta));
     const { model, calderaMeta } = await loadModel(dir);
     expect(Object.keys(calderaMeta!.layers)).toHaveLength(2);
     // reference: the same model with those layers evaluated by Decomposition.apply
@@ -90,6 +99,14 @@ describe('loadModel', () => {
       // checkpoint codes fold g into the scales (f32 products in another order): 1e-3 absolute on logits ~10
       for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-3);
     }
+    // a malformed caldera.json is an E_FORMAT error naming the file and the entry, before any tensor is read
+    const broken = JSON.parse(JSON.stringify(meta)) as typeof meta;
+    delete (broken.layers['model.layers.1.mlp.down_proj'] as { padded?: unknown }).padded;
+    await writeFile(join(dir, 'caldera.json'), JSON.stringify(broken));
+    await expect(loadModel(dir)).rejects.toThrow(
+      /E_FORMAT.*caldera\.json: layers\["model\.layers\.1\.mlp\.down_proj"\]\.padded/,
+    );
+    await writeFile(join(dir, 'caldera.json'), JSON.stringify(meta));
     delete tensors['model.layers.1.mlp.down_proj.caldera.Q'];
     await writeSafetensors(join(dir, 'model.safetensors'), tensors);
     await expect(loadModel(dir)).rejects.toThrow(/E_MISSING.*down_proj\.caldera\.Q/);

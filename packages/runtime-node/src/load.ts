@@ -6,11 +6,13 @@ import {
   f32ArrayToF16,
   linearShape,
   openSafetensorsDir,
+  readCheckpointMeta,
+  type CalderaCheckpointMeta,
   type Tensor,
   type TensorStore,
 } from '@caldera/core';
 import type { Pool } from '@caldera/linalg';
-import { fromCheckpointTensors, type CheckpointLayerMeta } from '@caldera/lowrank';
+import { fromCheckpointTensors } from '@caldera/lowrank';
 import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
 import { LlamaModel, type BlockWeights } from './model.js';
@@ -21,7 +23,7 @@ export interface LoadedModel {
   config: ModelConfig;
   dir: string;
   /** `caldera.json` of a compressed checkpoint, or null for a dense model. */
-  calderaMeta: { layers: Record<string, CheckpointLayerMeta>; [k: string]: unknown } | null;
+  calderaMeta: CalderaCheckpointMeta | null;
 }
 
 async function readJson(path: string): Promise<unknown> {
@@ -96,11 +98,11 @@ async function denseLinear(
  */
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
   const config = parseModelConfig(await readJson(join(dir, 'config.json')), join(dir, 'config.json'));
-  let calderaMeta: LoadedModel['calderaMeta'] = null;
+  let calderaMeta: CalderaCheckpointMeta | null = null;
   try {
-    calderaMeta = (await readJson(join(dir, 'caldera.json'))) as LoadedModel['calderaMeta'];
+    calderaMeta = await readCheckpointMeta(dir);
   } catch (e) {
-    if (!(e instanceof CalderaError && e.code === 'E_IO')) throw e;
+    if (!(e instanceof CalderaError && e.code === 'E_MISSING')) throw e;
   }
   const store = await openSafetensorsDir(dir);
   try {

@@ -1,5 +1,5 @@
-import { CalderaError, f16ArrayToF32, tensor, type Tensor } from '@caldera/core';
-import { fromCheckpointTensors, type CheckpointLayerMeta } from '@caldera/lowrank';
+import { CalderaError, f16ArrayToF32, tensor, type CalderaLayerMeta, type Tensor } from '@caldera/core';
+import { fromCheckpointTensors } from '@caldera/lowrank';
 import { blockLinearNames } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear } from './linear.js';
 import type { LlamaModel } from './model.js';
@@ -49,18 +49,14 @@ export class ModelRunnerAdapter {
 
   replaceLinear(
     name: string,
-    replacement: { tensors: Record<string, Tensor>; meta: Record<string, unknown> },
+    replacement: { tensors: Record<string, Tensor>; meta: CalderaLayerMeta },
   ): void {
     const old = this.model.linear(name);
     const bias =
       old instanceof DenseLinear || old instanceof DenseF16Linear || old instanceof CalderaLinear
         ? old.bias
         : null;
-    const d = fromCheckpointTensors(
-      name,
-      (n) => replacement.tensors[n],
-      replacement.meta as unknown as CheckpointLayerMeta,
-    );
+    const d = fromCheckpointTensors(name, (n) => replacement.tensors[n], replacement.meta);
     this.model.setLinear(name, new CalderaLinear(d, bias));
   }
 }

@@ -11,10 +11,16 @@ import {
   parseModelConfig,
   Rng,
   writeSafetensors,
+  type CalderaLayerMeta,
   type RawTensorEntry,
   type WritableTensor,
 } from '@caldera/core';
-import { randomDecomposition, toCheckpointTensors, type Decomposition } from '@caldera/lowrank';
+import {
+  calderaCheckpointMeta,
+  randomDecomposition,
+  toCheckpointTensors,
+  type Decomposition,
+} from '@caldera/lowrank';
 
 /** A Llama shape: hidden size, MLP size, blocks, attention heads, KV heads, vocabulary. */
 export interface LlamaShape {
@@ -129,9 +135,7 @@ export async function writeRandomCalderaModel(
   const cfg = parseModelConfig(config(shape));
   const rng = new Rng(3);
   const byShape = new Map<string, Decomposition>();
-  const layers: Record<string, unknown> = {};
-  let bits = 0;
-  let weights = 0;
+  const layers: Record<string, CalderaLayerMeta> = {};
   for (let b = 0; b < shape.layers; b++)
     for (const { name } of blockLinearNames(b)) {
       const [m, n] = linearShape(cfg, name.slice(name.lastIndexOf('.') + 1));
@@ -142,19 +146,9 @@ export async function writeRandomCalderaModel(
       const ck = toCheckpointTensors(name, d);
       Object.assign(tensors, ck.tensors);
       layers[name] = ck.meta;
-      bits += d.paperBitsPerWeight * m * n;
-      weights += m * n;
     }
   await writeSafetensors(join(dir, 'model.safetensors'), tensors);
   await writeFile(join(dir, 'config.json'), JSON.stringify(config(shape)));
-  const meta = {
-    format: 'caldera',
-    version: 1,
-    method: 'random',
-    options: { rank },
-    seed: 3,
-    bitsPerWeight: bits / weights,
-    layers,
-  };
+  const meta = calderaCheckpointMeta(layers, { method: 'random', options: { rank }, seed: 3 });
   await writeFile(join(dir, 'caldera.json'), JSON.stringify(meta));
 }

@@ -30,8 +30,14 @@ import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { cast, openSafetensorsDir, writeSafetensors, type Tensor } from '@caldera/core';
-import { caldera, toCheckpointTensors } from '@caldera/lowrank';
+import {
+  cast,
+  openSafetensorsDir,
+  writeSafetensors,
+  type CalderaLayerMeta,
+  type Tensor,
+} from '@caldera/core';
+import { caldera, calderaCheckpointMeta, toCheckpointTensors } from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
 import { generate, loadModel, type WebGpuModel } from '../src/index.js';
 import { nodeDevice } from '../src/testing/gpu.js';
@@ -70,7 +76,7 @@ async function compress(dir: string): Promise<void> {
   const tensors: Record<string, Tensor> = {};
   for (const n of store.names()) tensors[n] = await store.readTensor(n);
   await store.close();
-  const layers: Record<string, unknown> = {};
+  const layers: Record<string, CalderaLayerMeta> = {};
   for (const name of Object.keys(tensors)) {
     if (!/mlp\.|self_attn\./.test(name) || !name.endsWith('.weight')) continue;
     const prefix = name.slice(0, -'.weight'.length);
@@ -81,7 +87,10 @@ async function compress(dir: string): Promise<void> {
     layers[prefix] = ck.meta;
   }
   await writeSafetensors(join(dir, 'model.safetensors'), tensors);
-  await writeFile(join(dir, 'caldera.json'), JSON.stringify({ format: 'caldera', version: 1, layers }));
+  await writeFile(
+    join(dir, 'caldera.json'),
+    JSON.stringify(calderaCheckpointMeta(layers, { options: { hessian: 'identity', rank: 16 } })),
+  );
   for (const f of ['config.json', 'tokenizer.json', 'generation_config.json'])
     await copyFile(join(REF, f), join(dir, f));
 }

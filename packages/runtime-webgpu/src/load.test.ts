@@ -2,8 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Rng, tensor, writeSafetensors, type Tensor } from '@caldera/core';
-import { caldera, toCheckpointTensors } from '@caldera/lowrank';
+import { Rng, tensor, writeSafetensors, type CalderaLayerMeta, type Tensor } from '@caldera/core';
+import { caldera, calderaCheckpointMeta, toCheckpointTensors } from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
 import { loadModelFromUrl } from './load.js';
 import { gpuTitle, testDevice } from './testing/gpu.js';
@@ -11,7 +11,11 @@ import { gpuTitle, testDevice } from './testing/gpu.js';
 const { device: dev, reason } = await testDevice();
 
 /** A random tiny Llama (tied head) with block 0's up_proj compressed, as tensors and caldera.json layers. */
-function tinyModel(): { config: object; tensors: Record<string, Tensor>; layers: Record<string, unknown> } {
+function tinyModel(): {
+  config: object;
+  tensors: Record<string, Tensor>;
+  layers: Record<string, CalderaLayerMeta>;
+} {
   const rng = new Rng(31);
   const t: Record<string, Tensor> = {};
   const r = (name: string, shape: number[], std: number, mean = 0) =>
@@ -101,7 +105,7 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
       );
       for (const dir of [one, two]) {
         await writeFile(join(dir, 'config.json'), JSON.stringify(config));
-        await writeFile(join(dir, 'caldera.json'), JSON.stringify({ format: 'caldera', version: 1, layers }));
+        await writeFile(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));
       }
       const cpu = (await node.loadModel(one)).model;
       const tokens = [1, 29, 3, 3, 17];
@@ -143,19 +147,7 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
         expect(err).toBeLessThan(1e-4);
         model.dispose();
       }
-      // layers whose metadata omits ftRank (the checkpoint reader takes it as 0): the memory plan still counts the
-      // packed L̂ and R̂, exactly as uploaded
-      const noFt = Object.fromEntries(
-        Object.entries(layers).map(([k, m]) => {
-          const rest: Record<string, unknown> = { ...(m as Record<string, unknown>) };
-          delete rest.ftRank;
-          return [k, rest];
-        }),
-      );
-      await writeFile(
-        join(one, 'caldera.json'),
-        JSON.stringify({ format: 'caldera', version: 1, layers: noFt }),
-      );
+      // the memory plan counts every buffer exactly as uploaded
       let planned = 0;
       const loaded = await loadModelFromUrl(d, 'http://models.test/m', {
         fetch: dirFetch(one, []),
@@ -164,6 +156,25 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
       });
       expect(planned).toBe(loaded.model.weightBytes);
       loaded.model.dispose();
+      // a caldera.json that breaks the format (here a layer without ftRank) is an E_FORMAT naming the URL and the
+      // entry, before any weight is fetched; one that is not JSON names the URL too
+      const noFt = JSON.parse(JSON.stringify(layers)) as Record<string, Partial<CalderaLayerMeta>>;
+      delete noFt['model.layers.0.mlp.up_proj']!.ftRank;
+      await writeFile(
+        join(one, 'caldera.json'),
+        JSON.stringify({ ...calderaCheckpointMeta(layers), layers: noFt }),
+      );
+      const fetched: string[] = [];
+      await expect(
+        loadModelFromUrl(d, 'http://models.test/m', { fetch: dirFetch(one, fetched) }),
+      ).rejects.toThrow(
+        /E_FORMAT.*http:\/\/models\.test\/m\/caldera\.json: layers\["model\.layers\.0\.mlp\.up_proj"\]\.ftRank/,
+      );
+      expect(fetched.some((f) => f.endsWith('.safetensors'))).toBe(false);
+      await writeFile(join(one, 'caldera.json'), '{"format": "caldera",');
+      await expect(loadModelFromUrl(d, 'http://models.test/m', { fetch: dirFetch(one, []) })).rejects.toThrow(
+        /E_FORMAT.*http:\/\/models\.test\/m\/caldera\.json: not valid JSON/,
+      );
       // a missing config is an E_IO naming the URL
       await expect(
         loadModelFromUrl(d, 'http://models.test/m/', { fetch: dirFetch(join(one, 'nope'), []) }),

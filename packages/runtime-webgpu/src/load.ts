@@ -9,11 +9,13 @@ import {
   parseModelConfig,
   parseSafetensorsIndex,
   ShardedSafetensorsReader,
+  parseCalderaMeta,
+  type CalderaCheckpointMeta,
   type ModelConfig,
   type Tensor,
   type TensorStore,
 } from '@caldera/core';
-import { fromCheckpointTensors, type CheckpointLayerMeta } from '@caldera/lowrank';
+import { fromCheckpointTensors } from '@caldera/lowrank';
 import { bufferBytes, storageBuffer, type CalderaDevice } from './device.js';
 import type { GpuMatrix } from './kernels/index.js';
 import {
@@ -25,13 +27,6 @@ import {
   type GpuLinear,
 } from './linear.js';
 import { activationRowsOf, WebGpuModel, type GpuBlockWeights, type WebGpuModelOptions } from './model.js';
-
-/** `caldera.json` of a compressed checkpoint (docs/architecture.md). */
-export interface CalderaMeta {
-  layers: Record<string, CheckpointLayerMeta>;
-  bitsPerWeight?: number;
-  [k: string]: unknown;
-}
 
 /** Options of the loaders. */
 export interface LoadOptions extends WebGpuModelOptions {
@@ -52,8 +47,8 @@ export interface LoadOptions extends WebGpuModelOptions {
 export interface LoadedWebGpuModel {
   model: WebGpuModel;
   config: ModelConfig;
-  /** `caldera.json`, or null for a dense model. */
-  calderaMeta: CalderaMeta | null;
+  /** `caldera.json` (validated), or null for a dense model. */
+  calderaMeta: CalderaCheckpointMeta | null;
   /** Bits per weight of the seven linear layers of every block as stored on the GPU (16 for a dense f16 model). */
   linearBitsPerWeight: number;
 }
@@ -104,7 +99,7 @@ export interface MemoryPlan {
  */
 export async function planMemory(
   config: ModelConfig,
-  calderaMeta: CalderaMeta | null,
+  calderaMeta: CalderaCheckpointMeta | null,
   store: TensorStore,
   options: { contextLength?: number; prefillChunk?: number; dtype?: 'auto' | 'f16' | 'f32' } = {},
 ): Promise<MemoryPlan> {
@@ -197,15 +192,17 @@ export async function planMemory(
 
 /**
  * Load a model onto the GPU from an open tensor store plus its parsed `config.json` and `caldera.json` (null for a
- * dense model). The building block of {@link loadModel} (Node, a directory) and {@link loadModelFromUrl} (fetch).
+ * dense model; validated by `parseCalderaMeta`, `E_FORMAT` listing every problem). The building block of
+ * {@link loadModel} (Node, a directory) and {@link loadModelFromUrl} (fetch).
  */
 export async function loadModelFromStore(
   dev: CalderaDevice,
-  source: { config: unknown; calderaMeta: CalderaMeta | null; store: TensorStore },
+  source: { config: unknown; calderaMeta: unknown; store: TensorStore },
   options: LoadOptions = {},
 ): Promise<LoadedWebGpuModel> {
   const config = parseModelConfig(source.config);
-  const { store, calderaMeta } = source;
+  const { store } = source;
+  const calderaMeta = source.calderaMeta === null ? null : parseCalderaMeta(source.calderaMeta);
   const dtype = options.dtype ?? 'auto';
   const { hiddenSize: d, vocabSize: V } = config;
   const plan = await planMemory(config, calderaMeta, store, options);
@@ -366,7 +363,8 @@ export async function loadModel(
     }
   };
   const config = await json('config.json', false);
-  const calderaMeta = (await json('caldera.json', true)) as CalderaMeta | null;
+  const meta = await json('caldera.json', true);
+  const calderaMeta = meta === null ? null : parseCalderaMeta(meta, `${dir}/caldera.json`);
   const store = await openSafetensorsDir(dir);
   try {
     return await loadModelFromStore(dev, { config, calderaMeta, store }, options);
@@ -412,6 +410,16 @@ async function blobWithProgress(
   return new Response(counted).blob();
 }
 
+/** The JSON body of `r`, or `E_FORMAT` naming `url` when it is not valid JSON. */
+async function responseJson(r: Response, url: string): Promise<unknown> {
+  const text = await r.text();
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new CalderaError('E_FORMAT', `${url}: not valid JSON (${(e as Error).message})`, { cause: e });
+  }
+}
+
 /**
  * Load a model served over HTTP: `<base>/config.json`, optional `<base>/caldera.json` (a 404 means dense) and
  * `<base>/model.safetensors`, or when that is 404 the shards listed in `<base>/model.safetensors.index.json`. Each
@@ -435,16 +443,21 @@ export async function loadModelFromUrl(
     if (!r.ok) throw new CalderaError('E_IO', `cannot fetch ${root + file}: HTTP ${r.status}`);
     return r;
   };
-  const config = await (await get('config.json', false))!.json();
+  const config = await responseJson((await get('config.json', false))!, root + 'config.json');
   const cr = await get('caldera.json', true);
-  const calderaMeta = cr ? ((await cr.json()) as CalderaMeta) : null;
+  const calderaMeta = cr
+    ? parseCalderaMeta(await responseJson(cr, root + 'caldera.json'), root + 'caldera.json')
+    : null;
   const single = await get('model.safetensors', true);
   let store: TensorStore;
   const weights = async (r: Response, file: string) =>
     openSafetensors(await blobWithProgress(r, file, options.onDownload), file);
   if (single) store = await weights(single, 'model.safetensors');
   else {
-    const index = parseSafetensorsIndex(await (await get('model.safetensors.index.json', false))!.json());
+    const index = parseSafetensorsIndex(
+      await (await get('model.safetensors.index.json', false))!.text(),
+      root + 'model.safetensors.index.json',
+    );
     store = new ShardedSafetensorsReader(index, async (file) => weights((await get(file, false))!, file));
   }
   try {
@@ -457,7 +470,7 @@ export async function loadModelFromUrl(
 /** Load from in-memory parts: parsed `config.json`, `caldera.json` (or null) and `model.safetensors` bytes. */
 export async function loadModelFromBuffer(
   dev: CalderaDevice,
-  parts: { config: unknown; calderaMeta: CalderaMeta | null; weights: ArrayBuffer | ArrayBufferView | Blob },
+  parts: { config: unknown; calderaMeta: unknown; weights: ArrayBuffer | ArrayBufferView | Blob },
   options: LoadOptions = {},
 ): Promise<LoadedWebGpuModel> {
   const store = await openSafetensors(parts.weights, 'model.safetensors');

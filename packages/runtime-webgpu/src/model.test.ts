@@ -10,9 +10,10 @@ import {
   Rng,
   tensor,
   writeSafetensors,
+  type CalderaLayerMeta,
   type Tensor,
 } from '@caldera/core';
-import { caldera, toCheckpointTensors, withTrainableFactors } from '@caldera/lowrank';
+import { caldera, calderaCheckpointMeta, toCheckpointTensors, withTrainableFactors } from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
 import { generate, perplexity } from './generate.js';
 import { loadModel, type MemoryPlan } from './load.js';
@@ -34,7 +35,7 @@ async function compressedReference(dir: string): Promise<void> {
   const tensors: Record<string, Tensor> = {};
   for (const n of store.names()) tensors[n] = await store.readTensor(n);
   await store.close();
-  const layers: Record<string, unknown> = {};
+  const layers: Record<string, CalderaLayerMeta> = {};
   for (const b of [0, 3])
     for (const p of [
       'self_attn.q_proj',
@@ -61,7 +62,7 @@ async function compressedReference(dir: string): Promise<void> {
       layers[name] = ck.meta;
     }
   await writeSafetensors(join(dir, 'model.safetensors'), tensors);
-  await writeFile(join(dir, 'caldera.json'), JSON.stringify({ format: 'caldera', version: 1, layers }));
+  await writeFile(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));
   for (const f of ['config.json', 'tokenizer.json', 'generation_config.json'])
     await copyFile(join(REF, f), join(dir, f));
 }
@@ -219,7 +220,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
       }
     }
     // block 1's q_proj (with its bias) and down_proj compressed
-    const layers: Record<string, unknown> = {};
+    const layers: Record<string, CalderaLayerMeta> = {};
     for (const name of ['model.layers.1.self_attn.q_proj', 'model.layers.1.mlp.down_proj']) {
       const ck = toCheckpointTensors(
         name,
@@ -230,7 +231,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
       layers[name] = ck.meta;
     }
     await writeSafetensors(join(dir, 'model.safetensors'), t);
-    await writeFile(join(dir, 'caldera.json'), JSON.stringify({ format: 'caldera', version: 1, layers }));
+    await writeFile(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));
     await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
     try {
       const { model } = await loadModel(d, dir, { contextLength: 16 });

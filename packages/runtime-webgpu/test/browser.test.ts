@@ -12,8 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Rng, tensor, writeSafetensors, type Tensor } from '@caldera/core';
-import { caldera, toCheckpointTensors } from '@caldera/lowrank';
+import { Rng, tensor, writeSafetensors, type CalderaLayerMeta, type Tensor } from '@caldera/core';
+import { caldera, calderaCheckpointMeta, toCheckpointTensors } from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -92,7 +92,7 @@ async function tinyCheckpoint(dir: string): Promise<void> {
     ] as const)
       r(`${p}.${n}.weight`, [...shape], 0.2);
   }
-  const layers: Record<string, unknown> = {};
+  const layers: Record<string, CalderaLayerMeta> = {};
   for (const name of ['model.layers.0.self_attn.q_proj', 'model.layers.0.mlp.down_proj']) {
     const ck = toCheckpointTensors(
       name,
@@ -104,7 +104,7 @@ async function tinyCheckpoint(dir: string): Promise<void> {
   }
   await writeSafetensors(join(dir, 'model.safetensors'), t);
   await writeFile(join(dir, 'config.json'), JSON.stringify(HF));
-  await writeFile(join(dir, 'caldera.json'), JSON.stringify({ format: 'caldera', version: 1, layers }));
+  await writeFile(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));
 }
 
 describe.skipIf(!chromium)(

@@ -8,6 +8,7 @@ import {
   writeCheckpointDir,
   writeSafetensors,
   type CalderaCheckpointMeta,
+  type CalderaLayerMeta,
   type Tensor,
 } from '@caldera/core';
 import {
@@ -187,7 +188,7 @@ function fileStore(dir: string): BlockStore {
       );
       if (!ok) return null;
       const info = JSON.parse(await readFile(p.js, 'utf8')) as (Omit<LayerResult, 'replacement'> & {
-        meta: Record<string, unknown>;
+        meta: CalderaLayerMeta;
         tensorNames: string[];
       })[];
       const reader = await openSafetensors(p.st);
@@ -521,8 +522,8 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[]): Promise
   let bitDen = 0;
   for (const r of results) {
     Object.assign(tensors, r.replacement.tensors);
-    layerMeta[r.name] = r.replacement.meta as unknown as CalderaCheckpointMeta['layers'][string];
-    const [m, n] = (r.replacement.meta as { shape: [number, number] }).shape;
+    layerMeta[r.name] = r.replacement.meta;
+    const [m, n] = r.replacement.meta.shape;
     bitNum += r.bitsPerWeight * m * n;
     bitDen += m * n;
   }

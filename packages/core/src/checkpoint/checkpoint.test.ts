@@ -79,6 +79,7 @@ describe('metadata', () => {
     const layer = (bad.layers as Record<string, Record<string, unknown>>)[P]!;
     layer.padded = [12, 16];
     layer.ftRank = 9;
+    layer.paperBitsPerWeight = '2.5';
     const err = (() => {
       try {
         parseCalderaMeta(bad, 'x/caldera.json');
@@ -88,8 +89,10 @@ describe('metadata', () => {
     })();
     expect(err).toBeInstanceOf(CalderaError);
     expect(err!.code).toBe('E_FORMAT');
-    expect(err!.details!.problems).toHaveLength(3);
-    expect(err!.message).toMatch(/x\/caldera\.json: version is 2.*padded.*ftRank/);
+    expect(err!.details!.problems).toHaveLength(4);
+    expect(err!.message).toMatch(
+      /x\/caldera\.json: version is 2.*padded.*ftRank.*paperBitsPerWeight is not a number/,
+    );
   });
 });
 

@@ -20,8 +20,14 @@ export interface CalderaLayerMeta {
    * containing `rvq` has a residual stage (`L_resid`/`R_resid`).
    */
   codecs: { Q: CalderaCodecName; L: CalderaCodecName; R: CalderaCodecName };
-  /** Bits per weight of this layer. */
+  /** Bits per weight of this layer: every stored bit (codes, scales, sign vectors) over the m·n source weights. */
   bitsPerWeight: number;
+  /**
+   * Bits per weight in the paper's accounting, `B_Q + (k'·(B_L·m + B_R·n) + 32·ftRank·(m + n)) / (m·n)` (k' = rank −
+   * ftRank quantized components, 16 bits for a dense factor): what `caldera compress` reports. Written by the
+   * compressor; optional for other writers (readers then compute it from the fields above).
+   */
+  paperBitsPerWeight?: number;
   /** Relative reconstruction error reported by the compressor (optional diagnostics). */
   error?: number;
 }
@@ -91,6 +97,8 @@ export function parseCalderaMeta(json: unknown, file = CALDERA_META_FILE): Calde
         problems.push(`${at}.codecs is not { Q, L, R } codec names`);
       } else if (c.Q === 'f16') problems.push(`${at}.codecs.Q cannot be dense`);
       if (typeof l.bitsPerWeight !== 'number') problems.push(`${at}.bitsPerWeight is not a number`);
+      if (l.paperBitsPerWeight !== undefined && typeof l.paperBitsPerWeight !== 'number')
+        problems.push(`${at}.paperBitsPerWeight is not a number`);
       if (l.error !== undefined && typeof l.error !== 'number') problems.push(`${at}.error is not a number`);
     }
   }

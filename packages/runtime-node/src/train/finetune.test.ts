@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { Rng, tensor } from '@caldera/core';
+import { Rng, tensor, type CalderaCheckpointMeta } from '@caldera/core';
 import { applyDecomposition, caldera, withTrainableFactors } from '@caldera/lowrank';
 import { describe, expect, it } from 'vitest';
 import { perplexity } from '../eval.js';
@@ -204,8 +204,18 @@ describe('LoRA fine-tuning of a compressed reference model', () => {
     // distillation from the uncompressed model: a stronger signal per token than next-token CE (measured on the
     // earlier, numpy-trained reference model: 60 steps of 512 tokens took held-out ppl 145.4 → 140.7 with the
     // teacher, → 143.7 with plain CE; this test's 24 steps on the current model: 90.86 → 88.39)
+    // the layers were compressed in memory: a caldera.json with no layer entries stands for the checkpoint's
+    const inMemoryMeta: CalderaCheckpointMeta = {
+      format: 'caldera',
+      version: 1,
+      method: 'caldera',
+      options: {},
+      seed: 0,
+      bitsPerWeight: 16,
+      layers: {},
+    };
     const setup = prepareLoraFinetune(
-      { ...loaded, model: compressed, calderaMeta: { layers: {} } },
+      { ...loaded, model: compressed, calderaMeta: inMemoryMeta },
       4,
       modelTeacher(loaded.model),
     );
@@ -215,7 +225,7 @@ describe('LoRA fine-tuning of a compressed reference model', () => {
     // the same setup with the frozen base in f16 (mixed precision): the base is rounded to f16 (≈ 5e-4 relative per
     // weight), which moves the loss by far less than 1e-3 relative — but does move it
     const halfSetup = prepareLoraFinetune(
-      { ...loaded, model: compressed, calderaMeta: { layers: {} } },
+      { ...loaded, model: compressed, calderaMeta: inMemoryMeta },
       4,
       modelTeacher(loaded.model),
       { halfBase: true },

@@ -12,7 +12,13 @@ import {
   type CalderaLayerMeta,
   type Tensor,
 } from '@caldera/core';
-import { reconstruct, toCheckpointTensors, withTrainableFactors, type Decomposition } from '@caldera/lowrank';
+import {
+  calderaCheckpointMeta,
+  reconstruct,
+  toCheckpointTensors,
+  withTrainableFactors,
+  type Decomposition,
+} from '@caldera/lowrank';
 import { blockLinearNames } from '../config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from '../linear.js';
 import type { LoadedModel } from '../load.js';
@@ -475,21 +481,18 @@ export async function writeFinetunedCheckpoint(
   for (const l of layers) {
     const { tensors: t, meta: m } = toCheckpointTensors(l.prefix, l.decomposition);
     Object.assign(tensors, t);
-    layerMeta[l.prefix] = { ...m, error: meta.layers[l.prefix]?.error ?? m.error } as CalderaLayerMeta;
+    // the compressor's error: a decomposition read back from a checkpoint has none of its own
+    const error = meta.layers[l.prefix]?.error ?? m.error;
+    layerMeta[l.prefix] = error === undefined ? m : { ...m, error };
   }
-  let num = 0;
-  let den = 0;
-  for (const m of Object.values(layerMeta)) {
-    // the checkpoint's headline figure uses the paper's accounting, like `caldera compress`
-    const bits = (m as { paperBitsPerWeight?: number }).paperBitsPerWeight ?? m.bitsPerWeight;
-    num += bits * m.shape[0] * m.shape[1];
-    den += m.shape[0] * m.shape[1];
-  }
+  // the source's caldera.json, with the fine-tuning recorded and the headline bits of the new layers
   const out: CalderaCheckpointMeta = {
     ...meta,
-    options: { ...meta.options, finetune: finetuneInfo },
-    bitsPerWeight: num / den,
-    layers: layerMeta,
+    ...calderaCheckpointMeta(layerMeta, {
+      method: meta.method,
+      options: { ...meta.options, finetune: finetuneInfo },
+      seed: meta.seed,
+    }),
   };
   const copy: Record<string, string> = {};
   for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json'])
