@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Rng } from './rng.js';
-import { sampleToken, type GenerateOptions } from './sampling.js';
+import { GenerationRules, sampleToken, type GenerateOptions } from './sampling.js';
 
 /**
  * The sampler's definition written the direct way, as an independent oracle: sort every index by logit (a stable
@@ -99,5 +99,54 @@ describe('sampleToken (the runtimes shared sampler)', () => {
               }
       }
     expect(draws).toBe(2400);
+  });
+});
+
+describe("GenerationRules (the runtimes' per-token rules)", () => {
+  it('checks the prompt and the stop-string options', () => {
+    expect(() => new GenerationRules([], {})).toThrow(/E_VALUE.*empty prompt/);
+    expect(() => new GenerationRules([1], { stopStrings: ['x'] })).toThrow(/E_VALUE.*decode/);
+    expect(new GenerationRules([1]).maxTokens).toBe(64);
+    expect(new GenerationRules([1], { maxTokens: 5 }).maxTokens).toBe(5);
+  });
+
+  it('is greedy exactly at temperature ≤ 0 without a repetition penalty, and then picks the first argmax', () => {
+    expect(new GenerationRules([1]).greedy).toBe(true);
+    expect(new GenerationRules([1], { temperature: 0.7 }).greedy).toBe(false);
+    expect(new GenerationRules([1], { repetitionPenalty: 1.3 }).greedy).toBe(false);
+    expect(new GenerationRules([1]).pick([0.5, 2, 2, -1])).toBe(1);
+  });
+
+  it('samples like sampleToken on the penalised logits of the prompt and the accepted tokens (one seeded stream)', () => {
+    // oracle: the penalty written out per step over the growing context, the direct-definition sampler, one Rng
+    const rng = new Rng(11);
+    const V = 40;
+    const steps = Array.from({ length: 30 }, () => Float64Array.from({ length: V }, () => 3 * rng.normal()));
+    const o: GenerateOptions = { temperature: 0.8, topK: 12, topP: 0.9, repetitionPenalty: 1.7, seed: 5 };
+    const prompt = [3, 7, 7, 20];
+    const rules = new GenerationRules(prompt, o);
+    const oracleRng = new Rng(5);
+    const context = new Set(prompt);
+    for (const l of steps) {
+      const want = referenceSample(
+        l.map((v, i) => (context.has(i) ? (v > 0 ? v / 1.7 : v * 1.7) : v)),
+        o,
+        oracleRng,
+      );
+      const got = rules.pick(l);
+      expect(got).toBe(want);
+      expect(rules.accept(got)).toBe('continue');
+      context.add(got);
+    }
+  });
+
+  it('stops on a stop token after yielding it, and on a stop string before yielding the token that completes it', () => {
+    const stopToken = new GenerationRules([1], { stopTokens: [9] });
+    expect(stopToken.accept(4)).toBe('continue');
+    expect(stopToken.accept(9)).toBe('last');
+    const text = (ids: number[]) => ids.map((i) => String.fromCharCode(97 + i)).join('');
+    const stopString = new GenerationRules([1], { stopStrings: ['', 'cd'], decode: text });
+    expect(stopString.accept(2)).toBe('continue'); // "c"
+    expect(stopString.accept(3)).toBe('stop'); // "cd" (the empty stop string never matches)
   });
 });

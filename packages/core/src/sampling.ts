@@ -1,4 +1,5 @@
-import type { Rng } from './rng.js';
+import { CalderaError } from './errors.js';
+import { Rng } from './rng.js';
 
 /** Options of the runtimes' `generate()` (runtime-node and runtime-webgpu share them). Defaults: greedy decoding of up to 64 tokens. */
 export interface GenerateOptions {
@@ -136,4 +137,65 @@ export function sampleToken(logits: Float64Array, options: GenerateOptions, rng:
     if (u <= 0) return rank.at(r);
   }
   return rank.at(count - 1);
+}
+
+/** What {@link GenerationRules.accept} says of a chosen token. */
+export type TokenVerdict =
+  /** Yield it and go on. */
+  | 'continue'
+  /** Yield it, then stop (a stop token). */
+  | 'last'
+  /** Do not yield it, and stop (it completed a stop string). */
+  | 'stop';
+
+/**
+ * The per-token rules of the runtimes' `generate()`, in one place so that every runtime turns the same logits into
+ * the same tokens: the option checks, the repetition penalty (over the prompt and the tokens so far), the seeded
+ * sampler ({@link sampleToken}) and the stop rules. For each token a runtime calls {@link pick} with the logits (or,
+ * when {@link greedy}, may take the logits' first argmax itself, which is what `pick` returns then) and then
+ * {@link accept} with the token.
+ */
+export class GenerationRules {
+  /** Most tokens to generate (`options.maxTokens`, default 64). */
+  readonly maxTokens: number;
+  /** Temperature ≤ 0 and no repetition penalty: the token is always the logits' first argmax. */
+  readonly greedy: boolean;
+  private readonly options: GenerateOptions;
+  private readonly penalty: number;
+  private readonly rng: Rng;
+  private readonly seen: Set<number>;
+  private readonly produced: number[] = [];
+
+  /** Checks the options against the prompt: `E_VALUE` for an empty prompt or stop strings without `decode`. */
+  constructor(prompt: ArrayLike<number>, options: GenerateOptions = {}) {
+    if (prompt.length === 0) throw new CalderaError('E_VALUE', 'generate: empty prompt');
+    if (options.stopStrings?.length && !options.decode)
+      throw new CalderaError('E_VALUE', 'generate: stopStrings need a decode function');
+    this.options = options;
+    this.maxTokens = options.maxTokens ?? 64;
+    this.penalty = options.repetitionPenalty ?? 1;
+    this.greedy = (options.temperature ?? 0) <= 0 && this.penalty === 1;
+    this.rng = new Rng(options.seed ?? 0);
+    this.seen = new Set(Array.from(prompt));
+  }
+
+  /** The next token from the model's logits over the vocabulary (the penalty applied to a copy in f64). */
+  pick(logits: ArrayLike<number>): number {
+    const l = Float64Array.from(logits);
+    const pen = this.penalty;
+    if (pen !== 1) for (const t of this.seen) l[t] = l[t]! > 0 ? l[t]! / pen : l[t]! * pen;
+    return sampleToken(l, this.options, this.rng);
+  }
+
+  /** Record the chosen token and say whether to yield it and whether to go on. */
+  accept(token: number): TokenVerdict {
+    const o = this.options;
+    this.produced.push(token);
+    if (o.stopStrings?.length) {
+      const text = o.decode!(this.produced);
+      if (o.stopStrings.some((st) => st.length > 0 && text.includes(st))) return 'stop';
+    }
+    this.seen.add(token);
+    return o.stopTokens?.includes(token) ? 'last' : 'continue';
+  }
 }

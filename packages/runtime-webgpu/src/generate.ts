@@ -1,7 +1,7 @@
 import {
   CalderaError,
+  GenerationRules,
   perplexityWindows,
-  Rng,
   sampleToken,
   throwIfAborted,
   tokenNll,
@@ -23,11 +23,8 @@ export async function* generate(
   prompt: ArrayLike<number>,
   options: GenerateOptions = {},
 ): AsyncGenerator<number> {
-  const maxTokens = options.maxTokens ?? 64;
-  if (prompt.length === 0) throw new CalderaError('E_VALUE', 'generate: empty prompt');
-  if (options.stopStrings?.length && !options.decode)
-    throw new CalderaError('E_VALUE', 'generate: stopStrings need a decode function');
-  const capacity = Math.min(model.contextLength, prompt.length + maxTokens);
+  const rules = new GenerationRules(prompt, options);
+  const capacity = Math.min(model.contextLength, prompt.length + rules.maxTokens);
   if (prompt.length > capacity)
     throw new CalderaError(
       'E_VALUE',
@@ -38,32 +35,20 @@ export async function* generate(
   let keep = 0;
   while (keep < prompt.length - 1 && keep < cached.length && cached[keep] === prompt[keep]) keep++;
   model.truncate(keep);
-  const pen = options.repetitionPenalty ?? 1;
-  const greedy = (options.temperature ?? 0) <= 0 && pen === 1;
-  const rng = new Rng(options.seed ?? 0);
-  const seen = new Set<number>(Array.from(prompt));
-  const produced: number[] = [];
   // prefill the rest but the last prompt token in batches (one pass per model.prefillChunk tokens)
   await model.prefill(Array.from(prompt).slice(keep, -1), options.signal ? { signal: options.signal } : {});
   let last = prompt[prompt.length - 1]!;
   // as runtime-node: min(maxTokens, capacity − prompt length) tokens
-  for (let n = 0; n < maxTokens && prompt.length + n < capacity; n++) {
+  for (let n = 0; n < rules.maxTokens && prompt.length + n < capacity; n++) {
     throwIfAborted(options.signal, 'generate');
-    let next: number;
-    if (greedy) next = await model.step(last, 'argmax');
-    else {
-      const l = Float64Array.from(await model.step(last, 'logits'));
-      if (pen !== 1) for (const s of seen) l[s] = l[s]! > 0 ? l[s]! / pen : l[s]! * pen;
-      next = sampleToken(l, options, rng);
-    }
-    produced.push(next);
-    if (options.stopStrings?.length) {
-      const text = options.decode!(produced);
-      if (options.stopStrings.some((st) => st.length > 0 && text.includes(st))) return;
-    }
+    // greedy: the GPU's argmax (4 bytes read back), the token rules.pick would give
+    const next = rules.greedy
+      ? await model.step(last, 'argmax')
+      : rules.pick(await model.step(last, 'logits'));
+    const verdict = rules.accept(next);
+    if (verdict === 'stop') return;
     yield next;
-    if (options.stopTokens?.includes(next)) return;
-    seen.add(next);
+    if (verdict === 'last') return;
     last = next;
   }
 }

@@ -142,6 +142,11 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
         expect(await collect(generate(model, PROMPT, opts))).toEqual(
           await collect(node.generate(cpu, PROMPT, opts)),
         );
+        // greedy with a repetition penalty reads logits back too; a stop token ends both after yielding it
+        const penalised = { maxTokens: 8, repetitionPenalty: 1.5, stopTokens: [c[4]!] };
+        expect(await collect(generate(model, PROMPT, penalised))).toEqual(
+          await collect(node.generate(cpu, PROMPT, penalised)),
+        );
         const text = [...PROMPT, ...c];
         const pg = await perplexity(model, text);
         const pc = node.perplexity(cpu, text, { context: 64 });
