@@ -12,7 +12,8 @@ export interface PerplexityResult {
  * Perplexity of `ids` with windows of `context` tokens moved by `stride` (default: non-overlapping). No token is scored
  * twice, each with as much left context as its window allows. With overlapping windows (`stride < context`) every
  * token after the first of the text is scored; with non-overlapping ones the first token of each later window, which
- * has no left context in it, is not.
+ * has no left context in it, is not. `context` (default 128, or the model's `maxPositions` when smaller) must be an
+ * integer in [2, maxPositions], `stride` an integer in [1, context]: `E_VALUE` otherwise.
  */
 export function perplexity(
   model: LlamaModel,
@@ -24,11 +25,21 @@ export function perplexity(
     onProgress?: (done: number, total: number) => void;
   } = {},
 ): PerplexityResult {
-  const context = options.context ?? 128;
+  const maxContext = model.config.maxPositions;
+  const context = options.context ?? Math.min(128, maxContext);
   const stride = options.stride ?? context;
-  if (stride <= 0 || stride > context)
-    throw new CalderaError('E_VALUE', `stride must be in (0, context], got ${stride}`);
-  if (ids.length < 2) throw new CalderaError('E_VALUE', 'perplexity needs at least 2 tokens');
+  // past max_position_embeddings the model runs on positions it never saw: a number, but not the model's perplexity
+  if (!Number.isInteger(context) || context < 2 || context > maxContext)
+    throw new CalderaError(
+      'E_VALUE',
+      `perplexity: context must be an integer in [2, ${maxContext}] (the model's max_position_embeddings), got ${context}`,
+    );
+  if (!Number.isInteger(stride) || stride <= 0 || stride > context)
+    throw new CalderaError(
+      'E_VALUE',
+      `perplexity: stride must be an integer in [1, ${context}] (the context), got ${stride}`,
+    );
+  if (ids.length < 2) throw new CalderaError('E_VALUE', 'perplexity: needs at least 2 tokens');
   const V = model.config.vocabSize;
   let nll = 0;
   let count = 0;

@@ -118,7 +118,13 @@ describe('perplexity', () => {
     }
     expect(r.tokens).toBe(ids.length - 1);
     expect(Math.abs(r.nll - nll / r.tokens)).toBeLessThan(1e-6);
-    expect(() => perplexity(model, ids, { context: 4, stride: 5 })).toThrow(/E_VALUE/);
+    expect(() => perplexity(model, ids, { context: 4, stride: 5 })).toThrow(/E_VALUE.*stride.*\[1, 4\]/);
+    expect(() => perplexity(model, ids, { context: 4, stride: 1.5 })).toThrow(/E_VALUE.*stride/);
+    const max = model.config.maxPositions;
+    expect(() => perplexity(model, ids, { context: max + 1 })).toThrow(
+      new RegExp(`E_VALUE.*context must be an integer in \\[2, ${max}\\].*got ${max + 1}`),
+    );
+    expect(() => perplexity(model, ids, { context: 0 })).toThrow(/E_VALUE.*context/);
     expect(() => perplexity(model, [1], {})).toThrow(/E_VALUE/);
   });
 });
