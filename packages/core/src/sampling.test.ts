@@ -108,6 +108,9 @@ describe("GenerationRules (the runtimes' per-token rules)", () => {
     expect(() => new GenerationRules([1], { stopStrings: ['x'] })).toThrow(/E_VALUE.*decode/);
     expect(new GenerationRules([1]).maxTokens).toBe(64);
     expect(new GenerationRules([1], { maxTokens: 5 }).maxTokens).toBe(5);
+    expect(new GenerationRules([1], { maxTokens: 0 }).maxTokens).toBe(0);
+    for (const maxTokens of [-1, 2.5, NaN])
+      expect(() => new GenerationRules([1], { maxTokens })).toThrow(/E_VALUE.*maxTokens/);
   });
 
   it('is greedy exactly at temperature ≤ 0 without a repetition penalty, and then picks the first argmax', () => {

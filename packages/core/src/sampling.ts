@@ -166,13 +166,21 @@ export class GenerationRules {
   private readonly seen: Set<number>;
   private readonly produced: number[] = [];
 
-  /** Checks the options against the prompt: `E_VALUE` for an empty prompt or stop strings without `decode`. */
+  /**
+   * Checks the options against the prompt: `E_VALUE` for an empty prompt, a `maxTokens` that is not a non-negative
+   * integer, or stop strings without `decode`.
+   */
   constructor(prompt: ArrayLike<number>, options: GenerateOptions = {}) {
     if (prompt.length === 0) throw new CalderaError('E_VALUE', 'generate: empty prompt');
     if (options.stopStrings?.length && !options.decode)
       throw new CalderaError('E_VALUE', 'generate: stopStrings need a decode function');
-    this.options = options;
     this.maxTokens = options.maxTokens ?? 64;
+    if (!Number.isInteger(this.maxTokens) || this.maxTokens < 0)
+      throw new CalderaError(
+        'E_VALUE',
+        `generate: maxTokens must be a non-negative integer, got ${this.maxTokens}`,
+      );
+    this.options = options;
     this.penalty = options.repetitionPenalty ?? 1;
     this.greedy = (options.temperature ?? 0) <= 0 && this.penalty === 1;
     this.rng = new Rng(options.seed ?? 0);

@@ -74,6 +74,12 @@ describe('generate', () => {
     await it.next();
     ac.abort();
     await expect(it.next()).rejects.toThrow(/E_ABORTED/);
+    // bad requests fail on the first next(), naming the problem (the KV cache is never overrun)
+    await expect(collect(generate(model, prompt, { maxTokens: -1 }))).rejects.toThrow(/E_VALUE.*maxTokens/);
+    const long = Array.from({ length: model.config.maxPositions + 1 }, (_, i) => i % V);
+    await expect(collect(generate(model, long, { maxTokens: 1 }))).rejects.toThrow(
+      /E_VALUE.*prompt of \d+ tokens/,
+    );
   });
 
   it('repetition penalty changes the choice away from tokens already seen', async () => {

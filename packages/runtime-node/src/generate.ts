@@ -1,4 +1,4 @@
-import { GenerationRules, throwIfAborted, type GenerateOptions } from '@caldera/core';
+import { CalderaError, GenerationRules, throwIfAborted, type GenerateOptions } from '@caldera/core';
 import { KVCache, type LlamaModel } from './model.js';
 
 export type { GenerateOptions } from '@caldera/core';
@@ -10,6 +10,11 @@ export async function* generate(
   options: GenerateOptions = {},
 ): AsyncGenerator<number> {
   const rules = new GenerationRules(prompt, options);
+  if (prompt.length > model.config.maxPositions)
+    throw new CalderaError(
+      'E_VALUE',
+      `generate: prompt of ${prompt.length} tokens exceeds the model's context of ${model.config.maxPositions}`,
+    );
   const capacity = Math.min(model.config.maxPositions, prompt.length + rules.maxTokens);
   const cache = new KVCache(model.config, capacity);
   const V = model.config.vocabSize;
