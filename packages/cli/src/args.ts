@@ -6,18 +6,111 @@ export interface Args {
   flags: Map<string, string | true>;
 }
 
-export function parseArgs(argv: readonly string[]): Args {
+/**
+ * What a command accepts: its options (name → whether it takes a value) and how many positional arguments. Derived
+ * from the command's help text by {@link commandSpec}, so that the help is the one place that declares them.
+ */
+export interface CommandSpec {
+  options: ReadonlyMap<string, 'value' | 'switch'>;
+  positionals: number;
+}
+
+/** A mistake in the shape of the command line (unknown option, missing value): `caldera` exits with code 2. */
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+/** The help text without its single-quoted examples ('caldera compress --shard I/N' names another command's option). */
+const unquoted = (help: string) => help.replace(/'[^'\n]*'/g, "''");
+
+/**
+ * The options and positionals a command's help declares. Options: every `--name` in the help outside single-quoted
+ * examples; one takes a value when some mention of it is followed by one space (or `=`) and an upper-case
+ * placeholder (`--out DIR`, `--shard I/N`, `--lr LR`), else it is a switch (`--json`). Positionals: the `[name]` and
+ * `<name>` placeholders of the first line, before its first option (`[options]` excluded).
+ */
+export function commandSpec(help: string): CommandSpec {
+  const text = unquoted(help);
+  const options = new Map<string, 'value' | 'switch'>();
+  for (const m of text.matchAll(/(?<![\w-])--([a-z][a-z0-9-]*)(?:[ =]([A-Z][A-Z0-9/_]*)(?![a-z]))?/g)) {
+    const name = m[1]!;
+    if (m[2] !== undefined) options.set(name, 'value');
+    else if (!options.has(name)) options.set(name, 'switch');
+  }
+  const usage = help.split('\n')[0]!.split('--')[0]!;
+  const positionals = [...usage.matchAll(/(?:^|\s)(?:\[[a-z][a-z-]*\]|<[a-z][a-z-]*>)/g)].filter(
+    (m) => m[0].trim() !== '[options]',
+  ).length;
+  return { options, positionals };
+}
+
+/** Edit distance of two short strings (for "did you mean"). */
+function distance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++)
+      cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = cur;
+  }
+  return prev[b.length]!;
+}
+
+function unknownOption(flag: string, spec: CommandSpec): UsageError {
+  const name = flag.replace(/^-+/, '');
+  let best: string | undefined;
+  let bestD = Infinity;
+  for (const k of spec.options.keys()) {
+    const d = distance(name, k);
+    if (d < bestD) [best, bestD] = [k, d];
+  }
+  const near = best !== undefined && bestD <= Math.min(2, Math.max(1, Math.floor(name.length / 3)));
+  return new UsageError(`unknown option ${flag}${near ? `; did you mean --${best}?` : ''}`);
+}
+
+/**
+ * Split a command line into positionals and options. With `spec` (what the command accepts), an unknown option, a
+ * value option without a value, a switch given a value (`--json=x`), a single-dash word (`-text`) or a positional
+ * beyond the command's are {@link UsageError}s, and a switch never takes the next word as its value. `--` ends the
+ * options. Without `spec`, every `--flag` takes the next word as its value unless that starts with `--`.
+ */
+export function parseArgs(argv: readonly string[], spec?: CommandSpec): Args {
   const positionals: string[] = [];
   const flags = new Map<string, string | true>();
+  let optionsEnded = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
-    if (a.startsWith('--')) {
-      const [k, v] = a.slice(2).split('=', 2) as [string, string | undefined];
-      if (v !== undefined) flags.set(k, v);
-      else if (i + 1 < argv.length && !argv[i + 1]!.startsWith('--')) flags.set(k, argv[++i]!);
-      else flags.set(k, true);
-    } else positionals.push(a);
+    if (optionsEnded || !a.startsWith('-') || a === '-') {
+      positionals.push(a);
+      continue;
+    }
+    if (a === '--') {
+      optionsEnded = true;
+      continue;
+    }
+    if (!a.startsWith('--')) {
+      if (spec) throw unknownOption(a, spec);
+      positionals.push(a);
+      continue;
+    }
+    const eq = a.indexOf('=');
+    const k = eq < 0 ? a.slice(2) : a.slice(2, eq);
+    const v = eq < 0 ? undefined : a.slice(eq + 1);
+    const kind = spec?.options.get(k);
+    if (spec && kind === undefined) throw unknownOption(`--${k}`, spec);
+    if (kind === 'switch') {
+      if (v !== undefined) throw new UsageError(`--${k} takes no value, got '${v}'`);
+      flags.set(k, true);
+    } else if (v !== undefined) flags.set(k, v);
+    else if (i + 1 < argv.length && !argv[i + 1]!.startsWith('--')) flags.set(k, argv[++i]!);
+    else if (spec) throw new UsageError(`--${k} needs a value`);
+    else flags.set(k, true);
   }
+  if (spec && positionals.length > spec.positionals)
+    throw new UsageError(
+      `unexpected argument '${positionals[spec.positionals]}'` +
+        (spec.positionals === 0 ? ' (this command takes no positional argument)' : ''),
+    );
   return { positionals, flags };
 }
 
@@ -27,14 +120,68 @@ export function flagString(a: Args, name: string, def?: string): string | undefi
   return v ?? def;
 }
 
-export function flagNumber(a: Args, name: string, def: number): number;
-export function flagNumber(a: Args, name: string, def?: number): number | undefined;
-export function flagNumber(a: Args, name: string, def?: number): number | undefined {
+/** The allowed values of a numeric option. */
+export interface NumberRule {
+  integer?: boolean;
+  /** Smallest allowed value (inclusive). */
+  min?: number;
+  /** Values must be greater than this (exclusive lower bound). */
+  above?: number;
+  /** Largest allowed value (inclusive). */
+  max?: number;
+}
+
+/** Integers ≥ 1. */
+export const POSITIVE_INT: NumberRule = { integer: true, min: 1 };
+/** Integers ≥ 0. */
+export const NON_NEGATIVE_INT: NumberRule = { integer: true, min: 0 };
+/** Seeds: integers in [0, 2³² − 1] (what the generators use). */
+export const SEED: NumberRule = { integer: true, min: 0, max: 0xffffffff };
+/** Numbers > 0. */
+export const POSITIVE: NumberRule = { above: 0 };
+
+/** "a positive integer", "an integer in [2, 512]", "a number in (0, 1]", … */
+export function describeRule(r: NumberRule): string {
+  const kind = r.integer ? 'integer' : 'number';
+  const lo = r.above !== undefined ? `(${r.above}` : r.min !== undefined ? `[${r.min}` : undefined;
+  if (lo !== undefined && r.max !== undefined) return `${r.integer ? 'an' : 'a'} ${kind} in ${lo}, ${r.max}]`;
+  if (r.integer && r.min === 1 && r.max === undefined) return 'a positive integer';
+  if (r.integer && r.min === 0 && r.max === undefined) return 'a non-negative integer';
+  if (r.above !== undefined) return `${r.integer ? 'an' : 'a'} ${kind} > ${r.above}`;
+  if (r.min !== undefined) return `${r.integer ? 'an' : 'a'} ${kind} ≥ ${r.min}`;
+  if (r.max !== undefined) return `${r.integer ? 'an' : 'a'} ${kind} ≤ ${r.max}`;
+  return r.integer ? 'an integer' : 'a number';
+}
+
+/** Whether `n` obeys `r`. */
+export function obeys(n: number, r: NumberRule): boolean {
+  return (
+    (!r.integer || Number.isInteger(n)) &&
+    (r.min === undefined || n >= r.min) &&
+    (r.above === undefined || n > r.above) &&
+    (r.max === undefined || n <= r.max)
+  );
+}
+
+/** `E_VALUE` naming the option, what it must be, and the value given (`note`: why, e.g. the model's limit). */
+export function checkFlag(name: string, n: number, r: NumberRule, note = ''): number {
+  if (!obeys(n, r))
+    throw new CalderaError('E_VALUE', `--${name} must be ${describeRule(r)}${note}, got ${n}`);
+  return n;
+}
+
+/**
+ * A numeric option: `def` when absent; `E_VALUE` naming the option when it is not a number or breaks `rule` (the
+ * default is not checked).
+ */
+export function flagNumber(a: Args, name: string, def: number, rule?: NumberRule): number;
+export function flagNumber(a: Args, name: string, def?: number, rule?: NumberRule): number | undefined;
+export function flagNumber(a: Args, name: string, def?: number, rule?: NumberRule): number | undefined {
   const v = flagString(a, name);
   if (v === undefined) return def;
-  const n = Number(v);
+  const n = v.trim() === '' ? NaN : Number(v);
   if (!Number.isFinite(n)) throw new CalderaError('E_VALUE', `--${name} must be a number, got '${v}'`);
-  return n;
+  return rule ? checkFlag(name, n, rule) : n;
 }
 
 /** A one-line progress bar with ETA on stderr (silent when stderr is not a terminal and `quiet`). */

@@ -1,5 +1,5 @@
 import { isCalderaError } from '@caldera/core';
-import { parseArgs } from './args.js';
+import { commandSpec, parseArgs, UsageError, type Args, type CommandSpec } from './args.js';
 import { compressCommand, compressHelp, mergeCommand, mergeHelp, workerHelp } from './commands/compress.js';
 import { finetuneCommand, finetuneHelp } from './commands/finetune.js';
 import { trainCommand, trainHelp } from './commands/train.js';
@@ -12,17 +12,25 @@ import {
   inspectHelp,
 } from './commands/run.js';
 
-const COMMANDS: Record<string, { run: (a: ReturnType<typeof parseArgs>) => Promise<number>; help: string }> =
-  {
-    compress: { run: compressCommand, help: compressHelp },
-    finetune: { run: finetuneCommand, help: finetuneHelp },
-    train: { run: trainCommand, help: trainHelp },
-    eval: { run: evalCommand, help: evalHelp },
-    generate: { run: generateCommand, help: generateHelp },
-    inspect: { run: inspectCommand, help: inspectHelp },
-    merge: { run: mergeCommand, help: mergeHelp },
-    worker: { run: async (a) => (await import('./commands/queue.js')).workerCommand(a), help: workerHelp },
-  };
+/**
+ * The commands: each runs with its parsed arguments and has a help text, which is also the one declaration of the
+ * options it accepts (see {@link commandSpec}; a test checks that every option a command reads is in it).
+ */
+export const COMMANDS: Record<string, { run: (a: Args) => Promise<number>; help: string }> = {
+  compress: { run: compressCommand, help: compressHelp },
+  finetune: { run: finetuneCommand, help: finetuneHelp },
+  train: { run: trainCommand, help: trainHelp },
+  eval: { run: evalCommand, help: evalHelp },
+  generate: { run: generateCommand, help: generateHelp },
+  inspect: { run: inspectCommand, help: inspectHelp },
+  merge: { run: mergeCommand, help: mergeHelp },
+  worker: { run: async (a) => (await import('./commands/queue.js')).workerCommand(a), help: workerHelp },
+};
+
+/** What command `name` accepts, from its help text. */
+export function specOf(name: string): CommandSpec {
+  return commandSpec(COMMANDS[name]!.help);
+}
 
 const USAGE = `caldera <command> [options]     (no model-dir = the embedded reference model)
 
@@ -45,10 +53,17 @@ export async function main(argv: readonly string[]): Promise<number> {
     console.error(`caldera: unknown command '${cmd}'\n\n${USAGE}`);
     return 2;
   }
-  const args = parseArgs(rest);
-  if (args.flags.has('help')) {
+  if (rest.includes('--help') || rest.includes('-h')) {
     console.log(c.help);
     return 0;
+  }
+  let args: Args;
+  try {
+    args = parseArgs(rest, specOf(cmd));
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    console.error(`caldera ${cmd}: ${e.message} (see 'caldera ${cmd} --help')`);
+    return 2;
   }
   try {
     return await c.run(args);

@@ -112,6 +112,18 @@ describe('loadModel', () => {
     await expect(loadModel(dir)).rejects.toThrow(/E_MISSING.*down_proj\.caldera\.Q/);
   });
 
+  it('CALDERA tensors without caldera.json are an E_FORMAT error saying so', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-nometa-'));
+    await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
+    const t: Record<string, Tensor> = { ...raw };
+    delete t['model.layers.0.self_attn.q_proj.weight'];
+    t['model.layers.0.self_attn.q_proj.caldera.Q'] = tensor('u8', [4], new Uint8Array(4));
+    await writeSafetensors(join(dir, 'model.safetensors'), t);
+    await expect(loadModel(dir)).rejects.toThrow(
+      /E_FORMAT.*caldera-nometa-.*CALDERA tensors of 1 compressed layer .*q_proj\.caldera\.Q.*no caldera\.json/,
+    );
+  });
+
   it('a tensor of the wrong shape is an E_SHAPE error naming it', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'caldera-shape-'));
     await writeFile(join(dir, 'config.json'), JSON.stringify(hf));

@@ -1,8 +1,8 @@
-import { CalderaError } from '@caldera/core';
+import { CalderaError, parseSafetensorsIndex } from '@caldera/core';
 import { createPool, type Pool } from '@caldera/linalg';
 import { referenceModelDir, referenceTextPath } from '@caldera/reference-model';
-import { dirname, join } from 'node:path';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { access, constants, readdir, readFile, realpath, stat } from 'node:fs/promises';
 import {
   Llama2cTokenizer,
   loadLlama2c,
@@ -20,6 +20,112 @@ export async function exists(path: string): Promise<boolean> {
     () => true,
     () => false,
   );
+}
+
+/** `path` made absolute with symbolic links resolved (as far as it exists), for comparing paths. */
+async function canonicalPath(path: string): Promise<string> {
+  const abs = resolve(path);
+  try {
+    return await realpath(abs);
+  } catch {
+    const parent = dirname(abs);
+    return parent === abs ? abs : join(await canonicalPath(parent), basename(abs));
+  }
+}
+
+/** Whether `inner` is `outer` or lies inside it (both canonical). */
+function within(inner: string, outer: string): boolean {
+  const r = relative(outer, inner);
+  return r === '' || (r !== '..' && !r.startsWith('..' + sep) && !isAbsolute(r));
+}
+
+/**
+ * Check, before any work starts, that writing a checkpoint to `out` loses nothing: it may be missing, an empty
+ * directory or an existing Caldera checkpoint directory (it has caldera.json: a rerun replaces it). Refused with
+ * E_VALUE: a file, a non-empty directory that is not a checkpoint, and a path equal to, inside or containing one of
+ * `inputs` (the model or checkpoint the command reads).
+ */
+export async function checkOutDir(out: string, inputs: readonly string[], flag = '--out'): Promise<void> {
+  const advice = `choose another ${flag} (or delete it yourself if it is not needed)`;
+  const o = await canonicalPath(out);
+  for (const input of inputs) {
+    const i = await canonicalPath(input);
+    const how = o === i ? 'is' : within(o, i) ? 'is inside' : within(i, o) ? 'contains' : null;
+    if (how)
+      throw new CalderaError(
+        'E_VALUE',
+        `${flag} ${out} ${how} the input ${input}: writing the checkpoint there would destroy it; choose another ${flag}`,
+      );
+  }
+  let st;
+  try {
+    st = await stat(out);
+  } catch (e) {
+    if ((e as { code?: string }).code === 'ENOENT') return;
+    throw new CalderaError('E_IO', `${flag} ${out}: cannot inspect it (${(e as Error).message})`, {
+      cause: e,
+    });
+  }
+  if (!st.isDirectory())
+    throw new CalderaError(
+      'E_VALUE',
+      `${flag} ${out} is an existing file, not a directory: it would be replaced by the checkpoint; ${advice}`,
+    );
+  const entries = await readdir(out);
+  if (entries.length === 0 || entries.includes('caldera.json')) return;
+  const shown =
+    entries.slice(0, 3).join(', ') + (entries.length > 3 ? `, … (${entries.length} entries)` : '');
+  throw new CalderaError(
+    'E_VALUE',
+    `${flag} ${out} is a non-empty directory that is not a Caldera checkpoint (no caldera.json; it holds ${shown}): ` +
+      `its files would be lost; ${advice}`,
+  );
+}
+
+/**
+ * Check that every input file named by a flag exists and is a readable file, before any work starts. `files`: flag
+ * (e.g. `--eval`) and path.
+ */
+export async function checkInputFiles(files: readonly (readonly [string, string])[]): Promise<void> {
+  for (const [flag, path] of files) {
+    let st;
+    try {
+      st = await stat(path);
+      await access(path, constants.R_OK);
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : String(code);
+      throw new CalderaError('E_IO', `${flag} ${path}: cannot read it (${why})`, { cause: e });
+    }
+    if (!st.isFile()) throw new CalderaError('E_IO', `${flag} ${path} is a directory, not a text file`);
+  }
+}
+
+/**
+ * The weight files of a model directory: the shards named by `model.safetensors.index.json` when it exists, else
+ * `model.safetensors`, else every `*.safetensors` file.
+ */
+export async function weightFiles(dir: string): Promise<string[]> {
+  const index = join(dir, 'model.safetensors.index.json');
+  if (await exists(index)) {
+    const { weightMap } = parseSafetensorsIndex(await readFile(index, 'utf8'), index);
+    return [...new Set(Object.values(weightMap))].map((f) => join(dir, f));
+  }
+  if (await exists(join(dir, 'model.safetensors'))) return [join(dir, 'model.safetensors')];
+  return (await readdir(dir)).filter((f) => f.endsWith('.safetensors')).map((f) => join(dir, f));
+}
+
+/** Total bytes of a model directory's weight files ({@link weightFiles}). */
+export async function weightFileBytes(dir: string): Promise<number> {
+  let n = 0;
+  for (const f of await weightFiles(dir)) {
+    try {
+      n += (await stat(f)).size;
+    } catch (e) {
+      throw new CalderaError('E_IO', `cannot read ${f}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+  return n;
 }
 
 /** The model directory: the positional argument, or the embedded reference model. */
@@ -40,12 +146,20 @@ export async function readDocuments(path: string): Promise<string[]> {
       .split('\n')
       .filter((l) => l.trim())
       .map((l, i) => {
+        let o: unknown;
         try {
-          const o = JSON.parse(l);
-          return String(o.text ?? o.content ?? '');
+          o = JSON.parse(l);
         } catch {
           throw new CalderaError('E_FORMAT', `${path}:${i + 1} is not a JSON object`);
         }
+        const r = o as { text?: unknown; content?: unknown } | null;
+        const text = typeof r === 'object' && r !== null ? (r.text ?? r.content) : undefined;
+        if (typeof text !== 'string')
+          throw new CalderaError(
+            'E_FORMAT',
+            `${path}:${i + 1} has no "text" (or "content") string field; each line must be {"text": "…"}`,
+          );
+        return text;
       });
   }
   return text.split(/\n\s*\n/).filter((d) => d.trim().length > 0);
@@ -109,15 +223,12 @@ export async function openModel(path: string, tokenizerPath?: string, pool?: Poo
   }
   const { model, config, calderaMeta } = await loadModel(path, pool ? { pool } : {});
   const tokenizer = await loadTokenizer(path);
-  let fileBytes = 0;
-  for (const f of await readdir(path))
-    if (f.endsWith('.safetensors')) fileBytes += (await stat(join(path, f))).size;
   return {
     model,
     config,
     tokenizer,
     calderaMeta,
-    fileBytes,
+    fileBytes: await weightFileBytes(path),
     format: calderaMeta ? 'caldera' : 'huggingface',
   };
 }

@@ -1,15 +1,17 @@
-import { mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import {
   atomicWriteFile,
   cast,
   CalderaError,
   openSafetensors,
+  openSafetensorsDir,
   writeCheckpointDir,
   writeSafetensors,
   type CalderaCheckpointMeta,
   type CalderaLayerMeta,
   type Tensor,
+  type WritableTensor,
 } from '@caldera/core';
 import {
   compressLayerWithSpec,
@@ -40,9 +42,27 @@ import {
 } from '@caldera/calibrate';
 import type { CalderaOptions } from '@caldera/lowrank';
 import { loadModel, ModelRunnerAdapter, perplexity } from '@caldera/runtime-node';
-import { flagNumber, flagString, progressBar, type Args } from '../args.js';
-import { defaultText, modelDirOf, poolFor, readDocuments, tokenizeDocuments } from './common.js';
-import { chooseRanks, parseLayerRanks } from './ranks.js';
+import {
+  flagNumber,
+  flagString,
+  POSITIVE,
+  POSITIVE_INT,
+  NON_NEGATIVE_INT,
+  progressBar,
+  type Args,
+} from '../args.js';
+import {
+  checkInputFiles,
+  checkOutDir,
+  defaultText,
+  modelDirOf,
+  poolFor,
+  readDocuments,
+  tokenizeDocuments,
+  weightFileBytes,
+  weightFiles,
+} from './common.js';
+import { chooseRanks, parseLayerRanks, type RankChoice } from './ranks.js';
 import type { QueueTask } from './task.js';
 
 export const compressHelp = `caldera compress [model-dir] [options]
@@ -124,32 +144,51 @@ function settingsFromFlags(a: Args): Omit<RunSettings, 'ranks'> {
     throw new CalderaError('E_VALUE', `--propagate must be compressed or original, got '${propagate}'`);
   return {
     method,
-    windows: flagNumber(a, 'windows', 32),
-    length: flagNumber(a, 'length', 128),
+    windows: flagNumber(a, 'windows', 32, POSITIVE_INT),
+    length: flagNumber(a, 'length', 128, { integer: true, min: 2 }),
     data: resolve(flagString(a, 'data') ?? defaultText('train')),
     eval: resolve(flagString(a, 'eval') ?? defaultText('test')),
-    evalTokens: flagNumber(a, 'eval-tokens', 8192),
+    evalTokens: flagNumber(a, 'eval-tokens', 8192, { integer: true, min: 2 }),
     propagate,
-    outerIters: flagNumber(a, 'outer-iters', 4),
-    lplrIters: flagNumber(a, 'lplr-iters', 4),
-    hessianChunks: flagNumber(a, 'hessian-chunks', 4),
+    outerIters: flagNumber(a, 'outer-iters', 4, POSITIVE_INT),
+    lplrIters: flagNumber(a, 'lplr-iters', 4, POSITIVE_INT),
+    hessianChunks: flagNumber(a, 'hessian-chunks', 4, POSITIVE_INT),
   };
 }
 
-function ranksFor(a: Args, method: Method, layers: readonly LinearInfo[]): Record<string, number> {
-  if (method !== 'caldera' && method !== 'lplr') return {};
+/** The rank options, checked before any work (their limits, which depend on the layers, by chooseRanks). */
+function rankChoiceOf(a: Args, method: Method): RankChoice {
+  if (method !== 'caldera' && method !== 'lplr') {
+    const given = [
+      a.flags.has('rank') && '--rank',
+      a.flags.has('bits') && '--bits',
+      a.flags.has('max-bytes') && '--max-bytes',
+      a.flags.has('layer-rank') && '--layer-rank',
+    ].filter(Boolean);
+    if (given.length > 0)
+      throw new CalderaError(
+        'E_VALUE',
+        `--method ${method} has no low-rank part (2 bits per weight, rank 0): ` +
+          `${given.join(', ')} would be ignored; use --method caldera or lplr`,
+      );
+  }
   const overrides = flagString(a, 'layer-rank');
-  const rank = flagNumber(a, 'rank');
-  const maxBytes = flagNumber(a, 'max-bytes');
+  const rank = flagNumber(a, 'rank', undefined, NON_NEGATIVE_INT);
+  const maxBytes = flagNumber(a, 'max-bytes', undefined, POSITIVE_INT);
+  return {
+    widths: method === 'lplr' ? { q: 0, l: 16, r: 16 } : { q: 2, l: 4, r: 4 },
+    ...(rank !== undefined ? { rank } : {}),
+    ...(maxBytes !== undefined ? { maxBytes } : {}),
+    bits: flagNumber(a, 'bits', method === 'lplr' ? 2 + 16 * 0.1 : 2.4, POSITIVE),
+    ...(overrides ? { overrides: parseLayerRanks(overrides) } : {}),
+  };
+}
+
+function ranksFor(choice: RankChoice, method: Method, layers: readonly LinearInfo[]): Record<string, number> {
+  if (method !== 'caldera' && method !== 'lplr') return {};
   return chooseRanks(
     layers.map((l) => ({ name: l.name, m: l.outFeatures, n: l.inFeatures })),
-    {
-      widths: method === 'lplr' ? { q: 0, l: 16, r: 16 } : { q: 2, l: 4, r: 4 },
-      ...(rank !== undefined ? { rank } : {}),
-      ...(maxBytes !== undefined ? { maxBytes } : {}),
-      bits: flagNumber(a, 'bits', method === 'lplr' ? 2 + 16 * 0.1 : 2.4),
-      ...(overrides ? { overrides: parseLayerRanks(overrides) } : {}),
-    },
+    choice,
   );
 }
 
@@ -174,7 +213,119 @@ function layerSpec(s: RunSettings, seed: number, name: string): LayerSpec {
   return { options, seed: layerSeed(seed, name) };
 }
 
-function fileStore(dir: string): BlockStore {
+/**
+ * What determines the blocks of a 'compressed'-propagation run, recorded in `<out>.partial/run.json` with its first
+ * block: a rerun resumes only when every field is the same (else its blocks would mix two runs' settings).
+ */
+interface RunFingerprint {
+  /** config.json and the weight files (sizes, sha256 of their first and last MiB). */
+  model: string;
+  method: Method;
+  ranks: Record<string, number>;
+  outerIters: number;
+  lplrIters: number;
+  propagate: RunSettings['propagate'];
+  /** sha256 of the calibration text. */
+  data: string;
+  windows: number;
+  length: number;
+  seed: number;
+}
+
+const PARTIAL_RUN_FILE = 'run.json';
+
+/** sha256 of the source model's identity: config.json, and per weight file its size and first and last MiB. */
+async function modelIdentity(modelDir: string): Promise<string> {
+  const parts: unknown[] = [sha256Hex(await readFile(join(modelDir, 'config.json')))];
+  for (const f of (await weightFiles(modelDir)).sort()) {
+    const h = await open(f, 'r').catch((e: Error) => {
+      throw new CalderaError('E_IO', `cannot read ${f}: ${e.message}`, { cause: e });
+    });
+    try {
+      const size = (await h.stat()).size;
+      const mib = 1 << 20;
+      const head = Buffer.alloc(Math.min(mib, size));
+      const tail = Buffer.alloc(Math.min(mib, size));
+      await h.read(head, 0, head.length, 0);
+      await h.read(tail, 0, tail.length, size - tail.length);
+      parts.push([basename(f), size, sha256Hex(Buffer.concat([head, tail]))]);
+    } finally {
+      await h.close();
+    }
+  }
+  return sha256Hex(JSON.stringify(parts));
+}
+
+async function runFingerprint(modelDir: string, s: RunSettings, seed: number): Promise<RunFingerprint> {
+  const data = await readFile(s.data).catch((e: Error) => {
+    throw new CalderaError('E_IO', `cannot read ${s.data}: ${e.message}`, { cause: e });
+  });
+  return {
+    model: await modelIdentity(modelDir),
+    method: s.method,
+    ranks: Object.fromEntries(Object.entries(s.ranks).sort(([x], [y]) => (x < y ? -1 : x > y ? 1 : 0))),
+    outerIters: s.outerIters,
+    lplrIters: s.lplrIters,
+    propagate: s.propagate,
+    data: sha256Hex(data),
+    windows: s.windows,
+    length: s.length,
+    seed,
+  };
+}
+
+const FINGERPRINT_LABELS: Record<keyof RunFingerprint, string> = {
+  model: 'source model (config.json or weight files)',
+  method: '--method',
+  ranks: 'layer ranks (--rank / --bits / --max-bytes / --layer-rank)',
+  outerIters: '--outer-iters',
+  lplrIters: '--lplr-iters',
+  propagate: '--propagate',
+  data: 'calibration text (--data content)',
+  windows: '--windows',
+  length: '--length',
+  seed: '--seed',
+};
+
+/**
+ * Refuse to resume from `partial` when its committed blocks were made with other settings than `fp` (or by a
+ * version that did not record them). A missing or block-less partial directory is fine.
+ */
+async function checkResume(partial: string, fp: RunFingerprint): Promise<void> {
+  const files = await readdir(partial).catch(() => [] as string[]);
+  if (!files.some((f) => /^block-\d+\.json$/.test(f))) return;
+  const advice = `rerun with the options of the interrupted run to resume it, or delete ${partial} to start over`;
+  let old: Partial<RunFingerprint>;
+  try {
+    old = JSON.parse(await readFile(join(partial, PARTIAL_RUN_FILE), 'utf8')) as Partial<RunFingerprint>;
+  } catch {
+    throw new CalderaError(
+      'E_VALUE',
+      `${partial} holds blocks of an interrupted run without a readable ${PARTIAL_RUN_FILE} (the settings they ` +
+        `were made with are unknown); delete ${partial} to start over`,
+    );
+  }
+  const differ: string[] = [];
+  for (const k of Object.keys(FINGERPRINT_LABELS) as (keyof RunFingerprint)[]) {
+    const [a, b] = [old[k], fp[k]];
+    if (JSON.stringify(a) === JSON.stringify(b)) continue;
+    if (k === 'ranks') {
+      const [ra, rb] = [(a ?? {}) as Record<string, number>, b as Record<string, number>];
+      const layer = [...new Set([...Object.keys(ra), ...Object.keys(rb)])].find((l) => ra[l] !== rb[l]);
+      differ.push(
+        `${FINGERPRINT_LABELS[k]}, e.g. ${layer}: ${ra[layer!] ?? 'none'} then, ${rb[layer!] ?? 'none'} now`,
+      );
+    } else if (k === 'model' || k === 'data') differ.push(FINGERPRINT_LABELS[k]);
+    else differ.push(`${FINGERPRINT_LABELS[k]} (${JSON.stringify(a)} then, ${JSON.stringify(b)} now)`);
+  }
+  if (differ.length > 0)
+    throw new CalderaError(
+      'E_VALUE',
+      `${partial} holds blocks of an interrupted run with other settings: ${differ.join('; ')}; ${advice}`,
+    );
+}
+
+function fileStore(dir: string, fingerprint: RunFingerprint): BlockStore {
   const paths = (b: number) => ({
     st: join(dir, `block-${String(b).padStart(4, '0')}.safetensors`),
     js: join(dir, `block-${String(b).padStart(4, '0')}.json`),
@@ -213,6 +364,8 @@ function fileStore(dir: string): BlockStore {
     },
     async save(b, results) {
       await mkdir(dir, { recursive: true });
+      // the settings go first: a block never exists without the record of what it was made with
+      await atomicWriteFile(join(dir, PARTIAL_RUN_FILE), JSON.stringify(fingerprint));
       const p = paths(b);
       const tensors: Record<string, Tensor> = {};
       for (const r of results) Object.assign(tensors, r.replacement.tensors);
@@ -260,6 +413,7 @@ export async function compressCommand(a: Args): Promise<number> {
   const json = a.flags.has('json');
   const modelDir = resolve(modelDirOf(a.positionals[0]));
   const base = settingsFromFlags(a);
+  const rankChoice = rankChoiceOf(a, base.method);
   const seed = flagNumber(a, 'seed', 0);
   const out =
     flagString(a, 'out') ??
@@ -275,6 +429,12 @@ export async function compressCommand(a: Args): Promise<number> {
     );
   }
   if (shard && queue) throw new CalderaError('E_VALUE', '--shard and --queue are alternatives');
+  // before any work: the inputs are there, and writing the checkpoint loses nothing
+  await checkInputFiles([
+    ['--data', base.data],
+    ['--eval', base.eval],
+  ]);
+  await checkOutDir(out, [modelDir]);
   const ctx: Ctx = {
     modelDir,
     out,
@@ -285,10 +445,19 @@ export async function compressCommand(a: Args): Promise<number> {
   };
 
   const pool = queue ? undefined : poolFor(threads); // a coordinator computes nothing itself
-  const loaded = await loadModel(modelDir, pool ? { pool } : {});
-  const runner = new ModelRunnerAdapter(loaded.model);
-  const layers = Array.from({ length: loaded.config.numLayers }, (_, b) => runner.linears(b)).flat();
-  const settings: RunSettings = { ...base, ranks: ranksFor(a, base.method, layers) };
+  let loaded: Awaited<ReturnType<typeof loadModel>>;
+  let runner: ModelRunnerAdapter;
+  let layers: LinearInfo[];
+  let settings: RunSettings;
+  try {
+    loaded = await loadModel(modelDir, pool ? { pool } : {});
+    runner = new ModelRunnerAdapter(loaded.model);
+    layers = Array.from({ length: loaded.config.numLayers }, (_, b) => runner.linears(b)).flat();
+    settings = { ...base, ranks: ranksFor(rankChoice, base.method, layers) };
+  } catch (e) {
+    pool?.dispose(); // the run's try/finally below has not started
+    throw e;
+  }
   const windowsOf = () => calibrationWindows(modelDir, settings, seed, loaded.config.bosTokenId);
   const bar = progressBar('compress', !json && process.stderr.isTTY === true);
   const ctl = new AbortController();
@@ -296,6 +465,9 @@ export async function compressCommand(a: Args): Promise<number> {
   process.once('SIGINT', onSignal);
   try {
     if (settings.propagate === 'compressed') {
+      const partial = `${out}.partial`;
+      const fingerprint = await runFingerprint(modelDir, settings, seed);
+      await checkResume(partial, fingerprint);
       const results = await compressModel(runner, await windowsOf(), {
         compressLayer: (w, h, info, signal) =>
           compressLayerWithSpec(w, h, info.name, layerSpec(settings, seed, info.name), {
@@ -304,7 +476,7 @@ export async function compressCommand(a: Args): Promise<number> {
           }),
         propagate: 'compressed',
         needsHessian: settings.method !== 'rtn',
-        store: fileStore(`${out}.partial`),
+        store: fileStore(partial, fingerprint),
         signal: ctl.signal,
         onProgress: (p) => {
           bar.update(
@@ -318,7 +490,7 @@ export async function compressCommand(a: Args): Promise<number> {
       });
       bar.done();
       await finish(ctx, settings, results);
-      await rm(`${out}.partial`, { recursive: true, force: true });
+      await rm(partial, { recursive: true, force: true });
       return 0;
     }
 
@@ -505,18 +677,37 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[]): Promise
   const before = perplexity(loaded.model, heldOut, { context: evalCtx });
   ctx.log({ event: 'baseline', ppl: before.ppl, tokens: before.tokens });
 
-  // checkpoint: dense non-linear tensors in f16, compressed linears as codes
-  const tensors: Record<string, Tensor> = {};
-  const w = loaded.model.weights;
-  tensors['model.embed_tokens.weight'] = cast(w.embed, 'f16');
-  const vec = (data: Float32Array) =>
-    cast({ dtype: 'f32', shape: [data.length], strides: [1], offset: 0, data }, 'f16');
-  w.blocks.forEach((blk, b) => {
-    tensors[`model.layers.${b}.input_layernorm.weight`] = vec(blk.inputNorm);
-    tensors[`model.layers.${b}.post_attention_layernorm.weight`] = vec(blk.postAttnNorm);
-  });
-  tensors['model.norm.weight'] = vec(w.norm);
-  if (!cfg.tieWordEmbeddings && w.lmHead !== w.embed) tensors['lm_head.weight'] = cast(w.lmHead, 'f16');
+  // checkpoint: every source tensor that is not replaced by a compressed layer's codes, under its name (biases in
+  // their source dtype, other float tensors in f16; read from the source while the checkpoint is written)
+  const tensors: Record<string, WritableTensor> = {};
+  const replaced = new Set(results.map((r) => `${r.name}.weight`));
+  const source = await openSafetensorsDir(modelDir);
+  const sourceLinears = { bytes: 0, params: 0, dtypes: new Set<string>() };
+  try {
+    for (const name of source.names()) {
+      const info = await source.tensorInfo(name);
+      if (replaced.has(name)) {
+        sourceLinears.bytes += info.dataOffsets[1] - info.dataOffsets[0];
+        sourceLinears.params += info.shape.reduce((x, y) => x * y, 1);
+        sourceLinears.dtypes.add(info.dtype.toLowerCase());
+        continue;
+      }
+      if (name === 'lm_head.weight' && cfg.tieWordEmbeddings) continue; // unused: the head is the embedding
+      const keep = name.endsWith('.bias') || !['F32', 'BF16', 'F64'].includes(info.dtype);
+      tensors[name] = {
+        dtype: keep ? info.dtype : 'F16',
+        shape: info.shape,
+        data: async () => {
+          if (keep) return source.readRaw(name);
+          const t = cast(await source.readTensor(name), 'f16');
+          return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+        },
+      };
+    }
+  } catch (e) {
+    await source.close();
+    throw e;
+  }
   const layerMeta: CalderaCheckpointMeta['layers'] = {};
   let bitNum = 0;
   let bitDen = 0;
@@ -554,11 +745,17 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[]): Promise
     )
       copy[f] = join(modelDir, f);
   }
-  await writeCheckpointDir(out, { meta, tensors, copyFiles: copy }, { overwrite: true });
+  try {
+    await writeCheckpointDir(out, { meta, tensors, copyFiles: copy }, { overwrite: true });
+  } finally {
+    await source.close();
+  }
 
   const compressed = await loadModel(out);
   const after = perplexity(compressed.model, heldOut, { context: evalCtx });
-  const sizeOf = async (dir: string) => (await stat(join(dir, 'model.safetensors'))).size;
+  // the source's storage as on disk (a bf16 or f16 model is held as f32 in memory)
+  const dtypes = [...sourceLinears.dtypes];
+  const sourceDtype = dtypes.length === 1 ? dtypes[0]! : 'mixed';
   const report = {
     model: modelDir,
     out,
@@ -566,8 +763,9 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[]): Promise
     seed,
     calibration: { windows: s.windows, length: s.length },
     bitsPerWeight: meta.bitsPerWeight,
-    linearBytes: { original: loaded.model.linearBytes(), compressed: compressed.model.linearBytes() },
-    fileBytes: { original: await sizeOf(modelDir), compressed: await sizeOf(out) },
+    sourceDtype,
+    linearBytes: { original: sourceLinears.bytes, compressed: compressed.model.linearBytes() },
+    fileBytes: { original: await weightFileBytes(modelDir), compressed: await weightFileBytes(out) },
     perplexity: { original: before.ppl, compressed: after.ppl, tokens: after.tokens, context: evalCtx },
     seconds: (performance.now() - ctx.t0) / 1000,
     layers: results.map((r) => ({
@@ -594,8 +792,8 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[]): Promise
     );
     console.table([
       {
-        model: 'original (f16)',
-        'bits/weight': 16,
+        model: `original (${sourceDtype})`,
+        'bits/weight': +((8 * sourceLinears.bytes) / sourceLinears.params).toFixed(3),
         'linear MB': +(report.linearBytes.original / 1e6).toFixed(2),
         'file MB': +(report.fileBytes.original / 1e6).toFixed(2),
         perplexity: +before.ppl.toFixed(2),

@@ -1,4 +1,4 @@
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CalderaError } from '@caldera/core';
 import {
@@ -10,8 +10,17 @@ import {
   runFinetune,
   writeFinetunedCheckpoint,
 } from '@caldera/runtime-node';
-import { flagNumber, flagString, progressBar, type Args } from '../args.js';
-import { defaultText, exists, modelDirOf, readDocuments, tokenizeDocuments } from './common.js';
+import {
+  checkFlag,
+  flagNumber,
+  flagString,
+  POSITIVE,
+  POSITIVE_INT,
+  progressBar,
+  SEED,
+  type Args,
+} from '../args.js';
+import { checkOutDir, defaultText, exists, modelDirOf, readDocuments, tokenizeDocuments } from './common.js';
 
 export const finetuneHelp = `caldera finetune [compressed-dir] [options]
 
@@ -49,6 +58,20 @@ Options:
 
 export async function finetuneCommand(a: Args): Promise<number> {
   const json = a.flags.has('json');
+  // the options' values before any work (--seq-len against the model's max positions once its config is read)
+  const ftRank = flagNumber(a, 'ft-rank', 64, POSITIVE_INT);
+  const seqLenFlag = flagNumber(a, 'seq-len', undefined, { integer: true, min: 2 });
+  const evalTokens = flagNumber(a, 'eval-tokens', 8192, POSITIVE_INT);
+  const options = {
+    steps: flagNumber(a, 'steps', 200, POSITIVE_INT),
+    seqLen: seqLenFlag ?? 128,
+    batch: flagNumber(a, 'batch', 4, POSITIVE_INT),
+    lr: flagNumber(a, 'lr', 1e-2, POSITIVE),
+    evalEvery: flagNumber(a, 'eval-every', 20, POSITIVE_INT),
+    patience: flagNumber(a, 'patience', 3, POSITIVE_INT),
+    evalTokens: flagNumber(a, 'valid-tokens', 4096, POSITIVE_INT),
+    seed: flagNumber(a, 'seed', 0, SEED),
+  };
   const src = a.positionals[0] ?? join('caldera-out', 'model-caldera');
   if (!(await exists(join(src, 'caldera.json'))))
     throw new CalderaError(
@@ -56,30 +79,22 @@ export async function finetuneCommand(a: Args): Promise<number> {
       `${src} is not a CALDERA checkpoint (no caldera.json)${a.positionals[0] ? '' : "; run 'caldera compress' first"}`,
     );
   const out = flagString(a, 'out') ?? `${src.replace(/\/$/, '')}-ft`;
-  const ftRank = flagNumber(a, 'ft-rank', 64);
-  const seqLen = flagNumber(a, 'seq-len', 128);
-  const options = {
-    steps: flagNumber(a, 'steps', 200),
-    seqLen,
-    batch: flagNumber(a, 'batch', 4),
-    lr: flagNumber(a, 'lr', 1e-2),
-    evalEvery: flagNumber(a, 'eval-every', 20),
-    patience: flagNumber(a, 'patience', 3),
-    evalTokens: flagNumber(a, 'valid-tokens', 4096),
-    seed: flagNumber(a, 'seed', 0),
-  };
+  // before any work: writing the result to --out loses nothing (never the input checkpoint or the teacher)
+  const teacherFlag = flagString(a, 'teacher');
+  await checkOutDir(out, teacherFlag === undefined ? [src] : [src, teacherFlag]);
   const log = (o: Record<string, unknown>) => (json ? console.log(JSON.stringify(o)) : undefined);
 
   const loaded = await loadModel(src, { dtype: 'f32' });
+  const maxPos = loaded.config.maxPositions;
+  if (seqLenFlag !== undefined)
+    checkFlag('seq-len', seqLenFlag, { integer: true, min: 2, max: maxPos }, " (the model's max positions)");
+  else options.seqLen = Math.min(options.seqLen, maxPos);
   const bos = loaded.config.bosTokenId;
   const tokens = async (file: string) =>
     (await tokenizeDocuments(src, await readDocuments(file), bos)).flat();
   const train = await tokens(flagString(a, 'data') ?? defaultText('train'));
   const valid = await tokens(flagString(a, 'valid') ?? defaultText('valid'));
-  const heldOut = (await tokens(flagString(a, 'eval') ?? defaultText('test'))).slice(
-    0,
-    flagNumber(a, 'eval-tokens', 8192),
-  );
+  const heldOut = (await tokens(flagString(a, 'eval') ?? defaultText('test'))).slice(0, evalTokens);
   const evalCtx = Math.min(256, loaded.config.maxPositions);
   const before = perplexity(loaded.model, heldOut, { context: evalCtx });
   log({ event: 'baseline', ppl: before.ppl, tokens: before.tokens });
@@ -98,6 +113,10 @@ export async function finetuneCommand(a: Args): Promise<number> {
       });
   const partial = `${out}.partial`;
   await mkdir(partial, { recursive: true });
+  // a run that stops before saving any state leaves no partial directory behind (one with state is never touched)
+  const dropIfEmpty = async () => {
+    if ((await readdir(partial).catch(() => ['?'])).length === 0) await rmdir(partial).catch(() => undefined);
+  };
   const ctl = new AbortController();
   const onSignal = () => ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
   process.once('SIGINT', onSignal);
@@ -119,10 +138,13 @@ export async function finetuneCommand(a: Args): Promise<number> {
       },
     });
   } catch (e) {
+    await dropIfEmpty();
     if (ctl.signal.aborted) {
       bar.done();
       console.error(
-        `caldera finetune: interrupted; state saved in ${partial} — rerun the same command to resume`,
+        (await exists(partial))
+          ? `caldera finetune: interrupted; state saved in ${partial} — rerun the same command to resume`
+          : 'caldera finetune: interrupted before any state was saved',
       );
       return 130;
     }

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { Worker as Thread } from 'node:worker_threads';
 import { Queue, Worker, type ConnectionOptions } from 'bullmq';
 import { CalderaError, type CalderaErrorCode } from '@caldera/core';
-import { flagNumber, flagString, type Args } from '../args.js';
+import { flagNumber, flagString, POSITIVE_INT, type Args } from '../args.js';
 import type { QueueTask } from './task.js';
 
 export type { QueueTask } from './task.js';
@@ -97,7 +97,7 @@ export async function runOnQueue(
 ): Promise<void> {
   if (tasks.length === 0) return;
   const name = flagString(a, 'queue-name', 'caldera')!;
-  const attempts = flagNumber(a, 'attempts', 3);
+  const attempts = flagNumber(a, 'attempts', 3, POSITIVE_INT);
   const queue = new Queue(name, { connection: redisConnection(url) });
   let lastError = '';
   queue.on('error', (e) => {

@@ -38,14 +38,28 @@ export function parseLayerRanks(spec: string): [string, number][] {
     });
 }
 
+/** Largest `x` with two decimals that is ≤ `v` (a limit shown to a user must be one they can pass). */
+const floor2 = (v: number) => Math.floor(v * 100 + 1e-9) / 100;
+
 /**
  * The rank of every layer: layers matched by an override get that rank (clamped to min(m, n)); the others get
  * `rank`, or ranks allocated so that the average over *all* layers meets the bits target (`bits`, or `maxBytes`
  * converted) exactly under the paper's accounting, the overridden layers' cost counted first. Fails with `E_VALUE`
- * when the overrides alone exceed the budget or when the budget is below the bits of Q.
+ * naming the option (`--rank`, `--bits`, `--max-bytes`) and its allowed range when `rank` is not a non-negative
+ * integer, when the budget is below the bits of Q (with the overrides' cost), or when `bits` is above what every
+ * layer at full rank gives (ranks are at most min(m, n), in steps of the granularity): such a target cannot be met,
+ * and is refused rather than silently capped. A `maxBytes` above the full-rank size is a ceiling that is simply not
+ * reached.
  */
 export function chooseRanks(layers: readonly LayerShape[], c: RankChoice): Record<string, number> {
   const { q, l, r } = c.widths;
+  const g = c.granularity ?? 8;
+  if (c.rank !== undefined && !(Number.isInteger(c.rank) && c.rank >= 0))
+    throw new CalderaError('E_VALUE', `--rank must be a non-negative integer, got ${c.rank}`);
+  if (c.maxBytes !== undefined && !(Number.isFinite(c.maxBytes) && c.maxBytes > 0))
+    throw new CalderaError('E_VALUE', `--max-bytes must be a number > 0, got ${c.maxBytes}`);
+  if (c.bits !== undefined && !(Number.isFinite(c.bits) && c.bits > 0))
+    throw new CalderaError('E_VALUE', `--bits must be a number > 0, got ${c.bits}`);
   const out: Record<string, number> = {};
   const free: LayerShape[] = [];
   let fixedBits = 0;
@@ -68,16 +82,40 @@ export function chooseRanks(layers: readonly LayerShape[], c: RankChoice): Recor
   const target = c.maxBytes !== undefined ? bitsForBytes(layers, c.maxBytes) : (c.bits ?? 2.4);
   const freeParams = all - fixedParams;
   const freeTarget = (target * all - fixedBits) / freeParams;
-  if (!(freeTarget >= q))
+  // the least and the most the free layers can take: Q alone, and every layer at its largest allocatable rank
+  const minBits = (fixedBits + q * freeParams) / all;
+  const fullBits =
+    (fixedBits +
+      free.reduce(
+        (a, s) => a + q * s.m * s.n + Math.floor(Math.min(s.m, s.n) / g) * g * (l * s.m + r * s.n),
+        0,
+      )) /
+    all;
+  if (!(freeTarget >= q)) {
+    if (c.maxBytes !== undefined)
+      throw new CalderaError(
+        'E_VALUE',
+        `--max-bytes must be at least ${Math.ceil((minBits * all) / 8)}, the size of ` +
+          (fixedParams === 0 ? `Q alone at ${q} bits/weight` : 'Q and the --layer-rank layers') +
+          ` over the ${all} compressed weights, got ${c.maxBytes}`,
+      );
     throw new CalderaError(
       'E_VALUE',
-      fixedParams === 0
-        ? `the budget of ${target.toFixed(3)} bits/weight is below the ${q} bits/weight of Q alone`
+      fixedParams === 0 && c.bits !== undefined
+        ? `--bits must be in [${q}, ${floor2(fullBits)}] (${q}: Q alone; ${floor2(fullBits)}: every layer at full rank), got ${c.bits}`
         : `the budget of ${target.toFixed(3)} bits/weight is too small: the --layer-rank layers use ` +
             `${(fixedBits / fixedParams).toFixed(3)} bits/weight over ${fixedParams} weights, leaving ` +
-            `${freeTarget.toFixed(3)} for the rest (Q alone needs ${q})`,
+            `${freeTarget.toFixed(3)} for the rest (Q alone needs ${q}); --bits must be at least ${Math.ceil(minBits * 1000) / 1000}`,
     );
-  const budget = allocateRanks(free, { targetBits: freeTarget, q, l, r, granularity: c.granularity ?? 8 });
+  }
+  if (c.maxBytes === undefined && target > fullBits + 1e-9)
+    throw new CalderaError(
+      'E_VALUE',
+      `--bits must be at most ${floor2(fullBits)}, what every layer at full rank gives (ranks are at most min(m, n), ` +
+        `in steps of ${g}${fixedParams === 0 ? '' : ', with the --layer-rank layers as given'}), got ${target}; ` +
+        'a larger target cannot be met',
+    );
+  const budget = allocateRanks(free, { targetBits: freeTarget, q, l, r, granularity: g });
   free.forEach((s, i) => (out[s.name] = budget.ranks[i]!));
   return out;
 }

@@ -1,14 +1,34 @@
+import { CalderaError, openSafetensorsDir } from '@caldera/core';
 import { blockLinearNames, generate, perplexity } from '@caldera/runtime-node';
-import { flagNumber, flagString, progressBar, type Args } from '../args.js';
+import {
+  checkFlag,
+  flagNumber,
+  flagString,
+  POSITIVE,
+  POSITIVE_INT,
+  progressBar,
+  SEED,
+  NON_NEGATIVE_INT,
+  type Args,
+} from '../args.js';
 import { defaultText, modelDirOf, openModel, poolFor, readDocuments, type OpenedModel } from './common.js';
+
+/**
+ * Tokens of the text `caldera eval` scores by default, and its default window: what the held-out perplexities of
+ * `caldera compress` (--eval-tokens 8192, context 2·--length = 256) and `caldera finetune` (8192, 256) score, so that
+ * the same checkpoint gets the same number from each.
+ */
+const EVAL_TOKENS = 8192;
+const EVAL_CONTEXT = 256;
 
 export const evalHelp = `caldera eval [model] [--text FILE] [--context N] [--stride N] [--max-tokens N] [--threads N]
   [--tokenizer FILE] [--json]
 Perplexity of a model (Hugging Face / Caldera directory, or llama2.c .bin) on a text (default: the reference
-model's test split). Prints tokens, mean NLL and perplexity.
-  --context N      tokens per window (default 256)
-  --stride N       window step, ≤ context (default: context)
-  --max-tokens N   evaluate at most N tokens of the text (default 16384)
+model's test split). Prints tokens, mean NLL and perplexity. The defaults score what the held-out perplexities of
+'caldera compress' and 'caldera finetune' score (the first 8192 tokens, windows of 256), so the numbers agree.
+  --context N      tokens per window, 2 … the model's max positions (default 256, or the max positions if fewer)
+  --stride N       window step, 1 … context (default: context)
+  --max-tokens N   evaluate at most N tokens of the text (default 8192)
   --threads N      threads for the products of each window (default 2; 1 = the calling thread only)
   --tokenizer FILE tokenizer.bin of a llama2.c model (default: beside the .bin)`;
 
@@ -30,20 +50,43 @@ async function withModel(
 }
 
 export async function evalCommand(a: Args): Promise<number> {
-  return withModel(a, (opened, path) => evaluate(a, path, opened));
+  // the checks that need no model first; --context (its range is the model's) once the model is open
+  const max = flagNumber(a, 'max-tokens', EVAL_TOKENS, POSITIVE_INT);
+  const context = flagNumber(a, 'context');
+  const stride = flagNumber(a, 'stride', undefined, POSITIVE_INT);
+  if (context !== undefined && stride !== undefined && Number.isInteger(context) && context >= 2)
+    checkFlag('stride', stride, { integer: true, min: 1, max: context }, ' (at most --context)');
+  return withModel(a, (opened, path) => evaluate(a, path, opened, { max, context, stride }));
 }
 
-async function evaluate(a: Args, path: string, { model, config, tokenizer }: OpenedModel): Promise<number> {
+async function evaluate(
+  a: Args,
+  path: string,
+  { model, config, tokenizer }: OpenedModel,
+  flags: { max: number; context: number | undefined; stride: number | undefined },
+): Promise<number> {
+  const maxPos = config.maxPositions;
+  const context =
+    flags.context === undefined
+      ? Math.min(EVAL_CONTEXT, maxPos)
+      : checkFlag(
+          'context',
+          flags.context,
+          { integer: true, min: 2, max: maxPos },
+          " (the model's max positions)",
+        );
+  const stride =
+    flags.stride === undefined
+      ? context
+      : checkFlag('stride', flags.stride, { integer: true, min: 1, max: context }, ' (at most the context)');
   const docs = await readDocuments(flagString(a, 'text') ?? defaultText('test'));
   const bos = config.bosTokenId;
   const ids = docs.flatMap((d) => (bos === null ? tokenizer.encode(d) : [bos, ...tokenizer.encode(d)]));
-  const max = flagNumber(a, 'max-tokens', 16384);
-  const context = flagNumber(a, 'context', 256);
   const bar = progressBar('eval', !a.flags.has('json') && process.stderr.isTTY === true);
   const t0 = performance.now();
-  const r = perplexity(model, ids.slice(0, max), {
+  const r = perplexity(model, ids.slice(0, flags.max), {
     context,
-    stride: flagNumber(a, 'stride', context),
+    stride,
     onProgress: (d, t) => {
       const el = (performance.now() - t0) / 1000;
       bar.update(d, t, d > 0 ? (el / d) * (t - d) : undefined);
@@ -58,19 +101,56 @@ async function evaluate(a: Args, path: string, { model, config, tokenizer }: Ope
   return 0;
 }
 
-export const generateHelp = `caldera generate [model] --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
-  [--repetition-penalty R] [--stop STRING] [--seed S] [--threads N] [--tokenizer FILE] [--json]
+export const generateHelp = `caldera generate [model] [--prompt TEXT] [--max-tokens N] [--temperature T] [--top-k K]
+  [--top-p P] [--repetition-penalty R] [--stop STRING] [--seed S] [--threads N] [--tokenizer FILE] [--json]
 Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Face / Caldera directory or llama2.c .bin.
---threads N: threads for the prompt's products (default 2; 1 = the calling thread only; decoding uses one).`;
+  --prompt TEXT              the text to continue (default "The")
+  --max-tokens N             tokens to generate at most, a positive integer (default 48; generation also stops at
+                             the model's max positions)
+  --temperature T            sampling temperature, ≥ 0 (default 0: greedy)
+  --top-k K                  sample among the K most likely tokens, a non-negative integer (default 0: all)
+  --top-p P                  nucleus sampling, in (0, 1] (default 1: all)
+  --repetition-penalty R     > 0; above 1 discourages tokens of the prompt and of the output so far (default 1: none)
+  --stop STRING              stop when the output contains STRING (not printed)
+  --seed S                   sampling seed, an integer in [0, 4294967295] (default 0)
+  --threads N                threads for the prompt's products (default 2; 1 = the calling thread only; decoding
+                             uses one)
+  --tokenizer FILE           tokenizer.bin of a llama2.c model (default: beside the .bin)`;
 
 export async function generateCommand(a: Args): Promise<number> {
-  return withModel(a, (opened) => generateText(a, opened));
+  const options = {
+    maxTokens: flagNumber(a, 'max-tokens', 48, POSITIVE_INT),
+    temperature: flagNumber(a, 'temperature', 0, { min: 0 }),
+    topK: flagNumber(a, 'top-k', 0, NON_NEGATIVE_INT),
+    topP: flagNumber(a, 'top-p', 1, { above: 0, max: 1 }),
+    repetitionPenalty: flagNumber(a, 'repetition-penalty', 1, POSITIVE),
+    seed: flagNumber(a, 'seed', 0, SEED),
+  };
+  const prompt = flagString(a, 'prompt', 'The')!;
+  return withModel(a, (opened) => generateText(a, opened, prompt, options));
 }
 
-async function generateText(a: Args, { model, config, tokenizer }: OpenedModel): Promise<number> {
-  const prompt = flagString(a, 'prompt', 'The')!;
+async function generateText(
+  a: Args,
+  { model, config, tokenizer }: OpenedModel,
+  prompt: string,
+  options: {
+    maxTokens: number;
+    temperature: number;
+    topK: number;
+    topP: number;
+    repetitionPenalty: number;
+    seed: number;
+  },
+): Promise<number> {
   const ids = tokenizer.encode(prompt);
   const full = config.bosTokenId === null ? ids : [config.bosTokenId, ...ids];
+  if (ids.length === 0) throw new CalderaError('E_VALUE', '--prompt is empty');
+  if (full.length >= config.maxPositions)
+    throw new CalderaError(
+      'E_VALUE',
+      `--prompt is ${full.length} tokens; the model's max positions (${config.maxPositions}) leave no room to generate`,
+    );
   const json = a.flags.has('json');
   const out: number[] = [];
   const t0 = performance.now();
@@ -78,12 +158,7 @@ async function generateText(a: Args, { model, config, tokenizer }: OpenedModel):
   let printed = '';
   const stop = flagString(a, 'stop');
   for await (const t of generate(model, full, {
-    maxTokens: flagNumber(a, 'max-tokens', 48),
-    temperature: flagNumber(a, 'temperature', 0),
-    topK: flagNumber(a, 'top-k', 0),
-    topP: flagNumber(a, 'top-p', 1),
-    repetitionPenalty: flagNumber(a, 'repetition-penalty', 1),
-    seed: flagNumber(a, 'seed', 0),
+    ...options,
     stopTokens: config.eosTokenId === null ? [] : [config.eosTokenId],
     ...(stop ? { stopStrings: [stop], decode: (x: number[]) => tokenizer.decode(x) } : {}),
   })) {
@@ -102,21 +177,56 @@ async function generateText(a: Args, { model, config, tokenizer }: OpenedModel):
 }
 
 export const inspectHelp = `caldera inspect [model] [--tokenizer FILE] [--json]
-Architecture, parameter count, bits per weight per layer and file size of a model, Caldera checkpoint or llama2.c .bin.`;
+Architecture, parameter count, bits per weight per layer and file size of a model, Caldera checkpoint or llama2.c .bin.
+Dense layers are reported as stored in the file (f32, f16 or bf16), whatever the runtime widens them to in memory.`;
+
+/** Safetensors dtypes of dense weights: the name `inspect` shows and bytes per weight. */
+const DTYPES: Record<string, { kind: string; bytes: number }> = {
+  F32: { kind: 'f32', bytes: 4 },
+  F16: { kind: 'f16', bytes: 2 },
+  BF16: { kind: 'bf16', bytes: 2 },
+  F64: { kind: 'f64', bytes: 8 },
+};
 
 export async function inspectCommand(a: Args): Promise<number> {
   const path = modelDirOf(a.positionals[0]);
   const { model, config, calderaMeta, fileBytes, format } = await openModel(path, flagString(a, 'tokenizer'));
+  // the dtype of each dense layer's weight in the file (a llama2.c .bin is all f32, as it is held in memory)
+  const stored = new Map<string, { kind: string; bytes: number }>();
+  if (format !== 'llama2.c') {
+    const store = await openSafetensorsDir(path);
+    try {
+      for (let b = 0; b < config.numLayers; b++)
+        for (const { name } of blockLinearNames(b)) {
+          if (calderaMeta?.layers?.[name] || !store.has(`${name}.weight`)) continue;
+          const info = await store.tensorInfo(`${name}.weight`);
+          const d = DTYPES[info.dtype];
+          if (d)
+            stored.set(name, {
+              kind: d.kind,
+              bytes: info.shape.reduce((x, y) => x * y, 1) * d.bytes,
+            });
+        }
+    } finally {
+      await store.close();
+    }
+  }
+  let linearBytes = 0;
   const layers = Array.from({ length: config.numLayers }, (_, b) =>
     blockLinearNames(b).map(({ name }) => {
       const l = model.linear(name);
       const meta = calderaMeta?.layers?.[name];
+      const file = meta ? undefined : stored.get(name);
+      const bytes = file?.bytes ?? l.weightBytes;
+      linearBytes += bytes;
       return {
         name,
         shape: `${l.outFeatures}x${l.inFeatures}`,
-        kind: meta ? 'caldera' : l.weightBytes === l.inFeatures * l.outFeatures * 2 ? 'f16' : 'f32',
+        kind: meta
+          ? 'caldera'
+          : (file?.kind ?? (l.weightBytes === l.inFeatures * l.outFeatures * 2 ? 'f16' : 'f32')),
         rank: meta?.rank ?? null,
-        bitsPerWeight: Number(((l.weightBytes * 8) / (l.inFeatures * l.outFeatures)).toFixed(4)),
+        bitsPerWeight: Number(((bytes * 8) / (l.inFeatures * l.outFeatures)).toFixed(4)),
         error: meta?.error ?? null,
       };
     }),
@@ -129,7 +239,7 @@ export async function inspectCommand(a: Args): Promise<number> {
     linearParams +
     config.vocabSize * config.hiddenSize * (config.tieWordEmbeddings ? 1 : 2) +
     config.hiddenSize * (2 * config.numLayers + 1);
-  const linearBytes = model.linearBytes();
+  const memoryBytes = model.linearBytes();
   const info = {
     path,
     format,
@@ -139,6 +249,8 @@ export async function inspectCommand(a: Args): Promise<number> {
     fileBytes,
     linearBytes,
     linearBitsPerWeight: (linearBytes * 8) / linearParams,
+    /** Bytes of the linear weights as this runtime holds them (bf16 layers are widened to f32). */
+    linearMemoryBytes: memoryBytes,
     layers,
   };
   if (a.flags.has('json')) console.log(JSON.stringify(info));
@@ -147,7 +259,8 @@ export async function inspectCommand(a: Args): Promise<number> {
       `${path} (${format})\n${config.architecture}: ${config.numLayers} layers, hidden ${config.hiddenSize}, MLP ${config.intermediateSize}, heads ${config.numHeads}/${config.numKvHeads} (q/kv), head dim ${config.headDim}, vocab ${config.vocabSize}`,
     );
     console.log(
-      `parameters ${(params / 1e6).toFixed(2)} M, files ${(fileBytes / 1e6).toFixed(2)} MB, linear weights ${(linearBytes / 1e6).toFixed(2)} MB (${info.linearBitsPerWeight.toFixed(3)} bits/weight)`,
+      `parameters ${(params / 1e6).toFixed(2)} M, files ${(fileBytes / 1e6).toFixed(2)} MB, linear weights ${(linearBytes / 1e6).toFixed(2)} MB (${info.linearBitsPerWeight.toFixed(3)} bits/weight)` +
+        (memoryBytes !== linearBytes ? `, ${(memoryBytes / 1e6).toFixed(2)} MB in memory` : ''),
     );
     console.table(layers);
   }

@@ -9,7 +9,17 @@ import {
   validationLoss,
   type TrainConfig,
 } from '@caldera/runtime-node';
-import { flagNumber, flagString, progressBar, type Args } from '../args.js';
+import {
+  checkFlag,
+  flagNumber,
+  flagString,
+  NON_NEGATIVE_INT,
+  POSITIVE,
+  POSITIVE_INT,
+  progressBar,
+  SEED,
+  type Args,
+} from '../args.js';
 import { defaultText, exists, modelDirOf, readDocuments, tokenizeDocuments } from './common.js';
 
 export const trainHelp = `caldera train [template-dir] --out DIR [options]
@@ -36,26 +46,46 @@ export async function trainCommand(a: Args): Promise<number> {
   const template = modelDirOf(a.positionals[0]);
   const out = flagString(a, 'out');
   if (!out) throw new CalderaError('E_VALUE', 'caldera train needs --out DIR');
-  const hfConfig = JSON.parse(await readFile(join(template, 'config.json'), 'utf8')) as Record<
-    string,
-    unknown
-  >;
-  const mc = parseModelConfig(hfConfig, join(template, 'config.json'));
+  const steps = flagNumber(a, 'steps', 2000, POSITIVE_INT);
+  const seqLenFlag = flagNumber(a, 'seq-len', undefined, { integer: true, min: 2 });
+  const seed = flagNumber(a, 'seed', 0, SEED);
+  const evalEvery = flagNumber(a, 'eval-every', 100, POSITIVE_INT);
+  const batch = flagNumber(a, 'batch', 8, POSITIVE_INT);
+  const lr = flagNumber(a, 'lr', 3e-3, POSITIVE);
+  const warmup = flagNumber(a, 'warmup', 50, NON_NEGATIVE_INT);
+  const validTokens = flagNumber(a, 'valid-tokens', 8192, POSITIVE_INT);
+  const configPath = join(template, 'config.json');
+  const configText = await readFile(configPath, 'utf8').catch((e: Error) => {
+    throw new CalderaError('E_IO', `cannot read ${configPath}: ${e.message}`, { cause: e });
+  });
+  let hfConfig: Record<string, unknown>;
+  try {
+    hfConfig = JSON.parse(configText) as Record<string, unknown>;
+  } catch (e) {
+    throw new CalderaError('E_FORMAT', `${configPath} is not valid JSON: ${(e as Error).message}`, {
+      cause: e,
+    });
+  }
+  const mc = parseModelConfig(hfConfig, configPath);
   if (!mc.tieWordEmbeddings || mc.attentionBias || mc.ropeScaling)
     throw new CalderaError(
       'E_UNSUPPORTED',
       `${template}: the training engine supports tied-embedding Llama models without biases or RoPE scaling`,
     );
   const cfg: TrainConfig = mc;
-  const steps = flagNumber(a, 'steps', 2000);
-  const seqLen = flagNumber(a, 'seq-len', 128);
-  const seed = flagNumber(a, 'seed', 0);
-  const evalEvery = flagNumber(a, 'eval-every', 100);
+  const seqLen =
+    seqLenFlag === undefined
+      ? Math.min(128, mc.maxPositions)
+      : checkFlag(
+          'seq-len',
+          seqLenFlag,
+          { integer: true, min: 2, max: mc.maxPositions },
+          " (the model's max positions)",
+        );
   const tokens = async (file: string) =>
     (await tokenizeDocuments(template, await readDocuments(file), mc.bosTokenId)).flat();
   const data = Uint16Array.from(await tokens(flagString(a, 'data') ?? defaultText('train')));
   const valid = await tokens(flagString(a, 'valid') ?? defaultText('valid'));
-  const validTokens = flagNumber(a, 'valid-tokens', 8192);
   const partial = `${out}.partial`;
   const statePath = join(partial, 'train-state.bin');
   const logPath = join(partial, 'training-log.jsonl');
@@ -64,9 +94,9 @@ export async function trainCommand(a: Args): Promise<number> {
     ? await Trainer.load(statePath, cfg, data)
     : new Trainer(cfg, initTrainParams(cfg, new Rng(seed)), data, {
         seqLen,
-        batch: flagNumber(a, 'batch', 8),
-        lr: flagNumber(a, 'lr', 3e-3),
-        warmup: flagNumber(a, 'warmup', 50),
+        batch,
+        lr,
+        warmup,
         totalSteps: steps,
         seed,
         checkpoint: a.flags.has('checkpoint'),

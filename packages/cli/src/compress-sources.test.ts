@@ -1,0 +1,127 @@
+import { describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { openSafetensors, writeSafetensors, type Tensor } from '@caldera/core';
+import { referenceTextPath } from '@caldera/reference-model';
+import { loadModel } from '@caldera/runtime-node';
+import { writeTinyModel } from './test-models.js';
+
+const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
+const run = (args: string[]) =>
+  spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 120_000 });
+
+const tmp = mkdtempSync(join(tmpdir(), 'caldera-sources-'));
+// short calibration and held-out texts: a tiny model's whole compress takes about 2 s here
+const data = join(tmp, 'calib.txt');
+writeFileSync(data, readFileSync(referenceTextPath('train'), 'utf8').slice(0, 50_000));
+const heldOut = join(tmp, 'eval.txt');
+writeFileSync(heldOut, readFileSync(referenceTextPath('test'), 'utf8').slice(0, 20_000));
+const FAST = [
+  '--windows',
+  '4',
+  '--length',
+  '32',
+  '--outer-iters',
+  '1',
+  '--lplr-iters',
+  '1',
+  '--eval-tokens',
+  '128',
+  '--data',
+  data,
+  '--eval',
+  heldOut,
+];
+
+/** Linear weights (q/k/v/o, gate/up/down) of a tiny model's tensors: their number of values. */
+const linearParams = (raw: Record<string, Tensor>) =>
+  Object.entries(raw)
+    .filter(([n]) => /_proj\.weight$/.test(n))
+    .reduce((s, [, t]) => s + t.data.length, 0);
+
+describe('caldera compress: source models', () => {
+  it('compresses a sharded bf16 model (index + 2 shards): report of the shard bytes, source dtype in the table', async () => {
+    const { dir: src, raw } = await writeTinyModel(join(tmp, 'sharded'), { shards: 2, dtype: 'bf16' });
+    const out = join(tmp, 'sharded-out');
+    const r = run(['compress', src, '--out', out, ...FAST]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(existsSync(`${out}.partial`)).toBe(false);
+    const report = JSON.parse(readFileSync(join(out, 'report.json'), 'utf8'));
+    const shards = readdirSync(src).filter((f) => /^model-\d{5}-of-00002\.safetensors$/.test(f));
+    expect(shards).toHaveLength(2);
+    expect(report.fileBytes.original).toBe(shards.reduce((s, f) => s + statSync(join(src, f)).size, 0));
+    // bf16 on disk: 2 bytes per linear weight (not the 4 of the f32 copy the runtime holds)
+    expect(report.sourceDtype).toBe('bf16');
+    expect(report.linearBytes.original).toBe(2 * linearParams(raw));
+    expect(r.stdout).toMatch(/'original \(bf16\)'\s*│\s*16\s*│/);
+    const { model } = await loadModel(out);
+    expect(model.forward([1, 2, 3]).every(Number.isFinite)).toBe(true);
+  }, 60_000);
+
+  it('labels an f32 source as 32 bits per weight in the summary table', async () => {
+    const { dir: src, raw } = await writeTinyModel(join(tmp, 'f32'), { seed: 2 });
+    const out = join(tmp, 'f32-out');
+    const r = run(['compress', src, '--out', out, ...FAST]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/'original \(f32\)'\s*│\s*32\s*│/);
+    const report = JSON.parse(readFileSync(join(out, 'report.json'), 'utf8'));
+    expect(report.linearBytes.original).toBe(4 * linearParams(raw));
+  }, 60_000);
+
+  it('carries Qwen2 q/k/v biases into the checkpoint: it loads and its logits stay close to the source', async () => {
+    const { dir: src } = await writeTinyModel(join(tmp, 'qwen2'), { qwen2BiasStd: 1 });
+    const out = join(tmp, 'qwen2-out');
+    // low-rank only with 16-bit factors at full rank (64 = min(m, n) of every layer): Ŵ is W up to f16 rounding
+    // and the LPLR fit, so the logits must follow the source's closely, biases included
+    const r = run(['compress', src, '--out', out, ...FAST, '--method', 'lplr', '--rank', '64', '--json']);
+    expect(r.status, r.stderr).toBe(0);
+    const a = await openSafetensors(join(src, 'model.safetensors'));
+    const b = await openSafetensors(join(out, 'model.safetensors'));
+    const biases = a.header.tensors.filter((t) => t.name.endsWith('.bias'));
+    expect(biases).toHaveLength(6); // q, k, v of 2 layers
+    for (const t of biases)
+      expect(Buffer.from(await b.readRaw(t.name))).toEqual(Buffer.from(await a.readRaw(t.name)));
+    // the same source with the biases zeroed: what a checkpoint without them would compute
+    const noBias = join(tmp, 'qwen2-zero-bias');
+    mkdirSync(noBias);
+    const zeroed: Record<string, Tensor> = {};
+    for (const t of a.header.tensors) {
+      const v = await a.readTensor(t.name);
+      if (t.name.endsWith('.bias')) v.data.fill(0);
+      zeroed[t.name] = v;
+    }
+    await writeSafetensors(join(noBias, 'model.safetensors'), zeroed);
+    for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json'])
+      copyFileSync(join(src, f), join(noBias, f));
+    await a.close();
+    await b.close();
+    const tokens = Array.from({ length: 24 }, (_, i) => (i * 37 + 5) % 2048);
+    const logits = async (dir: string) => Float32Array.from((await loadModel(dir)).model.forward(tokens));
+    const [ref, got, bad] = await Promise.all([src, out, noBias].map(logits));
+    const relErr = (x: Float32Array) => {
+      let num = 0;
+      let den = 0;
+      for (let i = 0; i < x.length; i++) {
+        num += (x[i]! - ref![i]!) ** 2;
+        den += ref![i]! ** 2;
+      }
+      return Math.sqrt(num / den);
+    };
+    // measured: ≈ 0.001 for the checkpoint (f16 rounding of the factors, embeddings and norms), ≈ 1 without the
+    // biases; 0.02 leaves 20× room for that rounding and is 50× below what dropping the biases does
+    expect(relErr(bad!)).toBeGreaterThan(0.5);
+    expect(relErr(got!)).toBeLessThan(0.02);
+  }, 60_000);
+});

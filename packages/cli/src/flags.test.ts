@@ -1,0 +1,341 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { cast, openSafetensors, writeSafetensors, type Tensor } from '@caldera/core';
+import { referenceModelDir } from '@caldera/reference-model';
+import { COMMANDS, main, specOf } from './cli.js';
+import { chooseRanks } from './commands/ranks.js';
+
+// Every test here fails on the command line's options and values before any heavy work (at most a load of the
+// embedded reference model), or runs a 3-second eval; main() runs in this process.
+
+const commandsDir = fileURLToPath(new URL('./commands/', import.meta.url));
+
+/** The top-level functions of the command sources: name → body, with the flags each reads and the names it uses. */
+function sourceFunctions() {
+  const fns = new Map<string, { file: string; body: string }>();
+  const outside: string[] = [];
+  for (const f of readdirSync(commandsDir).filter((f) => f.endsWith('.ts'))) {
+    const src = readFileSync(join(commandsDir, f), 'utf8');
+    let rest = src;
+    for (const m of src.matchAll(/^(?:export )?(?:async )?function\*? (\w+)[\s\S]*?^\}$/gm)) {
+      fns.set(m[1]!, { file: f, body: m[0] });
+      rest = rest.replace(m[0], '');
+    }
+    outside.push(...[...reads(rest)].map(([n]) => `${f}: --${n} read outside a top-level function`));
+  }
+  return { fns, outside };
+}
+
+/** Flags read with a literal name: name → how ('value' by flagString/flagNumber/flags.get, 'switch' by flags.has). */
+function reads(body: string): Map<string, 'value' | 'switch'> {
+  const out = new Map<string, 'value' | 'switch'>();
+  for (const m of body.matchAll(/\bflag(?:String|Number)\(\s*\w+\s*,\s*(['"`])([^'"`]+)\1/g))
+    out.set(m[2]!, 'value');
+  for (const m of body.matchAll(/\bflags\.get\(\s*(['"`])([^'"`]+)\1/g)) out.set(m[2]!, 'value');
+  for (const m of body.matchAll(/\bflags\.has\(\s*(['"`])([^'"`]+)\1/g))
+    if (!out.has(m[2]!)) out.set(m[2]!, 'switch');
+  return out;
+}
+
+/** Flag reads whose name is not a literal (the static check below could not see them). */
+function dynamicReads(src: string): string[] {
+  return [
+    ...src.matchAll(/\bflag(?:String|Number)\(\s*\w+\s*,\s*(?![\s'"`])[^)]*\)/g),
+    ...src.matchAll(/\bflags\.(?:get|has)\(\s*(?![\s'"`])[^)]*\)/g),
+  ].map((m) => m[0]);
+}
+
+/** What a command reads: the flags of its entry function and of every command-source function it names, transitively. */
+function flagsReadBy(entry: string, fns: ReturnType<typeof sourceFunctions>['fns']) {
+  const seen = new Set<string>();
+  const todo = [entry];
+  const flags = new Map<string, 'value' | 'switch'>();
+  while (todo.length) {
+    const name = todo.pop()!;
+    if (seen.has(name)) continue;
+    seen.add(name);
+    const fn = fns.get(name);
+    if (!fn) throw new Error(`no function ${name} in src/commands`);
+    for (const [k, how] of reads(fn.body)) if (flags.get(k) !== 'value') flags.set(k, how);
+    for (const other of fns.keys())
+      if (other !== name && new RegExp(`\\b${other}\\b`).test(fn.body)) todo.push(other);
+  }
+  return { flags, functions: seen };
+}
+
+describe('every command declares its options in its help, and accepts nothing else', () => {
+  it('each flag a command reads is in its --help (with or without a value as read) and each option there is read', () => {
+    const { fns, outside } = sourceFunctions();
+    expect(outside).toEqual([]);
+    for (const f of readdirSync(commandsDir).filter((f) => f.endsWith('.ts')))
+      expect(dynamicReads(readFileSync(join(commandsDir, f), 'utf8')), f).toEqual([]);
+    for (const cmd of Object.keys(COMMANDS)) {
+      const { flags, functions } = flagsReadBy(`${cmd}Command`, fns);
+      const spec = specOf(cmd);
+      expect(flags.size, `${cmd} reads no flag? (${[...functions].join(', ')})`).toBeGreaterThan(0);
+      for (const [name, how] of flags) {
+        expect(
+          spec.options.get(name),
+          `caldera ${cmd} reads --${name}, which its --help does not document`,
+        ).toBe(how === 'value' ? 'value' : 'switch');
+        expect(COMMANDS[cmd]!.help).toMatch(new RegExp(`--${name}\\b`));
+      }
+      for (const name of spec.options.keys())
+        expect(flags.has(name), `caldera ${cmd} --help documents --${name}, which it never reads`).toBe(true);
+    }
+    // the commands behind the queue: compress reads the queue options through runOnQueue (queue.ts), worker is there
+    expect(flagsReadBy('compressCommand', fns).flags.has('attempts')).toBe(true);
+    expect(fns.get('workerCommand')!.file).toBe('queue.ts');
+  });
+
+  it('the help-derived specs: value options, switches and positionals', () => {
+    expect(specOf('compress').options.get('bits')).toBe('value');
+    expect(specOf('compress').options.get('plan-only')).toBe('switch');
+    expect(specOf('compress').options.get('shard')).toBe('value');
+    expect(specOf('finetune').options.get('half-base')).toBe('switch');
+    // merge's help names compress's --shard and --propagate inside quoted examples: not merge options
+    expect([...specOf('merge').options.keys()]).toEqual(['json']);
+    expect(specOf('worker').positionals).toBe(0);
+    for (const c of ['compress', 'eval', 'generate', 'inspect', 'finetune', 'train', 'merge'])
+      expect(specOf(c).positionals, c).toBe(1);
+  });
+});
+
+describe('caldera command lines', () => {
+  let err: string[];
+  let out: string[];
+  beforeEach(() => {
+    err = [];
+    out = [];
+    vi.spyOn(console, 'error').mockImplementation((...x: unknown[]) => void err.push(x.join(' ')));
+    vi.spyOn(console, 'log').mockImplementation((...x: unknown[]) => void out.push(x.join(' ')));
+  });
+  afterEach(() => vi.restoreAllMocks());
+
+  /** Exit code and stderr of `caldera ...argv`. */
+  const run = async (...argv: string[]) => {
+    err.length = 0;
+    out.length = 0;
+    const code = await main(argv);
+    return { code, stderr: err.join('\n'), stdout: out.join('\n') };
+  };
+
+  it('an unknown option is a usage error (exit 2) naming it, the closest option and the help, for every command', async () => {
+    expect(await run('compress', '--bitz', '2')).toMatchObject({
+      code: 2,
+      stderr: "caldera compress: unknown option --bitz; did you mean --bits? (see 'caldera compress --help')",
+    });
+    expect((await run('eval', 'ck', '--txt', 'f')).stderr).toMatch(
+      /unknown option --txt; did you mean --text\?/,
+    );
+    for (const cmd of Object.keys(COMMANDS)) {
+      const r = await run(cmd, '--no-such-option', '1');
+      expect(r.code, cmd).toBe(2);
+      expect(r.stderr).toBe(`caldera ${cmd}: unknown option --no-such-option (see 'caldera ${cmd} --help')`);
+    }
+    expect((await run('worker', '--queue-nme', 'x')).stderr).toMatch(/did you mean --queue-name\?/);
+    expect((await run('eval', '-text', 'f')).stderr).toMatch(/unknown option -text; did you mean --text\?/);
+    expect((await run('merge', 'out', '--shard', '0/2')).code).toBe(2);
+  });
+
+  it('switches take no value, value options need one, extra positionals are refused (exit 2)', async () => {
+    expect(await run('inspect', '--json=yes')).toMatchObject({
+      code: 2,
+      stderr: expect.stringMatching(/--json takes no value/),
+    });
+    // `--json x y`: x is the model (a switch never swallows it), y is one argument too many
+    expect(await run('inspect', '--json', 'x', 'y')).toMatchObject({
+      code: 2,
+      stderr: expect.stringMatching(/unexpected argument 'y'/),
+    });
+    expect(await run('eval', '--context')).toMatchObject({
+      code: 2,
+      stderr: expect.stringMatching(/--context needs a value/),
+    });
+    expect(await run('worker', 'redis://h')).toMatchObject({
+      code: 2,
+      stderr: expect.stringMatching(/unexpected argument 'redis:\/\/h'/),
+    });
+    expect((await run('eval', '--help', '--bitz')).stdout).toMatch(/^caldera eval/);
+  });
+
+  const value = async (argv: string[], message: RegExp) => {
+    const r = await run(...argv);
+    expect(r.stderr, argv.join(' ')).toMatch(message);
+    expect(r.code).toBe(1);
+    expect(r.stderr).not.toMatch(/\n\s+at /); // no stack trace
+  };
+
+  it('eval: --max-tokens, --context and --stride are checked, naming the flag, the range and the value', async () => {
+    await value(['eval', '--max-tokens', '-5'], /E_VALUE: --max-tokens must be a positive integer, got -5$/);
+    await value(['eval', '--stride', '0'], /--stride must be a positive integer, got 0/);
+    await value(
+      ['eval', '--context', '8', '--stride', '9'],
+      /--stride must be an integer in \[1, 8\].*got 9/,
+    );
+    // the range of --context is the model's: the reference model has 512 positions
+    await value(
+      ['eval', '--context', '100000', '--threads', '1'],
+      /--context must be an integer in \[2, 512\] \(the model's max positions\), got 100000/,
+    );
+    await value(
+      ['eval', '--context', '0', '--threads', '1'],
+      /--context must be an integer in \[2, 512\].*got 0/,
+    );
+  });
+
+  it('generate: sampling options and --max-tokens are checked before the model loads', async () => {
+    await value(['generate', '--temperature', '-1'], /--temperature must be a number ≥ 0, got -1/);
+    await value(['generate', '--top-p', '5'], /--top-p must be a number in \(0, 1\], got 5/);
+    await value(['generate', '--top-p', '0'], /--top-p must be a number in \(0, 1\], got 0/);
+    await value(['generate', '--top-k', '2.5'], /--top-k must be a non-negative integer, got 2.5/);
+    await value(
+      ['generate', '--repetition-penalty', '0'],
+      /--repetition-penalty must be a number > 0, got 0/,
+    );
+    await value(['generate', '--max-tokens', '-1'], /--max-tokens must be a positive integer, got -1/);
+    await value(['generate', '--seed', '-3'], /--seed must be an integer in \[0, 4294967295\], got -3/);
+    expect(COMMANDS.generate!.help).toMatch(/\[--prompt TEXT\][\s\S]*--prompt TEXT .*\(default "The"\)/);
+  });
+
+  it('finetune and train: learning rate, batch, ranks, steps and sequence length', async () => {
+    await value(['finetune', '--lr', '-1'], /--lr must be a number > 0, got -1/);
+    await value(['finetune', '--batch', '0'], /--batch must be a positive integer, got 0/);
+    await value(['finetune', '--ft-rank', '0'], /--ft-rank must be a positive integer, got 0/);
+    for (const f of ['--steps', '--eval-every', '--patience'])
+      await value(['finetune', f, '0'], new RegExp(`${f} must be a positive integer, got 0`));
+    // --seq-len against the checkpoint's max positions: a "checkpoint" of the reference model with no compressed layer
+    const ckpt = mkdtempSync(join(tmpdir(), 'caldera-flags-ckpt-'));
+    for (const f of ['config.json', 'model.safetensors', 'tokenizer.json'])
+      copyFileSync(join(referenceModelDir(), f), join(ckpt, f));
+    writeFileSync(
+      join(ckpt, 'caldera.json'),
+      JSON.stringify({
+        format: 'caldera',
+        version: 1,
+        method: 'caldera',
+        options: {},
+        seed: 0,
+        bitsPerWeight: 16,
+        layers: {},
+      }),
+    );
+    await value(
+      ['finetune', ckpt, '--seq-len', '4096'],
+      /--seq-len must be an integer in \[2, 512\] \(the model's max positions\), got 4096/,
+    );
+    expect(readdirSync(join(ckpt, '..')).filter((f) => f.startsWith(`${ckpt.split('/').pop()}-ft`))).toEqual(
+      [],
+    );
+    const out = join(ckpt, '..', 'never-written');
+    await value(
+      ['train', '--out', out, '--seq-len', '100000'],
+      /--seq-len must be an integer in \[2, 512\].*got 100000/,
+    );
+    await value(['train', '--out', out, '--lr', '0'], /--lr must be a number > 0, got 0/);
+    await value(['train', '--out', out, '--batch', '0'], /--batch must be a positive integer, got 0/);
+  });
+
+  it('compress: --rank must be an integer; --bits and --max-bytes must be within what the layers allow', async () => {
+    // the limits themselves (chooseRanks), on the reference model's 28 layers: 2 bits (Q) … 7.83 (full rank)
+    const shapes = [0, 1, 2, 3].flatMap((b) =>
+      [
+        ['q', 256, 256],
+        ['k', 128, 256],
+        ['v', 128, 256],
+        ['o', 256, 256],
+        ['gate', 768, 256],
+        ['up', 768, 256],
+        ['down', 256, 768],
+      ].map(([p, m, n]) => ({ name: `model.layers.${b}.${p}`, m: m as number, n: n as number })),
+    );
+    const widths = { q: 2, l: 4, r: 4 };
+    expect(() => chooseRanks(shapes, { widths, rank: 2.5 })).toThrow(/--rank must be a non-negative integer/);
+    expect(() => chooseRanks(shapes, { widths, bits: 7.84 })).toThrow(/--bits must be at most 7\.83/);
+    expect(Object.values(chooseRanks(shapes, { widths, bits: 7.83 })).every((k) => k > 0)).toBe(true);
+    expect(() => chooseRanks(shapes, { widths, maxBytes: 786431 })).toThrow(
+      /--max-bytes must be at least 786432/,
+    );
+    expect(Object.values(chooseRanks(shapes, { widths, maxBytes: 786432 }))).toEqual(new Array(28).fill(0));
+    // the same through the command line, before any compression work (nothing is written)
+    const out = join(mkdtempSync(join(tmpdir(), 'caldera-flags-')), 'never-written');
+    const c = ['compress', '--threads', '1', '--out', out];
+    await value([...c, '--rank', '2.5'], /--rank must be a non-negative integer, got 2.5/);
+    await value([...c, '--max-bytes', '-1'], /--max-bytes must be a positive integer, got -1/);
+    await value(
+      [...c, '--bits', '100'],
+      /--bits must be at most 7\.83, .*got 100; a larger target cannot be met/,
+    );
+    await value([...c, '--bits', '1'], /--bits must be in \[2, 7\.83\] .*got 1/);
+    await value([...c, '--max-bytes', '10'], /--max-bytes must be at least 786432, .*Q alone.*got 10/);
+    // the rank-0 baselines have no budget to spend: a rank option is a mistake, not something to ignore
+    await value([...c, '--method', 'ldlq', '--bits', '2.4'], /--method ldlq has no low-rank part.*--bits/);
+    await value([...c, '--method', 'rtn', '--rank', '8'], /--method rtn has no low-rank part.*--rank/);
+    expect(readdirSync(join(out, '..'))).toEqual([]);
+  });
+
+  it("eval's defaults score what compress and finetune report: 8192 tokens of the test split in windows of 256", async () => {
+    const r = await run('eval', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    const e = JSON.parse(r.stdout) as { tokens: number; context: number; ppl: number };
+    // 8192 tokens in 32 windows of 256, the first token of each unscored: compress's report says 8160 tokens too
+    expect(e).toMatchObject({ tokens: 8160, context: 256 });
+    expect(COMMANDS.eval!.help).toMatch(/--max-tokens N .*\(default 8192\)/);
+    expect(COMMANDS.compress!.help).toMatch(/--eval-tokens N .*\(default 8192\)/);
+    // the reference model's original perplexity in compress's report (docs/guide/performance.md: 81.96)
+    expect(e.ppl).toBeCloseTo(81.96, 2);
+  });
+
+  it('inspect reports dense layers as stored in the file (bf16: 16 bits/weight), not as held in memory', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'caldera-flags-bf16-'));
+    for (const f of ['config.json', 'tokenizer.json'])
+      copyFileSync(join(referenceModelDir(), f), join(dir, f));
+    const src = await openSafetensors(join(referenceModelDir(), 'model.safetensors'));
+    const t: Record<string, Tensor> = {};
+    try {
+      for (const { name } of src.header.tensors) t[name] = cast(await src.readTensor(name), 'bf16');
+    } finally {
+      await src.close();
+    }
+    await writeSafetensors(join(dir, 'model.safetensors'), t);
+    const r = await run('inspect', dir, '--json');
+    expect(r.code, r.stderr).toBe(0);
+    const info = JSON.parse(r.stdout) as {
+      layers: { kind: string; bitsPerWeight: number; shape: string }[];
+      linearBytes: number;
+      linearMemoryBytes: number;
+      linearBitsPerWeight: number;
+    };
+    const params = info.layers.reduce(
+      (s, l) =>
+        s +
+        l.shape
+          .split('x')
+          .map(Number)
+          .reduce((a, b) => a * b),
+      0,
+    );
+    expect(info.layers.every((l) => l.kind === 'bf16' && l.bitsPerWeight === 16)).toBe(true);
+    expect(info.linearBytes).toBe(2 * params);
+    expect(info.linearBitsPerWeight).toBe(16);
+    expect(info.linearMemoryBytes).toBe(4 * params); // bf16 is widened to f32 in memory
+  });
+});
+
+describe('calibration text files', () => {
+  it('a .jsonl line without a "text" (or "content") string is an E_FORMAT naming the file and line', async () => {
+    const { readDocuments } = await import('./commands/common.js');
+    const dir = mkdtempSync(join(tmpdir(), 'caldera-jsonl-'));
+    const good = join(dir, 'good.jsonl');
+    writeFileSync(good, '{"text": "one"}\n\n{"content": "two"}\n');
+    expect(await readDocuments(good)).toEqual(['one', 'two']);
+    const bad = join(dir, 'bad.jsonl');
+    writeFileSync(bad, '{"text": "one"}\n{"body": "two"}\n');
+    await expect(readDocuments(bad)).rejects.toThrow(/E_FORMAT.*bad\.jsonl:2 has no "text"/);
+    writeFileSync(bad, '{"text": 5}\n');
+    await expect(readDocuments(bad)).rejects.toThrow(/E_FORMAT.*bad\.jsonl:1/);
+  });
+});

@@ -1,0 +1,256 @@
+import { beforeAll, describe, expect, it } from 'vitest';
+import { spawn, spawnSync } from 'node:child_process';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { referenceTextPath } from '@caldera/reference-model';
+import { writeTinyModel } from './test-models.js';
+
+const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
+const run = (args: string[]) =>
+  spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 120_000 });
+
+const tmp = mkdtempSync(join(tmpdir(), 'caldera-out-safety-'));
+// short calibration and held-out texts: a tiny model's whole compress takes about 2 s here
+const data = join(tmp, 'calib.txt');
+writeFileSync(data, readFileSync(referenceTextPath('train'), 'utf8').slice(0, 50_000));
+const heldOut = join(tmp, 'eval.txt');
+writeFileSync(heldOut, readFileSync(referenceTextPath('test'), 'utf8').slice(0, 20_000));
+const FAST = [
+  '--windows',
+  '4',
+  '--length',
+  '32',
+  '--outer-iters',
+  '1',
+  '--lplr-iters',
+  '1',
+  '--eval-tokens',
+  '128',
+  '--data',
+  data,
+  '--eval',
+  heldOut,
+  '--json',
+];
+// a few short fine-tuning steps of a tiny checkpoint (about a second)
+const FINETUNE = [
+  '--ft-rank',
+  '2',
+  '--batch',
+  '1',
+  '--seq-len',
+  '16',
+  '--eval-every',
+  '1',
+  '--valid-tokens',
+  '64',
+  '--eval-tokens',
+  '64',
+  '--data',
+  data,
+  '--eval',
+  heldOut,
+  '--json',
+];
+
+/** Every file under `dir` with its bytes (to check that nothing was touched). */
+function snapshot(dir: string): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  const walk = (d: string) => {
+    for (const f of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, f.name);
+      if (f.isDirectory()) walk(p);
+      else out.set(p, readFileSync(p));
+    }
+  };
+  walk(dir);
+  return out;
+}
+
+let src = '';
+let ckpt = '';
+
+beforeAll(async () => {
+  src = (await writeTinyModel(join(tmp, 'models', 'tiny'), { tied: true })).dir; // fine-tuning needs tied embeddings
+  // --out an empty directory is allowed, and so is rerunning into the checkpoint that wrote
+  ckpt = join(tmp, 'ckpt');
+  mkdirSync(ckpt);
+  const r = run(['compress', src, '--out', ckpt, ...FAST, '--rank', '8']);
+  expect(r.status, r.stderr).toBe(0);
+}, 60_000);
+
+describe('--out never destroys what is there', () => {
+  it('compress reruns into its own checkpoint directory', () => {
+    const r = run(['compress', src, '--out', ckpt, ...FAST, '--rank', '8']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(existsSync(join(ckpt, 'caldera.json'))).toBe(true);
+  }, 60_000);
+
+  it('compress refuses a non-empty directory that is not a checkpoint, and a file; both stay untouched', () => {
+    const dir = join(tmp, 'my-files');
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'notes.txt'), 'keep me');
+    const r = run(['compress', src, '--out', dir, ...FAST]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(
+      /E_VALUE: --out .*my-files is a non-empty directory that is not a Caldera checkpoint/,
+    );
+    expect(r.stderr).toMatch(/notes\.txt.*choose another --out/);
+    expect(readdirSync(dir)).toEqual(['notes.txt']);
+    expect(readFileSync(join(dir, 'notes.txt'), 'utf8')).toBe('keep me');
+    expect(existsSync(`${dir}.partial`)).toBe(false);
+
+    const file = join(tmp, 'a-file');
+    writeFileSync(file, 'precious');
+    const f = run(['compress', src, '--out', file, ...FAST]);
+    expect(f.status).toBe(1);
+    expect(f.stderr).toMatch(/E_VALUE: --out .*a-file is an existing file, not a directory/);
+    expect(statSync(file).isFile()).toBe(true);
+    expect(readFileSync(file, 'utf8')).toBe('precious');
+  });
+
+  it('compress refuses an --out equal to, inside or containing the source model', () => {
+    const before = snapshot(src);
+    for (const [out, how] of [
+      [src, 'is'],
+      [join(src, 'sub'), 'is inside'],
+      [dirname(src), 'contains'],
+    ] as const) {
+      const r = run(['compress', src, '--out', out, ...FAST]);
+      expect(r.status, out).toBe(1);
+      expect(r.stderr).toContain(`--out ${out} ${how} the input ${src}`);
+    }
+    expect(snapshot(src)).toEqual(before);
+    expect(existsSync(join(src, 'sub'))).toBe(false);
+  });
+
+  it('finetune refuses to write over its input checkpoint or a file', () => {
+    const before = snapshot(ckpt);
+    const r = run(['finetune', ckpt, '--out', ckpt, ...FINETUNE, '--steps', '2']);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain(`--out ${ckpt} is the input ${ckpt}`);
+    const file = join(tmp, 'ft-file');
+    writeFileSync(file, 'precious');
+    const f = run(['finetune', ckpt, '--out', file, ...FINETUNE, '--steps', '2']);
+    expect(f.status).toBe(1);
+    expect(f.stderr).toMatch(/--out .*ft-file is an existing file/);
+    expect(readFileSync(file, 'utf8')).toBe('precious');
+    expect(snapshot(ckpt)).toEqual(before);
+    expect(existsSync(`${ckpt}.partial`)).toBe(false);
+  });
+});
+
+describe('input files and partial state', () => {
+  it('compress checks --eval and --data before any work', () => {
+    const out = join(tmp, 'no-eval');
+    const r = run(['compress', src, '--out', out, ...FAST, '--eval', join(tmp, 'nonexistent.txt')]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/E_IO: --eval .*nonexistent\.txt: cannot read it \(no such file\)/);
+    expect(existsSync(out)).toBe(false);
+    expect(existsSync(`${out}.partial`)).toBe(false); // no block was compressed
+    const d = run(['compress', src, '--out', out, ...FAST, '--data', tmp]);
+    expect(d.status).toBe(1);
+    expect(d.stderr).toMatch(/E_IO: --data .* is a directory, not a text file/);
+  });
+
+  it('a failed finetune removes the empty partial directory it made, never one that holds state', async () => {
+    const tiny = join(tmp, 'tiny-valid.txt');
+    writeFileSync(tiny, 'too short');
+    // fails in the first validation, before any state is saved
+    const out = join(tmp, 'ft-fail');
+    const r = run(['finetune', ckpt, '--out', out, ...FINETUNE, '--steps', '4', '--valid', tiny]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/validation text has \d+ tokens/);
+    expect(existsSync(`${out}.partial`)).toBe(false);
+
+    // interrupted once state is saved, then a rerun that fails at its next validation: the state stays
+    const kept = join(tmp, 'ft-kept');
+    const state = join(`${kept}.partial`, 'finetune-state.bin');
+    const args = [
+      'finetune',
+      ckpt,
+      '--out',
+      kept,
+      ...FINETUNE,
+      '--steps',
+      '100000',
+      '--patience',
+      '100000',
+      '--valid',
+      data,
+    ];
+    const code = await new Promise<number | null>((resolve) => {
+      const p = spawn(process.execPath, [bin, ...args], { stdio: 'ignore' });
+      const timer = setInterval(() => {
+        if (existsSync(state)) {
+          p.kill('SIGINT');
+          clearInterval(timer);
+        }
+      }, 10);
+      p.on('exit', (c) => {
+        clearInterval(timer);
+        resolve(c);
+      });
+    });
+    expect(code).toBe(130);
+    const saved = readFileSync(state);
+    const again = run([...args.slice(0, -1), tiny]);
+    expect(again.status).toBe(1);
+    expect(again.stderr).toMatch(/validation text has \d+ tokens/);
+    expect(readFileSync(state).equals(saved)).toBe(true);
+  }, 60_000);
+
+  it('a killed compress resumes only with the same settings; other settings are refused, naming them', async () => {
+    // 6 blocks of ≈ 0.1 s each: the run is killed right after its first block, long before the end
+    const six = (await writeTinyModel(join(tmp, 'models', 'six'), { layers: 6, seed: 3 })).dir;
+    const out = join(tmp, 'resumed');
+    const args = ['compress', six, '--out', out, ...FAST, '--windows', '8', '--length', '64'];
+    await new Promise<void>((resolve) => {
+      const p = spawn(process.execPath, [bin, ...args], { stdio: 'ignore' });
+      const timer = setInterval(() => {
+        if (existsSync(join(`${out}.partial`, 'block-0000.json'))) {
+          p.kill('SIGKILL');
+          clearInterval(timer);
+        }
+      }, 5);
+      p.on('exit', () => {
+        clearInterval(timer);
+        resolve();
+      });
+    });
+    expect(existsSync(join(`${out}.partial`, 'block-0000.json'))).toBe(true);
+    expect(existsSync(join(`${out}.partial`, 'block-0005.json'))).toBe(false);
+    const partial = snapshot(`${out}.partial`);
+
+    const ranks = run([...args, '--rank', '16']);
+    expect(ranks.status).toBe(1);
+    expect(ranks.stderr).toMatch(
+      /E_VALUE: .*resumed\.partial holds blocks of an interrupted run with other settings/,
+    );
+    expect(ranks.stderr).toMatch(/layer ranks \(--rank .*\), e\.g\. model\.layers\.0\.\S+: \d+ then, 16 now/);
+    expect(ranks.stderr).toMatch(
+      /rerun with the options of the interrupted run .* or delete .*resumed\.partial/,
+    );
+    const other = join(tmp, 'calib2.txt');
+    writeFileSync(other, readFileSync(data, 'utf8').slice(1000));
+    const seeds = run([...args, '--seed', '7', '--data', other]);
+    expect(seeds.status).toBe(1);
+    expect(seeds.stderr).toMatch(/calibration text \(--data content\); --seed \(0 then, 7 now\)/);
+    expect(snapshot(`${out}.partial`)).toEqual(partial);
+
+    const same = run(args);
+    expect(same.status, same.stderr).toBe(0);
+    expect(existsSync(`${out}.partial`)).toBe(false);
+    expect(existsSync(join(out, 'caldera.json'))).toBe(true);
+  }, 60_000);
+});
