@@ -113,6 +113,16 @@ describe('caldera finetune', () => {
     });
     expect(code).toBe(130);
     expect(existsSync(join(resumed, 'model.safetensors'))).toBe(false); // nothing half-written
+    // other options would mix two runs: refused, naming what differs, the state untouched
+    const saved = readFileSync(state);
+    const other = run(['finetune', ckpt, '--out', resumed, ...FINETUNE, '--lr', '0.02', '--patience', '9']);
+    expect(other.status).toBe(1);
+    expect(other.stderr).toMatch(
+      /holds the state of a run with other settings: lr \(0\.01 then, 0\.02 now\)/,
+    );
+    expect(readFileSync(state).equals(saved)).toBe(true);
+    const patience = run(['finetune', ckpt, '--out', resumed, ...FINETUNE, '--patience', '9']);
+    expect(patience.stderr).toMatch(/fine-tuning run with other settings: patience \(\d+ then, 9 now\)/);
     const again = run(['finetune', ckpt, '--out', resumed, ...FINETUNE]);
     expect(again.status, again.stderr).toBe(0);
     expect(

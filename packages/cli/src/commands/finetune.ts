@@ -1,5 +1,5 @@
 import { mkdir, readdir, rm, rmdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { CalderaError } from '@caldera/core';
 import {
   loadModel,
@@ -126,6 +126,11 @@ export async function finetuneCommand(a: Args): Promise<number> {
     result = await runFinetune(setup, train, valid, {
       ...options,
       statePath: join(partial, 'finetune-state.bin'),
+      // a resumed run must have the same teacher and base precision (the rest is checked by runFinetune)
+      runKey: {
+        '--teacher': teacherDir ? resolve(teacherDir) : null,
+        '--half-base': a.flags.has('half-base'),
+      },
       signal: ctl.signal,
       onProgress: (e) => {
         bar.update(

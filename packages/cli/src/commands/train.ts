@@ -90,17 +90,19 @@ export async function trainCommand(a: Args): Promise<number> {
   const statePath = join(partial, 'train-state.bin');
   const logPath = join(partial, 'training-log.jsonl');
   await mkdir(partial, { recursive: true });
+  const trainerOptions = {
+    seqLen,
+    batch,
+    lr,
+    warmup,
+    totalSteps: steps,
+    seed,
+    checkpoint: a.flags.has('checkpoint'),
+  };
+  // a saved state resumes only a run with the same options, model and data (else E_VALUE naming what differs)
   const trainer = (await exists(statePath))
-    ? await Trainer.load(statePath, cfg, data)
-    : new Trainer(cfg, initTrainParams(cfg, new Rng(seed)), data, {
-        seqLen,
-        batch,
-        lr,
-        warmup,
-        totalSteps: steps,
-        seed,
-        checkpoint: a.flags.has('checkpoint'),
-      });
+    ? await Trainer.load(statePath, cfg, data, undefined, trainerOptions)
+    : new Trainer(cfg, initTrainParams(cfg, new Rng(seed)), data, trainerOptions);
   if (trainer.stepCount === 0) await writeFile(logPath, '');
   const lines: string[] = [];
   const flushLog = async () => {

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
@@ -25,7 +26,7 @@ import type { LoadedModel } from '../load.js';
 import { loraFromRotated, loraGradToRotated, type LayerRotation } from './caldera-lora.js';
 import { lossAndGrad, type LossAndGradOptions, type TrainConfig, type TrainParams } from './model.js';
 import type { Teacher } from './rht.js';
-import { Trainer, type Objective } from './trainer.js';
+import { settingsDiff, tokenDigest, Trainer, type Objective } from './trainer.js';
 
 /** One CALDERA layer under LoRA fine-tuning. */
 export interface LoraLayer {
@@ -242,6 +243,11 @@ export interface LoraFinetuneOptions {
    * training continues from it with identical results.
    */
   statePath?: string;
+  /**
+   * What else determines the result and is not visible here (e.g. the teacher's identity), recorded with the state:
+   * a resumed run must pass the same (default none).
+   */
+  runKey?: Record<string, unknown>;
   signal?: AbortSignal;
   onProgress?: (e: FinetuneProgress) => void;
 }
@@ -362,12 +368,34 @@ export async function runFinetune(
       }),
     ),
   };
+  // what determines the result beyond the trainer's options and data: a resumed run must have the same
+  const start = createHash('sha256');
+  for (const k of Object.keys(setup.trainable).sort()) {
+    const v = setup.trainable[k]!;
+    start.update(k).update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+  }
+  const run: Record<string, unknown> = {
+    evalEvery: o.evalEvery,
+    patience: o.patience,
+    evalTokens: o.evalTokens,
+    validation: tokenDigest(valid),
+    'starting factors (the checkpoint, --ft-rank, --signs)': start.digest('hex'),
+    ...(o.runKey ?? {}),
+  };
   let trainer: Trainer;
   let es: EarlyStopState;
   let best: Record<string, Float32Array>;
   if (o.statePath && (await exists(o.statePath))) {
-    trainer = await Trainer.load(o.statePath, setup.config, train, setup.objective);
-    es = trainer.restored!.info as EarlyStopState;
+    trainer = await Trainer.load(o.statePath, setup.config, train, setup.objective, trainerOptions);
+    const saved = trainer.restored!.info as { run?: Record<string, unknown>; earlyStop: EarlyStopState };
+    const differ = saved.run ? settingsDiff(saved.run, run) : ['(not recorded: an earlier version)'];
+    if (differ.length > 0)
+      throw new CalderaError(
+        'E_VALUE',
+        `${o.statePath} holds the state of a fine-tuning run with other settings: ${differ.join('; ')}; rerun ` +
+          'with the options of that run to resume it, or delete the state to start over',
+      );
+    es = saved.earlyStop;
     best = trainer.restored!.tensors ?? {};
     for (const [k, v] of Object.entries(trainer.params)) setup.trainable[k]!.set(v);
   } else {
@@ -386,7 +414,8 @@ export async function runFinetune(
     best = Object.fromEntries(Object.entries(params).map(([k, v]) => [k, Float32Array.from(v)]));
   }
   const save = async () => {
-    if (o.statePath) await trainer.save(o.statePath, undefined, { info: es, tensors: best });
+    if (o.statePath)
+      await trainer.save(o.statePath, undefined, { info: { run, earlyStop: es }, tensors: best });
   };
   const stepsAtStart = trainer.stepCount;
   let stoppedEarly = false;

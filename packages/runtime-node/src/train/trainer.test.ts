@@ -32,11 +32,29 @@ describe('Trainer', () => {
     const dir = await mkdtemp(join(tmpdir(), 'caldera-train-'));
     try {
       await b.save(join(dir, 'state.bin'));
-      const c = await Trainer.load(join(dir, 'state.bin'), cfg, data);
+      // resuming with the run's own options (activation checkpointing may change: it changes no result)
+      const c = await Trainer.load(join(dir, 'state.bin'), cfg, data, undefined, {
+        ...opts,
+        checkpoint: true,
+      });
       expect(c.stepCount).toBe(4);
+      expect(c.options.checkpoint).toBe(true);
       const rest = Array.from({ length: 4 }, () => c.step().loss);
       // Same f32 arithmetic in the same order on restored f32 state: identical, not just close.
       expect([...first, ...rest]).toEqual(full);
+      // other options, data or model would mix two runs: refused, naming what differs
+      const state = join(dir, 'state.bin');
+      await expect(Trainer.load(state, cfg, data, undefined, { ...opts, lr: 2e-2 })).rejects.toThrow(
+        /E_VALUE.*other settings: lr \(0\.01 then, 0\.02 now\)/,
+      );
+      await expect(Trainer.load(state, cfg, data, undefined, { ...opts, totalSteps: 20 })).rejects.toThrow(
+        /E_VALUE.*totalSteps \(12 then, 20 now\)/,
+      );
+      const other = data.map((t, i) => (i === 7 ? (t + 1) % 13 : t));
+      await expect(Trainer.load(state, cfg, other, undefined, opts)).rejects.toThrow(/E_VALUE.*data \(/);
+      await expect(
+        Trainer.load(state, { ...cfg, hiddenSize: cfg.hiddenSize * 2 }, data, undefined, opts),
+      ).rejects.toThrow(/E_VALUE.*config \(/);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

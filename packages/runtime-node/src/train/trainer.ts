@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { atomicWriteFile, CalderaError, Rng } from '@caldera/core';
 import { lossAndGrad, type LossAndGrad, type TrainConfig, type TrainParams } from './model.js';
@@ -57,6 +58,49 @@ export interface TrainStateExtra {
   tensors?: Record<string, Float32Array>;
 }
 
+/** sha256 of a token stream (as 32-bit integers): the identity of a run's data in its saved state. */
+export function tokenDigest(tokens: ArrayLike<number>): string {
+  const a = Int32Array.from(tokens);
+  return createHash('sha256').update(new Uint8Array(a.buffer)).digest('hex');
+}
+
+/**
+ * The settings that differ between a saved run and the one resuming it: `label (then, now)` for every key of `now`
+ * whose JSON differs from `then`'s. Keys in `ignore` are left out.
+ */
+export function settingsDiff(
+  then: Record<string, unknown>,
+  now: Record<string, unknown>,
+  ignore: readonly string[] = [],
+): string[] {
+  const short = (v: unknown) => {
+    const s = JSON.stringify(v) ?? 'none';
+    return s.length > 24 ? `${s.slice(0, 12)}…` : s;
+  };
+  return Object.keys(now)
+    .filter((k) => !ignore.includes(k) && JSON.stringify(then[k]) !== JSON.stringify(now[k]))
+    .map((k) => `${k} (${short(then[k])} then, ${short(now[k])} now)`);
+}
+
+/** `options` with every default filled in (the defaults documented on {@link TrainerOptions}). */
+function trainerOptionsWithDefaults(options: TrainerOptions): Required<TrainerOptions> {
+  return {
+    seqLen: 128,
+    batch: 8,
+    lr: 3e-3,
+    warmup: 50,
+    totalSteps: 1000,
+    minLrRatio: 0.1,
+    weightDecay: 0.1,
+    clip: 1,
+    betas: [0.9, 0.95],
+    seed: 0,
+    lrScale: {},
+    checkpoint: false,
+    ...options,
+  };
+}
+
 /** What {@link Trainer.step} reports. */
 export interface TrainStepResult {
   step: number;
@@ -88,21 +132,7 @@ export class Trainer {
     options: TrainerOptions = {},
     objective?: Objective,
   ) {
-    this.options = {
-      seqLen: 128,
-      batch: 8,
-      lr: 3e-3,
-      warmup: 50,
-      totalSteps: 1000,
-      minLrRatio: 0.1,
-      weightDecay: 0.1,
-      clip: 1,
-      betas: [0.9, 0.95],
-      seed: 0,
-      lrScale: {},
-      checkpoint: false,
-      ...options,
-    };
+    this.options = trainerOptionsWithDefaults(options);
     const checkpoint = this.options.checkpoint;
     this.objective =
       objective ??
@@ -186,6 +216,8 @@ export class Trainer {
         format: 'caldera-train-state',
         version: 1,
         options: this.options,
+        config: this.config,
+        dataSha256: tokenDigest(this.data),
         step: this.stepCount,
         rng: this.rng.getState(),
         extraInfo: extra.info ?? null,
@@ -203,12 +235,18 @@ export class Trainer {
     await atomicWriteFile(path, body, { signal });
   }
 
-  /** Restores a state written by {@link save}; `data` (and `objective`) must be the same as when it was saved. */
+  /**
+   * Restores a state written by {@link save}; `data` (and `objective`) must be the same as when it was saved. With
+   * `expect` (the options the caller would start a fresh run with), the saved run must have the same options (all
+   * but `checkpoint`, which changes no result and is taken from `expect`), the same model config and the same data:
+   * otherwise `E_VALUE` names what differs, since continuing would mix two runs.
+   */
   static async load(
     path: string,
     config: TrainConfig,
     data: ArrayLike<number>,
     objective?: Objective,
+    expect?: TrainerOptions,
   ): Promise<Trainer> {
     const buf = await readFile(path).catch((e: Error) => {
       throw new CalderaError('E_IO', `cannot read training state ${path}: ${e.message}`);
@@ -217,6 +255,8 @@ export class Trainer {
     const h = JSON.parse(buf.subarray(4, 4 + hl).toString('utf8')) as {
       format: string;
       options: Required<TrainerOptions>;
+      config?: TrainConfig;
+      dataSha256?: string;
       step: number;
       rng: number[];
       extraInfo?: unknown;
@@ -224,6 +264,22 @@ export class Trainer {
     };
     if (h.format !== 'caldera-train-state')
       throw new CalderaError('E_FORMAT', `${path}: not a Caldera training state`);
+    let options = h.options;
+    if (expect) {
+      const now = trainerOptionsWithDefaults(expect);
+      const differ = settingsDiff(
+        { ...h.options, config: h.config, data: h.dataSha256 },
+        { ...now, config, data: tokenDigest(data) },
+        ['checkpoint'],
+      );
+      if (differ.length > 0)
+        throw new CalderaError(
+          'E_VALUE',
+          `${path} holds the state of a run with other settings: ${differ.join('; ')}; rerun with the options of ` +
+            'that run to resume it, or delete the state to start over',
+        );
+      options = { ...h.options, checkpoint: now.checkpoint };
+    }
     const base = 4 + hl;
     const get = (name: string): Float32Array => {
       const e = h.tensors[name];
@@ -237,7 +293,7 @@ export class Trainer {
       if (n.startsWith('extra:')) extraTensors[n.slice(6)] = get(n);
       else if (!n.endsWith('.m') && !n.endsWith('.v')) params[n] = get(n);
     }
-    const t = new Trainer(config, params, data, h.options, objective);
+    const t = new Trainer(config, params, data, options, objective);
     t.restored = { info: h.extraInfo ?? undefined, tensors: extraTensors };
     for (const n of Object.keys(params)) t.moments[n] = { m: get(`${n}.m`), v: get(`${n}.v`) };
     t.stepCount = h.step;
