@@ -148,6 +148,42 @@ describe('--out never destroys what is there', () => {
     expect(snapshot(ckpt)).toEqual(before);
     expect(existsSync(`${ckpt}.partial`)).toBe(false);
   });
+
+  it('train replaces only an empty directory or an earlier train output (itself included), nothing else', () => {
+    const TRAIN = [
+      '--steps',
+      '2',
+      '--batch',
+      '1',
+      '--seq-len',
+      '32',
+      '--warmup',
+      '1',
+      '--valid-tokens',
+      '256',
+    ];
+    const dir = join(tmp, 'train-files');
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'notes.txt'), 'keep me');
+    const r = run(['train', '--out', dir, ...TRAIN]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(
+      /--out .*train-files is a non-empty directory that is not a 'caldera train' output/,
+    );
+    expect(readdirSync(dir)).toEqual(['notes.txt']);
+    // a Hugging Face model that train did not write is not replaced, even as its own template
+    const before = snapshot(src);
+    const own = run(['train', src, '--out', src, ...TRAIN]);
+    expect(own.status).toBe(1);
+    expect(own.stderr).toMatch(/not a 'caldera train' output \(no training-log\.jsonl/);
+    expect(snapshot(src)).toEqual(before);
+    // a train output retrained in place (npm run train:reference does this): its template is read first
+    const model = join(tmp, 'trained');
+    expect(run(['train', '--out', model, ...TRAIN]).status).toBe(0);
+    const again = run(['train', model, '--out', model, ...TRAIN, '--seed', '1']);
+    expect(again.status, again.stderr).toBe(0);
+    expect(readdirSync(model).sort()).toContain('model.safetensors');
+  });
 });
 
 describe('input files and partial state', () => {
@@ -204,9 +240,10 @@ describe('input files and partial state', () => {
     });
     expect(code).toBe(130);
     const saved = readFileSync(state);
+    // (another validation text: refused as another run's state, which stays as it was)
     const again = run([...args.slice(0, -1), tiny]);
     expect(again.status).toBe(1);
-    expect(again.stderr).toMatch(/validation text has \d+ tokens/);
+    expect(again.stderr).toMatch(/state of a fine-tuning run with other settings: validation \(/);
     expect(readFileSync(state).equals(saved)).toBe(true);
   }, 60_000);
 

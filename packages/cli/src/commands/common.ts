@@ -41,16 +41,27 @@ function within(inner: string, outer: string): boolean {
 
 /**
  * Check, before any work starts, that writing a checkpoint to `out` loses nothing: it may be missing, an empty
- * directory or an existing Caldera checkpoint directory (it has caldera.json: a rerun replaces it). Refused with
- * E_VALUE: a file, a non-empty directory that is not a checkpoint, and a path equal to, inside or containing one of
- * `inputs` (the model or checkpoint the command reads).
+ * directory or an earlier output of the same kind (a directory holding `output.marker`: caldera.json for a Caldera
+ * checkpoint, the default; a rerun replaces it). Refused with E_VALUE: a file, a non-empty directory of another kind,
+ * and a path equal to, inside or containing one of `inputs` (the model or checkpoint the command reads) — except, with
+ * `output.inPlace`, an input equal to `out` that is an earlier output of the same kind (a command that reads all it
+ * needs of its input before replacing `out` atomically, such as `caldera train` retraining its template).
  */
-export async function checkOutDir(out: string, inputs: readonly string[], flag = '--out'): Promise<void> {
+export async function checkOutDir(
+  out: string,
+  inputs: readonly string[],
+  output: { marker: string; kind: string; inPlace?: boolean } = {
+    marker: 'caldera.json',
+    kind: 'a Caldera checkpoint',
+  },
+  flag = '--out',
+): Promise<void> {
   const advice = `choose another ${flag} (or delete it yourself if it is not needed)`;
   const o = await canonicalPath(out);
   for (const input of inputs) {
     const i = await canonicalPath(input);
     const how = o === i ? 'is' : within(o, i) ? 'is inside' : within(i, o) ? 'contains' : null;
+    if (how === 'is' && output.inPlace) continue; // the marker check below still applies
     if (how)
       throw new CalderaError(
         'E_VALUE',
@@ -72,12 +83,12 @@ export async function checkOutDir(out: string, inputs: readonly string[], flag =
       `${flag} ${out} is an existing file, not a directory: it would be replaced by the checkpoint; ${advice}`,
     );
   const entries = await readdir(out);
-  if (entries.length === 0 || entries.includes('caldera.json')) return;
+  if (entries.length === 0 || entries.includes(output.marker)) return;
   const shown =
     entries.slice(0, 3).join(', ') + (entries.length > 3 ? `, … (${entries.length} entries)` : '');
   throw new CalderaError(
     'E_VALUE',
-    `${flag} ${out} is a non-empty directory that is not a Caldera checkpoint (no caldera.json; it holds ${shown}): ` +
+    `${flag} ${out} is a non-empty directory that is not ${output.kind} (no ${output.marker}; it holds ${shown}): ` +
       `its files would be lost; ${advice}`,
   );
 }

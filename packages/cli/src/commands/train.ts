@@ -20,7 +20,7 @@ import {
   SEED,
   type Args,
 } from '../args.js';
-import { defaultText, exists, modelDirOf, readDocuments, tokenizeDocuments } from './common.js';
+import { checkOutDir, defaultText, exists, modelDirOf, readDocuments, tokenizeDocuments } from './common.js';
 
 export const trainHelp = `caldera train [template-dir] --out DIR [options]
 
@@ -46,6 +46,13 @@ export async function trainCommand(a: Args): Promise<number> {
   const template = modelDirOf(a.positionals[0]);
   const out = flagString(a, 'out');
   if (!out) throw new CalderaError('E_VALUE', 'caldera train needs --out DIR');
+  // before any work: the model directory replaces only an empty directory or an earlier `caldera train` output
+  // (its template may be that output: it is read before the new model replaces it, as npm run train:reference does)
+  await checkOutDir(out, [template], {
+    marker: 'training-log.jsonl',
+    kind: "a 'caldera train' output",
+    inPlace: true,
+  });
   const steps = flagNumber(a, 'steps', 2000, POSITIVE_INT);
   const seqLenFlag = flagNumber(a, 'seq-len', undefined, { integer: true, min: 2 });
   const seed = flagNumber(a, 'seed', 0, SEED);
