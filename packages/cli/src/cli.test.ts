@@ -1,12 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { loadModel } from '@caldera/runtime-node';
+import { runCli, runUntil } from './test-cli.js';
 
-const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
 // Small settings so that a whole-model run of the reference model takes well under a minute here.
 const FAST = [
   '--windows',
@@ -22,9 +20,7 @@ const FAST = [
   '--json',
 ];
 
-function run(args: string[]) {
-  return spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 240_000 });
-}
+const run = (args: string[]) => runCli(args, 240_000);
 
 describe('caldera CLI', () => {
   it('prints help and fails with a clear message and a non-zero code on bad input', () => {
@@ -54,19 +50,12 @@ describe('caldera CLI', () => {
     const whole = join(dir, 'whole');
     expect(run(['compress', '--out', whole, ...FAST]).status).toBe(0);
     const killed = join(dir, 'killed');
-    await new Promise<void>((resolve) => {
-      const p = spawn(process.execPath, [bin, 'compress', '--out', killed, ...FAST], { stdio: 'ignore' });
-      const timer = setInterval(() => {
-        if (existsSync(join(`${killed}.partial`, 'block-0001.json'))) {
-          p.kill('SIGKILL');
-          clearInterval(timer);
-        }
-      }, 20);
-      p.on('exit', () => {
-        clearInterval(timer);
-        resolve();
-      });
-    });
+    await runUntil(
+      ['compress', '--out', killed, ...FAST],
+      join(`${killed}.partial`, 'block-0001.json'),
+      'SIGKILL',
+      20,
+    );
     expect(existsSync(join(killed, 'model.safetensors'))).toBe(false); // nothing half-written
     expect(run(['compress', '--out', killed, ...FAST]).status).toBe(0);
     expect(

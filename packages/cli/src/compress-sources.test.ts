@@ -1,49 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
-import {
-  copyFileSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  statSync,
-  writeFileSync,
-} from 'node:fs';
-import { tmpdir } from 'node:os';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { openSafetensors, writeSafetensors, type Tensor } from '@caldera/core';
-import { referenceTextPath } from '@caldera/reference-model';
 import { loadModel } from '@caldera/runtime-node';
+import { fastCompressSetup, runCli } from './test-cli.js';
 import { writeTinyModel } from './test-models.js';
 
-const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
-const run = (args: string[]) =>
-  spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 120_000 });
-
-const tmp = mkdtempSync(join(tmpdir(), 'caldera-sources-'));
-// short calibration and held-out texts: a tiny model's whole compress takes about 2 s here
-const data = join(tmp, 'calib.txt');
-writeFileSync(data, readFileSync(referenceTextPath('train'), 'utf8').slice(0, 50_000));
-const heldOut = join(tmp, 'eval.txt');
-writeFileSync(heldOut, readFileSync(referenceTextPath('test'), 'utf8').slice(0, 20_000));
-const FAST = [
-  '--windows',
-  '4',
-  '--length',
-  '32',
-  '--outer-iters',
-  '1',
-  '--lplr-iters',
-  '1',
-  '--eval-tokens',
-  '128',
-  '--data',
-  data,
-  '--eval',
-  heldOut,
-];
+const { tmp, fast: FAST } = fastCompressSetup('caldera-sources-');
+const run = runCli;
 
 /** Linear weights (q/k/v/o, gate/up/down) of a tiny model's tensors: their number of values. */
 const linearParams = (raw: Record<string, Tensor>) =>

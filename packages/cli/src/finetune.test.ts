@@ -1,17 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { openSafetensors } from '@caldera/core';
 import { loadModel } from '@caldera/runtime-node';
+import { runCli, runUntil } from './test-cli.js';
 
-const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
-
-function run(args: string[]) {
-  return spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 300_000 });
-}
+const run = (args: string[]) => runCli(args, 300_000);
 
 // Small settings: a compress of the reference model at rank 8 and a short fine-tune, each well under a minute here.
 const COMPRESS = [
@@ -96,21 +91,7 @@ describe('caldera finetune', () => {
     // interrupted with SIGINT once the first validation state is saved, then resumed: same bytes
     const resumed = join(dir, 'resumed');
     const state = join(`${resumed}.partial`, 'finetune-state.bin');
-    const code = await new Promise<number | null>((resolve) => {
-      const p = spawn(process.execPath, [bin, 'finetune', ckpt, '--out', resumed, ...FINETUNE], {
-        stdio: 'ignore',
-      });
-      const timer = setInterval(() => {
-        if (existsSync(state)) {
-          p.kill('SIGINT');
-          clearInterval(timer);
-        }
-      }, 20);
-      p.on('exit', (c) => {
-        clearInterval(timer);
-        resolve(c);
-      });
-    });
+    const code = await runUntil(['finetune', ckpt, '--out', resumed, ...FINETUNE], state, 'SIGINT', 20);
     expect(code).toBe(130);
     expect(existsSync(join(resumed, 'model.safetensors'))).toBe(false); // nothing half-written
     // other options would mix two runs: refused, naming what differs, the state untouched

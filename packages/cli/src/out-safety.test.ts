@@ -1,47 +1,12 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { spawn, spawnSync } from 'node:child_process';
-import {
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  statSync,
-  writeFileSync,
-} from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { referenceTextPath } from '@caldera/reference-model';
+import { fastCompressSetup, runCli, runUntil } from './test-cli.js';
 import { writeTinyModel } from './test-models.js';
 
-const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
-const run = (args: string[]) =>
-  spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 120_000 });
-
-const tmp = mkdtempSync(join(tmpdir(), 'caldera-out-safety-'));
-// short calibration and held-out texts: a tiny model's whole compress takes about 2 s here
-const data = join(tmp, 'calib.txt');
-writeFileSync(data, readFileSync(referenceTextPath('train'), 'utf8').slice(0, 50_000));
-const heldOut = join(tmp, 'eval.txt');
-writeFileSync(heldOut, readFileSync(referenceTextPath('test'), 'utf8').slice(0, 20_000));
-const FAST = [
-  '--windows',
-  '4',
-  '--length',
-  '32',
-  '--outer-iters',
-  '1',
-  '--lplr-iters',
-  '1',
-  '--eval-tokens',
-  '128',
-  '--data',
-  data,
-  '--eval',
-  heldOut,
-  '--json',
-];
+const { tmp, data, heldOut, fast } = fastCompressSetup('caldera-out-safety-');
+const run = runCli;
+const FAST = [...fast, '--json'];
 // a few short fine-tuning steps of a tiny checkpoint (about a second)
 const FINETUNE = [
   '--ft-rank',
@@ -225,19 +190,7 @@ describe('input files and partial state', () => {
       '--valid',
       data,
     ];
-    const code = await new Promise<number | null>((resolve) => {
-      const p = spawn(process.execPath, [bin, ...args], { stdio: 'ignore' });
-      const timer = setInterval(() => {
-        if (existsSync(state)) {
-          p.kill('SIGINT');
-          clearInterval(timer);
-        }
-      }, 10);
-      p.on('exit', (c) => {
-        clearInterval(timer);
-        resolve(c);
-      });
-    });
+    const code = await runUntil(args, state, 'SIGINT');
     expect(code).toBe(130);
     const saved = readFileSync(state);
     // (another validation text: refused as another run's state, which stays as it was)
@@ -252,19 +205,7 @@ describe('input files and partial state', () => {
     const six = (await writeTinyModel(join(tmp, 'models', 'six'), { layers: 6, seed: 3 })).dir;
     const out = join(tmp, 'resumed');
     const args = ['compress', six, '--out', out, ...FAST, '--windows', '8', '--length', '64'];
-    await new Promise<void>((resolve) => {
-      const p = spawn(process.execPath, [bin, ...args], { stdio: 'ignore' });
-      const timer = setInterval(() => {
-        if (existsSync(join(`${out}.partial`, 'block-0000.json'))) {
-          p.kill('SIGKILL');
-          clearInterval(timer);
-        }
-      }, 5);
-      p.on('exit', () => {
-        clearInterval(timer);
-        resolve();
-      });
-    });
+    await runUntil(args, join(`${out}.partial`, 'block-0000.json'), 'SIGKILL', 5);
     expect(existsSync(join(`${out}.partial`, 'block-0000.json'))).toBe(true);
     expect(existsSync(join(`${out}.partial`, 'block-0005.json'))).toBe(false);
     const partial = snapshot(`${out}.partial`);

@@ -1,0 +1,75 @@
+/**
+ * Running the built `caldera` command in the CLI tests (not part of the build): synchronously, or in the background
+ * until a file appears and then with a signal (an interruption at a known point of a run).
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { referenceTextPath } from '@caldera/reference-model';
+
+/** The built command (`npm run build` first). */
+export const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
+
+/** Run `caldera args…` to completion (`timeoutMs` at most, default 2 minutes): status, stdout, stderr. */
+export const runCli = (args: string[], timeoutMs = 120_000) =>
+  spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: timeoutMs });
+
+/**
+ * Start `caldera args…`, send `signal` as soon as `file` exists (polled every `pollMs`), and resolve with the exit
+ * code (null when killed by the signal).
+ */
+export function runUntil(
+  args: string[],
+  file: string,
+  signal: NodeJS.Signals,
+  pollMs = 10,
+): Promise<number | null> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [bin, ...args], { stdio: 'ignore' });
+    const timer = setInterval(() => {
+      if (existsSync(file)) {
+        p.kill(signal);
+        clearInterval(timer);
+      }
+    }, pollMs);
+    p.on('exit', (code) => {
+      clearInterval(timer);
+      resolve(code);
+    });
+  });
+}
+
+/**
+ * A temporary directory with short calibration and held-out texts from the reference corpus, and the compress
+ * options of a fast run on them (a tiny model's whole compress takes about 2 s).
+ */
+export function fastCompressSetup(prefix: string): {
+  tmp: string;
+  data: string;
+  heldOut: string;
+  fast: string[];
+} {
+  const tmp = mkdtempSync(join(tmpdir(), prefix));
+  const data = join(tmp, 'calib.txt');
+  writeFileSync(data, readFileSync(referenceTextPath('train'), 'utf8').slice(0, 50_000));
+  const heldOut = join(tmp, 'eval.txt');
+  writeFileSync(heldOut, readFileSync(referenceTextPath('test'), 'utf8').slice(0, 20_000));
+  const fast = [
+    ...[
+      '--windows',
+      '4',
+      '--length',
+      '32',
+      '--outer-iters',
+      '1',
+      '--lplr-iters',
+      '1',
+      '--eval-tokens',
+      '128',
+    ],
+    ...['--data', data, '--eval', heldOut],
+  ];
+  return { tmp, data, heldOut, fast };
+}
