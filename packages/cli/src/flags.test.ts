@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cast, openSafetensors, writeSafetensors, type Tensor } from '@caldera/core';
+import { calderaCheckpointMeta } from '@caldera/lowrank';
 import { referenceModelDir } from '@caldera/reference-model';
 import { COMMANDS, main, specOf } from './cli.js';
 import { chooseRanks } from './commands/ranks.js';
@@ -211,18 +212,7 @@ describe('caldera command lines', () => {
     const ckpt = mkdtempSync(join(tmpdir(), 'caldera-flags-ckpt-'));
     for (const f of ['config.json', 'model.safetensors', 'tokenizer.json'])
       copyFileSync(join(referenceModelDir(), f), join(ckpt, f));
-    writeFileSync(
-      join(ckpt, 'caldera.json'),
-      JSON.stringify({
-        format: 'caldera',
-        version: 1,
-        method: 'caldera',
-        options: {},
-        seed: 0,
-        bitsPerWeight: 16,
-        layers: {},
-      }),
-    );
+    writeFileSync(join(ckpt, 'caldera.json'), JSON.stringify(calderaCheckpointMeta({})));
     await value(
       ['finetune', ckpt, '--seq-len', '4096'],
       /--seq-len must be an integer in \[2, 512\] \(the model's max positions\), got 4096/,

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { Rng, tensor, type CalderaCheckpointMeta } from '@caldera/core';
-import { applyDecomposition, caldera, withTrainableFactors } from '@caldera/lowrank';
+import { Rng, tensor } from '@caldera/core';
+import { applyDecomposition, caldera, calderaCheckpointMeta, withTrainableFactors } from '@caldera/lowrank';
 import { describe, expect, it } from 'vitest';
 import { perplexity } from '../eval.js';
 import { CalderaLinear } from '../linear.js';
@@ -205,15 +205,7 @@ describe('LoRA fine-tuning of a compressed reference model', () => {
     // earlier, numpy-trained reference model: 60 steps of 512 tokens took held-out ppl 145.4 → 140.7 with the
     // teacher, → 143.7 with plain CE; this test's 24 steps on the current model: 90.86 → 88.39)
     // the layers were compressed in memory: a caldera.json with no layer entries stands for the checkpoint's
-    const inMemoryMeta: CalderaCheckpointMeta = {
-      format: 'caldera',
-      version: 1,
-      method: 'caldera',
-      options: {},
-      seed: 0,
-      bitsPerWeight: 16,
-      layers: {},
-    };
+    const inMemoryMeta = calderaCheckpointMeta({});
     const setup = prepareLoraFinetune(
       { ...loaded, model: compressed, calderaMeta: inMemoryMeta },
       4,
