@@ -53,13 +53,17 @@ export async function main(argv: readonly string[]): Promise<number> {
     console.error(`caldera: unknown command '${cmd}'\n\n${USAGE}`);
     return 2;
   }
-  if (rest.includes('--help') || rest.includes('-h')) {
+  const spec = specOf(cmd);
+  // --help or -h anywhere but as an option's value (`generate --prompt -h` generates from "-h")
+  const takesValue = (a: string | undefined) =>
+    a !== undefined && a.startsWith('--') && !a.includes('=') && spec.options.get(a.slice(2)) === 'value';
+  if (rest.some((a, i) => (a === '--help' || a === '-h') && !takesValue(rest[i - 1]))) {
     console.log(c.help);
     return 0;
   }
   let args: Args;
   try {
-    args = parseArgs(rest, specOf(cmd));
+    args = parseArgs(rest, spec);
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
     console.error(`caldera ${cmd}: ${e.message} (see 'caldera ${cmd} --help')`);

@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { copyFileSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -313,6 +313,31 @@ describe('caldera command lines', () => {
     expect(info.linearBitsPerWeight).toBe(16);
     expect(info.linearMemoryBytes).toBe(4 * params); // bf16 is widened to f32 in memory
   });
+  it('values checked before work: compress --seed and --length, train validation length, --tokenizer on a directory', async () => {
+    const never = join(mkdtempSync(join(tmpdir(), 'caldera-follow-')), 'never-written');
+    const c = ['compress', '--threads', '1', '--out', never];
+    expect((await run(...c, '--seed', '1.5')).stderr).toMatch(
+      /--seed must be an integer in \[0, 4294967295\], got 1\.5/,
+    );
+    expect((await run(...c, '--length', '100000')).stderr).toMatch(
+      /--length must be an integer in \[2, 512\] \(the model's max positions\), got 100000/,
+    );
+    const t = await run('train', '--out', never, '--valid-tokens', '10', '--steps', '1');
+    expect(t.code).toBe(1);
+    expect(t.stderr).toMatch(
+      /validation needs at least --seq-len \+ 1 = 129 tokens: .* and --valid-tokens is 10/,
+    );
+    const tok = await run('eval', '--tokenizer', 'tokenizer.bin', '--max-tokens', '16');
+    expect(tok.stderr).toMatch(/E_VALUE: --tokenizer applies to a llama2\.c model/);
+    expect(existsSync(never)).toBe(false);
+  });
+
+  it('-h as an option value is the value, not a request for help', async () => {
+    const r = await run('generate', '--prompt', '-h', '--max-tokens', '1', '--json', '--threads', '1');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).not.toMatch(/^caldera generate/);
+    expect((await run('generate', '-h')).stdout).toMatch(/^caldera generate/);
+  });
 });
 
 describe('calibration text files', () => {
@@ -325,6 +350,8 @@ describe('calibration text files', () => {
     const bad = join(dir, 'bad.jsonl');
     writeFileSync(bad, '{"text": "one"}\n{"body": "two"}\n');
     await expect(readDocuments(bad)).rejects.toThrow(/E_FORMAT.*bad\.jsonl:2 has no "text"/);
+    writeFileSync(bad, '{"text": "one"}\n\n\n{"body": "two"}\n');
+    await expect(readDocuments(bad)).rejects.toThrow(/bad\.jsonl:4 has no "text"/); // blank lines count
     writeFileSync(bad, '{"text": 5}\n');
     await expect(readDocuments(bad)).rejects.toThrow(/E_FORMAT.*bad\.jsonl:1/);
   });

@@ -84,11 +84,10 @@ describe('--out never destroys what is there', () => {
     expect(readFileSync(file, 'utf8')).toBe('precious');
   });
 
-  it('compress refuses an --out equal to, inside or containing the source model', () => {
+  it('compress refuses an --out equal to or containing the source model, and writes a new one inside it', () => {
     const before = snapshot(src);
     for (const [out, how] of [
       [src, 'is'],
-      [join(src, 'sub'), 'is inside'],
       [dirname(src), 'contains'],
     ] as const) {
       const r = run(['compress', src, '--out', out, ...FAST]);
@@ -96,7 +95,13 @@ describe('--out never destroys what is there', () => {
       expect(r.stderr).toContain(`--out ${out} ${how} the input ${src}`);
     }
     expect(snapshot(src)).toEqual(before);
-    expect(existsSync(join(src, 'sub'))).toBe(false);
+    // a new directory inside the model touches none of its files
+    const inside = join(src, 'caldera-2bit');
+    const r = run(['compress', src, '--out', inside, ...FAST]);
+    expect(r.status, r.stderr).toBe(0);
+    const after = snapshot(src);
+    for (const [f, bytes] of before) expect(after.get(f)?.equals(bytes), f).toBe(true);
+    expect(existsSync(join(inside, 'caldera.json'))).toBe(true);
   });
 
   it('finetune refuses to write over its input checkpoint or a file', () => {

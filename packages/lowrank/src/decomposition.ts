@@ -168,7 +168,8 @@ export function applyDecomposition(d: Decomposition, x: Float32Array, rows: numb
 /**
  * The paper's bits per weight of a compressed layer from its `caldera.json` entry (see
  * {@link CalderaLayerMeta.paperBitsPerWeight}): what {@link fromCheckpointTensors} reports for a checkpoint that does
- * not record it.
+ * not record it. It counts Q at its codec's bits; a low-rank-only layer (`qBits: 0`, stored with an all-zero Q) is
+ * counted 2 bits higher than its compressor reports, which is why the compressor records the figure.
  */
 export function paperBitsFromMeta(
   meta: Pick<CalderaLayerMeta, 'shape' | 'rank' | 'ftRank' | 'codecs'>,

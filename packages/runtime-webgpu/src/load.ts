@@ -202,7 +202,8 @@ export async function loadModelFromStore(
 ): Promise<LoadedWebGpuModel> {
   const config = parseModelConfig(source.config);
   const { store } = source;
-  const calderaMeta = source.calderaMeta === null ? null : parseCalderaMeta(source.calderaMeta);
+  // null or undefined: a dense model
+  const calderaMeta = source.calderaMeta == null ? null : parseCalderaMeta(source.calderaMeta);
   const dtype = options.dtype ?? 'auto';
   const { hiddenSize: d, vocabSize: V } = config;
   const plan = await planMemory(config, calderaMeta, store, options);

@@ -43,7 +43,7 @@ function within(inner: string, outer: string): boolean {
  * Check, before any work starts, that writing a checkpoint to `out` loses nothing: it may be missing, an empty
  * directory or an earlier output of the same kind (a directory holding `output.marker`: caldera.json for a Caldera
  * checkpoint, the default; a rerun replaces it). Refused with E_VALUE: a file, a non-empty directory of another kind,
- * and a path equal to, inside or containing one of `inputs` (the model or checkpoint the command reads) — except, with
+ * and a path equal to or containing one of `inputs` (the model or checkpoint the command reads) — except, with
  * `output.inPlace`, an input equal to `out` that is an earlier output of the same kind (a command that reads all it
  * needs of its input before replacing `out` atomically, such as `caldera train` retraining its template).
  */
@@ -60,7 +60,8 @@ export async function checkOutDir(
   const o = await canonicalPath(out);
   for (const input of inputs) {
     const i = await canonicalPath(input);
-    const how = o === i ? 'is' : within(o, i) ? 'is inside' : within(i, o) ? 'contains' : null;
+    // (a new directory inside the input destroys nothing: the input's own files are not touched)
+    const how = o === i ? 'is' : within(i, o) ? 'contains' : null;
     if (how === 'is' && output.inPlace) continue; // the marker check below still applies
     if (how)
       throw new CalderaError(
@@ -153,10 +154,12 @@ export async function readDocuments(path: string): Promise<string[]> {
     throw new CalderaError('E_IO', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
   }
   if (path.endsWith('.jsonl')) {
+    // line numbers count every line of the file, blank ones included
     return text
       .split('\n')
-      .filter((l) => l.trim())
-      .map((l, i) => {
+      .map((l, i) => [l, i] as const)
+      .filter(([l]) => l.trim())
+      .map(([l, i]) => {
         let o: unknown;
         try {
           o = JSON.parse(l);
@@ -233,6 +236,11 @@ export async function openModel(path: string, tokenizerPath?: string, pool?: Poo
     };
   }
   const { model, config, calderaMeta } = await loadModel(path, pool ? { pool } : {});
+  if (tokenizerPath !== undefined)
+    throw new CalderaError(
+      'E_VALUE',
+      `--tokenizer applies to a llama2.c model (.bin); ${path} is a directory, whose tokenizer.json is used`,
+    );
   const tokenizer = await loadTokenizer(path);
   return {
     model,

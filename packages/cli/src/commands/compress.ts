@@ -48,6 +48,8 @@ import {
   POSITIVE,
   POSITIVE_INT,
   NON_NEGATIVE_INT,
+  SEED,
+  checkFlag,
   progressBar,
   type Args,
 } from '../args.js';
@@ -414,7 +416,7 @@ export async function compressCommand(a: Args): Promise<number> {
   const modelDir = resolve(modelDirOf(a.positionals[0]));
   const base = settingsFromFlags(a);
   const rankChoice = rankChoiceOf(a, base.method);
-  const seed = flagNumber(a, 'seed', 0);
+  const seed = flagNumber(a, 'seed', 0, SEED);
   const out =
     flagString(a, 'out') ??
     join('caldera-out', `${basename(modelDir.replace(/\/$/, '')) || 'model'}-${base.method}`);
@@ -451,6 +453,13 @@ export async function compressCommand(a: Args): Promise<number> {
   let settings: RunSettings;
   try {
     loaded = await loadModel(modelDir, pool ? { pool } : {});
+    // calibration windows past max_position_embeddings would run on positions the model never saw
+    checkFlag(
+      'length',
+      base.length,
+      { integer: true, min: 2, max: loaded.config.maxPositions },
+      " (the model's max positions)",
+    );
     runner = new ModelRunnerAdapter(loaded.model);
     layers = Array.from({ length: loaded.config.numLayers }, (_, b) => runner.linears(b)).flat();
     settings = { ...base, ranks: ranksFor(rankChoice, base.method, layers) };

@@ -61,7 +61,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
   // the options' values before any work (--seq-len against the model's max positions once its config is read)
   const ftRank = flagNumber(a, 'ft-rank', 64, POSITIVE_INT);
   const seqLenFlag = flagNumber(a, 'seq-len', undefined, { integer: true, min: 2 });
-  const evalTokens = flagNumber(a, 'eval-tokens', 8192, POSITIVE_INT);
+  const evalTokens = flagNumber(a, 'eval-tokens', 8192, { integer: true, min: 2 });
   const options = {
     steps: flagNumber(a, 'steps', 200, POSITIVE_INT),
     seqLen: seqLenFlag ?? 128,

@@ -92,7 +92,15 @@ export async function trainCommand(a: Args): Promise<number> {
   const tokens = async (file: string) =>
     (await tokenizeDocuments(template, await readDocuments(file), mc.bosTokenId)).flat();
   const data = Uint16Array.from(await tokens(flagString(a, 'data') ?? defaultText('train')));
-  const valid = await tokens(flagString(a, 'valid') ?? defaultText('valid'));
+  const validFile = flagString(a, 'valid') ?? defaultText('valid');
+  const valid = await tokens(validFile);
+  // the first validation comes after --eval-every steps: a text too short for one window must fail now, not then
+  if (Math.min(valid.length, validTokens) < seqLen + 1)
+    throw new CalderaError(
+      'E_VALUE',
+      `validation needs at least --seq-len + 1 = ${seqLen + 1} tokens: ${validFile} has ${valid.length}` +
+        (validTokens < valid.length ? ` and --valid-tokens is ${validTokens}` : ''),
+    );
   const partial = `${out}.partial`;
   const statePath = join(partial, 'train-state.bin');
   const logPath = join(partial, 'training-log.jsonl');

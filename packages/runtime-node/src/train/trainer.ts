@@ -124,6 +124,8 @@ export class Trainer {
   /** The extra state restored by {@link Trainer.load} (undefined for a fresh trainer). */
   restored: TrainStateExtra | undefined;
   readonly objective: Objective;
+  /** sha256 of the data, recorded by {@link save} (computed once, on the first save). */
+  private dataSha256: string | undefined;
 
   constructor(
     readonly config: TrainConfig,
@@ -217,7 +219,7 @@ export class Trainer {
         version: 1,
         options: this.options,
         config: this.config,
-        dataSha256: tokenDigest(this.data),
+        dataSha256: (this.dataSha256 ??= tokenDigest(this.data)),
         step: this.stepCount,
         rng: this.rng.getState(),
         extraInfo: extra.info ?? null,
