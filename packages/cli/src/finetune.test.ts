@@ -99,11 +99,11 @@ describe('caldera finetune', () => {
     const other = run(['finetune', ckpt, '--out', resumed, ...FINETUNE, '--lr', '0.02', '--patience', '9']);
     expect(other.status).toBe(1);
     expect(other.stderr).toMatch(
-      /holds the state of a run with other settings: lr \(0\.01 then, 0\.02 now\)/,
+      /holds the state of a run with other settings: --lr \(0\.01 then, 0\.02 now\)/,
     );
     expect(readFileSync(state).equals(saved)).toBe(true);
     const patience = run(['finetune', ckpt, '--out', resumed, ...FINETUNE, '--patience', '9']);
-    expect(patience.stderr).toMatch(/fine-tuning run with other settings: patience \(\d+ then, 9 now\)/);
+    expect(patience.stderr).toMatch(/fine-tuning run with other settings: --patience \(\d+ then, 9 now\)/);
     const again = run(['finetune', ckpt, '--out', resumed, ...FINETUNE]);
     expect(again.status, again.stderr).toBe(0);
     expect(

@@ -201,7 +201,7 @@ describe('input files and partial state', () => {
     // (another validation text: refused as another run's state, which stays as it was)
     const again = run([...args.slice(0, -1), tiny]);
     expect(again.status).toBe(1);
-    expect(again.stderr).toMatch(/state of a fine-tuning run with other settings: validation \(/);
+    expect(again.stderr).toMatch(/state of a fine-tuning run with other settings: --valid \(its text\) \(/);
     expect(readFileSync(state).equals(saved)).toBe(true);
   }, 60_000);
 

@@ -140,6 +140,16 @@ export async function weightFileBytes(dir: string): Promise<number> {
   return n;
 }
 
+/** The trainer settings a resumed `train` or `finetune` is refused on, named by their flags. */
+export const TRAIN_FLAG_LABELS: Record<string, string> = {
+  lr: '--lr',
+  totalSteps: '--steps',
+  seqLen: '--seq-len',
+  batch: '--batch',
+  seed: '--seed',
+  data: '--data (its text)',
+};
+
 /** The model directory: the positional argument, or the embedded reference model. */
 export function modelDirOf(positional: string | undefined): string {
   return positional ?? referenceModelDir();

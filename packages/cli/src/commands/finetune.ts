@@ -20,7 +20,15 @@ import {
   SEED,
   type Args,
 } from '../args.js';
-import { checkOutDir, defaultText, exists, modelDirOf, readDocuments, tokenizeDocuments } from './common.js';
+import {
+  checkOutDir,
+  defaultText,
+  exists,
+  modelDirOf,
+  readDocuments,
+  tokenizeDocuments,
+  TRAIN_FLAG_LABELS,
+} from './common.js';
 
 export const finetuneHelp = `caldera finetune [compressed-dir] [options]
 
@@ -130,6 +138,14 @@ export async function finetuneCommand(a: Args): Promise<number> {
       runKey: {
         '--teacher': teacherDir ? resolve(teacherDir) : null,
         '--half-base': a.flags.has('half-base'),
+      },
+      settingLabels: {
+        ...TRAIN_FLAG_LABELS,
+        evalEvery: '--eval-every',
+        patience: '--patience',
+        evalTokens: '--valid-tokens',
+        validation: '--valid (its text)',
+        'starting factors': 'starting factors (the checkpoint, --ft-rank, --signs)',
       },
       signal: ctl.signal,
       onProgress: (e) => {

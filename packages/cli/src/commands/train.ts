@@ -20,7 +20,15 @@ import {
   SEED,
   type Args,
 } from '../args.js';
-import { checkOutDir, defaultText, exists, modelDirOf, readDocuments, tokenizeDocuments } from './common.js';
+import {
+  checkOutDir,
+  defaultText,
+  exists,
+  modelDirOf,
+  readDocuments,
+  tokenizeDocuments,
+  TRAIN_FLAG_LABELS,
+} from './common.js';
 
 export const trainHelp = `caldera train [template-dir] --out DIR [options]
 
@@ -116,7 +124,10 @@ export async function trainCommand(a: Args): Promise<number> {
   };
   // a saved state resumes only a run with the same options, model and data (else E_VALUE naming what differs)
   const trainer = (await exists(statePath))
-    ? await Trainer.load(statePath, cfg, data, undefined, trainerOptions)
+    ? await Trainer.load(statePath, cfg, data, undefined, {
+        expect: trainerOptions,
+        labels: { ...TRAIN_FLAG_LABELS, warmup: '--warmup' },
+      })
     : new Trainer(cfg, initTrainParams(cfg, new Rng(seed)), data, trainerOptions);
   if (trainer.stepCount === 0) await writeFile(logPath, '');
   const lines: string[] = [];

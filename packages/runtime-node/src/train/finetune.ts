@@ -248,6 +248,11 @@ export interface LoraFinetuneOptions {
    * a resumed run must pass the same (default none).
    */
   runKey?: Record<string, unknown>;
+  /**
+   * How to name each setting when a resumed run is refused (as `labels` of `Trainer.load`'s resume check; this function's own are
+   * `evalEvery`, `patience`, `evalTokens`, `validation` and `starting factors`), e.g. the command-line flags.
+   */
+  settingLabels?: Record<string, string>;
   signal?: AbortSignal;
   onProgress?: (e: FinetuneProgress) => void;
 }
@@ -379,16 +384,20 @@ export async function runFinetune(
     patience: o.patience,
     evalTokens: o.evalTokens,
     validation: tokenDigest(valid),
-    'starting factors (the checkpoint, --ft-rank, --signs)': start.digest('hex'),
+    'starting factors': start.digest('hex'),
     ...(o.runKey ?? {}),
   };
   let trainer: Trainer;
   let es: EarlyStopState;
   let best: Record<string, Float32Array>;
   if (o.statePath && (await exists(o.statePath))) {
-    trainer = await Trainer.load(o.statePath, setup.config, train, setup.objective, trainerOptions);
+    const labels = o.settingLabels ? { labels: o.settingLabels } : {};
+    trainer = await Trainer.load(o.statePath, setup.config, train, setup.objective, {
+      expect: trainerOptions,
+      ...labels,
+    });
     const saved = trainer.restored!.info as { run?: Record<string, unknown>; earlyStop: EarlyStopState };
-    const differ = saved.run ? settingsDiff(saved.run, run) : ['(not recorded: an earlier version)'];
+    const differ = saved.run ? settingsDiff(saved.run, run, labels) : ['(not recorded: an earlier version)'];
     if (differ.length > 0)
       throw new CalderaError(
         'E_VALUE',

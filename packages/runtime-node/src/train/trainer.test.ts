@@ -34,8 +34,7 @@ describe('Trainer', () => {
       await b.save(join(dir, 'state.bin'));
       // resuming with the run's own options (activation checkpointing may change: it changes no result)
       const c = await Trainer.load(join(dir, 'state.bin'), cfg, data, undefined, {
-        ...opts,
-        checkpoint: true,
+        expect: { ...opts, checkpoint: true },
       });
       expect(c.stepCount).toBe(4);
       expect(c.options.checkpoint).toBe(true);
@@ -44,17 +43,19 @@ describe('Trainer', () => {
       expect([...first, ...rest]).toEqual(full);
       // other options, data or model would mix two runs: refused, naming what differs
       const state = join(dir, 'state.bin');
-      await expect(Trainer.load(state, cfg, data, undefined, { ...opts, lr: 2e-2 })).rejects.toThrow(
-        /E_VALUE.*other settings: lr \(0\.01 then, 0\.02 now\)/,
-      );
-      await expect(Trainer.load(state, cfg, data, undefined, { ...opts, totalSteps: 20 })).rejects.toThrow(
-        /E_VALUE.*totalSteps \(12 then, 20 now\)/,
-      );
-      const other = data.map((t, i) => (i === 7 ? (t + 1) % 13 : t));
-      await expect(Trainer.load(state, cfg, other, undefined, opts)).rejects.toThrow(/E_VALUE.*data \(/);
       await expect(
-        Trainer.load(state, { ...cfg, hiddenSize: cfg.hiddenSize * 2 }, data, undefined, opts),
-      ).rejects.toThrow(/E_VALUE.*config \(/);
+        Trainer.load(state, cfg, data, undefined, { expect: { ...opts, lr: 2e-2 }, labels: { lr: '--lr' } }),
+      ).rejects.toThrow(/E_VALUE.*other settings: --lr \(0\.01 then, 0\.02 now\)/);
+      await expect(
+        Trainer.load(state, cfg, data, undefined, { expect: { ...opts, totalSteps: 20 } }),
+      ).rejects.toThrow(/E_VALUE.*totalSteps \(12 then, 20 now\)/);
+      const other = data.map((t, i) => (i === 7 ? (t + 1) % 13 : t));
+      await expect(Trainer.load(state, cfg, other, undefined, { expect: opts })).rejects.toThrow(
+        /E_VALUE.*data \(/,
+      );
+      await expect(
+        Trainer.load(state, { ...cfg, hiddenSize: cfg.hiddenSize * 2 }, data, undefined, { expect: opts }),
+      ).rejects.toThrow(/E_VALUE.*config\.hiddenSize \(16 then, 32 now\)/);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -66,21 +66,36 @@ export function tokenDigest(tokens: ArrayLike<number>): string {
 
 /**
  * The settings that differ between a saved run and the one resuming it: `label (then, now)` for every key of `now`
- * whose JSON differs from `then`'s. Keys in `ignore` are left out.
+ * whose JSON differs from `then`'s, named by `labels` (default: the key). Keys in `ignore` are left out.
  */
 export function settingsDiff(
   then: Record<string, unknown>,
   now: Record<string, unknown>,
-  ignore: readonly string[] = [],
+  options: { ignore?: readonly string[]; labels?: Record<string, string> } = {},
 ): string[] {
   const short = (v: unknown) => {
     const s = JSON.stringify(v) ?? 'none';
     return s.length > 24 ? `${s.slice(0, 12)}…` : s;
   };
   return Object.keys(now)
-    .filter((k) => !ignore.includes(k) && JSON.stringify(then[k]) !== JSON.stringify(now[k]))
-    .map((k) => `${k} (${short(then[k])} then, ${short(now[k])} now)`);
+    .filter((k) => !options.ignore?.includes(k) && JSON.stringify(then[k]) !== JSON.stringify(now[k]))
+    .map((k) => `${options.labels?.[k] ?? k} (${short(then[k])} then, ${short(now[k])} now)`);
 }
+
+/** What a resumed run must match ({@link Trainer.load}). */
+export interface ResumeCheck {
+  /** The options a fresh run would start with. */
+  expect: TrainerOptions;
+  /**
+   * How to name each setting in a refusal, e.g. `{ lr: '--lr' }` for a command line (default: the option's name;
+   * the data is `data`, each model-config field `config.<field>`).
+   */
+  labels?: Record<string, string>;
+}
+
+/** The fields of a model config as `config.<field>` settings (none for a state that did not record it). */
+const configSettings = (c: TrainConfig | undefined): Record<string, unknown> =>
+  Object.fromEntries(Object.entries(c ?? {}).map(([k, v]) => [`config.${k}`, v]));
 
 /** `options` with every default filled in (the defaults documented on {@link TrainerOptions}). */
 function trainerOptionsWithDefaults(options: TrainerOptions): Required<TrainerOptions> {
@@ -239,8 +254,8 @@ export class Trainer {
 
   /**
    * Restores a state written by {@link save}; `data` (and `objective`) must be the same as when it was saved. With
-   * `expect` (the options the caller would start a fresh run with), the saved run must have the same options (all
-   * but `checkpoint`, which changes no result and is taken from `expect`), the same model config and the same data:
+   * `resume` (the options the caller would start a fresh run with), the saved run must have the same options (all
+   * but `checkpoint`, which changes no result and is taken from them), the same model config and the same data:
    * otherwise `E_VALUE` names what differs, since continuing would mix two runs.
    */
   static async load(
@@ -248,7 +263,7 @@ export class Trainer {
     config: TrainConfig,
     data: ArrayLike<number>,
     objective?: Objective,
-    expect?: TrainerOptions,
+    resume?: ResumeCheck,
   ): Promise<Trainer> {
     const buf = await readFile(path).catch((e: Error) => {
       throw new CalderaError('E_IO', `cannot read training state ${path}: ${e.message}`);
@@ -267,12 +282,12 @@ export class Trainer {
     if (h.format !== 'caldera-train-state')
       throw new CalderaError('E_FORMAT', `${path}: not a Caldera training state`);
     let options = h.options;
-    if (expect) {
-      const now = trainerOptionsWithDefaults(expect);
+    if (resume) {
+      const now = trainerOptionsWithDefaults(resume.expect);
       const differ = settingsDiff(
-        { ...h.options, config: h.config, data: h.dataSha256 },
-        { ...now, config, data: tokenDigest(data) },
-        ['checkpoint'],
+        { ...h.options, ...configSettings(h.config), data: h.dataSha256 },
+        { ...now, ...configSettings(config), data: tokenDigest(data) },
+        { ignore: ['checkpoint'], ...(resume.labels ? { labels: resume.labels } : {}) },
       );
       if (differ.length > 0)
         throw new CalderaError(
