@@ -261,6 +261,18 @@ describe('caldera command lines', () => {
     );
     await value([...c, '--bits', '1'], /--bits must be in \[2, 7\.83\] .*got 1/);
     await value([...c, '--max-bytes', '10'], /--max-bytes must be at least 786432, .*Q alone.*got 10/);
+    // a budget with no layer left to spend it on (--layer-rank matches them all) is a mistake; without one, fine
+    const all: [string, number][] = [['model.', 16]];
+    expect(() => chooseRanks(shapes, { widths, overrides: all, bits: 2.4, budgetFlag: '--bits' })).toThrow(
+      /--layer-rank fixes the rank of every layer, so --bits has no layer to apply to/,
+    );
+    expect(Object.values(chooseRanks(shapes, { widths, overrides: all, bits: 2.4 }))).toEqual(
+      new Array(28).fill(16),
+    );
+    await value(
+      [...c, '--layer-rank', 'mlp=32,self_attn=16', '--bits', '2.4'],
+      /--layer-rank fixes the rank of every layer, so --bits has no layer to apply to/,
+    );
     // the rank-0 baselines have no budget to spend: a rank option is a mistake, not something to ignore
     await value([...c, '--method', 'ldlq', '--bits', '2.4'], /--method ldlq has no low-rank part.*--bits/);
     await value([...c, '--method', 'rtn', '--rank', '8'], /--method rtn has no low-rank part.*--rank/);

@@ -183,6 +183,13 @@ function rankChoiceOf(a: Args, method: Method): RankChoice {
     ...(maxBytes !== undefined ? { maxBytes } : {}),
     bits: flagNumber(a, 'bits', method === 'lplr' ? 2 + 16 * 0.1 : 2.4, POSITIVE),
     ...(overrides ? { overrides: parseLayerRanks(overrides) } : {}),
+    ...(a.flags.has('rank')
+      ? { budgetFlag: '--rank' }
+      : a.flags.has('max-bytes')
+        ? { budgetFlag: '--max-bytes' }
+        : a.flags.has('bits')
+          ? { budgetFlag: '--bits' }
+          : {}),
   };
 }
 

@@ -15,6 +15,11 @@ export interface RankChoice {
   overrides?: readonly (readonly [string, number])[];
   /** Ranks are multiples of this in the budgeted allocation (default 8). */
   granularity?: number;
+  /**
+   * The option the user set the budget with (`--rank`, `--max-bytes` or `--bits`), when they gave one: refused when
+   * `overrides` fix every layer's rank, which would leave it nothing to apply to.
+   */
+  budgetFlag?: string;
 }
 
 /**
@@ -73,6 +78,11 @@ export function chooseRanks(layers: readonly LayerShape[], c: RankChoice): Recor
       fixedParams += s.m * s.n;
     } else free.push(s);
   }
+  if (free.length === 0 && c.budgetFlag !== undefined)
+    throw new CalderaError(
+      'E_VALUE',
+      `--layer-rank fixes the rank of every layer, so ${c.budgetFlag} has no layer to apply to; give one of them`,
+    );
   if (c.rank !== undefined) {
     for (const s of free) out[s.name] = Math.min(c.rank, s.m, s.n);
     return out;
