@@ -171,6 +171,15 @@ export function checkFlag(name: string, n: number, r: NumberRule, note = ''): nu
 }
 
 /**
+ * `E_VALUE` unless the window of `n` tokens that option `--name` sets is an integer in [2, `maxPositions`]: past
+ * max_position_embeddings a model runs on positions it never saw (eval's --context, train/finetune's --seq-len,
+ * compress's --length).
+ */
+export function checkTokenWindow(name: string, n: number, maxPositions: number): number {
+  return checkFlag(name, n, { integer: true, min: 2, max: maxPositions }, " (the model's max positions)");
+}
+
+/**
  * A numeric option: `def` when absent; `E_VALUE` naming the option when it is not a number or breaks `rule` (the
  * default is not checked).
  */

@@ -1,14 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Rng } from '@caldera/core';
+import { runCli } from './test-cli.js';
 
-const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
-const run = (args: string[]) =>
-  spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 60_000 });
+const run = (args: string[]) => runCli(args, 60_000);
 
 /** A tiny random llama2.c model (dim 16, 2 layers, vocab 262: 3 specials + 256 bytes + 3 pieces) and tokenizer. */
 function tinyLlama2c(): string {

@@ -4,10 +4,9 @@ import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, write
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { referenceTextPath } from '@caldera/reference-model';
+import { bin } from './test-cli.js';
 
-const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'caldera-scaleout-'));
 const single = join(dir, 'single');
 // The first ~200 kB of the reference calibration text: plenty for 8 windows, and quick to tokenize.

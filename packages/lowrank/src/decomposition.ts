@@ -266,9 +266,9 @@ export function calderaCheckpointMeta(
   let bits = 0;
   let weights = 0;
   for (const l of Object.values(layers)) {
-    const w = l.shape[0] * l.shape[1];
-    bits += (l.paperBitsPerWeight ?? paperBitsFromMeta(l)) * w;
-    weights += w;
+    // (bits · m) · n, the order compress and finetune summed in before this helper: the same last bit
+    bits += (l.paperBitsPerWeight ?? paperBitsFromMeta(l)) * l.shape[0] * l.shape[1];
+    weights += l.shape[0] * l.shape[1];
   }
   return {
     format: 'caldera',

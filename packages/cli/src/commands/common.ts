@@ -245,12 +245,12 @@ export async function openModel(path: string, tokenizerPath?: string, pool?: Poo
       format: 'llama2.c',
     };
   }
-  const { model, config, calderaMeta } = await loadModel(path, pool ? { pool } : {});
   if (tokenizerPath !== undefined)
     throw new CalderaError(
       'E_VALUE',
       `--tokenizer applies to a llama2.c model (.bin); ${path} is a directory, whose tokenizer.json is used`,
     );
+  const { model, config, calderaMeta } = await loadModel(path, pool ? { pool } : {});
   const tokenizer = await loadTokenizer(path);
   return {
     model,

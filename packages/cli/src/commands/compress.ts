@@ -1,4 +1,4 @@
-import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import {
   atomicWriteFile,
@@ -40,7 +40,7 @@ import {
   type LayerSpec,
   type LinearInfo,
 } from '@caldera/calibrate';
-import type { CalderaOptions } from '@caldera/lowrank';
+import { calderaCheckpointMeta, type CalderaOptions } from '@caldera/lowrank';
 import { loadModel, ModelRunnerAdapter, perplexity } from '@caldera/runtime-node';
 import {
   flagNumber,
@@ -49,7 +49,7 @@ import {
   POSITIVE_INT,
   NON_NEGATIVE_INT,
   SEED,
-  checkFlag,
+  checkTokenWindow,
   progressBar,
   type Args,
 } from '../args.js';
@@ -57,6 +57,7 @@ import {
   checkInputFiles,
   checkOutDir,
   defaultText,
+  exists,
   modelDirOf,
   poolFor,
   readDocuments,
@@ -342,11 +343,7 @@ function fileStore(dir: string, fingerprint: RunFingerprint): BlockStore {
   return {
     async load(b) {
       const p = paths(b);
-      const ok = await stat(p.js).then(
-        () => true,
-        () => false,
-      );
-      if (!ok) return null;
+      if (!(await exists(p.js))) return null;
       const info = JSON.parse(await readFile(p.js, 'utf8')) as (Omit<LayerResult, 'replacement'> & {
         meta: CalderaLayerMeta;
         tensorNames: string[];
@@ -461,12 +458,7 @@ export async function compressCommand(a: Args): Promise<number> {
   try {
     loaded = await loadModel(modelDir, pool ? { pool } : {});
     // calibration windows past max_position_embeddings would run on positions the model never saw
-    checkFlag(
-      'length',
-      base.length,
-      { integer: true, min: 2, max: loaded.config.maxPositions },
-      " (the model's max positions)",
-    );
+    checkTokenWindow('length', base.length, loaded.config.maxPositions);
     runner = new ModelRunnerAdapter(loaded.model);
     layers = Array.from({ length: loaded.config.numLayers }, (_, b) => runner.linears(b)).flat();
     settings = { ...base, ranks: ranksFor(rankChoice, base.method, layers) };
@@ -725,18 +717,12 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[]): Promise
     throw e;
   }
   const layerMeta: CalderaCheckpointMeta['layers'] = {};
-  let bitNum = 0;
-  let bitDen = 0;
   for (const r of results) {
     Object.assign(tensors, r.replacement.tensors);
     layerMeta[r.name] = r.replacement.meta;
-    const [m, n] = r.replacement.meta.shape;
-    bitNum += r.bitsPerWeight * m * n;
-    bitDen += m * n;
   }
-  const meta: CalderaCheckpointMeta = {
-    format: 'caldera',
-    version: 1,
+  // the headline: each layer's paper bits (its result's bitsPerWeight) weighted by m·n
+  const meta = calderaCheckpointMeta(layerMeta, {
     method: s.method,
     options: {
       windows: s.windows,
@@ -748,18 +734,10 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[]): Promise
       ...(s.propagate === 'original' && s.method !== 'rtn' ? { hessianChunks: s.hessianChunks } : {}),
     },
     seed,
-    bitsPerWeight: bitNum / bitDen,
-    layers: layerMeta,
-  };
+  });
   const copy: Record<string, string> = {};
   for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json']) {
-    if (
-      await stat(join(modelDir, f)).then(
-        () => true,
-        () => false,
-      )
-    )
-      copy[f] = join(modelDir, f);
+    if (await exists(join(modelDir, f))) copy[f] = join(modelDir, f);
   }
   try {
     await writeCheckpointDir(out, { meta, tensors, copyFiles: copy }, { overwrite: true });

@@ -11,7 +11,7 @@ import {
   writeFinetunedCheckpoint,
 } from '@caldera/runtime-node';
 import {
-  checkFlag,
+  checkTokenWindow,
   flagNumber,
   flagString,
   POSITIVE,
@@ -94,8 +94,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
 
   const loaded = await loadModel(src, { dtype: 'f32' });
   const maxPos = loaded.config.maxPositions;
-  if (seqLenFlag !== undefined)
-    checkFlag('seq-len', seqLenFlag, { integer: true, min: 2, max: maxPos }, " (the model's max positions)");
+  if (seqLenFlag !== undefined) checkTokenWindow('seq-len', seqLenFlag, maxPos);
   else options.seqLen = Math.min(options.seqLen, maxPos);
   const bos = loaded.config.bosTokenId;
   const tokens = async (file: string) =>

@@ -2,6 +2,7 @@ import { CalderaError, openSafetensorsDir } from '@caldera/core';
 import { blockLinearNames, generate, perplexity } from '@caldera/runtime-node';
 import {
   checkFlag,
+  checkTokenWindow,
   flagNumber,
   flagString,
   POSITIVE,
@@ -69,12 +70,7 @@ async function evaluate(
   const context =
     flags.context === undefined
       ? Math.min(EVAL_CONTEXT, maxPos)
-      : checkFlag(
-          'context',
-          flags.context,
-          { integer: true, min: 2, max: maxPos },
-          " (the model's max positions)",
-        );
+      : checkTokenWindow('context', flags.context, maxPos);
   const stride =
     flags.stride === undefined
       ? context
@@ -180,13 +176,8 @@ export const inspectHelp = `caldera inspect [model] [--tokenizer FILE] [--json]
 Architecture, parameter count, bits per weight per layer and file size of a model, Caldera checkpoint or llama2.c .bin.
 Dense layers are reported as stored in the file (f32, f16 or bf16), whatever the runtime widens them to in memory.`;
 
-/** Safetensors dtypes of dense weights: the name `inspect` shows and bytes per weight. */
-const DTYPES: Record<string, { kind: string; bytes: number }> = {
-  F32: { kind: 'f32', bytes: 4 },
-  F16: { kind: 'f16', bytes: 2 },
-  BF16: { kind: 'bf16', bytes: 2 },
-  F64: { kind: 'f64', bytes: 8 },
-};
+/** Safetensors dtypes of dense weights, which `inspect` reports as stored. */
+const DENSE_DTYPES = new Set(['F32', 'F16', 'BF16', 'F64']);
 
 export async function inspectCommand(a: Args): Promise<number> {
   const path = modelDirOf(a.positionals[0]);
@@ -200,11 +191,10 @@ export async function inspectCommand(a: Args): Promise<number> {
         for (const { name } of blockLinearNames(b)) {
           if (calderaMeta?.layers?.[name] || !store.has(`${name}.weight`)) continue;
           const info = await store.tensorInfo(`${name}.weight`);
-          const d = DTYPES[info.dtype];
-          if (d)
+          if (DENSE_DTYPES.has(info.dtype))
             stored.set(name, {
-              kind: d.kind,
-              bytes: info.shape.reduce((x, y) => x * y, 1) * d.bytes,
+              kind: info.dtype.toLowerCase(),
+              bytes: info.dataOffsets[1] - info.dataOffsets[0],
             });
         }
     } finally {

@@ -10,7 +10,7 @@ import {
   type TrainConfig,
 } from '@caldera/runtime-node';
 import {
-  checkFlag,
+  checkTokenWindow,
   flagNumber,
   flagString,
   NON_NEGATIVE_INT,
@@ -91,12 +91,7 @@ export async function trainCommand(a: Args): Promise<number> {
   const seqLen =
     seqLenFlag === undefined
       ? Math.min(128, mc.maxPositions)
-      : checkFlag(
-          'seq-len',
-          seqLenFlag,
-          { integer: true, min: 2, max: mc.maxPositions },
-          " (the model's max positions)",
-        );
+      : checkTokenWindow('seq-len', seqLenFlag, mc.maxPositions);
   const tokens = async (file: string) =>
     (await tokenizeDocuments(template, await readDocuments(file), mc.bosTokenId)).flat();
   const data = Uint16Array.from(await tokens(flagString(a, 'data') ?? defaultText('train')));
