@@ -192,18 +192,20 @@ export async function planMemory(
 
 /**
  * Load a model onto the GPU from an open tensor store plus its parsed `config.json` and `caldera.json` (null for a
- * dense model; validated by `parseCalderaMeta`, `E_FORMAT` listing every problem). The building block of
- * {@link loadModel} (Node, a directory) and {@link loadModelFromUrl} (fetch).
+ * dense model; validated by `parseCalderaMeta`, `E_FORMAT` listing every problem, with `calderaMetaFile` (default
+ * `caldera.json`) naming it). The building block of {@link loadModel} (Node, a directory) and
+ * {@link loadModelFromUrl} (fetch).
  */
 export async function loadModelFromStore(
   dev: CalderaDevice,
-  source: { config: unknown; calderaMeta: unknown; store: TensorStore },
+  source: { config: unknown; calderaMeta: unknown; calderaMetaFile?: string; store: TensorStore },
   options: LoadOptions = {},
 ): Promise<LoadedWebGpuModel> {
   const config = parseModelConfig(source.config);
   const { store } = source;
   // null or undefined: a dense model
-  const calderaMeta = source.calderaMeta == null ? null : parseCalderaMeta(source.calderaMeta);
+  const calderaMeta =
+    source.calderaMeta == null ? null : parseCalderaMeta(source.calderaMeta, source.calderaMetaFile);
   const dtype = options.dtype ?? 'auto';
   const { hiddenSize: d, vocabSize: V } = config;
   const plan = await planMemory(config, calderaMeta, store, options);
@@ -364,11 +366,14 @@ export async function loadModel(
     }
   };
   const config = await json('config.json', false);
-  const meta = await json('caldera.json', true);
-  const calderaMeta = meta === null ? null : parseCalderaMeta(meta, `${dir}/caldera.json`);
+  const calderaMeta = await json('caldera.json', true);
   const store = await openSafetensorsDir(dir);
   try {
-    return await loadModelFromStore(dev, { config, calderaMeta, store }, options);
+    return await loadModelFromStore(
+      dev,
+      { config, calderaMeta, calderaMetaFile: `${dir}/caldera.json`, store },
+      options,
+    );
   } finally {
     await store.close();
   }
@@ -446,6 +451,7 @@ export async function loadModelFromUrl(
   };
   const config = await responseJson((await get('config.json', false))!, root + 'config.json');
   const cr = await get('caldera.json', true);
+  // validated here, before any weight is downloaded (loadModelFromStore checks it again: a few microseconds)
   const calderaMeta = cr
     ? parseCalderaMeta(await responseJson(cr, root + 'caldera.json'), root + 'caldera.json')
     : null;

@@ -249,8 +249,9 @@ export interface LoraFinetuneOptions {
    */
   runKey?: Record<string, unknown>;
   /**
-   * How to name each setting when a resumed run is refused (as `labels` of `Trainer.load`'s resume check; this function's own are
-   * `evalEvery`, `patience`, `evalTokens`, `validation` and `starting factors`), e.g. the command-line flags.
+   * How to name each setting when a resumed run is refused (as `labels` of `Trainer.load`'s resume check; this
+   * function's own are `evalEvery`, `patience`, `evalTokens`, `validation` and `starting factors`), e.g. the
+   * command-line flags.
    */
   settingLabels?: Record<string, string>;
   signal?: AbortSignal;
