@@ -1,6 +1,15 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -103,6 +112,14 @@ describe('scale-out: manifest, shards and merge', () => {
       [0, 1, 2].map((i) => cli(['compress', '--out', out, ...SMALL, '--shard', `${i}/3`, '--threads', '1'])),
     );
     for (const r of rs) expect(r.status, r.stderr).toBe(0);
+    // a file put into --out after the shards started is not lost: merge refuses, and succeeds once it is gone
+    mkdirSync(out);
+    writeFileSync(join(out, 'notes.txt'), 'mine');
+    const refused = await cli(['merge', out]);
+    expect(refused.status).toBe(1);
+    expect(refused.stderr).toMatch(/is a non-empty directory that is not a Caldera checkpoint/);
+    expect(readFileSync(join(out, 'notes.txt'), 'utf8')).toBe('mine');
+    rmSync(out, { recursive: true });
     expect((await cli(['merge', out])).status).toBe(0);
     same(out, single);
   }, 120_000);

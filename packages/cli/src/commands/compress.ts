@@ -658,6 +658,8 @@ export async function mergeCommand(a: Args): Promise<number> {
   const json = a.flags.has('json');
   const work = resolve(`${out}.work`);
   const manifest = await readManifest(work);
+  // the shards checked --out when they started; what was put there since must not be lost either
+  await checkOutDir(out, [manifest.model]);
   await assemble(
     {
       modelDir: manifest.model,
