@@ -1,2 +1,2 @@
 export { main } from './cli.js';
-export { parseArgs, type Args } from './args.js';
+export { commandSpec, parseArgs, UsageError, type Args, type CommandSpec } from './args.js';

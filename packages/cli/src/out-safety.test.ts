@@ -1,6 +1,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { writeSafetensors } from '@caldera/core';
 import { fastCompressSetup, runCli, runUntil } from './test-cli.js';
 import { writeTinyModel } from './test-models.js';
 
@@ -235,5 +236,28 @@ describe('input files and partial state', () => {
     expect(same.status, same.stderr).toBe(0);
     expect(existsSync(`${out}.partial`)).toBe(false);
     expect(existsSync(join(out, 'caldera.json'))).toBe(true);
+  }, 60_000);
+
+  it('a killed compress does not resume on a source model whose weights changed since, wherever in the file', async () => {
+    // 3 blocks of hidden 128: a 3.7 MB file, so block 1's weights lie more than a MiB from either end
+    const dir = join(tmp, 'models', 'changed');
+    const { raw } = await writeTinyModel(dir, { layers: 3, hidden: 128, seed: 4 });
+    const out = join(tmp, 'changed-out');
+    const args = ['compress', dir, '--out', out, ...FAST, '--windows', '8', '--length', '64'];
+    await runUntil(args, join(`${out}.partial`, 'block-0000.json'), 'SIGKILL', 5);
+    expect(existsSync(join(`${out}.partial`, 'block-0002.json'))).toBe(false);
+    // one weight of block 1 changes; the file keeps its size and its first and last MiB
+    const file = join(dir, 'model.safetensors');
+    const before = readFileSync(file);
+    raw['model.layers.1.mlp.up_proj.weight']!.data[5] += 0.5;
+    await writeSafetensors(file, raw);
+    const after = readFileSync(file);
+    const mib = 1 << 20;
+    expect(after.length).toBe(before.length);
+    expect(after.subarray(0, mib).equals(before.subarray(0, mib))).toBe(true);
+    expect(after.subarray(-mib).equals(before.subarray(-mib))).toBe(true);
+    const r = run(args);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/holds blocks of an interrupted run with other settings: source model/);
   }, 60_000);
 });

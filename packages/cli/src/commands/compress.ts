@@ -1,4 +1,4 @@
-import { mkdir, open, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import {
   atomicWriteFile,
@@ -63,7 +63,6 @@ import {
   readDocuments,
   tokenizeDocuments,
   weightFileBytes,
-  weightFiles,
 } from './common.js';
 import { chooseRanks, parseLayerRanks, type RankChoice } from './ranks.js';
 import type { QueueTask } from './task.js';
@@ -228,7 +227,7 @@ function layerSpec(s: RunSettings, seed: number, name: string): LayerSpec {
  * block: a rerun resumes only when every field is the same (else its blocks would mix two runs' settings).
  */
 interface RunFingerprint {
-  /** config.json and the weight files (sizes, sha256 of their first and last MiB). */
+  /** sha256 of config.json and of every tensor's bytes. */
   model: string;
   method: Method;
   ranks: Record<string, number>;
@@ -244,34 +243,23 @@ interface RunFingerprint {
 
 const PARTIAL_RUN_FILE = 'run.json';
 
-/** sha256 of the source model's identity: config.json, and per weight file its size and first and last MiB. */
-async function modelIdentity(modelDir: string): Promise<string> {
-  const parts: unknown[] = [sha256Hex(await readFile(join(modelDir, 'config.json')))];
-  for (const f of (await weightFiles(modelDir)).sort()) {
-    const h = await open(f, 'r').catch((e: Error) => {
-      throw new CalderaError('E_IO', `cannot read ${f}: ${e.message}`, { cause: e });
-    });
-    try {
-      const size = (await h.stat()).size;
-      const mib = 1 << 20;
-      const head = Buffer.alloc(Math.min(mib, size));
-      const tail = Buffer.alloc(Math.min(mib, size));
-      await h.read(head, 0, head.length, 0);
-      await h.read(tail, 0, tail.length, size - tail.length);
-      parts.push([basename(f), size, sha256Hex(Buffer.concat([head, tail]))]);
-    } finally {
-      await h.close();
-    }
-  }
-  return sha256Hex(JSON.stringify(parts));
+/** sha256 of the source model's identity: its config.json and every tensor (names and bytes, {@link hashModelTensors}). */
+async function modelIdentity(modelDir: string, signal?: AbortSignal): Promise<string> {
+  const config = sha256Hex(await readFile(join(modelDir, 'config.json')));
+  return sha256Hex(JSON.stringify([config, (await hashModelTensors(modelDir, signal)).sha256]));
 }
 
-async function runFingerprint(modelDir: string, s: RunSettings, seed: number): Promise<RunFingerprint> {
+async function runFingerprint(
+  modelDir: string,
+  s: RunSettings,
+  seed: number,
+  signal?: AbortSignal,
+): Promise<RunFingerprint> {
   const data = await readFile(s.data).catch((e: Error) => {
     throw new CalderaError('E_IO', `cannot read ${s.data}: ${e.message}`, { cause: e });
   });
   return {
-    model: await modelIdentity(modelDir),
+    model: await modelIdentity(modelDir, signal),
     method: s.method,
     ranks: Object.fromEntries(Object.entries(s.ranks).sort(([x], [y]) => (x < y ? -1 : x > y ? 1 : 0))),
     outerIters: s.outerIters,
@@ -474,7 +462,7 @@ export async function compressCommand(a: Args): Promise<number> {
   try {
     if (settings.propagate === 'compressed') {
       const partial = `${out}.partial`;
-      const fingerprint = await runFingerprint(modelDir, settings, seed);
+      const fingerprint = await runFingerprint(modelDir, settings, seed, ctl.signal);
       await checkResume(partial, fingerprint);
       const results = await compressModel(runner, await windowsOf(), {
         compressLayer: (w, h, info, signal) =>
