@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { isCalderaError } from '@caldera/core';
 import { allocateRanks, averageBits, type LayerShape } from './budget.js';
 
 // Llama-2-7B linear shapes of one block (the brief's §5 table is computed from these).
@@ -61,5 +62,34 @@ describe('allocateRanks', () => {
     const tiny: LayerShape[] = [{ name: 'a', m: 32, n: 64 }];
     expect(allocateRanks(tiny, { targetBits: 100 }).ranks).toEqual([32]);
     expect(() => allocateRanks(tiny, { targetBits: 1.5 })).toThrow(/below/);
+  });
+});
+
+describe('bit widths and rank lists', () => {
+  const code = (f: () => unknown) => {
+    try {
+      f();
+    } catch (e) {
+      return isCalderaError(e) ? e.code : 'not a CalderaError';
+    }
+    return 'no error';
+  };
+
+  it('rejects non-finite or non-positive factor widths instead of returning NaN or full ranks', () => {
+    // before: l = NaN gave every layer its full rank and averageBits NaN; l = −4 gave full ranks at "2 bits"
+    expect(code(() => allocateRanks(llama7bBlock, { targetBits: 2.2, l: NaN }))).toBe('E_VALUE');
+    expect(code(() => allocateRanks(llama7bBlock, { targetBits: 2.2, r: -4 }))).toBe('E_VALUE');
+    expect(
+      code(() =>
+        averageBits(
+          llama7bBlock,
+          llama7bBlock.map(() => 64),
+          { l: 0 },
+        ),
+      ),
+    ).toBe('E_VALUE');
+    expect(() => averageBits(llama7bBlock, [64])).toThrow(/1 ranks for 7 layers/);
+    // Q may be absent (low-rank only): q = 0 is a width, not an error
+    expect(averageBits([{ name: 'a', m: 64, n: 64 }], [8], { q: 0 })).toBe((8 * (4 * 64 + 4 * 64)) / 4096);
   });
 });

@@ -17,6 +17,16 @@ export interface BitWidths {
   r?: number;
 }
 
+/** Throw `E_VALUE` unless the widths are finite, L's and R's positive and Q's non-negative (0: no Q). */
+function checkBitWidths(bits: Required<BitWidths>): void {
+  for (const [key, b] of Object.entries(bits))
+    if (!Number.isFinite(b) || b < 0 || (b === 0 && key !== 'q'))
+      throw new CalderaError(
+        'E_VALUE',
+        `bit width ${key} must be a ${key === 'q' ? 'non-negative' : 'positive'} number, got ${b}`,
+      );
+}
+
 /**
  * Average bits per weight of a set of layers under the paper's accounting (algorithm brief §5):
  * `B_Q + Σ k(B_L·m + B_R·n) / Σ m·n`, weighted by parameter count, scales and sign vectors excluded.
@@ -27,6 +37,9 @@ export function averageBits(
   bits: BitWidths = {},
 ): number {
   const { q = 2, l = 4, r = 4 } = bits;
+  checkBitWidths({ q, l, r });
+  if (ranks.length !== layers.length)
+    throw new CalderaError('E_SHAPE', `averageBits: ${ranks.length} ranks for ${layers.length} layers`);
   let params = 0;
   let extra = 0;
   layers.forEach((s, i) => {
@@ -53,14 +66,16 @@ export interface RankBudget {
 }
 
 /**
- * Pick a rank per layer so that the average bits per weight is as close as possible to `targetBits` without
- * exceeding it: first the largest rank shared by all layers, then one granularity step at a time to the layers whose
- * step is cheapest in bits (smaller layers first), while the budget allows. Deterministic.
+ * Pick a rank per layer so that the average bits per weight comes close to `targetBits` without exceeding it: first
+ * the largest rank shared by all layers, then one granularity step at a time to the layers whose step is cheapest in
+ * bits (smaller layers first), while the budget allows. Greedy, not an exact knapsack: the result is below the target
+ * by less than the cheapest step of any layer still under its cap. Deterministic.
  */
 export function allocateRanks(layers: readonly LayerShape[], options: RankBudgetOptions): RankBudget {
   const { q = 2, l = 4, r = 4, granularity = 16 } = options;
   const target = options.targetBits;
   if (layers.length === 0) throw new CalderaError('E_VALUE', 'allocateRanks: no layers');
+  checkBitWidths({ q, l, r });
   if (!Number.isInteger(granularity) || granularity <= 0)
     throw new CalderaError('E_VALUE', `granularity must be a positive integer, got ${granularity}`);
   if (!(target >= q)) {

@@ -104,4 +104,22 @@ describe('compressModel', () => {
     });
     await expect(p).rejects.toSatisfy((e: unknown) => isCalderaError(e, 'E_ABORTED'));
   });
+
+  it('an abort from a timer stops the run between layers, though the runner and compressor never yield', async () => {
+    // everything here is synchronous and there is no store: before, the timer could only fire after the last layer
+    const ctl = new AbortController();
+    const done: string[] = [];
+    const p = compressModel(new ToyRunner(5), windows, {
+      compressLayer: (w, h, info) => {
+        if (done.length === 0) setTimeout(() => ctl.abort(), 0);
+        const until = performance.now() + 5; // the 1 ms timer is due by the next check
+        while (performance.now() < until);
+        done.push(info.name);
+        return roundQuarter(w, h, info);
+      },
+      signal: ctl.signal,
+    });
+    await expect(p).rejects.toSatisfy((e: unknown) => isCalderaError(e, 'E_ABORTED'));
+    expect(done.length).toBeLessThan(6);
+  });
 });

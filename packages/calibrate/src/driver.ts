@@ -1,4 +1,5 @@
-import { CalderaError, throwIfAborted, type Tensor } from '@caldera/core';
+import { CalderaError, type Tensor } from '@caldera/core';
+import { yieldAndCheckAbort } from './abort.js';
 import { finalizeHessian, HessianAccumulator } from './hessian.js';
 import type { LinearInfo, LinearReplacement, ModelRunner } from './runner.js';
 
@@ -58,6 +59,10 @@ export interface CompressModelOptions {
   /** Whether the method needs Hessians; data-free methods (RTN) skip the capture. Default true. */
   needsHessian?: boolean;
   store?: BlockStore;
+  /**
+   * Stops the run with `E_ABORTED`. The driver yields to the event loop before every window and layer, so a timer or a
+   * SIGINT handler can fire it mid-run; it is also passed to `compressLayer`.
+   */
   signal?: AbortSignal;
   onProgress?: (p: CompressProgress) => void;
 }
@@ -103,7 +108,7 @@ export async function compressModel(
   let hidden = windows.map((w) => runner.embed(w));
   const all: LayerResult[] = [];
   for (let b = 0; b < numBlocks; b++) {
-    throwIfAborted(options.signal, 'compression');
+    await yieldAndCheckAbort(options.signal, 'compression');
     const linears = runner.linears(b);
     const stored = options.store ? await options.store.load(b) : null;
     let results: LayerResult[];
@@ -119,7 +124,7 @@ export async function compressModel(
           if (!accs.has(l.input)) accs.set(l.input, new HessianAccumulator(l.inFeatures));
         const outs: Float32Array[] = [];
         for (let w = 0; w < hidden.length; w++) {
-          throwIfAborted(options.signal, 'compression');
+          await yieldAndCheckAbort(options.signal, 'compression');
           outs.push(
             runner.runBlock(b, hidden[w]!, windows[w]!.length, (key, x, rows) => accs.get(key)?.add(x, rows)),
           );
@@ -131,7 +136,7 @@ export async function compressModel(
         hessians.set(key, finalizeHessian(acc, { damping: options.damping ?? 0.01 }));
       results = [];
       for (const l of linears) {
-        throwIfAborted(options.signal, 'compression');
+        await yieldAndCheckAbort(options.signal, 'compression');
         report({ phase: 'compress', block: b, layer: l.name });
         const ts = performance.now();
         const h = needsHessian ? hessians.get(l.input)! : null;
@@ -152,7 +157,11 @@ export async function compressModel(
     if (b < numBlocks - 1) {
       if (!next) {
         report({ phase: 'propagate', block: b });
-        next = hidden.map((h, w) => runner.runBlock(b, h, windows[w]!.length));
+        next = [];
+        for (let w = 0; w < hidden.length; w++) {
+          await yieldAndCheckAbort(options.signal, 'compression');
+          next.push(runner.runBlock(b, hidden[w]!, windows[w]!.length));
+        }
       }
       hidden = next;
     }

@@ -84,4 +84,13 @@ describe('HessianAccumulator', () => {
     }
     expect(() => acc.add(new Float32Array(7), 2)).toThrow(/expected rows·n/);
   });
+
+  it('add rejects a row count that is not a non-negative integer', () => {
+    // before: rows 2.5 with 5 values of n = 2 passed the length check, read past the input and counted 2.5 rows
+    const acc = new HessianAccumulator(2);
+    expect(() => acc.add(new Float32Array(5), 2.5)).toThrow(
+      /row count must be a non-negative integer, got 2.5/,
+    );
+    expect(acc.count).toBe(0);
+  });
 });

@@ -42,6 +42,8 @@ export class HessianAccumulator {
   /** Add `rows` input vectors stored row-major in `x` (length rows·n). */
   add(x: Float32Array | Float64Array, rows: number): void {
     const n = this.n;
+    if (!Number.isInteger(rows) || rows < 0)
+      throw new CalderaError('E_VALUE', `Hessian row count must be a non-negative integer, got ${rows}`);
     if (x.length !== rows * n) {
       throw new CalderaError(
         'E_SHAPE',

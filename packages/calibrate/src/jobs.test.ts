@@ -221,6 +221,24 @@ describe('matrix jobs', () => {
     );
   });
 
+  it('accumulateHessians stops on an abort from a timer between windows', async () => {
+    const runner = new ToyRunner(6);
+    const ctl = new AbortController();
+    const run = runner.runBlock.bind(runner);
+    let calls = 0;
+    runner.runBlock = (...args: Parameters<ToyRunner['runBlock']>) => {
+      if (calls++ === 0) setTimeout(() => ctl.abort(), 0);
+      const until = performance.now() + 5; // synchronous work: the 1 ms timer is due by the next check
+      while (performance.now() < until);
+      return run(...args);
+    };
+    const blocks: number[] = [];
+    await expect(
+      accumulateHessians(runner, windows, (b) => void blocks.push(b), ctl.signal),
+    ).rejects.toSatisfy((e: unknown) => isCalderaError(e, 'E_ABORTED'));
+    expect(calls).toBeLessThan(runner.numBlocks * windows.length);
+  });
+
   it('the Hessian accumulator round-trips through fromSums', () => {
     const a = new HessianAccumulator(3);
     a.add(Float32Array.from([1, 2, 3, 4, 5, 6]), 2);

@@ -16,6 +16,7 @@ import {
 } from '@caldera/core';
 import type { Pool } from '@caldera/linalg';
 import { caldera, toCheckpointTensors, type CalderaOptions } from '@caldera/lowrank';
+import { yieldAndCheckAbort } from './abort.js';
 import type { LayerResult } from './driver.js';
 import { finalizeHessian, HessianAccumulator } from './hessian.js';
 import type { LinearInfo, ModelRunner } from './runner.js';
@@ -265,10 +266,14 @@ export async function accumulateHessians(
     const accs = new Map<string, HessianAccumulator>();
     for (const l of runner.linears(b))
       if (!accs.has(l.input)) accs.set(l.input, new HessianAccumulator(l.inFeatures));
-    hidden = hidden.map((h, w) => {
-      throwIfAborted(signal, 'Hessian accumulation');
-      return runner.runBlock(b, h, windows[w]!.length, (key, x, rows) => accs.get(key)?.add(x, rows));
-    });
+    const next: Float32Array[] = [];
+    for (let w = 0; w < hidden.length; w++) {
+      await yieldAndCheckAbort(signal, 'Hessian accumulation');
+      next.push(
+        runner.runBlock(b, hidden[w]!, windows[w]!.length, (key, x, rows) => accs.get(key)?.add(x, rows)),
+      );
+    }
+    hidden = next;
     await onBlock(b, accs);
   }
 }

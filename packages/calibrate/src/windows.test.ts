@@ -46,4 +46,10 @@ describe('sampleWindows', () => {
       /no document/,
     );
   });
+
+  it('rejects an unknown shortDocuments mode instead of treating it as concat', () => {
+    expect(() => sampleWindows(docs, { count: 1, length: 8, shortDocuments: 'split' as never })).toThrow(
+      /shortDocuments must be 'skip', 'concat' or 'auto', got 'split'/,
+    );
+  });
 });

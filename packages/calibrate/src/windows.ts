@@ -36,6 +36,11 @@ export function sampleWindows(
   const rng = new Rng(options.seed ?? 0);
   const long = documents.map((d, i) => ({ d, i })).filter(({ d }) => d.length >= length);
   let mode = options.shortDocuments ?? 'auto';
+  if (mode !== 'skip' && mode !== 'concat' && mode !== 'auto')
+    throw new CalderaError(
+      'E_VALUE',
+      `shortDocuments must be 'skip', 'concat' or 'auto', got '${String(mode)}'`,
+    );
   if (mode === 'auto') mode = long.length >= count ? 'skip' : 'concat';
 
   if (mode === 'skip') {

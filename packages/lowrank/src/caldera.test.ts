@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Rng, tensor, type Tensor } from '@caldera/core';
+import { isCalderaError, Rng, tensor, type Tensor } from '@caldera/core';
 import { randomizedSvd } from '@caldera/linalg';
 import { caldera, type CalderaOptions } from './caldera.js';
 import {
@@ -181,5 +181,111 @@ describe('caldera', () => {
   it('rejects bad input with CalderaError', () => {
     expect(() => caldera(W, identity(10))).toThrow(/E_SHAPE/);
     expect(() => caldera(W, H, { rank: 1000 })).toThrow(/E_VALUE/);
+  });
+});
+
+/** ‖(Ŵ − W)H^½‖_F / ‖W H^½‖_F in f64, straight from the definition. */
+function activationAwareError(what: Float32Array, w: Tensor<'f32'>, h: Tensor<'f64'>): number {
+  const [rows, cols] = w.shape as [number, number];
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < rows; i++)
+    for (let a = 0; a < cols; a++)
+      for (let b = 0; b < cols; b++) {
+        const hab = h.data[a * cols + b]!;
+        num +=
+          (what[i * cols + a]! - w.data[i * cols + a]!) * hab * (what[i * cols + b]! - w.data[i * cols + b]!);
+        den += w.data[i * cols + a]! * hab * w.data[i * cols + b]!;
+      }
+  return Math.sqrt(num / den);
+}
+
+describe('caldera on padded shapes', () => {
+  it('reports the error of reconstruct() against W and H, not of the padded rotated matrices', () => {
+    // 20 × 36 works at 24 × 40: the padded rows and columns are cropped away by reconstruct()
+    const w = structuredWeight(20, 36, 4);
+    const h = correlatedHessian(36, 5);
+    for (const options of [{ rank: 4 }, { rank: 0 }, { rank: 4, qBits: 0 as const }]) {
+      const d = caldera(w, h, { ...options, outerIters: 2, lplrIters: 2 });
+      expect(d.padded).toEqual([24, 40]);
+      // both sides come from the same f32 estimate; the f32 products and f64 sums differ by ~1e-6 relative, while
+      // the padded-domain figure this replaces was 5–35 % off
+      expect(d.error).toBeCloseTo(activationAwareError(reconstruct(d).data, w, h), 4);
+    }
+  });
+});
+
+describe('caldera input checks', () => {
+  const w = structuredWeight(32, 48, 6);
+  const h = correlatedHessian(48, 7);
+  const quick: CalderaOptions = { rank: 8, outerIters: 1, lplrIters: 1 };
+  const rejects = (f: () => unknown, code: string, message: RegExp) => {
+    try {
+      f();
+      expect.unreachable('no error');
+    } catch (e) {
+      expect(isCalderaError(e) && e.code).toBe(code);
+      expect((e as Error).message).toMatch(message);
+    }
+  };
+
+  it('rejects bit widths, iteration counts and seeds it cannot honour, naming the option', () => {
+    // before: qBits 5 / lBits 8 ran silently (as 4-bit codes recorded under an unknown codec) and outerIters 0
+    // failed with a TypeError after the work
+    rejects(
+      () => caldera(w, h, { ...quick, qBits: 5 as never }),
+      'E_VALUE',
+      /qBits 5 must be one of 0, 2, 3, 4/,
+    );
+    rejects(() => caldera(w, h, { ...quick, lBits: 8 as never }), 'E_VALUE', /lBits 8 must be one of/);
+    rejects(() => caldera(w, h, { ...quick, rBits: 1 as never }), 'E_VALUE', /rBits 1 must be one of/);
+    rejects(() => caldera(w, h, { ...quick, outerIters: 0 }), 'E_VALUE', /outerIters 0 must be a positive/);
+    rejects(() => caldera(w, h, { ...quick, outerIters: NaN }), 'E_VALUE', /outerIters NaN/);
+    rejects(
+      () => caldera(w, h, { ...quick, lplrIters: -1 }),
+      'E_VALUE',
+      /lplrIters -1 must be a non-negative/,
+    );
+    rejects(() => caldera(w, h, { ...quick, tuneIters: 1.5 }), 'E_VALUE', /tuneIters 1.5/);
+    rejects(() => caldera(w, h, { ...quick, seed: 0.5 }), 'E_VALUE', /seed 0.5 must be an integer/);
+    rejects(() => caldera(w, h, { ...quick, rank: -1 }), 'E_VALUE', /rank -1 must be in \[0, 32\]/);
+    rejects(() => caldera(tensor('f32', [0, 8]), null, { rank: 0 }), 'E_SHAPE', /W \[0, 8\] is empty/);
+  });
+
+  it('rejects a non-finite, non-symmetric, negative-diagonal or zero H up front, whatever the options', () => {
+    const edit = (f: (d: Float64Array) => void) => {
+      const d = Float64Array.from(h.data);
+      f(d);
+      return tensor('f64', [48, 48], d);
+    };
+    // qBits 0 never runs LDLQ, whose own symmetry check used to be the only one (after the first LR step)
+    const lrOnly: CalderaOptions = { ...quick, qBits: 0 };
+    const nan = edit((d) => (d[3 * 48 + 5] = NaN));
+    rejects(() => caldera(w, nan, lrOnly), 'E_VALUE', /caldera: H has a non-finite value at \(3, 5\)/);
+    const asym = edit((d) => (d[2 * 48 + 1]! += 0.5));
+    rejects(() => caldera(w, asym, lrOnly), 'E_VALUE', /caldera: H is not symmetric at \(2, 1\)/);
+    const neg = edit((d) => (d[0] = -1));
+    rejects(() => caldera(w, neg, quick), 'E_VALUE', /negative diagonal entry -1 at \(0, 0\)/);
+    rejects(() => caldera(w, tensor('f64', [48, 48]), quick), 'E_VALUE', /all-zero diagonal/);
+  });
+});
+
+describe('caldera storage accounting', () => {
+  it('bitsPerWeight is the bits its checkpoint tensors store, also for a low-rank-only layer', () => {
+    const w = structuredWeight(32, 48, 8);
+    for (const options of [
+      { rank: 8 },
+      { rank: 0 },
+      { rank: 8, qBits: 0 as const },
+      { rank: 8, lBits: 16 as const },
+    ]) {
+      const d = caldera(w, null, { ...options, outerIters: 1, lplrIters: 1 });
+      const stored = Object.values(toCheckpointTensors('x', d).tensors).reduce(
+        (a, t) => a + 8 * t.data.byteLength,
+        0,
+      );
+      // both are exact integer bit counts over the same m·n
+      expect(d.bitsPerWeight).toBe(stored / (32 * 48));
+    }
   });
 });

@@ -6,6 +6,7 @@ import {
   tensor,
   throwIfAborted,
   toF32,
+  toF64,
   type Tensor,
 } from '@caldera/core';
 import { cholesky, gemm, randomizedSvd, type Pool } from '@caldera/linalg';
@@ -19,7 +20,7 @@ import {
   type LatticeCodes,
 } from './codec.js';
 import type { Decomposition, StoredFactor } from './decomposition.js';
-import { paddedSize, randomSigns, rotateHessian, rotateWeight } from './rotate.js';
+import { paddedSize, randomSigns, rotateHessian, rotateWeight, unrotateWeight } from './rotate.js';
 
 /** Options of {@link caldera}. Defaults follow the paper where they earn their cost (see the package README). */
 export interface CalderaOptions {
@@ -50,6 +51,10 @@ export interface CalderaOptions {
   /** Seed of the sign vectors and the randomized SVD. Default 0. */
   seed?: number;
   pool?: Pool;
+  /**
+   * Checked before every sub-step and between LDLQ's column buffers (`E_ABORTED`). `caldera` is synchronous, so only
+   * code it calls (e.g. `onProgress`) can fire it mid-run; a timer on the same thread runs after `caldera` returns.
+   */
   signal?: AbortSignal;
   onProgress?: (p: CalderaProgress) => void;
 }
@@ -85,6 +90,60 @@ function rms(x: ArrayLike<number>): number {
   let s = 0;
   for (let i = 0; i < x.length; i++) s += x[i]! * x[i]!;
   return Math.sqrt(s / Math.max(1, x.length));
+}
+
+const Q_BITS: readonly number[] = [0, 2, 3, 4];
+const FACTOR_BITS: readonly number[] = [2, 3, 4, 16];
+
+/** Throw `E_VALUE` naming the first option that {@link caldera} cannot honour (before any work is done). */
+function checkOptions(o: typeof DEFAULTS, m: number, n: number): void {
+  const fail = (msg: string): never => {
+    throw new CalderaError('E_VALUE', `caldera: ${msg}`);
+  };
+  const k = o.rank;
+  if (!Number.isInteger(k) || k < 0 || k > Math.min(m, n))
+    fail(`rank ${k} must be in [0, ${Math.min(m, n)}]`);
+  if (!Q_BITS.includes(o.qBits)) fail(`qBits ${o.qBits} must be one of ${Q_BITS.join(', ')}`);
+  for (const key of ['lBits', 'rBits'] as const)
+    if (!FACTOR_BITS.includes(o[key])) fail(`${key} ${o[key]} must be one of ${FACTOR_BITS.join(', ')}`);
+  if (o.qBits === 0 && k === 0) fail('qBits 0 (no Q) needs rank > 0');
+  if (!Number.isInteger(o.outerIters) || o.outerIters < 1)
+    fail(`outerIters ${o.outerIters} must be a positive integer`);
+  for (const key of ['lplrIters', 'tuneIters', 'svdPowerIters'] as const)
+    if (!Number.isInteger(o[key]) || o[key] < 0) fail(`${key} ${o[key]} must be a non-negative integer`);
+  if (!Number.isSafeInteger(o.seed)) fail(`seed ${o.seed} must be an integer`);
+}
+
+/**
+ * Throw `E_VALUE` unless H (n×n, contiguous) can be an input second moment: finite, symmetric (to f32 round-off
+ * relative to its largest diagonal entry, LDLQ's tolerance), with a non-negative diagonal that is not all zero.
+ */
+function checkHessian(h: Float64Array, n: number): void {
+  let dmax = 0;
+  for (let i = 0; i < h.length; i++)
+    if (!Number.isFinite(h[i]!))
+      throw new CalderaError(
+        'E_VALUE',
+        `caldera: H has a non-finite value at (${Math.floor(i / n)}, ${i % n})`,
+      );
+  for (let i = 0; i < n; i++) {
+    const d = h[i * n + i]!;
+    if (d < 0)
+      throw new CalderaError(
+        'E_VALUE',
+        `caldera: H has a negative diagonal entry ${d} at (${i}, ${i}); it must be positive semidefinite`,
+      );
+    dmax = Math.max(dmax, d);
+  }
+  if (dmax === 0) throw new CalderaError('E_VALUE', 'caldera: H has an all-zero diagonal (no input signal)');
+  const tol = 1e-5 * dmax;
+  for (let i = 0; i < n; i++)
+    for (let j = 0; j < i; j++)
+      if (Math.abs(h[i * n + j]! - h[j * n + i]!) > tol)
+        throw new CalderaError(
+          'E_VALUE',
+          `caldera: H is not symmetric at (${i}, ${j}): ${h[i * n + j]} vs ${h[j * n + i]}`,
+        );
 }
 
 /** Solve X·G = B for X (B: r×k, G: k×k symmetric positive semidefinite) through a jittered Cholesky of G. */
@@ -171,17 +230,13 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
         `caldera: W has a non-finite value at (${Math.floor(i / n)}, ${i % n})`,
       );
   }
+  if (m === 0 || n === 0) throw new CalderaError('E_SHAPE', `caldera: W [${m}, ${n}] is empty`);
+  checkOptions(o, m, n);
   const k = o.rank;
-  if (!Number.isInteger(k) || k < 0 || k > Math.min(m, n))
-    throw new CalderaError('E_VALUE', `caldera: rank ${k} must be in [0, ${Math.min(m, n)}]`);
-  if (o.qBits === 0 && k === 0) throw new CalderaError('E_VALUE', 'caldera: qBits 0 (no Q) needs rank > 0');
   const pool = o.pool ? { pool: o.pool } : {};
   const g = rms(W0.data);
-  const hd = h
-    ? h.dtype === 'f64'
-      ? (h as Tensor<'f64'>)
-      : tensor('f64', h.shape, Float64Array.from(toF32(h).data))
-    : null;
+  const hd = h ? toF64(h) : null;
+  if (hd) checkHessian(hd.data, n);
 
   const mp = paddedSize(m, o.hadamard);
   const np = paddedSize(n, o.hadamard);
@@ -203,12 +258,27 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     for (let i = 0; i < xm.length; i++) s += xm[i]! * xm[i]!;
     return s;
   };
-  const den = weightedSq(Wr);
+  // With padding, the rotated-domain norm would also count the padded rows and columns that reconstruct() crops away
+  // (and weight the padded inputs, which are zero, by mean(diag H)): the error is then measured on the cropped
+  // estimate against W and the caller's H. Without padding both are equal (the rotations are orthogonal), and the
+  // rotated form, which reuses the Cholesky factor, is kept.
+  const cropped = mp !== m || np !== n;
+  const Hc = cropped && hd ? mat(n, n, Float32Array.from(hd.data)) : null;
+  const originalSq = (x: Float32Array): number => {
+    // tr(x·H·xᵀ) for x m×n; f32 round-off can take it a hair below 0 when H is singular
+    const xh = Hc ? gemm(mat(m, n, x), Hc, { checkFinite: false, ...pool }).data : x;
+    let s = 0;
+    for (let i = 0; i < x.length; i++) s += xh[i]! * x[i]!;
+    return Math.max(0, s);
+  };
+  const errorSq = (rotated: Float32Array): number =>
+    cropped ? originalSq(unrotateWeight(rotated, mp, np, m, n, su, sv)) : weightedSq(rotated);
+  const den = errorSq(Wr);
   const relError = (est: Float32Array): number => {
     if (den === 0) return 0;
     const d = new Float32Array(est.length);
     for (let i = 0; i < d.length; i++) d[i] = est[i]! - Wr[i]!;
-    return Math.sqrt(weightedSq(d) / den);
+    return Math.sqrt(errorSq(d) / den);
   };
 
   const lowRank = (A: Float32Array, t: number): LowRank => {
@@ -383,7 +453,8 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   const r = kept.lr?.r ?? empty;
   const factorBits = (f: StoredFactor, cols: number) =>
     k === 0 ? 0 : f.kind === 'dense' ? 16 * k * cols : f.codes.bits * k * cols + 32;
-  const qStoreBits = kept.q ? q.bits * mp * np + 32 : 0;
+  // a low-rank-only decomposition still holds (and its checkpoint stores) the all-zero Q plane and its scale
+  const qStoreBits = q.bits * mp * np + 32;
   const signBits = o.hadamard ? 16 * (mp + np) : 0;
   const bitsPerWeight = (qStoreBits + factorBits(l, mp) + factorBits(r, np) + signBits) / (m * n);
   const qb = kept.q ? q.bits : 0;
