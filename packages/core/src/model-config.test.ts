@@ -56,6 +56,33 @@ describe('parseModelConfig', () => {
     expect(() => parseModelConfig(null)).toThrow(/E_FORMAT/);
   });
 
+  it('rejects values that would load but give non-finite or meaningless logits, listing each', () => {
+    const llama = { ...base, architectures: ['LlamaForCausalLM'] };
+    const bad: [Record<string, unknown>, RegExp][] = [
+      [{ rms_norm_eps: -1 }, /rms_norm_eps -1 is negative/],
+      [{ rope_theta: 0 }, /rope_theta 0 is not positive/],
+      [{ max_position_embeddings: 0 }, /max_position_embeddings 0 is not a positive integer/],
+      [{ num_hidden_layers: 2.5 }, /num_hidden_layers 2\.5 is not a positive integer/],
+      [{ vocab_size: -4 }, /vocab_size -4 is not a positive integer/],
+      [{ head_dim: 7 }, /head_dim 7 .*not an even positive integer/],
+      [{ hidden_size: 60 }, /head_dim 7\.5 .*not an even positive integer/], // 60 / 8 heads, no head_dim
+    ];
+    for (const [patch, msg] of bad) {
+      expect(() => parseModelConfig({ ...llama, ...patch }, 'm/config.json'), JSON.stringify(patch)).toThrow(
+        new RegExp(`E_FORMAT: m/config\\.json: invalid fields: .*${msg.source}`),
+      );
+    }
+    expect(() => parseModelConfig({ ...llama, rope_theta: 0, rms_norm_eps: -1 })).toThrow(
+      /rms_norm_eps.*; rope_theta/,
+    );
+    expect(() => parseModelConfig({ ...llama, hidden_act: 'gelu' })).toThrow(
+      /E_UNSUPPORTED.*hidden_act "gelu"/,
+    );
+    for (const hidden_act of ['silu', 'swish', undefined])
+      expect(parseModelConfig({ ...llama, hidden_act }).hiddenSize).toBe(64);
+    expect(parseModelConfig({ ...llama, rms_norm_eps: 0 }).rmsNormEps).toBe(0);
+  });
+
   it('reads Llama-3 rope_scaling', () => {
     const cfg = parseModelConfig({
       ...base,

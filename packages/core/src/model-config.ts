@@ -33,7 +33,12 @@ export interface ModelConfig {
 
 const SUPPORTED = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'] as const;
 
-/** Parse and validate a Hugging Face `config.json` object. `file` names it in errors. */
+/**
+ * Parse and validate a Hugging Face `config.json` object. `file` names it in errors: `E_FORMAT` listing every missing
+ * or non-numeric field, then every invalid one (sizes not positive integers, an odd head size, a negative
+ * `rms_norm_eps`, `rope_theta` ≤ 0); `E_UNSUPPORTED` for another architecture, a `rope_scaling` other than Llama 3's,
+ * or a `hidden_act` other than `silu`.
+ */
 export function parseModelConfig(json: unknown, file = 'config.json'): ModelConfig {
   if (!json || typeof json !== 'object') throw new CalderaError('E_FORMAT', `${file}: not a JSON object`);
   const c = json as Record<string, unknown>;
@@ -87,6 +92,13 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
   };
   if (missing.length)
     throw new CalderaError('E_FORMAT', `${file}: missing or non-numeric fields: ${missing.join(', ')}`);
+  const invalid = invalidFields(cfg);
+  if (invalid.length) throw new CalderaError('E_FORMAT', `${file}: invalid fields: ${invalid.join('; ')}`);
+  if (c.hidden_act !== undefined && c.hidden_act !== 'silu' && c.hidden_act !== 'swish')
+    throw new CalderaError(
+      'E_UNSUPPORTED',
+      `${file}: hidden_act ${JSON.stringify(c.hidden_act)} is not supported (the MLP is SwiGLU: 'silu')`,
+    );
   const rs = c.rope_scaling as Record<string, unknown> | null | undefined;
   if (rs && (rs.rope_type === 'llama3' || rs.type === 'llama3')) {
     cfg.ropeScaling = {
@@ -108,6 +120,32 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     );
   }
   return cfg;
+}
+
+/**
+ * The values of a parsed config that would not fail to load but give non-finite or meaningless logits (a negative
+ * `rms_norm_eps`, `rope_theta` 0, fractional sizes, an odd head size, which RoPE cannot rotate), each described.
+ */
+function invalidFields(cfg: ModelConfig): string[] {
+  const out: string[] = [];
+  const sizes: [string, number][] = [
+    ['hidden_size', cfg.hiddenSize],
+    ['intermediate_size', cfg.intermediateSize],
+    ['num_hidden_layers', cfg.numLayers],
+    ['num_attention_heads', cfg.numHeads],
+    ['num_key_value_heads', cfg.numKvHeads],
+    ['vocab_size', cfg.vocabSize],
+    ['max_position_embeddings', cfg.maxPositions],
+  ];
+  for (const [k, v] of sizes)
+    if (!Number.isSafeInteger(v) || v < 1) out.push(`${k} ${v} is not a positive integer`);
+  if (!Number.isSafeInteger(cfg.headDim) || cfg.headDim < 2 || cfg.headDim % 2 !== 0)
+    out.push(
+      `head_dim ${cfg.headDim} (hidden_size / num_attention_heads when absent) is not an even positive integer`,
+    );
+  if (!(cfg.rmsNormEps >= 0)) out.push(`rms_norm_eps ${cfg.rmsNormEps} is negative`);
+  if (!(cfg.ropeTheta > 0)) out.push(`rope_theta ${cfg.ropeTheta} is not positive`);
+  return out;
 }
 
 /**

@@ -113,7 +113,41 @@ describe("GenerationRules (the runtimes' per-token rules)", () => {
       expect(() => new GenerationRules([1], { maxTokens })).toThrow(/E_VALUE.*maxTokens/);
   });
 
-  it('is greedy exactly at temperature ≤ 0 without a repetition penalty, and then picks the first argmax', () => {
+  it('rejects sampling options out of range instead of silently sampling something else', () => {
+    // each of these used to run: NaN temperature → the least likely token, topP 0 → the whole vocabulary,
+    // penalty 0 → Infinity logits for seen tokens, seed 2^32 → the tokens of seed 0
+    const bad: [keyof GenerateOptions, unknown][] = [
+      ['temperature', NaN],
+      ['temperature', -1],
+      ['temperature', Infinity],
+      ['topK', -3],
+      ['topK', NaN],
+      ['topP', 0],
+      ['topP', -0.5],
+      ['topP', 1.5],
+      ['topP', NaN],
+      ['repetitionPenalty', 0],
+      ['repetitionPenalty', -1.2],
+      ['repetitionPenalty', NaN],
+      ['seed', -1],
+      ['seed', 1.5],
+      ['seed', NaN],
+      ['seed', 2 ** 32],
+    ];
+    for (const [k, v] of bad)
+      expect(() => new GenerationRules([1], { [k]: v }), `${k} = ${v}`).toThrow(new RegExp(`E_VALUE.*${k}`));
+    const good: GenerateOptions = {
+      temperature: 0,
+      topK: 2.5,
+      topP: 1,
+      repetitionPenalty: 0.5,
+      seed: 2 ** 32 - 1,
+    };
+    expect(() => new GenerationRules([1], good)).not.toThrow();
+    expect(() => new GenerationRules([1], { temperature: 1e-3, topK: 0, topP: 1e-9, seed: 0 })).not.toThrow();
+  });
+
+  it('is greedy exactly at temperature 0 without a repetition penalty, and then picks the first argmax', () => {
     expect(new GenerationRules([1]).greedy).toBe(true);
     expect(new GenerationRules([1], { temperature: 0.7 }).greedy).toBe(false);
     expect(new GenerationRules([1], { repetitionPenalty: 1.3 }).greedy).toBe(false);

@@ -5,13 +5,16 @@ import { Rng } from './rng.js';
 export interface GenerateOptions {
   /** Most tokens to generate. Default 64 (also bounded by the model's context length). */
   maxTokens?: number;
-  /** Softmax temperature; 0 = greedy (default). */
+  /** Softmax temperature, finite and ≥ 0; 0 = greedy (default). */
   temperature?: number;
-  /** Sample only among the k most likely tokens; 0 = all (default). */
+  /** Sample only among the k most likely tokens (≥ 0, a fraction counts as its integer part); 0 = all (default). */
   topK?: number;
-  /** Nucleus sampling: smallest set of tokens with cumulative probability ≥ p; 1 = all (default). */
+  /** Nucleus sampling: smallest set of tokens with cumulative probability ≥ p, p in (0, 1]; 1 = all (default). */
   topP?: number;
-  /** > 1 discourages tokens already in the context (CTRL-style: positive logits divided, negative multiplied). Default 1. */
+  /**
+   * > 1 discourages tokens already in the context (CTRL-style: positive logits divided, negative multiplied); finite
+   * and > 0. Default 1.
+   */
   repetitionPenalty?: number;
   /** Token ids that end generation (e.g. EOS); the stop token is yielded. Default none. */
   stopTokens?: number[];
@@ -22,7 +25,7 @@ export interface GenerateOptions {
   stopStrings?: string[];
   /** Text of generated ids, for `stopStrings`. */
   decode?: (ids: number[]) => string;
-  /** Seed of the sampler (deterministic given the seed). Default 0. */
+  /** Seed of the sampler (deterministic given the seed), an integer in [0, 2³²). Default 0. */
   seed?: number;
   /** Abort: the iterator throws `E_ABORTED` before the next token. */
   signal?: AbortSignal;
@@ -139,6 +142,26 @@ export function sampleToken(logits: Float64Array, options: GenerateOptions, rng:
   return rank.at(count - 1);
 }
 
+/**
+ * `E_VALUE` unless every sampling option given is in its range: `temperature` finite and ≥ 0, `topK` ≥ 0 (a fraction
+ * counts as its integer part), `topP` in (0, 1], `repetitionPenalty` finite and > 0, `seed` an integer in
+ * [0, 2³²). Out of range they would not fail but sample something else than asked, silently: a NaN temperature
+ * picks the least likely token, `topP: 0` samples the whole vocabulary, a penalty ≤ 0 favours repeated tokens, and
+ * seeds are taken modulo 2³² (2³² would give the tokens of seed 0).
+ */
+function checkSamplingOptions(options: GenerateOptions): void {
+  const bad = (name: string, range: string, v: unknown) =>
+    new CalderaError('E_VALUE', `generate: ${name} must be ${range}, got ${String(v)}`);
+  const { temperature: t, topK: k, topP: p, repetitionPenalty: r, seed: s } = options;
+  if (t !== undefined && !(Number.isFinite(t) && t >= 0)) throw bad('temperature', 'a finite number ≥ 0', t);
+  if (k !== undefined && !(typeof k === 'number' && k >= 0)) throw bad('topK', 'a number ≥ 0 (0: all)', k);
+  if (p !== undefined && !(typeof p === 'number' && p > 0 && p <= 1)) throw bad('topP', 'in (0, 1]', p);
+  if (r !== undefined && !(Number.isFinite(r) && r > 0))
+    throw bad('repetitionPenalty', 'a finite number > 0', r);
+  if (s !== undefined && !(Number.isInteger(s) && s >= 0 && s < 2 ** 32))
+    throw bad('seed', 'an integer in [0, 4294967295]', s);
+}
+
 /** What {@link GenerationRules.accept} says of a chosen token. */
 export type TokenVerdict =
   /** Yield it and go on. */
@@ -158,7 +181,7 @@ export type TokenVerdict =
 export class GenerationRules {
   /** Most tokens to generate (`options.maxTokens`, default 64). */
   readonly maxTokens: number;
-  /** Temperature ≤ 0 and no repetition penalty: the token is always the logits' first argmax. */
+  /** Temperature 0 and no repetition penalty: the token is always the logits' first argmax. */
   readonly greedy: boolean;
   private readonly options: GenerateOptions;
   private readonly penalty: number;
@@ -168,7 +191,9 @@ export class GenerationRules {
 
   /**
    * Checks the options against the prompt: `E_VALUE` for an empty prompt, a `maxTokens` that is not a non-negative
-   * integer, or stop strings without `decode`.
+   * integer, stop strings without `decode`, or a sampling option out of its range (see
+   * {@link GenerateOptions}: `temperature` finite and ≥ 0, `topK` ≥ 0, `topP` in (0, 1], `repetitionPenalty` finite
+   * and > 0, `seed` an integer in [0, 2³²)).
    */
   constructor(prompt: ArrayLike<number>, options: GenerateOptions = {}) {
     if (prompt.length === 0) throw new CalderaError('E_VALUE', 'generate: empty prompt');
@@ -180,6 +205,7 @@ export class GenerationRules {
         'E_VALUE',
         `generate: maxTokens must be a non-negative integer, got ${this.maxTokens}`,
       );
+    checkSamplingOptions(options);
     this.options = options;
     this.penalty = options.repetitionPenalty ?? 1;
     this.greedy = (options.temperature ?? 0) <= 0 && this.penalty === 1;

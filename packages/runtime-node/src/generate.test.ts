@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { parseModelConfig } from './config.js';
 import { perplexity } from './eval.js';
 import { generate } from './generate.js';
@@ -80,6 +80,45 @@ describe('generate', () => {
     await expect(collect(generate(model, long, { maxTokens: 1 }))).rejects.toThrow(
       /E_VALUE.*prompt of \d+ tokens/,
     );
+  });
+
+  it('lets timers run between tokens, so an AbortSignal fired by a timer stops generation', async () => {
+    // forward passes are synchronous: without a turn of the event loop between tokens this timer fired only after
+    // the whole generation, and the signal was never seen
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 0);
+    const got: number[] = [];
+    await expect(
+      (async () => {
+        for await (const t of generate(model, prompt, { maxTokens: 50, signal: ac.signal })) got.push(t);
+      })(),
+    ).rejects.toThrow(/E_ABORTED/);
+    expect(got.length).toBeLessThan(50);
+  });
+
+  it('runs one forward pass per token: none after the last, none for maxTokens 0 or an aborted signal', async () => {
+    const spy = vi.spyOn(model, 'forward');
+    try {
+      const calls = async (p: number[], o: Parameters<typeof generate>[2]) => {
+        spy.mockClear();
+        const n = (await collect(generate(model, p, o))).length;
+        return [n, spy.mock.calls.length];
+      };
+      expect(await calls(prompt, { maxTokens: 3 })).toEqual([3, 3]);
+      expect(await calls(prompt, { maxTokens: 1 })).toEqual([1, 1]);
+      expect(await calls(prompt, { maxTokens: 0 })).toEqual([0, 0]);
+      // the context leaves room for 2 tokens after this prompt
+      const near = Array.from({ length: model.config.maxPositions - 2 }, (_, i) => i % V);
+      expect(await calls(near, { maxTokens: 5 })).toEqual([2, 2]);
+      expect(await calls([...near, 1, 2], { maxTokens: 5 })).toEqual([0, 0]);
+      spy.mockClear();
+      await expect(collect(generate(model, prompt, { signal: AbortSignal.abort() }))).rejects.toThrow(
+        /E_ABORTED/,
+      );
+      expect(spy).not.toHaveBeenCalled();
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it('repetition penalty changes the choice away from tokens already seen', async () => {

@@ -3,29 +3,42 @@ import { KVCache, type LlamaModel } from './model.js';
 
 export type { GenerateOptions } from '@caldera/core';
 
-/** Generate token ids after `prompt`, one at a time, with a KV cache. */
+/** Resolves after one turn of the event loop (its check phase): timers and I/O callbacks due meanwhile have run. */
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/**
+ * Generate token ids after `prompt`, one at a time, with a KV cache: at most `maxTokens`, and no more than the
+ * model's context leaves after the prompt. One forward pass per token (the prompt's for the first); the last token is
+ * not run. Before each pass the generator lets the event loop turn once (`setImmediate`), so timers, I/O and an
+ * `AbortSignal` fired by them (`AbortSignal.timeout`, a closed connection) are seen between tokens: the next `next()`
+ * then throws `E_ABORTED`. Several generators may run on one model at once, interleaved; each has its own cache.
+ */
 export async function* generate(
   model: LlamaModel,
   prompt: ArrayLike<number>,
   options: GenerateOptions = {},
 ): AsyncGenerator<number> {
   const rules = new GenerationRules(prompt, options);
-  if (prompt.length > model.config.maxPositions)
+  const context = model.config.maxPositions;
+  if (prompt.length > context)
     throw new CalderaError(
       'E_VALUE',
-      `generate: prompt of ${prompt.length} tokens exceeds the model's context of ${model.config.maxPositions}`,
+      `generate: prompt of ${prompt.length} tokens exceeds the model's context of ${context}`,
     );
-  const capacity = Math.min(model.config.maxPositions, prompt.length + rules.maxTokens);
-  const cache = new KVCache(model.config, capacity);
+  const count = Math.min(rules.maxTokens, context - prompt.length);
+  if (count === 0) return;
+  // the prompt and every generated token but the last, which is never run
+  const cache = new KVCache(model.config, prompt.length + count - 1);
   const V = model.config.vocabSize;
-  let logits = model.forward(prompt, cache, { last: true });
-  for (let n = 0; n < rules.maxTokens && cache.length < capacity; n++) {
+  let next = -1;
+  for (let n = 0; n < count; n++) {
+    await nextTurn();
     throwIfAborted(options.signal, 'generate');
-    const next = rules.pick(logits.subarray(0, V));
+    const logits = n === 0 ? model.forward(prompt, cache, { last: true }) : model.forward([next], cache);
+    next = rules.pick(logits.subarray(0, V));
     const verdict = rules.accept(next);
     if (verdict === 'stop') return;
     yield next;
     if (verdict === 'last') return;
-    logits = model.forward([next], cache);
   }
 }

@@ -112,6 +112,56 @@ describe('loadModel', () => {
     await expect(loadModel(dir)).rejects.toThrow(/E_MISSING.*down_proj\.caldera\.Q/);
   });
 
+  it("a compressed layer's mistyped, misshaped or non-finite tensor fails naming it, as does an integer dense weight", async () => {
+    const name = 'model.layers.0.self_attn.q_proj';
+    const d = caldera(raw[`${name}.weight`]!, null, { rank: 4, outerIters: 1, lplrIters: 1 });
+    const { tensors: ct, meta: layer } = toCheckpointTensors(name, d);
+    const base: Record<string, Tensor> = { ...raw, ...ct };
+    delete base[`${name}.weight`];
+    const write = async (patch: Record<string, Tensor>, layerPatch: Partial<CalderaLayerMeta> = {}) => {
+      const dir = await mkdtemp(join(tmpdir(), 'caldera-badpart-'));
+      await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
+      await writeSafetensors(join(dir, 'model.safetensors'), { ...base, ...patch });
+      const meta = {
+        format: 'caldera',
+        version: 1,
+        method: 'caldera',
+        options: {},
+        seed: 0,
+        bitsPerWeight: 3,
+      };
+      const layers = { [name]: { ...layer, ...layerPatch } };
+      await writeFile(join(dir, 'caldera.json'), JSON.stringify({ ...meta, layers }));
+      return dir;
+    };
+    const p = `${name}.caldera.`;
+    expect((await loadModel(await write({}))).model.linear(name)).toBeInstanceOf(CalderaLinear);
+    // the sign vector's bytes as u8: a RangeError before
+    const su = ct[`${p}SU`]!;
+    const suBytes = new Uint8Array(su.data.buffer, su.data.byteOffset, su.data.byteLength).slice();
+    await expect(
+      loadModel(await write({ [`${p}SU`]: tensor('u8', [suBytes.length], suBytes) })),
+    ).rejects.toThrow(/E_FORMAT.*q_proj\.caldera\.SU' is u8 \[64\], expected f16 \[32\]/);
+    // a scale of another dtype or a NaN scale: loaded as garbage before
+    const scaleU8 = tensor('u8', [4], new Uint8Array(new Float32Array([0.5]).buffer));
+    await expect(loadModel(await write({ [`${p}Q_scale`]: scaleU8 }))).rejects.toThrow(
+      /E_FORMAT.*q_proj\.caldera\.Q_scale' is u8 \[4\], expected f32 \[1\]/,
+    );
+    await expect(loadModel(await write({ [`${p}L_scale`]: tensor('f32', [1], [NaN]) }))).rejects.toThrow(
+      /E_VALUE.*q_proj\.caldera\.L_scale' has a non-finite value/,
+    );
+    // caldera.json's shape must be the one config.json gives the layer
+    await expect(loadModel(await write({}, { shape: [16, 32] }))).rejects.toThrow(
+      /E_SHAPE.*caldera\.json gives layer 'model\.layers\.0\.self_attn\.q_proj' shape \[16, 32\], config\.json implies \[32, 32\]/,
+    );
+    // a dense weight stored as integers (here the f16 bits read as i16) was cast to f32 code by code
+    const dense = cast(raw['model.layers.1.mlp.up_proj.weight']!, 'f16');
+    const asI16 = tensor('i16', dense.shape, new Int16Array(dense.data.buffer));
+    await expect(loadModel(await write({ 'model.layers.1.mlp.up_proj.weight': asI16 }))).rejects.toThrow(
+      /E_DTYPE.*layers\.1\.mlp\.up_proj\.weight' is i16, expected a float dtype/,
+    );
+  });
+
   it('CALDERA tensors without caldera.json are an E_FORMAT error saying so', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'caldera-nometa-'));
     await writeFile(join(dir, 'config.json'), JSON.stringify(hf));

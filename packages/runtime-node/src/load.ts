@@ -1,13 +1,17 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
+  assertFinite,
   CalderaError,
   cast,
+  expectedCalderaTensors,
   f32ArrayToF16,
+  isFloatDType,
   linearShape,
   openSafetensorsDir,
   readCheckpointMeta,
   type CalderaCheckpointMeta,
+  type CalderaLayerMeta,
   type Tensor,
   type TensorStore,
 } from '@caldera/core';
@@ -52,6 +56,12 @@ async function checked(
 ): Promise<{ source: Tensor; f32: Tensor<'f32'> }> {
   if (!store.has(name)) throw new CalderaError('E_MISSING', `tensor '${name}' is missing`);
   const t = await store.readTensor(name);
+  // an integer tensor would be cast to f32 code by code: numbers, but not the weights
+  if (!isFloatDType(t.dtype))
+    throw new CalderaError(
+      'E_DTYPE',
+      `tensor '${name}' is ${t.dtype}, expected a float dtype (f32, f16, bf16)`,
+    );
   if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
     throw new CalderaError(
       'E_SHAPE',
@@ -64,6 +74,37 @@ async function checked(
       throw new CalderaError('E_VALUE', `tensor '${name}' has a non-finite value at flat index ${i}`);
   }
   return { source: t, f32: out };
+}
+
+/**
+ * The tensors of compressed layer `name`, read after checking its `caldera.json` shape against the config's and each
+ * tensor the format requires against its dtype and shape (`E_FORMAT` naming it: a mistyped sign vector or scale would
+ * otherwise be read as garbage or fail with a RangeError), with every float part finite (`E_VALUE`).
+ */
+async function calderaTensors(
+  store: TensorStore,
+  name: string,
+  meta: CalderaLayerMeta,
+  shape: [number, number],
+): Promise<Record<string, Tensor>> {
+  if (meta.shape[0] !== shape[0] || meta.shape[1] !== shape[1])
+    throw new CalderaError(
+      'E_SHAPE',
+      `caldera.json gives layer '${name}' shape [${meta.shape.join(', ')}], config.json implies [${shape.join(', ')}]`,
+    );
+  const tensors: Record<string, Tensor> = {};
+  for (const t of store.names()) if (t.startsWith(`${name}.caldera.`)) tensors[t] = await store.readTensor(t);
+  for (const e of expectedCalderaTensors(name, meta)) {
+    const t = tensors[e.name];
+    if (!t) throw new CalderaError('E_MISSING', `tensor '${e.name}' is missing`);
+    if (t.dtype !== e.dtype || t.shape.join() !== e.shape.join())
+      throw new CalderaError(
+        'E_FORMAT',
+        `tensor '${e.name}' is ${t.dtype} [${t.shape.join(', ')}], expected ${e.dtype} [${e.shape.join(', ')}]`,
+      );
+    if (isFloatDType(t.dtype)) assertFinite(t, `tensor '${e.name}'`);
+  }
+  return tensors;
 }
 
 /** Options of {@link loadModel}. */
@@ -151,9 +192,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
           : null;
         const meta = calderaMeta?.layers?.[name];
         if (meta) {
-          const tensors: Record<string, Tensor> = {};
-          for (const t of store.names())
-            if (t.startsWith(`${name}.caldera.`)) tensors[t] = await store.readTensor(t);
+          const tensors = await calderaTensors(store, name, meta, linearShape(config, kind));
           lin.push(
             new CalderaLinear(
               fromCheckpointTensors(name, (n) => tensors[n], meta),

@@ -168,6 +168,13 @@ describe('HfTokenizer', () => {
     expect(tok.decode([0, ...tok.encode('jury')])).toBe('jury'); // special tokens skipped
   });
 
+  it('decode: ids past the vocabulary are skipped (padded embedding rows), non-integer or negative ids are E_VALUE', () => {
+    const ids = tok.encode('jury');
+    expect(tok.decode([...ids, vocab.size + 5])).toBe('jury');
+    // a plain Error from the library before (fractions, NaN), or silently nothing (negative ids)
+    for (const bad of [1.5, NaN, -1]) expect(() => tok.decode([...ids, bad])).toThrow(/E_VALUE.*token id/);
+  });
+
   it('renders the chat template with @huggingface/jinja', () => {
     const out = tok.applyChatTemplate([
       { role: 'user', content: 'Hi' },

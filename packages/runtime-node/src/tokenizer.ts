@@ -61,9 +61,21 @@ export class HfTokenizer implements TextTokenizer {
     return this.tokenizer.encode(text, { add_special_tokens: false }).ids as number[];
   }
 
+  /**
+   * Text of `ids`, special tokens skipped. Ids past the tokenizer's vocabulary (a model's padded embedding rows) are
+   * skipped too, as the reference library does; an id that is not a non-negative integer is `E_VALUE` (the library
+   * threw a plain Error for fractions and NaN and dropped negative ids silently).
+   */
   decode(ids: ArrayLike<number>): string {
     if (ids.length === 0) return ''; // the library rejects an empty list
-    return this.tokenizer.decode(Array.from(ids), { skip_special_tokens: true });
+    const list = Array.from(ids);
+    const bad = list.findIndex((id) => !Number.isSafeInteger(id) || id < 0);
+    if (bad >= 0)
+      throw new CalderaError(
+        'E_VALUE',
+        `decode: token id ${list[bad]} (at ${bad}) is not a non-negative integer`,
+      );
+    return this.tokenizer.decode(list, { skip_special_tokens: true });
   }
 
   /** True when `tokenizer_config.json` has a chat template. */

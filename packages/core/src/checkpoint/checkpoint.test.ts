@@ -142,6 +142,42 @@ describe('validation', () => {
   });
 });
 
+describe('validation of RVQ residual planes', () => {
+  it('expects Q_resid for an RVQ Q and u8 residual planes for 3-bit codecs (E81B), u16 for 4-bit', () => {
+    // what @caldera/lowrank's toCheckpointTensors writes (docs/architecture.md, codecs): rvq4 residuals are u16,
+    // rvq3 residuals u8, and a 3- or 4-bit Q has its residual plane too
+    const m = meta();
+    m.layers[P] = {
+      ...m.layers[P]!,
+      ftRank: 0,
+      codecs: { Q: 'e8p12-rvq3', L: 'e8p12-rvq3', R: 'e8p12-rvq4' },
+    };
+    const n = (part: string) => `${P}.caldera.${part}`;
+    const t: Record<string, Tensor> = {
+      [n('Q')]: tensor('u16', [16, 2]),
+      [n('Q_resid')]: tensor('u8', [16, 2]),
+      [n('Q_scale')]: tensor('f32', [1]),
+      [n('L')]: tensor('u16', [4, 2]),
+      [n('L_resid')]: tensor('u8', [4, 2]),
+      [n('L_scale')]: tensor('f32', [1]),
+      [n('R')]: tensor('u16', [4, 2]),
+      [n('R_resid')]: tensor('u16', [4, 2]),
+      [n('R_scale')]: tensor('f32', [1]),
+      [n('SU')]: tensor('f16', [16]),
+      [n('SV')]: tensor('f16', [16]),
+    };
+    expect(() => validateCalderaCheckpoint(m, t)).not.toThrow();
+    const { [n('Q_resid')]: _dropped, ...noQResid } = t;
+    expect(() => validateCalderaCheckpoint(m, noQResid)).toThrow(
+      /missing .*caldera\.Q_resid \(u8 \[16, 2\]\)/,
+    );
+    expect(() => validateCalderaCheckpoint(m, { ...t, [n('L_resid')]: tensor('u16', [4, 2]) })).toThrow(
+      /L_resid is u16, expected u8/,
+    );
+    expect(parseCalderaTensorName(n('Q_resid'))).toEqual({ prefix: P, part: 'Q_resid' });
+  });
+});
+
 describe('checkpoint directory', () => {
   it('writes atomically and reads back (meta, tensors, copied files)', async () => {
     const cfg = join(dir, 'config.json');

@@ -1,6 +1,7 @@
 /** The parts a compressed linear layer is stored as (tensor `<prefix>.caldera.<part>`). */
 export type CalderaTensorPart =
   | 'Q'
+  | 'Q_resid'
   | 'Q_scale'
   | 'L'
   | 'L_resid'
@@ -17,6 +18,7 @@ export type CalderaTensorPart =
 
 const PARTS: ReadonlySet<string> = new Set<CalderaTensorPart>([
   'Q',
+  'Q_resid',
   'Q_scale',
   'L',
   'L_resid',

@@ -18,6 +18,8 @@ export interface ExpectedTensor {
 }
 
 const hasResidual = (codec: string) => codec.includes('rvq');
+/** The residual plane of an RVQ codec: 4-bit codes are u16 (E8P12), 3-bit codes u8 (E81B). */
+const residualDType = (codec: string): DType => (codec.includes('rvq3') ? 'u8' : 'u16');
 
 /** The tensors the checkpoint format (version 1) requires for one compressed layer. */
 export function expectedCalderaTensors(prefix: string, layer: CalderaLayerMeta): ExpectedTensor[] {
@@ -27,6 +29,7 @@ export function expectedCalderaTensors(prefix: string, layer: CalderaLayerMeta):
   const add = (part: CalderaTensorPart, dtype: DType, shape: number[]) =>
     out.push({ name: calderaTensorName(prefix, part), part, dtype, shape });
   add('Q', 'u16', [mp, np / 8]);
+  if (hasResidual(layer.codecs.Q)) add('Q_resid', residualDType(layer.codecs.Q), [mp, np / 8]);
   add('Q_scale', 'f32', [1]);
   // rank 0 (LDLQ-only layers) has no low-rank factors at all
   for (const [f, dim] of kq > 0
@@ -41,7 +44,7 @@ export function expectedCalderaTensors(prefix: string, layer: CalderaLayerMeta):
     } else {
       add(f, 'u16', [kq, dim / 8]);
       add(`${f}_scale`, 'f32', [1]);
-      if (hasResidual(codec)) add(`${f}_resid`, 'u16', [kq, dim / 8]);
+      if (hasResidual(codec)) add(`${f}_resid`, residualDType(codec), [kq, dim / 8]);
     }
   }
   if (layer.ftRank > 0) {
