@@ -91,8 +91,7 @@ try {
   check(first.tokens.length === 12 && /tokens\/s/.test(stats), '12 tokens streamed, tokens/s shown');
   // the same greedy generation in runtime-node on the checkpoint the page loaded
   const { model, config } = await loadModel(join(here, 'dist/model'));
-  const stop =
-    config.eosTokenId !== null && config.eosTokenId !== config.bosTokenId ? [config.eosTokenId] : [];
+  const stop = config.eosTokenIds.filter((id) => id !== config.bosTokenId);
   const ref = [];
   for await (const t of generate(model, first.ids, { maxTokens: 12, temperature: 0, stopTokens: stop }))
     ref.push(t);

@@ -82,8 +82,7 @@ async function main(): Promise<void> {
         temperature: Number($<HTMLInputElement>('temp').value),
         topK: Number($<HTMLInputElement>('topk').value),
         seed: Date.now() % 1e9,
-        stopTokens:
-          config.eosTokenId !== null && config.eosTokenId !== config.bosTokenId ? [config.eosTokenId] : [],
+        stopTokens: config.eosTokenIds.filter((id) => id !== config.bosTokenId),
       })) {
         if (produced.length === 0) start = performance.now();
         produced.push(id);

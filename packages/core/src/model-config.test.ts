@@ -31,7 +31,22 @@ describe('parseModelConfig', () => {
       tie_word_embeddings: true,
     });
     expect(qwen).toMatchObject({ attentionBias: true, tieWordEmbeddings: true });
-    expect(parseModelConfig({ ...base, model_type: 'llama', eos_token_id: [7, 8] }).eosTokenId).toBe(7);
+    // Llama 3 chat models list several end-of-sequence ids; generation stops at any of them
+    expect(parseModelConfig({ ...base, model_type: 'llama', eos_token_id: [7, 8, 7] })).toMatchObject({
+      eosTokenId: 7,
+      eosTokenIds: [7, 8],
+    });
+    expect(parseModelConfig({ ...base, model_type: 'llama', eos_token_id: 2 })).toMatchObject({
+      eosTokenId: 2,
+      eosTokenIds: [2],
+    });
+    expect(parseModelConfig({ ...base, model_type: 'llama', eos_token_id: null })).toMatchObject({
+      eosTokenId: null,
+      eosTokenIds: [],
+    });
+    expect(() =>
+      parseModelConfig({ ...base, model_type: 'llama', eos_token_id: ['</s>'] }, 'm/config.json'),
+    ).toThrow(/m\/config\.json: eos_token_id \["<\/s>"\] is not a token id or a list of token ids/);
   });
 
   it('lists every missing field and rejects unsupported architectures, rope types and head counts', () => {

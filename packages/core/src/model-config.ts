@@ -28,7 +28,13 @@ export interface ModelConfig {
   /** q/k/v projections have biases (Qwen2). */
   attentionBias: boolean;
   bosTokenId: number | null;
+  /** The first end-of-sequence id of `eos_token_id` (a number or a list), or null. */
   eosTokenId: number | null;
+  /**
+   * Every end-of-sequence id of `eos_token_id` (Llama 3 chat models list several, e.g. `<|end_of_text|>` and
+   * `<|eot_id|>`); generation should stop at any of them. Empty when there is none.
+   */
+  eosTokenIds: number[];
 }
 
 const SUPPORTED = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'] as const;
@@ -67,6 +73,12 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
   };
   const hiddenSize = num('hidden_size');
   const numHeads = num('num_attention_heads');
+  const eosIds = tokenIdList(c.eos_token_id);
+  if (eosIds === null)
+    throw new CalderaError(
+      'E_FORMAT',
+      `${file}: eos_token_id ${JSON.stringify(c.eos_token_id)} is not a token id or a list of token ids`,
+    );
   const cfg: ModelConfig = {
     architecture: archName,
     hiddenSize,
@@ -83,12 +95,8 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     tieWordEmbeddings: c.tie_word_embeddings === true,
     attentionBias: c.attention_bias === true || archName === 'Qwen2ForCausalLM',
     bosTokenId: typeof c.bos_token_id === 'number' ? c.bos_token_id : null,
-    eosTokenId:
-      typeof c.eos_token_id === 'number'
-        ? c.eos_token_id
-        : Array.isArray(c.eos_token_id)
-          ? Number(c.eos_token_id[0])
-          : null,
+    eosTokenId: eosIds[0] ?? null,
+    eosTokenIds: eosIds,
   };
   if (missing.length)
     throw new CalderaError('E_FORMAT', `${file}: missing or non-numeric fields: ${missing.join(', ')}`);
@@ -120,6 +128,18 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     );
   }
   return cfg;
+}
+
+/**
+ * A token-id field that may be absent (`null` or missing: no ids), one id or a list of ids, as Hugging Face configs
+ * write `eos_token_id`; `null` when it is something else.
+ */
+export function tokenIdList(v: unknown): number[] | null {
+  if (v === undefined || v === null) return [];
+  const list = Array.isArray(v) ? (v as unknown[]) : [v];
+  return list.every((x) => Number.isSafeInteger(x) && (x as number) >= 0)
+    ? [...new Set(list as number[])]
+    : null;
 }
 
 /**

@@ -13,6 +13,7 @@ import {
   type Args,
 } from '../args.js';
 import { defaultText, modelDirOf, openModel, poolFor, readDocuments, type OpenedModel } from './common.js';
+import { streamedText } from '../stream-text.js';
 
 /**
  * Tokens of the text `caldera eval` scores by default, and its default window: what the held-out perplexities of
@@ -128,7 +129,7 @@ export async function generateCommand(a: Args): Promise<number> {
 
 async function generateText(
   a: Args,
-  { model, config, tokenizer }: OpenedModel,
+  { model, config, tokenizer, stopTokens }: OpenedModel,
   prompt: string,
   options: {
     maxTokens: number;
@@ -155,14 +156,17 @@ async function generateText(
   const stop = flagString(a, 'stop');
   for await (const t of generate(model, full, {
     ...options,
-    stopTokens: config.eosTokenId === null ? [] : [config.eosTokenId],
+    stopTokens,
     ...(stop ? { stopStrings: [stop], decode: (x: number[]) => tokenizer.decode(x) } : {}),
   })) {
     out.push(t);
-    const text = tokenizer.decode(out);
-    if (!json) process.stdout.write(text.slice(printed.length));
-    printed = text;
+    const chunk = streamedText(printed, tokenizer.decode(out));
+    if (!json) process.stdout.write(chunk);
+    printed += chunk;
   }
+  const rest = streamedText(printed, tokenizer.decode(out), true);
+  if (!json) process.stdout.write(rest);
+  printed += rest;
   const secs = (performance.now() - t0) / 1000;
   if (json)
     console.log(
