@@ -148,7 +148,7 @@ const BLOCK_ROWS = 512;
 /**
  * `y = x·Wᵀ` (`[rows, m]`, overwritten) for `W [m, n]` that exists only in a stored format: `decodeRows(i0, c)`
  * returns rows `i0 … i0+c−1` of W in f32 (row-major, at least `c·n` values; it may reuse one buffer), at most
- * {@link BLOCK_ROWS} at a time, so W is never held whole in f32. Matrix–vector products for a few rows of x, `gemm`
+ * 512 (`BLOCK_ROWS`) at a time, so W is never held whole in f32. Matrix–vector products for a few rows of x, `gemm`
  * for batches.
  */
 function productByRowBlocks(
@@ -181,7 +181,7 @@ function productByRowBlocks(
 
 /**
  * Dense weights kept as f16 bits `[out, in]` (half the memory of f32) and converted to f32 on the fly: row by row
- * for decode, in blocks of {@link BLOCK_ROWS} rows fed to `gemm` for batches. W is never held in f32 whole.
+ * for decode, in blocks of 512 (`BLOCK_ROWS`) rows fed to `gemm` for batches. W is never held in f32 whole.
  */
 export class DenseF16Linear implements Linear {
   readonly weightBytes: number;

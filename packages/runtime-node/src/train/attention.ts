@@ -3,7 +3,7 @@ import { gemm } from '@caldera/linalg';
 import { zerosLike, type Vec } from './types.js';
 
 /** Shape of one causal grouped-query attention call (one sequence). */
-export interface AttentionShape {
+export interface CausalAttentionShape {
   /** Sequence length. */
   T: number;
   /** Query heads. */
@@ -60,7 +60,7 @@ export function attentionForward(
   q: Vec,
   k: Vec,
   v: Vec,
-  shape: AttentionShape,
+  shape: CausalAttentionShape,
 ): { out: Vec; cache: AttentionCache } {
   const { T, heads, kvHeads, headDim: d } = shape;
   const group = heads / kvHeads;
@@ -99,7 +99,7 @@ export function attentionBackward(
   k: Vec,
   v: Vec,
   cache: AttentionCache,
-  shape: AttentionShape,
+  shape: CausalAttentionShape,
 ): { dq: Vec; dk: Vec; dv: Vec } {
   const { T, heads, kvHeads, headDim: d } = shape;
   const group = heads / kvHeads;
