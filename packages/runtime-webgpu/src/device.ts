@@ -95,6 +95,7 @@ export async function createDevice(options: CreateDeviceOptions = {}): Promise<C
     (info as { isFallbackAdapter?: boolean } | undefined)?.isFallbackAdapter === true ||
     (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter === true ||
     /swiftshader/i.test(description);
+  watchDeviceLost(device);
   return {
     device,
     adapter,
@@ -107,6 +108,40 @@ export async function createDevice(options: CreateDeviceOptions = {}): Promise<C
     description,
     dispose: () => device.destroy(),
   };
+}
+
+/** Devices whose `lost` promise is watched, and what it said once it resolved. */
+const watched = new WeakSet<GPUDevice>();
+const lostDevices = new WeakMap<GPUDevice, GPUDeviceLostInfo>();
+
+/**
+ * Record when `device` is lost (or destroyed), for {@link checkDeviceAlive}; once per device ({@link createDevice} and
+ * the model call it). `device.lost` resolves asynchronously, so a loss is known after the next await.
+ */
+export function watchDeviceLost(device: GPUDevice): void {
+  if (watched.has(device)) return;
+  watched.add(device);
+  (device.lost as Promise<GPUDeviceLostInfo> | undefined)?.then(
+    (info) => lostDevices.set(device, info),
+    () => {},
+  );
+}
+
+/** What `device.lost` said, once it has resolved (for a device passed to {@link watchDeviceLost}); else undefined. */
+export function deviceLostInfo(device: GPUDevice): GPUDeviceLostInfo | undefined {
+  return lostDevices.get(device);
+}
+
+/** Throw `E_DEVICE` when the device is known to be lost or destroyed (e.g. `dev.dispose()`). */
+export function checkDeviceAlive(dev: CalderaDevice, what: string): void {
+  const lost = lostDevices.get(dev.device);
+  if (lost)
+    throw new CalderaError(
+      'E_DEVICE',
+      `${what}: the WebGPU device was lost (${lost.reason}: ${lost.message || 'no message'}); create a new device ` +
+        'and load the model again',
+      { details: { reason: lost.reason } },
+    );
 }
 
 /** Throw `E_DEVICE` when a buffer of `bytes` cannot be bound as storage on this device. */

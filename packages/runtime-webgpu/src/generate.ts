@@ -16,7 +16,9 @@ export type { GenerateOptions } from '@caldera/core';
  * `prompt` it already holds (the earlier turns of a chat whose next prompt extends the last one: only the new tokens
  * are run) and forgotten after it. Greedy decoding reads back 4 bytes per token (the GPU argmax); sampling reads
  * back the logits and samples on the CPU exactly as runtime-node does (same Rng, same order of operations), so the
- * same logits give the same tokens.
+ * same logits give the same tokens. The model holds one sequence: when another call changes it while this generator
+ * is suspended (a second `generate()` on the model), the next `next()` fails with `E_VALUE` (see
+ * {@link WebGpuModel.claim}).
  */
 export async function* generate(
   model: WebGpuModel,
@@ -30,21 +32,28 @@ export async function* generate(
       'E_VALUE',
       `generate: prompt of ${prompt.length} tokens exceeds the context ${capacity}`,
     );
+  // every pass through the claim: a second generate() (or any other change to the sequence) while this one is
+  // suspended makes its next pass fail instead of continuing from the other's cache
+  const seq = model.claim('generate');
   // the cached prefix (at most all but the last prompt token, which must run to give the first logits)
   const cached = model.tokens;
   let keep = 0;
   while (keep < prompt.length - 1 && keep < cached.length && cached[keep] === prompt[keep]) keep++;
-  model.truncate(keep);
+  seq.pass(() => model.truncate(keep));
   // prefill the rest but the last prompt token in batches (one pass per model.prefillChunk tokens)
-  await model.prefill(Array.from(prompt).slice(keep, -1), options.signal ? { signal: options.signal } : {});
+  const rest = Array.from(prompt).slice(keep, -1);
+  for (let t = 0; t < rest.length; t += model.prefillChunk) {
+    throwIfAborted(options.signal, 'generate');
+    await seq.pass(() => model.stepBatch(rest.slice(t, t + model.prefillChunk), 'none'));
+  }
   let last = prompt[prompt.length - 1]!;
   // as runtime-node: min(maxTokens, capacity − prompt length) tokens
   for (let n = 0; n < rules.maxTokens && prompt.length + n < capacity; n++) {
     throwIfAborted(options.signal, 'generate');
     // greedy: the GPU's argmax (4 bytes read back), the token rules.pick would give
     const next = rules.greedy
-      ? await model.step(last, 'argmax')
-      : rules.pick(await model.step(last, 'logits'));
+      ? await seq.pass(() => model.step(last, 'argmax'))
+      : rules.pick(await seq.pass(() => model.step(last, 'logits')));
     const verdict = rules.accept(next);
     if (verdict === 'stop') return;
     yield next;
@@ -97,10 +106,11 @@ export async function perplexity(
     throw new CalderaError('E_VALUE', `perplexity: stride must be in (0, context], got ${stride}`);
   if (tokens.length < 2) throw new CalderaError('E_VALUE', 'perplexity: needs at least 2 tokens');
   const V = model.config.vocabSize;
+  const seq = model.claim('perplexity');
   let nll = 0;
   let count = 0;
   for (const { start, end, from } of perplexityWindows(tokens.length, context, stride)) {
-    model.reset();
+    seq.pass(() => model.reset());
     // position p is predicted by the logits after token p − 1
     for (let t0 = start; t0 < end - 1; t0 += model.prefillChunk) {
       throwIfAborted(options.signal, 'perplexity');
@@ -109,10 +119,10 @@ export async function perplexity(
         (_, i) => tokens[t0 + i]!,
       );
       if (t0 + batch.length < from) {
-        await model.stepBatch(batch, 'none'); // predicts only positions already scored
+        await seq.pass(() => model.stepBatch(batch, 'none')); // predicts only positions already scored
         continue;
       }
-      const all = await model.stepBatch(batch, 'all');
+      const all = await seq.pass(() => model.stepBatch(batch, 'all'));
       for (let r = Math.max(0, from - 1 - t0); r < batch.length; r++) {
         nll += tokenNll(all, r * V, V, tokens[t0 + r + 1]!);
         count++;

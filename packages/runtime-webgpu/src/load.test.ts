@@ -2,64 +2,14 @@ import { describe, expect, it } from 'vitest';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Rng, tensor, writeSafetensors, type CalderaLayerMeta, type Tensor } from '@caldera/core';
-import { caldera, calderaCheckpointMeta, toCheckpointTensors } from '@caldera/lowrank';
+import { serializeSafetensors, writeSafetensors, type CalderaLayerMeta } from '@caldera/core';
+import { calderaCheckpointMeta } from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
 import { loadModelFromUrl } from './load.js';
 import { gpuTitle, testDevice } from './testing/gpu.js';
+import { tinyModel } from './testing/tiny-model.js';
 
 const { device: dev, reason } = await testDevice();
-
-/** A random tiny Llama (tied head) with block 0's up_proj compressed, as tensors and caldera.json layers. */
-function tinyModel(): {
-  config: object;
-  tensors: Record<string, Tensor>;
-  layers: Record<string, CalderaLayerMeta>;
-} {
-  const rng = new Rng(31);
-  const t: Record<string, Tensor> = {};
-  const r = (name: string, shape: number[], std: number, mean = 0) =>
-    (t[name] = tensor(
-      'f32',
-      shape,
-      rng.fillNormal(new Float32Array(shape.reduce((a, b) => a * b, 1)), mean, std),
-    ));
-  r('model.embed_tokens.weight', [30, 32], 1);
-  r('model.norm.weight', [32], 0.1, 1);
-  for (let b = 0; b < 2; b++) {
-    const p = `model.layers.${b}`;
-    r(`${p}.input_layernorm.weight`, [32], 0.1, 1);
-    r(`${p}.post_attention_layernorm.weight`, [32], 0.1, 1);
-    for (const [n, shape] of [
-      ['self_attn.q_proj', [32, 32]],
-      ['self_attn.k_proj', [16, 32]],
-      ['self_attn.v_proj', [16, 32]],
-      ['self_attn.o_proj', [32, 32]],
-      ['mlp.gate_proj', [48, 32]],
-      ['mlp.up_proj', [48, 32]],
-      ['mlp.down_proj', [32, 48]],
-    ] as const)
-      r(`${p}.${n}.weight`, [...shape], 0.2);
-  }
-  const name = 'model.layers.0.mlp.up_proj';
-  const ck = toCheckpointTensors(
-    name,
-    caldera(t[`${name}.weight`]!, null, { rank: 4, outerIters: 1, lplrIters: 1 }),
-  );
-  delete t[`${name}.weight`];
-  Object.assign(t, ck.tensors);
-  const config = {
-    architectures: ['LlamaForCausalLM'],
-    hidden_size: 32,
-    intermediate_size: 48,
-    num_hidden_layers: 2,
-    num_attention_heads: 4,
-    num_key_value_heads: 2,
-    vocab_size: 30,
-    tie_word_embeddings: true,
-  };
-  return { config, tensors: t, layers: { [name]: ck.meta } };
-}
 
 /** A fetch over a directory (404 for missing files), counting requests. */
 function dirFetch(dir: string, seen: string[]): typeof fetch {
@@ -183,5 +133,83 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
       await rm(one, { recursive: true, force: true });
       await rm(two, { recursive: true, force: true });
     }
+  });
+
+  it('a weight file cut off mid-download or an abort while it downloads is E_IO / E_ABORTED naming its URL, not a TypeError or DOMException', async () => {
+    const { config, tensors, layers } = tinyModel();
+    const weights = await serializeSafetensors(tensors);
+    const meta = JSON.stringify(calderaCheckpointMeta(layers));
+    const controller = new AbortController();
+    // config.json and caldera.json whole; model.safetensors: a third of it, then `end` (a network error or an abort)
+    const fetchWith = (end: (c: ReadableStreamDefaultController<Uint8Array>) => void) =>
+      (async (url: string) => {
+        const file = String(url).replace('http://models.test/m/', '');
+        if (file !== 'model.safetensors')
+          return new Response(file === 'config.json' ? JSON.stringify(config) : meta);
+        let sent = false;
+        const body = new ReadableStream<Uint8Array>({
+          pull(c) {
+            if (sent) return end(c);
+            sent = true;
+            c.enqueue(weights.subarray(0, weights.byteLength / 3));
+          },
+        });
+        return new Response(body, { headers: { 'content-length': String(weights.byteLength) } });
+      }) as typeof fetch;
+    const dropped = await loadModelFromUrl(d, 'http://models.test/m', {
+      fetch: fetchWith((c) => c.error(new TypeError('terminated'))),
+      onDownload: () => {},
+    }).catch((e: unknown) => e);
+    expect(dropped).toMatchObject({
+      code: 'E_IO',
+      message: 'E_IO: cannot fetch http://models.test/m/model.safetensors: terminated',
+    });
+    const aborted = await loadModelFromUrl(d, 'http://models.test/m', {
+      fetch: fetchWith((c) => {
+        controller.abort();
+        c.error(new DOMException('This operation was aborted', 'AbortError'));
+      }),
+      signal: controller.signal,
+    }).catch((e: unknown) => e);
+    expect(aborted).toMatchObject({
+      code: 'E_ABORTED',
+      message: /loading was aborted \(fetching http:\/\/models\.test\/m\/model\.safetensors\)/,
+    });
+  });
+
+  it("a compressed checkpoint served without caldera.json is E_FORMAT naming that URL; a gzip-encoded weight file's progress has no total (its Content-Length counts the encoded bytes)", async () => {
+    const { config, tensors, layers } = tinyModel();
+    const files: Record<string, Uint8Array | string> = {
+      'config.json': JSON.stringify(config),
+      'caldera.json': JSON.stringify(calderaCheckpointMeta(layers)),
+      'model.safetensors': await serializeSafetensors(tensors),
+    };
+    const serve = (omit: string, headers: Record<string, string>) =>
+      (async (url: string) => {
+        const file = String(url).replace('http://models.test/m/', '');
+        const body = files[file];
+        return body === undefined || file === omit
+          ? new Response('not found', { status: 404 })
+          : new Response(body as BodyInit, { headers: file.endsWith('.safetensors') ? headers : {} });
+      }) as typeof fetch;
+    await expect(
+      loadModelFromUrl(d, 'http://models.test/m', { fetch: serve('caldera.json', {}) }),
+    ).rejects.toMatchObject({
+      code: 'E_FORMAT',
+      message:
+        /CALDERA tensors of 1 compressed layer \(e\.g\. 'model\.layers\.0\.mlp\.up_proj\.caldera\.[A-Za-z_]+'\) but no http:\/\/models\.test\/m\/caldera\.json/,
+    });
+    // the Response does not decode here: only the header tells the loader that the length is not the body's
+    const progress: { bytes: number; total: number | null }[] = [];
+    const encodedLength = String(Math.round((files['model.safetensors'] as Uint8Array).byteLength / 3));
+    const { model } = await loadModelFromUrl(d, 'http://models.test/m', {
+      fetch: serve('', { 'content-encoding': 'gzip', 'content-length': encodedLength }),
+      contextLength: 8,
+      onDownload: (e) => progress.push(e),
+    });
+    model.dispose();
+    expect(progress.length).toBeGreaterThan(1);
+    expect(progress.every((e) => e.total === null)).toBe(true);
+    expect(progress.at(-1)!.bytes).toBe((files['model.safetensors'] as Uint8Array).byteLength);
   });
 });

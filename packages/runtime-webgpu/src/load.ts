@@ -16,7 +16,13 @@ import {
   type TensorStore,
 } from '@caldera/core';
 import { fromCheckpointTensors } from '@caldera/lowrank';
-import { bufferBytes, storageBuffer, type CalderaDevice } from './device.js';
+import {
+  bufferBytes,
+  checkDeviceAlive,
+  storageBuffer,
+  watchDeviceLost,
+  type CalderaDevice,
+} from './device.js';
 import type { GpuMatrix } from './kernels/index.js';
 import {
   createCalderaLinears,
@@ -201,11 +207,28 @@ export async function loadModelFromStore(
   source: { config: unknown; calderaMeta: unknown; calderaMetaFile?: string; store: TensorStore },
   options: LoadOptions = {},
 ): Promise<LoadedWebGpuModel> {
+  watchDeviceLost(dev.device);
+  checkDeviceAlive(dev, 'loading a model');
   const config = parseModelConfig(source.config);
   const { store } = source;
   // null or undefined: a dense model
   const calderaMeta =
     source.calderaMeta == null ? null : parseCalderaMeta(source.calderaMeta, source.calderaMetaFile);
+  if (!calderaMeta) {
+    // compressed layers' codes without the caldera.json that describes them: say so (as runtime-node does), rather
+    // than that the first compressed layer's dense weight is missing
+    const codes = store.names().filter((n) => n.includes('.caldera.'));
+    if (codes.length > 0) {
+      const layers = new Set(codes.map((n) => n.slice(0, n.indexOf('.caldera.'))));
+      throw new CalderaError(
+        'E_FORMAT',
+        `the checkpoint holds the CALDERA tensors of ${layers.size} compressed layer` +
+          `${layers.size === 1 ? '' : 's'} (e.g. '${codes[0]}') but no ${source.calderaMetaFile ?? 'caldera.json'}, ` +
+          "which describes them; serve or pass the checkpoint's caldera.json with its safetensors",
+        { details: { tensor: codes[0] } },
+      );
+    }
+  }
   const dtype = options.dtype ?? 'auto';
   const { hiddenSize: d, vocabSize: V } = config;
   const plan = await planMemory(config, calderaMeta, store, options);
@@ -272,6 +295,7 @@ export async function loadModelFromStore(
       for (const { name, input: reads } of blockLinearNames(b)) {
         if (options.signal?.aborted)
           throw new CalderaError('E_ABORTED', 'loading was aborted', { cause: options.signal.reason });
+        checkDeviceAlive(dev, 'loading a model');
         if (reads !== input) upload();
         input = reads;
         const kind = name.slice(name.lastIndexOf('.') + 1);
@@ -328,6 +352,7 @@ export async function loadModelFromStore(
       options.onProgress?.({ block: b + 1, blocks: config.numLayers });
     }
     const norm = buffer(await vector(store, 'model.norm.weight', d), 'norm');
+    checkDeviceAlive(dev, 'loading a model');
     const model = new WebGpuModel(dev, config, { embed, blocks, norm, head }, options);
     return { model, config, calderaMeta, linearBitsPerWeight: weightsNum ? bitsNum / weightsNum : 0 };
   } catch (e) {
@@ -385,7 +410,8 @@ export interface UrlLoadOptions extends LoadOptions {
   fetch?: typeof fetch;
   /**
    * Download progress of the weight files (`model.safetensors` or each shard), called as bytes arrive: bytes so far
-   * and the file's `Content-Length` (null when the server sends none).
+   * and the file's `Content-Length` (null when the server sends none, or a `Content-Encoding` such as gzip, whose
+   * length counts the encoded bytes).
    */
   onDownload?: (e: { file: string; bytes: number; total: number | null }) => void;
 }
@@ -401,7 +427,10 @@ async function blobWithProgress(
 ): Promise<Blob> {
   if (!onDownload || !r.body) return r.blob();
   const length = Number(r.headers.get('content-length'));
-  const total = Number.isFinite(length) && length > 0 ? length : null;
+  // with a Content-Encoding (gzip, br) the length counts the encoded bytes, the stream gives the decoded ones
+  const encoding = r.headers.get('content-encoding');
+  const encoded = encoding !== null && encoding.trim().toLowerCase() !== 'identity';
+  const total = Number.isFinite(length) && length > 0 && !encoded ? length : null;
   let bytes = 0;
   onDownload({ file, bytes, total });
   const counted = r.body.pipeThrough(
@@ -429,7 +458,8 @@ async function responseJson(r: Response, url: string): Promise<unknown> {
 /**
  * Load a model served over HTTP: `<base>/config.json`, optional `<base>/caldera.json` (a 404 means dense) and
  * `<base>/model.safetensors`, or when that is 404 the shards listed in `<base>/model.safetensors.index.json`. Each
- * file is fetched as a `Blob` (not one `ArrayBuffer`, so no 2 GiB cap) and read tensor by tensor.
+ * file is fetched as a `Blob` (not one `ArrayBuffer`, so no 2 GiB cap) and read tensor by tensor. A failed request
+ * or download (HTTP status, dropped connection) is `E_IO` naming the URL, `E_ABORTED` when `signal` fired.
  */
 export async function loadModelFromUrl(
   dev: CalderaDevice,
@@ -438,37 +468,59 @@ export async function loadModelFromUrl(
 ): Promise<LoadedWebGpuModel> {
   const f = options.fetch ?? globalThis.fetch;
   const root = base.endsWith('/') ? base : `${base}/`;
+  // a failed request or body (a dropped connection, the signal): E_ABORTED when the signal fired, else E_IO naming
+  // the URL; CalderaErrors (E_FORMAT of a body that is not JSON) pass through
+  const failed = (e: unknown, url: string): CalderaError =>
+    e instanceof CalderaError
+      ? e
+      : options.signal?.aborted
+        ? new CalderaError('E_ABORTED', `loading was aborted (fetching ${url})`, {
+            cause: options.signal.reason,
+          })
+        : new CalderaError('E_IO', `cannot fetch ${url}: ${(e as Error).message}`, { cause: e });
   const get = async (file: string, optional: boolean): Promise<Response | null> => {
     let r: Response;
     try {
       r = await f(root + file, options.signal ? { signal: options.signal } : {});
     } catch (e) {
-      throw new CalderaError('E_IO', `cannot fetch ${root + file}: ${(e as Error).message}`, { cause: e });
+      throw failed(e, root + file);
     }
     if (r.status === 404 && optional) return null;
     if (!r.ok) throw new CalderaError('E_IO', `cannot fetch ${root + file}: HTTP ${r.status}`);
     return r;
   };
-  const config = await responseJson((await get('config.json', false))!, root + 'config.json');
+  // the body of `file` read by `how`, its failures as in `get`
+  const body = async <T>(file: string, r: Response, how: (r: Response) => Promise<T>): Promise<T> => {
+    try {
+      return await how(r);
+    } catch (e) {
+      throw failed(e, root + file);
+    }
+  };
+  const json = (file: string, r: Response) => body(file, r, (r) => responseJson(r, root + file));
+  const config = await json('config.json', (await get('config.json', false))!);
   const cr = await get('caldera.json', true);
   // validated here, before any weight is downloaded (loadModelFromStore checks it again: a few microseconds)
-  const calderaMeta = cr
-    ? parseCalderaMeta(await responseJson(cr, root + 'caldera.json'), root + 'caldera.json')
-    : null;
+  const calderaMeta = cr ? parseCalderaMeta(await json('caldera.json', cr), root + 'caldera.json') : null;
   const single = await get('model.safetensors', true);
   let store: TensorStore;
   const weights = async (r: Response, file: string) =>
-    openSafetensors(await blobWithProgress(r, file, options.onDownload), file);
+    openSafetensors(await body(file, r, (r) => blobWithProgress(r, file, options.onDownload)), file);
   if (single) store = await weights(single, 'model.safetensors');
   else {
+    const indexFile = 'model.safetensors.index.json';
     const index = parseSafetensorsIndex(
-      await (await get('model.safetensors.index.json', false))!.text(),
-      root + 'model.safetensors.index.json',
+      await body(indexFile, (await get(indexFile, false))!, (r) => r.text()),
+      root + indexFile,
     );
     store = new ShardedSafetensorsReader(index, async (file) => weights((await get(file, false))!, file));
   }
   try {
-    return await loadModelFromStore(dev, { config, calderaMeta, store }, options);
+    return await loadModelFromStore(
+      dev,
+      { config, calderaMeta, calderaMetaFile: root + 'caldera.json', store },
+      options,
+    );
   } finally {
     await store.close();
   }

@@ -8,6 +8,7 @@ import {
   CalderaError,
   openSafetensorsDir,
   Rng,
+  serializeSafetensors,
   tensor,
   writeSafetensors,
   type CalderaLayerMeta,
@@ -16,9 +17,10 @@ import {
 import { caldera, calderaCheckpointMeta, toCheckpointTensors, withTrainableFactors } from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
 import { generate, perplexity } from './generate.js';
-import { loadModel, type MemoryPlan } from './load.js';
+import { loadModel, loadModelFromBuffer, type MemoryPlan } from './load.js';
 import { writeRandomCalderaModel } from '../bench/random-model.js';
-import { gpuTitle, testDevice, testF16Device } from './testing/gpu.js';
+import { gpuTitle, ownTestDevice, testDevice, testF16Device } from './testing/gpu.js';
+import { tinyModel } from './testing/tiny-model.js';
 
 const { device: dev, reason } = await testDevice();
 const { device: f16dev, reason: f16reason } = await testF16Device();
@@ -422,5 +424,44 @@ describe.skipIf(!f16dev)(gpuTitle('WebGpuModel with packed-f16 Q̂ products', f1
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe.skipIf(!dev)(gpuTitle('WebGpuModel lifecycle', reason), () => {
+  it('dispose() during a step fails that step with E_VALUE; on a destroyed device generate, perplexity and loading fail with E_DEVICE', async () => {
+    const { config, tensors, layers } = tinyModel();
+    const parts = {
+      config,
+      calderaMeta: calderaCheckpointMeta(layers),
+      weights: await serializeSafetensors(tensors),
+    };
+    const prompt = [1, 29, 3];
+    // the model's own device: a read-back cut short by dispose() says so, and the device is not harmed
+    const { model } = await loadModelFromBuffer(dev!, parts, { contextLength: 16 });
+    const step = model.step(5, 'logits');
+    model.dispose();
+    await expect(step).rejects.toMatchObject({
+      code: 'E_VALUE',
+      message: /disposed while a step was running/,
+    });
+    await expect(model.step(5, 'argmax')).rejects.toMatchObject({
+      code: 'E_VALUE',
+      message: /after dispose/,
+    });
+    expect(() => model.reset()).toThrow(/after dispose/);
+    const own = await ownTestDevice();
+    const { model: m } = await loadModelFromBuffer(own!, parts, { contextLength: 16 });
+    const want = await collect(generate(m, prompt, { maxTokens: 3 }));
+    expect(want).toHaveLength(3);
+    own!.dispose();
+    await new Promise((r) => setTimeout(r, 50));
+    for (const run of [
+      () => collect(generate(m, prompt, { maxTokens: 3 })),
+      () => perplexity(m, [1, 2, 3, 4]),
+      () => m.forward([1, 2]),
+      () => loadModelFromBuffer(own!, parts, { contextLength: 16 }),
+    ])
+      await expect(run()).rejects.toMatchObject({ code: 'E_DEVICE', message: /device was lost \(destroyed/ });
+    m.dispose();
   });
 });

@@ -1,5 +1,14 @@
 import { CalderaError, ropeInvFreq, throwIfAborted, type ModelConfig } from '@caldera/core';
-import { BufferUsage, MAP_READ_MODE, scratchBuffer, storageBuffer, type CalderaDevice } from './device.js';
+import {
+  BufferUsage,
+  checkDeviceAlive,
+  deviceLostInfo,
+  MAP_READ_MODE,
+  scratchBuffer,
+  storageBuffer,
+  watchDeviceLost,
+  type CalderaDevice,
+} from './device.js';
 import {
   encodeDispatches,
   Kernels,
@@ -106,6 +115,18 @@ export function ropeTable(cfg: ModelConfig, positions: number): Float32Array {
   return t;
 }
 
+/**
+ * An operation's hold on a model's sequence (see {@link WebGpuModel.claim}): run each of its passes through
+ * {@link pass}.
+ */
+export interface SequenceClaim {
+  /**
+   * Run `op` (a step, prefill batch, reset or truncate of the claimed model): `E_VALUE` instead when anything else
+   * changed the model's sequence since the previous pass of this claim (or since the claim, before the first).
+   */
+  pass<T>(op: () => T): T;
+}
+
 /** What {@link WebGpuModel.step} returns: nothing, the greedy token, or the logits. */
 export type StepOutput = 'none' | 'argmax' | 'logits';
 
@@ -151,6 +172,8 @@ export class WebGpuModel {
   private pos = 0;
   /** Token ids at positions [0, pos). */
   private readonly history: number[] = [];
+  /** Changes to the sequence so far (each pass and each truncate), for {@link claim}. */
+  private revision = 0;
   private busy = false;
   private disposed = false;
 
@@ -161,6 +184,7 @@ export class WebGpuModel {
     options: WebGpuModelOptions = {},
   ) {
     const cfg = config;
+    watchDeviceLost(dev.device);
     const {
       hiddenSize: d,
       intermediateSize: I,
@@ -391,6 +415,7 @@ export class WebGpuModel {
    * The cached keys and values of those tokens depend on nothing after them, so they stay valid.
    */
   truncate(length: number): void {
+    this.checkIdle('truncate');
     if (!Number.isInteger(length) || length < 0 || length > this.pos)
       throw new CalderaError(
         'E_VALUE',
@@ -398,6 +423,43 @@ export class WebGpuModel {
       );
     this.pos = length;
     this.history.length = length;
+    this.revision++;
+  }
+
+  /**
+   * Claim the sequence for an operation that runs several passes with awaits between them ({@link generate},
+   * {@link perplexity}, {@link prefill}, {@link forward}). A model holds one sequence: when another call changes it
+   * while the operation is suspended (a second `generate()` or `perplexity()` on this model, a step, `reset()` or
+   * `truncate()`), the operation's next pass fails with `E_VALUE` instead of continuing from the other call's cache.
+   */
+  claim(what: string): SequenceClaim {
+    let seen = this.revision;
+    return {
+      pass: <T>(op: () => T): T => {
+        if (this.revision !== seen)
+          throw new CalderaError(
+            'E_VALUE',
+            `${what}: the model's sequence was changed by another call while this one was suspended (another ` +
+              'generate() or perplexity() on the same model, or a step, reset or truncate): a WebGpuModel runs one ' +
+              'sequence at a time; finish (or break out of) one generation before starting the next, or load a ' +
+              'second model',
+          );
+        // the op changes the sequence before its first await (a step submits its pass synchronously)
+        const out = op();
+        seen = this.revision;
+        return out;
+      },
+    };
+  }
+
+  /** `E_VALUE` after {@link dispose} or while a step is running. */
+  private checkIdle(what: string): void {
+    if (this.disposed) throw new CalderaError('E_VALUE', 'WebGpuModel: used after dispose()');
+    if (this.busy)
+      throw new CalderaError(
+        'E_VALUE',
+        `WebGpuModel: ${what} called while a step is running (await it; one sequence at a time per model)`,
+      );
   }
 
   /**
@@ -422,12 +484,8 @@ export class WebGpuModel {
   async stepBatch(tokens: ArrayLike<number>, output: 'logits' | 'all'): Promise<Float32Array>;
   async stepBatch(tokens: ArrayLike<number>, output: BatchOutput): Promise<null | number | Float32Array>;
   async stepBatch(tokens: ArrayLike<number>, output: BatchOutput): Promise<null | number | Float32Array> {
-    if (this.disposed) throw new CalderaError('E_VALUE', 'WebGpuModel: used after dispose()');
-    if (this.busy)
-      throw new CalderaError(
-        'E_VALUE',
-        'WebGpuModel: step() called while another step is running (await it)',
-      );
+    this.checkIdle('step()');
+    checkDeviceAlive(this.dev, 'WebGpuModel');
     const V = this.config.vocabSize;
     const T = tokens.length;
     if (T < 1 || T > this.prefillChunk)
@@ -461,10 +519,15 @@ export class WebGpuModel {
       if (output === 'argmax') enc.copyBufferToBuffer(this.argmaxBuf, 0, this.readArgmax, 0, 16);
       dev.queue.submit([enc.finish()]);
       this.pos += T;
+      this.revision++;
       for (const id of ids) this.history.push(id);
       if (output === 'none') return null;
       const staging = output === 'argmax' ? this.readArgmax : this.readLogits;
-      await staging.mapAsync(MAP_READ_MODE, 0, output === 'argmax' ? 16 : bytes);
+      try {
+        await staging.mapAsync(MAP_READ_MODE, 0, output === 'argmax' ? 16 : bytes);
+      } catch (e) {
+        throw this.readbackError(e);
+      }
       try {
         const range = staging.getMappedRange(0, output === 'argmax' ? 16 : bytes);
         return output === 'argmax' ? new Uint32Array(range)[0]! : new Float32Array(range.slice(0));
@@ -482,10 +545,26 @@ export class WebGpuModel {
    */
   async prefill(tokens: ArrayLike<number>, options: { signal?: AbortSignal } = {}): Promise<void> {
     const all = Array.from(tokens);
+    const seq = this.claim('prefill');
     for (let t = 0; t < all.length; t += this.prefillChunk) {
       throwIfAborted(options.signal, 'prefill');
-      await this.stepBatch(all.slice(t, t + this.prefillChunk), 'none');
+      await seq.pass(() => this.stepBatch(all.slice(t, t + this.prefillChunk), 'none'));
     }
+  }
+
+  /** Why a read-back failed: the model disposed meanwhile (`E_VALUE`), else the device (`E_DEVICE`). */
+  private readbackError(e: unknown): CalderaError {
+    if (this.disposed)
+      return new CalderaError('E_VALUE', 'WebGpuModel: disposed while a step was running', { cause: e });
+    const lost = deviceLostInfo(this.dev.device);
+    return new CalderaError(
+      'E_DEVICE',
+      lost
+        ? `WebGpuModel: the WebGPU device was lost (${lost.reason}: ${lost.message})`
+        : `WebGpuModel: reading the step's result back failed (${(e as Error).message || String(e)}); the device ` +
+            'may have been lost or destroyed',
+      { cause: e },
+    );
   }
 
   /** Wait until the GPU has finished the submitted work. */
@@ -501,8 +580,9 @@ export class WebGpuModel {
     const V = this.config.vocabSize;
     const all = Array.from(tokens);
     const out = new Float32Array(all.length * V);
+    const seq = this.claim('forward');
     for (let t = 0; t < all.length; t += this.prefillChunk)
-      out.set(await this.stepBatch(all.slice(t, t + this.prefillChunk), 'all'), t * V);
+      out.set(await seq.pass(() => this.stepBatch(all.slice(t, t + this.prefillChunk), 'all')), t * V);
     return out;
   }
 

@@ -90,3 +90,15 @@ export async function testF16Device(): Promise<{ device: CalderaDevice | null; r
 export function gpuTitle(title: string, reason: string): string {
   return reason ? `${title} — ${reason}` : title;
 }
+
+/**
+ * A device of its own on the test adapter's instance, for tests that destroy it (reporting no `shader-f16`, as
+ * {@link testDevice}'s); null where there is no test device.
+ */
+export async function ownTestDevice(): Promise<CalderaDevice | null> {
+  await nodeDevice();
+  const g = (globalThis as GpuGlobal).__calderaTestGpu;
+  if (!g?.device) return null;
+  const device = await createDevice({ gpu: g.gpu });
+  return { ...device, shaderF16: false };
+}

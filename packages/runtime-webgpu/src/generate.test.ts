@@ -1,0 +1,69 @@
+import { describe, expect, it } from 'vitest';
+import { CalderaError, serializeSafetensors } from '@caldera/core';
+import { calderaCheckpointMeta } from '@caldera/lowrank';
+import { generate, perplexity } from './generate.js';
+import { loadModelFromBuffer } from './load.js';
+import { gpuTitle, testDevice } from './testing/gpu.js';
+import { tinyModel } from './testing/tiny-model.js';
+
+const { device: dev, reason } = await testDevice();
+
+async function collect(it: AsyncIterable<number>): Promise<number[]> {
+  const out: number[] = [];
+  for await (const t of it) out.push(t);
+  return out;
+}
+
+describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), () => {
+  it("two generate() calls on one model: the one whose sequence the other took over fails with E_VALUE at its next token, never continuing from the other's cache; perplexity likewise", async () => {
+    const { config, tensors, layers } = tinyModel();
+    const { model } = await loadModelFromBuffer(
+      dev!,
+      { config, calderaMeta: calderaCheckpointMeta(layers), weights: await serializeSafetensors(tensors) },
+      { contextLength: 32, prefillChunk: 2 },
+    );
+    try {
+      const a = [1, 29, 3, 3, 17];
+      const b = [2, 5, 11];
+      const opts = { maxTokens: 10 };
+      const soloA = await collect(generate(model, a, opts));
+      const soloB = await collect(generate(model, b, opts));
+      const text = [4, 9, 1, 28, 7, 7, 13, 2, 21, 6, 0, 15];
+      const soloPpl = await perplexity(model, text, { context: 6, stride: 3 });
+
+      // interleaved by hand: B takes the sequence over and gives its own tokens; A fails when resumed
+      const itA = generate(model, a, opts);
+      const first = await itA.next();
+      expect(first.value).toBe(soloA[0]);
+      const itB = generate(model, b, opts);
+      expect((await itB.next()).value).toBe(soloB[0]);
+      const resumed = await itA.next().catch((e: unknown) => e);
+      expect(resumed).toBeInstanceOf(CalderaError);
+      expect((resumed as CalderaError).code).toBe('E_VALUE');
+      expect((resumed as CalderaError).message).toMatch(/generate: the model's sequence was changed/);
+      const restB: number[] = [];
+      for (let r = await itB.next(); !r.done; r = await itB.next()) restB.push(r.value);
+      expect([soloB[0], ...restB]).toEqual(soloB);
+
+      // at once: every call that completes gives what it gives alone; the others fail with E_VALUE
+      for (const runs of [
+        () => [collect(generate(model, a, opts)), collect(generate(model, b, opts))],
+        () => [perplexity(model, text, { context: 6, stride: 3 }), collect(generate(model, a, opts))],
+        () => [collect(generate(model, b, opts)), perplexity(model, text, { context: 6, stride: 3 })],
+      ]) {
+        const settled = await Promise.allSettled(runs());
+        const want = [soloA, soloB, soloPpl];
+        for (const s of settled)
+          if (s.status === 'rejected') {
+            expect(s.reason).toBeInstanceOf(CalderaError);
+            expect((s.reason as CalderaError).code).toBe('E_VALUE');
+          } else expect(want).toContainEqual(s.value);
+        expect(settled.some((s) => s.status === 'fulfilled')).toBe(true);
+      }
+      // and the model works on after them
+      expect(await collect(generate(model, a, opts))).toEqual(soloA);
+    } finally {
+      model.dispose();
+    }
+  });
+});
