@@ -212,4 +212,22 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
     expect(progress.every((e) => e.total === null)).toBe(true);
     expect(progress.at(-1)!.bytes).toBe((files['model.safetensors'] as Uint8Array).byteLength);
   });
+
+  it("a contextLength past the config's max_position_embeddings is E_VALUE, before anything is uploaded", async () => {
+    const { config, tensors, layers } = tinyModel();
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-ctx-'));
+    await writeFile(join(dir, 'config.json'), JSON.stringify({ ...config, max_position_embeddings: 16 }));
+    await writeFile(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));
+    await writeSafetensors(join(dir, 'model.safetensors'), tensors);
+    await expect(
+      loadModelFromUrl(d, 'http://models.test/m', { fetch: dirFetch(dir, []), contextLength: 17 }),
+    ).rejects.toMatchObject({
+      code: 'E_VALUE',
+      message: /contextLength 17 exceeds the model's max_position_embeddings \(16\)/,
+    });
+    const { model } = await loadModelFromUrl(d, 'http://models.test/m', { fetch: dirFetch(dir, []) });
+    expect(model.contextLength).toBe(16); // the default: min(max_position_embeddings, 2048)
+    model.dispose();
+    await rm(dir, { recursive: true });
+  });
 });

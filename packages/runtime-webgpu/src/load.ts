@@ -32,7 +32,13 @@ import {
   type CalderaLayerInput,
   type GpuLinear,
 } from './linear.js';
-import { activationRowsOf, WebGpuModel, type GpuBlockWeights, type WebGpuModelOptions } from './model.js';
+import {
+  activationRowsOf,
+  contextLengthOf,
+  WebGpuModel,
+  type GpuBlockWeights,
+  type WebGpuModelOptions,
+} from './model.js';
 
 /** Options of the loaders. */
 export interface LoadOptions extends WebGpuModelOptions {
@@ -165,7 +171,7 @@ export async function planMemory(
       }
     }
   }
-  const cap = options.contextLength ?? Math.min(config.maxPositions, 2048);
+  const cap = contextLengthOf(options, config);
   const T = activationRowsOf(options, cap);
   const kw = KV * hd;
   const I = config.intermediateSize;

@@ -54,7 +54,7 @@ export interface GpuModelWeights {
 
 /** Options of {@link WebGpuModel}. */
 export interface WebGpuModelOptions {
-  /** KV-cache length in tokens. Default `min(config.maxPositions, 2048)`. */
+  /** KV-cache length in tokens, at most `config.maxPositions`. Default `min(config.maxPositions, 2048)`. */
   contextLength?: number;
   /** Threads per output row of the matrix–vector kernels; default by adapter (see {@link Kernels}). */
   lanes?: Lanes;
@@ -77,6 +77,23 @@ export interface WebGpuModelOptions {
    * rows. Default `min(32, contextLength)`; 1 makes prefill token by token.
    */
   prefillChunk?: number;
+}
+
+/**
+ * The KV-cache length of a model with these options (see {@link WebGpuModelOptions.contextLength}): `E_VALUE` when it is
+ * not a positive integer or exceeds the config's `max_position_embeddings` (positions the model never saw, which
+ * runtime-node refuses too).
+ */
+export function contextLengthOf(options: WebGpuModelOptions, config: ModelConfig): number {
+  const cap = options.contextLength ?? Math.min(config.maxPositions, 2048);
+  if (!Number.isInteger(cap) || cap < 1)
+    throw new CalderaError('E_VALUE', `contextLength must be a positive integer, got ${cap}`);
+  if (cap > config.maxPositions)
+    throw new CalderaError(
+      'E_VALUE',
+      `contextLength ${cap} exceeds the model's max_position_embeddings (${config.maxPositions})`,
+    );
+  return cap;
 }
 
 /** The prefill batch a model with these options uses (see {@link WebGpuModelOptions.prefillChunk}). */
@@ -198,9 +215,7 @@ export class WebGpuModel {
         'E_SHAPE',
         `model has ${weights.blocks.length} blocks, config says ${cfg.numLayers}`,
       );
-    const cap = options.contextLength ?? Math.min(cfg.maxPositions, 2048);
-    if (!Number.isInteger(cap) || cap < 1)
-      throw new CalderaError('E_VALUE', `contextLength must be a positive integer, got ${cap}`);
+    const cap = contextLengthOf(options, cfg);
     this.contextLength = cap;
     this.prefillChunk = prefillChunkOf(options, cap);
     const T = activationRowsOf(options, cap);
