@@ -5,6 +5,7 @@ import {
   f32ArrayToBf16,
   f32ArrayToF16,
   f32Bits,
+  f32BitsRoundToOdd,
   f32BitsToBf16,
   f32BitsToF16,
   f32FromBits,
@@ -14,6 +15,7 @@ import {
   toF16Bits,
 } from './half.js';
 import { Rng } from './rng.js';
+import { cast, tensor } from './tensor.js';
 
 /** Independent decoder: IEEE 754 binary16 value from the definition (sign, biased exponent, fraction). */
 function refF16(h: number): number {
@@ -238,5 +240,57 @@ describe('f32 → bf16 rounding', () => {
     expect(f32BitsToBf16(0xff800001) & 0x8000).toBe(0x8000);
     expect(toBf16Bits(-0)).toBe(0x8000);
     expect(toBf16Bits(Infinity)).toBe(0x7f80);
+  });
+});
+
+describe('f64 → f16 / bf16 rounding', () => {
+  /**
+   * f64 values on either side of every tie of the narrow format in a range, closer to the tie than f32 resolves (so
+   * rounding to the nearest f32 first lands exactly on the tie, and then ties to even, right only half the time), plus
+   * random f64 values with all 53 bits.
+   */
+  function f64Inputs(decode: (bits: number) => number, patterns: number[]): number[] {
+    const out: number[] = [];
+    for (const p of patterns) {
+      const [a, b] = [decode(p), decode(p + 1)];
+      const tie = (a + b) / 2; // exact in f32 (one more bit than the narrow format)
+      for (const s of [1, -1]) for (const side of [-1, 1]) out.push(s * (tie + side * tie * 2 ** -40));
+    }
+    const rng = new Rng(5);
+    for (let i = 0; i < 20_000; i++)
+      out.push((rng.uniform() - 0.5) * 2 ** Math.floor(rng.uniform() * 40 - 20));
+    return out;
+  }
+  const range = (from: number, to: number, step: number) =>
+    Array.from({ length: Math.floor((to - from) / step) }, (_, i) => from + i * step);
+
+  it('is correctly rounded (nearest, ties to even) against the brute-force reference, not double rounded', () => {
+    // f16: subnormals, normals up to the largest finite; bf16: a spread of exponents
+    const f16 = f64Inputs(refF16, [...range(1, 0x3ff, 3), ...range(0x400, 0x7bfe, 7)]);
+    const bf16 = f64Inputs(refBf16, [...range(1, 0x7f, 3), ...range(0x80, 0x7f7e, 13)]);
+    expect(f16.length).toBeGreaterThan(30_000);
+    const wrong = (xs: number[], enc: (x: number) => number, ref: (x: number) => number | 'nan') =>
+      xs.filter((x) => enc(x) !== ref(x)).map((x) => `${x}: got 0x${enc(x).toString(16)}, want ${ref(x)}`);
+    expect(wrong(f16, toF16Bits, refToF16).slice(0, 3)).toEqual([]);
+    expect(wrong(bf16, toBf16Bits, refToBf16).slice(0, 3)).toEqual([]);
+    // the case that double rounding gets wrong: just above the tie between 1 and 1 + 2⁻¹⁰ is the odd neighbour
+    const x = 1 + 2 ** -11 + 2 ** -40;
+    expect(f32BitsToF16(f32Bits(x))).toBe(0x3c00); // via the nearest f32: the tie, then even (wrong)
+    expect(toF16Bits(x)).toBe(0x3c01);
+    // arrays and cast take the same path
+    const xs = Float64Array.from(f16.slice(0, 4000));
+    expect(Array.from(f32ArrayToF16(xs))).toEqual(Array.from(xs, toF16Bits));
+    expect(Array.from(cast(tensor('f64', [xs.length], xs), 'f16').data)).toEqual(Array.from(xs, toF16Bits));
+    expect(Array.from(cast(tensor('f64', [xs.length], xs), 'bf16').data)).toEqual(Array.from(xs, toBf16Bits));
+  });
+
+  it('round-to-odd keeps f32 values, infinities, NaN and signed zero, and marks inexact ones odd', () => {
+    for (const v of [0, -0, 1.5, -3.25, Infinity, -Infinity, 3.4028234663852886e38])
+      expect(f32BitsRoundToOdd(v)).toBe(f32Bits(v));
+    expect(Number.isNaN(f32FromBits(f32BitsRoundToOdd(NaN)))).toBe(true);
+    expect(f32BitsRoundToOdd(1e-50)).toBe(1); // the smallest subnormal, not 0
+    expect(f32BitsRoundToOdd(-1e-50)).toBe(0x80000001);
+    expect(f32BitsRoundToOdd(1 + 2 ** -40) & 1).toBe(1);
+    expect(f32BitsRoundToOdd(1 - 2 ** -40)).toBe(f32Bits(1) - 1);
   });
 });

@@ -14,6 +14,20 @@ export function f32Bits(x: number): number {
   return scratchU32[0]!;
 }
 
+/**
+ * Bit pattern of `x` rounded to f32 with round-to-odd: an inexact result takes the f32 neighbour of `x` whose last bit
+ * is odd. Rounding that to nearest in a format of at most 22 significant bits (f16 has 11, bfloat16 8) gives the
+ * correctly rounded value of `x`; rounding `x` to the nearest f32 first can land on a tie of the narrower format that
+ * `x` was not on, and round the wrong way (double rounding).
+ */
+export function f32BitsRoundToOdd(x: number): number {
+  const b = f32Bits(x);
+  const f = f32FromBits(b);
+  if (f === x || (b & 1) !== 0 || !Number.isFinite(f) || Number.isNaN(x)) return b;
+  // the other f32 neighbour of x: one step from f towards x (same sign; the magnitude up or down)
+  return (Math.abs(x) > Math.abs(f) ? b + 1 : b - 1) >>> 0;
+}
+
 /** The f32 value whose bit pattern is `bits`. */
 export function f32FromBits(bits: number): number {
   scratchU32[0] = bits >>> 0;
@@ -44,9 +58,9 @@ export function f32BitsToF16(x: number): number {
   return sign | r;
 }
 
-/** Nearest f16 bit pattern of a number (first rounded to f32, as every caller stores f32 data). */
+/** Nearest f16 bit pattern of a number (ties to even; correctly rounded from f64 too, see {@link f32BitsRoundToOdd}). */
 export function toF16Bits(x: number): number {
-  return f32BitsToF16(f32Bits(x));
+  return f32BitsToF16(f32BitsRoundToOdd(x));
 }
 
 /** Value of an f16 bit pattern. */
@@ -67,9 +81,9 @@ export function f32BitsToBf16(x: number): number {
   return Math.floor((x + 0x7fff + lsb) / 65536) & 0xffff;
 }
 
-/** Nearest bfloat16 bit pattern of a number. */
+/** Nearest bfloat16 bit pattern of a number (ties to even; correctly rounded from f64 too). */
 export function toBf16Bits(x: number): number {
-  return f32BitsToBf16(f32Bits(x));
+  return f32BitsToBf16(f32BitsRoundToOdd(x));
 }
 
 /** Value of a bfloat16 bit pattern. */
@@ -77,10 +91,16 @@ export function fromBf16Bits(b: number): number {
   return f32FromBits((b & 0xffff) << 16);
 }
 
-/** Convert a whole array of f32 values to f16 bits. */
+/**
+ * Convert a whole array of numbers to f16 bits (nearest, ties to even). An f32 array is converted bit by bit; any other
+ * (e.g. f64) value by value with {@link toF16Bits}, so it is correctly rounded too.
+ */
 export function f32ArrayToF16(src: ArrayLike<number>, out = new Uint16Array(src.length)): Uint16Array {
-  const f = src instanceof Float32Array ? src : Float32Array.from(src);
-  const u = new Uint32Array(f.buffer, f.byteOffset, f.length);
+  if (!(src instanceof Float32Array)) {
+    for (let i = 0; i < src.length; i++) out[i] = toF16Bits(src[i]!);
+    return out;
+  }
+  const u = new Uint32Array(src.buffer, src.byteOffset, src.length);
   for (let i = 0; i < u.length; i++) out[i] = f32BitsToF16(u[i]!);
   return out;
 }
@@ -100,10 +120,13 @@ export function f16ArrayToF32(src: Uint16Array, out = new Float32Array(src.lengt
   return out;
 }
 
-/** Convert an array of f32 values to bf16 bits. */
+/** Convert an array of numbers to bf16 bits (nearest, ties to even; non-f32 arrays value by value, as {@link f32ArrayToF16}). */
 export function f32ArrayToBf16(src: ArrayLike<number>, out = new Uint16Array(src.length)): Uint16Array {
-  const f = src instanceof Float32Array ? src : Float32Array.from(src);
-  const u = new Uint32Array(f.buffer, f.byteOffset, f.length);
+  if (!(src instanceof Float32Array)) {
+    for (let i = 0; i < src.length; i++) out[i] = toBf16Bits(src[i]!);
+    return out;
+  }
+  const u = new Uint32Array(src.buffer, src.byteOffset, src.length);
   for (let i = 0; i < u.length; i++) out[i] = f32BitsToBf16(u[i]!);
   return out;
 }

@@ -242,7 +242,7 @@ export function contiguous<D extends DType>(t: Tensor<D>): Tensor<D> {
 /**
  * Convert to another dtype (contiguous result). Float → 16-bit floats round to nearest even; float →
  * integer rounds to nearest (halves up, as `Math.round`) and saturates at the type's range; NaN becomes 0. An f64 source
- * is rounded to f32 before a 16-bit float, which can differ from rounding it directly by one unit in the last place.
+ * is correctly rounded to a 16-bit float (no double rounding through f32).
  */
 export function cast<D extends DType>(t: Tensor, dtype: D): Tensor<D> {
   const c = contiguous(t);
