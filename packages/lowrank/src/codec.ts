@@ -53,7 +53,7 @@ export interface LatticeCodes {
   scale: number;
 }
 
-/** Round-to-nearest of a row-major matrix (cols % 8 == 0) at unit RMS × optScale; returns codes and values. */
+/** Round-to-nearest of a row-major matrix (cols % 8 == 0) at unit RMS (no optScale); returns codes and values. */
 export function latticeRound(
   x: Float32Array,
   bits: 2 | 3 | 4,
