@@ -1,9 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Rng } from '@caldera/core';
+import { loadTokenizer } from '@caldera/runtime-node';
 import { runCli } from './test-cli.js';
+import { writeTinyModel } from './test-models.js';
 
 const run = (args: string[]) => runCli(args, 60_000);
 
@@ -87,4 +89,49 @@ describe('caldera generate / eval / inspect', () => {
     expect(threads.status).toBe(1);
     expect(threads.stderr).toMatch(/--threads must be a positive integer, got 0/);
   });
+});
+
+describe('caldera generate --chat', () => {
+  it("renders --system and --prompt with the model's chat template and prints only the answer", async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'caldera-cli-chat-')), 'm');
+    await writeTinyModel(dir, { tied: true });
+    const plain = run(['generate', dir, '--chat', '--prompt', 'hi', '--max-tokens', '2']);
+    expect(plain.status).toBe(1);
+    expect(plain.stderr).toMatch(
+      /E_UNSUPPORTED: --chat needs a model whose tokenizer_config\.json has a chat_template/,
+    );
+
+    const cfgFile = join(dir, 'tokenizer_config.json');
+    const template =
+      '{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}' +
+      '{% if add_generation_prompt %}[assistant]{% endif %}';
+    writeFileSync(
+      cfgFile,
+      JSON.stringify({ ...JSON.parse(readFileSync(cfgFile, 'utf8')), chat_template: template }),
+    );
+    const tok = await loadTokenizer(dir);
+    const rendered = '<|endoftext|>[system] Be brief.\n[user] Where is the jury?\n[assistant]';
+    expect(
+      tok.applyChatTemplate([
+        { role: 'system', content: 'Be brief.' },
+        { role: 'user', content: 'Where is the jury?' },
+      ]),
+    ).toBe(rendered);
+    const args = ['generate', dir, '--chat', '--system', 'Be brief.', '--prompt', 'Where is the jury?'];
+    const r = run([...args, '--max-tokens', '3', '--json']);
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+    // the template writes BOS as text, which encodes to its id: nothing else is prepended
+    expect(out).toMatchObject({ prompt: 'Where is the jury?', system: 'Be brief.', tokens: 3 });
+    expect(out.promptTokens).toBe(tok.encode(rendered).length);
+    expect(tok.encode(rendered)[0]).toBe(0);
+    // as text: the answer, not the prompt or the template
+    const text = run([...args, '--max-tokens', '3']);
+    expect(text.status, text.stderr).toBe(0);
+    expect(text.stdout.startsWith(out.completion)).toBe(true);
+    expect(text.stdout).not.toMatch(/jury|\[assistant\]/);
+
+    const noChat = run(['generate', dir, '--system', 'x']);
+    expect(noChat.stderr).toMatch(/--system needs --chat/);
+  }, 60_000);
 });

@@ -1,5 +1,5 @@
 import { CalderaError, openSafetensorsDir } from '@caldera/core';
-import { blockLinearNames, generate, perplexity } from '@caldera/runtime-node';
+import { blockLinearNames, generate, HfTokenizer, perplexity } from '@caldera/runtime-node';
 import {
   checkFlag,
   checkTokenWindow,
@@ -98,10 +98,14 @@ async function evaluate(
   return 0;
 }
 
-export const generateHelp = `caldera generate [model] [--prompt TEXT] [--max-tokens N] [--temperature T] [--top-k K]
-  [--top-p P] [--repetition-penalty R] [--stop STRING] [--seed S] [--threads N] [--tokenizer FILE] [--json]
+export const generateHelp = `caldera generate [model] [--prompt TEXT] [--chat] [--system TEXT] [--max-tokens N]
+  [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty R] [--stop STRING] [--seed S] [--threads N]
+  [--tokenizer FILE] [--json]
 Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Face / Caldera directory or llama2.c .bin.
-  --prompt TEXT              the text to continue (default "The")
+  --prompt TEXT              the text to continue (default "The"), or with --chat the user's message
+  --chat                     answer --prompt as a chat model: the message rendered with the model's chat template
+                             (tokenizer_config.json's chat_template), only the answer printed
+  --system TEXT              with --chat, a system message before the user's
   --max-tokens N             tokens to generate at most, a positive integer (default 48; generation also stops at
                              the model's max positions)
   --temperature T            sampling temperature, ≥ 0 (default 0: greedy)
@@ -124,13 +128,41 @@ export async function generateCommand(a: Args): Promise<number> {
     seed: flagNumber(a, 'seed', 0, SEED),
   };
   const prompt = flagString(a, 'prompt', 'The')!;
-  return withModel(a, (opened) => generateText(a, opened, prompt, options));
+  const system = flagString(a, 'system');
+  const chat = a.flags.has('chat');
+  if (system !== undefined && !chat) throw new CalderaError('E_VALUE', '--system needs --chat');
+  return withModel(a, (opened) =>
+    generateText(a, opened, chat ? { user: prompt, system } : { text: prompt }, options),
+  );
+}
+
+/** The prompt's token ids: the text after BOS, or a chat rendered with the model's template (which places BOS). */
+function promptIds(
+  { config, tokenizer }: OpenedModel,
+  prompt: { text: string } | { user: string; system: string | undefined },
+): number[] {
+  if ('text' in prompt) {
+    const ids = tokenizer.encode(prompt.text);
+    if (ids.length === 0) throw new CalderaError('E_VALUE', '--prompt is empty');
+    return config.bosTokenId === null ? ids : [config.bosTokenId, ...ids];
+  }
+  if (!(tokenizer instanceof HfTokenizer) || !tokenizer.hasChatTemplate)
+    throw new CalderaError(
+      'E_UNSUPPORTED',
+      '--chat needs a model whose tokenizer_config.json has a chat_template (this one has none)',
+    );
+  const messages = [
+    ...(prompt.system === undefined ? [] : [{ role: 'system', content: prompt.system }]),
+    { role: 'user', content: prompt.user },
+  ];
+  // templates write the BOS token themselves (as text, which encodes to its id)
+  return tokenizer.encode(tokenizer.applyChatTemplate(messages));
 }
 
 async function generateText(
   a: Args,
-  { model, config, tokenizer, stopTokens }: OpenedModel,
-  prompt: string,
+  opened: OpenedModel,
+  prompt: { text: string } | { user: string; system: string | undefined },
   options: {
     maxTokens: number;
     temperature: number;
@@ -140,9 +172,8 @@ async function generateText(
     seed: number;
   },
 ): Promise<number> {
-  const ids = tokenizer.encode(prompt);
-  const full = config.bosTokenId === null ? ids : [config.bosTokenId, ...ids];
-  if (ids.length === 0) throw new CalderaError('E_VALUE', '--prompt is empty');
+  const { model, config, tokenizer, stopTokens } = opened;
+  const full = promptIds(opened, prompt);
   if (full.length >= config.maxPositions)
     throw new CalderaError(
       'E_VALUE',
@@ -151,7 +182,8 @@ async function generateText(
   const json = a.flags.has('json');
   const out: number[] = [];
   const t0 = performance.now();
-  if (!json) process.stdout.write(prompt);
+  // a continuation is printed after its prompt; a chat answer alone
+  if (!json && 'text' in prompt) process.stdout.write(prompt.text);
   let printed = '';
   const stop = flagString(a, 'stop');
   for await (const t of generate(model, full, {
@@ -170,7 +202,14 @@ async function generateText(
   const secs = (performance.now() - t0) / 1000;
   if (json)
     console.log(
-      JSON.stringify({ prompt, completion: printed, tokens: out.length, tokensPerSecond: out.length / secs }),
+      JSON.stringify({
+        prompt: 'text' in prompt ? prompt.text : prompt.user,
+        ...('text' in prompt ? {} : { system: prompt.system ?? null }),
+        promptTokens: full.length,
+        completion: printed,
+        tokens: out.length,
+        tokensPerSecond: out.length / secs,
+      }),
     );
   else console.log(`\n\n[${out.length} tokens, ${(out.length / secs).toFixed(1)} tokens/s]`);
   return 0;
