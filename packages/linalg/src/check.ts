@@ -136,6 +136,13 @@ export function assertIntInRange(
   }
 }
 
+/** Throw `E_VALUE` unless `x` is an integer ≥ `min` (a count, a size or a number of iterations). */
+export function assertCount(x: unknown, min: number, fn: string, name: string): asserts x is number {
+  if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < min) {
+    throw new CalderaError('E_VALUE', `${fn}: ${name} must be an integer ≥ ${min}, got ${String(x)}`);
+  }
+}
+
 /** A new zero-filled contiguous matrix of the given dtype. */
 export function newMatrix<D extends FloatDType>(dtype: D, m: number, n: number): Tensor<D> {
   const data = (dtype === 'f32' ? new Float32Array(m * n) : new Float64Array(m * n)) as Tensor<D>['data'];

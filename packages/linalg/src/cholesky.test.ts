@@ -60,6 +60,16 @@ describe('cholesky', () => {
   it('rejects non-finite input with E_VALUE', () => {
     expect(() => cholesky(tensor('f64', [2, 2], [1, 0, NaN, 1]))).toThrow(/E_VALUE/);
   });
+
+  it('rejects a blockSize or jitter that is not usable with E_VALUE (blockSize 0 used to loop forever)', () => {
+    const a = tensor('f64', [2, 2], [2, 1, 1, 2]);
+    for (const blockSize of [0, -1, 2.5, NaN])
+      expect(() => cholesky(a, { blockSize })).toThrow(/E_VALUE: cholesky: blockSize/);
+    for (const jitter of [0, -1, NaN, Infinity])
+      expect(() => cholesky(a, { jitter })).toThrow(/E_VALUE: cholesky: jitter/);
+    expect(() => blockLDL(a, 2, { blockSize: 0 })).toThrow(/E_VALUE/);
+    expect(() => blockLDL(null as never, 2)).toThrow(/E_VALUE: blockLDL: h is not a tensor/);
+  });
 });
 
 describe('blockLDL', () => {

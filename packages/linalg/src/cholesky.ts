@@ -3,7 +3,7 @@
  * trailing update `A₂₂ −= L₂₁·L₂₁ᵀ` (the O(n³/3) bulk) on the WebAssembly gemm kernels.
  */
 import { CalderaError, toF64, type Matrix, type Tensor } from '@caldera/core';
-import { assertFiniteMatrix, assertMatrix, assertSquare } from './check.js';
+import { assertCount, assertFiniteMatrix, assertMatrix, assertSquare } from './check.js';
 import { gemmInto } from './gemm.js';
 import type { Pool } from './pool/pool.js';
 
@@ -12,12 +12,12 @@ export interface CholeskyOptions {
   /**
    * When the matrix is not positive definite: `false` (default) throws `E_NOT_PD`; `true` retries with
    * `A + δI`, δ starting at 1e-10·mean(diag A) and growing 10× per try (at most 12 tries); a number uses that
-   * starting δ. The δ used is reported in the result.
+   * starting δ (positive and finite, else `E_VALUE`). The δ used is reported in the result.
    */
   jitter?: boolean | number;
   /** Worker pool for the trailing updates. */
   pool?: Pool;
-  /** Panel width. Default 128. */
+  /** Panel width, a positive integer (else `E_VALUE`). Default 128. */
   blockSize?: number;
 }
 
@@ -27,7 +27,10 @@ export interface CholeskyResult {
   jitter: number;
 }
 
-/** Lower-triangular `L` (f64) with `A = L·Lᵀ`. Only the lower triangle of `a` is read. */
+/**
+ * Lower-triangular `L` (f64) with `A = L·Lᵀ`. Only the lower triangle of `a` is used (the check for non-finite
+ * values, `E_VALUE`, covers all of it).
+ */
 export function cholesky(a: Matrix, options: CholeskyOptions = {}): Tensor<'f64'> {
   return choleskyWithInfo(a, options).l;
 }
@@ -38,8 +41,19 @@ export function choleskyWithInfo(a: Matrix, options: CholeskyOptions = {}): Chol
   assertSquare(a, 'cholesky', 'a');
   assertFiniteMatrix(a, 'cholesky', 'a');
   const n = a.shape[0]!;
-  const src = toF64(a);
   const jitterOpt = options.jitter ?? false;
+  if (
+    typeof jitterOpt !== 'boolean' &&
+    !(typeof jitterOpt === 'number' && jitterOpt > 0 && jitterOpt < Infinity)
+  ) {
+    throw new CalderaError(
+      'E_VALUE',
+      `cholesky: jitter must be a boolean or a positive finite number, got ${String(jitterOpt)}`,
+    );
+  }
+  const blockSize = options.blockSize ?? 128;
+  assertCount(blockSize, 1, 'cholesky', 'blockSize');
+  const src = toF64(a);
   let delta = 0;
   let mean = 0;
   for (let i = 0; i < n; i++) mean += src.data[i * n + i]!;
@@ -50,7 +64,7 @@ export function choleskyWithInfo(a: Matrix, options: CholeskyOptions = {}): Chol
       for (let j = 0; j <= i; j++) work[i * n + j] = src.data[i * n + j]!;
       work[i * n + i]! += delta;
     }
-    const failedAt = factorInPlace(work, n, options.blockSize ?? 128, options.pool);
+    const failedAt = factorInPlace(work, n, blockSize, options.pool);
     if (failedAt < 0)
       return { l: { dtype: 'f64', shape: [n, n], strides: [n, 1], offset: 0, data: work }, jitter: delta };
     if (jitterOpt === false || attempt >= 12) {

@@ -38,3 +38,23 @@ export function transposeBuf(a: Float64Array, m: number, n: number): Float64Arra
     }
   return t;
 }
+
+/**
+ * The power of two `s` with `s·maxAbs` in [1, 2) (1 when `maxAbs` is 0), clamped to the normal range. Multiplying
+ * by it is exact, and the factorisations commute with it, so scaling their working copy by `s` and their
+ * singular values or eigenvalues back by `1/s` changes no bit of a result inside the range where no square
+ * over- or underflows, and keeps the range where they would (|a| beyond about 1e±77 for sums of squares of
+ * squares, 1e±150 for sums of squares) from turning into NaN, zeros or a convergence failure.
+ */
+export function unitScale(maxAbs: number): number {
+  if (!(maxAbs > 0) || !Number.isFinite(maxAbs)) return 1;
+  const e = Math.floor(Math.log2(maxAbs));
+  return 2 ** Math.max(-1023, Math.min(1022, -e));
+}
+
+/** Largest |a[i·n + j]| over the lower triangle (j ≤ i) of a row-major n × n buffer. */
+export function maxAbsLower(a: Float64Array, n: number): number {
+  let mx = 0;
+  for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) mx = Math.max(mx, Math.abs(a[i * n + j]!));
+  return mx;
+}

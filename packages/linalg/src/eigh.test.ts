@@ -101,6 +101,34 @@ describe('eigh', () => {
     ac.abort();
     expect(() => eigh(tensor('f64', [40, 40], randSym(40, 1)), { signal: ac.signal })).toThrow();
   });
+
+  for (const method of ['ql', 'dc'] as const)
+    it(`is exact under power-of-two scaling from 2^-1000 to 2^1000, no NaN or garbage at the extremes (${method})`, () => {
+      // Scaling by 2^k is exact and the algorithm commutes with it, so values scale exactly and vectors are
+      // bit-identical (tolerance 0). Before the working copy was scaled, 2^±520 gave NaN or non-orthogonal vectors.
+      const n = 80;
+      const a = randSym(n, 5);
+      const ref = eigh(tensor('f64', [n, n], a), { method });
+      for (const k of [-1000, -520, -300, 300, 520, 1000]) {
+        const s = 2 ** k;
+        const r = eigh(
+          tensor(
+            'f64',
+            [n, n],
+            a.map((x) => x * s),
+          ),
+          { method },
+        );
+        expect(Array.from(r.values, (x) => x / s)).toEqual(Array.from(ref.values));
+        expect(r.vectors.data).toEqual(ref.vectors.data);
+      }
+    });
+
+  it('rejects an unknown method with E_VALUE', () => {
+    expect(() => eigh(tensor('f64', [2, 2], [2, 1, 1, 2]), { method: 'qr' as never })).toThrow(
+      /E_VALUE.*method/,
+    );
+  });
 });
 
 describe('eigh divide and conquer on adversarial spectra', () => {

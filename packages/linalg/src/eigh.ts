@@ -3,8 +3,8 @@
  * QL iteration, in f64. Robust for repeated and clustered eigenvalues (the vectors stay orthonormal because
  * they are products of orthogonal transformations).
  */
-import { type Matrix, type Tensor } from '@caldera/core';
-import { denseCopy, wrap } from './dense.js';
+import { CalderaError, type Matrix, type Tensor } from '@caldera/core';
+import { denseCopy, maxAbsLower, unitScale, wrap } from './dense.js';
 import type { Pool } from './pool/pool.js';
 import {
   backTransform,
@@ -42,7 +42,9 @@ export interface Eigh {
 
 /**
  * Eigenvalues (ascending) and eigenvectors (columns) of a symmetric `n × n` matrix. Only the lower triangle
- * of `a` is read (the input is not modified). Non-square → `E_SHAPE`, non-finite → `E_VALUE`.
+ * of `a` is used (the input is not modified). Non-square → `E_SHAPE`, non-finite anywhere in `a` (the upper
+ * triangle too) → `E_VALUE`, an unknown `method` → `E_VALUE`. With a pool, the results agree with the
+ * single-threaded ones to rounding (the symmetric products split rows over the threads), not bit for bit.
  * @example
  * const { values, vectors } = eigh(h); // h ≈ vectors·diag(values)·vectorsᵀ
  */
@@ -51,10 +53,17 @@ export function eigh(a: Matrix, options: EighOptions = {}): Eigh {
   const n = a.shape[0]!;
   const wantVectors = options.vectors ?? true;
   const { signal, onProgress } = options;
+  const method = options.method ?? 'auto';
+  if (method !== 'auto' && method !== 'dc' && method !== 'ql') {
+    throw new CalderaError('E_VALUE', `eigh: method must be 'auto', 'dc' or 'ql', got ${String(method)}`);
+  }
+  // work on 2^k·A with its largest entry near 1 (exact; see unitScale), so that the sums of squares of the
+  // reduction neither overflow (NaN for |a| ≳ 1e150) nor underflow (wrong values for |a| ≲ 1e-140)
+  const scale = unitScale(maxAbsLower(w, n));
+  if (scale !== 1) for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) w[i * n + j]! *= scale;
   onProgress?.({ phase: 'tridiagonalize', fraction: 0 });
   const { d, e, taus } = tridiagonalizeBlocked(w, n, options.pool, signal);
   onProgress?.({ phase: 'iterate', fraction: 0 });
-  const method = options.method ?? 'auto';
   if (wantVectors && (method === 'dc' || (method === 'auto' && n > 64))) {
     // the reflectors move to packed storage (n²/2) so that w can take the eigenvectors
     const refl = packReflectors(w, n);
@@ -62,7 +71,7 @@ export function eigh(a: Matrix, options: EighOptions = {}): Eigh {
     onProgress?.({ phase: 'backTransform', fraction: 0 });
     backTransformBlocked(refl, taus, n, dc.q, options.pool, signal);
     onProgress?.({ phase: 'backTransform', fraction: 1 });
-    return { values: dc.lam, vectors: wrap(dc.q, n, n) };
+    return { values: unscale(dc.lam, scale), vectors: wrap(dc.q, n, n) };
   }
   let zt: Float64Array | undefined;
   if (wantVectors) {
@@ -71,7 +80,10 @@ export function eigh(a: Matrix, options: EighOptions = {}): Eigh {
   }
   tridiagonalQL(d, e, n, zt, signal);
   const order = Array.from({ length: n }, (_, i) => i).sort((x, y) => d[x]! - d[y]!);
-  const values = Float64Array.from(order, (i) => d[i]!);
+  const values = unscale(
+    Float64Array.from(order, (i) => d[i]!),
+    scale,
+  );
   if (!zt) {
     onProgress?.({ phase: 'iterate', fraction: 1 });
     return { values, vectors: wrap(new Float64Array(0), 0, 0) };
@@ -86,4 +98,10 @@ export function eigh(a: Matrix, options: EighOptions = {}): Eigh {
   }
   onProgress?.({ phase: 'backTransform', fraction: 1 });
   return { values, vectors: wrap(out, n, n) };
+}
+
+/** Eigenvalues of the scaled matrix back to those of the input (in place; exact unless they leave the range). */
+function unscale(values: Float64Array, scale: number): Float64Array {
+  if (scale !== 1) for (let i = 0; i < values.length; i++) values[i]! /= scale;
+  return values;
 }

@@ -288,4 +288,14 @@ describe('gemm input errors', () => {
     expect(Array.from(c.data)).toEqual(copy);
     expect(at(r, 0, 0)).not.toBe(0);
   });
+
+  it('rejects non-finite A or B with alpha = 0 at every size, as it does for small products', () => {
+    // 200³ multiply-adds take the WebAssembly path, which used to skip its finite check when alpha = 0
+    for (const dtype of ['f32', 'f64'] as const) {
+      const big = randn(dtype, 200, 200, 3);
+      big.data[777] = Number.POSITIVE_INFINITY;
+      expect(() => gemm(big, big, { alpha: 0 })).toThrow(/E_VALUE: gemm: a has a non-finite value/);
+      expect(() => gemm(randn(dtype, 2, 2, 1), randn(dtype, 2, 2, 1), { alpha: 0 })).not.toThrow();
+    }
+  });
 });

@@ -152,6 +152,11 @@ function gemmIntoImpl(c: Matrix, a: Matrix, b: Matrix, o: GemmIntoOptions, beta:
   throwIfAborted(o.signal, fn);
   if (m === 0 || n === 0) return;
   if (k === 0 || alpha === 0) {
+    // the wasm path would have checked A and B on their packed copies: check them here too, whatever the size
+    if (check && wasm) {
+      assertFiniteMatrix(a, fn, 'a');
+      assertFiniteMatrix(b, fn, 'b');
+    }
     scaleInPlace(c, beta, triangle);
     return;
   }

@@ -5,6 +5,7 @@ import {
   hadamard,
   hadamardBase,
   hadamardFactor,
+  hadamardRowsInPlace,
   hadamardSupported,
   nextHadamardSize,
 } from './hadamard.js';
@@ -74,4 +75,18 @@ describe('hadamard transform', () => {
       expect(Math.abs(nx - ny) / nx).toBeLessThan(1e-12);
     });
   }
+
+  it('rejects non-finite sizes and bad rows/offset with E_VALUE (nextHadamardSize(NaN) used to loop forever)', () => {
+    for (const n of [NaN, Infinity, -Infinity])
+      expect(() => nextHadamardSize(n)).toThrow(/E_VALUE: nextHadamardSize/);
+    const d = new Float32Array(26).fill(1);
+    for (const [rows, offset] of [
+      [-1, 0],
+      [1.5, 0],
+      [1, -5],
+      [1, 1.5],
+    ])
+      expect(() => hadamardRowsInPlace(d, rows!, 12, { offset })).toThrow(/E_VALUE: hadamard/);
+    expect(Array.from(d).every((x) => x === 1)).toBe(true); // untouched
+  });
 });

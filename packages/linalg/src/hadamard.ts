@@ -10,7 +10,7 @@
  * 18 944 = 148·128 (Qwen2-7B), 14 336 = 28·512; other sizes are padded by callers to {@link nextHadamardSize}.
  */
 import { CalderaError, type Matrix, type Tensor } from '@caldera/core';
-import { assertMatrix, newMatrix } from './check.js';
+import { assertCount, assertFiniteScalar, assertMatrix, newMatrix } from './check.js';
 
 /** The orders K > 1 with a construction here, largest first (the search order for a size n). */
 export const HADAMARD_BASE_ORDERS: readonly number[] = [
@@ -174,8 +174,9 @@ export function hadamardSupported(n: number): boolean {
   return hadamardFactor(n) !== null;
 }
 
-/** Smallest supported size ≥ n (the size to zero-pad to). */
+/** Smallest supported size ≥ n (the size to zero-pad to). `n` must be a finite number (else `E_VALUE`). */
 export function nextHadamardSize(n: number): number {
+  assertFiniteScalar(n, 'nextHadamardSize', 'n');
   let m = Math.max(1, Math.ceil(n));
   while (!hadamardSupported(m)) m++;
   return m;
@@ -197,7 +198,8 @@ function fwht(v: Float32Array | Float64Array, off: number, len: number): void {
 
 /**
  * Replace each of `rows` consecutive rows (length n) of `data` by `v·M_n` (or `v·M_nᵀ` with `transpose`).
- * The kernel the runtimes use on activations.
+ * The kernel the runtimes use on activations. `rows` and `offset` must be non-negative integers (`E_VALUE`) and
+ * the rows must fit in `data` (`E_SHAPE`).
  */
 export function hadamardRowsInPlace(
   data: Float32Array | Float64Array,
@@ -212,6 +214,8 @@ export function hadamardRowsInPlace(
       `hadamard: size ${n} is not K·2^p for a supported K; pad to ${nextHadamardSize(n)}`,
     );
   const off0 = options.offset ?? 0;
+  assertCount(rows, 0, 'hadamard', 'rows');
+  assertCount(off0, 0, 'hadamard', 'offset');
   if (off0 + rows * n > data.length)
     throw new CalderaError('E_SHAPE', `hadamard: ${rows} rows of ${n} exceed the data length ${data.length}`);
   const { K } = f;

@@ -4,6 +4,7 @@
  * `L[:, i] = C[:, i]·Cᵢᵢ⁻¹`.
  */
 import { CalderaError, type Matrix, type Tensor } from '@caldera/core';
+import { assertMatrix } from './check.js';
 import { cholesky, type CholeskyOptions } from './cholesky.js';
 
 /** Result of {@link blockLDL}. */
@@ -16,7 +17,8 @@ export interface BlockLDL {
 
 /** Block LDLᵀ of a symmetric positive-definite `h` with block size `b` (`n % b == 0`, else `E_SHAPE`). */
 export function blockLDL(h: Matrix, b = 8, options: CholeskyOptions = {}): BlockLDL {
-  const n = h.shape[0] ?? 0;
+  assertMatrix(h, 'blockLDL', 'h');
+  const n = h.shape[0]!;
   if (!Number.isInteger(b) || b <= 0 || n % b !== 0) {
     throw new CalderaError('E_SHAPE', `blockLDL: size ${n} is not a multiple of the block size ${b}`);
   }

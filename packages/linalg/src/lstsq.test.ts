@@ -124,6 +124,12 @@ describe('lstsq', () => {
     expect(r.x.shape).toEqual([3, 2]);
     expect(r.rank).toBe(0);
   });
+
+  it('a missing right-hand side is E_VALUE, not a TypeError', () => {
+    expect(() => lstsq(tensor('f64', [2, 2], [1, 0, 0, 1]), null as never)).toThrow(
+      /E_VALUE: lstsq: b is not a tensor/,
+    );
+  });
 });
 
 function transpose(a: Float64Array, m: number, n: number): Float64Array {

@@ -41,7 +41,7 @@ export function lstsq(
   const fn = 'lstsq';
   const ad = denseCopy(a, fn, 'a');
   const [m, n] = a.shape as [number, number];
-  const isVec = b.shape.length === 1;
+  const isVec = b !== null && typeof b === 'object' && Array.isArray(b.shape) && b.shape.length === 1;
   let bm: Matrix = b;
   if (isVec) {
     assertVector(b, fn, 'b');

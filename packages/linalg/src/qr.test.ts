@@ -72,4 +72,8 @@ describe('qr', () => {
       expect(isCalderaError(e, 'E_SHAPE')).toBe(true);
     }
   });
+
+  it('a missing operand is E_VALUE, not a TypeError', () => {
+    expect(() => qr(null as never)).toThrow(/E_VALUE: qr: a is not a tensor/);
+  });
 });

@@ -21,8 +21,8 @@ export interface QR {
  * const { q, r } = qr(a); // a ≈ q·r, qᵀq = I
  */
 export function qr(a: Matrix): QR {
-  const [m, n] = a.shape as [number, number];
   const w = denseCopy(a, 'qr', 'a');
+  const [m, n] = a.shape as [number, number];
   const { q, r } = qrBuf(w, m, n);
   const k = Math.min(m, n);
   return { q: wrap(q, m, k), r: wrap(r, k, n) };

@@ -92,6 +92,15 @@ describe('randomizedSvd', () => {
       }
     expect(err).toBeLessThan(opt * 1.01);
   });
+
+  it('rejects oversample / powerIters that are not non-negative integers (negative gave garbage, Infinity hung)', () => {
+    const a = tensor('f64', [12, 8], new Rng(1).fillNormal(new Float64Array(96)));
+    for (const oversample of [-3, 1.5, NaN])
+      expect(() => randomizedSvd(a, 3, { oversample })).toThrow(/E_VALUE: randomizedSvd: oversample/);
+    for (const powerIters of [-1, 0.5, Infinity])
+      expect(() => randomizedSvd(a, 3, { powerIters })).toThrow(/E_VALUE: randomizedSvd: powerIters/);
+    expect(randomizedSvd(a, 3, { oversample: 0, powerIters: 0 }).s.length).toBe(3);
+  });
 });
 
 describe('randomizedSvd accuracy against the exact svd', () => {

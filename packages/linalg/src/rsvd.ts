@@ -4,7 +4,7 @@
  * the gemm kernels; everything of size l = k + oversample is done in f64.
  */
 import { CalderaError, Rng, type Matrix, type Tensor } from '@caldera/core';
-import { assertFiniteMatrix, assertMatrix } from './check.js';
+import { assertCount, assertFiniteMatrix, assertMatrix } from './check.js';
 import { gemm } from './gemm.js';
 import type { Pool } from './pool/pool.js';
 import { svdBuf } from './svd.js';
@@ -83,9 +83,12 @@ export function orthonormalizeColumns(z: Float64Array, m: number, l: number): vo
 
 /** Options of {@link randomizedSvd}. */
 export interface RandomizedSvdOptions {
-  /** Extra random directions beyond k. Default 10. */
+  /** Extra random directions beyond k, a non-negative integer (else `E_VALUE`). Default 10. */
   oversample?: number;
-  /** Subspace (power) iterations, each sharpening the spectrum by one power of A·Aᵀ. Default 2. */
+  /**
+   * Subspace (power) iterations, each sharpening the spectrum by one power of A·Aᵀ; a non-negative integer (else
+   * `E_VALUE`). Default 2.
+   */
   powerIters?: number;
   /** Seed of the Gaussian test matrix. Default 0. */
   seed?: number;
@@ -116,14 +119,18 @@ export function randomizedSvd(a: Matrix, k: number, options: RandomizedSvdOption
       `randomizedSvd: rank ${k} must be an integer in [0, ${Math.min(m, n)}]`,
     );
   }
-  const l = Math.min(k + (options.oversample ?? 10), Math.min(m, n));
+  const oversample = options.oversample ?? 10;
+  const powerIters = options.powerIters ?? 2;
+  assertCount(oversample, 0, 'randomizedSvd', 'oversample');
+  assertCount(powerIters, 0, 'randomizedSvd', 'powerIters');
+  const l = Math.min(k + oversample, Math.min(m, n));
   const pool = options.pool ? { pool: options.pool } : {};
   const dt = a.dtype;
   const rng = new Rng(options.seed ?? 0);
   const omega = toDType(rng.fillNormal(new Float64Array(n * l)), dt, [n, l]);
   let q = Float64Array.from(gemm(a, omega, { checkFinite: false, ...pool }).data);
   orthonormalizeColumns(q, m, l);
-  for (let it = 0; it < (options.powerIters ?? 2); it++) {
+  for (let it = 0; it < powerIters; it++) {
     const z = Float64Array.from(
       gemm(a, toDType(q, dt, [m, l]), { transA: true, checkFinite: false, ...pool }).data,
     );

@@ -111,4 +111,28 @@ describe('svd', () => {
       expect(isCalderaError(err, 'E_VALUE')).toBe(true);
     }
   });
+
+  it('is exact under power-of-two scaling from 2^-1000 to 2^1000 (no convergence failure, no zero values)', () => {
+    // Scaling by 2^k is exact and QR + Jacobi commute with it: singular values scale exactly, vectors are
+    // bit-identical (tolerance 0). Before, |a| ≈ 1e±160 failed to converge (E_VALUE) and 1e-200 gave s = 0.
+    const a = new Rng(3).fillNormal(new Float64Array(6 * 4));
+    const ref = svd(tensor('f64', [6, 4], a));
+    for (const k of [-1000, -660, -530, -260, 260, 530, 660, 1000]) {
+      const s = 2 ** k;
+      const r = svd(
+        tensor(
+          'f64',
+          [6, 4],
+          a.map((x) => x * s),
+        ),
+      );
+      expect(Array.from(r.s, (x) => x / s)).toEqual(Array.from(ref.s));
+      expect(r.u.data).toEqual(ref.u.data);
+      expect(r.vt.data).toEqual(ref.vt.data);
+    }
+  });
+
+  it('a missing operand is E_VALUE, not a TypeError', () => {
+    expect(() => svd(null as never)).toThrow(/E_VALUE: svd: a is not a tensor/);
+  });
 });

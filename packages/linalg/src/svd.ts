@@ -4,7 +4,7 @@
  * accuracy and returns orthonormal singular vectors even for ill-conditioned or rank-deficient matrices.
  */
 import { CalderaError, throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
-import { denseCopy, transposeBuf, wrap } from './dense.js';
+import { denseCopy, transposeBuf, unitScale, wrap } from './dense.js';
 import { qrBuf } from './qr.js';
 
 /** Options of {@link svd}. */
@@ -32,8 +32,8 @@ export interface Svd {
  * const { u, s, vt } = svd(a); // a ≈ u·diag(s)·vt
  */
 export function svd(a: Matrix, options: SvdOptions = {}): Svd {
-  const [m, n] = (a.shape as [number, number] | undefined) ?? [0, 0];
   const w = denseCopy(a, 'svd', 'a');
+  const [m, n] = a.shape as [number, number];
   const r = svdBuf(w, m, n, options);
   const k = Math.min(m, n);
   return { u: wrap(r.u, m, k), s: r.s, vt: wrap(r.vt, k, n) };
@@ -51,9 +51,16 @@ export function svdBuf(
     const t = svdBuf(transposeBuf(w, m, n), n, m, options);
     return { u: transposeBuf(t.vt, m, m), s: t.s, vt: transposeBuf(t.u, n, m) };
   }
-  // m ≥ n: A = Q·R, R = U_R·S·Vᵀ, U = Q·U_R
+  // m ≥ n: A = Q·R, R = U_R·S·Vᵀ, U = Q·U_R. The Jacobi sweeps work on sums of squares of the columns: on
+  // 2^k·A with its largest entry near 1 (exact, see unitScale) they neither overflow nor underflow, where for
+  // |a| beyond about 1e±77 they would fail to converge or return zero singular values.
+  let mx = 0;
+  for (let i = 0; i < w.length; i++) mx = Math.max(mx, Math.abs(w[i]!));
+  const scale = unitScale(mx);
+  if (scale !== 1) for (let i = 0; i < w.length; i++) w[i]! *= scale;
   const { q, r } = qrBuf(w, m, n);
   const res = jacobiSquare(r, n, options);
+  if (scale !== 1) for (let i = 0; i < res.s.length; i++) res.s[i]! /= scale;
   const u = new Float64Array(m * n);
   for (let i = 0; i < m; i++) {
     const qi = i * n;
@@ -98,7 +105,7 @@ function jacobiSquare(
         if (alpha === 0 || beta === 0) continue;
         let gamma = 0;
         for (let c = 0; c < n; c++) gamma += g[rp + c]! * g[rq + c]!;
-        if (Math.abs(gamma) <= n * eps * Math.sqrt(alpha * beta)) continue;
+        if (Math.abs(gamma) <= n * eps * Math.sqrt(alpha) * Math.sqrt(beta)) continue;
         rotations++;
         const zeta = (beta - alpha) / (2 * gamma);
         const t = (zeta >= 0 ? 1 : -1) / (Math.abs(zeta) + Math.sqrt(1 + zeta * zeta));

@@ -107,4 +107,16 @@ describe('syrk', () => {
     big.data[100] = Number.POSITIVE_INFINITY;
     expect(() => syrk(big, { pool })).toThrow(/syrk: x has a non-finite value \(Infinity\) at \[2, 4\]/);
   });
+
+  it('with m = 0 or alpha = 0, c := beta·c from its upper triangle, mirrored, like every other path', () => {
+    // lower triangle holds stale values; the result must be symmetric, as syrkInto documents
+    for (const x of [tensor('f64', [0, 3]), randn('f64', 4, 3, 5)]) {
+      const c = tensor('f64', [3, 3], [1, 2, 3, 9, 4, 5, 9, 9, 6]);
+      syrkInto(c, x, { beta: 2, alpha: x.shape[0] === 0 ? 1 : 0 });
+      expect(Array.from(c.data)).toEqual([2, 4, 6, 4, 8, 10, 6, 10, 12]);
+    }
+    const big = randn('f32', 200, 100, 4);
+    big.data[1234] = Number.NaN;
+    expect(() => syrk(big, { alpha: 0 })).toThrow(/E_VALUE: syrk: x has a non-finite value/);
+  });
 });

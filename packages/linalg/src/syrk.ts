@@ -62,7 +62,8 @@ export function syrk(x: Matrix, options: SyrkNewOptions = {}): Matrix {
 
 /**
  * In place: `c := alpha·XᵀX + beta·c` for a symmetric `n × n` matrix `c` (only its upper triangle is
- * read; the whole of it is written). `c` may be f64 while `x` is f32 (accumulation in f64, e.g.
+ * used, though with `beta ≠ 0` and `checkFinite` a non-finite value anywhere in it is rejected; the whole of it
+ * is written). `c` may be f64 while `x` is f32 (accumulation in f64, e.g.
  * `syrkInto(h, xBatch, { beta: 1 })` adds a batch to a Hessian); an f32 `c` needs an f32 `x`.
  */
 export function syrkInto(c: Matrix, x: Matrix, options: SyrkOptions & { beta?: number } = {}): void {
@@ -97,7 +98,10 @@ function syrkImpl(c: Matrix, x: Matrix, o: SyrkOptions, beta: number, fn: string
   throwIfAborted(o.signal, fn);
   if (n === 0) return;
   if (m === 0 || alpha === 0) {
-    scaleInPlace(c, beta);
+    if (check && wasm) assertFiniteMatrix(x, fn, 'x'); // as the wasm path would, whatever the size
+    // c := beta·c from its upper triangle, mirrored, as on every other path
+    scaleInPlace(c, beta, 'upper');
+    mirrorUpper(c);
     return;
   }
   if (!wasm) {

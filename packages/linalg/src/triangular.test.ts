@@ -73,6 +73,17 @@ describe('solveTriangular', () => {
     );
     expect(solveTriangular(tensor('f64', [0, 0], []), tensor('f64', [0, 3], [])).shape).toEqual([0, 3]);
   });
+
+  it('a diagonal so small that the solution overflows throws E_VALUE naming the row, not Inf/NaN', () => {
+    // finite inputs, subnormal pivot: 2 / 5e-324 = Infinity
+    const sub = tensor('f64', [2, 2], [1, 0, 1, 5e-324]);
+    expect(() => solveTriangular(sub, tensor('f64', [2, 1], [1, 2]))).toThrow(
+      /E_VALUE: solveTriangular: .*overflows at row 1/,
+    );
+    const tiny = tensor('f64', [2, 2], [1e-300, 0, 1, 1e-300]);
+    expect(() => solveTriangular(tiny, tensor('f64', [2, 1], [1e10, 2]))).toThrow(/row 0/);
+    expect(() => invTriangular(sub)).toThrow(/E_VALUE: invTriangular/);
+  });
 });
 
 describe('invTriangular', () => {

@@ -101,7 +101,23 @@ export function solveLeftInPlace(
       const xp = p * k;
       for (let j = 0; j < k; j++) x[xi + j]! -= c * x[xp + j]!;
     }
-    const inv = 1 / diag(i);
+    const d = diag(i);
+    const inv = 1 / d;
     if (inv !== 1) for (let j = 0; j < k; j++) x[xi + j]! *= inv;
+    assertFiniteRow(x, xi, k, i, d, fn);
   }
+}
+
+/**
+ * Throw `E_VALUE` when row `i` of the solution overflowed (a diagonal entry tiny against the right-hand side, e.g.
+ * a subnormal pivot): the inputs are finite, so a non-finite result means the system is numerically singular.
+ */
+function assertFiniteRow(x: Float64Array, xi: number, k: number, i: number, d: number, fn: string): void {
+  let acc = 0;
+  for (let j = 0; j < k; j++) acc += x[xi + j]! * 0; // NaN iff some entry is non-finite
+  if (acc === 0) return;
+  throw new CalderaError(
+    'E_VALUE',
+    `${fn}: a is numerically singular: the solution overflows at row ${i} (diagonal [${i}, ${i}] = ${d})`,
+  );
 }

@@ -171,6 +171,17 @@ describe('E8P12 codebook', () => {
     // and 1.03 beats 0.9 (published 0.0989)
     expect(m).toBeLessThan(mse(x, 0.9, (v) => e8pDecode(e8pEncode(v))));
   });
+
+  it('f64 input beyond the f32 range is E_VALUE on both encoders (the WebAssembly one used to trap)', () => {
+    // 1e39 is finite in f64 but Infinity once converted to f32, which the encoders work in
+    for (const wasm of [true, false]) {
+      const x = new Float64Array(16).fill(0.5);
+      x[11] = -1e39;
+      expect(() => e8pEncode(x, undefined, { wasm })).toThrow(
+        /E_VALUE: e8pEncode: non-finite input -1e\+39 at index 11 \(outside the f32 range\)/,
+      );
+    }
+  });
 });
 
 describe('residual VQ', () => {
@@ -191,5 +202,15 @@ describe('residual VQ', () => {
     const m3 = mse(x, 0.98, (v) => rvqDecode(rvqEncode(v, 3), 3));
     expect(Math.abs(m4 - 0.0091) / 0.0091).toBeLessThan(0.05);
     expect(Math.abs(m3 - 0.0295) / 0.0295).toBeLessThan(0.05);
+  });
+
+  it('rejects bits other than 3 or 4 and stages of different lengths (no silent NaN)', () => {
+    expect(() => rvqEncode(new Float32Array(8), 2 as never)).toThrow(/E_VALUE: rvqEncode: bits/);
+    expect(() => rvqDecode({ stage1: new Uint16Array(2), stage2: new Uint16Array(2) }, 5 as never)).toThrow(
+      /E_VALUE/,
+    );
+    expect(() => rvqDecode({ stage1: new Uint16Array(2), stage2: new Uint16Array(1) }, 4)).toThrow(
+      /E_SHAPE: rvqDecode: stage 1 has 2 codes, stage 2 has 1/,
+    );
   });
 });

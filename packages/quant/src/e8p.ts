@@ -153,11 +153,15 @@ export function e8pEncode(
     throw new CalderaError('E_SHAPE', `e8pEncode: length ${x.length} is not a multiple of 8`);
   if (out.length < x.length / 8)
     throw new CalderaError('E_SHAPE', `e8pEncode: output has ${out.length} codes, needs ${x.length / 8}`);
-  for (let i = 0; i < x.length; i++) {
-    const v = x[i]!;
-    if (v - v !== 0) throw new CalderaError('E_VALUE', `e8pEncode: non-finite input ${v} at index ${i}`);
-  }
   const xf = x instanceof Float32Array ? x : Float32Array.from(x);
+  // checked after the conversion: a finite f64 beyond the f32 range (±3.4e38) becomes ±Infinity here
+  for (let i = 0; i < xf.length; i++) {
+    const v = xf[i]!;
+    if (v - v !== 0) {
+      const why = Number.isFinite(x[i]!) ? ' (outside the f32 range)' : '';
+      throw new CalderaError('E_VALUE', `e8pEncode: non-finite input ${x[i]} at index ${i}${why}`);
+    }
+  }
   const t = getEncodeTables();
   if (options.wasm === false || !e8pEncodeWasmInto(t, xf, 0, x.length / 8, out, 0))
     e8pEncodeInto(t, xf, 0, x.length / 8, out, 0);

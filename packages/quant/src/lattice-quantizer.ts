@@ -1,13 +1,15 @@
 /**
  * E8P12 and its residual-VQ variants as whole-tensor {@link Quantizer}s, the way CALDERA quantizes L and R
  * (brief §2.5): one f32 scale per tensor, `s = RMS(x)/inputScale`; the codes are those of `x/s` in 8-vectors of
- * consecutive values (row-major), `x̂ = s·decode(codes)`. `inputScale` is the codec's MSE-optimal input RMS for
+ * consecutive values (row-major), `x̂ = s·decode(codes)`. An all-zero tensor is stored with `s = 0` (no codeword
+ * is zero), so it dequantizes to zeros. `inputScale` is the codec's MSE-optimal input RMS for
  * Gaussian data: 1.03 for E8P12, 1.0 for RVQ4 (how CALDERA feeds L and R), 0.98 for RVQ3.
  */
 import { CalderaError, tensor, type Tensor } from '@caldera/core';
 import { E8P_OPT_SCALE, e8pDecode, e8pEncode } from './e8p.js';
 import {
   checkDescriptor,
+  checkQuantizedLengths,
   finiteValues,
   type QuantizedTensor,
   type Quantizer,
@@ -66,10 +68,14 @@ export function latticeQuantizer(kind: LatticeKind, options: LatticeOptions = {}
         kind === 'e8p12'
           ? [e8pEncode(y)]
           : (({ stage1, stage2 }) => [stage1, stage2])(rvqEncode(y, kind === 'e8p12-rvq4' ? 4 : 3));
-      return { descriptor, shape: [...t.shape], codes, params: { scales: Float32Array.of(s) } };
+      // no codeword is 0 (E8P12 points are ±¼ + D̂8): an all-zero tensor keeps its zeros through a zero scale
+      const stored = allZero(x) ? 0 : s;
+      return { descriptor, shape: [...t.shape], codes, params: { scales: Float32Array.of(stored) } };
     },
     dequantize(q: QuantizedTensor): Tensor<'f32'> {
       checkDescriptor(q, descriptor, `${kind}.dequantize`);
+      const count = q.shape.reduce((a, b) => a * b, 1);
+      checkQuantizedLengths(q, kind === 'e8p12' ? 1 : 2, count / 8, 1, false, `${kind}.dequantize`);
       const v =
         kind === 'e8p12'
           ? e8pDecode(q.codes[0] as Uint16Array)
@@ -84,7 +90,16 @@ export function latticeQuantizer(kind: LatticeKind, options: LatticeOptions = {}
   };
 }
 
-/** The per-tensor scale of a lattice codec: `RMS(x)/inputScale` as f32 (1 for an all-zero tensor). */
+/** True when every value is zero (such a tensor is stored with scale 0, so that it dequantizes to zeros). */
+function allZero(x: ArrayLike<number>): boolean {
+  for (let i = 0; i < x.length; i++) if (x[i] !== 0) return false;
+  return true;
+}
+
+/**
+ * The per-tensor scale of a lattice codec: `RMS(x)/inputScale` as f32 (1 for an all-zero tensor: the scale the
+ * values are divided by; the stored scale of an all-zero tensor is 0).
+ */
 export function latticeScale(x: ArrayLike<number>, inputScale: number): number {
   let ss = 0;
   for (let i = 0; i < x.length; i++) ss += x[i]! * x[i]!;

@@ -164,4 +164,22 @@ describe('ldlq', () => {
     bad.data[3] = NaN;
     expect(() => ldlq(bad, identity(16))).toThrow(/E_VALUE/);
   });
+
+  it('rejects tuneIters that are not integers ≥ 0 (Infinity never returned, -1 reported progress Infinity)', () => {
+    const w = tensor('f32', [2, 8], new Rng(1).fillNormal(new Float32Array(16)));
+    const h = tensor('f64', [8, 8]);
+    for (let i = 0; i < 8; i++) h.data[i * 9] = 1;
+    for (const tuneIters of [-1, 1.5, NaN, Infinity])
+      expect(() => ldlq(w, h, { tuneIters })).toThrow(/E_VALUE: ldlq: tuneIters/);
+  });
+
+  it('missing or integer operands are CalderaErrors, and proxyLoss checks that W and Ŵ match', () => {
+    const w = tensor('f32', [2, 8], new Rng(1).fillNormal(new Float32Array(16)));
+    const h = tensor('f64', [8, 8]);
+    for (let i = 0; i < 8; i++) h.data[i * 9] = 1;
+    expect(() => ldlq(null as never, h)).toThrow(/E_VALUE: ldlq: W is not a tensor/);
+    expect(() => ldlq(w, null as never)).toThrow(/E_VALUE: ldlq: H is not a tensor/);
+    expect(() => ldlq(w, tensor('i32', [8, 8]) as never)).toThrow(/E_DTYPE: ldlq: H has dtype 'i32'/);
+    expect(() => proxyLoss(w, tensor('f32', [2, 4]), h)).toThrow(/E_SHAPE: proxyLoss/);
+  });
 });

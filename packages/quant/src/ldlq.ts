@@ -11,7 +11,7 @@ export interface LdlqOptions {
   quantizer?: GroupRounder;
   /**
    * Block-coordinate refinement passes after LDLQ (QuIP#'s `quip_tune_iters`; each costs about 2·m·n² flops, as
-   * much as LDLQ itself). Default 0.
+   * much as LDLQ itself); an integer ≥ 0 (else `E_VALUE`). Default 0.
    */
   tuneIters?: number;
   /** Columns per buffer: feedback from columns right of a buffer is one gemm. Multiple of `dim`. Default 128. */
@@ -19,7 +19,9 @@ export interface LdlqOptions {
   /**
    * Damping σ: `σ·mean(diag H)·I` is added to H before factoring (QuIP#'s `sigma_reg`, brief §1.1). Default
    * `0.01`. Pass `0` when H is already damped (e.g. a Hessian from `@caldera/calibrate`, which adds 1 % itself).
-   * A still-singular H (zero columns of X with `damping: 0`) is repaired with a tiny jitter and `repaired` is set.
+   * A still-singular H (zero columns of X with `damping: 0`) is repaired with a diagonal jitter and `repaired` is
+   * set: the jitter starts at 1e-6·mean|diag H| and grows 10× per failed try (at most 12 tries), so an indefinite
+   * H is "repaired" too, by a large jitter — check `repaired`.
    */
   damping?: number;
   /** Worker pool from `@caldera/linalg`'s `createPool` for the gemm parts. Default: single-threaded. */
@@ -60,6 +62,8 @@ export interface LdlqResult {
 export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResult {
   const rounder = options.quantizer ?? e8pRounder();
   const g = rounder.dim;
+  checkOperand(w, 'W');
+  checkOperand(h, 'H');
   const [m, n] = w.shape as [number, number];
   if (w.shape.length !== 2)
     throw new CalderaError('E_SHAPE', `ldlq: W must be 2-D, got [${w.shape.join(', ')}]`);
@@ -71,6 +75,9 @@ export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResul
   }
   if (n % g !== 0)
     throw new CalderaError('E_SHAPE', `ldlq: n = ${n} is not a multiple of the codebook dimension ${g}`);
+  const tune = options.tuneIters ?? 0;
+  if (!Number.isSafeInteger(tune) || tune < 0)
+    throw new CalderaError('E_VALUE', `ldlq: tuneIters must be an integer ≥ 0, got ${tune}`);
   const B = options.bufferCols ?? 128;
   if (!Number.isInteger(B) || B <= 0 || B % g !== 0)
     throw new CalderaError('E_VALUE', `ldlq: bufferCols ${B} must be a positive multiple of ${g}`);
@@ -85,7 +92,6 @@ export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResul
   const What = new Float32Array(m * n);
   const groupsPerRow = n / g;
   const planes = allocPlanes(rounder, m * groupsPerRow);
-  const tune = options.tuneIters ?? 0;
   const totalWork = 1 + tune;
   const x = new Float32Array(m * g);
   const vals = new Float32Array(m * g);
@@ -197,6 +203,17 @@ export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResul
   };
 }
 
+/** `E_VALUE` for a missing operand, `E_DTYPE` for one that is not f32/f64 (the shapes are checked by the caller). */
+function checkOperand(t: Matrix, name: string): void {
+  if (t === null || typeof t !== 'object' || !Array.isArray(t.shape))
+    throw new CalderaError('E_VALUE', `ldlq: ${name} is not a tensor`);
+  if (t.dtype !== 'f32' && t.dtype !== 'f64')
+    throw new CalderaError(
+      'E_DTYPE',
+      `ldlq: ${name} has dtype '${String((t as { dtype: unknown }).dtype)}', expected 'f32' or 'f64'`,
+    );
+}
+
 function factorHessian(h: Matrix, g: number, damping: number, pool: Pool | undefined) {
   const n = h.shape[0]!;
   const hd = Float64Array.from(h.data.subarray(h.offset, h.offset + n * n));
@@ -239,7 +256,7 @@ function factorHessian(h: Matrix, g: number, damping: number, pool: Pool | undef
     // singular H (e.g. dead input channels): retry with the smallest jitter, from 1e-6·mean(diag), that factors it
     let mean = 0;
     for (let i = 0; i < n; i++) mean += Math.abs(hd[i * n + i]!);
-    ldl = blockLDL(ht, g, { ...opt, jitter: 1e-6 * (mean / n || 1) });
+    ldl = blockLDL(ht, g, { ...opt, jitter: 1e-6 * (mean / n) || 1e-6 });
     repaired = true;
   }
   return { ldl, repaired, hd };
@@ -498,6 +515,12 @@ export function proxyLoss(w: Matrix, wHat: Matrix, h: Matrix, pool?: Pool): numb
   const W = toF32(w);
   const Wh = toF32(wHat);
   const [m, n] = W.shape as [number, number];
+  if (W.shape.length !== 2 || Wh.shape.length !== 2 || Wh.shape[0] !== m || Wh.shape[1] !== n) {
+    throw new CalderaError(
+      'E_SHAPE',
+      `proxyLoss: W [${W.shape.join(', ')}] and Ŵ [${Wh.shape.join(', ')}] must be 2-D of the same shape`,
+    );
+  }
   const D = new Float32Array(m * n);
   for (let i = 0; i < D.length; i++) D[i] = Wh.data[i]! - W.data[i]!;
   const H = toF32(h);

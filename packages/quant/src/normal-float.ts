@@ -6,6 +6,7 @@
 import { CalderaError, tensor, type Tensor } from '@caldera/core';
 import {
   checkDescriptor,
+  checkQuantizedLengths,
   checkScalarOptions,
   finiteValues,
   forEachGroup,
@@ -117,6 +118,9 @@ export function normalFloatQuantizer(options: NormalFloatOptions): Quantizer {
     },
     dequantize(q: QuantizedTensor): Tensor<'f32'> {
       checkDescriptor(q, descriptor, 'normalFloatQuantizer.dequantize');
+      const count = q.shape.reduce((a, b) => a * b, 1);
+      const groups = groupCount(q.shape, granularity, groupSize);
+      checkQuantizedLengths(q, 1, count, groups, false, 'normalFloatQuantizer.dequantize');
       const codes = q.codes[0]!;
       const out = new Float32Array(codes.length);
       forEachGroup(q.shape, granularity, groupSize, (start, len, g) => {

@@ -29,4 +29,10 @@ describe('bit packing', () => {
     expect(() => packBits([1], 0)).toThrow(/E_VALUE/);
     expect(() => unpackBits(new Uint8Array(1), 4, 3)).toThrow(/E_SHAPE/);
   });
+
+  it('rejects a count that is not a non-negative integer with E_VALUE (-1 was a RangeError, 1.5 truncated)', () => {
+    const bytes = packBits([1, 2, 3], 4);
+    for (const count of [-1, 1.5, NaN])
+      expect(() => unpackBits(bytes, 4, count)).toThrow(/E_VALUE: unpackBits: count/);
+  });
 });

@@ -49,6 +49,9 @@ export function packBits(codes: ArrayLike<number>, bits: number): Uint8Array {
 /** Unpack `count` codes of `bits` bits from a stream made by {@link packBits} (`E_SHAPE` if it is too short). */
 export function unpackBits(bytes: Uint8Array, bits: number, count: number): Uint16Array {
   checkBits(bits, 'unpackBits');
+  if (!Number.isSafeInteger(count) || count < 0) {
+    throw new CalderaError('E_VALUE', `unpackBits: count must be an integer ≥ 0, got ${count}`);
+  }
   if (bytes.length < packedByteLength(count, bits)) {
     throw new CalderaError(
       'E_SHAPE',

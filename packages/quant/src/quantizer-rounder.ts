@@ -35,7 +35,9 @@ export function rounderFromQuantizer(q: Quantizer, w: Tensor): QuantizerRounder 
   }
   const d = q.descriptor;
   if (d.kind === 'e8p12' || d.kind === 'e8p12-rvq3' || d.kind === 'e8p12-rvq4') {
-    const s = latticeScale(finiteValues(w, 'rounderFromQuantizer'), d.inputScale);
+    const values = finiteValues(w, 'rounderFromQuantizer');
+    const s = latticeScale(values, d.inputScale);
+    const stored = values.every((v) => v === 0) ? 0 : s; // as the quantizer stores it: an all-zero W stays zero
     const base = d.kind === 'e8p12' ? e8pRounder() : rvqRounder(d.kind === 'e8p12-rvq4' ? 4 : 3);
     const y = new Float32Array(0);
     let scratch = y;
@@ -45,10 +47,10 @@ export function rounderFromQuantizer(q: Quantizer, w: Tensor): QuantizerRounder 
         if (scratch.length < rows * 8) scratch = new Float32Array(rows * 8);
         for (let i = 0; i < rows * 8; i++) scratch[i] = x[i]! / s;
         base.round(scratch, rows, out, planes, group, stride);
-        for (let i = 0; i < rows * 8; i++) out[i]! *= s;
+        for (let i = 0; i < rows * 8; i++) out[i]! *= stored;
       },
     };
-    return { rounder, params: { scales: Float32Array.of(s) } };
+    return { rounder, params: { scales: Float32Array.of(stored) } };
   }
   const sd = d as Extract<QuantizerDescriptor, { kind: 'uniform' | 'nf' }>; // the lattice kinds returned above
   const params = q.quantize(w).params;

@@ -65,6 +65,33 @@ describe('Quantizer interface', () => {
     expect(() => latticeQuantizer('e8p12').quantize(tensor('f32', [12]))).toThrow(/E_SHAPE/);
     expect(() => quantizerFromDescriptor({ kind: 'nope' } as never)).toThrow(/E_VALUE/);
   });
+
+  it('an all-zero tensor dequantizes to zeros (scale 0), for every lattice codec and through LDLQ', () => {
+    // no E8P12 codeword is 0, so with the old scale 1 the zeros came back as ±¼, ±¾
+    const z = tensor('f32', [2, 16]);
+    for (const kind of ['e8p12', 'e8p12-rvq3', 'e8p12-rvq4'] as const) {
+      const qz = latticeQuantizer(kind);
+      const q = qz.quantize(z);
+      expect(q.params.scales[0]).toBe(0);
+      expect(Array.from(qz.dequantize(q).data).every((v) => v === 0)).toBe(true);
+      const { rounder, params } = rounderFromQuantizer(qz, z);
+      const eye = tensor('f64', [16, 16]);
+      for (let i = 0; i < 16; i++) eye.data[i * 17] = 1;
+      const r = ldlq(z, eye, { quantizer: rounder });
+      expect(Array.from(r.wHat.data).every((v) => v === 0)).toBe(true);
+      const back = qz.dequantize({ descriptor: qz.descriptor, shape: [2, 16], codes: r.codes, params });
+      expect(Array.from(back.data).every((v) => v === 0)).toBe(true);
+    }
+  });
+
+  it('lattice dequantize rejects code planes that do not match the shape', () => {
+    const qz = latticeQuantizer('e8p12-rvq4');
+    const q = qz.quantize(tensor('f32', [2, 16], new Rng(1).fillNormal(new Float32Array(32))));
+    expect(() => qz.dequantize({ ...q, shape: [4, 16] })).toThrow(
+      /E_SHAPE: e8p12-rvq4.dequantize: code plane 0/,
+    );
+    expect(() => qz.dequantize({ ...q, codes: [q.codes[0]!] })).toThrow(/E_SHAPE: .*codes has 1 entries/);
+  });
 });
 
 describe('rounderFromQuantizer + ldlq', () => {

@@ -147,3 +147,28 @@ export function checkDescriptor(q: QuantizedTensor, d: QuantizerDescriptor, what
     );
   }
 }
+
+/**
+ * Throw `E_SHAPE` unless `q` has `planes` code planes of `codesPerPlane` codes each and `groups` scales (and
+ * offsets, when `zeros`): a quantized tensor whose parts do not match its shape would dequantize to NaN.
+ */
+export function checkQuantizedLengths(
+  q: QuantizedTensor,
+  planes: number,
+  codesPerPlane: number,
+  groups: number,
+  zeros: boolean,
+  what: string,
+): void {
+  const bad = (part: string, have: number, need: number): never => {
+    throw new CalderaError(
+      'E_SHAPE',
+      `${what}: ${part} has ${have} entries, shape [${q.shape.join(', ')}] needs ${need}`,
+    );
+  };
+  if (q.codes.length < planes) bad('codes', q.codes.length, planes);
+  for (let p = 0; p < planes; p++)
+    if (q.codes[p]!.length !== codesPerPlane) bad(`code plane ${p}`, q.codes[p]!.length, codesPerPlane);
+  if (q.params.scales.length !== groups) bad('params.scales', q.params.scales.length, groups);
+  if (zeros && q.params.zeros?.length !== groups) bad('params.zeros', q.params.zeros?.length ?? 0, groups);
+}

@@ -80,8 +80,14 @@ function e81bDecode(codes: Uint8Array): Float32Array {
   return out;
 }
 
-/** Encode with the 3- or 4-bit residual variant. */
+function checkRvqBits(bits: number, what: string): void {
+  if (bits !== 3 && bits !== 4)
+    throw new CalderaError('E_VALUE', `${what}: bits must be 3 or 4, got ${bits}`);
+}
+
+/** Encode with the 3- or 4-bit residual variant (other `bits` → `E_VALUE`). */
 export function rvqEncode(x: ArrayLike<number>, bits: 3 | 4): RvqCodes {
+  checkRvqBits(bits, 'rvqEncode');
   const stage1 = e8pEncode(x);
   const q1 = e8pDecode(stage1);
   const rho = bits === 4 ? RVQ4_RESID_SCALE : RVQ3_RESID_SCALE;
@@ -90,8 +96,15 @@ export function rvqEncode(x: ArrayLike<number>, bits: 3 | 4): RvqCodes {
   return { stage1, stage2: bits === 4 ? e8pEncode(r) : e81bEncode(r) };
 }
 
-/** Decode residual-VQ codes: `q1 + q2/ρ`. */
+/** Decode residual-VQ codes: `q1 + q2/ρ`. The two stages must hold as many codes (else `E_SHAPE`). */
 export function rvqDecode(codes: RvqCodes, bits: 3 | 4): Float32Array {
+  checkRvqBits(bits, 'rvqDecode');
+  if (codes.stage1.length !== codes.stage2.length) {
+    throw new CalderaError(
+      'E_SHAPE',
+      `rvqDecode: stage 1 has ${codes.stage1.length} codes, stage 2 has ${codes.stage2.length}`,
+    );
+  }
   const q1 = e8pDecode(codes.stage1);
   const q2 = bits === 4 ? e8pDecode(codes.stage2 as Uint16Array) : e81bDecode(codes.stage2 as Uint8Array);
   const rho = bits === 4 ? RVQ4_RESID_SCALE : RVQ3_RESID_SCALE;

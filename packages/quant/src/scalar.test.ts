@@ -125,6 +125,32 @@ describe('uniform quantizer', () => {
     const bad = tensor('f32', [2], [1, NaN]);
     expect(() => q.quantize(bad)).toThrow(/E_VALUE.*non-finite/);
   });
+
+  it('rejects an unknown rounding mode instead of storing it in the descriptor', () => {
+    expect(() => uniformQuantizer({ bits: 4, rounding: 'bogus' as never })).toThrow(
+      /E_VALUE: uniformQuantizer: rounding/,
+    );
+  });
+
+  it('dequantize rejects codes or scales that do not match the shape (they gave NaN)', () => {
+    const x = tensor('f32', [2, 8], new Rng(2).fillNormal(new Float32Array(16)));
+    for (const qz of [
+      uniformQuantizer({ bits: 4, groupSize: 4 }),
+      uniformQuantizer({ bits: 4, groupSize: 4, symmetric: false }),
+      normalFloatQuantizer({ bits: 4, groupSize: 4 }),
+    ]) {
+      const q = qz.quantize(x);
+      expect(() =>
+        qz.dequantize({ ...q, params: { ...q.params, scales: q.params.scales.subarray(1) } }),
+      ).toThrow(/E_SHAPE: .*dequantize: params.scales has 3 entries, shape \[2, 8\] needs 4/);
+      expect(() => qz.dequantize({ ...q, codes: [q.codes[0]!.subarray(1)] })).toThrow(
+        /E_SHAPE: .*code plane 0/,
+      );
+    }
+    const asym = uniformQuantizer({ bits: 4, groupSize: 4, symmetric: false });
+    const q = asym.quantize(x);
+    expect(() => asym.dequantize({ ...q, params: { scales: q.params.scales } })).toThrow(/params.zeros/);
+  });
 });
 
 describe('NormalFloat', () => {

@@ -7,6 +7,7 @@
 import { CalderaError, Rng, tensor, type Tensor } from '@caldera/core';
 import {
   checkDescriptor,
+  checkQuantizedLengths,
   checkScalarOptions,
   finiteValues,
   forEachGroup,
@@ -45,13 +46,20 @@ export function uniformQuantizer(options: UniformOptions): Quantizer {
   const granularity = options.granularity ?? (options.groupSize !== undefined ? 'group' : 'tensor');
   const groupSize = options.groupSize ?? 64;
   checkScalarOptions('uniformQuantizer', bits, granularity, groupSize);
+  const rounding = options.rounding ?? 'nearest';
+  if (rounding !== 'nearest' && rounding !== 'stochastic') {
+    throw new CalderaError(
+      'E_VALUE',
+      `uniformQuantizer: rounding must be 'nearest' or 'stochastic', got ${String(rounding)}`,
+    );
+  }
   const descriptor: QuantizerDescriptor = {
     kind: 'uniform',
     bits,
     symmetric: options.symmetric ?? true,
     granularity,
     groupSize,
-    rounding: options.rounding ?? 'nearest',
+    rounding,
     seed: options.seed ?? 0,
   };
   const symmetric = descriptor.symmetric;
@@ -106,6 +114,9 @@ export function uniformQuantizer(options: UniformOptions): Quantizer {
     },
     dequantize(q: QuantizedTensor): Tensor<'f32'> {
       checkDescriptor(q, descriptor, 'uniformQuantizer.dequantize');
+      const count = q.shape.reduce((a, b) => a * b, 1);
+      const groups = groupCount(q.shape, granularity, groupSize);
+      checkQuantizedLengths(q, 1, count, groups, !symmetric, 'uniformQuantizer.dequantize');
       const codes = q.codes[0]!;
       const out = new Float32Array(codes.length);
       const { scales, zeros } = q.params;
