@@ -1,4 +1,5 @@
 export * from './e8p.js';
+export type { E8PEncodeTables } from './e8p-encode.js';
 export * from './rvq.js';
 export * from './rounder.js';
 export * from './ldlq.js';
