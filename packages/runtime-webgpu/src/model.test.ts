@@ -9,7 +9,6 @@ import {
   openSafetensorsDir,
   Rng,
   serializeSafetensors,
-  tensor,
   writeSafetensors,
   type CalderaLayerMeta,
   type Tensor,
@@ -20,7 +19,7 @@ import { generate, perplexity } from './generate.js';
 import { loadModel, loadModelFromBuffer, type MemoryPlan } from './load.js';
 import { writeRandomCalderaModel } from '../bench/random-model.js';
 import { gpuTitle, ownTestDevice, testDevice, testF16Device } from './testing/gpu.js';
-import { tinyModel } from './testing/tiny-model.js';
+import { randomLlamaTensors, tinyModel } from './testing/tiny-model.js';
 
 const { device: dev, reason } = await testDevice();
 const { device: f16dev, reason: f16reason } = await testF16Device();
@@ -198,34 +197,15 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
       tie_word_embeddings: false,
       rope_theta: 1000,
     };
-    const rng = new Rng(11);
-    const t: Record<string, Tensor> = {};
-    const r = (name: string, shape: number[], std: number, mean = 0) =>
-      (t[name] = tensor(
-        'f32',
-        shape,
-        rng.fillNormal(new Float32Array(shape.reduce((a, b) => a * b, 1)), mean, std),
-      ));
-    r('model.embed_tokens.weight', [50, 64], 1);
-    r('lm_head.weight', [50, 64], 0.3);
-    r('model.norm.weight', [64], 0.1, 1);
-    for (let b = 0; b < 2; b++) {
-      const p = `model.layers.${b}`;
-      r(`${p}.input_layernorm.weight`, [64], 0.1, 1);
-      r(`${p}.post_attention_layernorm.weight`, [64], 0.1, 1);
-      for (const [n, shape] of [
-        ['self_attn.q_proj', [64, 64]],
-        ['self_attn.k_proj', [16, 64]],
-        ['self_attn.v_proj', [16, 64]],
-        ['self_attn.o_proj', [64, 64]],
-        ['mlp.gate_proj', [96, 64]],
-        ['mlp.up_proj', [96, 64]],
-        ['mlp.down_proj', [64, 96]],
-      ] as const) {
-        r(`${p}.${n}.weight`, [...shape], 0.15);
-        if (/[qkv]_proj/.test(n)) r(`${p}.${n}.bias`, [shape[0]], 0.5);
-      }
-    }
+    const t = randomLlamaTensors(new Rng(11), {
+      hidden: 64,
+      kvDim: 16,
+      intermediate: 96,
+      vocab: 50,
+      std: 0.15,
+      lmHeadStd: 0.3,
+      biasStd: 0.5,
+    });
     // block 1's q_proj (with its bias) and down_proj compressed
     const layers: Record<string, CalderaLayerMeta> = {};
     for (const name of ['model.layers.1.self_attn.q_proj', 'model.layers.1.mlp.down_proj']) {

@@ -12,9 +12,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Rng, tensor, writeSafetensors, type CalderaLayerMeta, type Tensor } from '@caldera/core';
+import { Rng, writeSafetensors, type CalderaLayerMeta } from '@caldera/core';
 import { caldera, calderaCheckpointMeta, toCheckpointTensors } from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
+import { randomLlamaTensors } from '../src/testing/tiny-model.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const FLAGS = [
@@ -67,31 +68,7 @@ const HF = {
 
 /** A random tiny Llama with q_proj and down_proj of block 0 compressed. */
 async function tinyCheckpoint(dir: string): Promise<void> {
-  const rng = new Rng(21);
-  const t: Record<string, Tensor> = {};
-  const r = (name: string, shape: number[], std: number, mean = 0) =>
-    (t[name] = tensor(
-      'f32',
-      shape,
-      rng.fillNormal(new Float32Array(shape.reduce((a, b) => a * b, 1)), mean, std),
-    ));
-  r('model.embed_tokens.weight', [40, 64], 1);
-  r('model.norm.weight', [64], 0.1, 1);
-  for (let b = 0; b < 2; b++) {
-    const p = `model.layers.${b}`;
-    r(`${p}.input_layernorm.weight`, [64], 0.1, 1);
-    r(`${p}.post_attention_layernorm.weight`, [64], 0.1, 1);
-    for (const [n, shape] of [
-      ['self_attn.q_proj', [64, 64]],
-      ['self_attn.k_proj', [32, 64]],
-      ['self_attn.v_proj', [32, 64]],
-      ['self_attn.o_proj', [64, 64]],
-      ['mlp.gate_proj', [96, 64]],
-      ['mlp.up_proj', [96, 64]],
-      ['mlp.down_proj', [64, 96]],
-    ] as const)
-      r(`${p}.${n}.weight`, [...shape], 0.2);
-  }
+  const t = randomLlamaTensors(new Rng(21), { hidden: 64, kvDim: 32, intermediate: 96, vocab: 40, std: 0.2 });
   const layers: Record<string, CalderaLayerMeta> = {};
   for (const name of ['model.layers.0.self_attn.q_proj', 'model.layers.0.mlp.down_proj']) {
     const ck = toCheckpointTensors(

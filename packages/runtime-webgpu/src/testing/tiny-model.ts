@@ -1,13 +1,27 @@
 import { Rng, tensor, type CalderaLayerMeta, type Tensor } from '@caldera/core';
 import { caldera, toCheckpointTensors } from '@caldera/lowrank';
 
-/** A random tiny Llama (tied head) with block 0's up_proj compressed, as tensors and caldera.json layers. */
-export function tinyModel(): {
-  config: object;
-  tensors: Record<string, Tensor>;
-  layers: Record<string, CalderaLayerMeta>;
-} {
-  const rng = new Rng(31);
+/** Sizes and spreads of {@link randomLlamaTensors}. */
+export interface RandomLlamaShape {
+  hidden: number;
+  /** Rows of k_proj and v_proj (KV heads × head size). */
+  kvDim: number;
+  intermediate: number;
+  vocab: number;
+  /** Standard deviation of the linear layers' weights. */
+  std: number;
+  /** An untied `lm_head.weight` of this standard deviation (default: none, tied). */
+  lmHeadStd?: number;
+  /** q/k/v biases of this standard deviation (Qwen2; default: none). */
+  biasStd?: number;
+}
+
+/**
+ * The f32 tensors of a random 2-block Llama under Hugging Face names, drawn from `rng` in a fixed order: the embedding
+ * (std 1), the LM head when untied, the final norm (1 ± 0.1), then per block its two norms and its seven linears
+ * (each followed by its bias when q/k/v have biases).
+ */
+export function randomLlamaTensors(rng: Rng, s: RandomLlamaShape): Record<string, Tensor> {
   const t: Record<string, Tensor> = {};
   const r = (name: string, shape: number[], std: number, mean = 0) =>
     (t[name] = tensor(
@@ -15,23 +29,37 @@ export function tinyModel(): {
       shape,
       rng.fillNormal(new Float32Array(shape.reduce((a, b) => a * b, 1)), mean, std),
     ));
-  r('model.embed_tokens.weight', [30, 32], 1);
-  r('model.norm.weight', [32], 0.1, 1);
+  const [d, kv, I] = [s.hidden, s.kvDim, s.intermediate];
+  r('model.embed_tokens.weight', [s.vocab, d], 1);
+  if (s.lmHeadStd !== undefined) r('lm_head.weight', [s.vocab, d], s.lmHeadStd);
+  r('model.norm.weight', [d], 0.1, 1);
   for (let b = 0; b < 2; b++) {
     const p = `model.layers.${b}`;
-    r(`${p}.input_layernorm.weight`, [32], 0.1, 1);
-    r(`${p}.post_attention_layernorm.weight`, [32], 0.1, 1);
+    r(`${p}.input_layernorm.weight`, [d], 0.1, 1);
+    r(`${p}.post_attention_layernorm.weight`, [d], 0.1, 1);
     for (const [n, shape] of [
-      ['self_attn.q_proj', [32, 32]],
-      ['self_attn.k_proj', [16, 32]],
-      ['self_attn.v_proj', [16, 32]],
-      ['self_attn.o_proj', [32, 32]],
-      ['mlp.gate_proj', [48, 32]],
-      ['mlp.up_proj', [48, 32]],
-      ['mlp.down_proj', [32, 48]],
-    ] as const)
-      r(`${p}.${n}.weight`, [...shape], 0.2);
+      ['self_attn.q_proj', [d, d]],
+      ['self_attn.k_proj', [kv, d]],
+      ['self_attn.v_proj', [kv, d]],
+      ['self_attn.o_proj', [d, d]],
+      ['mlp.gate_proj', [I, d]],
+      ['mlp.up_proj', [I, d]],
+      ['mlp.down_proj', [d, I]],
+    ] as const) {
+      r(`${p}.${n}.weight`, [...shape], s.std);
+      if (s.biasStd !== undefined && /[qkv]_proj/.test(n)) r(`${p}.${n}.bias`, [shape[0]], s.biasStd);
+    }
   }
+  return t;
+}
+
+/** A random tiny Llama (tied head) with block 0's up_proj compressed, as tensors and caldera.json layers. */
+export function tinyModel(): {
+  config: object;
+  tensors: Record<string, Tensor>;
+  layers: Record<string, CalderaLayerMeta>;
+} {
+  const t = randomLlamaTensors(new Rng(31), { hidden: 32, kvDim: 16, intermediate: 48, vocab: 30, std: 0.2 });
   const name = 'model.layers.0.mlp.up_proj';
   const ck = toCheckpointTensors(
     name,
