@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
+  assertNoCalderaTensorsWithoutMeta,
   assertFinite,
   CalderaError,
   cast,
@@ -147,20 +148,15 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   }
   const store = await openSafetensorsDir(dir);
   try {
-    if (!calderaMeta) {
-      // compressed layers' codes without the caldera.json that describes them: say so, rather than that the first
-      // compressed layer's dense weight is missing
-      const codes = store.names().filter((n) => n.includes('.caldera.'));
-      if (codes.length > 0) {
-        const layers = new Set(codes.map((n) => n.slice(0, n.indexOf('.caldera.'))));
-        throw new CalderaError(
-          'E_FORMAT',
-          `${dir} holds the CALDERA tensors of ${layers.size} compressed layer${layers.size === 1 ? '' : 's'} ` +
-            `(e.g. '${codes[0]}') but no caldera.json, which describes them; copy the checkpoint's caldera.json ` +
-            'back beside its safetensors',
-        );
-      }
-    }
+    // compressed layers' codes without the caldera.json that describes them: say so, rather than that the first
+    // compressed layer's dense weight is missing
+    if (!calderaMeta)
+      assertNoCalderaTensorsWithoutMeta(
+        store.names(),
+        dir,
+        'caldera.json',
+        "copy the checkpoint's caldera.json back beside its safetensors",
+      );
     const { hiddenSize: d, vocabSize: V } = config;
     const missing = [];
     for (const n of ['model.embed_tokens.weight', 'model.norm.weight']) if (!store.has(n)) missing.push(n);

@@ -1,4 +1,5 @@
 import {
+  assertNoCalderaTensorsWithoutMeta,
   blockLinearNames,
   CalderaError,
   cast,
@@ -220,21 +221,15 @@ export async function loadModelFromStore(
   // null or undefined: a dense model
   const calderaMeta =
     source.calderaMeta == null ? null : parseCalderaMeta(source.calderaMeta, source.calderaMetaFile);
-  if (!calderaMeta) {
-    // compressed layers' codes without the caldera.json that describes them: say so (as runtime-node does), rather
-    // than that the first compressed layer's dense weight is missing
-    const codes = store.names().filter((n) => n.includes('.caldera.'));
-    if (codes.length > 0) {
-      const layers = new Set(codes.map((n) => n.slice(0, n.indexOf('.caldera.'))));
-      throw new CalderaError(
-        'E_FORMAT',
-        `the checkpoint holds the CALDERA tensors of ${layers.size} compressed layer` +
-          `${layers.size === 1 ? '' : 's'} (e.g. '${codes[0]}') but no ${source.calderaMetaFile ?? 'caldera.json'}, ` +
-          "which describes them; serve or pass the checkpoint's caldera.json with its safetensors",
-        { details: { tensor: codes[0] } },
-      );
-    }
-  }
+  // compressed layers' codes without the caldera.json that describes them: say so (as runtime-node does), rather
+  // than that the first compressed layer's dense weight is missing
+  if (!calderaMeta)
+    assertNoCalderaTensorsWithoutMeta(
+      store.names(),
+      'the checkpoint',
+      source.calderaMetaFile ?? 'caldera.json',
+      "serve or pass the checkpoint's caldera.json with its safetensors",
+    );
   const dtype = options.dtype ?? 'auto';
   const { hiddenSize: d, vocabSize: V } = config;
   const plan = await planMemory(config, calderaMeta, store, options);

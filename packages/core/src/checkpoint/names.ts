@@ -1,3 +1,5 @@
+import { CalderaError } from '../errors.js';
+
 /** The parts a compressed linear layer is stored as (tensor `<prefix>.caldera.<part>`). */
 export type CalderaTensorPart =
   | 'Q'
@@ -45,4 +47,26 @@ export function parseCalderaTensorName(name: string): { prefix: string; part: Ca
   if (i <= 0) return null;
   const part = name.slice(i + '.caldera.'.length);
   return PARTS.has(part) ? { prefix: name.slice(0, i), part: part as CalderaTensorPart } : null;
+}
+
+/**
+ * Throw `E_FORMAT` when `names` hold compressed-layer tensors (`<prefix>.caldera.*`) of a checkpoint read without the
+ * `caldera.json` that describes them: "`subject` holds the CALDERA tensors of N compressed layers (e.g. '…') but no
+ * `metaFile`, which describes them; `advice`". Said instead of "missing weight" for the first compressed layer.
+ */
+export function assertNoCalderaTensorsWithoutMeta(
+  names: readonly string[],
+  subject: string,
+  metaFile: string,
+  advice: string,
+): void {
+  const codes = names.filter((n) => n.includes('.caldera.'));
+  if (codes.length === 0) return;
+  const layers = new Set(codes.map((n) => n.slice(0, n.indexOf('.caldera.'))));
+  throw new CalderaError(
+    'E_FORMAT',
+    `${subject} holds the CALDERA tensors of ${layers.size} compressed layer${layers.size === 1 ? '' : 's'} ` +
+      `(e.g. '${codes[0]}') but no ${metaFile}, which describes them; ${advice}`,
+    { details: { tensor: codes[0] } },
+  );
 }
