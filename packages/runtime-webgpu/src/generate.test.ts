@@ -66,4 +66,23 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
       model.dispose();
     }
   });
+
+  it('maxTokens 0 or a prompt that fills the context runs no pass (the cache is left as it was), as in runtime-node', async () => {
+    const { config, tensors, layers } = tinyModel();
+    const { model } = await loadModelFromBuffer(
+      dev!,
+      { config, calderaMeta: calderaCheckpointMeta(layers), weights: await serializeSafetensors(tensors) },
+      { contextLength: 8, prefillChunk: 2 },
+    );
+    try {
+      expect(await collect(generate(model, [1, 2, 3], { maxTokens: 2 }))).toHaveLength(2);
+      const cached = [...model.tokens];
+      expect(cached.length).toBeGreaterThan(0);
+      expect(await collect(generate(model, [7, 8, 9, 10], { maxTokens: 0 }))).toEqual([]);
+      expect(await collect(generate(model, [5, 6, 7, 8, 9, 10, 11, 12]))).toEqual([]);
+      expect([...model.tokens]).toEqual(cached);
+    } finally {
+      model.dispose();
+    }
+  });
 });

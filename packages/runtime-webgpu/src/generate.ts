@@ -32,6 +32,8 @@ export async function* generate(
       'E_VALUE',
       `generate: prompt of ${prompt.length} tokens exceeds the context ${capacity}`,
     );
+  // nothing to generate (maxTokens 0, or a prompt that fills the context): no pass at all, as in runtime-node
+  if (prompt.length === capacity) return;
   // every pass through the claim: a second generate() (or any other change to the sequence) while this one is
   // suspended makes its next pass fail instead of continuing from the other's cache
   const seq = model.claim('generate');
