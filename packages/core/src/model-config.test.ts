@@ -49,6 +49,33 @@ describe('parseModelConfig', () => {
     ).toThrow(/m\/config\.json: eos_token_id \["<\/s>"\] is not a token id or a list of token ids/);
   });
 
+  it('stops at a sliding window (Mistral; Qwen2 only with use_sliding_window), where full attention is still exact', () => {
+    const mistral = { ...base, architectures: ['MistralForCausalLM'], max_position_embeddings: 32768 };
+    expect(parseModelConfig({ ...mistral, sliding_window: 4096 })).toMatchObject({
+      maxPositions: 4096,
+      slidingWindow: 4096,
+    });
+    expect(parseModelConfig({ ...mistral, sliding_window: null })).toMatchObject({
+      maxPositions: 32768,
+      slidingWindow: null,
+    });
+    expect(parseModelConfig({ ...mistral, sliding_window: 65536 }).maxPositions).toBe(32768);
+    const qwen = {
+      ...base,
+      architectures: ['Qwen2ForCausalLM'],
+      max_position_embeddings: 32768,
+      sliding_window: 4096,
+    };
+    expect(parseModelConfig({ ...qwen, use_sliding_window: false })).toMatchObject({
+      maxPositions: 32768,
+      slidingWindow: null,
+    });
+    expect(parseModelConfig({ ...qwen, use_sliding_window: true }).maxPositions).toBe(4096);
+    expect(() => parseModelConfig({ ...mistral, sliding_window: 0 }, 'm/config.json')).toThrow(
+      /m\/config\.json: sliding_window 0 is not a positive integer/,
+    );
+  });
+
   it('lists every missing field and rejects unsupported architectures, rope types and head counts', () => {
     let msg = '';
     try {

@@ -23,7 +23,13 @@ export interface ModelConfig {
     highFreqFactor: number;
     originalMaxPositions: number;
   } | null;
+  /**
+   * The most positions the runtimes run: `max_position_embeddings`, or the `sliding_window` when that is smaller (the
+   * runtimes attend to every earlier position, which is the model's sliding-window attention up to the window).
+   */
   maxPositions: number;
+  /** `sliding_window` when the model uses one (Mistral; Qwen2 with `use_sliding_window`), else null. */
+  slidingWindow: number | null;
   tieWordEmbeddings: boolean;
   /** q/k/v projections have biases (Qwen2). */
   attentionBias: boolean;
@@ -92,6 +98,7 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     ropeTheta: num('rope_theta', 10000),
     ropeScaling: null,
     maxPositions: num('max_position_embeddings', 2048),
+    slidingWindow: null,
     tieWordEmbeddings: c.tie_word_embeddings === true,
     attentionBias: c.attention_bias === true || archName === 'Qwen2ForCausalLM',
     bosTokenId: typeof c.bos_token_id === 'number' ? c.bos_token_id : null,
@@ -120,6 +127,18 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
       'E_UNSUPPORTED',
       `${file}: rope_scaling type '${String(rs.rope_type ?? rs.type)}' is not supported`,
     );
+  }
+  // Mistral attends to the last sliding_window positions; Qwen2 only with use_sliding_window (its configs carry the
+  // field either way). Within the window that is full causal attention, which the runtimes compute: so they stop there.
+  const sw = c.sliding_window;
+  if (sw !== undefined && sw !== null && (archName !== 'Qwen2ForCausalLM' || c.use_sliding_window === true)) {
+    if (!Number.isSafeInteger(sw) || (sw as number) < 1)
+      throw new CalderaError(
+        'E_FORMAT',
+        `${file}: sliding_window ${JSON.stringify(sw)} is not a positive integer`,
+      );
+    cfg.slidingWindow = sw as number;
+    cfg.maxPositions = Math.min(cfg.maxPositions, cfg.slidingWindow);
   }
   if (cfg.numHeads % cfg.numKvHeads !== 0) {
     throw new CalderaError(

@@ -32,7 +32,7 @@ export function perplexity(
   if (!Number.isInteger(context) || context < 2 || context > maxContext)
     throw new CalderaError(
       'E_VALUE',
-      `perplexity: context must be an integer in [2, ${maxContext}] (the model's max_position_embeddings), got ${context}`,
+      `perplexity: context must be an integer in [2, ${maxContext}] (the model's max positions: max_position_embeddings, or sliding_window when smaller), got ${context}`,
     );
   if (!Number.isInteger(stride) || stride <= 0 || stride > context)
     throw new CalderaError(

@@ -223,7 +223,7 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
       loadModelFromUrl(d, 'http://models.test/m', { fetch: dirFetch(dir, []), contextLength: 17 }),
     ).rejects.toMatchObject({
       code: 'E_VALUE',
-      message: /contextLength 17 exceeds the model's max_position_embeddings \(16\)/,
+      message: /contextLength 17 exceeds the model's max positions \(16: max_position_embeddings/,
     });
     const { model } = await loadModelFromUrl(d, 'http://models.test/m', { fetch: dirFetch(dir, []) });
     expect(model.contextLength).toBe(16); // the default: min(max_position_embeddings, 2048)

@@ -81,8 +81,8 @@ export interface WebGpuModelOptions {
 
 /**
  * The KV-cache length of a model with these options (see {@link WebGpuModelOptions.contextLength}): `E_VALUE` when it is
- * not a positive integer or exceeds the config's `max_position_embeddings` (positions the model never saw, which
- * runtime-node refuses too).
+ * not a positive integer or exceeds the config's `maxPositions` (positions the model never saw, or past its sliding
+ * window; runtime-node refuses them too).
  */
 export function contextLengthOf(options: WebGpuModelOptions, config: ModelConfig): number {
   const cap = options.contextLength ?? Math.min(config.maxPositions, 2048);
@@ -91,7 +91,7 @@ export function contextLengthOf(options: WebGpuModelOptions, config: ModelConfig
   if (cap > config.maxPositions)
     throw new CalderaError(
       'E_VALUE',
-      `contextLength ${cap} exceeds the model's max_position_embeddings (${config.maxPositions})`,
+      `contextLength ${cap} exceeds the model's max positions (${config.maxPositions}: max_position_embeddings, or sliding_window when smaller)`,
     );
   return cap;
 }
