@@ -3,7 +3,7 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cast, tensor, writeSafetensors, type CalderaLayerMeta, type Tensor } from '@caldera/core';
-import { applyDecomposition, caldera, toCheckpointTensors } from '@caldera/lowrank';
+import { applyDecomposition, caldera, calderaCheckpointMeta, toCheckpointTensors } from '@caldera/lowrank';
 import { parseModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
 import { loadModel } from './load.js';
@@ -69,15 +69,7 @@ describe('loadModel', () => {
       decomps.set(name, d);
     }
     await writeSafetensors(join(dir, 'model.safetensors'), tensors);
-    const meta = {
-      format: 'caldera',
-      version: 1,
-      method: 'caldera',
-      options: {},
-      seed: 0,
-      bitsPerWeight: 2.9,
-      layers,
-    };
+    const meta = calderaCheckpointMeta(layers);
     await writeFile(join(dir, 'caldera.json'), JSON.stringify(meta));
     const { model, calderaMeta } = await loadModel(dir);
     expect(Object.keys(calderaMeta!.layers)).toHaveLength(2);
@@ -122,16 +114,8 @@ describe('loadModel', () => {
       const dir = await mkdtemp(join(tmpdir(), 'caldera-badpart-'));
       await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
       await writeSafetensors(join(dir, 'model.safetensors'), { ...base, ...patch });
-      const meta = {
-        format: 'caldera',
-        version: 1,
-        method: 'caldera',
-        options: {},
-        seed: 0,
-        bitsPerWeight: 3,
-      };
-      const layers = { [name]: { ...layer, ...layerPatch } };
-      await writeFile(join(dir, 'caldera.json'), JSON.stringify({ ...meta, layers }));
+      const meta = calderaCheckpointMeta({ [name]: { ...layer, ...layerPatch } });
+      await writeFile(join(dir, 'caldera.json'), JSON.stringify(meta));
       return dir;
     };
     const p = `${name}.caldera.`;
