@@ -14,14 +14,19 @@ async function collect(it: AsyncIterable<number>): Promise<number[]> {
   return out;
 }
 
+/** {@link tinyModel} on the test device with a KV cache of `contextLength` tokens and prefill batches of 2. */
+async function loadTinyModel(contextLength: number) {
+  const { config, tensors, layers } = tinyModel();
+  const weights = await serializeSafetensors(tensors);
+  const calderaMeta = calderaCheckpointMeta(layers);
+  return (
+    await loadModelFromBuffer(dev!, { config, calderaMeta, weights }, { contextLength, prefillChunk: 2 })
+  ).model;
+}
+
 describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), () => {
   it("two generate() calls on one model: the one whose sequence the other took over fails with E_VALUE at its next token, never continuing from the other's cache; perplexity likewise", async () => {
-    const { config, tensors, layers } = tinyModel();
-    const { model } = await loadModelFromBuffer(
-      dev!,
-      { config, calderaMeta: calderaCheckpointMeta(layers), weights: await serializeSafetensors(tensors) },
-      { contextLength: 32, prefillChunk: 2 },
-    );
+    const model = await loadTinyModel(32);
     try {
       const a = [1, 29, 3, 3, 17];
       const b = [2, 5, 11];
@@ -68,12 +73,7 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
   });
 
   it('maxTokens 0 or a prompt that fills the context runs no pass (the cache is left as it was), as in runtime-node', async () => {
-    const { config, tensors, layers } = tinyModel();
-    const { model } = await loadModelFromBuffer(
-      dev!,
-      { config, calderaMeta: calderaCheckpointMeta(layers), weights: await serializeSafetensors(tensors) },
-      { contextLength: 8, prefillChunk: 2 },
-    );
+    const model = await loadTinyModel(8);
     try {
       expect(await collect(generate(model, [1, 2, 3], { maxTokens: 2 }))).toHaveLength(2);
       const cached = [...model.tokens];
