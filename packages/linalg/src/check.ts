@@ -120,22 +120,6 @@ export function assertFiniteScalar(x: unknown, fn: string, name: string): assert
   }
 }
 
-/** Throw `E_VALUE` unless `x` is an integer in `[lo, hi]`. */
-export function assertIntInRange(
-  x: unknown,
-  lo: number,
-  hi: number,
-  fn: string,
-  name: string,
-): asserts x is number {
-  if (typeof x !== 'number' || !Number.isInteger(x) || x < lo || x > hi) {
-    throw new CalderaError(
-      'E_VALUE',
-      `${fn}: ${name} must be an integer in [${lo}, ${hi}], got ${String(x)}`,
-    );
-  }
-}
-
 /** Throw `E_VALUE` unless `x` is an integer ≥ `min` (a count, a size or a number of iterations). */
 export function assertCount(x: unknown, min: number, fn: string, name: string): asserts x is number {
   if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < min) {

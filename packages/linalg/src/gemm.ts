@@ -143,7 +143,8 @@ function gemmIntoImpl(c: Matrix, a: Matrix, b: Matrix, o: GemmIntoOptions, beta:
   const check = o.checkFinite ?? true;
   if (check && beta !== 0) assertFiniteMatrix(c, fn, 'c');
   const exec = resolveExecutor(o.pool);
-  const wasm = !o.reference && exec !== null && m * n * k >= SMALL_FLOPS;
+  // (alpha = 0 needs no product: that path, too, checks A and B here)
+  const wasm = !o.reference && exec !== null && alpha !== 0 && m * n * k >= SMALL_FLOPS;
   // The wasm path checks A and B on their packed copies (fast); other paths scan them here.
   if (check && !wasm) {
     assertFiniteMatrix(a, fn, 'a');
@@ -152,11 +153,6 @@ function gemmIntoImpl(c: Matrix, a: Matrix, b: Matrix, o: GemmIntoOptions, beta:
   throwIfAborted(o.signal, fn);
   if (m === 0 || n === 0) return;
   if (k === 0 || alpha === 0) {
-    // the wasm path would have checked A and B on their packed copies: check them here too, whatever the size
-    if (check && wasm) {
-      assertFiniteMatrix(a, fn, 'a');
-      assertFiniteMatrix(b, fn, 'b');
-    }
     scaleInPlace(c, beta, triangle);
     return;
   }

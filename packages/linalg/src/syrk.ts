@@ -93,12 +93,11 @@ function syrkImpl(c: Matrix, x: Matrix, o: SyrkOptions, beta: number, fn: string
   const check = o.checkFinite ?? true;
   if (check && beta !== 0) assertFiniteMatrix(c, fn, 'c');
   const exec = resolveExecutor(o.pool);
-  const wasm = !o.reference && exec !== null && m * n * n >= 8192;
+  const wasm = !o.reference && exec !== null && alpha !== 0 && m * n * n >= 8192; // alpha = 0: no product
   if (check && !wasm) assertFiniteMatrix(x, fn, 'x'); // the wasm path checks the packed copy
   throwIfAborted(o.signal, fn);
   if (n === 0) return;
   if (m === 0 || alpha === 0) {
-    if (check && wasm) assertFiniteMatrix(x, fn, 'x'); // as the wasm path would, whatever the size
     // c := beta·c from its upper triangle, mirrored, as on every other path
     scaleInPlace(c, beta, 'upper');
     mirrorUpper(c);
