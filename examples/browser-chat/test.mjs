@@ -8,7 +8,8 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { generate, loadModel } from '@caldera/runtime-node';
+import { stopTokenIdsOf } from '@caldera/core';
+import { generate, loadModel, readJsonFile } from '@caldera/runtime-node';
 import { decodePng } from './png.mjs';
 import { staticServer } from './serve.mjs';
 
@@ -91,7 +92,10 @@ try {
   check(first.tokens.length === 12 && /tokens\/s/.test(stats), '12 tokens streamed, tokens/s shown');
   // the same greedy generation in runtime-node on the checkpoint the page loaded
   const { model, config } = await loadModel(join(here, 'dist/model'));
-  const stop = config.eosTokenIds.filter((id) => id !== config.bosTokenId);
+  const generationConfig = await readJsonFile(join(here, 'dist/model/generation_config.json'), {
+    optional: true,
+  });
+  const stop = stopTokenIdsOf(config, generationConfig).filter((id) => id !== config.bosTokenId);
   const ref = [];
   for await (const t of generate(model, first.ids, { maxTokens: 12, temperature: 0, stopTokens: stop }))
     ref.push(t);

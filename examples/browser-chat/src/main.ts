@@ -2,6 +2,7 @@
 // into the page with tokens/s, the checkpoint's bits per weight and the GPU memory in use. The tokenizer is the checkpoint's tokenizer.json run by
 // @huggingface/tokenizers. A service worker (sw.js) keeps the page, the bundle and the checkpoint for offline use.
 import { Tokenizer } from '@huggingface/tokenizers';
+import { stopTokenIdsOf } from '@caldera/core';
 import { createDevice, generate, loadModelFromUrl } from '@caldera/runtime-webgpu';
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -54,6 +55,10 @@ async function main(): Promise<void> {
   const tokJson = await (await fetch('/model/tokenizer.json')).json();
   const tokCfg = await fetch('/model/tokenizer_config.json').then((r) => (r.ok ? r.json() : {}));
   const tok = new Tokenizer(tokJson, tokCfg);
+  // its eos_token_id joins config.json's as stop tokens (Llama 3 chat models list <|eot_id|> only there)
+  const generationConfig: unknown = await fetch('/model/generation_config.json').then((r) =>
+    r.ok ? r.json() : null,
+  );
   const layers = Object.keys(calderaMeta?.layers ?? {}).length;
   status.textContent =
     `${dev.description}${dev.fallbackAdapter ? ' (CPU fallback)' : ''} · ${config.numLayers} blocks, ` +
@@ -82,7 +87,7 @@ async function main(): Promise<void> {
         temperature: Number($<HTMLInputElement>('temp').value),
         topK: Number($<HTMLInputElement>('topk').value),
         seed: Date.now() % 1e9,
-        stopTokens: config.eosTokenIds.filter((id) => id !== config.bosTokenId),
+        stopTokens: stopTokenIdsOf(config, generationConfig).filter((id) => id !== config.bosTokenId),
       })) {
         if (produced.length === 0) start = performance.now();
         produced.push(id);

@@ -32,7 +32,7 @@ describe('stopTokenIds: where generation stops', () => {
     writeFileSync(join(dir, 'generation_config.json'), '{ not json');
     await expect(stopTokenIds(dir, config(2))).rejects.toMatchObject({
       code: 'E_FORMAT',
-      message: expect.stringMatching(/generation_config\.json: not valid JSON/),
+      message: expect.stringMatching(/generation_config\.json is not valid JSON/),
     });
     writeFileSync(join(dir, 'generation_config.json'), JSON.stringify({ eos_token_id: ['</s>'] }));
     await expect(stopTokenIds(dir, config(2))).rejects.toThrow(/eos_token_id is not a token id or a list/);

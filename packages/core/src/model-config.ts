@@ -162,6 +162,22 @@ export function tokenIdList(v: unknown): number[] | null {
 }
 
 /**
+ * The ids generation stops at: `config.eosTokenIds` and the `eos_token_id` of the model's parsed
+ * `generation_config.json` (null when it has none; Llama 3 chat models list `<|eot_id|>` only there), without
+ * duplicates. `E_FORMAT` naming `file` when that field is not a token id or a list of them.
+ */
+export function stopTokenIdsOf(
+  config: ModelConfig,
+  generationConfig: unknown,
+  file = 'generation_config.json',
+): number[] {
+  const ids = tokenIdList((generationConfig as { eos_token_id?: unknown } | null)?.eos_token_id);
+  if (ids === null)
+    throw new CalderaError('E_FORMAT', `${file}: eos_token_id is not a token id or a list of token ids`);
+  return [...new Set([...config.eosTokenIds, ...ids])];
+}
+
+/**
  * The values of a parsed config that would not fail to load but give non-finite or meaningless logits (a negative
  * `rms_norm_eps`, `rope_theta` 0, fractional sizes, an odd head size, which RoPE cannot rotate), each described.
  */

@@ -3,6 +3,7 @@ export * from './linear.js';
 export * from './model.js';
 export { AttentionKernel, type AttentionShape } from './kernels/attention-kernel.js';
 export * from './load.js';
+export { readJsonFile } from './json-file.js';
 export * from './eval.js';
 export * from './generate.js';
 export * from './tokenizer.js';

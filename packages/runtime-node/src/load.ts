@@ -1,4 +1,3 @@
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   assertNoCalderaTensorsWithoutMeta,
@@ -20,6 +19,7 @@ import type { Pool } from '@caldera/linalg';
 import { fromCheckpointTensors } from '@caldera/lowrank';
 import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
+import { readJsonFile } from './json-file.js';
 import { LlamaModel, type BlockWeights } from './model.js';
 
 /** A loaded model with where it came from. */
@@ -29,20 +29,6 @@ export interface LoadedModel {
   dir: string;
   /** `caldera.json` of a compressed checkpoint, or null for a dense model. */
   calderaMeta: CalderaCheckpointMeta | null;
-}
-
-async function readJson(path: string): Promise<unknown> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (e) {
-    throw new CalderaError('E_IO', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
-  }
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new CalderaError('E_FORMAT', `${path} is not valid JSON: ${(e as Error).message}`, { cause: e });
-  }
 }
 
 async function f32(store: TensorStore, name: string, shape: readonly number[]): Promise<Tensor<'f32'>> {
@@ -139,7 +125,7 @@ async function denseLinear(
  * codes (CALDERA layers). Missing or malformed tensors fail with a CalderaError naming them.
  */
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
-  const config = parseModelConfig(await readJson(join(dir, 'config.json')), join(dir, 'config.json'));
+  const config = parseModelConfig(await readJsonFile(join(dir, 'config.json')), join(dir, 'config.json'));
   let calderaMeta: CalderaCheckpointMeta | null = null;
   try {
     calderaMeta = await readCheckpointMeta(dir);

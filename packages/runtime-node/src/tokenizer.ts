@@ -1,8 +1,8 @@
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { CalderaError } from '@caldera/core';
+import { readJsonFile } from './json-file.js';
 
 /** The tokenizer interface the runtime and CLI use (Hugging Face `tokenizer.json` or llama2.c `tokenizer.bin`). */
 export interface TextTokenizer {
@@ -10,21 +10,6 @@ export interface TextTokenizer {
   encode(text: string): number[];
   /** Text of `ids`; special tokens are skipped. */
   decode(ids: ArrayLike<number>): string;
-}
-
-async function readJsonFile(path: string, optional: boolean): Promise<Record<string, unknown> | null> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (e) {
-    if (optional) return null;
-    throw new CalderaError('E_IO', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
-  }
-  try {
-    return JSON.parse(text) as Record<string, unknown>;
-  } catch (e) {
-    throw new CalderaError('E_FORMAT', `${path} is not valid JSON: ${(e as Error).message}`, { cause: e });
-  }
 }
 
 /**
@@ -117,7 +102,8 @@ export class HfTokenizer implements TextTokenizer {
 
 /** Load `tokenizer.json` (+ `tokenizer_config.json` when present) of a model directory. */
 export async function loadTokenizer(dir: string): Promise<HfTokenizer> {
-  const json = (await readJsonFile(join(dir, 'tokenizer.json'), false))!;
-  const config = (await readJsonFile(join(dir, 'tokenizer_config.json'), true)) ?? {};
+  const json = (await readJsonFile(join(dir, 'tokenizer.json'))) as object;
+  const config = ((await readJsonFile(join(dir, 'tokenizer_config.json'), { optional: true })) ??
+    {}) as Record<string, unknown>;
   return HfTokenizer.fromJson(json, config);
 }

@@ -1,4 +1,4 @@
-import { CalderaError, parseSafetensorsIndex, tokenIdList } from '@caldera/core';
+import { CalderaError, parseSafetensorsIndex, stopTokenIdsOf } from '@caldera/core';
 import { createPool, type Pool } from '@caldera/linalg';
 import { referenceModelDir, referenceTextPath } from '@caldera/reference-model';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
@@ -8,6 +8,7 @@ import {
   loadLlama2c,
   loadModel,
   loadTokenizer,
+  readJsonFile,
   type LlamaModel,
   type LoadedModel,
   type ModelConfig,
@@ -222,34 +223,16 @@ export interface OpenedModel {
   calderaMeta: LoadedModel['calderaMeta'];
   /** Bytes of the weight file(s). */
   fileBytes: number;
-  /** The ids generation stops at ({@link stopTokenIds}). */
-  stopTokens: number[];
   format: 'huggingface' | 'caldera' | 'llama2.c';
 }
 
 /**
  * The end-of-sequence ids of a model directory: those of `config.json` and of `generation_config.json` when it exists
- * (Llama 3 chat models list `<|eot_id|>` only there), without duplicates.
+ * (core's {@link stopTokenIdsOf}).
  */
 export async function stopTokenIds(dir: string, config: ModelConfig): Promise<number[]> {
   const file = join(dir, 'generation_config.json');
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (e) {
-    if ((e as { code?: string }).code === 'ENOENT') return config.eosTokenIds;
-    throw new CalderaError('E_IO', `cannot read ${file}: ${(e as Error).message}`, { cause: e });
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new CalderaError('E_FORMAT', `${file}: not valid JSON (${(e as Error).message})`, { cause: e });
-  }
-  const ids = tokenIdList((json as { eos_token_id?: unknown } | null)?.eos_token_id);
-  if (ids === null)
-    throw new CalderaError('E_FORMAT', `${file}: eos_token_id is not a token id or a list of token ids`);
-  return [...new Set([...config.eosTokenIds, ...ids])];
+  return stopTokenIdsOf(config, await readJsonFile(file, { optional: true }), file);
 }
 
 /**
@@ -269,7 +252,6 @@ export async function openModel(path: string, tokenizerPath?: string, pool?: Poo
       tokenizer,
       calderaMeta: null,
       fileBytes: (await stat(path)).size,
-      stopTokens: config.eosTokenIds,
       format: 'llama2.c',
     };
   }
@@ -286,7 +268,6 @@ export async function openModel(path: string, tokenizerPath?: string, pool?: Poo
     tokenizer,
     calderaMeta,
     fileBytes: await weightFileBytes(path),
-    stopTokens: await stopTokenIds(path, config),
     format: calderaMeta ? 'caldera' : 'huggingface',
   };
 }

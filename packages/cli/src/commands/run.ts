@@ -12,7 +12,15 @@ import {
   NON_NEGATIVE_INT,
   type Args,
 } from '../args.js';
-import { defaultText, modelDirOf, openModel, poolFor, readDocuments, type OpenedModel } from './common.js';
+import {
+  defaultText,
+  modelDirOf,
+  openModel,
+  poolFor,
+  readDocuments,
+  stopTokenIds,
+  type OpenedModel,
+} from './common.js';
 import { streamedText } from '../stream-text.js';
 
 /**
@@ -131,8 +139,8 @@ export async function generateCommand(a: Args): Promise<number> {
   const system = flagString(a, 'system');
   const chat = a.flags.has('chat');
   if (system !== undefined && !chat) throw new CalderaError('E_VALUE', '--system needs --chat');
-  return withModel(a, (opened) =>
-    generateText(a, opened, chat ? { user: prompt, system } : { text: prompt }, options),
+  return withModel(a, (opened, path) =>
+    generateText(a, path, opened, chat ? { user: prompt, system } : { text: prompt }, options),
   );
 }
 
@@ -161,6 +169,7 @@ function promptIds(
 
 async function generateText(
   a: Args,
+  path: string,
   opened: OpenedModel,
   prompt: { text: string } | { user: string; system: string | undefined },
   options: {
@@ -172,7 +181,8 @@ async function generateText(
     seed: number;
   },
 ): Promise<number> {
-  const { model, config, tokenizer, stopTokens } = opened;
+  const { model, config, tokenizer } = opened;
+  const stopTokens = opened.format === 'llama2.c' ? config.eosTokenIds : await stopTokenIds(path, config);
   const full = promptIds(opened, prompt);
   if (full.length >= config.maxPositions)
     throw new CalderaError(

@@ -1,9 +1,10 @@
-import { copyFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CalderaError, cast, Rng, tempSuffix, tensor, writeSafetensors, type Tensor } from '@caldera/core';
 import {
   initTrainParams,
   parseModelConfig,
+  readJsonFile,
   Trainer,
   trainParamShapes,
   validationLoss,
@@ -70,17 +71,7 @@ export async function trainCommand(a: Args): Promise<number> {
   const warmup = flagNumber(a, 'warmup', 50, NON_NEGATIVE_INT);
   const validTokens = flagNumber(a, 'valid-tokens', 8192, POSITIVE_INT);
   const configPath = join(template, 'config.json');
-  const configText = await readFile(configPath, 'utf8').catch((e: Error) => {
-    throw new CalderaError('E_IO', `cannot read ${configPath}: ${e.message}`, { cause: e });
-  });
-  let hfConfig: Record<string, unknown>;
-  try {
-    hfConfig = JSON.parse(configText) as Record<string, unknown>;
-  } catch (e) {
-    throw new CalderaError('E_FORMAT', `${configPath} is not valid JSON: ${(e as Error).message}`, {
-      cause: e,
-    });
-  }
+  const hfConfig = (await readJsonFile(configPath)) as Record<string, unknown>;
   const mc = parseModelConfig(hfConfig, configPath);
   if (!mc.tieWordEmbeddings || mc.attentionBias || mc.ropeScaling)
     throw new CalderaError(

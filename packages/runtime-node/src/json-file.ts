@@ -1,0 +1,21 @@
+import { readFile } from 'node:fs/promises';
+import { CalderaError } from '@caldera/core';
+
+/**
+ * The parsed JSON of the file at `path`: `E_IO` when it cannot be read, `E_FORMAT` naming it when it is not valid JSON.
+ * With `optional`, a file that does not exist gives null.
+ */
+export async function readJsonFile(path: string, options: { optional?: boolean } = {}): Promise<unknown> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    if (options.optional && (e as { code?: string }).code === 'ENOENT') return null;
+    throw new CalderaError('E_IO', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new CalderaError('E_FORMAT', `${path} is not valid JSON: ${(e as Error).message}`, { cause: e });
+  }
+}
