@@ -282,11 +282,13 @@ export class Trainer {
     if (h.format !== 'caldera-train-state')
       throw new CalderaError('E_FORMAT', `${path}: not a Caldera training state`);
     let options = h.options;
+    // the data's digest, when checked here, is the one the first save would compute again
+    const digest = resume ? tokenDigest(data) : undefined;
     if (resume) {
       const now = trainerOptionsWithDefaults(resume.expect);
       const differ = settingsDiff(
         { ...h.options, ...configSettings(h.config), data: h.dataSha256 },
-        { ...now, ...configSettings(config), data: tokenDigest(data) },
+        { ...now, ...configSettings(config), data: digest },
         { ignore: ['checkpoint'], ...(resume.labels ? { labels: resume.labels } : {}) },
       );
       if (differ.length > 0)
@@ -311,6 +313,7 @@ export class Trainer {
       else if (!n.endsWith('.m') && !n.endsWith('.v')) params[n] = get(n);
     }
     const t = new Trainer(config, params, data, options, objective);
+    t.dataSha256 = digest;
     t.restored = { info: h.extraInfo ?? undefined, tensors: extraTensors };
     for (const n of Object.keys(params)) t.moments[n] = { m: get(`${n}.m`), v: get(`${n}.v`) };
     t.stepCount = h.step;
