@@ -61,15 +61,13 @@ export function latticeQuantizer(kind: LatticeKind, options: LatticeOptions = {}
           `${kind}.quantize: tensor [${t.shape.join(', ')}] has ${x.length} values, not a multiple of 8`,
         );
       }
-      const s = latticeScale(x, inputScale);
+      const { divisor: s, stored } = latticeScales(x, inputScale);
       const y = new Float32Array(x.length);
       for (let i = 0; i < x.length; i++) y[i] = x[i]! / s;
       const codes =
         kind === 'e8p12'
           ? [e8pEncode(y)]
           : (({ stage1, stage2 }) => [stage1, stage2])(rvqEncode(y, kind === 'e8p12-rvq4' ? 4 : 3));
-      // no codeword is 0 (E8P12 points are ±¼ + D̂8): an all-zero tensor keeps its zeros through a zero scale
-      const stored = allZero(x) ? 0 : s;
       return { descriptor, shape: [...t.shape], codes, params: { scales: Float32Array.of(stored) } };
     },
     dequantize(q: QuantizedTensor): Tensor<'f32'> {
@@ -90,19 +88,23 @@ export function latticeQuantizer(kind: LatticeKind, options: LatticeOptions = {}
   };
 }
 
-/** True when every value is zero (such a tensor is stored with scale 0, so that it dequantizes to zeros). */
-function allZero(x: ArrayLike<number>): boolean {
-  for (let i = 0; i < x.length; i++) if (x[i] !== 0) return false;
-  return true;
+/**
+ * The per-tensor scale of a lattice codec: `RMS(x)/inputScale` as f32 (1 for an all-zero tensor: the scale the
+ * values are divided by; the stored scale of an all-zero tensor is 0, see {@link latticeScales}).
+ */
+export function latticeScale(x: ArrayLike<number>, inputScale: number): number {
+  return latticeScales(x, inputScale).divisor;
 }
 
 /**
- * The per-tensor scale of a lattice codec: `RMS(x)/inputScale` as f32 (1 for an all-zero tensor: the scale the
- * values are divided by; the stored scale of an all-zero tensor is 0).
+ * Both scales of a lattice codec from one pass over `x`: `divisor`, what the values are divided by before rounding
+ * ({@link latticeScale}), and `stored`, the scale kept with the codes, which is 0 for an all-zero tensor (no codeword
+ * is 0, E8P12 points being ±¼ + D̂8, so only a zero scale keeps its zeros) and `divisor` otherwise.
  */
-export function latticeScale(x: ArrayLike<number>, inputScale: number): number {
+export function latticeScales(x: ArrayLike<number>, inputScale: number): { divisor: number; stored: number } {
   let ss = 0;
   for (let i = 0; i < x.length; i++) ss += x[i]! * x[i]!;
   const rms = Math.sqrt(ss / Math.max(1, x.length));
-  return Math.fround(rms > 0 ? rms / inputScale : 1);
+  const divisor = Math.fround(rms > 0 ? rms / inputScale : 1);
+  return { divisor, stored: ss > 0 ? divisor : 0 };
 }

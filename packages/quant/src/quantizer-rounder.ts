@@ -4,7 +4,7 @@
  * returned `params` form a `QuantizedTensor` the quantizer's `dequantize` accepts.
  */
 import { CalderaError, type Tensor } from '@caldera/core';
-import { latticeScale } from './lattice-quantizer.js';
+import { latticeScales } from './lattice-quantizer.js';
 import { nfLevels } from './normal-float.js';
 import {
   finiteValues,
@@ -36,8 +36,7 @@ export function rounderFromQuantizer(q: Quantizer, w: Tensor): QuantizerRounder 
   const d = q.descriptor;
   if (d.kind === 'e8p12' || d.kind === 'e8p12-rvq3' || d.kind === 'e8p12-rvq4') {
     const values = finiteValues(w, 'rounderFromQuantizer');
-    const s = latticeScale(values, d.inputScale);
-    const stored = values.every((v) => v === 0) ? 0 : s; // as the quantizer stores it: an all-zero W stays zero
+    const { divisor: s, stored } = latticeScales(values, d.inputScale); // as the quantizer stores it
     const base = d.kind === 'e8p12' ? e8pRounder() : rvqRounder(d.kind === 'e8p12-rvq4' ? 4 : 3);
     const y = new Float32Array(0);
     let scratch = y;
