@@ -1,5 +1,8 @@
 import {
+  assertFinite,
   CalderaError,
+  expectedCalderaTensors,
+  isFloatDType,
   f32ArrayToF16,
   f16ArrayToF32,
   tensor,
@@ -284,7 +287,9 @@ export function calderaCheckpointMeta(
 /**
  * Rebuild a decomposition (with g folded into the scales, so `scale = 1`) from checkpoint tensors and the layer's
  * `caldera.json` entry. Where the entry records no `paperBitsPerWeight` it is computed ({@link paperBitsFromMeta});
- * where it records no `error`, `error` is NaN.
+ * where it records no `error`, `error` is NaN. Every tensor the format requires is checked first: a missing one is
+ * `E_MISSING`, one of another dtype or shape `E_FORMAT` naming it (a mistyped sign vector or scale would otherwise be
+ * read as garbage or fail with a RangeError), a float one with a non-finite value `E_VALUE`.
  */
 export function fromCheckpointTensors(
   prefix: string,
@@ -292,6 +297,16 @@ export function fromCheckpointTensors(
   meta: CalderaLayerMeta,
 ): Decomposition {
   const p = `${prefix}.caldera.`;
+  for (const e of expectedCalderaTensors(prefix, meta)) {
+    const t = get(e.name);
+    if (!t) throw new CalderaError('E_MISSING', `checkpoint has no tensor '${e.name}'`);
+    if (t.dtype !== e.dtype || t.shape.join() !== e.shape.join())
+      throw new CalderaError(
+        'E_FORMAT',
+        `tensor '${e.name}' is ${t.dtype} [${t.shape.join(', ')}], expected ${e.dtype} [${e.shape.join(', ')}]`,
+      );
+    if (isFloatDType(t.dtype)) assertFinite(t, `tensor '${e.name}'`);
+  }
   const need = (name: string): Tensor => {
     const t = get(p + name);
     if (!t) throw new CalderaError('E_MISSING', `checkpoint has no tensor '${p}${name}'`);

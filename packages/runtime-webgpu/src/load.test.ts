@@ -2,10 +2,16 @@ import { describe, expect, it } from 'vitest';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { serializeSafetensors, writeSafetensors, type CalderaLayerMeta } from '@caldera/core';
+import {
+  serializeSafetensors,
+  tensor,
+  writeSafetensors,
+  type CalderaLayerMeta,
+  type Tensor,
+} from '@caldera/core';
 import { calderaCheckpointMeta } from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
-import { loadModelFromUrl } from './load.js';
+import { loadModelFromBuffer, loadModelFromUrl } from './load.js';
 import { gpuTitle, testDevice } from './testing/gpu.js';
 import { tinyModel } from './testing/tiny-model.js';
 
@@ -211,6 +217,25 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
     expect(progress.length).toBeGreaterThan(1);
     expect(progress.every((e) => e.total === null)).toBe(true);
     expect(progress.at(-1)!.bytes).toBe((files['model.safetensors'] as Uint8Array).byteLength);
+  });
+
+  it("a compressed layer's mistyped or non-finite part is E_FORMAT / E_VALUE naming it, as in runtime-node", async () => {
+    const { config, tensors, layers } = tinyModel();
+    const p = 'model.layers.0.mlp.up_proj.caldera.';
+    const load = async (patch: Record<string, Tensor>) =>
+      loadModelFromBuffer(d, {
+        config,
+        calderaMeta: calderaCheckpointMeta(layers),
+        weights: await serializeSafetensors({ ...tensors, ...patch }),
+      });
+    const su = tensors[`${p}SU`]!;
+    const suBytes = new Uint8Array(su.data.buffer, su.data.byteOffset, su.data.byteLength);
+    await expect(load({ [`${p}SU`]: tensor('u8', [suBytes.length], suBytes) })).rejects.toThrow(
+      /E_FORMAT.*up_proj\.caldera\.SU' is u8 \[64\], expected f16 \[32\]/,
+    );
+    await expect(load({ [`${p}L_scale`]: tensor('f32', [1], [NaN]) })).rejects.toThrow(
+      /E_VALUE.*up_proj\.caldera\.L_scale' has a non-finite value/,
+    );
   });
 
   it("a contextLength past the config's max_position_embeddings is E_VALUE, before anything is uploaded", async () => {
