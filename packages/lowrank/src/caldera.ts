@@ -10,7 +10,7 @@ import {
   type Tensor,
 } from '@caldera/core';
 import { cholesky, gemm, randomizedSvd, type Pool } from '@caldera/linalg';
-import { ldlq } from '@caldera/quant';
+import { assertFiniteSymmetric, ldlq } from '@caldera/quant';
 import {
   latticeRound,
   latticeRoundRaw,
@@ -115,17 +115,12 @@ function checkOptions(o: typeof DEFAULTS, m: number, n: number): void {
 }
 
 /**
- * Throw `E_VALUE` unless H (n×n, contiguous) can be an input second moment: finite, symmetric (to f32 round-off
- * relative to its largest diagonal entry, LDLQ's tolerance), with a non-negative diagonal that is not all zero.
+ * Throw `E_VALUE` unless H (n×n, contiguous) can be an input second moment: finite and symmetric as LDLQ requires
+ * (quant's `assertFiniteSymmetric`), with a non-negative diagonal that is not all zero.
  */
 function checkHessian(h: Float64Array, n: number): void {
+  assertFiniteSymmetric(h, n, 'caldera: H');
   let dmax = 0;
-  for (let i = 0; i < h.length; i++)
-    if (!Number.isFinite(h[i]!))
-      throw new CalderaError(
-        'E_VALUE',
-        `caldera: H has a non-finite value at (${Math.floor(i / n)}, ${i % n})`,
-      );
   for (let i = 0; i < n; i++) {
     const d = h[i * n + i]!;
     if (d < 0)
@@ -136,14 +131,6 @@ function checkHessian(h: Float64Array, n: number): void {
     dmax = Math.max(dmax, d);
   }
   if (dmax === 0) throw new CalderaError('E_VALUE', 'caldera: H has an all-zero diagonal (no input signal)');
-  const tol = 1e-5 * dmax;
-  for (let i = 0; i < n; i++)
-    for (let j = 0; j < i; j++)
-      if (Math.abs(h[i * n + j]! - h[j * n + i]!) > tol)
-        throw new CalderaError(
-          'E_VALUE',
-          `caldera: H is not symmetric at (${i}, ${j}): ${h[i * n + j]} vs ${h[j * n + i]}`,
-        );
 }
 
 /** Solve X·G = B for X (B: r×k, G: k×k symmetric positive semidefinite) through a jittered Cholesky of G. */

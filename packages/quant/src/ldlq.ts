@@ -214,6 +214,27 @@ function checkOperand(t: Matrix, name: string): void {
     );
 }
 
+/**
+ * `E_VALUE` naming `what` unless the `n × n` row-major `h` is finite and symmetric up to f32 round-off: each pair
+ * `h[i][j]`, `h[j][i]` within `1e-5 · max |h[i][i]|` (the tolerance LDLQ, which factors only one triangle, accepts).
+ */
+export function assertFiniteSymmetric(h: Float64Array, n: number, what: string): void {
+  for (let i = 0; i < h.length; i++) {
+    if (!Number.isFinite(h[i]!))
+      throw new CalderaError('E_VALUE', `${what} has a non-finite value at (${Math.floor(i / n)}, ${i % n})`);
+  }
+  let dmax = 0;
+  for (let i = 0; i < n; i++) dmax = Math.max(dmax, Math.abs(h[i * n + i]!));
+  const tol = 1e-5 * dmax;
+  for (let i = 0; i < n; i++)
+    for (let j = 0; j < i; j++)
+      if (Math.abs(h[i * n + j]! - h[j * n + i]!) > tol)
+        throw new CalderaError(
+          'E_VALUE',
+          `${what} is not symmetric at (${i}, ${j}): ${h[i * n + j]} vs ${h[j * n + i]}`,
+        );
+}
+
 function factorHessian(h: Matrix, g: number, damping: number, pool: Pool | undefined) {
   const n = h.shape[0]!;
   const hd = Float64Array.from(h.data.subarray(h.offset, h.offset + n * n));
@@ -221,21 +242,8 @@ function factorHessian(h: Matrix, g: number, damping: number, pool: Pool | undef
     for (let i = 0; i < n; i++)
       for (let j = 0; j < n; j++) hd[i * n + j] = h.data[h.offset + i * h.strides[0]! + j * h.strides[1]!]!;
   }
-  for (let i = 0; i < hd.length; i++) {
-    if (!Number.isFinite(hd[i]!))
-      throw new CalderaError('E_VALUE', `ldlq: H has a non-finite value at (${Math.floor(i / n)}, ${i % n})`);
-  }
-  // H must be symmetric (only its lower triangle is factored): allow f32 round-off relative to the largest diagonal
-  let dmax = 0;
-  for (let i = 0; i < n; i++) dmax = Math.max(dmax, Math.abs(hd[i * n + i]!));
-  const tol = 1e-5 * dmax;
-  for (let i = 0; i < n; i++) {
-    for (let j = 0; j < i; j++) {
-      if (Math.abs(hd[i * n + j]! - hd[j * n + i]!) > tol) {
-        throw new CalderaError('E_VALUE', `ldlq: H [${n}, ${n}] is not symmetric at (${i}, ${j})`);
-      }
-    }
-  }
+  // H must be symmetric (only its lower triangle is factored)
+  assertFiniteSymmetric(hd, n, `ldlq: H [${n}, ${n}]`);
   if (damping < 0 || !Number.isFinite(damping)) {
     throw new CalderaError('E_VALUE', `ldlq: damping must be a finite number ≥ 0, got ${damping}`);
   }
