@@ -1,4 +1,5 @@
 import { CalderaError, parseSafetensorsIndex, stopTokenIdsOf } from '@caldera/core';
+import { sha256Hex } from '@caldera/calibrate';
 import { createPool, type Pool } from '@caldera/linalg';
 import { referenceModelDir, referenceTextPath } from '@caldera/reference-model';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
@@ -154,6 +155,22 @@ export const TRAIN_FLAG_LABELS: Record<string, string> = {
 /** The model directory: the positional argument, or the embedded reference model. */
 export function modelDirOf(positional: string | undefined): string {
   return positional ?? referenceModelDir();
+}
+
+/**
+ * The held-out perplexity `caldera eval` scores by default: the first `HELD_OUT_TOKENS` tokens in windows of
+ * `HELD_OUT_CONTEXT`, as `caldera compress` (--eval-tokens, context 2·--length = 256 by default) and
+ * `caldera finetune` report it, so that the same checkpoint gets the same number from each.
+ */
+export const HELD_OUT_TOKENS = 8192;
+export const HELD_OUT_CONTEXT = 256;
+
+/** sha256 (hex) of a file's bytes; `E_IO` naming it when it cannot be read. */
+export async function fileSha256(path: string): Promise<string> {
+  const bytes = await readFile(path).catch((e: Error) => {
+    throw new CalderaError('E_IO', `cannot read ${path}: ${e.message}`, { cause: e });
+  });
+  return sha256Hex(bytes);
 }
 
 /** Documents of a text file: blocks separated by blank lines. */

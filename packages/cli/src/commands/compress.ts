@@ -58,6 +58,8 @@ import {
   checkOutDir,
   defaultText,
   exists,
+  fileSha256,
+  HELD_OUT_TOKENS,
   modelDirOf,
   poolFor,
   readDocuments,
@@ -150,7 +152,7 @@ function settingsFromFlags(a: Args): Omit<RunSettings, 'ranks'> {
     length: flagNumber(a, 'length', 128, { integer: true, min: 2 }),
     data: resolve(flagString(a, 'data') ?? defaultText('train')),
     eval: resolve(flagString(a, 'eval') ?? defaultText('test')),
-    evalTokens: flagNumber(a, 'eval-tokens', 8192, { integer: true, min: 2 }),
+    evalTokens: flagNumber(a, 'eval-tokens', HELD_OUT_TOKENS, { integer: true, min: 2 }),
     propagate,
     outerIters: flagNumber(a, 'outer-iters', 4, POSITIVE_INT),
     lplrIters: flagNumber(a, 'lplr-iters', 4, POSITIVE_INT),
@@ -245,7 +247,7 @@ const PARTIAL_RUN_FILE = 'run.json';
 
 /** sha256 of the source model's identity: its config.json and every tensor (names and bytes, {@link hashModelTensors}). */
 async function modelIdentity(modelDir: string, signal?: AbortSignal): Promise<string> {
-  const config = sha256Hex(await readFile(join(modelDir, 'config.json')));
+  const config = await fileSha256(join(modelDir, 'config.json'));
   return sha256Hex(JSON.stringify([config, (await hashModelTensors(modelDir, signal)).sha256]));
 }
 
@@ -255,9 +257,6 @@ async function runFingerprint(
   seed: number,
   signal?: AbortSignal,
 ): Promise<RunFingerprint> {
-  const data = await readFile(s.data).catch((e: Error) => {
-    throw new CalderaError('E_IO', `cannot read ${s.data}: ${e.message}`, { cause: e });
-  });
   return {
     model: await modelIdentity(modelDir, signal),
     method: s.method,
@@ -265,7 +264,7 @@ async function runFingerprint(
     outerIters: s.outerIters,
     lplrIters: s.lplrIters,
     propagate: s.propagate,
-    data: sha256Hex(data),
+    data: await fileSha256(s.data),
     windows: s.windows,
     length: s.length,
     seed,
@@ -510,11 +509,7 @@ export async function compressCommand(a: Args): Promise<number> {
       // a large corpus is the slowest part of the set-up
       const source = sha256Hex(
         JSON.stringify({
-          data: sha256Hex(
-            await readFile(settings.data).catch((e: Error) => {
-              throw new CalderaError('E_IO', `cannot read ${settings.data}: ${e.message}`, { cause: e });
-            }),
-          ),
+          data: await fileSha256(settings.data),
           windows: settings.windows,
           length: settings.length,
           seed,

@@ -1,4 +1,4 @@
-import { mkdir, readdir, rm, rmdir } from 'node:fs/promises';
+import { mkdir, rm, rmdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { CalderaError } from '@caldera/core';
 import {
@@ -24,6 +24,8 @@ import {
   checkOutDir,
   defaultText,
   exists,
+  HELD_OUT_CONTEXT,
+  HELD_OUT_TOKENS,
   modelDirOf,
   readDocuments,
   tokenizeDocuments,
@@ -69,7 +71,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
   // the options' values before any work (--seq-len against the model's max positions once its config is read)
   const ftRank = flagNumber(a, 'ft-rank', 64, POSITIVE_INT);
   const seqLenFlag = flagNumber(a, 'seq-len', undefined, { integer: true, min: 2 });
-  const evalTokens = flagNumber(a, 'eval-tokens', 8192, { integer: true, min: 2 });
+  const evalTokens = flagNumber(a, 'eval-tokens', HELD_OUT_TOKENS, { integer: true, min: 2 });
   const options = {
     steps: flagNumber(a, 'steps', 200, POSITIVE_INT),
     seqLen: seqLenFlag ?? 128,
@@ -102,7 +104,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
   const train = await tokens(flagString(a, 'data') ?? defaultText('train'));
   const valid = await tokens(flagString(a, 'valid') ?? defaultText('valid'));
   const heldOut = (await tokens(flagString(a, 'eval') ?? defaultText('test'))).slice(0, evalTokens);
-  const evalCtx = Math.min(256, loaded.config.maxPositions);
+  const evalCtx = Math.min(HELD_OUT_CONTEXT, loaded.config.maxPositions);
   const before = perplexity(loaded.model, heldOut, { context: evalCtx });
   log({ event: 'baseline', ppl: before.ppl, tokens: before.tokens });
 
@@ -121,9 +123,8 @@ export async function finetuneCommand(a: Args): Promise<number> {
   const partial = `${out}.partial`;
   await mkdir(partial, { recursive: true });
   // a run that stops before saving any state leaves no partial directory behind (one with state is never touched)
-  const dropIfEmpty = async () => {
-    if ((await readdir(partial).catch(() => ['?'])).length === 0) await rmdir(partial).catch(() => undefined);
-  };
+  // rmdir removes only an empty directory: one that holds state stays
+  const dropIfEmpty = () => rmdir(partial).catch(() => undefined);
   const ctl = new AbortController();
   const onSignal = () => ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
   process.once('SIGINT', onSignal);

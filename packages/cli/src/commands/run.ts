@@ -14,6 +14,8 @@ import {
 } from '../args.js';
 import {
   defaultText,
+  HELD_OUT_CONTEXT,
+  HELD_OUT_TOKENS,
   modelDirOf,
   openModel,
   poolFor,
@@ -22,14 +24,6 @@ import {
   type OpenedModel,
 } from './common.js';
 import { streamedText } from '../stream-text.js';
-
-/**
- * Tokens of the text `caldera eval` scores by default, and its default window: what the held-out perplexities of
- * `caldera compress` (--eval-tokens 8192, context 2·--length = 256) and `caldera finetune` (8192, 256) score, so that
- * the same checkpoint gets the same number from each.
- */
-const EVAL_TOKENS = 8192;
-const EVAL_CONTEXT = 256;
 
 export const evalHelp = `caldera eval [model] [--text FILE] [--context N] [--stride N] [--max-tokens N] [--threads N]
   [--tokenizer FILE] [--json]
@@ -61,7 +55,7 @@ async function withModel(
 
 export async function evalCommand(a: Args): Promise<number> {
   // the checks that need no model first; --context (its range is the model's) once the model is open
-  const max = flagNumber(a, 'max-tokens', EVAL_TOKENS, POSITIVE_INT);
+  const max = flagNumber(a, 'max-tokens', HELD_OUT_TOKENS, POSITIVE_INT);
   const context = flagNumber(a, 'context');
   const stride = flagNumber(a, 'stride', undefined, POSITIVE_INT);
   if (context !== undefined && stride !== undefined && Number.isInteger(context) && context >= 2)
@@ -78,7 +72,7 @@ async function evaluate(
   const maxPos = config.maxPositions;
   const context =
     flags.context === undefined
-      ? Math.min(EVAL_CONTEXT, maxPos)
+      ? Math.min(HELD_OUT_CONTEXT, maxPos)
       : checkTokenWindow('context', flags.context, maxPos);
   const stride =
     flags.stride === undefined
