@@ -49,6 +49,14 @@ export function averageBits(
   return params === 0 ? 0 : q + extra / params;
 }
 
+/**
+ * The largest rank a layer can be given: min(m, n) (past it L·R gains nothing), and at most `maxRank`, rounded down
+ * to a multiple of `granularity` (default 1: no rounding). The cap of {@link allocateRanks}.
+ */
+export function rankCap(layer: LayerShape, granularity = 1, maxRank = Infinity): number {
+  return Math.floor(Math.min(layer.m, layer.n, maxRank) / granularity) * granularity;
+}
+
 /** Options for {@link allocateRanks}. */
 export interface RankBudgetOptions extends BitWidths {
   /** Target average bits per weight (the paper's accounting). */
@@ -83,10 +91,7 @@ export function allocateRanks(layers: readonly LayerShape[], options: RankBudget
   }
   const params = layers.reduce((a, s) => a + s.m * s.n, 0);
   const budget = (target - q) * params; // bits available for the factors
-  const cap = layers.map((s) => {
-    const c = Math.min(s.m, s.n, options.maxRank ?? Infinity);
-    return Math.floor(c / granularity) * granularity;
-  });
+  const cap = layers.map((s) => rankCap(s, granularity, options.maxRank));
   const stepCost = layers.map((s) => granularity * (l * s.m + r * s.n));
   const ranks = layers.map(() => 0);
   let used = 0;

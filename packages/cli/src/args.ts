@@ -141,7 +141,7 @@ export const SEED: NumberRule = { integer: true, min: 0, max: 0xffffffff };
 export const POSITIVE: NumberRule = { above: 0 };
 
 /** "a positive integer", "an integer in [2, 512]", "a number in (0, 1]", … */
-export function describeRule(r: NumberRule): string {
+function describeRule(r: NumberRule): string {
   const kind = r.integer ? 'integer' : 'number';
   const lo = r.above !== undefined ? `(${r.above}` : r.min !== undefined ? `[${r.min}` : undefined;
   if (lo !== undefined && r.max !== undefined) return `${r.integer ? 'an' : 'a'} ${kind} in ${lo}, ${r.max}]`;
@@ -153,9 +153,10 @@ export function describeRule(r: NumberRule): string {
   return r.integer ? 'an integer' : 'a number';
 }
 
-/** Whether `n` obeys `r`. */
-export function obeys(n: number, r: NumberRule): boolean {
+/** Whether `n` obeys `r` (a finite number: NaN and ±Infinity obey no rule). */
+function obeys(n: number, r: NumberRule): boolean {
   return (
+    Number.isFinite(n) &&
     (!r.integer || Number.isInteger(n)) &&
     (r.min === undefined || n >= r.min) &&
     (r.above === undefined || n > r.above) &&
@@ -175,8 +176,22 @@ export function checkFlag(name: string, n: number, r: NumberRule, note = ''): nu
  * max_position_embeddings a model runs on positions it never saw (eval's --context, train/finetune's --seq-len,
  * compress's --length).
  */
-export function checkTokenWindow(name: string, n: number, maxPositions: number): number {
+function checkTokenWindow(name: string, n: number, maxPositions: number): number {
   return checkFlag(name, n, { integer: true, min: 2, max: maxPositions }, " (the model's max positions)");
+}
+
+/**
+ * The window of tokens that option `--name` sets: `given` (the option's value, undefined when absent) checked by
+ * {@link checkTokenWindow}, or else the command's default `def` clamped to `maxPositions` — a model with fewer
+ * positions runs with all of them rather than being refused over an option the user never gave.
+ */
+export function tokenWindow(
+  name: string,
+  given: number | undefined,
+  def: number,
+  maxPositions: number,
+): number {
+  return given === undefined ? Math.min(def, maxPositions) : checkTokenWindow(name, given, maxPositions);
 }
 
 /**

@@ -6,7 +6,7 @@ import { loadModel } from '@caldera/runtime-node';
 import { fastCompressSetup, runCli } from './test-cli.js';
 import { writeTinyModel } from './test-models.js';
 
-const { tmp, fast: FAST } = fastCompressSetup('caldera-sources-');
+const { tmp, fast: FAST, data, heldOut } = fastCompressSetup('caldera-sources-');
 const run = runCli;
 
 /** Linear weights (q/k/v/o, gate/up/down) of a tiny model's tensors: their number of values. */
@@ -32,6 +32,33 @@ describe('caldera compress: source models', () => {
     expect(r.stdout).toMatch(/'original \(bf16\)'\s*│\s*16\s*│/);
     const { model } = await loadModel(out);
     expect(model.forward([1, 2, 3]).every(Number.isFinite)).toBe(true);
+  }, 60_000);
+
+  it('on a model with fewer than 128 positions the default --length is its max positions; a larger --length is refused', async () => {
+    const { dir: src } = await writeTinyModel(join(tmp, 'short'), { maxPositions: 48, seed: 5 });
+    const out = join(tmp, 'short-out');
+    // FAST without its --length: the default (128) applies
+    const opts = ['--windows', '4', '--outer-iters', '1', '--lplr-iters', '1', '--eval-tokens', '128'];
+    const more = [...opts, '--data', data, '--eval', heldOut, '--json'];
+    const r = run(['compress', src, '--out', out, ...more]);
+    expect(r.status, r.stderr).toBe(0);
+    const report = JSON.parse(readFileSync(join(out, 'report.json'), 'utf8'));
+    expect(report.calibration).toEqual({ windows: 4, length: 48 });
+    expect(report.perplexity.context).toBe(48); // 2·length, clamped to the max positions too
+    expect(JSON.parse(readFileSync(join(out, 'caldera.json'), 'utf8')).options.length).toBe(48);
+    // an explicit --length past the max positions is a mistake, refused before any work
+    const big = join(tmp, 'short-big');
+    const refused = run(['compress', src, '--out', big, ...more, '--length', '64']);
+    expect(refused.status).toBe(1);
+    expect(refused.stderr).toMatch(
+      /E_VALUE: --length must be an integer in \[2, 48\] \(the model's max positions\), got 64/,
+    );
+    expect(existsSync(big)).toBe(false);
+    expect(existsSync(`${big}.partial`)).toBe(false);
+    // eval's default window is clamped the same way (the shared rule)
+    const ev = run(['eval', src, '--text', heldOut, '--max-tokens', '100', '--json']);
+    expect(ev.status, ev.stderr).toBe(0);
+    expect(JSON.parse(ev.stdout).context).toBe(48);
   }, 60_000);
 
   it('labels an f32 source as 32 bits per weight in the summary table', async () => {

@@ -2,6 +2,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { writeSafetensors } from '@caldera/core';
+import { hashModelTensors, sha256Hex } from '@caldera/calibrate';
 import { fastCompressSetup, runCli, runUntil } from './test-cli.js';
 import { writeTinyModel } from './test-models.js';
 
@@ -28,6 +29,18 @@ const FINETUNE = [
   heldOut,
   '--json',
 ];
+
+/**
+ * A regex source matching how a refused resume shows a changed sha256 (a model's or a text's): JSON-quoted, shortened
+ * ("3fa0c2…"), its first 8 hex digits at least.
+ */
+const shortHash = (sha: string) => `"${sha.slice(0, 8)}[0-9a-f]*…`;
+
+/** What compress records of a source model: sha256 of its config.json's sha256 and its tensors' (hashModelTensors). */
+const modelSha = async (dir: string) =>
+  sha256Hex(
+    JSON.stringify([sha256Hex(readFileSync(join(dir, 'config.json'))), (await hashModelTensors(dir)).sha256]),
+  );
 
 /** Every file under `dir` with its bytes (to check that nothing was touched). */
 function snapshot(dir: string): Map<string, Buffer> {
@@ -229,7 +242,13 @@ describe('input files and partial state', () => {
     writeFileSync(other, readFileSync(data, 'utf8').slice(1000));
     const seeds = run([...args, '--seed', '7', '--data', other]);
     expect(seeds.status).toBe(1);
-    expect(seeds.stderr).toMatch(/calibration text \(--data content\); --seed \(0 then, 7 now\)/);
+    // both texts named by their sha256, then the seed's values
+    const [then, now] = [data, other].map((f) => shortHash(sha256Hex(readFileSync(f))));
+    expect(seeds.stderr).toMatch(
+      new RegExp(
+        `calibration text \\(--data content\\) \\(${then} then, ${now} now\\); --seed \\(0 then, 7 now\\)`,
+      ),
+    );
     expect(snapshot(`${out}.partial`)).toEqual(partial);
 
     const same = run(args);
@@ -238,10 +257,32 @@ describe('input files and partial state', () => {
     expect(existsSync(join(out, 'caldera.json'))).toBe(true);
   }, 60_000);
 
+  it('a compress records its settings in <out>.partial/run.json once, before its first block, replacing a stale record', async () => {
+    const model = (await writeTinyModel(join(tmp, 'models', 'once'), { layers: 6, seed: 6 })).dir;
+    const out = join(tmp, 'once');
+    const partial = `${out}.partial`;
+    // a record of another run that never committed a block: no blocks, so no resume check; it must be replaced
+    mkdirSync(partial, { recursive: true });
+    writeFileSync(join(partial, 'run.json'), JSON.stringify({ seed: 99 }));
+    const args = ['compress', model, '--out', out, ...FAST, '--windows', '8', '--length', '64'];
+    await runUntil(args, join(partial, 'block-0002.json'), 'SIGKILL', 5);
+    expect(existsSync(join(partial, 'block-0002.json'))).toBe(true);
+    expect(existsSync(join(partial, 'block-0005.json'))).toBe(false);
+    expect(JSON.parse(readFileSync(join(partial, 'run.json'), 'utf8')).seed).toBe(0);
+    // written before block 0's tensors and never again (the blocks after it did not rewrite it)
+    const mtime = (f: string) => statSync(join(partial, f)).mtimeMs;
+    expect(mtime('run.json')).toBeLessThanOrEqual(mtime('block-0000.safetensors'));
+    // the rerun resumes from that record
+    const same = run(args);
+    expect(same.status, same.stderr).toBe(0);
+    expect(existsSync(partial)).toBe(false);
+  }, 60_000);
+
   it('a killed compress does not resume on a source model whose weights changed since, wherever in the file', async () => {
     // 3 blocks of hidden 128: a 3.7 MB file, so block 1's weights lie more than a MiB from either end
     const dir = join(tmp, 'models', 'changed');
     const { raw } = await writeTinyModel(dir, { layers: 3, hidden: 128, seed: 4 });
+    const shaBefore = await modelSha(dir);
     const out = join(tmp, 'changed-out');
     const args = ['compress', dir, '--out', out, ...FAST, '--windows', '8', '--length', '64'];
     await runUntil(args, join(`${out}.partial`, 'block-0000.json'), 'SIGKILL', 5);
@@ -258,6 +299,13 @@ describe('input files and partial state', () => {
     expect(after.subarray(-mib).equals(before.subarray(-mib))).toBe(true);
     const r = run(args);
     expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(/holds blocks of an interrupted run with other settings: source model/);
+    const [then, now] = [shaBefore, await modelSha(dir)].map(shortHash);
+    expect(then).not.toBe(now);
+    expect(r.stderr).toMatch(
+      new RegExp(
+        `holds blocks of an interrupted run with other settings: ` +
+          `source model \\(config\\.json or weight files\\) \\(${then} then, ${now} now\\); rerun`,
+      ),
+    );
   }, 60_000);
 });

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { averageBits } from '@caldera/calibrate';
+import { allocateRanks, averageBits, rankCap } from '@caldera/calibrate';
+import { checkFlag } from './args.js';
 import { chooseRanks, parseLayerRanks } from './commands/ranks.js';
 
 // four blocks' worth of reference-model shapes (attention 256×256, MLP 704×256 / 256×704)
@@ -56,5 +57,45 @@ describe('rank choice for caldera compress', () => {
     const ranks = chooseRanks(layers, { widths, rank: 16, overrides: [['down_proj', 300]] });
     expect(ranks['model.layers.0.mlp.down_proj']).toBe(256); // clamped to min(m, n)
     expect(ranks['model.layers.1.self_attn.q_proj']).toBe(16);
+  });
+
+  it('refuses a non-finite --rank, --bits or --max-bytes, naming it (checkFlag: no rule admits ±Infinity or NaN)', () => {
+    expect(() => chooseRanks(layers, { widths, maxBytes: Infinity })).toThrow(
+      /E_VALUE: --max-bytes must be a number > 0, got Infinity$/,
+    );
+    expect(() => chooseRanks(layers, { widths, bits: Infinity })).toThrow(
+      /E_VALUE: --bits must be a number > 0, got Infinity$/,
+    );
+    expect(() => chooseRanks(layers, { widths, bits: NaN })).toThrow(/--bits must be a number > 0, got NaN$/);
+    expect(() => chooseRanks(layers, { widths, rank: Infinity })).toThrow(
+      /--rank must be a non-negative integer, got Infinity$/,
+    );
+    expect(() => checkFlag('x', NaN, {})).toThrow(/--x must be a number, got NaN$/);
+    expect(() => checkFlag('x', -Infinity, { max: 3 })).toThrow(/--x must be a number ≤ 3, got -Infinity$/);
+  });
+
+  it("the full-rank limit is calibrate's rank cap, the ranks allocateRanks gives at an unbounded target", () => {
+    // caps: min(m, n) = 60 and 37; in steps of 8, 56 and 32
+    const odd = [
+      { name: 'a', m: 100, n: 60 },
+      { name: 'b', m: 37, n: 300 },
+    ];
+    expect(odd.map((s) => rankCap(s))).toEqual([60, 37]);
+    expect(odd.map((s) => rankCap(s, 8))).toEqual([56, 32]);
+    expect(odd.map((s) => rankCap(s, 8, 40))).toEqual([40, 32]);
+    expect(allocateRanks(odd, { targetBits: 1000, ...widths, granularity: 8 }).ranks).toEqual([56, 32]);
+    // --bits above every layer at its cap is refused, naming that limit (two decimals, rounded down)
+    const full = averageBits(
+      odd,
+      odd.map((s) => rankCap(s, 8)),
+      widths,
+    );
+    const shown = Math.floor(full * 100 + 1e-9) / 100;
+    expect(() => chooseRanks(odd, { widths, bits: full + 0.01 })).toThrow(
+      new RegExp(`--bits must be at most ${shown}, what every layer at full rank gives`),
+    );
+    // a fixed rank or an override is clamped to the cap without granularity
+    expect(chooseRanks(odd, { widths, rank: 1000 })).toEqual({ a: 60, b: 37 });
+    expect(chooseRanks(odd, { widths, rank: 4, overrides: [['b', 1000]] })).toEqual({ a: 4, b: 37 });
   });
 });

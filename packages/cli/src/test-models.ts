@@ -20,6 +20,8 @@ export interface TinyModelOptions {
   layers?: number;
   /** Tied embeddings: no `lm_head.weight` (default false). */
   tied?: boolean;
+  /** `max_position_embeddings` (default 256). */
+  maxPositions?: number;
   seed?: number;
 }
 
@@ -72,7 +74,7 @@ export async function writeTinyModel(
     model_type: qwen ? 'qwen2' : 'llama',
     hidden_act: 'silu',
     tie_word_embeddings: o.tied ?? false,
-    max_position_embeddings: 256,
+    max_position_embeddings: o.maxPositions ?? 256,
     torch_dtype: { f32: 'float32', f16: 'float16', bf16: 'bfloat16' }[dtype],
     bos_token_id: 0,
     eos_token_id: 0,

@@ -119,7 +119,7 @@ export async function checkInputFiles(files: readonly (readonly [string, string]
  * The weight files of a model directory: the shards named by `model.safetensors.index.json` when it exists, else
  * `model.safetensors`, else every `*.safetensors` file.
  */
-export async function weightFiles(dir: string): Promise<string[]> {
+async function weightFiles(dir: string): Promise<string[]> {
   const index = join(dir, 'model.safetensors.index.json');
   if (await exists(index)) {
     const { weightMap } = parseSafetensorsIndex(await readFile(index, 'utf8'), index);

@@ -41,7 +41,7 @@ import {
   type LinearInfo,
 } from '@caldera/calibrate';
 import { calderaCheckpointMeta, type CalderaOptions } from '@caldera/lowrank';
-import { loadModel, ModelRunnerAdapter, perplexity } from '@caldera/runtime-node';
+import { loadModel, ModelRunnerAdapter, perplexity, settingsDiff } from '@caldera/runtime-node';
 import {
   flagNumber,
   flagString,
@@ -49,7 +49,7 @@ import {
   POSITIVE_INT,
   NON_NEGATIVE_INT,
   SEED,
-  checkTokenWindow,
+  tokenWindow,
   progressBar,
   type Args,
 } from '../args.js';
@@ -83,7 +83,8 @@ Options:
   --layer-rank SPEC    per-layer ranks by name substring, first match wins, e.g. 'mlp=32,self_attn=16'; the
                        budget (--bits / --max-bytes) is met over all layers, the rest get what is left
   --data FILE          calibration text (.txt, documents separated by blank lines, or .jsonl with "text")
-  --windows N          calibration windows (default 32)   --length L   tokens per window (default 128)
+  --windows N          calibration windows (default 32)
+  --length L           tokens per window, 2 … the model's max positions (default 128, or the max positions if fewer)
   --eval FILE          held-out text for perplexity before/after (default: the reference test split)
   --eval-tokens N      tokens of held-out text to score (default 8192)
   --outer-iters N      CALDERA outer iterations (default 4)   --lplr-iters N   inner LPLR rounds (default 4)
@@ -139,7 +140,8 @@ interface RunSettings {
   ranks: Record<string, number>;
 }
 
-function settingsFromFlags(a: Args): Omit<RunSettings, 'ranks'> {
+/** The run's settings that need no model (`length`: the --length given, if any; its range is the model's). */
+function settingsFromFlags(a: Args): Omit<RunSettings, 'ranks' | 'length'> & { length: number | undefined } {
   const method = (flagString(a, 'method', 'caldera') as Method) ?? 'caldera';
   if (!['caldera', 'ldlq', 'rtn', 'lplr'].includes(method))
     throw new CalderaError('E_VALUE', `unknown --method '${method}'`);
@@ -149,7 +151,7 @@ function settingsFromFlags(a: Args): Omit<RunSettings, 'ranks'> {
   return {
     method,
     windows: flagNumber(a, 'windows', 32, POSITIVE_INT),
-    length: flagNumber(a, 'length', 128, { integer: true, min: 2 }),
+    length: flagNumber(a, 'length', undefined, { integer: true, min: 2 }),
     data: resolve(flagString(a, 'data') ?? defaultText('train')),
     eval: resolve(flagString(a, 'eval') ?? defaultText('test')),
     evalTokens: flagNumber(a, 'eval-tokens', HELD_OUT_TOKENS, { integer: true, min: 2 }),
@@ -228,7 +230,7 @@ function layerSpec(s: RunSettings, seed: number, name: string): LayerSpec {
  * What determines the blocks of a 'compressed'-propagation run, recorded in `<out>.partial/run.json` with its first
  * block: a rerun resumes only when every field is the same (else its blocks would mix two runs' settings).
  */
-interface RunFingerprint {
+type RunFingerprint = {
   /** sha256 of config.json and of every tensor's bytes. */
   model: string;
   method: Method;
@@ -241,7 +243,7 @@ interface RunFingerprint {
   windows: number;
   length: number;
   seed: number;
-}
+};
 
 const PARTIAL_RUN_FILE = 'run.json';
 
@@ -302,19 +304,16 @@ async function checkResume(partial: string, fp: RunFingerprint): Promise<void> {
         `were made with are unknown); delete ${partial} to start over`,
     );
   }
-  const differ: string[] = [];
-  for (const k of Object.keys(FINGERPRINT_LABELS) as (keyof RunFingerprint)[]) {
-    const [a, b] = [old[k], fp[k]];
-    if (JSON.stringify(a) === JSON.stringify(b)) continue;
-    if (k === 'ranks') {
-      const [ra, rb] = [(a ?? {}) as Record<string, number>, b as Record<string, number>];
-      const layer = [...new Set([...Object.keys(ra), ...Object.keys(rb)])].find((l) => ra[l] !== rb[l]);
-      differ.push(
-        `${FINGERPRINT_LABELS[k]}, e.g. ${layer}: ${ra[layer!] ?? 'none'} then, ${rb[layer!] ?? 'none'} now`,
-      );
-    } else if (k === 'model' || k === 'data') differ.push(FINGERPRINT_LABELS[k]);
-    else differ.push(`${FINGERPRINT_LABELS[k]} (${JSON.stringify(a)} then, ${JSON.stringify(b)} now)`);
-  }
+  // `label (then, now)` as train and finetune name a changed setting (the sha256 of the model and of the text
+  // shortened), except the ranks: one per layer, their JSON shortened would name neither a layer nor a rank, so the
+  // first layer whose rank differs is named instead
+  const differ = settingsDiff(old, fp, { ignore: ['ranks'], labels: FINGERPRINT_LABELS });
+  const [ra, rb] = [old.ranks ?? {}, fp.ranks];
+  const layer = [...new Set([...Object.keys(ra), ...Object.keys(rb)])].find((l) => ra[l] !== rb[l]);
+  if (layer !== undefined)
+    differ.push(
+      `${FINGERPRINT_LABELS.ranks}, e.g. ${layer}: ${ra[layer] ?? 'none'} then, ${rb[layer] ?? 'none'} now`,
+    );
   if (differ.length > 0)
     throw new CalderaError(
       'E_VALUE',
@@ -327,6 +326,7 @@ function fileStore(dir: string, fingerprint: RunFingerprint): BlockStore {
     st: join(dir, `block-${String(b).padStart(4, '0')}.safetensors`),
     js: join(dir, `block-${String(b).padStart(4, '0')}.json`),
   });
+  let recorded = false;
   return {
     async load(b) {
       const p = paths(b);
@@ -356,9 +356,14 @@ function fileStore(dir: string, fingerprint: RunFingerprint): BlockStore {
       }
     },
     async save(b, results) {
-      await mkdir(dir, { recursive: true });
-      // the settings go first: a block never exists without the record of what it was made with
-      await atomicWriteFile(join(dir, PARTIAL_RUN_FILE), JSON.stringify(fingerprint));
+      // the settings go first: a block never exists without the record of what it was made with. Once per run, before
+      // its first new block: they do not change during the run (a resumed run's are those recorded, checkResume), and
+      // a record left without blocks by another run is replaced then
+      if (!recorded) {
+        await mkdir(dir, { recursive: true });
+        await atomicWriteFile(join(dir, PARTIAL_RUN_FILE), JSON.stringify(fingerprint));
+        recorded = true;
+      }
       const p = paths(b);
       const tensors: Record<string, Tensor> = {};
       for (const r of results) Object.assign(tensors, r.replacement.tensors);
@@ -444,11 +449,12 @@ export async function compressCommand(a: Args): Promise<number> {
   let settings: RunSettings;
   try {
     loaded = await loadModel(modelDir, pool ? { pool } : {});
-    // calibration windows past max_position_embeddings would run on positions the model never saw
-    checkTokenWindow('length', base.length, loaded.config.maxPositions);
+    // calibration windows past max_position_embeddings would run on positions the model never saw: an explicit
+    // --length beyond them is refused, the default is clamped to them
+    const length = tokenWindow('length', base.length, 128, loaded.config.maxPositions);
     runner = new ModelRunnerAdapter(loaded.model);
     layers = Array.from({ length: loaded.config.numLayers }, (_, b) => runner.linears(b)).flat();
-    settings = { ...base, ranks: ranksFor(rankChoice, base.method, layers) };
+    settings = { ...base, length, ranks: ranksFor(rankChoice, base.method, layers) };
   } catch (e) {
     pool?.dispose(); // the run's try/finally below has not started
     throw e;

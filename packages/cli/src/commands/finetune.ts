@@ -11,7 +11,7 @@ import {
   writeFinetunedCheckpoint,
 } from '@caldera/runtime-node';
 import {
-  checkTokenWindow,
+  tokenWindow,
   flagNumber,
   flagString,
   POSITIVE,
@@ -56,7 +56,8 @@ Options:
   --eval FILE        held-out text for perplexity before/after (default: reference test split)
   --ft-rank K        trainable rank per layer, clamped to the layer's rank (default 64)
   --steps N          optimizer steps at most (default 200)   --lr LR   relative peak learning rate (default 1e-2)
-  --batch N          sequences per step (default 4)   --seq-len L   tokens per sequence (default 128)
+  --batch N          sequences per step (default 4)
+  --seq-len L        tokens per sequence, 2 … the model's max positions (default 128, or the max positions if fewer)
   --eval-every N     validate every N steps (default 20)   --patience N   validations without improvement (default 3)
   --valid-tokens N   validation tokens (default 4096)   --eval-tokens N   held-out tokens scored (default 8192)
   --seed S           data order seed (default 0)
@@ -74,7 +75,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
   const evalTokens = flagNumber(a, 'eval-tokens', HELD_OUT_TOKENS, { integer: true, min: 2 });
   const options = {
     steps: flagNumber(a, 'steps', 200, POSITIVE_INT),
-    seqLen: seqLenFlag ?? 128,
+    seqLen: 128, // clamped to (or checked against) the model's max positions once it is loaded
     batch: flagNumber(a, 'batch', 4, POSITIVE_INT),
     lr: flagNumber(a, 'lr', 1e-2, POSITIVE),
     evalEvery: flagNumber(a, 'eval-every', 20, POSITIVE_INT),
@@ -96,8 +97,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
 
   const loaded = await loadModel(src, { dtype: 'f32' });
   const maxPos = loaded.config.maxPositions;
-  if (seqLenFlag !== undefined) checkTokenWindow('seq-len', seqLenFlag, maxPos);
-  else options.seqLen = Math.min(options.seqLen, maxPos);
+  options.seqLen = tokenWindow('seq-len', seqLenFlag, options.seqLen, maxPos);
   const bos = loaded.config.bosTokenId;
   const tokens = async (file: string) =>
     (await tokenizeDocuments(src, await readDocuments(file), bos)).flat();

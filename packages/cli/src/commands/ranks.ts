@@ -1,5 +1,6 @@
-import { allocateRanks, bitsForBytes, type LayerShape } from '@caldera/calibrate';
+import { allocateRanks, bitsForBytes, rankCap, type LayerShape } from '@caldera/calibrate';
 import { CalderaError } from '@caldera/core';
+import { checkFlag, NON_NEGATIVE_INT, POSITIVE } from '../args.js';
 
 /** How `caldera compress` chooses the rank of every layer. */
 export interface RankChoice {
@@ -52,19 +53,16 @@ const floor2 = (v: number) => Math.floor(v * 100 + 1e-9) / 100;
  * converted) exactly under the paper's accounting, the overridden layers' cost counted first. Fails with `E_VALUE`
  * naming the option (`--rank`, `--bits`, `--max-bytes`) and its allowed range when `rank` is not a non-negative
  * integer, when the budget is below the bits of Q (with the overrides' cost), or when `bits` is above what every
- * layer at full rank gives (ranks are at most min(m, n), in steps of the granularity): such a target cannot be met,
+ * layer at full rank gives (its {@link rankCap}: min(m, n) in steps of the granularity): such a target cannot be met,
  * and is refused rather than silently capped. A `maxBytes` above the full-rank size is a ceiling that is simply not
  * reached.
  */
 export function chooseRanks(layers: readonly LayerShape[], c: RankChoice): Record<string, number> {
   const { q, l, r } = c.widths;
   const g = c.granularity ?? 8;
-  if (c.rank !== undefined && !(Number.isInteger(c.rank) && c.rank >= 0))
-    throw new CalderaError('E_VALUE', `--rank must be a non-negative integer, got ${c.rank}`);
-  if (c.maxBytes !== undefined && !(Number.isFinite(c.maxBytes) && c.maxBytes > 0))
-    throw new CalderaError('E_VALUE', `--max-bytes must be a number > 0, got ${c.maxBytes}`);
-  if (c.bits !== undefined && !(Number.isFinite(c.bits) && c.bits > 0))
-    throw new CalderaError('E_VALUE', `--bits must be a number > 0, got ${c.bits}`);
+  if (c.rank !== undefined) checkFlag('rank', c.rank, NON_NEGATIVE_INT);
+  if (c.maxBytes !== undefined) checkFlag('max-bytes', c.maxBytes, POSITIVE);
+  if (c.bits !== undefined) checkFlag('bits', c.bits, POSITIVE);
   const out: Record<string, number> = {};
   const free: LayerShape[] = [];
   let fixedBits = 0;
@@ -72,7 +70,7 @@ export function chooseRanks(layers: readonly LayerShape[], c: RankChoice): Recor
   for (const s of layers) {
     const hit = c.overrides?.find(([p]) => s.name.includes(p));
     if (hit) {
-      const k = Math.min(hit[1], s.m, s.n);
+      const k = Math.min(hit[1], rankCap(s));
       out[s.name] = k;
       fixedBits += q * s.m * s.n + k * (l * s.m + r * s.n);
       fixedParams += s.m * s.n;
@@ -84,7 +82,7 @@ export function chooseRanks(layers: readonly LayerShape[], c: RankChoice): Recor
       `--layer-rank fixes the rank of every layer, so ${c.budgetFlag} has no layer to apply to; give one of them`,
     );
   if (c.rank !== undefined) {
-    for (const s of free) out[s.name] = Math.min(c.rank, s.m, s.n);
+    for (const s of free) out[s.name] = Math.min(c.rank, rankCap(s));
     return out;
   }
   if (free.length === 0) return out;
@@ -92,15 +90,11 @@ export function chooseRanks(layers: readonly LayerShape[], c: RankChoice): Recor
   const target = c.maxBytes !== undefined ? bitsForBytes(layers, c.maxBytes) : (c.bits ?? 2.4);
   const freeParams = all - fixedParams;
   const freeTarget = (target * all - fixedBits) / freeParams;
-  // the least and the most the free layers can take: Q alone, and every layer at its largest allocatable rank
+  // the least and the most the free layers can take: Q alone, and every layer at the largest rank allocateRanks
+  // gives it (its cap at this granularity)
   const minBits = (fixedBits + q * freeParams) / all;
   const fullBits =
-    (fixedBits +
-      free.reduce(
-        (a, s) => a + q * s.m * s.n + Math.floor(Math.min(s.m, s.n) / g) * g * (l * s.m + r * s.n),
-        0,
-      )) /
-    all;
+    (fixedBits + free.reduce((a, s) => a + q * s.m * s.n + rankCap(s, g) * (l * s.m + r * s.n), 0)) / all;
   if (!(freeTarget >= q)) {
     if (c.maxBytes !== undefined)
       throw new CalderaError(

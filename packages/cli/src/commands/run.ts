@@ -2,7 +2,7 @@ import { CalderaError, openSafetensorsDir } from '@caldera/core';
 import { blockLinearNames, generate, HfTokenizer, perplexity } from '@caldera/runtime-node';
 import {
   checkFlag,
-  checkTokenWindow,
+  tokenWindow,
   flagNumber,
   flagString,
   POSITIVE,
@@ -70,10 +70,7 @@ async function evaluate(
   flags: { max: number; context: number | undefined; stride: number | undefined },
 ): Promise<number> {
   const maxPos = config.maxPositions;
-  const context =
-    flags.context === undefined
-      ? Math.min(HELD_OUT_CONTEXT, maxPos)
-      : checkTokenWindow('context', flags.context, maxPos);
+  const context = tokenWindow('context', flags.context, HELD_OUT_CONTEXT, maxPos);
   const stride =
     flags.stride === undefined
       ? context

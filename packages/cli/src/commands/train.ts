@@ -11,7 +11,7 @@ import {
   type TrainConfig,
 } from '@caldera/runtime-node';
 import {
-  checkTokenWindow,
+  tokenWindow,
   flagNumber,
   flagString,
   NON_NEGATIVE_INT,
@@ -43,7 +43,8 @@ Options:
   --out DIR          output model directory (required)
   --data FILE        training text (default: reference train split)   --valid FILE   validation text (reference valid split)
   --steps N          optimizer steps (default 2000)   --lr LR   peak learning rate (default 3e-3)
-  --batch N          sequences per step (default 8)   --seq-len L   tokens per sequence (default 128)
+  --batch N          sequences per step (default 8)
+  --seq-len L        tokens per sequence, 2 … the model's max positions (default 128, or the max positions if fewer)
   --warmup N         warmup steps (default 50)   --eval-every N   validation every N steps (default 100)
   --valid-tokens N   validation tokens (default 8192)   --seed S   seed of init and data order (default 0)
   --checkpoint       activation checkpointing: recompute each block in the backward (less memory, ≈ 1 more
@@ -79,10 +80,7 @@ export async function trainCommand(a: Args): Promise<number> {
       `${template}: the training engine supports tied-embedding Llama models without biases or RoPE scaling`,
     );
   const cfg: TrainConfig = mc;
-  const seqLen =
-    seqLenFlag === undefined
-      ? Math.min(128, mc.maxPositions)
-      : checkTokenWindow('seq-len', seqLenFlag, mc.maxPositions);
+  const seqLen = tokenWindow('seq-len', seqLenFlag, 128, mc.maxPositions);
   const tokens = async (file: string) =>
     (await tokenizeDocuments(template, await readDocuments(file), mc.bosTokenId)).flat();
   const data = Uint16Array.from(await tokens(flagString(a, 'data') ?? defaultText('train')));
