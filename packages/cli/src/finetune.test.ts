@@ -98,8 +98,9 @@ describe('caldera finetune', () => {
     const saved = readFileSync(state);
     const other = run(['finetune', ckpt, '--out', resumed, ...FINETUNE, '--lr', '0.02', '--patience', '9']);
     expect(other.status).toBe(1);
+    // (every setting that differs, the trainer's and the fine-tuning's, in one refusal)
     expect(other.stderr).toMatch(
-      /holds the state of a run with other settings: --lr \(0\.01 then, 0\.02 now\)/,
+      /holds the state of a fine-tuning run with other settings: --lr \(0\.01 then, 0\.02 now\); --patience \(\d+ then, 9 now\)/,
     );
     expect(readFileSync(state).equals(saved)).toBe(true);
     const patience = run(['finetune', ckpt, '--out', resumed, ...FINETUNE, '--patience', '9']);

@@ -1,5 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { blockLinearNames, linearShape, parseModelConfig } from './model-config.js';
+import {
+  blockLinearNames,
+  linearShape,
+  parseModelConfig,
+  stopTokenIdsOf,
+  type ModelConfig,
+} from './model-config.js';
 
 const base = {
   hidden_size: 64,
@@ -31,7 +37,8 @@ describe('parseModelConfig', () => {
       tie_word_embeddings: true,
     });
     expect(qwen).toMatchObject({ attentionBias: true, tieWordEmbeddings: true });
-    // Llama 3 chat models list several end-of-sequence ids; generation stops at any of them
+    // Llama 3 chat models list several end-of-sequence ids; generation stops at any of them (eosTokenId, deprecated,
+    // is still their first)
     expect(parseModelConfig({ ...base, model_type: 'llama', eos_token_id: [7, 8, 7] })).toMatchObject({
       eosTokenId: 7,
       eosTokenIds: [7, 8],
@@ -141,6 +148,29 @@ describe('parseModelConfig', () => {
     expect(
       parseModelConfig({ ...base, model_type: 'llama', rope_scaling: { type: 'default' } }).ropeScaling,
     ).toBe(null);
+  });
+});
+
+describe('arguments that are not objects', () => {
+  it('parseModelConfig and stopTokenIdsOf: null or undefined is a CalderaError naming it, not a TypeError', () => {
+    for (const json of [null, undefined, 3])
+      expect(() => parseModelConfig(json, 'm/config.json')).toThrow(
+        expect.objectContaining({ code: 'E_FORMAT', message: 'E_FORMAT: m/config.json: not a JSON object' }),
+      );
+    for (const [config, got] of [
+      [null, 'null'],
+      [undefined, 'undefined'],
+      [{}, 'an object without eosTokenIds'],
+    ] as const)
+      expect(() => stopTokenIdsOf(config as unknown as ModelConfig, null)).toThrow(
+        expect.objectContaining({
+          code: 'E_VALUE',
+          message: `E_VALUE: stopTokenIdsOf: config must be a parsed config.json (parseModelConfig), got ${got}`,
+        }),
+      );
+    const cfg = parseModelConfig({ ...base, model_type: 'llama', eos_token_id: [7, 8] });
+    expect(stopTokenIdsOf(cfg, null)).toEqual([7, 8]);
+    expect(stopTokenIdsOf(cfg, { eos_token_id: 9 })).toEqual([7, 8, 9]);
   });
 });
 

@@ -34,7 +34,13 @@ export interface ModelConfig {
   /** q/k/v projections have biases (Qwen2). */
   attentionBias: boolean;
   bosTokenId: number | null;
-  /** The first end-of-sequence id of `eos_token_id` (a number or a list), or null. */
+  /**
+   * The first end-of-sequence id of `eos_token_id` (a number or a list), or null: `eosTokenIds[0] ?? null`.
+   *
+   * @deprecated Use {@link ModelConfig.eosTokenIds}: models may end a sequence at several ids (Llama 3 chat models
+   * list `<|end_of_text|>` and `<|eot_id|>`), and generation that stops only at the first runs on past the others.
+   * Kept for compatibility.
+   */
   eosTokenId: number | null;
   /**
    * Every end-of-sequence id of `eos_token_id` (Llama 3 chat models list several, e.g. `<|end_of_text|>` and
@@ -164,13 +170,25 @@ export function tokenIdList(v: unknown): number[] | null {
 /**
  * The ids generation stops at: `config.eosTokenIds` and the `eos_token_id` of the model's parsed
  * `generation_config.json` (null when it has none; Llama 3 chat models list `<|eot_id|>` only there), without
- * duplicates. `E_FORMAT` naming `file` when that field is not a token id or a list of them.
+ * duplicates. `E_FORMAT` naming `file` when that field is not a token id or a list of them; `E_VALUE` when `config`
+ * is not a parsed config (null, undefined).
  */
 export function stopTokenIdsOf(
   config: ModelConfig,
   generationConfig: unknown,
   file = 'generation_config.json',
 ): number[] {
+  if (config === null || typeof config !== 'object' || !Array.isArray(config.eosTokenIds))
+    throw new CalderaError(
+      'E_VALUE',
+      `stopTokenIdsOf: config must be a parsed config.json (parseModelConfig), got ${
+        config === null
+          ? 'null'
+          : typeof config === 'object'
+            ? 'an object without eosTokenIds'
+            : typeof config
+      }`,
+    );
   const ids = tokenIdList((generationConfig as { eos_token_id?: unknown } | null)?.eos_token_id);
   if (ids === null)
     throw new CalderaError('E_FORMAT', `${file}: eos_token_id is not a token id or a list of token ids`);

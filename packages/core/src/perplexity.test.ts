@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { perplexityWindows, tokenNll } from './perplexity.js';
+import { checkPerplexityArgs, perplexityWindows, tokenNll } from './perplexity.js';
 
 /** Positions each window scores, in order. */
 function scored(length: number, context: number, stride: number): number[] {
@@ -45,5 +45,52 @@ describe('tokenNll', () => {
       expect(Math.abs(at(0, t) - direct(t))).toBeLessThan(1e-12 * 800);
       expect(Math.abs(at(-1000, t) - direct(t))).toBeLessThan(1e-12 * 1800);
     }
+  });
+});
+
+describe('checkPerplexityArgs (the runtimes’ shared argument checks)', () => {
+  const limit = { max: 64, defaultContext: 32, what: "the model's max positions" };
+  const fails = (f: () => unknown, message: RegExp) =>
+    expect(f).toThrow(expect.objectContaining({ code: 'E_VALUE', message: expect.stringMatching(message) }));
+
+  it('resolves the defaults: context from the limit, stride = context', () => {
+    expect(checkPerplexityArgs([1, 2, 3], {}, limit)).toEqual({ context: 32, stride: 32 });
+    expect(checkPerplexityArgs([1, 2, 3], { context: 8 }, limit)).toEqual({ context: 8, stride: 8 });
+    expect(checkPerplexityArgs([1, 2], { context: 64, stride: 1 }, limit)).toEqual({
+      context: 64,
+      stride: 1,
+    });
+    expect(checkPerplexityArgs(new Int32Array(2), null, limit)).toEqual({ context: 32, stride: 32 });
+  });
+
+  it('names the argument, its range and the value: context, stride, the token count', () => {
+    for (const context of [1, 0, 65, 2.5, NaN])
+      fails(
+        () => checkPerplexityArgs([1, 2, 3], { context }, limit),
+        new RegExp(
+          `^E_VALUE: perplexity: context must be an integer in \\[2, 64\\] \\(the model's max positions\\), got ${context}$`,
+        ),
+      );
+    for (const stride of [0, 9, 1.5, -1])
+      fails(
+        () => checkPerplexityArgs([1, 2, 3], { context: 8, stride }, limit),
+        new RegExp(
+          `^E_VALUE: perplexity: stride must be an integer in \\[1, 8\\] \\(the context\\), got ${stride}$`,
+        ),
+      );
+    fails(() => checkPerplexityArgs([1], {}, limit), /^E_VALUE: perplexity: needs at least 2 tokens, got 1$/);
+    fails(() => checkPerplexityArgs([], {}, limit), /needs at least 2 tokens, got 0$/);
+  });
+
+  it('tokens that are not an array (null, undefined, a number) are E_VALUE, not a TypeError', () => {
+    for (const [tokens, got] of [
+      [null, 'null'],
+      [undefined, 'undefined'],
+      [5, 'number'],
+    ] as const)
+      fails(
+        () => checkPerplexityArgs(tokens as unknown as number[], {}, limit),
+        new RegExp(`^E_VALUE: perplexity: tokens must be an array of token ids, got ${got}$`),
+      );
   });
 });

@@ -1,7 +1,60 @@
 /**
- * The shared scoring of the runtimes' `perplexity`: which windows of a text run and which of their positions are
- * scored, and the negative log-likelihood of one token from a row of logits.
+ * The shared scoring of the runtimes' `perplexity`: the checks of its arguments, which windows of a text run and
+ * which of their positions are scored, and the negative log-likelihood of one token from a row of logits.
  */
+import { CalderaError } from './errors.js';
+
+/** The window options of the runtimes' `perplexity` (each runtime's own options add `signal` and `onProgress`). */
+export interface PerplexityWindowOptions {
+  /** Tokens per window: an integer in [2, the model's limit]. */
+  context?: number;
+  /** Start of each window after the previous one: an integer in [1, context]. Default `context` (no overlap). */
+  stride?: number;
+}
+
+/** The longest window a model runs, for {@link checkPerplexityArgs}. */
+export interface PerplexityLimit {
+  /** Most tokens per window. */
+  max: number;
+  /** The window when `context` is not given (at most `max`). */
+  defaultContext: number;
+  /** What `max` is, for the error message, e.g. `"the model's max positions: max_position_embeddings"`. */
+  what: string;
+}
+
+/**
+ * The checked window settings of a runtime's `perplexity` over `tokens`: `context` (default
+ * `limit.defaultContext`) and `stride` (default `context`). `E_VALUE`, naming the argument, its range and the value
+ * given, when `tokens` is not an array of token ids (null, undefined, a number), has fewer than 2 tokens, `context`
+ * is not an integer in [2, `limit.max`] (past the model's positions it would give a number, but not the model's
+ * perplexity) or `stride` is not an integer in [1, context]. A null `options` counts as none.
+ */
+export function checkPerplexityArgs(
+  tokens: ArrayLike<number>,
+  options: PerplexityWindowOptions | null | undefined,
+  limit: PerplexityLimit,
+): { context: number; stride: number } {
+  if (tokens === null || typeof tokens !== 'object' || typeof tokens.length !== 'number')
+    throw new CalderaError(
+      'E_VALUE',
+      `perplexity: tokens must be an array of token ids, got ${tokens === null ? 'null' : typeof tokens}`,
+    );
+  const context = options?.context ?? limit.defaultContext;
+  const stride = options?.stride ?? context;
+  if (!Number.isInteger(context) || context < 2 || context > limit.max)
+    throw new CalderaError(
+      'E_VALUE',
+      `perplexity: context must be an integer in [2, ${limit.max}] (${limit.what}), got ${context}`,
+    );
+  if (!Number.isInteger(stride) || stride <= 0 || stride > context)
+    throw new CalderaError(
+      'E_VALUE',
+      `perplexity: stride must be an integer in [1, ${context}] (the context), got ${stride}`,
+    );
+  if (tokens.length < 2)
+    throw new CalderaError('E_VALUE', `perplexity: needs at least 2 tokens, got ${tokens.length}`);
+  return { context, stride };
+}
 
 /** One window of a windowed perplexity: tokens `[start, end)` run from an empty cache, positions `[from, end)` scored. */
 export interface PerplexityWindow {

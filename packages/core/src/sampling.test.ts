@@ -113,6 +113,34 @@ describe("GenerationRules (the runtimes' per-token rules)", () => {
       expect(() => new GenerationRules([1], { maxTokens })).toThrow(/E_VALUE.*maxTokens/);
   });
 
+  it('a prompt that is not an array (null, undefined, a number, a string) is E_VALUE, not a TypeError; null options are none', () => {
+    for (const prompt of [null, undefined, 3, 'abc'])
+      expect(() => new GenerationRules(prompt as unknown as number[])).toThrow(
+        expect.objectContaining({
+          code: 'E_VALUE',
+          message: expect.stringMatching(/generate: the prompt must be an array of token ids, got /),
+        }),
+      );
+    const rules = new GenerationRules([1], null as unknown as GenerateOptions);
+    expect(rules.maxTokens).toBe(64);
+    expect(rules.greedy).toBe(true);
+  });
+
+  it('tokensToGenerate: min(maxTokens, context − prompt), E_VALUE when the prompt exceeds the context', () => {
+    const prompt = [1, 2, 3];
+    expect(new GenerationRules(prompt, { maxTokens: 5 }).tokensToGenerate(100)).toBe(5);
+    expect(new GenerationRules(prompt, { maxTokens: 5 }).tokensToGenerate(6)).toBe(3);
+    expect(new GenerationRules(prompt).tokensToGenerate(3)).toBe(0); // the prompt fills the context
+    expect(new GenerationRules(prompt, { maxTokens: 0 }).tokensToGenerate(100)).toBe(0);
+    expect(() => new GenerationRules(prompt).tokensToGenerate(2, 'its max positions')).toThrow(
+      expect.objectContaining({
+        code: 'E_VALUE',
+        message:
+          "E_VALUE: generate: prompt of 3 tokens exceeds the model's context of 2 tokens (its max positions)",
+      }),
+    );
+  });
+
   it('rejects sampling options out of range instead of silently sampling something else', () => {
     // each of these used to run: NaN temperature → the least likely token, topP 0 → the whole vocabulary,
     // penalty 0 → Infinity logits for seen tokens, seed 2^32 → the tokens of seed 0

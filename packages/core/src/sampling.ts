@@ -188,15 +188,23 @@ export class GenerationRules {
   private readonly rng: Rng;
   private readonly seen: Set<number>;
   private readonly produced: number[] = [];
+  private readonly promptLength: number;
 
   /**
-   * Checks the options against the prompt: `E_VALUE` for an empty prompt, a `maxTokens` that is not a non-negative
-   * integer, stop strings without `decode`, or a sampling option out of its range (see
-   * {@link GenerateOptions}: `temperature` finite and ≥ 0, `topK` ≥ 0, `topP` in (0, 1], `repetitionPenalty` finite
-   * and > 0, `seed` an integer in [0, 2³²)).
+   * Checks the options against the prompt: `E_VALUE` for a prompt that is not an array of token ids (null,
+   * undefined, a number) or is empty, a `maxTokens` that is not a non-negative integer, stop strings without
+   * `decode`, or a sampling option out of its range (see {@link GenerateOptions}: `temperature` finite and ≥ 0,
+   * `topK` ≥ 0, `topP` in (0, 1], `repetitionPenalty` finite and > 0, `seed` an integer in [0, 2³²)). A null
+   * `options` counts as none.
    */
   constructor(prompt: ArrayLike<number>, options: GenerateOptions = {}) {
+    if (prompt === null || typeof prompt !== 'object' || typeof prompt.length !== 'number')
+      throw new CalderaError(
+        'E_VALUE',
+        `generate: the prompt must be an array of token ids, got ${prompt === null ? 'null' : typeof prompt}`,
+      );
     if (prompt.length === 0) throw new CalderaError('E_VALUE', 'generate: empty prompt');
+    options ??= {}; // from JavaScript: null options are none
     if (options.stopStrings?.length && !options.decode)
       throw new CalderaError('E_VALUE', 'generate: stopStrings need a decode function');
     this.maxTokens = options.maxTokens ?? 64;
@@ -211,6 +219,23 @@ export class GenerationRules {
     this.greedy = (options.temperature ?? 0) <= 0 && this.penalty === 1;
     this.rng = new Rng(options.seed ?? 0);
     this.seen = new Set(Array.from(prompt));
+    this.promptLength = prompt.length;
+  }
+
+  /**
+   * How many tokens `generate()` produces at most after the prompt in a context of `context` positions:
+   * `min(maxTokens, context − prompt length)` (the KV cache holds the prompt and the tokens generated; the last one
+   * is never run). 0 means no pass at all. `E_VALUE` when the prompt alone exceeds the context; `what` says in that
+   * message what limits the context (e.g. `"its max positions"`).
+   */
+  tokensToGenerate(context: number, what?: string): number {
+    if (this.promptLength > context)
+      throw new CalderaError(
+        'E_VALUE',
+        `generate: prompt of ${this.promptLength} tokens exceeds the model's context of ${context} tokens` +
+          (what ? ` (${what})` : ''),
+      );
+    return Math.min(this.maxTokens, context - this.promptLength);
   }
 
   /** The next token from the model's logits over the vocabulary (the penalty applied to a copy in f64). */

@@ -121,6 +121,22 @@ describe('generate', () => {
     }
   });
 
+  it('a prompt that is not an array is E_VALUE, not a TypeError; null options are none', async () => {
+    for (const p of [null, undefined, 5])
+      await expect(collect(generate(model, p as unknown as number[]))).rejects.toThrow(
+        /^E_VALUE: generate: the prompt must be an array of token ids, got (null|undefined|number)$/,
+      );
+    const greedy = await collect(generate(model, prompt));
+    expect(await collect(generate(model, prompt, null as unknown as object))).toEqual(greedy);
+    const long = Array.from({ length: model.config.maxPositions + 1 }, (_, i) => i % V);
+    await expect(collect(generate(model, long))).rejects.toThrow(
+      new RegExp(
+        `^E_VALUE: generate: prompt of ${long.length} tokens exceeds the model's context of ` +
+          `${model.config.maxPositions} tokens \\(its max positions: max_position_embeddings, or sliding_window when smaller\\)$`,
+      ),
+    );
+  });
+
   it('repetition penalty changes the choice away from tokens already seen', async () => {
     const plain = await collect(generate(model, prompt, { maxTokens: 12 }));
     const pen = await collect(generate(model, prompt, { maxTokens: 12, repetitionPenalty: 50 }));
@@ -170,6 +186,13 @@ describe('perplexity', () => {
       new RegExp(`E_VALUE.*context must be an integer in \\[2, ${max}\\].*got ${max + 1}`),
     );
     expect(() => perplexity(model, ids, { context: 0 })).toThrow(/E_VALUE.*context/);
-    expect(() => perplexity(model, [1], {})).toThrow(/E_VALUE/);
+    expect(() => perplexity(model, [1], {})).toThrow(/E_VALUE: perplexity: needs at least 2 tokens, got 1$/);
+    // tokens that are not an array: E_VALUE (checkPerplexityArgs of @caldera/core), not a TypeError
+    for (const t of [null, undefined])
+      expect(() => perplexity(model, t as unknown as number[])).toThrow(
+        /^E_VALUE: perplexity: tokens must be an array of token ids, got (null|undefined)$/,
+      );
+    // null options are none: the defaults (one window of min(128, max positions) tokens)
+    expect(perplexity(model, ids, null as unknown as object)).toEqual(perplexity(model, ids));
   });
 });

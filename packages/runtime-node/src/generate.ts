@@ -1,4 +1,4 @@
-import { CalderaError, GenerationRules, throwIfAborted, type GenerateOptions } from '@caldera/core';
+import { GenerationRules, throwIfAborted, type GenerateOptions } from '@caldera/core';
 import { KVCache, type LlamaModel } from './model.js';
 
 export type { GenerateOptions } from '@caldera/core';
@@ -18,14 +18,12 @@ export async function* generate(
   prompt: ArrayLike<number>,
   options: GenerateOptions = {},
 ): AsyncGenerator<number> {
+  options ??= {}; // from JavaScript: null options are none
   const rules = new GenerationRules(prompt, options);
-  const context = model.config.maxPositions;
-  if (prompt.length > context)
-    throw new CalderaError(
-      'E_VALUE',
-      `generate: prompt of ${prompt.length} tokens exceeds the model's context of ${context}`,
-    );
-  const count = Math.min(rules.maxTokens, context - prompt.length);
+  const count = rules.tokensToGenerate(
+    model.config.maxPositions,
+    'its max positions: max_position_embeddings, or sliding_window when smaller',
+  );
   if (count === 0) return;
   // the prompt and every generated token but the last, which is never run
   const cache = new KVCache(model.config, prompt.length + count - 1);

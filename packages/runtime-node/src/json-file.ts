@@ -19,3 +19,17 @@ export async function readJsonFile(path: string, options: { optional?: boolean }
     throw new CalderaError('E_FORMAT', `${path} is not valid JSON: ${(e as Error).message}`, { cause: e });
   }
 }
+
+/**
+ * `E_VALUE` unless `path` is a non-empty string (a loader given null, undefined or an object would otherwise fail with
+ * Node's TypeError from deep inside, or read a file named `null`). `fn` and `what` name the argument.
+ */
+export function checkPathArgument(path: unknown, fn: string, what: string): asserts path is string {
+  if (typeof path !== 'string' || path === '')
+    throw new CalderaError(
+      'E_VALUE',
+      `${fn}: ${what} must be a path (a non-empty string), got ${
+        path === null ? 'null' : typeof path === 'string' ? 'an empty string' : typeof path
+      }`,
+    );
+}

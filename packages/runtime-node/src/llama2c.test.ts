@@ -73,6 +73,14 @@ describe('llama2.c import', () => {
       );
       await writeFile(join(dir, 'short.bin'), bin.subarray(0, bin.length - 4));
       await expect(loadLlama2c(join(dir, 'short.bin'))).rejects.toThrow(/E_FORMAT.*bytes, expected/);
+      // a path that is not a string is E_VALUE (not Node's TypeError, nor E_IO); null options are none
+      for (const path of [null, undefined])
+        await expect(loadLlama2c(path as unknown as string)).rejects.toThrow(
+          /^E_VALUE: loadLlama2c: the checkpoint path must be a path \(a non-empty string\), got (null|undefined)$/,
+        );
+      expect((await loadLlama2c(join(dir, 'model.bin'), null as unknown as object)).config.vocabSize).toBe(
+        vocab,
+      );
     },
   );
 

@@ -3,6 +3,7 @@ import { CalderaError, tensor } from '@caldera/core';
 import { parseModelConfig, type ModelConfig } from './config.js';
 import { DenseLinear } from './linear.js';
 import { LlamaModel, type BlockWeights, type LlamaModelOptions } from './model.js';
+import { checkPathArgument } from './json-file.js';
 import type { TextTokenizer } from './tokenizer.js';
 
 async function readBytes(path: string): Promise<Uint8Array> {
@@ -32,12 +33,15 @@ export function permuteRotary(w: Float32Array, heads: number, headDim: number, c
 /**
  * Load a llama2.c checkpoint (`model.bin`: a 7-int32 header `dim, hidden_dim, n_layers, n_heads, n_kv_heads,
  * vocab_size (negative = separate classifier), seq_len`, then f32 tensors). q/k rows are permuted to the
- * rotate-half RoPE layout this runtime uses; RMSNorm ε = 1e-5 and θ = 10000 as in llama2.c.
+ * rotate-half RoPE layout this runtime uses; RMSNorm ε = 1e-5 and θ = 10000 as in llama2.c. A `path` that is not a
+ * string (null, undefined) is `E_VALUE`; null `options` count as none.
  */
 export async function loadLlama2c(
   path: string,
   options: LlamaModelOptions = {},
 ): Promise<{ model: LlamaModel; config: ModelConfig }> {
+  checkPathArgument(path, 'loadLlama2c', 'the checkpoint path');
+  options ??= {}; // from JavaScript: null options are none
   const bytes = await readBytes(path);
   if (bytes.length < 28) throw new CalderaError('E_FORMAT', `${path}: too short for a llama2.c header`);
   const hv = new DataView(bytes.buffer, bytes.byteOffset, 28);

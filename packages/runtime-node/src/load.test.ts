@@ -7,6 +7,7 @@ import { applyDecomposition, caldera, calderaCheckpointMeta, toCheckpointTensors
 import { parseModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
 import { loadModel } from './load.js';
+import { loadTokenizer } from './tokenizer.js';
 import { randomModel } from './testing/random-model.js';
 
 const hf = {
@@ -156,6 +157,28 @@ describe('loadModel', () => {
     await expect(loadModel(dir)).rejects.toThrow(
       /E_FORMAT.*caldera-nometa-.*CALDERA tensors of 1 compressed layer .*q_proj\.caldera\.Q.*no caldera\.json/,
     );
+  });
+
+  it('a directory that is not a string (null, undefined) is E_VALUE, not a TypeError; null options are none', async () => {
+    for (const [dir, got] of [
+      [null, 'null'],
+      [undefined, 'undefined'],
+      [{}, 'object'],
+      ['', 'an empty string'],
+    ] as const) {
+      await expect(loadModel(dir as unknown as string)).rejects.toThrow(
+        expect.objectContaining({
+          code: 'E_VALUE',
+          message: `E_VALUE: loadModel: the model directory must be a path (a non-empty string), got ${got}`,
+        }),
+      );
+      await expect(loadTokenizer(dir as unknown as string)).rejects.toMatchObject({ code: 'E_VALUE' });
+    }
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-nullopts-'));
+    await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
+    await writeSafetensors(join(dir, 'model.safetensors'), raw);
+    const { model } = await loadModel(dir, null as unknown as object);
+    expect(model.forward(tokens).every(Number.isFinite)).toBe(true);
   });
 
   it('a tensor of the wrong shape is an E_SHAPE error naming it', async () => {

@@ -18,7 +18,7 @@ import type { Pool } from '@caldera/linalg';
 import { fromCheckpointTensors } from '@caldera/lowrank';
 import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
-import { readJsonFile } from './json-file.js';
+import { checkPathArgument, readJsonFile } from './json-file.js';
 import { LlamaModel, type BlockWeights } from './model.js';
 
 /** A loaded model with where it came from. */
@@ -107,9 +107,12 @@ async function denseLinear(
 /**
  * Load a Hugging Face Llama-family model directory (config.json + model.safetensors or a sharded index), or a Caldera
  * compressed checkpoint (the same plus caldera.json). Weights are read tensor by tensor and kept as f32 (dense) or as
- * codes (CALDERA layers). Missing or malformed tensors fail with a CalderaError naming them.
+ * codes (CALDERA layers). Missing or malformed tensors fail with a CalderaError naming them; a `dir` that is not a
+ * string (null, undefined) is `E_VALUE`, and null `options` count as none.
  */
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
+  checkPathArgument(dir, 'loadModel', 'the model directory');
+  options ??= {}; // from JavaScript: null options are none
   const config = parseModelConfig(await readJsonFile(join(dir, 'config.json')), join(dir, 'config.json'));
   let calderaMeta: CalderaCheckpointMeta | null = null;
   try {

@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { CalderaError } from '@caldera/core';
-import { readJsonFile } from './json-file.js';
+import { checkPathArgument, readJsonFile } from './json-file.js';
 
 /** The tokenizer interface the runtime and CLI use (Hugging Face `tokenizer.json` or llama2.c `tokenizer.bin`). */
 export interface TextTokenizer {
@@ -100,8 +100,12 @@ export class HfTokenizer implements TextTokenizer {
   }
 }
 
-/** Load `tokenizer.json` (+ `tokenizer_config.json` when present) of a model directory. */
+/**
+ * Load `tokenizer.json` (+ `tokenizer_config.json` when present) of a model directory; a `dir` that is not a string
+ * (null, undefined) is `E_VALUE`.
+ */
 export async function loadTokenizer(dir: string): Promise<HfTokenizer> {
+  checkPathArgument(dir, 'loadTokenizer', 'the model directory');
   const json = (await readJsonFile(join(dir, 'tokenizer.json'))) as object;
   const config = ((await readJsonFile(join(dir, 'tokenizer_config.json'), { optional: true })) ??
     {}) as Record<string, unknown>;

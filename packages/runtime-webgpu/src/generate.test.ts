@@ -72,6 +72,65 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
     }
   });
 
+  it("argument checks shared with runtime-node (core's GenerationRules and checkPerplexityArgs): the same messages, naming the range; null options are none", async () => {
+    const { config, tensors, layers } = tinyModel();
+    const parts = {
+      config,
+      calderaMeta: calderaCheckpointMeta(layers),
+      weights: await serializeSafetensors(tensors),
+    };
+    const model = (await loadModelFromBuffer(dev!, parts, null as unknown as object)).model;
+    const text = [4, 9, 1, 28, 7, 7, 13, 2, 21, 6, 0, 15];
+    const value = (p: Promise<unknown>, message: RegExp) =>
+      expect(p).rejects.toThrow(
+        expect.objectContaining({ code: 'E_VALUE', message: expect.stringMatching(message) }),
+      );
+    try {
+      const max = model.contextLength;
+      await value(
+        perplexity(model, text, { context: 6, stride: 7 }),
+        /^E_VALUE: perplexity: stride must be an integer in \[1, 6\] \(the context\), got 7$/,
+      );
+      await value(
+        perplexity(model, text, { context: max + 1 }),
+        new RegExp(
+          `^E_VALUE: perplexity: context must be an integer in \\[2, ${max}\\] \\(the model's contextLength, its KV cache's length\\), got ${max + 1}$`,
+        ),
+      );
+      await value(perplexity(model, [3]), /^E_VALUE: perplexity: needs at least 2 tokens, got 1$/);
+      await value(
+        perplexity(model, null as unknown as number[]),
+        /tokens must be an array of token ids, got null$/,
+      );
+      await value(
+        collect(
+          generate(
+            model,
+            Array.from({ length: max + 1 }, (_, i) => i % 30),
+          ),
+        ),
+        new RegExp(
+          `^E_VALUE: generate: prompt of ${max + 1} tokens exceeds the model's context of ${max} tokens \\(its contextLength, the KV cache's length\\)$`,
+        ),
+      );
+      await value(
+        collect(generate(model, null as unknown as number[])),
+        /the prompt must be an array of token ids, got null$/,
+      );
+      // null options: the defaults (64 greedy tokens)
+      const greedy = await collect(generate(model, [1, 29, 3]));
+      expect(greedy).toHaveLength(64);
+      expect(await collect(generate(model, [1, 29, 3], null as unknown as object))).toEqual(greedy);
+      expect(await perplexity(model, text, null as unknown as object)).toEqual(await perplexity(model, text));
+      // an abort during generate's prefill names generate (the prefill runs through generate's claim)
+      await expect(collect(generate(model, text, { signal: AbortSignal.abort() }))).rejects.toThrow(
+        /^E_ABORTED: generate was aborted$/,
+      );
+    } finally {
+      model.dispose();
+    }
+  });
+
   it('maxTokens 0 or a prompt that fills the context runs no pass (the cache is left as it was), as in runtime-node', async () => {
     const model = await loadTinyModel(8);
     try {

@@ -1,5 +1,5 @@
 import {
-  CalderaError,
+  checkPerplexityArgs,
   GenerationRules,
   perplexityWindows,
   sampleToken,
@@ -8,6 +8,7 @@ import {
   type GenerateOptions,
 } from '@caldera/core';
 import type { WebGpuModel } from './model.js';
+import { prefillThrough } from './prefill.js';
 
 export type { GenerateOptions } from '@caldera/core';
 
@@ -25,15 +26,12 @@ export async function* generate(
   prompt: ArrayLike<number>,
   options: GenerateOptions = {},
 ): AsyncGenerator<number> {
+  options ??= {}; // from JavaScript: null options are none
   const rules = new GenerationRules(prompt, options);
-  const capacity = Math.min(model.contextLength, prompt.length + rules.maxTokens);
-  if (prompt.length > capacity)
-    throw new CalderaError(
-      'E_VALUE',
-      `generate: prompt of ${prompt.length} tokens exceeds the context ${capacity}`,
-    );
-  // nothing to generate (maxTokens 0, or a prompt that fills the context): no pass at all, as in runtime-node
-  if (prompt.length === capacity) return;
+  // as runtime-node: min(maxTokens, context − prompt length) tokens; none (no pass at all) for maxTokens 0 or a
+  // prompt that fills the context
+  const count = rules.tokensToGenerate(model.contextLength, "its contextLength, the KV cache's length");
+  if (count === 0) return;
   // every pass through the claim: a second generate() (or any other change to the sequence) while this one is
   // suspended makes its next pass fail instead of continuing from the other's cache
   const seq = model.claim('generate');
@@ -42,15 +40,10 @@ export async function* generate(
   let keep = 0;
   while (keep < prompt.length - 1 && keep < cached.length && cached[keep] === prompt[keep]) keep++;
   seq.pass(() => model.truncate(keep));
-  // prefill the rest but the last prompt token in batches (one pass per model.prefillChunk tokens)
-  const rest = Array.from(prompt).slice(keep, -1);
-  for (let t = 0; t < rest.length; t += model.prefillChunk) {
-    throwIfAborted(options.signal, 'generate');
-    await seq.pass(() => model.stepBatch(rest.slice(t, t + model.prefillChunk), 'none'));
-  }
+  // prefill the rest but the last prompt token (WebGpuModel.prefill's loop, through this claim)
+  await prefillThrough(model, seq, Array.from(prompt).slice(keep, -1), options.signal, 'generate');
   let last = prompt[prompt.length - 1]!;
-  // as runtime-node: min(maxTokens, capacity − prompt length) tokens
-  for (let n = 0; n < rules.maxTokens && prompt.length + n < capacity; n++) {
+  for (let n = 0; n < count; n++) {
     throwIfAborted(options.signal, 'generate');
     // greedy: the GPU's argmax (4 bytes read back), the token rules.pick would give
     const next = rules.greedy
@@ -90,23 +83,21 @@ export interface PerplexityOptions {
  * does: no token is scored twice, each with as much left context as its window allows. With overlapping windows
  * (`stride < context`) every token after the first is scored; with the default `stride = context` the windows do
  * not overlap and the first token of each later window, which has no left context in it, is not. Each window starts
- * from an empty cache and runs in batches of `model.prefillChunk` tokens.
+ * from an empty cache and runs in batches of `model.prefillChunk` tokens. `context` must be an integer in
+ * [2, model.contextLength], `stride` one in [1, context], and `tokens` an array of at least 2 ids: `E_VALUE` otherwise
+ * (`checkPerplexityArgs` of `@caldera/core`, shared with runtime-node).
  */
 export async function perplexity(
   model: WebGpuModel,
   tokens: ArrayLike<number>,
   options: PerplexityOptions = {},
 ): Promise<PerplexityResult> {
-  const context = options.context ?? model.contextLength;
-  const stride = options.stride ?? context;
-  if (!Number.isInteger(context) || context < 2 || context > model.contextLength)
-    throw new CalderaError(
-      'E_VALUE',
-      `perplexity: context must be an integer in [2, ${model.contextLength}] (the model's context), got ${context}`,
-    );
-  if (!Number.isInteger(stride) || stride <= 0 || stride > context)
-    throw new CalderaError('E_VALUE', `perplexity: stride must be in (0, context], got ${stride}`);
-  if (tokens.length < 2) throw new CalderaError('E_VALUE', 'perplexity: needs at least 2 tokens');
+  const { context, stride } = checkPerplexityArgs(tokens, options, {
+    max: model.contextLength,
+    defaultContext: model.contextLength,
+    what: "the model's contextLength, its KV cache's length",
+  });
+  options ??= {}; // from JavaScript: null options are none
   const V = model.config.vocabSize;
   const seq = model.claim('perplexity');
   let nll = 0;

@@ -1182,7 +1182,8 @@ function runsOf(
 
 /**
  * Create the shared context buffers for layers with the given scratch needs (per row), for batches of up to `rows`
- * activation vectors.
+ * activation vectors. When one cannot be created (`E_DEVICE`: too large for the device), those created before it are
+ * destroyed before the error is rethrown.
  */
 export function createLinearContext(
   dev: CalderaDevice,
@@ -1192,24 +1193,36 @@ export function createLinearContext(
 ): LinearContext & {
   dispose(): void;
 } {
+  // every buffer created below, in order, so that a failure part way destroys those before it
+  const made: GPUBuffer[] = [];
+  const keep = (b: GPUBuffer) => (made.push(b), b);
   const f = (n: number, label: string, fill = 0) =>
-    storageBuffer(dev, new Float32Array(Math.max(4, n)).fill(fill), label);
+    keep(storageBuffer(dev, new Float32Array(Math.max(4, n)).fill(fill), label));
   const scratch = (n: number, label: string) => f(n * rows, label);
   const tables = new Map<string, { buffer: GPUBuffer; offsets: number[] }>();
   const pairs = e8pSourcePairs();
   const e81b = e81bCodebook();
+  let buffers;
+  try {
+    buffers = {
+      rotIn: scratch(needs.rotIn, 'rotIn'),
+      rotOut: scratch(needs.rotOut, 'rotOut'),
+      rotTmp: scratch(needs.ones, 'rotTmp'),
+      z: scratch(needs.z, 'z'),
+      ones: f(needs.ones, 'ones', 1),
+      dummy: f(4, 'dummy'),
+      sources: keep(storageBuffer(dev, pairs, 'e8p sources')),
+      e81b: keep(storageBuffer(dev, e81b, 'e81b codebook')),
+      tables: keep(uniformWords(dev, e8pTablesUniform(pairs, e81b), 'e8p tables')),
+    };
+  } catch (e) {
+    for (const b of made) b.destroy();
+    throw e;
+  }
   const ctx = {
     dev,
     kernels,
-    rotIn: scratch(needs.rotIn, 'rotIn'),
-    rotOut: scratch(needs.rotOut, 'rotOut'),
-    rotTmp: scratch(needs.ones, 'rotTmp'),
-    z: scratch(needs.z, 'z'),
-    ones: f(needs.ones, 'ones', 1),
-    dummy: f(4, 'dummy'),
-    sources: storageBuffer(dev, pairs, 'e8p sources'),
-    e81b: storageBuffer(dev, e81b, 'e81b codebook'),
-    tables: uniformWords(dev, e8pTablesUniform(pairs, e81b), 'e8p tables'),
+    ...buffers,
     hkTable(Ks: readonly number[]): { buffer: GPUBuffer; offsets: number[] } {
       const key = Ks.join(',');
       let t = tables.get(key);

@@ -11,7 +11,9 @@ import {
 } from '@caldera/core';
 import { calderaCheckpointMeta } from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
-import { loadModelFromBuffer, loadModelFromUrl } from './load.js';
+import type { CalderaDevice } from './device.js';
+import { loadModel, loadModelFromBuffer, loadModelFromStore, loadModelFromUrl } from './load.js';
+import { WebGpuModel } from './model.js';
 import { gpuTitle, testDevice } from './testing/gpu.js';
 import { tinyModel } from './testing/tiny-model.js';
 
@@ -254,5 +256,74 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
     expect(model.contextLength).toBe(16); // the default: min(max_position_embeddings, 2048)
     model.dispose();
     await rm(dir, { recursive: true });
+  });
+});
+
+describe('loaders given null or undefined for a required argument', () => {
+  // the checks run before the device is used: a stand-in device is enough, no adapter needed
+  const fake = { device: {} } as unknown as CalderaDevice;
+  const store = { names: () => [] } as unknown as Parameters<typeof loadModelFromStore>[1]['store'];
+  const fails = async (p: Promise<unknown>, message: string) =>
+    expect(p).rejects.toThrow(expect.objectContaining({ code: 'E_VALUE', message: `E_VALUE: ${message}` }));
+
+  it('a dev that is not a CalderaDevice is E_VALUE naming it, not a TypeError', async () => {
+    for (const [d, got] of [
+      [null, 'null'],
+      [undefined, 'undefined'],
+      [{}, 'an object without a device'],
+    ] as const) {
+      const dv = d as unknown as CalderaDevice;
+      const must = (fn: string) => `${fn}: dev must be a CalderaDevice (see createDevice), got ${got}`;
+      await fails(loadModel(dv, '/m'), must('loadModel'));
+      await fails(loadModelFromUrl(dv, 'http://models.test/m/'), must('loadModelFromUrl'));
+      await fails(
+        loadModelFromBuffer(dv, { config: {}, calderaMeta: null, weights: new Uint8Array(8) }),
+        must('loadModelFromBuffer'),
+      );
+      await fails(
+        loadModelFromStore(dv, { config: {}, calderaMeta: null, store }),
+        must('loadModelFromStore'),
+      );
+      expect(() => new WebGpuModel(dv, {} as never, {} as never)).toThrow(must('WebGpuModel'));
+    }
+  });
+
+  it('a missing directory, URL, source, store, parts, weights or config is E_VALUE naming it', async () => {
+    for (const [v, got] of [
+      [null, 'null'],
+      [undefined, 'undefined'],
+    ] as const) {
+      await fails(
+        loadModel(fake, v as unknown as string),
+        `loadModel: the model directory must be a non-empty string, got ${got}`,
+      );
+      await fails(
+        loadModelFromUrl(fake, v as unknown as string),
+        `loadModelFromUrl: the base URL must be a non-empty string, got ${got}`,
+      );
+      await fails(
+        loadModelFromStore(fake, v as never),
+        `loadModelFromStore: source must be an object, got ${got}`,
+      );
+      await fails(
+        loadModelFromStore(fake, { config: {}, calderaMeta: null, store: v as never }),
+        `loadModelFromStore: source.store must be an object, got ${got}`,
+      );
+      await fails(
+        loadModelFromBuffer(fake, v as never),
+        `loadModelFromBuffer: parts must be an object, got ${got}`,
+      );
+      expect(() => new WebGpuModel(fake, v as never, {} as never)).toThrow(
+        `E_VALUE: WebGpuModel: config must be an object, got ${got}`,
+      );
+      expect(() => new WebGpuModel(fake, {} as never, v as never)).toThrow(
+        `E_VALUE: WebGpuModel: weights must be an object, got ${got}`,
+      );
+      await fails(
+        loadModelFromBuffer(fake, { config: {}, calderaMeta: null, weights: v as never }),
+        'openSafetensors: model.safetensors must be a path, an ArrayBuffer or byte view, a Blob or a ByteSource, ' +
+          `got ${got}`,
+      );
+    }
   });
 });

@@ -24,6 +24,7 @@ import {
   watchDeviceLost,
   type CalderaDevice,
 } from './device.js';
+import { checkDeviceArgument, checkObjectArgument, checkStringArgument } from './args.js';
 import type { GpuMatrix } from './kernels/index.js';
 import {
   createCalderaLinears,
@@ -207,13 +208,19 @@ export async function planMemory(
  * Load a model onto the GPU from an open tensor store plus its parsed `config.json` and `caldera.json` (null for a
  * dense model; validated by `parseCalderaMeta`, `E_FORMAT` listing every problem, with `calderaMetaFile` (default
  * `caldera.json`) naming it). The building block of {@link loadModel} (Node, a directory) and
- * {@link loadModelFromUrl} (fetch).
+ * {@link loadModelFromUrl} (fetch). Like every loader here: a `dev` that is not a {@link CalderaDevice}, or a
+ * required argument that is null or undefined (`source`, `source.store`; the others' directory, URL or parts), is
+ * `E_VALUE` naming it, and null `options` count as none.
  */
 export async function loadModelFromStore(
   dev: CalderaDevice,
   source: { config: unknown; calderaMeta: unknown; calderaMetaFile?: string; store: TensorStore },
   options: LoadOptions = {},
 ): Promise<LoadedWebGpuModel> {
+  checkDeviceArgument(dev, 'loadModelFromStore');
+  checkObjectArgument(source, 'loadModelFromStore', 'source');
+  checkObjectArgument(source.store, 'loadModelFromStore', 'source.store');
+  options ??= {}; // from JavaScript: null options are none
   watchDeviceLost(dev.device);
   checkDeviceAlive(dev, 'loading a model');
   const config = parseModelConfig(source.config);
@@ -374,6 +381,9 @@ export async function loadModel(
   dir: string,
   options: LoadOptions = {},
 ): Promise<LoadedWebGpuModel> {
+  checkDeviceArgument(dev, 'loadModel');
+  checkStringArgument(dir, 'loadModel', 'the model directory');
+  options ??= {}; // from JavaScript: null options are none
   const fs = (await nodeImport('fs/promises')) as Fs;
   const json = async (file: string, optional: boolean): Promise<unknown> => {
     let text: string;
@@ -467,6 +477,9 @@ export async function loadModelFromUrl(
   base: string,
   options: UrlLoadOptions = {},
 ): Promise<LoadedWebGpuModel> {
+  checkDeviceArgument(dev, 'loadModelFromUrl');
+  checkStringArgument(base, 'loadModelFromUrl', 'the base URL');
+  options ??= {}; // from JavaScript: null options are none
   const f = options.fetch ?? globalThis.fetch;
   const root = base.endsWith('/') ? base : `${base}/`;
   // a failed request or body (a dropped connection, the signal): E_ABORTED when the signal fired, else E_IO naming
@@ -527,12 +540,19 @@ export async function loadModelFromUrl(
   }
 }
 
-/** Load from in-memory parts: parsed `config.json`, `caldera.json` (or null) and `model.safetensors` bytes. */
+/**
+ * Load from in-memory parts: parsed `config.json`, `caldera.json` (or null) and `model.safetensors` bytes (an
+ * `ArrayBuffer`, a byte view or a `Blob`).
+ */
 export async function loadModelFromBuffer(
   dev: CalderaDevice,
   parts: { config: unknown; calderaMeta: unknown; weights: ArrayBuffer | ArrayBufferView | Blob },
   options: LoadOptions = {},
 ): Promise<LoadedWebGpuModel> {
+  checkDeviceArgument(dev, 'loadModelFromBuffer');
+  checkObjectArgument(parts, 'loadModelFromBuffer', 'parts');
+  options ??= {}; // from JavaScript: null options are none
+  // (weights that are not bytes or a Blob: E_VALUE from openSafetensors)
   const store = await openSafetensors(parts.weights, 'model.safetensors');
   try {
     return await loadModelFromStore(

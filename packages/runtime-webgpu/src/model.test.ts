@@ -17,6 +17,10 @@ import { caldera, calderaCheckpointMeta, toCheckpointTensors, withTrainableFacto
 import * as node from '@caldera/runtime-node';
 import { generate, perplexity } from './generate.js';
 import { loadModel, loadModelFromBuffer, type MemoryPlan } from './load.js';
+import { WebGpuModel } from './model.js';
+import { createLinearContext } from './linear.js';
+import { Kernels } from './kernels/index.js';
+import type { CalderaDevice } from './device.js';
 import { writeRandomCalderaModel } from '../bench/random-model.js';
 import { gpuTitle, ownTestDevice, testDevice, testF16Device } from './testing/gpu.js';
 import { randomLlamaTensors, tinyModel } from './testing/tiny-model.js';
@@ -407,7 +411,81 @@ describe.skipIf(!f16dev)(gpuTitle('WebGpuModel with packed-f16 Q̂ products', f1
   });
 });
 
+/**
+ * `dev` with a `device` that records every buffer created through it and which of them were destroyed (each buffer's
+ * `destroy` wrapped as it is created).
+ */
+function countingDevice(dev: CalderaDevice): {
+  dev: CalderaDevice;
+  created: GPUBuffer[];
+  destroyed: Set<GPUBuffer>;
+} {
+  const created: GPUBuffer[] = [];
+  const destroyed = new Set<GPUBuffer>();
+  const device = new Proxy(dev.device, {
+    get(target, key) {
+      if (key === 'createBuffer')
+        return (descriptor: GPUBufferDescriptor) => {
+          const b = target.createBuffer(descriptor);
+          created.push(b);
+          const destroy = b.destroy.bind(b);
+          Object.defineProperty(b, 'destroy', {
+            value: () => {
+              destroyed.add(b);
+              destroy();
+            },
+          });
+          return b;
+        };
+      const v = Reflect.get(target, key, target) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+  return { dev: { ...dev, device }, created, destroyed };
+}
+
 describe.skipIf(!dev)(gpuTitle('WebGpuModel lifecycle', reason), () => {
+  it('a constructor that fails part way (weights that do not match the config; a buffer too large for the device) destroys every buffer it allocated and leaves the weights working', async () => {
+    const { config, tensors, layers } = tinyModel();
+    const parts = {
+      config,
+      calderaMeta: calderaCheckpointMeta(layers),
+      weights: await serializeSafetensors(tensors),
+    };
+    const { model, config: cfg } = await loadModelFromBuffer(dev!, parts, { contextLength: 16 });
+    try {
+      const before = await model.forward([1, 29, 3]);
+      model.reset();
+      // E_SHAPE when recording the program (gate_proj is 48×32, the config says 96×32): after the activations, the
+      // KV cache, the linear context and the kernels' uniforms were allocated
+      const shape = countingDevice(dev!);
+      const wrong = { ...cfg, intermediateSize: 2 * cfg.intermediateSize };
+      expect(() => new WebGpuModel(shape.dev, wrong, model.weights, { contextLength: 16 })).toThrow(
+        /E_SHAPE: model\.layers\.0\.mlp\.gate_proj: layer is 48×32, the config needs 96×32/,
+      );
+      expect(shape.created.length).toBeGreaterThan(30);
+      expect(shape.created.filter((b) => !shape.destroyed.has(b)).map((b) => b.label)).toEqual([]);
+      // E_DEVICE part way through the activations: a device that binds the 16×32 rows of x but not gate's 16×48
+      const small = countingDevice({ ...dev!, maxStorageBinding: 16 * 32 * 4 });
+      expect(() => new WebGpuModel(small.dev, cfg, model.weights, { contextLength: 16 })).toThrow(
+        /E_DEVICE: gate needs a 3072-byte storage buffer/,
+      );
+      expect(small.created.map((b) => b.label)).toEqual(['x', 'x2', 'h', 'q', 'k', 'v', 'att']);
+      expect(small.created.filter((b) => !small.destroyed.has(b))).toEqual([]);
+      // the weights were left alone: the model gives the same logits
+      expect(await model.forward([1, 29, 3])).toEqual(before);
+    } finally {
+      model.dispose();
+    }
+    // the linear context alone: the buffers made before the one the device cannot hold are destroyed
+    const ctx = countingDevice({ ...dev!, maxStorageBinding: 64 });
+    expect(() =>
+      createLinearContext(ctx.dev, new Kernels(ctx.dev), { rotIn: 8, rotOut: 8, z: 1000, ones: 8 }),
+    ).toThrow(/E_DEVICE: z needs a 4000-byte storage buffer/);
+    expect(ctx.created.map((b) => b.label)).toEqual(['rotIn', 'rotOut', 'rotTmp']);
+    expect(ctx.created.filter((b) => !ctx.destroyed.has(b))).toEqual([]);
+  });
+
   it('dispose() during a step fails that step with E_VALUE; on a destroyed device generate, perplexity and loading fail with E_DEVICE', async () => {
     const { config, tensors, layers } = tinyModel();
     const parts = {

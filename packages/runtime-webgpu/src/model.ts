@@ -1,4 +1,4 @@
-import { CalderaError, ropeInvFreq, throwIfAborted, type ModelConfig } from '@caldera/core';
+import { CalderaError, ropeInvFreq, type ModelConfig } from '@caldera/core';
 import {
   BufferUsage,
   checkDeviceAlive,
@@ -28,6 +28,8 @@ import {
   type LayerInput,
   type ScratchNeeds,
 } from './linear.js';
+import { prefillThrough } from './prefill.js';
+import { checkDeviceArgument, checkObjectArgument } from './args.js';
 
 /** One transformer block's weights on the GPU. */
 export interface GpuBlockWeights {
@@ -158,7 +160,10 @@ export type BatchOutput = StepOutput | 'all';
  * the token ids and a 16-byte uniform (position, length) change between passes. The KV cache lives on the GPU. One
  * sequence at a time: {@link reset} starts a new one.
  *
- * An explicit handle: {@link dispose} frees every GPU buffer (the device stays the caller's).
+ * An explicit handle: {@link dispose} frees every GPU buffer (the device stays the caller's). `weights` become the
+ * model's once it is constructed; a constructor that fails (`E_SHAPE` for weights that do not match the config,
+ * `E_DEVICE` for a buffer the device cannot hold, `E_VALUE` for a `dev`, `config` or `weights` that is not an object)
+ * destroys the buffers it allocated before rethrowing and leaves `weights` to the caller (the loaders destroy them).
  */
 export class WebGpuModel {
   readonly contextLength: number;
@@ -200,6 +205,10 @@ export class WebGpuModel {
     readonly weights: GpuModelWeights,
     options: WebGpuModelOptions = {},
   ) {
+    checkDeviceArgument(dev, 'WebGpuModel');
+    checkObjectArgument(config, 'WebGpuModel', 'config');
+    checkObjectArgument(weights, 'WebGpuModel', 'weights');
+    options ??= {}; // from JavaScript: null options are none
     const cfg = config;
     watchDeviceLost(dev.device);
     const {
@@ -225,174 +234,186 @@ export class WebGpuModel {
       ...(options.f16 !== undefined ? { f16: options.f16 } : {}),
       ...(options.f16Rows !== undefined ? { f16Rows: options.f16Rows } : {}),
     });
-    const K = this.kernels;
-    const buf = (n: number, label: string) => {
-      const b = scratchBuffer(dev, n * 4, label);
-      this.owned.push(b);
-      return b;
-    };
-    const kw = KV * hd;
-    // activations: T rows each
-    // the residual stream, in x or x2: a step that finishes a residual branch's output rotation in the next layers'
-    // input step writes the sum to the other one (see bindNormed; only one-row decode steps do, but x2 has T rows
-    // like every activation buffer, so that any recorded program may use it)
-    const x = buf(T * d, 'x');
-    const x2 = buf(T * d, 'x2');
-    const h = buf(T * d, 'h');
-    const q = buf(T * H * hd, 'q');
-    // k and v are written only where RoPE and the KV store run as a launch of their own (dense or ungrouped q/k/v)
-    const k = buf(T * kw, 'k');
-    const v = buf(T * kw, 'v');
-    const att = buf(T * H * hd, 'att');
-    const g = buf(T * I, 'gate');
-    const u = buf(T * I, 'up');
-    const scores = buf(T * H * cap, 'scores');
-    this.logitsBuf = buf(T * V, 'logits');
-    this.argmaxBuf = buf(4, 'argmax');
-    this.tokensBuf = buf(Math.max(4, T), 'tokens');
-    const caches = weights.blocks.map((_, b) => ({
-      k: buf(cap * kw, `cacheK${b}`),
-      v: buf(cap * kw, `cacheV${b}`),
-    }));
-    this.cacheBytes = this.owned.reduce((s, b) => s + b.size, 0);
-    this.stepBuf = dev.device.createBuffer({
-      label: 'step',
-      size: 16,
-      usage: BufferUsage.UNIFORM | BufferUsage.COPY_DST,
-    });
-    this.owned.push(this.stepBuf);
-    const cs = storageBuffer(dev, ropeTable(cfg, cap), 'rope table');
-    this.owned.push(cs);
-    this.readLogits = dev.device.createBuffer({
-      size: T * V * 4,
-      usage: BufferUsage.MAP_READ | BufferUsage.COPY_DST,
-    });
-    this.readArgmax = dev.device.createBuffer({
-      size: 16,
-      usage: BufferUsage.MAP_READ | BufferUsage.COPY_DST,
-    });
-    this.owned.push(this.readLogits, this.readArgmax);
-
-    const needs: ScratchNeeds = { rotIn: 4, rotOut: 4, z: 4, ones: 4 };
-    for (const blk of weights.blocks)
-      for (const lin of [blk.q, blk.k, blk.v, blk.o, blk.gate, blk.up, blk.down])
-        if (lin instanceof GpuCalderaLinear)
-          for (const key of Object.keys(needs) as (keyof ScratchNeeds)[])
-            needs[key] = Math.max(needs[key], lin.needs[key]);
-    this.ctx = createLinearContext(dev, K, needs, T);
-    const ctx = this.ctx;
-    const check = (lin: GpuLinear, name: string, n: number, m: number) => {
-      if (lin.inFeatures !== n || lin.outFeatures !== m)
-        throw new CalderaError(
-          'E_SHAPE',
-          `${name}: layer is ${lin.outFeatures}×${lin.inFeatures}, the config needs ${m}×${n}`,
-        );
-    };
-
-    const record = (tile: number): { program: Dispatch[]; head: Dispatch[] } => {
-      const p: Dispatch[] = [K.embed(this.tokensBuf, weights.embed, x)];
-      // where the residual stream is; the output rotation of the last residual branch, and of gate and up, when still
-      // pending (finished by the next layers' input step when they can, else run first)
-      let res = x;
-      let pending: RotateOptions | null = null;
-      let gatePending: RotateOptions | null = null;
-      // the layers after an RMSNorm of the residual stream: each RMSNorm (and the SwiGLU) is computed by the next
-      // layers' input rotation when they are CALDERA layers
-      const normedLayers = (
-        weight: GPUBuffer,
-        layers: { layer: GpuLinear; out: GPUBuffer }[],
-        options: { then?: RopeKvOptions; defer?: boolean } = {},
-      ): Dispatch[] => {
-        const r = bindNormed(
-          ctx,
-          { pending, x: res, out: res === x ? x2 : x, norm: { weight, eps: cfg.rmsNormEps, scratch: h } },
-          layers,
-          { tile, ...options },
-        );
-        pending = null;
-        res = r.residual;
-        if (gatePending)
-          throw new CalderaError('E_VALUE', 'model: gate and up left their rotation unfinished');
-        gatePending = r.pending;
-        return r.dispatches;
+    // everything allocated from here on is destroyed again when construction fails (the weights stay the caller's)
+    try {
+      const K = this.kernels;
+      const buf = (n: number, label: string) => {
+        const b = scratchBuffer(dev, n * 4, label);
+        this.owned.push(b);
+        return b;
       };
-      // a residual branch's last layer: out += layer(input), its output rotation left pending when it is CALDERA
-      const branchEnd = (input: GPUBuffer | LayerInput, layer: GpuLinear): Dispatch[] => {
-        const r = bindPending(ctx, input, layer, res, { tile, gate: gatePending });
-        gatePending = null;
-        pending = r.pending;
-        return r.dispatches;
-      };
-      weights.blocks.forEach((w, b) => {
-        const name = `model.layers.${b}`;
-        check(w.q, `${name}.q_proj`, d, H * hd);
-        check(w.k, `${name}.k_proj`, d, kw);
-        check(w.v, `${name}.v_proj`, d, kw);
-        check(w.o, `${name}.o_proj`, H * hd, d);
-        check(w.gate, `${name}.gate_proj`, d, I);
-        check(w.up, `${name}.up_proj`, d, I);
-        check(w.down, `${name}.down_proj`, I, d);
-        p.push(
-          ...normedLayers(
-            w.inputNorm,
-            [
-              { layer: w.q, out: q },
-              { layer: w.k, out: k },
-              { layer: w.v, out: v },
-            ],
-            {
-              // RoPE, the KV store and attention (in q/k/v's output rotation when they can)
-              then: {
-                step: this.stepBuf,
-                cs,
-                ck: caches[b]!.k,
-                cv: caches[b]!.v,
-                heads: H,
-                kvHeads: KV,
-                hd,
-                attention: { scores, out: att, capacity: cap },
-              },
-            },
-          ),
-        );
-        p.push(...branchEnd(att, w.o));
-        p.push(
-          ...normedLayers(
-            w.postAttnNorm,
-            [
-              { layer: w.gate, out: g },
-              { layer: w.up, out: u },
-            ],
-            { defer: true },
-          ),
-        );
-        // the SwiGLU is computed by down_proj's input rotation when it is a CALDERA layer (in place over g else),
-        // which also finishes gate and up's output rotation when it can
-        p.push(...branchEnd({ x: g, compute: { kind: 'swiglu', up: u } }, w.down));
+      const kw = KV * hd;
+      // activations: T rows each
+      // the residual stream, in x or x2: a step that finishes a residual branch's output rotation in the next layers'
+      // input step writes the sum to the other one (see bindNormed; only one-row decode steps do, but x2 has T rows
+      // like every activation buffer, so that any recorded program may use it)
+      const x = buf(T * d, 'x');
+      const x2 = buf(T * d, 'x2');
+      const h = buf(T * d, 'h');
+      const q = buf(T * H * hd, 'q');
+      // k and v are written only where RoPE and the KV store run as a launch of their own (dense or ungrouped q/k/v)
+      const k = buf(T * kw, 'k');
+      const v = buf(T * kw, 'v');
+      const att = buf(T * H * hd, 'att');
+      const g = buf(T * I, 'gate');
+      const u = buf(T * I, 'up');
+      const scores = buf(T * H * cap, 'scores');
+      this.logitsBuf = buf(T * V, 'logits');
+      this.argmaxBuf = buf(4, 'argmax');
+      this.tokensBuf = buf(Math.max(4, T), 'tokens');
+      const caches = weights.blocks.map((_, b) => ({
+        k: buf(cap * kw, `cacheK${b}`),
+        v: buf(cap * kw, `cacheV${b}`),
+      }));
+      this.cacheBytes = this.owned.reduce((s, b) => s + b.size, 0);
+      this.stepBuf = dev.device.createBuffer({
+        label: 'step',
+        size: 16,
+        usage: BufferUsage.UNIFORM | BufferUsage.COPY_DST,
       });
-      // the final RMSNorm, in the last residual branch's output rotation when that is pending
-      const finalNorm = { weight: weights.norm, eps: cfg.rmsNormEps, out: h };
-      if (pending) p.push(...K.rotateNorm(pending, finalNorm));
-      const head = [
-        ...(pending ? [] : [K.rmsNorm(res, weights.norm, h, d, cfg.rmsNormEps)]),
-        K.matvec(weights.head, h, this.logitsBuf, { bias: null, accumulate: false, dummy: ctx.dummy, tile }),
-        K.argmax(this.logitsBuf, this.argmaxBuf, V, this.stepBuf),
-      ];
-      return { program: p, head };
-    };
-    ({ program: this.program, head: this.head } = record(1));
-    ({ program: this.batchProgram, head: this.batchHead } =
-      this.prefillChunk > 1
-        ? record(Math.min(PREFILL_ROW_TILE, T))
-        : { program: this.program, head: this.head });
+      this.owned.push(this.stepBuf);
+      const cs = storageBuffer(dev, ropeTable(cfg, cap), 'rope table');
+      this.owned.push(cs);
+      this.readLogits = dev.device.createBuffer({
+        size: T * V * 4,
+        usage: BufferUsage.MAP_READ | BufferUsage.COPY_DST,
+      });
+      this.owned.push(this.readLogits);
+      this.readArgmax = dev.device.createBuffer({
+        size: 16,
+        usage: BufferUsage.MAP_READ | BufferUsage.COPY_DST,
+      });
+      this.owned.push(this.readArgmax);
 
-    let wb = weights.embed.buffer.size + weights.norm.size;
-    if (weights.head !== weights.embed) wb += weights.head.buffer.size;
-    for (const blk of weights.blocks) {
-      wb += blk.inputNorm.size + blk.postAttnNorm.size;
-      for (const lin of [blk.q, blk.k, blk.v, blk.o, blk.gate, blk.up, blk.down]) wb += lin.gpuBytes;
+      const needs: ScratchNeeds = { rotIn: 4, rotOut: 4, z: 4, ones: 4 };
+      for (const blk of weights.blocks)
+        for (const lin of [blk.q, blk.k, blk.v, blk.o, blk.gate, blk.up, blk.down])
+          if (lin instanceof GpuCalderaLinear)
+            for (const key of Object.keys(needs) as (keyof ScratchNeeds)[])
+              needs[key] = Math.max(needs[key], lin.needs[key]);
+      this.ctx = createLinearContext(dev, K, needs, T);
+      const ctx = this.ctx;
+      const check = (lin: GpuLinear, name: string, n: number, m: number) => {
+        if (lin.inFeatures !== n || lin.outFeatures !== m)
+          throw new CalderaError(
+            'E_SHAPE',
+            `${name}: layer is ${lin.outFeatures}×${lin.inFeatures}, the config needs ${m}×${n}`,
+          );
+      };
+
+      const record = (tile: number): { program: Dispatch[]; head: Dispatch[] } => {
+        const p: Dispatch[] = [K.embed(this.tokensBuf, weights.embed, x)];
+        // where the residual stream is; the output rotation of the last residual branch, and of gate and up, when still
+        // pending (finished by the next layers' input step when they can, else run first)
+        let res = x;
+        let pending: RotateOptions | null = null;
+        let gatePending: RotateOptions | null = null;
+        // the layers after an RMSNorm of the residual stream: each RMSNorm (and the SwiGLU) is computed by the next
+        // layers' input rotation when they are CALDERA layers
+        const normedLayers = (
+          weight: GPUBuffer,
+          layers: { layer: GpuLinear; out: GPUBuffer }[],
+          options: { then?: RopeKvOptions; defer?: boolean } = {},
+        ): Dispatch[] => {
+          const r = bindNormed(
+            ctx,
+            { pending, x: res, out: res === x ? x2 : x, norm: { weight, eps: cfg.rmsNormEps, scratch: h } },
+            layers,
+            { tile, ...options },
+          );
+          pending = null;
+          res = r.residual;
+          if (gatePending)
+            throw new CalderaError('E_VALUE', 'model: gate and up left their rotation unfinished');
+          gatePending = r.pending;
+          return r.dispatches;
+        };
+        // a residual branch's last layer: out += layer(input), its output rotation left pending when it is CALDERA
+        const branchEnd = (input: GPUBuffer | LayerInput, layer: GpuLinear): Dispatch[] => {
+          const r = bindPending(ctx, input, layer, res, { tile, gate: gatePending });
+          gatePending = null;
+          pending = r.pending;
+          return r.dispatches;
+        };
+        weights.blocks.forEach((w, b) => {
+          const name = `model.layers.${b}`;
+          check(w.q, `${name}.self_attn.q_proj`, d, H * hd);
+          check(w.k, `${name}.self_attn.k_proj`, d, kw);
+          check(w.v, `${name}.self_attn.v_proj`, d, kw);
+          check(w.o, `${name}.self_attn.o_proj`, H * hd, d);
+          check(w.gate, `${name}.mlp.gate_proj`, d, I);
+          check(w.up, `${name}.mlp.up_proj`, d, I);
+          check(w.down, `${name}.mlp.down_proj`, I, d);
+          p.push(
+            ...normedLayers(
+              w.inputNorm,
+              [
+                { layer: w.q, out: q },
+                { layer: w.k, out: k },
+                { layer: w.v, out: v },
+              ],
+              {
+                // RoPE, the KV store and attention (in q/k/v's output rotation when they can)
+                then: {
+                  step: this.stepBuf,
+                  cs,
+                  ck: caches[b]!.k,
+                  cv: caches[b]!.v,
+                  heads: H,
+                  kvHeads: KV,
+                  hd,
+                  attention: { scores, out: att, capacity: cap },
+                },
+              },
+            ),
+          );
+          p.push(...branchEnd(att, w.o));
+          p.push(
+            ...normedLayers(
+              w.postAttnNorm,
+              [
+                { layer: w.gate, out: g },
+                { layer: w.up, out: u },
+              ],
+              { defer: true },
+            ),
+          );
+          // the SwiGLU is computed by down_proj's input rotation when it is a CALDERA layer (in place over g else),
+          // which also finishes gate and up's output rotation when it can
+          p.push(...branchEnd({ x: g, compute: { kind: 'swiglu', up: u } }, w.down));
+        });
+        // the final RMSNorm, in the last residual branch's output rotation when that is pending
+        const finalNorm = { weight: weights.norm, eps: cfg.rmsNormEps, out: h };
+        if (pending) p.push(...K.rotateNorm(pending, finalNorm));
+        const head = [
+          ...(pending ? [] : [K.rmsNorm(res, weights.norm, h, d, cfg.rmsNormEps)]),
+          K.matvec(weights.head, h, this.logitsBuf, {
+            bias: null,
+            accumulate: false,
+            dummy: ctx.dummy,
+            tile,
+          }),
+          K.argmax(this.logitsBuf, this.argmaxBuf, V, this.stepBuf),
+        ];
+        return { program: p, head };
+      };
+      ({ program: this.program, head: this.head } = record(1));
+      ({ program: this.batchProgram, head: this.batchHead } =
+        this.prefillChunk > 1
+          ? record(Math.min(PREFILL_ROW_TILE, T))
+          : { program: this.program, head: this.head });
+
+      let wb = weights.embed.buffer.size + weights.norm.size;
+      if (weights.head !== weights.embed) wb += weights.head.buffer.size;
+      for (const blk of weights.blocks) {
+        wb += blk.inputNorm.size + blk.postAttnNorm.size;
+        for (const lin of [blk.q, blk.k, blk.v, blk.o, blk.gate, blk.up, blk.down]) wb += lin.gpuBytes;
+      }
+      this.weightBytes = wb;
+    } catch (e) {
+      this.destroyOwn();
+      throw e;
     }
-    this.weightBytes = wb;
   }
 
   /** Tokens in the KV cache (the position of the next token). */
@@ -559,12 +580,7 @@ export class WebGpuModel {
    * one pass through the layers. `signal` is checked between batches.
    */
   async prefill(tokens: ArrayLike<number>, options: { signal?: AbortSignal } = {}): Promise<void> {
-    const all = Array.from(tokens);
-    const seq = this.claim('prefill');
-    for (let t = 0; t < all.length; t += this.prefillChunk) {
-      throwIfAborted(options.signal, 'prefill');
-      await seq.pass(() => this.stepBatch(all.slice(t, t + this.prefillChunk), 'none'));
-    }
+    await prefillThrough(this, this.claim('prefill'), tokens, options?.signal, 'prefill');
   }
 
   /** Why a read-back failed: the model disposed meanwhile (`E_VALUE`), else the device (`E_DEVICE`). */
@@ -601,13 +617,23 @@ export class WebGpuModel {
     return out;
   }
 
+  /**
+   * Destroy the buffers the model allocated itself (activations, KV cache, uniforms, the linear context's scratch and
+   * tables, the kernels' uniforms), not its weights: {@link dispose}, and a constructor that fails part way (then
+   * `ctx` may not exist yet).
+   */
+  private destroyOwn(): void {
+    for (const b of this.owned) b.destroy();
+    this.owned.length = 0;
+    (this.ctx as typeof this.ctx | undefined)?.dispose();
+    this.kernels.dispose();
+  }
+
   /** Free every GPU buffer of the model (weights, cache, uniforms). The device is not destroyed. */
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    for (const b of this.owned) b.destroy();
-    this.ctx.dispose();
-    this.kernels.dispose();
+    this.destroyOwn();
     const w = this.weights;
     w.embed.buffer.destroy();
     if (w.head !== w.embed) w.head.buffer.destroy();

@@ -142,6 +142,41 @@ describe('validation', () => {
   });
 });
 
+describe('validation of arguments that are not objects', () => {
+  it('null or undefined meta, layers, tensors or layer entry is E_VALUE naming the argument, not a TypeError', () => {
+    const value = (f: () => unknown, message: RegExp) =>
+      expect(f).toThrow(
+        expect.objectContaining({ code: 'E_VALUE', message: expect.stringMatching(message) }),
+      );
+    const t = tensors();
+    for (const [m, got] of [
+      [null, 'null'],
+      [undefined, 'undefined'],
+      [7, 'a number'],
+      [{ ...meta(), layers: null }, 'layers null'],
+      [{ ...meta(), layers: undefined }, 'layers undefined'],
+    ] as const)
+      value(
+        () => validateCalderaCheckpoint(m as unknown as CalderaCheckpointMeta, t),
+        new RegExp(
+          `^E_VALUE: validateCalderaCheckpoint: meta must be a parsed caldera\\.json .*, got ${got}$`,
+        ),
+      );
+    for (const [ts, got] of [
+      [null, 'null'],
+      [undefined, 'undefined'],
+    ] as const)
+      value(
+        () => validateCalderaCheckpoint(meta(), ts as unknown as Record<string, Tensor>),
+        new RegExp(`^E_VALUE: validateCalderaCheckpoint: tensors must be a Map or a record .*, got ${got}$`),
+      );
+    value(
+      () => expectedCalderaTensors(P, null as unknown as CalderaCheckpointMeta['layers'][string]),
+      /^E_VALUE: expectedCalderaTensors: the layer of 'model\.layers\.0\.self_attn\.q_proj' must be its caldera\.json entry, got null$/,
+    );
+  });
+});
+
 describe('validation of RVQ residual planes', () => {
   it('expects Q_resid for an RVQ Q and u8 residual planes for 3-bit codecs (E81B), u16 for 4-bit', () => {
     // what @caldera/lowrank's toCheckpointTensors writes (docs/architecture.md, codecs): rvq4 residuals are u16,

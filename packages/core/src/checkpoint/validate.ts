@@ -21,8 +21,19 @@ const hasResidual = (codec: string) => codec.includes('rvq');
 /** The residual plane of an RVQ codec: 4-bit codes are u16 (E8P12), 3-bit codes u8 (E81B). */
 const residualDType = (codec: string): DType => (codec.includes('rvq3') ? 'u8' : 'u16');
 
-/** The tensors the checkpoint format (version 1) requires for one compressed layer. */
+/** What a value given in place of an object is, for a message: `null`, `undefined`, `a number`, … */
+const describe = (v: unknown) => (v === null ? 'null' : v === undefined ? 'undefined' : `a ${typeof v}`);
+
+/**
+ * The tensors the checkpoint format (version 1) requires for one compressed layer. `E_VALUE` when `layer` is not
+ * an object (an entry of a parsed `caldera.json`'s `layers`).
+ */
 export function expectedCalderaTensors(prefix: string, layer: CalderaLayerMeta): ExpectedTensor[] {
+  if (layer === null || typeof layer !== 'object')
+    throw new CalderaError(
+      'E_VALUE',
+      `expectedCalderaTensors: the layer of '${prefix}' must be its caldera.json entry, got ${describe(layer)}`,
+    );
   const [mp, np] = layer.padded;
   const kq = layer.rank - layer.ftRank;
   const out: ExpectedTensor[] = [];
@@ -62,13 +73,27 @@ export function expectedCalderaTensors(prefix: string, layer: CalderaLayerMeta):
  * Check a checkpoint's tensors against its `caldera.json`: every required part present with the right
  * dtype and shape, no `P.weight` left beside a compressed layer, `P.bias` of shape `[m]` if present, and
  * no `.caldera.` tensor of a layer the metadata does not list. Throws `E_FORMAT` listing every problem
- * (`details.problems`). `tensors` maps names to dtype/shape (a safetensors header's entries, or tensors).
+ * (`details.problems`). `tensors` maps names to dtype/shape (a safetensors header's entries, or tensors). `E_VALUE`
+ * when `meta` is not a parsed `caldera.json` (an object with `layers`; see `parseCalderaMeta`) or `tensors` is
+ * not an object (null, undefined).
  */
 export function validateCalderaCheckpoint(
   meta: CalderaCheckpointMeta,
   tensors: ReadonlyMap<string, TensorSignature> | Readonly<Record<string, TensorSignature>>,
   file = 'model.safetensors',
 ): void {
+  if (meta === null || typeof meta !== 'object' || meta.layers === null || typeof meta.layers !== 'object')
+    throw new CalderaError(
+      'E_VALUE',
+      `validateCalderaCheckpoint: meta must be a parsed caldera.json with its layers (see parseCalderaMeta), got ${
+        meta === null || typeof meta !== 'object' ? describe(meta) : `layers ${describe(meta.layers)}`
+      }`,
+    );
+  if (tensors === null || typeof tensors !== 'object')
+    throw new CalderaError(
+      'E_VALUE',
+      `validateCalderaCheckpoint: tensors must be a Map or a record of tensor names to dtype and shape, got ${describe(tensors)}`,
+    );
   const map: ReadonlyMap<string, TensorSignature> =
     tensors instanceof Map ? tensors : new Map(Object.entries(tensors as Record<string, TensorSignature>));
   const problems: string[] = [];

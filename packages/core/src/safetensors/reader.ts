@@ -151,13 +151,27 @@ function typedView(dtype: DType, raw: Uint8Array): Tensor['data'] {
 /**
  * Open a safetensors file lazily. A string is a path (Node only: `node:fs` is imported on demand, so the
  * browser build never loads it); an `ArrayBuffer`/view is read in place; a `Blob`/`File` is sliced per
- * tensor. Malformed input throws `CalderaError('E_FORMAT')` naming the file and the tensor at fault.
+ * tensor; any other object is taken as a {@link ByteSource}. Malformed input throws `CalderaError('E_FORMAT')` naming
+ * the file and the tensor at fault; an `input` that is none of these (null, undefined, a number, an object without
+ * `read`) is `E_VALUE`.
  */
 export async function openSafetensors(input: SafetensorsInput, name?: string): Promise<SafetensorsReader> {
   let source: ByteSource;
   if (typeof input === 'string') source = await openFileSource(input);
   else if (input instanceof ArrayBuffer || ArrayBuffer.isView(input)) source = bufferSource(input, name);
   else if (typeof Blob !== 'undefined' && input instanceof Blob) source = blobSource(input, name);
-  else source = input as ByteSource;
+  else if (
+    input !== null &&
+    typeof input === 'object' &&
+    typeof (input as Partial<ByteSource>).read === 'function' &&
+    typeof (input as Partial<ByteSource>).close === 'function'
+  )
+    source = input as ByteSource;
+  else
+    throw new CalderaError(
+      'E_VALUE',
+      `openSafetensors: ${name ?? 'the input'} must be a path, an ArrayBuffer or byte view, a Blob or a ByteSource, ` +
+        `got ${input === null ? 'null' : typeof input === 'object' ? 'an object without read and close' : typeof input}`,
+    );
   return SafetensorsReader.fromSource(source);
 }

@@ -135,6 +135,23 @@ describe('round trips', () => {
     expect(reads[2]![1]).toBe(16);
   });
 
+  it('an input that is not a path, bytes, a Blob or a ByteSource (null, undefined, a number) is E_VALUE', async () => {
+    for (const [input, got] of [
+      [null, 'null'],
+      [undefined, 'undefined'],
+      [5, 'number'],
+      [{ name: 'x', size: 3 }, 'an object without read and close'],
+    ] as const)
+      await expect(openSafetensors(input as unknown as Uint8Array, 'w.safetensors')).rejects.toThrow(
+        expect.objectContaining({
+          code: 'E_VALUE',
+          message:
+            'E_VALUE: openSafetensors: w.safetensors must be a path, an ArrayBuffer or byte view, a Blob or a ' +
+            `ByteSource, got ${got}`,
+        }),
+      );
+  });
+
   it('writing is atomic: a failing tensor leaves neither a partial file nor a temp file', async () => {
     const path = join(dir, 'atomic.safetensors');
     await writeFile(path, 'old');

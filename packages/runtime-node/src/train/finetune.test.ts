@@ -1,7 +1,16 @@
 import { readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Rng, tensor } from '@caldera/core';
-import { applyDecomposition, caldera, calderaCheckpointMeta, withTrainableFactors } from '@caldera/lowrank';
+import {
+  applyDecomposition,
+  caldera,
+  calderaCheckpointMeta,
+  reconstruct,
+  withTrainableFactors,
+} from '@caldera/lowrank';
 import { describe, expect, it } from 'vitest';
 import { perplexity } from '../eval.js';
 import { CalderaLinear } from '../linear.js';
@@ -9,7 +18,13 @@ import { loadModel } from '../load.js';
 import { LlamaModel } from '../model.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { loraFromRotated, loraGradToRotated, type LayerRotation } from './caldera-lora.js';
-import { runFinetune, loraObjective, prepareLoraFinetune, validationLoss } from './finetune.js';
+import {
+  runFinetune,
+  loraObjective,
+  prepareLoraFinetune,
+  validationLoss,
+  type FinetuneSetup,
+} from './finetune.js';
 import { initTrainParams, type TrainConfig, type TrainParams } from './model.js';
 import { modelTeacher, signObjective } from './rht.js';
 
@@ -170,6 +185,85 @@ describe('sign-vector objective (RHT fine-tuning against a teacher)', () => {
     const dsu = grads!['model.layers.0.mlp.down_proj.caldera.SU']!;
     expect(Array.from(dsu.subarray(12))).toEqual([0, 0, 0, 0]);
     expect(Math.max(...Array.from(dsu.subarray(0, 12), Math.abs))).toBeGreaterThan(1e-6);
+  });
+});
+
+describe('runFinetune resume check', () => {
+  const cfg: TrainConfig = {
+    hiddenSize: 8,
+    intermediateSize: 12,
+    numLayers: 1,
+    numHeads: 2,
+    numKvHeads: 1,
+    headDim: 4,
+    vocabSize: 11,
+    rmsNormEps: 1e-5,
+    ropeTheta: 10000,
+  };
+  const prefix = 'model.layers.0.self_attn.q_proj';
+  /** A one-block model whose q_proj is a CALDERA layer with a trainable pair of rank 2 (fresh each call). */
+  function tinySetup(): FinetuneSetup {
+    const rng = new Rng(5);
+    const frozen = initTrainParams(cfg, rng, 0.3);
+    const w = tensor('f32', [8, 8], Float32Array.from(frozen[`${prefix}.weight`]!));
+    const d = withTrainableFactors(caldera(w, null, { rank: 4, outerIters: 1, lplrIters: 1, seed: 3 }), 2);
+    frozen[`${prefix}.weight`] = reconstruct({ ...d, ft: null }).data;
+    const objective = loraObjective(cfg, frozen, [{ prefix, rotation: d, ftRank: d.ft!.rank }]);
+    const trainable = { [`${prefix}.caldera.L_ft`]: d.ft!.l, [`${prefix}.caldera.R_ft`]: d.ft!.r };
+    return { config: cfg, frozen, layers: [{ prefix, decomposition: d }], trainable, objective };
+  }
+  const rng = new Rng(8);
+  const train = Array.from({ length: 300 }, () => rng.int(11));
+  const valid = Array.from({ length: 200 }, () => rng.int(11));
+  const opts = { steps: 4, seqLen: 8, batch: 1, evalEvery: 2, evalTokens: 40, lr: 1e-2, patience: 3 };
+
+  it('a resume with other settings, the trainer’s and its own, is refused with one error listing all of them', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-finetune-'));
+    try {
+      const statePath = join(dir, 'state.bin');
+      const first = await runFinetune(tinySetup(), train, valid, { ...opts, statePath });
+      expect(first.steps).toBe(4);
+      const settingLabels = { lr: '--lr', patience: '--patience', batch: '--batch' };
+      const resume = (o: Partial<typeof opts>) =>
+        runFinetune(tinySetup(), train, valid, { ...opts, ...o, statePath, settingLabels });
+      // lr and batch are the trainer's settings, patience and evalTokens this function's own: all four at once
+      const err = await resume({ lr: 2e-2, batch: 2, patience: 9, evalTokens: 48 }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'E_VALUE' });
+      const message = (err as Error).message;
+      expect(message).toMatch(/state\.bin holds the state of a fine-tuning run with other settings: /);
+      for (const setting of [
+        '--lr (0.01 then, 0.02 now)',
+        '--batch (1 then, 2 now)',
+        '--patience (3 then, 9 now)',
+        'evalTokens (40 then, 48 now)',
+      ])
+        expect(message).toContain(setting);
+      // only this function's own, or only the trainer's: refused alike
+      await expect(resume({ patience: 9 })).rejects.toThrow(
+        /fine-tuning run with other settings: --patience \(3 then, 9 now\); rerun/,
+      );
+      await expect(resume({ lr: 2e-2 })).rejects.toThrow(
+        /fine-tuning run with other settings: --lr \(0\.01 then, 0\.02 now\); rerun/,
+      );
+      // the same settings resume (the run was complete: nothing left to do, the same result)
+      const again = await resume({});
+      expect({ ...again, seconds: 0 }).toEqual({ ...first, seconds: 0 });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('without a state to resume or save, does not hash the validation text (reads only its evalTokens)', async () => {
+    let furthest = -1;
+    const watched = new Proxy(valid, {
+      get(target, key, receiver) {
+        if (typeof key === 'string' && /^\d+$/.test(key)) furthest = Math.max(furthest, Number(key));
+        return Reflect.get(target, key, receiver);
+      },
+    });
+    await runFinetune(tinySetup(), train, watched, opts);
+    expect(furthest).toBeGreaterThan(0);
+    expect(furthest).toBeLessThan(opts.evalTokens); // validation windows only, within its first 40 tokens
   });
 });
 

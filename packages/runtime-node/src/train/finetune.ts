@@ -240,7 +240,9 @@ export interface LoraFinetuneOptions {
   seed?: number;
   /**
    * Resumable state file: saved atomically every `evalEvery` steps and on abort; when it exists at the start,
-   * training continues from it with identical results.
+   * training continues from it with identical results. A state saved with other settings (the trainer's: `seqLen`,
+   * `batch`, `lr`, …, the data and model config; this function's: see `settingLabels`) is refused with one `E_VALUE`
+   * that lists every setting that differs.
    */
   statePath?: string;
   /**
@@ -374,37 +376,43 @@ export async function runFinetune(
       }),
     ),
   };
-  // what determines the result beyond the trainer's options and data: a resumed run must have the same
-  const start = createHash('sha256');
-  for (const k of Object.keys(setup.trainable).sort()) {
-    const v = setup.trainable[k]!;
-    start.update(k).update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
-  }
-  const run: Record<string, unknown> = {
-    evalEvery: o.evalEvery,
-    patience: o.patience,
-    evalTokens: o.evalTokens,
-    validation: tokenDigest(valid),
-    'starting factors': start.digest('hex'),
-    ...(o.runKey ?? {}),
+  // what determines the result beyond the trainer's options and data: a resumed run must have the same. Hashing the
+  // factors and the validation text takes a while on a large model: done only when there is a state to compare
+  // against or to save (once; setup.trainable holds the starting factors until the loop ends, after the last save)
+  let run: Record<string, unknown> | undefined;
+  const runSettings = (): Record<string, unknown> => {
+    if (run) return run;
+    const start = createHash('sha256');
+    for (const k of Object.keys(setup.trainable).sort()) {
+      const v = setup.trainable[k]!;
+      start.update(k).update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+    }
+    run = {
+      evalEvery: o.evalEvery,
+      patience: o.patience,
+      evalTokens: o.evalTokens,
+      validation: tokenDigest(valid),
+      'starting factors': start.digest('hex'),
+      ...(o.runKey ?? {}),
+    };
+    return run;
   };
   let trainer: Trainer;
   let es: EarlyStopState;
   let best: Record<string, Float32Array>;
   if (o.statePath && (await exists(o.statePath))) {
     const labels = o.settingLabels ? { labels: o.settingLabels } : {};
+    // the trainer's settings and this function's own, refused together (one error lists every difference)
     trainer = await Trainer.load(o.statePath, setup.config, train, setup.objective, {
       expect: trainerOptions,
       ...labels,
+      what: 'a fine-tuning run',
+      also: (info) => {
+        const saved = (info as { run?: Record<string, unknown> } | undefined)?.run;
+        return saved ? settingsDiff(saved, runSettings(), labels) : ['(not recorded: an earlier version)'];
+      },
     });
-    const saved = trainer.restored!.info as { run?: Record<string, unknown>; earlyStop: EarlyStopState };
-    const differ = saved.run ? settingsDiff(saved.run, run, labels) : ['(not recorded: an earlier version)'];
-    if (differ.length > 0)
-      throw new CalderaError(
-        'E_VALUE',
-        `${o.statePath} holds the state of a fine-tuning run with other settings: ${differ.join('; ')}; rerun ` +
-          'with the options of that run to resume it, or delete the state to start over',
-      );
+    const saved = trainer.restored!.info as { earlyStop: EarlyStopState };
     es = saved.earlyStop;
     best = trainer.restored!.tensors ?? {};
     for (const [k, v] of Object.entries(trainer.params)) setup.trainable[k]!.set(v);
@@ -425,7 +433,10 @@ export async function runFinetune(
   }
   const save = async () => {
     if (o.statePath)
-      await trainer.save(o.statePath, undefined, { info: { run, earlyStop: es }, tensors: best });
+      await trainer.save(o.statePath, undefined, {
+        info: { run: runSettings(), earlyStop: es },
+        tensors: best,
+      });
   };
   const stepsAtStart = trainer.stepCount;
   let stoppedEarly = false;

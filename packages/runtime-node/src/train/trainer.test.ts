@@ -56,6 +56,21 @@ describe('Trainer', () => {
       await expect(
         Trainer.load(state, { ...cfg, hiddenSize: cfg.hiddenSize * 2 }, data, undefined, { expect: opts }),
       ).rejects.toThrow(/E_VALUE.*config\.hiddenSize \(16 then, 32 now\)/);
+      // the caller's own settings (`also`, given the saved extra info) are refused in the same error
+      const seen: unknown[] = [];
+      await expect(
+        Trainer.load(state, cfg, data, undefined, {
+          expect: { ...opts, lr: 2e-2 },
+          what: 'a test run',
+          also: (info) => (seen.push(info), ['mine (1 then, 2 now)']),
+        }),
+      ).rejects.toThrow(
+        /state of a test run with other settings: lr \(0\.01 then, 0\.02 now\); mine \(1 then, 2 now\)/,
+      );
+      expect(seen).toEqual([undefined]); // saved without extra info
+      expect(
+        (await Trainer.load(state, cfg, data, undefined, { expect: opts, also: () => [] })).stepCount,
+      ).toBe(4);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -91,6 +91,15 @@ export interface ResumeCheck {
    * the data is `data`, each model-config field `config.<field>`).
    */
   labels?: Record<string, string>;
+  /**
+   * The caller's own settings, checked in the same round: given the saved state's extra info (the `info` of
+   * {@link TrainStateExtra} it was saved with; undefined when none), the settings that differ (as
+   * {@link settingsDiff} lists them). They are refused together with the trainer's, in one `E_VALUE`, so that a
+   * run with several other settings learns all of them at once.
+   */
+  also?: (savedInfo: unknown) => string[];
+  /** What the state is of, in the refusal: `${path} holds the state of <what> with other settings` (default `a run`). */
+  what?: string;
 }
 
 /** The fields of a model config as `config.<field>` settings (none for a state that did not record it). */
@@ -255,8 +264,9 @@ export class Trainer {
   /**
    * Restores a state written by {@link save}; `data` (and `objective`) must be the same as when it was saved. With
    * `resume` (the options the caller would start a fresh run with), the saved run must have the same options (all
-   * but `checkpoint`, which changes no result and is taken from them), the same model config and the same data:
-   * otherwise `E_VALUE` names what differs, since continuing would mix two runs.
+   * but `checkpoint`, which changes no result and is taken from them), the same model config and the same data, and
+   * whatever `resume.also` checks: otherwise one `E_VALUE` names everything that differs, since continuing would mix
+   * two runs.
    */
   static async load(
     path: string,
@@ -286,16 +296,19 @@ export class Trainer {
     const digest = resume ? tokenDigest(data) : undefined;
     if (resume) {
       const now = trainerOptionsWithDefaults(resume.expect);
-      const differ = settingsDiff(
-        { ...h.options, ...configSettings(h.config), data: h.dataSha256 },
-        { ...now, ...configSettings(config), data: digest },
-        { ignore: ['checkpoint'], ...(resume.labels ? { labels: resume.labels } : {}) },
-      );
+      const differ = [
+        ...settingsDiff(
+          { ...h.options, ...configSettings(h.config), data: h.dataSha256 },
+          { ...now, ...configSettings(config), data: digest },
+          { ignore: ['checkpoint'], ...(resume.labels ? { labels: resume.labels } : {}) },
+        ),
+        ...(resume.also?.(h.extraInfo ?? undefined) ?? []),
+      ];
       if (differ.length > 0)
         throw new CalderaError(
           'E_VALUE',
-          `${path} holds the state of a run with other settings: ${differ.join('; ')}; rerun with the options of ` +
-            'that run to resume it, or delete the state to start over',
+          `${path} holds the state of ${resume.what ?? 'a run'} with other settings: ${differ.join('; ')}; rerun ` +
+            'with the options of that run to resume it, or delete the state to start over',
         );
       options = { ...h.options, checkpoint: now.checkpoint };
     }
