@@ -3,7 +3,8 @@
 // Pack smoke test: `npm pack` every publishable packages/* package, install the tarballs into a fresh
 // temporary npm project (prefer-offline: external dependencies come from the npm cache that `npm install`/`npm ci`
 // filled), then for each package `import` it (ESM) and `require` it (CJS) and call an exported function,
-// and type-check a consumer of @caldera/core under both module systems with `tsc --noEmit`.
+// and type-check a consumer of @caldera/core under both module systems with `tsc --noEmit`. Each tarball is also
+// linted with publint (package.json fields against the packed files): a warning or an error fails the run.
 //
 // Usage: node scripts/pack-smoke.mjs [--skip-build] [--keep] [--only=@caldera/core,...]
 //   --skip-build  do not run `turbo run build` first (dist/ folders must be current)
@@ -22,6 +23,8 @@ import {
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { publint } from 'publint';
+import { formatMessage } from 'publint/utils';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const args = new Set(process.argv.slice(2));
@@ -110,6 +113,12 @@ try {
     }
     tarballs.push(join(tarDir, info.filename));
     log(`packed ${info.filename} (${files.length} files, ${(info.size / 1024).toFixed(0)} KiB)`);
+    const bytes = readFileSync(join(tarDir, info.filename));
+    const tarball = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
+    const { messages, pkg: linted } = await publint({ pack: { tarball } });
+    for (const m of messages) log(`publint ${m.type} ${pkg.name}: ${formatMessage(m, linted)}`);
+    const bad = messages.filter((m) => m.type !== 'suggestion');
+    if (bad.length > 0) throw new Error(`${pkg.name}: publint reports ${bad.length} warning(s) or error(s)`);
   }
 
   const app = join(tmp, 'app');

@@ -1,7 +1,7 @@
 // Compress a Hugging Face model you downloaded yourself, then evaluate it and generate from it, through the same
 // entry point as the `caldera` command (`main` of @caldera/cli). Usage (from this folder):
 //   npm start -- <model-dir> [--data my.txt] [--bits 2.4] [--eval heldout.txt] [--out DIR] [--prompt TEXT] [--quick]
-//   node index.mjs --reference --quick      (the embedded reference model instead: what CI runs)
+//   node index.mjs --reference --quick      (the embedded reference model instead: `npm run smoke`, run by hand; not in CI)
 // --quick: a fast, low-quality first try (4 calibration windows of 64 tokens, 1 outer / 1 inner iteration, 1024
 // tokens of perplexity) to check that the model loads and the pipeline runs before the real, long run.
 /* global process, console */
