@@ -1,4 +1,5 @@
 import { CalderaError } from './errors.js';
+import { writeFully } from './io-chunks.js';
 import { nodeFs } from './node-builtins.js';
 
 /** A random suffix for temporary names (not security-relevant; avoids collisions between writers). */
@@ -29,13 +30,16 @@ export interface AtomicWriteOptions {
 
 /**
  * Write a file atomically (Node only): the content goes to `<path>.tmp-<random>` in the same directory,
- * which is then renamed over `path`, so readers see either the old file or the whole new one. `write`
- * receives the open handle and may write in as many pieces as it likes (streaming). On any error the
- * temporary file is removed and the error is rethrown (I/O errors as `E_IO`).
+ * which is then renamed over `path`, so readers see either the old file or the whole new one. `content` is a
+ * string, bytes (any typed array, `DataView` or `ArrayBuffer`, written as its raw bytes in calls of at most
+ * 1 GiB each, so buffers over 2 GiB work, and over 4 GiB as a `Float64Array` or `ArrayBuffer`), or a
+ * function that receives the open handle and may write in as many pieces as it likes (streaming; a single
+ * `write` call must stay under 2³¹ bytes). On any error the temporary file is removed and the error is
+ * rethrown (I/O errors as `E_IO`).
  */
 export async function atomicWriteFile(
   path: string,
-  content: string | Uint8Array | ((fh: WritableFileHandle) => Promise<void>),
+  content: string | ArrayBufferView | ArrayBuffer | ((fh: WritableFileHandle) => Promise<void>),
   options: AtomicWriteOptions = {},
 ): Promise<void> {
   const fs = await nodeFs();
@@ -45,7 +49,8 @@ export async function atomicWriteFile(
     options.signal?.throwIfAborted();
     fh = await fs.open(tmp, 'wx');
     if (typeof content === 'function') await content(fh);
-    else await fh.writeFile(content);
+    else if (typeof content === 'string') await fh.writeFile(content);
+    else await writeFully(fh, content);
     options.signal?.throwIfAborted();
     await fh.sync();
     await fh.close();

@@ -1,5 +1,6 @@
 import { arrayCtor, dtypeSize, type DType } from '../dtype.js';
 import { CalderaError } from '../errors.js';
+import { ioChunkBytes, readRange } from '../io-chunks.js';
 import type { Tensor } from '../tensor.js';
 import { contiguousStrides } from '../tensor.js';
 import { SAFETENSORS_TO_DTYPE } from './dtypes.js';
@@ -26,7 +27,10 @@ export interface TensorStore {
   tensorInfo(name: string): Promise<SafetensorsTensorInfo>;
   /** Read a tensor (contiguous, its own buffer unless the source is in memory and the data aligned). */
   readTensor(name: string): Promise<Tensor>;
-  /** The raw little-endian bytes of a tensor. */
+  /**
+   * The raw little-endian bytes of a tensor, as one `Uint8Array` (so at most 4 GiB in Node 20; `readTensor`
+   * reads larger tensors).
+   */
   readRaw(name: string): Promise<Uint8Array>;
   /** Release file handles. */
   close(): Promise<void>;
@@ -115,13 +119,12 @@ export class SafetensorsReader implements TensorStore {
     }
     if (!LITTLE_ENDIAN)
       throw new CalderaError('E_UNSUPPORTED', 'safetensors reading needs a little-endian host');
-    const raw = await this.readRaw(name);
     return {
       dtype,
       shape: [...t.shape],
       strides: contiguousStrides(t.shape),
       offset: 0,
-      data: typedView(dtype, raw),
+      data: typedView(dtype, await this.readOwnable(t)),
     };
   }
 
@@ -130,9 +133,21 @@ export class SafetensorsReader implements TensorStore {
     const t = this.info(name);
     if (t.dtype !== 'I64')
       throw new CalderaError('E_DTYPE', `${this.source.name}: tensor '${name}' is ${t.dtype}, not I64`);
-    const raw = await this.readRaw(name);
+    const raw = await this.readOwnable(t);
+    if (raw instanceof ArrayBuffer) return new BigInt64Array(raw);
     const own = raw.byteOffset % 8 === 0 ? raw : raw.slice();
     return new BigInt64Array(own.buffer, own.byteOffset, own.length / 8);
+  }
+
+  /**
+   * The bytes of a tensor for a typed array: `readRaw` for in-memory sources and regions of up to one I/O
+   * chunk (1 GiB); larger regions of other sources go chunk by chunk into one new `ArrayBuffer`, which may
+   * exceed the 4 GiB that a single `Uint8Array` can hold in Node 20 (a 28672² f64 Hessian is 6.6 GB).
+   */
+  private async readOwnable(t: SafetensorsTensorInfo): Promise<Uint8Array | ArrayBuffer> {
+    const [b, e] = t.dataOffsets;
+    if (this.source.shared || e - b <= ioChunkBytes()) return this.readRaw(t.name);
+    return readRange(this.source, this.header.dataStart + b, e - b);
   }
 
   close(): Promise<void> {
@@ -141,8 +156,9 @@ export class SafetensorsReader implements TensorStore {
 }
 
 /** A typed array of `dtype` over `raw` (a view when aligned, else an aligned copy). */
-function typedView(dtype: DType, raw: Uint8Array): Tensor['data'] {
+function typedView(dtype: DType, raw: Uint8Array | ArrayBuffer): Tensor['data'] {
   const C = arrayCtor(dtype);
+  if (raw instanceof ArrayBuffer) return new C(raw);
   const size = dtypeSize(dtype);
   const own = raw.byteOffset % size === 0 ? raw : raw.slice();
   return new C(own.buffer, own.byteOffset, own.length / size);

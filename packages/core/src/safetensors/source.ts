@@ -1,4 +1,5 @@
 import { CalderaError } from '../errors.js';
+import { readFully, readRange } from '../io-chunks.js';
 import { nodeFs } from '../node-builtins.js';
 
 /**
@@ -15,6 +16,12 @@ export interface ByteSource {
    * true (then it may be a view into the source's memory).
    */
   read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * Optional: fill all of `dest` with the bytes at `offset`, without an intermediate copy. `dest` may be a
+   * view over a buffer larger than any single `Uint8Array` can be (4 GiB in Node 20), which is how regions
+   * that large are read (see {@link readWholeFile}).
+   */
+  readInto?(offset: number, dest: ArrayBufferView | ArrayBuffer): Promise<void>;
   /** True when `read` returns views into memory the source keeps (in-memory sources). */
   readonly shared?: boolean;
   /** Release the underlying handle (no-op for memory). */
@@ -73,7 +80,9 @@ export interface FileHandleLike {
 
 /**
  * A source over an open Node file handle: reads by position on demand, so a file of any size is never
- * loaded whole. Closing the source closes the handle.
+ * loaded whole. Each underlying `read` call asks for at most 1 GiB (Node rejects, or in Node 20 aborts the
+ * process on, single reads over 2³¹ − 1 bytes), looping until the region is complete. Closing the source
+ * closes the handle.
  */
 export async function fileHandleSource(fh: FileHandleLike, name: string): Promise<ByteSource> {
   const { size } = await fh.stat();
@@ -84,20 +93,12 @@ export async function fileHandleSource(fh: FileHandleLike, name: string): Promis
     async read(offset, length) {
       checkRange(self, offset, length);
       const out = new Uint8Array(length);
-      let done = 0;
-      while (done < length) {
-        let r: { bytesRead: number };
-        try {
-          r = await fh.read(out, done, length - done, offset + done);
-        } catch (e) {
-          throw new CalderaError('E_IO', `${name}: read failed at byte ${offset + done}`, { cause: e });
-        }
-        if (r.bytesRead === 0) {
-          throw new CalderaError('E_FORMAT', `${name}: file truncated while reading byte ${offset + done}`);
-        }
-        done += r.bytesRead;
-      }
+      await readFully(fh, out, offset, name);
       return out;
+    },
+    async readInto(offset, dest) {
+      checkRange(self, offset, dest.byteLength);
+      await readFully(fh, dest, offset, name);
     },
     close: () => fh.close(),
   };
@@ -116,4 +117,24 @@ export async function openFileSource(path: string): Promise<ByteSource> {
     });
   }
   return fileHandleSource(fh, path);
+}
+
+/**
+ * Read a whole file into a new `ArrayBuffer` (Node only), through {@link openFileSource}: calls of at most
+ * 1 GiB each, so it works for files over 2 GiB, which `fs.readFile` rejects (`ERR_FS_FILE_TOO_LARGE`), and
+ * over 4 GiB, which no single `Uint8Array` can hold in Node 20 — view the result with a typed array (e.g.
+ * `new Float64Array(buf)`; the buffer starts at offset 0, so it is aligned for any dtype). A missing file
+ * is `E_MISSING`, other open or read errors `E_IO`, a file that shrinks while being read `E_FORMAT`.
+ */
+export async function readWholeFile(path: string): Promise<ArrayBuffer> {
+  const source = await openFileSource(path);
+  let buf: ArrayBuffer;
+  try {
+    buf = await readRange(source, 0, source.size);
+  } catch (e) {
+    await source.close().catch(() => undefined);
+    throw e;
+  }
+  await source.close();
+  return buf;
 }

@@ -1,5 +1,6 @@
 import { CalderaError, throwIfAborted } from '../errors.js';
-import { atomicWriteFile, type WritableFileHandle } from '../fs-atomic.js';
+import { atomicWriteFile } from '../fs-atomic.js';
+import { writeFully } from '../io-chunks.js';
 import { contiguous, shapeSize, type Tensor } from '../tensor.js';
 import {
   DTYPE_TO_SAFETENSORS,
@@ -90,18 +91,21 @@ function plan(
   return { header, items, total: pos };
 }
 
-async function bytesOf(p: Planned): Promise<Uint8Array> {
-  let bytes: Uint8Array;
+/**
+ * The data of a tensor as a byte-level view. A typed array, not a `Uint8Array` over it: in Node 20 a
+ * `Uint8Array` holds at most 4 GiB, while e.g. a 28672² `Float64Array` is 6.6 GB.
+ */
+async function bytesOf(p: Planned): Promise<ArrayBufferView> {
+  let bytes: ArrayBufferView;
   if (isRaw(p.entry)) {
     bytes = typeof p.entry.data === 'function' ? await p.entry.data() : p.entry.data;
   } else {
-    const c = contiguous(p.entry);
-    bytes = new Uint8Array(c.data.buffer, c.data.byteOffset, c.data.byteLength);
+    bytes = contiguous(p.entry).data;
   }
-  if (bytes.length !== p.nbytes) {
+  if (bytes.byteLength !== p.nbytes) {
     throw new CalderaError(
       'E_SHAPE',
-      `tensor '${p.name}': ${bytes.length} bytes of data, shape needs ${p.nbytes}`,
+      `tensor '${p.name}': ${bytes.byteLength} bytes of data, shape needs ${p.nbytes}`,
     );
   }
   return bytes;
@@ -121,7 +125,8 @@ export async function serializeSafetensors(
   let pos = header.length;
   for (const p of items) {
     throwIfAborted(options.signal, 'serializeSafetensors');
-    out.set(await bytesOf(p), pos);
+    const v = await bytesOf(p);
+    out.set(new Uint8Array(v.buffer, v.byteOffset, v.byteLength), pos);
     pos += p.nbytes;
     options.onProgress?.({ tensor: p.name, bytesWritten: pos - header.length, totalBytes: total });
   }
@@ -132,7 +137,8 @@ export async function serializeSafetensors(
  * Write a safetensors file (Node only), streaming one tensor at a time, atomically: data goes to a
  * temporary file in the same directory that is renamed over `path` when complete. Views are made
  * contiguous one tensor at a time, and lazy raw entries are produced only when reached, so peak memory is
- * about one tensor.
+ * about one tensor. Each `write` call carries at most 1 GiB (Node rejects single writes over 2³¹ − 1 bytes),
+ * so tensors of any size are written.
  */
 export async function writeSafetensors(
   path: string,
@@ -143,23 +149,15 @@ export async function writeSafetensors(
   await atomicWriteFile(
     path,
     async (fh) => {
-      await writeAll(fh, header);
+      await writeFully(fh, header);
       let written = 0;
       for (const p of items) {
         throwIfAborted(options.signal, `writing ${path}`);
-        await writeAll(fh, await bytesOf(p));
+        await writeFully(fh, await bytesOf(p));
         written += p.nbytes;
         options.onProgress?.({ tensor: p.name, bytesWritten: written, totalBytes: total });
       }
     },
     options.signal ? { signal: options.signal } : {},
   );
-}
-
-async function writeAll(fh: WritableFileHandle, bytes: Uint8Array): Promise<void> {
-  let done = 0;
-  while (done < bytes.length) {
-    const { bytesWritten } = await fh.write(bytes, done, bytes.length - done);
-    done += bytesWritten;
-  }
 }
