@@ -1,7 +1,7 @@
 // AssemblyScript: helpers of the layers' batch paths (many input rows), in one workspace memory that the host
-// (src/kernels/batch-workspace.ts) lays out: the CALDERA rotations and Q̂'s E8P decode, and f16 → f32 conversion. The
+// (src/kernels/batch-workspace.ts) lays out: the CALDERA rotations and Q̂'s E8P decode, and f16/bf16 → f32 conversion. The
 // products themselves run in @caldera/linalg's gemm (threaded by its pool). Pointers are explicit.
-import { halfToF32, halfToF32Scalar } from './half';
+import { bf16ToF32, bf16ToF32Scalar, halfToF32, halfToF32Scalar } from './half';
 import { hadamardInPlace } from './hadamard';
 
 /**
@@ -122,6 +122,19 @@ export function halvesToF32(src: usize, count: i32, dst: usize): void {
   }
   for (; k < count; k++)
     store<f32>(dst + ((<usize>k) << 2), halfToF32Scalar(<u32>load<u16>(src + ((<usize>k) << 1))));
+}
+
+/** Convert `count` bf16 values (bits at src) to f32 at dst, exactly (a shift). */
+export function brainHalvesToF32(src: usize, count: i32, dst: usize): void {
+  let k: i32 = 0;
+  for (; k + 8 <= count; k += 8) {
+    const h = v128.load(src + ((<usize>k) << 1));
+    const o = dst + ((<usize>k) << 2);
+    v128.store(o, bf16ToF32(i32x4.extend_low_i16x8_u(h)));
+    v128.store(o, bf16ToF32(i32x4.extend_high_i16x8_u(h)), 16);
+  }
+  for (; k < count; k++)
+    store<f32>(dst + ((<usize>k) << 2), bf16ToF32Scalar(<u32>load<u16>(src + ((<usize>k) << 1))));
 }
 
 /** End of this module's static data; the host's buffers start at 65 536 above it (checked). */

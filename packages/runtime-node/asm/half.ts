@@ -18,3 +18,14 @@ export function halfToF32Scalar(h: u32): f32 {
     (h & 0x7c00) == 0x7c00 ? em | 0x7f800000 : reinterpret<u32>(reinterpret<f32>(em) * 5.192296858534828e33);
   return reinterpret<f32>(mag | ((h & 0x8000) << 16));
 }
+
+// bf16 bits (in the low 16 bits of i32x4 lanes, zero- or sign-extended) → f32, exactly: a bf16 value is the upper half
+// of the f32 with the same value (infinities, NaNs and subnormals included).
+export function bf16ToF32(h: v128): v128 {
+  return i32x4.shl(h, 16);
+}
+
+// Scalar form of bf16ToF32 for the tail columns.
+export function bf16ToF32Scalar(h: u32): f32 {
+  return reinterpret<f32>(h << 16);
+}

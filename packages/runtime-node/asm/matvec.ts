@@ -2,7 +2,7 @@
 // y[r·m + i] = Σ_j x[r·n + j]·W[i, j] for `rows` input rows, W row-major [m, n] resident in this memory; each weight
 // row is read once and used for every input row (rows ≤ 4 in decode).
 
-import { halfToF32, halfToF32Scalar } from './half';
+import { bf16ToF32, bf16ToF32Scalar, halfToF32, halfToF32Scalar } from './half';
 
 // The sum of all lanes of four accumulators.
 function sum4(a0: v128, a1: v128, a2: v128, a3: v128): f32 {
@@ -44,13 +44,20 @@ function finiteHalfToF32(h: v128): v128 {
   return f32x4.mul(v128.and(i32x4.shl(h, 13), i32x4.splat(0x8fffe000)), f32x4.splat(5.192296858534828e33));
 }
 
-// The f16 conversion of denseHalf, chosen at compile time by a tag type (each instantiation is its own branch-free
-// loop): FiniteHalves for matrices without infinities or NaNs, AnyHalves for the rest.
+// The 16-bit conversion of denseHalf, chosen at compile time by a tag type (each instantiation is its own branch-free
+// loop): FiniteHalves for f16 matrices without infinities or NaNs, AnyHalves for the other f16 ones, BrainHalves for
+// bf16 (any values: the conversion is one shift).
 type FiniteHalves = u8;
 type AnyHalves = u16;
+type BrainHalves = u32;
 
 function convertHalves<Kind>(h: v128): v128 {
+  if (sizeof<Kind>() == sizeof<BrainHalves>()) return bf16ToF32(h);
   return sizeof<Kind>() == sizeof<FiniteHalves>() ? finiteHalfToF32(h) : halfToF32(h);
+}
+
+function convertHalfScalar<Kind>(h: u32): f32 {
+  return sizeof<Kind>() == sizeof<BrainHalves>() ? bf16ToF32Scalar(h) : halfToF32Scalar(h);
 }
 
 function denseHalf<Kind>(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize): void {
@@ -68,7 +75,7 @@ function denseHalf<Kind>(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize
         const h0 = v128.load(wi + ((<usize>j) << 1));
         const h1 = v128.load(wi + ((<usize>j) << 1), 16);
         const xo = xr + ((<usize>j) << 2);
-        // sign-extended lanes: finiteHalfToF32 needs them, halfToF32 masks the sign bit itself
+        // sign-extended lanes: finiteHalfToF32 needs them, halfToF32 masks the sign bit itself, bf16ToF32 shifts it out
         a0 = f32x4.add(a0, f32x4.mul(convertHalves<Kind>(i32x4.extend_low_i16x8_s(h0)), v128.load(xo)));
         a1 = f32x4.add(a1, f32x4.mul(convertHalves<Kind>(i32x4.extend_high_i16x8_s(h0)), v128.load(xo, 16)));
         a2 = f32x4.add(a2, f32x4.mul(convertHalves<Kind>(i32x4.extend_low_i16x8_s(h1)), v128.load(xo, 32)));
@@ -76,7 +83,8 @@ function denseHalf<Kind>(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize
       }
       let s = sum4(a0, a1, a2, a3);
       for (; j < n; j++)
-        s += halfToF32Scalar(<u32>load<u16>(wi + ((<usize>j) << 1))) * load<f32>(xr + ((<usize>j) << 2));
+        s +=
+          convertHalfScalar<Kind>(<u32>load<u16>(wi + ((<usize>j) << 1))) * load<f32>(xr + ((<usize>j) << 2));
       store<f32>(y + ((<usize>r * <usize>m + <usize>i) << 2), s);
     }
   }
@@ -90,6 +98,11 @@ export function denseF16(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize
 // W as f16 bits, all finite.
 export function denseF16Finite(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize): void {
   denseHalf<FiniteHalves>(w, m, n, x, rows, y);
+}
+
+// W as bf16 bits (any values).
+export function denseBf16(w: usize, m: i32, n: i32, x: usize, rows: i32, y: usize): void {
+  denseHalf<BrainHalves>(w, m, n, x, rows, y);
 }
 
 // 1 when none of the `count` f16 values at w is an infinity or NaN (exponent bits all ones), else 0.

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { f16ArrayToF32, f32ArrayToF16, Rng, tensor } from '@caldera/core';
+import { bf16ArrayToF32, f16ArrayToF32, f32ArrayToBf16, f32ArrayToF16, Rng, tensor } from '@caldera/core';
 import { applyDecomposition, caldera, withTrainableFactors, type Decomposition } from '@caldera/lowrank';
 import { CalderaLinear, DenseF16Linear, DenseLinear } from './linear.js';
+import { BatchWorkspace } from './kernels/batch-workspace.js';
 
 describe('linear layers', () => {
   const rng = new Rng(21);
@@ -38,6 +39,37 @@ describe('linear layers', () => {
       for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-4);
     }
     expect(() => f16.forward(new Float32Array(3), 1)).toThrow(/E_SHAPE/);
+  });
+
+  it('bf16 layer is bit for bit the f32 layer of the widened weights: decode kernel, batch path (SIMD and TypeScript conversion), bias', () => {
+    const m = 600; // crosses the 512-row conversion block
+    const n = 40;
+    const bits = f32ArrayToBf16(rng.fillNormal(new Float32Array(m * n)));
+    const bias = rng.fillNormal(new Float32Array(m));
+    const bf16 = new DenseF16Linear(bits, m, n, bias, 'bf16');
+    const wide = bf16ArrayToF32(bits);
+    const f32 = new DenseLinear(tensor('f32', [m, n], wide), bias);
+    expect(bf16.format).toBe('bf16');
+    expect(bf16.bits).toBeInstanceOf(Uint16Array);
+    expect(Array.from(bf16.bits)).toEqual(Array.from(bits));
+    expect(bf16.weightBytes).toBe(m * n * 2);
+    expect(bf16.weightF32()).toEqual(wide);
+    // a workspace without WebAssembly: the TypeScript conversion of the batch path
+    const noSimd = Object.create(BatchWorkspace.prototype, { available: { value: false } }) as BatchWorkspace;
+    for (const rows of [1, 3, 4, 5, 9, 40]) {
+      const x = rng.fillNormal(new Float32Array(rows * n));
+      const want = f32.forward(x, rows);
+      // the same f32 weights through the same kernels (matrix–vector ≤ 4 rows, gemm above): identical bits
+      expect(bf16.forward(x, rows)).toEqual(want);
+      expect(bf16.forward(x, rows, { workspace: new BatchWorkspace() })).toEqual(want);
+      expect(bf16.forward(x, rows, { workspace: noSimd })).toEqual(want);
+    }
+    expect(() => bf16.forward(new Float32Array(3), 1)).toThrow(/E_SHAPE.*bf16 linear/);
+    // an f16 layer of the same bits is another matrix: the format is not ignored
+    const x = rng.fillNormal(new Float32Array(n));
+    expect(new DenseF16Linear(bits, m, n, bias).forward(x, 1)).not.toEqual(f32.forward(x, 1));
+    expect(new DenseF16Linear(bits, m, n).weightF32()).toEqual(f16ArrayToF32(bits));
+    expect(() => new DenseF16Linear(bits, m, n, null, 'f8' as 'f16')).toThrow(/E_VALUE/);
   });
 
   it('CALDERA layer equals Decomposition.apply: fused kernel, batch path and TypeScript path (table product, gemm for batches), with a bias', () => {

@@ -1,10 +1,12 @@
-import { CalderaError, f16ArrayToF32, tensor, type Tensor } from '@caldera/core';
+import { bf16ArrayToF32, CalderaError, f16ArrayToF32, tensor, type Tensor } from '@caldera/core';
 import { gemm, gemmInto, hadamardRowsInPlace, type Pool } from '@caldera/linalg';
 import { type Decomposition, latticeDecode } from '@caldera/lowrank';
 import { BatchWorkspace, poolOf } from './kernels/batch-workspace.js';
 import { CalderaKernel, groupMajorCodes, lowRankFactors } from './kernels/caldera-kernel.js';
 import { e8pDecodeInto, e8pMatvecLut } from './kernels/e8p-lut.js';
-import { matvecF16, matvecF32, WasmMatrix } from './kernels/matvec.js';
+import { type HalfFormat, matvecF16, matvecF32, WasmMatrix } from './kernels/matvec.js';
+
+export type { HalfFormat } from './kernels/matvec.js';
 
 /** Up to this many rows a dense product runs as matrix–vector products, above it through `gemm`. */
 const MATVEC_MAX_ROWS = 4;
@@ -36,12 +38,12 @@ function f32Product(w: Float32Array, m: number, n: number): RowProduct<Float32Ar
   return r ? wasmProduct(r) : { weights: w, run: (x, rows, y) => matvecF32(w, m, n, x, rows, y) };
 }
 
-function f16Product(w: Uint16Array, m: number, n: number): RowProduct<Uint16Array> {
-  const r = WasmMatrix.create('f16', w, m, n, MATVEC_MAX_ROWS);
-  return r ? wasmProduct(r) : { weights: w, run: (x, rows, y) => matvecF16(w, m, n, x, rows, y) };
+function halfProduct(format: HalfFormat, w: Uint16Array, m: number, n: number): RowProduct<Uint16Array> {
+  const r = WasmMatrix.create(format, w, m, n, MATVEC_MAX_ROWS);
+  return r ? wasmProduct(r) : { weights: w, run: (x, rows, y) => matvecF16(w, m, n, x, rows, y, format) };
 }
 
-function wasmProduct<K extends 'f32' | 'f16'>(r: WasmMatrix<K>): RowProduct<WasmMatrix<K>['weights']> {
+function wasmProduct<K extends 'f32' | HalfFormat>(r: WasmMatrix<K>): RowProduct<WasmMatrix<K>['weights']> {
   return { weights: r.weights, run: (x, rows, y) => r.matvec(x, rows, y) };
 }
 
@@ -180,12 +182,14 @@ function productByRowBlocks(
 }
 
 /**
- * Dense weights kept as f16 bits `[out, in]` (half the memory of f32) and converted to f32 on the fly: row by row
- * for decode, in blocks of 512 (`BLOCK_ROWS`) rows fed to `gemm` for batches. W is never held in f32 whole.
+ * Dense weights kept as 16-bit floats `[out, in]` (half the memory of f32): f16 bits, or bf16 bits with `format`
+ * 'bf16' (bf16 checkpoints, loaded as they are stored). Converted to f32 on the fly, exactly: row by row inside the
+ * SIMD matrix–vector kernel for decode, in blocks of 512 (`BLOCK_ROWS`) rows fed to `gemm` for batches. W is never
+ * held in f32 whole.
  */
 export class DenseF16Linear implements Linear {
   readonly weightBytes: number;
-  /** f16 bits, row-major `[outFeatures, inFeatures]` (the SIMD kernel's copy when it is available). */
+  /** 16-bit float bits (`format`), row-major `[outFeatures, inFeatures]` (the SIMD kernel's copy when it is available). */
   readonly bits: Uint16Array;
   private readonly product: RowProduct<Uint16Array>;
   constructor(
@@ -193,19 +197,32 @@ export class DenseF16Linear implements Linear {
     readonly outFeatures: number,
     readonly inFeatures: number,
     readonly bias: Float32Array | null = null,
+    /** What `bits` hold: IEEE f16 (default) or bfloat16. */
+    readonly format: HalfFormat = 'f16',
   ) {
+    if (format !== 'f16' && format !== 'bf16')
+      throw new CalderaError(
+        'E_VALUE',
+        `16-bit linear: format must be 'f16' or 'bf16', got ${String(format)}`,
+      );
     if (bits.length !== outFeatures * inFeatures)
       throw new CalderaError(
         'E_SHAPE',
-        `f16 linear: ${bits.length} weights, expected ${outFeatures}·${inFeatures}`,
+        `${format} linear: ${bits.length} weights, expected ${outFeatures}·${inFeatures}`,
       );
     this.weightBytes = bits.length * 2;
-    this.product = f16Product(bits, outFeatures, inFeatures);
+    this.product = halfProduct(format, bits, outFeatures, inFeatures);
     this.bits = this.product.weights;
   }
+
+  /** W in f32 `[outFeatures, inFeatures]` (a new array; exact: every f16 and bf16 value is an f32 value). */
+  weightF32(): Float32Array {
+    return this.format === 'bf16' ? bf16ArrayToF32(this.bits) : f16ArrayToF32(this.bits);
+  }
+
   forward(x: Float32Array, rows: number, options: LinearRunOptions = {}): Float32Array {
-    const { outFeatures: m, inFeatures: n } = this;
-    checkInput('f16 linear', x, rows, n);
+    const { outFeatures: m, inFeatures: n, format } = this;
+    checkInput(`${format} linear`, x, rows, n);
     const y = new Float32Array(rows * m);
     if (rows <= MATVEC_MAX_ROWS) {
       this.product.run(x, rows, y);
@@ -214,10 +231,11 @@ export class DenseF16Linear implements Linear {
     // blocks of rows converted exactly in SIMD (the workspace), else in TypeScript
     const ws = options.workspace ?? new BatchWorkspace();
     const block = ws.available ? null : new Float32Array(BLOCK_ROWS * n);
-    const decode = (i0: number, c: number) =>
-      block
-        ? f16ArrayToF32(this.bits.subarray(i0 * n, (i0 + c) * n), block)
-        : ws.f16Rows(this.bits, n, i0, c);
+    const toF32 = format === 'bf16' ? bf16ArrayToF32 : f16ArrayToF32;
+    const decode = (i0: number, c: number) => {
+      if (block) return toF32(this.bits.subarray(i0 * n, (i0 + c) * n), block);
+      return format === 'bf16' ? ws.bf16Rows(this.bits, n, i0, c) : ws.f16Rows(this.bits, n, i0, c);
+    };
     productByRowBlocks(x, rows, n, m, decode, y, options);
     return addBias(y, rows, this.bias);
   }

@@ -2,11 +2,13 @@ import { describe, expect, it } from 'vitest';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cast, tensor, writeSafetensors, type CalderaLayerMeta, type Tensor } from '@caldera/core';
+import { cast, Rng, tensor, writeSafetensors, type CalderaLayerMeta, type Tensor } from '@caldera/core';
 import { applyDecomposition, caldera, calderaCheckpointMeta, toCheckpointTensors } from '@caldera/lowrank';
-import { parseModelConfig } from './config.js';
+import { blockLinearNames, parseModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
 import { loadModel } from './load.js';
+import { KVCache } from './model.js';
+import { ModelRunnerAdapter } from './runner.js';
 import { loadTokenizer } from './tokenizer.js';
 import { randomModel } from './testing/random-model.js';
 
@@ -26,8 +28,9 @@ describe('loadModel', () => {
   const { raw } = randomModel(cfg, 8);
   raw['lm_head.weight'] = raw['model.embed_tokens.weight']!; // untied head (same values, separate tensor)
   const tokens = [2, 9, 29, 4, 4, 17];
+  const rng = (n: number, seed: number) => new Rng(100 + seed).fillNormal(new Float32Array(n), 0, 0.5);
 
-  it('f16 and bf16 checkpoints: f16 layers stay f16 (auto), bf16 widen to f32; logits match the f32 model', async () => {
+  it('f16 and bf16 checkpoints: layers stay 16-bit (auto); logits match the f32 model', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'caldera-load-'));
     await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
     const f32Dir = await mkdtemp(join(tmpdir(), 'caldera-load32-'));
@@ -44,7 +47,8 @@ describe('loadModel', () => {
       const { model } = await loadModel(dir);
       const ref = (await loadModel(f32Dir)).model;
       const q = model.linear('model.layers.1.self_attn.q_proj');
-      expect(q).toBeInstanceOf(dtype === 'f16' ? DenseF16Linear : DenseLinear);
+      expect(q).toBeInstanceOf(DenseF16Linear);
+      expect((q as DenseF16Linear).format).toBe(dtype);
       const a = model.forward(tokens);
       const b = ref.forward(tokens);
       // identical weights, different summation order in f32: 1e-4 absolute on logits of size ~10
@@ -52,6 +56,100 @@ describe('loadModel', () => {
       const forced = (await loadModel(dir, { dtype: 'f32' })).model.linear('model.layers.0.mlp.up_proj');
       expect(forced).toBeInstanceOf(DenseLinear);
     }
+  });
+
+  it('a bf16 checkpoint is held as bf16 bits (auto) with logits and weight() bit for bit those of dtype f32', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-bf16-'));
+    // Qwen2-style q/k/v biases too, so the 16-bit layers' bias path is covered
+    await writeFile(join(dir, 'config.json'), JSON.stringify({ ...hf, architectures: ['Qwen2ForCausalLM'] }));
+    const t: Record<string, Tensor> = {};
+    for (const [k, v] of Object.entries(raw)) t[k] = cast(v, 'bf16');
+    for (let b = 0; b < 2; b++)
+      for (const [p, m] of [
+        ['q', 32],
+        ['k', 16],
+        ['v', 16],
+      ] as const)
+        t[`model.layers.${b}.self_attn.${p}_proj.bias`] = cast(tensor('f32', [m], rng(m, b)), 'bf16');
+    await writeSafetensors(join(dir, 'model.safetensors'), t);
+    const half = await loadModel(dir);
+    const wide = await loadModel(dir, { dtype: 'f32' });
+    const names = [0, 1].flatMap((b) => blockLinearNames(b).map((l) => l.name));
+    const runner = new ModelRunnerAdapter(half.model);
+    const wideRunner = new ModelRunnerAdapter(wide.model);
+    for (const name of names) {
+      const l = half.model.linear(name) as DenseF16Linear;
+      expect(l).toBeInstanceOf(DenseF16Linear);
+      expect(l.format).toBe('bf16');
+      expect(l.bits).toBeInstanceOf(Uint16Array); // held as 16 bits, not widened
+      expect(Array.from(l.bits)).toEqual(Array.from(t[`${name}.weight`]!.data));
+      expect(l.weightBytes).toBe(l.bits.length * 2);
+      expect(wide.model.linear(name)).toBeInstanceOf(DenseLinear);
+      // calibration reads W through weight(): exactly the f32 widening of the stored bits
+      expect(runner.weight(name)).toEqual(wideRunner.weight(name));
+      expect(runner.weight(name).data).toEqual(cast(t[`${name}.weight`]!, 'f32').data);
+    }
+    const head = half.model.weights.head as DenseF16Linear;
+    expect(head).toBeInstanceOf(DenseF16Linear);
+    expect(head.format).toBe('bf16');
+    expect(half.model.linearBytes() * 2).toBe(wide.model.linearBytes());
+    // same f32 weight values through the same kernels and summation orders: identical bits, for decode (≤ 4 rows:
+    // matrix–vector kernels), prompts (gemm) and cached decode steps
+    const prompt = Array.from({ length: 24 }, (_, i) => (i * 7 + 3) % 30);
+    for (const n of [1, 4, 6, 24])
+      expect(half.model.forward(prompt.slice(0, n))).toEqual(wide.model.forward(prompt.slice(0, n)));
+    const [ca, cb] = [new KVCache(half.config, 32), new KVCache(wide.config, 32)];
+    expect(half.model.forward(prompt, ca)).toEqual(wide.model.forward(prompt, cb));
+    for (const id of [5, 17, 29]) expect(half.model.forward([id], ca)).toEqual(wide.model.forward([id], cb));
+    // calibration's block runs see the same activations
+    const h = half.model.embed(prompt);
+    expect(half.model.runBlock(1, h, prompt.length)).toEqual(wide.model.runBlock(1, h, prompt.length));
+  });
+
+  it('onProgress reports each block (1…blocks, as runtime-webgpu); signal aborts between tensors with E_ABORTED', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-progress-'));
+    await writeFile(join(dir, 'config.json'), JSON.stringify({ ...hf, num_hidden_layers: 3 }));
+    const t: Record<string, Tensor> = { ...raw };
+    for (const [k, v] of Object.entries(raw))
+      if (k.startsWith('model.layers.1.')) t[k.replace('layers.1.', 'layers.2.')] = v;
+    await writeSafetensors(join(dir, 'model.safetensors'), t);
+    const seen: { block: number; blocks: number }[] = [];
+    await loadModel(dir, { onProgress: (e) => seen.push({ ...e }) });
+    expect(seen).toEqual([1, 2, 3].map((block) => ({ block, blocks: 3 })));
+    // aborted before the call: nothing is read
+    const reason = new Error('stop');
+    await expect(loadModel(dir, { signal: AbortSignal.abort(reason) })).rejects.toMatchObject({
+      code: 'E_ABORTED',
+      cause: reason,
+    });
+    // aborted from a progress callback: the next tensor read stops the load
+    const ac = new AbortController();
+    const progress: number[] = [];
+    const load = loadModel(dir, {
+      signal: ac.signal,
+      onProgress: ({ block }) => {
+        progress.push(block);
+        if (block === 1) ac.abort();
+      },
+    });
+    await expect(load).rejects.toThrow(/E_ABORTED: loading was aborted/);
+    expect(progress).toEqual([1]);
+    // inside a block: a signal that turns aborted at its 6th check (before block 0's second weight) stops the load there
+    let checks = 0;
+    const late = {
+      get aborted() {
+        return ++checks >= 6;
+      },
+      reason: 'late',
+    } as unknown as AbortSignal;
+    const early: number[] = [];
+    await expect(
+      loadModel(dir, { signal: late, onProgress: ({ block }) => early.push(block) }),
+    ).rejects.toMatchObject({
+      code: 'E_ABORTED',
+    });
+    expect(checks).toBe(6);
+    expect(early).toEqual([]);
   });
 
   it('a Caldera checkpoint: compressed layers run fused and equal Decomposition.apply inside the model', async () => {

@@ -9,6 +9,7 @@ import {
   linearShape,
   openSafetensorsDir,
   readCheckpointMeta,
+  throwIfAborted,
   type CalderaCheckpointMeta,
   type CalderaLayerMeta,
   type Tensor,
@@ -82,12 +83,22 @@ async function calderaTensors(
 /** Options of {@link loadModel}. */
 export interface LoadOptions {
   /**
-   * Storage of dense linear weights: `'auto'` (default) keeps f16 checkpoints as f16 and everything else as f32;
-   * `'f32'` / `'f16'` force one.
+   * Storage of dense linear weights (LM head included): `'auto'` (default) keeps f16 and bf16 checkpoints' weights as
+   * they are stored, 16 bits each ({@link DenseF16Linear} with `format` 'f16' or 'bf16': half the memory of f32, the
+   * same values — bf16 widens to f32 exactly, so outputs equal those of `'f32'`), and f32 ones as f32; `'f32'` widens
+   * everything to f32; `'f16'` rounds everything to f16 (lossy for bf16 and f32 checkpoints). Embeddings and norms are
+   * f32 in every case.
    */
   dtype?: 'auto' | 'f32' | 'f16';
   /** Worker pool for the model's batch products ({@link LlamaModelOptions.pool}). Default: none. */
   pool?: Pool;
+  /**
+   * Called after each transformer block's tensors are read (as runtime-webgpu's loaders): `block` counts from 1 to
+   * `blocks` (`config.json`'s `num_hidden_layers`), so the last call has `block === blocks`.
+   */
+  onProgress?: (e: { block: number; blocks: number }) => void;
+  /** Abort between tensors: loading then fails with `E_ABORTED` (the signal's reason as its cause). */
+  signal?: AbortSignal;
 }
 
 async function denseLinear(
@@ -98,21 +109,25 @@ async function denseLinear(
   dtype: 'auto' | 'f32' | 'f16',
 ): Promise<Linear> {
   const { source, f32: t } = await checked(store, name, shape);
-  if (dtype === 'auto' && source.dtype === 'f16')
-    return new DenseF16Linear(source.data as Uint16Array, shape[0], shape[1], bias);
+  if (dtype === 'auto' && (source.dtype === 'f16' || source.dtype === 'bf16'))
+    return new DenseF16Linear(source.data as Uint16Array, shape[0], shape[1], bias, source.dtype);
   if (dtype === 'f16') return new DenseF16Linear(f32ArrayToF16(t.data), shape[0], shape[1], bias);
   return new DenseLinear(t, bias);
 }
 
 /**
  * Load a Hugging Face Llama-family model directory (config.json + model.safetensors or a sharded index), or a Caldera
- * compressed checkpoint (the same plus caldera.json). Weights are read tensor by tensor and kept as f32 (dense) or as
- * codes (CALDERA layers). Missing or malformed tensors fail with a CalderaError naming them; a `dir` that is not a
- * string (null, undefined) is `E_VALUE`, and null `options` count as none.
+ * compressed checkpoint (the same plus caldera.json). Weights are read tensor by tensor and kept as stored (f32, or
+ * f16/bf16 bits with `dtype` 'auto'; see {@link LoadOptions.dtype}) or as codes (CALDERA layers). Missing or malformed
+ * tensors fail with a CalderaError naming them; a `dir` that is not a string (null, undefined) is `E_VALUE`, and null
+ * `options` count as none. `signal` is checked before each tensor is read (`E_ABORTED`), `onProgress` called after
+ * each block.
  */
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
   checkPathArgument(dir, 'loadModel', 'the model directory');
   options ??= {}; // from JavaScript: null options are none
+  const { signal, onProgress } = options;
+  throwIfAborted(signal, 'loading');
   const config = parseModelConfig(await readJsonFile(join(dir, 'config.json')), join(dir, 'config.json'));
   let calderaMeta: CalderaCheckpointMeta | null = null;
   try {
@@ -120,7 +135,24 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   } catch (e) {
     if (!(e instanceof CalderaError && e.code === 'E_MISSING')) throw e;
   }
-  const store = await openSafetensorsDir(dir);
+  throwIfAborted(signal, 'loading');
+  // every tensor read goes through this view, which checks the signal first
+  const opened = await openSafetensorsDir(dir);
+  const store: TensorStore = {
+    metadata: opened.metadata,
+    names: () => opened.names(),
+    has: (name) => opened.has(name),
+    tensorInfo: (name) => opened.tensorInfo(name),
+    readTensor: async (name) => {
+      throwIfAborted(signal, 'loading');
+      return opened.readTensor(name);
+    },
+    readRaw: async (name) => {
+      throwIfAborted(signal, 'loading');
+      return opened.readRaw(name);
+    },
+    close: () => opened.close(),
+  };
   try {
     // compressed layers' codes without the caldera.json that describes them: say so, rather than that the first
     // compressed layer's dense weight is missing
@@ -143,10 +175,13 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
         : await checked(store, 'lm_head.weight', [V, d]);
     const lmHead = headT.f32;
     const dtype = options.dtype ?? 'auto';
+    const headSource = headT.source;
     const head =
-      dtype === 'f16' || (dtype === 'auto' && headT.source.dtype === 'f16')
-        ? new DenseF16Linear(f32ArrayToF16(lmHead.data), V, d)
-        : undefined;
+      dtype === 'auto' && headSource.dtype === 'bf16'
+        ? new DenseF16Linear(headSource.data as Uint16Array, V, d, null, 'bf16')
+        : dtype === 'f16' || (dtype === 'auto' && headSource.dtype === 'f16')
+          ? new DenseF16Linear(f32ArrayToF16(lmHead.data), V, d)
+          : undefined;
     const blocks: BlockWeights[] = [];
     for (let b = 0; b < config.numLayers; b++) {
       const lin: Linear[] = [];
@@ -185,6 +220,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
         up,
         down,
       });
+      onProgress?.({ block: b + 1, blocks: config.numLayers });
     }
     const norm = (await f32(store, 'model.norm.weight', [d])).data;
     return {
@@ -198,6 +234,6 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
       calderaMeta,
     };
   } finally {
-    await store.close();
+    await opened.close();
   }
 }

@@ -1,4 +1,4 @@
-import { CalderaError, f16ArrayToF32, tensor, type CalderaLayerMeta, type Tensor } from '@caldera/core';
+import { CalderaError, tensor, type CalderaLayerMeta, type Tensor } from '@caldera/core';
 import { fromCheckpointTensors } from '@caldera/lowrank';
 import { blockLinearNames } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear } from './linear.js';
@@ -26,11 +26,11 @@ export class ModelRunnerAdapter {
     });
   }
 
+  /** The f32 weight of a dense layer (an f16 or bf16 layer's values widened exactly); `E_UNSUPPORTED` otherwise. */
   weight(name: string): Tensor<'f32'> {
     const l = this.model.linear(name);
     if (l instanceof DenseLinear) return l.weight;
-    if (l instanceof DenseF16Linear)
-      return tensor('f32', [l.outFeatures, l.inFeatures], f16ArrayToF32(l.bits));
+    if (l instanceof DenseF16Linear) return tensor('f32', [l.outFeatures, l.inFeatures], l.weightF32());
     throw new CalderaError('E_UNSUPPORTED', `layer '${name}' is not dense`);
   }
 

@@ -1,6 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { HfTokenizer } from './tokenizer.js';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { HfTokenizer, loadTokenizer } from './tokenizer.js';
 
 interface Fixture {
   reference: string;
@@ -182,5 +185,42 @@ describe('HfTokenizer', () => {
     ]);
     expect(out).toBe('<|user|>Hi<|endoftext|><|assistant|>Hello<|endoftext|><|assistant|>');
     expect(() => HfTokenizer.fromJson(json, {}).applyChatTemplate([])).toThrow(/E_UNSUPPORTED/);
+  });
+
+  it('loadTokenizer: chat_template.jinja wins over the config (as transformers); a template list gives its "default"', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-tok-'));
+    await writeFile(join(dir, 'tokenizer.json'), JSON.stringify(json));
+    const msgs = [{ role: 'user', content: 'Hi' }];
+    const fromFile = '{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}{{ eos_token }}';
+    const listed = [
+      { name: 'tool_use', template: 'TOOLS {{ messages[0].content }}' },
+      { name: 'default', template: 'DEFAULT {{ messages[0].content }}' },
+    ];
+    // no config and no file: no template
+    expect((await loadTokenizer(dir)).hasChatTemplate).toBe(false);
+    // the config's string
+    await writeFile(join(dir, 'tokenizer_config.json'), JSON.stringify(config));
+    expect((await loadTokenizer(dir)).applyChatTemplate(msgs)).toBe('<|user|>Hi<|endoftext|><|assistant|>');
+    // chat_template.jinja (recent transformers) replaces it; eos_token still comes from the config
+    await writeFile(join(dir, 'chat_template.jinja'), fromFile);
+    const tok2 = await loadTokenizer(dir);
+    expect(tok2.chatTemplate).toBe(fromFile);
+    expect(tok2.applyChatTemplate(msgs)).toBe('[user] Hi<|endoftext|>');
+    // ... also when the config has none
+    await writeFile(join(dir, 'tokenizer_config.json'), JSON.stringify({ eos_token: '</s>' }));
+    expect((await loadTokenizer(dir)).applyChatTemplate(msgs)).toBe('[user] Hi</s>');
+    await rm(join(dir, 'chat_template.jinja'));
+    // the older list of named templates: the one named "default"
+    await writeFile(join(dir, 'tokenizer_config.json'), JSON.stringify({ ...config, chat_template: listed }));
+    const tok3 = await loadTokenizer(dir);
+    expect(tok3.hasChatTemplate).toBe(true);
+    expect(tok3.applyChatTemplate(msgs)).toBe('DEFAULT Hi');
+    // a list without "default": no template, and the error names the ones there are
+    const noDefault = HfTokenizer.fromJson(json, { chat_template: [listed[0]] });
+    expect(noDefault.hasChatTemplate).toBe(false);
+    expect(() => noDefault.applyChatTemplate(msgs)).toThrow(
+      /E_UNSUPPORTED.*'tool_use'.*none named 'default'/,
+    );
+    expect(noDefault.applyChatTemplate(msgs, { template: listed[0]!.template })).toBe('TOOLS Hi');
   });
 });

@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
@@ -12,25 +13,72 @@ export interface TextTokenizer {
   decode(ids: ArrayLike<number>): string;
 }
 
+/** Options of {@link HfTokenizer}. */
+export interface HfTokenizerOptions {
+  /**
+   * The chat template from a separate `chat_template.jinja` file (how recent transformers save it): it takes the
+   * place of `tokenizer_config.json`'s `chat_template`, as in transformers. Default: none.
+   */
+  chatTemplate?: string;
+}
+
 /**
- * A Hugging Face tokenizer (`tokenizer.json`, run by `@huggingface/tokenizers`) with the chat template of
- * `tokenizer_config.json` when present (rendered with `@huggingface/jinja`).
+ * The chat template a tokenizer config names: its `chat_template` string, or, in the older multi-template form (a
+ * list of `{ name, template }`), the one named "default" (as transformers picks); null otherwise.
+ */
+function configChatTemplate(config: Record<string, unknown>): string | null {
+  const t = config.chat_template;
+  if (typeof t === 'string') return t;
+  if (!Array.isArray(t)) return null;
+  const entry = (t as unknown[]).find(
+    (e) => !!e && typeof e === 'object' && (e as { name?: unknown }).name === 'default',
+  ) as { template?: unknown } | undefined;
+  return typeof entry?.template === 'string' ? entry.template : null;
+}
+
+/** Names of a multi-template `chat_template` list (for the error of a list without a "default"). */
+function templateNames(config: Record<string, unknown>): string[] {
+  const t = config.chat_template;
+  if (!Array.isArray(t)) return [];
+  return (t as unknown[]).flatMap((e) =>
+    e && typeof e === 'object' && typeof (e as { name?: unknown }).name === 'string'
+      ? [(e as { name: string }).name]
+      : [],
+  );
+}
+
+/**
+ * A Hugging Face tokenizer (`tokenizer.json`, run by `@huggingface/tokenizers`) with its chat template when it has one
+ * (`chat_template.jinja`, else `tokenizer_config.json`'s `chat_template`; rendered with `@huggingface/jinja`).
  */
 export class HfTokenizer implements TextTokenizer {
+  /**
+   * The chat template {@link HfTokenizer.applyChatTemplate} renders, or null: `options.chatTemplate` (a
+   * `chat_template.jinja` file) when given, else `tokenizer_config.json`'s `chat_template` — a string, or from a list
+   * of `{ name, template }` the one named "default".
+   */
+  readonly chatTemplate: string | null;
   constructor(
     /** The underlying `@huggingface/tokenizers` instance. */
     readonly tokenizer: Tokenizer,
     /** `tokenizer_config.json` (empty object when absent). */
     readonly config: Record<string, unknown> = {},
-  ) {}
+    options: HfTokenizerOptions = {},
+  ) {
+    this.chatTemplate = options.chatTemplate ?? configChatTemplate(config);
+  }
 
   /** Build from the parsed `tokenizer.json` (and optional `tokenizer_config.json`) objects. */
-  static fromJson(json: object, config: Record<string, unknown> = {}): HfTokenizer {
+  static fromJson(
+    json: object,
+    config: Record<string, unknown> = {},
+    options: HfTokenizerOptions = {},
+  ): HfTokenizer {
     try {
       // Decoding never rewrites spaces unless the config asks for it: the reference library does not, and
       // transformers defaults `clean_up_tokenization_spaces` to false; @huggingface/tokenizers defaults to true.
-      const options = { clean_up_tokenization_spaces: false, ...config };
-      return new HfTokenizer(new Tokenizer(json, options), config);
+      const tokOptions = { clean_up_tokenization_spaces: false, ...config };
+      return new HfTokenizer(new Tokenizer(json, tokOptions), config, options);
     } catch (e) {
       throw new CalderaError(
         'E_FORMAT',
@@ -63,22 +111,30 @@ export class HfTokenizer implements TextTokenizer {
     return this.tokenizer.decode(list, { skip_special_tokens: true });
   }
 
-  /** True when `tokenizer_config.json` has a chat template. */
+  /** True when the model has a chat template ({@link HfTokenizer.chatTemplate}). */
   get hasChatTemplate(): boolean {
-    return typeof this.config.chat_template === 'string';
+    return this.chatTemplate !== null;
   }
 
   /**
-   * Render `messages` with the model's chat template (`bos_token`, `eos_token` from the tokenizer config;
-   * `addGenerationPrompt` default true). `E_UNSUPPORTED` when the model has no template.
+   * Render `messages` with the model's chat template ({@link HfTokenizer.chatTemplate}, or `options.template`;
+   * `bos_token`, `eos_token` from the tokenizer config; `addGenerationPrompt` default true). `E_UNSUPPORTED` when the
+   * model has no template (naming the templates of a list without a "default" one).
    */
   applyChatTemplate(
     messages: { role: string; content: string }[],
     options: { addGenerationPrompt?: boolean; template?: string } = {},
   ): string {
-    const tpl = options.template ?? this.config.chat_template;
-    if (typeof tpl !== 'string')
-      throw new CalderaError('E_UNSUPPORTED', 'tokenizer_config.json has no chat_template');
+    const tpl = options.template ?? this.chatTemplate;
+    if (typeof tpl !== 'string') {
+      const names = templateNames(this.config);
+      throw new CalderaError(
+        'E_UNSUPPORTED',
+        names.length
+          ? `tokenizer_config.json's chat_template lists templates ${names.map((n) => `'${n}'`).join(', ')} but none named 'default'; pass one as options.template`
+          : 'the model has no chat template (no chat_template.jinja, no chat_template in tokenizer_config.json)',
+      );
+    }
     const tok = (k: string) => {
       const v = this.config[k];
       return typeof v === 'string'
@@ -100,14 +156,27 @@ export class HfTokenizer implements TextTokenizer {
   }
 }
 
+/** The text of `path`, or null when it does not exist (`E_IO` when it cannot be read). */
+async function readOptionalText(path: string): Promise<string | null> {
+  try {
+    return await readFile(path, 'utf8');
+  } catch (e) {
+    if ((e as { code?: string }).code === 'ENOENT') return null;
+    throw new CalderaError('E_IO', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
 /**
- * Load `tokenizer.json` (+ `tokenizer_config.json` when present) of a model directory; a `dir` that is not a string
- * (null, undefined) is `E_VALUE`.
+ * Load `tokenizer.json` (+ `tokenizer_config.json` and `chat_template.jinja` when present) of a model directory. The
+ * chat template is `chat_template.jinja`'s text when the file exists (recent transformers save it there; it replaces
+ * the config's, as in transformers), else `tokenizer_config.json`'s `chat_template` (a string, or the entry named
+ * "default" of a `{ name, template }` list). A `dir` that is not a string (null, undefined) is `E_VALUE`.
  */
 export async function loadTokenizer(dir: string): Promise<HfTokenizer> {
   checkPathArgument(dir, 'loadTokenizer', 'the model directory');
   const json = (await readJsonFile(join(dir, 'tokenizer.json'))) as object;
   const config = ((await readJsonFile(join(dir, 'tokenizer_config.json'), { optional: true })) ??
     {}) as Record<string, unknown>;
-  return HfTokenizer.fromJson(json, config);
+  const chatTemplate = await readOptionalText(join(dir, 'chat_template.jinja'));
+  return HfTokenizer.fromJson(json, config, chatTemplate === null ? {} : { chatTemplate });
 }

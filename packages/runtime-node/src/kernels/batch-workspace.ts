@@ -3,6 +3,7 @@ import { gemm, gemmInto, type Pool } from '@caldera/linalg';
 import { e8pGrid } from '@caldera/quant';
 import { BATCH_WASM_BASE64 } from '../generated/batch-wasm.js';
 import { e8pLutTables } from './e8p-lut.js';
+import type { HalfFormat } from './matvec.js';
 import { align16, bumpAllocator, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
 
 /** `{ pool }` for linalg calls when one is given (exactOptionalPropertyTypes: no `pool: undefined`). */
@@ -110,6 +111,7 @@ interface Instance {
   ): void;
   decodeE8P(codes: number, count: number, da: number, ds: number, h1: number, h2: number, out: number): void;
   halvesToF32(src: number, count: number, dst: number): void;
+  brainHalvesToF32(src: number, count: number, dst: number): void;
   transpose32(src: number, rows: number, cols: number, dst: number): void;
 }
 
@@ -160,11 +162,20 @@ export class BatchWorkspace {
    * a view of this workspace's memory, valid until its next call.
    */
   f16Rows(bits: Uint16Array, n: number, i0: number, c: number): Float32Array {
+    return this.halfRows('f16', bits, n, i0, c);
+  }
+
+  /** As {@link BatchWorkspace.f16Rows} for W stored as bf16 bits (exact: each value is its bits shifted left by 16). */
+  bf16Rows(bits: Uint16Array, n: number, i0: number, c: number): Float32Array {
+    return this.halfRows('bf16', bits, n, i0, c);
+  }
+
+  private halfRows(format: HalfFormat, bits: Uint16Array, n: number, i0: number, c: number): Float32Array {
     const src = TABLES_END;
     const dst = src + align16(c * n * 2);
     const ins = this.grown(dst + c * n * 4);
     new Uint16Array(ins.memory.buffer, src, c * n).set(bits.subarray(i0 * n, (i0 + c) * n));
-    ins.halvesToF32(src, c * n, dst);
+    (format === 'f16' ? ins.halvesToF32 : ins.brainHalvesToF32)(src, c * n, dst);
     return new Float32Array(ins.memory.buffer, dst, c * n);
   }
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { f16ArrayToF32, f32ArrayToF16, Rng } from '@caldera/core';
+import { bf16ArrayToF32, f16ArrayToF32, f32ArrayToBf16, f32ArrayToF16, Rng } from '@caldera/core';
 import { e8pDecode } from '@caldera/quant';
 import { applyDecomposition, randomDecomposition } from '@caldera/lowrank';
 import { createPool, hadamardFactor } from '@caldera/linalg';
@@ -290,5 +290,59 @@ describe('kernels', () => {
     const yt = new Float32Array(1);
     WasmMatrix.create('f16', tail, 1, 13, 4)!.matvec(e12, 1, yt);
     expect(yt[0]).toBe(Infinity);
+  });
+
+  it('bf16: the SIMD kernel (body and tail), the TypeScript loop and the batch conversion are exact on all 65 536 values', () => {
+    const all = new Uint16Array(65536).map((_, i) => i);
+    const want = bf16ArrayToF32(all); // bits << 16
+    const same = (got: number, w: number) =>
+      Object.is(got, w) || (got === 0 && w === 0) || (got !== got && w !== w);
+    // rows [h, 0 × 15] times e_0 (SIMD body) and [h] times 1 (scalar tail): y_i = h widened (±0 both read as 0,
+    // since the kernel adds +0 partial sums; NaN stays NaN)
+    const padded = new Uint16Array(65536 * 16);
+    all.forEach((h, i) => (padded[i * 16] = h));
+    const e0 = new Float32Array(16);
+    e0[0] = 1;
+    const y16 = new Float32Array(65536);
+    const mat = WasmMatrix.create('bf16', padded, 65536, 16, 4)!;
+    expect(mat).toBeTruthy(); // WebAssembly SIMD runs on Node 20
+    mat.matvec(e0, 1, y16);
+    const y1 = new Float32Array(65536);
+    WasmMatrix.create('bf16', all, 65536, 1, 4)!.matvec(new Float32Array([1]), 1, y1);
+    const yTs = new Float32Array(65536);
+    matvecF16(all, 65536, 1, new Float32Array([1]), 1, yTs, 'bf16');
+    let wrong = 0;
+    for (let h = 0; h < 65536; h++)
+      if (!same(y16[h]!, want[h]!) || !same(y1[h]!, want[h]!) || !same(yTs[h]!, want[h]!)) wrong++;
+    expect(wrong).toBe(0);
+    // the batch path's block conversion is a shift: every bit pattern, NaN payloads included
+    const ws = new BatchWorkspace();
+    const rows = ws.bf16Rows(all, 256, 0, 256);
+    const u = new Uint32Array(rows.buffer, rows.byteOffset, rows.length);
+    expect(u.every((v, i) => v === (i << 16) >>> 0)).toBe(true);
+    expect(Array.from(ws.bf16Rows(all, 7, 3, 5))).toEqual(Array.from(want.subarray(21, 56)));
+    // odd sizes, 1–4 rows: the SIMD and TypeScript bf16 products equal the f32 ones of the widened weights, bit for bit
+    // (same summation order as the f32 kernels)
+    for (const [m, n] of [
+      [5, 7],
+      [13, 37],
+      [64, 1000],
+    ] as const) {
+      const bits = f32ArrayToBf16(rng.fillNormal(new Float32Array(m * n)));
+      const wide = bf16ArrayToF32(bits);
+      const mb = WasmMatrix.create('bf16', bits, m, n, 4)!;
+      const m32 = WasmMatrix.create('f32', wide, m, n, 4)!;
+      expect(Array.from(mb.weights)).toEqual(Array.from(bits)); // the resident copy is 16-bit
+      for (const r of [1, 4]) {
+        const x = rng.fillNormal(new Float32Array(r * n));
+        const [a, b, c, d] = [0, 1, 2, 3].map(() => new Float32Array(r * m));
+        mb.matvec(x, r, a!);
+        m32.matvec(x, r, b!);
+        matvecF16(bits, m, n, x, r, c!, 'bf16');
+        matvecF32(wide, m, n, x, r, d!);
+        expect(a).toEqual(b);
+        expect(c).toEqual(d);
+      }
+    }
   });
 });

@@ -1,4 +1,4 @@
-import { f16ArrayToF32 } from '@caldera/core';
+import { bf16ArrayToF32, f16ArrayToF32 } from '@caldera/core';
 import { align16, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
 import { MATVEC_WASM_BASE64 } from '../generated/matvec-wasm.js';
 
@@ -36,21 +36,25 @@ export function matvecF32(
   }
 }
 
-let f16Table: Float32Array | null = null;
+/** The 16-bit float formats a dense layer can keep its weights in: IEEE half (f16) or bfloat16 (bf16). */
+export type HalfFormat = 'f16' | 'bf16';
 
-/** All 65 536 f16 values as f32 (256 KiB, built once): one table read converts a weight. */
-function f16ToF32Table(): Float32Array {
-  if (!f16Table) {
+const halfTables: Partial<Record<HalfFormat, Float32Array>> = {};
+
+/** All 65 536 f16 or bf16 values as f32 (256 KiB each, built once): one table read converts a weight. */
+function halfToF32Table(format: HalfFormat): Float32Array {
+  let t = halfTables[format];
+  if (!t) {
     const bits = new Uint16Array(65536);
     for (let i = 0; i < 65536; i++) bits[i] = i;
-    f16Table = f16ArrayToF32(bits);
+    t = halfTables[format] = format === 'f16' ? f16ArrayToF32(bits) : bf16ArrayToF32(bits);
   }
-  return f16Table;
+  return t;
 }
 
 /**
- * As {@link matvecF32} with W stored as f16 bits, converted on the fly by table lookup (exact), so W is never
- * materialised in f32.
+ * As {@link matvecF32} with W stored as f16 (or, with `format` 'bf16', bf16) bits, converted on the fly by table
+ * lookup (exact), so W is never materialised in f32.
  */
 export function matvecF16(
   w: Uint16Array,
@@ -59,8 +63,9 @@ export function matvecF16(
   x: Float32Array,
   rows: number,
   y: Float32Array,
+  format: HalfFormat = 'f16',
 ) {
-  const t = f16ToF32Table();
+  const t = halfToF32Table(format);
   const n4 = n - (n % 4);
   for (let r = 0; r < rows; r++) {
     const xo = r * n;
@@ -86,14 +91,14 @@ export function matvecF16(
 type Kernel = (w: number, m: number, n: number, x: number, rows: number, y: number) => void;
 
 /**
- * A dense matrix `W [m, n]` (f32, or f16 bits) resident in its own WebAssembly memory, multiplied by `x` (up to
+ * A dense matrix `W [m, n]` (f32, or f16 or bf16 bits) resident in its own WebAssembly memory, multiplied by `x` (up to
  * `maxRows` rows) with the SIMD kernels of asm/matvec.ts: the weights are copied in once at construction and read in
  * place on every call (decode is memory-bound, so no per-call copy of W); only x and y cross the boundary.
  * `weights` is the view of W inside that memory (later writes to it must keep f16 values finite when they were: the
  * kernel for finite matrices is chosen once). {@link WasmMatrix.create} returns null when WebAssembly SIMD is
  * unavailable or W does not fit in one memory (4 GiB), and callers keep the TypeScript loops.
  */
-export class WasmMatrix<K extends 'f32' | 'f16'> {
+export class WasmMatrix<K extends 'f32' | HalfFormat> {
   private constructor(
     readonly kind: K,
     readonly m: number,
@@ -110,7 +115,7 @@ export class WasmMatrix<K extends 'f32' | 'f16'> {
     private readonly yView: Float32Array,
   ) {}
 
-  static create<K extends 'f32' | 'f16'>(
+  static create<K extends 'f32' | HalfFormat>(
     kind: K,
     w: K extends 'f32' ? Float32Array : Uint16Array,
     m: number,
@@ -143,7 +148,13 @@ export class WasmMatrix<K extends 'f32' | 'f16'> {
     const finite =
       kind === 'f16' && (exports.finiteHalves as (w: number, count: number) => number)(wAt, m * n) === 1;
     const kernel = (
-      kind === 'f32' ? exports.denseF32 : finite ? exports.denseF16Finite : exports.denseF16
+      kind === 'f32'
+        ? exports.denseF32
+        : kind === 'bf16'
+          ? exports.denseBf16
+          : finite
+            ? exports.denseF16Finite
+            : exports.denseF16
     ) as Kernel;
     const xView = new Float32Array(memory.buffer, xAt, maxRows * n);
     const yView = new Float32Array(memory.buffer, yAt, maxRows * m);

@@ -4,7 +4,6 @@ import { join } from 'node:path';
 import {
   CalderaError,
   contiguous,
-  f16ArrayToF32,
   f32ArrayToF16,
   openCheckpointDir,
   throwIfAborted,
@@ -51,7 +50,7 @@ export interface FinetuneSetup {
 
 function denseWeightOf(layer: Linear): Float32Array {
   if (layer instanceof DenseLinear) return contiguous(layer.weight).data;
-  if (layer instanceof DenseF16Linear) return f16ArrayToF32(layer.bits);
+  if (layer instanceof DenseF16Linear) return layer.weightF32();
   if (layer instanceof CalderaLinear) return reconstruct(layer.d).data;
   throw new CalderaError('E_UNSUPPORTED', 'fine-tuning: unknown linear layer type');
 }
