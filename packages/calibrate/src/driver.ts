@@ -1,5 +1,7 @@
 import { CalderaError, type Tensor } from '@caldera/core';
+import { assertFunction, assertObject } from '@caldera/linalg';
 import { yieldAndCheckAbort } from './abort.js';
+import { captureBlock } from './capture.js';
 import { finalizeHessian, HessianAccumulator } from './hessian.js';
 import type { LinearInfo, LinearReplacement, ModelRunner } from './runner.js';
 
@@ -78,6 +80,10 @@ export async function compressModel(
   windows: readonly Int32Array[],
   options: CompressModelOptions,
 ): Promise<LayerResult[]> {
+  assertObject(runner, 'compressModel', 'runner', 'a ModelRunner');
+  assertObject(windows, 'compressModel', 'windows', 'an array of token windows');
+  assertObject(options, 'compressModel', 'options', 'an object');
+  assertFunction(options.compressLayer, 'compressModel', 'options.compressLayer');
   const propagate = options.propagate ?? 'compressed';
   const needsHessian = options.needsHessian ?? true;
   if (windows.length === 0) throw new CalderaError('E_VALUE', 'compressModel: no calibration windows');
@@ -117,19 +123,20 @@ export async function compressModel(
       report({ phase: 'resume', block: b });
       results = stored;
     } else {
-      const accs = new Map<string, HessianAccumulator>();
+      let accs = new Map<string, HessianAccumulator>();
       if (needsHessian) {
         report({ phase: 'capture', block: b });
-        for (const l of linears)
-          if (!accs.has(l.input)) accs.set(l.input, new HessianAccumulator(l.inFeatures));
-        const outs: Float32Array[] = [];
-        for (let w = 0; w < hidden.length; w++) {
-          await yieldAndCheckAbort(options.signal, 'compression');
-          outs.push(
-            runner.runBlock(b, hidden[w]!, windows[w]!.length, (key, x, rows) => accs.get(key)?.add(x, rows)),
-          );
-        }
-        if (propagate === 'original') next = outs;
+        const captured = await captureBlock(
+          runner,
+          b,
+          linears,
+          hidden,
+          windows,
+          options.signal,
+          'compression',
+        );
+        accs = captured.accs;
+        if (propagate === 'original') next = captured.outputs;
       }
       const hessians = new Map<string, Tensor<'f64'>>();
       for (const [key, acc] of accs)

@@ -1,4 +1,5 @@
 import { CalderaError, tensor, type Tensor } from '@caldera/core';
+import { assertObject } from '@caldera/linalg';
 
 /** Options for {@link finalizeHessian}. */
 export interface HessianOptions {
@@ -30,6 +31,7 @@ export class HessianAccumulator {
   /** An accumulator holding given partial sums (upper triangle of Σxxᵀ, full n×n storage) of `count` rows. */
   static fromSums(n: number, sum: Float64Array, count: number): HessianAccumulator {
     const acc = new HessianAccumulator(n);
+    assertObject(sum, 'HessianAccumulator.fromSums', 'sum', 'a Float64Array');
     if (sum.length !== n * n)
       throw new CalderaError('E_SHAPE', `Hessian sums have ${sum.length} values, expected ${n}·${n}`);
     if (!Number.isInteger(count) || count < 0)
@@ -42,6 +44,7 @@ export class HessianAccumulator {
   /** Add `rows` input vectors stored row-major in `x` (length rows·n). */
   add(x: Float32Array | Float64Array, rows: number): void {
     const n = this.n;
+    assertObject(x, 'HessianAccumulator.add', 'x', 'a Float32Array or Float64Array');
     if (!Number.isInteger(rows) || rows < 0)
       throw new CalderaError('E_VALUE', `Hessian row count must be a non-negative integer, got ${rows}`);
     if (x.length !== rows * n) {
@@ -84,6 +87,7 @@ export class HessianAccumulator {
 
   /** Add another accumulator's sums (exact in the sense of f64 addition). */
   merge(other: HessianAccumulator): void {
+    assertObject(other, 'HessianAccumulator.merge', 'other', 'a HessianAccumulator');
     if (other.n !== this.n)
       throw new CalderaError('E_SHAPE', `cannot merge Hessians of size ${other.n} and ${this.n}`);
     for (let i = 0; i < this.sum.length; i++) this.sum[i]! += other.sum[i]!;
@@ -113,6 +117,7 @@ export class HessianAccumulator {
  * definite. An all-zero H (no signal at all) is rejected.
  */
 export function finalizeHessian(acc: HessianAccumulator, options: HessianOptions = {}): Tensor<'f64'> {
+  assertObject(acc, 'finalizeHessian', 'acc', 'a HessianAccumulator');
   const damping = options.damping ?? 0.01;
   if (!(damping >= 0) || !Number.isFinite(damping))
     throw new CalderaError('E_VALUE', `damping must be ≥ 0, got ${damping}`);

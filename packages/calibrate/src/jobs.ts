@@ -14,9 +14,9 @@ import {
   type CalderaLayerMeta,
   type Tensor,
 } from '@caldera/core';
-import type { Pool } from '@caldera/linalg';
+import { assertFunction, assertObject, type Pool } from '@caldera/linalg';
 import { caldera, toCheckpointTensors, type CalderaOptions } from '@caldera/lowrank';
-import { yieldAndCheckAbort } from './abort.js';
+import { captureBlock } from './capture.js';
 import type { LayerResult } from './driver.js';
 import { finalizeHessian, HessianAccumulator } from './hessian.js';
 import type { LinearInfo, ModelRunner } from './runner.js';
@@ -129,6 +129,7 @@ export function compressLayerWithSpec(
   spec: LayerSpec,
   handles: { pool?: Pool; signal?: AbortSignal } = {},
 ): Omit<LayerResult, 'seconds' | 'name'> {
+  assertObject(spec, 'compressLayerWithSpec', 'spec', 'a LayerSpec');
   const d = caldera(w, h, { ...spec.options, seed: spec.seed, ...handles });
   return {
     replacement: toCheckpointTensors(name, d),
@@ -211,6 +212,7 @@ export function makeHessianPlan(
 ): HessianPlan {
   if (!Number.isInteger(chunks) || chunks <= 0)
     throw new CalderaError('E_VALUE', `Hessian chunks must be a positive integer, got ${chunks}`);
+  assertObject(windows, 'makeHessianPlan', 'windows', 'an array of token windows');
   if (windows.length === 0) throw new CalderaError('E_VALUE', 'no calibration windows');
   const c = Math.min(chunks, windows.length);
   const ws = windows.map((w) => Array.from(w));
@@ -236,6 +238,7 @@ export function makeHessianPlan(
 }
 
 export async function writeHessianPlan(workDir: string, plan: HessianPlan): Promise<void> {
+  assertObject(plan, 'writeHessianPlan', 'plan', 'a HessianPlan');
   await mkdir(workDir, { recursive: true });
   await writeJsonOnce(join(workDir, PLAN_FILE), plan);
 }
@@ -261,25 +264,28 @@ export async function accumulateHessians(
   onBlock: (block: number, accs: Map<string, HessianAccumulator>) => Promise<void> | void,
   signal?: AbortSignal,
 ): Promise<void> {
+  assertObject(runner, 'accumulateHessians', 'runner', 'a ModelRunner');
+  assertObject(windows, 'accumulateHessians', 'windows', 'an array of token windows');
+  assertFunction(onBlock, 'accumulateHessians', 'onBlock');
   let hidden = windows.map((w) => runner.embed(w));
   for (let b = 0; b < runner.numBlocks; b++) {
-    const accs = new Map<string, HessianAccumulator>();
-    for (const l of runner.linears(b))
-      if (!accs.has(l.input)) accs.set(l.input, new HessianAccumulator(l.inFeatures));
-    const next: Float32Array[] = [];
-    for (let w = 0; w < hidden.length; w++) {
-      await yieldAndCheckAbort(signal, 'Hessian accumulation');
-      next.push(
-        runner.runBlock(b, hidden[w]!, windows[w]!.length, (key, x, rows) => accs.get(key)?.add(x, rows)),
-      );
-    }
-    hidden = next;
+    const { accs, outputs } = await captureBlock(
+      runner,
+      b,
+      runner.linears(b),
+      hidden,
+      windows,
+      signal,
+      'Hessian accumulation',
+    );
+    hidden = outputs;
     await onBlock(b, accs);
   }
 }
 
 /** Whether chunk `c` of the plan has all its partial sums on disk. */
 export async function hasHessianChunk(workDir: string, plan: HessianPlan, c: number): Promise<boolean> {
+  assertObject(plan, 'hasHessianChunk', 'plan', 'a HessianPlan');
   const { key } = plan.chunks[c]!;
   for (let b = 0; b < plan.numBlocks; b++) if (!(await exists(chunkFile(workDir, key, b)))) return false;
   return true;
@@ -296,6 +302,8 @@ export async function runHessianChunk(
   runner: ModelRunner,
   signal?: AbortSignal,
 ): Promise<'cached' | 'computed'> {
+  assertObject(plan, 'runHessianChunk', 'plan', 'a HessianPlan');
+  assertObject(runner, 'runHessianChunk', 'runner', 'a ModelRunner');
   const chunk = plan.chunks[c];
   if (!chunk)
     throw new CalderaError('E_VALUE', `Hessian chunk ${c} is not in the plan (${plan.chunks.length})`);
@@ -333,6 +341,7 @@ export async function reduceHessianChunks(
   plan: HessianPlan,
   options: { damping?: number; signal?: AbortSignal } = {},
 ): Promise<Map<string, HessianRef>> {
+  assertObject(plan, 'reduceHessianChunks', 'plan', 'a HessianPlan');
   const refs = new Map<string, HessianRef>();
   await mkdir(join(workDir, 'hessians'), { recursive: true });
   for (let b = 0; b < plan.numBlocks; b++) {
@@ -377,6 +386,7 @@ export async function reduceHessianChunks(
 
 /** The id of a matrix job: sha256 of everything its output depends on. */
 export function matrixJobId(job: Omit<MatrixJob, 'id'>): string {
+  assertObject(job, 'matrixJobId', 'job', 'a MatrixJob');
   return sha256Hex(
     JSON.stringify({
       v: 1,
@@ -401,6 +411,7 @@ export function makeManifest(args: {
   hessians: ReadonlyMap<string, HessianRef> | null;
   spec: (l: LinearInfo) => LayerSpec;
 }): JobManifest {
+  assertObject(args, 'makeManifest', 'args', 'an object');
   if (!isAbsolute(args.model))
     throw new CalderaError('E_VALUE', `manifest model path must be absolute, got '${args.model}'`);
   const jobs = args.linears.map((l): MatrixJob => {
@@ -436,6 +447,7 @@ export function makeManifest(args: {
 }
 
 export async function writeManifest(workDir: string, manifest: JobManifest): Promise<void> {
+  assertObject(manifest, 'writeManifest', 'manifest', 'a JobManifest');
   await mkdir(workDir, { recursive: true });
   await writeJsonOnce(join(workDir, MANIFEST_FILE), manifest);
 }
@@ -448,15 +460,18 @@ export async function readManifest(workDir: string): Promise<JobManifest> {
 }
 
 export function jobResultPath(workDir: string, job: Pick<MatrixJob, 'id'>): string {
+  assertObject(job, 'jobResultPath', 'job', 'a MatrixJob');
   return join(workDir, 'results', `${job.id}.safetensors`);
 }
 
 export async function hasJobResult(workDir: string, job: Pick<MatrixJob, 'id'>): Promise<boolean> {
+  assertObject(job, 'hasJobResult', 'job', 'a MatrixJob');
   return exists(jobResultPath(workDir, job));
 }
 
 /** Jobs of the manifest whose outputs are not on disk yet. */
 export async function missingJobs(workDir: string, manifest: JobManifest): Promise<MatrixJob[]> {
+  assertObject(manifest, 'missingJobs', 'manifest', 'a JobManifest');
   const out: MatrixJob[] = [];
   for (const j of manifest.jobs) if (!(await hasJobResult(workDir, j))) out.push(j);
   return out;
@@ -467,6 +482,7 @@ export async function missingJobs(workDir: string, manifest: JobManifest): Promi
  * order keeps the tail of a parallel run short: the last job to start is one of the smallest.
  */
 export function largestFirst<T extends { m: number; n: number }>(jobs: readonly T[]): T[] {
+  assertObject(jobs, 'largestFirst', 'jobs', 'an array of jobs');
   return jobs
     .map((j, k) => ({ j, k }))
     .sort((a, b) => b.j.m * b.j.n - a.j.m * a.j.n || b.j.n - a.j.n || a.k - b.k)
@@ -483,6 +499,7 @@ export function shardJobs<T extends { m: number; n: number }>(
   index: number,
   count: number,
 ): T[] {
+  assertObject(jobs, 'shardJobs', 'jobs', 'an array of jobs');
   if (!Number.isInteger(count) || count <= 0 || !Number.isInteger(index) || index < 0 || index >= count)
     throw new CalderaError('E_VALUE', `shard must be i/n with 0 ≤ i < n, got ${index}/${count}`);
   const load = new Array<number>(count).fill(0);
@@ -557,6 +574,8 @@ export async function executeMatrixJob(
   job: MatrixJob,
   handles: { pool?: Pool; signal?: AbortSignal } = {},
 ): Promise<'cached' | 'computed'> {
+  assertObject(manifest, 'executeMatrixJob', 'manifest', 'a JobManifest');
+  assertObject(job, 'executeMatrixJob', 'job', 'a MatrixJob');
   const out = jobResultPath(workDir, job);
   if (await exists(out)) return 'cached';
   throwIfAborted(handles.signal, `job ${job.name}`);
@@ -590,6 +609,7 @@ export async function executeMatrixJob(
 
 /** Read a finished job's output back as a {@link LayerResult}. */
 export async function readJobResult(workDir: string, job: MatrixJob): Promise<LayerResult> {
+  assertObject(job, 'readJobResult', 'job', 'a MatrixJob');
   const path = jobResultPath(workDir, job);
   let reader;
   try {

@@ -1,4 +1,5 @@
 import { CalderaError, Rng } from '@caldera/core';
+import { assertObject } from '@caldera/linalg';
 
 /** Options for {@link sampleWindows}. */
 export interface WindowOptions {
@@ -27,6 +28,7 @@ export function sampleWindows(
   documents: readonly ArrayLike<number>[],
   options: WindowOptions = {},
 ): Int32Array[] {
+  assertObject(documents, 'sampleWindows', 'documents', 'an array of token arrays');
   const count = options.count ?? 64;
   const length = options.length ?? 256;
   if (!Number.isInteger(count) || count <= 0)

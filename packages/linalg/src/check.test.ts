@@ -1,6 +1,7 @@
 import { CalderaError, slice, tensor, transpose } from '@caldera/core';
 import { describe, expect, it } from 'vitest';
 import { assertFiniteMatrix, assertMatrix, assertSameDType, assertSquare, newMatrix } from './check.js';
+import * as pkg from './index.js';
 
 function code(f: () => void): string | undefined {
   try {
@@ -40,6 +41,53 @@ describe('check helpers', () => {
     expect(() => assertMatrix(tensor('f32', [2]), 'gemm', 'b')).toThrow(
       /gemm: b must be 2-D, got shape \[2\]/,
     );
+  });
+
+  it('assertMatrix is public and turns non-tensors into E_VALUE naming the routine and operand', () => {
+    expect(pkg.assertMatrix).toBe(assertMatrix);
+    for (const bad of [
+      null,
+      undefined,
+      3,
+      { shape: [2, 2] },
+      { ...tensor('f32', [2, 2]), strides: undefined },
+    ])
+      expect(() => pkg.assertMatrix(bad, 'ldlq', 'W')).toThrow(/^E_VALUE: ldlq: W is not a tensor$/);
+    expect(() => pkg.assertMatrix({ ...tensor('f32', [2, 2]), data: undefined }, 'f', 'h')).toThrow(
+      /E_VALUE: f: h is not a tensor/,
+    );
+    expect(() => pkg.assertMatrix(tensor('u8', [2, 2]), 'ldlq', 'H')).toThrow(
+      /E_DTYPE: ldlq: H has dtype 'u8', expected 'f32' or 'f64'/,
+    );
+  });
+
+  it('assertObject and assertFunction turn a missing argument into E_VALUE naming the routine and argument', () => {
+    for (const ok of [{}, [], new Float64Array(1), () => 0])
+      expect(() => pkg.assertObject(ok, 'f', 'x')).not.toThrow();
+    expect(() => pkg.assertObject(null, 'e8pEncode', 'x', 'an array of numbers')).toThrow(
+      /^E_VALUE: e8pEncode: x must be an array of numbers, got null$/,
+    );
+    expect(() => pkg.assertObject(undefined, 'f', 'options')).toThrow(
+      /^E_VALUE: f: options must be an object, got undefined$/,
+    );
+    expect(() => pkg.assertObject(3, 'f', 'x')).toThrow(/^E_VALUE: f: x must be an object, got number$/);
+    expect(() => pkg.assertFunction(() => 0, 'f', 'get')).not.toThrow();
+    for (const bad of [null, undefined, {}])
+      expect(() => pkg.assertFunction(bad, 'fromCheckpointTensors', 'get')).toThrow(
+        /^E_VALUE: fromCheckpointTensors: get must be a function, got (null|undefined|object)$/,
+      );
+  });
+
+  it('the routines on raw buffers reject a missing buffer with E_VALUE naming it', () => {
+    for (const bad of [null, undefined]) {
+      expect(() => pkg.eighJacobi(bad as never, 2)).toThrow(/^E_VALUE: eighJacobi: a must be a Float64Array/);
+      expect(() => pkg.orthonormalizeColumns(bad as never, 2, 2)).toThrow(
+        /^E_VALUE: orthonormalizeColumns: z must be a Float64Array/,
+      );
+      expect(() => pkg.hadamardRowsInPlace(bad as never, 1, 8)).toThrow(
+        /^E_VALUE: hadamardRowsInPlace: data must be a Float32Array or Float64Array/,
+      );
+    }
   });
 
   it('reject non-finite values and name their index', () => {

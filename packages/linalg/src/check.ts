@@ -14,22 +14,37 @@ export function fmtShape(shape: readonly number[]): string {
 }
 
 /**
- * Throw unless `t` is a 2-D `f32`/`f64` tensor with integer, in-range strides and offset.
- * `E_DTYPE` for another dtype, `E_SHAPE` for another rank or a view that reaches outside `data`.
- * @param fn  routine name for the message (e.g. `'gemm'`)
+ * Throw unless `t` is a 2-D `f32`/`f64` tensor with integer, in-range strides and offset: the operand check every
+ * routine of this package runs, for callers that take matrices of their own (quant's `ldlq` checks W and H with it).
+ * Errors are `CalderaError`s whose message names the routine and the operand, e.g. `E_DTYPE: ldlq: H has dtype
+ * 'i32', expected 'f32' or 'f64'`: `E_VALUE` when `t` is not a tensor at all (`null`, `undefined`, an object without
+ * `shape`, `strides` or `data`), `E_DTYPE` for another dtype, `E_SHAPE` for another rank, invalid shape or strides,
+ * or a view that reaches outside `data`. The values are not read (non-finite entries pass).
+ * @param t    the value to check
+ * @param fn   routine name for the message (e.g. `'gemm'`)
  * @param name operand name for the message (e.g. `'a'`)
+ * @example
+ * assertMatrix(w, 'myRoutine', 'W'); // w is a Matrix from here on
  */
-export function assertMatrix(t: Tensor, fn: string, name: string): asserts t is Matrix {
-  if (t === null || typeof t !== 'object' || !Array.isArray(t.shape)) {
+export function assertMatrix(t: unknown, fn: string, name: string): asserts t is Matrix {
+  const v = t as Partial<Tensor> | null;
+  if (
+    v === null ||
+    typeof v !== 'object' ||
+    !Array.isArray(v.shape) ||
+    !Array.isArray(v.strides) ||
+    typeof v.data?.length !== 'number'
+  ) {
     throw new CalderaError('E_VALUE', `${fn}: ${name} is not a tensor`);
   }
-  if (t.dtype !== 'f32' && t.dtype !== 'f64') {
-    throw new CalderaError('E_DTYPE', `${fn}: ${name} has dtype '${t.dtype}', expected 'f32' or 'f64'`);
+  const m = v as Tensor;
+  if (m.dtype !== 'f32' && m.dtype !== 'f64') {
+    throw new CalderaError('E_DTYPE', `${fn}: ${name} has dtype '${m.dtype}', expected 'f32' or 'f64'`);
   }
-  if (t.shape.length !== 2) {
-    throw new CalderaError('E_SHAPE', `${fn}: ${name} must be 2-D, got shape ${fmtShape(t.shape)}`);
+  if (m.shape.length !== 2) {
+    throw new CalderaError('E_SHAPE', `${fn}: ${name} must be 2-D, got shape ${fmtShape(m.shape)}`);
   }
-  assertViewInBounds(t, fn, name);
+  assertViewInBounds(m, fn, name);
 }
 
 /** Throw `E_SHAPE` when any element of the strided view lies outside `t.data`. */
@@ -110,6 +125,52 @@ export function assertFiniteMatrix(t: Tensor, fn: string, name: string): void {
         throw new CalderaError('E_VALUE', `${fn}: ${name} has a non-finite value (${d[p]}) at [${i}, ${j}]`);
       }
     }
+  }
+}
+
+/**
+ * Throw `E_VALUE` unless `x` is an object (not `null`; arrays, typed arrays and functions count): the check of a
+ * required object argument — a typed array, an options or descriptor object, a tensor whose parts are checked later —
+ * so that `null` or `undefined` in its place is a `CalderaError` naming the routine and the argument, e.g.
+ * `E_VALUE: e8pEncode: x must be an array of numbers, got null`, instead of a `TypeError` from its first use.
+ * @param x        the argument
+ * @param fn       routine name for the message (e.g. `'e8pEncode'`)
+ * @param name     argument name for the message (e.g. `'x'`)
+ * @param expected what the argument must be, for the message. Default `'an object'`.
+ * @example
+ * assertObject(options, 'uniformQuantizer', 'options');
+ */
+export function assertObject(
+  x: unknown,
+  fn: string,
+  name: string,
+  expected = 'an object',
+): asserts x is object {
+  if (x === null || (typeof x !== 'object' && typeof x !== 'function')) {
+    throw new CalderaError(
+      'E_VALUE',
+      `${fn}: ${name} must be ${expected}, got ${x === null ? 'null' : typeof x}`,
+    );
+  }
+}
+
+/**
+ * Throw `E_VALUE` unless `x` is a function: {@link assertObject} for a required callback, e.g.
+ * `E_VALUE: fromCheckpointTensors: get must be a function, got null`.
+ * @param x    the argument
+ * @param fn   routine name for the message
+ * @param name argument name for the message
+ */
+export function assertFunction(
+  x: unknown,
+  fn: string,
+  name: string,
+): asserts x is (...args: never[]) => unknown {
+  if (typeof x !== 'function') {
+    throw new CalderaError(
+      'E_VALUE',
+      `${fn}: ${name} must be a function, got ${x === null ? 'null' : typeof x}`,
+    );
   }
 }
 

@@ -52,9 +52,34 @@ export function unitScale(maxAbs: number): number {
   return 2 ** Math.max(-1023, Math.min(1022, -e));
 }
 
-/** Largest |a[i·n + j]| over the lower triangle (j ≤ i) of a row-major n × n buffer. */
-export function maxAbsLower(a: Float64Array, n: number): number {
+/**
+ * Scale the working copy `w` in place by {@link unitScale} of its largest |entry| and return the factor, which
+ * {@link unscale} takes to bring the singular values or eigenvalues back. With `lowerN` only the lower triangle
+ * (j ≤ i) of the row-major `lowerN × lowerN` buffer is read and scaled (eigh, which uses no other entry); without it,
+ * every entry (svd).
+ */
+export function scaleToUnit(w: Float64Array, lowerN?: number): number {
   let mx = 0;
-  for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) mx = Math.max(mx, Math.abs(a[i * n + j]!));
-  return mx;
+  if (lowerN === undefined) for (let i = 0; i < w.length; i++) mx = Math.max(mx, Math.abs(w[i]!));
+  else {
+    const n = lowerN;
+    for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) mx = Math.max(mx, Math.abs(w[i * n + j]!));
+  }
+  const scale = unitScale(mx);
+  if (scale === 1) return scale;
+  if (lowerN === undefined) for (let i = 0; i < w.length; i++) w[i]! *= scale;
+  else {
+    const n = lowerN;
+    for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) w[i * n + j]! *= scale;
+  }
+  return scale;
+}
+
+/**
+ * The values of the scaled matrix back to those of the input: divides `values` by the factor {@link scaleToUnit}
+ * returned (in place; exact unless they leave the range) and returns them.
+ */
+export function unscale(values: Float64Array, scale: number): Float64Array {
+  if (scale !== 1) for (let i = 0; i < values.length; i++) values[i]! /= scale;
+  return values;
 }

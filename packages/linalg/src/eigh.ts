@@ -4,7 +4,7 @@
  * they are products of orthogonal transformations).
  */
 import { CalderaError, type Matrix, type Tensor } from '@caldera/core';
-import { denseCopy, maxAbsLower, unitScale, wrap } from './dense.js';
+import { denseCopy, scaleToUnit, unscale, wrap } from './dense.js';
 import type { Pool } from './pool/pool.js';
 import {
   backTransform,
@@ -59,8 +59,7 @@ export function eigh(a: Matrix, options: EighOptions = {}): Eigh {
   }
   // work on 2^k·A with its largest entry near 1 (exact; see unitScale), so that the sums of squares of the
   // reduction neither overflow (NaN for |a| ≳ 1e150) nor underflow (wrong values for |a| ≲ 1e-140)
-  const scale = unitScale(maxAbsLower(w, n));
-  if (scale !== 1) for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) w[i * n + j]! *= scale;
+  const scale = scaleToUnit(w, n);
   onProgress?.({ phase: 'tridiagonalize', fraction: 0 });
   const { d, e, taus } = tridiagonalizeBlocked(w, n, options.pool, signal);
   onProgress?.({ phase: 'iterate', fraction: 0 });
@@ -98,10 +97,4 @@ export function eigh(a: Matrix, options: EighOptions = {}): Eigh {
   }
   onProgress?.({ phase: 'backTransform', fraction: 1 });
   return { values, vectors: wrap(out, n, n) };
-}
-
-/** Eigenvalues of the scaled matrix back to those of the input (in place; exact unless they leave the range). */
-function unscale(values: Float64Array, scale: number): Float64Array {
-  if (scale !== 1) for (let i = 0; i < values.length; i++) values[i]! /= scale;
-  return values;
 }

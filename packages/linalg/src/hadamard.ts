@@ -10,7 +10,7 @@
  * 18 944 = 148·128 (Qwen2-7B), 14 336 = 28·512; other sizes are padded by callers to {@link nextHadamardSize}.
  */
 import { CalderaError, type Matrix, type Tensor } from '@caldera/core';
-import { assertCount, assertFiniteScalar, assertMatrix, newMatrix } from './check.js';
+import { assertCount, assertFiniteScalar, assertMatrix, assertObject, newMatrix } from './check.js';
 
 /** The orders K > 1 with a construction here, largest first (the search order for a size n). */
 export const HADAMARD_BASE_ORDERS: readonly number[] = [
@@ -207,6 +207,7 @@ export function hadamardRowsInPlace(
   n: number,
   options: { transpose?: boolean; offset?: number } = {},
 ): void {
+  assertObject(data, 'hadamardRowsInPlace', 'data', 'a Float32Array or Float64Array');
   const f = hadamardFactor(n);
   if (!f)
     throw new CalderaError(

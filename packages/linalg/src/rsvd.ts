@@ -4,13 +4,14 @@
  * the gemm kernels; everything of size l = k + oversample is done in f64.
  */
 import { CalderaError, Rng, type Matrix, type Tensor } from '@caldera/core';
-import { assertCount, assertFiniteMatrix, assertMatrix } from './check.js';
+import { assertCount, assertFiniteMatrix, assertMatrix, assertObject } from './check.js';
 import { gemm } from './gemm.js';
 import type { Pool } from './pool/pool.js';
 import { svdBuf } from './svd.js';
 
 /** Eigen-decomposition of a small symmetric matrix `a` (n×n row-major, f64) by cyclic Jacobi rotations. */
 export function eighJacobi(a: Float64Array, n: number): { values: Float64Array; vectors: Float64Array } {
+  assertObject(a, 'eighJacobi', 'a', 'a Float64Array');
   if (a.length !== n * n)
     throw new CalderaError('E_SHAPE', `eighJacobi: ${a.length} values for a ${n}×${n} matrix`);
   const A = Float64Array.from(a);
@@ -65,6 +66,7 @@ export function eighJacobi(a: Float64Array, n: number): { values: Float64Array; 
 
 /** Orthonormalise the `l` columns of `z` (m×l row-major, f64) in place by two passes of modified Gram–Schmidt. */
 export function orthonormalizeColumns(z: Float64Array, m: number, l: number): void {
+  assertObject(z, 'orthonormalizeColumns', 'z', 'a Float64Array');
   for (let pass = 0; pass < 2; pass++) {
     for (let j = 0; j < l; j++) {
       for (let i = 0; i < j; i++) {

@@ -4,7 +4,7 @@
  * accuracy and returns orthonormal singular vectors even for ill-conditioned or rank-deficient matrices.
  */
 import { CalderaError, throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
-import { denseCopy, transposeBuf, unitScale, wrap } from './dense.js';
+import { denseCopy, scaleToUnit, transposeBuf, unscale, wrap } from './dense.js';
 import { qrBuf } from './qr.js';
 
 /** Options of {@link svd}. */
@@ -54,13 +54,10 @@ export function svdBuf(
   // m ≥ n: A = Q·R, R = U_R·S·Vᵀ, U = Q·U_R. The Jacobi sweeps work on sums of squares of the columns: on
   // 2^k·A with its largest entry near 1 (exact, see unitScale) they neither overflow nor underflow, where for
   // |a| beyond about 1e±77 they would fail to converge or return zero singular values.
-  let mx = 0;
-  for (let i = 0; i < w.length; i++) mx = Math.max(mx, Math.abs(w[i]!));
-  const scale = unitScale(mx);
-  if (scale !== 1) for (let i = 0; i < w.length; i++) w[i]! *= scale;
+  const scale = scaleToUnit(w);
   const { q, r } = qrBuf(w, m, n);
   const res = jacobiSquare(r, n, options);
-  if (scale !== 1) for (let i = 0; i < res.s.length; i++) res.s[i]! /= scale;
+  unscale(res.s, scale);
   const u = new Float64Array(m * n);
   for (let i = 0; i < m; i++) {
     const qi = i * n;

@@ -9,7 +9,7 @@ import {
   toF64,
   type Tensor,
 } from '@caldera/core';
-import { cholesky, gemm, randomizedSvd, type Pool } from '@caldera/linalg';
+import { assertObject, cholesky, gemm, randomizedSvd, type Pool } from '@caldera/linalg';
 import { assertFiniteSymmetric, ldlq } from '@caldera/quant';
 import {
   latticeRound,
@@ -196,6 +196,7 @@ interface LowRank {
  * error `‖(Ŵ − W)H^½‖_F / ‖W H^½‖_F`. `W` is `m × n` (f32/f64), `H` is the `n × n` input Hessian (null: identity).
  */
 export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {}): Decomposition {
+  assertObject(w, 'caldera', 'W', 'a tensor');
   const o = {
     ...DEFAULTS,
     ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)),

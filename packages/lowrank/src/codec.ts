@@ -1,4 +1,5 @@
 import { CalderaError } from '@caldera/core';
+import { assertObject } from '@caldera/linalg';
 import {
   E8P_OPT_SCALE,
   e8pDecode,
@@ -58,6 +59,7 @@ export function latticeRound(
   x: Float32Array,
   bits: 2 | 3 | 4,
 ): { codes: LatticeCodes; values: Float32Array } {
+  assertObject(x, 'latticeRound', 'x', 'a Float32Array');
   let ss = 0;
   for (let i = 0; i < x.length; i++) ss += x[i]! * x[i]!;
   const rms = Math.sqrt(ss / Math.max(1, x.length));
@@ -96,6 +98,7 @@ export function latticeRoundRaw(
   x: Float32Array,
   bits: 2 | 3 | 4,
 ): { planes: CodePlane[]; values: Float32Array } {
+  assertObject(x, 'latticeRoundRaw', 'x', 'a Float32Array');
   if (bits === 2) {
     const c = e8pEncode(x);
     return { planes: [c], values: e8pDecode(c) };
@@ -106,6 +109,7 @@ export function latticeRoundRaw(
 
 /** Values of lattice codes (row-major, `8·planes[0].length` entries). */
 export function latticeDecode(c: LatticeCodes): Float32Array {
+  assertObject(c, 'latticeDecode', 'c', 'LatticeCodes');
   const v =
     c.bits === 2
       ? e8pDecode(c.planes[0] as Uint16Array)

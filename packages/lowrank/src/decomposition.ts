@@ -10,7 +10,7 @@ import {
   type CalderaLayerMeta,
   type Tensor,
 } from '@caldera/core';
-import { hadamardRowsInPlace } from '@caldera/linalg';
+import { assertFunction, assertObject, hadamardRowsInPlace } from '@caldera/linalg';
 import { codecBits, codecName, latticeDecode, type FactorBits, type LatticeCodes } from './codec.js';
 import { unrotateWeight } from './rotate.js';
 
@@ -72,6 +72,7 @@ function factorValues(f: StoredFactor): Float32Array {
 
 /** Dense Q̂ + L̂R̂ in the rotated domain (mp × np), without the global scale. */
 export function rotatedEstimate(d: Decomposition): Float32Array {
+  assertObject(d, 'rotatedEstimate', 'd', 'a Decomposition');
   const [mp, np] = d.padded;
   const k = d.rank;
   const out = latticeDecode(d.q);
@@ -97,6 +98,7 @@ export function rotatedEstimate(d: Decomposition): Float32Array {
 
 /** The dense estimate Ŵ (m × n, f32). For tests and export; runtimes use {@link applyDecomposition}. */
 export function reconstruct(d: Decomposition): Tensor<'f32'> {
+  assertObject(d, 'reconstruct', 'd', 'a Decomposition');
   const [m, n] = d.shape;
   const [mp, np] = d.padded;
   const w = unrotateWeight(rotatedEstimate(d), mp, np, m, n, d.su, d.sv);
@@ -109,6 +111,8 @@ export function reconstruct(d: Decomposition): Tensor<'f32'> {
  * (decoded) and by the low-rank pair, rotate the output back. The reference the runtimes' fused kernels match.
  */
 export function applyDecomposition(d: Decomposition, x: Float32Array, rows: number): Float32Array {
+  assertObject(d, 'applyDecomposition', 'd', 'a Decomposition');
+  assertObject(x, 'applyDecomposition', 'x', 'a Float32Array');
   const [m, n] = d.shape;
   const [mp, np] = d.padded;
   if (x.length !== rows * n)
@@ -177,6 +181,7 @@ export function applyDecomposition(d: Decomposition, x: Float32Array, rows: numb
 export function paperBitsFromMeta(
   meta: Pick<CalderaLayerMeta, 'shape' | 'rank' | 'ftRank' | 'codecs'>,
 ): number {
+  assertObject(meta, 'paperBitsFromMeta', 'meta', "a layer's caldera.json entry");
   const [m, n] = meta.shape;
   const ft = meta.ftRank ?? 0;
   const k = meta.rank - ft;
@@ -203,6 +208,7 @@ export function toCheckpointTensors(
   prefix: string,
   d: Decomposition,
 ): { tensors: Record<string, Tensor>; meta: CalderaLayerMeta } {
+  assertObject(d, 'toCheckpointTensors', 'd', 'a Decomposition');
   const [mp, np] = d.padded;
   const k = d.rank;
   const p = `${prefix}.caldera.`;
@@ -266,6 +272,7 @@ export function calderaCheckpointMeta(
   layers: Record<string, CalderaLayerMeta>,
   run: { method?: string; options?: Record<string, unknown>; seed?: number } = {},
 ): CalderaCheckpointMeta {
+  assertObject(layers, 'calderaCheckpointMeta', 'layers', 'a record of layer entries');
   let bits = 0;
   let weights = 0;
   for (const l of Object.values(layers)) {
@@ -296,6 +303,7 @@ export function fromCheckpointTensors(
   get: (name: string) => Tensor | undefined,
   meta: CalderaLayerMeta,
 ): Decomposition {
+  assertFunction(get, 'fromCheckpointTensors', 'get');
   const p = `${prefix}.caldera.`;
   for (const e of expectedCalderaTensors(prefix, meta)) {
     const t = get(e.name);
@@ -399,6 +407,7 @@ function sliceFactorRows(f: StoredFactor, from: number, k: number, cols: number)
  * updated: trainable components cost 32 bits per entry (they are stored as f32).
  */
 export function withTrainableFactors(d: Decomposition, ftRank: number): Decomposition {
+  assertObject(d, 'withTrainableFactors', 'd', 'a Decomposition');
   if (!Number.isInteger(ftRank) || ftRank < 0)
     throw new CalderaError(
       'E_VALUE',

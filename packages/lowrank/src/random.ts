@@ -1,4 +1,5 @@
 import type { Rng } from '@caldera/core';
+import { assertObject } from '@caldera/linalg';
 import { latticeRound } from './codec.js';
 import type { Decomposition } from './decomposition.js';
 import { paddedSize } from './rotate.js';
@@ -10,6 +11,7 @@ import { paddedSize } from './rotate.js';
  * exact storage cost of a real one, deterministically from `rng`, in a fraction of the time `caldera` takes.
  */
 export function randomDecomposition(m: number, n: number, rank: number, rng: Rng): Decomposition {
+  assertObject(rng, 'randomDecomposition', 'rng', 'an Rng');
   const mp = paddedSize(m, true);
   const np = paddedSize(n, true);
   const codes = new Uint16Array((mp * np) / 8);

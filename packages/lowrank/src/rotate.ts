@@ -1,8 +1,13 @@
-import { Rng, type Tensor } from '@caldera/core';
-import { hadamardRowsInPlace, hadamardSupported } from '@caldera/linalg';
+import { CalderaError, Rng, type Tensor } from '@caldera/core';
+import { assertObject, hadamardRowsInPlace, hadamardSupported } from '@caldera/linalg';
 
-/** The padded size CALDERA works at: supported by the Hadamard transform (when used) and a multiple of 8. */
+/**
+ * The padded size CALDERA works at: supported by the Hadamard transform (when used) and a multiple of 8. `n` must be
+ * a finite number (else `E_VALUE`).
+ */
 export function paddedSize(n: number, hadamard: boolean): number {
+  if (typeof n !== 'number' || !Number.isFinite(n))
+    throw new CalderaError('E_VALUE', `paddedSize: n must be a finite number, got ${String(n)}`);
   let p = Math.max(8, Math.ceil(n / 8) * 8);
   if (hadamard) while (!hadamardSupported(p)) p += 8;
   return p;
@@ -10,6 +15,7 @@ export function paddedSize(n: number, hadamard: boolean): number {
 
 /** Random ±1 vector of length n from the seeded generator. */
 export function randomSigns(n: number, rng: Rng): Float32Array {
+  assertObject(rng, 'randomSigns', 'rng', 'an Rng');
   return rng.fillRademacher(new Float32Array(n));
 }
 
@@ -34,6 +40,7 @@ export function rotateWeight(
   su: Float32Array | null,
   sv: Float32Array | null,
 ): Float32Array {
+  assertObject(w, 'rotateWeight', 'w', 'a tensor');
   const [m, n] = w.shape as [number, number];
   const z = new Float32Array(mp * np);
   for (let i = 0; i < m; i++)
@@ -58,6 +65,7 @@ export function unrotateWeight(
   su: Float32Array | null,
   sv: Float32Array | null,
 ): Float32Array {
+  assertObject(wr, 'unrotateWeight', 'wr', 'a Float32Array');
   let z = Float32Array.from(wr);
   if (su && sv) {
     rowsTimesM(z, mp, np, true); // Wr·M_nᵀ

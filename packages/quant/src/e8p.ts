@@ -1,4 +1,5 @@
 import { CalderaError } from '@caldera/core';
+import { assertObject } from '@caldera/linalg';
 import { e8pEncodeInto, type E8PEncodeTables } from './e8p-encode.js';
 import { e8pEncodeWasmInto, wasmEncoderReady } from './e8p-encode-wasm.js';
 
@@ -116,7 +117,9 @@ export function e8pGrid(): Float32Array {
 }
 
 /** Decode 16-bit codes into `8·codes.length` values. */
-export function e8pDecode(codes: Uint16Array, out = new Float32Array(codes.length * 8)): Float32Array {
+export function e8pDecode(codes: Uint16Array, out?: Float32Array): Float32Array {
+  assertObject(codes, 'e8pDecode', 'codes', 'a Uint16Array');
+  out ??= new Float32Array(codes.length * 8);
   if (out.length < codes.length * 8)
     throw new CalderaError(
       'E_SHAPE',
@@ -140,15 +143,18 @@ export function e8pEncodeWasmAvailable(): boolean {
 
 /**
  * Exact nearest codeword of each consecutive 8-vector of `x` (Euclidean distance; ties broken arbitrarily but
- * deterministically). `x.length` must be a multiple of 8; non-finite values throw `E_VALUE`. Closed-form search per
- * magnitude class (see `e8p-encode.ts`), verified against exhaustive search in `e8p.test.ts`. Runs in WebAssembly
- * (`asm/e8p-encode.ts`, bit-identical codes) where available, else in TypeScript; `{ wasm: false }` forces the latter.
+ * deterministically). `x.length` must be a multiple of 8; non-finite values, or an `x` that is not an array (`null`),
+ * throw `E_VALUE`. Closed-form search per magnitude class (see `e8p-encode.ts`), verified against exhaustive search in
+ * `e8p.test.ts`. Runs in WebAssembly (`asm/e8p-encode.ts`, bit-identical codes) where available, else in TypeScript;
+ * `{ wasm: false }` forces the latter.
  */
 export function e8pEncode(
   x: ArrayLike<number>,
-  out = new Uint16Array(x.length / 8),
+  out?: Uint16Array,
   options: E8PEncodeOptions = {},
 ): Uint16Array {
+  assertObject(x, 'e8pEncode', 'x', 'an array of numbers');
+  out ??= new Uint16Array(x.length / 8);
   if (x.length % 8 !== 0)
     throw new CalderaError('E_SHAPE', `e8pEncode: length ${x.length} is not a multiple of 8`);
   if (out.length < x.length / 8)

@@ -6,6 +6,7 @@
  * Gaussian data: 1.03 for E8P12, 1.0 for RVQ4 (how CALDERA feeds L and R), 0.98 for RVQ3.
  */
 import { CalderaError, tensor, type Tensor } from '@caldera/core';
+import { assertObject } from '@caldera/linalg';
 import { E8P_OPT_SCALE, e8pDecode, e8pEncode } from './e8p.js';
 import {
   checkDescriptor,
@@ -14,6 +15,7 @@ import {
   type QuantizedTensor,
   type Quantizer,
   type QuantizerDescriptor,
+  valueCount,
 } from './quantizer.js';
 import { RVQ3_OPT_SCALE, rvqDecode, rvqEncode } from './rvq.js';
 
@@ -49,8 +51,7 @@ export function latticeQuantizer(kind: LatticeKind, options: LatticeOptions = {}
   return {
     descriptor,
     bitsPerWeight(shape) {
-      let n = 1;
-      for (const d of shape) n *= d;
+      const n = valueCount(shape, `${kind}.bitsPerWeight`);
       return (n * bits + 32) / n;
     },
     quantize(t: Tensor): QuantizedTensor {
@@ -72,8 +73,7 @@ export function latticeQuantizer(kind: LatticeKind, options: LatticeOptions = {}
     },
     dequantize(q: QuantizedTensor): Tensor<'f32'> {
       checkDescriptor(q, descriptor, `${kind}.dequantize`);
-      const count = q.shape.reduce((a, b) => a * b, 1);
-      checkQuantizedLengths(q, kind === 'e8p12' ? 1 : 2, count / 8, 1, false, `${kind}.dequantize`);
+      checkQuantizedLengths(q, kind === 'e8p12' ? 1 : 2, 8, 1, false, `${kind}.dequantize`);
       const v =
         kind === 'e8p12'
           ? e8pDecode(q.codes[0] as Uint16Array)
@@ -93,6 +93,7 @@ export function latticeQuantizer(kind: LatticeKind, options: LatticeOptions = {}
  * values are divided by; the stored scale of an all-zero tensor is 0, see {@link latticeScales}).
  */
 export function latticeScale(x: ArrayLike<number>, inputScale: number): number {
+  assertObject(x, 'latticeScale', 'x', 'an array of numbers');
   return latticeScales(x, inputScale).divisor;
 }
 
@@ -102,6 +103,7 @@ export function latticeScale(x: ArrayLike<number>, inputScale: number): number {
  * is 0, E8P12 points being ±¼ + D̂8, so only a zero scale keeps its zeros) and `divisor` otherwise.
  */
 export function latticeScales(x: ArrayLike<number>, inputScale: number): { divisor: number; stored: number } {
+  assertObject(x, 'latticeScales', 'x', 'an array of numbers');
   let ss = 0;
   for (let i = 0; i < x.length; i++) ss += x[i]! * x[i]!;
   const rms = Math.sqrt(ss / Math.max(1, x.length));

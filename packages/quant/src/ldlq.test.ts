@@ -182,4 +182,23 @@ describe('ldlq', () => {
     expect(() => ldlq(w, tensor('i32', [8, 8]) as never)).toThrow(/E_DTYPE: ldlq: H has dtype 'i32'/);
     expect(() => proxyLoss(w, tensor('f32', [2, 4]), h)).toThrow(/E_SHAPE: proxyLoss/);
   });
+
+  it("checks W and H with linalg's assertMatrix: a view outside its data or a tensor without strides is named", () => {
+    const w = gaussian(4, 16, 1);
+    const h = identity(16);
+    // before, the W view was silently read as zeros past the end of its data, and the H view failed as "non-finite"
+    expect(() => ldlq({ ...w, offset: 10 }, h)).toThrow(
+      /^E_SHAPE: ldlq: W view \(shape \[4, 16\], strides \[16, 1\], offset 10\) reaches outside its data of length 64$/,
+    );
+    expect(() => ldlq(w, { ...h, strides: [17, 1] })).toThrow(
+      /^E_SHAPE: ldlq: H view .* reaches outside its data/,
+    );
+    expect(() => ldlq({ ...w, strides: undefined } as never, h)).toThrow(
+      /^E_VALUE: ldlq: W is not a tensor$/,
+    );
+    expect(() => ldlq(tensor('f32', [2, 2, 16]), h)).toThrow(
+      /^E_SHAPE: ldlq: W must be 2-D, got shape \[2, 2, 16\]$/,
+    );
+    expect(() => ldlq(w, tensor('f64', [16]))).toThrow(/^E_SHAPE: ldlq: H must be 2-D, got shape \[16\]$/);
+  });
 });

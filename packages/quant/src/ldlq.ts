@@ -1,5 +1,5 @@
 import { CalderaError, isCalderaError, throwIfAborted, toF32, type Matrix, type Tensor } from '@caldera/core';
-import { blockLDL, gemmInto, type BlockLDL, type Pool } from '@caldera/linalg';
+import { assertMatrix, assertObject, blockLDL, gemmInto, type BlockLDL, type Pool } from '@caldera/linalg';
 import { allocPlanes, e8pRounder, type CodePlane, type GroupRounder } from './rounder.js';
 
 /** Options of {@link ldlq}. */
@@ -62,11 +62,9 @@ export interface LdlqResult {
 export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResult {
   const rounder = options.quantizer ?? e8pRounder();
   const g = rounder.dim;
-  checkOperand(w, 'W');
-  checkOperand(h, 'H');
+  assertMatrix(w, 'ldlq', 'W');
+  assertMatrix(h, 'ldlq', 'H');
   const [m, n] = w.shape as [number, number];
-  if (w.shape.length !== 2)
-    throw new CalderaError('E_SHAPE', `ldlq: W must be 2-D, got [${w.shape.join(', ')}]`);
   if (h.shape.length !== 2 || h.shape[0] !== n || h.shape[1] !== n) {
     throw new CalderaError(
       'E_SHAPE',
@@ -201,17 +199,6 @@ export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResul
     repaired,
     proxyLoss,
   };
-}
-
-/** `E_VALUE` for a missing operand, `E_DTYPE` for one that is not f32/f64 (the shapes are checked by the caller). */
-function checkOperand(t: Matrix, name: string): void {
-  if (t === null || typeof t !== 'object' || !Array.isArray(t.shape))
-    throw new CalderaError('E_VALUE', `ldlq: ${name} is not a tensor`);
-  if (t.dtype !== 'f32' && t.dtype !== 'f64')
-    throw new CalderaError(
-      'E_DTYPE',
-      `ldlq: ${name} has dtype '${String((t as { dtype: unknown }).dtype)}', expected 'f32' or 'f64'`,
-    );
 }
 
 /**
@@ -520,6 +507,9 @@ function invertSmall(hd: Float64Array, n: number, c: number, g: number): Float64
 
 /** `tr((Ŵ − W)H(Ŵ − W)ᵀ) / tr(WHWᵀ)`: the relative proxy loss LDLQ minimises (computed with two gemms). */
 export function proxyLoss(w: Matrix, wHat: Matrix, h: Matrix, pool?: Pool): number {
+  assertObject(w, 'proxyLoss', 'W', 'a tensor');
+  assertObject(wHat, 'proxyLoss', 'Ŵ', 'a tensor');
+  assertObject(h, 'proxyLoss', 'H', 'a tensor');
   const W = toF32(w);
   const Wh = toF32(wHat);
   const [m, n] = W.shape as [number, number];

@@ -4,6 +4,7 @@
  * divided by their group's absmax and rounded to the nearest level. Code = level index (ascending), u8.
  */
 import { CalderaError, tensor, type Tensor } from '@caldera/core';
+import { assertObject } from '@caldera/linalg';
 import {
   checkDescriptor,
   checkQuantizedLengths,
@@ -15,6 +16,7 @@ import {
   type QuantizedTensor,
   type Quantizer,
   type QuantizerDescriptor,
+  valueCount,
 } from './quantizer.js';
 
 /**
@@ -78,6 +80,7 @@ export interface NormalFloatOptions {
 
 /** Create an NF2/NF3/NF4 quantizer (absmax f32 scale per group). */
 export function normalFloatQuantizer(options: NormalFloatOptions): Quantizer {
+  assertObject(options, 'normalFloatQuantizer', 'options');
   const bits = options.bits;
   if (bits !== 2 && bits !== 3 && bits !== 4) {
     throw new CalderaError('E_VALUE', `normalFloatQuantizer: bits must be 2, 3 or 4, got ${String(bits)}`);
@@ -94,8 +97,7 @@ export function normalFloatQuantizer(options: NormalFloatOptions): Quantizer {
   return {
     descriptor,
     bitsPerWeight(shape) {
-      let n = 1;
-      for (const d of shape) n *= d;
+      const n = valueCount(shape, 'normalFloatQuantizer.bitsPerWeight');
       return (n * bits + groupCount(shape, granularity, groupSize) * 32) / n;
     },
     quantize(t: Tensor): QuantizedTensor {
@@ -118,11 +120,10 @@ export function normalFloatQuantizer(options: NormalFloatOptions): Quantizer {
     },
     dequantize(q: QuantizedTensor): Tensor<'f32'> {
       checkDescriptor(q, descriptor, 'normalFloatQuantizer.dequantize');
-      const count = q.shape.reduce((a, b) => a * b, 1);
       const groups = groupCount(q.shape, granularity, groupSize);
-      checkQuantizedLengths(q, 1, count, groups, false, 'normalFloatQuantizer.dequantize');
+      const count = checkQuantizedLengths(q, 1, 1, groups, false, 'normalFloatQuantizer.dequantize');
       const codes = q.codes[0]!;
-      const out = new Float32Array(codes.length);
+      const out = new Float32Array(count);
       forEachGroup(q.shape, granularity, groupSize, (start, len, g) => {
         const s = q.params.scales[g]!;
         for (let i = start; i < start + len; i++) out[i] = levels[codes[i]!]! * s;

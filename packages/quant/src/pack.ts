@@ -9,6 +9,7 @@
  * gives exactly those bytes).
  */
 import { CalderaError } from '@caldera/core';
+import { assertObject } from '@caldera/linalg';
 
 function checkBits(bits: number, what: string): void {
   if (!Number.isInteger(bits) || bits < 1 || bits > 16) {
@@ -24,6 +25,7 @@ export function packedByteLength(count: number, bits: number): number {
 /** Pack codes (each `< 2^bits`, else `E_VALUE`) into a little-endian bit stream of exactly ⌈count·bits/8⌉ bytes. */
 export function packBits(codes: ArrayLike<number>, bits: number): Uint8Array {
   checkBits(bits, 'packBits');
+  assertObject(codes, 'packBits', 'codes', 'an array of codes');
   const out = new Uint8Array(packedByteLength(codes.length, bits));
   const limit = 2 ** bits;
   let acc = 0; // pending bits, fewer than 8 + bits ≤ 24 of them
@@ -49,6 +51,7 @@ export function packBits(codes: ArrayLike<number>, bits: number): Uint8Array {
 /** Unpack `count` codes of `bits` bits from a stream made by {@link packBits} (`E_SHAPE` if it is too short). */
 export function unpackBits(bytes: Uint8Array, bits: number, count: number): Uint16Array {
   checkBits(bits, 'unpackBits');
+  assertObject(bytes, 'unpackBits', 'bytes', 'a Uint8Array');
   if (!Number.isSafeInteger(count) || count < 0) {
     throw new CalderaError('E_VALUE', `unpackBits: count must be an integer ≥ 0, got ${count}`);
   }
@@ -88,6 +91,7 @@ export function packBitsWords(codes: ArrayLike<number>, bits: number): Uint32Arr
 
 /** Inverse of {@link packBitsWords}. */
 export function unpackBitsWords(words: Uint32Array, bits: number, count: number): Uint16Array {
+  assertObject(words, 'unpackBitsWords', 'words', 'a Uint32Array');
   const bytes = new Uint8Array(words.length * 4);
   for (let w = 0; w < words.length; w++) {
     const v = words[w]!;

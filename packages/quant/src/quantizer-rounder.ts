@@ -4,6 +4,7 @@
  * returned `params` form a `QuantizedTensor` the quantizer's `dequantize` accepts.
  */
 import { CalderaError, type Tensor } from '@caldera/core';
+import { assertObject } from '@caldera/linalg';
 import { latticeScales } from './lattice-quantizer.js';
 import { nfLevels } from './normal-float.js';
 import {
@@ -30,6 +31,8 @@ export interface QuantizerRounder {
  * round-to-nearest (LDLQ's feedback already decorrelates the error).
  */
 export function rounderFromQuantizer(q: Quantizer, w: Tensor): QuantizerRounder {
+  assertObject(q, 'rounderFromQuantizer', 'q', 'a Quantizer');
+  assertObject(w, 'rounderFromQuantizer', 'W', 'a tensor');
   if (w.shape.length !== 2) {
     throw new CalderaError('E_SHAPE', `rounderFromQuantizer: W must be 2-D, got [${w.shape.join(', ')}]`);
   }

@@ -3,6 +3,7 @@
  * descriptors that identify them, and the grouping rule of the scalar codecs.
  */
 import { CalderaError, contiguous, toF32, type Tensor } from '@caldera/core';
+import { assertObject } from '@caldera/linalg';
 import type { CodePlane } from './rounder.js';
 
 /** Which values share one scale (scalar codecs). */
@@ -57,6 +58,15 @@ export interface Quantizer {
   dequantize(q: QuantizedTensor): Tensor<'f32'>;
   /** Exact storage cost of a tensor of this shape, in bits per value, codes plus scales and offsets. */
   bitsPerWeight(shape: readonly number[]): number;
+}
+
+/**
+ * The number of values of a tensor of this shape (1 for a scalar's `[]`); `E_VALUE` naming `what` when `shape` is not
+ * an array (`null`).
+ */
+export function valueCount(shape: readonly number[], what: string): number {
+  assertObject(shape, what, 'shape', 'an array of dimensions');
+  return shape.reduce((a, b) => a * b, 1);
 }
 
 /** Row count and row length used for grouping: rows = first axis (1 for scalars/1-D), cols = the rest. */
@@ -122,8 +132,12 @@ export function checkScalarOptions(
   void bits;
 }
 
-/** Contiguous f32 values of a tensor, rejecting non-finite entries with `E_VALUE` naming the index. */
+/**
+ * Contiguous f32 values of a tensor, rejecting non-finite entries with `E_VALUE` naming the index (and a `t` that is
+ * not an object, e.g. `null`, with `E_VALUE` naming `what`).
+ */
 export function finiteValues(t: Tensor, what: string): Float32Array {
+  assertObject(t, what, 't', 'a tensor');
   const c = contiguous(toF32(t));
   const d = c.data; // contiguous(): offset 0, exactly the tensor's values
   for (let i = 0; i < d.length; i++) {
@@ -138,8 +152,12 @@ export function finiteValues(t: Tensor, what: string): Float32Array {
   return d;
 }
 
-/** Check that a quantized tensor belongs to this codec. */
+/**
+ * Check that a quantized tensor belongs to this codec: `E_VALUE` naming `what` for another codec's, or for a `q` that
+ * is not an object (`null`).
+ */
 export function checkDescriptor(q: QuantizedTensor, d: QuantizerDescriptor, what: string): void {
+  assertObject(q, what, 'q', 'a QuantizedTensor');
   if (JSON.stringify(q.descriptor) !== JSON.stringify(d)) {
     throw new CalderaError(
       'E_VALUE',
@@ -149,17 +167,20 @@ export function checkDescriptor(q: QuantizedTensor, d: QuantizerDescriptor, what
 }
 
 /**
- * Throw `E_SHAPE` unless `q` has `planes` code planes of `codesPerPlane` codes each and `groups` scales (and
- * offsets, when `zeros`): a quantized tensor whose parts do not match its shape would dequantize to NaN.
+ * Throw `E_SHAPE` unless `q` has `planes` code planes of one code per `valuesPerCode` values of its shape each (1 for
+ * the scalar codecs, 8 for the lattice ones) and `groups` scales (and offsets, when `zeros`): a quantized tensor whose
+ * parts do not match its shape would dequantize to NaN. Returns the number of values of the shape.
  */
 export function checkQuantizedLengths(
   q: QuantizedTensor,
   planes: number,
-  codesPerPlane: number,
+  valuesPerCode: number,
   groups: number,
   zeros: boolean,
   what: string,
-): void {
+): number {
+  const count = valueCount(q.shape, what);
+  const codesPerPlane = count / valuesPerCode;
   const bad = (part: string, have: number, need: number): never => {
     throw new CalderaError(
       'E_SHAPE',
@@ -171,4 +192,5 @@ export function checkQuantizedLengths(
     if (q.codes[p]!.length !== codesPerPlane) bad(`code plane ${p}`, q.codes[p]!.length, codesPerPlane);
   if (q.params.scales.length !== groups) bad('params.scales', q.params.scales.length, groups);
   if (zeros && q.params.zeros?.length !== groups) bad('params.zeros', q.params.zeros?.length ?? 0, groups);
+  return count;
 }

@@ -1,4 +1,5 @@
 import { CalderaError } from '@caldera/core';
+import { assertObject } from '@caldera/linalg';
 import { latticeQuantizer } from './lattice-quantizer.js';
 import { normalFloatQuantizer } from './normal-float.js';
 import type { Quantizer, QuantizerDescriptor } from './quantizer.js';
@@ -6,9 +7,10 @@ import { uniformQuantizer } from './uniform.js';
 
 /**
  * Rebuild a quantizer from its JSON descriptor (`q.descriptor`, e.g. read back from a checkpoint's metadata).
- * Throws `E_VALUE` for an unknown kind.
+ * Throws `E_VALUE` for an unknown kind, or for a `d` that is not an object (`null`, `undefined`).
  */
 export function quantizerFromDescriptor(d: QuantizerDescriptor): Quantizer {
+  assertObject(d, 'quantizerFromDescriptor', 'd', 'a quantizer descriptor');
   switch (d.kind) {
     case 'uniform':
       return uniformQuantizer(d);

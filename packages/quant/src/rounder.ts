@@ -3,6 +3,7 @@
  * of a matrix row (one column group, all rows at once) to codewords of a fixed codebook, writing the
  * dequantized values and one code per group per stage ("plane").
  */
+import { assertObject } from '@caldera/linalg';
 import { E8P_DIM, e8pDecode, e8pEncode } from './e8p.js';
 import { rvqDecode, rvqEncode } from './rvq.js';
 
@@ -33,6 +34,7 @@ export interface GroupRounder {
 
 /** Allocate zeroed code planes holding `count` groups each. */
 export function allocPlanes(r: GroupRounder, count: number): CodePlane[] {
+  assertObject(r, 'allocPlanes', 'r', 'a GroupRounder');
   return r.planes.map((t) => (t === 'u8' ? new Uint8Array(count) : new Uint16Array(count)));
 }
 

@@ -1,4 +1,5 @@
 import { CalderaError } from '@caldera/core';
+import { assertObject } from '@caldera/linalg';
 import { e8pDecode, e8pEncode } from './e8p.js';
 
 /**
@@ -88,6 +89,7 @@ function checkRvqBits(bits: number, what: string): void {
 /** Encode with the 3- or 4-bit residual variant (other `bits` → `E_VALUE`). */
 export function rvqEncode(x: ArrayLike<number>, bits: 3 | 4): RvqCodes {
   checkRvqBits(bits, 'rvqEncode');
+  assertObject(x, 'rvqEncode', 'x', 'an array of numbers');
   const stage1 = e8pEncode(x);
   const q1 = e8pDecode(stage1);
   const rho = bits === 4 ? RVQ4_RESID_SCALE : RVQ3_RESID_SCALE;
@@ -99,6 +101,7 @@ export function rvqEncode(x: ArrayLike<number>, bits: 3 | 4): RvqCodes {
 /** Decode residual-VQ codes: `q1 + q2/ρ`. The two stages must hold as many codes (else `E_SHAPE`). */
 export function rvqDecode(codes: RvqCodes, bits: 3 | 4): Float32Array {
   checkRvqBits(bits, 'rvqDecode');
+  assertObject(codes, 'rvqDecode', 'codes', 'an RvqCodes object');
   if (codes.stage1.length !== codes.stage2.length) {
     throw new CalderaError(
       'E_SHAPE',

@@ -5,6 +5,7 @@
  * (unbiased, seeded).
  */
 import { CalderaError, Rng, tensor, type Tensor } from '@caldera/core';
+import { assertObject } from '@caldera/linalg';
 import {
   checkDescriptor,
   checkQuantizedLengths,
@@ -16,6 +17,7 @@ import {
   type QuantizedTensor,
   type Quantizer,
   type QuantizerDescriptor,
+  valueCount,
 } from './quantizer.js';
 
 /** Options of {@link uniformQuantizer}. */
@@ -39,6 +41,7 @@ const SCALE_FLOOR = 1e-8;
 
 /** Create a uniform quantizer. Throws `E_VALUE` for bits outside 2–8 or bad group options. */
 export function uniformQuantizer(options: UniformOptions): Quantizer {
+  assertObject(options, 'uniformQuantizer', 'options');
   const bits = options.bits;
   if (!Number.isInteger(bits) || bits < 2 || bits > 8) {
     throw new CalderaError('E_VALUE', `uniformQuantizer: bits must be an integer in 2..8, got ${bits}`);
@@ -67,8 +70,7 @@ export function uniformQuantizer(options: UniformOptions): Quantizer {
   return {
     descriptor,
     bitsPerWeight(shape) {
-      let n = 1;
-      for (const d of shape) n *= d;
+      const n = valueCount(shape, 'uniformQuantizer.bitsPerWeight');
       const groups = groupCount(shape, granularity, groupSize);
       return (n * bits + groups * (symmetric ? 32 : 64)) / n;
     },
@@ -114,11 +116,10 @@ export function uniformQuantizer(options: UniformOptions): Quantizer {
     },
     dequantize(q: QuantizedTensor): Tensor<'f32'> {
       checkDescriptor(q, descriptor, 'uniformQuantizer.dequantize');
-      const count = q.shape.reduce((a, b) => a * b, 1);
       const groups = groupCount(q.shape, granularity, groupSize);
-      checkQuantizedLengths(q, 1, count, groups, !symmetric, 'uniformQuantizer.dequantize');
+      const count = checkQuantizedLengths(q, 1, 1, groups, !symmetric, 'uniformQuantizer.dequantize');
       const codes = q.codes[0]!;
-      const out = new Float32Array(codes.length);
+      const out = new Float32Array(count);
       const { scales, zeros } = q.params;
       forEachGroup(q.shape, granularity, groupSize, (start, len, g) => {
         const s = scales[g]!;

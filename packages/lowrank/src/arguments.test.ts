@@ -1,0 +1,83 @@
+import { describe, expect, it } from 'vitest';
+import { isCalderaError, Rng, tensor } from '@caldera/core';
+import * as lowrank from './index.js';
+
+const w = tensor('f32', [8, 16], new Rng(1).fillNormal(new Float32Array(128)));
+const d = lowrank.caldera(w, null, { rank: 2, outerIters: 1, lplrIters: 1 });
+const ck = lowrank.toCheckpointTensors('x', d);
+
+/** Every public entry point with a required object argument: valid arguments, and the positions that must be objects. */
+const entries: [
+  name: string,
+  call: (...args: never[]) => unknown,
+  args: unknown[],
+  required: [index: number, argument: string][],
+][] = [
+  ['caldera', lowrank.caldera, [w, null, { rank: 2, outerIters: 1, lplrIters: 1 }], [[0, 'W']]],
+  ['reconstruct', lowrank.reconstruct, [d], [[0, 'd']]],
+  ['rotatedEstimate', lowrank.rotatedEstimate, [d], [[0, 'd']]],
+  [
+    'applyDecomposition',
+    lowrank.applyDecomposition,
+    [d, new Float32Array(16), 1],
+    [
+      [0, 'd'],
+      [1, 'x'],
+    ],
+  ],
+  ['toCheckpointTensors', lowrank.toCheckpointTensors, ['x', d], [[1, 'd']]],
+  [
+    'fromCheckpointTensors',
+    lowrank.fromCheckpointTensors,
+    ['x', (n: string) => ck.tensors[n], ck.meta],
+    [[1, 'get']],
+  ],
+  ['calderaCheckpointMeta', lowrank.calderaCheckpointMeta, [{ x: ck.meta }], [[0, 'layers']]],
+  ['paperBitsFromMeta', lowrank.paperBitsFromMeta, [ck.meta], [[0, 'meta']]],
+  ['withTrainableFactors', lowrank.withTrainableFactors, [d, 1], [[0, 'd']]],
+  ['latticeRound', lowrank.latticeRound, [new Float32Array(8), 2], [[0, 'x']]],
+  ['latticeRoundRaw', lowrank.latticeRoundRaw, [new Float32Array(8), 2], [[0, 'x']]],
+  ['latticeDecode', lowrank.latticeDecode, [d.q], [[0, 'c']]],
+  ['randomDecomposition', lowrank.randomDecomposition, [8, 16, 2, new Rng(1)], [[3, 'rng']]],
+  ['randomSigns', lowrank.randomSigns, [8, new Rng(1)], [[1, 'rng']]],
+  ['rotateWeight', lowrank.rotateWeight, [w, 8, 16, null, null], [[0, 'w']]],
+  ['unrotateWeight', lowrank.unrotateWeight, [new Float32Array(128), 8, 16, 8, 16, null, null], [[0, 'wr']]],
+];
+
+describe('required object arguments', () => {
+  for (const [name, call, args, required] of entries)
+    it(`${name}: null or undefined for ${required.map(([, a]) => a).join(', ')} is E_VALUE naming it`, () => {
+      expect(() => call(...(args as never[]))).not.toThrow();
+      for (const [i, argument] of required)
+        for (const bad of [null, undefined]) {
+          const a = args.slice();
+          a[i] = bad;
+          let caught: unknown;
+          try {
+            call(...(a as never[]));
+          } catch (e) {
+            caught = e;
+          }
+          expect(isCalderaError(caught, 'E_VALUE'), `${argument} = ${String(bad)}: ${String(caught)}`).toBe(
+            true,
+          );
+          expect((caught as Error).message).toContain(`${name}: ${argument} `);
+        }
+    });
+
+  it('fromCheckpointTensors: a missing layer entry is E_VALUE (checked by core)', () => {
+    for (const bad of [null, undefined])
+      expect(() => lowrank.fromCheckpointTensors('x', (n) => ck.tensors[n], bad as never)).toThrow(
+        /^E_VALUE: /,
+      );
+  });
+
+  it('paddedSize: a non-finite size is E_VALUE instead of an endless search for a Hadamard size', () => {
+    for (const bad of [undefined, null, NaN, Infinity])
+      expect(() => lowrank.paddedSize(bad as never, true)).toThrow(
+        /^E_VALUE: paddedSize: n must be a finite number, got /,
+      );
+    expect(lowrank.paddedSize(130, true)).toBe(144);
+    expect(lowrank.paddedSize(130, false)).toBe(136);
+  });
+});
