@@ -19,92 +19,170 @@ import { tinyModel } from './testing/tiny-model.js';
 
 const { device: dev, reason } = await testDevice();
 
-/** A fetch over a directory (404 for missing files), counting requests. */
-function dirFetch(dir: string, seen: string[]): typeof fetch {
-  return (async (url: string) => {
+/** One response of {@link dirFetch}: the file, the Range asked for (null: none, or ignored), the body bytes read. */
+interface Served {
+  file: string;
+  range: string | null;
+  bytes: number;
+}
+
+/**
+ * A fetch over a directory (404 for missing files), counting requests in `seen`. With `ranges` it answers a
+ * `Range: bytes=a-b` header with a 206 and the `Content-Range` (unless `hideContentRange`: a cross-origin response that
+ * does not expose it), else with the whole file; `log` gets each response and the body bytes the client read.
+ */
+function dirFetch(
+  dir: string,
+  seen: string[],
+  opts: { ranges?: boolean; hideContentRange?: boolean; log?: Served[] } = {},
+): typeof fetch {
+  return (async (url: string, init?: RequestInit) => {
     const file = String(url).replace('http://models.test/m/', '');
     seen.push(file);
+    if (init?.signal?.aborted) throw new DOMException('This operation was aborted', 'AbortError');
+    let body: Uint8Array;
     try {
-      const body = await readFile(join(dir, file));
-      // streamed in 4 KiB chunks, as a network delivers it
-      let at = 0;
-      const stream = new ReadableStream<Uint8Array>({
-        pull(controller) {
-          if (at >= body.byteLength) controller.close();
-          else controller.enqueue(new Uint8Array(body.subarray(at, (at += 4096))));
-        },
-      });
-      return new Response(stream, { headers: { 'content-length': String(body.byteLength) } });
+      body = await readFile(join(dir, file));
     } catch {
       return new Response('not found', { status: 404 });
     }
+    const asked = new Headers(init?.headers).get('range');
+    const m = opts.ranges && asked ? /^bytes=(\d+)-(\d+)$/.exec(asked) : null;
+    const headers: Record<string, string> = {};
+    let status = 200;
+    if (m) {
+      const [a, b] = [Number(m[1]), Math.min(Number(m[2]), body.byteLength - 1)];
+      if (!opts.hideContentRange) headers['content-range'] = `bytes ${a}-${b}/${body.byteLength}`;
+      body = body.subarray(a, b + 1);
+      status = 206;
+    }
+    headers['content-length'] = String(body.byteLength);
+    const served: Served = { file, range: m ? asked : null, bytes: 0 };
+    opts.log?.push(served);
+    // streamed in 4 KiB chunks, as a network delivers it
+    let at = 0;
+    const stream = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (at >= body.byteLength) return controller.close();
+        const chunk = new Uint8Array(body.subarray(at, (at += 4096)));
+        served.bytes += chunk.byteLength;
+        controller.enqueue(chunk);
+      },
+    });
+    return new Response(stream, { status, headers });
   }) as typeof fetch;
 }
 
+/**
+ * {@link tinyModel} written to `one` (a single file, with a `__metadata__` that makes its header longer than the
+ * loader's first 64 KiB request) and `two` (two shards), each weight file padded past 64 KiB with an unused tensor so
+ * that its header is a small part of it; config.json and caldera.json in both.
+ */
+async function writeUrlModel(one: string, two: string) {
+  const { config, tensors, layers } = tinyModel();
+  const padded = (i: number) => ({
+    [`padding.${i}`]: tensor('u8', [100_000], new Uint8Array(100_000).fill(i)),
+  });
+  await writeSafetensors(
+    join(one, 'model.safetensors'),
+    { ...tensors, ...padded(0) },
+    {
+      metadata: { note: 'x'.repeat(70_000) },
+    },
+  );
+  const names = Object.keys(tensors);
+  const half = Math.ceil(names.length / 2);
+  const weightMap: Record<string, string> = {};
+  for (const [i, part] of [names.slice(0, half), names.slice(half)].entries()) {
+    const file = `model-0000${i + 1}-of-00002.safetensors`;
+    await writeSafetensors(join(two, file), {
+      ...Object.fromEntries(part.map((n) => [n, tensors[n]!])),
+      ...padded(i + 1),
+    });
+    for (const n of [...part, `padding.${i + 1}`]) weightMap[n] = file;
+  }
+  await writeFile(
+    join(two, 'model.safetensors.index.json'),
+    JSON.stringify({ metadata: {}, weight_map: weightMap }),
+  );
+  for (const dir of [one, two]) {
+    await writeFile(join(dir, 'config.json'), JSON.stringify(config));
+    await writeFile(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));
+  }
+  return { layers };
+}
+
+/** 8 + the header length of a safetensors file. */
+const headerEnd = (bytes: Uint8Array) =>
+  8 + Number(new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true));
+
 describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
   const d = dev!;
-  it('a single file and a two-shard checkpoint give the same logits as runtime-node', async () => {
-    const { config, tensors, layers } = tinyModel();
+  it('a single file and a two-shard checkpoint give the same logits as runtime-node, with or without Range requests', async () => {
     const one = await mkdtemp(join(tmpdir(), 'caldera-url1-'));
     const two = await mkdtemp(join(tmpdir(), 'caldera-url2-'));
     try {
-      await writeSafetensors(join(one, 'model.safetensors'), tensors);
-      const names = Object.keys(tensors);
-      const half = Math.ceil(names.length / 2);
-      const weightMap: Record<string, string> = {};
-      for (const [i, part] of [names.slice(0, half), names.slice(half)].entries()) {
-        const file = `model-0000${i + 1}-of-00002.safetensors`;
-        await writeSafetensors(join(two, file), Object.fromEntries(part.map((n) => [n, tensors[n]!])));
-        for (const n of part) weightMap[n] = file;
-      }
-      await writeFile(
-        join(two, 'model.safetensors.index.json'),
-        JSON.stringify({ metadata: {}, weight_map: weightMap }),
-      );
-      for (const dir of [one, two]) {
-        await writeFile(join(dir, 'config.json'), JSON.stringify(config));
-        await writeFile(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));
-      }
+      const { layers } = await writeUrlModel(one, two);
       const cpu = (await node.loadModel(one)).model;
       const tokens = [1, 29, 3, 3, 17];
       const want = cpu.forward(tokens);
-      for (const [dir, files] of [
-        [one, ['config.json', 'caldera.json', 'model.safetensors']],
-        [two, ['config.json', 'caldera.json', 'model.safetensors', 'model.safetensors.index.json']],
-      ] as const) {
-        const seen: string[] = [];
-        const progress: { file: string; bytes: number; total: number | null }[] = [];
-        const { model, calderaMeta } = await loadModelFromUrl(d, 'http://models.test/m', {
-          fetch: dirFetch(dir, seen),
-          contextLength: 8,
-          onDownload: (e) => progress.push(e),
-        });
-        // download progress of every weight file: from 0, never backwards, ending at its Content-Length
-        const weightFiles =
-          dir === one
-            ? ['model.safetensors']
-            : ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors'];
-        expect([...new Set(progress.map((e) => e.file))]).toEqual(weightFiles);
-        for (const f of weightFiles) {
-          const events = progress.filter((e) => e.file === f);
-          const size = (await readFile(join(dir, f))).byteLength;
-          expect(events[0]!.bytes).toBe(0);
-          expect(
-            events.every((e, i) => e.total === size && (i === 0 || e.bytes >= events[i - 1]!.bytes)),
-          ).toBe(true);
-          expect(events.at(-1)!.bytes).toBe(size);
-          expect(events.length).toBe(Math.ceil(size / 4096) + 1);
+      // a server that ignores Range; one that honours it; one whose Content-Range the client cannot read (CORS)
+      for (const serve of [{}, { ranges: true }, { ranges: true, hideContentRange: true }])
+        for (const [dir, files] of [
+          [one, ['config.json', 'caldera.json', 'model.safetensors']],
+          [two, ['config.json', 'caldera.json', 'model.safetensors', 'model.safetensors.index.json']],
+        ] as const) {
+          const seen: string[] = [];
+          const log: Served[] = [];
+          const progress: { file: string; bytes: number; total: number | null }[] = [];
+          const { model, calderaMeta } = await loadModelFromUrl(d, 'http://models.test/m', {
+            fetch: dirFetch(dir, seen, { ...serve, log }),
+            contextLength: 8,
+            onDownload: (e) => progress.push(e),
+          });
+          // download progress of every weight file: from 0, never backwards, ending at its Content-Length
+          const weightFiles =
+            dir === one
+              ? ['model.safetensors']
+              : ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors'];
+          expect([...new Set(progress.map((e) => e.file))]).toEqual(weightFiles);
+          for (const f of weightFiles) {
+            const events = progress.filter((e) => e.file === f);
+            const bytes = await readFile(join(dir, f));
+            const size = bytes.byteLength;
+            expect(events[0]!.bytes).toBe(0);
+            expect(
+              events.every((e, i) => e.total === size && (i === 0 || e.bytes >= events[i - 1]!.bytes)),
+            ).toBe(true);
+            expect(events.at(-1)!.bytes).toBe(size);
+            expect(events.length).toBe(Math.ceil(size / 4096) + 1);
+            // the whole file once; with Range, first its header (the first 64 KiB, then the rest of a longer one)
+            const end = headerEnd(bytes);
+            const served = log.filter((s) => s.file === f);
+            expect(served).toEqual(
+              !('ranges' in serve)
+                ? [{ file: f, range: null, bytes: size }]
+                : end > 65536
+                  ? [
+                      { file: f, range: 'bytes=0-65535', bytes: 65536 },
+                      { file: f, range: `bytes=65536-${end - 1}`, bytes: end - 65536 },
+                      { file: f, range: null, bytes: size },
+                    ]
+                  : [
+                      { file: f, range: 'bytes=0-65535', bytes: 65536 },
+                      { file: f, range: null, bytes: size },
+                    ],
+            );
+          }
+          expect(Object.keys(calderaMeta!.layers)).toEqual(['model.layers.0.mlp.up_proj']);
+          expect(seen.slice(0, files.length)).toEqual(files);
+          const got = await model.forward(tokens);
+          let err = 0;
+          for (let i = 0; i < got.length; i++) err = Math.max(err, Math.abs(got[i]! - want[i]!));
+          // same weights, f32 on both sides: 1e-4 absolute on logits of size ~1–10
+          expect(err).toBeLessThan(1e-4);
+          model.dispose();
         }
-        expect(Object.keys(calderaMeta!.layers)).toEqual(['model.layers.0.mlp.up_proj']);
-        expect(seen.slice(0, files.length)).toEqual(files);
-        if (dir === two) expect(seen.filter((s) => s.endsWith('-of-00002.safetensors'))).toHaveLength(2);
-        const got = await model.forward(tokens);
-        let err = 0;
-        for (let i = 0; i < got.length; i++) err = Math.max(err, Math.abs(got[i]! - want[i]!));
-        // same weights, f32 on both sides: 1e-4 absolute on logits of size ~1–10
-        expect(err).toBeLessThan(1e-4);
-        model.dispose();
-      }
       // the memory plan counts every buffer exactly as uploaded
       let planned = 0;
       const loaded = await loadModelFromUrl(d, 'http://models.test/m', {
@@ -143,46 +221,154 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
     }
   });
 
-  it('a weight file cut off mid-download or an abort while it downloads is E_IO / E_ABORTED naming its URL, not a TypeError or DOMException', async () => {
+  it("memory is planned from the headers alone: a model the device cannot hold, or one that onPlan refuses, fails having fetched only the weight files' headers", async () => {
+    const one = await mkdtemp(join(tmpdir(), 'caldera-plan1-'));
+    const two = await mkdtemp(join(tmpdir(), 'caldera-plan2-'));
+    try {
+      await writeUrlModel(one, two);
+      // a device whose storage bindings are smaller than the model's buffers (the embedding: 3840 bytes)
+      const small: CalderaDevice = { ...d, maxStorageBinding: 1024 };
+      const refused = new Error('more memory than this page allows');
+      // too large for the device; refused by onPlan (throws); aborted in onPlan
+      const cases: { dev: CalderaDevice; refuse?: true; abortInPlan?: true; error: Error | object }[] = [
+        { dev: small, error: { code: 'E_DEVICE', message: /the model does not fit this device/ } },
+        { dev: d, refuse: true, error: refused },
+        { dev: d, abortInPlan: true, error: { code: 'E_ABORTED', message: /loading was aborted/ } },
+      ];
+      for (const dir of [one, two])
+        for (const ranges of [true, false])
+          for (const c of cases) {
+            const log: Served[] = [];
+            const progress: unknown[] = [];
+            const controller = new AbortController();
+            let planned = 0;
+            const err = await loadModelFromUrl(c.dev, 'http://models.test/m', {
+              fetch: dirFetch(dir, [], { ranges, log }),
+              contextLength: 8,
+              onDownload: (e) => progress.push(e),
+              onPlan: (p) => {
+                planned++;
+                if (c.abortInPlan) controller.abort();
+                if (c.refuse && p.weightBytes > 0) throw refused;
+              },
+              ...(c.abortInPlan ? { signal: controller.signal } : {}),
+            }).catch((e: unknown) => e);
+            if (c.error instanceof Error) expect(err).toBe(c.error);
+            else expect(err).toMatchObject(c.error);
+            expect(planned).toBe(1);
+            const weightFiles = [
+              ...new Set(log.map((s) => s.file).filter((f) => f.endsWith('.safetensors'))),
+            ];
+            expect(weightFiles).toHaveLength(dir === one ? 1 : 2);
+            for (const f of weightFiles) {
+              const bytes = await readFile(join(dir, f));
+              const served = log.filter((s) => s.file === f);
+              if (ranges) {
+                // only the header was asked for and read: the first 64 KiB, and the rest of a longer header
+                expect(served.every((s) => s.range !== null)).toBe(true);
+                const read = served.reduce((n, s) => n + s.bytes, 0);
+                expect(read).toBe(Math.max(65536, headerEnd(bytes)));
+                expect(read).toBeLessThan(bytes.byteLength);
+              } else {
+                // a server that ignores Range: each file downloaded once, whole, before the plan
+                expect(served).toEqual([{ file: f, range: null, bytes: bytes.byteLength }]);
+              }
+            }
+            expect(progress.length > 0).toBe(!ranges);
+          }
+    } finally {
+      await rm(one, { recursive: true, force: true });
+      await rm(two, { recursive: true, force: true });
+    }
+  });
+
+  it('a weight file cut off mid-download, an abort while it downloads, or a file that changes between its header request and its download is E_IO / E_ABORTED naming its URL, not a TypeError or DOMException', async () => {
     const { config, tensors, layers } = tinyModel();
-    const weights = await serializeSafetensors(tensors);
+    // padded past the loader's first 64 KiB request, so that with Range the header comes before the download
+    const padding = (fill: number) => ({
+      padding: tensor('u8', [100_000], new Uint8Array(100_000).fill(fill)),
+    });
+    const weights = await serializeSafetensors({ ...tensors, ...padding(0) }, { metadata: { v: '1' } });
     const meta = JSON.stringify(calderaCheckpointMeta(layers));
-    const controller = new AbortController();
-    // config.json and caldera.json whole; model.safetensors: a third of it, then `end` (a network error or an abort)
-    const fetchWith = (end: (c: ReadableStreamDefaultController<Uint8Array>) => void) =>
-      (async (url: string) => {
+    // config.json and caldera.json whole; model.safetensors: with `ranges` a Range request gets its bytes (206); a
+    // request for all of it gets a third of `whole`, then `end` (a network error or an abort)
+    const fetchWith = (
+      ranges: boolean,
+      end: (c: ReadableStreamDefaultController<Uint8Array>) => void,
+      whole = weights,
+    ) =>
+      (async (url: string, init?: RequestInit) => {
         const file = String(url).replace('http://models.test/m/', '');
         if (file !== 'model.safetensors')
           return new Response(file === 'config.json' ? JSON.stringify(config) : meta);
+        const range = /^bytes=(\d+)-(\d+)$/.exec(new Headers(init?.headers).get('range') ?? '');
+        if (ranges && range) {
+          const [a, b] = [Number(range[1]), Math.min(Number(range[2]), weights.byteLength - 1)];
+          return new Response(weights.slice(a, b + 1), {
+            status: 206,
+            headers: { 'content-range': `bytes ${a}-${b}/${weights.byteLength}` },
+          });
+        }
         let sent = false;
         const body = new ReadableStream<Uint8Array>({
           pull(c) {
             if (sent) return end(c);
             sent = true;
-            c.enqueue(weights.subarray(0, weights.byteLength / 3));
+            c.enqueue(whole.subarray(0, whole.byteLength / 3));
           },
         });
-        return new Response(body, { headers: { 'content-length': String(weights.byteLength) } });
+        return new Response(body, { headers: { 'content-length': String(whole.byteLength) } });
       }) as typeof fetch;
-    const dropped = await loadModelFromUrl(d, 'http://models.test/m', {
-      fetch: fetchWith((c) => c.error(new TypeError('terminated'))),
-      onDownload: () => {},
-    }).catch((e: unknown) => e);
-    expect(dropped).toMatchObject({
-      code: 'E_IO',
-      message: 'E_IO: cannot fetch http://models.test/m/model.safetensors: terminated',
-    });
-    const aborted = await loadModelFromUrl(d, 'http://models.test/m', {
-      fetch: fetchWith((c) => {
-        controller.abort();
-        c.error(new DOMException('This operation was aborted', 'AbortError'));
-      }),
-      signal: controller.signal,
-    }).catch((e: unknown) => e);
-    expect(aborted).toMatchObject({
-      code: 'E_ABORTED',
-      message: /loading was aborted \(fetching http:\/\/models\.test\/m\/model\.safetensors\)/,
-    });
+    for (const ranges of [false, true]) {
+      const dropped = await loadModelFromUrl(d, 'http://models.test/m', {
+        fetch: fetchWith(ranges, (c) => c.error(new TypeError('terminated'))),
+        onDownload: () => {},
+      }).catch((e: unknown) => e);
+      expect(dropped).toMatchObject({
+        code: 'E_IO',
+        message: 'E_IO: cannot fetch http://models.test/m/model.safetensors: terminated',
+      });
+      const controller = new AbortController();
+      const aborted = await loadModelFromUrl(d, 'http://models.test/m', {
+        fetch: fetchWith(ranges, (c) => {
+          controller.abort();
+          c.error(new DOMException('This operation was aborted', 'AbortError'));
+        }),
+        signal: controller.signal,
+      }).catch((e: unknown) => e);
+      expect(aborted).toMatchObject({
+        code: 'E_ABORTED',
+        message: /loading was aborted \(fetching http:\/\/models\.test\/m\/model\.safetensors\)/,
+      });
+    }
+    // replaced on the server after its header was read by a file as long with another header (the same header would
+    // go unnoticed), or a file of another length
+    const others = [
+      await serializeSafetensors({ ...tensors, ...padding(1) }, { metadata: { v: '2' } }),
+      await serializeSafetensors({ ...tensors, ...padding(1) }, { metadata: { v: '2'.repeat(100) } }),
+    ];
+    expect(others.map((o) => o.byteLength === weights.byteLength)).toEqual([true, false]);
+    for (const other of others) {
+      let rest = true;
+      const changed = await loadModelFromUrl(d, 'http://models.test/m', {
+        fetch: fetchWith(
+          true,
+          (c) => {
+            if (!rest) return c.close();
+            rest = false;
+            c.enqueue(other.subarray(other.byteLength / 3));
+          },
+          other,
+        ),
+      }).catch((e: unknown) => e);
+      expect(changed).toMatchObject({
+        code: 'E_IO',
+        message:
+          other.byteLength === weights.byteLength
+            ? `E_IO: cannot fetch http://models.test/m/model.safetensors: the file changed while loading (${weights.byteLength} bytes, its header announced ${weights.byteLength}, another header)`
+            : `E_IO: cannot fetch http://models.test/m/model.safetensors: the file changed while loading (${other.byteLength} bytes, its header announced ${weights.byteLength})`,
+      });
+    }
   });
 
   it("a compressed checkpoint served without caldera.json is E_FORMAT naming that URL; a gzip-encoded weight file's progress has no total (its Content-Length counts the encoded bytes)", async () => {

@@ -1,5 +1,6 @@
 import {
   assertNoCalderaTensorsWithoutMeta,
+  blobSource,
   blockLinearNames,
   CalderaError,
   cast,
@@ -10,7 +11,10 @@ import {
   parseModelConfig,
   parseSafetensorsIndex,
   ShardedSafetensorsReader,
+  type SafetensorsReader,
   parseCalderaMeta,
+  parseHeaderLength,
+  type ByteSource,
   type CalderaCheckpointMeta,
   type ModelConfig,
   type Tensor,
@@ -49,7 +53,11 @@ export interface LoadOptions extends WebGpuModelOptions {
    * (two per u32 on the GPU) and everything else as f32; `'f16'` / `'f32'` force one.
    */
   dtype?: 'auto' | 'f16' | 'f32';
-  /** Called with the memory plan before anything is uploaded. */
+  /**
+   * Called with the memory plan before anything is uploaded, and by {@link loadModelFromUrl} before any tensor data
+   * is downloaded (the plan needs only the safetensors headers). An error it throws stops loading and is rethrown; an
+   * abort of `signal` it makes stops loading with `E_ABORTED` (then the device check, `E_DEVICE`, does not run).
+   */
   onPlan?: (plan: MemoryPlan) => void;
   /** Called after each block is uploaded. */
   onProgress?: (e: { block: number; blocks: number }) => void;
@@ -109,7 +117,8 @@ export interface MemoryPlan {
 /**
  * Plan the GPU memory of a model from its config, `caldera.json` and tensor headers (no tensor data is read).
  * {@link loadModelFromStore} calls it first and fails with `E_DEVICE` before uploading anything when the largest
- * buffer exceeds the device's storage binding.
+ * buffer exceeds the device's storage binding ({@link loadModelFromUrl}: before downloading any tensor data, from the
+ * headers that it fetches with `Range` requests).
  */
 export async function planMemory(
   config: ModelConfig,
@@ -241,6 +250,9 @@ export async function loadModelFromStore(
   const { hiddenSize: d, vocabSize: V } = config;
   const plan = await planMemory(config, calderaMeta, store, options);
   options.onPlan?.(plan);
+  // an onPlan that decided against this model (a caller's own memory budget) aborts before any tensor is read
+  if (options.signal?.aborted)
+    throw new CalderaError('E_ABORTED', 'loading was aborted', { cause: options.signal.reason });
   const cap = Math.min(dev.maxStorageBinding, dev.maxBufferSize);
   if (plan.largestBuffer.bytes > cap)
     throw new CalderaError(
@@ -422,7 +434,10 @@ export interface UrlLoadOptions extends LoadOptions {
   /**
    * Download progress of the weight files (`model.safetensors` or each shard), called as bytes arrive: bytes so far
    * and the file's `Content-Length` (null when the server sends none, or a `Content-Encoding` such as gzip, whose
-   * length counts the encoded bytes).
+   * length counts the encoded bytes). It reports the download of each file's tensor data, after the memory plan
+   * (`onPlan`), not the requests for the headers; from a server that ignores `Range` it reports the whole file's
+   * download, before the plan; a file of at most 64 KiB, which the header request brought whole, is reported then as
+   * 0 and all of its bytes.
    */
   onDownload?: (e: { file: string; bytes: number; total: number | null }) => void;
 }
@@ -466,11 +481,42 @@ async function responseJson(r: Response, url: string): Promise<unknown> {
   }
 }
 
+/** Bytes asked for first of each weight file: the 8-byte length and, for most checkpoints, the whole JSON header. */
+const HEAD_BYTES = 64 * 1024;
+
+/**
+ * The file size announced by a safetensors header (`json`, after the 8-byte length `n`): where its last tensor's data
+ * ends, for a server whose `Content-Range` is not readable (a cross-origin response that does not expose it). A header
+ * that does not parse gives `8 + n`; `parseHeader` then reports what is wrong with it.
+ */
+function sizeFromHeader(json: Uint8Array): number {
+  let end = 0;
+  try {
+    const o = JSON.parse(new TextDecoder().decode(json)) as Record<string, { data_offsets?: unknown }>;
+    for (const [name, e] of Object.entries(o)) {
+      const off = name === '__metadata__' ? null : e?.data_offsets;
+      if (Array.isArray(off) && Number.isSafeInteger(off[1]) && (off[1] as number) > end)
+        end = off[1] as number;
+    }
+  } catch {
+    // not JSON: parseHeader says so
+  }
+  return 8 + json.length + end;
+}
+
 /**
  * Load a model served over HTTP: `<base>/config.json`, optional `<base>/caldera.json` (a 404 means dense) and
- * `<base>/model.safetensors`, or when that is 404 the shards listed in `<base>/model.safetensors.index.json`. Each
- * file is fetched as a `Blob` (not one `ArrayBuffer`, so no 2 GiB cap) and read tensor by tensor. A failed request
- * or download (HTTP status, dropped connection) is `E_IO` naming the URL, `E_ABORTED` when `signal` fired.
+ * `<base>/model.safetensors`, or when that is 404 the shards listed in `<base>/model.safetensors.index.json`.
+ *
+ * Memory is planned before the bulk is downloaded: each weight file's header is fetched first with an HTTP `Range`
+ * request (its first 64 KiB; a second request for the rest of a longer header), the plan is computed from the headers
+ * (`onPlan`) and a model that the device cannot hold fails with `E_DEVICE` (an `onPlan` that throws or aborts `signal`
+ * stops it too) having fetched only those bytes. Then each weight file is downloaded whole, as a `Blob` (not one
+ * `ArrayBuffer`, so no 2 GiB cap; the header's bytes come a second time), when its first tensor is read, and read tensor
+ * by tensor. A server that ignores `Range` (status 200, the whole file) is read from that response, each file fetched
+ * once, but then the files are downloaded before the plan. A failed request or download (HTTP status, dropped
+ * connection, a file that changed between its header request and its download) is `E_IO` naming the URL, `E_ABORTED`
+ * when `signal` fired.
  */
 export async function loadModelFromUrl(
   dev: CalderaDevice,
@@ -492,14 +538,19 @@ export async function loadModelFromUrl(
             cause: options.signal.reason,
           })
         : new CalderaError('E_IO', `cannot fetch ${url}: ${(e as Error).message}`, { cause: e });
-  const get = async (file: string, optional: boolean): Promise<Response | null> => {
+  // `range`: [first, last] byte (inclusive), sent as a Range header
+  const get = async (file: string, optional: boolean, range?: [number, number]): Promise<Response | null> => {
+    const init: RequestInit = {};
+    if (options.signal) init.signal = options.signal;
+    if (range) init.headers = { Range: `bytes=${range[0]}-${range[1]}` };
     let r: Response;
     try {
-      r = await f(root + file, options.signal ? { signal: options.signal } : {});
+      r = await f(root + file, init);
     } catch (e) {
       throw failed(e, root + file);
     }
     if (r.status === 404 && optional) return null;
+    if (r.status === 416 && range) return r; // an empty file: fetchRange asks for all of it
     if (!r.ok) throw new CalderaError('E_IO', `cannot fetch ${root + file}: HTTP ${r.status}`);
     return r;
   };
@@ -512,22 +563,122 @@ export async function loadModelFromUrl(
     }
   };
   const json = (file: string, r: Response) => body(file, r, (r) => responseJson(r, root + file));
+  const download = async (file: string, r: Response): Promise<Blob> =>
+    body(file, r, (r) => blobWithProgress(r, file, options.onDownload));
+  /**
+   * The bytes [first, last] of `file`: `{ bytes, total }` from a 206 (`total`: the file size of its `Content-Range`,
+   * null when that is not readable), or `{ whole }`, a response with the whole file, from a server that ignored the
+   * range (or encoded the body, whose range then counts encoded bytes).
+   */
+  const fetchRange = async (
+    file: string,
+    optional: boolean,
+    first: number,
+    last: number,
+  ): Promise<{ bytes: Uint8Array; total: number | null } | { whole: Response } | null> => {
+    const url = root + file;
+    const r = await get(file, optional, [first, last]);
+    if (!r) return null;
+    if (r.status !== 206 && r.status !== 416) return { whole: r };
+    const encoding = r.headers.get('content-encoding');
+    if (r.status === 416 || (encoding !== null && encoding.trim().toLowerCase() !== 'identity')) {
+      await r.body?.cancel().catch(() => undefined);
+      return { whole: (await get(file, false))! };
+    }
+    const bytes = new Uint8Array(await body(file, r, (r) => r.arrayBuffer()));
+    // Content-Range: readable same-origin, and cross-origin when the server exposes it
+    const cr = /^\s*bytes\s+(\d+)-(\d+)\/(\d+|\*)\s*$/i.exec(r.headers.get('content-range') ?? '');
+    const wrong = (what: string) =>
+      new CalderaError('E_IO', `cannot fetch ${url}: asked for bytes ${first}-${last}, ${what}`);
+    if (cr && (Number(cr[1]) !== first || Number(cr[2]) - first + 1 !== bytes.length))
+      throw wrong(`got Content-Range ${r.headers.get('content-range')} with ${bytes.length} bytes`);
+    if (bytes.length > last - first + 1) throw wrong(`got ${bytes.length} bytes`);
+    return { bytes, total: cr && cr[3] !== '*' ? Number(cr[3]) : null };
+  };
+  /**
+   * `file` opened from its header alone: its tensor data is downloaded (whole) on the first read past the header. A
+   * server that ignores Range gives the whole file at once, read from that response.
+   */
+  const open = async (file: string, optional: boolean): Promise<SafetensorsReader | null> => {
+    const url = root + file;
+    const first = await fetchRange(file, optional, 0, HEAD_BYTES - 1);
+    if (!first) return null;
+    if ('whole' in first) return openSafetensors(await download(file, first.whole), file);
+    let head = first.bytes;
+    // fewer bytes than asked for: the file ends there
+    const ended = head.length < HEAD_BYTES;
+    const n = parseHeaderLength(head, first.total ?? (ended ? head.length : Number.MAX_SAFE_INTEGER), file);
+    if (8 + n > head.length) {
+      const rest = await fetchRange(file, false, head.length, 8 + n - 1);
+      if ('whole' in rest!) return openSafetensors(await download(file, rest.whole), file);
+      if (rest!.bytes.length !== 8 + n - head.length)
+        throw new CalderaError(
+          'E_IO',
+          `cannot fetch ${url}: asked for bytes ${head.length}-${8 + n - 1}, got ${rest!.bytes.length}`,
+        );
+      const all = new Uint8Array(8 + n);
+      all.set(head);
+      all.set(rest!.bytes, head.length);
+      head = all;
+    }
+    const headerEnd = 8 + n;
+    const size = first.total ?? (ended ? head.length : sizeFromHeader(head.subarray(8, headerEnd)));
+    if (head.length >= size) {
+      // a file of at most 64 KiB: that was all of it
+      options.onDownload?.({ file, bytes: 0, total: size });
+      options.onDownload?.({ file, bytes: size, total: size });
+      return openSafetensors(head.subarray(0, size), file);
+    }
+    let whole: Promise<ByteSource> | null = null;
+    const fetchWhole = async (): Promise<ByteSource> => {
+      const blob = await download(file, (await get(file, false))!);
+      // the same length and header as the file the plan was made from (a new version deployed meanwhile is not)
+      const same =
+        blob.size === size &&
+        new Uint8Array(await blob.slice(0, headerEnd).arrayBuffer()).every((x, i) => x === head[i]);
+      if (!same)
+        throw new CalderaError(
+          'E_IO',
+          `cannot fetch ${url}: the file changed while loading (${blob.size} bytes, its header announced ${size}` +
+            `${blob.size === size ? ', another header' : ''})`,
+        );
+      return blobSource(blob, file);
+    };
+    const source: ByteSource = {
+      name: file,
+      size,
+      async read(offset, length) {
+        if (offset + length <= headerEnd) return head.slice(offset, offset + length);
+        whole ??= fetchWhole();
+        return (await whole).read(offset, length);
+      },
+      close: async () => {
+        whole = null;
+      },
+    };
+    return openSafetensors(source, file);
+  };
   const config = await json('config.json', (await get('config.json', false))!);
   const cr = await get('caldera.json', true);
   // validated here, before any weight is downloaded (loadModelFromStore checks it again: a few microseconds)
   const calderaMeta = cr ? parseCalderaMeta(await json('caldera.json', cr), root + 'caldera.json') : null;
-  const single = await get('model.safetensors', true);
-  let store: TensorStore;
-  const weights = async (r: Response, file: string) =>
-    openSafetensors(await body(file, r, (r) => blobWithProgress(r, file, options.onDownload)), file);
-  if (single) store = await weights(single, 'model.safetensors');
-  else {
+  let store: TensorStore | null = await open('model.safetensors', true);
+  const shards = new Map<string, SafetensorsReader>();
+  if (!store) {
     const indexFile = 'model.safetensors.index.json';
     const index = parseSafetensorsIndex(
       await body(indexFile, (await get(indexFile, false))!, (r) => r.text()),
       root + indexFile,
     );
-    store = new ShardedSafetensorsReader(index, async (file) => weights((await get(file, false))!, file));
+    // every shard's header before the plan (the plan reads a few; a broken shard is better found before the download)
+    try {
+      for (const file of new Set(Object.values(index.weightMap)))
+        shards.set(file, (await open(file, false))!);
+    } catch (e) {
+      for (const s of shards.values()) await s.close();
+      throw e;
+    }
+    store = new ShardedSafetensorsReader(index, (file) => Promise.resolve(shards.get(file)!));
   }
   try {
     return await loadModelFromStore(
@@ -537,6 +688,7 @@ export async function loadModelFromUrl(
     );
   } finally {
     await store.close();
+    for (const s of shards.values()) await s.close(); // those the load did not reach
   }
 }
 

@@ -90,6 +90,7 @@ describe.skipIf(!chromium)(
     let server: Server | undefined;
     let base = '';
     let dir = '';
+    const weightRequests: string[] = [];
     beforeAll(async () => {
       dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-browser-'));
       await tinyCheckpoint(dir);
@@ -108,8 +109,19 @@ describe.skipIf(!chromium)(
       };
       for (const f of ['config.json', 'caldera.json', 'model.safetensors'])
         files[`/model/${f}`] = ['application/octet-stream', await readFile(join(dir, f))];
+      // answers a single-range `Range: bytes=a-b` with a 206, as static hosts do
       server = createServer((req, res) => {
         const hit = files[req.url ?? ''];
+        const range = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+        if (req.url?.startsWith('/model/')) weightRequests.push(`${req.url} ${req.headers.range ?? 'whole'}`);
+        if (hit && range && typeof hit[1] !== 'string') {
+          const [a, b] = [Number(range[1]), Math.min(Number(range[2]), hit[1].byteLength - 1)];
+          res.writeHead(206, {
+            'Content-Type': hit[0],
+            'Content-Range': `bytes ${a}-${b}/${hit[1].byteLength}`,
+          });
+          return void res.end(hit[1].subarray(a, b + 1));
+        }
         res.writeHead(hit ? 200 : 404, { 'Content-Type': hit?.[0] ?? 'text/plain' });
         res.end(hit?.[1] ?? 'not found');
       });
@@ -145,6 +157,11 @@ describe.skipIf(!chromium)(
         expect(res.adapter.length).toBeGreaterThan(0);
         expect(res.tokens).toHaveLength(8);
         expect(res.compressedLayers).toBe(2);
+        // the weights' header first (the plan), then the whole file
+        expect(weightRequests.filter((r) => r.startsWith('/model/model.safetensors'))).toEqual([
+          '/model/model.safetensors bytes=0-65535',
+          '/model/model.safetensors whole',
+        ]);
         const cpu = (await node.loadModel(dir)).model;
         const want: number[] = [];
         for await (const t of node.generate(cpu, [1, 7, 30], { maxTokens: 8 })) want.push(t);
