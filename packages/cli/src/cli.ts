@@ -1,6 +1,7 @@
 import { isCalderaError } from '@caldera/core';
 import { commandSpec, parseArgs, UsageError, type Args, type CommandSpec } from './args.js';
 import { compressCommand, compressHelp, mergeCommand, mergeHelp, workerHelp } from './commands/compress.js';
+import { exportCommand, exportHelp } from './commands/export.js';
 import { finetuneCommand, finetuneHelp } from './commands/finetune.js';
 import { trainCommand, trainHelp } from './commands/train.js';
 import {
@@ -23,6 +24,7 @@ export const COMMANDS: Record<string, { run: (a: Args) => Promise<number>; help:
   eval: { run: evalCommand, help: evalHelp },
   generate: { run: generateCommand, help: generateHelp },
   inspect: { run: inspectCommand, help: inspectHelp },
+  export: { run: exportCommand, help: exportHelp },
   merge: { run: mergeCommand, help: mergeHelp },
   worker: { run: async (a) => (await import('./commands/queue.js')).workerCommand(a), help: workerHelp },
 };

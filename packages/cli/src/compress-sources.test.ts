@@ -44,7 +44,7 @@ describe('caldera compress: source models', () => {
     expect(r.status, r.stderr).toBe(0);
     const report = JSON.parse(readFileSync(join(out, 'report.json'), 'utf8'));
     expect(report.calibration).toEqual({ windows: 4, length: 48 });
-    expect(report.perplexity.context).toBe(48); // 2·length, clamped to the max positions too
+    expect(report.perplexity.context).toBe(48); // eval's 256, clamped to the max positions
     expect(JSON.parse(readFileSync(join(out, 'caldera.json'), 'utf8')).options.length).toBe(48);
     // an explicit --length past the max positions is a mistake, refused before any work
     const big = join(tmp, 'short-big');

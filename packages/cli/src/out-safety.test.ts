@@ -249,6 +249,12 @@ describe('input files and partial state', () => {
         `calibration text \\(--data content\\) \\(${then} then, ${now} now\\); --seed \\(0 then, 7 now\\)`,
       ),
     );
+    // other bit widths: named with their values (the ranks they give differ too)
+    const widths = run([...args, '--q-bits', '3', '--lr-bits', '2']);
+    expect(widths.status).toBe(1);
+    expect(widths.stderr).toMatch(
+      /other settings: .*--q-bits \(2 then, 3 now\); --lr-bits \(4 then, 2 now\)/,
+    );
     expect(snapshot(`${out}.partial`)).toEqual(partial);
 
     const same = run(args);

@@ -44,15 +44,17 @@ function within(inner: string, outer: string): boolean {
 /**
  * Check, before any work starts, that writing a checkpoint to `out` loses nothing: it may be missing, an empty
  * directory or an earlier output of the same kind (a directory holding `output.marker`: caldera.json for a Caldera
- * checkpoint, the default; a rerun replaces it). Refused with E_VALUE: a file, a non-empty directory of another kind,
- * and a path equal to or containing one of `inputs` (the model or checkpoint the command reads) — except, with
- * `output.inPlace`, an input equal to `out` that is an earlier output of the same kind (a command that reads all it
- * needs of its input before replacing `out` atomically, such as `caldera train` retraining its template).
+ * checkpoint, the default; a rerun replaces it; a null marker takes no non-empty directory, for an output that has
+ * nothing to tell it from others of its kind, such as a dense model). Refused with E_VALUE: a file, a non-empty
+ * directory of another kind, and a path equal to or containing one of `inputs` (the model or checkpoint the command
+ * reads) — except, with `output.inPlace`, an input equal to `out` that is an earlier output of the same kind (a
+ * command that reads all it needs of its input before replacing `out` atomically, such as `caldera train` retraining
+ * its template).
  */
 export async function checkOutDir(
   out: string,
   inputs: readonly string[],
-  output: { marker: string; kind: string; inPlace?: boolean } = {
+  output: { marker: string | null; kind: string; inPlace?: boolean } = {
     marker: 'caldera.json',
     kind: 'a Caldera checkpoint',
   },
@@ -86,14 +88,14 @@ export async function checkOutDir(
       `${flag} ${out} is an existing file, not a directory: it would be replaced by the checkpoint; ${advice}`,
     );
   const entries = await readdir(out);
-  if (entries.length === 0 || entries.includes(output.marker)) return;
+  if (entries.length === 0 || (output.marker !== null && entries.includes(output.marker))) return;
   const shown =
     entries.slice(0, 3).join(', ') + (entries.length > 3 ? `, … (${entries.length} entries)` : '');
-  throw new CalderaError(
-    'E_VALUE',
-    `${flag} ${out} is a non-empty directory that is not ${output.kind} (no ${output.marker}; it holds ${shown}): ` +
-      `its files would be lost; ${advice}`,
-  );
+  const what =
+    output.marker === null
+      ? `is a non-empty directory (it holds ${shown})`
+      : `is a non-empty directory that is not ${output.kind} (no ${output.marker}; it holds ${shown})`;
+  throw new CalderaError('E_VALUE', `${flag} ${out} ${what}: its files would be lost; ${advice}`);
 }
 
 /**

@@ -6,10 +6,12 @@ import {
   CalderaError,
   openSafetensors,
   openSafetensorsDir,
+  parseModelConfig,
   writeCheckpointDir,
   writeSafetensors,
   type CalderaCheckpointMeta,
   type CalderaLayerMeta,
+  type ModelConfig,
   type Tensor,
   type WritableTensor,
 } from '@caldera/core';
@@ -41,7 +43,13 @@ import {
   type LinearInfo,
 } from '@caldera/calibrate';
 import { calderaCheckpointMeta, type CalderaOptions } from '@caldera/lowrank';
-import { loadModel, ModelRunnerAdapter, perplexity, settingsDiff } from '@caldera/runtime-node';
+import {
+  loadModel,
+  ModelRunnerAdapter,
+  perplexity,
+  settingsDiff,
+  type LlamaModel,
+} from '@caldera/runtime-node';
 import {
   flagNumber,
   flagString,
@@ -59,6 +67,7 @@ import {
   defaultText,
   exists,
   fileSha256,
+  HELD_OUT_CONTEXT,
   HELD_OUT_TOKENS,
   modelDirOf,
   poolFor,
@@ -76,16 +85,21 @@ Without model-dir, compresses the embedded reference model with its bundled cali
 
 Options:
   --out DIR            output checkpoint directory (default: ./caldera-out/<model>-<method>)
-  --method NAME        caldera (default) | ldlq (rank 0, QuIP#-style) | rtn (E8P rounding, no Hessian) | lplr (low-rank only, 16-bit)
+  --method NAME        caldera (default) | ldlq (rank 0, QuIP#-style) | rtn (E8P rounding, no Hessian) | lplr (low-rank only)
   --rank K             rank of L·R for every layer (overrides --bits)
-  --bits B             target average bits per weight (paper accounting), ranks chosen per layer (default 2.4)
+  --bits B             target average bits per weight (paper accounting), ranks chosen per layer (default
+                       --q-bits + 0.4: 2.4; lplr 3.6)
   --max-bytes N        instead of --bits: a byte budget for all compressed layers (paper accounting)
   --layer-rank SPEC    per-layer ranks by name substring, first match wins, e.g. 'mlp=32,self_attn=16'; the
                        budget (--bits / --max-bytes) is met over all layers, the rest get what is left
+  --q-bits B           bits per entry of Q: 2 (E8P lattice, default) | 3 | 4 (residual vector quantization)
+  --lr-bits B          bits per entry of L and R: 2 | 3 | 4 (lattice; default 4) | 16 (half precision; lplr's default)
   --data FILE          calibration text (.txt, documents separated by blank lines, or .jsonl with "text")
-  --windows N          calibration windows (default 32)
+  --windows N          calibration windows (default 32); windows × length should reach the largest linear input
+                       width (e.g. 11008 for Llama-2-7B's down_proj), else those Hessians are rank-deficient (warned)
   --length L           tokens per window, 2 … the model's max positions (default 128, or the max positions if fewer)
-  --eval FILE          held-out text for perplexity before/after (default: the reference test split)
+  --eval FILE          held-out text for perplexity before/after (default: the reference test split), scored in
+                       windows of 256 tokens (or the max positions if fewer), as 'caldera eval' and finetune score it
   --eval-tokens N      tokens of held-out text to score (default 8192)
   --outer-iters N      CALDERA outer iterations (default 4)   --lplr-iters N   inner LPLR rounds (default 4)
   --propagate MODE     compressed (default) | original (Hessians of the original model: every matrix is an independent
@@ -124,6 +138,8 @@ Options:
   --json               JSON lines on stdout (events: ready, job-start, job-done, job-failed, stopped)`;
 
 type Method = 'caldera' | 'ldlq' | 'rtn' | 'lplr';
+/** Bits per entry of L and R. */
+type FactorBits = NonNullable<CalderaOptions['lBits']>;
 
 /** Every option that determines a run's result (stored in the job manifest, so 'merge' needs nothing else). */
 interface RunSettings {
@@ -137,7 +153,52 @@ interface RunSettings {
   outerIters: number;
   lplrIters: number;
   hessianChunks: number;
+  /** Bits per entry of Q (0 for lplr: no Q). Absent from the manifests of versions before --q-bits: 2 (lplr 0). */
+  qBits: 0 | 2 | 3 | 4;
+  /** Bits per entry of L and R (unused by the rank-0 methods). Absent before --lr-bits: 4 (lplr 16). */
+  lrBits: FactorBits;
   ranks: Record<string, number>;
+}
+
+/** The Q widths `--q-bits` takes (E8P12 2-bit, RVQ 3/4-bit) and the factor widths `--lr-bits` takes. */
+const Q_BITS = [2, 3, 4] as const;
+const LR_BITS = [2, 3, 4, 16] as const;
+
+/** The widths of a run, with the defaults of the versions that had no --q-bits / --lr-bits for a manifest without. */
+function widthsOf(s: Pick<RunSettings, 'method'> & Partial<Pick<RunSettings, 'qBits' | 'lrBits'>>): {
+  qBits: 0 | 2 | 3 | 4;
+  lrBits: FactorBits;
+} {
+  return {
+    qBits: s.qBits ?? (s.method === 'lplr' ? 0 : 2),
+    lrBits: s.lrBits ?? (s.method === 'lplr' ? 16 : 4),
+  };
+}
+
+/** `--q-bits` and `--lr-bits` of `method`: a width its decomposition has no use for is refused, not ignored. */
+function bitsFromFlags(a: Args, method: Method): { qBits: 0 | 2 | 3 | 4; lrBits: FactorBits } {
+  const q = flagNumber(a, 'q-bits', undefined, { integer: true, min: 0 });
+  const lr = flagNumber(a, 'lr-bits', undefined, { integer: true, min: 0 });
+  if (q !== undefined && !(Q_BITS as readonly number[]).includes(q))
+    throw new CalderaError(
+      'E_VALUE',
+      `--q-bits must be 2 (E8P lattice), 3 or 4 (residual vector quantization), got ${q}`,
+    );
+  if (lr !== undefined && !(LR_BITS as readonly number[]).includes(lr))
+    throw new CalderaError(
+      'E_VALUE',
+      `--lr-bits must be 2, 3, 4 (lattice-quantized factors) or 16 (half precision), got ${lr}`,
+    );
+  if (method === 'lplr' && q !== undefined)
+    throw new CalderaError(
+      'E_VALUE',
+      '--method lplr has no Q (low-rank only): --q-bits would be ignored; use --method caldera',
+    );
+  return widthsOf({
+    method,
+    ...(q !== undefined && method !== 'lplr' ? { qBits: q as 2 | 3 | 4 } : {}),
+    ...(lr !== undefined ? { lrBits: lr as FactorBits } : {}),
+  });
 }
 
 /** The run's settings that need no model (`length`: the --length given, if any; its range is the model's). */
@@ -159,13 +220,15 @@ function settingsFromFlags(a: Args): Omit<RunSettings, 'ranks' | 'length'> & { l
     outerIters: flagNumber(a, 'outer-iters', 4, POSITIVE_INT),
     lplrIters: flagNumber(a, 'lplr-iters', 4, POSITIVE_INT),
     hessianChunks: flagNumber(a, 'hessian-chunks', 4, POSITIVE_INT),
+    ...bitsFromFlags(a, method),
   };
 }
 
 /** The rank options, checked before any work (their limits, which depend on the layers, by chooseRanks). */
-function rankChoiceOf(a: Args, method: Method): RankChoice {
+function rankChoiceOf(a: Args, method: Method, widths: ReturnType<typeof widthsOf>): RankChoice {
   if (method !== 'caldera' && method !== 'lplr') {
     const given = [
+      a.flags.has('lr-bits') && '--lr-bits',
       a.flags.has('rank') && '--rank',
       a.flags.has('bits') && '--bits',
       a.flags.has('max-bytes') && '--max-bytes',
@@ -174,7 +237,7 @@ function rankChoiceOf(a: Args, method: Method): RankChoice {
     if (given.length > 0)
       throw new CalderaError(
         'E_VALUE',
-        `--method ${method} has no low-rank part (2 bits per weight, rank 0): ` +
+        `--method ${method} has no low-rank part (Q alone, rank 0): ` +
           `${given.join(', ')} would be ignored; use --method caldera or lplr`,
       );
   }
@@ -182,10 +245,10 @@ function rankChoiceOf(a: Args, method: Method): RankChoice {
   const rank = flagNumber(a, 'rank', undefined, NON_NEGATIVE_INT);
   const maxBytes = flagNumber(a, 'max-bytes', undefined, POSITIVE_INT);
   return {
-    widths: method === 'lplr' ? { q: 0, l: 16, r: 16 } : { q: 2, l: 4, r: 4 },
+    widths: { q: widths.qBits, l: widths.lrBits, r: widths.lrBits },
     ...(rank !== undefined ? { rank } : {}),
     ...(maxBytes !== undefined ? { maxBytes } : {}),
-    bits: flagNumber(a, 'bits', method === 'lplr' ? 2 + 16 * 0.1 : 2.4, POSITIVE),
+    bits: flagNumber(a, 'bits', method === 'lplr' ? 2 + 16 * 0.1 : widths.qBits + 0.4, POSITIVE),
     ...(overrides ? { overrides: parseLayerRanks(overrides) } : {}),
     ...(a.flags.has('rank')
       ? { budgetFlag: '--rank' }
@@ -208,19 +271,20 @@ function ranksFor(choice: RankChoice, method: Method, layers: readonly LinearInf
 /** The decomposition of one layer under the run's settings: the same spec in every mode. */
 function layerSpec(s: RunSettings, seed: number, name: string): LayerSpec {
   const base = { outerIters: s.outerIters, lplrIters: s.lplrIters };
+  const { qBits, lrBits } = widthsOf(s);
   let options: Omit<CalderaOptions, 'pool' | 'signal' | 'onProgress' | 'seed'>;
   switch (s.method) {
     case 'caldera':
-      options = { ...base, rank: s.ranks[name] ?? 0 };
+      options = { ...base, rank: s.ranks[name] ?? 0, qBits, lBits: lrBits, rBits: lrBits };
       break;
     case 'ldlq':
-      options = { ...base, rank: 0 };
+      options = { ...base, rank: 0, qBits };
       break;
     case 'rtn':
-      options = { ...base, rank: 0, dataAwareQ: false };
+      options = { ...base, rank: 0, qBits, dataAwareQ: false };
       break;
     case 'lplr':
-      options = { ...base, rank: Math.max(1, s.ranks[name] ?? 1), qBits: 0, lBits: 16, rBits: 16 };
+      options = { ...base, rank: Math.max(1, s.ranks[name] ?? 1), qBits: 0, lBits: lrBits, rBits: lrBits };
       break;
   }
   return { options, seed: layerSeed(seed, name) };
@@ -234,6 +298,8 @@ type RunFingerprint = {
   /** sha256 of config.json and of every tensor's bytes. */
   model: string;
   method: Method;
+  qBits: number;
+  lrBits: number;
   ranks: Record<string, number>;
   outerIters: number;
   lplrIters: number;
@@ -262,6 +328,7 @@ async function runFingerprint(
   return {
     model: await modelIdentity(modelDir, signal),
     method: s.method,
+    ...widthsOf(s),
     ranks: Object.fromEntries(Object.entries(s.ranks).sort(([x], [y]) => (x < y ? -1 : x > y ? 1 : 0))),
     outerIters: s.outerIters,
     lplrIters: s.lplrIters,
@@ -276,6 +343,8 @@ async function runFingerprint(
 const FINGERPRINT_LABELS: Record<keyof RunFingerprint, string> = {
   model: 'source model (config.json or weight files)',
   method: '--method',
+  qBits: '--q-bits',
+  lrBits: '--lr-bits',
   ranks: 'layer ranks (--rank / --bits / --max-bytes / --layer-rank)',
   outerIters: '--outer-iters',
   lplrIters: '--lplr-iters',
@@ -297,6 +366,8 @@ async function checkResume(partial: string, fp: RunFingerprint): Promise<void> {
   let old: Partial<RunFingerprint>;
   try {
     old = JSON.parse(await readFile(join(partial, PARTIAL_RUN_FILE), 'utf8')) as Partial<RunFingerprint>;
+    // a version before --q-bits / --lr-bits recorded no widths: it used the defaults
+    if (old.method !== undefined) old = { ...widthsOf({ method: old.method }), ...old };
   } catch {
     throw new CalderaError(
       'E_VALUE',
@@ -411,7 +482,7 @@ export async function compressCommand(a: Args): Promise<number> {
   const json = a.flags.has('json');
   const modelDir = resolve(modelDirOf(a.positionals[0]));
   const base = settingsFromFlags(a);
-  const rankChoice = rankChoiceOf(a, base.method);
+  const rankChoice = rankChoiceOf(a, base.method, base);
   const seed = flagNumber(a, 'seed', 0, SEED);
   const out =
     flagString(a, 'out') ??
@@ -459,6 +530,9 @@ export async function compressCommand(a: Args): Promise<number> {
     pool?.dispose(); // the run's try/finally below has not started
     throw e;
   }
+  const fewRows =
+    settings.method === 'rtn' ? null : calibrationRowsWarning(settings.windows, settings.length, layers);
+  if (fewRows) console.error(fewRows);
   const windowsOf = () => calibrationWindows(modelDir, settings, seed, loaded.config.bosTokenId);
   const bar = progressBar('compress', !json && process.stderr.isTTY === true);
   const ctl = new AbortController();
@@ -469,6 +543,8 @@ export async function compressCommand(a: Args): Promise<number> {
       const partial = `${out}.partial`;
       const fingerprint = await runFingerprint(modelDir, settings, seed, ctl.signal);
       await checkResume(partial, fingerprint);
+      // the source's perplexity now, while the loaded model is still the source (compressModel replaces its layers)
+      const baseline = await sourceBaseline(ctx, settings, loaded.model, partial, fingerprint.model);
       const results = await compressModel(runner, await windowsOf(), {
         compressLayer: (w, h, info, signal) =>
           compressLayerWithSpec(w, h, info.name, layerSpec(settings, seed, info.name), {
@@ -490,7 +566,7 @@ export async function compressCommand(a: Args): Promise<number> {
         },
       });
       bar.done();
-      await finish(ctx, settings, results);
+      await finish(ctx, settings, results, baseline);
       await rm(partial, { recursive: true, force: true });
       return 0;
     }
@@ -616,7 +692,12 @@ export async function compressCommand(a: Args): Promise<number> {
         );
       return 0;
     }
-    await assemble(ctx, work, manifest);
+    // the model held here is the source still (this propagation replaces none of its layers)
+    const { tokens, context } = await heldOutOf(modelDir, settings, loaded.config);
+    const r = perplexity(loaded.model, tokens, { context });
+    const before = { ppl: r.ppl, tokens: r.tokens };
+    ctx.log({ event: 'baseline', ...before });
+    await assemble(ctx, work, manifest, before);
     return 0;
   } finally {
     process.off('SIGINT', onSignal);
@@ -626,7 +707,7 @@ export async function compressCommand(a: Args): Promise<number> {
 }
 
 /** Assemble the checkpoint from a manifest's job outputs, then drop the work directory. */
-async function assemble(ctx: Ctx, work: string, manifest: JobManifest): Promise<void> {
+async function assemble(ctx: Ctx, work: string, manifest: JobManifest, baseline?: Baseline): Promise<void> {
   const missing = await missingJobs(work, manifest);
   if (missing.length > 0) {
     throw new CalderaError(
@@ -637,7 +718,7 @@ async function assemble(ctx: Ctx, work: string, manifest: JobManifest): Promise<
   }
   const results: LayerResult[] = [];
   for (const j of manifest.jobs) results.push(await readJobResult(work, j));
-  await finish(ctx, manifest.settings as unknown as RunSettings, results);
+  await finish(ctx, manifest.settings as unknown as RunSettings, results, baseline);
   await rm(work, { recursive: true, force: true });
 }
 
@@ -664,17 +745,120 @@ export async function mergeCommand(a: Args): Promise<number> {
   return 0;
 }
 
-/** Write the checkpoint and the report: the same code for every mode, so the bytes agree. */
-async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[]): Promise<void> {
-  const { modelDir, out, seed, json } = ctx;
-  const loaded = await loadModel(modelDir);
-  const cfg = loaded.config;
-  const heldOut = (await tokenizeDocuments(modelDir, await readDocuments(s.eval), cfg.bosTokenId))
+/** The widths a checkpoint and its report record: Q's, and L's and R's where the method has them (rank > 0). */
+function bitsRecord(s: RunSettings): { qBits: number; lBits?: number; rBits?: number } {
+  const { qBits, lrBits } = widthsOf(s);
+  return s.method === 'caldera' || s.method === 'lplr' ? { qBits, lBits: lrBits, rBits: lrBits } : { qBits };
+}
+
+/**
+ * The source files a checkpoint keeps beside its tensors, when the source has them: the model's configuration, its
+ * tokenizer (Hugging Face and SentencePiece), special tokens, generation settings (end-of-sequence ids) and chat
+ * template (in its own file since transformers 4.43).
+ */
+const COPIED_FILES = [
+  'config.json',
+  'generation_config.json',
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'tokenizer.model',
+  'special_tokens_map.json',
+  'chat_template.jinja',
+  'chat_template.json',
+];
+
+/**
+ * The held-out tokens a run scores (the first --eval-tokens of --eval) and their window: `HELD_OUT_CONTEXT`, or the
+ * model's max positions if fewer, as `caldera eval` and `caldera finetune` score them.
+ */
+async function heldOutOf(modelDir: string, s: RunSettings, cfg: ModelConfig) {
+  const tokens = (await tokenizeDocuments(modelDir, await readDocuments(s.eval), cfg.bosTokenId))
     .flat()
     .slice(0, s.evalTokens);
-  const evalCtx = Math.min(s.length * 2, cfg.maxPositions);
-  const before = perplexity(loaded.model, heldOut, { context: evalCtx });
-  ctx.log({ event: 'baseline', ppl: before.ppl, tokens: before.tokens });
+  return { tokens, context: Math.min(HELD_OUT_CONTEXT, cfg.maxPositions) };
+}
+
+/** The source model's held-out perplexity, as `finish` reports it. */
+type Baseline = { ppl: number; tokens: number };
+
+/** Where a 'compressed'-propagation run keeps its baseline, so that a resumed run need not score it again. */
+const PARTIAL_BASELINE_FILE = 'baseline.json';
+
+/**
+ * The source's held-out perplexity, scored on `model` (the source as loaded, before any layer is replaced) or, when
+ * `partial` holds it for the same model, held-out text, token count and window, read from there; recorded in
+ * `partial` when scored.
+ */
+async function sourceBaseline(
+  ctx: Ctx,
+  s: RunSettings,
+  model: LlamaModel,
+  partial: string,
+  modelSha256: string,
+): Promise<Baseline> {
+  const { tokens, context } = await heldOutOf(ctx.modelDir, s, model.config);
+  const key = { model: modelSha256, eval: await fileSha256(s.eval), evalTokens: s.evalTokens, context };
+  const file = join(partial, PARTIAL_BASELINE_FILE);
+  const saved = await readFile(file, 'utf8')
+    .then((t) => JSON.parse(t) as { key?: unknown; ppl?: unknown; tokens?: unknown })
+    .catch(() => null);
+  let before: Baseline;
+  if (
+    saved &&
+    JSON.stringify(saved.key) === JSON.stringify(key) &&
+    typeof saved.ppl === 'number' &&
+    typeof saved.tokens === 'number'
+  )
+    before = { ppl: saved.ppl, tokens: saved.tokens };
+  else {
+    const r = perplexity(model, tokens, { context });
+    before = { ppl: r.ppl, tokens: r.tokens };
+    await mkdir(partial, { recursive: true });
+    await atomicWriteFile(file, JSON.stringify({ key, ...before }));
+  }
+  ctx.log({ event: 'baseline', ...before });
+  return before;
+}
+
+/**
+ * The warning (one line, for stderr) when a run's calibration rows are fewer than the largest linear input width:
+ * that layer's Hessian is then rank-deficient, and only the damping keeps it usable. Null when there are enough.
+ */
+export function calibrationRowsWarning(
+  windows: number,
+  length: number,
+  layers: readonly { name: string; inFeatures: number }[],
+): string | null {
+  const widest = layers.reduce<{ name: string; inFeatures: number } | null>(
+    (w, l) => (w === null || l.inFeatures > w.inFeatures ? l : w),
+    null,
+  );
+  const rows = windows * length;
+  if (widest === null || rows >= widest.inFeatures) return null;
+  return (
+    `warning: ${windows} windows × ${length} tokens = ${rows} calibration rows, fewer than the ${widest.inFeatures} ` +
+    `inputs of ${widest.name}: its Hessian is rank-deficient (only the damping keeps it usable); ` +
+    `--windows ${Math.ceil(widest.inFeatures / length)} or more gives it full rank`
+  );
+}
+
+/**
+ * Write the checkpoint and the report: the same code for every mode, so the bytes agree. `baseline`: the source's
+ * held-out perplexity when the run has scored it already (else the source is loaded again to score it).
+ */
+async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], baseline?: Baseline): Promise<void> {
+  const { modelDir, out, seed, json } = ctx;
+  const cfg = parseModelConfig(
+    JSON.parse(await readFile(join(modelDir, 'config.json'), 'utf8')),
+    join(modelDir, 'config.json'),
+  );
+  const { tokens: heldOut, context: evalCtx } = await heldOutOf(modelDir, s, cfg);
+  let before = baseline;
+  if (!before) {
+    const r = perplexity((await loadModel(modelDir)).model, heldOut, { context: evalCtx });
+    before = { ppl: r.ppl, tokens: r.tokens };
+    ctx.log({ event: 'baseline', ...before });
+  }
 
   // checkpoint: every source tensor that is not replaced by a compressed layer's codes, under its name (biases in
   // their source dtype, other float tensors in f16; read from the source while the checkpoint is written)
@@ -721,13 +905,14 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[]): Promise
       propagate: s.propagate,
       outerIters: s.outerIters,
       lplrIters: s.lplrIters,
+      ...bitsRecord(s),
       ranks: s.ranks,
       ...(s.propagate === 'original' && s.method !== 'rtn' ? { hessianChunks: s.hessianChunks } : {}),
     },
     seed,
   });
   const copy: Record<string, string> = {};
-  for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json']) {
+  for (const f of COPIED_FILES) {
     if (await exists(join(modelDir, f))) copy[f] = join(modelDir, f);
   }
   try {
@@ -747,6 +932,7 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[]): Promise
     method: s.method,
     seed,
     calibration: { windows: s.windows, length: s.length },
+    ...bitsRecord(s),
     bitsPerWeight: meta.bitsPerWeight,
     sourceDtype,
     linearBytes: { original: sourceLinears.bytes, compressed: compressed.model.linearBytes() },

@@ -1,5 +1,16 @@
-import { CalderaError, openSafetensorsDir } from '@caldera/core';
-import { blockLinearNames, generate, HfTokenizer, perplexity } from '@caldera/runtime-node';
+import { join } from 'node:path';
+import {
+  assertNoCalderaTensorsWithoutMeta,
+  CalderaError,
+  expectedCalderaTensors,
+  linearShape,
+  openSafetensorsDir,
+  parseModelConfig,
+  readCheckpointMeta,
+  type CalderaCheckpointMeta,
+  type ModelConfig,
+} from '@caldera/core';
+import { blockLinearNames, generate, HfTokenizer, perplexity, readJsonFile } from '@caldera/runtime-node';
 import {
   checkFlag,
   tokenWindow,
@@ -21,6 +32,7 @@ import {
   poolFor,
   readDocuments,
   stopTokenIds,
+  weightFileBytes,
   type OpenedModel,
 } from './common.js';
 import { streamedText } from '../stream-text.js';
@@ -218,53 +230,203 @@ async function generateText(
 
 export const inspectHelp = `caldera inspect [model] [--tokenizer FILE] [--json]
 Architecture, parameter count, bits per weight per layer and file size of a model, Caldera checkpoint or llama2.c .bin.
-Dense layers are reported as stored in the file (f32, f16 or bf16), whatever the runtime widens them to in memory.`;
+Dense layers are reported as stored in the file (f32, f16 or bf16), whatever the runtime holds them as in memory.
+A directory is described from config.json, caldera.json and the safetensors headers, without reading the weights
+(their values are not checked: 'caldera eval' loads them).
+  --tokenizer FILE tokenizer.bin of a llama2.c model (default: beside the .bin)`;
 
 /** Safetensors dtypes of dense weights, which `inspect` reports as stored. */
 const DENSE_DTYPES = new Set(['F32', 'F16', 'BF16', 'F64']);
 
-export async function inspectCommand(a: Args): Promise<number> {
-  const path = modelDirOf(a.positionals[0]);
-  const { model, config, calderaMeta, fileBytes, format } = await openModel(path, flagString(a, 'tokenizer'));
-  // the dtype of each dense layer's weight in the file (a llama2.c .bin is all f32, as it is held in memory)
-  const stored = new Map<string, { kind: string; bytes: number }>();
-  if (format !== 'llama2.c') {
-    const store = await openSafetensorsDir(path);
-    try {
-      for (let b = 0; b < config.numLayers; b++)
-        for (const { name } of blockLinearNames(b)) {
-          if (calderaMeta?.layers?.[name] || !store.has(`${name}.weight`)) continue;
-          const info = await store.tensorInfo(`${name}.weight`);
-          if (DENSE_DTYPES.has(info.dtype))
-            stored.set(name, {
-              kind: info.dtype.toLowerCase(),
-              bytes: info.dataOffsets[1] - info.dataOffsets[0],
-            });
-        }
-    } finally {
-      await store.close();
-    }
+/** One linear layer as `inspect` reports it: its shape, storage and, for a CALDERA layer, rank and error. */
+interface LinearLayout {
+  name: string;
+  outFeatures: number;
+  inFeatures: number;
+  /** `caldera`, or the stored dtype of a dense weight (`f32`, `f16`, `bf16`, `f64`). */
+  kind: string;
+  rank: number | null;
+  error: number | null;
+  /** Bytes of the weight in the file (a CALDERA layer: its codes, scales and signs, as the runtime counts them). */
+  bytes: number;
+  /** Bytes of the weight as runtime-node holds it (dense f16 and bf16 as stored, f32 and f64 as f32). */
+  memoryBytes: number;
+}
+
+/** What `inspect` reports of a model, without its tensor data where it can. */
+interface ModelLayout {
+  config: ModelConfig;
+  calderaMeta: CalderaCheckpointMeta | null;
+  fileBytes: number;
+  format: OpenedModel['format'];
+  layers: LinearLayout[];
+}
+
+/**
+ * The layout of a Hugging Face / Caldera model directory from config.json, caldera.json and the safetensors headers:
+ * no tensor data is read, so a 7B model costs kilobytes, not its size in memory. The structure is checked as
+ * runtime-node's `loadModel` checks it (the tensors it needs are present with float dtypes and the config's shapes,
+ * each compressed layer has the tensors of its codecs), with its messages; the values (finiteness) are not.
+ */
+async function modelDirLayout(dir: string): Promise<ModelLayout> {
+  const configFile = join(dir, 'config.json');
+  const config = parseModelConfig(await readJsonFile(configFile), configFile);
+  let calderaMeta: CalderaCheckpointMeta | null = null;
+  try {
+    calderaMeta = await readCheckpointMeta(dir);
+  } catch (e) {
+    if (!(e instanceof CalderaError && e.code === 'E_MISSING')) throw e;
   }
-  let linearBytes = 0;
+  const store = await openSafetensorsDir(dir);
+  try {
+    if (!calderaMeta)
+      assertNoCalderaTensorsWithoutMeta(
+        store.names(),
+        dir,
+        'caldera.json',
+        "copy the checkpoint's caldera.json back beside its safetensors",
+      );
+    const { hiddenSize: d, vocabSize: V } = config;
+    const missing = ['model.embed_tokens.weight', 'model.norm.weight'].filter((n) => !store.has(n));
+    if (missing.length) throw new CalderaError('E_MISSING', `${dir}: missing tensors ${missing.join(', ')}`);
+    /** The header entry of a float tensor of `shape` (what the loader reads as weights). */
+    const floatInfo = async (name: string, shape: readonly number[]) => {
+      if (!store.has(name)) throw new CalderaError('E_MISSING', `tensor '${name}' is missing`);
+      const info = await store.tensorInfo(name);
+      if (!DENSE_DTYPES.has(info.dtype))
+        throw new CalderaError(
+          'E_DTYPE',
+          `tensor '${name}' is ${info.dtype.toLowerCase()}, expected a float dtype (f32, f16, bf16)`,
+        );
+      if (info.shape.join() !== shape.join() || info.shape.length !== shape.length)
+        throw new CalderaError(
+          'E_SHAPE',
+          `tensor '${name}' has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`,
+        );
+      return info;
+    };
+    await floatInfo('model.embed_tokens.weight', [V, d]);
+    if (!config.tieWordEmbeddings && store.has('lm_head.weight')) await floatInfo('lm_head.weight', [V, d]);
+    const layers: LinearLayout[] = [];
+    for (let b = 0; b < config.numLayers; b++) {
+      for (const { name } of blockLinearNames(b)) {
+        const kind = name.slice(name.lastIndexOf('.') + 1);
+        const [m, n] = linearShape(config, kind);
+        if (config.attentionBias && /(q|k|v)_proj$/.test(kind) && !store.has(`${name}.bias`))
+          throw new CalderaError(
+            'E_MISSING',
+            `${dir}: tensor '${name}.bias' is missing (config has q/k/v biases, e.g. Qwen2)`,
+          );
+        if (store.has(`${name}.bias`)) await floatInfo(`${name}.bias`, [m]);
+        const meta = calderaMeta?.layers?.[name];
+        if (meta) {
+          if (meta.shape[0] !== m || meta.shape[1] !== n)
+            throw new CalderaError(
+              'E_SHAPE',
+              `caldera.json gives layer '${name}' shape [${meta.shape.join(', ')}], config.json implies [${m}, ${n}]`,
+            );
+          for (const e of expectedCalderaTensors(name, meta)) {
+            if (!store.has(e.name))
+              throw new CalderaError('E_MISSING', `checkpoint has no tensor '${e.name}'`);
+            const t = await store.tensorInfo(e.name);
+            if (t.dtype.toLowerCase() !== e.dtype || t.shape.join() !== e.shape.join())
+              throw new CalderaError(
+                'E_FORMAT',
+                `tensor '${e.name}' is ${t.dtype.toLowerCase()} [${t.shape.join(', ')}], expected ${e.dtype} [${e.shape.join(', ')}]`,
+              );
+          }
+          // as runtime-node's CalderaLinear counts its storage
+          const bytes = Math.ceil((meta.bitsPerWeight * m * n) / 8);
+          layers.push({
+            name,
+            outFeatures: m,
+            inFeatures: n,
+            kind: 'caldera',
+            rank: meta.rank,
+            error: meta.error ?? null,
+            bytes,
+            memoryBytes: bytes,
+          });
+        } else {
+          const info = await floatInfo(`${name}.weight`, [m, n]);
+          layers.push({
+            name,
+            outFeatures: m,
+            inFeatures: n,
+            kind: info.dtype.toLowerCase(),
+            rank: null,
+            error: null,
+            bytes: info.dataOffsets[1] - info.dataOffsets[0],
+            // loadModel keeps f16 and bf16 weights as they are stored, 16 bits each, and the others as f32
+            memoryBytes: m * n * (info.dtype === 'F16' || info.dtype === 'BF16' ? 2 : 4),
+          });
+        }
+      }
+      for (const norm of ['input_layernorm', 'post_attention_layernorm'])
+        await floatInfo(`model.layers.${b}.${norm}.weight`, [d]);
+    }
+    await floatInfo('model.norm.weight', [d]);
+    return {
+      config,
+      calderaMeta,
+      fileBytes: await weightFileBytes(dir),
+      format: calderaMeta ? 'caldera' : 'huggingface',
+      layers,
+    };
+  } finally {
+    await store.close();
+  }
+}
+
+/** The layout of a llama2.c `.bin` (loaded: the format has no header of tensors; all f32, as held in memory). */
+async function llama2cLayout(path: string, tokenizer: string | undefined): Promise<ModelLayout> {
+  const { model, config, calderaMeta, fileBytes, format } = await openModel(path, tokenizer);
   const layers = Array.from({ length: config.numLayers }, (_, b) =>
-    blockLinearNames(b).map(({ name }) => {
+    blockLinearNames(b).map(({ name }): LinearLayout => {
       const l = model.linear(name);
-      const meta = calderaMeta?.layers?.[name];
-      const file = meta ? undefined : stored.get(name);
-      const bytes = file?.bytes ?? l.weightBytes;
-      linearBytes += bytes;
       return {
         name,
-        shape: `${l.outFeatures}x${l.inFeatures}`,
-        kind: meta
-          ? 'caldera'
-          : (file?.kind ?? (l.weightBytes === l.inFeatures * l.outFeatures * 2 ? 'f16' : 'f32')),
-        rank: meta?.rank ?? null,
-        bitsPerWeight: Number(((bytes * 8) / (l.inFeatures * l.outFeatures)).toFixed(4)),
-        error: meta?.error ?? null,
+        outFeatures: l.outFeatures,
+        inFeatures: l.inFeatures,
+        kind: l.weightBytes === l.inFeatures * l.outFeatures * 2 ? 'f16' : 'f32',
+        rank: null,
+        error: null,
+        bytes: l.weightBytes,
+        memoryBytes: l.weightBytes,
       };
     }),
   ).flat();
+  return { config, calderaMeta, fileBytes, format, layers };
+}
+
+export async function inspectCommand(a: Args): Promise<number> {
+  const path = modelDirOf(a.positionals[0]);
+  const tokenizer = flagString(a, 'tokenizer');
+  if (!path.endsWith('.bin') && tokenizer !== undefined)
+    throw new CalderaError(
+      'E_VALUE',
+      `--tokenizer applies to a llama2.c model (.bin); ${path} is a directory, whose tokenizer.json is used`,
+    );
+  const {
+    config,
+    fileBytes,
+    format,
+    layers: linears,
+  } = path.endsWith('.bin') ? await llama2cLayout(path, tokenizer) : await modelDirLayout(path);
+  let linearBytes = 0;
+  let memoryBytes = 0;
+  const layers = linears.map((l) => {
+    linearBytes += l.bytes;
+    memoryBytes += l.memoryBytes;
+    return {
+      name: l.name,
+      shape: `${l.outFeatures}x${l.inFeatures}`,
+      kind: l.kind,
+      rank: l.rank,
+      bitsPerWeight: Number(((l.bytes * 8) / (l.inFeatures * l.outFeatures)).toFixed(4)),
+      error: l.error,
+    };
+  });
   const linearParams = layers.reduce((s, l) => {
     const [m, n] = l.shape.split('x').map(Number) as [number, number];
     return s + m * n;
@@ -273,7 +435,6 @@ export async function inspectCommand(a: Args): Promise<number> {
     linearParams +
     config.vocabSize * config.hiddenSize * (config.tieWordEmbeddings ? 1 : 2) +
     config.hiddenSize * (2 * config.numLayers + 1);
-  const memoryBytes = model.linearBytes();
   const info = {
     path,
     format,
@@ -283,7 +444,7 @@ export async function inspectCommand(a: Args): Promise<number> {
     fileBytes,
     linearBytes,
     linearBitsPerWeight: (linearBytes * 8) / linearParams,
-    /** Bytes of the linear weights as this runtime holds them (bf16 layers are widened to f32). */
+    /** Bytes of the linear weights as runtime-node holds them (f64 layers as f32). */
     linearMemoryBytes: memoryBytes,
     layers,
   };

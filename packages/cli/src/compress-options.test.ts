@@ -1,0 +1,199 @@
+import { describe, expect, it } from 'vitest';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { referenceModelDir } from '@caldera/reference-model';
+import { loadModel, perplexity } from '@caldera/runtime-node';
+import { calibrationRowsWarning } from './commands/compress.js';
+import { fastCompressSetup, runCli, runUntil } from './test-cli.js';
+import { writeTinyModel } from './test-models.js';
+
+const { tmp, fast, heldOut } = fastCompressSetup('caldera-compress-options-');
+const run = runCli;
+const FAST = [...fast, '--json'];
+
+/** The `report` event of a `--json` compress run. */
+const reportOf = (stdout: string) =>
+  JSON.parse(stdout.split('\n').find((l) => l.includes('"event":"report"'))!) as {
+    qBits: number;
+    lBits?: number;
+    rBits?: number;
+    bitsPerWeight: number;
+    perplexity: { original: number; compressed: number; tokens: number; context: number };
+    layers: { name: string; rank: number; bitsPerWeight: number }[];
+  };
+
+describe('caldera compress --q-bits / --lr-bits', () => {
+  it('--q-bits 3 --lr-bits 2: the checkpoint records them, loads, evaluates, and its bits per weight are the accounting', async () => {
+    const { dir: src, raw } = await writeTinyModel(join(tmp, 'widths'), { seed: 11 });
+    const out = join(tmp, 'widths-out');
+    const r = run([
+      'compress',
+      src,
+      '--out',
+      out,
+      ...FAST,
+      '--q-bits',
+      '3',
+      '--lr-bits',
+      '2',
+      '--bits',
+      '3.5',
+    ]);
+    expect(r.status, r.stderr).toBe(0);
+    const meta = JSON.parse(readFileSync(join(out, 'caldera.json'), 'utf8'));
+    expect(meta.options).toMatchObject({ qBits: 3, lBits: 2, rBits: 2 });
+    const layers = Object.values(meta.layers) as { rank: number; codecs: Record<string, string> }[];
+    expect(layers).toHaveLength(14);
+    // Q in RVQ 3-bit everywhere; the factors of the layers with a low-rank part in the 2-bit lattice code
+    expect(new Set(layers.map((l) => l.codecs.Q))).toEqual(new Set(['e8p12-rvq3']));
+    const withLR = layers.filter((l) => l.rank > 0);
+    expect(withLR.length).toBeGreaterThan(0);
+    for (const l of withLR) expect([l.codecs.L, l.codecs.R]).toEqual(['e8p12', 'e8p12']);
+    // the paper accounting, from the shapes and the ranks: 3 bits per weight of Q, 2 per entry of L and R
+    const report = reportOf(r.stdout);
+    expect(report).toMatchObject({ qBits: 3, lBits: 2, rBits: 2 });
+    let bits = 0;
+    let weights = 0;
+    for (const l of report.layers) {
+      const [m, n] = raw[`${l.name}.weight`]!.shape as [number, number];
+      const own = 3 + (l.rank * (2 * m + 2 * n)) / (m * n);
+      expect(l.bitsPerWeight).toBeCloseTo(own, 12);
+      bits += own * m * n;
+      weights += m * n;
+    }
+    expect(report.bitsPerWeight).toBeCloseTo(bits / weights, 12);
+    expect(meta.bitsPerWeight).toBe(report.bitsPerWeight);
+    expect(report.bitsPerWeight).toBeGreaterThan(3);
+    expect(report.bitsPerWeight).toBeLessThanOrEqual(3.5);
+    // runtime-node loads it and evaluates it (as 'caldera eval' does, which must give the report's number)
+    const { model } = await loadModel(out);
+    const ids = Array.from({ length: 64 }, (_, i) => (i * 37 + 5) % 2048);
+    expect(Number.isFinite(perplexity(model, ids, { context: 32 }).ppl)).toBe(true);
+    const ev = run(['eval', out, '--text', heldOut, '--max-tokens', '128', '--json']);
+    expect(ev.status, ev.stderr).toBe(0);
+    expect((JSON.parse(ev.stdout) as { ppl: number }).ppl).toBeCloseTo(report.perplexity.compressed, 9);
+  }, 60_000);
+
+  it('invalid widths, and widths a method has no use for, are refused before any work', () => {
+    const out = join(tmp, 'never');
+    const src = referenceModelDir();
+    const cases: [string[], RegExp][] = [
+      [['--q-bits', '5'], /E_VALUE: --q-bits must be 2 \(E8P lattice\), 3 or 4 .*got 5/],
+      [['--q-bits', '1'], /E_VALUE: --q-bits must be 2 .*got 1/],
+      [['--lr-bits', '8'], /E_VALUE: --lr-bits must be 2, 3, 4 .* or 16 \(half precision\), got 8/],
+      [['--lr-bits', '2.5'], /E_VALUE: --lr-bits must be .*got 2\.5/],
+      [['--method', 'lplr', '--q-bits', '3'], /E_VALUE: --method lplr has no Q .*--q-bits would be ignored/],
+      [['--method', 'ldlq', '--lr-bits', '2'], /E_VALUE: --method ldlq has no low-rank part .*--lr-bits/],
+      // Q at 4 bits costs 4 bits per weight: a budget below it cannot be met
+      [['--q-bits', '4', '--bits', '3'], /E_VALUE: --bits must be in \[4, /],
+    ];
+    for (const [opts, msg] of cases) {
+      const r = run(['compress', src, '--out', out, ...FAST, '--threads', '1', ...opts]);
+      expect(r.status, opts.join(' ')).toBe(1);
+      expect(r.stderr, opts.join(' ')).toMatch(msg);
+      expect(r.stdout, opts.join(' ')).toBe('');
+    }
+    expect(existsSync(out)).toBe(false);
+    expect(existsSync(`${out}.partial`)).toBe(false);
+  }, 120_000);
+});
+
+describe('caldera compress: the checkpoint keeps what a runtime needs of the source', () => {
+  it('copies the chat template, generation config and special tokens map', async () => {
+    const { dir: src } = await writeTinyModel(join(tmp, 'chat'), { seed: 12 });
+    const files: Record<string, string> = {
+      'chat_template.jinja': "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}",
+      'generation_config.json': JSON.stringify({ eos_token_id: [0, 7], do_sample: false }),
+      'special_tokens_map.json': JSON.stringify({ bos_token: '<s>', eos_token: '</s>' }),
+    };
+    for (const [f, text] of Object.entries(files)) writeFileSync(join(src, f), text);
+    const out = join(tmp, 'chat-out');
+    const r = run(['compress', src, '--out', out, ...FAST, '--rank', '8']);
+    expect(r.status, r.stderr).toBe(0);
+    for (const [f, text] of Object.entries(files)) expect(readFileSync(join(out, f), 'utf8'), f).toBe(text);
+  }, 60_000);
+});
+
+describe('caldera compress: the held-out perplexity', () => {
+  it("is scored in eval's windows (256), whatever --length, and agrees with 'caldera eval' on the source", async () => {
+    const { dir: src } = await writeTinyModel(join(tmp, 'ctx'), { seed: 13 });
+    const out = join(tmp, 'ctx-out');
+    const r = run(['compress', src, '--out', out, ...FAST, '--rank', '8']); // --length 32
+    expect(r.status, r.stderr).toBe(0);
+    const report = reportOf(r.stdout);
+    expect(report.perplexity.context).toBe(256);
+    const ev = run(['eval', src, '--text', heldOut, '--max-tokens', '128', '--json']);
+    expect(ev.status, ev.stderr).toBe(0);
+    const e = JSON.parse(ev.stdout) as { ppl: number; tokens: number; context: number };
+    expect(e.context).toBe(256);
+    expect(e.tokens).toBe(report.perplexity.tokens);
+    expect(report.perplexity.original).toBeCloseTo(e.ppl, 9);
+    // and the checkpoint's perplexity is eval's number on it too
+    const ec = run(['eval', out, '--text', heldOut, '--max-tokens', '128', '--json']);
+    expect(ec.status, ec.stderr).toBe(0);
+    expect(report.perplexity.compressed).toBeCloseTo((JSON.parse(ec.stdout) as { ppl: number }).ppl, 9);
+  }, 60_000);
+
+  it('is scored on the source before any layer is replaced, kept in <out>.partial, and reused by a resumed run', async () => {
+    const six = (await writeTinyModel(join(tmp, 'six'), { layers: 6, seed: 14 })).dir;
+    const out = join(tmp, 'six-out');
+    const partial = `${out}.partial`;
+    const args = ['compress', six, '--out', out, ...FAST, '--windows', '8', '--length', '64'];
+    await runUntil(args, join(partial, 'block-0000.json'), 'SIGKILL', 5);
+    expect(existsSync(join(partial, 'block-0005.json'))).toBe(false);
+    const file = join(partial, 'baseline.json');
+    const saved = JSON.parse(readFileSync(file, 'utf8')) as { ppl: number; tokens: number };
+    expect(Number.isFinite(saved.ppl)).toBe(true);
+    // a resumed run reads it rather than scoring the source again: a marked value shows through
+    writeFileSync(file, JSON.stringify({ ...saved, ppl: 12345.5 }));
+    const resumed = run(args);
+    expect(resumed.status, resumed.stderr).toBe(0);
+    expect(reportOf(resumed.stdout).perplexity.original).toBe(12345.5);
+    expect(existsSync(partial)).toBe(false);
+    // a fresh run: the baseline comes before the first layer is compressed, and is the number saved above
+    const fresh = run(['compress', six, '--out', join(tmp, 'six-fresh'), ...args.slice(4)]);
+    expect(fresh.status, fresh.stderr).toBe(0);
+    const events = fresh.stdout
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => (JSON.parse(l) as { event: string }).event);
+    expect(events.indexOf('baseline')).toBeGreaterThanOrEqual(0);
+    expect(events.indexOf('baseline')).toBeLessThan(events.indexOf('progress'));
+    expect(reportOf(fresh.stdout).perplexity.original).toBe(saved.ppl);
+  }, 60_000);
+});
+
+describe('caldera compress: too few calibration rows', () => {
+  it('warns (stderr, one line) when windows × length is below the widest linear input, suggesting --windows', async () => {
+    const { dir: src } = await writeTinyModel(join(tmp, 'rows'), { seed: 15 });
+    // 2 × 32 = 64 rows; down_proj takes 128 inputs
+    const few = run(['compress', src, '--out', join(tmp, 'rows-few'), ...FAST, '--windows', '2']);
+    expect(few.status, few.stderr).toBe(0);
+    const lines = few.stderr.split('\n').filter((l) => l.includes('calibration rows'));
+    expect(lines).toEqual([
+      expect.stringMatching(
+        /^warning: 2 windows × 32 tokens = 64 calibration rows, fewer than the 128 inputs of model\.layers\.0\.mlp\.down_proj: .*rank-deficient.*--windows 4 or more/,
+      ),
+    ]);
+    // 4 × 32 = 128: enough
+    const enough = run(['compress', src, '--out', join(tmp, 'rows-enough'), ...FAST]);
+    expect(enough.status, enough.stderr).toBe(0);
+    expect(enough.stderr).not.toMatch(/calibration rows/);
+  }, 60_000);
+
+  it("is silent for the reference model's default run (32 × 128 rows, widest input 768)", () => {
+    const cfg = JSON.parse(readFileSync(join(referenceModelDir(), 'config.json'), 'utf8')) as {
+      hidden_size: number;
+      intermediate_size: number;
+    };
+    const layers = [
+      { name: 'model.layers.0.self_attn.q_proj', inFeatures: cfg.hidden_size },
+      { name: 'model.layers.0.mlp.down_proj', inFeatures: cfg.intermediate_size },
+    ];
+    expect(calibrationRowsWarning(32, 128, layers)).toBeNull();
+    // Llama-2-7B's down_proj (11008 inputs) with the defaults: warned, with the windows that would do
+    expect(calibrationRowsWarning(32, 128, [{ name: 'down_proj', inFeatures: 11008 }])).toMatch(
+      /4096 calibration rows, fewer than the 11008 inputs of down_proj.*--windows 86 or more/,
+    );
+  });
+});

@@ -1,0 +1,113 @@
+import { describe, expect, it } from 'vitest';
+import { closeSync, cpSync, openSync, readdirSync, readSync, statSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { blockLinearNames, loadModel } from '@caldera/runtime-node';
+import { fastCompressSetup, runCli } from './test-cli.js';
+import { writeTinyModel } from './test-models.js';
+
+const { tmp, fast: FAST } = fastCompressSetup('caldera-inspect-');
+const run = (args: string[]) => runCli(args, 120_000);
+
+/** `caldera inspect dir --json`, parsed. */
+function inspectJson(dir: string) {
+  const r = run(['inspect', dir, '--json']);
+  expect(r.status, r.stderr).toBe(0);
+  return JSON.parse(r.stdout) as Record<string, unknown> & { layers: Record<string, unknown>[] };
+}
+
+/**
+ * What `inspect` reported when it loaded the model (runtime-node's `loadModel`): the layers' storage as the loaded
+ * layers count it (a dense layer in the file: its stored dtype's bytes), the config as the loader parsed it.
+ */
+async function loadedReport(dir: string, stored: 'f32' | 'f16' | 'bf16') {
+  const { model, config, calderaMeta } = await loadModel(dir);
+  const size = { f32: 4, f16: 2, bf16: 2 }[stored];
+  let linearBytes = 0;
+  const layers = Array.from({ length: config.numLayers }, (_, b) =>
+    blockLinearNames(b).map(({ name }) => {
+      const l = model.linear(name);
+      const meta = calderaMeta?.layers[name];
+      const bytes = meta ? l.weightBytes : l.inFeatures * l.outFeatures * size;
+      linearBytes += bytes;
+      return {
+        name,
+        shape: `${l.outFeatures}x${l.inFeatures}`,
+        kind: meta ? 'caldera' : stored,
+        rank: meta?.rank ?? null,
+        bitsPerWeight: Number(((bytes * 8) / (l.inFeatures * l.outFeatures)).toFixed(4)),
+        error: meta?.error ?? null,
+      };
+    }),
+  ).flat();
+  return {
+    format: calderaMeta ? 'caldera' : 'huggingface',
+    config: JSON.parse(JSON.stringify(config)),
+    linearBytes,
+    linearMemoryBytes: model.linearBytes(),
+    layers,
+  };
+}
+
+/** Overwrite the tensor data of every safetensors file in `dir` (not the headers) with 0xff bytes: NaN as floats. */
+function corruptTensorData(dir: string): void {
+  for (const f of readdirSync(dir).filter((f) => f.endsWith('.safetensors'))) {
+    const fd = openSync(join(dir, f), 'r+');
+    try {
+      const len = Buffer.alloc(8);
+      readSync(fd, len, 0, 8, 0);
+      const start = 8 + Number(len.readBigUInt64LE());
+      const size = statSync(join(dir, f)).size;
+      writeSync(fd, Buffer.alloc(size - start, 0xff), 0, size - start, start);
+    } finally {
+      closeSync(fd);
+    }
+  }
+}
+
+describe('caldera inspect reads no tensor data', () => {
+  it('reports what it reported from the loaded model, for dense f32/f16/bf16, sharded, Qwen2 and compressed models', async () => {
+    const models: [string, 'f32' | 'f16' | 'bf16'][] = [
+      [(await writeTinyModel(join(tmp, 'f32'), { seed: 1 })).dir, 'f32'],
+      [(await writeTinyModel(join(tmp, 'f16'), { dtype: 'f16', tied: true, seed: 2 })).dir, 'f16'],
+      [(await writeTinyModel(join(tmp, 'bf16'), { dtype: 'bf16', shards: 2, seed: 3 })).dir, 'bf16'],
+      [(await writeTinyModel(join(tmp, 'qwen2'), { qwen2BiasStd: 0.5, seed: 4 })).dir, 'f32'],
+    ];
+    const ckpt = join(tmp, 'qwen2-caldera');
+    const c = run(['compress', models[3]![0], '--out', ckpt, ...FAST, '--json']);
+    expect(c.status, c.stderr).toBe(0);
+    models.push([ckpt, 'f32']);
+    for (const [dir, stored] of models) {
+      const info = inspectJson(dir);
+      expect(info, dir).toMatchObject(await loadedReport(dir, stored));
+      expect(info.fileBytes).toBe(
+        readdirSync(dir)
+          .filter((f) => f.endsWith('.safetensors'))
+          .reduce((s, f) => s + statSync(join(dir, f)).size, 0),
+      );
+    }
+  }, 120_000);
+
+  it('inspects a model whose tensor data is garbage (NaN) after intact headers, which the loader refuses', async () => {
+    for (const [name, options] of [
+      ['dense', { dtype: 'bf16', shards: 2, seed: 5 }],
+      ['to-compress', { seed: 6 }],
+    ] as const) {
+      let dir = (await writeTinyModel(join(tmp, name), options)).dir;
+      if (name === 'to-compress') {
+        const c = run(['compress', dir, '--out', `${dir}-caldera`, ...FAST, '--json']);
+        expect(c.status, c.stderr).toBe(0);
+        dir = `${dir}-caldera`;
+      }
+      const bad = `${dir}-bad`;
+      cpSync(dir, bad, { recursive: true });
+      corruptTensorData(bad);
+      await expect(loadModel(bad), bad).rejects.toThrow(/E_VALUE: .*(not finite|non-finite)/);
+      const { path, ...want } = inspectJson(dir);
+      expect(path).toBe(dir);
+      expect(inspectJson(bad)).toEqual({ path: bad, ...want });
+      const text = run(['inspect', bad]);
+      expect(text.status, text.stderr).toBe(0);
+      expect(text.stdout.replace(bad, dir)).toBe(run(['inspect', dir]).stdout);
+    }
+  }, 120_000);
+});
