@@ -52,7 +52,7 @@ const keep = (x: Tensor<'f32'>) => ({
 });
 
 /**
- * Every public entry point with a required object argument (budget.ts aside): valid arguments (`null` where a valid
+ * Every public entry point with a required object argument: valid arguments (`null` where a valid
  * call would need files that do not exist: only the argument checks are exercised then), and the positions that must
  * be objects or functions.
  */
@@ -62,6 +62,26 @@ const entries: [
   args: unknown[] | null,
   required: [index: number, argument: string][],
 ][] = [
+  [
+    'averageBits',
+    calibrate.averageBits,
+    [[{ name: 'a', m: 4, n: 8 }], [2]],
+    [
+      [0, 'layers'],
+      [1, 'ranks'],
+    ],
+  ],
+  [
+    'allocateRanks',
+    calibrate.allocateRanks,
+    [[{ name: 'a', m: 64, n: 64 }], { targetBits: 2.5 }],
+    [
+      [0, 'layers'],
+      [1, 'options'],
+    ],
+  ],
+  ['bitsForBytes', calibrate.bitsForBytes, [[{ name: 'a', m: 4, n: 8 }], 100], [[0, 'layers']]],
+  ['rankCap', calibrate.rankCap, [{ name: 'a', m: 4, n: 8 }], [[0, 'layer']]],
   ['sampleWindows', calibrate.sampleWindows, [[[1, 2, 3, 4]], { count: 1, length: 2 }], [[0, 'documents']]],
   ['finalizeHessian', calibrate.finalizeHessian, [acc], [[0, 'acc']]],
   [

@@ -1,4 +1,5 @@
 import { CalderaError } from '@caldera/core';
+import { assertObject } from '@caldera/linalg';
 
 /** A weight matrix to be decomposed: `m` outputs × `n` inputs. */
 export interface LayerShape {
@@ -36,7 +37,9 @@ export function averageBits(
   ranks: readonly number[],
   bits: BitWidths = {},
 ): number {
-  const { q = 2, l = 4, r = 4 } = bits;
+  assertObject(layers, 'averageBits', 'layers', 'an array of layer shapes');
+  assertObject(ranks, 'averageBits', 'ranks', 'an array of ranks');
+  const { q = 2, l = 4, r = 4 } = bits ?? {};
   checkBitWidths({ q, l, r });
   if (ranks.length !== layers.length)
     throw new CalderaError('E_SHAPE', `averageBits: ${ranks.length} ranks for ${layers.length} layers`);
@@ -54,6 +57,7 @@ export function averageBits(
  * to a multiple of `granularity` (default 1: no rounding). The cap of {@link allocateRanks}.
  */
 export function rankCap(layer: LayerShape, granularity = 1, maxRank = Infinity): number {
+  assertObject(layer, 'rankCap', 'layer', 'a layer shape');
   return Math.floor(Math.min(layer.m, layer.n, maxRank) / granularity) * granularity;
 }
 
@@ -80,6 +84,8 @@ export interface RankBudget {
  * by less than the cheapest step of any layer still under its cap. Deterministic.
  */
 export function allocateRanks(layers: readonly LayerShape[], options: RankBudgetOptions): RankBudget {
+  assertObject(layers, 'allocateRanks', 'layers', 'an array of layer shapes');
+  assertObject(options, 'allocateRanks', 'options', 'rank budget options with targetBits');
   const { q = 2, l = 4, r = 4, granularity = 16 } = options;
   const target = options.targetBits;
   if (layers.length === 0) throw new CalderaError('E_VALUE', 'allocateRanks: no layers');
@@ -122,6 +128,7 @@ export function allocateRanks(layers: readonly LayerShape[], options: RankBudget
 
 /** The target bits per weight that a byte budget for the decomposed layers allows (paper accounting). */
 export function bitsForBytes(layers: readonly LayerShape[], maxBytes: number): number {
+  assertObject(layers, 'bitsForBytes', 'layers', 'an array of layer shapes');
   const params = layers.reduce((a, s) => a + s.m * s.n, 0);
   if (params === 0) throw new CalderaError('E_VALUE', 'bitsForBytes: no layers');
   return (8 * maxBytes) / params;

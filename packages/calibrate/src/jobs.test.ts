@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { cp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -20,6 +21,7 @@ import {
   readJobResult,
   reduceHessianChunks,
   runHessianChunk,
+  sha256Hex,
   shardJobs,
   type HessianPlan,
   type LayerSpec,
@@ -71,6 +73,22 @@ const spec = (seed: number) => (l: { name: string }) =>
     options: { rank: 4, outerIters: 1, lplrIters: 1 },
     seed: layerSeed(seed, l.name),
   }) satisfies LayerSpec;
+
+describe('sha256Hex', () => {
+  it('hashes the bytes of any view or buffer (a Hessian is hashed from its Float64Array, no copy)', () => {
+    const h = new Float64Array([1.5, -2, Math.PI, 0]);
+    const bytes = new Uint8Array(h.buffer);
+    const want = createHash('sha256').update(bytes).digest('hex');
+    expect(sha256Hex(h)).toBe(want);
+    expect(sha256Hex(h.buffer)).toBe(want);
+    expect(sha256Hex(bytes)).toBe(want);
+    // a view into a larger buffer hashes only its own bytes
+    expect(sha256Hex(new Float64Array(h.buffer, 8, 2))).toBe(
+      createHash('sha256').update(bytes.subarray(8, 24)).digest('hex'),
+    );
+    expect(sha256Hex('abc')).toBe(createHash('sha256').update('abc').digest('hex'));
+  });
+});
 
 describe('data-parallel Hessians', () => {
   it('reducing 1, 2 and 3 chunks equals the single-pass Hessian (1 chunk: bit for bit)', async () => {

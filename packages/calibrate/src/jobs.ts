@@ -8,8 +8,10 @@ import {
   isCalderaError,
   openSafetensors,
   openSafetensorsDir,
+  readWholeFile,
   tensor,
   throwIfAborted,
+  toCalderaError,
   writeSafetensors,
   type CalderaLayerMeta,
   type Tensor,
@@ -102,13 +104,20 @@ export interface HessianPlan {
 const PLAN_FILE = 'hessian-plan.json';
 const MANIFEST_FILE = 'manifest.json';
 
-/** sha256 of bytes (or of a string's UTF-8), as hex. */
-export function sha256Hex(data: Uint8Array | string): string {
-  return createHash('sha256').update(data).digest('hex');
-}
+/** Bytes hashed per `update` call: one `Uint8Array` holds at most 4 GiB in Node 20, a Hessian may be larger. */
+const HASH_CHUNK_BYTES = 2 ** 30;
 
-function bytesOf(a: ArrayBufferView): Uint8Array {
-  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+/**
+ * sha256 of bytes (any typed array, `DataView` or `ArrayBuffer`, of any size) or of a string's UTF-8, as hex. The
+ * bytes are fed in pieces of at most 1 GiB, so a 28672² f64 Hessian (6.6 GB) hashes too.
+ */
+export function sha256Hex(data: ArrayBufferView | ArrayBuffer | string): string {
+  const h = createHash('sha256');
+  if (typeof data === 'string') return h.update(data).digest('hex');
+  const [buffer, start] = ArrayBuffer.isView(data) ? [data.buffer, data.byteOffset] : [data, 0];
+  for (let o = 0; o < data.byteLength; o += HASH_CHUNK_BYTES)
+    h.update(new Uint8Array(buffer, start + o, Math.min(HASH_CHUNK_BYTES, data.byteLength - o)));
+  return h.digest('hex');
 }
 
 /** FNV-1a of a layer name: per-layer seeds independent of processing order (resumed and sharded runs agree). */
@@ -374,10 +383,9 @@ export async function reduceHessianChunks(
     }
     for (const [input, acc] of accs) {
       const h = finalizeHessian(acc, options.damping === undefined ? {} : { damping: options.damping });
-      const bytes = bytesOf(h.data);
-      const sha = sha256Hex(bytes);
+      const sha = sha256Hex(h.data);
       const file = join('hessians', `${sha}.f64`);
-      if (!(await exists(join(workDir, file)))) await atomicWriteFile(join(workDir, file), bytes);
+      if (!(await exists(join(workDir, file)))) await atomicWriteFile(join(workDir, file), h.data);
       refs.set(hessianKey(b, input), { file, sha256: sha, n: acc.n });
     }
   }
@@ -541,26 +549,23 @@ async function loadHessian(workDir: string, job: MatrixJob): Promise<Tensor<'f64
   const ref = job.hessian;
   if (!ref) return null;
   const path = join(workDir, ref.file);
-  let buf: Buffer;
+  // readWholeFile, not readFile: Node's readFile refuses files over 2 GiB (a 23170² f64 Hessian and up)
+  let buf: ArrayBuffer;
   try {
-    buf = await readFile(path);
+    buf = await readWholeFile(path);
   } catch (e) {
-    const code = (e as { code?: string }).code;
-    throw new CalderaError(
-      code === 'ENOENT' ? 'E_MISSING' : 'E_IO',
-      `job ${job.name}: Hessian ${path} cannot be read (${code})`,
-      { cause: e },
-    );
+    const err = toCalderaError(e, `reading ${path}`);
+    throw new CalderaError(err.code, `job ${job.name}: Hessian ${path} cannot be read (${err.message})`, {
+      cause: e,
+    });
   }
-  if (buf.length !== ref.n * ref.n * 8 || sha256Hex(buf) !== ref.sha256) {
+  if (buf.byteLength !== ref.n * ref.n * 8 || sha256Hex(buf) !== ref.sha256) {
     throw new CalderaError(
       'E_FORMAT',
-      `job ${job.name}: Hessian ${path} is corrupted (${buf.length} bytes, sha256 does not match the manifest)`,
+      `job ${job.name}: Hessian ${path} is corrupted (${buf.byteLength} bytes, sha256 does not match the manifest)`,
     );
   }
-  const data = new Float64Array(ref.n * ref.n);
-  bytesOf(data).set(buf);
-  return tensor('f64', [ref.n, ref.n], data);
+  return tensor('f64', [ref.n, ref.n], new Float64Array(buf));
 }
 
 /**
