@@ -1,5 +1,4 @@
-import { CalderaError } from '@caldera/core';
-import { assertObject } from '@caldera/linalg';
+import { assertObject, CalderaError } from '@caldera/core';
 
 /** A weight matrix to be decomposed: `m` outputs × `n` inputs. */
 export interface LayerShape {

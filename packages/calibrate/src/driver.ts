@@ -1,5 +1,4 @@
-import { CalderaError, type Tensor } from '@caldera/core';
-import { assertFunction, assertObject } from '@caldera/linalg';
+import { assertFunction, assertObject, CalderaError, type Tensor } from '@caldera/core';
 import { yieldAndCheckAbort } from './abort.js';
 import { captureBlock } from './capture.js';
 import { finalizeHessian, HessianAccumulator } from './hessian.js';

@@ -1,5 +1,4 @@
-import { CalderaError, tensor, type Tensor } from '@caldera/core';
-import { assertObject } from '@caldera/linalg';
+import { assertObject, CalderaError, tensor, type Tensor } from '@caldera/core';
 
 /** Options for {@link finalizeHessian}. */
 export interface HessianOptions {

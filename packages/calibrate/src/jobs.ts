@@ -2,6 +2,8 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
 import {
+  assertFunction,
+  assertObject,
   atomicWriteFile,
   CalderaError,
   cast,
@@ -16,7 +18,7 @@ import {
   type CalderaLayerMeta,
   type Tensor,
 } from '@caldera/core';
-import { assertFunction, assertObject, type Pool } from '@caldera/linalg';
+import { type Pool } from '@caldera/linalg';
 import { caldera, toCheckpointTensors, type CalderaOptions } from '@caldera/lowrank';
 import { captureBlock } from './capture.js';
 import type { LayerResult } from './driver.js';

@@ -1,5 +1,4 @@
-import { CalderaError, Rng } from '@caldera/core';
-import { assertObject } from '@caldera/linalg';
+import { assertObject, CalderaError, Rng } from '@caldera/core';
 
 /** Options for {@link sampleWindows}. */
 export interface WindowOptions {

@@ -53,3 +53,82 @@ export function throwIfAborted(signal: AbortSignal | undefined, what = 'operatio
     throw new CalderaError('E_ABORTED', `${what} was aborted`, { cause: signal.reason });
   }
 }
+
+/**
+ * What a value given in place of an argument is, for an error message: `'null'`, `'undefined'`,
+ * `'an empty string'`, `'an array'`, `'an object'`, or `'a '` + its `typeof` (`'a number'`, `'a string'`,
+ * `'a boolean'`, `'a function'`, `'a bigint'`, `'a symbol'`). Typed arrays and other non-array objects are
+ * `'an object'`.
+ * @example
+ * throw new CalderaError('E_VALUE', `f: x must be an array, got ${describeValue(x)}`); // … got null
+ */
+export function describeValue(v: unknown): string {
+  if (v === null) return 'null';
+  if (v === undefined) return 'undefined';
+  if (v === '') return 'an empty string';
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'object') return 'an object';
+  return `a ${typeof v}`;
+}
+
+/**
+ * Throw `E_VALUE` unless `x` is an object (not `null`; arrays, typed arrays and functions count): the check of a
+ * required object argument — a typed array, an options or descriptor object, a tensor whose parts are checked later —
+ * so that `null` or `undefined` in its place is a `CalderaError` naming the routine and the argument, e.g.
+ * `E_VALUE: e8pEncode: x must be an array of numbers, got null`, instead of a `TypeError` from its first use.
+ * What was given is said by {@link describeValue} (`null`, `undefined`, `a number`, …).
+ * @param x        the argument
+ * @param fn       routine name for the message (e.g. `'e8pEncode'`)
+ * @param name     argument name for the message (e.g. `'x'`)
+ * @param expected what the argument must be, for the message. Default `'an object'`.
+ * @example
+ * assertObject(options, 'uniformQuantizer', 'options');
+ */
+export function assertObject(
+  x: unknown,
+  fn: string,
+  name: string,
+  expected = 'an object',
+): asserts x is object {
+  if (x === null || (typeof x !== 'object' && typeof x !== 'function')) {
+    throw new CalderaError('E_VALUE', `${fn}: ${name} must be ${expected}, got ${describeValue(x)}`);
+  }
+}
+
+/**
+ * Throw `E_VALUE` unless `x` is a function: {@link assertObject} for a required callback, e.g.
+ * `E_VALUE: fromCheckpointTensors: get must be a function, got null`.
+ * @param x    the argument
+ * @param fn   routine name for the message
+ * @param name argument name for the message
+ */
+export function assertFunction(
+  x: unknown,
+  fn: string,
+  name: string,
+): asserts x is (...args: never[]) => unknown {
+  if (typeof x !== 'function') {
+    throw new CalderaError('E_VALUE', `${fn}: ${name} must be a function, got ${describeValue(x)}`);
+  }
+}
+
+/**
+ * Throw `E_VALUE` unless `x` is a string other than `''`: the check of a required name, path or URL argument, e.g.
+ * `E_VALUE: loadModel: the model directory must be a non-empty string, got undefined` (or `…, got an empty string`).
+ * @param x        the argument
+ * @param fn       routine name for the message (e.g. `'loadModel'`)
+ * @param name     argument name for the message (e.g. `'the model directory'`)
+ * @param expected what the argument must be, for the message. Default `'a non-empty string'`.
+ * @example
+ * assertNonEmptyString(dir, 'loadModel', 'the model directory', 'a path (a non-empty string)');
+ */
+export function assertNonEmptyString(
+  x: unknown,
+  fn: string,
+  name: string,
+  expected = 'a non-empty string',
+): asserts x is string {
+  if (typeof x !== 'string' || x === '') {
+    throw new CalderaError('E_VALUE', `${fn}: ${name} must be ${expected}, got ${describeValue(x)}`);
+  }
+}

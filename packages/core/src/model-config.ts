@@ -2,7 +2,7 @@
  * Model configuration read from a Hugging Face `config.json` (docs/architecture.md, "Model conventions"): the one
  * parser of @caldera/runtime-node and @caldera/runtime-webgpu (and of the CLI through them).
  */
-import { CalderaError } from './errors.js';
+import { CalderaError, describeValue } from './errors.js';
 
 /** The architecture parameters the runtime needs, read from a Hugging Face `config.json`. */
 export interface ModelConfig {
@@ -182,11 +182,9 @@ export function stopTokenIdsOf(
     throw new CalderaError(
       'E_VALUE',
       `stopTokenIdsOf: config must be a parsed config.json (parseModelConfig), got ${
-        config === null
-          ? 'null'
-          : typeof config === 'object'
-            ? 'an object without eosTokenIds'
-            : typeof config
+        config !== null && typeof config === 'object'
+          ? 'an object without eosTokenIds'
+          : describeValue(config)
       }`,
     );
   const ids = tokenIdList((generationConfig as { eos_token_id?: unknown } | null)?.eos_token_id);

@@ -86,7 +86,7 @@ describe('checkPerplexityArgs (the runtimes’ shared argument checks)', () => {
     for (const [tokens, got] of [
       [null, 'null'],
       [undefined, 'undefined'],
-      [5, 'number'],
+      [5, 'a number'],
     ] as const)
       fails(
         () => checkPerplexityArgs(tokens as unknown as number[], {}, limit),

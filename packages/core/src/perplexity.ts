@@ -2,7 +2,7 @@
  * The shared scoring of the runtimes' `perplexity`: the checks of its arguments, which windows of a text run and
  * which of their positions are scored, and the negative log-likelihood of one token from a row of logits.
  */
-import { CalderaError } from './errors.js';
+import { CalderaError, describeValue } from './errors.js';
 
 /** The window options of the runtimes' `perplexity` (each runtime's own options add `signal` and `onProgress`). */
 export interface PerplexityWindowOptions {
@@ -37,7 +37,7 @@ export function checkPerplexityArgs(
   if (tokens === null || typeof tokens !== 'object' || typeof tokens.length !== 'number')
     throw new CalderaError(
       'E_VALUE',
-      `perplexity: tokens must be an array of token ids, got ${tokens === null ? 'null' : typeof tokens}`,
+      `perplexity: tokens must be an array of token ids, got ${describeValue(tokens)}`,
     );
   const context = options?.context ?? limit.defaultContext;
   const stride = options?.stride ?? context;

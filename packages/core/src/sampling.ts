@@ -1,4 +1,4 @@
-import { CalderaError } from './errors.js';
+import { CalderaError, describeValue } from './errors.js';
 import { Rng } from './rng.js';
 
 /** Options of the runtimes' `generate()` (runtime-node and runtime-webgpu share them). Defaults: greedy decoding of up to 64 tokens. */
@@ -201,7 +201,7 @@ export class GenerationRules {
     if (prompt === null || typeof prompt !== 'object' || typeof prompt.length !== 'number')
       throw new CalderaError(
         'E_VALUE',
-        `generate: the prompt must be an array of token ids, got ${prompt === null ? 'null' : typeof prompt}`,
+        `generate: the prompt must be an array of token ids, got ${describeValue(prompt)}`,
       );
     if (prompt.length === 0) throw new CalderaError('E_VALUE', 'generate: empty prompt');
     options ??= {}; // from JavaScript: null options are none

@@ -128,52 +128,6 @@ export function assertFiniteMatrix(t: Tensor, fn: string, name: string): void {
   }
 }
 
-/**
- * Throw `E_VALUE` unless `x` is an object (not `null`; arrays, typed arrays and functions count): the check of a
- * required object argument — a typed array, an options or descriptor object, a tensor whose parts are checked later —
- * so that `null` or `undefined` in its place is a `CalderaError` naming the routine and the argument, e.g.
- * `E_VALUE: e8pEncode: x must be an array of numbers, got null`, instead of a `TypeError` from its first use.
- * @param x        the argument
- * @param fn       routine name for the message (e.g. `'e8pEncode'`)
- * @param name     argument name for the message (e.g. `'x'`)
- * @param expected what the argument must be, for the message. Default `'an object'`.
- * @example
- * assertObject(options, 'uniformQuantizer', 'options');
- */
-export function assertObject(
-  x: unknown,
-  fn: string,
-  name: string,
-  expected = 'an object',
-): asserts x is object {
-  if (x === null || (typeof x !== 'object' && typeof x !== 'function')) {
-    throw new CalderaError(
-      'E_VALUE',
-      `${fn}: ${name} must be ${expected}, got ${x === null ? 'null' : typeof x}`,
-    );
-  }
-}
-
-/**
- * Throw `E_VALUE` unless `x` is a function: {@link assertObject} for a required callback, e.g.
- * `E_VALUE: fromCheckpointTensors: get must be a function, got null`.
- * @param x    the argument
- * @param fn   routine name for the message
- * @param name argument name for the message
- */
-export function assertFunction(
-  x: unknown,
-  fn: string,
-  name: string,
-): asserts x is (...args: never[]) => unknown {
-  if (typeof x !== 'function') {
-    throw new CalderaError(
-      'E_VALUE',
-      `${fn}: ${name} must be a function, got ${x === null ? 'null' : typeof x}`,
-    );
-  }
-}
-
 /** Throw `E_VALUE` unless `x` is a finite number. */
 export function assertFiniteScalar(x: unknown, fn: string, name: string): asserts x is number {
   if (typeof x !== 'number' || !Number.isFinite(x)) {

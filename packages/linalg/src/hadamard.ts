@@ -9,8 +9,8 @@
  * these K is supported — e.g. 11 008 = 172·64 (Llama-2-7B), 5 632 = 44·128 (TinyLlama), 4 864 = 76·64 (Qwen2-0.5B),
  * 18 944 = 148·128 (Qwen2-7B), 14 336 = 28·512; other sizes are padded by callers to {@link nextHadamardSize}.
  */
-import { CalderaError, type Matrix, type Tensor } from '@caldera/core';
-import { assertCount, assertFiniteScalar, assertMatrix, assertObject, newMatrix } from './check.js';
+import { assertObject, CalderaError, type Matrix, type Tensor } from '@caldera/core';
+import { assertCount, assertFiniteScalar, assertMatrix, newMatrix } from './check.js';
 
 /** The orders K > 1 with a construction here, largest first (the search order for a size n). */
 export const HADAMARD_BASE_ORDERS: readonly number[] = [

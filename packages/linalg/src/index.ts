@@ -27,4 +27,4 @@ export { eigh, type Eigh, type EighOptions } from './eigh.js';
 export { svd, type Svd, type SvdOptions } from './svd.js';
 export { lstsq, pinv, type Lstsq, type LstsqOptions } from './lstsq.js';
 export { sqrtmSym, invSqrtmSym, type SqrtmOptions } from './sqrtm.js';
-export { assertFunction, assertMatrix, assertObject, type FloatDType } from './check.js';
+export { assertMatrix, type FloatDType } from './check.js';

@@ -3,8 +3,8 @@
  * symmetric eigensolver for the l×l core and modified Gram–Schmidt orthonormalisation. The large products run on
  * the gemm kernels; everything of size l = k + oversample is done in f64.
  */
-import { CalderaError, Rng, type Matrix, type Tensor } from '@caldera/core';
-import { assertCount, assertFiniteMatrix, assertMatrix, assertObject } from './check.js';
+import { assertObject, CalderaError, Rng, type Matrix, type Tensor } from '@caldera/core';
+import { assertCount, assertFiniteMatrix, assertMatrix } from './check.js';
 import { gemm } from './gemm.js';
 import type { Pool } from './pool/pool.js';
 import { svdBuf } from './svd.js';

@@ -1,5 +1,4 @@
-import { CalderaError } from '@caldera/core';
-import { assertObject } from '@caldera/linalg';
+import { assertObject, CalderaError } from '@caldera/core';
 import {
   E8P_OPT_SCALE,
   e8pDecode,

@@ -1,4 +1,6 @@
 import {
+  assertFunction,
+  assertObject,
   assertFinite,
   CalderaError,
   expectedCalderaTensors,
@@ -10,7 +12,7 @@ import {
   type CalderaLayerMeta,
   type Tensor,
 } from '@caldera/core';
-import { assertFunction, assertObject, hadamardRowsInPlace } from '@caldera/linalg';
+import { hadamardRowsInPlace } from '@caldera/linalg';
 import { codecBits, codecName, latticeDecode, type FactorBits, type LatticeCodes } from './codec.js';
 import { unrotateWeight } from './rotate.js';
 

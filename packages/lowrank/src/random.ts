@@ -1,5 +1,4 @@
-import type { Rng } from '@caldera/core';
-import { assertObject } from '@caldera/linalg';
+import { assertObject, type Rng } from '@caldera/core';
 import { latticeRound } from './codec.js';
 import type { Decomposition } from './decomposition.js';
 import { paddedSize } from './rotate.js';

@@ -1,5 +1,5 @@
-import { CalderaError, Rng, type Tensor } from '@caldera/core';
-import { assertObject, hadamardRowsInPlace, hadamardSupported } from '@caldera/linalg';
+import { assertObject, CalderaError, Rng, type Tensor } from '@caldera/core';
+import { hadamardRowsInPlace, hadamardSupported } from '@caldera/linalg';
 
 /**
  * The padded size CALDERA works at: supported by the Hadamard transform (when used) and a multiple of 8. `n` must be

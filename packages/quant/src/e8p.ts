@@ -1,5 +1,4 @@
-import { CalderaError } from '@caldera/core';
-import { assertObject } from '@caldera/linalg';
+import { assertObject, CalderaError } from '@caldera/core';
 import { e8pEncodeInto, type E8PEncodeTables } from './e8p-encode.js';
 import { e8pEncodeWasmInto, wasmEncoderReady } from './e8p-encode-wasm.js';
 

@@ -5,8 +5,7 @@
  * is zero), so it dequantizes to zeros. `inputScale` is the codec's MSE-optimal input RMS for
  * Gaussian data: 1.03 for E8P12, 1.0 for RVQ4 (how CALDERA feeds L and R), 0.98 for RVQ3.
  */
-import { CalderaError, tensor, type Tensor } from '@caldera/core';
-import { assertObject } from '@caldera/linalg';
+import { assertObject, CalderaError, tensor, type Tensor } from '@caldera/core';
 import { E8P_OPT_SCALE, e8pDecode, e8pEncode } from './e8p.js';
 import {
   checkDescriptor,

@@ -1,5 +1,13 @@
-import { CalderaError, isCalderaError, throwIfAborted, toF32, type Matrix, type Tensor } from '@caldera/core';
-import { assertMatrix, assertObject, blockLDL, gemmInto, type BlockLDL, type Pool } from '@caldera/linalg';
+import {
+  assertObject,
+  CalderaError,
+  isCalderaError,
+  throwIfAborted,
+  toF32,
+  type Matrix,
+  type Tensor,
+} from '@caldera/core';
+import { assertMatrix, blockLDL, gemmInto, type BlockLDL, type Pool } from '@caldera/linalg';
 import { allocPlanes, e8pRounder, type CodePlane, type GroupRounder } from './rounder.js';
 
 /** Options of {@link ldlq}. */

@@ -3,8 +3,7 @@
  * placed at quantiles of N(0, 1), one exact zero, M − 1 negative and M positive levels (M = 2^(b−1)); values are
  * divided by their group's absmax and rounded to the nearest level. Code = level index (ascending), u8.
  */
-import { CalderaError, tensor, type Tensor } from '@caldera/core';
-import { assertObject } from '@caldera/linalg';
+import { assertObject, CalderaError, tensor, type Tensor } from '@caldera/core';
 import {
   checkDescriptor,
   checkQuantizedLengths,

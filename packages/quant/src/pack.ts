@@ -8,8 +8,7 @@
  * E8P12 codes are 16 bits per 8 weights and are stored unpacked as little-endian u16 (`packBits(codes, 16)`
  * gives exactly those bytes).
  */
-import { CalderaError } from '@caldera/core';
-import { assertObject } from '@caldera/linalg';
+import { assertObject, CalderaError } from '@caldera/core';
 
 function checkBits(bits: number, what: string): void {
   if (!Number.isInteger(bits) || bits < 1 || bits > 16) {

@@ -3,8 +3,7 @@
  * them), then LDLQ rounds the feedback-corrected values on that fixed grid. The LDLQ codes together with the
  * returned `params` form a `QuantizedTensor` the quantizer's `dequantize` accepts.
  */
-import { CalderaError, type Tensor } from '@caldera/core';
-import { assertObject } from '@caldera/linalg';
+import { assertObject, CalderaError, type Tensor } from '@caldera/core';
 import { latticeScales } from './lattice-quantizer.js';
 import { nfLevels } from './normal-float.js';
 import {

@@ -2,8 +2,7 @@
  * The `Quantizer` interface shared by every codec (uniform, NormalFloat, E8P12 and its RVQ variants), the JSON
  * descriptors that identify them, and the grouping rule of the scalar codecs.
  */
-import { CalderaError, contiguous, toF32, type Tensor } from '@caldera/core';
-import { assertObject } from '@caldera/linalg';
+import { assertObject, CalderaError, contiguous, toF32, type Tensor } from '@caldera/core';
 import type { CodePlane } from './rounder.js';
 
 /** Which values share one scale (scalar codecs). */

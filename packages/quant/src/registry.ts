@@ -1,5 +1,4 @@
-import { CalderaError } from '@caldera/core';
-import { assertObject } from '@caldera/linalg';
+import { assertObject, CalderaError } from '@caldera/core';
 import { latticeQuantizer } from './lattice-quantizer.js';
 import { normalFloatQuantizer } from './normal-float.js';
 import type { Quantizer, QuantizerDescriptor } from './quantizer.js';

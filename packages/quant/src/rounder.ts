@@ -3,7 +3,7 @@
  * of a matrix row (one column group, all rows at once) to codewords of a fixed codebook, writing the
  * dequantized values and one code per group per stage ("plane").
  */
-import { assertObject } from '@caldera/linalg';
+import { assertObject } from '@caldera/core';
 import { E8P_DIM, e8pDecode, e8pEncode } from './e8p.js';
 import { rvqDecode, rvqEncode } from './rvq.js';
 

@@ -1,5 +1,4 @@
-import { CalderaError } from '@caldera/core';
-import { assertObject } from '@caldera/linalg';
+import { assertObject, CalderaError } from '@caldera/core';
 import { e8pDecode, e8pEncode } from './e8p.js';
 
 /**

@@ -4,8 +4,7 @@
  * per channel (first axis) or per group of any size along the last axes; round to nearest or stochastic rounding
  * (unbiased, seeded).
  */
-import { CalderaError, Rng, tensor, type Tensor } from '@caldera/core';
-import { assertObject } from '@caldera/linalg';
+import { assertObject, CalderaError, Rng, tensor, type Tensor } from '@caldera/core';
 import {
   checkDescriptor,
   checkQuantizedLengths,

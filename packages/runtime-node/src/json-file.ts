@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { CalderaError } from '@caldera/core';
+import { assertNonEmptyString, CalderaError } from '@caldera/core';
 
 /**
  * The parsed JSON of the file at `path`: `E_IO` when it cannot be read, `E_FORMAT` naming it when it is not valid JSON.
@@ -22,14 +22,10 @@ export async function readJsonFile(path: string, options: { optional?: boolean }
 
 /**
  * `E_VALUE` unless `path` is a non-empty string (a loader given null, undefined or an object would otherwise fail with
- * Node's TypeError from deep inside, or read a file named `null`). `fn` and `what` name the argument.
+ * Node's TypeError from deep inside, or read a file named `null`): core's `assertNonEmptyString` with the wording
+ * `fn: what must be a path (a non-empty string), got …` (`null`, `undefined`, `an object`, `an empty string`, …).
+ * `fn` and `what` name the argument.
  */
 export function checkPathArgument(path: unknown, fn: string, what: string): asserts path is string {
-  if (typeof path !== 'string' || path === '')
-    throw new CalderaError(
-      'E_VALUE',
-      `${fn}: ${what} must be a path (a non-empty string), got ${
-        path === null ? 'null' : typeof path === 'string' ? 'an empty string' : typeof path
-      }`,
-    );
+  assertNonEmptyString(path, fn, what, 'a path (a non-empty string)');
 }

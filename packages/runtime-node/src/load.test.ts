@@ -261,7 +261,7 @@ describe('loadModel', () => {
     for (const [dir, got] of [
       [null, 'null'],
       [undefined, 'undefined'],
-      [{}, 'object'],
+      [{}, 'an object'],
       ['', 'an empty string'],
     ] as const) {
       await expect(loadModel(dir as unknown as string)).rejects.toThrow(

@@ -1,5 +1,7 @@
 import {
   assertNoCalderaTensorsWithoutMeta,
+  assertNonEmptyString,
+  assertObject,
   blobSource,
   blockLinearNames,
   CalderaError,
@@ -28,7 +30,7 @@ import {
   watchDeviceLost,
   type CalderaDevice,
 } from './device.js';
-import { checkDeviceArgument, checkObjectArgument, checkStringArgument } from './args.js';
+import { checkDeviceArgument } from './args.js';
 import type { GpuMatrix } from './kernels/index.js';
 import {
   createCalderaLinears,
@@ -227,8 +229,8 @@ export async function loadModelFromStore(
   options: LoadOptions = {},
 ): Promise<LoadedWebGpuModel> {
   checkDeviceArgument(dev, 'loadModelFromStore');
-  checkObjectArgument(source, 'loadModelFromStore', 'source');
-  checkObjectArgument(source.store, 'loadModelFromStore', 'source.store');
+  assertObject(source, 'loadModelFromStore', 'source');
+  assertObject(source.store, 'loadModelFromStore', 'source.store');
   options ??= {}; // from JavaScript: null options are none
   watchDeviceLost(dev.device);
   checkDeviceAlive(dev, 'loading a model');
@@ -394,7 +396,7 @@ export async function loadModel(
   options: LoadOptions = {},
 ): Promise<LoadedWebGpuModel> {
   checkDeviceArgument(dev, 'loadModel');
-  checkStringArgument(dir, 'loadModel', 'the model directory');
+  assertNonEmptyString(dir, 'loadModel', 'the model directory');
   options ??= {}; // from JavaScript: null options are none
   const fs = (await nodeImport('fs/promises')) as Fs;
   const json = async (file: string, optional: boolean): Promise<unknown> => {
@@ -524,7 +526,7 @@ export async function loadModelFromUrl(
   options: UrlLoadOptions = {},
 ): Promise<LoadedWebGpuModel> {
   checkDeviceArgument(dev, 'loadModelFromUrl');
-  checkStringArgument(base, 'loadModelFromUrl', 'the base URL');
+  assertNonEmptyString(base, 'loadModelFromUrl', 'the base URL');
   options ??= {}; // from JavaScript: null options are none
   const f = options.fetch ?? globalThis.fetch;
   const root = base.endsWith('/') ? base : `${base}/`;
@@ -702,7 +704,7 @@ export async function loadModelFromBuffer(
   options: LoadOptions = {},
 ): Promise<LoadedWebGpuModel> {
   checkDeviceArgument(dev, 'loadModelFromBuffer');
-  checkObjectArgument(parts, 'loadModelFromBuffer', 'parts');
+  assertObject(parts, 'loadModelFromBuffer', 'parts');
   options ??= {}; // from JavaScript: null options are none
   // (weights that are not bytes or a Blob: E_VALUE from openSafetensors)
   const store = await openSafetensors(parts.weights, 'model.safetensors');

@@ -1,4 +1,4 @@
-import { CalderaError, ropeInvFreq, type ModelConfig } from '@caldera/core';
+import { assertObject, CalderaError, ropeInvFreq, type ModelConfig } from '@caldera/core';
 import {
   BufferUsage,
   checkDeviceAlive,
@@ -29,7 +29,7 @@ import {
   type ScratchNeeds,
 } from './linear.js';
 import { prefillThrough } from './prefill.js';
-import { checkDeviceArgument, checkObjectArgument } from './args.js';
+import { checkDeviceArgument } from './args.js';
 
 /** One transformer block's weights on the GPU. */
 export interface GpuBlockWeights {
@@ -206,8 +206,8 @@ export class WebGpuModel {
     options: WebGpuModelOptions = {},
   ) {
     checkDeviceArgument(dev, 'WebGpuModel');
-    checkObjectArgument(config, 'WebGpuModel', 'config');
-    checkObjectArgument(weights, 'WebGpuModel', 'weights');
+    assertObject(config, 'WebGpuModel', 'config');
+    assertObject(weights, 'WebGpuModel', 'weights');
     options ??= {}; // from JavaScript: null options are none
     const cfg = config;
     watchDeviceLost(dev.device);

@@ -1,5 +1,5 @@
 import type { DType } from '../dtype.js';
-import { CalderaError } from '../errors.js';
+import { CalderaError, describeValue } from '../errors.js';
 import type { CalderaCheckpointMeta, CalderaLayerMeta } from './meta.js';
 import { calderaTensorName, parseCalderaTensorName, type CalderaTensorPart } from './names.js';
 
@@ -21,9 +21,6 @@ const hasResidual = (codec: string) => codec.includes('rvq');
 /** The residual plane of an RVQ codec: 4-bit codes are u16 (E8P12), 3-bit codes u8 (E81B). */
 const residualDType = (codec: string): DType => (codec.includes('rvq3') ? 'u8' : 'u16');
 
-/** What a value given in place of an object is, for a message: `null`, `undefined`, `a number`, … */
-const describe = (v: unknown) => (v === null ? 'null' : v === undefined ? 'undefined' : `a ${typeof v}`);
-
 /**
  * The tensors the checkpoint format (version 1) requires for one compressed layer. `E_VALUE` when `layer` is not
  * an object (an entry of a parsed `caldera.json`'s `layers`).
@@ -32,7 +29,7 @@ export function expectedCalderaTensors(prefix: string, layer: CalderaLayerMeta):
   if (layer === null || typeof layer !== 'object')
     throw new CalderaError(
       'E_VALUE',
-      `expectedCalderaTensors: the layer of '${prefix}' must be its caldera.json entry, got ${describe(layer)}`,
+      `expectedCalderaTensors: the layer of '${prefix}' must be its caldera.json entry, got ${describeValue(layer)}`,
     );
   const [mp, np] = layer.padded;
   const kq = layer.rank - layer.ftRank;
@@ -86,13 +83,15 @@ export function validateCalderaCheckpoint(
     throw new CalderaError(
       'E_VALUE',
       `validateCalderaCheckpoint: meta must be a parsed caldera.json with its layers (see parseCalderaMeta), got ${
-        meta === null || typeof meta !== 'object' ? describe(meta) : `layers ${describe(meta.layers)}`
+        meta === null || typeof meta !== 'object'
+          ? describeValue(meta)
+          : `layers ${describeValue(meta.layers)}`
       }`,
     );
   if (tensors === null || typeof tensors !== 'object')
     throw new CalderaError(
       'E_VALUE',
-      `validateCalderaCheckpoint: tensors must be a Map or a record of tensor names to dtype and shape, got ${describe(tensors)}`,
+      `validateCalderaCheckpoint: tensors must be a Map or a record of tensor names to dtype and shape, got ${describeValue(tensors)}`,
     );
   const map: ReadonlyMap<string, TensorSignature> =
     tensors instanceof Map ? tensors : new Map(Object.entries(tensors as Record<string, TensorSignature>));

@@ -1,5 +1,5 @@
 import { arrayCtor, dtypeSize, type DType } from '../dtype.js';
-import { CalderaError } from '../errors.js';
+import { CalderaError, describeValue } from '../errors.js';
 import { ioChunkBytes, readRange } from '../io-chunks.js';
 import type { Tensor } from '../tensor.js';
 import { contiguousStrides } from '../tensor.js';
@@ -187,7 +187,7 @@ export async function openSafetensors(input: SafetensorsInput, name?: string): P
     throw new CalderaError(
       'E_VALUE',
       `openSafetensors: ${name ?? 'the input'} must be a path, an ArrayBuffer or byte view, a Blob or a ByteSource, ` +
-        `got ${input === null ? 'null' : typeof input === 'object' ? 'an object without read and close' : typeof input}`,
+        `got ${input !== null && typeof input === 'object' ? 'an object without read and close' : describeValue(input)}`,
     );
   return SafetensorsReader.fromSource(source);
 }

@@ -139,7 +139,7 @@ describe('round trips', () => {
     for (const [input, got] of [
       [null, 'null'],
       [undefined, 'undefined'],
-      [5, 'number'],
+      [5, 'a number'],
       [{ name: 'x', size: 3 }, 'an object without read and close'],
     ] as const)
       await expect(openSafetensors(input as unknown as Uint8Array, 'w.safetensors')).rejects.toThrow(

@@ -1,0 +1,91 @@
+import { describe, expect, it } from 'vitest';
+import {
+  assertFunction,
+  assertNonEmptyString,
+  assertObject,
+  CalderaError,
+  describeValue,
+  isCalderaError,
+} from './index.js';
+
+describe('describeValue', () => {
+  it('says what a value given in place of an argument is', () => {
+    for (const [v, want] of [
+      [null, 'null'],
+      [undefined, 'undefined'],
+      ['', 'an empty string'],
+      ['x', 'a string'],
+      [[], 'an array'],
+      [[1, 2], 'an array'],
+      [{}, 'an object'],
+      [new Float32Array(2), 'an object'],
+      [3, 'a number'],
+      [Number.NaN, 'a number'],
+      [true, 'a boolean'],
+      [10n, 'a bigint'],
+      [Symbol('s'), 'a symbol'],
+      [() => 0, 'a function'],
+    ] as const)
+      expect(describeValue(v)).toBe(want);
+  });
+});
+
+describe('argument checks', () => {
+  const value = (f: () => void, message: RegExp) => {
+    expect(f).toThrow(CalderaError);
+    expect(f).toThrow(message);
+    try {
+      f();
+    } catch (e) {
+      expect(isCalderaError(e, 'E_VALUE')).toBe(true);
+    }
+  };
+
+  it('assertObject turns a missing argument into E_VALUE naming the routine and argument', () => {
+    for (const ok of [{}, [], new Float64Array(1), () => 0])
+      expect(() => assertObject(ok, 'f', 'x')).not.toThrow();
+    value(
+      () => assertObject(null, 'e8pEncode', 'x', 'an array of numbers'),
+      /^E_VALUE: e8pEncode: x must be an array of numbers, got null$/,
+    );
+    value(
+      () => assertObject(undefined, 'f', 'options'),
+      /^E_VALUE: f: options must be an object, got undefined$/,
+    );
+    value(() => assertObject(3, 'f', 'x'), /^E_VALUE: f: x must be an object, got a number$/);
+    value(() => assertObject('', 'f', 'x'), /^E_VALUE: f: x must be an object, got an empty string$/);
+  });
+
+  it('assertFunction turns a missing callback into E_VALUE naming the routine and argument', () => {
+    expect(() => assertFunction(() => 0, 'f', 'get')).not.toThrow();
+    for (const [bad, got] of [
+      [null, 'null'],
+      [undefined, 'undefined'],
+      [{}, 'an object'],
+      [[], 'an array'],
+    ] as const)
+      value(
+        () => assertFunction(bad, 'fromCheckpointTensors', 'get'),
+        new RegExp(`^E_VALUE: fromCheckpointTensors: get must be a function, got ${got}$`),
+      );
+  });
+
+  it('assertNonEmptyString turns a missing or empty name into E_VALUE naming the routine and argument', () => {
+    expect(() => assertNonEmptyString('/m', 'loadModel', 'the model directory')).not.toThrow();
+    for (const [bad, got] of [
+      [null, 'null'],
+      [undefined, 'undefined'],
+      ['', 'an empty string'],
+      [{}, 'an object'],
+      [7, 'a number'],
+    ] as const)
+      value(
+        () => assertNonEmptyString(bad, 'loadModel', 'the model directory'),
+        new RegExp(`^E_VALUE: loadModel: the model directory must be a non-empty string, got ${got}$`),
+      );
+    value(
+      () => assertNonEmptyString(null, 'loadLlama2c', 'the checkpoint path', 'a path (a non-empty string)'),
+      /^E_VALUE: loadLlama2c: the checkpoint path must be a path \(a non-empty string\), got null$/,
+    );
+  });
+});
