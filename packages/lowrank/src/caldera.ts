@@ -1,4 +1,5 @@
 import {
+  assertObject,
   CalderaError,
   f16ArrayToF32,
   f32ArrayToF16,
@@ -9,7 +10,7 @@ import {
   toF64,
   type Tensor,
 } from '@caldera/core';
-import { assertObject, cholesky, gemm, randomizedSvd, type Pool } from '@caldera/linalg';
+import { cholesky, gemm, randomizedSvd, svd as exactSvd, type Pool } from '@caldera/linalg';
 import { assertFiniteSymmetric, ldlq } from '@caldera/quant';
 import {
   latticeRound,
@@ -44,6 +45,19 @@ export interface CalderaOptions {
   hessianDowndate?: boolean;
   /** Power iterations of the randomized SVD (more = closer to the exact truncated SVD). Default 2. */
   svdPowerIters?: number;
+  /**
+   * How the rank-k truncated SVDs are computed (the LR step's SVD of `(W − Q)·M`, and the `hessianDowndate`'s SVD of
+   * `L·R·M`): `'randomized'` (`svdPowerIters` power iterations, 10 oversampling directions) or `'exact'`, linalg's full
+   * `svd` (QR + one-sided Jacobi, O(m·n·min(m, n)) per sweep, far slower on large layers) truncated to rank k, for
+   * which `svdPowerIters` is ignored. Default `'randomized'`.
+   */
+  svd?: 'randomized' | 'exact';
+  /**
+   * Relative diagonal damping δ: the decomposition fits against `H + δ·mean(diag H)·I`, added once to the H you pass
+   * (the paper's setting is 0.01). The reported `error`/`errors` (and the choice of the best iterate) are measured
+   * against the undamped H you passed. No effect when H is null (identity). Finite and ≥ 0. Default 0 (H as given).
+   */
+  damping?: number;
   /** Randomized Hadamard incoherence processing. Default true. */
   hadamard?: boolean;
   /** LDLQ block-coordinate refinement passes. Default 0. */
@@ -78,6 +92,8 @@ const DEFAULTS = {
   dataAwareLR: true,
   hessianDowndate: false,
   svdPowerIters: 2,
+  svd: 'randomized' as 'randomized' | 'exact',
+  damping: 0,
   hadamard: true,
   tuneIters: 0,
   seed: 0,
@@ -112,6 +128,20 @@ function checkOptions(o: typeof DEFAULTS, m: number, n: number): void {
   for (const key of ['lplrIters', 'tuneIters', 'svdPowerIters'] as const)
     if (!Number.isInteger(o[key]) || o[key] < 0) fail(`${key} ${o[key]} must be a non-negative integer`);
   if (!Number.isSafeInteger(o.seed)) fail(`seed ${o.seed} must be an integer`);
+  if (o.svd !== 'randomized' && o.svd !== 'exact')
+    fail(`svd ${String(o.svd)} must be 'randomized' or 'exact'`);
+  if (typeof o.damping !== 'number' || !Number.isFinite(o.damping) || o.damping < 0)
+    fail(`damping ${String(o.damping)} must be a finite number >= 0`);
+}
+
+/** H + δ·mean(diag H)·I for a contiguous n×n H (a copy; H itself is left alone). */
+function damped(h: Tensor<'f64'>, n: number, delta: number): Tensor<'f64'> {
+  const out = Float64Array.from(h.data);
+  let mean = 0;
+  for (let i = 0; i < n; i++) mean += out[i * n + i]!;
+  mean /= n;
+  for (let i = 0; i < n; i++) out[i * n + i]! += delta * mean;
+  return tensor('f64', [n, n], out);
 }
 
 /**
@@ -194,6 +224,7 @@ interface LowRank {
  * CALDERA (Saha et al., NeurIPS 2024): `W ≈ Q + L·R` with Q on a lattice codebook (LDLQ against H) and a quantized
  * low-rank pair fitted in the H-weighted norm, alternating and keeping the best iterate by the activation-aware
  * error `‖(Ŵ − W)H^½‖_F / ‖W H^½‖_F`. `W` is `m × n` (f32/f64), `H` is the `n × n` input Hessian (null: identity).
+ * With `damping` δ > 0 every step fits against `H + δ·mean(diag H)·I`, while the error stays measured against H.
  */
 export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {}): Decomposition {
   assertObject(w, 'caldera', 'W', 'a tensor');
@@ -225,6 +256,8 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   const g = rms(W0.data);
   const hd = h ? toF64(h) : null;
   if (hd) checkHessian(hd.data, n);
+  // the H every step fits against; the error is always measured against the caller's hd (see `damping`)
+  const hFit = hd && o.damping > 0 ? damped(hd, n, o.damping) : hd;
 
   const mp = paddedSize(m, o.hadamard);
   const np = paddedSize(n, o.hadamard);
@@ -234,7 +267,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   const Wr = rotateWeight(W0, mp, np, su, sv);
   const invG = g > 0 ? 1 / g : 0;
   for (let i = 0; i < Wr.length; i++) Wr[i]! *= invG;
-  const Hr = rotateHessian(hd, n, np, su);
+  const Hr = rotateHessian(hFit, n, np, su);
   const M = cholesky(tensor('f64', [np, np], Hr), { jitter: true, ...pool }).data;
   const Mf = mat(np, np, Float32Array.from(M));
   const HrT = tensor('f64', [np, np], Hr);
@@ -249,9 +282,10 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   // With padding, the rotated-domain norm would also count the padded rows and columns that reconstruct() crops away
   // (and weight the padded inputs, which are zero, by mean(diag H)): the error is then measured on the cropped
   // estimate against W and the caller's H. Without padding both are equal (the rotations are orthogonal), and the
-  // rotated form, which reuses the Cholesky factor, is kept.
-  const cropped = mp !== m || np !== n;
-  const Hc = cropped && hd ? mat(n, n, Float32Array.from(hd.data)) : null;
+  // rotated form, which reuses the Cholesky factor, is kept. With damping, the Cholesky factor is that of the damped H,
+  // so the error is measured in the original domain too, against the caller's undamped H.
+  const inOriginal = mp !== m || np !== n || hFit !== hd;
+  const Hc = inOriginal && hd ? mat(n, n, Float32Array.from(hd.data)) : null;
   const originalSq = (x: Float32Array): number => {
     // tr(x·H·xᵀ) for x m×n; f32 round-off can take it a hair below 0 when H is singular
     const xh = Hc ? gemm(mat(m, n, x), Hc, { checkFinite: false, ...pool }).data : x;
@@ -260,7 +294,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     return Math.max(0, s);
   };
   const errorSq = (rotated: Float32Array): number =>
-    cropped ? originalSq(unrotateWeight(rotated, mp, np, m, n, su, sv)) : weightedSq(rotated);
+    inOriginal ? originalSq(unrotateWeight(rotated, mp, np, m, n, su, sv)) : weightedSq(rotated);
   const den = errorSq(Wr);
   const relError = (est: Float32Array): number => {
     if (den === 0) return 0;
@@ -269,30 +303,39 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     return Math.sqrt(errorSq(d) / den);
   };
 
+  /** Rank-k truncated SVD of the mp×np matrix X: u mp×k, s (k), vt k×np, row-major f64. */
+  const truncatedSvd = (x: Mat, seed: number): { u: Float64Array; s: Float64Array; vt: Float64Array } => {
+    if (o.svd === 'randomized') {
+      const r = randomizedSvd(x, k, { seed, powerIters: o.svdPowerIters, ...pool });
+      return { u: r.u.data, s: r.s, vt: r.vt.data };
+    }
+    const r = exactSvd(x, o.signal ? { signal: o.signal } : {});
+    const c = r.s.length; // min(mp, np)
+    const u = new Float64Array(mp * k);
+    for (let i = 0; i < mp; i++) for (let j = 0; j < k; j++) u[i * k + j] = r.u.data[i * c + j]!;
+    return { u, s: r.s.slice(0, k), vt: r.vt.data.slice(0, k * np) };
+  };
+
   const lowRank = (A: Float32Array, t: number): LowRank => {
     // data-aware rank-k start: SVD of A·M (‖ΔH^½‖ = ‖ΔM‖ since MMᵀ = H), L₀ = U_k, R₀ = Σ_k V_kᵀ M⁻¹ (Eckart–Young)
     let L0: Float32Array; // mp × k
     let R0: Float32Array; // k × np
     if (o.dataAwareLR) {
       const Y = gemm(mat(mp, np, A), Mf, { checkFinite: false, ...pool });
-      const svd = randomizedSvd(Y, k, { seed: o.seed + 7919 * t, powerIters: o.svdPowerIters, ...pool });
-      L0 = Float32Array.from(svd.u.data);
+      const svd = truncatedSvd(Y, o.seed + 7919 * t);
+      L0 = Float32Array.from(svd.u);
       const B = new Float64Array(k * np);
       for (let i = 0; i < k; i++)
-        for (let j = 0; j < np; j++) B[i * np + j] = svd.s[i]! * svd.vt.data[i * np + j]!;
+        for (let j = 0; j < np; j++) B[i * np + j] = svd.s[i]! * svd.vt[i * np + j]!;
       R0 = rightSolveLower(B, k, M, np);
     } else {
-      const svd = randomizedSvd(mat(mp, np, A), k, {
-        seed: o.seed + 7919 * t,
-        powerIters: o.svdPowerIters,
-        ...pool,
-      });
+      const svd = truncatedSvd(mat(mp, np, A), o.seed + 7919 * t);
       L0 = new Float32Array(mp * k);
       R0 = new Float32Array(k * np);
       for (let i = 0; i < mp; i++)
-        for (let j = 0; j < k; j++) L0[i * k + j] = svd.u.data[i * k + j]! * Math.sqrt(svd.s[j]!);
+        for (let j = 0; j < k; j++) L0[i * k + j] = svd.u[i * k + j]! * Math.sqrt(svd.s[j]!);
       for (let i = 0; i < k; i++)
-        for (let j = 0; j < np; j++) R0[i * np + j] = Math.sqrt(svd.s[i]!) * svd.vt.data[i * np + j]!;
+        for (let j = 0; j < np; j++) R0[i * np + j] = Math.sqrt(svd.s[i]!) * svd.vt[i * np + j]!;
     }
     const H = o.dataAwareLR ? Hf : null;
     const product = (lt: Float32Array, r: Float32Array) =>
@@ -362,7 +405,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       const r = ldlq(mat(mp, np, x), hq, {
         quantizer: rounderFor(bits),
         tuneIters: o.tuneIters,
-        damping: 0,
+        damping: 0, // H already carries the `damping` option (added once, before the rotation)
         proxyLoss: false, // the decomposition measures its own error
         ...pool,
         ...(o.signal ? { signal: o.signal } : {}),
@@ -382,8 +425,8 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   const downdated = (lr: Float32Array): Tensor<'f64'> => {
     // H' = H − M·V_k·V_kᵀ·Mᵀ with V_k the top right singular vectors of (L·R)·M, then a damping repair
     const P = gemm(mat(mp, np, lr), Mf, { checkFinite: false, ...pool });
-    const svd = randomizedSvd(P, k, { seed: o.seed + 1, powerIters: o.svdPowerIters, ...pool });
-    const C = gemm(mat(k, np, Float32Array.from(svd.vt.data)), Mf, {
+    const svd = truncatedSvd(P, o.seed + 1);
+    const C = gemm(mat(k, np, Float32Array.from(svd.vt)), Mf, {
       transB: true,
       checkFinite: false,
       ...pool,
