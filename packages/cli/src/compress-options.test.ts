@@ -1,8 +1,11 @@
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { CalderaError } from '@caldera/core';
 import { referenceModelDir } from '@caldera/reference-model';
 import { loadModel, perplexity } from '@caldera/runtime-node';
+import { main } from './cli.js';
+import { loadModelShowing } from './commands/common.js';
 import { calibrationRowsWarning } from './commands/compress.js';
 import { fastCompressSetup, runCli, runUntil } from './test-cli.js';
 import { writeTinyModel } from './test-models.js';
@@ -99,18 +102,51 @@ describe('caldera compress --q-bits / --lr-bits', () => {
 });
 
 describe('caldera compress: the checkpoint keeps what a runtime needs of the source', () => {
-  it('copies the chat template, generation config and special tokens map', async () => {
+  it('copies the chat template, generation config, special and added tokens, merges (core MODEL_SIDE_FILES)', async () => {
     const { dir: src } = await writeTinyModel(join(tmp, 'chat'), { seed: 12 });
     const files: Record<string, string> = {
       'chat_template.jinja': "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}",
       'generation_config.json': JSON.stringify({ eos_token_id: [0, 7], do_sample: false }),
       'special_tokens_map.json': JSON.stringify({ bos_token: '<s>', eos_token: '</s>' }),
+      'added_tokens.json': JSON.stringify({ '<|im_end|>': 99 }),
+      'merges.txt': '#version: 0.2\nĠ t\n',
     };
     for (const [f, text] of Object.entries(files)) writeFileSync(join(src, f), text);
     const out = join(tmp, 'chat-out');
     const r = run(['compress', src, '--out', out, ...FAST, '--rank', '8']);
     expect(r.status, r.stderr).toBe(0);
     for (const [f, text] of Object.entries(files)) expect(readFileSync(join(out, f), 'utf8'), f).toBe(text);
+  }, 60_000);
+});
+
+describe('caldera compress: Ctrl-C while the model loads', () => {
+  afterEach(() => vi.restoreAllMocks());
+  it('loadModelShowing: an aborted load throws the signal’s reason, as the later phases do', async () => {
+    const reason = new CalderaError('E_ABORTED', 'interrupted');
+    await expect(
+      loadModelShowing(referenceModelDir(), { signal: AbortSignal.abort(reason) }, false),
+    ).rejects.toBe(reason);
+  });
+
+  it('SIGINT as soon as compress listens (before its load): "interrupted", nothing written, the listener removed', async () => {
+    const errors: string[] = [];
+    vi.spyOn(console, 'error').mockImplementation((...x: unknown[]) => void errors.push(x.join(' ')));
+    const { dir: src } = await writeTinyModel(join(tmp, 'sigint'), { seed: 15 });
+    const out = join(tmp, 'sigint-out');
+    const before = process.listenerCount('SIGINT');
+    const timer = setInterval(() => {
+      if (process.listenerCount('SIGINT') > before) {
+        clearInterval(timer);
+        process.emit('SIGINT');
+      }
+    }, 0);
+    const code = await main(['compress', src, '--out', out, ...FAST, '--rank', '8']);
+    clearInterval(timer);
+    expect(code).toBe(1);
+    expect(errors.join('\n')).toMatch(/caldera compress: E_ABORTED: interrupted/);
+    expect(existsSync(out)).toBe(false);
+    expect(existsSync(`${out}.partial`)).toBe(false);
+    expect(process.listenerCount('SIGINT')).toBe(before);
   }, 60_000);
 });
 

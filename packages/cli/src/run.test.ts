@@ -98,7 +98,7 @@ describe('caldera generate --chat', () => {
     const plain = run(['generate', dir, '--chat', '--prompt', 'hi', '--max-tokens', '2']);
     expect(plain.status).toBe(1);
     expect(plain.stderr).toMatch(
-      /E_UNSUPPORTED: --chat needs a model whose tokenizer_config\.json has a chat_template/,
+      /E_UNSUPPORTED: --chat needs a model with a chat template \(chat_template\.jinja, or chat_template in tokenizer_config\.json\); this one has none/,
     );
 
     const cfgFile = join(dir, 'tokenizer_config.json');

@@ -10,3 +10,4 @@ export * from './checkpoint/index.js';
 export * from './model-config.js';
 export * from './sampling.js';
 export * from './perplexity.js';
+export * from './model-files.js';

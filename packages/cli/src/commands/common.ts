@@ -1,9 +1,16 @@
-import { CalderaError, parseSafetensorsIndex, stopTokenIdsOf } from '@caldera/core';
+import {
+  CalderaError,
+  isCalderaError,
+  MODEL_SIDE_FILES,
+  parseSafetensorsIndex,
+  stopTokenIdsOf,
+} from '@caldera/core';
 import { sha256Hex } from '@caldera/calibrate';
 import { createPool, type Pool } from '@caldera/linalg';
 import { referenceModelDir, referenceTextPath } from '@caldera/reference-model';
+import { progressBar } from '../args.js';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
-import { access, constants, readdir, readFile, realpath, stat } from 'node:fs/promises';
+import { access, constants, copyFile, readdir, readFile, realpath, stat } from 'node:fs/promises';
 import {
   Llama2cTokenizer,
   loadLlama2c,
@@ -12,6 +19,7 @@ import {
   readJsonFile,
   type LlamaModel,
   type LoadedModel,
+  type LoadOptions,
   type ModelConfig,
   type TextTokenizer,
 } from '@caldera/runtime-node';
@@ -131,6 +139,23 @@ async function weightFiles(dir: string): Promise<string[]> {
   return (await readdir(dir)).filter((f) => f.endsWith('.safetensors')).map((f) => join(dir, f));
 }
 
+/**
+ * The side files of the model directory `dir` that it has (core's {@link MODEL_SIDE_FILES}: tokenizer, chat
+ * template, generation config; with `config.json` first when `withConfig`), as a map from name to path, as
+ * `writeCheckpointDir`'s `copyFiles` takes them.
+ */
+export async function modelSideFiles(dir: string, withConfig = false): Promise<Record<string, string>> {
+  const copy: Record<string, string> = {};
+  for (const f of withConfig ? ['config.json', ...MODEL_SIDE_FILES] : MODEL_SIDE_FILES)
+    if (await exists(join(dir, f))) copy[f] = join(dir, f);
+  return copy;
+}
+
+/** Copy the side files `from` has ({@link modelSideFiles}) into the directory `to`. */
+export async function copyModelSideFiles(from: string, to: string): Promise<void> {
+  for (const [f, src] of Object.entries(await modelSideFiles(from))) await copyFile(src, join(to, f));
+}
+
 /** Total bytes of a model directory's weight files ({@link weightFiles}). */
 export async function weightFileBytes(dir: string): Promise<number> {
   let n = 0;
@@ -161,8 +186,9 @@ export function modelDirOf(positional: string | undefined): string {
 
 /**
  * The held-out perplexity `caldera eval` scores by default: the first `HELD_OUT_TOKENS` tokens in windows of
- * `HELD_OUT_CONTEXT`, as `caldera compress` (--eval-tokens, context 2·--length = 256 by default) and
- * `caldera finetune` report it, so that the same checkpoint gets the same number from each.
+ * `HELD_OUT_CONTEXT` (the model's max positions if fewer), as `caldera compress` (its first --eval-tokens, in the
+ * same windows whatever --length) and `caldera finetune` report it, so that the same checkpoint gets the same number
+ * from each.
  */
 export const HELD_OUT_TOKENS = 8192;
 export const HELD_OUT_CONTEXT = 256;
@@ -232,6 +258,30 @@ export function poolFor(threads: number): Pool | undefined {
   if (!Number.isInteger(threads) || threads < 1)
     throw new CalderaError('E_VALUE', `--threads must be a positive integer, got ${threads}`);
   return threads > 1 ? createPool({ threads }) : undefined;
+}
+
+/**
+ * runtime-node's `loadModel`, showing the blocks read so far on a progress bar on stderr when `showBar` (a large
+ * model takes minutes to read). With `options.signal`, Ctrl-C stops the load: `E_ABORTED`, the signal's reason.
+ */
+export async function loadModelShowing(
+  dir: string,
+  options: LoadOptions,
+  showBar: boolean,
+): Promise<LoadedModel> {
+  const bar = progressBar('load', showBar);
+  try {
+    return await loadModel(dir, {
+      ...options,
+      onProgress: ({ block, blocks }) => bar.update(block, blocks, undefined, `blocks of ${basename(dir)}`),
+    });
+  } catch (e) {
+    // interrupted: the signal's reason (the error a command's later phases throw for it), not the loader's own
+    const reason: unknown = options.signal?.aborted ? options.signal.reason : undefined;
+    throw isCalderaError(reason) ? reason : e;
+  } finally {
+    bar.done();
+  }
 }
 
 /** A model opened for generate/eval/inspect, from a Hugging Face / Caldera directory or a llama2.c `.bin`. */

@@ -69,7 +69,9 @@ import {
   fileSha256,
   HELD_OUT_CONTEXT,
   HELD_OUT_TOKENS,
+  loadModelShowing,
   modelDirOf,
+  modelSideFiles,
   poolFor,
   readDocuments,
   tokenizeDocuments,
@@ -514,12 +516,17 @@ export async function compressCommand(a: Args): Promise<number> {
   };
 
   const pool = queue ? undefined : poolFor(threads); // a coordinator computes nothing itself
+  const showBar = !json && process.stderr.isTTY === true;
+  // Ctrl-C stops the run from here on, the model's load included (a large model takes minutes to read)
+  const ctl = new AbortController();
+  const onSignal = () => ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
+  process.once('SIGINT', onSignal);
   let loaded: Awaited<ReturnType<typeof loadModel>>;
   let runner: ModelRunnerAdapter;
   let layers: LinearInfo[];
   let settings: RunSettings;
   try {
-    loaded = await loadModel(modelDir, pool ? { pool } : {});
+    loaded = await loadModelShowing(modelDir, { ...(pool ? { pool } : {}), signal: ctl.signal }, showBar);
     // calibration windows past max_position_embeddings would run on positions the model never saw: an explicit
     // --length beyond them is refused, the default is clamped to them
     const length = tokenWindow('length', base.length, 128, loaded.config.maxPositions);
@@ -527,17 +534,16 @@ export async function compressCommand(a: Args): Promise<number> {
     layers = Array.from({ length: loaded.config.numLayers }, (_, b) => runner.linears(b)).flat();
     settings = { ...base, length, ranks: ranksFor(rankChoice, base.method, layers) };
   } catch (e) {
-    pool?.dispose(); // the run's try/finally below has not started
+    // the run's try/finally below has not started
+    process.off('SIGINT', onSignal);
+    pool?.dispose();
     throw e;
   }
   const fewRows =
     settings.method === 'rtn' ? null : calibrationRowsWarning(settings.windows, settings.length, layers);
   if (fewRows) console.error(fewRows);
   const windowsOf = () => calibrationWindows(modelDir, settings, seed, loaded.config.bosTokenId);
-  const bar = progressBar('compress', !json && process.stderr.isTTY === true);
-  const ctl = new AbortController();
-  const onSignal = () => ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
-  process.once('SIGINT', onSignal);
+  const bar = progressBar('compress', showBar);
   try {
     if (settings.propagate === 'compressed') {
       const partial = `${out}.partial`;
@@ -752,22 +758,6 @@ function bitsRecord(s: RunSettings): { qBits: number; lBits?: number; rBits?: nu
 }
 
 /**
- * The source files a checkpoint keeps beside its tensors, when the source has them: the model's configuration, its
- * tokenizer (Hugging Face and SentencePiece), special tokens, generation settings (end-of-sequence ids) and chat
- * template (in its own file since transformers 4.43).
- */
-const COPIED_FILES = [
-  'config.json',
-  'generation_config.json',
-  'tokenizer.json',
-  'tokenizer_config.json',
-  'tokenizer.model',
-  'special_tokens_map.json',
-  'chat_template.jinja',
-  'chat_template.json',
-];
-
-/**
  * The held-out tokens a run scores (the first --eval-tokens of --eval) and their window: `HELD_OUT_CONTEXT`, or the
  * model's max positions if fewer, as `caldera eval` and `caldera finetune` score them.
  */
@@ -911,10 +901,8 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], baseline
     },
     seed,
   });
-  const copy: Record<string, string> = {};
-  for (const f of COPIED_FILES) {
-    if (await exists(join(modelDir, f))) copy[f] = join(modelDir, f);
-  }
+  // the source's configuration and side files (tokenizer, chat template, generation settings), when it has them
+  const copy = await modelSideFiles(modelDir, true);
   try {
     await writeCheckpointDir(out, { meta, tensors, copyFiles: copy }, { overwrite: true });
   } finally {

@@ -1,4 +1,4 @@
-import { copyFile, mkdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   CalderaError,
@@ -22,7 +22,7 @@ import {
 import { fromCheckpointTensors, reconstruct } from '@caldera/lowrank';
 import { readJsonFile } from '@caldera/runtime-node';
 import { flagString, progressBar, type Args } from '../args.js';
-import { checkOutDir, exists } from './common.js';
+import { checkOutDir, copyModelSideFiles, exists } from './common.js';
 
 export const exportHelp = `caldera export [checkpoint] [--out DIR] [--dtype f16|bf16|f32] [--json]
 Dense export of a Caldera checkpoint, for tools that read Hugging Face models: the weight of each compressed layer
@@ -44,20 +44,6 @@ const EXPORT_DTYPES = {
   f32: { safetensors: 'F32', torch: 'float32' },
 } as const;
 type ExportDType = keyof typeof EXPORT_DTYPES;
-
-/** Files of a checkpoint copied into the export as they are (those present): tokenizer, chat template, generation. */
-const COPIED_FILES = [
-  'generation_config.json',
-  'tokenizer.json',
-  'tokenizer_config.json',
-  'special_tokens_map.json',
-  'added_tokens.json',
-  'tokenizer.model',
-  'vocab.json',
-  'merges.txt',
-  'chat_template.jinja',
-  'chat_template.json',
-];
 
 /** The bytes of a dense weight `w` in `dtype`; `E_VALUE` naming the layer when a value overflows f16. */
 function denseBytes(w: Float32Array, dtype: ExportDType, layer: string): Uint8Array {
@@ -151,7 +137,7 @@ export async function exportCommand(a: Args): Promise<number> {
     // newer transformers write the dtype as `dtype`: keep the two in agreement
     if ('dtype' in config) cfg.dtype = EXPORT_DTYPES[dt].torch;
     await writeFile(join(tmp, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
-    for (const f of COPIED_FILES) if (await exists(join(src, f))) await copyFile(join(src, f), join(tmp, f));
+    await copyModelSideFiles(src, tmp); // tokenizer, chat template, generation settings (those it has)
     const t0 = performance.now();
     let done = 0;
     await writeSafetensors(join(tmp, 'model.safetensors'), tensors, {

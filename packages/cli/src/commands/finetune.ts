@@ -26,6 +26,7 @@ import {
   exists,
   HELD_OUT_CONTEXT,
   HELD_OUT_TOKENS,
+  loadModelShowing,
   modelDirOf,
   readDocuments,
   tokenizeDocuments,
@@ -95,7 +96,9 @@ export async function finetuneCommand(a: Args): Promise<number> {
   await checkOutDir(out, teacherFlag === undefined ? [src] : [src, teacherFlag]);
   const log = (o: Record<string, unknown>) => (json ? console.log(JSON.stringify(o)) : undefined);
 
-  const loaded = await loadModel(src, { dtype: 'f32' });
+  // (no SIGINT handler yet: Ctrl-C while loading ends the process at once, before anything is written)
+  const showBar = !json && process.stderr.isTTY === true;
+  const loaded = await loadModelShowing(src, { dtype: 'f32' }, showBar);
   const maxPos = loaded.config.maxPositions;
   options.seqLen = tokenWindow('seq-len', seqLenFlag, options.seqLen, maxPos);
   const bos = loaded.config.bosTokenId;
@@ -113,7 +116,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
   // next-token training did not improve validation loss there, distillation did; docs/guide/finetune.md)
   const teacherDir =
     flagString(a, 'teacher') ?? (signs || !a.positionals[0] ? modelDirOf(undefined) : undefined);
-  const teacherModel = teacherDir ? (await loadModel(teacherDir)).model : undefined;
+  const teacherModel = teacherDir ? (await loadModelShowing(teacherDir, {}, showBar)).model : undefined;
   const setup = signs
     ? prepareSignFinetune(loaded, teacherModel!)
     : prepareLoraFinetune(loaded, ftRank, teacherModel ? modelTeacher(teacherModel) : undefined, {
@@ -128,7 +131,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
   const ctl = new AbortController();
   const onSignal = () => ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
   process.once('SIGINT', onSignal);
-  const bar = progressBar('finetune', !json && process.stderr.isTTY === true);
+  const bar = progressBar('finetune', showBar);
   let result;
   try {
     result = await runFinetune(setup, train, valid, {

@@ -115,7 +115,7 @@ export const generateHelp = `caldera generate [model] [--prompt TEXT] [--chat] [
 Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Face / Caldera directory or llama2.c .bin.
   --prompt TEXT              the text to continue (default "The"), or with --chat the user's message
   --chat                     answer --prompt as a chat model: the message rendered with the model's chat template
-                             (tokenizer_config.json's chat_template), only the answer printed
+                             (chat_template.jinja, else tokenizer_config.json's), only the answer printed
   --system TEXT              with --chat, a system message before the user's
   --max-tokens N             tokens to generate at most, a positive integer (default 48; generation also stops at
                              the model's max positions)
@@ -160,7 +160,8 @@ function promptIds(
   if (!(tokenizer instanceof HfTokenizer) || !tokenizer.hasChatTemplate)
     throw new CalderaError(
       'E_UNSUPPORTED',
-      '--chat needs a model whose tokenizer_config.json has a chat_template (this one has none)',
+      '--chat needs a model with a chat template (chat_template.jinja, or chat_template in tokenizer_config.json); ' +
+        'this one has none',
     );
   const messages = [
     ...(prompt.system === undefined ? [] : [{ role: 'system', content: prompt.system }]),

@@ -23,6 +23,7 @@ import {
 } from '../args.js';
 import {
   checkOutDir,
+  copyModelSideFiles,
   defaultText,
   exists,
   modelDirOf,
@@ -181,8 +182,7 @@ export async function trainCommand(a: Args): Promise<number> {
       join(tmp, 'config.json'),
       JSON.stringify({ ...hfConfig, torch_dtype: 'float16' }, null, 2) + '\n',
     );
-    for (const f of ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json'])
-      if (await exists(join(template, f))) await copyFile(join(template, f), join(tmp, f));
+    await copyModelSideFiles(template, tmp); // the template's tokenizer, chat template, generation settings
     await copyFile(logPath, join(tmp, 'training-log.jsonl'));
     await rm(out, { recursive: true, force: true });
     await rename(tmp, out);

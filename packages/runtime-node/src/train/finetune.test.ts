@@ -1,14 +1,15 @@
 import { readFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Rng, tensor } from '@caldera/core';
+import { MODEL_SIDE_FILES, Rng, tensor, writeCheckpointDir } from '@caldera/core';
 import {
   applyDecomposition,
   caldera,
   calderaCheckpointMeta,
   reconstruct,
+  toCheckpointTensors,
   withTrainableFactors,
 } from '@caldera/lowrank';
 import { describe, expect, it } from 'vitest';
@@ -23,6 +24,7 @@ import {
   loraObjective,
   prepareLoraFinetune,
   validationLoss,
+  writeFinetunedCheckpoint,
   type FinetuneSetup,
 } from './finetune.js';
 import { initTrainParams, type TrainConfig, type TrainParams } from './model.js';
@@ -248,6 +250,37 @@ describe('runFinetune resume check', () => {
       // the same settings resume (the run was complete: nothing left to do, the same result)
       const again = await resume({});
       expect({ ...again, seconds: 0 }).toEqual({ ...first, seconds: 0 });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('writeFinetunedCheckpoint keeps the source checkpoint’s config and side files (chat_template.jinja among them)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-finetune-'));
+    try {
+      const setup = tinySetup();
+      const d = setup.layers[0]!.decomposition;
+      const { tensors, meta } = toCheckpointTensors(prefix, { ...d, ft: null });
+      const side: Record<string, string> = {
+        'config.json': '{"hidden_size":8}',
+        'chat_template.jinja': "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}",
+        'generation_config.json': '{"eos_token_id":[2,7]}',
+        'special_tokens_map.json': '{"eos_token":"</s>"}',
+      };
+      const copyFiles: Record<string, string> = {};
+      for (const [f, text] of Object.entries(side)) {
+        await writeFile(join(dir, f), text);
+        copyFiles[f] = join(dir, f);
+      }
+      const src = join(dir, 'src');
+      await writeCheckpointDir(src, { meta: calderaCheckpointMeta({ [prefix]: meta }), tensors, copyFiles });
+      const out = join(dir, 'out');
+      await writeFinetunedCheckpoint(src, out, setup.layers, { steps: 0 });
+      for (const [f, text] of Object.entries(side))
+        expect(await readFile(join(out, f), 'utf8'), f).toBe(text);
+      // nothing but the checkpoint's own files and the source's side files
+      const own = new Set(['caldera.json', 'model.safetensors', 'config.json', ...MODEL_SIDE_FILES]);
+      expect((await readdir(out)).filter((f) => !own.has(f))).toEqual([]);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -5,6 +5,7 @@ import {
   CalderaError,
   contiguous,
   f32ArrayToF16,
+  MODEL_SIDE_FILES,
   openCheckpointDir,
   throwIfAborted,
   writeCheckpointDir,
@@ -543,8 +544,9 @@ export async function writeFinetunedCheckpoint(
       seed: meta.seed,
     }),
   };
+  // the source's configuration and side files (tokenizer, chat template, generation settings), those it has
   const copy: Record<string, string> = {};
-  for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json'])
+  for (const f of ['config.json', ...MODEL_SIDE_FILES])
     if (await exists(join(sourceDir, f))) copy[f] = join(sourceDir, f);
   await writeCheckpointDir(outDir, { meta: out, tensors, copyFiles: copy }, { overwrite: true, signal });
   return out;
