@@ -124,7 +124,7 @@ describe('generate', () => {
   it('a prompt that is not an array is E_VALUE, not a TypeError; null options are none', async () => {
     for (const p of [null, undefined, 5])
       await expect(collect(generate(model, p as unknown as number[]))).rejects.toThrow(
-        /^E_VALUE: generate: the prompt must be an array of token ids, got (null|undefined|number)$/,
+        /^E_VALUE: generate: the prompt must be an array of token ids, got (null|undefined|a number)$/,
       );
     const greedy = await collect(generate(model, prompt));
     expect(await collect(generate(model, prompt, null as unknown as object))).toEqual(greedy);

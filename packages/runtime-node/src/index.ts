@@ -3,6 +3,14 @@ export * from './linear.js';
 export * from './model.js';
 export { AttentionKernel, type AttentionShape } from './kernels/attention-kernel.js';
 export * from './load.js';
+export {
+  readModelLayout,
+  type LinearLayout,
+  type ModelLayout,
+  type ModelLayoutOptions,
+  type StoredFloatDType,
+  type TensorLayout,
+} from './layout.js';
 export { readJsonFile } from './json-file.js';
 export * from './eval.js';
 export * from './generate.js';

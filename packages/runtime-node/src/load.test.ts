@@ -6,6 +6,7 @@ import { cast, Rng, tensor, writeSafetensors, type CalderaLayerMeta, type Tensor
 import { applyDecomposition, caldera, calderaCheckpointMeta, toCheckpointTensors } from '@caldera/lowrank';
 import { blockLinearNames, parseModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
+import { readModelLayout } from './layout.js';
 import { loadModel } from './load.js';
 import { KVCache } from './model.js';
 import { ModelRunnerAdapter } from './runner.js';
@@ -277,6 +278,73 @@ describe('loadModel', () => {
     await writeSafetensors(join(dir, 'model.safetensors'), raw);
     const { model } = await loadModel(dir, null as unknown as object);
     expect(model.forward(tokens).every(Number.isFinite)).toBe(true);
+  });
+
+  it('readModelLayout: the structure from the headers alone, checked as loadModel checks it, which it runs first', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-layout-'));
+    await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
+    const name = 'model.layers.0.self_attn.q_proj';
+    const d = caldera(raw[`${name}.weight`]!, null, { rank: 4, outerIters: 1, lplrIters: 1 });
+    const { tensors: ct, meta: layer } = toCheckpointTensors(name, d);
+    const t: Record<string, Tensor> = { ...raw, ...ct };
+    delete t[`${name}.weight`];
+    t['model.layers.1.mlp.up_proj.weight'] = cast(raw['model.layers.1.mlp.up_proj.weight']!, 'bf16');
+    // a NaN weight: the layout does not read values, the loader does
+    t['model.layers.1.mlp.gate_proj.weight'] = tensor('f32', [40, 32], new Float32Array(40 * 32).fill(NaN));
+    await writeSafetensors(join(dir, 'model.safetensors'), t);
+    await writeFile(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta({ [name]: layer })));
+    const layout = await readModelLayout(dir);
+    expect(layout.config).toEqual(cfg);
+    expect(Object.keys(layout.calderaMeta!.layers)).toEqual([name]);
+    expect(layout.embed).toEqual({
+      name: 'model.embed_tokens.weight',
+      dtype: 'f32',
+      shape: [30, 32],
+      bytes: 30 * 32 * 4,
+    });
+    expect(layout.lmHead.name).toBe('lm_head.weight');
+    expect(layout.norm.name).toBe('model.norm.weight');
+    expect(layout.linears.map((l) => l.name)).toEqual(
+      [0, 1].flatMap((b) => blockLinearNames(b).map((x) => x.name)),
+    );
+    const q = layout.linears[0]!;
+    expect(q).toMatchObject({
+      name,
+      outFeatures: 32,
+      inFeatures: 32,
+      weight: null,
+      caldera: layer,
+      bias: null,
+    });
+    expect(q.bytes).toBe(Math.ceil((layer.bitsPerWeight * 32 * 32) / 8));
+    const up = layout.linears.find((l) => l.name === 'model.layers.1.mlp.up_proj')!;
+    expect(up).toMatchObject({
+      caldera: null,
+      weight: { dtype: 'bf16', shape: [40, 32] },
+      bytes: 40 * 32 * 2,
+    });
+    expect(up.memoryBytes).toBe(40 * 32 * 2);
+    const wide = (await readModelLayout(dir, { dtype: 'f32' })).linears.find((l) => l.name === up.name)!;
+    expect(wide.memoryBytes).toBe(40 * 32 * 4);
+    await expect(loadModel(dir)).rejects.toThrow(/E_VALUE.*layers\.1\.mlp\.gate_proj\.weight/);
+    // a structural fault in the last block fails before any tensor is read: the signal is checked once, at the start
+    t['model.layers.1.mlp.gate_proj.weight'] = raw['model.layers.1.mlp.gate_proj.weight']!;
+    t['model.layers.1.mlp.down_proj.weight'] = raw['model.layers.1.mlp.up_proj.weight']!;
+    await writeSafetensors(join(dir, 'model.safetensors'), t);
+    const message = /E_SHAPE.*layers\.1\.mlp\.down_proj\.weight' has shape \[40, 32\], expected \[32, 40\]/;
+    await expect(readModelLayout(dir)).rejects.toThrow(message);
+    let checks = 0;
+    const counting = {
+      get aborted() {
+        checks++;
+        return false;
+      },
+    } as unknown as AbortSignal;
+    await expect(loadModel(dir, { signal: counting })).rejects.toThrow(message);
+    expect(checks).toBe(1);
+    await expect(readModelLayout(null as unknown as string)).rejects.toThrow(
+      'E_VALUE: readModelLayout: the model directory must be a path (a non-empty string), got null',
+    );
   });
 
   it('a tensor of the wrong shape is an E_SHAPE error naming it', async () => {

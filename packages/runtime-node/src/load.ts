@@ -1,25 +1,18 @@
-import { join } from 'node:path';
 import {
-  assertNoCalderaTensorsWithoutMeta,
   assertFinite,
-  CalderaError,
   cast,
   f32ArrayToF16,
-  isFloatDType,
-  linearShape,
-  openSafetensorsDir,
-  readCheckpointMeta,
   throwIfAborted,
   type CalderaCheckpointMeta,
-  type CalderaLayerMeta,
   type Tensor,
   type TensorStore,
 } from '@caldera/core';
 import type { Pool } from '@caldera/linalg';
 import { fromCheckpointTensors } from '@caldera/lowrank';
-import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
+import { blockLinearNames, type ModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
-import { checkPathArgument, readJsonFile } from './json-file.js';
+import { checkPathArgument } from './json-file.js';
+import { openModelLayout, type TensorLayout } from './layout.js';
 import { LlamaModel, type BlockWeights } from './model.js';
 
 /** A loaded model with where it came from. */
@@ -31,50 +24,19 @@ export interface LoadedModel {
   calderaMeta: CalderaCheckpointMeta | null;
 }
 
-async function f32(store: TensorStore, name: string, shape: readonly number[]): Promise<Tensor<'f32'>> {
-  return (await checked(store, name, shape)).f32;
-}
-
-/** Read a tensor, check its shape and that every value is finite; returns it as stored and as f32. */
-async function checked(
-  store: TensorStore,
-  name: string,
-  shape: readonly number[],
-): Promise<{ source: Tensor; f32: Tensor<'f32'> }> {
-  if (!store.has(name)) throw new CalderaError('E_MISSING', `tensor '${name}' is missing`);
-  const t = await store.readTensor(name);
-  // an integer tensor would be cast to f32 code by code: numbers, but not the weights
-  if (!isFloatDType(t.dtype))
-    throw new CalderaError(
-      'E_DTYPE',
-      `tensor '${name}' is ${t.dtype}, expected a float dtype (f32, f16, bf16)`,
-    );
-  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
-    throw new CalderaError(
-      'E_SHAPE',
-      `tensor '${name}' has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`,
-    );
-  }
-  const out = t.dtype === 'f32' ? (t as Tensor<'f32'>) : cast(t, 'f32');
-  assertFinite(out, `tensor '${name}'`);
-  return { source: t, f32: out };
-}
-
 /**
- * The tensors of compressed layer `name`, read after checking its `caldera.json` shape against the config's (each
- * tensor is checked against the format by `fromCheckpointTensors`).
+ * Read a float tensor whose header {@link readModelLayout} checked, and check that every value is finite; returns it
+ * as stored and as f32.
  */
-async function calderaTensors(
-  store: TensorStore,
-  name: string,
-  meta: CalderaLayerMeta,
-  shape: [number, number],
-): Promise<Record<string, Tensor>> {
-  if (meta.shape[0] !== shape[0] || meta.shape[1] !== shape[1])
-    throw new CalderaError(
-      'E_SHAPE',
-      `caldera.json gives layer '${name}' shape [${meta.shape.join(', ')}], config.json implies [${shape.join(', ')}]`,
-    );
+async function readFloat(store: TensorStore, name: string): Promise<{ source: Tensor; f32: Tensor<'f32'> }> {
+  const source = await store.readTensor(name);
+  const out = source.dtype === 'f32' ? (source as Tensor<'f32'>) : cast(source, 'f32');
+  assertFinite(out, `tensor '${name}'`);
+  return { source, f32: out };
+}
+
+/** The tensors of compressed layer `name` (checked against the format again, and their values, by `fromCheckpointTensors`). */
+async function calderaTensors(store: TensorStore, name: string): Promise<Record<string, Tensor>> {
   const tensors: Record<string, Tensor> = {};
   for (const t of store.names()) if (t.startsWith(`${name}.caldera.`)) tensors[t] = await store.readTensor(t);
   return tensors;
@@ -103,78 +65,58 @@ export interface LoadOptions {
 
 async function denseLinear(
   store: TensorStore,
-  name: string,
-  shape: [number, number],
+  weight: TensorLayout,
+  [m, n]: [number, number],
   bias: Float32Array | null,
   dtype: 'auto' | 'f32' | 'f16',
 ): Promise<Linear> {
-  const { source, f32: t } = await checked(store, name, shape);
+  const { source, f32: t } = await readFloat(store, weight.name);
   if (dtype === 'auto' && (source.dtype === 'f16' || source.dtype === 'bf16'))
-    return new DenseF16Linear(source.data as Uint16Array, shape[0], shape[1], bias, source.dtype);
-  if (dtype === 'f16') return new DenseF16Linear(f32ArrayToF16(t.data), shape[0], shape[1], bias);
+    return new DenseF16Linear(source.data as Uint16Array, m, n, bias, source.dtype);
+  if (dtype === 'f16') return new DenseF16Linear(f32ArrayToF16(t.data), m, n, bias);
   return new DenseLinear(t, bias);
 }
 
 /**
  * Load a Hugging Face Llama-family model directory (config.json + model.safetensors or a sharded index), or a Caldera
- * compressed checkpoint (the same plus caldera.json). Weights are read tensor by tensor and kept as stored (f32, or
- * f16/bf16 bits with `dtype` 'auto'; see {@link LoadOptions.dtype}) or as codes (CALDERA layers). Missing or malformed
- * tensors fail with a CalderaError naming them; a `dir` that is not a string (null, undefined) is `E_VALUE`, and null
- * `options` count as none. `signal` is checked before each tensor is read (`E_ABORTED`), `onProgress` called after
- * each block.
+ * compressed checkpoint (the same plus caldera.json). The structure is checked first from the headers
+ * ({@link readModelLayout}: a malformed model fails before any weight is read); then weights are read tensor by
+ * tensor, their values checked (finite), and kept as stored (f32, or f16/bf16 bits with `dtype` 'auto'; see
+ * {@link LoadOptions.dtype}) or as codes (CALDERA layers). Missing or malformed tensors fail with a CalderaError naming
+ * them; a `dir` that is not a string (null, undefined) is `E_VALUE`, and null `options` count as none. `signal` is
+ * checked before each tensor is read (`E_ABORTED`), `onProgress` called after each block.
  */
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
   checkPathArgument(dir, 'loadModel', 'the model directory');
   options ??= {}; // from JavaScript: null options are none
   const { signal, onProgress } = options;
+  const dtype = options.dtype ?? 'auto';
   throwIfAborted(signal, 'loading');
-  const config = parseModelConfig(await readJsonFile(join(dir, 'config.json')), join(dir, 'config.json'));
-  let calderaMeta: CalderaCheckpointMeta | null = null;
+  const { layout, store: opened } = await openModelLayout(dir, { dtype });
+  const { config, calderaMeta } = layout;
   try {
-    calderaMeta = await readCheckpointMeta(dir);
-  } catch (e) {
-    if (!(e instanceof CalderaError && e.code === 'E_MISSING')) throw e;
-  }
-  throwIfAborted(signal, 'loading');
-  // every tensor read goes through this view, which checks the signal first
-  const opened = await openSafetensorsDir(dir);
-  const store: TensorStore = {
-    metadata: opened.metadata,
-    names: () => opened.names(),
-    has: (name) => opened.has(name),
-    tensorInfo: (name) => opened.tensorInfo(name),
-    readTensor: async (name) => {
-      throwIfAborted(signal, 'loading');
-      return opened.readTensor(name);
-    },
-    readRaw: async (name) => {
-      throwIfAborted(signal, 'loading');
-      return opened.readRaw(name);
-    },
-    close: () => opened.close(),
-  };
-  try {
-    // compressed layers' codes without the caldera.json that describes them: say so, rather than that the first
-    // compressed layer's dense weight is missing
-    if (!calderaMeta)
-      assertNoCalderaTensorsWithoutMeta(
-        store.names(),
-        dir,
-        'caldera.json',
-        "copy the checkpoint's caldera.json back beside its safetensors",
-      );
+    throwIfAborted(signal, 'loading');
+    // every tensor read goes through this view, which checks the signal first
+    const store: TensorStore = {
+      metadata: opened.metadata,
+      names: () => opened.names(),
+      has: (name) => opened.has(name),
+      tensorInfo: (name) => opened.tensorInfo(name),
+      readTensor: async (name) => {
+        throwIfAborted(signal, 'loading');
+        return opened.readTensor(name);
+      },
+      readRaw: async (name) => {
+        throwIfAborted(signal, 'loading');
+        return opened.readRaw(name);
+      },
+      close: () => opened.close(),
+    };
     const { hiddenSize: d, vocabSize: V } = config;
-    const missing = [];
-    for (const n of ['model.embed_tokens.weight', 'model.norm.weight']) if (!store.has(n)) missing.push(n);
-    if (missing.length) throw new CalderaError('E_MISSING', `${dir}: missing tensors ${missing.join(', ')}`);
-    const embedT = await checked(store, 'model.embed_tokens.weight', [V, d]);
+    const embedT = await readFloat(store, layout.embed.name);
     const embed = embedT.f32;
-    const headT =
-      config.tieWordEmbeddings || !store.has('lm_head.weight')
-        ? embedT
-        : await checked(store, 'lm_head.weight', [V, d]);
+    const headT = layout.lmHead === layout.embed ? embedT : await readFloat(store, layout.lmHead.name);
     const lmHead = headT.f32;
-    const dtype = options.dtype ?? 'auto';
     const headSource = headT.source;
     const head =
       dtype === 'auto' && headSource.dtype === 'bf16'
@@ -183,35 +125,30 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
           ? new DenseF16Linear(f32ArrayToF16(lmHead.data), V, d)
           : undefined;
     const blocks: BlockWeights[] = [];
+    const perBlock = blockLinearNames(0).length;
     for (let b = 0; b < config.numLayers; b++) {
       const lin: Linear[] = [];
-      for (const { name } of blockLinearNames(b)) {
-        const kind = name.slice(name.lastIndexOf('.') + 1);
-        if (config.attentionBias && /(q|k|v)_proj$/.test(kind) && !store.has(`${name}.bias`))
-          throw new CalderaError(
-            'E_MISSING',
-            `${dir}: tensor '${name}.bias' is missing (config has q/k/v biases, e.g. Qwen2)`,
-          );
-        const bias = store.has(`${name}.bias`)
-          ? (await f32(store, `${name}.bias`, [linearShape(config, kind)[0]])).data
-          : null;
-        const meta = calderaMeta?.layers?.[name];
-        if (meta) {
-          const tensors = await calderaTensors(store, name, meta, linearShape(config, kind));
+      for (const l of layout.linears.slice(b * perBlock, (b + 1) * perBlock)) {
+        const bias = l.bias ? (await readFloat(store, l.bias.name)).f32.data : null;
+        const shape: [number, number] = [l.outFeatures, l.inFeatures];
+        if (l.caldera) {
+          const tensors = await calderaTensors(store, l.name);
           lin.push(
             new CalderaLinear(
-              fromCheckpointTensors(name, (n) => tensors[n], meta),
+              fromCheckpointTensors(l.name, (n) => tensors[n], l.caldera),
               bias,
             ),
           );
         } else {
-          lin.push(await denseLinear(store, `${name}.weight`, linearShape(config, kind), bias, dtype));
+          lin.push(await denseLinear(store, l.weight, shape, bias, dtype));
         }
       }
       const [q, k, v, o, gate, up, down] = lin as [Linear, Linear, Linear, Linear, Linear, Linear, Linear];
+      const norm = async (name: string) =>
+        (await readFloat(store, `model.layers.${b}.${name}.weight`)).f32.data;
       blocks.push({
-        inputNorm: (await f32(store, `model.layers.${b}.input_layernorm.weight`, [d])).data,
-        postAttnNorm: (await f32(store, `model.layers.${b}.post_attention_layernorm.weight`, [d])).data,
+        inputNorm: await norm('input_layernorm'),
+        postAttnNorm: await norm('post_attention_layernorm'),
         q,
         k,
         v,
@@ -222,7 +159,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
       });
       onProgress?.({ block: b + 1, blocks: config.numLayers });
     }
-    const norm = (await f32(store, 'model.norm.weight', [d])).data;
+    const norm = (await readFloat(store, layout.norm.name)).f32.data;
     return {
       model: new LlamaModel(
         config,

@@ -1,16 +1,5 @@
-import { join } from 'node:path';
-import {
-  assertNoCalderaTensorsWithoutMeta,
-  CalderaError,
-  expectedCalderaTensors,
-  linearShape,
-  openSafetensorsDir,
-  parseModelConfig,
-  readCheckpointMeta,
-  type CalderaCheckpointMeta,
-  type ModelConfig,
-} from '@caldera/core';
-import { blockLinearNames, generate, HfTokenizer, perplexity, readJsonFile } from '@caldera/runtime-node';
+import { CalderaError, type ModelConfig } from '@caldera/core';
+import { blockLinearNames, generate, HfTokenizer, perplexity, readModelLayout } from '@caldera/runtime-node';
 import {
   checkFlag,
   tokenWindow,
@@ -236,11 +225,8 @@ A directory is described from config.json, caldera.json and the safetensors head
 (their values are not checked: 'caldera eval' loads them).
   --tokenizer FILE tokenizer.bin of a llama2.c model (default: beside the .bin)`;
 
-/** Safetensors dtypes of dense weights, which `inspect` reports as stored. */
-const DENSE_DTYPES = new Set(['F32', 'F16', 'BF16', 'F64']);
-
 /** One linear layer as `inspect` reports it: its shape, storage and, for a CALDERA layer, rank and error. */
-interface LinearLayout {
+interface InspectedLinear {
   name: string;
   outFeatures: number;
   inFeatures: number;
@@ -255,135 +241,42 @@ interface LinearLayout {
 }
 
 /** What `inspect` reports of a model, without its tensor data where it can. */
-interface ModelLayout {
+interface InspectedModel {
   config: ModelConfig;
-  calderaMeta: CalderaCheckpointMeta | null;
   fileBytes: number;
   format: OpenedModel['format'];
-  layers: LinearLayout[];
+  layers: InspectedLinear[];
 }
 
 /**
- * The layout of a Hugging Face / Caldera model directory from config.json, caldera.json and the safetensors headers:
- * no tensor data is read, so a 7B model costs kilobytes, not its size in memory. The structure is checked as
- * runtime-node's `loadModel` checks it (the tensors it needs are present with float dtypes and the config's shapes,
- * each compressed layer has the tensors of its codecs), with its messages; the values (finiteness) are not.
+ * A Hugging Face / Caldera model directory as runtime-node's `readModelLayout` finds it from config.json,
+ * caldera.json and the safetensors headers (checked as `loadModel` checks them, with its messages): no tensor data is
+ * read, so a 7B model costs kilobytes, not its size in memory.
  */
-async function modelDirLayout(dir: string): Promise<ModelLayout> {
-  const configFile = join(dir, 'config.json');
-  const config = parseModelConfig(await readJsonFile(configFile), configFile);
-  let calderaMeta: CalderaCheckpointMeta | null = null;
-  try {
-    calderaMeta = await readCheckpointMeta(dir);
-  } catch (e) {
-    if (!(e instanceof CalderaError && e.code === 'E_MISSING')) throw e;
-  }
-  const store = await openSafetensorsDir(dir);
-  try {
-    if (!calderaMeta)
-      assertNoCalderaTensorsWithoutMeta(
-        store.names(),
-        dir,
-        'caldera.json',
-        "copy the checkpoint's caldera.json back beside its safetensors",
-      );
-    const { hiddenSize: d, vocabSize: V } = config;
-    const missing = ['model.embed_tokens.weight', 'model.norm.weight'].filter((n) => !store.has(n));
-    if (missing.length) throw new CalderaError('E_MISSING', `${dir}: missing tensors ${missing.join(', ')}`);
-    /** The header entry of a float tensor of `shape` (what the loader reads as weights). */
-    const floatInfo = async (name: string, shape: readonly number[]) => {
-      if (!store.has(name)) throw new CalderaError('E_MISSING', `tensor '${name}' is missing`);
-      const info = await store.tensorInfo(name);
-      if (!DENSE_DTYPES.has(info.dtype))
-        throw new CalderaError(
-          'E_DTYPE',
-          `tensor '${name}' is ${info.dtype.toLowerCase()}, expected a float dtype (f32, f16, bf16)`,
-        );
-      if (info.shape.join() !== shape.join() || info.shape.length !== shape.length)
-        throw new CalderaError(
-          'E_SHAPE',
-          `tensor '${name}' has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`,
-        );
-      return info;
-    };
-    await floatInfo('model.embed_tokens.weight', [V, d]);
-    if (!config.tieWordEmbeddings && store.has('lm_head.weight')) await floatInfo('lm_head.weight', [V, d]);
-    const layers: LinearLayout[] = [];
-    for (let b = 0; b < config.numLayers; b++) {
-      for (const { name } of blockLinearNames(b)) {
-        const kind = name.slice(name.lastIndexOf('.') + 1);
-        const [m, n] = linearShape(config, kind);
-        if (config.attentionBias && /(q|k|v)_proj$/.test(kind) && !store.has(`${name}.bias`))
-          throw new CalderaError(
-            'E_MISSING',
-            `${dir}: tensor '${name}.bias' is missing (config has q/k/v biases, e.g. Qwen2)`,
-          );
-        if (store.has(`${name}.bias`)) await floatInfo(`${name}.bias`, [m]);
-        const meta = calderaMeta?.layers?.[name];
-        if (meta) {
-          if (meta.shape[0] !== m || meta.shape[1] !== n)
-            throw new CalderaError(
-              'E_SHAPE',
-              `caldera.json gives layer '${name}' shape [${meta.shape.join(', ')}], config.json implies [${m}, ${n}]`,
-            );
-          for (const e of expectedCalderaTensors(name, meta)) {
-            if (!store.has(e.name))
-              throw new CalderaError('E_MISSING', `checkpoint has no tensor '${e.name}'`);
-            const t = await store.tensorInfo(e.name);
-            if (t.dtype.toLowerCase() !== e.dtype || t.shape.join() !== e.shape.join())
-              throw new CalderaError(
-                'E_FORMAT',
-                `tensor '${e.name}' is ${t.dtype.toLowerCase()} [${t.shape.join(', ')}], expected ${e.dtype} [${e.shape.join(', ')}]`,
-              );
-          }
-          // as runtime-node's CalderaLinear counts its storage
-          const bytes = Math.ceil((meta.bitsPerWeight * m * n) / 8);
-          layers.push({
-            name,
-            outFeatures: m,
-            inFeatures: n,
-            kind: 'caldera',
-            rank: meta.rank,
-            error: meta.error ?? null,
-            bytes,
-            memoryBytes: bytes,
-          });
-        } else {
-          const info = await floatInfo(`${name}.weight`, [m, n]);
-          layers.push({
-            name,
-            outFeatures: m,
-            inFeatures: n,
-            kind: info.dtype.toLowerCase(),
-            rank: null,
-            error: null,
-            bytes: info.dataOffsets[1] - info.dataOffsets[0],
-            // loadModel keeps f16 and bf16 weights as they are stored, 16 bits each, and the others as f32
-            memoryBytes: m * n * (info.dtype === 'F16' || info.dtype === 'BF16' ? 2 : 4),
-          });
-        }
-      }
-      for (const norm of ['input_layernorm', 'post_attention_layernorm'])
-        await floatInfo(`model.layers.${b}.${norm}.weight`, [d]);
-    }
-    await floatInfo('model.norm.weight', [d]);
-    return {
-      config,
-      calderaMeta,
-      fileBytes: await weightFileBytes(dir),
-      format: calderaMeta ? 'caldera' : 'huggingface',
-      layers,
-    };
-  } finally {
-    await store.close();
-  }
+async function modelDirLayout(dir: string): Promise<InspectedModel> {
+  const { config, calderaMeta, linears } = await readModelLayout(dir);
+  return {
+    config,
+    fileBytes: await weightFileBytes(dir),
+    format: calderaMeta ? 'caldera' : 'huggingface',
+    layers: linears.map((l) => ({
+      name: l.name,
+      outFeatures: l.outFeatures,
+      inFeatures: l.inFeatures,
+      kind: l.caldera ? 'caldera' : l.weight.dtype,
+      rank: l.caldera?.rank ?? null,
+      error: l.caldera ? (l.caldera.error ?? null) : null,
+      bytes: l.bytes,
+      memoryBytes: l.memoryBytes,
+    })),
+  };
 }
 
 /** The layout of a llama2.c `.bin` (loaded: the format has no header of tensors; all f32, as held in memory). */
-async function llama2cLayout(path: string, tokenizer: string | undefined): Promise<ModelLayout> {
-  const { model, config, calderaMeta, fileBytes, format } = await openModel(path, tokenizer);
+async function llama2cLayout(path: string, tokenizer: string | undefined): Promise<InspectedModel> {
+  const { model, config, fileBytes, format } = await openModel(path, tokenizer);
   const layers = Array.from({ length: config.numLayers }, (_, b) =>
-    blockLinearNames(b).map(({ name }): LinearLayout => {
+    blockLinearNames(b).map(({ name }): InspectedLinear => {
       const l = model.linear(name);
       return {
         name,
@@ -397,7 +290,7 @@ async function llama2cLayout(path: string, tokenizer: string | undefined): Promi
       };
     }),
   ).flat();
-  return { config, calderaMeta, fileBytes, format, layers };
+  return { config, fileBytes, format, layers };
 }
 
 export async function inspectCommand(a: Args): Promise<number> {

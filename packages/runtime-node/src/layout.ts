@@ -1,0 +1,240 @@
+import { join } from 'node:path';
+import {
+  assertNoCalderaTensorsWithoutMeta,
+  CalderaError,
+  expectedCalderaTensors,
+  linearShape,
+  openSafetensorsDir,
+  readCheckpointMeta,
+  type CalderaCheckpointMeta,
+  type CalderaLayerMeta,
+  type TensorStore,
+} from '@caldera/core';
+import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
+import { checkPathArgument, readJsonFile } from './json-file.js';
+
+/** The float dtypes a weight may be stored as (safetensors `F64`, `F32`, `F16`, `BF16`), in lower case. */
+export type StoredFloatDType = 'f64' | 'f32' | 'f16' | 'bf16';
+
+const FLOAT_DTYPES: ReadonlySet<string> = new Set<StoredFloatDType>(['f64', 'f32', 'f16', 'bf16']);
+
+/** A float tensor's entry in the safetensors header, as {@link readModelLayout} checked it. */
+export interface TensorLayout {
+  name: string;
+  /** Its stored dtype, in lower case. */
+  dtype: StoredFloatDType;
+  shape: number[];
+  /** Bytes of its data in the file. */
+  bytes: number;
+}
+
+/** One linear layer of a {@link ModelLayout}: dense (`weight`) or compressed (`caldera`), the other null. */
+export type LinearLayout = {
+  /** The layer's name without `.weight` (`model.layers.0.self_attn.q_proj`; see `blockLinearNames`). */
+  name: string;
+  outFeatures: number;
+  inFeatures: number;
+  /** The `.bias` tensor (Qwen2's q/k/v), or null. */
+  bias: TensorLayout | null;
+  /**
+   * Bytes of the weight in the file: a dense weight's data, or a compressed layer's codes, scales and signs as
+   * {@link CalderaLinear} counts them (`ceil(bitsPerWeight · m · n / 8)`).
+   */
+  bytes: number;
+  /**
+   * Bytes of the weight as {@link loadModel} holds it with the layout's `dtype`: a compressed layer its `bytes`, a
+   * dense one 2 a weight when kept as f16/bf16 bits, else 4 (f32; f64 is narrowed).
+   */
+  memoryBytes: number;
+} & (
+  | { /** The dense `.weight`. */ weight: TensorLayout; caldera: null }
+  | { weight: null; /** The layer's `caldera.json` entry. */ caldera: CalderaLayerMeta }
+);
+
+/** What {@link readModelLayout} finds in a model directory. */
+export interface ModelLayout {
+  dir: string;
+  config: ModelConfig;
+  /** `caldera.json` of a compressed checkpoint, or null for a dense model. */
+  calderaMeta: CalderaCheckpointMeta | null;
+  /** `model.embed_tokens.weight`. */
+  embed: TensorLayout;
+  /**
+   * The LM head: `lm_head.weight`, or the embedding's entry when `tie_word_embeddings` is set or the file has no
+   * `lm_head.weight` (the embedding is then the head).
+   */
+  lmHead: TensorLayout;
+  /** The linear layers, block after block, each block's in `blockLinearNames` order. */
+  linears: LinearLayout[];
+  /** `model.norm.weight`. */
+  norm: TensorLayout;
+}
+
+/** Options of {@link readModelLayout}. */
+export interface ModelLayoutOptions {
+  /** The {@link LoadOptions.dtype} that `memoryBytes` counts for (default `'auto'`, as `loadModel`'s). */
+  dtype?: 'auto' | 'f32' | 'f16';
+}
+
+/** A float tensor's header entry: `E_MISSING`, `E_DTYPE` (not a float) or `E_SHAPE` (not `shape`) otherwise. */
+async function floatTensor(
+  store: TensorStore,
+  name: string,
+  shape: readonly number[],
+): Promise<TensorLayout> {
+  if (!store.has(name)) throw new CalderaError('E_MISSING', `tensor '${name}' is missing`);
+  const info = await store.tensorInfo(name);
+  const dtype = info.dtype.toLowerCase();
+  // an integer tensor would be cast to f32 code by code: numbers, but not the weights
+  if (!FLOAT_DTYPES.has(dtype))
+    throw new CalderaError(
+      'E_DTYPE',
+      `tensor '${name}' is ${dtype}, expected a float dtype (f32, f16, bf16)`,
+    );
+  if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i]))
+    throw new CalderaError(
+      'E_SHAPE',
+      `tensor '${name}' has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`,
+    );
+  return {
+    name,
+    dtype: dtype as StoredFloatDType,
+    shape: [...info.shape],
+    bytes: info.dataOffsets[1] - info.dataOffsets[0],
+  };
+}
+
+/**
+ * Check compressed layer `name`'s `caldera.json` shape against the config's and its tensors against the checkpoint
+ * format (present, with the dtype and shape its codecs give; core's `expectedCalderaTensors`).
+ */
+async function checkCalderaLayer(
+  store: TensorStore,
+  name: string,
+  meta: CalderaLayerMeta,
+  [m, n]: [number, number],
+): Promise<void> {
+  if (meta.shape[0] !== m || meta.shape[1] !== n)
+    throw new CalderaError(
+      'E_SHAPE',
+      `caldera.json gives layer '${name}' shape [${meta.shape.join(', ')}], config.json implies [${m}, ${n}]`,
+    );
+  for (const e of expectedCalderaTensors(name, meta)) {
+    if (!store.has(e.name)) throw new CalderaError('E_MISSING', `checkpoint has no tensor '${e.name}'`);
+    const t = await store.tensorInfo(e.name);
+    const dtype = t.dtype.toLowerCase();
+    if (dtype !== e.dtype || t.shape.join() !== e.shape.join())
+      throw new CalderaError(
+        'E_FORMAT',
+        `tensor '${e.name}' is ${dtype} [${t.shape.join(', ')}], expected ${e.dtype} [${e.shape.join(', ')}]`,
+      );
+  }
+}
+
+/**
+ * {@link readModelLayout} of `dir` with its weights left open: the caller reads the tensors from `store` and closes
+ * it (closed here when the layout fails).
+ */
+export async function openModelLayout(
+  dir: string,
+  options: ModelLayoutOptions = {},
+): Promise<{ layout: ModelLayout; store: TensorStore }> {
+  const configFile = join(dir, 'config.json');
+  const config = parseModelConfig(await readJsonFile(configFile), configFile);
+  let calderaMeta: CalderaCheckpointMeta | null = null;
+  try {
+    calderaMeta = await readCheckpointMeta(dir);
+  } catch (e) {
+    if (!(e instanceof CalderaError && e.code === 'E_MISSING')) throw e;
+  }
+  const store = await openSafetensorsDir(dir);
+  try {
+    // compressed layers' codes without the caldera.json that describes them: say so, rather than that the first
+    // compressed layer's dense weight is missing
+    if (!calderaMeta)
+      assertNoCalderaTensorsWithoutMeta(
+        store.names(),
+        dir,
+        'caldera.json',
+        "copy the checkpoint's caldera.json back beside its safetensors",
+      );
+    const { hiddenSize: d, vocabSize: V } = config;
+    const missing = ['model.embed_tokens.weight', 'model.norm.weight'].filter((n) => !store.has(n));
+    if (missing.length) throw new CalderaError('E_MISSING', `${dir}: missing tensors ${missing.join(', ')}`);
+    const embed = await floatTensor(store, 'model.embed_tokens.weight', [V, d]);
+    const lmHead =
+      config.tieWordEmbeddings || !store.has('lm_head.weight')
+        ? embed
+        : await floatTensor(store, 'lm_head.weight', [V, d]);
+    const dtype = options.dtype ?? 'auto';
+    const linears: LinearLayout[] = [];
+    for (let b = 0; b < config.numLayers; b++) {
+      for (const { name } of blockLinearNames(b)) {
+        const kind = name.slice(name.lastIndexOf('.') + 1);
+        const shape = linearShape(config, kind);
+        const [m, n] = shape;
+        if (config.attentionBias && /(q|k|v)_proj$/.test(kind) && !store.has(`${name}.bias`))
+          throw new CalderaError(
+            'E_MISSING',
+            `${dir}: tensor '${name}.bias' is missing (config has q/k/v biases, e.g. Qwen2)`,
+          );
+        const bias = store.has(`${name}.bias`) ? await floatTensor(store, `${name}.bias`, [m]) : null;
+        const meta = calderaMeta?.layers?.[name];
+        if (meta) {
+          await checkCalderaLayer(store, name, meta, shape);
+          // as CalderaLinear counts its storage
+          const bytes = Math.ceil((meta.bitsPerWeight * m * n) / 8);
+          linears.push({
+            name,
+            outFeatures: m,
+            inFeatures: n,
+            bias,
+            bytes,
+            memoryBytes: bytes,
+            weight: null,
+            caldera: meta,
+          });
+        } else {
+          const weight = await floatTensor(store, `${name}.weight`, shape);
+          const half =
+            dtype === 'f16' || (dtype === 'auto' && (weight.dtype === 'f16' || weight.dtype === 'bf16'));
+          linears.push({
+            name,
+            outFeatures: m,
+            inFeatures: n,
+            bias,
+            bytes: weight.bytes,
+            memoryBytes: m * n * (half ? 2 : 4),
+            weight,
+            caldera: null,
+          });
+        }
+      }
+      for (const norm of ['input_layernorm', 'post_attention_layernorm'])
+        await floatTensor(store, `model.layers.${b}.${norm}.weight`, [d]);
+    }
+    const norm = await floatTensor(store, 'model.norm.weight', [d]);
+    return { layout: { dir, config, calderaMeta, embed, lmHead, linears, norm }, store };
+  } catch (e) {
+    await store.close().catch(() => undefined);
+    throw e;
+  }
+}
+
+/**
+ * The layout of a Hugging Face Llama-family model directory or Caldera checkpoint, from `config.json`, `caldera.json`
+ * and the safetensors headers alone: no tensor data is read, so a 7B model costs kilobytes, not its size in memory.
+ * The structure is checked as {@link loadModel} checks it — which calls this first, so that a malformed model fails
+ * before any weight is read — with the same `CalderaError`s: `config.json` parsed, `caldera.json` (if any) parsed, no
+ * compressed layer's tensors without it (`E_FORMAT`), every tensor the model needs present (`E_MISSING`) with a float
+ * dtype (`E_DTYPE`) and the config's shape (`E_SHAPE`), Qwen2's q/k/v biases present, each compressed layer's
+ * `caldera.json` shape the config's (`E_SHAPE`) and its tensors those of its codecs (`E_MISSING`, `E_FORMAT`). The
+ * values are not checked (finiteness: `loadModel` checks them as it reads them). A `dir` that is not a string is
+ * `E_VALUE`; null `options` count as none.
+ */
+export async function readModelLayout(dir: string, options: ModelLayoutOptions = {}): Promise<ModelLayout> {
+  checkPathArgument(dir, 'readModelLayout', 'the model directory');
+  const { layout, store } = await openModelLayout(dir, options ?? {});
+  await store.close();
+  return layout;
+}
