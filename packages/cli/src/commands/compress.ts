@@ -47,6 +47,7 @@ import {
   loadModel,
   ModelRunnerAdapter,
   perplexity,
+  readJsonFile,
   settingsDiff,
   type LlamaModel,
 } from '@caldera/runtime-node';
@@ -550,7 +551,7 @@ export async function compressCommand(a: Args): Promise<number> {
       const fingerprint = await runFingerprint(modelDir, settings, seed, ctl.signal);
       await checkResume(partial, fingerprint);
       // the source's perplexity now, while the loaded model is still the source (compressModel replaces its layers)
-      const baseline = await sourceBaseline(ctx, settings, loaded.model, partial, fingerprint.model);
+      const held = await sourceBaseline(ctx, settings, loaded.model, partial, fingerprint.model);
       const results = await compressModel(runner, await windowsOf(), {
         compressLayer: (w, h, info, signal) =>
           compressLayerWithSpec(w, h, info.name, layerSpec(settings, seed, info.name), {
@@ -572,7 +573,7 @@ export async function compressCommand(a: Args): Promise<number> {
         },
       });
       bar.done();
-      await finish(ctx, settings, results, baseline);
+      await finish(ctx, settings, results, held);
       await rm(partial, { recursive: true, force: true });
       return 0;
     }
@@ -699,11 +700,8 @@ export async function compressCommand(a: Args): Promise<number> {
       return 0;
     }
     // the model held here is the source still (this propagation replaces none of its layers)
-    const { tokens, context } = await heldOutOf(modelDir, settings, loaded.config);
-    const r = perplexity(loaded.model, tokens, { context });
-    const before = { ppl: r.ppl, tokens: r.tokens };
-    ctx.log({ event: 'baseline', ...before });
-    await assemble(ctx, work, manifest, before);
+    const held = scoreHeldOut(ctx, loaded.model, await heldOutOf(modelDir, settings, loaded.config));
+    await assemble(ctx, work, manifest, held);
     return 0;
   } finally {
     process.off('SIGINT', onSignal);
@@ -713,7 +711,7 @@ export async function compressCommand(a: Args): Promise<number> {
 }
 
 /** Assemble the checkpoint from a manifest's job outputs, then drop the work directory. */
-async function assemble(ctx: Ctx, work: string, manifest: JobManifest, baseline?: Baseline): Promise<void> {
+async function assemble(ctx: Ctx, work: string, manifest: JobManifest, held?: HeldOut): Promise<void> {
   const missing = await missingJobs(work, manifest);
   if (missing.length > 0) {
     throw new CalderaError(
@@ -724,7 +722,7 @@ async function assemble(ctx: Ctx, work: string, manifest: JobManifest, baseline?
   }
   const results: LayerResult[] = [];
   for (const j of manifest.jobs) results.push(await readJobResult(work, j));
-  await finish(ctx, manifest.settings as unknown as RunSettings, results, baseline);
+  await finish(ctx, manifest.settings as unknown as RunSettings, results, held);
   await rm(work, { recursive: true, force: true });
 }
 
@@ -771,11 +769,22 @@ async function heldOutOf(modelDir: string, s: RunSettings, cfg: ModelConfig) {
 /** The source model's held-out perplexity, as `finish` reports it. */
 type Baseline = { ppl: number; tokens: number };
 
+/** The held-out tokens of a run and their window ({@link heldOutOf}), with the source's perplexity on them. */
+type HeldOut = Awaited<ReturnType<typeof heldOutOf>> & { before: Baseline };
+
+/** `held` scored on `model` (the source, none of its layers replaced), the baseline logged. */
+function scoreHeldOut(ctx: Ctx, model: LlamaModel, held: Awaited<ReturnType<typeof heldOutOf>>): HeldOut {
+  const r = perplexity(model, held.tokens, { context: held.context });
+  const before = { ppl: r.ppl, tokens: r.tokens };
+  ctx.log({ event: 'baseline', ...before });
+  return { ...held, before };
+}
+
 /** Where a 'compressed'-propagation run keeps its baseline, so that a resumed run need not score it again. */
 const PARTIAL_BASELINE_FILE = 'baseline.json';
 
 /**
- * The source's held-out perplexity, scored on `model` (the source as loaded, before any layer is replaced) or, when
+ * The held-out tokens with the source's perplexity, scored on `model` (the source as loaded, before any layer is replaced) or, when
  * `partial` holds it for the same model, held-out text, token count and window, read from there; recorded in
  * `partial` when scored.
  */
@@ -785,29 +794,32 @@ async function sourceBaseline(
   model: LlamaModel,
   partial: string,
   modelSha256: string,
-): Promise<Baseline> {
-  const { tokens, context } = await heldOutOf(ctx.modelDir, s, model.config);
-  const key = { model: modelSha256, eval: await fileSha256(s.eval), evalTokens: s.evalTokens, context };
+): Promise<HeldOut> {
+  const held = await heldOutOf(ctx.modelDir, s, model.config);
+  const key = {
+    model: modelSha256,
+    eval: await fileSha256(s.eval),
+    evalTokens: s.evalTokens,
+    context: held.context,
+  };
   const file = join(partial, PARTIAL_BASELINE_FILE);
   const saved = await readFile(file, 'utf8')
     .then((t) => JSON.parse(t) as { key?: unknown; ppl?: unknown; tokens?: unknown })
     .catch(() => null);
-  let before: Baseline;
   if (
     saved &&
     JSON.stringify(saved.key) === JSON.stringify(key) &&
     typeof saved.ppl === 'number' &&
     typeof saved.tokens === 'number'
-  )
-    before = { ppl: saved.ppl, tokens: saved.tokens };
-  else {
-    const r = perplexity(model, tokens, { context });
-    before = { ppl: r.ppl, tokens: r.tokens };
-    await mkdir(partial, { recursive: true });
-    await atomicWriteFile(file, JSON.stringify({ key, ...before }));
+  ) {
+    const before = { ppl: saved.ppl, tokens: saved.tokens };
+    ctx.log({ event: 'baseline', ...before });
+    return { ...held, before };
   }
-  ctx.log({ event: 'baseline', ...before });
-  return before;
+  const scored = scoreHeldOut(ctx, model, held);
+  await mkdir(partial, { recursive: true });
+  await atomicWriteFile(file, JSON.stringify({ key, ...scored.before }));
+  return scored;
 }
 
 /**
@@ -833,22 +845,17 @@ export function calibrationRowsWarning(
 }
 
 /**
- * Write the checkpoint and the report: the same code for every mode, so the bytes agree. `baseline`: the source's
- * held-out perplexity when the run has scored it already (else the source is loaded again to score it).
+ * Write the checkpoint and the report: the same code for every mode, so the bytes agree. `scored`: the held-out
+ * tokens with the source's perplexity on them when the run has scored it already (else the source is loaded again
+ * to score it).
  */
-async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], baseline?: Baseline): Promise<void> {
+async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?: HeldOut): Promise<void> {
   const { modelDir, out, seed, json } = ctx;
-  const cfg = parseModelConfig(
-    JSON.parse(await readFile(join(modelDir, 'config.json'), 'utf8')),
-    join(modelDir, 'config.json'),
-  );
-  const { tokens: heldOut, context: evalCtx } = await heldOutOf(modelDir, s, cfg);
-  let before = baseline;
-  if (!before) {
-    const r = perplexity((await loadModel(modelDir)).model, heldOut, { context: evalCtx });
-    before = { ppl: r.ppl, tokens: r.tokens };
-    ctx.log({ event: 'baseline', ...before });
-  }
+  const configFile = join(modelDir, 'config.json');
+  const cfg = parseModelConfig(await readJsonFile(configFile), configFile);
+  const held =
+    scored ?? scoreHeldOut(ctx, (await loadModel(modelDir)).model, await heldOutOf(modelDir, s, cfg));
+  const { tokens: heldOut, context: evalCtx, before } = held;
 
   // checkpoint: every source tensor that is not replaced by a compressed layer's codes, under its name (biases in
   // their source dtype, other float tensors in f16; read from the source while the checkpoint is written)
