@@ -131,6 +131,96 @@ async function checkCalderaLayer(
   }
 }
 
+/** What {@link layoutFromStore} checks: a parsed config, `caldera.json` (or null), and the open weights. */
+export interface LayoutSource {
+  config: ModelConfig;
+  /** `caldera.json` of a compressed checkpoint, or null for a dense model. */
+  calderaMeta: CalderaCheckpointMeta | null;
+  store: TensorStore;
+  /** Where the model came from, for messages and {@link ModelLayout.dir}: a directory, a URL. */
+  label: string;
+  /** What `caldera.json` is called in messages (default `'caldera.json'`). */
+  calderaMetaFile?: string;
+}
+
+/**
+ * The structural checks of {@link readModelLayout} on an open tensor store (no file access: usable in a browser):
+ * every tensor the model needs present, float, with the config's shape; compressed layers' tensors those of their
+ * codecs. Reads headers only.
+ */
+export async function layoutFromStore(
+  source: LayoutSource,
+  options: ModelLayoutOptions = {},
+): Promise<ModelLayout> {
+  const { config, calderaMeta, store, label: dir } = source;
+  // compressed layers' codes without the caldera.json that describes them: say so, rather than that the first
+  // compressed layer's dense weight is missing
+  if (!calderaMeta)
+    assertNoCalderaTensorsWithoutMeta(
+      store.names(),
+      dir,
+      source.calderaMetaFile ?? 'caldera.json',
+      "copy the checkpoint's caldera.json back beside its safetensors",
+    );
+  const { hiddenSize: d, vocabSize: V } = config;
+  const missing = ['model.embed_tokens.weight', 'model.norm.weight'].filter((n) => !store.has(n));
+  if (missing.length) throw new CalderaError('E_MISSING', `${dir}: missing tensors ${missing.join(', ')}`);
+  const embed = await floatTensor(store, 'model.embed_tokens.weight', [V, d]);
+  const lmHead =
+    config.tieWordEmbeddings || !store.has('lm_head.weight')
+      ? embed
+      : await floatTensor(store, 'lm_head.weight', [V, d]);
+  const dtype = options.dtype ?? 'auto';
+  const linears: LinearLayout[] = [];
+  for (let b = 0; b < config.numLayers; b++) {
+    for (const { name } of blockLinearNames(b)) {
+      const kind = name.slice(name.lastIndexOf('.') + 1);
+      const shape = linearShape(config, kind);
+      const [m, n] = shape;
+      if (config.attentionBias && /(q|k|v)_proj$/.test(kind) && !store.has(`${name}.bias`))
+        throw new CalderaError(
+          'E_MISSING',
+          `${dir}: tensor '${name}.bias' is missing (config has q/k/v biases, e.g. Qwen2)`,
+        );
+      const bias = store.has(`${name}.bias`) ? await floatTensor(store, `${name}.bias`, [m]) : null;
+      const meta = calderaMeta?.layers?.[name];
+      if (meta) {
+        await checkCalderaLayer(store, name, meta, shape);
+        // as CalderaLinear counts its storage
+        const bytes = Math.ceil((meta.bitsPerWeight * m * n) / 8);
+        linears.push({
+          name,
+          outFeatures: m,
+          inFeatures: n,
+          bias,
+          bytes,
+          memoryBytes: bytes,
+          weight: null,
+          caldera: meta,
+        });
+      } else {
+        const weight = await floatTensor(store, `${name}.weight`, shape);
+        const half =
+          dtype === 'f16' || (dtype === 'auto' && (weight.dtype === 'f16' || weight.dtype === 'bf16'));
+        linears.push({
+          name,
+          outFeatures: m,
+          inFeatures: n,
+          bias,
+          bytes: weight.bytes,
+          memoryBytes: m * n * (half ? 2 : 4),
+          weight,
+          caldera: null,
+        });
+      }
+    }
+    for (const norm of ['input_layernorm', 'post_attention_layernorm'])
+      await floatTensor(store, `model.layers.${b}.${norm}.weight`, [d]);
+  }
+  const norm = await floatTensor(store, 'model.norm.weight', [d]);
+  return { dir, config, calderaMeta, embed, lmHead, linears, norm };
+}
+
 /**
  * {@link readModelLayout} of `dir` with its weights left open: the caller reads the tensors from `store` and closes
  * it (closed here when the layout fails).
@@ -149,72 +239,7 @@ export async function openModelLayout(
   }
   const store = await openSafetensorsDir(dir);
   try {
-    // compressed layers' codes without the caldera.json that describes them: say so, rather than that the first
-    // compressed layer's dense weight is missing
-    if (!calderaMeta)
-      assertNoCalderaTensorsWithoutMeta(
-        store.names(),
-        dir,
-        'caldera.json',
-        "copy the checkpoint's caldera.json back beside its safetensors",
-      );
-    const { hiddenSize: d, vocabSize: V } = config;
-    const missing = ['model.embed_tokens.weight', 'model.norm.weight'].filter((n) => !store.has(n));
-    if (missing.length) throw new CalderaError('E_MISSING', `${dir}: missing tensors ${missing.join(', ')}`);
-    const embed = await floatTensor(store, 'model.embed_tokens.weight', [V, d]);
-    const lmHead =
-      config.tieWordEmbeddings || !store.has('lm_head.weight')
-        ? embed
-        : await floatTensor(store, 'lm_head.weight', [V, d]);
-    const dtype = options.dtype ?? 'auto';
-    const linears: LinearLayout[] = [];
-    for (let b = 0; b < config.numLayers; b++) {
-      for (const { name } of blockLinearNames(b)) {
-        const kind = name.slice(name.lastIndexOf('.') + 1);
-        const shape = linearShape(config, kind);
-        const [m, n] = shape;
-        if (config.attentionBias && /(q|k|v)_proj$/.test(kind) && !store.has(`${name}.bias`))
-          throw new CalderaError(
-            'E_MISSING',
-            `${dir}: tensor '${name}.bias' is missing (config has q/k/v biases, e.g. Qwen2)`,
-          );
-        const bias = store.has(`${name}.bias`) ? await floatTensor(store, `${name}.bias`, [m]) : null;
-        const meta = calderaMeta?.layers?.[name];
-        if (meta) {
-          await checkCalderaLayer(store, name, meta, shape);
-          // as CalderaLinear counts its storage
-          const bytes = Math.ceil((meta.bitsPerWeight * m * n) / 8);
-          linears.push({
-            name,
-            outFeatures: m,
-            inFeatures: n,
-            bias,
-            bytes,
-            memoryBytes: bytes,
-            weight: null,
-            caldera: meta,
-          });
-        } else {
-          const weight = await floatTensor(store, `${name}.weight`, shape);
-          const half =
-            dtype === 'f16' || (dtype === 'auto' && (weight.dtype === 'f16' || weight.dtype === 'bf16'));
-          linears.push({
-            name,
-            outFeatures: m,
-            inFeatures: n,
-            bias,
-            bytes: weight.bytes,
-            memoryBytes: m * n * (half ? 2 : 4),
-            weight,
-            caldera: null,
-          });
-        }
-      }
-      for (const norm of ['input_layernorm', 'post_attention_layernorm'])
-        await floatTensor(store, `model.layers.${b}.${norm}.weight`, [d]);
-    }
-    const norm = await floatTensor(store, 'model.norm.weight', [d]);
-    return { layout: { dir, config, calderaMeta, embed, lmHead, linears, norm }, store };
+    return { layout: await layoutFromStore({ config, calderaMeta, store, label: dir }, options), store };
   } catch (e) {
     await store.close().catch(() => undefined);
     throw e;

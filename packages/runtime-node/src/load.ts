@@ -12,7 +12,7 @@ import { fromCheckpointTensors } from '@caldera/lowrank';
 import { blockLinearNames, type ModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
 import { checkPathArgument } from './json-file.js';
-import { openModelLayout, type TensorLayout } from './layout.js';
+import { openModelLayout, type ModelLayout, type TensorLayout } from './layout.js';
 import { LlamaModel, type BlockWeights } from './model.js';
 
 /** A loaded model with where it came from. */
@@ -78,6 +78,104 @@ async function denseLinear(
 }
 
 /**
+ * Read block `b`'s weights (its seven linears, biases and two norms) from `store` as {@link loadModel} holds them
+ * (see {@link LoadOptions.dtype}), values checked finite. The building block of the loaders, and of callers that
+ * hold one block at a time.
+ */
+export async function readBlockWeights(
+  store: TensorStore,
+  layout: ModelLayout,
+  b: number,
+  dtype: 'auto' | 'f32' | 'f16' = 'auto',
+): Promise<BlockWeights> {
+  const perBlock = blockLinearNames(0).length;
+  const lin: Linear[] = [];
+  for (const l of layout.linears.slice(b * perBlock, (b + 1) * perBlock)) {
+    const bias = l.bias ? (await readFloat(store, l.bias.name)).f32.data : null;
+    const shape: [number, number] = [l.outFeatures, l.inFeatures];
+    if (l.caldera) {
+      const tensors = await calderaTensors(store, l.name);
+      lin.push(
+        new CalderaLinear(
+          fromCheckpointTensors(l.name, (n) => tensors[n], l.caldera),
+          bias,
+        ),
+      );
+    } else {
+      lin.push(await denseLinear(store, l.weight, shape, bias, dtype));
+    }
+  }
+  const [q, k, v, o, gate, up, down] = lin as [Linear, Linear, Linear, Linear, Linear, Linear, Linear];
+  const norm = async (name: string) => (await readFloat(store, `model.layers.${b}.${name}.weight`)).f32.data;
+  return {
+    inputNorm: await norm('input_layernorm'),
+    postAttnNorm: await norm('post_attention_layernorm'),
+    q,
+    k,
+    v,
+    o,
+    gate,
+    up,
+    down,
+  };
+}
+
+/** `store` seen through a check of `signal` before each read (`E_ABORTED`). */
+function abortableStore(opened: TensorStore, signal: AbortSignal | undefined): TensorStore {
+  return {
+    metadata: opened.metadata,
+    names: () => opened.names(),
+    has: (name) => opened.has(name),
+    tensorInfo: (name) => opened.tensorInfo(name),
+    readTensor: async (name) => {
+      throwIfAborted(signal, 'loading');
+      return opened.readTensor(name);
+    },
+    readRaw: async (name) => {
+      throwIfAborted(signal, 'loading');
+      return opened.readRaw(name);
+    },
+    close: () => opened.close(),
+  };
+}
+
+/** Build the model of a checked `layout` from `opened` (not closed here). */
+async function loadFromLayout(
+  layout: ModelLayout,
+  opened: TensorStore,
+  options: LoadOptions,
+): Promise<LlamaModel> {
+  const { signal, onProgress } = options;
+  const dtype = options.dtype ?? 'auto';
+  const { config } = layout;
+  throwIfAborted(signal, 'loading');
+  const store = abortableStore(opened, signal);
+  const { hiddenSize: d, vocabSize: V } = config;
+  const embedT = await readFloat(store, layout.embed.name);
+  const embed = embedT.f32;
+  const headT = layout.lmHead === layout.embed ? embedT : await readFloat(store, layout.lmHead.name);
+  const lmHead = headT.f32;
+  const headSource = headT.source;
+  const head =
+    dtype === 'auto' && headSource.dtype === 'bf16'
+      ? new DenseF16Linear(headSource.data as Uint16Array, V, d, null, 'bf16')
+      : dtype === 'f16' || (dtype === 'auto' && headSource.dtype === 'f16')
+        ? new DenseF16Linear(f32ArrayToF16(lmHead.data), V, d)
+        : undefined;
+  const blocks: BlockWeights[] = [];
+  for (let b = 0; b < config.numLayers; b++) {
+    blocks.push(await readBlockWeights(store, layout, b, dtype));
+    onProgress?.({ block: b + 1, blocks: config.numLayers });
+  }
+  const norm = (await readFloat(store, layout.norm.name)).f32.data;
+  return new LlamaModel(
+    config,
+    { embed, blocks, norm, lmHead, ...(head ? { head } : {}) },
+    options.pool ? { pool: options.pool } : {},
+  );
+}
+
+/**
  * Load a Hugging Face Llama-family model directory (config.json + model.safetensors or a sharded index), or a Caldera
  * compressed checkpoint (the same plus caldera.json). The structure is checked first from the headers
  * ({@link readModelLayout}: a malformed model fails before any weight is read); then weights are read tensor by
@@ -89,88 +187,12 @@ async function denseLinear(
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
   checkPathArgument(dir, 'loadModel', 'the model directory');
   options ??= {}; // from JavaScript: null options are none
-  const { signal, onProgress } = options;
-  const dtype = options.dtype ?? 'auto';
-  throwIfAborted(signal, 'loading');
-  const { layout, store: opened } = await openModelLayout(dir, { dtype });
-  const { config, calderaMeta } = layout;
+  throwIfAborted(options.signal, 'loading');
+  const { layout, store } = await openModelLayout(dir, { dtype: options.dtype ?? 'auto' });
   try {
-    throwIfAborted(signal, 'loading');
-    // every tensor read goes through this view, which checks the signal first
-    const store: TensorStore = {
-      metadata: opened.metadata,
-      names: () => opened.names(),
-      has: (name) => opened.has(name),
-      tensorInfo: (name) => opened.tensorInfo(name),
-      readTensor: async (name) => {
-        throwIfAborted(signal, 'loading');
-        return opened.readTensor(name);
-      },
-      readRaw: async (name) => {
-        throwIfAborted(signal, 'loading');
-        return opened.readRaw(name);
-      },
-      close: () => opened.close(),
-    };
-    const { hiddenSize: d, vocabSize: V } = config;
-    const embedT = await readFloat(store, layout.embed.name);
-    const embed = embedT.f32;
-    const headT = layout.lmHead === layout.embed ? embedT : await readFloat(store, layout.lmHead.name);
-    const lmHead = headT.f32;
-    const headSource = headT.source;
-    const head =
-      dtype === 'auto' && headSource.dtype === 'bf16'
-        ? new DenseF16Linear(headSource.data as Uint16Array, V, d, null, 'bf16')
-        : dtype === 'f16' || (dtype === 'auto' && headSource.dtype === 'f16')
-          ? new DenseF16Linear(f32ArrayToF16(lmHead.data), V, d)
-          : undefined;
-    const blocks: BlockWeights[] = [];
-    const perBlock = blockLinearNames(0).length;
-    for (let b = 0; b < config.numLayers; b++) {
-      const lin: Linear[] = [];
-      for (const l of layout.linears.slice(b * perBlock, (b + 1) * perBlock)) {
-        const bias = l.bias ? (await readFloat(store, l.bias.name)).f32.data : null;
-        const shape: [number, number] = [l.outFeatures, l.inFeatures];
-        if (l.caldera) {
-          const tensors = await calderaTensors(store, l.name);
-          lin.push(
-            new CalderaLinear(
-              fromCheckpointTensors(l.name, (n) => tensors[n], l.caldera),
-              bias,
-            ),
-          );
-        } else {
-          lin.push(await denseLinear(store, l.weight, shape, bias, dtype));
-        }
-      }
-      const [q, k, v, o, gate, up, down] = lin as [Linear, Linear, Linear, Linear, Linear, Linear, Linear];
-      const norm = async (name: string) =>
-        (await readFloat(store, `model.layers.${b}.${name}.weight`)).f32.data;
-      blocks.push({
-        inputNorm: await norm('input_layernorm'),
-        postAttnNorm: await norm('post_attention_layernorm'),
-        q,
-        k,
-        v,
-        o,
-        gate,
-        up,
-        down,
-      });
-      onProgress?.({ block: b + 1, blocks: config.numLayers });
-    }
-    const norm = (await readFloat(store, layout.norm.name)).f32.data;
-    return {
-      model: new LlamaModel(
-        config,
-        { embed, blocks, norm, lmHead, ...(head ? { head } : {}) },
-        options.pool ? { pool: options.pool } : {},
-      ),
-      config,
-      dir,
-      calderaMeta,
-    };
+    const model = await loadFromLayout(layout, store, options);
+    return { model, config: layout.config, dir, calderaMeta: layout.calderaMeta };
   } finally {
-    await opened.close();
+    await store.close();
   }
 }
