@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { CalderaError } from './errors.js';
-import { fromF16Bits } from './half.js';
+import { fromBf16Bits, fromF16Bits } from './half.js';
 import {
   assertFinite,
   assertShape,
@@ -158,5 +158,23 @@ describe('assertions', () => {
     expect(() => assertFinite(tensor('f32', [2], [1, NaN]), 'x')).toThrow(/x has a non-finite value/);
     expect(() => assertFinite(tensor('f16', [1], Uint16Array.of(0x7c00)))).toThrow(CalderaError);
     expect(() => assertFinite(tensor('f16', [1], Uint16Array.of(0x3c00)))).not.toThrow();
+  });
+
+  it('assertFinite on 16-bit bits agrees with the widened values on all 65 536 patterns of f16 and bf16', () => {
+    for (const [dtype, widen] of [
+      ['f16', fromF16Bits],
+      ['bf16', fromBf16Bits],
+    ] as const) {
+      for (let b = 0; b < 65536; b++) {
+        const finite = Number.isFinite(widen(b));
+        // a finite row before the pattern, so the index in the message is checked too
+        const t = tensor(dtype, [2], Uint16Array.of(0x3c00 & (dtype === 'f16' ? 0xffff : 0), b));
+        if (finite) expect(() => assertFinite(t, 'w')).not.toThrow();
+        else
+          expect(() => assertFinite(t, 'w')).toThrow(
+            /w has a non-finite value \((NaN|-?Infinity)\) at flat index 1/,
+          );
+      }
+    }
   });
 });

@@ -1,6 +1,13 @@
 import { allocArray, arrayCtor, type DType, type DTypeArrayMap } from './dtype.js';
 import { CalderaError } from './errors.js';
-import { bf16ArrayToF32, f16ArrayToF32, f32ArrayToBf16, f32ArrayToF16 } from './half.js';
+import {
+  bf16ArrayToF32,
+  f16ArrayToF32,
+  f32ArrayToBf16,
+  f32ArrayToF16,
+  fromBf16Bits,
+  fromF16Bits,
+} from './half.js';
 
 /**
  * The shared tensor interface of every Caldera package: a plain object, structurally compatible with
@@ -296,15 +303,24 @@ export function assertShape(t: Tensor, shape: readonly number[], name = 'tensor'
   }
 }
 
-/** Throw `E_VALUE` if any element is NaN or ±Inf. */
+/**
+ * Throw `E_VALUE` if any element is NaN or ±Inf. 16-bit floats are checked on their bits (exponent all ones: f16
+ * `0x7c00`, bf16 `0x7f80`), without widening the tensor.
+ */
 export function assertFinite(t: Tensor, name = 'tensor'): void {
   const c = contiguous(t);
-  const d =
-    c.dtype === 'f16'
-      ? f16ArrayToF32(c.data as Uint16Array)
-      : c.dtype === 'bf16'
-        ? bf16ArrayToF32(c.data as Uint16Array)
-        : c.data;
+  if (c.dtype === 'f16' || c.dtype === 'bf16') {
+    const exp = c.dtype === 'f16' ? 0x7c00 : 0x7f80;
+    const bits = c.data as Uint16Array;
+    for (let i = 0; i < bits.length; i++) {
+      if ((bits[i]! & exp) === exp) {
+        const v = c.dtype === 'f16' ? fromF16Bits(bits[i]!) : fromBf16Bits(bits[i]!);
+        throw new CalderaError('E_VALUE', `${name} has a non-finite value (${v}) at flat index ${i}`);
+      }
+    }
+    return;
+  }
+  const d = c.data;
   for (let i = 0; i < d.length; i++) {
     if (!Number.isFinite(d[i]!)) {
       throw new CalderaError('E_VALUE', `${name} has a non-finite value (${d[i]}) at flat index ${i}`);

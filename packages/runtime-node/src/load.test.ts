@@ -107,6 +107,47 @@ describe('loadModel', () => {
     expect(half.model.runBlock(1, h, prompt.length)).toEqual(wide.model.runBlock(1, h, prompt.length));
   });
 
+  it('the embedding and LM head stay 16-bit (no f32 copy); a tied 16-bit pair is one table; f16 overflow is E_VALUE', async () => {
+    const prompt = [3, 0, 29, 11, 7];
+    for (const [dtype, tied] of [
+      ['bf16', false],
+      ['f16', true],
+      ['bf16', true],
+    ] as const) {
+      const dir = await mkdtemp(join(tmpdir(), 'caldera-head-'));
+      await writeFile(join(dir, 'config.json'), JSON.stringify({ ...hf, tie_word_embeddings: tied }));
+      const t: Record<string, Tensor> = {};
+      for (const [k, v] of Object.entries(raw)) if (!(tied && k === 'lm_head.weight')) t[k] = cast(v, dtype);
+      await writeSafetensors(join(dir, 'model.safetensors'), t);
+      const half = (await loadModel(dir)).model;
+      const wide = (await loadModel(dir, { dtype: 'f32' })).model;
+      const w = half.weights;
+      expect(w.embed.dtype).toBe(dtype);
+      expect(w.lmHead).toBeUndefined(); // no f32 copy of the head beside its 16-bit layer
+      const head = w.head as DenseF16Linear;
+      expect(head.format).toBe(dtype);
+      if (tied)
+        expect(w.embed.data).toBe(head.bits); // one table for lookup and logits
+      else expect(w.embed.data).not.toBe(head.bits);
+      // lookups widen each row exactly
+      expect(half.embed(prompt)).toEqual(wide.embed(prompt));
+      // as in the tests above: bf16 runs the f32 kernels' order (identical), f16 its own (1e-4 on logits of ~10)
+      const [a, b] = [half.forward(prompt), wide.forward(prompt)];
+      if (dtype === 'bf16') expect(a).toEqual(b);
+      else for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-4);
+    }
+    // dtype 'f16' rounds an f32 checkpoint: a value beyond f16's range fails naming the tensor, not as infinity
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-f16-overflow-'));
+    await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
+    const big = tensor('f32', [30, 32], raw['model.embed_tokens.weight']!.data.slice());
+    big.data[5] = 70000;
+    await writeSafetensors(join(dir, 'model.safetensors'), { ...raw, 'model.embed_tokens.weight': big });
+    await expect(loadModel(dir, { dtype: 'f16' })).rejects.toThrow(
+      /tensor 'model.embed_tokens.weight' rounded to f16 has a non-finite value \(Infinity\) at flat index 5/,
+    );
+    expect((await loadModel(dir)).model.weights.embed.data[5]).toBe(70000);
+  });
+
   it('onProgress reports each block (1…blocks, as runtime-webgpu); signal aborts between tensors with E_ABORTED', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'caldera-progress-'));
     await writeFile(join(dir, 'config.json'), JSON.stringify({ ...hf, num_hidden_layers: 3 }));

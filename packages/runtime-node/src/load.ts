@@ -2,6 +2,7 @@ import {
   assertFinite,
   cast,
   f32ArrayToF16,
+  tensor,
   throwIfAborted,
   type CalderaCheckpointMeta,
   type Tensor,
@@ -24,15 +25,37 @@ export interface LoadedModel {
   calderaMeta: CalderaCheckpointMeta | null;
 }
 
+/** A float tensor as the model holds it: f32, or 16-bit bits. */
+type HeldFloat = Tensor<'f32'> | Tensor<'f16'> | Tensor<'bf16'>;
+
 /**
- * Read a float tensor whose header {@link readModelLayout} checked, and check that every value is finite; returns it
- * as stored and as f32.
+ * Read a float tensor whose header {@link readModelLayout} checked, as f32, and check that every value is finite (after
+ * narrowing: an f64 value beyond f32's range is an error, not infinity).
  */
-async function readFloat(store: TensorStore, name: string): Promise<{ source: Tensor; f32: Tensor<'f32'> }> {
+async function readFloat(store: TensorStore, name: string): Promise<Tensor<'f32'>> {
   const source = await store.readTensor(name);
   const out = source.dtype === 'f32' ? (source as Tensor<'f32'>) : cast(source, 'f32');
   assertFinite(out, `tensor '${name}'`);
-  return { source, f32: out };
+  return out;
+}
+
+/**
+ * Read a float tensor as the model holds it under `dtype` ({@link LoadOptions.dtype}): f16 and bf16 bits kept as they
+ * are ('auto'; checked on the bits, never widened), rounded to f16 ('f16'; a value beyond f16's range is an error),
+ * else f32. Every value is checked finite.
+ */
+async function readHeld(store: TensorStore, name: string, dtype: 'auto' | 'f32' | 'f16'): Promise<HeldFloat> {
+  const source = await store.readTensor(name);
+  if ((dtype === 'auto' && source.dtype === 'bf16') || (dtype !== 'f32' && source.dtype === 'f16')) {
+    assertFinite(source, `tensor '${name}'`);
+    return source as HeldFloat;
+  }
+  const f32 = source.dtype === 'f32' ? (source as Tensor<'f32'>) : cast(source, 'f32');
+  assertFinite(f32, `tensor '${name}'`);
+  if (dtype !== 'f16') return f32;
+  const half = tensor('f16', f32.shape, f32ArrayToF16(f32.data));
+  assertFinite(half, `tensor '${name}' rounded to f16`);
+  return half;
 }
 
 /** The tensors of compressed layer `name` (checked against the format again, and their values, by `fromCheckpointTensors`). */
@@ -48,8 +71,9 @@ export interface LoadOptions {
    * Storage of dense linear weights (LM head included): `'auto'` (default) keeps f16 and bf16 checkpoints' weights as
    * they are stored, 16 bits each ({@link DenseF16Linear} with `format` 'f16' or 'bf16': half the memory of f32, the
    * same values — bf16 widens to f32 exactly, so outputs equal those of `'f32'`), and f32 ones as f32; `'f32'` widens
-   * everything to f32; `'f16'` rounds everything to f16 (lossy for bf16 and f32 checkpoints). Embeddings and norms are
-   * f32 in every case.
+   * everything to f32; `'f16'` rounds everything to f16 (lossy for bf16 and f32 checkpoints; a value beyond f16's range
+   * is `E_VALUE`). The embedding and the LM head follow the same rule (a tied 16-bit pair is held once, as the head's
+   * bits); norms and biases are f32 in every case.
    */
   dtype?: 'auto' | 'f32' | 'f16';
   /** Worker pool for the model's batch products ({@link LlamaModelOptions.pool}). Default: none. */
@@ -70,11 +94,8 @@ async function denseLinear(
   bias: Float32Array | null,
   dtype: 'auto' | 'f32' | 'f16',
 ): Promise<Linear> {
-  const { source, f32: t } = await readFloat(store, weight.name);
-  if (dtype === 'auto' && (source.dtype === 'f16' || source.dtype === 'bf16'))
-    return new DenseF16Linear(source.data as Uint16Array, m, n, bias, source.dtype);
-  if (dtype === 'f16') return new DenseF16Linear(f32ArrayToF16(t.data), m, n, bias);
-  return new DenseLinear(t, bias);
+  const t = await readHeld(store, weight.name, dtype);
+  return t.dtype === 'f32' ? new DenseLinear(t, bias) : new DenseF16Linear(t.data, m, n, bias, t.dtype);
 }
 
 /**
@@ -91,7 +112,7 @@ export async function readBlockWeights(
   const perBlock = blockLinearNames(0).length;
   const lin: Linear[] = [];
   for (const l of layout.linears.slice(b * perBlock, (b + 1) * perBlock)) {
-    const bias = l.bias ? (await readFloat(store, l.bias.name)).f32.data : null;
+    const bias = l.bias ? (await readFloat(store, l.bias.name)).data : null;
     const shape: [number, number] = [l.outFeatures, l.inFeatures];
     if (l.caldera) {
       const tensors = await calderaTensors(store, l.name);
@@ -106,7 +127,7 @@ export async function readBlockWeights(
     }
   }
   const [q, k, v, o, gate, up, down] = lin as [Linear, Linear, Linear, Linear, Linear, Linear, Linear];
-  const norm = async (name: string) => (await readFloat(store, `model.layers.${b}.${name}.weight`)).f32.data;
+  const norm = async (name: string) => (await readFloat(store, `model.layers.${b}.${name}.weight`)).data;
   return {
     inputNorm: await norm('input_layernorm'),
     postAttnNorm: await norm('post_attention_layernorm'),
@@ -151,26 +172,26 @@ async function loadFromLayout(
   throwIfAborted(signal, 'loading');
   const store = abortableStore(opened, signal);
   const { hiddenSize: d, vocabSize: V } = config;
-  const embedT = await readFloat(store, layout.embed.name);
-  const embed = embedT.f32;
-  const headT = layout.lmHead === layout.embed ? embedT : await readFloat(store, layout.lmHead.name);
-  const lmHead = headT.f32;
-  const headSource = headT.source;
-  const head =
-    dtype === 'auto' && headSource.dtype === 'bf16'
-      ? new DenseF16Linear(headSource.data as Uint16Array, V, d, null, 'bf16')
-      : dtype === 'f16' || (dtype === 'auto' && headSource.dtype === 'f16')
-        ? new DenseF16Linear(f32ArrayToF16(lmHead.data), V, d)
-        : undefined;
+  let embed = await readHeld(store, layout.embed.name, dtype);
+  const heldHead = layout.lmHead === layout.embed ? embed : await readHeld(store, layout.lmHead.name, dtype);
+  let lmHead: Tensor<'f32'> | undefined;
+  let head: DenseF16Linear | undefined;
+  if (heldHead.dtype === 'f32')
+    lmHead = heldHead; // a tied f32 head shares the embedding's table (LlamaModel)
+  else {
+    head = new DenseF16Linear(heldHead.data, V, d, null, heldHead.dtype);
+    // tied: the embedding lookup reads the head's bits (the kernel's copy where there is one): the table is held once
+    if (heldHead === embed) embed = tensor(head.format, [V, d], head.bits) as HeldFloat;
+  }
   const blocks: BlockWeights[] = [];
   for (let b = 0; b < config.numLayers; b++) {
     blocks.push(await readBlockWeights(store, layout, b, dtype));
     onProgress?.({ block: b + 1, blocks: config.numLayers });
   }
-  const norm = (await readFloat(store, layout.norm.name)).f32.data;
+  const norm = (await readFloat(store, layout.norm.name)).data;
   return new LlamaModel(
     config,
-    { embed, blocks, norm, lmHead, ...(head ? { head } : {}) },
+    { embed, blocks, norm, ...(lmHead ? { lmHead } : {}), ...(head ? { head } : {}) },
     options.pool ? { pool: options.pool } : {},
   );
 }

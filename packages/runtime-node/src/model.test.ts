@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { f32ArrayToF16, Rng, tensor, writeSafetensors, type Tensor } from '@caldera/core';
+import { f32ArrayToF16, fromF16Bits, Rng, tensor, writeSafetensors, type Tensor } from '@caldera/core';
 import { createPool } from '@caldera/linalg';
 import { applyDecomposition, caldera, randomDecomposition } from '@caldera/lowrank';
 import { parseModelConfig, type ModelConfig } from './config.js';
@@ -79,6 +79,30 @@ describe('LlamaModel', () => {
     ref.forEach((r, t) =>
       r.forEach((v, j) => expect(Math.abs(got[t * V + j]! - v)).toBeLessThan(1e-4 * maxRef)),
     );
+  });
+
+  it("weights need an LM head (layer or f32 weight) and an embedding of the config's shape", () => {
+    const { embed, blocks, norm } = model.weights;
+    expect(() => new LlamaModel(cfg, { embed, blocks, norm })).toThrow(
+      /neither an LM head layer \(head\) nor its weight \(lmHead\)/,
+    );
+    const wrong = tensor('f32', [cfg.vocabSize - 1, cfg.hiddenSize]);
+    expect(() => new LlamaModel(cfg, { embed: wrong, blocks, norm, lmHead: embed as Tensor<'f32'> })).toThrow(
+      /embedding has shape \[39, 32\], config implies \[40, 32\]/,
+    );
+    // an f16 table with an f16 head layer and no f32 weight: lookups widen exactly
+    const bits = f32ArrayToF16(embed.data as Float32Array);
+    const head = new DenseF16Linear(bits, cfg.vocabSize, cfg.hiddenSize);
+    const half = new LlamaModel(cfg, {
+      embed: tensor('f16', [cfg.vocabSize, cfg.hiddenSize], head.bits),
+      blocks,
+      norm,
+      head,
+    });
+    const rows = half.embed([4, 0, 39]);
+    for (const [r, id] of [4, 0, 39].entries())
+      for (let j = 0; j < cfg.hiddenSize; j++)
+        expect(rows[r * cfg.hiddenSize + j]).toBe(fromF16Bits(bits[id * cfg.hiddenSize + j]!));
   });
 
   it('KV-cache decode (prefill 4, then one token at a time) equals the full recompute', () => {

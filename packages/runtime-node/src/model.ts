@@ -1,4 +1,4 @@
-import { CalderaError, ropeInvFreq, type Tensor } from '@caldera/core';
+import { bf16ArrayToF32, CalderaError, f16ArrayToF32, ropeInvFreq, type Tensor } from '@caldera/core';
 import type { Pool } from '@caldera/linalg';
 import { blockLinearNames, type ModelConfig } from './config.js';
 import { AttentionKernel, type AttentionShape } from './kernels/attention-kernel.js';
@@ -30,11 +30,20 @@ const TEMP_CACHE_MAX_BYTES = 256 * 2 ** 20;
 
 /** All weights of a Llama-family model. Linear layers are pluggable (dense or CALDERA). */
 export interface ModelWeights {
-  embed: Tensor<'f32'>; // [vocab, hidden]
+  /**
+   * Token embeddings `[vocab, hidden]`: f32, or f16/bf16 bits (each looked-up row widened to f32, exactly). A tied
+   * 16-bit model passes a view of its head's bits here (`tensor(head.format, [vocab, hidden], head.bits)`), so the
+   * table is held once.
+   */
+  embed: Tensor<'f32'> | Tensor<'f16'> | Tensor<'bf16'>;
   blocks: BlockWeights[];
   norm: Float32Array;
-  lmHead: Tensor<'f32'>; // [vocab, hidden] (the embedding when tied)
-  /** Optional LM head layer used for logits instead of `lmHead` (e.g. an f16 {@link Linear}); default: dense f32. */
+  /**
+   * The LM head's f32 weight `[vocab, hidden]` (the embedding when tied), used when `head` is not given; a tied f32
+   * head and the embedding share one table.
+   */
+  lmHead?: Tensor<'f32'>;
+  /** The LM head layer used for logits (e.g. an f16 `DenseF16Linear`); default: a dense f32 layer of `lmHead`. */
   head?: Linear;
 }
 
@@ -193,7 +202,18 @@ export class LlamaModel {
       );
     }
     this.invFreq = ropeInvFreq(config);
+    const { vocabSize: V, hiddenSize: d } = config;
+    if (weights.embed.shape.length !== 2 || weights.embed.shape[0] !== V || weights.embed.shape[1] !== d)
+      throw new CalderaError(
+        'E_SHAPE',
+        `embedding has shape [${weights.embed.shape.join(', ')}], config implies [${V}, ${d}]`,
+      );
     if (weights.head) this.head = weights.head;
+    else if (!weights.lmHead)
+      throw new CalderaError(
+        'E_VALUE',
+        'model weights have neither an LM head layer (head) nor its weight (lmHead)',
+      );
     else {
       const head = new DenseLinear(weights.lmHead);
       this.head = head;
@@ -211,7 +231,14 @@ export class LlamaModel {
       const id = tokens[t]!;
       if (!Number.isInteger(id) || id < 0 || id >= this.config.vocabSize)
         throw new CalderaError('E_VALUE', `token id ${id} out of range [0, ${this.config.vocabSize})`);
-      out.set(this.weights.embed.data.subarray(id * d, id * d + d), t * d);
+      const e = this.weights.embed;
+      if (e.dtype === 'f32') out.set(e.data.subarray(id * d, id * d + d), t * d);
+      else {
+        const row = e.data.subarray(id * d, id * d + d);
+        const to = out.subarray(t * d, t * d + d);
+        if (e.dtype === 'f16') f16ArrayToF32(row, to);
+        else bf16ArrayToF32(row, to);
+      }
     }
     return out;
   }

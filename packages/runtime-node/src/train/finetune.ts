@@ -8,6 +8,7 @@ import {
   MODEL_SIDE_FILES,
   openCheckpointDir,
   throwIfAborted,
+  toF32,
   writeCheckpointDir,
   type CalderaCheckpointMeta,
   type CalderaLayerMeta,
@@ -81,7 +82,8 @@ export function frozenBase(loaded: LoadedModel): {
     );
   const w = loaded.model.weights;
   const frozen: TrainParams = {
-    'model.embed_tokens.weight': w.embed.data,
+    // a 16-bit embedding widened (exactly) for the trainer
+    'model.embed_tokens.weight': toF32(w.embed).data,
     'model.norm.weight': w.norm,
   };
   const compressed: { name: string; linear: CalderaLinear }[] = [];
