@@ -76,11 +76,15 @@ function buildModel(kind: Kind, pool?: Pool): LlamaModel {
     down: lin(d, I),
   }));
   const embed = tensor('f32', [V, d], randomF32(V * d, 999));
-  // the embedding / LM head stays dense in every format: f32 for the f32 model, f16 otherwise (as in checkpoints)
-  const head = kind === 'f32' ? undefined : new DenseF16Linear(f32ArrayToF16(embed.data), V, d);
+  const norm = new Float32Array(d).fill(1);
+  // the tied embedding / LM head stays dense in every format, held as loadModel holds a checkpoint's: f32 for the f32
+  // model, otherwise one f16 table (the head's bits, which the embedding lookup reads too)
+  if (kind === 'f32')
+    return new LlamaModel(cfg, { embed, blocks, norm, lmHead: embed }, pool ? { pool } : {});
+  const head = new DenseF16Linear(f32ArrayToF16(embed.data), V, d);
   return new LlamaModel(
     cfg,
-    { embed, blocks, norm: new Float32Array(d).fill(1), lmHead: embed, ...(head ? { head } : {}) },
+    { embed: tensor('f16', [V, d], head.bits), blocks, norm, head },
     pool ? { pool } : {},
   );
 }
