@@ -60,12 +60,13 @@ await run([
   ...quickFlags,
 ]);
 const report = JSON.parse(readFileSync(`${out}/report.json`, 'utf8'));
-// 3. perplexity of the checkpoint on its own: the report's "after" (same text, tokens and windows of 2 × --length)
+// 3. perplexity of the checkpoint on its own: the report's "after" (same text, the same first --eval-tokens tokens,
+//    eval's default windows, which compress uses too)
 await run([
   'eval',
   out,
   ...(evalText ? ['--text', resolve(evalText)] : []),
-  ...(quick ? ['--max-tokens', '1024', '--context', '128'] : []),
+  ...(quick ? ['--max-tokens', '1024'] : []),
 ]);
 // 4. generate from the compressed model
 await run(['generate', out, '--prompt', prompt, '--max-tokens', quick ? '16' : '40']);
