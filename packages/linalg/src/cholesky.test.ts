@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { isCalderaError, Rng, tensor, type Tensor } from '@caldera/core';
 import { cholesky, choleskyWithInfo } from './cholesky.js';
 import { blockLDL } from './ldl.js';
+import { expectAbortable } from './abort-test-util.js';
 
 /** A = GᵀG/k + εI with a seeded G (k × n): SPD, condition number controlled by k and ε. */
 function spd(n: number, seed: number, eps = 1e-3, k = n + 3): Tensor<'f64'> {
@@ -70,6 +71,31 @@ describe('cholesky', () => {
     expect(() => blockLDL(a, 2, { blockSize: 0 })).toThrow(/E_VALUE/);
     expect(() => blockLDL(null as never, 2)).toThrow(/E_VALUE: blockLDL: h is not a tensor/);
   });
+
+  it('takes a signal, checked between panels, inside them and in the trailing updates; same bits when not aborted', () => {
+    const a = spd(300, 4);
+    const opts = (signal?: AbortSignal) => ({ blockSize: 64, ...(signal ? { signal } : {}) });
+    // 5 panels of 64 (checks before each, and between its 16-column groups) and 4 trailing updates on the wasm gemm
+    expect(expectAbortable('cholesky', (signal) => cholesky(a, opts(signal)))).toBeGreaterThanOrEqual(20);
+    expectAbortable('cholesky', (signal) => choleskyWithInfo(a, opts(signal)));
+    // one panel (blockSize ≥ n): checked every 16 columns inside it
+    const b = spd(100, 5);
+    expectAbortable('cholesky', (signal) => cholesky(b, signal ? { signal } : {}), 6);
+    // the jitter retries check too
+    const r = new Rng(6).fillNormal(new Float64Array(100 * 60));
+    const psd = new Float64Array(100 * 100); // rank 60
+    for (let i = 0; i < 100; i++)
+      for (let j = 0; j <= i; j++) {
+        let s = 0;
+        for (let p = 0; p < 60; p++) s += r[i * 60 + p]! * r[j * 60 + p]!;
+        psd[i * 100 + j] = psd[j * 100 + i] = s;
+      }
+    const singular = tensor('f64', [100, 100], psd);
+    expect(choleskyWithInfo(singular, { jitter: true, blockSize: 32 }).jitter).toBeGreaterThan(0);
+    expectAbortable('cholesky', (signal) =>
+      choleskyWithInfo(singular, { jitter: true, blockSize: 32, ...(signal ? { signal } : {}) }),
+    );
+  });
 });
 
 describe('blockLDL', () => {
@@ -103,5 +129,16 @@ describe('blockLDL', () => {
 
   it('rejects sizes that are not a multiple of b', () => {
     expect(() => blockLDL(spd(10, 1), 8)).toThrow(/E_SHAPE/);
+  });
+
+  it('takes a signal (Cholesky and per block), aborts naming blockLDL; same bits when not aborted', () => {
+    const h = spd(96, 6);
+    // entry, 1 + 5 inside the single Cholesky panel, 12 blocks
+    const checks = expectAbortable('blockLDL', (signal) => blockLDL(h, 8, signal ? { signal } : {}));
+    expect(checks).toBeGreaterThan(12);
+    const big = spd(256, 7);
+    expectAbortable('blockLDL', (signal) =>
+      blockLDL(big, 16, { blockSize: 64, ...(signal ? { signal } : {}) }),
+    );
   });
 });

@@ -22,7 +22,7 @@ export {
   type TruncatedSvd,
 } from './rsvd.js';
 export { solveTriangular, invTriangular, type SolveTriangularOptions } from './triangular.js';
-export { qr, type QR } from './qr.js';
+export { qr, type QR, type QrOptions } from './qr.js';
 export { eigh, type Eigh, type EighOptions } from './eigh.js';
 export { svd, type Svd, type SvdOptions } from './svd.js';
 export { lstsq, pinv, type Lstsq, type LstsqOptions } from './lstsq.js';

@@ -3,9 +3,9 @@
  * LDLQ needs (algorithm brief §3.2). Computed from the Cholesky factor `H = C·Cᵀ`: `Dᵢ = Cᵢᵢ·Cᵢᵢᵀ` and
  * `L[:, i] = C[:, i]·Cᵢᵢ⁻¹`.
  */
-import { CalderaError, type Matrix, type Tensor } from '@caldera/core';
+import { CalderaError, throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
 import { assertMatrix } from './check.js';
-import { cholesky, type CholeskyOptions } from './cholesky.js';
+import { choleskyImpl, type CholeskyOptions } from './cholesky.js';
 
 /** Result of {@link blockLDL}. */
 export interface BlockLDL {
@@ -15,19 +15,24 @@ export interface BlockLDL {
   D: Tensor<'f64'>;
 }
 
-/** Block LDLᵀ of a symmetric positive-definite `h` with block size `b` (`n % b == 0`, else `E_SHAPE`). */
+/**
+ * Block LDLᵀ of a symmetric positive-definite `h` with block size `b` (`n % b == 0`, else `E_SHAPE`). `options` are
+ * those of the Cholesky factorisation; `signal` is also checked between diagonal blocks (`E_ABORTED`).
+ */
 export function blockLDL(h: Matrix, b = 8, options: CholeskyOptions = {}): BlockLDL {
   assertMatrix(h, 'blockLDL', 'h');
   const n = h.shape[0]!;
   if (!Number.isInteger(b) || b <= 0 || n % b !== 0) {
     throw new CalderaError('E_SHAPE', `blockLDL: size ${n} is not a multiple of the block size ${b}`);
   }
-  const c = cholesky(h, options).data;
+  throwIfAborted(options.signal, 'blockLDL');
+  const c = choleskyImpl(h, options, 'blockLDL').l.data;
   const nblk = n / b;
   const d = new Float64Array(nblk * b * b);
   const l = new Float64Array(n * n);
   const inv = new Float64Array(b * b); // Cᵢᵢ⁻¹ (lower triangular)
   for (let blk = 0; blk < nblk; blk++) {
+    throwIfAborted(options.signal, 'blockLDL');
     const o = blk * b;
     // D = Cii·Ciiᵀ
     for (let i = 0; i < b; i++)

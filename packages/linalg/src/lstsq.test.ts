@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { isCalderaError, Rng, tensor } from '@caldera/core';
 import { lstsq, pinv } from './lstsq.js';
 import { diffFro, EPS, fro, mul, withSpectrum } from './factor-test-util.js';
+import { expectAbortable } from './abort-test-util.js';
 
 /** Solve the normal equations AᵀA·x = Aᵀb by Gaussian elimination with partial pivoting (independent reference). */
 function normalEquations(a: Float64Array, b: Float64Array, m: number, n: number, k: number): Float64Array {
@@ -137,6 +138,33 @@ function transpose(a: Float64Array, m: number, n: number): Float64Array {
   for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) t[j * m + i] = a[i * n + j]!;
   return t;
 }
+
+describe('abort signal', () => {
+  it('lstsq checks it in the SVD and while forming x, naming lstsq; same bits when not aborted', () => {
+    const rng = new Rng(40);
+    for (const [m, n] of [
+      [60, 40],
+      [40, 60],
+    ] as const) {
+      const a = tensor('f64', [m, n], rng.fillNormal(new Float64Array(m * n)));
+      const b = tensor('f64', [m, 3], rng.fillNormal(new Float64Array(m * 3)));
+      const v = tensor('f64', [m], rng.fillNormal(new Float64Array(m)));
+      expectAbortable('lstsq', (signal) => lstsq(a, b, signal ? { signal } : {}), 100);
+      expectAbortable('lstsq', (signal) => lstsq(a, v, { rcond: 1e-10, ...(signal ? { signal } : {}) }), 100);
+    }
+  });
+
+  it('pinv checks it in the SVD and per singular triple, naming pinv; same bits when not aborted', () => {
+    const rng = new Rng(41);
+    for (const [m, n] of [
+      [60, 40],
+      [40, 60],
+    ] as const) {
+      const a = tensor('f64', [m, n], rng.fillNormal(new Float64Array(m * n)));
+      expectAbortable('pinv', (signal) => pinv(a, signal ? { signal } : {}), 100);
+    }
+  });
+});
 
 describe('pinv', () => {
   for (const [m, n, rankDef] of [

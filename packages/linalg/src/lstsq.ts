@@ -2,7 +2,7 @@
  * Least squares `min ‖A·X − B‖_F` (minimum-norm `X` when `A` is rank-deficient) and the Moore–Penrose
  * pseudo-inverse, both through the thin SVD with singular values below `rcond·σ_max` treated as zero.
  */
-import { CalderaError, type Matrix, type Tensor } from '@caldera/core';
+import { CalderaError, throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
 import { assertFiniteScalar, assertVector, fmtShape } from './check.js';
 import { denseCopy, wrap } from './dense.js';
 import { svdBuf } from './svd.js';
@@ -14,6 +14,8 @@ export interface LstsqOptions {
    * Default `eps·max(m, n)` with `eps = 2⁻⁵²` (numpy's default).
    */
   rcond?: number;
+  /** Abort during the SVD (as `svd`'s `signal`) and while the result is formed (`E_ABORTED`). */
+  signal?: AbortSignal;
 }
 
 /** Result of {@link lstsq}. */
@@ -55,27 +57,32 @@ export function lstsq(
       `${fn}: a is ${fmtShape(a.shape)} but b has ${br} rows (shape ${fmtShape(b.shape)})`,
     );
   }
-  const { u, s, vt } = svdBuf(ad, m, n);
+  const signal = options.signal;
+  const { u, s, vt } = svdBuf(ad, m, n, signal ? { signal } : {}, fn);
   const r = Math.min(m, n);
   const cut = cutoff(s, m, n, options.rcond, fn);
   let rank = 0;
   while (rank < r && s[rank]! > cut) rank++;
   // X = V_r·Σ_r⁻¹·U_rᵀ·B
   const c = new Float64Array(rank * k); // Σ⁻¹Uᵀ B
-  for (let i = 0; i < m; i++)
+  for (let i = 0; i < m; i++) {
+    if ((i & 15) === 0) throwIfAborted(signal, fn); // 16 rows: 16·rank·k multiply-adds
     for (let p = 0; p < rank; p++) {
       const uip = u[i * r + p]!;
       if (uip === 0) continue;
       for (let j = 0; j < k; j++) c[p * k + j]! += uip * bd[i * k + j]!;
     }
+  }
   for (let p = 0; p < rank; p++) for (let j = 0; j < k; j++) c[p * k + j]! /= s[p]!;
   const x = new Float64Array(n * k);
-  for (let p = 0; p < rank; p++)
+  for (let p = 0; p < rank; p++) {
+    throwIfAborted(signal, fn); // n·k multiply-adds per singular triple
     for (let i = 0; i < n; i++) {
       const v = vt[p * n + i]!;
       if (v === 0) continue;
       for (let j = 0; j < k; j++) x[i * k + j]! += v * c[p * k + j]!;
     }
+  }
   const xt: Tensor<'f64'> = isVec
     ? { dtype: 'f64', shape: [n], strides: [1], offset: 0, data: x }
     : wrap(x, n, k);
@@ -89,12 +96,14 @@ export function lstsq(
 export function pinv(a: Matrix, options: LstsqOptions = {}): Tensor<'f64'> {
   const ad = denseCopy(a, 'pinv', 'a');
   const [m, n] = a.shape as [number, number];
-  const { u, s, vt } = svdBuf(ad, m, n);
+  const signal = options.signal;
+  const { u, s, vt } = svdBuf(ad, m, n, signal ? { signal } : {}, 'pinv');
   const r = Math.min(m, n);
   const cut = cutoff(s, m, n, options.rcond, 'pinv');
   const out = new Float64Array(n * m);
   // A⁺ = Σ_p v_p·u_pᵀ/σ_p
   for (let p = 0; p < r && s[p]! > cut; p++) {
+    throwIfAborted(signal, 'pinv'); // m·n multiply-adds per singular triple
     const inv = 1 / s[p]!;
     const up = new Float64Array(m);
     for (let j = 0; j < m; j++) up[j] = u[j * r + p]! * inv;

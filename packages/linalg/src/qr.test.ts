@@ -3,6 +3,7 @@ import { isCalderaError, Rng, tensor } from '@caldera/core';
 import { qr } from './qr.js';
 import { dense, diffFro, EPS, fro, mul, orthErr, withSpectrum } from './factor-test-util.js';
 import { stridedRandn } from './test-util.js';
+import { expectAbortable } from './abort-test-util.js';
 
 describe('qr', () => {
   const shapes: [number, number][] = [
@@ -70,6 +71,20 @@ describe('qr', () => {
       expect.unreachable();
     } catch (e) {
       expect(isCalderaError(e, 'E_SHAPE')).toBe(true);
+    }
+  });
+
+  it('takes a signal, checked per column of both passes; same bits when not aborted', () => {
+    for (const [m, n] of [
+      [150, 41],
+      [41, 150],
+      [64, 64],
+    ] as const) {
+      const a = tensor('f64', [m, n], new Rng(m + n).fillNormal(new Float64Array(m * n)));
+      const k = Math.min(m, n);
+      expect(expectAbortable('qr', (signal) => qr(a, signal ? { signal } : {}))).toBeGreaterThanOrEqual(
+        2 * k,
+      );
     }
   });
 

@@ -2,8 +2,14 @@
  * Householder QR factorisation `A = Q·R` (thin: `Q` is `m × k` with orthonormal columns, `R` is `k × n`
  * upper triangular, `k = min(m, n)`), computed in f64 with row-oriented reflector application.
  */
-import type { Matrix, Tensor } from '@caldera/core';
+import { throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
 import { denseCopy, wrap } from './dense.js';
+
+/** Options of {@link qr}. */
+export interface QrOptions {
+  /** Abort between Householder columns (`E_ABORTED`). */
+  signal?: AbortSignal;
+}
 
 /** Result of {@link qr}. */
 export interface QR {
@@ -16,28 +22,37 @@ export interface QR {
 /**
  * Thin Householder QR of an `m × n` matrix (any strides, f32/f64; not modified). Works for any shape,
  * including empty and rank-deficient matrices (then `R` has zeros on its diagonal and `Q` stays orthonormal).
- * Non-finite input throws `E_VALUE`.
+ * Non-finite input throws `E_VALUE`; an aborted `signal`, `E_ABORTED`.
  * @example
  * const { q, r } = qr(a); // a ≈ q·r, qᵀq = I
  */
-export function qr(a: Matrix): QR {
+export function qr(a: Matrix, options: QrOptions = {}): QR {
   const w = denseCopy(a, 'qr', 'a');
   const [m, n] = a.shape as [number, number];
-  const { q, r } = qrBuf(w, m, n);
+  const { q, r } = qrBuf(w, m, n, options.signal);
   const k = Math.min(m, n);
   return { q: wrap(q, m, k), r: wrap(r, k, n) };
 }
 
 /**
  * QR of the row-major `m × n` buffer `w`, which is overwritten. Returns row-major `q` (m×k) and `r` (k×n).
+ * `signal` is checked before each column of either pass (O((m−j)·(n−j)) work each), an abort naming `what`.
  * @internal
  */
-export function qrBuf(w: Float64Array, m: number, n: number): { q: Float64Array; r: Float64Array } {
+export function qrBuf(
+  w: Float64Array,
+  m: number,
+  n: number,
+  signal?: AbortSignal,
+  what = 'qr',
+): { q: Float64Array; r: Float64Array } {
+  throwIfAborted(signal, what);
   const k = Math.min(m, n);
   const taus = new Float64Array(k);
   const work = new Float64Array(Math.max(n, k));
   // Reflector j: v = [1, w[j+1.., j]] (stored below the diagonal of w), H = I − τ·v·vᵀ.
   for (let j = 0; j < k; j++) {
+    if (j > 0) throwIfAborted(signal, what);
     let scale = 0;
     for (let i = j; i < m; i++) scale = Math.max(scale, Math.abs(w[i * n + j]!));
     if (scale === 0) {
@@ -88,6 +103,7 @@ export function qrBuf(w: Float64Array, m: number, n: number): { q: Float64Array;
   const q = new Float64Array(m * k);
   for (let i = 0; i < k; i++) q[i * k + i] = 1;
   for (let j = k - 1; j >= 0; j--) {
+    throwIfAborted(signal, what);
     const tau = taus[j]!;
     if (tau === 0) continue;
     for (let c = j; c < k; c++) work[c] = q[j * k + c]!;

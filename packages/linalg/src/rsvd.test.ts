@@ -3,6 +3,7 @@ import { Rng, tensor } from '@caldera/core';
 import { eighJacobi, randomizedSvd } from './rsvd.js';
 import { svd } from './svd.js';
 import { EPS, orthErr, withSpectrum } from './factor-test-util.js';
+import { expectAbortable } from './abort-test-util.js';
 
 describe('eighJacobi', () => {
   it('recovers known eigenvalues (with repeats) and orthonormal vectors: ‖A − VΛVᵀ‖ ≤ 1e-12·‖A‖', () => {
@@ -100,6 +101,24 @@ describe('randomizedSvd', () => {
     for (const powerIters of [-1, 0.5, Infinity])
       expect(() => randomizedSvd(a, 3, { powerIters })).toThrow(/E_VALUE: randomizedSvd: powerIters/);
     expect(randomizedSvd(a, 3, { oversample: 0, powerIters: 0 }).s.length).toBe(3);
+  });
+});
+
+describe('randomizedSvd abort signal', () => {
+  it('is checked in the products, per column of each orthonormalisation and in the small SVD; same bits otherwise', () => {
+    const rng = new Rng(50);
+    for (const [m, n, dtype] of [
+      [200, 150, 'f32'],
+      [120, 180, 'f64'],
+    ] as const) {
+      const x = rng.fillNormal(new Float64Array(m * n));
+      const a = dtype === 'f32' ? tensor('f32', [m, n], Float32Array.from(x)) : tensor('f64', [m, n], x);
+      // 5 orthonormalisations × 2 passes × l = 20 columns alone
+      const checks = expectAbortable('randomizedSvd', (signal) =>
+        randomizedSvd(a, 10, { seed: 3, ...(signal ? { signal } : {}) }),
+      );
+      expect(checks).toBeGreaterThan(200);
+    }
   });
 });
 

@@ -3,9 +3,10 @@
  * symmetric eigensolver for the l×l core and modified Gram–Schmidt orthonormalisation. The large products run on
  * the gemm kernels; everything of size l = k + oversample is done in f64.
  */
-import { assertObject, CalderaError, Rng, type Matrix, type Tensor } from '@caldera/core';
+import { assertObject, CalderaError, Rng, throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
+import { abortingAs } from './abort.js';
 import { assertCount, assertFiniteMatrix, assertMatrix } from './check.js';
-import { gemm } from './gemm.js';
+import { gemm, type GemmOptions } from './gemm.js';
 import type { Pool } from './pool/pool.js';
 import { svdBuf } from './svd.js';
 
@@ -67,8 +68,20 @@ export function eighJacobi(a: Float64Array, n: number): { values: Float64Array; 
 /** Orthonormalise the `l` columns of `z` (m×l row-major, f64) in place by two passes of modified Gram–Schmidt. */
 export function orthonormalizeColumns(z: Float64Array, m: number, l: number): void {
   assertObject(z, 'orthonormalizeColumns', 'z', 'a Float64Array');
+  orthonormalizeInPlace(z, m, l, undefined, 'orthonormalizeColumns');
+}
+
+/** {@link orthonormalizeColumns}, checking `signal` before each column (O(m·j) work each; abort names `what`). */
+function orthonormalizeInPlace(
+  z: Float64Array,
+  m: number,
+  l: number,
+  signal: AbortSignal | undefined,
+  what: string,
+): void {
   for (let pass = 0; pass < 2; pass++) {
     for (let j = 0; j < l; j++) {
+      throwIfAborted(signal, what);
       for (let i = 0; i < j; i++) {
         let d = 0;
         for (let r = 0; r < m; r++) d += z[r * l + i]! * z[r * l + j]!;
@@ -95,6 +108,11 @@ export interface RandomizedSvdOptions {
   /** Seed of the Gaussian test matrix. Default 0. */
   seed?: number;
   pool?: Pool;
+  /**
+   * Abort (`E_ABORTED`) between the waves of the products, the columns of each orthonormalisation, and during the
+   * small SVD.
+   */
+  signal?: AbortSignal;
 }
 
 /** A truncated SVD `A ≈ U·diag(s)·Vᵀ` (f64): `u` m×k, `s` descending, `vt` k×n. */
@@ -110,7 +128,7 @@ function toDType(x: Float64Array, dtype: 'f32' | 'f64', shape: [number, number])
     : { dtype, shape, strides: [shape[1], 1], offset: 0, data: Float32Array.from(x) };
 }
 
-/** Rank-k randomized SVD of `a` (m×n, f32 or f64). Deterministic given the seed. */
+/** Rank-k randomized SVD of `a` (m×n, f32 or f64). Deterministic given the seed (and with or without a `signal`). */
 export function randomizedSvd(a: Matrix, k: number, options: RandomizedSvdOptions = {}): TruncatedSvd {
   assertMatrix(a, 'randomizedSvd', 'a');
   assertFiniteMatrix(a, 'randomizedSvd', 'a');
@@ -126,32 +144,40 @@ export function randomizedSvd(a: Matrix, k: number, options: RandomizedSvdOption
   assertCount(oversample, 0, 'randomizedSvd', 'oversample');
   assertCount(powerIters, 0, 'randomizedSvd', 'powerIters');
   const l = Math.min(k + oversample, Math.min(m, n));
-  const pool = options.pool ? { pool: options.pool } : {};
+  const what = 'randomizedSvd';
+  const signal = options.signal;
+  throwIfAborted(signal, what);
+  // the products check the signal between their waves (about 10⁹ multiply-adds)
+  const long: GemmOptions = {
+    checkFinite: false,
+    ...(options.pool ? { pool: options.pool } : {}),
+    ...(signal ? { signal } : {}),
+  };
+  const mul = (x: Matrix, y: Matrix, transA = false): Matrix =>
+    abortingAs(what, () => gemm(x, y, transA ? { ...long, transA } : long));
+  const orth = (z: Float64Array, rows: number): void => orthonormalizeInPlace(z, rows, l, signal, what);
   const dt = a.dtype;
   const rng = new Rng(options.seed ?? 0);
   const omega = toDType(rng.fillNormal(new Float64Array(n * l)), dt, [n, l]);
-  let q = Float64Array.from(gemm(a, omega, { checkFinite: false, ...pool }).data);
-  orthonormalizeColumns(q, m, l);
+  let q = Float64Array.from(mul(a, omega).data);
+  orth(q, m);
   for (let it = 0; it < powerIters; it++) {
-    const z = Float64Array.from(
-      gemm(a, toDType(q, dt, [m, l]), { transA: true, checkFinite: false, ...pool }).data,
-    );
-    orthonormalizeColumns(z, n, l);
-    q = Float64Array.from(gemm(a, toDType(z, dt, [n, l]), { checkFinite: false, ...pool }).data);
-    orthonormalizeColumns(q, m, l);
+    const z = Float64Array.from(mul(a, toDType(q, dt, [m, l]), true).data);
+    orth(z, n);
+    q = Float64Array.from(mul(a, toDType(z, dt, [n, l])).data);
+    orth(q, m);
   }
   // B = Qᵀ·A (l×n) = U_B·S·Vᵀ by the accurate QR + one-sided Jacobi SVD (no Gram matrix, so small singular
   // values keep their relative accuracy); U = Q·U_B
-  const bT = gemm(toDType(q, dt, [m, l]), a, { transA: true, checkFinite: false, ...pool });
-  const small = svdBuf(Float64Array.from(bT.data), l, n);
+  const bT = mul(toDType(q, dt, [m, l]), a, true);
+  const small = svdBuf(Float64Array.from(bT.data), l, n, signal ? { signal } : {}, what);
   const s = small.s.slice(0, k);
   const ub = new Float64Array(l * k);
   for (let i = 0; i < l; i++) for (let t = 0; t < k; t++) ub[i * k + t] = small.u[i * l + t]!;
-  const u = gemm(
+  const u = mul(
     { dtype: 'f64', shape: [m, l], strides: [l, 1], offset: 0, data: q },
     { dtype: 'f64', shape: [l, k], strides: [k, 1], offset: 0, data: ub },
-    { checkFinite: false, ...pool },
-  ).data;
+  ).data as Float64Array;
   const vt = small.vt.slice(0, k * n);
   return {
     u: { dtype: 'f64', shape: [m, k], strides: [k, 1], offset: 0, data: u },

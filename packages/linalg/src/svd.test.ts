@@ -3,6 +3,7 @@ import { isCalderaError, Rng, tensor } from '@caldera/core';
 import { svd } from './svd.js';
 import { diffFro, EPS, fro, mul, orthErr, withSpectrum } from './factor-test-util.js';
 import { stridedRandn } from './test-util.js';
+import { expectAbortable } from './abort-test-util.js';
 
 /** ‖A − UΣVᵀ‖_F for row-major buffers. */
 function residual(
@@ -129,6 +130,17 @@ describe('svd', () => {
       expect(Array.from(r.s, (x) => x / s)).toEqual(Array.from(ref.s));
       expect(r.u.data).toEqual(ref.u.data);
       expect(r.vt.data).toEqual(ref.vt.data);
+    }
+  });
+
+  it('takes a signal, checked in the QR, per row of each Jacobi sweep and in U = Q·U_R; same bits when not aborted', () => {
+    for (const [m, n] of [
+      [90, 40],
+      [40, 90],
+    ] as const) {
+      const a = tensor('f64', [m, n], new Rng(m * n).fillNormal(new Float64Array(m * n)));
+      // QR: 2·40 columns; Jacobi: ≥ 2 sweeps of 39 rows
+      expect(expectAbortable('svd', (signal) => svd(a, signal ? { signal } : {}))).toBeGreaterThan(150);
     }
   });
 

@@ -9,7 +9,7 @@ import { qrBuf } from './qr.js';
 
 /** Options of {@link svd}. */
 export interface SvdOptions {
-  /** Abort between Jacobi sweeps (`E_ABORTED`). */
+  /** Abort between the QR's columns, between rows of each Jacobi sweep and of the product `U = Q·U_R` (`E_ABORTED`). */
   signal?: AbortSignal;
   /** Maximum number of Jacobi sweeps before `E_VALUE` (convergence failure). Default 60. */
   maxSweeps?: number;
@@ -39,27 +39,34 @@ export function svd(a: Matrix, options: SvdOptions = {}): Svd {
   return { u: wrap(r.u, m, k), s: r.s, vt: wrap(r.vt, k, n) };
 }
 
-/** SVD of the row-major `m × n` buffer `w` (overwritten). Returns row-major u (m×k), s, vt (k×n). @internal */
+/**
+ * SVD of the row-major `m × n` buffer `w` (overwritten). Returns row-major u (m×k), s, vt (k×n). An abort through
+ * `options.signal` names `what`.
+ * @internal
+ */
 export function svdBuf(
   w: Float64Array,
   m: number,
   n: number,
   options: SvdOptions = {},
+  what = 'svd',
 ): { u: Float64Array; s: Float64Array; vt: Float64Array } {
   if (m < n) {
     // A = (Aᵀ)ᵀ: svd(Aᵀ) = U'·S·V'ᵀ  ⇒  A = V'·S·U'ᵀ
-    const t = svdBuf(transposeBuf(w, m, n), n, m, options);
+    const t = svdBuf(transposeBuf(w, m, n), n, m, options, what);
     return { u: transposeBuf(t.vt, m, m), s: t.s, vt: transposeBuf(t.u, n, m) };
   }
   // m ≥ n: A = Q·R, R = U_R·S·Vᵀ, U = Q·U_R. The Jacobi sweeps work on sums of squares of the columns: on
   // 2^k·A with its largest entry near 1 (exact, see unitScale) they neither overflow nor underflow, where for
   // |a| beyond about 1e±77 they would fail to converge or return zero singular values.
   const scale = scaleToUnit(w);
-  const { q, r } = qrBuf(w, m, n);
-  const res = jacobiSquare(r, n, options);
+  const signal = options.signal;
+  const { q, r } = qrBuf(w, m, n, signal, what);
+  const res = jacobiSquare(r, n, options, what);
   unscale(res.s, scale);
   const u = new Float64Array(m * n);
   for (let i = 0; i < m; i++) {
+    if ((i & 15) === 0) throwIfAborted(signal, what); // 16 rows: 16·n² multiply-adds
     const qi = i * n;
     for (let p = 0; p < n; p++) {
       const c = q[qi + p]!;
@@ -76,6 +83,7 @@ function jacobiSquare(
   a: Float64Array,
   n: number,
   options: SvdOptions,
+  what: string,
 ): { u: Float64Array; s: Float64Array; vt: Float64Array } {
   // Work on G = Aᵀ: its rows are the columns of A; rotating rows of G = rotating columns of A.
   const g = transposeBuf(a, n, n);
@@ -91,9 +99,9 @@ function jacobiSquare(
   }
   let converged = n < 2;
   for (let sweep = 0; sweep < maxSweeps && !converged; sweep++) {
-    throwIfAborted(options.signal, 'svd');
     let rotations = 0;
     for (let p = 0; p < n - 1; p++) {
+      throwIfAborted(options.signal, what); // each row p: up to n−1 pairs of O(n) work
       const rp = p * n;
       for (let q = p + 1; q < n; q++) {
         const rq = q * n;

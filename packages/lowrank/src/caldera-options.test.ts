@@ -146,6 +146,27 @@ describe('caldera svd and damping defaults', () => {
     }
   });
 
+  it('a signal aborted before the call names caldera (not its first step); one aborted from onProgress stops it', () => {
+    const w = structuredWeight(16, 32, 3);
+    const h = hessianFrom(32, 64, 4, 0.01);
+    const ac = new AbortController();
+    ac.abort(new Error('stop'));
+    expect(() => caldera(w, h, { rank: 4, signal: ac.signal })).toThrow(/^E_ABORTED: caldera was aborted$/);
+    const mid = new AbortController();
+    let calls = 0;
+    const run = () =>
+      caldera(w, h, {
+        rank: 4,
+        outerIters: 3,
+        signal: mid.signal,
+        onProgress: () => {
+          if (++calls === 2) mid.abort();
+        },
+      });
+    expect(run).toThrow(/was aborted/);
+    expect(calls).toBe(2);
+  });
+
   it('damping has no effect with H = null (identity)', () => {
     const w = structuredWeight(64, 64, 1);
     const o: CalderaOptions = { rank: 8, outerIters: 2, lplrIters: 2 };

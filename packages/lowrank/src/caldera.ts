@@ -66,8 +66,9 @@ export interface CalderaOptions {
   seed?: number;
   pool?: Pool;
   /**
-   * Checked before every sub-step and between LDLQ's column buffers (`E_ABORTED`). `caldera` is synchronous, so only
-   * code it calls (e.g. `onProgress`) can fire it mid-run; a timer on the same thread runs after `caldera` returns.
+   * Checked before every sub-step, inside the Cholesky factorisation of H and the SVDs, and between LDLQ's column
+   * buffers (`E_ABORTED`). `caldera` is synchronous, so only code it calls (e.g. `onProgress`) can fire it mid-run; a
+   * timer on the same thread runs after `caldera` returns.
    */
   signal?: AbortSignal;
   onProgress?: (p: CalderaProgress) => void;
@@ -253,6 +254,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   checkOptions(o, m, n);
   const k = o.rank;
   const pool = o.pool ? { pool: o.pool } : {};
+  const sig = o.signal ? { signal: o.signal } : {};
   const g = rms(W0.data);
   const hd = h ? toF64(h) : null;
   if (hd) checkHessian(hd.data, n);
@@ -268,7 +270,8 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   const invG = g > 0 ? 1 / g : 0;
   for (let i = 0; i < Wr.length; i++) Wr[i]! *= invG;
   const Hr = rotateHessian(hFit, n, np, su);
-  const M = cholesky(tensor('f64', [np, np], Hr), { jitter: true, ...pool }).data;
+  throwIfAborted(o.signal, 'caldera'); // an abort before any work names the call, not its first step
+  const M = cholesky(tensor('f64', [np, np], Hr), { jitter: true, ...pool, ...sig }).data;
   const Mf = mat(np, np, Float32Array.from(M));
   const HrT = tensor('f64', [np, np], Hr);
   const Hf = mat(np, np, Float32Array.from(Hr));
@@ -306,10 +309,10 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   /** Rank-k truncated SVD of the mp×np matrix X: u mp×k, s (k), vt k×np, row-major f64. */
   const truncatedSvd = (x: Mat, seed: number): { u: Float64Array; s: Float64Array; vt: Float64Array } => {
     if (o.svd === 'randomized') {
-      const r = randomizedSvd(x, k, { seed, powerIters: o.svdPowerIters, ...pool });
+      const r = randomizedSvd(x, k, { seed, powerIters: o.svdPowerIters, ...pool, ...sig });
       return { u: r.u.data, s: r.s, vt: r.vt.data };
     }
-    const r = exactSvd(x, o.signal ? { signal: o.signal } : {});
+    const r = exactSvd(x, sig);
     const c = r.s.length; // min(mp, np)
     const u = new Float64Array(mp * k);
     for (let i = 0; i < mp; i++) for (let j = 0; j < k; j++) u[i * k + j] = r.u.data[i * c + j]!;

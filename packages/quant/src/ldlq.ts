@@ -34,7 +34,7 @@ export interface LdlqOptions {
   damping?: number;
   /** Worker pool from `@caldera/linalg`'s `createPool` for the gemm parts. Default: single-threaded. */
   pool?: Pool;
-  /** Abort between buffers (`E_ABORTED`). */
+  /** Abort during the block LDL of H (`blockLDL`'s checks) and between buffers (`E_ABORTED`). */
   signal?: AbortSignal;
   /** Called after each buffer with the fraction of LDLQ (and tuning) work done. */
   onProgress?: (fraction: number) => void;
@@ -92,7 +92,8 @@ export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResul
     if (!Number.isFinite(W[i]!))
       throw new CalderaError('E_VALUE', `ldlq: W has a non-finite value at (${Math.floor(i / n)}, ${i % n})`);
   }
-  const { ldl, repaired, hd } = factorHessian(h, g, options.damping ?? 0.01, options.pool);
+  throwIfAborted(options.signal, 'ldlq'); // an abort before any work names the call, not its first step
+  const { ldl, repaired, hd } = factorHessian(h, g, options.damping ?? 0.01, options.pool, options.signal);
   const L = Float32Array.from(ldl.L.data);
   const E = new Float32Array(m * n); // W − Ŵ of the columns done so far
   const What = new Float32Array(m * n);
@@ -230,7 +231,13 @@ export function assertFiniteSymmetric(h: Float64Array, n: number, what: string):
         );
 }
 
-function factorHessian(h: Matrix, g: number, damping: number, pool: Pool | undefined) {
+function factorHessian(
+  h: Matrix,
+  g: number,
+  damping: number,
+  pool: Pool | undefined,
+  signal: AbortSignal | undefined,
+) {
   const n = h.shape[0]!;
   const hd = Float64Array.from(h.data.subarray(h.offset, h.offset + n * n));
   if (h.strides[0] !== n || h.strides[1] !== 1) {
@@ -249,7 +256,7 @@ function factorHessian(h: Matrix, g: number, damping: number, pool: Pool | undef
     for (let i = 0; i < n; i++) hd[i * n + i]! += damping * mean;
   }
   const ht: Tensor<'f64'> = { dtype: 'f64', shape: [n, n], strides: [n, 1], offset: 0, data: hd };
-  const opt = pool ? { pool } : {};
+  const opt = { ...(pool ? { pool } : {}), ...(signal ? { signal } : {}) };
   let ldl: BlockLDL;
   let repaired = false;
   try {
