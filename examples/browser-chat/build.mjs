@@ -1,5 +1,6 @@
-// Bundle src/main.ts for the browser into dist/app.js, copy public/index.html next to it (dist/ is the site), and
-// write dist/sw.js: public/sw.js with the list of every file of dist/ to cache for offline use and a version hash.
+// Bundle src/main.ts for the browser into dist/app.js and src/cpu-worker.ts (the CPU fallback, a module Web Worker)
+// into dist/cpu-worker.js, copy public/index.html next to them (dist/ is the site), and write dist/sw.js:
+// public/sw.js with the list of every file of dist/ to cache for offline use and a version hash.
 import { createHash } from 'node:crypto';
 import { copyFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
@@ -7,8 +8,11 @@ import { build } from 'esbuild';
 
 const dist = new URL('./dist/', import.meta.url).pathname;
 await build({
-  entryPoints: [new URL('./src/main.ts', import.meta.url).pathname],
-  outfile: join(dist, 'app.js'),
+  entryPoints: {
+    app: new URL('./src/main.ts', import.meta.url).pathname,
+    'cpu-worker': new URL('./src/cpu-worker.ts', import.meta.url).pathname,
+  },
+  outdir: dist,
   bundle: true,
   format: 'esm',
   platform: 'browser',

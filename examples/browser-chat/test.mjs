@@ -2,7 +2,9 @@
 // dist/, generate 12 greedy tokens through the page's controls and check (1) the page's status (bits/weight, GPU
 // memory) and tokens/s, (2) the tokens: exactly runtime-node's greedy tokens for the same prompt ids and checkpoint,
 // (3) a screenshot: the generated text is on screen (its highlight colour, absent before generating); then stop the
-// server, reload, and check that the page loads and generates the same tokens offline (service worker).
+// server, reload, and check that the page loads and generates the same tokens offline (service worker). Then the CPU
+// fallback: a second Chromium without --enable-unsafe-webgpu (no WebGPU adapter), on a fresh profile and server, must
+// load the checkpoint with runtime-node in a Web Worker, say so on its status line and give the same greedy tokens.
 // Prints 'skipped: …' and exits 0 when /usr/bin/chromium or playwright-core is missing.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -31,17 +33,17 @@ execFileSync(process.execPath, ['build.mjs'], { cwd: here, stdio: 'inherit' });
 const server = staticServer();
 await new Promise((r) => server.listen(0, '127.0.0.1', r));
 const profile = mkdtempSync(join(tmpdir(), 'caldera-chat-'));
+const chromiumArgs = [
+  '--headless=new',
+  '--no-sandbox',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+];
 const ctx = await chromium.launchPersistentContext(profile, {
   executablePath: CHROMIUM,
-  args: [
-    '--headless=new',
-    '--no-sandbox',
-    '--enable-unsafe-webgpu',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--no-first-run',
-  ],
+  args: [...chromiumArgs, '--enable-unsafe-webgpu'],
 });
 const checks = [];
 const check = (ok, what) => {
@@ -68,6 +70,18 @@ async function generateOnPage(page) {
     tokens: await page.evaluate('window.chatTokens'),
   };
 }
+/** runtime-node's greedy tokens (12) after prompt `ids` on the checkpoint the page loads. */
+async function referenceTokens(ids) {
+  const { model, config } = await loadModel(join(here, 'dist/model'));
+  const generationConfig = await readJsonFile(join(here, 'dist/model/generation_config.json'), {
+    optional: true,
+  });
+  const stop = stopTokenIdsOf(config, generationConfig).filter((id) => id !== config.bosTokenId);
+  const ref = [];
+  for await (const t of generate(model, ids, { maxTokens: 12, temperature: 0, stopTokens: stop }))
+    ref.push(t);
+  return ref;
+}
 try {
   const page = await ctx.newPage();
   const url = `http://127.0.0.1:${server.address().port}/`;
@@ -91,14 +105,7 @@ try {
   console.log(`out: ${await page.textContent('#out')}\nstats: ${stats}\ntokens: ${first.tokens.join(' ')}`);
   check(first.tokens.length === 12 && /tokens\/s/.test(stats), '12 tokens streamed, tokens/s shown');
   // the same greedy generation in runtime-node on the checkpoint the page loaded
-  const { model, config } = await loadModel(join(here, 'dist/model'));
-  const generationConfig = await readJsonFile(join(here, 'dist/model/generation_config.json'), {
-    optional: true,
-  });
-  const stop = stopTokenIdsOf(config, generationConfig).filter((id) => id !== config.bosTokenId);
-  const ref = [];
-  for await (const t of generate(model, first.ids, { maxTokens: 12, temperature: 0, stopTokens: stop }))
-    ref.push(t);
+  const ref = await referenceTokens(first.ids);
   check(
     JSON.stringify(first.tokens) === JSON.stringify(ref),
     `greedy tokens equal runtime-node's (${ref.join(' ')})`,
@@ -132,6 +139,50 @@ try {
   await ctx.close();
   server.close();
   rmSync(profile, { recursive: true, force: true });
+}
+
+// The CPU fallback: no --enable-unsafe-webgpu, so no WebGPU adapter (navigator.gpu may exist, requestAdapter() gives
+// null); a fresh profile (no service worker from the run above) and a fresh server.
+const cpuServer = staticServer();
+await new Promise((r) => cpuServer.listen(0, '127.0.0.1', r));
+const cpuProfile = mkdtempSync(join(tmpdir(), 'caldera-chat-cpu-'));
+const cpuCtx = await chromium.launchPersistentContext(cpuProfile, {
+  executablePath: CHROMIUM,
+  args: chromiumArgs,
+});
+try {
+  const page = await cpuCtx.newPage();
+  await page.goto(`http://127.0.0.1:${cpuServer.address().port}/`);
+  await page.waitForFunction('window.chatReady || window.chatError', undefined, { timeout: 120_000 });
+  const status = await page.textContent('#status');
+  console.log(`cpu status: ${status}\nnavigator.gpu: ${await page.evaluate('typeof navigator.gpu')}`);
+  check(
+    /^CPU, WebAssembly SIMD in a Web Worker \(no WebGPU: /.test(status) &&
+      /CALDERA layers/.test(status) &&
+      /bits\/weight/.test(status),
+    'CPU fallback: status line (CPU, WebAssembly SIMD)',
+  );
+  const cpu = await generateOnPage(page);
+  const stats = await page.textContent('#stats');
+  console.log(
+    `cpu out: ${await page.textContent('#out')}\ncpu stats: ${stats}\ncpu tokens: ${cpu.tokens.join(' ')}`,
+  );
+  check(
+    cpu.tokens.length === 12 && /tokens\/s/.test(stats),
+    'CPU fallback: 12 tokens streamed, tokens/s shown',
+  );
+  const ref = await referenceTokens(cpu.ids);
+  check(
+    JSON.stringify(cpu.tokens) === JSON.stringify(ref),
+    `CPU fallback: greedy tokens equal runtime-node's in Node (${ref.join(' ')})`,
+  );
+  // the model runs in the page's Web Worker, off the main thread
+  const workers = page.workers().map((w) => new URL(w.url()).pathname);
+  check(workers.includes('/cpu-worker.js'), `CPU fallback: runs in a Web Worker (${workers.join(', ')})`);
+} finally {
+  await cpuCtx.close();
+  cpuServer.close();
+  rmSync(cpuProfile, { recursive: true, force: true });
 }
 const failed = checks.filter((c) => !c).length;
 console.log(`${checks.length - failed} passed, ${failed} failed`);

@@ -1,9 +1,12 @@
 // Loads /model/ (dist/model/, a Caldera checkpoint) onto WebGPU, with download and upload progress, and streams tokens
 // into the page with tokens/s, the checkpoint's bits per weight and the GPU memory in use. The tokenizer is the checkpoint's tokenizer.json run by
 // @huggingface/tokenizers. A service worker (sw.js) keeps the page, the bundle and the checkpoint for offline use.
+// Without WebGPU (no navigator.gpu, no adapter) the same checkpoint runs on the CPU instead: @caldera/runtime-node's
+// WebAssembly SIMD kernels in a Web Worker (cpu-worker.ts), its tokens streamed the same way.
 import { Tokenizer } from '@huggingface/tokenizers';
-import { stopTokenIdsOf } from '@caldera/core';
-import { createDevice, generate, loadModelFromUrl } from '@caldera/runtime-webgpu';
+import { CalderaError, stopTokenIdsOf, type GenerateOptions, type ModelConfig } from '@caldera/core';
+import { createDevice, generate, loadModelFromUrl, type CalderaDevice } from '@caldera/runtime-webgpu';
+import type { FromWorker, ToWorker } from './cpu-protocol.js';
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const status = $('status');
@@ -40,18 +43,8 @@ function keepOffline(): void {
     .catch((e: unknown) => (offline.textContent = `no offline copy: ${String(e)}`));
 }
 
-async function main(): Promise<void> {
-  const dev = await createDevice();
-  const t0 = performance.now();
-  const { model, config, calderaMeta, linearBitsPerWeight } = await loadModelFromUrl(dev, '/model/', {
-    contextLength: 512,
-    onDownload: ({ file, bytes, total }) =>
-      (status.textContent =
-        `downloading ${file}: ${MiB(bytes)}` +
-        (total ? ` of ${MiB(total)} MiB (${((100 * bytes) / total).toFixed(0)} %)` : ' MiB')),
-    onProgress: ({ block, blocks }) =>
-      (status.textContent = `uploading to the GPU: block ${block} of ${blocks}`),
-  });
+/** The checkpoint's tokenizer and its generation_config.json (null when it has none). */
+async function loadTokenizer(): Promise<{ tok: Tokenizer; generationConfig: unknown }> {
   const tokJson = await (await fetch('/model/tokenizer.json')).json();
   const tokCfg = await fetch('/model/tokenizer_config.json').then((r) => (r.ok ? r.json() : {}));
   const tok = new Tokenizer(tokJson, tokCfg);
@@ -59,13 +52,16 @@ async function main(): Promise<void> {
   const generationConfig: unknown = await fetch('/model/generation_config.json').then((r) =>
     r.ok ? r.json() : null,
   );
-  const layers = Object.keys(calderaMeta?.layers ?? {}).length;
-  status.textContent =
-    `${dev.description}${dev.fallbackAdapter ? ' (CPU fallback)' : ''} · ${config.numLayers} blocks, ` +
-    `${layers} CALDERA layers · ${linearBitsPerWeight.toFixed(2)} bits/weight in the linears · ` +
-    `E8P products in ${model.f16Products ? 'packed f16' : 'f32'} · ` +
-    `GPU memory ${MiB(model.weightBytes)} MiB of weights + ${MiB(model.cacheBytes)} MiB of KV cache and activations · ` +
-    `loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
+  return { tok, generationConfig };
+}
+
+/** Wire the Generate button: `run` streams the token ids of a prompt (the GPU's generate, or the CPU worker's). */
+function chat(
+  config: ModelConfig,
+  tok: Tokenizer,
+  generationConfig: unknown,
+  run: (ids: number[], options: GenerateOptions) => AsyncIterable<number>,
+): void {
   go.disabled = false;
   go.onclick = async () => {
     go.disabled = true;
@@ -82,7 +78,7 @@ async function main(): Promise<void> {
     const produced: number[] = [];
     let start = 0;
     try {
-      for await (const id of generate(model, ids, {
+      for await (const id of run(ids, {
         maxTokens: Number($<HTMLInputElement>('max').value),
         temperature: Number($<HTMLInputElement>('temp').value),
         topK: Number($<HTMLInputElement>('topk').value),
@@ -103,6 +99,91 @@ async function main(): Promise<void> {
     go.disabled = false;
   };
   testHooks.chatReady = true;
+}
+
+/**
+ * The CPU fallback: the checkpoint loaded by runtime-node in a Web Worker (the page stays responsive during each
+ * forward pass), its tokens posted back one by one. `why`: what WebGPU said.
+ */
+async function runOnCpu(why: string): Promise<void> {
+  const t0 = performance.now();
+  status.textContent = `no WebGPU (${why}): loading the model for the CPU…`;
+  const worker = new Worker('/cpu-worker.js', { type: 'module' });
+  const send = (m: ToWorker) => worker.postMessage(m);
+  const loaded = await new Promise<FromWorker & { type: 'loaded' }>((resolve, reject) => {
+    worker.onerror = (e) => reject(new Error(`the CPU worker failed: ${e.message}`));
+    worker.onmessage = ({ data: m }: MessageEvent<FromWorker>) => {
+      if (m.type === 'download')
+        status.textContent =
+          `downloading ${m.file}: ${MiB(m.bytes)}` +
+          (m.total ? ` of ${MiB(m.total)} MiB (${((100 * m.bytes) / m.total).toFixed(0)} %)` : ' MiB');
+      else if (m.type === 'block')
+        status.textContent = `loading for the CPU: block ${m.block} of ${m.blocks}`;
+      else if (m.type === 'loaded') resolve(m);
+      else if (m.type === 'error') reject(new Error(m.message));
+    };
+    send({ type: 'load', url: '/model/' });
+  });
+  const { tok, generationConfig } = await loadTokenizer();
+  const { config } = loaded;
+  status.textContent =
+    `CPU, ${loaded.simd ? 'WebAssembly SIMD' : 'JavaScript (no WebAssembly SIMD)'} in a Web Worker ` +
+    `(no WebGPU: ${why}) · ${config.numLayers} blocks, ${loaded.calderaLayers} CALDERA layers · ` +
+    `${loaded.linearBitsPerWeight.toFixed(2)} bits/weight in the linears · ` +
+    `${MiB(loaded.weightBytes)} MiB of linear weights in memory · ` +
+    `loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
+  // one generation at a time (the button is disabled meanwhile): the worker's messages are this one's
+  chat(config, tok, generationConfig, async function* (ids, options) {
+    const queue: FromWorker[] = [];
+    let wake: (() => void) | null = null;
+    worker.onmessage = ({ data }: MessageEvent<FromWorker>) => {
+      queue.push(data);
+      wake?.();
+    };
+    // a worker that dies (out of memory) ends the generation with its error rather than leaving it waiting
+    worker.onerror = (e) => {
+      queue.push({ type: 'error', message: `the CPU worker failed: ${e.message}` });
+      wake?.();
+    };
+    send({ type: 'generate', ids, options });
+    for (;;) {
+      while (queue.length === 0) await new Promise<void>((r) => (wake = r));
+      const m = queue.shift()!;
+      if (m.type === 'token') yield m.id;
+      else if (m.type === 'done') return;
+      else if (m.type === 'error') throw new Error(m.message);
+    }
+  });
+}
+
+async function main(): Promise<void> {
+  let dev: CalderaDevice;
+  try {
+    dev = await createDevice();
+  } catch (e) {
+    // no navigator.gpu, no adapter (or no device from it): run on the CPU
+    if (e instanceof CalderaError && e.code === 'E_DEVICE') return runOnCpu(e.message);
+    throw e;
+  }
+  const t0 = performance.now();
+  const { model, config, calderaMeta, linearBitsPerWeight } = await loadModelFromUrl(dev, '/model/', {
+    contextLength: 512,
+    onDownload: ({ file, bytes, total }) =>
+      (status.textContent =
+        `downloading ${file}: ${MiB(bytes)}` +
+        (total ? ` of ${MiB(total)} MiB (${((100 * bytes) / total).toFixed(0)} %)` : ' MiB')),
+    onProgress: ({ block, blocks }) =>
+      (status.textContent = `uploading to the GPU: block ${block} of ${blocks}`),
+  });
+  const { tok, generationConfig } = await loadTokenizer();
+  const layers = Object.keys(calderaMeta?.layers ?? {}).length;
+  status.textContent =
+    `${dev.description}${dev.fallbackAdapter ? ' (CPU fallback)' : ''} · ${config.numLayers} blocks, ` +
+    `${layers} CALDERA layers · ${linearBitsPerWeight.toFixed(2)} bits/weight in the linears · ` +
+    `E8P products in ${model.f16Products ? 'packed f16' : 'f32'} · ` +
+    `GPU memory ${MiB(model.weightBytes)} MiB of weights + ${MiB(model.cacheBytes)} MiB of KV cache and activations · ` +
+    `loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
+  chat(config, tok, generationConfig, (ids, options) => generate(model, ids, options));
 }
 
 keepOffline();

@@ -1,5 +1,4 @@
-import { readFile } from 'node:fs/promises';
-import { assertNonEmptyString, CalderaError } from '@caldera/core';
+import { assertNonEmptyString, CalderaError, nodeFs } from '@caldera/core';
 
 /**
  * The parsed JSON of the file at `path`: `E_IO` when it cannot be read, `E_FORMAT` naming it when it is not valid JSON.
@@ -8,7 +7,7 @@ import { assertNonEmptyString, CalderaError } from '@caldera/core';
 export async function readJsonFile(path: string, options: { optional?: boolean } = {}): Promise<unknown> {
   let text: string;
   try {
-    text = await readFile(path, 'utf8');
+    text = await (await nodeFs()).readFile(path, 'utf8');
   } catch (e) {
     if (options.optional && (e as { code?: string }).code === 'ENOENT') return null;
     throw new CalderaError('E_IO', `cannot read ${path}: ${(e as Error).message}`, { cause: e });

@@ -1,9 +1,9 @@
-import { join } from 'node:path';
 import {
   assertNoCalderaTensorsWithoutMeta,
   CalderaError,
   expectedCalderaTensors,
   linearShape,
+  nodePath,
   openSafetensorsDir,
   readCheckpointMeta,
   type CalderaCheckpointMeta,
@@ -229,7 +229,7 @@ export async function openModelLayout(
   dir: string,
   options: ModelLayoutOptions = {},
 ): Promise<{ layout: ModelLayout; store: TensorStore }> {
-  const configFile = join(dir, 'config.json');
+  const configFile = (await nodePath()).join(dir, 'config.json');
   const config = parseModelConfig(await readJsonFile(configFile), configFile);
   let calderaMeta: CalderaCheckpointMeta | null = null;
   try {

@@ -1,5 +1,4 @@
-import { readFile } from 'node:fs/promises';
-import { CalderaError, tensor } from '@caldera/core';
+import { CalderaError, nodeFs, tensor } from '@caldera/core';
 import { parseModelConfig, type ModelConfig } from './config.js';
 import { DenseLinear } from './linear.js';
 import { LlamaModel, type BlockWeights, type LlamaModelOptions } from './model.js';
@@ -8,7 +7,7 @@ import type { TextTokenizer } from './tokenizer.js';
 
 async function readBytes(path: string): Promise<Uint8Array> {
   try {
-    return new Uint8Array(await readFile(path));
+    return new Uint8Array(await (await nodeFs()).readFile(path));
   } catch (e) {
     throw new CalderaError('E_IO', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
   }

@@ -1,25 +1,35 @@
 import {
   assertFinite,
+  assertNonEmptyString,
+  assertObject,
   cast,
   f32ArrayToF16,
+  openModelUrl,
+  parseCalderaMeta,
   tensor,
   throwIfAborted,
   type CalderaCheckpointMeta,
+  type ModelUrlOptions,
   type Tensor,
   type TensorStore,
 } from '@caldera/core';
 import type { Pool } from '@caldera/linalg';
 import { fromCheckpointTensors } from '@caldera/lowrank';
-import { blockLinearNames, type ModelConfig } from './config.js';
+import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
 import { checkPathArgument } from './json-file.js';
-import { openModelLayout, type ModelLayout, type TensorLayout } from './layout.js';
+import { layoutFromStore, openModelLayout, type ModelLayout, type TensorLayout } from './layout.js';
 import { LlamaModel, type BlockWeights } from './model.js';
 
 /** A loaded model with where it came from. */
 export interface LoadedModel {
   model: LlamaModel;
   config: ModelConfig;
+  /**
+   * Where the model came from, as messages name it: the directory ({@link loadModel}), the base URL
+   * ({@link loadModelFromUrl}) or the source's `label` ({@link loadModelFromStore}; `'the checkpoint'` without one).
+   * Not necessarily a path: only the directory loaders give one.
+   */
   dir: string;
   /** `caldera.json` of a compressed checkpoint, or null for a dense model. */
   calderaMeta: CalderaCheckpointMeta | null;
@@ -215,5 +225,94 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     return { model, config: layout.config, dir, calderaMeta: layout.calderaMeta };
   } finally {
     await store.close();
+  }
+}
+
+/** What {@link loadModelFromStore} loads: the parsed JSON files of a model and its open weights. */
+export interface ModelStoreSource {
+  /** The parsed `config.json` (checked by `parseModelConfig`). */
+  config: unknown;
+  /** The parsed `caldera.json` of a compressed checkpoint (checked by core's `parseCalderaMeta`), or null: dense. */
+  calderaMeta: unknown;
+  /** The weights: an open safetensors file or sharded store (core's `openSafetensors`, `openModelUrl`, …). */
+  store: TensorStore;
+  /** What `caldera.json` is called in messages (default `<label>/caldera.json`, or `caldera.json`). */
+  calderaMetaFile?: string;
+  /** Where the model came from, for messages and {@link LoadedModel.dir} (a URL, a name; default `'the checkpoint'`). */
+  label?: string;
+}
+
+/** `file` beside `label` (a directory or URL) for messages; `file` alone without a label. */
+const beside = (label: string | undefined, file: string): string =>
+  label === undefined ? file : label.endsWith('/') ? label + file : `${label}/${file}`;
+
+/**
+ * Load a model from an open tensor store plus its parsed `config.json` and `caldera.json` (null or undefined for a
+ * dense model): no file system, so it runs in a browser or a Web Worker as well as in Node. The building block of
+ * {@link loadModel} (a directory) and {@link loadModelFromUrl} (fetch), with the same checks: the config parsed
+ * (`E_FORMAT` naming `<label>/config.json`), `caldera.json` validated (`E_FORMAT` listing every problem, naming
+ * `calderaMetaFile`), the structure checked from the headers before any weight is read (as {@link readModelLayout}),
+ * then the weights read tensor by tensor, values checked. `source` or `source.store` that is not an object, or a
+ * `label` that is not a non-empty string, is `E_VALUE`; null `options` count as none. The store is not closed here.
+ * The model's {@link LoadedModel.dir} is the label.
+ */
+export async function loadModelFromStore(
+  source: ModelStoreSource,
+  options: LoadOptions = {},
+): Promise<LoadedModel> {
+  assertObject(source, 'loadModelFromStore', 'source');
+  assertObject(source.store, 'loadModelFromStore', 'source.store');
+  if (source.label !== undefined) assertNonEmptyString(source.label, 'loadModelFromStore', 'source.label');
+  options ??= {}; // from JavaScript: null options are none
+  throwIfAborted(options.signal, 'loading');
+  const { label } = source;
+  const config = parseModelConfig(source.config, beside(label, 'config.json'));
+  const calderaMetaFile = source.calderaMetaFile ?? beside(label, 'caldera.json');
+  // null or undefined: a dense model
+  const calderaMeta =
+    source.calderaMeta == null ? null : parseCalderaMeta(source.calderaMeta, calderaMetaFile);
+  const dir = label ?? 'the checkpoint';
+  const layout = await layoutFromStore(
+    { config, calderaMeta, store: source.store, label: dir, calderaMetaFile },
+    { dtype: options.dtype ?? 'auto' },
+  );
+  const model = await loadFromLayout(layout, source.store, options);
+  return { model, config, dir, calderaMeta };
+}
+
+/** Options of {@link loadModelFromUrl}: the loaders' and core's `openModelUrl`'s (`fetch`, `onDownload`). */
+export interface UrlLoadOptions extends LoadOptions, Pick<ModelUrlOptions, 'fetch' | 'onDownload'> {}
+
+/**
+ * Load a model served over HTTP (in a browser, a Web Worker or Node): `<base>/config.json`, optional
+ * `<base>/caldera.json` (a 404 means dense) and `<base>/model.safetensors`, or the shards of
+ * `<base>/model.safetensors.index.json` — fetched by core's `openModelUrl` (headers first with HTTP `Range`, the
+ * structure checked from them before the bulk of each file is downloaded, as a `Blob`, on its first tensor read), then
+ * loaded by {@link loadModelFromStore}. Failed requests are `E_IO` naming the URL, `E_ABORTED` when `signal` fired; a
+ * `base` that is not a non-empty string is `E_VALUE`. {@link LoadedModel.dir} is the base URL, ending with `/`.
+ */
+export async function loadModelFromUrl(base: string, options: UrlLoadOptions = {}): Promise<LoadedModel> {
+  assertNonEmptyString(base, 'loadModelFromUrl', 'the base URL');
+  options ??= {}; // from JavaScript: null options are none
+  throwIfAborted(options.signal, 'loading');
+  const { fetch, signal, onDownload } = options;
+  const opened = await openModelUrl(base, {
+    ...(fetch ? { fetch } : {}),
+    ...(signal ? { signal } : {}),
+    ...(onDownload ? { onDownload } : {}),
+  });
+  try {
+    return await loadModelFromStore(
+      {
+        config: opened.config,
+        calderaMeta: opened.calderaMeta,
+        calderaMetaFile: opened.calderaMetaFile,
+        store: opened.store,
+        label: opened.root,
+      },
+      options,
+    );
+  } finally {
+    await opened.store.close();
   }
 }

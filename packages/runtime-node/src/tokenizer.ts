@@ -1,8 +1,6 @@
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { CalderaError } from '@caldera/core';
+import { CalderaError, nodeFs, nodePath } from '@caldera/core';
 import { checkPathArgument, readJsonFile } from './json-file.js';
 
 /** The tokenizer interface the runtime and CLI use (Hugging Face `tokenizer.json` or llama2.c `tokenizer.bin`). */
@@ -159,7 +157,7 @@ export class HfTokenizer implements TextTokenizer {
 /** The text of `path`, or null when it does not exist (`E_IO` when it cannot be read). */
 async function readOptionalText(path: string): Promise<string | null> {
   try {
-    return await readFile(path, 'utf8');
+    return await (await nodeFs()).readFile(path, 'utf8');
   } catch (e) {
     if ((e as { code?: string }).code === 'ENOENT') return null;
     throw new CalderaError('E_IO', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
@@ -174,6 +172,7 @@ async function readOptionalText(path: string): Promise<string | null> {
  */
 export async function loadTokenizer(dir: string): Promise<HfTokenizer> {
   checkPathArgument(dir, 'loadTokenizer', 'the model directory');
+  const { join } = await nodePath();
   const json = (await readJsonFile(join(dir, 'tokenizer.json'))) as object;
   const config = ((await readJsonFile(join(dir, 'tokenizer_config.json'), { optional: true })) ??
     {}) as Record<string, unknown>;

@@ -4,3 +4,4 @@ export * from './source.js';
 export * from './reader.js';
 export * from './writer.js';
 export * from './sharded.js';
+export * from './url.js';

@@ -1,11 +1,10 @@
-import { createHash } from 'node:crypto';
-import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
 import {
   CalderaError,
   contiguous,
   f32ArrayToF16,
   MODEL_SIDE_FILES,
+  nodeFs,
+  nodePath,
   openCheckpointDir,
   throwIfAborted,
   toF32,
@@ -27,6 +26,7 @@ import type { LoadedModel } from '../load.js';
 import { loraFromRotated, loraGradToRotated, type LayerRotation } from './caldera-lora.js';
 import { lossAndGrad, type LossAndGradOptions, type TrainConfig, type TrainParams } from './model.js';
 import type { Teacher } from './rht.js';
+import { createSha256 } from './sha256.js';
 import { settingsDiff, tokenDigest, Trainer, type Objective } from './trainer.js';
 
 /** One CALDERA layer under LoRA fine-tuning. */
@@ -302,7 +302,7 @@ function yieldToEventLoop(): Promise<void> {
 }
 
 async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
+  return (await nodeFs()).stat(path).then(
     () => true,
     () => false,
   );
@@ -384,7 +384,7 @@ export async function runFinetune(
   let run: Record<string, unknown> | undefined;
   const runSettings = (): Record<string, unknown> => {
     if (run) return run;
-    const start = createHash('sha256');
+    const start = createSha256();
     for (const k of Object.keys(setup.trainable).sort()) {
       const v = setup.trainable[k]!;
       start.update(k).update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
@@ -394,7 +394,7 @@ export async function runFinetune(
       patience: o.patience,
       evalTokens: o.evalTokens,
       validation: tokenDigest(valid),
-      'starting factors': start.digest('hex'),
+      'starting factors': start.digest(),
       ...(o.runKey ?? {}),
     };
     return run;
@@ -548,6 +548,7 @@ export async function writeFinetunedCheckpoint(
   };
   // the source's configuration and side files (tokenizer, chat template, generation settings), those it has
   const copy: Record<string, string> = {};
+  const { join } = await nodePath();
   for (const f of ['config.json', ...MODEL_SIDE_FILES])
     if (await exists(join(sourceDir, f))) copy[f] = join(sourceDir, f);
   await writeCheckpointDir(outDir, { meta: out, tensors, copyFiles: copy }, { overwrite: true, signal });

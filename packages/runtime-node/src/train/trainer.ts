@@ -1,6 +1,5 @@
-import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
-import { atomicWriteFile, CalderaError, Rng } from '@caldera/core';
+import { atomicWriteFile, CalderaError, nodeFs, Rng } from '@caldera/core';
+import { createSha256 } from './sha256.js';
 import { lossAndGrad, type LossAndGrad, type TrainConfig, type TrainParams } from './model.js';
 import { adamWState, adamWStep, clipGradNorm, cosineLr, type AdamWState } from './optim.js';
 
@@ -61,7 +60,7 @@ export interface TrainStateExtra {
 /** sha256 of a token stream (as 32-bit integers): the identity of a run's data in its saved state. */
 export function tokenDigest(tokens: ArrayLike<number>): string {
   const a = Int32Array.from(tokens);
-  return createHash('sha256').update(new Uint8Array(a.buffer)).digest('hex');
+  return createSha256().update(new Uint8Array(a.buffer)).digest();
 }
 
 /**
@@ -275,7 +274,7 @@ export class Trainer {
     objective?: Objective,
     resume?: ResumeCheck,
   ): Promise<Trainer> {
-    const buf = await readFile(path).catch((e: Error) => {
+    const buf = await (await nodeFs()).readFile(path).catch((e: Error) => {
       throw new CalderaError('E_IO', `cannot read training state ${path}: ${e.message}`);
     });
     const hl = buf.readUInt32LE(0);

@@ -1,0 +1,23 @@
+// Messages between the page (main.ts) and the CPU worker (cpu-worker.ts), the fallback when there is no WebGPU.
+import type { GenerateOptions, ModelConfig } from '@caldera/core';
+
+/** Page → worker. */
+export type ToWorker =
+  { type: 'load'; url: string } | { type: 'generate'; ids: number[]; options: GenerateOptions };
+
+/** Worker → page. */
+export type FromWorker =
+  | { type: 'download'; file: string; bytes: number; total: number | null }
+  | { type: 'block'; block: number; blocks: number }
+  | {
+      type: 'loaded';
+      config: ModelConfig;
+      calderaLayers: number;
+      linearBitsPerWeight: number;
+      weightBytes: number;
+      /** Whether the WebAssembly SIMD kernels compiled here (else runtime-node's TypeScript paths run). */
+      simd: boolean;
+    }
+  | { type: 'token'; id: number }
+  | { type: 'done' }
+  | { type: 'error'; message: string };
