@@ -49,6 +49,20 @@ describe('caldera generate / eval / inspect', () => {
     expect(info.format).toBe('llama2.c');
     expect(info.layers).toHaveLength(14);
     expect(info.layers[0].bitsPerWeight).toBe(32);
+    expect(info.layers[4]).toMatchObject({
+      name: 'model.layers.0.mlp.gate_proj',
+      shape: '32x16',
+      kind: 'f32',
+    });
+    expect(info.fileBytes).toBe(readFileSync(model).length);
+    // header only: no tokenizer needed, and weights are not read (a NaN weight does not matter to inspect)
+    const bare = join(mkdtempSync(join(tmpdir(), 'caldera-cli-bare-')), 'model.bin');
+    const bytes = readFileSync(model);
+    bytes.writeFloatLE(NaN, 28);
+    writeFileSync(bare, bytes);
+    const bareInfo = run(['inspect', bare, '--json']);
+    expect(bareInfo.status, bareInfo.stderr).toBe(0);
+    expect(JSON.parse(bareInfo.stdout)).toMatchObject({ ...info, path: bare });
     const gen = run(['generate', model, '--prompt', 'a', '--max-tokens', '5', '--json']);
     expect(gen.status, gen.stderr).toBe(0);
     const g = JSON.parse(gen.stdout.trim());
@@ -80,7 +94,7 @@ describe('caldera generate / eval / inspect', () => {
   it('clear errors and non-zero exit codes', () => {
     const bad = run(['inspect', join(model, '..', 'nope.bin')]);
     expect(bad.status).toBe(1);
-    expect(bad.stderr).toMatch(/caldera inspect: .*E_IO|cannot read/);
+    expect(bad.stderr).toMatch(/caldera inspect: E_MISSING: .*nope.bin: cannot open/);
     const num = run(['generate', model, '--max-tokens', 'many']);
     expect(num.status).toBe(1);
     expect(num.stderr).toMatch(/--max-tokens must be a number/);

@@ -3,7 +3,8 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Rng, tensor, type Tensor } from '@caldera/core';
-import { Llama2cTokenizer, loadLlama2c } from './llama2c.js';
+import { Llama2cTokenizer, loadLlama2c, readLlama2cLayout } from './llama2c.js';
+import { DenseF16Linear } from './linear.js';
 import { referenceLogits } from './testing/reference.js';
 
 const dim = 16;
@@ -83,6 +84,63 @@ describe('llama2.c import', () => {
       );
     },
   );
+
+  it('readLlama2cLayout reads the header and size only; loading checks values per tensor, aborts, reports progress and rounds to f16', async () => {
+    const { bin } = build(true);
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-l2c-layout-'));
+    const path = join(dir, 'model.bin');
+    await writeFile(path, bin);
+    const layout = await readLlama2cLayout(path);
+    expect(layout.header).toEqual({
+      dim,
+      hidden,
+      layers,
+      heads,
+      kvHeads,
+      vocab,
+      seqLen,
+      sharedClassifier: false,
+    });
+    expect(layout.fileBytes).toBe(bin.length);
+    expect(layout.config.tieWordEmbeddings).toBe(false);
+    // only the header and size are looked at: weights full of NaN do not matter to the layout, but to the loader
+    const nan = bin.slice();
+    new Float32Array(nan.buffer, 28 + 4 * (vocab * dim + 3), 1)[0] = NaN; // the 4th float of the first norm
+    await writeFile(join(dir, 'nan.bin'), nan);
+    expect((await readLlama2cLayout(join(dir, 'nan.bin'))).fileBytes).toBe(bin.length);
+    await expect(loadLlama2c(join(dir, 'nan.bin'))).rejects.toThrow(
+      `${join(dir, 'nan.bin')}: non-finite weight at float index ${vocab * dim + 3}`,
+    );
+    await writeFile(join(dir, 'short.bin'), bin.subarray(0, 20));
+    await expect(readLlama2cLayout(join(dir, 'short.bin'))).rejects.toThrow(
+      /too short for a llama2.c header/,
+    );
+    await expect(readLlama2cLayout(join(dir, 'none.bin'))).rejects.toThrow(/E_MISSING/);
+    // progress: bytes read, rising to the file size
+    const seen: number[] = [];
+    const f32 = await loadLlama2c(path, {
+      onProgress: ({ done, total }) => (expect(total).toBe(bin.length), seen.push(done)),
+    });
+    expect(seen.length).toBe(11); // the embedding, nine per-layer sections, the end
+    expect(seen.every((d, i) => i === 0 || d > seen[i - 1]!)).toBe(true);
+    expect(seen.at(-1)).toBe(bin.length);
+    // abort between tensors
+    const ac = new AbortController();
+    const stop = loadLlama2c(path, { signal: ac.signal, onProgress: () => ac.abort(new Error('stop')) });
+    await expect(stop).rejects.toThrow(/E_ABORTED: loading was aborted/);
+    // dtype f16: 16-bit linears and head; the logits those of the f32 model within f16 rounding
+    const half = await loadLlama2c(path, { dtype: 'f16' });
+    expect(half.model.linear('model.layers.1.mlp.down_proj')).toBeInstanceOf(DenseF16Linear);
+    expect(half.model.weights.lmHead).toBeUndefined();
+    const tokens = [1, 7, 3, 19];
+    const a = half.model.forward(tokens);
+    const b = f32.model.forward(tokens);
+    let max = 0;
+    b.forEach((v) => (max = Math.max(max, Math.abs(v))));
+    // weights of std 0.3 rounded to f16 (relative 2⁻¹¹) through two layers: well under 1 % of the logit scale
+    for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(0.01 * max);
+    await expect(loadLlama2c(path, { dtype: 'bf16' as never })).rejects.toThrow(/dtype must be/);
+  });
 
   it('tokenizer.bin: BPE by score with dummy prefix and byte fallback; decode inverts encode', () => {
     // vocabulary: <unk> <s> </s>, 256 byte tokens, then pieces with scores (higher merges first)

@@ -1,6 +1,14 @@
-import { CalderaError, nodeFs, tensor } from '@caldera/core';
+import {
+  assertFinite,
+  CalderaError,
+  f32ArrayToF16,
+  nodeFs,
+  openFileSource,
+  tensor,
+  throwIfAborted,
+} from '@caldera/core';
 import { parseModelConfig, type ModelConfig } from './config.js';
-import { DenseLinear } from './linear.js';
+import { DenseF16Linear, DenseLinear, type Linear } from './linear.js';
 import { LlamaModel, type BlockWeights, type LlamaModelOptions } from './model.js';
 import { checkPathArgument } from './json-file.js';
 import type { TextTokenizer } from './tokenizer.js';
@@ -29,28 +37,61 @@ export function permuteRotary(w: Float32Array, heads: number, headDim: number, c
   return out;
 }
 
-/**
- * Load a llama2.c checkpoint (`model.bin`: a 7-int32 header `dim, hidden_dim, n_layers, n_heads, n_kv_heads,
- * vocab_size (negative = separate classifier), seq_len`, then f32 tensors). q/k rows are permuted to the
- * rotate-half RoPE layout this runtime uses; RMSNorm ε = 1e-5 and θ = 10000 as in llama2.c. A `path` that is not a
- * string (null, undefined) is `E_VALUE`; null `options` count as none.
- */
-export async function loadLlama2c(
-  path: string,
-  options: LlamaModelOptions = {},
-): Promise<{ model: LlamaModel; config: ModelConfig }> {
-  checkPathArgument(path, 'loadLlama2c', 'the checkpoint path');
-  options ??= {}; // from JavaScript: null options are none
-  const bytes = await readBytes(path);
-  if (bytes.length < 28) throw new CalderaError('E_FORMAT', `${path}: too short for a llama2.c header`);
-  const hv = new DataView(bytes.buffer, bytes.byteOffset, 28);
+/** The llama2.c header's seven fields (`vocab` made positive; `sharedClassifier`: its sign). */
+export interface Llama2cHeader {
+  dim: number;
+  hidden: number;
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  vocab: number;
+  seqLen: number;
+  /** A positive `vocab_size` in the file: the classifier is the embedding (no separate weights). */
+  sharedClassifier: boolean;
+}
+
+/** What {@link readLlama2cLayout} finds in a llama2.c checkpoint, from its 28-byte header and its size. */
+export interface Llama2cLayout {
+  path: string;
+  header: Llama2cHeader;
+  config: ModelConfig;
+  /** Bytes of the file (checked: exactly the header's tensors, all f32). */
+  fileBytes: number;
+}
+
+/** f32 counts of the file's sections, in file order. */
+function sectionFloats(h: Llama2cHeader) {
+  const hd = h.dim / h.heads;
+  const kvDim = h.kvHeads * hd;
+  return {
+    embed: h.vocab * h.dim,
+    perLayer: h.dim * 2 + h.dim * h.dim * 2 + h.dim * kvDim * 2 + h.dim * h.hidden * 3,
+    final: h.dim,
+    freq: h.seqLen * hd, // freq_cis_real + freq_cis_imag, unused
+    cls: h.sharedClassifier ? 0 : h.vocab * h.dim,
+  };
+}
+
+/** Parse and check the header, and check the file's size against it (`E_FORMAT` naming `path`). */
+function parseLlama2cLayout(path: string, head: Uint8Array, fileBytes: number): Llama2cLayout {
+  if (fileBytes < 28 || head.length < 28)
+    throw new CalderaError('E_FORMAT', `${path}: too short for a llama2.c header`);
+  const hv = new DataView(head.buffer, head.byteOffset, 28);
   const [dim, hidden, layers, heads, kvHeads, vocabSigned, seqLen] = Array.from({ length: 7 }, (_, i) =>
     hv.getInt32(4 * i, true),
   ) as [number, number, number, number, number, number, number];
   const vocab = Math.abs(vocabSigned);
-  const header = { dim, hidden, layers, heads, kvHeads, vocab, seqLen };
-  if (Object.values(header).some((v) => !(v > 0)) || dim % heads !== 0 || heads % kvHeads !== 0)
-    throw new CalderaError('E_FORMAT', `${path}: invalid llama2.c header ${JSON.stringify(header)}`);
+  const fields = { dim, hidden, layers, heads, kvHeads, vocab, seqLen };
+  if (Object.values(fields).some((v) => !(v > 0)) || dim % heads !== 0 || heads % kvHeads !== 0)
+    throw new CalderaError('E_FORMAT', `${path}: invalid llama2.c header ${JSON.stringify(fields)}`);
+  const header: Llama2cHeader = { ...fields, sharedClassifier: vocabSigned > 0 };
+  const sizes = sectionFloats(header);
+  const floats = sizes.embed + layers * sizes.perLayer + sizes.final + sizes.freq + sizes.cls;
+  if (fileBytes !== 28 + 4 * floats)
+    throw new CalderaError(
+      'E_FORMAT',
+      `${path}: ${fileBytes} bytes, expected ${28 + 4 * floats} for header ${JSON.stringify(fields)}`,
+    );
   const config = parseModelConfig(
     {
       architectures: ['LlamaForCausalLM'],
@@ -63,61 +104,145 @@ export async function loadLlama2c(
       max_position_embeddings: seqLen,
       rms_norm_eps: 1e-5,
       rope_theta: 10000,
-      tie_word_embeddings: vocabSigned > 0,
+      tie_word_embeddings: header.sharedClassifier,
       bos_token_id: 1,
       eos_token_id: 2,
     },
     path,
   );
-  const hd = dim / heads;
-  const kvDim = kvHeads * hd;
-  const sizes = {
-    embed: vocab * dim,
-    perLayer: dim * 2 + dim * dim * 2 + dim * kvDim * 2 + dim * hidden * 3,
-    final: dim,
-    freq: seqLen * hd, // freq_cis_real + freq_cis_imag, unused
-    cls: vocabSigned > 0 ? 0 : vocab * dim,
-  };
-  const floats = sizes.embed + layers * sizes.perLayer + sizes.final + sizes.freq + sizes.cls;
-  if (bytes.length !== 28 + 4 * floats)
+  return { path, header, config, fileBytes };
+}
+
+/**
+ * The structure of a llama2.c checkpoint from its 28-byte header and its size alone (no weights are read): the
+ * header's fields, the model config they imply, and the file size, checked to be exactly the header's tensors.
+ * `E_FORMAT` for a bad header or size, `E_MISSING`/`E_IO` when the file cannot be opened, `E_VALUE` for a `path` that
+ * is not a string.
+ */
+export async function readLlama2cLayout(path: string): Promise<Llama2cLayout> {
+  checkPathArgument(path, 'readLlama2cLayout', 'the checkpoint path');
+  const source = await openFileSource(path);
+  try {
+    const head = await source.read(0, Math.min(28, source.size));
+    return parseLlama2cLayout(path, head, source.size);
+  } finally {
+    await source.close();
+  }
+}
+
+/** Options of {@link loadLlama2c}. */
+export interface Llama2cLoadOptions extends LlamaModelOptions {
+  /**
+   * Storage of the linear weights (LM head included): `'auto'` or `'f32'` (default: as stored, f32), or `'f16'` (rounded
+   * to f16: half the memory; a value beyond f16's range is `E_VALUE`). The embedding and norms stay f32.
+   */
+  dtype?: 'auto' | 'f32' | 'f16';
+  /** Abort between tensors (`E_ABORTED`, the signal's reason as its cause). */
+  signal?: AbortSignal;
+  /**
+   * Called after each section of the file is read: `done` of `total` bytes (the file stores each kind of tensor for
+   * all layers together, so there is no per-block order to report).
+   */
+  onProgress?: (e: { done: number; total: number }) => void;
+}
+
+/**
+ * Load a llama2.c checkpoint (`model.bin`: a 7-int32 header `dim, hidden_dim, n_layers, n_heads, n_kv_heads,
+ * vocab_size (negative = separate classifier), seq_len`, then f32 tensors). The header and the file size are checked
+ * first ({@link readLlama2cLayout}), then the weights are read tensor by tensor (no copy of the whole file: files of
+ * any size, beyond `readFile`'s 2 GiB too), each checked finite. q/k rows are permuted to the rotate-half RoPE layout
+ * this runtime uses; RMSNorm ε = 1e-5 and θ = 10000 as in llama2.c. A `path` that is not a string (null, undefined)
+ * is `E_VALUE`; null `options` count as none.
+ */
+export async function loadLlama2c(
+  path: string,
+  options: Llama2cLoadOptions = {},
+): Promise<{ model: LlamaModel; config: ModelConfig }> {
+  checkPathArgument(path, 'loadLlama2c', 'the checkpoint path');
+  options ??= {}; // from JavaScript: null options are none
+  const { signal, onProgress, dtype = 'auto', ...modelOptions } = options;
+  if (dtype !== 'auto' && dtype !== 'f32' && dtype !== 'f16')
     throw new CalderaError(
-      'E_FORMAT',
-      `${path}: ${bytes.length} bytes, expected ${28 + 4 * floats} for header ${JSON.stringify(header)}`,
+      'E_VALUE',
+      `loadLlama2c: dtype must be 'auto', 'f32' or 'f16', got ${String(dtype)}`,
     );
-  const data = new Float32Array(floats);
-  new Uint8Array(data.buffer).set(bytes.subarray(28));
-  for (let i = 0; i < data.length; i++)
-    if (!Number.isFinite(data[i]!))
-      throw new CalderaError('E_VALUE', `${path}: non-finite weight at float index ${i}`);
-  let off = 0;
-  const take = (n: number) => data.subarray(off, (off += n));
-  const embed = tensor('f32', [vocab, dim], take(sizes.embed).slice());
-  const per = (n: number) => Array.from({ length: layers }, () => take(n).slice());
-  const attnNorm = per(dim);
-  const wq = per(dim * dim);
-  const wk = per(kvDim * dim);
-  const wv = per(kvDim * dim);
-  const wo = per(dim * dim);
-  const ffnNorm = per(dim);
-  const w1 = per(hidden * dim);
-  const w2 = per(dim * hidden);
-  const w3 = per(hidden * dim);
-  const norm = take(dim).slice();
-  take(sizes.freq);
-  const lmHead = vocabSigned > 0 ? embed : tensor('f32', [vocab, dim], take(sizes.cls).slice());
-  const lin = (w: Float32Array, m: number, n: number) => new DenseLinear(tensor('f32', [m, n], w));
-  const blocks: BlockWeights[] = Array.from({ length: layers }, (_, l) => ({
-    inputNorm: attnNorm[l]!,
-    postAttnNorm: ffnNorm[l]!,
-    q: lin(permuteRotary(wq[l]!, heads, hd, dim), dim, dim),
-    k: lin(permuteRotary(wk[l]!, kvHeads, hd, dim), kvDim, dim),
-    v: lin(wv[l]!, kvDim, dim),
-    o: lin(wo[l]!, dim, dim),
-    gate: lin(w1[l]!, hidden, dim),
-    up: lin(w3[l]!, hidden, dim),
-    down: lin(w2[l]!, dim, hidden),
-  }));
-  return { model: new LlamaModel(config, { embed, blocks, norm, lmHead }, options), config };
+  throwIfAborted(signal, 'loading');
+  const source = await openFileSource(path);
+  try {
+    const { header, config, fileBytes } = parseLlama2cLayout(
+      path,
+      await source.read(0, Math.min(28, source.size)),
+      source.size,
+    );
+    const { dim, hidden, layers, heads, kvHeads, vocab } = header;
+    const sizes = sectionFloats(header);
+    const hd = dim / heads;
+    const kvDim = kvHeads * hd;
+    let offset = 28;
+    /** The next `n` floats of the file, checked finite (the index in messages counts floats after the header). */
+    const take = async (n: number): Promise<Float32Array> => {
+      throwIfAborted(signal, 'loading');
+      const out = new Float32Array(n);
+      await source.readInto!(offset, out);
+      for (let i = 0; i < n; i++)
+        if (!Number.isFinite(out[i]!))
+          throw new CalderaError(
+            'E_VALUE',
+            `${path}: non-finite weight at float index ${(offset - 28) / 4 + i}`,
+          );
+      offset += 4 * n;
+      return out;
+    };
+    /** One section: the same tensor of every layer. */
+    const per = async (n: number): Promise<Float32Array[]> => {
+      const out: Float32Array[] = [];
+      for (let l = 0; l < layers; l++) out.push(await take(n));
+      onProgress?.({ done: offset, total: fileBytes });
+      return out;
+    };
+    const embedData = await take(sizes.embed);
+    onProgress?.({ done: offset, total: fileBytes });
+    const embed = tensor('f32', [vocab, dim], embedData);
+    const attnNorm = await per(dim);
+    const wq = await per(dim * dim);
+    const wk = await per(kvDim * dim);
+    const wv = await per(kvDim * dim);
+    const wo = await per(dim * dim);
+    const ffnNorm = await per(dim);
+    const w1 = await per(hidden * dim);
+    const w2 = await per(dim * hidden);
+    const w3 = await per(hidden * dim);
+    const norm = await take(dim);
+    offset += 4 * sizes.freq; // freq_cis_real, freq_cis_imag: unused (RoPE is computed)
+    const lmHead = header.sharedClassifier ? embed : tensor('f32', [vocab, dim], await take(sizes.cls));
+    onProgress?.({ done: fileBytes, total: fileBytes });
+    const lin = (w: Float32Array, m: number, n: number, name: string): Linear => {
+      if (dtype !== 'f16') return new DenseLinear(tensor('f32', [m, n], w));
+      const bits = f32ArrayToF16(w);
+      assertFinite(tensor('f16', [m, n], bits), `${path}: ${name} rounded to f16`);
+      return new DenseF16Linear(bits, m, n);
+    };
+    const blocks: BlockWeights[] = Array.from({ length: layers }, (_, l) => ({
+      inputNorm: attnNorm[l]!,
+      postAttnNorm: ffnNorm[l]!,
+      q: lin(permuteRotary(wq[l]!, heads, hd, dim), dim, dim, `layer ${l} wq`),
+      k: lin(permuteRotary(wk[l]!, kvHeads, hd, dim), kvDim, dim, `layer ${l} wk`),
+      v: lin(wv[l]!, kvDim, dim, `layer ${l} wv`),
+      o: lin(wo[l]!, dim, dim, `layer ${l} wo`),
+      gate: lin(w1[l]!, hidden, dim, `layer ${l} w1`),
+      up: lin(w3[l]!, hidden, dim, `layer ${l} w3`),
+      down: lin(w2[l]!, dim, hidden, `layer ${l} w2`),
+    }));
+    const head = dtype === 'f16' ? lin(lmHead.data, vocab, dim, 'classifier') : undefined;
+    const model = new LlamaModel(
+      config,
+      { embed, blocks, norm, ...(head ? { head } : { lmHead }) },
+      modelOptions,
+    );
+    return { model, config };
+  } finally {
+    await source.close();
+  }
 }
 
 /**

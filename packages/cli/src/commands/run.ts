@@ -1,5 +1,12 @@
-import { CalderaError, type ModelConfig } from '@caldera/core';
-import { blockLinearNames, generate, HfTokenizer, perplexity, readModelLayout } from '@caldera/runtime-node';
+import { CalderaError, linearShape, type ModelConfig } from '@caldera/core';
+import {
+  blockLinearNames,
+  generate,
+  HfTokenizer,
+  perplexity,
+  readLlama2cLayout,
+  readModelLayout,
+} from '@caldera/runtime-node';
 import {
   checkFlag,
   tokenWindow,
@@ -218,12 +225,11 @@ async function generateText(
   return 0;
 }
 
-export const inspectHelp = `caldera inspect [model] [--tokenizer FILE] [--json]
+export const inspectHelp = `caldera inspect [model] [--json]
 Architecture, parameter count, bits per weight per layer and file size of a model, Caldera checkpoint or llama2.c .bin.
 Dense layers are reported as stored in the file (f32, f16 or bf16), whatever the runtime holds them as in memory.
-A directory is described from config.json, caldera.json and the safetensors headers, without reading the weights
-(their values are not checked: 'caldera eval' loads them).
-  --tokenizer FILE tokenizer.bin of a llama2.c model (default: beside the .bin)`;
+Nothing but the headers is read: a directory is described from config.json, caldera.json and the safetensors headers,
+a llama2.c .bin from its 28-byte header and its size (the weights' values are not checked: 'caldera eval' loads them).`;
 
 /** One linear layer as `inspect` reports it: its shape, storage and, for a CALDERA layer, rank and error. */
 interface InspectedLinear {
@@ -272,41 +278,36 @@ async function modelDirLayout(dir: string): Promise<InspectedModel> {
   };
 }
 
-/** The layout of a llama2.c `.bin` (loaded: the format has no header of tensors; all f32, as held in memory). */
-async function llama2cLayout(path: string, tokenizer: string | undefined): Promise<InspectedModel> {
-  const { model, config, fileBytes, format } = await openModel(path, tokenizer);
+/** The layout of a llama2.c `.bin` from its header and size (runtime-node's `readLlama2cLayout`; all f32). */
+async function llama2cLayout(path: string): Promise<InspectedModel> {
+  const { config, fileBytes } = await readLlama2cLayout(path);
   const layers = Array.from({ length: config.numLayers }, (_, b) =>
     blockLinearNames(b).map(({ name }): InspectedLinear => {
-      const l = model.linear(name);
+      const kind = name.slice(name.lastIndexOf('.') + 1);
+      const [m, n] = linearShape(config, kind);
       return {
         name,
-        outFeatures: l.outFeatures,
-        inFeatures: l.inFeatures,
-        kind: l.weightBytes === l.inFeatures * l.outFeatures * 2 ? 'f16' : 'f32',
+        outFeatures: m,
+        inFeatures: n,
+        kind: 'f32',
         rank: null,
         error: null,
-        bytes: l.weightBytes,
-        memoryBytes: l.weightBytes,
+        bytes: 4 * m * n,
+        memoryBytes: 4 * m * n,
       };
     }),
   ).flat();
-  return { config, fileBytes, format, layers };
+  return { config, fileBytes, format: 'llama2.c', layers };
 }
 
 export async function inspectCommand(a: Args): Promise<number> {
   const path = modelDirOf(a.positionals[0]);
-  const tokenizer = flagString(a, 'tokenizer');
-  if (!path.endsWith('.bin') && tokenizer !== undefined)
-    throw new CalderaError(
-      'E_VALUE',
-      `--tokenizer applies to a llama2.c model (.bin); ${path} is a directory, whose tokenizer.json is used`,
-    );
   const {
     config,
     fileBytes,
     format,
     layers: linears,
-  } = path.endsWith('.bin') ? await llama2cLayout(path, tokenizer) : await modelDirLayout(path);
+  } = path.endsWith('.bin') ? await llama2cLayout(path) : await modelDirLayout(path);
   let linearBytes = 0;
   let memoryBytes = 0;
   const layers = linears.map((l) => {
