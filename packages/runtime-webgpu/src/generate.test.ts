@@ -131,6 +131,45 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
     }
   });
 
+  it("forward(tokens, { signal }) checks the signal before each batch as prefill does: E_ABORTED with the signal's reason as its cause, the batches before the abort kept in the cache", async () => {
+    const model = await loadTinyModel(16); // prefill batches of 2
+    const stop = new Error('stop');
+    const aborted = async (p: Promise<unknown>, what: string) => {
+      const e = await p.then(
+        () => null,
+        (x: unknown) => x,
+      );
+      expect(e).toBeInstanceOf(CalderaError);
+      expect(e).toMatchObject({ code: 'E_ABORTED', message: `E_ABORTED: ${what} was aborted`, cause: stop });
+    };
+    try {
+      const plain = await model.forward([1, 2, 3, 4, 5]);
+      model.reset();
+      // already aborted: nothing runs, as in prefill
+      await aborted(model.forward([1, 2, 3], { signal: AbortSignal.abort(stop) }), 'forward');
+      await aborted(model.prefill([1, 2, 3], { signal: AbortSignal.abort(stop) }), 'prefill');
+      expect(model.length).toBe(0);
+      // aborted during the first batch: it completes, the second does not start
+      const controller = new AbortController();
+      const stepBatch = model.stepBatch.bind(model);
+      model.stepBatch = (async (t: number[], o: 'all') => {
+        const r = await stepBatch(t, o);
+        controller.abort(stop);
+        return r;
+      }) as typeof model.stepBatch;
+      await aborted(model.forward([1, 2, 3, 4, 5], { signal: controller.signal }), 'forward');
+      model.stepBatch = stepBatch;
+      expect(model.tokens).toEqual([1, 2]);
+      // a signal that does not fire, or null options: the logits of a plain forward
+      model.reset();
+      expect(await model.forward([1, 2, 3, 4, 5], { signal: new AbortController().signal })).toEqual(plain);
+      model.reset();
+      expect(await model.forward([1, 2, 3, 4, 5], null as unknown as object)).toEqual(plain);
+    } finally {
+      model.dispose();
+    }
+  });
+
   it('maxTokens 0 or a prompt that fills the context runs no pass (the cache is left as it was), as in runtime-node', async () => {
     const model = await loadTinyModel(8);
     try {

@@ -67,9 +67,18 @@ export interface PerplexityResult {
   ppl: number;
 }
 
+/**
+ * The default window of {@link perplexity}, runtime-node's: 128 tokens, or fewer when the model holds fewer (there its
+ * max positions; here `contextLength`, the KV cache's length, which is at most those).
+ */
+const DEFAULT_PERPLEXITY_CONTEXT = 128;
+
 /** Options of {@link perplexity}: those of runtime-node's. */
 export interface PerplexityOptions {
-  /** Tokens per window (default and maximum: the model's `contextLength`). */
+  /**
+   * Tokens per window (default 128 as in runtime-node, or the model's `contextLength` when smaller; maximum:
+   * `contextLength`).
+   */
   context?: number;
   /** Start of each window after the previous one (default `context`: windows that do not overlap). */
   stride?: number;
@@ -83,9 +92,10 @@ export interface PerplexityOptions {
  * does: no token is scored twice, each with as much left context as its window allows. With overlapping windows
  * (`stride < context`) every token after the first is scored; with the default `stride = context` the windows do
  * not overlap and the first token of each later window, which has no left context in it, is not. Each window starts
- * from an empty cache and runs in batches of `model.prefillChunk` tokens. `context` must be an integer in
- * [2, model.contextLength], `stride` one in [1, context], and `tokens` an array of at least 2 ids: `E_VALUE` otherwise
- * (`checkPerplexityArgs` of `@caldera/core`, shared with runtime-node).
+ * from an empty cache and runs in batches of `model.prefillChunk` tokens. `context` (default 128, or
+ * `model.contextLength` when smaller: runtime-node's default) must be an integer in [2, model.contextLength], `stride`
+ * one in [1, context], and `tokens` an array of at least 2 ids: `E_VALUE` otherwise (`checkPerplexityArgs` of
+ * `@caldera/core`, shared with runtime-node).
  */
 export async function perplexity(
   model: WebGpuModel,
@@ -94,7 +104,7 @@ export async function perplexity(
 ): Promise<PerplexityResult> {
   const { context, stride } = checkPerplexityArgs(tokens, options, {
     max: model.contextLength,
-    defaultContext: model.contextLength,
+    defaultContext: Math.min(DEFAULT_PERPLEXITY_CONTEXT, model.contextLength),
     what: "the model's contextLength, its KV cache's length",
   });
   options ??= {}; // from JavaScript: null options are none

@@ -1,5 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { CalderaError, f16ArrayToF32, f32ArrayToF16, Rng, tensor } from '@caldera/core';
+import {
+  bf16ArrayToF32,
+  CalderaError,
+  f16ArrayToF32,
+  f32ArrayToBf16,
+  f32ArrayToF16,
+  Rng,
+  tensor,
+} from '@caldera/core';
 import { hadamardFactor } from '@caldera/linalg';
 import {
   applyDecomposition,
@@ -672,20 +680,23 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
   });
 
   for (const lanes of [1, 32] as const)
-    it(`dense layers sharing an input (${lanes} lane(s) per row): one launch for the group equals each layer alone, to the bit (f32 and odd-width f16, biases, accumulation, prefill tiles)`, async () => {
+    it(`dense layers sharing an input (${lanes} lane(s) per row): one launch for the group equals each layer alone, to the bit (f32, odd-width f16 and bf16, biases, accumulation, prefill tiles)`, async () => {
       const rng = new Rng(16);
       const rows = 2;
       const kernels = new Kernels(d, { lanes });
       const ctx = createLinearContext(d, kernels, { rotIn: 4, rotOut: 4, z: 4, ones: 4 }, rows);
-      for (const [f16, n, heights, bias] of [
-        [false, 40, [24, 8, 8], true],
-        [true, 37, [16, 32, 8], true],
-        [true, 37, [16, 32], false],
+      for (const [dtype, n, heights, bias] of [
+        ['f32', 40, [24, 8, 8], true],
+        ['f16', 37, [16, 32, 8], true],
+        ['f16', 37, [16, 32], false],
+        ['bf16', 37, [16, 32, 8], true],
+        ['bf16', 37, [16, 32], false],
       ] as const) {
         const inputs = heights.map((m, j) => {
           const w = rng.fillNormal(new Float32Array(m * n), 0, 0.5);
           return {
-            data: f16 ? f32ArrayToF16(w) : w,
+            data: dtype === 'f16' ? f32ArrayToF16(w) : dtype === 'bf16' ? f32ArrayToBf16(w) : w,
+            ...(dtype === 'bf16' ? { format: 'bf16' as const } : {}),
             rows: m,
             cols: n,
             bias: bias ? rng.fillNormal(new Float32Array(m), 0, 1) : null,
@@ -695,6 +706,7 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
         const members = createDenseLinears(d, inputs);
         const group = members[0]!.member!.group;
         expect(members.every((m, j) => m.member?.group === group && m.member.index === j)).toBe(true);
+        expect(group.w.dtype).toBe(dtype);
         const alone = inputs.map((l) => createDenseLinears(d, [l])[0]!);
         expect(alone.every((l) => l.member === null)).toBe(true);
         // the stacked buffers hold exactly the bytes of the layers apart
@@ -740,14 +752,19 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
             const single = await run((outs) =>
               members.flatMap((l, j) => l.bind(ctx, x, outs[j]!, accumulate, tile)),
             );
-            const what = `f16=${f16} tile=${tile} accumulate=${accumulate}`;
+            const what = `${dtype} tile=${tile} accumulate=${accumulate}`;
             expect(together, what).toEqual(apart);
             expect(single, what).toEqual(apart);
             expect(rest, what).toEqual(apart);
             // and the values: W·x (+ bias) (+ the initial output)
             const xs = new Float32Array(await readBuffer(d, x, rows * n * 4));
             inputs.forEach((l, j) => {
-              const w = l.data instanceof Uint16Array ? f16ArrayToF32(l.data) : l.data;
+              const w =
+                l.data instanceof Float32Array
+                  ? l.data
+                  : dtype === 'bf16'
+                    ? bf16ArrayToF32(l.data)
+                    : f16ArrayToF32(l.data);
               for (let r = 0; r < rows; r++)
                 for (let i = 0; i < l.rows; i++) {
                   let s = (l.bias?.[i] ?? 0) + (accumulate ? init[j]![r * l.rows + i]! : 0);
@@ -762,6 +779,19 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
       ctx.dispose();
       kernels.dispose();
     });
+
+  it('f16 and bf16 layers are not stacked together (one kernel reads one format); each is uploaded alone in its own', () => {
+    const w = new Float32Array(16 * 8).map((_, i) => (i % 7) - 3);
+    const layers = createDenseLinears(d, [
+      { data: f32ArrayToF16(w), rows: 16, cols: 8, bias: null, label: 'f16' },
+      { data: f32ArrayToBf16(w), format: 'bf16', rows: 16, cols: 8, bias: null, label: 'bf16' },
+    ]);
+    expect(layers.map((l) => [l.member, l.w.dtype, l.bitsPerWeight])).toEqual([
+      [null, 'f16', 16],
+      [null, 'bf16', 16],
+    ]);
+    for (const l of layers) l.dispose();
+  });
 
   it('createDenseLinears rejects weights or biases of the wrong length with E_SHAPE, naming the layer', () => {
     const data = new Float32Array(4 * 8);

@@ -19,18 +19,22 @@ import {
   type RotationInput,
 } from './kernels/index.js';
 
-/** Upload a dense `[rows, cols]` matrix: f32 as is, or f16 bits packed two per u32 (rows padded to even length). */
+/**
+ * Upload a dense `[rows, cols]` matrix: f32 as is, or 16-bit bits (`format` 'f16', the default, or 'bf16') packed two
+ * per u32 (rows padded to even length), as stored: the kernels widen them to f32 as they read them (bf16 exactly).
+ */
 export function uploadMatrix(
   dev: CalderaDevice,
   data: Float32Array | Uint16Array,
   rows: number,
   cols: number,
   label: string,
+  format: 'f16' | 'bf16' = 'f16',
 ): GpuMatrix {
   if (data.length !== rows * cols)
     throw new CalderaError('E_SHAPE', `${label}: ${data.length} values, expected ${rows}·${cols}`);
   if (data instanceof Float32Array)
-    return { buffer: storageBuffer(dev, data, label), rows, cols, f16: false, rowWords: cols };
+    return { buffer: storageBuffer(dev, data, label), rows, cols, dtype: 'f32', rowWords: cols };
   const rowWords = Math.ceil(cols / 2);
   checkFits(dev, rows * rowWords * 4, label);
   let packed: Uint16Array = data;
@@ -38,7 +42,7 @@ export function uploadMatrix(
     packed = new Uint16Array(rows * rowWords * 2);
     for (let i = 0; i < rows; i++) packed.set(data.subarray(i * cols, i * cols + cols), i * rowWords * 2);
   }
-  return { buffer: storageBuffer(dev, packed, label), rows, cols, f16: true, rowWords };
+  return { buffer: storageBuffer(dev, packed, label), rows, cols, dtype: format, rowWords };
 }
 
 /**
@@ -112,7 +116,7 @@ export interface GpuLinear {
 }
 
 /**
- * A dense (f32 or packed f16) layer: all rows of `w` (and `bias`), or its rows `rowStart … rowStart + rows − 1` as a
+ * A dense (f32, or packed f16 or bf16) layer: all rows of `w` (and `bias`), or its rows `rowStart … rowStart + rows − 1` as a
  * member of a {@link GpuDenseGroup}.
  */
 export class GpuDenseLinear implements GpuLinear {
@@ -132,7 +136,7 @@ export class GpuDenseLinear implements GpuLinear {
     this.gpuBytes = member
       ? member.rows * w.rowWords * 4 + (bias ? member.rows * 4 : 0)
       : w.buffer.size + (bias?.size ?? 0);
-    this.bitsPerWeight = w.f16 ? 16 : 32;
+    this.bitsPerWeight = w.dtype === 'f32' ? 32 : 16;
   }
 
   bind(ctx: LinearContext, x: GPUBuffer, out: GPUBuffer, accumulate: boolean, tile = 1): Dispatch[] {
@@ -224,9 +228,11 @@ export class GpuDenseGroup {
   }
 }
 
-/** A dense layer to upload: `[rows, cols]` f32, or f16 bits. */
+/** A dense layer to upload: `[rows, cols]` f32, or 16-bit bits (f16 unless `format` says bf16). */
 export interface DenseLayerInput {
   data: Float32Array | Uint16Array;
+  /** The format of 16-bit `data` (default 'f16'); ignored for f32 data. */
+  format?: 'f16' | 'bf16';
   rows: number;
   cols: number;
   bias: Float32Array | null;
@@ -234,7 +240,8 @@ export interface DenseLayerInput {
 }
 
 /**
- * Upload dense layers that read the same input: one {@link GpuDenseGroup} when they share a width and a dtype, all
+ * Upload dense layers that read the same input: one {@link GpuDenseGroup} when they share a width and a dtype (f32,
+ * f16 or bf16), all
  * or none have a bias, every part takes at least 16 bytes (so the stacked buffers hold exactly the parts' bytes, as
  * `planMemory` counts them), there are 2 or 3 of them and the stacked matrix fits a binding; else a layer each.
  */
@@ -251,7 +258,7 @@ export function createDenseLinears(dev: CalderaDevice, layers: readonly DenseLay
   try {
     const alone = () =>
       layers.map((l) => {
-        const w = uploadMatrix(dev, l.data, l.rows, l.cols, l.label);
+        const w = uploadMatrix(dev, l.data, l.rows, l.cols, l.label, l.format);
         track(w.buffer);
         return new GpuDenseLinear(w, l.bias ? track(storageBuffer(dev, l.bias, `${l.label}.bias`)) : null);
       });
@@ -264,6 +271,7 @@ export function createDenseLinears(dev: CalderaDevice, layers: readonly DenseLay
         (l) =>
           l.cols !== first.cols ||
           l.data.constructor !== first.data.constructor ||
+          (l.format ?? 'f16') !== (first.format ?? 'f16') ||
           (l.bias === null) !== (first.bias === null) ||
           l.rows * Math.ceil(l.cols / (l.data instanceof Uint16Array ? 2 : 1)) * 4 < 16 ||
           (l.bias !== null && l.rows * 4 < 16),
@@ -283,7 +291,7 @@ export function createDenseLinears(dev: CalderaDevice, layers: readonly DenseLay
     const label = layers.map((l) => l.label).join('+');
     let w: GpuMatrix;
     try {
-      w = uploadMatrix(dev, data, rows, first.cols, label);
+      w = uploadMatrix(dev, data, rows, first.cols, label, first.format);
     } catch (e) {
       // a stacked matrix larger than the device binds: each layer alone (its own size was checked by the plan)
       if (isCalderaError(e, 'E_DEVICE')) return alone();
@@ -587,8 +595,8 @@ export class GpuCalderaGroup {
           if (kq > 0) rv.set(fv(d.r).subarray(0, kq * np));
           if (ft) rv.set(ft.r, kq * np);
           dense = {
-            l: { buffer: own(lr, 'L_dense'), rows: mp, cols: kd, f16: false, rowWords: kd },
-            r: { buffer: own(rv, 'R_dense'), rows: kd, cols: np, f16: false, rowWords: np },
+            l: { buffer: own(lr, 'L_dense'), rows: mp, cols: kd, dtype: 'f32', rowWords: kd },
+            r: { buffer: own(rv, 'R_dense'), rows: kd, cols: np, dtype: 'f32', rowWords: np },
           };
         }
         const partSum = shared.reduce((sum, L) => sum + (L?.sizes[j] ?? 0), 0);

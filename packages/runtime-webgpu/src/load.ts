@@ -2,21 +2,16 @@ import {
   assertNoCalderaTensorsWithoutMeta,
   assertNonEmptyString,
   assertObject,
-  blobSource,
   blockLinearNames,
   CalderaError,
   cast,
   f32ArrayToF16,
   linearShape,
   openSafetensors,
+  openModelUrl,
   openSafetensorsDir,
   parseModelConfig,
-  parseSafetensorsIndex,
-  ShardedSafetensorsReader,
-  type SafetensorsReader,
   parseCalderaMeta,
-  parseHeaderLength,
-  type ByteSource,
   type CalderaCheckpointMeta,
   type ModelConfig,
   type Tensor,
@@ -51,8 +46,10 @@ import {
 /** Options of the loaders. */
 export interface LoadOptions extends WebGpuModelOptions {
   /**
-   * Storage of dense weights (embedding, LM head, uncompressed linears): `'auto'` (default) keeps f16 tensors as f16
-   * (two per u32 on the GPU) and everything else as f32; `'f16'` / `'f32'` force one.
+   * Storage of dense weights (embedding, LM head, uncompressed linears), as runtime-node's `dtype`: `'auto'` (default)
+   * keeps f16 and bf16 tensors as stored, 16 bits each (two per u32 on the GPU, widened to f32 as the kernels read
+   * them — bf16 exactly, so a bf16 model's outputs are those of `'f32'` in half the memory), and everything else as
+   * f32; `'f32'` widens everything to f32; `'f16'` rounds everything to f16 (lossy for bf16 and f32 checkpoints).
    */
   dtype?: 'auto' | 'f16' | 'f32';
   /**
@@ -97,10 +94,18 @@ async function vector(store: TensorStore, name: string, n: number): Promise<Floa
   return f;
 }
 
-function denseData(t: Tensor, dtype: 'auto' | 'f16' | 'f32'): Float32Array | Uint16Array {
-  if (t.dtype === 'f16' && dtype !== 'f32') return t.data as Uint16Array;
+/**
+ * A dense weight as the GPU holds it under `dtype` ({@link LoadOptions.dtype}): f16 bits as stored (unless 'f32'),
+ * bf16 bits as stored ('auto'), else f32, rounded to f16 bits for 'f16'.
+ */
+function denseData(
+  t: Tensor,
+  dtype: 'auto' | 'f16' | 'f32',
+): { data: Float32Array | Uint16Array; format: 'f16' | 'bf16' } {
+  if (t.dtype === 'f16' && dtype !== 'f32') return { data: t.data as Uint16Array, format: 'f16' };
+  if (t.dtype === 'bf16' && dtype === 'auto') return { data: t.data as Uint16Array, format: 'bf16' };
   const f = (t.dtype === 'f32' ? t : cast(t, 'f32')).data as Float32Array;
-  return dtype === 'f16' ? f32ArrayToF16(f) : f;
+  return { data: dtype === 'f16' ? f32ArrayToF16(f) : f, format: 'f16' };
 }
 
 /** GPU memory a model will take, computed from tensor headers before anything is read or uploaded. */
@@ -139,8 +144,9 @@ export async function planMemory(
   const dense = async (name: string) => {
     const info = await store.tensorInfo(name);
     const [rows, cols] = info.shape as [number, number];
-    const f16 = dtype === 'f16' || (dtype === 'auto' && info.dtype === 'F16');
-    add(f16 ? rows * Math.ceil(cols / 2) * 4 : rows * cols * 4, name);
+    // 16-bit as denseData holds it: everything for 'f16'; f16 and bf16 tensors as stored for 'auto'
+    const half = dtype === 'f16' || (dtype === 'auto' && (info.dtype === 'F16' || info.dtype === 'BF16'));
+    add(half ? rows * Math.ceil(cols / 2) * 4 : rows * cols * 4, name);
   };
   const { hiddenSize: d, vocabSize: V, numKvHeads: KV, headDim: hd, numHeads: H } = config;
   await dense('model.embed_tokens.weight');
@@ -270,8 +276,13 @@ export async function loadModelFromStore(
     created.push({ dispose: () => b.destroy() });
     return b;
   };
-  const matrix = (data: Float32Array | Uint16Array, rows: number, cols: number, label: string): GpuMatrix => {
-    const m = uploadMatrix(dev, data, rows, cols, label);
+  const matrix = (
+    { data, format }: ReturnType<typeof denseData>,
+    rows: number,
+    cols: number,
+    label: string,
+  ): GpuMatrix => {
+    const m = uploadMatrix(dev, data, rows, cols, label, format);
     created.push({ dispose: () => m.buffer.destroy() });
     return m;
   };
@@ -341,8 +352,8 @@ export async function loadModelFromStore(
           caldera.push({ at: lin.length, layer: { d: dec, bias, label: name } });
           lin.push(null);
         } else {
-          const data = denseData(await read(store, `${name}.weight`, [m, n]), dtype);
-          dense.push({ at: lin.length, layer: { data, rows: m, cols: n, bias, label: name } });
+          const { data, format } = denseData(await read(store, `${name}.weight`, [m, n]), dtype);
+          dense.push({ at: lin.length, layer: { data, format, rows: m, cols: n, bias, label: name } });
           lin.push(null);
           bitsNum += (data instanceof Uint16Array ? 16 : 32) * m * n;
         }
@@ -445,68 +456,6 @@ export interface UrlLoadOptions extends LoadOptions {
 }
 
 /**
- * The body of `r` as a `Blob`, reporting bytes as they arrive: each chunk passes once through a counting stream on its
- * way, unchanged, to `Response.blob()`; nothing is kept or copied in JavaScript.
- */
-async function blobWithProgress(
-  r: Response,
-  file: string,
-  onDownload: UrlLoadOptions['onDownload'],
-): Promise<Blob> {
-  if (!onDownload || !r.body) return r.blob();
-  const length = Number(r.headers.get('content-length'));
-  // with a Content-Encoding (gzip, br) the length counts the encoded bytes, the stream gives the decoded ones
-  const encoding = r.headers.get('content-encoding');
-  const encoded = encoding !== null && encoding.trim().toLowerCase() !== 'identity';
-  const total = Number.isFinite(length) && length > 0 && !encoded ? length : null;
-  let bytes = 0;
-  onDownload({ file, bytes, total });
-  const counted = r.body.pipeThrough(
-    new TransformStream<Uint8Array, Uint8Array>({
-      transform(chunk, controller) {
-        bytes += chunk.byteLength;
-        onDownload({ file, bytes, total });
-        controller.enqueue(chunk);
-      },
-    }),
-  );
-  return new Response(counted).blob();
-}
-
-/** The JSON body of `r`, or `E_FORMAT` naming `url` when it is not valid JSON. */
-async function responseJson(r: Response, url: string): Promise<unknown> {
-  const text = await r.text();
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new CalderaError('E_FORMAT', `${url}: not valid JSON (${(e as Error).message})`, { cause: e });
-  }
-}
-
-/** Bytes asked for first of each weight file: the 8-byte length and, for most checkpoints, the whole JSON header. */
-const HEAD_BYTES = 64 * 1024;
-
-/**
- * The file size announced by a safetensors header (`json`, after the 8-byte length `n`): where its last tensor's data
- * ends, for a server whose `Content-Range` is not readable (a cross-origin response that does not expose it). A header
- * that does not parse gives `8 + n`; `parseHeader` then reports what is wrong with it.
- */
-function sizeFromHeader(json: Uint8Array): number {
-  let end = 0;
-  try {
-    const o = JSON.parse(new TextDecoder().decode(json)) as Record<string, { data_offsets?: unknown }>;
-    for (const [name, e] of Object.entries(o)) {
-      const off = name === '__metadata__' ? null : e?.data_offsets;
-      if (Array.isArray(off) && Number.isSafeInteger(off[1]) && (off[1] as number) > end)
-        end = off[1] as number;
-    }
-  } catch {
-    // not JSON: parseHeader says so
-  }
-  return 8 + json.length + end;
-}
-
-/**
  * Load a model served over HTTP: `<base>/config.json`, optional `<base>/caldera.json` (a 404 means dense) and
  * `<base>/model.safetensors`, or when that is 404 the shards listed in `<base>/model.safetensors.index.json`.
  *
@@ -528,169 +477,26 @@ export async function loadModelFromUrl(
   checkDeviceArgument(dev, 'loadModelFromUrl');
   assertNonEmptyString(base, 'loadModelFromUrl', 'the base URL');
   options ??= {}; // from JavaScript: null options are none
-  const f = options.fetch ?? globalThis.fetch;
-  const root = base.endsWith('/') ? base : `${base}/`;
-  // a failed request or body (a dropped connection, the signal): E_ABORTED when the signal fired, else E_IO naming
-  // the URL; CalderaErrors (E_FORMAT of a body that is not JSON) pass through
-  const failed = (e: unknown, url: string): CalderaError =>
-    e instanceof CalderaError
-      ? e
-      : options.signal?.aborted
-        ? new CalderaError('E_ABORTED', `loading was aborted (fetching ${url})`, {
-            cause: options.signal.reason,
-          })
-        : new CalderaError('E_IO', `cannot fetch ${url}: ${(e as Error).message}`, { cause: e });
-  // `range`: [first, last] byte (inclusive), sent as a Range header
-  const get = async (file: string, optional: boolean, range?: [number, number]): Promise<Response | null> => {
-    const init: RequestInit = {};
-    if (options.signal) init.signal = options.signal;
-    if (range) init.headers = { Range: `bytes=${range[0]}-${range[1]}` };
-    let r: Response;
-    try {
-      r = await f(root + file, init);
-    } catch (e) {
-      throw failed(e, root + file);
-    }
-    if (r.status === 404 && optional) return null;
-    if (r.status === 416 && range) return r; // an empty file: fetchRange asks for all of it
-    if (!r.ok) throw new CalderaError('E_IO', `cannot fetch ${root + file}: HTTP ${r.status}`);
-    return r;
-  };
-  // the body of `file` read by `how`, its failures as in `get`
-  const body = async <T>(file: string, r: Response, how: (r: Response) => Promise<T>): Promise<T> => {
-    try {
-      return await how(r);
-    } catch (e) {
-      throw failed(e, root + file);
-    }
-  };
-  const json = (file: string, r: Response) => body(file, r, (r) => responseJson(r, root + file));
-  const download = async (file: string, r: Response): Promise<Blob> =>
-    body(file, r, (r) => blobWithProgress(r, file, options.onDownload));
-  /**
-   * The bytes [first, last] of `file`: `{ bytes, total }` from a 206 (`total`: the file size of its `Content-Range`,
-   * null when that is not readable), or `{ whole }`, a response with the whole file, from a server that ignored the
-   * range (or encoded the body, whose range then counts encoded bytes).
-   */
-  const fetchRange = async (
-    file: string,
-    optional: boolean,
-    first: number,
-    last: number,
-  ): Promise<{ bytes: Uint8Array; total: number | null } | { whole: Response } | null> => {
-    const url = root + file;
-    const r = await get(file, optional, [first, last]);
-    if (!r) return null;
-    if (r.status !== 206 && r.status !== 416) return { whole: r };
-    const encoding = r.headers.get('content-encoding');
-    if (r.status === 416 || (encoding !== null && encoding.trim().toLowerCase() !== 'identity')) {
-      await r.body?.cancel().catch(() => undefined);
-      return { whole: (await get(file, false))! };
-    }
-    const bytes = new Uint8Array(await body(file, r, (r) => r.arrayBuffer()));
-    // Content-Range: readable same-origin, and cross-origin when the server exposes it
-    const cr = /^\s*bytes\s+(\d+)-(\d+)\/(\d+|\*)\s*$/i.exec(r.headers.get('content-range') ?? '');
-    const wrong = (what: string) =>
-      new CalderaError('E_IO', `cannot fetch ${url}: asked for bytes ${first}-${last}, ${what}`);
-    if (cr && (Number(cr[1]) !== first || Number(cr[2]) - first + 1 !== bytes.length))
-      throw wrong(`got Content-Range ${r.headers.get('content-range')} with ${bytes.length} bytes`);
-    if (bytes.length > last - first + 1) throw wrong(`got ${bytes.length} bytes`);
-    return { bytes, total: cr && cr[3] !== '*' ? Number(cr[3]) : null };
-  };
-  /**
-   * `file` opened from its header alone: its tensor data is downloaded (whole) on the first read past the header. A
-   * server that ignores Range gives the whole file at once, read from that response.
-   */
-  const open = async (file: string, optional: boolean): Promise<SafetensorsReader | null> => {
-    const url = root + file;
-    const first = await fetchRange(file, optional, 0, HEAD_BYTES - 1);
-    if (!first) return null;
-    if ('whole' in first) return openSafetensors(await download(file, first.whole), file);
-    let head = first.bytes;
-    // fewer bytes than asked for: the file ends there
-    const ended = head.length < HEAD_BYTES;
-    const n = parseHeaderLength(head, first.total ?? (ended ? head.length : Number.MAX_SAFE_INTEGER), file);
-    if (8 + n > head.length) {
-      const rest = await fetchRange(file, false, head.length, 8 + n - 1);
-      if ('whole' in rest!) return openSafetensors(await download(file, rest.whole), file);
-      if (rest!.bytes.length !== 8 + n - head.length)
-        throw new CalderaError(
-          'E_IO',
-          `cannot fetch ${url}: asked for bytes ${head.length}-${8 + n - 1}, got ${rest!.bytes.length}`,
-        );
-      const all = new Uint8Array(8 + n);
-      all.set(head);
-      all.set(rest!.bytes, head.length);
-      head = all;
-    }
-    const headerEnd = 8 + n;
-    const size = first.total ?? (ended ? head.length : sizeFromHeader(head.subarray(8, headerEnd)));
-    if (head.length >= size) {
-      // a file of at most 64 KiB: that was all of it
-      options.onDownload?.({ file, bytes: 0, total: size });
-      options.onDownload?.({ file, bytes: size, total: size });
-      return openSafetensors(head.subarray(0, size), file);
-    }
-    let whole: Promise<ByteSource> | null = null;
-    const fetchWhole = async (): Promise<ByteSource> => {
-      const blob = await download(file, (await get(file, false))!);
-      // the same length and header as the file the plan was made from (a new version deployed meanwhile is not)
-      const same =
-        blob.size === size &&
-        new Uint8Array(await blob.slice(0, headerEnd).arrayBuffer()).every((x, i) => x === head[i]);
-      if (!same)
-        throw new CalderaError(
-          'E_IO',
-          `cannot fetch ${url}: the file changed while loading (${blob.size} bytes, its header announced ${size}` +
-            `${blob.size === size ? ', another header' : ''})`,
-        );
-      return blobSource(blob, file);
-    };
-    const source: ByteSource = {
-      name: file,
-      size,
-      async read(offset, length) {
-        if (offset + length <= headerEnd) return head.slice(offset, offset + length);
-        whole ??= fetchWhole();
-        return (await whole).read(offset, length);
-      },
-      close: async () => {
-        whole = null;
-      },
-    };
-    return openSafetensors(source, file);
-  };
-  const config = await json('config.json', (await get('config.json', false))!);
-  const cr = await get('caldera.json', true);
-  // validated here, before any weight is downloaded (loadModelFromStore checks it again: a few microseconds)
-  const calderaMeta = cr ? parseCalderaMeta(await json('caldera.json', cr), root + 'caldera.json') : null;
-  let store: TensorStore | null = await open('model.safetensors', true);
-  const shards = new Map<string, SafetensorsReader>();
-  if (!store) {
-    const indexFile = 'model.safetensors.index.json';
-    const index = parseSafetensorsIndex(
-      await body(indexFile, (await get(indexFile, false))!, (r) => r.text()),
-      root + indexFile,
-    );
-    // every shard's header before the plan (the plan reads a few; a broken shard is better found before the download)
-    try {
-      for (const file of new Set(Object.values(index.weightMap)))
-        shards.set(file, (await open(file, false))!);
-    } catch (e) {
-      for (const s of shards.values()) await s.close();
-      throw e;
-    }
-    store = new ShardedSafetensorsReader(index, (file) => Promise.resolve(shards.get(file)!));
-  }
+  // the headers only (core's openModelUrl, shared with runtime-node): the plan comes before the bulk download
+  const { fetch, signal, onDownload } = options;
+  const opened = await openModelUrl(base, {
+    ...(fetch ? { fetch } : {}),
+    ...(signal ? { signal } : {}),
+    ...(onDownload ? { onDownload } : {}),
+  });
   try {
     return await loadModelFromStore(
       dev,
-      { config, calderaMeta, calderaMetaFile: root + 'caldera.json', store },
+      {
+        config: opened.config,
+        calderaMeta: opened.calderaMeta,
+        calderaMetaFile: opened.calderaMetaFile,
+        store: opened.store,
+      },
       options,
     );
   } finally {
-    await store.close();
-    for (const s of shards.values()) await s.close(); // those the load did not reach
+    await opened.store.close();
   }
 }
 

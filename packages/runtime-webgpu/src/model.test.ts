@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -264,6 +264,138 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
       await expect(model.step(50, 'none')).rejects.toMatchObject({ code: 'E_VALUE' });
       model.dispose();
       half.model.dispose();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a bf16 checkpoint stays 16-bit with dtype 'auto' (the dense weights in half the bytes of 'f32', as planned) and gives the logits and greedy tokens of runtime-node and of 'f32': tied head (the reference model) and untied", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-bf16-'));
+    try {
+      // the reference model (f16) rounded to bf16, tied head; and a random Qwen2-style model (untied head, q/k/v
+      // biases), every tensor bf16
+      const store = await openSafetensorsDir(REF);
+      const ref: Record<string, Tensor> = {};
+      for (const n of store.names()) ref[n] = cast(await store.readTensor(n), 'bf16');
+      await store.close();
+      const untied = randomLlamaTensors(new Rng(12), {
+        hidden: 64,
+        kvDim: 16,
+        intermediate: 96,
+        vocab: 50,
+        std: 0.15,
+        lmHeadStd: 0.3,
+        biasStd: 0.5,
+      });
+      for (const n of Object.keys(untied)) untied[n] = cast(untied[n]!, 'bf16');
+      const qwen = {
+        architectures: ['Qwen2ForCausalLM'],
+        hidden_size: 64,
+        intermediate_size: 96,
+        num_hidden_layers: 2,
+        num_attention_heads: 8,
+        num_key_value_heads: 2,
+        vocab_size: 50,
+        tie_word_embeddings: false,
+      };
+      for (const [sub, tensors, config, tokens] of [
+        ['ref', ref, null, PROMPT],
+        ['untied', untied, qwen, [3, 49, 0, 7, 7, 21, 33]],
+      ] as const) {
+        const at = join(dir, sub);
+        await mkdir(at);
+        await writeSafetensors(join(at, 'model.safetensors'), tensors);
+        if (config) await writeFile(join(at, 'config.json'), JSON.stringify(config));
+        else await copyFile(join(REF, 'config.json'), join(at, 'config.json'));
+        const plans: Partial<Record<'auto' | 'f32', MemoryPlan>> = {};
+        const load = (dtype: 'auto' | 'f32') =>
+          loadModel(d, at, { contextLength: 32, dtype, onPlan: (p) => (plans[dtype] = p) });
+        const auto = await load('auto');
+        const wide = await load('f32');
+        const cpu = (await node.loadModel(at)).model; // 'auto' there too: bf16 kept as bf16 bits
+        try {
+          // planned exactly; the dense weights (every dimension even here) take half the bytes of f32, the f32 norms
+          // and biases (the same in both) apart
+          expect(plans.auto!.weightBytes).toBe(auto.model.weightBytes);
+          expect(plans.f32!.weightBytes).toBe(wide.model.weightBytes);
+          const { hiddenSize: h, numLayers, numHeads, headDim, numKvHeads } = auto.config;
+          const f32Only =
+            (2 * numLayers + 1) * h * 4 +
+            (config ? numLayers * (numHeads * headDim + 2 * numKvHeads * headDim) * 4 : 0);
+          expect(plans.f32!.weightBytes - f32Only).toBe(2 * (plans.auto!.weightBytes - f32Only));
+          expect(auto.linearBitsPerWeight).toBe(16);
+          expect(wide.linearBitsPerWeight).toBe(32);
+          // every dense product (q/k/v, o, gate/up, down, LM head) reads bf16; 'f32' reads f32
+          const matvecs = (m: WebGpuModel) => m.launchLabels.filter((l) => l.startsWith('matvec '));
+          expect(matvecs(auto.model).length).toBeGreaterThan(0);
+          expect(matvecs(auto.model).every((l) => / bf16( |$)/.test(l))).toBe(true);
+          expect(matvecs(wide.model).some((l) => /f16/.test(l))).toBe(false);
+          // bf16 widens to f32 exactly, so the three compute with the same f32 weights and differ only in summation
+          // order (GPU lanes and tree, packed pairs against single values, the CPU's SIMD): the f32 path's 1e-4 of
+          // the logit scale (~1e-5 seen)
+          const got = await auto.model.forward(tokens);
+          const want = cpu.forward(tokens);
+          const f32 = await wide.model.forward(tokens);
+          expect(maxRel(got, want)).toBeLessThan(1e-4);
+          expect(maxRel(got, f32)).toBeLessThan(1e-4);
+          auto.model.reset();
+          wide.model.reset();
+          const g = await collect(generate(auto.model, tokens, { maxTokens: 8 }));
+          expect(g).toEqual(await collect(node.generate(cpu, tokens, { maxTokens: 8 })));
+          expect(g).toEqual(await collect(generate(wide.model, tokens, { maxTokens: 8 })));
+        } finally {
+          auto.model.dispose();
+          wide.model.dispose();
+        }
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("perplexity's default window is runtime-node's (128 tokens, fewer when contextLength is smaller): with default options both score the same tokens to the same perplexity", async () => {
+    // the tiny model (one CALDERA layer) with 160 positions: a default of contextLength would be 160-token windows
+    const { config, tensors, layers } = tinyModel();
+    const parts = {
+      config: { ...config, max_position_embeddings: 160 },
+      calderaMeta: calderaCheckpointMeta(layers),
+      weights: await serializeSafetensors(tensors),
+    };
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-ppl-'));
+    try {
+      await writeFile(join(dir, 'model.safetensors'), parts.weights);
+      await writeFile(join(dir, 'config.json'), JSON.stringify(parts.config));
+      await writeFile(join(dir, 'caldera.json'), JSON.stringify(parts.calderaMeta));
+      const cpu = (await node.loadModel(dir)).model;
+      // 150 tokens: windows [0, 128) and [128, 150) by default, the first token of each unscored
+      const text = Array.from({ length: 150 }, (_, i) => (i * 7 + 3) % 30);
+      const pc = node.perplexity(cpu, text);
+      expect(pc.tokens).toBe(148);
+      const model = (await loadModelFromBuffer(d, parts)).model; // contextLength: max_position_embeddings, 160
+      try {
+        expect(model.contextLength).toBe(160);
+        const pg = await perplexity(model, text);
+        expect(pg.tokens).toBe(pc.tokens);
+        // f32 on both sides, as the logits above
+        expect(Math.abs(pg.ppl - pc.ppl) / pc.ppl).toBeLessThan(1e-4);
+        // not the whole text as one window (which fits the cache): that scores 149 tokens, to another perplexity
+        const whole = await perplexity(model, text, { context: 150 });
+        expect(whole.tokens).toBe(149);
+        expect(Math.abs(whole.ppl - pg.ppl) / pg.ppl).toBeGreaterThan(1e-4);
+      } finally {
+        model.dispose();
+      }
+      // a KV cache shorter than 128 caps the default window (runtime-node, without that cap, given the same 64)
+      const small = (await loadModelFromBuffer(d, parts, { contextLength: 64 })).model;
+      try {
+        const ps = await perplexity(small, text);
+        const pc64 = node.perplexity(cpu, text, { context: 64 });
+        expect(ps.tokens).toBe(147);
+        expect(pc64.tokens).toBe(147);
+        expect(Math.abs(ps.ppl - pc64.ppl) / pc64.ppl).toBeLessThan(1e-4);
+      } finally {
+        small.dispose();
+      }
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -1,4 +1,4 @@
-import { assertObject, CalderaError, ropeInvFreq, type ModelConfig } from '@caldera/core';
+import { assertObject, CalderaError, ropeInvFreq, throwIfAborted, type ModelConfig } from '@caldera/core';
 import {
   BufferUsage,
   checkDeviceAlive,
@@ -605,15 +605,20 @@ export class WebGpuModel {
 
   /**
    * Logits `[tokens, vocab]` of every position of `tokens`, continuing the cached sequence (batches of
-   * {@link prefillChunk} tokens; like runtime-node's `LlamaModel.forward(tokens, cache)`).
+   * {@link prefillChunk} tokens; like runtime-node's `LlamaModel.forward(tokens, cache)`). `signal` is checked before
+   * each batch, as {@link prefill} does: an abort fails with `E_ABORTED` (the signal's reason as its cause), the
+   * batches already run staying in the cache.
    */
-  async forward(tokens: ArrayLike<number>): Promise<Float32Array> {
+  async forward(tokens: ArrayLike<number>, options: { signal?: AbortSignal } = {}): Promise<Float32Array> {
+    const signal = options?.signal; // from JavaScript: null options are none
     const V = this.config.vocabSize;
     const all = Array.from(tokens);
     const out = new Float32Array(all.length * V);
     const seq = this.claim('forward');
-    for (let t = 0; t < all.length; t += this.prefillChunk)
+    for (let t = 0; t < all.length; t += this.prefillChunk) {
+      throwIfAborted(signal, 'forward');
       out.set(await seq.pass(() => this.stepBatch(all.slice(t, t + this.prefillChunk), 'all')), t * V);
+    }
     return out;
   }
 

@@ -23,7 +23,7 @@ async function run(): Promise<unknown> {
   const enc = dev.device.createCommandEncoder();
   encodeDispatches(enc, [
     k.matvec(
-      { buffer: storageBuffer(dev, w, 'w'), rows: m, cols: n, f16: false, rowWords: n },
+      { buffer: storageBuffer(dev, w, 'w'), rows: m, cols: n, dtype: 'f32', rowWords: n },
       storageBuffer(dev, x, 'x'),
       out,
       { bias: null, accumulate: false, dummy: storageBuffer(dev, new Float32Array(4), 'd') },

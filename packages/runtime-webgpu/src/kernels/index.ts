@@ -27,6 +27,7 @@ import {
   rowsPerWorkgroup,
   SWIGLU_WGSL,
   WG,
+  type DenseDtype,
   type F16Rows,
   type Lanes,
   type LatticeCodec,
@@ -258,12 +259,15 @@ export interface Dispatch {
   readonly f16Rows?: F16Rows;
 }
 
-/** A dense weight matrix on the GPU: f32 rows, or f16 rows packed two halves per u32 (`rowWords` words a row). */
+/**
+ * A dense weight matrix on the GPU: f32 rows, or f16 / bf16 rows packed two halves per u32 (`rowWords` words a row;
+ * `dtype` says which).
+ */
 export interface GpuMatrix {
   buffer: GPUBuffer;
   rows: number;
   cols: number;
-  f16: boolean;
+  dtype: DenseDtype;
   rowWords: number;
 }
 
@@ -387,7 +391,7 @@ export class Kernels {
 
   /** Row r of `out` (`d` values) = `table[tokens[r]]`; `tokens` is a u32 storage buffer. */
   embed(tokens: GPUBuffer, table: GpuMatrix, out: GPUBuffer): Dispatch {
-    const p = this.pipeline(`embed_${table.f16 ? 'f16' : 'f32'}`, () => embedWgsl(table.f16));
+    const p = this.pipeline(`embed_${table.dtype}`, () => embedWgsl(table.dtype));
     const u = this.uniform(
       [
         ['u32', table.cols],
@@ -454,8 +458,8 @@ export class Kernels {
       throw new CalderaError('E_VALUE', `matvec: 1 to 3 outputs of at least one row each, adding up to ${m}`);
     if (parts.length > 1 && (o.outRow !== undefined || o.outOff !== undefined))
       throw new CalderaError('E_VALUE', 'matvec: several outputs take whole rows (no outRow/outOff)');
-    const p = this.pipeline(`matvec_${w.f16 ? 'f16' : 'f32'}_${this.lanes}_${tile}_${parts.length}`, () =>
-      matvecWgsl(w.f16, this.lanes, tile, parts.length),
+    const p = this.pipeline(`matvec_${w.dtype}_${this.lanes}_${tile}_${parts.length}`, () =>
+      matvecWgsl(w.dtype, this.lanes, tile, parts.length),
     );
     const s1 = parts[0]!.rows;
     const u = this.uniform(
@@ -476,7 +480,7 @@ export class Kernels {
       'matvec params',
     );
     return this.make(
-      `matvec ${m}x${w.cols}${w.f16 ? ' f16' : ''}${parts.length > 1 ? ` →${parts.length}` : ''}`,
+      `matvec ${m}x${w.cols}${w.dtype === 'f32' ? '' : ` ${w.dtype}`}${parts.length > 1 ? ` →${parts.length}` : ''}`,
       p,
       [u, w.buffer, x, o.bias ?? o.dummy, ...parts.map((q) => q.out)],
       Math.ceil(m / rowsPerWorkgroup(this.lanes)),

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { f16ArrayToF32, f32ArrayToF16, Rng } from '@caldera/core';
+import { bf16ArrayToF32, f16ArrayToF32, f32ArrayToBf16, f32ArrayToF16, Rng } from '@caldera/core';
 import { hadamardBase, hadamardFactor, hadamardRowsInPlace } from '@caldera/linalg';
 import { e81bCodebook, e8pDecode, RVQ3_RESID_SCALE, RVQ4_RESID_SCALE } from '@caldera/quant';
 import {
@@ -123,7 +123,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     );
 
   for (const lanes of [1, 32] as const) {
-    it(`dense matvec (${lanes} lane(s) per row), f32 and packed f16 (odd width), with bias and accumulation`, async () => {
+    it(`dense matvec (${lanes} lane(s) per row), f32 and packed f16 and bf16 (odd width), with bias and accumulation`, async () => {
       const rng = new Rng(1);
       const [m, n] = [37, 45];
       const w = randn(rng, m * n);
@@ -132,9 +132,13 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       const prev = randn(rng, m);
       const k = new Kernels(d, { lanes });
       const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
-      for (const f16 of [false, true]) {
-        const wq = f16 ? f16ArrayToF32(f32ArrayToF16(w)) : w; // the values the GPU sees
-        const mat = uploadMatrix(d, f16 ? f32ArrayToF16(w) : w, m, n, 'w');
+      for (const dtype of ['f32', 'f16', 'bf16'] as const) {
+        const bits = dtype === 'f16' ? f32ArrayToF16(w) : dtype === 'bf16' ? f32ArrayToBf16(w) : null;
+        // the values the GPU sees
+        const wq = dtype === 'f16' ? f16ArrayToF32(bits!) : dtype === 'bf16' ? bf16ArrayToF32(bits!) : w;
+        const mat =
+          dtype === 'f32' ? uploadMatrix(d, w, m, n, 'w') : uploadMatrix(d, bits!, m, n, 'w', dtype);
+        expect(mat.dtype).toBe(dtype);
         const out = storageBuffer(d, prev, 'out');
         await run(d, [
           k.matvec(mat, storageBuffer(d, x, 'x'), out, {
@@ -151,6 +155,56 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
         }
         // 45 products of unit-variance values summed in f32 (32 lanes + tree): ~1e-6 relative; 1e-5 leaves margin
         expect(relErr(await readF32(d, out, m), ref)).toBeLessThan(1e-5);
+      }
+    });
+
+    it(`bf16 weights unpack exactly (${lanes} lane(s) per row): every finite bf16 through the embedding lookup, bit for bit (±0, subnormals, max finite, negatives); through matvec as the same f32 values`, async () => {
+      // every finite bf16 (exponent field below 0xff): 65 280 patterns, 255 rows of 256
+      const patterns = Uint16Array.from({ length: 65536 }, (_, i) => i).filter(
+        (b) => (b & 0x7f80) !== 0x7f80,
+      );
+      expect(patterns.length).toBe(255 * 256);
+      const [V, dm] = [255, 256];
+      const k = new Kernels(d, { lanes });
+      const table = uploadMatrix(d, patterns, V, dm, 'bf16 table', 'bf16');
+      const tokens = storageBuffer(
+        d,
+        Uint32Array.from({ length: V }, (_, i) => V - 1 - i),
+        'tokens',
+      );
+      const out = storageBuffer(d, new Float32Array(V * dm), 'out');
+      await run(d, [k.embed(tokens, table, out)], V);
+      const got = new Uint32Array(await readBuffer(d, out, V * dm * 4));
+      let wrong = 0;
+      for (let r = 0; r < V; r++)
+        for (let j = 0; j < dm; j++)
+          if (got[r * dm + j] !== (patterns[(V - 1 - r) * dm + j]! << 16) >>> 0) wrong++;
+      expect(wrong).toBe(0);
+      // the named cases among them, to the bit: ±0, smallest and largest subnormals (and negative), smallest normal,
+      // ±max finite, ±1, π's bf16
+      for (const b of [
+        0x0000, 0x8000, 0x0001, 0x007f, 0x8001, 0x807f, 0x0080, 0x7f7f, 0xff7f, 0x3f80, 0xbf80, 0x4049,
+      ]) {
+        const at = patterns.indexOf(b);
+        const r = V - 1 - Math.floor(at / dm);
+        expect(got[r * dm + (at % dm)]).toBe((b << 16) >>> 0);
+      }
+      // an odd width (rows padded with a zero half), normal values: matvec against e_j gives W's column j exactly
+      const [m, n] = [5, 7];
+      const normals = patterns
+        .filter((b) => (b & 0x7f80) !== 0)
+        .slice(0, m * n * 997)
+        .filter((_, i) => i % 997 === 0);
+      const w = normals.subarray(0, m * n);
+      const mat = uploadMatrix(d, w, m, n, 'w', 'bf16');
+      const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
+      const wf = bf16ArrayToF32(w);
+      for (let j = 0; j < n; j++) {
+        const x = new Float32Array(n);
+        x[j] = 1;
+        const y = storageBuffer(d, new Float32Array(m), 'y');
+        await run(d, [k.matvec(mat, storageBuffer(d, x, 'x'), y, { bias: null, accumulate: false, dummy })]);
+        expect([...(await readF32(d, y, m))]).toEqual(Array.from({ length: m }, (_, i) => wf[i * n + j]!));
       }
     });
 

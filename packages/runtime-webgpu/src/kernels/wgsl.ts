@@ -1,6 +1,7 @@
 /**
- * WGSL sources of the runtime's kernels. Every kernel computes in f32; f16 weights are stored two per `u32` and read
- * with `unpack2x16float` (core WGSL, so no `shader-f16` feature is needed). Workgroups are 256 invocations (the
+ * WGSL sources of the runtime's kernels. Every kernel computes in f32; f16 and bf16 weights are stored two per `u32`
+ * and read with `unpack2x16float` (f16, core WGSL) or a shift and a mask (bf16, {@link unpackBf16Wgsl}), so no
+ * `shader-f16` feature is needed for either. Workgroups are 256 invocations (the
  * WebGPU default limit). Matrix–vector kernels give each output row 32 lanes that stride over the row and reduce
  * in workgroup memory, 8 rows per workgroup.
  *
@@ -32,14 +33,32 @@ fn ropePair(x1: f32, x2: f32, pos: u32, half: u32, i: u32) -> vec2<f32> {
   return vec2<f32>(x1 * c - x2 * s, x2 * c + x1 * s);
 }`;
 
-/** Gather row `tokens[r]` of an embedding table (f32 rows, or f16 rows packed two per u32) into row r. */
-export function embedWgsl(f16: boolean): string {
+/** How a dense weight matrix is stored on the GPU: f32 values, or f16 / bf16 bits packed two per u32 (low half first). */
+export type DenseDtype = 'f32' | 'f16' | 'bf16';
+
+/**
+ * WGSL of `unpackBf16(w)`: the two bfloat16 values packed in `w` (low half `.x`, high half `.y`) as f32, exactly: a
+ * bf16 is the upper 16 bits of the f32 of the same value, so the bits shifted (or masked) into place are that f32 —
+ * subnormals, ±0 and negative values included (tested bit for bit). Infinities and NaNs bitcast to values WGSL leaves
+ * indeterminate; checkpoints' weights are finite.
+ */
+export const unpackBf16Wgsl = /* wgsl */ `
+fn unpackBf16(w: u32) -> vec2<f32> { return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u)); }`;
+
+/** The WGSL function that unpacks a word of two 16-bit weights of `dtype` to a `vec2<f32>`. */
+function unpackFn(dtype: 'f16' | 'bf16'): string {
+  return dtype === 'f16' ? 'unpack2x16float' : 'unpackBf16';
+}
+
+/** Gather row `tokens[r]` of an embedding table (f32 rows, or f16 / bf16 rows packed two per u32) into row r. */
+export function embedWgsl(dtype: DenseDtype): string {
+  const half = dtype !== 'f32';
   return /* wgsl */ `
 @group(0) @binding(0) var<storage, read> tokens: array<u32>;
 struct P { d: u32, rowWords: u32, a: u32, b: u32 }
 @group(0) @binding(1) var<uniform> p: P;
-@group(0) @binding(2) var<storage, read> table: array<${f16 ? 'u32' : 'f32'}>;
-@group(0) @binding(3) var<storage, read_write> outv: array<f32>;
+@group(0) @binding(2) var<storage, read> table: array<${half ? 'u32' : 'f32'}>;
+@group(0) @binding(3) var<storage, read_write> outv: array<f32>;${dtype === 'bf16' ? unpackBf16Wgsl : ''}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let j = gid.x;
@@ -47,8 +66,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let token = tokens[gid.y];
   let o = gid.y * p.d + j;
   ${
-    f16
-      ? `let w = unpack2x16float(table[token * p.rowWords + j / 2u]);
+    dtype !== 'f32'
+      ? `let w = ${unpackFn(dtype)}(table[token * p.rowWords + j / 2u]);
   outv[o] = select(w.x, w.y, (j & 1u) == 1u);`
       : `outv[o] = table[token * p.rowWords + j];`
   }
@@ -212,15 +231,17 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
 /**
  * Dense `out[i] (+)= Σ_j W[w0 + i, j]·x[j] (+ bias[w0 + i])` for `m` rows from row `w0` of W (row-major f32, or f16
- * packed two per u32 with `rowWords` words per row, odd rows padded with a zero half). Activation row r reads `x`
+ * or bf16 packed two per u32 with `rowWords` words per row, odd rows padded with a zero half). Activation row r reads `x`
  * from `r·xRow + xOff` and writes `out` from `r·outRow + outOff`. With `outputs` 2 or 3 the rows are split over that
  * many output buffers at rows `s1` and `s2` (`s2 = m` for 2), each a whole row of its buffer per activation row: the
  * stacked q/k/v or gate/up of a group of dense layers in one launch.
  */
-export function matvecWgsl(f16: boolean, lanes: Lanes = 32, tile = 1, outputs = 1): string {
-  const tiled = f16
+export function matvecWgsl(dtype: DenseDtype, lanes: Lanes = 32, tile = 1, outputs = 1): string {
+  const half = dtype !== 'f32';
+  const unpack = half ? unpackFn(dtype) : '';
+  const tiled = half
     ? `for (var w = lane; w < p.rowWords; w += stride) {
-      let v = unpack2x16float(W[(p.w0 + row) * p.rowWords + w]);
+      let v = ${unpack}(W[(p.w0 + row) * p.rowWords + w]);
       let j = 2u * w;
       for (var k = 0u; k < ${tile}u; k++) {
         let xo = (r0 + k) * p.xRow + p.xOff + j;
@@ -232,9 +253,9 @@ export function matvecWgsl(f16: boolean, lanes: Lanes = 32, tile = 1, outputs = 
       let wv = W[(p.w0 + row) * p.rowWords + j];
       for (var k = 0u; k < ${tile}u; k++) { acc[k] += wv * x[(r0 + k) * p.xRow + p.xOff + j]; }
     }`;
-  const body = f16
+  const body = half
     ? `for (var w = lane; w < p.rowWords; w += stride) {
-      let v = unpack2x16float(W[(p.w0 + row) * p.rowWords + w]);
+      let v = ${unpack}(W[(p.w0 + row) * p.rowWords + w]);
       let j = 2u * w;
       let xo = r * p.xRow + p.xOff + j;
       acc += v.x * x[xo];
@@ -245,10 +266,10 @@ export function matvecWgsl(f16: boolean, lanes: Lanes = 32, tile = 1, outputs = 
 struct P { m: u32, n: u32, rowWords: u32, accumulate: u32, hasBias: u32, xRow: u32, xOff: u32, outRow: u32,
   outOff: u32, w0: u32, s1: u32, s2: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> W: array<${f16 ? 'u32' : 'f32'}>;
+@group(0) @binding(1) var<storage, read> W: array<${half ? 'u32' : 'f32'}>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-${Array.from({ length: outputs }, (_, k) => `@group(0) @binding(${4 + k}) var<storage, read_write> out${k}: array<f32>;`).join('\n')}`;
+${Array.from({ length: outputs }, (_, k) => `@group(0) @binding(${4 + k}) var<storage, read_write> out${k}: array<f32>;`).join('\n')}${dtype === 'bf16' ? unpackBf16Wgsl : ''}`;
   // output k's rows: [start, end) of the computed rows, a whole row of out k per activation row
   const bounds = ['0u', 'p.s1', 'p.s2', 'p.m'];
   const store = (k: number, oi: string) => `if (p.accumulate == 1u) { y += out${k}[${oi}]; }
