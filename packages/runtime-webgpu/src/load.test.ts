@@ -3,6 +3,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
+  cast,
   serializeSafetensors,
   tensor,
   writeSafetensors,
@@ -424,6 +425,31 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
     await expect(load({ [`${p}L_scale`]: tensor('f32', [1], [NaN]) })).rejects.toThrow(
       /E_VALUE.*up_proj\.caldera\.L_scale' has a non-finite value/,
     );
+    // dense weights too (WGSL leaves infinity and NaN undefined): f32, 16-bit bits, and values beyond f16 with 'f16'
+    const q = 'model.layers.0.self_attn.q_proj.weight';
+    const bad = tensor('f32', tensors[q]!.shape, (tensors[q]!.data as Float32Array).slice());
+    bad.data[7] = Infinity;
+    await expect(load({ [q]: bad })).rejects.toThrow(
+      `E_VALUE: tensor '${q}' has a non-finite value (Infinity) at flat index 7`,
+    );
+    const embed = cast(tensors['model.embed_tokens.weight']!, 'bf16');
+    embed.data[3] = 0x7fc0; // a bf16 NaN
+    await expect(load({ 'model.embed_tokens.weight': embed })).rejects.toThrow(
+      /tensor 'model.embed_tokens.weight' has a non-finite value \(NaN\) at flat index 3/,
+    );
+    bad.data[7] = 70000; // finite in f32, beyond f16
+    await expect(load({ [q]: bad })).resolves.toBeDefined();
+    await expect(
+      loadModelFromBuffer(
+        d,
+        {
+          config,
+          calderaMeta: calderaCheckpointMeta(layers),
+          weights: await serializeSafetensors({ ...tensors, [q]: bad }),
+        },
+        { dtype: 'f16' },
+      ),
+    ).rejects.toThrow(`tensor '${q}' rounded to f16 has a non-finite value (Infinity) at flat index 7`);
   });
 
   it("a contextLength past the config's max_position_embeddings is E_VALUE, before anything is uploaded", async () => {

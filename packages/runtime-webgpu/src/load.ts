@@ -1,4 +1,5 @@
 import {
+  assertFinite,
   assertNoCalderaTensorsWithoutMeta,
   assertNonEmptyString,
   assertObject,
@@ -12,6 +13,7 @@ import {
   openSafetensorsDir,
   parseModelConfig,
   parseCalderaMeta,
+  tensor,
   type CalderaCheckpointMeta,
   type ModelConfig,
   type Tensor,
@@ -96,16 +98,25 @@ async function vector(store: TensorStore, name: string, n: number): Promise<Floa
 
 /**
  * A dense weight as the GPU holds it under `dtype` ({@link LoadOptions.dtype}): f16 bits as stored (unless 'f32'),
- * bf16 bits as stored ('auto'), else f32, rounded to f16 bits for 'f16'.
+ * bf16 bits as stored ('auto'), else f32, rounded to f16 bits for 'f16'. Every value is checked finite (`E_VALUE` naming
+ * `name`; 16-bit bits without widening them), after the rounding too: WGSL leaves infinities and NaN undefined.
  */
 function denseData(
   t: Tensor,
   dtype: 'auto' | 'f16' | 'f32',
+  name: string,
 ): { data: Float32Array | Uint16Array; format: 'f16' | 'bf16' } {
-  if (t.dtype === 'f16' && dtype !== 'f32') return { data: t.data as Uint16Array, format: 'f16' };
-  if (t.dtype === 'bf16' && dtype === 'auto') return { data: t.data as Uint16Array, format: 'bf16' };
-  const f = (t.dtype === 'f32' ? t : cast(t, 'f32')).data as Float32Array;
-  return { data: dtype === 'f16' ? f32ArrayToF16(f) : f, format: 'f16' };
+  const what = `tensor '${name}'`;
+  if ((t.dtype === 'f16' && dtype !== 'f32') || (t.dtype === 'bf16' && dtype === 'auto')) {
+    assertFinite(t, what);
+    return { data: t.data as Uint16Array, format: t.dtype };
+  }
+  const f = (t.dtype === 'f32' ? t : cast(t, 'f32')) as Tensor<'f32'>;
+  assertFinite(f, what);
+  if (dtype !== 'f16') return { data: f.data, format: 'f16' };
+  const bits = f32ArrayToF16(f.data);
+  assertFinite(tensor('f16', f.shape, bits), `${what} rounded to f16`);
+  return { data: bits, format: 'f16' };
 }
 
 /** GPU memory a model will take, computed from tensor headers before anything is read or uploaded. */
@@ -288,11 +299,16 @@ export async function loadModelFromStore(
   };
   try {
     const embedT = await read(store, 'model.embed_tokens.weight', [V, d]);
-    const embed = matrix(denseData(embedT, dtype), V, d, 'embed_tokens');
+    const embed = matrix(denseData(embedT, dtype, 'model.embed_tokens.weight'), V, d, 'embed_tokens');
     const head =
       config.tieWordEmbeddings || !store.has('lm_head.weight')
         ? embed
-        : matrix(denseData(await read(store, 'lm_head.weight', [V, d]), dtype), V, d, 'lm_head');
+        : matrix(
+            denseData(await read(store, 'lm_head.weight', [V, d]), dtype, 'lm_head.weight'),
+            V,
+            d,
+            'lm_head',
+          );
     const blocks: GpuBlockWeights[] = [];
     let bitsNum = 0;
     let weightsNum = 0;
@@ -352,7 +368,11 @@ export async function loadModelFromStore(
           caldera.push({ at: lin.length, layer: { d: dec, bias, label: name } });
           lin.push(null);
         } else {
-          const { data, format } = denseData(await read(store, `${name}.weight`, [m, n]), dtype);
+          const { data, format } = denseData(
+            await read(store, `${name}.weight`, [m, n]),
+            dtype,
+            `${name}.weight`,
+          );
           dense.push({ at: lin.length, layer: { data, format, rows: m, cols: n, bias, label: name } });
           lin.push(null);
           bitsNum += (data instanceof Uint16Array ? 16 : 32) * m * n;
