@@ -275,7 +275,21 @@ describe('runFinetune resume check', () => {
       const src = join(dir, 'src');
       await writeCheckpointDir(src, { meta: calderaCheckpointMeta({ [prefix]: meta }), tensors, copyFiles });
       const out = join(dir, 'out');
-      await writeFinetunedCheckpoint(src, out, setup.layers, { steps: 0 });
+      const written: string[] = [];
+      await writeFinetunedCheckpoint(
+        src,
+        out,
+        setup.layers,
+        { steps: 0 },
+        { onProgress: ({ tensor }) => written.push(tensor) },
+      );
+      // the write reports each tensor (core's writeCheckpointDir)
+      expect(written).toContain(`${prefix}.caldera.L_ft`);
+      const ac = new AbortController();
+      ac.abort(new Error('stop'));
+      await expect(
+        writeFinetunedCheckpoint(src, join(dir, 'aborted'), setup.layers, {}, { signal: ac.signal }),
+      ).rejects.toThrow(/E_ABORTED/);
       for (const [f, text] of Object.entries(side))
         expect(await readFile(join(out, f), 'utf8'), f).toBe(text);
       // nothing but the checkpoint's own files and the source's side files

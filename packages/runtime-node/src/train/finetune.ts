@@ -11,6 +11,7 @@ import {
   writeCheckpointDir,
   type CalderaCheckpointMeta,
   type CalderaLayerMeta,
+  type WriteCheckpointOptions,
   type Tensor,
 } from '@caldera/core';
 import {
@@ -435,10 +436,7 @@ export async function runFinetune(
   }
   const save = async () => {
     if (o.statePath)
-      await trainer.save(o.statePath, undefined, {
-        info: { run: runSettings(), earlyStop: es },
-        tensors: best,
-      });
+      await trainer.save(o.statePath, { info: { run: runSettings(), earlyStop: es }, tensors: best });
   };
   const stepsAtStart = trainer.stepCount;
   let stoppedEarly = false;
@@ -509,14 +507,17 @@ export async function runFinetune(
  * Writes the fine-tuned checkpoint: the source checkpoint's tensors, with each fine-tuned layer's Q codes untouched,
  * its remaining L/R codes sliced and `L_ft`/`R_ft` added in f32 (docs/architecture.md), `caldera.json` updated
  * (ranks, bits) with the fine-tuning settings under `options.finetune`. Atomic: nothing is left half-written.
+ * `options.signal` aborts the write, `options.onProgress` reports it tensor by tensor (core's `writeCheckpointDir`).
  */
 export async function writeFinetunedCheckpoint(
   sourceDir: string,
   outDir: string,
   layers: readonly LoraLayer[],
   finetuneInfo: Record<string, unknown>,
-  signal?: AbortSignal,
+  options: Pick<WriteCheckpointOptions, 'signal' | 'onProgress'> = {},
 ): Promise<CalderaCheckpointMeta> {
+  options ??= {}; // from JavaScript: null options are none
+  const { signal, onProgress } = options;
   const { meta, tensors: reader } = await openCheckpointDir(sourceDir);
   const tensors: Record<string, Tensor> = {};
   const layerMeta: Record<string, CalderaLayerMeta> = { ...meta.layers };
@@ -551,6 +552,14 @@ export async function writeFinetunedCheckpoint(
   const { join } = await nodePath();
   for (const f of ['config.json', ...MODEL_SIDE_FILES])
     if (await exists(join(sourceDir, f))) copy[f] = join(sourceDir, f);
-  await writeCheckpointDir(outDir, { meta: out, tensors, copyFiles: copy }, { overwrite: true, signal });
+  await writeCheckpointDir(
+    outDir,
+    { meta: out, tensors, copyFiles: copy },
+    {
+      overwrite: true,
+      ...(signal ? { signal } : {}),
+      ...(onProgress ? { onProgress } : {}),
+    },
+  );
   return out;
 }

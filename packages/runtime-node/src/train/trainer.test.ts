@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Rng } from '@caldera/core';
@@ -33,6 +33,14 @@ describe('Trainer', () => {
     try {
       await b.save(join(dir, 'state.bin'));
       // resuming with the run's own options (activation checkpointing may change: it changes no result)
+      // save's options: extra state comes back as `restored`; an aborted signal writes nothing (E_ABORTED)
+      await b.save(join(dir, 'extra.bin'), { info: { note: 1 }, tensors: { best: Float32Array.of(1, 2) } });
+      const e = await Trainer.load(join(dir, 'extra.bin'), cfg, data, undefined, { expect: opts });
+      expect(e.restored).toEqual({ info: { note: 1 }, tensors: { best: Float32Array.of(1, 2) } });
+      const ac = new AbortController();
+      ac.abort(new Error('stop'));
+      await expect(b.save(join(dir, 'aborted.bin'), { signal: ac.signal })).rejects.toThrow(/E_ABORTED/);
+      await expect(stat(join(dir, 'aborted.bin'))).rejects.toThrow(/ENOENT/);
       const c = await Trainer.load(join(dir, 'state.bin'), cfg, data, undefined, {
         expect: { ...opts, checkpoint: true },
       });

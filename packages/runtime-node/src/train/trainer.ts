@@ -57,6 +57,12 @@ export interface TrainStateExtra {
   tensors?: Record<string, Float32Array>;
 }
 
+/** Options of {@link Trainer.save}: the extra state to save with it, and a signal that aborts the write. */
+export interface TrainSaveOptions extends TrainStateExtra {
+  /** Abort the write (`E_ABORTED`; the file is left as it was: the write is atomic). */
+  signal?: AbortSignal;
+}
+
 /** sha256 of a token stream (as 32-bit integers): the identity of a run's data in its saved state. */
 export function tokenDigest(tokens: ArrayLike<number>): string {
   const a = Int32Array.from(tokens);
@@ -213,9 +219,12 @@ export class Trainer {
 
   /**
    * Writes the whole training state to `path` atomically: a little-endian u32 header length, a JSON header
-   * (options, step, RNG state, tensor directory), then the f32 tensors (weights, first and second moments).
+   * (options, step, RNG state, tensor directory), then the f32 tensors (weights, first and second moments), with
+   * `options.info` and `options.tensors` as extra state ({@link Trainer.restored} after a load).
    */
-  async save(path: string, signal?: AbortSignal, extra: TrainStateExtra = {}): Promise<void> {
+  async save(path: string, options: TrainSaveOptions = {}): Promise<void> {
+    options ??= {}; // from JavaScript: null options are none
+    const { signal, ...extra } = options;
     const names = Object.keys(this.params);
     const arrays: Float32Array[] = [];
     const dir: Record<string, [number, number]> = {};
@@ -257,7 +266,7 @@ export class Trainer {
       body.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), p);
       p += a.byteLength;
     }
-    await atomicWriteFile(path, body, { signal });
+    await atomicWriteFile(path, body, signal ? { signal } : {});
   }
 
   /**
