@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { isCalderaError, tensor } from '@caldera/core';
 import { compressModel, type BlockStore, type CompressLayerFn, type LayerResult } from './driver.js';
+import { accumulateHessians } from './jobs.js';
+import type { LinearReplacement } from './runner.js';
 import { ToyRunner } from './testing/toy-runner.js';
 
 /** Round to a grid of 1/4 (a real, deterministic compressor), reporting the H-weighted error. */
@@ -52,6 +54,43 @@ class MemoryStore implements BlockStore {
   }
 }
 
+/** A ToyRunner that holds one block at a time: using a block it has not entered (or has left) throws. */
+class OneBlockRunner extends ToyRunner {
+  events: string[] = [];
+  entered: number | null = null;
+  private check(name: string | number): void {
+    const b = typeof name === 'number' ? name : Number(/^b(\d+)\./.exec(name)![1]);
+    if (b !== this.entered) throw new Error(`block ${b} used while block ${this.entered} is entered`);
+  }
+  async enterBlock(b: number): Promise<void> {
+    await Promise.resolve();
+    if (this.entered !== null) throw new Error(`block ${b} entered before block ${this.entered} was left`);
+    this.entered = b;
+    this.events.push(`enter ${b}`);
+  }
+  leaveBlock(b: number): void {
+    if (this.entered === b) this.entered = null;
+    this.events.push(`leave ${b}`);
+  }
+  override weight(name: string) {
+    this.check(name);
+    return super.weight(name);
+  }
+  override runBlock(
+    block: number,
+    hidden: Float32Array,
+    tokens: number,
+    capture?: (k: string, x: Float32Array, rows: number) => void,
+  ) {
+    this.check(block);
+    return super.runBlock(block, hidden, tokens, capture);
+  }
+  override replaceLinear(name: string, r: LinearReplacement): void {
+    this.check(name);
+    super.replaceLinear(name, r);
+  }
+}
+
 const strip = (rs: LayerResult[]) => rs.map(({ seconds: _s, ...r }) => r);
 
 describe('compressModel', () => {
@@ -91,6 +130,40 @@ describe('compressModel', () => {
     const comp = await compressModel(new ToyRunner(3), windows, { compressLayer: roundQuarter });
     expect(orig[0]!.error).toBe(comp[0]!.error); // block 0 sees the same inputs either way
     expect(orig[4]!.error).not.toBe(comp[4]!.error); // block 2 does not
+  });
+
+  it('enters and leaves each block in order, using only the entered one, with the same results', async () => {
+    for (const propagate of ['compressed', 'original'] as const) {
+      const runner = new OneBlockRunner(6);
+      const res = await compressModel(runner, windows, { compressLayer: roundQuarter, propagate });
+      expect(runner.events).toEqual(['enter 0', 'leave 0', 'enter 1', 'leave 1', 'enter 2', 'leave 2']);
+      const plain = await compressModel(new ToyRunner(6), windows, {
+        compressLayer: roundQuarter,
+        propagate,
+      });
+      expect(strip(res)).toEqual(strip(plain));
+    }
+    // resumed blocks too, and accumulateHessians
+    const store = new MemoryStore();
+    await compressModel(new ToyRunner(6), windows, { compressLayer: roundQuarter, store });
+    const resumed = new OneBlockRunner(6);
+    await compressModel(resumed, windows, { compressLayer: roundQuarter, store });
+    expect(resumed.events).toHaveLength(6);
+    const acc = new OneBlockRunner(6);
+    await accumulateHessians(acc, windows, () => undefined);
+    expect(acc.events).toEqual(['enter 0', 'leave 0', 'enter 1', 'leave 1', 'enter 2', 'leave 2']);
+  });
+
+  it('leaves the block it was in when the run fails', async () => {
+    const runner = new OneBlockRunner(7);
+    const p = compressModel(runner, windows, {
+      compressLayer: (w, h, info) => {
+        if (info.block === 1) throw new Error('boom');
+        return roundQuarter(w, h, info);
+      },
+    });
+    await expect(p).rejects.toThrow('boom');
+    expect(runner.events).toEqual(['enter 0', 'leave 0', 'enter 1', 'leave 1']);
   });
 
   it('stops with E_ABORTED when the signal fires', async () => {

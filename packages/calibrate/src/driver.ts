@@ -72,7 +72,9 @@ export interface CompressModelOptions {
  * Layer-wise compression of a whole model: for each block in order, capture the inputs of its linear layers on the
  * calibration windows, accumulate one Hessian per input key, compress each layer, then propagate the windows to the
  * next block. Finished blocks are committed to `store`; blocks already there are loaded instead of recomputed, so a
- * resumed run gives the same results as an uninterrupted one (the compressors must be deterministic).
+ * resumed run gives the same results as an uninterrupted one (the compressors must be deterministic). A runner with
+ * `enterBlock`/`leaveBlock` is told when each block starts and ends (left on failure too), so that it can hold one
+ * block's weights at a time.
  */
 export async function compressModel(
   runner: ModelRunner,
@@ -110,10 +112,9 @@ export async function compressModel(
     });
   };
 
-  let hidden = windows.map((w) => runner.embed(w));
   const all: LayerResult[] = [];
-  for (let b = 0; b < numBlocks; b++) {
-    await yieldAndCheckAbort(options.signal, 'compression');
+  /** Block `b`: its layers compressed (or loaded from the store), and the hidden states that feed block b+1. */
+  const compressBlock = async (b: number, hidden: Float32Array[]): Promise<Float32Array[]> => {
     const linears = runner.linears(b);
     const stored = options.store ? await options.store.load(b) : null;
     let results: LayerResult[];
@@ -169,7 +170,19 @@ export async function compressModel(
           next.push(runner.runBlock(b, hidden[w]!, windows[w]!.length));
         }
       }
-      hidden = next;
+      return next;
+    }
+    return hidden;
+  };
+
+  let states = windows.map((w) => runner.embed(w));
+  for (let b = 0; b < numBlocks; b++) {
+    await yieldAndCheckAbort(options.signal, 'compression');
+    try {
+      await runner.enterBlock?.(b, options.signal);
+      states = await compressBlock(b, states);
+    } finally {
+      runner.leaveBlock?.(b);
     }
   }
   return all;

@@ -267,7 +267,8 @@ function chunkFile(workDir: string, key: string, block: number): string {
 
 /**
  * Accumulate the partial Hessians of `windows` block by block through the unmodified model, handing each finished
- * block's accumulators (one per input key) to `onBlock`. Only one block's sums are in memory at a time.
+ * block's accumulators (one per input key) to `onBlock`. Only one block's sums are in memory at a time (and only one
+ * block's weights with a runner that has `enterBlock`/`leaveBlock`, entered and left in order).
  */
 export async function accumulateHessians(
   runner: ModelRunner,
@@ -280,16 +281,23 @@ export async function accumulateHessians(
   assertFunction(onBlock, 'accumulateHessians', 'onBlock');
   let hidden = windows.map((w) => runner.embed(w));
   for (let b = 0; b < runner.numBlocks; b++) {
-    const { accs, outputs } = await captureBlock(
-      runner,
-      b,
-      runner.linears(b),
-      hidden,
-      windows,
-      signal,
-      'Hessian accumulation',
-    );
-    hidden = outputs;
+    let accs: Map<string, HessianAccumulator>;
+    try {
+      await runner.enterBlock?.(b, signal);
+      const captured = await captureBlock(
+        runner,
+        b,
+        runner.linears(b),
+        hidden,
+        windows,
+        signal,
+        'Hessian accumulation',
+      );
+      accs = captured.accs;
+      hidden = captured.outputs;
+    } finally {
+      runner.leaveBlock?.(b);
+    }
     await onBlock(b, accs);
   }
 }

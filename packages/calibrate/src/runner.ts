@@ -49,4 +49,16 @@ export interface ModelRunner {
   ): Float32Array;
   /** Swap a dense linear for its compressed form (subsequent `runBlock` calls use it). */
   replaceLinear(name: string, replacement: LinearReplacement): void;
+  /**
+   * Optional, for runners that hold one block's weights at a time (runtime-node's `BlockLazyRunner`): awaited before
+   * the driver first uses block `block` (`weight`, `runBlock`, `replaceLinear`). The drivers (`compressModel`,
+   * `accumulateHessians`) enter blocks in increasing order, one at a time, and leave each before entering the next.
+   * Rejects with `E_ABORTED` when `signal` is aborted.
+   */
+  enterBlock?(block: number, signal?: AbortSignal): Promise<void>;
+  /**
+   * Optional: the driver is done with block `block` (no more `weight`, `runBlock` or `replaceLinear` on it), so its
+   * weights may be released.
+   */
+  leaveBlock?(block: number): void;
 }

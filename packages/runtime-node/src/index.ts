@@ -16,6 +16,7 @@ export * from './eval.js';
 export * from './generate.js';
 export * from './tokenizer.js';
 export * from './runner.js';
+export * from './block-runner.js';
 export * from './llama2c.js';
 export * from './train/index.js';
 export { BatchWorkspace, type CalderaBatchLayer } from './kernels/batch-workspace.js';

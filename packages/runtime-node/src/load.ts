@@ -1,12 +1,8 @@
 import {
-  assertFinite,
   assertNonEmptyString,
   assertObject,
-  cast,
-  f32ArrayToF16,
   openModelUrl,
   parseCalderaMeta,
-  tensor,
   throwIfAborted,
   type CalderaCheckpointMeta,
   type ModelUrlOptions,
@@ -18,6 +14,7 @@ import { fromCheckpointTensors } from '@caldera/lowrank';
 import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
 import { checkPathArgument } from './json-file.js';
+import { embeddingAndHead, readFloat, readHeld } from './held.js';
 import { layoutFromStore, openModelLayout, type ModelLayout, type TensorLayout } from './layout.js';
 import { LlamaModel, type BlockWeights } from './model.js';
 
@@ -33,39 +30,6 @@ export interface LoadedModel {
   dir: string;
   /** `caldera.json` of a compressed checkpoint, or null for a dense model. */
   calderaMeta: CalderaCheckpointMeta | null;
-}
-
-/** A float tensor as the model holds it: f32, or 16-bit bits. */
-type HeldFloat = Tensor<'f32'> | Tensor<'f16'> | Tensor<'bf16'>;
-
-/**
- * Read a float tensor whose header {@link readModelLayout} checked, as f32, and check that every value is finite (after
- * narrowing: an f64 value beyond f32's range is an error, not infinity).
- */
-async function readFloat(store: TensorStore, name: string): Promise<Tensor<'f32'>> {
-  const source = await store.readTensor(name);
-  const out = source.dtype === 'f32' ? (source as Tensor<'f32'>) : cast(source, 'f32');
-  assertFinite(out, `tensor '${name}'`);
-  return out;
-}
-
-/**
- * Read a float tensor as the model holds it under `dtype` ({@link LoadOptions.dtype}): f16 and bf16 bits kept as they
- * are ('auto'; checked on the bits, never widened), rounded to f16 ('f16'; a value beyond f16's range is an error),
- * else f32. Every value is checked finite.
- */
-async function readHeld(store: TensorStore, name: string, dtype: 'auto' | 'f32' | 'f16'): Promise<HeldFloat> {
-  const source = await store.readTensor(name);
-  if ((dtype === 'auto' && source.dtype === 'bf16') || (dtype !== 'f32' && source.dtype === 'f16')) {
-    assertFinite(source, `tensor '${name}'`);
-    return source as HeldFloat;
-  }
-  const f32 = source.dtype === 'f32' ? (source as Tensor<'f32'>) : cast(source, 'f32');
-  assertFinite(f32, `tensor '${name}'`);
-  if (dtype !== 'f16') return f32;
-  const half = tensor('f16', f32.shape, f32ArrayToF16(f32.data));
-  assertFinite(half, `tensor '${name}' rounded to f16`);
-  return half;
 }
 
 /** The tensors of compressed layer `name` (checked against the format again, and their values, by `fromCheckpointTensors`). */
@@ -182,28 +146,16 @@ async function loadFromLayout(
   throwIfAborted(signal, 'loading');
   const store = abortableStore(opened, signal);
   const { hiddenSize: d, vocabSize: V } = config;
-  let embed = await readHeld(store, layout.embed.name, dtype);
+  const embed = await readHeld(store, layout.embed.name, dtype);
   const heldHead = layout.lmHead === layout.embed ? embed : await readHeld(store, layout.lmHead.name, dtype);
-  let lmHead: Tensor<'f32'> | undefined;
-  let head: DenseF16Linear | undefined;
-  if (heldHead.dtype === 'f32')
-    lmHead = heldHead; // a tied f32 head shares the embedding's table (LlamaModel)
-  else {
-    head = new DenseF16Linear(heldHead.data, V, d, null, heldHead.dtype);
-    // tied: the embedding lookup reads the head's bits (the kernel's copy where there is one): the table is held once
-    if (heldHead === embed) embed = tensor(head.format, [V, d], head.bits) as HeldFloat;
-  }
+  const embedding = embeddingAndHead(embed, heldHead, V, d);
   const blocks: BlockWeights[] = [];
   for (let b = 0; b < config.numLayers; b++) {
     blocks.push(await readBlockWeights(store, layout, b, dtype));
     onProgress?.({ block: b + 1, blocks: config.numLayers });
   }
   const norm = (await readFloat(store, layout.norm.name)).data;
-  return new LlamaModel(
-    config,
-    { embed, blocks, norm, ...(lmHead ? { lmHead } : {}), ...(head ? { head } : {}) },
-    options.pool ? { pool: options.pool } : {},
-  );
+  return new LlamaModel(config, { ...embedding, blocks, norm }, options.pool ? { pool: options.pool } : {});
 }
 
 /**

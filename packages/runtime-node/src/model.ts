@@ -315,8 +315,12 @@ export class LlamaModel {
     return this.logits(x, rows);
   }
 
-  /** A kernel-backed cache for `positions` positions, or undefined (no SIMD kernel, or over the 256 MiB limit). */
-  private temporaryCache(positions: number): KVCache | undefined {
+  /**
+   * The cache {@link forward} uses for a prompt of `positions` tokens without a cache of the caller's: a fresh
+   * kernel-backed cache, or undefined (no SIMD kernel, or over the 256 MiB limit: the TypeScript attention then). Block
+   * by block callers (`BlockLazyRunner.perplexity`) take it to compute exactly what `forward` computes.
+   */
+  temporaryCache(positions: number): KVCache | undefined {
     if (kvBytes(this.config, positions) > TEMP_CACHE_MAX_BYTES) return undefined;
     if (!AttentionKernel.available()) return undefined;
     const c = new KVCache(this.config, positions);

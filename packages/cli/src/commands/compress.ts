@@ -4,6 +4,7 @@ import {
   atomicWriteFile,
   cast,
   CalderaError,
+  isCalderaError,
   openSafetensors,
   openSafetensorsDir,
   parseModelConfig,
@@ -43,14 +44,7 @@ import {
   type LinearInfo,
 } from '@caldera/calibrate';
 import { calderaCheckpointMeta, type CalderaOptions } from '@caldera/lowrank';
-import {
-  loadModel,
-  ModelRunnerAdapter,
-  perplexity,
-  readJsonFile,
-  settingsDiff,
-  type LlamaModel,
-} from '@caldera/runtime-node';
+import { BlockLazyRunner, loadModel, perplexity, readJsonFile, settingsDiff } from '@caldera/runtime-node';
 import {
   flagNumber,
   flagString,
@@ -70,7 +64,6 @@ import {
   fileSha256,
   HELD_OUT_CONTEXT,
   HELD_OUT_TOKENS,
-  loadModelShowing,
   modelDirOf,
   modelSideFiles,
   poolFor,
@@ -518,41 +511,47 @@ export async function compressCommand(a: Args): Promise<number> {
 
   const pool = queue ? undefined : poolFor(threads); // a coordinator computes nothing itself
   const showBar = !json && process.stderr.isTTY === true;
-  // Ctrl-C stops the run from here on, the model's load included (a large model takes minutes to read)
+  // Ctrl-C stops the run from here on, the model's opening included
   const ctl = new AbortController();
   const onSignal = () => ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
   process.once('SIGINT', onSignal);
-  let loaded: Awaited<ReturnType<typeof loadModel>>;
-  let runner: ModelRunnerAdapter;
+  // the source is read one block at a time (the embedding stays): compressModel and the Hessian chunks enter and
+  // leave each block, the baseline perplexity streams its windows through them, so the peak is one block's weights
+  // and the activations, not the whole model
+  let runner: BlockLazyRunner | undefined;
   let layers: LinearInfo[];
   let settings: RunSettings;
   try {
-    loaded = await loadModelShowing(modelDir, { ...(pool ? { pool } : {}), signal: ctl.signal }, showBar);
+    runner = await BlockLazyRunner.open(modelDir, { ...(pool ? { pool } : {}), signal: ctl.signal });
     // calibration windows past max_position_embeddings would run on positions the model never saw: an explicit
     // --length beyond them is refused, the default is clamped to them
-    const length = tokenWindow('length', base.length, 128, loaded.config.maxPositions);
-    runner = new ModelRunnerAdapter(loaded.model);
-    layers = Array.from({ length: loaded.config.numLayers }, (_, b) => runner.linears(b)).flat();
+    const length = tokenWindow('length', base.length, 128, runner.config.maxPositions);
+    const r = runner;
+    layers = Array.from({ length: r.numBlocks }, (_, b) => r.linears(b)).flat();
     settings = { ...base, length, ranks: ranksFor(rankChoice, base.method, layers) };
   } catch (e) {
     // the run's try/finally below has not started
     process.off('SIGINT', onSignal);
+    await runner?.close();
     pool?.dispose();
-    throw e;
+    // interrupted: the signal's reason (the error the later phases throw for it), not the opening's own
+    const reason: unknown = ctl.signal.aborted ? ctl.signal.reason : undefined;
+    throw isCalderaError(reason) ? reason : e;
   }
+  const sourceModel = runner;
   const fewRows =
     settings.method === 'rtn' ? null : calibrationRowsWarning(settings.windows, settings.length, layers);
   if (fewRows) console.error(fewRows);
-  const windowsOf = () => calibrationWindows(modelDir, settings, seed, loaded.config.bosTokenId);
+  const windowsOf = () => calibrationWindows(modelDir, settings, seed, sourceModel.config.bosTokenId);
   const bar = progressBar('compress', showBar);
   try {
     if (settings.propagate === 'compressed') {
       const partial = `${out}.partial`;
       const fingerprint = await runFingerprint(modelDir, settings, seed, ctl.signal);
       await checkResume(partial, fingerprint);
-      // the source's perplexity now, while the loaded model is still the source (compressModel replaces its layers)
-      const held = await sourceBaseline(ctx, settings, loaded.model, partial, fingerprint.model);
-      const results = await compressModel(runner, await windowsOf(), {
+      // the source's perplexity now, before compressModel replaces layers
+      const held = await sourceBaseline(ctx, settings, sourceModel, partial, fingerprint.model, ctl.signal);
+      const results = await compressModel(sourceModel, await windowsOf(), {
         compressLayer: (w, h, info, signal) =>
           compressLayerWithSpec(w, h, info.name, layerSpec(settings, seed, info.name), {
             ...(pool ? { pool } : {}),
@@ -573,6 +572,7 @@ export async function compressCommand(a: Args): Promise<number> {
         },
       });
       bar.done();
+      await sourceModel.close(); // the embedding: finish loads the checkpoint
       await finish(ctx, settings, results, held);
       await rm(partial, { recursive: true, force: true });
       return 0;
@@ -608,7 +608,7 @@ export async function compressCommand(a: Args): Promise<number> {
       const plan = makeHessianPlan(
         modelDir,
         hashes.sha256,
-        loaded.config.numLayers,
+        sourceModel.numBlocks,
         old?.source === source && old.modelSha256 === hashes.sha256 ? old.windows : await windowsOf(),
         settings.hessianChunks,
         source,
@@ -635,7 +635,7 @@ export async function compressCommand(a: Args): Promise<number> {
         let done = 0;
         for (const c of order) {
           if (!own.includes(c) && (await hasHessianChunk(work, plan, c))) continue;
-          const r = await runHessianChunk(work, plan, c, runner, ctl.signal);
+          const r = await runHessianChunk(work, plan, c, sourceModel, ctl.signal);
           ctx.log({ event: 'hessian-chunk', chunk: c, result: r });
           report('hessian', ++done, order.length);
         }
@@ -699,12 +699,19 @@ export async function compressCommand(a: Args): Promise<number> {
         );
       return 0;
     }
-    // the model held here is the source still (this propagation replaces none of its layers)
-    const held = scoreHeldOut(ctx, loaded.model, await heldOutOf(modelDir, settings, loaded.config));
+    // this propagation replaces none of the source's layers
+    const held = await scoreHeldOut(
+      ctx,
+      sourceModel,
+      await heldOutOf(modelDir, settings, sourceModel.config),
+      ctl.signal,
+    );
+    await sourceModel.close();
     await assemble(ctx, work, manifest, held);
     return 0;
   } finally {
     process.off('SIGINT', onSignal);
+    await sourceModel.close();
     pool?.dispose();
     bar.done();
   }
@@ -772,9 +779,17 @@ type Baseline = { ppl: number; tokens: number };
 /** The held-out tokens of a run and their window ({@link heldOutOf}), with the source's perplexity on them. */
 type HeldOut = Awaited<ReturnType<typeof heldOutOf>> & { before: Baseline };
 
-/** `held` scored on `model` (the source, none of its layers replaced), the baseline logged. */
-function scoreHeldOut(ctx: Ctx, model: LlamaModel, held: Awaited<ReturnType<typeof heldOutOf>>): HeldOut {
-  const r = perplexity(model, held.tokens, { context: held.context });
+/**
+ * `held` scored on the source `runner` (streamed block by block: the same number as `perplexity` of the loaded
+ * source), the baseline logged.
+ */
+async function scoreHeldOut(
+  ctx: Ctx,
+  runner: BlockLazyRunner,
+  held: Awaited<ReturnType<typeof heldOutOf>>,
+  signal?: AbortSignal,
+): Promise<HeldOut> {
+  const r = await runner.perplexity(held.tokens, { context: held.context, ...(signal ? { signal } : {}) });
   const before = { ppl: r.ppl, tokens: r.tokens };
   ctx.log({ event: 'baseline', ...before });
   return { ...held, before };
@@ -784,18 +799,19 @@ function scoreHeldOut(ctx: Ctx, model: LlamaModel, held: Awaited<ReturnType<type
 const PARTIAL_BASELINE_FILE = 'baseline.json';
 
 /**
- * The held-out tokens with the source's perplexity, scored on `model` (the source as loaded, before any layer is replaced) or, when
- * `partial` holds it for the same model, held-out text, token count and window, read from there; recorded in
+ * The held-out tokens with the source's perplexity, scored on the source `runner` (before any layer is replaced) or,
+ * when `partial` holds it for the same model, held-out text, token count and window, read from there; recorded in
  * `partial` when scored.
  */
 async function sourceBaseline(
   ctx: Ctx,
   s: RunSettings,
-  model: LlamaModel,
+  runner: BlockLazyRunner,
   partial: string,
   modelSha256: string,
+  signal?: AbortSignal,
 ): Promise<HeldOut> {
-  const held = await heldOutOf(ctx.modelDir, s, model.config);
+  const held = await heldOutOf(ctx.modelDir, s, runner.config);
   const key = {
     model: modelSha256,
     eval: await fileSha256(s.eval),
@@ -816,7 +832,7 @@ async function sourceBaseline(
     ctx.log({ event: 'baseline', ...before });
     return { ...held, before };
   }
-  const scored = scoreHeldOut(ctx, model, held);
+  const scored = await scoreHeldOut(ctx, runner, held, signal);
   await mkdir(partial, { recursive: true });
   await atomicWriteFile(file, JSON.stringify({ key, ...scored.before }));
   return scored;
@@ -844,17 +860,26 @@ export function calibrationRowsWarning(
   );
 }
 
+/** The source's held-out perplexity, the source read one block at a time ('caldera merge'). */
+async function baselineOf(ctx: Ctx, s: RunSettings, cfg: ModelConfig): Promise<HeldOut> {
+  const runner = await BlockLazyRunner.open(ctx.modelDir);
+  try {
+    return await scoreHeldOut(ctx, runner, await heldOutOf(ctx.modelDir, s, cfg));
+  } finally {
+    await runner.close();
+  }
+}
+
 /**
  * Write the checkpoint and the report: the same code for every mode, so the bytes agree. `scored`: the held-out
- * tokens with the source's perplexity on them when the run has scored it already (else the source is loaded again
- * to score it).
+ * tokens with the source's perplexity on them when the run has scored it already (else the source is scored here,
+ * one block at a time).
  */
 async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?: HeldOut): Promise<void> {
   const { modelDir, out, seed, json } = ctx;
   const configFile = join(modelDir, 'config.json');
   const cfg = parseModelConfig(await readJsonFile(configFile), configFile);
-  const held =
-    scored ?? scoreHeldOut(ctx, (await loadModel(modelDir)).model, await heldOutOf(modelDir, s, cfg));
+  const held = scored ?? (await baselineOf(ctx, s, cfg));
   const { tokens: heldOut, context: evalCtx, before } = held;
 
   // checkpoint: every source tensor that is not replaced by a compressed layer's codes, under its name (biases in

@@ -1,7 +1,13 @@
 import { CalderaError } from '@caldera/core';
-import { executeMatrixJob, readHessianPlan, readManifest, runHessianChunk } from '@caldera/calibrate';
+import {
+  executeMatrixJob,
+  hasHessianChunk,
+  readHessianPlan,
+  readManifest,
+  runHessianChunk,
+} from '@caldera/calibrate';
 import type { Pool } from '@caldera/linalg';
-import { loadModel, ModelRunnerAdapter } from '@caldera/runtime-node';
+import { BlockLazyRunner } from '@caldera/runtime-node';
 
 /** One unit of distributed work: a Hessian chunk (phase 1) or a matrix job (phase 2) of a work directory. */
 export type QueueTask =
@@ -19,8 +25,17 @@ export async function runTask(
 ): Promise<'cached' | 'computed'> {
   if (task.kind === 'hessian') {
     const plan = await readHessianPlan(task.work);
-    const loaded = await loadModel(plan.model);
-    return runHessianChunk(task.work, plan, task.index, new ModelRunnerAdapter(loaded.model), signal);
+    if (await hasHessianChunk(task.work, plan, task.index)) return 'cached';
+    // the source one block at a time (runHessianChunk enters and leaves each), not the whole model
+    const runner = await BlockLazyRunner.open(plan.model, {
+      ...(pool ? { pool } : {}),
+      ...(signal ? { signal } : {}),
+    });
+    try {
+      return await runHessianChunk(task.work, plan, task.index, runner, signal);
+    } finally {
+      await runner.close();
+    }
   }
   const manifest = await readManifest(task.work);
   const job = manifest.jobs.find((j) => j.id === task.id);
