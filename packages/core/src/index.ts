@@ -11,4 +11,3 @@ export * from './model-config.js';
 export * from './sampling.js';
 export * from './perplexity.js';
 export * from './model-files.js';
-export { nodeFs, nodePath } from './node-builtins.js';

@@ -9,7 +9,7 @@ type PathModule = typeof import('node:path');
 const load = <T>(name: string): Promise<T> =>
   import(/* @vite-ignore */ /* webpackIgnore: true */ `node:${name}`) as Promise<T>;
 
-/** `node:fs/promises`, loaded on first use (Node only; for packages that must also import in a browser). */
+/** `node:fs/promises`, loaded on first use (Node only). */
 export const nodeFs = (): Promise<FsPromises> => load<FsPromises>('fs/promises');
 
 /** `node:path`, loaded on first use (Node only). */

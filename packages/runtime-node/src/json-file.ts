@@ -1,4 +1,5 @@
-import { assertNonEmptyString, CalderaError, nodeFs } from '@caldera/core';
+import { assertNonEmptyString, CalderaError } from '@caldera/core';
+import { nodeFs } from './node-builtins.js';
 
 /**
  * The parsed JSON of the file at `path`: `E_IO` when it cannot be read, `E_FORMAT` naming it when it is not valid JSON.

@@ -3,13 +3,13 @@ import {
   CalderaError,
   expectedCalderaTensors,
   linearShape,
-  nodePath,
   openSafetensorsDir,
   readCheckpointMeta,
   type CalderaCheckpointMeta,
   type CalderaLayerMeta,
   type TensorStore,
 } from '@caldera/core';
+import { nodePath } from './node-builtins.js';
 import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
 import { checkPathArgument, readJsonFile } from './json-file.js';
 

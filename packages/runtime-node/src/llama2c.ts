@@ -2,11 +2,11 @@ import {
   assertFinite,
   CalderaError,
   f32ArrayToF16,
-  nodeFs,
   openFileSource,
   tensor,
   throwIfAborted,
 } from '@caldera/core';
+import { nodeFs } from './node-builtins.js';
 import { parseModelConfig, type ModelConfig } from './config.js';
 import { DenseF16Linear, DenseLinear, type Linear } from './linear.js';
 import { LlamaModel, type BlockWeights, type LlamaModelOptions } from './model.js';

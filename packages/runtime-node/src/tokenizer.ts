@@ -1,6 +1,7 @@
 import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { CalderaError, nodeFs, nodePath } from '@caldera/core';
+import { CalderaError } from '@caldera/core';
+import { nodeFs, nodePath } from './node-builtins.js';
 import { checkPathArgument, readJsonFile } from './json-file.js';
 
 /** The tokenizer interface the runtime and CLI use (Hugging Face `tokenizer.json` or llama2.c `tokenizer.bin`). */

@@ -3,8 +3,6 @@ import {
   contiguous,
   f32ArrayToF16,
   MODEL_SIDE_FILES,
-  nodeFs,
-  nodePath,
   openCheckpointDir,
   throwIfAborted,
   toF32,
@@ -14,6 +12,7 @@ import {
   type WriteCheckpointOptions,
   type Tensor,
 } from '@caldera/core';
+import { nodeFs, nodePath } from '../node-builtins.js';
 import {
   calderaCheckpointMeta,
   reconstruct,

@@ -1,4 +1,5 @@
-import { atomicWriteFile, CalderaError, nodeFs, Rng } from '@caldera/core';
+import { atomicWriteFile, CalderaError, Rng } from '@caldera/core';
+import { nodeFs } from '../node-builtins.js';
 import { createSha256 } from './sha256.js';
 import { lossAndGrad, type LossAndGrad, type TrainConfig, type TrainParams } from './model.js';
 import { adamWState, adamWStep, clipGradNorm, cosineLr, type AdamWState } from './optim.js';
