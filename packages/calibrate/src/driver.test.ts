@@ -1,6 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { isCalderaError, tensor } from '@caldera/core';
-import { compressModel, type BlockStore, type CompressLayerFn, type LayerResult } from './driver.js';
+import {
+  compressModel,
+  type BlockStore,
+  type CompressLayerFn,
+  type CompressProgress,
+  type LayerResult,
+} from './driver.js';
 import { accumulateHessians } from './jobs.js';
 import type { LinearReplacement } from './runner.js';
 import { ToyRunner } from './testing/toy-runner.js';
@@ -157,9 +163,9 @@ describe('compressModel', () => {
   it('leaves the block it was in when the run fails', async () => {
     const runner = new OneBlockRunner(7);
     const p = compressModel(runner, windows, {
-      compressLayer: (w, h, info) => {
+      compressLayer: (w, h, info, o) => {
         if (info.block === 1) throw new Error('boom');
-        return roundQuarter(w, h, info);
+        return roundQuarter(w, h, info, o);
       },
     });
     await expect(p).rejects.toThrow('boom');
@@ -169,9 +175,9 @@ describe('compressModel', () => {
   it('stops with E_ABORTED when the signal fires', async () => {
     const ctl = new AbortController();
     const p = compressModel(new ToyRunner(4), windows, {
-      compressLayer: (w, h, info) => {
+      compressLayer: (w, h, info, o) => {
         if (info.block === 1) ctl.abort();
-        return roundQuarter(w, h, info);
+        return roundQuarter(w, h, info, o);
       },
       signal: ctl.signal,
     });
@@ -183,16 +189,57 @@ describe('compressModel', () => {
     const ctl = new AbortController();
     const done: string[] = [];
     const p = compressModel(new ToyRunner(5), windows, {
-      compressLayer: (w, h, info) => {
+      compressLayer: (w, h, info, o) => {
         if (done.length === 0) setTimeout(() => ctl.abort(), 0);
         const until = performance.now() + 5; // the 1 ms timer is due by the next check
         while (performance.now() < until);
         done.push(info.name);
-        return roundQuarter(w, h, info);
+        return roundQuarter(w, h, info, o);
       },
       signal: ctl.signal,
     });
     await expect(p).rejects.toSatisfy((e: unknown) => isCalderaError(e, 'E_ABORTED'));
     expect(done.length).toBeLessThan(6);
+  });
+
+  it('passes the compressor an options object with the run signal, and an onProgress only when there is one', async () => {
+    const ctl = new AbortController();
+    const seen: { signal: boolean; onProgress: boolean }[] = [];
+    const spy: CompressLayerFn = (w, h, info, o) => {
+      seen.push({ signal: o.signal === ctl.signal, onProgress: typeof o.onProgress === 'function' });
+      return roundQuarter(w, h, info, o);
+    };
+    await compressModel(new ToyRunner(8), windows, { compressLayer: spy, signal: ctl.signal });
+    await compressModel(new ToyRunner(8), windows, { compressLayer: spy, onProgress: () => undefined });
+    expect(seen.slice(0, 6)).toEqual(Array(6).fill({ signal: true, onProgress: false }));
+    expect(seen.slice(6)).toEqual(Array(6).fill({ signal: false, onProgress: true }));
+  });
+
+  it("forwards the compressor's progress as layerFraction (clamped to [0, 1]) between each layer's start and end", async () => {
+    const events: CompressProgress[] = [];
+    const res = await compressModel(new ToyRunner(9), windows, {
+      compressLayer: (w, h, info, o) => {
+        for (const f of [0.25, Number.NaN, 0.5, 1.5]) o.onProgress?.({ fraction: f });
+        const until = performance.now() + 1; // a measurable time per layer, for the ETA
+        while (performance.now() < until);
+        return roundQuarter(w, h, info, o);
+      },
+      onProgress: (p) => events.push(p),
+    });
+    const compress = events.filter((e) => e.phase === 'compress');
+    // per layer: its start (0), then 0.25, 0.5 and 1.5 clamped to 1 (NaN dropped), all before the layer is counted done
+    expect(compress.map((e) => e.layerFraction)).toEqual(Array(6).fill([0, 0.25, 0.5, 1]).flat());
+    compress.forEach((e, i) => {
+      const layer = Math.floor(i / 4);
+      expect(e.layer).toBe(res[layer]!.name);
+      expect(e.block).toBe(Math.floor(layer / 2)); // the 0-based index of the block
+      expect(e.layersDone).toBe(layer);
+    });
+    // other phases carry no fraction
+    expect(events.filter((e) => e.phase !== 'compress' && e.layerFraction !== undefined)).toEqual([]);
+    // the ETA counts the running layer's fraction as done: it falls within a layer
+    const second = compress.filter((e) => e.layer === res[1]!.name);
+    expect(second[3]!.etaSeconds!).toBeLessThan(second[0]!.etaSeconds!);
+    expect(second[3]!.etaSeconds! / second[0]!.etaSeconds!).toBeCloseTo((6 - 1 - 1) / (6 - 1), 9);
   });
 });

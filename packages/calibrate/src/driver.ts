@@ -16,12 +16,32 @@ export interface LayerResult {
   seconds: number;
 }
 
-/** Compress one weight `W [m, n]` given its input Hessian `H [n, n]` (null for data-free methods). */
+/** Progress within one layer's compression. */
+export interface LayerProgress {
+  /** Fraction of the layer's work done, in [0, 1]; 1 when its last step has finished. */
+  fraction: number;
+}
+
+/** What {@link compressModel} passes to its {@link CompressLayerFn} (always an object, possibly empty). */
+export interface CompressLayerOptions {
+  /** The run's signal: a compressor may check it while it works (`E_ABORTED`). */
+  signal?: AbortSignal;
+  /**
+   * Progress within the layer, reported as often as the compressor likes (e.g. after every CALDERA sub-step); the
+   * driver forwards it as {@link CompressProgress.layerFraction}. May be called synchronously from inside the work.
+   */
+  onProgress?: (p: LayerProgress) => void;
+}
+
+/**
+ * Compress one weight `W [m, n]` given its input Hessian `H [n, n]` (null for data-free methods). The driver always
+ * passes `options` (`{ signal?, onProgress? }`, the SDK's convention for long work) as the fourth argument.
+ */
 export type CompressLayerFn = (
   w: Tensor<'f32'>,
   h: Tensor<'f64'> | null,
   info: LinearInfo,
-  signal?: AbortSignal,
+  options: CompressLayerOptions,
 ) => Promise<Omit<LayerResult, 'seconds' | 'name'>> | Omit<LayerResult, 'seconds' | 'name'>;
 
 /** Persistence of finished blocks, so a killed run resumes where it stopped. */
@@ -35,14 +55,27 @@ export interface BlockStore {
 /** Progress of {@link compressModel}. */
 export interface CompressProgress {
   phase: 'capture' | 'compress' | 'propagate' | 'resume';
+  /**
+   * Index of the block the event is about, counted from 0 like `LinearInfo.block`, `enterBlock` and the store's keys
+   * (the last is `numBlocks - 1`). Text for people shows `block + 1` of `numBlocks` (the CLI's "block 1/N").
+   */
   block: number;
   numBlocks: number;
   layer?: string;
+  /**
+   * On `'compress'` events: the fraction of `layer`'s work done, in [0, 1]. 0 when the layer starts, then what the
+   * compressor reports through its `onProgress` (`compressLayerWithSpec`: after every CALDERA sub-step, 1 after the
+   * last), so that `layersDone + layerFraction` counts the layers done, the running one's part included.
+   */
+  layerFraction?: number;
   /** Layers finished so far over all blocks, and in total. */
   layersDone: number;
   layersTotal: number;
   elapsedSeconds: number;
-  /** Estimated seconds left, from the mean time per finished layer (undefined before the first one). */
+  /**
+   * Estimated seconds left, from the mean time per finished layer times the layers left (less the running layer's
+   * `layerFraction`); undefined before the first layer finishes.
+   */
   etaSeconds?: number;
 }
 
@@ -62,9 +95,13 @@ export interface CompressModelOptions {
   store?: BlockStore;
   /**
    * Stops the run with `E_ABORTED`. The driver yields to the event loop before every window and layer, so a timer or a
-   * SIGINT handler can fire it mid-run; it is also passed to `compressLayer`.
+   * SIGINT handler can fire it mid-run; it is also passed to `compressLayer` (in its options).
    */
   signal?: AbortSignal;
+  /**
+   * Called at every phase of every block, when each layer starts, and within a layer whenever the compressor reports
+   * progress (`layerFraction`), synchronously from inside the compressor's work in that case.
+   */
   onProgress?: (p: CompressProgress) => void;
 }
 
@@ -101,7 +138,9 @@ export async function compressModel(
     p: Omit<CompressProgress, 'numBlocks' | 'layersDone' | 'layersTotal' | 'elapsedSeconds' | 'etaSeconds'>,
   ) => {
     const eta =
-      computedLayers > 0 ? (computeSeconds / computedLayers) * (layersTotal - layersDone) : undefined;
+      computedLayers > 0
+        ? (computeSeconds / computedLayers) * Math.max(0, layersTotal - layersDone - (p.layerFraction ?? 0))
+        : undefined;
     options.onProgress?.({
       ...p,
       numBlocks,
@@ -144,10 +183,26 @@ export async function compressModel(
       results = [];
       for (const l of linears) {
         await yieldAndCheckAbort(options.signal, 'compression');
-        report({ phase: 'compress', block: b, layer: l.name });
+        report({ phase: 'compress', block: b, layer: l.name, layerFraction: 0 });
         const ts = performance.now();
         const h = needsHessian ? hessians.get(l.input)! : null;
-        const r = await options.compressLayer(runner.weight(l.name), h, l, options.signal);
+        const r = await options.compressLayer(runner.weight(l.name), h, l, {
+          ...(options.signal ? { signal: options.signal } : {}),
+          ...(options.onProgress
+            ? {
+                onProgress: ({ fraction }: LayerProgress) => {
+                  // a compressor's figure outside [0, 1] is clamped, one that is not a number dropped
+                  if (typeof fraction !== 'number' || Number.isNaN(fraction)) return;
+                  report({
+                    phase: 'compress',
+                    block: b,
+                    layer: l.name,
+                    layerFraction: Math.min(1, Math.max(0, fraction)),
+                  });
+                },
+              }
+            : {}),
+        });
         const seconds = (performance.now() - ts) / 1000;
         computeSeconds += seconds;
         computedLayers++;

@@ -1,17 +1,18 @@
 import { describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isCalderaError, writeSafetensors, type Tensor } from '@caldera/core';
-import { compressModel } from './driver.js';
+import { compressModel, type CompressProgress } from './driver.js';
 import { finalizeHessian, HessianAccumulator } from './hessian.js';
 import {
   accumulateHessians,
   compressLayerWithSpec,
   executeMatrixJob,
   hashModelTensors,
+  hasHessianChunk,
   hessianKey,
   largestFirst,
   layerSeed,
@@ -25,6 +26,7 @@ import {
   shardJobs,
   type HessianPlan,
   type LayerSpec,
+  type LayerSpecProgress,
 } from './jobs.js';
 import { ToyRunner } from './testing/toy-runner.js';
 
@@ -252,9 +254,48 @@ describe('matrix jobs', () => {
     };
     const blocks: number[] = [];
     await expect(
-      accumulateHessians(runner, windows, (b) => void blocks.push(b), ctl.signal),
+      accumulateHessians(runner, windows, (b) => void blocks.push(b), { signal: ctl.signal }),
     ).rejects.toSatisfy((e: unknown) => isCalderaError(e, 'E_ABORTED'));
     expect(calls).toBeLessThan(runner.numBlocks * windows.length);
+  });
+
+  it("executeMatrixJob reports its decomposition's progress, ending at 1, with the same result; a cached job none", async () => {
+    const { work, manifest } = await setup(12);
+    const plainWork = join(mkdtempSync(join(tmpdir(), 'caldera-jobs-work-')), 'plain');
+    await cp(work, plainWork, { recursive: true });
+    for (const j of manifest.jobs) {
+      const events: LayerSpecProgress[] = [];
+      expect(await executeMatrixJob(work, manifest, j, { onProgress: (p) => events.push(p) })).toBe(
+        'computed',
+      );
+      // spec(…): outerIters 1, LR then Q
+      expect(events.map((e) => [e.step, e.fraction])).toEqual([
+        ['LR', 0.5],
+        ['Q', 1],
+      ]);
+      await executeMatrixJob(plainWork, manifest, j);
+      // the same tensors and metadata (but the time it took)
+      expect({ ...(await readJobResult(work, j)), seconds: 0 }).toEqual({
+        ...(await readJobResult(plainWork, j)),
+        seconds: 0,
+      });
+      const again: LayerSpecProgress[] = [];
+      expect(await executeMatrixJob(work, manifest, j, { onProgress: (p) => again.push(p) })).toBe('cached');
+      expect(again).toEqual([]);
+    }
+  });
+
+  it('executeMatrixJob honours its signal and refuses a bare AbortSignal for its options', async () => {
+    const { work, manifest } = await setup(13);
+    const ctl = new AbortController();
+    ctl.abort();
+    await expect(
+      executeMatrixJob(work, manifest, manifest.jobs[0]!, { signal: ctl.signal }),
+    ).rejects.toSatisfy((e: unknown) => isCalderaError(e, 'E_ABORTED'));
+    await expect(executeMatrixJob(work, manifest, manifest.jobs[0]!, ctl.signal as never)).rejects.toSatisfy(
+      (e: unknown) => isCalderaError(e, 'E_VALUE') && /executeMatrixJob: options/.test((e as Error).message),
+    );
+    expect(await missingJobs(work, manifest)).toHaveLength(manifest.jobs.length);
   });
 
   it('the Hessian accumulator round-trips through fromSums', () => {
@@ -263,5 +304,129 @@ describe('matrix jobs', () => {
     const b = HessianAccumulator.fromSums(3, a.sum, a.count);
     expect(b.secondMoment()).toEqual(a.secondMoment());
     expect(() => HessianAccumulator.fromSums(3, new Float64Array(8), 1)).toThrow(/expected 3·3/);
+  });
+});
+
+describe('progress within a layer and options objects', () => {
+  it('compressLayerWithSpec: fractions rise after every CALDERA sub-step to exactly 1, results unchanged', () => {
+    const runner = new ToyRunner(14);
+    const w = runner.weight('b0.up');
+    const cases: [LayerSpec['options'], number][] = [
+      [{ rank: 4, outerIters: 3, lplrIters: 1 }, 6], // LR and Q, 3 outer iterations
+      [{ rank: 0, outerIters: 3 }, 1], // Q only: one iteration
+      [{ rank: 4, qBits: 0, outerIters: 3, lplrIters: 1 }, 1], // LR only: one iteration
+    ];
+    for (const [options, n] of cases) {
+      const layerSpec: LayerSpec = { options, seed: 3 };
+      const events: LayerSpecProgress[] = [];
+      const withProgress = compressLayerWithSpec(w, null, 'b0.up', layerSpec, {
+        onProgress: (p) => events.push(p),
+      });
+      expect(events.map((e) => e.fraction)).toEqual(Array.from({ length: n }, (_, i) => (i + 1) / n));
+      expect(events.at(-1)!.iteration).toBe(events.at(-1)!.iterations);
+      const plain = compressLayerWithSpec(w, null, 'b0.up', layerSpec);
+      expect(withProgress.error).toBe(plain.error);
+      for (const [k, t] of Object.entries(plain.replacement.tensors))
+        expect(withProgress.replacement.tensors[k]!.data).toEqual(t.data);
+    }
+  });
+
+  it('compressModel with compressLayerWithSpec: within-layer fractions per layer, rising to 1', async () => {
+    const events: CompressProgress[] = [];
+    await compressModel(new ToyRunner(15), windows, {
+      propagate: 'original', // the toy runner applies dense replacements only
+      compressLayer: (w, h, info, o) =>
+        compressLayerWithSpec(
+          w,
+          h,
+          info.name,
+          { options: { rank: 4, outerIters: 2, lplrIters: 1 }, seed: layerSeed(0, info.name) },
+          o,
+        ),
+      onProgress: (p) => events.push(p),
+    });
+    const byLayer = new Map<string, number[]>();
+    for (const e of events)
+      if (e.phase === 'compress') byLayer.set(e.layer!, [...(byLayer.get(e.layer!) ?? []), e.layerFraction!]);
+    expect([...byLayer.keys()]).toEqual(['b0.up', 'b0.down', 'b1.up', 'b1.down', 'b2.up', 'b2.down']);
+    for (const fractions of byLayer.values()) expect(fractions).toEqual([0, 0.25, 0.5, 0.75, 1]);
+  });
+
+  it('hashModelTensors reports every tensor in name order, honours its signal, refuses a bare AbortSignal', async () => {
+    const runner = new ToyRunner(16);
+    const model = await toyModelDir(runner);
+    const events: { tensor: string; done: number; total: number }[] = [];
+    const withProgress = await hashModelTensors(model, { onProgress: (e) => events.push(e) });
+    const names = [...runner.weights.keys()].map((n) => `${n}.weight`).sort();
+    expect(events).toEqual(names.map((tensor, i) => ({ tensor, done: i + 1, total: names.length })));
+    const plain = await hashModelTensors(model);
+    expect(withProgress.sha256).toBe(plain.sha256);
+    expect([...withProgress.tensors]).toEqual([...plain.tensors]);
+    // aborted after the second tensor: no third is hashed
+    const ctl = new AbortController();
+    const seen: number[] = [];
+    await expect(
+      hashModelTensors(model, {
+        signal: ctl.signal,
+        onProgress: ({ done }) => {
+          seen.push(done);
+          if (done === 2) ctl.abort();
+        },
+      }),
+    ).rejects.toSatisfy((e: unknown) => isCalderaError(e, 'E_ABORTED'));
+    expect(seen).toEqual([1, 2]);
+    for (const bad of [ctl.signal, null])
+      await expect(hashModelTensors(model, bad as never)).rejects.toSatisfy(
+        (e: unknown) =>
+          isCalderaError(e, 'E_VALUE') &&
+          / hashModelTensors: options must be an object/.test((e as Error).message),
+      );
+  });
+
+  it('accumulateHessians reports each block after onBlock is done with it, and refuses a bare AbortSignal', async () => {
+    const runner = new ToyRunner(17);
+    const log: string[] = [];
+    await accumulateHessians(runner, windows, async (b) => void log.push(`block ${b}`), {
+      onProgress: ({ done, total }) => void log.push(`${done}/${total}`),
+    });
+    expect(log).toEqual(['block 0', '1/3', 'block 1', '2/3', 'block 2', '3/3']);
+    const ctl = new AbortController();
+    await expect(accumulateHessians(runner, windows, () => undefined, ctl.signal as never)).rejects.toSatisfy(
+      (e: unknown) =>
+        isCalderaError(e, 'E_VALUE') &&
+        / accumulateHessians: options must be an object/.test((e as Error).message),
+    );
+  });
+
+  it('runHessianChunk reports its blocks as their files are written, stops on its signal, reports nothing when cached', async () => {
+    const runner = new ToyRunner(18);
+    const plan = makeHessianPlan('/toy', 'sha', runner.numBlocks, windows, 2);
+    const work = mkdtempSync(join(tmpdir(), 'caldera-jobs-work-'));
+    // aborted once the first block's file is written: the chunk is left incomplete
+    const ctl = new AbortController();
+    const files: number[] = [];
+    await expect(
+      runHessianChunk(work, plan, 0, runner, {
+        signal: ctl.signal,
+        onProgress: ({ done }) => {
+          files.push(readdirSync(join(work, 'hessian-chunks')).length);
+          if (done === 1) ctl.abort();
+        },
+      }),
+    ).rejects.toSatisfy((e: unknown) => isCalderaError(e, 'E_ABORTED'));
+    expect(files).toEqual([1]);
+    expect(await hasHessianChunk(work, plan, 0)).toBe(false);
+    const events: string[] = [];
+    const onProgress = ({ done, total }: { done: number; total: number }) =>
+      void events.push(`${done}/${total}`);
+    expect(await runHessianChunk(work, plan, 0, runner, { onProgress })).toBe('computed');
+    expect(events).toEqual(['1/3', '2/3', '3/3']);
+    expect(await runHessianChunk(work, plan, 0, runner, { onProgress })).toBe('cached');
+    expect(events).toHaveLength(3);
+    await expect(runHessianChunk(work, plan, 1, runner, ctl.signal as never)).rejects.toSatisfy(
+      (e: unknown) =>
+        isCalderaError(e, 'E_VALUE') &&
+        / runHessianChunk: options must be an object/.test((e as Error).message),
+    );
   });
 });

@@ -19,9 +19,9 @@ import {
   type Tensor,
 } from '@caldera/core';
 import { type Pool } from '@caldera/linalg';
-import { caldera, toCheckpointTensors, type CalderaOptions } from '@caldera/lowrank';
+import { caldera, toCheckpointTensors, type CalderaOptions, type CalderaProgress } from '@caldera/lowrank';
 import { captureBlock } from './capture.js';
-import type { LayerResult } from './driver.js';
+import type { LayerProgress, LayerResult } from './driver.js';
 import { finalizeHessian, HessianAccumulator } from './hessian.js';
 import type { LinearInfo, ModelRunner } from './runner.js';
 
@@ -130,18 +130,66 @@ export function layerSeed(seed: number, name: string): number {
 }
 
 /**
+ * A trailing options object, `{}` when omitted. A bare `AbortSignal` (where these functions took one before) or a
+ * non-object is `E_VALUE`, so that a signal passed the old way is not silently ignored.
+ */
+function optionsOf<T extends object>(options: T | undefined, fn: string): T {
+  if (options === undefined) return {} as T;
+  if (typeof AbortSignal !== 'undefined' && options instanceof AbortSignal)
+    throw new CalderaError(
+      'E_VALUE',
+      `${fn}: options must be an object such as { signal }, got an AbortSignal`,
+    );
+  assertObject(options, fn, 'options', 'an object');
+  return options;
+}
+
+/**
+ * Progress of one decomposition ({@link compressLayerWithSpec}, {@link executeMatrixJob}): CALDERA's event after each
+ * sub-step, with `fraction`, the sub-steps done over all of them (`iterations` × 1 or 2: LR then Q, or only one of
+ * them when the rank or `qBits` is 0), reaching 1 after the last.
+ */
+export interface LayerSpecProgress extends CalderaProgress, LayerProgress {}
+
+/** Handles and callbacks of {@link compressLayerWithSpec} and {@link executeMatrixJob}. */
+export interface LayerRunOptions {
+  /** Changes the speed, never the result. */
+  pool?: Pool;
+  /** Checked by `caldera` before every sub-step and inside its long kernels (`E_ABORTED`). */
+  signal?: AbortSignal;
+  /** Called synchronously from inside `caldera` (which does not yield) after every sub-step. */
+  onProgress?: (p: LayerSpecProgress) => void;
+}
+
+/**
  * The one way a layer is decomposed, whatever runs it (the sequential driver, a shard, a queue worker): CALDERA with
- * the spec's options and seed, converted to checkpoint tensors. `pool` changes the speed, never the result.
+ * the spec's options and seed, converted to checkpoint tensors. `pool` changes the speed, `onProgress` only observes:
+ * neither changes the result.
  */
 export function compressLayerWithSpec(
   w: Tensor<'f32'>,
   h: Tensor<'f64'> | null,
   name: string,
   spec: LayerSpec,
-  handles: { pool?: Pool; signal?: AbortSignal } = {},
+  options: LayerRunOptions = {},
 ): Omit<LayerResult, 'seconds' | 'name'> {
   assertObject(spec, 'compressLayerWithSpec', 'spec', 'a LayerSpec');
-  const d = caldera(w, h, { ...spec.options, seed: spec.seed, ...handles });
+  const { onProgress, ...handles } = optionsOf(options, 'compressLayerWithSpec');
+  // caldera's sub-steps per outer iteration: LR then Q, only Q at rank 0, only LR without Q (its defaults are nonzero)
+  const steps = spec.options.rank === 0 || spec.options.qBits === 0 ? 1 : 2;
+  const d = caldera(w, h, {
+    ...spec.options,
+    seed: spec.seed,
+    ...handles,
+    ...(onProgress
+      ? {
+          onProgress: (p: CalderaProgress) => {
+            const done = (p.iteration - 1) * steps + (steps === 2 && p.step === 'LR' ? 1 : steps);
+            onProgress({ ...p, fraction: Math.min(1, done / (p.iterations * steps)) });
+          },
+        }
+      : {}),
+  });
   return {
     replacement: toCheckpointTensors(name, d),
     error: d.error,
@@ -155,17 +203,28 @@ export function hessianKey(block: number, input: string): string {
   return `${block}/${input}`;
 }
 
+/** Options of {@link hashModelTensors}. */
+export interface HashModelOptions {
+  /** Checked before every tensor (`E_ABORTED`). */
+  signal?: AbortSignal;
+  /** After every tensor: `done` tensors of `total` hashed, `tensor` the last one's name (names in sorted order). */
+  onProgress?: (e: { tensor: string; done: number; total: number }) => void;
+}
+
 /** sha256 of every tensor of a model directory, and of the whole (names and hashes in name order). */
 export async function hashModelTensors(
   dir: string,
-  signal?: AbortSignal,
+  options: HashModelOptions = {},
 ): Promise<{ sha256: string; tensors: Map<string, string> }> {
+  const { signal, onProgress } = optionsOf(options, 'hashModelTensors');
   const store = await openSafetensorsDir(dir);
   try {
     const tensors = new Map<string, string>();
-    for (const name of [...store.names()].sort()) {
+    const names = [...store.names()].sort();
+    for (const name of names) {
       throwIfAborted(signal, 'hashing the model');
       tensors.set(name, sha256Hex(await store.readRaw(name)));
+      onProgress?.({ tensor: name, done: tensors.size, total: names.length });
     }
     return { sha256: sha256Hex(JSON.stringify([...tensors])), tensors };
   } finally {
@@ -265,6 +324,17 @@ function chunkFile(workDir: string, key: string, block: number): string {
   return join(workDir, 'hessian-chunks', `${key}-b${String(block).padStart(4, '0')}.safetensors`);
 }
 
+/** Options of {@link accumulateHessians} and {@link runHessianChunk}. */
+export interface AccumulateOptions {
+  /**
+   * Stops the work with `E_ABORTED`: checked before every window, after a turn of the event loop, so that a timer or a
+   * SIGINT handler can fire it although the runner is synchronous.
+   */
+  signal?: AbortSignal;
+  /** After every block (after `onBlock` has finished with it): `done` blocks of `total` (the runner's `numBlocks`). */
+  onProgress?: (e: { done: number; total: number }) => void;
+}
+
 /**
  * Accumulate the partial Hessians of `windows` block by block through the unmodified model, handing each finished
  * block's accumulators (one per input key) to `onBlock`. Only one block's sums are in memory at a time (and only one
@@ -274,11 +344,12 @@ export async function accumulateHessians(
   runner: ModelRunner,
   windows: readonly Int32Array[],
   onBlock: (block: number, accs: Map<string, HessianAccumulator>) => Promise<void> | void,
-  signal?: AbortSignal,
+  options: AccumulateOptions = {},
 ): Promise<void> {
   assertObject(runner, 'accumulateHessians', 'runner', 'a ModelRunner');
   assertObject(windows, 'accumulateHessians', 'windows', 'an array of token windows');
   assertFunction(onBlock, 'accumulateHessians', 'onBlock');
+  const { signal, onProgress } = optionsOf(options, 'accumulateHessians');
   let hidden = windows.map((w) => runner.embed(w));
   for (let b = 0; b < runner.numBlocks; b++) {
     let accs: Map<string, HessianAccumulator>;
@@ -299,6 +370,7 @@ export async function accumulateHessians(
       runner.leaveBlock?.(b);
     }
     await onBlock(b, accs);
+    onProgress?.({ done: b + 1, total: runner.numBlocks });
   }
 }
 
@@ -312,17 +384,19 @@ export async function hasHessianChunk(workDir: string, plan: HessianPlan, c: num
 
 /**
  * Phase-1 job: the partial sums of chunk `c` (through the original model `runner`), one atomic file per block.
- * Idempotent: a chunk already on disk is not recomputed.
+ * Idempotent: a chunk already on disk is not recomputed (and reports no progress). `onProgress` follows the chunk's
+ * blocks, each counted once its file is written.
  */
 export async function runHessianChunk(
   workDir: string,
   plan: HessianPlan,
   c: number,
   runner: ModelRunner,
-  signal?: AbortSignal,
+  options: AccumulateOptions = {},
 ): Promise<'cached' | 'computed'> {
   assertObject(plan, 'runHessianChunk', 'plan', 'a HessianPlan');
   assertObject(runner, 'runHessianChunk', 'runner', 'a ModelRunner');
+  const { signal, onProgress } = optionsOf(options, 'runHessianChunk');
   const chunk = plan.chunks[c];
   if (!chunk)
     throw new CalderaError('E_VALUE', `Hessian chunk ${c} is not in the plan (${plan.chunks.length})`);
@@ -346,7 +420,7 @@ export async function runHessianChunk(
         ...(signal ? { signal } : {}),
       });
     },
-    signal,
+    { ...(signal ? { signal } : {}), ...(onProgress ? { onProgress } : {}) },
   );
   return 'computed';
 }
@@ -580,17 +654,18 @@ async function loadHessian(workDir: string, job: MatrixJob): Promise<Tensor<'f64
 
 /**
  * Phase-2 job: decompose one matrix from its content-checked inputs and write the result atomically under the job's
- * id. Idempotent: an output already on disk is kept. A missing or corrupted input fails with a CalderaError naming the
- * job and the file.
+ * id. Idempotent: an output already on disk is kept (and reports no progress). A missing or corrupted input fails with
+ * a CalderaError naming the job and the file. `onProgress` is {@link compressLayerWithSpec}'s, within the decomposition.
  */
 export async function executeMatrixJob(
   workDir: string,
   manifest: JobManifest,
   job: MatrixJob,
-  handles: { pool?: Pool; signal?: AbortSignal } = {},
+  options: LayerRunOptions = {},
 ): Promise<'cached' | 'computed'> {
   assertObject(manifest, 'executeMatrixJob', 'manifest', 'a JobManifest');
   assertObject(job, 'executeMatrixJob', 'job', 'a MatrixJob');
+  const handles = optionsOf(options, 'executeMatrixJob');
   const out = jobResultPath(workDir, job);
   if (await exists(out)) return 'cached';
   throwIfAborted(handles.signal, `job ${job.name}`);

@@ -221,7 +221,10 @@ export function progressBar(label: string, enabled: boolean) {
       const f = total > 0 ? Math.min(1, done / total) : 0;
       const bar = '█'.repeat(Math.round(f * width)).padEnd(width, '░');
       const eta = etaSeconds === undefined ? '' : ` ETA ${Math.max(0, Math.round(etaSeconds))}s`;
-      process.stderr.write(`\r${label} ${bar} ${done}/${total}${eta} ${note}`.slice(0, 150).padEnd(100));
+      // `done` may be fractional (a layer under way): the fill shows it, the counter the whole units done
+      process.stderr.write(
+        `\r${label} ${bar} ${Math.floor(done)}/${total}${eta} ${note}`.slice(0, 150).padEnd(100),
+      );
     },
     done() {
       if (enabled) process.stderr.write('\n');

@@ -96,7 +96,7 @@ describe('compress with the source held one block at a time (BlockLazyRunner)', 
         // the baseline: compress's held-out tokens in eval's windows of 256
         const tokens = (await tokenizeDocuments(dir, await readDocuments(heldOut), 0)).flat().slice(0, 700);
         expect(await lazy.runner.perplexity(tokens, { context: 256 })).toEqual(
-          perplexity((await loadModel(dir)).model, tokens, { context: 256 }),
+          await perplexity((await loadModel(dir)).model, tokens, { context: 256 }),
         );
         expect(lazy.most()).toBe(1);
       } finally {
@@ -114,7 +114,7 @@ describe('compress with the source held one block at a time (BlockLazyRunner)', 
     const eagerModel = (await loadModel(dir)).model;
     // the source's perplexity first: compressModel replaces the model's layers
     const tokens = (await tokenizeDocuments(dir, await readDocuments(heldOut), 0)).flat().slice(0, 128);
-    const baseline = perplexity(eagerModel, tokens, { context: 256 }).ppl;
+    const baseline = (await perplexity(eagerModel, tokens, { context: 256 })).ppl;
     const eager = await compressModel(new ModelRunnerAdapter(eagerModel), await windowsOf(dir), {
       compressLayer,
     });

@@ -6,7 +6,7 @@ import { referenceModelDir } from '@caldera/reference-model';
 import { loadModel, perplexity } from '@caldera/runtime-node';
 import { main } from './cli.js';
 import { loadModelShowing } from './commands/common.js';
-import { calibrationRowsWarning } from './commands/compress.js';
+import { calibrationRowsWarning, compressProgressLabel } from './commands/compress.js';
 import { fastCompressSetup, runCli, runUntil } from './test-cli.js';
 import { writeTinyModel } from './test-models.js';
 
@@ -71,7 +71,7 @@ describe('caldera compress --q-bits / --lr-bits', () => {
     // runtime-node loads it and evaluates it (as 'caldera eval' does, which must give the report's number)
     const { model } = await loadModel(out);
     const ids = Array.from({ length: 64 }, (_, i) => (i * 37 + 5) % 2048);
-    expect(Number.isFinite(perplexity(model, ids, { context: 32 }).ppl)).toBe(true);
+    expect(Number.isFinite((await perplexity(model, ids, { context: 32 })).ppl)).toBe(true);
     const ev = run(['eval', out, '--text', heldOut, '--max-tokens', '128', '--json']);
     expect(ev.status, ev.stderr).toBe(0);
     expect((JSON.parse(ev.stdout) as { ppl: number }).ppl).toBeCloseTo(report.perplexity.compressed, 9);
@@ -232,4 +232,95 @@ describe('caldera compress: too few calibration rows', () => {
       /4096 calibration rows, fewer than the 11008 inputs of down_proj.*--windows 86 or more/,
     );
   });
+});
+
+describe('caldera compress: progress within a layer, blocks counted from 1', () => {
+  afterEach(() => vi.restoreAllMocks());
+
+  it('compressProgressLabel: the block from 1 of all, the layer and its share; none for a layer’s last step', () => {
+    const base = { numBlocks: 2, layersDone: 3, layersTotal: 14, elapsedSeconds: 1 };
+    expect(compressProgressLabel({ ...base, phase: 'capture', block: 0 })).toBe('capture block 1/2');
+    expect(
+      compressProgressLabel({
+        ...base,
+        phase: 'compress',
+        block: 1,
+        layer: 'model.layers.1.self_attn.q_proj',
+        layerFraction: 0.375,
+      }),
+    ).toBe('compress block 2/2 self_attn.q_proj 37%');
+    expect(
+      compressProgressLabel({
+        ...base,
+        phase: 'compress',
+        block: 1,
+        layer: 'x.mlp.up_proj',
+        layerFraction: 0,
+      }),
+    ).toBe('compress block 2/2 mlp.up_proj 0%');
+    expect(
+      compressProgressLabel({
+        ...base,
+        phase: 'compress',
+        block: 1,
+        layer: 'x.mlp.up_proj',
+        layerFraction: 1,
+      }),
+    ).toBeNull();
+  });
+
+  it('--json: every layer reports its share after each CALDERA sub-step, from 0 to 1; block is the 0-based index', async () => {
+    const { dir: src } = await writeTinyModel(join(tmp, 'progress-json'), { seed: 16 });
+    const r = run(['compress', src, '--out', join(tmp, 'progress-json-out'), ...FAST, '--rank', '8']);
+    expect(r.status, r.stderr).toBe(0);
+    const events = r.stdout
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((e) => e.event === 'progress' && e.phase === 'compress');
+    const byLayer = new Map<string, { block: number; fractions: number[] }>();
+    for (const e of events) {
+      const l = byLayer.get(e.layer as string) ?? { block: e.block as number, fractions: [] };
+      l.fractions.push(e.layerFraction as number);
+      byLayer.set(e.layer as string, l);
+    }
+    expect(byLayer.size).toBe(14);
+    for (const [name, l] of byLayer) {
+      expect(l.fractions).toEqual([0, 0.5, 1]); // --outer-iters 1: the LR step, then Q
+      expect(name).toContain(`model.layers.${l.block}.`);
+    }
+  }, 60_000);
+
+  it('the bar (a terminal) names blocks from 1 and shows the running layer’s share', async () => {
+    const { dir: src } = await writeTinyModel(join(tmp, 'progress-bar'), { seed: 17 });
+    const writes: string[] = [];
+    vi.spyOn(process.stderr, 'write').mockImplementation(((chunk: string | Uint8Array) => {
+      writes.push(String(chunk));
+      return true;
+    }) as typeof process.stderr.write);
+    vi.spyOn(console, 'log').mockImplementation(() => undefined);
+    vi.spyOn(console, 'error').mockImplementation(() => undefined);
+    // every update drawn: the bar redraws at most every 200 ms by Date.now
+    let t = 0;
+    vi.spyOn(Date, 'now').mockImplementation(() => (t += 1000));
+    const tty = Object.getOwnPropertyDescriptor(process.stderr, 'isTTY');
+    Object.defineProperty(process.stderr, 'isTTY', { value: true, configurable: true });
+    let code: number | undefined;
+    try {
+      code = await main(['compress', src, '--out', join(tmp, 'progress-bar-out'), ...fast, '--rank', '8']);
+    } finally {
+      if (tty) Object.defineProperty(process.stderr, 'isTTY', tty);
+      else delete (process.stderr as { isTTY?: boolean }).isTTY;
+    }
+    expect(code).toBe(0);
+    const lines = writes.filter((w) => w.startsWith('\rcompress ')).map((w) => w.trimEnd());
+    expect(lines.some((l) => l.includes('hashing the source tensors'))).toBe(true);
+    expect(lines.some((l) => l.endsWith('compress block 1/2 self_attn.q_proj 0%'))).toBe(true);
+    expect(lines.some((l) => l.endsWith('compress block 1/2 self_attn.q_proj 50%'))).toBe(true);
+    expect(lines.some((l) => l.endsWith('compress block 2/2 mlp.down_proj 50%'))).toBe(true);
+    expect(lines.some((l) => / block 0\//.test(l) || / 100%$/.test(l))).toBe(false);
+    // the fill advances within a layer (half of the first of 14 layers: 1 of 28 cells), the counter by whole layers
+    const half = lines.find((l) => l.endsWith('compress block 1/2 self_attn.q_proj 50%'))!;
+    expect(half).toContain(` ${'█'.repeat(1)}${'░'.repeat(27)} 0/14 `);
+  }, 60_000);
 });

@@ -14,7 +14,7 @@ function serve(threads: number): void {
       port.close();
       return;
     }
-    runTask(m.task, pool).then(
+    runTask(m.task, { pool }).then(
       (result) => port.postMessage({ seq: m.seq, ok: true, result }),
       (e: unknown) =>
         port.postMessage({

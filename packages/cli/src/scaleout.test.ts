@@ -72,10 +72,30 @@ const events = (stdout: string) =>
     .map((l) => JSON.parse(l) as Record<string, unknown>);
 
 describe('scale-out: manifest, shards and merge', () => {
+  let singleStdout = '';
   beforeAll(async () => {
     const r = await cli(['compress', '--out', single, ...SMALL]);
     expect(r.status, r.stderr).toBe(0);
+    singleStdout = r.stdout;
   }, 120_000);
+
+  it('one process reports progress within each Hessian chunk (by block) and each matrix job (by CALDERA sub-step)', () => {
+    const progress = events(singleStdout).filter((e) => e.event === 'progress');
+    // default --hessian-chunks 4, the reference model's blocks: each chunk's share after each block, up to 1
+    const chunks = new Map<number, number[]>();
+    for (const e of progress.filter((e) => e.phase === 'hessian' && e.chunk !== undefined))
+      chunks.set(e.chunk as number, [...(chunks.get(e.chunk as number) ?? []), e.chunkFraction as number]);
+    expect([...chunks.keys()]).toEqual([0, 1, 2, 3]);
+    for (const f of chunks.values()) {
+      expect(f.at(-1)).toBe(1);
+      f.forEach((x, i) => expect(x).toBeCloseTo((i + 1) / f.length, 12));
+    }
+    // --outer-iters 1: LR then Q, for each of the 28 jobs, while `done` counts the jobs finished before it
+    const jobs = progress.filter((e) => e.phase === 'matrix' && e.layer !== undefined);
+    expect(jobs.map((e) => e.layerFraction)).toEqual(Array(28).fill([0.5, 1]).flat());
+    jobs.forEach((e, i) => expect(e).toMatchObject({ done: Math.floor(i / 2), total: 28 }));
+    expect(new Set(jobs.map((e) => e.layer)).size).toBe(28);
+  });
 
   it('2 concurrent shards + merge give the single-process checkpoint bytes; merge refuses an incomplete run', async () => {
     const out = join(dir, 'sharded');

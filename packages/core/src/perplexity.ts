@@ -4,12 +4,43 @@
  */
 import { CalderaError, describeValue } from './errors.js';
 
-/** The window options of the runtimes' `perplexity` (each runtime's own options add `signal` and `onProgress`). */
+/** The window options of the runtimes' `perplexity` (the part {@link checkPerplexityArgs} checks). */
 export interface PerplexityWindowOptions {
   /** Tokens per window: an integer in [2, the model's limit]. */
   context?: number;
   /** Start of each window after the previous one: an integer in [1, context]. Default `context` (no overlap). */
   stride?: number;
+}
+
+/**
+ * Options of `perplexity` in both runtimes (runtime-node's `perplexity(model, ids, options)` and
+ * `BlockLazyRunner.perplexity(ids, options)`, runtime-webgpu's `perplexity(model, tokens, options)`). Both runtimes'
+ * `perplexity` are async: they let the event loop turn between windows (runtime-node) or GPU batches
+ * (runtime-webgpu), so `signal` can be aborted by a timer, an I/O callback or a signal handler while they run.
+ */
+export interface PerplexityOptions extends PerplexityWindowOptions {
+  /**
+   * Aborts the scoring: `E_ABORTED` naming `perplexity`, with the signal's reason as its cause. Checked before each
+   * window (runtime-node), each batch of a window (runtime-webgpu), each window of each block (`BlockLazyRunner`).
+   */
+  signal?: AbortSignal;
+  /**
+   * Called after each window of the text with `done`, the tokens of the text covered so far (the end of the window
+   * just scored, counting the text's first token, which is never scored), and `total`, the text's length in tokens:
+   * `done` increases and the last call has `done === total`. The same numbers in both runtimes.
+   * `BlockLazyRunner.perplexity` counts blocks instead (see there): `done` of `total = numBlocks + 1`.
+   */
+  onProgress?: (e: { done: number; total: number }) => void;
+}
+
+/** Result of the runtimes' `perplexity`. */
+export interface PerplexityResult {
+  /** Tokens scored (each once; see {@link perplexityWindows} for which). */
+  tokens: number;
+  /** Mean negative log-likelihood per scored token, in nats. */
+  nll: number;
+  /** Perplexity: `exp(nll)`. */
+  ppl: number;
 }
 
 /** The longest window a model runs, for {@link checkPerplexityArgs}. */

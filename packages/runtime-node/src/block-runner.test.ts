@@ -82,12 +82,12 @@ describe('BlockLazyRunner', () => {
       try {
         // the perplexity of the source, non-overlapping (last window of 5 tokens) and overlapping windows
         for (const o of [{ context: 16 }, { context: 8, stride: 5 }, { context: 12 }]) {
-          const want = perplexity(eager.model, ids, o);
+          const want = await perplexity(eager.model, ids, o);
           expect(await lazy.perplexity(ids, o)).toEqual(want);
         }
         // a 1-token last window (no cache in LlamaModel.forward)
         expect(await lazy.perplexity(ids.slice(0, 17), { context: 8 })).toEqual(
-          perplexity(eager.model, ids.slice(0, 17), { context: 8 }),
+          await perplexity(eager.model, ids.slice(0, 17), { context: 8 }),
         );
         expect(lazy.heldBlock).toBeNull();
         // the driver's walk: weights, captures and outputs of every block the same as the whole model's
@@ -126,7 +126,7 @@ describe('BlockLazyRunner', () => {
       const lazy = await BlockLazyRunner.open(dir, { dtype });
       try {
         expect(await lazy.perplexity(ids, { context: 16 })).toEqual(
-          perplexity(eager.model, ids, { context: 16 }),
+          await perplexity(eager.model, ids, { context: 16 }),
         );
         await lazy.enterBlock(2);
         for (const { name } of blockLinearNames(2)) expect(lazy.weight(name)).toEqual(adapter.weight(name));
@@ -178,8 +178,10 @@ describe('BlockLazyRunner', () => {
       missing(() => lazy.replaceLinear(name, toCheckpointTensors(name, d)));
       await lazy.enterBlock(2);
       expect(lazy.weight(name)).toEqual(eager.weight(name));
-      // the perplexity walks every block, one at a time, releasing the one held before
-      await lazy.perplexity(ids, { context: 16 });
+      // the perplexity walks every block, one at a time, releasing the one held before; its progress counts blocks
+      const progress: { done: number; total: number }[] = [];
+      await lazy.perplexity(ids, { context: 16, onProgress: (e) => progress.push(e) });
+      expect(progress).toEqual([1, 2, 3, 4].map((done) => ({ done, total: 4 }))); // 3 blocks, then the scoring
       expect(events).toEqual([
         'load 1',
         'release 1',
@@ -204,7 +206,7 @@ describe('BlockLazyRunner', () => {
     const lazy = await BlockLazyRunner.open(dir);
     try {
       const ctl = new AbortController();
-      const onProgress = (done: number) => {
+      const onProgress = ({ done }: { done: number }) => {
         if (done !== 1) return;
         // the timer is due before the next window: only a yield to the event loop lets it fire
         setTimeout(() => ctl.abort(), 1);

@@ -5,12 +5,13 @@ import {
   throwIfAborted,
   tokenNll,
   type CalderaLayerMeta,
+  type PerplexityOptions,
+  type PerplexityResult,
   type Tensor,
   type TensorStore,
 } from '@caldera/core';
 import type { Pool } from '@caldera/linalg';
 import { blockLinearNames, type ModelConfig } from './config.js';
-import type { PerplexityResult } from './eval.js';
 import { checkPathArgument } from './json-file.js';
 import { embeddingAndHead, readFloat, readHeld, type HeldFloat } from './held.js';
 import { openModelLayout, type ModelLayout } from './layout.js';
@@ -217,17 +218,12 @@ export class BlockLazyRunner {
    * first); then the final norm and LM head are read, the windows scored, and the head released. Holds the hidden
    * states of all windows (`ids.length × hiddenSize` f32s, more with overlapping windows) and one block. Yields to the
    * event loop between windows, so that `signal` (`E_ABORTED`) can be fired by a timer or a signal handler.
+   *
+   * Its progress counts blocks, not tokens (every window goes through a block before any goes through the next):
+   * `onProgress({ done, total })` is called after each block with `done` = the blocks run so far (1 … `numBlocks`)
+   * and after the scoring with `done = total`, where `total = numBlocks + 1`.
    */
-  async perplexity(
-    ids: ArrayLike<number>,
-    options: {
-      context?: number;
-      stride?: number;
-      signal?: AbortSignal;
-      /** Called after each block, and after the scoring: `done` of `total` (`numBlocks + 1`). */
-      onProgress?: (done: number, total: number) => void;
-    } = {},
-  ): Promise<PerplexityResult> {
+  async perplexity(ids: ArrayLike<number>, options: PerplexityOptions = {}): Promise<PerplexityResult> {
     this.checkOpen();
     const cfg = this.config;
     const { context, stride } = checkPerplexityArgs(ids, options, {
@@ -258,7 +254,7 @@ export class BlockLazyRunner {
       } finally {
         this.leaveBlock(b);
       }
-      options?.onProgress?.(b + 1, total);
+      options?.onProgress?.({ done: b + 1, total });
     }
     caches.clear();
     const V = cfg.vocabSize;
@@ -275,7 +271,7 @@ export class BlockLazyRunner {
         count++;
       }
     }
-    options?.onProgress?.(total, total);
+    options?.onProgress?.({ done: total, total });
     return { tokens: count, nll: nll / count, ppl: Math.exp(nll / count) };
   }
 

@@ -1,12 +1,16 @@
-import { checkPerplexityArgs, perplexityWindows, throwIfAborted, tokenNll } from '@caldera/core';
+import {
+  checkPerplexityArgs,
+  perplexityWindows,
+  throwIfAborted,
+  tokenNll,
+  type PerplexityOptions,
+  type PerplexityResult,
+} from '@caldera/core';
 import type { LlamaModel } from './model.js';
+import { nextTurn } from './next-turn.js';
 
-/** Result of {@link perplexity}. */
-export interface PerplexityResult {
-  tokens: number;
-  nll: number;
-  ppl: number;
-}
+/** The options and result of {@link perplexity}, shared with runtime-webgpu (they live in `@caldera/core`). */
+export type { PerplexityOptions, PerplexityResult } from '@caldera/core';
 
 /**
  * Perplexity of `ids` with windows of `context` tokens moved by `stride` (default: non-overlapping). No token is scored
@@ -14,19 +18,21 @@ export interface PerplexityResult {
  * token after the first of the text is scored; with non-overlapping ones the first token of each later window, which
  * has no left context in it, is not. `context` (default 128, or the model's `maxPositions` when smaller) must be an
  * integer in [2, maxPositions], `stride` an integer in [1, context], and `ids` an array of at least 2 token ids:
- * `E_VALUE` otherwise (`checkPerplexityArgs` of `@caldera/core`, shared with runtime-webgpu). A null `options` counts
- * as none.
+ * a rejection with `E_VALUE` otherwise (`checkPerplexityArgs` of `@caldera/core`, shared with runtime-webgpu). A null
+ * `options` counts as none.
+ *
+ * Each window's forward pass blocks the thread, so before each window the event loop turns once (`nextTurn`): timers,
+ * I/O and signal handlers run between windows, and a `signal` they abort rejects with `E_ABORTED` before the next
+ * window. `onProgress({ done, total })` is called after each window: `done` the end of the window in tokens of the
+ * text (counting its first token), `total` the text's length. The numbers are those of a synchronous loop, bit for
+ * bit: the yields change only when the windows run. `ids` and the model are read while it runs: change neither until
+ * it settles.
  */
-export function perplexity(
+export async function perplexity(
   model: LlamaModel,
   ids: ArrayLike<number>,
-  options: {
-    context?: number;
-    stride?: number;
-    signal?: AbortSignal;
-    onProgress?: (done: number, total: number) => void;
-  } = {},
-): PerplexityResult {
+  options: PerplexityOptions = {},
+): Promise<PerplexityResult> {
   const maxContext = model.config.maxPositions;
   // past max_position_embeddings the model runs on positions it never saw: a number, but not the model's perplexity
   const { context, stride } = checkPerplexityArgs(ids, options, {
@@ -38,6 +44,7 @@ export function perplexity(
   let nll = 0;
   let count = 0;
   for (const { start, end, from } of perplexityWindows(ids.length, context, stride)) {
+    await nextTurn();
     throwIfAborted(options?.signal, 'perplexity');
     const window = Array.from({ length: end - start }, (_, i) => ids[start + i]!);
     const logits = model.forward(window);
@@ -45,7 +52,7 @@ export function perplexity(
       nll += tokenNll(logits, (p - start - 1) * V, V, ids[p]!);
       count++;
     }
-    options?.onProgress?.(end, ids.length);
+    options?.onProgress?.({ done: end, total: ids.length });
   }
   return { tokens: count, nll: nll / count, ppl: Math.exp(nll / count) };
 }

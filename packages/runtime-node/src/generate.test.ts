@@ -150,21 +150,21 @@ describe('generate', () => {
 describe('perplexity', () => {
   const ids = Array.from({ length: 23 }, (_, i) => (i * 7 + 3) % V);
 
-  it('with one window equals the mean next-token NLL of a full forward', () => {
+  it('with one window equals the mean next-token NLL of a full forward', async () => {
     const logits = model.forward(ids);
     let nll = 0;
     for (let p = 1; p < ids.length; p++) nll -= logProb(logits, p - 1, ids[p]!);
-    const r = perplexity(model, ids, { context: 64 });
+    const r = await perplexity(model, ids, { context: 64 });
     expect(r.tokens).toBe(ids.length - 1);
     // f32 logits, f64 sums: 1e-9 absolute is far above the rounding of 22 terms
     expect(Math.abs(r.nll - nll / (ids.length - 1))).toBeLessThan(1e-9);
     expect(r.ppl).toBeCloseTo(Math.exp(r.nll), 12);
   });
 
-  it('sliding windows score every token once, each with the left context its window gives', () => {
+  it('sliding windows score every token once, each with the left context its window gives', async () => {
     const context = 8;
     const stride = 3;
-    const r = perplexity(model, ids, { context, stride });
+    const r = await perplexity(model, ids, { context, stride });
     // brute force: token p is scored in the first window [s, s+8) (s multiple of 3) with p < s+8 and p > s, using
     // the tokens of that window before it
     let nll = 0;
@@ -179,20 +179,52 @@ describe('perplexity', () => {
     }
     expect(r.tokens).toBe(ids.length - 1);
     expect(Math.abs(r.nll - nll / r.tokens)).toBeLessThan(1e-6);
-    expect(() => perplexity(model, ids, { context: 4, stride: 5 })).toThrow(/E_VALUE.*stride.*\[1, 4\]/);
-    expect(() => perplexity(model, ids, { context: 4, stride: 1.5 })).toThrow(/E_VALUE.*stride/);
+    await expect(perplexity(model, ids, { context: 4, stride: 5 })).rejects.toThrow(
+      /E_VALUE.*stride.*\[1, 4\]/,
+    );
+    await expect(perplexity(model, ids, { context: 4, stride: 1.5 })).rejects.toThrow(/E_VALUE.*stride/);
     const max = model.config.maxPositions;
-    expect(() => perplexity(model, ids, { context: max + 1 })).toThrow(
+    await expect(perplexity(model, ids, { context: max + 1 })).rejects.toThrow(
       new RegExp(`E_VALUE.*context must be an integer in \\[2, ${max}\\].*got ${max + 1}`),
     );
-    expect(() => perplexity(model, ids, { context: 0 })).toThrow(/E_VALUE.*context/);
-    expect(() => perplexity(model, [1], {})).toThrow(/E_VALUE: perplexity: needs at least 2 tokens, got 1$/);
+    await expect(perplexity(model, ids, { context: 0 })).rejects.toThrow(/E_VALUE.*context/);
+    await expect(perplexity(model, [1], {})).rejects.toThrow(
+      /E_VALUE: perplexity: needs at least 2 tokens, got 1$/,
+    );
     // tokens that are not an array: E_VALUE (checkPerplexityArgs of @caldera/core), not a TypeError
     for (const t of [null, undefined])
-      expect(() => perplexity(model, t as unknown as number[])).toThrow(
+      await expect(perplexity(model, t as unknown as number[])).rejects.toThrow(
         /^E_VALUE: perplexity: tokens must be an array of token ids, got (null|undefined)$/,
       );
     // null options are none: the defaults (one window of min(128, max positions) tokens)
-    expect(perplexity(model, ids, null as unknown as object)).toEqual(perplexity(model, ids));
+    expect(await perplexity(model, ids, null as unknown as object)).toEqual(await perplexity(model, ids));
+  });
+
+  it('reports progress as { done, total } objects: the end of each window, in tokens, up to the length', async () => {
+    const seen: { done: number; total: number }[] = [];
+    const r = await perplexity(model, ids, { context: 8, stride: 3, onProgress: (e) => seen.push(e) });
+    // windows [0, 8), [3, 11), …, [15, 23): ends 8, 11, …, 23
+    expect(seen).toEqual([8, 11, 14, 17, 20, 23].map((done) => ({ done, total: ids.length })));
+    expect(r).toEqual(await perplexity(model, ids, { context: 8, stride: 3 }));
+  });
+
+  it('lets the event loop turn between windows: a timer fired mid-run aborts it with E_ABORTED', async () => {
+    // A synchronous perplexity would never let this timer run before it returned (and would resolve with a number).
+    // The timer is set after the first window and made due before the first onProgress returns (a 5 ms wait), so the
+    // event loop's next timers phase, before the turn that precedes the second window, fires it: deterministic.
+    const ac = new AbortController();
+    const seen: { done: number; total: number }[] = [];
+    const onProgress = (e: { done: number; total: number }) => {
+      seen.push(e);
+      if (seen.length > 1) return;
+      setTimeout(() => ac.abort(new Error('timer')), 0);
+      const t0 = performance.now();
+      while (performance.now() - t0 < 5); // the timer is due
+    };
+    const run = perplexity(model, ids, { context: 4, stride: 2, signal: ac.signal, onProgress });
+    await expect(run).rejects.toMatchObject({ code: 'E_ABORTED', cause: new Error('timer') });
+    await expect(run).rejects.toThrow(/perplexity/);
+    // stopped mid-run: after the first of the 11 windows
+    expect(seen).toEqual([{ done: 4, total: ids.length }]);
   });
 });

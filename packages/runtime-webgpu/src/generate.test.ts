@@ -122,6 +122,10 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
       expect(greedy).toHaveLength(64);
       expect(await collect(generate(model, [1, 29, 3], null as unknown as object))).toEqual(greedy);
       expect(await perplexity(model, text, null as unknown as object)).toEqual(await perplexity(model, text));
+      // progress: { done, total } after each window, done the end of the window in tokens of the text
+      const seen: { done: number; total: number }[] = [];
+      await perplexity(model, text, { context: 6, stride: 3, onProgress: (e) => seen.push(e) });
+      expect(seen).toEqual([6, 9, 12].map((done) => ({ done, total: 12 })));
       // an abort during generate's prefill names generate (the prefill runs through generate's claim)
       await expect(collect(generate(model, text, { signal: AbortSignal.abort() }))).rejects.toThrow(
         /^E_ABORTED: generate was aborted$/,

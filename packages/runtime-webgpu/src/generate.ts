@@ -6,11 +6,15 @@ import {
   throwIfAborted,
   tokenNll,
   type GenerateOptions,
+  type PerplexityOptions,
+  type PerplexityResult,
 } from '@caldera/core';
 import type { WebGpuModel } from './model.js';
 import { prefillThrough } from './prefill.js';
 
 export type { GenerateOptions } from '@caldera/core';
+/** The options and result of {@link perplexity}, runtime-node's (they live in `@caldera/core`). */
+export type { PerplexityOptions, PerplexityResult } from '@caldera/core';
 
 /**
  * Generate token ids after `prompt`, one at a time, on the GPU. The model's KV cache is kept for the longest prefix of
@@ -60,32 +64,11 @@ export async function* generate(
 /** The shared sampler of the runtimes (`sampleToken` from `@caldera/core`). */
 export const sample = sampleToken;
 
-/** Result of {@link perplexity}: the same shape as runtime-node's (`nll` is the mean per scored token). */
-export interface PerplexityResult {
-  tokens: number;
-  nll: number;
-  ppl: number;
-}
-
 /**
  * The default window of {@link perplexity}, runtime-node's: 128 tokens, or fewer when the model holds fewer (there its
  * max positions; here `contextLength`, the KV cache's length, which is at most those).
  */
 const DEFAULT_PERPLEXITY_CONTEXT = 128;
-
-/** Options of {@link perplexity}: those of runtime-node's. */
-export interface PerplexityOptions {
-  /**
-   * Tokens per window (default 128 as in runtime-node, or the model's `contextLength` when smaller; maximum:
-   * `contextLength`).
-   */
-  context?: number;
-  /** Start of each window after the previous one (default `context`: windows that do not overlap). */
-  stride?: number;
-  signal?: AbortSignal;
-  /** Called after each window with the tokens scored so far (counting the first) and the text's length. */
-  onProgress?: (done: number, total: number) => void;
-}
 
 /**
  * Perplexity of `tokens` with windows of `context` tokens moved by `stride`, scored as runtime-node's `perplexity`
@@ -95,7 +78,9 @@ export interface PerplexityOptions {
  * from an empty cache and runs in batches of `model.prefillChunk` tokens. `context` (default 128, or
  * `model.contextLength` when smaller: runtime-node's default) must be an integer in [2, model.contextLength], `stride`
  * one in [1, context], and `tokens` an array of at least 2 ids: `E_VALUE` otherwise (`checkPerplexityArgs` of
- * `@caldera/core`, shared with runtime-node).
+ * `@caldera/core`, shared with runtime-node). `signal` is checked before each batch (`E_ABORTED`);
+ * `onProgress({ done, total })` is called after each window with, as in runtime-node, `done` the end of the window in
+ * tokens of the text (counting its first token) and `total` the text's length.
  */
 export async function perplexity(
   model: WebGpuModel,
@@ -131,7 +116,7 @@ export async function perplexity(
         count++;
       }
     }
-    options.onProgress?.(end, tokens.length);
+    options.onProgress?.({ done: end, total: tokens.length });
   }
   return { tokens: count, nll: nll / count, ppl: Math.exp(nll / count) };
 }

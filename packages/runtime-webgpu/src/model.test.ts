@@ -154,31 +154,37 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
         );
         const text = [...PROMPT, ...c];
         const pg = await perplexity(model, text);
-        const pc = node.perplexity(cpu, text, { context: 64 });
+        const pc = await node.perplexity(cpu, text, { context: 64 });
         expect(pg.tokens).toBe(pc.tokens);
         expect(Math.abs(pg.ppl - pc.ppl) / pc.ppl).toBeLessThan(1e-4);
         // overlapping windows over a text longer than one: the same tokens scored with the same left context
         const long = Array.from({ length: 45 }, (_, i) => (i * 37 + 11) % 2048);
-        const seenG: number[] = [];
-        const seenC: number[] = [];
+        const seenG: { done: number; total: number }[] = [];
+        const seenC: { done: number; total: number }[] = [];
         const wg = await perplexity(model, long, {
           context: 16,
           stride: 7,
-          onProgress: (d) => seenG.push(d),
+          onProgress: (e) => seenG.push(e),
         });
-        const wc = node.perplexity(cpu, long, { context: 16, stride: 7, onProgress: (d) => seenC.push(d) });
+        const wc = await node.perplexity(cpu, long, {
+          context: 16,
+          stride: 7,
+          onProgress: (e) => seenC.push(e),
+        });
         expect(wg.tokens).toBe(44);
         expect(wc.tokens).toBe(44);
+        // after each window, the end of the window in tokens of the text, in both runtimes
+        expect(seenG).toEqual([16, 23, 30, 37, 44, 45].map((done) => ({ done, total: 45 })));
         expect(seenG).toEqual(seenC);
         // the windows matter: one 45-token window scores the same tokens with more context, a different value
-        const one = node.perplexity(cpu, long, { context: 64 });
+        const one = await node.perplexity(cpu, long, { context: 64 });
         expect(Math.abs(one.ppl - wc.ppl) / wc.ppl).toBeGreaterThan(1e-3);
         expect(Math.abs(wg.ppl - wc.ppl) / wc.ppl).toBeLessThan(1e-4);
         // a window longer than a prefill batch (32) plus the stride: the second window runs its first batch
         // unscored (those tokens were scored by the first window)
         const longer = Array.from({ length: 46 }, (_, i) => (i * 53 + 7) % 2048);
         const sg = await perplexity(model, longer, { context: 40, stride: 6 });
-        const sc = node.perplexity(cpu, longer, { context: 40, stride: 6 });
+        const sc = await node.perplexity(cpu, longer, { context: 40, stride: 6 });
         expect(sg.tokens).toBe(45);
         expect(sc.tokens).toBe(45);
         expect(Math.abs(sg.ppl - sc.ppl) / sc.ppl).toBeLessThan(1e-4);
@@ -369,7 +375,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
       const cpu = (await node.loadModel(dir)).model;
       // 150 tokens: windows [0, 128) and [128, 150) by default, the first token of each unscored
       const text = Array.from({ length: 150 }, (_, i) => (i * 7 + 3) % 30);
-      const pc = node.perplexity(cpu, text);
+      const pc = await node.perplexity(cpu, text);
       expect(pc.tokens).toBe(148);
       const model = (await loadModelFromBuffer(d, parts)).model; // contextLength: max_position_embeddings, 160
       try {
@@ -389,7 +395,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
       const small = (await loadModelFromBuffer(d, parts, { contextLength: 64 })).model;
       try {
         const ps = await perplexity(small, text);
-        const pc64 = node.perplexity(cpu, text, { context: 64 });
+        const pc64 = await node.perplexity(cpu, text, { context: 64 });
         expect(ps.tokens).toBe(147);
         expect(pc64.tokens).toBe(147);
         expect(Math.abs(ps.ppl - pc64.ppl) / pc64.ppl).toBeLessThan(1e-4);
@@ -531,7 +537,7 @@ describe.skipIf(!f16dev)(gpuTitle('WebGpuModel with packed-f16 Q̂ products', f1
           expect(await collect(generate(model, PROMPT, { maxTokens: 12 }))).toEqual(c);
           const text = [...PROMPT, ...c];
           const pg = await perplexity(model, text);
-          const pc = node.perplexity(cpu, text, { context: 64 });
+          const pc = await node.perplexity(cpu, text, { context: 64 });
           expect(Math.abs(pg.ppl - pc.ppl) / pc.ppl).toBeLessThan(f16 ? 2e-3 : 1e-4);
         } finally {
           model.dispose();

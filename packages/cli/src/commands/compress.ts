@@ -38,6 +38,8 @@ import {
   writeHessianPlan,
   writeManifest,
   type BlockStore,
+  type CompressProgress,
+  type HashModelOptions,
   type JobManifest,
   type LayerResult,
   type LayerSpec,
@@ -310,19 +312,19 @@ type RunFingerprint = {
 const PARTIAL_RUN_FILE = 'run.json';
 
 /** sha256 of the source model's identity: its config.json and every tensor (names and bytes, {@link hashModelTensors}). */
-async function modelIdentity(modelDir: string, signal?: AbortSignal): Promise<string> {
+async function modelIdentity(modelDir: string, options: HashModelOptions): Promise<string> {
   const config = await fileSha256(join(modelDir, 'config.json'));
-  return sha256Hex(JSON.stringify([config, (await hashModelTensors(modelDir, signal)).sha256]));
+  return sha256Hex(JSON.stringify([config, (await hashModelTensors(modelDir, options)).sha256]));
 }
 
 async function runFingerprint(
   modelDir: string,
   s: RunSettings,
   seed: number,
-  signal?: AbortSignal,
+  options: HashModelOptions,
 ): Promise<RunFingerprint> {
   return {
-    model: await modelIdentity(modelDir, signal),
+    model: await modelIdentity(modelDir, options),
     method: s.method,
     ...widthsOf(s),
     ranks: Object.fromEntries(Object.entries(s.ranks).sort(([x], [y]) => (x < y ? -1 : x > y ? 1 : 0))),
@@ -544,30 +546,34 @@ export async function compressCommand(a: Args): Promise<number> {
   if (fewRows) console.error(fewRows);
   const windowsOf = () => calibrationWindows(modelDir, settings, seed, sourceModel.config.bosTokenId);
   const bar = progressBar('compress', showBar);
+  // hashing a large model's tensors takes a while: on the bar only (the JSON lines' first progress event is a layer's)
+  const hashing: HashModelOptions = {
+    signal: ctl.signal,
+    onProgress: ({ done, total }) => bar.update(done, total, undefined, 'hashing the source tensors'),
+  };
   try {
     if (settings.propagate === 'compressed') {
       const partial = `${out}.partial`;
-      const fingerprint = await runFingerprint(modelDir, settings, seed, ctl.signal);
+      const fingerprint = await runFingerprint(modelDir, settings, seed, hashing);
       await checkResume(partial, fingerprint);
       // the source's perplexity now, before compressModel replaces layers
       const held = await sourceBaseline(ctx, settings, sourceModel, partial, fingerprint.model, ctl.signal);
       const results = await compressModel(sourceModel, await windowsOf(), {
-        compressLayer: (w, h, info, signal) =>
+        compressLayer: (w, h, info, { signal, onProgress }) =>
           compressLayerWithSpec(w, h, info.name, layerSpec(settings, seed, info.name), {
             ...(pool ? { pool } : {}),
             ...(signal ? { signal } : {}),
+            ...(onProgress ? { onProgress } : {}),
           }),
         propagate: 'compressed',
         needsHessian: settings.method !== 'rtn',
         store: fileStore(partial, fingerprint),
         signal: ctl.signal,
         onProgress: (p) => {
-          bar.update(
-            p.layersDone,
-            p.layersTotal,
-            p.etaSeconds,
-            `${p.phase} block ${p.block}${p.layer ? ' ' + p.layer.split('.').slice(-2).join('.') : ''}`,
-          );
+          const label = compressProgressLabel(p);
+          // the fill advances within a layer too
+          if (label !== null)
+            bar.update(p.layersDone + (p.layerFraction ?? 0), p.layersTotal, p.etaSeconds, label);
           ctx.log({ event: 'progress', ...p });
         },
       });
@@ -580,18 +586,30 @@ export async function compressCommand(a: Args): Promise<number> {
 
     // propagate 'original': phase 1 (Hessian chunks), the manifest, phase 2 (matrix jobs), then assemble
     const work = resolve(`${out}.work`);
-    // progress of a phase, aggregated over every process that works on it (ETA from this phase's rate so far)
+    // progress of a phase, aggregated over every process that works on it (ETA from this phase's rate so far), and,
+    // where this process runs a job itself, within that job: `within.fraction` of it done, `within.fields` logged
+    // (e.g. { layer, layerFraction }), `within.label` on the bar
     const phaseStart = new Map<string, { t: number; done: number }>();
-    const report = (phase: string, done: number, total: number) => {
-      const s0 = phaseStart.get(phase) ?? { t: performance.now(), done };
-      phaseStart.set(phase, s0);
-      const rate = (done - s0.done) / ((performance.now() - s0.t) / 1000);
-      const eta = rate > 0 ? (total - done) / rate : undefined;
-      bar.update(done, total, eta, phase);
-      ctx.log({ event: 'progress', phase, done, total, ...(eta === undefined ? {} : { etaSeconds: eta }) });
+    type Within = { fraction: number; fields: Record<string, string | number>; label: string };
+    const report = (phase: string, done: number, total: number, within?: Within) => {
+      // the rate counts whole jobs, from the first one reported finished
+      let s0 = phaseStart.get(phase);
+      if (!s0 && !within) phaseStart.set(phase, (s0 = { t: performance.now(), done }));
+      const rate = s0 ? (done - s0.done) / ((performance.now() - s0.t) / 1000) : 0;
+      const eta = rate > 0 ? Math.max(0, total - done - (within?.fraction ?? 0)) / rate : undefined;
+      // a job's last step is followed at once by its 'done' report, which the bar would then hold back (200 ms)
+      if (within?.fraction !== 1) bar.update(done, total, eta, within ? `${phase} ${within.label}` : phase);
+      ctx.log({
+        event: 'progress',
+        phase,
+        done,
+        total,
+        ...within?.fields,
+        ...(eta === undefined ? {} : { etaSeconds: eta }),
+      });
     };
     const needsHessian = settings.method !== 'rtn';
-    const hashes = await hashModelTensors(modelDir, ctl.signal);
+    const hashes = await hashModelTensors(modelDir, hashing);
     let hessians = null;
     if (needsHessian) {
       // the windows of an earlier process of this run (another shard, a restarted coordinator) are reused: tokenizing
@@ -635,7 +653,15 @@ export async function compressCommand(a: Args): Promise<number> {
         let done = 0;
         for (const c of order) {
           if (!own.includes(c) && (await hasHessianChunk(work, plan, c))) continue;
-          const r = await runHessianChunk(work, plan, c, sourceModel, ctl.signal);
+          const r = await runHessianChunk(work, plan, c, sourceModel, {
+            signal: ctl.signal,
+            onProgress: ({ done: b, total: blocks }) =>
+              report('hessian', done, order.length, {
+                fraction: b / blocks,
+                fields: { chunk: c, chunkFraction: b / blocks },
+                label: `chunk ${c}: ${b}/${blocks} blocks`,
+              }),
+          });
           ctx.log({ event: 'hessian-chunk', chunk: c, result: r });
           report('hessian', ++done, order.length);
         }
@@ -683,6 +709,12 @@ export async function compressCommand(a: Args): Promise<number> {
         const r = await executeMatrixJob(work, manifest, j, {
           ...(pool ? { pool } : {}),
           signal: ctl.signal,
+          onProgress: ({ fraction }) =>
+            report('matrix', done, mine.length, {
+              fraction,
+              fields: { layer: j.name, layerFraction: fraction },
+              label: `${j.name.split('.').slice(-2).join('.')} ${Math.floor(fraction * 100)}%`,
+            }),
         });
         ctx.log({ event: 'job', name: j.name, id: j.id, result: r });
         report('matrix', ++done, mine.length);
@@ -715,6 +747,22 @@ export async function compressCommand(a: Args): Promise<number> {
     pool?.dispose();
     bar.done();
   }
+}
+
+/**
+ * The progress bar's label for an event of `compressModel`: the phase, the block counted from 1 of all (the event's
+ * `block` is the 0-based index), the layer's last two name parts and the share of it done, e.g.
+ * `compress block 1/2 self_attn.q_proj 37%`. Null for a layer's last step (`layerFraction` 1): the next event follows
+ * at once, and the bar, which redraws at most every 200 ms, would hold that one back and name a finished layer while
+ * the next one runs.
+ */
+export function compressProgressLabel(p: CompressProgress): string | null {
+  if (p.layerFraction === 1) return null;
+  return (
+    `${p.phase} block ${p.block + 1}/${p.numBlocks}` +
+    (p.layer ? ' ' + p.layer.split('.').slice(-2).join('.') : '') +
+    (p.layerFraction === undefined ? '' : ` ${Math.floor(p.layerFraction * 100)}%`)
+  );
 }
 
 /** Assemble the checkpoint from a manifest's job outputs, then drop the work directory. */
@@ -942,7 +990,7 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?:
   }
 
   const compressed = await loadModel(out);
-  const after = perplexity(compressed.model, heldOut, { context: evalCtx });
+  const after = await perplexity(compressed.model, heldOut, { context: evalCtx });
   // the source's storage as on disk (a bf16 or f16 model is held as f32 in memory)
   const dtypes = [...sourceLinears.dtypes];
   const sourceDtype = dtypes.length === 1 ? dtypes[0]! : 'mixed';

@@ -108,7 +108,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
   const valid = await tokens(flagString(a, 'valid') ?? defaultText('valid'));
   const heldOut = (await tokens(flagString(a, 'eval') ?? defaultText('test'))).slice(0, evalTokens);
   const evalCtx = Math.min(HELD_OUT_CONTEXT, loaded.config.maxPositions);
-  const before = perplexity(loaded.model, heldOut, { context: evalCtx });
+  const before = await perplexity(loaded.model, heldOut, { context: evalCtx });
   log({ event: 'baseline', ppl: before.ppl, tokens: before.tokens });
 
   const signs = a.flags.has('signs');
@@ -190,7 +190,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
   });
   await rm(partial, { recursive: true, force: true });
   const tuned = await loadModel(out);
-  const after = perplexity(tuned.model, heldOut, { context: evalCtx });
+  const after = await perplexity(tuned.model, heldOut, { context: evalCtx });
   const report = {
     source: src,
     out,

@@ -88,10 +88,10 @@ async function evaluate(
   const ids = docs.flatMap((d) => (bos === null ? tokenizer.encode(d) : [bos, ...tokenizer.encode(d)]));
   const bar = progressBar('eval', !a.flags.has('json') && process.stderr.isTTY === true);
   const t0 = performance.now();
-  const r = perplexity(model, ids.slice(0, flags.max), {
+  const r = await perplexity(model, ids.slice(0, flags.max), {
     context,
     stride,
-    onProgress: (d, t) => {
+    onProgress: ({ done: d, total: t }) => {
       const el = (performance.now() - t0) / 1000;
       bar.update(d, t, d > 0 ? (el / d) * (t - d) : undefined);
     },

@@ -20,8 +20,7 @@ export type QueueTask =
  */
 export async function runTask(
   task: QueueTask,
-  pool?: Pool,
-  signal?: AbortSignal,
+  { pool, signal }: { pool?: Pool; signal?: AbortSignal } = {},
 ): Promise<'cached' | 'computed'> {
   if (task.kind === 'hessian') {
     const plan = await readHessianPlan(task.work);
@@ -32,7 +31,7 @@ export async function runTask(
       ...(signal ? { signal } : {}),
     });
     try {
-      return await runHessianChunk(task.work, plan, task.index, runner, signal);
+      return await runHessianChunk(task.work, plan, task.index, runner, signal ? { signal } : {});
     } finally {
       await runner.close();
     }

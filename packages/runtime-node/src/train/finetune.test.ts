@@ -341,7 +341,7 @@ describe('LoRA fine-tuning of a compressed reference model', () => {
       return out;
     });
     const compressed = new LlamaModel(loaded.config, { ...w, blocks });
-    const before = perplexity(compressed, test, { context: 128 });
+    const before = await perplexity(compressed, test, { context: 128 });
     // distillation from the uncompressed model: a stronger signal per token than next-token CE (measured on the
     // earlier, numpy-trained reference model: 60 steps of 512 tokens took held-out ppl 145.4 → 140.7 with the
     // teacher, → 143.7 with plain CE; this test's 24 steps on the current model: 90.86 → 88.39)
@@ -385,7 +385,7 @@ describe('LoRA fine-tuning of a compressed reference model', () => {
         return out;
       }),
     });
-    const after = perplexity(tuned, test, { context: 128 });
+    const after = await perplexity(tuned, test, { context: 128 });
     console.log(
       JSON.stringify({ before: before.ppl, after: after.ppl, result: { ...result, history: undefined } }),
     );
