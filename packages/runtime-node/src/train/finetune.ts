@@ -12,6 +12,7 @@ import {
   type WriteCheckpointOptions,
   type Tensor,
 } from '@caldera/core';
+import { nextTurn } from '../next-turn.js';
 import { nodeFs, nodePath } from '../node-builtins.js';
 import {
   calderaCheckpointMeta,
@@ -297,10 +298,6 @@ interface EarlyStopState {
   trainLossSinceEval: number[];
 }
 
-function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, 0));
-}
-
 async function exists(path: string): Promise<boolean> {
   return (await nodeFs()).stat(path).then(
     () => true,
@@ -441,7 +438,7 @@ export async function runFinetune(
   let stoppedEarly = false;
   const tokensPerStep = o.seqLen * o.batch;
   while (trainer.stepCount < o.steps) {
-    await yieldToEventLoop(); // lets signal handlers (e.g. SIGINT → abort) run between the synchronous steps
+    await nextTurn(); // lets signal handlers (e.g. SIGINT → abort) run between the synchronous steps
     if (o.signal?.aborted) {
       await save();
       throwIfAborted(o.signal, 'fine-tuning');
