@@ -236,21 +236,22 @@ export class BlockLazyRunner {
     const tokens = windows.map(({ start, end }) =>
       Array.from({ length: end - start }, (_, i) => ids[start + i]!),
     );
-    let hidden = tokens.map((t) => this.model.embed(t));
+    const hidden = tokens.map((t) => this.model.embed(t));
     const total = this.numBlocks + 1;
     // the caches LlamaModel.forward would make for these windows (by length; positions always start at 0)
     const caches = new Map<number, KVCache | undefined>();
     for (let b = 0; b < this.numBlocks; b++) {
-      await this.enterBlock(b, signal);
+      // an abort names perplexity (not the block read it would otherwise interrupt)
+      throwIfAborted(signal, 'perplexity');
+      await this.enterBlock(b);
       try {
-        const next: Float32Array[] = [];
         for (let w = 0; w < hidden.length; w++) {
           await nextTurn();
           throwIfAborted(signal, 'perplexity');
           const rows = tokens[w]!.length;
-          next.push(this.model.runBlock(b, hidden[w]!, rows, this.forwardCache(caches, rows)));
+          // in place: the windows' states are held once, plus the one window being run
+          hidden[w] = this.model.runBlock(b, hidden[w]!, rows, this.forwardCache(caches, rows));
         }
-        hidden = next;
       } finally {
         this.leaveBlock(b);
       }

@@ -193,45 +193,54 @@ export async function loadLlama2c(
       offset += 4 * n;
       return out;
     };
-    /** One section: the same tensor of every layer. */
-    const per = async (n: number): Promise<Float32Array[]> => {
-      const out: Float32Array[] = [];
-      for (let l = 0; l < layers; l++) out.push(await take(n));
-      onProgress?.({ done: offset, total: fileBytes });
-      return out;
-    };
-    const embedData = await take(sizes.embed);
-    onProgress?.({ done: offset, total: fileBytes });
-    const embed = tensor('f32', [vocab, dim], embedData);
-    const attnNorm = await per(dim);
-    const wq = await per(dim * dim);
-    const wk = await per(kvDim * dim);
-    const wv = await per(kvDim * dim);
-    const wo = await per(dim * dim);
-    const ffnNorm = await per(dim);
-    const w1 = await per(hidden * dim);
-    const w2 = await per(dim * hidden);
-    const w3 = await per(hidden * dim);
-    const norm = await take(dim);
-    offset += 4 * sizes.freq; // freq_cis_real, freq_cis_imag: unused (RoPE is computed)
-    const lmHead = header.sharedClassifier ? embed : tensor('f32', [vocab, dim], await take(sizes.cls));
-    onProgress?.({ done: fileBytes, total: fileBytes });
+    /** A linear layer as held under `dtype`: the f32 array itself, or its f16 rounding (the f32 array then dropped). */
     const lin = (w: Float32Array, m: number, n: number, name: string): Linear => {
       if (dtype !== 'f16') return new DenseLinear(tensor('f32', [m, n], w));
       const bits = f32ArrayToF16(w);
       assertFinite(tensor('f16', [m, n], bits), `${path}: ${name} rounded to f16`);
       return new DenseF16Linear(bits, m, n);
     };
+    /**
+     * One section, the same tensor of every layer, each turned into what the model holds as soon as it is read: no
+     * second copy of the model (with dtype 'f16', never the f32 model beside the f16 one).
+     */
+    const per = async <T>(n: number, hold: (w: Float32Array, l: number) => T): Promise<T[]> => {
+      const out: T[] = [];
+      for (let l = 0; l < layers; l++) out.push(hold(await take(n), l));
+      onProgress?.({ done: offset, total: fileBytes });
+      return out;
+    };
+    const asIs = (w: Float32Array) => w;
+    const embedData = await take(sizes.embed);
+    onProgress?.({ done: offset, total: fileBytes });
+    const embed = tensor('f32', [vocab, dim], embedData);
+    const attnNorm = await per(dim, asIs);
+    const q = await per(dim * dim, (w, l) =>
+      lin(permuteRotary(w, heads, hd, dim), dim, dim, `layer ${l} wq`),
+    );
+    const k = await per(kvDim * dim, (w, l) =>
+      lin(permuteRotary(w, kvHeads, hd, dim), kvDim, dim, `layer ${l} wk`),
+    );
+    const v = await per(kvDim * dim, (w, l) => lin(w, kvDim, dim, `layer ${l} wv`));
+    const o = await per(dim * dim, (w, l) => lin(w, dim, dim, `layer ${l} wo`));
+    const ffnNorm = await per(dim, asIs);
+    const gate = await per(hidden * dim, (w, l) => lin(w, hidden, dim, `layer ${l} w1`));
+    const down = await per(dim * hidden, (w, l) => lin(w, dim, hidden, `layer ${l} w2`));
+    const up = await per(hidden * dim, (w, l) => lin(w, hidden, dim, `layer ${l} w3`));
+    const norm = await take(dim);
+    offset += 4 * sizes.freq; // freq_cis_real, freq_cis_imag: unused (RoPE is computed)
+    const lmHead = header.sharedClassifier ? embed : tensor('f32', [vocab, dim], await take(sizes.cls));
+    onProgress?.({ done: fileBytes, total: fileBytes });
     const blocks: BlockWeights[] = Array.from({ length: layers }, (_, l) => ({
       inputNorm: attnNorm[l]!,
       postAttnNorm: ffnNorm[l]!,
-      q: lin(permuteRotary(wq[l]!, heads, hd, dim), dim, dim, `layer ${l} wq`),
-      k: lin(permuteRotary(wk[l]!, kvHeads, hd, dim), kvDim, dim, `layer ${l} wk`),
-      v: lin(wv[l]!, kvDim, dim, `layer ${l} wv`),
-      o: lin(wo[l]!, dim, dim, `layer ${l} wo`),
-      gate: lin(w1[l]!, hidden, dim, `layer ${l} w1`),
-      up: lin(w3[l]!, hidden, dim, `layer ${l} w3`),
-      down: lin(w2[l]!, dim, hidden, `layer ${l} w2`),
+      q: q[l]!,
+      k: k[l]!,
+      v: v[l]!,
+      o: o[l]!,
+      gate: gate[l]!,
+      up: up[l]!,
+      down: down[l]!,
     }));
     const head = dtype === 'f16' ? lin(lmHead.data, vocab, dim, 'classifier') : undefined;
     const model = new LlamaModel(

@@ -50,6 +50,27 @@ async function sharded(): Promise<Record<string, Uint8Array>> {
 }
 
 describe('openModelUrl', () => {
+  it('a failed download of a weight file is not kept: the next read fetches it again', async () => {
+    const files = await sharded();
+    const log: string[] = [];
+    const ok = serve(files, log);
+    let failNext = true;
+    const flaky: typeof fetch = (input, init) => {
+      const whole = !new Headers(init?.headers).get('range') && String(input).endsWith('a.safetensors');
+      if (whole && failNext) {
+        failNext = false;
+        return Promise.resolve(new Response('busy', { status: 503 }));
+      }
+      return ok(input, init);
+    };
+    const opened = await openModelUrl('http://h/m', { fetch: flaky });
+    await expect(opened.store.readTensor('x')).rejects.toThrow(/E_IO/);
+    expect(Array.from((await opened.store.readTensor('x')).data.slice(0, 3))).toEqual(
+      Array.from(values(3, 1)),
+    );
+    await opened.store.close();
+  });
+
   it('opens a sharded checkpoint from its headers (Range), downloads a shard on its first tensor read, once', async () => {
     const files = await sharded();
     const log: string[] = [];

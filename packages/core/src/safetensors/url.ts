@@ -258,7 +258,11 @@ export async function openModelUrl(base: string, options: ModelUrlOptions = {}):
       size,
       async read(offset, length) {
         if (offset + length <= headerEnd) return head.slice(offset, offset + length);
-        whole ??= fetchWhole();
+        // a failed download is not kept: the next read tries again
+        whole ??= fetchWhole().catch((e: unknown) => {
+          whole = null;
+          throw e;
+        });
         return (await whole).read(offset, length);
       },
       close: async () => {

@@ -290,6 +290,9 @@ describe('runFinetune resume check', () => {
       await expect(
         writeFinetunedCheckpoint(src, join(dir, 'aborted'), setup.layers, {}, { signal: ac.signal }),
       ).rejects.toThrow(/E_ABORTED/);
+      await expect(
+        writeFinetunedCheckpoint(src, join(dir, 'old'), setup.layers, {}, ac.signal as never),
+      ).rejects.toThrow(/E_VALUE: writeFinetunedCheckpoint: options must be an object/);
       for (const [f, text] of Object.entries(side))
         expect(await readFile(join(out, f), 'utf8'), f).toBe(text);
       // nothing but the checkpoint's own files and the source's side files

@@ -27,6 +27,7 @@ import type { LoadedModel } from '../load.js';
 import { loraFromRotated, loraGradToRotated, type LayerRotation } from './caldera-lora.js';
 import { lossAndGrad, type LossAndGradOptions, type TrainConfig, type TrainParams } from './model.js';
 import type { Teacher } from './rht.js';
+import { optionsAfterSignal } from './options.js';
 import { createSha256 } from './sha256.js';
 import { settingsDiff, tokenDigest, Trainer, type Objective } from './trainer.js';
 
@@ -512,8 +513,7 @@ export async function writeFinetunedCheckpoint(
   finetuneInfo: Record<string, unknown>,
   options: Pick<WriteCheckpointOptions, 'signal' | 'onProgress'> = {},
 ): Promise<CalderaCheckpointMeta> {
-  options ??= {}; // from JavaScript: null options are none
-  const { signal, onProgress } = options;
+  const { signal, onProgress } = optionsAfterSignal(options, 'writeFinetunedCheckpoint');
   const { meta, tensors: reader } = await openCheckpointDir(sourceDir);
   const tensors: Record<string, Tensor> = {};
   const layerMeta: Record<string, CalderaLayerMeta> = { ...meta.layers };

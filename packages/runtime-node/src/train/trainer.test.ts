@@ -41,6 +41,10 @@ describe('Trainer', () => {
       ac.abort(new Error('stop'));
       await expect(b.save(join(dir, 'aborted.bin'), { signal: ac.signal })).rejects.toThrow(/E_ABORTED/);
       await expect(stat(join(dir, 'aborted.bin'))).rejects.toThrow(/ENOENT/);
+      // the old positional signal is refused, not silently ignored
+      await expect(b.save(join(dir, 'old.bin'), ac.signal as never)).rejects.toThrow(
+        /E_VALUE: Trainer.save: options must be an object such as \{ signal \}, got an AbortSignal/,
+      );
       const c = await Trainer.load(join(dir, 'state.bin'), cfg, data, undefined, {
         expect: { ...opts, checkpoint: true },
       });
