@@ -194,6 +194,15 @@ describe('BlockLazyRunner', () => {
       expect(most).toBe(1);
       expect(held).toBe(0);
       await expect(lazy.enterBlock(3)).rejects.toSatisfy((e: unknown) => isCalderaError(e, 'E_VALUE'));
+      // concurrent entries of one block read it once; a close during a read leaves nothing held
+      events.length = 0;
+      await Promise.all([lazy.enterBlock(0), lazy.enterBlock(0)]);
+      expect(events).toEqual(['load 0']);
+      lazy.leaveBlock(0);
+      const reading = expect(lazy.enterBlock(1)).rejects.toThrow(/E_VALUE: BlockLazyRunner: closed/);
+      await lazy.close();
+      await reading;
+      expect(lazy.heldBlock).toBe(null);
     } finally {
       await lazy.close();
       await rm(dir, { recursive: true, force: true });

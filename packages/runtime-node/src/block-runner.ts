@@ -77,6 +77,8 @@ export class BlockLazyRunner {
   /** The LM head when it is the embedding (tied: held anyway), else null (read for perplexity's last step). */
   private readonly tiedHead: Linear | null;
   private held: number | null = null;
+  /** The block being read by {@link enterBlock}, and the read. */
+  private reading: { block: number; done: Promise<void> } | null = null;
   private closed = false;
 
   private constructor(
@@ -161,14 +163,26 @@ export class BlockLazyRunner {
     if (!Number.isInteger(block) || block < 0 || block >= this.numBlocks)
       throw new CalderaError('E_VALUE', `block ${block} is not in [0, ${this.numBlocks})`);
     if (this.held === block) return;
+    // a read of this block already under way (a concurrent caller): wait for it rather than read it twice
+    if (this.reading?.block === block) return this.reading.done;
     if (this.held !== null) this.leaveBlock(this.held);
     throwIfAborted(signal, 'loading');
-    const weights = await readBlockWeights(this.store, this.layout, block, this.dtype);
-    // another block entered while this one was read (concurrent callers): keep the one-block invariant
-    if (this.held !== null) this.leaveBlock(this.held);
-    this.blocks[block] = weights;
-    this.held = block;
-    this.onBlock?.({ block, event: 'load' });
+    const done = (async () => {
+      const weights = await readBlockWeights(this.store, this.layout, block, this.dtype);
+      // closed while reading: the weights are dropped, the caller told
+      this.checkOpen();
+      // another block entered while this one was read (concurrent callers): keep the one-block invariant
+      if (this.held !== null) this.leaveBlock(this.held);
+      this.blocks[block] = weights;
+      this.held = block;
+      this.onBlock?.({ block, event: 'load' });
+    })();
+    this.reading = { block, done };
+    try {
+      await done;
+    } finally {
+      if (this.reading?.done === done) this.reading = null;
+    }
   }
 
   /** Drop block `block`'s weights (dense and compressed); nothing when it is not held. */
@@ -281,6 +295,8 @@ export class BlockLazyRunner {
     if (this.closed) return;
     if (this.held !== null) this.leaveBlock(this.held);
     this.closed = true;
+    // a block read under way finishes on the open files (and is then dropped, its caller told E_VALUE: closed)
+    await this.reading?.done.catch(() => undefined);
     await this.store.close();
   }
 
