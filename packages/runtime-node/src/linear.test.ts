@@ -91,6 +91,9 @@ describe('linear layers', () => {
             expect(Math.abs(a[r * 24 + i]! - bias[i]! - b[r * 24 + i]!)).toBeLessThan(1e-4 * scale);
       }
       expect(layer.weightBytes).toBeLessThan(24 * 72 * 2);
+      // `d` gives the decomposition back, Q's planes included (rebuilt from the kernel's copy when it holds them)
+      expect(layer.d).toEqual(d);
+      if (kernel) expect(layer.d.q.planes[0]).not.toBe(d.q.planes[0]); // not kept: the kernel's copy is the one held
     }
   });
 

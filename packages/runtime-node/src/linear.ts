@@ -2,7 +2,7 @@ import { bf16ArrayToF32, CalderaError, f16ArrayToF32, tensor, type Tensor } from
 import { gemm, gemmInto, hadamardRowsInPlace, type Pool } from '@caldera/linalg';
 import { type Decomposition, latticeDecode } from '@caldera/lowrank';
 import { BatchWorkspace, poolOf } from './kernels/batch-workspace.js';
-import { CalderaKernel, groupMajorCodes, lowRankFactors } from './kernels/caldera-kernel.js';
+import { CalderaKernel, groupMajorCodes, lowRankFactors, rowMajorCodes } from './kernels/caldera-kernel.js';
 import { e8pDecodeInto, e8pMatvecLut } from './kernels/e8p-lut.js';
 import { type HalfFormat, matvecF16, matvecF32, WasmMatrix } from './kernels/matvec.js';
 
@@ -265,6 +265,8 @@ export class CalderaLinear implements Linear {
    * benchmark model and on par for the reference model).
    */
   private readonly kernel: CalderaKernel | null;
+  /** The decomposition as held: without Q's code planes when the kernel holds them (see {@link d}). */
+  private readonly stored: Decomposition;
   /** Without the kernel: L̂ `[mp, k]` and R̂ `[k, np]` (f32, decoded once) for the batch path's gemm. */
   private readonly l: Tensor<'f32'> | null;
   private readonly r: Tensor<'f32'> | null;
@@ -276,7 +278,7 @@ export class CalderaLinear implements Linear {
   private readonly ftL: Tensor<'f32'> | null;
   private readonly ftR: Tensor<'f32'> | null;
   constructor(
-    readonly d: Decomposition,
+    d: Decomposition,
     readonly bias: Float32Array | null = null,
     options: CalderaLinearOptions = {},
   ) {
@@ -284,6 +286,9 @@ export class CalderaLinear implements Linear {
     const [mp, np] = d.padded;
     const k = d.rank;
     this.kernel = options.kernel === false ? null : CalderaKernel.create(d, CALDERA_KERNEL_ROWS);
+    // with the kernel, Q's codes live in its memory (group-major, read by the row and the batch paths): the planes of
+    // `d` are not kept, so a layer holds its codes once; `d` rebuilds them on demand
+    this.stored = this.kernel ? { ...d, q: { ...d.q, planes: [] } } : d;
     if (this.kernel || k === 0) {
       this.rProduct = null;
       this.lProduct = null;
@@ -304,13 +309,26 @@ export class CalderaLinear implements Linear {
     this.weightBytes = Math.ceil((d.bitsPerWeight * this.inFeatures * this.outFeatures) / 8);
   }
 
+  /**
+   * The layer's decomposition. With the fused kernel, Q's code planes are rebuilt from the kernel's copy on each access
+   * (a new object: read it once, e.g. to set up fine-tuning; `forward` does not use it).
+   */
+  get d(): Decomposition {
+    if (!this.kernel) return this.stored;
+    const [mp, np] = this.stored.padded;
+    return {
+      ...this.stored,
+      q: { ...this.stored.q, planes: [rowMajorCodes(this.kernel.batch.codes, mp, np)] },
+    };
+  }
+
   /** True when forward runs the fused WebAssembly SIMD kernel (2-bit Q, no LoRA part, SIMD available, not opted out). */
   get fused(): boolean {
     return this.kernel !== null;
   }
 
   forward(x: Float32Array, rows: number, options: LinearRunOptions = {}): Float32Array {
-    const d = this.d;
+    const d = this.stored;
     const [m, n] = d.shape;
     const [mp, np] = d.padded;
     checkInput('caldera linear', x, rows, n);

@@ -24,7 +24,10 @@ export interface CalderaBatchLayer {
   /** Hadamard block mixes of np (`M_n`) and mp (`M_mᵀ`), or null without Hadamard rotations. */
   readonly mixIn: { K: number; mix: Float32Array } | null;
   readonly mixOut: { K: number; mix: Float32Array } | null;
-  /** 2-bit Q's E8P codes, row-major `[mp, np/8]` (the checkpoint's layout). */
+  /**
+   * 2-bit Q's E8P codes, group-major `[np/8, mp]` (code of row i, group g at `g·mp + i`): the fused row kernel's copy,
+   * so a layer holds its codes once.
+   */
   readonly codes: Uint16Array;
   readonly qScale: number;
   readonly scale: number;
@@ -222,7 +225,12 @@ export class BatchWorkspace {
       // long dimension (Q̂'s rows) is gemm's first operand, the one its pool splits among threads
       for (let i0 = 0; i0 < mp; i0 += QB) {
         const qb = Math.min(QB, mp - i0);
-        codes.set(layer.codes.subarray(i0 * groups, (i0 + qb) * groups));
+        // gather the block's rows from the group-major codes into row-major order for the decoder
+        const src = layer.codes;
+        for (let g = 0; g < groups; g++) {
+          const from = g * mp + i0;
+          for (let i = 0; i < qb; i++) codes[i * groups + g] = src[from + i]!;
+        }
         ins.decodeE8P(at.codes, qb * groups, DA, DS, H1, H2, at.q);
         const rowsOut: Tensor<'f32'> = {
           dtype: 'f32',

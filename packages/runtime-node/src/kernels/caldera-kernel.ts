@@ -20,6 +20,14 @@ export function groupMajorCodes(d: Decomposition, out: Uint16Array): Uint16Array
   return out;
 }
 
+/** The inverse of {@link groupMajorCodes}: row-major `[mp, np/8]` codes from group-major `[np/8, mp]` ones. */
+export function rowMajorCodes(groupMajor: Uint16Array, mp: number, np: number): Uint16Array {
+  const groups = np / 8;
+  const out = new Uint16Array(mp * groups);
+  for (let g = 0; g < groups; g++) for (let i = 0; i < mp; i++) out[i * groups + g] = groupMajor[g * mp + i]!;
+  return out;
+}
+
 /** L̂ row-major `[mp, k]` and R̂ `[k, np]`, decoded to f32 (empty for rank 0). */
 export function lowRankFactors(d: Decomposition): { lRows: Float32Array; r: Float32Array } {
   const [mp] = d.padded;
@@ -145,7 +153,7 @@ export class CalderaKernel {
     new Uint32Array(buf, KERNEL_BASE + 1024, 256).set(t.ts.map(byteOffsets));
     f32(at.p1, t.p1.length).set(t.p1);
     f32(at.p2, t.p2.length).set(t.p2);
-    groupMajorCodes(d, new Uint16Array(buf, at.codes, (mp * np) / 8));
+    const codes = groupMajorCodes(d, new Uint16Array(buf, at.codes, (mp * np) / 8));
     const { lRows, r } = lowRankFactors(d);
     f32(at.lr, mp * k).set(lRows);
     f32(at.r, k * np).set(r);
@@ -199,7 +207,7 @@ export class CalderaKernel {
       sv,
       mixIn,
       mixOut,
-      codes: d.q.planes[0] as Uint16Array,
+      codes, // the kernel's own group-major copy (its memory never grows, so the view stays valid)
       qScale: d.q.scale,
       scale: d.scale,
       lRows: f32(at.lr, mp * k),
