@@ -1,5 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { checkPerplexityArgs, perplexityWindows, tokenNll } from './perplexity.js';
+import {
+  checkPerplexityArgs,
+  DEFAULT_PERPLEXITY_CONTEXT,
+  perplexityWindows,
+  tokenNll,
+} from './perplexity.js';
 
 /** Positions each window scores, in order. */
 function scored(length: number, context: number, stride: number): number[] {
@@ -61,6 +66,11 @@ describe('checkPerplexityArgs (the runtimes’ shared argument checks)', () => {
       stride: 1,
     });
     expect(checkPerplexityArgs(new Int32Array(2), null, limit)).toEqual({ context: 32, stride: 32 });
+    // without a defaultContext: the runtimes' shared default, 128 tokens or the limit when smaller
+    const what = 'the limit';
+    expect(checkPerplexityArgs([1, 2], {}, { max: 500, what }).context).toBe(DEFAULT_PERPLEXITY_CONTEXT);
+    expect(DEFAULT_PERPLEXITY_CONTEXT).toBe(128);
+    expect(checkPerplexityArgs([1, 2], {}, { max: 64, what }).context).toBe(64);
   });
 
   it('names the argument, its range and the value: context, stride, the token count', () => {

@@ -43,12 +43,15 @@ export interface PerplexityResult {
   ppl: number;
 }
 
+/** The window of the runtimes' `perplexity` when `context` is not given: 128 tokens, or the model's limit if smaller. */
+export const DEFAULT_PERPLEXITY_CONTEXT = 128;
+
 /** The longest window a model runs, for {@link checkPerplexityArgs}. */
 export interface PerplexityLimit {
   /** Most tokens per window. */
   max: number;
-  /** The window when `context` is not given (at most `max`). */
-  defaultContext: number;
+  /** The window when `context` is not given (at most `max`); default `min(DEFAULT_PERPLEXITY_CONTEXT, max)`. */
+  defaultContext?: number;
   /** What `max` is, for the error message, e.g. `"the model's max positions: max_position_embeddings"`. */
   what: string;
 }
@@ -70,7 +73,7 @@ export function checkPerplexityArgs(
       'E_VALUE',
       `perplexity: tokens must be an array of token ids, got ${describeValue(tokens)}`,
     );
-  const context = options?.context ?? limit.defaultContext;
+  const context = options?.context ?? limit.defaultContext ?? Math.min(DEFAULT_PERPLEXITY_CONTEXT, limit.max);
   const stride = options?.stride ?? context;
   if (!Number.isInteger(context) || context < 2 || context > limit.max)
     throw new CalderaError(

@@ -19,6 +19,7 @@ import type { Linear } from './linear.js';
 import { readBlockWeights } from './load.js';
 import { KVCache, LlamaModel, type BlockWeights, type ModelWeights } from './model.js';
 import { nextTurn } from './next-turn.js';
+import { modelPerplexityLimit } from './perplexity-limit.js';
 import { ModelRunnerAdapter } from './runner.js';
 
 /** Options of {@link BlockLazyRunner.open}. */
@@ -149,8 +150,7 @@ export class BlockLazyRunner {
   /** The linear sublayers of block `block` (from the headers: the block need not be held). */
   linears(block: number) {
     const per = blockLinearNames(0).length;
-    if (!Number.isInteger(block) || block < 0 || block >= this.numBlocks)
-      throw new CalderaError('E_VALUE', `block ${block} is not in [0, ${this.numBlocks})`);
+    this.checkBlock(block);
     return blockLinearNames(block).map(({ name, input }, i) => {
       const l = this.layout.linears[block * per + i]!;
       return { name, block, input, outFeatures: l.outFeatures, inFeatures: l.inFeatures };
@@ -160,8 +160,7 @@ export class BlockLazyRunner {
   /** Read block `block`'s source weights (releasing the block held before, if another); nothing when it is held. */
   async enterBlock(block: number, signal?: AbortSignal): Promise<void> {
     this.checkOpen();
-    if (!Number.isInteger(block) || block < 0 || block >= this.numBlocks)
-      throw new CalderaError('E_VALUE', `block ${block} is not in [0, ${this.numBlocks})`);
+    this.checkBlock(block);
     if (this.held === block) return;
     // a read of this block already under way (a concurrent caller): wait for it rather than read it twice
     if (this.reading?.block === block) return this.reading.done;
@@ -202,7 +201,7 @@ export class BlockLazyRunner {
   /** Token embeddings of one window. */
   embed(tokens: Int32Array): Float32Array {
     this.checkOpen();
-    return this.model.embed(tokens);
+    return this.adapter.embed(tokens);
   }
 
   /** Run the held block `block` on one window (positions from 0), as `ModelRunnerAdapter.runBlock`. */
@@ -213,7 +212,7 @@ export class BlockLazyRunner {
     capture?: (input: string, x: Float32Array, rows: number) => void,
   ): Float32Array {
     this.checkHeld(block);
-    return this.model.runBlock(block, hidden, tokens, undefined, capture);
+    return this.adapter.runBlock(block, hidden, tokens, capture);
   }
 
   /** Swap a dense linear of the held block for its compressed form, until the block is left. */
@@ -240,11 +239,7 @@ export class BlockLazyRunner {
   async perplexity(ids: ArrayLike<number>, options: PerplexityOptions = {}): Promise<PerplexityResult> {
     this.checkOpen();
     const cfg = this.config;
-    const { context, stride } = checkPerplexityArgs(ids, options, {
-      max: cfg.maxPositions,
-      defaultContext: Math.min(128, cfg.maxPositions),
-      what: "the model's max positions: max_position_embeddings, or sliding_window when smaller",
-    });
+    const { context, stride } = checkPerplexityArgs(ids, options, modelPerplexityLimit(cfg));
     const signal = options?.signal ?? undefined;
     const windows = [...perplexityWindows(ids.length, context, stride)];
     const tokens = windows.map(({ start, end }) =>
@@ -332,6 +327,12 @@ export class BlockLazyRunner {
     ) as [Linear, Linear, Linear, Linear, Linear, Linear, Linear];
     const empty = new Float32Array(0);
     return { inputNorm: empty, postAttnNorm: empty, q, k, v, o, gate, up, down };
+  }
+
+  /** `E_VALUE` unless `block` is a block index of the model. */
+  private checkBlock(block: number): void {
+    if (!Number.isInteger(block) || block < 0 || block >= this.numBlocks)
+      throw new CalderaError('E_VALUE', `block ${block} is not in [0, ${this.numBlocks})`);
   }
 
   private checkOpen(): void {

@@ -8,6 +8,7 @@ import {
 } from '@caldera/core';
 import type { LlamaModel } from './model.js';
 import { nextTurn } from './next-turn.js';
+import { modelPerplexityLimit } from './perplexity-limit.js';
 
 /** The options and result of {@link perplexity}, shared with runtime-webgpu (they live in `@caldera/core`). */
 export type { PerplexityOptions, PerplexityResult } from '@caldera/core';
@@ -33,13 +34,7 @@ export async function perplexity(
   ids: ArrayLike<number>,
   options: PerplexityOptions = {},
 ): Promise<PerplexityResult> {
-  const maxContext = model.config.maxPositions;
-  // past max_position_embeddings the model runs on positions it never saw: a number, but not the model's perplexity
-  const { context, stride } = checkPerplexityArgs(ids, options, {
-    max: maxContext,
-    defaultContext: Math.min(128, maxContext),
-    what: "the model's max positions: max_position_embeddings, or sliding_window when smaller",
-  });
+  const { context, stride } = checkPerplexityArgs(ids, options, modelPerplexityLimit(model.config));
   const V = model.config.vocabSize;
   let nll = 0;
   let count = 0;

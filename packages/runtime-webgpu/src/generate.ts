@@ -65,12 +65,6 @@ export async function* generate(
 export const sample = sampleToken;
 
 /**
- * The default window of {@link perplexity}, runtime-node's: 128 tokens, or fewer when the model holds fewer (there its
- * max positions; here `contextLength`, the KV cache's length, which is at most those).
- */
-const DEFAULT_PERPLEXITY_CONTEXT = 128;
-
-/**
  * Perplexity of `tokens` with windows of `context` tokens moved by `stride`, scored as runtime-node's `perplexity`
  * does: no token is scored twice, each with as much left context as its window allows. With overlapping windows
  * (`stride < context`) every token after the first is scored; with the default `stride = context` the windows do
@@ -87,9 +81,9 @@ export async function perplexity(
   tokens: ArrayLike<number>,
   options: PerplexityOptions = {},
 ): Promise<PerplexityResult> {
+  // core's default window, as runtime-node's (128 tokens, or contextLength, the KV cache's length, when smaller)
   const { context, stride } = checkPerplexityArgs(tokens, options, {
     max: model.contextLength,
-    defaultContext: Math.min(DEFAULT_PERPLEXITY_CONTEXT, model.contextLength),
     what: "the model's contextLength, its KV cache's length",
   });
   options ??= {}; // from JavaScript: null options are none
