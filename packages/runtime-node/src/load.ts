@@ -247,12 +247,8 @@ export async function loadModelFromUrl(base: string, options: UrlLoadOptions = {
   assertNonEmptyString(base, 'loadModelFromUrl', 'the base URL');
   options ??= {}; // from JavaScript: null options are none
   throwIfAborted(options.signal, 'loading');
-  const { fetch, signal, onDownload } = options;
-  const opened = await openModelUrl(base, {
-    ...(fetch ? { fetch } : {}),
-    ...(signal ? { signal } : {}),
-    ...(onDownload ? { onDownload } : {}),
-  });
+  // its fetch, signal and onDownload are openModelUrl's
+  const opened = await openModelUrl(base, options);
   try {
     return await loadModelFromStore(
       {

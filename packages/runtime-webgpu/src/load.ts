@@ -498,12 +498,8 @@ export async function loadModelFromUrl(
   assertNonEmptyString(base, 'loadModelFromUrl', 'the base URL');
   options ??= {}; // from JavaScript: null options are none
   // the headers only (core's openModelUrl, shared with runtime-node): the plan comes before the bulk download
-  const { fetch, signal, onDownload } = options;
-  const opened = await openModelUrl(base, {
-    ...(fetch ? { fetch } : {}),
-    ...(signal ? { signal } : {}),
-    ...(onDownload ? { onDownload } : {}),
-  });
+  // its fetch, signal and onDownload are openModelUrl's
+  const opened = await openModelUrl(base, options);
   try {
     return await loadModelFromStore(
       dev,
