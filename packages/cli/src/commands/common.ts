@@ -261,6 +261,16 @@ export function poolFor(threads: number): Pool | undefined {
 }
 
 /**
+ * The error to throw for `e`, raised while `signal` may have fired: the signal's reason when it is a `CalderaError` (the
+ * error a command's later phases throw for an interruption), so that Ctrl-C reads the same whichever phase it stops,
+ * else `e` itself.
+ */
+export function interruptionOr(e: unknown, signal: AbortSignal | undefined): unknown {
+  const reason: unknown = signal?.aborted ? signal.reason : undefined;
+  return isCalderaError(reason) ? reason : e;
+}
+
+/**
  * runtime-node's `loadModel`, showing the blocks read so far on a progress bar on stderr when `showBar` (a large
  * model takes minutes to read). With `options.signal`, Ctrl-C stops the load: `E_ABORTED`, the signal's reason.
  */
@@ -276,9 +286,7 @@ export async function loadModelShowing(
       onProgress: ({ block, blocks }) => bar.update(block, blocks, undefined, `blocks of ${basename(dir)}`),
     });
   } catch (e) {
-    // interrupted: the signal's reason (the error a command's later phases throw for it), not the loader's own
-    const reason: unknown = options.signal?.aborted ? options.signal.reason : undefined;
-    throw isCalderaError(reason) ? reason : e;
+    throw interruptionOr(e, options.signal);
   } finally {
     bar.done();
   }

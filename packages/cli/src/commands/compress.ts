@@ -4,7 +4,6 @@ import {
   atomicWriteFile,
   cast,
   CalderaError,
-  isCalderaError,
   openSafetensors,
   openSafetensorsDir,
   parseModelConfig,
@@ -72,6 +71,7 @@ import {
   readDocuments,
   tokenizeDocuments,
   weightFileBytes,
+  interruptionOr,
 } from './common.js';
 import { chooseRanks, parseLayerRanks, type RankChoice } from './ranks.js';
 import type { QueueTask } from './task.js';
@@ -536,9 +536,7 @@ export async function compressCommand(a: Args): Promise<number> {
     process.off('SIGINT', onSignal);
     await runner?.close();
     pool?.dispose();
-    // interrupted: the signal's reason (the error the later phases throw for it), not the opening's own
-    const reason: unknown = ctl.signal.aborted ? ctl.signal.reason : undefined;
-    throw isCalderaError(reason) ? reason : e;
+    throw interruptionOr(e, ctl.signal);
   }
   const sourceModel = runner;
   const fewRows =
@@ -713,7 +711,7 @@ export async function compressCommand(a: Args): Promise<number> {
             report('matrix', done, mine.length, {
               fraction,
               fields: { layer: j.name, layerFraction: fraction },
-              label: `${j.name.split('.').slice(-2).join('.')} ${Math.floor(fraction * 100)}%`,
+              label: layerLabel(j.name, fraction).trimStart(),
             }),
         });
         ctx.log({ event: 'job', name: j.name, id: j.id, result: r });
@@ -758,10 +756,17 @@ export async function compressCommand(a: Args): Promise<number> {
  */
 export function compressProgressLabel(p: CompressProgress): string | null {
   if (p.layerFraction === 1) return null;
+  return `${p.phase} block ${p.block + 1}/${p.numBlocks}` + layerLabel(p.layer, p.layerFraction);
+}
+
+/**
+ * A layer on the bar, after a space: the last two parts of its name (`self_attn.q_proj`) when given, then the share of
+ * it done when known (`37%`); empty without either.
+ */
+function layerLabel(name: string | undefined, fraction: number | undefined): string {
   return (
-    `${p.phase} block ${p.block + 1}/${p.numBlocks}` +
-    (p.layer ? ' ' + p.layer.split('.').slice(-2).join('.') : '') +
-    (p.layerFraction === undefined ? '' : ` ${Math.floor(p.layerFraction * 100)}%`)
+    (name ? ' ' + name.split('.').slice(-2).join('.') : '') +
+    (fraction === undefined ? '' : ` ${Math.floor(fraction * 100)}%`)
   );
 }
 
