@@ -3,6 +3,7 @@ import { mkdir, readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
 import {
   assertFunction,
+  assertNotAbortSignal,
   assertObject,
   atomicWriteFile,
   CalderaError,
@@ -135,11 +136,7 @@ export function layerSeed(seed: number, name: string): number {
  */
 function optionsOf<T extends object>(options: T | undefined, fn: string): T {
   if (options === undefined) return {} as T;
-  if (typeof AbortSignal !== 'undefined' && options instanceof AbortSignal)
-    throw new CalderaError(
-      'E_VALUE',
-      `${fn}: options must be an object such as { signal }, got an AbortSignal`,
-    );
+  assertNotAbortSignal(options, fn);
   assertObject(options, fn, 'options', 'an object');
   return options;
 }

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
+  assertNotAbortSignal,
   assertFunction,
   assertNonEmptyString,
   assertObject,
@@ -54,6 +55,14 @@ describe('argument checks', () => {
     );
     value(() => assertObject(3, 'f', 'x'), /^E_VALUE: f: x must be an object, got a number$/);
     value(() => assertObject('', 'f', 'x'), /^E_VALUE: f: x must be an object, got an empty string$/);
+  });
+
+  it('assertNotAbortSignal refuses a signal where an options object goes, and passes anything else', () => {
+    expect(() => assertNotAbortSignal(new AbortController().signal, 'Trainer.save')).toThrow(
+      /^E_VALUE: Trainer.save: options must be an object such as \{ signal \}, got an AbortSignal$/,
+    );
+    for (const ok of [{}, { signal: new AbortController().signal }, null, undefined, 3])
+      expect(() => assertNotAbortSignal(ok, 'f')).not.toThrow();
   });
 
   it('assertFunction turns a missing callback into E_VALUE naming the routine and argument', () => {

@@ -96,6 +96,20 @@ export function assertObject(
 }
 
 /**
+ * Throw `E_VALUE` when a function's trailing options object is an `AbortSignal`: an old-style call of a function whose
+ * positional `signal` became `options.signal` would otherwise have its abort silently ignored, e.g.
+ * `E_VALUE: Trainer.save: options must be an object such as { signal }, got an AbortSignal`. Anything else passes
+ * (the caller's own rules for null and non-objects apply).
+ */
+export function assertNotAbortSignal(options: unknown, fn: string): void {
+  if (typeof AbortSignal !== 'undefined' && options instanceof AbortSignal)
+    throw new CalderaError(
+      'E_VALUE',
+      `${fn}: options must be an object such as { signal }, got an AbortSignal`,
+    );
+}
+
+/**
  * Throw `E_VALUE` unless `x` is a function: {@link assertObject} for a required callback, e.g.
  * `E_VALUE: fromCheckpointTensors: get must be a function, got null`.
  * @param x    the argument

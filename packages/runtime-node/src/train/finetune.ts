@@ -1,4 +1,5 @@
 import {
+  assertNotAbortSignal,
   CalderaError,
   contiguous,
   f32ArrayToF16,
@@ -27,7 +28,6 @@ import type { LoadedModel } from '../load.js';
 import { loraFromRotated, loraGradToRotated, type LayerRotation } from './caldera-lora.js';
 import { lossAndGrad, type LossAndGradOptions, type TrainConfig, type TrainParams } from './model.js';
 import type { Teacher } from './rht.js';
-import { optionsAfterSignal } from './options.js';
 import { createSha256 } from './sha256.js';
 import { settingsDiff, tokenDigest, Trainer, type Objective } from './trainer.js';
 
@@ -513,7 +513,9 @@ export async function writeFinetunedCheckpoint(
   finetuneInfo: Record<string, unknown>,
   options: Pick<WriteCheckpointOptions, 'signal' | 'onProgress'> = {},
 ): Promise<CalderaCheckpointMeta> {
-  const { signal, onProgress } = optionsAfterSignal(options, 'writeFinetunedCheckpoint');
+  options ??= {}; // from JavaScript: null options are none
+  assertNotAbortSignal(options, 'writeFinetunedCheckpoint'); // the old positional signal: refused, not ignored
+  const { signal, onProgress } = options;
   const { meta, tensors: reader } = await openCheckpointDir(sourceDir);
   const tensors: Record<string, Tensor> = {};
   const layerMeta: Record<string, CalderaLayerMeta> = { ...meta.layers };

@@ -1,6 +1,5 @@
-import { atomicWriteFile, CalderaError, Rng } from '@caldera/core';
+import { assertNotAbortSignal, atomicWriteFile, CalderaError, Rng } from '@caldera/core';
 import { nodeFs } from '../node-builtins.js';
-import { optionsAfterSignal } from './options.js';
 import { createSha256 } from './sha256.js';
 import { lossAndGrad, type LossAndGrad, type TrainConfig, type TrainParams } from './model.js';
 import { adamWState, adamWStep, clipGradNorm, cosineLr, type AdamWState } from './optim.js';
@@ -225,7 +224,9 @@ export class Trainer {
    * `options.info` and `options.tensors` as extra state ({@link Trainer.restored} after a load).
    */
   async save(path: string, options: TrainSaveOptions = {}): Promise<void> {
-    const { signal, ...extra } = optionsAfterSignal(options, 'Trainer.save');
+    options ??= {}; // from JavaScript: null options are none
+    assertNotAbortSignal(options, 'Trainer.save'); // the old positional signal: refused, not ignored
+    const { signal, ...extra } = options;
     const names = Object.keys(this.params);
     const arrays: Float32Array[] = [];
     const dir: Record<string, [number, number]> = {};
