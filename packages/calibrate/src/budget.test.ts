@@ -32,7 +32,7 @@ describe('averageBits', () => {
       averageBits(
         llama7bBlock,
         llama7bBlock.map(() => 64),
-        { l: 16, r: 16 },
+        { lBits: 16, rBits: 16 },
       ),
     ).toBeCloseTo(2.395, 3);
   });
@@ -77,19 +77,38 @@ describe('bit widths and rank lists', () => {
 
   it('rejects non-finite or non-positive factor widths instead of returning NaN or full ranks', () => {
     // before: l = NaN gave every layer its full rank and averageBits NaN; l = −4 gave full ranks at "2 bits"
-    expect(code(() => allocateRanks(llama7bBlock, { targetBits: 2.2, l: NaN }))).toBe('E_VALUE');
-    expect(code(() => allocateRanks(llama7bBlock, { targetBits: 2.2, r: -4 }))).toBe('E_VALUE');
+    expect(code(() => allocateRanks(llama7bBlock, { targetBits: 2.2, lBits: NaN }))).toBe('E_VALUE');
+    expect(code(() => allocateRanks(llama7bBlock, { targetBits: 2.2, rBits: -4 }))).toBe('E_VALUE');
     expect(
       code(() =>
         averageBits(
           llama7bBlock,
           llama7bBlock.map(() => 64),
-          { l: 0 },
+          { lBits: 0 },
         ),
       ),
     ).toBe('E_VALUE');
     expect(() => averageBits(llama7bBlock, [64])).toThrow(/1 ranks for 7 layers/);
-    // Q may be absent (low-rank only): q = 0 is a width, not an error
-    expect(averageBits([{ name: 'a', m: 64, n: 64 }], [8], { q: 0 })).toBe((8 * (4 * 64 + 4 * 64)) / 4096);
+    // Q may be absent (low-rank only): qBits = 0 is a width, not an error
+    expect(averageBits([{ name: 'a', m: 64, n: 64 }], [8], { qBits: 0 })).toBe(
+      (8 * (4 * 64 + 4 * 64)) / 4096,
+    );
+  });
+
+  it('refuses the widths by their old names instead of silently using the defaults', () => {
+    // before the rename to lowrank's names, { l: 16 } meant 16-bit L; ignoring it now would count 4 bits
+    const old = { targetBits: 2.2, l: 16 } as unknown as Parameters<typeof allocateRanks>[1];
+    expect(() => allocateRanks(llama7bBlock, old)).toThrow(
+      /allocateRanks: bit width 'l' is now named 'lBits'/,
+    );
+    expect(
+      code(() =>
+        averageBits(
+          llama7bBlock,
+          llama7bBlock.map(() => 64),
+          { q: 3 } as never,
+        ),
+      ),
+    ).toBe('E_VALUE');
   });
 });

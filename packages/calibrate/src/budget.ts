@@ -7,23 +7,38 @@ export interface LayerShape {
   n: number;
 }
 
-/** Bit widths of the decomposition, in bits per entry. */
+/**
+ * Bit widths of the decomposition, in bits per entry, named as lowrank's `CalderaOptions` names them (`qBits`,
+ * `lBits`, `rBits`), so one object can serve both.
+ */
 export interface BitWidths {
-  /** Bits per entry of Q. Default 2. */
-  q?: number;
+  /** Bits per entry of Q. Default 2; 0 means no Q. */
+  qBits?: number;
   /** Bits per entry of L. Default 4. */
-  l?: number;
+  lBits?: number;
   /** Bits per entry of R. Default 4. */
-  r?: number;
+  rBits?: number;
+}
+
+/** The widths with their defaults (Q 2 bits, L and R 4), checked by {@link checkBitWidths}. */
+function widthsOf(bits: BitWidths | undefined, fn: string): Required<BitWidths> {
+  const given = (bits ?? {}) as BitWidths & Record<string, unknown>;
+  // the names these widths had before they took lowrank's: refused, since ignoring them would silently use defaults
+  for (const old of ['q', 'l', 'r'] as const)
+    if (old in given)
+      throw new CalderaError('E_VALUE', `${fn}: bit width '${old}' is now named '${old}Bits'`);
+  const { qBits = 2, lBits = 4, rBits = 4 } = given;
+  checkBitWidths({ qBits, lBits, rBits });
+  return { qBits, lBits, rBits };
 }
 
 /** Throw `E_VALUE` unless the widths are finite, L's and R's positive and Q's non-negative (0: no Q). */
 function checkBitWidths(bits: Required<BitWidths>): void {
   for (const [key, b] of Object.entries(bits))
-    if (!Number.isFinite(b) || b < 0 || (b === 0 && key !== 'q'))
+    if (!Number.isFinite(b) || b < 0 || (b === 0 && key !== 'qBits'))
       throw new CalderaError(
         'E_VALUE',
-        `bit width ${key} must be a ${key === 'q' ? 'non-negative' : 'positive'} number, got ${b}`,
+        `bit width ${key} must be a ${key === 'qBits' ? 'non-negative' : 'positive'} number, got ${b}`,
       );
 }
 
@@ -38,8 +53,7 @@ export function averageBits(
 ): number {
   assertObject(layers, 'averageBits', 'layers', 'an array of layer shapes');
   assertObject(ranks, 'averageBits', 'ranks', 'an array of ranks');
-  const { q = 2, l = 4, r = 4 } = bits ?? {};
-  checkBitWidths({ q, l, r });
+  const { qBits: q, lBits: l, rBits: r } = widthsOf(bits, 'averageBits');
   if (ranks.length !== layers.length)
     throw new CalderaError('E_SHAPE', `averageBits: ${ranks.length} ranks for ${layers.length} layers`);
   let params = 0;
@@ -85,10 +99,11 @@ export interface RankBudget {
 export function allocateRanks(layers: readonly LayerShape[], options: RankBudgetOptions): RankBudget {
   assertObject(layers, 'allocateRanks', 'layers', 'an array of layer shapes');
   assertObject(options, 'allocateRanks', 'options', 'rank budget options with targetBits');
-  const { q = 2, l = 4, r = 4, granularity = 16 } = options;
+  const { granularity = 16 } = options;
   const target = options.targetBits;
   if (layers.length === 0) throw new CalderaError('E_VALUE', 'allocateRanks: no layers');
-  checkBitWidths({ q, l, r });
+  const widths = widthsOf(options, 'allocateRanks');
+  const { qBits: q, lBits: l, rBits: r } = widths;
   if (!Number.isInteger(granularity) || granularity <= 0)
     throw new CalderaError('E_VALUE', `granularity must be a positive integer, got ${granularity}`);
   if (!(target >= q)) {
@@ -122,7 +137,7 @@ export function allocateRanks(layers: readonly LayerShape[], options: RankBudget
       }
     }
   }
-  return { ranks, averageBits: averageBits(layers, ranks, { q, l, r }) };
+  return { ranks, averageBits: averageBits(layers, ranks, widths) };
 }
 
 /** The target bits per weight that a byte budget for the decomposed layers allows (paper accounting). */

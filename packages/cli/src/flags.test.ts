@@ -243,7 +243,7 @@ describe('caldera command lines', () => {
         ['down', 256, 768],
       ].map(([p, m, n]) => ({ name: `model.layers.${b}.${p}`, m: m as number, n: n as number })),
     );
-    const widths = { q: 2, l: 4, r: 4 };
+    const widths = { qBits: 2, lBits: 4, rBits: 4 };
     expect(() => chooseRanks(shapes, { widths, rank: 2.5 })).toThrow(/--rank must be a non-negative integer/);
     expect(() => chooseRanks(shapes, { widths, bits: 7.84 })).toThrow(/--bits must be at most 7\.83/);
     expect(Object.values(chooseRanks(shapes, { widths, bits: 7.83 })).every((k) => k > 0)).toBe(true);

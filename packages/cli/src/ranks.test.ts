@@ -10,7 +10,7 @@ const layers = [0, 1].flatMap((b) => [
   { name: `model.layers.${b}.mlp.gate_proj`, m: 704, n: 256 },
   { name: `model.layers.${b}.mlp.down_proj`, m: 256, n: 704 },
 ]);
-const widths = { q: 2, l: 4, r: 4 };
+const widths = { qBits: 2, lBits: 4, rBits: 4 };
 
 describe('rank choice for caldera compress', () => {
   it('parses --layer-rank and rejects malformed parts', () => {

@@ -243,7 +243,7 @@ function rankChoiceOf(a: Args, method: Method, widths: ReturnType<typeof widthsO
   const rank = flagNumber(a, 'rank', undefined, NON_NEGATIVE_INT);
   const maxBytes = flagNumber(a, 'max-bytes', undefined, POSITIVE_INT);
   return {
-    widths: { q: widths.qBits, l: widths.lrBits, r: widths.lrBits },
+    widths: { qBits: widths.qBits, lBits: widths.lrBits, rBits: widths.lrBits },
     ...(rank !== undefined ? { rank } : {}),
     ...(maxBytes !== undefined ? { maxBytes } : {}),
     bits: flagNumber(a, 'bits', method === 'lplr' ? 2 + 16 * 0.1 : widths.qBits + 0.4, POSITIVE),

@@ -1,11 +1,11 @@
-import { allocateRanks, bitsForBytes, rankCap, type LayerShape } from '@caldera/calibrate';
+import { allocateRanks, bitsForBytes, rankCap, type BitWidths, type LayerShape } from '@caldera/calibrate';
 import { CalderaError } from '@caldera/core';
 import { checkFlag, NON_NEGATIVE_INT, POSITIVE } from '../args.js';
 
 /** How `caldera compress` chooses the rank of every layer. */
 export interface RankChoice {
   /** Bit widths of Q, L, R (the paper's accounting). */
-  widths: { q: number; l: number; r: number };
+  widths: Required<BitWidths>;
   /** One rank for every layer not matched by `overrides` (takes precedence over a budget). */
   rank?: number;
   /** Target average bits per weight over all layers (default 2.4 when neither `rank` nor `maxBytes` is given). */
@@ -58,7 +58,7 @@ const floor2 = (v: number) => Math.floor(v * 100 + 1e-9) / 100;
  * reached.
  */
 export function chooseRanks(layers: readonly LayerShape[], c: RankChoice): Record<string, number> {
-  const { q, l, r } = c.widths;
+  const { qBits: q, lBits: l, rBits: r } = c.widths;
   const g = c.granularity ?? 8;
   if (c.rank !== undefined) checkFlag('rank', c.rank, NON_NEGATIVE_INT);
   if (c.maxBytes !== undefined) checkFlag('max-bytes', c.maxBytes, POSITIVE);
@@ -119,7 +119,7 @@ export function chooseRanks(layers: readonly LayerShape[], c: RankChoice): Recor
         `in steps of ${g}${fixedParams === 0 ? '' : ', with the --layer-rank layers as given'}), got ${target}; ` +
         'a larger target cannot be met',
     );
-  const budget = allocateRanks(free, { targetBits: freeTarget, q, l, r, granularity: g });
+  const budget = allocateRanks(free, { targetBits: freeTarget, ...c.widths, granularity: g });
   free.forEach((s, i) => (out[s.name] = budget.ranks[i]!));
   return out;
 }
