@@ -151,11 +151,12 @@ const entries: [
   ['missingJobs', calibrate.missingJobs, [work, manifest], [[1, 'manifest']]],
   ['hasHessianChunk', calibrate.hasHessianChunk, [work, plan, 0], [[1, 'plan']]],
   [
-    'runHessianChunk',
-    calibrate.runHessianChunk,
-    [join(work, 'w3'), plan, 0, new ToyRunner(1)],
+    'runHessianChunks',
+    calibrate.runHessianChunks,
+    [join(work, 'w3'), plan, [0], new ToyRunner(1)],
     [
       [1, 'plan'],
+      [2, 'chunks'],
       [3, 'runner'],
     ],
   ],

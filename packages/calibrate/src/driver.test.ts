@@ -8,8 +8,7 @@ import {
   type LayerResult,
 } from './driver.js';
 import { accumulateHessians } from './jobs.js';
-import type { LinearReplacement } from './runner.js';
-import { ToyRunner } from './testing/toy-runner.js';
+import { OneBlockRunner, ToyRunner } from './testing/toy-runner.js';
 
 /** Round to a grid of 1/4 (a real, deterministic compressor), reporting the H-weighted error. */
 const roundQuarter: CompressLayerFn = (w, h) => {
@@ -57,43 +56,6 @@ class MemoryStore implements BlockStore {
   }
   async save(b: number, r: LayerResult[]) {
     this.blocks.set(b, r);
-  }
-}
-
-/** A ToyRunner that holds one block at a time: using a block it has not entered (or has left) throws. */
-class OneBlockRunner extends ToyRunner {
-  events: string[] = [];
-  entered: number | null = null;
-  private check(name: string | number): void {
-    const b = typeof name === 'number' ? name : Number(/^b(\d+)\./.exec(name)![1]);
-    if (b !== this.entered) throw new Error(`block ${b} used while block ${this.entered} is entered`);
-  }
-  async enterBlock(b: number): Promise<void> {
-    await Promise.resolve();
-    if (this.entered !== null) throw new Error(`block ${b} entered before block ${this.entered} was left`);
-    this.entered = b;
-    this.events.push(`enter ${b}`);
-  }
-  leaveBlock(b: number): void {
-    if (this.entered === b) this.entered = null;
-    this.events.push(`leave ${b}`);
-  }
-  override weight(name: string) {
-    this.check(name);
-    return super.weight(name);
-  }
-  override runBlock(
-    block: number,
-    hidden: Float32Array,
-    tokens: number,
-    capture?: (k: string, x: Float32Array, rows: number) => void,
-  ) {
-    this.check(block);
-    return super.runBlock(block, hidden, tokens, capture);
-  }
-  override replaceLinear(name: string, r: LinearReplacement): void {
-    this.check(name);
-    super.replaceLinear(name, r);
   }
 }
 

@@ -21,14 +21,14 @@ import {
   missingJobs,
   readJobResult,
   reduceHessianChunks,
-  runHessianChunk,
+  runHessianChunks,
   sha256Hex,
   shardJobs,
   type HessianPlan,
   type LayerSpec,
   type LayerSpecProgress,
 } from './jobs.js';
-import { ToyRunner } from './testing/toy-runner.js';
+import { OneBlockRunner, ToyRunner } from './testing/toy-runner.js';
 
 const windows = [
   [1, 2, 3, 4, 5],
@@ -60,7 +60,7 @@ async function singlePass(runner: ToyRunner): Promise<Map<string, Float64Array>>
 
 async function reduced(plan: HessianPlan, runner: ToyRunner, order: number[]) {
   const work = mkdtempSync(join(tmpdir(), 'caldera-jobs-work-'));
-  for (const c of order) expect(await runHessianChunk(work, plan, c, runner)).toBe('computed');
+  for (const c of order) expect(await runHessianChunks(work, plan, [c], runner)).toEqual(['computed']);
   const refs = await reduceHessianChunks(work, plan);
   const hs = new Map<string, Float64Array>();
   for (const [k, r] of refs) {
@@ -120,14 +120,43 @@ describe('data-parallel Hessians', () => {
     const b = await reduced(plan, new ToyRunner(6), [2, 0, 1]);
     expect([...b.refs]).toEqual([...a.refs]);
     // a chunk already on disk is not recomputed
-    expect(await runHessianChunk(a.work, plan, 1, runner)).toBe('cached');
+    expect(await runHessianChunks(a.work, plan, [1], runner)).toEqual(['cached']);
+  });
+
+  it('chunks run together read each block once and write the bytes that running them one by one writes', async () => {
+    const plan = makeHessianPlan('/toy', 'sha', 3, windows, 3);
+    const alone = new OneBlockRunner(8);
+    const a = await reduced(plan, alone, [0, 1, 2]);
+    expect(alone.events.filter((e) => e.startsWith('enter'))).toHaveLength(9); // 3 chunks × 3 blocks
+    const together = new OneBlockRunner(8);
+    const work = mkdtempSync(join(tmpdir(), 'caldera-jobs-work-'));
+    // chunk 1 already on disk (copied from the one-by-one run) is not recomputed; a repeated index runs once
+    await runHessianChunks(work, plan, [1], new ToyRunner(8));
+    expect(await runHessianChunks(work, plan, [2, 1, 0, 2], together)).toEqual([
+      'computed',
+      'cached',
+      'computed',
+      'computed',
+    ]);
+    expect(together.events).toEqual(['enter 0', 'leave 0', 'enter 1', 'leave 1', 'enter 2', 'leave 2']);
+    const names = readdirSync(join(a.work, 'hessian-chunks')).sort();
+    expect(readdirSync(join(work, 'hessian-chunks')).sort()).toEqual(names);
+    for (const f of names)
+      expect(
+        readFileSync(join(work, 'hessian-chunks', f)).equals(readFileSync(join(a.work, 'hessian-chunks', f))),
+        f,
+      ).toBe(true);
+    await expect(runHessianChunks(work, plan, [3], together)).rejects.toSatisfy(
+      (e: unknown) =>
+        isCalderaError(e, 'E_VALUE') && /chunk 3 is not in the plan \(3\)/.test((e as Error).message),
+    );
   });
 
   it('a missing chunk fails the reduction with E_MISSING', async () => {
     const runner = new ToyRunner(7);
     const plan = makeHessianPlan('/toy', 'sha', runner.numBlocks, windows, 2);
     const work = mkdtempSync(join(tmpdir(), 'caldera-jobs-work-'));
-    await runHessianChunk(work, plan, 0, runner);
+    await runHessianChunks(work, plan, [0], runner);
     await expect(reduceHessianChunks(work, plan)).rejects.toSatisfy((e: unknown) =>
       isCalderaError(e, 'E_MISSING'),
     );
@@ -141,7 +170,7 @@ describe('matrix jobs', () => {
     const hashes = await hashModelTensors(model);
     const plan = makeHessianPlan(model, hashes.sha256, runner.numBlocks, windows, 1);
     const work = mkdtempSync(join(tmpdir(), 'caldera-jobs-work-'));
-    await runHessianChunk(work, plan, 0, runner);
+    await runHessianChunks(work, plan, [0], runner);
     const refs = await reduceHessianChunks(work, plan);
     const linears = Array.from({ length: runner.numBlocks }, (_, b) => runner.linears(b)).flat();
     const manifest = makeManifest({
@@ -398,7 +427,7 @@ describe('progress within a layer and options objects', () => {
     );
   });
 
-  it('runHessianChunk reports its blocks as their files are written, stops on its signal, reports nothing when cached', async () => {
+  it('runHessianChunks reports its blocks as their files are written, stops on its signal, reports nothing when cached', async () => {
     const runner = new ToyRunner(18);
     const plan = makeHessianPlan('/toy', 'sha', runner.numBlocks, windows, 2);
     const work = mkdtempSync(join(tmpdir(), 'caldera-jobs-work-'));
@@ -406,7 +435,7 @@ describe('progress within a layer and options objects', () => {
     const ctl = new AbortController();
     const files: number[] = [];
     await expect(
-      runHessianChunk(work, plan, 0, runner, {
+      runHessianChunks(work, plan, [0], runner, {
         signal: ctl.signal,
         onProgress: ({ done }) => {
           files.push(readdirSync(join(work, 'hessian-chunks')).length);
@@ -419,14 +448,14 @@ describe('progress within a layer and options objects', () => {
     const events: string[] = [];
     const onProgress = ({ done, total }: { done: number; total: number }) =>
       void events.push(`${done}/${total}`);
-    expect(await runHessianChunk(work, plan, 0, runner, { onProgress })).toBe('computed');
+    expect(await runHessianChunks(work, plan, [0], runner, { onProgress })).toEqual(['computed']);
     expect(events).toEqual(['1/3', '2/3', '3/3']);
-    expect(await runHessianChunk(work, plan, 0, runner, { onProgress })).toBe('cached');
+    expect(await runHessianChunks(work, plan, [0], runner, { onProgress })).toEqual(['cached']);
     expect(events).toHaveLength(3);
-    await expect(runHessianChunk(work, plan, 1, runner, ctl.signal as never)).rejects.toSatisfy(
+    await expect(runHessianChunks(work, plan, [1], runner, ctl.signal as never)).rejects.toSatisfy(
       (e: unknown) =>
         isCalderaError(e, 'E_VALUE') &&
-        / runHessianChunk: options must be an object/.test((e as Error).message),
+        / runHessianChunks: options must be an object/.test((e as Error).message),
     );
   });
 });

@@ -321,7 +321,7 @@ function chunkFile(workDir: string, key: string, block: number): string {
   return join(workDir, 'hessian-chunks', `${key}-b${String(block).padStart(4, '0')}.safetensors`);
 }
 
-/** Options of {@link accumulateHessians} and {@link runHessianChunk}. */
+/** Options of {@link accumulateHessians} and {@link runHessianChunks}. */
 export interface AccumulateOptions {
   /**
    * Stops the work with `E_ABORTED`: checked before every window, after a turn of the event loop, so that a timer or a
@@ -346,27 +346,47 @@ export async function accumulateHessians(
   assertObject(runner, 'accumulateHessians', 'runner', 'a ModelRunner');
   assertObject(windows, 'accumulateHessians', 'windows', 'an array of token windows');
   assertFunction(onBlock, 'accumulateHessians', 'onBlock');
-  const { signal, onProgress } = optionsOf(options, 'accumulateHessians');
-  let hidden = windows.map((w) => runner.embed(w));
+  await accumulateGroups(
+    runner,
+    [windows],
+    (b, _, accs) => onBlock(b, accs),
+    optionsOf(options, 'accumulateHessians'),
+  );
+}
+
+/**
+ * {@link accumulateHessians} for several groups of windows at once, each group's sums kept apart: every block is entered
+ * once for all groups, and `onBlock` gets each group's accumulators of the block in turn (one group's in memory at a
+ * time). A group's sums are those `accumulateHessians` gives for its windows alone, to the bit: the same rows are added
+ * in the same order.
+ */
+async function accumulateGroups(
+  runner: ModelRunner,
+  groups: readonly (readonly Int32Array[])[],
+  onBlock: (block: number, group: number, accs: Map<string, HessianAccumulator>) => Promise<void> | void,
+  { signal, onProgress }: AccumulateOptions,
+): Promise<void> {
+  const hidden = groups.map((windows) => windows.map((w) => runner.embed(w)));
   for (let b = 0; b < runner.numBlocks; b++) {
-    let accs: Map<string, HessianAccumulator>;
     try {
       await runner.enterBlock?.(b, signal);
-      const captured = await captureBlock(
-        runner,
-        b,
-        runner.linears(b),
-        hidden,
-        windows,
-        signal,
-        'Hessian accumulation',
-      );
-      accs = captured.accs;
-      hidden = captured.outputs;
+      const linears = runner.linears(b);
+      for (let g = 0; g < groups.length; g++) {
+        const captured = await captureBlock(
+          runner,
+          b,
+          linears,
+          hidden[g]!,
+          groups[g]!,
+          signal,
+          'Hessian accumulation',
+        );
+        hidden[g] = captured.outputs;
+        await onBlock(b, g, captured.accs);
+      }
     } finally {
       runner.leaveBlock?.(b);
     }
-    await onBlock(b, accs);
     onProgress?.({ done: b + 1, total: runner.numBlocks });
   }
 }
@@ -380,46 +400,56 @@ export async function hasHessianChunk(workDir: string, plan: HessianPlan, c: num
 }
 
 /**
- * Phase-1 job: the partial sums of chunk `c` (through the original model `runner`), one atomic file per block.
- * Idempotent: a chunk already on disk is not recomputed (and reports no progress). `onProgress` follows the chunk's
- * blocks, each counted once its file is written.
+ * Phase-1 job: the partial sums of the plan's chunks `chunks` (through the original model `runner`), one atomic file
+ * per chunk and block. The chunks not yet on disk run together, block by block, so the model is read once however many
+ * there are (their hidden states are held together: one chunk's worth each); every chunk's files are the bytes that
+ * running it alone writes. Idempotent: a chunk already on disk is not recomputed. Returns, for each of `chunks`, whether
+ * it was `'cached'` or `'computed'`. `onProgress` follows the blocks, each counted once the files of all running chunks
+ * are written (nothing is reported when every chunk is cached).
  */
-export async function runHessianChunk(
+export async function runHessianChunks(
   workDir: string,
   plan: HessianPlan,
-  c: number,
+  chunks: readonly number[],
   runner: ModelRunner,
   options: AccumulateOptions = {},
-): Promise<'cached' | 'computed'> {
-  assertObject(plan, 'runHessianChunk', 'plan', 'a HessianPlan');
-  assertObject(runner, 'runHessianChunk', 'runner', 'a ModelRunner');
-  const { signal, onProgress } = optionsOf(options, 'runHessianChunk');
-  const chunk = plan.chunks[c];
-  if (!chunk)
-    throw new CalderaError('E_VALUE', `Hessian chunk ${c} is not in the plan (${plan.chunks.length})`);
-  if (await hasHessianChunk(workDir, plan, c)) return 'cached';
+): Promise<('cached' | 'computed')[]> {
+  assertObject(plan, 'runHessianChunks', 'plan', 'a HessianPlan');
+  assertObject(chunks, 'runHessianChunks', 'chunks', 'an array of chunk indices');
+  assertObject(runner, 'runHessianChunks', 'runner', 'a ModelRunner');
+  const opts = optionsOf(options, 'runHessianChunks');
+  for (const c of chunks)
+    if (!Number.isInteger(c) || !plan.chunks[c])
+      throw new CalderaError('E_VALUE', `Hessian chunk ${c} is not in the plan (${plan.chunks.length})`);
+  const results: ('cached' | 'computed')[] = [];
+  for (const c of chunks) results.push((await hasHessianChunk(workDir, plan, c)) ? 'cached' : 'computed');
+  const todo = [...new Set(chunks.filter((_, i) => results[i] === 'computed'))];
+  if (todo.length === 0) return results;
   if (runner.numBlocks !== plan.numBlocks)
     throw new CalderaError('E_VALUE', `model has ${runner.numBlocks} blocks, the plan ${plan.numBlocks}`);
   await mkdir(join(workDir, 'hessian-chunks'), { recursive: true });
-  const windows = plan.windows.slice(chunk.start, chunk.end).map((w) => Int32Array.from(w));
-  await accumulateHessians(
+  const groups = todo.map((c) => {
+    const { start, end } = plan.chunks[c]!;
+    return plan.windows.slice(start, end).map((w) => Int32Array.from(w));
+  });
+  await accumulateGroups(
     runner,
-    windows,
-    async (b, accs) => {
+    groups,
+    async (b, g, accs) => {
       const tensors: Record<string, Tensor> = {};
       const counts: Record<string, number> = {};
       for (const [key, acc] of accs) {
         tensors[key] = tensor('f64', [acc.n, acc.n], acc.sum);
         counts[key] = acc.count;
       }
-      await writeSafetensors(chunkFile(workDir, chunk.key, b), tensors, {
+      await writeSafetensors(chunkFile(workDir, plan.chunks[todo[g]!]!.key, b), tensors, {
         metadata: { counts: JSON.stringify(counts) },
-        ...(signal ? { signal } : {}),
+        ...(opts.signal ? { signal: opts.signal } : {}),
       });
     },
-    { ...(signal ? { signal } : {}), ...(onProgress ? { onProgress } : {}) },
+    opts,
   );
-  return 'computed';
+  return results;
 }
 
 /**

@@ -61,3 +61,40 @@ export class ToyRunner implements ModelRunner {
     this.weights.set(name, r.tensors.weight as Tensor<'f32'>);
   }
 }
+
+/** A ToyRunner that holds one block at a time: using a block it has not entered (or has left) throws. */
+export class OneBlockRunner extends ToyRunner {
+  events: string[] = [];
+  entered: number | null = null;
+  private check(name: string | number): void {
+    const b = typeof name === 'number' ? name : Number(/^b(\d+)\./.exec(name)![1]);
+    if (b !== this.entered) throw new Error(`block ${b} used while block ${this.entered} is entered`);
+  }
+  async enterBlock(b: number): Promise<void> {
+    await Promise.resolve();
+    if (this.entered !== null) throw new Error(`block ${b} entered before block ${this.entered} was left`);
+    this.entered = b;
+    this.events.push(`enter ${b}`);
+  }
+  leaveBlock(b: number): void {
+    if (this.entered === b) this.entered = null;
+    this.events.push(`leave ${b}`);
+  }
+  override weight(name: string) {
+    this.check(name);
+    return super.weight(name);
+  }
+  override runBlock(
+    block: number,
+    hidden: Float32Array,
+    tokens: number,
+    capture?: (k: string, x: Float32Array, rows: number) => void,
+  ) {
+    this.check(block);
+    return super.runBlock(block, hidden, tokens, capture);
+  }
+  override replaceLinear(name: string, r: LinearReplacement): void {
+    this.check(name);
+    super.replaceLinear(name, r);
+  }
+}

@@ -30,7 +30,7 @@ import {
   readHessianPlan,
   readManifest,
   reduceHessianChunks,
-  runHessianChunk,
+  runHessianChunks,
   sampleWindows,
   sha256Hex,
   shardJobs,
@@ -38,6 +38,7 @@ import {
   writeManifest,
   type BlockStore,
   type CompressProgress,
+  type HessianPlan,
   type HashModelOptions,
   type JobManifest,
   type LayerResult,
@@ -585,16 +586,17 @@ export async function compressCommand(a: Args): Promise<number> {
     // propagate 'original': phase 1 (Hessian chunks), the manifest, phase 2 (matrix jobs), then assemble
     const work = resolve(`${out}.work`);
     // progress of a phase, aggregated over every process that works on it (ETA from this phase's rate so far), and,
-    // where this process runs a job itself, within that job: `within.fraction` of it done, `within.fields` logged
-    // (e.g. { layer, layerFraction }), `within.label` on the bar
+    // where this process runs work itself, within that work: `within.fraction` of it done (it is `within.jobs` jobs,
+    // default 1), `within.fields` logged (e.g. { layer, layerFraction }), `within.label` on the bar
     const phaseStart = new Map<string, { t: number; done: number }>();
-    type Within = { fraction: number; fields: Record<string, string | number>; label: string };
+    type Within = { fraction: number; jobs?: number; fields: Record<string, string | number>; label: string };
     const report = (phase: string, done: number, total: number, within?: Within) => {
       // the rate counts whole jobs, from the first one reported finished
       let s0 = phaseStart.get(phase);
       if (!s0 && !within) phaseStart.set(phase, (s0 = { t: performance.now(), done }));
       const rate = s0 ? (done - s0.done) / ((performance.now() - s0.t) / 1000) : 0;
-      const eta = rate > 0 ? Math.max(0, total - done - (within?.fraction ?? 0)) / rate : undefined;
+      const running = within ? within.fraction * (within.jobs ?? 1) : 0;
+      const eta = rate > 0 ? Math.max(0, total - done - running) / rate : undefined;
       // a job's last step is followed at once by its 'done' report, which the bar would then hold back (200 ms)
       if (within?.fraction !== 1) bar.update(done, total, eta, within ? `${phase} ${within.label}` : phase);
       ctx.log({
@@ -645,23 +647,30 @@ export async function compressCommand(a: Args): Promise<number> {
           log: ctx.log,
         });
       } else {
-        // a shard computes its own chunks first, then any chunk no other shard has written yet (never waits)
+        // a shard computes its own chunks first, then any chunk no other shard has written yet (never waits); each
+        // pass runs its chunks together, reading the source once
         const own = shard ? all.filter((c) => c % shard.count === shard.index) : all;
-        const order = [...own, ...all.filter((c) => !own.includes(c))];
+        const others = all.filter((c) => !own.includes(c));
         let done = 0;
-        for (const c of order) {
-          if (!own.includes(c) && (await hasHessianChunk(work, plan, c))) continue;
-          const r = await runHessianChunk(work, plan, c, sourceModel, {
+        for (const pass of [own, others]) {
+          const chunks = pass === own ? own : await missingChunks(work, plan, others);
+          if (chunks.length === 0) {
+            done += pass.length;
+            continue;
+          }
+          const results = await runHessianChunks(work, plan, chunks, sourceModel, {
             signal: ctl.signal,
             onProgress: ({ done: b, total: blocks }) =>
-              report('hessian', done, order.length, {
+              report('hessian', done, all.length, {
                 fraction: b / blocks,
-                fields: { chunk: c, chunkFraction: b / blocks },
-                label: `chunk ${c}: ${b}/${blocks} blocks`,
+                jobs: chunks.length,
+                fields: { chunks: chunks.join(','), chunkFraction: b / blocks },
+                label: `chunk${chunks.length > 1 ? 's' : ''} ${chunks.join(',')}: ${b}/${blocks} blocks`,
               }),
           });
-          ctx.log({ event: 'hessian-chunk', chunk: c, result: r });
-          report('hessian', ++done, order.length);
+          chunks.forEach((c, i) => ctx.log({ event: 'hessian-chunk', chunk: c, result: results[i] }));
+          done += pass.length;
+          report('hessian', done, all.length);
         }
       }
       hessians = await reduceHessianChunks(work, plan, { signal: ctl.signal });
@@ -807,6 +816,13 @@ export async function mergeCommand(a: Args): Promise<number> {
     manifest,
   );
   return 0;
+}
+
+/** The chunks of `chunks` whose partial sums are not (yet) all on disk. */
+async function missingChunks(work: string, plan: HessianPlan, chunks: readonly number[]): Promise<number[]> {
+  const missing: number[] = [];
+  for (const c of chunks) if (!(await hasHessianChunk(work, plan, c))) missing.push(c);
+  return missing;
 }
 
 /** The widths a checkpoint and its report record: Q's, and L's and R's where the method has them (rank > 0). */

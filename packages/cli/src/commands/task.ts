@@ -4,7 +4,7 @@ import {
   hasHessianChunk,
   readHessianPlan,
   readManifest,
-  runHessianChunk,
+  runHessianChunks,
 } from '@caldera/calibrate';
 import type { Pool } from '@caldera/linalg';
 import { BlockLazyRunner } from '@caldera/runtime-node';
@@ -15,7 +15,7 @@ export type QueueTask =
   | { kind: 'matrix'; work: string; id: string; label: string };
 
 /**
- * Execute one task with the same functions the single-process and sharded modes use (runHessianChunk,
+ * Execute one task with the same functions the single-process and sharded modes use (runHessianChunks,
  * executeMatrixJob). Idempotent: outputs are named by content hash and written atomically.
  */
 export async function runTask(
@@ -25,13 +25,20 @@ export async function runTask(
   if (task.kind === 'hessian') {
     const plan = await readHessianPlan(task.work);
     if (await hasHessianChunk(task.work, plan, task.index)) return 'cached';
-    // the source one block at a time (runHessianChunk enters and leaves each), not the whole model
+    // the source one block at a time (runHessianChunks enters and leaves each), not the whole model
     const runner = await BlockLazyRunner.open(plan.model, {
       ...(pool ? { pool } : {}),
       ...(signal ? { signal } : {}),
     });
     try {
-      return await runHessianChunk(task.work, plan, task.index, runner, signal ? { signal } : {});
+      const [result] = await runHessianChunks(
+        task.work,
+        plan,
+        [task.index],
+        runner,
+        signal ? { signal } : {},
+      );
+      return result!;
     } finally {
       await runner.close();
     }
