@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { cast, openSafetensors, writeSafetensors, type Tensor } from '@caldera/core';
 import { calderaCheckpointMeta } from '@caldera/lowrank';
 import { referenceModelDir } from '@caldera/reference-model';
-import { loadModel } from '@caldera/runtime-node';
+import { loadModel, type MemoryPlan } from '@caldera/runtime-node';
 import { COMMANDS, main, specOf } from './cli.js';
 import { chooseRanks } from './commands/ranks.js';
 
@@ -310,6 +310,7 @@ describe('caldera command lines', () => {
       layers: { kind: string; bitsPerWeight: number; shape: string }[];
       linearBytes: number;
       linearMemoryBytes: number;
+      memoryBytes: number;
       linearBitsPerWeight: number;
     };
     const params = info.layers.reduce(
@@ -324,8 +325,12 @@ describe('caldera command lines', () => {
     expect(info.layers.every((l) => l.kind === 'bf16' && l.bitsPerWeight === 16)).toBe(true);
     expect(info.linearBytes).toBe(2 * params);
     expect(info.linearBitsPerWeight).toBe(16);
-    // in memory: as runtime-node holds the layers (it keeps bf16 as stored, 16 bits; it once widened it to f32)
-    expect(info.linearMemoryBytes).toBe((await loadModel(dir)).model.linearBytes());
+    // in memory: as runtime-node holds the layers (it keeps bf16 as stored, 16 bits; it once widened it to f32) —
+    // its memory plan, whose bytes memory-plan.test.ts (runtime-node) measures on the loaded layers
+    let plan: MemoryPlan | undefined;
+    await loadModel(dir, { onPlan: (p) => (plan = p) });
+    expect(info.linearMemoryBytes).toBe(plan!.parts.linears);
+    expect(info.memoryBytes).toBe(plan!.weightBytes);
   });
   it('values checked before work: compress --seed and --length, train validation length, --tokenizer on a directory', async () => {
     const never = join(mkdtempSync(join(tmpdir(), 'caldera-follow-')), 'never-written');

@@ -16,11 +16,33 @@ function inspectJson(dir: string) {
 }
 
 /**
+ * Bytes of the distinct `ArrayBuffer`s (WebAssembly memories' included) reachable from `roots` through own properties:
+ * what loaded objects hold, measured independently of the memory plan (as runtime-node's `testing/held-bytes.ts`).
+ */
+function heldBytes(...roots: unknown[]): number {
+  const seen = new Set<object>();
+  const buffers = new Set<ArrayBufferLike>();
+  const visit = (v: unknown): void => {
+    if (v === null || typeof v !== 'object' || seen.has(v)) return;
+    seen.add(v);
+    if (ArrayBuffer.isView(v)) buffers.add(v.buffer);
+    else if (v instanceof ArrayBuffer) buffers.add(v);
+    else for (const x of Object.values(v)) visit(x);
+  };
+  for (const r of roots) visit(r);
+  return [...buffers].reduce((s, b) => s + b.byteLength, 0);
+}
+
+/**
  * What `inspect` reported when it loaded the model (runtime-node's `loadModel`): the layers' storage as the loaded
- * layers count it (a dense layer in the file: its stored dtype's bytes), the config as the loader parsed it.
+ * layers count it (a dense layer in the file: its stored dtype's bytes), the config as the loader parsed it, and the
+ * memory the loaded weights hold, measured on them (every layer's arrays and kernel memory, exact to the byte).
  */
 async function loadedReport(dir: string, stored: 'f32' | 'f16' | 'bf16') {
   const { model, config, calderaMeta } = await loadModel(dir);
+  const names = Array.from({ length: config.numLayers }, (_, b) =>
+    blockLinearNames(b).map((l) => l.name),
+  ).flat();
   const size = { f32: 4, f16: 2, bf16: 2 }[stored];
   let linearBytes = 0;
   const layers = Array.from({ length: config.numLayers }, (_, b) =>
@@ -43,7 +65,8 @@ async function loadedReport(dir: string, stored: 'f32' | 'f16' | 'bf16') {
     format: calderaMeta ? 'caldera' : 'huggingface',
     config: JSON.parse(JSON.stringify(config)),
     linearBytes,
-    linearMemoryBytes: model.linearBytes(),
+    linearMemoryBytes: names.reduce((sum, name) => sum + heldBytes(model.linear(name)), 0),
+    memoryBytes: heldBytes(model.weights),
     layers,
   };
 }

@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Rng } from '@caldera/core';
-import { loadTokenizer } from '@caldera/runtime-node';
+import { loadTokenizer, planLlama2cMemory } from '@caldera/runtime-node';
 import { runCli } from './test-cli.js';
 import { writeTinyModel } from './test-models.js';
 
@@ -55,6 +55,9 @@ describe('caldera generate / eval / inspect', () => {
       kind: 'f32',
     });
     expect(info.fileBytes).toBe(readFileSync(model).length);
+    // in memory: runtime-node's plan for the file (which its llama2c test measures on the loaded model)
+    const plan = planLlama2cMemory(info.config);
+    expect(info).toMatchObject({ memoryBytes: plan.weightBytes, linearMemoryBytes: plan.parts.linears });
     // header only: no tokenizer needed, and weights are not read (a NaN weight does not matter to inspect)
     const bare = join(mkdtempSync(join(tmpdir(), 'caldera-cli-bare-')), 'model.bin');
     const bytes = readFileSync(model);

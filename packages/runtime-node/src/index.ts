@@ -3,6 +3,7 @@ export * from './linear.js';
 export * from './model.js';
 export { AttentionKernel, type AttentionShape } from './kernels/attention-kernel.js';
 export * from './load.js';
+export type { MemoryPlan } from './memory-plan.js';
 export {
   readModelLayout,
   type LinearLayout,

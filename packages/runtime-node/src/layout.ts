@@ -12,6 +12,8 @@ import {
 import { nodePath } from './node-builtins.js';
 import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
 import { checkPathArgument, readJsonFile } from './json-file.js';
+import { CalderaLinear, DenseF16Linear, DenseLinear } from './linear.js';
+import { heldDType, planMemory, type MemoryPlan } from './memory-plan.js';
 
 /** The float dtypes a weight may be stored as (safetensors `F64`, `F32`, `F16`, `BF16`), in lower case. */
 export type StoredFloatDType = 'f64' | 'f32' | 'f16' | 'bf16';
@@ -42,8 +44,13 @@ export type LinearLayout = {
    */
   bytes: number;
   /**
-   * Bytes of the weight as {@link loadModel} holds it with the layout's `dtype`: a compressed layer its `bytes`, a
-   * dense one 2 a weight when kept as f16/bf16 bits, else 4 (f32; f64 is narrowed).
+   * Bytes the layer holds resident once {@link loadModel} has loaded it with the layout's `dtype`: every array and
+   * WebAssembly memory it keeps, its f32 bias included. A dense layer: its matrix–vector kernel's memory, with W at
+   * 2 bytes a weight when kept as f16/bf16 bits, else 4 (f32; f64 is narrowed), in whole 64 KiB pages with the kernel's
+   * static data page and row buffers ({@link DenseLinear.memoryBytes}, {@link DenseF16Linear.memoryBytes}). A CALDERA
+   * layer: its fused kernel's memory (Q's codes, L̂ and R̂ decoded to f32, signs, row buffers) and what it keeps beside
+   * it (L and R as stored, the signs in f32), or the unfused layer's arrays ({@link CalderaLinear.memoryBytes}) — far
+   * more than `bytes` for a small layer, whose low-rank factors in f32 and 64 KiB pages dominate.
    */
   memoryBytes: number;
 } & (
@@ -68,6 +75,11 @@ export interface ModelLayout {
   linears: LinearLayout[];
   /** `model.norm.weight`. */
   norm: TensorLayout;
+  /**
+   * The memory the model's weights will hold once loaded with the layout's `dtype`, computed from the headers (what
+   * {@link LoadOptions.onPlan} receives): its `layers` are the linears' `memoryBytes`.
+   */
+  memory: MemoryPlan;
 }
 
 /** Options of {@link readModelLayout}. */
@@ -194,21 +206,20 @@ export async function layoutFromStore(
           inFeatures: n,
           bias,
           bytes,
-          memoryBytes: bytes,
+          memoryBytes: CalderaLinear.memoryBytes(meta, bias !== null),
           weight: null,
           caldera: meta,
         });
       } else {
         const weight = await floatTensor(store, `${name}.weight`, shape);
-        const half =
-          dtype === 'f16' || (dtype === 'auto' && (weight.dtype === 'f16' || weight.dtype === 'bf16'));
+        const held = heldDType(weight.dtype, dtype);
         linears.push({
           name,
           outFeatures: m,
           inFeatures: n,
           bias,
           bytes: weight.bytes,
-          memoryBytes: m * n * (half ? 2 : 4),
+          memoryBytes: (held === 'f32' ? DenseLinear : DenseF16Linear).memoryBytes(m, n, bias !== null),
           weight,
           caldera: null,
         });
@@ -218,7 +229,17 @@ export async function layoutFromStore(
       await floatTensor(store, `model.layers.${b}.${norm}.weight`, [d]);
   }
   const norm = await floatTensor(store, 'model.norm.weight', [d]);
-  return { dir, config, calderaMeta, embed, lmHead, linears, norm };
+  const memory = planMemory({
+    config,
+    embed: heldDType(embed.dtype, dtype),
+    head: { dtype: heldDType(lmHead.dtype, dtype), tied: lmHead === embed },
+    layers: linears.map((l) => ({
+      name: l.name,
+      kind: l.caldera ? 'caldera' : heldDType(l.weight.dtype, dtype),
+      bytes: l.memoryBytes,
+    })),
+  });
+  return { dir, config, calderaMeta, embed, lmHead, linears, norm, memory };
 }
 
 /**

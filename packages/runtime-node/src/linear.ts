@@ -1,6 +1,13 @@
-import { bf16ArrayToF32, CalderaError, f16ArrayToF32, tensor, type Tensor } from '@caldera/core';
-import { gemm, gemmInto, hadamardRowsInPlace, type Pool } from '@caldera/linalg';
-import { type Decomposition, latticeDecode } from '@caldera/lowrank';
+import {
+  bf16ArrayToF32,
+  CalderaError,
+  f16ArrayToF32,
+  tensor,
+  type CalderaLayerMeta,
+  type Tensor,
+} from '@caldera/core';
+import { gemm, gemmInto, hadamardFactor, hadamardRowsInPlace, type Pool } from '@caldera/linalg';
+import { codecBits, type Decomposition, latticeDecode } from '@caldera/lowrank';
 import { BatchWorkspace, poolOf } from './kernels/batch-workspace.js';
 import { CalderaKernel, groupMajorCodes, lowRankFactors, rowMajorCodes } from './kernels/caldera-kernel.js';
 import { e8pDecodeInto, e8pMatvecLut } from './kernels/e8p-lut.js';
@@ -21,6 +28,15 @@ const CALDERA_KERNEL_ROWS = 16;
  * layer: decoding and packing Q̂).
  */
 const CALDERA_BATCH_MIN_ROWS = 20;
+
+/**
+ * Bytes that {@link f32Product} or {@link halfProduct} holds for `W [m, n]`: the SIMD kernel's WebAssembly memory, or
+ * W's own array where the kernel is unavailable (`callerArray`: that array is also held elsewhere, so nothing more).
+ */
+function productBytes(kind: 'f32' | HalfFormat, m: number, n: number, callerArray = false): number {
+  const wasm = WasmMatrix.memoryBytes(kind, m, n, MATVEC_MAX_ROWS);
+  return wasm ?? (callerArray ? 0 : m * n * (kind === 'f32' ? 4 : 2));
+}
 
 /** Matrix–vector products `y = x·Wᵀ` (≤ {@link MATVEC_MAX_ROWS} rows) with a contiguous `W [m, n]`. */
 interface RowProduct<A extends Float32Array | Uint16Array> {
@@ -123,6 +139,15 @@ export class DenseLinear implements Linear {
     this.product = contiguous ? f32Product(weight.data, m, n) : null;
     this.weight = this.product ? { ...weight, data: this.product.weights } : weight;
   }
+  /**
+   * Bytes a `DenseLinear` of `W [m, n]` built from a contiguous weight holds resident: the SIMD kernel's WebAssembly
+   * memory (whole 64 KiB pages: its static data page, W in f32, buffers for 4 input and output rows), or W's f32 array
+   * where the kernel is unavailable; plus the f32 bias (`m` values) when it has one.
+   */
+  static memoryBytes(m: number, n: number, bias: boolean): number {
+    return productBytes('f32', m, n) + (bias ? m * 4 : 0);
+  }
+
   forward(x: Float32Array, rows: number, options: LinearRunOptions = {}): Float32Array {
     const { outFeatures: m, inFeatures: n } = this;
     checkInput('linear', x, rows, n);
@@ -213,6 +238,15 @@ export class DenseF16Linear implements Linear {
     this.weightBytes = bits.length * 2;
     this.product = halfProduct(format, bits, outFeatures, inFeatures);
     this.bits = this.product.weights;
+  }
+
+  /**
+   * Bytes a 16-bit layer of `W [m, n]` holds resident: the SIMD kernel's WebAssembly memory (whole 64 KiB pages: its
+   * static data page, W's 16-bit bits, buffers for 4 input and output rows), or the bits' array where the kernel is
+   * unavailable; plus the f32 bias (`m` values) when it has one. The same for f16 and bf16.
+   */
+  static memoryBytes(m: number, n: number, bias: boolean): number {
+    return productBytes('f16', m, n) + (bias ? m * 4 : 0);
   }
 
   /** W in f32 `[outFeatures, inFeatures]` (a new array; exact: every f16 and bf16 value is an f32 value). */
@@ -307,6 +341,51 @@ export class CalderaLinear implements Linear {
     this.ftL = ft ? tensor('f32', [mp, ft.rank], ft.l) : null;
     this.ftR = ft ? tensor('f32', [ft.rank, np], ft.r) : null;
     this.weightBytes = Math.ceil((d.bitsPerWeight * this.inFeatures * this.outFeatures) / 8);
+  }
+
+  /**
+   * Bytes a `CalderaLinear` built from the checkpoint tensors of `layer` (its `caldera.json` entry, as the loaders read
+   * it with `fromCheckpointTensors`) holds resident, with an f32 bias of `m` values when `bias`:
+   * - fused (2-bit Q, no LoRA part, WebAssembly SIMD: {@link CalderaLinear.fused}): the kernel's WebAssembly memory
+   *   (whole 64 KiB pages: static data, E8P tables, Q's codes group-major, L̂ and R̂ decoded to f32, the signs, the
+   *   block-mixing matrices, buffers for 16 rows), and beside it the decomposition without Q's planes — L and R as
+   *   stored (code planes, or f32 for an f16 factor), SU and SV in f32 (ones when the layer has no rotation) — and the
+   *   two K×K block-mixing matrices of the Hadamard sizes in f32;
+   * - otherwise: the whole decomposition (Q's planes, L and R as stored, SU/SV in f32 with a rotation, the LoRA pair in
+   *   f32), 2-bit Q's codes again group-major, and L̂ `[mp, k]` and R̂ `[k, np]` in f32 for the matrix–vector kernel
+   *   (each in its WebAssembly memory, or a plain array without SIMD; an f16 R then shares the decomposition's array).
+   * The E8P tables shared by all layers are not counted.
+   */
+  static memoryBytes(layer: CalderaLayerMeta, bias: boolean): number {
+    const [m] = layer.shape;
+    const [mp, np] = layer.padded;
+    const kf = layer.ftRank ?? 0;
+    const k = layer.rank - kf;
+    const qBits = codecBits(layer.codecs.Q);
+    // u16 codes per group of 8, and a residual plane: u16 (rvq4) or u8 (rvq3)
+    const planes = (codec: string, groups: number) =>
+      groups * (2 + (codec.includes('rvq3') ? 1 : codec.includes('rvq') ? 2 : 0));
+    const factor = (f: 'L' | 'R', dim: number) =>
+      k === 0 ? 0 : layer.codecs[f] === 'f16' ? k * dim * 4 : planes(layer.codecs[f], (k * dim) / 8);
+    const stored = factor('L', mp) + factor('R', np) + kf * (mp + np) * 4 + (bias ? m * 4 : 0);
+    const shape = {
+      shape: layer.shape,
+      padded: layer.padded,
+      rank: k,
+      hadamard: layer.hadamard,
+      qBits,
+      ftRank: kf,
+    };
+    const kernel = CalderaKernel.memoryBytes(shape, CALDERA_KERNEL_ROWS);
+    if (kernel !== null) {
+      const mix = (n: number) => (layer.hadamard ? (hadamardFactor(n)?.K ?? 0) ** 2 * 4 : 0);
+      return kernel + stored + (np + mp) * 4 + mix(np) + mix(mp);
+    }
+    const q = planes(layer.codecs.Q, (mp * np) / 8) + (qBits === 2 ? (mp * np) / 4 : 0);
+    const signs = layer.hadamard ? (np + mp) * 4 : 0;
+    const lowRank =
+      k === 0 ? 0 : productBytes('f32', k, np, layer.codecs.R === 'f16') + productBytes('f32', mp, k);
+    return stored + q + signs + lowRank;
   }
 
   /**

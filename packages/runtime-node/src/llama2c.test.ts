@@ -3,8 +3,10 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Rng, tensor, type Tensor } from '@caldera/core';
-import { Llama2cTokenizer, loadLlama2c, readLlama2cLayout } from './llama2c.js';
+import { Llama2cTokenizer, loadLlama2c, planLlama2cMemory, readLlama2cLayout } from './llama2c.js';
 import { DenseF16Linear } from './linear.js';
+import type { MemoryPlan } from './memory-plan.js';
+import { heldBytes } from './testing/held-bytes.js';
 import { referenceLogits } from './testing/reference.js';
 
 const dim = 16;
@@ -140,6 +142,37 @@ describe('llama2.c import', () => {
     // weights of std 0.3 rounded to f16 (relative 2⁻¹¹) through two layers: well under 1 % of the logit scale
     for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(0.01 * max);
     await expect(loadLlama2c(path, { dtype: 'bf16' as never })).rejects.toThrow(/dtype must be/);
+  });
+
+  it('onPlan states what the loaded model holds (tied and untied, f32 and f16), before any weight is read', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-l2c-plan-'));
+    for (const untied of [false, true]) {
+      const path = join(dir, `model-${untied}.bin`);
+      await writeFile(path, build(untied).bin);
+      for (const dtype of ['auto', 'f16'] as const) {
+        const plans: MemoryPlan[] = [];
+        const { model, config } = await loadLlama2c(path, { dtype, onPlan: (p) => plans.push(p) });
+        expect(plans).toHaveLength(1);
+        // exact: every weight array and kernel memory the model keeps (an untied f32 classifier once, not twice)
+        const head = (model as unknown as { head: unknown }).head;
+        expect(heldBytes(model.weights, head), `untied ${untied}, ${dtype}`).toBe(plans[0]!.weightBytes);
+        expect(heldBytes(head)).toBe(plans[0]!.parts.lmHead);
+        expect(planLlama2cMemory(config, dtype)).toEqual(plans[0]);
+        // refused in onPlan: nothing read (no progress), the error rethrown
+        let progress = 0;
+        const refuse = () => {
+          throw new Error('over budget');
+        };
+        await expect(
+          loadLlama2c(path, { dtype, onPlan: refuse, onProgress: () => progress++ }),
+        ).rejects.toThrow('over budget');
+        const ac = new AbortController();
+        await expect(
+          loadLlama2c(path, { signal: ac.signal, onPlan: () => ac.abort(), onProgress: () => progress++ }),
+        ).rejects.toThrow(/E_ABORTED/);
+        expect(progress).toBe(0);
+      }
+    }
   });
 
   it('tokenizer.bin: BPE by score with dummy prefix and byte fallback; decode inverts encode', () => {

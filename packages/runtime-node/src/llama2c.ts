@@ -2,12 +2,14 @@ import {
   assertFinite,
   CalderaError,
   f32ArrayToF16,
+  linearShape,
   openFileSource,
   tensor,
   throwIfAborted,
 } from '@caldera/core';
 import { nodeFs } from './node-builtins.js';
-import { parseModelConfig, type ModelConfig } from './config.js';
+import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
+import { planMemory, type MemoryPlan } from './memory-plan.js';
 import { DenseF16Linear, DenseLinear, type Linear } from './linear.js';
 import { LlamaModel, type BlockWeights, type LlamaModelOptions } from './model.js';
 import { checkPathArgument } from './json-file.js';
@@ -130,6 +132,28 @@ export async function readLlama2cLayout(path: string): Promise<Llama2cLayout> {
   }
 }
 
+/**
+ * The memory plan of a llama2.c checkpoint loaded with `dtype` ({@link Llama2cLoadOptions.dtype}), from its config
+ * alone: linears and classifier f32 (or f16 with `'f16'`), the embedding and norms f32. A shared classifier is the
+ * embedding's table when f32 (held once), an f16 copy beside the f32 embedding with `'f16'`.
+ */
+export function planLlama2cMemory(config: ModelConfig, dtype: 'auto' | 'f32' | 'f16' = 'auto'): MemoryPlan {
+  const half = dtype === 'f16';
+  const layers = Array.from({ length: config.numLayers }, (_, b) =>
+    blockLinearNames(b).map(({ name }) => {
+      const [m, n] = linearShape(config, name.slice(name.lastIndexOf('.') + 1));
+      const bytes = half ? DenseF16Linear.memoryBytes(m, n, false) : DenseLinear.memoryBytes(m, n, false);
+      return { name, kind: half ? ('f16' as const) : ('f32' as const), bytes };
+    }),
+  ).flat();
+  return planMemory({
+    config,
+    embed: 'f32',
+    head: { dtype: half ? 'f16' : 'f32', tied: !half && config.tieWordEmbeddings },
+    layers,
+  });
+}
+
 /** Options of {@link loadLlama2c}. */
 export interface Llama2cLoadOptions extends LlamaModelOptions {
   /**
@@ -137,6 +161,12 @@ export interface Llama2cLoadOptions extends LlamaModelOptions {
    * to f16: half the memory; a value beyond f16's range is `E_VALUE`). The embedding and norms stay f32.
    */
   dtype?: 'auto' | 'f32' | 'f16';
+  /**
+   * Called once with the memory plan ({@link planLlama2cMemory}) after the header is checked, before any weight is
+   * read, as {@link LoadOptions.onPlan}: an error it throws stops loading and is rethrown, an abort of `signal` it
+   * makes stops loading with `E_ABORTED`.
+   */
+  onPlan?: (plan: MemoryPlan) => void;
   /** Abort between tensors (`E_ABORTED`, the signal's reason as its cause). */
   signal?: AbortSignal;
   /**
@@ -160,7 +190,7 @@ export async function loadLlama2c(
 ): Promise<{ model: LlamaModel; config: ModelConfig }> {
   checkPathArgument(path, 'loadLlama2c', 'the checkpoint path');
   options ??= {}; // from JavaScript: null options are none
-  const { signal, onProgress, dtype = 'auto', ...modelOptions } = options;
+  const { signal, onProgress, onPlan, dtype = 'auto', ...modelOptions } = options;
   if (dtype !== 'auto' && dtype !== 'f32' && dtype !== 'f16')
     throw new CalderaError(
       'E_VALUE',
@@ -174,6 +204,9 @@ export async function loadLlama2c(
       await source.read(0, Math.min(28, source.size)),
       source.size,
     );
+    onPlan?.(planLlama2cMemory(config, dtype));
+    // an onPlan that decided against this model aborts before any weight is read
+    throwIfAborted(signal, 'loading');
     const { dim, hidden, layers, heads, kvHeads, vocab } = header;
     const sizes = sectionFloats(header);
     const hd = dim / heads;

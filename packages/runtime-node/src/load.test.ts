@@ -364,9 +364,11 @@ describe('loadModel', () => {
       weight: { dtype: 'bf16', shape: [40, 32] },
       bytes: 40 * 32 * 2,
     });
-    expect(up.memoryBytes).toBe(40 * 32 * 2);
+    // as held: the 16-bit (or f32) matrix–vector kernel's memory, whole 64 KiB pages (memory-plan.test.ts measures it)
+    expect(up.memoryBytes).toBe(DenseF16Linear.memoryBytes(40, 32, false));
     const wide = (await readModelLayout(dir, { dtype: 'f32' })).linears.find((l) => l.name === up.name)!;
-    expect(wide.memoryBytes).toBe(40 * 32 * 4);
+    expect(wide.memoryBytes).toBe(DenseLinear.memoryBytes(40, 32, false));
+    expect(q.memoryBytes).toBe(CalderaLinear.memoryBytes(layer, false));
     await expect(loadModel(dir)).rejects.toThrow(/E_VALUE.*layers\.1\.mlp\.gate_proj\.weight/);
     // a structural fault in the last block fails before any tensor is read: the signal is checked once, at the start
     t['model.layers.1.mlp.gate_proj.weight'] = raw['model.layers.1.mlp.gate_proj.weight']!;

@@ -17,6 +17,7 @@ import { checkPathArgument } from './json-file.js';
 import { embeddingAndHead, readFloat, readHeld } from './held.js';
 import { layoutFromStore, openModelLayout, type ModelLayout, type TensorLayout } from './layout.js';
 import { LlamaModel, type BlockWeights } from './model.js';
+import type { MemoryPlan } from './memory-plan.js';
 
 /** A loaded model with where it came from. */
 export interface LoadedModel {
@@ -57,6 +58,14 @@ export interface LoadOptions {
    * `blocks` (`config.json`'s `num_hidden_layers`), so the last call has `block === blocks`.
    */
   onProgress?: (e: { block: number; blocks: number }) => void;
+  /**
+   * Called once with the memory plan before any weight is read (as runtime-webgpu's loaders): the bytes the loaded
+   * model's weights will hold, in total and per part ({@link MemoryPlan}), computed from `config.json`, `caldera.json`
+   * and the safetensors headers after the structure is checked ({@link loadModelFromUrl}: before any tensor data is
+   * downloaded). An error it throws stops loading and is rethrown; an abort of `signal` it makes stops loading with
+   * `E_ABORTED`: either way no weight has been read or allocated — a caller's own memory budget can refuse a model.
+   */
+  onPlan?: (plan: MemoryPlan) => void;
   /** Abort between tensors: loading then fails with `E_ABORTED` (the signal's reason as its cause). */
   signal?: AbortSignal;
 }
@@ -144,6 +153,9 @@ async function loadFromLayout(
   const dtype = options.dtype ?? 'auto';
   const { config } = layout;
   throwIfAborted(signal, 'loading');
+  options.onPlan?.(layout.memory);
+  // an onPlan that decided against this model aborts before any tensor is read
+  throwIfAborted(signal, 'loading');
   const store = abortableStore(opened, signal);
   const { hiddenSize: d, vocabSize: V } = config;
   const embed = await readHeld(store, layout.embed.name, dtype);
@@ -165,7 +177,8 @@ async function loadFromLayout(
  * tensor, their values checked (finite), and kept as stored (f32, or f16/bf16 bits with `dtype` 'auto'; see
  * {@link LoadOptions.dtype}) or as codes (CALDERA layers). Missing or malformed tensors fail with a CalderaError naming
  * them; a `dir` that is not a string (null, undefined) is `E_VALUE`, and null `options` count as none. `signal` is
- * checked before each tensor is read (`E_ABORTED`), `onProgress` called after each block.
+ * checked before each tensor is read (`E_ABORTED`), `onPlan` called once before the first, `onProgress` after each
+ * block.
  */
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
   checkPathArgument(dir, 'loadModel', 'the model directory');

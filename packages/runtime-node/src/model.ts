@@ -217,8 +217,10 @@ export class LlamaModel {
     else {
       const head = new DenseLinear(weights.lmHead);
       this.head = head;
-      // a tied f32 head: the embedding lookup reads the head's copy, so the table is held once
-      if (weights.lmHead === weights.embed) weights = { ...weights, embed: head.weight, lmHead: head.weight };
+      // the head's weight is the kernel's copy from now on (the caller's array is not kept beside it); a tied f32 head:
+      // the embedding lookup reads that copy too, so the table is held once
+      const tied = weights.lmHead === weights.embed;
+      weights = { ...weights, lmHead: head.weight, ...(tied ? { embed: head.weight } : {}) };
     }
     this.weights = weights;
   }

@@ -4,8 +4,10 @@ import {
   generate,
   HfTokenizer,
   perplexity,
+  planLlama2cMemory,
   readLlama2cLayout,
   readModelLayout,
+  type MemoryPlan,
 } from '@caldera/runtime-node';
 import {
   checkFlag,
@@ -227,7 +229,9 @@ async function generateText(
 
 export const inspectHelp = `caldera inspect [model] [--json]
 Architecture, parameter count, bits per weight per layer and file size of a model, Caldera checkpoint or llama2.c .bin.
-Dense layers are reported as stored in the file (f32, f16 or bf16), whatever the runtime holds them as in memory.
+Dense layers are reported as stored in the file (f32, f16 or bf16), whatever the runtime holds them as in memory;
+"in memory" is what runtime-node's loader holds resident for the weights (its memory plan: a CALDERA layer's codes,
+L and R decoded to f32 and signs in its kernel's memory, dense layers in their kernels' memory, embedding, norms).
 Nothing but the headers is read: a directory is described from config.json, caldera.json and the safetensors headers,
 a llama2.c .bin from its 28-byte header and its size (the weights' values are not checked: 'caldera eval' loads them).`;
 
@@ -242,7 +246,10 @@ interface InspectedLinear {
   error: number | null;
   /** Bytes of the weight in the file (a CALDERA layer: its codes, scales and signs, as the runtime counts them). */
   bytes: number;
-  /** Bytes of the weight as runtime-node holds it (dense f16 and bf16 as stored, f32 and f64 as f32). */
+  /**
+   * Bytes the layer holds resident once runtime-node has loaded it (`LinearLayout.memoryBytes`: dense f16 and bf16 as
+   * stored, f32 and f64 as f32, in the kernel's memory; a CALDERA layer's codes, L̂ and R̂ in f32, signs; the bias).
+   */
   memoryBytes: number;
 }
 
@@ -252,6 +259,8 @@ interface InspectedModel {
   fileBytes: number;
   format: OpenedModel['format'];
   layers: InspectedLinear[];
+  /** runtime-node's memory plan of the model (default dtype): what `loadModel`'s `onPlan` receives. */
+  memory: MemoryPlan;
 }
 
 /**
@@ -260,7 +269,7 @@ interface InspectedModel {
  * read, so a 7B model costs kilobytes, not its size in memory.
  */
 async function modelDirLayout(dir: string): Promise<InspectedModel> {
-  const { config, calderaMeta, linears } = await readModelLayout(dir);
+  const { config, calderaMeta, linears, memory } = await readModelLayout(dir);
   return {
     config,
     fileBytes: await weightFileBytes(dir),
@@ -275,12 +284,15 @@ async function modelDirLayout(dir: string): Promise<InspectedModel> {
       bytes: l.bytes,
       memoryBytes: l.memoryBytes,
     })),
+    memory,
   };
 }
 
 /** The layout of a llama2.c `.bin` from its header and size (runtime-node's `readLlama2cLayout`; all f32). */
 async function llama2cLayout(path: string): Promise<InspectedModel> {
   const { config, fileBytes } = await readLlama2cLayout(path);
+  const memory = planLlama2cMemory(config);
+  const memoryOf = new Map(memory.layers.map((l) => [l.name, l.bytes]));
   const layers = Array.from({ length: config.numLayers }, (_, b) =>
     blockLinearNames(b).map(({ name }): InspectedLinear => {
       const kind = name.slice(name.lastIndexOf('.') + 1);
@@ -293,11 +305,11 @@ async function llama2cLayout(path: string): Promise<InspectedModel> {
         rank: null,
         error: null,
         bytes: 4 * m * n,
-        memoryBytes: 4 * m * n,
+        memoryBytes: memoryOf.get(name)!,
       };
     }),
   ).flat();
-  return { config, fileBytes, format: 'llama2.c', layers };
+  return { config, fileBytes, format: 'llama2.c', layers, memory };
 }
 
 export async function inspectCommand(a: Args): Promise<number> {
@@ -307,6 +319,7 @@ export async function inspectCommand(a: Args): Promise<number> {
     fileBytes,
     format,
     layers: linears,
+    memory,
   } = path.endsWith('.bin') ? await llama2cLayout(path) : await modelDirLayout(path);
   let linearBytes = 0;
   let memoryBytes = 0;
@@ -339,8 +352,10 @@ export async function inspectCommand(a: Args): Promise<number> {
     fileBytes,
     linearBytes,
     linearBitsPerWeight: (linearBytes * 8) / linearParams,
-    /** Bytes of the linear weights as runtime-node holds them (f64 layers as f32). */
+    /** Bytes the linear layers hold resident in runtime-node (f64 layers as f32; see {@link InspectedLinear}). */
     linearMemoryBytes: memoryBytes,
+    /** Bytes all the weights hold resident in runtime-node (its memory plan's `weightBytes`). */
+    memoryBytes: memory.weightBytes,
     layers,
   };
   if (a.flags.has('json')) console.log(JSON.stringify(info));
@@ -350,7 +365,7 @@ export async function inspectCommand(a: Args): Promise<number> {
     );
     console.log(
       `parameters ${(params / 1e6).toFixed(2)} M, files ${(fileBytes / 1e6).toFixed(2)} MB, linear weights ${(linearBytes / 1e6).toFixed(2)} MB (${info.linearBitsPerWeight.toFixed(3)} bits/weight)` +
-        (memoryBytes !== linearBytes ? `, ${(memoryBytes / 1e6).toFixed(2)} MB in memory` : ''),
+        `, in memory ${(memory.weightBytes / 1e6).toFixed(2)} MB (linear layers ${(memoryBytes / 1e6).toFixed(2)} MB)`,
     );
     console.table(layers);
   }

@@ -68,6 +68,61 @@ const LAYER_FIELDS = [
   'scale',
 ] as const;
 
+/** What {@link CalderaKernel.memoryBytes} needs of a layer: a `Decomposition`'s fields, or its `caldera.json` entry's. */
+export interface CalderaKernelShape {
+  /** `[m, n]`. */
+  shape: readonly [number, number];
+  /** `[mp, np]`. */
+  padded: readonly [number, number];
+  /** Rank of the quantized low-rank pair (k' = k − k_ft). */
+  rank: number;
+  hadamard: boolean;
+  /** Bits per weight of Q: 2 (E8P12), 3 or 4 (RVQ). */
+  qBits: number;
+  /** Rank of the trainable LoRA pair (0: none). */
+  ftRank: number;
+}
+
+const kernelShape = (d: Decomposition): CalderaKernelShape => ({
+  shape: d.shape,
+  padded: d.padded,
+  rank: d.rank,
+  hadamard: d.hadamard,
+  qBits: d.q.bits,
+  ftRank: d.ft?.rank ?? 0,
+});
+
+/**
+ * Where {@link CalderaKernel.create} puts each buffer of a layer in its memory (after the region fixed by asm/e8p.ts,
+ * bump-allocated, 16-byte aligned), given the lengths of its two block-mixing matrices; `end` is the first address
+ * past them.
+ */
+function kernelLayout(layer: CalderaKernelShape, mixInLength: number, mixOutLength: number, maxRows: number) {
+  const [m, n] = layer.shape;
+  const [mp, np] = layer.padded;
+  const k = layer.rank;
+  const { alloc, end } = bumpAllocator(E8P_FIXED_END);
+  const at = {
+    layer: alloc(LAYER_FIELDS.length * 4),
+    p1: alloc(128 * 4),
+    p2: alloc(128 * 4),
+    codes: alloc((mp * np) / 4),
+    lr: alloc(mp * k * 4),
+    r: alloc(k * np * 4),
+    su: alloc(np * 4),
+    sv: alloc(mp * 4),
+    mixIn: alloc(mixInLength * 4),
+    mixOut: alloc(mixOutLength * 4),
+    x: alloc(maxRows * n * 4),
+    y: alloc(maxRows * m * 4),
+    xr: alloc(np * 4),
+    yr: alloc(mp * 4),
+    z: alloc(k * 4),
+    tmp: alloc(Math.max(np, mp) * 4),
+  };
+  return { at, end: end() };
+}
+
 /**
  * The K×K block-mixing matrix of the Hadamard transform of size n (see asm/hadamard.ts): entry `[a2·K + a]` is the
  * coefficient of block a in output block a2 — `H[a][a2]` for `M_n` (`transpose` false), `H[a2][a]` for `M_nᵀ`, as
@@ -105,37 +160,50 @@ export class CalderaKernel {
     readonly batch: CalderaBatchLayer,
   ) {}
 
+  /**
+   * Bytes of the WebAssembly memory {@link CalderaKernel.create} would allocate for a layer of this shape (whole 64 KiB
+   * pages: the module's static data, the E8P tables, the layer record, Q's codes group-major, L̂ and R̂ in f32, the
+   * signs, the block-mixing matrices and the row buffers for `maxRows` rows), or null when `create` returns null for
+   * it (no WebAssembly SIMD, 3/4-bit Q, a LoRA part, an odd `mp`). Computed without allocating anything.
+   */
+  static memoryBytes(layer: CalderaKernelShape, maxRows: number): number | null {
+    if (!CalderaKernel.covers(layer)) return null;
+    const mix = (n: number) => (layer.hadamard ? (hadamardFactor(n)?.K ?? 0) ** 2 : 0);
+    return (
+      Math.ceil(kernelLayout(layer, mix(layer.padded[1]), mix(layer.padded[0]), maxRows).end / 65536) * 65536
+    );
+  }
+
+  /** True when {@link CalderaKernel.create} runs a layer of this shape (2-bit Q, no LoRA part, even `mp`, SIMD). */
+  static covers(layer: CalderaKernelShape): boolean {
+    const t = e8pLutTables();
+    // fixed at the start (asm/e8p.ts): 32 patterns per half; the kernel computes two rows at a time
+    return (
+      embeddedModule(CALDERA_WASM_BASE64) !== null &&
+      layer.qBits === 2 &&
+      layer.ftRank === 0 &&
+      t.p1.length === 128 &&
+      t.p2.length === 128 &&
+      layer.padded[0] % 2 === 0
+    );
+  }
+
   static create(d: Decomposition, maxRows: number): CalderaKernel | null {
     const mod = embeddedModule(CALDERA_WASM_BASE64);
-    if (!mod || d.q.bits !== 2 || (d.ft && d.ft.rank > 0)) return null;
+    if (!mod || !CalderaKernel.covers(kernelShape(d))) return null;
     const [m, n] = d.shape;
     const [mp, np] = d.padded;
     const k = d.rank;
     const t = e8pLutTables();
     const mixIn = d.hadamard ? blockMix(np, false) : null;
     const mixOut = d.hadamard ? blockMix(mp, true) : null;
-    // fixed at the start (asm/e8p.ts): the index maps and two groups' half tables; then bump allocation
-    if (t.p1.length !== 128 || t.p2.length !== 128 || mp % 2 !== 0) return null; // 32 patterns per half; even rows
-    const { alloc, end } = bumpAllocator(E8P_FIXED_END);
-    const at = {
-      layer: alloc(LAYER_FIELDS.length * 4),
-      p1: alloc(t.p1.length * 4),
-      p2: alloc(t.p2.length * 4),
-      codes: alloc((mp * np) / 4),
-      lr: alloc(mp * k * 4),
-      r: alloc(k * np * 4),
-      su: alloc(np * 4),
-      sv: alloc(mp * 4),
-      mixIn: alloc((mixIn?.mix.length ?? 0) * 4),
-      mixOut: alloc((mixOut?.mix.length ?? 0) * 4),
-      x: alloc(maxRows * n * 4),
-      y: alloc(maxRows * m * 4),
-      xr: alloc(np * 4),
-      yr: alloc(mp * 4),
-      z: alloc(k * 4),
-      tmp: alloc(Math.max(np, mp) * 4),
-    };
-    const pages = Math.ceil(end() / 65536);
+    const { at, end } = kernelLayout(
+      kernelShape(d),
+      mixIn?.mix.length ?? 0,
+      mixOut?.mix.length ?? 0,
+      maxRows,
+    );
+    const pages = Math.ceil(end / 65536);
     let memory: WebAssembly.Memory;
     let run: (layer: number, rows: number) => void;
     let exports: WebAssembly.Exports;

@@ -90,6 +90,19 @@ export function matvecF16(
 
 type Kernel = (w: number, m: number, n: number, x: number, rows: number, y: number) => void;
 
+/** Where {@link WasmMatrix} puts W, x and y in its memory, and the memory's size in 64 KiB pages. */
+function wasmMatrixLayout(
+  kind: 'f32' | HalfFormat,
+  m: number,
+  n: number,
+  maxRows: number,
+): { wAt: number; xAt: number; yAt: number; pages: number } {
+  const wAt = KERNEL_BASE;
+  const xAt = wAt + align16(m * n * (kind === 'f32' ? 4 : 2));
+  const yAt = xAt + align16(maxRows * n * 4);
+  return { wAt, xAt, yAt, pages: Math.ceil((yAt + maxRows * m * 4) / 65536) };
+}
+
 /**
  * A dense matrix `W [m, n]` (f32, or f16 or bf16 bits) resident in its own WebAssembly memory, multiplied by `x` (up to
  * `maxRows` rows) with the SIMD kernels of asm/matvec.ts: the weights are copied in once at construction and read in
@@ -124,10 +137,7 @@ export class WasmMatrix<K extends 'f32' | HalfFormat> {
   ): WasmMatrix<K> | null {
     const k = embeddedModule(MATVEC_WASM_BASE64);
     if (!k || w.length !== m * n) return null;
-    const wAt = KERNEL_BASE;
-    const xAt = wAt + align16(m * n * (kind === 'f32' ? 4 : 2));
-    const yAt = xAt + align16(maxRows * n * 4);
-    const pages = Math.ceil((yAt + maxRows * m * 4) / 65536);
+    const { wAt, xAt, yAt, pages } = wasmMatrixLayout(kind, m, n, maxRows);
     if (pages > 65536) return null;
     let memory: WebAssembly.Memory;
     let exports: WebAssembly.Exports;
@@ -159,6 +169,17 @@ export class WasmMatrix<K extends 'f32' | HalfFormat> {
     const xView = new Float32Array(memory.buffer, xAt, maxRows * n);
     const yView = new Float32Array(memory.buffer, yAt, maxRows * m);
     return new WasmMatrix(kind, m, n, maxRows, view, kernel, wAt, xAt, yAt, xView, yView);
+  }
+
+  /**
+   * Bytes of the WebAssembly memory {@link WasmMatrix.create} would allocate for these arguments (whole 64 KiB pages:
+   * the module's static data page, W, x and y), or null where it returns null — WebAssembly SIMD unavailable, or more
+   * than 4 GiB — and the caller keeps W in its own array. Computed without allocating anything (memory plans).
+   */
+  static memoryBytes(kind: 'f32' | HalfFormat, m: number, n: number, maxRows: number): number | null {
+    if (!embeddedModule(MATVEC_WASM_BASE64)) return null;
+    const { pages } = wasmMatrixLayout(kind, m, n, maxRows);
+    return pages > 65536 ? null : pages * 65536;
   }
 
   /** `y[r·m + i] = Σ_j x[r·n + j]·W[i, j]` for `rows ≤ maxRows` input rows. */

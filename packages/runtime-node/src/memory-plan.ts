@@ -1,0 +1,68 @@
+import type { ModelConfig } from '@caldera/core';
+import { DenseF16Linear, DenseLinear } from './linear.js';
+
+/**
+ * The memory a loaded model's weights hold resident, computed from the headers (`config.json`, `caldera.json`, the
+ * safetensors headers, or a llama2.c header) before any weight is read: what {@link LoadOptions.onPlan} receives and
+ * `ModelLayout.memory` holds. Its `weightBytes` is what runtime-webgpu's `MemoryPlan.weightBytes` is on the GPU: the
+ * bytes of weight storage once the model is loaded. Bytes are exact: every typed array and WebAssembly memory the
+ * loaded layers keep (each kernel's memory counted whole, in 64 KiB pages). Not counted: JavaScript object headers, the
+ * compiled kernel modules and lookup tables shared by all layers, the KV cache of each sequence
+ * (`2 · layers · kvHeads · headDim · 4` bytes a position) and scratch buffers that forward passes allocate.
+ */
+export interface MemoryPlan {
+  /** Total bytes of the weights as the loaded model holds them: the sum of `parts`. */
+  weightBytes: number;
+  parts: {
+    /** The embedding table; 0 when tied to the LM head (the embedding is then a view of the head's table). */
+    embedding: number;
+    /** The LM head layer (see {@link DenseLinear.memoryBytes}, {@link DenseF16Linear.memoryBytes}). */
+    lmHead: number;
+    /** RMSNorm weights (two per block and the final one), f32. */
+    norms: number;
+    /** The linear layers of every block, biases included: the sum of `layers`' bytes. */
+    linears: number;
+  };
+  /** Each linear layer, block after block in `blockLinearNames` order, with its storage as held and its bytes. */
+  layers: { name: string; kind: 'caldera' | 'f32' | 'f16' | 'bf16'; bytes: number }[];
+}
+
+/** How the loaders hold a dense tensor stored as `stored` under `dtype` ({@link LoadOptions.dtype}). */
+export function heldDType(
+  stored: 'f64' | 'f32' | 'f16' | 'bf16',
+  dtype: 'auto' | 'f32' | 'f16',
+): 'f32' | 'f16' | 'bf16' {
+  if (dtype === 'f32') return 'f32';
+  if (dtype === 'f16') return 'f16';
+  return stored === 'f16' || stored === 'bf16' ? stored : 'f32';
+}
+
+/** What {@link planMemory} needs: the config, the held dtypes of the embedding and head, and the linear layers. */
+export interface MemoryPlanInput {
+  config: ModelConfig;
+  /** How the embedding table is held ({@link heldDType}). */
+  embed: 'f32' | 'f16' | 'bf16';
+  /** How the LM head is held, and whether it is the embedding's own table (tied). */
+  head: { dtype: 'f32' | 'f16' | 'bf16'; tied: boolean };
+  layers: MemoryPlan['layers'];
+}
+
+/**
+ * The memory plan of a model: an f32 head a {@link DenseLinear}, a 16-bit one a {@link DenseF16Linear} (as
+ * `embeddingAndHead` builds them), the embedding held apart unless tied, norms f32, and the linear layers' bytes.
+ */
+export function planMemory(input: MemoryPlanInput): MemoryPlan {
+  const { vocabSize: V, hiddenSize: d, numLayers } = input.config;
+  const lmHead =
+    input.head.dtype === 'f32'
+      ? DenseLinear.memoryBytes(V, d, false)
+      : DenseF16Linear.memoryBytes(V, d, false);
+  const embedding = input.head.tied ? 0 : V * d * (input.embed === 'f32' ? 4 : 2);
+  const norms = (2 * numLayers + 1) * d * 4;
+  const linears = input.layers.reduce((s, l) => s + l.bytes, 0);
+  return {
+    weightBytes: embedding + lmHead + norms + linears,
+    parts: { embedding, lmHead, norms, linears },
+    layers: input.layers,
+  };
+}

@@ -1,0 +1,23 @@
+/**
+ * Bytes of memory that objects hold, measured independently of the memory plan (a test helper): the distinct
+ * `ArrayBuffer`s (and WebAssembly memories' buffers) reachable from `roots` through their own enumerable properties
+ * (TypeScript's `private` fields are such properties; functions, closures included, are not entered), each counted
+ * whole — a typed array that is a view into a larger buffer counts that buffer, a kernel's view into its WebAssembly
+ * memory counts the whole memory.
+ */
+export function heldBytes(...roots: unknown[]): number {
+  const seen = new Set<object>();
+  const buffers = new Set<ArrayBufferLike>();
+  const visit = (v: unknown): void => {
+    if (v === null || typeof v !== 'object' || seen.has(v)) return;
+    seen.add(v);
+    if (ArrayBuffer.isView(v)) buffers.add(v.buffer);
+    else if (v instanceof ArrayBuffer) buffers.add(v);
+    else if (v instanceof WebAssembly.Memory) buffers.add(v.buffer);
+    else for (const x of Object.values(v)) visit(x);
+  };
+  for (const r of roots) visit(r);
+  let bytes = 0;
+  for (const b of buffers) bytes += b.byteLength;
+  return bytes;
+}
