@@ -2,8 +2,9 @@
 /* global console, process */
 // Pack smoke test: `npm pack` every publishable packages/* package, install the tarballs into a fresh
 // temporary npm project (prefer-offline: external dependencies come from the npm cache that `npm install`/`npm ci`
-// filled), then for each package `import` it (ESM) and `require` it (CJS) and call an exported function,
-// and type-check a consumer of @caldera/core under both module systems with `tsc --noEmit`. Each tarball is also
+// filled), then for each package and each of its subpath exports (e.g. @caldera/runtime-webgpu/kernels) `import` it
+// (ESM) and `require` it (CJS) and call an exported function, and type-check consumers of @caldera/core and of
+// @caldera/runtime-webgpu's two entry points under both module systems with `tsc --noEmit`. Each tarball is also
 // linted with publint (package.json fields against the packed files): a warning or an error fails the run.
 //
 // Usage: node scripts/pack-smoke.mjs [--skip-build] [--keep] [--only=@caldera/core,...]
@@ -69,15 +70,21 @@ if (only) {
 }
 const selected = packages.filter((p) => checked.has(p.pkg.name));
 
-/** Files the `"."` export of a package points at (import/require, with their types). */
+/** Files the exports of a package point at (every entry point's import/require, with their types). */
 function entryFiles(pkg) {
   const out = [];
   const walk = (v) => {
     if (typeof v === 'string') out.push(v.replace(/^\.\//, ''));
     else if (v && typeof v === 'object') Object.values(v).forEach(walk);
   };
-  walk(pkg.exports?.['.'] ?? pkg.exports ?? pkg.main ?? []);
+  walk(pkg.exports ?? pkg.main ?? []);
   return out;
+}
+
+/** The specifiers a package can be imported by: its name, and `name/sub` for each subpath export (not package.json). */
+function specifiers(pkg) {
+  const subpaths = Object.keys(pkg.exports ?? {}).filter((k) => k.startsWith('./') && k !== './package.json');
+  return [pkg.name, ...subpaths.map((k) => `${pkg.name}/${k.slice(2)}`)];
 }
 
 if (!args.has('--skip-build')) {
@@ -156,10 +163,18 @@ try {
       const store = await core.openSafetensors(await core.serializeSafetensors(w));
       const plan = await m.planMemory(cfg, null, store, { contextLength: 4 });
       // f16 rows packed two per u32: embedding 160 + norms 96 + linears 4·128 + 3·256 bytes
-      if (plan.weightBytes !== 1536) throw new Error('planMemory: ' + plan.weightBytes + ' bytes');`,
+      if (plan.weightBytes !== 1536) throw new Error('planMemory: ' + plan.weightBytes + ' bytes');
+      // the root is the public API; kernels are at the subpath
+      for (const k of ['Kernels', 'encodeDispatches', 'matvecWgsl', 'storageBuffer'])
+        if (k in m) throw new Error(k + ' is exported from the root, not only from /kernels');`,
+    // no GPU needed: the E8P12 source table and a kernel's WGSL
+    '@caldera/runtime-webgpu/kernels': `
+      if (m.e8pSourcePairs().length !== 256 * 4) throw new Error('e8pSourcePairs');
+      if (!m.matvecWgsl('f16').includes('@compute')) throw new Error('matvecWgsl');
+      if (typeof m.Kernels !== 'function' || typeof m.GpuCalderaLinear !== 'function') throw new Error('classes');
+      if ('loadModel' in m) throw new Error('the loaders belong to the root');`,
   };
-  for (const { pkg } of selected) {
-    const name = pkg.name;
+  for (const name of selected.flatMap(({ pkg }) => specifiers(pkg))) {
     const body =
       calls[name] ?? `if (Object.keys(m).length === 0) console.log('  (${name} exports nothing yet)');`;
     const esm = `import * as m from '${name}';\n${body}\nconsole.log(JSON.stringify(Object.keys(m).sort()));\n`;
@@ -225,6 +240,52 @@ try {
   } catch {
     log('FAIL @caldera/core: tsc --noEmit of a consumer');
     failed++;
+  }
+
+  // Types resolve for @caldera/runtime-webgpu and its /kernels subpath from both module systems (their declarations
+  // use the WebGPU types, so the consumer has @webgpu/types, a dependency of the package); the root has no kernels.
+  if (checked.has('@caldera/runtime-webgpu')) {
+    writeFileSync(
+      join(app, 'webgpu-esm.mts'),
+      `import { createDevice, type LoadOptions, type WebGpuModel } from '@caldera/runtime-webgpu';\n` +
+        `import { Kernels, matvecWgsl, type Dispatch, type GpuMatrix } from '@caldera/runtime-webgpu/kernels';\n` +
+        `// @ts-expect-error the kernels are exported from /kernels only\n` +
+        `import { Kernels as RootKernels } from '@caldera/runtime-webgpu';\n` +
+        `const k = async (): Promise<Kernels> => new Kernels(await createDevice());\n` +
+        `const src: string = matvecWgsl('f16');\nconst o: LoadOptions = { contextLength: 8, lanes: 32 };\n` +
+        `type D = Dispatch['label'] | GpuMatrix['dtype'] | WebGpuModel['contextLength'];\n` +
+        `export { k, src, o, RootKernels, type D };\n`,
+    );
+    writeFileSync(
+      join(app, 'webgpu-cjs.cts'),
+      `import rt = require('@caldera/runtime-webgpu');\nimport kernels = require('@caldera/runtime-webgpu/kernels');\n` +
+        `const f = (dev: rt.CalderaDevice): kernels.Kernels => new kernels.Kernels(dev);\n` +
+        `const w: kernels.GpuMatrix['dtype'] = 'bf16';\nexport = { f, w };\n`,
+    );
+    writeFileSync(
+      join(app, 'tsconfig.webgpu.json'),
+      JSON.stringify({
+        compilerOptions: {
+          module: 'node16',
+          moduleResolution: 'node16',
+          target: 'es2022',
+          strict: true,
+          noEmit: true,
+          skipLibCheck: false,
+          types: ['@webgpu/types'],
+          lib: ['es2022', 'dom'],
+        },
+        files: ['webgpu-esm.mts', 'webgpu-cjs.cts'],
+      }),
+    );
+    try {
+      run(process.execPath, [tsc, '-p', 'tsconfig.webgpu.json'], app);
+      log('ok   @caldera/runtime-webgpu(/kernels): types resolve for ESM (.mts) and CJS (.cts) consumers');
+      passed++;
+    } catch {
+      log('FAIL @caldera/runtime-webgpu: tsc --noEmit of a consumer of the root and /kernels');
+      failed++;
+    }
   }
 } finally {
   if (args.has('--keep')) log(`kept ${tmp}`);

@@ -61,6 +61,9 @@ const pages = [
   '/guide/checkpoint-format.html',
   '/guide/performance.html',
   '/api/',
+  // a subpath export's API pages (@caldera/runtime-webgpu/kernels), generated from the package's typedoc.json
+  '/api/@caldera/runtime-webgpu/kernels/',
+  '/api/@caldera/runtime-webgpu/kernels/classes/Kernels.html',
 ];
 const seen = new Set();
 try {

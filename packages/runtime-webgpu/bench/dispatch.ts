@@ -3,14 +3,8 @@
  * launch of a step does), and the round trip of one token (submit a pass, read 4 bytes back). With a step's launch
  * count (`WebGpuModel.dispatchesPerToken`) they bound its speed from below, independently of memory bandwidth.
  */
-import {
-  BufferUsage,
-  encodeDispatches,
-  MAP_READ_MODE,
-  WG,
-  type CalderaDevice,
-  type Dispatch,
-} from '../src/index.js';
+import type { CalderaDevice } from '../src/index.js';
+import { BufferUsage, encodeDispatches, MAP_READ_MODE, WG, type Dispatch } from '../src/kernels.js';
 
 /** One workgroup adds 1 to every value of a small buffer it reads and writes: each launch depends on the last. */
 const STEP_WGSL = /* wgsl */ `

@@ -24,10 +24,10 @@ import {
   storageBuffer,
   uploadMatrix,
   WG,
-  type CalderaDevice,
   type Dispatch,
   type Lanes,
-} from '../src/index.js';
+} from '../src/kernels.js';
+import type { CalderaDevice } from '../src/index.js';
 
 /** Reads every 16-byte word of `a` once (grid-stride); the guarded write keeps the loads alive. */
 const STREAM_WGSL = /* wgsl */ `

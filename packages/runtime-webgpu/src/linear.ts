@@ -474,8 +474,8 @@ export interface GroupBindOptions {
  * 5. `y_j = g_j·(y'_j·M_mᵀ ⊙ SV_j) (+ bias_j)`, first m outputs: one {@link Kernels.rotate} launch for all
  *    layers, each writing its own output buffer (two or three each for vectors larger than workgroup memory), or
  *    left pending ({@link GpuCalderaGroup.bindPending}) for the next layers' input step to finish: a residual
- *    branch's last layer's by the next RMSNorm's layers ({@link bindNormed}), gate and up's by down_proj's
- *    ({@link bindPending} with `gate`).
+ *    branch's last layer's by the next RMSNorm's layers (`bindNormed`), gate and up's by down_proj's
+ *    (`bindPending` with `gate`).
  *
  * Quantized weights stay packed on the GPU: Q̂'s codes (u16, two per u32: 2 bits per weight; RVQ4 adds a second
  * plane, RVQ3 a u8 plane) and L̂'s and R̂'s codes (4 bits per value with the default RVQ4), each layer's part at a

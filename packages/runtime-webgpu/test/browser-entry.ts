@@ -2,15 +2,8 @@
  * Runs in headless Chromium (bundled by browser.test.ts): a dense matvec kernel against a JS loop, then a tiny
  * compressed checkpoint fetched from the test server, greedy-decoded on WebGPU.
  */
-import {
-  createDevice,
-  encodeDispatches,
-  generate,
-  Kernels,
-  loadModelFromUrl,
-  readBuffer,
-  storageBuffer,
-} from '../src/index.js';
+import { createDevice, generate, loadModelFromUrl } from '../src/index.js';
+import { encodeDispatches, Kernels, readBuffer, storageBuffer } from '../src/kernels.js';
 
 async function run(): Promise<unknown> {
   const dev = await createDevice();
