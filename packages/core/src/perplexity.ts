@@ -35,7 +35,7 @@ export interface PerplexityOptions extends PerplexityWindowOptions {
 
 /** Result of the runtimes' `perplexity`. */
 export interface PerplexityResult {
-  /** Tokens scored (each once; see {@link perplexityWindows} for which). */
+  /** Tokens scored (each once; see `perplexityWindows` of @caldera/core for which). */
   tokens: number;
   /** Mean negative log-likelihood per scored token, in nats. */
   nll: number;
