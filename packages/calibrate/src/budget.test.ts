@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { isCalderaError } from '@caldera/core';
-import { allocateRanks, averageBits, type LayerShape } from './budget.js';
+import { allocateRanks, averageBits, bitsForBytes, rankCap, type LayerShape } from './budget.js';
 
 // Llama-2-7B linear shapes of one block (the brief's §5 table is computed from these).
 const llama7bBlock: LayerShape[] = [
@@ -110,5 +110,78 @@ describe('bit widths and rank lists', () => {
         ),
       ),
     ).toBe('E_VALUE');
+  });
+});
+
+describe('required target and layer shapes', () => {
+  const layers: LayerShape[] = [
+    { name: 'a', m: 64, n: 64 },
+    { name: 'b', m: 32, n: 64 },
+  ];
+  const thrown = (f: () => unknown): unknown => {
+    try {
+      f();
+    } catch (e) {
+      return e;
+    }
+    return 'no error';
+  };
+  const expectValueError = (f: () => unknown, message: RegExp) => {
+    const e = thrown(f);
+    expect(isCalderaError(e, 'E_VALUE'), String(e)).toBe(true);
+    expect((e as Error).message).toMatch(message);
+  };
+
+  it('requires a finite targetBits instead of comparing undefined with the bits of Q', () => {
+    // before: "target undefined bits/weight is below the 2 bits of Q alone"
+    expectValueError(
+      () => allocateRanks(layers, {} as never),
+      /^E_VALUE: allocateRanks: options\.targetBits must be a finite number of bits per weight, got undefined$/,
+    );
+    expectValueError(() => allocateRanks(layers, { targetBits: NaN }), /targetBits .* got NaN/);
+    expectValueError(() => allocateRanks(layers, { targetBits: Infinity }), /targetBits .* got Infinity/);
+    expectValueError(() => allocateRanks(layers, { targetBits: '2.4' as never }), /got the string '2\.4'/);
+  });
+
+  it('validates every layer shape, naming the function and the layer', () => {
+    // before: m −5 gave rank 0, m '4096' a rank of 192 computed from text
+    const bad = (i: number, patch: Record<string, unknown>) =>
+      layers.map((l, k) => (k === i ? { ...l, ...patch } : l)) as LayerShape[];
+    expectValueError(
+      () => allocateRanks(bad(1, { m: -5 }), { targetBits: 2.4 }),
+      /^E_VALUE: allocateRanks: layers\[1\] \('b'\) m must be a positive integer, got -5$/,
+    );
+    expectValueError(
+      () => allocateRanks(bad(0, { m: '4096' }), { targetBits: 2.4 }),
+      /allocateRanks: layers\[0\] \('a'\) m must be a positive integer, got the string '4096'/,
+    );
+    expectValueError(
+      () => averageBits(bad(1, { n: 1.5 }), [0, 0]),
+      /averageBits: layers\[1\] \('b'\) n must be a positive integer, got 1\.5/,
+    );
+    expectValueError(
+      () => averageBits(bad(0, { n: 0 }), [0, 0]),
+      /averageBits: layers\[0\] \('a'\) n must be a positive integer, got 0/,
+    );
+    expectValueError(
+      () => bitsForBytes(bad(0, { name: 7 }), 1000),
+      /^E_VALUE: bitsForBytes: layers\[0\] name must be a string, got 7$/,
+    );
+    expectValueError(
+      () => bitsForBytes([null as never], 1000),
+      /bitsForBytes: layers\[0\] must be a layer shape/,
+    );
+    expectValueError(
+      () => rankCap({ name: 'c', m: -5, n: 8 }),
+      /^E_VALUE: rankCap: layer \('c'\) m must be a positive integer, got -5$/,
+    );
+    expectValueError(() => rankCap({ name: 'c', m: 8, n: NaN }), /rankCap: layer \('c'\) n .* got NaN/);
+  });
+
+  it('caps an unreachable target at full rank, visibly in the returned averageBits', () => {
+    const got = allocateRanks(layers, { targetBits: 99 });
+    expect(got.ranks).toEqual([64, 32]);
+    expect(got.averageBits).toBe(averageBits(layers, [64, 32]));
+    expect(got.averageBits).toBeLessThan(99);
   });
 });

@@ -1,4 +1,4 @@
-import { assertObject, CalderaError } from '@caldera/core';
+import { assertObject, CalderaError, describeValue } from '@caldera/core';
 
 /** A weight matrix to be decomposed: `m` outputs × `n` inputs. */
 export interface LayerShape {
@@ -42,6 +42,40 @@ function checkBitWidths(bits: Required<BitWidths>): void {
       );
 }
 
+/** A value for an error message: a number as itself, a string quoted, anything else as {@link describeValue} says. */
+const shown = (v: unknown): string =>
+  typeof v === 'number'
+    ? String(v)
+    : typeof v === 'string' && v !== ''
+      ? `the string '${v}'`
+      : describeValue(v);
+
+/**
+ * Throw `E_VALUE` naming the function and the layer (its index, and its name when it has one) unless `layer` is a
+ * layer shape: `name` a string, `m` and `n` positive integers (a negative `m` gave rank 0 and a string `'4096'` a
+ * rank computed from text).
+ */
+function checkLayer(layer: unknown, fn: string, what: string): asserts layer is LayerShape {
+  assertObject(layer, fn, what, 'a layer shape { name, m, n }');
+  const l = layer as Partial<Record<keyof LayerShape, unknown>>;
+  const named = typeof l.name === 'string' ? ` ('${l.name}')` : '';
+  if (typeof l.name !== 'string')
+    throw new CalderaError('E_VALUE', `${fn}: ${what} name must be a string, got ${shown(l.name)}`);
+  for (const key of ['m', 'n'] as const) {
+    const v = l[key];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0)
+      throw new CalderaError(
+        'E_VALUE',
+        `${fn}: ${what}${named} ${key} must be a positive integer, got ${shown(v)}`,
+      );
+  }
+}
+
+/** {@link checkLayer} for every layer of an array (already checked to be an object). */
+function checkLayers(layers: readonly LayerShape[], fn: string): void {
+  for (let i = 0; i < layers.length; i++) checkLayer(layers[i], fn, `layers[${i}]`);
+}
+
 /**
  * Average bits per weight of a set of layers under the paper's accounting (algorithm brief §5):
  * `B_Q + Σ k(B_L·m + B_R·n) / Σ m·n`, weighted by parameter count, scales and sign vectors excluded.
@@ -53,6 +87,7 @@ export function averageBits(
 ): number {
   assertObject(layers, 'averageBits', 'layers', 'an array of layer shapes');
   assertObject(ranks, 'averageBits', 'ranks', 'an array of ranks');
+  checkLayers(layers, 'averageBits');
   const { qBits: q, lBits: l, rBits: r } = widthsOf(bits, 'averageBits');
   if (ranks.length !== layers.length)
     throw new CalderaError('E_SHAPE', `averageBits: ${ranks.length} ranks for ${layers.length} layers`);
@@ -70,13 +105,16 @@ export function averageBits(
  * to a multiple of `granularity` (default 1: no rounding). The cap of {@link allocateRanks}.
  */
 export function rankCap(layer: LayerShape, granularity = 1, maxRank = Infinity): number {
-  assertObject(layer, 'rankCap', 'layer', 'a layer shape');
+  checkLayer(layer, 'rankCap', 'layer');
   return Math.floor(Math.min(layer.m, layer.n, maxRank) / granularity) * granularity;
 }
 
 /** Options for {@link allocateRanks}. */
 export interface RankBudgetOptions extends BitWidths {
-  /** Target average bits per weight (the paper's accounting). */
+  /**
+   * Target average bits per weight (the paper's accounting); required, finite, at least `qBits`. Above what full
+   * ranks cost, every layer gets its cap and the result's `averageBits` says what that costs.
+   */
   targetBits: number;
   /** Ranks are multiples of this (16 keeps lattice-coded factors packable). Default 16. */
   granularity?: number;
@@ -95,13 +133,24 @@ export interface RankBudget {
  * the largest rank shared by all layers, then one granularity step at a time to the layers whose step is cheapest in
  * bits (smaller layers first), while the budget allows. Greedy, not an exact knapsack: the result is below the target
  * by less than the cheapest step of any layer still under its cap. Deterministic.
+ *
+ * A target above what full ranks cost is not an error: every layer gets its cap ({@link rankCap}) and the returned
+ * `averageBits` is what that costs, below the target (e.g. target 99 on 4-bit factors: about 10 for square layers).
+ * Compare it with the target to detect an unreachable one (the `caldera compress` command refuses those itself).
+ * `targetBits` must be a finite number, and each layer's `m` and `n` positive integers (`E_VALUE` naming the layer).
  */
 export function allocateRanks(layers: readonly LayerShape[], options: RankBudgetOptions): RankBudget {
   assertObject(layers, 'allocateRanks', 'layers', 'an array of layer shapes');
   assertObject(options, 'allocateRanks', 'options', 'rank budget options with targetBits');
   const { granularity = 16 } = options;
   const target = options.targetBits;
+  if (typeof target !== 'number' || !Number.isFinite(target))
+    throw new CalderaError(
+      'E_VALUE',
+      `allocateRanks: options.targetBits must be a finite number of bits per weight, got ${shown(target)}`,
+    );
   if (layers.length === 0) throw new CalderaError('E_VALUE', 'allocateRanks: no layers');
+  checkLayers(layers, 'allocateRanks');
   const widths = widthsOf(options, 'allocateRanks');
   const { qBits: q, lBits: l, rBits: r } = widths;
   if (!Number.isInteger(granularity) || granularity <= 0)
@@ -143,6 +192,7 @@ export function allocateRanks(layers: readonly LayerShape[], options: RankBudget
 /** The target bits per weight that a byte budget for the decomposed layers allows (paper accounting). */
 export function bitsForBytes(layers: readonly LayerShape[], maxBytes: number): number {
   assertObject(layers, 'bitsForBytes', 'layers', 'an array of layer shapes');
+  checkLayers(layers, 'bitsForBytes');
   const params = layers.reduce((a, s) => a + s.m * s.n, 0);
   if (params === 0) throw new CalderaError('E_VALUE', 'bitsForBytes: no layers');
   return (8 * maxBytes) / params;

@@ -52,4 +52,28 @@ describe('sampleWindows', () => {
       /shortDocuments must be 'skip', 'concat' or 'auto', got 'split'/,
     );
   });
+
+  it('refuses fractional, negative and out-of-range token ids, naming the first', () => {
+    // before: 1.5 was truncated to 1 and −3 kept, silently, in the Int32Array windows
+    const withBad = (bad: number) => docs.map((d, k) => (k === 4 ? d.map((t, i) => (i === 9 ? bad : t)) : d));
+    for (const [bad, shown] of [
+      [1.5, '1.5'],
+      [-3, '-3'],
+      [NaN, 'NaN'],
+      [2 ** 31, '2147483648'],
+    ] as const) {
+      let caught: unknown;
+      try {
+        sampleWindows(withBad(bad), { count: 4, length: 16 });
+      } catch (e) {
+        caught = e;
+      }
+      expect(isCalderaError(caught, 'E_VALUE')).toBe(true);
+      expect((caught as Error).message).toBe(
+        `E_VALUE: sampleWindows: documents[4][9] is ${shown}; token ids must be non-negative integers below 2^31`,
+      );
+    }
+    // typed arrays of ids pass
+    expect(sampleWindows([Int32Array.from(docs[20]!)], { count: 1, length: 16 })).toHaveLength(1);
+  });
 });

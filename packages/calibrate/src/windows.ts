@@ -18,10 +18,32 @@ export interface WindowOptions {
 }
 
 /**
+ * Throw `E_VALUE` naming the first token that is not a valid id: a non-negative integer that an `Int32Array` holds
+ * (below 2³¹; a fraction, a negative number, NaN or a larger value would be truncated or wrapped there). One pass
+ * over the tokens, a single integer comparison each.
+ */
+function checkTokenIds(documents: readonly ArrayLike<number>[]): void {
+  for (let k = 0; k < documents.length; k++) {
+    const d = documents[k]!;
+    assertObject(d, 'sampleWindows', `documents[${k}]`, 'an array of token ids');
+    for (let t = 0; t < d.length; t++) {
+      const id = d[t]!;
+      // (id | 0) === id: an integer in [−2³¹, 2³¹) (false for NaN, fractions, anything larger or not a number)
+      if ((id | 0) !== id || id < 0)
+        throw new CalderaError(
+          'E_VALUE',
+          `sampleWindows: documents[${k}][${t}] is ${String(id)}; token ids must be non-negative integers below 2^31`,
+        );
+    }
+  }
+}
+
+/**
  * Cut calibration windows of exactly `length` tokens from tokenized documents, reproducibly from `seed`.
  * With `'skip'`, each window is a random span inside one random document long enough to hold it; documents
  * are drawn without replacement while possible. With `'concat'`, the documents are shuffled, joined, and
- * non-overlapping windows are taken from random offsets of the joined stream.
+ * non-overlapping windows are taken from random offsets of the joined stream. Every token must be a non-negative
+ * integer below 2³¹ (`E_VALUE` naming the first that is not, by document and position).
  */
 export function sampleWindows(
   documents: readonly ArrayLike<number>[],
@@ -34,6 +56,7 @@ export function sampleWindows(
     throw new CalderaError('E_VALUE', `window count must be a positive integer, got ${count}`);
   if (!Number.isInteger(length) || length <= 0)
     throw new CalderaError('E_VALUE', `window length must be a positive integer, got ${length}`);
+  checkTokenIds(documents);
   const rng = new Rng(options.seed ?? 0);
   const long = documents.map((d, i) => ({ d, i })).filter(({ d }) => d.length >= length);
   let mode = options.shortDocuments ?? 'auto';

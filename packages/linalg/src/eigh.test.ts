@@ -67,15 +67,57 @@ describe('eigh', () => {
       expect(Array.from(z.values).every((x) => x === 0)).toBe(true);
     });
 
-  it('reads only the lower triangle and does not modify the input', () => {
+  it('does not modify the input', () => {
+    const n = 12;
+    const a = randSym(n, 3);
+    const before = a.slice();
+    eigh(tensor('f64', [n, n], a));
+    expect(a).toEqual(before);
+  });
+
+  it('refuses a non-symmetric matrix with E_VALUE naming the worst (i, j), instead of decomposing its lower triangle', () => {
+    // before: an upper triangle of 1e6 was silently ignored
     const n = 12;
     const a = randSym(n, 3);
     const lowerOnly = a.map((x, idx) => (idx % n > Math.floor(idx / n) ? 1e6 : x));
-    const before = lowerOnly.slice();
-    const r1 = eigh(tensor('f64', [n, n], a));
-    const r2 = eigh(tensor('f64', [n, n], lowerOnly));
-    expect(lowerOnly).toEqual(before);
-    for (let i = 0; i < n; i++) expect(r2.values[i]).toBeCloseTo(r1.values[i]!, 12);
+    expect(() => eigh(tensor('f64', [n, n], lowerOnly))).toThrow(
+      /^E_VALUE: eigh: a is not symmetric: worst at/,
+    );
+    // one bad pair: named as (row, column) of its lower entry, in f32 too
+    const b = randSym(n, 4);
+    b[7 * n + 2]! += 0.5;
+    const f32 = tensor('f32', [n, n], Float32Array.from(b));
+    for (const t of [tensor('f64', [n, n], b), f32]) {
+      let caught: unknown;
+      try {
+        eigh(t);
+      } catch (e) {
+        caught = e;
+      }
+      expect(isCalderaError(caught, 'E_VALUE')).toBe(true);
+      expect((caught as Error).message).toMatch(/worst at \(7, 2\)/);
+    }
+  });
+
+  it('accepts round-off asymmetry: 1e-6 relative in f32, 1e-12 in f64', () => {
+    const n = 20;
+    const a = randSym(n, 5);
+    let maxAbs = 0;
+    for (const x of a) maxAbs = Math.max(maxAbs, Math.abs(x));
+    const nudged = (rel: number) => {
+      const b = a.slice();
+      for (let i = 1; i < n; i++) b[i * n + (i - 1)]! += rel * maxAbs;
+      return b;
+    };
+    const ref = eigh(tensor('f64', [n, n], a)).values;
+    const f64 = eigh(tensor('f64', [n, n], nudged(1e-12))).values;
+    const f32 = eigh(tensor('f32', [n, n], Float32Array.from(nudged(1e-6)))).values;
+    for (let i = 0; i < n; i++) {
+      expect(f64[i]).toBeCloseTo(ref[i]!, 9);
+      expect(f32[i]).toBeCloseTo(ref[i]!, 4);
+    }
+    // past the f64 tolerance, the same nudge is refused
+    expect(() => eigh(tensor('f64', [n, n], nudged(1e-8)))).toThrow(/not symmetric/);
   });
 
   it('values-only mode matches', () => {

@@ -41,16 +41,52 @@ export interface Eigh {
 }
 
 /**
- * Eigenvalues (ascending) and eigenvectors (columns) of a symmetric `n × n` matrix. Only the lower triangle
- * of `a` is used (the input is not modified). Non-square → `E_SHAPE`, non-finite anywhere in `a` (the upper
- * triangle too) → `E_VALUE`, an unknown `method` → `E_VALUE`. With a pool, the results agree with the
- * single-threaded ones to rounding (the symmetric products split rows over the threads), not bit for bit.
+ * Relative symmetry tolerance of {@link eigh}: `|a_ij − a_ji| ≤ tol · max|a|`. A matrix built symmetric (a
+ * Hessian from `syrk`, which mirrors one triangle, or `A + Aᵀ`) passes exactly; the slack is for a matrix
+ * computed in two orders, e.g. `XᵀX` from a plain gemm, whose mirrored entries differ by round-off of about
+ * √k·u·max|a| for k-term sums. f32 (u ≈ 6e-8): 1e-5, quant's `ldlq` tolerance for H too, covers sums of up to
+ * ~25 000 terms; f64 (u ≈ 1.1e-16): 1e-10 covers any k with a margin of 1000 at k = 10⁶. Past that the asymmetry
+ * is real, and decomposing the lower triangle alone would silently answer another question.
+ */
+const SYMMETRY_TOL = { f32: 1e-5, f64: 1e-10 } as const;
+
+/**
+ * `E_VALUE` naming the worst pair (i, j), i > j, unless the row-major `n × n` `w` is symmetric within
+ * `tol·max|w|`. O(n²): two passes over the copy eigh makes anyway.
+ */
+function assertSymmetric(w: Float64Array, n: number, tol: number): void {
+  let maxAbs = 0;
+  for (let i = 0; i < w.length; i++) maxAbs = Math.max(maxAbs, Math.abs(w[i]!));
+  let worst = 0;
+  let wi = 0;
+  let wj = 0;
+  for (let i = 1; i < n; i++)
+    for (let j = 0; j < i; j++) {
+      const d = Math.abs(w[i * n + j]! - w[j * n + i]!);
+      if (d > worst) [worst, wi, wj] = [d, i, j];
+    }
+  if (worst > tol * maxAbs)
+    throw new CalderaError(
+      'E_VALUE',
+      `eigh: a is not symmetric: worst at (${wi}, ${wj}), ${w[wi * n + wj]} vs ${w[wj * n + wi]} ` +
+        `(|difference| ${worst.toPrecision(3)} > ${tol} · max|a| ${maxAbs.toPrecision(3)})`,
+    );
+}
+
+/**
+ * Eigenvalues (ascending) and eigenvectors (columns) of a symmetric `n × n` matrix (the input is not
+ * modified). Non-square → `E_SHAPE`, non-finite anywhere in `a` → `E_VALUE`, a matrix that is not symmetric to
+ * round-off (`|a_ij − a_ji| > tol·max|a|`, tol 1e-5 for f32 input, 1e-10 for f64) → `E_VALUE` naming the worst
+ * (i, j), an unknown `method` → `E_VALUE`. Within the tolerance, the lower triangle is the one decomposed. With a
+ * pool, the results agree with the single-threaded ones to rounding (the symmetric products split rows over the
+ * threads), not bit for bit.
  * @example
  * const { values, vectors } = eigh(h); // h ≈ vectors·diag(values)·vectorsᵀ
  */
 export function eigh(a: Matrix, options: EighOptions = {}): Eigh {
   const w = denseCopy(a, 'eigh', 'a', true);
   const n = a.shape[0]!;
+  assertSymmetric(w, n, SYMMETRY_TOL[a.dtype]);
   const wantVectors = options.vectors ?? true;
   const { signal, onProgress } = options;
   const method = options.method ?? 'auto';

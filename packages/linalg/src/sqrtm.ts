@@ -24,17 +24,18 @@ export interface SqrtmOptions {
 }
 
 /**
- * Principal square root of a symmetric positive semi-definite matrix (f64; only the lower triangle of `a`
- * is read). Eigenvalues below `floor` (default 0) are clamped, so the result is the square root of the
- * nearest PSD matrix in the spectral sense.
+ * Principal square root of a symmetric positive semi-definite matrix (f64; `a` must be symmetric to round-off,
+ * as {@link eigh} checks: `E_VALUE` otherwise). Eigenvalues below `floor` (default 0) are clamped, so the result
+ * is the square root of the nearest PSD matrix in the spectral sense.
  */
 export function sqrtmSym(a: Matrix, options: SqrtmOptions = {}): Tensor<'f64'> {
   return spectralFunction(a, options, false);
 }
 
 /**
- * Inverse square root `A^{−1/2}` of a symmetric positive (semi-)definite matrix (f64; lower triangle read).
- * Eigenvalues are clamped below at `floor` (default `eps·n·max|λ|`) before `λ^{−1/2}` is taken.
+ * Inverse square root `A^{−1/2}` of a symmetric positive (semi-)definite matrix (f64; `a` symmetric, as
+ * for {@link sqrtmSym}). Eigenvalues are clamped below at `floor` (default `eps·n·max|λ|`) before `λ^{−1/2}`
+ * is taken.
  */
 export function invSqrtmSym(a: Matrix, options: SqrtmOptions = {}): Tensor<'f64'> {
   return spectralFunction(a, options, true);

@@ -399,6 +399,8 @@ describe('divide and conquer with bounded scratch', () => {
       const sizes: Record<string, number> = {};
       const a = tensor('f64', [n, n]);
       new Rng(9).fillNormal(a.data);
+      // symmetric (eigh refuses anything else): the lower triangle mirrored
+      for (let i = 0; i < n; i++) for (let j = 0; j < i; j++) a.data[j * n + i] = a.data[i * n + j]!;
       eigh(a, {
         pool: own,
         onProgress: ({ phase, fraction }) => {

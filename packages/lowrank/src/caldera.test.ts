@@ -252,6 +252,23 @@ describe('caldera input checks', () => {
     rejects(() => caldera(tensor('f32', [0, 8]), null, { rank: 0 }), 'E_SHAPE', /W \[0, 8\] is empty/);
   });
 
+  it('says the rank is the default one when the default 64 does not fit W, and is not clamped', () => {
+    // before: "rank 64 must be in [0, 16]", naming a rank the caller never passed
+    const small = structuredWeight(16, 32, 3);
+    rejects(
+      () => caldera(small, null),
+      'E_VALUE',
+      /^E_VALUE: caldera: the default rank 64 exceeds min\(m, n\) = 16 of W \[16, 32\]; pass options\.rank$/,
+    );
+    rejects(() => caldera(small, null, { rank: undefined }), 'E_VALUE', /the default rank 64/);
+    // a rank the caller passed is named as theirs
+    rejects(
+      () => caldera(small, null, { rank: 64 }),
+      'E_VALUE',
+      /^E_VALUE: caldera: rank 64 must be in \[0, 16\]$/,
+    );
+  });
+
   it('rejects a non-finite, non-symmetric, negative-diagonal or zero H up front, whatever the options', () => {
     const edit = (f: (d: Float64Array) => void) => {
       const d = Float64Array.from(h.data);

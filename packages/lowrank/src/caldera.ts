@@ -25,7 +25,10 @@ import { paddedSize, randomSigns, rotateHessian, rotateWeight, unrotateWeight } 
 
 /** Options of {@link caldera}. Defaults follow the paper where they earn their cost (see the package README). */
 export interface CalderaOptions {
-  /** Rank k of L·R; 0 gives Q alone (LDLQ only, a QuIP#-style quantizer). Default 64. */
+  /**
+   * Rank k of L·R; 0 gives Q alone (LDLQ only, a QuIP#-style quantizer). Default 64; on a W with min(m, n) < 64 the
+   * default is refused (`E_VALUE`, asking for `rank`), not clamped.
+   */
   rank?: number;
   /** Bits per entry of Q (E8P12 = 2, RVQ 3/4), or 0 for no Q at all (low-rank only, "LPLR"). Default 2. */
   qBits?: 0 | 2 | 3 | 4;
@@ -113,11 +116,14 @@ const Q_BITS: readonly number[] = [0, 2, 3, 4];
 const FACTOR_BITS: readonly number[] = [2, 3, 4, 16];
 
 /** Throw `E_VALUE` naming the first option that {@link caldera} cannot honour (before any work is done). */
-function checkOptions(o: typeof DEFAULTS, m: number, n: number): void {
+function checkOptions(o: typeof DEFAULTS, m: number, n: number, rankGiven: boolean): void {
   const fail = (msg: string): never => {
     throw new CalderaError('E_VALUE', `caldera: ${msg}`);
   };
   const k = o.rank;
+  // the default rank is refused, not clamped, on a small W: a default must not silently change meaning
+  if (!rankGiven && k > Math.min(m, n))
+    fail(`the default rank ${k} exceeds min(m, n) = ${Math.min(m, n)} of W [${m}, ${n}]; pass options.rank`);
   if (!Number.isInteger(k) || k < 0 || k > Math.min(m, n))
     fail(`rank ${k} must be in [0, ${Math.min(m, n)}]`);
   if (!Q_BITS.includes(o.qBits)) fail(`qBits ${o.qBits} must be one of ${Q_BITS.join(', ')}`);
@@ -251,7 +257,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       );
   }
   if (m === 0 || n === 0) throw new CalderaError('E_SHAPE', `caldera: W [${m}, ${n}] is empty`);
-  checkOptions(o, m, n);
+  checkOptions(o, m, n, options.rank !== undefined);
   const k = o.rank;
   const pool = o.pool ? { pool: o.pool } : {};
   const sig = o.signal ? { signal: o.signal } : {};

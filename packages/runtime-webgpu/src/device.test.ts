@@ -1,6 +1,6 @@
 import { build } from 'esbuild';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { CalderaError } from '@caldera/core';
 import { e8pDecode } from '@caldera/quant';
 import { createDevice } from './device.js';
@@ -13,6 +13,25 @@ describe('without a GPU', () => {
     expect((noNavigator as CalderaError).code).toBe('E_DEVICE');
     const gpu = { requestAdapter: async () => null } as unknown as GPU;
     await expect(createDevice({ gpu })).rejects.toMatchObject({ code: 'E_DEVICE' });
+  });
+
+  it('in Node, a missing adapter says how to get one (a Vulkan ICD such as SwiftShader); in a browser it does not', async () => {
+    // before: "E_DEVICE: WebGPU: requestAdapter() returned no adapter", with no hint
+    const gpu = { requestAdapter: async () => null } as unknown as GPU;
+    const inNode = (await createDevice({ gpu }).catch((e: unknown) => e)) as CalderaError;
+    expect(inNode.code).toBe('E_DEVICE');
+    expect(inNode.message).toBe(
+      "E_DEVICE: WebGPU: requestAdapter() returned no adapter; Dawn in Node needs a Vulkan driver: without a GPU, set VK_ICD_FILENAMES to a Vulkan ICD such as Chromium's SwiftShader (/usr/lib/chromium/vk_swiftshader_icd.json) before starting Node",
+    );
+    // a browser has no process.versions.node
+    vi.stubGlobal('process', { ...process, versions: {} });
+    let inBrowser: CalderaError;
+    try {
+      inBrowser = (await createDevice({ gpu }).catch((e: unknown) => e)) as CalderaError;
+    } finally {
+      vi.unstubAllGlobals();
+    }
+    expect(inBrowser.message).toBe('E_DEVICE: WebGPU: requestAdapter() returned no adapter');
   });
 
   it("createDevice requests the adapter's limits (storage buffers up to 16) and reports what the device got", async () => {

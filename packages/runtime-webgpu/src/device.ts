@@ -56,6 +56,18 @@ export interface CalderaDevice {
 }
 
 /**
+ * What to try when no adapter is found, in Node only (Dawn there needs a Vulkan driver; a browser has its own reasons,
+ * e.g. a blocklisted GPU, that the page cannot fix): empty in a browser.
+ */
+function noAdapterHint(): string {
+  const node = (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node;
+  return node
+    ? "; Dawn in Node needs a Vulkan driver: without a GPU, set VK_ICD_FILENAMES to a Vulkan ICD such as Chromium's" +
+        ' SwiftShader (/usr/lib/chromium/vk_swiftshader_icd.json) before starting Node'
+    : '';
+}
+
+/**
  * Acquire a WebGPU device: requests `shader-f16` when the adapter has it and the adapter's maximum storage-buffer,
  * buffer and workgroup-storage limits. Throws `CalderaError('E_DEVICE')` when WebGPU or an adapter is missing.
  */
@@ -69,7 +81,8 @@ export async function createDevice(options: CreateDeviceOptions = {}): Promise<C
         'WebGPU is not available: no navigator.gpu (in Node pass { gpu: create([]) } from the webgpu package)',
       );
     adapter = await gpu.requestAdapter({ powerPreference: options.powerPreference ?? 'high-performance' });
-    if (!adapter) throw new CalderaError('E_DEVICE', 'WebGPU: requestAdapter() returned no adapter');
+    if (!adapter)
+      throw new CalderaError('E_DEVICE', `WebGPU: requestAdapter() returned no adapter${noAdapterHint()}`);
   }
   const shaderF16 = adapter.features.has('shader-f16');
   const l = adapter.limits;

@@ -244,7 +244,9 @@ export interface LoraFinetuneOptions {
   seed?: number;
   /**
    * Resumable state file: saved atomically every `evalEvery` steps and on abort; when it exists at the start,
-   * training continues from it with identical results. A state saved with other settings (the trainer's: `seqLen`,
+   * training continues from it with identical results. It is kept when the run completes, so that a rerun before the
+   * result is saved returns it at once instead of training again: delete it once the checkpoint is written (`caldera
+   * finetune` keeps it in `<out>.partial`, removed with the rest). A state saved with other settings (the trainer's: `seqLen`,
    * `batch`, `lr`, …, the data and model config; this function's: see `settingLabels`) is refused with one `E_VALUE`
    * that lists every setting that differs.
    */
