@@ -137,6 +137,11 @@ export const POSITIVE_INT: NumberRule = { integer: true, min: 1 };
 export const NON_NEGATIVE_INT: NumberRule = { integer: true, min: 0 };
 /** Seeds: integers in [0, 2³² − 1] (what the generators use). */
 export const SEED: NumberRule = { integer: true, min: 0, max: 0xffffffff };
+/**
+ * `--threads`: integers in [1, 256], the sizes of a linear-algebra pool (`createPool` of @caldera/linalg refuses
+ * others; `main` checks the option for every command before it runs).
+ */
+export const THREADS: NumberRule = { integer: true, min: 1, max: 256 };
 /** Numbers > 0. */
 export const POSITIVE: NumberRule = { above: 0 };
 

@@ -1,5 +1,14 @@
+import { readFileSync } from 'node:fs';
 import { isCalderaError } from '@caldera/core';
-import { commandSpec, parseArgs, UsageError, type Args, type CommandSpec } from './args.js';
+import {
+  commandSpec,
+  flagNumber,
+  parseArgs,
+  THREADS,
+  UsageError,
+  type Args,
+  type CommandSpec,
+} from './args.js';
 import { compressCommand, compressHelp, mergeCommand, mergeHelp, workerHelp } from './commands/compress.js';
 import { exportCommand, exportHelp } from './commands/export.js';
 import { finetuneCommand, finetuneHelp } from './commands/finetune.js';
@@ -41,12 +50,50 @@ ${Object.entries(COMMANDS)
   .map(([name, c]) => `  ${name.padEnd(10)} ${c.help.split('\n')[0]!.replace(/^caldera \S+ /, '')}`)
   .join('\n')}
 
-Run 'caldera <command> --help' for a command's options.`;
+Run 'caldera <command> --help' for a command's options, 'caldera --version' for the version.`;
 
-/** Run the CLI with `argv` (without node and script); resolves to the exit code. */
+/**
+ * The version of `@caldera/cli`, from its package.json: one folder up from this module whether it runs as
+ * `src/cli.ts` (tests), as `dist/*.js` / `dist/*.cjs` (tsup shims `import.meta.url` in CommonJS) or from an installed
+ * package (`files` ships `dist` beside `package.json`).
+ */
+export function cliVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
+  return pkg.version;
+}
+
+/**
+ * A Node system error (`fs`, `net`, …: a string `code` such as `EACCES` or `ENOENT` and a `path` or `syscall`), which
+ * is the user's environment (permissions, a full disk, a missing or misplaced file), not a bug of the CLI.
+ */
+export function isSystemError(e: unknown): e is NodeJS.ErrnoException {
+  if (!(e instanceof Error)) return false;
+  const { code, path, syscall } = e as NodeJS.ErrnoException;
+  return (
+    typeof code === 'string' &&
+    /^E[A-Z0-9]+$/.test(code) &&
+    (typeof path === 'string' || typeof syscall === 'string')
+  );
+}
+
+/**
+ * Run the CLI with `argv` (without node and script); resolves to the exit code: 0 done, 1 an error of the input or
+ * environment (a {@link CalderaError}, or a Node system error such as `EACCES`, printed as `E_IO`), 2 a usage error.
+ * Anything else (a bug) rejects, and the `caldera` binary prints its stack and exits 70.
+ */
 export async function main(argv: readonly string[]): Promise<number> {
   const [cmd, ...rest] = argv;
-  if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') {
+  if (cmd === '--version' || cmd === '-v') {
+    console.log(cliVersion());
+    return 0;
+  }
+  if (cmd === undefined) {
+    console.error(USAGE);
+    return 2;
+  }
+  if (cmd === '--help' || cmd === '-h' || cmd === 'help') {
     console.log(USAGE);
     return 0;
   }
@@ -72,10 +119,16 @@ export async function main(argv: readonly string[]): Promise<number> {
     return 2;
   }
   try {
+    // every command's --threads sizes a linear-algebra pool: its range is the pool's
+    flagNumber(args, 'threads', undefined, THREADS);
     return await c.run(args);
   } catch (e) {
     if (isCalderaError(e)) {
       console.error(`caldera ${cmd}: ${e.message}`);
+      return 1;
+    }
+    if (isSystemError(e)) {
+      console.error(`caldera ${cmd}: E_IO: ${e.message}`);
       return 1;
     }
     throw e;

@@ -104,7 +104,7 @@ describe('caldera generate / eval / inspect', () => {
     expect(run(['generate', '--help']).stdout).toMatch(/--temperature/);
     const threads = run(['eval', model, '--threads', '0']);
     expect(threads.status).toBe(1);
-    expect(threads.stderr).toMatch(/--threads must be a positive integer, got 0/);
+    expect(threads.stderr).toMatch(/--threads must be an integer in \[1, 256\], got 0/);
   });
 });
 

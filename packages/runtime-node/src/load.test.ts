@@ -287,6 +287,35 @@ describe('loadModel', () => {
     );
   });
 
+  it("caldera.json's layer entries: one that names no linear layer of the model, or an unknown codec, is E_FORMAT naming it", async () => {
+    const name = 'model.layers.0.self_attn.q_proj';
+    const d = caldera(raw[`${name}.weight`]!, null, { rank: 4, outerIters: 1, lplrIters: 1 });
+    const { tensors: ct, meta: layer } = toCheckpointTensors(name, d);
+    const t: Record<string, Tensor> = { ...raw, ...ct };
+    delete t[`${name}.weight`];
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-stray-'));
+    await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
+    await writeSafetensors(join(dir, 'model.safetensors'), t);
+    const withLayers = (layers: Record<string, CalderaLayerMeta>) =>
+      writeFile(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));
+    await withLayers({ [name]: layer });
+    expect((await readModelLayout(dir)).calderaMeta!.layers[name]).toBeDefined();
+    // a block past num_hidden_layers (2) and a misspelt projection: ignored before, the model loaded as if absent
+    await withLayers({ [name]: layer, 'model.layers.7.self_attn.q_proj': layer });
+    await expect(readModelLayout(dir)).rejects.toThrow(
+      /^E_FORMAT: .*caldera\.json lists layer 'model\.layers\.7\.self_attn\.q_proj', which is not a linear layer of the model/,
+    );
+    await withLayers({ [name]: layer, 'model.layers.0.mlp.upproj': layer });
+    await expect(loadModel(dir)).rejects.toThrow(
+      /layer 'model\.layers\.0\.mlp\.upproj', which is not a linear layer/,
+    );
+    // an unknown codec: "unknown codec 'e8p99'" from the decoder before, naming neither the file nor the layer
+    await withLayers({ [name]: { ...layer, codecs: { ...layer.codecs, Q: 'e8p99' } } });
+    await expect(readModelLayout(dir)).rejects.toThrow(
+      /^E_FORMAT: .*caldera\.json: layers\["model\.layers\.0\.self_attn\.q_proj"\]\.codecs\.Q is unknown codec 'e8p99'/,
+    );
+  });
+
   it('CALDERA tensors without caldera.json are an E_FORMAT error saying so', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'caldera-nometa-'));
     await writeFile(join(dir, 'config.json'), JSON.stringify(hf));

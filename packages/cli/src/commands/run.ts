@@ -19,6 +19,7 @@ import {
   progressBar,
   SEED,
   NON_NEGATIVE_INT,
+  THREADS,
   type Args,
 } from '../args.js';
 import {
@@ -43,7 +44,7 @@ model's test split). Prints tokens, mean NLL and perplexity. The defaults score 
   --context N      tokens per window, 2 … the model's max positions (default 256, or the max positions if fewer)
   --stride N       window step, 1 … context (default: context)
   --max-tokens N   evaluate at most N tokens of the text (default 8192)
-  --threads N      threads for the products of each window (default 2; 1 = the calling thread only)
+  --threads N      threads for the products of each window, 1 … 256 (default 2; 1 = the calling thread only)
   --tokenizer FILE tokenizer.bin of a llama2.c model (default: beside the .bin)`;
 
 /**
@@ -55,7 +56,7 @@ async function withModel(
   use: (opened: OpenedModel, path: string) => Promise<number>,
 ): Promise<number> {
   const path = modelDirOf(a.positionals[0]);
-  const pool = poolFor(flagNumber(a, 'threads', 2));
+  const pool = poolFor(flagNumber(a, 'threads', 2, THREADS));
   try {
     return await use(await openModel(path, flagString(a, 'tokenizer'), pool), path);
   } finally {
@@ -85,9 +86,21 @@ async function evaluate(
     flags.stride === undefined
       ? context
       : checkFlag('stride', flags.stride, { integer: true, min: 1, max: context }, ' (at most the context)');
-  const docs = await readDocuments(flagString(a, 'text') ?? defaultText('test'));
+  const text = flagString(a, 'text');
+  const docs = await readDocuments(text ?? defaultText('test'));
   const bos = config.bosTokenId;
   const ids = docs.flatMap((d) => (bos === null ? tokenizer.encode(d) : [bos, ...tokenizer.encode(d)]));
+  // the file and the option at fault, rather than perplexity's "needs at least 2 tokens" (a BOS is not the text's)
+  if (ids.length < 2 && text !== undefined)
+    throw new CalderaError(
+      'E_VALUE',
+      `--text ${text} has ${ids.length - (bos === null ? 0 : docs.length)} tokens; perplexity needs at least 2`,
+    );
+  if (flags.max < 2)
+    throw new CalderaError(
+      'E_VALUE',
+      `--max-tokens ${flags.max} leaves too few tokens; perplexity needs at least 2`,
+    );
   const bar = progressBar('eval', !a.flags.has('json') && process.stderr.isTTY === true);
   const t0 = performance.now();
   const r = await perplexity(model, ids.slice(0, flags.max), {
@@ -123,8 +136,8 @@ Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Fa
   --repetition-penalty R     > 0; above 1 discourages tokens of the prompt and of the output so far (default 1: none)
   --stop STRING              stop when the output contains STRING (not printed)
   --seed S                   sampling seed, an integer in [0, 4294967295] (default 0)
-  --threads N                threads for the prompt's products (default 2; 1 = the calling thread only; decoding
-                             uses one)
+  --threads N                threads for the prompt's products, 1 … 256 (default 2; 1 = the calling thread only;
+                             decoding uses one)
   --tokenizer FILE           tokenizer.bin of a llama2.c model (default: beside the .bin)`;
 
 export async function generateCommand(a: Args): Promise<number> {

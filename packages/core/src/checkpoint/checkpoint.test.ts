@@ -96,6 +96,25 @@ describe('metadata', () => {
   });
 });
 
+describe('metadata codecs', () => {
+  it('a codec this reader cannot decode is E_FORMAT naming the file, the layer and the part', () => {
+    for (const [part, codec] of [
+      ['Q', 'e8p99'],
+      ['Q', 'f16'],
+      ['L', 'e8p99'],
+      ['R', 'u4'],
+    ] as const) {
+      const bad = meta();
+      bad.layers[P]!.codecs[part] = codec;
+      expect(() => parseCalderaMeta(bad, 'ck/caldera.json')).toThrow(
+        codec === 'f16'
+          ? `ck/caldera.json: layers["${P}"].codecs.Q cannot be dense`
+          : `E_FORMAT: ck/caldera.json: layers["${P}"].codecs.${part} is unknown codec '${codec}' (known: e8p12, e8p12-rvq3, e8p12-rvq4${part === 'Q' ? '' : ', f16'})`,
+      );
+    }
+  });
+});
+
 describe('validation', () => {
   it('the expected set matches the format table', () => {
     const names = expectedCalderaTensors(P, meta().layers[P]!).map((e) => e.part);

@@ -1,7 +1,15 @@
 import { CalderaError } from '../errors.js';
 
-/** Codec names used in `caldera.json` (`codecs.Q/L/R`). Other strings are allowed for future codecs. */
+/**
+ * Codec names used in `caldera.json` (`codecs.Q/L/R`). The type admits other strings (a later format version may add
+ * codecs), but {@link parseCalderaMeta} refuses any this reader cannot decode.
+ */
 export type CalderaCodecName = 'e8p12' | 'e8p12-rvq3' | 'e8p12-rvq4' | 'f16' | (string & {});
+
+/** The codecs of Q that format version 1 defines (lattice codes: E8P, plus an RVQ residual stage for 3 and 4 bits). */
+const Q_CODECS: readonly string[] = ['e8p12', 'e8p12-rvq3', 'e8p12-rvq4'];
+/** The codecs of L and R: Q's, or `f16` (a dense factor). */
+const LR_CODECS: readonly string[] = [...Q_CODECS, 'f16'];
 
 /** Per-linear-layer entry of `caldera.json` (`layers["<prefix>"]`). */
 export interface CalderaLayerMeta {
@@ -96,6 +104,14 @@ export function parseCalderaMeta(json: unknown, file = CALDERA_META_FILE): Calde
       if (typeof c !== 'object' || c === null || !['Q', 'L', 'R'].every((k) => typeof c[k] === 'string')) {
         problems.push(`${at}.codecs is not { Q, L, R } codec names`);
       } else if (c.Q === 'f16') problems.push(`${at}.codecs.Q cannot be dense`);
+      else
+        for (const k of ['Q', 'L', 'R'] as const) {
+          const known = k === 'Q' ? Q_CODECS : LR_CODECS;
+          if (!known.includes(c[k] as string))
+            problems.push(
+              `${at}.codecs.${k} is unknown codec '${c[k] as string}' (known: ${known.join(', ')})`,
+            );
+        }
       if (typeof l.bitsPerWeight !== 'number') problems.push(`${at}.bitsPerWeight is not a number`);
       if (l.paperBitsPerWeight !== undefined && typeof l.paperBitsPerWeight !== 'number')
         problems.push(`${at}.paperBitsPerWeight is not a number`);

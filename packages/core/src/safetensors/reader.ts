@@ -173,7 +173,7 @@ function typedView(dtype: DType, raw: Uint8Array | ArrayBuffer): Tensor['data'] 
  */
 export async function openSafetensors(input: SafetensorsInput, name?: string): Promise<SafetensorsReader> {
   let source: ByteSource;
-  if (typeof input === 'string') source = await openFileSource(input);
+  if (typeof input === 'string') source = await openFileSource(input, 'safetensors file');
   else if (input instanceof ArrayBuffer || ArrayBuffer.isView(input)) source = bufferSource(input, name);
   else if (typeof Blob !== 'undefined' && input instanceof Blob) source = blobSource(input, name);
   else if (

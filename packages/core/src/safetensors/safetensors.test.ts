@@ -279,4 +279,17 @@ describe('malformed files are rejected with E_FORMAT naming the problem', () => 
     await expect(openSafetensors(path)).rejects.toThrow(/past the end/);
     await expect(openSafetensors(join(dir, 'nope.safetensors'))).rejects.toMatchObject({ code: 'E_MISSING' });
   });
+
+  it('a directory where the file should be is E_IO saying so, not a failed read at byte 0', async () => {
+    const path = join(dir, 'model.safetensors');
+    const { mkdir } = await import('node:fs/promises');
+    await mkdir(path);
+    const e = await openSafetensors(path).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(CalderaError);
+    expect(e).toMatchObject({
+      code: 'E_IO',
+      message: `E_IO: ${path} is a directory, not a safetensors file`,
+    });
+    await rm(path, { recursive: true });
+  });
 });

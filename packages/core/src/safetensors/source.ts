@@ -104,19 +104,31 @@ export async function fileHandleSource(fh: FileHandleLike, name: string): Promis
   };
 }
 
-/** Open a file by path as a {@link ByteSource} (Node only; `node:fs` is loaded on first use). */
-export async function openFileSource(path: string): Promise<ByteSource> {
+/**
+ * Open a file by path as a {@link ByteSource} (Node only; `node:fs` is loaded on first use). A missing file is
+ * `E_MISSING`, a directory `E_IO` "`path` is a directory, not a `what`" (`what`: the kind of file expected, e.g.
+ * "safetensors file"), any other open error `E_IO`.
+ */
+export async function openFileSource(path: string, what = 'file'): Promise<ByteSource> {
   const fs = await nodeFs();
-  let fh: FileHandleLike;
+  const isDirectory = () =>
+    new CalderaError('E_IO', `${path} is a directory, not a ${what}`, { details: { path } });
+  let fh: Awaited<ReturnType<typeof fs.open>>;
   try {
-    fh = (await fs.open(path, 'r')) as unknown as FileHandleLike;
+    fh = await fs.open(path, 'r');
   } catch (e) {
     const code = (e as { code?: string }).code;
+    if (code === 'EISDIR') throw isDirectory(); // where a directory cannot even be opened (Windows)
     throw new CalderaError(code === 'ENOENT' ? 'E_MISSING' : 'E_IO', `${path}: cannot open (${code ?? e})`, {
       cause: e,
     });
   }
-  return fileHandleSource(fh, path);
+  // POSIX opens a directory for reading; its first read would fail with EISDIR ("read failed at byte 0")
+  if ((await fh.stat()).isDirectory()) {
+    await fh.close();
+    throw isDirectory();
+  }
+  return fileHandleSource(fh as unknown as FileHandleLike, path);
 }
 
 /**
