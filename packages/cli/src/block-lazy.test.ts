@@ -136,7 +136,7 @@ describe('compress with the source held one block at a time (BlockLazyRunner)', 
     expect(report.perplexity.original).toBe(baseline);
   }, 120_000);
 
-  it('SIGINT mid-run stops (exit 1), keeps the committed blocks, and the resumed run gives the same bytes', async () => {
+  it('SIGINT mid-run stops (exit 130, as export and finetune), keeps the committed blocks, and the resumed run gives the same bytes', async () => {
     const { dir } = await writeTinyModel(join(tmp, 'sigint'), { dtype: 'f16', layers: 5, seed: 25 });
     const args = [...fast, '--rank', '4', '--windows', '8', '--length', '64'];
     const whole = join(tmp, 'sigint-whole');
@@ -148,7 +148,7 @@ describe('compress with the source held one block at a time (BlockLazyRunner)', 
       'SIGINT',
       2,
     );
-    expect(code).toBe(1);
+    expect(code).toBe(130);
     expect(existsSync(join(out, 'model.safetensors'))).toBe(false);
     expect(existsSync(join(`${out}.partial`, 'block-0000.json'))).toBe(true);
     expect(existsSync(join(`${out}.partial`, 'block-0004.json'))).toBe(false);

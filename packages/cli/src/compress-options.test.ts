@@ -128,7 +128,7 @@ describe('caldera compress: Ctrl-C while the model loads', () => {
     ).rejects.toBe(reason);
   });
 
-  it('SIGINT as soon as compress listens (before its load): "interrupted", nothing written, the listener removed', async () => {
+  it('SIGINT as soon as compress listens (before its load): exit 130, "interrupted", nothing written, the listener removed', async () => {
     const errors: string[] = [];
     vi.spyOn(console, 'error').mockImplementation((...x: unknown[]) => void errors.push(x.join(' ')));
     const { dir: src } = await writeTinyModel(join(tmp, 'sigint'), { seed: 15 });
@@ -142,11 +142,14 @@ describe('caldera compress: Ctrl-C while the model loads', () => {
     }, 0);
     const code = await main(['compress', src, '--out', out, ...FAST, '--rank', '8']);
     clearInterval(timer);
-    expect(code).toBe(1);
-    expect(errors.join('\n')).toMatch(/caldera compress: E_ABORTED: interrupted/);
+    expect(code).toBe(130);
+    expect(errors.join('\n')).toMatch(
+      /caldera compress: interrupted before anything was committed; nothing written/,
+    );
     expect(existsSync(out)).toBe(false);
     expect(existsSync(`${out}.partial`)).toBe(false);
     expect(process.listenerCount('SIGINT')).toBe(before);
+    expect(process.listenerCount('SIGTERM')).toBe(0);
   }, 60_000);
 });
 

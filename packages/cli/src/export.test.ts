@@ -227,5 +227,27 @@ describe('caldera export', () => {
       expect(readdirSync(tmp).filter((f) => f.startsWith('interrupted'))).toEqual([]);
       expect(process.listenerCount('SIGINT')).toBe(before);
     }, 60_000);
+
+    it('SIGTERM during the export: the same, with exit code 143 (128 + 15); both handlers removed', async () => {
+      const errors: string[] = [];
+      vi.spyOn(console, 'error').mockImplementation((...x: unknown[]) => void errors.push(x.join(' ')));
+      const out = join(tmp, 'terminated');
+      const before = process.listenerCount('SIGTERM');
+      const beforeInt = process.listenerCount('SIGINT');
+      const timer = setInterval(() => {
+        if (process.listenerCount('SIGTERM') > before) {
+          clearInterval(timer);
+          process.emit('SIGTERM');
+        }
+      }, 0);
+      const code = await main(['export', ckpt, '--out', out, '--dtype', 'f32']);
+      clearInterval(timer);
+      expect(code).toBe(143);
+      expect(errors.join('\n')).toMatch(/caldera export: interrupted; nothing written/);
+      expect(existsSync(out)).toBe(false);
+      expect(readdirSync(tmp).filter((f) => f.startsWith('terminated'))).toEqual([]);
+      expect(process.listenerCount('SIGTERM')).toBe(before);
+      expect(process.listenerCount('SIGINT')).toBe(beforeInt);
+    }, 60_000);
   });
 });

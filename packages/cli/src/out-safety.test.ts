@@ -1,9 +1,19 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import { writeSafetensors } from '@caldera/core';
 import { hashModelTensors, sha256Hex } from '@caldera/calibrate';
-import { fastCompressSetup, runCli, runUntil } from './test-cli.js';
+import { bin, fastCompressSetup, runCli, runUntil } from './test-cli.js';
+import { spawn } from 'node:child_process';
 import { writeTinyModel } from './test-models.js';
 
 const { tmp, data, heldOut, fast } = fastCompressSetup('caldera-out-safety-');
@@ -170,6 +180,169 @@ describe('--out never destroys what is there', () => {
   });
 });
 
+const TRAIN = ['--steps', '2', '--batch', '1', '--seq-len', '32', '--warmup', '1', '--valid-tokens', '256'];
+
+describe('--out: a marker file alone does not make a directory replaceable', () => {
+  it('compress refuses a project of its own that has a caldera.json; every file stays', () => {
+    const proj = join(tmp, 'proj');
+    mkdirSync(join(proj, 'src'), { recursive: true });
+    writeFileSync(join(proj, 'caldera.json'), '{"myapp":true}');
+    writeFileSync(join(proj, 'src', 'a.js'), 'x');
+    writeFileSync(join(proj, 'thesis.tex'), 't');
+    const before = snapshot(proj);
+    const r = run(['compress', src, '--out', proj, ...FAST, '--method', 'rtn']);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(
+      /E_VALUE: --out .*proj is a non-empty directory that is not a Caldera checkpoint \(its caldera\.json is not one of ours; it holds caldera\.json, src, thesis\.tex\)/,
+    );
+    expect(snapshot(proj)).toEqual(before);
+    expect(existsSync(`${proj}.partial`)).toBe(false);
+  });
+
+  it('compress and finetune refuse a real checkpoint that also holds other files, naming them', () => {
+    const mixed = join(tmp, 'mixed');
+    cpSync(ckpt, mixed, { recursive: true });
+    writeFileSync(join(mixed, 'thesis.tex'), 't');
+    mkdirSync(join(mixed, 'src'));
+    const before = snapshot(mixed);
+    const c = run(['compress', src, '--out', mixed, ...FAST, '--rank', '8']);
+    expect(c.status).toBe(1);
+    expect(c.stderr).toMatch(
+      /E_VALUE: --out .*mixed is not only a Caldera checkpoint: it also holds src, thesis\.tex: its files would be lost/,
+    );
+    const f = run(['finetune', ckpt, '--out', mixed, ...FINETUNE, '--steps', '2']);
+    expect(f.status).toBe(1);
+    expect(f.stderr).toMatch(
+      /--out .*mixed is not only a Caldera checkpoint: it also holds src, thesis\.tex/,
+    );
+    expect(snapshot(mixed)).toEqual(before);
+  });
+
+  it('train refuses a training-log.jsonl that is not its own, and its own output with other files in it', () => {
+    const fake = join(tmp, 'fake-train');
+    mkdirSync(fake);
+    writeFileSync(join(fake, 'training-log.jsonl'), 'my lab notes\n');
+    writeFileSync(join(fake, 'data.csv'), '1,2');
+    const r = run(['train', '--out', fake, ...TRAIN]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/not a 'caldera train' output \(its training-log\.jsonl is not one of ours/);
+    expect(readdirSync(fake).sort()).toEqual(['data.csv', 'training-log.jsonl']);
+    const model = join(tmp, 'trained-plus');
+    expect(run(['train', '--out', model, ...TRAIN]).status).toBe(0);
+    writeFileSync(join(model, 'notes.txt'), 'keep me');
+    const again = run(['train', '--out', model, ...TRAIN]);
+    expect(again.status).toBe(1);
+    expect(again.stderr).toMatch(/is not only a 'caldera train' output: it also holds notes\.txt/);
+    expect(readFileSync(join(model, 'notes.txt'), 'utf8')).toBe('keep me');
+  });
+});
+
+describe('--out that cannot be created', () => {
+  const noStack = (stderr: string) => expect(stderr).not.toMatch(/\n\s+at /);
+
+  it('fails at once with one E_IO line naming it (exit 1), before any work, in every command', () => {
+    const file = join(tmp, 'plain-file');
+    writeFileSync(file, 'x');
+    for (const [out, message] of [
+      // (a recursive mkdir under /proc never returns in Node)
+      ['/proc/caldera-out', /E_IO: \/proc: cannot create --out \/proc\/caldera-out in it \(ENOENT\)/],
+      [
+        join(file, 'sub', 'dir'),
+        /E_IO: --out .*plain-file\/sub\/dir: cannot create it, .*plain-file is a file/,
+      ],
+    ] as const) {
+      for (const args of [
+        ['compress', src, '--out', out, ...FAST],
+        ['finetune', ckpt, '--out', out, ...FINETUNE, '--steps', '2'],
+        ['train', '--out', out, ...TRAIN],
+        ['export', ckpt, '--out', out],
+      ]) {
+        const r = runCli(args, 30_000);
+        expect(r.status, `${args[0]} ${out}: ${r.stderr}`).toBe(1);
+        expect(r.stderr).toMatch(message);
+        noStack(r.stderr);
+        expect(r.stdout).not.toMatch(/"event":"baseline"/);
+      }
+    }
+  }, 120_000);
+
+  it.skipIf(process.getuid?.() === 0)('a read-only parent: E_IO permission denied (EACCES)', () => {
+    const ro = join(tmp, 'read-only');
+    mkdirSync(ro);
+    chmodSync(ro, 0o555);
+    try {
+      const r = run(['compress', src, '--out', join(ro, 'out'), ...FAST]);
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(
+        /E_IO: .*read-only: cannot create --out .* in it \(permission denied, EACCES\)/,
+      );
+      noStack(r.stderr);
+      expect(r.stdout).not.toMatch(/"event":"baseline"/);
+    } finally {
+      chmodSync(ro, 0o755);
+    }
+  });
+});
+
+/** Like `runUntil`, with the command's stderr. */
+function runUntilStderr(
+  args: string[],
+  file: string,
+  signal: NodeJS.Signals,
+): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setInterval(() => {
+      if (existsSync(file)) {
+        p.kill(signal);
+        clearInterval(timer);
+      }
+    }, 5);
+    p.on('close', (code) => {
+      clearInterval(timer);
+      resolve({ code, stderr });
+    });
+  });
+}
+
+describe('SIGTERM stops like Ctrl-C (exit 143), keeping what a rerun resumes from', () => {
+  it('compress: the committed blocks stay in <out>.partial, and it says so', async () => {
+    const six = (await writeTinyModel(join(tmp, 'models', 'term'), { layers: 6, seed: 8 })).dir;
+    const out = join(tmp, 'term-out');
+    const args = ['compress', six, '--out', out, ...FAST, '--windows', '8', '--length', '64'];
+    const r = await runUntilStderr(args, join(`${out}.partial`, 'block-0000.json'), 'SIGTERM');
+    expect(r.code).toBe(143);
+    expect(r.stderr).toMatch(
+      /caldera compress: interrupted; \d+ compressed blocks? kept in .*term-out\.partial — rerun the same command to resume/,
+    );
+    expect(existsSync(join(`${out}.partial`, 'block-0000.json'))).toBe(true);
+    expect(existsSync(out)).toBe(false);
+    expect(readdirSync(tmp).filter((f) => f.startsWith('term-out.tmp-'))).toEqual([]);
+  }, 60_000);
+
+  it('finetune and train: their state is saved', async () => {
+    const ft = join(tmp, 'ft-term');
+    const state = join(`${ft}.partial`, 'finetune-state.bin');
+    const f = await runUntilStderr(
+      ['finetune', ckpt, '--out', ft, ...FINETUNE, '--steps', '100000', '--patience', '100000'],
+      state,
+      'SIGTERM',
+    );
+    expect(f.code).toBe(143);
+    expect(f.stderr).toMatch(/caldera finetune: interrupted; state saved in .*ft-term\.partial/);
+    expect(existsSync(state)).toBe(true);
+    const tr = join(tmp, 'train-term');
+    const ts = join(`${tr}.partial`, 'train-state.bin');
+    const t = await runUntilStderr(['train', '--out', tr, ...TRAIN, '--steps', '100000'], ts, 'SIGTERM');
+    expect(t.code).toBe(143);
+    expect(t.stderr).toMatch(/caldera train: interrupted at step \d+; rerun the same command to resume/);
+    expect(existsSync(ts)).toBe(true);
+    expect(existsSync(tr)).toBe(false);
+  }, 120_000);
+});
+
 describe('input files and partial state', () => {
   it('compress checks --eval and --data before any work', () => {
     const out = join(tmp, 'no-eval');
@@ -182,6 +355,39 @@ describe('input files and partial state', () => {
     expect(d.status).toBe(1);
     expect(d.stderr).toMatch(/E_IO: --data .* is a directory, not a text file/);
   });
+
+  it('compress checks the calibration text, and refuses a compressed checkpoint, before the baseline; nothing is left', () => {
+    const out = join(tmp, 'bad-input');
+    const cases: [string, RegExp][] = [
+      [
+        'too short',
+        /E_VALUE: --data .*short\.txt has \d+ tokens, fewer than one calibration window of --length 32; .*\(--windows, --length; now 4 × 32 tokens\)/,
+      ],
+      ['', /E_VALUE: --data .*empty\.txt has no text; .*--windows, --length/],
+      ['{"body": "no text field"}\n', /E_FORMAT: .*notext\.jsonl:1 has no "text"/],
+    ];
+    for (const [i, [text, message]] of cases.entries()) {
+      const file = join(tmp, ['short.txt', 'empty.txt', 'notext.jsonl'][i]!);
+      writeFileSync(file, text);
+      const r = run(['compress', src, '--out', out, ...FAST, '--data', file]);
+      expect(r.status, file).toBe(1);
+      expect(r.stderr).toMatch(message);
+      expect(r.stdout).not.toMatch(/"event":"baseline"/);
+      expect(existsSync(`${out}.partial`)).toBe(false);
+      expect(existsSync(`${out}.work`)).toBe(false);
+      const o = run(['compress', src, '--out', out, ...FAST, '--data', file, '--propagate', 'original']);
+      expect(o.status, file).toBe(1);
+      expect(o.stderr).toMatch(message);
+      expect(existsSync(`${out}.work`)).toBe(false);
+    }
+    const c = run(['compress', ckpt, '--out', out, ...FAST]);
+    expect(c.status).toBe(1);
+    expect(c.stderr).toContain(
+      `E_VALUE: ${ckpt} is a Caldera checkpoint (compressed); compress a dense model`,
+    );
+    expect(existsSync(`${out}.partial`)).toBe(false);
+    expect(existsSync(out)).toBe(false);
+  }, 60_000);
 
   it('a failed finetune removes the empty partial directory it made, never one that holds state', async () => {
     const tiny = join(tmp, 'tiny-valid.txt');

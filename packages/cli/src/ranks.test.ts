@@ -1,4 +1,8 @@
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { mkdtempSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { main } from './cli.js';
 import { allocateRanks, averageBits, rankCap } from '@caldera/calibrate';
 import { checkFlag } from './args.js';
 import { chooseRanks, parseLayerRanks } from './commands/ranks.js';
@@ -97,5 +101,57 @@ describe('rank choice for caldera compress', () => {
     // a fixed rank or an override is clamped to the cap without granularity
     expect(chooseRanks(odd, { widths, rank: 1000 })).toEqual({ a: 60, b: 37 });
     expect(chooseRanks(odd, { widths, rank: 4, overrides: [['b', 1000]] })).toEqual({ a: 4, b: 37 });
+  });
+});
+
+describe('rank flags are never silently ignored', () => {
+  afterEach(() => vi.restoreAllMocks());
+  /** `caldera argv…` in-process: exit code and what went to stderr. */
+  const run = async (argv: string[]) => {
+    const errors: string[] = [];
+    vi.spyOn(console, 'error').mockImplementation((...x: unknown[]) => void errors.push(x.join(' ')));
+    vi.spyOn(console, 'log').mockImplementation(() => undefined);
+    const code = await main(argv);
+    return { code, stderr: errors.join('\n') };
+  };
+
+  it('a --layer-rank pattern that matches no layer is refused, naming it and the layer kinds', async () => {
+    expect(() => chooseRanks(layers, { widths, bits: 2.4, overrides: [['mpl', 32]] })).toThrow(
+      /--layer-rank: 'mpl' matches no layer \(a pattern is a part of a layer name, e\.g\. one of self_attn\.q_proj, self_attn\.o_proj, mlp\.gate_proj, mlp\.down_proj;/,
+    );
+    // one pattern that matches is not enough: each must
+    expect(() =>
+      chooseRanks(layers, {
+        widths,
+        rank: 8,
+        overrides: [
+          ['mlp', 32],
+          ['atn', 16],
+        ],
+      }),
+    ).toThrow(/'atn' matches no layer/);
+    const out = join(mkdtempSync(join(tmpdir(), 'caldera-ranks-')), 'never-written');
+    const r = await run(['compress', '--threads', '1', '--out', out, '--layer-rank', 'mpl=32']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/E_VALUE: --layer-rank: 'mpl' matches no layer .*mlp\.down_proj/);
+    expect(readdirSync(join(out, '..'))).toEqual([]);
+  });
+
+  it('--bits with --rank or --max-bytes is refused as conflicting; a default --bits is not', async () => {
+    const out = join(mkdtempSync(join(tmpdir(), 'caldera-ranks-')), 'never-written');
+    const c = ['compress', '--threads', '1', '--out', out];
+    for (const [flags, names] of [
+      [['--rank', '8', '--bits', '3'], '--rank and --bits'],
+      [['--max-bytes', '900000', '--bits', '3'], '--max-bytes and --bits'],
+      [['--rank', '8', '--max-bytes', '900000'], '--rank and --max-bytes'],
+    ] as const) {
+      const r = await run([...c, ...flags]);
+      expect(r.code, flags.join(' ')).toBe(1);
+      expect(r.stderr).toContain(`E_VALUE: ${names} conflict: each sets the ranks of every layer`);
+    }
+    expect(readdirSync(join(out, '..'))).toEqual([]);
+    // --rank or --max-bytes alone (the default --bits not given) is taken: the ranks it gives
+    const shapes = layers;
+    expect(Object.values(chooseRanks(shapes, { widths, rank: 8, bits: 2.4 }))).toEqual(new Array(8).fill(8));
   });
 });

@@ -279,7 +279,7 @@ describe.skipIf(!hasRedis)(
       await stopWorkers();
     }, 120_000);
 
-    it('SIGINT to the coordinator withdraws the jobs no worker has started and fails with E_ABORTED', async () => {
+    it('SIGINT to the coordinator withdraws the jobs no worker has started and exits 130, keeping <out>.work', async () => {
       const out = join(dir, 'cancelled');
       const coord = start([
         'compress',
@@ -301,8 +301,11 @@ describe.skipIf(!hasRedis)(
       expect(waiting()).toBe(4); // the Hessian chunks, with no worker to take them
       coord.p.kill('SIGINT');
       const c = await coord.done;
-      expect(c.status).toBe(1);
-      expect(c.stderr).toMatch(/E_ABORTED: queue run was aborted \(4 jobs unfinished\)/);
+      // as any interrupted compress: exit 130, the finished work kept for a rerun
+      expect(c.status).toBe(130);
+      expect(c.stderr).toMatch(
+        /caldera compress: interrupted; the finished work is kept in .*\.work — rerun the same command to resume/,
+      );
       expect(waiting()).toBe(0);
       expect(existsSync(out)).toBe(false);
     });

@@ -10,7 +10,18 @@ import { createPool, type Pool } from '@caldera/linalg';
 import { referenceModelDir, referenceTextPath } from '@caldera/reference-model';
 import { progressBar } from '../args.js';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
-import { access, constants, copyFile, readdir, readFile, realpath, stat } from 'node:fs/promises';
+import {
+  access,
+  constants,
+  copyFile,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  realpath,
+  rmdir,
+  stat,
+} from 'node:fs/promises';
 import {
   Llama2cTokenizer,
   loadLlama2c,
@@ -51,21 +62,20 @@ function within(inner: string, outer: string): boolean {
 
 /**
  * Check, before any work starts, that writing a checkpoint to `out` loses nothing: it may be missing, an empty
- * directory or an earlier output of the same kind (a directory holding `output.marker`: caldera.json for a Caldera
- * checkpoint, the default; a rerun replaces it; a null marker takes no non-empty directory, for an output that has
- * nothing to tell it from others of its kind, such as a dense model). Refused with E_VALUE: a file, a non-empty
- * directory of another kind, and a path equal to or containing one of `inputs` (the model or checkpoint the command
+ * directory or an earlier output of the same kind, which a rerun replaces: a directory whose `output.marker` is ours
+ * (`output.isMarker`: caldera.json with format "caldera" for a Caldera checkpoint, the default) and whose every entry
+ * is one such an output holds (`output.files`); a null marker takes no non-empty directory, for an output that has
+ * nothing to tell it from others of its kind, such as a dense model. Refused with E_VALUE: a file, a non-empty
+ * directory of another kind or with foreign entries (the first few named), and a path equal to or containing one of
+ * `inputs` (the model or checkpoint the command
  * reads) — except, with `output.inPlace`, an input equal to `out` that is an earlier output of the same kind (a
  * command that reads all it needs of its input before replacing `out` atomically, such as `caldera train` retraining
- * its template).
+ * its template). Then {@link checkOutWritable}: E_IO when the output cannot be created there.
  */
 export async function checkOutDir(
   out: string,
   inputs: readonly string[],
-  output: { marker: string | null; kind: string; inPlace?: boolean } = {
-    marker: 'caldera.json',
-    kind: 'a Caldera checkpoint',
-  },
+  output: OutputKind = CHECKPOINT_OUTPUT,
   flag = '--out',
 ): Promise<void> {
   const advice = `choose another ${flag} (or delete it yourself if it is not needed)`;
@@ -85,7 +95,9 @@ export async function checkOutDir(
   try {
     st = await stat(out);
   } catch (e) {
-    if ((e as { code?: string }).code === 'ENOENT') return;
+    const code = (e as { code?: string }).code;
+    // (ENOTDIR: a file on the way, which checkOutWritable names)
+    if (code === 'ENOENT' || code === 'ENOTDIR') return checkOutWritable(out, flag);
     throw new CalderaError('E_IO', `${flag} ${out}: cannot inspect it (${(e as Error).message})`, {
       cause: e,
     });
@@ -95,14 +107,30 @@ export async function checkOutDir(
       'E_VALUE',
       `${flag} ${out} is an existing file, not a directory: it would be replaced by the checkpoint; ${advice}`,
     );
-  const entries = await readdir(out);
-  if (entries.length === 0 || (output.marker !== null && entries.includes(output.marker))) return;
-  const shown =
-    entries.slice(0, 3).join(', ') + (entries.length > 3 ? `, … (${entries.length} entries)` : '');
-  const what =
-    output.marker === null
-      ? `is a non-empty directory (it holds ${shown})`
-      : `is a non-empty directory that is not ${output.kind} (no ${output.marker}; it holds ${shown})`;
+  const entries = (
+    await readdir(out).catch((e: unknown) => {
+      throw ioError(e, out, 'list it');
+    })
+  ).sort();
+  if (entries.length === 0) return checkOutWritable(out, flag);
+  const list = (names: readonly string[]) =>
+    names.slice(0, 3).join(', ') + (names.length > 3 ? `, … (${names.length} entries)` : '');
+  let what: string;
+  if (output.marker === null) what = `is a non-empty directory (it holds ${list(entries)})`;
+  else if (!entries.includes(output.marker))
+    what = `is a non-empty directory that is not ${output.kind} (no ${output.marker}; it holds ${list(entries)})`;
+  else {
+    // the marker alone proves nothing (a project of the user's may have a caldera.json): it must be ours, and every
+    // entry one that such an output holds, before the directory may be replaced
+    const text = await readFile(join(out, output.marker), 'utf8').catch(() => null);
+    const foreign = output.files ? entries.filter((f) => !output.files!.includes(f)) : [];
+    if (text !== null && (output.isMarker?.(text) ?? true) && foreign.length === 0)
+      return checkOutWritable(out, flag);
+    what =
+      text === null || !(output.isMarker?.(text) ?? true)
+        ? `is a non-empty directory that is not ${output.kind} (its ${output.marker} is not one of ours; it holds ${list(entries)})`
+        : `is not only ${output.kind}: it also holds ${list(foreign)}`;
+  }
   throw new CalderaError('E_VALUE', `${flag} ${out} ${what}: its files would be lost; ${advice}`);
 }
 
@@ -346,5 +374,214 @@ export async function openModel(path: string, tokenizerPath?: string, pool?: Poo
     calderaMeta,
     fileBytes: await weightFileBytes(path),
     format: calderaMeta ? 'caldera' : 'huggingface',
+  };
+}
+
+/** The files a Caldera checkpoint directory written by Caldera holds (compress, finetune: `writeCheckpointDir`). */
+export const CHECKPOINT_FILES: readonly string[] = Object.freeze([
+  'caldera.json',
+  'model.safetensors',
+  'config.json',
+  'report.json',
+  ...MODEL_SIDE_FILES,
+]);
+
+/** The files a `caldera train` output holds. */
+export const TRAIN_OUTPUT_FILES: readonly string[] = Object.freeze([
+  'training-log.jsonl',
+  'model.safetensors',
+  'config.json',
+  ...MODEL_SIDE_FILES,
+]);
+
+/** Whether `text` is a `caldera.json` of ours: JSON with `format` "caldera" and a numeric `version`. */
+export function isCalderaMetaText(text: string): boolean {
+  try {
+    const o = JSON.parse(text) as { format?: unknown; version?: unknown } | null;
+    return typeof o === 'object' && o !== null && o.format === 'caldera' && typeof o.version === 'number';
+  } catch {
+    return false;
+  }
+}
+
+/** Whether `text` is a `training-log.jsonl` of `caldera train`: every line a JSON object with an `event` string. */
+export function isTrainingLogText(text: string): boolean {
+  return text
+    .split('\n')
+    .filter((l) => l.trim())
+    .every((l) => {
+      try {
+        const o = JSON.parse(l) as { event?: unknown } | null;
+        return typeof o === 'object' && o !== null && typeof o.event === 'string';
+      } catch {
+        return false;
+      }
+    });
+}
+
+/** An earlier output of a command, which a rerun may replace: its marker file, how to recognise it, its files. */
+export interface OutputKind {
+  /** The file only this kind of output has (null: none, so only a missing or empty directory is taken). */
+  marker: string | null;
+  /** Named in errors, e.g. 'a Caldera checkpoint'. */
+  kind: string;
+  /** Whether the marker's text is really ours (default: any). */
+  isMarker?: (text: string) => boolean;
+  /** Every file name such an output holds; a directory with any other entry is not replaced. */
+  files?: readonly string[];
+  /** See {@link checkOutDir}. */
+  inPlace?: boolean;
+}
+
+/** A Caldera checkpoint (compress, finetune). */
+export const CHECKPOINT_OUTPUT: OutputKind = {
+  marker: 'caldera.json',
+  kind: 'a Caldera checkpoint',
+  isMarker: isCalderaMetaText,
+  files: CHECKPOINT_FILES,
+};
+
+/** A `caldera train` output. */
+export const TRAIN_OUTPUT: OutputKind = {
+  marker: 'training-log.jsonl',
+  kind: "a 'caldera train' output",
+  isMarker: isTrainingLogText,
+  files: TRAIN_OUTPUT_FILES,
+  inPlace: true,
+};
+
+/** `fs` error `e` as `E_IO` naming `path` and the errno code. */
+export function ioError(e: unknown, path: string, what: string): CalderaError {
+  if (isCalderaError(e)) return e;
+  const code = (e as { code?: string }).code ?? (e as Error).message;
+  const why =
+    code === 'EACCES' || code === 'EPERM'
+      ? 'permission denied'
+      : code === 'EROFS'
+        ? 'read-only file system'
+        : code === 'ENOTDIR'
+          ? 'a path component is not a directory'
+          : code === 'ENOSPC'
+            ? 'no space left on the device'
+            : code;
+  return new CalderaError('E_IO', `${path}: cannot ${what} (${why}${why === code ? '' : `, ${code}`})`, {
+    cause: e,
+  });
+}
+
+/** `mkdir(path, { recursive: true })` with fs errors as `E_IO` naming the path ({@link ioError}). */
+export async function makeDir(path: string): Promise<void> {
+  try {
+    await mkdir(path, { recursive: true });
+  } catch (e) {
+    throw ioError(e, path, 'create the directory');
+  }
+}
+
+/**
+ * Check that `out` and the working directories beside it (`<out>.partial`, `<out>.tmp-…`) can be created: the
+ * nearest existing ancestor of its parent must be a directory in which a directory can be made (tried with a
+ * temporary one, removed at once: this also catches a read-only or virtual file system such as /proc, where a
+ * recursive mkdir would never return). `E_IO` naming the path and the errno code otherwise. Creates nothing.
+ */
+export async function checkOutWritable(out: string, flag = '--out'): Promise<void> {
+  let dir = dirname(resolve(out));
+  for (;;) {
+    let st;
+    try {
+      st = await stat(dir);
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      const up = dirname(dir);
+      if ((code === 'ENOENT' || code === 'ENOTDIR') && up !== dir) {
+        dir = up;
+        continue;
+      }
+      throw ioError(e, dir, `use it for ${flag} ${out}`);
+    }
+    if (!st.isDirectory())
+      throw new CalderaError(
+        'E_IO',
+        `${flag} ${out}: cannot create it, ${dir} is a file, not a directory (ENOTDIR)`,
+      );
+    break;
+  }
+  let probe: string | undefined;
+  try {
+    probe = await mkdtemp(join(dir, '.caldera-probe-'));
+  } catch (e) {
+    throw ioError(e, dir, `create ${flag} ${out} in it`);
+  } finally {
+    if (probe !== undefined) await rmdir(probe).catch(() => undefined);
+  }
+}
+
+/** The exit code of a command stopped by `signal`: 128 + its number (SIGINT 130, SIGTERM 143). */
+export const SIGNAL_EXIT_CODES = { SIGINT: 130, SIGTERM: 143 } as const;
+export type StopSignal = keyof typeof SIGNAL_EXIT_CODES;
+
+/** What {@link onStopSignals} returns: the signal received (null until one is), its exit code, and the removal. */
+export interface StopSignals {
+  /** Aborted (reason `E_ABORTED: interrupted`) on the first SIGINT or SIGTERM. */
+  readonly signal: AbortSignal;
+  /** The signal received, or null. */
+  received(): StopSignal | null;
+  /** 130 for SIGINT, 143 for SIGTERM (130 when none was received). */
+  exitCode(): number;
+  /** Remove the handlers (in a `finally`). */
+  dispose(): void;
+}
+
+/**
+ * Handle SIGINT (Ctrl-C) and SIGTERM (kill, a container stop) the same way: the first of either aborts the returned
+ * signal, so a command stops at its next check and cleans up instead of dying half-way through a write. `onStop`
+ * runs too, for a command that polls a flag.
+ */
+export function onStopSignals(onStop?: (s: StopSignal) => void): StopSignals {
+  const ctl = new AbortController();
+  let got: StopSignal | null = null;
+  const handler = (s: StopSignal) => () => {
+    got ??= s;
+    ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
+    onStop?.(s);
+  };
+  const onInt = handler('SIGINT');
+  const onTerm = handler('SIGTERM');
+  process.once('SIGINT', onInt);
+  process.once('SIGTERM', onTerm);
+  return {
+    signal: ctl.signal,
+    received: () => got,
+    exitCode: () => SIGNAL_EXIT_CODES[got ?? 'SIGINT'],
+    dispose() {
+      process.off('SIGINT', onInt);
+      process.off('SIGTERM', onTerm);
+    },
+  };
+}
+
+/**
+ * Progress for a long command on stderr: the bar ({@link progressBar}) on a terminal; when stderr is redirected (a log
+ * file, a CI job) and not `json`, plain lines instead — the first update, then at most one every `everyMs` (default
+ * 10 s) or when the note's phase (its first word, when it has several) changes, and the last, so that a log shows
+ * the run is alive; nothing with `json`.
+ */
+export function progressFor(label: string, json: boolean, everyMs = 10_000): ReturnType<typeof progressBar> {
+  if (json) return progressBar(label, false);
+  if (process.stderr.isTTY === true) return progressBar(label, true);
+  let last = -Infinity;
+  let phase: string | undefined;
+  return {
+    update(done: number, total: number, etaSeconds?: number, note = '') {
+      const now = Date.now();
+      // (a note of one word, such as export's tensor names, is no phase)
+      const p = note.includes(' ') ? note.split(' ')[0] : '';
+      if (now - last < everyMs && p === phase && done < total) return;
+      last = now;
+      phase = p;
+      const eta = etaSeconds === undefined ? '' : `, ETA ${Math.max(0, Math.round(etaSeconds))} s`;
+      process.stderr.write(`${label}: ${Math.floor(done)}/${total}${eta}${note ? ` ${note}` : ''}\n`);
+    },
+    done() {},
   };
 }

@@ -1,9 +1,10 @@
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import {
   atomicWriteFile,
   cast,
   CalderaError,
+  isCalderaError,
   openSafetensors,
   openSafetensorsDir,
   parseModelConfig,
@@ -55,7 +56,6 @@ import {
   NON_NEGATIVE_INT,
   SEED,
   tokenWindow,
-  progressBar,
   type Args,
 } from '../args.js';
 import {
@@ -72,7 +72,9 @@ import {
   readDocuments,
   tokenizeDocuments,
   weightFileBytes,
-  interruptionOr,
+  makeDir,
+  onStopSignals,
+  progressFor,
 } from './common.js';
 import { chooseRanks, parseLayerRanks, type RankChoice } from './ranks.js';
 import type { QueueTask } from './task.js';
@@ -103,7 +105,7 @@ Options:
   --outer-iters N      CALDERA outer iterations (default 4)   --lplr-iters N   inner LPLR rounds (default 4)
   --propagate MODE     compressed (default) | original (Hessians of the original model: every matrix is an independent
                        job, run by this process, by --shard or through --queue; see docs/guide/scale-out.md)
-  --threads N          threads of this process's linear-algebra pool (default 2; 1 = no pool)
+  --threads N          threads of this process's linear-algebra pool, 1 … 256 (default 2; 1 = no pool)
   --seed S             seed (default 0)
   --json               JSON lines on stdout instead of tables
 
@@ -131,7 +133,7 @@ is cancelled and handed back to the queue for another worker.
 Options:
   --queue URL          redis://host:port[/db] of the Redis server
   --queue-name NAME    BullMQ queue name (default caldera)
-  --threads N          linear-algebra threads per job (default 1: one worker process per core scales best)
+  --threads N          linear-algebra threads per job, 1 … 256 (default 1: one worker process per core scales best)
   --concurrency N      jobs at a time in this process (default 1)
   --lock-seconds S     BullMQ job lock; a dead worker's job is retried about S seconds after it died (default 30)
   --json               JSON lines on stdout (events: ready, job-start, job-done, job-failed, stopped)`;
@@ -240,6 +242,18 @@ function rankChoiceOf(a: Args, method: Method, widths: ReturnType<typeof widthsO
           `${given.join(', ')} would be ignored; use --method caldera or lplr`,
       );
   }
+  // one budget: two of them given, one would be silently ignored (--rank wins over both, --max-bytes over --bits)
+  const budgets = [
+    a.flags.has('rank') && '--rank',
+    a.flags.has('max-bytes') && '--max-bytes',
+    a.flags.has('bits') && '--bits',
+  ].filter(Boolean);
+  if (budgets.length > 1)
+    throw new CalderaError(
+      'E_VALUE',
+      `${budgets.join(' and ')} conflict: each sets the ranks of every layer, so all but one would be ignored; ` +
+        'give one of them (with --layer-rank for per-layer exceptions)',
+    );
   const overrides = flagString(a, 'layer-rank');
   const rank = flagNumber(a, 'rank', undefined, NON_NEGATIVE_INT);
   const maxBytes = flagNumber(a, 'max-bytes', undefined, POSITIVE_INT);
@@ -430,7 +444,7 @@ function fileStore(dir: string, fingerprint: RunFingerprint): BlockStore {
       // its first new block: they do not change during the run (a resumed run's are those recorded, checkResume), and
       // a record left without blocks by another run is replaced then
       if (!recorded) {
-        await mkdir(dir, { recursive: true });
+        await makeDir(dir);
         await atomicWriteFile(join(dir, PARTIAL_RUN_FILE), JSON.stringify(fingerprint));
         recorded = true;
       }
@@ -452,10 +466,29 @@ function fileStore(dir: string, fingerprint: RunFingerprint): BlockStore {
   };
 }
 
-/** Calibration windows of a run (deterministic in the settings and seed). */
+/**
+ * Calibration windows of a run (deterministic in the settings and seed). `E_VALUE` naming the --data file when it has
+ * fewer tokens than one window, or its windows cannot be cut.
+ */
 async function calibrationWindows(modelDir: string, s: RunSettings, seed: number, bos: number | null) {
-  const calib = await tokenizeDocuments(modelDir, await readDocuments(s.data), bos);
-  return sampleWindows(calib, { count: s.windows, length: s.length, seed });
+  const docs = await readDocuments(s.data);
+  const calib = await tokenizeDocuments(modelDir, docs, bos);
+  const tokens = calib.reduce((n, d) => n + d.length, 0);
+  const advice =
+    'give a longer calibration text, or fewer or shorter windows (--windows, --length; ' +
+    `now ${s.windows} × ${s.length} tokens)`;
+  if (docs.length === 0 || tokens < s.length)
+    throw new CalderaError(
+      'E_VALUE',
+      `--data ${s.data} ${docs.length === 0 ? 'has no text' : `has ${tokens} tokens, fewer than one calibration window of --length ${s.length}`}; ${advice}`,
+    );
+  try {
+    return sampleWindows(calib, { count: s.windows, length: s.length, seed });
+  } catch (e) {
+    if (isCalderaError(e) && e.code === 'E_VALUE')
+      throw new CalderaError('E_VALUE', `--data ${s.data}: ${e.message}; ${advice}`, { cause: e });
+    throw e;
+  }
 }
 
 function parseShard(v: string | undefined): { index: number; count: number } | null {
@@ -497,7 +530,12 @@ export async function compressCommand(a: Args): Promise<number> {
     );
   }
   if (shard && queue) throw new CalderaError('E_VALUE', '--shard and --queue are alternatives');
-  // before any work: the inputs are there, and writing the checkpoint loses nothing
+  // before any work: the source is a dense model, the inputs are there, and writing the checkpoint loses nothing
+  if (await exists(join(modelDir, 'caldera.json')))
+    throw new CalderaError(
+      'E_VALUE',
+      `${modelDir} is a Caldera checkpoint (compressed); compress a dense model (such as the one it was made from)`,
+    );
   await checkInputFiles([
     ['--data', base.data],
     ['--eval', base.eval],
@@ -513,11 +551,12 @@ export async function compressCommand(a: Args): Promise<number> {
   };
 
   const pool = queue ? undefined : poolFor(threads); // a coordinator computes nothing itself
-  const showBar = !json && process.stderr.isTTY === true;
-  // Ctrl-C stops the run from here on, the model's opening included
-  const ctl = new AbortController();
-  const onSignal = () => ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
-  process.once('SIGINT', onSignal);
+  // Ctrl-C or SIGTERM stops the run from here on, the model's opening included: exit 130 (143), the committed work
+  // kept for a rerun to resume
+  const stop = onStopSignals();
+  const ctl = { signal: stop.signal };
+  const bar = progressFor('compress', json);
+  const interrupted = () => reportInterruption(out, base.propagate, stop.exitCode());
   // the source is read one block at a time (the embedding stays): compressModel and the Hessian chunks enter and
   // leave each block, the baseline perplexity streams its windows through them, so the peak is one block's weights
   // and the activations, not the whole model
@@ -534,17 +573,17 @@ export async function compressCommand(a: Args): Promise<number> {
     settings = { ...base, length, ranks: ranksFor(rankChoice, base.method, layers) };
   } catch (e) {
     // the run's try/finally below has not started
-    process.off('SIGINT', onSignal);
+    stop.dispose();
     await runner?.close();
     pool?.dispose();
-    throw interruptionOr(e, ctl.signal);
+    if (ctl.signal.aborted) return interrupted();
+    throw e;
   }
   const sourceModel = runner;
   const fewRows =
     settings.method === 'rtn' ? null : calibrationRowsWarning(settings.windows, settings.length, layers);
   if (fewRows) console.error(fewRows);
   const windowsOf = () => calibrationWindows(modelDir, settings, seed, sourceModel.config.bosTokenId);
-  const bar = progressBar('compress', showBar);
   // hashing a large model's tensors takes a while: on the bar only (the JSON lines' first progress event is a layer's)
   const hashing: HashModelOptions = {
     signal: ctl.signal,
@@ -553,11 +592,13 @@ export async function compressCommand(a: Args): Promise<number> {
   try {
     if (settings.propagate === 'compressed') {
       const partial = `${out}.partial`;
+      // the calibration text first: a text too short for the windows fails before the hashing and the baseline
+      const windows = await windowsOf();
       const fingerprint = await runFingerprint(modelDir, settings, seed, hashing);
       await checkResume(partial, fingerprint);
       // the source's perplexity now, before compressModel replaces layers
       const held = await sourceBaseline(ctx, settings, sourceModel, partial, fingerprint.model, ctl.signal);
-      const results = await compressModel(sourceModel, await windowsOf(), {
+      const results = await compressModel(sourceModel, windows, {
         compressLayer: (w, h, info, { signal, onProgress }) =>
           compressLayerWithSpec(w, h, info.name, layerSpec(settings, seed, info.name), {
             ...(pool ? { pool } : {}),
@@ -748,12 +789,38 @@ export async function compressCommand(a: Args): Promise<number> {
     await sourceModel.close();
     await assemble(ctx, work, manifest, held);
     return 0;
+  } catch (e) {
+    if (!ctl.signal.aborted) throw e;
+    bar.done();
+    return interrupted();
   } finally {
-    process.off('SIGINT', onSignal);
+    stop.dispose();
     await sourceModel.close();
     pool?.dispose();
     bar.done();
   }
+}
+
+/**
+ * Tell what an interrupted compress keeps (a 'compressed' run: its committed blocks and baseline in `<out>.partial`;
+ * an 'original' one: its finished jobs in `<out>.work`) and that rerunning the same command resumes; `code` returned.
+ */
+async function reportInterruption(
+  out: string,
+  propagate: RunSettings['propagate'],
+  code: number,
+): Promise<number> {
+  const kept = propagate === 'compressed' ? `${out}.partial` : `${out}.work`;
+  const files = await readdir(kept).catch(() => null);
+  const blocks = files?.filter((f) => /^block-\d+\.json$/.test(f)).length ?? 0;
+  console.error(
+    files === null
+      ? 'caldera compress: interrupted before anything was committed; nothing written'
+      : propagate === 'compressed'
+        ? `caldera compress: interrupted; ${blocks === 0 ? "the source's perplexity" : `${blocks} compressed block${blocks === 1 ? '' : 's'}`} kept in ${kept} — rerun the same command to resume from there`
+        : `caldera compress: interrupted; the finished work is kept in ${kept} — rerun the same command to resume`,
+  );
+  return code;
 }
 
 /**
@@ -902,7 +969,7 @@ async function sourceBaseline(
     return { ...held, before };
   }
   const scored = await scoreHeldOut(ctx, runner, held, signal);
-  await mkdir(partial, { recursive: true });
+  await makeDir(partial);
   await atomicWriteFile(file, JSON.stringify({ key, ...scored.before }));
   return scored;
 }
@@ -1005,6 +1072,8 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?:
   // the source's configuration and side files (tokenizer, chat template, generation settings), when it has them
   const copy = await modelSideFiles(modelDir, true);
   try {
+    // what is at --out now is replaced only if it still is an earlier checkpoint (the run took a while)
+    await checkOutDir(out, []);
     await writeCheckpointDir(out, { meta, tensors, copyFiles: copy }, { overwrite: true });
   } finally {
     await source.close();

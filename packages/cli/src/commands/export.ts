@@ -1,4 +1,4 @@
-import { mkdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
+import { rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   CalderaError,
@@ -21,8 +21,8 @@ import {
 } from '@caldera/core';
 import { fromCheckpointTensors, reconstruct } from '@caldera/lowrank';
 import { readJsonFile } from '@caldera/runtime-node';
-import { flagString, progressBar, type Args } from '../args.js';
-import { checkOutDir, copyModelSideFiles, exists } from './common.js';
+import { flagString, type Args } from '../args.js';
+import { checkOutDir, copyModelSideFiles, exists, makeDir, onStopSignals, progressFor } from './common.js';
 
 export const exportHelp = `caldera export [checkpoint] [--out DIR] [--dtype f16|bf16|f32] [--json]
 Dense export of a Caldera checkpoint, for tools that read Hugging Face models: the weight of each compressed layer
@@ -30,7 +30,7 @@ rebuilt whole (Q̂ + L̂·R̂ with its fine-tuned factors, rotations and scales:
 written as <layer>.weight in --dtype; every other tensor (embeddings, norms, biases) copied as stored; config.json
 with torch_dtype set to --dtype, and the tokenizer and generation files. No caldera.json: the result is a plain model
 directory (at f16, about the size of an f16 original). Written one layer at a time (memory: about one layer) into a
-temporary directory renamed to --out when complete; an error or Ctrl-C leaves nothing behind.
+temporary directory renamed to --out when complete; an error, Ctrl-C or SIGTERM leaves nothing behind.
 Without checkpoint, exports ./caldera-out/model-caldera (what 'caldera compress' writes by default).
   --out DIR      output directory, missing or empty (default: <checkpoint>-dense)
   --dtype DTYPE  f16 (default), bf16 or f32: the weights rounded to nearest (ties to even); f16 refuses a weight
@@ -120,10 +120,10 @@ export async function exportCommand(a: Args): Promise<number> {
   const config = (await readJsonFile(configFile)) as Record<string, unknown>;
   parseModelConfig(config, configFile); // a config the runtimes take
   const store = await openSafetensorsDir(src);
-  const ctl = new AbortController();
-  const onSignal = () => ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
-  process.once('SIGINT', onSignal);
-  const bar = progressBar('export', !json && process.stderr.isTTY === true);
+  // Ctrl-C or SIGTERM stops the write at its next tensor and removes the temporary directory
+  const stop = onStopSignals();
+  const ctl = { signal: stop.signal };
+  const bar = progressFor('export', json);
   const tmp = `${out.replace(/\/$/, '')}.tmp-${tempSuffix()}`;
   try {
     const infos = new Map<string, SafetensorsTensorInfo>();
@@ -132,7 +132,7 @@ export async function exportCommand(a: Args): Promise<number> {
     validateCalderaCheckpoint(meta, infos, src);
     const tensors = exportTensors(store, infos, meta, dt, ctl.signal);
     const names = Object.keys(tensors);
-    await mkdir(tmp, { recursive: true });
+    await makeDir(tmp);
     const cfg: Record<string, unknown> = { ...config, torch_dtype: EXPORT_DTYPES[dt].torch };
     // newer transformers write the dtype as `dtype`: keep the two in agreement
     if ('dtype' in config) cfg.dtype = EXPORT_DTYPES[dt].torch;
@@ -169,11 +169,11 @@ export async function exportCommand(a: Args): Promise<number> {
     await rm(tmp, { recursive: true, force: true }).catch(() => undefined);
     if (ctl.signal.aborted) {
       console.error('caldera export: interrupted; nothing written');
-      return 130;
+      return stop.exitCode();
     }
     throw toCalderaError(e, `exporting ${src} to ${out}`);
   } finally {
-    process.off('SIGINT', onSignal);
+    stop.dispose();
     await store.close();
   }
 }

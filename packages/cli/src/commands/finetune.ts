@@ -1,4 +1,4 @@
-import { mkdir, rm, rmdir } from 'node:fs/promises';
+import { rm, rmdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { CalderaError } from '@caldera/core';
 import {
@@ -10,16 +10,7 @@ import {
   runFinetune,
   writeFinetunedCheckpoint,
 } from '@caldera/runtime-node';
-import {
-  tokenWindow,
-  flagNumber,
-  flagString,
-  POSITIVE,
-  POSITIVE_INT,
-  progressBar,
-  SEED,
-  type Args,
-} from '../args.js';
+import { tokenWindow, flagNumber, flagString, POSITIVE, POSITIVE_INT, SEED, type Args } from '../args.js';
 import {
   checkOutDir,
   defaultText,
@@ -27,7 +18,10 @@ import {
   HELD_OUT_CONTEXT,
   HELD_OUT_TOKENS,
   loadModelShowing,
+  makeDir,
   modelDirOf,
+  onStopSignals,
+  progressFor,
   readDocuments,
   tokenizeDocuments,
   TRAIN_FLAG_LABELS,
@@ -38,7 +32,7 @@ export const finetuneHelp = `caldera finetune [compressed-dir] [options]
 LoRA fine-tuning of a CALDERA checkpoint (algorithm brief §7.1): the first k_ft components of L and R of every
 compressed layer become trainable (f32, initialised from their dequantized values); Q, the rest of L and R, signs,
 embeddings and norms stay frozen. Trains on a text with early stopping on a validation text, keeps the best
-weights, and writes a new checkpoint (L_ft/R_ft in f32) that both runtimes load. Interrupt (Ctrl-C) saves a
+weights, and writes a new checkpoint (L_ft/R_ft in f32) that both runtimes load. Interrupt (Ctrl-C, SIGTERM) saves a
 resumable state; rerunning the same command continues from it.
 Without compressed-dir, fine-tunes ./caldera-out/model-caldera (what 'caldera compress' writes by default) with the
 embedded reference model, which it was compressed from, as the teacher.
@@ -124,14 +118,14 @@ export async function finetuneCommand(a: Args): Promise<number> {
         halfBase: a.flags.has('half-base'),
       });
   const partial = `${out}.partial`;
-  await mkdir(partial, { recursive: true });
+  await makeDir(partial);
   // a run that stops before saving any state leaves no partial directory behind (one with state is never touched)
   // rmdir removes only an empty directory: one that holds state stays
   const dropIfEmpty = () => rmdir(partial).catch(() => undefined);
-  const ctl = new AbortController();
-  const onSignal = () => ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
-  process.once('SIGINT', onSignal);
-  const bar = progressBar('finetune', showBar);
+  // Ctrl-C or SIGTERM: the state saved so far stays for a rerun to resume
+  const stop = onStopSignals();
+  const ctl = { signal: stop.signal };
+  const bar = progressFor('finetune', json);
   let result;
   try {
     result = await runFinetune(setup, train, valid, {
@@ -170,14 +164,16 @@ export async function finetuneCommand(a: Args): Promise<number> {
           ? `caldera finetune: interrupted; state saved in ${partial} — rerun the same command to resume`
           : 'caldera finetune: interrupted before any state was saved',
       );
-      return 130;
+      return stop.exitCode();
     }
     throw e;
   } finally {
-    process.off('SIGINT', onSignal);
+    stop.dispose();
     bar.done();
   }
 
+  // what is at --out now is replaced only if it still is an earlier checkpoint (the run took a while)
+  await checkOutDir(out, []);
   const meta = await writeFinetunedCheckpoint(src, out, setup.layers, {
     trained: signs ? 'signs' : 'factors',
     ...(signs ? {} : { ftRank }),

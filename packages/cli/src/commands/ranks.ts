@@ -76,6 +76,17 @@ export function chooseRanks(layers: readonly LayerShape[], c: RankChoice): Recor
       fixedParams += s.m * s.n;
     } else free.push(s);
   }
+  // a pattern that matches no layer would be silently ignored (a typo such as 'mpl=32'): refused, with what it could
+  // match (the layers' kinds: their names without the block prefix)
+  for (const [p] of c.overrides ?? [])
+    if (!layers.some((s) => s.name.includes(p))) {
+      const kinds = [...new Set(layers.map((s) => s.name.replace(/^.*\.layers\.\d+\./, '')))];
+      throw new CalderaError(
+        'E_VALUE',
+        `--layer-rank: '${p}' matches no layer (a pattern is a part of a layer name, e.g. one of ` +
+          `${kinds.slice(0, 12).join(', ')}${kinds.length > 12 ? ', …' : ''}; or 'layers.0.' for a block)`,
+      );
+    }
   if (free.length === 0 && c.budgetFlag !== undefined)
     throw new CalderaError(
       'E_VALUE',

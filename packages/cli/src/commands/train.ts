@@ -1,4 +1,4 @@
-import { copyFile, mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { copyFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CalderaError, cast, Rng, tempSuffix, tensor, writeSafetensors, type Tensor } from '@caldera/core';
 import {
@@ -17,7 +17,6 @@ import {
   NON_NEGATIVE_INT,
   POSITIVE,
   POSITIVE_INT,
-  progressBar,
   SEED,
   type Args,
 } from '../args.js';
@@ -29,7 +28,11 @@ import {
   modelDirOf,
   readDocuments,
   tokenizeDocuments,
+  makeDir,
+  onStopSignals,
+  progressFor,
   TRAIN_FLAG_LABELS,
+  TRAIN_OUTPUT,
 } from './common.js';
 
 export const trainHelp = `caldera train [template-dir] --out DIR [options]
@@ -37,7 +40,7 @@ export const trainHelp = `caldera train [template-dir] --out DIR [options]
 Train a Llama-architecture model from scratch with Caldera's training engine (AdamW, warmup + cosine, clipping,
 seeded data order). The architecture (config.json) and tokenizer (tokenizer.json) come from template-dir (default:
 the embedded reference model, i.e. retrain it). Writes a Hugging Face directory (config.json, model.safetensors in
-f16, tokenizer.json, generation_config.json, training-log.jsonl) atomically. Interrupt (Ctrl-C) saves a resumable
+f16, tokenizer.json, generation_config.json, training-log.jsonl) atomically. Interrupt (Ctrl-C or SIGTERM) saves a resumable
 state in <out>.partial; rerunning the same command continues from it with the same losses.
 
 Options:
@@ -59,11 +62,7 @@ export async function trainCommand(a: Args): Promise<number> {
   if (!out) throw new CalderaError('E_VALUE', 'caldera train needs --out DIR');
   // before any work: the model directory replaces only an empty directory or an earlier `caldera train` output
   // (its template may be that output: it is read before the new model replaces it, as npm run train:reference does)
-  await checkOutDir(out, [template], {
-    marker: 'training-log.jsonl',
-    kind: "a 'caldera train' output",
-    inPlace: true,
-  });
+  await checkOutDir(out, [template], TRAIN_OUTPUT);
   const steps = flagNumber(a, 'steps', 2000, POSITIVE_INT);
   const seqLenFlag = flagNumber(a, 'seq-len', undefined, { integer: true, min: 2 });
   const seed = flagNumber(a, 'seed', 0, SEED);
@@ -97,7 +96,7 @@ export async function trainCommand(a: Args): Promise<number> {
   const partial = `${out}.partial`;
   const statePath = join(partial, 'train-state.bin');
   const logPath = join(partial, 'training-log.jsonl');
-  await mkdir(partial, { recursive: true });
+  await makeDir(partial);
   const trainerOptions = {
     seqLen,
     batch,
@@ -119,24 +118,23 @@ export async function trainCommand(a: Args): Promise<number> {
   const flushLog = async () => {
     if (lines.length) await writeFile(logPath, lines.splice(0).join(''), { flag: 'a' });
   };
-  let stop = false;
-  const onSignal = () => (stop = true);
-  process.once('SIGINT', onSignal);
-  const bar = progressBar('train', !json && process.stderr.isTTY === true);
+  // Ctrl-C or SIGTERM: the state is saved between two steps
+  const stop = onStopSignals();
+  const bar = progressFor('train', json);
   const t0 = performance.now();
   const first = trainer.stepCount;
   const tokensPerStep = trainer.options.seqLen * trainer.options.batch;
   try {
     while (trainer.stepCount < steps) {
-      await new Promise((resolve) => setTimeout(resolve, 0)); // lets the SIGINT handler run between steps
-      if (stop) {
+      await new Promise((resolve) => setTimeout(resolve, 0)); // lets the signal handlers run between steps
+      if (stop.received()) {
         await flushLog();
         await trainer.save(statePath);
         bar.done();
         console.error(
           `caldera train: interrupted at step ${trainer.stepCount}; rerun the same command to resume`,
         );
-        return 130;
+        return stop.exitCode();
       }
       const r = trainer.step();
       const seconds = (performance.now() - t0) / 1000;
@@ -164,14 +162,15 @@ export async function trainCommand(a: Args): Promise<number> {
       }
     }
   } finally {
-    process.off('SIGINT', onSignal);
+    stop.dispose();
     bar.done();
   }
   await flushLog();
 
   // the model directory, written beside `out` and renamed into place
   const tmp = `${out}.tmp-${tempSuffix()}`;
-  await mkdir(tmp, { recursive: true });
+  await makeDir(tmp);
+  let old: string | undefined;
   try {
     const shapes = trainParamShapes(cfg);
     const tensors: Record<string, Tensor> = {};
@@ -184,12 +183,19 @@ export async function trainCommand(a: Args): Promise<number> {
     );
     await copyModelSideFiles(template, tmp); // the template's tokenizer, chat template, generation settings
     await copyFile(logPath, join(tmp, 'training-log.jsonl'));
-    await rm(out, { recursive: true, force: true });
+    // what is there now may only be replaced if it still is an earlier output (checked again: the run took a while)
+    await checkOutDir(out, [], TRAIN_OUTPUT);
+    if (await exists(out)) {
+      old = `${out}.old-${tempSuffix()}`;
+      await rename(out, old);
+    }
     await rename(tmp, out);
   } catch (e) {
+    if (old) await rename(old, out).catch(() => undefined);
     await rm(tmp, { recursive: true, force: true });
     throw e;
   }
+  if (old) await rm(old, { recursive: true, force: true });
   await rm(partial, { recursive: true, force: true });
   const summary = { event: 'done', out, steps: trainer.stepCount, seconds: (performance.now() - t0) / 1000 };
   if (json) console.log(JSON.stringify(summary));
