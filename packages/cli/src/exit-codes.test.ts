@@ -1,11 +1,11 @@
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { COMMANDS, main } from './cli.js';
-import { runCli } from './test-cli.js';
+import { COMMANDS } from './cli.js';
+import { inProcessCli, runCli } from './test-cli.js';
 import { writeTinyModel } from './test-models.js';
 
 // The CLI's exit codes and top-level messages: user errors (CalderaError, Node system errors) exit 1 with one line,
@@ -16,22 +16,8 @@ const version = (JSON.parse(readFileSync(join(pkgDir, 'package.json'), 'utf8')) 
   .version;
 
 describe('caldera in-process (main)', () => {
-  let err: string[];
-  let out: string[];
-  beforeEach(() => {
-    err = [];
-    out = [];
-    vi.spyOn(console, 'error').mockImplementation((...x: unknown[]) => void err.push(x.join(' ')));
-    vi.spyOn(console, 'log').mockImplementation((...x: unknown[]) => void out.push(x.join(' ')));
-  });
-  afterEach(() => vi.restoreAllMocks());
-
-  const run = async (...argv: string[]) => {
-    err.length = 0;
-    out.length = 0;
-    const code = await main(argv);
-    return { code, stderr: err.join('\n'), stdout: out.join('\n') };
-  };
+  /** Exit code, stderr and stdout of `caldera ...argv`, run in-process. */
+  const run = inProcessCli();
 
   /** `caldera inspect` with its command replaced by one that throws `e`. */
   const throwing = async (e: unknown) => {

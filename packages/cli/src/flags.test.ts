@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,7 +7,8 @@ import { cast, openSafetensors, writeSafetensors, type Tensor } from '@caldera/c
 import { calderaCheckpointMeta } from '@caldera/lowrank';
 import { referenceModelDir } from '@caldera/reference-model';
 import { loadModel, type MemoryPlan } from '@caldera/runtime-node';
-import { COMMANDS, main, specOf } from './cli.js';
+import { COMMANDS, specOf } from './cli.js';
+import { inProcessCli } from './test-cli.js';
 import { chooseRanks } from './commands/ranks.js';
 
 // Every test here fails on the command line's options and values before any heavy work (at most a load of the
@@ -107,23 +108,8 @@ describe('every command declares its options in its help, and accepts nothing el
 });
 
 describe('caldera command lines', () => {
-  let err: string[];
-  let out: string[];
-  beforeEach(() => {
-    err = [];
-    out = [];
-    vi.spyOn(console, 'error').mockImplementation((...x: unknown[]) => void err.push(x.join(' ')));
-    vi.spyOn(console, 'log').mockImplementation((...x: unknown[]) => void out.push(x.join(' ')));
-  });
-  afterEach(() => vi.restoreAllMocks());
-
-  /** Exit code and stderr of `caldera ...argv`. */
-  const run = async (...argv: string[]) => {
-    err.length = 0;
-    out.length = 0;
-    const code = await main(argv);
-    return { code, stderr: err.join('\n'), stdout: out.join('\n') };
-  };
+  /** Exit code, stderr and stdout of `caldera ...argv`, run in-process. */
+  const run = inProcessCli();
 
   it('an unknown option is a usage error (exit 2) naming it, the closest option and the help, for every command', async () => {
     expect(await run('compress', '--bitz', '2')).toMatchObject({

@@ -27,6 +27,7 @@ function heldBytes(...roots: unknown[]): number {
     seen.add(v);
     if (ArrayBuffer.isView(v)) buffers.add(v.buffer);
     else if (v instanceof ArrayBuffer) buffers.add(v);
+    else if (v instanceof WebAssembly.Memory) buffers.add(v.buffer);
     else for (const x of Object.values(v)) visit(x);
   };
   for (const r of roots) visit(r);

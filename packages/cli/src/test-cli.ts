@@ -7,7 +7,9 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { afterEach, beforeEach, vi } from 'vitest';
 import { referenceTextPath } from '@caldera/reference-model';
+import { main } from './cli.js';
 
 /** The built command (`npm run build` first). */
 export const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
@@ -72,4 +74,27 @@ export function fastCompressSetup(prefix: string): {
     ...['--data', data, '--eval', heldOut],
   ];
   return { tmp, data, heldOut, fast };
+}
+
+/**
+ * `caldera` in-process, for a `describe` block: the returned `run(...argv)` calls `main` and resolves to its exit code
+ * and what it printed (console.error as `stderr`, console.log as `stdout`, captured before each test and restored
+ * after it).
+ */
+export function inProcessCli(): (
+  ...argv: string[]
+) => Promise<{ code: number; stderr: string; stdout: string }> {
+  const err: string[] = [];
+  const out: string[] = [];
+  beforeEach(() => {
+    vi.spyOn(console, 'error').mockImplementation((...x: unknown[]) => void err.push(x.join(' ')));
+    vi.spyOn(console, 'log').mockImplementation((...x: unknown[]) => void out.push(x.join(' ')));
+  });
+  afterEach(() => vi.restoreAllMocks());
+  return async (...argv) => {
+    err.length = 0;
+    out.length = 0;
+    const code = await main(argv);
+    return { code, stderr: err.join('\n'), stdout: out.join('\n') };
+  };
 }
