@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -120,6 +120,19 @@ describe('the caldera binary', () => {
     } finally {
       rmSync(tmp, { recursive: true, force: true });
     }
+  });
+
+  it('a --data text shorter than one training sequence names the flag and the file, before any work', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'caldera-exit-data-'));
+    const data = join(dir, 'tiny.txt');
+    writeFileSync(data, 'Too short.\n');
+    const out = join(dir, 'trained');
+    const r = runCli(['train', '--out', out, '--data', data, '--steps', '1']);
+    expect(r.status).toBe(1);
+    // before: "Trainer: 4 tokens is shorter than seqLen 128 + 2", naming neither the flag nor the file
+    expect(r.stderr.startsWith(`caldera train: E_VALUE: --data ${data} has `), r.stderr).toBe(true);
+    expect(r.stderr).toContain('tokens; training needs at least --seq-len + 2 = 130');
+    expect(existsSync(`${out}.partial`)).toBe(false);
   });
 
   it('bare caldera prints the usage on stderr and exits 2', () => {

@@ -58,12 +58,22 @@ async function loadedReport(dir: string, stored: 'f32' | 'f16' | 'bf16') {
         kind: meta ? 'caldera' : stored,
         rank: meta?.rank ?? null,
         bitsPerWeight: Number(((bytes * 8) / (l.inFeatures * l.outFeatures)).toFixed(4)),
+        // the paper's accounting from the shapes, ranks and widths: 2 + k·(4m + 4n)/(m·n) for Q 2-bit, L and R 4-bit
+        paperBitsPerWeight: meta
+          ? Number(
+              (
+                2 +
+                (meta.rank * (4 * l.outFeatures + 4 * l.inFeatures)) / (l.outFeatures * l.inFeatures)
+              ).toFixed(4),
+            )
+          : null,
         error: meta?.error ?? null,
       };
     }),
   ).flat();
   return {
     format: calderaMeta ? 'caldera' : 'huggingface',
+    paperBitsPerWeight: calderaMeta?.bitsPerWeight ?? null,
     config: JSON.parse(JSON.stringify(config)),
     linearBytes,
     linearMemoryBytes: names.reduce((sum, name) => sum + heldBytes(model.linear(name)), 0),

@@ -585,3 +585,15 @@ export function progressFor(label: string, json: boolean, everyMs = 10_000): Ret
     done() {},
   };
 }
+
+/**
+ * `E_VALUE` naming the flag and file unless the training text `tokens` (of `file`, given as `--data`) holds at least
+ * one sequence and its next-token target: `--seq-len + 2` tokens (the trainer's minimum), before any training work.
+ */
+export function checkTrainingText(tokens: ArrayLike<number>, file: string, seqLen: number): void {
+  if (tokens.length < seqLen + 2)
+    throw new CalderaError(
+      'E_VALUE',
+      `--data ${file} has ${tokens.length} tokens; training needs at least --seq-len + 2 = ${seqLen + 2}`,
+    );
+}

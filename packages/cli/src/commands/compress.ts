@@ -77,6 +77,7 @@ import {
   progressFor,
 } from './common.js';
 import { chooseRanks, parseLayerRanks, type RankChoice } from './ranks.js';
+import { checkRedisReachable } from './redis.js';
 import type { QueueTask } from './task.js';
 
 export const compressHelp = `caldera compress [model-dir] [options]
@@ -541,6 +542,7 @@ export async function compressCommand(a: Args): Promise<number> {
     ['--eval', base.eval],
   ]);
   await checkOutDir(out, [modelDir]);
+  if (queue) await checkRedisReachable(queue);
   const ctx: Ctx = {
     modelDir,
     out,

@@ -13,6 +13,7 @@ import {
 import { tokenWindow, flagNumber, flagString, POSITIVE, POSITIVE_INT, SEED, type Args } from '../args.js';
 import {
   checkOutDir,
+  checkTrainingText,
   defaultText,
   exists,
   HELD_OUT_CONTEXT,
@@ -98,7 +99,9 @@ export async function finetuneCommand(a: Args): Promise<number> {
   const bos = loaded.config.bosTokenId;
   const tokens = async (file: string) =>
     (await tokenizeDocuments(src, await readDocuments(file), bos)).flat();
-  const train = await tokens(flagString(a, 'data') ?? defaultText('train'));
+  const dataFile = flagString(a, 'data') ?? defaultText('train');
+  const train = await tokens(dataFile);
+  checkTrainingText(train, dataFile, options.seqLen);
   const valid = await tokens(flagString(a, 'valid') ?? defaultText('valid'));
   const heldOut = (await tokens(flagString(a, 'eval') ?? defaultText('test'))).slice(0, evalTokens);
   const evalCtx = Math.min(HELD_OUT_CONTEXT, loaded.config.maxPositions);

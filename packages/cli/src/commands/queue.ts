@@ -1,11 +1,13 @@
 import { createHash } from 'node:crypto';
 import { Worker as Thread } from 'node:worker_threads';
-import { Queue, Worker, type ConnectionOptions } from 'bullmq';
+import { Queue, Worker } from 'bullmq';
 import { CalderaError, type CalderaErrorCode } from '@caldera/core';
 import { flagNumber, flagString, POSITIVE_INT, THREADS, type Args } from '../args.js';
+import { redisConnection } from './redis.js';
 import type { QueueTask } from './task.js';
 
 export type { QueueTask } from './task.js';
+export { redisConnection } from './redis.js';
 
 const CODES: readonly CalderaErrorCode[] = [
   'E_SHAPE',
@@ -19,27 +21,6 @@ const CODES: readonly CalderaErrorCode[] = [
   'E_ABORTED',
   'E_DEVICE',
 ];
-
-/** Connection options of a redis:// URL (no extra dependency: BullMQ passes them to its Redis client). */
-export function redisConnection(url: string): ConnectionOptions {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    throw new CalderaError('E_VALUE', `--queue must be a redis://host:port URL, got '${url}'`);
-  }
-  if (u.protocol !== 'redis:')
-    throw new CalderaError('E_VALUE', `--queue must be a redis://host:port URL, got '${url}'`);
-  const db = u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0;
-  return {
-    host: u.hostname || '127.0.0.1',
-    port: u.port ? Number(u.port) : 6379,
-    ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
-    ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
-    ...(Number.isInteger(db) ? { db } : {}),
-    maxRetriesPerRequest: null,
-  };
-}
 
 function jobIdOf(t: QueueTask): string {
   const key = t.kind === 'hessian' ? `${t.work}\0hessian\0${t.index}` : `${t.work}\0matrix\0${t.id}`;

@@ -242,6 +242,8 @@ async function generateText(
 
 export const inspectHelp = `caldera inspect [model] [--json]
 Architecture, parameter count, bits per weight per layer and file size of a model, Caldera checkpoint or llama2.c .bin.
+Bits per weight are stored bits (scales and sign vectors included); a checkpoint's are also given in the paper's
+accounting (Q's and the factors' widths only), the figure --bits targets and compress reports.
 Dense layers are reported as stored in the file (f32, f16 or bf16), whatever the runtime holds them as in memory;
 "in memory" is what runtime-node's loader holds resident for the weights (its memory plan: a CALDERA layer's codes,
 L and R decoded to f32 and signs in its kernel's memory, dense layers in their kernels' memory, embedding, norms).
@@ -257,6 +259,11 @@ interface InspectedLinear {
   kind: string;
   rank: number | null;
   error: number | null;
+  /**
+   * A CALDERA layer's bits per weight in the paper's accounting (`caldera.json`'s `paperBitsPerWeight`: Q's and the
+   * factors' widths, scales and signs excluded), what `--bits` targets; null for a dense layer.
+   */
+  paperBitsPerWeight: number | null;
   /** Bytes of the weight in the file (a CALDERA layer: its codes, scales and signs, as the runtime counts them). */
   bytes: number;
   /**
@@ -274,6 +281,8 @@ interface InspectedModel {
   layers: InspectedLinear[];
   /** runtime-node's memory plan of the model (default dtype): what `loadModel`'s `onPlan` receives. */
   memory: MemoryPlan;
+  /** A checkpoint's `caldera.json` `bitsPerWeight` (the paper's accounting over its compressed layers); else null. */
+  paperBitsPerWeight: number | null;
 }
 
 /**
@@ -287,6 +296,7 @@ async function modelDirLayout(dir: string): Promise<InspectedModel> {
     config,
     fileBytes: await weightFileBytes(dir),
     format: calderaMeta ? 'caldera' : 'huggingface',
+    paperBitsPerWeight: calderaMeta?.bitsPerWeight ?? null,
     layers: linears.map((l) => ({
       name: l.name,
       outFeatures: l.outFeatures,
@@ -294,6 +304,7 @@ async function modelDirLayout(dir: string): Promise<InspectedModel> {
       kind: l.caldera ? 'caldera' : l.weight.dtype,
       rank: l.caldera?.rank ?? null,
       error: l.caldera ? (l.caldera.error ?? null) : null,
+      paperBitsPerWeight: l.caldera?.paperBitsPerWeight ?? null,
       bytes: l.bytes,
       memoryBytes: l.memoryBytes,
     })),
@@ -317,12 +328,13 @@ async function llama2cLayout(path: string): Promise<InspectedModel> {
         kind: 'f32',
         rank: null,
         error: null,
+        paperBitsPerWeight: null,
         bytes: 4 * m * n,
         memoryBytes: memoryOf.get(name)!,
       };
     }),
   ).flat();
-  return { config, fileBytes, format: 'llama2.c', layers, memory };
+  return { config, fileBytes, format: 'llama2.c', layers, memory, paperBitsPerWeight: null };
 }
 
 export async function inspectCommand(a: Args): Promise<number> {
@@ -333,6 +345,7 @@ export async function inspectCommand(a: Args): Promise<number> {
     format,
     layers: linears,
     memory,
+    paperBitsPerWeight,
   } = path.endsWith('.bin') ? await llama2cLayout(path) : await modelDirLayout(path);
   let linearBytes = 0;
   let memoryBytes = 0;
@@ -345,6 +358,7 @@ export async function inspectCommand(a: Args): Promise<number> {
       kind: l.kind,
       rank: l.rank,
       bitsPerWeight: Number(((l.bytes * 8) / (l.inFeatures * l.outFeatures)).toFixed(4)),
+      paperBitsPerWeight: l.paperBitsPerWeight === null ? null : Number(l.paperBitsPerWeight.toFixed(4)),
       error: l.error,
     };
   });
@@ -365,6 +379,8 @@ export async function inspectCommand(a: Args): Promise<number> {
     fileBytes,
     linearBytes,
     linearBitsPerWeight: (linearBytes * 8) / linearParams,
+    /** caldera.json's `bitsPerWeight`, the paper's accounting (`--bits` targets it, compress reports it); else null. */
+    paperBitsPerWeight,
     /** Bytes the linear layers hold resident in runtime-node (f64 layers as f32; see {@link InspectedLinear}). */
     linearMemoryBytes: memoryBytes,
     /** Bytes all the weights hold resident in runtime-node (its memory plan's `weightBytes`). */
@@ -377,7 +393,7 @@ export async function inspectCommand(a: Args): Promise<number> {
       `${path} (${format})\n${config.architecture}: ${config.numLayers} layers, hidden ${config.hiddenSize}, MLP ${config.intermediateSize}, heads ${config.numHeads}/${config.numKvHeads} (q/kv), head dim ${config.headDim}, vocab ${config.vocabSize}`,
     );
     console.log(
-      `parameters ${(params / 1e6).toFixed(2)} M, files ${(fileBytes / 1e6).toFixed(2)} MB, linear weights ${(linearBytes / 1e6).toFixed(2)} MB (${info.linearBitsPerWeight.toFixed(3)} bits/weight)` +
+      `parameters ${(params / 1e6).toFixed(2)} M, files ${(fileBytes / 1e6).toFixed(2)} MB, linear weights ${(linearBytes / 1e6).toFixed(2)} MB (${info.linearBitsPerWeight.toFixed(3)} bits/weight stored${paperBitsPerWeight === null ? '' : `; ${paperBitsPerWeight.toFixed(3)} in the paper's accounting, as compress reports`})` +
         `, in memory ${(memory.weightBytes / 1e6).toFixed(2)} MB (linear layers ${(memoryBytes / 1e6).toFixed(2)} MB)`,
     );
     console.table(layers);

@@ -22,6 +22,7 @@ import {
 } from '../args.js';
 import {
   checkOutDir,
+  checkTrainingText,
   copyModelSideFiles,
   defaultText,
   exists,
@@ -83,7 +84,9 @@ export async function trainCommand(a: Args): Promise<number> {
   const seqLen = tokenWindow('seq-len', seqLenFlag, 128, mc.maxPositions);
   const tokens = async (file: string) =>
     (await tokenizeDocuments(template, await readDocuments(file), mc.bosTokenId)).flat();
-  const data = Uint16Array.from(await tokens(flagString(a, 'data') ?? defaultText('train')));
+  const dataFile = flagString(a, 'data') ?? defaultText('train');
+  const data = Uint16Array.from(await tokens(dataFile));
+  checkTrainingText(data, dataFile, seqLen);
   const validFile = flagString(a, 'valid') ?? defaultText('valid');
   const valid = await tokens(validFile);
   // the first validation comes after --eval-every steps: a text too short for one window must fail now, not then

@@ -1,0 +1,74 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { isCalderaError } from '@caldera/core';
+import { checkRedisReachable } from './commands/redis.js';
+import { runCli } from './test-cli.js';
+
+/** A TCP server on a free port of 127.0.0.1 that answers every connection with `reply` (or never, for null). */
+async function server(reply: string | null): Promise<{ url: string; close: () => Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const s: Server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('error', () => undefined);
+    if (reply !== null) socket.once('data', () => socket.end(reply));
+  });
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const { port } = s.address() as { port: number };
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    close: () =>
+      new Promise<void>((r) => {
+        for (const socket of sockets) socket.destroy();
+        s.close(() => r());
+      }),
+  };
+}
+
+describe('checkRedisReachable', () => {
+  const open: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    for (const close of open.splice(0)) await close();
+  });
+
+  it('accepts any Redis reply (PONG, or an error such as NOAUTH) and refuses what is not Redis', async () => {
+    for (const reply of ['+PONG\r\n', '-NOAUTH Authentication required.\r\n']) {
+      const s = await server(reply);
+      open.push(s.close);
+      await expect(checkRedisReachable(s.url)).resolves.toBeUndefined();
+    }
+    const http = await server('HTTP/1.1 400 Bad Request\r\n\r\n');
+    open.push(http.close);
+    await expect(checkRedisReachable(http.url)).rejects.toSatisfy(
+      (e: unknown) => isCalderaError(e, 'E_IO') && /not Redis/.test((e as Error).message),
+    );
+  });
+
+  it('names the cause: a refused connection, a server that never answers', async () => {
+    await expect(checkRedisReachable('redis://127.0.0.1:1')).rejects.toSatisfy(
+      (e: unknown) =>
+        isCalderaError(e, 'E_IO') &&
+        (e as Error).message.endsWith('cannot reach Redis at redis://127.0.0.1:1 (ECONNREFUSED)'),
+    );
+    const silent = await server(null);
+    open.push(silent.close);
+    await expect(checkRedisReachable(silent.url, 200)).rejects.toThrow(/no answer within 0\.2 s/);
+  });
+
+  it('caldera compress --queue with no Redis there fails at once: before the baseline, nothing left behind', () => {
+    const out = join(mkdtempSync(join(tmpdir(), 'caldera-redis-')), 'q');
+    const t0 = performance.now();
+    const r = runCli(['compress', '--propagate', 'original', '--queue', 'redis://127.0.0.1:1', '--out', out]);
+    const seconds = (performance.now() - t0) / 1000;
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim()).toBe(
+      'caldera compress: E_IO: cannot reach Redis at redis://127.0.0.1:1 (ECONNREFUSED)',
+    );
+    // before: the error came after the baseline perplexity and the hashing of the source (16 s on the reference
+    // model), and left <out>.work behind; now it comes before any work (the process start dominates)
+    expect(seconds).toBeLessThan(10);
+    for (const p of [out, `${out}.work`, `${out}.partial`]) expect(existsSync(p), p).toBe(false);
+  }, 60_000);
+});
