@@ -100,6 +100,8 @@ describe('the caldera binary', () => {
     const cjs = spawnSync(process.execPath, [join(pkgDir, 'dist', 'bin.cjs'), '-v'], { encoding: 'utf8' });
     expect(cjs).toMatchObject({ status: 0, stdout: `${version}\n` });
     // what npm pack ships (package.json + dist), unpacked where the workspace's node_modules resolve its dependencies
+    // (a fresh clone's workspace has no node_modules of its own: npm hoists them to the root, which still resolves)
+    mkdirSync(join(pkgDir, 'node_modules'), { recursive: true });
     const tmp = mkdtempSync(join(pkgDir, 'node_modules', '.pack-'));
     try {
       const pack = spawnSync('npm', ['pack', '--silent', '--pack-destination', tmp], {
