@@ -243,7 +243,7 @@ async function generateText(
 export const inspectHelp = `caldera inspect [model] [--json]
 Architecture, parameter count, bits per weight per layer and file size of a model, Caldera checkpoint or llama2.c .bin.
 Bits per weight are stored bits (scales and sign vectors included); a checkpoint's are also given in the paper's
-accounting (Q's and the factors' widths only), the figure --bits targets and compress reports.
+accounting (Q's and the factors' widths only), the figure 'compress --bits' targets and compress reports.
 Dense layers are reported as stored in the file (f32, f16 or bf16), whatever the runtime holds them as in memory;
 "in memory" is what runtime-node's loader holds resident for the weights (its memory plan: a CALDERA layer's codes,
 L and R decoded to f32 and signs in its kernel's memory, dense layers in their kernels' memory, embedding, norms).
