@@ -6,10 +6,16 @@ import {
   type CalderaLayerMeta,
   type Tensor,
 } from '@caldera/core';
-import { gemm, gemmInto, hadamardFactor, hadamardRowsInPlace, type Pool } from '@caldera/linalg';
+import { gemm, gemmInto, hadamardRowsInPlace, type Pool } from '@caldera/linalg';
 import { codecBits, type Decomposition, latticeDecode } from '@caldera/lowrank';
 import { BatchWorkspace, poolOf } from './kernels/batch-workspace.js';
-import { CalderaKernel, groupMajorCodes, lowRankFactors, rowMajorCodes } from './kernels/caldera-kernel.js';
+import {
+  blockMixLength,
+  CalderaKernel,
+  groupMajorCodes,
+  lowRankFactors,
+  rowMajorCodes,
+} from './kernels/caldera-kernel.js';
 import { e8pDecodeInto, e8pMatvecLut } from './kernels/e8p-lut.js';
 import { type HalfFormat, matvecF16, matvecF32, WasmMatrix } from './kernels/matvec.js';
 
@@ -362,9 +368,8 @@ export class CalderaLinear implements Linear {
     const kf = layer.ftRank ?? 0;
     const k = layer.rank - kf;
     const qBits = codecBits(layer.codecs.Q);
-    // u16 codes per group of 8, and a residual plane: u16 (rvq4) or u8 (rvq3)
-    const planes = (codec: string, groups: number) =>
-      groups * (2 + (codec.includes('rvq3') ? 1 : codec.includes('rvq') ? 2 : 0));
+    // a group of 8 entries is `bits` bytes: its u16 code, and a residual plane of u8 (rvq3) or u16 (rvq4)
+    const planes = (codec: string, groups: number) => groups * codecBits(codec);
     const factor = (f: 'L' | 'R', dim: number) =>
       k === 0 ? 0 : layer.codecs[f] === 'f16' ? k * dim * 4 : planes(layer.codecs[f], (k * dim) / 8);
     const stored = factor('L', mp) + factor('R', np) + kf * (mp + np) * 4 + (bias ? m * 4 : 0);
@@ -378,8 +383,8 @@ export class CalderaLinear implements Linear {
     };
     const kernel = CalderaKernel.memoryBytes(shape, CALDERA_KERNEL_ROWS);
     if (kernel !== null) {
-      const mix = (n: number) => (layer.hadamard ? (hadamardFactor(n)?.K ?? 0) ** 2 * 4 : 0);
-      return kernel + stored + (np + mp) * 4 + mix(np) + mix(mp);
+      const mixes = (blockMixLength(np, layer.hadamard) + blockMixLength(mp, layer.hadamard)) * 4;
+      return kernel + stored + (np + mp) * 4 + mixes;
     }
     const q = planes(layer.codecs.Q, (mp * np) / 8) + (qBits === 2 ? (mp * np) / 4 : 0);
     const signs = layer.hadamard ? (np + mp) * 4 : 0;

@@ -124,6 +124,14 @@ function kernelLayout(layer: CalderaKernelShape, mixInLength: number, mixOutLeng
 }
 
 /**
+ * Entries of the block-mixing matrix of a layer's Hadamard transform of size n ({@link blockMix}): K² (K = 1 for a
+ * power of two), 0 without a rotation.
+ */
+export function blockMixLength(n: number, hadamard: boolean): number {
+  return hadamard ? (hadamardFactor(n)?.K ?? 0) ** 2 : 0;
+}
+
+/**
  * The K×K block-mixing matrix of the Hadamard transform of size n (see asm/hadamard.ts): entry `[a2·K + a]` is the
  * coefficient of block a in output block a2 — `H[a][a2]` for `M_n` (`transpose` false), `H[a2][a]` for `M_nᵀ`, as
  * `@caldera/linalg`'s `hadamardRowsInPlace`. K = 1 (a power of two) has no mix.
@@ -168,10 +176,14 @@ export class CalderaKernel {
    */
   static memoryBytes(layer: CalderaKernelShape, maxRows: number): number | null {
     if (!CalderaKernel.covers(layer)) return null;
-    const mix = (n: number) => (layer.hadamard ? (hadamardFactor(n)?.K ?? 0) ** 2 : 0);
-    return (
-      Math.ceil(kernelLayout(layer, mix(layer.padded[1]), mix(layer.padded[0]), maxRows).end / 65536) * 65536
+    const [mp, np] = layer.padded;
+    const { end } = kernelLayout(
+      layer,
+      blockMixLength(np, layer.hadamard),
+      blockMixLength(mp, layer.hadamard),
+      maxRows,
     );
+    return Math.ceil(end / 65536) * 65536;
   }
 
   /** True when {@link CalderaKernel.create} runs a layer of this shape (2-bit Q, no LoRA part, even `mp`, SIMD). */
