@@ -534,16 +534,14 @@ export interface StopSignals {
 
 /**
  * Handle SIGINT (Ctrl-C) and SIGTERM (kill, a container stop) the same way: the first of either aborts the returned
- * signal, so a command stops at its next check and cleans up instead of dying half-way through a write. `onStop`
- * runs too, for a command that polls a flag.
+ * signal, so a command stops at its next check and cleans up instead of dying half-way through a write.
  */
-export function onStopSignals(onStop?: (s: StopSignal) => void): StopSignals {
+export function onStopSignals(): StopSignals {
   const ctl = new AbortController();
   let got: StopSignal | null = null;
   const handler = (s: StopSignal) => () => {
     got ??= s;
     ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
-    onStop?.(s);
   };
   const onInt = handler('SIGINT');
   const onTerm = handler('SIGTERM');
