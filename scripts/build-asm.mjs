@@ -3,17 +3,18 @@
 // no .wasm file at runtime. The generated files are git-ignored; `npm run build` makes them.
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 
 /**
  * @param {string} root the package directory
- * @param {{ src: string, name: string, doc: string }[]} targets asm/<src>.ts → src/generated/<src>-wasm.ts exporting
- *   the base64 string `name` (documented by `doc`)
+ * @param {{ src: string, name: string, doc: string, shared?: boolean }[]} targets asm/<src>.ts →
+ *   src/generated/<src>-wasm.ts (<src>-shared-wasm.ts when `shared`: a shared imported memory, for worker threads)
+ *   exporting the base64 string `name` (documented by `doc`)
  * @param {{ ifStale?: boolean, extraInputs?: string[] }} options ifStale: skip targets whose generated file is newer
  *   than their source and `extraInputs` (e.g. the calling script)
  */
 export async function buildAsmModules(root, targets, options = {}) {
-  const outPath = (t) => join(root, 'src', 'generated', `${t.src}-wasm.ts`);
+  const outPath = (t) => join(root, 'src', 'generated', `${t.src}${t.shared ? '-shared' : ''}-wasm.ts`);
   const stale = (t) => {
     if (!existsSync(outPath(t))) return true;
     const built = statSync(outPath(t)).mtimeMs;
@@ -26,7 +27,7 @@ export async function buildAsmModules(root, targets, options = {}) {
   const work = mkdtempSync(join(tmpdir(), 'caldera-asm-'));
   try {
     for (const t of todo) {
-      const wasmFile = join(work, `${t.src}.wasm`);
+      const wasmFile = join(work, `${t.src}${t.shared ? '-shared' : ''}.wasm`);
       const { error, stderr } = await asc.main([
         join(root, 'asm', `${t.src}.ts`),
         '--outFile',
@@ -41,7 +42,8 @@ export async function buildAsmModules(root, targets, options = {}) {
         '--maximumMemory',
         '65536',
         '--enable',
-        'simd',
+        t.shared ? 'simd,threads' : 'simd',
+        ...(t.shared ? ['--sharedMemory'] : []),
         // ASM_DEBUG=1: keep function names, so that CPU profiles name the kernels
         ...(process.env.ASM_DEBUG ? ['--debug'] : []),
       ]);
@@ -56,7 +58,7 @@ export async function buildAsmModules(root, targets, options = {}) {
         `// Generated from asm/${t.src}.ts by scripts/build-wasm.mjs. Do not edit.\n/** ${t.doc}, base64. */\nexport const ${t.name} =\n  '${b64}';\n`,
       );
       process.stdout.write(
-        `build-wasm: asm/${t.src}.ts -> src/generated/${t.src}-wasm.ts (${b64.length} chars)\n`,
+        `build-wasm: asm/${t.src}.ts -> ${relative(root, outPath(t))} (${b64.length} chars)\n`,
       );
     }
   } finally {

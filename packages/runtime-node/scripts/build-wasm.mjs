@@ -19,6 +19,12 @@ await buildAsmModules(
       doc: "A CALDERA layer's forward: rotations, E8P table-driven product, low-rank term (WebAssembly SIMD, imported memory)",
     },
     {
+      src: 'caldera',
+      shared: true,
+      name: 'CALDERA_SHARED_WASM_BASE64',
+      doc: "The same module over a shared memory: decode-pool workers run their rows of a layer's Q̂ in it",
+    },
+    {
       src: 'attention',
       name: 'ATTENTION_WASM_BASE64',
       doc: 'Causal grouped-query attention over a KV cache (WebAssembly SIMD, imported memory)',

@@ -20,4 +20,5 @@ export * from './runner.js';
 export * from './block-runner.js';
 export * from './llama2c.js';
 export * from './train/index.js';
-export { BatchWorkspace, type CalderaBatchLayer } from './kernels/batch-workspace.js';
+export { BatchWorkspace, type CalderaBatchLayer, type CodeSlice } from './kernels/batch-workspace.js';
+export { createDecodePool, type DecodePool, type DecodePoolOptions } from './kernels/decode-pool.js';

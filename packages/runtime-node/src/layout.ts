@@ -86,6 +86,11 @@ export interface ModelLayout {
 export interface ModelLayoutOptions {
   /** The {@link LoadOptions.dtype} that `memoryBytes` counts for (default `'auto'`, as `loadModel`'s). */
   dtype?: 'auto' | 'f32' | 'f16';
+  /**
+   * The threads of the {@link LoadOptions.decodePool} the model is loaded with (default 1, none): `memoryBytes` counts
+   * the workers' memories of the CALDERA layers whose rows it splits.
+   */
+  decodeThreads?: number;
 }
 
 /** A float tensor's header entry: `E_MISSING`, `E_DTYPE` (not a float) or `E_SHAPE` (not `shape`) otherwise. */
@@ -232,7 +237,7 @@ export async function layoutFromStore(
           inFeatures: n,
           bias,
           bytes,
-          memoryBytes: CalderaLinear.memoryBytes(meta, bias !== null),
+          memoryBytes: CalderaLinear.memoryBytes(meta, bias !== null, options.decodeThreads ?? 1),
           weight: null,
           caldera: meta,
         });

@@ -9,6 +9,7 @@ import {
 import { gemm, gemmInto, hadamardRowsInPlace, type Pool } from '@caldera/linalg';
 import { codecBits, type Decomposition, latticeDecode } from '@caldera/lowrank';
 import { BatchWorkspace, poolOf } from './kernels/batch-workspace.js';
+import { decodeExecutor, type DecodePool } from './kernels/decode-pool.js';
 import {
   blockMixLength,
   CalderaKernel,
@@ -288,6 +289,13 @@ export interface CalderaLinearOptions {
    * E8P product for ≤ 4 rows, Q̂ decoded into gemm above), which is also what runs where WebAssembly SIMD is missing.
    */
   kernel?: boolean;
+  /**
+   * Threads for single-row products ({@link createDecodePool}): with the fused kernel, a layer of at least 2¹⁸ weights
+   * has its rows of Q̂ split over the pool's threads, each holding its rows' codes, and computes one row with all of
+   * them, to the same bits as alone. Larger inputs (prompts) go through the batch path and `LinearRunOptions.pool`.
+   * Default: none (the calling thread).
+   */
+  decodePool?: DecodePool;
 }
 
 /**
@@ -325,7 +333,14 @@ export class CalderaLinear implements Linear {
     [this.outFeatures, this.inFeatures] = d.shape;
     const [mp, np] = d.padded;
     const k = d.rank;
-    this.kernel = options.kernel === false ? null : CalderaKernel.create(d, CALDERA_KERNEL_ROWS);
+    this.kernel =
+      options.kernel === false
+        ? null
+        : CalderaKernel.create(
+            d,
+            CALDERA_KERNEL_ROWS,
+            options.decodePool ? decodeExecutor(options.decodePool) : undefined,
+          );
     // with the kernel, Q's codes live in its memory (group-major, read by the row and the batch paths): the planes of
     // `d` are not kept, so a layer holds its codes once; `d` rebuilds them on demand
     this.stored = this.kernel ? { ...d, q: { ...d.q, planes: [] } } : d;
@@ -360,9 +375,10 @@ export class CalderaLinear implements Linear {
    * - otherwise: the whole decomposition (Q's planes, L and R as stored, SU/SV in f32 with a rotation, the LoRA pair in
    *   f32), 2-bit Q's codes again group-major, and L̂ `[mp, k]` and R̂ `[k, np]` in f32 for the matrix–vector kernel
    *   (each in its WebAssembly memory, or a plain array without SIMD; an f16 R then shares the decomposition's array).
-   * The E8P tables shared by all layers are not counted.
+   * The E8P tables shared by all layers are not counted. `decodeThreads`: the threads of the {@link
+   * CalderaLinearOptions.decodePool} it is built with (default 1), whose workers' memories are counted too.
    */
-  static memoryBytes(layer: CalderaLayerMeta, bias: boolean): number {
+  static memoryBytes(layer: CalderaLayerMeta, bias: boolean, decodeThreads = 1): number {
     const [m] = layer.shape;
     const [mp, np] = layer.padded;
     const kf = layer.ftRank ?? 0;
@@ -381,7 +397,7 @@ export class CalderaLinear implements Linear {
       qBits,
       ftRank: kf,
     };
-    const kernel = CalderaKernel.memoryBytes(shape, CALDERA_KERNEL_ROWS);
+    const kernel = CalderaKernel.memoryBytes(shape, CALDERA_KERNEL_ROWS, decodeThreads);
     if (kernel !== null) {
       const mixes = (blockMixLength(np, layer.hadamard) + blockMixLength(mp, layer.hadamard)) * 4;
       return kernel + stored + (np + mp) * 4 + mixes;

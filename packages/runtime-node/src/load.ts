@@ -15,7 +15,14 @@ import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.j
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
 import { checkPathArgument } from './json-file.js';
 import { embeddingAndHead, readFloat, readHeld } from './held.js';
-import { layoutFromStore, openModelLayout, type ModelLayout, type TensorLayout } from './layout.js';
+import {
+  layoutFromStore,
+  openModelLayout,
+  type ModelLayout,
+  type ModelLayoutOptions,
+  type TensorLayout,
+} from './layout.js';
+import type { DecodePool } from './kernels/decode-pool.js';
 import { LlamaModel, type BlockWeights } from './model.js';
 import type { MemoryPlan } from './memory-plan.js';
 
@@ -54,6 +61,13 @@ export interface LoadOptions {
   /** Worker pool for the model's batch products ({@link LlamaModelOptions.pool}). Default: none. */
   pool?: Pool;
   /**
+   * Threads for single-token decode ({@link createDecodePool}): the rows of each CALDERA layer of at least 2¹⁸ weights
+   * are split over them (see {@link CalderaLinearOptions.decodePool}); the outputs are the same to the bit, and the
+   * memory plan counts the workers' memories. The caller owns the pool and disposes of it after the model. Default:
+   * none (decode on the calling thread).
+   */
+  decodePool?: DecodePool;
+  /**
    * Called after each transformer block's tensors are read (as runtime-webgpu's loaders): `block` counts from 1 to
    * `blocks` (`config.json`'s `num_hidden_layers`), so the last call has `block === blocks`.
    */
@@ -91,6 +105,7 @@ export async function readBlockWeights(
   layout: ModelLayout,
   b: number,
   dtype: 'auto' | 'f32' | 'f16' = 'auto',
+  decodePool?: DecodePool,
 ): Promise<BlockWeights> {
   const perBlock = blockLinearNames(0).length;
   const lin: Linear[] = [];
@@ -103,6 +118,7 @@ export async function readBlockWeights(
         new CalderaLinear(
           fromCheckpointTensors(l.name, (n) => tensors[n], l.caldera),
           bias,
+          decodePool ? { decodePool } : {},
         ),
       );
     } else {
@@ -143,6 +159,12 @@ function abortableStore(opened: TensorStore, signal: AbortSignal | undefined): T
   };
 }
 
+/** What the layout's memory plan counts for `options`: the dense dtype and the decode pool's threads. */
+const layoutOptions = (options: LoadOptions): ModelLayoutOptions => ({
+  dtype: options.dtype ?? 'auto',
+  decodeThreads: options.decodePool?.threads ?? 1,
+});
+
 /** Build the model of a checked `layout` from `opened` (not closed here). */
 async function loadFromLayout(
   layout: ModelLayout,
@@ -163,7 +185,7 @@ async function loadFromLayout(
   const embedding = embeddingAndHead(embed, heldHead, V, d);
   const blocks: BlockWeights[] = [];
   for (let b = 0; b < config.numLayers; b++) {
-    blocks.push(await readBlockWeights(store, layout, b, dtype));
+    blocks.push(await readBlockWeights(store, layout, b, dtype, options.decodePool));
     onProgress?.({ block: b + 1, blocks: config.numLayers });
   }
   const norm = (await readFloat(store, layout.norm.name)).data;
@@ -184,7 +206,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   checkPathArgument(dir, 'loadModel', 'the model directory');
   options ??= {}; // from JavaScript: null options are none
   throwIfAborted(options.signal, 'loading');
-  const { layout, store } = await openModelLayout(dir, { dtype: options.dtype ?? 'auto' });
+  const { layout, store } = await openModelLayout(dir, layoutOptions(options));
   try {
     const model = await loadFromLayout(layout, store, options);
     return { model, config: layout.config, dir, calderaMeta: layout.calderaMeta };
@@ -239,7 +261,7 @@ export async function loadModelFromStore(
   const dir = label ?? 'the checkpoint';
   const layout = await layoutFromStore(
     { config, calderaMeta, store: source.store, label: dir, calderaMetaFile },
-    { dtype: options.dtype ?? 'auto' },
+    layoutOptions(options),
   );
   const model = await loadFromLayout(layout, source.store, options);
   return { model, config, dir, calderaMeta };

@@ -25,15 +25,22 @@ export interface CalderaBatchLayer {
   readonly mixIn: { K: number; mix: Float32Array } | null;
   readonly mixOut: { K: number; mix: Float32Array } | null;
   /**
-   * 2-bit Q's E8P codes, group-major `[np/8, mp]` (code of row i, group g at `g·mp + i`): the fused row kernel's copy,
-   * so a layer holds its codes once.
+   * 2-bit Q's E8P codes in slices of rows that together cover all mp rows in order, each group-major: the fused row
+   * kernel's copies (one slice, or one per thread of a decode pool), so a layer holds its codes once.
    */
-  readonly codes: Uint16Array;
+  readonly codes: readonly CodeSlice[];
   readonly qScale: number;
   readonly scale: number;
   /** L̂ `[mp, k]` and R̂ `[k, np]` in f32. */
   readonly lRows: Float32Array;
   readonly r: Float32Array;
+}
+
+/** Rows [row0, row0 + rows) of Q's codes, group-major `[np/8, rows]` (code of row row0 + i, group g at `g·rows + i`). */
+export interface CodeSlice {
+  readonly row0: number;
+  readonly rows: number;
+  readonly codes: Uint16Array;
 }
 
 /** Input rows rotated per pass (the workspace holds this many rows of x', y'). */
@@ -225,11 +232,14 @@ export class BatchWorkspace {
       // long dimension (Q̂'s rows) is gemm's first operand, the one its pool splits among threads
       for (let i0 = 0; i0 < mp; i0 += QB) {
         const qb = Math.min(QB, mp - i0);
-        // gather the block's rows from the group-major codes into row-major order for the decoder
-        const src = layer.codes;
-        for (let g = 0; g < groups; g++) {
-          const from = g * mp + i0;
-          for (let i = 0; i < qb; i++) codes[i * groups + g] = src[from + i]!;
+        // gather the block's rows from the group-major slices into row-major order for the decoder
+        for (const s of layer.codes) {
+          const a = Math.max(i0, s.row0);
+          const b = Math.min(i0 + qb, s.row0 + s.rows);
+          for (let g = 0; g < groups; g++) {
+            const from = g * s.rows - s.row0;
+            for (let i = a; i < b; i++) codes[(i - i0) * groups + g] = s.codes[from + i]!;
+          }
         }
         ins.decodeE8P(at.codes, qb * groups, DA, DS, H1, H2, at.q);
         const rowsOut: Tensor<'f32'> = {

@@ -2,7 +2,8 @@ import { hadamardBase, hadamardFactor } from '@caldera/linalg';
 import { latticeDecode, type Decomposition } from '@caldera/lowrank';
 import { bumpAllocator, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
 import { CALDERA_WASM_BASE64 } from '../generated/caldera-wasm.js';
-import type { CalderaBatchLayer } from './batch-workspace.js';
+import type { CalderaBatchLayer, CodeSlice } from './batch-workspace.js';
+import type { DecodeExecutor, WorkerSlice } from './decode-pool.js';
 import { e8pLutTables } from './e8p-lut.js';
 
 /** End of the region fixed by asm/e8p.ts: the two 256-entry maps at {@link KERNEL_BASE}, then 2 × 2 groups' tables. */
@@ -11,21 +12,59 @@ export const E8P_FIXED_END = KERNEL_BASE + 2048 + 4 * 4096;
 /** ta/ts entries as byte offsets (index·4 in each 16-bit half), as asm/e8p.ts reads them. */
 export const byteOffsets = (e: number): number => (e & 0xffff) * 4 + (e >>> 16) * 4 * 65536;
 
-/** 2-bit Q's codes group-major (`[np/8, mp]`, the transpose of the checkpoint's `[mp, np/8]`) into `out`. */
-export function groupMajorCodes(d: Decomposition, out: Uint16Array): Uint16Array {
+/**
+ * 2-bit Q's codes of rows [row0, row0 + rows) (default: all mp) group-major (`[np/8, rows]`, the transpose of the
+ * checkpoint's `[mp, np/8]`) into `out`.
+ */
+export function groupMajorCodes(
+  d: Decomposition,
+  out: Uint16Array,
+  row0 = 0,
+  rows: number = d.padded[0],
+): Uint16Array {
   const codes = d.q.planes[0] as Uint16Array;
-  const [mp, np] = d.padded;
-  const groups = np / 8;
-  for (let i = 0; i < mp; i++) for (let g = 0; g < groups; g++) out[g * mp + i] = codes[i * groups + g]!;
+  const groups = d.padded[1] / 8;
+  for (let i = 0; i < rows; i++)
+    for (let g = 0; g < groups; g++) out[g * rows + i] = codes[(row0 + i) * groups + g]!;
   return out;
 }
 
-/** The inverse of {@link groupMajorCodes}: row-major `[mp, np/8]` codes from group-major `[np/8, mp]` ones. */
-export function rowMajorCodes(groupMajor: Uint16Array, mp: number, np: number): Uint16Array {
+/** The inverse of {@link groupMajorCodes}: row-major `[mp, np/8]` codes from the group-major slices of all rows. */
+export function rowMajorCodes(slices: readonly CodeSlice[], mp: number, np: number): Uint16Array {
   const groups = np / 8;
   const out = new Uint16Array(mp * groups);
-  for (let g = 0; g < groups; g++) for (let i = 0; i < mp; i++) out[i * groups + g] = groupMajor[g * mp + i]!;
+  for (const { row0, rows, codes } of slices)
+    for (let g = 0; g < groups; g++)
+      for (let i = 0; i < rows; i++) out[(row0 + i) * groups + g] = codes[g * rows + i]!;
   return out;
+}
+
+/**
+ * Layers with fewer weights than this run whole on the calling thread even with a decode pool: below it the hand-off
+ * to the workers (≈ 10–30 µs) is a large part of the product.
+ */
+export const SPLIT_MIN_WEIGHTS = 1 << 18;
+
+/**
+ * What one E8P code of the table-driven product costs in multiply-adds of the low-rank term's f32 products (measured on
+ * the 2-core machine: ≈ 0.8 ns per code, ≈ 0.16 ns per multiply-add), to balance the threads' work.
+ */
+const CODE_COST = 5;
+
+/**
+ * The row ranges `[row0, rows]` of Q̂ over `threads` threads, the caller's first: multiples of 8 rows (so that every
+ * part's rows are computed as in the whole layer), sized so that each thread has about the same work — the caller's
+ * part smaller by its low-rank term `L̂·(R̂·x')` of `rank`; a single part for one thread or a small layer.
+ */
+export function splitRanges(mp: number, np: number, rank: number, threads: number): [number, number][] {
+  if (threads <= 1 || mp * np < SPLIT_MIN_WEIGHTS) return [[0, mp]];
+  const rowCost = (np / 8) * CODE_COST; // in multiply-adds
+  const share = (mp * rowCost + rank * (np + mp)) / threads;
+  const own = Math.min(mp, Math.max(0, Math.round((share - rank * (np + mp)) / rowCost / 8) * 8));
+  const per = Math.ceil((mp - own) / (threads - 1) / 8) * 8;
+  const parts: [number, number][] = [[0, own]];
+  for (let row0 = own; row0 < mp; row0 += per) parts.push([row0, Math.min(per, mp - row0)]);
+  return parts;
 }
 
 /** L̂ row-major `[mp, k]` and R̂ `[k, np]`, decoded to f32 (empty for rank 0). */
@@ -66,6 +105,7 @@ const LAYER_FIELDS = [
   'tmp',
   'qScale',
   'scale',
+  'mq',
 ] as const;
 
 /** What {@link CalderaKernel.memoryBytes} needs of a layer: a `Decomposition`'s fields, or its `caldera.json` entry's. */
@@ -97,7 +137,13 @@ const kernelShape = (d: Decomposition): CalderaKernelShape => ({
  * bump-allocated, 16-byte aligned), given the lengths of its two block-mixing matrices; `end` is the first address
  * past them.
  */
-function kernelLayout(layer: CalderaKernelShape, mixInLength: number, mixOutLength: number, maxRows: number) {
+function kernelLayout(
+  layer: CalderaKernelShape,
+  mixInLength: number,
+  mixOutLength: number,
+  maxRows: number,
+  mq: number,
+) {
   const [m, n] = layer.shape;
   const [mp, np] = layer.padded;
   const k = layer.rank;
@@ -106,7 +152,7 @@ function kernelLayout(layer: CalderaKernelShape, mixInLength: number, mixOutLeng
     layer: alloc(LAYER_FIELDS.length * 4),
     p1: alloc(128 * 4),
     p2: alloc(128 * 4),
-    codes: alloc((mp * np) / 4),
+    codes: alloc((mq * np) / 4),
     lr: alloc(mp * k * 4),
     r: alloc(k * np * 4),
     su: alloc(np * 4),
@@ -121,6 +167,57 @@ function kernelLayout(layer: CalderaKernelShape, mixInLength: number, mixOutLeng
     tmp: alloc(Math.max(np, mp) * 4),
   };
   return { at, end: end() };
+}
+
+/** The layout of a worker's memory for `rows` rows of Q̂ (asm/caldera.ts's `splitRows` reads these fields only). */
+function sliceLayout(rows: number, np: number) {
+  const { alloc, end } = bumpAllocator(E8P_FIXED_END);
+  const at = {
+    layer: alloc(LAYER_FIELDS.length * 4),
+    p1: alloc(128 * 4),
+    p2: alloc(128 * 4),
+    codes: alloc((rows * np) / 4),
+    xr: alloc(np * 4),
+    yr: alloc(rows * 4),
+  };
+  return { at, end: end() };
+}
+
+/** Whole 64 KiB pages for `end` bytes. */
+const pagesFor = (end: number): number => Math.ceil(end / 65536);
+
+/** Write a layer record's fields (missing ones 0) at `at` in `buf`. */
+function writeRecord(
+  buf: ArrayBufferLike,
+  at: number,
+  values: Partial<Record<(typeof LAYER_FIELDS)[number], number>>,
+) {
+  const ints = new Int32Array(buf, at, LAYER_FIELDS.length);
+  const floats = new Float32Array(buf, at, LAYER_FIELDS.length);
+  LAYER_FIELDS.forEach((f, i) => {
+    if (f === 'qScale' || f === 'scale') floats[i] = values[f] ?? 0;
+    else ints[i] = values[f] ?? 0;
+  });
+}
+
+/** The E8P index maps and half patterns every kernel memory holds at fixed addresses. */
+function writeTables(buf: ArrayBufferLike, p1At: number, p2At: number): void {
+  const t = e8pLutTables();
+  new Uint32Array(buf, KERNEL_BASE, 256).set(t.ta.map(byteOffsets));
+  new Uint32Array(buf, KERNEL_BASE + 1024, 256).set(t.ts.map(byteOffsets));
+  new Float32Array(buf, p1At, t.p1.length).set(t.p1);
+  new Float32Array(buf, p2At, t.p2.length).set(t.p2);
+}
+
+/** One worker's rows of a split layer, as the calling thread sees them. */
+interface WorkerPart {
+  readonly row0: number;
+  readonly rows: number;
+  /** Held so that the memory is counted and stays alive as long as the layer. */
+  readonly memory: WebAssembly.Memory;
+  /** x' (np values) and the part's rows of y' in the worker's memory. */
+  readonly xr: Float32Array;
+  readonly yr: Float32Array;
 }
 
 /**
@@ -151,39 +248,52 @@ function blockMix(n: number, transpose: boolean): { K: number; mix: Float32Array
  * time): the whole forward — signs and Hadamard rotation of the input, the table-driven E8P product, the low-rank
  * term `L̂·(R̂·x')`, the inverse rotation, signs and scale — runs in the SIMD kernel of asm/caldera.ts, so only x and y
  * cross the boundary. Codes are stored group-major (`[np/8, mp]`); L̂ (`[mp, k]`) and R̂ (`[k, np]`) are decoded once
- * to f32. {@link CalderaKernel.create} returns null without WebAssembly SIMD or for a decomposition it does not cover
- * (3/4-bit Q, a trainable LoRA part), and the caller keeps its TypeScript path.
+ * to f32. With a decode pool of several threads, a large layer's rows of Q̂ are split: the first part stays in this
+ * memory, each other part lives in a worker's shared memory ({@link splitRanges}), and single rows are computed by all
+ * threads together, to the same bits. {@link CalderaKernel.create} returns null without WebAssembly SIMD or for a
+ * decomposition it does not cover (3/4-bit Q, a trainable LoRA part), and the caller keeps its TypeScript path.
  */
 export class CalderaKernel {
   private constructor(
-    private readonly run: (layer: number, rows: number) => void,
+    private readonly exports: CalderaExports,
     private readonly layerAt: number,
     /** Views of the input and output rows (the memory never grows, so they stay valid). */
     private readonly xView: Float32Array,
     private readonly yView: Float32Array,
+    /** x' and y' (np and mp values) in this memory: the split path copies between them and the workers'. */
+    private readonly xrView: Float32Array,
+    private readonly yrView: Float32Array,
     readonly n: number,
     readonly m: number,
     readonly maxRows: number,
-    /** The same layer for {@link BatchWorkspace}'s batch path (L̂ and R̂ are views of this kernel's memory). */
+    /** The same layer for {@link BatchWorkspace}'s batch path (L̂, R̂ and the codes are views of the memories). */
     readonly batch: CalderaBatchLayer,
+    /** With the rows split: the pool, the layer's job id and the workers' parts. */
+    private readonly split: { pool: DecodeExecutor; id: number; parts: readonly WorkerPart[] } | null,
   ) {}
 
   /**
-   * Bytes of the WebAssembly memory {@link CalderaKernel.create} would allocate for a layer of this shape (whole 64 KiB
-   * pages: the module's static data, the E8P tables, the layer record, Q's codes group-major, L̂ and R̂ in f32, the
-   * signs, the block-mixing matrices and the row buffers for `maxRows` rows), or null when `create` returns null for
-   * it (no WebAssembly SIMD, 3/4-bit Q, a LoRA part, an odd `mp`). Computed without allocating anything.
+   * Bytes of the WebAssembly memories {@link CalderaKernel.create} would allocate for a layer of this shape with a
+   * decode pool of `threads` threads (whole 64 KiB pages: the module's static data, the E8P tables, the layer record,
+   * Q's codes group-major, L̂ and R̂ in f32, the signs, the block-mixing matrices and the row buffers for `maxRows`
+   * rows; and with the rows split, each worker's memory: static data, tables, its rows' codes, x' and its rows of y'),
+   * or null when `create` returns null for it (no WebAssembly SIMD, 3/4-bit Q, a LoRA part, an odd `mp`). Computed
+   * without allocating anything.
    */
-  static memoryBytes(layer: CalderaKernelShape, maxRows: number): number | null {
+  static memoryBytes(layer: CalderaKernelShape, maxRows: number, threads = 1): number | null {
     if (!CalderaKernel.covers(layer)) return null;
     const [mp, np] = layer.padded;
+    const [[, mq], ...parts] = splitRanges(mp, np, layer.rank, threads);
     const { end } = kernelLayout(
       layer,
       blockMixLength(np, layer.hadamard),
       blockMixLength(mp, layer.hadamard),
       maxRows,
+      mq!,
     );
-    return Math.ceil(end / 65536) * 65536;
+    let bytes = pagesFor(end) * 65536;
+    for (const [, rows] of parts) bytes += pagesFor(sliceLayout(rows, np).end) * 65536;
+    return bytes;
   }
 
   /** True when {@link CalderaKernel.create} runs a layer of this shape (2-bit Q, no LoRA part, even `mp`, SIMD). */
@@ -200,13 +310,15 @@ export class CalderaKernel {
     );
   }
 
-  static create(d: Decomposition, maxRows: number): CalderaKernel | null {
+  /** The kernel of `d`, its rows split over `pool`'s threads when the layer is large enough ({@link splitRanges}). */
+  static create(d: Decomposition, maxRows: number, pool?: DecodeExecutor): CalderaKernel | null {
     const mod = embeddedModule(CALDERA_WASM_BASE64);
     if (!mod || !CalderaKernel.covers(kernelShape(d))) return null;
     const [m, n] = d.shape;
     const [mp, np] = d.padded;
     const k = d.rank;
-    const t = e8pLutTables();
+    const ranges = splitRanges(mp, np, k, pool?.threads ?? 1);
+    const mq = ranges[0]![1];
     const mixIn = d.hadamard ? blockMix(np, false) : null;
     const mixOut = d.hadamard ? blockMix(mp, true) : null;
     const { at, end } = kernelLayout(
@@ -214,26 +326,22 @@ export class CalderaKernel {
       mixIn?.mix.length ?? 0,
       mixOut?.mix.length ?? 0,
       maxRows,
+      mq,
     );
-    const pages = Math.ceil(end / 65536);
+    const pages = pagesFor(end);
     let memory: WebAssembly.Memory;
-    let run: (layer: number, rows: number) => void;
-    let exports: WebAssembly.Exports;
+    let exports: CalderaExports;
     try {
       memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
-      exports = new WebAssembly.Instance(mod, { env: { memory } }).exports;
-      run = exports.forward as typeof run;
+      exports = new WebAssembly.Instance(mod, { env: { memory } }).exports as unknown as CalderaExports;
     } catch {
       return null; // e.g. the address space could not be reserved
     }
-    checkHeapBase(exports, 'caldera kernel');
+    checkHeapBase(exports as unknown as WebAssembly.Exports, 'caldera kernel');
     const buf = memory.buffer;
     const f32 = (addr: number, len: number) => new Float32Array(buf, addr, len);
-    new Uint32Array(buf, KERNEL_BASE, 256).set(t.ta.map(byteOffsets));
-    new Uint32Array(buf, KERNEL_BASE + 1024, 256).set(t.ts.map(byteOffsets));
-    f32(at.p1, t.p1.length).set(t.p1);
-    f32(at.p2, t.p2.length).set(t.p2);
-    const codes = groupMajorCodes(d, new Uint16Array(buf, at.codes, (mp * np) / 8));
+    writeTables(buf, at.p1, at.p2);
+    const codes = groupMajorCodes(d, new Uint16Array(buf, at.codes, (mq * np) / 8), 0, mq);
     const { lRows, r } = lowRankFactors(d);
     f32(at.lr, mp * k).set(lRows);
     f32(at.r, k * np).set(r);
@@ -243,7 +351,7 @@ export class CalderaKernel {
     f32(at.sv, mp).set(sv);
     if (mixIn) f32(at.mixIn, mixIn.mix.length).set(mixIn.mix);
     if (mixOut) f32(at.mixOut, mixOut.mix.length).set(mixOut.mix);
-    const values: Record<(typeof LAYER_FIELDS)[number], number> = {
+    writeRecord(buf, at.layer, {
       n,
       m,
       np,
@@ -268,15 +376,19 @@ export class CalderaKernel {
       tmp: at.tmp,
       qScale: d.q.scale,
       scale: d.scale,
-    };
-    const ints = new Int32Array(buf, at.layer, LAYER_FIELDS.length);
-    const floats = f32(at.layer, LAYER_FIELDS.length);
-    LAYER_FIELDS.forEach((f, i) => {
-      if (f === 'qScale' || f === 'scale') floats[i] = values[f];
-      else ints[i] = values[f];
+      mq,
     });
-    const xView = f32(at.x, maxRows * n);
-    const yView = f32(at.y, maxRows * m);
+    const codeSlices: CodeSlice[] = [{ row0: 0, rows: mq, codes }];
+    let split: { pool: DecodeExecutor; id: number; parts: WorkerPart[] } | null = null;
+    if (pool && ranges.length > 1) {
+      const parts = ranges.slice(1).map(([row0, rows]) => workerPart(d, row0, rows));
+      codeSlices.push(...parts.map((p) => p.codes));
+      const slices: (WorkerSlice | null)[] = Array.from(
+        { length: pool.threads - 1 },
+        (_, t) => parts[t]?.slice ?? null,
+      );
+      split = { pool, id: pool.register(slices), parts: parts.map((p) => p.part) };
+    }
     const batch: CalderaBatchLayer = {
       n,
       m,
@@ -287,30 +399,107 @@ export class CalderaKernel {
       sv,
       mixIn,
       mixOut,
-      codes, // the kernel's own group-major copy (its memory never grows, so the view stays valid)
+      codes: codeSlices, // the kernels' own group-major copies (their memories never grow, so the views stay valid)
       qScale: d.q.scale,
       scale: d.scale,
       lRows: f32(at.lr, mp * k),
       r: f32(at.r, k * np),
     };
-    return new CalderaKernel(run, at.layer, xView, yView, n, m, maxRows, batch);
+    return new CalderaKernel(
+      exports,
+      at.layer,
+      f32(at.x, maxRows * n),
+      f32(at.y, maxRows * m),
+      f32(at.xr, np),
+      f32(at.yr, mp),
+      n,
+      m,
+      maxRows,
+      batch,
+      split,
+    );
   }
 
   /** `y = x·Ŵᵀ` for `rows` input rows of `n` values (a new array of rows·m values), `maxRows` per kernel call. */
   forward(x: Float32Array, rows: number): Float32Array {
     const { n, m, maxRows } = this;
+    if (this.split) {
+      const y = new Float32Array(rows * m);
+      for (let r = 0; r < rows; r++) y.set(this.splitRow(x.subarray(r * n, (r + 1) * n)), r * m);
+      return y;
+    }
     if (rows === 1) {
       this.xView.set(x.length === n ? x : x.subarray(0, n));
-      this.run(this.layerAt, 1);
+      this.exports.forward(this.layerAt, 1);
       return this.yView.slice(0, m);
     }
     const y = new Float32Array(rows * m);
     for (let r0 = 0; r0 < rows; r0 += maxRows) {
       const c = Math.min(maxRows, rows - r0);
       this.xView.set(x.subarray(r0 * n, (r0 + c) * n));
-      this.run(this.layerAt, c);
+      this.exports.forward(this.layerAt, c);
       y.set(this.yView.subarray(0, c * m), r0 * m);
     }
     return y;
   }
+
+  /** One input row with Q̂'s rows computed by every thread of the pool (x: n values). */
+  private splitRow(x: Float32Array): Float32Array {
+    const { pool, id, parts } = this.split!;
+    const ex = this.exports;
+    this.xView.set(x);
+    ex.splitIn(this.layerAt);
+    for (const p of parts) p.xr.set(this.xrView);
+    pool.run(id, () => ex.splitOwn(this.layerAt));
+    for (const p of parts) this.yrView.set(p.yr, p.row0);
+    ex.splitEnd(this.layerAt);
+    return this.yView.slice(0, this.m);
+  }
+}
+
+/** The kernel module's entry points (asm/caldera.ts). */
+interface CalderaExports {
+  forward(layer: number, rows: number): void;
+  splitIn(layer: number): void;
+  splitOwn(layer: number): void;
+  splitEnd(layer: number): void;
+}
+
+/** A worker's memory for rows [row0, row0 + rows) of `d`'s Q̂: tables, record, codes group-major, x', y'. */
+function workerPart(
+  d: Decomposition,
+  row0: number,
+  rows: number,
+): { part: WorkerPart; slice: WorkerSlice; codes: CodeSlice } {
+  const np = d.padded[1];
+  const { at, end } = sliceLayout(rows, np);
+  const pages = pagesFor(end);
+  const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
+  const buf = memory.buffer;
+  writeTables(buf, at.p1, at.p2);
+  const codes = groupMajorCodes(d, new Uint16Array(buf, at.codes, (rows * np) / 8), row0, rows);
+  writeRecord(buf, at.layer, {
+    n: np,
+    m: rows,
+    np,
+    mp: rows,
+    mq: rows,
+    codes: at.codes,
+    p1: at.p1,
+    p2: at.p2,
+    xr: at.xr,
+    yr: at.yr,
+    qScale: d.q.scale,
+  });
+  return {
+    part: {
+      row0,
+      rows,
+      memory,
+      xr: new Float32Array(buf, at.xr, np),
+      yr: new Float32Array(buf, at.yr, rows),
+    },
+    slice: { memory, layerAt: at.layer },
+    codes: { row0, rows, codes },
+  };
 }

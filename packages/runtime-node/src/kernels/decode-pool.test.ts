@@ -1,0 +1,170 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { CalderaError, Rng } from '@caldera/core';
+import { randomDecomposition, type Decomposition } from '@caldera/lowrank';
+import { CalderaLinear } from '../linear.js';
+import { heldBytes } from '../testing/held-bytes.js';
+import { CalderaKernel, splitRanges, SPLIT_MIN_WEIGHTS } from './caldera-kernel.js';
+import { createDecodePool, type DecodePool } from './decode-pool.js';
+
+const pools: DecodePool[] = [];
+const pool = (threads: number): DecodePool => {
+  const p = createDecodePool({ threads });
+  pools.push(p);
+  return p;
+};
+afterAll(() => pools.forEach((p) => p.dispose()));
+
+/**
+ * Layers around the split threshold and the row-rounding cases: 2816 rows (Hadamard K = 11 on the rows), a rank-0
+ * layer, 1000 rows (padded), a layer of exactly SPLIT_MIN_WEIGHTS weights, one without rotations, and one just below
+ * the threshold (not split).
+ */
+function layers(): { name: string; d: Decomposition; split: boolean }[] {
+  const rng = new Rng(11);
+  const noRotation = randomDecomposition(520, 512, 8, rng);
+  return [
+    { name: '2816x1024 rank 64', d: randomDecomposition(2816, 1024, 64, rng), split: true },
+    { name: '1024x2816 rank 0', d: randomDecomposition(1024, 2816, 0, rng), split: true },
+    { name: '1000x640 rank 16', d: randomDecomposition(1000, 640, 16, rng), split: true },
+    { name: '256x1024 (the threshold)', d: randomDecomposition(256, 1024, 8, rng), split: true },
+    {
+      name: '520x512 without rotations',
+      d: { ...noRotation, hadamard: false, su: null, sv: null },
+      split: true,
+    },
+    { name: '128x1024 (below the threshold)', d: randomDecomposition(128, 1024, 8, rng), split: false },
+  ];
+}
+
+describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads', () => {
+  it('splitRanges covers the rows in order, in multiples of 8, one part per thread at most, balanced for the caller', () => {
+    for (const [mp, np, rank] of [
+      [2816, 1024, 64],
+      [1024, 2816, 0],
+      [1000, 640, 16],
+      [8, 32768, 0],
+      [4096, 4096, 256],
+    ] as const)
+      for (const threads of [2, 3, 4, 7, 16]) {
+        const parts = splitRanges(mp, np, rank, threads);
+        expect(parts.length).toBeLessThanOrEqual(threads);
+        let next = 0;
+        for (const [i, [row0, rows]] of parts.entries()) {
+          expect(row0).toBe(next);
+          expect(rows).toBeGreaterThanOrEqual(i === 0 ? 0 : 1);
+          if (i < parts.length - 1) expect(rows % 8).toBe(0);
+          next += rows;
+        }
+        expect(next).toBe(mp);
+        // the caller also runs the low-rank term: its part is never larger than a worker's (+ 8 rows of rounding)
+        if (parts.length > 1) expect(parts[0]![1]).toBeLessThanOrEqual(parts[1]![1] + 8);
+      }
+    expect(splitRanges(248, 1024, 8, 4)).toEqual([[0, 248]]);
+    expect(248 * 1024).toBeLessThan(SPLIT_MIN_WEIGHTS);
+    expect(splitRanges(4096, 4096, 64, 1)).toEqual([[0, 4096]]);
+  });
+
+  it('gives the same bits as the layer alone: one row, a few rows, the batch path, and the codes it rebuilds', () => {
+    const rng = new Rng(3);
+    const batchRows = 24; // above CALDERA_BATCH_MIN_ROWS: the batch path reads the codes from every part
+    for (const threads of [2, 3, 4]) {
+      const p = pool(threads);
+      expect(p.threads).toBe(threads);
+      for (const { name, d, split } of layers()) {
+        const [m, n] = d.shape;
+        const alone = new CalderaLinear(d);
+        const pooled = new CalderaLinear(d, null, { decodePool: p });
+        expect(pooled.fused).toBe(true);
+        // split or not, as the plan says: the workers' memories are counted and held
+        const mem = CalderaKernel.memoryBytes(
+          { shape: d.shape, padded: d.padded, rank: d.rank, hadamard: d.hadamard, qBits: 2, ftRank: 0 },
+          16,
+          threads,
+        );
+        const memAlone = CalderaKernel.memoryBytes(
+          { shape: d.shape, padded: d.padded, rank: d.rank, hadamard: d.hadamard, qBits: 2, ftRank: 0 },
+          16,
+        );
+        expect(mem! > memAlone!, name).toBe(split);
+        for (const rows of [1, 3, batchRows]) {
+          const x = rng.fillNormal(new Float32Array(rows * n));
+          const y = pooled.forward(x, rows);
+          const want = alone.forward(x, rows);
+          expect(y.length).toBe(rows * m);
+          expect(
+            y.findIndex((v, i) => !Object.is(v, want[i])),
+            `${name}, ${threads} threads, ${rows} rows`,
+          ).toBe(-1);
+        }
+        expect(pooled.d.q.planes[0], name).toEqual(d.q.planes[0]);
+      }
+    }
+  });
+
+  it('a worker computes its rows: the same layer on two pools, and many layers on one, interleaved', () => {
+    const rng = new Rng(5);
+    const p = pool(2);
+    const ds = [0, 1, 2].map(() => randomDecomposition(1024, 512, 16, rng));
+    const pooled = ds.map((d) => new CalderaLinear(d, null, { decodePool: p }));
+    const other = new CalderaLinear(ds[0]!, null, { decodePool: pool(3) });
+    const alone = ds.map((d) => new CalderaLinear(d));
+    for (let step = 0; step < 20; step++) {
+      const i = step % 3;
+      const x = rng.fillNormal(new Float32Array(512));
+      const want = alone[i]!.forward(x, 1);
+      expect(pooled[i]!.forward(x, 1)).toEqual(want);
+      if (i === 0) expect(other.forward(x, 1)).toEqual(want);
+    }
+    // the workers' rows are real: a layer's held memory includes their shared memories
+    const shared = (l: CalderaLinear) => {
+      let n = 0;
+      const seen = new Set<unknown>();
+      const visit = (v: unknown): void => {
+        if (v === null || typeof v !== 'object' || seen.has(v)) return;
+        seen.add(v);
+        if (v instanceof WebAssembly.Memory) n += v.buffer instanceof SharedArrayBuffer ? 1 : 0;
+        else if (!ArrayBuffer.isView(v)) for (const x of Object.values(v)) visit(x);
+      };
+      visit(l);
+      return n;
+    };
+    expect(shared(pooled[0]!)).toBe(1);
+    expect(shared(other)).toBe(2);
+    expect(shared(alone[0]!)).toBe(0);
+    expect(heldBytes(pooled[0]!)).toBeGreaterThan(heldBytes(alone[0]!));
+  });
+
+  it('one thread starts no worker and splits nothing; bad threads, a foreign pool and a disposed pool are E_VALUE', () => {
+    const rng = new Rng(9);
+    const d = randomDecomposition(1024, 1024, 8, rng);
+    const one = pool(1);
+    expect(one.threads).toBe(1);
+    expect(heldBytes(new CalderaLinear(d, null, { decodePool: one }))).toBe(heldBytes(new CalderaLinear(d)));
+    for (const threads of [0, -1, 1.5, 257, Number.NaN])
+      expect(() => createDecodePool({ threads }), String(threads)).toThrow(/E_VALUE: createDecodePool: threads/);
+    expect(() => new CalderaLinear(d, null, { decodePool: { threads: 2, disposed: false, dispose() {} } })).toThrow(
+      /E_VALUE: decodePool: not a pool from createDecodePool/,
+    );
+    const p = createDecodePool({ threads: 2 });
+    const layer = new CalderaLinear(d, null, { decodePool: p });
+    const x = rng.fillNormal(new Float32Array(1024));
+    const before = layer.forward(x, 1);
+    p.dispose();
+    expect(p.disposed).toBe(true);
+    p.dispose(); // twice is harmless
+    const e = (() => {
+      try {
+        layer.forward(x, 1);
+      } catch (err) {
+        return err;
+      }
+    })();
+    expect(e).toBeInstanceOf(CalderaError);
+    expect((e as CalderaError).code).toBe('E_VALUE');
+    expect(String(e)).toMatch(/decode pool: used after dispose/);
+    // the batch path needs no worker: a prompt still runs, to the same bits
+    const xs = rng.fillNormal(new Float32Array(24 * 1024));
+    expect(layer.forward(xs, 24)).toEqual(new CalderaLinear(d).forward(xs, 24));
+    expect(() => new CalderaLinear(d, null, { decodePool: p })).toThrow(/E_VALUE: decode pool: used after dispose/);
+  });
+});
