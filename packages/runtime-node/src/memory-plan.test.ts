@@ -16,16 +16,19 @@ import {
 import {
   caldera,
   calderaCheckpointMeta,
+  randomDecomposition,
   toCheckpointTensors,
   withTrainableFactors,
   type CalderaOptions,
 } from '@caldera/lowrank';
 import { blockLinearNames, parseModelConfig } from './config.js';
 import { CalderaLinear } from './linear.js';
+import { createDecodePool } from './kernels/decode-pool.js';
+import { KVCache } from './model.js';
 import { readModelLayout } from './layout.js';
 import { loadModel, loadModelFromStore, loadModelFromUrl, type LoadedModel } from './load.js';
 import type { MemoryPlan } from './memory-plan.js';
-import { heldBytes } from './testing/held-bytes.js';
+import { heldBytes, heldBytesExcept } from './testing/held-bytes.js';
 import { randomModel } from './testing/random-model.js';
 
 // Qwen2: q/k/v biases; an intermediate size of 40 (not a power of two: Hadamard K = 40 and padding of the rows)
@@ -98,22 +101,29 @@ async function writeDir(files: Record<string, Uint8Array>): Promise<string> {
 }
 
 /**
- * Check that `plan` states what `loaded` holds, measured by {@link heldBytes} on the loaded objects: the whole
+ * Check that `plan` states what `loaded` holds, measured by `heldBytes` on the loaded objects (not entering
+ * `notOwned`: the caller's decode pool): the whole
  * model's weights, each linear layer, the embedding, the head and the norms — exact to the byte (the loader reads a
  * directory tensor by tensor, each into its own buffer, so no view keeps a larger buffer alive).
  */
-function expectPlanHeld(plan: MemoryPlan, { model, config }: LoadedModel, what: string): void {
+function expectPlanHeld(
+  plan: MemoryPlan,
+  { model, config }: LoadedModel,
+  what: string,
+  notOwned: readonly object[] = [],
+): void {
+  const held = (...roots: unknown[]) => heldBytesExcept(notOwned, ...roots);
   const w = model.weights;
-  expect(heldBytes(w), `${what}: whole model`).toBe(plan.weightBytes);
+  expect(held(w), `${what}: whole model`).toBe(plan.weightBytes);
   const names = Array.from({ length: config.numLayers }, (_, b) =>
     blockLinearNames(b).map((l) => l.name),
   ).flat();
   expect(plan.layers.map((l) => l.name)).toEqual(names);
-  for (const l of plan.layers) expect(heldBytes(model.linear(l.name)), `${what}: ${l.name}`).toBe(l.bytes);
-  expect(heldBytes(w.head), `${what}: head`).toBe(plan.parts.lmHead);
+  for (const l of plan.layers) expect(held(model.linear(l.name)), `${what}: ${l.name}`).toBe(l.bytes);
+  expect(held(w.head), `${what}: head`).toBe(plan.parts.lmHead);
   // tied: the embedding is a view of the head's table, which the head's part counts
-  expect(heldBytes(w.embed), `${what}: embedding`).toBe(plan.parts.embedding || plan.parts.lmHead);
-  expect(heldBytes(w.norm, ...w.blocks.map((b) => [b.inputNorm, b.postAttnNorm])), `${what}: norms`).toBe(
+  expect(held(w.embed), `${what}: embedding`).toBe(plan.parts.embedding || plan.parts.lmHead);
+  expect(held(w.norm, ...w.blocks.map((b) => [b.inputNorm, b.postAttnNorm])), `${what}: norms`).toBe(
     plan.parts.norms,
   );
 }
@@ -141,6 +151,68 @@ describe('the memory plan (onPlan, readModelLayout().memory) is what the loaded 
         caldera: { planned: plan.weightBytes, held: heldBytes(loaded.model.weights), parts: plan.parts },
       }),
     );
+  });
+
+  it("with a decode pool: the workers' memories are counted exactly, and the logits are the same to the bit", async () => {
+    // layers at and above the split threshold (2¹⁸ weights: q, o 512 × 512; gate, up, down 1024 × 512), k and v
+    // below it (128 × 512)
+    const big = {
+      architectures: ['LlamaForCausalLM'],
+      hidden_size: 512,
+      intermediate_size: 1024,
+      num_hidden_layers: 1,
+      num_attention_heads: 8,
+      num_key_value_heads: 2,
+      vocab_size: 64,
+      tie_word_embeddings: true,
+    };
+    const bigCfg = parseModelConfig(big);
+    const tensors: Record<string, Tensor> = { ...randomModel(bigCfg, 5).raw };
+    const layers: Record<string, CalderaLayerMeta> = {};
+    const rng = new Rng(6);
+    for (const { name } of blockLinearNames(0)) {
+      const [m, n] = tensors[`${name}.weight`]!.shape as [number, number];
+      const { tensors: ct, meta } = toCheckpointTensors(name, randomDecomposition(m, n, 16, rng));
+      delete tensors[`${name}.weight`];
+      Object.assign(tensors, ct);
+      layers[name] = meta;
+    }
+    const text = (o: unknown) => new TextEncoder().encode(JSON.stringify(o));
+    const dir = await writeDir({
+      'config.json': text(big),
+      'caldera.json': text(calderaCheckpointMeta(layers)),
+      'model.safetensors': await serializeSafetensors(tensors),
+    });
+    const alone = await loadModel(dir);
+    const decodePool = createDecodePool({ threads: 3 });
+    try {
+      let plan: MemoryPlan | undefined;
+      const pooled = await loadModel(dir, { decodePool, onPlan: (p) => (plan = p) });
+      expectPlanHeld(plan!, pooled, 'caldera, 3 decode threads', [decodePool]);
+      expect((await readModelLayout(dir, { decodeThreads: 3 })).memory).toEqual(plan);
+      // the split layers hold more (each worker's pages), the others the same
+      const planAlone = (await readModelLayout(dir)).memory;
+      for (const [i, l] of plan!.layers.entries())
+        expect(l.bytes > planAlone.layers[i]!.bytes, l.name).toBe(!/[kv]_proj/.test(l.name));
+      // a prompt (batch path) then single tokens (split rows), as generate() runs them
+      const caches = [new KVCache(bigCfg, 16), new KVCache(bigCfg, 16)];
+      const prompt = [3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 3, 2, 38, 46, 26, 43, 38, 32, 7, 9];
+      const run = (model: LoadedModel['model'], cache: KVCache) => [
+        model.forward(prompt.slice(0, 12), cache, { last: true }),
+        ...[5, 9, 2].map((t) => model.forward([t], cache)),
+      ];
+      const want = run(alone.model, caches[0]!);
+      const got = run(pooled.model, caches[1]!);
+      for (const [i, w] of want.entries()) {
+        expect(w.every(Number.isFinite)).toBe(true);
+        expect(
+          got[i]!.findIndex((v, j) => !Object.is(v, w[j])),
+          `step ${i}`,
+        ).toBe(-1);
+      }
+    } finally {
+      decodePool.dispose();
+    }
   });
 
   it('dense f32, f16 (tied) and bf16 models under each dtype: exact bytes', async () => {

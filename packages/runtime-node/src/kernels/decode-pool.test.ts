@@ -141,14 +141,16 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
     expect(one.threads).toBe(1);
     expect(heldBytes(new CalderaLinear(d, null, { decodePool: one }))).toBe(heldBytes(new CalderaLinear(d)));
     for (const threads of [0, -1, 1.5, 257, Number.NaN])
-      expect(() => createDecodePool({ threads }), String(threads)).toThrow(/E_VALUE: createDecodePool: threads/);
-    expect(() => new CalderaLinear(d, null, { decodePool: { threads: 2, disposed: false, dispose() {} } })).toThrow(
-      /E_VALUE: decodePool: not a pool from createDecodePool/,
-    );
+      expect(() => createDecodePool({ threads }), String(threads)).toThrow(
+        /E_VALUE: createDecodePool: threads/,
+      );
+    expect(
+      () => new CalderaLinear(d, null, { decodePool: { threads: 2, disposed: false, dispose() {} } }),
+    ).toThrow(/E_VALUE: decodePool: not a pool from createDecodePool/);
     const p = createDecodePool({ threads: 2 });
     const layer = new CalderaLinear(d, null, { decodePool: p });
     const x = rng.fillNormal(new Float32Array(1024));
-    const before = layer.forward(x, 1);
+    expect(layer.forward(x, 1)).toEqual(new CalderaLinear(d).forward(x, 1));
     p.dispose();
     expect(p.disposed).toBe(true);
     p.dispose(); // twice is harmless
@@ -165,6 +167,8 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
     // the batch path needs no worker: a prompt still runs, to the same bits
     const xs = rng.fillNormal(new Float32Array(24 * 1024));
     expect(layer.forward(xs, 24)).toEqual(new CalderaLinear(d).forward(xs, 24));
-    expect(() => new CalderaLinear(d, null, { decodePool: p })).toThrow(/E_VALUE: decode pool: used after dispose/);
+    expect(() => new CalderaLinear(d, null, { decodePool: p })).toThrow(
+      /E_VALUE: decode pool: used after dispose/,
+    );
   });
 });

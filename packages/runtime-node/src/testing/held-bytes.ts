@@ -6,7 +6,15 @@
  * memory counts the whole memory.
  */
 export function heldBytes(...roots: unknown[]): number {
-  const seen = new Set<object>();
+  return heldBytesExcept([], ...roots);
+}
+
+/**
+ * {@link heldBytes} without entering the objects of `exclude` (what the roots reference but do not own, e.g. a decode
+ * pool that several models share and the caller disposes of).
+ */
+export function heldBytesExcept(exclude: readonly object[], ...roots: unknown[]): number {
+  const seen = new Set<object>(exclude);
   const buffers = new Set<ArrayBufferLike>();
   const visit = (v: unknown): void => {
     if (v === null || typeof v !== 'object' || seen.has(v)) return;
