@@ -10,6 +10,7 @@
  */
 import { CalderaError } from '@caldera/core';
 import { CALDERA_SHARED_WASM_BASE64 } from '../generated/caldera-shared-wasm.js';
+import { WARM_UP_CALLS, warmUpCaller, warmUpSlice } from './caldera-kernel.js';
 import { embeddedModule } from './wasm-module.js';
 
 /** Control block slots (i32). */
@@ -83,14 +84,20 @@ interface NodeWorkerThreads {
 }
 
 /**
- * A worker: instantiates the shared-memory CALDERA module on each slice it is sent and runs `splitRows` on the slice of
- * each published job (slot numbers as above).
+ * A worker: warms up on its own tiny slice, then instantiates the shared-memory CALDERA module on each slice it is sent
+ * and runs `splitRows` on the slice of each published job (slot numbers as above).
  */
 const WORKER_SOURCE = `
 'use strict';
 const { workerData, receiveMessageOnPort } = require('node:worker_threads');
 const GEN = ${GEN}, QUIT = ${QUIT}, JOB = ${JOB}, FIN = ${FIN}, MISSING = ${MISSING}, SPIN = ${SPIN};
 const ctrl = new Int32Array(workerData.ctrl);
+{
+  // warm up (V8's optimised code) on the worker's own tiny slice
+  const { memory, layerAt } = workerData.warm;
+  const ex = new WebAssembly.Instance(workerData.module, { env: { memory } }).exports;
+  for (let i = 0; i < ${WARM_UP_CALLS}; i++) ex.splitRows(layerAt);
+}
 const port = workerData.port;
 const layers = new Map();
 function take() {
@@ -158,7 +165,7 @@ class DecodePoolImpl implements DecodeExecutor {
         this.ports.push(port1);
         const w = new wt!.Worker(WORKER_SOURCE, {
           eval: true,
-          workerData: { module, ctrl: this.ctrl.buffer, port: port2 },
+          workerData: { module, ctrl: this.ctrl.buffer, port: port2, warm: warmUpSlice() },
           transferList: [port2],
         });
         w.unref(); // an undisposed pool must not keep the process alive
@@ -175,6 +182,7 @@ class DecodePoolImpl implements DecodeExecutor {
       );
     }
     this.threads = this.workers.length + 1;
+    if (workers > 0) warmUpCaller();
   }
 
   get disposed(): boolean {
