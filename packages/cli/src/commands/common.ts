@@ -29,6 +29,7 @@ import {
   loadTokenizer,
   readJsonFile,
   type LlamaModel,
+  type DecodePool,
   type LoadedModel,
   type LoadOptions,
   type ModelConfig,
@@ -342,9 +343,15 @@ export async function stopTokenIds(dir: string, config: ModelConfig): Promise<nu
 
 /**
  * Open `path`: a llama2.c checkpoint when it ends in `.bin` (tokenizer: `tokenizerPath` or `tokenizer.bin` beside
- * it), else a model directory (config.json, safetensors, tokenizer.json).
+ * it), else a model directory (config.json, safetensors, tokenizer.json). `pool`: threads for the batch products;
+ * `decodePool`: for a compressed model's single-token products (a llama2.c model has no compressed layers).
  */
-export async function openModel(path: string, tokenizerPath?: string, pool?: Pool): Promise<OpenedModel> {
+export async function openModel(
+  path: string,
+  tokenizerPath?: string,
+  pool?: Pool,
+  decodePool?: DecodePool,
+): Promise<OpenedModel> {
   if (path.endsWith('.bin')) {
     const { model, config } = await loadLlama2c(path, pool ? { pool } : {});
     const tokenizer = await Llama2cTokenizer.load(
@@ -365,7 +372,10 @@ export async function openModel(path: string, tokenizerPath?: string, pool?: Poo
       'E_VALUE',
       `--tokenizer applies to a llama2.c model (.bin); ${path} is a directory, whose tokenizer.json is used`,
     );
-  const { model, config, calderaMeta } = await loadModel(path, pool ? { pool } : {});
+  const { model, config, calderaMeta } = await loadModel(path, {
+    ...(pool ? { pool } : {}),
+    ...(decodePool ? { decodePool } : {}),
+  });
   const tokenizer = await loadTokenizer(path);
   return {
     model,

@@ -1,6 +1,7 @@
 import { CalderaError, linearShape, type ModelConfig } from '@caldera/core';
 import {
   blockLinearNames,
+  createDecodePool,
   generate,
   HfTokenizer,
   perplexity,
@@ -49,17 +50,22 @@ model's test split). Prints tokens, mean NLL and perplexity. The defaults score 
 
 /**
  * Open the command's model (`[model]`, `--tokenizer`) with a linear-algebra pool of `--threads` threads (default 2),
- * run `use` on it, and dispose of the pool.
+ * and with `decode` a decode pool of as many threads too (the compressed layers' single-token products), run `use` on
+ * it, and dispose of the pools.
  */
 async function withModel(
   a: Args,
   use: (opened: OpenedModel, path: string) => Promise<number>,
+  { decode = false }: { decode?: boolean } = {},
 ): Promise<number> {
   const path = modelDirOf(a.positionals[0]);
-  const pool = poolFor(flagNumber(a, 'threads', 2, THREADS));
+  const threads = flagNumber(a, 'threads', 2, THREADS);
+  const pool = poolFor(threads);
+  const decodePool = decode && threads > 1 ? createDecodePool({ threads }) : undefined;
   try {
-    return await use(await openModel(path, flagString(a, 'tokenizer'), pool), path);
+    return await use(await openModel(path, flagString(a, 'tokenizer'), pool, decodePool), path);
   } finally {
+    decodePool?.dispose();
     pool?.dispose();
   }
 }
@@ -136,8 +142,9 @@ Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Fa
   --repetition-penalty R     > 0; above 1 discourages tokens of the prompt and of the output so far (default 1: none)
   --stop STRING              stop when the output contains STRING (not printed)
   --seed S                   sampling seed, an integer in [0, 4294967295] (default 0)
-  --threads N                threads for the prompt's products, 1 … 256 (default 2; 1 = the calling thread only;
-                             decoding uses one)
+  --threads N                threads for the prompt's products and for decoding a compressed model's tokens
+                             (its larger layers' rows split over them), 1 … 256 (default 2; 1 = the calling thread
+                             only); the output does not depend on it
   --tokenizer FILE           tokenizer.bin of a llama2.c model (default: beside the .bin)`;
 
 export async function generateCommand(a: Args): Promise<number> {
@@ -153,8 +160,11 @@ export async function generateCommand(a: Args): Promise<number> {
   const system = flagString(a, 'system');
   const chat = a.flags.has('chat');
   if (system !== undefined && !chat) throw new CalderaError('E_VALUE', '--system needs --chat');
-  return withModel(a, (opened, path) =>
-    generateText(a, path, opened, chat ? { user: prompt, system } : { text: prompt }, options),
+  return withModel(
+    a,
+    (opened, path) =>
+      generateText(a, path, opened, chat ? { user: prompt, system } : { text: prompt }, options),
+    { decode: true },
   );
 }
 
