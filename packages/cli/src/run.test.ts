@@ -2,8 +2,9 @@ import { describe, expect, it } from 'vitest';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Rng } from '@caldera/core';
-import { loadTokenizer, planLlama2cMemory } from '@caldera/runtime-node';
+import { Rng, writeSafetensors, type CalderaLayerMeta, type Tensor } from '@caldera/core';
+import { calderaCheckpointMeta, randomDecomposition, toCheckpointTensors } from '@caldera/lowrank';
+import { blockLinearNames, loadTokenizer, planLlama2cMemory } from '@caldera/runtime-node';
 import { runCli } from './test-cli.js';
 import { writeTinyModel } from './test-models.js';
 
@@ -150,5 +151,34 @@ describe('caldera generate --chat', () => {
 
     const noChat = run(['generate', dir, '--system', 'x']);
     expect(noChat.stderr).toMatch(/--system needs --chat/);
+  }, 60_000);
+
+  it('generate --threads: a compressed model whose layers split over a decode pool gives the same tokens on 1 and 3 threads', async () => {
+    // one block of hidden 512: q, o (512 × 512) and gate, up, down (1024 × 512) reach the split threshold (2¹⁸ weights)
+    const dir = join(mkdtempSync(join(tmpdir(), 'caldera-cli-decode-')), 'm');
+    const { raw } = await writeTinyModel(dir, { hidden: 512, layers: 1, tied: true });
+    const tensors: Record<string, Tensor> = { ...raw };
+    const layers: Record<string, CalderaLayerMeta> = {};
+    const rng = new Rng(4);
+    for (const { name } of blockLinearNames(0)) {
+      const [m, n] = raw[`${name}.weight`]!.shape as [number, number];
+      const { tensors: ct, meta } = toCheckpointTensors(name, randomDecomposition(m, n, 16, rng));
+      delete tensors[`${name}.weight`];
+      Object.assign(tensors, ct);
+      layers[name] = meta;
+    }
+    await writeSafetensors(join(dir, 'model.safetensors'), tensors);
+    writeFileSync(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));
+    const [one, three] = ['1', '3'].map((threads) =>
+      run(['generate', dir, '--prompt', 'Once upon', '--max-tokens', '12', '--threads', threads, '--json']),
+    );
+    expect(one!.status, one!.stderr).toBe(0);
+    expect(three!.status, three!.stderr).toBe(0);
+    const [a, b] = [one!, three!].map(
+      (r) => JSON.parse(r.stdout.trim().split('\n').at(-1)!) as Record<string, unknown>,
+    );
+    expect(a!.tokens).toBe(12);
+    expect(b!.completion).toBe(a!.completion);
+    expect(b!.tokens).toBe(a!.tokens);
   }, 60_000);
 });
