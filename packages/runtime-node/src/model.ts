@@ -176,7 +176,8 @@ export type CaptureFn = (input: string, x: Float32Array, rows: number) => void;
 export interface LlamaModelOptions {
   /**
    * A `@caldera/linalg` worker pool (`createPool`): the linear layers' products for several tokens at once (prompts,
-   * perplexity windows, calibration) are split over its threads. Single-token decode stays on the calling thread.
+   * perplexity windows, calibration) are split over its threads. Single-token decode uses a decode pool instead, given
+   * to the CALDERA layers when they are built (`LoadOptions.decodePool`, `CalderaLinearOptions.decodePool`).
    * Outputs are bit for bit the same with or without it. The caller owns the pool (and disposes of it). Default: none.
    */
   pool?: Pool;

@@ -405,7 +405,7 @@ export class CalderaKernel {
       lRows: f32(at.lr, mp * k),
       r: f32(at.r, k * np),
     };
-    return new CalderaKernel(
+    const kernel = new CalderaKernel(
       exports,
       at.layer,
       f32(at.x, maxRows * n),
@@ -418,6 +418,8 @@ export class CalderaKernel {
       batch,
       split,
     );
+    if (split) pool!.track(kernel, split.id); // the workers drop its rows once it is collected
+    return kernel;
   }
 
   /** `y = x·Ŵᵀ` for `rows` input rows of `n` values (a new array of rows·m values), `maxRows` per kernel call. */

@@ -4,7 +4,7 @@ import { randomDecomposition, type Decomposition } from '@caldera/lowrank';
 import { CalderaLinear } from '../linear.js';
 import { heldBytes } from '../testing/held-bytes.js';
 import { CalderaKernel, splitRanges, SPLIT_MIN_WEIGHTS } from './caldera-kernel.js';
-import { createDecodePool, type DecodePool } from './decode-pool.js';
+import { createDecodePool, decodeExecutor, type DecodePool } from './decode-pool.js';
 
 const pools: DecodePool[] = [];
 const pool = (threads: number): DecodePool => {
@@ -170,5 +170,27 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
     expect(() => new CalderaLinear(d, null, { decodePool: p })).toThrow(
       /E_VALUE: decode pool: used after dispose/,
     );
+  });
+
+  it("a worker's failure and the caller's are reported after every thread has finished, and the pool goes on", () => {
+    const rng = new Rng(13);
+    const d = randomDecomposition(1024, 512, 8, rng);
+    const p = pool(3);
+    const layer = new CalderaLinear(d, null, { decodePool: p });
+    const alone = new CalderaLinear(d);
+    const x = rng.fillNormal(new Float32Array(512));
+    const ex = decodeExecutor(p);
+    // a job for a layer no worker holds: each reports it, the caller throws E_DEVICE
+    expect(() => ex.run(1 << 20, () => {})).toThrow(
+      /E_DEVICE: decode pool: a worker never received layer 1048576/,
+    );
+    expect(layer.forward(x, 1)).toEqual(alone.forward(x, 1));
+    // the caller's own part throws: its error, once the workers are done; the next product is right
+    expect(() =>
+      ex.run(0, () => {
+        throw new Error('own part failed');
+      }),
+    ).toThrow('own part failed');
+    expect(layer.forward(x, 1)).toEqual(alone.forward(x, 1));
   });
 });

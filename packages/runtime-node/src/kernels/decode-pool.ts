@@ -18,8 +18,12 @@ const GEN = 0;
 const QUIT = 1;
 const JOB = 2;
 const FIN = 3;
-/** Set by a worker that was given a job for a layer it never received (a bug, reported as E_DEVICE). */
-const MISSING = 4;
+/**
+ * Set by a worker whose part of a job failed: the layer's id + 1, and in FAILED_WHY 1 when the worker never received
+ * the layer (a bug), 2 when instantiating or running it threw (e.g. no memory for the instance). Reported as E_DEVICE.
+ */
+const FAILED = 4;
+const FAILED_WHY = 5;
 const CTRL_SLOTS = 8;
 /**
  * Polls of the control block before a thread sleeps in `Atomics.wait` (≈ 20–60 µs): in decode the next layer's job
@@ -62,6 +66,8 @@ export interface DecodeExecutor extends DecodePool {
   register(slices: readonly (WorkerSlice | null)[]): number;
   /** Run layer `id` on every worker while `own()` runs on the calling thread; returns when all are done. */
   run(id: number, own: () => void): void;
+  /** Let the workers drop layer `id`'s slices once `owner` (the layer's kernel) has been garbage-collected. */
+  track(owner: object, id: number): void;
 }
 
 interface NodeWorker {
@@ -90,7 +96,8 @@ interface NodeWorkerThreads {
 const WORKER_SOURCE = `
 'use strict';
 const { workerData, receiveMessageOnPort } = require('node:worker_threads');
-const GEN = ${GEN}, QUIT = ${QUIT}, JOB = ${JOB}, FIN = ${FIN}, MISSING = ${MISSING}, SPIN = ${SPIN};
+const GEN = ${GEN}, QUIT = ${QUIT}, JOB = ${JOB}, FIN = ${FIN}, FAILED = ${FAILED}, FAILED_WHY = ${FAILED_WHY};
+const SPIN = ${SPIN};
 const ctrl = new Int32Array(workerData.ctrl);
 {
   // warm up (V8's optimised code) on the worker's own tiny slice
@@ -100,11 +107,30 @@ const ctrl = new Int32Array(workerData.ctrl);
 }
 const port = workerData.port;
 const layers = new Map();
+// new layers (instantiated on their memories) and dropped ones, as the calling thread posted them
 function take() {
   for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) {
     const { id, memory, layerAt } = m.message;
-    const ex = new WebAssembly.Instance(workerData.module, { env: { memory } }).exports;
-    layers.set(id, [ex.splitRows, layerAt]);
+    if (memory === undefined) layers.delete(id);
+    else layers.set(id, { memory, layerAt, run: null });
+  }
+}
+let jobs = 0;
+function runJob(id) {
+  // a new layer's message is there before its first job; drops are taken now and then
+  if (!layers.has(id) || (++jobs & 255) === 0) take();
+  const layer = layers.get(id);
+  if (layer === undefined) {
+    Atomics.store(ctrl, FAILED_WHY, 1);
+    Atomics.store(ctrl, FAILED, id + 1);
+    return;
+  }
+  try {
+    layer.run ??= new WebAssembly.Instance(workerData.module, { env: { memory: layer.memory } }).exports.splitRows;
+    layer.run(layer.layerAt);
+  } catch {
+    Atomics.store(ctrl, FAILED_WHY, 2);
+    Atomics.store(ctrl, FAILED, id + 1);
   }
 }
 function serve() {
@@ -118,14 +144,7 @@ function serve() {
     }
     gen = g;
     if (Atomics.load(ctrl, QUIT) !== 0) return;
-    const id = Atomics.load(ctrl, JOB);
-    let layer = layers.get(id);
-    if (layer === undefined && id >= 0) {
-      take();
-      layer = layers.get(id);
-      if (layer === undefined) Atomics.store(ctrl, MISSING, id + 1);
-    }
-    if (layer !== undefined) layer[0](layer[1]);
+    runJob(Atomics.load(ctrl, JOB));
     Atomics.add(ctrl, FIN, 1);
     Atomics.notify(ctrl, FIN);
   }
@@ -151,6 +170,10 @@ class DecodePoolImpl implements DecodeExecutor {
   private readonly ports: NodePort[] = [];
   private nextId = 0;
   private busy = false;
+  /** Layers whose kernels were collected: their slices are dropped from the workers (not to hold them until dispose). */
+  private readonly dropped = new FinalizationRegistry<number>((id) => {
+    if (!this._disposed) for (const p of this.ports) p.postMessage({ id });
+  });
   private _disposed = false;
 
   constructor(threads: number, module: WebAssembly.Module | null) {
@@ -201,6 +224,10 @@ class DecodePoolImpl implements DecodeExecutor {
     return id;
   }
 
+  track(owner: object, id: number): void {
+    this.dropped.register(owner, id);
+  }
+
   run(id: number, own: () => void): void {
     this.checkLive();
     if (this.busy)
@@ -213,16 +240,28 @@ class DecodePoolImpl implements DecodeExecutor {
       Atomics.store(ctrl, FIN, 0);
       Atomics.add(ctrl, GEN, 1);
       Atomics.notify(ctrl, GEN);
-      own();
-      let done = Atomics.load(ctrl, FIN);
-      for (let i = 0; done < workers && i < SPIN; i++) done = Atomics.load(ctrl, FIN);
-      while (done < workers) {
-        Atomics.wait(ctrl, FIN, done);
-        done = Atomics.load(ctrl, FIN);
+      try {
+        own();
+      } finally {
+        // even when own() threw: the workers write into their memories until they report
+        let done = Atomics.load(ctrl, FIN);
+        for (let i = 0; done < workers && i < SPIN; i++) done = Atomics.load(ctrl, FIN);
+        while (done < workers) {
+          Atomics.wait(ctrl, FIN, done);
+          done = Atomics.load(ctrl, FIN);
+        }
       }
-      const missing = Atomics.load(ctrl, MISSING);
-      if (missing !== 0)
-        throw new CalderaError('E_DEVICE', `decode pool: a worker never received layer ${missing - 1}`);
+      const failed = Atomics.load(ctrl, FAILED);
+      if (failed !== 0) {
+        const why = Atomics.load(ctrl, FAILED_WHY);
+        Atomics.store(ctrl, FAILED, 0);
+        throw new CalderaError(
+          'E_DEVICE',
+          why === 1
+            ? `decode pool: a worker never received layer ${failed - 1}`
+            : `decode pool: a worker could not run layer ${failed - 1} (instantiating its memory or running it failed)`,
+        );
+      }
     } finally {
       this.busy = false;
     }
