@@ -39,6 +39,12 @@ await buildAsmModules(
       name: 'MATVEC_WASM_BASE64',
       doc: 'Dense f32/f16 matrix–vector kernels (WebAssembly SIMD, imported memory)',
     },
+    {
+      src: 'matvec',
+      shared: true,
+      name: 'MATVEC_SHARED_WASM_BASE64',
+      doc: "The same kernels over a shared memory: a dense layer's memory when decode-pool workers compute its rows",
+    },
   ],
   { ifStale: process.argv.includes('--if-stale'), extraInputs: [fileURLToPath(import.meta.url), ...sources] },
 );

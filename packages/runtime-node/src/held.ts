@@ -4,6 +4,7 @@
  */
 import { assertFinite, cast, f32ArrayToF16, tensor, type Tensor, type TensorStore } from '@caldera/core';
 import { DenseF16Linear, DenseLinear, type Linear } from './linear.js';
+import type { DecodePool } from './kernels/decode-pool.js';
 
 /** A float tensor as the model holds it: f32, or 16-bit bits. */
 export type HeldFloat = Tensor<'f32'> | Tensor<'f16'> | Tensor<'bf16'>;
@@ -46,20 +47,23 @@ export async function readHeld(
  * The embedding and LM head layer of a model whose held embedding is `embed` and held head weight `head` (the same
  * object when tied), as the loaders build them: an f32 head a dense f32 layer, a 16-bit one a `DenseF16Linear` (no
  * f32 copy). Tied, the embedding is the head's own table (an f32 layer's weight, or a view of the 16-bit bits: the
- * kernel's copy where there is one), so the table is held once.
+ * kernel's copy where there is one), so the table is held once. `decodePool`: the head's single-row products on its
+ * threads.
  */
 export function embeddingAndHead(
   embed: HeldFloat,
   head: HeldFloat,
   vocab: number,
   hidden: number,
+  decodePool?: DecodePool,
 ): { embed: HeldFloat; head: Linear } {
   const tied = head === embed;
+  const options = decodePool ? { decodePool } : {};
   if (head.dtype === 'f32') {
-    const layer = new DenseLinear(head);
+    const layer = new DenseLinear(head, null, options);
     return { embed: tied ? layer.weight : embed, head: layer };
   }
-  const layer = new DenseF16Linear(head.data, vocab, hidden, null, head.dtype);
+  const layer = new DenseF16Linear(head.data, vocab, hidden, null, head.dtype, options);
   return {
     embed: tied ? (tensor(layer.format, [vocab, hidden], layer.bits) as HeldFloat) : embed,
     head: layer,

@@ -214,6 +214,12 @@ export async function layoutFromStore(
       ? embed
       : await floatTensor(store, 'lm_head.weight', [V, d]);
   const dtype = options.dtype ?? 'auto';
+  const decodeThreads = options.decodeThreads ?? 1;
+  if (!Number.isInteger(decodeThreads) || decodeThreads < 1 || decodeThreads > 256)
+    throw new CalderaError(
+      'E_VALUE',
+      `decodeThreads must be an integer in [1, 256] (a decode pool's threads), got ${String(decodeThreads)}`,
+    );
   const linears: LinearLayout[] = [];
   for (let b = 0; b < config.numLayers; b++) {
     for (const { name } of blockLinearNames(b)) {
@@ -237,7 +243,7 @@ export async function layoutFromStore(
           inFeatures: n,
           bias,
           bytes,
-          memoryBytes: CalderaLinear.memoryBytes(meta, bias !== null, options.decodeThreads ?? 1),
+          memoryBytes: CalderaLinear.memoryBytes(meta, bias !== null, decodeThreads),
           weight: null,
           caldera: meta,
         });

@@ -9,7 +9,7 @@ import {
 import { gemm, gemmInto, hadamardRowsInPlace, type Pool } from '@caldera/linalg';
 import { codecBits, type Decomposition, latticeDecode } from '@caldera/lowrank';
 import { BatchWorkspace, poolOf } from './kernels/batch-workspace.js';
-import { decodeExecutor, type DecodePool } from './kernels/decode-pool.js';
+import { decodeExecutor, type DecodeExecutor, type DecodePool } from './kernels/decode-pool.js';
 import {
   blockMixLength,
   CalderaKernel,
@@ -56,13 +56,19 @@ interface RowProduct<A extends Float32Array | Uint16Array> {
  * W copied once into its own WebAssembly memory (SIMD kernel), or the TypeScript loop where that is unavailable. The
  * closures are built in separate functions: one sharing this scope would keep the caller's array alive.
  */
-function f32Product(w: Float32Array, m: number, n: number): RowProduct<Float32Array> {
-  const r = WasmMatrix.create('f32', w, m, n, MATVEC_MAX_ROWS);
+function f32Product(w: Float32Array, m: number, n: number, pool?: DecodeExecutor): RowProduct<Float32Array> {
+  const r = WasmMatrix.create('f32', w, m, n, MATVEC_MAX_ROWS, pool);
   return r ? wasmProduct(r) : { weights: w, run: (x, rows, y) => matvecF32(w, m, n, x, rows, y) };
 }
 
-function halfProduct(format: HalfFormat, w: Uint16Array, m: number, n: number): RowProduct<Uint16Array> {
-  const r = WasmMatrix.create(format, w, m, n, MATVEC_MAX_ROWS);
+function halfProduct(
+  format: HalfFormat,
+  w: Uint16Array,
+  m: number,
+  n: number,
+  pool?: DecodeExecutor,
+): RowProduct<Uint16Array> {
+  const r = WasmMatrix.create(format, w, m, n, MATVEC_MAX_ROWS, pool);
   return r ? wasmProduct(r) : { weights: w, run: (x, rows, y) => matvecF16(w, m, n, x, rows, y, format) };
 }
 
@@ -125,6 +131,20 @@ function checkInput(what: string, x: Float32Array, rows: number, n: number): voi
     throw new CalderaError('E_SHAPE', `${what}: input has ${x.length} values, expected ${rows}·${n}`);
 }
 
+/** Options of {@link DenseLinear} and {@link DenseF16Linear}. */
+export interface DenseLinearOptions {
+  /**
+   * Threads for single-row products ({@link createDecodePool}): a layer of at least 2¹⁸ weights keeps W in a shared
+   * WebAssembly memory and computes one row with all of the pool's threads, each a range of the outputs, to the same
+   * bits as alone. Default: none (the calling thread).
+   */
+  decodePool?: DecodePool;
+}
+
+/** The executor of `options.decodePool` (`E_VALUE` for a pool that `createDecodePool` did not make). */
+const executorOf = (options: DenseLinearOptions): DecodeExecutor | undefined =>
+  options.decodePool ? decodeExecutor(options.decodePool) : undefined;
+
 /**
  * Dense f32 weights `[out, in]`. A contiguous W is copied at construction into the memory of the SIMD matrix–vector
  * kernel and {@link DenseLinear.weight} is that copy (later writes to the caller's array are not seen).
@@ -138,12 +158,13 @@ export class DenseLinear implements Linear {
   constructor(
     weight: Tensor<'f32'>,
     readonly bias: Float32Array | null = null,
+    options: DenseLinearOptions = {},
   ) {
     const [m, n] = weight.shape as [number, number];
     [this.outFeatures, this.inFeatures] = [m, n];
     this.weightBytes = m * n * 4;
     const contiguous = weight.offset === 0 && weight.strides[0] === n && weight.strides[1] === 1;
-    this.product = contiguous ? f32Product(weight.data, m, n) : null;
+    this.product = contiguous ? f32Product(weight.data, m, n, executorOf(options)) : null;
     this.weight = this.product ? { ...weight, data: this.product.weights } : weight;
   }
   /**
@@ -231,6 +252,7 @@ export class DenseF16Linear implements Linear {
     readonly bias: Float32Array | null = null,
     /** What `bits` hold: IEEE f16 (default) or bfloat16. */
     readonly format: HalfFormat = 'f16',
+    options: DenseLinearOptions = {},
   ) {
     if (format !== 'f16' && format !== 'bf16')
       throw new CalderaError(
@@ -243,7 +265,7 @@ export class DenseF16Linear implements Linear {
         `${format} linear: ${bits.length} weights, expected ${outFeatures}·${inFeatures}`,
       );
     this.weightBytes = bits.length * 2;
-    this.product = halfProduct(format, bits, outFeatures, inFeatures);
+    this.product = halfProduct(format, bits, outFeatures, inFeatures, executorOf(options));
     this.bits = this.product.weights;
   }
 
@@ -333,14 +355,8 @@ export class CalderaLinear implements Linear {
     [this.outFeatures, this.inFeatures] = d.shape;
     const [mp, np] = d.padded;
     const k = d.rank;
-    this.kernel =
-      options.kernel === false
-        ? null
-        : CalderaKernel.create(
-            d,
-            CALDERA_KERNEL_ROWS,
-            options.decodePool ? decodeExecutor(options.decodePool) : undefined,
-          );
+    const pool = executorOf(options); // checked even when the kernel is not used
+    this.kernel = options.kernel === false ? null : CalderaKernel.create(d, CALDERA_KERNEL_ROWS, pool);
     // with the kernel, Q's codes live in its memory (group-major, read by the row and the batch paths): the planes of
     // `d` are not kept, so a layer holds its codes once; `d` rebuilds them on demand
     this.stored = this.kernel ? { ...d, q: { ...d.q, planes: [] } } : d;

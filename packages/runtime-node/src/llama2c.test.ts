@@ -6,7 +6,8 @@ import { Rng, tensor, type Tensor } from '@caldera/core';
 import { Llama2cTokenizer, loadLlama2c, planLlama2cMemory, readLlama2cLayout } from './llama2c.js';
 import { DenseF16Linear } from './linear.js';
 import type { MemoryPlan } from './memory-plan.js';
-import { heldBytes } from './testing/held-bytes.js';
+import { heldBytes, heldBytesExcept } from './testing/held-bytes.js';
+import { createDecodePool } from './kernels/decode-pool.js';
 import { referenceLogits } from './testing/reference.js';
 
 const dim = 16;
@@ -158,6 +159,18 @@ describe('llama2.c import', () => {
         expect(heldBytes(model.weights, head), `untied ${untied}, ${dtype}`).toBe(plans[0]!.weightBytes);
         expect(heldBytes(head)).toBe(plans[0]!.parts.lmHead);
         expect(planLlama2cMemory(config, dtype)).toEqual(plans[0]);
+        // with a decode pool the loader builds the head itself: the same plan, bytes and logits
+        const decodePool = createDecodePool({ threads: 2 });
+        try {
+          const pooled = await loadLlama2c(path, { dtype, decodePool });
+          const pooledHead = (pooled.model as unknown as { head: unknown }).head;
+          expect(heldBytesExcept([decodePool], pooled.model.weights, pooledHead)).toBe(plans[0]!.weightBytes);
+          expect(heldBytesExcept([decodePool], pooledHead)).toBe(plans[0]!.parts.lmHead);
+          const tokens = [1, 7, 3, 19, 0, 5];
+          expect(pooled.model.forward(tokens)).toEqual(model.forward(tokens));
+        } finally {
+          decodePool.dispose();
+        }
         // refused in onPlan: nothing read (no progress), the error rethrown
         let progress = 0;
         const refuse = () => {

@@ -13,6 +13,7 @@ import { planMemory, type MemoryPlan } from './memory-plan.js';
 import { DenseF16Linear, DenseLinear, type Linear } from './linear.js';
 import { LlamaModel, type BlockWeights, type LlamaModelOptions } from './model.js';
 import { checkPathArgument } from './json-file.js';
+import type { DecodePool } from './kernels/decode-pool.js';
 import type { TextTokenizer } from './tokenizer.js';
 
 async function readBytes(path: string): Promise<Uint8Array> {
@@ -167,6 +168,8 @@ export interface Llama2cLoadOptions extends LlamaModelOptions {
    * makes stops loading with `E_ABORTED`.
    */
   onPlan?: (plan: MemoryPlan) => void;
+  /** Threads for single-token decode, as {@link LoadOptions.decodePool} (its layers are dense). Default: none. */
+  decodePool?: DecodePool;
   /** Abort between tensors (`E_ABORTED`, the signal's reason as its cause). */
   signal?: AbortSignal;
   /**
@@ -190,7 +193,8 @@ export async function loadLlama2c(
 ): Promise<{ model: LlamaModel; config: ModelConfig }> {
   checkPathArgument(path, 'loadLlama2c', 'the checkpoint path');
   options ??= {}; // from JavaScript: null options are none
-  const { signal, onProgress, onPlan, dtype = 'auto', ...modelOptions } = options;
+  const { signal, onProgress, onPlan, dtype = 'auto', decodePool, ...modelOptions } = options;
+  const linearOptions = decodePool ? { decodePool } : {};
   if (dtype !== 'auto' && dtype !== 'f32' && dtype !== 'f16')
     throw new CalderaError(
       'E_VALUE',
@@ -228,10 +232,10 @@ export async function loadLlama2c(
     };
     /** A linear layer as held under `dtype`: the f32 array itself, or its f16 rounding (the f32 array then dropped). */
     const lin = (w: Float32Array, m: number, n: number, name: string): Linear => {
-      if (dtype !== 'f16') return new DenseLinear(tensor('f32', [m, n], w));
+      if (dtype !== 'f16') return new DenseLinear(tensor('f32', [m, n], w), null, linearOptions);
       const bits = f32ArrayToF16(w);
       assertFinite(tensor('f16', [m, n], bits), `${path}: ${name} rounded to f16`);
-      return new DenseF16Linear(bits, m, n);
+      return new DenseF16Linear(bits, m, n, null, 'f16', linearOptions);
     };
     /**
      * One section, the same tensor of every layer, each turned into what the model holds as soon as it is read: no
@@ -275,10 +279,18 @@ export async function loadLlama2c(
       up: up[l]!,
       down: down[l]!,
     }));
-    const head = dtype === 'f16' ? lin(lmHead.data, vocab, dim, 'classifier') : undefined;
+    // an f16 head, or with a decode pool an f32 one built here (the model would build it without the pool): a tied f32
+    // head's kernel copy is then the embedding too, as the model does it
+    const head = dtype === 'f16' || decodePool ? lin(lmHead.data, vocab, dim, 'classifier') : undefined;
+    const sharedTable = head instanceof DenseLinear && lmHead === embed;
     const model = new LlamaModel(
       config,
-      { embed, blocks, norm, ...(head ? { head } : { lmHead }) },
+      {
+        embed: sharedTable ? head.weight : embed,
+        blocks,
+        norm,
+        ...(head ? { head } : { lmHead }),
+      },
       modelOptions,
     );
     return { model, config };

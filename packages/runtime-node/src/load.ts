@@ -61,10 +61,11 @@ export interface LoadOptions {
   /** Worker pool for the model's batch products ({@link LlamaModelOptions.pool}). Default: none. */
   pool?: Pool;
   /**
-   * Threads for single-token decode ({@link createDecodePool}): the rows of each CALDERA layer of at least 2¹⁸ weights
-   * are split over them (see {@link CalderaLinearOptions.decodePool}); the outputs are the same to the bit, and the
-   * memory plan counts the workers' memories. The caller owns the pool and disposes of it after the model. Default:
-   * none (decode on the calling thread).
+   * Threads for single-token decode ({@link createDecodePool}): the single-row products of every linear layer of at
+   * least 2¹⁸ weights, LM head included, are split over them (CALDERA layers: {@link CalderaLinearOptions.decodePool};
+   * dense ones: {@link DenseLinearOptions.decodePool}); the outputs are the same to the bit, and the memory plan
+   * counts the workers' memories. The caller owns the pool and disposes of it after the model. Default: none (decode
+   * on the calling thread).
    */
   decodePool?: DecodePool;
   /**
@@ -90,9 +91,13 @@ async function denseLinear(
   [m, n]: [number, number],
   bias: Float32Array | null,
   dtype: 'auto' | 'f32' | 'f16',
+  decodePool: DecodePool | undefined,
 ): Promise<Linear> {
   const t = await readHeld(store, weight.name, dtype);
-  return t.dtype === 'f32' ? new DenseLinear(t, bias) : new DenseF16Linear(t.data, m, n, bias, t.dtype);
+  const options = decodePool ? { decodePool } : {};
+  return t.dtype === 'f32'
+    ? new DenseLinear(t, bias, options)
+    : new DenseF16Linear(t.data, m, n, bias, t.dtype, options);
 }
 
 /**
@@ -122,7 +127,7 @@ export async function readBlockWeights(
         ),
       );
     } else {
-      lin.push(await denseLinear(store, l.weight, shape, bias, dtype));
+      lin.push(await denseLinear(store, l.weight, shape, bias, dtype, decodePool));
     }
   }
   const [q, k, v, o, gate, up, down] = lin as [Linear, Linear, Linear, Linear, Linear, Linear, Linear];
@@ -182,7 +187,7 @@ async function loadFromLayout(
   const { hiddenSize: d, vocabSize: V } = config;
   const embed = await readHeld(store, layout.embed.name, dtype);
   const heldHead = layout.lmHead === layout.embed ? embed : await readHeld(store, layout.lmHead.name, dtype);
-  const embedding = embeddingAndHead(embed, heldHead, V, d);
+  const embedding = embeddingAndHead(embed, heldHead, V, d, options.decodePool);
   const blocks: BlockWeights[] = [];
   for (let b = 0; b < config.numLayers; b++) {
     blocks.push(await readBlockWeights(store, layout, b, dtype, options.decodePool));

@@ -154,8 +154,8 @@ describe('the memory plan (onPlan, readModelLayout().memory) is what the loaded 
   });
 
   it("with a decode pool: the workers' memories are counted exactly, and the logits are the same to the bit", async () => {
-    // layers at and above the split threshold (2¹⁸ weights: q, o 512 × 512; gate, up, down 1024 × 512), k and v
-    // below it (128 × 512)
+    // layers at and above the split threshold (2¹⁸ weights: q, o 512 × 512; gate, up, down 1024 × 512; the 512 × 512
+    // head), k and v below it (128 × 512)
     const big = {
       architectures: ['LlamaForCausalLM'],
       hidden_size: 512,
@@ -163,11 +163,14 @@ describe('the memory plan (onPlan, readModelLayout().memory) is what the loaded 
       num_hidden_layers: 1,
       num_attention_heads: 8,
       num_key_value_heads: 2,
-      vocab_size: 64,
+      vocab_size: 512,
       tie_word_embeddings: true,
     };
     const bigCfg = parseModelConfig(big);
-    const tensors: Record<string, Tensor> = { ...randomModel(bigCfg, 5).raw };
+    const raw = randomModel(bigCfg, 5).raw;
+    const text = (o: unknown) => new TextEncoder().encode(JSON.stringify(o));
+    // compressed (every linear CALDERA, f32 head), dense f16 with the head tied, dense f32 with an untied head
+    const tensors: Record<string, Tensor> = { ...raw };
     const layers: Record<string, CalderaLayerMeta> = {};
     const rng = new Rng(6);
     for (const { name } of blockLinearNames(0)) {
@@ -177,38 +180,63 @@ describe('the memory plan (onPlan, readModelLayout().memory) is what the loaded 
       Object.assign(tensors, ct);
       layers[name] = meta;
     }
-    const text = (o: unknown) => new TextEncoder().encode(JSON.stringify(o));
-    const dir = await writeDir({
-      'config.json': text(big),
-      'caldera.json': text(calderaCheckpointMeta(layers)),
-      'model.safetensors': await serializeSafetensors(tensors),
-    });
-    const alone = await loadModel(dir);
+    const half: Record<string, Tensor> = {};
+    for (const [k, v] of Object.entries(raw)) half[k] = cast(v, 'f16');
+    const dirs = {
+      caldera: await writeDir({
+        'config.json': text(big),
+        'caldera.json': text(calderaCheckpointMeta(layers)),
+        'model.safetensors': await serializeSafetensors(tensors),
+      }),
+      'dense f16, tied': await writeDir({
+        'config.json': text(big),
+        'model.safetensors': await serializeSafetensors(half),
+      }),
+      'dense f32, untied': await writeDir({
+        'config.json': text({ ...big, tie_word_embeddings: false }),
+        'model.safetensors': await serializeSafetensors({
+          ...raw,
+          'lm_head.weight': randomModel(bigCfg, 8).raw['model.embed_tokens.weight']!,
+        }),
+      }),
+    };
     const decodePool = createDecodePool({ threads: 3 });
     try {
-      let plan: MemoryPlan | undefined;
-      const pooled = await loadModel(dir, { decodePool, onPlan: (p) => (plan = p) });
-      expectPlanHeld(plan!, pooled, 'caldera, 3 decode threads', [decodePool]);
-      expect((await readModelLayout(dir, { decodeThreads: 3 })).memory).toEqual(plan);
-      // the split layers hold more (each worker's pages), the others the same
-      const planAlone = (await readModelLayout(dir)).memory;
-      for (const [i, l] of plan!.layers.entries())
-        expect(l.bytes > planAlone.layers[i]!.bytes, l.name).toBe(!/[kv]_proj/.test(l.name));
-      // a prompt (batch path) then single tokens (split rows), as generate() runs them
-      const caches = [new KVCache(bigCfg, 16), new KVCache(bigCfg, 16)];
-      const prompt = [3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 3, 2, 38, 46, 26, 43, 38, 32, 7, 9];
-      const run = (model: LoadedModel['model'], cache: KVCache) => [
-        model.forward(prompt.slice(0, 12), cache, { last: true }),
-        ...[5, 9, 2].map((t) => model.forward([t], cache)),
-      ];
-      const want = run(alone.model, caches[0]!);
-      const got = run(pooled.model, caches[1]!);
-      for (const [i, w] of want.entries()) {
-        expect(w.every(Number.isFinite)).toBe(true);
-        expect(
-          got[i]!.findIndex((v, j) => !Object.is(v, w[j])),
-          `step ${i}`,
-        ).toBe(-1);
+      for (const [what, dir] of Object.entries(dirs)) {
+        const alone = await loadModel(dir);
+        let plan: MemoryPlan | undefined;
+        const pooled = await loadModel(dir, { decodePool, onPlan: (p) => (plan = p) });
+        expectPlanHeld(plan!, pooled, `${what}, 3 decode threads`, [decodePool]);
+        expect((await readModelLayout(dir, { decodeThreads: 3 })).memory).toEqual(plan);
+        for (const decodeThreads of [0, 1.5, 257, Number.NaN])
+          await expect(readModelLayout(dir, { decodeThreads }), String(decodeThreads)).rejects.toThrow(
+            /E_VALUE: decodeThreads must be an integer in \[1, 256\]/,
+          );
+        // split CALDERA layers hold more (each worker's pages), a dense layer's memory is only shared
+        const planAlone = (await readModelLayout(dir)).memory;
+        for (const [i, l] of plan!.layers.entries())
+          expect(l.bytes > planAlone.layers[i]!.bytes, l.name).toBe(
+            what === 'caldera' && !/[kv]_proj/.test(l.name),
+          );
+        if (what !== 'caldera') expect(plan).toEqual(planAlone);
+        // a prompt (the batch paths) then single tokens (split rows), as generate() runs them
+        const prompt = [3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 3, 2, 38, 46, 26, 43, 38, 32, 7, 9];
+        const run = (model: LoadedModel['model']) => {
+          const cache = new KVCache(bigCfg, 32);
+          return [
+            model.forward(prompt, cache, { last: true }),
+            ...[5, 9, 2].map((t) => model.forward([t], cache)),
+          ];
+        };
+        const want = run(alone.model);
+        const got = run(pooled.model);
+        for (const [i, w] of want.entries()) {
+          expect(w.every(Number.isFinite)).toBe(true);
+          expect(
+            got[i]!.findIndex((v, j) => !Object.is(v, w[j])),
+            `${what}, step ${i}`,
+          ).toBe(-1);
+        }
       }
     } finally {
       decodePool.dispose();

@@ -1,9 +1,11 @@
+import { CalderaError } from '@caldera/core';
 import { hadamardBase, hadamardFactor } from '@caldera/linalg';
 import { latticeDecode, type Decomposition } from '@caldera/lowrank';
 import { bumpAllocator, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
 import { CALDERA_WASM_BASE64 } from '../generated/caldera-wasm.js';
 import type { CalderaBatchLayer, CodeSlice } from './batch-workspace.js';
-import type { DecodeExecutor, WorkerSlice } from './decode-pool.js';
+import type { DecodeExecutor, WorkerTask } from './decode-pool.js';
+import { evenBlocks } from './even-blocks.js';
 import { e8pLutTables } from './e8p-lut.js';
 
 /** End of the region fixed by asm/e8p.ts: the two 256-entry maps at {@link KERNEL_BASE}, then 2 × 2 groups' tables. */
@@ -61,9 +63,13 @@ export function splitRanges(mp: number, np: number, rank: number, threads: numbe
   const rowCost = (np / 8) * CODE_COST; // in multiply-adds
   const share = (mp * rowCost + rank * (np + mp)) / threads;
   const own = Math.min(mp, Math.max(0, Math.round((share - rank * (np + mp)) / rowCost / 8) * 8));
-  const per = Math.ceil((mp - own) / (threads - 1) / 8) * 8;
   const parts: [number, number][] = [[0, own]];
-  for (let row0 = own; row0 < mp; row0 += per) parts.push([row0, Math.min(per, mp - row0)]);
+  let row0 = own;
+  for (const blocks of evenBlocks(Math.ceil((mp - own) / 8), threads - 1)) {
+    const rows = Math.min(blocks * 8, mp - row0);
+    parts.push([row0, rows]);
+    row0 += rows;
+  }
   return parts;
 }
 
@@ -383,11 +389,11 @@ export class CalderaKernel {
     if (pool && ranges.length > 1) {
       const parts = ranges.slice(1).map(([row0, rows]) => workerPart(d, row0, rows));
       codeSlices.push(...parts.map((p) => p.codes));
-      const slices: (WorkerSlice | null)[] = Array.from(
+      const tasks: (WorkerTask | null)[] = Array.from(
         { length: pool.threads - 1 },
-        (_, t) => parts[t]?.slice ?? null,
+        (_, t) => parts[t]?.task ?? null,
       );
-      split = { pool, id: pool.register(slices), parts: parts.map((p) => p.part) };
+      split = { pool, id: pool.register(tasks), parts: parts.map((p) => p.part) };
     }
     const batch: CalderaBatchLayer = {
       n,
@@ -482,11 +488,20 @@ function workerPart(
   d: Decomposition,
   row0: number,
   rows: number,
-): { part: WorkerPart; slice: WorkerSlice; codes: CodeSlice } {
+): { part: WorkerPart; task: WorkerTask; codes: CodeSlice } {
   const np = d.padded[1];
   const { at, end } = sliceLayout(rows, np);
   const pages = pagesFor(end);
-  const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
+  let memory: WebAssembly.Memory;
+  try {
+    memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
+  } catch (cause) {
+    throw new CalderaError(
+      'E_DEVICE',
+      `decode pool: could not allocate a worker's memory (${pages * 64} KiB) for rows ${row0}…${row0 + rows - 1} of a ${d.shape[0]}×${d.shape[1]} layer`,
+      { cause },
+    );
+  }
   const buf = memory.buffer;
   writeTables(buf, at.p1, at.p2);
   const codes = groupMajorCodes(d, new Uint16Array(buf, at.codes, (rows * np) / 8), row0, rows);
@@ -511,7 +526,7 @@ function workerPart(
       xr: new Float32Array(buf, at.xr, np),
       yr: new Float32Array(buf, at.yr, rows),
     },
-    slice: { memory, layerAt: at.layer },
+    task: { memory, module: 'caldera', fn: 'splitRows', args: [at.layer] },
     codes: { row0, rows, codes },
   };
 }
@@ -554,6 +569,6 @@ export function warmUpCaller(): void {
 }
 
 /** A worker's own tiny slice to warm its `splitRows` up on ({@link WARM_UP_CALLS} calls). */
-export function warmUpSlice(): WorkerSlice {
-  return workerPart(tinyLayer(), 0, 256).slice;
+export function warmUpSlice(): WorkerTask {
+  return workerPart(tinyLayer(), 0, 256).task;
 }

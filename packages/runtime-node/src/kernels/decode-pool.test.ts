@@ -1,10 +1,11 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { CalderaError, Rng } from '@caldera/core';
+import { CalderaError, f32ArrayToBf16, f32ArrayToF16, Rng, tensor } from '@caldera/core';
 import { randomDecomposition, type Decomposition } from '@caldera/lowrank';
-import { CalderaLinear } from '../linear.js';
+import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from '../linear.js';
 import { heldBytes } from '../testing/held-bytes.js';
 import { CalderaKernel, splitRanges, SPLIT_MIN_WEIGHTS } from './caldera-kernel.js';
 import { createDecodePool, decodeExecutor, type DecodePool } from './decode-pool.js';
+import { denseRanges } from './matvec.js';
 
 const pools: DecodePool[] = [];
 const pool = (threads: number): DecodePool => {
@@ -66,38 +67,76 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
 
   it('gives the same bits as the layer alone: one row, a few rows, the batch path, and the codes it rebuilds', () => {
     const rng = new Rng(3);
-    const batchRows = 24; // above CALDERA_BATCH_MIN_ROWS: the batch path reads the codes from every part
-    for (const threads of [2, 3, 4]) {
-      const p = pool(threads);
-      expect(p.threads).toBe(threads);
-      for (const { name, d, split } of layers()) {
-        const [m, n] = d.shape;
-        const alone = new CalderaLinear(d);
+    const pools = [2, 3, 4].map((threads) => pool(threads));
+    for (const { name, d, split } of layers()) {
+      const [m, n] = d.shape;
+      const alone = new CalderaLinear(d);
+      // 24 rows: above CALDERA_BATCH_MIN_ROWS, the batch path, which reads the codes from every part
+      const inputs = [1, 3, 24].map((rows) => {
+        const x = rng.fillNormal(new Float32Array(rows * n));
+        return { rows, x, want: alone.forward(x, rows) };
+      });
+      for (const p of pools) {
         const pooled = new CalderaLinear(d, null, { decodePool: p });
         expect(pooled.fused).toBe(true);
         // split or not, as the plan says: the workers' memories are counted and held
-        const mem = CalderaKernel.memoryBytes(
-          { shape: d.shape, padded: d.padded, rank: d.rank, hadamard: d.hadamard, qBits: 2, ftRank: 0 },
-          16,
-          threads,
-        );
-        const memAlone = CalderaKernel.memoryBytes(
-          { shape: d.shape, padded: d.padded, rank: d.rank, hadamard: d.hadamard, qBits: 2, ftRank: 0 },
-          16,
-        );
-        expect(mem! > memAlone!, name).toBe(split);
-        for (const rows of [1, 3, batchRows]) {
-          const x = rng.fillNormal(new Float32Array(rows * n));
+        const shape = {
+          shape: d.shape,
+          padded: d.padded,
+          rank: d.rank,
+          hadamard: d.hadamard,
+          qBits: 2,
+          ftRank: 0,
+        };
+        expect(
+          CalderaKernel.memoryBytes(shape, 16, p.threads)! > CalderaKernel.memoryBytes(shape, 16)!,
+          name,
+        ).toBe(split);
+        for (const { rows, x, want } of inputs) {
           const y = pooled.forward(x, rows);
-          const want = alone.forward(x, rows);
           expect(y.length).toBe(rows * m);
           expect(
             y.findIndex((v, i) => !Object.is(v, want[i])),
-            `${name}, ${threads} threads, ${rows} rows`,
+            `${name}, ${p.threads} threads, ${rows} rows`,
           ).toBe(-1);
         }
-        expect(pooled.d.q.planes[0], name).toEqual(d.q.planes[0]);
+        const codes = pooled.d.q.planes[0]!;
+        const original = d.q.planes[0]!;
+        expect(codes.length).toBe(original.length);
+        expect(
+          codes.findIndex((c, i) => c !== original[i]),
+          name,
+        ).toBe(-1);
       }
+    }
+  });
+
+  it('more threads than parts (8 and 16): the workers without rows of a layer skip it, the output is the same', () => {
+    const rng = new Rng(19);
+    const ds = [
+      randomDecomposition(256, 1024, 8, rng), // 32 blocks of 8 rows: fewer than 16 threads' shares of the caller's
+      randomDecomposition(1000, 640, 16, rng),
+      randomDecomposition(8, 32768, 0, rng), // one block: one part in all
+    ];
+    for (const threads of [8, 16]) {
+      const p = pool(threads);
+      for (const d of ds) {
+        const [mp, np] = d.padded;
+        const parts = splitRanges(mp, np, d.rank, threads);
+        expect(parts.length).toBeLessThanOrEqual(threads);
+        const alone = new CalderaLinear(d);
+        const pooled = new CalderaLinear(d, null, { decodePool: p });
+        for (const rows of [1, 3]) {
+          const x = rng.fillNormal(new Float32Array(rows * d.shape[1]));
+          expect(pooled.forward(x, rows), `${d.shape.join('x')}, ${threads} threads`).toEqual(
+            alone.forward(x, rows),
+          );
+        }
+      }
+      const w = rng.fillNormal(new Float32Array(300 * 1024));
+      const dense = new DenseLinear(tensor('f32', [300, 1024], w), null, { decodePool: p });
+      const x = rng.fillNormal(new Float32Array(1024));
+      expect(dense.forward(x, 1)).toEqual(new DenseLinear(tensor('f32', [300, 1024], w)).forward(x, 1));
     }
   });
 
@@ -192,5 +231,63 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
       }),
     ).toThrow('own part failed');
     expect(layer.forward(x, 1)).toEqual(alone.forward(x, 1));
+  });
+
+  it('a dense layer (f32, f16 finite and with infinities, bf16) on a pool gives the same bits and holds the same bytes', () => {
+    const rng = new Rng(17);
+    for (const [m, n] of [
+      [1000, 520], // uneven parts
+      [256, 1024], // the threshold
+      [128, 1024], // below it: not split
+    ] as const) {
+      const w = rng.fillNormal(new Float32Array(m * n), 0, 0.05);
+      const f16 = f32ArrayToF16(w);
+      const inf = f16.slice();
+      inf[7] = 0x7c00; // +∞: the kernel for any halves, not the finite one
+      const make = (kind: string, options: { decodePool?: DecodePool }): Linear =>
+        kind === 'f32'
+          ? new DenseLinear(tensor('f32', [m, n], w), null, options)
+          : kind === 'bf16'
+            ? new DenseF16Linear(f32ArrayToBf16(w), m, n, null, 'bf16', options)
+            : new DenseF16Linear(kind === 'f16' ? f16 : inf, m, n, null, 'f16', options);
+      for (const threads of [2, 3]) {
+        const p = pool(threads);
+        expect(denseRanges(m, n, threads).length > 1).toBe(m * n >= SPLIT_MIN_WEIGHTS);
+        for (const kind of ['f32', 'f16', 'f16 with ∞', 'bf16']) {
+          const alone = make(kind, {});
+          const pooled = make(kind, { decodePool: p });
+          // the same memory, shared: nothing more is held
+          expect(heldBytes(pooled), kind).toBe(heldBytes(alone));
+          for (const rows of [1, 3, 24]) {
+            const x = rng.fillNormal(new Float32Array(rows * n));
+            const want = alone.forward(x, rows);
+            const y = pooled.forward(x, rows);
+            expect(
+              y.findIndex((v, i) => !Object.is(v, want[i])),
+              `${kind} ${m}x${n}, ${threads} threads, ${rows} rows`,
+            ).toBe(-1);
+          }
+        }
+      }
+    }
+  });
+
+  it('a worker thread that stops makes the pool E_DEVICE instead of leaving the caller waiting', () => {
+    const rng = new Rng(23);
+    const d = randomDecomposition(1024, 512, 8, rng);
+    const p = createDecodePool({ threads: 2 });
+    try {
+      const layer = new CalderaLinear(d, null, { decodePool: p });
+      const x = rng.fillNormal(new Float32Array(512));
+      expect(layer.forward(x, 1)).toEqual(new CalderaLinear(d).forward(x, 1));
+      // a message the worker cannot read: its thread fails outside any job
+      (p as unknown as { ports: { postMessage(v: unknown): void }[] }).ports[0]!.postMessage(null);
+      expect(() => decodeExecutor(p).run(12345, () => {})).toThrow(
+        /E_DEVICE: decode pool: a worker thread stopped; create a new pool/,
+      );
+      expect(() => layer.forward(x, 1)).toThrow(/E_DEVICE: decode pool: a worker thread stopped/);
+    } finally {
+      p.dispose();
+    }
   });
 });

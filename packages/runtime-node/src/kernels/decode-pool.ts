@@ -1,17 +1,21 @@
 /**
- * Threads for single-token decode: each large CALDERA layer's rows of Q̂ are split over the threads, every worker
+ * Threads for single-token decode. Each large CALDERA layer's rows of Q̂ are split over the threads, every worker
  * holding its rows' codes in a shared WebAssembly memory of its own (with its own E8P tables, so nothing is written by
- * two threads). Per product the calling thread rotates the input, copies x' into the workers' memories, publishes the
+ * two threads): per product the calling thread rotates the input, copies x' into the workers' memories, publishes the
  * layer's job in a shared control block, computes its own rows, and blocks with `Atomics.wait` until every worker has
- * finished; then it gathers the rows and applies the low-rank term and the output rotation (caldera-kernel.ts).
+ * finished; then it gathers the rows and applies the low-rank term and the output rotation (caldera-kernel.ts). A
+ * large dense layer's weights live in one shared memory that every thread's kernel instance reads, each computing a
+ * range of the output rows (matvec.ts).
  *
- * Node only (`worker_threads`, and `receiveMessageOnPort` through which a worker takes each new layer synchronously);
- * elsewhere, or with one thread, the pool has no workers and layers run whole on the calling thread.
+ * Node ≥ 20.16 only (`worker_threads` through `process.getBuiltinModule`, and `receiveMessageOnPort` through which a
+ * worker takes each new layer synchronously); elsewhere, or with one thread, the pool has no workers and layers run
+ * whole on the calling thread.
  */
 import { CalderaError } from '@caldera/core';
 import { CALDERA_SHARED_WASM_BASE64 } from '../generated/caldera-shared-wasm.js';
+import { MATVEC_SHARED_WASM_BASE64 } from '../generated/matvec-shared-wasm.js';
 import { WARM_UP_CALLS, warmUpCaller, warmUpSlice } from './caldera-kernel.js';
-import { embeddedModule } from './wasm-module.js';
+import { checkHeapBase, embeddedModule } from './wasm-module.js';
 
 /** Control block slots (i32). */
 const GEN = 0;
@@ -24,6 +28,14 @@ const FIN = 3;
  */
 const FAILED = 4;
 const FAILED_WHY = 5;
+/**
+ * Set by a worker that stopped (an error outside a job, its thread exiting), which also adds {@link STOPPED_FIN} to
+ * FIN so that a caller waiting for it wakes: the pool is then unusable (E_DEVICE).
+ */
+const STOPPED = 6;
+const STOPPED_FIN = 1 << 20;
+/** Job id of a job that only makes the workers read their messages (dropped layers). */
+const NO_LAYER = -1;
 const CTRL_SLOTS = 8;
 /**
  * Polls of the control block before a thread sleeps in `Atomics.wait` (≈ 20–60 µs): in decode the next layer's job
@@ -41,32 +53,41 @@ export interface DecodePoolOptions {
 }
 
 /**
- * Worker threads for single-token decode; pass it as `{ decodePool }` to the loaders (or to `CalderaLinear`) and
- * `dispose()` it when done. A layer built with it keeps its rows in the workers until the pool is disposed; a pool is
- * driven by one thread at a time.
+ * Worker threads for single-token decode; pass it as `{ decodePool }` to the loaders (or to a linear layer) and
+ * `dispose()` it when done. The workers keep a layer's rows until the layer is garbage-collected or the pool is
+ * disposed; a pool is driven by one thread at a time.
  */
 export interface DecodePool {
   /** Threads that compute a layer's rows, the caller included (1 without workers). */
   readonly threads: number;
   /** True once {@link DecodePool.dispose} has been called. */
   readonly disposed: boolean;
-  /** Stop the workers. A layer built with the pool then throws `E_VALUE` on its next single-row product. */
+  /**
+   * Stop the workers. A layer built with the pool then throws `E_VALUE` on products of fewer than 20 rows (those it
+   * would split); larger ones still run.
+   */
   dispose(): void;
 }
 
-/** One worker's part of a layer: its shared memory and the address of its layer record in it. */
-export interface WorkerSlice {
+/**
+ * One worker's part of a layer: the shared memory it works in, and the call it makes there for each job — `fn` of the
+ * shared-memory build of asm/caldera.ts (`splitRows` on the worker's own rows) or of asm/matvec.ts (a dense kernel on
+ * a range of rows of a memory all threads share) with `args`.
+ */
+export interface WorkerTask {
   readonly memory: WebAssembly.Memory;
-  readonly layerAt: number;
+  readonly module: 'caldera' | 'matvec';
+  readonly fn: string;
+  readonly args: readonly number[];
 }
 
 /** What the CALDERA kernel needs of a pool (not exported from the package). */
 export interface DecodeExecutor extends DecodePool {
-  /** Give worker `t` (0-based, `threads - 1` of them) its slice of a new layer; returns the layer's job id. */
-  register(slices: readonly (WorkerSlice | null)[]): number;
+  /** Give worker `t` (0-based, `threads - 1` of them) its task of a new layer; returns the layer's job id. */
+  register(tasks: readonly (WorkerTask | null)[]): number;
   /** Run layer `id` on every worker while `own()` runs on the calling thread; returns when all are done. */
   run(id: number, own: () => void): void;
-  /** Let the workers drop layer `id`'s slices once `owner` (the layer's kernel) has been garbage-collected. */
+  /** Let the workers drop layer `id`'s tasks once `owner` (the layer's kernel) has been garbage-collected. */
   track(owner: object, id: number): void;
 }
 
@@ -97,43 +118,60 @@ const WORKER_SOURCE = `
 'use strict';
 const { workerData, receiveMessageOnPort } = require('node:worker_threads');
 const GEN = ${GEN}, QUIT = ${QUIT}, JOB = ${JOB}, FIN = ${FIN}, FAILED = ${FAILED}, FAILED_WHY = ${FAILED_WHY};
-const SPIN = ${SPIN};
+const STOPPED = ${STOPPED}, STOPPED_FIN = ${STOPPED_FIN}, NO_LAYER = ${NO_LAYER}, SPIN = ${SPIN};
 const ctrl = new Int32Array(workerData.ctrl);
-{
-  // warm up (V8's optimised code) on the worker's own tiny slice
-  const { memory, layerAt } = workerData.warm;
-  const ex = new WebAssembly.Instance(workerData.module, { env: { memory } }).exports;
-  for (let i = 0; i < ${WARM_UP_CALLS}; i++) ex.splitRows(layerAt);
-}
+const modules = workerData.modules;
 const port = workerData.port;
+// layer id -> { task, run }: task null for a layer this worker has no rows of
 const layers = new Map();
-// new layers (instantiated on their memories) and dropped ones, as the calling thread posted them
+let quitting = false;
+function stopped() {
+  if (quitting) return;
+  quitting = true;
+  Atomics.store(ctrl, STOPPED, 1);
+  Atomics.add(ctrl, FIN, STOPPED_FIN);
+  Atomics.notify(ctrl, FIN);
+}
+process.on('exit', stopped);
+// new layers and dropped ones, in the order the calling thread posted them. Node's postMessage puts a message in the
+// receiving port's queue before it returns, so a layer registered before its first job is here by then; were it not,
+// the job reports FAILED_WHY 1 (E_DEVICE), it does not hang.
 function take() {
   for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) {
-    const { id, memory, layerAt } = m.message;
-    if (memory === undefined) layers.delete(id);
-    else layers.set(id, { memory, layerAt, run: null });
+    const { id, task } = m.message;
+    if (task === undefined) layers.delete(id);
+    else layers.set(id, { task, run: null });
   }
 }
-let jobs = 0;
 function runJob(id) {
-  // a new layer's message is there before its first job; drops are taken now and then
-  if (!layers.has(id) || (++jobs & 255) === 0) take();
+  if (id === NO_LAYER || !layers.has(id)) take();
+  if (id === NO_LAYER) return;
   const layer = layers.get(id);
   if (layer === undefined) {
     Atomics.store(ctrl, FAILED_WHY, 1);
     Atomics.store(ctrl, FAILED, id + 1);
     return;
   }
+  if (layer.task === null) return;
   try {
-    layer.run ??= new WebAssembly.Instance(workerData.module, { env: { memory: layer.memory } }).exports.splitRows;
-    layer.run(layer.layerAt);
+    if (layer.run === null) {
+      const { memory, module, fn, args } = layer.task;
+      const f = new WebAssembly.Instance(modules[module], { env: { memory } }).exports[fn];
+      layer.run = () => f(...args);
+    }
+    layer.run();
   } catch {
     Atomics.store(ctrl, FAILED_WHY, 2);
     Atomics.store(ctrl, FAILED, id + 1);
   }
 }
 function serve() {
+  {
+    // warm up (V8's optimised code) on the worker's own tiny slice
+    const { memory, args } = workerData.warm;
+    const ex = new WebAssembly.Instance(modules.caldera, { env: { memory } }).exports;
+    for (let i = 0; i < ${WARM_UP_CALLS}; i++) ex.splitRows(args[0]);
+  }
   let gen = 0;
   for (;;) {
     let g = Atomics.load(ctrl, GEN);
@@ -143,13 +181,20 @@ function serve() {
       continue;
     }
     gen = g;
-    if (Atomics.load(ctrl, QUIT) !== 0) return;
+    if (Atomics.load(ctrl, QUIT) !== 0) {
+      quitting = true;
+      return;
+    }
     runJob(Atomics.load(ctrl, JOB));
     Atomics.add(ctrl, FIN, 1);
     Atomics.notify(ctrl, FIN);
   }
 }
-serve();
+try {
+  serve();
+} catch {
+  stopped();
+}
 `;
 
 /** A Node built-in, loaded synchronously (`process.getBuiltinModule`), or undefined outside Node. */
@@ -170,15 +215,28 @@ class DecodePoolImpl implements DecodeExecutor {
   private readonly ports: NodePort[] = [];
   private nextId = 0;
   private busy = false;
-  /** Layers whose kernels were collected: their slices are dropped from the workers (not to hold them until dispose). */
+  /**
+   * Layers whose kernels were collected: the workers drop their parts (read at once through a job of no layer, run
+   * from the event loop, never inside another job).
+   */
   private readonly dropped = new FinalizationRegistry<number>((id) => {
-    if (!this._disposed) for (const p of this.ports) p.postMessage({ id });
+    if (this._disposed || this.stopped()) return;
+    for (const p of this.ports) p.postMessage({ id });
+    try {
+      if (!this.busy) this.run(NO_LAYER, () => {});
+    } catch {
+      // a stopped worker: the next product reports it
+    }
   });
   private _disposed = false;
 
-  constructor(threads: number, module: WebAssembly.Module | null) {
+  constructor(
+    threads: number,
+    modules: { caldera: WebAssembly.Module | null; matvec: WebAssembly.Module | null },
+  ) {
     const wt = getBuiltin<NodeWorkerThreads>('node:worker_threads');
-    const workers = wt && module && typeof SharedArrayBuffer === 'function' ? threads - 1 : 0;
+    const usable = modules.caldera && modules.matvec && typeof SharedArrayBuffer === 'function';
+    const workers = wt && usable ? threads - 1 : 0;
     this.ctrl = new Int32Array(
       workers > 0 ? new SharedArrayBuffer(CTRL_SLOTS * 4) : new ArrayBuffer(CTRL_SLOTS * 4),
     );
@@ -188,7 +246,7 @@ class DecodePoolImpl implements DecodeExecutor {
         this.ports.push(port1);
         const w = new wt!.Worker(WORKER_SOURCE, {
           eval: true,
-          workerData: { module, ctrl: this.ctrl.buffer, port: port2, warm: warmUpSlice() },
+          workerData: { modules, ctrl: this.ctrl.buffer, port: port2, warm: warmUpSlice() },
           transferList: [port2],
         });
         w.unref(); // an undisposed pool must not keep the process alive
@@ -212,15 +270,13 @@ class DecodePoolImpl implements DecodeExecutor {
     return this._disposed;
   }
 
-  register(slices: readonly (WorkerSlice | null)[]): number {
+  register(tasks: readonly (WorkerTask | null)[]): number {
     this.checkLive();
-    if (slices.length !== this.workers.length)
-      throw new Error(`decode pool: ${slices.length} slices for ${this.workers.length} workers`);
+    if (tasks.length !== this.workers.length)
+      throw new Error(`decode pool: ${tasks.length} tasks for ${this.workers.length} workers`);
     const id = this.nextId++;
-    // received by the worker (synchronously) when it first gets a job for this id, so before it runs it
-    slices.forEach((s, t) => {
-      if (s) this.ports[t]!.postMessage({ id, memory: s.memory, layerAt: s.layerAt });
-    });
+    // every worker hears of every layer (null: it has no rows of it), synchronously when it first gets a job for it
+    tasks.forEach((task, t) => this.ports[t]!.postMessage({ id, task }));
     return id;
   }
 
@@ -236,6 +292,7 @@ class DecodePoolImpl implements DecodeExecutor {
     const ctrl = this.ctrl;
     const workers = this.workers.length;
     try {
+      Atomics.store(ctrl, FAILED, 0);
       Atomics.store(ctrl, JOB, id);
       Atomics.store(ctrl, FIN, 0);
       Atomics.add(ctrl, GEN, 1);
@@ -251,24 +308,29 @@ class DecodePoolImpl implements DecodeExecutor {
           done = Atomics.load(ctrl, FIN);
         }
       }
+      this.checkLive();
       const failed = Atomics.load(ctrl, FAILED);
-      if (failed !== 0) {
-        const why = Atomics.load(ctrl, FAILED_WHY);
-        Atomics.store(ctrl, FAILED, 0);
+      if (failed !== 0)
         throw new CalderaError(
           'E_DEVICE',
-          why === 1
+          Atomics.load(ctrl, FAILED_WHY) === 1
             ? `decode pool: a worker never received layer ${failed - 1}`
             : `decode pool: a worker could not run layer ${failed - 1} (instantiating its memory or running it failed)`,
         );
-      }
     } finally {
       this.busy = false;
     }
   }
 
+  /** True once a worker has stopped (its thread failed or exited). */
+  private stopped(): boolean {
+    return Atomics.load(this.ctrl, STOPPED) !== 0;
+  }
+
   private checkLive(): void {
     if (this._disposed) throw new CalderaError('E_VALUE', 'decode pool: used after dispose()');
+    if (this.stopped())
+      throw new CalderaError('E_DEVICE', 'decode pool: a worker thread stopped; create a new pool');
   }
 
   dispose(): void {
@@ -295,7 +357,21 @@ export function createDecodePool(options: DecodePoolOptions = {}): DecodePool {
       'E_VALUE',
       `createDecodePool: threads must be an integer in [1, 256], got ${threads}`,
     );
-  return new DecodePoolImpl(threads, threads > 1 ? embeddedModule(CALDERA_SHARED_WASM_BASE64) : null);
+  const modules =
+    threads > 1
+      ? {
+          caldera: embeddedModule(CALDERA_SHARED_WASM_BASE64),
+          matvec: embeddedModule(MATVEC_SHARED_WASM_BASE64),
+        }
+      : { caldera: null, matvec: null };
+  // every instance writes its module's static data below KERNEL_BASE: check that it stays there (as the unshared
+  // builds are checked)
+  for (const [name, mod] of Object.entries(modules))
+    if (mod) {
+      const memory = new WebAssembly.Memory({ initial: 2, maximum: 2, shared: true });
+      checkHeapBase(new WebAssembly.Instance(mod, { env: { memory } }).exports, `${name} kernel (shared)`);
+    }
+  return new DecodePoolImpl(threads, modules);
 }
 
 /** The pool's kernel side; `E_VALUE` for an object that {@link createDecodePool} did not make. */

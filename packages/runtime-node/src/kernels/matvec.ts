@@ -1,6 +1,32 @@
 import { bf16ArrayToF32, f16ArrayToF32 } from '@caldera/core';
 import { align16, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
 import { MATVEC_WASM_BASE64 } from '../generated/matvec-wasm.js';
+import { MATVEC_SHARED_WASM_BASE64 } from '../generated/matvec-shared-wasm.js';
+import type { DecodeExecutor, WorkerTask } from './decode-pool.js';
+import { evenBlocks } from './even-blocks.js';
+
+/**
+ * Dense layers with fewer weights than this keep their single-row products on the calling thread even with a decode
+ * pool (the same bound as CALDERA layers': the hand-off costs ≈ 10–30 µs).
+ */
+export const DENSE_SPLIT_MIN_WEIGHTS = 1 << 18;
+
+/**
+ * The output-row ranges `[i0, rows]` of a dense `m × n` layer's single-row product over `threads` threads, the
+ * caller's first: blocks of 4 rows spread evenly (the last part may end with a partial block), or a single part for
+ * one thread or a small layer.
+ */
+export function denseRanges(m: number, n: number, threads: number): [number, number][] {
+  if (threads <= 1 || m * n < DENSE_SPLIT_MIN_WEIGHTS) return [[0, m]];
+  const parts: [number, number][] = [];
+  let i0 = 0;
+  for (const blocks of evenBlocks(Math.ceil(m / 4), threads)) {
+    const rows = Math.min(blocks * 4, m - i0);
+    parts.push([i0, rows]);
+    i0 += rows;
+  }
+  return parts;
+}
 
 /**
  * `y[r·m + i] = Σ_j x[r·n + j]·w[i·n + j]` for `rows` input rows, W row-major `[m, n]` f32. Four partial sums per
@@ -89,6 +115,7 @@ export function matvecF16(
 }
 
 type Kernel = (w: number, m: number, n: number, x: number, rows: number, y: number) => void;
+type KernelName = 'denseF32' | 'denseBf16' | 'denseF16Finite' | 'denseF16';
 
 /** Where {@link WasmMatrix} puts W, x and y in its memory, and the memory's size in 64 KiB pages. */
 function wasmMatrixLayout(
@@ -108,8 +135,11 @@ function wasmMatrixLayout(
  * `maxRows` rows) with the SIMD kernels of asm/matvec.ts: the weights are copied in once at construction and read in
  * place on every call (decode is memory-bound, so no per-call copy of W); only x and y cross the boundary.
  * `weights` is the view of W inside that memory (later writes to it must keep f16 values finite when they were: the
- * kernel for finite matrices is chosen once). {@link WasmMatrix.create} returns null when WebAssembly SIMD is
- * unavailable or W does not fit in one memory (4 GiB), and callers keep the TypeScript loops.
+ * kernel for finite matrices is chosen once). With a decode pool of several threads and at least
+ * {@link DENSE_SPLIT_MIN_WEIGHTS} weights the memory is shared: for one input row every thread's kernel instance
+ * computes a range of the output rows from the same W ({@link denseRanges}), to the same bits. {@link WasmMatrix.create}
+ * returns null when WebAssembly SIMD is unavailable or W does not fit in one memory (4 GiB), and callers keep the
+ * TypeScript loops.
  */
 export class WasmMatrix<K extends 'f32' | HalfFormat> {
   private constructor(
@@ -126,6 +156,8 @@ export class WasmMatrix<K extends 'f32' | HalfFormat> {
     /** Views of the x and y regions (the memory never grows, so they stay valid). */
     private readonly xView: Float32Array,
     private readonly yView: Float32Array,
+    /** With the rows split: the pool, the layer's job id, and the caller's rows (the first ones). */
+    private readonly split: { pool: DecodeExecutor; id: number; rows: number } | null,
   ) {}
 
   static create<K extends 'f32' | HalfFormat>(
@@ -134,15 +166,18 @@ export class WasmMatrix<K extends 'f32' | HalfFormat> {
     m: number,
     n: number,
     maxRows: number,
+    pool?: DecodeExecutor,
   ): WasmMatrix<K> | null {
-    const k = embeddedModule(MATVEC_WASM_BASE64);
+    const ranges = denseRanges(m, n, pool?.threads ?? 1);
+    const shared = ranges.length > 1;
+    const k = embeddedModule(shared ? MATVEC_SHARED_WASM_BASE64 : MATVEC_WASM_BASE64);
     if (!k || w.length !== m * n) return null;
     const { wAt, xAt, yAt, pages } = wasmMatrixLayout(kind, m, n, maxRows);
     if (pages > 65536) return null;
     let memory: WebAssembly.Memory;
     let exports: WebAssembly.Exports;
     try {
-      memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
+      memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared });
       exports = new WebAssembly.Instance(k, { env: { memory } }).exports;
     } catch {
       return null; // e.g. the address space for a multi-GiB memory could not be reserved
@@ -157,18 +192,26 @@ export class WasmMatrix<K extends 'f32' | HalfFormat> {
     // f16 without infinities or NaNs (every real checkpoint) takes the shorter exact conversion
     const finite =
       kind === 'f16' && (exports.finiteHalves as (w: number, count: number) => number)(wAt, m * n) === 1;
-    const kernel = (
-      kind === 'f32'
-        ? exports.denseF32
-        : kind === 'bf16'
-          ? exports.denseBf16
-          : finite
-            ? exports.denseF16Finite
-            : exports.denseF16
-    ) as Kernel;
+    const fn: KernelName =
+      kind === 'f32' ? 'denseF32' : kind === 'bf16' ? 'denseBf16' : finite ? 'denseF16Finite' : 'denseF16';
+    const kernel = exports[fn] as Kernel;
     const xView = new Float32Array(memory.buffer, xAt, maxRows * n);
     const yView = new Float32Array(memory.buffer, yAt, maxRows * m);
-    return new WasmMatrix(kind, m, n, maxRows, view, kernel, wAt, xAt, yAt, xView, yView);
+    let split: { pool: DecodeExecutor; id: number; rows: number } | null = null;
+    if (shared) {
+      // each worker: its rows of y for input row 0, read from the same W (4 bytes per f32 weight, 2 per 16-bit one)
+      const bytes = kind === 'f32' ? 4 : 2;
+      const tasks: (WorkerTask | null)[] = Array.from({ length: pool!.threads - 1 }, (_, t) => {
+        const part = ranges[t + 1];
+        if (!part) return null;
+        const [i0, rows] = part;
+        return { memory, module: 'matvec', fn, args: [wAt + i0 * n * bytes, rows, n, xAt, 1, yAt + i0 * 4] };
+      });
+      split = { pool: pool!, id: pool!.register(tasks), rows: ranges[0]![1] };
+    }
+    const matrix = new WasmMatrix(kind, m, n, maxRows, view, kernel, wAt, xAt, yAt, xView, yView, split);
+    if (split) split.pool.track(matrix, split.id); // the workers drop their instances once it is collected
+    return matrix;
   }
 
   /**
@@ -185,6 +228,13 @@ export class WasmMatrix<K extends 'f32' | HalfFormat> {
   /** `y[r·m + i] = Σ_j x[r·n + j]·W[i, j]` for `rows ≤ maxRows` input rows. */
   matvec(x: Float32Array, rows: number, y: Float32Array): void {
     const { m, n } = this;
+    if (this.split && rows === 1) {
+      const { pool, id, rows: own } = this.split;
+      this.xView.set(x.length === n ? x : x.subarray(0, n));
+      pool.run(id, () => this.kernel(this.wAt, own, n, this.xAt, 1, this.yAt));
+      y.set(this.yView.subarray(0, m));
+      return;
+    }
     this.xView.set(rows === this.maxRows && x.length === rows * n ? x : x.subarray(0, rows * n));
     this.kernel(this.wAt, m, n, this.xAt, rows, this.yAt);
     y.set(rows === this.maxRows ? this.yView : this.yView.subarray(0, rows * m));
