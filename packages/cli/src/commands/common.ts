@@ -344,7 +344,7 @@ export async function stopTokenIds(dir: string, config: ModelConfig): Promise<nu
 /**
  * Open `path`: a llama2.c checkpoint when it ends in `.bin` (tokenizer: `tokenizerPath` or `tokenizer.bin` beside
  * it), else a model directory (config.json, safetensors, tokenizer.json). `pool`: threads for the batch products;
- * `decodePool`: for a compressed model's single-token products (a llama2.c model has no compressed layers).
+ * `decodePool`: for the single-token products.
  */
 export async function openModel(
   path: string,
@@ -353,7 +353,10 @@ export async function openModel(
   decodePool?: DecodePool,
 ): Promise<OpenedModel> {
   if (path.endsWith('.bin')) {
-    const { model, config } = await loadLlama2c(path, pool ? { pool } : {});
+    const { model, config } = await loadLlama2c(path, {
+      ...(pool ? { pool } : {}),
+      ...(decodePool ? { decodePool } : {}),
+    });
     const tokenizer = await Llama2cTokenizer.load(
       tokenizerPath ?? join(dirname(path), 'tokenizer.bin'),
       config.vocabSize,

@@ -50,8 +50,8 @@ model's test split). Prints tokens, mean NLL and perplexity. The defaults score 
 
 /**
  * Open the command's model (`[model]`, `--tokenizer`) with a linear-algebra pool of `--threads` threads (default 2),
- * and with `decode` a decode pool of as many threads too (the compressed layers' single-token products), run `use` on
- * it, and dispose of the pools.
+ * and with `decode` a decode pool of as many threads too (the single-token products), run `use` on it, and dispose of
+ * the pools.
  */
 async function withModel(
   a: Args,
@@ -142,9 +142,9 @@ Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Fa
   --repetition-penalty R     > 0; above 1 discourages tokens of the prompt and of the output so far (default 1: none)
   --stop STRING              stop when the output contains STRING (not printed)
   --seed S                   sampling seed, an integer in [0, 4294967295] (default 0)
-  --threads N                threads for the prompt's products and for decoding a compressed model's tokens
-                             (its larger layers' rows split over them), 1 … 256 (default 2; 1 = the calling thread
-                             only); the output does not depend on it
+  --threads N                threads for the prompt's products and for decoding each token (the rows of its larger
+                             layers split over them), 1 … 256 (default 2; 1 = the calling thread only); the output
+                             does not depend on it
   --tokenizer FILE           tokenizer.bin of a llama2.c model (default: beside the .bin)`;
 
 export async function generateCommand(a: Args): Promise<number> {
