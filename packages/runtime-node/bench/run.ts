@@ -1,6 +1,6 @@
 /**
- * Runtime benchmark: prefill (one thread, and a 2-thread linalg pool) and decode tokens/s (CALDERA also with a
- * 2-thread decode pool) of a ~100 M-parameter
+ * Runtime benchmark: prefill (one thread, and a 2-thread linalg pool) and decode tokens/s (one thread, and a 2-thread
+ * decode pool) of a ~100 M-parameter
  * Llama-shaped model with random weights in f32, f16 and CALDERA (rank 64, 2-bit E8P Q, 4-bit lattice L/R), resident
  * memory, and the measured checkpoint size of a 4096×4096 CALDERA layer vs f16. JSON Lines on stdout. `--quick`: fewer
  * tokens.
@@ -127,11 +127,17 @@ function decodeRate(model: LlamaModel, prompt: number[]): number {
   return DECODE / (best / 1000);
 }
 
-/** The same weights with every CALDERA layer rebuilt on `decodePool` (its rows split over the pool's threads). */
+/** The same weights with every linear layer and the LM head rebuilt on `decodePool` (their rows split over its threads). */
 function onDecodePool(model: LlamaModel, decodePool: DecodePool): LlamaModel {
   const w = model.weights;
-  const split = (l: Linear) =>
-    l instanceof CalderaLinear ? new CalderaLinear(l.d, l.bias, { decodePool }) : l;
+  const options = { decodePool };
+  const split = (l: Linear): Linear => {
+    if (l instanceof CalderaLinear) return new CalderaLinear(l.d, l.bias, options);
+    if (l instanceof DenseF16Linear)
+      return new DenseF16Linear(l.bits, l.outFeatures, l.inFeatures, l.bias, l.format, options);
+    if (l instanceof DenseLinear) return new DenseLinear(l.weight, l.bias, options);
+    throw new Error('bench: unknown layer');
+  };
   const blocks = w.blocks.map((b) => ({
     ...b,
     q: split(b.q),
@@ -142,7 +148,8 @@ function onDecodePool(model: LlamaModel, decodePool: DecodePool): LlamaModel {
     up: split(b.up),
     down: split(b.down),
   }));
-  return new LlamaModel(cfg, { ...w, blocks });
+  const head = w.head ? split(w.head) : new DenseLinear(w.lmHead!, null, options);
+  return new LlamaModel(cfg, { embed: w.embed, blocks, norm: w.norm, head });
 }
 
 function run(kind: Kind): {
@@ -167,13 +174,10 @@ function run(kind: Kind): {
   const prefill2t = prefillRate(new LlamaModel(cfg, model.weights, { pool }), prompt);
   pool.dispose();
   const decode = decodeRate(model, prompt);
-  // CALDERA with a 2-thread decode pool (dense layers have no split path: their decode stays on one thread)
-  let decode2t = decode;
-  if (kind === 'caldera') {
-    const decodePool = createDecodePool({ threads: 2 });
-    decode2t = decodeRate(onDecodePool(model, decodePool), prompt);
-    decodePool.dispose();
-  }
+  // with a 2-thread decode pool: every layer's and the head's single-row products split over both cores
+  const decodePool = createDecodePool({ threads: 2 });
+  const decode2t = decodeRate(onDecodePool(model, decodePool), prompt);
+  decodePool.dispose();
   // everything a decode step reads: the linear layers and the LM head (f32 in the f32 model, f16 otherwise)
   const headBytes = cfg.vocabSize * cfg.hiddenSize * (kind === 'f32' ? 4 : 2);
   return {
@@ -219,6 +223,11 @@ for (const kind of ['f32', 'f16', 'caldera'] as Kind[]) {
     emit(`prefill_${kind}`, r.prefill, 'tokens/s', shape);
     emit(`prefill_${kind}_2threads`, r.prefill2t, 'tokens/s', shape);
     emit(`decode_${kind}`, r.decode, 'tokens/s', shape);
+    emit(`decode_${kind}_2threads`, r.decode2t, 'tokens/s', {
+      ...shape,
+      oneThread: r.decode,
+      speedupVs1Thread: r.decode2t / r.decode,
+    });
     emit(`rss_${kind}`, r.rssMB, 'MiB', { linearWeightsMiB: r.linearMB });
   }
 }
@@ -248,8 +257,10 @@ emit('decode_caldera_2threads', c.decode2t, 'tokens/s', {
   ...shape,
   oneThread: c.decode,
   speedupVs1Thread: c.decode2t / c.decode,
-  f16: res.f16.decode,
-  speedupVsF16: c.decode2t / res.f16.decode,
+  f16: res.f16.decode2t,
+  f32: res.f32.decode2t,
+  speedupVsF16: c.decode2t / res.f16.decode2t,
+  speedupVsF32: c.decode2t / res.f32.decode2t,
 });
 emit('rss_caldera', c.rssMB, 'MiB', { linearWeightsMiB: c.linearMB });
 
