@@ -142,9 +142,9 @@ Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Fa
   --repetition-penalty R     > 0; above 1 discourages tokens of the prompt and of the output so far (default 1: none)
   --stop STRING              stop when the output contains STRING (not printed)
   --seed S                   sampling seed, an integer in [0, 4294967295] (default 0)
-  --threads N                threads for the prompt's products and for decoding each token (the rows of its larger
-                             layers split over them), 1 … 256 (default 2; 1 = the calling thread only); the output
-                             does not depend on it
+  --threads N                threads for the prompt's products, 1 … 256 (default 2; 1 = the calling thread only),
+                             and for decoding each token (the rows of the larger layers split over them); the
+                             output does not depend on it
   --tokenizer FILE           tokenizer.bin of a llama2.c model (default: beside the .bin)`;
 
 export async function generateCommand(a: Args): Promise<number> {

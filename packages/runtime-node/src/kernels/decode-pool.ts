@@ -81,7 +81,7 @@ export interface WorkerTask {
   readonly args: readonly number[];
 }
 
-/** What the CALDERA kernel needs of a pool (not exported from the package). */
+/** What the layers' kernels (caldera-kernel.ts, matvec.ts) need of a pool (not exported from the package). */
 export interface DecodeExecutor extends DecodePool {
   /** Give worker `t` (0-based, `threads - 1` of them) its task of a new layer; returns the layer's job id. */
   register(tasks: readonly (WorkerTask | null)[]): number;
