@@ -3,7 +3,7 @@
  * decode pool) of a ~100 M-parameter
  * Llama-shaped model with random weights in f32, f16 and CALDERA (rank 64, 2-bit E8P Q, 4-bit lattice L/R), resident
  * memory, and the measured checkpoint size of a 4096×4096 CALDERA layer vs f16. JSON Lines on stdout. `--quick`: fewer
- * tokens.
+ * tokens; `--large`: also a TinyLlama-1.1B-shaped CALDERA model's decode on 1 and 2 threads (bench/large.ts).
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -19,9 +19,9 @@ import {
   LlamaModel,
   parseModelConfig,
   type BlockWeights,
-  type DecodePool,
   type Linear,
 } from '../src/index.js';
+import { decodeRate, onDecodePool } from './decode.js';
 import { floors } from './floors.js';
 
 const quick = process.argv.includes('--quick');
@@ -107,51 +107,6 @@ function prefillRate(model: LlamaModel, prompt: number[]): number {
   return prompt.length / (best / 1000);
 }
 
-/**
- * Greedy decode tokens/s after a prompt, as generate() runs it: best of 3 runs of DECODE tokens after a warm-up run (JIT,
- * a decode pool's workers taking their layers), each on a fresh cache.
- */
-function decodeRate(model: LlamaModel, prompt: number[]): number {
-  let best = Infinity;
-  for (let rep = 0; rep < 4; rep++) {
-    const cache = new KVCache(cfg, PREFILL + DECODE + 1);
-    let logits = model.forward(prompt, cache, { last: true }); // as generate() prefills: logits of the last position
-    const t = performance.now();
-    for (let i = 0; i < DECODE; i++) {
-      let next = 0;
-      for (let v = 1; v < cfg.vocabSize; v++) if (logits[v]! > logits[next]!) next = v;
-      logits = model.forward([next], cache);
-    }
-    if (rep > 0) best = Math.min(best, performance.now() - t);
-  }
-  return DECODE / (best / 1000);
-}
-
-/** The same weights with every linear layer and the LM head rebuilt on `decodePool` (their rows split over its threads). */
-function onDecodePool(model: LlamaModel, decodePool: DecodePool): LlamaModel {
-  const w = model.weights;
-  const options = { decodePool };
-  const split = (l: Linear): Linear => {
-    if (l instanceof CalderaLinear) return new CalderaLinear(l.d, l.bias, options);
-    if (l instanceof DenseF16Linear)
-      return new DenseF16Linear(l.bits, l.outFeatures, l.inFeatures, l.bias, l.format, options);
-    if (l instanceof DenseLinear) return new DenseLinear(l.weight, l.bias, options);
-    throw new Error('bench: unknown layer');
-  };
-  const blocks = w.blocks.map((b) => ({
-    ...b,
-    q: split(b.q),
-    k: split(b.k),
-    v: split(b.v),
-    o: split(b.o),
-    gate: split(b.gate),
-    up: split(b.up),
-    down: split(b.down),
-  }));
-  const head = w.head ? split(w.head) : new DenseLinear(w.lmHead!, null, options);
-  return new LlamaModel(cfg, { embed: w.embed, blocks, norm: w.norm, head });
-}
-
 function run(kind: Kind): {
   prefill: number;
   prefill2t: number;
@@ -173,10 +128,10 @@ function run(kind: Kind): {
   const pool = createPool({ threads: 2 });
   const prefill2t = prefillRate(new LlamaModel(cfg, model.weights, { pool }), prompt);
   pool.dispose();
-  const decode = decodeRate(model, prompt);
+  const decode = decodeRate(model, prompt, DECODE);
   // with a 2-thread decode pool: every layer's and the head's single-row products split over both cores
   const decodePool = createDecodePool({ threads: 2 });
-  const decode2t = decodeRate(onDecodePool(model, decodePool), prompt);
+  const decode2t = decodeRate(onDecodePool(model, decodePool), prompt, DECODE);
   decodePool.dispose();
   // everything a decode step reads: the linear layers and the LM head (f32 in the f32 model, f16 otherwise)
   const headBytes = cfg.vocabSize * cfg.hiddenSize * (kind === 'f32' ? 4 : 2);
@@ -313,6 +268,16 @@ emit('weight_bytes_ratio_4096', bytes / (4096 * 4096 * 2), 'x f16', {
 
 // floors of E8P decoding in WebAssembly SIMD128 (bench/floors.ts; full runs only: it compiles a module, ≈ 10 s)
 if (!quick) await floors(emit);
+
+// a TinyLlama-1.1B-shaped CALDERA model's decode, 1 and 2 threads (`--large` only: ≈ 1 min, 1.2 GB; its own process)
+if (process.argv.includes('--large')) {
+  const large = spawnSync(
+    process.execPath,
+    [...process.execArgv, fileURLToPath(new URL('./large.ts', import.meta.url))],
+    { encoding: 'utf8', stdio: ['ignore', 'inherit', 'inherit'] },
+  );
+  if (large.status !== 0) throw new Error('bench: large decode failed');
+}
 
 // training cases (their own process, so the inference models above are freed)
 const train = spawnSync(

@@ -1,0 +1,56 @@
+/** Decode measurements shared by the benchmark's cases (bench/run.ts, bench/large.ts). */
+import {
+  CalderaLinear,
+  DenseF16Linear,
+  DenseLinear,
+  KVCache,
+  LlamaModel,
+  type DecodePool,
+  type Linear,
+} from '../src/index.js';
+
+/**
+ * Greedy decode tokens/s after `prompt`, as generate() runs it: best of 3 runs of `tokens` tokens after a warm-up run
+ * (JIT, a decode pool's workers taking their layers), each on a fresh cache.
+ */
+export function decodeRate(model: LlamaModel, prompt: number[], tokens: number): number {
+  const { config } = model;
+  let best = Infinity;
+  for (let rep = 0; rep < 4; rep++) {
+    const cache = new KVCache(config, prompt.length + tokens + 1);
+    let logits = model.forward(prompt, cache, { last: true }); // as generate() prefills: logits of the last position
+    const t = performance.now();
+    for (let i = 0; i < tokens; i++) {
+      let next = 0;
+      for (let v = 1; v < config.vocabSize; v++) if (logits[v]! > logits[next]!) next = v;
+      logits = model.forward([next], cache);
+    }
+    if (rep > 0) best = Math.min(best, performance.now() - t);
+  }
+  return tokens / (best / 1000);
+}
+
+/** The same weights with every linear layer and the LM head rebuilt on `decodePool` (their rows split over its threads). */
+export function onDecodePool(model: LlamaModel, decodePool: DecodePool): LlamaModel {
+  const w = model.weights;
+  const options = { decodePool };
+  const split = (l: Linear): Linear => {
+    if (l instanceof CalderaLinear) return new CalderaLinear(l.d, l.bias, options);
+    if (l instanceof DenseF16Linear)
+      return new DenseF16Linear(l.bits, l.outFeatures, l.inFeatures, l.bias, l.format, options);
+    if (l instanceof DenseLinear) return new DenseLinear(l.weight, l.bias, options);
+    throw new Error('bench: unknown layer');
+  };
+  const blocks = w.blocks.map((b) => ({
+    ...b,
+    q: split(b.q),
+    k: split(b.k),
+    v: split(b.v),
+    o: split(b.o),
+    gate: split(b.gate),
+    up: split(b.up),
+    down: split(b.down),
+  }));
+  const head = w.head ? split(w.head) : new DenseLinear(w.lmHead!, null, options);
+  return new LlamaModel(model.config, { embed: w.embed, blocks, norm: w.norm, head });
+}
