@@ -1,13 +1,31 @@
-/** Decode measurements shared by the benchmark's cases (bench/run.ts, bench/large.ts). */
+/** Model building and decode measurements shared by the benchmark's cases (bench/run.ts, bench/large.ts). */
 import {
   CalderaLinear,
   DenseF16Linear,
   DenseLinear,
   KVCache,
   LlamaModel,
+  type BlockWeights,
   type DecodePool,
   type Linear,
+  type ModelConfig,
 } from '../src/index.js';
+
+/** `cfg.numLayers` transformer blocks whose seven linear layers `lin(m, n)` makes (norms of ones). */
+export function blocksOf(cfg: ModelConfig, lin: (m: number, n: number) => Linear): BlockWeights[] {
+  const { hiddenSize: d, intermediateSize: I, numHeads: H, numKvHeads: KV, headDim: hd } = cfg;
+  return Array.from({ length: cfg.numLayers }, () => ({
+    inputNorm: new Float32Array(d).fill(1),
+    postAttnNorm: new Float32Array(d).fill(1),
+    q: lin(H * hd, d),
+    k: lin(KV * hd, d),
+    v: lin(KV * hd, d),
+    o: lin(d, H * hd),
+    gate: lin(I, d),
+    up: lin(I, d),
+    down: lin(d, I),
+  }));
+}
 
 /**
  * Greedy decode tokens/s after `prompt`, as generate() runs it: best of 3 runs of `tokens` tokens after a warm-up run

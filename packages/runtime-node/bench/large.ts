@@ -13,9 +13,8 @@ import {
   DenseF16Linear,
   LlamaModel,
   parseModelConfig,
-  type BlockWeights,
 } from '../src/index.js';
-import { decodeRate, onDecodePool } from './decode.js';
+import { blocksOf, decodeRate, onDecodePool } from './decode.js';
 
 const cfg = parseModelConfig({
   architectures: ['LlamaForCausalLM'],
@@ -37,17 +36,7 @@ function emit(c: string, value: number, unit: string, refs: Record<string, unkno
 const { hiddenSize: d, intermediateSize: I, vocabSize: V, numHeads: H, numKvHeads: KV, headDim: hd } = cfg;
 const rng = new Rng(11);
 const lin = (m: number, n: number) => new CalderaLinear(randomDecomposition(m, n, RANK, rng));
-const blocks: BlockWeights[] = Array.from({ length: cfg.numLayers }, () => ({
-  inputNorm: new Float32Array(d).fill(1),
-  postAttnNorm: new Float32Array(d).fill(1),
-  q: lin(H * hd, d),
-  k: lin(KV * hd, d),
-  v: lin(KV * hd, d),
-  o: lin(d, H * hd),
-  gate: lin(I, d),
-  up: lin(I, d),
-  down: lin(d, I),
-}));
+const blocks = blocksOf(cfg, lin);
 const head = new DenseF16Linear(f32ArrayToF16(rng.fillNormal(new Float32Array(V * d), 0, 0.02)), V, d);
 const model = new LlamaModel(cfg, {
   embed: tensor('f16', [V, d], head.bits),

@@ -18,10 +18,9 @@ import {
   KVCache,
   LlamaModel,
   parseModelConfig,
-  type BlockWeights,
   type Linear,
 } from '../src/index.js';
-import { decodeRate, onDecodePool } from './decode.js';
+import { blocksOf, decodeRate, onDecodePool } from './decode.js';
 import { floors } from './floors.js';
 
 const quick = process.argv.includes('--quick');
@@ -57,7 +56,7 @@ function randomF32(n: number, seed: number): Float32Array {
 type Kind = 'f32' | 'f16' | 'caldera';
 
 function buildModel(kind: Kind, pool?: Pool): LlamaModel {
-  const { hiddenSize: d, intermediateSize: I, vocabSize: V, numHeads: H, numKvHeads: KV, headDim: hd } = cfg;
+  const { hiddenSize: d, vocabSize: V } = cfg;
   const rng = new Rng(7);
   let seed = 1;
   const lin = (m: number, n: number): Linear => {
@@ -67,17 +66,7 @@ function buildModel(kind: Kind, pool?: Pool): LlamaModel {
       ? new DenseF16Linear(f32ArrayToF16(w), m, n)
       : new DenseLinear(tensor('f32', [m, n], w));
   };
-  const blocks: BlockWeights[] = Array.from({ length: cfg.numLayers }, () => ({
-    inputNorm: new Float32Array(d).fill(1),
-    postAttnNorm: new Float32Array(d).fill(1),
-    q: lin(H * hd, d),
-    k: lin(KV * hd, d),
-    v: lin(KV * hd, d),
-    o: lin(d, H * hd),
-    gate: lin(I, d),
-    up: lin(I, d),
-    down: lin(d, I),
-  }));
+  const blocks = blocksOf(cfg, lin);
   const embed = tensor('f32', [V, d], randomF32(V * d, 999));
   const norm = new Float32Array(d).fill(1);
   // the tied embedding / LM head stays dense in every format, held as loadModel holds a checkpoint's: f32 for the f32
