@@ -1,4 +1,5 @@
 import { CalderaError, linearShape, type ModelConfig } from '@caldera/core';
+import { availableParallelism } from 'node:os';
 import {
   blockLinearNames,
   createDecodePool,
@@ -8,6 +9,7 @@ import {
   planLlama2cMemory,
   readLlama2cLayout,
   readModelLayout,
+  type DecodePool,
   type MemoryPlan,
 } from '@caldera/runtime-node';
 import {
@@ -61,8 +63,11 @@ async function withModel(
   const path = modelDirOf(a.positionals[0]);
   const threads = flagNumber(a, 'threads', 2, THREADS);
   const pool = poolFor(threads);
-  const decodePool = decode && threads > 1 ? createDecodePool({ threads }) : undefined;
+  // decode threads spin between a token's layers: never more of them than cores
+  const decodeThreads = Math.min(threads, availableParallelism());
+  let decodePool: DecodePool | undefined;
   try {
+    decodePool = decode && decodeThreads > 1 ? createDecodePool({ threads: decodeThreads }) : undefined;
     return await use(await openModel(path, flagString(a, 'tokenizer'), pool, decodePool), path);
   } finally {
     decodePool?.dispose();
@@ -143,8 +148,8 @@ Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Fa
   --stop STRING              stop when the output contains STRING (not printed)
   --seed S                   sampling seed, an integer in [0, 4294967295] (default 0)
   --threads N                threads for the prompt's products, 1 … 256 (default 2; 1 = the calling thread only),
-                             and for decoding each token (the rows of the larger layers split over them); the
-                             output does not depend on it
+                             and for decoding each token (the rows of the larger layers split over them; at most
+                             one per core); the output does not depend on it
   --tokenizer FILE           tokenizer.bin of a llama2.c model (default: beside the .bin)`;
 
 export async function generateCommand(a: Args): Promise<number> {

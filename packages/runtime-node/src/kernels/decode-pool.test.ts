@@ -1,4 +1,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { CalderaError, f32ArrayToBf16, f32ArrayToF16, Rng, tensor } from '@caldera/core';
 import { randomDecomposition, type Decomposition } from '@caldera/lowrank';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from '../linear.js';
@@ -289,5 +292,40 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
     } finally {
       p.dispose();
     }
+  });
+
+  it("the workers free a dropped layer's memory (a model reloaded on one pool does not grow)", async () => {
+    // this thread's own collector, as the workers get theirs (test only)
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    setFlagsFromString('--no-expose-gc');
+    const p = pool(2);
+    const rss = () => process.memoryUsage().rss / 2 ** 20;
+    gc();
+    const before = rss();
+    // 24 split dense layers of 8 MiB each, used once (so that the worker holds their memory), then dropped
+    (() => {
+      const rng = new Rng(29);
+      const x = rng.fillNormal(new Float32Array(1024));
+      for (let i = 0; i < 24; i++) {
+        const layer = new DenseLinear(tensor('f32', [2048, 1024], new Float32Array(2048 * 1024)), null, {
+          decodePool: p,
+        });
+        layer.forward(x, 1);
+      }
+    })();
+    const held = rss() - before;
+    expect(held).toBeGreaterThan(150);
+    // the layers' finalizers tell the workers, which drop and collect
+    let after = rss();
+    for (let i = 0; i < 100 && after - before > held / 2; i++) {
+      gc();
+      await sleep(20);
+      after = rss();
+    }
+    expect(
+      after - before,
+      `held ${held.toFixed(0)} MiB, then ${(after - before).toFixed(0)} MiB`,
+    ).toBeLessThan(held / 2);
   });
 });

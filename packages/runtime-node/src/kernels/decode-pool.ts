@@ -34,6 +34,10 @@ const FAILED_WHY = 5;
  */
 const STOPPED = 6;
 const STOPPED_FIN = 1 << 20;
+/** Workers that have started (their collector taken, warmed up): the pool waits for all before it is returned. */
+const READY = 7;
+/** How long a pool waits for its workers to start before it fails with E_DEVICE. */
+const START_TIMEOUT_MS = 30_000;
 /** Job id of a job that only makes the workers read their messages (dropped layers). */
 const NO_LAYER = -1;
 const CTRL_SLOTS = 8;
@@ -63,8 +67,9 @@ export interface DecodePool {
   /** True once {@link DecodePool.dispose} has been called. */
   readonly disposed: boolean;
   /**
-   * Stop the workers. A layer built with the pool then throws `E_VALUE` on products of fewer than 20 rows (those it
-   * would split); larger ones still run.
+   * Stop the workers (required to free their memory: a pool that is only dropped keeps its threads). A layer built
+   * with the pool then throws `E_VALUE` on the products it would split — a CALDERA layer's of fewer than 20 rows, a
+   * dense layer's of one row; others still run.
    */
   dispose(): void;
 }
@@ -89,11 +94,17 @@ export interface DecodeExecutor extends DecodePool {
   run(id: number, own: () => void): void;
   /** Let the workers drop layer `id`'s tasks once `owner` (the layer's kernel) has been garbage-collected. */
   track(owner: object, id: number): void;
+  /**
+   * `E_DEVICE` once a worker stopped (it may still be writing): for a layer's products that run on the caller alone but
+   * in a memory the workers also write. After `dispose()` the workers are gone, and such products run.
+   */
+  assertRunnable(): void;
 }
 
 interface NodeWorker {
   terminate(): unknown;
   unref(): void;
+  on(event: 'error' | 'exit', listener: () => void): void;
 }
 
 interface NodePort {
@@ -111,14 +122,16 @@ interface NodeWorkerThreads {
 }
 
 /**
- * A worker: warms up on its own tiny slice, then instantiates the shared-memory CALDERA module on each slice it is sent
- * and runs `splitRows` on the slice of each published job (slot numbers as above).
+ * A worker: warms up on its own tiny slice, then, for each layer it is sent, instantiates the shared-memory build of
+ * asm/caldera.ts (its own rows of Q̂) or asm/matvec.ts (a dense layer's memory, shared by all threads) and makes that
+ * layer's call on each published job (slot numbers as above).
  */
 const WORKER_SOURCE = `
 'use strict';
 const { workerData, receiveMessageOnPort } = require('node:worker_threads');
 const GEN = ${GEN}, QUIT = ${QUIT}, JOB = ${JOB}, FIN = ${FIN}, FAILED = ${FAILED}, FAILED_WHY = ${FAILED_WHY};
-const STOPPED = ${STOPPED}, STOPPED_FIN = ${STOPPED_FIN}, NO_LAYER = ${NO_LAYER}, SPIN = ${SPIN};
+const STOPPED = ${STOPPED}, STOPPED_FIN = ${STOPPED_FIN}, READY = ${READY}, NO_LAYER = ${NO_LAYER};
+const SPIN = ${SPIN};
 const ctrl = new Int32Array(workerData.ctrl);
 const modules = workerData.modules;
 const port = workerData.port;
@@ -133,15 +146,21 @@ function stopped() {
   Atomics.notify(ctrl, FIN);
 }
 process.on('exit', stopped);
+// A worker allocates almost nothing, so its heap is never collected by itself, and the memories of dropped layers would
+// stay alive: after dropping some, it collects explicitly, with the function of a context made while the pool has
+// --expose-gc set (until every worker is ready).
+const collect = require('node:vm').runInNewContext('gc');
 // new layers and dropped ones, in the order the calling thread posted them. Node's postMessage puts a message in the
 // receiving port's queue before it returns, so a layer registered before its first job is here by then; were it not,
 // the job reports FAILED_WHY 1 (E_DEVICE), it does not hang.
 function take() {
+  let dropped = false;
   for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) {
     const { id, task } = m.message;
-    if (task === undefined) layers.delete(id);
+    if (task === undefined) dropped = layers.delete(id) || dropped;
     else layers.set(id, { task, run: null });
   }
+  if (dropped) collect();
 }
 function runJob(id) {
   if (id === NO_LAYER || !layers.has(id)) take();
@@ -172,6 +191,8 @@ function serve() {
     const ex = new WebAssembly.Instance(modules.caldera, { env: { memory } }).exports;
     for (let i = 0; i < ${WARM_UP_CALLS}; i++) ex.splitRows(args[0]);
   }
+  Atomics.add(ctrl, READY, 1);
+  Atomics.notify(ctrl, READY);
   let gen = 0;
   for (;;) {
     let g = Atomics.load(ctrl, GEN);
@@ -240,6 +261,11 @@ class DecodePoolImpl implements DecodeExecutor {
     this.ctrl = new Int32Array(
       workers > 0 ? new SharedArrayBuffer(CTRL_SLOTS * 4) : new ArrayBuffer(CTRL_SLOTS * 4),
     );
+    // the workers take their collector from a context made while --expose-gc is set (V8 flags are per process): set
+    // until all have started, unless the process runs with it anyway
+    const v8 = workers > 0 ? getBuiltin<{ setFlagsFromString(f: string): void }>('node:v8') : undefined;
+    const exposed = typeof (globalThis as { gc?: unknown }).gc === 'function';
+    if (v8 && !exposed) v8.setFlagsFromString('--expose-gc');
     try {
       for (let i = 0; i < workers; i++) {
         const { port1, port2 } = new wt!.MessageChannel();
@@ -250,20 +276,34 @@ class DecodePoolImpl implements DecodeExecutor {
           transferList: [port2],
         });
         w.unref(); // an undisposed pool must not keep the process alive
+        // a worker that dies (an error in its thread, killed by Node) between products: the next one is E_DEVICE
+        w.on('error', () => this.markStopped());
+        w.on('exit', () => this.markStopped());
         this.workers.push(w);
       }
+      if (workers > 0) this.waitReady(workers);
     } catch (cause) {
       this.dispose();
-      throw new CalderaError(
-        'E_DEVICE',
-        `createDecodePool: could not start worker ${this.workers.length + 1}`,
-        {
-          cause,
-        },
-      );
+      throw new CalderaError('E_DEVICE', `createDecodePool: could not start ${workers} worker threads`, {
+        cause,
+      });
+    } finally {
+      if (v8 && !exposed) v8.setFlagsFromString('--no-expose-gc');
     }
     this.threads = this.workers.length + 1;
     if (workers > 0) warmUpCaller();
+  }
+
+  /** Block until all `workers` have started (a worker that fails counts as stopped), within the time limit. */
+  private waitReady(workers: number): void {
+    const deadline = Date.now() + START_TIMEOUT_MS;
+    for (let ready = Atomics.load(this.ctrl, READY); ready < workers && !this.stopped();) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`${workers - ready} of ${workers} workers did not start in time`);
+      Atomics.wait(this.ctrl, READY, ready, Math.min(left, 100));
+      ready = Atomics.load(this.ctrl, READY);
+    }
+    if (this.stopped()) throw new Error('a worker failed while starting');
   }
 
   get disposed(): boolean {
@@ -303,7 +343,7 @@ class DecodePoolImpl implements DecodeExecutor {
         // even when own() threw: the workers write into their memories until they report
         let done = Atomics.load(ctrl, FIN);
         for (let i = 0; done < workers && i < SPIN; i++) done = Atomics.load(ctrl, FIN);
-        while (done < workers) {
+        while (done < workers && !this.stopped()) {
           Atomics.wait(ctrl, FIN, done);
           done = Atomics.load(ctrl, FIN);
         }
@@ -325,6 +365,19 @@ class DecodePoolImpl implements DecodeExecutor {
   /** True once a worker has stopped (its thread failed or exited). */
   private stopped(): boolean {
     return Atomics.load(this.ctrl, STOPPED) !== 0;
+  }
+
+  /** A worker stopped, as the worker itself reports it (STOPPED, and FIN raised so that a waiting caller wakes). */
+  private markStopped(): void {
+    if (this._disposed || this.stopped()) return;
+    Atomics.store(this.ctrl, STOPPED, 1);
+    Atomics.add(this.ctrl, FIN, STOPPED_FIN);
+    Atomics.notify(this.ctrl, FIN);
+  }
+
+  assertRunnable(): void {
+    if (this.stopped())
+      throw new CalderaError('E_DEVICE', 'decode pool: a worker thread stopped; create a new pool');
   }
 
   private checkLive(): void {
@@ -357,13 +410,15 @@ export function createDecodePool(options: DecodePoolOptions = {}): DecodePool {
       'E_VALUE',
       `createDecodePool: threads must be an integer in [1, 256], got ${threads}`,
     );
-  const modules =
-    threads > 1
-      ? {
-          caldera: embeddedModule(CALDERA_SHARED_WASM_BASE64),
-          matvec: embeddedModule(MATVEC_SHARED_WASM_BASE64),
-        }
-      : { caldera: null, matvec: null };
+  // workers are possible in Node with shared memory only: elsewhere nothing is compiled or allocated
+  const possible =
+    threads > 1 && getBuiltin('node:worker_threads') !== undefined && typeof SharedArrayBuffer === 'function';
+  const modules = possible
+    ? {
+        caldera: embeddedModule(CALDERA_SHARED_WASM_BASE64),
+        matvec: embeddedModule(MATVEC_SHARED_WASM_BASE64),
+      }
+    : { caldera: null, matvec: null };
   // every instance writes its module's static data below KERNEL_BASE: check that it stays there (as the unshared
   // builds are checked)
   for (const [name, mod] of Object.entries(modules))

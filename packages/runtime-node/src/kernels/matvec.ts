@@ -228,6 +228,8 @@ export class WasmMatrix<K extends 'f32' | HalfFormat> {
   /** `y[r·m + i] = Σ_j x[r·n + j]·W[i, j]` for `rows ≤ maxRows` input rows. */
   matvec(x: Float32Array, rows: number, y: Float32Array): void {
     const { m, n } = this;
+    // a split layer's y is written by the workers too: with a stopped worker, none of its products is safe
+    if (this.split && rows > 1) this.split.pool.assertRunnable();
     if (this.split && rows === 1) {
       const { pool, id, rows: own } = this.split;
       this.xView.set(x.length === n ? x : x.subarray(0, n));
