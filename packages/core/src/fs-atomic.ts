@@ -63,6 +63,28 @@ export async function atomicWriteFile(
   }
 }
 
+/**
+ * Put the complete directory `tmp` in the place of `dir` (Node only; both on one file system): an existing `dir` is
+ * renamed aside to `<dir>.old-<random>` first, put back if `tmp` cannot take its place, and removed only once it has,
+ * so `dir` is at every moment the old directory or the new one. Errors are rethrown as they are.
+ */
+export async function replaceDir(tmp: string, dir: string): Promise<void> {
+  const fs = await nodeFs();
+  const exists = await fs.stat(dir).then(
+    () => true,
+    () => false,
+  );
+  const old = exists ? `${dir}.old-${tempSuffix()}` : undefined;
+  if (old) await fs.rename(dir, old);
+  try {
+    await fs.rename(tmp, dir);
+  } catch (e) {
+    if (old) await fs.rename(old, dir).catch(() => undefined);
+    throw e;
+  }
+  if (old) await fs.rm(old, { recursive: true, force: true });
+}
+
 /** Wrap a Node error as `E_IO` (or `E_ABORTED`); CalderaErrors pass through. */
 export function toCalderaError(e: unknown, what: string, signal?: AbortSignal): CalderaError {
   if (e instanceof CalderaError) return e;

@@ -1,6 +1,15 @@
-import { copyFile, rename, rm, writeFile } from 'node:fs/promises';
+import { copyFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CalderaError, cast, Rng, tempSuffix, tensor, writeSafetensors, type Tensor } from '@caldera/core';
+import {
+  CalderaError,
+  cast,
+  replaceDir,
+  Rng,
+  tempSuffix,
+  tensor,
+  writeSafetensors,
+  type Tensor,
+} from '@caldera/core';
 import {
   initTrainParams,
   parseModelConfig,
@@ -173,7 +182,6 @@ export async function trainCommand(a: Args): Promise<number> {
   // the model directory, written beside `out` and renamed into place
   const tmp = `${out}.tmp-${tempSuffix()}`;
   await makeDir(tmp);
-  let old: string | undefined;
   try {
     const shapes = trainParamShapes(cfg);
     const tensors: Record<string, Tensor> = {};
@@ -188,17 +196,11 @@ export async function trainCommand(a: Args): Promise<number> {
     await copyFile(logPath, join(tmp, 'training-log.jsonl'));
     // what is there now may only be replaced if it still is an earlier output (checked again: the run took a while)
     await checkOutDir(out, [], TRAIN_OUTPUT);
-    if (await exists(out)) {
-      old = `${out}.old-${tempSuffix()}`;
-      await rename(out, old);
-    }
-    await rename(tmp, out);
+    await replaceDir(tmp, out);
   } catch (e) {
-    if (old) await rename(old, out).catch(() => undefined);
     await rm(tmp, { recursive: true, force: true });
     throw e;
   }
-  if (old) await rm(old, { recursive: true, force: true });
   await rm(partial, { recursive: true, force: true });
   const summary = { event: 'done', out, steps: trainer.stepCount, seconds: (performance.now() - t0) / 1000 };
   if (json) console.log(JSON.stringify(summary));

@@ -1,5 +1,5 @@
 import { CalderaError } from '../errors.js';
-import { tempSuffix, toCalderaError } from '../fs-atomic.js';
+import { replaceDir, tempSuffix, toCalderaError } from '../fs-atomic.js';
 import { openSafetensors, type SafetensorsReader } from '../safetensors/reader.js';
 import { DTYPE_TO_SAFETENSORS, isSafetensorsDType } from '../safetensors/dtypes.js';
 import { writeSafetensors, type WritableTensor } from '../safetensors/writer.js';
@@ -74,7 +74,6 @@ export async function writeCheckpointDir(
     }
   }
   const tmp = `${dir}.tmp-${tempSuffix()}`;
-  let old: string | undefined;
   try {
     await fs.mkdir(tmp, { recursive: false });
     for (const [name, src] of copies) {
@@ -88,17 +87,11 @@ export async function writeCheckpointDir(
       ...(options.onProgress ? { onProgress: options.onProgress } : {}),
     });
     options.signal?.throwIfAborted();
-    if (exists) {
-      old = `${dir}.old-${tempSuffix()}`;
-      await fs.rename(dir, old);
-    }
-    await fs.rename(tmp, dir);
+    await replaceDir(tmp, dir);
   } catch (e) {
-    if (old) await fs.rename(old, dir).catch(() => undefined);
     await fs.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
     throw toCalderaError(e, `writing checkpoint ${dir}`, options.signal);
   }
-  if (old) await fs.rm(old, { recursive: true, force: true });
 }
 
 /** Read and validate `<dir>/caldera.json` (Node only). `E_MISSING` when absent, `E_FORMAT` when invalid. */
