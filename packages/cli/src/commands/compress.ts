@@ -556,7 +556,6 @@ export async function compressCommand(a: Args): Promise<number> {
   // Ctrl-C or SIGTERM stops the run from here on, the model's opening included: exit 130 (143), the committed work
   // kept for a rerun to resume
   const stop = onStopSignals();
-  const ctl = { signal: stop.signal };
   const bar = progressFor('compress', json);
   const interrupted = () => reportInterruption(out, base.propagate, stop.exitCode());
   // the source is read one block at a time (the embedding stays): compressModel and the Hessian chunks enter and
@@ -566,7 +565,7 @@ export async function compressCommand(a: Args): Promise<number> {
   let layers: LinearInfo[];
   let settings: RunSettings;
   try {
-    runner = await BlockLazyRunner.open(modelDir, { ...(pool ? { pool } : {}), signal: ctl.signal });
+    runner = await BlockLazyRunner.open(modelDir, { ...(pool ? { pool } : {}), signal: stop.signal });
     // calibration windows past max_position_embeddings would run on positions the model never saw: an explicit
     // --length beyond them is refused, the default is clamped to them
     const length = tokenWindow('length', base.length, 128, runner.config.maxPositions);
@@ -578,7 +577,7 @@ export async function compressCommand(a: Args): Promise<number> {
     stop.dispose();
     await runner?.close();
     pool?.dispose();
-    if (ctl.signal.aborted) return interrupted();
+    if (stop.signal.aborted) return interrupted();
     throw e;
   }
   const sourceModel = runner;
@@ -588,7 +587,7 @@ export async function compressCommand(a: Args): Promise<number> {
   const windowsOf = () => calibrationWindows(modelDir, settings, seed, sourceModel.config.bosTokenId);
   // hashing a large model's tensors takes a while: on the bar only (the JSON lines' first progress event is a layer's)
   const hashing: HashModelOptions = {
-    signal: ctl.signal,
+    signal: stop.signal,
     onProgress: ({ done, total }) => bar.update(done, total, undefined, 'hashing the source tensors'),
   };
   try {
@@ -599,7 +598,7 @@ export async function compressCommand(a: Args): Promise<number> {
       const fingerprint = await runFingerprint(modelDir, settings, seed, hashing);
       await checkResume(partial, fingerprint);
       // the source's perplexity now, before compressModel replaces layers
-      const held = await sourceBaseline(ctx, settings, sourceModel, partial, fingerprint.model, ctl.signal);
+      const held = await sourceBaseline(ctx, settings, sourceModel, partial, fingerprint.model, stop.signal);
       const results = await compressModel(sourceModel, windows, {
         compressLayer: (w, h, info, { signal, onProgress }) =>
           compressLayerWithSpec(w, h, info.name, layerSpec(settings, seed, info.name), {
@@ -610,7 +609,7 @@ export async function compressCommand(a: Args): Promise<number> {
         propagate: 'compressed',
         needsHessian: settings.method !== 'rtn',
         store: fileStore(partial, fingerprint),
-        signal: ctl.signal,
+        signal: stop.signal,
         onProgress: (p) => {
           const label = compressProgressLabel(p);
           // the fill advances within a layer too
@@ -685,7 +684,7 @@ export async function compressCommand(a: Args): Promise<number> {
         }));
         const { runOnQueue } = await import('./queue.js'); // BullMQ loads only for queue runs
         await runOnQueue(queue, a, tasks, {
-          signal: ctl.signal,
+          signal: stop.signal,
           onProgress: (d, t) => report('hessian', d, t),
           log: ctx.log,
         });
@@ -702,7 +701,7 @@ export async function compressCommand(a: Args): Promise<number> {
             continue;
           }
           const results = await runHessianChunks(work, plan, chunks, sourceModel, {
-            signal: ctl.signal,
+            signal: stop.signal,
             onProgress: ({ done: b, total: blocks }) =>
               report('hessian', done, all.length, {
                 fraction: b / blocks,
@@ -716,7 +715,7 @@ export async function compressCommand(a: Args): Promise<number> {
           report('hessian', done, all.length);
         }
       }
-      hessians = await reduceHessianChunks(work, plan, { signal: ctl.signal });
+      hessians = await reduceHessianChunks(work, plan, { signal: stop.signal });
     }
     const manifest = makeManifest({
       model: modelDir,
@@ -748,7 +747,7 @@ export async function compressCommand(a: Args): Promise<number> {
       }));
       const { runOnQueue } = await import('./queue.js');
       await runOnQueue(queue, a, tasks, {
-        signal: ctl.signal,
+        signal: stop.signal,
         onProgress: (d) => report('matrix', manifest.jobs.length - todo.length + d, manifest.jobs.length),
         log: ctx.log,
       });
@@ -758,7 +757,7 @@ export async function compressCommand(a: Args): Promise<number> {
       for (const j of mine) {
         const r = await executeMatrixJob(work, manifest, j, {
           ...(pool ? { pool } : {}),
-          signal: ctl.signal,
+          signal: stop.signal,
           onProgress: ({ fraction }) =>
             report('matrix', done, mine.length, {
               fraction,
@@ -786,13 +785,13 @@ export async function compressCommand(a: Args): Promise<number> {
       ctx,
       sourceModel,
       await heldOutOf(modelDir, settings, sourceModel.config),
-      ctl.signal,
+      stop.signal,
     );
     await sourceModel.close();
     await assemble(ctx, work, manifest, held);
     return 0;
   } catch (e) {
-    if (!ctl.signal.aborted) throw e;
+    if (!stop.signal.aborted) throw e;
     bar.done();
     return interrupted();
   } finally {

@@ -122,7 +122,6 @@ export async function exportCommand(a: Args): Promise<number> {
   const store = await openSafetensorsDir(src);
   // Ctrl-C or SIGTERM stops the write at its next tensor and removes the temporary directory
   const stop = onStopSignals();
-  const ctl = { signal: stop.signal };
   const bar = progressFor('export', json);
   const tmp = `${out.replace(/\/$/, '')}.tmp-${tempSuffix()}`;
   try {
@@ -130,7 +129,7 @@ export async function exportCommand(a: Args): Promise<number> {
     for (const name of store.names()) infos.set(name, await store.tensorInfo(name));
     // the tensors against caldera.json (headers only) before anything is written
     validateCalderaCheckpoint(meta, infos, src);
-    const tensors = exportTensors(store, infos, meta, dt, ctl.signal);
+    const tensors = exportTensors(store, infos, meta, dt, stop.signal);
     const names = Object.keys(tensors);
     await makeDir(tmp);
     const cfg: Record<string, unknown> = { ...config, torch_dtype: EXPORT_DTYPES[dt].torch };
@@ -142,7 +141,7 @@ export async function exportCommand(a: Args): Promise<number> {
     let done = 0;
     await writeSafetensors(join(tmp, 'model.safetensors'), tensors, {
       metadata: { format: 'pt' }, // what transformers requires of a PyTorch checkpoint
-      signal: ctl.signal,
+      signal: stop.signal,
       onProgress: (e) => {
         done++;
         const el = (performance.now() - t0) / 1000;
@@ -150,7 +149,7 @@ export async function exportCommand(a: Args): Promise<number> {
         bar.update(done, names.length, eta, e.tensor);
       },
     });
-    ctl.signal.throwIfAborted();
+    stop.signal.throwIfAborted();
     // --out is missing or an empty directory (checked above): the complete export takes its place
     if (await exists(out)) await rmdir(out);
     await rename(tmp, out);
@@ -167,7 +166,7 @@ export async function exportCommand(a: Args): Promise<number> {
   } catch (e) {
     bar.done();
     await rm(tmp, { recursive: true, force: true }).catch(() => undefined);
-    if (ctl.signal.aborted) {
+    if (stop.signal.aborted) {
       console.error('caldera export: interrupted; nothing written');
       return stop.exitCode();
     }

@@ -127,7 +127,6 @@ export async function finetuneCommand(a: Args): Promise<number> {
   const dropIfEmpty = () => rmdir(partial).catch(() => undefined);
   // Ctrl-C or SIGTERM: the state saved so far stays for a rerun to resume
   const stop = onStopSignals();
-  const ctl = { signal: stop.signal };
   const bar = progressFor('finetune', json);
   let result;
   try {
@@ -147,7 +146,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
         validation: '--valid (its text)',
         'starting factors': 'starting factors (the checkpoint, --ft-rank, --signs)',
       },
-      signal: ctl.signal,
+      signal: stop.signal,
       onProgress: (e) => {
         bar.update(
           e.step,
@@ -160,7 +159,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
     });
   } catch (e) {
     await dropIfEmpty();
-    if (ctl.signal.aborted) {
+    if (stop.signal.aborted) {
       bar.done();
       console.error(
         (await exists(partial))
