@@ -124,13 +124,12 @@ export async function checkOutDir(
     // the marker alone proves nothing (a project of the user's may have a caldera.json): it must be ours, and every
     // entry one that such an output holds, before the directory may be replaced
     const text = await readFile(join(out, output.marker), 'utf8').catch(() => null);
+    const ours = text !== null && (output.isMarker?.(text) ?? true);
     const foreign = output.files ? entries.filter((f) => !output.files!.includes(f)) : [];
-    if (text !== null && (output.isMarker?.(text) ?? true) && foreign.length === 0)
-      return checkOutWritable(out, flag);
-    what =
-      text === null || !(output.isMarker?.(text) ?? true)
-        ? `is a non-empty directory that is not ${output.kind} (its ${output.marker} is not one of ours; it holds ${list(entries)})`
-        : `is not only ${output.kind}: it also holds ${list(foreign)}`;
+    if (ours && foreign.length === 0) return checkOutWritable(out, flag);
+    what = !ours
+      ? `is a non-empty directory that is not ${output.kind} (its ${output.marker} is not one of ours; it holds ${list(entries)})`
+      : `is not only ${output.kind}: it also holds ${list(foreign)}`;
   }
   throw new CalderaError('E_VALUE', `${flag} ${out} ${what}: its files would be lost; ${advice}`);
 }
@@ -352,11 +351,9 @@ export async function openModel(
   pool?: Pool,
   decodePool?: DecodePool,
 ): Promise<OpenedModel> {
+  const threads = { ...(pool ? { pool } : {}), ...(decodePool ? { decodePool } : {}) };
   if (path.endsWith('.bin')) {
-    const { model, config } = await loadLlama2c(path, {
-      ...(pool ? { pool } : {}),
-      ...(decodePool ? { decodePool } : {}),
-    });
+    const { model, config } = await loadLlama2c(path, threads);
     const tokenizer = await Llama2cTokenizer.load(
       tokenizerPath ?? join(dirname(path), 'tokenizer.bin'),
       config.vocabSize,
@@ -375,10 +372,7 @@ export async function openModel(
       'E_VALUE',
       `--tokenizer applies to a llama2.c model (.bin); ${path} is a directory, whose tokenizer.json is used`,
     );
-  const { model, config, calderaMeta } = await loadModel(path, {
-    ...(pool ? { pool } : {}),
-    ...(decodePool ? { decodePool } : {}),
-  });
+  const { model, config, calderaMeta } = await loadModel(path, threads);
   const tokenizer = await loadTokenizer(path);
   return {
     model,
