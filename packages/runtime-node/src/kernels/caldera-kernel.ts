@@ -5,7 +5,7 @@ import { bumpAllocator, checkHeapBase, embeddedModule, KERNEL_BASE } from './was
 import { CALDERA_WASM_BASE64 } from '../generated/caldera-wasm.js';
 import type { CalderaBatchLayer, CodeSlice } from './batch-workspace.js';
 import type { DecodeExecutor, WorkerTask } from './decode-pool.js';
-import { evenBlocks } from './even-blocks.js';
+import { evenRanges, SPLIT_MIN_WEIGHTS } from './row-split.js';
 import { e8pLutTables } from './e8p-lut.js';
 
 /** End of the region fixed by asm/e8p.ts: the two 256-entry maps at {@link KERNEL_BASE}, then 2 × 2 groups' tables. */
@@ -42,12 +42,6 @@ export function rowMajorCodes(slices: readonly CodeSlice[], mp: number, np: numb
 }
 
 /**
- * Layers with fewer weights than this run whole on the calling thread even with a decode pool: below it the hand-off
- * to the workers (≈ 10–30 µs) is a large part of the product.
- */
-export const SPLIT_MIN_WEIGHTS = 1 << 18;
-
-/**
  * What one E8P code of the table-driven product costs in multiply-adds of the low-rank term's f32 products (measured on
  * the 2-core machine: ≈ 0.8 ns per code, ≈ 0.16 ns per multiply-add), to balance the threads' work.
  */
@@ -63,14 +57,7 @@ export function splitRanges(mp: number, np: number, rank: number, threads: numbe
   const rowCost = (np / 8) * CODE_COST; // in multiply-adds
   const share = (mp * rowCost + rank * (np + mp)) / threads;
   const own = Math.min(mp, Math.max(0, Math.round((share - rank * (np + mp)) / rowCost / 8) * 8));
-  const parts: [number, number][] = [[0, own]];
-  let row0 = own;
-  for (const blocks of evenBlocks(Math.ceil((mp - own) / 8), threads - 1)) {
-    const rows = Math.min(blocks * 8, mp - row0);
-    parts.push([row0, rows]);
-    row0 += rows;
-  }
-  return parts;
+  return [[0, own], ...evenRanges(own, mp, 8, threads - 1)];
 }
 
 /** L̂ row-major `[mp, k]` and R̂ `[k, np]`, decoded to f32 (empty for rank 0). */

@@ -6,7 +6,8 @@ import { CalderaError, f32ArrayToBf16, f32ArrayToF16, Rng, tensor } from '@calde
 import { randomDecomposition, type Decomposition } from '@caldera/lowrank';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from '../linear.js';
 import { heldBytes } from '../testing/held-bytes.js';
-import { CalderaKernel, splitRanges, SPLIT_MIN_WEIGHTS } from './caldera-kernel.js';
+import { CalderaKernel, splitRanges } from './caldera-kernel.js';
+import { SPLIT_MIN_WEIGHTS } from './row-split.js';
 import { createDecodePool, decodeExecutor, type DecodePool } from './decode-pool.js';
 import { denseRanges } from './matvec.js';
 

@@ -3,13 +3,7 @@ import { align16, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-modu
 import { MATVEC_WASM_BASE64 } from '../generated/matvec-wasm.js';
 import { MATVEC_SHARED_WASM_BASE64 } from '../generated/matvec-shared-wasm.js';
 import type { DecodeExecutor, WorkerTask } from './decode-pool.js';
-import { evenBlocks } from './even-blocks.js';
-
-/**
- * Dense layers with fewer weights than this keep their single-row products on the calling thread even with a decode
- * pool (the same bound as CALDERA layers': the hand-off costs ≈ 10–30 µs).
- */
-export const DENSE_SPLIT_MIN_WEIGHTS = 1 << 18;
+import { evenRanges, SPLIT_MIN_WEIGHTS } from './row-split.js';
 
 /**
  * The output-row ranges `[i0, rows]` of a dense `m × n` layer's single-row product over `threads` threads, the
@@ -17,15 +11,7 @@ export const DENSE_SPLIT_MIN_WEIGHTS = 1 << 18;
  * one thread or a small layer.
  */
 export function denseRanges(m: number, n: number, threads: number): [number, number][] {
-  if (threads <= 1 || m * n < DENSE_SPLIT_MIN_WEIGHTS) return [[0, m]];
-  const parts: [number, number][] = [];
-  let i0 = 0;
-  for (const blocks of evenBlocks(Math.ceil(m / 4), threads)) {
-    const rows = Math.min(blocks * 4, m - i0);
-    parts.push([i0, rows]);
-    i0 += rows;
-  }
-  return parts;
+  return threads <= 1 || m * n < SPLIT_MIN_WEIGHTS ? [[0, m]] : evenRanges(0, m, 4, threads);
 }
 
 /**
@@ -136,7 +122,7 @@ function wasmMatrixLayout(
  * place on every call (decode is memory-bound, so no per-call copy of W); only x and y cross the boundary.
  * `weights` is the view of W inside that memory (later writes to it must keep f16 values finite when they were: the
  * kernel for finite matrices is chosen once). With a decode pool of several threads and at least
- * {@link DENSE_SPLIT_MIN_WEIGHTS} weights the memory is shared: for one input row every thread's kernel instance
+ * {@link SPLIT_MIN_WEIGHTS} weights the memory is shared: for one input row every thread's kernel instance
  * computes a range of the output rows from the same W ({@link denseRanges}), to the same bits. {@link WasmMatrix.create}
  * returns null when WebAssembly SIMD is unavailable or W does not fit in one memory (4 GiB), and callers keep the
  * TypeScript loops.
