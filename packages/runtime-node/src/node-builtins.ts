@@ -16,3 +16,12 @@ export const nodeFs = (): Promise<FsPromises> => load<FsPromises>('fs/promises')
 
 /** `node:path`, loaded on first use (Node only). */
 export const nodePath = (): Promise<PathModule> => load<PathModule>('path');
+
+/**
+ * A Node built-in loaded synchronously through `process.getBuiltinModule` (Node ≥ 20.16), or undefined elsewhere (a
+ * page, a Web Worker, an older Node): no import a browser bundler would follow.
+ */
+export function nodeBuiltinSync<T>(name: string): T | undefined {
+  const proc = (globalThis as { process?: { getBuiltinModule?: (id: string) => unknown } }).process;
+  return proc?.getBuiltinModule?.(name) as T | undefined;
+}

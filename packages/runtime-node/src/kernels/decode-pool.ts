@@ -15,6 +15,7 @@ import { CalderaError } from '@caldera/core';
 import { CALDERA_SHARED_WASM_BASE64 } from '../generated/caldera-shared-wasm.js';
 import { MATVEC_SHARED_WASM_BASE64 } from '../generated/matvec-shared-wasm.js';
 import { WARM_UP_CALLS, warmUpCaller, warmUpSlice } from './caldera-kernel.js';
+import { nodeBuiltinSync } from '../node-builtins.js';
 import { checkHeapBase, embeddedModule } from './wasm-module.js';
 
 /** Control block slots (i32). */
@@ -218,14 +219,8 @@ try {
 }
 `;
 
-/** A Node built-in, loaded synchronously (`process.getBuiltinModule`), or undefined outside Node. */
-function getBuiltin<T>(name: string): T | undefined {
-  const proc = (globalThis as { process?: { getBuiltinModule?: (n: string) => unknown } }).process;
-  return proc?.getBuiltinModule?.(name) as T | undefined;
-}
-
 function defaultThreads(): number {
-  const os = getBuiltin<{ availableParallelism?: () => number; cpus(): unknown[] }>('node:os');
+  const os = nodeBuiltinSync<{ availableParallelism?: () => number; cpus(): unknown[] }>('node:os');
   return Math.min(16, os ? (os.availableParallelism?.() ?? os.cpus().length) : 1);
 }
 
@@ -255,15 +250,15 @@ class DecodePoolImpl implements DecodeExecutor {
     threads: number,
     modules: { caldera: WebAssembly.Module | null; matvec: WebAssembly.Module | null },
   ) {
-    const wt = getBuiltin<NodeWorkerThreads>('node:worker_threads');
-    const usable = modules.caldera && modules.matvec && typeof SharedArrayBuffer === 'function';
-    const workers = wt && usable ? threads - 1 : 0;
+    // the modules are compiled only where workers are possible (createDecodePool)
+    const wt = nodeBuiltinSync<NodeWorkerThreads>('node:worker_threads');
+    const workers = wt && modules.caldera && modules.matvec ? threads - 1 : 0;
     this.ctrl = new Int32Array(
       workers > 0 ? new SharedArrayBuffer(CTRL_SLOTS * 4) : new ArrayBuffer(CTRL_SLOTS * 4),
     );
     // the workers take their collector from a context made while --expose-gc is set (V8 flags are per process): set
     // until all have started, unless the process runs with it anyway
-    const v8 = workers > 0 ? getBuiltin<{ setFlagsFromString(f: string): void }>('node:v8') : undefined;
+    const v8 = workers > 0 ? nodeBuiltinSync<{ setFlagsFromString(f: string): void }>('node:v8') : undefined;
     const exposed = typeof (globalThis as { gc?: unknown }).gc === 'function';
     if (v8 && !exposed) v8.setFlagsFromString('--expose-gc');
     try {
@@ -382,8 +377,7 @@ class DecodePoolImpl implements DecodeExecutor {
 
   private checkLive(): void {
     if (this._disposed) throw new CalderaError('E_VALUE', 'decode pool: used after dispose()');
-    if (this.stopped())
-      throw new CalderaError('E_DEVICE', 'decode pool: a worker thread stopped; create a new pool');
+    this.assertRunnable();
   }
 
   dispose(): void {
@@ -412,7 +406,9 @@ export function createDecodePool(options: DecodePoolOptions = {}): DecodePool {
     );
   // workers are possible in Node with shared memory only: elsewhere nothing is compiled or allocated
   const possible =
-    threads > 1 && getBuiltin('node:worker_threads') !== undefined && typeof SharedArrayBuffer === 'function';
+    threads > 1 &&
+    nodeBuiltinSync('node:worker_threads') !== undefined &&
+    typeof SharedArrayBuffer === 'function';
   const modules = possible
     ? {
         caldera: embeddedModule(CALDERA_SHARED_WASM_BASE64),

@@ -3,6 +3,7 @@
  * fine-tuning run's starting factors) without `node:crypto`, so that the package imports in a browser. The digests are
  * those of `node:crypto`'s `createHash('sha256')` (checked in sha256.test.ts); strings are hashed as UTF-8, as there.
  */
+import { nodeBuiltinSync } from '../node-builtins.js';
 
 const K = new Uint32Array([
   0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
@@ -128,8 +129,7 @@ type NodeCrypto = typeof import('node:crypto');
  * run's starting factors, ~1 GB on a 7B model), else the plain-JavaScript {@link Sha256}. Both give the same digests.
  */
 export function createSha256(): Sha256Hasher {
-  const proc = (globalThis as { process?: { getBuiltinModule?: (id: string) => unknown } }).process;
-  const crypto = proc?.getBuiltinModule?.('node:crypto') as NodeCrypto | undefined;
+  const crypto = nodeBuiltinSync<NodeCrypto>('node:crypto');
   if (!crypto) return new Sha256();
   const h = crypto.createHash('sha256');
   const hasher: Sha256Hasher = {
