@@ -68,6 +68,11 @@ function unknownOption(flag: string, spec: CommandSpec): UsageError {
   return new UsageError(`unknown option ${flag}${near ? `; did you mean --${best}?` : ''}`);
 }
 
+/** The options among `names` given on the command line, as `--name`, in the order of `names`. */
+export function givenFlags(a: Args, names: readonly string[]): string[] {
+  return names.filter((n) => a.flags.has(n)).map((n) => `--${n}`);
+}
+
 /**
  * Split a command line into positionals and options. With `spec` (what the command accepts), an unknown option, a
  * value option without a value, a switch given a value (`--json=x`), a single-dash word (`-text`) or a positional

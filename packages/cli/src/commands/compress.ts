@@ -51,6 +51,7 @@ import { BlockLazyRunner, loadModel, perplexity, readJsonFile, settingsDiff } fr
 import {
   flagNumber,
   flagString,
+  givenFlags,
   POSITIVE,
   POSITIVE_INT,
   NON_NEGATIVE_INT,
@@ -229,13 +230,7 @@ function settingsFromFlags(a: Args): Omit<RunSettings, 'ranks' | 'length'> & { l
 /** The rank options, checked before any work (their limits, which depend on the layers, by chooseRanks). */
 function rankChoiceOf(a: Args, method: Method, widths: ReturnType<typeof widthsOf>): RankChoice {
   if (method !== 'caldera' && method !== 'lplr') {
-    const given = [
-      a.flags.has('lr-bits') && '--lr-bits',
-      a.flags.has('rank') && '--rank',
-      a.flags.has('bits') && '--bits',
-      a.flags.has('max-bytes') && '--max-bytes',
-      a.flags.has('layer-rank') && '--layer-rank',
-    ].filter(Boolean);
+    const given = givenFlags(a, ['lr-bits', 'rank', 'bits', 'max-bytes', 'layer-rank']);
     if (given.length > 0)
       throw new CalderaError(
         'E_VALUE',
@@ -244,11 +239,7 @@ function rankChoiceOf(a: Args, method: Method, widths: ReturnType<typeof widthsO
       );
   }
   // one budget: two of them given, one would be silently ignored (--rank wins over both, --max-bytes over --bits)
-  const budgets = [
-    a.flags.has('rank') && '--rank',
-    a.flags.has('max-bytes') && '--max-bytes',
-    a.flags.has('bits') && '--bits',
-  ].filter(Boolean);
+  const budgets = givenFlags(a, ['rank', 'max-bytes', 'bits']);
   if (budgets.length > 1)
     throw new CalderaError(
       'E_VALUE',
