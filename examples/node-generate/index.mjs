@@ -6,7 +6,7 @@ import { createDecodePool, generate, loadModel, loadTokenizer } from '@caldera/r
 
 const dir = process.argv[2] ?? referenceModelDir();
 const prompt = process.argv[3] ?? 'The jury said';
-const decodePool = createDecodePool({ threads: 2 });
+const decodePool = await createDecodePool({ threads: 2 });
 const { model, config } = await loadModel(dir, { decodePool });
 const tok = await loadTokenizer(dir);
 const ids = [config.bosTokenId ?? 0, ...tok.encode(prompt)];

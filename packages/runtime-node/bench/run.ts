@@ -3,7 +3,8 @@
  * decode pool) of a ~100 M-parameter
  * Llama-shaped model with random weights in f32, f16 and CALDERA (rank 64, 2-bit E8P Q, 4-bit lattice L/R), resident
  * memory, and the measured checkpoint size of a 4096×4096 CALDERA layer vs f16. JSON Lines on stdout. `--quick`: fewer
- * tokens; `--large`: also a TinyLlama-1.1B-shaped CALDERA model's decode on 1 and 2 threads (bench/large.ts).
+ * tokens; `--large`: also a TinyLlama-1.1B-shaped CALDERA model's decode on 1 and 2 threads (bench/large.ts);
+ * `--browser`: also decode in headless Chromium on 1 and 2 threads (bench/browser.ts).
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -96,7 +97,7 @@ function prefillRate(model: LlamaModel, prompt: number[]): number {
   return prompt.length / (best / 1000);
 }
 
-function run(kind: Kind): {
+async function run(kind: Kind): Promise<{
   prefill: number;
   prefill2t: number;
   decode: number;
@@ -104,7 +105,7 @@ function run(kind: Kind): {
   rssMB: number;
   linearMB: number;
   weightBytes: number;
-} {
+}> {
   globalThis.gc?.();
   const rss0 = process.memoryUsage().rss;
   const model = buildModel(kind);
@@ -119,7 +120,7 @@ function run(kind: Kind): {
   pool.dispose();
   const decode = decodeRate(model, prompt, DECODE);
   // with a 2-thread decode pool: every layer's and the head's single-row products split over both cores
-  const decodePool = createDecodePool({ threads: 2 });
+  const decodePool = await createDecodePool({ threads: 2 });
   const decode2t = decodeRate(onDecodePool(model, decodePool), prompt, DECODE);
   decodePool.dispose();
   // everything a decode step reads: the linear layers and the LM head (f32 in the f32 model, f16 otherwise)
@@ -151,10 +152,10 @@ const shape = {
 const only = process.argv.find((a) => a.startsWith('--kind='))?.slice(7) as Kind | undefined;
 if (only) {
   // child mode: one model per process, so that its resident memory is measured alone
-  console.log(JSON.stringify(run(only)));
+  console.log(JSON.stringify(await run(only)));
   process.exit(0);
 }
-const res = {} as Record<Kind, ReturnType<typeof run>>;
+const res = {} as Record<Kind, Awaited<ReturnType<typeof run>>>;
 for (const kind of ['f32', 'f16', 'caldera'] as Kind[]) {
   const child = spawnSync(
     process.execPath,
@@ -162,7 +163,9 @@ for (const kind of ['f32', 'f16', 'caldera'] as Kind[]) {
     { encoding: 'utf8' },
   );
   if (child.status !== 0) throw new Error(`bench child ${kind} failed: ${child.stderr}`);
-  const r = (res[kind] = JSON.parse(child.stdout.trim().split('\n').pop()!) as ReturnType<typeof run>);
+  const r = (res[kind] = JSON.parse(child.stdout.trim().split('\n').pop()!) as Awaited<
+    ReturnType<typeof run>
+  >);
   if (kind !== 'caldera') {
     emit(`prefill_${kind}`, r.prefill, 'tokens/s', shape);
     emit(`prefill_${kind}_2threads`, r.prefill2t, 'tokens/s', shape);
@@ -212,7 +215,7 @@ emit('rss_caldera', c.rssMB, 'MiB', { linearWeightsMiB: c.linearMB });
 // and with its rows split over a 2-thread decode pool.
 {
   const rng = new Rng(5);
-  const decodePool = createDecodePool({ threads: 2 });
+  const decodePool = await createDecodePool({ threads: 2 });
   const best = (layer: CalderaLinear, x: Float32Array) => {
     let ms = Infinity;
     for (let rep = 0; rep < 8; rep++) {
@@ -266,6 +269,21 @@ if (process.argv.includes('--large')) {
     { encoding: 'utf8', stdio: ['ignore', 'inherit', 'inherit'] },
   );
   if (large.status !== 0) throw new Error('bench: large decode failed');
+}
+
+// decode in headless Chromium, on the page's Web Worker and with a 2-thread decode pool of Web Workers (`--browser`
+// only: ≈ 30 s; bench/browser.ts, its own process)
+if (process.argv.includes('--browser')) {
+  const browser = spawnSync(
+    process.execPath,
+    [
+      ...process.execArgv,
+      fileURLToPath(new URL('./browser.ts', import.meta.url)),
+      ...(quick ? ['--quick'] : []),
+    ],
+    { encoding: 'utf8', stdio: ['ignore', 'inherit', 'inherit'] },
+  );
+  if (browser.status !== 0) throw new Error('bench: browser decode failed');
 }
 
 // training cases (their own process, so the inference models above are freed)

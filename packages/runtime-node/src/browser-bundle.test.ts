@@ -116,7 +116,7 @@ describe('browser build', () => {
       serializeSafetensors: typeof serializeSafetensors;
     };
     // no worker threads in a page's context: a decode pool has none, and nothing is compiled or allocated for it
-    const decodePool = rt.createDecodePool({ threads: 4 });
+    const decodePool = await rt.createDecodePool({ threads: 4 });
     expect(decodePool.threads).toBe(1);
     decodePool.dispose();
     // the page's build compiles the same WebAssembly SIMD kernels as Node does here

@@ -159,8 +159,9 @@ describe('llama2.c import', () => {
         expect(heldBytes(model.weights, head), `untied ${untied}, ${dtype}`).toBe(plans[0]!.weightBytes);
         expect(heldBytes(head)).toBe(plans[0]!.parts.lmHead);
         expect(planLlama2cMemory(config, dtype)).toEqual(plans[0]);
-        // with a decode pool the loader builds the head itself: the same plan, bytes and logits
-        const decodePool = createDecodePool({ threads: 2 });
+        // with a decode pool (this model's layers are too small to split, its head then too: headSplits): the same
+        // plan, bytes and logits
+        const decodePool = await createDecodePool({ threads: 2 });
         try {
           const pooled = await loadLlama2c(path, { dtype, decodePool });
           const pooledHead = (pooled.model as unknown as { head: unknown }).head;

@@ -14,6 +14,7 @@ import { DenseF16Linear, DenseLinear, type Linear } from './linear.js';
 import { LlamaModel, type BlockWeights, type LlamaModelOptions } from './model.js';
 import { checkPathArgument } from './json-file.js';
 import type { DecodePool } from './kernels/decode-pool.js';
+import { headSplits } from './kernels/row-split.js';
 import type { TextTokenizer } from './tokenizer.js';
 
 async function readBytes(path: string): Promise<Uint8Array> {
@@ -231,11 +232,11 @@ export async function loadLlama2c(
       return out;
     };
     /** A linear layer as held under `dtype`: the f32 array itself, or its f16 rounding (the f32 array then dropped). */
-    const lin = (w: Float32Array, m: number, n: number, name: string): Linear => {
-      if (dtype !== 'f16') return new DenseLinear(tensor('f32', [m, n], w), null, linearOptions);
+    const lin = (w: Float32Array, m: number, n: number, name: string, options = linearOptions): Linear => {
+      if (dtype !== 'f16') return new DenseLinear(tensor('f32', [m, n], w), null, options);
       const bits = f32ArrayToF16(w);
       assertFinite(tensor('f16', [m, n], bits), `${path}: ${name} rounded to f16`);
-      return new DenseF16Linear(bits, m, n, null, 'f16', linearOptions);
+      return new DenseF16Linear(bits, m, n, null, 'f16', options);
     };
     /**
      * One section, the same tensor of every layer, each turned into what the model holds as soon as it is read: no
@@ -279,9 +280,12 @@ export async function loadLlama2c(
       up: up[l]!,
       down: down[l]!,
     }));
-    // an f16 head, or with a decode pool an f32 one built here (the model would build it without the pool): a tied f32
-    // head's kernel copy is then the embedding too, as the model does it
-    const head = dtype === 'f16' || decodePool ? lin(lmHead.data, vocab, dim, 'classifier') : undefined;
+    // an f16 head, or with a decode pool that splits it an f32 one built here (the model would build it without the
+    // pool): a tied f32 head's kernel copy is then the embedding too, as the model does it
+    const headPool =
+      decodePool && headSplits({ hiddenSize: dim, intermediateSize: hidden }) ? linearOptions : null;
+    const head =
+      dtype === 'f16' || headPool ? lin(lmHead.data, vocab, dim, 'classifier', headPool ?? {}) : undefined;
     const sharedTable = head instanceof DenseLinear && lmHead === embed;
     const model = new LlamaModel(
       config,

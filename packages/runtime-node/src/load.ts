@@ -23,6 +23,7 @@ import {
   type TensorLayout,
 } from './layout.js';
 import type { DecodePool } from './kernels/decode-pool.js';
+import { headSplits } from './kernels/row-split.js';
 import { LlamaModel, type BlockWeights } from './model.js';
 import type { MemoryPlan } from './memory-plan.js';
 
@@ -187,7 +188,13 @@ async function loadFromLayout(
   const { hiddenSize: d, vocabSize: V } = config;
   const embed = await readHeld(store, layout.embed.name, dtype);
   const heldHead = layout.lmHead === layout.embed ? embed : await readHeld(store, layout.lmHead.name, dtype);
-  const embedding = embeddingAndHead(embed, heldHead, V, d, options.decodePool);
+  const embedding = embeddingAndHead(
+    embed,
+    heldHead,
+    V,
+    d,
+    headSplits(config) ? options.decodePool : undefined,
+  );
   const blocks: BlockWeights[] = [];
   for (let b = 0; b < config.numLayers; b++) {
     blocks.push(await readBlockWeights(store, layout, b, dtype, options.decodePool));

@@ -153,6 +153,51 @@ describe('the memory plan (onPlan, readModelLayout().memory) is what the loaded 
     );
   });
 
+  it("a decode pool splits the LM head only when the blocks' MLP layers are split too (headSplits)", async () => {
+    // a 4096 × 64 head (2¹⁸ weights, the threshold) with an MLP of 128 (below it) or 4096 (at it) per block
+    const decodePool = await createDecodePool({ threads: 2 });
+    try {
+      for (const intermediate of [128, 4096]) {
+        const config = {
+          architectures: ['LlamaForCausalLM'],
+          hidden_size: 64,
+          intermediate_size: intermediate,
+          num_hidden_layers: 1,
+          num_attention_heads: 4,
+          num_key_value_heads: 2,
+          vocab_size: 4096,
+          tie_word_embeddings: true,
+        };
+        const store = await openSafetensors(
+          await serializeSafetensors(randomModel(parseModelConfig(config), 6).raw),
+          'model.safetensors',
+        );
+        const { model } = await loadModelFromStore({ config, calderaMeta: null, store }, { decodePool });
+        // a split dense layer keeps its weights in a shared memory: the shared buffers its arrays view
+        const shared = (root: unknown) => {
+          const buffers = new Set<unknown>();
+          const seen = new Set<unknown>();
+          const visit = (v: unknown): void => {
+            if (v === null || typeof v !== 'object' || seen.has(v)) return;
+            seen.add(v);
+            if (ArrayBuffer.isView(v)) {
+              if (v.buffer instanceof SharedArrayBuffer) buffers.add(v.buffer);
+            } else for (const x of Object.values(v)) visit(x);
+          };
+          visit(root);
+          return buffers.size;
+        };
+        const head = (model as unknown as { head: unknown }).head;
+        expect(shared(head), `intermediate ${intermediate}`).toBe(intermediate === 4096 ? 1 : 0);
+        expect(shared(model.weights.blocks[0]!.up), `intermediate ${intermediate}`).toBe(
+          intermediate === 4096 ? 1 : 0,
+        );
+      }
+    } finally {
+      decodePool.dispose();
+    }
+  });
+
   it("with a decode pool: the workers' memories are counted exactly, and the logits are the same to the bit", async () => {
     // layers at and above the split threshold (2¹⁸ weights: q, o 512 × 512; gate, up, down 1024 × 512; the 512 × 512
     // head), k and v below it (128 × 512)
@@ -200,7 +245,7 @@ describe('the memory plan (onPlan, readModelLayout().memory) is what the loaded 
         }),
       }),
     };
-    const decodePool = createDecodePool({ threads: 3 });
+    const decodePool = await createDecodePool({ threads: 3 });
     try {
       for (const [what, dir] of Object.entries(dirs)) {
         const alone = await loadModel(dir);

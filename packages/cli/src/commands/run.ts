@@ -67,7 +67,7 @@ async function withModel(
   const decodeThreads = Math.min(threads, availableParallelism());
   let decodePool: DecodePool | undefined;
   try {
-    decodePool = decode && decodeThreads > 1 ? createDecodePool({ threads: decodeThreads }) : undefined;
+    decodePool = decode && decodeThreads > 1 ? await createDecodePool({ threads: decodeThreads }) : undefined;
     return await use(await openModel(path, flagString(a, 'tokenizer'), pool, decodePool), path);
   } finally {
     decodePool?.dispose();

@@ -135,13 +135,22 @@ interface Instance {
 export class BatchWorkspace {
   private instance: Instance | null = null;
 
-  /** Null where WebAssembly SIMD is unavailable. */
+  /**
+   * Null where WebAssembly SIMD is unavailable or no memory can be reserved for the workspace (a browser process out of
+   * address space for WebAssembly memories), as the layers' kernels: the batch paths then run in TypeScript.
+   */
   private get(): Instance | null {
     if (this.instance) return this.instance;
     const mod = embeddedModule(BATCH_WASM_BASE64);
     if (!mod) return null;
-    const memory = new WebAssembly.Memory({ initial: Math.ceil(TABLES_END / 65536), maximum: 65536 });
-    const exports = new WebAssembly.Instance(mod, { env: { memory } }).exports;
+    let memory: WebAssembly.Memory;
+    let exports: WebAssembly.Exports;
+    try {
+      memory = new WebAssembly.Memory({ initial: Math.ceil(TABLES_END / 65536), maximum: 65536 });
+      exports = new WebAssembly.Instance(mod, { env: { memory } }).exports;
+    } catch {
+      return null;
+    }
     checkHeapBase(exports, 'batch workspace');
     const t = e8pDecodeTables();
     const buf = memory.buffer;
@@ -153,7 +162,7 @@ export class BatchWorkspace {
     return this.instance;
   }
 
-  /** True where the batch path can run (WebAssembly SIMD). */
+  /** True where the batch path can run (WebAssembly SIMD, and its memory reserved). */
   get available(): boolean {
     return this.get() !== null;
   }

@@ -485,7 +485,7 @@ function workerPart(
   } catch (cause) {
     throw new CalderaError(
       'E_DEVICE',
-      `decode pool: could not allocate a worker's memory (${pages * 64} KiB) for rows ${row0}…${row0 + rows - 1} of a ${d.shape[0]}×${d.shape[1]} layer`,
+      `decode pool: could not allocate a worker's memory (${pages * 64} KiB) for rows ${row0}…${row0 + rows - 1} of a ${d.shape[0]}×${d.shape[1]} layer (out of memory, or of address space for WebAssembly memories: a Chromium renderer holds about 120)`,
       { cause },
     );
   }

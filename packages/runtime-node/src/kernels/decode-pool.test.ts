@@ -12,8 +12,8 @@ import { createDecodePool, decodeExecutor, type DecodePool } from './decode-pool
 import { denseRanges } from './matvec.js';
 
 const pools: DecodePool[] = [];
-const pool = (threads: number): DecodePool => {
-  const p = createDecodePool({ threads });
+const pool = async (threads: number): Promise<DecodePool> => {
+  const p = await createDecodePool({ threads });
   pools.push(p);
   return p;
 };
@@ -69,9 +69,9 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
     expect(splitRanges(4096, 4096, 64, 1)).toEqual([[0, 4096]]);
   });
 
-  it('gives the same bits as the layer alone: one row, a few rows, the batch path, and the codes it rebuilds', () => {
+  it('gives the same bits as the layer alone: one row, a few rows, the batch path, and the codes it rebuilds', async () => {
     const rng = new Rng(3);
-    const pools = [2, 3, 4].map((threads) => pool(threads));
+    const pools = await Promise.all([2, 3, 4].map((threads) => pool(threads)));
     for (const { name, d, split } of layers()) {
       const [m, n] = d.shape;
       const alone = new CalderaLinear(d);
@@ -115,7 +115,7 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
     }
   });
 
-  it('more threads than parts (8 and 16): the workers without rows of a layer skip it, the output is the same', () => {
+  it('more threads than parts (8 and 16): the workers without rows of a layer skip it, the output is the same', async () => {
     const rng = new Rng(19);
     const ds = [
       randomDecomposition(256, 1024, 8, rng), // 32 blocks of 8 rows: fewer than 16 threads' shares of the caller's
@@ -123,7 +123,7 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
       randomDecomposition(8, 32768, 0, rng), // one block: one part in all
     ];
     for (const threads of [8, 16]) {
-      const p = pool(threads);
+      const p = await pool(threads);
       for (const d of ds) {
         const [mp, np] = d.padded;
         const parts = splitRanges(mp, np, d.rank, threads);
@@ -144,12 +144,12 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
     }
   });
 
-  it('a worker computes its rows: the same layer on two pools, and many layers on one, interleaved', () => {
+  it('a worker computes its rows: the same layer on two pools, and many layers on one, interleaved', async () => {
     const rng = new Rng(5);
-    const p = pool(2);
+    const p = await pool(2);
     const ds = [0, 1, 2].map(() => randomDecomposition(1024, 512, 16, rng));
     const pooled = ds.map((d) => new CalderaLinear(d, null, { decodePool: p }));
-    const other = new CalderaLinear(ds[0]!, null, { decodePool: pool(3) });
+    const other = new CalderaLinear(ds[0]!, null, { decodePool: await pool(3) });
     const alone = ds.map((d) => new CalderaLinear(d));
     for (let step = 0; step < 20; step++) {
       const i = step % 3;
@@ -177,20 +177,20 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
     expect(heldBytes(pooled[0]!)).toBeGreaterThan(heldBytes(alone[0]!));
   });
 
-  it('one thread starts no worker and splits nothing; bad threads, a foreign pool and a disposed pool are E_VALUE', () => {
+  it('one thread starts no worker and splits nothing; bad threads, a foreign pool and a disposed pool are E_VALUE', async () => {
     const rng = new Rng(9);
     const d = randomDecomposition(1024, 1024, 8, rng);
-    const one = pool(1);
+    const one = await pool(1);
     expect(one.threads).toBe(1);
     expect(heldBytes(new CalderaLinear(d, null, { decodePool: one }))).toBe(heldBytes(new CalderaLinear(d)));
     for (const threads of [0, -1, 1.5, 257, Number.NaN])
-      expect(() => createDecodePool({ threads }), String(threads)).toThrow(
+      await expect(createDecodePool({ threads }), String(threads)).rejects.toThrow(
         /E_VALUE: createDecodePool: threads/,
       );
     expect(
       () => new CalderaLinear(d, null, { decodePool: { threads: 2, disposed: false, dispose() {} } }),
     ).toThrow(/E_VALUE: decodePool: not a pool from createDecodePool/);
-    const p = createDecodePool({ threads: 2 });
+    const p = await createDecodePool({ threads: 2 });
     const layer = new CalderaLinear(d, null, { decodePool: p });
     const x = rng.fillNormal(new Float32Array(1024));
     expect(layer.forward(x, 1)).toEqual(new CalderaLinear(d).forward(x, 1));
@@ -215,10 +215,10 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
     );
   });
 
-  it("a worker's failure and the caller's are reported after every thread has finished, and the pool goes on", () => {
+  it("a worker's failure and the caller's are reported after every thread has finished, and the pool goes on", async () => {
     const rng = new Rng(13);
     const d = randomDecomposition(1024, 512, 8, rng);
-    const p = pool(3);
+    const p = await pool(3);
     const layer = new CalderaLinear(d, null, { decodePool: p });
     const alone = new CalderaLinear(d);
     const x = rng.fillNormal(new Float32Array(512));
@@ -237,7 +237,7 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
     expect(layer.forward(x, 1)).toEqual(alone.forward(x, 1));
   });
 
-  it('a dense layer (f32, f16 finite and with infinities, bf16) on a pool gives the same bits and holds the same bytes', () => {
+  it('a dense layer (f32, f16 finite and with infinities, bf16) on a pool gives the same bits and holds the same bytes', async () => {
     const rng = new Rng(17);
     for (const [m, n] of [
       [1000, 520], // uneven parts
@@ -255,7 +255,7 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
             ? new DenseF16Linear(f32ArrayToBf16(w), m, n, null, 'bf16', options)
             : new DenseF16Linear(kind === 'f16' ? f16 : inf, m, n, null, 'f16', options);
       for (const threads of [2, 3]) {
-        const p = pool(threads);
+        const p = await pool(threads);
         expect(denseRanges(m, n, threads).length > 1).toBe(m * n >= SPLIT_MIN_WEIGHTS);
         for (const kind of ['f32', 'f16', 'f16 with ∞', 'bf16']) {
           const alone = make(kind, {});
@@ -276,17 +276,17 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
     }
   });
 
-  it('a worker thread that stops makes the pool E_DEVICE instead of leaving the caller waiting', () => {
+  it('a worker thread that stops makes the pool E_DEVICE instead of leaving the caller waiting', async () => {
     const rng = new Rng(23);
     const d = randomDecomposition(1024, 512, 8, rng);
-    const p = createDecodePool({ threads: 2 });
+    const p = await createDecodePool({ threads: 2 });
     try {
       const layer = new CalderaLinear(d, null, { decodePool: p });
       const x = rng.fillNormal(new Float32Array(512));
       expect(layer.forward(x, 1)).toEqual(new CalderaLinear(d).forward(x, 1));
-      // a message the worker cannot read: its thread fails outside any job
-      (p as unknown as { ports: { postMessage(v: unknown): void }[] }).ports[0]!.postMessage(null);
-      expect(() => decodeExecutor(p).run(12345, () => {})).toThrow(
+      // a message the worker cannot read, and the job on which it reads it (YIELD): it fails outside any layer
+      (p as unknown as { workers: { post(v: unknown): void }[] }).workers[0]!.post(null);
+      expect(() => decodeExecutor(p).run(-1, () => {})).toThrow(
         /E_DEVICE: decode pool: a worker thread stopped; create a new pool/,
       );
       expect(() => layer.forward(x, 1)).toThrow(/E_DEVICE: decode pool: a worker thread stopped/);
@@ -300,7 +300,7 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
     setFlagsFromString('--expose-gc');
     const gc = runInNewContext('gc') as () => void;
     setFlagsFromString('--no-expose-gc');
-    const p = pool(2);
+    const p = await pool(2);
     const rss = () => process.memoryUsage().rss / 2 ** 20;
     gc();
     const before = rss();

@@ -7,9 +7,14 @@
  * large dense layer's weights live in one shared memory that every thread's kernel instance reads, each computing a
  * range of the output rows (matvec.ts).
  *
- * Node ≥ 20.16 only (`worker_threads` through `process.getBuiltinModule`, and `receiveMessageOnPort` through which a
- * worker takes each new layer synchronously); elsewhere, or with one thread, the pool has no workers and layers run
- * whole on the calling thread.
+ * The workers are `worker_threads` in Node (≥ 20.16, through `process.getBuiltinModule`) and Web Workers from a Blob
+ * URL in a browser's Web Worker that is cross-origin isolated (shared memory, and a caller that may block). A worker
+ * spends its life in a loop that waits on the control block, so it reads a message (its start, a new layer, dropped
+ * layers) only when the caller asks it to: the caller posts the message to every worker and publishes a
+ * {@link YIELD} job, on which each worker leaves its loop; its message handler applies the message, reports the job
+ * done and enters the loop again. That needs no synchronous receive, which a browser does not have. Elsewhere (a
+ * page's main thread, a page that is not cross-origin isolated, an older Node), or with one thread, the pool has no
+ * workers and layers run whole on the calling thread.
  */
 import { CalderaError } from '@caldera/core';
 import { CALDERA_SHARED_WASM_BASE64 } from '../generated/caldera-shared-wasm.js';
@@ -30,18 +35,19 @@ const FIN = 3;
 const FAILED = 4;
 const FAILED_WHY = 5;
 /**
- * Set by a worker that stopped (an error outside a job, its thread exiting), which also adds {@link STOPPED_FIN} to
- * FIN so that a caller waiting for it wakes: the pool is then unusable (E_DEVICE).
+ * Set by a worker that stopped (an error in its loop or its message handler, its thread exiting), which also adds
+ * {@link STOPPED_FIN} to FIN so that a caller waiting for it wakes: the pool is then unusable (E_DEVICE).
  */
 const STOPPED = 6;
 const STOPPED_FIN = 1 << 20;
-/** Workers that have started (their collector taken, warmed up): the pool waits for all before it is returned. */
-const READY = 7;
+/**
+ * Job id on which the workers leave their loop to read the message the caller has just posted to each (one message
+ * per such job); each reports it done once the message is applied.
+ */
+const YIELD = -1;
+const CTRL_SLOTS = 7;
 /** How long a pool waits for its workers to start before it fails with E_DEVICE. */
 const START_TIMEOUT_MS = 30_000;
-/** Job id of a job that only makes the workers read their messages (dropped layers). */
-const NO_LAYER = -1;
-const CTRL_SLOTS = 8;
 /**
  * Polls of the control block before a thread sleeps in `Atomics.wait` (≈ 20–60 µs): in decode the next layer's job
  * follows within microseconds, and a sleeping thread takes tens of microseconds to wake.
@@ -52,7 +58,8 @@ const SPIN = 20000;
 export interface DecodePoolOptions {
   /**
    * Threads that compute a layer's rows, the calling thread included (`threads - 1` workers are started). Default: the
-   * machine's available parallelism (`os.availableParallelism()`), at most 16. 1: no workers.
+   * machine's available parallelism (`os.availableParallelism()` in Node, `navigator.hardwareConcurrency` in a
+   * browser), at most 16. 1: no workers.
    */
   threads?: number;
 }
@@ -102,70 +109,96 @@ export interface DecodeExecutor extends DecodePool {
   assertRunnable(): void;
 }
 
-interface NodeWorker {
-  terminate(): unknown;
-  unref(): void;
-  on(event: 'error' | 'exit', listener: () => void): void;
+/** A worker as the pool drives it, in Node or in a browser. */
+interface PoolWorker {
+  post(message: unknown): void;
+  terminate(): void;
 }
 
-interface NodePort {
-  postMessage(value: unknown): void;
-  close(): void;
-  unref?: () => void;
+/** What a worker tells the pool: it has started (after its warm-up), or it stopped (an error, its thread exiting). */
+interface WorkerEvents {
+  onReady(): void;
+  onStop(): void;
 }
 
 interface NodeWorkerThreads {
   Worker: new (
     code: string,
-    opts: { eval: true; workerData: unknown; transferList: unknown[] },
-  ) => NodeWorker;
-  MessageChannel: new () => { port1: NodePort; port2: NodePort };
+    opts: { eval: true },
+  ) => {
+    postMessage(value: unknown): void;
+    terminate(): unknown;
+    unref(): void;
+    on(event: 'message' | 'error' | 'exit', listener: () => void): void;
+  };
+}
+
+interface BrowserWorker {
+  postMessage(value: unknown): void;
+  terminate(): void;
+  onmessage: (() => void) | null;
+  onerror: (() => void) | null;
+  onmessageerror: (() => void) | null;
+}
+
+interface BrowserGlobals {
+  Worker: new (url: string) => BrowserWorker;
+  URL: { createObjectURL(b: Blob): string; revokeObjectURL(u: string): void };
+  crossOriginIsolated?: boolean;
+  document?: unknown;
+  WorkerGlobalScope?: unknown;
+  navigator?: { hardwareConcurrency?: number };
 }
 
 /**
- * A worker: warms up on its own tiny slice, then, for each layer it is sent, instantiates the shared-memory build of
- * asm/caldera.ts (its own rows of Q̂) or asm/matvec.ts (a dense layer's memory, shared by all threads) and makes that
- * layer's call on each published job (slot numbers as above).
+ * A worker. Its first message starts it: it instantiates its warm-up slice and runs the split product on it (so that
+ * its engine has optimised code before the first token), then says it is ready and enters its loop. In the loop it
+ * waits for a job on the control block: a layer's id (it makes that layer's call: `fn` of the shared-memory build of
+ * asm/caldera.ts on its own rows, or of asm/matvec.ts on a range of a memory every thread shares), QUIT, or YIELD, on
+ * which it leaves the loop for the message the caller posted with it — a new layer `{ id, task }` (task null: it has
+ * no rows of it) or dropped layers `{ drop }` — applies it, reports the job done and enters the loop again. Slot
+ * numbers as above; the same source runs in Node (`require` exists) and in a browser.
  */
 const WORKER_SOURCE = `
 'use strict';
-const { workerData, receiveMessageOnPort } = require('node:worker_threads');
 const GEN = ${GEN}, QUIT = ${QUIT}, JOB = ${JOB}, FIN = ${FIN}, FAILED = ${FAILED}, FAILED_WHY = ${FAILED_WHY};
-const STOPPED = ${STOPPED}, STOPPED_FIN = ${STOPPED_FIN}, READY = ${READY}, NO_LAYER = ${NO_LAYER};
-const SPIN = ${SPIN};
-const ctrl = new Int32Array(workerData.ctrl);
-const modules = workerData.modules;
-const port = workerData.port;
+const STOPPED = ${STOPPED}, STOPPED_FIN = ${STOPPED_FIN}, YIELD = ${YIELD}, SPIN = ${SPIN};
+const node = typeof require === 'function';
+const parent = node ? require('node:worker_threads').parentPort : null;
+const post = (m) => (node ? parent.postMessage(m) : self.postMessage(m));
+let ctrl = null;
+let modules = null;
+// A worker allocates almost nothing, so in Node its heap is never collected by itself, and the memories of dropped
+// layers would stay alive: after dropping some, it collects explicitly, with the function of a context made while
+// the pool has --expose-gc set (until every worker is ready). A browser collects its workers' heaps by itself.
+let collect = () => {};
 // layer id -> { task, run }: task null for a layer this worker has no rows of
 const layers = new Map();
+let gen = 0;
 let quitting = false;
 function stopped() {
-  if (quitting) return;
+  if (quitting || ctrl === null) return;
   quitting = true;
   Atomics.store(ctrl, STOPPED, 1);
   Atomics.add(ctrl, FIN, STOPPED_FIN);
   Atomics.notify(ctrl, FIN);
 }
-process.on('exit', stopped);
-// A worker allocates almost nothing, so its heap is never collected by itself, and the memories of dropped layers would
-// stay alive: after dropping some, it collects explicitly, with the function of a context made while the pool has
-// --expose-gc set (until every worker is ready).
-const collect = require('node:vm').runInNewContext('gc');
-// new layers and dropped ones, in the order the calling thread posted them. Node's postMessage puts a message in the
-// receiving port's queue before it returns, so a layer registered before its first job is here by then; were it not,
-// the job reports FAILED_WHY 1 (E_DEVICE), it does not hang.
-function take() {
-  let dropped = false;
-  for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) {
-    const { id, task } = m.message;
-    if (task === undefined) dropped = layers.delete(id) || dropped;
-    else layers.set(id, { task, run: null });
-  }
-  if (dropped) collect();
+if (node) process.on('exit', stopped);
+function start({ warm, ...data }) {
+  ctrl = new Int32Array(data.ctrl);
+  modules = data.modules;
+  if (node) collect = require('node:vm').runInNewContext('gc');
+  const ex = new WebAssembly.Instance(modules.caldera, { env: { memory: warm.memory } }).exports;
+  for (let i = 0; i < ${WARM_UP_CALLS}; i++) ex.splitRows(warm.args[0]);
+  post('ready');
+}
+function apply(m) {
+  if (m.drop) {
+    for (const id of m.drop) layers.delete(id);
+    collect();
+  } else layers.set(m.id, { task: m.task, run: null });
 }
 function runJob(id) {
-  if (id === NO_LAYER || !layers.has(id)) take();
-  if (id === NO_LAYER) return;
   const layer = layers.get(id);
   if (layer === undefined) {
     Atomics.store(ctrl, FAILED_WHY, 1);
@@ -185,16 +218,8 @@ function runJob(id) {
     Atomics.store(ctrl, FAILED, id + 1);
   }
 }
+// returns on YIELD (the next message re-enters it) and on QUIT
 function serve() {
-  {
-    // warm up (V8's optimised code) on the worker's own tiny slice
-    const { memory, args } = workerData.warm;
-    const ex = new WebAssembly.Instance(modules.caldera, { env: { memory } }).exports;
-    for (let i = 0; i < ${WARM_UP_CALLS}; i++) ex.splitRows(args[0]);
-  }
-  Atomics.add(ctrl, READY, 1);
-  Atomics.notify(ctrl, READY);
-  let gen = 0;
   for (;;) {
     let g = Atomics.load(ctrl, GEN);
     for (let i = 0; g === gen && i < SPIN; i++) g = Atomics.load(ctrl, GEN);
@@ -207,98 +232,190 @@ function serve() {
       quitting = true;
       return;
     }
-    runJob(Atomics.load(ctrl, JOB));
+    const id = Atomics.load(ctrl, JOB);
+    if (id === YIELD) return;
+    runJob(id);
     Atomics.add(ctrl, FIN, 1);
     Atomics.notify(ctrl, FIN);
   }
 }
-try {
-  serve();
-} catch {
-  stopped();
+function onMessage(m) {
+  if (quitting) return;
+  try {
+    if (ctrl === null) start(m);
+    else {
+      apply(m);
+      Atomics.add(ctrl, FIN, 1);
+      Atomics.notify(ctrl, FIN);
+    }
+    serve();
+  } catch {
+    stopped();
+  }
 }
+if (node) parent.on('message', onMessage);
+else self.onmessage = (e) => onMessage(e.data);
 `;
+
+/** Where a pool can have workers: `worker_threads` in Node, or Web Workers in a browser's isolated Web Worker. */
+function workerKind(): 'node' | 'browser' | null {
+  if (typeof SharedArrayBuffer !== 'function') return null;
+  if (nodeBuiltinSync('node:worker_threads') !== undefined) return 'node';
+  const g = globalThis as unknown as Partial<BrowserGlobals>;
+  // shared memory can be posted only when cross-origin isolated; a page's main thread may not block in Atomics.wait
+  const browser =
+    typeof g.Worker === 'function' &&
+    g.crossOriginIsolated === true &&
+    g.document === undefined &&
+    g.WorkerGlobalScope !== undefined;
+  return browser ? 'browser' : null;
+}
+
+/** Start `count` workers of `kind`; `events(i)` are worker i's. */
+function startWorkers(
+  kind: 'node' | 'browser',
+  count: number,
+  events: (i: number) => WorkerEvents,
+): PoolWorker[] {
+  const workers: PoolWorker[] = [];
+  try {
+    if (kind === 'node') {
+      const wt = nodeBuiltinSync<NodeWorkerThreads>('node:worker_threads')!;
+      for (let i = 0; i < count; i++) {
+        const { onReady, onStop } = events(i);
+        const w = new wt.Worker(WORKER_SOURCE, { eval: true });
+        w.unref(); // an undisposed pool must not keep the process alive
+        w.on('message', onReady);
+        // a worker that dies (an error in its thread, killed by Node) between products: the next one is E_DEVICE
+        w.on('error', onStop);
+        w.on('exit', onStop);
+        workers.push({ post: (m) => w.postMessage(m), terminate: () => void w.terminate() });
+      }
+    } else {
+      const g = globalThis as unknown as BrowserGlobals;
+      const url = g.URL.createObjectURL(new Blob([WORKER_SOURCE], { type: 'text/javascript' }));
+      try {
+        for (let i = 0; i < count; i++) {
+          const { onReady, onStop } = events(i);
+          const w = new g.Worker(url);
+          w.onmessage = onReady;
+          w.onerror = onStop;
+          w.onmessageerror = onStop;
+          workers.push({ post: (m) => w.postMessage(m), terminate: () => w.terminate() });
+        }
+      } finally {
+        // a worker's script is fetched when it is created: the URL is not needed afterwards
+        g.URL.revokeObjectURL(url);
+      }
+    }
+  } catch (cause) {
+    for (const w of workers) w.terminate();
+    throw cause;
+  }
+  return workers;
+}
 
 function defaultThreads(): number {
   const os = nodeBuiltinSync<{ availableParallelism?: () => number; cpus(): unknown[] }>('node:os');
-  return Math.min(16, os ? (os.availableParallelism?.() ?? os.cpus().length) : 1);
+  if (os) return Math.min(16, os.availableParallelism?.() ?? os.cpus().length);
+  const hc = (globalThis as Partial<BrowserGlobals>).navigator?.hardwareConcurrency;
+  return Math.min(16, hc ?? 1);
 }
 
 class DecodePoolImpl implements DecodeExecutor {
   readonly threads: number;
   private readonly ctrl: Int32Array;
-  private readonly workers: NodeWorker[] = [];
-  private readonly ports: NodePort[] = [];
+  private readonly workers: PoolWorker[];
   private nextId = 0;
   private busy = false;
-  /**
-   * Layers whose kernels were collected: the workers drop their parts (read at once through a job of no layer, run
-   * from the event loop, never inside another job).
-   */
+  /** Layers whose kernels were collected, for the workers to drop (with the next yield). */
+  private readonly toDrop: number[] = [];
   private readonly dropped = new FinalizationRegistry<number>((id) => {
     if (this._disposed || this.stopped()) return;
-    for (const p of this.ports) p.postMessage({ id });
+    this.toDrop.push(id);
+    if (this.busy) return; // cannot happen (finalizers run between tasks); the next register takes them
     try {
-      if (!this.busy) this.run(NO_LAYER, () => {});
+      this.yieldWith(() => ({ drop: this.toDrop.splice(0) }));
     } catch {
       // a stopped worker: the next product reports it
     }
   });
   private _disposed = false;
+  /** Set once every worker has said it is ready (see {@link DecodePoolImpl.start}). */
+  private ready: Promise<void> = Promise.resolve();
 
   constructor(
     threads: number,
-    modules: { caldera: WebAssembly.Module | null; matvec: WebAssembly.Module | null },
+    private readonly modules: { caldera: WebAssembly.Module; matvec: WebAssembly.Module } | null,
+    kind: 'node' | 'browser' | null,
   ) {
-    // the modules are compiled only where workers are possible (createDecodePool)
-    const wt = nodeBuiltinSync<NodeWorkerThreads>('node:worker_threads');
-    const workers = wt && modules.caldera && modules.matvec ? threads - 1 : 0;
+    const count = kind && modules ? threads - 1 : 0;
     this.ctrl = new Int32Array(
-      workers > 0 ? new SharedArrayBuffer(CTRL_SLOTS * 4) : new ArrayBuffer(CTRL_SLOTS * 4),
+      count > 0 ? new SharedArrayBuffer(CTRL_SLOTS * 4) : new ArrayBuffer(CTRL_SLOTS * 4),
     );
-    // the workers take their collector from a context made while --expose-gc is set (V8 flags are per process): set
-    // until all have started, unless the process runs with it anyway
-    const v8 = workers > 0 ? nodeBuiltinSync<{ setFlagsFromString(f: string): void }>('node:v8') : undefined;
-    const exposed = typeof (globalThis as { gc?: unknown }).gc === 'function';
-    if (v8 && !exposed) v8.setFlagsFromString('--expose-gc');
+    if (count === 0) {
+      this.workers = [];
+      this.threads = 1;
+      return;
+    }
+    let waiting = count;
+    let settle: { resolve(): void; reject(e: Error): void } | undefined;
+    this.ready = new Promise((resolve, reject) => (settle = { resolve, reject }));
+    const readyOnce = new Set<number>();
     try {
-      for (let i = 0; i < workers; i++) {
-        const { port1, port2 } = new wt!.MessageChannel();
-        this.ports.push(port1);
-        const w = new wt!.Worker(WORKER_SOURCE, {
-          eval: true,
-          workerData: { modules, ctrl: this.ctrl.buffer, port: port2, warm: warmUpSlice() },
-          transferList: [port2],
-        });
-        w.unref(); // an undisposed pool must not keep the process alive
-        // a worker that dies (an error in its thread, killed by Node) between products: the next one is E_DEVICE
-        w.on('error', () => this.markStopped());
-        w.on('exit', () => this.markStopped());
-        this.workers.push(w);
-      }
-      if (workers > 0) this.waitReady(workers);
+      this.workers = startWorkers(kind!, count, (i) => ({
+        onReady: () => {
+          if (readyOnce.has(i)) return;
+          readyOnce.add(i);
+          if (--waiting === 0) settle!.resolve();
+        },
+        onStop: () => {
+          this.markStopped();
+          settle!.reject(new Error(`worker ${i + 1} of ${count} failed while starting`));
+        },
+      }));
     } catch (cause) {
-      this.dispose();
-      throw new CalderaError('E_DEVICE', `createDecodePool: could not start ${workers} worker threads`, {
+      throw new CalderaError('E_DEVICE', `createDecodePool: could not start ${count} worker threads`, {
         cause,
       });
-    } finally {
-      if (v8 && !exposed) v8.setFlagsFromString('--no-expose-gc');
     }
-    this.threads = this.workers.length + 1;
-    if (workers > 0) warmUpCaller();
+    this.threads = count + 1;
   }
 
-  /** Block until all `workers` have started (a worker that fails counts as stopped), within the time limit. */
-  private waitReady(workers: number): void {
-    const deadline = Date.now() + START_TIMEOUT_MS;
-    for (let ready = Atomics.load(this.ctrl, READY); ready < workers && !this.stopped();) {
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`${workers - ready} of ${workers} workers did not start in time`);
-      Atomics.wait(this.ctrl, READY, ready, Math.min(left, 100));
-      ready = Atomics.load(this.ctrl, READY);
+  /**
+   * Send every worker its start (the modules, the control block, a warm-up slice) and wait until all are ready, within
+   * {@link START_TIMEOUT_MS}; in Node the workers take their collector from a context made while `--expose-gc` is set
+   * (V8's flags are per process: set until all have started, unless the process runs with it anyway).
+   */
+  async start(): Promise<void> {
+    if (this.workers.length === 0) return;
+    const v8 = nodeBuiltinSync<{ setFlagsFromString(f: string): void }>('node:v8');
+    const exposed = typeof (globalThis as { gc?: unknown }).gc === 'function';
+    if (v8 && !exposed) v8.setFlagsFromString('--expose-gc');
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      for (const w of this.workers)
+        w.post({ modules: this.modules, ctrl: this.ctrl.buffer, warm: warmUpSlice() });
+      // the timer also keeps Node's event loop alive while the (unref'd) workers start
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`the workers did not start within ${START_TIMEOUT_MS / 1000} s`)),
+          START_TIMEOUT_MS,
+        );
+      });
+      await Promise.race([this.ready, timeout]);
+    } catch (cause) {
+      this.dispose();
+      throw new CalderaError(
+        'E_DEVICE',
+        `createDecodePool: could not start ${this.workers.length} worker threads`,
+        { cause },
+      );
+    } finally {
+      clearTimeout(timer);
+      if (v8 && !exposed) v8.setFlagsFromString('--no-expose-gc');
     }
-    if (this.stopped()) throw new Error('a worker failed while starting');
+    warmUpCaller();
   }
 
   get disposed(): boolean {
@@ -309,10 +426,18 @@ class DecodePoolImpl implements DecodeExecutor {
     this.checkLive();
     if (tasks.length !== this.workers.length)
       throw new Error(`decode pool: ${tasks.length} tasks for ${this.workers.length} workers`);
+    // layers dropped meanwhile (their finalizers ran while the pool was busy) go first
+    if (this.toDrop.length > 0) this.yieldWith(() => ({ drop: this.toDrop.splice(0) }));
     const id = this.nextId++;
-    // every worker hears of every layer (null: it has no rows of it), synchronously when it first gets a job for it
-    tasks.forEach((task, t) => this.ports[t]!.postMessage({ id, task }));
+    // every worker hears of every layer (task null: it has no rows of it)
+    this.yieldWith((t) => ({ id, task: tasks[t] }));
     return id;
+  }
+
+  /** Post `message(t)` to each worker t and wait until every worker has applied its message (a YIELD job). */
+  private yieldWith(message: (t: number) => unknown): void {
+    this.workers.forEach((w, t) => w.post(message(t)));
+    this.run(YIELD, () => {});
   }
 
   track(owner: object, id: number): void {
@@ -388,41 +513,37 @@ class DecodePoolImpl implements DecodeExecutor {
       Atomics.add(this.ctrl, GEN, 1);
       Atomics.notify(this.ctrl, GEN);
     }
-    for (const w of this.workers) void w.terminate();
-    for (const p of this.ports) p.close();
+    for (const w of this.workers) w.terminate();
   }
 }
 
 /**
- * Start a decode pool of `threads` threads (the caller included). With one thread, outside Node, or without
- * WebAssembly SIMD and threads it has no workers (`threads` is then 1) and layers run whole on the calling thread.
+ * Start a decode pool of `threads` threads (the caller included); resolves once every worker has started. It has no
+ * workers (`threads` is then 1) and layers run whole on the calling thread with one thread, without WebAssembly SIMD
+ * or threads, and where workers are impossible: on a page's main thread (it may not block), in a page that is not
+ * cross-origin isolated (no shared memory), in Node before 20.16. `E_DEVICE` when a worker cannot start.
  */
-export function createDecodePool(options: DecodePoolOptions = {}): DecodePool {
+export async function createDecodePool(options: DecodePoolOptions = {}): Promise<DecodePool> {
   const threads = options.threads ?? defaultThreads();
   if (!Number.isInteger(threads) || threads < 1 || threads > 256)
     throw new CalderaError(
       'E_VALUE',
       `createDecodePool: threads must be an integer in [1, 256], got ${threads}`,
     );
-  // workers are possible in Node with shared memory only: elsewhere nothing is compiled or allocated
-  const possible =
-    threads > 1 &&
-    nodeBuiltinSync('node:worker_threads') !== undefined &&
-    typeof SharedArrayBuffer === 'function';
-  const modules = possible
-    ? {
-        caldera: embeddedModule(CALDERA_SHARED_WASM_BASE64),
-        matvec: embeddedModule(MATVEC_SHARED_WASM_BASE64),
-      }
-    : { caldera: null, matvec: null };
+  // where workers are impossible nothing is compiled or allocated
+  const kind = threads > 1 ? workerKind() : null;
+  const caldera = kind ? embeddedModule(CALDERA_SHARED_WASM_BASE64) : null;
+  const matvec = kind ? embeddedModule(MATVEC_SHARED_WASM_BASE64) : null;
+  const modules = caldera && matvec ? { caldera, matvec } : null;
   // every instance writes its module's static data below KERNEL_BASE: check that it stays there (as the unshared
   // builds are checked)
-  for (const [name, mod] of Object.entries(modules))
-    if (mod) {
-      const memory = new WebAssembly.Memory({ initial: 2, maximum: 2, shared: true });
-      checkHeapBase(new WebAssembly.Instance(mod, { env: { memory } }).exports, `${name} kernel (shared)`);
-    }
-  return new DecodePoolImpl(threads, modules);
+  for (const [name, mod] of Object.entries(modules ?? {})) {
+    const memory = new WebAssembly.Memory({ initial: 2, maximum: 2, shared: true });
+    checkHeapBase(new WebAssembly.Instance(mod, { env: { memory } }).exports, `${name} kernel (shared)`);
+  }
+  const pool = new DecodePoolImpl(threads, modules, kind);
+  await pool.start();
+  return pool;
 }
 
 /** The pool's kernel side; `E_VALUE` for an object that {@link createDecodePool} did not make. */

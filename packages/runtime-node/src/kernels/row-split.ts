@@ -24,3 +24,13 @@ export function evenRanges(start: number, end: number, block: number, parts: num
   }
   return ranges;
 }
+
+/**
+ * Whether a model's LM head is split over a decode pool: only when its blocks' largest layers (the MLP's, hidden ×
+ * intermediate weights before padding) reach {@link SPLIT_MIN_WEIGHTS} too. A whole token passes between two products
+ * of the head, so workers that split nothing else sleep in between and every head product waits for them to wake:
+ * measured in headless Chromium on the 2-core machine, the reference model (hidden 256, intermediate 768: only its
+ * 2048 × 256 head above the threshold) decoded 200 tokens at 569 tokens/s with its head split against 634–674 alone.
+ */
+export const headSplits = (config: { hiddenSize: number; intermediateSize: number }): boolean =>
+  config.hiddenSize * config.intermediateSize >= SPLIT_MIN_WEIGHTS;

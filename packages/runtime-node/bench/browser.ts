@@ -1,0 +1,160 @@
+/**
+ * Decode in a browser (headless Chromium, `/usr/bin/chromium`): a CALDERA model of the benchmark's shapes with half
+ * its blocks (as bench/run.ts builds it: hidden 1024, MLP 2816, 4 layers, vocab 8192 with a tied f16 head; rank 64;
+ * ≈ 59 M parameters) built in a Web Worker of a cross-origin-isolated page, its decode tokens/s on the worker's thread and with a 2-thread decode pool
+ * (Web Workers), and one CALDERA layer's single-row product at the model's shapes, alone and split. The package's
+ * sources are bundled for the browser with esbuild, as an app would. Run by `bench/run.ts --browser`; JSON Lines on
+ * stdout; prints nothing (a note on stderr) without Chromium or playwright-core. Four blocks, not eight: a Chromium
+ * renderer holds at most about 120 WebAssembly memories (each reserves its guard regions in V8's sandbox; 123 measured),
+ * and the two copies of the 8-block model (one layer, one memory; split, two) would need about 180.
+ */
+import { existsSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { build } from 'esbuild';
+
+const CHROMIUM = '/usr/bin/chromium';
+const quick = process.argv.includes('--quick');
+
+/** Runs in the page's Web Worker: builds the model, measures, returns the cases. */
+const WORKER = `
+import {
+  blocksOf, CalderaLinear, createDecodePool, decodeRate, DenseF16Linear, f32ArrayToF16, LlamaModel, onDecodePool,
+  parseModelConfig, randomDecomposition, Rng, tensor,
+} from '/bench.js';
+const DECODE = ${quick ? 6 : 24};
+async function run() {
+  const cfg = parseModelConfig({
+    architectures: ['LlamaForCausalLM'], hidden_size: 1024, intermediate_size: 2816, num_hidden_layers: 4,
+    num_attention_heads: 16, num_key_value_heads: 8, vocab_size: 8192, tie_word_embeddings: true,
+  });
+  const { hiddenSize: d, vocabSize: V } = cfg;
+  const rng = new Rng(7);
+  const blocks = blocksOf(cfg, (m, n) => new CalderaLinear(randomDecomposition(m, n, 64, rng)));
+  const head = new DenseF16Linear(f32ArrayToF16(rng.fillNormal(new Float32Array(V * d), 0, 0.05)), V, d);
+  const model = new LlamaModel(cfg, {
+    embed: tensor('f16', [V, d], head.bits), blocks, norm: new Float32Array(d).fill(1), head,
+  });
+  const prompt = Array.from({ length: 16 }, (_, i) => (i * 37) % V);
+  const cases = [];
+  const one = decodeRate(model, prompt, DECODE);
+  const decodePool = await createDecodePool({ threads: 2 });
+  const two = decodeRate(onDecodePool(model, decodePool), prompt, DECODE);
+  cases.push({ case: 'decode_caldera_browser', value: one, unit: 'tokens/s', refs: { decode: DECODE } });
+  cases.push({
+    case: 'decode_caldera_browser_2threads', value: two, unit: 'tokens/s',
+    refs: { threads: decodePool.threads, oneThread: one, speedupVs1Thread: two / one },
+  });
+  // one layer, one row: best of 5 × 200 calls
+  const best = (layer, x) => {
+    let ms = Infinity;
+    for (let rep = 0; rep < 5; rep++) {
+      const t = performance.now();
+      for (let i = 0; i < 200; i++) layer.forward(x, 1);
+      ms = Math.min(ms, (performance.now() - t) / 200);
+    }
+    return ms;
+  };
+  for (const [m, n] of [[2816, 1024], [1024, 2816], [1024, 1024]]) {
+    const dec = randomDecomposition(m, n, 64, rng);
+    const x = rng.fillNormal(new Float32Array(n));
+    const layers = [new CalderaLinear(dec), new CalderaLinear(dec, null, { decodePool })];
+    layers.forEach((l) => best(l, x)); // warm-up
+    const [alone, split] = layers.map((l) => best(l, x));
+    cases.push({
+      case: 'caldera_layer_' + m + 'x' + n + '_browser_2threads', value: (m * n) / (split * 1e6), unit: 'G weights/s',
+      refs: { microseconds: split * 1000, oneThreadMicroseconds: alone * 1000, speedupVs1Thread: alone / split },
+    });
+  }
+  decodePool.dispose();
+  return cases;
+}
+run().then(postMessage, (e) => postMessage({ error: String((e && e.stack) || e) }));
+`;
+
+const PAGE = `<!doctype html><script type="module">
+const w = new Worker('/worker.js', { type: 'module' });
+w.onmessage = (e) => { window.result = e.data; };
+w.onerror = (e) => { window.result = { error: String(e.message) }; };
+</script>`;
+
+type Page = {
+  goto(u: string): Promise<unknown>;
+  waitForFunction(f: string, a?: unknown, o?: object): Promise<unknown>;
+  evaluate<T>(f: string): Promise<T>;
+};
+type Chromium = { launch(o: object): Promise<{ newPage(): Promise<Page>; close(): Promise<void> }> };
+
+async function loadChromium(): Promise<Chromium | null> {
+  if (!existsSync(CHROMIUM)) return null;
+  try {
+    const name = 'playwright-core';
+    return ((await import(/* @vite-ignore */ name)) as { chromium: Chromium }).chromium;
+  } catch {
+    return null;
+  }
+}
+
+const chromium = await loadChromium();
+if (!chromium) {
+  console.error('bench: browser cases skipped (no /usr/bin/chromium or playwright-core)');
+  process.exit(0);
+}
+const bundle = await build({
+  stdin: {
+    contents: [
+      "export * from '../src/index.ts';",
+      "export { f32ArrayToF16, Rng, tensor } from '@caldera/core';",
+      "export { randomDecomposition } from '@caldera/lowrank';",
+      "export { blocksOf, decodeRate, onDecodePool } from './decode.ts';",
+    ].join('\n'),
+    resolveDir: fileURLToPath(new URL('.', import.meta.url)),
+    loader: 'ts',
+    sourcefile: 'bench-entry.ts',
+  },
+  bundle: true,
+  platform: 'browser',
+  format: 'esm',
+  write: false,
+  logLevel: 'silent',
+});
+const files: Record<string, string> = {
+  '/': PAGE,
+  '/worker.js': WORKER,
+  '/bench.js': bundle.outputFiles[0]!.text,
+};
+const server = createServer((req, res) => {
+  const body = files[req.url ?? ''];
+  res.writeHead(body === undefined ? 404 : 200, {
+    'Content-Type': req.url === '/' ? 'text/html' : 'text/javascript',
+    // cross-origin isolated: shared memory, so the decode pool has its Web Workers
+    'Cross-Origin-Opener-Policy': 'same-origin',
+    'Cross-Origin-Embedder-Policy': 'require-corp',
+  });
+  res.end(body ?? '');
+});
+await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  args: ['--no-sandbox', '--headless=new', '--disable-gpu'],
+});
+try {
+  const page = await browser.newPage();
+  await page.goto(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`);
+  await page.waitForFunction('window.result !== undefined', undefined, { timeout: 600_000 });
+  const result = await page.evaluate<{ error?: string } | Record<string, unknown>[]>('window.result');
+  if (!Array.isArray(result)) throw new Error(`bench: browser cases failed: ${result.error}`);
+  for (const c of result) {
+    const {
+      case: name,
+      value,
+      unit,
+      refs,
+    } = c as { case: string; value: number; unit: string; refs: object };
+    console.log(JSON.stringify({ case: name, value: Number(value.toPrecision(4)), unit, refs }));
+  }
+} finally {
+  await browser.close();
+  server.close();
+}

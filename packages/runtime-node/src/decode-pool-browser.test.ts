@@ -1,0 +1,174 @@
+/**
+ * The decode pool in a browser (headless Chromium): in a cross-origin-isolated page's Web Worker, a pool of 2 threads
+ * starts a Web Worker of its own, and a CALDERA layer and a dense layer whose rows it splits give the same bits as the
+ * layers alone, as in Node; on the page's main thread (it may not block) and in the Web Worker of a page that is not
+ * cross-origin isolated (no shared memory) the pool has no workers and the layers still give the same bits. The
+ * package's sources are bundled for the browser here, as an app's bundler would. Skipped when Chromium or
+ * playwright-core is absent.
+ */
+import { build } from 'esbuild';
+import { existsSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+const CHROMIUM = '/usr/bin/chromium';
+const srcDir = fileURLToPath(new URL('.', import.meta.url));
+
+type Page = {
+  on(event: 'console' | 'pageerror', f: (m: { text(): string }) => void): void;
+  goto(u: string): Promise<unknown>;
+  waitForFunction(f: string, a?: unknown, o?: object): Promise<unknown>;
+  evaluate<T>(f: string): Promise<T>;
+};
+type Chromium = {
+  launch(o: object): Promise<{ newPage(): Promise<Page>; close(): Promise<void> }>;
+};
+
+async function loadChromium(): Promise<Chromium | null> {
+  if (!existsSync(CHROMIUM)) return null;
+  try {
+    const name = 'playwright-core';
+    return ((await import(/* @vite-ignore */ name)) as { chromium: Chromium }).chromium;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * What runs on the page and in its worker: layers with and without a 2-thread pool on the same seeded random inputs;
+ * `bad` counts outputs whose bits differ. 1024×512 CALDERA (rows split at 2 threads) and 600×512 f32 dense (above the
+ * split threshold).
+ */
+const CHECK = `
+import { CalderaLinear, DenseLinear, createDecodePool, Rng, randomDecomposition, tensor } from '/rt.js';
+export async function check() {
+  const pool = await createDecodePool({ threads: 2 });
+  const rng = new Rng(3);
+  const d = randomDecomposition(1024, 512, 16, rng);
+  const w = rng.fillNormal(new Float32Array(600 * 512), 0, 0.05);
+  const pairs = [
+    [new CalderaLinear(d), new CalderaLinear(d, null, { decodePool: pool })],
+    [new DenseLinear(tensor('f32', [600, 512], w)), new DenseLinear(tensor('f32', [600, 512], w), null, { decodePool: pool })],
+  ];
+  let bad = 0;
+  let compared = 0;
+  for (let step = 0; step < 6; step++)
+    for (const [alone, pooled] of pairs) {
+      const x = rng.fillNormal(new Float32Array(512));
+      const want = alone.forward(x, 1);
+      const got = pooled.forward(x, 1);
+      for (let i = 0; i < want.length; i++) if (!Object.is(want[i], got[i])) bad++;
+      compared += want.length;
+    }
+  const threads = pool.threads;
+  pool.dispose();
+  return { threads, bad, compared, isolated: self.crossOriginIsolated };
+}
+`;
+
+const PAGE = `<!doctype html><script type="module">
+import { check } from '/check.js';
+check().then((r) => (window.mainResult = r), (e) => (window.mainResult = { error: String(e) }));
+const w = new Worker('/worker.js', { type: 'module' });
+w.onmessage = (e) => { window.workerResult = e.data; };
+w.onerror = (e) => { window.workerResult = { error: String(e.message) }; };
+</script>`;
+
+const WORKER = `import { check } from '/check.js';
+check().then(postMessage, (e) => postMessage({ error: String(e && e.stack || e) }));`;
+
+describe('decode pool in a browser (headless Chromium)', () => {
+  let server: Server | undefined;
+  let base = '';
+  let chromium: Chromium | null = null;
+
+  beforeAll(async () => {
+    chromium = await loadChromium();
+    if (!chromium) return;
+    const bundle = await build({
+      stdin: {
+        contents:
+          "export * from './index.ts';\nexport { Rng, tensor } from '@caldera/core';\nexport { randomDecomposition } from '@caldera/lowrank';\n",
+        resolveDir: srcDir,
+        loader: 'ts',
+        sourcefile: 'rt-entry.ts',
+      },
+      bundle: true,
+      platform: 'browser',
+      format: 'esm',
+      write: false,
+      logLevel: 'silent',
+    });
+    const files: Record<string, string> = {
+      '/': PAGE,
+      '/check.js': CHECK,
+      '/worker.js': WORKER,
+      '/rt.js': bundle.outputFiles[0]!.text,
+    };
+    server = createServer((req, res) => {
+      const url = new URL(req.url ?? '/', 'http://x');
+      const body = files[url.pathname];
+      // /?isolated=0: the same page without the headers that make it cross-origin isolated
+      const isolated = url.searchParams.get('isolated') !== '0' || url.pathname !== '/';
+      res.writeHead(body === undefined ? 404 : 200, {
+        'Content-Type': url.pathname === '/' ? 'text/html' : 'text/javascript',
+        ...(isolated
+          ? {
+              'Cross-Origin-Opener-Policy': 'same-origin',
+              'Cross-Origin-Embedder-Policy': 'require-corp',
+            }
+          : {}),
+      });
+      res.end(body ?? '');
+    });
+    await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  afterAll(() => server?.close());
+
+  it('splits layers over a Web Worker in an isolated worker, to the same bits; runs alone on the page and without isolation', async (ctx) => {
+    if (!chromium) return ctx.skip();
+    const browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--no-sandbox', '--headless=new', '--disable-gpu'],
+    });
+    try {
+      type R = { threads: number; bad: number; compared: number; isolated: boolean; error?: string };
+      const results = async (query: string): Promise<{ main: R; worker: R }> => {
+        const page = await browser.newPage();
+        const logs: string[] = [];
+        page.on('console', (m) => logs.push(m.text()));
+        page.on('pageerror', (e) => logs.push(String(e)));
+        await page.goto(`${base}/${query}`);
+        await page
+          .waitForFunction(
+            'window.workerResult !== undefined && window.mainResult !== undefined',
+            undefined,
+            {
+              timeout: 60_000,
+            },
+          )
+          .catch((e: unknown) => {
+            throw new Error(`${String(e)}; page log: ${logs.join(' | ')}`);
+          });
+        return {
+          main: await page.evaluate<R>('window.mainResult'),
+          worker: await page.evaluate<R>('window.workerResult'),
+        };
+      };
+      // 6 rows of the 1024-output CALDERA layer and of the 600-output dense layer
+      const compared = 6 * (1024 + 600);
+      const isolated = await results('');
+      expect(isolated.worker.error).toBeUndefined();
+      expect(isolated.worker).toEqual({ threads: 2, bad: 0, compared, isolated: true });
+      expect(isolated.main).toEqual({ threads: 1, bad: 0, compared, isolated: true });
+      const plain = await results('?isolated=0');
+      expect(plain.worker).toEqual({ threads: 1, bad: 0, compared, isolated: false });
+      expect(plain.main).toEqual({ threads: 1, bad: 0, compared, isolated: false });
+    } finally {
+      await browser.close();
+    }
+  }, 120_000);
+});
