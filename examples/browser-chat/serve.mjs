@@ -1,4 +1,5 @@
-// A tiny static server for dist/ (the built site) on 127.0.0.1 (WebGPU needs a secure context: localhost counts as one).
+// A tiny static server for dist/ (the built site) on 127.0.0.1 (WebGPU needs a secure context: localhost counts as one),
+// cross-origin isolated.
 import { createServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { extname, join, normalize } from 'node:path';
@@ -10,6 +11,14 @@ const types = {
   '.json': 'application/json',
   '.map': 'application/json',
 };
+/**
+ * Headers that make the page cross-origin isolated, which shared memory needs: with them the CPU fallback decodes on
+ * every core (a decode pool of Web Workers). Everything the page loads is same-origin, so nothing else changes.
+ */
+const ISOLATION = {
+  'cross-origin-opener-policy': 'same-origin',
+  'cross-origin-embedder-policy': 'require-corp',
+};
 /** A server for dist/ (not yet listening). */
 export function staticServer() {
   return createServer(async (req, res) => {
@@ -20,7 +29,10 @@ export function staticServer() {
     const file = join(root, path.endsWith('/') ? `${path}index.html` : path);
     try {
       const body = await readFile(file);
-      res.writeHead(200, { 'content-type': types[extname(file)] ?? 'application/octet-stream' });
+      res.writeHead(200, {
+        'content-type': types[extname(file)] ?? 'application/octet-stream',
+        ...ISOLATION,
+      });
       res.end(body);
     } catch {
       res.writeHead(404);

@@ -4,7 +4,8 @@
 // (3) a screenshot: the generated text is on screen (its highlight colour, absent before generating); then stop the
 // server, reload, and check that the page loads and generates the same tokens offline (service worker). Then the CPU
 // fallback: a second Chromium without --enable-unsafe-webgpu (no WebGPU adapter), on a fresh profile and server, must
-// load the checkpoint with runtime-node in a Web Worker, say so on its status line and give the same greedy tokens.
+// load the checkpoint with runtime-node in a Web Worker, decode on a thread per core (the page is cross-origin isolated),
+// say so on its status line and give the same greedy tokens.
 // Prints 'skipped: …' and exits 0 when /usr/bin/chromium or playwright-core is missing.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -157,10 +158,18 @@ try {
   const status = await page.textContent('#status');
   console.log(`cpu status: ${status}\nnavigator.gpu: ${await page.evaluate('typeof navigator.gpu')}`);
   check(
-    /^CPU, WebAssembly SIMD in a Web Worker \(no WebGPU: /.test(status) &&
+    /^CPU, WebAssembly SIMD in a Web Worker, \d+ decode threads? \(no WebGPU: /.test(status) &&
       /CALDERA layers/.test(status) &&
       /bits\/weight/.test(status),
     'CPU fallback: status line (CPU, WebAssembly SIMD)',
+  );
+  // the server's headers make the page cross-origin isolated: the worker's decode pool has a thread per core (its own
+  // Web Workers), and the LM head's products are split over them
+  const cores = await page.evaluate('Math.min(16, navigator.hardwareConcurrency)');
+  const threads = Number(/(\d+) decode threads?/.exec(status)?.[1]);
+  check(
+    (await page.evaluate('crossOriginIsolated')) === true && threads === cores,
+    `CPU fallback: cross-origin isolated, ${threads} decode threads for ${cores} cores`,
   );
   const cpu = await generateOnPage(page);
   const stats = await page.textContent('#stats');

@@ -17,6 +17,8 @@ export type FromWorker =
       weightBytes: number;
       /** Whether the WebAssembly SIMD kernels compiled here (else runtime-node's TypeScript paths run). */
       simd: boolean;
+      /** Threads of the decode pool: 1 unless the page is cross-origin isolated and the machine has several cores. */
+      threads: number;
     }
   | { type: 'token'; id: number }
   | { type: 'done' }

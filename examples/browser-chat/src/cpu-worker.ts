@@ -1,9 +1,12 @@
 // The CPU fallback of the chat (no WebGPU adapter): @caldera/runtime-node's WebAssembly SIMD kernels, in a Web Worker
 // so that the page stays responsive while a forward pass runs (each is synchronous CPU work) and the kernels'
 // modules compile off the main thread. It loads /model/ with loadModelFromUrl and streams generate()'s tokens back.
+// When the page is cross-origin isolated (serve.mjs sends the headers) a decode pool starts Web Workers of its own,
+// one per core, and each token's larger products are split over them (the same tokens as on one thread).
 import {
   AttentionKernel,
   blockLinearNames,
+  createDecodePool,
   generate,
   loadModelFromUrl,
   type LoadedModel,
@@ -18,7 +21,10 @@ const post = (m: FromWorker) => scope.postMessage(m);
 let loaded: LoadedModel | null = null;
 
 async function load(url: string): Promise<void> {
+  // 1 thread (no workers) where the page is not cross-origin isolated
+  const decodePool = await createDecodePool();
   loaded = await loadModelFromUrl(url, {
+    decodePool,
     onDownload: ({ file, bytes, total }) => post({ type: 'download', file, bytes, total }),
     onProgress: ({ block, blocks }) => post({ type: 'block', block, blocks }),
   });
@@ -36,6 +42,7 @@ async function load(url: string): Promise<void> {
     linearBitsPerWeight: (8 * model.linearBytes()) / weights,
     weightBytes: model.linearBytes(),
     simd: AttentionKernel.available(),
+    threads: decodePool.threads,
   });
 }
 

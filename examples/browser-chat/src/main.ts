@@ -127,7 +127,8 @@ async function runOnCpu(why: string): Promise<void> {
   const { tok, generationConfig } = await loadTokenizer();
   const { config } = loaded;
   status.textContent =
-    `CPU, ${loaded.simd ? 'WebAssembly SIMD' : 'JavaScript (no WebAssembly SIMD)'} in a Web Worker ` +
+    `CPU, ${loaded.simd ? 'WebAssembly SIMD' : 'JavaScript (no WebAssembly SIMD)'} in a Web Worker, ` +
+    `${loaded.threads} decode thread${loaded.threads === 1 ? '' : 's'} ` +
     `(no WebGPU: ${why}) · ${config.numLayers} blocks, ${loaded.calderaLayers} CALDERA layers · ` +
     `${loaded.linearBitsPerWeight.toFixed(2)} bits/weight in the linears · ` +
     `${MiB(loaded.weightBytes)} MiB of linear weights in memory · ` +
