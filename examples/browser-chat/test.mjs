@@ -164,7 +164,7 @@ try {
     'CPU fallback: status line (CPU, WebAssembly SIMD)',
   );
   // the server's headers make the page cross-origin isolated: the worker's decode pool has a thread per core (its own
-  // Web Workers), and the LM head's products are split over them
+  // Web Workers; the reference model's layers are all below the split size, so its decode stays on one of them)
   const cores = await page.evaluate('Math.min(16, navigator.hardwareConcurrency)');
   const threads = Number(/(\d+) decode threads?/.exec(status)?.[1]);
   check(

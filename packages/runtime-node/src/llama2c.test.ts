@@ -17,10 +17,16 @@ const heads = 4;
 const kvHeads = 2;
 const vocab = 20;
 const seqLen = 32;
-const hd = dim / heads;
+
+/** The shape of the model {@link build} writes (by default the small one above). */
+const SMALL = { dim, hidden, layers, vocab };
 
 /** A llama2.c file with random weights (classifier `wcls` when `untied`) and the same tensors under HF names. */
-function build(untied: boolean): { bin: Uint8Array; raw: Record<string, Tensor<'f32'>> } {
+function build(
+  untied: boolean,
+  { dim, hidden, layers, vocab } = SMALL,
+): { bin: Uint8Array; raw: Record<string, Tensor<'f32'>> } {
+  const hd = dim / heads;
   const rng = new Rng(5);
   const parts: Float32Array[] = [];
   const raw: Record<string, Tensor<'f32'>> = {};
@@ -159,8 +165,8 @@ describe('llama2.c import', () => {
         expect(heldBytes(model.weights, head), `untied ${untied}, ${dtype}`).toBe(plans[0]!.weightBytes);
         expect(heldBytes(head)).toBe(plans[0]!.parts.lmHead);
         expect(planLlama2cMemory(config, dtype)).toEqual(plans[0]);
-        // with a decode pool (this model's layers are too small to split, its head then too: headSplits): the same
-        // plan, bytes and logits
+        // with a decode pool (this model's layers are too small to split, its head then too: headSplits; the test
+        // below splits them): the same plan, bytes and logits
         const decodePool = await createDecodePool({ threads: 2 });
         try {
           const pooled = await loadLlama2c(path, { dtype, decodePool });
@@ -232,5 +238,44 @@ describe('llama2.c import', () => {
     for (const text of ['abc', 'aé cab', 'ba  c'])
       expect(tok.decode(tok.encode(text, { bos: true }))).toBe(text);
     expect(() => Llama2cTokenizer.fromBytes(bytes.subarray(0, 30), pieces.length)).toThrow(/E_FORMAT/);
+  });
+  it('with a decode pool that splits the MLP, the loader splits the head too (tied and untied, f32 and f16): same logits and bytes', async () => {
+    // 4096 × 64 MLP layers and head: 2¹⁸ weights each, the split threshold
+    const big = { dim: 64, hidden: 4096, layers: 1, vocab: 4096 };
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-l2c-split-'));
+    const decodePool = await createDecodePool({ threads: 2 });
+    /** Distinct shared buffers the arrays reachable from `root` view (a split dense layer holds one). */
+    const shared = (root: unknown) => {
+      const buffers = new Set<unknown>();
+      const seen = new Set<unknown>();
+      const visit = (v: unknown): void => {
+        if (v === null || typeof v !== 'object' || seen.has(v)) return;
+        seen.add(v);
+        if (ArrayBuffer.isView(v)) {
+          if (v.buffer instanceof SharedArrayBuffer) buffers.add(v.buffer);
+        } else for (const x of Object.values(v)) visit(x);
+      };
+      visit(root);
+      return buffers.size;
+    };
+    try {
+      for (const untied of [false, true]) {
+        const path = join(dir, `model-${untied}.bin`);
+        await writeFile(path, build(untied, big).bin);
+        for (const dtype of ['auto', 'f16'] as const) {
+          const what = `untied ${untied}, ${dtype}`;
+          const alone = await loadLlama2c(path, { dtype });
+          const plans: MemoryPlan[] = [];
+          const pooled = await loadLlama2c(path, { dtype, decodePool, onPlan: (p) => plans.push(p) });
+          const head = (pooled.model as unknown as { head: unknown }).head;
+          expect(shared(head), what).toBe(1);
+          expect(heldBytesExcept([decodePool], pooled.model.weights, head), what).toBe(plans[0]!.weightBytes);
+          const tokens = [1, 7, 3, 19, 0, 5];
+          expect(pooled.model.forward(tokens), what).toEqual(alone.model.forward(tokens));
+        }
+      }
+    } finally {
+      decodePool.dispose();
+    }
   });
 });

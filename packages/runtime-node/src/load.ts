@@ -63,9 +63,9 @@ export interface LoadOptions {
   pool?: Pool;
   /**
    * Threads for single-token decode ({@link createDecodePool}): the single-row products of every linear layer of at
-   * least 2¹⁸ weights, LM head included, are split over them (CALDERA layers: {@link CalderaLinearOptions.decodePool};
-   * dense ones: {@link DenseLinearOptions.decodePool}); the outputs are the same to the bit, and the memory plan
-   * counts the workers' memories. The caller owns the pool and disposes of it after the model. Default: none (decode
+   * least 2¹⁸ weights are split over them (CALDERA layers: {@link CalderaLinearOptions.decodePool}; dense ones:
+   * {@link DenseLinearOptions.decodePool}), the LM head's when the blocks' MLP layers reach that size too; the outputs
+   * are the same to the bit, and the memory plan counts the workers' memories. The caller owns the pool and disposes of it after the model. Default: none (decode
    * on the calling thread).
    */
   decodePool?: DecodePool;

@@ -134,6 +134,8 @@ interface Instance {
  */
 export class BatchWorkspace {
   private instance: Instance | null = null;
+  /** Set when the workspace's memory could not be reserved. */
+  private unavailable = false;
 
   /**
    * Null where WebAssembly SIMD is unavailable or no memory can be reserved for the workspace (a browser process out of
@@ -141,7 +143,7 @@ export class BatchWorkspace {
    */
   private get(): Instance | null {
     if (this.instance) return this.instance;
-    const mod = embeddedModule(BATCH_WASM_BASE64);
+    const mod = this.unavailable ? null : embeddedModule(BATCH_WASM_BASE64);
     if (!mod) return null;
     let memory: WebAssembly.Memory;
     let exports: WebAssembly.Exports;
@@ -149,6 +151,7 @@ export class BatchWorkspace {
       memory = new WebAssembly.Memory({ initial: Math.ceil(TABLES_END / 65536), maximum: 65536 });
       exports = new WebAssembly.Instance(mod, { env: { memory } }).exports;
     } catch {
+      this.unavailable = true; // not retried on every batch
       return null;
     }
     checkHeapBase(exports, 'batch workspace');

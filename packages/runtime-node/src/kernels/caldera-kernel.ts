@@ -1,4 +1,3 @@
-import { CalderaError } from '@caldera/core';
 import { hadamardBase, hadamardFactor } from '@caldera/linalg';
 import { latticeDecode, type Decomposition } from '@caldera/lowrank';
 import { bumpAllocator, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
@@ -310,7 +309,17 @@ export class CalderaKernel {
     const [m, n] = d.shape;
     const [mp, np] = d.padded;
     const k = d.rank;
-    const ranges = splitRanges(mp, np, k, pool?.threads ?? 1);
+    let ranges = splitRanges(mp, np, k, pool?.threads ?? 1);
+    // the workers' memories first: where they cannot all be reserved (a browser process holds about 120 WebAssembly
+    // memories) the layer runs whole on the calling thread instead
+    let parts: ReturnType<typeof workerPart>[] = [];
+    if (pool && ranges.length > 1) {
+      try {
+        parts = ranges.slice(1).map(([row0, rows]) => workerPart(d, row0, rows));
+      } catch {
+        ranges = [[0, mp]];
+      }
+    }
     const mq = ranges[0]![1];
     const mixIn = d.hadamard ? blockMix(np, false) : null;
     const mixOut = d.hadamard ? blockMix(mp, true) : null;
@@ -373,8 +382,7 @@ export class CalderaKernel {
     });
     const codeSlices: CodeSlice[] = [{ row0: 0, rows: mq, codes }];
     let split: { pool: DecodeExecutor; id: number; parts: WorkerPart[] } | null = null;
-    if (pool && ranges.length > 1) {
-      const parts = ranges.slice(1).map(([row0, rows]) => workerPart(d, row0, rows));
+    if (pool && parts.length > 0) {
       codeSlices.push(...parts.map((p) => p.codes));
       const tasks: (WorkerTask | null)[] = Array.from(
         { length: pool.threads - 1 },
@@ -479,16 +487,7 @@ function workerPart(
   const np = d.padded[1];
   const { at, end } = sliceLayout(rows, np);
   const pages = pagesFor(end);
-  let memory: WebAssembly.Memory;
-  try {
-    memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
-  } catch (cause) {
-    throw new CalderaError(
-      'E_DEVICE',
-      `decode pool: could not allocate a worker's memory (${pages * 64} KiB) for rows ${row0}…${row0 + rows - 1} of a ${d.shape[0]}×${d.shape[1]} layer (out of memory, or of address space for WebAssembly memories: a Chromium renderer holds about 120)`,
-      { cause },
-    );
-  }
+  const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
   const buf = memory.buffer;
   writeTables(buf, at.p1, at.p2);
   const codes = groupMajorCodes(d, new Uint16Array(buf, at.codes, (rows * np) / 8), row0, rows);

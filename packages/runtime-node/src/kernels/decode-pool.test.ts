@@ -8,7 +8,7 @@ import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from '../line
 import { heldBytes } from '../testing/held-bytes.js';
 import { CalderaKernel, splitRanges } from './caldera-kernel.js';
 import { SPLIT_MIN_WEIGHTS } from './row-split.js';
-import { createDecodePool, decodeExecutor, type DecodePool } from './decode-pool.js';
+import { createDecodePool, decodeExecutor, exposeGcWhileStarting, type DecodePool } from './decode-pool.js';
 import { denseRanges } from './matvec.js';
 
 const pools: DecodePool[] = [];
@@ -112,6 +112,32 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
           name,
         ).toBe(-1);
       }
+    }
+  });
+
+  it("a layer whose workers' memories cannot be reserved runs whole on the calling thread, to the same bits", async () => {
+    const rng = new Rng(31);
+    const d = randomDecomposition(1024, 1024, 8, rng);
+    const p = await pool(3);
+    // as in a browser process out of address space for WebAssembly memories: every shared memory fails
+    const Memory = WebAssembly.Memory;
+    const failing = function (this: unknown, desc: WebAssembly.MemoryDescriptor) {
+      if (desc.shared) throw new RangeError('WebAssembly.Memory(): could not allocate memory');
+      return new Memory(desc);
+    } as unknown as typeof WebAssembly.Memory;
+    let layer: CalderaLinear;
+    WebAssembly.Memory = failing;
+    try {
+      layer = new CalderaLinear(d, null, { decodePool: p });
+    } finally {
+      WebAssembly.Memory = Memory;
+    }
+    const alone = new CalderaLinear(d);
+    expect(layer.fused).toBe(true);
+    expect(heldBytes(layer)).toBe(heldBytes(alone));
+    for (const rows of [1, 3]) {
+      const x = rng.fillNormal(new Float32Array(rows * 1024));
+      expect(layer.forward(x, rows)).toEqual(alone.forward(x, rows));
     }
   });
 
@@ -295,12 +321,33 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
     }
   });
 
+  it('pools that start at the same time, or one while another starts, all start (and --expose-gc is cleared after)', async () => {
+    const together = await Promise.all([2, 3].map((threads) => createDecodePool({ threads })));
+    const first = createDecodePool({ threads: 2 });
+    await sleep(40);
+    const staggered = [await first, await createDecodePool({ threads: 2 })];
+    for (const p of [...together, ...staggered]) {
+      pools.push(p);
+      expect(p.threads).toBeGreaterThan(1);
+    }
+    expect(runInNewContext('typeof gc')).toBe('undefined');
+    // the flag the workers take their collector with stays set while any pool is starting, whichever finishes first
+    const a = exposeGcWhileStarting();
+    const b = exposeGcWhileStarting();
+    expect(runInNewContext('typeof gc')).toBe('function');
+    a.done();
+    expect(runInNewContext('typeof gc')).toBe('function');
+    b.done();
+    expect(runInNewContext('typeof gc')).toBe('undefined');
+  }, 60_000);
+
   it("the workers free a dropped layer's memory (a model reloaded on one pool does not grow)", async () => {
     // this thread's own collector, as the workers get theirs (test only)
     setFlagsFromString('--expose-gc');
     const gc = runInNewContext('gc') as () => void;
     setFlagsFromString('--no-expose-gc');
-    const p = await pool(2);
+    // 3 threads: every worker (not only the first) must drop the layers
+    const p = await pool(3);
     const rss = () => process.memoryUsage().rss / 2 ** 20;
     gc();
     const before = rss();

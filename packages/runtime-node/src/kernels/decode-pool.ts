@@ -115,11 +115,20 @@ interface PoolWorker {
   terminate(): void;
 }
 
-/** What a worker tells the pool: it has started (after its warm-up), or it stopped (an error, its thread exiting). */
+/**
+ * What a worker tells the pool: it has started (after its warm-up), or it stopped (it failed, its thread exited, a
+ * message could not be read).
+ */
 interface WorkerEvents {
   onReady(): void;
   onStop(): void;
 }
+
+/** A worker's messages to the pool: 'ready' once started, 'stopped' when it failed. */
+const workerMessage =
+  ({ onReady, onStop }: WorkerEvents) =>
+  (m: unknown) =>
+    m === 'ready' ? onReady() : onStop();
 
 interface NodeWorkerThreads {
   Worker: new (
@@ -129,14 +138,14 @@ interface NodeWorkerThreads {
     postMessage(value: unknown): void;
     terminate(): unknown;
     unref(): void;
-    on(event: 'message' | 'error' | 'exit', listener: () => void): void;
+    on(event: 'message' | 'error' | 'exit', listener: (m: unknown) => void): void;
   };
 }
 
 interface BrowserWorker {
   postMessage(value: unknown): void;
   terminate(): void;
-  onmessage: (() => void) | null;
+  onmessage: ((e: { data: unknown }) => void) | null;
   onerror: (() => void) | null;
   onmessageerror: (() => void) | null;
 }
@@ -250,11 +259,22 @@ function onMessage(m) {
     }
     serve();
   } catch {
-    stopped();
+    fail();
   }
 }
-if (node) parent.on('message', onMessage);
-else self.onmessage = (e) => onMessage(e.data);
+// a failure the caller may be waiting on in the control block (a job) or for a message (its start)
+function fail() {
+  stopped();
+  quitting = true;
+  post('stopped');
+}
+if (node) {
+  parent.on('message', onMessage);
+  parent.on('messageerror', fail);
+} else {
+  self.onmessage = (e) => onMessage(e.data);
+  self.onmessageerror = fail;
+}
 `;
 
 /** Where a pool can have workers: `worker_threads` in Node, or Web Workers in a browser's isolated Web Worker. */
@@ -276,16 +296,17 @@ function startWorkers(
   kind: 'node' | 'browser',
   count: number,
   events: (i: number) => WorkerEvents,
-): PoolWorker[] {
+): { workers: PoolWorker[]; release(): void } {
   const workers: PoolWorker[] = [];
+  let release = () => {};
   try {
     if (kind === 'node') {
       const wt = nodeBuiltinSync<NodeWorkerThreads>('node:worker_threads')!;
       for (let i = 0; i < count; i++) {
-        const { onReady, onStop } = events(i);
+        const { onStop } = events(i);
         const w = new wt.Worker(WORKER_SOURCE, { eval: true });
         w.unref(); // an undisposed pool must not keep the process alive
-        w.on('message', onReady);
+        w.on('message', workerMessage(events(i)));
         // a worker that dies (an error in its thread, killed by Node) between products: the next one is E_DEVICE
         w.on('error', onStop);
         w.on('exit', onStop);
@@ -294,25 +315,43 @@ function startWorkers(
     } else {
       const g = globalThis as unknown as BrowserGlobals;
       const url = g.URL.createObjectURL(new Blob([WORKER_SOURCE], { type: 'text/javascript' }));
-      try {
-        for (let i = 0; i < count; i++) {
-          const { onReady, onStop } = events(i);
-          const w = new g.Worker(url);
-          w.onmessage = onReady;
-          w.onerror = onStop;
-          w.onmessageerror = onStop;
-          workers.push({ post: (m) => w.postMessage(m), terminate: () => w.terminate() });
-        }
-      } finally {
-        // a worker's script is fetched when it is created: the URL is not needed afterwards
-        g.URL.revokeObjectURL(url);
+      // kept until the workers have started (the spec resolves it when a worker is created; some browsers did later)
+      release = () => g.URL.revokeObjectURL(url);
+      for (let i = 0; i < count; i++) {
+        const { onStop } = events(i);
+        const w = new g.Worker(url);
+        w.onmessage = (e: { data: unknown }) => workerMessage(events(i))(e.data);
+        w.onerror = onStop;
+        w.onmessageerror = onStop;
+        workers.push({ post: (m) => w.postMessage(m), terminate: () => w.terminate() });
       }
     }
   } catch (cause) {
     for (const w of workers) w.terminate();
+    release();
     throw cause;
   }
-  return workers;
+  return { workers, release };
+}
+
+/** Pools of this thread whose workers are starting (they take their collector then): see {@link exposeGcWhileStarting}. */
+let poolsStarting = 0;
+
+/**
+ * Set V8's `--expose-gc` (in Node, unless the process runs with it anyway) while any pool is starting: V8's flags are
+ * per process, so the first pool to start sets it and the last to finish starting clears it, and a pool that starts
+ * while another is starting keeps it set. `done()` once the pool's workers are ready or failed.
+ */
+export function exposeGcWhileStarting(): { done(): void } {
+  const v8 = nodeBuiltinSync<{ setFlagsFromString(f: string): void }>('node:v8');
+  if (!v8 || (poolsStarting === 0 && typeof (globalThis as { gc?: unknown }).gc === 'function'))
+    return { done() {} };
+  if (poolsStarting++ === 0) v8.setFlagsFromString('--expose-gc');
+  return {
+    done() {
+      if (--poolsStarting === 0) v8.setFlagsFromString('--no-expose-gc');
+    },
+  };
 }
 
 function defaultThreads(): number {
@@ -335,7 +374,7 @@ class DecodePoolImpl implements DecodeExecutor {
     this.toDrop.push(id);
     if (this.busy) return; // cannot happen (finalizers run between tasks); the next register takes them
     try {
-      this.yieldWith(() => ({ drop: this.toDrop.splice(0) }));
+      this.dropPending();
     } catch {
       // a stopped worker: the next product reports it
     }
@@ -343,6 +382,8 @@ class DecodePoolImpl implements DecodeExecutor {
   private _disposed = false;
   /** Set once every worker has said it is ready (see {@link DecodePoolImpl.start}). */
   private ready: Promise<void> = Promise.resolve();
+  /** Revokes the browser workers' Blob URL (once they have started). */
+  private revokeUrl: (() => void) | undefined;
 
   constructor(
     threads: number,
@@ -361,9 +402,11 @@ class DecodePoolImpl implements DecodeExecutor {
     let waiting = count;
     let settle: { resolve(): void; reject(e: Error): void } | undefined;
     this.ready = new Promise((resolve, reject) => (settle = { resolve, reject }));
+    // a worker that stops after a failed start has been handled (the pool disposed) must not be an unhandled rejection
+    this.ready.catch(() => {});
     const readyOnce = new Set<number>();
     try {
-      this.workers = startWorkers(kind!, count, (i) => ({
+      const started = startWorkers(kind!, count, (i) => ({
         onReady: () => {
           if (readyOnce.has(i)) return;
           readyOnce.add(i);
@@ -374,6 +417,8 @@ class DecodePoolImpl implements DecodeExecutor {
           settle!.reject(new Error(`worker ${i + 1} of ${count} failed while starting`));
         },
       }));
+      this.workers = started.workers;
+      this.revokeUrl = started.release;
     } catch (cause) {
       throw new CalderaError('E_DEVICE', `createDecodePool: could not start ${count} worker threads`, {
         cause,
@@ -389,9 +434,7 @@ class DecodePoolImpl implements DecodeExecutor {
    */
   async start(): Promise<void> {
     if (this.workers.length === 0) return;
-    const v8 = nodeBuiltinSync<{ setFlagsFromString(f: string): void }>('node:v8');
-    const exposed = typeof (globalThis as { gc?: unknown }).gc === 'function';
-    if (v8 && !exposed) v8.setFlagsFromString('--expose-gc');
+    const exposeGc = exposeGcWhileStarting();
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
       for (const w of this.workers)
@@ -413,7 +456,9 @@ class DecodePoolImpl implements DecodeExecutor {
       );
     } finally {
       clearTimeout(timer);
-      if (v8 && !exposed) v8.setFlagsFromString('--no-expose-gc');
+      exposeGc.done();
+      this.revokeUrl?.();
+      this.revokeUrl = undefined;
     }
     warmUpCaller();
   }
@@ -427,15 +472,28 @@ class DecodePoolImpl implements DecodeExecutor {
     if (tasks.length !== this.workers.length)
       throw new Error(`decode pool: ${tasks.length} tasks for ${this.workers.length} workers`);
     // layers dropped meanwhile (their finalizers ran while the pool was busy) go first
-    if (this.toDrop.length > 0) this.yieldWith(() => ({ drop: this.toDrop.splice(0) }));
+    this.dropPending();
     const id = this.nextId++;
     // every worker hears of every layer (task null: it has no rows of it)
     this.yieldWith((t) => ({ id, task: tasks[t] }));
     return id;
   }
 
-  /** Post `message(t)` to each worker t and wait until every worker has applied its message (a YIELD job). */
+  /** Tell every worker to drop the layers whose kernels were collected (the same list to each). */
+  private dropPending(): void {
+    if (this.toDrop.length === 0) return;
+    const drop = this.toDrop.splice(0);
+    this.yieldWith(() => ({ drop }));
+  }
+
+  /**
+   * Post `message(t)` to each worker t and wait until every worker has applied its message (a YIELD job). Checked
+   * first, so that no message is ever posted without its YIELD.
+   */
   private yieldWith(message: (t: number) => unknown): void {
+    this.checkLive();
+    if (this.busy)
+      throw new CalderaError('E_VALUE', 'decode pool: already running a layer (one caller at a time)');
     this.workers.forEach((w, t) => w.post(message(t)));
     this.run(YIELD, () => {});
   }
