@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
+import { existsSync, readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -311,7 +312,7 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
       const x = rng.fillNormal(new Float32Array(512));
       expect(layer.forward(x, 1)).toEqual(new CalderaLinear(d).forward(x, 1));
       // a message the worker cannot read, and the job on which it reads it (YIELD): it fails outside any layer
-      (p as unknown as { workers: { post(v: unknown): void }[] }).workers[0]!.post(null);
+      (p as unknown as { state: { list: { post(v: unknown): void }[] } }).state.list[0]!.post(null);
       expect(() => decodeExecutor(p).run(-1, () => {})).toThrow(
         /E_DEVICE: decode pool: a worker thread stopped; create a new pool/,
       );
@@ -340,6 +341,32 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
     b.done();
     expect(runInNewContext('typeof gc')).toBe('undefined');
   }, 60_000);
+
+  it('a pool dropped without dispose() stops its workers once it and its layers are collected', async (ctx) => {
+    // the process's threads (Linux): each worker is one
+    const threads = () => readdirSync('/proc/self/task').length;
+    if (!existsSync('/proc/self/task')) return ctx.skip();
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    setFlagsFromString('--no-expose-gc');
+    const settle = async (done: () => boolean) => {
+      for (let i = 0; i < 100 && !done(); i++) {
+        gc();
+        await sleep(20);
+      }
+    };
+    const before = threads();
+    const rng = new Rng(37);
+    await (async () => {
+      const p = await createDecodePool({ threads: 3 });
+      const layer = new CalderaLinear(randomDecomposition(1024, 1024, 8, rng), null, { decodePool: p });
+      const x = rng.fillNormal(new Float32Array(1024));
+      layer.forward(x, 1);
+      expect(threads()).toBeGreaterThanOrEqual(before + 2);
+    })();
+    await settle(() => threads() <= before);
+    expect(threads()).toBeLessThanOrEqual(before);
+  });
 
   it("the workers free a dropped layer's memory (a model reloaded on one pool does not grow)", async () => {
     // this thread's own collector, as the workers get theirs (test only)

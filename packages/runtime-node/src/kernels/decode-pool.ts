@@ -75,9 +75,10 @@ export interface DecodePool {
   /** True once {@link DecodePool.dispose} has been called. */
   readonly disposed: boolean;
   /**
-   * Stop the workers (required to free their memory: a pool that is only dropped keeps its threads). A layer built
-   * with the pool then throws `E_VALUE` on the products it would split — a CALDERA layer's of fewer than 20 rows, a
-   * dense layer's of one row; others still run.
+   * Stop the workers and free what they hold, at once (a pool that is dropped is stopped only when the collector has
+   * taken it and all the layers built with it, which hold it). A layer built with the pool then throws `E_VALUE` on
+   * the products it would split — a CALDERA layer's of fewer than 20 rows, a dense layer's of one row; others still
+   * run.
    */
   dispose(): void;
 }
@@ -361,16 +362,52 @@ function defaultThreads(): number {
   return Math.min(16, hc ?? 1);
 }
 
+/**
+ * What stopping a pool's workers needs, apart from the pool (the workers' listeners and {@link abandoned} hold this,
+ * never the pool, so that a pool nobody references can be collected).
+ */
+interface Workers {
+  readonly ctrl: Int32Array;
+  list: PoolWorker[];
+  disposed: boolean;
+}
+
+/** A worker stopped, as the worker itself reports it (STOPPED, and FIN raised so that a waiting caller wakes). */
+function markStopped({ ctrl, disposed }: Workers): void {
+  if (disposed || Atomics.load(ctrl, STOPPED) !== 0) return;
+  Atomics.store(ctrl, STOPPED, 1);
+  Atomics.add(ctrl, FIN, STOPPED_FIN);
+  Atomics.notify(ctrl, FIN);
+}
+
+/** Make the workers leave their loop (QUIT) and terminate them; once only. */
+function stopWorkers(w: Workers): void {
+  if (w.disposed) return;
+  w.disposed = true;
+  if (w.list.length > 0) {
+    Atomics.store(w.ctrl, QUIT, 1);
+    Atomics.add(w.ctrl, GEN, 1);
+    Atomics.notify(w.ctrl, GEN);
+  }
+  for (const worker of w.list) worker.terminate();
+}
+
+/**
+ * Stops the workers of a pool that was dropped without `dispose()` (and whose layers are gone too: they hold their
+ * pool), so that its threads and the layers' parts they hold are freed.
+ */
+const abandoned = new FinalizationRegistry<Workers>(stopWorkers);
+
 class DecodePoolImpl implements DecodeExecutor {
   readonly threads: number;
   private readonly ctrl: Int32Array;
-  private readonly workers: PoolWorker[];
+  private readonly state: Workers;
   private nextId = 0;
   private busy = false;
   /** Layers whose kernels were collected, for the workers to drop (with the next yield). */
   private readonly toDrop: number[] = [];
   private readonly dropped = new FinalizationRegistry<number>((id) => {
-    if (this._disposed || this.stopped()) return;
+    if (this.state.disposed || this.stopped()) return;
     this.toDrop.push(id);
     if (this.busy) return; // cannot happen (finalizers run between tasks); the next register takes them
     try {
@@ -379,7 +416,6 @@ class DecodePoolImpl implements DecodeExecutor {
       // a stopped worker: the next product reports it
     }
   });
-  private _disposed = false;
   /** Set once every worker has said it is ready (see {@link DecodePoolImpl.start}). */
   private ready: Promise<void> = Promise.resolve();
   /** Revokes the browser workers' Blob URL (once they have started). */
@@ -394,11 +430,12 @@ class DecodePoolImpl implements DecodeExecutor {
     this.ctrl = new Int32Array(
       count > 0 ? new SharedArrayBuffer(CTRL_SLOTS * 4) : new ArrayBuffer(CTRL_SLOTS * 4),
     );
+    this.state = { ctrl: this.ctrl, list: [], disposed: false };
     if (count === 0) {
-      this.workers = [];
       this.threads = 1;
       return;
     }
+    const state = this.state;
     let waiting = count;
     let settle: { resolve(): void; reject(e: Error): void } | undefined;
     this.ready = new Promise((resolve, reject) => (settle = { resolve, reject }));
@@ -413,11 +450,12 @@ class DecodePoolImpl implements DecodeExecutor {
           if (--waiting === 0) settle!.resolve();
         },
         onStop: () => {
-          this.markStopped();
+          markStopped(state);
           settle!.reject(new Error(`worker ${i + 1} of ${count} failed while starting`));
         },
       }));
-      this.workers = started.workers;
+      state.list = started.workers;
+      abandoned.register(this, state, state);
       this.revokeUrl = started.release;
     } catch (cause) {
       throw new CalderaError('E_DEVICE', `createDecodePool: could not start ${count} worker threads`, {
@@ -433,11 +471,11 @@ class DecodePoolImpl implements DecodeExecutor {
    * (V8's flags are per process: set until all have started, unless the process runs with it anyway).
    */
   async start(): Promise<void> {
-    if (this.workers.length === 0) return;
+    if (this.state.list.length === 0) return;
     const exposeGc = exposeGcWhileStarting();
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
-      for (const w of this.workers)
+      for (const w of this.state.list)
         w.post({ modules: this.modules, ctrl: this.ctrl.buffer, warm: warmUpSlice() });
       // the timer also keeps Node's event loop alive while the (unref'd) workers start
       const timeout = new Promise<never>((_, reject) => {
@@ -451,7 +489,7 @@ class DecodePoolImpl implements DecodeExecutor {
       this.dispose();
       throw new CalderaError(
         'E_DEVICE',
-        `createDecodePool: could not start ${this.workers.length} worker threads`,
+        `createDecodePool: could not start ${this.state.list.length} worker threads`,
         { cause },
       );
     } finally {
@@ -464,13 +502,13 @@ class DecodePoolImpl implements DecodeExecutor {
   }
 
   get disposed(): boolean {
-    return this._disposed;
+    return this.state.disposed;
   }
 
   register(tasks: readonly (WorkerTask | null)[]): number {
     this.checkLive();
-    if (tasks.length !== this.workers.length)
-      throw new Error(`decode pool: ${tasks.length} tasks for ${this.workers.length} workers`);
+    if (tasks.length !== this.state.list.length)
+      throw new Error(`decode pool: ${tasks.length} tasks for ${this.state.list.length} workers`);
     // layers dropped meanwhile (their finalizers ran while the pool was busy) go first
     this.dropPending();
     const id = this.nextId++;
@@ -494,7 +532,7 @@ class DecodePoolImpl implements DecodeExecutor {
     this.checkLive();
     if (this.busy)
       throw new CalderaError('E_VALUE', 'decode pool: already running a layer (one caller at a time)');
-    this.workers.forEach((w, t) => w.post(message(t)));
+    this.state.list.forEach((w, t) => w.post(message(t)));
     this.run(YIELD, () => {});
   }
 
@@ -508,7 +546,7 @@ class DecodePoolImpl implements DecodeExecutor {
       throw new CalderaError('E_VALUE', 'decode pool: already running a layer (one caller at a time)');
     this.busy = true;
     const ctrl = this.ctrl;
-    const workers = this.workers.length;
+    const workers = this.state.list.length;
     try {
       Atomics.store(ctrl, FAILED, 0);
       Atomics.store(ctrl, JOB, id);
@@ -545,33 +583,19 @@ class DecodePoolImpl implements DecodeExecutor {
     return Atomics.load(this.ctrl, STOPPED) !== 0;
   }
 
-  /** A worker stopped, as the worker itself reports it (STOPPED, and FIN raised so that a waiting caller wakes). */
-  private markStopped(): void {
-    if (this._disposed || this.stopped()) return;
-    Atomics.store(this.ctrl, STOPPED, 1);
-    Atomics.add(this.ctrl, FIN, STOPPED_FIN);
-    Atomics.notify(this.ctrl, FIN);
-  }
-
   assertRunnable(): void {
     if (this.stopped())
       throw new CalderaError('E_DEVICE', 'decode pool: a worker thread stopped; create a new pool');
   }
 
   private checkLive(): void {
-    if (this._disposed) throw new CalderaError('E_VALUE', 'decode pool: used after dispose()');
+    if (this.state.disposed) throw new CalderaError('E_VALUE', 'decode pool: used after dispose()');
     this.assertRunnable();
   }
 
   dispose(): void {
-    if (this._disposed) return;
-    this._disposed = true;
-    if (this.workers.length > 0) {
-      Atomics.store(this.ctrl, QUIT, 1);
-      Atomics.add(this.ctrl, GEN, 1);
-      Atomics.notify(this.ctrl, GEN);
-    }
-    for (const w of this.workers) w.terminate();
+    abandoned.unregister(this.state);
+    stopWorkers(this.state);
   }
 }
 
