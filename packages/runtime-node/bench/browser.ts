@@ -8,13 +8,8 @@
  * renderer holds at most about 120 WebAssembly memories (each reserves its guard regions in V8's sandbox; 123 measured),
  * and the two copies of the 8-block model (one layer, one memory; split, two) would need about 180.
  */
-import { existsSync } from 'node:fs';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { fileURLToPath } from 'node:url';
-import { build } from 'esbuild';
+import { browserBundle, launchChromium, serveFiles } from '../src/testing/chromium.js';
 
-const CHROMIUM = '/usr/bin/chromium';
 const quick = process.argv.includes('--quick');
 
 /** Runs in the page's Web Worker: builds the model, measures, returns the cases. */
@@ -79,69 +74,26 @@ w.onmessage = (e) => { window.result = e.data; };
 w.onerror = (e) => { window.result = { error: String(e.message) }; };
 </script>`;
 
-type Page = {
-  goto(u: string): Promise<unknown>;
-  waitForFunction(f: string, a?: unknown, o?: object): Promise<unknown>;
-  evaluate<T>(f: string): Promise<T>;
-};
-type Chromium = { launch(o: object): Promise<{ newPage(): Promise<Page>; close(): Promise<void> }> };
-
-async function loadChromium(): Promise<Chromium | null> {
-  if (!existsSync(CHROMIUM)) return null;
-  try {
-    const name = 'playwright-core';
-    return ((await import(/* @vite-ignore */ name)) as { chromium: Chromium }).chromium;
-  } catch {
-    return null;
-  }
-}
-
-const chromium = await loadChromium();
-if (!chromium) {
+const browser = await launchChromium();
+if (!browser) {
   console.error('bench: browser cases skipped (no /usr/bin/chromium or playwright-core)');
   process.exit(0);
 }
-const bundle = await build({
-  stdin: {
-    contents: [
-      "export * from '../src/index.ts';",
-      "export { f32ArrayToF16, Rng, tensor } from '@caldera/core';",
-      "export { randomDecomposition } from '@caldera/lowrank';",
-      "export { blocksOf, decodeRate, onDecodePool } from './decode.ts';",
-    ].join('\n'),
-    resolveDir: fileURLToPath(new URL('.', import.meta.url)),
-    loader: 'ts',
-    sourcefile: 'bench-entry.ts',
-  },
-  bundle: true,
-  platform: 'browser',
-  format: 'esm',
-  write: false,
-  logLevel: 'silent',
-});
-const files: Record<string, string> = {
+const server = await serveFiles({
   '/': PAGE,
   '/worker.js': WORKER,
-  '/bench.js': bundle.outputFiles[0]!.text,
-};
-const server = createServer((req, res) => {
-  const body = files[req.url ?? ''];
-  res.writeHead(body === undefined ? 404 : 200, {
-    'Content-Type': req.url === '/' ? 'text/html' : 'text/javascript',
-    // cross-origin isolated: shared memory, so the decode pool has its Web Workers
-    'Cross-Origin-Opener-Policy': 'same-origin',
-    'Cross-Origin-Embedder-Policy': 'require-corp',
-  });
-  res.end(body ?? '');
-});
-await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: ['--no-sandbox', '--headless=new', '--disable-gpu'],
+  '/bench.js': await browserBundle(
+    [
+      "export * from './index.ts';",
+      "export { f32ArrayToF16, Rng, tensor } from '@caldera/core';",
+      "export { randomDecomposition } from '@caldera/lowrank';",
+      "export { blocksOf, decodeRate, onDecodePool } from '../bench/decode.ts';",
+    ].join('\n'),
+  ),
 });
 try {
   const page = await browser.newPage();
-  await page.goto(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`);
+  await page.goto(`${server.base}/`);
   await page.waitForFunction('window.result !== undefined', undefined, { timeout: 600_000 });
   const result = await page.evaluate<{ error?: string } | Record<string, unknown>[]>('window.result');
   if (!Array.isArray(result)) throw new Error(`bench: browser cases failed: ${result.error}`);

@@ -6,35 +6,8 @@
  * package's sources are bundled for the browser here, as an app's bundler would. Skipped when Chromium or
  * playwright-core is absent.
  */
-import { build } from 'esbuild';
-import { existsSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-
-const CHROMIUM = '/usr/bin/chromium';
-const srcDir = fileURLToPath(new URL('.', import.meta.url));
-
-type Page = {
-  on(event: 'console' | 'pageerror', f: (m: { text(): string }) => void): void;
-  goto(u: string): Promise<unknown>;
-  waitForFunction(f: string, a?: unknown, o?: object): Promise<unknown>;
-  evaluate<T>(f: string): Promise<T>;
-};
-type Chromium = {
-  launch(o: object): Promise<{ newPage(): Promise<Page>; close(): Promise<void> }>;
-};
-
-async function loadChromium(): Promise<Chromium | null> {
-  if (!existsSync(CHROMIUM)) return null;
-  try {
-    const name = 'playwright-core';
-    return ((await import(/* @vite-ignore */ name)) as { chromium: Chromium }).chromium;
-  } catch {
-    return null;
-  }
-}
+import { browserBundle, launchChromium, serveFiles, type HeadlessChromium } from './testing/chromium.js';
 
 /**
  * What runs on the page and in its worker: layers with and without a 2-thread pool on the same seeded random inputs;
@@ -80,95 +53,56 @@ const WORKER = `import { check } from '/check.js';
 check().then(postMessage, (e) => postMessage({ error: String(e && e.stack || e) }));`;
 
 describe('decode pool in a browser (headless Chromium)', () => {
-  let server: Server | undefined;
-  let base = '';
-  let chromium: Chromium | null = null;
+  let browser: HeadlessChromium | null = null;
+  let server: { base: string; close(): void } | undefined;
 
   beforeAll(async () => {
-    chromium = await loadChromium();
-    if (!chromium) return;
-    const bundle = await build({
-      stdin: {
-        contents:
-          "export * from './index.ts';\nexport { Rng, tensor } from '@caldera/core';\nexport { randomDecomposition } from '@caldera/lowrank';\n",
-        resolveDir: srcDir,
-        loader: 'ts',
-        sourcefile: 'rt-entry.ts',
-      },
-      bundle: true,
-      platform: 'browser',
-      format: 'esm',
-      write: false,
-      logLevel: 'silent',
-    });
-    const files: Record<string, string> = {
+    browser = await launchChromium();
+    if (!browser) return;
+    server = await serveFiles({
       '/': PAGE,
       '/check.js': CHECK,
       '/worker.js': WORKER,
-      '/rt.js': bundle.outputFiles[0]!.text,
-    };
-    server = createServer((req, res) => {
-      const url = new URL(req.url ?? '/', 'http://x');
-      const body = files[url.pathname];
-      // /?isolated=0: the same page without the headers that make it cross-origin isolated
-      const isolated = url.searchParams.get('isolated') !== '0' || url.pathname !== '/';
-      res.writeHead(body === undefined ? 404 : 200, {
-        'Content-Type': url.pathname === '/' ? 'text/html' : 'text/javascript',
-        ...(isolated
-          ? {
-              'Cross-Origin-Opener-Policy': 'same-origin',
-              'Cross-Origin-Embedder-Policy': 'require-corp',
-            }
-          : {}),
-      });
-      res.end(body ?? '');
+      '/rt.js': await browserBundle(
+        "export * from './index.ts';\nexport { Rng, tensor } from '@caldera/core';\nexport { randomDecomposition } from '@caldera/lowrank';\n",
+      ),
     });
-    await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
-    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   });
-  afterAll(() => server?.close());
+  afterAll(async () => {
+    server?.close();
+    await browser?.close();
+  });
 
   it('splits layers over a Web Worker in an isolated worker, to the same bits; runs alone on the page and without isolation', async (ctx) => {
-    if (!chromium) return ctx.skip();
-    const browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--no-sandbox', '--headless=new', '--disable-gpu'],
-    });
-    try {
-      type R = { threads: number; bad: number; compared: number; isolated: boolean; error?: string };
-      const results = async (query: string): Promise<{ main: R; worker: R }> => {
-        const page = await browser.newPage();
-        const logs: string[] = [];
-        page.on('console', (m) => logs.push(m.text()));
-        page.on('pageerror', (e) => logs.push(String(e)));
-        await page.goto(`${base}/${query}`);
-        await page
-          .waitForFunction(
-            'window.workerResult !== undefined && window.mainResult !== undefined',
-            undefined,
-            {
-              timeout: 60_000,
-            },
-          )
-          .catch((e: unknown) => {
-            throw new Error(`${String(e)}; page log: ${logs.join(' | ')}`);
-          });
-        return {
-          main: await page.evaluate<R>('window.mainResult'),
-          worker: await page.evaluate<R>('window.workerResult'),
-        };
+    if (!browser || !server) return ctx.skip();
+    const { base } = server;
+    type R = { threads: number; bad: number; compared: number; isolated: boolean; error?: string };
+    const results = async (query: string): Promise<{ main: R; worker: R }> => {
+      const page = await browser!.newPage();
+      const logs: string[] = [];
+      page.on('console', (m) => logs.push(m.text()));
+      page.on('pageerror', (e) => logs.push(String(e)));
+      await page.goto(`${base}/${query}`);
+      await page
+        .waitForFunction('window.workerResult !== undefined && window.mainResult !== undefined', undefined, {
+          timeout: 60_000,
+        })
+        .catch((e: unknown) => {
+          throw new Error(`${String(e)}; page log: ${logs.join(' | ')}`);
+        });
+      return {
+        main: await page.evaluate<R>('window.mainResult'),
+        worker: await page.evaluate<R>('window.workerResult'),
       };
-      // 6 rows of the 1024-output CALDERA layer and of the 600-output dense layer
-      const compared = 6 * (1024 + 600);
-      const isolated = await results('');
-      expect(isolated.worker.error).toBeUndefined();
-      expect(isolated.worker).toEqual({ threads: 2, bad: 0, compared, isolated: true });
-      expect(isolated.main).toEqual({ threads: 1, bad: 0, compared, isolated: true });
-      const plain = await results('?isolated=0');
-      expect(plain.worker).toEqual({ threads: 1, bad: 0, compared, isolated: false });
-      expect(plain.main).toEqual({ threads: 1, bad: 0, compared, isolated: false });
-    } finally {
-      await browser.close();
-    }
+    };
+    // 6 rows of the 1024-output CALDERA layer and of the 600-output dense layer
+    const compared = 6 * (1024 + 600);
+    const isolated = await results('');
+    expect(isolated.worker.error).toBeUndefined();
+    expect(isolated.worker).toEqual({ threads: 2, bad: 0, compared, isolated: true });
+    expect(isolated.main).toEqual({ threads: 1, bad: 0, compared, isolated: true });
+    const plain = await results('?isolated=0');
+    expect(plain.worker).toEqual({ threads: 1, bad: 0, compared, isolated: false });
+    expect(plain.main).toEqual({ threads: 1, bad: 0, compared, isolated: false });
   }, 120_000);
 });

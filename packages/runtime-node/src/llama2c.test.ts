@@ -6,7 +6,7 @@ import { Rng, tensor, type Tensor } from '@caldera/core';
 import { Llama2cTokenizer, loadLlama2c, planLlama2cMemory, readLlama2cLayout } from './llama2c.js';
 import { DenseF16Linear } from './linear.js';
 import type { MemoryPlan } from './memory-plan.js';
-import { heldBytes, heldBytesExcept } from './testing/held-bytes.js';
+import { heldBytes, heldBytesExcept, sharedBuffersExcept } from './testing/held-bytes.js';
 import { createDecodePool } from './kernels/decode-pool.js';
 import { referenceLogits } from './testing/reference.js';
 
@@ -244,20 +244,6 @@ describe('llama2.c import', () => {
     const big = { dim: 64, hidden: 4096, layers: 1, vocab: 4096 };
     const dir = await mkdtemp(join(tmpdir(), 'caldera-l2c-split-'));
     const decodePool = await createDecodePool({ threads: 2 });
-    /** Distinct shared buffers the arrays reachable from `root` view (a split dense layer holds one). */
-    const shared = (root: unknown) => {
-      const buffers = new Set<unknown>();
-      const seen = new Set<unknown>();
-      const visit = (v: unknown): void => {
-        if (v === null || typeof v !== 'object' || seen.has(v)) return;
-        seen.add(v);
-        if (ArrayBuffer.isView(v)) {
-          if (v.buffer instanceof SharedArrayBuffer) buffers.add(v.buffer);
-        } else for (const x of Object.values(v)) visit(x);
-      };
-      visit(root);
-      return buffers.size;
-    };
     try {
       for (const untied of [false, true]) {
         const path = join(dir, `model-${untied}.bin`);
@@ -268,7 +254,8 @@ describe('llama2.c import', () => {
           const plans: MemoryPlan[] = [];
           const pooled = await loadLlama2c(path, { dtype, decodePool, onPlan: (p) => plans.push(p) });
           const head = (pooled.model as unknown as { head: unknown }).head;
-          expect(shared(head), what).toBe(1);
+          // a split dense layer holds its weights in a shared memory
+          expect(sharedBuffersExcept([decodePool], head), what).toBe(1);
           expect(heldBytesExcept([decodePool], pooled.model.weights, head), what).toBe(plans[0]!.weightBytes);
           const tokens = [1, 7, 3, 19, 0, 5];
           expect(pooled.model.forward(tokens), what).toEqual(alone.model.forward(tokens));

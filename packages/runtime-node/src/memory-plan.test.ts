@@ -28,7 +28,7 @@ import { KVCache } from './model.js';
 import { readModelLayout } from './layout.js';
 import { loadModel, loadModelFromStore, loadModelFromUrl, type LoadedModel } from './load.js';
 import type { MemoryPlan } from './memory-plan.js';
-import { heldBytes, heldBytesExcept } from './testing/held-bytes.js';
+import { heldBytes, heldBytesExcept, sharedBuffersExcept } from './testing/held-bytes.js';
 import { randomModel } from './testing/random-model.js';
 
 // Qwen2: q/k/v biases; an intermediate size of 40 (not a power of two: Hadamard K = 40 and padding of the rows)
@@ -173,20 +173,8 @@ describe('the memory plan (onPlan, readModelLayout().memory) is what the loaded 
           'model.safetensors',
         );
         const { model } = await loadModelFromStore({ config, calderaMeta: null, store }, { decodePool });
-        // a split dense layer keeps its weights in a shared memory: the shared buffers its arrays view
-        const shared = (root: unknown) => {
-          const buffers = new Set<unknown>();
-          const seen = new Set<unknown>();
-          const visit = (v: unknown): void => {
-            if (v === null || typeof v !== 'object' || seen.has(v)) return;
-            seen.add(v);
-            if (ArrayBuffer.isView(v)) {
-              if (v.buffer instanceof SharedArrayBuffer) buffers.add(v.buffer);
-            } else for (const x of Object.values(v)) visit(x);
-          };
-          visit(root);
-          return buffers.size;
-        };
+        // a split dense layer keeps its weights in a shared memory
+        const shared = (root: unknown) => sharedBuffersExcept([decodePool], root);
         const head = (model as unknown as { head: unknown }).head;
         expect(shared(head), `intermediate ${intermediate}`).toBe(intermediate === 4096 ? 1 : 0);
         expect(shared(model.weights.blocks[0]!.up), `intermediate ${intermediate}`).toBe(

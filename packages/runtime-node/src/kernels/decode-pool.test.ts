@@ -6,7 +6,7 @@ import { runInNewContext } from 'node:vm';
 import { CalderaError, f32ArrayToBf16, f32ArrayToF16, Rng, tensor } from '@caldera/core';
 import { randomDecomposition, type Decomposition } from '@caldera/lowrank';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from '../linear.js';
-import { heldBytes } from '../testing/held-bytes.js';
+import { heldBytes, sharedBuffersExcept } from '../testing/held-bytes.js';
 import { CalderaKernel, splitRanges } from './caldera-kernel.js';
 import { SPLIT_MIN_WEIGHTS } from './row-split.js';
 import { createDecodePool, decodeExecutor, exposeGcWhileStarting, type DecodePool } from './decode-pool.js';
@@ -176,7 +176,8 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
     const p = await pool(2);
     const ds = [0, 1, 2].map(() => randomDecomposition(1024, 512, 16, rng));
     const pooled = ds.map((d) => new CalderaLinear(d, null, { decodePool: p }));
-    const other = new CalderaLinear(ds[0]!, null, { decodePool: await pool(3) });
+    const p3 = await pool(3);
+    const other = new CalderaLinear(ds[0]!, null, { decodePool: p3 });
     const alone = ds.map((d) => new CalderaLinear(d));
     for (let step = 0; step < 20; step++) {
       const i = step % 3;
@@ -186,18 +187,7 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
       if (i === 0) expect(other.forward(x, 1)).toEqual(want);
     }
     // the workers' rows are real: a layer's held memory includes their shared memories
-    const shared = (l: CalderaLinear) => {
-      let n = 0;
-      const seen = new Set<unknown>();
-      const visit = (v: unknown): void => {
-        if (v === null || typeof v !== 'object' || seen.has(v)) return;
-        seen.add(v);
-        if (v instanceof WebAssembly.Memory) n += v.buffer instanceof SharedArrayBuffer ? 1 : 0;
-        else if (!ArrayBuffer.isView(v)) for (const x of Object.values(v)) visit(x);
-      };
-      visit(l);
-      return n;
-    };
+    const shared = (l: CalderaLinear) => sharedBuffersExcept([p, p3], l);
     expect(shared(pooled[0]!)).toBe(1);
     expect(shared(other)).toBe(2);
     expect(shared(alone[0]!)).toBe(0);

@@ -14,6 +14,24 @@ export function heldBytes(...roots: unknown[]): number {
  * pool that several models share and the caller disposes of).
  */
 export function heldBytesExcept(exclude: readonly object[], ...roots: unknown[]): number {
+  let bytes = 0;
+  for (const b of reachableBuffers(exclude, roots)) bytes += b.byteLength;
+  return bytes;
+}
+
+/**
+ * How many distinct shared buffers (`SharedArrayBuffer`s: shared WebAssembly memories) are reachable from `roots`, as
+ * {@link heldBytesExcept} finds them: a dense layer split over a decode pool holds its weights in one, a split CALDERA
+ * layer one per worker thread.
+ */
+export function sharedBuffersExcept(exclude: readonly object[], ...roots: unknown[]): number {
+  let n = 0;
+  for (const b of reachableBuffers(exclude, roots)) if (b instanceof SharedArrayBuffer) n++;
+  return n;
+}
+
+/** The distinct buffers reachable from `roots` without entering `exclude` (see {@link heldBytes}). */
+function reachableBuffers(exclude: readonly object[], roots: readonly unknown[]): Set<ArrayBufferLike> {
   const seen = new Set<object>(exclude);
   const buffers = new Set<ArrayBufferLike>();
   const visit = (v: unknown): void => {
@@ -25,7 +43,5 @@ export function heldBytesExcept(exclude: readonly object[], ...roots: unknown[])
     else for (const x of Object.values(v)) visit(x);
   };
   for (const r of roots) visit(r);
-  let bytes = 0;
-  for (const b of buffers) bytes += b.byteLength;
-  return bytes;
+  return buffers;
 }
