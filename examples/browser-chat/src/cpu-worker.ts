@@ -2,7 +2,7 @@
 // so that the page stays responsive while a forward pass runs (each is synchronous CPU work) and the kernels'
 // modules compile off the main thread. It loads /model/ with loadModelFromUrl and streams generate()'s tokens back.
 // When the page is cross-origin isolated (serve.mjs sends the headers) a decode pool starts Web Workers of its own,
-// one per core, and each token's larger products are split over them (the same tokens as on one thread).
+// one per core but one, and each token's larger products are split over them (the same tokens as on one thread).
 import {
   AttentionKernel,
   blockLinearNames,
