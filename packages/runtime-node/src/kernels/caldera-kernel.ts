@@ -312,13 +312,11 @@ export class CalderaKernel {
     let ranges = splitRanges(mp, np, k, pool?.threads ?? 1);
     // the workers' memories first: where they cannot all be reserved (a browser process holds about 120 WebAssembly
     // memories) the layer runs whole on the calling thread instead
-    let parts: ReturnType<typeof workerPart>[] = [];
+    let parts: NonNullable<ReturnType<typeof workerPart>>[] = [];
     if (pool && ranges.length > 1) {
-      try {
-        parts = ranges.slice(1).map(([row0, rows]) => workerPart(d, row0, rows));
-      } catch {
-        ranges = [[0, mp]];
-      }
+      const made = ranges.slice(1).map(([row0, rows]) => workerPart(d, row0, rows));
+      if (made.every((p) => p !== null)) parts = made as typeof parts;
+      else ranges = [[0, mp]];
     }
     const mq = ranges[0]![1];
     const mixIn = d.hadamard ? blockMix(np, false) : null;
@@ -337,7 +335,11 @@ export class CalderaKernel {
       memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
       exports = new WebAssembly.Instance(mod, { env: { memory } }).exports as unknown as CalderaExports;
     } catch {
-      return null; // e.g. the address space could not be reserved
+      // e.g. the address space could not be reserved: without the workers' memories (which may have taken the last
+      // room) the layer can still run whole here; else the caller keeps its TypeScript path
+      if (parts.length === 0) return null;
+      parts = [];
+      return CalderaKernel.create(d, maxRows);
     }
     checkHeapBase(exports as unknown as WebAssembly.Exports, 'caldera kernel');
     const buf = memory.buffer;
@@ -483,11 +485,16 @@ function workerPart(
   d: Decomposition,
   row0: number,
   rows: number,
-): { part: WorkerPart; task: WorkerTask; codes: CodeSlice } {
+): { part: WorkerPart; task: WorkerTask; codes: CodeSlice } | null {
   const np = d.padded[1];
   const { at, end } = sliceLayout(rows, np);
   const pages = pagesFor(end);
-  const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
+  let memory: WebAssembly.Memory;
+  try {
+    memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
+  } catch {
+    return null; // no room for the memory (a browser process holds about 120 WebAssembly memories)
+  }
   const buf = memory.buffer;
   writeTables(buf, at.p1, at.p2);
   const codes = groupMajorCodes(d, new Uint16Array(buf, at.codes, (rows * np) / 8), row0, rows);
@@ -556,5 +563,7 @@ export function warmUpCaller(): void {
 
 /** A worker's own tiny slice to warm its `splitRows` up on ({@link WARM_UP_CALLS} calls). */
 export function warmUpSlice(): WorkerTask {
-  return workerPart(tinyLayer(), 0, 256).task;
+  const part = workerPart(tinyLayer(), 0, 256);
+  if (!part) throw new Error("decode pool: no memory for a worker's warm-up slice");
+  return part.task;
 }

@@ -198,7 +198,12 @@ if (node) process.on('exit', stopped);
 function start({ warm, ...data }) {
   ctrl = new Int32Array(data.ctrl);
   modules = data.modules;
-  if (node) collect = require('node:vm').runInNewContext('gc');
+  // without the flag (another thread of the process cleared it meanwhile) the worker only collects when V8 decides to
+  if (node) {
+    try {
+      collect = require('node:vm').runInNewContext('gc');
+    } catch {}
+  }
   const ex = new WebAssembly.Instance(modules.caldera, { env: { memory: warm.memory } }).exports;
   for (let i = 0; i < ${WARM_UP_CALLS}; i++) ex.splitRows(warm.args[0]);
   post('ready');
@@ -395,6 +400,37 @@ function stopWorkers(w: Workers): void {
 }
 
 /**
+ * Start `count` workers into `state.list`; `ready` resolves once all have started and rejects when one stops first.
+ * A function of its own, not part of the pool's constructor: nothing the workers' listeners hold may reach the pool
+ * (a closure there could capture `this`), or {@link abandoned} would never see it collected.
+ */
+function launchWorkers(
+  kind: 'node' | 'browser',
+  count: number,
+  state: Workers,
+): { ready: Promise<void>; release(): void } {
+  let waiting = count;
+  let settle: { resolve(): void; reject(e: Error): void } | undefined;
+  const ready = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
+  // a worker that stops after a failed start has been handled (the pool disposed) must not be an unhandled rejection
+  ready.catch(() => {});
+  const readyOnce = new Set<number>();
+  const started = startWorkers(kind, count, (i) => ({
+    onReady: () => {
+      if (readyOnce.has(i)) return;
+      readyOnce.add(i);
+      if (--waiting === 0) settle!.resolve();
+    },
+    onStop: () => {
+      markStopped(state);
+      settle!.reject(new Error(`worker ${i + 1} of ${count} failed while starting`));
+    },
+  }));
+  state.list = started.workers;
+  return { ready, release: started.release };
+}
+
+/**
  * Stops the workers of a pool that was dropped without `dispose()` (and whose layers are gone too: they hold their
  * pool), so that its threads and the layers' parts they hold are freed.
  */
@@ -437,27 +473,10 @@ class DecodePoolImpl implements DecodeExecutor {
       this.threads = 1;
       return;
     }
-    const state = this.state;
-    let waiting = count;
-    let settle: { resolve(): void; reject(e: Error): void } | undefined;
-    this.ready = new Promise((resolve, reject) => (settle = { resolve, reject }));
-    // a worker that stops after a failed start has been handled (the pool disposed) must not be an unhandled rejection
-    this.ready.catch(() => {});
-    const readyOnce = new Set<number>();
     try {
-      const started = startWorkers(kind!, count, (i) => ({
-        onReady: () => {
-          if (readyOnce.has(i)) return;
-          readyOnce.add(i);
-          if (--waiting === 0) settle!.resolve();
-        },
-        onStop: () => {
-          markStopped(state);
-          settle!.reject(new Error(`worker ${i + 1} of ${count} failed while starting`));
-        },
-      }));
-      state.list = started.workers;
-      abandoned.register(this, state, state);
+      const started = launchWorkers(kind!, count, this.state);
+      abandoned.register(this, this.state, this.state);
+      this.ready = started.ready;
       this.revokeUrl = started.release;
     } catch (cause) {
       throw new CalderaError('E_DEVICE', `createDecodePool: could not start ${count} worker threads`, {
@@ -521,7 +540,8 @@ class DecodePoolImpl implements DecodeExecutor {
 
   /** Tell every worker to drop the layers whose kernels were collected (the same list to each). */
   private dropPending(): void {
-    if (this.toDrop.length === 0) return;
+    if (this.toDrop.length === 0 || this.busy) return;
+    this.checkLive(); // before the list is emptied: a stopped pool keeps it
     const drop = this.toDrop.splice(0);
     this.yieldWith(() => ({ drop }));
   }
