@@ -282,8 +282,7 @@ export async function loadLlama2c(
     }));
     // an f16 head, or with a decode pool that splits it an f32 one built here (the model would build it without the
     // pool): a tied f32 head's kernel copy is then the embedding too, as the model does it
-    const headPool =
-      decodePool && headSplits({ hiddenSize: dim, intermediateSize: hidden }) ? linearOptions : null;
+    const headPool = decodePool && headSplits(config) ? linearOptions : null;
     const head =
       dtype === 'f16' || headPool ? lin(lmHead.data, vocab, dim, 'classifier', headPool ?? {}) : undefined;
     const sharedTable = head instanceof DenseLinear && lmHead === embed;

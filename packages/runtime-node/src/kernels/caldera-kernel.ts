@@ -336,7 +336,8 @@ export class CalderaKernel {
       exports = new WebAssembly.Instance(mod, { env: { memory } }).exports as unknown as CalderaExports;
     } catch {
       // e.g. the address space could not be reserved: without the workers' memories (which may have taken the last
-      // room) the layer can still run whole here; else the caller keeps its TypeScript path
+      // room; dropped first, so that the collector V8 runs on a failed reservation can take them) the layer can still
+      // run whole here; else the caller keeps its TypeScript path
       if (parts.length === 0) return null;
       parts = [];
       return CalderaKernel.create(d, maxRows);

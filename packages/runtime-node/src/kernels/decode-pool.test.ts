@@ -1,7 +1,6 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { existsSync, readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { CalderaError, f32ArrayToBf16, f32ArrayToF16, Rng, tensor } from '@caldera/core';
 import { randomDecomposition, type Decomposition } from '@caldera/lowrank';
@@ -11,6 +10,16 @@ import { CalderaKernel, splitRanges } from './caldera-kernel.js';
 import { SPLIT_MIN_WEIGHTS } from './row-split.js';
 import { createDecodePool, decodeExecutor, exposeGcWhileStarting, type DecodePool } from './decode-pool.js';
 import { denseRanges } from './matvec.js';
+
+/** This thread's own collector (test only), taken as the pool's workers take theirs. */
+function collector(): () => void {
+  const flag = exposeGcWhileStarting();
+  try {
+    return runInNewContext('gc') as () => void;
+  } finally {
+    flag.done();
+  }
+}
 
 const pools: DecodePool[] = [];
 const pool = async (threads: number): Promise<DecodePool> => {
@@ -349,9 +358,7 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
     // its workers (held here without the pool), which the finalizer marks stopped
     const linux = existsSync('/proc/self/task');
     const threads = () => (linux ? readdirSync('/proc/self/task').length : 0);
-    setFlagsFromString('--expose-gc');
-    const gc = runInNewContext('gc') as () => void;
-    setFlagsFromString('--no-expose-gc');
+    const gc = collector();
     const before = threads();
     const rng = new Rng(37);
     const state = await (async () => {
@@ -373,9 +380,7 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
 
   it("the workers free a dropped layer's memory (a model reloaded on one pool does not grow)", async () => {
     // this thread's own collector, as the workers get theirs (test only)
-    setFlagsFromString('--expose-gc');
-    const gc = runInNewContext('gc') as () => void;
-    setFlagsFromString('--no-expose-gc');
+    const gc = collector();
     // 3 threads: every worker (not only the first) must drop the layers
     const p = await pool(3);
     const rss = () => process.memoryUsage().rss / 2 ** 20;

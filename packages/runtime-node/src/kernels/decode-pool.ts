@@ -310,13 +310,13 @@ function startWorkers(
     if (kind === 'node') {
       const wt = nodeBuiltinSync<NodeWorkerThreads>('node:worker_threads')!;
       for (let i = 0; i < count; i++) {
-        const { onStop } = events(i);
+        const ev = events(i);
         const w = new wt.Worker(WORKER_SOURCE, { eval: true });
         w.unref(); // an undisposed pool must not keep the process alive
-        w.on('message', workerMessage(events(i)));
+        w.on('message', workerMessage(ev));
         // a worker that dies (an error in its thread, killed by Node) between products: the next one is E_DEVICE
-        w.on('error', onStop);
-        w.on('exit', onStop);
+        w.on('error', ev.onStop);
+        w.on('exit', ev.onStop);
         workers.push({ post: (m) => w.postMessage(m), terminate: () => void w.terminate() });
       }
     } else {
@@ -325,11 +325,12 @@ function startWorkers(
       // kept until the workers have started (the spec resolves it when a worker is created; some browsers did later)
       release = () => g.URL.revokeObjectURL(url);
       for (let i = 0; i < count; i++) {
-        const { onStop } = events(i);
+        const ev = events(i);
+        const onMessage = workerMessage(ev);
         const w = new g.Worker(url);
-        w.onmessage = (e: { data: unknown }) => workerMessage(events(i))(e.data);
-        w.onerror = onStop;
-        w.onmessageerror = onStop;
+        w.onmessage = (e: { data: unknown }) => onMessage(e.data);
+        w.onerror = ev.onStop;
+        w.onmessageerror = ev.onStop;
         workers.push({ post: (m) => w.postMessage(m), terminate: () => w.terminate() });
       }
     }
@@ -379,9 +380,12 @@ interface Workers {
   disposed: boolean;
 }
 
+/** True once a worker has stopped (its thread failed or exited). */
+const hasStopped = (ctrl: Int32Array): boolean => Atomics.load(ctrl, STOPPED) !== 0;
+
 /** A worker stopped, as the worker itself reports it (STOPPED, and FIN raised so that a waiting caller wakes). */
 function markStopped({ ctrl, disposed }: Workers): void {
-  if (disposed || Atomics.load(ctrl, STOPPED) !== 0) return;
+  if (disposed || hasStopped(ctrl)) return;
   Atomics.store(ctrl, STOPPED, 1);
   Atomics.add(ctrl, FIN, STOPPED_FIN);
   Atomics.notify(ctrl, FIN);
@@ -438,7 +442,6 @@ const abandoned = new FinalizationRegistry<Workers>(stopWorkers);
 
 class DecodePoolImpl implements DecodeExecutor {
   readonly threads: number;
-  private readonly ctrl: Int32Array;
   private readonly state: Workers;
   private nextId = 0;
   private busy = false;
@@ -447,7 +450,7 @@ class DecodePoolImpl implements DecodeExecutor {
   private readonly dropped = new FinalizationRegistry<number>((id) => {
     if (this.state.disposed || this.stopped()) return;
     this.toDrop.push(id);
-    if (this.busy) return; // cannot happen (finalizers run between tasks); the next register takes them
+    // while busy (cannot happen: finalizers run between tasks) dropPending waits, and the next register takes them
     try {
       this.dropPending();
     } catch {
@@ -465,10 +468,10 @@ class DecodePoolImpl implements DecodeExecutor {
     kind: 'node' | 'browser' | null,
   ) {
     const count = kind && modules ? threads - 1 : 0;
-    this.ctrl = new Int32Array(
+    const ctrl = new Int32Array(
       count > 0 ? new SharedArrayBuffer(CTRL_SLOTS * 4) : new ArrayBuffer(CTRL_SLOTS * 4),
     );
-    this.state = { ctrl: this.ctrl, list: [], disposed: false };
+    this.state = { ctrl, list: [], disposed: false };
     if (count === 0) {
       this.threads = 1;
       return;
@@ -497,7 +500,7 @@ class DecodePoolImpl implements DecodeExecutor {
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
       for (const w of this.state.list)
-        w.post({ modules: this.modules, ctrl: this.ctrl.buffer, warm: warmUpSlice() });
+        w.post({ modules: this.modules, ctrl: this.state.ctrl.buffer, warm: warmUpSlice() });
       // the timer also keeps Node's event loop alive while the (unref'd) workers start
       const timeout = new Promise<never>((_, reject) => {
         timer = setTimeout(
@@ -551,9 +554,7 @@ class DecodePoolImpl implements DecodeExecutor {
    * first, so that no message is ever posted without its YIELD.
    */
   private yieldWith(message: (t: number) => unknown): void {
-    this.checkLive();
-    if (this.busy)
-      throw new CalderaError('E_VALUE', 'decode pool: already running a layer (one caller at a time)');
+    this.checkIdle();
     this.state.list.forEach((w, t) => w.post(message(t)));
     this.run(YIELD, () => {});
   }
@@ -563,12 +564,10 @@ class DecodePoolImpl implements DecodeExecutor {
   }
 
   run(id: number, own: () => void): void {
-    this.checkLive();
-    if (this.busy)
-      throw new CalderaError('E_VALUE', 'decode pool: already running a layer (one caller at a time)');
+    this.checkIdle();
     this.busy = true;
-    const ctrl = this.ctrl;
-    const workers = this.state.list.length;
+    const { ctrl, list } = this.state;
+    const workers = list.length;
     try {
       Atomics.store(ctrl, FAILED, 0);
       Atomics.store(ctrl, JOB, id);
@@ -600,9 +599,8 @@ class DecodePoolImpl implements DecodeExecutor {
     }
   }
 
-  /** True once a worker has stopped (its thread failed or exited). */
   private stopped(): boolean {
-    return Atomics.load(this.ctrl, STOPPED) !== 0;
+    return hasStopped(this.state.ctrl);
   }
 
   assertRunnable(): void {
@@ -613,6 +611,13 @@ class DecodePoolImpl implements DecodeExecutor {
   private checkLive(): void {
     if (this.state.disposed) throw new CalderaError('E_VALUE', 'decode pool: used after dispose()');
     this.assertRunnable();
+  }
+
+  /** {@link DecodePoolImpl.checkLive}, and no job running (one caller at a time). */
+  private checkIdle(): void {
+    this.checkLive();
+    if (this.busy)
+      throw new CalderaError('E_VALUE', 'decode pool: already running a layer (one caller at a time)');
   }
 
   dispose(): void {
