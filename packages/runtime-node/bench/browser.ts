@@ -9,14 +9,15 @@
  * and the two copies of the 8-block model (one layer, one memory; split, two) would need about 180.
  */
 import { browserBundle, launchChromium, serveFiles } from '../src/testing/chromium.js';
+import { emit } from './emit.js';
 
 const quick = process.argv.includes('--quick');
 
 /** Runs in the page's Web Worker: builds the model, measures, returns the cases. */
 const WORKER = `
 import {
-  blocksOf, CalderaLinear, createDecodePool, decodeRate, DenseF16Linear, f32ArrayToF16, LlamaModel, onDecodePool,
-  parseModelConfig, randomDecomposition, Rng, tensor,
+  bestRowMs, blocksOf, CalderaLinear, createDecodePool, decodeRate, DenseF16Linear, f32ArrayToF16, LlamaModel,
+  onDecodePool, parseModelConfig, randomDecomposition, Rng, tensor,
 } from '/bench.js';
 const DECODE = ${quick ? 6 : 24};
 async function run() {
@@ -42,15 +43,7 @@ async function run() {
     refs: { threads: decodePool.threads, oneThread: one, speedupVs1Thread: two / one },
   });
   // one layer, one row: best of 5 × 200 calls
-  const best = (layer, x) => {
-    let ms = Infinity;
-    for (let rep = 0; rep < 5; rep++) {
-      const t = performance.now();
-      for (let i = 0; i < 200; i++) layer.forward(x, 1);
-      ms = Math.min(ms, (performance.now() - t) / 200);
-    }
-    return ms;
-  };
+  const best = (layer, x) => bestRowMs(layer, x, 5);
   for (const [m, n] of [[2816, 1024], [1024, 2816], [1024, 1024]]) {
     const dec = randomDecomposition(m, n, 64, rng);
     const x = rng.fillNormal(new Float32Array(n));
@@ -87,7 +80,7 @@ const server = await serveFiles({
       "export * from './index.ts';",
       "export { f32ArrayToF16, Rng, tensor } from '@caldera/core';",
       "export { randomDecomposition } from '@caldera/lowrank';",
-      "export { blocksOf, decodeRate, onDecodePool } from '../bench/decode.ts';",
+      "export { bestRowMs, blocksOf, decodeRate, onDecodePool } from '../bench/decode.ts';",
     ].join('\n'),
   ),
 });
@@ -104,7 +97,7 @@ try {
       unit,
       refs,
     } = c as { case: string; value: number; unit: string; refs: object };
-    console.log(JSON.stringify({ case: name, value: Number(value.toPrecision(4)), unit, refs }));
+    emit(name, value, unit, refs);
   }
 } finally {
   await browser.close();

@@ -72,3 +72,14 @@ export function onDecodePool(model: LlamaModel, decodePool: DecodePool): LlamaMo
   const head = w.head ? split(w.head) : new DenseLinear(w.lmHead!, null, options);
   return new LlamaModel(model.config, { embed: w.embed, blocks, norm: w.norm, head });
 }
+
+/** Milliseconds per single-row product of `layer` on `x`: the best of `reps` runs of 200 calls. */
+export function bestRowMs(layer: Linear, x: Float32Array, reps: number): number {
+  let ms = Infinity;
+  for (let rep = 0; rep < reps; rep++) {
+    const t = performance.now();
+    for (let i = 0; i < 200; i++) layer.forward(x, 1);
+    ms = Math.min(ms, (performance.now() - t) / 200);
+  }
+  return ms;
+}

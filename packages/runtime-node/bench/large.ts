@@ -15,6 +15,7 @@ import {
   parseModelConfig,
 } from '../src/index.js';
 import { blocksOf, decodeRate, onDecodePool } from './decode.js';
+import { emit } from './emit.js';
 
 const cfg = parseModelConfig({
   architectures: ['LlamaForCausalLM'],
@@ -28,10 +29,6 @@ const cfg = parseModelConfig({
 });
 const RANK = 64;
 const TOKENS = 8;
-
-function emit(c: string, value: number, unit: string, refs: Record<string, unknown> = {}) {
-  console.log(JSON.stringify({ case: c, value: Number(value.toPrecision(4)), unit, refs }));
-}
 
 const { hiddenSize: d, intermediateSize: I, vocabSize: V, numHeads: H, numKvHeads: KV, headDim: hd } = cfg;
 const rng = new Rng(11);

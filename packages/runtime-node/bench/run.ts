@@ -21,8 +21,9 @@ import {
   parseModelConfig,
   type Linear,
 } from '../src/index.js';
-import { blocksOf, decodeRate, onDecodePool } from './decode.js';
+import { bestRowMs, blocksOf, decodeRate, onDecodePool } from './decode.js';
 import { floors } from './floors.js';
+import { emit } from './emit.js';
 
 const quick = process.argv.includes('--quick');
 const cfg = parseModelConfig({
@@ -38,10 +39,6 @@ const cfg = parseModelConfig({
 const PREFILL = quick ? 16 : 64;
 const DECODE = quick ? 6 : 24;
 const RANK = 64;
-
-function emit(c: string, value: number, unit: string, refs: Record<string, unknown> = {}) {
-  console.log(JSON.stringify({ case: c, value: Number(value.toPrecision(4)), unit, refs }));
-}
 
 /** Uniform values in ±0.05 (fast LCG: the values only matter for speed). */
 function randomF32(n: number, seed: number): Float32Array {
@@ -216,15 +213,7 @@ emit('rss_caldera', c.rssMB, 'MiB', { linearWeightsMiB: c.linearMB });
 {
   const rng = new Rng(5);
   const decodePool = await createDecodePool({ threads: 2 });
-  const best = (layer: CalderaLinear, x: Float32Array) => {
-    let ms = Infinity;
-    for (let rep = 0; rep < 8; rep++) {
-      const t = performance.now();
-      for (let i = 0; i < 200; i++) layer.forward(x, 1);
-      ms = Math.min(ms, (performance.now() - t) / 200);
-    }
-    return ms;
-  };
+  const best = (layer: CalderaLinear, x: Float32Array) => bestRowMs(layer, x, 8);
   const { hiddenSize: d, intermediateSize: I } = cfg;
   for (const [m, n] of [
     [I, d],

@@ -5,6 +5,7 @@
  * does not depend on the values). `--quick`: shorter sequences and fewer repetitions.
  */
 import { Rng } from '@caldera/core';
+import { emit } from './emit.js';
 import { paddedSize } from '@caldera/lowrank';
 import {
   adamWState,
@@ -19,10 +20,6 @@ import {
 } from '../src/train/index.js';
 
 const quick = process.argv.includes('--quick');
-
-function emit(c: string, value: number, unit: string, refs: Record<string, unknown> = {}) {
-  console.log(JSON.stringify({ case: c, value: Number(value.toPrecision(4)), unit, refs }));
-}
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
