@@ -315,7 +315,7 @@ describe('caldera command lines', () => {
     // its memory plan, whose bytes memory-plan.test.ts (runtime-node) measures on the loaded layers
     let plan: MemoryPlan | undefined;
     await loadModel(dir, { onPlan: (p) => (plan = p) });
-    expect(info.linearMemoryBytes).toBe(plan!.parts.linears);
+    expect(info.linearMemoryBytes).toBe(plan!.parts.linears + plan!.parts.arenas);
     expect(info.memoryBytes).toBe(plan!.weightBytes);
   });
   it('values checked before work: compress --seed and --length, train validation length, --tokenizer on a directory', async () => {

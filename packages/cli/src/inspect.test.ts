@@ -76,7 +76,8 @@ async function loadedReport(dir: string, stored: 'f32' | 'f16' | 'bf16') {
     paperBitsPerWeight: calderaMeta?.bitsPerWeight ?? null,
     config: JSON.parse(JSON.stringify(config)),
     linearBytes,
-    linearMemoryBytes: names.reduce((sum, name) => sum + heldBytes(model.linear(name)), 0),
+    // the layers together: their arrays, and the kernel arenas they share counted once
+    linearMemoryBytes: heldBytes(...names.map((name) => model.linear(name))),
     memoryBytes: heldBytes(model.weights),
     layers,
   };

@@ -58,7 +58,10 @@ describe('caldera generate / eval / inspect', () => {
     expect(info.fileBytes).toBe(readFileSync(model).length);
     // in memory: runtime-node's plan for the file (which its llama2c test measures on the loaded model)
     const plan = planLlama2cMemory(info.config);
-    expect(info).toMatchObject({ memoryBytes: plan.weightBytes, linearMemoryBytes: plan.parts.linears });
+    expect(info).toMatchObject({
+      memoryBytes: plan.weightBytes,
+      linearMemoryBytes: plan.parts.linears + plan.parts.arenas,
+    });
     // header only: no tokenizer needed, and weights are not read (a NaN weight does not matter to inspect)
     const bare = join(mkdtempSync(join(tmpdir(), 'caldera-cli-bare-')), 'model.bin');
     const bytes = readFileSync(model);

@@ -1,12 +1,12 @@
 /**
- * Decode in a browser (headless Chromium, `/usr/bin/chromium`): a CALDERA model of the benchmark's shapes with half
- * its blocks (as bench/run.ts builds it: hidden 1024, MLP 2816, 4 layers, vocab 8192 with a tied f16 head; rank 64;
- * ≈ 59 M parameters) built in a Web Worker of a cross-origin-isolated page, its decode tokens/s on the worker's thread and with a 2-thread decode pool
+ * Decode in a browser (headless Chromium, `/usr/bin/chromium`): the benchmark's CALDERA model (as bench/run.ts builds
+ * it: hidden 1024, MLP 2816, 8 layers, vocab 8192 with a tied f16 head; rank 64; ≈ 100 M parameters) built in a Web
+ * Worker of a cross-origin-isolated page, its decode tokens/s on the worker's thread and with a 2-thread decode pool
  * (Web Workers), and one CALDERA layer's single-row product at the model's shapes, alone and split. The package's
  * sources are bundled for the browser with esbuild, as an app would. Run by `bench/run.ts --browser`; JSON Lines on
- * stdout; prints nothing (a note on stderr) without Chromium or playwright-core. Four blocks, not eight: a Chromium
- * renderer holds at most about 120 WebAssembly memories (each reserves its guard regions in V8's sandbox; 123 measured),
- * and the two copies of the 8-block model (one layer, one memory; split, two) would need about 180.
+ * stdout; prints nothing (a note on stderr) without Chromium or playwright-core. Each copy of the model keeps its
+ * blocks' layers in one model's kernel arenas, as the loaders do: a Chromium renderer holds at most about 120
+ * WebAssembly memories, and with a memory per layer (and per worker part) the two copies would need about 180.
  */
 import { browserBundle, launchChromium, serveFiles } from '../src/testing/chromium.js';
 import { emit } from './emit.js';
@@ -16,18 +16,19 @@ const quick = process.argv.includes('--quick');
 /** Runs in the page's Web Worker: builds the model, measures, returns the cases. */
 const WORKER = `
 import {
-  bestRowMs, blocksOf, CalderaLinear, createDecodePool, decodeRate, DenseF16Linear, f32ArrayToF16, LlamaModel,
-  onDecodePool, parseModelConfig, randomDecomposition, Rng, tensor,
+  bestRowMs, blocksOf, CalderaLinear, createDecodePool, decodeRate, DenseF16Linear, f32ArrayToF16, KernelArenas,
+  LlamaModel, onDecodePool, parseModelConfig, randomDecomposition, Rng, tensor,
 } from '/bench.js';
 const DECODE = ${quick ? 6 : 24};
 async function run() {
   const cfg = parseModelConfig({
-    architectures: ['LlamaForCausalLM'], hidden_size: 1024, intermediate_size: 2816, num_hidden_layers: 4,
+    architectures: ['LlamaForCausalLM'], hidden_size: 1024, intermediate_size: 2816, num_hidden_layers: 8,
     num_attention_heads: 16, num_key_value_heads: 8, vocab_size: 8192, tie_word_embeddings: true,
   });
   const { hiddenSize: d, vocabSize: V } = cfg;
   const rng = new Rng(7);
-  const blocks = blocksOf(cfg, (m, n) => new CalderaLinear(randomDecomposition(m, n, 64, rng)));
+  const arenas = new KernelArenas();
+  const blocks = blocksOf(cfg, (m, n) => new CalderaLinear(randomDecomposition(m, n, 64, rng), null, { arenas }));
   const head = new DenseF16Linear(f32ArrayToF16(rng.fillNormal(new Float32Array(V * d), 0, 0.05)), V, d);
   const model = new LlamaModel(cfg, {
     embed: tensor('f16', [V, d], head.bits), blocks, norm: new Float32Array(d).fill(1), head,

@@ -3,10 +3,12 @@ import {
   CalderaLinear,
   DenseF16Linear,
   DenseLinear,
+  KernelArenas,
   KVCache,
   LlamaModel,
   type BlockWeights,
   type DecodePool,
+  type DenseLinearOptions,
   type Linear,
   type ModelConfig,
 } from '../src/index.js';
@@ -48,11 +50,15 @@ export function decodeRate(model: LlamaModel, prompt: number[], tokens: number):
   return tokens / (best / 1000);
 }
 
-/** The same weights with every linear layer and the LM head rebuilt on `decodePool` (their rows split over its threads). */
+/**
+ * The same weights with every linear layer and the LM head rebuilt on `decodePool` (their rows split over its
+ * threads), the blocks' layers in one model's kernel arenas and the head in memories of its own, as the loaders build
+ * them.
+ */
 export function onDecodePool(model: LlamaModel, decodePool: DecodePool): LlamaModel {
   const w = model.weights;
-  const options = { decodePool };
-  const split = (l: Linear): Linear => {
+  const arenas = new KernelArenas({ threads: decodePool.threads });
+  const split = (l: Linear, options: DenseLinearOptions = { decodePool, arenas }): Linear => {
     if (l instanceof CalderaLinear) return new CalderaLinear(l.d, l.bias, options);
     if (l instanceof DenseF16Linear)
       return new DenseF16Linear(l.bits, l.outFeatures, l.inFeatures, l.bias, l.format, options);
@@ -69,7 +75,7 @@ export function onDecodePool(model: LlamaModel, decodePool: DecodePool): LlamaMo
     up: split(b.up),
     down: split(b.down),
   }));
-  const head = w.head ? split(w.head) : new DenseLinear(w.lmHead!, null, options);
+  const head = w.head ? split(w.head, { decodePool }) : new DenseLinear(w.lmHead!, null, { decodePool });
   return new LlamaModel(model.config, { embed: w.embed, blocks, norm: w.norm, head });
 }
 

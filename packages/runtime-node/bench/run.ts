@@ -16,6 +16,7 @@ import {
   createDecodePool,
   DenseF16Linear,
   DenseLinear,
+  KernelArenas,
   KVCache,
   LlamaModel,
   parseModelConfig,
@@ -57,12 +58,14 @@ function buildModel(kind: Kind, pool?: Pool): LlamaModel {
   const { hiddenSize: d, vocabSize: V } = cfg;
   const rng = new Rng(7);
   let seed = 1;
+  // the blocks' layers in one model's kernel arenas, as the loaders build them
+  const arenas = new KernelArenas();
   const lin = (m: number, n: number): Linear => {
-    if (kind === 'caldera') return new CalderaLinear(randomDecomposition(m, n, RANK, rng));
+    if (kind === 'caldera') return new CalderaLinear(randomDecomposition(m, n, RANK, rng), null, { arenas });
     const w = randomF32(m * n, seed++);
     return kind === 'f16'
-      ? new DenseF16Linear(f32ArrayToF16(w), m, n)
-      : new DenseLinear(tensor('f32', [m, n], w));
+      ? new DenseF16Linear(f32ArrayToF16(w), m, n, null, 'f16', { arenas })
+      : new DenseLinear(tensor('f32', [m, n], w), null, { arenas });
   };
   const blocks = blocksOf(cfg, lin);
   const embed = tensor('f32', [V, d], randomF32(V * d, 999));

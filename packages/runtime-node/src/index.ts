@@ -22,3 +22,9 @@ export * from './llama2c.js';
 export * from './train/index.js';
 export { BatchWorkspace, type CalderaBatchLayer, type CodeSlice } from './kernels/batch-workspace.js';
 export { createDecodePool, type DecodePool, type DecodePoolOptions } from './kernels/decode-pool.js';
+export {
+  KernelArenas,
+  type ArenaName,
+  type ArenaRequest,
+  type KernelArenasOptions,
+} from './kernels/kernel-arenas.js';

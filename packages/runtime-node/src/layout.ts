@@ -12,7 +12,13 @@ import {
 import { nodePath } from './node-builtins.js';
 import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
 import { checkPathArgument, readJsonFile } from './json-file.js';
-import { CalderaLinear, DenseF16Linear, DenseLinear } from './linear.js';
+import {
+  CalderaLinear,
+  DenseF16Linear,
+  DenseLinear,
+  footprintBytes,
+  type LinearFootprint,
+} from './linear.js';
 import { heldDType, planMemory, type MemoryPlan } from './memory-plan.js';
 
 /** The float dtypes a weight may be stored as (safetensors `F64`, `F32`, `F16`, `BF16`), in lower case. */
@@ -44,15 +50,18 @@ export type LinearLayout = {
    */
   bytes: number;
   /**
-   * Bytes the layer holds resident once {@link loadModel} has loaded it with the layout's `dtype`: every array and
-   * WebAssembly memory it keeps, its f32 bias included. A dense layer: its matrix–vector kernel's memory, with W at
-   * 2 bytes a weight when kept as f16/bf16 bits, else 4 (f32; f64 is narrowed), in whole 64 KiB pages with the kernel's
-   * static data page and row buffers ({@link DenseLinear.memoryBytes}, {@link DenseF16Linear.memoryBytes}). A CALDERA
-   * layer: its fused kernel's memory (Q's codes, L̂ and R̂ decoded to f32, signs, row buffers) and what it keeps beside
-   * it (L and R as stored, the signs in f32), or the unfused layer's arrays ({@link CalderaLinear.memoryBytes}) — far
-   * more than `bytes` for a small layer, whose low-rank factors in f32 and 64 KiB pages dominate.
+   * Bytes the layer holds resident once {@link loadModel} has loaded it with the layout's `dtype`: every array it keeps,
+   * its f32 bias included, and its kernels' regions in the model's {@link KernelArenas} (`footprint`; the arenas'
+   * fixed regions and page rounding are the plan's `parts.arenas`). A dense layer: its matrix–vector kernel's region,
+   * W at 2 bytes a weight when kept as f16/bf16 bits, else 4 (f32; f64 is narrowed), and row buffers
+   * ({@link DenseLinear.footprint}, {@link DenseF16Linear.footprint}). A CALDERA layer: its fused kernel's region
+   * (Q's codes, L̂ and R̂ decoded to f32, signs, row buffers; with a decode pool, its workers' regions) and what it keeps
+   * beside it (L and R as stored, the signs in f32), or the unfused layer's arrays ({@link CalderaLinear.footprint}) —
+   * far more than `bytes` for a small layer, whose low-rank factors in f32 dominate.
    */
   memoryBytes: number;
+  /** What `memoryBytes` counts: the layer's own arrays and its regions, in the order the loader places them. */
+  footprint: LinearFootprint;
 } & (
   | { /** The dense `.weight`. */ weight: TensorLayout; caldera: null }
   | { weight: null; /** The layer's `caldera.json` entry. */ caldera: CalderaLayerMeta }
@@ -221,6 +230,7 @@ export async function layoutFromStore(
       `decodeThreads must be an integer in [1, 256] (a decode pool's threads), got ${String(decodeThreads)}`,
     );
   const linears: LinearLayout[] = [];
+  const held = (footprint: LinearFootprint) => ({ footprint, memoryBytes: footprintBytes(footprint, true) });
   for (let b = 0; b < config.numLayers; b++) {
     for (const { name } of blockLinearNames(b)) {
       const kind = name.slice(name.lastIndexOf('.') + 1);
@@ -243,20 +253,20 @@ export async function layoutFromStore(
           inFeatures: n,
           bias,
           bytes,
-          memoryBytes: CalderaLinear.memoryBytes(meta, bias !== null, decodeThreads),
+          ...held(CalderaLinear.footprint(meta, bias !== null, decodeThreads)),
           weight: null,
           caldera: meta,
         });
       } else {
         const weight = await floatTensor(store, `${name}.weight`, shape);
-        const held = heldDType(weight.dtype, dtype);
+        const kept = heldDType(weight.dtype, dtype);
         linears.push({
           name,
           outFeatures: m,
           inFeatures: n,
           bias,
           bytes: weight.bytes,
-          memoryBytes: (held === 'f32' ? DenseLinear : DenseF16Linear).memoryBytes(m, n, bias !== null),
+          ...held((kept === 'f32' ? DenseLinear : DenseF16Linear).footprint(m, n, bias !== null)),
           weight,
           caldera: null,
         });
@@ -275,6 +285,7 @@ export async function layoutFromStore(
       kind: l.caldera ? 'caldera' : heldDType(l.weight.dtype, dtype),
       bytes: l.memoryBytes,
     })),
+    regions: linears.flatMap((l) => l.footprint.regions),
   });
   return { dir, config, calderaMeta, embed, lmHead, linears, norm, memory };
 }

@@ -19,6 +19,8 @@ import {
 } from './kernels/caldera-kernel.js';
 import { e8pDecodeInto, e8pMatvecLut } from './kernels/e8p-lut.js';
 import { type HalfFormat, matvecF16, matvecF32, WasmMatrix } from './kernels/matvec.js';
+import { aloneBytes, type ArenaRequest, type KernelArenas } from './kernels/kernel-arenas.js';
+import type { ArenaRegion, KernelArena } from './kernels/arena.js';
 
 export type { HalfFormat } from './kernels/matvec.js';
 
@@ -37,28 +39,64 @@ const CALDERA_KERNEL_ROWS = 16;
 const CALDERA_BATCH_MIN_ROWS = 20;
 
 /**
- * Bytes that {@link f32Product} or {@link halfProduct} holds for `W [m, n]`: the SIMD kernel's WebAssembly memory, or
- * W's own array where the kernel is unavailable (`callerArray`: that array is also held elsewhere, so nothing more).
+ * What a linear layer holds resident: `own` bytes of its own arrays, and the regions its kernels place in a model's
+ * {@link KernelArenas} (or, built without arenas, each in a memory of its own).
  */
-function productBytes(kind: 'f32' | HalfFormat, m: number, n: number, callerArray = false): number {
-  const wasm = WasmMatrix.memoryBytes(kind, m, n, MATVEC_MAX_ROWS);
-  return wasm ?? (callerArray ? 0 : m * n * (kind === 'f32' ? 4 : 2));
+export interface LinearFootprint {
+  own: number;
+  regions: ArenaRequest[];
+}
+
+/**
+ * Bytes of a layer with this footprint: its own arrays plus its regions — in shared arenas (`inArenas`: the regions'
+ * bytes, the arenas' memories counted once for the model), or each in a memory of its own (whole 64 KiB pages with the
+ * fixed region).
+ */
+export function footprintBytes(f: LinearFootprint, inArenas: boolean): number {
+  return f.regions.reduce((s, r) => s + (inArenas ? r.bytes : aloneBytes(r)), f.own);
+}
+
+/**
+ * What {@link f32Product} or {@link halfProduct} holds for `W [m, n]`: the SIMD kernel's region (W and the row
+ * buffers), or W's own array where the kernel is unavailable (`callerArray`: that array is also held elsewhere, so
+ * nothing more).
+ */
+function productFootprint(
+  kind: 'f32' | HalfFormat,
+  m: number,
+  n: number,
+  callerArray = false,
+): LinearFootprint {
+  const region = WasmMatrix.regionBytes(kind, m, n, MATVEC_MAX_ROWS);
+  if (region !== null) return { own: 0, regions: [{ arena: 'dense', bytes: region }] };
+  return { own: callerArray ? 0 : m * n * (kind === 'f32' ? 4 : 2), regions: [] };
 }
 
 /** Matrix–vector products `y = x·Wᵀ` (≤ {@link MATVEC_MAX_ROWS} rows) with a contiguous `W [m, n]`. */
 interface RowProduct<A extends Float32Array | Uint16Array> {
   /** W: a view into the WebAssembly memory the SIMD kernel reads, or the caller's array for the TypeScript loop. */
   weights: A;
+  /** The kernel's region of its WebAssembly memory (null: the TypeScript loop). */
+  region: ArenaRegion | null;
   run(x: Float32Array, rows: number, y: Float32Array): void;
 }
 
 /**
- * W copied once into its own WebAssembly memory (SIMD kernel), or the TypeScript loop where that is unavailable. The
- * closures are built in separate functions: one sharing this scope would keep the caller's array alive.
+ * W copied once into a WebAssembly memory (SIMD kernel; a region of `arena`, or a memory of its own), or the
+ * TypeScript loop where that is unavailable. The closures are built in separate functions: one sharing this scope
+ * would keep the caller's array alive.
  */
-function f32Product(w: Float32Array, m: number, n: number, pool?: DecodeExecutor): RowProduct<Float32Array> {
-  const r = WasmMatrix.create('f32', w, m, n, MATVEC_MAX_ROWS, pool);
-  return r ? wasmProduct(r) : { weights: w, run: (x, rows, y) => matvecF32(w, m, n, x, rows, y) };
+function f32Product(
+  w: Float32Array,
+  m: number,
+  n: number,
+  pool?: DecodeExecutor,
+  arena?: KernelArena,
+): RowProduct<Float32Array> {
+  const r = WasmMatrix.create('f32', w, m, n, MATVEC_MAX_ROWS, pool, arena);
+  return r
+    ? wasmProduct(r)
+    : { weights: w, region: null, run: (x, rows, y) => matvecF32(w, m, n, x, rows, y) };
 }
 
 function halfProduct(
@@ -67,13 +105,16 @@ function halfProduct(
   m: number,
   n: number,
   pool?: DecodeExecutor,
+  arena?: KernelArena,
 ): RowProduct<Uint16Array> {
-  const r = WasmMatrix.create(format, w, m, n, MATVEC_MAX_ROWS, pool);
-  return r ? wasmProduct(r) : { weights: w, run: (x, rows, y) => matvecF16(w, m, n, x, rows, y, format) };
+  const r = WasmMatrix.create(format, w, m, n, MATVEC_MAX_ROWS, pool, arena);
+  return r
+    ? wasmProduct(r)
+    : { weights: w, region: null, run: (x, rows, y) => matvecF16(w, m, n, x, rows, y, format) };
 }
 
 function wasmProduct<K extends 'f32' | HalfFormat>(r: WasmMatrix<K>): RowProduct<WasmMatrix<K>['weights']> {
-  return { weights: r.weights, run: (x, rows, y) => r.matvec(x, rows, y) };
+  return { weights: r.weights, region: r.region, run: (x, rows, y) => r.matvec(x, rows, y) };
 }
 
 /** Options of {@link Linear.forward}. Results do not depend on them (bit for bit), only speed does. */
@@ -139,11 +180,28 @@ export interface DenseLinearOptions {
    * bits as alone. Default: none (the calling thread).
    */
   decodePool?: DecodePool;
+  /**
+   * The model's kernel memories: W's kernel buffers go in a region of `arenas.dense` instead of a WebAssembly memory of
+   * their own (the loaders pass one per model). Built with a decode pool, the arenas must have its threads. Default:
+   * a memory of its own.
+   */
+  arenas?: KernelArenas;
 }
 
-/** The executor of `options.decodePool` (`E_VALUE` for a pool that `createDecodePool` did not make). */
-const executorOf = (options: DenseLinearOptions): DecodeExecutor | undefined =>
-  options.decodePool ? decodeExecutor(options.decodePool) : undefined;
+/**
+ * The executor of `options.decodePool` (`E_VALUE` for a pool that `createDecodePool` did not make, or for `arenas` made
+ * for another number of threads).
+ */
+function executorOf(options: DenseLinearOptions): DecodeExecutor | undefined {
+  const pool = options.decodePool ? decodeExecutor(options.decodePool) : undefined;
+  const threads = pool?.threads ?? 1;
+  if (options.arenas && options.arenas.threads !== threads)
+    throw new CalderaError(
+      'E_VALUE',
+      `linear: arenas made for ${options.arenas.threads} decode threads, the layer is built with ${threads}`,
+    );
+  return pool;
+}
 
 /**
  * Dense f32 weights `[out, in]`. A contiguous W is copied at construction into the memory of the SIMD matrix–vector
@@ -164,16 +222,27 @@ export class DenseLinear implements Linear {
     [this.outFeatures, this.inFeatures] = [m, n];
     this.weightBytes = m * n * 4;
     const contiguous = weight.offset === 0 && weight.strides[0] === n && weight.strides[1] === 1;
-    this.product = contiguous ? f32Product(weight.data, m, n, executorOf(options)) : null;
+    this.product = contiguous
+      ? f32Product(weight.data, m, n, executorOf(options), options.arenas?.dense)
+      : null;
     this.weight = this.product ? { ...weight, data: this.product.weights } : weight;
   }
   /**
-   * Bytes a `DenseLinear` of `W [m, n]` built from a contiguous weight holds resident: the SIMD kernel's WebAssembly
-   * memory (whole 64 KiB pages: its static data page, W in f32, buffers for 4 input and output rows), or W's f32 array
-   * where the kernel is unavailable; plus the f32 bias (`m` values) when it has one.
+   * What a `DenseLinear` of `W [m, n]` built from a contiguous weight holds resident: the SIMD kernel's region (W in
+   * f32, buffers for 4 input and output rows), or W's f32 array where the kernel is unavailable; plus the f32 bias
+   * (`m` values) when it has one.
+   */
+  static footprint(m: number, n: number, bias: boolean): LinearFootprint {
+    const f = productFootprint('f32', m, n);
+    return { own: f.own + (bias ? m * 4 : 0), regions: f.regions };
+  }
+
+  /**
+   * Bytes a `DenseLinear` of `W [m, n]` built from a contiguous weight without arenas holds resident: its
+   * {@link DenseLinear.footprint}, the kernel's memory in whole 64 KiB pages with its static data page.
    */
   static memoryBytes(m: number, n: number, bias: boolean): number {
-    return productBytes('f32', m, n) + (bias ? m * 4 : 0);
+    return footprintBytes(DenseLinear.footprint(m, n, bias), false);
   }
 
   forward(x: Float32Array, rows: number, options: LinearRunOptions = {}): Float32Array {
@@ -265,17 +334,33 @@ export class DenseF16Linear implements Linear {
         `${format} linear: ${bits.length} weights, expected ${outFeatures}·${inFeatures}`,
       );
     this.weightBytes = bits.length * 2;
-    this.product = halfProduct(format, bits, outFeatures, inFeatures, executorOf(options));
+    this.product = halfProduct(
+      format,
+      bits,
+      outFeatures,
+      inFeatures,
+      executorOf(options),
+      options.arenas?.dense,
+    );
     this.bits = this.product.weights;
   }
 
   /**
-   * Bytes a 16-bit layer of `W [m, n]` holds resident: the SIMD kernel's WebAssembly memory (whole 64 KiB pages: its
-   * static data page, W's 16-bit bits, buffers for 4 input and output rows), or the bits' array where the kernel is
-   * unavailable; plus the f32 bias (`m` values) when it has one. The same for f16 and bf16.
+   * What a 16-bit layer of `W [m, n]` holds resident: the SIMD kernel's region (W's 16-bit bits, buffers for 4 input
+   * and output rows), or the bits' array where the kernel is unavailable; plus the f32 bias (`m` values) when it has
+   * one. The same for f16 and bf16.
+   */
+  static footprint(m: number, n: number, bias: boolean): LinearFootprint {
+    const f = productFootprint('f16', m, n);
+    return { own: f.own + (bias ? m * 4 : 0), regions: f.regions };
+  }
+
+  /**
+   * Bytes a 16-bit layer of `W [m, n]` built without arenas holds resident: its {@link DenseF16Linear.footprint}, the
+   * kernel's memory in whole 64 KiB pages with its static data page.
    */
   static memoryBytes(m: number, n: number, bias: boolean): number {
-    return productBytes('f16', m, n) + (bias ? m * 4 : 0);
+    return footprintBytes(DenseF16Linear.footprint(m, n, bias), false);
   }
 
   /** W in f32 `[outFeatures, inFeatures]` (a new array; exact: every f16 and bf16 value is an f32 value). */
@@ -318,6 +403,13 @@ export interface CalderaLinearOptions {
    * Default: none (the calling thread).
    */
   decodePool?: DecodePool;
+  /**
+   * The model's kernel memories: the fused kernel's buffers go in a region of `arenas.caldera` (and each worker's rows
+   * in one of its arena), an unfused layer's L̂ and R̂ in `arenas.dense`, instead of WebAssembly memories of their own
+   * (the loaders pass one per model). Built with a decode pool, the arenas must have its threads. Default: memories of
+   * its own.
+   */
+  arenas?: KernelArenas;
 }
 
 /**
@@ -356,7 +448,9 @@ export class CalderaLinear implements Linear {
     const [mp, np] = d.padded;
     const k = d.rank;
     const pool = executorOf(options); // checked even when the kernel is not used
-    this.kernel = options.kernel === false ? null : CalderaKernel.create(d, CALDERA_KERNEL_ROWS, pool);
+    const { arenas } = options;
+    this.kernel =
+      options.kernel === false ? null : CalderaKernel.create(d, CALDERA_KERNEL_ROWS, pool, arenas);
     // with the kernel, Q's codes live in its memory (group-major, read by the row and the batch paths): the planes of
     // `d` are not kept, so a layer holds its codes once; `d` rebuilds them on demand
     this.stored = this.kernel ? { ...d, q: { ...d.q, planes: [] } } : d;
@@ -365,8 +459,8 @@ export class CalderaLinear implements Linear {
       this.lProduct = null;
     } else {
       const { lRows, r } = lowRankFactors(d);
-      this.rProduct = f32Product(r, k, np);
-      this.lProduct = f32Product(lRows, mp, k);
+      this.rProduct = f32Product(r, k, np, undefined, arenas?.dense);
+      this.lProduct = f32Product(lRows, mp, k, undefined, arenas?.dense);
     }
     this.l = this.lProduct ? tensor('f32', [mp, k], this.lProduct.weights) : null;
     this.r = this.rProduct ? tensor('f32', [k, np], this.rProduct.weights) : null;
@@ -381,20 +475,19 @@ export class CalderaLinear implements Linear {
   }
 
   /**
-   * Bytes a `CalderaLinear` built from the checkpoint tensors of `layer` (its `caldera.json` entry, as the loaders read
+   * What a `CalderaLinear` built from the checkpoint tensors of `layer` (its `caldera.json` entry, as the loaders read
    * it with `fromCheckpointTensors`) holds resident, with an f32 bias of `m` values when `bias`:
-   * - fused (2-bit Q, no LoRA part, WebAssembly SIMD: {@link CalderaLinear.fused}): the kernel's WebAssembly memory
-   *   (whole 64 KiB pages: static data, E8P tables, Q's codes group-major, L̂ and R̂ decoded to f32, the signs, the
-   *   block-mixing matrices, buffers for 16 rows), and beside it the decomposition without Q's planes — L and R as
-   *   stored (code planes, or f32 for an f16 factor), SU and SV in f32 (ones when the layer has no rotation) — and the
-   *   two K×K block-mixing matrices of the Hadamard sizes in f32;
+   * - fused (2-bit Q, no LoRA part, WebAssembly SIMD: {@link CalderaLinear.fused}): the kernel's region (Q's codes
+   *   group-major, L̂ and R̂ decoded to f32, the signs, the block-mixing matrices, buffers for 16 rows; with a decode
+   *   pool of `decodeThreads` threads that splits it, each worker's region of its rows), and beside it the
+   *   decomposition without Q's planes — L and R as stored (code planes, or f32 for an f16 factor), SU and SV in f32
+   *   (ones when the layer has no rotation) — and the two K×K block-mixing matrices of the Hadamard sizes in f32;
    * - otherwise: the whole decomposition (Q's planes, L and R as stored, SU/SV in f32 with a rotation, the LoRA pair in
    *   f32), 2-bit Q's codes again group-major, and L̂ `[mp, k]` and R̂ `[k, np]` in f32 for the matrix–vector kernel
-   *   (each in its WebAssembly memory, or a plain array without SIMD; an f16 R then shares the decomposition's array).
-   * The E8P tables shared by all layers are not counted. `decodeThreads`: the threads of the {@link
-   * CalderaLinearOptions.decodePool} it is built with (default 1), whose workers' memories are counted too.
+   *   (each a region, or a plain array without SIMD; an f16 R then shares the decomposition's array).
+   * The E8P tables shared by all layers are not counted.
    */
-  static memoryBytes(layer: CalderaLayerMeta, bias: boolean, decodeThreads = 1): number {
+  static footprint(layer: CalderaLayerMeta, bias: boolean, decodeThreads = 1): LinearFootprint {
     const [m] = layer.shape;
     const [mp, np] = layer.padded;
     const kf = layer.ftRank ?? 0;
@@ -413,16 +506,35 @@ export class CalderaLinear implements Linear {
       qBits,
       ftRank: kf,
     };
-    const kernel = CalderaKernel.memoryBytes(shape, CALDERA_KERNEL_ROWS, decodeThreads);
+    const kernel = CalderaKernel.regionBytes(shape, CALDERA_KERNEL_ROWS, decodeThreads);
     if (kernel !== null) {
       const mixes = (blockMixLength(np, layer.hadamard) + blockMixLength(mp, layer.hadamard)) * 4;
-      return kernel + stored + (np + mp) * 4 + mixes;
+      return {
+        own: stored + (np + mp) * 4 + mixes,
+        regions: [
+          { arena: 'caldera', bytes: kernel.own },
+          ...kernel.parts.map((bytes, t) => ({ arena: t, bytes })),
+        ],
+      };
     }
     const q = planes(layer.codecs.Q, (mp * np) / 8) + (qBits === 2 ? (mp * np) / 4 : 0);
     const signs = layer.hadamard ? (np + mp) * 4 : 0;
-    const lowRank =
-      k === 0 ? 0 : productBytes('f32', k, np, layer.codecs.R === 'f16') + productBytes('f32', mp, k);
-    return stored + q + signs + lowRank;
+    const lowRank: LinearFootprint[] =
+      k === 0
+        ? []
+        : [productFootprint('f32', k, np, layer.codecs.R === 'f16'), productFootprint('f32', mp, k)];
+    return {
+      own: lowRank.reduce((s, f) => s + f.own, stored + q + signs),
+      regions: lowRank.flatMap((f) => f.regions),
+    };
+  }
+
+  /**
+   * Bytes a `CalderaLinear` built without arenas holds resident: its {@link CalderaLinear.footprint}, each kernel
+   * region in a memory of its own (whole 64 KiB pages, with the module's static data and the E8P tables).
+   */
+  static memoryBytes(layer: CalderaLayerMeta, bias: boolean, decodeThreads = 1): number {
+    return footprintBytes(CalderaLinear.footprint(layer, bias, decodeThreads), false);
   }
 
   /**

@@ -6,7 +6,7 @@ import { Rng, tensor, type Tensor } from '@caldera/core';
 import { Llama2cTokenizer, loadLlama2c, planLlama2cMemory, readLlama2cLayout } from './llama2c.js';
 import { DenseF16Linear } from './linear.js';
 import type { MemoryPlan } from './memory-plan.js';
-import { heldBytes, heldBytesExcept, sharedBuffersExcept } from './testing/held-bytes.js';
+import { heldBytes, heldBytesExcept, sharedBuffersExcept, wasmMemories } from './testing/held-bytes.js';
 import { createDecodePool } from './kernels/decode-pool.js';
 import { referenceLogits } from './testing/reference.js';
 
@@ -165,6 +165,8 @@ describe('llama2.c import', () => {
         expect(heldBytes(model.weights, head), `untied ${untied}, ${dtype}`).toBe(plans[0]!.weightBytes);
         expect(heldBytes(head)).toBe(plans[0]!.parts.lmHead);
         expect(planLlama2cMemory(config, dtype)).toEqual(plans[0]);
+        // the blocks' linears in one memory (the model's dense arena), not one each
+        expect(wasmMemories([], model.weights.blocks), `untied ${untied}, ${dtype}`).toBe(1);
         // with a decode pool (this model's layers are too small to split, its head then too: headSplits; the test
         // below splits them): the same plan, bytes and logits
         const decodePool = await createDecodePool({ threads: 2 });

@@ -10,7 +10,14 @@ import {
 import { nodeFs } from './node-builtins.js';
 import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
 import { planMemory, type MemoryPlan } from './memory-plan.js';
-import { DenseF16Linear, DenseLinear, type Linear } from './linear.js';
+import {
+  DenseF16Linear,
+  DenseLinear,
+  footprintBytes,
+  type DenseLinearOptions,
+  type Linear,
+} from './linear.js';
+import { KernelArenas } from './kernels/kernel-arenas.js';
 import { LlamaModel, type BlockWeights, type LlamaModelOptions } from './model.js';
 import { checkPathArgument } from './json-file.js';
 import type { DecodePool } from './kernels/decode-pool.js';
@@ -135,24 +142,45 @@ export async function readLlama2cLayout(path: string): Promise<Llama2cLayout> {
 }
 
 /**
+ * The linear layers of a llama2.c checkpoint as {@link loadLlama2c} builds them, in its order (the file stores each
+ * kind of tensor for all layers together: every wq, then every wk, …), with their footprints under `dtype`.
+ */
+function llama2cLinears(config: ModelConfig, dtype: 'auto' | 'f32' | 'f16') {
+  const half = dtype === 'f16';
+  const kinds = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'down_proj', 'up_proj'];
+  return kinds.flatMap((kind) =>
+    Array.from({ length: config.numLayers }, (_, b) => {
+      const name = blockLinearNames(b).find((l) => l.name.endsWith(`.${kind}`))!.name;
+      const [m, n] = linearShape(config, kind);
+      const footprint = half ? DenseF16Linear.footprint(m, n, false) : DenseLinear.footprint(m, n, false);
+      return { name, kind: half ? ('f16' as const) : ('f32' as const), footprint };
+    }),
+  );
+}
+
+/**
  * The memory plan of a llama2.c checkpoint loaded with `dtype` ({@link Llama2cLoadOptions.dtype}), from its config
- * alone: linears and classifier f32 (or f16 with `'f16'`), the embedding and norms f32. A shared classifier is the
- * embedding's table when f32 (held once), an f16 copy beside the f32 embedding with `'f16'`.
+ * alone: linears and classifier f32 (or f16 with `'f16'`), the embedding and norms f32, the linears' kernels in one
+ * model's arenas. A shared classifier is the embedding's table when f32 (held once), an f16 copy beside the f32
+ * embedding with `'f16'`.
  */
 export function planLlama2cMemory(config: ModelConfig, dtype: 'auto' | 'f32' | 'f16' = 'auto'): MemoryPlan {
   const half = dtype === 'f16';
+  const linears = llama2cLinears(config, dtype);
+  const bytes = new Map(linears.map((l) => [l.name, footprintBytes(l.footprint, true)]));
   const layers = Array.from({ length: config.numLayers }, (_, b) =>
-    blockLinearNames(b).map(({ name }) => {
-      const [m, n] = linearShape(config, name.slice(name.lastIndexOf('.') + 1));
-      const bytes = half ? DenseF16Linear.memoryBytes(m, n, false) : DenseLinear.memoryBytes(m, n, false);
-      return { name, kind: half ? ('f16' as const) : ('f32' as const), bytes };
-    }),
+    blockLinearNames(b).map(({ name }) => ({
+      name,
+      kind: half ? ('f16' as const) : ('f32' as const),
+      bytes: bytes.get(name)!,
+    })),
   ).flat();
   return planMemory({
     config,
     embed: 'f32',
     head: { dtype: half ? 'f16' : 'f32', tied: !half && config.tieWordEmbeddings },
     layers,
+    regions: linears.flatMap((l) => l.footprint.regions),
   });
 }
 
@@ -195,7 +223,6 @@ export async function loadLlama2c(
   checkPathArgument(path, 'loadLlama2c', 'the checkpoint path');
   options ??= {}; // from JavaScript: null options are none
   const { signal, onProgress, onPlan, dtype = 'auto', decodePool, ...modelOptions } = options;
-  const linearOptions = decodePool ? { decodePool } : {};
   if (dtype !== 'auto' && dtype !== 'f32' && dtype !== 'f16')
     throw new CalderaError(
       'E_VALUE',
@@ -212,6 +239,12 @@ export async function loadLlama2c(
     onPlan?.(planLlama2cMemory(config, dtype));
     // an onPlan that decided against this model aborts before any weight is read
     throwIfAborted(signal, 'loading');
+    // every linear's kernel in a few memories, sized by the plan (the head keeps its own)
+    const arenas = new KernelArenas({
+      threads: decodePool?.threads ?? 1,
+      planned: llama2cLinears(config, dtype).flatMap((l) => l.footprint.regions),
+    });
+    const linearOptions = { ...(decodePool ? { decodePool } : {}), arenas };
     const { dim, hidden, layers, heads, kvHeads, vocab } = header;
     const sizes = sectionFloats(header);
     const hd = dim / heads;
@@ -232,7 +265,13 @@ export async function loadLlama2c(
       return out;
     };
     /** A linear layer as held under `dtype`: the f32 array itself, or its f16 rounding (the f32 array then dropped). */
-    const lin = (w: Float32Array, m: number, n: number, name: string, options = linearOptions): Linear => {
+    const lin = (
+      w: Float32Array,
+      m: number,
+      n: number,
+      name: string,
+      options: DenseLinearOptions = linearOptions,
+    ): Linear => {
       if (dtype !== 'f16') return new DenseLinear(tensor('f32', [m, n], w), null, options);
       const bits = f32ArrayToF16(w);
       assertFinite(tensor('f16', [m, n], bits), `${path}: ${name} rounded to f16`);
@@ -282,7 +321,7 @@ export async function loadLlama2c(
     }));
     // an f16 head, or with a decode pool that splits it an f32 one built here (the model would build it without the
     // pool): a tied f32 head's kernel copy is then the embedding too, as the model does it
-    const headPool = decodePool && headSplits(config) ? linearOptions : null;
+    const headPool = decodePool && headSplits(config) ? { decodePool } : null;
     const head =
       dtype === 'f16' || headPool ? lin(lmHead.data, vocab, dim, 'classifier', headPool ?? {}) : undefined;
     const sharedTable = head instanceof DenseLinear && lmHead === embed;

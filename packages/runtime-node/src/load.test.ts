@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { cast, Rng, tensor, writeSafetensors, type CalderaLayerMeta, type Tensor } from '@caldera/core';
 import { applyDecomposition, caldera, calderaCheckpointMeta, toCheckpointTensors } from '@caldera/lowrank';
 import { blockLinearNames, parseModelConfig } from './config.js';
-import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
+import { CalderaLinear, DenseF16Linear, DenseLinear, footprintBytes, type Linear } from './linear.js';
 import { readModelLayout } from './layout.js';
 import { loadModel } from './load.js';
 import { KVCache } from './model.js';
@@ -393,11 +393,14 @@ describe('loadModel', () => {
       weight: { dtype: 'bf16', shape: [40, 32] },
       bytes: 40 * 32 * 2,
     });
-    // as held: the 16-bit (or f32) matrix–vector kernel's memory, whole 64 KiB pages (memory-plan.test.ts measures it)
-    expect(up.memoryBytes).toBe(DenseF16Linear.memoryBytes(40, 32, false));
+    // as held: the 16-bit (or f32) matrix–vector kernel's region in the model's arena (memory-plan.test.ts measures it)
+    expect(up.footprint).toEqual(DenseF16Linear.footprint(40, 32, false));
+    expect(up.memoryBytes).toBe(footprintBytes(up.footprint, true));
     const wide = (await readModelLayout(dir, { dtype: 'f32' })).linears.find((l) => l.name === up.name)!;
-    expect(wide.memoryBytes).toBe(DenseLinear.memoryBytes(40, 32, false));
-    expect(q.memoryBytes).toBe(CalderaLinear.memoryBytes(layer, false));
+    expect(wide.footprint).toEqual(DenseLinear.footprint(40, 32, false));
+    expect(wide.memoryBytes).toBe(footprintBytes(wide.footprint, true));
+    expect(q.footprint).toEqual(CalderaLinear.footprint(layer, false));
+    expect(q.memoryBytes).toBe(footprintBytes(q.footprint, true));
     await expect(loadModel(dir)).rejects.toThrow(/E_VALUE.*layers\.1\.mlp\.gate_proj\.weight/);
     // a structural fault in the last block fails before any tensor is read: the signal is checked once, at the start
     t['model.layers.1.mlp.gate_proj.weight'] = raw['model.layers.1.mlp.gate_proj.weight']!;

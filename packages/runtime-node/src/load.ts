@@ -23,6 +23,7 @@ import {
   type TensorLayout,
 } from './layout.js';
 import type { DecodePool } from './kernels/decode-pool.js';
+import { KernelArenas } from './kernels/kernel-arenas.js';
 import { headSplits } from './kernels/row-split.js';
 import { LlamaModel, type BlockWeights } from './model.js';
 import type { MemoryPlan } from './memory-plan.js';
@@ -92,10 +93,9 @@ async function denseLinear(
   [m, n]: [number, number],
   bias: Float32Array | null,
   dtype: 'auto' | 'f32' | 'f16',
-  decodePool: DecodePool | undefined,
+  options: { decodePool?: DecodePool; arenas?: KernelArenas },
 ): Promise<Linear> {
   const t = await readHeld(store, weight.name, dtype);
-  const options = decodePool ? { decodePool } : {};
   return t.dtype === 'f32'
     ? new DenseLinear(t, bias, options)
     : new DenseF16Linear(t.data, m, n, bias, t.dtype, options);
@@ -104,7 +104,8 @@ async function denseLinear(
 /**
  * Read block `b`'s weights (its seven linears, biases and two norms) from `store` as {@link loadModel} holds them
  * (see {@link LoadOptions.dtype}), values checked finite. The building block of the loaders, and of callers that
- * hold one block at a time.
+ * hold one block at a time. `arenas`: the model's kernel memories (the loaders' are planned from the layout's
+ * footprints); without them each layer's kernels have memories of their own.
  */
 export async function readBlockWeights(
   store: TensorStore,
@@ -112,7 +113,9 @@ export async function readBlockWeights(
   b: number,
   dtype: 'auto' | 'f32' | 'f16' = 'auto',
   decodePool?: DecodePool,
+  arenas?: KernelArenas,
 ): Promise<BlockWeights> {
+  const options = { ...(decodePool ? { decodePool } : {}), ...(arenas ? { arenas } : {}) };
   const perBlock = blockLinearNames(0).length;
   const lin: Linear[] = [];
   for (const l of layout.linears.slice(b * perBlock, (b + 1) * perBlock)) {
@@ -124,11 +127,11 @@ export async function readBlockWeights(
         new CalderaLinear(
           fromCheckpointTensors(l.name, (n) => tensors[n], l.caldera),
           bias,
-          decodePool ? { decodePool } : {},
+          options,
         ),
       );
     } else {
-      lin.push(await denseLinear(store, l.weight, shape, bias, dtype, decodePool));
+      lin.push(await denseLinear(store, l.weight, shape, bias, dtype, options));
     }
   }
   const [q, k, v, o, gate, up, down] = lin as [Linear, Linear, Linear, Linear, Linear, Linear, Linear];
@@ -195,9 +198,14 @@ async function loadFromLayout(
     d,
     headSplits(config) ? options.decodePool : undefined,
   );
+  // every layer's kernels in a few memories, sized by the plan
+  const arenas = new KernelArenas({
+    threads: options.decodePool?.threads ?? 1,
+    planned: layout.linears.flatMap((l) => l.footprint.regions),
+  });
   const blocks: BlockWeights[] = [];
   for (let b = 0; b < config.numLayers; b++) {
-    blocks.push(await readBlockWeights(store, layout, b, dtype, options.decodePool));
+    blocks.push(await readBlockWeights(store, layout, b, dtype, options.decodePool, arenas));
     onProgress?.({ block: b + 1, blocks: config.numLayers });
   }
   const norm = (await readFloat(store, layout.norm.name)).data;

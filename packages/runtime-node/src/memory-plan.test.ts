@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,12 +23,18 @@ import {
 } from '@caldera/lowrank';
 import { blockLinearNames, parseModelConfig } from './config.js';
 import { CalderaLinear } from './linear.js';
-import { createDecodePool } from './kernels/decode-pool.js';
+import { createDecodePool, type DecodeExecutor } from './kernels/decode-pool.js';
 import { KVCache } from './model.js';
 import { readModelLayout } from './layout.js';
 import { loadModel, loadModelFromStore, loadModelFromUrl, type LoadedModel } from './load.js';
 import type { MemoryPlan } from './memory-plan.js';
-import { heldBytes, heldBytesExcept, sharedBuffersExcept } from './testing/held-bytes.js';
+import {
+  arenaRegions,
+  heldBytes,
+  heldBytesExcept,
+  sharedBuffersExcept,
+  wasmMemories,
+} from './testing/held-bytes.js';
 import { randomModel } from './testing/random-model.js';
 
 // Qwen2: q/k/v biases; an intermediate size of 40 (not a power of two: Hadamard K = 40 and padding of the rows)
@@ -102,15 +108,17 @@ async function writeDir(files: Record<string, Uint8Array>): Promise<string> {
 
 /**
  * Check that `plan` states what `loaded` holds, measured by `heldBytes` on the loaded objects (not entering
- * `notOwned`: the caller's decode pool): the whole
- * model's weights, each linear layer, the embedding, the head and the norms — exact to the byte (the loader reads a
- * directory tensor by tensor, each into its own buffer, so no view keeps a larger buffer alive).
+ * `notOwned`: the caller's decode pool): the whole model's weights (the kernel arenas' memories counted whole), each
+ * linear layer (its own arrays, and its regions in the arenas), the arenas beyond the regions, the embedding, the head
+ * and the norms — exact to the byte (the loader reads a directory tensor by tensor, each into its own buffer, so no
+ * view keeps a larger buffer alive). The linear layers' kernels are in at most `memories` WebAssembly memories.
  */
 function expectPlanHeld(
   plan: MemoryPlan,
   { model, config }: LoadedModel,
   what: string,
   notOwned: readonly object[] = [],
+  memories = 2,
 ): void {
   const held = (...roots: unknown[]) => heldBytesExcept(notOwned, ...roots);
   const w = model.weights;
@@ -119,7 +127,18 @@ function expectPlanHeld(
     blockLinearNames(b).map((l) => l.name),
   ).flat();
   expect(plan.layers.map((l) => l.name)).toEqual(names);
-  for (const l of plan.layers) expect(held(model.linear(l.name)), `${what}: ${l.name}`).toBe(l.bytes);
+  const linears = names.map((n) => model.linear(n));
+  const arenas = arenaRegions(notOwned, ...linears);
+  expect(arenas.memories.length, `${what}: the linears' memories`).toBeLessThanOrEqual(memories);
+  expect(wasmMemories(notOwned, ...linears), `${what}: the linears' memories`).toBe(arenas.memories.length);
+  const shared = [...notOwned, ...arenas.memories, ...arenas.buffers];
+  for (const l of plan.layers) {
+    const layer = model.linear(l.name);
+    const regions = arenaRegions(notOwned, layer).regions.reduce((s, r) => s + r.bytes, 0);
+    expect(heldBytesExcept(shared, layer) + regions, `${what}: ${l.name}`).toBe(l.bytes);
+  }
+  const regions = arenas.regions.reduce((s, r) => s + r.bytes, 0);
+  expect(held(...arenas.memories) - regions, `${what}: arenas`).toBe(plan.parts.arenas);
   expect(held(w.head), `${what}: head`).toBe(plan.parts.lmHead);
   // tied: the embedding is a view of the head's table, which the head's part counts
   expect(held(w.embed), `${what}: embedding`).toBe(plan.parts.embedding || plan.parts.lmHead);
@@ -172,14 +191,15 @@ describe('the memory plan (onPlan, readModelLayout().memory) is what the loaded 
           await serializeSafetensors(randomModel(parseModelConfig(config), 6).raw),
           'model.safetensors',
         );
+        const register = vi.spyOn(decodePool as DecodeExecutor, 'register');
         const { model } = await loadModelFromStore({ config, calderaMeta: null, store }, { decodePool });
-        // a split dense layer keeps its weights in a shared memory
+        // a split dense layer built without arenas (the head) keeps its weights in a shared memory of its own
         const shared = (root: unknown) => sharedBuffersExcept([decodePool], root);
         const head = (model as unknown as { head: unknown }).head;
         expect(shared(head), `intermediate ${intermediate}`).toBe(intermediate === 4096 ? 1 : 0);
-        expect(shared(model.weights.blocks[0]!.up), `intermediate ${intermediate}`).toBe(
-          intermediate === 4096 ? 1 : 0,
-        );
+        // split layers register with the pool: gate, up, down and the head (q, k, v, o: 64 × 64), or none
+        expect(register, `intermediate ${intermediate}`).toHaveBeenCalledTimes(intermediate === 4096 ? 4 : 0);
+        register.mockRestore();
       }
     } finally {
       decodePool.dispose();
@@ -239,7 +259,8 @@ describe('the memory plan (onPlan, readModelLayout().memory) is what the loaded 
         const alone = await loadModel(dir);
         let plan: MemoryPlan | undefined;
         const pooled = await loadModel(dir, { decodePool, onPlan: (p) => (plan = p) });
-        expectPlanHeld(plan!, pooled, `${what}, 3 decode threads`, [decodePool]);
+        // the calling thread's CALDERA arena, each worker's and the dense one
+        expectPlanHeld(plan!, pooled, `${what}, 3 decode threads`, [decodePool], 4);
         expect((await readModelLayout(dir, { decodeThreads: 3 })).memory).toEqual(plan);
         for (const decodeThreads of [0, 1.5, 257, Number.NaN])
           await expect(readModelLayout(dir, { decodeThreads }), String(decodeThreads)).rejects.toThrow(

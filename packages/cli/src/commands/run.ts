@@ -283,7 +283,8 @@ interface InspectedLinear {
   bytes: number;
   /**
    * Bytes the layer holds resident once runtime-node has loaded it (`LinearLayout.memoryBytes`: dense f16 and bf16 as
-   * stored, f32 and f64 as f32, in the kernel's memory; a CALDERA layer's codes, L̂ and R̂ in f32, signs; the bias).
+   * stored, f32 and f64 as f32, in the kernel's region of the model's arena; a CALDERA layer's codes, L̂ and R̂ in f32,
+   * signs; the bias).
    */
   memoryBytes: number;
 }
@@ -396,8 +397,11 @@ export async function inspectCommand(a: Args): Promise<number> {
     linearBitsPerWeight: (linearBytes * 8) / linearParams,
     /** caldera.json's `bitsPerWeight`, the paper's accounting (`--bits` targets it, compress reports it); else null. */
     paperBitsPerWeight,
-    /** Bytes the linear layers hold resident in runtime-node (f64 layers as f32; see {@link InspectedLinear}). */
-    linearMemoryBytes: memoryBytes,
+    /**
+     * Bytes the linear layers hold resident in runtime-node (f64 layers as f32; see {@link InspectedLinear}), their
+     * kernel arenas' fixed regions and page rounding included.
+     */
+    linearMemoryBytes: memoryBytes + memory.parts.arenas,
     /** Bytes all the weights hold resident in runtime-node (its memory plan's `weightBytes`). */
     memoryBytes: memory.weightBytes,
     layers,
@@ -409,7 +413,7 @@ export async function inspectCommand(a: Args): Promise<number> {
     );
     console.log(
       `parameters ${(params / 1e6).toFixed(2)} M, files ${(fileBytes / 1e6).toFixed(2)} MB, linear weights ${(linearBytes / 1e6).toFixed(2)} MB (${info.linearBitsPerWeight.toFixed(3)} bits/weight stored${paperBitsPerWeight === null ? '' : `; ${paperBitsPerWeight.toFixed(3)} in the paper's accounting, as compress reports`})` +
-        `, in memory ${(memory.weightBytes / 1e6).toFixed(2)} MB (linear layers ${(memoryBytes / 1e6).toFixed(2)} MB)`,
+        `, in memory ${(memory.weightBytes / 1e6).toFixed(2)} MB (linear layers ${(info.linearMemoryBytes / 1e6).toFixed(2)} MB)`,
     );
     console.table(layers);
   }

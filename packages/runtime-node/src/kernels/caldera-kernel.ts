@@ -1,6 +1,7 @@
 import { hadamardBase, hadamardFactor } from '@caldera/linalg';
 import { latticeDecode, type Decomposition } from '@caldera/lowrank';
-import { bumpAllocator, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
+import { bumpAllocator, embeddedModule, KERNEL_BASE } from './wasm-module.js';
+import { arenaBytes, KernelArena, type ArenaRegion, type ArenaSpec } from './arena.js';
 import { CALDERA_WASM_BASE64 } from '../generated/caldera-wasm.js';
 import type { CalderaBatchLayer, CodeSlice } from './batch-workspace.js';
 import type { DecodeExecutor, WorkerTask } from './decode-pool.js';
@@ -9,6 +10,23 @@ import { e8pLutTables } from './e8p-lut.js';
 
 /** End of the region fixed by asm/e8p.ts: the two 256-entry maps at {@link KERNEL_BASE}, then 2 × 2 groups' tables. */
 export const E8P_FIXED_END = KERNEL_BASE + 2048 + 4 * 4096;
+
+/** The first-half and second-half patterns (128 f32 each) after the E8P region, then the layers' regions. */
+const P1_AT = E8P_FIXED_END;
+const P2_AT = P1_AT + 512;
+const CALDERA_FIXED_END = P2_AT + 512;
+
+/** The calling thread's memories of CALDERA layers: the kernel module, the E8P tables and patterns at fixed addresses. */
+export const CALDERA_ARENA: ArenaSpec = {
+  what: 'caldera kernel',
+  module: CALDERA_WASM_BASE64,
+  shared: false,
+  fixedEnd: CALDERA_FIXED_END,
+  init: writeTables,
+};
+
+/** A decode pool worker's memories of its rows of split CALDERA layers (only the worker runs code in them). */
+export const CALDERA_PART_ARENA: ArenaSpec = { ...CALDERA_ARENA, module: null, shared: true };
 
 /** ta/ts entries as byte offsets (index·4 in each 16-bit half), as asm/e8p.ts reads them. */
 export const byteOffsets = (e: number): number => (e & 0xffff) * 4 + (e >>> 16) * 4 * 65536;
@@ -135,15 +153,14 @@ function kernelLayout(
   mixOutLength: number,
   maxRows: number,
   mq: number,
+  start = 0,
 ) {
   const [m, n] = layer.shape;
   const [mp, np] = layer.padded;
   const k = layer.rank;
-  const { alloc, end } = bumpAllocator(E8P_FIXED_END);
+  const { alloc, end } = bumpAllocator(start);
   const at = {
     layer: alloc(LAYER_FIELDS.length * 4),
-    p1: alloc(128 * 4),
-    p2: alloc(128 * 4),
     codes: alloc((mq * np) / 4),
     lr: alloc(mp * k * 4),
     r: alloc(k * np * 4),
@@ -158,25 +175,20 @@ function kernelLayout(
     z: alloc(k * 4),
     tmp: alloc(Math.max(np, mp) * 4),
   };
-  return { at, end: end() };
+  return { at, bytes: end() - start };
 }
 
-/** The layout of a worker's memory for `rows` rows of Q̂ (asm/caldera.ts's `splitRows` reads these fields only). */
-function sliceLayout(rows: number, np: number) {
-  const { alloc, end } = bumpAllocator(E8P_FIXED_END);
+/** The layout of a worker's region for `rows` rows of Q̂ (asm/caldera.ts's `splitRows` reads these fields only). */
+function sliceLayout(rows: number, np: number, start = 0) {
+  const { alloc, end } = bumpAllocator(start);
   const at = {
     layer: alloc(LAYER_FIELDS.length * 4),
-    p1: alloc(128 * 4),
-    p2: alloc(128 * 4),
     codes: alloc((rows * np) / 4),
     xr: alloc(np * 4),
     yr: alloc(rows * 4),
   };
-  return { at, end: end() };
+  return { at, bytes: end() - start };
 }
-
-/** Whole 64 KiB pages for `end` bytes. */
-const pagesFor = (end: number): number => Math.ceil(end / 65536);
 
 /** Write a layer record's fields (missing ones 0) at `at` in `buf`. */
 function writeRecord(
@@ -193,20 +205,20 @@ function writeRecord(
 }
 
 /** The E8P index maps and half patterns every kernel memory holds at fixed addresses. */
-function writeTables(buf: ArrayBufferLike, p1At: number, p2At: number): void {
+function writeTables(buf: ArrayBufferLike): void {
   const t = e8pLutTables();
   new Uint32Array(buf, KERNEL_BASE, 256).set(t.ta.map(byteOffsets));
   new Uint32Array(buf, KERNEL_BASE + 1024, 256).set(t.ts.map(byteOffsets));
-  new Float32Array(buf, p1At, t.p1.length).set(t.p1);
-  new Float32Array(buf, p2At, t.p2.length).set(t.p2);
+  new Float32Array(buf, P1_AT, t.p1.length).set(t.p1);
+  new Float32Array(buf, P2_AT, t.p2.length).set(t.p2);
 }
 
 /** One worker's rows of a split layer, as the calling thread sees them. */
 interface WorkerPart {
   readonly row0: number;
   readonly rows: number;
-  /** Held so that the memory is counted and stays alive as long as the layer. */
-  readonly memory: WebAssembly.Memory;
+  /** Its region of the worker's memory, held so that the memory stays alive as long as the layer. */
+  readonly region: ArenaRegion;
   /** x' (np values) and the part's rows of y' in the worker's memory. */
   readonly xr: Float32Array;
   readonly yr: Float32Array;
@@ -248,6 +260,8 @@ function blockMix(n: number, transpose: boolean): { K: number; mix: Float32Array
 export class CalderaKernel {
   private constructor(
     private readonly exports: CalderaExports,
+    /** The layer's buffers, held so that its memory stays alive as long as the layer. */
+    readonly region: ArenaRegion,
     private readonly layerAt: number,
     /** Views of the input and output rows (the memory never grows, so they stay valid). */
     private readonly xView: Float32Array,
@@ -265,27 +279,42 @@ export class CalderaKernel {
   ) {}
 
   /**
-   * Bytes of the WebAssembly memories {@link CalderaKernel.create} would allocate for a layer of this shape with a
-   * decode pool of `threads` threads (whole 64 KiB pages: the module's static data, the E8P tables, the layer record,
-   * Q's codes group-major, L̂ and R̂ in f32, the signs, the block-mixing matrices and the row buffers for `maxRows`
-   * rows; and with the rows split, each worker's memory: static data, tables, its rows' codes, x' and its rows of y'),
-   * or null when `create` returns null for it (no WebAssembly SIMD, 3/4-bit Q, a LoRA part, an odd `mp`). Computed
-   * without allocating anything.
+   * The regions {@link CalderaKernel.create} asks of its arenas for a layer of this shape with a decode pool of
+   * `threads` threads: `own` bytes in the calling thread's arena (the layer record, Q's codes group-major of its rows,
+   * L̂ and R̂ in f32, the signs, the block-mixing matrices, the row buffers for `maxRows` rows), and with the rows
+   * split, `parts[t]` bytes in worker t's arena (its record, its rows' codes, x', its rows of y'); null when `create`
+   * returns null for it (no WebAssembly SIMD, 3/4-bit Q, a LoRA part, an odd `mp`). Computed without allocating.
    */
-  static memoryBytes(layer: CalderaKernelShape, maxRows: number, threads = 1): number | null {
+  static regionBytes(
+    layer: CalderaKernelShape,
+    maxRows: number,
+    threads = 1,
+  ): { own: number; parts: number[] } | null {
     if (!CalderaKernel.covers(layer)) return null;
     const [mp, np] = layer.padded;
     const [[, mq], ...parts] = splitRanges(mp, np, layer.rank, threads);
-    const { end } = kernelLayout(
+    const { bytes } = kernelLayout(
       layer,
       blockMixLength(np, layer.hadamard),
       blockMixLength(mp, layer.hadamard),
       maxRows,
       mq!,
     );
-    let bytes = pagesFor(end) * 65536;
-    for (const [, rows] of parts) bytes += pagesFor(sliceLayout(rows, np).end) * 65536;
-    return bytes;
+    return { own: bytes, parts: parts.map(([, rows]) => sliceLayout(rows, np).bytes) };
+  }
+
+  /**
+   * Bytes of the WebAssembly memories {@link CalderaKernel.create} allocates for a layer of this shape without arenas
+   * (a memory of its own, and one per worker part: whole 64 KiB pages with the module's static data and the E8P tables
+   * before the {@link CalderaKernel.regionBytes}), or null when `create` returns null for it.
+   */
+  static memoryBytes(layer: CalderaKernelShape, maxRows: number, threads = 1): number | null {
+    const r = CalderaKernel.regionBytes(layer, maxRows, threads);
+    if (!r) return null;
+    return r.parts.reduce(
+      (s, p) => s + arenaBytes(CALDERA_PART_ARENA, [p]),
+      arenaBytes(CALDERA_ARENA, [r.own]),
+    );
   }
 
   /** True when {@link CalderaKernel.create} runs a layer of this shape (2-bit Q, no LoRA part, even `mp`, SIMD). */
@@ -302,50 +331,49 @@ export class CalderaKernel {
     );
   }
 
-  /** The kernel of `d`, its rows split over `pool`'s threads when the layer is large enough ({@link splitRanges}). */
-  static create(d: Decomposition, maxRows: number, pool?: DecodeExecutor): CalderaKernel | null {
-    const mod = embeddedModule(CALDERA_WASM_BASE64);
-    if (!mod || !CalderaKernel.covers(kernelShape(d))) return null;
+  /**
+   * The kernel of `d`, its rows split over `pool`'s threads when the layer is large enough ({@link splitRanges}), its
+   * buffers in regions of `arenas` (the calling thread's, and worker t's for its part) or, without them or where an
+   * arena cannot hold it, in memories of its own.
+   */
+  static create(
+    d: Decomposition,
+    maxRows: number,
+    pool?: DecodeExecutor,
+    arenas?: CalderaArenas,
+  ): CalderaKernel | null {
+    if (!CalderaKernel.covers(kernelShape(d))) return null;
     const [m, n] = d.shape;
     const [mp, np] = d.padded;
     const k = d.rank;
     let ranges = splitRanges(mp, np, k, pool?.threads ?? 1);
-    // the workers' memories first: where they cannot all be reserved (a browser process holds about 120 WebAssembly
+    // the workers' regions first: where they cannot all be placed (a browser process holds about 120 WebAssembly
     // memories) the layer runs whole on the calling thread instead
     let parts: NonNullable<ReturnType<typeof workerPart>>[] = [];
     if (pool && ranges.length > 1) {
-      const made = ranges.slice(1).map(([row0, rows]) => workerPart(d, row0, rows));
+      const made = ranges.slice(1).map(([row0, rows], t) => workerPart(d, row0, rows, arenas?.parts[t]));
       if (made.every((p) => p !== null)) parts = made as typeof parts;
       else ranges = [[0, mp]];
     }
     const mq = ranges[0]![1];
     const mixIn = d.hadamard ? blockMix(np, false) : null;
     const mixOut = d.hadamard ? blockMix(mp, true) : null;
-    const { at, end } = kernelLayout(
-      kernelShape(d),
-      mixIn?.mix.length ?? 0,
-      mixOut?.mix.length ?? 0,
-      maxRows,
-      mq,
-    );
-    const pages = pagesFor(end);
-    let memory: WebAssembly.Memory;
-    let exports: CalderaExports;
-    try {
-      memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
-      exports = new WebAssembly.Instance(mod, { env: { memory } }).exports as unknown as CalderaExports;
-    } catch {
-      // e.g. the address space could not be reserved: without the workers' memories (which may have taken the last
+    const shape = kernelShape(d);
+    const mixLengths = [mixIn?.mix.length ?? 0, mixOut?.mix.length ?? 0] as const;
+    const { bytes } = kernelLayout(shape, ...mixLengths, maxRows, mq);
+    const region = placeIn(CALDERA_ARENA, arenas?.caldera, bytes);
+    if (!region) {
+      // e.g. the address space could not be reserved: without the workers' regions (which may have taken the last
       // room; dropped first, so that the collector V8 runs on a failed reservation can take them) the layer can still
       // run whole here; else the caller keeps its TypeScript path
       if (parts.length === 0) return null;
       parts = [];
-      return CalderaKernel.create(d, maxRows);
+      return CalderaKernel.create(d, maxRows, undefined, arenas);
     }
-    checkHeapBase(exports as unknown as WebAssembly.Exports, 'caldera kernel');
-    const buf = memory.buffer;
+    const { at } = kernelLayout(shape, ...mixLengths, maxRows, mq, region.at);
+    const exports = region.exports as unknown as CalderaExports;
+    const buf = region.memory.buffer;
     const f32 = (addr: number, len: number) => new Float32Array(buf, addr, len);
-    writeTables(buf, at.p1, at.p2);
     const codes = groupMajorCodes(d, new Uint16Array(buf, at.codes, (mq * np) / 8), 0, mq);
     const { lRows, r } = lowRankFactors(d);
     f32(at.lr, mp * k).set(lRows);
@@ -365,8 +393,8 @@ export class CalderaKernel {
       kIn: mixIn?.K ?? 0,
       kOut: mixOut?.K ?? 0,
       codes: at.codes,
-      p1: at.p1,
-      p2: at.p2,
+      p1: P1_AT,
+      p2: P2_AT,
       lRows: at.lr,
       r: at.r,
       su: at.su,
@@ -411,6 +439,7 @@ export class CalderaKernel {
     };
     const kernel = new CalderaKernel(
       exports,
+      region,
       at.layer,
       f32(at.x, maxRows * n),
       f32(at.y, maxRows * m),
@@ -481,23 +510,30 @@ interface CalderaExports {
   splitEnd(layer: number): void;
 }
 
-/** A worker's memory for rows [row0, row0 + rows) of `d`'s Q̂: tables, record, codes group-major, x', y'. */
+/** The arenas a {@link CalderaKernel} places its regions in: the calling thread's, and worker t's at `parts[t]`. */
+export interface CalderaArenas {
+  readonly caldera: KernelArena;
+  readonly parts: readonly KernelArena[];
+}
+
+/** A region of `bytes` in `arena`, or in a memory of its own (an arena of `spec` planned for it alone); null: none. */
+function placeIn(spec: ArenaSpec, arena: KernelArena | undefined, bytes: number): ArenaRegion | null {
+  return arena?.place(bytes) ?? new KernelArena(spec, bytes).place(bytes);
+}
+
+/** A worker's region for rows [row0, row0 + rows) of `d`'s Q̂: record, codes group-major, x', y'; null: no room. */
 function workerPart(
   d: Decomposition,
   row0: number,
   rows: number,
+  arena?: KernelArena,
 ): { part: WorkerPart; task: WorkerTask; codes: CodeSlice } | null {
   const np = d.padded[1];
-  const { at, end } = sliceLayout(rows, np);
-  const pages = pagesFor(end);
-  let memory: WebAssembly.Memory;
-  try {
-    memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
-  } catch {
-    return null; // no room for the memory (a browser process holds about 120 WebAssembly memories)
-  }
+  const region = placeIn(CALDERA_PART_ARENA, arena, sliceLayout(rows, np).bytes);
+  if (!region) return null; // no room for the memory (a browser process holds about 120 WebAssembly memories)
+  const { at } = sliceLayout(rows, np, region.at);
+  const { memory } = region;
   const buf = memory.buffer;
-  writeTables(buf, at.p1, at.p2);
   const codes = groupMajorCodes(d, new Uint16Array(buf, at.codes, (rows * np) / 8), row0, rows);
   writeRecord(buf, at.layer, {
     n: np,
@@ -506,8 +542,8 @@ function workerPart(
     mp: rows,
     mq: rows,
     codes: at.codes,
-    p1: at.p1,
-    p2: at.p2,
+    p1: P1_AT,
+    p2: P2_AT,
     xr: at.xr,
     yr: at.yr,
     qScale: d.q.scale,
@@ -516,7 +552,7 @@ function workerPart(
     part: {
       row0,
       rows,
-      memory,
+      region,
       xr: new Float32Array(buf, at.xr, np),
       yr: new Float32Array(buf, at.yr, rows),
     },

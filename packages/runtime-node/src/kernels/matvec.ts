@@ -1,5 +1,6 @@
 import { bf16ArrayToF32, f16ArrayToF32 } from '@caldera/core';
-import { align16, checkHeapBase, embeddedModule, KERNEL_BASE } from './wasm-module.js';
+import { bumpAllocator, embeddedModule, KERNEL_BASE } from './wasm-module.js';
+import { arenaBytes, KernelArena, type ArenaRegion, type ArenaSpec } from './arena.js';
 import { MATVEC_WASM_BASE64 } from '../generated/matvec-wasm.js';
 import { MATVEC_SHARED_WASM_BASE64 } from '../generated/matvec-shared-wasm.js';
 import type { DecodeExecutor, WorkerTask } from './decode-pool.js';
@@ -103,17 +104,29 @@ export function matvecF16(
 type Kernel = (w: number, m: number, n: number, x: number, rows: number, y: number) => void;
 type KernelName = 'denseF32' | 'denseBf16' | 'denseF16Finite' | 'denseF16';
 
-/** Where {@link WasmMatrix} puts W, x and y in its memory, and the memory's size in 64 KiB pages. */
-function wasmMatrixLayout(
-  kind: 'f32' | HalfFormat,
-  m: number,
-  n: number,
-  maxRows: number,
-): { wAt: number; xAt: number; yAt: number; pages: number } {
-  const wAt = KERNEL_BASE;
-  const xAt = wAt + align16(m * n * (kind === 'f32' ? 4 : 2));
-  const yAt = xAt + align16(maxRows * n * 4);
-  return { wAt, xAt, yAt, pages: Math.ceil((yAt + maxRows * m * 4) / 65536) };
+/** Memories of dense matrices that only the calling thread reads: the module's static data page, then the regions. */
+export const DENSE_ARENA: ArenaSpec = {
+  what: 'matvec kernel',
+  module: MATVEC_WASM_BASE64,
+  shared: false,
+  fixedEnd: KERNEL_BASE,
+};
+
+/** Memories of dense matrices that a decode pool's threads read together (the shared-memory build of the module). */
+export const DENSE_SHARED_ARENA: ArenaSpec = {
+  what: 'matvec kernel (shared)',
+  module: MATVEC_SHARED_WASM_BASE64,
+  shared: true,
+  fixedEnd: KERNEL_BASE,
+};
+
+/** Where {@link WasmMatrix} puts W, x and y in its region (from `start`), and the region's bytes. */
+function wasmMatrixLayout(kind: 'f32' | HalfFormat, m: number, n: number, maxRows: number, start = 0) {
+  const { alloc, end } = bumpAllocator(start);
+  const wAt = alloc(m * n * (kind === 'f32' ? 4 : 2));
+  const xAt = alloc(maxRows * n * 4);
+  const yAt = alloc(maxRows * m * 4);
+  return { wAt, xAt, yAt, bytes: end() - start };
 }
 
 /**
@@ -135,6 +148,8 @@ export class WasmMatrix<K extends 'f32' | HalfFormat> {
     readonly maxRows: number,
     /** W inside the WebAssembly memory (row-major). */
     readonly weights: K extends 'f32' ? Float32Array : Uint16Array,
+    /** The matrix's buffers, held so that its memory stays alive as long as the matrix. */
+    readonly region: ArenaRegion,
     private readonly kernel: Kernel,
     private readonly wAt: number,
     private readonly xAt: number,
@@ -146,6 +161,10 @@ export class WasmMatrix<K extends 'f32' | HalfFormat> {
     private readonly split: { pool: DecodeExecutor; id: number; rows: number } | null,
   ) {}
 
+  /**
+   * W copied into a region of `arena` (a shared arena's memories serve matrices split over a pool as well as the rest;
+   * a split matrix given an unshared arena, or none, or one that cannot hold it, gets a memory of its own).
+   */
   static create<K extends 'f32' | HalfFormat>(
     kind: K,
     w: K extends 'f32' ? Float32Array : Uint16Array,
@@ -153,22 +172,20 @@ export class WasmMatrix<K extends 'f32' | HalfFormat> {
     n: number,
     maxRows: number,
     pool?: DecodeExecutor,
+    arena?: KernelArena,
   ): WasmMatrix<K> | null {
     const ranges = denseRanges(m, n, pool?.threads ?? 1);
     const shared = ranges.length > 1;
-    const k = embeddedModule(shared ? MATVEC_SHARED_WASM_BASE64 : MATVEC_WASM_BASE64);
-    if (!k || w.length !== m * n) return null;
-    const { wAt, xAt, yAt, pages } = wasmMatrixLayout(kind, m, n, maxRows);
-    if (pages > 65536) return null;
-    let memory: WebAssembly.Memory;
-    let exports: WebAssembly.Exports;
-    try {
-      memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared });
-      exports = new WebAssembly.Instance(k, { env: { memory } }).exports;
-    } catch {
-      return null; // e.g. the address space for a multi-GiB memory could not be reserved
-    }
-    checkHeapBase(exports, 'matvec kernel');
+    if (w.length !== m * n) return null;
+    const { bytes } = wasmMatrixLayout(kind, m, n, maxRows);
+    const spec = shared ? DENSE_SHARED_ARENA : DENSE_ARENA;
+    const region =
+      (arena && (arena.spec.shared || !shared) ? arena.place(bytes) : null) ??
+      new KernelArena(spec, bytes).place(bytes);
+    if (!region) return null; // no SIMD, more than a memory holds, or the address space could not be reserved
+    const { memory } = region;
+    const exports = region.exports!;
+    const { wAt, xAt, yAt } = wasmMatrixLayout(kind, m, n, maxRows, region.at);
     const view = (
       kind === 'f32'
         ? new Float32Array(memory.buffer, wAt, m * n)
@@ -195,20 +212,44 @@ export class WasmMatrix<K extends 'f32' | HalfFormat> {
       });
       split = { pool: pool!, id: pool!.register(tasks), rows: ranges[0]![1] };
     }
-    const matrix = new WasmMatrix(kind, m, n, maxRows, view, kernel, wAt, xAt, yAt, xView, yView, split);
+    const matrix = new WasmMatrix(
+      kind,
+      m,
+      n,
+      maxRows,
+      view,
+      region,
+      kernel,
+      wAt,
+      xAt,
+      yAt,
+      xView,
+      yView,
+      split,
+    );
     if (split) split.pool.track(matrix, split.id); // the workers drop their instances once it is collected
     return matrix;
   }
 
   /**
-   * Bytes of the WebAssembly memory {@link WasmMatrix.create} would allocate for these arguments (whole 64 KiB pages:
-   * the module's static data page, W, x and y), or null where it returns null — WebAssembly SIMD unavailable, or more
-   * than 4 GiB — and the caller keeps W in its own array. Computed without allocating anything (memory plans).
+   * Bytes of the region {@link WasmMatrix.create} places in an arena for these arguments (W, x and y, each 16-byte
+   * aligned), or null where it returns null — WebAssembly SIMD unavailable, or more than a memory holds — and the
+   * caller keeps W in its own array. Computed without allocating anything (memory plans).
+   */
+  static regionBytes(kind: 'f32' | HalfFormat, m: number, n: number, maxRows: number): number | null {
+    if (!embeddedModule(MATVEC_WASM_BASE64)) return null;
+    const { bytes } = wasmMatrixLayout(kind, m, n, maxRows);
+    return arenaBytes(DENSE_ARENA, [bytes]) === 0 ? null : bytes;
+  }
+
+  /**
+   * Bytes of the WebAssembly memory {@link WasmMatrix.create} allocates for these arguments without an arena (whole
+   * 64 KiB pages: the module's static data page, then the {@link WasmMatrix.regionBytes}), or null where it returns
+   * null.
    */
   static memoryBytes(kind: 'f32' | HalfFormat, m: number, n: number, maxRows: number): number | null {
-    if (!embeddedModule(MATVEC_WASM_BASE64)) return null;
-    const { pages } = wasmMatrixLayout(kind, m, n, maxRows);
-    return pages > 65536 ? null : pages * 65536;
+    const bytes = WasmMatrix.regionBytes(kind, m, n, maxRows);
+    return bytes === null ? null : arenaBytes(DENSE_ARENA, [bytes]);
   }
 
   /** `y[r·m + i] = Σ_j x[r·n + j]·W[i, j]` for `rows ≤ maxRows` input rows. */

@@ -18,6 +18,7 @@ export interface ChromiumPage {
   goto(u: string): Promise<unknown>;
   waitForFunction(f: string, a?: unknown, o?: object): Promise<unknown>;
   evaluate<T>(f: string): Promise<T>;
+  close(): Promise<void>;
 }
 
 /** A headless Chromium with a fresh context per page. */
@@ -61,8 +62,8 @@ export async function browserBundle(contents: string): Promise<string> {
 }
 
 /**
- * Serve `files` (path → text; '/' is the HTML page, everything else JavaScript) on 127.0.0.1, cross-origin isolated
- * (COOP `same-origin`, COEP `require-corp`) except the page at `/?isolated=0`.
+ * Serve `files` (path → text; '/' and paths ending in .html are HTML pages, everything else JavaScript) on 127.0.0.1,
+ * cross-origin isolated (COOP `same-origin`, COEP `require-corp`) except the page at `/?isolated=0`.
  */
 export async function serveFiles(files: Record<string, string>): Promise<{ base: string; close(): void }> {
   const server = createServer((req, res) => {
@@ -70,7 +71,8 @@ export async function serveFiles(files: Record<string, string>): Promise<{ base:
     const body = files[url.pathname];
     const isolated = url.pathname !== '/' || url.searchParams.get('isolated') !== '0';
     res.writeHead(body === undefined ? 404 : 200, {
-      'Content-Type': url.pathname === '/' ? 'text/html' : 'text/javascript',
+      'Content-Type':
+        url.pathname === '/' || url.pathname.endsWith('.html') ? 'text/html' : 'text/javascript',
       ...(isolated
         ? { 'Cross-Origin-Opener-Policy': 'same-origin', 'Cross-Origin-Embedder-Policy': 'require-corp' }
         : {}),

@@ -1,0 +1,150 @@
+import { align16, checkHeapBase, embeddedModule } from './wasm-module.js';
+
+/**
+ * The largest memory an arena opens: 4 GiB, all that a 32-bit WebAssembly memory addresses (the kernels read their
+ * records' addresses as unsigned). A model whose regions need more gets several memories.
+ */
+export const ARENA_MAX_BYTES = 2 ** 32;
+
+/** What an arena opens without a plan, or past it: 64 MiB memories, so that a few layers still share each. */
+export const ARENA_UNPLANNED_BYTES = 64 * 2 ** 20;
+
+const PAGE = 65536;
+
+/** What kind of memory an arena holds, and what every one of its memories starts with. */
+export interface ArenaSpec {
+  /** Names the kernel in messages. */
+  readonly what: string;
+  /**
+   * The kernel module (embedded base64) instantiated once per memory on the calling thread, whose entry points take
+   * the regions' addresses; null for memories where only a decode pool's workers run code.
+   */
+  readonly module: string | null;
+  /** A shared memory (a decode pool's workers read it or compute in it). */
+  readonly shared: boolean;
+  /** End of the fixed region each memory starts with (the module's static data, tables); regions follow it. */
+  readonly fixedEnd: number;
+  /** Writes the fixed region of a new memory (tables at fixed addresses). */
+  readonly init?: (buffer: ArrayBufferLike) => void;
+  /**
+   * The largest memory to open, in whole 64 KiB pages (default {@link ARENA_MAX_BYTES}; tests lower it to see several
+   * memories).
+   */
+  readonly maxBytes?: number;
+}
+
+/** One kernel's buffers: `bytes` (a multiple of 16) from address `at` of `memory`. */
+export class ArenaRegion {
+  constructor(
+    readonly memory: WebAssembly.Memory,
+    /** The spec's module instantiated on `memory` (shared by every region of it), or null without a module. */
+    readonly exports: WebAssembly.Exports | null,
+    readonly at: number,
+    readonly bytes: number,
+  ) {}
+}
+
+/**
+ * Bytes of the memory an arena opens for a region of `bytes` (16-aligned) when `pending` bytes of its plan are still
+ * to be placed (null: no plan): room for the plan's rest (at least this region), or {@link ARENA_UNPLANNED_BYTES}
+ * without a plan or past it, in whole 64 KiB pages, at most the spec's largest memory (whole pages too); null when the
+ * region alone does not fit a memory.
+ */
+function openBytes(spec: ArenaSpec, bytes: number, pending: number | null): number | null {
+  const max = spec.maxBytes ?? ARENA_MAX_BYTES;
+  if (spec.fixedEnd + bytes > max) return null;
+  const rest = pending !== null && pending >= bytes ? pending : Math.max(bytes, ARENA_UNPLANNED_BYTES);
+  return Math.min(max, Math.ceil((spec.fixedEnd + rest) / PAGE) * PAGE);
+}
+
+/**
+ * WebAssembly memories that many kernels share, each laying out its buffers in a region of one (bump-allocated,
+ * never freed: an arena lives as long as the kernels in it, e.g. one model's layers). A browser holds only about 120
+ * WebAssembly memories per process (each reserves its guard regions in V8's sandbox), so a model with a memory per
+ * layer cannot have all its layers fused there; in arenas it needs a few. Memories never grow, so views into them stay
+ * valid. With `planned` bytes (the sum of the regions it will be asked for, as the memory plan computes them) its
+ * first memory is sized for all of them (up to {@link ARENA_MAX_BYTES}; then as many as needed), and what it holds is
+ * exactly {@link arenaBytes} of those regions.
+ */
+export class KernelArena {
+  private memory: WebAssembly.Memory | null = null;
+  private exports: WebAssembly.Exports | null = null;
+  private top = 0;
+  private end = 0;
+  /** Planned bytes not yet placed (null: no plan). */
+  private pending: number | null;
+  /** Set once a memory could not be opened: later regions are refused at once (each failure costs a collection). */
+  private failed = false;
+
+  constructor(
+    readonly spec: ArenaSpec,
+    planned: number | null = null,
+  ) {
+    this.pending = planned;
+  }
+
+  /**
+   * A region of `bytes` (rounded up to 16) in the current memory, or in a new one where it does not fit; null when
+   * no memory can hold it (larger than {@link ARENA_MAX_BYTES}, the address space could not be reserved, no
+   * WebAssembly SIMD for the module): the caller then keeps a memory of its own, or its TypeScript path.
+   */
+  place(bytes: number): ArenaRegion | null {
+    const size = align16(bytes);
+    if (this.memory === null || this.top + size > this.end) {
+      if (this.failed || !this.open(size)) return null;
+    }
+    const region = new ArenaRegion(this.memory!, this.exports, this.top, size);
+    this.top += size;
+    if (this.pending !== null) this.pending = Math.max(0, this.pending - size);
+    return region;
+  }
+
+  private open(size: number): boolean {
+    const bytes = openBytes(this.spec, size, this.pending);
+    if (bytes === null) return false;
+    const { spec } = this;
+    const mod = spec.module === null ? null : embeddedModule(spec.module);
+    if (spec.module !== null && mod === null) return false;
+    let memory: WebAssembly.Memory;
+    let exports: WebAssembly.Exports | null = null;
+    try {
+      memory = new WebAssembly.Memory({ initial: bytes / PAGE, maximum: bytes / PAGE, shared: spec.shared });
+      if (mod) exports = new WebAssembly.Instance(mod, { env: { memory } }).exports;
+    } catch {
+      this.failed = true; // e.g. the address space could not be reserved
+      return false;
+    }
+    if (exports) checkHeapBase(exports, spec.what);
+    spec.init?.(memory.buffer);
+    this.memory = memory;
+    this.exports = exports;
+    this.top = spec.fixedEnd;
+    this.end = bytes;
+    return true;
+  }
+}
+
+/**
+ * Bytes of the memories a {@link KernelArena} of `spec` opens when it is asked, in order, for regions of `sizes`
+ * bytes with all of them planned: what the memory plan counts for an arena, computed without allocating anything.
+ * Sizes that no memory holds are skipped (`place` refuses them).
+ */
+export function arenaBytes(spec: ArenaSpec, sizes: readonly number[]): number {
+  let pending = sizes.reduce((s, b) => s + align16(b), 0);
+  let total = 0;
+  let top = 0;
+  let end = 0;
+  for (const b of sizes) {
+    const size = align16(b);
+    if (end === 0 || top + size > end) {
+      const bytes = openBytes(spec, size, pending);
+      if (bytes === null) continue;
+      total += bytes;
+      top = spec.fixedEnd;
+      end = bytes;
+    }
+    top += size;
+    pending = Math.max(0, pending - size);
+  }
+  return total;
+}
