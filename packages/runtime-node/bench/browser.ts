@@ -6,20 +6,24 @@
  * sources are bundled for the browser with esbuild, as an app would. Run by `bench/run.ts --browser`; JSON Lines on
  * stdout; prints nothing (a note on stderr) without Chromium or playwright-core. Each copy of the model keeps its
  * blocks' layers in one model's kernel arenas, as the loaders do: a Chromium renderer holds at most about 120
- * WebAssembly memories, and with a memory per layer (and per worker part) the two copies would need about 180.
+ * WebAssembly memories, and with a memory per layer (and per worker part) the two copies would need about 180. With
+ * `--large`, also bench/large.ts's TinyLlama-1.1B-shaped model (154 layers; ≈ 1.2 GB with its 2-thread copy), with the
+ * number of its layers that run fused.
  */
 import { browserBundle, launchChromium, serveFiles } from '../src/testing/chromium.js';
 import { emit } from './emit.js';
 
 const quick = process.argv.includes('--quick');
+const large = process.argv.includes('--large');
 
 /** Runs in the page's Web Worker: builds the model, measures, returns the cases. */
 const WORKER = `
 import {
   bestRowMs, blocksOf, CalderaLinear, createDecodePool, decodeRate, DenseF16Linear, f32ArrayToF16, KernelArenas,
-  LlamaModel, onDecodePool, parseModelConfig, randomDecomposition, Rng, tensor,
+  LlamaModel, onDecodePool, parseModelConfig, randomDecomposition, Rng, tensor, TINYLLAMA_CONFIG,
 } from '/bench.js';
 const DECODE = ${quick ? 6 : 24};
+const LARGE = ${large};
 async function run() {
   const cfg = parseModelConfig({
     architectures: ['LlamaForCausalLM'], hidden_size: 1024, intermediate_size: 2816, num_hidden_layers: 8,
@@ -59,7 +63,37 @@ async function run() {
   decodePool.dispose();
   return cases;
 }
-run().then(postMessage, (e) => postMessage({ error: String((e && e.stack) || e) }));
+// the TinyLlama-1.1B-shaped model of bench/large.ts (154 layers: with a memory per layer, more than a renderer holds)
+async function runLarge() {
+  const cfg = parseModelConfig(TINYLLAMA_CONFIG);
+  const { hiddenSize: d, vocabSize: V } = cfg;
+  const rng = new Rng(11);
+  const arenas = new KernelArenas();
+  const blocks = blocksOf(cfg, (m, n) => new CalderaLinear(randomDecomposition(m, n, 64, rng), null, { arenas }));
+  const layers = blocks.flatMap((b) => [b.q, b.k, b.v, b.o, b.gate, b.up, b.down]);
+  const head = new DenseF16Linear(f32ArrayToF16(rng.fillNormal(new Float32Array(V * d), 0, 0.02)), V, d);
+  const model = new LlamaModel(cfg, {
+    embed: tensor('f16', [V, d], head.bits), blocks, norm: new Float32Array(d).fill(1), head,
+  });
+  const prompt = [1, 450, 4272, 338];
+  const refs = { layers: layers.length, fused: layers.filter((l) => l.fused).length, decode: 8 };
+  const one = decodeRate(model, prompt, 8);
+  const decodePool = await createDecodePool({ threads: 2 });
+  const pooled = onDecodePool(model, decodePool);
+  const two = decodeRate(pooled, prompt, 8);
+  const pooledFused = pooled.weights.blocks.flatMap((b) => [b.q, b.k, b.v, b.o, b.gate, b.up, b.down]);
+  decodePool.dispose();
+  return [
+    { case: 'decode_caldera_1b_browser', value: one, unit: 'tokens/s', refs },
+    {
+      case: 'decode_caldera_1b_browser_2threads', value: two, unit: 'tokens/s',
+      refs: { ...refs, fused: pooledFused.filter((l) => l.fused).length, oneThread: one, speedupVs1Thread: two / one },
+    },
+  ];
+}
+run()
+  .then(async (cases) => (LARGE ? [...cases, ...(await runLarge())] : cases))
+  .then(postMessage, (e) => postMessage({ error: String((e && e.stack) || e) }));
 `;
 
 const PAGE = `<!doctype html><script type="module">
@@ -81,7 +115,7 @@ const server = await serveFiles({
       "export * from './index.ts';",
       "export { f32ArrayToF16, Rng, tensor } from '@caldera/core';",
       "export { randomDecomposition } from '@caldera/lowrank';",
-      "export { bestRowMs, blocksOf, decodeRate, onDecodePool } from '../bench/decode.ts';",
+      "export { bestRowMs, blocksOf, decodeRate, onDecodePool, TINYLLAMA_CONFIG } from '../bench/decode.ts';",
     ].join('\n'),
   ),
 });

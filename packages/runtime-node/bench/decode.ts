@@ -13,6 +13,21 @@ import {
   type ModelConfig,
 } from '../src/index.js';
 
+/**
+ * `config.json` of a TinyLlama-1.1B-shaped model (hidden 2048, MLP 5632, 22 layers, 32/4 heads, vocab 32000 tied): the
+ * large decode cases' shape (bench/large.ts in Node, bench/browser.ts with `--large` in Chromium).
+ */
+export const TINYLLAMA_CONFIG = {
+  architectures: ['LlamaForCausalLM'],
+  hidden_size: 2048,
+  intermediate_size: 5632,
+  num_hidden_layers: 22,
+  num_attention_heads: 32,
+  num_key_value_heads: 4,
+  vocab_size: 32000,
+  tie_word_embeddings: true,
+};
+
 /** `cfg.numLayers` transformer blocks whose seven linear layers `lin(m, n)` makes (norms of ones). */
 export function blocksOf(cfg: ModelConfig, lin: (m: number, n: number) => Linear): BlockWeights[] {
   const { hiddenSize: d, intermediateSize: I, numHeads: H, numKvHeads: KV, headDim: hd } = cfg;

@@ -11,28 +11,23 @@ import {
   CalderaLinear,
   createDecodePool,
   DenseF16Linear,
+  KernelArenas,
   LlamaModel,
   parseModelConfig,
 } from '../src/index.js';
-import { blocksOf, decodeRate, onDecodePool } from './decode.js';
+import { blocksOf, decodeRate, onDecodePool, TINYLLAMA_CONFIG } from './decode.js';
 import { emit } from './emit.js';
 
-const cfg = parseModelConfig({
-  architectures: ['LlamaForCausalLM'],
-  hidden_size: 2048,
-  intermediate_size: 5632,
-  num_hidden_layers: 22,
-  num_attention_heads: 32,
-  num_key_value_heads: 4,
-  vocab_size: 32000,
-  tie_word_embeddings: true,
-});
+const cfg = parseModelConfig(TINYLLAMA_CONFIG);
 const RANK = 64;
 const TOKENS = 8;
 
 const { hiddenSize: d, intermediateSize: I, vocabSize: V, numHeads: H, numKvHeads: KV, headDim: hd } = cfg;
 const rng = new Rng(11);
-const lin = (m: number, n: number) => new CalderaLinear(randomDecomposition(m, n, RANK, rng));
+// the blocks' layers in one model's kernel arenas, as the loaders build them
+const arenas = new KernelArenas();
+const lin = (m: number, n: number) =>
+  new CalderaLinear(randomDecomposition(m, n, RANK, rng), null, { arenas });
 const blocks = blocksOf(cfg, lin);
 const head = new DenseF16Linear(f32ArrayToF16(rng.fillNormal(new Float32Array(V * d), 0, 0.02)), V, d);
 const model = new LlamaModel(cfg, {

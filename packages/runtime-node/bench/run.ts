@@ -4,7 +4,8 @@
  * Llama-shaped model with random weights in f32, f16 and CALDERA (rank 64, 2-bit E8P Q, 4-bit lattice L/R), resident
  * memory, and the measured checkpoint size of a 4096×4096 CALDERA layer vs f16. JSON Lines on stdout. `--quick`: fewer
  * tokens; `--large`: also a TinyLlama-1.1B-shaped CALDERA model's decode on 1 and 2 threads (bench/large.ts);
- * `--browser`: also decode in headless Chromium on 1 and 2 threads (bench/browser.ts).
+ * `--browser`: also decode in headless Chromium on 1 and 2 threads (bench/browser.ts; with `--large` too, also the
+ * TinyLlama-1.1B-shaped model there).
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -272,6 +273,7 @@ if (process.argv.includes('--browser')) {
       ...process.execArgv,
       fileURLToPath(new URL('./browser.ts', import.meta.url)),
       ...(quick ? ['--quick'] : []),
+      ...(process.argv.includes('--large') ? ['--large'] : []),
     ],
     { encoding: 'utf8', stdio: ['ignore', 'inherit', 'inherit'] },
   );
