@@ -7,7 +7,8 @@ import { e8pRow } from './e8p';
 import { hadamardInPlace } from './hadamard';
 import { denseF32 } from './matvec';
 
-// The layer record at a fixed address: 4-byte fields in this order (src/kernels/caldera-kernel.ts writes them).
+// A layer's record, at the start of its region of the memory (many layers share a memory): 4-byte fields in this order
+// (src/kernels/caldera-kernel.ts writes them).
 @unmanaged
 class Layer {
   n: i32; // in features

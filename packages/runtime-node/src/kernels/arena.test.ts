@@ -72,7 +72,7 @@ describe('kernel arenas: many kernels in a few WebAssembly memories', () => {
     expect(three[0]!.memory.buffer.byteLength).toBe(Math.ceil((KERNEL_BASE + 120_000) / PAGE) * PAGE);
   });
 
-  it('without a plan (or past it) it opens 64 MiB memories; one that cannot be reserved is not tried again', () => {
+  it('without a plan (or past it) it opens 64 MiB memories', () => {
     const arena = new KernelArena(small);
     const [a, b] = [arena.place(1000)!, arena.place(1000)!];
     expect(a.memory).toBe(b.memory);
@@ -81,16 +81,42 @@ describe('kernel arenas: many kernels in a few WebAssembly memories', () => {
     expect(big.place(100)!.memory.buffer.byteLength).toBe(2 * PAGE); // planned: 112 bytes (16-aligned)
     // past the plan (and past its page)
     expect(big.place(70_000)!.memory.buffer.byteLength).toBe(KERNEL_BASE + ARENA_UNPLANNED_BYTES);
+  });
+
+  it('where the planned memory cannot be reserved, smaller ones hold the regions; an unaligned plan is aligned', () => {
+    // 40 regions of 20 000 bytes planned in one memory of 800 KiB (13 pages); memories over 4 pages fail
     let tries = 0;
-    const failed = new KernelArena(small, 1000);
-    withFailingMemory(
-      () => ++tries > 0,
-      () => {
-        expect(failed.place(1000)).toBeNull();
-        expect(failed.place(1000)).toBeNull();
+    const sizes: number[] = [];
+    const arena = new KernelArena({ ...small, maxBytes: undefined }, 40 * 20_000);
+    const regions = withFailingMemory(
+      (desc) => {
+        tries++;
+        sizes.push(desc.initial);
+        return desc.initial > 4;
       },
+      () => Array.from({ length: 40 }, () => arena.place(20_000)!),
     );
-    expect(tries).toBe(1);
+    // 14 pages, then 7, then 4 (halving): 3 regions per 4-page memory, and no more failed tries after the first open
+    expect(sizes.slice(0, 3)).toEqual([14, 7, 4]);
+    expect(tries).toBe(2 + Math.ceil(40 / 9));
+    expect(new Set(regions.map((r) => r.memory)).size).toBe(Math.ceil(40 / 9));
+    for (const r of regions) expect(r.at + r.bytes).toBeLessThanOrEqual(r.memory.buffer.byteLength);
+    // a memory of the region's own size fails too (after the planned one): refused, and later regions at once
+    const none = new KernelArena(small, 100_000);
+    let attempts = 0;
+    withFailingMemory(
+      () => ++attempts > 0,
+      () => expect([none.place(1000), none.place(16)]).toEqual([null, null]),
+    );
+    expect(attempts).toBe(2);
+    // planned bytes that are not multiples of 16 are counted as the regions will be (aligned), not as unplanned
+    const arenas = new KernelArenas({ planned: [{ arena: 'dense', bytes: 100 }] });
+    const w = tensor('f32', [2, 2], new Float32Array(4));
+    const layer = new DenseLinear(w, null, { arenas });
+    const { memories } = arenaRegions([], layer);
+    expect(memories.map((m) => m.buffer.byteLength)).toEqual([
+      KernelArenas.bytes(DenseLinear.footprint(2, 2, false).regions),
+    ]);
   });
 
   it('layers in one KernelArenas compute what they compute alone, to the bit, with and without a decode pool', async () => {

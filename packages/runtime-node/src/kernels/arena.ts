@@ -6,7 +6,10 @@ import { align16, checkHeapBase, embeddedModule } from './wasm-module.js';
  */
 export const ARENA_MAX_BYTES = 2 ** 32;
 
-/** What an arena opens without a plan, or past it: 64 MiB memories, so that a few layers still share each. */
+/**
+ * What an arena opens without a plan, or past it: memories of 64 MiB after their fixed region, so that a few layers
+ * still share each.
+ */
 export const ARENA_UNPLANNED_BYTES = 64 * 2 ** 20;
 
 const PAGE = 65536;
@@ -27,8 +30,8 @@ export interface ArenaSpec {
   /** Writes the fixed region of a new memory (tables at fixed addresses). */
   readonly init?: (buffer: ArrayBufferLike) => void;
   /**
-   * The largest memory to open, in whole 64 KiB pages (default {@link ARENA_MAX_BYTES}; tests lower it to see several
-   * memories).
+   * The largest memory to open, in bytes, a multiple of 64 KiB (default {@link ARENA_MAX_BYTES}; tests lower it to see
+   * several memories).
    */
   readonly maxBytes?: number;
 }
@@ -59,12 +62,14 @@ function openBytes(spec: ArenaSpec, bytes: number, pending: number | null): numb
 
 /**
  * WebAssembly memories that many kernels share, each laying out its buffers in a region of one (bump-allocated,
- * never freed: an arena lives as long as the kernels in it, e.g. one model's layers). A browser holds only about 120
- * WebAssembly memories per process (each reserves its guard regions in V8's sandbox), so a model with a memory per
- * layer cannot have all its layers fused there; in arenas it needs a few. Memories never grow, so views into them stay
- * valid. With `planned` bytes (the sum of the regions it will be asked for, as the memory plan computes them) its
- * first memory is sized for all of them (up to {@link ARENA_MAX_BYTES}; then as many as needed), and what it holds is
- * exactly {@link arenaBytes} of those regions.
+ * never freed: the memories live as long as any kernel in them, and the arena holds its current one). A browser holds
+ * only about 120 WebAssembly memories per process (each reserves its guard regions in V8's sandbox), so a model with a
+ * memory per layer cannot have all its layers fused there; in arenas it needs a few. Memories never grow, so views
+ * into them stay valid. With `planned` bytes (the sum of the 16-aligned regions it will be asked for, as the memory
+ * plan computes them) its first memory is sized for all of them (up to the spec's largest memory; then as many as
+ * needed), and what it holds is exactly {@link arenaBytes} of those regions. Where a memory of that size cannot be
+ * reserved it takes smaller ones (halving, down to the region's own size), so the layers still share a few; the plan
+ * then no longer matches.
  */
 export class KernelArena {
   private memory: WebAssembly.Memory | null = null;
@@ -73,7 +78,11 @@ export class KernelArena {
   private end = 0;
   /** Planned bytes not yet placed (null: no plan). */
   private pending: number | null;
-  /** Set once a memory could not be opened: later regions are refused at once (each failure costs a collection). */
+  /**
+   * The largest memory worth trying: half the last size that could not be reserved (each failure costs a collection).
+   */
+  private limit = Infinity;
+  /** Set once even a memory of a region's own size could not be reserved: later regions are refused at once. */
   private failed = false;
 
   constructor(
@@ -85,8 +94,8 @@ export class KernelArena {
 
   /**
    * A region of `bytes` (rounded up to 16) in the current memory, or in a new one where it does not fit; null when
-   * no memory can hold it (larger than {@link ARENA_MAX_BYTES}, the address space could not be reserved, no
-   * WebAssembly SIMD for the module): the caller then keeps a memory of its own, or its TypeScript path.
+   * no memory can hold it (more than the spec's largest memory after its fixed region, the address space could not be
+   * reserved, no WebAssembly SIMD for the module): the caller then keeps a memory of its own, or its TypeScript path.
    */
   place(bytes: number): ArenaRegion | null {
     const size = align16(bytes);
@@ -99,28 +108,42 @@ export class KernelArena {
     return region;
   }
 
+  /** Open a memory for a region of `size`: the planned size, or smaller ones where that cannot be reserved. */
   private open(size: number): boolean {
-    const bytes = openBytes(this.spec, size, this.pending);
-    if (bytes === null) return false;
+    const want = openBytes(this.spec, size, this.pending);
+    if (want === null) return false;
     const { spec } = this;
     const mod = spec.module === null ? null : embeddedModule(spec.module);
     if (spec.module !== null && mod === null) return false;
-    let memory: WebAssembly.Memory;
-    let exports: WebAssembly.Exports | null = null;
-    try {
-      memory = new WebAssembly.Memory({ initial: bytes / PAGE, maximum: bytes / PAGE, shared: spec.shared });
-      if (mod) exports = new WebAssembly.Instance(mod, { env: { memory } }).exports;
-    } catch {
-      this.failed = true; // e.g. the address space could not be reserved
-      return false;
+    const need = Math.ceil((spec.fixedEnd + size) / PAGE) * PAGE;
+    for (let bytes = Math.max(need, Math.min(want, this.limit)); ;) {
+      let memory: WebAssembly.Memory;
+      let exports: WebAssembly.Exports | null = null;
+      try {
+        memory = new WebAssembly.Memory({
+          initial: bytes / PAGE,
+          maximum: bytes / PAGE,
+          shared: spec.shared,
+        });
+        if (mod) exports = new WebAssembly.Instance(mod, { env: { memory } }).exports;
+      } catch {
+        // e.g. the address space could not be reserved: try half, down to the region's own size
+        if (bytes <= need) {
+          this.failed = true;
+          return false;
+        }
+        this.limit = Math.ceil(bytes / 2 / PAGE) * PAGE;
+        bytes = Math.max(need, this.limit);
+        continue;
+      }
+      if (exports) checkHeapBase(exports, spec.what);
+      spec.init?.(memory.buffer);
+      this.memory = memory;
+      this.exports = exports;
+      this.top = spec.fixedEnd;
+      this.end = bytes;
+      return true;
     }
-    if (exports) checkHeapBase(exports, spec.what);
-    spec.init?.(memory.buffer);
-    this.memory = memory;
-    this.exports = exports;
-    this.top = spec.fixedEnd;
-    this.end = bytes;
-    return true;
   }
 }
 

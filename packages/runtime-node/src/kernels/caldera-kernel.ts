@@ -16,7 +16,9 @@ const P1_AT = E8P_FIXED_END;
 const P2_AT = P1_AT + 512;
 const CALDERA_FIXED_END = P2_AT + 512;
 
-/** The calling thread's memories of CALDERA layers: the kernel module, the E8P tables and patterns at fixed addresses. */
+/**
+ * The calling thread's memories of CALDERA layers: the kernel module, the E8P tables and patterns at fixed addresses.
+ */
 export const CALDERA_ARENA: ArenaSpec = {
   what: 'caldera kernel',
   module: CALDERA_WASM_BASE64,
@@ -248,14 +250,15 @@ function blockMix(n: number, transpose: boolean): { K: number; mix: Float32Array
 }
 
 /**
- * One CALDERA layer with 2-bit E8P Q resident in its own WebAssembly memory (input rows go through it `maxRows` at a
- * time): the whole forward — signs and Hadamard rotation of the input, the table-driven E8P product, the low-rank
- * term `L̂·(R̂·x')`, the inverse rotation, signs and scale — runs in the SIMD kernel of asm/caldera.ts, so only x and y
- * cross the boundary. Codes are stored group-major (`[np/8, mp]`); L̂ (`[mp, k]`) and R̂ (`[k, np]`) are decoded once
- * to f32. With a decode pool of several threads, a large layer's rows of Q̂ are split: the first part stays in this
- * memory, each other part lives in a worker's shared memory ({@link splitRanges}), and single rows are computed by all
- * threads together, to the same bits. {@link CalderaKernel.create} returns null without WebAssembly SIMD or for a
- * decomposition it does not cover (3/4-bit Q, a trainable LoRA part), and the caller keeps its TypeScript path.
+ * One CALDERA layer with 2-bit E8P Q resident in a region of a WebAssembly memory — a model's arena, or a memory of its
+ * own (input rows go through it `maxRows` at a time): the whole forward — signs and Hadamard rotation of the input, the
+ * table-driven E8P product, the low-rank term `L̂·(R̂·x')`, the inverse rotation, signs and scale — runs in the SIMD
+ * kernel of asm/caldera.ts, so only x and y cross the boundary. Codes are stored group-major (`[np/8, mp]`); L̂
+ * (`[mp, k]`) and R̂ (`[k, np]`) are decoded once to f32. With a decode pool of several threads, a large layer's rows
+ * of Q̂ are split: the first part stays in this region, each other part lives in a region of a worker's shared memory
+ * ({@link splitRanges}), and single rows are computed by all threads together, to the same bits.
+ * {@link CalderaKernel.create} returns null without WebAssembly SIMD or for a decomposition it does not cover (3/4-bit
+ * Q, a trainable LoRA part), and the caller keeps its TypeScript path.
  */
 export class CalderaKernel {
   private constructor(
@@ -283,7 +286,8 @@ export class CalderaKernel {
    * `threads` threads: `own` bytes in the calling thread's arena (the layer record, Q's codes group-major of its rows,
    * L̂ and R̂ in f32, the signs, the block-mixing matrices, the row buffers for `maxRows` rows), and with the rows
    * split, `parts[t]` bytes in worker t's arena (its record, its rows' codes, x', its rows of y'); null when `create`
-   * returns null for it (no WebAssembly SIMD, 3/4-bit Q, a LoRA part, an odd `mp`). Computed without allocating.
+   * returns null for it (no WebAssembly SIMD, 3/4-bit Q, a LoRA part, an odd `mp`, a region beyond what a memory
+   * holds). Computed without allocating.
    */
   static regionBytes(
     layer: CalderaKernelShape,
@@ -300,7 +304,10 @@ export class CalderaKernel {
       maxRows,
       mq!,
     );
-    return { own: bytes, parts: parts.map(([, rows]) => sliceLayout(rows, np).bytes) };
+    const partBytes = parts.map(([, rows]) => sliceLayout(rows, np).bytes);
+    // a region no memory holds (beyond 4 GiB with the fixed region): create finds no memory for it
+    const fits = (b: number) => arenaBytes(CALDERA_ARENA, [b]) > 0;
+    return fits(bytes) && partBytes.every(fits) ? { own: bytes, parts: partBytes } : null;
   }
 
   /**
@@ -363,12 +370,13 @@ export class CalderaKernel {
     const { bytes } = kernelLayout(shape, ...mixLengths, maxRows, mq);
     const region = placeIn(CALDERA_ARENA, arenas?.caldera, bytes);
     if (!region) {
-      // e.g. the address space could not be reserved: without the workers' regions (which may have taken the last
-      // room; dropped first, so that the collector V8 runs on a failed reservation can take them) the layer can still
-      // run whole here; else the caller keeps its TypeScript path
-      if (parts.length === 0) return null;
+      // e.g. the address space could not be reserved. Without arenas the workers' memories of their own may have taken
+      // the last room: dropped first (so that the collector V8 runs on a failed reservation can take them), the layer
+      // can still run whole here. In arenas their regions stay (the arenas hold them), so the caller keeps its
+      // TypeScript path
+      if (parts.length === 0 || arenas) return null;
       parts = [];
-      return CalderaKernel.create(d, maxRows, undefined, arenas);
+      return CalderaKernel.create(d, maxRows);
     }
     const { at } = kernelLayout(shape, ...mixLengths, maxRows, mq, region.at);
     const exports = region.exports as unknown as CalderaExports;

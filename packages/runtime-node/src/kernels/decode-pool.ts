@@ -1,11 +1,11 @@
 /**
  * Threads for single-token decode. Each large CALDERA layer's rows of Q̂ are split over the threads, every worker
- * holding its rows' codes in a shared WebAssembly memory of its own (with its own E8P tables, so nothing is written by
- * two threads): per product the calling thread rotates the input, copies x' into the workers' memories, publishes the
- * layer's job in a shared control block, computes its own rows, and blocks with `Atomics.wait` until every worker has
- * finished; then it gathers the rows and applies the low-rank term and the output rotation (caldera-kernel.ts). A
- * large dense layer's weights live in one shared memory that every thread's kernel instance reads, each computing a
- * range of the output rows (matvec.ts).
+ * holding its rows' codes in a shared WebAssembly memory that only it computes in (its arena, with its own E8P tables,
+ * or one of the layer's own; so nothing is written by two threads): per product the calling thread rotates the input,
+ * copies x' into the workers' memories, publishes the layer's job in a shared control block, computes its own rows, and
+ * blocks with `Atomics.wait` until every worker has finished; then it gathers the rows and applies the low-rank term
+ * and the output rotation (caldera-kernel.ts). A large dense layer's weights live in a shared memory that every
+ * thread's kernel instance reads, each computing a range of the output rows (matvec.ts).
  *
  * The workers are `worker_threads` in Node (≥ 20.16, through `process.getBuiltinModule`) and Web Workers from a Blob
  * URL in a browser's Web Worker that is cross-origin isolated (shared memory, and a caller that may block). A worker
@@ -68,7 +68,8 @@ export interface DecodePoolOptions {
 /**
  * Worker threads for single-token decode; pass it as `{ decodePool }` to the loaders (or to a linear layer) and
  * `dispose()` it when done. The workers keep a layer's rows until the layer is garbage-collected or the pool is
- * disposed; a pool is driven by one thread at a time.
+ * disposed (rows in a model's kernel arena are freed with the last layer of that arena); a pool is driven by one thread
+ * at a time.
  */
 export interface DecodePool {
   /** Threads that compute a layer's rows, the caller included (1 without workers). */

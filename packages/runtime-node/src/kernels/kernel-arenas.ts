@@ -1,5 +1,6 @@
 import { CalderaError } from '@caldera/core';
 import { arenaBytes, KernelArena, type ArenaSpec } from './arena.js';
+import { align16 } from './wasm-module.js';
 import { CALDERA_ARENA, CALDERA_PART_ARENA, type CalderaArenas } from './caldera-kernel.js';
 import { DENSE_ARENA, DENSE_SHARED_ARENA } from './matvec.js';
 
@@ -23,9 +24,9 @@ export interface KernelArenasOptions {
    */
   threads?: number;
   /**
-   * The regions the layers will ask for ({@link LinearFootprint}s' `regions`, in the order the layers are built): each
-   * arena's memories are then sized for exactly these, and hold {@link KernelArenas.bytes} of them. Default: none (64
-   * MiB memories, opened as they fill).
+   * The regions the layers will ask for ({@link LinearFootprint}s' `regions` for `threads`, in the order the layers are
+   * built): each arena's memories are then sized for exactly these, and hold {@link KernelArenas.bytes} of them.
+   * Default: none (64 MiB memories, opened as they fill).
    */
   planned?: readonly ArenaRequest[];
 }
@@ -43,9 +44,13 @@ const specOf = (name: ArenaName, threads = 1): ArenaSpec =>
 /**
  * The kernel memories of one model's layers (see {@link KernelArena}): layers built with the same `KernelArenas`
  * (`arenas` of {@link CalderaLinearOptions} and {@link DenseLinearOptions}) place their kernels' buffers in a few
- * shared WebAssembly memories instead of one (or, split over a decode pool, one per thread) each. The loaders build
- * one per model, planned from its memory plan, so that a model of any number of layers runs fused in a browser, which
- * holds only about 120 WebAssembly memories per process. The memories live as long as any layer in them.
+ * WebAssembly memories that they all use, instead of one (or, split over a decode pool, one per thread) each. The
+ * loaders build one per model, planned from its memory plan, so that a model of any number of layers runs fused in a
+ * browser, which holds only about 120 WebAssembly memories per process. The memories live as long as any layer in them
+ * (and the `KernelArenas`, which holds the current one of each arena); a layer dropped before the others frees
+ * nothing. Its `threads` must be those of the decode pool the layers are built with, and a plan's regions must come
+ * from footprints for that many threads (`readModelLayout(dir, { decodeThreads })`), or the worker arenas open
+ * memories the plan does not count.
  */
 export class KernelArenas implements CalderaArenas {
   readonly caldera: KernelArena;
@@ -63,7 +68,7 @@ export class KernelArenas implements CalderaArenas {
     this.threads = threads;
     const planned = options.planned;
     const total = (name: ArenaName) =>
-      planned ? planned.reduce((s, r) => (r.arena === name ? s + r.bytes : s), 0) : null;
+      planned ? planned.reduce((s, r) => (r.arena === name ? s + align16(r.bytes) : s), 0) : null;
     this.caldera = new KernelArena(CALDERA_ARENA, total('caldera'));
     this.dense = new KernelArena(specOf('dense', threads), total('dense'));
     this.parts = Array.from({ length: threads - 1 }, (_, t) => new KernelArena(CALDERA_PART_ARENA, total(t)));

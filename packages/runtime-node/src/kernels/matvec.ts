@@ -130,15 +130,15 @@ function wasmMatrixLayout(kind: 'f32' | HalfFormat, m: number, n: number, maxRow
 }
 
 /**
- * A dense matrix `W [m, n]` (f32, or f16 or bf16 bits) resident in its own WebAssembly memory, multiplied by `x` (up to
- * `maxRows` rows) with the SIMD kernels of asm/matvec.ts: the weights are copied in once at construction and read in
- * place on every call (decode is memory-bound, so no per-call copy of W); only x and y cross the boundary.
- * `weights` is the view of W inside that memory (later writes to it must keep f16 values finite when they were: the
- * kernel for finite matrices is chosen once). With a decode pool of several threads and at least
- * {@link SPLIT_MIN_WEIGHTS} weights the memory is shared: for one input row every thread's kernel instance
- * computes a range of the output rows from the same W ({@link denseRanges}), to the same bits. {@link WasmMatrix.create}
- * returns null when WebAssembly SIMD is unavailable or W does not fit in one memory (4 GiB), and callers keep the
- * TypeScript loops.
+ * A dense matrix `W [m, n]` (f32, or f16 or bf16 bits) resident in a region of a WebAssembly memory (a model's arena,
+ * or a memory of its own), multiplied by `x` (up to `maxRows` rows) with the SIMD kernels of asm/matvec.ts: the weights
+ * are copied in once at construction and read in place on every call (decode is memory-bound, so no per-call copy of
+ * W); only x and y cross the boundary. `weights` is the view of W inside that memory (later writes to it must keep f16
+ * values finite when they were: the kernel for finite matrices is chosen once). With a decode pool of several threads
+ * and at least {@link SPLIT_MIN_WEIGHTS} weights the memory is shared (a shared arena's holds unsplit matrices too):
+ * for one input row every thread's kernel instance computes a range of the output rows from the same W
+ * ({@link denseRanges}), to the same bits. {@link WasmMatrix.create} returns null when WebAssembly SIMD is unavailable
+ * or W does not fit in one memory (4 GiB) or none can be reserved, and callers keep the TypeScript loops.
  */
 export class WasmMatrix<K extends 'f32' | HalfFormat> {
   private constructor(
