@@ -100,6 +100,8 @@ export interface ModelLayoutOptions {
    * the workers' memories of the CALDERA layers whose rows it splits.
    */
   decodeThreads?: number;
+  /** The {@link LoadOptions.kernelArenas} that `memoryBytes` counts for (default true, as `loadModel`'s). */
+  kernelArenas?: boolean;
 }
 
 /** A float tensor's header entry: `E_MISSING`, `E_DTYPE` (not a float) or `E_SHAPE` (not `shape`) otherwise. */
@@ -230,7 +232,11 @@ export async function layoutFromStore(
       `decodeThreads must be an integer in [1, 256] (a decode pool's threads), got ${String(decodeThreads)}`,
     );
   const linears: LinearLayout[] = [];
-  const held = (footprint: LinearFootprint) => ({ footprint, memoryBytes: footprintBytes(footprint, true) });
+  const inArenas = options.kernelArenas !== false;
+  const held = (footprint: LinearFootprint) => ({
+    footprint,
+    memoryBytes: footprintBytes(footprint, inArenas),
+  });
   for (let b = 0; b < config.numLayers; b++) {
     for (const { name } of blockLinearNames(b)) {
       const kind = name.slice(name.lastIndexOf('.') + 1);
@@ -285,7 +291,8 @@ export async function layoutFromStore(
       kind: l.caldera ? 'caldera' : heldDType(l.weight.dtype, dtype),
       bytes: l.memoryBytes,
     })),
-    regions: linears.flatMap((l) => l.footprint.regions),
+    // without arenas each region is a memory of its own, counted in its layer's bytes
+    regions: inArenas ? linears.flatMap((l) => l.footprint.regions) : [],
   });
   return { dir, config, calderaMeta, embed, lmHead, linears, norm, memory };
 }

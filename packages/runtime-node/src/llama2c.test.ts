@@ -167,6 +167,13 @@ describe('llama2.c import', () => {
         expect(planLlama2cMemory(config, dtype)).toEqual(plans[0]);
         // the blocks' linears in one memory (the model's dense arena), not one each
         expect(wasmMemories([], model.weights.blocks), `untied ${untied}, ${dtype}`).toBe(1);
+        // kernelArenas false: one memory per linear, as its plan counts them
+        const own: MemoryPlan[] = [];
+        const alone = await loadLlama2c(path, { dtype, kernelArenas: false, onPlan: (p) => own.push(p) });
+        const aloneHead = (alone.model as unknown as { head: unknown }).head;
+        expect(heldBytes(alone.model.weights, aloneHead)).toBe(own[0]!.weightBytes);
+        expect(own[0]).toEqual(planLlama2cMemory(config, dtype, false));
+        expect(wasmMemories([], alone.model.weights.blocks)).toBe(7 * config.numLayers);
         // with a decode pool (this model's layers are too small to split, its head then too: headSplits; the test
         // below splits them): the same plan, bytes and logits
         const decodePool = await createDecodePool({ threads: 2 });

@@ -161,13 +161,17 @@ function llama2cLinears(config: ModelConfig, dtype: 'auto' | 'f32' | 'f16') {
 /**
  * The memory plan of a llama2.c checkpoint loaded with `dtype` ({@link Llama2cLoadOptions.dtype}), from its config
  * alone: linears and classifier f32 (or f16 with `'f16'`), the embedding and norms f32, the linears' kernels in one
- * model's arenas. A shared classifier is the embedding's table when f32 (held once), an f16 copy beside the f32
- * embedding with `'f16'`.
+ * model's arenas (`kernelArenas` false: each in a memory of its own, {@link Llama2cLoadOptions.kernelArenas}). A shared
+ * classifier is the embedding's table when f32 (held once), an f16 copy beside the f32 embedding with `'f16'`.
  */
-export function planLlama2cMemory(config: ModelConfig, dtype: 'auto' | 'f32' | 'f16' = 'auto'): MemoryPlan {
+export function planLlama2cMemory(
+  config: ModelConfig,
+  dtype: 'auto' | 'f32' | 'f16' = 'auto',
+  kernelArenas = true,
+): MemoryPlan {
   const half = dtype === 'f16';
   const linears = llama2cLinears(config, dtype);
-  const bytes = new Map(linears.map((l) => [l.name, footprintBytes(l.footprint, true)]));
+  const bytes = new Map(linears.map((l) => [l.name, footprintBytes(l.footprint, kernelArenas)]));
   const layers = Array.from({ length: config.numLayers }, (_, b) =>
     blockLinearNames(b).map(({ name }) => ({
       name,
@@ -180,7 +184,7 @@ export function planLlama2cMemory(config: ModelConfig, dtype: 'auto' | 'f32' | '
     embed: 'f32',
     head: { dtype: half ? 'f16' : 'f32', tied: !half && config.tieWordEmbeddings },
     layers,
-    regions: linears.flatMap((l) => l.footprint.regions),
+    regions: kernelArenas ? linears.flatMap((l) => l.footprint.regions) : [],
   });
 }
 
@@ -201,6 +205,8 @@ export interface Llama2cLoadOptions extends LlamaModelOptions {
   decodePool?: DecodePool;
   /** Abort between tensors (`E_ABORTED`, the signal's reason as its cause). */
   signal?: AbortSignal;
+  /** The linears' kernels in one model's arenas (default true), as {@link LoadOptions.kernelArenas}. */
+  kernelArenas?: boolean;
   /**
    * Called after each section of the file is read: `done` of `total` bytes (the file stores each kind of tensor for
    * all layers together, so there is no per-block order to report).
@@ -222,7 +228,15 @@ export async function loadLlama2c(
 ): Promise<{ model: LlamaModel; config: ModelConfig }> {
   checkPathArgument(path, 'loadLlama2c', 'the checkpoint path');
   options ??= {}; // from JavaScript: null options are none
-  const { signal, onProgress, onPlan, dtype = 'auto', decodePool, ...modelOptions } = options;
+  const {
+    signal,
+    onProgress,
+    onPlan,
+    dtype = 'auto',
+    decodePool,
+    kernelArenas = true,
+    ...modelOptions
+  } = options;
   if (dtype !== 'auto' && dtype !== 'f32' && dtype !== 'f16')
     throw new CalderaError(
       'E_VALUE',
@@ -236,15 +250,17 @@ export async function loadLlama2c(
       await source.read(0, Math.min(28, source.size)),
       source.size,
     );
-    onPlan?.(planLlama2cMemory(config, dtype));
+    onPlan?.(planLlama2cMemory(config, dtype, kernelArenas));
     // an onPlan that decided against this model aborts before any weight is read
     throwIfAborted(signal, 'loading');
     // every linear's kernel in a few memories, sized by the plan (the head keeps its own)
-    const arenas = new KernelArenas({
-      threads: decodePool?.threads ?? 1,
-      planned: llama2cLinears(config, dtype).flatMap((l) => l.footprint.regions),
-    });
-    const linearOptions = { ...(decodePool ? { decodePool } : {}), arenas };
+    const arenas = kernelArenas
+      ? new KernelArenas({
+          threads: decodePool?.threads ?? 1,
+          planned: llama2cLinears(config, dtype).flatMap((l) => l.footprint.regions),
+        })
+      : undefined;
+    const linearOptions = { ...(decodePool ? { decodePool } : {}), ...(arenas ? { arenas } : {}) };
     const { dim, hidden, layers, heads, kvHeads, vocab } = header;
     const sizes = sectionFloats(header);
     const hd = dim / heads;

@@ -85,6 +85,14 @@ export interface LoadOptions {
   onPlan?: (plan: MemoryPlan) => void;
   /** Abort between tensors: loading then fails with `E_ABORTED` (the signal's reason as its cause). */
   signal?: AbortSignal;
+  /**
+   * Keep the block layers' kernels in one model's {@link KernelArenas} (default true): a few WebAssembly memories for
+   * the whole model, which a browser needs for more than about 100 layers (it holds about 120 memories). false: each
+   * layer's kernels in memories of their own, so that a layer replaced later frees its memory at once — what
+   * compressing a loaded model in place (`ModelRunnerAdapter.replaceLinear`) wants; an arena frees its memory only
+   * with its last layer. The memory plan counts what is chosen.
+   */
+  kernelArenas?: boolean;
 }
 
 async function denseLinear(
@@ -172,6 +180,7 @@ function abortableStore(opened: TensorStore, signal: AbortSignal | undefined): T
 const layoutOptions = (options: LoadOptions): ModelLayoutOptions => ({
   dtype: options.dtype ?? 'auto',
   decodeThreads: options.decodePool?.threads ?? 1,
+  kernelArenas: options.kernelArenas !== false,
 });
 
 /** Build the model of a checked `layout` from `opened` (not closed here). */
@@ -199,10 +208,13 @@ async function loadFromLayout(
     headSplits(config) ? options.decodePool : undefined,
   );
   // every layer's kernels in a few memories, sized by the plan
-  const arenas = new KernelArenas({
-    threads: options.decodePool?.threads ?? 1,
-    planned: layout.linears.flatMap((l) => l.footprint.regions),
-  });
+  const arenas =
+    options.kernelArenas === false
+      ? undefined
+      : new KernelArenas({
+          threads: options.decodePool?.threads ?? 1,
+          planned: layout.linears.flatMap((l) => l.footprint.regions),
+        });
   const blocks: BlockWeights[] = [];
   for (let b = 0; b < config.numLayers; b++) {
     blocks.push(await readBlockWeights(store, layout, b, dtype, options.decodePool, arenas));

@@ -172,6 +172,23 @@ describe('the memory plan (onPlan, readModelLayout().memory) is what the loaded 
     );
   });
 
+  it('kernelArenas false: each layer in memories of its own, as the plan counts them, the same logits', async () => {
+    const dir = await writeDir(await checkpointFiles());
+    const inArenas = await loadModel(dir);
+    let plan: MemoryPlan | undefined;
+    const loaded = await loadModel(dir, { kernelArenas: false, onPlan: (p) => (plan = p) });
+    expect(plan!.parts.arenas).toBe(0);
+    expect(heldBytes(loaded.model.weights)).toBe(plan!.weightBytes);
+    for (const l of plan!.layers) expect(heldBytes(loaded.model.linear(l.name)), l.name).toBe(l.bytes);
+    expect((await readModelLayout(dir, { kernelArenas: false })).memory).toEqual(plan);
+    // one memory per fused layer and per dense kernel (an unfused layer's L̂ and R̂ two), against 2 in arenas
+    const linears = (m: LoadedModel) => plan!.layers.map((l) => m.model.linear(l.name));
+    expect(wasmMemories([], ...linears(loaded))).toBeGreaterThan(10);
+    expect(wasmMemories([], ...linears(inArenas))).toBe(2);
+    const tokens = [3, 1, 4, 1, 5, 9, 2, 6];
+    expect(loaded.model.forward(tokens)).toEqual(inArenas.model.forward(tokens));
+  });
+
   it("a decode pool splits the LM head only when the blocks' MLP layers are split too (headSplits)", async () => {
     // a 4096 × 64 head (2¹⁸ weights, the threshold) with an MLP of 128 (below it) or 4096 (at it) per block
     const decodePool = await createDecodePool({ threads: 2 });
