@@ -52,7 +52,8 @@ export type LinearLayout = {
   /**
    * Bytes the layer holds resident once {@link loadModel} has loaded it with the layout's `dtype`: every array it keeps,
    * its f32 bias included, and its kernels' regions in the model's {@link KernelArenas} (`footprint`; the arenas'
-   * fixed regions and page rounding are the plan's `parts.arenas`). A dense layer: its matrix–vector kernel's region,
+   * fixed regions and page rounding are the plan's `parts.arenas`; with `kernelArenas` false each region is a memory of
+   * its own, counted here whole, and `parts.arenas` is 0). A dense layer: its matrix–vector kernel's region,
    * W at 2 bytes a weight when kept as f16/bf16 bits, else 4 (f32; f64 is narrowed), and row buffers
    * ({@link DenseLinear.footprint}, {@link DenseF16Linear.footprint}). A CALDERA layer: its fused kernel's region
    * (Q's codes, L̂ and R̂ decoded to f32, signs, row buffers; with a decode pool, its workers' regions) and what it keeps

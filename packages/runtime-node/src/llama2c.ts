@@ -228,15 +228,8 @@ export async function loadLlama2c(
 ): Promise<{ model: LlamaModel; config: ModelConfig }> {
   checkPathArgument(path, 'loadLlama2c', 'the checkpoint path');
   options ??= {}; // from JavaScript: null options are none
-  const {
-    signal,
-    onProgress,
-    onPlan,
-    dtype = 'auto',
-    decodePool,
-    kernelArenas = true,
-    ...modelOptions
-  } = options;
+  const { signal, onProgress, onPlan, dtype = 'auto', decodePool, kernelArenas, ...modelOptions } = options;
+  const inArenas = kernelArenas !== false;
   if (dtype !== 'auto' && dtype !== 'f32' && dtype !== 'f16')
     throw new CalderaError(
       'E_VALUE',
@@ -250,11 +243,11 @@ export async function loadLlama2c(
       await source.read(0, Math.min(28, source.size)),
       source.size,
     );
-    onPlan?.(planLlama2cMemory(config, dtype, kernelArenas));
+    onPlan?.(planLlama2cMemory(config, dtype, inArenas));
     // an onPlan that decided against this model aborts before any weight is read
     throwIfAborted(signal, 'loading');
     // every linear's kernel in a few memories, sized by the plan (the head keeps its own)
-    const arenas = kernelArenas
+    const arenas = inArenas
       ? new KernelArenas({
           threads: decodePool?.threads ?? 1,
           planned: llama2cLinears(config, dtype).flatMap((l) => l.footprint.regions),

@@ -26,7 +26,8 @@ export interface MemoryPlan {
     linears: number;
     /**
      * The model's {@link KernelArenas} beyond the layers' regions in them: each memory's fixed region (the kernel's
-     * static data page, the E8P tables) and its rounding to whole 64 KiB pages.
+     * static data page, the E8P tables) and its rounding to whole 64 KiB pages. 0 when loaded with `kernelArenas`
+     * false: each layer's memories are then counted whole in its bytes.
      */
     arenas: number;
   };

@@ -6,6 +6,7 @@ import { arenaRegions, heldBytes, heldBytesExcept, wasmMemories } from '../testi
 import { ARENA_UNPLANNED_BYTES, arenaBytes, KernelArena, type ArenaRegion, type ArenaSpec } from './arena.js';
 import { createDecodePool, type DecodePool } from './decode-pool.js';
 import { KernelArenas } from './kernel-arenas.js';
+import { CALDERA_ARENA, CalderaKernel } from './caldera-kernel.js';
 import { KERNEL_BASE } from './wasm-module.js';
 
 const PAGE = 65536;
@@ -84,7 +85,7 @@ describe('kernel arenas: many kernels in a few WebAssembly memories', () => {
   });
 
   it('where the planned memory cannot be reserved, smaller ones hold the regions; an unaligned plan is aligned', () => {
-    // 40 regions of 20 000 bytes planned in one memory of 800 KiB (13 pages); memories over 4 pages fail
+    // 40 regions of 20 000 bytes planned in one memory (14 pages with the fixed one); memories over 4 pages fail
     let tries = 0;
     const sizes: number[] = [];
     const arena = new KernelArena({ ...small, maxBytes: undefined }, 40 * 20_000);
@@ -96,12 +97,13 @@ describe('kernel arenas: many kernels in a few WebAssembly memories', () => {
       },
       () => Array.from({ length: 40 }, () => arena.place(20_000)!),
     );
-    // 14 pages, then 7, then 4 (halving): 3 regions per 4-page memory, and no more failed tries after the first open
+    // 14 pages, then 7, then 4 (halving): 9 regions per 4-page memory, and no more failed tries after the first open
     expect(sizes.slice(0, 3)).toEqual([14, 7, 4]);
     expect(tries).toBe(2 + Math.ceil(40 / 9));
     expect(new Set(regions.map((r) => r.memory)).size).toBe(Math.ceil(40 / 9));
     for (const r of regions) expect(r.at + r.bytes).toBeLessThanOrEqual(r.memory.buffer.byteLength);
-    // a memory of the region's own size fails too (after the planned one): refused, and later regions at once
+    // a memory of the region's own size fails too (after the planned one): refused, and later regions that need as
+    // much at once
     const none = new KernelArena(small, 100_000);
     let attempts = 0;
     withFailingMemory(
@@ -109,8 +111,19 @@ describe('kernel arenas: many kernels in a few WebAssembly memories', () => {
       () => expect([none.place(1000), none.place(16)]).toEqual([null, null]),
     );
     expect(attempts).toBe(2);
+    // a large region that no memory can take does not stop smaller ones: they still share memories of 8 pages
+    const mixed = new KernelArena({ ...small, maxBytes: undefined }, 2 ** 20 + 40 * 20_000);
+    const placed = withFailingMemory(
+      (desc) => desc.initial > 8,
+      () => [mixed.place(2 ** 20), ...Array.from({ length: 40 }, () => mixed.place(20_000))],
+    );
+    expect(placed[0]).toBeNull();
+    expect(placed.slice(1).every((r) => r !== null)).toBe(true);
+    const perMemory = Math.floor((8 * PAGE - KERNEL_BASE) / 20_000);
+    expect(new Set(placed.slice(1).map((r) => r!.memory)).size).toBe(Math.ceil(40 / perMemory));
     // planned bytes that are not multiples of 16 are counted as the regions will be (aligned), not as unplanned
-    const arenas = new KernelArenas({ planned: [{ arena: 'dense', bytes: 100 }] });
+    // (an 80-byte region planned as 65 bytes: unaligned, less than the region, so once opened as past the plan)
+    const arenas = new KernelArenas({ planned: [{ arena: 'dense', bytes: 65 }] });
     const w = tensor('f32', [2, 2], new Float32Array(4));
     const layer = new DenseLinear(w, null, { arenas });
     const { memories } = arenaRegions([], layer);
@@ -167,7 +180,7 @@ describe('kernel arenas: many kernels in a few WebAssembly memories', () => {
     }
   });
 
-  it("a layer's regions are its footprint's, and a layer whose arena cannot open a memory gets one of its own", () => {
+  it("a layer's regions are its footprint's, and an arena that cannot open its planned memory takes a smaller one", () => {
     const rng = new Rng(9);
     const d = randomDecomposition(256, 128, 8, rng);
     const { meta } = toCheckpointTensors('layer', d);
@@ -182,15 +195,48 @@ describe('kernel arenas: many kernels in a few WebAssembly memories', () => {
     );
     // alone: the same layer in a memory of its own, as memoryBytes counts it
     expect(heldBytes(new CalderaLinear(d))).toBe(CalderaLinear.memoryBytes(meta, false));
-    // the arena's memory cannot be reserved: the layer's own (smaller) one can
+    // the arena's planned 1 GiB memory cannot be reserved, nor half of it: it takes a quarter
     const failing = new KernelArenas({ planned: [{ arena: 'caldera', bytes: 2 ** 30 }] });
     const fallback = withFailingMemory(
       (desc) => desc.initial * PAGE > 2 ** 29,
       () => new CalderaLinear(d, null, { arenas: failing }),
     );
     expect(fallback.fused).toBe(true);
+    expect(arenaRegions([], fallback).memories.map((m) => m.buffer.byteLength)).toEqual([2 ** 28 + PAGE]);
     const x = rng.fillNormal(new Float32Array(128));
     expect(fallback.forward(x, 1)).toEqual(layer.forward(x, 1));
+  });
+
+  it("a split layer in arenas whose own region cannot be placed takes the TypeScript path (its workers' stay placed)", async () => {
+    const pool = await createDecodePool({ threads: 3 });
+    pools.push(pool);
+    const rng = new Rng(13);
+    const d = randomDecomposition(1024, 1024, 8, rng);
+    const shape = { shape: d.shape, padded: d.padded, rank: 8, hadamard: true, qBits: 2, ftRank: 0 };
+    const pages = (threads: number) =>
+      arenaBytes(CALDERA_ARENA, [CalderaKernel.regionBytes(shape, 16, threads)!.own]) / PAGE;
+    const [split, whole] = [pages(3), pages(1)];
+    expect(whole).toBeGreaterThan(split);
+    // planned for the layer (so its arena tries the split size only)
+    const { meta } = toCheckpointTensors('layer', d);
+    const arenas = new KernelArenas({ threads: 3, planned: CalderaLinear.footprint(meta, false, 3).regions });
+    // the calling thread's memories fail unless of the whole layer's size: without arenas the layer is rebuilt whole in
+    // a memory of its own; in arenas its workers' regions stay (the arenas hold them), and it is not
+    const layer = withFailingMemory(
+      (desc) => !desc.shared && desc.initial !== whole,
+      () => new CalderaLinear(d, null, { decodePool: pool, arenas }),
+    );
+    expect(layer.fused).toBe(false);
+    const alone = withFailingMemory(
+      (desc) => !desc.shared && desc.initial !== whole,
+      () => new CalderaLinear(d, null, { decodePool: pool }),
+    );
+    expect(alone.fused).toBe(true);
+    // the TypeScript path computes the same layer (other summation order: within 1e-4 of the largest output)
+    const x = rng.fillNormal(new Float32Array(1024));
+    const [a, b] = [layer.forward(x, 1), alone.forward(x, 1)];
+    const max = b.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    expect(a.every((v, i) => Math.abs(v - b[i]!) <= 1e-4 * max)).toBe(true);
   });
 
   it('arenas for another number of threads than the pool are E_VALUE', async () => {

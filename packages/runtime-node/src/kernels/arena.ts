@@ -68,8 +68,8 @@ function openBytes(spec: ArenaSpec, bytes: number, pending: number | null): numb
  * into them stay valid. With `planned` bytes (the sum of the 16-aligned regions it will be asked for, as the memory
  * plan computes them) its first memory is sized for all of them (up to the spec's largest memory; then as many as
  * needed), and what it holds is exactly {@link arenaBytes} of those regions. Where a memory of that size cannot be
- * reserved it takes smaller ones (halving, down to the region's own size), so the layers still share a few; the plan
- * then no longer matches.
+ * reserved it takes smaller ones (halving, down to the region's own size; a size that failed, or a larger one, is not
+ * tried again: each failure costs V8 a collection), so the layers still share a few; the plan then no longer matches.
  */
 export class KernelArena {
   private memory: WebAssembly.Memory | null = null;
@@ -82,8 +82,11 @@ export class KernelArena {
    * The largest memory worth trying: half the last size that could not be reserved (each failure costs a collection).
    */
   private limit = Infinity;
-  /** Set once even a memory of a region's own size could not be reserved: later regions are refused at once. */
-  private failed = false;
+  /**
+   * The smallest memory of a region's own size that could not be reserved: regions that need as much are refused at
+   * once, smaller ones still try.
+   */
+  private failedAt = Infinity;
 
   constructor(
     readonly spec: ArenaSpec,
@@ -100,7 +103,7 @@ export class KernelArena {
   place(bytes: number): ArenaRegion | null {
     const size = align16(bytes);
     if (this.memory === null || this.top + size > this.end) {
-      if (this.failed || !this.open(size)) return null;
+      if (!this.open(size)) return null;
     }
     const region = new ArenaRegion(this.memory!, this.exports, this.top, size);
     this.top += size;
@@ -115,7 +118,8 @@ export class KernelArena {
     const { spec } = this;
     const mod = spec.module === null ? null : embeddedModule(spec.module);
     if (spec.module !== null && mod === null) return false;
-    const need = Math.ceil((spec.fixedEnd + size) / PAGE) * PAGE;
+    const need = Math.max(PAGE, Math.ceil((spec.fixedEnd + size) / PAGE) * PAGE);
+    if (need >= this.failedAt) return false;
     for (let bytes = Math.max(need, Math.min(want, this.limit)); ;) {
       let memory: WebAssembly.Memory;
       let exports: WebAssembly.Exports | null = null;
@@ -129,7 +133,7 @@ export class KernelArena {
       } catch {
         // e.g. the address space could not be reserved: try half, down to the region's own size
         if (bytes <= need) {
-          this.failed = true;
+          this.failedAt = need;
           return false;
         }
         this.limit = Math.ceil(bytes / 2 / PAGE) * PAGE;
