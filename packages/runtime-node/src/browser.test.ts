@@ -3,12 +3,24 @@
  * Worker, a pool of 2 threads starts a Web Worker of its own, and a CALDERA layer and a dense layer whose rows it
  * splits give the same bits as the layers alone, as in Node; on the page's main thread (it may not block) and in the
  * Web Worker of a page that is not cross-origin isolated (no shared memory) the pool has no workers and the layers
- * still give the same bits. The kernel arenas: more fused layers than the renderer holds WebAssembly memories. The
+ * still give the same bits. The kernel arenas: more fused layers than the renderer holds WebAssembly memories, built by
+ * hand and loaded from a checkpoint served over HTTP. The
  * package's sources are bundled for the browser here, as an app's bundler would. Skipped when Chromium or
  * playwright-core is absent.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  openSafetensors,
+  Rng,
+  serializeSafetensors,
+  type CalderaLayerMeta,
+  type Tensor,
+} from '@caldera/core';
+import { calderaCheckpointMeta, randomDecomposition, toCheckpointTensors } from '@caldera/lowrank';
+import { blockLinearNames, parseModelConfig } from './config.js';
+import { loadModelFromStore } from './load.js';
 import { browserBundle, launchChromium, serveFiles, type HeadlessChromium } from './testing/chromium.js';
+import { randomModel } from './testing/random-model.js';
 
 /**
  * What runs on the page and in its worker: layers with and without a 2-thread pool on the same seeded random inputs;
@@ -66,6 +78,64 @@ const fused = (ls) => ls.filter((l) => l.fused).length;
 window.arenaResult = { n, inArenas: fused(inArenas), alone: fused(alone), bad };
 </script>`;
 
+/**
+ * A compressed checkpoint of 22 blocks (154 CALDERA layers, hidden 64: TinyLlama's number of layers at a tiny width):
+ * its `config.json`, `caldera.json` and `model.safetensors`.
+ */
+async function manyLayerCheckpoint(): Promise<{ config: object; meta: object; weights: Uint8Array }> {
+  const config = {
+    architectures: ['LlamaForCausalLM'],
+    hidden_size: 64,
+    intermediate_size: 128,
+    num_hidden_layers: 22,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    vocab_size: 64,
+    tie_word_embeddings: false,
+  };
+  const cfg = parseModelConfig(config);
+  const tensors: Record<string, Tensor> = { ...randomModel(cfg, 8).raw };
+  tensors['lm_head.weight'] = randomModel(cfg, 9).raw['model.embed_tokens.weight']!;
+  const layers: Record<string, CalderaLayerMeta> = {};
+  const rng = new Rng(10);
+  for (let b = 0; b < cfg.numLayers; b++)
+    for (const { name } of blockLinearNames(b)) {
+      const [m, n] = tensors[`${name}.weight`]!.shape as [number, number];
+      const { tensors: ct, meta } = toCheckpointTensors(name, randomDecomposition(m, n, 4, rng));
+      delete tensors[`${name}.weight`];
+      Object.assign(tensors, ct);
+      layers[name] = meta;
+    }
+  return { config, meta: calderaCheckpointMeta(layers), weights: await serializeSafetensors(tensors) };
+}
+
+/** The tokens whose last logits the checkpoint test compares, in Node and in Chromium. */
+const LOADER_TOKENS = [3, 14, 15, 9, 26, 5];
+
+/**
+ * In a Web Worker: the checkpoint loaded from `/model/` (kernel arenas, the default) and again with `kernelArenas:
+ * false`; how many of the 154 layers each runs fused, and the first's last logits.
+ */
+const LOADER_WORKER = `
+import { blockLinearNames, loadModelFromUrl } from '/rt.js';
+async function run() {
+  const base = new URL('/model/', self.location.href).href;
+  const inArenas = (await loadModelFromUrl(base)).model;
+  const alone = (await loadModelFromUrl(base, { kernelArenas: false })).model;
+  const names = Array.from({ length: 22 }, (_, b) => blockLinearNames(b).map((l) => l.name)).flat();
+  const fused = (m) => names.filter((n) => m.linear(n).fused).length;
+  const logits = Array.from(inArenas.forward(${JSON.stringify(LOADER_TOKENS)}, undefined, { last: true }));
+  return { layers: names.length, inArenas: fused(inArenas), alone: fused(alone), logits };
+}
+run().then(postMessage, (e) => postMessage({ error: String((e && e.stack) || e) }));
+`;
+
+const LOADER_PAGE = `<!doctype html><script type="module">
+const w = new Worker('/loader-worker.js', { type: 'module' });
+w.onmessage = (e) => { window.loaderResult = e.data; };
+w.onerror = (e) => { window.loaderResult = { error: String(e.message) }; };
+</script>`;
+
 const PAGE = `<!doctype html><script type="module">
 import { check } from '/check.js';
 check().then((r) => (window.mainResult = r), (e) => (window.mainResult = { error: String(e) }));
@@ -80,11 +150,19 @@ check().then(postMessage, (e) => postMessage({ error: String(e && e.stack || e) 
 describe("runtime-node's kernels in a browser (headless Chromium)", () => {
   let browser: HeadlessChromium | null = null;
   let server: { base: string; close(): void } | undefined;
+  let checkpoint: Awaited<ReturnType<typeof manyLayerCheckpoint>> | undefined;
 
   beforeAll(async () => {
     browser = await launchChromium();
     if (!browser) return;
+    const ckpt = await manyLayerCheckpoint();
+    checkpoint = ckpt;
     server = await serveFiles({
+      '/loader.html': LOADER_PAGE,
+      '/loader-worker.js': LOADER_WORKER,
+      '/model/config.json': JSON.stringify(ckpt.config),
+      '/model/caldera.json': JSON.stringify(ckpt.meta),
+      '/model/model.safetensors': ckpt.weights,
       '/': PAGE,
       '/arenas.html': ARENAS,
       '/check.js': CHECK,
@@ -154,5 +232,43 @@ describe("runtime-node's kernels in a browser (headless Chromium)", () => {
     expect(r.alone).toBeLessThan(r.n);
     expect(r.alone).toBeGreaterThan(50);
     await page.close();
+  }, 120_000);
+
+  it('a checkpoint of 154 layers loads over HTTP with every layer fused, logits as in Node; without arenas not all fuse', async (ctx) => {
+    if (!browser || !server || !checkpoint) return ctx.skip();
+    const page = await browser.newPage();
+    const logs: string[] = [];
+    page.on('pageerror', (e) => logs.push(String(e)));
+    await page.goto(`${server.base}/loader.html`);
+    await page
+      .waitForFunction('window.loaderResult !== undefined', undefined, { timeout: 90_000 })
+      .catch((e: unknown) => {
+        throw new Error(`${String(e)}; page log: ${logs.join(' | ')}`);
+      });
+    type R = { layers: number; inArenas: number; alone: number; logits: number[]; error?: string };
+    const r = await page.evaluate<R>('window.loaderResult');
+    await page.close();
+    expect(r.error).toBeUndefined();
+    console.log(JSON.stringify({ loader: { layers: r.layers, inArenas: r.inArenas, alone: r.alone } }));
+    // the loader's arenas: every layer fused; a memory per layer: the renderer's limit leaves the rest unfused
+    expect(r.layers).toBe(154);
+    expect(r.inArenas).toBe(154);
+    expect(r.alone).toBeLessThan(154);
+    // the same model in Node (the same loader, kernels and arenas): the same logits
+    const store = await openSafetensors(checkpoint.weights, 'model.safetensors');
+    const { model } = await loadModelFromStore({
+      config: checkpoint.config,
+      calderaMeta: checkpoint.meta,
+      store,
+    });
+    const want = Array.from(model.forward(LOADER_TOKENS, undefined, { last: true }));
+    // not to the bit: Chromium's V8 and Node 20's `Math.pow` (RoPE's frequencies) differ in the last bit for about 1
+    // argument in 10 (measured; it need not be correctly rounded, while the kernels' f32 WebAssembly arithmetic is exact
+    // IEEE), which 22 blocks carry to a few ulps of the logits (measured: at most 4e-6); a layer computed in the wrong
+    // region would be off by far more
+    const max = want.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    expect(Math.max(...r.logits.map((v, i) => Math.abs(v - want[i]!)))).toBeLessThan(1e-5 * max);
+    const argmax = (v: number[]) => v.indexOf(Math.max(...v));
+    expect(argmax(r.logits)).toBe(argmax(want));
   }, 120_000);
 });

@@ -61,18 +61,28 @@ export async function browserBundle(contents: string): Promise<string> {
   return out.outputFiles[0]!.text;
 }
 
+/** The content type of `path` as {@link serveFiles} serves it. */
+function contentType(path: string): string {
+  if (path === '/' || path.endsWith('.html')) return 'text/html';
+  if (path.endsWith('.json')) return 'application/json';
+  if (path.endsWith('.safetensors')) return 'application/octet-stream';
+  return 'text/javascript';
+}
+
 /**
- * Serve `files` (path → text; '/' and paths ending in .html are HTML pages, everything else JavaScript) on 127.0.0.1,
- * cross-origin isolated (COOP `same-origin`, COEP `require-corp`) except the page at `/?isolated=0`.
+ * Serve `files` (path → text or bytes; '/' and paths ending in .html are HTML pages, .json and .safetensors files what
+ * they are, everything else JavaScript) on 127.0.0.1, cross-origin isolated (COOP `same-origin`, COEP
+ * `require-corp`) except the page at `/?isolated=0`.
  */
-export async function serveFiles(files: Record<string, string>): Promise<{ base: string; close(): void }> {
+export async function serveFiles(
+  files: Record<string, string | Uint8Array>,
+): Promise<{ base: string; close(): void }> {
   const server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://x');
     const body = files[url.pathname];
     const isolated = url.pathname !== '/' || url.searchParams.get('isolated') !== '0';
     res.writeHead(body === undefined ? 404 : 200, {
-      'Content-Type':
-        url.pathname === '/' || url.pathname.endsWith('.html') ? 'text/html' : 'text/javascript',
+      'Content-Type': contentType(url.pathname),
       ...(isolated
         ? { 'Cross-Origin-Opener-Policy': 'same-origin', 'Cross-Origin-Embedder-Policy': 'require-corp' }
         : {}),
