@@ -263,9 +263,9 @@ describe("runtime-node's kernels in a browser (headless Chromium)", () => {
     });
     const want = Array.from(model.forward(LOADER_TOKENS, undefined, { last: true }));
     // not to the bit: Chromium's V8 and Node 20's `Math.pow` (RoPE's frequencies) differ in the last bit for about 1
-    // argument in 10 (measured; it need not be correctly rounded, while the kernels' f32 WebAssembly arithmetic is exact
-    // IEEE), which 22 blocks carry to a few ulps of the logits (measured: at most 4e-6); a layer computed in the wrong
-    // region would be off by far more
+    // argument in 10 (measured; it need not be correctly rounded), and with the frequencies made equal another
+    // difference remained; 22 blocks carry them to a few ulps of the logits (measured: at most 4e-6). A layer computed
+    // in the wrong region would be off by far more
     const max = want.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
     expect(Math.max(...r.logits.map((v, i) => Math.abs(v - want[i]!)))).toBeLessThan(1e-5 * max);
     const argmax = (v: number[]) => v.indexOf(Math.max(...v));
