@@ -121,10 +121,11 @@ import { blockLinearNames, loadModelFromUrl } from '/rt.js';
 async function run() {
   const base = new URL('/model/', self.location.href).href;
   const inArenas = (await loadModelFromUrl(base)).model;
+  // before the second model takes the renderer's last memories (the KV cache's attention kernel needs one too)
+  const logits = Array.from(inArenas.forward(${JSON.stringify(LOADER_TOKENS)}, undefined, { last: true }));
   const alone = (await loadModelFromUrl(base, { kernelArenas: false })).model;
   const names = Array.from({ length: 22 }, (_, b) => blockLinearNames(b).map((l) => l.name)).flat();
   const fused = (m) => names.filter((n) => m.linear(n).fused).length;
-  const logits = Array.from(inArenas.forward(${JSON.stringify(LOADER_TOKENS)}, undefined, { last: true }));
   return { layers: names.length, inArenas: fused(inArenas), alone: fused(alone), logits };
 }
 run().then(postMessage, (e) => postMessage({ error: String((e && e.stack) || e) }));
@@ -234,7 +235,7 @@ describe("runtime-node's kernels in a browser (headless Chromium)", () => {
     await page.close();
   }, 120_000);
 
-  it('a checkpoint of 154 layers loads over HTTP with every layer fused, logits as in Node; without arenas not all fuse', async (ctx) => {
+  it("a checkpoint of 154 layers loads over HTTP with every layer fused, Node's logits to the bit; without arenas not all fuse", async (ctx) => {
     if (!browser || !server || !checkpoint) return ctx.skip();
     const page = await browser.newPage();
     const logs: string[] = [];
@@ -254,7 +255,7 @@ describe("runtime-node's kernels in a browser (headless Chromium)", () => {
     expect(r.layers).toBe(154);
     expect(r.inArenas).toBe(154);
     expect(r.alone).toBeLessThan(154);
-    // the same model in Node (the same loader, kernels and arenas): the same logits
+    // the same model in Node (the same loader, kernels and arenas)
     const store = await openSafetensors(checkpoint.weights, 'model.safetensors');
     const { model } = await loadModelFromStore({
       config: checkpoint.config,
@@ -262,13 +263,9 @@ describe("runtime-node's kernels in a browser (headless Chromium)", () => {
       store,
     });
     const want = Array.from(model.forward(LOADER_TOKENS, undefined, { last: true }));
-    // not to the bit: Chromium's V8 and Node 20's `Math.pow` (RoPE's frequencies) differ in the last bit for about 1
-    // argument in 10 (measured; it need not be correctly rounded), and with the frequencies made equal another
-    // difference remained; 22 blocks carry them to a few ulps of the logits (measured: at most 4e-6). A layer computed
-    // in the wrong region would be off by far more
-    const max = want.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
-    expect(Math.max(...r.logits.map((v, i) => Math.abs(v - want[i]!)))).toBeLessThan(1e-5 * max);
-    const argmax = (v: number[]) => v.indexOf(Math.max(...v));
-    expect(argmax(r.logits)).toBe(argmax(want));
+    // to the bit: the same WebAssembly kernels, and JavaScript's Math functions agree here (`**`, which RoPE's
+    // frequencies use, need not be correctly rounded and differs between Chromium's V8 and Node 20's in the last bit for
+    // about 1 argument in 10, measured; not for this model's frequencies)
+    expect(r.logits.findIndex((v, i) => !Object.is(v, want[i]))).toBe(-1);
   }, 120_000);
 });
