@@ -3,6 +3,7 @@ import { f32ArrayToF16, Rng, tensor } from '@caldera/core';
 import { randomDecomposition, toCheckpointTensors, withTrainableFactors } from '@caldera/lowrank';
 import { CalderaLinear, DenseF16Linear, DenseLinear, footprintBytes, type Linear } from '../linear.js';
 import { arenaRegions, heldBytes, heldBytesExcept, wasmMemories } from '../testing/held-bytes.js';
+import { withFailingMemory } from '../testing/failing-memory.js';
 import { ARENA_UNPLANNED_BYTES, arenaBytes, KernelArena, type ArenaRegion, type ArenaSpec } from './arena.js';
 import { createDecodePool, type DecodePool } from './decode-pool.js';
 import { KernelArenas } from './kernel-arenas.js';
@@ -22,20 +23,6 @@ const small: ArenaSpec = {
   fixedEnd: KERNEL_BASE,
   maxBytes: 4 * PAGE,
 };
-
-/** While `run` runs, WebAssembly.Memory throws as a browser out of address space does when `fails(desc)`. */
-function withFailingMemory<T>(fails: (desc: WebAssembly.MemoryDescriptor) => boolean, run: () => T): T {
-  const Memory = WebAssembly.Memory;
-  WebAssembly.Memory = function (this: unknown, desc: WebAssembly.MemoryDescriptor) {
-    if (fails(desc)) throw new RangeError('WebAssembly.Memory(): could not allocate memory');
-    return new Memory(desc);
-  } as unknown as typeof WebAssembly.Memory;
-  try {
-    return run();
-  } finally {
-    WebAssembly.Memory = Memory;
-  }
-}
 
 describe('kernel arenas: many kernels in a few WebAssembly memories', () => {
   it('a planned arena lays regions out in order, in as few memories as its largest allows, arenaBytes of them', () => {

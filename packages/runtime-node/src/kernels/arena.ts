@@ -152,6 +152,14 @@ export class KernelArena {
 }
 
 /**
+ * A region of `bytes` in `arena`, or, without one or where it cannot hold the region, in a memory of its own (an arena
+ * of `spec` planned for it alone); null where no memory can be reserved for it.
+ */
+export function placeIn(spec: ArenaSpec, arena: KernelArena | undefined, bytes: number): ArenaRegion | null {
+  return arena?.place(bytes) ?? new KernelArena(spec, bytes).place(bytes);
+}
+
+/**
  * Bytes of the memories a {@link KernelArena} of `spec` opens when it is asked, in order, for regions of `sizes`
  * bytes with all of them planned: what the memory plan counts for an arena, computed without allocating anything.
  * Sizes that no memory holds are skipped (`place` refuses them).

@@ -1,7 +1,7 @@
 import { hadamardBase, hadamardFactor } from '@caldera/linalg';
 import { latticeDecode, type Decomposition } from '@caldera/lowrank';
 import { bumpAllocator, embeddedModule, KERNEL_BASE } from './wasm-module.js';
-import { arenaBytes, KernelArena, type ArenaRegion, type ArenaSpec } from './arena.js';
+import { arenaBytes, placeIn, type ArenaRegion, type ArenaSpec, type KernelArena } from './arena.js';
 import { CALDERA_WASM_BASE64 } from '../generated/caldera-wasm.js';
 import type { CalderaBatchLayer, CodeSlice } from './batch-workspace.js';
 import type { DecodeExecutor, WorkerTask } from './decode-pool.js';
@@ -522,11 +522,6 @@ interface CalderaExports {
 export interface CalderaArenas {
   readonly caldera: KernelArena;
   readonly parts: readonly KernelArena[];
-}
-
-/** A region of `bytes` in `arena`, or in a memory of its own (an arena of `spec` planned for it alone); null: none. */
-function placeIn(spec: ArenaSpec, arena: KernelArena | undefined, bytes: number): ArenaRegion | null {
-  return arena?.place(bytes) ?? new KernelArena(spec, bytes).place(bytes);
 }
 
 /** A worker's region for rows [row0, row0 + rows) of `d`'s Q̂: record, codes group-major, x', y'; null: no room. */

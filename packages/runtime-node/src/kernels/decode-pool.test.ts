@@ -6,6 +6,7 @@ import { CalderaError, f32ArrayToBf16, f32ArrayToF16, Rng, tensor } from '@calde
 import { randomDecomposition, type Decomposition } from '@caldera/lowrank';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from '../linear.js';
 import { heldBytes, sharedBuffersExcept } from '../testing/held-bytes.js';
+import { withFailingMemory } from '../testing/failing-memory.js';
 import { CalderaKernel, splitRanges } from './caldera-kernel.js';
 import { SPLIT_MIN_WEIGHTS } from './row-split.js';
 import { createDecodePool, decodeExecutor, exposeGcWhileStarting, type DecodePool } from './decode-pool.js';
@@ -131,26 +132,18 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
     const p = await pool(3);
     // as in a browser process out of address space for WebAssembly memories: every shared memory fails, or the
     // layer's own memory fails once, after its workers' memories took the last room
-    const Memory = WebAssembly.Memory;
     const alone = new CalderaLinear(d);
     for (const fails of ['shared', 'own once']) {
       let ownFailures = fails === 'own once' ? 1 : 0;
-      const failing = function (this: unknown, desc: WebAssembly.MemoryDescriptor) {
-        if (fails === 'shared' && desc.shared)
-          throw new RangeError('WebAssembly.Memory(): could not allocate memory');
+      const failing = (desc: WebAssembly.MemoryDescriptor): boolean => {
+        if (fails === 'shared' && desc.shared) return true;
         if (!desc.shared && ownFailures > 0) {
           ownFailures--;
-          throw new RangeError('WebAssembly.Memory(): could not allocate memory');
+          return true;
         }
-        return new Memory(desc);
-      } as unknown as typeof WebAssembly.Memory;
-      let layer: CalderaLinear;
-      WebAssembly.Memory = failing;
-      try {
-        layer = new CalderaLinear(d, null, { decodePool: p });
-      } finally {
-        WebAssembly.Memory = Memory;
-      }
+        return false;
+      };
+      const layer = withFailingMemory(failing, () => new CalderaLinear(d, null, { decodePool: p }));
       expect(ownFailures, fails).toBe(0);
       expect(layer.fused, fails).toBe(true);
       expect(heldBytes(layer), fails).toBe(heldBytes(alone));

@@ -1,6 +1,6 @@
 import { bf16ArrayToF32, f16ArrayToF32 } from '@caldera/core';
 import { bumpAllocator, embeddedModule, KERNEL_BASE } from './wasm-module.js';
-import { arenaBytes, KernelArena, type ArenaRegion, type ArenaSpec } from './arena.js';
+import { arenaBytes, placeIn, type ArenaRegion, type ArenaSpec, type KernelArena } from './arena.js';
 import { MATVEC_WASM_BASE64 } from '../generated/matvec-wasm.js';
 import { MATVEC_SHARED_WASM_BASE64 } from '../generated/matvec-shared-wasm.js';
 import type { DecodeExecutor, WorkerTask } from './decode-pool.js';
@@ -179,9 +179,8 @@ export class WasmMatrix<K extends 'f32' | HalfFormat> {
     if (w.length !== m * n) return null;
     const { bytes } = wasmMatrixLayout(kind, m, n, maxRows);
     const spec = shared ? DENSE_SHARED_ARENA : DENSE_ARENA;
-    const region =
-      (arena && (arena.spec.shared || !shared) ? arena.place(bytes) : null) ??
-      new KernelArena(spec, bytes).place(bytes);
+    // a split matrix needs shared memory: an unshared arena cannot take it
+    const region = placeIn(spec, arena && (arena.spec.shared || !shared) ? arena : undefined, bytes);
     if (!region) return null; // no SIMD, more than a memory holds, or the address space could not be reserved
     const { memory } = region;
     const exports = region.exports!;
