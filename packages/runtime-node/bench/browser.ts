@@ -10,7 +10,7 @@
  * `--large`, also bench/large.ts's TinyLlama-1.1B-shaped model (154 layers; ≈ 1.2 GB with its 2-thread copy), with the
  * number of its layers that run fused.
  */
-import { browserBundle, launchChromium, serveFiles } from '../src/testing/chromium.js';
+import { browserBundle, launchChromium, openPageWhen, serveFiles } from '../src/testing/chromium.js';
 import { emit } from './emit.js';
 
 const quick = process.argv.includes('--quick');
@@ -120,9 +120,7 @@ const server = await serveFiles({
   ),
 });
 try {
-  const page = await browser.newPage();
-  await page.goto(`${server.base}/`);
-  await page.waitForFunction('window.result !== undefined', undefined, { timeout: 600_000 });
+  const page = await openPageWhen(browser, `${server.base}/`, 'window.result !== undefined', 600_000);
   const result = await page.evaluate<{ error?: string } | Record<string, unknown>[]>('window.result');
   if (!Array.isArray(result)) throw new Error(`bench: browser cases failed: ${result.error}`);
   for (const c of result) {

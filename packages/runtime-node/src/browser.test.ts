@@ -19,7 +19,13 @@ import {
 import { calderaCheckpointMeta, randomDecomposition, toCheckpointTensors } from '@caldera/lowrank';
 import { blockLinearNames, parseModelConfig } from './config.js';
 import { loadModelFromStore } from './load.js';
-import { browserBundle, launchChromium, serveFiles, type HeadlessChromium } from './testing/chromium.js';
+import {
+  browserBundle,
+  launchChromium,
+  openPageWhen,
+  serveFiles,
+  type HeadlessChromium,
+} from './testing/chromium.js';
 import { randomModel } from './testing/random-model.js';
 
 /**
@@ -183,18 +189,12 @@ describe("runtime-node's kernels in a browser (headless Chromium)", () => {
     const { base } = server;
     type R = { threads: number; bad: number; compared: number; isolated: boolean; error?: string };
     const results = async (query: string): Promise<{ main: R; worker: R }> => {
-      const page = await browser!.newPage();
-      const logs: string[] = [];
-      page.on('console', (m) => logs.push(m.text()));
-      page.on('pageerror', (e) => logs.push(String(e)));
-      await page.goto(`${base}/${query}`);
-      await page
-        .waitForFunction('window.workerResult !== undefined && window.mainResult !== undefined', undefined, {
-          timeout: 60_000,
-        })
-        .catch((e: unknown) => {
-          throw new Error(`${String(e)}; page log: ${logs.join(' | ')}`);
-        });
+      const page = await openPageWhen(
+        browser!,
+        `${base}/${query}`,
+        'window.workerResult !== undefined && window.mainResult !== undefined',
+        60_000,
+      );
       return {
         main: await page.evaluate<R>('window.mainResult'),
         worker: await page.evaluate<R>('window.workerResult'),
@@ -213,15 +213,12 @@ describe("runtime-node's kernels in a browser (headless Chromium)", () => {
 
   it('a page holds 200 fused layers in kernel arenas, where about 120 WebAssembly memories of their own are all it gets', async (ctx) => {
     if (!browser || !server) return ctx.skip();
-    const page = await browser.newPage();
-    const logs: string[] = [];
-    page.on('pageerror', (e) => logs.push(String(e)));
-    await page.goto(`${server.base}/arenas.html`);
-    await page
-      .waitForFunction('window.arenaResult !== undefined', undefined, { timeout: 60_000 })
-      .catch((e: unknown) => {
-        throw new Error(`${String(e)}; page log: ${logs.join(' | ')}`);
-      });
+    const page = await openPageWhen(
+      browser,
+      `${server.base}/arenas.html`,
+      'window.arenaResult !== undefined',
+      60_000,
+    );
     const r = await page.evaluate<{ n: number; inArenas: number; alone: number; bad: number }>(
       'window.arenaResult',
     );
@@ -237,15 +234,12 @@ describe("runtime-node's kernels in a browser (headless Chromium)", () => {
 
   it("a checkpoint of 154 layers loads over HTTP with every layer fused, Node's logits to the bit; without arenas not all fuse", async (ctx) => {
     if (!browser || !server || !checkpoint) return ctx.skip();
-    const page = await browser.newPage();
-    const logs: string[] = [];
-    page.on('pageerror', (e) => logs.push(String(e)));
-    await page.goto(`${server.base}/loader.html`);
-    await page
-      .waitForFunction('window.loaderResult !== undefined', undefined, { timeout: 90_000 })
-      .catch((e: unknown) => {
-        throw new Error(`${String(e)}; page log: ${logs.join(' | ')}`);
-      });
+    const page = await openPageWhen(
+      browser,
+      `${server.base}/loader.html`,
+      'window.loaderResult !== undefined',
+      90_000,
+    );
     type R = { layers: number; inArenas: number; alone: number; logits: number[]; error?: string };
     const r = await page.evaluate<R>('window.loaderResult');
     await page.close();

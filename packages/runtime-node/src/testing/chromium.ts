@@ -27,6 +27,27 @@ export interface HeadlessChromium {
   close(): Promise<void>;
 }
 
+/**
+ * A new page of `browser` at `url`, returned once the page's expression `ready` is true; past `timeoutMs` it throws
+ * with everything the page logged (console messages and uncaught errors).
+ */
+export async function openPageWhen(
+  browser: HeadlessChromium,
+  url: string,
+  ready: string,
+  timeoutMs: number,
+): Promise<ChromiumPage> {
+  const page = await browser.newPage();
+  const logs: string[] = [];
+  page.on('console', (m) => logs.push(m.text()));
+  page.on('pageerror', (e) => logs.push(String(e)));
+  await page.goto(url);
+  await page.waitForFunction(ready, undefined, { timeout: timeoutMs }).catch((e: unknown) => {
+    throw new Error(`${String(e)}; page log: ${logs.join(' | ')}`);
+  });
+  return page;
+}
+
 /** Launch {@link CHROMIUM} headless, or null when it or playwright-core is not installed. */
 export async function launchChromium(): Promise<HeadlessChromium | null> {
   if (!existsSync(CHROMIUM)) return null;
