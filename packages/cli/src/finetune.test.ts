@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { openSafetensors } from '@caldera/core';
 import { loadModel } from '@caldera/runtime-node';
 import { runCli, runUntil } from './test-cli.js';
@@ -183,4 +184,53 @@ describe('caldera finetune', () => {
       readFileSync(join(out2, 'model.safetensors')).equals(readFileSync(join(out, 'model.safetensors'))),
     ).toBe(true);
   }, 300_000);
+
+  it('trains, compresses and fine-tunes a model with an untied head, q/k/v biases and Llama 3 RoPE scaling', async () => {
+    // the reference model's architecture and tokenizer, with the three features the reference model lacks
+    const dir = mkdtempSync(join(tmpdir(), 'caldera-scope-'));
+    const template = join(dir, 'template');
+    mkdirSync(template);
+    const ref = fileURLToPath(new URL('../../reference-model/model/', import.meta.url));
+    const config = JSON.parse(readFileSync(join(ref, 'config.json'), 'utf8'));
+    Object.assign(config, {
+      tie_word_embeddings: false,
+      attention_bias: true,
+      rope_scaling: {
+        rope_type: 'llama3',
+        factor: 8,
+        low_freq_factor: 1,
+        high_freq_factor: 4,
+        original_max_position_embeddings: 64,
+      },
+    });
+    writeFileSync(join(template, 'config.json'), JSON.stringify(config));
+    for (const f of ['tokenizer.json', 'tokenizer_config.json'])
+      copyFileSync(join(ref, f), join(template, f));
+    const model = join(dir, 'model');
+    const t = run(['train', template, '--out', model, '--steps', '4', '--batch', '1', '--seq-len', '32']);
+    expect(t.status, t.stderr).toBe(0);
+    const trained = await tensorsOf(model);
+    expect(trained.has('lm_head.weight')).toBe(true);
+    expect(trained.has('model.layers.3.self_attn.v_proj.bias')).toBe(true);
+    expect(trained.get('lm_head.weight')!.equals(trained.get('model.embed_tokens.weight')!)).toBe(false);
+
+    const ckpt = join(dir, 'ckpt');
+    const c = run(['compress', model, '--out', ckpt, ...COMPRESS, '--eval-tokens', '256', '--json']);
+    expect(c.status, c.stderr).toBe(0);
+    const tuned = join(dir, 'tuned');
+    const f = run(['finetune', ckpt, '--out', tuned, ...FINETUNE]);
+    expect(f.status, f.stderr).toBe(0);
+    const report = JSON.parse(f.stdout.trim().split('\n').pop()!);
+    expect(report.event).toBe('done');
+    expect(report.layers).toBe(28);
+    expect(report.bestValLoss).toBeLessThanOrEqual(report.initialValLoss);
+    // the head and the biases are carried through unchanged; the model loads and runs
+    const after = await tensorsOf(tuned);
+    const before = await tensorsOf(ckpt);
+    for (const name of ['lm_head.weight', 'model.layers.0.self_attn.q_proj.bias'])
+      expect(after.get(name)!.equals(before.get(name)!), name).toBe(true);
+    const loaded = await loadModel(tuned);
+    expect(loaded.config.ropeScaling).not.toBe(null);
+    expect(loaded.model.forward([1, 2, 3]).every(Number.isFinite)).toBe(true);
+  }, 600_000);
 });

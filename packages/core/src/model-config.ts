@@ -258,8 +258,8 @@ export function linearShape(cfg: ModelConfig, kind: string): [number, number] {
   }
 }
 
-/** Inverse frequencies of RoPE, with Llama-3 scaling when configured. */
-export function ropeInvFreq(cfg: ModelConfig): Float64Array {
+/** Inverse frequencies of RoPE, with Llama-3 scaling when configured (the fields of a config it reads). */
+export function ropeInvFreq(cfg: Pick<ModelConfig, 'headDim' | 'ropeTheta' | 'ropeScaling'>): Float64Array {
   const half = cfg.headDim / 2;
   const inv = new Float64Array(half);
   for (let i = 0; i < half; i++) inv[i] = cfg.ropeTheta ** (-(2 * i) / cfg.headDim);

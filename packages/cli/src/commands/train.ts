@@ -84,11 +84,6 @@ export async function trainCommand(a: Args): Promise<number> {
   const configPath = join(template, 'config.json');
   const hfConfig = (await readJsonFile(configPath)) as Record<string, unknown>;
   const mc = parseModelConfig(hfConfig, configPath);
-  if (!mc.tieWordEmbeddings || mc.attentionBias || mc.ropeScaling)
-    throw new CalderaError(
-      'E_UNSUPPORTED',
-      `${template}: the training engine supports tied-embedding Llama models without biases or RoPE scaling`,
-    );
   const cfg: TrainConfig = mc;
   const seqLen = tokenWindow('seq-len', seqLenFlag, 128, mc.maxPositions);
   const tokens = async (file: string) =>

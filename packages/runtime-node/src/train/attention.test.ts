@@ -1,4 +1,4 @@
-import { Rng } from '@caldera/core';
+import { Rng, ropeInvFreq } from '@caldera/core';
 import { describe, expect, it } from 'vitest';
 import { attentionBackward, attentionForward } from './attention.js';
 import { ropeApply } from './rope.js';
@@ -35,8 +35,9 @@ describe('ropeApply', () => {
     const rng = new Rng(4);
     const [T, heads, d] = [5, 2, 8];
     const x = randn(rng, T * heads * d);
-    const y = ropeApply(x, T, heads, d, 10000) as Float64Array;
-    const back = ropeApply(y, T, heads, d, 10000, true);
+    const inv = ropeInvFreq({ headDim: d, ropeTheta: 10000, ropeScaling: null });
+    const y = ropeApply(x, T, heads, d, inv) as Float64Array;
+    const back = ropeApply(y, T, heads, d, inv, true);
     for (let i = 0; i < x.length; i++) expect(back[i]).toBeCloseTo(x[i]!, 12);
     expect(dot(y, y)).toBeCloseTo(dot(x, x), 10);
     // position 0 is the identity
@@ -44,8 +45,8 @@ describe('ropeApply', () => {
     const dy = randn(rng, x.length);
     checkGrad(
       x,
-      () => dot(dy, ropeApply(x, T, heads, d, 10000) as Float64Array),
-      ropeApply(dy, T, heads, d, 10000, true) as Float64Array,
+      () => dot(dy, ropeApply(x, T, heads, d, inv) as Float64Array),
+      ropeApply(dy, T, heads, d, inv, true) as Float64Array,
     );
   });
 });

@@ -11,12 +11,15 @@ import {
   reconstruct,
   toCheckpointTensors,
   withTrainableFactors,
+  type Decomposition,
 } from '@caldera/lowrank';
 import { describe, expect, it } from 'vitest';
+import { blockLinearNames } from '../config.js';
 import { perplexity } from '../eval.js';
 import { CalderaLinear } from '../linear.js';
 import { loadModel } from '../load.js';
 import { LlamaModel } from '../model.js';
+import { runtimeModelOf, SCOPE_TEST_CONFIG } from '../testing/train-scope.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { loraFromRotated, loraGradToRotated, type LayerRotation } from './caldera-lora.js';
 import {
@@ -27,7 +30,7 @@ import {
   writeFinetunedCheckpoint,
   type FinetuneSetup,
 } from './finetune.js';
-import { initTrainParams, type TrainConfig, type TrainParams } from './model.js';
+import { initTrainParams, trainParamShapes, type TrainConfig, type TrainParams } from './model.js';
 import { modelTeacher, signObjective } from './rht.js';
 
 function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -395,4 +398,87 @@ describe('LoRA fine-tuning of a compressed reference model', () => {
     expect(after.ppl).toBeLessThan(before.ppl);
     setup.layers.forEach((l, i) => expect(l.decomposition.q.planes[0]).toEqual(qBefore[i]));
   }, 120_000);
+});
+
+describe('LoRA fine-tuning of a model with an untied head, biases and RoPE scaling', () => {
+  it('freezes the head and the biases: the objective is the compressed model, and what it trains is what runs', async () => {
+    const c = SCOPE_TEST_CONFIG;
+    const rng = new Rng(12);
+    const params = initTrainParams(c, rng, 0.3);
+    params['model.layers.0.mlp.down_proj.bias'] = new Float32Array(16);
+    for (const [name, p] of Object.entries(params))
+      if (name.endsWith('.bias')) for (let i = 0; i < p.length; i++) p[i] = 0.3 * rng.normal();
+    const dense = runtimeModelOf(c, params);
+    // every linear compressed data-free at rank 4, its bias kept beside it
+    const keys = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;
+    const names = [0, 1].flatMap((b) => blockLinearNames(b).map((l) => l.name));
+    const calderaModel = (decompositions: Decomposition[]) =>
+      new LlamaModel(c, {
+        ...dense.weights,
+        blocks: dense.weights.blocks.map((blk, b) => {
+          const out = { ...blk };
+          keys.forEach((k, i) => {
+            const bias = (params[`${names[7 * b + i]!}.bias`] as Float32Array | undefined) ?? null;
+            out[k] = new CalderaLinear(decompositions[7 * b + i]!, bias);
+          });
+          return out;
+        }),
+      });
+    const compressed = calderaModel(
+      names.map((name, j) => {
+        const [m, n] = trainParamShapes(c)[`${name}.weight`]!;
+        const w = tensor('f32', [m!, n!], params[`${name}.weight`] as Float32Array);
+        return caldera(w, null, { rank: 4, outerIters: 1, lplrIters: 1, seed: j });
+      }),
+    );
+    const loaded = {
+      model: compressed,
+      config: c,
+      dir: 'scope-test',
+      calderaMeta: calderaCheckpointMeta({}),
+    };
+    const setup = prepareLoraFinetune(loaded, 2);
+    expect(setup.frozen['lm_head.weight']).toEqual(params['lm_head.weight']);
+    expect(Object.keys(setup.frozen).filter((k) => k.endsWith('.bias')).length).toBe(7);
+    expect(setup.layers.length).toBe(14);
+    // a learnable stream: a fixed random sequence of period 7, past the scaling's original context of 16
+    const period = Array.from({ length: 7 }, () => rng.int(c.vocabSize));
+    const stream = Array.from({ length: 600 }, (_, t) => period[t % 7]!);
+    const tokens = stream.slice(0, 40);
+    const targets = stream.slice(1, 41);
+    const runtimeLoss = (model: LlamaModel) => {
+      const logits = model.forward(tokens);
+      let sum = 0;
+      for (let t = 0; t < tokens.length; t++) {
+        const row = logits.subarray(t * c.vocabSize, (t + 1) * c.vocabSize);
+        const mx = Math.max(...row);
+        sum += mx + Math.log(row.reduce((a, v) => a + Math.exp(v - mx), 0)) - row[targets[t]!]!;
+      }
+      return sum / tokens.length;
+    };
+    // the objective runs the dense reconstruction in the training engine, the runtime the CALDERA kernels: f32 with
+    // other summation orders over 2 layers, 4e-8 apart (measured after training); 1e-4 is far below what dropping
+    // the biases moves the loss (0.41, measured)
+    const before = runtimeLoss(compressed);
+    expect(Math.abs(setup.objective(setup.trainable, tokens, targets, false).loss - before)).toBeLessThan(
+      1e-4,
+    );
+    const result = await runFinetune(setup, stream.slice(0, 400), stream.slice(400), {
+      steps: 30,
+      seqLen: 32,
+      batch: 2,
+      lr: 3e-2,
+      warmup: 2,
+      evalEvery: 10,
+      evalTokens: 160,
+    });
+    expect(result.bestValLoss).toBeLessThan(result.initialValLoss - 0.05); // measured 2.31 → 0.97
+    // the trained factors through the inference path give the objective's loss
+    const tuned = calderaModel(setup.layers.map((l) => l.decomposition));
+    const after = runtimeLoss(tuned);
+    expect(Math.abs(setup.objective(setup.trainable, tokens, targets, false).loss - after)).toBeLessThan(
+      1e-4,
+    );
+    expect(after).toBeLessThan(before - 0.05);
+  });
 });

@@ -60,34 +60,24 @@ function denseWeightOf(layer: Linear): Float32Array {
 }
 
 /**
- * The frozen part of a loaded CALDERA checkpoint for training: embeddings, norms and the dense weights of layers that
- * are not compressed, plus the list of compressed layers (whose weights the caller provides). Checks that the model is
- * in the training engine's scope (tied embeddings, no biases, no RoPE scaling) and fails with `E_UNSUPPORTED`
- * otherwise.
+ * The frozen part of a loaded CALDERA checkpoint for training: embeddings (and an untied LM head), norms, biases and
+ * the dense weights of layers that are not compressed, plus the list of compressed layers (whose weights the caller
+ * provides).
  */
 export function frozenBase(loaded: LoadedModel): {
   frozen: TrainParams;
   compressed: { name: string; linear: CalderaLinear }[];
 } {
-  const c = loaded.config;
   if (!loaded.calderaMeta)
     throw new CalderaError('E_VALUE', `${loaded.dir} is not a CALDERA checkpoint (no caldera.json)`);
-  const unsupported = [
-    !c.tieWordEmbeddings && 'untied embeddings',
-    c.attentionBias && 'q/k/v biases',
-    c.ropeScaling && 'RoPE scaling',
-  ].filter(Boolean);
-  if (unsupported.length)
-    throw new CalderaError(
-      'E_UNSUPPORTED',
-      `${loaded.dir}: fine-tuning does not support ${unsupported.join(', ')} yet (training engine scope)`,
-    );
   const w = loaded.model.weights;
   const frozen: TrainParams = {
     // a 16-bit embedding widened (exactly) for the trainer
     'model.embed_tokens.weight': toF32(w.embed).data,
     'model.norm.weight': w.norm,
   };
+  if (!loaded.config.tieWordEmbeddings)
+    frozen['lm_head.weight'] = w.head ? denseWeightOf(w.head) : contiguous(w.lmHead!).data;
   const compressed: { name: string; linear: CalderaLinear }[] = [];
   const keys = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;
   w.blocks.forEach((blk, b) => {
@@ -95,11 +85,13 @@ export function frozenBase(loaded: LoadedModel): {
     frozen[`model.layers.${b}.post_attention_layernorm.weight`] = blk.postAttnNorm;
     blockLinearNames(b).forEach(({ name }, i) => {
       const lin = blk[keys[i]!];
-      if (lin instanceof CalderaLinear) {
-        if (lin.bias)
-          throw new CalderaError('E_UNSUPPORTED', `${name}: fine-tuning layers with a bias is not supported`);
-        compressed.push({ name, linear: lin });
-      } else frozen[`${name}.weight`] = denseWeightOf(lin);
+      const bias =
+        lin instanceof DenseLinear || lin instanceof DenseF16Linear || lin instanceof CalderaLinear
+          ? lin.bias
+          : null;
+      if (bias) frozen[`${name}.bias`] = bias;
+      if (lin instanceof CalderaLinear) compressed.push({ name, linear: lin });
+      else frozen[`${name}.weight`] = denseWeightOf(lin);
     });
   });
   return { frozen, compressed };
@@ -114,8 +106,8 @@ export function frozenBase(loaded: LoadedModel): {
  *
  * With a `teacher` (see `modelTeacher`), the factors are trained to reproduce its next-token distributions
  * (distillation, a stronger signal per token than the data's next tokens when recovering compression loss).
- * The training engine covers tied-embedding Llama models without biases or RoPE scaling (like the reference model);
- * other checkpoints fail with `E_UNSUPPORTED`.
+ * The training engine covers the Llama family the runtime loads: tied or untied embeddings, q/k/v (and any other
+ * linear's) biases, Llama 3 RoPE scaling; the head, the biases and the norms stay frozen.
  */
 export function prepareLoraFinetune(
   loaded: LoadedModel,

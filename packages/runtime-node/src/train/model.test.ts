@@ -1,6 +1,13 @@
 import { f16ArrayToF32, f32ArrayToF16, Rng } from '@caldera/core';
 import { describe, expect, it } from 'vitest';
-import { initTrainParams, lossAndGrad, type TrainConfig } from './model.js';
+import { SCOPE_TEST_CONFIG } from '../testing/train-scope.js';
+import {
+  initTrainParams,
+  lossAndGrad,
+  trainParamShapes,
+  type TrainConfig,
+  type TrainParams,
+} from './model.js';
 import { adamWState, adamWStep } from './optim.js';
 
 const cfg: TrainConfig = {
@@ -15,30 +22,48 @@ const cfg: TrainConfig = {
   ropeTheta: 10000,
 };
 
+/** Every parameter's gradient against central differences of the loss. */
+function checkGradients(params: TrainParams, c: TrainConfig, tokens: number[], targets: number[]): void {
+  // f64 throughout, h = 1e-5: truncation ≈ 1e-10, round-off ≈ 1e-11; tolerance 1e-6 (relative, floor 1).
+  const { grads } = lossAndGrad(params, c, tokens, targets);
+  expect(Object.keys(grads!).sort()).toEqual(Object.keys(params).sort());
+  const f = () => lossAndGrad(params, c, tokens, targets, false).loss;
+  const h = 1e-5;
+  for (const [name, p] of Object.entries(params)) {
+    for (let i = 0; i < p.length; i++) {
+      const x0 = p[i]!;
+      p[i] = x0 + h;
+      const fp = f();
+      p[i] = x0 - h;
+      const fm = f();
+      p[i] = x0;
+      const num = (fp - fm) / (2 * h);
+      const err = Math.abs(num - grads![name]![i]!);
+      if (err > 1e-6 * Math.max(1, Math.abs(num)))
+        throw new Error(`${name}[${i}]: ${num} vs ${grads![name]![i]}`);
+    }
+  }
+}
+
 describe('lossAndGrad (whole tiny model)', () => {
   it('gradient of every parameter matches central differences in f64', () => {
-    // f64 throughout, h = 1e-5: truncation ≈ 1e-10, round-off ≈ 1e-11; tolerance 1e-6 (relative, floor 1).
-    // std 0.3 so that every path (attention mixing, SwiGLU curvature) carries a non-trivial gradient.
-    const params = initTrainParams(cfg, new Rng(7), 0.3, true);
-    const tokens = [1, 5, 3, 9, 2];
-    const targets = [5, 3, -100, 2, 7];
-    const { grads } = lossAndGrad(params, cfg, tokens, targets);
-    const f = () => lossAndGrad(params, cfg, tokens, targets, false).loss;
-    const h = 1e-5;
-    for (const [name, p] of Object.entries(params)) {
-      for (let i = 0; i < p.length; i++) {
-        const x0 = p[i]!;
-        p[i] = x0 + h;
-        const fp = f();
-        p[i] = x0 - h;
-        const fm = f();
-        p[i] = x0;
-        const num = (fp - fm) / (2 * h);
-        const err = Math.abs(num - grads![name]![i]!);
-        if (err > 1e-6 * Math.max(1, Math.abs(num)))
-          throw new Error(`${name}[${i}]: ${num} vs ${grads![name]![i]}`);
-      }
-    }
+    // std 0.3 so that every path (attention mixing, SwiGLU curvature) carries a non-trivial gradient
+    checkGradients(initTrainParams(cfg, new Rng(7), 0.3, true), cfg, [1, 5, 3, 9, 2], [5, 3, -100, 2, 7]);
+  });
+
+  it('an untied head, q/k/v (and o) biases and Llama 3 RoPE scaling: every gradient matches central differences', () => {
+    const c = SCOPE_TEST_CONFIG;
+    const shapes = trainParamShapes(c);
+    expect(shapes['lm_head.weight']).toEqual([13, 16]);
+    expect(shapes['model.layers.1.self_attn.q_proj.bias']).toEqual([16]);
+    expect(shapes['model.layers.1.self_attn.k_proj.bias']).toEqual([8]);
+    const rng = new Rng(8);
+    const params = initTrainParams(c, rng, 0.3, true);
+    // biases start at 0; random ones (and an o_proj bias, which only presence turns on) exercise the forward too
+    params['model.layers.0.self_attn.o_proj.bias'] = new Float64Array(16);
+    for (const [name, p] of Object.entries(params))
+      if (name.endsWith('.bias')) for (let i = 0; i < p.length; i++) p[i] = 0.3 * rng.normal();
+    checkGradients(params, c, [1, 5, 3, 9, 2, 12, 0, 7], [5, 3, -100, 2, 7, 11, 4, 6]);
   });
 
   it('activation checkpointing gives bit-identical loss and gradients (plain, LoRA adapters, frozen, into)', () => {

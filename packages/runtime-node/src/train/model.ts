@@ -1,4 +1,4 @@
-import { CalderaError, f16ArrayToF32, type Rng } from '@caldera/core';
+import { CalderaError, f16ArrayToF32, ropeInvFreq, type Rng } from '@caldera/core';
 import type { ModelConfig } from '../config.js';
 import { attentionBackward, attentionForward } from './attention.js';
 import { linearBackward, linearForward, loraBackward, loraForward, type LoraPair } from './linear.js';
@@ -8,7 +8,12 @@ import { ropeApply } from './rope.js';
 import { swigluBackward, swigluForward } from './swiglu.js';
 import { zerosLike, type Vec } from './types.js';
 
-/** The parts of {@link ModelConfig} the training forward uses (tied embeddings, no biases, no RoPE scaling). */
+/**
+ * The parts of {@link ModelConfig} the training forward uses. The last three are optional: `tieWordEmbeddings`
+ * (default true: the LM head is the embedding; false: a separate `lm_head.weight`), `attentionBias` (default false;
+ * true: q/k/v biases, as Qwen2 has, in {@link trainParamShapes}) and `ropeScaling` (default null: plain RoPE; Llama 3's
+ * frequency scaling otherwise, as the runtime applies it).
+ */
 export type TrainConfig = Pick<
   ModelConfig,
   | 'hiddenSize'
@@ -20,15 +25,25 @@ export type TrainConfig = Pick<
   | 'vocabSize'
   | 'rmsNormEps'
   | 'ropeTheta'
->;
+> &
+  Partial<Pick<ModelConfig, 'tieWordEmbeddings' | 'attentionBias' | 'ropeScaling'>>;
+
+/** Whether the LM head of `c` is its embedding (the default). */
+function tiedHead(c: TrainConfig): boolean {
+  return c.tieWordEmbeddings ?? true;
+}
 
 /**
  * Parameters by Hugging Face tensor name (`model.embed_tokens.weight`, …), row-major. A linear layer `P` may also
- * have a low-rank adapter `P.lora_A` `[out, r]` and `P.lora_B` `[r, in]`: then `y = x·Wᵀ + (x·Bᵀ)·Aᵀ`.
+ * have a bias `P.bias` `[out]` and a low-rank adapter `P.lora_A` `[out, r]` and `P.lora_B` `[r, in]`: then
+ * `y = x·Wᵀ + b + (x·Bᵀ)·Aᵀ`. An untied model has `lm_head.weight` `[vocab, hidden]`.
  */
 export type TrainParams = Record<string, Vec>;
 
-/** Hugging Face names and shapes of every parameter of a tied-embedding Llama model. */
+/**
+ * Hugging Face names and shapes of every parameter of a Llama model of config `c`: with `lm_head.weight` when its
+ * embeddings are untied, and q/k/v biases when it has `attentionBias`.
+ */
 export function trainParamShapes(c: TrainConfig): Record<string, number[]> {
   const d = c.hiddenSize;
   const qd = c.numHeads * c.headDim;
@@ -48,12 +63,18 @@ export function trainParamShapes(c: TrainConfig): Record<string, number[]> {
     s[`${p}mlp.gate_proj.weight`] = [c.intermediateSize, d];
     s[`${p}mlp.up_proj.weight`] = [c.intermediateSize, d];
     s[`${p}mlp.down_proj.weight`] = [d, c.intermediateSize];
+    if (c.attentionBias) {
+      s[`${p}self_attn.q_proj.bias`] = [qd];
+      s[`${p}self_attn.k_proj.bias`] = [kd];
+      s[`${p}self_attn.v_proj.bias`] = [kd];
+    }
   }
+  if (!tiedHead(c)) s['lm_head.weight'] = [c.vocabSize, d];
   return s;
 }
 
 /**
- * Fresh parameters: norms 1, matrices N(0, std²) with the residual outputs (`o_proj`, `down_proj`) scaled by
+ * Fresh parameters: norms 1, biases 0, matrices N(0, std²) with the residual outputs (`o_proj`, `down_proj`) scaled by
  * 1/√(2·layers) (GPT-2 style). f32 unless `f64` is set (gradient checks).
  * @param std initial standard deviation (default 0.02).
  */
@@ -62,7 +83,8 @@ export function initTrainParams(c: TrainConfig, rng: Rng, std = 0.02, f64 = fals
   for (const [name, shape] of Object.entries(trainParamShapes(c))) {
     const n = shape.reduce((a, b) => a * b, 1);
     const a = f64 ? new Float64Array(n) : new Float32Array(n);
-    if (shape.length === 1) a.fill(1);
+    if (name.endsWith('.bias')) a.fill(0);
+    else if (shape.length === 1) a.fill(1);
     else {
       const s = /o_proj|down_proj/.test(name) ? std / Math.sqrt(2 * c.numLayers) : std;
       for (let i = 0; i < n; i++) a[i] = s * rng.normal();
@@ -102,7 +124,7 @@ export interface LossAndGrad {
  * Training forward of one sequence (`tokens[t]` predicts `targets[t]`; `ignoreIndex` −100 skips a position; or soft
  * targets, see {@link SoftTargets})
  * through embedding, `numLayers` × (RMSNorm, RoPE GQA causal attention, residual, RMSNorm, SwiGLU, residual),
- * final RMSNorm and the tied LM head, then cross-entropy; with `grad` (default true) the backward pass of every op
+ * final RMSNorm and the LM head (the embedding when tied), then cross-entropy; with `grad` (default true) the backward pass of every op
  * in reverse, activations kept from the forward. Gradients are of the mean loss of this sequence. With
  * `trainable`, gradients are computed (and returned) only for those parameter names: frozen weights skip their
  * weight-gradient products (LoRA fine-tuning freezes everything but the adapters). With `into`, gradients are
@@ -135,6 +157,18 @@ export function lossAndGrad(
     return v;
   };
   const emb = P('model.embed_tokens.weight');
+  const headName = tiedHead(c) ? 'model.embed_tokens.weight' : 'lm_head.weight';
+  const head = P(headName);
+  const invFreq = ropeInvFreq({
+    headDim: c.headDim,
+    ropeTheta: c.ropeTheta,
+    ropeScaling: c.ropeScaling ?? null,
+  });
+  /** A linear layer's bias (`prefix.bias`), when the parameters have one. */
+  const biasOf = (prefix: string): Vec | null => {
+    const name = `${prefix}.bias`;
+    return params[name] || half?.[name] ? P(name) : null;
+  };
   const loraOf = (prefix: string, inF: number, outF: number): LoraPair | null => {
     const a = params[`${prefix}.lora_A`];
     const b = params[`${prefix}.lora_B`];
@@ -148,9 +182,11 @@ export function lossAndGrad(
     return { a, b, rank };
   };
   const zs = new Map<string, Vec>();
-  /** Linear `prefix` (weight `prefix.weight`, optional adapter) on `[T, inF]`. */
+  /** Linear `prefix` (weight `prefix.weight`, optional bias and adapter) on `[T, inF]`. */
   const lf = (prefix: string, xin: Vec, inF: number, outF: number): Vec => {
     const y = linearForward(xin, P(`${prefix}.weight`), T, inF, outF);
+    const bias = biasOf(prefix);
+    if (bias) addBias(y, bias, prefix, T, outF);
     const lora = loraOf(prefix, inF, outF);
     if (lora) zs.set(prefix, loraForward(y, xin, lora, T, inF, outF));
     return y;
@@ -169,8 +205,8 @@ export function lossAndGrad(
     const qRaw = lf(`${p}self_attn.q_proj`, n1.y, d, qd);
     const kRaw = lf(`${p}self_attn.k_proj`, n1.y, d, kd);
     const v = lf(`${p}self_attn.v_proj`, n1.y, d, kd);
-    const q = ropeApply(qRaw, T, c.numHeads, c.headDim, c.ropeTheta);
-    const k = ropeApply(kRaw, T, c.numKvHeads, c.headDim, c.ropeTheta);
+    const q = ropeApply(qRaw, T, c.numHeads, c.headDim, invFreq);
+    const k = ropeApply(kRaw, T, c.numKvHeads, c.headDim, invFreq);
     const att = attentionForward(q, k, v, shape);
     const ao = lf(`${p}self_attn.o_proj`, att.out, qd, d);
     const x1 = zerosLike(x0, T * d);
@@ -195,7 +231,7 @@ export function lossAndGrad(
     x = r.out;
   }
   const nf = rmsNormForward(x, P('model.norm.weight'), T, d, c.rmsNormEps);
-  const logits = linearForward(nf.y, emb, T, d, c.vocabSize);
+  const logits = linearForward(nf.y, head, T, d, c.vocabSize);
   const ce =
     'probs' in targets
       ? softCrossEntropy(logits, T, c.vocabSize, targets.probs)
@@ -214,9 +250,11 @@ export function lossAndGrad(
       g[name] = buf ?? zerosLike(v, v.length);
     }
   const G = (name: string): Vec | null => g[name] ?? null;
-  /** Backward of {@link lf}: returns dx; accumulates the gradients of the trainable weight / adapter. */
+  /** Backward of {@link lf}: returns dx; accumulates the gradients of the trainable weight / bias / adapter. */
   const lb = (prefix: string, dy: Vec, xin: Vec, inF: number, outF: number): Vec => {
     const dx = linearBackward(dy, xin, P(`${prefix}.weight`), G(`${prefix}.weight`), T, inF, outF);
+    const db = G(`${prefix}.bias`);
+    for (let t = 0; db && t < T; t++) for (let o = 0; o < outF; o++) db[o] = db[o]! + dy[t * outF + o]!;
     const lora = loraOf(prefix, inF, outF);
     if (lora)
       loraBackward(
@@ -233,7 +271,7 @@ export function lossAndGrad(
       );
     return dx;
   };
-  const dNf = linearBackward(ce.dLogits, nf.y, emb, G('model.embed_tokens.weight'), T, d, c.vocabSize);
+  const dNf = linearBackward(ce.dLogits, nf.y, head, G(headName), T, d, c.vocabSize);
   const fb = rmsNormBackward(dNf, x, P('model.norm.weight'), nf.cache, T, d);
   addIfTrainable(G('model.norm.weight'), fb.dw);
   let dx = fb.dx;
@@ -253,8 +291,8 @@ export function lossAndGrad(
     // x1 = x0 + o(attn(rope(q(n1)), rope(k(n1)), v(n1)))
     const dAtt = lb(`${p}self_attn.o_proj`, dx1, a.att.out, qd, d);
     const ab = attentionBackward(dAtt, a.q, a.k, a.v, a.att.cache, shape);
-    const dqRaw = ropeApply(ab.dq, T, c.numHeads, c.headDim, c.ropeTheta, true);
-    const dkRaw = ropeApply(ab.dk, T, c.numKvHeads, c.headDim, c.ropeTheta, true);
+    const dqRaw = ropeApply(ab.dq, T, c.numHeads, c.headDim, invFreq, true);
+    const dkRaw = ropeApply(ab.dk, T, c.numKvHeads, c.headDim, invFreq, true);
     const dn1 = lb(`${p}self_attn.q_proj`, dqRaw, a.n1.y, d, qd);
     addInto(dn1, lb(`${p}self_attn.k_proj`, dkRaw, a.n1.y, d, kd));
     addInto(dn1, lb(`${p}self_attn.v_proj`, ab.dv, a.n1.y, d, kd));
@@ -269,6 +307,16 @@ export function lossAndGrad(
     for (let j = 0; j < d; j++) dEmb[o + j] = dEmb[o + j]! + dx[t * d + j]!;
   }
   return { loss: ce.loss, count: ce.count, grads: into ?? g };
+}
+
+/** Adds `bias` (`[outF]`) to every row of `y` (`[T, outF]`) in place. */
+function addBias(y: Vec, bias: Vec, prefix: string, T: number, outF: number): void {
+  if (bias.length !== outF)
+    throw new CalderaError(
+      'E_SHAPE',
+      `lossAndGrad: ${prefix}.bias has ${bias.length} values, expected ${outF}`,
+    );
+  for (let t = 0; t < T; t++) for (let o = 0; o < outF; o++) y[t * outF + o] = y[t * outF + o]! + bias[o]!;
 }
 
 function addIfTrainable(acc: Vec | null, v: Vec): void {

@@ -3,7 +3,9 @@ import { fileURLToPath } from 'node:url';
 import { f16ArrayToF32, Rng } from '@caldera/core';
 import { describe, expect, it } from 'vitest';
 import { loadModel } from '../load.js';
-import { lossAndGrad, type TrainParams } from './model.js';
+import type { LlamaModel } from '../model.js';
+import { runtimeModelOf, SCOPE_TEST_CONFIG } from '../testing/train-scope.js';
+import { initTrainParams, lossAndGrad, type TrainParams } from './model.js';
 
 const dir = fileURLToPath(new URL('../../../reference-model/model/', import.meta.url));
 
@@ -27,6 +29,22 @@ function readF16Params(path: string): TrainParams {
   return out;
 }
 
+/** Mean next-token cross-entropy of the runtime's logits, in f64. */
+function runtimeLoss(model: LlamaModel, tokens: number[], targets: number[]): number {
+  const V = model.config.vocabSize;
+  const logits = model.forward(tokens);
+  let ref = 0;
+  for (let t = 0; t < tokens.length; t++) {
+    const o = t * V;
+    let mx = -Infinity;
+    for (let j = 0; j < V; j++) mx = Math.max(mx, logits[o + j]!);
+    let s = 0;
+    for (let j = 0; j < V; j++) s += Math.exp(logits[o + j]! - mx);
+    ref += mx + Math.log(s) - logits[o + targets[t]!]!;
+  }
+  return ref / tokens.length;
+}
+
 describe('training forward vs inference forward', () => {
   it('gives the same cross-entropy as the runtime logits on the reference model', async () => {
     const { model, config } = await loadModel(dir);
@@ -35,21 +53,41 @@ describe('training forward vs inference forward', () => {
     const seq = Array.from({ length: 33 }, () => rng.int(config.vocabSize));
     const tokens = seq.slice(0, -1);
     const targets = seq.slice(1);
-    const logits = model.forward(tokens);
-    let ref = 0;
-    for (let t = 0; t < tokens.length; t++) {
-      const o = t * config.vocabSize;
-      let mx = -Infinity;
-      for (let j = 0; j < config.vocabSize; j++) mx = Math.max(mx, logits[o + j]!);
-      let s = 0;
-      for (let j = 0; j < config.vocabSize; j++) s += Math.exp(logits[o + j]! - mx);
-      ref += mx + Math.log(s) - logits[o + targets[t]!]!;
-    }
-    ref /= tokens.length;
+    const ref = runtimeLoss(model, tokens, targets);
     const ours = lossAndGrad(params, config, tokens, targets, false).loss;
     // Both compute in f32 from the same f16 weights with different summation orders; over 4 layers the
     // logits agree to ~1e-5 relative, so the mean NLL (≈ 5–9 nats) must agree to well within 1e-3.
     expect(Math.abs(ours - ref)).toBeLessThan(1e-3);
     expect(ref).toBeGreaterThan(1);
+  });
+
+  it('and on a model with an untied head, q/k/v and o biases and Llama 3 RoPE scaling', () => {
+    const c = SCOPE_TEST_CONFIG;
+    const rng = new Rng(9);
+    const params = initTrainParams(c, rng, 0.3);
+    params['model.layers.1.self_attn.o_proj.bias'] = new Float32Array(16);
+    for (const [name, p] of Object.entries(params))
+      if (name.endsWith('.bias')) for (let i = 0; i < p.length; i++) p[i] = 0.5 * rng.normal();
+    // 40 positions: past the RoPE scaling's original context of 16, where its frequencies differ most
+    const seq = Array.from({ length: 41 }, () => rng.int(c.vocabSize));
+    const tokens = seq.slice(0, -1);
+    const targets = seq.slice(1);
+    const ref = runtimeLoss(runtimeModelOf(c, params), tokens, targets);
+    const ours = lossAndGrad(params, c, tokens, targets, false).loss;
+    // f32 in both with different summation orders over 2 tiny layers: the losses (≈ 3.3 nats) agreed to 2e-8; 1e-5
+    // is far below what leaving out any one of the three features moves them (0.14–0.28, checked below)
+    expect(Math.abs(ours - ref)).toBeLessThan(1e-5);
+    const without = [
+      lossAndGrad(params, { ...c, ropeScaling: null }, tokens, targets, false).loss,
+      lossAndGrad(params, { ...c, tieWordEmbeddings: true }, tokens, targets, false).loss,
+      lossAndGrad(
+        Object.fromEntries(Object.entries(params).filter(([k]) => !k.endsWith('.bias'))),
+        c,
+        tokens,
+        targets,
+        false,
+      ).loss,
+    ];
+    for (const loss of without) expect(Math.abs(loss - ref)).toBeGreaterThan(1e-3);
   });
 });

@@ -3,15 +3,16 @@ import { zerosLike, type Vec } from './types.js';
 /**
  * Rotary position embedding in the Hugging Face "rotate half" layout on `x` (`[T, heads, headDim]`, one
  * sequence, positions `pos0 … pos0+T−1`): pair `(j, j+headDim/2)` of position `t` is rotated by angle
- * `t·θ^(−2j/headDim)`. With `inverse` the rotation is by the negative angle, which is both the inverse and the
- * transpose, so `ropeApply(dy, …, true)` is the backward pass.
+ * `t·invFreq[j]` (`invFreq` from core's `ropeInvFreq`, `θ^(−2j/headDim)` without scaling: the frequencies the
+ * runtime uses). With `inverse` the rotation is by the negative angle, which is both the inverse and the transpose,
+ * so `ropeApply(dy, …, true)` is the backward pass.
  */
 export function ropeApply(
   x: Vec,
   T: number,
   heads: number,
   headDim: number,
-  theta: number,
+  invFreq: Float64Array,
   inverse = false,
   pos0 = 0,
 ): Vec {
@@ -20,7 +21,7 @@ export function ropeApply(
   const sign = inverse ? -1 : 1;
   for (let t = 0; t < T; t++) {
     for (let j = 0; j < half; j++) {
-      const a = (pos0 + t) * theta ** ((-2 * j) / headDim);
+      const a = (pos0 + t) * invFreq[j]!;
       const c = Math.cos(a);
       const s = sign * Math.sin(a);
       for (let h = 0; h < heads; h++) {

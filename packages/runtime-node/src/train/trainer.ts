@@ -140,10 +140,11 @@ export interface TrainStepResult {
 }
 
 /**
- * Trains a tied-embedding Llama model from scratch on a token stream: random windows (seeded), gradient
- * accumulation over `batch` sequences, global-norm clipping, AdamW with a warmup + cosine schedule. The whole
- * state (weights, moments, step, RNG) is saved atomically with {@link Trainer.save} and restored with
- * {@link Trainer.load}, and a resumed run continues with exactly the same losses.
+ * Trains a Llama model from scratch on a token stream (tied or untied embeddings, biases and RoPE scaling as its
+ * config says: the parameters of `trainParamShapes`): random windows (seeded), gradient accumulation over `batch`
+ * sequences, global-norm clipping, AdamW with a warmup + cosine schedule. The whole state (weights, moments, step,
+ * RNG) is saved atomically with {@link Trainer.save} and restored with {@link Trainer.load}, and a resumed run
+ * continues with exactly the same losses.
  */
 export class Trainer {
   readonly options: Required<TrainerOptions>;
@@ -207,7 +208,8 @@ export class Trainer {
     });
     this.stepCount++;
     for (const [k, p] of Object.entries(this.params)) {
-      const decay = p.length === this.config.hiddenSize ? 0 : o.weightDecay;
+      // no decay on norms (hidden-size vectors) and biases
+      const decay = p.length === this.config.hiddenSize || k.endsWith('.bias') ? 0 : o.weightDecay;
       adamWStep(p, acc[k]!, this.moments[k]!, this.stepCount, {
         lr: lr * (o.lrScale[k] ?? 1),
         beta1: o.betas[0],

@@ -1,0 +1,72 @@
+import { tensor } from '@caldera/core';
+import { blockLinearNames, parseModelConfig, type ModelConfig } from '../config.js';
+import { DenseLinear } from '../linear.js';
+import { LlamaModel, type BlockWeights } from '../model.js';
+import type { TrainParams } from '../train/model.js';
+
+/**
+ * A tiny model with everything the training engine supports beyond the reference model: an untied LM head, q/k/v
+ * biases and Llama 3's RoPE scaling. headDim 4 gives frequencies 1 and 0.01 (wavelengths 6.3 and 628): with an
+ * original context of 16 the first is blended and the second divided by 8, so the scaling changes both.
+ */
+export const SCOPE_TEST_CONFIG: ModelConfig = parseModelConfig({
+  architectures: ['LlamaForCausalLM'],
+  hidden_size: 16,
+  intermediate_size: 24,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  vocab_size: 13,
+  max_position_embeddings: 256,
+  tie_word_embeddings: false,
+  attention_bias: true,
+  rope_theta: 10000,
+  rope_scaling: {
+    rope_type: 'llama3',
+    factor: 8,
+    low_freq_factor: 1,
+    high_freq_factor: 4,
+    original_max_position_embeddings: 16,
+  },
+});
+
+/** The runtime's model of f32 training parameters `p` (biases wherever `p` has them; the head as `cfg` says). */
+export function runtimeModelOf(cfg: ModelConfig, p: TrainParams): LlamaModel {
+  const f32 = (name: string) => {
+    const v = p[name];
+    if (!(v instanceof Float32Array)) throw new Error(`runtimeModelOf: ${name} is missing or not f32`);
+    return v;
+  };
+  const lin = (name: string, shape: [number, number]) =>
+    new DenseLinear(
+      tensor('f32', shape, f32(`${name}.weight`)),
+      p[`${name}.bias`] ? f32(`${name}.bias`) : null,
+    );
+  const { hiddenSize: d, intermediateSize: I, numHeads: H, numKvHeads: KV, headDim: hd, vocabSize: V } = cfg;
+  const shapes: [number, number][] = [
+    [H * hd, d],
+    [KV * hd, d],
+    [KV * hd, d],
+    [d, H * hd],
+    [I, d],
+    [I, d],
+    [d, I],
+  ];
+  const blocks: BlockWeights[] = Array.from({ length: cfg.numLayers }, (_, b) => {
+    const [q, k, v, o, gate, up, down] = blockLinearNames(b).map(({ name }, i) => lin(name, shapes[i]!));
+    return {
+      inputNorm: f32(`model.layers.${b}.input_layernorm.weight`),
+      postAttnNorm: f32(`model.layers.${b}.post_attention_layernorm.weight`),
+      q: q!,
+      k: k!,
+      v: v!,
+      o: o!,
+      gate: gate!,
+      up: up!,
+      down: down!,
+    };
+  });
+  const embed = tensor('f32', [V, d], f32('model.embed_tokens.weight'));
+  const lmHead = cfg.tieWordEmbeddings ? embed : tensor('f32', [V, d], f32('lm_head.weight'));
+  return new LlamaModel(cfg, { embed, blocks, norm: f32('model.norm.weight'), lmHead });
+}
