@@ -70,7 +70,7 @@ let src = '';
 let ckpt = '';
 
 beforeAll(async () => {
-  src = (await writeTinyModel(join(tmp, 'models', 'tiny'), { tied: true })).dir; // fine-tuning needs tied embeddings
+  src = (await writeTinyModel(join(tmp, 'models', 'tiny'), { tied: true })).dir;
   // --out an empty directory is allowed, and so is rerunning into the checkpoint that wrote
   ckpt = join(tmp, 'ckpt');
   mkdirSync(ckpt);

@@ -36,6 +36,8 @@ describe('ropeApply', () => {
     const [T, heads, d] = [5, 2, 8];
     const x = randn(rng, T * heads * d);
     const inv = ropeInvFreq({ headDim: d, ropeTheta: 10000, ropeScaling: null });
+    // θ where the inverse frequencies belong (the argument before them) is refused, not turned into NaN angles
+    expect(() => ropeApply(x, T, heads, d, 10000 as never)).toThrow(/E_VALUE: ropeApply: invFreq must be/);
     const y = ropeApply(x, T, heads, d, inv) as Float64Array;
     const back = ropeApply(y, T, heads, d, inv, true);
     for (let i = 0; i < x.length; i++) expect(back[i]).toBeCloseTo(x[i]!, 12);

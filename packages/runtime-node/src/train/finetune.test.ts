@@ -31,7 +31,7 @@ import {
   type FinetuneSetup,
 } from './finetune.js';
 import { initTrainParams, trainParamShapes, type TrainConfig, type TrainParams } from './model.js';
-import { modelTeacher, signObjective } from './rht.js';
+import { modelTeacher, prepareSignFinetune, signObjective } from './rht.js';
 
 function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let s = 0;
@@ -439,7 +439,7 @@ describe('LoRA fine-tuning of a model with an untied head, biases and RoPE scali
     };
     const setup = prepareLoraFinetune(loaded, 2);
     expect(setup.frozen['lm_head.weight']).toEqual(params['lm_head.weight']);
-    expect(Object.keys(setup.frozen).filter((k) => k.endsWith('.bias')).length).toBe(7);
+    expect(Object.keys(setup.frozen).filter((k) => k.endsWith('.bias')).length).toBe(9); // q/k/v/o × 2, one down
     expect(setup.layers.length).toBe(14);
     // a learnable stream: a fixed random sequence of period 7, past the scaling's original context of 16
     const period = Array.from({ length: 7 }, () => rng.int(c.vocabSize));
@@ -480,5 +480,34 @@ describe('LoRA fine-tuning of a model with an untied head, biases and RoPE scali
       1e-4,
     );
     expect(after).toBeLessThan(before - 0.05);
+
+    // the sign vectors against the dense model as teacher, with one layer compressed without the Hadamard rotation
+    // (no signs to train: it joins the frozen model): the objective is the runtime's soft cross-entropy
+    const mixed = calderaModel(
+      names.map((name, j) => {
+        const [m, n] = trainParamShapes(c)[`${name}.weight`]!;
+        const w = tensor('f32', [m!, n!], params[`${name}.weight`] as Float32Array);
+        return caldera(w, null, { rank: 4, outerIters: 1, lplrIters: 1, seed: j, hadamard: j !== 3 });
+      }),
+    );
+    const signs = prepareSignFinetune({ ...loaded, model: mixed }, dense);
+    expect(signs.layers.length).toBe(13);
+    const teacherLogits = dense.forward(tokens);
+    const studentLogits = mixed.forward(tokens);
+    let soft = 0;
+    for (let t = 0; t < tokens.length; t++) {
+      const row = (l: Float32Array) => Array.from(l.subarray(t * c.vocabSize, (t + 1) * c.vocabSize));
+      const logSoftmax = (r: number[]) => {
+        const mx = Math.max(...r);
+        const lse = mx + Math.log(r.reduce((a, v) => a + Math.exp(v - mx), 0));
+        return r.map((v) => v - lse);
+      };
+      const p = logSoftmax(row(teacherLogits)).map(Math.exp);
+      const q = logSoftmax(row(studentLogits));
+      soft -= p.reduce((a, pj, j) => a + pj * q[j]!, 0);
+    }
+    soft /= tokens.length;
+    // the same f32 tolerance as above: the two sides differ only in summation order
+    expect(Math.abs(signs.objective(signs.trainable, tokens, targets, false).loss - soft)).toBeLessThan(1e-4);
   });
 });

@@ -42,7 +42,7 @@ export interface LoraLayer {
 /** A compressed model prepared for fine-tuning ({@link prepareLoraFinetune}, `prepareSignFinetune`). */
 export interface FinetuneSetup {
   config: TrainConfig;
-  /** Frozen parameters by Hugging Face name: embeddings, norms, and dense base weights. */
+  /** Frozen parameters by Hugging Face name: embeddings (and an untied head), norms, biases, dense base weights. */
   frozen: TrainParams;
   /** The layers being trained; their decompositions alias `trainable`, so they hold the trained values. */
   layers: LoraLayer[];

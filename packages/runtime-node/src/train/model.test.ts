@@ -51,16 +51,22 @@ describe('lossAndGrad (whole tiny model)', () => {
     checkGradients(initTrainParams(cfg, new Rng(7), 0.3, true), cfg, [1, 5, 3, 9, 2], [5, 3, -100, 2, 7]);
   });
 
-  it('an untied head, q/k/v (and o) biases and Llama 3 RoPE scaling: every gradient matches central differences', () => {
+  it('an untied head, q/k/v/o (and down) biases and Llama 3 RoPE scaling: every gradient matches central differences', () => {
     const c = SCOPE_TEST_CONFIG;
     const shapes = trainParamShapes(c);
     expect(shapes['lm_head.weight']).toEqual([13, 16]);
     expect(shapes['model.layers.1.self_attn.q_proj.bias']).toEqual([16]);
     expect(shapes['model.layers.1.self_attn.k_proj.bias']).toEqual([8]);
+    // transformers' Llama gives o_proj a bias too under attention_bias; Qwen2 does not
+    expect(shapes['model.layers.1.self_attn.o_proj.bias']).toEqual([16]);
+    expect(
+      trainParamShapes({ ...c, architecture: 'Qwen2ForCausalLM' })['model.layers.1.self_attn.o_proj.bias'],
+    ).toBe(undefined);
+    expect(shapes['model.layers.1.mlp.down_proj.bias']).toBe(undefined);
     const rng = new Rng(8);
     const params = initTrainParams(c, rng, 0.3, true);
-    // biases start at 0; random ones (and an o_proj bias, which only presence turns on) exercise the forward too
-    params['model.layers.0.self_attn.o_proj.bias'] = new Float64Array(16);
+    // biases start at 0; random ones (and a down_proj bias, which only presence turns on) exercise the forward too
+    params['model.layers.0.mlp.down_proj.bias'] = new Float64Array(16);
     for (const [name, p] of Object.entries(params))
       if (name.endsWith('.bias')) for (let i = 0; i < p.length; i++) p[i] = 0.3 * rng.normal();
     checkGradients(params, c, [1, 5, 3, 9, 2, 12, 0, 7], [5, 3, -100, 2, 7, 11, 4, 6]);
@@ -118,6 +124,34 @@ describe('lossAndGrad (whole tiny model)', () => {
     }
     // and it is not the f32 result: the rounding is real (≈ 1e-3 relative on the weights)
     expect(lossAndGrad(params, cfg, tokens, targets, false).loss).not.toBe(want.loss);
+  });
+
+  it('an untied head and biases stored as f16 give exactly the f32 result of their rounded values', () => {
+    const c = SCOPE_TEST_CONFIG;
+    const rng = new Rng(6);
+    const params = initTrainParams(c, rng, 0.3);
+    for (const [name, p] of Object.entries(params))
+      if (name.endsWith('.bias')) for (let i = 0; i < p.length; i++) p[i] = 0.3 * rng.normal();
+    const halfNames = Object.keys(params).filter((k) => k.endsWith('.bias') || k === 'lm_head.weight');
+    const half = Object.fromEntries(halfNames.map((k) => [k, f32ArrayToF16(params[k] as Float32Array)]));
+    const rounded = { ...params };
+    for (const k of halfNames) rounded[k] = f16ArrayToF32(half[k]!);
+    const rest = Object.fromEntries(Object.entries(params).filter(([k]) => !halfNames.includes(k)));
+    const tokens = [1, 5, 3, 9, 2, 7, 4, 12, 0, 11];
+    const targets = [5, 3, -100, 2, 7, 4, 1, 0, 6, 8];
+    const trainable = new Set(Object.keys(rest));
+    const want = lossAndGrad(rounded, c, tokens, targets, true, trainable);
+    for (const checkpoint of [false, true]) {
+      const got = lossAndGrad(rest, c, tokens, targets, true, trainable, undefined, { half, checkpoint });
+      expect(got.loss).toBe(want.loss);
+      for (const k of trainable) expect(Array.from(got.grads![k]!), k).toEqual(Array.from(want.grads![k]!));
+    }
+    // without the half-stored biases the loss is another one: they are read from `half`, not skipped
+    expect(
+      lossAndGrad(rest, c, tokens, targets, false, undefined, undefined, {
+        half: { 'lm_head.weight': half['lm_head.weight']! },
+      }).loss,
+    ).not.toBe(want.loss);
   });
 
   it('overfits a repeated sentence with AdamW (loss → near 0)', () => {

@@ -9,10 +9,11 @@ import { swigluBackward, swigluForward } from './swiglu.js';
 import { zerosLike, type Vec } from './types.js';
 
 /**
- * The parts of {@link ModelConfig} the training forward uses. The last three are optional: `tieWordEmbeddings`
+ * The parts of {@link ModelConfig} the training forward uses. The last four are optional: `tieWordEmbeddings`
  * (default true: the LM head is the embedding; false: a separate `lm_head.weight`), `attentionBias` (default false;
- * true: q/k/v biases, as Qwen2 has, in {@link trainParamShapes}) and `ropeScaling` (default null: plain RoPE; Llama 3's
- * frequency scaling otherwise, as the runtime applies it).
+ * true: q/k/v biases in {@link trainParamShapes}, as Qwen2 has, and o_proj's too when `architecture` is
+ * `'LlamaForCausalLM'`, as transformers' Llama builds them), `architecture` and `ropeScaling` (default null: plain
+ * RoPE; Llama 3's frequency scaling otherwise, as the runtime applies it).
  */
 export type TrainConfig = Pick<
   ModelConfig,
@@ -26,7 +27,7 @@ export type TrainConfig = Pick<
   | 'rmsNormEps'
   | 'ropeTheta'
 > &
-  Partial<Pick<ModelConfig, 'tieWordEmbeddings' | 'attentionBias' | 'ropeScaling'>>;
+  Partial<Pick<ModelConfig, 'tieWordEmbeddings' | 'attentionBias' | 'architecture' | 'ropeScaling'>>;
 
 /** Whether the LM head of `c` is its embedding (the default). */
 function tiedHead(c: TrainConfig): boolean {
@@ -42,7 +43,7 @@ export type TrainParams = Record<string, Vec>;
 
 /**
  * Hugging Face names and shapes of every parameter of a Llama model of config `c`: with `lm_head.weight` when its
- * embeddings are untied, and q/k/v biases when it has `attentionBias`.
+ * embeddings are untied, and q/k/v biases (and o_proj's for Llama) when it has `attentionBias`.
  */
 export function trainParamShapes(c: TrainConfig): Record<string, number[]> {
   const d = c.hiddenSize;
@@ -67,6 +68,7 @@ export function trainParamShapes(c: TrainConfig): Record<string, number[]> {
       s[`${p}self_attn.q_proj.bias`] = [qd];
       s[`${p}self_attn.k_proj.bias`] = [kd];
       s[`${p}self_attn.v_proj.bias`] = [kd];
+      if (c.architecture === 'LlamaForCausalLM') s[`${p}self_attn.o_proj.bias`] = [d];
     }
   }
   if (!tiedHead(c)) s['lm_head.weight'] = [c.vocabSize, d];
@@ -158,7 +160,7 @@ export function lossAndGrad(
   };
   const emb = P('model.embed_tokens.weight');
   const headName = tiedHead(c) ? 'model.embed_tokens.weight' : 'lm_head.weight';
-  const head = P(headName);
+  const head = tiedHead(c) ? emb : P(headName);
   const invFreq = ropeInvFreq({
     headDim: c.headDim,
     ropeTheta: c.ropeTheta,

@@ -61,11 +61,11 @@ describe('training forward vs inference forward', () => {
     expect(ref).toBeGreaterThan(1);
   });
 
-  it('and on a model with an untied head, q/k/v and o biases and Llama 3 RoPE scaling', () => {
+  it('and on a model with an untied head, q/k/v/o and down biases and Llama 3 RoPE scaling', () => {
     const c = SCOPE_TEST_CONFIG;
     const rng = new Rng(9);
     const params = initTrainParams(c, rng, 0.3);
-    params['model.layers.1.self_attn.o_proj.bias'] = new Float32Array(16);
+    params['model.layers.1.mlp.down_proj.bias'] = new Float32Array(16);
     for (const [name, p] of Object.entries(params))
       if (name.endsWith('.bias')) for (let i = 0; i < p.length; i++) p[i] = 0.5 * rng.normal();
     // 40 positions: past the RoPE scaling's original context of 16, where its frequencies differ most

@@ -108,7 +108,11 @@ export function prepareSignFinetune(loaded: LoadedModel, teacher: LlamaModel): F
   const trainable: TrainParams = {};
   for (const { name, linear } of compressed) {
     const d0 = linear.d;
-    if (!d0.hadamard || !d0.su || !d0.sv) continue;
+    if (!d0.hadamard || !d0.su || !d0.sv) {
+      // no sign vectors to train: the layer is part of the frozen model
+      frozen[`${name}.weight`] = reconstruct(d0).data;
+      continue;
+    }
     const d = { ...d0, su: Float32Array.from(d0.su), sv: Float32Array.from(d0.sv) };
     const ones = (k: number) => new Float32Array(k).fill(1);
     signLayers.push({

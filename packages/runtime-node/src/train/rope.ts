@@ -1,3 +1,4 @@
+import { CalderaError } from '@caldera/core';
 import { zerosLike, type Vec } from './types.js';
 
 /**
@@ -16,8 +17,13 @@ export function ropeApply(
   inverse = false,
   pos0 = 0,
 ): Vec {
-  const y = zerosLike(x, x.length);
   const half = headDim / 2;
+  if (!(invFreq instanceof Float64Array) || invFreq.length !== half)
+    throw new CalderaError(
+      'E_VALUE',
+      `ropeApply: invFreq must be a Float64Array of headDim / 2 = ${half} inverse frequencies (ropeInvFreq)`,
+    );
+  const y = zerosLike(x, x.length);
   const sign = inverse ? -1 : 1;
   for (let t = 0; t < T; t++) {
     for (let j = 0; j < half; j++) {

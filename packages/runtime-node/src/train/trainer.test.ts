@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Rng } from '@caldera/core';
 import { describe, expect, it } from 'vitest';
+import { SCOPE_TEST_CONFIG } from '../testing/train-scope.js';
 import { initTrainParams, type TrainConfig } from './model.js';
 import { Trainer } from './trainer.js';
 
@@ -91,5 +92,22 @@ describe('Trainer', () => {
 
   it('rejects a token stream shorter than a window', () => {
     expect(() => new Trainer(cfg, initTrainParams(cfg, new Rng(1)), [1, 2, 3], opts)).toThrow(/shorter/);
+  });
+
+  it('decays matrices, not norms or biases (weight decay is the only difference between two runs)', () => {
+    const c = SCOPE_TEST_CONFIG;
+    const run = (weightDecay: number) => {
+      const t = new Trainer(c, initTrainParams(c, new Rng(2)), data, { ...opts, weightDecay });
+      t.step();
+      return t.params;
+    };
+    const plain = run(0);
+    const decayed = run(0.5);
+    for (const [name, p] of Object.entries(plain)) {
+      const vector = c.hiddenSize === p.length || name.endsWith('.bias');
+      if (vector) expect(Array.from(decayed[name]!), name).toEqual(Array.from(p));
+      else expect(Array.from(decayed[name]!), name).not.toEqual(Array.from(p));
+    }
+    expect(Object.keys(plain).filter((k) => k.endsWith('.bias')).length).toBe(8);
   });
 });

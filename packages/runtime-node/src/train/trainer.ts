@@ -18,7 +18,7 @@ export interface TrainerOptions {
   totalSteps?: number;
   /** Final learning rate as a fraction of the peak (default 0.1). */
   minLrRatio?: number;
-  /** Decoupled weight decay on matrices (norm weights are not decayed; default 0.1). */
+  /** Decoupled weight decay on matrices (norm weights and biases are not decayed; default 0.1). */
   weightDecay?: number;
   /** Global gradient-norm clip (default 1.0). */
   clip?: number;
