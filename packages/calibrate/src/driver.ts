@@ -1,4 +1,5 @@
 import { assertFunction, assertObject, CalderaError, type Tensor } from '@caldera/core';
+import type { Pool } from '@caldera/linalg';
 import { yieldAndCheckAbort } from './abort.js';
 import { captureBlock } from './capture.js';
 import { finalizeHessian, HessianAccumulator } from './hessian.js';
@@ -92,6 +93,11 @@ export interface CompressModelOptions {
   damping?: number;
   /** Whether the method needs Hessians; data-free methods (RTN) skip the capture. Default true. */
   needsHessian?: boolean;
+  /**
+   * A `@caldera/linalg` worker pool for the Hessians' `Σ xxᵀ` products (the {@link HessianAccumulator}s' `pool`): the
+   * same bits, sooner. Default: the calling thread. (`compressLayer` takes its own.)
+   */
+  pool?: Pool;
   store?: BlockStore;
   /**
    * Stops the run with `E_ABORTED`. The driver yields to the event loop before every window and layer, so a timer or a
@@ -173,6 +179,7 @@ export async function compressModel(
           windows,
           options.signal,
           'compression',
+          options.pool,
         );
         accs = captured.accs;
         if (propagate === 'original') next = captured.outputs;

@@ -1,4 +1,5 @@
 import { assertObject, CalderaError, tensor, type Tensor } from '@caldera/core';
+import { syrkInto, type Pool } from '@caldera/linalg';
 
 /** Options for {@link finalizeHessian}. */
 export interface HessianOptions {
@@ -9,6 +10,15 @@ export interface HessianOptions {
   damping?: number;
 }
 
+/** Options of {@link HessianAccumulator}. */
+export interface HessianAccumulatorOptions {
+  /**
+   * A `@caldera/linalg` worker pool (`createPool`) for the `Σ xxᵀ` products: they are split over its threads, to the
+   * same bits as without it. Default: the calling thread.
+   */
+  pool?: Pool;
+}
+
 /**
  * Streaming accumulator of the second moment `Σ xxᵀ` of the inputs of one linear layer (one row per token),
  * in float64, so that millions of f32 rows add up without loss. Partial accumulators of disjoint token sets
@@ -16,15 +26,18 @@ export interface HessianOptions {
  */
 export class HessianAccumulator {
   readonly n: number;
-  /** Upper triangle (row-major, full n×n storage) of Σ xxᵀ. */
+  /** Σ xxᵀ, row-major `n × n`; its upper triangle is what counts (as {@link HessianAccumulator.fromSums} takes it). */
   readonly sum: Float64Array;
   count = 0;
+  private readonly pool: Pool | undefined;
 
-  constructor(n: number) {
+  constructor(n: number, options: HessianAccumulatorOptions = {}) {
     if (!Number.isInteger(n) || n <= 0)
       throw new CalderaError('E_VALUE', `Hessian size must be a positive integer, got ${n}`);
+    assertObject(options, 'HessianAccumulator', 'options', 'an options object such as { pool }');
     this.n = n;
     this.sum = new Float64Array(n * n);
+    this.pool = options.pool;
   }
 
   /** An accumulator holding given partial sums (upper triangle of Σxxᵀ, full n×n storage) of `count` rows. */
@@ -40,7 +53,11 @@ export class HessianAccumulator {
     return acc;
   }
 
-  /** Add `rows` input vectors stored row-major in `x` (length rows·n). */
+  /**
+   * Add `rows` input vectors stored row-major in `x` (length rows·n): `Σ += xᵀx` by linalg's `syrkInto`, whose
+   * products of f32 inputs are exact in f64 and whose sums are f64 (WebAssembly SIMD, split over the pool's threads
+   * when there is one). The same calls in the same order give the same bits.
+   */
   add(x: Float32Array | Float64Array, rows: number): void {
     const n = this.n;
     assertObject(x, 'HessianAccumulator.add', 'x', 'a Float32Array or Float64Array');
@@ -52,34 +69,10 @@ export class HessianAccumulator {
         `Hessian input has ${x.length} values, expected rows·n = ${rows}·${n}`,
       );
     }
-    const s = this.sum;
-    // Blocks of 4 rows at a time: each S[i][j] update reads four products, quartering the passes over S.
-    let r = 0;
-    for (; r + 4 <= rows; r += 4) {
-      const o0 = r * n,
-        o1 = o0 + n,
-        o2 = o1 + n,
-        o3 = o2 + n;
-      for (let i = 0; i < n; i++) {
-        const a0 = x[o0 + i]!,
-          a1 = x[o1 + i]!,
-          a2 = x[o2 + i]!,
-          a3 = x[o3 + i]!;
-        if (a0 === 0 && a1 === 0 && a2 === 0 && a3 === 0) continue;
-        const base = i * n;
-        for (let j = i; j < n; j++) {
-          s[base + j]! += a0 * x[o0 + j]! + a1 * x[o1 + j]! + a2 * x[o2 + j]! + a3 * x[o3 + j]!;
-        }
-      }
-    }
-    for (; r < rows; r++) {
-      const o = r * n;
-      for (let i = 0; i < n; i++) {
-        const a = x[o + i]!;
-        if (a === 0) continue;
-        const base = i * n;
-        for (let j = i; j < n; j++) s[base + j]! += a * x[o + j]!;
-      }
+    if (rows > 0) {
+      const xs = x instanceof Float32Array ? tensor('f32', [rows, n], x) : tensor('f64', [rows, n], x);
+      // non-finite inputs are not checked here: they reach the sums, and the Hessian's own checks name them later
+      syrkInto(tensor('f64', [n, n], this.sum), xs, { beta: 1, checkFinite: false, pool: this.pool });
     }
     this.count += rows;
   }

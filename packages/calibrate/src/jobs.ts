@@ -330,6 +330,8 @@ export interface AccumulateOptions {
   signal?: AbortSignal;
   /** After every block (after `onBlock` has finished with it): `done` blocks of `total` (the runner's `numBlocks`). */
   onProgress?: (e: { done: number; total: number }) => void;
+  /** A `@caldera/linalg` worker pool for the `Σ xxᵀ` products: the same bits, sooner. Default: the calling thread. */
+  pool?: Pool;
 }
 
 /**
@@ -364,7 +366,7 @@ async function accumulateGroups(
   runner: ModelRunner,
   groups: readonly (readonly Int32Array[])[],
   onBlock: (block: number, group: number, accs: Map<string, HessianAccumulator>) => Promise<void> | void,
-  { signal, onProgress }: AccumulateOptions,
+  { signal, onProgress, pool }: AccumulateOptions,
 ): Promise<void> {
   const hidden = groups.map((windows) => windows.map((w) => runner.embed(w)));
   for (let b = 0; b < runner.numBlocks; b++) {
@@ -380,6 +382,7 @@ async function accumulateGroups(
           groups[g]!,
           signal,
           'Hessian accumulation',
+          pool,
         );
         hidden[g] = captured.outputs;
         await onBlock(b, g, captured.accs);

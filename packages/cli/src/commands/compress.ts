@@ -599,6 +599,7 @@ export async function compressCommand(a: Args): Promise<number> {
           }),
         propagate: 'compressed',
         needsHessian: settings.method !== 'rtn',
+        ...(pool ? { pool } : {}),
         store: fileStore(partial, fingerprint),
         signal: stop.signal,
         onProgress: (p) => {
@@ -692,6 +693,7 @@ export async function compressCommand(a: Args): Promise<number> {
             continue;
           }
           const results = await runHessianChunks(work, plan, chunks, sourceModel, {
+            ...(pool ? { pool } : {}),
             signal: stop.signal,
             onProgress: ({ done: b, total: blocks }) =>
               report('hessian', done, all.length, {

@@ -31,13 +31,10 @@ export async function runTask(
       ...(signal ? { signal } : {}),
     });
     try {
-      const [result] = await runHessianChunks(
-        task.work,
-        plan,
-        [task.index],
-        runner,
-        signal ? { signal } : {},
-      );
+      const [result] = await runHessianChunks(task.work, plan, [task.index], runner, {
+        ...(pool ? { pool } : {}),
+        ...(signal ? { signal } : {}),
+      });
       return result!;
     } finally {
       await runner.close();
