@@ -191,18 +191,28 @@ function solveRightSpd(b: Float32Array, r: number, g: Float64Array, k: number): 
   return out;
 }
 
-/** X = B·M⁻¹ for lower-triangular M (n×n): each row solves x·M = b by back substitution. */
+/**
+ * X = B·M⁻¹ for lower-triangular M (n×n, row-major) and B (rows×n): x_i = (b_i − Σ_{p>i} x_p·M_pi) / M_ii for
+ * i = n−1 … 0, by column sweeps on Xᵀ: once x_p is known (every row's at once), its terms leave every b_i, i < p,
+ * reading row p of M — contiguous, so M streams through the cache once instead of once per row of B by columns.
+ */
 function rightSolveLower(b: Float64Array, rows: number, m: Float64Array, n: number): Float32Array {
-  const out = new Float32Array(rows * n);
-  const x = new Float64Array(n);
-  for (let r = 0; r < rows; r++) {
-    for (let j = n - 1; j >= 0; j--) {
-      let s = b[r * n + j]!;
-      for (let i = j + 1; i < n; i++) s -= x[i]! * m[i * n + j]!;
-      x[j] = s / m[j * n + j]!;
+  const xt = new Float64Array(n * rows); // Bᵀ, becoming Xᵀ
+  for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) xt[j * rows + r] = b[r * n + j]!;
+  for (let p = n - 1; p >= 0; p--) {
+    const xp = p * rows;
+    const d = m[p * n + p]!;
+    for (let r = 0; r < rows; r++) xt[xp + r]! /= d;
+    const mp = p * n;
+    for (let i = 0; i < p; i++) {
+      const c = m[mp + i]!;
+      if (c === 0) continue;
+      const xi = i * rows;
+      for (let r = 0; r < rows; r++) xt[xi + r]! -= c * xt[xp + r]!;
     }
-    out.set(x, r * n);
   }
+  const out = new Float32Array(rows * n);
+  for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) out[r * n + j] = xt[j * rows + r]!;
   return out;
 }
 
