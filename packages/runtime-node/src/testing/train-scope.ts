@@ -1,4 +1,4 @@
-import { tensor } from '@caldera/core';
+import { tensor, type Rng } from '@caldera/core';
 import { blockLinearNames, parseModelConfig, type ModelConfig } from '../config.js';
 import { DenseLinear } from '../linear.js';
 import { LlamaModel, type BlockWeights } from '../model.js';
@@ -69,4 +69,11 @@ export function runtimeModelOf(cfg: ModelConfig, p: TrainParams): LlamaModel {
   const embed = tensor('f32', [V, d], f32('model.embed_tokens.weight'));
   const lmHead = cfg.tieWordEmbeddings ? embed : tensor('f32', [V, d], f32('lm_head.weight'));
   return new LlamaModel(cfg, { embed, blocks, norm: f32('model.norm.weight'), lmHead });
+}
+
+/** Gives every bias of `params` (initialised to 0 by `initTrainParams`) N(0, std²) values from `rng`, in place. */
+export function randomizeBiases(params: TrainParams, rng: Rng, std: number): TrainParams {
+  for (const [name, p] of Object.entries(params))
+    if (name.endsWith('.bias')) for (let i = 0; i < p.length; i++) p[i] = std * rng.normal();
+  return params;
 }

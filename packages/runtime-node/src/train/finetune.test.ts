@@ -19,7 +19,7 @@ import { perplexity } from '../eval.js';
 import { CalderaLinear } from '../linear.js';
 import { loadModel } from '../load.js';
 import { LlamaModel } from '../model.js';
-import { runtimeModelOf, SCOPE_TEST_CONFIG } from '../testing/train-scope.js';
+import { randomizeBiases, runtimeModelOf, SCOPE_TEST_CONFIG } from '../testing/train-scope.js';
 import { loadTokenizer } from '../tokenizer.js';
 import { loraFromRotated, loraGradToRotated, type LayerRotation } from './caldera-lora.js';
 import {
@@ -406,8 +406,7 @@ describe('LoRA fine-tuning of a model with an untied head, biases and RoPE scali
     const rng = new Rng(12);
     const params = initTrainParams(c, rng, 0.3);
     params['model.layers.0.mlp.down_proj.bias'] = new Float32Array(16);
-    for (const [name, p] of Object.entries(params))
-      if (name.endsWith('.bias')) for (let i = 0; i < p.length; i++) p[i] = 0.3 * rng.normal();
+    randomizeBiases(params, rng, 0.3);
     const dense = runtimeModelOf(c, params);
     // every linear compressed data-free at rank 4, its bias kept beside it
     const keys = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;

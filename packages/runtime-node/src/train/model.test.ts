@@ -1,6 +1,6 @@
 import { f16ArrayToF32, f32ArrayToF16, Rng } from '@caldera/core';
 import { describe, expect, it } from 'vitest';
-import { SCOPE_TEST_CONFIG } from '../testing/train-scope.js';
+import { randomizeBiases, SCOPE_TEST_CONFIG } from '../testing/train-scope.js';
 import {
   initTrainParams,
   lossAndGrad,
@@ -67,8 +67,7 @@ describe('lossAndGrad (whole tiny model)', () => {
     const params = initTrainParams(c, rng, 0.3, true);
     // biases start at 0; random ones (and a down_proj bias, which only presence turns on) exercise the forward too
     params['model.layers.0.mlp.down_proj.bias'] = new Float64Array(16);
-    for (const [name, p] of Object.entries(params))
-      if (name.endsWith('.bias')) for (let i = 0; i < p.length; i++) p[i] = 0.3 * rng.normal();
+    randomizeBiases(params, rng, 0.3);
     checkGradients(params, c, [1, 5, 3, 9, 2, 12, 0, 7], [5, 3, -100, 2, 7, 11, 4, 6]);
   });
 
@@ -130,8 +129,7 @@ describe('lossAndGrad (whole tiny model)', () => {
     const c = SCOPE_TEST_CONFIG;
     const rng = new Rng(6);
     const params = initTrainParams(c, rng, 0.3);
-    for (const [name, p] of Object.entries(params))
-      if (name.endsWith('.bias')) for (let i = 0; i < p.length; i++) p[i] = 0.3 * rng.normal();
+    randomizeBiases(params, rng, 0.3);
     const halfNames = Object.keys(params).filter((k) => k.endsWith('.bias') || k === 'lm_head.weight');
     const half = Object.fromEntries(halfNames.map((k) => [k, f32ArrayToF16(params[k] as Float32Array)]));
     const rounded = { ...params };

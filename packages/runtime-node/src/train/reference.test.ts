@@ -4,7 +4,7 @@ import { f16ArrayToF32, Rng } from '@caldera/core';
 import { describe, expect, it } from 'vitest';
 import { loadModel } from '../load.js';
 import type { LlamaModel } from '../model.js';
-import { runtimeModelOf, SCOPE_TEST_CONFIG } from '../testing/train-scope.js';
+import { randomizeBiases, runtimeModelOf, SCOPE_TEST_CONFIG } from '../testing/train-scope.js';
 import { initTrainParams, lossAndGrad, type TrainParams } from './model.js';
 
 const dir = fileURLToPath(new URL('../../../reference-model/model/', import.meta.url));
@@ -66,8 +66,7 @@ describe('training forward vs inference forward', () => {
     const rng = new Rng(9);
     const params = initTrainParams(c, rng, 0.3);
     params['model.layers.1.mlp.down_proj.bias'] = new Float32Array(16);
-    for (const [name, p] of Object.entries(params))
-      if (name.endsWith('.bias')) for (let i = 0; i < p.length; i++) p[i] = 0.5 * rng.normal();
+    randomizeBiases(params, rng, 0.5);
     // 40 positions: past the RoPE scaling's original context of 16, where its frequencies differ most
     const seq = Array.from({ length: 41 }, () => rng.int(c.vocabSize));
     const tokens = seq.slice(0, -1);
