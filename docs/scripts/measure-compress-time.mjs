@@ -9,10 +9,11 @@
 // model's own, so only the first 2048 embedding rows are used.
 //   node docs/scripts/measure-compress-time.mjs --arch smollm2|tinyllama [--out-root DIR] [--stdout] [--blocks N]
 //     [-- compress flags…]
-// --out-root: where the model and the checkpoint go (default /tmp/caldera-compress-time). --blocks N: fewer blocks,
-// for a quick try of the script (the recorded runs use all). Flags after `--` go to `caldera compress` as they are.
+// --out-root: where the model and the checkpoint go (default /tmp/caldera-compress-time). --blocks N: only the first
+// N blocks (the recorded TinyLlama run used 3 of 22; each block costs the same). Flags after `--` go to
+// `caldera compress` as they are. The meta line records the date and the code revision (`git describe --dirty`).
 /* global process, console, performance, URL */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
@@ -190,8 +191,13 @@ const lines = [
     kind: 'meta',
     what: `caldera compress (defaults) of a random-weight model with ${arch}'s architecture: time and memory`,
     command: `node docs/scripts/measure-compress-time.mjs --arch ${arch} --out-root ${outRoot}${
-      compressFlags.length ? ` -- ${compressFlags.join(' ')}` : ''
-    }`,
+      at('blocks') !== undefined ? ` --blocks ${numLayers}` : ''
+    }${compressFlags.length ? ` -- ${compressFlags.join(' ')}` : ''}`,
+    date: new Date().toISOString(),
+    revision: execFileSync('git', ['describe', '--always', '--dirty'], {
+      cwd: repo,
+      encoding: 'utf8',
+    }).trim(),
     node: process.version,
     cpu: `${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}`,
     memoryGiB: Number((totalmem() / 2 ** 30).toFixed(1)),

@@ -71,7 +71,8 @@ export class HessianAccumulator {
     }
     if (rows > 0) {
       const xs = x instanceof Float32Array ? tensor('f32', [rows, n], x) : tensor('f64', [rows, n], x);
-      // non-finite inputs are not checked here: they reach the sums, and the Hessian's own checks name them later
+      // non-finite inputs are not checked here: they reach the sums (a non-finite x_i makes diagonal (i, i)
+      // non-finite), and finalizeHessian refuses such a Hessian (E_VALUE), as it did with the scalar loop before
       syrkInto(tensor('f64', [n, n], this.sum), xs, { beta: 1, checkFinite: false, pool: this.pool });
     }
     this.count += rows;
