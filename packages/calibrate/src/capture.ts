@@ -1,6 +1,7 @@
 import type { Pool } from '@caldera/linalg';
+import { CalderaError, type Tensor } from '@caldera/core';
 import { yieldAndCheckAbort } from './abort.js';
-import { HessianAccumulator } from './hessian.js';
+import { finalizeHessian, HessianAccumulator } from './hessian.js';
 import type { LinearInfo, ModelRunner } from './runner.js';
 
 /** What {@link captureBlock} returns. */
@@ -38,4 +39,29 @@ export async function captureBlock(
     );
   }
   return { accs, outputs };
+}
+
+/**
+ * {@link finalizeHessian} of block `block`'s input `key`, its error (e.g. NaN activations) naming the block, the input
+ * and the layers that read it (of `linears`). Not exported from the package.
+ */
+export function finalizeInContext(
+  acc: HessianAccumulator,
+  damping: number | undefined,
+  block: number,
+  key: string,
+  linears: readonly LinearInfo[],
+): Tensor<'f64'> {
+  try {
+    return finalizeHessian(acc, damping === undefined ? {} : { damping });
+  } catch (e) {
+    if (!(e instanceof CalderaError)) throw e;
+    const readers = linears.filter((l) => l.input === key).map((l) => l.name);
+    const who = readers.length ? ` (${readers.join(', ')})` : '';
+    throw new CalderaError(
+      e.code,
+      `block ${block}, input '${key}'${who}: ${e.message.replace(/^E_[A-Z_]+: /, '')}`,
+      { cause: e },
+    );
+  }
 }

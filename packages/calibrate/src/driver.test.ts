@@ -134,6 +134,23 @@ describe('compressModel', () => {
     expect(runner.events).toEqual(['enter 0', 'leave 0', 'enter 1', 'leave 1']);
   });
 
+  it('NaN activations fail with E_VALUE naming the block, the input and the layers that read it', async () => {
+    class NaNRunner extends ToyRunner {
+      override runBlock(
+        block: number,
+        hidden: Float32Array,
+        tokens: number,
+        capture?: (k: string, x: Float32Array, rows: number) => void,
+      ) {
+        const h = block === 1 ? hidden.map((v, i) => (i === 3 ? NaN : v)) : hidden;
+        return super.runBlock(block, h, tokens, capture);
+      }
+    }
+    await expect(compressModel(new NaNRunner(7), windows, { compressLayer: roundQuarter })).rejects.toThrow(
+      /^E_VALUE: block 1, input 'in' \(b1\.up\): Hessian of size 8 is not finite: the layer's inputs \(11 rows\) held NaN or infinite values$/,
+    );
+  });
+
   it('stops with E_ABORTED when the signal fires', async () => {
     const ctl = new AbortController();
     const p = compressModel(new ToyRunner(4), windows, {

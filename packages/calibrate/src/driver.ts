@@ -1,8 +1,8 @@
 import { assertFunction, assertObject, CalderaError, type Tensor } from '@caldera/core';
 import type { Pool } from '@caldera/linalg';
 import { yieldAndCheckAbort } from './abort.js';
-import { captureBlock } from './capture.js';
-import { finalizeHessian, HessianAccumulator } from './hessian.js';
+import { captureBlock, finalizeInContext } from './capture.js';
+import { HessianAccumulator } from './hessian.js';
 import type { LinearInfo, LinearReplacement, ModelRunner } from './runner.js';
 
 /** What compressing one linear layer produced. */
@@ -186,7 +186,7 @@ export async function compressModel(
       }
       const hessians = new Map<string, Tensor<'f64'>>();
       for (const [key, acc] of accs)
-        hessians.set(key, finalizeHessian(acc, { damping: options.damping ?? 0.01 }));
+        hessians.set(key, finalizeInContext(acc, options.damping ?? 0.01, b, key, linears));
       results = [];
       for (const l of linears) {
         await yieldAndCheckAbort(options.signal, 'compression');

@@ -120,12 +120,17 @@ export function finalizeHessian(acc: HessianAccumulator, options: HessianOptions
   let trace = 0;
   for (let i = 0; i < n; i++) trace += d[i * n + i]!;
   const mean = trace / n;
-  if (!(mean > 0) || !Number.isFinite(mean)) {
+  // a non-finite input x_i makes Σ x_i² (diagonal i) non-finite, so the trace catches every NaN or infinity
+  if (!Number.isFinite(mean))
     throw new CalderaError(
       'E_VALUE',
-      `Hessian of size ${n} has mean diagonal ${mean}; the layer saw no (finite) input`,
+      `Hessian of size ${n} is not finite: the layer's inputs (${acc.count} rows) held NaN or infinite values`,
     );
-  }
+  if (!(mean > 0))
+    throw new CalderaError(
+      'E_VALUE',
+      `Hessian of size ${n} has mean diagonal ${mean}; the layer saw no input`,
+    );
   const inv = 1 / mean;
   for (let i = 0; i < d.length; i++) d[i]! *= inv;
   for (let i = 0; i < n; i++) d[i * n + i]! += damping;

@@ -21,9 +21,9 @@ import {
 } from '@caldera/core';
 import { type Pool } from '@caldera/linalg';
 import { caldera, toCheckpointTensors, type CalderaOptions, type CalderaProgress } from '@caldera/lowrank';
-import { captureBlock } from './capture.js';
+import { captureBlock, finalizeInContext } from './capture.js';
 import type { LayerProgress, LayerResult } from './driver.js';
-import { finalizeHessian, HessianAccumulator } from './hessian.js';
+import { HessianAccumulator } from './hessian.js';
 import type { LinearInfo, ModelRunner } from './runner.js';
 
 /*
@@ -496,7 +496,7 @@ export async function reduceHessianChunks(
       }
     }
     for (const [input, acc] of accs) {
-      const h = finalizeHessian(acc, options.damping === undefined ? {} : { damping: options.damping });
+      const h = finalizeInContext(acc, options.damping, b, input, []);
       const sha = sha256Hex(h.data);
       const file = join('hessians', `${sha}.f64`);
       if (!(await exists(join(workDir, file)))) await atomicWriteFile(join(workDir, file), h.data);
