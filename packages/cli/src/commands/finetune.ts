@@ -33,8 +33,8 @@ export const finetuneHelp = `caldera finetune [compressed-dir] [options]
 LoRA fine-tuning of a CALDERA checkpoint (algorithm brief §7.1): the first k_ft components of L and R of every
 compressed layer become trainable (f32, initialised from their dequantized values); Q, the rest of L and R, signs,
 embeddings, the LM head, norms and biases stay frozen. Trains on a text with early stopping on a validation text,
-keeps the best weights, and writes a new checkpoint (L_ft/R_ft in f32) that both runtimes load. Interrupt (Ctrl-C, SIGTERM) saves a
-resumable state; rerunning the same command continues from it.
+keeps the best weights, and writes a new checkpoint (L_ft/R_ft in f32) that both runtimes load. Interrupt (Ctrl-C,
+SIGTERM) saves a resumable state; rerunning the same command continues from it.
 Without compressed-dir, fine-tunes ./caldera-out/model-caldera (what 'caldera compress' writes by default) with the
 embedded reference model, which it was compressed from, as the teacher.
 
