@@ -29,6 +29,30 @@ export type TrainConfig = Pick<
 > &
   Partial<Pick<ModelConfig, 'tieWordEmbeddings' | 'attentionBias' | 'architecture' | 'ropeScaling'>>;
 
+/**
+ * `c`'s fields that shape the training forward, with the optional ones' defaults filled in (`architecture` only where
+ * it matters: with `attentionBias`): two configs describe the same model exactly when these are equal, so a saved
+ * run records and compares this (a config with `tieWordEmbeddings` left out resumes one saved with it `true`).
+ */
+export function trainConfigOf(c: TrainConfig): TrainConfig {
+  const attentionBias = c.attentionBias ?? false;
+  return {
+    hiddenSize: c.hiddenSize,
+    intermediateSize: c.intermediateSize,
+    numLayers: c.numLayers,
+    numHeads: c.numHeads,
+    numKvHeads: c.numKvHeads,
+    headDim: c.headDim,
+    vocabSize: c.vocabSize,
+    rmsNormEps: c.rmsNormEps,
+    ropeTheta: c.ropeTheta,
+    tieWordEmbeddings: tiedHead(c),
+    attentionBias,
+    ...(attentionBias && c.architecture !== undefined ? { architecture: c.architecture } : {}),
+    ropeScaling: c.ropeScaling ?? null,
+  };
+}
+
 /** Whether the LM head of `c` is its embedding (the default). */
 function tiedHead(c: TrainConfig): boolean {
   return c.tieWordEmbeddings ?? true;

@@ -69,6 +69,21 @@ describe('Trainer', () => {
       await expect(
         Trainer.load(state, { ...cfg, hiddenSize: cfg.hiddenSize * 2 }, data, undefined, { expect: opts }),
       ).rejects.toThrow(/E_VALUE.*config\.hiddenSize \(16 then, 32 now\)/);
+      // configs are compared with their defaults filled in: the saved run's config left the optional fields out, and
+      // one naming them at their defaults (as a parsed config.json does, with fields training does not read) resumes
+      const spelledOut = { ...cfg, tieWordEmbeddings: true, attentionBias: false, ropeScaling: null };
+      const parsed = { ...spelledOut, architecture: 'LlamaForCausalLM' as const, maxPositions: 2048 };
+      expect((await Trainer.load(state, parsed, data, undefined, { expect: opts })).stepCount).toBe(4);
+      await expect(
+        Trainer.load(state, { ...cfg, tieWordEmbeddings: false }, data, undefined, { expect: opts }),
+      ).rejects.toThrow(/E_VALUE.*config\.tieWordEmbeddings \(true then, false now\)/);
+      // and the other way round: a state saved from the spelled-out config resumes under the bare one
+      const t = new Trainer(parsed, initTrainParams(cfg, new Rng(1)), data, opts);
+      t.step();
+      await t.save(join(dir, 'parsed.bin'));
+      expect(
+        (await Trainer.load(join(dir, 'parsed.bin'), cfg, data, undefined, { expect: opts })).stepCount,
+      ).toBe(1);
       // the caller's own settings (`also`, given the saved extra info) are refused in the same error
       const seen: unknown[] = [];
       await expect(

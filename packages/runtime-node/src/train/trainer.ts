@@ -1,7 +1,7 @@
 import { assertNotAbortSignal, atomicWriteFile, CalderaError, Rng } from '@caldera/core';
 import { nodeFs } from '../node-builtins.js';
 import { createSha256 } from './sha256.js';
-import { lossAndGrad, type LossAndGrad, type TrainConfig, type TrainParams } from './model.js';
+import { lossAndGrad, trainConfigOf, type LossAndGrad, type TrainConfig, type TrainParams } from './model.js';
 import { adamWState, adamWStep, clipGradNorm, cosineLr, type AdamWState } from './optim.js';
 
 /** Options of a {@link Trainer}. */
@@ -108,9 +108,12 @@ export interface ResumeCheck {
   what?: string;
 }
 
-/** The fields of a model config as `config.<field>` settings (none for a state that did not record it). */
+/**
+ * The fields of a model config as `config.<field>` settings, defaults filled in ({@link trainConfigOf}); none for a
+ * state that did not record it.
+ */
 const configSettings = (c: TrainConfig | undefined): Record<string, unknown> =>
-  Object.fromEntries(Object.entries(c ?? {}).map(([k, v]) => [`config.${k}`, v]));
+  Object.fromEntries(Object.entries(c ? trainConfigOf(c) : {}).map(([k, v]) => [`config.${k}`, v]));
 
 /** `options` with every default filled in (the defaults documented on {@link TrainerOptions}). */
 function trainerOptionsWithDefaults(options: TrainerOptions): Required<TrainerOptions> {
@@ -254,7 +257,7 @@ export class Trainer {
         format: 'caldera-train-state',
         version: 1,
         options: this.options,
-        config: this.config,
+        config: trainConfigOf(this.config),
         dataSha256: (this.dataSha256 ??= tokenDigest(this.data)),
         step: this.stepCount,
         rng: this.rng.getState(),
