@@ -1,5 +1,6 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { isCalderaError, Rng, tensor } from '@caldera/core';
+import { createPool } from './pool/pool.js';
 import { invTriangular, solveTriangular } from './triangular.js';
 import { EPS, mul } from './factor-test-util.js';
 
@@ -55,6 +56,45 @@ describe('solveTriangular', () => {
             expect(worst).toBeLessThan(10 * n * EPS * 4);
           });
         }
+
+  // n²·k/2 ≥ 2²² multiply-adds: the blocked solve (64-row diagonal blocks, the rest by gemm), with a last block of
+  // 300 − 4·64 = 44 rows; the other triangle holds 99s, so a product reading the wrong triangle shows in the residual
+  const pool = createPool({ threads: 2 });
+  afterAll(() => pool.dispose());
+  for (const lower of [true, false])
+    for (const transpose of [false, true])
+      for (const side of ['left', 'right'] as const)
+        it(`blocked (n = 300, 100 right-hand sides): lower=${lower} transpose=${transpose} side=${side}`, () => {
+          const big = 300;
+          const cols = 100;
+          const a = tri(big, lower, 7);
+          const [br, bc] = side === 'left' ? [big, cols] : [cols, big];
+          const b = new Rng(8).fillNormal(new Float64Array(br * bc));
+          const args = [tensor('f64', [big, big], a), tensor('f64', [br, bc], b)] as const;
+          const x = solveTriangular(...args, { lower, transpose, side });
+          const m = opA(a, big, lower, transpose, false);
+          const back = side === 'left' ? mul(m, x.data, big, big, cols) : mul(x.data, m, cols, big, big);
+          let worst = 0;
+          for (let i = 0; i < b.length; i++) worst = Math.max(worst, Math.abs(back[i]! - b[i]!));
+          expect(worst).toBeLessThan(10 * big * EPS * 4); // the bound of the small systems above
+          // the pool splits the products between threads, not their sums: the same bits
+          expect(solveTriangular(...args, { lower, transpose, side, pool }).data).toEqual(x.data);
+        });
+
+  it('a large solve names a zero pivot in a later block, and stops on an aborted signal', () => {
+    const big = 300;
+    const a = tri(big, true, 9);
+    a[200 * big + 200] = 0;
+    const b = tensor('f64', [big, 100], new Rng(1).fillNormal(new Float64Array(big * 100)));
+    expect(() => solveTriangular(tensor('f64', [big, big], a), b)).toThrow(
+      /E_VALUE: solveTriangular: a is singular \(zero diagonal at \[200, 200\]\)/,
+    );
+    const ac = new AbortController();
+    ac.abort(new Error('stop'));
+    expect(() =>
+      solveTriangular(tensor('f64', [big, big], tri(big, true, 9)), b, { signal: ac.signal }),
+    ).toThrow(/E_ABORTED: solveTriangular was aborted/);
+  });
 
   it('rejects a singular matrix and mismatched shapes', () => {
     const a = tensor('f64', [2, 2], [1, 0, 1, 0]);

@@ -1,6 +1,7 @@
 // CALDERA benchmark: wall time and activation-aware error of one decomposition, JSON lines.
 //   npm run bench -w @caldera/lowrank            # 4096×4096 and 11008×4096 (k = 64, Q 2-bit, LR 4-bit)
 //   npm run bench -w @caldera/lowrank -- --quick # 4096×4096 only
+//   npm run bench -w @caldera/lowrank -- --shapes 4096x11008,2048x5632   # other m×n shapes (e.g. down projections)
 import { Rng, tensor, type Tensor } from '@caldera/core';
 import { createPool, syrk } from '@caldera/linalg';
 import { caldera } from '../src/index.js';
@@ -46,13 +47,28 @@ function problem(m: number, n: number, seed: number, pool: ReturnType<typeof cre
   return { w: tensor('f32', [m, n], w), h };
 }
 
+/** `--shapes 4096x11008,…` as [m, n] pairs, or null when not given. */
+function shapesArg(): [number, number][] | null {
+  const i = process.argv.indexOf('--shapes');
+  if (i < 0) return null;
+  const spec = process.argv[i + 1] ?? '';
+  return spec.split(',').map((s) => {
+    const [m, n] = s.split('x').map(Number);
+    if (!Number.isInteger(m) || !Number.isInteger(n) || m! < 64 || n! < 64)
+      throw new Error(`--shapes: '${s}' is not MxN with both at least 64 (e.g. 4096x11008)`);
+    return [m!, n!];
+  });
+}
+
 const pool = createPool({ threads: 2 });
-const shapes: [number, number][] = quick
-  ? [[4096, 4096]]
-  : [
-      [4096, 4096],
-      [11008, 4096],
-    ];
+const shapes: [number, number][] =
+  shapesArg() ??
+  (quick
+    ? [[4096, 4096]]
+    : [
+        [4096, 4096],
+        [11008, 4096],
+      ]);
 for (const [m, n] of shapes) {
   const { w, h } = problem(m, n, 1, pool);
   const phases: Record<string, number> = {};

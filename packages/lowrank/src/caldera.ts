@@ -10,7 +10,7 @@ import {
   toF64,
   type Tensor,
 } from '@caldera/core';
-import { cholesky, gemm, randomizedSvd, svd as exactSvd, type Pool } from '@caldera/linalg';
+import { cholesky, gemm, randomizedSvd, solveTriangular, svd as exactSvd, type Pool } from '@caldera/linalg';
 import { assertFiniteSymmetric, ldlq } from '@caldera/quant';
 import {
   latticeRound,
@@ -21,6 +21,7 @@ import {
   type LatticeCodes,
 } from './codec.js';
 import type { Decomposition, StoredFactor } from './decomposition.js';
+import { timesLower } from './lower-product.js';
 import { paddedSize, randomSigns, rotateHessian, rotateWeight, unrotateWeight } from './rotate.js';
 
 /** Options of {@link caldera}. Defaults follow the paper where they earn their cost (see the package README). */
@@ -170,50 +171,20 @@ function checkHessian(h: Float64Array, n: number): void {
   if (dmax === 0) throw new CalderaError('E_VALUE', 'caldera: H has an all-zero diagonal (no input signal)');
 }
 
-/** Solve X·G = B for X (B: r×k, G: k×k symmetric positive semidefinite) through a jittered Cholesky of G. */
-function solveRightSpd(b: Float32Array, r: number, g: Float64Array, k: number): Float32Array {
-  const c = cholesky(tensor('f64', [k, k], g), { jitter: true }).data;
-  const out = new Float32Array(r * k);
-  const y = new Float64Array(k);
-  for (let row = 0; row < r; row++) {
-    // X G = B ⇔ G Xᵀ = Bᵀ (G symmetric): forward with C, back with Cᵀ
-    for (let i = 0; i < k; i++) {
-      let s = b[row * k + i]!;
-      for (let p = 0; p < i; p++) s -= c[i * k + p]! * y[p]!;
-      y[i] = s / c[i * k + i]!;
-    }
-    for (let i = k - 1; i >= 0; i--) {
-      let s = y[i]!;
-      for (let p = i + 1; p < k; p++) s -= c[p * k + i]! * out[row * k + p]!;
-      out[row * k + i] = s / c[i * k + i]!;
-    }
-  }
-  return out;
-}
-
 /**
- * X = B·M⁻¹ for lower-triangular M (n×n, row-major) and B (rows×n): x_i = (b_i − Σ_{p>i} x_p·M_pi) / M_ii for
- * i = n−1 … 0, by column sweeps on Xᵀ: once x_p is known (every row's at once), its terms leave every b_i, i < p,
- * reading row p of M — contiguous, so M streams through the cache once instead of once per row of B by columns.
+ * Solve X·G = B for X (B: r×k, G: k×k symmetric positive semidefinite) through a jittered Cholesky G = C·Cᵀ:
+ * Y·Cᵀ = B, then X·C = Y.
  */
-function rightSolveLower(b: Float64Array, rows: number, m: Float64Array, n: number): Float32Array {
-  const xt = new Float64Array(n * rows); // Bᵀ, becoming Xᵀ
-  for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) xt[j * rows + r] = b[r * n + j]!;
-  for (let p = n - 1; p >= 0; p--) {
-    const xp = p * rows;
-    const d = m[p * n + p]!;
-    for (let r = 0; r < rows; r++) xt[xp + r]! /= d;
-    const mp = p * n;
-    for (let i = 0; i < p; i++) {
-      const c = m[mp + i]!;
-      if (c === 0) continue;
-      const xi = i * rows;
-      for (let r = 0; r < rows; r++) xt[xi + r]! -= c * xt[xp + r]!;
-    }
-  }
-  const out = new Float32Array(rows * n);
-  for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) out[r * n + j] = xt[j * rows + r]!;
-  return out;
+function solveRightSpd(
+  b: Float32Array,
+  r: number,
+  g: Float64Array,
+  k: number,
+  pool: { pool?: Pool },
+): Float32Array {
+  const c = cholesky(tensor('f64', [k, k], g), { jitter: true });
+  const y = solveTriangular(c, tensor('f32', [r, k], b), { side: 'right', transpose: true, ...pool });
+  return Float32Array.from(solveTriangular(c, y, { side: 'right', ...pool }).data);
 }
 
 function storeFactor(x: Float32Array, bits: FactorBits): { stored: StoredFactor; values: Float32Array } {
@@ -287,13 +258,14 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   for (let i = 0; i < Wr.length; i++) Wr[i]! *= invG;
   const Hr = rotateHessian(hFit, n, np, su);
   throwIfAborted(o.signal, 'caldera'); // an abort before any work names the call, not its first step
-  const M = cholesky(tensor('f64', [np, np], Hr), { jitter: true, ...pool, ...sig }).data;
-  const Mf = mat(np, np, Float32Array.from(M));
+  const Mt = cholesky(tensor('f64', [np, np], Hr), { jitter: true, ...pool, ...sig });
+  const M = Mt.data;
+  const Mf = Float32Array.from(M); // lower triangular: products with it go through timesLower
   const HrT = tensor('f64', [np, np], Hr);
   const Hf = mat(np, np, Float32Array.from(Hr));
 
   const weightedSq = (x: Float32Array): number => {
-    const xm = gemm(mat(mp, np, x), Mf, { checkFinite: false, ...pool }).data;
+    const xm = timesLower(x, mp, Mf, np, pool);
     let s = 0;
     for (let i = 0; i < xm.length; i++) s += xm[i]! * xm[i]!;
     return s;
@@ -340,13 +312,16 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     let L0: Float32Array; // mp × k
     let R0: Float32Array; // k × np
     if (o.dataAwareLR) {
-      const Y = gemm(mat(mp, np, A), Mf, { checkFinite: false, ...pool });
+      const Y = mat(mp, np, timesLower(A, mp, Mf, np, pool));
       const svd = truncatedSvd(Y, o.seed + 7919 * t);
       L0 = Float32Array.from(svd.u);
       const B = new Float64Array(k * np);
       for (let i = 0; i < k; i++)
         for (let j = 0; j < np; j++) B[i * np + j] = svd.s[i]! * svd.vt[i * np + j]!;
-      R0 = rightSolveLower(B, k, M, np);
+      // B·M⁻¹: the blocked triangular solve, its products on the pool
+      R0 = Float32Array.from(
+        solveTriangular(Mt, tensor('f64', [k, np], B), { side: 'right', ...pool, ...sig }).data,
+      );
     } else {
       const svd = truncatedSvd(mat(mp, np, A), o.seed + 7919 * t);
       L0 = new Float32Array(mp * k);
@@ -379,7 +354,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
           for (let c = 0; c < np; c++) s += RH[i * np + c]! * R[j * np + c]!;
           G[i * k + j] = G[j * k + i] = s;
         }
-      const L = solveRightSpd(AHRt, mp, G, k);
+      const L = solveRightSpd(AHRt, mp, G, k, pool);
       const lq = storeFactor(transpose(L, mp, k), o.lBits);
       // R ← (L̂ᵀL̂)⁻¹·L̂ᵀ·A, the H-weighted optimum too (H sits on the right)
       const LtA = gemm(mat(k, mp, lq.values), Am, { checkFinite: false, ...pool }).data; // k × np
@@ -390,7 +365,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
           for (let c = 0; c < mp; c++) s += lq.values[i * mp + c]! * lq.values[j * mp + c]!;
           Gl[i * k + j] = Gl[j * k + i] = s;
         }
-      const Rsol = transpose(solveRightSpd(transpose(LtA, k, np), np, Gl, k), np, k);
+      const Rsol = transpose(solveRightSpd(transpose(LtA, k, np), np, Gl, k, pool), np, k);
       const rq = storeFactor(Rsol, o.rBits);
       // ‖(A − L̂R̂)M‖² − ‖AM‖² = −2⟨L̂ᵀA, R̂H⟩ + ⟨L̂ᵀL̂, R̂HR̂ᵀ⟩
       const RqH = H ? gemm(mat(k, np, rq.values), H, { checkFinite: false, ...pool }).data : rq.values;
@@ -443,9 +418,9 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
 
   const downdated = (lr: Float32Array): Tensor<'f64'> => {
     // H' = H − M·V_k·V_kᵀ·Mᵀ with V_k the top right singular vectors of (L·R)·M, then a damping repair
-    const P = gemm(mat(mp, np, lr), Mf, { checkFinite: false, ...pool });
+    const P = mat(mp, np, timesLower(lr, mp, Mf, np, pool));
     const svd = truncatedSvd(P, o.seed + 1);
-    const C = gemm(mat(k, np, Float32Array.from(svd.vt)), Mf, {
+    const C = gemm(mat(k, np, Float32Array.from(svd.vt)), mat(np, np, Mf), {
       transB: true,
       checkFinite: false,
       ...pool,
