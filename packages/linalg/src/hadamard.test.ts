@@ -54,9 +54,11 @@ describe('hadamard transform', () => {
         for (let t = 0; t < p; t++) if ((b >> t) & 1 & ((b2 >> t) & 1)) s = -s;
         return (hk[a * K + a2]! * s) / Math.sqrt(n);
       };
-      const x = tensor('f64', [3, n], new Rng(n).fillNormal(new Float64Array(3 * n)));
+      // 20 rows: at K > 1 the mix runs as one gemm (16 rows or more), checked here against the dense matrix too
+      const rows = 20;
+      const x = tensor('f64', [rows, n], new Rng(n).fillNormal(new Float64Array(rows * n)));
       const y = hadamard(x);
-      for (let r = 0; r < 3; r++)
+      for (let r = 0; r < rows; r++)
         for (let j = 0; j < n; j++) {
           let s = 0;
           for (let i = 0; i < n; i++) s += x.data[r * n + i]! * dense(i, j);
@@ -75,6 +77,35 @@ describe('hadamard transform', () => {
       expect(Math.abs(nx - ny) / nx).toBeLessThan(1e-12);
     });
   }
+
+  it('many rows (the gemm mix, in batches) equal each row transformed alone (the row-by-row mix), f64 and f32', () => {
+    // n = 11008 = 172·64: batches of ⌊2²⁰ / n⌋ = 95 rows, so 100 rows take two; an offset of 5 values in front
+    const n = 11008;
+    const rows = 100;
+    const off = 5;
+    for (const transpose of [false, true])
+      for (const Ctor of [Float64Array, Float32Array]) {
+        const src = new Rng(3).fillNormal(new Ctor(off + rows * n));
+        const many = Ctor.from(src);
+        hadamardRowsInPlace(many, rows, n, { transpose, offset: off });
+        const alone = Ctor.from(src);
+        for (let r = 0; r < rows; r++) hadamardRowsInPlace(alone, 1, n, { transpose, offset: off + r * n });
+        for (let i = 0; i < off; i++) expect(many[i]).toBe(src[i]); // nothing before the offset is touched
+        // the same exact ±1 products, summed in f64 in another order: each sum is within K·2⁻⁵³·Σ|terms| of the exact
+        // one, Σ|terms| ≤ K·max|v| with max|v| ≲ 40 (a length-64 Walsh–Hadamard transform of N(0, 1) values), then
+        // scaled by 1/√n: ≤ 2·172²·40·2⁻⁵³/√11008 ≈ 2.5e-12 apart, so 1e-11; f32 results are those sums rounded to f32,
+        // at most one f32 ulp (2⁻²³ relative) apart, plus the f64 allowance where a sum cancels to near zero
+        let worst = 0;
+        for (let i = off; i < many.length; i++) {
+          const d = Math.abs(many[i]! - alone[i]!);
+          worst = Math.max(
+            worst,
+            Ctor === Float64Array ? d / 1e-11 : d / (2 ** -23 * Math.abs(alone[i]!) + 1e-11),
+          );
+        }
+        expect(worst).toBeLessThanOrEqual(1);
+      }
+  });
 
   it('rejects non-finite sizes and bad rows/offset with E_VALUE (nextHadamardSize(NaN) used to loop forever)', () => {
     for (const n of [NaN, Infinity, -Infinity])

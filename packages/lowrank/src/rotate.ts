@@ -24,9 +24,16 @@ function rowsTimesM(a: Float32Array | Float64Array, r: number, c: number, transp
   hadamardRowsInPlace(a, r, c, { transpose });
 }
 
+/** The c×r transpose of the r×c row-major `a`, by 32×32 tiles (a tile's rows and columns stay in cache). */
 function transposeInto<T extends Float32Array | Float64Array>(a: T, r: number, c: number): T {
   const out = new (a.constructor as { new (n: number): T })(a.length);
-  for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) out[j * r + i] = a[i * c + j]!;
+  const B = 32;
+  for (let i0 = 0; i0 < r; i0 += B)
+    for (let j0 = 0; j0 < c; j0 += B) {
+      const i1 = Math.min(r, i0 + B);
+      const j1 = Math.min(c, j0 + B);
+      for (let i = i0; i < i1; i++) for (let j = j0; j < j1; j++) out[j * r + i] = a[i * c + j]!;
+    }
   return out;
 }
 
