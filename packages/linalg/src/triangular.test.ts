@@ -64,7 +64,7 @@ describe('solveTriangular', () => {
   for (const lower of [true, false])
     for (const transpose of [false, true])
       for (const side of ['left', 'right'] as const)
-        it(`blocked (n = 300, 100 right-hand sides): lower=${lower} transpose=${transpose} side=${side}`, () => {
+        it(`blocked (n = 300, 100 right-hand sides): lower=${lower} transpose=${transpose} side=${side} (+ unit)`, () => {
           const big = 300;
           const cols = 100;
           const a = tri(big, lower, 7);
@@ -79,7 +79,30 @@ describe('solveTriangular', () => {
           expect(worst).toBeLessThan(10 * big * EPS * 4); // the bound of the small systems above
           // the pool splits the products between threads, not their sums: the same bits
           expect(solveTriangular(...args, { lower, transpose, side, pool }).data).toEqual(x.data);
+          // a unit diagonal: the stored one (in [1, 2]) is not read
+          const xu = solveTriangular(...args, { lower, transpose, side, unitDiagonal: true });
+          const mu = opA(a, big, lower, transpose, true);
+          const backU = side === 'left' ? mul(mu, xu.data, big, big, cols) : mul(xu.data, mu, cols, big, big);
+          let worstU = 0;
+          for (let i = 0; i < b.length; i++) worstU = Math.max(worstU, Math.abs(backU[i]! - b[i]!));
+          expect(worstU).toBeLessThan(10 * big * EPS * 4);
         });
+
+  it('invTriangular of a large matrix (blocked: n = 260, k = n) gives A·A⁻¹ = I', () => {
+    for (const lower of [true, false]) {
+      const n = 260;
+      const a = tri(n, lower, 12);
+      const inv = invTriangular(tensor('f64', [n, n], a), { lower });
+      const p = mul(opA(a, n, lower, false, false), inv.data, n, n, n);
+      let worst = 0;
+      for (let i = 0; i < n; i++)
+        for (let j = 0; j < n; j++) {
+          worst = Math.max(worst, Math.abs(p[i * n + j]! - (i === j ? 1 : 0)));
+          if (lower ? j > i : j < i) expect(inv.data[i * n + j]).toBe(0);
+        }
+      expect(worst).toBeLessThan(10 * n * EPS); // the bound of the n = 40 test below
+    }
+  });
 
   it('a large solve names a zero pivot in a later block, and stops on an aborted signal', () => {
     const big = 300;

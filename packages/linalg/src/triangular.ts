@@ -99,6 +99,11 @@ export function invTriangular(
 const BLOCK = 64;
 /** Below this many multiply-adds (n²·k/2) the substitution runs unblocked: a gemm call would not pay off. */
 const BLOCKED_MIN_MULADDS = 1 << 22;
+/**
+ * Fewer right-hand sides than this also run unblocked: each block's gemm packs its slice of A, about as much work as
+ * the substitution's n²/2 multiply-adds per right-hand side when there are only a few.
+ */
+const BLOCKED_MIN_COLUMNS = 16;
 
 /**
  * Overwrite `x` (n×k row-major, holding B) with the solution of `op(A)·X = B`, where `A` (n×n row-major, only read)
@@ -119,7 +124,7 @@ export function solveLeftInPlace(
 ): void {
   throwIfAborted(run.signal, fn);
   const effLower = lower !== trans; // op(A) is lower triangular
-  if ((n * n * k) / 2 < BLOCKED_MIN_MULADDS || n <= BLOCK) {
+  if ((n * n * k) / 2 < BLOCKED_MIN_MULADDS || n <= BLOCK || k < BLOCKED_MIN_COLUMNS) {
     // op(A) as a row-major buffer, the whole of it one diagonal block
     substitute(trans ? transposeBuf(a, n, n) : a, n, 0, x, k, effLower, unit, fn);
     return;

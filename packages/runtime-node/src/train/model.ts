@@ -30,9 +30,10 @@ export type TrainConfig = Pick<
   Partial<Pick<ModelConfig, 'tieWordEmbeddings' | 'attentionBias' | 'architecture' | 'ropeScaling'>>;
 
 /**
- * `c`'s fields that shape the training forward, with the optional ones' defaults filled in (`architecture` only where
- * it matters: with `attentionBias`): two configs describe the same model exactly when these are equal, so a saved
- * run records and compares this (a config with `tieWordEmbeddings` left out resumes one saved with it `true`).
+ * `c`'s fields that shape the training forward, with the optional ones' defaults filled in, and `architecture` only
+ * where it changes the parameters (with `attentionBias`: Llama's o_proj has a bias too). A saved run records this and
+ * compares it field by field, so a config that leaves `tieWordEmbeddings` out resumes one saved with it `true`, and a
+ * parsed `config.json` (with fields training does not read) resumes one saved from a bare `TrainConfig`.
  */
 export function trainConfigOf(c: TrainConfig): TrainConfig {
   const attentionBias = c.attentionBias ?? false;

@@ -77,12 +77,32 @@ describe('Trainer', () => {
       await expect(
         Trainer.load(state, { ...cfg, tieWordEmbeddings: false }, data, undefined, { expect: opts }),
       ).rejects.toThrow(/E_VALUE.*config\.tieWordEmbeddings \(true then, false now\)/);
-      // and the other way round: a state saved from the spelled-out config resumes under the bare one
+      // a state saved from the spelled-out config resumes under the bare one; one of an untied model does not
+      // (before, the comparison read only the resuming side's fields, and a bare config resumed an untied model's run)
       const t = new Trainer(parsed, initTrainParams(cfg, new Rng(1)), data, opts);
       t.step();
       await t.save(join(dir, 'parsed.bin'));
       expect(
         (await Trainer.load(join(dir, 'parsed.bin'), cfg, data, undefined, { expect: opts })).stepCount,
+      ).toBe(1);
+      const untied = { ...cfg, tieWordEmbeddings: false };
+      const u = new Trainer(untied, initTrainParams(untied, new Rng(1)), data, opts);
+      await u.save(join(dir, 'untied.bin'));
+      await expect(
+        Trainer.load(join(dir, 'untied.bin'), cfg, data, undefined, { expect: opts }),
+      ).rejects.toThrow(/E_VALUE.*config\.tieWordEmbeddings \(false then, true now\)/);
+      // with q/k/v biases, Llama's o_proj has one too: the architecture counts there, and only there
+      const biased = { ...cfg, attentionBias: true, architecture: 'LlamaForCausalLM' as const };
+      const v = new Trainer(biased, initTrainParams(biased, new Rng(1)), data, opts);
+      await v.save(join(dir, 'biased.bin'));
+      await expect(
+        Trainer.load(join(dir, 'biased.bin'), { ...cfg, attentionBias: true }, data, undefined, {
+          expect: opts,
+        }),
+      ).rejects.toThrow(/E_VALUE.*config\.architecture \("LlamaForCausalLM" then, null now\)/);
+      const mistral = { ...parsed, architecture: 'MistralForCausalLM' as const };
+      expect(
+        (await Trainer.load(join(dir, 'parsed.bin'), mistral, data, undefined, { expect: opts })).stepCount,
       ).toBe(1);
       // the caller's own settings (`also`, given the saved extra info) are refused in the same error
       const seen: unknown[] = [];

@@ -109,11 +109,17 @@ export interface ResumeCheck {
 }
 
 /**
- * The fields of a model config as `config.<field>` settings, defaults filled in ({@link trainConfigOf}); none for a
- * state that did not record it.
+ * The fields of a model config as `config.<field>` settings, defaults filled in ({@link trainConfigOf}), with
+ * `architecture` always present (null where it does not matter or was not given: the comparison reads the keys of the
+ * resuming side only); none for a state that did not record a config.
  */
-const configSettings = (c: TrainConfig | undefined): Record<string, unknown> =>
-  Object.fromEntries(Object.entries(c ? trainConfigOf(c) : {}).map(([k, v]) => [`config.${k}`, v]));
+function configSettings(c: TrainConfig | undefined): Record<string, unknown> {
+  if (!c) return {};
+  const t = trainConfigOf(c);
+  return Object.fromEntries(
+    Object.entries({ ...t, architecture: t.architecture ?? null }).map(([k, v]) => [`config.${k}`, v]),
+  );
+}
 
 /** `options` with every default filled in (the defaults documented on {@link TrainerOptions}). */
 function trainerOptionsWithDefaults(options: TrainerOptions): Required<TrainerOptions> {
