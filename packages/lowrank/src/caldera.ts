@@ -22,6 +22,7 @@ import {
 } from './codec.js';
 import type { Decomposition, StoredFactor } from './decomposition.js';
 import { timesLower } from './lower-product.js';
+import { transposed } from './transpose.js';
 import { paddedSize, randomSigns, rotateHessian, rotateWeight, unrotateWeight } from './rotate.js';
 
 /** Options of {@link caldera}. Defaults follow the paper where they earn their cost (see the package README). */
@@ -172,19 +173,20 @@ function checkHessian(h: Float64Array, n: number): void {
 }
 
 /**
- * Solve X·G = B for X (B: r×k, G: k×k symmetric positive semidefinite) through a jittered Cholesky G = C·Cᵀ:
- * Y·Cᵀ = B, then X·C = Y.
+ * Solve G·X = B (`side` 'left', B k×r) or X·G = B (`side` 'right', B r×k) for X, G k×k symmetric positive
+ * semidefinite, through a jittered Cholesky G = C·Cᵀ: C·Y = B then Cᵀ·X = Y, or Y·Cᵀ = B then X·C = Y.
  */
-function solveRightSpd(
+function solveSpd(
   b: Float32Array,
-  r: number,
+  shape: [number, number],
   g: Float64Array,
   k: number,
+  side: 'left' | 'right',
   pool: { pool?: Pool },
 ): Float32Array {
   const c = cholesky(tensor('f64', [k, k], g), { jitter: true });
-  const y = solveTriangular(c, tensor('f32', [r, k], b), { side: 'right', transpose: true, ...pool });
-  return Float32Array.from(solveTriangular(c, y, { side: 'right', ...pool }).data);
+  const y = solveTriangular(c, tensor('f32', shape, b), { side, transpose: side === 'right', ...pool });
+  return Float32Array.from(solveTriangular(c, y, { side, transpose: side === 'left', ...pool }).data);
 }
 
 function storeFactor(x: Float32Array, bits: FactorBits): { stored: StoredFactor; values: Float32Array } {
@@ -194,12 +196,6 @@ function storeFactor(x: Float32Array, bits: FactorBits): { stored: StoredFactor;
   }
   const { codes, values } = latticeRound(x, bits);
   return { stored: { kind: 'lattice', codes }, values };
-}
-
-function transpose(x: Float32Array, r: number, c: number): Float32Array {
-  const out = new Float32Array(x.length);
-  for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) out[j * r + i] = x[i * c + j]!;
-  return out;
 }
 
 interface LowRank {
@@ -259,8 +255,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   const Hr = rotateHessian(hFit, n, np, su);
   throwIfAborted(o.signal, 'caldera'); // an abort before any work names the call, not its first step
   const Mt = cholesky(tensor('f64', [np, np], Hr), { jitter: true, ...pool, ...sig });
-  const M = Mt.data;
-  const Mf = Float32Array.from(M); // lower triangular: products with it go through timesLower
+  const Mf = Float32Array.from(Mt.data); // lower triangular: products with it go through timesLower
   const HrT = tensor('f64', [np, np], Hr);
   const Hf = mat(np, np, Float32Array.from(Hr));
 
@@ -335,7 +330,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     const product = (lt: Float32Array, r: Float32Array) =>
       gemm(mat(k, mp, lt), mat(k, np, r), { transA: true, checkFinite: false, ...pool }).data;
     if (o.lBits === 16 && o.rBits === 16) {
-      const l = storeFactor(transpose(L0, mp, k), 16);
+      const l = storeFactor(transposed(L0, mp, k), 16);
       const r = storeFactor(R0, 16);
       return { l: l.stored, r: r.stored, product: product(l.values, r.values) };
     }
@@ -354,8 +349,8 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
           for (let c = 0; c < np; c++) s += RH[i * np + c]! * R[j * np + c]!;
           G[i * k + j] = G[j * k + i] = s;
         }
-      const L = solveRightSpd(AHRt, mp, G, k, pool);
-      const lq = storeFactor(transpose(L, mp, k), o.lBits);
+      const L = solveSpd(AHRt, [mp, k], G, k, 'right', pool);
+      const lq = storeFactor(transposed(L, mp, k), o.lBits);
       // R ← (L̂ᵀL̂)⁻¹·L̂ᵀ·A, the H-weighted optimum too (H sits on the right)
       const LtA = gemm(mat(k, mp, lq.values), Am, { checkFinite: false, ...pool }).data; // k × np
       const Gl = new Float64Array(k * k);
@@ -365,7 +360,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
           for (let c = 0; c < mp; c++) s += lq.values[i * mp + c]! * lq.values[j * mp + c]!;
           Gl[i * k + j] = Gl[j * k + i] = s;
         }
-      const Rsol = transpose(solveRightSpd(transpose(LtA, k, np), np, Gl, k, pool), np, k);
+      const Rsol = solveSpd(LtA, [k, np], Gl, k, 'left', pool);
       const rq = storeFactor(Rsol, o.rBits);
       // ‖(A − L̂R̂)M‖² − ‖AM‖² = −2⟨L̂ᵀA, R̂H⟩ + ⟨L̂ᵀL̂, R̂HR̂ᵀ⟩
       const RqH = H ? gemm(mat(k, np, rq.values), H, { checkFinite: false, ...pool }).data : rq.values;

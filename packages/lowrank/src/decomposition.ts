@@ -15,6 +15,7 @@ import {
 import { hadamardRowsInPlace } from '@caldera/linalg';
 import { codecBits, codecName, latticeDecode, type FactorBits, type LatticeCodes } from './codec.js';
 import { unrotateWeight } from './rotate.js';
+import { transposed } from './transpose.js';
 
 /** A factor stored as lattice codes or, at 16 bits, as half-precision values (held here as f32 of f16 values). */
 export type StoredFactor = { kind: 'lattice'; codes: LatticeCodes } | { kind: 'dense'; values: Float32Array };
@@ -194,12 +195,6 @@ export function paperBitsFromMeta(
   );
 }
 
-function transposeFactor(x: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(x.length);
-  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = x[i * cols + j]!;
-  return out;
-}
-
 function planeTensor(p: Uint8Array | Uint16Array, rows: number): Tensor {
   const cols = p.length / rows;
   return p instanceof Uint8Array ? tensor('u8', [rows, cols], p) : tensor('u16', [rows, cols], p);
@@ -222,7 +217,7 @@ export function toCheckpointTensors(
     if (k === 0) return;
     if (f.kind === 'dense') {
       // dense factors are stored as L [mp, k] and R [k, np] (docs/architecture.md); L is held transposed here
-      const v = name === 'L' ? transposeFactor(f.values, k, cols) : f.values.slice();
+      const v = name === 'L' ? transposed(f.values, k, cols) : f.values.slice();
       for (let i = 0; i < v.length; i++) v[i]! *= fold;
       t[`${p}${name}_dense`] = tensor('f16', name === 'L' ? [cols, k] : [k, cols], f32ArrayToF16(v));
     } else {
@@ -350,7 +345,7 @@ export function fromCheckpointTensors(
     const bits = codecBits(meta.codecs[name]);
     if (bits === 16) {
       const v = f16ArrayToF32(need(`${name}_dense`).data as Uint16Array);
-      return { kind: 'dense', values: name === 'L' ? transposeFactor(v, cols, k) : v };
+      return { kind: 'dense', values: name === 'L' ? transposed(v, cols, k) : v };
     }
     return {
       kind: 'lattice',

@@ -1,5 +1,6 @@
 import { assertObject, CalderaError, Rng, type Tensor } from '@caldera/core';
 import { hadamardRowsInPlace, hadamardSupported } from '@caldera/linalg';
+import { transposed } from './transpose.js';
 
 /**
  * The padded size CALDERA works at: supported by the Hadamard transform (when used) and a multiple of 8. `n` must be
@@ -24,19 +25,6 @@ function rowsTimesM(a: Float32Array | Float64Array, r: number, c: number, transp
   hadamardRowsInPlace(a, r, c, { transpose });
 }
 
-/** The c×r transpose of the r×c row-major `a`, by 32×32 tiles (a tile's rows and columns stay in cache). */
-function transposeInto<T extends Float32Array | Float64Array>(a: T, r: number, c: number): T {
-  const out = new (a.constructor as { new (n: number): T })(a.length);
-  const B = 32;
-  for (let i0 = 0; i0 < r; i0 += B)
-    for (let j0 = 0; j0 < c; j0 += B) {
-      const i1 = Math.min(r, i0 + B);
-      const j1 = Math.min(c, j0 + B);
-      for (let i = i0; i < i1; i++) for (let j = j0; j < j1; j++) out[j * r + i] = a[i * c + j]!;
-    }
-  return out;
-}
-
 /**
  * `Wr = M_mᵀ·diag(SV)·W·diag(SU)·M_n` for a zero-padded `W (m×n → mp×np)`. With `hadamard = false` only pads.
  */
@@ -57,9 +45,9 @@ export function rotateWeight(
     }
   if (!su || !sv) return z;
   rowsTimesM(z, mp, np, false); // Z·M_n
-  const t = transposeInto(z, mp, np); // (Z·M_n)ᵀ
+  const t = transposed(z, mp, np); // (Z·M_n)ᵀ
   rowsTimesM(t, np, mp, false); // (Z·M_n)ᵀ·M_m = (M_mᵀ·Z·M_n)ᵀ
-  return transposeInto(t, np, mp);
+  return transposed(t, np, mp);
 }
 
 /** The inverse of {@link rotateWeight}: `W = diag(SV)·M_m·Wr·M_nᵀ·diag(SU)`, cropped to m×n. */
@@ -76,9 +64,9 @@ export function unrotateWeight(
   let z = Float32Array.from(wr);
   if (su && sv) {
     rowsTimesM(z, mp, np, true); // Wr·M_nᵀ
-    const t = transposeInto(z, mp, np);
+    const t = transposed(z, mp, np);
     rowsTimesM(t, np, mp, true); // (Wr·M_nᵀ)ᵀ·M_mᵀ = (M_m·Wr·M_nᵀ)ᵀ
-    z = transposeInto(t, np, mp);
+    z = transposed(t, np, mp);
   }
   const out = new Float32Array(m * n);
   for (let i = 0; i < m; i++)
@@ -113,7 +101,7 @@ export function rotateHessian(
   for (let i = n; i < np; i++) z[i * np + i] = mean;
   if (!su) return z;
   rowsTimesM(z, np, np, false);
-  const t = transposeInto(z, np, np);
+  const t = transposed(z, np, np);
   rowsTimesM(t, np, np, false);
-  return transposeInto(t, np, np);
+  return transposed(t, np, np);
 }
