@@ -149,13 +149,12 @@ export interface LossAndGrad {
 
 /**
  * Training forward of one sequence (`tokens[t]` predicts `targets[t]`; `ignoreIndex` −100 skips a position; or soft
- * targets, see {@link SoftTargets})
- * through embedding, `numLayers` × (RMSNorm, RoPE GQA causal attention, residual, RMSNorm, SwiGLU, residual),
- * final RMSNorm and the LM head (the embedding when tied), then cross-entropy; with `grad` (default true) the
- * backward pass of every op in reverse, activations kept from the forward. Gradients are of the mean loss of this sequence. With
- * `trainable`, gradients are computed (and returned) only for those parameter names: frozen weights skip their
- * weight-gradient products (LoRA fine-tuning freezes everything but the adapters). With `into`, gradients are
- * added to those buffers (gradient accumulation without temporaries) and returned as `grads`. With
+ * targets, see {@link SoftTargets}) through embedding, `numLayers` × (RMSNorm, RoPE GQA causal attention, residual,
+ * RMSNorm, SwiGLU, residual), final RMSNorm and the LM head (the embedding when tied), then cross-entropy; with `grad`
+ * (default true) the backward pass of every op in reverse, activations kept from the forward. Gradients are of the mean
+ * loss of this sequence. With `trainable`, gradients are computed (and returned) only for those parameter names: frozen
+ * weights skip their weight-gradient products (LoRA fine-tuning freezes everything but the adapters). With `into`,
+ * gradients are added to those buffers (gradient accumulation without temporaries) and returned as `grads`. With
  * `options.checkpoint`, only each block's input is kept from the forward and the block's activations are recomputed
  * just before its backward (activation checkpointing): activation memory drops from `layers` blocks' worth to one
  * block's plus `layers·T·hidden` values, for about one more forward pass; results are bit-identical.
