@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { isCalderaError, Rng, tensor, type Tensor } from '@caldera/core';
 import { cholesky, choleskyWithInfo } from './cholesky.js';
-import { blockLDL } from './ldl.js';
+import { blockLDL, blockLDLFromCholesky } from './ldl.js';
 import { expectAbortable } from './abort-test-util.js';
 
 /** A = GᵀG/k + εI with a seeded G (k × n): SPD, condition number controlled by k and ε. */
@@ -140,5 +140,41 @@ describe('blockLDL', () => {
     expectAbortable('blockLDL', (signal) =>
       blockLDL(big, 16, { blockSize: 64, ...(signal ? { signal } : {}) }),
     );
+  });
+
+  it('blockLDLFromCholesky gives blockLDL bit for bit from the same Cholesky factor; f32 L is that L rounded once', () => {
+    const n = 200; // two Cholesky panels of 128, 25 blocks
+    const h = spd(n, 11, 1e-2, 60);
+    const ref = blockLDL(h, 8);
+    const c = cholesky(h);
+    const f64 = blockLDLFromCholesky(c, 8);
+    expect(f64.L.dtype).toBe('f64');
+    expect(f64.L.data).toEqual(ref.L.data);
+    expect(f64.D.data).toEqual(ref.D.data);
+    const f32 = blockLDLFromCholesky(c, 8, { dtype: 'f32' });
+    expect(f32.L.dtype).toBe('f32');
+    expect(f32.L.data).toEqual(Float32Array.from(ref.L.data));
+    expect(f32.D.data).toEqual(ref.D.data);
+  });
+
+  it('blockLDLFromCholesky rejects a non-contiguous or non-f64 factor, a zero pivot and a bad block size', () => {
+    const c = cholesky(spd(16, 2));
+    expect(() => blockLDLFromCholesky(c, 5)).toThrow(
+      /E_SHAPE: blockLDLFromCholesky: size 16 is not a multiple/,
+    );
+    expect(() =>
+      blockLDLFromCholesky(tensor('f32', [16, 16], Float32Array.from(c.data)) as never, 8),
+    ).toThrow(/E_VALUE: blockLDLFromCholesky: c must be a contiguous f64/);
+    const view: Tensor<'f64'> = { ...c, shape: [8, 8], strides: [16, 1] };
+    expect(() => blockLDLFromCholesky(view, 8)).toThrow(/contiguous f64 \[8, 8\]/);
+    const zero = Float64Array.from(c.data);
+    zero[5 * 16 + 5] = 0;
+    expect(() => blockLDLFromCholesky(tensor('f64', [16, 16], zero), 8)).toThrow(
+      /E_VALUE: blockLDLFromCholesky: c has diagonal entry 0 at \(5, 5\)/,
+    );
+    expect(() => blockLDLFromCholesky(c, 8, { dtype: 'f16' as never })).toThrow(
+      /dtype must be 'f32' or 'f64'/,
+    );
+    expectAbortable('blockLDLFromCholesky', (signal) => blockLDLFromCholesky(c, 8, signal ? { signal } : {}));
   });
 });

@@ -3,7 +3,7 @@ export { createPool, type Pool, type PoolOptions } from './pool/pool.js';
 export { gemv, gemvInto, type GemvOptions, type GemvNewOptions, type Vector } from './gemv.js';
 export { syrk, syrkInto, type SyrkOptions, type SyrkNewOptions } from './syrk.js';
 export { cholesky, choleskyWithInfo, type CholeskyOptions, type CholeskyResult } from './cholesky.js';
-export { blockLDL, type BlockLDL } from './ldl.js';
+export { blockLDL, blockLDLFromCholesky, type BlockLDL, type BlockLDLFromCholeskyOptions } from './ldl.js';
 export {
   hadamard,
   hadamardRowsInPlace,

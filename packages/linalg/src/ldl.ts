@@ -3,14 +3,14 @@
  * LDLQ needs (algorithm brief §3.2). Computed from the Cholesky factor `H = C·Cᵀ`: `Dᵢ = Cᵢᵢ·Cᵢᵢᵀ` and
  * `L[:, i] = C[:, i]·Cᵢᵢ⁻¹`.
  */
-import { CalderaError, throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
-import { assertMatrix } from './check.js';
+import { CalderaError, throwIfAborted, zeros, type Matrix, type Tensor } from '@caldera/core';
+import { assertMatrix, assertSquare } from './check.js';
 import { choleskyImpl, type CholeskyOptions } from './cholesky.js';
 
-/** Result of {@link blockLDL}. */
-export interface BlockLDL {
-  /** Unit block-lower-triangular `n × n` (f64). */
-  L: Tensor<'f64'>;
+/** Result of {@link blockLDL} and {@link blockLDLFromCholesky}. */
+export interface BlockLDL<T extends 'f32' | 'f64' = 'f64'> {
+  /** Unit block-lower-triangular `n × n` (f64, or f32 where asked for). */
+  L: Tensor<T>;
   /** The diagonal blocks, shape `[n/b, b, b]` (f64, symmetric positive definite). */
   D: Tensor<'f64'>;
 }
@@ -21,18 +21,80 @@ export interface BlockLDL {
  */
 export function blockLDL(h: Matrix, b = 8, options: CholeskyOptions = {}): BlockLDL {
   assertMatrix(h, 'blockLDL', 'h');
-  const n = h.shape[0]!;
-  if (!Number.isInteger(b) || b <= 0 || n % b !== 0) {
-    throw new CalderaError('E_SHAPE', `blockLDL: size ${n} is not a multiple of the block size ${b}`);
-  }
+  checkBlockSize(h.shape[0]!, b, 'blockLDL');
   throwIfAborted(options.signal, 'blockLDL');
-  const c = choleskyImpl(h, options, 'blockLDL').l.data;
+  const c = choleskyImpl(h, options, 'blockLDL').l;
+  return fromCholesky(c, b, 'f64', options.signal, 'blockLDL');
+}
+
+/** Options of {@link blockLDLFromCholesky}. */
+export interface BlockLDLFromCholeskyOptions<T extends 'f32' | 'f64'> {
+  /** The dtype of `L`: `'f32'` rounds each entry once, from f64, without an f64 copy. Default `'f64'`. */
+  dtype?: T;
+  /** Checked between diagonal blocks (`E_ABORTED`). */
+  signal?: AbortSignal;
+}
+
+/**
+ * The block LDLᵀ of `H = C·Cᵀ` from its lower-triangular Cholesky factor `c` (f64, n × n contiguous, as
+ * `cholesky` returns it), in O(n²·b) instead of a factorisation: exactly {@link blockLDL}'s result when `c` is the
+ * factor `blockLDL` would compute. Only the lower triangle of `c` is read; `n % b ≠ 0` → `E_SHAPE`, a zero diagonal
+ * entry → `E_VALUE`.
+ */
+export function blockLDLFromCholesky<T extends 'f32' | 'f64' = 'f64'>(
+  c: Tensor<'f64'>,
+  b = 8,
+  options: BlockLDLFromCholeskyOptions<T> = {},
+): BlockLDL<T> {
+  assertMatrix(c, 'blockLDLFromCholesky', 'c');
+  assertSquare(c, 'blockLDLFromCholesky', 'c');
+  const n = c.shape[0]!;
+  if (
+    c.dtype !== 'f64' ||
+    c.offset !== 0 ||
+    c.strides[0] !== n ||
+    c.strides[1] !== 1 ||
+    c.data.length < n * n
+  )
+    throw new CalderaError('E_VALUE', `blockLDLFromCholesky: c must be a contiguous f64 [${n}, ${n}] tensor`);
+  checkBlockSize(n, b, 'blockLDLFromCholesky');
+  for (let i = 0; i < n; i++) {
+    const v = c.data[i * n + i]!;
+    if (!(v !== 0 && Number.isFinite(v)))
+      throw new CalderaError('E_VALUE', `blockLDLFromCholesky: c has diagonal entry ${v} at (${i}, ${i})`);
+  }
+  const dtype = (options.dtype ?? 'f64') as T;
+  if (dtype !== 'f32' && dtype !== 'f64')
+    throw new CalderaError(
+      'E_VALUE',
+      `blockLDLFromCholesky: dtype must be 'f32' or 'f64', got ${String(dtype)}`,
+    );
+  throwIfAborted(options.signal, 'blockLDLFromCholesky');
+  return fromCholesky(c, b, dtype, options.signal, 'blockLDLFromCholesky');
+}
+
+function checkBlockSize(n: number, b: number, what: string): void {
+  if (!Number.isInteger(b) || b <= 0 || n % b !== 0) {
+    throw new CalderaError('E_SHAPE', `${what}: size ${n} is not a multiple of the block size ${b}`);
+  }
+}
+
+function fromCholesky<T extends 'f32' | 'f64'>(
+  ct: Tensor<'f64'>,
+  b: number,
+  dtype: T,
+  signal: AbortSignal | undefined,
+  what: string,
+): BlockLDL<T> {
+  const n = ct.shape[0]!;
+  const c = ct.data;
   const nblk = n / b;
   const d = new Float64Array(nblk * b * b);
-  const l = new Float64Array(n * n);
+  const lt = zeros(dtype, [n, n]);
+  const l: Float32Array | Float64Array = lt.data;
   const inv = new Float64Array(b * b); // Cᵢᵢ⁻¹ (lower triangular)
   for (let blk = 0; blk < nblk; blk++) {
-    throwIfAborted(options.signal, 'blockLDL');
+    throwIfAborted(signal, what);
     const o = blk * b;
     // D = Cii·Ciiᵀ
     for (let i = 0; i < b; i++)
@@ -62,7 +124,7 @@ export function blockLDL(h: Matrix, b = 8, options: CholeskyOptions = {}): Block
     for (let i = 0; i < b; i++) for (let j = 0; j < b; j++) l[(o + i) * n + o + j] = i === j ? 1 : 0;
   }
   return {
-    L: { dtype: 'f64', shape: [n, n], strides: [n, 1], offset: 0, data: l },
+    L: lt,
     D: { dtype: 'f64', shape: [nblk, b, b], strides: [b * b, b, 1], offset: 0, data: d },
   };
 }

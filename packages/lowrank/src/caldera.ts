@@ -10,8 +10,16 @@ import {
   toF64,
   type Tensor,
 } from '@caldera/core';
-import { cholesky, gemm, randomizedSvd, solveTriangular, svd as exactSvd, type Pool } from '@caldera/linalg';
-import { assertFiniteSymmetric, ldlq } from '@caldera/quant';
+import {
+  cholesky,
+  choleskyWithInfo,
+  gemm,
+  randomizedSvd,
+  solveTriangular,
+  svd as exactSvd,
+  type Pool,
+} from '@caldera/linalg';
+import { assertFiniteSymmetric, ldlq, prepareLdlq, type LdlqHessian } from '@caldera/quant';
 import {
   latticeRound,
   latticeRoundRaw,
@@ -252,12 +260,32 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   const Wr = rotateWeight(W0, mp, np, su, sv);
   const invG = g > 0 ? 1 / g : 0;
   for (let i = 0; i < Wr.length; i++) Wr[i]! *= invG;
-  const Hr = rotateHessian(hFit, n, np, su);
+  let Hr: Float64Array | null = rotateHessian(hFit, n, np, su);
   throwIfAborted(o.signal, 'caldera'); // an abort before any work names the call, not its first step
-  const Mt = cholesky(tensor('f64', [np, np], Hr), { jitter: true, ...pool, ...sig });
-  const Mf = Float32Array.from(Mt.data); // lower triangular: products with it go through timesLower
-  const HrT = tensor('f64', [np, np], Hr);
+  const chol = choleskyWithInfo(tensor('f64', [np, np], Hr), { jitter: true, ...pool, ...sig });
+  const Mt = chol.l;
   const Hf = mat(np, np, Float32Array.from(Hr));
+  const order: ('LR' | 'Q')[] = k === 0 ? ['Q'] : o.qBits === 0 ? ['LR'] : ['LR', 'Q'];
+  // LDLQ's block LDL of Hr, factored once for every Q step: derived from Mt when Mt is Hr's own factor (no jitter
+  // needed: LDLQ would have computed the same factor), else factored as LDLQ does, with its own repair. With the
+  // downdate, every Q step after an LR step uses its own H, prepared then.
+  const qDim = o.qBits === 0 ? 8 : rounderFor(o.qBits).dim;
+  const prepareQ = (h: Float64Array, cholesky?: Tensor<'f64'>): LdlqHessian =>
+    prepareLdlq(tensor('f64', [np, np], h), {
+      dim: qDim,
+      damping: 0, // H already carries the `damping` option (added once, before the rotation)
+      keepHessian: o.tuneIters > 0,
+      ...(cholesky ? { cholesky } : {}),
+      ...pool,
+      ...sig,
+    });
+  const baseQ =
+    order.includes('Q') && o.dataAwareQ && (k === 0 || !o.hessianDowndate)
+      ? prepareQ(Hr, chol.jitter === 0 ? Mt : undefined)
+      : null;
+  const hDown = o.hessianDowndate && k > 0 ? Hr : null; // the downdate subtracts from the rotated H
+  Hr = null; // the rotated H itself is not kept beyond this point
+  const Mf = Float32Array.from(Mt.data); // lower triangular: products with it go through timesLower
 
   const weightedSq = (x: Float32Array): number => {
     const xm = timesLower(x, mp, Mf, np, pool);
@@ -381,7 +409,10 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     return best!;
   };
 
-  const quantizeQ = (A: Float32Array, hq: Tensor<'f64'>): { codes: LatticeCodes; values: Float32Array } => {
+  const quantizeQ = (
+    A: Float32Array,
+    hq: LdlqHessian | null,
+  ): { codes: LatticeCodes; values: Float32Array } => {
     const bits = o.qBits as 2 | 3 | 4;
     const s = rms(A);
     if (s === 0) return latticeRound(A, bits);
@@ -390,11 +421,10 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     for (let i = 0; i < A.length; i++) x[i] = A[i]! * inScale;
     let planes;
     let values: Float32Array;
-    if (o.dataAwareQ) {
+    if (hq) {
       const r = ldlq(mat(mp, np, x), hq, {
         quantizer: rounderFor(bits),
         tuneIters: o.tuneIters,
-        damping: 0, // H already carries the `damping` option (added once, before the rotation)
         proxyLoss: false, // the decomposition measures its own error
         ...pool,
         ...(o.signal ? { signal: o.signal } : {}),
@@ -411,7 +441,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     return { codes: { bits, planes, scale: 1 / inScale }, values: out };
   };
 
-  const downdated = (lr: Float32Array): Tensor<'f64'> => {
+  const downdated = (lr: Float32Array, hBase: Float64Array): LdlqHessian => {
     // H' = H − M·V_k·V_kᵀ·Mᵀ with V_k the top right singular vectors of (L·R)·M, then a damping repair
     const P = mat(mp, np, timesLower(lr, mp, Mf, np, pool));
     const svd = truncatedSvd(P, o.seed + 1);
@@ -420,7 +450,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       checkFinite: false,
       ...pool,
     }).data; // (M V)ᵀ
-    const out = Float64Array.from(Hr);
+    const out = Float64Array.from(hBase);
     for (let t = 0; t < k; t++)
       for (let i = 0; i < np; i++) {
         const ci = C[t * np + i]!;
@@ -431,10 +461,9 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     for (let i = 0; i < np; i++) mean += out[i * np + i]!;
     mean = Math.abs(mean / np);
     for (let i = 0; i < np; i++) out[i * np + i]! += 0.01 * (mean || 1);
-    return tensor('f64', [np, np], out);
+    return prepareQ(out);
   };
 
-  const order: ('LR' | 'Q')[] = k === 0 ? ['Q'] : o.qBits === 0 ? ['LR'] : ['LR', 'Q'];
   const iters = order.length === 1 ? 1 : o.outerIters;
   let Qv: Float32Array = new Float32Array(mp * np);
   let qCodes: LatticeCodes | null = null;
@@ -452,7 +481,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       } else {
         const A = new Float32Array(mp * np);
         for (let i = 0; i < A.length; i++) A[i] = Wr[i]! - (lr ? lr.product[i]! : 0);
-        const q = quantizeQ(A, o.hessianDowndate && lr ? downdated(lr.product) : HrT);
+        const q = quantizeQ(A, !o.dataAwareQ ? null : hDown && lr ? downdated(lr.product, hDown) : baseQ);
         Qv = q.values;
         qCodes = q.codes;
       }

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { Rng, tensor, type Tensor } from '@caldera/core';
 import { e8pDecode, e8pEncode } from './e8p.js';
-import { ldlq, proxyLoss } from './ldlq.js';
+import { cholesky } from '@caldera/linalg';
+import { ldlq, prepareLdlq, proxyLoss } from './ldlq.js';
 import { rvqRounder, uniformRounder } from './rounder.js';
 import { rvqDecode, rvqEncode } from './rvq.js';
 
@@ -145,6 +146,59 @@ describe('ldlq', () => {
     const asym = identity(16);
     asym.data[1] = 0.5; // H[0][1] without H[1][0]
     expect(() => ldlq(gaussian(4, 16, 1), asym)).toThrow(/not symmetric/);
+  });
+
+  it('a prepared H gives the same codes, Ŵ and proxy loss as H itself, for several W (tuning included)', () => {
+    const same = (a: ReturnType<typeof ldlq>, b: ReturnType<typeof ldlq>) => {
+      expect(a.codes.map((p) => Array.from(p))).toEqual(b.codes.map((p) => Array.from(p)));
+      expect(Array.from(a.wHat.data)).toEqual(Array.from(b.wHat.data));
+      expect(a.proxyLoss).toBe(b.proxyLoss);
+      expect(a.repaired).toBe(b.repaired);
+    };
+    const prepared = prepareLdlq(h, { keepHessian: true }); // default damping 0.01, as ldlq's
+    for (const seed of [2, 12]) {
+      const wi = gaussian(40, n, seed);
+      same(ldlq(wi, prepared, { bufferCols: 32 }), ldlq(wi, h, { bufferCols: 32 }));
+      same(
+        ldlq(wi, prepared, { bufferCols: 32, tuneIters: 1 }),
+        ldlq(wi, h, { bufferCols: 32, tuneIters: 1 }),
+      );
+    }
+    // from a Cholesky factor of the damped H: the factor blockLDL would compute, so the same bits again
+    const fromChol = prepareLdlq(h, { damping: 0, cholesky: cholesky(h) });
+    expect(fromChol.hessian).toBeNull();
+    same(ldlq(w, fromChol, { bufferCols: 32 }), plain);
+    // a singular H: the repair is recorded on the prepared H and reported by every ldlq that uses it
+    const hs = correlatedHessian(64, 4);
+    for (let j = 0; j < 64; j++) hs.data[5 * 64 + j] = hs.data[j * 64 + 5] = 0;
+    const ps = prepareLdlq(hs, { damping: 0 });
+    expect(ps.repaired).toBe(true);
+    same(ldlq(gaussian(16, 64, 5), ps), ldlq(gaussian(16, 64, 5), hs, { damping: 0 }));
+  });
+
+  it('a prepared H must match the quantizer, W and options', () => {
+    const prepared = prepareLdlq(h, { damping: 0 });
+    expect(() => ldlq(gaussian(4, 64, 1), prepared)).toThrow(
+      /E_SHAPE: ldlq: H has shape \[128, 128\], expected \[64, 64\]/,
+    );
+    expect(() => ldlq(w, prepared, { quantizer: uniformRounder(2, 0.5) })).toThrow(
+      /E_VALUE: ldlq: the prepared H is blocked by 8, the quantizer's dimension is 1/,
+    );
+    expect(() => ldlq(w, prepared, { damping: 0 })).toThrow(/E_VALUE: ldlq: damping belongs to prepareLdlq/);
+    expect(() => ldlq(w, prepared, { tuneIters: 1 })).toThrow(
+      /E_VALUE: ldlq: tuneIters needs H: .*keepHessian/,
+    );
+    expect(() => prepareLdlq(h, { dim: 3 })).toThrow(
+      /E_SHAPE: prepareLdlq: n = 128 is not a multiple of .* 3/,
+    );
+    expect(() => prepareLdlq(h, { cholesky: cholesky(identity(64)) })).toThrow(
+      /E_SHAPE: prepareLdlq: cholesky has shape \[64, 64\], expected \[128, 128\]/,
+    );
+    expect(() => prepareLdlq(tensor('f64', [8, 16]))).toThrow(/E_SHAPE: prepareLdlq: H must be square/);
+    expect(() => prepareLdlq(h, { damping: -1 })).toThrow(/E_VALUE: prepareLdlq: damping must be/);
+    const ac = new AbortController();
+    ac.abort();
+    expect(() => prepareLdlq(h, { signal: ac.signal })).toThrow(/prepareLdlq was aborted/);
   });
 
   it('stops with E_ABORTED when the signal fires and reports progress up to 1', () => {

@@ -7,7 +7,14 @@ import {
   type Matrix,
   type Tensor,
 } from '@caldera/core';
-import { assertMatrix, blockLDL, gemmInto, type BlockLDL, type Pool } from '@caldera/linalg';
+import {
+  assertMatrix,
+  blockLDL,
+  blockLDLFromCholesky,
+  gemmInto,
+  type BlockLDL,
+  type Pool,
+} from '@caldera/linalg';
 import { allocPlanes, e8pRounder, type CodePlane, type GroupRounder } from './rounder.js';
 
 /** Options of {@link ldlq}. */
@@ -61,29 +68,143 @@ export interface LdlqResult {
   proxyLoss: number;
 }
 
+/** Options of {@link prepareLdlq}. */
+export interface PrepareLdlqOptions {
+  /** The codebook dimension g the factor is blocked by (`GroupRounder.dim`; g must divide n). Default 8 (E8P12). */
+  dim?: number;
+  /** Damping σ, as {@link LdlqOptions.damping} (default 0.01): `σ·mean(diag H)·I` is added to H before factoring. */
+  damping?: number;
+  /**
+   * The lower-triangular Cholesky factor of H after damping (f64, contiguous), when you have one: the block LDL is
+   * then derived from it in O(n²·g) instead of factoring H. It is trusted to be that factor (shape and diagonal are
+   * checked, the product is not); `repaired` is then false.
+   */
+  cholesky?: Tensor<'f64'>;
+  /** Keep the damped H (f64, n × n) in the result: LDLQ's `tuneIters` passes need it. Default false. */
+  keepHessian?: boolean;
+  /** Worker pool for the Cholesky factorisation. */
+  pool?: Pool;
+  /** Abort inside the factorisation (`E_ABORTED`). */
+  signal?: AbortSignal;
+}
+
+/**
+ * H prepared for {@link ldlq}: its block LDL factor, with L in f32 as LDLQ's feedback products use it. Pass it to
+ * `ldlq` in place of H to quantize several matrices against the same H (one factorisation, and no per-call copies).
+ */
+export interface LdlqHessian {
+  readonly kind: 'ldlq-hessian';
+  /** Size of H. */
+  readonly n: number;
+  /** Block size: the codebook dimension it serves. */
+  readonly dim: number;
+  /** Unit block-lower-triangular factor, n × n row-major. */
+  readonly L: Float32Array;
+  /** Diagonal blocks `[n/dim, dim, dim]` (f64). */
+  readonly D: Float64Array;
+  /** True when H was singular and a diagonal jitter had to be added to factor it. */
+  readonly repaired: boolean;
+  /** The damped H (n × n, f64) with `keepHessian`, else null. */
+  readonly hessian: Float64Array | null;
+}
+
+/**
+ * Factor H once for {@link ldlq}: damping, the symmetry and finiteness checks, and the block LDL (or, with
+ * `options.cholesky`, its O(n²·g) derivation from a Cholesky factor you already have).
+ */
+export function prepareLdlq(h: Matrix, options: PrepareLdlqOptions = {}): LdlqHessian {
+  return prepare(h, options, 'prepareLdlq');
+}
+
+/** {@link prepareLdlq}, naming `what` in its errors. */
+function prepare(h: Matrix, options: PrepareLdlqOptions, what: string): LdlqHessian {
+  assertMatrix(h, what, 'H');
+  const n = h.shape[0]!;
+  if (h.shape.length !== 2 || h.shape[1] !== n)
+    throw new CalderaError('E_SHAPE', `${what}: H must be square, got [${h.shape.join(', ')}]`);
+  const g = options.dim ?? 8;
+  if (!Number.isInteger(g) || g <= 0 || n % g !== 0)
+    throw new CalderaError('E_SHAPE', `${what}: n = ${n} is not a multiple of the codebook dimension ${g}`);
+  const c = options.cholesky;
+  if (c && (c.shape.length !== 2 || c.shape[0] !== n || c.shape[1] !== n))
+    throw new CalderaError(
+      'E_SHAPE',
+      `${what}: cholesky has shape [${c.shape.join(', ')}], expected [${n}, ${n}] for H`,
+    );
+  throwIfAborted(options.signal, what);
+  const damping = options.damping ?? 0.01;
+  const keep = options.keepHessian ?? false;
+  if (c) {
+    // H is only checked (in place when it is a contiguous f64 matrix) unless it is kept
+    const inPlace = !keep && h.dtype === 'f64' && h.offset === 0 && h.strides[0] === n && h.strides[1] === 1;
+    if (inPlace) {
+      assertFiniteSymmetric(h.data as Float64Array, n, `${what}: H [${n}, ${n}]`);
+      checkDamping(damping, what);
+    }
+    const hessian = inPlace ? null : dampedCopy(h, damping, what);
+    const signal = options.signal ? { signal: options.signal } : {};
+    const ldl = blockLDLFromCholesky(c, g, { dtype: 'f32', ...signal });
+    return ldlqHessian(n, g, ldl.L.data, ldl.D.data, false, keep ? hessian : null);
+  }
+  const hd = dampedCopy(h, damping, what);
+  const { ldl, repaired } = factorDamped(hd, n, g, options.pool, options.signal);
+  return ldlqHessian(n, g, Float32Array.from(ldl.L.data), ldl.D.data, repaired, keep ? hd : null);
+}
+
+function ldlqHessian(
+  n: number,
+  dim: number,
+  L: Float32Array,
+  D: Float64Array,
+  repaired: boolean,
+  hessian: Float64Array | null,
+): LdlqHessian {
+  return { kind: 'ldlq-hessian', n, dim, L, D, repaired, hessian };
+}
+
+function isLdlqHessian(h: unknown): h is LdlqHessian {
+  return typeof h === 'object' && h !== null && (h as { kind?: unknown }).kind === 'ldlq-hessian';
+}
+
 /**
  * LDLQ (QuIP#/OPTQ adaptive rounding): quantize `W (m × n)` group by group from the last column block to the first,
  * feeding back the rounding error through the block-LDL factor of `H (n × n)`, so that `tr((Ŵ − W)H(Ŵ − W)ᵀ)` is
  * `Σ_k tr(r_k D_k r_kᵀ)` (brief §3.3). Buffered: the feedback from columns right of each buffer is a single gemm.
  * With `H = I` it equals round-to-nearest exactly. The caller chooses the scale of W (codebooks are unscaled).
+ * `h` is H itself, factored on every call, or an {@link LdlqHessian} from {@link prepareLdlq} (then `damping` is the
+ * one given there, and the option here must be left out, else `E_VALUE`).
  */
-export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResult {
+export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = {}): LdlqResult {
   const rounder = options.quantizer ?? e8pRounder();
   const g = rounder.dim;
   assertMatrix(w, 'ldlq', 'W');
-  assertMatrix(h, 'ldlq', 'H');
+  const prepared = isLdlqHessian(h);
+  if (!prepared) assertMatrix(h, 'ldlq', 'H');
   const [m, n] = w.shape as [number, number];
-  if (h.shape.length !== 2 || h.shape[0] !== n || h.shape[1] !== n) {
+  const hn = prepared ? [h.n, h.n] : h.shape;
+  if (hn.length !== 2 || hn[0] !== n || hn[1] !== n) {
     throw new CalderaError(
       'E_SHAPE',
-      `ldlq: H has shape [${h.shape.join(', ')}], expected [${n}, ${n}] for W [${m}, ${n}]`,
+      `ldlq: H has shape [${hn.join(', ')}], expected [${n}, ${n}] for W [${m}, ${n}]`,
     );
   }
   if (n % g !== 0)
     throw new CalderaError('E_SHAPE', `ldlq: n = ${n} is not a multiple of the codebook dimension ${g}`);
+  if (prepared && h.dim !== g)
+    throw new CalderaError(
+      'E_VALUE',
+      `ldlq: the prepared H is blocked by ${h.dim}, the quantizer's dimension is ${g} (prepareLdlq's dim)`,
+    );
+  if (prepared && options.damping !== undefined)
+    throw new CalderaError(
+      'E_VALUE',
+      'ldlq: damping belongs to prepareLdlq when H is prepared; leave it out here',
+    );
   const tune = options.tuneIters ?? 0;
   if (!Number.isSafeInteger(tune) || tune < 0)
     throw new CalderaError('E_VALUE', `ldlq: tuneIters must be an integer ≥ 0, got ${tune}`);
+  if (prepared && tune > 0 && !h.hessian)
+    throw new CalderaError('E_VALUE', 'ldlq: tuneIters needs H: prepare it with keepHessian: true');
   const B = options.bufferCols ?? 128;
   if (!Number.isInteger(B) || B <= 0 || B % g !== 0)
     throw new CalderaError('E_VALUE', `ldlq: bufferCols ${B} must be a positive multiple of ${g}`);
@@ -93,8 +214,21 @@ export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResul
       throw new CalderaError('E_VALUE', `ldlq: W has a non-finite value at (${Math.floor(i / n)}, ${i % n})`);
   }
   throwIfAborted(options.signal, 'ldlq'); // an abort before any work names the call, not its first step
-  const { ldl, repaired, hd } = factorHessian(h, g, options.damping ?? 0.01, options.pool, options.signal);
-  const L = Float32Array.from(ldl.L.data);
+  const factor = prepared
+    ? h
+    : prepare(
+        h,
+        {
+          dim: g,
+          damping: options.damping ?? 0.01,
+          keepHessian: tune > 0,
+          ...(options.pool ? { pool: options.pool } : {}),
+          ...(options.signal ? { signal: options.signal } : {}),
+        },
+        'ldlq',
+      );
+  const { L, repaired } = factor;
+  const hd = factor.hessian;
   const E = new Float32Array(m * n); // W − Ŵ of the columns done so far
   const What = new Float32Array(m * n);
   const groupsPerRow = n / g;
@@ -105,7 +239,7 @@ export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResul
   const F = new Float32Array(m * B);
   const Lb = new Float32Array(B * B); // L[s:e, s:e], contiguous
   const sub = Math.max(g, Math.floor(Math.min(32, B) / g) * g); // sub-buffer width (JS feedback inside it)
-  const D = ldl.D.data;
+  const D = factor.D;
   const pool = options.pool ? { pool: options.pool } : {};
   const measure = options.proxyLoss ?? true;
   const den = measure ? traceWHWt(W, L, D, m, n, g, B, options.pool) : NaN;
@@ -198,7 +332,7 @@ export function ldlq(w: Matrix, h: Matrix, options: LdlqOptions = {}): LdlqResul
     options.onProgress?.((n - s) / n / totalWork);
   }
   for (let it = 0; it < tune; it++) {
-    num = tunePass(What, E, hd, n, m, rounder, planes, B, options);
+    num = tunePass(What, E, hd!, n, m, rounder, planes, B, options);
     options.onProgress?.((2 + it) / totalWork);
   }
   const proxyLoss = !measure ? NaN : den > 0 ? num / den : 0;
@@ -231,13 +365,8 @@ export function assertFiniteSymmetric(h: Float64Array, n: number, what: string):
         );
 }
 
-function factorHessian(
-  h: Matrix,
-  g: number,
-  damping: number,
-  pool: Pool | undefined,
-  signal: AbortSignal | undefined,
-) {
+/** H (n × n) as a contiguous f64 copy with `damping·mean(diag H)` on the diagonal, checked finite and symmetric. */
+function dampedCopy(h: Matrix, damping: number, what: string): Float64Array {
   const n = h.shape[0]!;
   const hd = Float64Array.from(h.data.subarray(h.offset, h.offset + n * n));
   if (h.strides[0] !== n || h.strides[1] !== 1) {
@@ -245,31 +374,42 @@ function factorHessian(
       for (let j = 0; j < n; j++) hd[i * n + j] = h.data[h.offset + i * h.strides[0]! + j * h.strides[1]!]!;
   }
   // H must be symmetric (only its lower triangle is factored)
-  assertFiniteSymmetric(hd, n, `ldlq: H [${n}, ${n}]`);
-  if (damping < 0 || !Number.isFinite(damping)) {
-    throw new CalderaError('E_VALUE', `ldlq: damping must be a finite number ≥ 0, got ${damping}`);
-  }
+  assertFiniteSymmetric(hd, n, `${what}: H [${n}, ${n}]`);
+  checkDamping(damping, what);
   if (damping > 0) {
     let mean = 0;
     for (let i = 0; i < n; i++) mean += hd[i * n + i]!;
     mean /= n;
     for (let i = 0; i < n; i++) hd[i * n + i]! += damping * mean;
   }
+  return hd;
+}
+
+function checkDamping(damping: number, what: string): void {
+  if (damping < 0 || !Number.isFinite(damping)) {
+    throw new CalderaError('E_VALUE', `${what}: damping must be a finite number ≥ 0, got ${damping}`);
+  }
+}
+
+/** The block LDL of the damped `hd`; a singular one is retried with the smallest jitter that factors it. */
+function factorDamped(
+  hd: Float64Array,
+  n: number,
+  g: number,
+  pool: Pool | undefined,
+  signal: AbortSignal | undefined,
+): { ldl: BlockLDL; repaired: boolean } {
   const ht: Tensor<'f64'> = { dtype: 'f64', shape: [n, n], strides: [n, 1], offset: 0, data: hd };
   const opt = { ...(pool ? { pool } : {}), ...(signal ? { signal } : {}) };
-  let ldl: BlockLDL;
-  let repaired = false;
   try {
-    ldl = blockLDL(ht, g, opt);
+    return { ldl: blockLDL(ht, g, opt), repaired: false };
   } catch (e) {
     if (!isCalderaError(e, 'E_NOT_PD')) throw e;
     // singular H (e.g. dead input channels): retry with the smallest jitter, from 1e-6·mean(diag), that factors it
     let mean = 0;
     for (let i = 0; i < n; i++) mean += Math.abs(hd[i * n + i]!);
-    ldl = blockLDL(ht, g, { ...opt, jitter: 1e-6 * (mean / n) || 1e-6 });
-    repaired = true;
+    return { ldl: blockLDL(ht, g, { ...opt, jitter: 1e-6 * (mean / n) || 1e-6 }), repaired: true };
   }
-  return { ldl, repaired, hd };
 }
 
 /**
