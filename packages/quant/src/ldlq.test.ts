@@ -196,6 +196,13 @@ describe('ldlq', () => {
     );
     expect(() => prepareLdlq(tensor('f64', [8, 16]))).toThrow(/E_SHAPE: prepareLdlq: H must be square/);
     expect(() => prepareLdlq(h, { damping: -1 })).toThrow(/E_VALUE: prepareLdlq: damping must be/);
+    // with a Cholesky factor, H is still checked (in place, no copy)
+    const asym = tensor('f64', [n, n], Float64Array.from(h.data));
+    asym.data[3 * n + 1]! += 1;
+    expect(() => prepareLdlq(asym, { damping: 0, cholesky: cholesky(h) })).toThrow(
+      /E_VALUE: prepareLdlq: H \[128, 128\] is not symmetric at \(3, 1\)/,
+    );
+    expect(() => prepareLdlq(h, { damping: NaN, cholesky: cholesky(h) })).toThrow(/damping must be/);
     const ac = new AbortController();
     ac.abort();
     expect(() => prepareLdlq(h, { signal: ac.signal })).toThrow(/prepareLdlq was aborted/);
