@@ -155,6 +155,23 @@ describe('blockLDL', () => {
     expect(f32.L.dtype).toBe('f32');
     expect(f32.L.data).toEqual(Float32Array.from(ref.L.data));
     expect(f32.D.data).toEqual(ref.D.data);
+    // and independently of blockLDL: L·blockdiag(D)·Lᵀ gives H back from the f32 L (entries rounded once, 6e-8
+    // relative; |L| ≲ 10 here, so 1e-5·max|H| leaves a wide margin over the f32 rounding of the products)
+    const l = f32.L.data;
+    const d = f32.D.data;
+    let err = 0;
+    let hmax = 0;
+    for (let i = 0; i < n; i++)
+      for (let j = 0; j <= i; j++) {
+        let s = 0;
+        for (let k = 0; k <= Math.floor(j / 8); k++)
+          for (let p = 0; p < 8; p++)
+            for (let q = 0; q < 8; q++)
+              s += l[i * n + k * 8 + p]! * d[k * 64 + p * 8 + q]! * l[j * n + k * 8 + q]!;
+        err = Math.max(err, Math.abs(s - h.data[i * n + j]!));
+        hmax = Math.max(hmax, Math.abs(h.data[i * n + j]!));
+      }
+    expect(err).toBeLessThan(1e-5 * hmax);
   });
 
   it('blockLDLFromCholesky rejects a non-contiguous or non-f64 factor, a zero pivot and a bad block size', () => {

@@ -41,11 +41,21 @@ export interface BlockLDLFromCholeskyOptions<T extends 'f32' | 'f64'> {
  * factor `blockLDL` would compute. Only the lower triangle of `c` is read; `n % b ≠ 0` → `E_SHAPE`, a zero diagonal
  * entry → `E_VALUE`.
  */
-export function blockLDLFromCholesky<T extends 'f32' | 'f64' = 'f64'>(
+export function blockLDLFromCholesky(
+  c: Tensor<'f64'>,
+  b?: number,
+  options?: BlockLDLFromCholeskyOptions<'f64'>,
+): BlockLDL<'f64'>;
+export function blockLDLFromCholesky(
+  c: Tensor<'f64'>,
+  b: number,
+  options: BlockLDLFromCholeskyOptions<'f32'> & { dtype: 'f32' },
+): BlockLDL<'f32'>;
+export function blockLDLFromCholesky(
   c: Tensor<'f64'>,
   b = 8,
-  options: BlockLDLFromCholeskyOptions<T> = {},
-): BlockLDL<T> {
+  options: BlockLDLFromCholeskyOptions<'f32' | 'f64'> = {},
+): BlockLDL<'f32'> | BlockLDL<'f64'> {
   assertMatrix(c, 'blockLDLFromCholesky', 'c');
   assertSquare(c, 'blockLDLFromCholesky', 'c');
   const n = c.shape[0]!;
@@ -63,14 +73,16 @@ export function blockLDLFromCholesky<T extends 'f32' | 'f64' = 'f64'>(
     if (!(v !== 0 && Number.isFinite(v)))
       throw new CalderaError('E_VALUE', `blockLDLFromCholesky: c has diagonal entry ${v} at (${i}, ${i})`);
   }
-  const dtype = (options.dtype ?? 'f64') as T;
+  const dtype = options.dtype ?? 'f64';
   if (dtype !== 'f32' && dtype !== 'f64')
     throw new CalderaError(
       'E_VALUE',
       `blockLDLFromCholesky: dtype must be 'f32' or 'f64', got ${String(dtype)}`,
     );
   throwIfAborted(options.signal, 'blockLDLFromCholesky');
-  return fromCholesky(c, b, dtype, options.signal, 'blockLDLFromCholesky');
+  return dtype === 'f32'
+    ? fromCholesky(c, b, 'f32', options.signal, 'blockLDLFromCholesky')
+    : fromCholesky(c, b, 'f64', options.signal, 'blockLDLFromCholesky');
 }
 
 function checkBlockSize(n: number, b: number, what: string): void {

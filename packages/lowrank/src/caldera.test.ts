@@ -8,7 +8,9 @@ import {
   reconstruct,
   toCheckpointTensors,
 } from './decomposition.js';
-import { rotateWeight, unrotateWeight, randomSigns, paddedSize } from './rotate.js';
+import { rotateWeight, unrotateWeight, randomSigns, paddedSize, rotateHessian } from './rotate.js';
+import { optScale, rounderFor } from './codec.js';
+import { ldlq, type CodePlane } from '@caldera/quant';
 
 /** W with heavy-tailed singular values plus a few outlier columns, like real projection weights. */
 function structuredWeight(m: number, n: number, seed: number): Tensor<'f32'> {
@@ -64,6 +66,39 @@ const W = structuredWeight(m, n, 1);
 const H = correlatedHessian(n, 2);
 const fast: CalderaOptions = { outerIters: 3, lplrIters: 3 };
 
+/**
+ * The Q step of a rank-0 `caldera` done by hand, as the decomposition did it before it prepared LDLQ's factor itself:
+ * the same signs, rotations and scales, then `ldlq` against the rotated H, which factors (and, if singular, repairs)
+ * it on its own.
+ */
+function ldlqOfRotated(w: Tensor<'f32'>, h: Tensor<'f64'>, seed: number, tuneIters: number): CodePlane {
+  const [m, n] = w.shape as [number, number];
+  const mp = paddedSize(m, true);
+  const np = paddedSize(n, true);
+  const rng = new Rng(seed);
+  const su = randomSigns(np, rng);
+  const sv = randomSigns(mp, rng);
+  const rms = (x: Float32Array) => {
+    let s = 0;
+    for (let i = 0; i < x.length; i++) s += x[i]! * x[i]!;
+    return Math.sqrt(s / x.length);
+  };
+  const wr = rotateWeight(w, mp, np, su, sv);
+  const invG = 1 / rms(w.data);
+  for (let i = 0; i < wr.length; i++) wr[i]! *= invG;
+  const inScale = optScale(2) / rms(wr);
+  const x = new Float32Array(wr.length);
+  for (let i = 0; i < x.length; i++) x[i] = wr[i]! * inScale;
+  const hr = tensor('f64', [np, np], rotateHessian(h, n, np, su));
+  const r = ldlq(tensor('f32', [mp, np], x), hr, {
+    quantizer: rounderFor(2),
+    damping: 0,
+    tuneIters,
+    proxyLoss: false,
+  });
+  return r.codes[0]!;
+}
+
 describe('rotation', () => {
   it('rotateWeight is undone by unrotateWeight to f32 round-off (with padding)', () => {
     const [mp, np] = [paddedSize(100, true), paddedSize(90, true)];
@@ -78,6 +113,26 @@ describe('rotation', () => {
 });
 
 describe('caldera', () => {
+  it('Q codes equal LDLQ of the rotated problem: H factored once from its Cholesky factor, or repaired by LDLQ', () => {
+    const w = structuredWeight(64, 128, 21);
+    // positive definite H (the factor comes from caldera's Cholesky), with and without a tuning pass (the kept H)
+    const h = correlatedHessian(128, 22);
+    for (const tuneIters of [0, 1]) {
+      const d = caldera(w, h, { rank: 0, seed: 5, tuneIters });
+      expect(Array.from(d.q.planes[0]!)).toEqual(Array.from(ldlqOfRotated(w, h, 5, tuneIters)));
+    }
+    // rank 120 of 128 (X with 120 rows): the Cholesky factorisation needs a jitter, so LDLQ factors and repairs H
+    // itself (with caldera's jittered factor instead, about a quarter of these codes differ)
+    const rng = new Rng(23);
+    const xs = rng.fillNormal(new Float64Array(120 * 128));
+    const hs = tensor('f64', [128, 128]);
+    for (let r = 0; r < 120; r++)
+      for (let i = 0; i < 128; i++)
+        for (let j = 0; j < 128; j++) hs.data[i * 128 + j]! += xs[r * 128 + i]! * xs[r * 128 + j]!;
+    const ds = caldera(w, hs, { rank: 0, seed: 5 });
+    expect(Array.from(ds.q.planes[0]!)).toEqual(Array.from(ldlqOfRotated(w, hs, 5, 0)));
+  });
+
   it('with H = I and 16-bit factors, low-rank only equals the truncated-SVD error (Eckart–Young)', () => {
     const k = 16;
     const d = caldera(W, identity(n), {

@@ -283,7 +283,8 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     order.includes('Q') && o.dataAwareQ && (k === 0 || !o.hessianDowndate)
       ? prepareQ(Hr, chol.jitter === 0 ? Mt : undefined)
       : null;
-  const hDown = o.hessianDowndate && k > 0 ? Hr : null; // the downdate subtracts from the rotated H
+  // the downdate subtracts from the rotated H (only where a data-aware Q step follows an LR step)
+  const hDown = o.hessianDowndate && k > 0 && order.includes('Q') && o.dataAwareQ ? Hr : null;
   Hr = null; // the rotated H itself is not kept beyond this point
   const Mf = Float32Array.from(Mt.data); // lower triangular: products with it go through timesLower
 

@@ -203,6 +203,12 @@ describe('ldlq', () => {
       /E_VALUE: prepareLdlq: H \[128, 128\] is not symmetric at \(3, 1\)/,
     );
     expect(() => prepareLdlq(h, { damping: NaN, cholesky: cholesky(h) })).toThrow(/damping must be/);
+    expect(() => prepareLdlq(h, { cholesky: cholesky(h) })).toThrow(
+      /E_VALUE: prepareLdlq: with cholesky, pass damping/,
+    );
+    expect(() => ldlq(w, { ...prepared, L: new Float32Array(8) })).toThrow(
+      /E_VALUE: ldlq: the prepared H is malformed/,
+    );
     const ac = new AbortController();
     ac.abort();
     expect(() => prepareLdlq(h, { signal: ac.signal })).toThrow(/prepareLdlq was aborted/);

@@ -36,7 +36,8 @@ export interface LdlqOptions {
    * `0.01`. Pass `0` when H is already damped (e.g. a Hessian from `@caldera/calibrate`, which adds 1 % itself).
    * A still-singular H (zero columns of X with `damping: 0`) is repaired with a diagonal jitter and `repaired` is
    * set: the jitter starts at 1e-6·mean|diag H| and grows 10× per failed try (at most 12 tries), so an indefinite
-   * H is "repaired" too, by a large jitter — check `repaired`.
+   * H is "repaired" too, by a large jitter — check `repaired`. Not allowed with a prepared H (`E_VALUE`): its
+   * damping is the one given to {@link prepareLdlq}.
    */
   damping?: number;
   /** Worker pool from `@caldera/linalg`'s `createPool` for the gemm parts. Default: single-threaded. */
@@ -72,7 +73,10 @@ export interface LdlqResult {
 export interface PrepareLdlqOptions {
   /** The codebook dimension g the factor is blocked by (`GroupRounder.dim`; g must divide n). Default 8 (E8P12). */
   dim?: number;
-  /** Damping σ, as {@link LdlqOptions.damping} (default 0.01): `σ·mean(diag H)·I` is added to H before factoring. */
+  /**
+   * Damping σ, as {@link LdlqOptions.damping} (default 0.01): `σ·mean(diag H)·I` is added to H before factoring.
+   * Required with `cholesky` (`E_VALUE` without it): the damping that factor already includes.
+   */
   damping?: number;
   /**
    * The lower-triangular Cholesky factor of H after damping (f64, contiguous), when you have one: the block LDL is
@@ -130,6 +134,11 @@ function prepare(h: Matrix, options: PrepareLdlqOptions, what: string): LdlqHess
     throw new CalderaError(
       'E_SHAPE',
       `${what}: cholesky has shape [${c.shape.join(', ')}], expected [${n}, ${n}] for H`,
+    );
+  if (c && options.damping === undefined)
+    throw new CalderaError(
+      'E_VALUE',
+      `${what}: with cholesky, pass damping: the damping that factor includes (0 when it is H's own factor)`,
     );
   throwIfAborted(options.signal, what);
   const damping = options.damping ?? 0.01;
@@ -190,6 +199,11 @@ export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = 
   }
   if (n % g !== 0)
     throw new CalderaError('E_SHAPE', `ldlq: n = ${n} is not a multiple of the codebook dimension ${g}`);
+  if (prepared && !(Number.isInteger(h.n) && h.L.length === h.n * h.n && h.D.length === h.n * h.dim))
+    throw new CalderaError(
+      'E_VALUE',
+      `ldlq: the prepared H is malformed (n ${h.n}, dim ${h.dim}, L of ${h.L.length}, D of ${h.D.length})`,
+    );
   if (prepared && h.dim !== g)
     throw new CalderaError(
       'E_VALUE',
