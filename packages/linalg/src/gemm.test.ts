@@ -81,6 +81,24 @@ describe('gemmInto', () => {
     }
   });
 
+  it('writes and reads a C whose rows are strided (a transposed view) across several copy bands', () => {
+    // C [150, 29] seen through its transpose (row stride 2, column stride 2·150 + 3): 150 rows span three of the
+    // 64-row bands in which such a C is copied in and out, the last one partial
+    for (const dtype of ['f32', 'f64'] as const) {
+      const a = stridedRandn(dtype, 150, 40, 21);
+      const b = stridedRandn(dtype, 40, 29, 22);
+      const c = tview(stridedRandn(dtype, 29, 150, 23, -777));
+      const before = Array.from(c.data);
+      const want = naiveGemm(a, b, false, false, 1.5, 0.5, c);
+      gemmInto(c, a, b, { alpha: 1.5, beta: 0.5, pool });
+      expect(worstErrorRatio(c, want)).toBeLessThanOrEqual(1);
+      const inView = new Set<number>();
+      for (let i = 0; i < 150; i++)
+        for (let j = 0; j < 29; j++) inView.add(c.offset + i * c.strides[0]! + j * c.strides[1]!);
+      for (let q = 0; q < c.data.length; q++) if (!inView.has(q)) expect(c.data[q]).toBe(before[q]);
+    }
+  });
+
   it('updates only the requested triangle, on both paths, leaving the other untouched', () => {
     for (const dtype of ['f32', 'f64'] as const) {
       for (const triangle of ['upper', 'lower'] as const) {

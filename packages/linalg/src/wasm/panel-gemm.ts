@@ -255,6 +255,18 @@ function readIn(
 ): void {
   const cd = c.data;
   const [s0, s1] = c.strides as [number, number];
+  if (s1 !== 1) {
+    // strided rows: in bands, column by column, as writeOut copies them back
+    for (let r0 = 0; r0 < mcnt; r0 += STRIDED_BAND) {
+      const r1 = Math.min(mcnt, r0 + STRIDED_BAND);
+      for (let j = 0; j < ncnt; j++) {
+        let s = c.offset + (i0 + r0) * s0 + (j0 + j) * s1;
+        let d = off + r0 * ld + j;
+        for (let r = r0; r < r1; r++, s += s0, d += ld) dst[d] = cd[s]!;
+      }
+    }
+    return;
+  }
   for (let r = 0; r < mcnt; r++) {
     const s = c.offset + (i0 + r) * s0 + j0 * s1;
     const d = off + r * ld;
@@ -262,6 +274,9 @@ function readIn(
     else for (let j = 0; j < ncnt; j++) dst[d + j] = cd[s + j * s1]!;
   }
 }
+
+/** Rows per band when C's rows are strided ({@link writeOut}, {@link readIn}). */
+const STRIDED_BAND = 64;
 
 /** Copy the finished block (alpha and beta already applied by the kernel) back into C. */
 function writeOut(
@@ -277,6 +292,20 @@ function writeOut(
 ): void {
   const cd = c.data;
   const [s0, s1] = c.strides as [number, number];
+  if (s1 !== 1 && triangle === undefined) {
+    // a strided row (e.g. a transposed view, `s0 = 1`): copy in bands of rows, column by column, so that the writes
+    // run along C's short stride and the band's source lines stay in cache (row by row, every write of a wide C
+    // missed the cache: 2.4× the product's own time for a 49152 × 255 C)
+    for (let r0 = 0; r0 < mcnt; r0 += STRIDED_BAND) {
+      const r1 = Math.min(mcnt, r0 + STRIDED_BAND);
+      for (let j = 0; j < ncnt; j++) {
+        let d = c.offset + (i0 + r0) * s0 + (j0 + j) * s1;
+        let s = off + r0 * ld + j;
+        for (let r = r0; r < r1; r++, d += s0, s += ld) cd[d] = src[s]!;
+      }
+    }
+    return;
+  }
   for (let r = 0; r < mcnt; r++) {
     const i = i0 + r;
     const jStart = triangle === 'upper' ? Math.min(ncnt, Math.max(0, i - j0)) : 0;
