@@ -264,7 +264,8 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   throwIfAborted(o.signal, 'caldera'); // an abort before any work names the call, not its first step
   const chol = choleskyWithInfo(tensor('f64', [np, np], Hr), { jitter: true, ...pool, ...sig });
   const Mt = chol.l;
-  const Hf = mat(np, np, Float32Array.from(Hr));
+  // H in f32 for the data-aware LR step's products (not held where no LR step uses it)
+  const Hf = k > 0 && o.dataAwareLR ? mat(np, np, Float32Array.from(Hr)) : null;
   const order: ('LR' | 'Q')[] = k === 0 ? ['Q'] : o.qBits === 0 ? ['LR'] : ['LR', 'Q'];
   // LDLQ's block LDL of Hr, factored once for every Q step: derived from Mt when Mt is Hr's own factor (no jitter
   // needed: LDLQ would have computed the same factor), else factored as LDLQ does, with its own repair. With the
@@ -287,9 +288,14 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   const hDown = o.hessianDowndate && k > 0 && order.includes('Q') && o.dataAwareQ ? Hr : null;
   Hr = null; // the rotated H itself is not kept beyond this point
   const Mf = Float32Array.from(Mt.data); // lower triangular: products with it go through timesLower
+  // Two mp×np work arrays reused by every step (a fresh array of this size each time cost more in page faults than
+  // the arithmetic it held on some machines): `work` for a step's input (W − L·R, W − Q) and the error's difference,
+  // `workM` for the products with M.
+  const work = new Float32Array(mp * np);
+  const workM = new Float32Array(mp * np);
 
   const weightedSq = (x: Float32Array): number => {
-    const xm = timesLower(x, mp, Mf, np, pool);
+    const xm = timesLower(x, mp, Mf, np, pool, workM);
     let s = 0;
     for (let i = 0; i < xm.length; i++) s += xm[i]! * xm[i]!;
     return s;
@@ -311,10 +317,13 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   const errorSq = (rotated: Float32Array): number =>
     inOriginal ? originalSq(unrotateWeight(rotated, mp, np, m, n, su, sv)) : weightedSq(rotated);
   const den = errorSq(Wr);
-  const relError = (est: Float32Array): number => {
+  /** The relative error of the estimate Q + L·R (`lrp`: L·R, or null for none). */
+  const relError = (q: Float32Array, lrp: Float32Array | null): number => {
     if (den === 0) return 0;
-    const d = new Float32Array(est.length);
-    for (let i = 0; i < d.length; i++) d[i] = est[i]! - Wr[i]!;
+    const d = work;
+    // the estimate rounded to f32 as it is held, then its difference from W
+    if (lrp) for (let i = 0; i < d.length; i++) d[i] = Math.fround(q[i]! + lrp[i]!) - Wr[i]!;
+    else for (let i = 0; i < d.length; i++) d[i] = q[i]! - Wr[i]!;
     return Math.sqrt(errorSq(d) / den);
   };
 
@@ -336,7 +345,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     let L0: Float32Array; // mp × k
     let R0: Float32Array; // k × np
     if (o.dataAwareLR) {
-      const Y = mat(mp, np, timesLower(A, mp, Mf, np, pool));
+      const Y = mat(mp, np, timesLower(A, mp, Mf, np, pool, workM));
       const svd = truncatedSvd(Y, o.seed + 7919 * t);
       L0 = Float32Array.from(svd.u);
       const B = new Float64Array(k * np);
@@ -355,7 +364,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       for (let i = 0; i < k; i++)
         for (let j = 0; j < np; j++) R0[i * np + j] = Math.sqrt(svd.s[i]!) * svd.vt[i * np + j]!;
     }
-    const H = o.dataAwareLR ? Hf : null;
+    const H = Hf;
     const product = (lt: Float32Array, r: Float32Array) =>
       gemm(mat(k, mp, lt), mat(k, np, r), { transA: true, checkFinite: false, ...pool }).data;
     if (o.lBits === 16 && o.rBits === 16) {
@@ -418,7 +427,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     const s = rms(A);
     if (s === 0) return latticeRound(A, bits);
     const inScale = optScale(bits) / s;
-    const x = new Float32Array(A.length);
+    const x = A; // scaled in place (A is the step's work array)
     for (let i = 0; i < A.length; i++) x[i] = A[i]! * inScale;
     let planes;
     let values: Float32Array;
@@ -437,14 +446,14 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       planes = r.planes;
       values = r.values;
     }
-    const out = new Float32Array(values.length);
-    for (let i = 0; i < values.length; i++) out[i] = values[i]! / inScale;
-    return { codes: { bits, planes, scale: 1 / inScale }, values: out };
+    // back to A's scale, in place (the array is this call's own)
+    for (let i = 0; i < values.length; i++) values[i] = values[i]! / inScale;
+    return { codes: { bits, planes, scale: 1 / inScale }, values };
   };
 
   const downdated = (lr: Float32Array, hBase: Float64Array): LdlqHessian => {
     // H' = H − M·V_k·V_kᵀ·Mᵀ with V_k the top right singular vectors of (L·R)·M, then a damping repair
-    const P = mat(mp, np, timesLower(lr, mp, Mf, np, pool));
+    const P = mat(mp, np, timesLower(lr, mp, Mf, np, pool, workM));
     const svd = truncatedSvd(P, o.seed + 1);
     const C = gemm(mat(k, np, Float32Array.from(svd.vt)), mat(np, np, Mf), {
       transB: true,
@@ -476,20 +485,18 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     for (const step of order) {
       throwIfAborted(o.signal, 'caldera');
       if (step === 'LR') {
-        const A = new Float32Array(mp * np);
+        const A = work;
         for (let i = 0; i < A.length; i++) A[i] = Wr[i]! - Qv[i]!;
         lr = lowRank(A, t);
       } else {
-        const A = new Float32Array(mp * np);
+        const A = work;
         for (let i = 0; i < A.length; i++) A[i] = Wr[i]! - (lr ? lr.product[i]! : 0);
         const q = quantizeQ(A, !o.dataAwareQ ? null : hDown && lr ? downdated(lr.product, hDown) : baseQ);
         Qv = q.values;
         qCodes = q.codes;
       }
       updated.add(step);
-      const est = new Float32Array(mp * np);
-      for (let i = 0; i < est.length; i++) est[i] = Qv[i]! + (lr ? lr.product[i]! : 0);
-      const e = relError(est);
+      const e = relError(Qv, lr ? lr.product : null);
       errors[step].push(e);
       o.onProgress?.({ iteration: t + 1, iterations: iters, step, error: e });
       if (updated.size === order.length && (!best || e < best.error)) best = { q: qCodes, lr, error: e };

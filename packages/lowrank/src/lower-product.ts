@@ -7,7 +7,8 @@ const LOWER_BLOCK = 512;
 /**
  * x·M for x (rows×n) and a lower-triangular M (n×n, zeros above the diagonal, as `cholesky` returns it): column
  * block J of the product reads only the rows p ≥ J of M, so each block is the gemm `x[:, J₀:]·M[J₀:, J]`, about
- * half the multiply-adds of a full product.
+ * half the multiply-adds of a full product. The product goes into `out` (rows×n, every value overwritten) when
+ * given, else into a new array.
  */
 export function timesLower(
   x: Float32Array,
@@ -15,8 +16,8 @@ export function timesLower(
   m: Float32Array,
   n: number,
   pool: { pool?: Pool },
+  out: Float32Array = new Float32Array(rows * n),
 ): Float32Array {
-  const out = new Float32Array(rows * n);
   const view = (data: Float32Array, offset: number, r: number, c: number): Tensor<'f32'> => ({
     dtype: 'f32',
     shape: [r, c],
