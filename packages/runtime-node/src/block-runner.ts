@@ -3,7 +3,6 @@ import {
   checkPerplexityArgs,
   perplexityWindows,
   throwIfAborted,
-  tokenNll,
   type CalderaLayerMeta,
   type PerplexityOptions,
   type PerplexityResult,
@@ -19,6 +18,7 @@ import type { Linear } from './linear.js';
 import { readBlockWeights } from './load.js';
 import { KVCache, LlamaModel, type BlockWeights, type ModelWeights } from './model.js';
 import { nextTurn } from './next-turn.js';
+import { addWindowNll, SCORE_BATCH, type ScoreScratch } from './score.js';
 import { modelPerplexityLimit } from './perplexity-limit.js';
 import { ModelRunnerAdapter } from './runner.js';
 
@@ -269,17 +269,28 @@ export class BlockLazyRunner {
     caches.clear();
     const V = cfg.vocabSize;
     const scorer = await this.headModel(signal);
+    const scratch: ScoreScratch = {}; // one array for the logits of every window's batches
     let nll = 0;
     let count = 0;
     for (let w = 0; w < windows.length; w++) {
       await nextTurn();
       throwIfAborted(signal, 'perplexity');
       const { start, end, from } = windows[w]!;
-      const logits = scorer.logits(hidden[w]!, end - start);
-      for (let p = from; p < end; p++) {
-        nll += tokenNll(logits, (p - start - 1) * V, V, ids[p]!);
-        count++;
-      }
+      const logitsOf = (h: Float32Array, rows: number, out?: Float32Array) => scorer.logits(h, rows, out);
+      nll = addWindowNll(
+        nll,
+        logitsOf,
+        hidden[w]!,
+        cfg.hiddenSize,
+        V,
+        ids,
+        start,
+        end,
+        from,
+        SCORE_BATCH,
+        scratch,
+      );
+      count += end - from;
     }
     options?.onProgress?.({ done: total, total });
     return { tokens: count, nll: nll / count, ppl: Math.exp(nll / count) };

@@ -2,13 +2,13 @@ import {
   checkPerplexityArgs,
   perplexityWindows,
   throwIfAborted,
-  tokenNll,
   type PerplexityOptions,
   type PerplexityResult,
 } from '@caldera/core';
 import type { LlamaModel } from './model.js';
 import { nextTurn } from './next-turn.js';
 import { modelPerplexityLimit } from './perplexity-limit.js';
+import { addWindowNll, SCORE_BATCH, type ScoreScratch } from './score.js';
 
 /** The options and result of {@link perplexity}, shared with runtime-webgpu (they live in `@caldera/core`). */
 export type { PerplexityOptions, PerplexityResult } from '@caldera/core';
@@ -36,17 +36,18 @@ export async function perplexity(
 ): Promise<PerplexityResult> {
   const { context, stride } = checkPerplexityArgs(ids, options, modelPerplexityLimit(model.config));
   const V = model.config.vocabSize;
+  const d = model.config.hiddenSize;
+  const scratch: ScoreScratch = {}; // one array for the logits of every window's batches
   let nll = 0;
   let count = 0;
   for (const { start, end, from } of perplexityWindows(ids.length, context, stride)) {
     await nextTurn();
     throwIfAborted(options?.signal, 'perplexity');
     const window = Array.from({ length: end - start }, (_, i) => ids[start + i]!);
-    const logits = model.forward(window);
-    for (let p = from; p < end; p++) {
-      nll += tokenNll(logits, (p - start - 1) * V, V, ids[p]!);
-      count++;
-    }
+    const x = model.hidden(window);
+    const logitsOf = (h: Float32Array, rows: number, out?: Float32Array) => model.logits(h, rows, out);
+    nll = addWindowNll(nll, logitsOf, x, d, V, ids, start, end, from, SCORE_BATCH, scratch);
+    count += end - from;
     options?.onProgress?.({ done: end, total: ids.length });
   }
   return { tokens: count, nll: nll / count, ppl: Math.exp(nll / count) };

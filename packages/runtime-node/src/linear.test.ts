@@ -22,6 +22,30 @@ describe('linear layers', () => {
     }
   };
 
+  it('dense layers write into options.out when it is long enough: the same values, a view of its start', () => {
+    const [m, n] = [40, 24];
+    const w = rng.fillNormal(new Float32Array(m * n));
+    const bias = rng.fillNormal(new Float32Array(m));
+    const layers = [
+      new DenseLinear(tensor('f32', [m, n], w), bias),
+      new DenseF16Linear(f32ArrayToBf16(w), m, n, bias, 'bf16'),
+    ];
+    for (const layer of layers)
+      for (const rows of [1, 4, 5, 33]) {
+        const x = rng.fillNormal(new Float32Array(rows * n));
+        const want = layer.forward(x, rows);
+        const out = new Float32Array(rows * m + 7).fill(NaN);
+        const got = layer.forward(x, rows, { out });
+        expect(got).toEqual(want);
+        expect(got.buffer).toBe(out.buffer);
+        expect(got.byteOffset).toBe(0);
+        // too short: a new array, out untouched
+        const short = new Float32Array(rows * m - 1).fill(NaN);
+        expect(layer.forward(x, rows, { out: short }).buffer).not.toBe(short.buffer);
+        expect(short.every(Number.isNaN)).toBe(true);
+      }
+  });
+
   it('f16 layer equals the f32 layer of the same (rounded) weights, decode and batched paths', () => {
     const m = 300; // crosses the 256-row conversion chunk
     const n = 40;

@@ -129,6 +129,18 @@ export interface LinearRunOptions {
    * its own). Default: a temporary one per call.
    */
   workspace?: BatchWorkspace;
+  /**
+   * An array the layer may write its output into (at least `rows · outFeatures` values; the result is then a view of
+   * its start), so that a caller can reuse one array across calls: dense layers do. Use the returned array, not `out`.
+   * Default: a new array.
+   */
+  out?: Float32Array;
+}
+
+/** `options.out`'s first `length` values, or a new array when it is missing or too short. */
+function outputArray(options: LinearRunOptions, length: number): Float32Array {
+  const out = options.out;
+  return out && out.length >= length ? out.subarray(0, length) : new Float32Array(length);
 }
 
 /** A linear layer `y = x·Wᵀ (+ b)` on `rows` row vectors. Implementations differ in how W is stored. */
@@ -248,7 +260,7 @@ export class DenseLinear implements Linear {
   forward(x: Float32Array, rows: number, options: LinearRunOptions = {}): Float32Array {
     const { outFeatures: m, inFeatures: n } = this;
     checkInput('linear', x, rows, n);
-    const y = new Float32Array(rows * m);
+    const y = outputArray(options, rows * m);
     if (rows <= MATVEC_MAX_ROWS && this.product) {
       this.product.run(x, rows, y);
       return addBias(y, rows, this.bias);
@@ -371,7 +383,7 @@ export class DenseF16Linear implements Linear {
   forward(x: Float32Array, rows: number, options: LinearRunOptions = {}): Float32Array {
     const { outFeatures: m, inFeatures: n, format } = this;
     checkInput(`${format} linear`, x, rows, n);
-    const y = new Float32Array(rows * m);
+    const y = outputArray(options, rows * m);
     if (rows <= MATVEC_MAX_ROWS) {
       this.product.run(x, rows, y);
       return addBias(y, rows, this.bias);

@@ -292,10 +292,13 @@ export class LlamaModel {
     return x1;
   }
 
-  /** Final norm + LM head: logits `[rows, vocab]`. */
-  logits(x: Float32Array, rows: number): Float32Array {
+  /**
+   * Final norm + LM head: logits `[rows, vocab]`, written into `out` when it is given and long enough (a dense head
+   * does; see `LinearRunOptions.out`: use the returned array).
+   */
+  logits(x: Float32Array, rows: number, out?: Float32Array): Float32Array {
     const h = rmsNorm(x, rows, this.weights.norm, this.config.rmsNormEps);
-    return this.head.forward(h, rows, this.run);
+    return this.head.forward(h, rows, out ? { ...this.run, out } : this.run);
   }
 
   /**
@@ -304,6 +307,20 @@ export class LlamaModel {
    * the cached sequence (prefill or single-token decode) and the cache is extended.
    */
   forward(tokens: ArrayLike<number>, cache?: KVCache, options: { last?: boolean } = {}): Float32Array {
+    const x = this.hidden(tokens, cache);
+    const rows = tokens.length;
+    if (options.last && rows > 1) {
+      const d = this.config.hiddenSize;
+      return this.logits(x.subarray((rows - 1) * d), 1);
+    }
+    return this.logits(x, rows);
+  }
+
+  /**
+   * The last block's output for every position of `tokens` (`[tokens, hiddenSize]`, before the final norm): what
+   * {@link forward} applies the final norm and the LM head to ({@link logits}), with the same cache rules.
+   */
+  hidden(tokens: ArrayLike<number>, cache?: KVCache): Float32Array {
     let x = this.embed(tokens);
     const rows = tokens.length;
     // without a cache, a sequence of several tokens gets a temporary one (positions from 0, as without a cache) so
@@ -311,11 +328,7 @@ export class LlamaModel {
     const c = cache ?? (rows > 1 ? this.temporaryCache(rows) : undefined);
     for (let b = 0; b < this.config.numLayers; b++) x = this.runBlock(b, x, rows, c);
     if (cache) cache.length += rows;
-    if (options.last && rows > 1) {
-      const d = this.config.hiddenSize;
-      return this.logits(x.subarray((rows - 1) * d), 1);
-    }
-    return this.logits(x, rows);
+    return x;
   }
 
   /**
