@@ -255,28 +255,44 @@ function readIn(
 ): void {
   const cd = c.data;
   const [s0, s1] = c.strides as [number, number];
+  const cOff = c.offset + i0 * s0 + j0 * s1;
   if (s1 !== 1) {
-    // strided rows: in bands, column by column, as writeOut copies them back
-    for (let r0 = 0; r0 < mcnt; r0 += STRIDED_BAND) {
-      const r1 = Math.min(mcnt, r0 + STRIDED_BAND);
-      for (let j = 0; j < ncnt; j++) {
-        let s = c.offset + (i0 + r0) * s0 + (j0 + j) * s1;
-        let d = off + r0 * ld + j;
-        for (let r = r0; r < r1; r++, s += s0, d += ld) dst[d] = cd[s]!;
-      }
-    }
+    copyBanded(dst, off, ld, 1, cd, cOff, s0, s1, mcnt, ncnt);
     return;
   }
-  for (let r = 0; r < mcnt; r++) {
-    const s = c.offset + (i0 + r) * s0 + j0 * s1;
-    const d = off + r * ld;
-    if (s1 === 1) dst.set(cd.subarray(s, s + ncnt), d);
-    else for (let j = 0; j < ncnt; j++) dst[d + j] = cd[s + j * s1]!;
-  }
+  for (let r = 0; r < mcnt; r++) dst.set(cd.subarray(cOff + r * s0, cOff + r * s0 + ncnt), off + r * ld);
 }
 
-/** Rows per band when C's rows are strided ({@link writeOut}, {@link readIn}). */
+/** Rows per band of {@link copyBanded}. */
 const STRIDED_BAND = 64;
+
+/**
+ * `dst[dOff + r·dRow + j·dCol] = src[sOff + r·sRow + j·sCol]` for a `rows × cols` block, in bands of 64 rows, column
+ * by column: where C's rows are strided (a transposed view, `s0 = 1`), the accesses to C then run along its short
+ * stride and the band's lines of the packed side stay in cache (row by row, every access to a wide C missed the
+ * cache: 2.4× the product's own time for a 49152 × 255 C).
+ */
+function copyBanded(
+  dst: Float32Array | Float64Array,
+  dOff: number,
+  dRow: number,
+  dCol: number,
+  src: Float32Array | Float64Array,
+  sOff: number,
+  sRow: number,
+  sCol: number,
+  rows: number,
+  cols: number,
+): void {
+  for (let r0 = 0; r0 < rows; r0 += STRIDED_BAND) {
+    const r1 = Math.min(rows, r0 + STRIDED_BAND);
+    for (let j = 0; j < cols; j++) {
+      let d = dOff + r0 * dRow + j * dCol;
+      let s = sOff + r0 * sRow + j * sCol;
+      for (let r = r0; r < r1; r++, d += dRow, s += sRow) dst[d] = src[s]!;
+    }
+  }
+}
 
 /** Copy the finished block (alpha and beta already applied by the kernel) back into C. */
 function writeOut(
@@ -293,17 +309,7 @@ function writeOut(
   const cd = c.data;
   const [s0, s1] = c.strides as [number, number];
   if (s1 !== 1 && triangle === undefined) {
-    // a strided row (e.g. a transposed view, `s0 = 1`): copy in bands of rows, column by column, so that the writes
-    // run along C's short stride and the band's source lines stay in cache (row by row, every write of a wide C
-    // missed the cache: 2.4× the product's own time for a 49152 × 255 C)
-    for (let r0 = 0; r0 < mcnt; r0 += STRIDED_BAND) {
-      const r1 = Math.min(mcnt, r0 + STRIDED_BAND);
-      for (let j = 0; j < ncnt; j++) {
-        let d = c.offset + (i0 + r0) * s0 + (j0 + j) * s1;
-        let s = off + r0 * ld + j;
-        for (let r = r0; r < r1; r++, d += s0, s += ld) cd[d] = src[s]!;
-      }
-    }
+    copyBanded(cd, c.offset + i0 * s0 + j0 * s1, s0, s1, src, off, ld, 1, mcnt, ncnt);
     return;
   }
   for (let r = 0; r < mcnt; r++) {
