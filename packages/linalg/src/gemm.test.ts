@@ -230,6 +230,27 @@ describe('gemmInto', () => {
       expect(chunked.data).toEqual(whole.data);
     }
   });
+
+  it('chunks into a C with strided rows (a transposed view) with beta: every chunk copied in and out at its offset', () => {
+    const exec = defaultExecutor()!;
+    for (const dtype of ['f32', 'f64'] as const) {
+      const a = randn(dtype, 150, 70, 5);
+      const b = randn(dtype, 70, 38, 6);
+      const c = tview(stridedRandn(dtype, 38, 150, 7, -777)); // [150, 38], strides [2, 303]
+      const before = Array.from(c.data);
+      const want = naiveGemm(a, b, false, false, 1, -0.5, c);
+      panelGemmInto(
+        exec,
+        { c, a, b, transA: false, transB: false, alpha: 1, beta: -0.5, maxBytes: 20_000 },
+        't',
+      );
+      expect(worstErrorRatio(c, want)).toBeLessThanOrEqual(1);
+      const inView = new Set<number>();
+      for (let i = 0; i < 150; i++)
+        for (let j = 0; j < 38; j++) inView.add(c.offset + i * c.strides[0]! + j * c.strides[1]!);
+      for (let q = 0; q < c.data.length; q++) if (!inView.has(q)) expect(c.data[q]).toBe(before[q]);
+    }
+  });
 });
 
 describe('gemm input errors', () => {

@@ -132,7 +132,7 @@ export interface LinearRunOptions {
   /**
    * An array the layer may write its output into (at least `rows · outFeatures` values; the result is then a view of
    * its start), so that a caller can reuse one array across calls: dense layers do. Use the returned array, not `out`.
-   * Default: a new array.
+   * A layer built from other layers must not pass one `out` on to more than one of them. Default: a new array.
    */
   out?: Float32Array;
 }

@@ -40,8 +40,9 @@ describe('scoring a window in batches of rows', () => {
   const ids = Array.from({ length: 220 }, (_, i) => (i * 7 + (i >> 3)) % V);
 
   it('gives the NLL of the whole-window logits bit for bit: merged tails, widened batches, overlapping windows', () => {
-    // e.g. context 200, stride 150: window [0, 200) scored from 1 (rows 0…198: batches of 40 and a 38-row tail joining
-    // the last) and [150, 220) scored from 200 (rows 49…68: 20 rows, widened to 24 within the window)
+    // context 200, stride 150: window [0, 200) scored from 1 (rows 0…198: four batches of 40 and one of 39) and
+    // [150, 220) scored from 200 (rows 49…68: 20 rows, widened to 24 within the window); 64/64 and 64/23: a first
+    // window of 63 rows whose 23-row tail joins the batch before it
     for (const [context, stride] of [
       [200, 150],
       [64, 64],
