@@ -18,7 +18,7 @@ import type { Linear } from './linear.js';
 import { readBlockWeights } from './load.js';
 import { KVCache, LlamaModel, type BlockWeights, type ModelWeights } from './model.js';
 import { nextTurn } from './next-turn.js';
-import { addWindowNll, SCORE_BATCH, type ScoreScratch } from './score.js';
+import { addWindowNll, type ScoreScratch } from './score.js';
 import { modelPerplexityLimit } from './perplexity-limit.js';
 import { ModelRunnerAdapter } from './runner.js';
 
@@ -267,7 +267,6 @@ export class BlockLazyRunner {
       options?.onProgress?.({ done: b + 1, total });
     }
     caches.clear();
-    const V = cfg.vocabSize;
     const scorer = await this.headModel(signal);
     const scratch: ScoreScratch = {}; // one array for the logits of every window's batches
     let nll = 0;
@@ -275,22 +274,8 @@ export class BlockLazyRunner {
     for (let w = 0; w < windows.length; w++) {
       await nextTurn();
       throwIfAborted(signal, 'perplexity');
-      const { start, end, from } = windows[w]!;
-      const logitsOf = (h: Float32Array, rows: number, out?: Float32Array) => scorer.logits(h, rows, out);
-      nll = addWindowNll(
-        nll,
-        logitsOf,
-        hidden[w]!,
-        cfg.hiddenSize,
-        V,
-        ids,
-        start,
-        end,
-        from,
-        SCORE_BATCH,
-        scratch,
-      );
-      count += end - from;
+      nll = addWindowNll(nll, scorer, hidden[w]!, ids, windows[w]!, scratch);
+      count += windows[w]!.end - windows[w]!.from;
     }
     options?.onProgress?.({ done: total, total });
     return { tokens: count, nll: nll / count, ppl: Math.exp(nll / count) };

@@ -8,7 +8,7 @@ import {
 import type { LlamaModel } from './model.js';
 import { nextTurn } from './next-turn.js';
 import { modelPerplexityLimit } from './perplexity-limit.js';
-import { addWindowNll, SCORE_BATCH, type ScoreScratch } from './score.js';
+import { addWindowNll, type ScoreScratch } from './score.js';
 
 /** The options and result of {@link perplexity}, shared with runtime-webgpu (they live in `@caldera/core`). */
 export type { PerplexityOptions, PerplexityResult } from '@caldera/core';
@@ -35,18 +35,15 @@ export async function perplexity(
   options: PerplexityOptions = {},
 ): Promise<PerplexityResult> {
   const { context, stride } = checkPerplexityArgs(ids, options, modelPerplexityLimit(model.config));
-  const V = model.config.vocabSize;
-  const d = model.config.hiddenSize;
   const scratch: ScoreScratch = {}; // one array for the logits of every window's batches
   let nll = 0;
   let count = 0;
-  for (const { start, end, from } of perplexityWindows(ids.length, context, stride)) {
+  for (const window of perplexityWindows(ids.length, context, stride)) {
+    const { start, end, from } = window;
     await nextTurn();
     throwIfAborted(options?.signal, 'perplexity');
-    const window = Array.from({ length: end - start }, (_, i) => ids[start + i]!);
-    const x = model.hidden(window);
-    const logitsOf = (h: Float32Array, rows: number, out?: Float32Array) => model.logits(h, rows, out);
-    nll = addWindowNll(nll, logitsOf, x, d, V, ids, start, end, from, SCORE_BATCH, scratch);
+    const x = model.hidden(Array.from({ length: end - start }, (_, i) => ids[start + i]!));
+    nll = addWindowNll(nll, model, x, ids, window, scratch);
     count += end - from;
     options?.onProgress?.({ done: end, total: ids.length });
   }

@@ -52,11 +52,10 @@ describe('scoring a window in batches of rows', () => {
       let nll = 0;
       let reused = 0;
       const scratch: ScoreScratch = {};
-      for (const { start, end, from } of perplexityWindows(ids.length, context, stride)) {
-        const x = model.hidden(ids.slice(start, end));
+      for (const window of perplexityWindows(ids.length, context, stride)) {
+        const x = model.hidden(ids.slice(window.start, window.end));
         const held = scratch.logits;
-        const logitsOf = (h: Float32Array, rows: number, out?: Float32Array) => model.logits(h, rows, out);
-        nll = addWindowNll(nll, logitsOf, x, cfg.hiddenSize, V, ids, start, end, from, BATCH, scratch);
+        nll = addWindowNll(nll, model, x, ids, window, scratch, BATCH);
         if (held && scratch.logits === held) reused++;
       }
       expect(nll).toBe(wholeWindows(ids, context, stride).nll);

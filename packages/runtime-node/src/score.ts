@@ -1,4 +1,5 @@
 import { tokenNll } from '@caldera/core';
+import type { LlamaModel } from './model.js';
 
 /**
  * How {@link addWindowNll} batches a window: logits of about `rows` rows at a time, never fewer than `min` rows (above
@@ -13,33 +14,34 @@ export interface ScoreScratch {
   logits?: Float32Array;
 }
 
+/** What {@link addWindowNll} needs of a model: its sizes, and its final norm and LM head (`LlamaModel.logits`). */
+export type ScoringModel = Pick<LlamaModel, 'config' | 'logits'>;
+
 /**
  * `nll` plus the negative log-likelihoods of tokens `ids[from … end)`, added one by one in that order, for the window
- * `[start, end)` whose final hidden states are `x` (`[end − start, d]`); `logitsOf(x, rows)` is the final norm and LM
- * head of the model (`LlamaModel.logits`). The same number as taking the logits of the whole window at once: the
- * norm works row by row, and the head's product of a row does not depend on the other rows of its batch as long as
- * the batch takes the same path (every batch has at least 32 rows and a 32768-word vocabulary or more). Only the rows
- * that predict a scored token are computed, about 64 at a time (`batch`: tests use smaller ones): a window's whole
- * logits are `rows × vocab` floats (50 MB for 255 rows of a 49152-word vocabulary), and a fresh array of that size per
- * window costs more in page faults than the product itself on some machines: with `scratch`, one array (grown when
- * needed) holds every batch's logits, across the windows of a text.
+ * `{ start, end, from }` (as `perplexityWindows` gives it) whose final hidden states are `x` (`[end − start, hidden]`).
+ * The same number as taking the logits of the whole window at once (`model.logits`): the norm works row by row, and
+ * the head's product of a row does not depend on the other rows of its batch as long as the batch takes the same path
+ * (every batch has at least 32 rows and a 32768-word vocabulary or more). Only the rows that predict a scored token
+ * are computed, about 64 at a time (`batch`: tests use smaller ones): a window's whole logits are `rows × vocab` floats
+ * (50 MB for 255 rows of a 49152-word vocabulary), and a fresh array of that size per window costs more in page
+ * faults than the product itself on some machines: with `scratch`, one array (grown when needed) holds every batch's
+ * logits, across the windows of a text.
  */
 export function addWindowNll(
   nll: number,
-  logitsOf: (x: Float32Array, rows: number, out?: Float32Array) => Float32Array,
+  model: ScoringModel,
   x: Float32Array,
-  d: number,
-  vocab: number,
   ids: ArrayLike<number>,
-  start: number,
-  end: number,
-  from: number,
-  batch: { rows: number; min: number; wholeFloats: number } = SCORE_BATCH,
+  window: { start: number; end: number; from: number },
   scratch?: ScoreScratch,
+  batch: { rows: number; min: number; wholeFloats: number } = SCORE_BATCH,
 ): number {
+  const { start, end, from } = window;
+  const { vocabSize: vocab, hiddenSize: d } = model.config;
   const rows = end - start;
   if (rows < batch.min || rows * vocab <= batch.wholeFloats) {
-    const logits = logitsOf(x, rows);
+    const logits = model.logits(x, rows);
     for (let p = from; p < end; p++) nll += tokenNll(logits, (p - start - 1) * vocab, vocab, ids[p]!);
     return nll;
   }
@@ -60,7 +62,7 @@ export function addWindowNll(
     const size = (b1 - b0) * vocab;
     if (scratch && (scratch.logits?.length ?? 0) < size)
       scratch.logits = new Float32Array(Math.max(size, (batch.rows + batch.min) * vocab));
-    const logits = logitsOf(x.subarray(b0 * d, b1 * d), b1 - b0, scratch?.logits);
+    const logits = model.logits(x.subarray(b0 * d, b1 * d), b1 - b0, scratch?.logits);
     for (let r = r0; r < r1; r++) nll += tokenNll(logits, (r - b0) * vocab, vocab, ids[start + r + 1]!);
     r0 = r1;
   }
