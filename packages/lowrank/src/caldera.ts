@@ -364,7 +364,6 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       for (let i = 0; i < k; i++)
         for (let j = 0; j < np; j++) R0[i * np + j] = Math.sqrt(svd.s[i]!) * svd.vt[i * np + j]!;
     }
-    const H = Hf;
     const product = (lt: Float32Array, r: Float32Array) =>
       gemm(mat(k, mp, lt), mat(k, np, r), { transA: true, checkFinite: false, ...pool }).data;
     if (o.lBits === 16 && o.rBits === 16) {
@@ -378,7 +377,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     const Am = mat(mp, np, A);
     for (let it = 0; it < Math.max(1, o.lplrIters); it++) {
       // L ← A·H·Rᵀ·(R·H·Rᵀ)⁻¹ (or A·Rᵀ·(R·Rᵀ)⁻¹ data-unaware)
-      const RH = H ? gemm(mat(k, np, R), H, { checkFinite: false, ...pool }).data : R;
+      const RH = Hf ? gemm(mat(k, np, R), Hf, { checkFinite: false, ...pool }).data : R;
       const AHRt = gemm(Am, mat(k, np, RH), { transB: true, checkFinite: false, ...pool }).data; // mp × k
       const G = new Float64Array(k * k);
       for (let i = 0; i < k; i++)
@@ -401,7 +400,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       const Rsol = solveSpd(LtA, [k, np], Gl, k, 'left', pool);
       const rq = storeFactor(Rsol, o.rBits);
       // ‖(A − L̂R̂)M‖² − ‖AM‖² = −2⟨L̂ᵀA, R̂H⟩ + ⟨L̂ᵀL̂, R̂HR̂ᵀ⟩
-      const RqH = H ? gemm(mat(k, np, rq.values), H, { checkFinite: false, ...pool }).data : rq.values;
+      const RqH = Hf ? gemm(mat(k, np, rq.values), Hf, { checkFinite: false, ...pool }).data : rq.values;
       let score = 0;
       for (let i = 0; i < k * np; i++) score -= 2 * LtA[i]! * RqH[i]!;
       for (let i = 0; i < k; i++)
@@ -427,12 +426,11 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     const s = rms(A);
     if (s === 0) return latticeRound(A, bits);
     const inScale = optScale(bits) / s;
-    const x = A; // scaled in place (A is the step's work array)
-    for (let i = 0; i < A.length; i++) x[i] = A[i]! * inScale;
+    for (let i = 0; i < A.length; i++) A[i]! *= inScale; // in place: A is the step's work array
     let planes;
     let values: Float32Array;
     if (hq) {
-      const r = ldlq(mat(mp, np, x), hq, {
+      const r = ldlq(mat(mp, np, A), hq, {
         quantizer: rounderFor(bits),
         tuneIters: o.tuneIters,
         proxyLoss: false, // the decomposition measures its own error
@@ -442,7 +440,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       planes = r.codes;
       values = r.wHat.data;
     } else {
-      const r = latticeRoundRaw(x, bits); // round to nearest at the codebook's optimal input scale
+      const r = latticeRoundRaw(A, bits); // round to nearest at the codebook's optimal input scale
       planes = r.planes;
       values = r.values;
     }
