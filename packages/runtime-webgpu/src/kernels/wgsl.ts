@@ -382,16 +382,23 @@ fn butterflies(lid: u32, mb: M) {
     workgroupBarrier();
   }
 }
+fn hkAt(mb: M, a2: u32, a: u32, transposeH: u32) -> f32 {
+  if (transposeH == 1u) { return hkb[mb.hkOff + a2 * mb.K + a]; }
+  return hkb[mb.hkOff + a * mb.K + a2];
+}
 fn rotatedAt(mb: M, i: u32, transform: u32, transposeH: u32) -> f32 {
   if (transform != 1u) { return v[i]; }
   let a2 = i / mb.P;
   let b = i % mb.P;
   var acc = 0.0;
-  for (var a = 0u; a < mb.K; a++) {
-    var hv: f32;
-    if (transposeH == 1u) { hv = hkb[mb.hkOff + a2 * mb.K + a]; } else { hv = hkb[mb.hkOff + a * mb.K + a2]; }
-    acc += hv * v[a * mb.P + b];
+  var a = 0u;
+  // 8 terms at a time, their loads first (a serial loop waited for each H_K read), added in order
+  for (; a + 8u <= mb.K; a += 8u) {
+    ${Array.from({ length: 8 }, (_, t) => `let h${t} = hkAt(mb, a2, a + ${t}u, transposeH);`).join(' ')}
+    ${Array.from({ length: 8 }, (_, t) => `let v${t} = v[(a + ${t}u) * mb.P + b];`).join(' ')}
+    ${Array.from({ length: 8 }, (_, t) => `acc += h${t} * v${t};`).join(' ')}
   }
+  for (; a < mb.K; a++) { acc += hkAt(mb, a2, a, transposeH) * v[a * mb.P + b]; }
   return acc * mb.invSqrtN;
 }`;
 
@@ -953,6 +960,34 @@ ${
 }`;
 }
 
+/** Code groups per iteration of a lane's E8P loop, their code loads issued together (see {@link codeGroupsWgsl}). */
+export const E8P_UNROLL = 8;
+
+/**
+ * The loop over a row's E8P12 code groups `g = lane, lane + stride, …` (below `G`), in that order: each iteration
+ * first loads the codes of its next {@link E8P_UNROLL} groups (the row's first code at index `base`, codes packed two
+ * per u32), then runs `perCode(code, g)` for each. The same groups in the same order as one group per iteration, but a
+ * lane's code loads no longer wait for each other (one at a time left an H200 latency-bound, measured 2026-12-04).
+ * The E8P kernel and the input step's R̂ rows share it.
+ */
+function codeGroupsWgsl(
+  base: string,
+  G: string,
+  stride: string,
+  perCode: (code: string, g: string) => string,
+): string {
+  const U = Array.from({ length: E8P_UNROLL }, (_, u) => u);
+  return `for (var g0 = lane; g0 < ${G}; g0 += ${stride} * ${E8P_UNROLL}u) {
+      ${U.map((u) => `let i${u} = ${base} + g0 + ${u}u * ${stride}; let c${u} = (codes[i${u} >> 1u] >> ((i${u} & 1u) * 16u)) & 0xffffu;`).join('\n      ')}
+      ${U.map(
+        (u) => `if (g0 + ${u}u * ${stride} < ${G}) {
+        let g = g0 + ${u}u * ${stride};
+        ${perCode(`c${u}`, 'g')}
+      }`,
+      ).join('\n      ')}
+    }`;
+}
+
 /**
  * Fused CALDERA matvec in the rotated domain: `out_i = qscale·Σ_g ⟨decode(Q[i, g]), x[8g..8g+8)⟩ + Σ_t L̂[i, t]·z_t`
  * with `z = R̂·x` computed before (this kernel without a low-rank term, on R̂'s codes). Q stays packed: E8P12 u16
@@ -998,32 +1033,36 @@ export function e8pMatvecWgsl(
     let lrow = row - sg.start;`;
   const body = `${seg}
     var acc2 = 0.0;
-    for (var g = lane; g < p.G; g += stride) {
-      let idx = sg.q1 + lrow * p.G + g;
-      let idx2 = sg.q2 + lrow * p.G + g;
-      let xv = x8(r * p.xRow + sg.xOff + 8u * g);
-      acc += dotCode(decodeCode((codes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu), xv);
+    ${codeGroupsWgsl(
+      'sg.q1 + lrow * p.G',
+      'p.G',
+      'stride',
+      (code, g) => `let idx2 = sg.q2 + lrow * p.G + ${g};
+      let xv = x8(r * p.xRow + sg.xOff + 8u * ${g});
+      acc += dotCode(decodeCode(${code}), xv);
       ${rvq4 ? 'acc2 += dotCode(decodeCode((codes2[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu), xv);' : ''}
-      ${rvq3 ? 'acc2 += dotE81b(((codes2[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u, xv);' : ''}
-    }
+      ${rvq3 ? 'acc2 += dotE81b(((codes2[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u, xv);' : ''}`,
+    )}
     ${rvq4 || rvq3 ? 'acc += acc2 / p.resScale;' : ''}
     acc *= sg.qscale;
     ${lowRank ? 'for (var t = lane; t < sg.k; t += stride) { acc += lval(sg, t, lrow) * z[r * p.zRow + sg.zOff + t]; }' : ''}`;
   const tiled = `${seg}
     var acc2: array<f32, ${tile}>;
-    for (var g = lane; g < p.G; g += stride) {
-      let idx = sg.q1 + lrow * p.G + g;
-      let idx2 = sg.q2 + lrow * p.G + g;
-      let k1 = decodeCode((codes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu);
+    ${codeGroupsWgsl(
+      'sg.q1 + lrow * p.G',
+      'p.G',
+      'stride',
+      (code, g) => `let idx2 = sg.q2 + lrow * p.G + ${g};
+      let k1 = decodeCode(${code});
       ${rvq4 ? 'let k2 = decodeCode((codes2[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu);' : ''}
       ${rvq3 ? 'let c2 = ((codes2[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u;' : ''}
       for (var k = 0u; k < ${tile}u; k++) {
-        let xv = x8((r0 + k) * p.xRow + sg.xOff + 8u * g);
+        let xv = x8((r0 + k) * p.xRow + sg.xOff + 8u * ${g});
         acc[k] += dotCode(k1, xv);
         ${rvq4 ? 'acc2[k] += dotCode(k2, xv);' : ''}
         ${rvq3 ? 'acc2[k] += dotE81b(c2, xv);' : ''}
-      }
-    }
+      }`,
+    )}
     for (var k = 0u; k < ${tile}u; k++) { acc[k] = sg.qscale * (acc[k]${rvq4 || rvq3 ? ' + acc2[k] / p.resScale' : ''}); }
     ${
       lowRank
@@ -1434,16 +1473,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   var acc = 0.0;
   if (row < sg.k) {
     var acc2 = 0.0;
-    for (var g = lane; g < pr.G; g += ${lanes}u) {
-      let idx = sg.q1 + row * pr.G + g;
-      let idx2 = sg.q2 + row * pr.G + g;
-      let o = 8u * g;
+    ${codeGroupsWgsl(
+      'sg.q1 + row * pr.G',
+      'pr.G',
+      `${lanes}u`,
+      (code, g) => `let idx2 = sg.q2 + row * pr.G + ${g};
+      let o = 8u * ${g};
       let xv = activations(vec4<f32>(v[o], v[o + 1u], v[o + 2u], v[o + 3u]),
         vec4<f32>(v[o + 4u], v[o + 5u], v[o + 6u], v[o + 7u]));
-      acc += dotCode(decodeCode((codes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu), xv);
+      acc += dotCode(decodeCode(${code}), xv);
       ${rvq4 ? 'acc2 += dotCode(decodeCode((codes2[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu), xv);' : ''}
-      ${rvq3 ? 'acc2 += dotE81b(((codes2[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u, xv);' : ''}
-    }
+      ${rvq3 ? 'acc2 += dotE81b(((codes2[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u, xv);' : ''}`,
+    )}
     ${rvq4 || rvq3 ? 'acc += acc2 / pr.resScale;' : ''}
     acc *= sg.qscale;
   }
