@@ -22,7 +22,9 @@
  *   GPU in a full run, none on a CPU adapter or with `--quick`; `--random-model tiny|1b|none` overrides.
  * `--quick`: 16 decoded tokens instead of 64, a 32-token prompt instead of 128, a quarter of the roofline bytes.
  * `--lanes 1|32`: lanes per row of the matrix kernels instead of the adapter's default.
- * Without a GPU (SwiftShader) the numbers are only a record.
+ * Without a GPU (SwiftShader) the numbers are only a record. `CALDERA_DAWN_TOGGLES=vulkan_enable_f16_on_nvidia` lets
+ * Dawn offer `shader-f16` on NVIDIA's Vulkan driver, where it is off by default (driver bugs; the decode's agreement
+ * with runtime-node still checks the tokens).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';

@@ -3,9 +3,11 @@
  * box, a CI runner with a GPU). `npm run bench:bundle -w @caldera/runtime-webgpu` (after `npm run build`) writes
  * `.gpu-bench/` in this package (git-ignored, ~29 MB):
  *   bench.mjs          bench/run.ts bundled with every @caldera package it imports (esbuild)
+ *   profile.mjs        bench/profile.ts, bundled alike (where a decode step's time goes)
  *   node_modules/webgpu the Dawn binding, its Linux x86-64 binary xz-compressed
  *   node.xz            this Node.js executable, xz-compressed
- *   debs/              Debian's Vulkan loader (libvulkan1; its data.tar.xz unpacks with dpkg or Python alone)
+ *   debs/              Debian's Vulkan loader and the GL vendor-neutral dispatch libraries NVIDIA's Vulkan driver
+ *                      links against (libvulkan1, libglvnd0, libglx0, libegl1; unpack with dpkg or Python alone)
  *   run.sh             unpacks what is missing and runs the benchmark (arguments are passed on)
  * Copy the whole repository checkout (the bench reads packages/reference-model/model) and run
  * `sh packages/runtime-webgpu/.gpu-bench/run.sh`; JSON Lines go to stdout and to `$RESULTS_DIR/webgpu-bench.jsonl`.
@@ -23,12 +25,13 @@ rmSync(out, { recursive: true, force: true });
 mkdirSync(out, { recursive: true });
 
 await build({
-  entryPoints: [join(pkg, 'bench/run.ts')],
+  entryPoints: { bench: join(pkg, 'bench/run.ts'), profile: join(pkg, 'bench/profile.ts') },
   bundle: true,
   platform: 'node',
   format: 'esm',
   target: 'node20',
-  outfile: join(out, 'bench.mjs'),
+  outdir: out,
+  outExtension: { '.js': '.mjs' },
   external: ['webgpu'],
   // bundled CommonJS dependencies may call require()
   banner: {
@@ -50,12 +53,15 @@ if (/libnode/.test(execFileSync('ldd', [process.execPath], { encoding: 'utf8' })
 xz(process.execPath, join(out, 'node.xz'));
 
 mkdirSync(join(out, 'debs'));
-execFileSync('apt-get', ['download', 'libvulkan1'], { cwd: join(out, 'debs'), stdio: 'ignore' });
-if (!readdirSync(join(out, 'debs')).some((f) => f.endsWith('.deb')))
-  throw new Error('apt-get download libvulkan1 gave no .deb');
+const DEBS = ['libvulkan1', 'libglvnd0', 'libglx0', 'libegl1'];
+execFileSync('apt-get', ['download', ...DEBS], { cwd: join(out, 'debs'), stdio: 'ignore' });
+for (const d of DEBS)
+  if (!readdirSync(join(out, 'debs')).some((f) => f.startsWith(`${d}_`) && f.endsWith('.deb')))
+    throw new Error(`apt-get download ${d} gave no .deb`);
 
 const run = `#!/bin/sh
-# Run the Caldera WebGPU benchmark here without Node.js installed (see scripts/gpu-bundle.mjs). Arguments go to the bench.
+# Run the Caldera WebGPU benchmark here without Node.js installed (see scripts/gpu-bundle.mjs). Arguments go to the bench;
+# CALDERA_BENCH=profile runs profile.mjs instead (where a decode step's time goes).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 work=\${TMPDIR:-/tmp}/caldera-gpu-bench
@@ -83,8 +89,9 @@ while pos < len(data):
     pos += 60 + size + size % 2
 PY
 }
-# a Vulkan loader, when the system has none
-if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1 '; then
+# a Vulkan loader and GL dispatch (NVIDIA's Vulkan driver links libGLdispatch), when the system lacks either
+libs=$(ldconfig -p 2>/dev/null || true)
+if ! echo "$libs" | grep -q 'libvulkan.so.1 ' || ! echo "$libs" | grep -q 'libGLdispatch.so.0 '; then
   for f in "$here"/debs/*.deb; do undeb "$f" "$work/vulkan"; done
   export LD_LIBRARY_PATH="$work/vulkan/usr/lib/x86_64-linux-gnu\${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
@@ -96,12 +103,12 @@ fi
 "$work/node" --version
 # the bench's exit status, not tee's; and no adapter (the bench then prints why and exits 0) is a failure here
 mkdir -p "\${RESULTS_DIR:-.}"
-results="\${RESULTS_DIR:-.}/webgpu-bench.jsonl"
+results="\${RESULTS_DIR:-.}/webgpu-\${CALDERA_BENCH:-bench}.jsonl"
 rm -f "$work/status"
-{ "$work/node" "$here/bench.mjs" "$@" && s=0 || s=$?; echo "$s" > "$work/status"; } | tee "$results"
+{ "$work/node" "$here/\${CALDERA_BENCH:-bench}.mjs" "$@" && s=0 || s=$?; echo "$s" > "$work/status"; } | tee "$results"
 status=$(cat "$work/status")
 [ "$status" = 0 ] || exit "$status"
-grep -q '"case":"webgpu_decode_caldera_tok_s"' "$results" || { echo 'run.sh: the bench measured nothing (no GPU adapter?)' >&2; exit 1; }
+[ -n "\${CALDERA_BENCH:-}" ] || grep -q '"case":"webgpu_decode_caldera_tok_s"' "$results" || { echo 'run.sh: the bench measured nothing (no GPU adapter?)' >&2; exit 1; }
 `;
 writeFileSync(join(out, 'run.sh'), run);
 chmodSync(join(out, 'run.sh'), 0o755);

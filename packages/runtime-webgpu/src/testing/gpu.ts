@@ -22,7 +22,10 @@ export async function testDevice(): Promise<{ device: CalderaDevice | null; reas
   return { device: device && { ...device, shaderF16: false }, reason };
 }
 
-/** The shared device in Node (the benchmark's, as the adapter gives it), created on first use; `reason` says why there is none. */
+/**
+ * The shared device in Node (the benchmark's, as the adapter gives it), created on first use; `reason` says why there
+ * is none. `CALDERA_DAWN_TOGGLES` names Dawn toggles to enable (comma-separated).
+ */
 export async function nodeDevice(): Promise<{ device: CalderaDevice | null; reason: string }> {
   const g = globalThis as GpuGlobal;
   if (g.__calderaTestGpu) return g.__calderaTestGpu;
@@ -33,7 +36,13 @@ export async function nodeDevice(): Promise<{ device: CalderaDevice | null; reas
     Object.assign(globalThis, mod.globals);
     // SwiftShader when it is listed (vitest.config.ts may list lavapipe after it, for testF16Device)
     const swiftShader = process.env.VK_ICD_FILENAMES?.includes('vk_swiftshader_icd.json') ?? false;
-    gpu = mod.create(swiftShader ? ['adapter=SwiftShader'] : []);
+    // CALDERA_DAWN_TOGGLES: Dawn toggles to enable, comma-separated (e.g. vulkan_enable_f16_on_nvidia: Dawn leaves
+    // shader-f16 off on NVIDIA's Vulkan driver by default, for driver bugs; the benchmark can measure it anyway)
+    const toggles = process.env.CALDERA_DAWN_TOGGLES;
+    gpu = mod.create([
+      ...(swiftShader ? ['adapter=SwiftShader'] : []),
+      ...(toggles ? [`enable-dawn-features=${toggles}`] : []),
+    ]);
   } catch (e) {
     return {
       device: null,

@@ -1,0 +1,150 @@
+/**
+ * Where a decode step's time goes, on the adapter at hand: `npx tsx bench/profile.ts [--random-model 1b|tiny]`
+ * (`--roofline`: only bench/roofline.ts's measurement; `--ablate a,b`: see ./ablations.ts).
+ * JSON Lines: the adapter's features; the whole step (program and head encoded `REPS` times in one pass, no
+ * read-back); per launch class (a label's first word), the step with that class left out; and every launch alone,
+ * repeated, summed by class (small layers then run from the L2 cache: a floor of their launch cost, not their
+ * memory time). Reads the model's private launch lists: a measurement tool, not an API.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadModel, type WebGpuModel } from '../src/index.js';
+import { encodeDispatches, type Dispatch } from '../src/kernels.js';
+import { nodeDevice } from '../src/testing/gpu.js';
+import { ABLATIONS } from './ablations.js';
+import { measureRoofline } from './roofline.js';
+import { SHAPES, writeRandomCalderaModel, writeRandomF16Model } from './random-model.js';
+
+const at = process.argv.indexOf('--random-model');
+const shapeName = (at < 0 ? undefined : process.argv[at + 1]) ?? '1b';
+const shape = SHAPES[shapeName as keyof typeof SHAPES];
+const REPS = 20;
+const r4 = (v: number) => Number(v.toPrecision(4));
+
+const ablateAt = process.argv.indexOf('--ablate');
+const ablations = ablateAt < 0 ? [] : process.argv[ablateAt + 1]!.split(',');
+let edits: [RegExp | string, string][] = [];
+const matched = new Set<[RegExp | string, string]>();
+
+const { device, reason } = await nodeDevice();
+if (!device) {
+  console.error(reason);
+  process.exit(1);
+}
+console.log(
+  JSON.stringify({
+    case: 'adapter',
+    description: device.description,
+    features: [...device.adapter.features].sort(),
+    shaderF16: device.shaderF16,
+    maxWorkgroupStorage: device.maxWorkgroupStorage,
+  }),
+);
+const gpu = device.device;
+const createShaderModule = gpu.createShaderModule.bind(gpu);
+gpu.createShaderModule = (d: GPUShaderModuleDescriptor) => {
+  let code = d.code;
+  for (const edit of edits) {
+    const edited = code.replaceAll(edit[0], edit[1]);
+    if (edited !== code) matched.add(edit);
+    code = edited;
+  }
+  return createShaderModule({ ...d, code });
+};
+
+async function timePass(list: Dispatch[], reps: number): Promise<number> {
+  const run = async () => {
+    const enc = gpu.createCommandEncoder();
+    for (let i = 0; i < reps; i++) encodeDispatches(enc, list);
+    const t = performance.now();
+    gpu.queue.submit([enc.finish()]);
+    await gpu.queue.onSubmittedWorkDone();
+    return performance.now() - t;
+  };
+  await run();
+  let best = Infinity;
+  for (let i = 0; i < 3; i++) best = Math.min(best, await run());
+  return (best * 1000) / reps; // µs per repetition
+}
+
+const classOf = (d: Dispatch) => d.label.split(' ')[0]!;
+
+async function profile(name: string, model: WebGpuModel): Promise<void> {
+  await model.prefill([1, 2, 3, 4, 5, 6, 7, 8]);
+  await model.finish();
+  const m = model as unknown as { program: Dispatch[]; head: Dispatch[] };
+  const step = [...m.program, ...m.head];
+  const whole = await timePass(step, REPS);
+  const classes = [...new Set(step.map(classOf))];
+  const without: Record<string, unknown> = {};
+  for (const c of classes) {
+    const rest = step.filter((d) => classOf(d) !== c);
+    without[c] = { launches: step.length - rest.length, saves_us: r4(whole - (await timePass(rest, REPS))) };
+  }
+  const alone: Record<string, number> = {};
+  const each: { label: string; us: number }[] = [];
+  for (const d of step) {
+    const us = await timePass([d], 10);
+    alone[classOf(d)] = (alone[classOf(d)] ?? 0) + us;
+    each.push({ label: d.label, us: r4(us) });
+  }
+  each.sort((a, b) => b.us - a.us);
+  console.log(
+    JSON.stringify({
+      case: `profile_${name}`,
+      step_us: r4(whole),
+      launches: step.length,
+      without,
+      alone_us: Object.fromEntries(Object.entries(alone).map(([k, v]) => [k, r4(v)])),
+      slowest: each.slice(0, 12),
+    }),
+  );
+}
+
+const dir = await mkdtemp(join(tmpdir(), 'caldera-profile-'));
+try {
+  if (process.argv.includes('--roofline')) {
+    // the roofline alone (bench/run.ts measures it with everything else)
+    const roof = await measureRoofline(device);
+    console.log(
+      JSON.stringify({ case: 'roofline', ...roof, roofline_share: r4(roof.kernelGbs / roof.streamGbs) }),
+    );
+    process.exit(0);
+  }
+  if (ablations.length) {
+    const path = join(dir, 'ablate');
+    await writeRandomCalderaModel(path, shape, 64);
+    for (const a of ablations) {
+      edits = ABLATIONS[a]!;
+      const { model } = await loadModel(device, path, { contextLength: 64 });
+      await profile(`${shapeName}_caldera_${a}`, model);
+      model.dispose();
+      const roof = await measureRoofline(device, {
+        targetBytes: (device.fallbackAdapter ? 4 : 256) * 2 ** 20,
+      });
+      for (const e of edits)
+        if (!matched.has(e)) console.error(`ablation ${a}: ${String(e[0])} matched no shader`);
+      console.log(
+        JSON.stringify({
+          case: `roofline_${a}`,
+          kernel_gbs: r4(roof.kernelGbs),
+          layer_gbs: r4(roof.layerGbs),
+        }),
+      );
+    }
+    edits = [];
+  }
+  for (const kind of ablations.length ? [] : (['f16', 'caldera'] as const)) {
+    const path = join(dir, kind);
+    if (kind === 'f16') await writeRandomF16Model(path, shape);
+    else await writeRandomCalderaModel(path, shape, 64);
+    const { model } = await loadModel(device, path, { contextLength: 64 });
+    await profile(`${shapeName}_${kind}`, model);
+    model.dispose();
+    await rm(path, { recursive: true, force: true });
+  }
+} finally {
+  await rm(dir, { recursive: true, force: true });
+  device.dispose();
+}
