@@ -64,8 +64,8 @@ async function secondsPerPass(dev: CalderaDevice, list: Dispatch[]): Promise<num
 
 /**
  * Keep the GPU busy with `list` for about `ms` milliseconds, so that it has left its idle clocks before anything is
- * timed (an H200 idles at 345 MHz; without this the first variant timed read at a fraction of the later ones' clocks:
- * 91 against 409 GB/s for the same kernel, measured 2026-12-04).
+ * timed (an H200 idles at 345 MHz; without this the first variant timed ran at a fraction of the later ones' clocks:
+ * the same kernel read 91 GB/s timed first and 409 GB/s timed third, two runs a minute apart, 2026-12-04).
  */
 async function warmUp(dev: CalderaDevice, list: Dispatch[], ms: number): Promise<void> {
   const t0 = performance.now();
