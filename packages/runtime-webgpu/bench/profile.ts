@@ -1,6 +1,6 @@
 /**
  * Where a decode step's time goes, on the adapter at hand: `npx tsx bench/profile.ts [--random-model 1b|tiny]`
- * (`--roofline`: only bench/roofline.ts's measurement; `--ablate a,b`: see ./ablations.ts).
+ * (`--roofline`: only bench/roofline.ts's measurement; `--ablate a,b`: see ./ablations.ts; `--max-local-hadamard N`).
  * JSON Lines: the adapter's features; the whole step (program and head encoded `REPS` times in one pass, no
  * read-back); per launch class (a label's first word), the step with that class left out; and every launch alone,
  * repeated, summed by class (small layers then run from the L2 cache: a floor of their launch cost, not their
@@ -18,6 +18,13 @@ import { SHAPES, writeRandomCalderaModel, writeRandomF16Model } from './random-m
 
 const at = process.argv.indexOf('--random-model');
 const shapeName = (at < 0 ? undefined : process.argv[at + 1]) ?? '1b';
+// --max-local-hadamard N: rotations of vectors above N values take the global-memory path (many workgroups, two or
+// three launches) instead of one workgroup per vector, e.g. to compare the two on a GPU
+const localAt = process.argv.indexOf('--max-local-hadamard');
+const loadOptions = {
+  contextLength: 64,
+  ...(localAt < 0 ? {} : { maxLocalHadamard: Number(process.argv[localAt + 1]) }),
+};
 const shape = SHAPES[shapeName as keyof typeof SHAPES];
 const REPS = 20;
 const r4 = (v: number) => Number(v.toPrecision(4));
@@ -117,7 +124,7 @@ try {
     await writeRandomCalderaModel(path, shape, 64);
     for (const a of ablations) {
       edits = ABLATIONS[a]!;
-      const { model } = await loadModel(device, path, { contextLength: 64 });
+      const { model } = await loadModel(device, path, loadOptions);
       await profile(`${shapeName}_caldera_${a}`, model);
       model.dispose();
       const roof = await measureRoofline(device, {
@@ -139,7 +146,7 @@ try {
     const path = join(dir, kind);
     if (kind === 'f16') await writeRandomF16Model(path, shape);
     else await writeRandomCalderaModel(path, shape, 64);
-    const { model } = await loadModel(device, path, { contextLength: 64 });
+    const { model } = await loadModel(device, path, loadOptions);
     await profile(`${shapeName}_${kind}`, model);
     model.dispose();
     await rm(path, { recursive: true, force: true });
