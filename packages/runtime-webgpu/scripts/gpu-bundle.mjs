@@ -60,7 +60,8 @@ for (const d of DEBS)
     throw new Error(`apt-get download ${d} gave no .deb`);
 
 const run = `#!/bin/sh
-# Run the Caldera WebGPU benchmark here without Node.js installed (see scripts/gpu-bundle.mjs). Arguments go to the bench;
+# Run the Caldera WebGPU benchmark here without Node.js installed (see scripts/gpu-bundle.mjs).
+# Arguments go to the bench;
 # CALDERA_BENCH=profile runs profile.mjs instead (where a decode step's time goes).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
