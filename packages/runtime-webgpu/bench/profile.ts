@@ -10,11 +10,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel, type WebGpuModel } from '../src/index.js';
-import { encodeDispatches, type Dispatch } from '../src/kernels.js';
+import type { Dispatch } from '../src/kernels.js';
 import { nodeDevice } from '../src/testing/gpu.js';
 import { ABLATIONS } from './ablations.js';
 import { measureRoofline } from './roofline.js';
 import { SHAPES, writeRandomCalderaModel, writeRandomF16Model } from './random-model.js';
+import { submitSeconds } from './timing.js';
 
 const at = process.argv.indexOf('--random-model');
 const shapeName = (at < 0 ? undefined : process.argv[at + 1]) ?? '1b';
@@ -31,6 +32,15 @@ const r4 = (v: number) => Number(v.toPrecision(4));
 
 const ablateAt = process.argv.indexOf('--ablate');
 const ablations = ablateAt < 0 ? [] : process.argv[ablateAt + 1]!.split(',');
+const unknown = ablations.filter((a) => !(a in ABLATIONS));
+if (unknown.length || !shape) {
+  console.error(
+    unknown.length
+      ? `--ablate: unknown ${unknown.join(', ')} (known: ${Object.keys(ABLATIONS).join(', ')})`
+      : `--random-model takes ${Object.keys(SHAPES).join(' or ')}, got ${shapeName}`,
+  );
+  process.exit(2);
+}
 let edits: [RegExp | string, string][] = [];
 const matched = new Set<[RegExp | string, string]>();
 
@@ -60,19 +70,12 @@ gpu.createShaderModule = (d: GPUShaderModuleDescriptor) => {
   return createShaderModule({ ...d, code });
 };
 
+/** µs per repetition of `list`: one warm-up submit, then the best of 3 submits of `reps` repetitions. */
 async function timePass(list: Dispatch[], reps: number): Promise<number> {
-  const run = async () => {
-    const enc = gpu.createCommandEncoder();
-    for (let i = 0; i < reps; i++) encodeDispatches(enc, list);
-    const t = performance.now();
-    gpu.queue.submit([enc.finish()]);
-    await gpu.queue.onSubmittedWorkDone();
-    return performance.now() - t;
-  };
-  await run();
+  await submitSeconds(device!, list, reps);
   let best = Infinity;
-  for (let i = 0; i < 3; i++) best = Math.min(best, await run());
-  return (best * 1000) / reps; // µs per repetition
+  for (let i = 0; i < 3; i++) best = Math.min(best, await submitSeconds(device!, list, reps));
+  return (best * 1e6) / reps;
 }
 
 const classOf = (d: Dispatch) => d.label.split(' ')[0]!;
@@ -117,9 +120,7 @@ try {
     console.log(
       JSON.stringify({ case: 'roofline', ...roof, roofline_share: r4(roof.kernelGbs / roof.streamGbs) }),
     );
-    process.exit(0);
-  }
-  if (ablations.length) {
+  } else if (ablations.length) {
     const path = join(dir, 'ablate');
     await writeRandomCalderaModel(path, shape, 64);
     for (const a of ablations) {
@@ -141,15 +142,16 @@ try {
       );
     }
     edits = [];
-  }
-  for (const kind of ablations.length ? [] : (['f16', 'caldera'] as const)) {
-    const path = join(dir, kind);
-    if (kind === 'f16') await writeRandomF16Model(path, shape);
-    else await writeRandomCalderaModel(path, shape, 64);
-    const { model } = await loadModel(device, path, loadOptions);
-    await profile(`${shapeName}_${kind}`, model);
-    model.dispose();
-    await rm(path, { recursive: true, force: true });
+  } else {
+    for (const kind of ['f16', 'caldera'] as const) {
+      const path = join(dir, kind);
+      if (kind === 'f16') await writeRandomF16Model(path, shape);
+      else await writeRandomCalderaModel(path, shape, 64);
+      const { model } = await loadModel(device, path, loadOptions);
+      await profile(`${shapeName}_${kind}`, model);
+      model.dispose();
+      await rm(path, { recursive: true, force: true });
+    }
   }
 } finally {
   await rm(dir, { recursive: true, force: true });

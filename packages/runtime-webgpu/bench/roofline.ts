@@ -16,7 +16,6 @@ import {
   BufferUsage,
   createLinearContext,
   e8pSourcePairs,
-  encodeDispatches,
   GpuCalderaLinear,
   gpuCodecOf,
   Kernels,
@@ -28,6 +27,7 @@ import {
   type Lanes,
 } from '../src/kernels.js';
 import type { CalderaDevice } from '../src/index.js';
+import { submitSeconds } from './timing.js';
 
 /** Reads every 16-byte word of `a` once (grid-stride); the guarded write keeps the loads alive. */
 const STREAM_WGSL = /* wgsl */ `
@@ -46,14 +46,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
  * timing of 2 passes on a CPU adapter).
  */
 async function secondsPerPass(dev: CalderaDevice, list: Dispatch[]): Promise<number> {
-  const run = async (passes: number) => {
-    const enc = dev.device.createCommandEncoder();
-    for (let i = 0; i < passes; i++) encodeDispatches(enc, list);
-    const t = performance.now();
-    dev.device.queue.submit([enc.finish()]);
-    await dev.device.queue.onSubmittedWorkDone();
-    return (performance.now() - t) / 1000;
-  };
+  const run = (passes: number) => submitSeconds(dev, list, passes);
   await run(1);
   if (dev.fallbackAdapter) return (await run(2)) / 2;
   const passes = Math.min(500, Math.max(3, Math.ceil(0.1 / (await run(1)))));
@@ -69,12 +62,7 @@ async function secondsPerPass(dev: CalderaDevice, list: Dispatch[]): Promise<num
  */
 async function warmUp(dev: CalderaDevice, list: Dispatch[], ms: number): Promise<void> {
   const t0 = performance.now();
-  while (performance.now() - t0 < ms) {
-    const enc = dev.device.createCommandEncoder();
-    for (let i = 0; i < 4; i++) encodeDispatches(enc, list);
-    dev.device.queue.submit([enc.finish()]);
-    await dev.device.queue.onSubmittedWorkDone();
-  }
+  while (performance.now() - t0 < ms) await submitSeconds(dev, list, 4);
 }
 
 export interface RooflineOptions {
