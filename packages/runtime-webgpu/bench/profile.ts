@@ -4,7 +4,8 @@
  * JSON Lines: the adapter's features; the whole step (program and head encoded `REPS` times in one pass, no
  * read-back); per launch class (a label's first word), the step with that class left out; and every launch alone,
  * repeated, summed by class (small layers then run from the L2 cache: a floor of their launch cost, not their
- * memory time). Reads the model's private launch lists: a measurement tool, not an API.
+ * memory time). Each model's step first runs for a second untimed, so that a GPU has left its idle clocks (see
+ * `warmUp`). Reads the model's private launch lists: a measurement tool, not an API.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -15,7 +16,7 @@ import { nodeDevice } from '../src/testing/gpu.js';
 import { ABLATIONS } from './ablations.js';
 import { measureRoofline } from './roofline.js';
 import { SHAPES, writeRandomCalderaModel, writeRandomF16Model } from './random-model.js';
-import { submitSeconds } from './timing.js';
+import { submitSeconds, warmUp } from './timing.js';
 
 const at = process.argv.indexOf('--random-model');
 const shapeName = (at < 0 ? undefined : process.argv[at + 1]) ?? '1b';
@@ -85,6 +86,8 @@ async function profile(name: string, model: WebGpuModel): Promise<void> {
   await model.finish();
   const m = model as unknown as { program: Dispatch[]; head: Dispatch[] };
   const step = [...m.program, ...m.head];
+  // out of idle clocks before the first timing, as the roofline does (not on a CPU adapter)
+  if (!device!.fallbackAdapter) await warmUp(device!, step, 1000);
   const whole = await timePass(step, REPS);
   const classes = [...new Set(step.map(classOf))];
   const without: Record<string, unknown> = {};

@@ -27,7 +27,7 @@ import {
   type Lanes,
 } from '../src/kernels.js';
 import type { CalderaDevice } from '../src/index.js';
-import { submitSeconds } from './timing.js';
+import { submitSeconds, warmUp } from './timing.js';
 
 /** Reads every 16-byte word of `a` once (grid-stride); the guarded write keeps the loads alive. */
 const STREAM_WGSL = /* wgsl */ `
@@ -53,16 +53,6 @@ async function secondsPerPass(dev: CalderaDevice, list: Dispatch[]): Promise<num
   let best = Infinity;
   for (let i = 0; i < 3; i++) best = Math.min(best, (await run(passes)) / passes);
   return best;
-}
-
-/**
- * Keep the GPU busy with `list` for about `ms` milliseconds, so that it has left its idle clocks before anything is
- * timed (an H200 idles at 345 MHz; without this the first variant timed ran at a fraction of the later ones' clocks:
- * the same kernel read 91 GB/s timed first and 409 GB/s timed third, two runs a minute apart, 2026-12-04).
- */
-async function warmUp(dev: CalderaDevice, list: Dispatch[], ms: number): Promise<void> {
-  const t0 = performance.now();
-  while (performance.now() - t0 < ms) await submitSeconds(dev, list, 4);
 }
 
 export interface RooflineOptions {
