@@ -462,9 +462,15 @@ function fileStore(dir: string, fingerprint: RunFingerprint): BlockStore {
  * Calibration windows of a run (deterministic in the settings and seed). `E_VALUE` naming the --data file when it has
  * fewer tokens than one window, or its windows cannot be cut.
  */
-async function calibrationWindows(modelDir: string, s: RunSettings, seed: number, bos: number | null) {
+async function calibrationWindows(
+  modelDir: string,
+  s: RunSettings,
+  seed: number,
+  bos: number | null,
+  threads: number,
+) {
   const docs = await readDocuments(s.data);
-  const calib = await tokenizeDocuments(modelDir, docs, bos);
+  const calib = await tokenizeDocuments(modelDir, docs, bos, { threads });
   const tokens = calib.reduce((n, d) => n + d.length, 0);
   const advice =
     'give a longer calibration text, or fewer or shorter windows (--windows, --length; ' +
@@ -575,7 +581,8 @@ export async function compressCommand(a: Args): Promise<number> {
   const fewRows =
     settings.method === 'rtn' ? null : calibrationRowsWarning(settings.windows, settings.length, layers);
   if (fewRows) console.error(fewRows);
-  const windowsOf = () => calibrationWindows(modelDir, settings, seed, sourceModel.config.bosTokenId);
+  const windowsOf = () =>
+    calibrationWindows(modelDir, settings, seed, sourceModel.config.bosTokenId, threads);
   // hashing a large model's tensors takes a while: on the bar only (the JSON lines' first progress event is a layer's)
   const hashing: HashModelOptions = {
     signal: stop.signal,
