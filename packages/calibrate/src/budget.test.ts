@@ -178,6 +178,46 @@ describe('required target and layer shapes', () => {
     expectValueError(() => rankCap({ name: 'c', m: 8, n: NaN }), /rankCap: layer \('c'\) n .* got NaN/);
   });
 
+  it('validates granularity and maxRank (rankCap, allocateRanks), maxBytes and the ranks, naming them', () => {
+    // before: maxRank NaN or −16 gave every layer rank 0; rankCap granularity 0 NaN, −16 the full rank 64
+    for (const maxRank of [NaN, -16, '32'])
+      expectValueError(
+        () => allocateRanks(layers, { targetBits: 3, maxRank: maxRank as never }),
+        /^E_VALUE: allocateRanks: options\.maxRank must be a non-negative number \(Infinity: no bound\), got /,
+      );
+    expectValueError(
+      () => allocateRanks(layers, { targetBits: 3, granularity: 0 }),
+      /^E_VALUE: allocateRanks: options\.granularity must be a positive integer, got 0$/,
+    );
+    for (const g of [0, -16, 1.5, NaN])
+      expectValueError(
+        () => rankCap(layers[0]!, g),
+        /^E_VALUE: rankCap: granularity must be a positive integer/,
+      );
+    expectValueError(() => rankCap(layers[0]!, 1, NaN), /^E_VALUE: rankCap: maxRank .* got NaN$/);
+    expectValueError(() => rankCap(layers[0]!, 16, -16), /rankCap: maxRank .* got -16/);
+    expect(rankCap(layers[0]!, 16, 0)).toBe(0);
+    expect(rankCap(layers[0]!, 16, 40)).toBe(32);
+    expect(allocateRanks(layers, { targetBits: 99, maxRank: 16 }).ranks).toEqual([16, 16]);
+    // before: NaN and −0.0007 bits per weight
+    for (const bytes of [NaN, -1, Infinity])
+      expectValueError(
+        () => bitsForBytes(layers, bytes),
+        /^E_VALUE: bitsForBytes: maxBytes must be a finite non-negative number of bytes, got /,
+      );
+    expect(bitsForBytes(layers, 0)).toBe(0);
+    // before: NaN, and 1.85 bits (below Q's 2) for a rank of −5
+    expectValueError(
+      () => averageBits(layers, [NaN, 1]),
+      /^E_VALUE: averageBits: ranks\[0\] \('a'\) must be a non-negative integer, got NaN$/,
+    );
+    expectValueError(() => averageBits(layers, [16, -5]), /ranks\[1\] \('b'\) .* got -5/);
+    expectValueError(() => averageBits(layers, [16, 1.5]), /ranks\[1\] .* got 1\.5/);
+    const holed: number[] = [16];
+    holed.length = 2; // a hole, which forEach would skip
+    expectValueError(() => averageBits(layers, holed), /ranks\[1\] .* got undefined/);
+  });
+
   it('caps an unreachable target at full rank, visibly in the returned averageBits', () => {
     const got = allocateRanks(layers, { targetBits: 99 });
     expect(got.ranks).toEqual([64, 32]);

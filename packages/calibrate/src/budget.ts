@@ -78,7 +78,8 @@ function checkLayers(layers: readonly LayerShape[], fn: string): void {
 
 /**
  * Average bits per weight of a set of layers under the paper's accounting (algorithm brief §5):
- * `B_Q + Σ k(B_L·m + B_R·n) / Σ m·n`, weighted by parameter count, scales and sign vectors excluded.
+ * `B_Q + Σ k(B_L·m + B_R·n) / Σ m·n`, weighted by parameter count, scales and sign vectors excluded. Each rank `k`
+ * must be a non-negative integer (`E_VALUE` naming it and its layer).
  */
 export function averageBits(
   layers: readonly LayerShape[],
@@ -91,6 +92,14 @@ export function averageBits(
   const { qBits: q, lBits: l, rBits: r } = widthsOf(bits, 'averageBits');
   if (ranks.length !== layers.length)
     throw new CalderaError('E_SHAPE', `averageBits: ${ranks.length} ranks for ${layers.length} layers`);
+  for (let i = 0; i < ranks.length; i++) {
+    const k = ranks[i];
+    if (typeof k !== 'number' || !Number.isInteger(k) || k < 0)
+      throw new CalderaError(
+        'E_VALUE',
+        `averageBits: ranks[${i}] ('${layers[i]!.name}') must be a non-negative integer, got ${shown(k)}`,
+      );
+  }
   let params = 0;
   let extra = 0;
   layers.forEach((s, i) => {
@@ -101,11 +110,31 @@ export function averageBits(
 }
 
 /**
+ * Throw `E_VALUE` naming the function and the argument unless `granularity` is a positive integer and `maxRank` a
+ * non-negative number (`Infinity`: no bound). Before, granularity 0 gave a NaN cap, −16 the full rank, and a maxRank
+ * of NaN or −16 rank 0 everywhere.
+ */
+function checkRankBounds(granularity: unknown, maxRank: unknown, fn: string, prefix: string): void {
+  if (typeof granularity !== 'number' || !Number.isInteger(granularity) || granularity <= 0)
+    throw new CalderaError(
+      'E_VALUE',
+      `${fn}: ${prefix}granularity must be a positive integer, got ${shown(granularity)}`,
+    );
+  if (typeof maxRank !== 'number' || !(maxRank >= 0))
+    throw new CalderaError(
+      'E_VALUE',
+      `${fn}: ${prefix}maxRank must be a non-negative number (Infinity: no bound), got ${shown(maxRank)}`,
+    );
+}
+
+/**
  * The largest rank a layer can be given: min(m, n) (past it L·R gains nothing), and at most `maxRank`, rounded down
- * to a multiple of `granularity` (default 1: no rounding). The cap of {@link allocateRanks}.
+ * to a multiple of `granularity` (default 1: no rounding). The cap of {@link allocateRanks}. `granularity` must be a
+ * positive integer and `maxRank` a non-negative number (`E_VALUE`).
  */
 export function rankCap(layer: LayerShape, granularity = 1, maxRank = Infinity): number {
   checkLayer(layer, 'rankCap', 'layer');
+  checkRankBounds(granularity, maxRank, 'rankCap', '');
   return Math.floor(Math.min(layer.m, layer.n, maxRank) / granularity) * granularity;
 }
 
@@ -137,12 +166,13 @@ export interface RankBudget {
  * A target above what full ranks cost is not an error: every layer gets its cap ({@link rankCap}) and the returned
  * `averageBits` is what that costs, below the target (e.g. target 99 on 4-bit factors: about 10 for square layers).
  * Compare it with the target to detect an unreachable one (the `caldera compress` command refuses those itself).
- * `targetBits` must be a finite number, and each layer's `m` and `n` positive integers (`E_VALUE` naming the layer).
+ * `targetBits` must be a finite number, `granularity` a positive integer, `maxRank` a non-negative number, and each
+ * layer's `m` and `n` positive integers (`E_VALUE` naming the option or the layer).
  */
 export function allocateRanks(layers: readonly LayerShape[], options: RankBudgetOptions): RankBudget {
   assertObject(layers, 'allocateRanks', 'layers', 'an array of layer shapes');
   assertObject(options, 'allocateRanks', 'options', 'rank budget options with targetBits');
-  const { granularity = 16 } = options;
+  const { granularity = 16, maxRank = Infinity } = options;
   const target = options.targetBits;
   if (typeof target !== 'number' || !Number.isFinite(target))
     throw new CalderaError(
@@ -153,14 +183,13 @@ export function allocateRanks(layers: readonly LayerShape[], options: RankBudget
   checkLayers(layers, 'allocateRanks');
   const widths = widthsOf(options, 'allocateRanks');
   const { qBits: q, lBits: l, rBits: r } = widths;
-  if (!Number.isInteger(granularity) || granularity <= 0)
-    throw new CalderaError('E_VALUE', `granularity must be a positive integer, got ${granularity}`);
+  checkRankBounds(granularity, maxRank, 'allocateRanks', 'options.');
   if (!(target >= q)) {
     throw new CalderaError('E_VALUE', `target ${target} bits/weight is below the ${q} bits of Q alone`);
   }
   const params = layers.reduce((a, s) => a + s.m * s.n, 0);
   const budget = (target - q) * params; // bits available for the factors
-  const cap = layers.map((s) => rankCap(s, granularity, options.maxRank));
+  const cap = layers.map((s) => rankCap(s, granularity, maxRank));
   const stepCost = layers.map((s) => granularity * (l * s.m + r * s.n));
   const ranks = layers.map(() => 0);
   let used = 0;
@@ -189,10 +218,18 @@ export function allocateRanks(layers: readonly LayerShape[], options: RankBudget
   return { ranks, averageBits: averageBits(layers, ranks, widths) };
 }
 
-/** The target bits per weight that a byte budget for the decomposed layers allows (paper accounting). */
+/**
+ * The target bits per weight that a byte budget for the decomposed layers allows (paper accounting). `maxBytes` must
+ * be a finite non-negative number (`E_VALUE`).
+ */
 export function bitsForBytes(layers: readonly LayerShape[], maxBytes: number): number {
   assertObject(layers, 'bitsForBytes', 'layers', 'an array of layer shapes');
   checkLayers(layers, 'bitsForBytes');
+  if (typeof maxBytes !== 'number' || !Number.isFinite(maxBytes) || maxBytes < 0)
+    throw new CalderaError(
+      'E_VALUE',
+      `bitsForBytes: maxBytes must be a finite non-negative number of bytes, got ${shown(maxBytes)}`,
+    );
   const params = layers.reduce((a, s) => a + s.m * s.n, 0);
   if (params === 0) throw new CalderaError('E_VALUE', 'bitsForBytes: no layers');
   return (8 * maxBytes) / params;

@@ -110,6 +110,28 @@ describe('HessianAccumulator', () => {
     expect(() => acc.add(new Float32Array(7), 2)).toThrow(/expected rows·n/);
   });
 
+  it('rejects non-finite sums off the diagonal, where the trace does not see them', () => {
+    // before: fromSums(2, [1, NaN, 0, 1]) finalised to [1.01, NaN, NaN, 1.01]
+    expect(() => HessianAccumulator.fromSums(2, Float64Array.of(1, NaN, 0, 1), 2)).toThrow(
+      /^E_VALUE: Hessian sums hold a non-finite value NaN at \(0, 1\)$/,
+    );
+    expect(() => HessianAccumulator.fromSums(2, Float64Array.of(1, 0, 0, -Infinity), 2)).toThrow(
+      /non-finite value -Infinity at \(1, 1\)/,
+    );
+    expect(() => HessianAccumulator.fromSums(2, Float64Array.of(-1, 0, 0, 3), 2)).toThrow(
+      /^E_VALUE: Hessian sums have a negative diagonal entry -1 at \(0, 0\)/,
+    );
+    // the lower triangle is not read: what is there does not matter
+    const lower = HessianAccumulator.fromSums(2, Float64Array.of(2, 1, NaN, 2), 2);
+    expect(Array.from(finalizeHessian(lower, { damping: 0 }).data)).toEqual([1, 0.5, 0.5, 1]);
+    // sums changed in place (or overflowing in a merge) are refused by finalizeHessian itself
+    const acc = HessianAccumulator.fromSums(3, Float64Array.of(1, 0, 0, 0, 1, 0, 0, 0, 1), 1);
+    acc.sum[1 * 3 + 2] = Infinity;
+    expect(() => finalizeHessian(acc)).toThrow(
+      /^E_VALUE: Hessian of size 3 is not finite: entry \(1, 2\) is Infinity/,
+    );
+  });
+
   it('add rejects a row count that is not a non-negative integer', () => {
     // before: rows 2.5 with 5 values of n = 2 passed the length check, read past the input and counted 2.5 rows
     const acc = new HessianAccumulator(2);

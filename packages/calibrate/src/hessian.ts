@@ -40,7 +40,12 @@ export class HessianAccumulator {
     this.pool = options.pool;
   }
 
-  /** An accumulator holding given partial sums (upper triangle of Σxxᵀ, full n×n storage) of `count` rows. */
+  /**
+   * An accumulator holding given partial sums (upper triangle of Σxxᵀ, full n×n storage) of `count` rows. The upper
+   * triangle must be finite and its diagonal (sums of squares) non-negative, else `E_VALUE` naming the entry: sums
+   * read from a file are checked here, once, since a NaN off the diagonal would not show in the trace that
+   * {@link finalizeHessian} checks first (the lower triangle is not read).
+   */
   static fromSums(n: number, sum: Float64Array, count: number): HessianAccumulator {
     const acc = new HessianAccumulator(n);
     assertObject(sum, 'HessianAccumulator.fromSums', 'sum', 'a Float64Array');
@@ -48,6 +53,19 @@ export class HessianAccumulator {
       throw new CalderaError('E_SHAPE', `Hessian sums have ${sum.length} values, expected ${n}·${n}`);
     if (!Number.isInteger(count) || count < 0)
       throw new CalderaError('E_VALUE', `Hessian row count must be a non-negative integer, got ${count}`);
+    for (let i = 0; i < n; i++) {
+      for (let j = i; j < n; j++) {
+        const v = sum[i * n + j]!;
+        if (!Number.isFinite(v))
+          throw new CalderaError('E_VALUE', `Hessian sums hold a non-finite value ${v} at (${i}, ${j})`);
+      }
+      const diag = sum[i * n + i]!;
+      if (diag < 0)
+        throw new CalderaError(
+          'E_VALUE',
+          `Hessian sums have a negative diagonal entry ${diag} at (${i}, ${i}), not a sum of squares`,
+        );
+    }
     acc.sum.set(sum);
     acc.count = count;
     return acc;
@@ -107,7 +125,7 @@ export class HessianAccumulator {
 /**
  * The Hessian CALDERA uses for one layer: `H = XᵀX/N`, normalised to unit mean diagonal, plus `damping·I`.
  * Dead input channels (all-zero columns of X) get the damping alone on their diagonal, which keeps H positive
- * definite. An all-zero H (no signal at all) is rejected.
+ * definite. An all-zero H (no signal at all) and one with any NaN or infinite entry are rejected (`E_VALUE`).
  */
 export function finalizeHessian(acc: HessianAccumulator, options: HessianOptions = {}): Tensor<'f64'> {
   assertObject(acc, 'finalizeHessian', 'acc', 'a HessianAccumulator');
@@ -120,12 +138,22 @@ export function finalizeHessian(acc: HessianAccumulator, options: HessianOptions
   let trace = 0;
   for (let i = 0; i < n; i++) trace += d[i * n + i]!;
   const mean = trace / n;
-  // a non-finite input x_i makes Σ x_i² (diagonal i) non-finite, so the trace catches every NaN or infinity
+  // a non-finite input x_i makes Σ x_i² (diagonal i) non-finite, so the trace catches every NaN or infinity of the
+  // rows given to `add`
   if (!Number.isFinite(mean))
     throw new CalderaError(
       'E_VALUE',
       `Hessian of size ${n} is not finite: the layer's inputs (${acc.count} rows) held NaN or infinite values`,
     );
+  // sums not made by `add` (fromSums, merge, writes into `sum`) may hold one off the diagonal only: one pass over the
+  // n² values, cheap next to the products that made them, so that no non-finite Hessian is ever returned
+  for (let i = 0; i < d.length; i++)
+    if (!Number.isFinite(d[i]!))
+      throw new CalderaError(
+        'E_VALUE',
+        `Hessian of size ${n} is not finite: entry (${Math.floor(i / n)}, ${i % n}) is ${d[i]}, its sums ` +
+          `(${acc.count} rows) held NaN or infinite values`,
+      );
   if (!(mean > 0))
     throw new CalderaError(
       'E_VALUE',

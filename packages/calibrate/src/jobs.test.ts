@@ -1,10 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { cp, readdir, rm } from 'node:fs/promises';
+import { cp, mkdir, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { isCalderaError, writeSafetensors, type Tensor } from '@caldera/core';
+import { isCalderaError, tensor, writeSafetensors, type Tensor } from '@caldera/core';
 import { compressModel, type CompressProgress } from './driver.js';
 import { finalizeHessian, HessianAccumulator } from './hessian.js';
 import {
@@ -150,6 +150,50 @@ describe('data-parallel Hessians', () => {
       (e: unknown) =>
         isCalderaError(e, 'E_VALUE') && /chunk 3 is not in the plan \(3\)/.test((e as Error).message),
     );
+  });
+
+  it('a corrupt chunk file is E_FORMAT, a non-square or non-finite one E_SHAPE / E_VALUE, naming the file', async () => {
+    const plan = makeHessianPlan('/toy', 'sha', 1, [Int32Array.of(1)], 1);
+    const work = mkdtempSync(join(tmpdir(), 'caldera-jobs-work-'));
+    const file = join(work, 'hessian-chunks', `${plan.chunks[0]!.key}-b0000.safetensors`);
+    await mkdir(join(work, 'hessian-chunks'));
+    const write = (t: Tensor, counts: string | undefined) =>
+      writeSafetensors(file, { in: t }, counts === undefined ? {} : { metadata: { counts } });
+    const fails = async (code: string, message: RegExp) => {
+      const e = await reduceHessianChunks(work, plan).then(
+        () => 'no error',
+        (err: unknown) => err,
+      );
+      expect(isCalderaError(e, code as never), String(e)).toBe(true);
+      expect((e as Error).message).toMatch(message);
+      expect((e as Error).message).toContain(file);
+    };
+    const eye = tensor('f64', [2, 2], [1, 0, 0, 1]);
+    // before: a raw SyntaxError from JSON.parse
+    await write(eye, '{oops');
+    await fails('E_FORMAT', /metadata 'counts' is not valid JSON/);
+    // before: counts 0 assumed, "Hessian has no samples"
+    await write(eye, undefined);
+    await fails('E_FORMAT', /metadata 'counts' is missing or not an object/);
+    await write(eye, '{"other":3}');
+    await fails('E_FORMAT', /no row count for 'in' \(got undefined\)/);
+    await write(eye, '{"in":-1}');
+    await fails('E_FORMAT', /no row count for 'in' \(got -1\)/);
+    // before: "Hessian sums have 6 values, expected 2·2", naming neither file nor tensor
+    await write(tensor('f64', [2, 3]), '{"in":1}');
+    await fails('E_SHAPE', /'in' has shape \[2, 3\], expected a square matrix/);
+    // before: stored in hessians/ with NaN off the diagonal (finalizeHessian only checked the trace)
+    await write(tensor('f64', [2, 2], [1, NaN, 0, 1]), '{"in":1}');
+    await fails('E_VALUE', /'in' \(block 0\): Hessian sums hold a non-finite value NaN at \(0, 1\)/);
+    expect(readdirSync(join(work, 'hessians'))).toEqual([]);
+    // before: E_MISSING "missing or unreadable" for a file that is there but truncated
+    await write(eye, '{"in":1}');
+    const bytes = readFileSync(file);
+    writeFileSync(file, bytes.subarray(0, bytes.length - 4));
+    await fails('E_FORMAT', /^E_FORMAT: Hessian partial sums .* cannot be read \(.*past the end/);
+    writeFileSync(file, bytes);
+    const refs = await reduceHessianChunks(work, plan);
+    expect([...refs.keys()]).toEqual(['0/in']);
   });
 
   it('a missing chunk fails the reduction with E_MISSING', async () => {
@@ -325,6 +369,42 @@ describe('matrix jobs', () => {
       (e: unknown) => isCalderaError(e, 'E_VALUE') && /executeMatrixJob: options/.test((e as Error).message),
     );
     expect(await missingJobs(work, manifest)).toHaveLength(manifest.jobs.length);
+  });
+
+  it('readJobResult: a missing result is E_MISSING; a corrupt one, or malformed metadata, E_FORMAT naming the file', async () => {
+    const { work, manifest } = await setup(12);
+    const job = manifest.jobs[0]!;
+    const path = join(work, 'results', `${job.id}.safetensors`);
+    const fails = async (code: string, message: RegExp) => {
+      const e = await readJobResult(work, job).then(
+        () => 'no error',
+        (err: unknown) => err,
+      );
+      expect(isCalderaError(e, code as never), String(e)).toBe(true);
+      expect((e as Error).message).toMatch(message);
+      expect((e as Error).message).toContain(path);
+    };
+    await fails('E_MISSING', /job b0\.up: result .* is missing/);
+    await executeMatrixJob(work, manifest, job);
+    const good = readFileSync(path);
+    const ok = await readJobResult(work, job);
+    // before: E_MISSING "has no result" for a result file that is there but truncated
+    writeFileSync(path, good.subarray(0, good.length - 4));
+    await fails('E_FORMAT', /^E_FORMAT: job b0\.up: result .* cannot be read \(/);
+    const t = { a: tensor('f32', [1]) };
+    // before: a raw SyntaxError from JSON.parse
+    await writeSafetensors(path, t, { metadata: { caldera_job: '{bad' } });
+    await fails('E_FORMAT', /metadata 'caldera_job' is not valid JSON/);
+    await writeSafetensors(path, t);
+    await fails('E_FORMAT', /is not the result of job b0\.up/);
+    await writeSafetensors(path, t, {
+      metadata: {
+        caldera_job: JSON.stringify({ id: job.id, name: job.name, error: 0.5, rank: 4, seconds: 1 }),
+      },
+    });
+    await fails('E_FORMAT', /field 'bitsPerWeight' must be a number, got undefined/);
+    writeFileSync(path, good);
+    expect(await readJobResult(work, job)).toEqual(ok);
   });
 
   it('the Hessian accumulator round-trips through fromSums', () => {

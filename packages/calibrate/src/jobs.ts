@@ -8,6 +8,7 @@ import {
   atomicWriteFile,
   CalderaError,
   cast,
+  describeValue,
   isCalderaError,
   openSafetensors,
   openSafetensorsDir,
@@ -17,6 +18,7 @@ import {
   toCalderaError,
   writeSafetensors,
   type CalderaLayerMeta,
+  type SafetensorsReader,
   type Tensor,
 } from '@caldera/core';
 import { type Pool } from '@caldera/linalg';
@@ -257,6 +259,40 @@ async function readJson<T>(path: string, what: string): Promise<T> {
   }
 }
 
+/** A CalderaError's message without its `E_…: ` prefix, to be wrapped in another one's context. */
+function withoutCode(e: CalderaError): string {
+  return e.message.replace(/^E_[A-Z_]+: /, '');
+}
+
+/**
+ * Open a safetensors file the jobs wrote: `E_MISSING` (`what` + `missing`) when it does not exist; a file that exists
+ * but cannot be read keeps its own code (`E_FORMAT` for a truncated or corrupt file, `E_IO`), `what` naming it.
+ */
+async function openResultFile(path: string, what: string, missing: string): Promise<SafetensorsReader> {
+  try {
+    return await openSafetensors(path);
+  } catch (e) {
+    const err = toCalderaError(e, `opening ${path}`);
+    if (err.code === 'E_MISSING') throw new CalderaError('E_MISSING', `${what} ${missing}`, { cause: e });
+    throw new CalderaError(err.code, `${what} cannot be read (${withoutCode(err)})`, { cause: e });
+  }
+}
+
+/** The JSON in string metadata `field` of `file` (null when absent); malformed JSON is `E_FORMAT` naming both. */
+function metadataJson(metadata: Readonly<Record<string, string>>, field: string, file: string): unknown {
+  const text = metadata[field];
+  if (text === undefined) return null;
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (e) {
+    throw new CalderaError(
+      'E_FORMAT',
+      `${file}: metadata '${field}' is not valid JSON (${(e as Error).message})`,
+      { cause: e },
+    );
+  }
+}
+
 /** Write JSON atomically unless the file already holds exactly these bytes (plans are deterministic). */
 async function writeJsonOnce(path: string, value: unknown): Promise<void> {
   const text = JSON.stringify(value, null, 1) + '\n';
@@ -457,7 +493,10 @@ export async function runHessianChunks(
 
 /**
  * Reduce the chunks' partial sums by f64 addition in chunk order, finalise (normalise + damp) and store every Hessian
- * under its content hash. Deterministic: every process that reduces the same plan writes the same bytes.
+ * under its content hash. Deterministic: every process that reduces the same plan writes the same bytes. Errors name
+ * the chunk file: `E_MISSING` when it is absent, `E_FORMAT` when it is truncated or corrupt or its `counts` metadata
+ * is malformed, `E_SHAPE` for sums that are not square (or not the size of the other chunks'), `E_VALUE` for NaN or
+ * infinite sums; nothing is stored for a Hessian that is not finite.
  */
 export async function reduceHessianChunks(
   workDir: string,
@@ -472,22 +511,39 @@ export async function reduceHessianChunks(
     for (const chunk of plan.chunks) {
       throwIfAborted(options.signal, 'Hessian reduction');
       const file = chunkFile(workDir, chunk.key, b);
-      let reader;
+      const reader = await openResultFile(file, `Hessian partial sums ${file}`, 'are missing');
       try {
-        reader = await openSafetensors(file);
-      } catch (e) {
-        throw new CalderaError('E_MISSING', `Hessian partial sums ${file} are missing or unreadable`, {
-          cause: e,
-        });
-      }
-      try {
-        const counts = JSON.parse(reader.metadata.counts ?? '{}') as Record<string, number>;
+        const counts = metadataJson(reader.metadata, 'counts', file);
+        if (counts === null || typeof counts !== 'object' || Array.isArray(counts))
+          throw new CalderaError(
+            'E_FORMAT',
+            `${file}: metadata 'counts' is missing or not an object of row counts`,
+          );
         for (const key of reader.names()) {
+          const count = (counts as Record<string, unknown>)[key];
+          if (typeof count !== 'number' || !Number.isInteger(count) || count < 0)
+            throw new CalderaError(
+              'E_FORMAT',
+              `${file}: metadata 'counts' has no row count for '${key}' (got ${String(count)})`,
+            );
           const t = await reader.readTensor(key);
           if (t.dtype !== 'f64' || t.shape.length !== 2)
             throw new CalderaError('E_FORMAT', `${file}: '${key}' is not a 2-D f64 tensor`);
-          const part = HessianAccumulator.fromSums(t.shape[0]!, t.data as Float64Array, counts[key] ?? 0);
+          const n = t.shape[0]!;
           const acc = accs.get(key);
+          if (t.shape[1] !== n || (acc && acc.n !== n))
+            throw new CalderaError(
+              'E_SHAPE',
+              `${file}: '${key}' has shape [${t.shape.join(', ')}], expected a square ` +
+                (acc ? `[${acc.n}, ${acc.n}] as in the earlier chunks` : 'matrix'),
+            );
+          let part: HessianAccumulator;
+          try {
+            part = HessianAccumulator.fromSums(n, t.data as Float64Array, count);
+          } catch (e) {
+            if (!(e instanceof CalderaError)) throw e;
+            throw new CalderaError(e.code, `${file}: '${key}' (block ${b}): ${withoutCode(e)}`, { cause: e });
+          }
           if (acc) acc.merge(part);
           else accs.set(key, part);
         }
@@ -727,18 +783,16 @@ export async function executeMatrixJob(
   return 'computed';
 }
 
-/** Read a finished job's output back as a {@link LayerResult}. */
+/**
+ * Read a finished job's output back as a {@link LayerResult}. `E_MISSING` when there is no output file; `E_FORMAT`
+ * naming the file when it is truncated or corrupt, or its `caldera_job` metadata is malformed or of another job.
+ */
 export async function readJobResult(workDir: string, job: MatrixJob): Promise<LayerResult> {
   assertObject(job, 'readJobResult', 'job', 'a MatrixJob');
   const path = jobResultPath(workDir, job);
-  let reader;
+  const reader = await openResultFile(path, `job ${job.name}: result ${path}`, 'is missing');
   try {
-    reader = await openSafetensors(path);
-  } catch (e) {
-    throw new CalderaError('E_MISSING', `job ${job.name} has no result ${path}`, { cause: e });
-  }
-  try {
-    const info = JSON.parse(reader.metadata.caldera_job ?? 'null') as {
+    const info = metadataJson(reader.metadata, 'caldera_job', path) as {
       id: string;
       name: string;
       error: number;
@@ -747,8 +801,19 @@ export async function readJobResult(workDir: string, job: MatrixJob): Promise<La
       seconds: number;
       meta: CalderaLayerMeta;
     } | null;
-    if (!info || info.id !== job.id || info.name !== job.name)
+    if (!info || typeof info !== 'object' || info.id !== job.id || info.name !== job.name)
       throw new CalderaError('E_FORMAT', `${path} is not the result of job ${job.name}`);
+    for (const field of ['error', 'bitsPerWeight', 'rank', 'seconds'] as const)
+      if (typeof info[field] !== 'number')
+        throw new CalderaError(
+          'E_FORMAT',
+          `${path}: metadata 'caldera_job' field '${field}' must be a number, got ${describeValue(info[field])}`,
+        );
+    if (info.meta === null || typeof info.meta !== 'object')
+      throw new CalderaError(
+        'E_FORMAT',
+        `${path}: metadata 'caldera_job' field 'meta' must be an object, got ${describeValue(info.meta)}`,
+      );
     const tensors: Record<string, Tensor> = {};
     for (const n of reader.names()) tensors[n] = await reader.readTensor(n);
     return {

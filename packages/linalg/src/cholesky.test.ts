@@ -131,6 +131,20 @@ describe('blockLDL', () => {
     expect(() => blockLDL(spd(10, 1), 8)).toThrow(/E_SHAPE/);
   });
 
+  it('rejects a block size that is not a positive integer with E_VALUE, not as a size mismatch', () => {
+    // before: E_SHAPE "size 3 is not a multiple of the block size 0" for b = 0, −3 or 1.5
+    const h = spd(3, 1);
+    const c = cholesky(h);
+    for (const b of [0, -3, 1.5, NaN]) {
+      expect(() => blockLDL(h, b)).toThrow(
+        new RegExp(`^E_VALUE: blockLDL: block size b must be an integer ≥ 1, got ${b}$`),
+      );
+      expect(() => blockLDLFromCholesky(c, b)).toThrow(/^E_VALUE: blockLDLFromCholesky: block size b /);
+    }
+    expect(() => blockLDL(h, '3' as never)).toThrow(/E_VALUE: blockLDL: block size b .* got 3/);
+    expect(blockLDL(h, 3).D.shape).toEqual([1, 3, 3]);
+  });
+
   it('takes a signal (Cholesky and per block), aborts naming blockLDL; same bits when not aborted', () => {
     const h = spd(96, 6);
     // entry, 1 + 5 inside the single Cholesky panel, 12 blocks

@@ -120,4 +120,20 @@ describe('hadamard transform', () => {
       expect(() => hadamardRowsInPlace(d, rows!, 12, { offset })).toThrow(/E_VALUE: hadamard/);
     expect(Array.from(d).every((x) => x === 1)).toBe(true); // untouched
   });
+
+  it('takes only a Float32Array or Float64Array: another typed array is E_DTYPE, an array E_VALUE', () => {
+    // before: an Int32Array was transformed in integers (sums wrapped, 1/√n truncated): zeros, no error
+    const ints = new Int32Array(8).fill(3);
+    expect(() => hadamardRowsInPlace(ints as never, 1, 8)).toThrow(
+      /^E_DTYPE: hadamardRowsInPlace: data must be a Float32Array or Float64Array, got Int32Array$/,
+    );
+    expect(Array.from(ints)).toEqual(new Array(8).fill(3));
+    expect(() => hadamardRowsInPlace(new Uint8Array(8) as never, 1, 8)).toThrow(/E_DTYPE: .* got Uint8Array/);
+    expect(() => hadamardRowsInPlace(new Array(8).fill(1) as never, 1, 8)).toThrow(
+      /^E_VALUE: hadamardRowsInPlace: data must be a Float32Array or Float64Array, got an array$/,
+    );
+    const f = new Float64Array(8).fill(1);
+    hadamardRowsInPlace(f, 1, 8);
+    expect(f[0]).toBeCloseTo(Math.sqrt(8), 12);
+  });
 });

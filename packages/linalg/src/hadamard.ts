@@ -9,7 +9,7 @@
  * these K is supported — e.g. 11 008 = 172·64 (Llama-2-7B), 5 632 = 44·128 (TinyLlama), 4 864 = 76·64 (Qwen2-0.5B),
  * 18 944 = 148·128 (Qwen2-7B), 14 336 = 28·512; other sizes are padded by callers to {@link nextHadamardSize}.
  */
-import { assertObject, CalderaError, type Matrix, type Tensor } from '@caldera/core';
+import { assertObject, CalderaError, describeValue, type Matrix, type Tensor } from '@caldera/core';
 import { assertCount, assertFiniteScalar, assertMatrix, newMatrix } from './check.js';
 import { gemmInto } from './gemm.js';
 
@@ -199,8 +199,9 @@ function fwht(v: Float32Array | Float64Array, off: number, len: number): void {
 
 /**
  * Replace each of `rows` consecutive rows (length n) of `data` by `v·M_n` (or `v·M_nᵀ` with `transpose`).
- * The kernel the runtimes use on activations. `rows` and `offset` must be non-negative integers (`E_VALUE`) and
- * the rows must fit in `data` (`E_SHAPE`).
+ * The kernel the runtimes use on activations. `data` must be a Float32Array or Float64Array (another typed array is
+ * `E_DTYPE`, anything else `E_VALUE`), `rows` and `offset` non-negative integers (`E_VALUE`), and the rows must fit
+ * in `data` (`E_SHAPE`).
  */
 export function hadamardRowsInPlace(
   data: Float32Array | Float64Array,
@@ -208,7 +209,16 @@ export function hadamardRowsInPlace(
   n: number,
   options: { transpose?: boolean; offset?: number } = {},
 ): void {
-  assertObject(data, 'hadamardRowsInPlace', 'data', 'a Float32Array or Float64Array');
+  if (!(data instanceof Float32Array) && !(data instanceof Float64Array)) {
+    // an Int32Array's sums would wrap and its scaled values truncate: silently wrong, so refused (O(1) check)
+    assertObject(data, 'hadamardRowsInPlace', 'data', 'a Float32Array or Float64Array');
+    const view = ArrayBuffer.isView(data);
+    throw new CalderaError(
+      view ? 'E_DTYPE' : 'E_VALUE',
+      `hadamardRowsInPlace: data must be a Float32Array or Float64Array, got ` +
+        (view ? (data as object).constructor.name : describeValue(data)),
+    );
+  }
   const f = hadamardFactor(n);
   if (!f)
     throw new CalderaError(

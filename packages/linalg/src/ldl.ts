@@ -4,7 +4,7 @@
  * `L[:, i] = C[:, i]·Cᵢᵢ⁻¹`.
  */
 import { CalderaError, throwIfAborted, zeros, type Matrix, type Tensor } from '@caldera/core';
-import { assertMatrix, assertSquare } from './check.js';
+import { assertCount, assertMatrix, assertSquare } from './check.js';
 import { choleskyImpl, type CholeskyOptions } from './cholesky.js';
 
 /** Result of {@link blockLDL} and {@link blockLDLFromCholesky}. */
@@ -16,7 +16,8 @@ export interface BlockLDL<T extends 'f32' | 'f64' = 'f64'> {
 }
 
 /**
- * Block LDLᵀ of a symmetric positive-definite `h` with block size `b` (`n % b == 0`, else `E_SHAPE`). `options` are
+ * Block LDLᵀ of a symmetric positive-definite `h` with block size `b` (a positive integer, else `E_VALUE`, with
+ * `n % b == 0`, else `E_SHAPE`). `options` are
  * those of the Cholesky factorisation; `signal` is also checked between diagonal blocks (`E_ABORTED`).
  */
 export function blockLDL(h: Matrix, b = 8, options: CholeskyOptions = {}): BlockLDL {
@@ -38,8 +39,8 @@ export interface BlockLDLFromCholeskyOptions<T extends 'f32' | 'f64'> {
 /**
  * The block LDLᵀ of `H = C·Cᵀ` from its lower-triangular Cholesky factor `c` (f64, n × n contiguous, as
  * `cholesky` returns it), in O(n²·b) instead of a factorisation: exactly {@link blockLDL}'s result when `c` is the
- * factor `blockLDL` would compute. Only the lower triangle of `c` is read; `n % b ≠ 0` → `E_SHAPE`, a zero diagonal
- * entry → `E_VALUE`.
+ * factor `blockLDL` would compute. Only the lower triangle of `c` is read; `b` not a positive integer → `E_VALUE`,
+ * `n % b ≠ 0` → `E_SHAPE`, a zero diagonal entry → `E_VALUE`.
  */
 export function blockLDLFromCholesky(
   c: Tensor<'f64'>,
@@ -85,8 +86,10 @@ export function blockLDLFromCholesky(
     : fromCholesky(c, b, 'f64', options.signal, 'blockLDLFromCholesky');
 }
 
+/** `E_VALUE` unless `b` is a positive integer, then `E_SHAPE` unless it divides `n`. */
 function checkBlockSize(n: number, b: number, what: string): void {
-  if (!Number.isInteger(b) || b <= 0 || n % b !== 0) {
+  assertCount(b, 1, what, 'block size b');
+  if (n % b !== 0) {
     throw new CalderaError('E_SHAPE', `${what}: size ${n} is not a multiple of the block size ${b}`);
   }
 }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Rng, tensor } from '@caldera/core';
-import { eighJacobi, randomizedSvd } from './rsvd.js';
+import { eighJacobi, orthonormalizeColumns, randomizedSvd } from './rsvd.js';
 import { svd } from './svd.js';
 import { EPS, orthErr, withSpectrum } from './factor-test-util.js';
 import { expectAbortable } from './abort-test-util.js';
@@ -39,6 +39,35 @@ describe('eighJacobi', () => {
         expect(Math.abs(r - a[i * n + j]!)).toBeLessThan(1e-12 * 8);
         expect(Math.abs(o - (i === j ? 1 : 0))).toBeLessThan(1e-12);
       }
+  });
+});
+
+describe('orthonormalizeColumns', () => {
+  it('orthonormalises the columns in place', () => {
+    const z = Float64Array.of(3, 1, 4, 1, 0, 2);
+    orthonormalizeColumns(z, 3, 2);
+    for (const [i, j] of [
+      [0, 0],
+      [0, 1],
+      [1, 1],
+    ] as const) {
+      let d = 0;
+      for (let r = 0; r < 3; r++) d += z[r * 2 + i]! * z[r * 2 + j]!;
+      expect(d).toBeCloseTo(i === j ? 1 : 0, 14);
+    }
+  });
+
+  it('rejects a buffer that is not m·l values (E_SHAPE) and sizes that are not counts (E_VALUE)', () => {
+    // before: a 4-value buffer as 3×3 ran off its end without an error
+    expect(() => orthonormalizeColumns(new Float64Array(4), 3, 3)).toThrow(
+      /^E_SHAPE: orthonormalizeColumns: z has 4 values for a 3×3 matrix$/,
+    );
+    expect(() => orthonormalizeColumns(new Float64Array(10), 3, 3)).toThrow(/E_SHAPE/);
+    expect(() => orthonormalizeColumns(new Float64Array(4), -2, -2)).toThrow(
+      /^E_VALUE: orthonormalizeColumns: m must be an integer ≥ 0, got -2$/,
+    );
+    expect(() => orthonormalizeColumns(new Float64Array(4), 2, NaN)).toThrow(/E_VALUE: .* l must be/);
+    orthonormalizeColumns(new Float64Array(0), 3, 0); // no columns: nothing to do
   });
 });
 

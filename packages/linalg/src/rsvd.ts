@@ -65,9 +65,19 @@ export function eighJacobi(a: Float64Array, n: number): { values: Float64Array; 
   return { values, vectors };
 }
 
-/** Orthonormalise the `l` columns of `z` (m×l row-major, f64) in place by two passes of modified Gram–Schmidt. */
+/**
+ * Orthonormalise the `l` columns of `z` (m×l row-major, f64) in place by two passes of modified Gram–Schmidt. `m`
+ * and `l` must be non-negative integers (`E_VALUE`) and `z` hold exactly m·l values (`E_SHAPE`).
+ */
 export function orthonormalizeColumns(z: Float64Array, m: number, l: number): void {
   assertObject(z, 'orthonormalizeColumns', 'z', 'a Float64Array');
+  assertCount(m, 0, 'orthonormalizeColumns', 'm');
+  assertCount(l, 0, 'orthonormalizeColumns', 'l');
+  if (z.length !== m * l)
+    throw new CalderaError(
+      'E_SHAPE',
+      `orthonormalizeColumns: z has ${z.length} values for a ${m}×${l} matrix`,
+    );
   orthonormalizeInPlace(z, m, l, undefined, 'orthonormalizeColumns');
 }
 
