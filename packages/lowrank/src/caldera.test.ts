@@ -340,6 +340,65 @@ describe('caldera input checks', () => {
     rejects(() => caldera(w, neg, quick), 'E_VALUE', /negative diagonal entry -1 at \(0, 0\)/);
     rejects(() => caldera(w, tensor('f64', [48, 48]), quick), 'E_VALUE', /all-zero diagonal/);
   });
+
+  it('rejects a W or H that is not a tensor, and options that are not an object, as E_VALUE; null options are none', () => {
+    // before: {} for H or W, or null options, failed with a TypeError from deep inside
+    rejects(
+      () => caldera(w, {} as never, quick),
+      'E_VALUE',
+      /^E_VALUE: caldera: H must be a tensor or null \(an object with shape and data\), got an object$/,
+    );
+    rejects(
+      () => caldera(w, [1, 2] as never, quick),
+      'E_VALUE',
+      /caldera: H must be a tensor or null .*an array/,
+    );
+    rejects(
+      () => caldera({} as never, h, quick),
+      'E_VALUE',
+      /^E_VALUE: caldera: W must be a tensor \(an object/,
+    );
+    rejects(
+      () => caldera(w, h, 5 as never),
+      'E_VALUE',
+      /^E_VALUE: caldera: options must be an object, got a number$/,
+    );
+    // null options are the defaults: on an 8×8 W, the default rank's own error (not a TypeError)
+    rejects(() => caldera(structuredWeight(8, 8, 1), null, null as never), 'E_VALUE', /the default rank 64/);
+  });
+
+  it('checks onProgress and the boolean options before the first sub-step, and keeps booleans boolean', () => {
+    // before: onProgress 5 threw a TypeError after the first LR step had run; hadamard 'no' ran as true and was
+    // recorded as 'no', which parseCalderaMeta then refused in the checkpoint
+    let ran = false;
+    const signal = {
+      get aborted() {
+        ran = true;
+        return false;
+      },
+    } as AbortSignal;
+    rejects(
+      () => caldera(w, h, { ...quick, signal, onProgress: 5 as never }),
+      'E_VALUE',
+      /^E_VALUE: caldera: options\.onProgress must be a function, got a number$/,
+    );
+    expect(ran).toBe(false);
+    for (const key of ['hadamard', 'dataAwareQ', 'dataAwareLR', 'hessianDowndate'] as const) {
+      rejects(
+        () => caldera(w, h, { ...quick, [key]: 'no' as never }),
+        'E_VALUE',
+        new RegExp(`^E_VALUE: caldera: ${key} 'no' must be true or false$`),
+      );
+      rejects(
+        () => caldera(w, h, { ...quick, [key]: 1 as never }),
+        'E_VALUE',
+        new RegExp(`${key} 1 must be`),
+      );
+    }
+    // undefined and null callbacks are none
+    expect(caldera(w, h, { ...quick, onProgress: undefined, hadamard: undefined }).hadamard).toBe(true);
+    expect(() => caldera(w, h, { ...quick, onProgress: null as never })).not.toThrow();
+  });
 });
 
 describe('caldera storage accounting', () => {

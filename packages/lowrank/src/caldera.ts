@@ -1,6 +1,8 @@
 import {
+  assertFunction,
   assertObject,
   CalderaError,
+  describeValue,
   f16ArrayToF32,
   f32ArrayToF16,
   Rng,
@@ -126,7 +128,7 @@ const Q_BITS: readonly number[] = [0, 2, 3, 4];
 const FACTOR_BITS: readonly number[] = [2, 3, 4, 16];
 
 /** Throw `E_VALUE` naming the first option that {@link caldera} cannot honour (before any work is done). */
-function checkOptions(o: typeof DEFAULTS, m: number, n: number, rankGiven: boolean): void {
+function checkOptions(o: typeof DEFAULTS & CalderaOptions, m: number, n: number, rankGiven: boolean): void {
   const fail = (msg: string): never => {
     throw new CalderaError('E_VALUE', `caldera: ${msg}`);
   };
@@ -140,6 +142,10 @@ function checkOptions(o: typeof DEFAULTS, m: number, n: number, rankGiven: boole
   for (const key of ['lBits', 'rBits'] as const)
     if (!FACTOR_BITS.includes(o[key])) fail(`${key} ${o[key]} must be one of ${FACTOR_BITS.join(', ')}`);
   if (o.qBits === 0 && k === 0) fail('qBits 0 (no Q) needs rank > 0');
+  // a truthy string such as 'no' would run as true and be recorded as it is (parseCalderaMeta then refuses the
+  // checkpoint): refused here, before any work
+  for (const key of ['hadamard', 'dataAwareQ', 'dataAwareLR', 'hessianDowndate'] as const)
+    if (typeof o[key] !== 'boolean') fail(`${key} ${describeOption(o[key])} must be true or false`);
   if (!Number.isInteger(o.outerIters) || o.outerIters < 1)
     fail(`outerIters ${o.outerIters} must be a positive integer`);
   for (const key of ['lplrIters', 'tuneIters', 'svdPowerIters'] as const)
@@ -149,6 +155,31 @@ function checkOptions(o: typeof DEFAULTS, m: number, n: number, rankGiven: boole
     fail(`svd ${String(o.svd)} must be 'randomized' or 'exact'`);
   if (typeof o.damping !== 'number' || !Number.isFinite(o.damping) || o.damping < 0)
     fail(`damping ${String(o.damping)} must be a finite number >= 0`);
+  // null is none, like undefined; anything else must be callable (a number failed after the first sub-step)
+  if (o.onProgress != null) assertFunction(o.onProgress, 'caldera', 'options.onProgress');
+}
+
+/** An option's value for a message: a string quoted, anything else as `String` gives it. */
+const describeOption = (v: unknown): string => (typeof v === 'string' ? `'${v}'` : String(v));
+
+/**
+ * Throw `E_VALUE` unless `x` is a tensor (an object with a `shape` array and a typed-array `data`), or, with `orNull`,
+ * null or undefined: `{}` or a plain array in its place failed with a TypeError from its first use.
+ */
+function checkTensorArgument(x: unknown, name: string, orNull: boolean): void {
+  if (orNull && x == null) return;
+  const t = x as { shape?: unknown; data?: unknown } | null;
+  if (
+    t === null ||
+    typeof t !== 'object' ||
+    !Array.isArray(t.shape) ||
+    !ArrayBuffer.isView(t.data) ||
+    t.data instanceof DataView
+  )
+    throw new CalderaError(
+      'E_VALUE',
+      `caldera: ${name} must be a tensor${orNull ? ' or null' : ''} (an object with shape and data), got ${describeValue(x)}`,
+    );
 }
 
 /** H + δ·mean(diag H)·I for a contiguous n×n H (a copy; H itself is left alone). */
@@ -217,9 +248,15 @@ interface LowRank {
  * low-rank pair fitted in the H-weighted norm, alternating and keeping the best iterate by the activation-aware
  * error `‖(Ŵ − W)H^½‖_F / ‖W H^½‖_F`. `W` is `m × n` (f32/f64), `H` is the `n × n` input Hessian (null: identity).
  * With `damping` δ > 0 every step fits against `H + δ·mean(diag H)·I`, while the error stays measured against H.
+ * Arguments and options are checked before any work (`E_VALUE`: a W or H that is not a tensor, an option out of range
+ * or of the wrong type, an `onProgress` that is not a function; `E_SHAPE`: shapes); null `options` count as none.
  */
 export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {}): Decomposition {
   assertObject(w, 'caldera', 'W', 'a tensor');
+  checkTensorArgument(w, 'W', false);
+  checkTensorArgument(h, 'H', true);
+  options ??= {}; // from JavaScript: null options are none
+  assertObject(options, 'caldera', 'options');
   const o = {
     ...DEFAULTS,
     ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)),

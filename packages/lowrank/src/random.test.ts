@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Rng } from '@caldera/core';
+import { isCalderaError, Rng } from '@caldera/core';
 import { toCheckpointTensors } from './decomposition.js';
 import { randomDecomposition } from './random.js';
 import { validateLayer } from './test-util.js';
@@ -30,5 +30,32 @@ describe('randomDecomposition', () => {
     const codes = a.q.planes[0] as Uint16Array;
     // 512 uniform 16-bit codes: both halves of the range occur (probability of failing 2^-511)
     expect(codes.some((x) => x >= 32768) && codes.some((x) => x < 32768)).toBe(true);
+  });
+
+  it('rejects sizes that are not positive integers and a rank beyond min(m, n) (E_VALUE)', () => {
+    // before: m = -1 gave a decomposition of shape [-1, 16], rank 100 one of a 16×16 layer
+    const rejects = (f: () => unknown, message: RegExp) => {
+      let caught: unknown;
+      try {
+        f();
+      } catch (e) {
+        caught = e;
+      }
+      expect(isCalderaError(caught, 'E_VALUE'), String(caught)).toBe(true);
+      expect((caught as Error).message).toMatch(message);
+    };
+    rejects(
+      () => randomDecomposition(-1, 16, 2, new Rng(0)),
+      /^E_VALUE: randomDecomposition: m -1 must be a positive integer$/,
+    );
+    rejects(() => randomDecomposition(16, 0, 0, new Rng(0)), /n 0 must be a positive integer/);
+    rejects(() => randomDecomposition(16, 1.5, 0, new Rng(0)), /n 1.5 must be/);
+    rejects(
+      () => randomDecomposition(16, 16, 100, new Rng(0)),
+      /^E_VALUE: randomDecomposition: rank 100 must be an integer in \[0, 16\] for a 16×16 layer$/,
+    );
+    rejects(() => randomDecomposition(16, 32, -1, new Rng(0)), /rank -1 must be/);
+    rejects(() => randomDecomposition(16, 32, NaN, new Rng(0)), /rank NaN must be/);
+    expect(randomDecomposition(16, 32, 16, new Rng(0)).rank).toBe(16);
   });
 });

@@ -1,4 +1,4 @@
-import { assertObject, type Rng } from '@caldera/core';
+import { assertObject, CalderaError, type Rng } from '@caldera/core';
 import { latticeRound } from './codec.js';
 import type { Decomposition } from './decomposition.js';
 import { paddedSize } from './rotate.js';
@@ -8,9 +8,24 @@ import { paddedSize } from './rotate.js';
  * rotation with random signs, uniformly random 16-bit E8P12 codes for Q (2 bits per weight), and L, R of `rank`
  * rounded to 4-bit lattice codes from Gaussian values. It approximates no weight matrix, but has every part and the
  * exact storage cost of a real one, deterministically from `rng`, in a fraction of the time `caldera` takes.
+ * `m` and `n` must be positive integers and `rank` an integer in [0, min(m, n)], as `caldera` allows (`E_VALUE`).
  */
 export function randomDecomposition(m: number, n: number, rank: number, rng: Rng): Decomposition {
   assertObject(rng, 'randomDecomposition', 'rng', 'an Rng');
+  for (const [name, v] of [
+    ['m', m],
+    ['n', n],
+  ] as const)
+    if (!Number.isSafeInteger(v) || v < 1)
+      throw new CalderaError(
+        'E_VALUE',
+        `randomDecomposition: ${name} ${String(v)} must be a positive integer`,
+      );
+  if (!Number.isInteger(rank) || rank < 0 || rank > Math.min(m, n))
+    throw new CalderaError(
+      'E_VALUE',
+      `randomDecomposition: rank ${String(rank)} must be an integer in [0, ${Math.min(m, n)}] for a ${m}×${n} layer`,
+    );
   const mp = paddedSize(m, true);
   const np = paddedSize(n, true);
   const codes = new Uint16Array((mp * np) / 8);

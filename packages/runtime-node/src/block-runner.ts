@@ -12,7 +12,7 @@ import {
 import type { Pool } from '@caldera/linalg';
 import { blockLinearNames, type ModelConfig } from './config.js';
 import { checkPathArgument } from './json-file.js';
-import { embeddingAndHead, readFloat, readHeld, type HeldFloat } from './held.js';
+import { checkDenseDtype, embeddingAndHead, readFloat, readHeld, type HeldFloat } from './held.js';
 import { openModelLayout, type ModelLayout } from './layout.js';
 import type { Linear } from './linear.js';
 import { readBlockWeights } from './load.js';
@@ -122,6 +122,7 @@ export class BlockLazyRunner {
   static async open(dir: string, options: BlockLazyRunnerOptions = {}): Promise<BlockLazyRunner> {
     checkPathArgument(dir, 'BlockLazyRunner.open', 'the model directory');
     options ??= {};
+    checkDenseDtype(options.dtype, 'BlockLazyRunner.open');
     throwIfAborted(options.signal, 'loading');
     const { layout, store } = await openModelLayout(dir, { dtype: options.dtype ?? 'auto' });
     try {

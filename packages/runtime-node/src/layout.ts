@@ -12,6 +12,7 @@ import {
 import { nodePath } from './node-builtins.js';
 import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
 import { checkPathArgument, readJsonFile } from './json-file.js';
+import { checkDenseDtype } from './held.js';
 import {
   CalderaLinear,
   DenseF16Linear,
@@ -336,6 +337,7 @@ export async function openModelLayout(
  */
 export async function readModelLayout(dir: string, options: ModelLayoutOptions = {}): Promise<ModelLayout> {
   checkPathArgument(dir, 'readModelLayout', 'the model directory');
+  checkDenseDtype(options?.dtype, 'readModelLayout');
   const { layout, store } = await openModelLayout(dir, options ?? {});
   await store.close();
   return layout;

@@ -20,6 +20,7 @@ import {
 import { KernelArenas } from './kernels/kernel-arenas.js';
 import { LlamaModel, type BlockWeights, type LlamaModelOptions } from './model.js';
 import { checkPathArgument } from './json-file.js';
+import { checkDenseDtype } from './held.js';
 import type { DecodePool } from './kernels/decode-pool.js';
 import { headSplits } from './kernels/row-split.js';
 import type { TextTokenizer } from './tokenizer.js';
@@ -230,11 +231,7 @@ export async function loadLlama2c(
   options ??= {}; // from JavaScript: null options are none
   const { signal, onProgress, onPlan, dtype = 'auto', decodePool, kernelArenas, ...modelOptions } = options;
   const inArenas = kernelArenas !== false;
-  if (dtype !== 'auto' && dtype !== 'f32' && dtype !== 'f16')
-    throw new CalderaError(
-      'E_VALUE',
-      `loadLlama2c: dtype must be 'auto', 'f32' or 'f16', got ${String(dtype)}`,
-    );
+  checkDenseDtype(dtype, 'loadLlama2c');
   throwIfAborted(signal, 'loading');
   const source = await openFileSource(path);
   try {

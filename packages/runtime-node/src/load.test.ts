@@ -7,7 +7,9 @@ import { applyDecomposition, caldera, calderaCheckpointMeta, toCheckpointTensors
 import { blockLinearNames, parseModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, footprintBytes, type Linear } from './linear.js';
 import { readModelLayout } from './layout.js';
-import { loadModel } from './load.js';
+import { loadModel, loadModelFromStore, loadModelFromUrl } from './load.js';
+import { BlockLazyRunner } from './block-runner.js';
+import { loadLlama2c } from './llama2c.js';
 import { KVCache } from './model.js';
 import { ModelRunnerAdapter } from './runner.js';
 import { loadTokenizer } from './tokenizer.js';
@@ -348,6 +350,34 @@ describe('loadModel', () => {
     await writeSafetensors(join(dir, 'model.safetensors'), raw);
     const { model } = await loadModel(dir, null as unknown as object);
     expect(model.forward(tokens).every(Number.isFinite)).toBe(true);
+  });
+
+  it("a dtype other than 'auto', 'f32' or 'f16' is E_VALUE listing them, in every loader, before any file is read", async () => {
+    // before: loadModel(dir, { dtype: 'f8' }) loaded silently as 'auto'
+    const msg = (fn: string, got: string) =>
+      `E_VALUE: ${fn}: dtype must be 'auto', 'f32' or 'f16', got ${got}`;
+    const nowhere = '/nonexistent/caldera-model'; // the check comes before any read: no E_IO
+    const bad = { dtype: 'f8' as never };
+    await expect(loadModel(nowhere, bad)).rejects.toThrow(msg('loadModel', "'f8'"));
+    await expect(loadModel(nowhere, { dtype: 16 as never })).rejects.toThrow(msg('loadModel', '16'));
+    await expect(readModelLayout(nowhere, bad)).rejects.toThrow(msg('readModelLayout', "'f8'"));
+    await expect(BlockLazyRunner.open(nowhere, bad)).rejects.toThrow(msg('BlockLazyRunner.open', "'f8'"));
+    await expect(loadLlama2c(nowhere, { dtype: 'bf16' as never })).rejects.toThrow(
+      msg('loadLlama2c', "'bf16'"),
+    );
+    const fetch = () => Promise.reject(new Error('no fetch expected'));
+    await expect(loadModelFromUrl('http://host/m/', { ...bad, fetch })).rejects.toThrow(
+      msg('loadModelFromUrl', "'f8'"),
+    );
+    const store = {} as never;
+    await expect(loadModelFromStore({ config: hf, calderaMeta: null, store }, bad)).rejects.toThrow(
+      msg('loadModelFromStore', "'f8'"),
+    );
+    // undefined is the default
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-dtype-'));
+    await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
+    await writeSafetensors(join(dir, 'model.safetensors'), raw);
+    expect((await loadModel(dir, { dtype: undefined })).config.numLayers).toBe(2);
   });
 
   it('readModelLayout: the structure from the headers alone, checked as loadModel checks it, which it runs first', async () => {

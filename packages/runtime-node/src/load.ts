@@ -14,7 +14,7 @@ import { fromCheckpointTensors } from '@caldera/lowrank';
 import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
 import { checkPathArgument } from './json-file.js';
-import { embeddingAndHead, readFloat, readHeld } from './held.js';
+import { checkDenseDtype, embeddingAndHead, readFloat, readHeld } from './held.js';
 import {
   layoutFromStore,
   openModelLayout,
@@ -57,7 +57,7 @@ export interface LoadOptions {
    * same values — bf16 widens to f32 exactly, so outputs equal those of `'f32'`), and f32 ones as f32; `'f32'` widens
    * everything to f32; `'f16'` rounds everything to f16 (lossy for bf16 and f32 checkpoints; a value beyond f16's range
    * is `E_VALUE`). The embedding and the LM head follow the same rule (a tied 16-bit pair is held once, as the head's
-   * bits); norms and biases are f32 in every case.
+   * bits); norms and biases are f32 in every case. Any other value is `E_VALUE`.
    */
   dtype?: 'auto' | 'f32' | 'f16';
   /** Worker pool for the model's batch products ({@link LlamaModelOptions.pool}). Default: none. */
@@ -237,6 +237,7 @@ async function loadFromLayout(
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
   checkPathArgument(dir, 'loadModel', 'the model directory');
   options ??= {}; // from JavaScript: null options are none
+  checkDenseDtype(options.dtype, 'loadModel');
   throwIfAborted(options.signal, 'loading');
   const { layout, store } = await openModelLayout(dir, layoutOptions(options));
   try {
@@ -283,6 +284,7 @@ export async function loadModelFromStore(
   assertObject(source.store, 'loadModelFromStore', 'source.store');
   if (source.label !== undefined) assertNonEmptyString(source.label, 'loadModelFromStore', 'source.label');
   options ??= {}; // from JavaScript: null options are none
+  checkDenseDtype(options.dtype, 'loadModelFromStore');
   throwIfAborted(options.signal, 'loading');
   const { label } = source;
   const config = parseModelConfig(source.config, beside(label, 'config.json'));
@@ -313,6 +315,7 @@ export interface UrlLoadOptions extends LoadOptions, Pick<ModelUrlOptions, 'fetc
 export async function loadModelFromUrl(base: string, options: UrlLoadOptions = {}): Promise<LoadedModel> {
   assertNonEmptyString(base, 'loadModelFromUrl', 'the base URL');
   options ??= {}; // from JavaScript: null options are none
+  checkDenseDtype(options.dtype, 'loadModelFromUrl');
   throwIfAborted(options.signal, 'loading');
   // its fetch, signal and onDownload are openModelUrl's
   const opened = await openModelUrl(base, options);

@@ -105,6 +105,31 @@ describe('LlamaModel', () => {
         expect(rows[r * cfg.hiddenSize + j]).toBe(fromF16Bits(bits[id * cfg.hiddenSize + j]!));
   });
 
+  it('setLinear refuses a layer of another shape, naming the layer and both shapes; runBlock a block it does not have', () => {
+    // before: a wrong swap was accepted and forward failed later with an E_SHAPE naming no layer; runBlock(9, …) on a
+    // 2-block model was a TypeError (reading 'inputNorm')
+    const m = randomModel(2).model;
+    const up = 'model.layers.0.mlp.up_proj';
+    const down = m.linear('model.layers.0.mlp.down_proj');
+    expect(() => m.setLinear(up, down)).toThrow(
+      /^E_SHAPE: setLinear: layer 'model\.layers\.0\.mlp\.up_proj' is \[32, 48\] \(out, in\), the model needs \[48, 32\]$/,
+    );
+    expect(() => m.setLinear(up, null as never)).toThrow(
+      /^E_VALUE: setLinear: layer '.*up_proj' must be a Linear/,
+    );
+    expect(() => m.setLinear('model.layers.7.mlp.up_proj', down)).toThrow(/^E_MISSING: /);
+    expect(m.linear(up)).not.toBe(down); // nothing replaced
+    const same = m.linear('model.layers.1.mlp.up_proj');
+    m.setLinear(up, same); // the right shape is accepted
+    expect(m.linear(up)).toBe(same);
+    const x = new Float32Array(cfg.hiddenSize);
+    for (const b of [9, 2, -1, 0.5, NaN])
+      expect(() => m.runBlock(b, x, 1)).toThrow(
+        new RegExp(`^E_VALUE: runBlock: block ${b} is not a block of the model \\(0…1\\)$`),
+      );
+    expect(m.runBlock(1, x, 1)).toHaveLength(cfg.hiddenSize);
+  });
+
   it('KV-cache decode (prefill 4, then one token at a time) equals the full recompute', () => {
     const full = model.forward(tokens);
     const cache = new KVCache(cfg, 16);

@@ -1,4 +1,12 @@
-import { bf16ArrayToF32, CalderaError, f16ArrayToF32, ropeInvFreq, type Tensor } from '@caldera/core';
+import {
+  bf16ArrayToF32,
+  CalderaError,
+  describeValue,
+  f16ArrayToF32,
+  linearShape,
+  ropeInvFreq,
+  type Tensor,
+} from '@caldera/core';
 import type { Pool } from '@caldera/linalg';
 import { blockLinearNames, type ModelConfig } from './config.js';
 import { AttentionKernel, type AttentionShape } from './kernels/attention-kernel.js';
@@ -246,9 +254,17 @@ export class LlamaModel {
     return out;
   }
 
-  /** Run block `b` on `rows` hidden states at positions `cache.length…` (the cache is extended), or from 0 without a cache. */
+  /**
+   * Run block `b` on `rows` hidden states at positions `cache.length…` (the cache is extended), or from 0 without a
+   * cache. A `b` that is not a block of the model (an integer in [0, `numLayers`)) is `E_VALUE`.
+   */
   runBlock(b: number, x: Float32Array, rows: number, cache?: KVCache, capture?: CaptureFn): Float32Array {
     const cfg = this.config;
+    if (!Number.isInteger(b) || b < 0 || b >= cfg.numLayers)
+      throw new CalderaError(
+        'E_VALUE',
+        `runBlock: block ${b} is not a block of the model (0…${cfg.numLayers - 1})`,
+      );
     const w = this.weights.blocks[b]!;
     const { numHeads: H, numKvHeads: KV, headDim: hd } = cfg;
     const pos0 = cache ? cache.length : 0;
@@ -349,9 +365,26 @@ export class LlamaModel {
     return blk[key];
   }
 
-  /** Replace a linear layer (e.g. with its CALDERA form). */
+  /**
+   * Replace a linear layer (e.g. with its CALDERA form). The layer must have the shape the config gives the name
+   * (`E_SHAPE` naming the layer and both shapes, `[out, in]`), and be a layer (`E_VALUE`); a name that is not a linear
+   * layer of the model is `E_MISSING`.
+   */
   setLinear(name: string, layer: Linear): void {
     const [blk, key] = this.locate(name);
+    const l = layer as Partial<Linear> | null;
+    if (l === null || typeof l !== 'object' || typeof l.forward !== 'function')
+      throw new CalderaError(
+        'E_VALUE',
+        `setLinear: layer '${name}' must be a Linear (an object with forward), got ${describeValue(layer)}`,
+      );
+    const [m, n] = linearShape(this.config, `${key}_proj`);
+    if (l.outFeatures !== m || l.inFeatures !== n)
+      throw new CalderaError(
+        'E_SHAPE',
+        `setLinear: layer '${name}' is [${String(l.outFeatures)}, ${String(l.inFeatures)}] (out, in), the model ` +
+          `needs [${m}, ${n}]`,
+      );
     blk[key] = layer;
   }
 

@@ -1,7 +1,7 @@
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Rng } from '@caldera/core';
+import { isCalderaError, Rng } from '@caldera/core';
 import { describe, expect, it } from 'vitest';
 import { SCOPE_TEST_CONFIG } from '../testing/train-scope.js';
 import { initTrainParams, type TrainConfig } from './model.js';
@@ -123,6 +123,93 @@ describe('Trainer', () => {
       await rm(dir, { recursive: true, force: true });
     }
     expect(full[7]!).toBeLessThan(full[0]!);
+  });
+
+  it('refuses a state file that is not a whole training state at load, E_FORMAT naming the file and the tensor', async () => {
+    // before: an empty file was a RangeError, a garbage header a SyntaxError, and a state cut short loaded and then
+    // failed in the first step with "adamWStep: param 128, grad 128, moments 128/78 differ"
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-train-'));
+    const rejects = async (bytes: Uint8Array, message: RegExp, code = 'E_FORMAT', c: TrainConfig = cfg) => {
+      const file = join(dir, 'bad.bin');
+      await writeFile(file, bytes);
+      let caught: unknown;
+      try {
+        await Trainer.load(file, c, data);
+      } catch (e) {
+        caught = e;
+      }
+      expect(isCalderaError(caught, code as never), String(caught)).toBe(true);
+      expect((caught as Error).message).toContain(file);
+      expect((caught as Error).message).toMatch(message);
+    };
+    try {
+      const t = new Trainer(cfg, initTrainParams(cfg, new Rng(1)), data, opts);
+      t.step();
+      const good = join(dir, 'state.bin');
+      await t.save(good);
+      const bytes = new Uint8Array(await readFile(good));
+      const headerBytes = new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true);
+      const withHeader = (h: unknown) => {
+        const json = new TextEncoder().encode(JSON.stringify(h));
+        const out = new Uint8Array(4 + json.length + bytes.length - 4 - headerBytes);
+        new DataView(out.buffer).setUint32(0, json.length, true);
+        out.set(json, 4);
+        out.set(bytes.subarray(4 + headerBytes), 4 + json.length);
+        return out;
+      };
+      const header = JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + headerBytes))) as {
+        tensors: Record<string, [number, number]>;
+      };
+
+      await rejects(new Uint8Array(0), /not a Caldera training state \(0 bytes, too short/);
+      await rejects(Uint8Array.of(5, 0, 0, 0, 0x7b, 0x22, 0x61, 0x22, 0x3a), /header is not valid JSON/);
+      await rejects(Uint8Array.of(0xff, 0xff, 0, 0, 0x7b), /a 65535-byte header does not fit in its 5 bytes/);
+      await rejects(withHeader(null), /: not a Caldera training state$/);
+      await rejects(withHeader({ ...header, step: -1 }), /step -1 is not a count/);
+      await rejects(
+        withHeader({ ...header, tensors: { ...header.tensors, x: [0, 'a'] } }),
+        /tensor x has a malformed entry/,
+      );
+      // cut short: the last tensor (the second moment of the last parameter) runs past the end
+      const last = Object.keys(header.tensors).pop()!;
+      expect(last).toMatch(/\.v$/);
+      await rejects(
+        bytes.subarray(0, bytes.length - 200),
+        new RegExp(
+          `tensor ${last.replace(/\./g, '\\.')} \\(floats \\d+…\\d+\\) runs past the end of the file`,
+        ),
+      );
+      // a moment of another size than its parameter
+      const p = 'model.norm.weight';
+      const [off] = header.tensors[`${p}.m`]!;
+      await rejects(
+        withHeader({ ...header, tensors: { ...header.tensors, [`${p}.m`]: [off, 3] } }),
+        /tensor model\.norm\.weight\.m has 3 values, its parameter model\.norm\.weight 16/,
+      );
+      // a parameter of another size than the config's (default objective: the whole model)
+      const [eOff] = header.tensors['model.norm.weight']!;
+      await rejects(
+        withHeader({
+          ...header,
+          tensors: {
+            ...header.tensors,
+            'model.norm.weight': [eOff, 8],
+            'model.norm.weight.m': [eOff, 8],
+            'model.norm.weight.v': [eOff, 8],
+          },
+        }),
+        /tensor model\.norm\.weight has 8 values, the model config's \[16\] needs 16/,
+        'E_SHAPE',
+      );
+      await rejects(bytes, /tensor lm_head\.weight is missing/, 'E_MISSING', {
+        ...cfg,
+        tieWordEmbeddings: false,
+      });
+      // the intact state still loads and steps
+      expect((await Trainer.load(good, cfg, data)).step().step).toBe(2);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('rejects a token stream shorter than a window', () => {

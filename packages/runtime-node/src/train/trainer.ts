@@ -1,7 +1,14 @@
 import { assertNotAbortSignal, atomicWriteFile, CalderaError, Rng } from '@caldera/core';
 import { nodeFs } from '../node-builtins.js';
 import { createSha256 } from './sha256.js';
-import { lossAndGrad, trainConfigOf, type LossAndGrad, type TrainConfig, type TrainParams } from './model.js';
+import {
+  lossAndGrad,
+  trainConfigOf,
+  trainParamShapes,
+  type LossAndGrad,
+  type TrainConfig,
+  type TrainParams,
+} from './model.js';
 import { adamWState, adamWStep, clipGradNorm, cosineLr, type AdamWState } from './optim.js';
 
 /** Options of a {@link Trainer}. */
@@ -138,6 +145,85 @@ function trainerOptionsWithDefaults(options: TrainerOptions): Required<TrainerOp
     checkpoint: false,
     ...options,
   };
+}
+
+/** The JSON header of a training state, as {@link Trainer.save} writes it (`headerBytes`: its length in the file). */
+interface StateHeader {
+  format: string;
+  options: Required<TrainerOptions>;
+  config?: TrainConfig;
+  dataSha256?: string;
+  step: number;
+  rng: number[];
+  extraInfo?: unknown;
+  tensors: Record<string, [number, number]>;
+  headerBytes: number;
+}
+
+/**
+ * The header of the training state `buf` read from `path`, checked against the file: `E_FORMAT` naming the file when
+ * it is too short for its header, the header is not JSON or not a training state's, or a tensor's entry is malformed or
+ * runs past the end of the file (a truncated file: the entry's tensor named), or a parameter's moments do not have
+ * its size. The tensors' contents are not checked.
+ */
+function parseStateHeader(path: string, buf: Uint8Array): StateHeader {
+  const bad = (what: string): never => {
+    throw new CalderaError('E_FORMAT', `${path}: ${what}`);
+  };
+  const notState = 'not a Caldera training state';
+  if (buf.length < 4) bad(`${notState} (${buf.length} bytes, too short for its header)`);
+  const hl = new DataView(buf.buffer, buf.byteOffset, buf.byteLength).getUint32(0, true);
+  if (4 + hl > buf.length)
+    bad(`${notState}, or truncated: a ${hl}-byte header does not fit in its ${buf.length} bytes`);
+  let h: Partial<StateHeader> | null;
+  try {
+    h = JSON.parse(new TextDecoder().decode(buf.subarray(4, 4 + hl))) as Partial<StateHeader> | null;
+  } catch (e) {
+    return bad(`${notState}: its header is not valid JSON (${(e as Error).message})`);
+  }
+  if (h === null || typeof h !== 'object' || h.format !== 'caldera-train-state') return bad(notState);
+  if (h.options === null || typeof h.options !== 'object') bad('the header has no options object');
+  if (!Number.isSafeInteger(h.step) || h.step! < 0) bad(`the header's step ${String(h.step)} is not a count`);
+  if (!Array.isArray(h.rng) || h.rng.length !== 5) bad("the header's RNG state is not 5 numbers");
+  const tensors = h.tensors;
+  if (tensors === null || typeof tensors !== 'object') return bad('the header has no tensor directory');
+  const floats = Math.floor((buf.length - 4 - hl) / 4);
+  for (const [name, e] of Object.entries(tensors)) {
+    if (!Array.isArray(e) || e.length !== 2 || !e.every((x) => Number.isSafeInteger(x) && x >= 0))
+      bad(`tensor ${name} has a malformed entry ${JSON.stringify(e)} (expected [offset, length])`);
+    if (e[0] + e[1] > floats)
+      bad(
+        `tensor ${name} (floats ${e[0]}…${e[0] + e[1]}) runs past the end of the file (${floats} floats of data): ` +
+          'the file is truncated',
+      );
+  }
+  for (const [name, e] of Object.entries(tensors)) {
+    if (name.startsWith('extra:') || name.endsWith('.m') || name.endsWith('.v')) continue;
+    for (const moment of [`${name}.m`, `${name}.v`]) {
+      const me = tensors[moment];
+      if (me && me[1] !== e[1])
+        bad(`tensor ${moment} has ${me[1]} values, its parameter ${name} ${e[1]}: the state is inconsistent`);
+    }
+  }
+  return { ...(h as StateHeader), headerBytes: hl };
+}
+
+/**
+ * For the default objective (the whole model): every parameter `config` implies ({@link trainParamShapes}) present in
+ * the state (`E_MISSING`) with its size (`E_SHAPE`), naming the file and the tensor, rather than a failure inside the
+ * first step.
+ */
+function checkModelParams(path: string, params: TrainParams, config: TrainConfig): void {
+  for (const [name, shape] of Object.entries(trainParamShapes(config))) {
+    const p = params[name];
+    if (!p) throw new CalderaError('E_MISSING', `${path}: tensor ${name} is missing`);
+    const size = shape.reduce((a, b) => a * b, 1);
+    if (p.length !== size)
+      throw new CalderaError(
+        'E_SHAPE',
+        `${path}: tensor ${name} has ${p.length} values, the model config's [${shape.join(', ')}] needs ${size}`,
+      );
+  }
 }
 
 /** What {@link Trainer.step} reports. */
@@ -287,7 +373,9 @@ export class Trainer {
    * `resume` (the options the caller would start a fresh run with), the saved run must have the same options (all
    * but `checkpoint`, which changes no result and is taken from them), the same model config and the same data, and
    * whatever `resume.also` checks: otherwise one `E_VALUE` names everything that differs, since continuing would mix
-   * two runs.
+   * two runs. A file that is not a complete training state (empty, another format, a malformed header, truncated, a
+   * tensor of the wrong size) is `E_FORMAT` naming it (and the tensor at fault), before any weight is restored; a
+   * missing tensor is `E_MISSING`, an unreadable file `E_IO`.
    */
   static async load(
     path: string,
@@ -299,19 +387,7 @@ export class Trainer {
     const buf = await (await nodeFs()).readFile(path).catch((e: Error) => {
       throw new CalderaError('E_IO', `cannot read training state ${path}: ${e.message}`);
     });
-    const hl = buf.readUInt32LE(0);
-    const h = JSON.parse(buf.subarray(4, 4 + hl).toString('utf8')) as {
-      format: string;
-      options: Required<TrainerOptions>;
-      config?: TrainConfig;
-      dataSha256?: string;
-      step: number;
-      rng: number[];
-      extraInfo?: unknown;
-      tensors: Record<string, [number, number]>;
-    };
-    if (h.format !== 'caldera-train-state')
-      throw new CalderaError('E_FORMAT', `${path}: not a Caldera training state`);
+    const h = parseStateHeader(path, buf);
     let options = h.options;
     // the data's digest, when checked here, is the one the first save would compute again
     const digest = resume ? tokenDigest(data) : undefined;
@@ -333,7 +409,7 @@ export class Trainer {
         );
       options = { ...h.options, checkpoint: now.checkpoint };
     }
-    const base = 4 + hl;
+    const base = 4 + h.headerBytes;
     const get = (name: string): Float32Array => {
       const e = h.tensors[name];
       if (!e) throw new CalderaError('E_MISSING', `${path}: tensor ${name} is missing`);
@@ -346,6 +422,7 @@ export class Trainer {
       if (n.startsWith('extra:')) extraTensors[n.slice(6)] = get(n);
       else if (!n.endsWith('.m') && !n.endsWith('.v')) params[n] = get(n);
     }
+    if (!objective) checkModelParams(path, params, config);
     const t = new Trainer(config, params, data, options, objective);
     t.dataSha256 = digest;
     t.restored = { info: h.extraInfo ?? undefined, tensors: extraTensors };
