@@ -13,8 +13,10 @@ export type FromWorker =
       type: 'loaded';
       config: ModelConfig;
       calderaLayers: number;
+      /** Stored bits per weight of the linear layers (their packed codes and factors). */
       linearBitsPerWeight: number;
-      weightBytes: number;
+      /** Bytes the linear layers hold in memory as loaded (the load's memory plan: unpacked where a kernel needs it). */
+      linearMemoryBytes: number;
       /** Whether the WebAssembly SIMD kernels compiled here (else runtime-node's TypeScript paths run). */
       simd: boolean;
       /** Threads of the decode pool: 1 unless the page is cross-origin isolated and the machine has several cores. */

@@ -23,8 +23,10 @@ let loaded: LoadedModel | null = null;
 async function load(url: string): Promise<void> {
   // 1 thread (no workers) where the page is not cross-origin isolated
   const decodePool = await createDecodePool();
+  let linearMemoryBytes = 0;
   loaded = await loadModelFromUrl(url, {
     decodePool,
+    onPlan: (plan) => (linearMemoryBytes = plan.parts.linears + plan.parts.arenas),
     onDownload: ({ file, bytes, total }) => post({ type: 'download', file, bytes, total }),
     onProgress: ({ block, blocks }) => post({ type: 'block', block, blocks }),
   });
@@ -40,7 +42,7 @@ async function load(url: string): Promise<void> {
     config,
     calderaLayers: Object.keys(calderaMeta?.layers ?? {}).length,
     linearBitsPerWeight: (8 * model.linearBytes()) / weights,
-    weightBytes: model.linearBytes(),
+    linearMemoryBytes,
     simd: AttentionKernel.available(),
     threads: decodePool.threads,
   });

@@ -131,7 +131,7 @@ async function runOnCpu(why: string): Promise<void> {
     `${loaded.threads} decode thread${loaded.threads === 1 ? '' : 's'} ` +
     `(no WebGPU: ${why}) · ${config.numLayers} blocks, ${loaded.calderaLayers} CALDERA layers · ` +
     `${loaded.linearBitsPerWeight.toFixed(2)} bits/weight in the linears · ` +
-    `${MiB(loaded.weightBytes)} MiB of linear weights in memory · ` +
+    `${MiB(loaded.linearMemoryBytes)} MiB of linear layers in memory · ` +
     `loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
   // one generation at a time (the button is disabled meanwhile): the worker's messages are this one's
   chat(config, tok, generationConfig, async function* (ids, options) {
