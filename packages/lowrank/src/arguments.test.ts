@@ -81,3 +81,21 @@ describe('required object arguments', () => {
     expect(lowrank.paddedSize(130, false)).toBe(136);
   });
 });
+
+describe('applyDecomposition', () => {
+  it('names a tensor, another typed array or a bad row count instead of a shape error about undefined values', () => {
+    const x = tensor('f32', [1, 16], new Float32Array(16));
+    expect(() => lowrank.applyDecomposition(d, x as never, 1)).toThrow(
+      'E_VALUE: applyDecomposition: x must be a Float32Array of rows × n values, got a tensor (pass its data)',
+    );
+    expect(() => lowrank.applyDecomposition(d, new Float64Array(16) as never, 1)).toThrow(
+      /got a Float64Array$/,
+    );
+    for (const rows of [0, 1.5, NaN])
+      expect(() => lowrank.applyDecomposition(d, new Float32Array(16), rows)).toThrow(
+        `E_VALUE: applyDecomposition: rows must be a positive integer, got ${rows}`,
+      );
+    // the data of the same tensor is accepted
+    expect(lowrank.applyDecomposition(d, x.data, 1)).toHaveLength(8);
+  });
+});

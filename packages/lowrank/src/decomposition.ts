@@ -3,6 +3,7 @@ import {
   assertObject,
   assertFinite,
   CalderaError,
+  describeValue,
   expectedCalderaTensors,
   isFloatDType,
   f32ArrayToF16,
@@ -110,12 +111,28 @@ export function reconstruct(d: Decomposition): Tensor<'f32'> {
 }
 
 /**
- * `y = x·Ŵᵀ` for `rows` input rows (x: rows × n, row-major) without forming Ŵ: rotate the input, multiply by Q̂
- * (decoded) and by the low-rank pair, rotate the output back. The reference the runtimes' fused kernels match.
+ * `y = x·Ŵᵀ` for `rows` input rows (x: a `Float32Array` of rows × n values, row-major; for a core tensor pass its
+ * `data`) without forming Ŵ: rotate the input, multiply by Q̂ (decoded) and by the low-rank pair, rotate the output
+ * back. The reference the runtimes' fused kernels match. `E_VALUE` when `x` is not a Float32Array or `rows` not a
+ * positive integer, `E_SHAPE` when `x` does not hold rows × n values.
  */
 export function applyDecomposition(d: Decomposition, x: Float32Array, rows: number): Float32Array {
   assertObject(d, 'applyDecomposition', 'd', 'a Decomposition');
-  assertObject(x, 'applyDecomposition', 'x', 'a Float32Array');
+  if (!((x as unknown) instanceof Float32Array)) {
+    const v = x as unknown;
+    const given =
+      typeof v === 'object' && v !== null && 'data' in v && 'shape' in v
+        ? 'a tensor (pass its data)'
+        : ArrayBuffer.isView(v)
+          ? `a ${v.constructor.name}`
+          : describeValue(v);
+    throw new CalderaError(
+      'E_VALUE',
+      `applyDecomposition: x must be a Float32Array of rows × n values, got ${given}`,
+    );
+  }
+  if (!Number.isInteger(rows) || rows < 1)
+    throw new CalderaError('E_VALUE', `applyDecomposition: rows must be a positive integer, got ${rows}`);
   const [m, n] = d.shape;
   const [mp, np] = d.padded;
   if (x.length !== rows * n)

@@ -21,7 +21,7 @@ describe('without a GPU', () => {
     const inNode = (await createDevice({ gpu }).catch((e: unknown) => e)) as CalderaError;
     expect(inNode.code).toBe('E_DEVICE');
     expect(inNode.message).toBe(
-      "E_DEVICE: WebGPU: requestAdapter() returned no adapter; Dawn in Node needs a Vulkan driver: without a GPU, set VK_ICD_FILENAMES to a Vulkan ICD such as Chromium's SwiftShader (/usr/lib/chromium/vk_swiftshader_icd.json) before starting Node",
+      "E_DEVICE: WebGPU: requestAdapter() returned no adapter; Dawn in Node needs a Vulkan loader (libvulkan.so.1) and a driver: without a GPU, set VK_ICD_FILENAMES to a Vulkan ICD such as Chromium's SwiftShader (/usr/lib/chromium/vk_swiftshader_icd.json) before starting Node, and where the system has no libvulkan.so.1 also LD_LIBRARY_PATH=/usr/lib/chromium (Chromium ships one)",
     );
     // a browser has no process.versions.node
     vi.stubGlobal('process', { ...process, versions: {} });

@@ -62,8 +62,9 @@ export interface CalderaDevice {
 function noAdapterHint(): string {
   const node = (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node;
   return node
-    ? "; Dawn in Node needs a Vulkan driver: without a GPU, set VK_ICD_FILENAMES to a Vulkan ICD such as Chromium's" +
-        ' SwiftShader (/usr/lib/chromium/vk_swiftshader_icd.json) before starting Node'
+    ? '; Dawn in Node needs a Vulkan loader (libvulkan.so.1) and a driver: without a GPU, set VK_ICD_FILENAMES to a' +
+        " Vulkan ICD such as Chromium's SwiftShader (/usr/lib/chromium/vk_swiftshader_icd.json) before starting Node," +
+        ' and where the system has no libvulkan.so.1 also LD_LIBRARY_PATH=/usr/lib/chromium (Chromium ships one)'
     : '';
 }
 
