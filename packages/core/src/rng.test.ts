@@ -136,3 +136,51 @@ describe('Rng', () => {
     expect(b.fork().getState()).toEqual(new Rng(10).fork().getState());
   });
 });
+
+describe('Rng seeds', () => {
+  const first3 = (r: Rng) => [r.nextU32(), r.nextU32(), r.nextU32()];
+
+  it('the streams of integer and string seeds are unchanged (checkpoints and tests depend on them)', () => {
+    expect(first3(new Rng())).toEqual([3809008728, 1133695204, 53579671]);
+    expect(first3(new Rng(0))).toEqual([3809008728, 1133695204, 53579671]);
+    expect(first3(new Rng(1))).toEqual([2442144158, 3238099751, 3819917871]);
+    expect(first3(new Rng(12345))).toEqual([518667457, 440444462, 4232892992]);
+    expect(first3(new Rng(2 ** 32 - 1))).toEqual([835879718, 1921286648, 2356205009]);
+    expect(first3(new Rng('abc'))).toEqual([210338963, 3748574140, 3696474706]);
+    expect(first3(new Rng(''))).toEqual([2040553127, 2671230994, 3535833209]);
+  });
+
+  it('integers outside [0, 2³²) are taken modulo 2³², as derived seeds (seed + offset) rely on', () => {
+    expect(first3(new Rng(-1))).toEqual(first3(new Rng(2 ** 32 - 1)));
+    expect(first3(new Rng(2 ** 32))).toEqual(first3(new Rng(0)));
+    expect(first3(new Rng(2 ** 32 + 12345))).toEqual(first3(new Rng(12345)));
+    expect(first3(new Rng(-(2 ** 32) + 1))).toEqual(first3(new Rng(1)));
+  });
+
+  it('a fraction, NaN, ±Infinity or a non-number is E_VALUE (NaN seeded as 0 and 1.9 as 1, silently)', () => {
+    for (const [seed, shown] of [
+      [NaN, 'NaN'],
+      [1.9, '1.9'],
+      [-0.5, '-0.5'],
+      [Infinity, 'Infinity'],
+      [-Infinity, '-Infinity'],
+      [null, 'null'],
+      [true, 'a boolean'],
+      [5n, 'a bigint'],
+      [{}, 'an object'],
+      [[1], 'an array'],
+    ] as const) {
+      let caught: unknown;
+      try {
+        new Rng(seed as never);
+      } catch (e) {
+        caught = e;
+      }
+      expect(caught, String(shown)).toBeInstanceOf(CalderaError);
+      expect((caught as CalderaError).code).toBe('E_VALUE');
+      expect((caught as Error).message).toBe(
+        `E_VALUE: Rng: seed must be an integer or a string, got ${shown}`,
+      );
+    }
+  });
+});

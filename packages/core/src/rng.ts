@@ -1,4 +1,4 @@
-import { CalderaError } from './errors.js';
+import { CalderaError, describeValue } from './errors.js';
 
 /**
  * A seeded pseudo-random generator (xoshiro128**, seeded through splitmix32). Every Caldera algorithm that
@@ -12,8 +12,22 @@ export class Rng {
   private s3: number;
   private spare: number | null = null;
 
+  /**
+   * @param seed an integer or a string (hashed with FNV-1a). The generator has 2³² seeds: an integer is taken modulo
+   *   2³², so −1 seeds as 4294967295 and 2³² as 0 (callers derive seeds by arithmetic, e.g. a layer's seed plus an
+   *   offset, and rely on that). Anything else — a fraction, NaN, ±Infinity, `null`, a boolean, a bigint — is
+   *   `E_VALUE` (it used to be truncated to a 32-bit integer silently: NaN seeded as 0, 1.9 as 1). Default 0.
+   */
   constructor(seed: number | string = 0) {
-    let x = typeof seed === 'number' ? seed >>> 0 : hashString(seed);
+    let x: number;
+    if (typeof seed === 'string') x = hashString(seed);
+    else if (typeof seed === 'number' && Number.isInteger(seed)) x = seed >>> 0;
+    else {
+      throw new CalderaError(
+        'E_VALUE',
+        `Rng: seed must be an integer or a string, got ${typeof seed === 'number' ? seed : describeValue(seed)}`,
+      );
+    }
     const next = () => {
       x = (x + 0x9e3779b9) >>> 0;
       let z = x;

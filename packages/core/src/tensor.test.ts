@@ -178,3 +178,45 @@ describe('assertions', () => {
     }
   });
 });
+
+describe('invalid views and axes', () => {
+  it('contiguous refuses a view reaching past its data (it was zero-padded: [4, 5, 0, 0])', () => {
+    const data = Float32Array.of(1, 2, 3, 4, 5);
+    const past = { dtype: 'f32' as const, shape: [4], strides: [1], offset: 3, data };
+    expect(() => contiguous(past)).toThrow(
+      /^E_SHAPE: contiguous: tensor \(shape \[4\], offset 3, strides \[1\]\) reads data\[3 … 6\], outside its data of 5 elements$/,
+    );
+    expect(() => toF32(past)).toThrow(/E_SHAPE: contiguous: tensor .* reads data\[3 … 6\]/);
+    expect(() => cast(past, 'f64')).toThrow(/E_SHAPE/);
+    // a strided view past the end (it read undefined → NaN) and one before the start
+    const strided = { dtype: 'f32' as const, shape: [2, 2], strides: [1, 4], offset: 0, data };
+    expect(() => contiguous(strided, "tensor 'w'")).toThrow(
+      /^E_SHAPE: contiguous: tensor 'w' \(shape \[2, 2\], offset 0, strides \[1, 4\]\) reads data\[0 … 5\], outside/,
+    );
+    expect(Array.from(contiguous({ ...strided, strides: [1, 3] }).data)).toEqual([1, 4, 2, 5]);
+    const backwards = { dtype: 'f32' as const, shape: [3], strides: [-1], offset: 1, data };
+    expect(() => contiguous(backwards)).toThrow(/reads data\[-1 … 1\], outside its data of 5 elements/);
+    expect(() => contiguous({ ...past, offset: 0.5, shape: [2] })).toThrow(/E_SHAPE: .*not a valid view/);
+    expect(() => contiguous({ ...past, strides: [] })).toThrow(/E_SHAPE: .*not a valid view/);
+    expect(() => contiguous({ ...past, shape: [NaN] })).toThrow(/E_SHAPE: contiguous: tensor: invalid shape/);
+    // views that stay inside their data still copy, including the last element and negative strides
+    expect(Array.from(contiguous({ ...past, shape: [2] }).data)).toEqual([4, 5]);
+    expect(Array.from(contiguous({ ...backwards, offset: 4 }).data)).toEqual([5, 4, 3]);
+    expect(Array.from(contiguous({ ...past, shape: [0], offset: 99 }).data)).toEqual([]);
+  });
+
+  it('transpose requires integer axes (0.5 gave shape [undefined, 3])', () => {
+    const m = zeros('f32', [2, 3]);
+    expect(() => transpose(m, [0.5, 1])).toThrow(
+      /^E_SHAPE: transpose: axes \[0\.5, 1\] are not a permutation of rank 2$/,
+    );
+    expect(() => transpose(m, [NaN, 0])).toThrow(/E_SHAPE: transpose/);
+    expect(transpose(m, [1, 0]).shape).toEqual([3, 2]);
+  });
+
+  it('tensor(dtype, null) is E_SHAPE, not a TypeError', () => {
+    expect(() => tensor('f32', null as never)).toThrow(
+      /^E_SHAPE: tensor: shape must be an array of dimensions, got null$/,
+    );
+  });
+});

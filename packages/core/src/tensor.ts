@@ -1,5 +1,5 @@
 import { allocArray, arrayCtor, type DType, type DTypeArrayMap } from './dtype.js';
-import { CalderaError } from './errors.js';
+import { CalderaError, describeValue } from './errors.js';
 import {
   bf16ArrayToF32,
   f16ArrayToF32,
@@ -46,6 +46,12 @@ export function contiguousStrides(shape: readonly number[]): number[] {
 }
 
 function checkShape(shape: readonly number[], what: string): void {
+  if (!Array.isArray(shape)) {
+    throw new CalderaError(
+      'E_SHAPE',
+      `${what}: shape must be an array of dimensions, got ${describeValue(shape)}`,
+    );
+  }
   for (const d of shape) {
     if (!Number.isInteger(d) || d < 0) {
       throw new CalderaError('E_SHAPE', `${what}: invalid shape [${shape.join(', ')}]`);
@@ -167,11 +173,14 @@ export function reshape<D extends DType>(t: Tensor<D>, shape: readonly number[])
   return { dtype: t.dtype, shape: s, strides: contiguousStrides(s), offset: t.offset, data: t.data };
 }
 
-/** Permute axes as a view (default: reverse them, i.e. matrix transpose for rank 2). */
+/**
+ * Permute axes as a view (default: reverse them, i.e. matrix transpose for rank 2). `E_SHAPE` unless `axes` is a
+ * permutation of the integers `0 … rank−1`.
+ */
 export function transpose<D extends DType>(t: Tensor<D>, axes?: readonly number[]): Tensor<D> {
   const r = t.shape.length;
   const p = axes ?? [...Array(r).keys()].reverse();
-  if (p.length !== r || new Set(p).size !== r || p.some((a) => a < 0 || a >= r)) {
+  if (p.length !== r || new Set(p).size !== r || p.some((a) => !Number.isInteger(a) || a < 0 || a >= r)) {
     throw new CalderaError('E_SHAPE', `transpose: axes [${p.join(', ')}] are not a permutation of rank ${r}`);
   }
   return {
@@ -221,10 +230,16 @@ export function slice<D extends DType>(
   return { dtype: t.dtype, shape, strides, offset, data: t.data };
 }
 
-/** A contiguous copy (or `t` itself when it is already contiguous with offset 0 and exact length). */
-export function contiguous<D extends DType>(t: Tensor<D>): Tensor<D> {
+/**
+ * A contiguous copy (or `t` itself when it is already contiguous with offset 0 and exact length). `E_SHAPE` naming the
+ * extent when the view reaches outside its data (an offset or strides past the end of `data`, a negative index, or
+ * non-integer offset or strides, an invalid shape): its missing elements would otherwise be read as zeros or NaN.
+ * @param name the tensor's name in that message. Default `'tensor'`.
+ */
+export function contiguous<D extends DType>(t: Tensor<D>, name = 'tensor'): Tensor<D> {
   const n = shapeSize(t.shape);
   if (isContiguous(t) && t.offset === 0 && t.data.length === n) return t;
+  checkExtent(t, n, name);
   const out = allocArray(t.dtype, n);
   if (isContiguous(t)) {
     out.set(t.data.subarray(t.offset, t.offset + n) as never);
@@ -244,6 +259,30 @@ export function contiguous<D extends DType>(t: Tensor<D>): Tensor<D> {
     }
   }
   return { dtype: t.dtype, shape: [...t.shape], strides: contiguousStrides(t.shape), offset: 0, data: out };
+}
+
+/** `E_SHAPE` unless every element of the view (`n` of them) lies in `data` (see {@link contiguous}). */
+function checkExtent(t: Tensor, n: number, name: string): void {
+  checkShape(t.shape, `contiguous: ${name}`);
+  const r = t.shape.length;
+  const where = () => `shape [${t.shape.join(', ')}], offset ${t.offset}, strides [${t.strides.join(', ')}]`;
+  let ok = Number.isInteger(t.offset) && Array.isArray(t.strides) && t.strides.length === r;
+  for (let k = 0; ok && k < r; k++) ok = Number.isInteger(t.strides[k]);
+  if (!ok) throw new CalderaError('E_SHAPE', `contiguous: ${name} is not a valid view (${where()})`);
+  if (n === 0) return; // no element is read
+  let lo = t.offset;
+  let hi = t.offset;
+  for (let k = 0; k < r; k++) {
+    const span = (t.shape[k]! - 1) * t.strides[k]!;
+    if (span < 0) lo += span;
+    else hi += span;
+  }
+  if (lo < 0 || hi >= t.data.length) {
+    throw new CalderaError(
+      'E_SHAPE',
+      `contiguous: ${name} (${where()}) reads data[${lo} … ${hi}], outside its data of ${t.data.length} elements`,
+    );
+  }
 }
 
 /**

@@ -14,7 +14,7 @@ import {
   type QuantizedTensor,
   type Quantizer,
   type QuantizerDescriptor,
-  valueCount,
+  costedValueCount,
 } from './quantizer.js';
 import { RVQ3_OPT_SCALE, rvqDecode, rvqEncode } from './rvq.js';
 
@@ -50,7 +50,7 @@ export function latticeQuantizer(kind: LatticeKind, options: LatticeOptions = {}
   return {
     descriptor,
     bitsPerWeight(shape) {
-      const n = valueCount(shape, `${kind}.bitsPerWeight`);
+      const n = costedValueCount(shape, `${kind}.bitsPerWeight`);
       return (n * bits + 32) / n;
     },
     quantize(t: Tensor): QuantizedTensor {
@@ -89,22 +89,40 @@ export function latticeQuantizer(kind: LatticeKind, options: LatticeOptions = {}
 
 /**
  * The per-tensor scale of a lattice codec: `RMS(x)/inputScale` as f32 (1 for an all-zero tensor: the scale the
- * values are divided by; the stored scale of an all-zero tensor is 0, see {@link latticeScales}).
+ * values are divided by; the stored scale of an all-zero tensor is 0, see {@link latticeScales}). `E_VALUE` for a
+ * non-finite value in `x` (naming its index) or an `inputScale` that is not positive and finite.
  */
 export function latticeScale(x: ArrayLike<number>, inputScale: number): number {
-  assertObject(x, 'latticeScale', 'x', 'an array of numbers');
-  return latticeScales(x, inputScale).divisor;
+  return scalesOf(x, inputScale, 'latticeScale').divisor;
 }
 
 /**
  * Both scales of a lattice codec from one pass over `x`: `divisor`, what the values are divided by before rounding
  * ({@link latticeScale}), and `stored`, the scale kept with the codes, which is 0 for an all-zero tensor (no codeword
- * is 0, E8P12 points being ±¼ + D̂8, so only a zero scale keeps its zeros) and `divisor` otherwise.
+ * is 0, E8P12 points being ±¼ + D̂8, so only a zero scale keeps its zeros) and `divisor` otherwise. `E_VALUE` as
+ * {@link latticeScale} (a non-finite value, a bad `inputScale`), and when the sum of squares overflows.
  */
 export function latticeScales(x: ArrayLike<number>, inputScale: number): { divisor: number; stored: number } {
-  assertObject(x, 'latticeScales', 'x', 'an array of numbers');
+  return scalesOf(x, inputScale, 'latticeScales');
+}
+
+function scalesOf(x: ArrayLike<number>, inputScale: number, fn: string): { divisor: number; stored: number } {
+  assertObject(x, fn, 'x', 'an array of numbers');
+  if (!(inputScale > 0) || !Number.isFinite(inputScale)) {
+    throw new CalderaError(
+      'E_VALUE',
+      `${fn}: inputScale must be positive and finite, got ${String(inputScale)}`,
+    );
+  }
   let ss = 0;
-  for (let i = 0; i < x.length; i++) ss += x[i]! * x[i]!;
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i]!;
+    if (v - v !== 0) throw new CalderaError('E_VALUE', `${fn}: x has a non-finite value ${v} at index ${i}`);
+    ss += v * v;
+  }
+  if (ss === Infinity) {
+    throw new CalderaError('E_VALUE', `${fn}: the sum of squares of x overflows (values too large)`);
+  }
   const rms = Math.sqrt(ss / Math.max(1, x.length));
   const divisor = Math.fround(rms > 0 ? rms / inputScale : 1);
   return { divisor, stored: ss > 0 ? divisor : 0 };

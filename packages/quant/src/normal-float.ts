@@ -5,9 +5,11 @@
  */
 import { assertObject, CalderaError, tensor, type Tensor } from '@caldera/core';
 import {
+  badCode,
   checkDescriptor,
   checkQuantizedLengths,
   checkScalarOptions,
+  costedValueCount,
   finiteValues,
   forEachGroup,
   groupCount,
@@ -15,7 +17,6 @@ import {
   type QuantizedTensor,
   type Quantizer,
   type QuantizerDescriptor,
-  valueCount,
 } from './quantizer.js';
 
 /**
@@ -96,7 +97,7 @@ export function normalFloatQuantizer(options: NormalFloatOptions): Quantizer {
   return {
     descriptor,
     bitsPerWeight(shape) {
-      const n = valueCount(shape, 'normalFloatQuantizer.bitsPerWeight');
+      const n = costedValueCount(shape, 'normalFloatQuantizer.bitsPerWeight');
       return (n * bits + groupCount(shape, granularity, groupSize) * 32) / n;
     },
     quantize(t: Tensor): QuantizedTensor {
@@ -125,7 +126,11 @@ export function normalFloatQuantizer(options: NormalFloatOptions): Quantizer {
       const out = new Float32Array(count);
       forEachGroup(q.shape, granularity, groupSize, (start, len, g) => {
         const s = q.params.scales[g]!;
-        for (let i = start; i < start + len; i++) out[i] = levels[codes[i]!]! * s;
+        for (let i = start; i < start + len; i++) {
+          const c = codes[i]!;
+          if (c >= L) badCode('normalFloatQuantizer.dequantize', i, c, L - 1);
+          out[i] = levels[c]! * s;
+        }
       });
       return tensor('f32', q.shape, out);
     },

@@ -2,7 +2,7 @@
  * The `Quantizer` interface shared by every codec (uniform, NormalFloat, E8P12 and its RVQ variants), the JSON
  * descriptors that identify them, and the grouping rule of the scalar codecs.
  */
-import { assertObject, CalderaError, contiguous, toF32, type Tensor } from '@caldera/core';
+import { assertObject, CalderaError, contiguous, describeValue, toF32, type Tensor } from '@caldera/core';
 import type { CodePlane } from './rounder.js';
 
 /** Which values share one scale (scalar codecs). */
@@ -61,11 +61,39 @@ export interface Quantizer {
 
 /**
  * The number of values of a tensor of this shape (1 for a scalar's `[]`); `E_VALUE` naming `what` when `shape` is not
- * an array (`null`).
+ * an array (`null`), `E_SHAPE` when a dimension is not a non-negative integer (`-1`, `2.5`, `NaN`).
  */
-export function valueCount(shape: readonly number[], what: string): number {
-  assertObject(shape, what, 'shape', 'an array of dimensions');
-  return shape.reduce((a, b) => a * b, 1);
+export function valueCount(shape: readonly number[], what: string, name = 'shape'): number {
+  assertObject(shape, what, name, 'an array of dimensions');
+  if (!Array.isArray(shape)) {
+    throw new CalderaError('E_VALUE', `${what}: ${name} must be an array of dimensions, got an object`);
+  }
+  let n = 1;
+  for (const d of shape) {
+    if (!Number.isInteger(d) || d < 0) {
+      throw new CalderaError(
+        'E_SHAPE',
+        `${what}: ${name} [${shape.join(', ')}] has a dimension ${String(d)} that is not a non-negative integer`,
+      );
+    }
+    n *= d;
+  }
+  return n;
+}
+
+/**
+ * `valueCount` of a shape whose storage cost is asked ({@link Quantizer.bitsPerWeight}): `E_SHAPE` also for a shape
+ * of no values (`[0]`), which has no cost per value.
+ */
+export function costedValueCount(shape: readonly number[], what: string): number {
+  const n = valueCount(shape, what);
+  if (n === 0) {
+    throw new CalderaError(
+      'E_SHAPE',
+      `${what}: shape [${shape.join(', ')}] has no values, so no bits per value`,
+    );
+  }
+  return n;
 }
 
 /** Row count and row length used for grouping: rows = first axis (1 for scalars/1-D), cols = the rest. */
@@ -153,7 +181,8 @@ export function finiteValues(t: Tensor, what: string): Float32Array {
 
 /**
  * Check that a quantized tensor belongs to this codec: `E_VALUE` naming `what` for another codec's, or for a `q` that
- * is not an object (`null`).
+ * is not an object (`null`); then that its `shape` is an array of non-negative integers (`E_VALUE` for a `shape` that
+ * is not an array, `E_SHAPE` for a bad dimension; see {@link valueCount}).
  */
 export function checkDescriptor(q: QuantizedTensor, d: QuantizerDescriptor, what: string): void {
   assertObject(q, what, 'q', 'a QuantizedTensor');
@@ -163,12 +192,15 @@ export function checkDescriptor(q: QuantizedTensor, d: QuantizerDescriptor, what
       `${what}: quantized tensor was made by ${JSON.stringify(q.descriptor)}, not ${JSON.stringify(d)}`,
     );
   }
+  valueCount(q.shape, what, 'q.shape');
 }
 
 /**
  * Throw `E_SHAPE` unless `q` has `planes` code planes of one code per `valuesPerCode` values of its shape each (1 for
  * the scalar codecs, 8 for the lattice ones) and `groups` scales (and offsets, when `zeros`): a quantized tensor whose
- * parts do not match its shape would dequantize to NaN. Returns the number of values of the shape.
+ * parts do not match its shape would dequantize to NaN (a missing `params.zeros` counts as 0 entries). `E_VALUE`
+ * when `codes` is not an array, a plane is not a `Uint8Array` or `Uint16Array`, `params` or `params.scales` (or a
+ * given `params.zeros`) is not an object, or a scale or offset is not finite. Returns the number of values of the shape.
  */
 export function checkQuantizedLengths(
   q: QuantizedTensor,
@@ -178,7 +210,7 @@ export function checkQuantizedLengths(
   zeros: boolean,
   what: string,
 ): number {
-  const count = valueCount(q.shape, what);
+  const count = valueCount(q.shape, what, 'q.shape');
   const codesPerPlane = count / valuesPerCode;
   const bad = (part: string, have: number, need: number): never => {
     throw new CalderaError(
@@ -186,10 +218,43 @@ export function checkQuantizedLengths(
       `${what}: ${part} has ${have} entries, shape [${q.shape.join(', ')}] needs ${need}`,
     );
   };
+  if (!Array.isArray(q.codes)) {
+    throw new CalderaError(
+      'E_VALUE',
+      `${what}: q.codes must be an array of code planes, got ${describeValue(q.codes)}`,
+    );
+  }
   if (q.codes.length < planes) bad('codes', q.codes.length, planes);
-  for (let p = 0; p < planes; p++)
-    if (q.codes[p]!.length !== codesPerPlane) bad(`code plane ${p}`, q.codes[p]!.length, codesPerPlane);
-  if (q.params.scales.length !== groups) bad('params.scales', q.params.scales.length, groups);
-  if (zeros && q.params.zeros?.length !== groups) bad('params.zeros', q.params.zeros?.length ?? 0, groups);
+  for (let p = 0; p < planes; p++) {
+    const c: unknown = q.codes[p];
+    if (!(c instanceof Uint8Array || c instanceof Uint16Array)) {
+      throw new CalderaError(
+        'E_VALUE',
+        `${what}: q.codes[${p}] must be a Uint8Array or Uint16Array, got ${describeValue(c)}`,
+      );
+    }
+    if (c.length !== codesPerPlane) bad(`code plane ${p}`, c.length, codesPerPlane);
+  }
+  assertObject(q.params, what, 'q.params', 'an object { scales, zeros? }');
+  const finite = (name: 'scales' | 'zeros', a: ArrayLike<number> | undefined): void => {
+    if (name === 'zeros' && a === undefined) bad('params.zeros', 0, groups); // an asymmetric q without its offsets
+    assertObject(a, what, `q.params.${name}`, 'a Float32Array');
+    if (a.length !== groups) bad(`params.${name}`, a.length, groups);
+    for (let g = 0; g < a.length; g++) {
+      const v = a[g]!;
+      if (v - v !== 0)
+        throw new CalderaError('E_VALUE', `${what}: q.params.${name}[${g}] is ${v}, not a finite number`);
+    }
+  };
+  finite('scales', q.params.scales);
+  if (zeros) finite('zeros', q.params.zeros);
   return count;
+}
+
+/**
+ * `E_VALUE` for code `c` at flat index `i` of a scalar codec's code plane, outside `0..max` (a code the codec never
+ * writes: it would dequantize to a value off the grid, or to NaN).
+ */
+export function badCode(what: string, i: number, c: number, max: number): never {
+  throw new CalderaError('E_VALUE', `${what}: q.codes[0][${i}] is ${c}, codes must be in 0..${max}`);
 }

@@ -3,7 +3,7 @@
  * of a matrix row (one column group, all rows at once) to codewords of a fixed codebook, writing the
  * dequantized values and one code per group per stage ("plane").
  */
-import { assertObject } from '@caldera/core';
+import { assertObject, CalderaError } from '@caldera/core';
 import { E8P_DIM, e8pDecode, e8pEncode } from './e8p.js';
 import { rvqDecode, rvqEncode } from './rvq.js';
 
@@ -53,8 +53,11 @@ export function e8pRounder(): GroupRounder {
   };
 }
 
-/** Residual-VQ E8P12 rounders (brief §3.5): 3 bits (E8P12 + E81B) or 4 bits (E8P12 + E8P12). */
+/** Residual-VQ E8P12 rounders (brief §3.5): 3 bits (E8P12 + E81B) or 4 bits (E8P12 + E8P12); other `bits`: `E_VALUE`. */
 export function rvqRounder(bits: 3 | 4): GroupRounder {
+  if (bits !== 3 && bits !== 4) {
+    throw new CalderaError('E_VALUE', `rvqRounder: bits must be 3 or 4, got ${String(bits)}`);
+  }
   return {
     dim: E8P_DIM,
     planes: bits === 4 ? ['u16', 'u16'] : ['u16', 'u8'],
@@ -73,10 +76,22 @@ export function rvqRounder(bits: 3 | 4): GroupRounder {
 }
 
 /**
- * Symmetric uniform scalar rounder with a fixed step: levels `step·q`, `q ∈ [−(2^(bits−1)−1), 2^(bits−1)−1]`,
- * round half away from zero as `Math.round` does for the magnitude; code = `q + 2^(bits−1) − 1` (u8).
+ * Symmetric uniform scalar rounder with a fixed step: levels `step·q`, `q ∈ [−(2^(bits−1)−1), 2^(bits−1)−1]`, `q` the
+ * nearest integer to `x/step` with ties rounded up, toward +∞, as `Math.round` does (2.5 → 3, −2.5 → −2), then
+ * clamped to that range; code = `q + 2^(bits−1) − 1`, at most `2^bits − 2`, in a u8 plane. `bits` must be an integer
+ * in 2..8 (8 is the widest a u8 code holds; 1 bit would have the single level 0) and `step` positive and finite, else
+ * `E_VALUE`.
  */
 export function uniformRounder(bits: number, step: number): GroupRounder {
+  if (!Number.isInteger(bits) || bits < 2 || bits > 8) {
+    throw new CalderaError('E_VALUE', `uniformRounder: bits must be an integer in 2..8, got ${String(bits)}`);
+  }
+  if (!(step > 0) || !Number.isFinite(step)) {
+    throw new CalderaError(
+      'E_VALUE',
+      `uniformRounder: step must be positive and finite, got ${String(step)}`,
+    );
+  }
   const qmax = 2 ** (bits - 1) - 1;
   return {
     dim: 1,

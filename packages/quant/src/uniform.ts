@@ -4,11 +4,13 @@
  * per channel (first axis) or per group of any size along the last axes; round to nearest or stochastic rounding
  * (unbiased, seeded).
  */
-import { assertObject, CalderaError, Rng, tensor, type Tensor } from '@caldera/core';
+import { assertObject, CalderaError, describeValue, Rng, tensor, type Tensor } from '@caldera/core';
 import {
+  badCode,
   checkDescriptor,
   checkQuantizedLengths,
   checkScalarOptions,
+  costedValueCount,
   finiteValues,
   forEachGroup,
   groupCount,
@@ -16,7 +18,6 @@ import {
   type QuantizedTensor,
   type Quantizer,
   type QuantizerDescriptor,
-  valueCount,
 } from './quantizer.js';
 
 /** Options of {@link uniformQuantizer}. */
@@ -31,14 +32,20 @@ export interface UniformOptions {
   groupSize?: number;
   /** `'nearest'` (default) or `'stochastic'` (round up with probability equal to the fractional part). */
   rounding?: 'nearest' | 'stochastic';
-  /** Seed of the stochastic rounding. Default 0. */
+  /**
+   * Seed of the stochastic rounding, an integer (else `E_VALUE`); as `Rng`'s, taken modulo 2³² (2³² rounds as 0 does).
+   * Default 0.
+   */
   seed?: number;
 }
 
 /** Smallest scale used for an all-zero group (as CALDERA's 1e-8 floor). */
 const SCALE_FLOOR = 1e-8;
 
-/** Create a uniform quantizer. Throws `E_VALUE` for bits outside 2–8 or bad group options. */
+/**
+ * Create a uniform quantizer. Throws `E_VALUE` for bits outside 2–8, bad group options, a `symmetric` that is not a
+ * boolean, a `rounding` other than `'nearest'`/`'stochastic'` or a seed that is not an integer.
+ */
 export function uniformQuantizer(options: UniformOptions): Quantizer {
   assertObject(options, 'uniformQuantizer', 'options');
   const bits = options.bits;
@@ -55,21 +62,32 @@ export function uniformQuantizer(options: UniformOptions): Quantizer {
       `uniformQuantizer: rounding must be 'nearest' or 'stochastic', got ${String(rounding)}`,
     );
   }
+  const symmetricOption = options.symmetric ?? true;
+  if (typeof symmetricOption !== 'boolean') {
+    throw new CalderaError(
+      'E_VALUE',
+      `uniformQuantizer: symmetric must be true or false, got ${describeValue(symmetricOption)} ${JSON.stringify(symmetricOption)}`,
+    );
+  }
+  const seed = options.seed ?? 0;
+  if (!Number.isInteger(seed)) {
+    throw new CalderaError('E_VALUE', `uniformQuantizer: seed must be an integer, got ${String(seed)}`);
+  }
   const descriptor: QuantizerDescriptor = {
     kind: 'uniform',
     bits,
-    symmetric: options.symmetric ?? true,
+    symmetric: symmetricOption,
     granularity,
     groupSize,
     rounding,
-    seed: options.seed ?? 0,
+    seed,
   };
   const symmetric = descriptor.symmetric;
   const qmax = symmetric ? 2 ** (bits - 1) - 1 : 2 ** bits - 1;
   return {
     descriptor,
     bitsPerWeight(shape) {
-      const n = valueCount(shape, 'uniformQuantizer.bitsPerWeight');
+      const n = costedValueCount(shape, 'uniformQuantizer.bitsPerWeight');
       const groups = groupCount(shape, granularity, groupSize);
       return (n * bits + groups * (symmetric ? 32 : 64)) / n;
     },
@@ -120,10 +138,15 @@ export function uniformQuantizer(options: UniformOptions): Quantizer {
       const codes = q.codes[0]!;
       const out = new Float32Array(count);
       const { scales, zeros } = q.params;
+      const what = 'uniformQuantizer.dequantize';
+      const cmax = symmetric ? 2 * qmax : qmax; // the largest code quantize writes
       forEachGroup(q.shape, granularity, groupSize, (start, len, g) => {
         const s = scales[g]!;
-        if (symmetric) for (let i = start; i < start + len; i++) out[i] = (codes[i]! - qmax) * s;
-        else for (let i = start; i < start + len; i++) out[i] = zeros![g]! + codes[i]! * s;
+        for (let i = start; i < start + len; i++) {
+          const c = codes[i]!;
+          if (c > cmax) badCode(what, i, c, cmax);
+          out[i] = symmetric ? (c - qmax) * s : zeros![g]! + c * s;
+        }
       });
       return tensor('f32', q.shape, out);
     },

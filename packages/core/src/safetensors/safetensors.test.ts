@@ -176,6 +176,24 @@ describe('round trips', () => {
     ).rejects.toThrow(/2 bytes given/);
     await expect(serializeSafetensors({ __metadata__: tensor('u8', [1]) })).rejects.toThrow(CalderaError);
   });
+
+  it('a tensor view reaching past its data is E_SHAPE naming the tensor, not written zero-padded', async () => {
+    const data = Float32Array.of(1, 2, 3, 4, 5);
+    const past = { dtype: 'f32' as const, shape: [4], strides: [1], offset: 3, data };
+    const short = { dtype: 'f32' as const, shape: [4], strides: [1], offset: 0, data: data.subarray(0, 2) };
+    await expect(serializeSafetensors({ past })).rejects.toThrow(
+      /^E_SHAPE: contiguous: tensor 'past' \(shape \[4\], offset 3, strides \[1\]\) reads data\[3 … 6\], outside its data of 5 elements$/,
+    );
+    await expect(serializeSafetensors({ short })).rejects.toThrow(
+      /E_SHAPE: contiguous: tensor 'short' .* reads data\[0 … 3\], outside its data of 2 elements/,
+    );
+    const path = join(dir, 'past.safetensors');
+    await expect(writeSafetensors(path, { a: tensor('f32', [1]), past })).rejects.toMatchObject({
+      code: 'E_SHAPE',
+      message: expect.stringContaining("tensor 'past'") as unknown,
+    });
+    expect((await readdir(dir)).filter((f) => f.startsWith('past.safetensors'))).toEqual([]);
+  });
 });
 
 describe('sharded checkpoints', () => {

@@ -100,7 +100,7 @@ async function bytesOf(p: Planned): Promise<ArrayBufferView> {
   if (isRaw(p.entry)) {
     bytes = typeof p.entry.data === 'function' ? await p.entry.data() : p.entry.data;
   } else {
-    bytes = contiguous(p.entry).data;
+    bytes = contiguous(p.entry, `tensor '${p.name}'`).data;
   }
   if (bytes.byteLength !== p.nbytes) {
     throw new CalderaError(
