@@ -51,6 +51,15 @@ describe('tokenNll', () => {
       expect(Math.abs(at(-1000, t) - direct(t))).toBeLessThan(1e-12 * 1800);
     }
   });
+
+  it('a target that is not a token of the row is E_VALUE (it gave NaN)', () => {
+    const row = Float64Array.of(1, 2);
+    for (const t of [2, 5, -1, 0.5, NaN])
+      expect(() => tokenNll(row, 0, 2, t), String(t)).toThrow(
+        new RegExp(`^E_VALUE: tokenNll: target ${t} is not a token id in \\[0, 2\\)$`),
+      );
+    expect(tokenNll(row, 0, 2, 1)).toBeCloseTo(Math.log(1 + Math.exp(-1)), 12);
+  });
 });
 
 describe('checkPerplexityArgs (the runtimes’ shared argument checks)', () => {

@@ -117,8 +117,13 @@ export function* perplexityWindows(
   }
 }
 
-/** `−log softmax(logits)[target]` of the row of `vocab` logits at `offset`, computed stably (max subtracted). */
+/**
+ * `−log softmax(logits)[target]` of the row of `vocab` logits at `offset`, computed stably (max subtracted). A
+ * `target` that is not a token of the row (an integer in [0, `vocab`)) is `E_VALUE` (it gave NaN).
+ */
 export function tokenNll(logits: ArrayLike<number>, offset: number, vocab: number, target: number): number {
+  if (!Number.isInteger(target) || target < 0 || target >= vocab)
+    throw new CalderaError('E_VALUE', `tokenNll: target ${target} is not a token id in [0, ${vocab})`);
   let mx = -Infinity;
   for (let v = 0; v < vocab; v++) mx = Math.max(mx, logits[offset + v]!);
   let se = 0;

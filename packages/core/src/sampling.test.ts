@@ -49,6 +49,54 @@ describe('sampleToken (the runtimes shared sampler)', () => {
     expect(sampleToken(logits, { temperature: 0.7, topK: 1 }, new Rng(1))).toBe(1);
   });
 
+  it('checks its options as generate() does, and refuses empty and NaN logits (E_VALUE)', () => {
+    // before: each of these returned a token: NaN temperature the least likely one, topP 0 and topK -1 whatever an
+    // unrestricted draw gave, empty logits 0, a NaN logit whatever the comparisons made of it
+    const bad: [GenerateOptions, RegExp][] = [
+      [{ temperature: NaN }, /^E_VALUE: sampleToken: temperature must be a finite number ≥ 0, got NaN$/],
+      [{ temperature: -1 }, /sampleToken: temperature .* got -1$/],
+      [{ temperature: 1, topP: 0 }, /^E_VALUE: sampleToken: topP must be in \(0, 1\], got 0$/],
+      [{ temperature: 1, topK: -1 }, /^E_VALUE: sampleToken: topK must be a number ≥ 0 \(0: all\), got -1$/],
+    ];
+    for (const [o, message] of bad)
+      expect(() => sampleToken(logits, o, new Rng(1)), JSON.stringify(o)).toThrow(message);
+    for (const temperature of [0, 1]) {
+      expect(() => sampleToken(new Float64Array(0), { temperature }, new Rng(1))).toThrow(
+        /^E_VALUE: sampleToken: empty logits/,
+      );
+      for (const at of [0, 1, 2])
+        expect(() =>
+          sampleToken(Float64Array.of(1, 2, 3).fill(NaN, at, at + 1), { temperature }, new Rng(1)),
+        ).toThrow(new RegExp(`^E_VALUE: sampleToken: logit ${at} is NaN$`));
+    }
+    expect(() => sampleToken(Float64Array.of(-Infinity, -Infinity), { temperature: 1 }, new Rng(1))).toThrow(
+      /^E_VALUE: sampleToken: every logit is -Infinity/,
+    );
+    expect(sampleToken(Float64Array.of(-Infinity, -Infinity), {}, new Rng(1))).toBe(0); // the first argmax
+    expect(sampleToken(logits, null as never, new Rng(1))).toBe(1); // null options are none
+  });
+
+  it('gives +Infinity logits all the probability, in equal shares (the softmax limit)', () => {
+    // before: [+Inf, 1] at temperature 1 gave 1 (exp(∞ − ∞) is NaN)
+    for (let seed = 1; seed <= 50; seed++) {
+      expect(sampleToken(Float64Array.of(Infinity, 1), { temperature: 1 }, new Rng(seed))).toBe(0);
+      expect(
+        sampleToken(Float64Array.of(1, Infinity, 50), { temperature: 3, topP: 0.5 }, new Rng(seed)),
+      ).toBe(1);
+    }
+    expect(sampleToken(Float64Array.of(1, Infinity, Infinity), {}, new Rng(1))).toBe(1);
+    const counts = [0, 0, 0, 0];
+    const rng = new Rng(3);
+    const l = Float64Array.of(Infinity, 9, Infinity, -Infinity);
+    for (let i = 0; i < 4000; i++) counts[sampleToken(l, { temperature: 0.5 }, rng)]!++;
+    expect(counts[1]! + counts[3]!).toBe(0);
+    expect(Math.abs(counts[0]! - 2000)).toBeLessThan(200);
+    // top-k 1: the first of them
+    expect(sampleToken(Float64Array.of(2, Infinity, Infinity), { temperature: 1, topK: 1 }, new Rng(7))).toBe(
+      1,
+    );
+  });
+
   it('takes a fractional top-k as its integer part', () => {
     for (let seed = 1; seed <= 50; seed++) {
       expect(sampleToken(logits, { temperature: 5, topK: 1.5 }, new Rng(seed))).toBe(1);
@@ -89,7 +137,8 @@ describe('sampleToken (the runtimes shared sampler)', () => {
         });
         for (const temperature of [0, 0.7, 1.3])
           for (const topK of [0, 1, 5, V + 3])
-            for (const topP of [0, 0.5, 0.95, 1])
+            for (const topP of [undefined, 0.5, 0.95, 1])
+              // undefined: no nucleus (0 is out of range)
               for (const seed of [1, 2, 3, 4, 5]) {
                 const o = { temperature, topK, topP };
                 expect(sampleToken(l, o, new Rng(seed)), JSON.stringify({ V, ties, ...o, seed })).toBe(

@@ -96,23 +96,41 @@ class RankOrder {
  * is 0, else a draw from the softmax at that temperature, restricted to the top-k tokens and then to the smallest
  * nucleus of probability ≥ top-p. Deterministic given the `rng` state (one `uniform()` per call).
  *
+ * The options are checked as `generate()` checks them (`E_VALUE`: see {@link GenerateOptions}); null options are
+ * none. Empty logits and a NaN logit are `E_VALUE`, and so are logits that are all −Infinity when the temperature is
+ * above 0 (no distribution to draw from; at 0 the first is the argmax). `+Infinity` logits are the softmax's limit:
+ * they share all the probability equally and every finite logit has none, so the argmax is the first of them and a
+ * draw picks one of them (top-k and top-p apply in rank order as usual).
+ *
  * Candidates are taken in rank order (higher logit first, ties by lower index) and only as far as the draw needs
  * them; the weights `exp((l − max)/T)` are normalised over the top k in rank order, or, without top-k, over the whole
  * vocabulary in index order. Cost: O(V + n·log V) for the n candidates looked at, instead of a full sort (18 ms per
  * token for a 32 000-token vocabulary, 83 ms for 128 256, before).
  */
 export function sampleToken(logits: Float64Array, options: GenerateOptions, rng: Rng): number {
-  const o = options;
+  const o = options ?? {}; // from JavaScript: null options are none
+  checkSamplingOptions(o, 'sampleToken');
   const l = logits;
+  const V = l.length;
+  if (V === 0) throw new CalderaError('E_VALUE', 'sampleToken: empty logits (no token to choose)');
   const temp = o.temperature ?? 0;
   let best = 0;
-  for (let i = 1; i < l.length; i++) if (l[i]! > l[best]!) best = i;
+  for (let i = 0; i < V; i++) {
+    const v = l[i]!;
+    if (v > l[best]!) best = i;
+    else if (v !== v) throw new CalderaError('E_VALUE', `sampleToken: logit ${i} is NaN`);
+  }
   if (temp <= 0) return best;
-  const V = l.length;
-  const k = o.topK && o.topK >= 1 ? Math.min(Math.floor(o.topK), V) : V; // a fraction counts as its integer part
   const mx = l[best]!;
+  if (mx === -Infinity)
+    throw new CalderaError('E_VALUE', 'sampleToken: every logit is -Infinity (no distribution to draw from)');
+  const k = o.topK && o.topK >= 1 ? Math.min(Math.floor(o.topK), V) : V; // a fraction counts as its integer part
   const rank = new RankOrder(l);
-  const weight = (i: number) => Math.exp((l[i]! - mx) / temp);
+  // +Infinity logits: the softmax's limit, equal shares among them (exp(∞ − ∞) would be NaN)
+  const weight =
+    mx === Infinity
+      ? (i: number) => (l[i] === Infinity ? 1 : 0)
+      : (i: number) => Math.exp((l[i]! - mx) / temp);
   const rankWeights: number[] = []; // weight of the token of rank r, computed once
   const weightAt = (r: number) => (rankWeights[r] ??= weight(rank.at(r)));
   let z = 0;
@@ -149,9 +167,9 @@ export function sampleToken(logits: Float64Array, options: GenerateOptions, rng:
  * picks the least likely token, `topP: 0` samples the whole vocabulary, a penalty ≤ 0 favours repeated tokens, and
  * seeds are taken modulo 2³² (2³² would give the tokens of seed 0).
  */
-function checkSamplingOptions(options: GenerateOptions): void {
+function checkSamplingOptions(options: GenerateOptions, fn = 'generate'): void {
   const bad = (name: string, range: string, v: unknown) =>
-    new CalderaError('E_VALUE', `generate: ${name} must be ${range}, got ${String(v)}`);
+    new CalderaError('E_VALUE', `${fn}: ${name} must be ${range}, got ${String(v)}`);
   const { temperature: t, topK: k, topP: p, repetitionPenalty: r, seed: s } = options;
   if (t !== undefined && !(Number.isFinite(t) && t >= 0)) throw bad('temperature', 'a finite number ≥ 0', t);
   if (k !== undefined && !(typeof k === 'number' && k >= 0)) throw bad('topK', 'a number ≥ 0 (0: all)', k);
