@@ -539,3 +539,15 @@ describe('progress within a layer and options objects', () => {
     );
   });
 });
+
+describe('layerSeed arguments', () => {
+  it('keeps integer seeds modulo 2³² and rejects a fractional or non-finite seed and a non-string name', () => {
+    expect(layerSeed(2 ** 32 + 5, 'a.b')).toBe(layerSeed(5, 'a.b'));
+    expect(layerSeed(-1, 'a.b')).toBe(layerSeed(2 ** 32 - 1, 'a.b'));
+    for (const bad of [NaN, 1.5, Infinity])
+      expect(() => layerSeed(bad, 'a.b')).toThrow(
+        `E_VALUE: layerSeed: seed must be a safe integer, got ${String(bad)}`,
+      );
+    expect(() => layerSeed(0, null as never)).toThrow('E_VALUE: layerSeed: name must be a string, got null');
+  });
+});

@@ -125,8 +125,16 @@ export function sha256Hex(data: ArrayBufferView | ArrayBuffer | string): string 
   return h.digest('hex');
 }
 
-/** FNV-1a of a layer name: per-layer seeds independent of processing order (resumed and sharded runs agree). */
+/**
+ * FNV-1a of a layer name: per-layer seeds independent of processing order (resumed and sharded runs agree). `seed`
+ * is a safe integer (taken modulo 2³², as {@link Rng} takes seeds) and `name` a string, else `E_VALUE` (a NaN or
+ * fractional seed gave some seed silently).
+ */
 export function layerSeed(seed: number, name: string): number {
+  if (!Number.isSafeInteger(seed))
+    throw new CalderaError('E_VALUE', `layerSeed: seed must be a safe integer, got ${String(seed)}`);
+  if (typeof name !== 'string')
+    throw new CalderaError('E_VALUE', `layerSeed: name must be a string, got ${describeValue(name)}`);
   let h = 2166136261 ^ seed;
   for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 16777619);
   return h >>> 0;

@@ -214,3 +214,13 @@ describe('residual VQ', () => {
     );
   });
 });
+
+describe('e8pDecode arguments', () => {
+  it('decodes codes given as a plain array like a Uint16Array, and names a code outside 16 bits', () => {
+    expect(e8pDecode([0, 65535, 1234] as never)).toEqual(e8pDecode(Uint16Array.of(0, 65535, 1234)));
+    for (const bad of [70000, -1, 1.5, NaN])
+      expect(() => e8pDecode([3, bad] as never)).toThrow(
+        `E_VALUE: e8pDecode: code 1 is ${String(bad)}, not a 16-bit code`,
+      );
+  });
+});

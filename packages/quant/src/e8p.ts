@@ -115,9 +115,19 @@ export function e8pGrid(): Float32Array {
   return getTables().grid;
 }
 
-/** Decode 16-bit codes into `8·codes.length` values. */
+/**
+ * Decode 16-bit codes into `8·codes.length` values. Codes given in another array type must be integers in
+ * [0, 65535] (`E_VALUE`; a larger one decoded to NaN).
+ */
 export function e8pDecode(codes: Uint16Array, out?: Float32Array): Float32Array {
   assertObject(codes, 'e8pDecode', 'codes', 'a Uint16Array');
+  const given = codes as ArrayLike<unknown>;
+  if (!(given instanceof Uint16Array))
+    for (let k = 0; k < given.length; k++) {
+      const c = given[k];
+      if (typeof c !== 'number' || !Number.isInteger(c) || c < 0 || c > 0xffff)
+        throw new CalderaError('E_VALUE', `e8pDecode: code ${k} is ${String(c)}, not a 16-bit code`);
+    }
   out ??= new Float32Array(codes.length * 8);
   if (out.length < codes.length * 8)
     throw new CalderaError(
