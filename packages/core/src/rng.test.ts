@@ -127,6 +127,22 @@ describe('Rng', () => {
     expect(() => Rng.fromState([1, 2, 3])).toThrow(CalderaError);
   });
 
+  it('fromState takes null for no spare (JSON) and rejects words, an all-zero state or a spare it cannot hold', () => {
+    const r = new Rng(9);
+    const q = Rng.fromState(JSON.parse(JSON.stringify(r.getState())) as number[]); // NaN → null
+    for (let i = 0; i < 10; i++) expect(q.normal()).toBe(r.normal());
+    for (const bad of [
+      [1.5, 2, 3, 4, NaN],
+      [-1, 2, 3, 4, NaN],
+      [2 ** 32, 2, 3, 4, NaN],
+      [null, 2, 3, 4, NaN],
+    ])
+      expect(() => Rng.fromState(bad as number[])).toThrow(/^E_VALUE: Rng.fromState: the first 4 numbers/);
+    expect(() => Rng.fromState([0, 0, 0, 0, NaN])).toThrow(/all-zero state/);
+    expect(() => Rng.fromState([1, 2, 3, 4, Infinity])).toThrow(/the 5th number/);
+    expect(() => Rng.fromState([1, 2, 3, 4, '0.5' as never])).toThrow(/the 5th number/);
+  });
+
   it('fork() gives independent deterministic streams', () => {
     const a = new Rng(10);
     const f1 = a.fork();

@@ -133,15 +133,34 @@ export class Rng {
     return [this.s0, this.s1, this.s2, this.s3, this.spare ?? NaN];
   }
 
-  /** Restore a state produced by {@link getState}. */
+  /**
+   * Restore a state produced by {@link getState} (its NaN may come back as null from JSON). `E_VALUE` for anything
+   * else: not 5 entries, words that are not 32-bit unsigned integers, an all-zero state, an infinite spare.
+   */
   static fromState(state: readonly number[]): Rng {
-    if (state.length !== 5) throw new CalderaError('E_VALUE', 'Rng.fromState: expected 5 numbers');
+    if (!Array.isArray(state) || state.length !== 5)
+      throw new CalderaError('E_VALUE', 'Rng.fromState: expected 5 numbers');
+    const words = state.slice(0, 4) as unknown[];
+    if (words.some((w) => typeof w !== 'number' || !Number.isInteger(w) || w < 0 || w > 0xffffffff))
+      throw new CalderaError(
+        'E_VALUE',
+        `Rng.fromState: the first 4 numbers must be 32-bit unsigned integers, got [${words.join(', ')}]`,
+      );
+    if (words.every((w) => w === 0))
+      throw new CalderaError('E_VALUE', 'Rng.fromState: an all-zero state (xoshiro128** would stay at zero)');
+    // the spare normal sample: NaN for none, or null (JSON writes NaN as null)
+    const spare: unknown = state[4];
+    if (spare !== null && (typeof spare !== 'number' || spare === Infinity || spare === -Infinity))
+      throw new CalderaError(
+        'E_VALUE',
+        `Rng.fromState: the 5th number (the spare normal, NaN or null for none) must be finite, got ${String(spare)}`,
+      );
     const r = new Rng(0);
     r.s0 = state[0]! >>> 0;
     r.s1 = state[1]! >>> 0;
     r.s2 = state[2]! >>> 0;
     r.s3 = state[3]! >>> 0;
-    r.spare = Number.isNaN(state[4]!) ? null : state[4]!;
+    r.spare = spare === null || Number.isNaN(spare) ? null : (spare as number);
     return r;
   }
 }

@@ -220,3 +220,14 @@ describe('invalid views and axes', () => {
     );
   });
 });
+
+describe('slice ranges', () => {
+  it('more ranges than axes is E_SHAPE (they were ignored)', () => {
+    const t = tensor('f32', [2, 3], new Float32Array(6));
+    expect(slice(t, [[0, 1], null]).shape).toEqual([1, 3]);
+    expect(() => slice(t, [[0, 1], null, [0, 1]])).toThrow('E_SHAPE: slice: 3 ranges for a tensor of rank 2');
+    expect(() => slice(t, null as never)).toThrow(
+      'E_SHAPE: slice: ranges that are not an array for a tensor of rank 2',
+    );
+  });
+});

@@ -194,12 +194,17 @@ export function transpose<D extends DType>(t: Tensor<D>, axes?: readonly number[
 
 /**
  * A strided sub-view: `ranges[k] = [start, end)` (or `[start, end, step]`) per axis; missing axes are
- * taken whole. No copy.
+ * taken whole. No copy. More ranges than axes, or a range outside its axis, is `E_SHAPE`.
  */
 export function slice<D extends DType>(
   t: Tensor<D>,
   ranges: readonly (readonly number[] | null)[],
 ): Tensor<D> {
+  if (!Array.isArray(ranges) || ranges.length > t.shape.length)
+    throw new CalderaError(
+      'E_SHAPE',
+      `slice: ${Array.isArray(ranges) ? `${ranges.length} ranges` : 'ranges that are not an array'} for a tensor of rank ${t.shape.length}`,
+    );
   const shape: number[] = [];
   const strides: number[] = [];
   let offset = t.offset;
