@@ -153,7 +153,8 @@ export function checkScalarOptions(
       `${what}: granularity must be 'tensor', 'channel' or 'group', got ${String(granularity)}`,
     );
   }
-  if (granularity === 'group' && (!Number.isInteger(groupSize) || groupSize < 1)) {
+  // checked whatever the granularity: a groupSize of 0 given with 'tensor' is a mistake too (default 64)
+  if (!Number.isInteger(groupSize) || groupSize < 1) {
     throw new CalderaError('E_VALUE', `${what}: groupSize must be a positive integer, got ${groupSize}`);
   }
   void bits;

@@ -197,3 +197,13 @@ describe('quantizer options and helpers', () => {
     expect(latticeScales([0, 0], 1)).toEqual({ divisor: 1, stored: 0 });
   });
 });
+
+describe('groupSize', () => {
+  it('is checked whatever the granularity (0 with tensor granularity was accepted)', () => {
+    for (const make of [uniformQuantizer, normalFloatQuantizer])
+      expect(() => make({ bits: 4, granularity: 'tensor', groupSize: 0 })).toThrow(
+        /^E_VALUE: .*groupSize must be a positive integer, got 0/,
+      );
+    expect(() => uniformQuantizer({ bits: 4, granularity: 'tensor' })).not.toThrow();
+  });
+});
