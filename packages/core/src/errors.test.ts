@@ -7,6 +7,7 @@ import {
   CalderaError,
   describeValue,
   isCalderaError,
+  throwIfAborted,
 } from './index.js';
 
 describe('describeValue', () => {
@@ -96,5 +97,25 @@ describe('argument checks', () => {
       () => assertNonEmptyString(null, 'loadLlama2c', 'the checkpoint path', 'a path (a non-empty string)'),
       /^E_VALUE: loadLlama2c: the checkpoint path must be a path \(a non-empty string\), got null$/,
     );
+  });
+});
+
+describe('throwIfAborted', () => {
+  it('fires on an aborted signal, passes a live one or none, and names something that is not a signal', () => {
+    const ac = new AbortController();
+    expect(() => throwIfAborted(ac.signal, 'f')).not.toThrow();
+    expect(() => throwIfAborted(undefined, 'f')).not.toThrow();
+    expect(() => throwIfAborted(null as never, 'f')).not.toThrow();
+    ac.abort();
+    expect(() => throwIfAborted(ac.signal, 'f')).toThrow('E_ABORTED: f was aborted');
+    // {} never fires: a mistake to report, not a signal to ignore
+    for (const [bad, what] of [
+      [{}, 'an object'],
+      [true, 'a boolean'],
+      ['stop', 'a string'],
+    ] as const)
+      expect(() => throwIfAborted(bad as never, 'f')).toThrow(
+        `E_VALUE: f: signal must be an AbortSignal, got ${what}`,
+      );
   });
 });

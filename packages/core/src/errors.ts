@@ -47,8 +47,14 @@ export function isCalderaError(e: unknown, code?: CalderaErrorCode): e is Calder
   return e instanceof CalderaError && (code === undefined || e.code === code);
 }
 
-/** Throw `E_ABORTED` when the signal has fired. Call it between units of long work. */
+/**
+ * Throw `E_ABORTED` when the signal has fired. Call it between units of long work. Something given as the signal that
+ * is not one (no boolean `aborted`, e.g. `{}`, which would never fire) is `E_VALUE`; `undefined` and `null` are none.
+ */
 export function throwIfAborted(signal: AbortSignal | undefined, what = 'operation'): void {
+  const s = signal as unknown;
+  if (s !== undefined && s !== null && typeof (s as { aborted?: unknown }).aborted !== 'boolean')
+    throw new CalderaError('E_VALUE', `${what}: signal must be an AbortSignal, got ${describeValue(s)}`);
   if (signal?.aborted) {
     throw new CalderaError('E_ABORTED', `${what} was aborted`, { cause: signal.reason });
   }
