@@ -264,3 +264,29 @@ describe("GenerationRules (the runtimes' per-token rules)", () => {
     expect(stopString.accept(3)).toBe('stop'); // "cd" (the empty stop string never matches)
   });
 });
+
+describe('stop options and the rng', () => {
+  it('are E_VALUE naming the option when they are not what they say', () => {
+    const logits = Float64Array.of(0, 1, 2);
+    const gen = (o: object) => () => new GenerationRules([1], o as never);
+    expect(gen({ stopTokens: 5 })).toThrow(
+      'E_VALUE: generate: stopTokens must be an array of token ids, got 5',
+    );
+    expect(gen({ stopTokens: ['x'] })).toThrow(
+      'E_VALUE: generate: stopTokens must be an array of token ids, got x',
+    );
+    expect(gen({ stopStrings: 'a' })).toThrow(
+      'E_VALUE: generate: stopStrings must be an array of strings, got a',
+    );
+    expect(gen({ stopStrings: ['a'], decode: 5 })).toThrow(
+      'E_VALUE: generate: decode must be a function, got a number',
+    );
+    expect(gen({ stopStrings: ['a'] })).toThrow('E_VALUE: generate: stopStrings need a decode function');
+    expect(gen({ stopTokens: [2], stopStrings: ['a'], decode: () => '' })).not.toThrow();
+    expect(() => sampleToken(logits, { temperature: 1 }, undefined as never)).toThrow(
+      'E_VALUE: sampleToken: rng must be an Rng above temperature 0, got undefined',
+    );
+    // greedy needs no generator
+    expect(sampleToken(logits, {}, undefined as never)).toBe(2);
+  });
+});

@@ -121,6 +121,11 @@ export function sampleToken(logits: Float64Array, options: GenerateOptions, rng:
     else if (v !== v) throw new CalderaError('E_VALUE', `sampleToken: logit ${i} is NaN`);
   }
   if (temp <= 0) return best;
+  if (typeof (rng as { uniform?: unknown } | undefined)?.uniform !== 'function')
+    throw new CalderaError(
+      'E_VALUE',
+      `sampleToken: rng must be an Rng above temperature 0, got ${describeValue(rng)}`,
+    );
   const mx = l[best]!;
   if (mx === -Infinity)
     throw new CalderaError('E_VALUE', 'sampleToken: every logit is -Infinity (no distribution to draw from)');
@@ -158,6 +163,19 @@ export function sampleToken(logits: Float64Array, options: GenerateOptions, rng:
     if (u <= 0) return rank.at(r);
   }
   return rank.at(count - 1);
+}
+
+/** The stop options of {@link GenerateOptions}: `E_VALUE` naming the option when one is not what it says. */
+function checkStopOptions(o: GenerateOptions): void {
+  const { stopTokens: t, stopStrings: st, decode } = o;
+  if (t !== undefined && !(Array.isArray(t) && t.every((x) => Number.isInteger(x))))
+    throw new CalderaError('E_VALUE', `generate: stopTokens must be an array of token ids, got ${String(t)}`);
+  if (st !== undefined && !(Array.isArray(st) && st.every((x) => typeof x === 'string')))
+    throw new CalderaError('E_VALUE', `generate: stopStrings must be an array of strings, got ${String(st)}`);
+  if (decode !== undefined && typeof decode !== 'function')
+    throw new CalderaError('E_VALUE', `generate: decode must be a function, got ${describeValue(decode)}`);
+  if (st?.length && !decode)
+    throw new CalderaError('E_VALUE', 'generate: stopStrings need a decode function');
 }
 
 /**
@@ -210,8 +228,9 @@ export class GenerationRules {
 
   /**
    * Checks the options against the prompt: `E_VALUE` for a prompt that is not an array of token ids (null,
-   * undefined, a number) or is empty, a `maxTokens` that is not a non-negative integer, stop strings without
-   * `decode`, or a sampling option out of its range (see {@link GenerateOptions}: `temperature` finite and ≥ 0,
+   * undefined, a number) or is empty, a `maxTokens` that is not a non-negative integer, `stopTokens` that are not an
+   * array of integers, `stopStrings` that are not an array of strings, stop strings without a `decode` function, or a
+   * sampling option out of its range (see {@link GenerateOptions}: `temperature` finite and ≥ 0,
    * `topK` ≥ 0, `topP` in (0, 1], `repetitionPenalty` finite and > 0, `seed` an integer in [0, 2³²)). A null
    * `options` counts as none.
    */
@@ -223,8 +242,7 @@ export class GenerationRules {
       );
     if (prompt.length === 0) throw new CalderaError('E_VALUE', 'generate: empty prompt');
     options ??= {}; // from JavaScript: null options are none
-    if (options.stopStrings?.length && !options.decode)
-      throw new CalderaError('E_VALUE', 'generate: stopStrings need a decode function');
+    checkStopOptions(options);
     this.maxTokens = options.maxTokens ?? 64;
     if (!Number.isInteger(this.maxTokens) || this.maxTokens < 0)
       throw new CalderaError(
