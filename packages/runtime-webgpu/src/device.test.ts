@@ -15,6 +15,28 @@ describe('without a GPU', () => {
     await expect(createDevice({ gpu })).rejects.toMatchObject({ code: 'E_DEVICE' });
   });
 
+  it('createDevice checks its options: a gpu without requestAdapter, an adapter without requestDevice, an unknown powerPreference or options that are not an object are E_VALUE naming them; null options are none', async () => {
+    const value = (p: Promise<unknown>, message: string) =>
+      expect(p).rejects.toThrow(expect.objectContaining({ code: 'E_VALUE', message: `E_VALUE: ${message}` }));
+    const gpu = { requestAdapter: async () => null } as unknown as GPU;
+    await value(
+      createDevice({ gpu: {} as GPU }),
+      'createDevice: gpu must be a WebGPU entry point (navigator.gpu, or create([]) of the webgpu package), got an object without requestAdapter()',
+    );
+    await value(
+      createDevice({ adapter: {} as GPUAdapter }),
+      'createDevice: adapter must be a GPUAdapter (from requestAdapter()), got an object without requestDevice()',
+    );
+    await value(
+      createDevice({ gpu, powerPreference: 'bogus' as GPUPowerPreference }),
+      "createDevice: powerPreference must be 'high-performance' or 'low-power', got 'bogus'",
+    );
+    await value(createDevice('x' as never), 'createDevice: options must be an object, got a string');
+    // null options, gpu or adapter: the defaults (here: no navigator.gpu)
+    for (const o of [null, { gpu: null }, { adapter: null }])
+      await expect(createDevice(o as never)).rejects.toMatchObject({ code: 'E_DEVICE' });
+  });
+
   it('in Node, a missing adapter says how to get one (a Vulkan ICD such as SwiftShader); in a browser it does not', async () => {
     // before: "E_DEVICE: WebGPU: requestAdapter() returned no adapter", with no hint
     const gpu = { requestAdapter: async () => null } as unknown as GPU;

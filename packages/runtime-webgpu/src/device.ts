@@ -1,4 +1,4 @@
-import { CalderaError } from '@caldera/core';
+import { assertObject, CalderaError, describeValue } from '@caldera/core';
 
 /** Buffer usage flags (the values of `GPUBufferUsage`, which Node has only after installing a WebGPU binding's globals). */
 export const BufferUsage = {
@@ -73,6 +73,32 @@ function noAdapterHint(): string {
  * buffer and workgroup-storage limits. Throws `CalderaError('E_DEVICE')` when WebGPU or an adapter is missing.
  */
 export async function createDevice(options: CreateDeviceOptions = {}): Promise<CalderaDevice> {
+  options ??= {}; // from JavaScript: null options are none
+  assertObject(options, 'createDevice', 'options');
+  const has = (x: unknown, method: string) =>
+    x !== null && typeof x === 'object' && typeof (x as Record<string, unknown>)[method] === 'function';
+  const what = (x: unknown, method: string) =>
+    x !== null && typeof x === 'object' ? `an object without ${method}()` : describeValue(x);
+  // null or undefined: none (the default)
+  if (options.adapter != null && !has(options.adapter, 'requestDevice'))
+    throw new CalderaError(
+      'E_VALUE',
+      `createDevice: adapter must be a GPUAdapter (from requestAdapter()), got ${what(options.adapter, 'requestDevice')}`,
+    );
+  if (options.gpu != null && !has(options.gpu, 'requestAdapter'))
+    throw new CalderaError(
+      'E_VALUE',
+      'createDevice: gpu must be a WebGPU entry point (navigator.gpu, or create([]) of the webgpu package), got ' +
+        what(options.gpu, 'requestAdapter'),
+    );
+  const pp = options.powerPreference as unknown;
+  if (pp !== undefined && pp !== 'high-performance' && pp !== 'low-power')
+    throw new CalderaError(
+      'E_VALUE',
+      `createDevice: powerPreference must be 'high-performance' or 'low-power', got ${
+        typeof pp === 'string' ? `'${pp}'` : describeValue(pp)
+      }`,
+    );
   let adapter = options.adapter ?? null;
   if (!adapter) {
     const gpu = options.gpu ?? (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;

@@ -174,6 +174,63 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
     }
   });
 
+  it('bad arguments of step, stepBatch, prefill, forward, generate and perplexity are E_VALUE naming them, checked before the cache changes: output values, null tokens, a bad id or too many tokens for the KV cache, onProgress that is not a function', async () => {
+    const model = await loadTinyModel(16); // prefill batches of 2; vocab 30
+    const value = (p: Promise<unknown>, message: string) =>
+      expect(p).rejects.toThrow(expect.objectContaining({ code: 'E_VALUE', message: `E_VALUE: ${message}` }));
+    try {
+      await model.step(1, 'logits');
+      // before: the previous step's read-back
+      await value(
+        model.step(2, 'bogus' as 'none'),
+        "step: output must be 'none', 'argmax' or 'logits', got 'bogus'",
+      );
+      await value(
+        model.stepBatch([2], 5 as unknown as 'none'),
+        "stepBatch: output must be 'none', 'argmax', 'logits' or 'all', got 5",
+      );
+      expect(model.tokens).toEqual([1]);
+      for (const [f, what] of [
+        [(t: never) => model.prefill(t), 'prefill'],
+        [(t: never) => model.forward(t), 'forward'],
+        [(t: never) => model.stepBatch(t, 'none'), 'stepBatch'],
+      ] as const) {
+        await value(f(null as never), `${what}: tokens must be an array of token ids, got null`);
+        await value(f(5 as never), `${what}: tokens must be an array of token ids, got a number`);
+      }
+      // the whole request checked first: 16 tokens after 1 cached do not fit, and nothing runs (before: 7 batches
+      // ran, filling the cache, then E_VALUE)
+      const many = Array.from({ length: 16 }, (_, i) => i + 1);
+      await value(
+        model.forward(many),
+        'forward: 16 tokens after the 1 cached exceed the KV cache capacity 16',
+      );
+      await value(
+        model.prefill(many),
+        'prefill: 16 tokens after the 1 cached exceed the KV cache capacity 16',
+      );
+      await value(model.forward([1, 2, 3, 99]), 'forward: token id 99 out of range [0, 30)');
+      expect(model.tokens).toEqual([1]);
+      // generate checks the prompt before cutting the cache back to the prefix it shares
+      model.reset();
+      await model.prefill([1, 2, 3, 4, 5]);
+      await value(collect(generate(model, [1, 2, 3, 99])), 'generate: token id 99 out of range [0, 30)');
+      expect(model.tokens).toEqual([1, 2, 3, 4, 5]);
+      // perplexity's onProgress before the first window runs
+      const passes = model.stepBatch.bind(model);
+      let ran = 0;
+      model.stepBatch = ((t: number[], o: 'all') => (ran++, passes(t, o))) as typeof model.stepBatch;
+      await value(
+        perplexity(model, [4, 9, 1, 28, 7], { onProgress: 5 as never }),
+        'perplexity: onProgress must be a function, got a number',
+      );
+      model.stepBatch = passes;
+      expect(ran).toBe(0);
+    } finally {
+      model.dispose();
+    }
+  });
+
   it('maxTokens 0 or a prompt that fills the context runs no pass (the cache is left as it was), as in runtime-node', async () => {
     const model = await loadTinyModel(8);
     try {

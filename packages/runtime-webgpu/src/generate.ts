@@ -1,4 +1,5 @@
 import {
+  assertFunction,
   checkPerplexityArgs,
   GenerationRules,
   perplexityWindows,
@@ -10,7 +11,7 @@ import {
   type PerplexityResult,
 } from '@caldera/core';
 import type { WebGpuModel } from './model.js';
-import { prefillThrough } from './prefill.js';
+import { checkTokenIds, prefillThrough } from './prefill.js';
 
 export type { GenerateOptions } from '@caldera/core';
 /** The options and result of {@link perplexity}, runtime-node's (they live in `@caldera/core`). */
@@ -32,6 +33,8 @@ export async function* generate(
 ): AsyncGenerator<number> {
   options ??= {}; // from JavaScript: null options are none
   const rules = new GenerationRules(prompt, options);
+  // every id before the cache is touched: a bad one leaves the cached sequence as it was
+  checkTokenIds(prompt, model.config.vocabSize, 'generate');
   // as runtime-node: min(maxTokens, context − prompt length) tokens; none (no pass at all) for maxTokens 0 or a
   // prompt that fills the context
   const count = rules.tokensToGenerate(model.contextLength, "its contextLength, the KV cache's length");
@@ -87,6 +90,8 @@ export async function perplexity(
     what: "the model's contextLength, its KV cache's length",
   });
   options ??= {}; // from JavaScript: null options are none
+  // before the first window runs, not after it
+  if (options.onProgress !== undefined) assertFunction(options.onProgress, 'perplexity', 'onProgress');
   const V = model.config.vocabSize;
   const seq = model.claim('perplexity');
   let nll = 0;

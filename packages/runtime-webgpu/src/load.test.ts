@@ -4,6 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   cast,
+  openSafetensors,
+  parseModelConfig,
   serializeSafetensors,
   tensor,
   writeSafetensors,
@@ -13,7 +15,8 @@ import {
 import { calderaCheckpointMeta } from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
 import type { CalderaDevice } from './device.js';
-import { loadModel, loadModelFromBuffer, loadModelFromStore, loadModelFromUrl } from './load.js';
+import { Kernels } from './kernels/index.js';
+import { loadModel, loadModelFromBuffer, loadModelFromStore, loadModelFromUrl, planMemory } from './load.js';
 import { WebGpuModel } from './model.js';
 import { gpuTitle, testDevice } from './testing/gpu.js';
 import { tinyModel } from './testing/tiny-model.js';
@@ -452,6 +455,33 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
     ).rejects.toThrow(`tensor '${q}' rounded to f16 has a non-finite value (Infinity) at flat index 7`);
   });
 
+  it('an integer embedding, norm or dense weight is E_DTYPE naming it, as in runtime-node (not cast to floats code by code); the integer codes of a CALDERA layer load', async () => {
+    const { config, tensors, layers } = tinyModel();
+    const calderaMeta = calderaCheckpointMeta(layers);
+    const ints = (t: Tensor, dtype: 'i32' | 'u8') =>
+      tensor(dtype, t.shape, dtype === 'i32' ? new Int32Array(t.data.length) : new Uint8Array(t.data.length));
+    for (const [name, dtype] of [
+      ['model.embed_tokens.weight', 'i32'],
+      ['model.layers.1.input_layernorm.weight', 'i32'],
+      ['model.norm.weight', 'i32'],
+      ['model.layers.0.self_attn.q_proj.weight', 'u8'],
+    ] as const) {
+      const weights = await serializeSafetensors({ ...tensors, [name]: ints(tensors[name]!, dtype) });
+      await expect(loadModelFromBuffer(d, { config, calderaMeta, weights })).rejects.toThrow(
+        expect.objectContaining({
+          code: 'E_DTYPE',
+          message: `E_DTYPE: tensor '${name}' is ${dtype}, expected a float dtype (f32, f16, bf16)`,
+        }),
+      );
+    }
+    // block 0's up_proj is CALDERA: its codes are integer tensors, and load
+    expect(
+      Object.keys(tensors).some((n) => n.includes('caldera') && !tensors[n]!.dtype.startsWith('f')),
+    ).toBe(true);
+    const weights = await serializeSafetensors(tensors);
+    (await loadModelFromBuffer(d, { config, calderaMeta, weights }, { contextLength: 8 })).model.dispose();
+  });
+
   it("a contextLength past the config's max_position_embeddings is E_VALUE, before anything is uploaded", async () => {
     const { config, tensors, layers } = tinyModel();
     const dir = await mkdtemp(join(tmpdir(), 'caldera-ctx-'));
@@ -536,6 +566,105 @@ describe('loaders given null or undefined for a required argument', () => {
         'openSafetensors: model.safetensors must be a path, an ArrayBuffer or byte view, a Blob or a ByteSource, ' +
           `got ${got}`,
       );
+    }
+  });
+});
+
+describe('option checks before anything is read, uploaded or downloaded', () => {
+  // the checks run before the device is used: a stand-in device is enough, no adapter needed
+  const fake = { device: {} } as unknown as CalderaDevice;
+  const parts = async () => {
+    const { config, tensors, layers } = tinyModel();
+    return {
+      config,
+      calderaMeta: calderaCheckpointMeta(layers),
+      weights: await serializeSafetensors(tensors),
+    };
+  };
+  const fails = (p: Promise<unknown>, message: string) =>
+    expect(p).rejects.toThrow(expect.objectContaining({ code: 'E_VALUE', message: `E_VALUE: ${message}` }));
+
+  it('lanes other than 1 or 32 and maxLocalHadamard other than an integer ≥ 16 are E_VALUE naming them (the loaders and Kernels), not wrong tokens, invalid WGSL or the default', async () => {
+    const p = await parts();
+    for (const lanes of [0, -1, 1.5, NaN, 2, 7, 64, '32', null])
+      for (const f of [
+        (o: object) => loadModelFromBuffer(fake, p, o),
+        (o: object) => loadModel(fake, '/nonexistent', o),
+        (o: object) => loadModelFromUrl(fake, 'http://models.test/m', o),
+        async (o: object) => new Kernels(fake, o),
+      ])
+        await fails(
+          f({ lanes }),
+          `lanes must be 1 or 32, got ${typeof lanes === 'string' ? `'${lanes}'` : String(lanes)}`,
+        );
+    for (const m of [0, -1, 1.5, NaN, 3, 15, -Infinity, '16', null]) {
+      const message = `maxLocalHadamard must be an integer of at least 16 (or Infinity: what workgroup memory holds), got ${
+        typeof m === 'string' ? `'${m}'` : String(m)
+      }`;
+      await fails(loadModelFromBuffer(fake, p, { maxLocalHadamard: m as number }), message);
+      expect(() => new Kernels(fake, { maxLocalHadamard: m as number })).toThrow(message);
+    }
+    expect(() => new Kernels(fake, { f16: 'yes' as unknown as boolean })).toThrow(
+      "E_VALUE: f16 must be true or false, got 'yes'",
+    );
+    expect(() => new Kernels(fake, { f16Rows: 3 as never })).toThrow(
+      'E_VALUE: f16Rows must be 1, 2 or 4, got 3',
+    );
+  });
+
+  it("dtype outside 'auto', 'f32' and 'f16' is E_VALUE with runtime-node's message; callbacks that are not functions and a signal that is not an AbortSignal are E_VALUE naming them", async () => {
+    const p = await parts();
+    for (const dtype of ['x', 'bf16', null])
+      await fails(
+        loadModelFromBuffer(fake, p, { dtype: dtype as 'f32' }),
+        `loadModelFromBuffer: dtype must be 'auto', 'f32' or 'f16', got ${dtype === null ? 'null' : `'${dtype}'`}`,
+      );
+    await fails(
+      loadModel(fake, '/nonexistent', { dtype: 'x' as 'f32' }),
+      "loadModel: dtype must be 'auto', 'f32' or 'f16', got 'x'",
+    );
+    for (const name of ['onPlan', 'onProgress'])
+      await fails(
+        loadModelFromBuffer(fake, p, { [name]: 5 }),
+        `loadModelFromBuffer: ${name} must be a function, got a number`,
+      );
+    for (const name of ['onDownload', 'fetch', 'onPlan'])
+      await fails(
+        loadModelFromUrl(fake, 'http://models.test/m', { [name]: 5 }),
+        `loadModelFromUrl: ${name} must be a function, got a number`,
+      );
+    await fails(
+      loadModelFromBuffer(fake, p, { signal: {} as AbortSignal }),
+      'loading: signal must be an AbortSignal, got an object',
+    );
+  });
+
+  it('planMemory checks its arguments: a raw config.json, null, a bad dtype are E_VALUE naming them', async () => {
+    const p = await parts();
+    const store = await openSafetensors(p.weights, 'model.safetensors');
+    const config = parseModelConfig(p.config);
+    try {
+      const plan = await planMemory(config, p.calderaMeta as never, store, null as never);
+      expect(plan.weightBytes).toBeGreaterThan(0);
+      await fails(
+        planMemory(p.config as never, null, store),
+        'planMemory: config must be a ModelConfig (parseModelConfig of config.json): its numLayers must be a positive integer, got undefined',
+      );
+      await fails(
+        planMemory(null as never, null, store),
+        'planMemory: config must be a ModelConfig (parseModelConfig of config.json), got null',
+      );
+      await fails(planMemory(config, null, null as never), 'planMemory: store must be an object, got null');
+      await fails(
+        planMemory(config, 5 as never, store),
+        'planMemory: calderaMeta must be an object or null, got a number',
+      );
+      await fails(
+        planMemory(config, null, store, { dtype: 'x' as 'f32' }),
+        "planMemory: dtype must be 'auto', 'f32' or 'f16', got 'x'",
+      );
+    } finally {
+      await store.close();
     }
   });
 });

@@ -1,5 +1,6 @@
 import {
   assertFinite,
+  assertFunction,
   assertNoCalderaTensorsWithoutMeta,
   assertNonEmptyString,
   assertObject,
@@ -14,6 +15,7 @@ import {
   parseModelConfig,
   parseCalderaMeta,
   tensor,
+  throwIfAborted,
   type CalderaCheckpointMeta,
   type ModelConfig,
   type Tensor,
@@ -28,7 +30,7 @@ import {
   type CalderaDevice,
 } from './device.js';
 import { checkDeviceArgument } from './args.js';
-import type { GpuMatrix } from './kernels/index.js';
+import { checkLanes, checkMaxLocalHadamard, shownValue, type GpuMatrix } from './kernels/index.js';
 import {
   createCalderaLinears,
   createDenseLinears,
@@ -76,8 +78,22 @@ export interface LoadedWebGpuModel {
   linearBitsPerWeight: number;
 }
 
+/** The float dtypes of dense tensors (as safetensors' lower-cased names); runtime-node's set. */
+const FLOAT_DTYPES: ReadonlySet<string> = new Set(['f64', 'f32', 'f16', 'bf16']);
+
+/**
+ * A dense (float) tensor: `E_MISSING`, `E_DTYPE` for an integer tensor (it would be cast to f32 code by code: numbers,
+ * but not the weights; checked from its header, before its data is read), `E_SHAPE` for another shape. The packed codes
+ * of CALDERA layers, integer by design, are read by `fromCheckpointTensors` instead.
+ */
 async function read(store: TensorStore, name: string, shape: readonly number[]): Promise<Tensor> {
   if (!store.has(name)) throw new CalderaError('E_MISSING', `tensor '${name}' is missing`);
+  const dtype = (await store.tensorInfo(name)).dtype.toLowerCase();
+  if (!FLOAT_DTYPES.has(dtype))
+    throw new CalderaError(
+      'E_DTYPE',
+      `tensor '${name}' is ${dtype}, expected a float dtype (f32, f16, bf16)`,
+    );
   const t = await store.readTensor(name);
   if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
     throw new CalderaError(
@@ -119,6 +135,33 @@ function denseData(
   return { data: bits, format: 'f16' };
 }
 
+/**
+ * `E_VALUE` unless `dtype` is one of {@link LoadOptions.dtype}'s values or undefined (the default, `'auto'`): `'bf16'`
+ * or `'x'` would otherwise load as `'auto'`. `fn` names the routine (runtime-node's message).
+ */
+function checkDenseDtype(dtype: unknown, fn: string): void {
+  if (dtype !== undefined && dtype !== 'auto' && dtype !== 'f32' && dtype !== 'f16')
+    throw new CalderaError(
+      'E_VALUE',
+      `${fn}: dtype must be 'auto', 'f32' or 'f16', got ${shownValue(dtype)}`,
+    );
+}
+
+/**
+ * The loaders' option checks, before anything is read or downloaded: `E_VALUE` naming the option for a `dtype`,
+ * `lanes` or `maxLocalHadamard` outside its values, a callback (`onPlan`, `onProgress`; `fetch` and `onDownload` of
+ * {@link loadModelFromUrl}) that is not a function, or a `signal` that is not an `AbortSignal`; `E_ABORTED` when the
+ * signal has fired already. `contextLength` and `prefillChunk` are checked by the plan.
+ */
+function checkLoadOptions(options: UrlLoadOptions, fn: string): void {
+  checkDenseDtype(options.dtype, fn);
+  checkLanes(options.lanes);
+  checkMaxLocalHadamard(options.maxLocalHadamard);
+  for (const name of ['onPlan', 'onProgress', 'onDownload', 'fetch'] as const)
+    if (options[name] !== undefined) assertFunction(options[name], fn, name);
+  throwIfAborted(options.signal, 'loading');
+}
+
 /** GPU memory a model will take, computed from tensor headers before anything is read or uploaded. */
 export interface MemoryPlan {
   /** Bytes of weight buffers (what {@link WebGpuModel.weightBytes} reports after loading). */
@@ -130,6 +173,35 @@ export interface MemoryPlan {
    * binding). Layers uploaded as one group share buffers; a group too large for a binding is uploaded layer by layer.
    */
   largestBuffer: { bytes: number; what: string };
+}
+
+/** The integer fields of a parsed {@link ModelConfig} that {@link planMemory} reads. */
+const CONFIG_SIZES = [
+  'numLayers',
+  'hiddenSize',
+  'intermediateSize',
+  'vocabSize',
+  'numHeads',
+  'numKvHeads',
+  'headDim',
+  'maxPositions',
+] as const;
+
+/**
+ * `E_VALUE` unless `config` is a parsed {@link ModelConfig} (as `parseModelConfig` returns): a raw `config.json` object
+ * (`hidden_size`, not `hiddenSize`) would plan NaN bytes.
+ */
+function checkModelConfig(config: unknown, fn: string): asserts config is ModelConfig {
+  assertObject(config, fn, 'config', 'a ModelConfig (parseModelConfig of config.json)');
+  for (const k of CONFIG_SIZES) {
+    const v = (config as Record<string, unknown>)[k];
+    if (!Number.isInteger(v) || (v as number) < 1)
+      throw new CalderaError(
+        'E_VALUE',
+        `${fn}: config must be a ModelConfig (parseModelConfig of config.json): its ${k} must be a positive integer, ` +
+          `got ${shownValue(v)}`,
+      );
+  }
 }
 
 /**
@@ -144,6 +216,11 @@ export async function planMemory(
   store: TensorStore,
   options: { contextLength?: number; prefillChunk?: number; dtype?: 'auto' | 'f16' | 'f32' } = {},
 ): Promise<MemoryPlan> {
+  checkModelConfig(config, 'planMemory');
+  if (calderaMeta !== null) assertObject(calderaMeta, 'planMemory', 'calderaMeta', 'an object or null');
+  assertObject(store, 'planMemory', 'store');
+  options ??= {}; // from JavaScript: null options are none
+  checkDenseDtype(options.dtype, 'planMemory');
   const dtype = options.dtype ?? 'auto';
   let weightBytes = 0;
   let largest = { bytes: 0, what: '' };
@@ -249,6 +326,7 @@ export async function loadModelFromStore(
   assertObject(source, 'loadModelFromStore', 'source');
   assertObject(source.store, 'loadModelFromStore', 'source.store');
   options ??= {}; // from JavaScript: null options are none
+  checkLoadOptions(options, 'loadModelFromStore');
   watchDeviceLost(dev.device);
   checkDeviceAlive(dev, 'loading a model');
   const config = parseModelConfig(source.config);
@@ -270,8 +348,7 @@ export async function loadModelFromStore(
   const plan = await planMemory(config, calderaMeta, store, options);
   options.onPlan?.(plan);
   // an onPlan that decided against this model (a caller's own memory budget) aborts before any tensor is read
-  if (options.signal?.aborted)
-    throw new CalderaError('E_ABORTED', 'loading was aborted', { cause: options.signal.reason });
+  throwIfAborted(options.signal, 'loading');
   const cap = Math.min(dev.maxStorageBinding, dev.maxBufferSize);
   if (plan.largestBuffer.bytes > cap)
     throw new CalderaError(
@@ -342,8 +419,7 @@ export async function loadModelFromStore(
         );
       };
       for (const { name, input: reads } of blockLinearNames(b)) {
-        if (options.signal?.aborted)
-          throw new CalderaError('E_ABORTED', 'loading was aborted', { cause: options.signal.reason });
+        throwIfAborted(options.signal, 'loading');
         checkDeviceAlive(dev, 'loading a model');
         if (reads !== input) upload();
         input = reads;
@@ -429,6 +505,7 @@ export async function loadModel(
   checkDeviceArgument(dev, 'loadModel');
   assertNonEmptyString(dir, 'loadModel', 'the model directory');
   options ??= {}; // from JavaScript: null options are none
+  checkLoadOptions(options, 'loadModel');
   const fs = (await nodeImport('fs/promises')) as Fs;
   const json = async (file: string, optional: boolean): Promise<unknown> => {
     let text: string;
@@ -497,6 +574,7 @@ export async function loadModelFromUrl(
   checkDeviceArgument(dev, 'loadModelFromUrl');
   assertNonEmptyString(base, 'loadModelFromUrl', 'the base URL');
   options ??= {}; // from JavaScript: null options are none
+  checkLoadOptions(options, 'loadModelFromUrl');
   // the headers only (core's openModelUrl, shared with runtime-node): the plan comes before the bulk download
   // its fetch, signal and onDownload are openModelUrl's
   const opened = await openModelUrl(base, options);
@@ -528,6 +606,7 @@ export async function loadModelFromBuffer(
   checkDeviceArgument(dev, 'loadModelFromBuffer');
   assertObject(parts, 'loadModelFromBuffer', 'parts');
   options ??= {}; // from JavaScript: null options are none
+  checkLoadOptions(options, 'loadModelFromBuffer');
   // (weights that are not bytes or a Blob: E_VALUE from openSafetensors)
   const store = await openSafetensors(parts.weights, 'model.safetensors');
   try {

@@ -18,6 +18,7 @@ import {
   type Lanes,
   type RopeKvOptions,
   type RotateOptions,
+  shownValue,
 } from './kernels/index.js';
 import {
   bindPending,
@@ -28,7 +29,7 @@ import {
   type LayerInput,
   type ScratchNeeds,
 } from './linear.js';
-import { prefillThrough } from './prefill.js';
+import { checkCapacity, checkTokenIds, checkTokensArgument, prefillThrough } from './prefill.js';
 import { checkDeviceArgument } from './args.js';
 
 /** One transformer block's weights on the GPU. */
@@ -58,9 +59,12 @@ export interface GpuModelWeights {
 export interface WebGpuModelOptions {
   /** KV-cache length in tokens, at most `config.maxPositions`. Default `min(config.maxPositions, 2048)`. */
   contextLength?: number;
-  /** Threads per output row of the matrix–vector kernels; default by adapter (see {@link Kernels}). */
+  /** Threads per output row of the matrix–vector kernels, 1 or 32 (else `E_VALUE`); default by adapter (see {@link Kernels}). */
   lanes?: Lanes;
-  /** Largest rotation run in one workgroup; default: what workgroup memory holds. */
+  /**
+   * Largest rotation run in one workgroup, an integer of at least 16 or `Infinity` (else `E_VALUE`); default: what
+   * workgroup memory holds.
+   */
   maxLocalHadamard?: number;
   /**
    * Packed-f16 arithmetic for the E8P products in decode (see {@link Kernels.f16}); default: on when the device has
@@ -229,8 +233,9 @@ export class WebGpuModel {
     this.prefillChunk = prefillChunkOf(options, cap);
     const T = activationRowsOf(options, cap);
     this.kernels = new Kernels(dev, {
-      ...(options.lanes ? { lanes: options.lanes } : {}),
-      ...(options.maxLocalHadamard ? { maxLocalHadamard: options.maxLocalHadamard } : {}),
+      // checked by Kernels (E_VALUE naming the option): lanes 1 or 32, maxLocalHadamard an integer ≥ 16
+      ...(options.lanes !== undefined ? { lanes: options.lanes } : {}),
+      ...(options.maxLocalHadamard !== undefined ? { maxLocalHadamard: options.maxLocalHadamard } : {}),
       ...(options.f16 !== undefined ? { f16: options.f16 } : {}),
       ...(options.f16Rows !== undefined ? { f16Rows: options.f16Rows } : {}),
     });
@@ -506,6 +511,11 @@ export class WebGpuModel {
   async step(token: number, output: 'argmax'): Promise<number>;
   async step(token: number, output: 'logits'): Promise<Float32Array>;
   async step(token: number, output: StepOutput): Promise<null | number | Float32Array> {
+    if (output !== 'none' && output !== 'argmax' && output !== 'logits')
+      throw new CalderaError(
+        'E_VALUE',
+        `step: output must be 'none', 'argmax' or 'logits', got ${shownValue(output)}`,
+      );
     return this.stepBatch([token], output);
   }
 
@@ -522,6 +532,12 @@ export class WebGpuModel {
   async stepBatch(tokens: ArrayLike<number>, output: BatchOutput): Promise<null | number | Float32Array> {
     this.checkIdle('step()');
     checkDeviceAlive(this.dev, 'WebGpuModel');
+    if (output !== 'none' && output !== 'argmax' && output !== 'logits' && output !== 'all')
+      throw new CalderaError(
+        'E_VALUE',
+        `stepBatch: output must be 'none', 'argmax', 'logits' or 'all', got ${shownValue(output)}`,
+      );
+    checkTokensArgument(tokens, 'stepBatch');
     const V = this.config.vocabSize;
     const T = tokens.length;
     if (T < 1 || T > this.prefillChunk)
@@ -580,6 +596,7 @@ export class WebGpuModel {
    * one pass through the layers. `signal` is checked between batches.
    */
   async prefill(tokens: ArrayLike<number>, options: { signal?: AbortSignal } = {}): Promise<void> {
+    checkTokensArgument(tokens, 'prefill');
     await prefillThrough(this, this.claim('prefill'), tokens, options?.signal, 'prefill');
   }
 
@@ -611,8 +628,12 @@ export class WebGpuModel {
    */
   async forward(tokens: ArrayLike<number>, options: { signal?: AbortSignal } = {}): Promise<Float32Array> {
     const signal = options?.signal; // from JavaScript: null options are none
+    checkTokensArgument(tokens, 'forward');
     const V = this.config.vocabSize;
     const all = Array.from(tokens);
+    // the whole request up front: ids in range, and room in the KV cache (not a cache filled batch by batch first)
+    checkTokenIds(all, V, 'forward');
+    checkCapacity(this, all.length, 'forward');
     const out = new Float32Array(all.length * V);
     const seq = this.claim('forward');
     for (let t = 0; t < all.length; t += this.prefillChunk) {

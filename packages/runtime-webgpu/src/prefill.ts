@@ -2,7 +2,7 @@
  * The one prefill loop of the package (internal: not exported from the package's entry), shared by
  * {@link WebGpuModel.prefill} and `generate()`, each passing its own claim on the model's sequence.
  */
-import { throwIfAborted } from '@caldera/core';
+import { CalderaError, describeValue, throwIfAborted } from '@caldera/core';
 import type { SequenceClaim, WebGpuModel } from './model.js';
 
 /**
@@ -19,8 +19,45 @@ export async function prefillThrough(
   what: string,
 ): Promise<void> {
   const all = Array.from(tokens);
+  // the whole request before the first pass: a bad id or too many tokens leave the cache as it was
+  checkTokenIds(all, model.config.vocabSize, what);
+  checkCapacity(model, all.length, what);
   for (let t = 0; t < all.length; t += model.prefillChunk) {
     throwIfAborted(signal, what);
     await seq.pass(() => model.stepBatch(all.slice(t, t + model.prefillChunk), 'none'));
   }
+}
+
+/**
+ * `E_VALUE` unless `tokens` is an array (or array-like object) of token ids: null, a number or a string in its place
+ * names the routine instead of failing inside (a TypeError, or nothing run at all).
+ */
+export function checkTokensArgument(tokens: unknown, what: string): asserts tokens is ArrayLike<number> {
+  if (
+    tokens === null ||
+    typeof tokens !== 'object' ||
+    typeof (tokens as { length?: unknown }).length !== 'number'
+  )
+    throw new CalderaError(
+      'E_VALUE',
+      `${what}: tokens must be an array of token ids, got ${describeValue(tokens)}`,
+    );
+}
+
+/** `E_VALUE` (as a step's, naming `what`) unless every id of `tokens` is an integer in [0, vocab). */
+export function checkTokenIds(tokens: ArrayLike<number>, vocab: number, what: string): void {
+  for (let i = 0; i < tokens.length; i++) {
+    const t = tokens[i]!;
+    if (!Number.isInteger(t) || t < 0 || t >= vocab)
+      throw new CalderaError('E_VALUE', `${what}: token id ${t} out of range [0, ${vocab})`);
+  }
+}
+
+/** `E_VALUE` when `count` more tokens do not fit the model's KV cache after those it holds. */
+export function checkCapacity(model: WebGpuModel, count: number, what: string): void {
+  if (model.length + count > model.contextLength)
+    throw new CalderaError(
+      'E_VALUE',
+      `${what}: ${count} tokens after the ${model.length} cached exceed the KV cache capacity ${model.contextLength}`,
+    );
 }

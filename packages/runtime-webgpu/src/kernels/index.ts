@@ -1,4 +1,4 @@
-import { CalderaError } from '@caldera/core';
+import { CalderaError, describeValue } from '@caldera/core';
 import { uniformBuffer, type CalderaDevice, type UniformField } from '../device.js';
 import {
   ARGMAX_WGSL,
@@ -308,6 +308,38 @@ const MAX_GROUPS = 65535;
  */
 export const F16_MIN_WORKGROUPS = 256;
 
+/** A value in an error message: a string quoted, a number or boolean as written, else what it is (`an object`, `null`). */
+export function shownValue(v: unknown): string {
+  if (typeof v === 'string') return `'${v}'`;
+  if (typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint') return String(v);
+  return describeValue(v);
+}
+
+/** Smallest {@link Kernels.maxLocalHadamard}: below it, Walsh–Hadamard blocks beyond 64 values cannot be rotated. */
+export const MIN_LOCAL_HADAMARD = 16;
+
+/**
+ * `E_VALUE` unless `lanes` is undefined (the default), 1 or 32 ({@link Lanes}): the kernels are written for these two
+ * (another count computes wrong rows or builds invalid WGSL).
+ */
+export function checkLanes(lanes: unknown): asserts lanes is Lanes | undefined {
+  if (lanes !== undefined && lanes !== 1 && lanes !== 32)
+    throw new CalderaError('E_VALUE', `lanes must be 1 or 32, got ${shownValue(lanes)}`);
+}
+
+/**
+ * `E_VALUE` unless `n` is undefined (the default: what workgroup memory holds), `Infinity` (the same) or an integer of at
+ * least {@link MIN_LOCAL_HADAMARD}: the workgroup arrays of the rotation kernels hold this many values, and the
+ * global-memory path rotates blocks of up to 2^⌊log2 n⌋ squared values.
+ */
+export function checkMaxLocalHadamard(n: unknown): asserts n is number | undefined {
+  if (n !== undefined && n !== Infinity && !(Number.isInteger(n) && (n as number) >= MIN_LOCAL_HADAMARD))
+    throw new CalderaError(
+      'E_VALUE',
+      `maxLocalHadamard must be an integer of at least ${MIN_LOCAL_HADAMARD} (or Infinity: what workgroup memory holds), got ${shownValue(n)}`,
+    );
+}
+
 /**
  * Builds kernel launches on one device. Pipelines are compiled once per kernel variant and cached in this object
  * (not globally); the uniform buffers it creates are released by {@link Kernels.dispose}.
@@ -336,6 +368,11 @@ export class Kernels {
     readonly dev: CalderaDevice,
     options: { lanes?: Lanes; maxLocalHadamard?: number; f16?: boolean; f16Rows?: F16Rows } = {},
   ) {
+    options ??= {}; // from JavaScript: null options are none
+    checkLanes(options.lanes);
+    checkMaxLocalHadamard(options.maxLocalHadamard);
+    if (options.f16 !== undefined && typeof options.f16 !== 'boolean')
+      throw new CalderaError('E_VALUE', `f16 must be true or false, got ${shownValue(options.f16)}`);
     this.lanes = options.lanes ?? (dev.fallbackAdapter ? 1 : 32);
     this.maxLocalHadamard = Math.min(
       options.maxLocalHadamard ?? Infinity,
@@ -347,7 +384,7 @@ export class Kernels {
       throw new CalderaError('E_VALUE', 'Kernels: f16 needs 32 lanes per row');
     this.f16 = options.f16 ?? (dev.shaderF16 && this.lanes === 32);
     if (options.f16Rows !== undefined && ![1, 2, 4].includes(options.f16Rows))
-      throw new CalderaError('E_VALUE', `Kernels: f16Rows ${options.f16Rows} is not 1, 2 or 4`);
+      throw new CalderaError('E_VALUE', `f16Rows must be 1, 2 or 4, got ${shownValue(options.f16Rows)}`);
     this.f16Rows = options.f16Rows ?? null;
   }
 
