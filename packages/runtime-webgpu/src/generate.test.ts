@@ -210,6 +210,9 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
         'prefill: 16 tokens after the 1 cached exceed the KV cache capacity 16',
       );
       await value(model.forward([1, 2, 3, 99]), 'forward: token id 99 out of range [0, 30)');
+      // a string is not an id (it was reported as out of range)
+      await value(model.forward([1, '2' as never]), "forward: token 1 is the string '2', not a token id");
+      await value(model.stepBatch([null as never], 'none'), 'stepBatch: token 0 is null, not a token id');
       expect(model.tokens).toEqual([1]);
       // generate checks the prompt before cutting the cache back to the prefix it shares
       model.reset();

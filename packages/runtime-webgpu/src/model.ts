@@ -29,7 +29,7 @@ import {
   type LayerInput,
   type ScratchNeeds,
 } from './linear.js';
-import { checkCapacity, checkTokenIds, checkTokensArgument, prefillThrough } from './prefill.js';
+import { badTokenId, checkCapacity, checkTokenIds, checkTokensArgument, prefillThrough } from './prefill.js';
 import { checkDeviceArgument } from './args.js';
 
 /** One transformer block's weights on the GPU. */
@@ -545,8 +545,7 @@ export class WebGpuModel {
     const ids = new Uint32Array(T);
     for (let t = 0; t < T; t++) {
       const token = tokens[t]!;
-      if (!Number.isInteger(token) || token < 0 || token >= V)
-        throw new CalderaError('E_VALUE', `token id ${token} out of range [0, ${V})`);
+      if (!Number.isInteger(token) || token < 0 || token >= V) throw badTokenId(token, t, V, 'stepBatch');
       ids[t] = token;
     }
     if (this.pos + T > this.contextLength)

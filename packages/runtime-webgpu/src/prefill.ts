@@ -48,9 +48,21 @@ export function checkTokensArgument(tokens: unknown, what: string): asserts toke
 export function checkTokenIds(tokens: ArrayLike<number>, vocab: number, what: string): void {
   for (let i = 0; i < tokens.length; i++) {
     const t = tokens[i]!;
-    if (!Number.isInteger(t) || t < 0 || t >= vocab)
-      throw new CalderaError('E_VALUE', `${what}: token id ${t} out of range [0, ${vocab})`);
+    if (!Number.isInteger(t) || t < 0 || t >= vocab) throw badTokenId(t, i, vocab, what);
   }
+}
+
+/**
+ * The error for token `t` at index `i` that is not an id in [0, vocab): out of range when it is a number, else what it
+ * is (a string '2' is not the id 2).
+ */
+export function badTokenId(t: unknown, i: number, vocab: number, what: string): CalderaError {
+  return typeof t === 'number'
+    ? new CalderaError('E_VALUE', `${what}: token id ${t} out of range [0, ${vocab})`)
+    : new CalderaError(
+        'E_VALUE',
+        `${what}: token ${i} is ${typeof t === 'string' ? `the string '${t}'` : describeValue(t)}, not a token id`,
+      );
 }
 
 /** `E_VALUE` when `count` more tokens do not fit the model's KV cache after those it holds. */
