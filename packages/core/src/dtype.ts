@@ -1,4 +1,4 @@
-import { CalderaError } from './errors.js';
+import { CalderaError, shownValue } from './errors.js';
 
 /** Element types of the shared tensor interface. f16 and bf16 are stored as raw bits in a Uint16Array. */
 export type DType = 'f64' | 'f32' | 'f16' | 'bf16' | 'i8' | 'u8' | 'i16' | 'u16' | 'i32' | 'u32';
@@ -66,4 +66,31 @@ export function allocArray<D extends DType>(dtype: D, length: number): DTypeArra
 /** Floating dtypes (the ones arithmetic routines accept). */
 export function isFloatDType(dtype: DType): boolean {
   return dtype === 'f64' || dtype === 'f32' || dtype === 'f16' || dtype === 'bf16';
+}
+
+/**
+ * `E_DTYPE` unless the stored dtype of tensor `name` (safetensors' name, any case) is a float one (f64, f32, f16,
+ * bf16): the runtimes' check of a dense weight from its header, before its data is read (an integer tensor would be
+ * cast to f32 code by code: numbers, but not the weights).
+ */
+export function assertFloatStorage(name: string, storedDtype: string): void {
+  const dtype = storedDtype.toLowerCase();
+  if (!isFloatDType(dtype as DType))
+    throw new CalderaError(
+      'E_DTYPE',
+      `tensor '${name}' is ${dtype}, expected a float dtype (f32, f16, bf16)`,
+    );
+}
+
+/**
+ * `E_VALUE` unless `dtype` is one of the runtimes' loader `dtype` options (`'auto'`, `'f32'`, `'f16'`: how dense
+ * weights are held) or undefined (the default, `'auto'`): `'f8'` or `'bf16'` would otherwise load silently as
+ * `'auto'`. `fn` names the loader.
+ */
+export function checkDenseDtype(dtype: unknown, fn: string): void {
+  if (dtype !== undefined && dtype !== 'auto' && dtype !== 'f32' && dtype !== 'f16')
+    throw new CalderaError(
+      'E_VALUE',
+      `${fn}: dtype must be 'auto', 'f32' or 'f16', got ${shownValue(dtype)}`,
+    );
 }

@@ -79,6 +79,16 @@ export function describeValue(v: unknown): string {
 }
 
 /**
+ * A value given in place of an option, for an error message: a string quoted (`'x'`), a number, boolean or bigint
+ * as written, anything else as {@link describeValue} says it (`null`, `an object`).
+ */
+export function shownValue(v: unknown): string {
+  if (typeof v === 'string') return `'${v}'`;
+  if (typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint') return String(v);
+  return describeValue(v);
+}
+
+/**
  * Throw `E_VALUE` unless `x` is an object (not `null`; arrays, typed arrays and functions count): the check of a
  * required object argument — a typed array, an options or descriptor object, a tensor whose parts are checked later —
  * so that `null` or `undefined` in its place is a `CalderaError` naming the routine and the argument, e.g.

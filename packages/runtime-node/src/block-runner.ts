@@ -8,11 +8,12 @@ import {
   type PerplexityResult,
   type Tensor,
   type TensorStore,
+  checkDenseDtype,
 } from '@caldera/core';
 import type { Pool } from '@caldera/linalg';
 import { blockLinearNames, type ModelConfig } from './config.js';
 import { checkPathArgument } from './json-file.js';
-import { checkDenseDtype, embeddingAndHead, readFloat, readHeld, type HeldFloat } from './held.js';
+import { embeddingAndHead, readFloat, readHeld, type HeldFloat } from './held.js';
 import { openModelLayout, type ModelLayout } from './layout.js';
 import type { Linear } from './linear.js';
 import { readBlockWeights } from './load.js';

@@ -2,29 +2,9 @@
  * Reading float tensors as the loaders hold them (internal: shared by `loadModel`'s builder and `BlockLazyRunner`, so
  * that both hold every weight the same way).
  */
-import {
-  assertFinite,
-  CalderaError,
-  cast,
-  f32ArrayToF16,
-  tensor,
-  type Tensor,
-  type TensorStore,
-} from '@caldera/core';
+import { assertFinite, cast, f32ArrayToF16, tensor, type Tensor, type TensorStore } from '@caldera/core';
 import { DenseF16Linear, DenseLinear, type Linear } from './linear.js';
 import type { DecodePool } from './kernels/decode-pool.js';
-
-/**
- * `E_VALUE` unless `dtype` is one of the loaders' dense storage options ({@link LoadOptions.dtype}) or undefined (the
- * default, `'auto'`): `'f8'` or `'bf16'` would otherwise load silently as `'auto'`. `fn` names the loader.
- */
-export function checkDenseDtype(dtype: unknown, fn: string): void {
-  if (dtype !== undefined && dtype !== 'auto' && dtype !== 'f32' && dtype !== 'f16')
-    throw new CalderaError(
-      'E_VALUE',
-      `${fn}: dtype must be 'auto', 'f32' or 'f16', got ${typeof dtype === 'string' ? `'${dtype}'` : String(dtype)}`,
-    );
-}
 
 /** A float tensor as the model holds it: f32, or 16-bit bits. */
 export type HeldFloat = Tensor<'f32'> | Tensor<'f16'> | Tensor<'bf16'>;

@@ -8,11 +8,12 @@ import {
   type CalderaCheckpointMeta,
   type CalderaLayerMeta,
   type TensorStore,
+  assertFloatStorage,
+  checkDenseDtype,
 } from '@caldera/core';
 import { nodePath } from './node-builtins.js';
 import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
 import { checkPathArgument, readJsonFile } from './json-file.js';
-import { checkDenseDtype } from './held.js';
 import {
   CalderaLinear,
   DenseF16Linear,
@@ -24,8 +25,6 @@ import { heldDType, planMemory, type MemoryPlan } from './memory-plan.js';
 
 /** The float dtypes a weight may be stored as (safetensors `F64`, `F32`, `F16`, `BF16`), in lower case. */
 export type StoredFloatDType = 'f64' | 'f32' | 'f16' | 'bf16';
-
-const FLOAT_DTYPES: ReadonlySet<string> = new Set<StoredFloatDType>(['f64', 'f32', 'f16', 'bf16']);
 
 /** A float tensor's entry in the safetensors header, as {@link readModelLayout} checked it. */
 export interface TensorLayout {
@@ -114,13 +113,8 @@ async function floatTensor(
 ): Promise<TensorLayout> {
   if (!store.has(name)) throw new CalderaError('E_MISSING', `tensor '${name}' is missing`);
   const info = await store.tensorInfo(name);
+  assertFloatStorage(name, info.dtype);
   const dtype = info.dtype.toLowerCase();
-  // an integer tensor would be cast to f32 code by code: numbers, but not the weights
-  if (!FLOAT_DTYPES.has(dtype))
-    throw new CalderaError(
-      'E_DTYPE',
-      `tensor '${name}' is ${dtype}, expected a float dtype (f32, f16, bf16)`,
-    );
   if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i]))
     throw new CalderaError(
       'E_SHAPE',

@@ -6,6 +6,7 @@ import {
   openFileSource,
   tensor,
   throwIfAborted,
+  checkDenseDtype,
 } from '@caldera/core';
 import { nodeFs } from './node-builtins.js';
 import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
@@ -20,7 +21,6 @@ import {
 import { KernelArenas } from './kernels/kernel-arenas.js';
 import { LlamaModel, type BlockWeights, type LlamaModelOptions } from './model.js';
 import { checkPathArgument } from './json-file.js';
-import { checkDenseDtype } from './held.js';
 import type { DecodePool } from './kernels/decode-pool.js';
 import { headSplits } from './kernels/row-split.js';
 import type { TextTokenizer } from './tokenizer.js';

@@ -8,13 +8,14 @@ import {
   type ModelUrlOptions,
   type Tensor,
   type TensorStore,
+  checkDenseDtype,
 } from '@caldera/core';
 import type { Pool } from '@caldera/linalg';
 import { fromCheckpointTensors } from '@caldera/lowrank';
 import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
 import { CalderaLinear, DenseF16Linear, DenseLinear, type Linear } from './linear.js';
 import { checkPathArgument } from './json-file.js';
-import { checkDenseDtype, embeddingAndHead, readFloat, readHeld } from './held.js';
+import { embeddingAndHead, readFloat, readHeld } from './held.js';
 import {
   layoutFromStore,
   openModelLayout,

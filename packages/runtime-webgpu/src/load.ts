@@ -1,11 +1,13 @@
 import {
   assertFinite,
+  assertFloatStorage,
   assertFunction,
   assertNoCalderaTensorsWithoutMeta,
   assertNonEmptyString,
   assertObject,
   blockLinearNames,
   CalderaError,
+  checkDenseDtype,
   cast,
   f32ArrayToF16,
   linearShape,
@@ -14,6 +16,7 @@ import {
   openSafetensorsDir,
   parseModelConfig,
   parseCalderaMeta,
+  shownValue,
   tensor,
   throwIfAborted,
   type CalderaCheckpointMeta,
@@ -30,7 +33,7 @@ import {
   type CalderaDevice,
 } from './device.js';
 import { checkDeviceArgument } from './args.js';
-import { checkLanes, checkMaxLocalHadamard, shownValue, type GpuMatrix } from './kernels/index.js';
+import { checkLanes, checkMaxLocalHadamard, type GpuMatrix } from './kernels/index.js';
 import {
   createCalderaLinears,
   createDenseLinears,
@@ -78,9 +81,6 @@ export interface LoadedWebGpuModel {
   linearBitsPerWeight: number;
 }
 
-/** The float dtypes of dense tensors (as safetensors' lower-cased names); runtime-node's set. */
-const FLOAT_DTYPES: ReadonlySet<string> = new Set(['f64', 'f32', 'f16', 'bf16']);
-
 /**
  * A dense (float) tensor: `E_MISSING`, `E_DTYPE` for an integer tensor (it would be cast to f32 code by code: numbers,
  * but not the weights; checked from its header, before its data is read), `E_SHAPE` for another shape. The packed codes
@@ -88,12 +88,7 @@ const FLOAT_DTYPES: ReadonlySet<string> = new Set(['f64', 'f32', 'f16', 'bf16'])
  */
 async function read(store: TensorStore, name: string, shape: readonly number[]): Promise<Tensor> {
   if (!store.has(name)) throw new CalderaError('E_MISSING', `tensor '${name}' is missing`);
-  const dtype = (await store.tensorInfo(name)).dtype.toLowerCase();
-  if (!FLOAT_DTYPES.has(dtype))
-    throw new CalderaError(
-      'E_DTYPE',
-      `tensor '${name}' is ${dtype}, expected a float dtype (f32, f16, bf16)`,
-    );
+  assertFloatStorage(name, (await store.tensorInfo(name)).dtype);
   const t = await store.readTensor(name);
   if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
     throw new CalderaError(
@@ -133,18 +128,6 @@ function denseData(
   const bits = f32ArrayToF16(f.data);
   assertFinite(tensor('f16', f.shape, bits), `${what} rounded to f16`);
   return { data: bits, format: 'f16' };
-}
-
-/**
- * `E_VALUE` unless `dtype` is one of {@link LoadOptions.dtype}'s values or undefined (the default, `'auto'`): `'bf16'`
- * or `'x'` would otherwise load as `'auto'`. `fn` names the routine (runtime-node's message).
- */
-function checkDenseDtype(dtype: unknown, fn: string): void {
-  if (dtype !== undefined && dtype !== 'auto' && dtype !== 'f32' && dtype !== 'f16')
-    throw new CalderaError(
-      'E_VALUE',
-      `${fn}: dtype must be 'auto', 'f32' or 'f16', got ${shownValue(dtype)}`,
-    );
 }
 
 /**

@@ -1,4 +1,11 @@
-import { assertObject, CalderaError, ropeInvFreq, throwIfAborted, type ModelConfig } from '@caldera/core';
+import {
+  assertObject,
+  CalderaError,
+  ropeInvFreq,
+  shownValue,
+  throwIfAborted,
+  type ModelConfig,
+} from '@caldera/core';
 import {
   BufferUsage,
   checkDeviceAlive,
@@ -18,7 +25,6 @@ import {
   type Lanes,
   type RopeKvOptions,
   type RotateOptions,
-  shownValue,
 } from './kernels/index.js';
 import {
   bindPending,

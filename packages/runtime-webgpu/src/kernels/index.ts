@@ -1,4 +1,4 @@
-import { CalderaError, describeValue } from '@caldera/core';
+import { CalderaError, shownValue } from '@caldera/core';
 import { uniformBuffer, type CalderaDevice, type UniformField } from '../device.js';
 import {
   ARGMAX_WGSL,
@@ -307,13 +307,6 @@ const MAX_GROUPS = 65535;
  * has up to ~130 compute units, each wanting more than one workgroup to hide memory latency; unmeasured).
  */
 export const F16_MIN_WORKGROUPS = 256;
-
-/** A value in an error message: a string quoted, a number or boolean as written, else what it is (`an object`, `null`). */
-export function shownValue(v: unknown): string {
-  if (typeof v === 'string') return `'${v}'`;
-  if (typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint') return String(v);
-  return describeValue(v);
-}
 
 /** Smallest {@link Kernels.maxLocalHadamard}: below it, Walsh–Hadamard blocks beyond 64 values cannot be rotated. */
 export const MIN_LOCAL_HADAMARD = 16;
