@@ -110,6 +110,11 @@ class RankOrder {
 export function sampleToken(logits: Float64Array, options: GenerateOptions, rng: Rng): number {
   const o = options ?? {}; // from JavaScript: null options are none
   checkSamplingOptions(o, 'sampleToken');
+  return drawToken(logits, o, rng);
+}
+
+/** {@link sampleToken} with options already checked (`GenerationRules` checks them once, not per token). */
+function drawToken(logits: Float64Array, o: GenerateOptions, rng: Rng): number {
   const l = logits;
   const V = l.length;
   if (V === 0) throw new CalderaError('E_VALUE', 'sampleToken: empty logits (no token to choose)');
@@ -279,7 +284,7 @@ export class GenerationRules {
     const l = Float64Array.from(logits);
     const pen = this.penalty;
     if (pen !== 1) for (const t of this.seen) l[t] = l[t]! > 0 ? l[t]! / pen : l[t]! * pen;
-    return sampleToken(l, this.options, this.rng);
+    return drawToken(l, this.options, this.rng);
   }
 
   /** Record the chosen token and say whether to yield it and whether to go on. */

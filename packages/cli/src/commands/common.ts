@@ -283,7 +283,7 @@ export async function tokenizeDocuments(
   options: { threads?: number; workerUrl?: URL } = {},
 ): Promise<number[][]> {
   const tok = await loadTokenizer(modelDir);
-  const withBos = (ids: ArrayLike<number>) => (bos === null ? Array.from(ids) : [bos, ...Array.from(ids)]);
+  const withBos = (ids: number[]) => (bos === null ? ids : [bos, ...ids]);
   const workerUrl = options.workerUrl ?? new URL('./tokenize-thread.js', import.meta.url);
   const runs = splitByLength(docs, options.threads ?? 2, PARALLEL_TOKENIZE_CHARS);
   if (runs.length === 1 || !(await exists(fileURLToPath(workerUrl))))
@@ -292,7 +292,7 @@ export async function tokenizeDocuments(
   // this thread's run while the others work; then theirs, in order
   const mine = runs[0]!.map((d) => withBos(tok.encode(d)));
   const theirs = await Promise.all(others);
-  return [...mine, ...theirs.flat().map(withBos)];
+  return [...mine, ...theirs.flat().map((ids) => withBos(Array.from(ids)))];
 }
 
 /**
