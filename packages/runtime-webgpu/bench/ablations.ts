@@ -7,15 +7,21 @@
 export const ABLATIONS: Record<string, [RegExp | string, string][]> = {
   base: [],
   hk_const: [[/return hkb\[[^\]]*\];/g, 'return 1.0 + 0.0 * hkb[mb.hkOff];']],
-  no_kmix: [
-    ['for (; a + 8u <= mb.K; a += 8u)', 'for (; a + 8u <= min(mb.K, 0u); a += 8u)'],
-    ['for (; a < mb.K; a++)', 'for (; a < min(mb.K, 1u); a++)'],
+  // the H_K mix in place (K = 1 and the written-out orders; others still mix per value from hkb)
+  no_mix: [[/if \(mb\.K == 1u\) \{ mixK1\(lid, mb\); \}[^\n]*/g, 'if (mb.K == 0u) { mixK1(lid, mb); }']],
+  // the H_K mix per value from the hkb table (rotatedAt's loop) instead of the written-out mixes (not an ablation: the
+  // same results, the other form's time)
+  mix_from_table: [
+    [/return K == 1u \|\| [^;]*;/g, 'return K == 1u;'],
+    [/else if \(mb\.K == \d+u\) \{ mixK/g, 'else if (mb.K == 0u) { mixK'],
   ],
   no_rhat: [['g0 < pr.G;', 'g0 < 0u;']],
   tables_const: [['tbl[lid] = tables.pairs[lid];', 'tbl[lid] = tables.pairs[0] + vec4<u32>(lid);']],
   no_butterflies: [
-    ['if (pu.transform == 1u) { butterflies(lid, mo); }', ''],
-    ['    butterflies(lid, mb);\n', ''],
+    [
+      'fn rotateInPlace(lid: u32, mb: M, transposeH: u32) {\n  butterflies(lid, mb);',
+      'fn rotateInPlace(lid: u32, mb: M, transposeH: u32) {',
+    ],
   ],
   e8p_no_table: [
     [

@@ -33,6 +33,7 @@ import {
   type LatticeCodec,
   type PreviousStep,
   type RotationInputKind,
+  unrolledMixKs,
 } from './wgsl.js';
 
 export * from './wgsl.js';
@@ -47,6 +48,10 @@ export interface RotationBuffers {
   pre: GPUBuffer;
   post: GPUBuffer;
   bias: GPUBuffer | null;
+  /**
+   * `hadamardBase(K)` of @caldera/linalg (f32, K×K) at each member's offset: read by the global-memory path and for
+   * orders above {@link UNROLLED_MIX_MAX_K}; the one-workgroup kernels write the smaller orders' signs into the shader.
+   */
   hk: GPUBuffer;
   tmp: GPUBuffer;
   dummy: GPUBuffer;
@@ -239,6 +244,11 @@ function codeIndex(bytes: number, plane2Codec: LatticeCodec | null, what: string
   const size = plane2Codec === 'rvq3' ? 1 : 2;
   if (bytes % size !== 0) throw new CalderaError('E_VALUE', `e8p: ${what} byte offset ${bytes} is odd`);
   return bytes / size;
+}
+
+/** The part of a rotation pipeline's cache key that names its written-out `H_K` mixes (see {@link unrolledMixKs}). */
+function mixKeyOf(members: readonly { K: number }[]): string {
+  return unrolledMixKs(members.map((m) => m.K)).join('.');
 }
 
 /** One recorded kernel launch: replayed into a compute pass as often as needed. */
@@ -608,7 +618,9 @@ export class Kernels {
     return [
       this.make(
         `hadamard n=${m.n} K=${m.K}${o.transpose ? ' T' : ''} +rmsnorm`,
-        this.pipeline(`hadamard_norm_${words}`, () => rotationNormWgsl(words)),
+        this.pipeline(`hadamard_norm_${words}_k${mixKeyOf([m])}`, () =>
+          rotationNormWgsl(words, unrolledMixKs([m.K])),
+        ),
         [
           this.uniform(this.rotationFields(o, o.members, norm.eps), 'rotation params'),
           o.x,
@@ -675,8 +687,8 @@ export class Kernels {
         this.oneRow(
           this.make(
             `hadamard n=${maxN} T ×3 +rope+kv+attention`,
-            this.pipeline(`hadamard_attention_${words}_${rope.hd}`, () =>
-              rotationAttentionWgsl(words, rope.hd),
+            this.pipeline(`hadamard_attention_${words}_${rope.hd}_k${mixKeyOf(o.members)}`, () =>
+              rotationAttentionWgsl(words, rope.hd, unrolledMixKs(o.members.map((m) => m.K))),
             ),
             [
               this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),
@@ -696,7 +708,9 @@ export class Kernels {
     return [
       this.make(
         `hadamard n=${maxN} T ×3 +rope+kv`,
-        this.pipeline(`hadamard_rope_kv_${words}`, () => rotationRopeKvWgsl(words)),
+        this.pipeline(`hadamard_rope_kv_${words}_k${mixKeyOf(o.members)}`, () =>
+          rotationRopeKvWgsl(words, unrolledMixKs(o.members.map((m) => m.K))),
+        ),
         [
           this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),
           rope.step,
@@ -831,8 +845,8 @@ export class Kernels {
     const bucket = Math.min(Math.max(256, 2 ** Math.ceil(Math.log2(maxN))), this.maxLocalHadamard);
     const S = o.outs.length;
     const input = inputOf(o);
-    const p = this.pipeline(`hadamard_${bucket}_${S}_${input.kind}`, () =>
-      hadamardWgsl(bucket, S, input.kind),
+    const p = this.pipeline(`hadamard_${bucket}_${S}_${input.kind}_k${mixKeyOf(o.members)}`, () =>
+      hadamardWgsl(bucket, S, input.kind, unrolledMixKs(o.members.map((m) => m.K))),
     );
     const m0 = o.members[0]!;
     return this.make(
@@ -1261,8 +1275,19 @@ export class Kernels {
     }
     while (seg.length < 8 * ROTATION_MAX_MEMBERS) seg.push(['u32', 0]);
     const input = inputOf(rotation);
-    const p = this.pipeline(`project_${words}_${c.codec}_${this.lanes}_${input.kind}_${prev.kind}`, () =>
-      inputProjectionWgsl(words, c.codec, this.lanes, input.kind, prev.kind),
+    // the orders of this step's rotation and of the pending one
+    const rotated = [{ K }, ...(prev.pending?.members ?? [])];
+    const p = this.pipeline(
+      `project_${words}_${c.codec}_${this.lanes}_${input.kind}_${prev.kind}_k${mixKeyOf(rotated)}`,
+      () =>
+        inputProjectionWgsl(
+          words,
+          c.codec,
+          this.lanes,
+          input.kind,
+          prev.kind,
+          unrolledMixKs(rotated.map((m) => m.K)),
+        ),
     );
     // the pending rotation's members as the kernel reads them (gate first in the gate step)
     const pendingMembers = o.gate

@@ -377,11 +377,15 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     it(`Hadamard step (${path}): M_n and M_nᵀ for K ∈ {1, 12, 20, 28, 36, 40, 52, 108, 140, 156, 172}, and no transform; signs, padding, truncation, bias`, async () => {
       const rng = new Rng(3);
       // the global-memory path is forced by declaring every rotation too large for workgroup memory: chunks of 16,
-      // so blocks of P ≤ 16 take 2 launches, longer ones (P = 64, 128, 256 here) a strided third
+      // so blocks of P ≤ 16 take 2 launches, longer ones (P = 64, 128, 256 here) a strided third. In workgroup
+      // memory the written-out mixes (K ≤ 64) see blocks narrower than the workgroup (a column shared by WG/P
+      // invocations, more of them than chunks of sums at P = 8), as wide (3072 = 12·256) and wider (6144 = 12·512:
+      // two columns per invocation; blocks beyond the forced global path's 16² values); K > 64 the loop over the table
       const k = new Kernels(d, path === 'workgroup' ? {} : { maxLocalHadamard: 16 });
       const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
-      const tmp = scratchBuffer(d, 1024 * 4, 'tmp');
-      for (const n of [256, 96, 768, 40, 160, 20, 56, 72, 216, 140, 52, 344, 156]) {
+      const tmp = scratchBuffer(d, 6144 * 4, 'tmp');
+      const wide = path === 'workgroup' ? [3072, 6144] : [];
+      for (const n of [256, 96, 768, 40, 160, 20, 56, 72, 216, 140, 52, 344, 156, ...wide]) {
         // the transform both ways, and without it (K = 1; the global path then loads in chunks of the largest
         // power of two dividing n)
         for (const [transform, transpose] of [

@@ -12,11 +12,21 @@
  * `step.len = step.pos + T`.
  */
 import { CalderaError } from '@caldera/core';
+import { hadamardBase } from '@caldera/linalg';
 
 /** Invocations per workgroup of every kernel. */
 export const WG = 256;
 /** Output rows per workgroup of the matrix–vector kernels (32 lanes each). */
 export const ROWS_PER_WG = 8;
+
+/**
+ * `body(c)` for c = 0 … count − 1, one after another: a loop over an invocation's `count` values written out, so that
+ * a GPU compiler issues their memory reads together (a loop that waits for each read left one-workgroup kernels
+ * latency-bound on an H200, measured 2026-12-04).
+ */
+function unrolled(count: number, body: (c: number) => string, sep = '\n    '): string {
+  return Array.from({ length: count }, (_, c) => body(c)).join(sep);
+}
 
 const STEP = /* wgsl */ `
 struct Step { pos: u32, len: u32, token: u32, pad: u32 }
@@ -351,7 +361,7 @@ const ROTATION_BINDINGS = /* wgsl */ `
 @group(0) @binding(4) var<storage, read> hkb: array<f32>;`;
 
 /**
- * WGSL statements declaring `var y`, output value `i` of member `mb` after its rotation (see {@link ROTATION_STEPS_WGSL};
+ * WGSL statements declaring `var y`, output value `i` of member `mb` after its rotation (see {@link rotationStepsWgsl};
  * flags from the uniform `params`): `gscale·(rotated·post) (+ bias)`, with the kernel's multiplier and bias arrays.
  */
 function outputValueWgsl(mb: string, params: string, post: string, bias: string): string {
@@ -359,37 +369,139 @@ function outputValueWgsl(mb: string, params: string, post: string, bias: string)
       if (${mb}.hasBias == 1u) { y += ${bias}[${mb}.biasOff + i]; }`;
 }
 
+/** Largest `H_K` order whose mix the rotation kernels write out with its signs in the shader (2·K² terms of code). */
+export const UNROLLED_MIX_MAX_K = 64;
+
+/** The orders of {@link rotationStepsWgsl}'s written-out mixes among `ks`: each K in (1, {@link UNROLLED_MIX_MAX_K}] once, sorted. */
+export function unrolledMixKs(ks: readonly number[]): number[] {
+  return [...new Set(ks)].filter((k) => k > 1 && k <= UNROLLED_MIX_MAX_K).sort((a, b) => a - b);
+}
+
+/** Outputs of a written-out `H_K` mix summed side by side (independent sums, so that a GPU need not wait on each add). */
+const MIX_CHUNK = 8;
+
+/**
+ * WGSL of the `H_K` mix in place, written out for order K: each column `b` (stride P) of `v` goes into registers,
+ * then each output `Σ_a h·c_a` with the signs of `H_K` (`h = H[a2][a]` when `transposeH` is 1, `H[a][a2]` otherwise)
+ * as additions and subtractions in order a = 0 … K − 1 from 0, times `1/√n`: the same operations, in the same order,
+ * as the loop over `hkb` in `rotatedAt` (a ±1 product is exact), without a table read or a multiply per term, and K
+ * workgroup-memory reads per column instead of K per value. The outputs go in chunks of {@link MIX_CHUNK}; where a
+ * block holds fewer values than a workgroup has invocations (P < WG), the WG/P invocations of a column share its
+ * chunks (after a barrier: all of them read the column first).
+ */
+function unrolledMixWgsl(K: number): string {
+  const H = hadamardBase(K);
+  const loads = Array.from({ length: K }, (_, a) => `let c${a} = v[${a}u * mb.P + b];`).join(' ');
+  const chunks = (t: boolean) =>
+    Array.from({ length: Math.ceil(K / MIX_CHUNK) }, (_, q) => {
+      const outs = Array.from(
+        { length: Math.min(MIX_CHUNK, K - q * MIX_CHUNK) },
+        (_, j) => q * MIX_CHUNK + j,
+      );
+      const sign = (a2: number, a: number) => ((t ? H[a2 * K + a]! : H[a * K + a2]!) > 0 ? '+' : '-');
+      return `if (${q}u % T == part) {
+        ${outs.map((a2) => `var o${a2} = 0.0;`).join(' ')}
+        ${Array.from({ length: K }, (_, a) => outs.map((a2) => `o${a2} = o${a2} ${sign(a2, a)} c${a};`).join(' ')).join('\n        ')}
+        ${outs.map((a2) => `v[${a2}u * mb.P + b] = o${a2} * mb.invSqrtN;`).join(' ')}
+      }`;
+    }).join('\n      ');
+  return `fn mixK${K}(lid: u32, mb: M, transposeH: u32) {
+  let lp = firstTrailingBit(mb.P);
+  let T = max(1u, ${WG}u >> lp);
+  let part = lid >> lp;
+  for (var b0 = 0u; b0 < mb.P; b0 += ${WG}u) {
+    let b = b0 + (lid & (mb.P - 1u));
+    ${loads}
+    workgroupBarrier();
+    if (transposeH == 1u) {
+      ${chunks(true)}
+    } else {
+      ${chunks(false)}
+    }
+  }
+}`;
+}
+
+/**
+ * WGSL of `butterflyPass${R}(lid, mb, lp, lh)` (R = 2, 4 or 8): log2 R stages of the fast Walsh–Hadamard transform
+ * over each block of `P = 2^lp` values of `v`, strides `h = 2^lh` … `2^lh·R/2`, each invocation taking groups of R
+ * values `base + j·h` (the group's bits lh … lh + log2 R − 1 zero in `base`) into registers. The same butterflies
+ * (`s + t`, `s − t`) on the same values as one stage at a time, so the same results to the bit.
+ */
+function butterflyPassWgsl(R: number): string {
+  const r = Math.log2(R);
+  const js = Array.from({ length: R }, (_, j) => j);
+  const stages = Array.from({ length: r }, (_, st) =>
+    js
+      .filter((j) => (j & (1 << st)) === 0)
+      .map(
+        (j) =>
+          `let s${st}_${j} = e${j}; e${j} = s${st}_${j} + e${j + (1 << st)}; e${j + (1 << st)} = s${st}_${j} - e${j + (1 << st)};`,
+      )
+      .join(' '),
+  ).join('\n      ');
+  return `fn butterflyPass${R}(lid: u32, mb: M, lp: u32, lh: u32) {
+  let h = 1u << lh;
+  for (var g = lid; g < (mb.n >> ${r}u); g += ${WG}u) {
+    let gb = g & ((mb.P >> ${r}u) - 1u);
+    let base = ((g >> (lp - ${r}u)) << lp) + ((gb >> lh) << (lh + ${r}u)) + (gb & (h - 1u));
+    ${js.map((j) => `var e${j} = v[base + ${j}u * h];`).join(' ')}
+    ${stages}
+    ${js.map((j) => `v[base + ${j}u * h] = e${j};`).join(' ')}
+  }
+}`;
+}
+
 /**
  * The steps of the one-workgroup rotation kernels, over the workgroup array `v` (parameters `M` of
- * {@link ROTATION_PARAMS}) and the ±1 `H_K` table `hkb`: `butterflies(lid, mb)`, the fast Walsh–Hadamard transform
- * over each block of `P` (it has barriers: call it in uniform control flow), and `rotatedAt(mb, i, transform,
- * transposeH)`, value i after the `H_K` mix (transposed when `transposeH` is 1) times `1/√n`, or v_i itself without
- * the transform (`transform` 0); the kernels pass their uniform's flags.
+ * {@link ROTATION_PARAMS}) and the ±1 `H_K` table `hkb`: `rotateInPlace(lid, mb, transposeH)`, the fast
+ * Walsh–Hadamard transform over each block of `P` and, for K = 1 and the orders `mixKs` (see {@link unrolledMixKs}),
+ * the `H_K` mix across blocks (transposed when `transposeH` is 1) times `1/√n`, in `v` (it has barriers: call it in
+ * uniform control flow); and `rotatedAt(mb, i, transform, transposeH)`, value i after the rotation: v_i when the mix
+ * ran in place or without the transform (`transform` 0), else the mix of value i from `hkb` (orders above
+ * {@link UNROLLED_MIX_MAX_K}). The kernels pass their uniform's flags. The written-out mixes use
+ * `hadamardBase(K)` of @caldera/linalg, the matrix `hkb` holds; the same values either way, to the bit.
  */
-const ROTATION_STEPS_WGSL = /* wgsl */ `
+function rotationStepsWgsl(mixKs: readonly number[]): string {
+  const inPlace = ['1u', ...mixKs.map((k) => `${k}u`)].map((k) => `K == ${k}`).join(' || ');
+  return /* wgsl */ `
+${[8, 4, 2].map(butterflyPassWgsl).join('\n')}
 fn butterflies(lid: u32, mb: M) {
-  let half = mb.P / 2u;
-  for (var h = 1u; h < mb.P; h <<= 1u) {
-    for (var q = lid; q < mb.n / 2u; q += ${WG}u) {
-      let a = q / half;
-      let r = q % half;
-      let i = a * mb.P + (r / h) * (2u * h) + (r % h);
-      let s = v[i];
-      let t = v[i + h];
-      v[i] = s + t;
-      v[i + h] = s - t;
-    }
+  // P = 2^lp: passes of three stages (strides 2^lh, 2^(lh+1), 2^(lh+2)) on 8 values per invocation, then one of
+  // two stages or one: a barrier per pass, not per stage
+  let lp = firstTrailingBit(mb.P);
+  var lh = 0u;
+  for (; lh + 3u <= lp; lh += 3u) {
+    butterflyPass8(lid, mb, lp, lh);
     workgroupBarrier();
   }
+  if (lh + 2u == lp) {
+    butterflyPass4(lid, mb, lp, lh);
+    workgroupBarrier();
+  } else if (lh + 1u == lp) {
+    butterflyPass2(lid, mb, lp, lh);
+    workgroupBarrier();
+  }
+}
+fn mixesInPlace(K: u32) -> bool { return ${inPlace}; }
+fn mixK1(lid: u32, mb: M) {
+  for (var b = lid; b < mb.P; b += ${WG}u) { v[b] = (0.0 + v[b]) * mb.invSqrtN; }
+}
+${mixKs.map(unrolledMixWgsl).join('\n')}
+fn rotateInPlace(lid: u32, mb: M, transposeH: u32) {
+  butterflies(lid, mb);
+  if (mb.K == 1u) { mixK1(lid, mb); }${mixKs.map((k) => ` else if (mb.K == ${k}u) { mixK${k}(lid, mb, transposeH); }`).join('')}
+  workgroupBarrier();
 }
 fn hkAt(mb: M, a2: u32, a: u32, transposeH: u32) -> f32 {
   if (transposeH == 1u) { return hkb[mb.hkOff + a2 * mb.K + a]; }
   return hkb[mb.hkOff + a * mb.K + a2];
 }
 fn rotatedAt(mb: M, i: u32, transform: u32, transposeH: u32) -> f32 {
-  if (transform != 1u) { return v[i]; }
-  let a2 = i / mb.P;
-  let b = i % mb.P;
+  if (transform != 1u || mixesInPlace(mb.K)) { return v[i]; }
+  let lp = firstTrailingBit(mb.P);
+  let a2 = i >> lp;
+  let b = i & (mb.P - 1u);
   var acc = 0.0;
   var a = 0u;
   // 8 terms at a time, their loads first (a serial loop waited for each H_K read), added in order
@@ -401,6 +513,7 @@ fn rotatedAt(mb: M, i: u32, transform: u32, transposeH: u32) -> f32 {
   for (; a < mb.K; a++) { acc += hkAt(mb, a2, a, transposeH) * v[a * mb.P + b]; }
   return acc * mb.invSqrtN;
 }`;
+}
 
 /**
  * The rotation steps of CALDERA layers on one vector each, one workgroup per layer ("member" w = workgroup_id.x,
@@ -412,9 +525,15 @@ fn rotatedAt(mb: M, i: u32, transform: u32, transposeH: u32) -> f32 {
  * `post`, `bias` and `H_K` are read from the member's offsets. So one launch rotates one input for several layers
  * (q, k and v: `pre` their signs SU back to back, one output) or several layers' outputs (`post` their SV, an output
  * buffer each). `input` is what the load computes from `x` (see {@link RotationInputKind}; `aux` is bound after
- * `bias`). `maxN` sizes the workgroup array (4 bytes each; at least {@link WG} values with RMSNorm).
+ * `bias`). `maxN` sizes the workgroup array (4 bytes each; at least {@link WG} values with RMSNorm). `mixKs`: the
+ * orders whose `H_K` mix is written into the shader (see {@link unrolledMixKs}); other orders read it from `hkb`.
  */
-export function hadamardWgsl(maxN: number, outputs = 1, input: RotationInputKind = 'none'): string {
+export function hadamardWgsl(
+  maxN: number,
+  outputs = 1,
+  input: RotationInputKind = 'none',
+  mixKs: readonly number[] = [],
+): string {
   const outs = Array.from(
     { length: outputs },
     (_, k) => `@group(0) @binding(${5 + k}) var<storage, read_write> out${k}: array<f32>;`,
@@ -433,7 +552,7 @@ ${outs}
 @group(0) @binding(${5 + outputs}) var<storage, read> bias: array<f32>;
 var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, WG) : maxN}>;
 ${rotationInputWgsl(input, 'u.eps', 6 + outputs)}
-${ROTATION_STEPS_WGSL}
+${rotationStepsWgsl(mixKs)}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let mb = u.m[wid.x];
@@ -444,7 +563,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if (j < mb.nIn) { v[j] = inputAt(xo, j, scale) * pre[mb.preOff + j]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
-  if (u.transform == 1u) { butterflies(lid, mb); }
+  if (u.transform == 1u) { rotateInPlace(lid, mb, u.transposeH); }
   for (var i = lid; i < mb.outLen; i += ${WG}u) {
     ${outputValueWgsl('mb', 'u', 'post', 'bias')}
     let o = oo + i;
@@ -458,9 +577,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
  * residual stream `res`; no input computation) followed by the RMSNorm of the updated row ({@link RMSNORM_WGSL}, weight
  * `nw`, `u.eps`) into `normOut` (rows of `outLen`), in one launch of one workgroup per row: each invocation keeps its
  * values of `h' = h + rotation` in registers, so the norm reads no memory. The same operations in the same order as
- * the rotation and the RMSNorm launch (bit-identical on SwiftShader, tested). `maxN` sizes the workgroup array.
+ * the rotation and the RMSNorm launch (bit-identical on SwiftShader, tested). `maxN` sizes the workgroup array;
+ * `mixKs` as in {@link hadamardWgsl}.
  */
-export function rotationNormWgsl(maxN: number): string {
+export function rotationNormWgsl(maxN: number, mixKs: readonly number[] = []): string {
   const C = Math.ceil(maxN / WG);
   return /* wgsl */ `
 ${ROTATION_PARAMS}
@@ -470,7 +590,7 @@ ${ROTATION_BINDINGS}
 @group(0) @binding(7) var<storage, read> nw: array<f32>;
 @group(0) @binding(8) var<storage, read_write> normOut: array<f32>;
 var<workgroup> v: array<f32, ${Math.max(maxN, WG)}>;
-${ROTATION_STEPS_WGSL}
+${rotationStepsWgsl(mixKs)}
 ${normScaleWgsl('v', 'u.eps')}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -482,7 +602,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if (j < mb.nIn) { v[j] = x[xo + j] * pre[mb.preOff + j]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
-  if (u.transform == 1u) { butterflies(lid, mb); }
+  if (u.transform == 1u) { rotateInPlace(lid, mb, u.transposeH); }
   var hn: array<f32, ${C}>;
   var ss = 0.0;
   for (var c = 0u; c < ${C}u; c++) {
@@ -521,9 +641,9 @@ const ROPE_ROTATION_BINDINGS = /* wgsl */ `@group(0) @binding(3) var<storage, re
  * launch: each workgroup keeps its layer's output in workgroup memory, then RoPE at `step.pos + r` writes q (row r of
  * `q`) and k (the KV cache `ck` at that position), and v goes to `cv` unrotated. The same operations in the same
  * order as the rotation and the RoPE/KV launch (bit-identical on SwiftShader to both rotation paths, tested). `maxN`
- * sizes the workgroup array.
+ * sizes the workgroup array; `mixKs` as in {@link hadamardWgsl}.
  */
-export function rotationRopeKvWgsl(maxN: number): string {
+export function rotationRopeKvWgsl(maxN: number, mixKs: readonly number[] = []): string {
   const C = Math.ceil(maxN / WG);
   return /* wgsl */ `
 ${ROTATION_PARAMS}
@@ -536,7 +656,7 @@ ${ROPE_ROTATION_BINDINGS}
 @group(0) @binding(9) var<storage, read_write> ck: array<f32>;
 @group(0) @binding(10) var<storage, read_write> cv: array<f32>;
 var<workgroup> v: array<f32, ${maxN}>;
-${ROTATION_STEPS_WGSL}
+${rotationStepsWgsl(mixKs)}
 ${ROPE_PAIR_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -548,7 +668,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if (j < mb.nIn) { v[j] = x[xo + j]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
-  if (u.transform == 1u) { butterflies(lid, mb); }
+  if (u.transform == 1u) { rotateInPlace(lid, mb, u.transposeH); }
   var ys: array<f32, ${C}>;
   for (var c = 0u; c < ${C}u; c++) {
     let i = lid + c * ${WG}u;
@@ -641,16 +761,18 @@ function scoresSoftmaxWgsl(dot: string): string {
  * and k); the first query head of each KV group stores k and v in the cache, and every head uses its own copies for
  * the current position, so no workgroup reads what another writes. The same operations in the same order as
  * {@link rotationRopeKvWgsl} and then {@link ATTENTION_WGSL} (bit-identical on SwiftShader, tested); q is not
- * written. `maxN` sizes the workgroup array, `hd` the head size.
+ * written. `maxN` sizes the workgroup array, `hd` the head size; `mixKs` as in {@link hadamardWgsl}.
  */
-export function rotationAttentionWgsl(maxN: number, hd: number): string {
+export function rotationAttentionWgsl(maxN: number, hd: number, mixKs: readonly number[] = []): string {
+  const C = Math.ceil(maxN / WG);
+  // the vector's loads written out, issued together (see unrolled)
   const slice = (k: number, lo: string, dst: string) => `{
     let mb = u.m[${k}u];
-    for (var j = lid; j < mb.n; j += ${WG}u) {
-      if (j < mb.nIn) { v[j] = x[mb.xOff + j]; } else { v[j] = 0.0; }
-    }
+    let lastIn = mb.nIn - 1u;
+    ${unrolled(C, (c) => `let s${c} = x[mb.xOff + min(lid + ${c * WG}u, lastIn)];`)}
+    ${unrolled(C, (c) => `if (lid + ${c * WG}u < mb.n) { v[lid + ${c * WG}u] = select(0.0, s${c}, lid + ${c * WG}u < mb.nIn); }`)}
     workgroupBarrier();
-    if (u.transform == 1u) { butterflies(lid, mb); }
+    if (u.transform == 1u) { rotateInPlace(lid, mb, u.transposeH); }
     if (lid < ${hd}u) {
       let i = ${lo} + lid;
       ${outputValueWgsl('mb', 'u', 'post', 'bias')}
@@ -673,7 +795,7 @@ var<workgroup> qh: array<f32, ${hd}>;
 var<workgroup> kh: array<f32, ${hd}>;
 var<workgroup> vh: array<f32, ${hd}>;
 var<workgroup> red: array<f32, ${WG}>;
-${ROTATION_STEPS_WGSL}
+${rotationStepsWgsl(mixKs)}
 ${ROPE_PAIR_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -1300,26 +1422,56 @@ export function inputProjectionBindings(
 }
 
 /**
+ * Most values per invocation (`C`) for which the one-launch input step reads a vector's multipliers and biases (and
+ * the residual stream, RMSNorm weights and signs) with its first reads, before the rotation, rather than when it
+ * uses them: every read then waits once, at the cost of registers held through the rotation (C = 8 for 2048 values).
+ */
+const EARLY_READS_MAX_C = 8;
+
+/**
  * WGSL statements of {@link inputProjectionWgsl} finishing member `k` of the pending output rotation (uniform `pu`)
  * for row `r`: its raw row from `src` rotated in `v`, then for each value `i = lid + c·WG` below its `outLen` the
- * output value `y` (as {@link hadamardWgsl} computes it) handed to `use`; ends with a barrier (`v` is free again).
+ * output value `y` (as {@link hadamardWgsl} computes it) handed to `use(c)`, after `preload(c)` (statements that
+ * read memory, run for every c at a clamped index); ends with a barrier (`v` is free again). Written out over the
+ * `C` values of each invocation, every read first (see {@link unrolled}).
  */
-function pendingOutputWgsl(k: string, src: string, C: number, use: string): string {
+function pendingOutputWgsl(
+  k: string,
+  src: string,
+  C: number,
+  use: (c: number) => string,
+  preload: (c: number) => string = () => '',
+): string {
+  // with few values per invocation the multipliers, biases and preload are read with the raw row (one wait for all)
+  const early = C <= EARLY_READS_MAX_C;
+  const reads = unrolled(
+    C,
+    (c) => `let p${c} = prevPost[mo.postOff + min(lid + ${c * WG}u, lastOut)];
+    let b${c} = prevBias[mo.biasOff + min(lid + ${c * WG}u, lastOut)];
+    ${preload(c)}`,
+  );
   return `{
     let mo = pu.m[${k}];
     let ro = r * pu.xStride + mo.xOff;
-    for (var j = lid; j < mo.n; j += ${WG}u) {
-      if (j < mo.nIn) { v[j] = ${src}[ro + j]; } else { v[j] = 0.0; }
-    }
+    let lastIn = mo.nIn - 1u;
+    let lastOut = mo.outLen - 1u;
+    ${unrolled(C, (c) => `let s${c} = ${src}[ro + min(lid + ${c * WG}u, lastIn)];`)}
+    ${early ? reads : ''}
+    ${unrolled(C, (c) => `if (lid + ${c * WG}u < mo.n) { v[lid + ${c * WG}u] = select(0.0, s${c}, lid + ${c * WG}u < mo.nIn); }`)}
     workgroupBarrier();
-    if (pu.transform == 1u) { butterflies(lid, mo); }
-    for (var c = 0u; c < ${C}u; c++) {
-      let i = lid + c * ${WG}u;
+    if (pu.transform == 1u) { rotateInPlace(lid, mo, pu.transposeH); }
+    ${early ? '' : reads}
+    ${unrolled(
+      C,
+      (c) => `{
+      let i = lid + ${c * WG}u;
       if (i < mo.outLen) {
-        ${outputValueWgsl('mo', 'pu', 'prevPost', 'prevBias')}
-        ${use}
+        var y = mo.gscale * (rotatedAt(mo, i, pu.transform, pu.transposeH) * p${c});
+        if (mo.hasBias == 1u) { y += b${c}; }
+        ${use(c)}
       }
-    }
+    }`,
+    )}
     workgroupBarrier();
   }`;
 }
@@ -1330,8 +1482,9 @@ function pendingOutputWgsl(k: string, src: string, C: number, use: string): stri
  * {@link e8pMatvecWgsl} (no low-rank term), with the same operations in the same order as the two launches it
  * replaces (bit-identical on SwiftShader, tested; a GPU compiler could still fuse a multiply-add differently in two
  * shaders). Member w (parameters `u.m[w]` as in the rotation, `pr.seg[w]` for R̂) takes
- * workgroups `seg.wg0 …` along x: each computes the member's whole `x'` in workgroup memory (the H_K mix through
- * registers, `maxN/WG` values per invocation) and then its block of R̂'s rows (8 with 32 lanes per row, {@link WG}
+ * workgroups `seg.wg0 …` along x: each computes the member's whole `x'` in workgroup memory (the H_K mix in place
+ * for the orders `mixKs`, written out as in {@link hadamardWgsl}, else through registers, `maxN/WG` values per
+ * invocation) and then its block of R̂'s rows (8 with 32 lanes per row, {@link WG}
  * with one) from there; the member's first workgroup also writes `x'` to `rot` for the Q̂ kernel. A member without
  * lattice factors (`k` = 0) takes one workgroup. The E8P source table (and the E81B table of an `rvq3` R̂) come from
  * the uniform `tables` (see {@link e8pTablesUniform}), copied into workgroup memory with 32 lanes per row (4 KiB, and
@@ -1357,6 +1510,7 @@ export function inputProjectionWgsl(
   lanes: Lanes,
   input: RotationInputKind,
   prev: PreviousStep = 'none',
+  mixKs: readonly number[] = [],
 ): string {
   const residual = prev === 'residual';
   const rvq4 = codec === 'rvq4';
@@ -1378,6 +1532,15 @@ export function inputProjectionWgsl(
     prevBias: 'array<f32>',
     hOut: 'array<f32>',
   };
+  // the residual step's RMSNorm weights and signs: read before the layer before is finished where few (see
+  // EARLY_READS_MAX_C), else when used
+  const residualInputReads = `let lastIn = mb.nIn - 1u;
+  ${unrolled(
+    C,
+    (c) => `let a${c} = aux[min(lid + ${c * WG}u, lastIn)];
+  let q${c} = pre[mb.preOff + min(lid + ${c * WG}u, lastIn)];`,
+    '\n  ',
+  )}`;
   const names = inputProjectionBindings(codec, input, prev);
   const written = ['rot', 'z', 'hOut'];
   // aux is declared by rotationInputWgsl
@@ -1406,7 +1569,7 @@ fn pairs(a: u32) -> vec4<u32> { return ${lanes === 1 ? 'tables.pairs[a]' : 'tbl[
 fn e81bAt(i: u32) -> f32 { return ${e81bLocal ? 'e81bw[i]' : 'tables.e81b[i >> 2u][i & 3u]'}; }
 ${E8P_DECODE_WGSL}
 ${rvq3 ? E81B_DOT_WGSL : ''}
-${ROTATION_STEPS_WGSL}
+${rotationStepsWgsl(mixKs)}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   ${lanes === 1 ? '' : 'tbl[lid] = tables.pairs[lid];'}
@@ -1421,52 +1584,79 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   ${
     residual
       ? `// the layer before: h' = h + its rotated output (h at xo: its output offsets are this step's input offsets)
+  ${C <= EARLY_READS_MAX_C ? residualInputReads : ''}
   var hn: array<f32, ${C}>;
-  ${pendingOutputWgsl('0u', 'prevOut', C, 'y += x[xo + i];\n      hn[c] = y;')}
+  ${pendingOutputWgsl(
+    '0u',
+    'prevOut',
+    C,
+    (c) => `y += h${c};\n        hn[${c}] = y;`,
+    (c) => `let h${c} = x[xo + min(lid + ${c * WG}u, lastOut)];`,
+  )}
   var ss = 0.0;
-  for (var c = 0u; c < ${C}u; c++) {
-    let i = lid + c * ${WG}u;
-    if (i < pu.m[0].outLen && wid.x == 0u) { hOut[xo + i] = hn[c]; }
-    if (i < mb.nIn) { ss += hn[c] * hn[c]; }
-  }
+  ${unrolled(
+    C,
+    (c) => `if (lid + ${c * WG}u < pu.m[0].outLen && wid.x == 0u) { hOut[xo + lid + ${c * WG}u] = hn[${c}]; }
+    if (lid + ${c * WG}u < mb.nIn) { ss += hn[${c}] * hn[${c}]; }`,
+    '\n  ',
+  )}
   let scale = normScale(ss, mb.nIn, lid);
-  for (var c = 0u; c < ${C}u; c++) {
-    let j = lid + c * ${WG}u;
-    if (j < mb.n) {
-      if (j < mb.nIn) { v[j] = hn[c] * scale * aux[j] * pre[mb.preOff + j]; } else { v[j] = 0.0; }
-    }
-  }`
+  ${C <= EARLY_READS_MAX_C ? '' : residualInputReads}
+  ${unrolled(
+    C,
+    (c) => `if (lid + ${c * WG}u < mb.n) {
+    if (lid + ${c * WG}u < mb.nIn) { v[lid + ${c * WG}u] = hn[${c}] * scale * a${c} * q${c}; } else { v[lid + ${c * WG}u] = 0.0; }
+  }`,
+    '\n  ',
+  )}`
       : prev === 'gate'
         ? `// the gate and up layers before: their rotated outputs (members 0 and 1 of pu, rows of x), then silu(gate)·up
   var gv: array<f32, ${C}>;
   var uv: array<f32, ${C}>;
-  ${pendingOutputWgsl('0u', 'x', C, 'gv[c] = y;')}
-  ${pendingOutputWgsl('1u', 'x', C, 'uv[c] = y;')}
-  for (var c = 0u; c < ${C}u; c++) {
-    let j = lid + c * ${WG}u;
-    if (j < mb.n) {
-      if (j < mb.nIn) { let g = gv[c]; v[j] = g / (1.0 + exp(-g)) * uv[c] * pre[mb.preOff + j]; } else { v[j] = 0.0; }
-    }
-  }`
+  ${pendingOutputWgsl('0u', 'x', C, (c) => `gv[${c}] = y;`)}
+  ${pendingOutputWgsl('1u', 'x', C, (c) => `uv[${c}] = y;`)}
+  let lastIn = mb.nIn - 1u;
+  ${unrolled(C, (c) => `let q${c} = pre[mb.preOff + min(lid + ${c * WG}u, lastIn)];`, '\n  ')}
+  ${unrolled(
+    C,
+    (c) => `if (lid + ${c * WG}u < mb.n) {
+    if (lid + ${c * WG}u < mb.nIn) { let g = gv[${c}]; v[lid + ${c * WG}u] = g / (1.0 + exp(-g)) * uv[${c}] * q${c}; } else { v[lid + ${c * WG}u] = 0.0; }
+  }`,
+    '\n  ',
+  )}`
         : `let scale = inputScale(xo, mb.nIn, lid);
-  for (var j = lid; j < mb.n; j += ${WG}u) {
-    if (j < mb.nIn) { v[j] = inputAt(xo, j, scale) * pre[mb.preOff + j]; } else { v[j] = 0.0; }
-  }`
+  let lastIn = mb.nIn - 1u;
+  ${unrolled(
+    C,
+    (c) => `let a${c} = inputAt(xo, min(lid + ${c * WG}u, lastIn), scale);
+  let q${c} = pre[mb.preOff + min(lid + ${c * WG}u, lastIn)];`,
+    '\n  ',
+  )}
+  ${unrolled(
+    C,
+    (c) => `if (lid + ${c * WG}u < mb.n) {
+    if (lid + ${c * WG}u < mb.nIn) { v[lid + ${c * WG}u] = a${c} * q${c}; } else { v[lid + ${c * WG}u] = 0.0; }
+  }`,
+    '\n  ',
+  )}`
   }
   workgroupBarrier();
   if (u.transform == 1u) {
-    butterflies(lid, mb);
-    var mixed: array<f32, ${C}>;
-    for (var c = 0u; c < ${C}u; c++) {
-      let i = lid + c * ${WG}u;
-      if (i < mb.n) { mixed[c] = rotatedAt(mb, i, u.transform, u.transposeH); }
+    rotateInPlace(lid, mb, u.transposeH);
+    // an order without a written-out mix: each value's mix from hkb into registers, then back into v
+    if (!mixesInPlace(mb.K)) {
+      var mixed: array<f32, ${C}>;
+      for (var c = 0u; c < ${C}u; c++) {
+        let i = lid + c * ${WG}u;
+        if (i < mb.n) { mixed[c] = rotatedAt(mb, i, u.transform, u.transposeH); }
+      }
+      workgroupBarrier();
+      for (var c = 0u; c < ${C}u; c++) {
+        let i = lid + c * ${WG}u;
+        if (i < mb.n) { v[i] = mixed[c]; }
+      }
+      workgroupBarrier();
     }
-    workgroupBarrier();
-    for (var c = 0u; c < ${C}u; c++) {
-      let i = lid + c * ${WG}u;
-      if (i < mb.n) { v[i] = mixed[c]; }
-    }
-    workgroupBarrier();
   }
   if (blk == 0u) {
     let oo = r * mb.outStride + mb.outOff;
