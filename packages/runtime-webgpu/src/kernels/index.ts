@@ -246,9 +246,9 @@ function codeIndex(bytes: number, plane2Codec: LatticeCodec | null, what: string
   return bytes / size;
 }
 
-/** The part of a rotation pipeline's cache key that names its written-out `H_K` mixes (see {@link unrolledMixKs}). */
-function mixKeyOf(members: readonly { K: number }[]): string {
-  return unrolledMixKs(members.map((m) => m.K)).join('.');
+/** The orders of `members` whose `H_K` mix a rotation kernel writes out (see {@link unrolledMixKs}). */
+function mixKsOf(members: readonly { K: number }[]): number[] {
+  return unrolledMixKs(members.map((m) => m.K));
 }
 
 /** One recorded kernel launch: replayed into a compute pass as often as needed. */
@@ -615,12 +615,11 @@ export class Kernels {
     if (m.n > this.maxLocalHadamard || words * 4 > this.dev.maxWorkgroupStorage)
       return [...this.rotate(o), this.rmsNorm(res, norm.weight, norm.out, m.outLen, norm.eps)];
     if (m.biasOff !== null) this.boundBias(o.bias);
+    const mixKs = mixKsOf([m]);
     return [
       this.make(
         `hadamard n=${m.n} K=${m.K}${o.transpose ? ' T' : ''} +rmsnorm`,
-        this.pipeline(`hadamard_norm_${words}_k${mixKeyOf([m])}`, () =>
-          rotationNormWgsl(words, unrolledMixKs([m.K])),
-        ),
+        this.pipeline(`hadamard_norm_${words}_k${mixKs.join('.')}`, () => rotationNormWgsl(words, mixKs)),
         [
           this.uniform(this.rotationFields(o, o.members, norm.eps), 'rotation params'),
           o.x,
@@ -673,6 +672,7 @@ export class Kernels {
       return [...this.rotate({ ...o, pre: o.ones }), ...this.ropeKvAttention({ ...rope, q, k, v })];
     for (const m of o.members) if (m.biasOff !== null) this.boundBias(o.bias);
     const att = rope.attention;
+    const mixKs = mixKsOf(o.members);
     // the buffers both one-launch forms read after their parameters: raw rows, SV, H_K, biases, cos/sin
     const rotationInputs = [o.x, o.post, o.hk, o.bias ?? o.dummy, rope.cs];
     // with attention, one activation row, a head that fits a workgroup and the workgroup arrays in memory: one launch
@@ -687,8 +687,8 @@ export class Kernels {
         this.oneRow(
           this.make(
             `hadamard n=${maxN} T ×3 +rope+kv+attention`,
-            this.pipeline(`hadamard_attention_${words}_${rope.hd}_k${mixKeyOf(o.members)}`, () =>
-              rotationAttentionWgsl(words, rope.hd, unrolledMixKs(o.members.map((m) => m.K))),
+            this.pipeline(`hadamard_attention_${words}_${rope.hd}_k${mixKs.join('.')}`, () =>
+              rotationAttentionWgsl(words, rope.hd, mixKs),
             ),
             [
               this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),
@@ -708,8 +708,8 @@ export class Kernels {
     return [
       this.make(
         `hadamard n=${maxN} T ×3 +rope+kv`,
-        this.pipeline(`hadamard_rope_kv_${words}_k${mixKeyOf(o.members)}`, () =>
-          rotationRopeKvWgsl(words, unrolledMixKs(o.members.map((m) => m.K))),
+        this.pipeline(`hadamard_rope_kv_${words}_k${mixKs.join('.')}`, () =>
+          rotationRopeKvWgsl(words, mixKs),
         ),
         [
           this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),
@@ -845,8 +845,9 @@ export class Kernels {
     const bucket = Math.min(Math.max(256, 2 ** Math.ceil(Math.log2(maxN))), this.maxLocalHadamard);
     const S = o.outs.length;
     const input = inputOf(o);
-    const p = this.pipeline(`hadamard_${bucket}_${S}_${input.kind}_k${mixKeyOf(o.members)}`, () =>
-      hadamardWgsl(bucket, S, input.kind, unrolledMixKs(o.members.map((m) => m.K))),
+    const mixKs = mixKsOf(o.members);
+    const p = this.pipeline(`hadamard_${bucket}_${S}_${input.kind}_k${mixKs.join('.')}`, () =>
+      hadamardWgsl(bucket, S, input.kind, mixKs),
     );
     const m0 = o.members[0]!;
     return this.make(
@@ -1276,18 +1277,10 @@ export class Kernels {
     while (seg.length < 8 * ROTATION_MAX_MEMBERS) seg.push(['u32', 0]);
     const input = inputOf(rotation);
     // the orders of this step's rotation and of the pending one
-    const rotated = [{ K }, ...(prev.pending?.members ?? [])];
+    const mixKs = mixKsOf([{ K }, ...(prev.pending?.members ?? [])]);
     const p = this.pipeline(
-      `project_${words}_${c.codec}_${this.lanes}_${input.kind}_${prev.kind}_k${mixKeyOf(rotated)}`,
-      () =>
-        inputProjectionWgsl(
-          words,
-          c.codec,
-          this.lanes,
-          input.kind,
-          prev.kind,
-          unrolledMixKs(rotated.map((m) => m.K)),
-        ),
+      `project_${words}_${c.codec}_${this.lanes}_${input.kind}_${prev.kind}_k${mixKs.join('.')}`,
+      () => inputProjectionWgsl(words, c.codec, this.lanes, input.kind, prev.kind, mixKs),
     );
     // the pending rotation's members as the kernel reads them (gate first in the gate step)
     const pendingMembers = o.gate

@@ -362,11 +362,30 @@ const ROTATION_BINDINGS = /* wgsl */ `
 
 /**
  * WGSL statements declaring `var y`, output value `i` of member `mb` after its rotation (see {@link rotationStepsWgsl};
- * flags from the uniform `params`): `gscale·(rotated·post) (+ bias)`, with the kernel's multiplier and bias arrays.
+ * flags from the uniform `params`): `gscale·(rotated·post) (+ bias)`, with `post` and `bias` the WGSL expressions of
+ * value i's multiplier and bias (default: read from the kernel's `post` and `bias` arrays at the member's offsets).
  */
-function outputValueWgsl(mb: string, params: string, post: string, bias: string): string {
-  return `var y = ${mb}.gscale * (rotatedAt(${mb}, i, ${params}.transform, ${params}.transposeH) * ${post}[${mb}.postOff + i]);
-      if (${mb}.hasBias == 1u) { y += ${bias}[${mb}.biasOff + i]; }`;
+function outputValueWgsl(
+  mb: string,
+  params: string,
+  post = `post[${mb}.postOff + i]`,
+  bias = `bias[${mb}.biasOff + i]`,
+): string {
+  return `var y = ${mb}.gscale * (rotatedAt(${mb}, i, ${params}.transform, ${params}.transposeH) * ${post});
+      if (${mb}.hasBias == 1u) { y += ${bias}; }`;
+}
+
+/**
+ * WGSL statements storing an invocation's `C` values of member `mb`'s input vector into `v` (see {@link unrolled}):
+ * value `lid + c·WG` below `mb.n` is `value(c)` (a WGSL expression) below `mb.nIn`, zero past it (the padding).
+ */
+function vectorIntoWgsl(C: number, mb: string, value: (c: number) => string, sep = '\n    '): string {
+  return unrolled(
+    C,
+    (c) =>
+      `if (lid + ${c * WG}u < ${mb}.n) { v[lid + ${c * WG}u] = select(0.0, ${value(c)}, lid + ${c * WG}u < ${mb}.nIn); }`,
+    sep,
+  );
 }
 
 /** Largest `H_K` order whose mix the rotation kernels write out with its signs in the shader (2·K² terms of code). */
@@ -565,7 +584,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   workgroupBarrier();
   if (u.transform == 1u) { rotateInPlace(lid, mb, u.transposeH); }
   for (var i = lid; i < mb.outLen; i += ${WG}u) {
-    ${outputValueWgsl('mb', 'u', 'post', 'bias')}
+    ${outputValueWgsl('mb', 'u')}
     let o = oo + i;
     ${store}
   }
@@ -608,7 +627,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   for (var c = 0u; c < ${C}u; c++) {
     let i = lid + c * ${WG}u;
     if (i < mb.outLen) {
-      ${outputValueWgsl('mb', 'u', 'post', 'bias')}
+      ${outputValueWgsl('mb', 'u')}
       y += res[oo + i];
       res[oo + i] = y;
       hn[c] = y;
@@ -673,7 +692,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   for (var c = 0u; c < ${C}u; c++) {
     let i = lid + c * ${WG}u;
     if (i < mb.outLen) {
-      ${outputValueWgsl('mb', 'u', 'post', 'bias')}
+      ${outputValueWgsl('mb', 'u')}
       ys[c] = y;
     }
   }
@@ -770,12 +789,12 @@ export function rotationAttentionWgsl(maxN: number, hd: number, mixKs: readonly 
     let mb = u.m[${k}u];
     let lastIn = mb.nIn - 1u;
     ${unrolled(C, (c) => `let s${c} = x[mb.xOff + min(lid + ${c * WG}u, lastIn)];`)}
-    ${unrolled(C, (c) => `if (lid + ${c * WG}u < mb.n) { v[lid + ${c * WG}u] = select(0.0, s${c}, lid + ${c * WG}u < mb.nIn); }`)}
+    ${vectorIntoWgsl(C, 'mb', (c) => `s${c}`)}
     workgroupBarrier();
     if (u.transform == 1u) { rotateInPlace(lid, mb, u.transposeH); }
     if (lid < ${hd}u) {
       let i = ${lo} + lid;
-      ${outputValueWgsl('mb', 'u', 'post', 'bias')}
+      ${outputValueWgsl('mb', 'u')}
       ${dst}[lid] = y;
     }
     workgroupBarrier();
@@ -1457,7 +1476,7 @@ function pendingOutputWgsl(
     let lastOut = mo.outLen - 1u;
     ${unrolled(C, (c) => `let s${c} = ${src}[ro + min(lid + ${c * WG}u, lastIn)];`)}
     ${early ? reads : ''}
-    ${unrolled(C, (c) => `if (lid + ${c * WG}u < mo.n) { v[lid + ${c * WG}u] = select(0.0, s${c}, lid + ${c * WG}u < mo.nIn); }`)}
+    ${vectorIntoWgsl(C, 'mo', (c) => `s${c}`)}
     workgroupBarrier();
     if (pu.transform == 1u) { rotateInPlace(lid, mo, pu.transposeH); }
     ${early ? '' : reads}
@@ -1466,8 +1485,7 @@ function pendingOutputWgsl(
       (c) => `{
       let i = lid + ${c * WG}u;
       if (i < mo.outLen) {
-        var y = mo.gscale * (rotatedAt(mo, i, pu.transform, pu.transposeH) * p${c});
-        if (mo.hasBias == 1u) { y += b${c}; }
+        ${outputValueWgsl('mo', 'pu', `p${c}`, `b${c}`)}
         ${use(c)}
       }
     }`,
@@ -1602,13 +1620,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   )}
   let scale = normScale(ss, mb.nIn, lid);
   ${C <= EARLY_READS_MAX_C ? '' : residualInputReads}
-  ${unrolled(
-    C,
-    (c) => `if (lid + ${c * WG}u < mb.n) {
-    if (lid + ${c * WG}u < mb.nIn) { v[lid + ${c * WG}u] = hn[${c}] * scale * a${c} * q${c}; } else { v[lid + ${c * WG}u] = 0.0; }
-  }`,
-    '\n  ',
-  )}`
+  ${vectorIntoWgsl(C, 'mb', (c) => `hn[${c}] * scale * a${c} * q${c}`, '\n  ')}`
       : prev === 'gate'
         ? `// the gate and up layers before: their rotated outputs (members 0 and 1 of pu, rows of x), then silu(gate)·up
   var gv: array<f32, ${C}>;
@@ -1617,13 +1629,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   ${pendingOutputWgsl('1u', 'x', C, (c) => `uv[${c}] = y;`)}
   let lastIn = mb.nIn - 1u;
   ${unrolled(C, (c) => `let q${c} = pre[mb.preOff + min(lid + ${c * WG}u, lastIn)];`, '\n  ')}
-  ${unrolled(
-    C,
-    (c) => `if (lid + ${c * WG}u < mb.n) {
-    if (lid + ${c * WG}u < mb.nIn) { let g = gv[${c}]; v[lid + ${c * WG}u] = g / (1.0 + exp(-g)) * uv[${c}] * q${c}; } else { v[lid + ${c * WG}u] = 0.0; }
-  }`,
-    '\n  ',
-  )}`
+  ${vectorIntoWgsl(C, 'mb', (c) => `gv[${c}] / (1.0 + exp(-gv[${c}])) * uv[${c}] * q${c}`, '\n  ')}`
         : `let scale = inputScale(xo, mb.nIn, lid);
   let lastIn = mb.nIn - 1u;
   ${unrolled(
@@ -1632,13 +1638,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let q${c} = pre[mb.preOff + min(lid + ${c * WG}u, lastIn)];`,
     '\n  ',
   )}
-  ${unrolled(
-    C,
-    (c) => `if (lid + ${c * WG}u < mb.n) {
-    if (lid + ${c * WG}u < mb.nIn) { v[lid + ${c * WG}u] = a${c} * q${c}; } else { v[lid + ${c * WG}u] = 0.0; }
-  }`,
-    '\n  ',
-  )}`
+  ${vectorIntoWgsl(C, 'mb', (c) => `a${c} * q${c}`, '\n  ')}`
   }
   workgroupBarrier();
   if (u.transform == 1u) {
