@@ -4,7 +4,8 @@
  *   (packages/reference-model, 4 blocks, hidden 256, dense f16) and of a CALDERA-compressed copy of it (every linear:
  *   Q 2-bit E8P12, rank 16, L/R 4-bit; one outer/inner iteration, built here in a temporary directory), each next to
  *   runtime-node on the same checkpoint (`refs.runtime_node`) with the share of identical greedy tokens
- *   (`refs.agreement`).
+ *   (`refs.agreement`), and the rate of one-at-a-time steps (`refs.one_at_a_time_tok_s`: each token read back before
+ *   the next pass is submitted, where `generate()` keeps the GPU a pass ahead) with whether its tokens are the same.
  * - `webgpu_prefill_caldera_tok_s`: a prompt through the CALDERA copy in batches of 32 rows, next to the same prompt
  *   token by token (`refs.token_by_token`, prefillChunk 1).
  * - `webgpu_matvec_caldera_gbs`: the memory-bandwidth roofline of the compressed matvec (bench/roofline.ts): weight
@@ -17,9 +18,10 @@
  *   round trip of one token (`refs.round_trip_us`): a step's fixed costs.
  * - `webgpu_decode_random_<shape>_caldera_tok_s` and `…_f16_tok_s`: decode tokens/s of a random-weight Llama-shaped
  *   model (bench/random-model.ts; `1b`: TinyLlama-1.1B's shape, CALDERA rank 64) in both forms, with the rate its
- *   launches and round trip alone would allow (`refs.launch_bound_tok_s`); with `shader-f16` CALDERA decodes with f16
- *   Q̂ products and again in f32 (`refs.f32_products_tok_s`). Default: `1b` on a
- *   GPU in a full run, none on a CPU adapter or with `--quick`; `--random-model tiny|1b|none` overrides.
+ *   launches and round trip alone would allow (`refs.launch_bound_tok_s`) and the rates of one-at-a-time steps
+ *   (`refs.one_at_a_time_tok_s`, `refs.f16_one_at_a_time_tok_s`); with `shader-f16` CALDERA decodes with f16 Q̂
+ *   products and again in f32 (`refs.f32_products_tok_s`). Default: `1b` on a GPU in a full run, none on a CPU adapter
+ *   or with `--quick`; `--random-model tiny|1b|none` overrides.
  * `--quick`: 16 decoded tokens instead of 64, a 32-token prompt instead of 128, a quarter of the roofline bytes.
  * `--lanes 1|32`: lanes per row of the matrix kernels instead of the adapter's default.
  * Without a GPU (SwiftShader) the numbers are only a record. `CALDERA_DAWN_TOGGLES=vulkan_enable_f16_on_nvidia` lets
@@ -97,10 +99,26 @@ async function compress(dir: string): Promise<void> {
     await copyFile(join(REF, f), join(dir, f));
 }
 
-/** Greedy decode tokens/s of a loaded model: a warm-up (pipeline compilation), then `TOKENS` tokens. */
-async function decodeRate(model: WebGpuModel, prompt = PROMPT): Promise<{ tokens: number[]; tokS: number }> {
+/**
+ * Greedy decode tokens/s of a loaded model: a warm-up (pipeline compilation), then `TOKENS` tokens of `generate()`
+ * (the GPU a pass ahead of the host), and (`oneAtATimeTokS`) as many of `model.step(…, 'argmax')`, each token read
+ * back before the next pass is submitted: what pipelining gains. `same` says whether both gave the same tokens.
+ */
+async function decodeRate(
+  model: WebGpuModel,
+  prompt = PROMPT,
+): Promise<{ tokens: number[]; tokS: number; oneAtATimeTokS: number; same: boolean }> {
   await timed(generate(model, prompt, { maxTokens: 4 }));
-  return timed(generate(model, prompt, { maxTokens: TOKENS }));
+  const g = await timed(generate(model, prompt, { maxTokens: TOKENS }));
+  model.reset();
+  await model.prefill(prompt.slice(0, -1));
+  let last = prompt[prompt.length - 1]!;
+  const one = await timed(
+    (async function* () {
+      for (let n = 0; n < TOKENS; n++) yield (last = await model.step(last, 'argmax'));
+    })(),
+  );
+  return { ...g, oneAtATimeTokS: one.tokS, same: one.tokens.join() === g.tokens.join() };
 }
 
 async function timed(gen: AsyncIterable<number>): Promise<{ tokens: number[]; tokS: number }> {
@@ -155,6 +173,8 @@ try {
     emit(name, g.tokS, 'tok/s', {
       runtime_node: r4(c.tokS),
       agreement: agree,
+      one_at_a_time_tok_s: r4(g.oneAtATimeTokS),
+      same_tokens_one_at_a_time: g.same,
       bits_per_weight: r4(linearBitsPerWeight),
       weight_bytes: model.weightBytes,
       dispatches_per_token: model.dispatchesPerToken,
@@ -221,7 +241,14 @@ try {
     const shape = SHAPES[shapeName as keyof typeof SHAPES];
     const rates: Record<
       string,
-      { tokS: number; bytes: number; bits: number; launches: number; f16: boolean }
+      {
+        tokS: number;
+        oneAtATimeTokS: number;
+        bytes: number;
+        bits: number;
+        launches: number;
+        f16: boolean;
+      }
     > = {};
     for (const kind of ['f16', 'caldera'] as const) {
       const path = join(dir, `random-${kind}`);
@@ -236,9 +263,10 @@ try {
           ...(name === 'caldera-f32' ? { f16: false } : {}),
         });
         const prompt = PROMPT.map((t) => t % shape.vocab);
-        const tokS = (await decodeRate(model, prompt)).tokS;
+        const { tokS, oneAtATimeTokS } = await decodeRate(model, prompt);
         rates[name] = {
           tokS,
+          oneAtATimeTokS,
           bytes: model.weightBytes,
           bits: linearBitsPerWeight,
           launches: model.dispatchesPerToken,
@@ -252,6 +280,7 @@ try {
     const c = rates.caldera!;
     const common = { parameters: parameterCount(shape), tokens: TOKENS, adapter: device.description };
     emit(`webgpu_decode_random_${shapeName}_f16_tok_s`, f.tokS, 'tok/s', {
+      one_at_a_time_tok_s: r4(f.oneAtATimeTokS),
       weight_bytes: f.bytes,
       dispatches_per_token: f.launches,
       launch_bound_tok_s: r4(launchFloor(f.launches)),
@@ -260,6 +289,8 @@ try {
     emit(`webgpu_decode_random_${shapeName}_caldera_tok_s`, c.tokS, 'tok/s', {
       f16: r4(f.tokS),
       speedup_vs_f16: r4(c.tokS / f.tokS),
+      one_at_a_time_tok_s: r4(c.oneAtATimeTokS),
+      f16_one_at_a_time_tok_s: r4(f.oneAtATimeTokS),
       weight_bytes: c.bytes,
       f16_weight_bytes: f.bytes,
       bits_per_weight: r4(c.bits),

@@ -14,9 +14,12 @@ async function collect(it: AsyncIterable<number>): Promise<number[]> {
   return out;
 }
 
-/** {@link tinyModel} on the test device with a KV cache of `contextLength` tokens and prefill batches of 2. */
-async function loadTinyModel(contextLength: number) {
-  const { config, tensors, layers } = tinyModel();
+/**
+ * {@link tinyModel} on the test device with a KV cache of `contextLength` tokens and prefill batches of 2 (`lmHeadStd`:
+ * its untied LM head's spread).
+ */
+async function loadTinyModel(contextLength: number, lmHeadStd?: number) {
+  const { config, tensors, layers } = tinyModel(lmHeadStd === undefined ? {} : { lmHeadStd });
   const weights = await serializeSafetensors(tensors);
   const calderaMeta = calderaCheckpointMeta(layers);
   return (
@@ -229,6 +232,90 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
       );
       model.stepBatch = passes;
       expect(ran).toBe(0);
+    } finally {
+      model.dispose();
+    }
+  });
+
+  it('greedy decoding runs a pass ahead of the host (decodeGreedy): the tokens and the cached sequence are those of one-at-a-time steps, also when the consumer stops early, aborts, meets a stop token or string, or another call takes the sequence over', async () => {
+    // an untied head: greedy tokens that change from one to the next (the tied one repeats the prompt's last)
+    const model = await loadTinyModel(32, 1);
+    try {
+      const prompt = [1, 29, 3, 3, 17];
+      // the reference: one step at a time, each reading its argmax back before the next is submitted
+      const oneByOne: number[] = [];
+      await model.prefill(prompt.slice(0, -1));
+      let last = prompt.at(-1)!;
+      for (let n = 0; n < 10; n++) oneByOne.push((last = await model.step(last, 'argmax')));
+      // what generate() leaves in the cache after yielding k tokens: the prompt and every token yielded but the last
+      const after = (k: number) => [...prompt, ...oneByOne.slice(0, k - 1)];
+
+      expect(await collect(generate(model, prompt, { maxTokens: 10 }))).toEqual(oneByOne);
+      expect(model.tokens).toEqual(after(10));
+      // the consumer stops: the pass run ahead over the last token yielded is forgotten
+      for (const k of [1, 2, 5]) {
+        const got: number[] = [];
+        for await (const t of generate(model, prompt, { maxTokens: 10 })) if (got.push(t) === k) break;
+        expect(got).toEqual(oneByOne.slice(0, k));
+        expect(model.tokens).toEqual(after(k));
+      }
+      // a stop token (yielded; the first token not met before it, so that it stops there)
+      const s = oneByOne.findIndex((t, i) => i > 0 && !oneByOne.slice(0, i).includes(t));
+      console.log(JSON.stringify(oneByOne));
+      expect(s).toBeGreaterThan(0);
+      const stopped = await collect(generate(model, prompt, { maxTokens: 10, stopTokens: [oneByOne[s]!] }));
+      expect(stopped).toEqual(oneByOne.slice(0, s + 1));
+      expect(model.tokens).toEqual(after(s + 1));
+      // a stop string: the token that completes it is read but not yielded, and not run
+      const decode = (ids: number[]) => String.fromCharCode(...ids.map((i) => 97 + i));
+      const opts = { maxTokens: 10, stopStrings: [decode([oneByOne[s]!])], decode };
+      expect(await collect(generate(model, prompt, opts))).toEqual(oneByOne.slice(0, s));
+      expect(model.tokens).toEqual(after(s + 1));
+      // aborted after 3 tokens: E_ABORTED before the 4th is read, the cache as one-at-a-time decoding leaves it
+      const controller = new AbortController();
+      const got: number[] = [];
+      const run = async () => {
+        for await (const t of generate(model, prompt, { maxTokens: 10, signal: controller.signal }))
+          if (got.push(t) === 3) controller.abort();
+      };
+      await expect(run()).rejects.toMatchObject({ code: 'E_ABORTED' });
+      expect(got).toEqual(oneByOne.slice(0, 3));
+      expect(model.tokens).toEqual(after(3));
+
+      // while a token is read back the GPU already runs the pass over it: its id shows as -1 and the model is busy
+      model.reset();
+      await model.prefill(prompt.slice(0, -1));
+      const it = model.decodeGreedy(prompt.at(-1)!, 3);
+      const first = it.next();
+      expect(model.tokens).toEqual([...prompt, -1]);
+      await expect(model.step(1, 'argmax')).rejects.toThrow(/called while a step is running/);
+      expect((await first).value).toBe(oneByOne[0]);
+      // suspended: the pass over the token yielded is in the sequence (a valid one: its keys and values are queued)
+      expect(model.tokens).toEqual([...prompt, oneByOne[0]]);
+      expect(await collect({ [Symbol.asyncIterator]: () => it })).toEqual(oneByOne.slice(1, 3));
+      expect(model.tokens).toEqual(after(3));
+
+      // another call takes the sequence over while a generation is suspended: it continues from the sequence with
+      // the pass run ahead, and the generation fails at its next token, the other call's passes left as they are
+      const gen = generate(model, prompt, { maxTokens: 10 });
+      expect((await gen.next()).value).toBe(oneByOne[0]);
+      const other = await model.step(7, 'argmax');
+      await expect(gen.next()).rejects.toMatchObject({ code: 'E_VALUE' });
+      expect(model.tokens).toEqual([...prompt, oneByOne[0], 7]);
+      model.reset();
+      await model.prefill([...prompt, oneByOne[0]!]);
+      expect(await model.step(7, 'argmax')).toBe(other);
+
+      // arguments checked before any pass: the sequence is left as it was
+      const held = [...model.tokens];
+      const bad = async (token: number, count: number, message: string) =>
+        expect(collect({ [Symbol.asyncIterator]: () => model.decodeGreedy(token, count) })).rejects.toThrow(
+          expect.objectContaining({ code: 'E_VALUE', message: `E_VALUE: ${message}` }),
+        );
+      await bad(30, 1, 'decodeGreedy: token id 30 out of range [0, 30)');
+      await bad(1, 1.5, 'decodeGreedy: count must be an integer ≥ 0, got 1.5');
+      await bad(1, 26, 'decodeGreedy: 26 tokens after the 7 cached exceed the KV cache capacity 32');
+      expect(model.tokens).toEqual(held);
     } finally {
       model.dispose();
     }

@@ -20,11 +20,13 @@ export type { PerplexityOptions, PerplexityResult } from '@caldera/core';
 /**
  * Generate token ids after `prompt`, one at a time, on the GPU. The model's KV cache is kept for the longest prefix of
  * `prompt` it already holds (the earlier turns of a chat whose next prompt extends the last one: only the new tokens
- * are run) and forgotten after it. Greedy decoding reads back 4 bytes per token (the GPU argmax); sampling reads
- * back the logits and samples on the CPU exactly as runtime-node does (same Rng, same order of operations), so the
- * same logits give the same tokens. The model holds one sequence: when another call changes it while this generator
- * is suspended (a second `generate()` on the model), the next `next()` fails with `E_VALUE` (see
- * {@link WebGpuModel.claim}).
+ * are run) and forgotten after it. Greedy decoding reads back 4 bytes per token (the GPU argmax), the GPU a pass ahead
+ * of the host ({@link WebGpuModel.decodeGreedy}); sampling reads back the logits and samples on the CPU exactly as
+ * runtime-node does (same Rng, same order of operations), so the same logits give the same tokens. The model holds
+ * one sequence: when another call changes it while this generator is suspended (a second `generate()` on the model),
+ * the next `next()` fails with `E_VALUE` (see {@link WebGpuModel.claim}). Stopped early (`break`, a stop token or
+ * string, an abort), it leaves the sequence as one step at a time would: the prompt and the tokens generated before
+ * the last one read.
  */
 export async function* generate(
   model: WebGpuModel,
@@ -50,12 +52,23 @@ export async function* generate(
   // prefill the rest but the last prompt token (WebGpuModel.prefill's loop, through this claim)
   await prefillThrough(model, seq, Array.from(prompt).slice(keep, -1), options.signal, 'generate');
   let last = prompt[prompt.length - 1]!;
+  if (rules.greedy) {
+    // the GPU's argmax (4 bytes read back), the token rules.pick would give; the GPU runs a pass ahead of the host
+    throwIfAborted(options.signal, 'generate');
+    let n = 0;
+    for await (const next of model.decodeGreedy(last, count, seq)) {
+      const verdict = rules.accept(next);
+      if (verdict === 'stop') return;
+      yield next;
+      if (verdict === 'last') return;
+      // before the next token is read (leaving the loop forgets the pass run ahead)
+      if (++n < count) throwIfAborted(options.signal, 'generate');
+    }
+    return;
+  }
   for (let n = 0; n < count; n++) {
     throwIfAborted(options.signal, 'generate');
-    // greedy: the GPU's argmax (4 bytes read back), the token rules.pick would give
-    const next = rules.greedy
-      ? await seq.pass(() => model.step(last, 'argmax'))
-      : rules.pick(await seq.pass(() => model.step(last, 'logits')));
+    const next = rules.pick(await seq.pass(() => model.step(last, 'logits')));
     const verdict = rules.accept(next);
     if (verdict === 'stop') return;
     yield next;

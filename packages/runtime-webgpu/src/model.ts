@@ -154,7 +154,25 @@ export interface SequenceClaim {
    * changed the model's sequence since the previous pass of this claim (or since the claim, before the first).
    */
   pass<T>(op: () => T): T;
+  /** Whether nothing else changed the model's sequence since this claim's last pass (its next pass would run). */
+  holds(): boolean;
 }
+
+/**
+ * A pass submitted to the GPU and not yet read back (see `WebGpuModel.submitPass`). `serial` numbers the model's
+ * passes; `staging` is the mappable buffer its result was copied into (none for output `'none'`), `bytes` its size;
+ * `end` is the sequence's length after the pass: the position of the token a greedy pass chooses.
+ */
+interface SubmittedPass {
+  readonly serial: number;
+  readonly output: BatchOutput;
+  readonly staging: GPUBuffer | null;
+  readonly bytes: number;
+  readonly end: number;
+}
+
+/** The id {@link WebGpuModel.tokens} shows for a token the GPU chose and the host has not read back yet. */
+const UNREAD_TOKEN = -1;
 
 /** What {@link WebGpuModel.step} returns: nothing, the greedy token, or the logits. */
 export type StepOutput = 'none' | 'argmax' | 'logits';
@@ -200,7 +218,22 @@ export class WebGpuModel {
   private readonly logitsBuf: GPUBuffer;
   private readonly argmaxBuf: GPUBuffer;
   private readonly readLogits: GPUBuffer;
-  private readonly readArgmax: GPUBuffer;
+  /**
+   * Two staging buffers for the greedy token, taken in turn by pass serial: one read back while the GPU's next pass
+   * writes the other ({@link decodeGreedy}).
+   */
+  private readonly readArgmax: readonly [GPUBuffer, GPUBuffer];
+  /** The serial of the pass that last copied its result into each staging buffer: a read finds its own there. */
+  private readonly stagedBy = new Map<GPUBuffer, number>();
+  /** Passes submitted so far (the next pass's serial is one more). */
+  private passes = 0;
+  /**
+   * The last pass when it computed the greedy token after the sequence's last position and nothing changed since:
+   * the pass whose argmax the next `submitPass('previous', …)` takes as its token.
+   */
+  private argmaxPass: SubmittedPass | null = null;
+  /** The pass whose greedy token is the sequence's last id, run before that id was read back (shown as -1). */
+  private unread: SubmittedPass | null = null;
   private pos = 0;
   /** Token ids at positions [0, pos). */
   private readonly history: number[] = [];
@@ -290,11 +323,14 @@ export class WebGpuModel {
         usage: BufferUsage.MAP_READ | BufferUsage.COPY_DST,
       });
       this.owned.push(this.readLogits);
-      this.readArgmax = dev.device.createBuffer({
-        size: 16,
-        usage: BufferUsage.MAP_READ | BufferUsage.COPY_DST,
-      });
-      this.owned.push(this.readArgmax);
+      const argmaxStaging = (i: number) =>
+        dev.device.createBuffer({
+          label: `read argmax ${i}`,
+          size: 16,
+          usage: BufferUsage.MAP_READ | BufferUsage.COPY_DST,
+        });
+      this.readArgmax = [argmaxStaging(0), argmaxStaging(1)];
+      this.owned.push(...this.readArgmax);
 
       const needs: ScratchNeeds = { rotIn: 4, rotOut: 4, z: 4, ones: 4 };
       for (const blk of weights.blocks)
@@ -432,7 +468,10 @@ export class WebGpuModel {
     return this.pos;
   }
 
-  /** The token ids in the KV cache, in position order. */
+  /**
+   * The token ids in the KV cache, in position order. While {@link decodeGreedy} (greedy `generate()`) reads a token
+   * back, the last id, whose pass the GPU already runs, shows as -1.
+   */
   get tokens(): readonly number[] {
     return this.history;
   }
@@ -468,6 +507,9 @@ export class WebGpuModel {
         'E_VALUE',
         `truncate: length must be an integer in [0, ${this.pos}], got ${length}`,
       );
+    // the last pass's argmax no longer follows the sequence's last position; an unread id may be cut off
+    this.argmaxPass = null;
+    if (this.unread && length <= this.unread.end) this.unread = null;
     this.pos = length;
     this.history.length = length;
     this.revision++;
@@ -482,6 +524,7 @@ export class WebGpuModel {
   claim(what: string): SequenceClaim {
     let seen = this.revision;
     return {
+      holds: () => this.revision === seen,
       pass: <T>(op: () => T): T => {
         if (this.revision !== seen)
           throw new CalderaError(
@@ -556,38 +599,122 @@ export class WebGpuModel {
     }
     if (this.pos + T > this.contextLength)
       throw new CalderaError('E_VALUE', `KV cache capacity ${this.contextLength} exceeded`);
+    const pass = this.submitPass(ids, output);
+    return output === 'none' ? null : this.readPass(pass);
+  }
+
+  /**
+   * Greedy decoding with the GPU a pass ahead of the host: the `count` greedy tokens after `token` (the next
+   * position's), each the argmax of the pass over the one before, as {@link step}(…, `'argmax'`) would give them one
+   * at a time. Each pass after the first takes its token from the previous pass's argmax on the GPU, and is submitted
+   * before that token is read back: the GPU runs it while the host reads, yields and encodes, instead of waiting for
+   * the host between tokens. When the consumer stops early (`break`, `return()`, an error) the pass run ahead, over
+   * the last token yielded, is forgotten: the sequence then holds what one-at-a-time decoding would have run. Runs
+   * through `claim` (default: a claim of its own; `generate()` passes the one its prefill ran through): `E_VALUE` at
+   * the next token when another call changed the sequence meanwhile. `E_VALUE` for a bad token id, or when `count`
+   * passes do not fit the KV cache.
+   */
+  async *decodeGreedy(token: number, count: number, claim?: SequenceClaim): AsyncGenerator<number> {
+    const seq = claim ?? this.claim('decodeGreedy');
+    checkTokenIds([token], this.config.vocabSize, 'decodeGreedy');
+    if (!Number.isInteger(count) || count < 0)
+      throw new CalderaError(
+        'E_VALUE',
+        `decodeGreedy: count must be an integer ≥ 0, got ${shownValue(count)}`,
+      );
+    checkCapacity(this, count, 'decodeGreedy');
+    if (count === 0) return;
+    let pass = seq.pass(() => this.submitPass(Uint32Array.of(token), 'argmax'));
+    // a pass runs over the last token read back, which one-at-a-time decoding would not have run yet
+    let ahead = false;
+    try {
+      for (let n = 1; n <= count; n++) {
+        const following = n < count ? seq.pass(() => this.submitPass('previous', 'argmax')) : null;
+        ahead = following !== null;
+        yield (await seq.pass(() => this.readPass(pass))) as number;
+        if (following) pass = following;
+      }
+    } finally {
+      if (ahead && !this.disposed && seq.holds()) seq.pass(() => this.truncate(this.pos - 1));
+    }
+  }
+
+  /**
+   * Encode and submit one pass without waiting for it: over `ids` at the next positions, or (`'previous'`, one
+   * token) over the greedy token of the pass just before, copied on the GPU from that pass's argmax, its id unread on
+   * the host (-1 in {@link tokens}) until {@link readPass} reads that earlier pass. The result per `output` is copied
+   * into a staging buffer for {@link readPass}.
+   */
+  private submitPass(ids: Uint32Array<ArrayBuffer> | 'previous', output: BatchOutput): SubmittedPass {
+    this.checkIdle('step()');
+    checkDeviceAlive(this.dev, 'WebGpuModel');
+    const before = this.argmaxPass;
+    if (ids === 'previous' && (before === null || this.unread !== null))
+      throw new CalderaError(
+        'E_VALUE',
+        'WebGpuModel: a pass over the previous greedy token needs a greedy pass just before it, read back (one ' +
+          'unread token at a time)',
+      );
+    const dev = this.dev.device;
+    const V = this.config.vocabSize;
+    const T = ids === 'previous' ? 1 : ids.length;
+    const enc = dev.createCommandEncoder();
+    // queue order: the previous pass has written its argmax (and read the token buffer) before this copy or write
+    if (ids === 'previous') enc.copyBufferToBuffer(this.argmaxBuf, 0, this.tokensBuf, 0, 4);
+    else dev.queue.writeBuffer(this.tokensBuf, 0, ids);
+    dev.queue.writeBuffer(this.stepBuf, 0, Uint32Array.of(this.pos, this.pos + T, 0, 0));
+    const [prog, head] = T === 1 ? [this.program, this.head] : [this.batchProgram, this.batchHead];
+    encodeDispatches(enc, output === 'none' ? prog : [...prog, ...head], T);
+    const serial = ++this.passes;
+    let staging: GPUBuffer | null = null;
+    let bytes = 0;
+    if (output === 'logits' || output === 'all') {
+      staging = this.readLogits;
+      bytes = output === 'all' ? T * V * 4 : V * 4;
+      enc.copyBufferToBuffer(this.logitsBuf, output === 'all' ? 0 : (T - 1) * V * 4, staging, 0, bytes);
+    } else if (output === 'argmax') {
+      staging = this.readArgmax[serial & 1]!;
+      bytes = 16;
+      enc.copyBufferToBuffer(this.argmaxBuf, 0, staging, 0, bytes);
+    }
+    dev.queue.submit([enc.finish()]);
+    if (staging) this.stagedBy.set(staging, serial);
+    const pass: SubmittedPass = { serial, output, staging, bytes, end: this.pos + T };
+    this.pos += T;
+    this.revision++;
+    if (ids === 'previous') {
+      this.history.push(UNREAD_TOKEN);
+      this.unread = before;
+    } else for (const id of ids) this.history.push(id);
+    this.argmaxPass = output === 'argmax' ? pass : null;
+    return pass;
+  }
+
+  /**
+   * The result of `pass` (submitted by {@link submitPass} with an output): the greedy token, or the logits. The
+   * greedy token of the pass whose id the sequence shows as unread becomes that id. `E_VALUE` when a later pass
+   * overwrote the result first.
+   */
+  private async readPass(pass: SubmittedPass): Promise<number | Float32Array> {
+    const { staging, bytes } = pass;
+    if (staging === null || this.stagedBy.get(staging) !== pass.serial)
+      throw new CalderaError('E_VALUE', "WebGpuModel: a pass's result was overwritten before it was read");
     this.busy = true;
     try {
-      const dev = this.dev.device;
-      dev.queue.writeBuffer(this.tokensBuf, 0, ids);
-      dev.queue.writeBuffer(this.stepBuf, 0, Uint32Array.of(this.pos, this.pos + T, 0, 0));
-      const enc = dev.createCommandEncoder();
-      const [prog, head] = T === 1 ? [this.program, this.head] : [this.batchProgram, this.batchHead];
-      encodeDispatches(enc, output === 'none' ? prog : [...prog, ...head], T);
-      const bytes = output === 'all' ? T * V * 4 : V * 4;
-      if (output === 'logits' || output === 'all')
-        enc.copyBufferToBuffer(
-          this.logitsBuf,
-          output === 'all' ? 0 : (T - 1) * V * 4,
-          this.readLogits,
-          0,
-          bytes,
-        );
-      if (output === 'argmax') enc.copyBufferToBuffer(this.argmaxBuf, 0, this.readArgmax, 0, 16);
-      dev.queue.submit([enc.finish()]);
-      this.pos += T;
-      this.revision++;
-      for (const id of ids) this.history.push(id);
-      if (output === 'none') return null;
-      const staging = output === 'argmax' ? this.readArgmax : this.readLogits;
       try {
-        await staging.mapAsync(MAP_READ_MODE, 0, output === 'argmax' ? 16 : bytes);
+        await staging.mapAsync(MAP_READ_MODE, 0, bytes);
       } catch (e) {
         throw this.readbackError(e);
       }
       try {
-        const range = staging.getMappedRange(0, output === 'argmax' ? 16 : bytes);
-        return output === 'argmax' ? new Uint32Array(range)[0]! : new Float32Array(range.slice(0));
+        const range = staging.getMappedRange(0, bytes);
+        if (pass.output !== 'argmax') return new Float32Array(range.slice(0));
+        const token = new Uint32Array(range)[0]!;
+        if (this.unread === pass) {
+          this.history[pass.end] = token;
+          this.unread = null;
+        }
+        return token;
       } finally {
         staging.unmap();
       }

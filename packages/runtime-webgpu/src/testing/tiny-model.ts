@@ -53,13 +53,24 @@ export function randomLlamaTensors(rng: Rng, s: RandomLlamaShape): Record<string
   return t;
 }
 
-/** A random tiny Llama (tied head) with block 0's up_proj compressed, as tensors and caldera.json layers. */
-export function tinyModel(): {
+/**
+ * A random tiny Llama with block 0's up_proj compressed, as tensors and caldera.json layers: the LM head tied to the
+ * embedding, or with `lmHeadStd` an untied one of that spread (a tied head's greedy tokens tend to repeat the last
+ * one; an untied head's change from token to token).
+ */
+export function tinyModel(options: { lmHeadStd?: number } = {}): {
   config: object;
   tensors: Record<string, Tensor>;
   layers: Record<string, CalderaLayerMeta>;
 } {
-  const t = randomLlamaTensors(new Rng(31), { hidden: 32, kvDim: 16, intermediate: 48, vocab: 30, std: 0.2 });
+  const t = randomLlamaTensors(new Rng(31), {
+    hidden: 32,
+    kvDim: 16,
+    intermediate: 48,
+    vocab: 30,
+    std: 0.2,
+    ...(options.lmHeadStd === undefined ? {} : { lmHeadStd: options.lmHeadStd }),
+  });
   const name = 'model.layers.0.mlp.up_proj';
   const ck = toCheckpointTensors(
     name,
@@ -75,7 +86,7 @@ export function tinyModel(): {
     num_attention_heads: 4,
     num_key_value_heads: 2,
     vocab_size: 30,
-    tie_word_embeddings: true,
+    tie_word_embeddings: options.lmHeadStd === undefined,
   };
   return { config, tensors: t, layers: { [name]: ck.meta } };
 }
