@@ -237,22 +237,26 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
     }
   });
 
-  it('greedy decoding runs a pass ahead of the host (decodeGreedy): the tokens and the cached sequence are those of one-at-a-time steps, also when the consumer stops early, aborts, meets a stop token or string, or another call takes the sequence over', async () => {
+  it('greedy decoding runs a pass ahead of the host (decodeGreedy): the tokens and the cached sequence are those of one-at-a-time steps, also when the consumer stops early, aborts, meets a stop token or string, fills the context, or another call takes the sequence over', async () => {
     // an untied head: greedy tokens that change from one to the next (the tied one repeats the prompt's last)
     const model = await loadTinyModel(32, 1);
     try {
       const prompt = [1, 29, 3, 3, 17];
-      // the reference: one step at a time, each reading its argmax back before the next is submitted
+      // the reference: one step at a time, each reading its argmax back before the next is submitted, up to a full
+      // KV cache (27 tokens after the prompt's 5: the last one read, not run)
       const oneByOne: number[] = [];
       await model.prefill(prompt.slice(0, -1));
       let last = prompt.at(-1)!;
-      for (let n = 0; n < 10; n++) oneByOne.push((last = await model.step(last, 'argmax')));
-      // what generate() leaves in the cache after yielding k tokens: the prompt and every token yielded but the last
+      for (let n = 0; n < 27; n++) oneByOne.push((last = await model.step(last, 'argmax')));
+      // the sequence after k tokens of one-at-a-time decoding: the prompt and every token yielded but the last
       const after = (k: number) => [...prompt, ...oneByOne.slice(0, k - 1)];
 
-      expect(await collect(generate(model, prompt, { maxTokens: 10 }))).toEqual(oneByOne);
+      expect(await collect(generate(model, prompt, { maxTokens: 10 }))).toEqual(oneByOne.slice(0, 10));
       expect(model.tokens).toEqual(after(10));
-      // the consumer stops: the pass run ahead over the last token yielded is forgotten
+      // up to the end of the KV cache
+      expect(await collect(generate(model, prompt, { maxTokens: 100 }))).toEqual(oneByOne);
+      expect(model.tokens).toEqual(after(27));
+      // the consumer stops: the pass run ahead over the last token yielded never joins the sequence
       for (const k of [1, 2, 5]) {
         const got: number[] = [];
         for await (const t of generate(model, prompt, { maxTokens: 10 })) if (got.push(t) === k) break;
@@ -261,7 +265,6 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
       }
       // a stop token (yielded; the first token not met before it, so that it stops there)
       const s = oneByOne.findIndex((t, i) => i > 0 && !oneByOne.slice(0, i).includes(t));
-      console.log(JSON.stringify(oneByOne));
       expect(s).toBeGreaterThan(0);
       const stopped = await collect(generate(model, prompt, { maxTokens: 10, stopTokens: [oneByOne[s]!] }));
       expect(stopped).toEqual(oneByOne.slice(0, s + 1));
@@ -271,41 +274,64 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
       const opts = { maxTokens: 10, stopStrings: [decode([oneByOne[s]!])], decode };
       expect(await collect(generate(model, prompt, opts))).toEqual(oneByOne.slice(0, s));
       expect(model.tokens).toEqual(after(s + 1));
-      // aborted after 3 tokens: E_ABORTED before the 4th is read, the cache as one-at-a-time decoding leaves it
-      const controller = new AbortController();
-      const got: number[] = [];
-      const run = async () => {
-        for await (const t of generate(model, prompt, { maxTokens: 10, signal: controller.signal }))
-          if (got.push(t) === 3) controller.abort();
-      };
-      await expect(run()).rejects.toMatchObject({ code: 'E_ABORTED' });
-      expect(got).toEqual(oneByOne.slice(0, 3));
-      expect(model.tokens).toEqual(after(3));
+      // aborted after 3 tokens: E_ABORTED before the 4th is read, the cache as one-at-a-time decoding leaves it; an
+      // abort after the last token ends the generation as usual
+      for (const [at, count] of [
+        [3, 10],
+        [4, 4],
+      ] as const) {
+        const controller = new AbortController();
+        const got: number[] = [];
+        const run = async () => {
+          for await (const t of generate(model, prompt, { maxTokens: count, signal: controller.signal }))
+            if (got.push(t) === at) controller.abort();
+        };
+        if (at < count) await expect(run()).rejects.toMatchObject({ code: 'E_ABORTED' });
+        else await run();
+        expect(got).toEqual(oneByOne.slice(0, at));
+        expect(model.tokens).toEqual(after(at));
+      }
 
-      // while a token is read back the GPU already runs the pass over it: its id shows as -1 and the model is busy
+      // while the first token is read back the GPU already runs the pass over it, which is not in the sequence yet,
+      // and the model is busy; suspended, the sequence is one-at-a-time decoding's
       model.reset();
       await model.prefill(prompt.slice(0, -1));
       const it = model.decodeGreedy(prompt.at(-1)!, 3);
       const first = it.next();
-      expect(model.tokens).toEqual([...prompt, -1]);
+      expect(model.tokens).toEqual(prompt);
       await expect(model.step(1, 'argmax')).rejects.toThrow(/called while a step is running/);
       expect((await first).value).toBe(oneByOne[0]);
-      // suspended: the pass over the token yielded is in the sequence (a valid one: its keys and values are queued)
-      expect(model.tokens).toEqual([...prompt, oneByOne[0]]);
+      expect(model.tokens).toEqual(after(1));
       expect(await collect({ [Symbol.asyncIterator]: () => it })).toEqual(oneByOne.slice(1, 3));
       expect(model.tokens).toEqual(after(3));
 
-      // another call takes the sequence over while a generation is suspended: it continues from the sequence with
-      // the pass run ahead, and the generation fails at its next token, the other call's passes left as they are
-      const gen = generate(model, prompt, { maxTokens: 10 });
-      expect((await gen.next()).value).toBe(oneByOne[0]);
-      const other = await model.step(7, 'argmax');
-      await expect(gen.next()).rejects.toMatchObject({ code: 'E_VALUE' });
-      expect(model.tokens).toEqual([...prompt, oneByOne[0], 7]);
-      model.reset();
-      await model.prefill([...prompt, oneByOne[0]!]);
-      expect(await model.step(7, 'argmax')).toBe(other);
-
+      // another call takes the sequence over while a generation is suspended: it continues from one-at-a-time
+      // decoding's sequence, its pass at the position the pass run ahead wrote (7: another token there; the logits
+      // of that pass and the next equal those of the same sequence run one token at a time), and the generation
+      // fails at its next token; by hand with the token yielded last, that continues the generation
+      for (const [taken, token] of [
+        [1, 7],
+        [2, oneByOne[1]!],
+      ] as const) {
+        const gen = generate(model, prompt, { maxTokens: 10 });
+        for (let k = 0; k < taken; k++) expect((await gen.next()).value).toBe(oneByOne[k]);
+        const other = await model.step(token, 'logits');
+        const then = await model.step(5, 'logits');
+        await expect(gen.next()).rejects.toMatchObject({ code: 'E_VALUE' });
+        expect(model.tokens).toEqual([...after(taken), token, 5]);
+        if (token === oneByOne[taken - 1]) expect(other.indexOf(Math.max(...other))).toBe(oneByOne[taken]);
+        model.reset();
+        for (const t of after(taken)) await model.step(t, 'none');
+        expect(await model.step(token, 'logits')).toEqual(other);
+        expect(await model.step(5, 'logits')).toEqual(then);
+      }
+      // after a break, a prompt that extends the sequence left (its last token at the position the pass run ahead
+      // wrote) continues the generation
+      const five: number[] = [];
+      for await (const t of generate(model, prompt, { maxTokens: 10 })) if (five.push(t) === 5) break;
+      expect(model.tokens).toEqual(after(5));
+      const extended = [...after(5), oneByOne[4]!];
+      expect(await collect(generate(model, extended, { maxTokens: 3 }))).toEqual(oneByOne.slice(5, 8));
       // arguments checked before any pass: the sequence is left as it was
       const held = [...model.tokens];
       const bad = async (token: number, count: number, message: string) =>
@@ -314,7 +340,12 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
         );
       await bad(30, 1, 'decodeGreedy: token id 30 out of range [0, 30)');
       await bad(1, 1.5, 'decodeGreedy: count must be an integer ≥ 0, got 1.5');
-      await bad(1, 26, 'decodeGreedy: 26 tokens after the 7 cached exceed the KV cache capacity 32');
+      const room = 32 - held.length;
+      await bad(
+        1,
+        room + 1,
+        `decodeGreedy: ${room + 1} tokens after the ${held.length} cached exceed the KV cache capacity 32`,
+      );
       expect(model.tokens).toEqual(held);
     } finally {
       model.dispose();

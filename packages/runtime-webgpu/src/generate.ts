@@ -24,9 +24,9 @@ export type { PerplexityOptions, PerplexityResult } from '@caldera/core';
  * of the host ({@link WebGpuModel.decodeGreedy}); sampling reads back the logits and samples on the CPU exactly as
  * runtime-node does (same Rng, same order of operations), so the same logits give the same tokens. The model holds
  * one sequence: when another call changes it while this generator is suspended (a second `generate()` on the model),
- * the next `next()` fails with `E_VALUE` (see {@link WebGpuModel.claim}). Stopped early (`break`, a stop token or
- * string, an abort), it leaves the sequence as one step at a time would: the prompt and the tokens generated before
- * the last one read.
+ * the next `next()` fails with `E_VALUE` (see {@link WebGpuModel.claim}). Suspended or stopped early (`break`, a stop
+ * token or string, an abort), it leaves the sequence as one step at a time would: the prompt and the tokens generated
+ * before the last one read.
  */
 export async function* generate(
   model: WebGpuModel,
@@ -61,7 +61,7 @@ export async function* generate(
       if (verdict === 'stop') return;
       yield next;
       if (verdict === 'last') return;
-      // before the next token is read (leaving the loop forgets the pass run ahead)
+      // before the next token is read (leaving the loop leaves the pass run ahead out of the sequence)
       if (++n < count) throwIfAborted(options.signal, 'generate');
     }
     return;

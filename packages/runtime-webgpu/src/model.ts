@@ -154,25 +154,21 @@ export interface SequenceClaim {
    * changed the model's sequence since the previous pass of this claim (or since the claim, before the first).
    */
   pass<T>(op: () => T): T;
-  /** Whether nothing else changed the model's sequence since this claim's last pass (its next pass would run). */
-  holds(): boolean;
 }
 
 /**
- * A pass submitted to the GPU and not yet read back (see `WebGpuModel.submitPass`). `serial` numbers the model's
- * passes; `staging` is the mappable buffer its result was copied into (none for output `'none'`), `bytes` its size;
- * `end` is the sequence's length after the pass: the position of the token a greedy pass chooses.
+ * A pass submitted to the GPU (see `WebGpuModel.submitPass`). `serial` numbers the model's passes; `start` is the
+ * position of its first token and `end` the sequence's length with it; `staging` is the mappable buffer its result
+ * was copied into (none for output `'none'`), `bytes` its size.
  */
 interface SubmittedPass {
   readonly serial: number;
+  readonly start: number;
+  readonly end: number;
   readonly output: BatchOutput;
   readonly staging: GPUBuffer | null;
   readonly bytes: number;
-  readonly end: number;
 }
-
-/** The id {@link WebGpuModel.tokens} shows for a token the GPU chose and the host has not read back yet. */
-const UNREAD_TOKEN = -1;
 
 /** What {@link WebGpuModel.step} returns: nothing, the greedy token, or the logits. */
 export type StepOutput = 'none' | 'argmax' | 'logits';
@@ -228,12 +224,11 @@ export class WebGpuModel {
   /** Passes submitted so far (the next pass's serial is one more). */
   private passes = 0;
   /**
-   * The last pass when it computed the greedy token after the sequence's last position and nothing changed since:
-   * the pass whose argmax the next `submitPass('previous', …)` takes as its token.
+   * The last pass submitted when it computed a greedy token and the sequence was not cut since: when it ends where
+   * the sequence does (not a pass run ahead and left behind), the pass whose argmax the next
+   * `submitPass('previous', …)` takes as its token.
    */
   private argmaxPass: SubmittedPass | null = null;
-  /** The pass whose greedy token is the sequence's last id, run before that id was read back (shown as -1). */
-  private unread: SubmittedPass | null = null;
   private pos = 0;
   /** Token ids at positions [0, pos). */
   private readonly history: number[] = [];
@@ -468,10 +463,7 @@ export class WebGpuModel {
     return this.pos;
   }
 
-  /**
-   * The token ids in the KV cache, in position order. While {@link decodeGreedy} (greedy `generate()`) reads a token
-   * back, the last id, whose pass the GPU already runs, shows as -1.
-   */
+  /** The token ids in the KV cache, in position order. */
   get tokens(): readonly number[] {
     return this.history;
   }
@@ -507,9 +499,8 @@ export class WebGpuModel {
         'E_VALUE',
         `truncate: length must be an integer in [0, ${this.pos}], got ${length}`,
       );
-    // the last pass's argmax no longer follows the sequence's last position; an unread id may be cut off
+    // the last pass's argmax no longer follows the sequence's last position
     this.argmaxPass = null;
-    if (this.unread && length <= this.unread.end) this.unread = null;
     this.pos = length;
     this.history.length = length;
     this.revision++;
@@ -524,7 +515,6 @@ export class WebGpuModel {
   claim(what: string): SequenceClaim {
     let seen = this.revision;
     return {
-      holds: () => this.revision === seen,
       pass: <T>(op: () => T): T => {
         if (this.revision !== seen)
           throw new CalderaError(
@@ -608,10 +598,12 @@ export class WebGpuModel {
    * position's), each the argmax of the pass over the one before, as {@link step}(…, `'argmax'`) would give them one
    * at a time. Each pass after the first takes its token from the previous pass's argmax on the GPU, and is submitted
    * before that token is read back: the GPU runs it while the host reads, yields and encodes, instead of waiting for
-   * the host between tokens. When the consumer stops early (`break`, `return()`, an error) the pass run ahead, over
-   * the last token yielded, is forgotten: the sequence then holds what one-at-a-time decoding would have run. Runs
-   * through `claim` (default: a claim of its own; `generate()` passes the one its prefill ran through): `E_VALUE` at
-   * the next token when another call changed the sequence meanwhile. `E_VALUE` for a bad token id, or when `count`
+   * the host between tokens. The pass run ahead joins the sequence only when the consumer asks for the next token:
+   * while the consumer holds a token (the generator suspended) and after it stops (or drops the generator), the
+   * sequence is what one-at-a-time decoding would hold — the passes on `token` and the tokens before the last one
+   * yielded; the pass ahead only wrote that next position's keys and values, which the next pass there overwrites.
+   * Runs through `claim` (default: a claim of its own; `generate()` passes the one its prefill ran through): `E_VALUE`
+   * at the next token when another call changed the sequence meanwhile. `E_VALUE` for a bad token id, or when `count`
    * passes do not fit the KV cache.
    */
   async *decodeGreedy(token: number, count: number, claim?: SequenceClaim): AsyncGenerator<number> {
@@ -625,35 +617,32 @@ export class WebGpuModel {
     checkCapacity(this, count, 'decodeGreedy');
     if (count === 0) return;
     let pass = seq.pass(() => this.submitPass(Uint32Array.of(token), 'argmax'));
-    // a pass runs over the last token read back, which one-at-a-time decoding would not have run yet
-    let ahead = false;
-    try {
-      for (let n = 1; n <= count; n++) {
-        const following = n < count ? seq.pass(() => this.submitPass('previous', 'argmax')) : null;
-        ahead = following !== null;
-        yield (await seq.pass(() => this.readPass(pass))) as number;
-        if (following) pass = following;
-      }
-    } finally {
-      if (ahead && !this.disposed && seq.holds()) seq.pass(() => this.truncate(this.pos - 1));
+    let last = token;
+    for (let n = 1; n <= count; n++) {
+      // the pass run ahead over the token yielded last joins the sequence, now that the consumer goes on
+      if (n > 1) seq.pass(() => this.commitAhead(pass, last));
+      const following = n < count ? seq.pass(() => this.submitPass('previous', 'argmax')) : null;
+      last = (await seq.pass(() => this.readPass(pass))) as number;
+      yield last;
+      if (following) pass = following;
     }
   }
 
   /**
    * Encode and submit one pass without waiting for it: over `ids` at the next positions, or (`'previous'`, one
-   * token) over the greedy token of the pass just before, copied on the GPU from that pass's argmax, its id unread on
-   * the host (-1 in {@link tokens}) until {@link readPass} reads that earlier pass. The result per `output` is copied
-   * into a staging buffer for {@link readPass}.
+   * token) over the greedy token of the pass just before, copied on the GPU from that pass's argmax. The result per
+   * `output` is copied into a staging buffer for {@link readPass}. A `'previous'` pass runs ahead: at the next
+   * position, without joining the sequence (its token is not known on the host yet) until {@link commitAhead}; when
+   * another pass comes first (which the queue runs after it) it is simply left behind.
    */
   private submitPass(ids: Uint32Array<ArrayBuffer> | 'previous', output: BatchOutput): SubmittedPass {
     this.checkIdle('step()');
     checkDeviceAlive(this.dev, 'WebGpuModel');
     const before = this.argmaxPass;
-    if (ids === 'previous' && (before === null || this.unread !== null))
+    if (ids === 'previous' && (before?.serial !== this.passes || before.end !== this.pos))
       throw new CalderaError(
         'E_VALUE',
-        'WebGpuModel: a pass over the previous greedy token needs a greedy pass just before it, read back (one ' +
-          'unread token at a time)',
+        "WebGpuModel: a pass over the previous greedy token needs the greedy pass just before it, at the sequence's end",
       );
     const dev = this.dev.device;
     const V = this.config.vocabSize;
@@ -679,21 +668,32 @@ export class WebGpuModel {
     }
     dev.queue.submit([enc.finish()]);
     if (staging) this.stagedBy.set(staging, serial);
-    const pass: SubmittedPass = { serial, output, staging, bytes, end: this.pos + T };
-    this.pos += T;
-    this.revision++;
-    if (ids === 'previous') {
-      this.history.push(UNREAD_TOKEN);
-      this.unread = before;
-    } else for (const id of ids) this.history.push(id);
+    const pass: SubmittedPass = { serial, start: this.pos, end: this.pos + T, output, staging, bytes };
     this.argmaxPass = output === 'argmax' ? pass : null;
+    if (ids !== 'previous') {
+      this.pos += T;
+      this.revision++;
+      for (const id of ids) this.history.push(id);
+    }
     return pass;
   }
 
   /**
-   * The result of `pass` (submitted by {@link submitPass} with an output): the greedy token, or the logits. The
-   * greedy token of the pass whose id the sequence shows as unread becomes that id. `E_VALUE` when a later pass
-   * overwrote the result first.
+   * `pass`, run ahead over `token` at the next position, joins the sequence: `E_VALUE` (a bug of the caller, which
+   * its claim prevents) unless it is still the last pass submitted and the sequence has not moved since.
+   */
+  private commitAhead(pass: SubmittedPass, token: number): void {
+    this.checkIdle('step()');
+    if (pass.serial !== this.passes || pass.start !== this.pos)
+      throw new CalderaError('E_VALUE', 'WebGpuModel: a pass run ahead was overtaken by another pass');
+    this.pos++;
+    this.revision++;
+    this.history.push(token);
+  }
+
+  /**
+   * The result of `pass` (submitted by {@link submitPass} with an output): the greedy token, or the logits.
+   * `E_VALUE` when a later pass overwrote it first.
    */
   private async readPass(pass: SubmittedPass): Promise<number | Float32Array> {
     const { staging, bytes } = pass;
@@ -708,13 +708,7 @@ export class WebGpuModel {
       }
       try {
         const range = staging.getMappedRange(0, bytes);
-        if (pass.output !== 'argmax') return new Float32Array(range.slice(0));
-        const token = new Uint32Array(range)[0]!;
-        if (this.unread === pass) {
-          this.history[pass.end] = token;
-          this.unread = null;
-        }
-        return token;
+        return pass.output === 'argmax' ? new Uint32Array(range)[0]! : new Float32Array(range.slice(0));
       } finally {
         staging.unmap();
       }
