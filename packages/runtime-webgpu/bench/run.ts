@@ -6,6 +6,9 @@
  *   runtime-node on the same checkpoint (`refs.runtime_node`) with the share of identical greedy tokens
  *   (`refs.agreement`), and the rate of one-at-a-time steps (`refs.one_at_a_time_tok_s`: each token read back before
  *   the next pass is submitted, where `generate()` keeps the GPU a pass ahead) with whether its tokens are the same.
+ * - `webgpu_perplexity_caldera_tok_s`: tokens scored per second by `perplexity()` on the CALDERA copy (windows of 128,
+ *   NLL on the GPU), next to the same windows scored from read-back logits on the CPU (`refs.logits_on_cpu_tok_s`)
+ *   and the two perplexities' relative difference (`refs.ppl_rel_diff`); the random models below report the same.
  * - `webgpu_prefill_caldera_tok_s`: a prompt through the CALDERA copy in batches of 32 rows, next to the same prompt
  *   token by token (`refs.token_by_token`, prefillChunk 1).
  * - `webgpu_matvec_caldera_gbs`: the memory-bandwidth roofline of the compressed matvec (bench/roofline.ts): weight
@@ -19,9 +22,10 @@
  * - `webgpu_decode_random_<shape>_caldera_tok_s` and `…_f16_tok_s`: decode tokens/s of a random-weight Llama-shaped
  *   model (bench/random-model.ts; `1b`: TinyLlama-1.1B's shape, CALDERA rank 64) in both forms, with the rate its
  *   launches and round trip alone would allow (`refs.launch_bound_tok_s`) and the rates of one-at-a-time steps
- *   (`refs.one_at_a_time_tok_s`, `refs.f16_one_at_a_time_tok_s`); with `shader-f16` CALDERA decodes with f16 Q̂
- *   products and again in f32 (`refs.f32_products_tok_s`). Default: `1b` on a GPU in a full run, none on a CPU adapter
- *   or with `--quick`; `--random-model tiny|1b|none` overrides.
+ *   (`refs.one_at_a_time_tok_s`, `refs.f16_one_at_a_time_tok_s`), and perplexity's tokens/s with NLL on the GPU and
+ *   from read-back logits (`refs.perplexity_tok_s`, `refs.perplexity_logits_on_cpu_tok_s`); with `shader-f16`
+ *   CALDERA decodes with f16 Q̂ products and again in f32 (`refs.f32_products_tok_s`). Default: `1b` on a GPU in a
+ *   full run, none on a CPU adapter or with `--quick`; `--random-model tiny|1b|none` overrides.
  * `--quick`: 16 decoded tokens instead of 64, a 32-token prompt instead of 128, a quarter of the roofline bytes.
  * `--lanes 1|32`: lanes per row of the matrix kernels instead of the adapter's default.
  * Without a GPU (SwiftShader) the numbers are only a record. `CALDERA_DAWN_TOGGLES=vulkan_enable_f16_on_nvidia` lets
@@ -37,13 +41,14 @@ import { fileURLToPath } from 'node:url';
 import {
   cast,
   openSafetensorsDir,
+  tokenNll,
   writeSafetensors,
   type CalderaLayerMeta,
   type Tensor,
 } from '@caldera/core';
 import { caldera, calderaCheckpointMeta, toCheckpointTensors } from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
-import { generate, loadModel, type WebGpuModel } from '../src/index.js';
+import { generate, loadModel, perplexity, type WebGpuModel } from '../src/index.js';
 import { nodeDevice } from '../src/testing/gpu.js';
 import { parameterCount, SHAPES, writeRandomCalderaModel, writeRandomF16Model } from './random-model.js';
 import { measureDispatchCost } from './dispatch.js';
@@ -119,6 +124,40 @@ async function decodeRate(
     })(),
   );
   return { ...g, oneAtATimeTokS: one.tokS, same: one.tokens.join() === g.tokens.join() };
+}
+
+/**
+ * Tokens scored per second by `perplexity()` (each token's NLL computed on the GPU, one float read back per token)
+ * over `n` tokens of a fixed text in windows of the model's context length (at most 128), and by the same windows
+ * scored from read-back logits with core's `tokenNll` on the CPU (how perplexity scored before), with the relative
+ * difference of the two perplexities. A warm-up window first (pipeline compilation).
+ */
+async function perplexityRates(
+  model: WebGpuModel,
+  n: number,
+): Promise<{ tokS: number; logitsOnCpuTokS: number; relDiff: number }> {
+  const V = model.config.vocabSize;
+  const context = Math.min(128, model.contextLength);
+  const text = Array.from({ length: n }, (_, i) => (i * 97 + 5) % V);
+  await perplexity(model, text.slice(0, context), { context });
+  let t0 = performance.now();
+  const gpu = await perplexity(model, text, { context });
+  const tokS = gpu.tokens / ((performance.now() - t0) / 1000);
+  t0 = performance.now();
+  let nll = 0;
+  let count = 0;
+  for (let w = 0; w + 1 < n; w += context) {
+    model.reset();
+    const end = Math.min(w + context, n);
+    for (let b = w; b < end - 1; b += model.prefillChunk) {
+      const batch = text.slice(b, Math.min(b + model.prefillChunk, end - 1));
+      const all = await model.stepBatch(batch, 'all');
+      for (let r = 0; r < batch.length; r++, count++) nll += tokenNll(all, r * V, V, text[b + r + 1]!);
+    }
+  }
+  const logitsOnCpuTokS = count / ((performance.now() - t0) / 1000);
+  const cpuPpl = Math.exp(nll / count);
+  return { tokS, logitsOnCpuTokS, relDiff: Math.abs(gpu.ppl - cpuPpl) / cpuPpl };
 }
 
 async function timed(gen: AsyncIterable<number>): Promise<{ tokens: number[]; tokS: number }> {
@@ -202,6 +241,20 @@ try {
     prefill_chunk: 32,
     adapter: device.description,
   });
+  {
+    const { model } = await loadModel(device, dir, { contextLength: 128, ...lanes });
+    const n = quick ? 128 : 512;
+    const p = await perplexityRates(model, n);
+    emit('webgpu_perplexity_caldera_tok_s', p.tokS, 'tok/s', {
+      logits_on_cpu_tok_s: r4(p.logitsOnCpuTokS),
+      ppl_rel_diff: r4(p.relDiff),
+      text_tokens: n,
+      context: 128,
+      vocab: model.config.vocabSize,
+      adapter: device.description,
+    });
+    model.dispose();
+  }
 
   const cost = await measureDispatchCost(device);
   emit('webgpu_dispatch_us', cost.dependentUs, 'us', {
@@ -244,6 +297,8 @@ try {
       {
         tokS: number;
         oneAtATimeTokS: number;
+        pplTokS: number;
+        pplLogitsOnCpuTokS: number;
         bytes: number;
         bits: number;
         launches: number;
@@ -264,9 +319,12 @@ try {
         });
         const prompt = PROMPT.map((t) => t % shape.vocab);
         const { tokS, oneAtATimeTokS } = await decodeRate(model, prompt);
+        const ppl = name === 'caldera-f32' ? null : await perplexityRates(model, quick ? 64 : 256);
         rates[name] = {
           tokS,
           oneAtATimeTokS,
+          pplTokS: ppl?.tokS ?? NaN,
+          pplLogitsOnCpuTokS: ppl?.logitsOnCpuTokS ?? NaN,
           bytes: model.weightBytes,
           bits: linearBitsPerWeight,
           launches: model.dispatchesPerToken,
@@ -281,6 +339,8 @@ try {
     const common = { parameters: parameterCount(shape), tokens: TOKENS, adapter: device.description };
     emit(`webgpu_decode_random_${shapeName}_f16_tok_s`, f.tokS, 'tok/s', {
       one_at_a_time_tok_s: r4(f.oneAtATimeTokS),
+      perplexity_tok_s: r4(f.pplTokS),
+      perplexity_logits_on_cpu_tok_s: r4(f.pplLogitsOnCpuTokS),
       weight_bytes: f.bytes,
       dispatches_per_token: f.launches,
       launch_bound_tok_s: r4(launchFloor(f.launches)),
@@ -291,6 +351,8 @@ try {
       speedup_vs_f16: r4(c.tokS / f.tokS),
       one_at_a_time_tok_s: r4(c.oneAtATimeTokS),
       f16_one_at_a_time_tok_s: r4(f.oneAtATimeTokS),
+      perplexity_tok_s: r4(c.pplTokS),
+      perplexity_logits_on_cpu_tok_s: r4(c.pplLogitsOnCpuTokS),
       weight_bytes: c.bytes,
       f16_weight_bytes: f.bytes,
       bits_per_weight: r4(c.bits),

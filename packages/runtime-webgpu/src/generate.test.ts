@@ -222,6 +222,17 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
       await model.prefill([1, 2, 3, 4, 5]);
       await value(collect(generate(model, [1, 2, 3, 99])), 'generate: token id 99 out of range [0, 30)');
       expect(model.tokens).toEqual([1, 2, 3, 4, 5]);
+      // scoreBatch: one target id per token
+      await value(model.scoreBatch([1, 2], [3]), 'scoreBatch: 1 targets for 2 tokens (one target per token)');
+      await value(model.scoreBatch([1, 2], [3, 30]), 'scoreBatch: targets: token id 30 out of range [0, 30)');
+      await value(
+        model.scoreBatch([1, 2], null as never),
+        'scoreBatch: targets must be an array of token ids, got null',
+      );
+      // perplexity's token ids before the first window runs (a bad last token, which is only ever a target)
+      await value(perplexity(model, [4, 9, 1, 30]), 'perplexity: token id 30 out of range [0, 30)');
+      await value(perplexity(model, [4, 9, 1.5, 3]), 'perplexity: token id 1.5 out of range [0, 30)');
+      expect(model.tokens).toEqual([1, 2, 3, 4, 5]);
       // perplexity's onProgress before the first window runs
       const passes = model.stepBatch.bind(model);
       let ran = 0;

@@ -5,7 +5,6 @@ import {
   perplexityWindows,
   sampleToken,
   throwIfAborted,
-  tokenNll,
   type GenerateOptions,
   type PerplexityOptions,
   type PerplexityResult,
@@ -85,10 +84,11 @@ export const sample = sampleToken;
  * does: no token is scored twice, each with as much left context as its window allows. With overlapping windows
  * (`stride < context`) every token after the first is scored; with the default `stride = context` the windows do
  * not overlap and the first token of each later window, which has no left context in it, is not. Each window starts
- * from an empty cache and runs in batches of `model.prefillChunk` tokens. `context` (default 128, or
- * `model.contextLength` when smaller: runtime-node's default) must be an integer in [2, model.contextLength], `stride`
- * one in [1, context], and `tokens` an array of at least 2 ids: `E_VALUE` otherwise (`checkPerplexityArgs` of
- * `@caldera/core`, shared with runtime-node). `signal` is checked before each batch (`E_ABORTED`);
+ * from an empty cache and runs in batches of `model.prefillChunk` tokens, each token's NLL computed on the GPU
+ * ({@link WebGpuModel.scoreBatch}, f32; summed on the CPU in f64). `context` (default 128, or `model.contextLength`
+ * when smaller: runtime-node's default) must be an integer in [2, model.contextLength], `stride` one in [1, context],
+ * and `tokens` an array of at least 2 ids: `E_VALUE` otherwise (`checkPerplexityArgs` of `@caldera/core`, shared with
+ * runtime-node; every id is checked before the first pass). `signal` is checked before each batch (`E_ABORTED`);
  * `onProgress({ done, total })` is called after each window with, as in runtime-node, `done` the end of the window in
  * tokens of the text (counting its first token) and `total` the text's length.
  */
@@ -103,9 +103,9 @@ export async function perplexity(
     what: "the model's contextLength, its KV cache's length",
   });
   options ??= {}; // from JavaScript: null options are none
-  // before the first window runs, not after it
+  // before the first window runs, not after it (a bad id last in the text, or an onProgress that is not a function)
   if (options.onProgress !== undefined) assertFunction(options.onProgress, 'perplexity', 'onProgress');
-  const V = model.config.vocabSize;
+  checkTokenIds(tokens, model.config.vocabSize, 'perplexity');
   const seq = model.claim('perplexity');
   let nll = 0;
   let count = 0;
@@ -122,9 +122,11 @@ export async function perplexity(
         await seq.pass(() => model.stepBatch(batch, 'none')); // predicts only positions already scored
         continue;
       }
-      const all = await seq.pass(() => model.stepBatch(batch, 'all'));
+      // row r predicts the token after it: its NLL computed on the GPU, one float per row read back
+      const targets = batch.map((_, r) => tokens[t0 + r + 1]!);
+      const nlls = await seq.pass(() => model.scoreBatch(batch, targets));
       for (let r = Math.max(0, from - 1 - t0); r < batch.length; r++) {
-        nll += tokenNll(all, r * V, V, tokens[t0 + r + 1]!);
+        nll += nlls[r]!;
         count++;
       }
     }

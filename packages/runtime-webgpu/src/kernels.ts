@@ -49,6 +49,7 @@ export {
 // the WGSL sources (and their binding orders and sizes) the entry points compile
 export {
   ARGMAX_WGSL,
+  NLL_WGSL,
   ATTENTION_WGSL,
   e8pBindings,
   e8pF16WorkgroupBytes,

@@ -9,6 +9,7 @@ import {
   openSafetensorsDir,
   Rng,
   serializeSafetensors,
+  tokenNll,
   writeSafetensors,
   type CalderaLayerMeta,
   type Tensor,
@@ -192,6 +193,20 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
         expect(sc.tokens).toBe(45);
         expect(Math.abs(sg.ppl - sc.ppl) / sc.ppl).toBeLessThan(1e-4);
         await expect(perplexity(model, long, { context: 65 })).rejects.toMatchObject({ code: 'E_VALUE' });
+        // the NLLs perplexity sums, computed on the GPU, against core's tokenNll (f64) over the same pass's logits:
+        // f32 exponentials (a few ulps each) summed over the 2048-token vocabulary in 256 partial sums and a tree, and the
+        // difference of two logits of magnitude ≲ 20, stay within ~1e-6; 1e-5 leaves a margin
+        const batch = longer.slice(0, 12);
+        const targets = longer.slice(1, 13);
+        model.reset();
+        const all = await model.stepBatch(batch, 'all');
+        model.reset();
+        const nlls = await model.scoreBatch(batch, targets);
+        expect(nlls).toHaveLength(12);
+        const V = model.config.vocabSize;
+        for (let r = 0; r < 12; r++)
+          expect(Math.abs(nlls[r]! - tokenNll(all, r * V, V, targets[r]!))).toBeLessThan(1e-5);
+        expect(model.tokens).toEqual(batch);
       } finally {
         model.dispose();
       }

@@ -1,6 +1,7 @@
 import {
   assertObject,
   CalderaError,
+  describeValue,
   ropeInvFreq,
   shownValue,
   throwIfAborted,
@@ -165,7 +166,7 @@ interface SubmittedPass {
   readonly serial: number;
   readonly start: number;
   readonly end: number;
-  readonly output: BatchOutput;
+  readonly output: PassOutput;
   readonly staging: GPUBuffer | null;
   readonly bytes: number;
 }
@@ -175,6 +176,9 @@ export type StepOutput = 'none' | 'argmax' | 'logits';
 
 /** What {@link WebGpuModel.stepBatch} returns: {@link StepOutput} for the last token, or `'all'` logits. */
 export type BatchOutput = StepOutput | 'all';
+
+/** What a pass computes and copies for reading back: a batch's output, or (`'nll'`) each row's NLL of its target. */
+type PassOutput = BatchOutput | 'nll';
 
 /**
  * A Llama-family causal LM on a WebGPU device. The whole step — embedding, every block, final norm, LM head and
@@ -204,10 +208,17 @@ export class WebGpuModel {
    */
   private readonly program: Dispatch[];
   private readonly head: Dispatch[];
+  /** The final norm (unless computed in the program) and the LM head, then each row's NLL of its target. */
+  private readonly score: Dispatch[];
   /** The same for batches of tokens, with row-tiled matrix kernels (prefill); the decode lists when the chunk is 1. */
   private readonly batchProgram: Dispatch[];
   private readonly batchHead: Dispatch[];
+  private readonly batchScore: Dispatch[];
   private readonly tokensBuf: GPUBuffer;
+  /** Per row of a scored pass: the token whose NLL it gives (u32), and that NLL (f32). */
+  private readonly targetsBuf: GPUBuffer;
+  private readonly nllBuf: GPUBuffer;
+  private readonly readNll: GPUBuffer;
   private readonly owned: GPUBuffer[] = [];
   private readonly ctx: ReturnType<typeof createLinearContext>;
   private readonly stepBuf: GPUBuffer;
@@ -300,6 +311,8 @@ export class WebGpuModel {
       this.logitsBuf = buf(T * V, 'logits');
       this.argmaxBuf = buf(4, 'argmax');
       this.tokensBuf = buf(Math.max(4, T), 'tokens');
+      this.targetsBuf = buf(Math.max(4, T), 'targets');
+      this.nllBuf = buf(Math.max(4, T), 'nll');
       const caches = weights.blocks.map((_, b) => ({
         k: buf(cap * kw, `cacheK${b}`),
         v: buf(cap * kw, `cacheV${b}`),
@@ -318,6 +331,12 @@ export class WebGpuModel {
         usage: BufferUsage.MAP_READ | BufferUsage.COPY_DST,
       });
       this.owned.push(this.readLogits);
+      this.readNll = dev.device.createBuffer({
+        label: 'read nll',
+        size: Math.max(4, T) * 4,
+        usage: BufferUsage.MAP_READ | BufferUsage.COPY_DST,
+      });
+      this.owned.push(this.readNll);
       const argmaxStaging = (i: number) =>
         dev.device.createBuffer({
           label: `read argmax ${i}`,
@@ -343,7 +362,7 @@ export class WebGpuModel {
           );
       };
 
-      const record = (tile: number): { program: Dispatch[]; head: Dispatch[] } => {
+      const record = (tile: number): { program: Dispatch[]; head: Dispatch[]; score: Dispatch[] } => {
         const p: Dispatch[] = [K.embed(this.tokensBuf, weights.embed, x)];
         // where the residual stream is; the output rotation of the last residual branch, and of gate and up, when still
         // pending (finished by the next layers' input step when they can, else run first)
@@ -427,7 +446,7 @@ export class WebGpuModel {
         // the final RMSNorm, in the last residual branch's output rotation when that is pending
         const finalNorm = { weight: weights.norm, eps: cfg.rmsNormEps, out: h };
         if (pending) p.push(...K.rotateNorm(pending, finalNorm));
-        const head = [
+        const logits = [
           ...(pending ? [] : [K.rmsNorm(res, weights.norm, h, d, cfg.rmsNormEps)]),
           K.matvec(weights.head, h, this.logitsBuf, {
             bias: null,
@@ -435,15 +454,21 @@ export class WebGpuModel {
             dummy: ctx.dummy,
             tile,
           }),
-          K.argmax(this.logitsBuf, this.argmaxBuf, V, this.stepBuf),
         ];
-        return { program: p, head };
+        return {
+          program: p,
+          head: [...logits, K.argmax(this.logitsBuf, this.argmaxBuf, V, this.stepBuf)],
+          score: [...logits, K.nll(this.logitsBuf, this.targetsBuf, this.nllBuf, V)],
+        };
       };
-      ({ program: this.program, head: this.head } = record(1));
-      ({ program: this.batchProgram, head: this.batchHead } =
-        this.prefillChunk > 1
-          ? record(Math.min(PREFILL_ROW_TILE, T))
-          : { program: this.program, head: this.head });
+      ({ program: this.program, head: this.head, score: this.score } = record(1));
+      ({
+        program: this.batchProgram,
+        head: this.batchHead,
+        score: this.batchScore,
+      } = this.prefillChunk > 1
+        ? record(Math.min(PREFILL_ROW_TILE, T))
+        : { program: this.program, head: this.head, score: this.score });
 
       let wb = weights.embed.buffer.size + weights.norm.size;
       if (weights.head !== weights.embed) wb += weights.head.buffer.size;
@@ -576,21 +601,53 @@ export class WebGpuModel {
         'E_VALUE',
         `stepBatch: output must be 'none', 'argmax', 'logits' or 'all', got ${shownValue(output)}`,
       );
-    checkTokensArgument(tokens, 'stepBatch');
-    const V = this.config.vocabSize;
-    const T = tokens.length;
-    if (T < 1 || T > this.prefillChunk)
-      throw new CalderaError('E_VALUE', `stepBatch: ${T} tokens, expected 1 to ${this.prefillChunk}`);
-    const ids = new Uint32Array(T);
-    for (let t = 0; t < T; t++) {
-      const token = tokens[t]!;
-      if (!Number.isInteger(token) || token < 0 || token >= V) throw badTokenId(token, t, V, 'stepBatch');
-      ids[t] = token;
-    }
-    if (this.pos + T > this.contextLength)
+    const ids = this.batchIds(tokens, 'stepBatch');
+    if (this.pos + ids.length > this.contextLength)
       throw new CalderaError('E_VALUE', `KV cache capacity ${this.contextLength} exceeded`);
     const pass = this.submitPass(ids, output);
     return output === 'none' ? null : this.readPass(pass);
+  }
+
+  /**
+   * Run up to {@link prefillChunk} tokens at the next positions in one pass, as {@link stepBatch} does, and return
+   * for each row r the negative log-likelihood of `targets[r]` under its logits, −log softmax(logits_r)[targets[r]]:
+   * computed on the GPU (f32, the row's maximum subtracted before the exponentials), so that `tokens.length` floats
+   * are read back instead of as many rows of `vocab` logits. What {@link perplexity} scores with.
+   */
+  async scoreBatch(tokens: ArrayLike<number>, targets: ArrayLike<number>): Promise<Float32Array> {
+    this.checkIdle('scoreBatch()');
+    checkDeviceAlive(this.dev, 'WebGpuModel');
+    const ids = this.batchIds(tokens, 'scoreBatch');
+    if (targets === null || typeof targets !== 'object' || typeof targets.length !== 'number')
+      throw new CalderaError(
+        'E_VALUE',
+        `scoreBatch: targets must be an array of token ids, got ${describeValue(targets)}`,
+      );
+    if (targets.length !== ids.length)
+      throw new CalderaError(
+        'E_VALUE',
+        `scoreBatch: ${targets.length} targets for ${ids.length} tokens (one target per token)`,
+      );
+    const want = this.batchIds(targets, 'scoreBatch: targets');
+    checkCapacity(this, ids.length, 'scoreBatch');
+    this.dev.device.queue.writeBuffer(this.targetsBuf, 0, want);
+    return (await this.readPass(this.submitPass(ids, 'nll'))) as Float32Array;
+  }
+
+  /** `tokens` as the ids of one pass: `E_VALUE` naming `what` unless 1 to {@link prefillChunk} ids in [0, vocab). */
+  private batchIds(tokens: ArrayLike<number>, what: string): Uint32Array<ArrayBuffer> {
+    checkTokensArgument(tokens, what);
+    const V = this.config.vocabSize;
+    const T = tokens.length;
+    if (T < 1 || T > this.prefillChunk)
+      throw new CalderaError('E_VALUE', `${what}: ${T} tokens, expected 1 to ${this.prefillChunk}`);
+    const ids = new Uint32Array(T);
+    for (let t = 0; t < T; t++) {
+      const token = tokens[t]!;
+      if (!Number.isInteger(token) || token < 0 || token >= V) throw badTokenId(token, t, V, what);
+      ids[t] = token;
+    }
+    return ids;
   }
 
   /**
@@ -635,7 +692,7 @@ export class WebGpuModel {
    * position, without joining the sequence (its token is not known on the host yet) until {@link commitAhead}; when
    * another pass comes first (which the queue runs after it) it is simply left behind.
    */
-  private submitPass(ids: Uint32Array<ArrayBuffer> | 'previous', output: BatchOutput): SubmittedPass {
+  private submitPass(ids: Uint32Array<ArrayBuffer> | 'previous', output: PassOutput): SubmittedPass {
     this.checkIdle('step()');
     checkDeviceAlive(this.dev, 'WebGpuModel');
     const before = this.argmaxPass;
@@ -652,8 +709,9 @@ export class WebGpuModel {
     if (ids === 'previous') enc.copyBufferToBuffer(this.argmaxBuf, 0, this.tokensBuf, 0, 4);
     else dev.queue.writeBuffer(this.tokensBuf, 0, ids);
     dev.queue.writeBuffer(this.stepBuf, 0, Uint32Array.of(this.pos, this.pos + T, 0, 0));
-    const [prog, head] = T === 1 ? [this.program, this.head] : [this.batchProgram, this.batchHead];
-    encodeDispatches(enc, output === 'none' ? prog : [...prog, ...head], T);
+    const [prog, head, score] =
+      T === 1 ? [this.program, this.head, this.score] : [this.batchProgram, this.batchHead, this.batchScore];
+    encodeDispatches(enc, output === 'none' ? prog : [...prog, ...(output === 'nll' ? score : head)], T);
     const serial = ++this.passes;
     let staging: GPUBuffer | null = null;
     let bytes = 0;
@@ -665,6 +723,10 @@ export class WebGpuModel {
       staging = this.readArgmax[serial & 1]!;
       bytes = 16;
       enc.copyBufferToBuffer(this.argmaxBuf, 0, staging, 0, bytes);
+    } else if (output === 'nll') {
+      staging = this.readNll;
+      bytes = T * 4;
+      enc.copyBufferToBuffer(this.nllBuf, 0, staging, 0, bytes);
     }
     dev.queue.submit([enc.finish()]);
     if (staging) this.stagedBy.set(staging, serial);

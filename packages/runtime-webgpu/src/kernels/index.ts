@@ -2,6 +2,7 @@ import { CalderaError, shownValue } from '@caldera/core';
 import { uniformBuffer, type CalderaDevice, type UniformField } from '../device.js';
 import {
   ARGMAX_WGSL,
+  NLL_WGSL,
   ATTENTION_WGSL,
   e8pBindings,
   E8P_MAX_SEGMENTS,
@@ -1400,6 +1401,16 @@ export class Kernels {
         'argmax row 0',
       );
     return this.make('argmax', p, [s, u, x, out], 1, false);
+  }
+
+  /**
+   * `out[r]` = the negative log-likelihood of token `targets[r]` (u32) under row r of the logits `x` (rows of `n`):
+   * −log softmax(x_r)[targets[r]], in f32. Batched: one workgroup per row.
+   */
+  nll(x: GPUBuffer, targets: GPUBuffer, out: GPUBuffer, n: number): Dispatch {
+    const p = this.pipeline('nll', () => NLL_WGSL);
+    const u = this.uniform([['u32', n]], 'nll params');
+    return this.make('nll', p, [u, x, targets, out], 1);
   }
 
   /** Release the uniform buffers created so far. */

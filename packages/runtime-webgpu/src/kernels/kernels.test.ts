@@ -950,6 +950,36 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     }
   });
 
+  it('NLL per row (batched) against a float64 log-sum-exp: vocabularies not a multiple of the workgroup, and logits whose exponentials overflow f32 without the maximum subtracted', async () => {
+    const rng = new Rng(11);
+    const k = K();
+    for (const [n, rows, spread] of [
+      [3001, 3, 1],
+      [30, 2, 4],
+      [700, 4, 120],
+    ] as const) {
+      const x = randn(rng, n * rows, spread);
+      const targets = Uint32Array.from({ length: rows }, (_, r) => (r * 977 + 5) % n);
+      const out = scratchBuffer(d, rows * 4, 'nll');
+      const t = storageBuffer(d, targets, 'targets');
+      await run(d, [k.nll(storageBuffer(d, x, 'x'), t, out, n)], rows);
+      const got = await readF32(d, out, rows);
+      for (let r = 0; r < rows; r++) {
+        let mx = -Infinity;
+        for (let j = 0; j < n; j++) mx = Math.max(mx, x[r * n + j]!);
+        let se = 0;
+        for (let j = 0; j < n; j++) se += Math.exp(x[r * n + j]! - mx);
+        const want = Math.log(se) + mx - x[r * n + targets[r]!]!;
+        // f32: the exponentials (a few ulps each) summed ≤ 12 per invocation and then in a tree of 8 levels put
+        // ~20 ulps (1.2e-6) on the sum, so ~1.2e-6 on its log; adding the maximum and subtracting the target's logit
+        // round at 2^-24 of operands up to ~500 (spread 120); 4 such roundings plus 4e-6 bound both
+        const scale = Math.abs(mx) + Math.abs(x[r * n + targets[r]!]!) + Math.log(se);
+        expect(Math.abs(got[r]! - want)).toBeLessThan(4 * 2 ** -24 * scale + 4e-6);
+        expect(Number.isFinite(got[r]!)).toBe(true);
+      }
+    }
+  });
+
   it('RoPE (rotate-half) of q and k with the KV store in one launch, and GQA attention at position 4, against a direct evaluation', async () => {
     const rng = new Rng(5);
     const k = K();

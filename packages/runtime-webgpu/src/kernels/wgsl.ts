@@ -1797,6 +1797,43 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
  * Index of the largest value (the first one on ties) of the last row of a batch (row `step.len − step.pos − 1`),
  * one workgroup (not batched).
  */
+/**
+ * Negative log-likelihood per row: `out[r] = log Σ_j exp(x_rj − m_r) + m_r − x_r,targets[r]` with `m_r` the row's
+ * maximum (`x`: logits, rows of `n`; row `r = workgroup_id.y`), in f32 with per-invocation partial sums reduced in
+ * workgroup memory: a row's scoring reads back one float instead of `n`.
+ */
+export const NLL_WGSL = /* wgsl */ `
+struct P { n: u32, a: u32, b: u32, c: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> targets: array<u32>;
+@group(0) @binding(3) var<storage, read_write> outv: array<f32>;
+var<workgroup> red: array<f32, ${WG}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+  let r = wg.y;
+  let o = r * p.n;
+  var m = -3.4e38;
+  for (var j = lid; j < p.n; j += ${WG}u) { m = max(m, x[o + j]); }
+  red[lid] = m;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
+    workgroupBarrier();
+  }
+  let mx = red[0];
+  workgroupBarrier();
+  var e = 0.0;
+  for (var j = lid; j < p.n; j += ${WG}u) { e += exp(x[o + j] - mx); }
+  red[lid] = e;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { red[lid] += red[lid + s]; }
+    workgroupBarrier();
+  }
+  if (lid == 0u) { outv[r] = log(red[0]) + mx - x[o + targets[r]]; }
+}`;
+
 export const ARGMAX_WGSL = /* wgsl */ `${STEP}
 struct P { n: u32, a: u32, b: u32, c: u32 }
 @group(0) @binding(1) var<uniform> p: P;
