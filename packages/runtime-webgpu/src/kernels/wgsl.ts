@@ -85,6 +85,33 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 /**
+ * A reduction over a workgroup's {@link WG} invocations through `arr` (an f32 array of at least WG values in workgroup
+ * memory): each stores `value`, then a tree (halves of 128, 64, …, 1) combines `arr[lid]` with `arr[lid + k]` by
+ * `combine`, and `result` is declared as the total, read by every invocation. Call it in uniform control flow; reusing
+ * `arr` after it needs a barrier first (every invocation must have read the total). RMSNorm's sum of squares, the
+ * attention softmax's maximum and sum and the NLL kernel's reduce this way.
+ */
+function workgroupReduceWgsl(
+  arr: string,
+  value: string,
+  combine: (a: string, b: string) => string,
+  result: string,
+): string {
+  return `${arr}[lid] = ${value};
+  workgroupBarrier();
+  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
+    if (lid < k) { ${arr}[lid] = ${combine(`${arr}[lid]`, `${arr}[lid + k]`)}; }
+    workgroupBarrier();
+  }
+  let ${result} = ${arr}[0];`;
+}
+
+/** The sum of two f32 values, for {@link workgroupReduceWgsl}. */
+const add = (a: string, b: string) => `${a} + ${b}`;
+/** The larger of two f32 values, for {@link workgroupReduceWgsl}. */
+const larger = (a: string, b: string) => `max(${a}, ${b})`;
+
+/**
  * WGSL of `normScale(s, n, lid)`: `1/√(Σ/n + eps)` from each invocation's partial sum of squares `s`, by a tree
  * reduction over the workgroup array `arr` (at least {@link WG} values; call it in uniform control flow; it ends with a
  * barrier, so `arr` is free again). `eps` names the epsilon. Every RMSNorm of the kernels reduces this way.
@@ -92,13 +119,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 function normScaleWgsl(arr: string, eps: string): string {
   return /* wgsl */ `
 fn normScale(s: f32, n: u32, lid: u32) -> f32 {
-  ${arr}[lid] = s;
-  workgroupBarrier();
-  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
-    if (lid < k) { ${arr}[lid] += ${arr}[lid + k]; }
-    workgroupBarrier();
-  }
-  let inv = 1.0 / sqrt(${arr}[0] / f32(n) + ${eps});
+  ${workgroupReduceWgsl(arr, 's', add, 'total')}
+  let inv = 1.0 / sqrt(total / f32(n) + ${eps});
   workgroupBarrier();
   return inv;
 }`;
@@ -746,13 +768,7 @@ function scoresSoftmaxWgsl(dot: string): string {
     scores[base + t] = s;
     mx = max(mx, s);
   }
-  red[lid] = mx;
-  workgroupBarrier();
-  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
-    if (lid < k) { red[lid] = max(red[lid], red[lid + k]); }
-    workgroupBarrier();
-  }
-  let m = red[0];
+  ${workgroupReduceWgsl('red', 'mx', larger, 'm')}
   workgroupBarrier();
   var sum = 0.0;
   for (var t = lid; t < len; t += ${WG}u) {
@@ -760,13 +776,7 @@ function scoresSoftmaxWgsl(dot: string): string {
     scores[base + t] = e;
     sum += e;
   }
-  red[lid] = sum;
-  workgroupBarrier();
-  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
-    if (lid < k) { red[lid] += red[lid + k]; }
-    workgroupBarrier();
-  }
-  let total = red[0];
+  ${workgroupReduceWgsl('red', 'sum', add, 'total')}
   storageBarrier();
   workgroupBarrier();
 `;
@@ -1794,10 +1804,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }`;
 
 /**
- * Index of the largest value (the first one on ties) of the last row of a batch (row `step.len − step.pos − 1`),
- * one workgroup (not batched).
- */
-/**
  * Negative log-likelihood per row: `out[r] = log Σ_j exp(x_rj − m_r) + m_r − x_r,targets[r]` with `m_r` the row's
  * maximum (`x`: logits, rows of `n`; row `r = workgroup_id.y`), in f32 with per-invocation partial sums reduced in
  * workgroup memory: a row's scoring reads back one float instead of `n`.
@@ -1815,25 +1821,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
   let o = r * p.n;
   var m = -3.4e38;
   for (var j = lid; j < p.n; j += ${WG}u) { m = max(m, x[o + j]); }
-  red[lid] = m;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
-    workgroupBarrier();
-  }
-  let mx = red[0];
+  ${workgroupReduceWgsl('red', 'm', larger, 'mx')}
   workgroupBarrier();
   var e = 0.0;
   for (var j = lid; j < p.n; j += ${WG}u) { e += exp(x[o + j] - mx); }
-  red[lid] = e;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) { red[lid] += red[lid + s]; }
-    workgroupBarrier();
-  }
-  if (lid == 0u) { outv[r] = log(red[0]) + mx - x[o + targets[r]]; }
+  ${workgroupReduceWgsl('red', 'e', add, 'total')}
+  if (lid == 0u) { outv[r] = log(total) + mx - x[o + targets[r]]; }
 }`;
 
+/**
+ * Index of the largest value (the first one on ties) of the last row of a batch (row `step.len − step.pos − 1`),
+ * one workgroup (not batched).
+ */
 export const ARGMAX_WGSL = /* wgsl */ `${STEP}
 struct P { n: u32, a: u32, b: u32, c: u32 }
 @group(0) @binding(1) var<uniform> p: P;
