@@ -8,7 +8,8 @@
  *   the next pass is submitted, where `generate()` keeps the GPU a pass ahead) with whether its tokens are the same.
  * - `webgpu_perplexity_caldera_tok_s`: tokens scored per second by `perplexity()` on the CALDERA copy (windows of 128,
  *   NLL on the GPU), next to the same windows scored from read-back logits on the CPU (`refs.logits_on_cpu_tok_s`)
- *   and the two perplexities' relative difference (`refs.ppl_rel_diff`); the random models below report the same.
+ *   and the two perplexities' relative difference (`refs.ppl_rel_diff`); the random models below report the same, in
+ *   windows of their shorter context (the prompt and the decoded tokens: 69, or 21 with `--quick`).
  * - `webgpu_prefill_caldera_tok_s`: a prompt through the CALDERA copy in batches of 32 rows, next to the same prompt
  *   token by token (`refs.token_by_token`, prefillChunk 1).
  * - `webgpu_matvec_caldera_gbs`: the memory-bandwidth roofline of the compressed matvec (bench/roofline.ts): weight
