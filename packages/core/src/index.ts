@@ -11,3 +11,4 @@ export * from './model-config.js';
 export * from './sampling.js';
 export * from './perplexity.js';
 export * from './model-files.js';
+export * from './token-ids.js';

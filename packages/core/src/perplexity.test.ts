@@ -101,6 +101,25 @@ describe('checkPerplexityArgs (the runtimes’ shared argument checks)', () => {
     fails(() => checkPerplexityArgs([], {}, limit), /needs at least 2 tokens, got 0$/);
   });
 
+  it('with limit.vocab, every token id is checked first (the last one, only ever a target, too); without it none are', () => {
+    const vocab = { ...limit, vocab: 30 };
+    expect(checkPerplexityArgs([0, 29, 3], {}, vocab)).toEqual({ context: 32, stride: 32 });
+    for (const [tokens, message] of [
+      [[1, 2, 30], 'perplexity: token id 30 out of range [0, 30)'],
+      [[1, -1, 2], 'perplexity: token id -1 out of range [0, 30)'],
+      [[1, 2.5, 2], 'perplexity: token id 2.5 out of range [0, 30)'],
+      [[1, '2', 2], "perplexity: token 1 is the string '2', not a token id"],
+      [[1, null, 2], 'perplexity: token 1 is null, not a token id'],
+    ] as const)
+      fails(
+        () => checkPerplexityArgs(tokens as unknown as number[], {}, vocab),
+        new RegExp(`^E_VALUE: ${message.replace(/[[\]().]/g, '\\$&')}$`),
+      );
+    // the windows are checked before the ids
+    fails(() => checkPerplexityArgs([1, 99], { context: 1 }, vocab), /context must be an integer/);
+    expect(checkPerplexityArgs([1, 99], {}, limit)).toEqual({ context: 32, stride: 32 });
+  });
+
   it('tokens that are not an array (null, undefined, a number) are E_VALUE, not a TypeError', () => {
     for (const [tokens, got] of [
       [null, 'null'],

@@ -3,6 +3,7 @@
  * which of their positions are scored, and the negative log-likelihood of one token from a row of logits.
  */
 import { CalderaError, describeValue } from './errors.js';
+import { checkTokenIds } from './token-ids.js';
 
 /** The window options of the runtimes' `perplexity` (the part {@link checkPerplexityArgs} checks). */
 export interface PerplexityWindowOptions {
@@ -54,6 +55,8 @@ export interface PerplexityLimit {
   defaultContext?: number;
   /** What `max` is, for the error message, e.g. `"the model's max positions: max_position_embeddings"`. */
   what: string;
+  /** The model's vocabulary size: when given, every token id must be an integer in [0, vocab) (checked up front). */
+  vocab?: number;
 }
 
 /**
@@ -61,7 +64,9 @@ export interface PerplexityLimit {
  * `limit.defaultContext`) and `stride` (default `context`). `E_VALUE`, naming the argument, its range and the value
  * given, when `tokens` is not an array of token ids (null, undefined, a number), has fewer than 2 tokens, `context`
  * is not an integer in [2, `limit.max`] (past the model's positions it would give a number, but not the model's
- * perplexity) or `stride` is not an integer in [1, context]. A null `options` counts as none.
+ * perplexity), `stride` is not an integer in [1, context], or (with `limit.vocab`) a token is not an id in [0, vocab):
+ * every id, before any window runs, so that a bad one (the last token, only ever a target, included) fails at once.
+ * A null `options` counts as none.
  */
 export function checkPerplexityArgs(
   tokens: ArrayLike<number>,
@@ -87,6 +92,7 @@ export function checkPerplexityArgs(
     );
   if (tokens.length < 2)
     throw new CalderaError('E_VALUE', `perplexity: needs at least 2 tokens, got ${tokens.length}`);
+  if (limit.vocab !== undefined) checkTokenIds(tokens, limit.vocab, 'perplexity');
   return { context, stride };
 }
 

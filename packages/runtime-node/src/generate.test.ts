@@ -196,6 +196,11 @@ describe('perplexity', () => {
       await expect(perplexity(model, t as unknown as number[])).rejects.toThrow(
         /^E_VALUE: perplexity: tokens must be an array of token ids, got (null|undefined)$/,
       );
+    // every id before the first window (a bad last token, only ever a target, included): E_VALUE naming perplexity
+    const V = model.config.vocabSize;
+    await expect(perplexity(model, [...ids, V], { context: 4 })).rejects.toThrow(
+      new RegExp(`^E_VALUE: perplexity: token id ${V} out of range \\[0, ${V}\\)$`),
+    );
     // null options are none: the defaults (one window of min(128, max positions) tokens)
     expect(await perplexity(model, ids, null as unknown as object)).toEqual(await perplexity(model, ids));
   });

@@ -1,6 +1,7 @@
 import {
   assertFunction,
   checkPerplexityArgs,
+  checkTokenIds,
   GenerationRules,
   perplexityWindows,
   sampleToken,
@@ -10,7 +11,7 @@ import {
   type PerplexityResult,
 } from '@caldera/core';
 import type { WebGpuModel } from './model.js';
-import { checkTokenIds, prefillThrough } from './prefill.js';
+import { prefillThrough } from './prefill.js';
 
 export type { GenerateOptions } from '@caldera/core';
 /** The options and result of {@link perplexity}, runtime-node's (they live in `@caldera/core`). */
@@ -101,11 +102,11 @@ export async function perplexity(
   const { context, stride } = checkPerplexityArgs(tokens, options, {
     max: model.contextLength,
     what: "the model's contextLength, its KV cache's length",
+    vocab: model.config.vocabSize,
   });
   options ??= {}; // from JavaScript: null options are none
   // before the first window runs, not after it (a bad id last in the text, or an onProgress that is not a function)
   if (options.onProgress !== undefined) assertFunction(options.onProgress, 'perplexity', 'onProgress');
-  checkTokenIds(tokens, model.config.vocabSize, 'perplexity');
   const seq = model.claim('perplexity');
   let nll = 0;
   let count = 0;

@@ -1,6 +1,8 @@
 import {
   assertObject,
+  badTokenId,
   CalderaError,
+  checkTokenIds,
   describeValue,
   ropeInvFreq,
   shownValue,
@@ -36,7 +38,7 @@ import {
   type LayerInput,
   type ScratchNeeds,
 } from './linear.js';
-import { badTokenId, checkCapacity, checkTokenIds, checkTokensArgument, prefillThrough } from './prefill.js';
+import { checkCapacity, checkTokensArgument, prefillThrough } from './prefill.js';
 import { checkDeviceArgument } from './args.js';
 
 /** One transformer block's weights on the GPU. */

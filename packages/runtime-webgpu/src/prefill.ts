@@ -2,7 +2,7 @@
  * The one prefill loop of the package (internal: not exported from the package's entry), shared by
  * {@link WebGpuModel.prefill} and `generate()`, each passing its own claim on the model's sequence.
  */
-import { CalderaError, describeValue, throwIfAborted } from '@caldera/core';
+import { CalderaError, checkTokenIds, describeValue, throwIfAborted } from '@caldera/core';
 import type { SequenceClaim, WebGpuModel } from './model.js';
 
 /**
@@ -42,27 +42,6 @@ export function checkTokensArgument(tokens: unknown, what: string): asserts toke
       'E_VALUE',
       `${what}: tokens must be an array of token ids, got ${describeValue(tokens)}`,
     );
-}
-
-/** `E_VALUE` (as a step's, naming `what`) unless every id of `tokens` is an integer in [0, vocab). */
-export function checkTokenIds(tokens: ArrayLike<number>, vocab: number, what: string): void {
-  for (let i = 0; i < tokens.length; i++) {
-    const t = tokens[i]!;
-    if (!Number.isInteger(t) || t < 0 || t >= vocab) throw badTokenId(t, i, vocab, what);
-  }
-}
-
-/**
- * The error for token `t` at index `i` that is not an id in [0, vocab): out of range when it is a number, else what it
- * is (a string '2' is not the id 2).
- */
-export function badTokenId(t: unknown, i: number, vocab: number, what: string): CalderaError {
-  return typeof t === 'number'
-    ? new CalderaError('E_VALUE', `${what}: token id ${t} out of range [0, ${vocab})`)
-    : new CalderaError(
-        'E_VALUE',
-        `${what}: token ${i} is ${typeof t === 'string' ? `the string '${t}'` : describeValue(t)}, not a token id`,
-      );
 }
 
 /** `E_VALUE` when `count` more tokens do not fit the model's KV cache after those it holds. */
