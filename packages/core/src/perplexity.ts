@@ -2,8 +2,8 @@
  * The shared scoring of the runtimes' `perplexity`: the checks of its arguments, which windows of a text run and
  * which of their positions are scored, and the negative log-likelihood of one token from a row of logits.
  */
-import { CalderaError, describeValue } from './errors.js';
-import { checkTokenIds } from './token-ids.js';
+import { CalderaError } from './errors.js';
+import { checkTokenArray, checkTokenIds } from './token-ids.js';
 
 /** The window options of the runtimes' `perplexity` (the part {@link checkPerplexityArgs} checks). */
 export interface PerplexityWindowOptions {
@@ -73,11 +73,7 @@ export function checkPerplexityArgs(
   options: PerplexityWindowOptions | null | undefined,
   limit: PerplexityLimit,
 ): { context: number; stride: number } {
-  if (tokens === null || typeof tokens !== 'object' || typeof tokens.length !== 'number')
-    throw new CalderaError(
-      'E_VALUE',
-      `perplexity: tokens must be an array of token ids, got ${describeValue(tokens)}`,
-    );
+  checkTokenArray(tokens, 'perplexity');
   const context = options?.context ?? limit.defaultContext ?? Math.min(DEFAULT_PERPLEXITY_CONTEXT, limit.max);
   const stride = options?.stride ?? context;
   if (!Number.isInteger(context) || context < 2 || context > limit.max)

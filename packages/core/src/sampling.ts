@@ -1,5 +1,6 @@
 import { CalderaError, describeValue } from './errors.js';
 import { Rng } from './rng.js';
+import { checkTokenArray } from './token-ids.js';
 
 /** Options of the runtimes' `generate()` (runtime-node and runtime-webgpu share them). Defaults: greedy decoding of up to 64 tokens. */
 export interface GenerateOptions {
@@ -240,11 +241,7 @@ export class GenerationRules {
    * `options` counts as none.
    */
   constructor(prompt: ArrayLike<number>, options: GenerateOptions = {}) {
-    if (prompt === null || typeof prompt !== 'object' || typeof prompt.length !== 'number')
-      throw new CalderaError(
-        'E_VALUE',
-        `generate: the prompt must be an array of token ids, got ${describeValue(prompt)}`,
-      );
+    checkTokenArray(prompt, 'generate', 'the prompt');
     if (prompt.length === 0) throw new CalderaError('E_VALUE', 'generate: empty prompt');
     options ??= {}; // from JavaScript: null options are none
     checkStopOptions(options);

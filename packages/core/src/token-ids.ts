@@ -1,6 +1,27 @@
 import { CalderaError, describeValue } from './errors.js';
 
 /**
+ * `E_VALUE` naming `what` and the argument (`name`, default `tokens`) unless `value` is an array (or array-like
+ * object) of token ids: null, a number or a string in its place names the routine instead of failing inside (a
+ * TypeError, or nothing run at all). `what: name must be an array of token ids, got …`.
+ */
+export function checkTokenArray(
+  value: unknown,
+  what: string,
+  name = 'tokens',
+): asserts value is ArrayLike<number> {
+  if (
+    value === null ||
+    typeof value !== 'object' ||
+    typeof (value as { length?: unknown }).length !== 'number'
+  )
+    throw new CalderaError(
+      'E_VALUE',
+      `${what}: ${name} must be an array of token ids, got ${describeValue(value)}`,
+    );
+}
+
+/**
  * `E_VALUE` naming `what` unless every id of `tokens` is an integer in [0, vocab): the check the runtimes run on a
  * whole request before its first pass, so that a bad id fails before any work (see {@link badTokenId}).
  */

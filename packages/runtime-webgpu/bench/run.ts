@@ -42,6 +42,7 @@ import { fileURLToPath } from 'node:url';
 import {
   cast,
   openSafetensorsDir,
+  perplexityWindows,
   tokenNll,
   writeSafetensors,
   type CalderaLayerMeta,
@@ -147,10 +148,10 @@ async function perplexityRates(
   t0 = performance.now();
   let nll = 0;
   let count = 0;
-  for (let w = 0; w + 1 < n; w += context) {
+  // perplexity()'s windows (stride = context: they do not overlap, and each scores every token after its first)
+  for (const { start, end } of perplexityWindows(n, context, context)) {
     model.reset();
-    const end = Math.min(w + context, n);
-    for (let b = w; b < end - 1; b += model.prefillChunk) {
+    for (let b = start; b < end - 1; b += model.prefillChunk) {
       const batch = text.slice(b, Math.min(b + model.prefillChunk, end - 1));
       const all = await model.stepBatch(batch, 'all');
       for (let r = 0; r < batch.length; r++, count++) nll += tokenNll(all, r * V, V, text[b + r + 1]!);

@@ -1,9 +1,8 @@
 import {
   assertObject,
-  badTokenId,
   CalderaError,
   checkTokenIds,
-  describeValue,
+  checkTokenArray,
   ropeInvFreq,
   shownValue,
   throwIfAborted,
@@ -38,7 +37,7 @@ import {
   type LayerInput,
   type ScratchNeeds,
 } from './linear.js';
-import { checkCapacity, checkTokensArgument, prefillThrough } from './prefill.js';
+import { checkCapacity, prefillThrough } from './prefill.js';
 import { checkDeviceArgument } from './args.js';
 
 /** One transformer block's weights on the GPU. */
@@ -620,36 +619,26 @@ export class WebGpuModel {
     this.checkIdle('scoreBatch()');
     checkDeviceAlive(this.dev, 'WebGpuModel');
     const ids = this.batchIds(tokens, 'scoreBatch');
-    if (targets === null || typeof targets !== 'object' || typeof targets.length !== 'number')
-      throw new CalderaError(
-        'E_VALUE',
-        `scoreBatch: targets must be an array of token ids, got ${describeValue(targets)}`,
-      );
+    checkTokenArray(targets, 'scoreBatch', 'targets');
     if (targets.length !== ids.length)
       throw new CalderaError(
         'E_VALUE',
         `scoreBatch: ${targets.length} targets for ${ids.length} tokens (one target per token)`,
       );
-    const want = this.batchIds(targets, 'scoreBatch: targets');
+    checkTokenIds(targets, this.config.vocabSize, 'scoreBatch: targets');
     checkCapacity(this, ids.length, 'scoreBatch');
-    this.dev.device.queue.writeBuffer(this.targetsBuf, 0, want);
+    this.dev.device.queue.writeBuffer(this.targetsBuf, 0, Uint32Array.from(targets));
     return (await this.readPass(this.submitPass(ids, 'nll'))) as Float32Array;
   }
 
   /** `tokens` as the ids of one pass: `E_VALUE` naming `what` unless 1 to {@link prefillChunk} ids in [0, vocab). */
   private batchIds(tokens: ArrayLike<number>, what: string): Uint32Array<ArrayBuffer> {
-    checkTokensArgument(tokens, what);
-    const V = this.config.vocabSize;
+    checkTokenArray(tokens, what);
     const T = tokens.length;
     if (T < 1 || T > this.prefillChunk)
       throw new CalderaError('E_VALUE', `${what}: ${T} tokens, expected 1 to ${this.prefillChunk}`);
-    const ids = new Uint32Array(T);
-    for (let t = 0; t < T; t++) {
-      const token = tokens[t]!;
-      if (!Number.isInteger(token) || token < 0 || token >= V) throw badTokenId(token, t, V, what);
-      ids[t] = token;
-    }
-    return ids;
+    checkTokenIds(tokens, this.config.vocabSize, what);
+    return Uint32Array.from(tokens);
   }
 
   /**
@@ -786,7 +775,7 @@ export class WebGpuModel {
    * one pass through the layers. `signal` is checked between batches.
    */
   async prefill(tokens: ArrayLike<number>, options: { signal?: AbortSignal } = {}): Promise<void> {
-    checkTokensArgument(tokens, 'prefill');
+    checkTokenArray(tokens, 'prefill');
     await prefillThrough(this, this.claim('prefill'), tokens, options?.signal, 'prefill');
   }
 
@@ -818,7 +807,7 @@ export class WebGpuModel {
    */
   async forward(tokens: ArrayLike<number>, options: { signal?: AbortSignal } = {}): Promise<Float32Array> {
     const signal = options?.signal; // from JavaScript: null options are none
-    checkTokensArgument(tokens, 'forward');
+    checkTokenArray(tokens, 'forward');
     const V = this.config.vocabSize;
     const all = Array.from(tokens);
     // the whole request up front: ids in range, and room in the KV cache (not a cache filled batch by batch first)

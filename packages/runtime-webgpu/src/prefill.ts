@@ -2,7 +2,7 @@
  * The one prefill loop of the package (internal: not exported from the package's entry), shared by
  * {@link WebGpuModel.prefill} and `generate()`, each passing its own claim on the model's sequence.
  */
-import { CalderaError, checkTokenIds, describeValue, throwIfAborted } from '@caldera/core';
+import { CalderaError, checkTokenIds, throwIfAborted } from '@caldera/core';
 import type { SequenceClaim, WebGpuModel } from './model.js';
 
 /**
@@ -26,22 +26,6 @@ export async function prefillThrough(
     throwIfAborted(signal, what);
     await seq.pass(() => model.stepBatch(all.slice(t, t + model.prefillChunk), 'none'));
   }
-}
-
-/**
- * `E_VALUE` unless `tokens` is an array (or array-like object) of token ids: null, a number or a string in its place
- * names the routine instead of failing inside (a TypeError, or nothing run at all).
- */
-export function checkTokensArgument(tokens: unknown, what: string): asserts tokens is ArrayLike<number> {
-  if (
-    tokens === null ||
-    typeof tokens !== 'object' ||
-    typeof (tokens as { length?: unknown }).length !== 'number'
-  )
-    throw new CalderaError(
-      'E_VALUE',
-      `${what}: tokens must be an array of token ids, got ${describeValue(tokens)}`,
-    );
 }
 
 /** `E_VALUE` when `count` more tokens do not fit the model's KV cache after those it holds. */
