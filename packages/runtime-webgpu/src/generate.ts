@@ -10,7 +10,7 @@ import {
   type PerplexityOptions,
   type PerplexityResult,
 } from '@caldera/core';
-import type { WebGpuModel } from './model.js';
+import type { SequenceClaim, WebGpuModel } from './model.js';
 import { prefillThrough } from './prefill.js';
 
 export type { GenerateOptions } from '@caldera/core';
@@ -51,30 +51,37 @@ export async function* generate(
   seq.pass(() => model.truncate(keep));
   // prefill the rest but the last prompt token (WebGpuModel.prefill's loop, through this claim)
   await prefillThrough(model, seq, Array.from(prompt).slice(keep, -1), options.signal, 'generate');
-  let last = prompt[prompt.length - 1]!;
-  if (rules.greedy) {
-    // the GPU's argmax (4 bytes read back), the token rules.pick would give; the GPU runs a pass ahead of the host
-    throwIfAborted(options.signal, 'generate');
-    let n = 0;
-    for await (const next of model.decodeGreedy(last, count, seq)) {
-      const verdict = rules.accept(next);
-      if (verdict === 'stop') return;
-      yield next;
-      if (verdict === 'last') return;
-      // before the next token is read (leaving the loop leaves the pass run ahead out of the sequence)
-      if (++n < count) throwIfAborted(options.signal, 'generate');
-    }
-    return;
-  }
-  for (let n = 0; n < count; n++) {
-    throwIfAborted(options.signal, 'generate');
-    const next = rules.pick(await seq.pass(() => model.step(last, 'logits')));
+  const last = prompt[prompt.length - 1]!;
+  // greedy: the GPU's argmax (4 bytes read back), the token rules.pick would give, the GPU a pass ahead of the host
+  const tokens = rules.greedy
+    ? model.decodeGreedy(last, count, seq)
+    : sampled(model, seq, rules, last, count);
+  throwIfAborted(options.signal, 'generate');
+  let n = 0;
+  for await (const next of tokens) {
     const verdict = rules.accept(next);
     if (verdict === 'stop') return;
     yield next;
     if (verdict === 'last') return;
-    last = next;
+    // before the next token's pass (greedy: before it is read; leaving the loop leaves the pass run ahead out of
+    // the sequence)
+    if (++n < count) throwIfAborted(options.signal, 'generate');
   }
+}
+
+/**
+ * `count` tokens after `token`, each sampled on the CPU by `rules` from the logits of a pass over the one before (read
+ * back through `seq`, one pass at a time).
+ */
+async function* sampled(
+  model: WebGpuModel,
+  seq: SequenceClaim,
+  rules: GenerationRules,
+  token: number,
+  count: number,
+): AsyncGenerator<number> {
+  let last = token;
+  for (let n = 0; n < count; n++) yield (last = rules.pick(await seq.pass(() => model.step(last, 'logits'))));
 }
 
 /** The shared sampler of the runtimes (`sampleToken` from `@caldera/core`). */
@@ -105,7 +112,7 @@ export async function perplexity(
     vocab: model.config.vocabSize,
   });
   options ??= {}; // from JavaScript: null options are none
-  // before the first window runs, not after it (a bad id last in the text, or an onProgress that is not a function)
+  // before the first window runs, not after it
   if (options.onProgress !== undefined) assertFunction(options.onProgress, 'perplexity', 'onProgress');
   const seq = model.claim('perplexity');
   let nll = 0;

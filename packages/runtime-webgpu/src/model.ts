@@ -236,11 +236,10 @@ export class WebGpuModel {
   /** Passes submitted so far (the next pass's serial is one more). */
   private passes = 0;
   /**
-   * The last pass submitted when it computed a greedy token and the sequence was not cut since: when it ends where
-   * the sequence does (not a pass run ahead and left behind), the pass whose argmax the next
-   * `submitPass('previous', …)` takes as its token.
+   * The last pass submitted: when it computed a greedy token and ends where the sequence does (not cut back since, nor
+   * a pass run ahead and left behind), the pass whose argmax the next `submitPass('previous', …)` takes as its token.
    */
-  private argmaxPass: SubmittedPass | null = null;
+  private lastPass: SubmittedPass | null = null;
   private pos = 0;
   /** Token ids at positions [0, pos). */
   private readonly history: number[] = [];
@@ -525,8 +524,6 @@ export class WebGpuModel {
         'E_VALUE',
         `truncate: length must be an integer in [0, ${this.pos}], got ${length}`,
       );
-    // the last pass's argmax no longer follows the sequence's last position
-    this.argmaxPass = null;
     this.pos = length;
     this.history.length = length;
     this.revision++;
@@ -686,8 +683,8 @@ export class WebGpuModel {
   private submitPass(ids: Uint32Array<ArrayBuffer> | 'previous', output: PassOutput): SubmittedPass {
     this.checkIdle('step()');
     checkDeviceAlive(this.dev, 'WebGpuModel');
-    const before = this.argmaxPass;
-    if (ids === 'previous' && (before?.serial !== this.passes || before.end !== this.pos))
+    const before = this.lastPass;
+    if (ids === 'previous' && (before?.output !== 'argmax' || before.end !== this.pos))
       throw new CalderaError(
         'E_VALUE',
         "WebGpuModel: a pass over the previous greedy token needs the greedy pass just before it, at the sequence's end",
@@ -722,7 +719,7 @@ export class WebGpuModel {
     dev.queue.submit([enc.finish()]);
     if (staging) this.stagedBy.set(staging, serial);
     const pass: SubmittedPass = { serial, start: this.pos, end: this.pos + T, output, staging, bytes };
-    this.argmaxPass = output === 'argmax' ? pass : null;
+    this.lastPass = pass;
     if (ids !== 'previous') {
       this.pos += T;
       this.revision++;
@@ -737,7 +734,7 @@ export class WebGpuModel {
    */
   private commitAhead(pass: SubmittedPass, token: number): void {
     this.checkIdle('step()');
-    if (pass.serial !== this.passes || pass.start !== this.pos)
+    if (pass !== this.lastPass || pass.start !== this.pos)
       throw new CalderaError('E_VALUE', 'WebGpuModel: a pass run ahead was overtaken by another pass');
     this.pos++;
     this.revision++;
