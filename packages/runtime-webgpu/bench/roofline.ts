@@ -74,8 +74,10 @@ export interface Roofline {
   /** Whether Q̂'s products ran in packed f16 (the launch's label), and then the f32 form's rate on the same buffers. */
   f16: boolean;
   f32FormGbs: number | null;
+  /** The f32 form with 4 rows per lane on the same buffers (on a GPU with 32 lanes per row; its default is one). */
+  f32FourRowsGbs: number | null;
   /** The packed-f16 form's rows per lane, and with more than one, its rate with one row per lane. */
-  f16Rows: number | null;
+  rowsPerLane: number | null;
   oneRowPerLaneGbs: number | null;
   streamGbs: number;
   denseF16KernelGbs: number;
@@ -158,10 +160,18 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
   const f16Ran = fused[0]!.launch.f16Products === true;
   const f32Kernels = f16Ran ? new Kernels(dev, { lanes: kernels.lanes, f16: false }) : null;
   const fusedF32 = f32Kernels ? uploads.map((u) => fusedLaunch(f32Kernels, u, kx, kout, kz)) : null;
-  // and with one row per lane when it computes more
-  const f16Rows = fused[0]!.launch.f16Rows ?? null;
+  // the f32 form with 4 rows per lane (its default is one) on a GPU, where the default form has 32 lanes per row
+  const f32RowsKernels =
+    !cpu && kernels.lanes === 32 ? new Kernels(dev, { lanes: 32, f16: false, rowsPerLane: 4 }) : null;
+  const fusedF32Rows = f32RowsKernels
+    ? uploads.map((u) => fusedLaunch(f32RowsKernels, u, kx, kout, kz))
+    : null;
+  // and the f16 form with one row per lane when it computes more
+  const rowsPerLane = f16Ran ? (fused[0]!.launch.rowsPerLane ?? null) : null;
   const oneRowKernels =
-    f16Rows !== null && f16Rows > 1 ? new Kernels(dev, { lanes: kernels.lanes, f16Rows: 1 }) : null;
+    rowsPerLane !== null && rowsPerLane > 1
+      ? new Kernels(dev, { lanes: kernels.lanes, rowsPerLane: 1 })
+      : null;
   const fusedOneRow = oneRowKernels ? uploads.map((u) => fusedLaunch(oneRowKernels, u, kx, kout, kz)) : null;
 
   // the dense f16 kernel
@@ -233,6 +243,12 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
         fusedF32.map((f) => f.launch),
       )
     : null;
+  const f32FourRowsGbs = fusedF32Rows
+    ? await gbs(
+        kernelBytes,
+        fusedF32Rows.map((f) => f.launch),
+      )
+    : null;
   const oneRowPerLaneGbs = fusedOneRow
     ? await gbs(
         kernelBytes,
@@ -249,6 +265,7 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
   kernels.dispose();
   otherKernels.dispose();
   f32Kernels?.dispose();
+  f32RowsKernels?.dispose();
   oneRowKernels?.dispose();
   for (const b of owned) b.destroy();
   return {
@@ -257,7 +274,8 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
     otherLanes: { lanes: otherLanes, kernelGbs: otherLanesGbs },
     f16: f16Ran,
     f32FormGbs,
-    f16Rows,
+    f32FourRowsGbs,
+    rowsPerLane,
     oneRowPerLaneGbs,
     streamGbs,
     denseF16KernelGbs,

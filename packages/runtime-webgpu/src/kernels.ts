@@ -78,7 +78,7 @@ export {
   unpackBf16Wgsl,
   WG,
   type DenseDtype,
-  type F16Rows,
+  type RowsPerLane,
   type Lanes,
   type LatticeCodec,
   type PreviousStep,

@@ -607,8 +607,8 @@ describe('option checks before anything is read, uploaded or downloaded', () => 
     expect(() => new Kernels(fake, { f16: 'yes' as unknown as boolean })).toThrow(
       "E_VALUE: f16 must be true or false, got 'yes'",
     );
-    expect(() => new Kernels(fake, { f16Rows: 3 as never })).toThrow(
-      'E_VALUE: f16Rows must be 1, 2 or 4, got 3',
+    expect(() => new Kernels(fake, { rowsPerLane: 3 as never })).toThrow(
+      'E_VALUE: rowsPerLane must be 1, 2 or 4, got 3',
     );
   });
 

@@ -509,7 +509,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
 });
 
 describe.skipIf(!f16dev)(gpuTitle('WebGpuModel with packed-f16 Q̂ products', f16reason), () => {
-  it("the compressed reference model with f16 Q̂ products in decode: logits within 2e-3 of runtime-node's, its greedy tokens and perplexity; f16: false gives f32 logits", async () => {
+  it("the compressed reference model with f16 Q̂ products in decode: logits within 2e-3 of runtime-node's, its greedy tokens and perplexity; f16: false gives f32 logits; 4 rows per lane the same logits in either form", async () => {
     const d = f16dev!;
     const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-f16-'));
     try {
@@ -535,17 +535,21 @@ describe.skipIf(!f16dev)(gpuTitle('WebGpuModel with packed-f16 Q̂ products', f1
             expect(err).toBeLessThan(2e-3);
             expect(err).toBeGreaterThan(1e-6);
           } else expect(err).toBeLessThan(1e-4);
-          if (f16) {
-            // 4 rows per lane where the segments allow (forced: these layers are too small for the default) change
-            // which lane computes a row, not its sums: the same logits to the bit
+          {
+            // 4 rows per lane where the segments allow (forced: these layers are too small for the f16 form's
+            // default, and the f32 form's is one) change which lane computes a row, not its sums: the same logits to
+            // the bit, in either form
             const { model: rows4 } = await loadModel(d, dir, {
               contextLength: 64,
               lanes: 32,
               prefillChunk: 1,
-              f16Rows: 4,
+              rowsPerLane: 4,
+              f16,
             });
             try {
-              expect(rows4.launchLabels.some((l) => l.endsWith(' 4 rows/lane f16'))).toBe(true);
+              expect(
+                rows4.launchLabels.some((l) => l.endsWith(f16 ? ' 4 rows/lane f16' : ' 4 rows/lane')),
+              ).toBe(true);
               expect(await rows4.forward(PROMPT)).toEqual(got);
             } finally {
               rows4.dispose();

@@ -23,7 +23,7 @@ import {
   Kernels,
   type Dispatch,
   type GpuMatrix,
-  type F16Rows,
+  type RowsPerLane,
   type Lanes,
   type RopeKvOptions,
   type RotateOptions,
@@ -81,11 +81,11 @@ export interface WebGpuModelOptions {
    */
   f16?: boolean;
   /**
-   * Most rows each lane of the packed-f16 kernel computes, 1, 2 or 4 (see {@link Kernels.f16Rows}); default: chosen
-   * per launch. When set, every launch takes the most its layers' rows allow up to it, however few workgroups that
-   * leaves.
+   * Most rows each lane of the E8P kernel computes in decode with 32 lanes per row, 1, 2 or 4 (see
+   * {@link Kernels.rowsPerLane}); default: chosen per launch for the packed-f16 form, one for the f32 form. When set,
+   * every launch takes the most its layers' rows allow up to it, however few workgroups that leaves.
    */
-  f16Rows?: F16Rows;
+  rowsPerLane?: RowsPerLane;
   /**
    * Prompt tokens run through the layers together in one pass (prefill batch); the activation buffers hold this many
    * rows. Default `min(32, contextLength)`; 1 makes prefill token by token.
@@ -282,7 +282,7 @@ export class WebGpuModel {
       ...(options.lanes !== undefined ? { lanes: options.lanes } : {}),
       ...(options.maxLocalHadamard !== undefined ? { maxLocalHadamard: options.maxLocalHadamard } : {}),
       ...(options.f16 !== undefined ? { f16: options.f16 } : {}),
-      ...(options.f16Rows !== undefined ? { f16Rows: options.f16Rows } : {}),
+      ...(options.rowsPerLane !== undefined ? { rowsPerLane: options.rowsPerLane } : {}),
     });
     // everything allocated from here on is destroyed again when construction fails (the weights stay the caller's)
     try {

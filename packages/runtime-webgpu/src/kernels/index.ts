@@ -29,7 +29,7 @@ import {
   SWIGLU_WGSL,
   WG,
   type DenseDtype,
-  type F16Rows,
+  type RowsPerLane,
   type Lanes,
   type LatticeCodec,
   type PreviousStep,
@@ -266,8 +266,8 @@ export interface Dispatch {
   readonly oneRow?: boolean;
   /** The packed-f16 form of {@link Kernels.e8pMatvec} (its label also ends with ` f16`). */
   readonly f16Products?: boolean;
-  /** The packed-f16 form's rows per lane (see {@link e8pMatvecF16Wgsl}). */
-  readonly f16Rows?: F16Rows;
+  /** Rows per lane of {@link Kernels.e8pMatvec} with 32 lanes per row and one activation row, either form. */
+  readonly rowsPerLane?: RowsPerLane;
 }
 
 /**
@@ -363,14 +363,16 @@ export class Kernels {
    */
   readonly f16: boolean;
   /**
-   * Most rows each lane of the packed-f16 kernel computes (1, 2 or 4), or null (the default): chosen per launch, 4 or
-   * 2 where the segments' rows allow it and the launch keeps at least {@link F16_MIN_WORKGROUPS} workgroups, else 1.
-   * When set, the most the segments' rows allow up to it, however few workgroups that leaves.
+   * Most rows each lane of the E8P kernel computes with 32 lanes per row in decode (1, 2 or 4), or null (the default).
+   * The packed-f16 form by default chooses per launch: 4 or 2 where the segments' rows allow it and the launch keeps
+   * at least {@link F16_MIN_WORKGROUPS} workgroups, else 1 (4 rows measured 2× one on an H200); the f32 form computes
+   * one (its multi-row form is not yet measured on a GPU). When set, both take the most the segments' rows allow up
+   * to it, however few workgroups that leaves.
    */
-  readonly f16Rows: F16Rows | null;
+  readonly rowsPerLane: RowsPerLane | null;
   constructor(
     readonly dev: CalderaDevice,
-    options: { lanes?: Lanes; maxLocalHadamard?: number; f16?: boolean; f16Rows?: F16Rows } = {},
+    options: { lanes?: Lanes; maxLocalHadamard?: number; f16?: boolean; rowsPerLane?: RowsPerLane } = {},
   ) {
     options ??= {}; // from JavaScript: null options are none
     checkLanes(options.lanes);
@@ -387,9 +389,12 @@ export class Kernels {
     if (options.f16 && this.lanes !== 32)
       throw new CalderaError('E_VALUE', 'Kernels: f16 needs 32 lanes per row');
     this.f16 = options.f16 ?? (dev.shaderF16 && this.lanes === 32);
-    if (options.f16Rows !== undefined && ![1, 2, 4].includes(options.f16Rows))
-      throw new CalderaError('E_VALUE', `f16Rows must be 1, 2 or 4, got ${shownValue(options.f16Rows)}`);
-    this.f16Rows = options.f16Rows ?? null;
+    if (options.rowsPerLane !== undefined && ![1, 2, 4].includes(options.rowsPerLane))
+      throw new CalderaError(
+        'E_VALUE',
+        `rowsPerLane must be 1, 2 or 4, got ${shownValue(options.rowsPerLane)}`,
+      );
+    this.rowsPerLane = options.rowsPerLane ?? null;
   }
 
   private pipeline(key: string, code: () => string): GPUComputePipeline {
@@ -1015,20 +1020,28 @@ export class Kernels {
     const mp = start;
     const tile = o.tile ?? 1;
     const f16 = this.f16Form(o.codec, G, segs, mp, tile);
-    // the f16 form's label ends with ' f16', after its activation chunks when there are several and its rows per lane
-    // when more than one
+    // the f32 form's rows per lane (32 lanes, one activation row): up to `rowsPerLane` (default 1) as the rows allow
+    const f32Rows =
+      f16 !== null || this.lanes !== 32 || tile !== 1
+        ? null
+        : ([4, 2, 1] as const).find(
+            (r) => r <= (this.rowsPerLane ?? 1) && segs.every((sg) => sg.rows % r === 0),
+          )!;
+    const rows = f16?.rows ?? f32Rows;
+    // the label ends with the rows per lane when more than one and, for the f16 form, ' f16' (after its activation
+    // chunks when there are several)
     const chunks = f16 === null ? 0 : Math.ceil(G / f16.chunk);
-    const f16Label =
-      f16 === null
-        ? ''
-        : `${chunks > 1 ? ` ${chunks} chunks` : ''}${f16.rows > 1 ? ` ${f16.rows} rows/lane` : ''} f16`;
+    const formLabel = `${chunks > 1 ? ` ${chunks} chunks` : ''}${rows !== null && rows > 1 ? ` ${rows} rows/lane` : ''}${
+      f16 === null ? '' : ' f16'
+    }`;
     const p =
       f16 !== null
         ? this.pipeline(`e8p_matvec_f16_${o.codec}_${lr?.codec ?? 'none'}_${f16.chunk}_${f16.rows}`, () =>
             e8pMatvecF16Wgsl(o.codec as 'e8p12' | 'rvq4', lr?.codec ?? null, f16.chunk, f16.rows),
           )
-        : this.pipeline(`e8p_matvec_${o.codec}_${lr?.codec ?? 'none'}_${this.lanes}_${tile}`, () =>
-            e8pMatvecWgsl(o.codec, lr?.codec ?? null, this.lanes, tile),
+        : this.pipeline(
+            `e8p_matvec_${o.codec}_${lr?.codec ?? 'none'}_${this.lanes}_${tile}_${f32Rows ?? 1}`,
+            () => e8pMatvecWgsl(o.codec, lr?.codec ?? null, this.lanes, tile, f32Rows ?? 1),
           );
     const u = this.uniform(
       [
@@ -1057,21 +1070,25 @@ export class Kernels {
     const bufs = [u, ...e8pBindings(o.codec, lr?.codec ?? null).map((n) => named[n]!)];
     const k = segs.reduce((s, sg) => s + (sg.lowRank?.k ?? 0), 0);
     const launch = this.make(
-      `e8p ${mp}x${o.np}${segs.length > 1 ? ` (${segs.length} layers)` : ''}${lr ? ` k=${k}` : ''}${f16Label}`,
+      `e8p ${mp}x${o.np}${segs.length > 1 ? ` (${segs.length} layers)` : ''}${lr ? ` k=${k}` : ''}${formLabel}`,
       p,
       bufs,
-      Math.ceil(mp / (f16 === null ? rowsPerWorkgroup(this.lanes) : ROWS_PER_WG * f16.rows)),
+      Math.ceil(mp / (rows === null ? rowsPerWorkgroup(this.lanes) : ROWS_PER_WG * rows)),
       true,
       tile,
     );
-    return f16 === null ? launch : { ...launch, f16Products: true, f16Rows: f16.rows };
+    return {
+      ...launch,
+      ...(f16 !== null ? { f16Products: true } : {}),
+      ...(rows !== null ? { rowsPerLane: rows } : {}),
+    };
   }
 
   /**
    * The packed-f16 Q̂ kernel's shape ({@link e8pMatvecF16Wgsl}) for a launch, or null for the f32 form: f16 off, row
    * tiles, an RVQ3 plane, an odd number of groups per row, a segment whose rows are not a multiple of 8 or whose first
-   * code index is odd. Rows per lane: the most r (up to `f16Rows`, default 4) such that 8·r divides every segment's
-   * rows and, unless `f16Rows` is set, the launch keeps {@link F16_MIN_WORKGROUPS} workgroups, and its activation chunk
+   * code index is odd. Rows per lane: the most r (up to `rowsPerLane`, default 4) such that 8·r divides every segment's
+   * rows and, unless `rowsPerLane` is set, the launch keeps {@link F16_MIN_WORKGROUPS} workgroups, and its activation chunk
    * (groups of 8) fits workgroup memory: the whole row (rounded up to 64 groups) when it does, else the most that fits.
    */
   private f16Form(
@@ -1080,14 +1097,14 @@ export class Kernels {
     segs: readonly E8pSegment[],
     mp: number,
     tile: number,
-  ): { chunk: number; rows: F16Rows } | null {
+  ): { chunk: number; rows: RowsPerLane } | null {
     if (!this.f16 || tile !== 1 || codec === 'rvq3' || G % 2 !== 0) return null;
     if (!segs.every((sg) => (sg.codeByte ?? 0) % 4 === 0 && (sg.code2Byte ?? 0) % 4 === 0)) return null;
     for (const rows of [4, 2, 1] as const) {
       if (
-        rows > (this.f16Rows ?? 4) ||
+        rows > (this.rowsPerLane ?? 4) ||
         !segs.every((sg) => sg.rows % (ROWS_PER_WG * rows) === 0) ||
-        (rows > 1 && this.f16Rows === null && mp / (ROWS_PER_WG * rows) < F16_MIN_WORKGROUPS)
+        (rows > 1 && this.rowsPerLane === null && mp / (ROWS_PER_WG * rows) < F16_MIN_WORKGROUPS)
       )
         continue;
       const chunk = this.f16ChunkFor(G, rows);
@@ -1097,7 +1114,7 @@ export class Kernels {
   }
 
   /** The activation chunk of {@link Kernels.f16Form} for `rows` rows per lane, or null when not even 64 groups fit. */
-  private f16ChunkFor(G: number, rows: F16Rows): number | null {
+  private f16ChunkFor(G: number, rows: RowsPerLane): number | null {
     const fits = (chunk: number) => e8pF16WorkgroupBytes(chunk, rows) <= this.dev.maxWorkgroupStorage;
     // the whole row in one chunk: rounded up to 64 groups (fewer pipeline variants), or exactly
     const whole = Math.ceil(G / 64) * 64;

@@ -208,7 +208,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       }
     });
 
-    it(`E8P12 matvec (${lanes} lane(s) per row) decodes all 65 536 codes like @caldera/quant (and RVQ4/RVQ3, plus packed L̂·z in every codec)`, async () => {
+    it(`E8P12 matvec (${lanes} lane(s) per row${lanes === 32 ? '; 1, 2 and 4 rows per lane' : ''}) decodes all 65 536 codes like @caldera/quant (and RVQ4/RVQ3, plus packed L̂·z in every codec)${lanes === 32 ? '; more rows per lane give the same outputs to the bit' : ''}`, async () => {
       const rng = new Rng(2);
       const mp = 1024;
       const np = 512; // 64 codes per row: every code appears once
@@ -223,7 +223,6 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       const x = randn(rng, np);
       const kr = 37; // more components than the 32 lanes of a row: each lane takes several
       const z = randn(rng, kr);
-      const k = new Kernels(d, { lanes });
       const sources = storageBuffer(d, e8pSourcePairs(), 'src');
       const xb = storageBuffer(d, x, 'x');
       const codes3 = Uint8Array.from({ length: codes.length }, () => rng.int(256));
@@ -238,15 +237,20 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
         ['rvq3', 'e8p12'],
         ['e8p12', 'rvq3'],
       ] as const;
-      for (const [codec, lCodec] of cases) {
-        const rvq = codec !== 'e8p12';
-        const rho = codec === 'rvq3' ? RVQ3_RESID_SCALE : RVQ4_RESID_SCALE;
-        const out = scratchBuffer(d, mp * 4, 'out');
-        const qscale = 0.37;
-        const lscale = 0.21;
-        const L = lCodec ? packedCodes(rng, (kr * mp) / 8, lCodec) : null;
-        await run(d, [
-          k.e8pMatvec({
+      // with 32 lanes, each row's sums are the same with more rows per lane: the one-row outputs, to compare
+      const oneRow = new Map<string, Float32Array>();
+      // L̂'s codes of each case, the same for every rows per lane
+      const Ls = cases.map(([, lCodec]) => (lCodec ? packedCodes(rng, (kr * mp) / 8, lCodec) : null));
+      for (const [c, [codec, lCodec]] of cases.entries())
+        for (const rowsPerLane of lanes === 32 ? ([1, 2, 4] as const) : ([1] as const)) {
+          const k = new Kernels(d, { lanes, rowsPerLane });
+          const rvq = codec !== 'e8p12';
+          const rho = codec === 'rvq3' ? RVQ3_RESID_SCALE : RVQ4_RESID_SCALE;
+          const out = scratchBuffer(d, mp * 4, 'out');
+          const qscale = 0.37;
+          const lscale = 0.21;
+          const L = Ls[c]!;
+          const launch = k.e8pMatvec({
             codes: storageBuffer(d, codes, 'c'),
             codes2: rvq ? storageBuffer(d, codec === 'rvq3' ? codes3 : codes2, 'c2') : null,
             codec,
@@ -273,28 +277,36 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
                   },
                 }
               : {}),
-          }),
-        ]);
-        const ref = new Float64Array(mp);
-        for (let i = 0; i < mp; i++) {
-          let s = 0;
-          for (let j = 0; j < np; j++) {
-            const r2 =
-              codec === 'rvq4'
-                ? q2[i * np + j]!
-                : codec === 'rvq3'
-                  ? cb3[codes3[i * (np / 8) + (j >> 3)]! * 8 + (j & 7)]!
-                  : 0;
-            const w = q1[i * np + j]! + r2 / rho;
-            s += w * x[j]!;
+          });
+          expect(launch.rowsPerLane).toBe(lanes === 32 ? rowsPerLane : undefined);
+          expect(launch.label.endsWith(` ${rowsPerLane} rows/lane`)).toBe(rowsPerLane > 1);
+          await run(d, [launch]);
+          const got = await readF32(d, out, mp);
+          if (rowsPerLane === 1) oneRow.set(`${codec} ${lCodec}`, got);
+          else
+            expect(got, `${codec} ${lCodec}, ${rowsPerLane} rows per lane`).toEqual(
+              oneRow.get(`${codec} ${lCodec}`),
+            );
+          const ref = new Float64Array(mp);
+          for (let i = 0; i < mp; i++) {
+            let s = 0;
+            for (let j = 0; j < np; j++) {
+              const r2 =
+                codec === 'rvq4'
+                  ? q2[i * np + j]!
+                  : codec === 'rvq3'
+                    ? cb3[codes3[i * (np / 8) + (j >> 3)]! * 8 + (j & 7)]!
+                    : 0;
+              const w = q1[i * np + j]! + r2 / rho;
+              s += w * x[j]!;
+            }
+            ref[i] = qscale * s;
+            if (L) for (let t = 0; t < kr; t++) ref[i]! += lscale * L.values[t * mp + i]! * z[t]!;
           }
-          ref[i] = qscale * s;
-          if (L) for (let t = 0; t < kr; t++) ref[i]! += lscale * L.values[t * mp + i]! * z[t]!;
+          // a wrong sign or source entry changes an output by ≥ 0.25·|x_j| ~ 0.1 relative (of L̂: ≥ 0.25·lscale·|z_t|
+          // ~ 0.05); f32 rounding of 512 products is ~1e-6 relative
+          expect(relErr(got, ref), `${codec} ${lCodec}`).toBeLessThan(1e-5);
         }
-        // a wrong sign or source entry changes an output by ≥ 0.25·|x_j| ~ 0.1 relative (of L̂: ≥ 0.25·lscale·|z_t|
-        // ~ 0.05); f32 rounding of 512 products is ~1e-6 relative
-        expect(relErr(await readF32(d, out, mp), ref), `${codec} ${lCodec}`).toBeLessThan(1e-5);
-      }
     });
   }
 
@@ -911,6 +923,25 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       expect(() => k.e8pMatvec({ ...base, ...bad })).toThrow(/not a multiple of 8/);
   });
 
+  it("the f32 form's rows per lane: one by default, up to rowsPerLane as every segment's rows allow (32 lanes, one activation row; none with one lane or row tiles)", () => {
+    const b = storageBuffer(d, new Float32Array(64), 'b');
+    const shape = (k: Kernels, rows: number[], tile = 1) => {
+      const l = k.e8pMatvec({ ...e8pStub(b, 16), tile, segments: rows.map((r) => ({ rows: r, qscale: 1 })) });
+      expect(l.f16Products).toBeUndefined();
+      expect(l.label.includes('rows/lane')).toBe((l.rowsPerLane ?? 1) > 1);
+      return [l.rowsPerLane, l.workgroups];
+    };
+    expect(shape(new Kernels(d, { lanes: 32 }), [8192])).toEqual([1, 1024]);
+    const k4 = new Kernels(d, { lanes: 32, rowsPerLane: 4 });
+    expect(shape(k4, [8192])).toEqual([4, 256]);
+    expect(shape(k4, [64, 12])).toEqual([4, 3]);
+    expect(shape(k4, [64, 10])).toEqual([2, 5]);
+    expect(shape(k4, [64, 9])).toEqual([1, 10]);
+    expect(shape(new Kernels(d, { lanes: 32, rowsPerLane: 2 }), [8192])).toEqual([2, 512]);
+    expect(shape(k4, [64], 8)).toEqual([undefined, 8]);
+    expect(shape(new Kernels(d, { lanes: 1, rowsPerLane: 4 }), [64])).toEqual([undefined, 1]);
+  });
+
   it('RMSNorm, SwiGLU and argmax (first index on ties)', async () => {
     const rng = new Rng(4);
     const k = K();
@@ -1078,8 +1109,8 @@ describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact refere
     [352, 2, 2],
     [352, 4, 4],
   ] as const)(
-    'Q̂ in packed f16 (segments of %i rows, f16Rows %s: %i row(s) per lane; E8P12 with an RVQ3 L̂, RVQ4 with an RVQ4 L̂; all 65 536 codes, two segments, one chunk (rounded up or exact) and two with a partial one): exact where the products are exact in f16, within its rounding bound for activations over 40 binades, at 2^-30 and at 2^30, and with an outlier inside a group',
-    async (rows, f16Rows, perLane) => {
+    'Q̂ in packed f16 (segments of %i rows, rowsPerLane %s: %i row(s) per lane; E8P12 with an RVQ3 L̂, RVQ4 with an RVQ4 L̂; all 65 536 codes, two segments, one chunk (rounded up or exact) and two with a partial one): exact where the products are exact in f16, within its rounding bound for activations over 40 binades, at 2^-30 and at 2^30, and with an outlier inside a group',
+    async (rows, rowsPerLane, perLane) => {
       const rng = new Rng(11);
       // rows per segment: a multiple of 8 (344: of no more, so one row per lane by default; 352 = 11 · 32)
       const mp = 2 * rows;
@@ -1140,7 +1171,7 @@ describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact refere
           ] as const) {
             const k = new Kernels(
               { ...d, maxWorkgroupStorage: storage },
-              { lanes: 32, ...(f16Rows ? { f16Rows } : {}) },
+              { lanes: 32, ...(rowsPerLane ? { rowsPerLane } : {}) },
             );
             expect(k.f16).toBe(true);
             const out = scratchBuffer(d, mp * 4, 'out');
@@ -1169,7 +1200,7 @@ describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact refere
             const shape = `${chunks === 1 ? '' : ' 2 chunks'}${perLane === 1 ? '' : ` ${perLane} rows/lane`}`;
             expect(launch.label.endsWith(` k=80${shape} f16`), launch.label).toBe(true);
             expect(launch.workgroups).toBe(mp / (8 * perLane));
-            expect(launch.f16Rows).toBe(perLane);
+            expect(launch.rowsPerLane).toBe(perLane);
             expect(launch.f16Products).toBe(true);
             await run(d, [launch]);
             const got = await readF32(d, out, mp);
@@ -1244,17 +1275,17 @@ describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact refere
     expect(() => new Kernels(d, { lanes: 1, f16: true })).toThrow(/32 lanes/);
   });
 
-  it('rows per lane: the most (of 4, 2, 1) that divide every segment by 8 and, by default, keep 256 workgroups; up to f16Rows when given', () => {
+  it('rows per lane: the most (of 4, 2, 1) that divide every segment by 8 and, by default, keep 256 workgroups; up to rowsPerLane when given', () => {
     const b = storageBuffer(d, new Float32Array(1024), 'b');
     const shape = (k: Kernels, ...rows: number[]) => {
       const l = k.e8pMatvec({ ...e8pStub(b, 128), segments: rows.map((r) => ({ rows: r, qscale: 1 })) });
       expect(l.f16Products).toBe(true);
-      expect(l.label.endsWith(l.f16Rows === 1 ? ' f16' : ` ${l.f16Rows} rows/lane f16`)).toBe(true);
-      expect(l.label.includes('rows/lane')).toBe(l.f16Rows !== 1);
-      return [l.f16Rows, l.workgroups];
+      expect(l.label.endsWith(l.rowsPerLane === 1 ? ' f16' : ` ${l.rowsPerLane} rows/lane f16`)).toBe(true);
+      expect(l.label.includes('rows/lane')).toBe(l.rowsPerLane !== 1);
+      return [l.rowsPerLane, l.workgroups];
     };
     const k = new Kernels(d, { lanes: 32 });
-    expect(k.f16Rows).toBeNull();
+    expect(k.rowsPerLane).toBeNull();
     expect(shape(k, 8192)).toEqual([4, 256]);
     expect(shape(k, 4096, 4096)).toEqual([4, 256]);
     expect(shape(k, 8208)).toEqual([2, 513]); // 16 · 513: not a multiple of 32
@@ -1262,19 +1293,19 @@ describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact refere
     expect(shape(k, 4096)).toEqual([2, 256]); // 4 rows per lane would leave 128 workgroups
     expect(shape(k, 4088)).toEqual([1, 511]);
     expect(shape(k, 8192, 8)).toEqual([1, 1025]);
-    const k4 = new Kernels(d, { lanes: 32, f16Rows: 4 });
+    const k4 = new Kernels(d, { lanes: 32, rowsPerLane: 4 });
     expect(shape(k4, 64)).toEqual([4, 2]);
     expect(shape(k4, 48)).toEqual([2, 3]);
-    expect(shape(new Kernels(d, { lanes: 32, f16Rows: 2 }), 8192)).toEqual([2, 512]);
-    expect(shape(new Kernels(d, { lanes: 32, f16Rows: 1 }), 8192)).toEqual([1, 1024]);
+    expect(shape(new Kernels(d, { lanes: 32, rowsPerLane: 2 }), 8192)).toEqual([2, 512]);
+    expect(shape(new Kernels(d, { lanes: 32, rowsPerLane: 1 }), 8192)).toEqual([1, 1024]);
     // fewer rows per lane where workgroup memory holds no chunk for more (16 groups: one chunk of 64)
     const tight = (bytes: number) =>
-      new Kernels({ ...d, maxWorkgroupStorage: bytes }, { lanes: 32, f16Rows: 4 });
+      new Kernels({ ...d, maxWorkgroupStorage: bytes }, { lanes: 32, rowsPerLane: 4 });
     expect(shape(tight(e8pF16WorkgroupBytes(64, 4)), 64)).toEqual([4, 2]);
     expect(shape(tight(e8pF16WorkgroupBytes(64, 2)), 64)).toEqual([2, 4]);
     expect(shape(tight(e8pF16WorkgroupBytes(64, 1)), 64)).toEqual([1, 8]);
-    expect(() => new Kernels(d, { lanes: 32, f16Rows: 3 as 1 })).toThrow(
-      'E_VALUE: f16Rows must be 1, 2 or 4, got 3',
+    expect(() => new Kernels(d, { lanes: 32, rowsPerLane: 3 as 1 })).toThrow(
+      'E_VALUE: rowsPerLane must be 1, 2 or 4, got 3',
     );
   });
 });

@@ -1115,31 +1115,41 @@ ${
 export const E8P_UNROLL = 8;
 
 /**
- * The loop over a row's E8P12 code groups `g = lane, lane + stride, …` (below `G`), in that order: each iteration
- * first loads the codes of its next {@link E8P_UNROLL} groups (the row's first code at index `base`, codes packed two
- * per u32; a group past the row loads the row's last code and is skipped), then runs `perCode(code, g)` for each. The
- * same groups in the same order as one group per iteration, but a lane's code loads no longer wait for each other
- * (one at a time left an H200 latency-bound, measured 2026-12-04). The one-row E8P kernel and the input step's R̂ rows
- * share it; the row-tiled (prefill) form keeps one group per iteration (the same order): with 8 groups its inner
- * loops over the tile's rows are unrolled 8 times, and two of three H200 runs measured prefill at 3.7 and 5.8 K
- * tokens/s with it, against 19–41 K in the three runs without.
+ * The loop over the E8P12 code groups `g = lane, lane + stride, …` (below `G`) of one or more rows, in that order:
+ * each iteration first loads the codes of its next {@link E8P_UNROLL} groups of every row (row k's first code at index
+ * `bases[k]`, codes packed two per u32; a group past the row loads the row's last code and is skipped), then runs
+ * `perGroup(codes, g)` for each group, `codes[k]` naming row k's code. The same groups in the same order as one group
+ * per iteration, but a lane's code loads no longer wait for each other (one at a time left an H200 latency-bound,
+ * measured 2026-12-04). The E8P kernel with 32 lanes per row and the input step's R̂ rows share it; the row-tiled
+ * (prefill) form keeps one group per iteration (the same order): with 8 groups its inner loops over the tile's rows
+ * are unrolled 8 times, and two of three H200 runs measured prefill at 3.7 and 5.8 K tokens/s with it, against 19–41 K
+ * in the three runs without.
  */
 function codeGroupsWgsl(
-  base: string,
+  bases: readonly string[],
   G: string,
   stride: string,
-  perCode: (code: string, g: string) => string,
+  perGroup: (codes: string[], g: string) => string,
 ): string {
   const U = Array.from({ length: E8P_UNROLL }, (_, u) => u);
+  const name = (u: number, k: number) => (bases.length === 1 ? `code${u}` : `code${u}_${k}`);
   return `for (var g0 = lane; g0 < ${G}; g0 += ${stride} * ${E8P_UNROLL}u) {
       ${U.map(
-        (u) => `let ci${u} = ${base} + min(g0 + ${u}u * ${stride}, ${G} - 1u);
-      let code${u} = (codes[ci${u} >> 1u] >> ((ci${u} & 1u) * 16u)) & 0xffffu;`,
+        (u) => `let gi${u} = min(g0 + ${u}u * ${stride}, ${G} - 1u);
+      ${bases
+        .map(
+          (base, k) => `let ci${u}_${k} = ${base} + gi${u};
+      let ${name(u, k)} = (codes[ci${u}_${k} >> 1u] >> ((ci${u}_${k} & 1u) * 16u)) & 0xffffu;`,
+        )
+        .join('\n      ')}`,
       ).join('\n      ')}
       ${U.map(
         (u) => `if (g0 + ${u}u * ${stride} < ${G}) {
         let g = g0 + ${u}u * ${stride};
-        ${perCode(`code${u}`, 'g')}
+        ${perGroup(
+          bases.map((_, k) => name(u, k)),
+          'g',
+        )}
       }`,
       ).join('\n      ')}
     }`;
@@ -1178,7 +1188,15 @@ export function e8pMatvecWgsl(
   lowRank: LatticeCodec | null,
   lanes: Lanes = 32,
   tile = 1,
+  rows: RowsPerLane = 1,
 ): string {
+  if (![1, 2, 4].includes(rows))
+    throw new CalderaError('E_VALUE', `e8pMatvecWgsl: rows per lane ${rows} is not 1, 2 or 4`);
+  if (rows > 1 && (lanes !== 32 || tile !== 1))
+    throw new CalderaError(
+      'E_VALUE',
+      'e8pMatvecWgsl: more than one row per lane needs 32 lanes and no row tiles',
+    );
   const rvq4 = codec === 'rvq4';
   const rvq3 = codec === 'rvq3';
   // with one lane per row the table is read from the storage buffer (no workgroup copy, no barrier)
@@ -1188,21 +1206,66 @@ export function e8pMatvecWgsl(
   // segment of the row, its row within the segment; plane-1 and plane-2 code indices of group g
   const seg = `let sg = segOf(row);
     let lrow = row - sg.start;`;
+  // one row's products with the group's activations xv: its plane-1 code, and its plane-2 code at idx2
+  const products = (code: string, acc: string, lrow: string) =>
+    `${
+      rvq4 || rvq3 ? `let idx2${acc} = sg.q2 + ${lrow} * p.G + g;\n      ` : ''
+    }${acc} += dotCode(decodeCode(${code}), xv);${
+      rvq4
+        ? `\n      ${acc}2 += dotCode(decodeCode((codes2[idx2${acc} >> 1u] >> ((idx2${acc} & 1u) * 16u)) & 0xffffu), xv);`
+        : ''
+    }${rvq3 ? `\n      ${acc}2 += dotE81b(((codes2[idx2${acc} >> 2u] >> ((idx2${acc} & 3u) * 8u)) & 0xffu) * 8u, xv);` : ''}`;
+  // a row's Q̂ sum scaled, then its L̂ term
+  const finish = (acc: string, lrow: string) =>
+    `${rvq4 || rvq3 ? `${acc} += ${acc}2 / p.resScale;\n    ` : ''}${acc} *= sg.qscale;${
+      lowRank
+        ? `\n    for (var t = lane; t < sg.k; t += stride) { ${acc} += lval(sg, t, ${lrow}) * z[r * p.zRow + sg.zOff + t]; }`
+        : ''
+    }`;
   const body = `${seg}
     var acc2 = 0.0;
     ${codeGroupsWgsl(
-      'sg.q1 + lrow * p.G',
+      ['sg.q1 + lrow * p.G'],
       'p.G',
       'stride',
-      (code, g) => `let idx2 = sg.q2 + lrow * p.G + ${g};
-      let xv = x8(r * p.xRow + sg.xOff + 8u * ${g});
-      acc += dotCode(decodeCode(${code}), xv);
-      ${rvq4 ? 'acc2 += dotCode(decodeCode((codes2[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu), xv);' : ''}
-      ${rvq3 ? 'acc2 += dotE81b(((codes2[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u, xv);' : ''}`,
+      ([code], g) => `let xv = x8(r * p.xRow + sg.xOff + 8u * ${g});
+      ${products(code!, 'acc', 'lrow')}`,
     )}
-    ${rvq4 || rvq3 ? 'acc += acc2 / p.resScale;' : ''}
-    acc *= sg.qscale;
-    ${lowRank ? 'for (var t = lane; t < sg.k; t += stride) { acc += lval(sg, t, lrow) * z[r * p.zRow + sg.zOff + t]; }' : ''}`;
+    ${finish('acc', 'lrow')}`;
+  if (lanes === 32 && tile === 1 && rows > 1) {
+    // each lane computes `rows` consecutive rows of one segment with every activation group it loads
+    const ks = Array.from({ length: rows }, (_, k) => k);
+    const wgRows = ROWS_PER_WG * rows;
+    return /* wgsl */ `${decls}
+var<workgroup> part: array<f32, ${WG * rows}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  ${prologue}
+  let row0 = wid.x * ${wgRows}u + (lid / 32u) * ${rows}u;
+  let r = wid.y;
+  let lane = lid % 32u;
+  let stride = 32u;
+  ${ks.map((k) => `var acc${k} = 0.0;`).join(' ')}
+  if (row0 < p.mp) {
+    let sg = segOf(row0);
+    let lrow = row0 - sg.start;
+    ${rvq4 || rvq3 ? ks.map((k) => `var acc${k}2 = 0.0;`).join(' ') : ''}
+    ${codeGroupsWgsl(
+      ks.map((k) => `sg.q1 + (lrow + ${k}u) * p.G`),
+      'p.G',
+      'stride',
+      (codes, g) => `let xv = x8(r * p.xRow + sg.xOff + 8u * ${g});
+      ${ks.map((k) => products(codes[k]!, `acc${k}`, `(lrow + ${k}u)`)).join('\n      ')}`,
+    )}
+    ${ks.map((k) => finish(`acc${k}`, `lrow + ${k}u`)).join('\n    ')}
+  }
+  ${ks.map((k) => `part[${k * WG}u + lid] = acc${k};`).join('\n  ')}
+  ${laneSumWgsl(ks.map((k) => `part[${k * WG}u + lid] += part[${k * WG}u + lid + s];`).join(' '))}
+  if (lane == 0u && row0 < p.mp) {
+    ${ks.map((k) => `outv[r * p.mp + row0 + ${k}u] = part[${k * WG}u + lid];`).join('\n    ')}
+  }
+}`;
+  }
   const tiled = `${seg}
     var acc2: array<f32, ${tile}>;
     for (var g = lane; g < p.G; g += stride) {
@@ -1234,15 +1297,18 @@ export function e8pMatvecWgsl(
   );
 }
 
-/** Rows each lane of {@link e8pMatvecF16Wgsl} computes: a workgroup takes `8·rows` rows. */
-export type F16Rows = 1 | 2 | 4;
+/**
+ * Rows each lane of the E8P kernels with 32 lanes per row computes ({@link e8pMatvecF16Wgsl}, and
+ * {@link e8pMatvecWgsl} in decode): a workgroup takes `8·rows` rows.
+ */
+export type RowsPerLane = 1 | 2 | 4;
 
 /**
  * Workgroup-memory bytes of {@link e8pMatvecF16Wgsl} with activation chunks of `chunk` groups and `rows` rows per
  * lane: the two 256-word decoding tables (2 KiB), 16 bytes of f16 activations and a 4-byte scale per group (at least
  * `rows·`{@link WG} scales: they hold the lanes' partial sums at the end).
  */
-export function e8pF16WorkgroupBytes(chunk: number, rows: F16Rows = 1): number {
+export function e8pF16WorkgroupBytes(chunk: number, rows: RowsPerLane = 1): number {
   // each array rounded up to 16 bytes, as WebGPU counts them
   return 2 * 256 * 4 + chunk * 16 + Math.ceil(Math.max(chunk, rows * WG) / 4) * 16;
 }
@@ -1295,7 +1361,7 @@ export function e8pMatvecF16Wgsl(
   codec: 'e8p12' | 'rvq4',
   lowRank: LatticeCodec | null,
   chunk: number,
-  rows: F16Rows = 1,
+  rows: RowsPerLane = 1,
 ): string {
   if (!Number.isInteger(chunk) || chunk < 2 || chunk % 2 !== 0)
     throw new CalderaError(
@@ -1678,10 +1744,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   if (row < sg.k) {
     var acc2 = 0.0;
     ${codeGroupsWgsl(
-      'sg.q1 + row * pr.G',
+      ['sg.q1 + row * pr.G'],
       'pr.G',
       `${lanes}u`,
-      (code, g) => `let idx2 = sg.q2 + row * pr.G + ${g};
+      ([code], g) => `let idx2 = sg.q2 + row * pr.G + ${g};
       let o = 8u * ${g};
       let xv = activations(vec4<f32>(v[o], v[o + 1u], v[o + 2u], v[o + 3u]),
         vec4<f32>(v[o + 4u], v[o + 5u], v[o + 6u], v[o + 7u]));
