@@ -1,7 +1,7 @@
 /**
  * Where a decode step's time goes, on the adapter at hand: `npx tsx bench/profile.ts [--random-model 1b|tiny]`
  * (`--roofline`: only bench/roofline.ts's measurement; `--ablate a,b`: see ./ablations.ts; `--max-local-hadamard N`;
- * `--rows-per-lane N`).
+ * `--rows-per-lane N`; `--vector-workgroup N`).
  * JSON Lines: the adapter's features; the whole step (program and head encoded `REPS` times in one pass, no
  * read-back); per launch class (a label's first word), the step with that class left out; and every launch alone,
  * repeated, summed by class (small layers then run from the L2 cache: a floor of their launch cost, not their
@@ -26,10 +26,13 @@ const shapeName = (at < 0 ? undefined : process.argv[at + 1]) ?? '1b';
 const localAt = process.argv.indexOf('--max-local-hadamard');
 // --rows-per-lane N: the most rows each lane of the E8P kernel computes (the loaders' rowsPerLane; checked there)
 const rowsAt = process.argv.indexOf('--rows-per-lane');
+// --vector-workgroup N: invocations of the one-workgroup kernels (the loaders' vectorWorkgroup; checked there)
+const vwAt = process.argv.indexOf('--vector-workgroup');
 const loadOptions = {
   contextLength: 64,
   ...(localAt < 0 ? {} : { maxLocalHadamard: Number(process.argv[localAt + 1]) }),
   ...(rowsAt < 0 ? {} : { rowsPerLane: Number(process.argv[rowsAt + 1]) as 1 | 2 | 4 }),
+  ...(vwAt < 0 ? {} : { vectorWorkgroup: Number(process.argv[vwAt + 1]) }),
 };
 const shape = SHAPES[shapeName as keyof typeof SHAPES];
 const REPS = 20;

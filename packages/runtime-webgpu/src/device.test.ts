@@ -62,6 +62,8 @@ describe('without a GPU', () => {
       maxStorageBufferBindingSize: 1 << 30,
       maxBufferSize: 1 << 31,
       maxComputeWorkgroupStorageSize: 32768,
+      maxComputeInvocationsPerWorkgroup: 2048,
+      maxComputeWorkgroupSizeX: 512,
     };
     const adapterWith = (storage: number) =>
       ({
@@ -83,6 +85,10 @@ describe('without a GPU', () => {
       expect(asked!.requiredLimits!.maxStorageBuffersPerShaderStage).toBe(want);
       expect(dev.maxStorageBuffers).toBe(want);
       expect(dev.shaderF16).toBe(false);
+      // invocations per workgroup at the adapter's maximum up to 1024; usable: the smaller of total and x size
+      expect(asked!.requiredLimits!.maxComputeInvocationsPerWorkgroup).toBe(1024);
+      expect(asked!.requiredLimits!.maxComputeWorkgroupSizeX).toBe(512);
+      expect(dev.maxWorkgroupInvocations).toBe(512);
     }
   });
 

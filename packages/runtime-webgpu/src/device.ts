@@ -46,6 +46,11 @@ export interface CalderaDevice {
    */
   readonly maxStorageBuffers: number;
   /**
+   * Invocations one workgroup may have (requested at the adapter's maximum, up to 1024; the smaller of the total and
+   * the x size limit): bounds `Kernels.vectorWorkgroup`.
+   */
+  readonly maxWorkgroupInvocations: number;
+  /**
    * True for a CPU implementation (SwiftShader, the fallback adapter): the matrix–vector kernels then use one
    * invocation per row (see `Lanes`).
    */
@@ -122,6 +127,8 @@ export async function createDevice(options: CreateDeviceOptions = {}): Promise<C
         maxBufferSize: l.maxBufferSize,
         maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
         maxStorageBuffersPerShaderStage: Math.min(l.maxStorageBuffersPerShaderStage, 16),
+        maxComputeInvocationsPerWorkgroup: Math.min(l.maxComputeInvocationsPerWorkgroup, 1024),
+        maxComputeWorkgroupSizeX: Math.min(l.maxComputeWorkgroupSizeX, 1024),
       },
     });
   } catch (e) {
@@ -145,6 +152,10 @@ export async function createDevice(options: CreateDeviceOptions = {}): Promise<C
     maxBufferSize: device.limits.maxBufferSize,
     maxWorkgroupStorage: device.limits.maxComputeWorkgroupStorageSize,
     maxStorageBuffers: device.limits.maxStorageBuffersPerShaderStage,
+    maxWorkgroupInvocations: Math.min(
+      device.limits.maxComputeInvocationsPerWorkgroup,
+      device.limits.maxComputeWorkgroupSizeX,
+    ),
     description,
     dispose: () => device.destroy(),
   };

@@ -50,7 +50,7 @@ export {
 export {
   ARGMAX_WGSL,
   NLL_WGSL,
-  ATTENTION_WGSL,
+  attentionWgsl,
   e8pBindings,
   e8pF16WorkgroupBytes,
   E8P_MAX_SEGMENTS,
@@ -65,7 +65,7 @@ export {
   inputProjectionBindings,
   inputProjectionWgsl,
   matvecWgsl,
-  RMSNORM_WGSL,
+  rmsNormWgsl,
   ROPE_KV_WGSL,
   ROTATION_MAX_MEMBERS,
   ROTATION_MAX_OUTPUTS_WITH_INPUT,

@@ -584,7 +584,7 @@ describe('option checks before anything is read, uploaded or downloaded', () => 
   const fails = (p: Promise<unknown>, message: string) =>
     expect(p).rejects.toThrow(expect.objectContaining({ code: 'E_VALUE', message: `E_VALUE: ${message}` }));
 
-  it('lanes other than 1 or 32 and maxLocalHadamard other than an integer ≥ 16 are E_VALUE naming them (the loaders and Kernels), not wrong tokens, invalid WGSL or the default', async () => {
+  it('lanes other than 1 or 32, maxLocalHadamard other than an integer ≥ 16, rowsPerLane other than 1, 2 or 4 and vectorWorkgroup other than a power of two the device allows are E_VALUE naming them (the loaders and Kernels), not wrong tokens, invalid WGSL or the default', async () => {
     const p = await parts();
     for (const lanes of [0, -1, 1.5, NaN, 2, 7, 64, '32', null])
       for (const f of [
@@ -610,6 +610,22 @@ describe('option checks before anything is read, uploaded or downloaded', () => 
     expect(() => new Kernels(fake, { rowsPerLane: 3 as never })).toThrow(
       'E_VALUE: rowsPerLane must be 1, 2 or 4, got 3',
     );
+    await fails(
+      loadModelFromBuffer(fake, p, { rowsPerLane: 3 as never }),
+      'rowsPerLane must be 1, 2 or 4, got 3',
+    );
+    // a power of two from 64 to the device's invocations per workgroup (at most 1024)
+    const fake512 = { ...fake, maxWorkgroupInvocations: 512 } as CalderaDevice;
+    for (const n of [32, 96, 1024, 1.5, '128', null]) {
+      const message = `vectorWorkgroup must be a power of two from 64 to 512 (the device's invocations per workgroup), got ${
+        typeof n === 'string' ? `'${n}'` : String(n)
+      }`;
+      await fails(loadModelFromBuffer(fake512, p, { vectorWorkgroup: n as number }), message);
+      expect(() => new Kernels(fake512, { vectorWorkgroup: n as number })).toThrow(`E_VALUE: ${message}`);
+    }
+    expect(new Kernels(fake512, { vectorWorkgroup: 64 }).vectorWorkgroup).toBe(64);
+    expect(new Kernels(fake512, { vectorWorkgroup: 512 }).vectorWorkgroup).toBe(512);
+    expect(new Kernels(fake512).vectorWorkgroup).toBe(256);
   });
 
   it("dtype outside 'auto', 'f32' and 'f16' is E_VALUE with runtime-node's message; callbacks that are not functions and a signal that is not an AbortSignal are E_VALUE naming them", async () => {

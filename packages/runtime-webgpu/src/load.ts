@@ -33,7 +33,13 @@ import {
   type CalderaDevice,
 } from './device.js';
 import { checkDeviceArgument } from './args.js';
-import { checkLanes, checkMaxLocalHadamard, type GpuMatrix } from './kernels/index.js';
+import {
+  checkLanes,
+  checkMaxLocalHadamard,
+  checkRowsPerLane,
+  checkVectorWorkgroup,
+  type GpuMatrix,
+} from './kernels/index.js';
 import {
   createCalderaLinears,
   createDenseLinears,
@@ -132,14 +138,16 @@ function denseData(
 
 /**
  * The loaders' option checks, before anything is read or downloaded: `E_VALUE` naming the option for a `dtype`,
- * `lanes` or `maxLocalHadamard` outside its values, a callback (`onPlan`, `onProgress`; `fetch` and `onDownload` of
+ * `lanes`, `maxLocalHadamard`, `rowsPerLane` or `vectorWorkgroup` (on `dev`) outside its values, a callback (`onPlan`, `onProgress`; `fetch` and `onDownload` of
  * {@link loadModelFromUrl}) that is not a function, or a `signal` that is not an `AbortSignal`; `E_ABORTED` when the
  * signal has fired already. `contextLength` and `prefillChunk` are checked by the plan.
  */
-function checkLoadOptions(options: UrlLoadOptions, fn: string): void {
+function checkLoadOptions(dev: CalderaDevice, options: UrlLoadOptions, fn: string): void {
   checkDenseDtype(options.dtype, fn);
   checkLanes(options.lanes);
   checkMaxLocalHadamard(options.maxLocalHadamard);
+  checkRowsPerLane(options.rowsPerLane);
+  checkVectorWorkgroup(options.vectorWorkgroup, dev);
   for (const name of ['onPlan', 'onProgress', 'onDownload', 'fetch'] as const)
     if (options[name] !== undefined) assertFunction(options[name], fn, name);
   throwIfAborted(options.signal, 'loading');
@@ -309,7 +317,7 @@ export async function loadModelFromStore(
   assertObject(source, 'loadModelFromStore', 'source');
   assertObject(source.store, 'loadModelFromStore', 'source.store');
   options ??= {}; // from JavaScript: null options are none
-  checkLoadOptions(options, 'loadModelFromStore');
+  checkLoadOptions(dev, options, 'loadModelFromStore');
   watchDeviceLost(dev.device);
   checkDeviceAlive(dev, 'loading a model');
   const config = parseModelConfig(source.config);
@@ -488,7 +496,7 @@ export async function loadModel(
   checkDeviceArgument(dev, 'loadModel');
   assertNonEmptyString(dir, 'loadModel', 'the model directory');
   options ??= {}; // from JavaScript: null options are none
-  checkLoadOptions(options, 'loadModel');
+  checkLoadOptions(dev, options, 'loadModel');
   const fs = (await nodeImport('fs/promises')) as Fs;
   const json = async (file: string, optional: boolean): Promise<unknown> => {
     let text: string;
@@ -557,7 +565,7 @@ export async function loadModelFromUrl(
   checkDeviceArgument(dev, 'loadModelFromUrl');
   assertNonEmptyString(base, 'loadModelFromUrl', 'the base URL');
   options ??= {}; // from JavaScript: null options are none
-  checkLoadOptions(options, 'loadModelFromUrl');
+  checkLoadOptions(dev, options, 'loadModelFromUrl');
   // the headers only (core's openModelUrl, shared with runtime-node): the plan comes before the bulk download
   // its fetch, signal and onDownload are openModelUrl's
   const opened = await openModelUrl(base, options);
@@ -589,7 +597,7 @@ export async function loadModelFromBuffer(
   checkDeviceArgument(dev, 'loadModelFromBuffer');
   assertObject(parts, 'loadModelFromBuffer', 'parts');
   options ??= {}; // from JavaScript: null options are none
-  checkLoadOptions(options, 'loadModelFromBuffer');
+  checkLoadOptions(dev, options, 'loadModelFromBuffer');
   // (weights that are not bytes or a Blob: E_VALUE from openSafetensors)
   const store = await openSafetensors(parts.weights, 'model.safetensors');
   try {

@@ -465,32 +465,48 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
     }
   });
 
-  it('output rotations finished in the next launch (residual branches and gate/up in the next input step, q/k/v in attention): the same logits, to the bit, as their own launches (devices with 8, 9 and 11 storage buffers), with 9 launches per CALDERA block instead of 13', async () => {
+  it('output rotations finished in the next launch (residual branches and gate/up in the next input step, q/k/v in attention): the same logits, to the bit, as their own launches (devices with 8, 9 and 11 storage buffers), with 9 launches per CALDERA block instead of 13; likewise with one-workgroup kernels of 64 invocations (1 and 32 lanes), whose logits are within f32 rounding of 256', async () => {
     // every linear CALDERA (random weights, RVQ4 R̂), so q/k/v's input step with RoPE finishes down_proj's rotation too
     const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-res-'));
     const shape = { hidden: 128, intermediate: 256, layers: 3, heads: 4, kvHeads: 2, vocab: 64 };
     await writeRandomCalderaModel(dir, shape, 8, { distinct: true });
     const tokens = [1, 17, 5, 63, 2, 40];
-    const opts = { contextLength: 16, lanes: 1 as const };
     // storage buffers per shader stage → launches per block: the residual step binds 12 (with this RVQ4 R̂), the gate
     // step 9, q/k/v's rotation with attention 9
     const perBlock = (storage: number) => 13 - (storage >= 9 ? 2 : 0) - (storage >= 12 ? 2 : 0);
     const variants = [8, 9, 11, d.maxStorageBuffers].map((s) => [s, perBlock(s)] as const);
     const models = [];
+    let first: Float32Array[] | undefined;
     try {
-      for (const [storage] of variants)
-        models.push((await loadModel({ ...d, maxStorageBuffers: storage }, dir, opts)).model);
-      // embedding, head, argmax; the final norm runs in the last down_proj's output rotation, which is counted in
-      // perBlock without the residual step and a launch of its own with it
-      for (const [i, [storage, blockLaunches]] of variants.entries())
-        expect(models[i]!.dispatchesPerToken, `${storage} storage buffers`).toBe(
-          3 + blockLaunches * shape.layers + (storage >= 12 ? 1 : 0),
-        );
-      const want: Float32Array[] = [];
-      for (const t of tokens) want.push(await models[0]!.step(t, 'logits'));
-      for (const [m, model] of models.entries())
-        for (const [i, t] of tokens.entries())
-          if (m > 0) expect(await model.step(t, 'logits'), `model ${m}, token ${i}`).toEqual(want[i]);
+      for (const [lanes, vectorWorkgroup] of [
+        [1, 256],
+        [1, 64],
+        [32, 64],
+      ] as const) {
+        const opts = { contextLength: 16, lanes, vectorWorkgroup };
+        const at = models.length;
+        for (const [storage] of variants)
+          models.push((await loadModel({ ...d, maxStorageBuffers: storage }, dir, opts)).model);
+        // embedding, head, argmax; the final norm runs in the last down_proj's output rotation, which is counted in
+        // perBlock without the residual step and a launch of its own with it
+        for (const [i, [storage, blockLaunches]] of variants.entries())
+          expect(models[at + i]!.dispatchesPerToken, `${storage} storage buffers`).toBe(
+            3 + blockLaunches * shape.layers + (storage >= 12 ? 1 : 0),
+          );
+        const want: Float32Array[] = [];
+        for (const t of tokens) want.push(await models[at]!.step(t, 'logits'));
+        for (const [m, model] of models.slice(at + 1).entries())
+          for (const [i, t] of tokens.entries())
+            expect(
+              await model.step(t, 'logits'),
+              `${lanes} lanes, ${vectorWorkgroup} invocations, model ${m + 1}, token ${i}`,
+            ).toEqual(want[i]);
+        // other workgroup sizes add the norms' sums of squares and the softmax in another order: f32 rounding of
+        // sums of ≤ 256 terms, ~1e-6 of the logits' scale through 3 blocks; 1e-4 leaves margin, and a wrong row, value
+        // or block in a kernel moves logits by O(1)
+        first ??= want;
+        for (const [i, w] of want.entries()) expect(maxRel(w, first[i]!), `token ${i}`).toBeLessThan(1e-4);
+      }
     } finally {
       for (const model of models) model.dispose();
       await rm(dir, { recursive: true, force: true });
@@ -509,7 +525,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
 });
 
 describe.skipIf(!f16dev)(gpuTitle('WebGpuModel with packed-f16 Q̂ products', f16reason), () => {
-  it("the compressed reference model with f16 Q̂ products in decode: logits within 2e-3 of runtime-node's, its greedy tokens and perplexity; f16: false gives f32 logits; 4 rows per lane the same logits in either form", async () => {
+  it("the compressed reference model with f16 Q̂ products in decode: logits within 2e-3 of runtime-node's, its greedy tokens and perplexity; f16: false gives f32 logits; 4 rows per lane the same logits in either form; one-workgroup kernels of 1024 invocations within f32 rounding", async () => {
     const d = f16dev!;
     const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-f16-'));
     try {
@@ -553,6 +569,22 @@ describe.skipIf(!f16dev)(gpuTitle('WebGpuModel with packed-f16 Q̂ products', f1
               expect(await rows4.forward(PROMPT)).toEqual(got);
             } finally {
               rows4.dispose();
+            }
+          }
+          if (!f16) {
+            // one-workgroup kernels of 1024 invocations (lavapipe allows them, SwiftShader 256): the reductions add in
+            // another order, f32 rounding (~1e-6 of the logits' scale); a wrong row or value moves them by O(1)
+            const { model: wide } = await loadModel(d, dir, {
+              contextLength: 64,
+              lanes: 32,
+              prefillChunk: 1,
+              f16,
+              vectorWorkgroup: 1024,
+            });
+            try {
+              expect(maxRel(await wide.forward(PROMPT), got)).toBeLessThan(1e-4);
+            } finally {
+              wide.dispose();
             }
           }
           model.reset();

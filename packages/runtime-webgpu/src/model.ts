@@ -87,6 +87,12 @@ export interface WebGpuModelOptions {
    */
   rowsPerLane?: RowsPerLane;
   /**
+   * Invocations of the kernels in which one workgroup computes a whole vector (RMSNorm, rotations, input steps,
+   * attention): a power of two from 64 to the device's `maxWorkgroupInvocations` (else `E_VALUE`); default 256. See
+   * {@link Kernels.vectorWorkgroup}.
+   */
+  vectorWorkgroup?: number;
+  /**
    * Prompt tokens run through the layers together in one pass (prefill batch); the activation buffers hold this many
    * rows. Default `min(32, contextLength)`; 1 makes prefill token by token.
    */
@@ -283,6 +289,7 @@ export class WebGpuModel {
       ...(options.maxLocalHadamard !== undefined ? { maxLocalHadamard: options.maxLocalHadamard } : {}),
       ...(options.f16 !== undefined ? { f16: options.f16 } : {}),
       ...(options.rowsPerLane !== undefined ? { rowsPerLane: options.rowsPerLane } : {}),
+      ...(options.vectorWorkgroup !== undefined ? { vectorWorkgroup: options.vectorWorkgroup } : {}),
     });
     // everything allocated from here on is destroyed again when construction fails (the weights stay the caller's)
     try {

@@ -3,7 +3,7 @@ import { uniformBuffer, type CalderaDevice, type UniformField } from '../device.
 import {
   ARGMAX_WGSL,
   NLL_WGSL,
-  ATTENTION_WGSL,
+  attentionWgsl,
   e8pBindings,
   E8P_MAX_SEGMENTS,
   ROTATION_MAX_MEMBERS,
@@ -20,7 +20,7 @@ import {
   inputProjectionWgsl,
   ROWS_PER_WG,
   matvecWgsl,
-  RMSNORM_WGSL,
+  rmsNormWgsl,
   ROPE_KV_WGSL,
   rotationAttentionWgsl,
   rotationNormWgsl,
@@ -344,6 +344,26 @@ export function checkMaxLocalHadamard(n: unknown): asserts n is number | undefin
     );
 }
 
+/** `E_VALUE` unless `rows` is undefined (the default), 1, 2 or 4 ({@link RowsPerLane}). */
+export function checkRowsPerLane(rows: unknown): asserts rows is RowsPerLane | undefined {
+  if (rows !== undefined && rows !== 1 && rows !== 2 && rows !== 4)
+    throw new CalderaError('E_VALUE', `rowsPerLane must be 1, 2 or 4, got ${shownValue(rows)}`);
+}
+
+/**
+ * `E_VALUE` unless `n` is undefined (the default, {@link WG}) or a power of two from 64 to the device's invocations per
+ * workgroup (at most 1024): the invocations of {@link Kernels.vectorWorkgroup}.
+ */
+export function checkVectorWorkgroup(n: unknown, dev: CalderaDevice): asserts n is number | undefined {
+  const most = Math.min(1024, dev.maxWorkgroupInvocations);
+  const ok = typeof n === 'number' && Number.isInteger(n) && n >= 64 && n <= most && (n & (n - 1)) === 0;
+  if (n !== undefined && !ok)
+    throw new CalderaError(
+      'E_VALUE',
+      `vectorWorkgroup must be a power of two from 64 to ${most} (the device's invocations per workgroup), got ${shownValue(n)}`,
+    );
+}
+
 /**
  * Builds kernel launches on one device. Pipelines are compiled once per kernel variant and cached in this object
  * (not globally); the uniform buffers it creates are released by {@link Kernels.dispose}.
@@ -370,9 +390,24 @@ export class Kernels {
    * to it, however few workgroups that leaves.
    */
   readonly rowsPerLane: RowsPerLane | null;
+  /**
+   * Invocations of the kernels in which one workgroup computes a whole vector: RMSNorm, the one-workgroup rotations
+   * and input steps, attention (a power of two from 64 to the device's `maxWorkgroupInvocations`; default
+   * {@link WG}). More invocations shorten the serial work of each (the decode step's input steps are latency-bound
+   * chains on one compute unit) at the price of longer reductions; not yet measured on a GPU. Their outputs match the
+   * default's within f32 rounding (the reductions add in another order); for one value every fused form equals its
+   * launches apart, to the bit, as with the default.
+   */
+  readonly vectorWorkgroup: number;
   constructor(
     readonly dev: CalderaDevice,
-    options: { lanes?: Lanes; maxLocalHadamard?: number; f16?: boolean; rowsPerLane?: RowsPerLane } = {},
+    options: {
+      lanes?: Lanes;
+      maxLocalHadamard?: number;
+      f16?: boolean;
+      rowsPerLane?: RowsPerLane;
+      vectorWorkgroup?: number;
+    } = {},
   ) {
     options ??= {}; // from JavaScript: null options are none
     checkLanes(options.lanes);
@@ -389,12 +424,10 @@ export class Kernels {
     if (options.f16 && this.lanes !== 32)
       throw new CalderaError('E_VALUE', 'Kernels: f16 needs 32 lanes per row');
     this.f16 = options.f16 ?? (dev.shaderF16 && this.lanes === 32);
-    if (options.rowsPerLane !== undefined && ![1, 2, 4].includes(options.rowsPerLane))
-      throw new CalderaError(
-        'E_VALUE',
-        `rowsPerLane must be 1, 2 or 4, got ${shownValue(options.rowsPerLane)}`,
-      );
+    checkRowsPerLane(options.rowsPerLane);
     this.rowsPerLane = options.rowsPerLane ?? null;
+    checkVectorWorkgroup(options.vectorWorkgroup, dev);
+    this.vectorWorkgroup = options.vectorWorkgroup ?? WG;
   }
 
   private pipeline(key: string, code: () => string): GPUComputePipeline {
@@ -450,7 +483,8 @@ export class Kernels {
 
   /** `out = rmsnorm(x) ⊙ w` over `n` values. */
   rmsNorm(x: GPUBuffer, w: GPUBuffer, out: GPUBuffer, n: number, eps: number): Dispatch {
-    const p = this.pipeline('rmsnorm', () => RMSNORM_WGSL);
+    const vw = this.vectorWorkgroup;
+    const p = this.pipeline(`rmsnorm_${vw}`, () => rmsNormWgsl(vw));
     const u = this.uniform(
       [
         ['u32', n],
@@ -617,7 +651,8 @@ export class Kernels {
         'E_VALUE',
         'rotateNorm: one member accumulating whole rows into one output, with no input computation',
       );
-    const words = Math.ceil(m.n / WG) * WG;
+    const vw = this.vectorWorkgroup;
+    const words = Math.ceil(m.n / vw) * vw;
     if (m.n > this.maxLocalHadamard || words * 4 > this.dev.maxWorkgroupStorage)
       return [...this.rotate(o), this.rmsNorm(res, norm.weight, norm.out, m.outLen, norm.eps)];
     if (m.biasOff !== null) this.boundBias(o.bias);
@@ -625,7 +660,9 @@ export class Kernels {
     return [
       this.make(
         `hadamard n=${m.n} K=${m.K}${o.transpose ? ' T' : ''} +rmsnorm`,
-        this.pipeline(`hadamard_norm_${words}_k${mixKs.join('.')}`, () => rotationNormWgsl(words, mixKs)),
+        this.pipeline(`hadamard_norm_${words}_k${mixKs.join('.')}_${vw}`, () =>
+          rotationNormWgsl(words, mixKs, vw),
+        ),
         [
           this.uniform(this.rotationFields(o, o.members, norm.eps), 'rotation params'),
           o.x,
@@ -673,7 +710,8 @@ export class Kernels {
       );
     if (o.accumulate) throw new CalderaError('E_VALUE', 'rotateRopeKv: outputs are not accumulated');
     const maxN = Math.max(...o.members.map((m) => m.n));
-    const words = Math.ceil(maxN / WG) * WG;
+    const vw = this.vectorWorkgroup;
+    const words = Math.ceil(maxN / vw) * vw;
     if (maxN > this.maxLocalHadamard || words * 4 > this.dev.maxWorkgroupStorage)
       return [...this.rotate({ ...o, pre: o.ones }), ...this.ropeKvAttention({ ...rope, q, k, v })];
     for (const m of o.members) if (m.biasOff !== null) this.boundBias(o.bias);
@@ -685,16 +723,16 @@ export class Kernels {
     const together =
       att !== undefined &&
       tile === 1 &&
-      rope.hd <= WG &&
-      (words + 3 * rope.hd + WG) * 4 <= this.dev.maxWorkgroupStorage &&
+      rope.hd <= vw &&
+      (words + 3 * rope.hd + vw) * 4 <= this.dev.maxWorkgroupStorage &&
       this.dev.maxStorageBuffers >= 9;
     if (together)
       return [
         this.oneRow(
           this.make(
             `hadamard n=${maxN} T ×3 +rope+kv+attention`,
-            this.pipeline(`hadamard_attention_${words}_${rope.hd}_k${mixKs.join('.')}`, () =>
-              rotationAttentionWgsl(words, rope.hd, mixKs),
+            this.pipeline(`hadamard_attention_${words}_${rope.hd}_k${mixKs.join('.')}_${vw}`, () =>
+              rotationAttentionWgsl(words, rope.hd, mixKs, vw),
             ),
             [
               this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),
@@ -715,7 +753,7 @@ export class Kernels {
       this.make(
         `hadamard n=${maxN} T ×3 +rope+kv`,
         this.pipeline(`hadamard_rope_kv_${words}_k${mixKs.join('.')}`, () =>
-          rotationRopeKvWgsl(words, mixKs),
+          rotationRopeKvWgsl(words, mixKs, vw),
         ),
         [
           this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),
@@ -767,7 +805,9 @@ export class Kernels {
     const list = [
       this.make(
         `${label} chunk ${B}${input.aux ? ` ${input.kind}` : ''}`,
-        this.pipeline(`had_chunk_${B}_${input.kind}`, () => hadamardChunkWgsl(B, input.kind)),
+        this.pipeline(`had_chunk_${B}_${input.kind}_${this.vectorWorkgroup}`, () =>
+          hadamardChunkWgsl(B, input.kind, this.vectorWorkgroup),
+        ),
         [
           this.uniform(
             [
@@ -852,8 +892,9 @@ export class Kernels {
     const S = o.outs.length;
     const input = inputOf(o);
     const mixKs = mixKsOf(o.members);
-    const p = this.pipeline(`hadamard_${bucket}_${S}_${input.kind}_k${mixKs.join('.')}`, () =>
-      hadamardWgsl(bucket, S, input.kind, mixKs),
+    const vw = this.vectorWorkgroup;
+    const p = this.pipeline(`hadamard_${bucket}_${S}_${input.kind}_k${mixKs.join('.')}_${vw}`, () =>
+      hadamardWgsl(bucket, S, input.kind, mixKs, vw),
     );
     const m0 = o.members[0]!;
     return this.make(
@@ -1139,10 +1180,11 @@ export class Kernels {
     const widths = [o.n, ...(prev.pending?.members.map((m) => m.n) ?? [])];
     const maxN = Math.max(...widths);
     if (maxN > this.maxLocalHadamard) return null;
-    const words = Math.ceil(maxN / WG) * WG;
+    const vw = this.vectorWorkgroup;
+    const words = Math.ceil(maxN / vw) * vw;
     // the source table (256 × 16 bytes) and the lanes' partial sums, and E81B for an rvq3 R̂ (see inputProjectionWgsl)
-    const extra = this.lanes === 1 ? 0 : 256 * 16 + WG * 4 + (c.codec === 'rvq3' ? 2048 * 4 : 0);
-    if (Math.max(words, o.input?.kind === 'rmsNorm' ? WG : 0) * 4 + extra > this.dev.maxWorkgroupStorage)
+    const extra = this.lanes === 1 ? 0 : 256 * 16 + vw * 4 + (c.codec === 'rvq3' ? 2048 * 4 : 0);
+    if (Math.max(words, o.input?.kind === 'rmsNorm' ? vw : 0) * 4 + extra > this.dev.maxWorkgroupStorage)
       return null;
     const storage = inputProjectionBindings(c.codec, o.input?.kind ?? 'none', prev.kind).filter(
       (name) => name !== 'prevParams',
@@ -1273,7 +1315,8 @@ export class Kernels {
       ];
     if ((c.codec === 'e8p12') !== (c.codes2 === null))
       throw new CalderaError('E_VALUE', `projectInput: codec ${c.codec} and the second plane disagree`);
-    const rpw = this.lanes === 1 ? WG : ROWS_PER_WG;
+    const vw = this.vectorWorkgroup;
+    const rpw = this.lanes === 1 ? vw : vw / 32;
     const seg: UniformField[] = [];
     let wg = 0;
     let zOff = 0;
@@ -1297,8 +1340,8 @@ export class Kernels {
     // the orders of this step's rotation and of the pending one
     const mixKs = mixKsOf([{ K }, ...(prev.pending?.members ?? [])]);
     const p = this.pipeline(
-      `project_${words}_${c.codec}_${this.lanes}_${input.kind}_${prev.kind}_k${mixKs.join('.')}`,
-      () => inputProjectionWgsl(words, c.codec, this.lanes, input.kind, prev.kind, mixKs),
+      `project_${words}_${c.codec}_${this.lanes}_${input.kind}_${prev.kind}_k${mixKs.join('.')}_${vw}`,
+      () => inputProjectionWgsl(words, c.codec, this.lanes, input.kind, prev.kind, mixKs, vw),
     );
     // the pending rotation's members as the kernel reads them (gate first in the gate step)
     const pendingMembers = o.gate
@@ -1374,12 +1417,13 @@ export class Kernels {
     hd: number;
     capacity: number;
   }): Dispatch {
-    const p = this.pipeline('attention', () => ATTENTION_WGSL);
+    const vw = this.vectorWorkgroup;
+    const p = this.pipeline(`attention_${vw}`, () => attentionWgsl(vw));
     const u = this.attentionParams(o, o.capacity);
     return this.make('attention', p, [o.step, u, o.q, o.ck, o.cv, o.scores, o.out], o.heads);
   }
 
-  /** The uniform of the attention kernels ({@link ATTENTION_WGSL}, {@link rotationAttentionWgsl}). */
+  /** The uniform of the attention kernels ({@link attentionWgsl}, {@link rotationAttentionWgsl}). */
   private attentionParams(o: { heads: number; kvHeads: number; hd: number }, capacity: number): GPUBuffer {
     return this.uniform(
       [

@@ -508,8 +508,12 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       }
     });
 
-  for (const lanes of [1, 32] as const)
-    it(`input step in one launch (${lanes} lane(s) per row) equals the rotation and R̂'s kernel apart, to the bit: layers without R̂ and with R̂ over several workgroups, every R̂ codec, no input computation, RMSNorm, SwiGLU`, async () => {
+  for (const [lanes, vectorWorkgroup] of [
+    [1, 256],
+    [32, 256],
+    [1, 64],
+  ] as const)
+    it(`input step in one launch (${lanes} lane(s) per row, one-workgroup kernels of ${vectorWorkgroup} invocations) equals the rotation and R̂'s kernel apart, to the bit: layers without R̂ and with R̂ over several workgroups, every R̂ codec, no input computation, RMSNorm, SwiGLU`, async () => {
       const rng = new Rng(6);
       const rows = 2;
       // R̂ rows per layer (0: no lattice factors): 12 spans two 8-row blocks with 32 lanes, 300 two 256-row blocks
@@ -519,10 +523,10 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
         { n: 160, nIn: 150, ks: [12, 0, 9], inputs: ['none', 'rmsNorm'] },
         { n: 640, nIn: 600, ks: [300, 17], inputs: ['rmsNorm', 'swiglu'] },
       ] as const;
-      const fused = new Kernels(d, { lanes });
+      const fused = new Kernels(d, { lanes, vectorWorkgroup });
       // the two-step form: with rotations declared too large for workgroup memory (global-memory rotations, the same
       // butterflies and mix), and with row tiles of 2 (the one-workgroup rotation, R̂'s kernel in its prefill form)
-      const apart = new Kernels(d, { lanes, maxLocalHadamard: 16 });
+      const apart = new Kernels(d, { lanes, maxLocalHadamard: 16, vectorWorkgroup });
       const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
       const tables = uniformWords(d, e8pTablesUniform(e8pSourcePairs(), e81bCodebook()), 'tables');
       const sources = storageBuffer(d, e8pSourcePairs(), 'src');

@@ -2,7 +2,7 @@
  * WGSL sources of the runtime's kernels. Every kernel computes in f32; f16 and bf16 weights are stored two per `u32`
  * and read with `unpack2x16float` (f16, core WGSL) or a shift and a mask (bf16, {@link unpackBf16Wgsl}), so no
  * `shader-f16` feature is needed for either. Workgroups are 256 invocations (the
- * WebGPU default limit). Matrix–vector kernels give each output row 32 lanes that stride over the row and reduce
+ * WebGPU default limit; the kernels in which one workgroup computes a whole vector take their count as `wg`). Matrix–vector kernels give each output row 32 lanes that stride over the row and reduce
  * in workgroup memory, 8 rows per workgroup.
  *
  * Batches: every kernel except argmax processes row `r = workgroup_id.y` of a batch of activation vectors stored
@@ -14,7 +14,10 @@
 import { CalderaError } from '@caldera/core';
 import { hadamardBase } from '@caldera/linalg';
 
-/** Invocations per workgroup of every kernel. */
+/**
+ * Invocations per workgroup of every kernel, by default also of those in which one workgroup computes a whole vector
+ * (see `Kernels.vectorWorkgroup`).
+ */
 export const WG = 256;
 /** Output rows per workgroup of the matrix–vector kernels (32 lanes each). */
 export const ROWS_PER_WG = 8;
@@ -85,8 +88,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 /**
- * A reduction over a workgroup's {@link WG} invocations through `arr` (an f32 array of at least WG values in workgroup
- * memory): each stores `value`, then a tree (halves of 128, 64, …, 1) combines `arr[lid]` with `arr[lid + k]` by
+ * A reduction over a workgroup's `wg` invocations through `arr` (an f32 array of at least `wg` values in workgroup
+ * memory): each stores `value`, then a tree (halves of wg/2, wg/4, …, 1) combines `arr[lid]` with `arr[lid + k]` by
  * `combine`, and `result` is declared as the total, read by every invocation. Call it in uniform control flow; reusing
  * `arr` after it needs a barrier first (every invocation must have read the total). RMSNorm's sum of squares, the
  * attention softmax's maximum and sum and the NLL kernel's reduce this way.
@@ -96,10 +99,11 @@ function workgroupReduceWgsl(
   value: string,
   combine: (a: string, b: string) => string,
   result: string,
+  wg: number,
 ): string {
   return `${arr}[lid] = ${value};
   workgroupBarrier();
-  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
+  for (var k = ${wg / 2}u; k > 0u; k >>= 1u) {
     if (lid < k) { ${arr}[lid] = ${combine(`${arr}[lid]`, `${arr}[lid + k]`)}; }
     workgroupBarrier();
   }
@@ -113,36 +117,38 @@ const larger = (a: string, b: string) => `max(${a}, ${b})`;
 
 /**
  * WGSL of `normScale(s, n, lid)`: `1/√(Σ/n + eps)` from each invocation's partial sum of squares `s`, by a tree
- * reduction over the workgroup array `arr` (at least {@link WG} values; call it in uniform control flow; it ends with a
+ * reduction over the workgroup array `arr` (at least `wg` values, the workgroup's invocations; call it in uniform control flow; it ends with a
  * barrier, so `arr` is free again). `eps` names the epsilon. Every RMSNorm of the kernels reduces this way.
  */
-function normScaleWgsl(arr: string, eps: string): string {
+function normScaleWgsl(arr: string, eps: string, wg: number): string {
   return /* wgsl */ `
 fn normScale(s: f32, n: u32, lid: u32) -> f32 {
-  ${workgroupReduceWgsl(arr, 's', add, 'total')}
+  ${workgroupReduceWgsl(arr, 's', add, 'total', wg)}
   let inv = 1.0 / sqrt(total / f32(n) + ${eps});
   workgroupBarrier();
   return inv;
 }`;
 }
 
-/** RMSNorm of one vector: `out = x / sqrt(mean(x²) + eps) ⊙ w` (one workgroup). */
-export const RMSNORM_WGSL = /* wgsl */ `
+/** RMSNorm of one vector: `out = x / sqrt(mean(x²) + eps) ⊙ w` (one workgroup of `wg` invocations). */
+export function rmsNormWgsl(wg = WG): string {
+  return /* wgsl */ `
 struct P { n: u32, eps: f32, a: u32, b: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> outv: array<f32>;
-var<workgroup> red: array<f32, ${WG}>;
-${normScaleWgsl('red', 'p.eps')}
-@compute @workgroup_size(${WG})
+var<workgroup> red: array<f32, ${wg}>;
+${normScaleWgsl('red', 'p.eps', wg)}
+@compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let o = wid.y * p.n;
   var s = 0.0;
-  for (var j = lid; j < p.n; j += ${WG}u) { let v = x[o + j]; s += v * v; }
+  for (var j = lid; j < p.n; j += ${wg}u) { let v = x[o + j]; s += v * v; }
   let inv = normScale(s, p.n, lid);
-  for (var j = lid; j < p.n; j += ${WG}u) { outv[o + j] = x[o + j] * inv * w[j]; }
+  for (var j = lid; j < p.n; j += ${wg}u) { outv[o + j] = x[o + j] * inv * w[j]; }
 }`;
+}
 
 /**
  * Threads per output row of the matrix–vector kernels: 32 (a row's lanes stride over it and reduce in workgroup
@@ -327,7 +333,7 @@ ${Array.from({ length: outputs }, (_, k) => `@group(0) @binding(${4 + k}) var<st
 /**
  * What a rotation computes from its input rows as it loads them (`x` below is the input row, `aux` the extra
  * binding): `'none'` takes `x` as it is; `'rmsNorm'` the RMSNorm `x / sqrt(mean(x²) + eps) ⊙ aux` over the `nIn`
- * values of the row (`aux` the norm weight; the same reduction, in the same order, as {@link RMSNORM_WGSL}:
+ * values of the row (`aux` the norm weight; the same reduction, in the same order, as {@link rmsNormWgsl}:
  * bit-identical on SwiftShader, tested); `'swiglu'` `silu(x) ⊙ aux` (`aux` the up projection, at the same offsets as
  * `x`; the same expression as {@link SWIGLU_WGSL}). So a layer's input rotation takes the place of the launch before it.
  */
@@ -338,19 +344,19 @@ export const ROTATION_MAX_OUTPUTS_WITH_INPUT = 2;
 
 /**
  * WGSL declaring `inputScale(xo, nIn, lid)` (call it in uniform control flow, every invocation of the workgroup; it
- * uses `v[0 … WG)` and leaves `v` free again) and `inputAt(xo, j, scale)`, the input value j of the row at `xo`.
+ * uses `v[0 … wg)` and leaves `v` free again) and `inputAt(xo, j, scale)`, the input value j of the row at `xo`.
  * `eps` names the uniform's RMSNorm epsilon; `auxBinding` the binding of `aux`.
  */
-function rotationInputWgsl(kind: RotationInputKind, eps: string, auxBinding: number): string {
+function rotationInputWgsl(kind: RotationInputKind, eps: string, auxBinding: number, wg: number): string {
   const aux = `@group(0) @binding(${auxBinding}) var<storage, read> aux: array<f32>;`;
   if (kind === 'rmsNorm')
     return /* wgsl */ `${aux}
 fn inputScale(xo: u32, nIn: u32, lid: u32) -> f32 {
   var s = 0.0;
-  for (var j = lid; j < nIn; j += ${WG}u) { let t = x[xo + j]; s += t * t; }
+  for (var j = lid; j < nIn; j += ${wg}u) { let t = x[xo + j]; s += t * t; }
   return normScale(s, nIn, lid);
 }
-${normScaleWgsl('v', eps)}
+${normScaleWgsl('v', eps, wg)}
 fn inputAt(xo: u32, j: u32, scale: f32) -> f32 { return x[xo + j] * scale * aux[j]; }`;
   const head = /* wgsl */ `
 fn inputScale(xo: u32, nIn: u32, lid: u32) -> f32 { return 1.0; }`;
@@ -399,13 +405,19 @@ function outputValueWgsl(
 
 /**
  * WGSL statements storing an invocation's `C` values of member `mb`'s input vector into `v` (see {@link unrolled}):
- * value `lid + c·WG` below `mb.n` is `value(c)` (a WGSL expression) below `mb.nIn`, zero past it (the padding).
+ * value `lid + c·wg` (`wg` the workgroup's invocations) below `mb.n` is `value(c)` (a WGSL expression) below `mb.nIn`, zero past it (the padding).
  */
-function vectorIntoWgsl(C: number, mb: string, value: (c: number) => string, sep = '\n    '): string {
+function vectorIntoWgsl(
+  C: number,
+  mb: string,
+  value: (c: number) => string,
+  wg: number,
+  sep = '\n    ',
+): string {
   return unrolled(
     C,
     (c) =>
-      `if (lid + ${c * WG}u < ${mb}.n) { v[lid + ${c * WG}u] = select(0.0, ${value(c)}, lid + ${c * WG}u < ${mb}.nIn); }`,
+      `if (lid + ${c * wg}u < ${mb}.n) { v[lid + ${c * wg}u] = select(0.0, ${value(c)}, lid + ${c * wg}u < ${mb}.nIn); }`,
     sep,
   );
 }
@@ -427,10 +439,10 @@ const MIX_CHUNK = 8;
  * as additions and subtractions in order a = 0 … K − 1 from 0, times `1/√n`: the same operations, in the same order,
  * as the loop over `hkb` in `rotatedAt` (a ±1 product is exact), without a table read or a multiply per term, and K
  * workgroup-memory reads per column instead of K per value. The outputs go in chunks of {@link MIX_CHUNK}; where a
- * block holds fewer values than a workgroup has invocations (P < WG), the WG/P invocations of a column share its
+ * block holds fewer values than a workgroup has invocations (P < wg), the wg/P invocations of a column share its
  * chunks (after a barrier: all of them read the column first).
  */
-function unrolledMixWgsl(K: number): string {
+function unrolledMixWgsl(K: number, wg: number): string {
   const H = hadamardBase(K);
   const loads = Array.from({ length: K }, (_, a) => `let c${a} = v[${a}u * mb.P + b];`).join(' ');
   const chunks = (t: boolean) =>
@@ -448,9 +460,9 @@ function unrolledMixWgsl(K: number): string {
     }).join('\n      ');
   return `fn mixK${K}(lid: u32, mb: M, transposeH: u32) {
   let lp = firstTrailingBit(mb.P);
-  let T = max(1u, ${WG}u >> lp);
+  let T = max(1u, ${wg}u >> lp);
   let part = lid >> lp;
-  for (var b0 = 0u; b0 < mb.P; b0 += ${WG}u) {
+  for (var b0 = 0u; b0 < mb.P; b0 += ${wg}u) {
     let b = b0 + (lid & (mb.P - 1u));
     ${loads}
     workgroupBarrier();
@@ -469,7 +481,7 @@ function unrolledMixWgsl(K: number): string {
  * values `base + j·h` (the group's bits lh … lh + log2 R − 1 zero in `base`) into registers. The same butterflies
  * (`s + t`, `s − t`) on the same values as one stage at a time, so the same results to the bit.
  */
-function butterflyPassWgsl(R: number): string {
+function butterflyPassWgsl(R: number, wg: number): string {
   const r = Math.log2(R);
   const js = Array.from({ length: R }, (_, j) => j);
   const stages = Array.from({ length: r }, (_, st) =>
@@ -483,7 +495,7 @@ function butterflyPassWgsl(R: number): string {
   ).join('\n      ');
   return `fn butterflyPass${R}(lid: u32, mb: M, lp: u32, lh: u32) {
   let h = 1u << lh;
-  for (var g = lid; g < (mb.n >> ${r}u); g += ${WG}u) {
+  for (var g = lid; g < (mb.n >> ${r}u); g += ${wg}u) {
     let gb = g & ((mb.P >> ${r}u) - 1u);
     let base = ((g >> (lp - ${r}u)) << lp) + ((gb >> lh) << (lh + ${r}u)) + (gb & (h - 1u));
     ${js.map((j) => `var e${j} = v[base + ${j}u * h];`).join(' ')}
@@ -503,10 +515,10 @@ function butterflyPassWgsl(R: number): string {
  * {@link UNROLLED_MIX_MAX_K}). The kernels pass their uniform's flags. The written-out mixes use
  * `hadamardBase(K)` of @caldera/linalg, the matrix `hkb` holds; the same values either way, to the bit.
  */
-function rotationStepsWgsl(mixKs: readonly number[]): string {
+function rotationStepsWgsl(mixKs: readonly number[], wg: number): string {
   const inPlace = ['1u', ...mixKs.map((k) => `${k}u`)].map((k) => `K == ${k}`).join(' || ');
   return /* wgsl */ `
-${[8, 4, 2].map(butterflyPassWgsl).join('\n')}
+${[8, 4, 2].map((R) => butterflyPassWgsl(R, wg)).join('\n')}
 fn butterflies(lid: u32, mb: M) {
   // P = 2^lp: passes of three stages (strides 2^lh, 2^(lh+1), 2^(lh+2)) on 8 values per invocation, then one of
   // two stages or one: a barrier per pass, not per stage
@@ -526,9 +538,9 @@ fn butterflies(lid: u32, mb: M) {
 }
 fn mixesInPlace(K: u32) -> bool { return ${inPlace}; }
 fn mixK1(lid: u32, mb: M) {
-  for (var b = lid; b < mb.P; b += ${WG}u) { v[b] = (0.0 + v[b]) * mb.invSqrtN; }
+  for (var b = lid; b < mb.P; b += ${wg}u) { v[b] = (0.0 + v[b]) * mb.invSqrtN; }
 }
-${mixKs.map(unrolledMixWgsl).join('\n')}
+${mixKs.map((K) => unrolledMixWgsl(K, wg)).join('\n')}
 fn rotateInPlace(lid: u32, mb: M, transposeH: u32) {
   butterflies(lid, mb);
   if (mb.K == 1u) { mixK1(lid, mb); }${mixKs.map((k) => ` else if (mb.K == ${k}u) { mixK${k}(lid, mb, transposeH); }`).join('')}
@@ -566,14 +578,16 @@ fn rotatedAt(mb: M, i: u32, transform: u32, transposeH: u32) -> f32 {
  * `post`, `bias` and `H_K` are read from the member's offsets. So one launch rotates one input for several layers
  * (q, k and v: `pre` their signs SU back to back, one output) or several layers' outputs (`post` their SV, an output
  * buffer each). `input` is what the load computes from `x` (see {@link RotationInputKind}; `aux` is bound after
- * `bias`). `maxN` sizes the workgroup array (4 bytes each; at least {@link WG} values with RMSNorm). `mixKs`: the
+ * `bias`). `maxN` sizes the workgroup array (4 bytes each; at least `wg` values with RMSNorm). `mixKs`: the
  * orders whose `H_K` mix is written into the shader (see {@link unrolledMixKs}); other orders read it from `hkb`.
+ * `wg`: the workgroup's invocations (see `Kernels.vectorWorkgroup`; every one-workgroup kernel takes it).
  */
 export function hadamardWgsl(
   maxN: number,
   outputs = 1,
   input: RotationInputKind = 'none',
   mixKs: readonly number[] = [],
+  wg = WG,
 ): string {
   const outs = Array.from(
     { length: outputs },
@@ -591,21 +605,21 @@ ${ROTATION_PARAMS}
 ${ROTATION_BINDINGS}
 ${outs}
 @group(0) @binding(${5 + outputs}) var<storage, read> bias: array<f32>;
-var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, WG) : maxN}>;
-${rotationInputWgsl(input, 'u.eps', 6 + outputs)}
-${rotationStepsWgsl(mixKs)}
-@compute @workgroup_size(${WG})
+var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, wg) : maxN}>;
+${rotationInputWgsl(input, 'u.eps', 6 + outputs, wg)}
+${rotationStepsWgsl(mixKs, wg)}
+@compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let mb = u.m[wid.x];
   let xo = wid.y * u.xStride + mb.xOff;
   let oo = wid.y * mb.outStride + mb.outOff;
   let scale = inputScale(xo, mb.nIn, lid);
-  for (var j = lid; j < mb.n; j += ${WG}u) {
+  for (var j = lid; j < mb.n; j += ${wg}u) {
     if (j < mb.nIn) { v[j] = inputAt(xo, j, scale) * pre[mb.preOff + j]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
   if (u.transform == 1u) { rotateInPlace(lid, mb, u.transposeH); }
-  for (var i = lid; i < mb.outLen; i += ${WG}u) {
+  for (var i = lid; i < mb.outLen; i += ${wg}u) {
     ${outputValueWgsl('mb', 'u')}
     let o = oo + i;
     ${store}
@@ -615,14 +629,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
 /**
  * A residual branch's last output rotation (member 0 of {@link hadamardWgsl}'s parameters, accumulating into the
- * residual stream `res`; no input computation) followed by the RMSNorm of the updated row ({@link RMSNORM_WGSL}, weight
+ * residual stream `res`; no input computation) followed by the RMSNorm of the updated row ({@link rmsNormWgsl}, weight
  * `nw`, `u.eps`) into `normOut` (rows of `outLen`), in one launch of one workgroup per row: each invocation keeps its
  * values of `h' = h + rotation` in registers, so the norm reads no memory. The same operations in the same order as
  * the rotation and the RMSNorm launch (bit-identical on SwiftShader, tested). `maxN` sizes the workgroup array;
  * `mixKs` as in {@link hadamardWgsl}.
  */
-export function rotationNormWgsl(maxN: number, mixKs: readonly number[] = []): string {
-  const C = Math.ceil(maxN / WG);
+export function rotationNormWgsl(maxN: number, mixKs: readonly number[] = [], wg = WG): string {
+  const C = Math.ceil(maxN / wg);
   return /* wgsl */ `
 ${ROTATION_PARAMS}
 ${ROTATION_BINDINGS}
@@ -630,16 +644,16 @@ ${ROTATION_BINDINGS}
 @group(0) @binding(6) var<storage, read> bias: array<f32>;
 @group(0) @binding(7) var<storage, read> nw: array<f32>;
 @group(0) @binding(8) var<storage, read_write> normOut: array<f32>;
-var<workgroup> v: array<f32, ${Math.max(maxN, WG)}>;
-${rotationStepsWgsl(mixKs)}
-${normScaleWgsl('v', 'u.eps')}
-@compute @workgroup_size(${WG})
+var<workgroup> v: array<f32, ${Math.max(maxN, wg)}>;
+${rotationStepsWgsl(mixKs, wg)}
+${normScaleWgsl('v', 'u.eps', wg)}
+@compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let mb = u.m[0];
   let r = wid.y;
   let xo = r * u.xStride + mb.xOff;
   let oo = r * mb.outStride + mb.outOff;
-  for (var j = lid; j < mb.n; j += ${WG}u) {
+  for (var j = lid; j < mb.n; j += ${wg}u) {
     if (j < mb.nIn) { v[j] = x[xo + j] * pre[mb.preOff + j]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
@@ -647,7 +661,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   var hn: array<f32, ${C}>;
   var ss = 0.0;
   for (var c = 0u; c < ${C}u; c++) {
-    let i = lid + c * ${WG}u;
+    let i = lid + c * ${wg}u;
     if (i < mb.outLen) {
       ${outputValueWgsl('mb', 'u')}
       y += res[oo + i];
@@ -660,7 +674,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   workgroupBarrier();
   let inv = normScale(ss, mb.outLen, lid);
   for (var c = 0u; c < ${C}u; c++) {
-    let i = lid + c * ${WG}u;
+    let i = lid + c * ${wg}u;
     if (i < mb.outLen) { normOut[r * mb.outLen + i] = hn[c] * inv * nw[i]; }
   }
 }`;
@@ -684,8 +698,8 @@ const ROPE_ROTATION_BINDINGS = /* wgsl */ `@group(0) @binding(3) var<storage, re
  * order as the rotation and the RoPE/KV launch (bit-identical on SwiftShader to both rotation paths, tested). `maxN`
  * sizes the workgroup array; `mixKs` as in {@link hadamardWgsl}.
  */
-export function rotationRopeKvWgsl(maxN: number, mixKs: readonly number[] = []): string {
-  const C = Math.ceil(maxN / WG);
+export function rotationRopeKvWgsl(maxN: number, mixKs: readonly number[] = [], wg = WG): string {
+  const C = Math.ceil(maxN / wg);
   return /* wgsl */ `
 ${ROTATION_PARAMS}
 struct Step { pos: u32, len: u32, token: u32, pad: u32 }
@@ -697,22 +711,22 @@ ${ROPE_ROTATION_BINDINGS}
 @group(0) @binding(9) var<storage, read_write> ck: array<f32>;
 @group(0) @binding(10) var<storage, read_write> cv: array<f32>;
 var<workgroup> v: array<f32, ${maxN}>;
-${rotationStepsWgsl(mixKs)}
+${rotationStepsWgsl(mixKs, wg)}
 ${ROPE_PAIR_WGSL}
-@compute @workgroup_size(${WG})
+@compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let w = wid.x;
   let mb = u.m[w];
   let r = wid.y;
   let xo = r * u.xStride + mb.xOff;
-  for (var j = lid; j < mb.n; j += ${WG}u) {
+  for (var j = lid; j < mb.n; j += ${wg}u) {
     if (j < mb.nIn) { v[j] = x[xo + j]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
   if (u.transform == 1u) { rotateInPlace(lid, mb, u.transposeH); }
   var ys: array<f32, ${C}>;
   for (var c = 0u; c < ${C}u; c++) {
-    let i = lid + c * ${WG}u;
+    let i = lid + c * ${wg}u;
     if (i < mb.outLen) {
       ${outputValueWgsl('mb', 'u')}
       ys[c] = y;
@@ -722,7 +736,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let kw = rp.kvHeads * rp.hd;
   workgroupBarrier();
   for (var c = 0u; c < ${C}u; c++) {
-    let i = lid + c * ${WG}u;
+    let i = lid + c * ${wg}u;
     if (i < mb.outLen) {
       if (w == 2u) { cv[pos * kw + i] = ys[c]; } else { v[i] = ys[c]; }
     }
@@ -731,7 +745,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   if (w == 2u) { return; }
   let heads = select(rp.kvHeads, rp.heads, w == 0u);
   let half = rp.hd / 2u;
-  for (var idx = lid; idx < heads * half; idx += ${WG}u) {
+  for (var idx = lid; idx < heads * half; idx += ${wg}u) {
     let h = idx / half;
     let i = idx % half;
     let y = ropePair(v[h * rp.hd + i], v[h * rp.hd + i + half], pos, half, i);
@@ -759,24 +773,24 @@ function attentionParamsWgsl(binding: number): string {
  * position t's `q·k` into `s` (then scaled by `p.scale`); then the workgroup maximum, the exponentials in place and
  * their sum `total` (reductions in `red`), the scores visible to the whole workgroup afterwards.
  */
-function scoresSoftmaxWgsl(dot: string): string {
+function scoresSoftmaxWgsl(dot: string, wg: number): string {
   return `var mx = -3.0e38;
-  for (var t = lid; t < len; t += ${WG}u) {
+  for (var t = lid; t < len; t += ${wg}u) {
     var s = 0.0;
     ${dot}
     s *= p.scale;
     scores[base + t] = s;
     mx = max(mx, s);
   }
-  ${workgroupReduceWgsl('red', 'mx', larger, 'm')}
+  ${workgroupReduceWgsl('red', 'mx', larger, 'm', wg)}
   workgroupBarrier();
   var sum = 0.0;
-  for (var t = lid; t < len; t += ${WG}u) {
+  for (var t = lid; t < len; t += ${wg}u) {
     let e = exp(scores[base + t] - m);
     scores[base + t] = e;
     sum += e;
   }
-  ${workgroupReduceWgsl('red', 'sum', add, 'total')}
+  ${workgroupReduceWgsl('red', 'sum', add, 'total', wg)}
   storageBarrier();
   workgroupBarrier();
 `;
@@ -785,21 +799,26 @@ function scoresSoftmaxWgsl(dot: string): string {
 /**
  * The output rotations of a group's q, k and v (members 0, 1, 2 of {@link hadamardWgsl}'s parameters, no
  * accumulation, multipliers `pre` of 1), RoPE, the KV store at `step.pos` and attention, in one launch of one
- * workgroup per query head (as {@link ATTENTION_WGSL}), for a single activation row. Each workgroup rotates all three
+ * workgroup per query head (as {@link attentionWgsl}), for a single activation row. Each workgroup rotates all three
  * vectors in workgroup memory and keeps its head's slice of q and its KV head's slices of k and v (RoPE applied to q
  * and k); the first query head of each KV group stores k and v in the cache, and every head uses its own copies for
  * the current position, so no workgroup reads what another writes. The same operations in the same order as
- * {@link rotationRopeKvWgsl} and then {@link ATTENTION_WGSL} (bit-identical on SwiftShader, tested); q is not
+ * {@link rotationRopeKvWgsl} and then {@link attentionWgsl} (bit-identical on SwiftShader, tested); q is not
  * written. `maxN` sizes the workgroup array, `hd` the head size; `mixKs` as in {@link hadamardWgsl}.
  */
-export function rotationAttentionWgsl(maxN: number, hd: number, mixKs: readonly number[] = []): string {
-  const C = Math.ceil(maxN / WG);
+export function rotationAttentionWgsl(
+  maxN: number,
+  hd: number,
+  mixKs: readonly number[] = [],
+  wg = WG,
+): string {
+  const C = Math.ceil(maxN / wg);
   // the vector's loads written out, issued together (see unrolled)
   const slice = (k: number, lo: string, dst: string) => `{
     let mb = u.m[${k}u];
     let lastIn = mb.nIn - 1u;
-    ${unrolled(C, (c) => `let s${c} = x[mb.xOff + min(lid + ${c * WG}u, lastIn)];`)}
-    ${vectorIntoWgsl(C, 'mb', (c) => `s${c}`)}
+    ${unrolled(C, (c) => `let s${c} = x[mb.xOff + min(lid + ${c * wg}u, lastIn)];`)}
+    ${vectorIntoWgsl(C, 'mb', (c) => `s${c}`, wg)}
     workgroupBarrier();
     if (u.transform == 1u) { rotateInPlace(lid, mb, u.transposeH); }
     if (lid < ${hd}u) {
@@ -823,10 +842,10 @@ var<workgroup> v: array<f32, ${maxN}>;
 var<workgroup> qh: array<f32, ${hd}>;
 var<workgroup> kh: array<f32, ${hd}>;
 var<workgroup> vh: array<f32, ${hd}>;
-var<workgroup> red: array<f32, ${WG}>;
-${rotationStepsWgsl(mixKs)}
+var<workgroup> red: array<f32, ${wg}>;
+${rotationStepsWgsl(mixKs, wg)}
 ${ROPE_PAIR_WGSL}
-@compute @workgroup_size(${WG})
+@compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let hh = wid.x;
   let g = hh / p.group;
@@ -851,12 +870,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   }
   let base = hh * p.cap;
   let len = pos + 1u;
-  ${scoresSoftmaxWgsl(`if (t == pos) {
+  ${scoresSoftmaxWgsl(
+    `if (t == pos) {
       for (var i = 0u; i < p.hd; i++) { s += qh[i] * kh[i]; }
     } else {
       for (var i = 0u; i < p.hd; i++) { s += qh[i] * ck[t * p.kw + ko + i]; }
-    }`)}
-  for (var i = lid; i < p.hd; i += ${WG}u) {
+    }`,
+    wg,
+  )}
+  for (var i = lid; i < p.hd; i += ${wg}u) {
     var acc = 0.0;
     for (var t = 0u; t < pos; t++) { acc += scores[base + t] / total * cv[t * p.kw + ko + i]; }
     acc += scores[base + pos] / total * vh[i];
@@ -872,29 +894,29 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
  * of strides 1 … B/2 when `transform` is set, and stores it to `tmp`. `B` (a power of two dividing `P`) is at most
  * `maxB`, the workgroup array's length.
  */
-export function hadamardChunkWgsl(maxB: number, input: RotationInputKind = 'none'): string {
+export function hadamardChunkWgsl(maxB: number, input: RotationInputKind = 'none', wg = WG): string {
   return /* wgsl */ `
 struct C { n: u32, nIn: u32, B: u32, transform: u32, xStride: u32, xOff: u32, preOff: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: C;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> pre: array<f32>;
 @group(0) @binding(3) var<storage, read_write> tmp: array<f32>;
-var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxB, WG) : maxB}>;
-${rotationInputWgsl(input, 'p.eps', 4)}
-@compute @workgroup_size(${WG})
+var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxB, wg) : maxB}>;
+${rotationInputWgsl(input, 'p.eps', 4, wg)}
+@compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let base = wid.x * p.B;
   let xo = wid.y * p.xStride + p.xOff;
   let to = wid.y * p.n + base;
   let scale = inputScale(xo, p.nIn, lid);
-  for (var j = lid; j < p.B; j += ${WG}u) {
+  for (var j = lid; j < p.B; j += ${wg}u) {
     let g = base + j;
     if (g < p.nIn) { v[j] = inputAt(xo, g, scale) * pre[p.preOff + g]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
   if (p.transform == 1u) {
     for (var h = 1u; h < p.B; h <<= 1u) {
-      for (var q = lid; q < p.B / 2u; q += ${WG}u) {
+      for (var q = lid; q < p.B / 2u; q += ${wg}u) {
         let i = (q / h) * (2u * h) + (q % h);
         let s = v[i];
         let t = v[i + h];
@@ -904,7 +926,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       workgroupBarrier();
     }
   }
-  for (var j = lid; j < p.B; j += ${WG}u) { tmp[to + j] = v[j]; }
+  for (var j = lid; j < p.B; j += ${wg}u) { tmp[to + j] = v[j]; }
 }`;
 }
 
@@ -1525,7 +1547,7 @@ const EARLY_READS_MAX_C = 8;
 
 /**
  * WGSL statements of {@link inputProjectionWgsl} finishing member `k` of the pending output rotation (uniform `pu`)
- * for row `r`: its raw row from `src` rotated in `v`, then for each value `i = lid + c·WG` below its `outLen` the
+ * for row `r`: its raw row from `src` rotated in `v`, then for each value `i = lid + c·wg` below its `outLen` the
  * output value `y` (as {@link hadamardWgsl} computes it) handed to `use(c)`, after `preload(c)` (statements that
  * read memory, run for every c at a clamped index); ends with a barrier (`v` is free again). Written out over the
  * `C` values of each invocation, every read first (see {@link unrolled}).
@@ -1534,6 +1556,7 @@ function pendingOutputWgsl(
   k: string,
   src: string,
   C: number,
+  wg: number,
   use: (c: number) => string,
   preload: (c: number) => string = () => '',
 ): string {
@@ -1541,8 +1564,8 @@ function pendingOutputWgsl(
   const early = C <= EARLY_READS_MAX_C;
   const reads = unrolled(
     C,
-    (c) => `let p${c} = prevPost[mo.postOff + min(lid + ${c * WG}u, lastOut)];
-    let b${c} = prevBias[mo.biasOff + min(lid + ${c * WG}u, lastOut)];
+    (c) => `let p${c} = prevPost[mo.postOff + min(lid + ${c * wg}u, lastOut)];
+    let b${c} = prevBias[mo.biasOff + min(lid + ${c * wg}u, lastOut)];
     ${preload(c)}`,
   );
   return `{
@@ -1550,16 +1573,16 @@ function pendingOutputWgsl(
     let ro = r * pu.xStride + mo.xOff;
     let lastIn = mo.nIn - 1u;
     let lastOut = mo.outLen - 1u;
-    ${unrolled(C, (c) => `let s${c} = ${src}[ro + min(lid + ${c * WG}u, lastIn)];`)}
+    ${unrolled(C, (c) => `let s${c} = ${src}[ro + min(lid + ${c * wg}u, lastIn)];`)}
     ${early ? reads : ''}
-    ${vectorIntoWgsl(C, 'mo', (c) => `s${c}`)}
+    ${vectorIntoWgsl(C, 'mo', (c) => `s${c}`, wg)}
     workgroupBarrier();
     if (pu.transform == 1u) { rotateInPlace(lid, mo, pu.transposeH); }
     ${early ? '' : reads}
     ${unrolled(
       C,
       (c) => `{
-      let i = lid + ${c * WG}u;
+      let i = lid + ${c * wg}u;
       if (i < mo.outLen) {
         ${outputValueWgsl('mo', 'pu', `p${c}`, `b${c}`)}
         ${use(c)}
@@ -1577,8 +1600,8 @@ function pendingOutputWgsl(
  * replaces (bit-identical on SwiftShader, tested; a GPU compiler could still fuse a multiply-add differently in two
  * shaders). Member w (parameters `u.m[w]` as in the rotation, `pr.seg[w]` for R̂) takes
  * workgroups `seg.wg0 …` along x: each computes the member's whole `x'` in workgroup memory (the H_K mix in place
- * for the orders `mixKs`, written out as in {@link hadamardWgsl}, else through registers, `maxN/WG` values per
- * invocation) and then its block of R̂'s rows (8 with 32 lanes per row, {@link WG}
+ * for the orders `mixKs`, written out as in {@link hadamardWgsl}, else through registers, `maxN/wg` values per
+ * invocation, `wg` the workgroup's invocations) and then its block of R̂'s rows (`wg/32` with 32 lanes per row, `wg`
  * with one) from there; the member's first workgroup also writes `x'` to `rot` for the Q̂ kernel. A member without
  * lattice factors (`k` = 0) takes one workgroup. The E8P source table (and the E81B table of an `rvq3` R̂) come from
  * the uniform `tables` (see {@link e8pTablesUniform}), copied into workgroup memory with 32 lanes per row (4 KiB, and
@@ -1605,12 +1628,13 @@ export function inputProjectionWgsl(
   input: RotationInputKind,
   prev: PreviousStep = 'none',
   mixKs: readonly number[] = [],
+  wg = WG,
 ): string {
   const residual = prev === 'residual';
   const rvq4 = codec === 'rvq4';
   const rvq3 = codec === 'rvq3';
-  const rpw = lanes === 1 ? WG : ROWS_PER_WG;
-  const C = Math.ceil(maxN / WG);
+  const rpw = lanes === 1 ? wg : wg / 32;
+  const C = Math.ceil(maxN / wg);
   // with 32 lanes an rvq3 R̂ reads E81B from workgroup memory (code-dependent uniform reads serialize on many GPUs)
   const e81bLocal = rvq3 && lanes === 32;
   const types: Record<string, string> = {
@@ -1631,8 +1655,8 @@ export function inputProjectionWgsl(
   const residualInputReads = `let lastIn = mb.nIn - 1u;
   ${unrolled(
     C,
-    (c) => `let a${c} = aux[min(lid + ${c * WG}u, lastIn)];
-  let q${c} = pre[mb.preOff + min(lid + ${c * WG}u, lastIn)];`,
+    (c) => `let a${c} = aux[min(lid + ${c * wg}u, lastIn)];
+  let q${c} = pre[mb.preOff + min(lid + ${c * wg}u, lastIn)];`,
     '\n  ',
   )}`;
   const names = inputProjectionBindings(codec, input, prev);
@@ -1655,19 +1679,19 @@ struct PR { G: u32, zRow: u32, resScale: f32, nmem: u32, seg: array<RSeg, ${ROTA
 struct T { pairs: array<vec4<u32>, 256>, e81b: array<vec4<f32>, 512> }
 @group(0) @binding(2) var<uniform> tables: T;
 ${bindings}
-var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, WG) : maxN}>;
-${rotationInputWgsl(prev === 'gate' ? 'none' : input, 'u.eps', 3 + Math.max(0, names.indexOf('aux')))}
-${lanes === 1 ? '' : `var<workgroup> tbl: array<vec4<u32>, 256>;\nvar<workgroup> part: array<f32, ${WG}>;`}
+var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, wg) : maxN}>;
+${rotationInputWgsl(prev === 'gate' ? 'none' : input, 'u.eps', 3 + Math.max(0, names.indexOf('aux')), wg)}
+${lanes === 1 ? '' : `var<workgroup> tbl: array<vec4<u32>, 256>;\nvar<workgroup> part: array<f32, ${wg}>;`}
 ${e81bLocal ? 'var<workgroup> e81bw: array<f32, 2048>;' : ''}
 fn pairs(a: u32) -> vec4<u32> { return ${lanes === 1 ? 'tables.pairs[a]' : 'tbl[a]'}; }
 fn e81bAt(i: u32) -> f32 { return ${e81bLocal ? 'e81bw[i]' : 'tables.e81b[i >> 2u][i & 3u]'}; }
 ${E8P_DECODE_WGSL}
 ${rvq3 ? E81B_DOT_WGSL : ''}
-${rotationStepsWgsl(mixKs)}
-@compute @workgroup_size(${WG})
+${rotationStepsWgsl(mixKs, wg)}
+@compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-  ${lanes === 1 ? '' : 'tbl[lid] = tables.pairs[lid];'}
-  ${e81bLocal ? `for (var i = lid; i < 2048u; i += ${WG}u) { e81bw[i] = tables.e81b[i >> 2u][i & 3u]; }` : ''}
+  ${lanes === 1 ? '' : `for (var i = lid; i < 256u; i += ${wg}u) { tbl[i] = tables.pairs[i]; }`}
+  ${e81bLocal ? `for (var i = lid; i < 2048u; i += ${wg}u) { e81bw[i] = tables.e81b[i >> 2u][i & 3u]; }` : ''}
   var w = 0u;
   for (var t = 1u; t < pr.nmem; t++) { if (wid.x >= pr.seg[t].wg0) { w = t; } }
   let mb = u.m[w];
@@ -1684,37 +1708,38 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     '0u',
     'prevOut',
     C,
+    wg,
     (c) => `y += h${c};\n        hn[${c}] = y;`,
-    (c) => `let h${c} = x[xo + min(lid + ${c * WG}u, lastOut)];`,
+    (c) => `let h${c} = x[xo + min(lid + ${c * wg}u, lastOut)];`,
   )}
   var ss = 0.0;
   ${unrolled(
     C,
-    (c) => `if (lid + ${c * WG}u < pu.m[0].outLen && wid.x == 0u) { hOut[xo + lid + ${c * WG}u] = hn[${c}]; }
-    if (lid + ${c * WG}u < mb.nIn) { ss += hn[${c}] * hn[${c}]; }`,
+    (c) => `if (lid + ${c * wg}u < pu.m[0].outLen && wid.x == 0u) { hOut[xo + lid + ${c * wg}u] = hn[${c}]; }
+    if (lid + ${c * wg}u < mb.nIn) { ss += hn[${c}] * hn[${c}]; }`,
     '\n  ',
   )}
   let scale = normScale(ss, mb.nIn, lid);
   ${C <= EARLY_READS_MAX_C ? '' : residualInputReads}
-  ${vectorIntoWgsl(C, 'mb', (c) => `hn[${c}] * scale * a${c} * q${c}`, '\n  ')}`
+  ${vectorIntoWgsl(C, 'mb', (c) => `hn[${c}] * scale * a${c} * q${c}`, wg, '\n  ')}`
       : prev === 'gate'
         ? `// the gate and up layers before: their rotated outputs (members 0 and 1 of pu, rows of x), then silu(gate)·up
   var gv: array<f32, ${C}>;
   var uv: array<f32, ${C}>;
-  ${pendingOutputWgsl('0u', 'x', C, (c) => `gv[${c}] = y;`)}
-  ${pendingOutputWgsl('1u', 'x', C, (c) => `uv[${c}] = y;`)}
+  ${pendingOutputWgsl('0u', 'x', C, wg, (c) => `gv[${c}] = y;`)}
+  ${pendingOutputWgsl('1u', 'x', C, wg, (c) => `uv[${c}] = y;`)}
   let lastIn = mb.nIn - 1u;
-  ${unrolled(C, (c) => `let q${c} = pre[mb.preOff + min(lid + ${c * WG}u, lastIn)];`, '\n  ')}
-  ${vectorIntoWgsl(C, 'mb', (c) => `gv[${c}] / (1.0 + exp(-gv[${c}])) * uv[${c}] * q${c}`, '\n  ')}`
+  ${unrolled(C, (c) => `let q${c} = pre[mb.preOff + min(lid + ${c * wg}u, lastIn)];`, '\n  ')}
+  ${vectorIntoWgsl(C, 'mb', (c) => `gv[${c}] / (1.0 + exp(-gv[${c}])) * uv[${c}] * q${c}`, wg, '\n  ')}`
         : `let scale = inputScale(xo, mb.nIn, lid);
   let lastIn = mb.nIn - 1u;
   ${unrolled(
     C,
-    (c) => `let a${c} = inputAt(xo, min(lid + ${c * WG}u, lastIn), scale);
-  let q${c} = pre[mb.preOff + min(lid + ${c * WG}u, lastIn)];`,
+    (c) => `let a${c} = inputAt(xo, min(lid + ${c * wg}u, lastIn), scale);
+  let q${c} = pre[mb.preOff + min(lid + ${c * wg}u, lastIn)];`,
     '\n  ',
   )}
-  ${vectorIntoWgsl(C, 'mb', (c) => `a${c} * q${c}`, '\n  ')}`
+  ${vectorIntoWgsl(C, 'mb', (c) => `a${c} * q${c}`, wg, '\n  ')}`
   }
   workgroupBarrier();
   if (u.transform == 1u) {
@@ -1723,12 +1748,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if (!mixesInPlace(mb.K)) {
       var mixed: array<f32, ${C}>;
       for (var c = 0u; c < ${C}u; c++) {
-        let i = lid + c * ${WG}u;
+        let i = lid + c * ${wg}u;
         if (i < mb.n) { mixed[c] = rotatedAt(mb, i, u.transform, u.transposeH); }
       }
       workgroupBarrier();
       for (var c = 0u; c < ${C}u; c++) {
-        let i = lid + c * ${WG}u;
+        let i = lid + c * ${wg}u;
         if (i < mb.n) { v[i] = mixed[c]; }
       }
       workgroupBarrier();
@@ -1736,7 +1761,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   }
   if (blk == 0u) {
     let oo = r * mb.outStride + mb.outOff;
-    for (var i = lid; i < mb.n; i += ${WG}u) { rot[oo + i] = v[i]; }
+    for (var i = lid; i < mb.n; i += ${wg}u) { rot[oo + i] = v[i]; }
   }
   let row = blk * ${rpw}u + ${lanes === 1 ? 'lid' : 'lid / 32u'};
   let lane = ${lanes === 1 ? '0u' : 'lid % 32u'};
@@ -1832,28 +1857,30 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
  * one workgroup per query head and row; grouped-query heads share KV head `h / group`. Scores go through a scratch
  * buffer `[rows, heads, cap]`.
  */
-export const ATTENTION_WGSL = /* wgsl */ `${STEP}
+export function attentionWgsl(wg = WG): string {
+  return /* wgsl */ `${STEP}
 ${attentionParamsWgsl(1)}
 @group(0) @binding(2) var<storage, read> q: array<f32>;
 @group(0) @binding(3) var<storage, read> ck: array<f32>;
 @group(0) @binding(4) var<storage, read> cv: array<f32>;
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(6) var<storage, read_write> outv: array<f32>;
-var<workgroup> red: array<f32, ${WG}>;
-@compute @workgroup_size(${WG})
+var<workgroup> red: array<f32, ${wg}>;
+@compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let hh = wid.x;
   let ko = (hh / p.group) * p.hd;
   let qo = wid.y * p.heads * p.hd + hh * p.hd;
   let base = (wid.y * p.heads + hh) * p.cap;
   let len = step.pos + wid.y + 1u;
-  ${scoresSoftmaxWgsl('for (var i = 0u; i < p.hd; i++) { s += q[qo + i] * ck[t * p.kw + ko + i]; }')}
-  for (var i = lid; i < p.hd; i += ${WG}u) {
+  ${scoresSoftmaxWgsl('for (var i = 0u; i < p.hd; i++) { s += q[qo + i] * ck[t * p.kw + ko + i]; }', wg)}
+  for (var i = lid; i < p.hd; i += ${wg}u) {
     var acc = 0.0;
     for (var t = 0u; t < len; t++) { acc += scores[base + t] / total * cv[t * p.kw + ko + i]; }
     outv[qo + i] = acc;
   }
 }`;
+}
 
 /** SwiGLU in place: `g = silu(g)·u`. */
 export const SWIGLU_WGSL = /* wgsl */ `
@@ -1887,11 +1914,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
   let o = r * p.n;
   var m = -3.4e38;
   for (var j = lid; j < p.n; j += ${WG}u) { m = max(m, x[o + j]); }
-  ${workgroupReduceWgsl('red', 'm', larger, 'mx')}
+  ${workgroupReduceWgsl('red', 'm', larger, 'mx', WG)}
   workgroupBarrier();
   var e = 0.0;
   for (var j = lid; j < p.n; j += ${WG}u) { e += exp(x[o + j] - mx); }
-  ${workgroupReduceWgsl('red', 'e', add, 'total')}
+  ${workgroupReduceWgsl('red', 'e', add, 'total', WG)}
   if (lid == 0u) { outv[r] = log(total) + mx - x[o + targets[r]]; }
 }`;
 
