@@ -752,7 +752,7 @@ export class Kernels {
     return [
       this.make(
         `hadamard n=${maxN} T ×3 +rope+kv`,
-        this.pipeline(`hadamard_rope_kv_${words}_k${mixKs.join('.')}`, () =>
+        this.pipeline(`hadamard_rope_kv_${words}_k${mixKs.join('.')}_${vw}`, () =>
           rotationRopeKvWgsl(words, mixKs, vw),
         ),
         [
