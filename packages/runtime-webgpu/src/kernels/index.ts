@@ -430,6 +430,11 @@ export class Kernels {
     this.vectorWorkgroup = options.vectorWorkgroup ?? WG;
   }
 
+  /** The workgroup array of a one-workgroup kernel over vectors of up to `n` values: `n` rounded up to whole passes of its invocations. */
+  private vectorWords(n: number): number {
+    return Math.ceil(n / this.vectorWorkgroup) * this.vectorWorkgroup;
+  }
+
   private pipeline(key: string, code: () => string): GPUComputePipeline {
     let p = this.pipelines.get(key);
     if (!p) {
@@ -652,7 +657,7 @@ export class Kernels {
         'rotateNorm: one member accumulating whole rows into one output, with no input computation',
       );
     const vw = this.vectorWorkgroup;
-    const words = Math.ceil(m.n / vw) * vw;
+    const words = this.vectorWords(m.n);
     if (m.n > this.maxLocalHadamard || words * 4 > this.dev.maxWorkgroupStorage)
       return [...this.rotate(o), this.rmsNorm(res, norm.weight, norm.out, m.outLen, norm.eps)];
     if (m.biasOff !== null) this.boundBias(o.bias);
@@ -711,7 +716,7 @@ export class Kernels {
     if (o.accumulate) throw new CalderaError('E_VALUE', 'rotateRopeKv: outputs are not accumulated');
     const maxN = Math.max(...o.members.map((m) => m.n));
     const vw = this.vectorWorkgroup;
-    const words = Math.ceil(maxN / vw) * vw;
+    const words = this.vectorWords(maxN);
     if (maxN > this.maxLocalHadamard || words * 4 > this.dev.maxWorkgroupStorage)
       return [...this.rotate({ ...o, pre: o.ones }), ...this.ropeKvAttention({ ...rope, q, k, v })];
     for (const m of o.members) if (m.biasOff !== null) this.boundBias(o.bias);
@@ -1181,7 +1186,7 @@ export class Kernels {
     const maxN = Math.max(...widths);
     if (maxN > this.maxLocalHadamard) return null;
     const vw = this.vectorWorkgroup;
-    const words = Math.ceil(maxN / vw) * vw;
+    const words = this.vectorWords(maxN);
     // the source table (256 × 16 bytes) and the lanes' partial sums, and E81B for an rvq3 R̂ (see inputProjectionWgsl)
     const extra = this.lanes === 1 ? 0 : 256 * 16 + vw * 4 + (c.codec === 'rvq3' ? 2048 * 4 : 0);
     if (Math.max(words, o.input?.kind === 'rmsNorm' ? vw : 0) * 4 + extra > this.dev.maxWorkgroupStorage)

@@ -177,6 +177,20 @@ function laneSumWgsl(add: string): string {
 }
 
 /**
+ * The end of the E8P kernels whose lanes compute `rows` rows each (rows `row0 + k` of the output, accumulators
+ * `acc0 …`): the partial sums stored at `arr[k·WG + lid]` (a workgroup array of at least `rows·WG` values, free),
+ * summed over each row's 32 lanes ({@link laneSumWgsl}), and lane 0 writing the totals of activation row r.
+ */
+function rowTotalsWgsl(arr: string, rows: number): string {
+  const ks = Array.from({ length: rows }, (_, k) => k);
+  return `${ks.map((k) => `${arr}[${k * WG}u + lid] = acc${k};`).join('\n  ')}
+  ${laneSumWgsl(ks.map((k) => `${arr}[${k * WG}u + lid] += ${arr}[${k * WG}u + lid + s];`).join(' '))}
+  if (lane == 0u && row0 < p.mp) {
+    ${ks.map((k) => `outv[r * p.mp + row0 + ${k}u] = ${arr}[${k * WG}u + lid];`).join('\n    ')}
+  }`;
+}
+
+/**
  * The matrix–vector kernel template. With `tile` > 1 every invocation computes its output row for `tile` consecutive
  * activation rows (`r0 = workgroup_id.y · tile`, accumulators `acc[k]`), so each weight (or decoded E8P group) read
  * from memory is used `tile` times: the prefill form. Per activation row the operations are those of `tile` = 1 in
@@ -1281,11 +1295,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     )}
     ${ks.map((k) => finish(`acc${k}`, `lrow + ${k}u`)).join('\n    ')}
   }
-  ${ks.map((k) => `part[${k * WG}u + lid] = acc${k};`).join('\n  ')}
-  ${laneSumWgsl(ks.map((k) => `part[${k * WG}u + lid] += part[${k * WG}u + lid + s];`).join(' '))}
-  if (lane == 0u && row0 < p.mp) {
-    ${ks.map((k) => `outv[r * p.mp + row0 + ${k}u] = part[${k * WG}u + lid];`).join('\n    ')}
-  }
+  ${rowTotalsWgsl('part', rows)}
 }`;
   }
   const tiled = `${seg}
@@ -1505,11 +1515,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   }
   // the lanes' partial sums of row k at xs[k·${WG} + lid] (free now)
   workgroupBarrier();
-  ${ks.map((k) => `xs[${k * WG}u + lid] = acc${k};`).join('\n  ')}
-  ${laneSumWgsl(ks.map((k) => `xs[${k * WG}u + lid] += xs[${k * WG}u + lid + s];`).join(' '))}
-  if (lane == 0u && row0 < p.mp) {
-    ${ks.map((k) => `outv[r * p.mp + row0 + ${k}u] = xs[${k * WG}u + lid];`).join('\n    ')}
-  }
+  ${rowTotalsWgsl('xs', rows)}
 }`;
 }
 
