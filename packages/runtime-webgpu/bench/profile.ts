@@ -1,17 +1,23 @@
 /**
  * Where a decode step's time goes, on the adapter at hand: `npx tsx bench/profile.ts [--random-model 1b|tiny]`
- * (`--roofline`: only bench/roofline.ts's measurement; `--ablate a,b`: see ./ablations.ts; `--max-local-hadamard N`;
- * `--rows-per-lane N`; `--vector-workgroup N`).
+ * (`--roofline`: only bench/roofline.ts's measurement; `--ablate a,b`: see ./ablations.ts; loader options
+ * `--max-local-hadamard N`, `--rows-per-lane N`, `--vector-workgroup N`; `--variants 'v;v;…'`: see below).
  * JSON Lines: the adapter's features; the whole step (program and head encoded `REPS` times in one pass, no
  * read-back); per launch class (a label's first word), the step with that class left out; and every launch alone,
  * repeated, summed by class (small layers then run from the L2 cache: a floor of their launch cost, not their
  * memory time). Each model's step first runs for a second untimed, so that a GPU has left its idle clocks (see
  * `warmUp`). Reads the model's private launch lists: a measurement tool, not an API.
+ *
+ * `--variants 'rows-per-lane=4;vector-workgroup=1024,rows-per-lane=4;'` profiles the CALDERA model once per variant
+ * (`;`-separated, each a `,`-separated list of the loader options above over those given as flags; an empty one is
+ * the flags alone), the models written once: a GPU session compares kernel choices in one run. The f16 model is
+ * profiled once per distinct `vector-workgroup` (the only one of these options that changes its launches). Each
+ * line names its loader options (`options`).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadModel, type WebGpuModel } from '../src/index.js';
+import { loadModel, type WebGpuModel, type WebGpuModelOptions } from '../src/index.js';
 import type { Dispatch } from '../src/kernels.js';
 import { nodeDevice } from '../src/testing/gpu.js';
 import { ABLATIONS } from './ablations.js';
@@ -21,19 +27,58 @@ import { submitSeconds, warmUp } from './timing.js';
 
 const at = process.argv.indexOf('--random-model');
 const shapeName = (at < 0 ? undefined : process.argv[at + 1]) ?? '1b';
-// --max-local-hadamard N: rotations of vectors above N values take the global-memory path (many workgroups, two or
-// three launches) instead of one workgroup per vector, e.g. to compare the two on a GPU
-const localAt = process.argv.indexOf('--max-local-hadamard');
-// --rows-per-lane N: the most rows each lane of the E8P kernel computes (the loaders' rowsPerLane; checked there)
-const rowsAt = process.argv.indexOf('--rows-per-lane');
-// --vector-workgroup N: invocations of the one-workgroup kernels (the loaders' vectorWorkgroup; checked there)
-const vwAt = process.argv.indexOf('--vector-workgroup');
-const loadOptions = {
-  contextLength: 64,
-  ...(localAt < 0 ? {} : { maxLocalHadamard: Number(process.argv[localAt + 1]) }),
-  ...(rowsAt < 0 ? {} : { rowsPerLane: Number(process.argv[rowsAt + 1]) as 1 | 2 | 4 }),
-  ...(vwAt < 0 ? {} : { vectorWorkgroup: Number(process.argv[vwAt + 1]) }),
-};
+/**
+ * The loader options these flags set (checked by the loader): `max-local-hadamard` N, rotations of vectors above N
+ * values take the global-memory path (many workgroups, two or three launches) instead of one workgroup per vector;
+ * `rows-per-lane` N, the most rows each lane of the E8P kernel computes; `vector-workgroup` N, invocations of the
+ * one-workgroup kernels.
+ */
+const OPTION_FLAGS = {
+  'max-local-hadamard': 'maxLocalHadamard',
+  'rows-per-lane': 'rowsPerLane',
+  'vector-workgroup': 'vectorWorkgroup',
+} as const;
+type TunedOptions = Pick<WebGpuModelOptions, (typeof OPTION_FLAGS)[keyof typeof OPTION_FLAGS]>;
+
+/** `name=value` pairs (`name` a key of {@link OPTION_FLAGS}) as loader options; exits on an unknown name or a non-number. */
+function tunedOptions(pairs: readonly [string, string][]): TunedOptions {
+  const out: Record<string, number> = {};
+  for (const [name, value] of pairs) {
+    const key = OPTION_FLAGS[name as keyof typeof OPTION_FLAGS];
+    if (!key || value === '' || !Number.isFinite(Number(value))) {
+      console.error(
+        `profile: option ${name}=${value}: need one of ${Object.keys(OPTION_FLAGS).join(', ')} = a number`,
+      );
+      process.exit(2);
+    }
+    out[key] = Number(value);
+  }
+  return out as TunedOptions;
+}
+
+const flagOptions = tunedOptions(
+  Object.keys(OPTION_FLAGS)
+    .map((name) => [name, process.argv.indexOf(`--${name}`)] as const)
+    .filter(([, i]) => i >= 0)
+    .map(([name, i]) => [name, process.argv[i + 1] ?? '']),
+);
+const variantsAt = process.argv.indexOf('--variants');
+const variants: TunedOptions[] =
+  variantsAt < 0
+    ? [flagOptions]
+    : (process.argv[variantsAt + 1] ?? '').split(';').map((v) => ({
+        ...flagOptions,
+        ...tunedOptions(
+          v
+            .split(',')
+            .filter((p) => p.trim() !== '')
+            .map((p) => {
+              const [name = '', value = ''] = p.split('=').map((s) => s.trim());
+              return [name, value];
+            }),
+        ),
+      }));
+const loadOptions = (tuned: TunedOptions) => ({ contextLength: 64, ...tuned });
 const shape = SHAPES[shapeName as keyof typeof SHAPES];
 const REPS = 20;
 const r4 = (v: number) => Number(v.toPrecision(4));
@@ -88,7 +133,7 @@ async function timePass(list: Dispatch[], reps: number): Promise<number> {
 
 const classOf = (d: Dispatch) => d.label.split(' ')[0]!;
 
-async function profile(name: string, model: WebGpuModel): Promise<void> {
+async function profile(name: string, model: WebGpuModel, options: TunedOptions): Promise<void> {
   await model.prefill([1, 2, 3, 4, 5, 6, 7, 8]);
   await model.finish();
   const m = model as unknown as { program: Dispatch[]; head: Dispatch[] };
@@ -113,6 +158,7 @@ async function profile(name: string, model: WebGpuModel): Promise<void> {
   console.log(
     JSON.stringify({
       case: `profile_${name}`,
+      options,
       step_us: r4(whole),
       launches: step.length,
       without,
@@ -135,8 +181,8 @@ try {
     await writeRandomCalderaModel(path, shape, 64);
     for (const a of ablations) {
       edits = ABLATIONS[a]!;
-      const { model } = await loadModel(device, path, loadOptions);
-      await profile(`${shapeName}_caldera_${a}`, model);
+      const { model } = await loadModel(device, path, loadOptions(flagOptions));
+      await profile(`${shapeName}_caldera_${a}`, model, flagOptions);
       model.dispose();
       const roof = await measureRoofline(device, {
         targetBytes: (device.fallbackAdapter ? 4 : 256) * 2 ** 20,
@@ -153,14 +199,25 @@ try {
     }
     edits = [];
   } else {
-    for (const kind of ['f16', 'caldera'] as const) {
-      const path = join(dir, kind);
-      if (kind === 'f16') await writeRandomF16Model(path, shape);
-      else await writeRandomCalderaModel(path, shape, 64);
-      const { model } = await loadModel(device, path, loadOptions);
-      await profile(`${shapeName}_${kind}`, model);
+    const f16Path = join(dir, 'f16');
+    await writeRandomF16Model(f16Path, shape);
+    const profiledF16 = new Set<number | undefined>();
+    for (const options of variants) {
+      if (profiledF16.has(options.vectorWorkgroup)) continue;
+      profiledF16.add(options.vectorWorkgroup);
+      const f16Options =
+        options.vectorWorkgroup === undefined ? {} : { vectorWorkgroup: options.vectorWorkgroup };
+      const { model } = await loadModel(device, f16Path, loadOptions(f16Options));
+      await profile(`${shapeName}_f16`, model, f16Options);
       model.dispose();
-      await rm(path, { recursive: true, force: true });
+    }
+    await rm(f16Path, { recursive: true, force: true });
+    const calderaPath = join(dir, 'caldera');
+    await writeRandomCalderaModel(calderaPath, shape, 64);
+    for (const options of variants) {
+      const { model } = await loadModel(device, calderaPath, loadOptions(options));
+      await profile(`${shapeName}_caldera`, model, options);
+      model.dispose();
     }
   }
 } finally {
