@@ -28,7 +28,8 @@
  *   CALDERA decodes with f16 Q̂ products and again in f32 (`refs.f32_products_tok_s`). Default: `1b` on a GPU in a
  *   full run, none on a CPU adapter or with `--quick`; `--random-model tiny|1b|none` overrides.
  * `--quick`: 16 decoded tokens instead of 64, a 32-token prompt instead of 128, a quarter of the roofline bytes.
- * `--lanes 1|32`: lanes per row of the matrix kernels instead of the adapter's default.
+ * `--lanes 1|32`: lanes per row of the matrix kernels instead of the adapter's default; `--vector-workgroup N`: the
+ * models' one-workgroup kernels with N invocations (the loaders' `vectorWorkgroup`) instead of the adapter's default.
  * Without a GPU (SwiftShader) the numbers are only a record. `CALDERA_DAWN_TOGGLES=vulkan_enable_f16_on_nvidia` lets
  * Dawn offer `shader-f16` on NVIDIA's Vulkan driver, where it is off by default (driver bugs; the decode's agreement
  * with runtime-node still checks the tokens).
@@ -71,6 +72,12 @@ if (lanesAt >= 0 && lanesArg !== '1' && lanesArg !== '32') {
   process.exit(2);
 }
 const lanes = lanesArg === undefined ? {} : { lanes: Number(lanesArg) as 1 | 32 };
+// invocations of the one-workgroup kernels in every model (default: the adapter's; checked by the loader)
+const vwAt = process.argv.indexOf('--vector-workgroup');
+const modelKernels = {
+  ...lanes,
+  ...(vwAt < 0 ? {} : { vectorWorkgroup: Number(process.argv[vwAt + 1]) }),
+};
 const TOKENS = quick ? 16 : 64;
 const PROMPT = [0, 17, 250, 1033, 5];
 const REF = fileURLToPath(new URL('../../reference-model/model/', import.meta.url));
@@ -204,7 +211,7 @@ try {
   ] as const) {
     const { model, linearBitsPerWeight } = await loadModel(device, path, {
       contextLength: PROMPT.length + TOKENS,
-      ...lanes,
+      ...modelKernels,
     });
     const cpu = (await node.loadModel(path)).model;
     const g = await decodeRate(model);
@@ -227,7 +234,11 @@ try {
   const prompt = Array.from({ length: P }, (_, i) => (i * 97 + 5) % 2048);
   const rate: Record<number, number> = {};
   for (const chunk of [1, 32]) {
-    const { model } = await loadModel(device, dir, { contextLength: P, prefillChunk: chunk, ...lanes });
+    const { model } = await loadModel(device, dir, {
+      contextLength: P,
+      prefillChunk: chunk,
+      ...modelKernels,
+    });
     await model.prefill(prompt.slice(0, chunk)); // warm-up (pipeline compilation)
     await model.finish();
     model.reset();
@@ -244,7 +255,7 @@ try {
     adapter: device.description,
   });
   {
-    const { model } = await loadModel(device, dir, { contextLength: 128, ...lanes });
+    const { model } = await loadModel(device, dir, { contextLength: 128, ...modelKernels });
     const n = quick ? 128 : 512;
     const p = await perplexityRates(model, n);
     emit('webgpu_perplexity_caldera_tok_s', p.tokS, 'tok/s', {
@@ -317,7 +328,7 @@ try {
         if (name === 'caldera-f32' && !rates.caldera!.f16) break;
         const { model, linearBitsPerWeight } = await loadModel(device, path, {
           contextLength: PROMPT.length + TOKENS,
-          ...lanes,
+          ...modelKernels,
           ...(name === 'caldera-f32' ? { f16: false } : {}),
         });
         const prompt = PROMPT.map((t) => t % shape.vocab);

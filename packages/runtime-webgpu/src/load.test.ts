@@ -626,6 +626,8 @@ describe('option checks before anything is read, uploaded or downloaded', () => 
     expect(new Kernels(fake512, { vectorWorkgroup: 64 }).vectorWorkgroup).toBe(64);
     expect(new Kernels(fake512, { vectorWorkgroup: 512 }).vectorWorkgroup).toBe(512);
     expect(new Kernels(fake512).vectorWorkgroup).toBe(256);
+    // CPU drivers run a workgroup's invocations on one thread: fewer by default there
+    expect(new Kernels({ ...fake512, fallbackAdapter: true }).vectorWorkgroup).toBe(64);
   });
 
   it("dtype outside 'auto', 'f32' and 'f16' is E_VALUE with runtime-node's message; callbacks that are not functions and a signal that is not an AbortSignal are E_VALUE naming them", async () => {

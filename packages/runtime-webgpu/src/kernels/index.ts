@@ -319,6 +319,15 @@ const MAX_GROUPS = 65535;
  */
 export const F16_MIN_WORKGROUPS = 256;
 
+/**
+ * {@link Kernels.vectorWorkgroup}'s default on CPU fallback adapters (elsewhere {@link WG}): a CPU driver runs a
+ * workgroup's invocations on one thread, switching between them at each barrier, so fewer are faster there. Measured
+ * 2026-12-05 on the development machine: the random tiny model's decode step (bench/profile.ts) took 37–40 ms for
+ * CALDERA with 64 against 58–68 with 256 on SwiftShader (36–39 with 32: no further gain), 5.9–6.9 against 7.0–7.8
+ * on lavapipe; dense f16 21–22 against 25–26 on SwiftShader.
+ */
+export const FALLBACK_VECTOR_WORKGROUP = 64;
+
 /** Smallest {@link Kernels.maxLocalHadamard}: below it, Walsh–Hadamard blocks beyond 64 values cannot be rotated. */
 export const MIN_LOCAL_HADAMARD = 16;
 
@@ -393,8 +402,9 @@ export class Kernels {
   /**
    * Invocations of the kernels in which one workgroup computes a whole vector: RMSNorm, the one-workgroup rotations
    * and input steps, attention (a power of two from 64 to the device's `maxWorkgroupInvocations`; default
-   * {@link WG}). More invocations shorten the serial work of each (the decode step's input steps are latency-bound
-   * chains on one compute unit) at the price of longer reductions; not yet measured on a GPU. Their outputs match the
+   * {@link WG}, on CPU fallback adapters {@link FALLBACK_VECTOR_WORKGROUP}). More invocations shorten the serial work
+   * of each (the decode step's input steps are latency-bound chains on one compute unit) at the price of longer
+   * reductions; not yet measured on a GPU. Their outputs match the
    * default's within f32 rounding (the reductions add in another order); for one value every fused form equals its
    * launches apart, to the bit, as with the default.
    */
@@ -427,7 +437,7 @@ export class Kernels {
     checkRowsPerLane(options.rowsPerLane);
     this.rowsPerLane = options.rowsPerLane ?? null;
     checkVectorWorkgroup(options.vectorWorkgroup, dev);
-    this.vectorWorkgroup = options.vectorWorkgroup ?? WG;
+    this.vectorWorkgroup = options.vectorWorkgroup ?? (dev.fallbackAdapter ? FALLBACK_VECTOR_WORKGROUP : WG);
   }
 
   /** The workgroup array of a one-workgroup kernel over vectors of up to `n` values: `n` rounded up to whole passes of its invocations. */

@@ -385,15 +385,21 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       }
     }, 240_000); // pipeline compilation of the tiled 32-lane kernels takes tens of seconds on SwiftShader
 
-  for (const path of ['workgroup', 'global memory'] as const)
-    it(`Hadamard step (${path}): M_n and M_nᵀ for K ∈ {1, 12, 20, 28, 36, 40, 52, 108, 140, 156, 172}, and no transform; signs, padding, truncation, bias`, async () => {
+  // the workgroup path with both defaults' sizes (64 invocations on CPU adapters, 256 on GPUs)
+  for (const [path, vectorWorkgroup] of [
+    ['workgroup', 64],
+    ['workgroup', 256],
+    ['global memory', undefined],
+  ] as const)
+    it(`Hadamard step (${path}${vectorWorkgroup ? `, ${vectorWorkgroup} invocations` : ''}): M_n and M_nᵀ for K ∈ {1, 12, 20, 28, 36, 40, 52, 108, 140, 156, 172}, and no transform; signs, padding, truncation, bias`, async () => {
       const rng = new Rng(3);
       // the global-memory path is forced by declaring every rotation too large for workgroup memory: chunks of 16,
       // so blocks of P ≤ 16 take 2 launches, longer ones (P = 64, 128, 256 here) a strided third. In workgroup
-      // memory the written-out mixes (K ≤ 64) see blocks narrower than the workgroup (a column shared by WG/P
-      // invocations, more of them than chunks of sums at P = 8), as wide (3072 = 12·256) and wider (6144 = 12·512:
-      // two columns per invocation; blocks beyond the forced global path's 16² values); K > 64 the loop over the table
-      const k = new Kernels(d, path === 'workgroup' ? {} : { maxLocalHadamard: 16 });
+      // memory the written-out mixes (K ≤ 64) see blocks narrower than the workgroup (with 256 invocations a column
+      // shared by 256/P, more of them than chunks of sums at P = 8), as wide (3072 = 12·256) and wider (6144 = 12·512:
+      // two columns per invocation with 256, 8 with 64; blocks beyond the forced global path's 16² values); K > 64
+      // the loop over the table
+      const k = new Kernels(d, path === 'workgroup' ? { vectorWorkgroup } : { maxLocalHadamard: 16 });
       const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
       const tmp = scratchBuffer(d, 6144 * 4, 'tmp');
       const wide = path === 'workgroup' ? [3072, 6144] : [];
@@ -946,23 +952,27 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     expect(shape(new Kernels(d, { lanes: 1, rowsPerLane: 4 }), [64])).toEqual([undefined, 1]);
   });
 
-  it('RMSNorm, SwiGLU and argmax (first index on ties)', async () => {
+  it('RMSNorm (64 and 256 invocations), SwiGLU and argmax (first index on ties)', async () => {
     const rng = new Rng(4);
     const k = K();
     const n = 300;
-    const x = randn(rng, n, 3);
-    const w = randn(rng, n);
-    const out = scratchBuffer(d, n * 4, 'out');
-    await run(d, [k.rmsNorm(storageBuffer(d, x, 'x'), storageBuffer(d, w, 'w'), out, n, 1e-5)]);
-    let ss = 0;
-    for (const v of x) ss += v * v;
-    const inv = 1 / Math.sqrt(ss / n + 1e-5);
-    expect(
-      relErr(
-        await readF32(d, out, n),
-        Array.from(x, (v, i) => v * inv * w[i]!),
-      ),
-    ).toBeLessThan(1e-5);
+    for (const vectorWorkgroup of [64, 256]) {
+      const x = randn(rng, n, 3);
+      const w = randn(rng, n);
+      const out = scratchBuffer(d, n * 4, 'out');
+      const norm = new Kernels(d, { vectorWorkgroup });
+      await run(d, [norm.rmsNorm(storageBuffer(d, x, 'x'), storageBuffer(d, w, 'w'), out, n, 1e-5)]);
+      let ss = 0;
+      for (const v of x) ss += v * v;
+      const inv = 1 / Math.sqrt(ss / n + 1e-5);
+      expect(
+        relErr(
+          await readF32(d, out, n),
+          Array.from(x, (v, i) => v * inv * w[i]!),
+        ),
+        `${vectorWorkgroup} invocations`,
+      ).toBeLessThan(1e-5);
+    }
 
     const g = randn(rng, n, 4);
     const u = randn(rng, n);
@@ -1102,6 +1112,26 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     }
     // f32 dot products of length 8 and a softmax over 5 positions: ~1e-6
     expect(relErr(await readF32(d, out, H * hd), ref)).toBeLessThan(1e-5);
+    // attention again with the other default's workgroup (256 invocations on GPUs, 64 on CPU adapters)
+    const other = new Kernels(d, { vectorWorkgroup: k.vectorWorkgroup === 256 ? 64 : 256 });
+    const out2 = scratchBuffer(d, H * hd * 4, 'att2');
+    await run(d, [
+      other.attention({
+        step,
+        q: qb,
+        ck: ckb,
+        cv: cvb,
+        scores: scratchBuffer(d, H * cap * 4, 's2'),
+        out: out2,
+        heads: H,
+        kvHeads: KV,
+        hd,
+        capacity: cap,
+      }),
+    ]);
+    expect(relErr(await readF32(d, out2, H * hd), ref), `${other.vectorWorkgroup} invocations`).toBeLessThan(
+      1e-5,
+    );
   });
 });
 
