@@ -453,6 +453,41 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       }
     });
 
+  it('the written-out H_K mix with one chunk of sums per invocation (summed while the column is read) equals the column held in registers, to the bit', async () => {
+    // which form a mix takes depends on the workgroup: one chunk per invocation where a block of P values leaves
+    // T = wg/P invocations per column, at least one per chunk of 8 sums. These (K, P) take the column form with 64
+    // invocations and the one-chunk form with 256: 768 = 12·64 (T = 1 against 4, 2 chunks), 704 = 44·16 (T = 4
+    // against 16, 6 chunks), 640 = 20·32 (T = 2 against 8, 3 chunks)
+    const rng = new Rng(21);
+    const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
+    const tmp = scratchBuffer(d, 1024 * 4, 'tmp');
+    const [k64, k256] = [64, 256].map((vectorWorkgroup) => new Kernels(d, { vectorWorkgroup }));
+    for (const n of [768, 704, 640])
+      for (const transpose of [false, true]) {
+        const K = hadamardFactor(n)!.K;
+        const x = storageBuffer(d, randn(rng, n), 'x');
+        const signs = storageBuffer(
+          d,
+          Float32Array.from({ length: n }, () => rng.rademacher()),
+          'pre',
+        );
+        const ones = storageBuffer(d, new Float32Array(n).fill(1), 'post');
+        const zeros = storageBuffer(d, new Float32Array(n), 'bias');
+        const hk = storageBuffer(d, Float32Array.from(hadamardBase(K)), 'hk');
+        const outs = [];
+        for (const k of [k64!, k256!]) {
+          const out = scratchBuffer(d, n * 4, 'out');
+          const launches = k.hadamard({
+            ...{ x, out, pre: signs, post: ones, bias: zeros, hk, tmp, dummy, n, nIn: n, outLen: n, K },
+            ...{ transform: true, transpose, accumulate: false, gscale: 1 },
+          });
+          await run(d, launches);
+          outs.push(Array.from(await readF32(d, out, n)));
+        }
+        expect(outs[1], `n=${n} K=${K} transpose=${transpose}`).toEqual(outs[0]);
+      }
+  });
+
   for (const path of ['workgroup', 'global memory'] as const)
     it(`RMSNorm and SwiGLU computed by the rotation's load (${path}) equal their own launch and then the rotation, to the bit`, async () => {
       const rng = new Rng(5);

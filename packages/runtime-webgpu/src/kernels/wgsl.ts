@@ -453,29 +453,67 @@ const MIX_CHUNK = 8;
  * as additions and subtractions in order a = 0 … K − 1 from 0, times `1/√n`: the same operations, in the same order,
  * as the loop over `hkb` in `rotatedAt` (a ±1 product is exact), without a table read or a multiply per term, and K
  * workgroup-memory reads per column instead of K per value. The outputs go in chunks of {@link MIX_CHUNK}; where a
- * block holds fewer values than a workgroup has invocations (P < wg), the wg/P invocations of a column share its
- * chunks (after a barrier: all of them read the column first).
+ * block holds fewer values than a workgroup has invocations (P < wg), the T = wg/P invocations of a column share its
+ * chunks (after a barrier: all of them read the column first). Where T is at least the number of chunks, each
+ * invocation takes at most one chunk and sums it while reading the column, holding its {@link MIX_CHUNK} sums (not
+ * the column's K values and them) until the barrier, then writes them: the same operations on each output, so the
+ * same values to the bit, in fewer registers (NVIDIA allows 64 per invocation in workgroups of 1024, where the K = 44
+ * column alone would take 44).
  */
 function unrolledMixWgsl(K: number, wg: number): string {
   const H = hadamardBase(K);
+  const nChunks = Math.ceil(K / MIX_CHUNK);
+  const chunkOuts = (q: number) =>
+    Array.from({ length: Math.min(MIX_CHUNK, K - q * MIX_CHUNK) }, (_, j) => q * MIX_CHUNK + j);
+  const sign = (t: boolean, a2: number, a: number) => ((t ? H[a2 * K + a]! : H[a * K + a2]!) > 0 ? '+' : '-');
   const loads = Array.from({ length: K }, (_, a) => `let c${a} = v[${a}u * mb.P + b];`).join(' ');
   const chunks = (t: boolean) =>
-    Array.from({ length: Math.ceil(K / MIX_CHUNK) }, (_, q) => {
-      const outs = Array.from(
-        { length: Math.min(MIX_CHUNK, K - q * MIX_CHUNK) },
-        (_, j) => q * MIX_CHUNK + j,
-      );
-      const sign = (a2: number, a: number) => ((t ? H[a2 * K + a]! : H[a * K + a2]!) > 0 ? '+' : '-');
+    Array.from({ length: nChunks }, (_, q) => {
+      const outs = chunkOuts(q);
       return `if (${q}u % T == part) {
         ${outs.map((a2) => `var o${a2} = 0.0;`).join(' ')}
-        ${Array.from({ length: K }, (_, a) => outs.map((a2) => `o${a2} = o${a2} ${sign(a2, a)} c${a};`).join(' ')).join('\n        ')}
+        ${Array.from({ length: K }, (_, a) => outs.map((a2) => `o${a2} = o${a2} ${sign(t, a2, a)} c${a};`).join(' ')).join('\n        ')}
         ${outs.map((a2) => `v[${a2}u * mb.P + b] = o${a2} * mb.invSqrtN;`).join(' ')}
       }`;
     }).join('\n      ');
+  // one chunk per invocation: chunk `part` summed into r0 … r7 as the column is read
+  const oneChunk = (t: boolean) =>
+    Array.from({ length: nChunks }, (_, q) => {
+      const outs = chunkOuts(q);
+      return `case ${q}u: {
+          ${Array.from(
+            { length: K },
+            (_, a) =>
+              `{ let c = v[${a}u * mb.P + b]; ${outs.map((a2, j) => `r${j} = r${j} ${sign(t, a2, a)} c;`).join(' ')} }`,
+          ).join('\n          ')}
+        }`;
+    }).join('\n        ');
+  const rs = Array.from({ length: MIX_CHUNK }, (_, j) => j);
   return `fn mixK${K}(lid: u32, mb: M, transposeH: u32) {
   let lp = firstTrailingBit(mb.P);
   let T = max(1u, ${wg}u >> lp);
   let part = lid >> lp;
+  if (mb.P <= ${wg}u && T >= ${nChunks}u) {
+    let b = lid & (mb.P - 1u);
+    ${rs.map((j) => `var r${j} = 0.0;`).join(' ')}
+    if (transposeH == 1u) {
+      switch part {
+        ${oneChunk(true)}
+        default: {}
+      }
+    } else {
+      switch part {
+        ${oneChunk(false)}
+        default: {}
+      }
+    }
+    workgroupBarrier();
+    if (part < ${nChunks}u) {
+      let a0 = part * ${MIX_CHUNK}u;
+      ${rs.map((j) => `if (a0 + ${j}u < ${K}u) { v[(a0 + ${j}u) * mb.P + b] = r${j} * mb.invSqrtN; }`).join('\n      ')}
+    }
+    return;
+  }
   for (var b0 = 0u; b0 < mb.P; b0 += ${wg}u) {
     let b = b0 + (lid & (mb.P - 1u));
     ${loads}
