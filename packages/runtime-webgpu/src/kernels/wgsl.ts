@@ -1188,25 +1188,42 @@ ${
 /** Code groups per iteration of a lane's E8P loop, their code loads issued together (see {@link codeGroupsWgsl}). */
 export const E8P_UNROLL = 8;
 
+/** The second plane of an RVQ code (see {@link codeGroupsWgsl}): its codec and each row's first code index. */
+interface SecondPlane {
+  codec: 'rvq4' | 'rvq3';
+  bases: readonly string[];
+}
+
 /**
  * The loop over the E8P12 code groups `g = lane, lane + stride, …` (below `G`) of one or more rows, in that order:
  * each iteration first loads the codes of its next {@link E8P_UNROLL} groups of every row (row k's first code at index
- * `bases[k]`, codes packed two per u32; a group past the row loads the row's last code and is skipped), then runs
- * `perGroup(codes, g)` for each group, `codes[k]` naming row k's code. The same groups in the same order as one group
- * per iteration, but a lane's code loads no longer wait for each other (one at a time left an H200 latency-bound,
- * measured 2026-12-04). The E8P kernel with 32 lanes per row and the input step's R̂ rows share it; the row-tiled
- * (prefill) form keeps one group per iteration (the same order): with 8 groups its inner loops over the tile's rows
- * are unrolled 8 times, and two of three H200 runs measured prefill at 3.7 and 5.8 K tokens/s with it, against 19–41 K
- * in the three runs without.
+ * `bases[k]`, codes packed two per u32; a group past the row loads the row's last code and is skipped), and with
+ * `plane2` the same groups' codes of the second plane (`codes2`: u16 E8P12 codes two per u32 for `rvq4`, u8 E81B
+ * codes four per u32 for `rvq3`, row k's first at `plane2.bases[k]`), then runs `perGroup(codes, g, codes2)` for each
+ * group, `codes[k]` and `codes2[k]` naming row k's codes. The same groups in the same order as one group per
+ * iteration, but a lane's code loads no longer wait for each other (one at a time left an H200 latency-bound,
+ * measured 2026-12-04; the second plane's codes were read where used, inside each group's branch, until 2026-12-05).
+ * The E8P kernel with 32 lanes per row and the input step's R̂ rows share it; the row-tiled (prefill) form keeps one
+ * group per iteration (the same order): with 8 groups its inner loops over the tile's rows are unrolled 8 times, and
+ * two of three H200 runs measured prefill at 3.7 and 5.8 K tokens/s with it, against 19–41 K in the three runs
+ * without.
  */
 function codeGroupsWgsl(
   bases: readonly string[],
   G: string,
   stride: string,
-  perGroup: (codes: string[], g: string) => string,
+  perGroup: (codes: string[], g: string, codes2: string[]) => string,
+  plane2?: SecondPlane,
 ): string {
   const U = Array.from({ length: E8P_UNROLL }, (_, u) => u);
   const name = (u: number, k: number) => (bases.length === 1 ? `code${u}` : `code${u}_${k}`);
+  const name2 = (u: number, k: number) => `${name(u, k)}p2`;
+  const load2 = (u: number, k: number, base: string) =>
+    plane2?.codec === 'rvq4'
+      ? `let di${u}_${k} = ${base} + gi${u};
+      let ${name2(u, k)} = (codes2[di${u}_${k} >> 1u] >> ((di${u}_${k} & 1u) * 16u)) & 0xffffu;`
+      : `let di${u}_${k} = ${base} + gi${u};
+      let ${name2(u, k)} = (codes2[di${u}_${k} >> 2u] >> ((di${u}_${k} & 3u) * 8u)) & 0xffu;`;
   return `for (var g0 = lane; g0 < ${G}; g0 += ${stride} * ${E8P_UNROLL}u) {
       ${U.map(
         (u) => `let gi${u} = min(g0 + ${u}u * ${stride}, ${G} - 1u);
@@ -1215,7 +1232,9 @@ function codeGroupsWgsl(
           (base, k) => `let ci${u}_${k} = ${base} + gi${u};
       let ${name(u, k)} = (codes[ci${u}_${k} >> 1u] >> ((ci${u}_${k} & 1u) * 16u)) & 0xffffu;`,
         )
-        .join('\n      ')}`,
+        .join(
+          '\n      ',
+        )}${plane2 ? `\n      ${plane2.bases.map((base, k) => load2(u, k, base)).join('\n      ')}` : ''}`,
       ).join('\n      ')}
       ${U.map(
         (u) => `if (g0 + ${u}u * ${stride} < ${G}) {
@@ -1223,6 +1242,7 @@ function codeGroupsWgsl(
         ${perGroup(
           bases.map((_, k) => name(u, k)),
           'g',
+          plane2 ? bases.map((_, k) => name2(u, k)) : [],
         )}
       }`,
       ).join('\n      ')}
@@ -1280,15 +1300,16 @@ export function e8pMatvecWgsl(
   // segment of the row, its row within the segment; plane-1 and plane-2 code indices of group g
   const seg = `let sg = segOf(row);
     let lrow = row - sg.start;`;
-  // one row's products with the group's activations xv: its plane-1 code, and its plane-2 code at idx2
-  const products = (code: string, acc: string, lrow: string) =>
-    `${
-      rvq4 || rvq3 ? `let idx2${acc} = sg.q2 + ${lrow} * p.G + g;\n      ` : ''
-    }${acc} += dotCode(decodeCode(${code}), xv);${
-      rvq4
-        ? `\n      ${acc}2 += dotCode(decodeCode((codes2[idx2${acc} >> 1u] >> ((idx2${acc} & 1u) * 16u)) & 0xffffu), xv);`
-        : ''
-    }${rvq3 ? `\n      ${acc}2 += dotE81b(((codes2[idx2${acc} >> 2u] >> ((idx2${acc} & 3u) * 8u)) & 0xffu) * 8u, xv);` : ''}`;
+  // one row's products with the group's activations xv: its plane-1 code, and its plane-2 code (`code2`)
+  const products = (code: string, code2: string | undefined, acc: string) =>
+    `${acc} += dotCode(decodeCode(${code}), xv);${rvq4 ? `\n      ${acc}2 += dotCode(decodeCode(${code2}), xv);` : ''}${
+      rvq3 ? `\n      ${acc}2 += dotE81b(${code2} * 8u, xv);` : ''
+    }`;
+  // the second plane's codes of rows `lrows`, loaded with the first's (see codeGroupsWgsl)
+  const plane2 = (lrows: string[]): SecondPlane | undefined =>
+    rvq4 || rvq3
+      ? { codec: rvq4 ? 'rvq4' : 'rvq3', bases: lrows.map((l) => `sg.q2 + ${l} * p.G`) }
+      : undefined;
   // a row's Q̂ sum scaled, then its L̂ term
   const finish = (acc: string, lrow: string) =>
     `${rvq4 || rvq3 ? `${acc} += ${acc}2 / p.resScale;\n    ` : ''}${acc} *= sg.qscale;${
@@ -1302,8 +1323,9 @@ export function e8pMatvecWgsl(
       ['sg.q1 + lrow * p.G'],
       'p.G',
       'stride',
-      ([code], g) => `let xv = x8(r * p.xRow + sg.xOff + 8u * ${g});
-      ${products(code!, 'acc', 'lrow')}`,
+      ([code], g, [code2]) => `let xv = x8(r * p.xRow + sg.xOff + 8u * ${g});
+      ${products(code!, code2, 'acc')}`,
+      plane2(['lrow']),
     )}
     ${finish('acc', 'lrow')}`;
   if (lanes === 32 && tile === 1 && rows > 1) {
@@ -1328,8 +1350,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       ks.map((k) => `sg.q1 + (lrow + ${k}u) * p.G`),
       'p.G',
       'stride',
-      (codes, g) => `let xv = x8(r * p.xRow + sg.xOff + 8u * ${g});
-      ${ks.map((k) => products(codes[k]!, `acc${k}`, `(lrow + ${k}u)`)).join('\n      ')}`,
+      (codes, g, codes2) => `let xv = x8(r * p.xRow + sg.xOff + 8u * ${g});
+      ${ks.map((k) => products(codes[k]!, codes2[k], `acc${k}`)).join('\n      ')}`,
+      plane2(ks.map((k) => `(lrow + ${k}u)`)),
     )}
     ${ks.map((k) => finish(`acc${k}`, `lrow + ${k}u`)).join('\n    ')}
   }
@@ -1816,13 +1839,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       ['sg.q1 + row * pr.G'],
       'pr.G',
       `${lanes}u`,
-      ([code], g) => `let idx2 = sg.q2 + row * pr.G + ${g};
-      let o = 8u * ${g};
+      ([code], g, [code2]) => `let o = 8u * ${g};
       let xv = activations(vec4<f32>(v[o], v[o + 1u], v[o + 2u], v[o + 3u]),
         vec4<f32>(v[o + 4u], v[o + 5u], v[o + 6u], v[o + 7u]));
       acc += dotCode(decodeCode(${code}), xv);
-      ${rvq4 ? 'acc2 += dotCode(decodeCode((codes2[idx2 >> 1u] >> ((idx2 & 1u) * 16u)) & 0xffffu), xv);' : ''}
-      ${rvq3 ? 'acc2 += dotE81b(((codes2[idx2 >> 2u] >> ((idx2 & 3u) * 8u)) & 0xffu) * 8u, xv);' : ''}`,
+      ${rvq4 ? `acc2 += dotCode(decodeCode(${code2}), xv);` : ''}
+      ${rvq3 ? `acc2 += dotE81b(${code2} * 8u, xv);` : ''}`,
+      rvq4 || rvq3 ? { codec: rvq4 ? 'rvq4' : 'rvq3', bases: ['sg.q2 + row * pr.G'] } : undefined,
     )}
     ${rvq4 || rvq3 ? 'acc += acc2 / pr.resScale;' : ''}
     acc *= sg.qscale;
