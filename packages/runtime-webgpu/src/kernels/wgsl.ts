@@ -1203,6 +1203,8 @@ interface SecondPlane {
  * group, `codes[k]` and `codes2[k]` naming row k's codes. The same groups in the same order as one group per
  * iteration, but a lane's code loads no longer wait for each other (one at a time left an H200 latency-bound,
  * measured 2026-12-04; the second plane's codes were read where used, inside each group's branch, until 2026-12-05).
+ * With `prefetched` (a name prefix) the first batch's codes are not loaded here but were loaded earlier by
+ * {@link codeBatchWgsl} with `g0 = lane` under names with that prefix (the input step loads them before its rotation).
  * The E8P kernel with 32 lanes per row and the input step's R̂ rows share it; the row-tiled (prefill) form keeps one
  * group per iteration (the same order): with 8 groups its inner loops over the tile's rows are unrolled 8 times, and
  * two of three H200 runs measured prefill at 3.7 and 5.8 K tokens/s with it, against 19–41 K in the three runs
@@ -1214,39 +1216,84 @@ function codeGroupsWgsl(
   stride: string,
   perGroup: (codes: string[], g: string, codes2: string[]) => string,
   plane2?: SecondPlane,
+  prefetched?: string,
 ): string {
   const U = Array.from({ length: E8P_UNROLL }, (_, u) => u);
-  const name = (u: number, k: number) => (bases.length === 1 ? `code${u}` : `code${u}_${k}`);
-  const name2 = (u: number, k: number) => `${name(u, k)}p2`;
-  const load2 = (u: number, k: number, base: string) =>
-    plane2?.codec === 'rvq4'
-      ? `let di${u}_${k} = ${base} + gi${u};
-      let ${name2(u, k)} = (codes2[di${u}_${k} >> 1u] >> ((di${u}_${k} & 1u) * 16u)) & 0xffffu;`
-      : `let di${u}_${k} = ${base} + gi${u};
-      let ${name2(u, k)} = (codes2[di${u}_${k} >> 2u] >> ((di${u}_${k} & 3u) * 8u)) & 0xffu;`;
+  const names = codeNames(bases.length, plane2);
+  const groups = U.map(
+    (u) => `if (g0 + ${u}u * ${stride} < ${G}) {
+        let g = g0 + ${u}u * ${stride};
+        ${perGroup(
+          bases.map((_, k) => codeName(u, k, bases.length)),
+          'g',
+          plane2 ? bases.map((_, k) => `${codeName(u, k, bases.length)}p2`) : [],
+        )}
+      }`,
+  ).join('\n      ');
+  if (prefetched === undefined)
+    return `for (var g0 = lane; g0 < ${G}; g0 += ${stride} * ${E8P_UNROLL}u) {
+      ${codeBatchWgsl(bases, G, stride, plane2, 'g0', '')}
+      ${groups}
+    }`;
+  // the first batch's codes were loaded before (codeBatchWgsl with g0 = lane and names prefixed `prefetched`)
   return `for (var g0 = lane; g0 < ${G}; g0 += ${stride} * ${E8P_UNROLL}u) {
-      ${U.map(
-        (u) => `let gi${u} = min(g0 + ${u}u * ${stride}, ${G} - 1u);
+      ${names.map((n) => `var ${n} = ${prefetched}${n};`).join(' ')}
+      if (g0 != lane) {
+        ${codeBatchWgsl(bases, G, stride, plane2, 'g0', 'next_')}
+        ${names.map((n) => `${n} = next_${n};`).join(' ')}
+      }
+      ${groups}
+    }`;
+}
+
+/** Name of the code of group u (of a batch) of row k among `rows` rows in {@link codeGroupsWgsl}. */
+function codeName(u: number, k: number, rows: number): string {
+  return rows === 1 ? `code${u}` : `code${u}_${k}`;
+}
+
+/** Every code name of one batch of {@link codeGroupsWgsl} (plane-2 ones suffixed `p2`). */
+function codeNames(rows: number, plane2?: SecondPlane): string[] {
+  return Array.from({ length: E8P_UNROLL }, (_, u) =>
+    Array.from({ length: rows }, (_, k) => {
+      const n = codeName(u, k, rows);
+      return plane2 ? [n, `${n}p2`] : [n];
+    }).flat(),
+  ).flat();
+}
+
+/**
+ * WGSL `let` statements loading one batch of {@link codeGroupsWgsl}: the codes of groups `g0 + u·stride` (u below
+ * {@link E8P_UNROLL}, clamped to the row's last) of every row and plane, named as {@link codeNames} with `prefix`.
+ */
+function codeBatchWgsl(
+  bases: readonly string[],
+  G: string,
+  stride: string,
+  plane2: SecondPlane | undefined,
+  g0: string,
+  prefix: string,
+): string {
+  const U = Array.from({ length: E8P_UNROLL }, (_, u) => u);
+  const id = (u: number, k: number) => `${prefix}${u}_${k}`;
+  const load2 = (u: number, k: number, base: string) => {
+    const name = `${prefix}${codeName(u, k, bases.length)}p2`;
+    return plane2?.codec === 'rvq4'
+      ? `let di${id(u, k)} = ${base} + gi${prefix}${u};
+      let ${name} = (codes2[di${id(u, k)} >> 1u] >> ((di${id(u, k)} & 1u) * 16u)) & 0xffffu;`
+      : `let di${id(u, k)} = ${base} + gi${prefix}${u};
+      let ${name} = (codes2[di${id(u, k)} >> 2u] >> ((di${id(u, k)} & 3u) * 8u)) & 0xffu;`;
+  };
+  return U.map(
+    (u) => `let gi${prefix}${u} = min(${g0} + ${u}u * ${stride}, ${G} - 1u);
       ${bases
         .map(
-          (base, k) => `let ci${u}_${k} = ${base} + gi${u};
-      let ${name(u, k)} = (codes[ci${u}_${k} >> 1u] >> ((ci${u}_${k} & 1u) * 16u)) & 0xffffu;`,
+          (base, k) => `let ci${id(u, k)} = ${base} + gi${prefix}${u};
+      let ${prefix}${codeName(u, k, bases.length)} = (codes[ci${id(u, k)} >> 1u] >> ((ci${id(u, k)} & 1u) * 16u)) & 0xffffu;`,
         )
         .join(
           '\n      ',
         )}${plane2 ? `\n      ${plane2.bases.map((base, k) => load2(u, k, base)).join('\n      ')}` : ''}`,
-      ).join('\n      ')}
-      ${U.map(
-        (u) => `if (g0 + ${u}u * ${stride} < ${G}) {
-        let g = g0 + ${u}u * ${stride};
-        ${perGroup(
-          bases.map((_, k) => name(u, k)),
-          'g',
-          plane2 ? bases.map((_, k) => name2(u, k)) : [],
-        )}
-      }`,
-      ).join('\n      ')}
-    }`;
+  ).join('\n      ');
 }
 
 /**
@@ -1669,7 +1716,8 @@ function pendingOutputWgsl(
  * workgroups `seg.wg0 …` along x: each computes the member's whole `x'` in workgroup memory (the H_K mix in place
  * for the orders `mixKs`, written out as in {@link hadamardWgsl}, else through registers, `maxN/wg` values per
  * invocation, `wg` the workgroup's invocations) and then its block of R̂'s rows (`wg/32` with 32 lanes per row, `wg`
- * with one) from there; the member's first workgroup also writes `x'` to `rot` for the Q̂ kernel. A member without
+ * with one) from there, the first {@link E8P_UNROLL} code groups of each lane's row loaded before the rotation (their
+ * memory latency passes during it); the member's first workgroup also writes `x'` to `rot` for the Q̂ kernel. A member without
  * lattice factors (`k` = 0) takes one workgroup. The E8P source table (and the E81B table of an `rvq3` R̂) come from
  * the uniform `tables` (see {@link e8pTablesUniform}), copied into workgroup memory with 32 lanes per row (4 KiB, and
  * 8 KiB for E81B). Not batched over row tiles: one activation row per workgroup along y.
@@ -1704,6 +1752,9 @@ export function inputProjectionWgsl(
   const C = Math.ceil(maxN / wg);
   // with 32 lanes an rvq3 R̂ reads E81B from workgroup memory (code-dependent uniform reads serialize on many GPUs)
   const e81bLocal = rvq3 && lanes === 32;
+  // R̂'s second plane for row `row` (RVQ codecs)
+  const rhatPlane2 = (row: string): SecondPlane | undefined =>
+    rvq4 || rvq3 ? { codec: rvq4 ? 'rvq4' : 'rvq3', bases: [`sg.q2 + ${row} * pr.G`] } : undefined;
   const types: Record<string, string> = {
     x: 'array<f32>',
     pre: 'array<f32>',
@@ -1765,6 +1816,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let sg = pr.seg[w];
   let blk = wid.x - sg.wg0;
   let r = wid.y;
+  let row = blk * ${rpw}u + ${lanes === 1 ? 'lid' : 'lid / 32u'};
+  let lane = ${lanes === 1 ? '0u' : 'lid % 32u'};
+  // the first codes of R̂'s row (of the last row where past them), loaded now: their memory latency passes during
+  // the rotation instead of after it
+  let prow = min(row, max(sg.k, 1u) - 1u);
+  ${codeBatchWgsl(['sg.q1 + prow * pr.G'], 'pr.G', `${lanes}u`, rhatPlane2('prow'), 'lane', 'first_')}
   let xo = r * u.xStride + mb.xOff;
   ${
     residual
@@ -1830,8 +1887,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let oo = r * mb.outStride + mb.outOff;
     for (var i = lid; i < mb.n; i += ${wg}u) { rot[oo + i] = v[i]; }
   }
-  let row = blk * ${rpw}u + ${lanes === 1 ? 'lid' : 'lid / 32u'};
-  let lane = ${lanes === 1 ? '0u' : 'lid % 32u'};
   var acc = 0.0;
   if (row < sg.k) {
     var acc2 = 0.0;
@@ -1845,7 +1900,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       acc += dotCode(decodeCode(${code}), xv);
       ${rvq4 ? `acc2 += dotCode(decodeCode(${code2}), xv);` : ''}
       ${rvq3 ? `acc2 += dotE81b(${code2} * 8u, xv);` : ''}`,
-      rvq4 || rvq3 ? { codec: rvq4 ? 'rvq4' : 'rvq3', bases: ['sg.q2 + row * pr.G'] } : undefined,
+      rhatPlane2('row'),
+      'first_',
     )}
     ${rvq4 || rvq3 ? 'acc += acc2 / pr.resScale;' : ''}
     acc *= sg.qscale;
