@@ -1086,6 +1086,20 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       storageBuffer(d, cacheV, 'cv'),
     ];
     const out = scratchBuffer(d, H * hd * 4, 'att');
+    // attention over the cache after the store, with `kernels`' workgroup size
+    const attend = (kernels: Kernels, into: GPUBuffer) =>
+      kernels.attention({
+        step,
+        q: qb,
+        ck: ckb,
+        cv: cvb,
+        scores: scratchBuffer(d, H * cap * 4, 's'),
+        out: into,
+        heads: H,
+        kvHeads: KV,
+        hd,
+        capacity: cap,
+      });
     await run(d, [
       k.ropeKv({
         step,
@@ -1099,18 +1113,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
         kvHeads: KV,
         hd,
       }),
-      k.attention({
-        step,
-        q: qb,
-        ck: ckb,
-        cv: cvb,
-        scores: scratchBuffer(d, H * cap * 4, 's'),
-        out,
-        heads: H,
-        kvHeads: KV,
-        hd,
-        capacity: cap,
-      }),
+      attend(k, out),
     ]);
     const rope = (v: Float32Array, heads: number) => {
       const r = v.slice();
@@ -1150,20 +1153,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     // attention again with the other default's workgroup (256 invocations on GPUs, 64 on CPU adapters)
     const other = new Kernels(d, { vectorWorkgroup: k.vectorWorkgroup === 256 ? 64 : 256 });
     const out2 = scratchBuffer(d, H * hd * 4, 'att2');
-    await run(d, [
-      other.attention({
-        step,
-        q: qb,
-        ck: ckb,
-        cv: cvb,
-        scores: scratchBuffer(d, H * cap * 4, 's2'),
-        out: out2,
-        heads: H,
-        kvHeads: KV,
-        hd,
-        capacity: cap,
-      }),
-    ]);
+    await run(d, [attend(other, out2)]);
     expect(relErr(await readF32(d, out2, H * hd), ref), `${other.vectorWorkgroup} invocations`).toBeLessThan(
       1e-5,
     );
