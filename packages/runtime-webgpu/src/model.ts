@@ -89,8 +89,7 @@ export interface WebGpuModelOptions {
   /**
    * Invocations of the kernels in which one workgroup computes a whole vector (RMSNorm, rotations, input steps,
    * attention): a power of two from 64 to the device's `maxWorkgroupInvocations` (else `E_VALUE`); default 256, 64 on
-   * CPU fallback adapters. See
-   * {@link Kernels.vectorWorkgroup}.
+   * CPU fallback adapters. See {@link Kernels.vectorWorkgroup}.
    */
   vectorWorkgroup?: number;
   /**

@@ -404,9 +404,8 @@ export class Kernels {
    * and input steps, attention (a power of two from 64 to the device's `maxWorkgroupInvocations`; default
    * {@link WG}, on CPU fallback adapters {@link FALLBACK_VECTOR_WORKGROUP}). More invocations shorten the serial work
    * of each (the decode step's input steps are latency-bound chains on one compute unit) at the price of longer
-   * reductions; not yet measured on a GPU. Their outputs match the
-   * default's within f32 rounding (the reductions add in another order); for one value every fused form equals its
-   * launches apart, to the bit, as with the default.
+   * reductions; not yet measured on a GPU. Their outputs match the default's within f32 rounding (the reductions add
+   * in another order); for one value every fused form equals its launches apart, to the bit, as with the default.
    */
   readonly vectorWorkgroup: number;
   constructor(

@@ -1195,6 +1195,22 @@ interface SecondPlane {
 }
 
 /**
+ * The second plane of a `codec` matrix for rows `rows` (WGSL expressions) whose plane-2 codes start at `sg.q2`, `G`
+ * codes per row; none for E8P12.
+ */
+function secondPlane(codec: LatticeCodec, rows: readonly string[], G: string): SecondPlane | undefined {
+  return codec === 'e8p12' ? undefined : { codec, bases: rows.map((r) => `sg.q2 + ${r} * ${G}`) };
+}
+
+/**
+ * WGSL of a second-plane code's product with the activations `xv`: the E8P12 decoding for `rvq4`, the E81B codebook
+ * row for `rvq3` (the term summed apart and divided by the residual scale).
+ */
+function secondPlaneDotWgsl(codec: 'rvq4' | 'rvq3', code2: string): string {
+  return codec === 'rvq4' ? `dotCode(decodeCode(${code2}), xv)` : `dotE81b(${code2} * 8u, xv)`;
+}
+
+/**
  * The loop over the E8P12 code groups `g = lane, lane + stride, …` (below `G`) of one or more rows, in that order:
  * each iteration first loads the codes of its next {@link E8P_UNROLL} groups of every row (row k's first code at index
  * `bases[k]`, codes packed two per u32; a group past the row loads the row's last code and is skipped), and with
@@ -1275,14 +1291,10 @@ function codeBatchWgsl(
 ): string {
   const U = Array.from({ length: E8P_UNROLL }, (_, u) => u);
   const id = (u: number, k: number) => `${prefix}${u}_${k}`;
-  const load2 = (u: number, k: number, base: string) => {
-    const name = `${prefix}${codeName(u, k, bases.length)}p2`;
-    return plane2?.codec === 'rvq4'
-      ? `let di${id(u, k)} = ${base} + gi${prefix}${u};
-      let ${name} = (codes2[di${id(u, k)} >> 1u] >> ((di${id(u, k)} & 1u) * 16u)) & 0xffffu;`
-      : `let di${id(u, k)} = ${base} + gi${prefix}${u};
-      let ${name} = (codes2[di${id(u, k)} >> 2u] >> ((di${id(u, k)} & 3u) * 8u)) & 0xffu;`;
-  };
+  // rvq4: u16 codes two per u32; rvq3: u8 codes four per u32
+  const [perWord, bits, mask] = plane2?.codec === 'rvq4' ? [1, 16, '0xffffu'] : [2, 8, '0xffu'];
+  const load2 = (u: number, k: number, base: string) => `let di${id(u, k)} = ${base} + gi${prefix}${u};
+      let ${prefix}${codeName(u, k, bases.length)}p2 = (codes2[di${id(u, k)} >> ${perWord}u] >> ((di${id(u, k)} & ${2 ** perWord - 1}u) * ${bits}u)) & ${mask};`;
   return U.map(
     (u) => `let gi${prefix}${u} = min(${g0} + ${u}u * ${stride}, ${G} - 1u);
       ${bases
@@ -1349,14 +1361,9 @@ export function e8pMatvecWgsl(
     let lrow = row - sg.start;`;
   // one row's products with the group's activations xv: its plane-1 code, and its plane-2 code (`code2`)
   const products = (code: string, code2: string | undefined, acc: string) =>
-    `${acc} += dotCode(decodeCode(${code}), xv);${rvq4 ? `\n      ${acc}2 += dotCode(decodeCode(${code2}), xv);` : ''}${
-      rvq3 ? `\n      ${acc}2 += dotE81b(${code2} * 8u, xv);` : ''
+    `${acc} += dotCode(decodeCode(${code}), xv);${
+      codec === 'e8p12' ? '' : `\n      ${acc}2 += ${secondPlaneDotWgsl(codec, code2!)};`
     }`;
-  // the second plane's codes of rows `lrows`, loaded with the first's (see codeGroupsWgsl)
-  const plane2 = (lrows: string[]): SecondPlane | undefined =>
-    rvq4 || rvq3
-      ? { codec: rvq4 ? 'rvq4' : 'rvq3', bases: lrows.map((l) => `sg.q2 + ${l} * p.G`) }
-      : undefined;
   // a row's Q̂ sum scaled, then its L̂ term
   const finish = (acc: string, lrow: string) =>
     `${rvq4 || rvq3 ? `${acc} += ${acc}2 / p.resScale;\n    ` : ''}${acc} *= sg.qscale;${
@@ -1372,7 +1379,7 @@ export function e8pMatvecWgsl(
       'stride',
       ([code], g, [code2]) => `let xv = x8(r * p.xRow + sg.xOff + 8u * ${g});
       ${products(code!, code2, 'acc')}`,
-      plane2(['lrow']),
+      secondPlane(codec, ['lrow'], 'p.G'),
     )}
     ${finish('acc', 'lrow')}`;
   if (lanes === 32 && tile === 1 && rows > 1) {
@@ -1399,7 +1406,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       'stride',
       (codes, g, codes2) => `let xv = x8(r * p.xRow + sg.xOff + 8u * ${g});
       ${ks.map((k) => products(codes[k]!, codes2[k], `acc${k}`)).join('\n      ')}`,
-      plane2(ks.map((k) => `(lrow + ${k}u)`)),
+      secondPlane(
+        codec,
+        ks.map((k) => `(lrow + ${k}u)`),
+        'p.G',
+      ),
     )}
     ${ks.map((k) => finish(`acc${k}`, `lrow + ${k}u`)).join('\n    ')}
   }
@@ -1717,10 +1728,10 @@ function pendingOutputWgsl(
  * for the orders `mixKs`, written out as in {@link hadamardWgsl}, else through registers, `maxN/wg` values per
  * invocation, `wg` the workgroup's invocations) and then its block of R̂'s rows (`wg/32` with 32 lanes per row, `wg`
  * with one) from there, the first {@link E8P_UNROLL} code groups of each lane's row loaded before the rotation (their
- * memory latency passes during it); the member's first workgroup also writes `x'` to `rot` for the Q̂ kernel. A member without
- * lattice factors (`k` = 0) takes one workgroup. The E8P source table (and the E81B table of an `rvq3` R̂) come from
- * the uniform `tables` (see {@link e8pTablesUniform}), copied into workgroup memory with 32 lanes per row (4 KiB, and
- * 8 KiB for E81B). Not batched over row tiles: one activation row per workgroup along y.
+ * memory latency passes during it); the member's first workgroup also writes `x'` to `rot` for the Q̂ kernel. A
+ * member without lattice factors (`k` = 0) takes one workgroup. The E8P source table (and the E81B table of an `rvq3`
+ * R̂) come from the uniform `tables` (see {@link e8pTablesUniform}), copied into workgroup memory with 32 lanes per row
+ * (4 KiB, and 8 KiB for E81B). Not batched over row tiles: one activation row per workgroup along y.
  *
  * With `residual` (and `input` 'rmsNorm') the step also finishes the layer before it: `x` holds the residual stream
  * h, `prevOut` that layer's output rows before their output rotation (uniform `pu`, one member, as in
@@ -1752,9 +1763,6 @@ export function inputProjectionWgsl(
   const C = Math.ceil(maxN / wg);
   // with 32 lanes an rvq3 R̂ reads E81B from workgroup memory (code-dependent uniform reads serialize on many GPUs)
   const e81bLocal = rvq3 && lanes === 32;
-  // R̂'s second plane for row `row` (RVQ codecs)
-  const rhatPlane2 = (row: string): SecondPlane | undefined =>
-    rvq4 || rvq3 ? { codec: rvq4 ? 'rvq4' : 'rvq3', bases: [`sg.q2 + ${row} * pr.G`] } : undefined;
   const types: Record<string, string> = {
     x: 'array<f32>',
     pre: 'array<f32>',
@@ -1821,7 +1829,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   // the first codes of R̂'s row (of the last row where past them), loaded now: their memory latency passes during
   // the rotation instead of after it
   let prow = min(row, max(sg.k, 1u) - 1u);
-  ${codeBatchWgsl(['sg.q1 + prow * pr.G'], 'pr.G', `${lanes}u`, rhatPlane2('prow'), 'lane', 'first_')}
+  ${codeBatchWgsl(['sg.q1 + prow * pr.G'], 'pr.G', `${lanes}u`, secondPlane(codec, ['prow'], 'pr.G'), 'lane', 'first_')}
   let xo = r * u.xStride + mb.xOff;
   ${
     residual
@@ -1898,9 +1906,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       let xv = activations(vec4<f32>(v[o], v[o + 1u], v[o + 2u], v[o + 3u]),
         vec4<f32>(v[o + 4u], v[o + 5u], v[o + 6u], v[o + 7u]));
       acc += dotCode(decodeCode(${code}), xv);
-      ${rvq4 ? `acc2 += dotCode(decodeCode(${code2}), xv);` : ''}
-      ${rvq3 ? `acc2 += dotE81b(${code2} * 8u, xv);` : ''}`,
-      rhatPlane2('row'),
+      ${codec === 'e8p12' ? '' : `acc2 += ${secondPlaneDotWgsl(codec, code2!)};`}`,
+      secondPlane(codec, ['row'], 'pr.G'),
       'first_',
     )}
     ${rvq4 || rvq3 ? 'acc += acc2 / pr.resScale;' : ''}
