@@ -17,51 +17,18 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadModel, type WebGpuModel, type WebGpuModelOptions } from '../src/index.js';
+import { loadModel, type WebGpuModel } from '../src/index.js';
 import type { Dispatch } from '../src/kernels.js';
 import { nodeDevice } from '../src/testing/gpu.js';
 import { ABLATIONS } from './ablations.js';
+import { loaderFlagOptions, tunedOptions, type TunedOptions } from './loader-flags.js';
 import { measureRoofline } from './roofline.js';
 import { SHAPES, writeRandomCalderaModel, writeRandomF16Model } from './random-model.js';
 import { submitSeconds, warmUp } from './timing.js';
 
 const at = process.argv.indexOf('--random-model');
 const shapeName = (at < 0 ? undefined : process.argv[at + 1]) ?? '1b';
-/**
- * The loader options these flags set (checked by the loader): `max-local-hadamard` N, rotations of vectors above N
- * values take the global-memory path (many workgroups, two or three launches) instead of one workgroup per vector;
- * `rows-per-lane` N, the most rows each lane of the E8P kernel computes; `vector-workgroup` N, invocations of the
- * one-workgroup kernels.
- */
-const OPTION_FLAGS = {
-  'max-local-hadamard': 'maxLocalHadamard',
-  'rows-per-lane': 'rowsPerLane',
-  'vector-workgroup': 'vectorWorkgroup',
-} as const;
-type TunedOptions = Pick<WebGpuModelOptions, (typeof OPTION_FLAGS)[keyof typeof OPTION_FLAGS]>;
-
-/** `name=value` pairs (`name` a key of {@link OPTION_FLAGS}) as loader options; exits on an unknown name or a non-number. */
-function tunedOptions(pairs: readonly [string, string][]): TunedOptions {
-  const out: Record<string, number> = {};
-  for (const [name, value] of pairs) {
-    const key = OPTION_FLAGS[name as keyof typeof OPTION_FLAGS];
-    if (!key || value === '' || !Number.isFinite(Number(value))) {
-      console.error(
-        `profile: option ${name}=${value}: need one of ${Object.keys(OPTION_FLAGS).join(', ')} = a number`,
-      );
-      process.exit(2);
-    }
-    out[key] = Number(value);
-  }
-  return out as TunedOptions;
-}
-
-const flagOptions = tunedOptions(
-  Object.keys(OPTION_FLAGS)
-    .map((name) => [name, process.argv.indexOf(`--${name}`)] as const)
-    .filter(([, i]) => i >= 0)
-    .map(([name, i]) => [name, process.argv[i + 1] ?? '']),
-);
+const flagOptions = loaderFlagOptions(process.argv);
 const variantsAt = process.argv.indexOf('--variants');
 const variants: TunedOptions[] =
   variantsAt < 0

@@ -28,8 +28,8 @@
  *   CALDERA decodes with f16 Q̂ products and again in f32 (`refs.f32_products_tok_s`). Default: `1b` on a GPU in a
  *   full run, none on a CPU adapter or with `--quick`; `--random-model tiny|1b|none` overrides.
  * `--quick`: 16 decoded tokens instead of 64, a 32-token prompt instead of 128, a quarter of the roofline bytes.
- * `--lanes 1|32`: lanes per row of the matrix kernels instead of the adapter's default; `--vector-workgroup N`: the
- * models' one-workgroup kernels with N invocations (the loaders' `vectorWorkgroup`) instead of the adapter's default.
+ * `--lanes 1|32`: lanes per row of the matrix kernels instead of the adapter's default; `--vector-workgroup N`,
+ * `--rows-per-lane N`, `--max-local-hadamard N`: those loader options for every model (./loader-flags.ts).
  * Without a GPU (SwiftShader) the numbers are only a record. `CALDERA_DAWN_TOGGLES=vulkan_enable_f16_on_nvidia` lets
  * Dawn offer `shader-f16` on NVIDIA's Vulkan driver, where it is off by default (driver bugs; the decode's agreement
  * with runtime-node still checks the tokens).
@@ -55,6 +55,7 @@ import { generate, loadModel, perplexity, type WebGpuModel } from '../src/index.
 import { nodeDevice } from '../src/testing/gpu.js';
 import { parameterCount, SHAPES, writeRandomCalderaModel, writeRandomF16Model } from './random-model.js';
 import { measureDispatchCost } from './dispatch.js';
+import { loaderFlagOptions } from './loader-flags.js';
 import { measureRoofline } from './roofline.js';
 
 const quick = process.argv.includes('--quick');
@@ -72,12 +73,8 @@ if (lanesAt >= 0 && lanesArg !== '1' && lanesArg !== '32') {
   process.exit(2);
 }
 const lanes = lanesArg === undefined ? {} : { lanes: Number(lanesArg) as 1 | 32 };
-// invocations of the one-workgroup kernels in every model (default: the adapter's; checked by the loader)
-const vwAt = process.argv.indexOf('--vector-workgroup');
-const modelKernels = {
-  ...lanes,
-  ...(vwAt < 0 ? {} : { vectorWorkgroup: Number(process.argv[vwAt + 1]) }),
-};
+// kernel choices of every model (default: the adapter's; see ./loader-flags.ts)
+const modelKernels = { ...lanes, ...loaderFlagOptions(process.argv) };
 const TOKENS = quick ? 16 : 64;
 const PROMPT = [0, 17, 250, 1033, 5];
 const REF = fileURLToPath(new URL('../../reference-model/model/', import.meta.url));

@@ -1,0 +1,45 @@
+/**
+ * The kernel-choice loader options the benchmarks take as flags (`bench/run.ts`, `bench/profile.ts`), parsed here
+ * once; the loader checks their values.
+ */
+import type { WebGpuModelOptions } from '../src/index.js';
+
+/**
+ * The loader options these flags set: `max-local-hadamard` N, rotations of vectors above N values take the
+ * global-memory path (many workgroups, two or three launches) instead of one workgroup per vector; `rows-per-lane` N,
+ * the most rows each lane of the E8P kernel computes; `vector-workgroup` N, invocations of the one-workgroup kernels.
+ */
+const OPTION_FLAGS = {
+  'max-local-hadamard': 'maxLocalHadamard',
+  'rows-per-lane': 'rowsPerLane',
+  'vector-workgroup': 'vectorWorkgroup',
+} as const;
+
+/** The loader options of {@link OPTION_FLAGS}. */
+export type TunedOptions = Pick<WebGpuModelOptions, (typeof OPTION_FLAGS)[keyof typeof OPTION_FLAGS]>;
+
+/** `name=value` pairs (`name` a key of {@link OPTION_FLAGS}) as loader options; exits on an unknown name or a non-number. */
+export function tunedOptions(pairs: readonly [string, string][]): TunedOptions {
+  const out: Record<string, number> = {};
+  for (const [name, value] of pairs) {
+    const key = OPTION_FLAGS[name as keyof typeof OPTION_FLAGS];
+    if (!key || value === '' || !Number.isFinite(Number(value))) {
+      console.error(
+        `option ${name}=${value}: need one of ${Object.keys(OPTION_FLAGS).join(', ')} = a number`,
+      );
+      process.exit(2);
+    }
+    out[key] = Number(value);
+  }
+  return out as TunedOptions;
+}
+
+/** The options of the flags `--max-local-hadamard N`, `--rows-per-lane N` and `--vector-workgroup N` in `argv`. */
+export function loaderFlagOptions(argv: readonly string[]): TunedOptions {
+  return tunedOptions(
+    Object.keys(OPTION_FLAGS)
+      .map((name) => [name, argv.indexOf(`--${name}`)] as const)
+      .filter(([, i]) => i >= 0)
+      .map(([name, i]) => [name, argv[i + 1] ?? '']),
+  );
+}
