@@ -461,7 +461,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     const rng = new Rng(21);
     const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
     const tmp = scratchBuffer(d, 1024 * 4, 'tmp');
-    const [k64, k256] = [64, 256].map((vectorWorkgroup) => new Kernels(d, { vectorWorkgroup }));
+    const sizes = [64, 256].map((vectorWorkgroup) => new Kernels(d, { vectorWorkgroup }));
     for (const n of [768, 704, 640])
       for (const transpose of [false, true]) {
         const K = hadamardFactor(n)!.K;
@@ -475,7 +475,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
         const zeros = storageBuffer(d, new Float32Array(n), 'bias');
         const hk = storageBuffer(d, Float32Array.from(hadamardBase(K)), 'hk');
         const outs = [];
-        for (const k of [k64!, k256!]) {
+        for (const k of sizes) {
           const out = scratchBuffer(d, n * 4, 'out');
           const launches = k.hadamard({
             ...{ x, out, pre: signs, post: ones, bias: zeros, hk, tmp, dummy, n, nIn: n, outLen: n, K },
