@@ -7,12 +7,14 @@ import type { WebGpuModelOptions } from '../src/index.js';
 /**
  * The loader options these flags set: `max-local-hadamard` N, rotations of vectors above N values take the
  * global-memory path (many workgroups, two or three launches) instead of one workgroup per vector; `rows-per-lane` N,
- * the most rows each lane of the E8P kernel computes; `vector-workgroup` N, invocations of the one-workgroup kernels.
+ * the most rows each lane of the E8P kernel computes; `vector-workgroup` N, invocations of the one-workgroup kernels;
+ * `gate-step-launches` N, the gate step in one launch or two.
  */
 const OPTION_FLAGS = {
   'max-local-hadamard': 'maxLocalHadamard',
   'rows-per-lane': 'rowsPerLane',
   'vector-workgroup': 'vectorWorkgroup',
+  'gate-step-launches': 'gateStepLaunches',
 } as const;
 
 /** The loader options of {@link OPTION_FLAGS}. */
@@ -34,7 +36,7 @@ export function tunedOptions(pairs: readonly [string, string][]): TunedOptions {
   return out as TunedOptions;
 }
 
-/** The options of the flags `--max-local-hadamard N`, `--rows-per-lane N` and `--vector-workgroup N` in `argv`. */
+/** The options of the flags `--max-local-hadamard N`, `--rows-per-lane N`, `--vector-workgroup N` and `--gate-step-launches N` in `argv`. */
 export function loaderFlagOptions(argv: readonly string[]): TunedOptions {
   return tunedOptions(
     Object.keys(OPTION_FLAGS)

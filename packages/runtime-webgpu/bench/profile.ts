@@ -1,17 +1,20 @@
 /**
  * Where a decode step's time goes, on the adapter at hand: `npx tsx bench/profile.ts [--random-model 1b|tiny]`
  * (`--roofline`: only bench/roofline.ts's measurement; `--ablate a,b`: see ./ablations.ts; loader options
- * `--max-local-hadamard N`, `--rows-per-lane N`, `--vector-workgroup N`; `--variants 'v;v;…'`: see below).
+ * `--max-local-hadamard N`, `--rows-per-lane N`, `--vector-workgroup N`, `--gate-step-launches N`; `--variants
+ * 'v;v;…'`: see below).
  * JSON Lines: the adapter's features; the whole step (program and head encoded `REPS` times in one pass, no
  * read-back); per launch class (a label's first word), the step with that class left out; and every launch alone,
- * repeated, summed by class (small layers then run from the L2 cache: a floor of their launch cost, not their
- * memory time). Each model's step first runs for a second untimed, so that a GPU has left its idle clocks (see
- * `warmUp`). Reads the model's private launch lists: a measurement tool, not an API.
+ * repeated, summed by class and by label (`labels`: launches, total and mean; small layers then run from the L2
+ * cache: a floor of their launch cost, not their memory time), with the slowest launches. Each model's step first
+ * runs for a second untimed, so that a GPU has left its idle clocks (see `warmUp`). Reads the model's private launch
+ * lists: a measurement tool, not an API.
  *
  * `--variants 'rows-per-lane=4;vector-workgroup=1024,rows-per-lane=4;'` profiles the CALDERA model once per variant
  * (`;`-separated, each a `,`-separated list of the loader options above over those given as flags; an empty one is
  * the flags alone), the models written once: a GPU session compares kernel choices in one run. The f16 model is
- * profiled once per distinct `vector-workgroup` (the only one of these options that changes its launches). Each
+ * profiled once per distinct `vector-workgroup` (the only one of these options that changes its launches; the gate
+ * step is CALDERA's). Each
  * line names its loader options (`options`).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -121,6 +124,17 @@ async function profile(name: string, model: WebGpuModel, options: TunedOptions):
     alone[classOf(d)] = (alone[classOf(d)] ?? 0) + us;
     each.push({ label: d.label, us: r4(us) });
   }
+  // per label (a layer kind and shape): launches and their time alone, summed, largest first
+  const byLabel = new Map<string, { label: string; launches: number; us: number }>();
+  for (const { label, us } of each) {
+    const e = byLabel.get(label) ?? { label, launches: 0, us: 0 };
+    e.launches++;
+    e.us += us;
+    byLabel.set(label, e);
+  }
+  const labels = [...byLabel.values()]
+    .sort((a, b) => b.us - a.us)
+    .map((e) => ({ ...e, us: r4(e.us), mean_us: r4(e.us / e.launches) }));
   each.sort((a, b) => b.us - a.us);
   console.log(
     JSON.stringify({
@@ -130,6 +144,7 @@ async function profile(name: string, model: WebGpuModel, options: TunedOptions):
       launches: step.length,
       without,
       alone_us: Object.fromEntries(Object.entries(alone).map(([k, v]) => [k, r4(v)])),
+      labels,
       slowest: each.slice(0, 12),
     }),
   );

@@ -38,6 +38,7 @@ import {
   checkMaxLocalHadamard,
   checkRowsPerLane,
   checkVectorWorkgroup,
+  checkGateStepLaunches,
   type GpuMatrix,
 } from './kernels/index.js';
 import {
@@ -138,7 +139,8 @@ function denseData(
 
 /**
  * The loaders' option checks, before anything is read or downloaded: `E_VALUE` naming the option for a `dtype`,
- * `lanes`, `maxLocalHadamard`, `rowsPerLane` or `vectorWorkgroup` (on `dev`) outside its values, a callback (`onPlan`, `onProgress`; `fetch` and `onDownload` of
+ * `lanes`, `maxLocalHadamard`, `rowsPerLane`, `vectorWorkgroup` (on `dev`) or `gateStepLaunches` outside its values,
+ * a callback (`onPlan`, `onProgress`; `fetch` and `onDownload` of
  * {@link loadModelFromUrl}) that is not a function, or a `signal` that is not an `AbortSignal`; `E_ABORTED` when the
  * signal has fired already. `contextLength` and `prefillChunk` are checked by the plan.
  */
@@ -148,6 +150,7 @@ function checkLoadOptions(dev: CalderaDevice, options: UrlLoadOptions, fn: strin
   checkMaxLocalHadamard(options.maxLocalHadamard);
   checkRowsPerLane(options.rowsPerLane);
   checkVectorWorkgroup(options.vectorWorkgroup, dev);
+  checkGateStepLaunches(options.gateStepLaunches);
   for (const name of ['onPlan', 'onProgress', 'onDownload', 'fetch'] as const)
     if (options[name] !== undefined) assertFunction(options[name], fn, name);
   throwIfAborted(options.signal, 'loading');

@@ -515,6 +515,42 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
     }
   });
 
+  it('the gate step in two launches (gateStepLaunches 2: the H_K mix of the MLP width spread over its chunks): the same logits, to the bit, as in one launch, in decode and prefill; 64 and 256 invocations (blocks of P = 128 above and below them)', async () => {
+    // intermediate 1536 = 12·128: the MLP's rotations mix K = 12 blocks, two chunks of the mix
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-gate2-'));
+    const shape = { hidden: 64, intermediate: 1536, layers: 1, heads: 2, kvHeads: 1, vocab: 64 };
+    await writeRandomCalderaModel(dir, shape, 8, { distinct: true });
+    const tokens = [1, 17, 5];
+    try {
+      for (const [lanes, vectorWorkgroup] of [
+        [1, 64],
+        [1, 256],
+      ] as const) {
+        const what = `${lanes} lanes, ${vectorWorkgroup} invocations`;
+        const logits = [];
+        for (const gateStepLaunches of [1, 2] as const) {
+          const opts = { contextLength: 16, lanes, vectorWorkgroup, gateStepLaunches };
+          const { model } = await loadModel(d, dir, opts);
+          try {
+            const split = model.launchLabels.filter((l) => l.startsWith('gate slices'));
+            expect(split, what).toEqual(gateStepLaunches === 2 ? ['gate slices n=1536 K=12'] : []);
+            // 9 launches per block, one more with the gate step in two; embedding, head, argmax and the final norm
+            expect(model.dispatchesPerToken, what).toBe(gateStepLaunches === 2 ? 14 : 13);
+            const got = [await model.forward(tokens)];
+            model.reset();
+            for (const t of tokens) got.push(await model.step(t, 'logits'));
+            logits.push(got);
+          } finally {
+            model.dispose();
+          }
+        }
+        for (const [i, l] of logits[0]!.entries()) expect(logits[1]![i], `${what}, logits ${i}`).toEqual(l);
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a model that does not fit the device fails with CalderaError E_DEVICE', async () => {
     const small = { ...d, maxStorageBinding: 256 * 1024 };
     const err = await loadModel(small, REF).catch((e: unknown) => e);

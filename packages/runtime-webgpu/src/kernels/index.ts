@@ -12,6 +12,7 @@ import {
   e8pMatvecF16Wgsl,
   e8pMatvecWgsl,
   embedWgsl,
+  gateSliceWgsl,
   hadamardChunkWgsl,
   HADAMARD_MIX_WGSL,
   hadamardStrideWgsl,
@@ -20,6 +21,7 @@ import {
   inputProjectionWgsl,
   ROWS_PER_WG,
   matvecWgsl,
+  MIX_CHUNK,
   rmsNormWgsl,
   ROPE_KV_WGSL,
   rotationAttentionWgsl,
@@ -27,6 +29,7 @@ import {
   rotationRopeKvWgsl,
   rowsPerWorkgroup,
   SWIGLU_WGSL,
+  UNROLLED_MIX_MAX_K,
   WG,
   type DenseDtype,
   type RowsPerLane,
@@ -373,6 +376,15 @@ export function checkVectorWorkgroup(n: unknown, dev: CalderaDevice): asserts n 
     );
 }
 
+/** {@link Kernels.gateStepLaunches}: the gate step in one launch, or spread over two. */
+export type GateStepLaunches = 1 | 2;
+
+/** `E_VALUE` unless `n` is undefined (the default, 1) or 1 or 2 ({@link GateStepLaunches}). */
+export function checkGateStepLaunches(n: unknown): asserts n is GateStepLaunches | undefined {
+  if (n !== undefined && n !== 1 && n !== 2)
+    throw new CalderaError('E_VALUE', `gateStepLaunches must be 1 or 2, got ${shownValue(n)}`);
+}
+
 /**
  * Builds kernel launches on one device. Pipelines are compiled once per kernel variant and cached in this object
  * (not globally); the uniform buffers it creates are released by {@link Kernels.dispose}.
@@ -408,6 +420,15 @@ export class Kernels {
    * in another order); for one value every fused form equals its launches apart, to the bit, as with the default.
    */
   readonly vectorWorkgroup: number;
+  /**
+   * Launches of the gate step, the down layer's input step that finishes the gate and up layers (see
+   * {@link Kernels.projectInput}) when their rotations have an `H_K` mix of more than one chunk (K from 9 to
+   * {@link UNROLLED_MIX_MAX_K}, e.g. TinyLlama's 5632 = 44·128): 1 (the default), one launch of a few workgroups each
+   * rotating the three vectors of that width in turn; 2, a first launch over `⌈K/8⌉` workgroups that each mix only
+   * their share ({@link gateSliceWgsl}), then the input step with the mix alone. The same outputs to the bit; which is
+   * faster is not yet measured on a GPU (the one-launch step is a decode step's slowest launch on an H200, 56 µs).
+   */
+  readonly gateStepLaunches: GateStepLaunches;
   constructor(
     readonly dev: CalderaDevice,
     options: {
@@ -416,6 +437,7 @@ export class Kernels {
       f16?: boolean;
       rowsPerLane?: RowsPerLane;
       vectorWorkgroup?: number;
+      gateStepLaunches?: GateStepLaunches;
     } = {},
   ) {
     options ??= {}; // from JavaScript: null options are none
@@ -437,6 +459,8 @@ export class Kernels {
     this.rowsPerLane = options.rowsPerLane ?? null;
     checkVectorWorkgroup(options.vectorWorkgroup, dev);
     this.vectorWorkgroup = options.vectorWorkgroup ?? (dev.fallbackAdapter ? FALLBACK_VECTOR_WORKGROUP : WG);
+    checkGateStepLaunches(options.gateStepLaunches);
+    this.gateStepLaunches = options.gateStepLaunches ?? 1;
   }
 
   /** The workgroup array of a one-workgroup kernel over vectors of up to `n` values: `n` rounded up to whole passes of its invocations. */
@@ -1261,9 +1285,15 @@ export class Kernels {
    * buffers it binds; else the rotation ({@link Kernels.rotate}) and R̂'s kernel ({@link Kernels.e8pMatvec}) apart,
    * with the same operations in the same order (bit-identical on SwiftShader, tested). With `o.residual` or `o.gate`
    * it also finishes the layers before (see {@link Kernels.finishesPending}; `E_VALUE` when it cannot: run their
-   * rotation first instead).
+   * rotation first instead); with `o.gate` in two launches where {@link Kernels.gateStepLaunches} is 2 and the step
+   * allows it (see `gateSlices`), the same outputs to the bit.
    */
   projectInput(o: InputProjectionOptions): Dispatch[] {
+    return this.inputStep(o, false);
+  }
+
+  /** {@link Kernels.projectInput}, or with `blocksRotated` its mix alone (see `gateSlices`). */
+  private inputStep(o: InputProjectionOptions, blocksRotated: boolean): Dispatch[] {
     const J = o.layers.length;
     const { n, nIn, K } = o;
     const members: RotationMember[] = o.layers.map((l, w) => ({
@@ -1307,9 +1337,16 @@ export class Kernels {
           'their output rotation with rotate() first',
       );
     if (segments.length === 0 || !c) return this.rotate(rotation);
+    const split = o.gate ? this.gateSlices(o) : null;
+    if (split) return split;
     const tile = o.tile ?? 1;
     const words = this.projectionWords(o);
-    if (words === null)
+    if (words === null) {
+      if (blocksRotated)
+        throw new CalderaError(
+          'E_VALUE',
+          'projectInput: blocks rotated before need the one-launch input step',
+        );
       return [
         ...this.rotate(rotation),
         this.e8pMatvec({
@@ -1327,6 +1364,7 @@ export class Kernels {
           tile,
         }),
       ];
+    }
     if ((c.codec === 'e8p12') !== (c.codes2 === null))
       throw new CalderaError('E_VALUE', `projectInput: codec ${c.codec} and the second plane disagree`);
     const vw = this.vectorWorkgroup;
@@ -1354,8 +1392,8 @@ export class Kernels {
     // the orders of this step's rotation and of the pending one
     const mixKs = mixKsOf([{ K }, ...(prev.pending?.members ?? [])]);
     const p = this.pipeline(
-      `project_${words}_${c.codec}_${this.lanes}_${input.kind}_${prev.kind}_k${mixKs.join('.')}_${vw}`,
-      () => inputProjectionWgsl(words, c.codec, this.lanes, input.kind, prev.kind, mixKs, vw),
+      `project_${words}_${c.codec}_${this.lanes}_${input.kind}_${prev.kind}_k${mixKs.join('.')}_${vw}${blocksRotated ? '_mix' : ''}`,
+      () => inputProjectionWgsl(words, c.codec, this.lanes, input.kind, prev.kind, mixKs, vw, blocksRotated),
     );
     // the pending rotation's members as the kernel reads them (gate first in the gate step)
     const pendingMembers = o.gate
@@ -1387,7 +1425,7 @@ export class Kernels {
     };
     return [
       this.make(
-        `project n=${n} K=${K}${J > 1 ? ` ×${J}` : ''} k=${zOff}${input.aux ? ` ${input.kind}` : ''}${prev.kind === 'none' ? '' : ` +${prev.kind}`}`,
+        `project n=${n} K=${K}${J > 1 ? ` ×${J}` : ''} k=${zOff}${input.aux ? ` ${input.kind}` : ''}${prev.kind === 'none' ? '' : ` +${prev.kind}`}${blocksRotated ? ' mix' : ''}`,
         p,
         [
           this.uniform(this.rotationFields(rotation, members), 'rotation params'),
@@ -1401,6 +1439,68 @@ export class Kernels {
         wg,
       ),
     ];
+  }
+
+  /**
+   * The gate step `o` in two launches when {@link Kernels.gateStepLaunches} asks for it and it can (else null): one
+   * layer after gate and up (their rotation can be finished in one launch: {@link Kernels.finishesPending}), every
+   * vector of this step's width, order K and rotation, K from 9 to {@link UNROLLED_MIX_MAX_K}, and room in workgroup
+   * memory for a chunk's 8 blocks beside the vector: {@link gateSliceWgsl} into `o.tmp`, then the input step with the
+   * mix alone from there (`x` = `o.tmp`, multipliers 1).
+   */
+  private gateSlices(o: InputProjectionOptions): Dispatch[] | null {
+    const rot = o.gate!.pending;
+    const { n, K } = o;
+    const P = n / K;
+    const fits =
+      this.gateStepLaunches === 2 &&
+      o.layers.length === 1 &&
+      o.transform &&
+      rot.transform &&
+      K > MIX_CHUNK &&
+      K <= UNROLLED_MIX_MAX_K &&
+      rot.members.every((m) => m.n === n && m.K === K) &&
+      (this.vectorWords(n) + MIX_CHUNK * P) * 4 <= this.dev.maxWorkgroupStorage &&
+      this.finishesPending(o);
+    if (!fits) return null;
+    const mixed: InputProjectionOptions = {
+      ...o,
+      x: o.tmp,
+      xStride: n,
+      nIn: n,
+      pre: o.ones,
+      layers: o.layers.map((l) => ({ ...l, preOff: 0 })),
+    };
+    delete mixed.gate;
+    delete mixed.input;
+    if (this.projectionWords(mixed) === null) return null;
+    const vw = this.vectorWorkgroup;
+    const words = this.vectorWords(n);
+    const p = this.pipeline(`gate_slice_${words}_${K}_${P}_${vw}`, () => gateSliceWgsl(words, K, P, vw));
+    const members = gateMembers(rot, o.x, (o.input as { up: GPUBuffer }).up)!;
+    const first = this.make(
+      `gate slices n=${n} K=${K}`,
+      p,
+      [
+        this.uniform(this.rotationFields(rot, members), 'gate rotation params'),
+        this.uniform(
+          [
+            ['u32', n],
+            ['u32', o.nIn],
+            ['u32', o.layers[0]!.preOff],
+            ['u32', n],
+          ],
+          'gate slice params',
+        ),
+        rot.x,
+        rot.post,
+        rot.bias ?? o.dummy,
+        o.pre,
+        o.tmp,
+      ],
+      Math.ceil(K / MIX_CHUNK),
+    );
+    return [first, ...this.inputStep(mixed, true)];
   }
 
   /**

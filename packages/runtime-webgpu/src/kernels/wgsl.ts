@@ -445,7 +445,44 @@ export function unrolledMixKs(ks: readonly number[]): number[] {
 }
 
 /** Outputs of a written-out `H_K` mix summed side by side (independent sums, so that a GPU need not wait on each add). */
-const MIX_CHUNK = 8;
+export const MIX_CHUNK = 8;
+
+/**
+ * The signs of the written-out `H_K` mix of order K ({@link hadamardBase} of @caldera/linalg): `chunkOuts(q)`, the
+ * outputs of chunk q ({@link MIX_CHUNK} at a time), and `sign(t, a2, a)`, '+' or '-' as term a enters output a2
+ * (`H[a2][a]` when `t`, the transposed mix, else `H[a][a2]`).
+ */
+function mixSigns(K: number): {
+  chunkOuts: (q: number) => number[];
+  sign: (t: boolean, a2: number, a: number) => string;
+} {
+  const H = hadamardBase(K);
+  return {
+    chunkOuts: (q) =>
+      Array.from({ length: Math.min(MIX_CHUNK, K - q * MIX_CHUNK) }, (_, j) => q * MIX_CHUNK + j),
+    sign: (t, a2, a) => ((t ? H[a2 * K + a]! : H[a * K + a2]!) > 0 ? '+' : '-'),
+  };
+}
+
+/**
+ * The cases of a WGSL `switch` over a chunk index (see {@link mixSigns}; add `default: {}`): case q sums chunk q's
+ * outputs of the order-K mix (transposed when `t`) into `r0 …` (declared and zeroed before, f32), reading term a
+ * as `col(a)` once, in order a = 0 … K − 1: `r_j = r_j ± c_a`, the operations of the column form of
+ * {@link unrolledMixWgsl}, so the same sums to the bit.
+ */
+function chunkSwitchWgsl(K: number, t: boolean, col: (a: number) => string): string {
+  const { chunkOuts, sign } = mixSigns(K);
+  return Array.from({ length: Math.ceil(K / MIX_CHUNK) }, (_, q) => {
+    const outs = chunkOuts(q);
+    return `case ${q}u: {
+          ${Array.from(
+            { length: K },
+            (_, a) =>
+              `{ let c = ${col(a)}; ${outs.map((a2, j) => `r${j} = r${j} ${sign(t, a2, a)} c;`).join(' ')} }`,
+          ).join('\n          ')}
+        }`;
+  }).join('\n        ');
+}
 
 /**
  * WGSL of the `H_K` mix in place, written out for order K: each column `b` (stride P) of `v` goes into registers,
@@ -461,11 +498,8 @@ const MIX_CHUNK = 8;
  * column alone would take 44).
  */
 function unrolledMixWgsl(K: number, wg: number): string {
-  const H = hadamardBase(K);
   const nChunks = Math.ceil(K / MIX_CHUNK);
-  const chunkOuts = (q: number) =>
-    Array.from({ length: Math.min(MIX_CHUNK, K - q * MIX_CHUNK) }, (_, j) => q * MIX_CHUNK + j);
-  const sign = (t: boolean, a2: number, a: number) => ((t ? H[a2 * K + a]! : H[a * K + a2]!) > 0 ? '+' : '-');
+  const { chunkOuts, sign } = mixSigns(K);
   const loads = Array.from({ length: K }, (_, a) => `let c${a} = v[${a}u * mb.P + b];`).join(' ');
   const chunks = (t: boolean) =>
     Array.from({ length: nChunks }, (_, q) => {
@@ -477,17 +511,7 @@ function unrolledMixWgsl(K: number, wg: number): string {
       }`;
     }).join('\n      ');
   // one chunk per invocation: chunk `part` summed into r0 … r7 as the column is read
-  const oneChunk = (t: boolean) =>
-    Array.from({ length: nChunks }, (_, q) => {
-      const outs = chunkOuts(q);
-      return `case ${q}u: {
-          ${Array.from(
-            { length: K },
-            (_, a) =>
-              `{ let c = v[${a}u * mb.P + b]; ${outs.map((a2, j) => `r${j} = r${j} ${sign(t, a2, a)} c;`).join(' ')} }`,
-          ).join('\n          ')}
-        }`;
-    }).join('\n        ');
+  const oneChunk = (t: boolean) => chunkSwitchWgsl(K, t, (a) => `v[${a}u * mb.P + b]`);
   const rs = Array.from({ length: MIX_CHUNK }, (_, j) => j);
   return `fn mixK${K}(lid: u32, mb: M, transposeH: u32) {
   let lp = firstTrailingBit(mb.P);
@@ -558,17 +582,11 @@ function butterflyPassWgsl(R: number, wg: number): string {
 }
 
 /**
- * The steps of the one-workgroup rotation kernels, over the workgroup array `v` (parameters `M` of
- * {@link ROTATION_PARAMS}) and the ±1 `H_K` table `hkb`: `rotateInPlace(lid, mb, transposeH)`, the fast
- * Walsh–Hadamard transform over each block of `P` and, for K = 1 and the orders `mixKs` (see {@link unrolledMixKs}),
- * the `H_K` mix across blocks (transposed when `transposeH` is 1) times `1/√n`, in `v` (it has barriers: call it in
- * uniform control flow); and `rotatedAt(mb, i, transform, transposeH)`, value i after the rotation: v_i when the mix
- * ran in place or without the transform (`transform` 0), else the mix of value i from `hkb` (orders above
- * {@link UNROLLED_MIX_MAX_K}). The kernels pass their uniform's flags. The written-out mixes use
- * `hadamardBase(K)` of @caldera/linalg, the matrix `hkb` holds; the same values either way, to the bit.
+ * WGSL of `butterflies(lid, mb)`: the fast Walsh–Hadamard transform over each block of `P` values of the workgroup
+ * array `v` (the first `mb.n`; parameters `M` of {@link ROTATION_PARAMS}), in passes of {@link butterflyPassWgsl},
+ * each followed by a barrier (call it in uniform control flow).
  */
-function rotationStepsWgsl(mixKs: readonly number[], wg: number): string {
-  const inPlace = ['1u', ...mixKs.map((k) => `${k}u`)].map((k) => `K == ${k}`).join(' || ');
+function butterfliesWgsl(wg: number): string {
   return /* wgsl */ `
 ${[8, 4, 2].map((R) => butterflyPassWgsl(R, wg)).join('\n')}
 fn butterflies(lid: u32, mb: M) {
@@ -587,16 +605,36 @@ fn butterflies(lid: u32, mb: M) {
     butterflyPass2(lid, mb, lp, lh);
     workgroupBarrier();
   }
+}`;
 }
+
+/**
+ * The steps of the one-workgroup rotation kernels, over the workgroup array `v` (parameters `M` of
+ * {@link ROTATION_PARAMS}) and the ±1 `H_K` table `hkb`: `rotateInPlace(lid, mb, transposeH)`, the fast
+ * Walsh–Hadamard transform over each block of `P` ({@link butterfliesWgsl}) and, for K = 1 and the orders `mixKs`
+ * (see {@link unrolledMixKs}), the `H_K` mix across blocks (transposed when `transposeH` is 1) times `1/√n`, in `v`
+ * (it has barriers: call it in uniform control flow; `mixInPlace` is its mix alone, for blocks already transformed);
+ * and `rotatedAt(mb, i, transform, transposeH)`, value i after the rotation: v_i when the mix ran in place or without
+ * the transform (`transform` 0), else the mix of value i from `hkb` (orders above {@link UNROLLED_MIX_MAX_K}). The
+ * kernels pass their uniform's flags. The written-out mixes use `hadamardBase(K)` of @caldera/linalg, the matrix
+ * `hkb` holds; the same values either way, to the bit.
+ */
+function rotationStepsWgsl(mixKs: readonly number[], wg: number): string {
+  const inPlace = ['1u', ...mixKs.map((k) => `${k}u`)].map((k) => `K == ${k}`).join(' || ');
+  return /* wgsl */ `
+${butterfliesWgsl(wg)}
 fn mixesInPlace(K: u32) -> bool { return ${inPlace}; }
 fn mixK1(lid: u32, mb: M) {
   for (var b = lid; b < mb.P; b += ${wg}u) { v[b] = (0.0 + v[b]) * mb.invSqrtN; }
 }
 ${mixKs.map((K) => unrolledMixWgsl(K, wg)).join('\n')}
-fn rotateInPlace(lid: u32, mb: M, transposeH: u32) {
-  butterflies(lid, mb);
+fn mixInPlace(lid: u32, mb: M, transposeH: u32) {
   if (mb.K == 1u) { mixK1(lid, mb); }${mixKs.map((k) => ` else if (mb.K == ${k}u) { mixK${k}(lid, mb, transposeH); }`).join('')}
   workgroupBarrier();
+}
+fn rotateInPlace(lid: u32, mb: M, transposeH: u32) {
+  butterflies(lid, mb);
+  mixInPlace(lid, mb, transposeH);
 }
 fn hkAt(mb: M, a2: u32, a: u32, transposeH: u32) -> f32 {
   if (transposeH == 1u) { return hkb[mb.hkOff + a2 * mb.K + a]; }
@@ -1746,6 +1784,9 @@ function pendingOutputWgsl(
  * kept in registers while up's are rotated), then loads `silu(gate)·up` as the SwiGLU input computation would. The
  * same operations in the same order as their output rotation, then this step with SwiGLU (bit-identical on
  * SwiftShader, tested); the gate and up outputs are not written.
+ *
+ * With `blocksRotated` (no input computation, nothing to finish) `x` holds vectors whose blocks of `P` have been
+ * through their Walsh–Hadamard transform already (by {@link gateSliceWgsl}), and the rotation is the `H_K` mix alone.
  */
 export function inputProjectionWgsl(
   maxN: number,
@@ -1755,7 +1796,10 @@ export function inputProjectionWgsl(
   prev: PreviousStep = 'none',
   mixKs: readonly number[] = [],
   wg = WG,
+  blocksRotated = false,
 ): string {
+  if (blocksRotated && (input !== 'none' || prev !== 'none'))
+    throw new CalderaError('E_VALUE', 'inputProjectionWgsl: blocks rotated before need no input computation');
   const residual = prev === 'residual';
   const rvq4 = codec === 'rvq4';
   const rvq3 = codec === 'rvq3';
@@ -1875,7 +1919,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   }
   workgroupBarrier();
   if (u.transform == 1u) {
-    rotateInPlace(lid, mb, u.transposeH);
+    ${blocksRotated ? 'mixInPlace' : 'rotateInPlace'}(lid, mb, u.transposeH);
     // an order without a written-out mix: each value's mix from hkb into registers, then back into v
     if (!mixesInPlace(mb.K)) {
       var mixed: array<f32, ${C}>;
@@ -1920,6 +1964,93 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   ${laneSumWgsl('part[lid] += part[lid + s];')}
   if (lane == 0u && row < sg.k) { z[r * pr.zRow + sg.zOff + row] = part[lid]; }`
   }
+}`;
+}
+
+/**
+ * The first launch of the gate step in two (see `Kernels.gateStepLaunches`): the gate and up layers' output rotations
+ * (members 0, gate, and 1, up, of the uniform `u`, with `M_n = (H_K ⊗ H_P)/√n` as in {@link hadamardWgsl}), SwiGLU,
+ * the down layer's input multipliers (`pre` from `d.preOff`) and the Walsh–Hadamard transform of that layer's
+ * input rotation over each block of P, spread over `ceil(K/8)` workgroups along x: workgroup q computes the 8 blocks
+ * `8q … 8q + 7` of the result (the outputs of chunk q of the `H_K` mix, {@link MIX_CHUNK}), whose blocks then need
+ * no other values, and writes them to `out` (rows of `d.outStride`), from where the down layer's input step
+ * ({@link inputProjectionWgsl} with `blocksRotated`) only mixes. Each workgroup still transforms the whole gate and up
+ * vectors (their blocks of P), but mixes only its chunk: the one-launch gate step mixes three whole vectors of
+ * K·P values in one workgroup, the serial chain that makes it the decode step's slowest launch. The same operations
+ * in the same order as that step (bit-identical on SwiftShader, tested). K (the pending rotation's order, written
+ * out: at most {@link UNROLLED_MIX_MAX_K}) and P (`s`, a chunk's values in workgroup memory) are the pipeline's;
+ * `maxN` sizes `v` (the pending vectors' padded width).
+ */
+export function gateSliceWgsl(maxN: number, K: number, P: number, wg = WG): string {
+  if (K < 2 || K > UNROLLED_MIX_MAX_K)
+    throw new CalderaError('E_VALUE', `gateSliceWgsl: H_K order ${K} is not written out`);
+  const C = Math.ceil(maxN / wg);
+  const rs = Array.from({ length: MIX_CHUNK }, (_, j) => j);
+  const chunk = (t: boolean) => `switch q {
+        ${chunkSwitchWgsl(K, t, (a) => `v[${a}u * mo.P + b]`)}
+        default: {}
+      }`;
+  return /* wgsl */ `
+${ROTATION_PARAMS}
+struct D { n: u32, nIn: u32, preOff: u32, outStride: u32 }
+@group(0) @binding(1) var<uniform> d: D;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> post: array<f32>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read> pre: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+var<workgroup> v: array<f32, ${maxN}>;
+var<workgroup> s: array<f32, ${MIX_CHUNK * P}>;
+${butterfliesWgsl(wg)}
+@compute @workgroup_size(${wg})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let q = wid.x;
+  let r = wid.y;
+  let a0 = q * ${MIX_CHUNK}u;
+  // gate (k = 0) into s, then up (k = 1) with silu(gate)·up·SU into s
+  for (var k = 0u; k < 2u; k++) {
+    let mo = u.m[k];
+    let ro = r * u.xStride + mo.xOff;
+    let lastIn = mo.nIn - 1u;
+    ${unrolled(C, (c) => `let s${c} = x[ro + min(lid + ${c * wg}u, lastIn)];`)}
+    ${vectorIntoWgsl(C, 'mo', (c) => `s${c}`, wg)}
+    workgroupBarrier();
+    butterflies(lid, mo);
+    for (var b = lid; b < mo.P; b += ${wg}u) {
+      ${rs.map((j) => `var r${j} = 0.0;`).join(' ')}
+      if (u.transposeH == 1u) {
+        ${chunk(true)}
+      } else {
+        ${chunk(false)}
+      }
+      ${unrolled(
+        MIX_CHUNK,
+        (j) => `if (a0 + ${j}u < ${K}u) {
+        let i = (a0 + ${j}u) * mo.P + b;
+        var y = 0.0;
+        if (i < mo.outLen) {
+          y = mo.gscale * ((r${j} * mo.invSqrtN) * post[mo.postOff + i]);
+          if (mo.hasBias == 1u) { y += bias[mo.biasOff + i]; }
+        }
+        if (k == 0u) {
+          s[${j}u * mo.P + b] = y;
+        } else {
+          let g = s[${j}u * mo.P + b];
+          s[${j}u * mo.P + b] = select(0.0, g / (1.0 + exp(-g)) * y * pre[d.preOff + min(i, d.nIn - 1u)], i < d.nIn);
+        }
+      }`,
+        '\n      ',
+      )}
+    }
+    workgroupBarrier();
+  }
+  // the down layer's Walsh–Hadamard transform over the chunk's blocks (the same butterflies as on the whole vector)
+  var ms = u.m[0];
+  ms.n = min(${MIX_CHUNK}u, ${K}u - a0) * ms.P;
+  for (var i = lid; i < ms.n; i += ${wg}u) { v[i] = s[i]; }
+  workgroupBarrier();
+  butterflies(lid, ms);
+  for (var i = lid; i < ms.n; i += ${wg}u) { out[r * d.outStride + a0 * ms.P + i] = v[i]; }
 }`;
 }
 
