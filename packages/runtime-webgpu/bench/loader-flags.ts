@@ -8,35 +8,42 @@ import type { WebGpuModelOptions } from '../src/index.js';
  * The loader options these flags set: `max-local-hadamard` N, rotations of vectors above N values take the
  * global-memory path (many workgroups, two or three launches) instead of one workgroup per vector; `rows-per-lane` N,
  * the most rows each lane of the E8P kernel computes; `vector-workgroup` N, invocations of the one-workgroup kernels;
- * `gate-step-launches` N, the gate step in one launch or two.
+ * `gate-step` fused|split|chunked, the form of the gate step (the only one that is not a number).
  */
 const OPTION_FLAGS = {
   'max-local-hadamard': 'maxLocalHadamard',
   'rows-per-lane': 'rowsPerLane',
   'vector-workgroup': 'vectorWorkgroup',
-  'gate-step-launches': 'gateStepLaunches',
+  'gate-step': 'gateStep',
 } as const;
 
 /** The loader options of {@link OPTION_FLAGS}. */
 export type TunedOptions = Pick<WebGpuModelOptions, (typeof OPTION_FLAGS)[keyof typeof OPTION_FLAGS]>;
 
-/** `name=value` pairs (`name` a key of {@link OPTION_FLAGS}) as loader options; exits on an unknown name or a non-number. */
+/**
+ * `name=value` pairs (`name` a key of {@link OPTION_FLAGS}) as loader options; exits on an unknown name, an empty
+ * value or a non-number for the numeric ones (the loader checks the values).
+ */
 export function tunedOptions(pairs: readonly [string, string][]): TunedOptions {
-  const out: Record<string, number> = {};
+  const out: Record<string, number | string> = {};
   for (const [name, value] of pairs) {
     const key = OPTION_FLAGS[name as keyof typeof OPTION_FLAGS];
-    if (!key || value === '' || !Number.isFinite(Number(value))) {
+    const text = key === 'gateStep';
+    if (!key || value === '' || (!text && !Number.isFinite(Number(value)))) {
       console.error(
-        `option ${name}=${value}: need one of ${Object.keys(OPTION_FLAGS).join(', ')} = a number`,
+        `option ${name}=${value}: need one of ${Object.keys(OPTION_FLAGS).join(', ')} = a number (gate-step: a form)`,
       );
       process.exit(2);
     }
-    out[key] = Number(value);
+    out[key] = text ? value : Number(value);
   }
   return out as TunedOptions;
 }
 
-/** The options of the flags `--max-local-hadamard N`, `--rows-per-lane N`, `--vector-workgroup N` and `--gate-step-launches N` in `argv`. */
+/**
+ * The options of the flags `--max-local-hadamard N`, `--rows-per-lane N`, `--vector-workgroup N` and `--gate-step
+ * FORM` in `argv`.
+ */
 export function loaderFlagOptions(argv: readonly string[]): TunedOptions {
   return tunedOptions(
     Object.keys(OPTION_FLAGS)

@@ -29,8 +29,8 @@ export {
   type StepOutput,
   type WebGpuModelOptions,
 } from './model.js';
-/** Option types of {@link WebGpuModelOptions} (the kernels' `lanes`, `rowsPerLane` and `gateStepLaunches`). */
-export type { RowsPerLane, Lanes, GateStepLaunches } from './kernels/index.js';
+/** Option types of {@link WebGpuModelOptions} (the kernels' `lanes`, `rowsPerLane` and `gateStep`). */
+export type { RowsPerLane, Lanes, GateStep } from './kernels/index.js';
 export {
   generate,
   perplexity,

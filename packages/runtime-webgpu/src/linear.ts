@@ -6,6 +6,7 @@ import { bufferBytes, checkFits, storageBuffer, uniformWords, type CalderaDevice
 import {
   E8P_MAX_SEGMENTS,
   e8pTablesUniform,
+  MIX_CHUNK,
   ROTATION_MAX_MEMBERS,
   type Dispatch,
   type GpuMatrix,
@@ -635,7 +636,8 @@ export class GpuCalderaGroup {
       this.needs = {
         rotIn: np * decs.length,
         rotOut: decs.reduce((s, d) => s + d.padded[0], 0),
-        z: Math.max(sumK, maxKd),
+        // (the chunked gate step leaves z in one partial vector per chunk of its H_K mix: see Kernels.gateStep)
+        z: Math.max(sumK * (this.Kn > 1 ? Math.ceil(this.Kn / MIX_CHUNK) : 1), maxKd),
         ones: Math.max(np, ...decs.map((d) => d.padded[0])),
       };
     } catch (e) {
@@ -806,8 +808,10 @@ export class GpuCalderaGroup {
       zOff += mb.packed?.k ?? 0;
       return at;
     });
-    // the input rotation and R̂·x' (one launch when they fit)
-    const list: Dispatch[] = K.projectInput(this.inputStep(ctx, x, ms, options));
+    // the input rotation and R̂·x' (one launch when they fit); z in partial sums from the chunked gate step
+    const step = this.inputStep(ctx, x, ms, options);
+    const list: Dispatch[] = K.projectInput(step);
+    const zParts = K.inputStepParts(step);
     const rowStart: number[] = [];
     let rows = 0;
     for (const mb of ms) {
@@ -851,7 +855,8 @@ export class GpuCalderaGroup {
                 codes: this.lCodes,
                 resScale: lowRank.resScale,
                 z: ctx.z,
-                zRow: zOff,
+                zRow: zParts * zOff,
+                zParts,
               },
             }
           : {}),

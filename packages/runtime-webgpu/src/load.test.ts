@@ -584,7 +584,7 @@ describe('option checks before anything is read, uploaded or downloaded', () => 
   const fails = (p: Promise<unknown>, message: string) =>
     expect(p).rejects.toThrow(expect.objectContaining({ code: 'E_VALUE', message: `E_VALUE: ${message}` }));
 
-  it('lanes other than 1 or 32, maxLocalHadamard other than an integer ≥ 16, rowsPerLane other than 1, 2 or 4, vectorWorkgroup other than a power of two the device allows and gateStepLaunches other than 1 or 2 are E_VALUE naming them (the loaders and Kernels), not wrong tokens, invalid WGSL or the default', async () => {
+  it('lanes other than 1 or 32, maxLocalHadamard other than an integer ≥ 16, rowsPerLane other than 1, 2 or 4, vectorWorkgroup other than a power of two the device allows and gateStep other than fused, split or chunked are E_VALUE naming them (the loaders and Kernels), not wrong tokens, invalid WGSL or the default', async () => {
     const p = await parts();
     for (const lanes of [0, -1, 1.5, NaN, 2, 7, 64, '32', null])
       for (const f of [
@@ -628,13 +628,13 @@ describe('option checks before anything is read, uploaded or downloaded', () => 
     expect(new Kernels(fake512).vectorWorkgroup).toBe(256);
     // CPU drivers run a workgroup's invocations on one thread: fewer by default there
     expect(new Kernels({ ...fake512, fallbackAdapter: true }).vectorWorkgroup).toBe(64);
-    for (const n of [0, 3, 1.5, '2', null]) {
-      const message = `gateStepLaunches must be 1 or 2, got ${typeof n === 'string' ? `'${n}'` : String(n)}`;
-      await fails(loadModelFromBuffer(fake, p, { gateStepLaunches: n as 1 }), message);
-      expect(() => new Kernels(fake, { gateStepLaunches: n as 1 })).toThrow(`E_VALUE: ${message}`);
+    for (const n of [2, 'Split', '', null]) {
+      const message = `gateStep must be 'fused', 'split' or 'chunked', got ${typeof n === 'string' ? `'${n}'` : String(n)}`;
+      await fails(loadModelFromBuffer(fake, p, { gateStep: n as 'split' }), message);
+      expect(() => new Kernels(fake, { gateStep: n as 'split' })).toThrow(`E_VALUE: ${message}`);
     }
-    expect(new Kernels(fake).gateStepLaunches).toBe(1);
-    expect(new Kernels(fake, { gateStepLaunches: 2 }).gateStepLaunches).toBe(2);
+    expect(new Kernels(fake).gateStep).toBe('fused');
+    expect(new Kernels(fake, { gateStep: 'chunked' }).gateStep).toBe('chunked');
   });
 
   it("dtype outside 'auto', 'f32' and 'f16' is E_VALUE with runtime-node's message; callbacks that are not functions and a signal that is not an AbortSignal are E_VALUE naming them", async () => {

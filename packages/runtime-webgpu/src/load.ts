@@ -38,7 +38,7 @@ import {
   checkMaxLocalHadamard,
   checkRowsPerLane,
   checkVectorWorkgroup,
-  checkGateStepLaunches,
+  checkGateStep,
   type GpuMatrix,
 } from './kernels/index.js';
 import {
@@ -139,7 +139,7 @@ function denseData(
 
 /**
  * The loaders' option checks, before anything is read or downloaded: `E_VALUE` naming the option for a `dtype`,
- * `lanes`, `maxLocalHadamard`, `rowsPerLane`, `vectorWorkgroup` (on `dev`) or `gateStepLaunches` outside its values,
+ * `lanes`, `maxLocalHadamard`, `rowsPerLane`, `vectorWorkgroup` (on `dev`) or `gateStep` outside its values,
  * a callback (`onPlan`, `onProgress`; `fetch` and `onDownload` of
  * {@link loadModelFromUrl}) that is not a function, or a `signal` that is not an `AbortSignal`; `E_ABORTED` when the
  * signal has fired already. `contextLength` and `prefillChunk` are checked by the plan.
@@ -150,7 +150,7 @@ function checkLoadOptions(dev: CalderaDevice, options: UrlLoadOptions, fn: strin
   checkMaxLocalHadamard(options.maxLocalHadamard);
   checkRowsPerLane(options.rowsPerLane);
   checkVectorWorkgroup(options.vectorWorkgroup, dev);
-  checkGateStepLaunches(options.gateStepLaunches);
+  checkGateStep(options.gateStep);
   for (const name of ['onPlan', 'onProgress', 'onDownload', 'fetch'] as const)
     if (options[name] !== undefined) assertFunction(options[name], fn, name);
   throwIfAborted(options.signal, 'loading');

@@ -24,7 +24,7 @@ import {
   type Dispatch,
   type GpuMatrix,
   type RowsPerLane,
-  type GateStepLaunches,
+  type GateStep,
   type Lanes,
   type RopeKvOptions,
   type RotateOptions,
@@ -94,11 +94,11 @@ export interface WebGpuModelOptions {
    */
   vectorWorkgroup?: number;
   /**
-   * Launches of the gate step (the down layer's input step, which finishes the gate and up layers) where their
-   * Walsh–Hadamard mix has more than one chunk: 1 or 2 (else `E_VALUE`); default 1. The same outputs either way. See
-   * {@link Kernels.gateStepLaunches}.
+   * The form of the gate step (the down layer's input step, which finishes the gate and up layers) where their
+   * Hadamard mix has more than one chunk: 'fused' (one launch), 'split' or 'chunked' (two; else `E_VALUE`); default
+   * 'fused'. The same logits to the bit with 'split', within f32 rounding with 'chunked'. See {@link Kernels.gateStep}.
    */
-  gateStepLaunches?: GateStepLaunches;
+  gateStep?: GateStep;
   /**
    * Prompt tokens run through the layers together in one pass (prefill batch); the activation buffers hold this many
    * rows. Default `min(32, contextLength)`; 1 makes prefill token by token.
@@ -297,7 +297,7 @@ export class WebGpuModel {
       ...(options.f16 !== undefined ? { f16: options.f16 } : {}),
       ...(options.rowsPerLane !== undefined ? { rowsPerLane: options.rowsPerLane } : {}),
       ...(options.vectorWorkgroup !== undefined ? { vectorWorkgroup: options.vectorWorkgroup } : {}),
-      ...(options.gateStepLaunches !== undefined ? { gateStepLaunches: options.gateStepLaunches } : {}),
+      ...(options.gateStep !== undefined ? { gateStep: options.gateStep } : {}),
     });
     // everything allocated from here on is destroyed again when construction fails (the weights stay the caller's)
     try {

@@ -36,6 +36,7 @@ import {
   type Lanes,
   type LatticeCodec,
   type PreviousStep,
+  type InputStepForm,
   type RotationInputKind,
   unrolledMixKs,
 } from './wgsl.js';
@@ -376,13 +377,19 @@ export function checkVectorWorkgroup(n: unknown, dev: CalderaDevice): asserts n 
     );
 }
 
-/** {@link Kernels.gateStepLaunches}: the gate step in one launch, or spread over two. */
-export type GateStepLaunches = 1 | 2;
+/**
+ * {@link Kernels.gateStep}: the gate step in one launch (`fused`), or in two: the second mixing the whole vector in
+ * each workgroup (`split`) or spread over the mix's chunks, leaving `z` in partial sums (`chunked`).
+ */
+export type GateStep = 'fused' | 'split' | 'chunked';
 
-/** `E_VALUE` unless `n` is undefined (the default, 1) or 1 or 2 ({@link GateStepLaunches}). */
-export function checkGateStepLaunches(n: unknown): asserts n is GateStepLaunches | undefined {
-  if (n !== undefined && n !== 1 && n !== 2)
-    throw new CalderaError('E_VALUE', `gateStepLaunches must be 1 or 2, got ${shownValue(n)}`);
+/** `E_VALUE` unless `form` is undefined (the default, 'fused') or a {@link GateStep}. */
+export function checkGateStep(form: unknown): asserts form is GateStep | undefined {
+  if (form !== undefined && form !== 'fused' && form !== 'split' && form !== 'chunked')
+    throw new CalderaError(
+      'E_VALUE',
+      `gateStep must be 'fused', 'split' or 'chunked', got ${shownValue(form)}`,
+    );
 }
 
 /**
@@ -421,14 +428,17 @@ export class Kernels {
    */
   readonly vectorWorkgroup: number;
   /**
-   * Launches of the gate step, the down layer's input step that finishes the gate and up layers (see
-   * {@link Kernels.projectInput}) when their rotations have an `H_K` mix of more than one chunk (K from 9 to
-   * {@link UNROLLED_MIX_MAX_K}, e.g. TinyLlama's 5632 = 44·128): 1 (the default), one launch of a few workgroups each
-   * rotating the three vectors of that width in turn; 2, a first launch over `⌈K/8⌉` workgroups that each mix only
-   * their share ({@link gateSliceWgsl}), then the input step with the mix alone. The same outputs to the bit; which is
-   * faster is not yet measured on a GPU (the one-launch step is a decode step's slowest launch on an H200, 56 µs).
+   * The form of the gate step, the down layer's input step that finishes the gate and up layers (see
+   * {@link Kernels.projectInput}), where their rotations have an `H_K` mix of more than one chunk (K from 9 to
+   * {@link UNROLLED_MIX_MAX_K}, e.g. TinyLlama's 5632 = 44·128): `fused` (the default), one launch of a few
+   * workgroups each rotating the three vectors of that width in turn; `split`, a first launch over `⌈K/8⌉`
+   * workgroups that each mix only their chunk ({@link gateSliceWgsl}), then the input step with the mix alone (the
+   * same outputs to the bit); `chunked`, that second launch spread over the chunks too, each workgroup mixing one
+   * chunk and summing R̂'s rows over it, so that `z` is left in `⌈K/8⌉` partial sums which the E8P kernel adds (the
+   * logits within f32 rounding). Which is fastest is not yet measured on a GPU (the fused step is a decode step's
+   * slowest launch on an H200, 56 µs).
    */
-  readonly gateStepLaunches: GateStepLaunches;
+  readonly gateStep: GateStep;
   constructor(
     readonly dev: CalderaDevice,
     options: {
@@ -437,7 +447,7 @@ export class Kernels {
       f16?: boolean;
       rowsPerLane?: RowsPerLane;
       vectorWorkgroup?: number;
-      gateStepLaunches?: GateStepLaunches;
+      gateStep?: GateStep;
     } = {},
   ) {
     options ??= {}; // from JavaScript: null options are none
@@ -459,8 +469,8 @@ export class Kernels {
     this.rowsPerLane = options.rowsPerLane ?? null;
     checkVectorWorkgroup(options.vectorWorkgroup, dev);
     this.vectorWorkgroup = options.vectorWorkgroup ?? (dev.fallbackAdapter ? FALLBACK_VECTOR_WORKGROUP : WG);
-    checkGateStepLaunches(options.gateStepLaunches);
-    this.gateStepLaunches = options.gateStepLaunches ?? 1;
+    checkGateStep(options.gateStep);
+    this.gateStep = options.gateStep ?? 'fused';
   }
 
   /** The workgroup array of a one-workgroup kernel over vectors of up to `n` values: `n` rounded up to whole passes of its invocations. */
@@ -1039,8 +1049,19 @@ export class Kernels {
     segments: readonly E8pSegment[];
     /** Values per activation row of `x` (default `np`: one segment's input). */
     xRow?: number;
-    /** L̂ packed, and `z` with `zRow` values per activation row (default: the segments' ranks summed). */
-    lowRank?: { codec: LatticeCodec; codes: GPUBuffer; resScale: number; z: GPUBuffer; zRow?: number };
+    /**
+     * L̂ packed, and `z` with `zRow` values per activation row (default: the segments' ranks summed); with `zParts`
+     * (default 1; one segment) each z_t the sum of that many partial values `k` apart, in order (see
+     * {@link Kernels.inputStepParts}).
+     */
+    lowRank?: {
+      codec: LatticeCodec;
+      codes: GPUBuffer;
+      resScale: number;
+      z: GPUBuffer;
+      zRow?: number;
+      zParts?: number;
+    };
     /** Activation rows per invocation (see {@link Kernels.matvec}); default 1. */
     tile?: number;
   }): Dispatch {
@@ -1055,6 +1076,12 @@ export class Kernels {
     const segs = o.segments;
     if (segs.length < 1 || segs.length > E8P_MAX_SEGMENTS)
       throw new CalderaError('E_VALUE', `e8pMatvec: 1 to ${E8P_MAX_SEGMENTS} segments, got ${segs.length}`);
+    const zParts = lr?.zParts ?? 1;
+    if (!Number.isInteger(zParts) || zParts < 1 || (zParts > 1 && segs.length !== 1))
+      throw new CalderaError(
+        'E_VALUE',
+        `e8pMatvec: zParts must be a positive integer (above 1 with one segment), got ${shownValue(zParts)}`,
+      );
     const G = o.np / 8;
     // activation values are read as 16-byte vectors: every offset must be a multiple of 8 values
     const xRow = o.xRow ?? o.np;
@@ -1131,7 +1158,7 @@ export class Kernels {
         ['f32', o.resScale],
         ['f32', lr?.resScale ?? 1],
         ['u32', segs.length],
-        ['u32', 0],
+        ['u32', zParts],
         ...fields,
       ],
       'e8p params',
@@ -1285,15 +1312,24 @@ export class Kernels {
    * buffers it binds; else the rotation ({@link Kernels.rotate}) and R̂'s kernel ({@link Kernels.e8pMatvec}) apart,
    * with the same operations in the same order (bit-identical on SwiftShader, tested). With `o.residual` or `o.gate`
    * it also finishes the layers before (see {@link Kernels.finishesPending}; `E_VALUE` when it cannot: run their
-   * rotation first instead); with `o.gate` in two launches where {@link Kernels.gateStepLaunches} is 2 and the step
-   * allows it (see `gateSlices`), the same outputs to the bit.
+   * rotation first instead); with `o.gate` in two launches where {@link Kernels.gateStep} asks for it and the step
+   * allows it (see `gateSplit`).
    */
   projectInput(o: InputProjectionOptions): Dispatch[] {
-    return this.inputStep(o, false);
+    return this.inputStep(o, 'whole');
   }
 
-  /** {@link Kernels.projectInput}, or with `blocksRotated` its mix alone (see `gateSlices`). */
-  private inputStep(o: InputProjectionOptions, blocksRotated: boolean): Dispatch[] {
+  /**
+   * Partial vectors per row of `z` that {@link Kernels.projectInput} of `o` leaves (k apart, to be added in order:
+   * the E8P kernel's `lowRank.zParts`): the chunks of the mix with the `chunked` gate step, else 1.
+   */
+  inputStepParts(o: InputProjectionOptions): number {
+    const split = this.gateStep === 'chunked' && o.gate ? this.gateSplit(o) : null;
+    return split ? split.chunks : 1;
+  }
+
+  /** {@link Kernels.projectInput} in the given form (see {@link InputStepForm} and `gateSplit`). */
+  private inputStep(o: InputProjectionOptions, form: InputStepForm): Dispatch[] {
     const J = o.layers.length;
     const { n, nIn, K } = o;
     const members: RotationMember[] = o.layers.map((l, w) => ({
@@ -1339,10 +1375,11 @@ export class Kernels {
     if (segments.length === 0 || !c) return this.rotate(rotation);
     const split = o.gate ? this.gateSlices(o) : null;
     if (split) return split;
+    const chunks = form === 'chunks' ? Math.ceil(K / MIX_CHUNK) : 1;
     const tile = o.tile ?? 1;
     const words = this.projectionWords(o);
     if (words === null) {
-      if (blocksRotated)
+      if (form !== 'whole')
         throw new CalderaError(
           'E_VALUE',
           'projectInput: blocks rotated before need the one-launch input step',
@@ -1381,10 +1418,10 @@ export class Kernels {
         ['u32', codeIndex(l.r?.code2Byte ?? 0, c.codec, 'R̂ second-plane code')],
         ['u32', zOff],
         ['f32', l.r?.qscale ?? 0],
-        ['u32', 0],
+        ['u32', Math.max(1, Math.ceil(k / rpw))],
         ['u32', 0],
       );
-      wg += Math.max(1, Math.ceil(k / rpw));
+      wg += chunks * Math.max(1, Math.ceil(k / rpw));
       zOff += k;
     }
     while (seg.length < 8 * ROTATION_MAX_MEMBERS) seg.push(['u32', 0]);
@@ -1392,8 +1429,8 @@ export class Kernels {
     // the orders of this step's rotation and of the pending one
     const mixKs = mixKsOf([{ K }, ...(prev.pending?.members ?? [])]);
     const p = this.pipeline(
-      `project_${words}_${c.codec}_${this.lanes}_${input.kind}_${prev.kind}_k${mixKs.join('.')}_${vw}${blocksRotated ? '_mix' : ''}`,
-      () => inputProjectionWgsl(words, c.codec, this.lanes, input.kind, prev.kind, mixKs, vw, blocksRotated),
+      `project_${words}_${c.codec}_${this.lanes}_${input.kind}_${prev.kind}_k${mixKs.join('.')}_${vw}_${form}`,
+      () => inputProjectionWgsl(words, c.codec, this.lanes, input.kind, prev.kind, mixKs, vw, form),
     );
     // the pending rotation's members as the kernel reads them (gate first in the gate step)
     const pendingMembers = o.gate
@@ -1425,12 +1462,12 @@ export class Kernels {
     };
     return [
       this.make(
-        `project n=${n} K=${K}${J > 1 ? ` ×${J}` : ''} k=${zOff}${input.aux ? ` ${input.kind}` : ''}${prev.kind === 'none' ? '' : ` +${prev.kind}`}${blocksRotated ? ' mix' : ''}`,
+        `project n=${n} K=${K}${J > 1 ? ` ×${J}` : ''} k=${zOff}${input.aux ? ` ${input.kind}` : ''}${prev.kind === 'none' ? '' : ` +${prev.kind}`}${form === 'whole' ? '' : ` ${form}`}`,
         p,
         [
           this.uniform(this.rotationFields(rotation, members), 'rotation params'),
           this.uniform(
-            [['u32', n / 8], ['u32', zOff], ['f32', c.resScale], ['u32', J], ...seg],
+            [['u32', n / 8], ['u32', chunks * zOff], ['f32', c.resScale], ['u32', J], ...seg],
             'projection params',
           ),
           c.tables,
@@ -1442,25 +1479,24 @@ export class Kernels {
   }
 
   /**
-   * The gate step `o` in two launches when {@link Kernels.gateStepLaunches} asks for it and it can (else null): one
-   * layer after gate and up (their rotation can be finished in one launch: {@link Kernels.finishesPending}), every
-   * vector of this step's width, order K and rotation, K from 9 to {@link UNROLLED_MIX_MAX_K}, and room in workgroup
-   * memory for a chunk's 8 blocks beside the vector: {@link gateSliceWgsl} into `o.tmp`, then the input step with the
-   * mix alone from there (`x` = `o.tmp`, multipliers 1).
+   * The gate step `o` in two launches, when {@link Kernels.gateStep} asks for it and it can (else null): one layer
+   * after gate and up (whose rotation the fused step could finish: {@link Kernels.finishesPending}), every vector of
+   * this step's width, order K and rotation, K from 9 to {@link UNROLLED_MIX_MAX_K}, and room in workgroup memory for
+   * a chunk's 8 blocks beside the vector. Then {@link gateSliceWgsl} writes SwiGLU's blocks, transformed, into `o.tmp`,
+   * from where `mixed` (the input step `x` = `o.tmp`, multipliers 1) mixes them; `chunks` of the mix.
    */
-  private gateSlices(o: InputProjectionOptions): Dispatch[] | null {
+  private gateSplit(o: InputProjectionOptions): { mixed: InputProjectionOptions; chunks: number } | null {
     const rot = o.gate!.pending;
     const { n, K } = o;
-    const P = n / K;
     const fits =
-      this.gateStepLaunches === 2 &&
+      this.gateStep !== 'fused' &&
       o.layers.length === 1 &&
       o.transform &&
       rot.transform &&
       K > MIX_CHUNK &&
       K <= UNROLLED_MIX_MAX_K &&
       rot.members.every((m) => m.n === n && m.K === K) &&
-      (this.vectorWords(n) + MIX_CHUNK * P) * 4 <= this.dev.maxWorkgroupStorage &&
+      (this.vectorWords(n) + (MIX_CHUNK * n) / K) * 4 <= this.dev.maxWorkgroupStorage &&
       this.finishesPending(o);
     if (!fits) return null;
     const mixed: InputProjectionOptions = {
@@ -1473,7 +1509,16 @@ export class Kernels {
     };
     delete mixed.gate;
     delete mixed.input;
-    if (this.projectionWords(mixed) === null) return null;
+    return this.projectionWords(mixed) === null ? null : { mixed, chunks: Math.ceil(K / MIX_CHUNK) };
+  }
+
+  /** The gate step `o` in two launches where {@link Kernels.gateSplit} allows it, else null. */
+  private gateSlices(o: InputProjectionOptions): Dispatch[] | null {
+    const split = this.gateSplit(o);
+    if (!split) return null;
+    const rot = o.gate!.pending;
+    const { n, K } = o;
+    const P = n / K;
     const vw = this.vectorWorkgroup;
     const words = this.vectorWords(n);
     const p = this.pipeline(`gate_slice_${words}_${K}_${P}_${vw}`, () => gateSliceWgsl(words, K, P, vw));
@@ -1498,9 +1543,9 @@ export class Kernels {
         o.pre,
         o.tmp,
       ],
-      Math.ceil(K / MIX_CHUNK),
+      split.chunks,
     );
-    return [first, ...this.inputStep(mixed, true)];
+    return [first, ...this.inputStep(split.mixed, this.gateStep === 'chunked' ? 'chunks' : 'mix')];
   }
 
   /**

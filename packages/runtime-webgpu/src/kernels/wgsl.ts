@@ -1190,7 +1190,7 @@ function e8pMatvecDecls(codec: LatticeCodec, lowRank: LatticeCodec | null, table
   return /* wgsl */ `
 struct Seg { start: u32, xOff: u32, zOff: u32, k: u32, lG: u32, q1: u32, q2: u32, l1: u32, l2: u32, qscale: f32,
   lscale: f32, a: u32 }
-struct P { mp: u32, G: u32, xRow: u32, zRow: u32, resScale: f32, lres: f32, nseg: u32, a: u32,
+struct P { mp: u32, G: u32, xRow: u32, zRow: u32, resScale: f32, lres: f32, nseg: u32, zParts: u32,
   seg: array<Seg, ${E8P_MAX_SEGMENTS}> }
 @group(0) @binding(0) var<uniform> p: P;
 fn segOf(row: u32) -> Seg {
@@ -1218,6 +1218,12 @@ ${
   let idx2 = sg.l2 + off;
   let i = lrow & 7u;
   return sg.lscale * (elem((lcodes[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xffffu, i)${lresid});
+}
+// z_t at index i: with partial sums (p.zParts > 1, the chunked gate step) the parts, sg.k apart, added in order
+fn zAt(sg: Seg, i: u32) -> f32 {
+  var s = z[i];
+  for (var q = 1u; q < p.zParts; q++) { s += z[i + q * sg.k]; }
+  return s;
 }`
     : ''
 }`;
@@ -1362,7 +1368,8 @@ function codeBatchWgsl(
  * codecs (q, k and v; gate and up), one launch for all. Segment j's rows start at row `start`; its codes at
  * plane-1 code `q1` (plane 2: `q2`, in that plane's elements) and L̂'s at `l1`/`l2`; it reads its own activation
  * vector at `xOff` within an activation row of `xRow` values and its `k` low-rank inputs at `zOff` within a row of
- * `zRow`; outputs are rows of `mp` (all segments' rows).
+ * `zRow` (the sum of `p.zParts` partial vectors k apart where the input step leaves partial sums: the chunked gate
+ * step); outputs are rows of `mp` (all segments' rows).
  *
  * Decoding (see @caldera/quant e8p.ts): code = (a << 8) | σ; with `p = popcount(σ) & 1` and `σ' = σ ^ p`,
  * coordinate i is `±source[a][i] + (p ? −¼ : ¼)`, negated when bit `π(i) = (i >> 1) | ((i & 1) << 2)` of σ' is set.
@@ -1406,7 +1413,7 @@ export function e8pMatvecWgsl(
   const finish = (acc: string, lrow: string) =>
     `${rvq4 || rvq3 ? `${acc} += ${acc}2 / p.resScale;\n    ` : ''}${acc} *= sg.qscale;${
       lowRank
-        ? `\n    for (var t = lane; t < sg.k; t += stride) { ${acc} += lval(sg, t, ${lrow}) * z[r * p.zRow + sg.zOff + t]; }`
+        ? `\n    for (var t = lane; t < sg.k; t += stride) { ${acc} += lval(sg, t, ${lrow}) * zAt(sg, r * p.zRow + sg.zOff + t); }`
         : ''
     }`;
   const body = `${seg}
@@ -1475,7 +1482,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       lowRank
         ? `for (var t = lane; t < sg.k; t += stride) {
       let lv = lval(sg, t, lrow);
-      for (var k = 0u; k < ${tile}u; k++) { acc[k] += lv * z[(r0 + k) * p.zRow + sg.zOff + t]; }
+      for (var k = 0u; k < ${tile}u; k++) { acc[k] += lv * zAt(sg, (r0 + k) * p.zRow + sg.zOff + t); }
     }`
         : ''
     }`;
@@ -1664,7 +1671,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     ${ks
       .map(
         (k) =>
-          `for (var t = lane; t < sg.k; t += 32u) { acc${k} += lval(sg, t, lrow + ${k}u) * z[r * p.zRow + sg.zOff + t]; }`,
+          `for (var t = lane; t < sg.k; t += 32u) { acc${k} += lval(sg, t, lrow + ${k}u) * zAt(sg, r * p.zRow + sg.zOff + t); }`,
       )
       .join('\n    ')}
   }`
@@ -1682,6 +1689,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
  * (their output rotations, then this step's SwiGLU).
  */
 export type PreviousStep = 'none' | 'residual' | 'gate';
+
+/**
+ * How {@link inputProjectionWgsl} rotates: `whole`, the rotation of its input; `mix`, only the `H_K` mix, of blocks
+ * of P already through their Walsh–Hadamard transform; `chunks`, that mix spread over workgroups by chunk of
+ * {@link MIX_CHUNK} outputs (8 blocks), each computing its chunk's slice of `x'` and partial sums of `z` over it.
+ */
+export type InputStepForm = 'whole' | 'mix' | 'chunks';
 
 /**
  * The bindings of {@link inputProjectionWgsl} after its three uniforms (bindings 0–2), in binding order: storage
@@ -1785,8 +1799,12 @@ function pendingOutputWgsl(
  * same operations in the same order as their output rotation, then this step with SwiGLU (bit-identical on
  * SwiftShader, tested); the gate and up outputs are not written.
  *
- * With `blocksRotated` (no input computation, nothing to finish) `x` holds vectors whose blocks of `P` have been
- * through their Walsh–Hadamard transform already (by {@link gateSliceWgsl}), and the rotation is the `H_K` mix alone.
+ * In the forms `mix` and `chunks` (see {@link InputStepForm}; no input computation, nothing to finish) `x` holds
+ * vectors whose blocks of `P` have been through their Walsh–Hadamard transform already (by {@link gateSliceWgsl}),
+ * and the rotation is the `H_K` mix alone; with `chunks` (one layer, `mixKs` its one written-out order K) workgroup
+ * `q·sg.a + b` computes chunk q's 8 blocks of `x'` (from `x`, each invocation's column read from memory), writes them
+ * to `rot` (b = 0) and sums its block b of R̂'s rows over them into `z` at `q·k` (rows of `pr.zRow`: one partial
+ * vector of k per chunk, which the E8P kernel adds).
  */
 export function inputProjectionWgsl(
   maxN: number,
@@ -1796,10 +1814,26 @@ export function inputProjectionWgsl(
   prev: PreviousStep = 'none',
   mixKs: readonly number[] = [],
   wg = WG,
-  blocksRotated = false,
+  form: InputStepForm = 'whole',
 ): string {
-  if (blocksRotated && (input !== 'none' || prev !== 'none'))
+  if (form !== 'whole' && (input !== 'none' || prev !== 'none'))
     throw new CalderaError('E_VALUE', 'inputProjectionWgsl: blocks rotated before need no input computation');
+  const chunks = form === 'chunks';
+  const K = mixKs[0] ?? 1;
+  if (chunks && (mixKs.length !== 1 || K <= MIX_CHUNK))
+    throw new CalderaError(
+      'E_VALUE',
+      'inputProjectionWgsl: chunks need one written-out H_K mix of several chunks',
+    );
+  // R̂'s code rows (from the chunk's first group `gs`, `ng` groups, with chunks), and where a row's z goes (chunk q's
+  // partial sums at q·k)
+  const rowBase = (r: string) => `sg.q1 + ${r} * pr.G${chunks ? ' + gs' : ''}`;
+  const plane2Of = (r: string) => {
+    const p2 = secondPlane(codec, [r], 'pr.G');
+    return p2 && chunks ? { ...p2, bases: p2.bases.map((b) => `${b} + gs`) } : p2;
+  };
+  const G = chunks ? 'ng' : 'pr.G';
+  const zIndex = `r * pr.zRow + sg.zOff + ${chunks ? 'q * sg.k + ' : ''}row`;
   const residual = prev === 'residual';
   const rvq4 = codec === 'rvq4';
   const rvq3 = codec === 'rvq3';
@@ -1867,17 +1901,55 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let mb = u.m[w];
   let sg = pr.seg[w];
   let blk = wid.x - sg.wg0;
-  let r = wid.y;
-  let row = blk * ${rpw}u + ${lanes === 1 ? 'lid' : 'lid / 32u'};
+  let r = wid.y;${
+    chunks
+      ? `
+  // chunk q of the H_K mix (blocks a0 … a0 + 7 of P), the workgroups of its sg.a blocks of R̂'s rows
+  let q = blk / sg.a;
+  let rb = blk % sg.a;
+  let a0 = q * ${MIX_CHUNK}u;
+  let gs = a0 * (mb.P >> 3u);
+  let ng = min(${MIX_CHUNK}u, ${K}u - a0) * (mb.P >> 3u);`
+      : `
+  let rb = blk;`
+  }
+  let row = rb * ${rpw}u + ${lanes === 1 ? 'lid' : 'lid / 32u'};
   let lane = ${lanes === 1 ? '0u' : 'lid % 32u'};
   // the first codes of R̂'s row (of the last row where past them), loaded now: their memory latency passes during
   // the rotation instead of after it
   let prow = min(row, max(sg.k, 1u) - 1u);
-  ${codeBatchWgsl(['sg.q1 + prow * pr.G'], 'pr.G', `${lanes}u`, secondPlane(codec, ['prow'], 'pr.G'), 'lane', 'first_')}
+  ${codeBatchWgsl([rowBase('prow')], G, `${lanes}u`, plane2Of('prow'), 'lane', 'first_')}
   let xo = r * u.xStride + mb.xOff;
   ${
-    residual
-      ? `// the layer before: h' = h + its rotated output (h at xo: its output offsets are this step's input offsets)
+    chunks
+      ? `// chunk q of the mix of blocks already transformed, each invocation's column read from x: the outputs of
+  // the written-out mix (the same sums as mixK${K}), into v from 0 (pre, all ones, and hkb are not read, but stay
+  // bound: the automatic layout keeps only the bindings a shader uses)
+  _ = pre[0];
+  _ = hkb[0];
+  for (var b = lid; b < mb.P; b += ${wg}u) {
+    ${Array.from({ length: MIX_CHUNK }, (_, j) => `var r${j} = 0.0;`).join(' ')}
+    if (u.transposeH == 1u) {
+      switch q {
+        ${chunkSwitchWgsl(K, true, (a) => `x[xo + ${a}u * mb.P + b]`)}
+        default: {}
+      }
+    } else {
+      switch q {
+        ${chunkSwitchWgsl(K, false, (a) => `x[xo + ${a}u * mb.P + b]`)}
+        default: {}
+      }
+    }
+    ${unrolled(MIX_CHUNK, (j) => `if (a0 + ${j}u < ${K}u) { v[${j}u * mb.P + b] = r${j} * mb.invSqrtN; }`)}
+  }
+  workgroupBarrier();
+  if (rb == 0u) {
+    let oo = r * mb.outStride + mb.outOff + a0 * mb.P;
+    for (var i = lid; i < ng * 8u; i += ${wg}u) { rot[oo + i] = v[i]; }
+  }`
+      : `${
+          residual
+            ? `// the layer before: h' = h + its rotated output (h at xo: its output offsets are this step's input offsets)
   ${C <= EARLY_READS_MAX_C ? residualInputReads : ''}
   var hn: array<f32, ${C}>;
   ${pendingOutputWgsl(
@@ -1898,8 +1970,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let scale = normScale(ss, mb.nIn, lid);
   ${C <= EARLY_READS_MAX_C ? '' : residualInputReads}
   ${vectorIntoWgsl(C, 'mb', (c) => `hn[${c}] * scale * a${c} * q${c}`, wg, '\n  ')}`
-      : prev === 'gate'
-        ? `// the gate and up layers before: their rotated outputs (members 0 and 1 of pu, rows of x), then silu(gate)·up
+            : prev === 'gate'
+              ? `// the gate and up layers before: their rotated outputs (members 0 and 1 of pu, rows of x), then silu(gate)·up
   var gv: array<f32, ${C}>;
   var uv: array<f32, ${C}>;
   ${pendingOutputWgsl('0u', 'x', C, wg, (c) => `gv[${c}] = y;`)}
@@ -1907,7 +1979,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let lastIn = mb.nIn - 1u;
   ${unrolled(C, (c) => `let q${c} = pre[mb.preOff + min(lid + ${c * wg}u, lastIn)];`, '\n  ')}
   ${vectorIntoWgsl(C, 'mb', (c) => `gv[${c}] / (1.0 + exp(-gv[${c}])) * uv[${c}] * q${c}`, wg, '\n  ')}`
-        : `let scale = inputScale(xo, mb.nIn, lid);
+              : `let scale = inputScale(xo, mb.nIn, lid);
   let lastIn = mb.nIn - 1u;
   ${unrolled(
     C,
@@ -1916,10 +1988,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     '\n  ',
   )}
   ${vectorIntoWgsl(C, 'mb', (c) => `a${c} * q${c}`, wg, '\n  ')}`
-  }
+        }
   workgroupBarrier();
   if (u.transform == 1u) {
-    ${blocksRotated ? 'mixInPlace' : 'rotateInPlace'}(lid, mb, u.transposeH);
+    ${form === 'mix' ? 'mixInPlace' : 'rotateInPlace'}(lid, mb, u.transposeH);
     // an order without a written-out mix: each value's mix from hkb into registers, then back into v
     if (!mixesInPlace(mb.K)) {
       var mixed: array<f32, ${C}>;
@@ -1935,23 +2007,24 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       workgroupBarrier();
     }
   }
-  if (blk == 0u) {
+  if (rb == 0u) {
     let oo = r * mb.outStride + mb.outOff;
     for (var i = lid; i < mb.n; i += ${wg}u) { rot[oo + i] = v[i]; }
+  }`
   }
   var acc = 0.0;
   if (row < sg.k) {
     var acc2 = 0.0;
     ${codeGroupsWgsl(
-      ['sg.q1 + row * pr.G'],
-      'pr.G',
+      [rowBase('row')],
+      G,
       `${lanes}u`,
       ([code], g, [code2]) => `let o = 8u * ${g};
       let xv = activations(vec4<f32>(v[o], v[o + 1u], v[o + 2u], v[o + 3u]),
         vec4<f32>(v[o + 4u], v[o + 5u], v[o + 6u], v[o + 7u]));
       acc += dotCode(decodeCode(${code}), xv);
       ${codec === 'e8p12' ? '' : `acc2 += ${secondPlaneDotWgsl(codec, code2!)};`}`,
-      secondPlane(codec, ['row'], 'pr.G'),
+      plane2Of('row'),
       'first_',
     )}
     ${rvq4 || rvq3 ? 'acc += acc2 / pr.resScale;' : ''}
@@ -1959,22 +2032,22 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   }
   ${
     lanes === 1
-      ? 'if (row < sg.k) { z[r * pr.zRow + sg.zOff + row] = acc; }'
+      ? `if (row < sg.k) { z[${zIndex}] = acc; }`
       : `part[lid] = acc;
   ${laneSumWgsl('part[lid] += part[lid + s];')}
-  if (lane == 0u && row < sg.k) { z[r * pr.zRow + sg.zOff + row] = part[lid]; }`
+  if (lane == 0u && row < sg.k) { z[${zIndex}] = part[lid]; }`
   }
 }`;
 }
 
 /**
- * The first launch of the gate step in two (see `Kernels.gateStepLaunches`): the gate and up layers' output rotations
+ * The first launch of the gate step in two (see `Kernels.gateStep`): the gate and up layers' output rotations
  * (members 0, gate, and 1, up, of the uniform `u`, with `M_n = (H_K ⊗ H_P)/√n` as in {@link hadamardWgsl}), SwiGLU,
  * the down layer's input multipliers (`pre` from `d.preOff`) and the Walsh–Hadamard transform of that layer's
  * input rotation over each block of P, spread over `ceil(K/8)` workgroups along x: workgroup q computes the 8 blocks
  * `8q … 8q + 7` of the result (the outputs of chunk q of the `H_K` mix, {@link MIX_CHUNK}), whose blocks then need
  * no other values, and writes them to `out` (rows of `d.outStride`), from where the down layer's input step
- * ({@link inputProjectionWgsl} with `blocksRotated`) only mixes. Each workgroup still transforms the whole gate and up
+ * ({@link inputProjectionWgsl} in the form `mix` or `chunks`) only mixes. Each workgroup still transforms the whole gate and up
  * vectors (their blocks of P), but mixes only its chunk: the one-launch gate step mixes three whole vectors of
  * K·P values in one workgroup, the serial chain that makes it the decode step's slowest launch. The same operations
  * in the same order as that step (bit-identical on SwiftShader, tested). K (the pending rotation's order, written
