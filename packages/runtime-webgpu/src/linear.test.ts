@@ -34,7 +34,7 @@ import {
   uploadMatrix,
   type GpuLinear,
 } from './linear.js';
-import { maxRel } from './testing/compare.js';
+import { relErr } from './testing/compare.js';
 import { gpuTitle, testDevice } from './testing/gpu.js';
 
 const { device: dev, reason } = await testDevice();
@@ -622,10 +622,7 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
           // added by the E8P kernel), f32 rounding of ~1e-7 of the outputs' scale; 1e-5 leaves margin, and a wrong
           // chunk, sign or partial moves outputs by O(1)
           if (split && gateStep === 'chunked')
-            expect(
-              maxRel(Float32Array.from(await readF32(x)), Float32Array.from(want)),
-              `${what}, ${form}`,
-            ).toBeLessThan(1e-5);
+            expect(relErr(await readF32(x), want), `${what}, ${form}`).toBeLessThan(1e-5);
           else expect(await readF32(x), `${what}, ${form}`).toEqual(want);
           // a rotation that reads a bias with none bound is refused, fused or not
           const noBias = { ...pending, bias: null };

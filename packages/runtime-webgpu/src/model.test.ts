@@ -23,7 +23,7 @@ import { createLinearContext } from './linear.js';
 import { Kernels } from './kernels/index.js';
 import type { CalderaDevice } from './device.js';
 import { writeRandomCalderaModel } from '../bench/random-model.js';
-import { maxRel } from './testing/compare.js';
+import { relErr } from './testing/compare.js';
 import { gpuTitle, ownTestDevice, testDevice, testF16Device } from './testing/gpu.js';
 import { randomLlamaTensors, tinyModel } from './testing/tiny-model.js';
 
@@ -113,7 +113,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
         const got = await model.forward(PROMPT);
         const want = cpu.forward(PROMPT);
         // f32 on both sides, different summation orders over ≤ 768 terms and 4 blocks: ~1e-5 of the logit scale
-        expect(maxRel(got, want)).toBeLessThan(1e-4);
+        expect(relErr(got, want)).toBeLessThan(1e-4);
         const g = await collect(generate(model, PROMPT, { maxTokens: 12 }));
         const c = await collect(node.generate(cpu, PROMPT, { maxTokens: 12 }));
         expect(g).toHaveLength(12);
@@ -243,13 +243,13 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
       const { model } = await loadModel(d, dir, { contextLength: 16 });
       const cpu = (await node.loadModel(dir)).model;
       const tokens = [3, 49, 0, 7, 7, 21, 33];
-      expect(maxRel(await model.forward(tokens), cpu.forward(tokens))).toBeLessThan(1e-4);
+      expect(relErr(await model.forward(tokens), cpu.forward(tokens))).toBeLessThan(1e-4);
       // f16 storage of the same weights still tracks (f16 rounding of weights: ~1e-3 relative)
       const half = await loadModel(d, dir, { contextLength: 16, dtype: 'f16' });
-      expect(maxRel(await half.model.forward(tokens), cpu.forward(tokens))).toBeLessThan(2e-2);
+      expect(relErr(await half.model.forward(tokens), cpu.forward(tokens))).toBeLessThan(2e-2);
       // the GPU kernel variants (32 lanes per row) and the global-memory rotation, in a whole model
       const gpuStyle = await loadModel(d, dir, { contextLength: 16, lanes: 32, maxLocalHadamard: 16 });
-      expect(maxRel(await gpuStyle.model.forward(tokens), cpu.forward(tokens))).toBeLessThan(1e-4);
+      expect(relErr(await gpuStyle.model.forward(tokens), cpu.forward(tokens))).toBeLessThan(1e-4);
       // batched prefill (batches of 3, 3, 1) gives the bits of token-by-token steps in these variants too
       const chunked = await loadModel(d, dir, {
         contextLength: 16,
@@ -351,8 +351,8 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
           const got = await auto.model.forward(tokens);
           const want = cpu.forward(tokens);
           const f32 = await wide.model.forward(tokens);
-          expect(maxRel(got, want)).toBeLessThan(1e-4);
-          expect(maxRel(got, f32)).toBeLessThan(1e-4);
+          expect(relErr(got, want)).toBeLessThan(1e-4);
+          expect(relErr(got, f32)).toBeLessThan(1e-4);
           auto.model.reset();
           wide.model.reset();
           const g = await collect(generate(auto.model, tokens, { maxTokens: 8 }));
@@ -449,7 +449,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
       await expect(m.stepBatch(tokens.slice(0, 5), 'none')).rejects.toMatchObject({ code: 'E_VALUE' });
       // and the batched model still matches runtime-node (f32 both sides, different summation order: see above)
       const cpu = (await node.loadModel(cdir)).model;
-      expect(maxRel(await (m.reset(), m.forward(tokens)), cpu.forward(tokens))).toBeLessThan(1e-4);
+      expect(relErr(await (m.reset(), m.forward(tokens)), cpu.forward(tokens))).toBeLessThan(1e-4);
     } finally {
       m.dispose();
       single.model.dispose();
@@ -498,7 +498,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
         // sums of ≤ 256 terms, ~1e-6 of the logits' scale through 3 blocks; 1e-4 leaves margin, and a wrong row, value
         // or block in a kernel moves logits by O(1)
         first ??= want;
-        for (const [i, w] of want.entries()) expect(maxRel(w, first[i]!), `token ${i}`).toBeLessThan(1e-4);
+        for (const [i, w] of want.entries()) expect(relErr(w, first[i]!), `token ${i}`).toBeLessThan(1e-4);
       }
     } finally {
       for (const model of models) model.dispose();
@@ -539,7 +539,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
           expect(logits[1]![i], `${what}, split, logits ${i}`).toEqual(l);
           // chunked: z summed over 1536/8 code groups in other groupings, f32 rounding (~1e-7 relative) through one
           // block; 1e-5 leaves margin, and a wrong chunk or partial moves logits by O(1)
-          expect(maxRel(logits[2]![i]!, l), `${what}, chunked, logits ${i}`).toBeLessThan(1e-5);
+          expect(relErr(logits[2]![i]!, l), `${what}, chunked, logits ${i}`).toBeLessThan(1e-5);
         }
       }
     } finally {
@@ -589,7 +589,7 @@ describe.skipIf(!f16dev)(gpuTitle('WebGpuModel with packed-f16 Q̂ products', f1
           expect(q.every((l) => l.endsWith(' f16'))).toBe(f16);
           expect(model.f16Products).toBe(f16);
           const got = await model.forward(PROMPT);
-          const err = maxRel(got, want);
+          const err = relErr(got, want);
           if (f16) {
             // f16 products round each code's sum to ~2⁻¹¹ of its terms (the kernel test bounds it); through two
             // CALDERA blocks that moved the logits by 3.4e-4 of their scale on lavapipe (perplexity by 2.7e-4), far
@@ -645,7 +645,7 @@ describe.skipIf(!f16dev)(gpuTitle('WebGpuModel with packed-f16 Q̂ products', f1
       try {
         // the reductions add in another order than with the default size: f32 rounding (~1e-6 of the logits' scale,
         // as the f32 form above); a wrong row or value moves them by O(1)
-        expect(maxRel(await wide.forward(PROMPT), want)).toBeLessThan(1e-4);
+        expect(relErr(await wide.forward(PROMPT), want)).toBeLessThan(1e-4);
       } finally {
         wide.dispose();
       }

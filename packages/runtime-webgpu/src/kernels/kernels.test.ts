@@ -11,6 +11,7 @@ import {
   type CalderaDevice,
 } from '../device.js';
 import { e8pSourcePairs, uploadMatrix } from '../linear.js';
+import { relErr } from '../testing/compare.js';
 import { gpuTitle, testDevice, testF16Device } from '../testing/gpu.js';
 import {
   e8pF16WorkgroupBytes,
@@ -95,17 +96,6 @@ function e8pStub(b: GPUBuffer, np: number) {
     np,
     resScale: 1,
   } as const;
-}
-
-/** max |a − b| / max(1, max |b|): relative to the output scale, since every kernel sums in f32 in a different order. */
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let e = 0;
-  let s = 1;
-  for (let i = 0; i < b.length; i++) {
-    e = Math.max(e, Math.abs(a[i]! - b[i]!));
-    s = Math.max(s, Math.abs(b[i]!));
-  }
-  return e / s;
 }
 
 describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), () => {
