@@ -14,8 +14,7 @@
  * (`;`-separated, each a `,`-separated list of the loader options above over those given as flags; an empty one is
  * the flags alone), the models written once: a GPU session compares kernel choices in one run. The f16 model is
  * profiled once per distinct `vector-workgroup` (the only one of these options that changes its launches; the gate
- * step is CALDERA's). Each
- * line names its loader options (`options`).
+ * step is CALDERA's). Each line names its loader options (`options`).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

@@ -1530,10 +1530,10 @@ export class Kernels {
         this.uniform(this.rotationFields(rot, members), 'gate rotation params'),
         this.uniform(
           [
-            ['u32', n],
             ['u32', o.nIn],
             ['u32', o.layers[0]!.preOff],
             ['u32', n],
+            ['u32', 0],
           ],
           'gate slice params',
         ),

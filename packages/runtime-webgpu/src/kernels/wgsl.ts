@@ -465,23 +465,36 @@ function mixSigns(K: number): {
 }
 
 /**
- * The cases of a WGSL `switch` over a chunk index (see {@link mixSigns}; add `default: {}`): case q sums chunk q's
- * outputs of the order-K mix (transposed when `t`) into `r0 …` (declared and zeroed before, f32), reading term a
- * as `col(a)` once, in order a = 0 … K − 1: `r_j = r_j ± c_a`, the operations of the column form of
- * {@link unrolledMixWgsl}, so the same sums to the bit.
+ * WGSL statements declaring `r0 … r7` (f32, zero) and summing into them the outputs of chunk `q` (a WGSL u32
+ * expression; see {@link mixSigns}) of the order-K mix, transposed where the WGSL u32 `transposeH` is 1, reading term
+ * a as `col(a)` once, in order a = 0 … K − 1: `r_j = r_j ± c_a`, the operations of the column form of
+ * {@link unrolledMixWgsl}, so the same sums to the bit. A `switch` over the chunk (its signs are in the code).
  */
-function chunkSwitchWgsl(K: number, t: boolean, col: (a: number) => string): string {
+function chunkSumsWgsl(K: number, q: string, transposeH: string, col: (a: number) => string): string {
   const { chunkOuts, sign } = mixSigns(K);
-  return Array.from({ length: Math.ceil(K / MIX_CHUNK) }, (_, q) => {
-    const outs = chunkOuts(q);
-    return `case ${q}u: {
+  const cases = (t: boolean) =>
+    Array.from({ length: Math.ceil(K / MIX_CHUNK) }, (_, c) => {
+      const outs = chunkOuts(c);
+      return `case ${c}u: {
           ${Array.from(
             { length: K },
             (_, a) =>
               `{ let c = ${col(a)}; ${outs.map((a2, j) => `r${j} = r${j} ${sign(t, a2, a)} c;`).join(' ')} }`,
           ).join('\n          ')}
         }`;
-  }).join('\n        ');
+    }).join('\n        ');
+  return `${Array.from({ length: MIX_CHUNK }, (_, j) => `var r${j} = 0.0;`).join(' ')}
+    if (${transposeH} == 1u) {
+      switch ${q} {
+        ${cases(true)}
+        default: {}
+      }
+    } else {
+      switch ${q} {
+        ${cases(false)}
+        default: {}
+      }
+    }`;
 }
 
 /**
@@ -510,27 +523,15 @@ function unrolledMixWgsl(K: number, wg: number): string {
         ${outs.map((a2) => `v[${a2}u * mb.P + b] = o${a2} * mb.invSqrtN;`).join(' ')}
       }`;
     }).join('\n      ');
-  // one chunk per invocation: chunk `part` summed into r0 … r7 as the column is read
-  const oneChunk = (t: boolean) => chunkSwitchWgsl(K, t, (a) => `v[${a}u * mb.P + b]`);
   const rs = Array.from({ length: MIX_CHUNK }, (_, j) => j);
+  // (with one chunk per invocation: chunk `part` summed into r0 … r7 as the column is read)
   return `fn mixK${K}(lid: u32, mb: M, transposeH: u32) {
   let lp = firstTrailingBit(mb.P);
   let T = max(1u, ${wg}u >> lp);
   let part = lid >> lp;
   if (mb.P <= ${wg}u && T >= ${nChunks}u) {
     let b = lid & (mb.P - 1u);
-    ${rs.map((j) => `var r${j} = 0.0;`).join(' ')}
-    if (transposeH == 1u) {
-      switch part {
-        ${oneChunk(true)}
-        default: {}
-      }
-    } else {
-      switch part {
-        ${oneChunk(false)}
-        default: {}
-      }
-    }
+    ${chunkSumsWgsl(K, 'part', 'transposeH', (a) => `v[${a}u * mb.P + b]`)}
     workgroupBarrier();
     if (part < ${nChunks}u) {
       let a0 = part * ${MIX_CHUNK}u;
@@ -1928,25 +1929,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   _ = pre[0];
   _ = hkb[0];
   for (var b = lid; b < mb.P; b += ${wg}u) {
-    ${Array.from({ length: MIX_CHUNK }, (_, j) => `var r${j} = 0.0;`).join(' ')}
-    if (u.transposeH == 1u) {
-      switch q {
-        ${chunkSwitchWgsl(K, true, (a) => `x[xo + ${a}u * mb.P + b]`)}
-        default: {}
-      }
-    } else {
-      switch q {
-        ${chunkSwitchWgsl(K, false, (a) => `x[xo + ${a}u * mb.P + b]`)}
-        default: {}
-      }
-    }
+    ${chunkSumsWgsl(K, 'q', 'u.transposeH', (a) => `x[xo + ${a}u * mb.P + b]`)}
     ${unrolled(MIX_CHUNK, (j) => `if (a0 + ${j}u < ${K}u) { v[${j}u * mb.P + b] = r${j} * mb.invSqrtN; }`)}
   }
-  workgroupBarrier();
-  if (rb == 0u) {
-    let oo = r * mb.outStride + mb.outOff + a0 * mb.P;
-    for (var i = lid; i < ng * 8u; i += ${wg}u) { rot[oo + i] = v[i]; }
-  }`
+  workgroupBarrier();`
       : `${
           residual
             ? `// the layer before: h' = h + its rotated output (h at xo: its output offsets are this step's input offsets)
@@ -2006,11 +1992,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       }
       workgroupBarrier();
     }
-  }
-  if (rb == 0u) {
-    let oo = r * mb.outStride + mb.outOff;
-    for (var i = lid; i < mb.n; i += ${wg}u) { rot[oo + i] = v[i]; }
   }`
+  }
+  // x' (with chunks, the chunk's slice) for the Q̂ kernel, by the first workgroup of R̂'s rows
+  if (rb == 0u) {
+    let oo = r * mb.outStride + mb.outOff${chunks ? ' + a0 * mb.P' : ''};
+    for (var i = lid; i < ${chunks ? 'ng * 8u' : 'mb.n'}; i += ${wg}u) { rot[oo + i] = v[i]; }
   }
   var acc = 0.0;
   if (row < sg.k) {
@@ -2047,9 +2034,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
  * input rotation over each block of P, spread over `ceil(K/8)` workgroups along x: workgroup q computes the 8 blocks
  * `8q … 8q + 7` of the result (the outputs of chunk q of the `H_K` mix, {@link MIX_CHUNK}), whose blocks then need
  * no other values, and writes them to `out` (rows of `d.outStride`), from where the down layer's input step
- * ({@link inputProjectionWgsl} in the form `mix` or `chunks`) only mixes. Each workgroup still transforms the whole gate and up
- * vectors (their blocks of P), but mixes only its chunk: the one-launch gate step mixes three whole vectors of
- * K·P values in one workgroup, the serial chain that makes it the decode step's slowest launch. The same operations
+ * ({@link inputProjectionWgsl} in the form `mix` or `chunks`) only mixes. Each workgroup still transforms the whole
+ * gate and up vectors (their blocks of P), but mixes only its chunk: the one-launch gate step mixes three whole
+ * vectors of K·P values in one workgroup, the serial chain that makes it the decode step's slowest launch. The same operations
  * in the same order as that step (bit-identical on SwiftShader, tested). K (the pending rotation's order, written
  * out: at most {@link UNROLLED_MIX_MAX_K}) and P (`s`, a chunk's values in workgroup memory) are the pipeline's;
  * `maxN` sizes `v` (the pending vectors' padded width).
@@ -2058,14 +2045,9 @@ export function gateSliceWgsl(maxN: number, K: number, P: number, wg = WG): stri
   if (K < 2 || K > UNROLLED_MIX_MAX_K)
     throw new CalderaError('E_VALUE', `gateSliceWgsl: H_K order ${K} is not written out`);
   const C = Math.ceil(maxN / wg);
-  const rs = Array.from({ length: MIX_CHUNK }, (_, j) => j);
-  const chunk = (t: boolean) => `switch q {
-        ${chunkSwitchWgsl(K, t, (a) => `v[${a}u * mo.P + b]`)}
-        default: {}
-      }`;
   return /* wgsl */ `
 ${ROTATION_PARAMS}
-struct D { n: u32, nIn: u32, preOff: u32, outStride: u32 }
+struct D { nIn: u32, preOff: u32, outStride: u32, a: u32 }
 @group(0) @binding(1) var<uniform> d: D;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> post: array<f32>;
@@ -2090,12 +2072,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     workgroupBarrier();
     butterflies(lid, mo);
     for (var b = lid; b < mo.P; b += ${wg}u) {
-      ${rs.map((j) => `var r${j} = 0.0;`).join(' ')}
-      if (u.transposeH == 1u) {
-        ${chunk(true)}
-      } else {
-        ${chunk(false)}
-      }
+      ${chunkSumsWgsl(K, 'q', 'u.transposeH', (a) => `v[${a}u * mo.P + b]`)}
       ${unrolled(
         MIX_CHUNK,
         (j) => `if (a0 + ${j}u < ${K}u) {
