@@ -80,23 +80,32 @@ async function collect(it: AsyncIterable<number>): Promise<number[]> {
   return out;
 }
 
-describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () => {
-  const d = dev!;
-  let cdir = '';
+/**
+ * A {@link compressedReference} checkpoint in a temporary directory for the tests of the enclosing `describe`: made
+ * before them, removed after; returns its path (set once the tests run).
+ */
+function compressedReferenceDir(prefix: string): () => string {
+  let dir = '';
   beforeAll(async () => {
-    cdir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-'));
-    await compressedReference(cdir);
+    dir = await mkdtemp(join(tmpdir(), prefix));
+    await compressedReference(dir);
   });
   afterAll(async () => {
-    if (cdir) await rm(cdir, { recursive: true, force: true });
+    if (dir) await rm(dir, { recursive: true, force: true });
   });
+  return () => dir;
+}
+
+describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () => {
+  const d = dev!;
+  const cdir = compressedReferenceDir('caldera-webgpu-');
 
   for (const kind of [
     'dense f16 reference model',
     'compressed reference model (blocks 0 and 3 CALDERA, block 3 fine-tuned: LoRA + continuous signs)',
   ] as const)
     it(`${kind}: logits of a prompt and 12 greedy tokens equal runtime-node's`, async () => {
-      const dir = kind.startsWith('dense') ? REF : cdir;
+      const dir = kind.startsWith('dense') ? REF : cdir();
       let plan: MemoryPlan | undefined;
       const { model, calderaMeta, linearBitsPerWeight } = await loadModel(d, dir, {
         contextLength: 64,
@@ -420,8 +429,8 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
     // 1 lane per row (32 lanes and the global-memory rotation: the Qwen2-style test above; too slow on SwiftShader here)
     const opts = { lanes: 1 as const };
     // the compressed reference: dense blocks, CALDERA blocks and a fine-tuned CALDERA block
-    const batched = await loadModel(d, cdir, { contextLength: 32, prefillChunk: 4, ...opts });
-    const single = await loadModel(d, cdir, { contextLength: 32, prefillChunk: 1, ...opts });
+    const batched = await loadModel(d, cdir(), { contextLength: 32, prefillChunk: 4, ...opts });
+    const single = await loadModel(d, cdir(), { contextLength: 32, prefillChunk: 1, ...opts });
     const m = batched.model;
     const tokens = [...PROMPT, 1500, 3, 3, 77, 2047, 640]; // 11 tokens: batches of 4, 4, 3
     const V = 2048;
@@ -448,7 +457,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
       expect(greedy).toBe(row2.indexOf(Math.max(...row2)));
       await expect(m.stepBatch(tokens.slice(0, 5), 'none')).rejects.toMatchObject({ code: 'E_VALUE' });
       // and the batched model still matches runtime-node (f32 both sides, different summation order: see above)
-      const cpu = (await node.loadModel(cdir)).model;
+      const cpu = (await node.loadModel(cdir())).model;
       expect(relErr(await (m.reset(), m.forward(tokens)), cpu.forward(tokens))).toBeLessThan(1e-4);
     } finally {
       m.dispose();
@@ -563,25 +572,18 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
 const LAVAPIPE_MODEL_TIMEOUT = 400_000;
 
 describe.skipIf(!f16dev)(gpuTitle('WebGpuModel with packed-f16 Q̂ products', f16reason), () => {
-  let dir = '';
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-f16-'));
-    await compressedReference(dir);
-  });
-  afterAll(async () => {
-    if (dir) await rm(dir, { recursive: true, force: true });
-  });
+  const fdir = compressedReferenceDir('caldera-webgpu-f16-');
 
   it(
     "the compressed reference model with f16 Q̂ products in decode: logits within 2e-3 of runtime-node's, its greedy tokens and perplexity; f16: false gives f32 logits; 4 rows per lane the same logits in either form",
     async () => {
       const d = f16dev!;
-      const cpu = (await node.loadModel(dir)).model;
+      const cpu = (await node.loadModel(fdir())).model;
       const want = cpu.forward(PROMPT);
       const c = await collect(node.generate(cpu, PROMPT, { maxTokens: 12 }));
       for (const f16 of [true, false]) {
         // prefillChunk 1: every prompt token runs the decode program, where the f16 kernel is used
-        const { model } = await loadModel(d, dir, { contextLength: 64, lanes: 32, prefillChunk: 1, f16 });
+        const { model } = await loadModel(d, fdir(), { contextLength: 64, lanes: 32, prefillChunk: 1, f16 });
         try {
           const q = model.launchLabels.filter((l) => l.startsWith('e8p ') && l.includes(' k='));
           // Q̂ of q/k/v, o, gate/up and down in blocks 0 and 3
@@ -601,7 +603,7 @@ describe.skipIf(!f16dev)(gpuTitle('WebGpuModel with packed-f16 Q̂ products', f1
             // 4 rows per lane where the segments allow (forced: these layers are too small for the f16 form's
             // default, and the f32 form's is one) change which lane computes a row, not its sums: the same logits to
             // the bit, in either form
-            const { model: rows4 } = await loadModel(d, dir, {
+            const { model: rows4 } = await loadModel(d, fdir(), {
               contextLength: 64,
               lanes: 32,
               prefillChunk: 1,
@@ -634,8 +636,8 @@ describe.skipIf(!f16dev)(gpuTitle('WebGpuModel with packed-f16 Q̂ products', f1
   it(
     "one-workgroup kernels of 1024 invocations (lavapipe allows them, SwiftShader 256): logits within f32 rounding of runtime-node's",
     async () => {
-      const want = (await node.loadModel(dir)).model.forward(PROMPT);
-      const { model: wide } = await loadModel(f16dev!, dir, {
+      const want = (await node.loadModel(fdir())).model.forward(PROMPT);
+      const { model: wide } = await loadModel(f16dev!, fdir(), {
         contextLength: 64,
         lanes: 32,
         prefillChunk: 1,
