@@ -29,7 +29,10 @@
  *   full run, none on a CPU adapter or with `--quick`; `--random-model tiny|1b|none` overrides.
  * `--quick`: 16 decoded tokens instead of 64, a 32-token prompt instead of 128, a quarter of the roofline bytes.
  * `--lanes 1|32`: lanes per row of the matrix kernels instead of the adapter's default; `--vector-workgroup N`,
- * `--rows-per-lane N`, `--max-local-hadamard N`: those loader options for every model (./loader-flags.ts).
+ * `--rows-per-lane N`, `--max-local-hadamard N`, `--gate-step FORM`: those loader options for every model
+ * (./loader-flags.ts); `--tune`: each random model tunes its kernel choice on the device first
+ * (`WebGpuModel.tuneKernels`, from those options), reported in its refs (`tuned_choice`, `tuned_step_ms`,
+ * `untuned_step_ms`, `tuning_candidates`).
  * Without a GPU (SwiftShader) the numbers are only a record. `CALDERA_DAWN_TOGGLES=vulkan_enable_f16_on_nvidia` lets
  * Dawn offer `shader-f16` on NVIDIA's Vulkan driver, where it is off by default (driver bugs; the decode's agreement
  * with runtime-node still checks the tokens).
@@ -51,7 +54,7 @@ import {
 } from '@caldera/core';
 import { caldera, calderaCheckpointMeta, toCheckpointTensors } from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
-import { generate, loadModel, perplexity, type WebGpuModel } from '../src/index.js';
+import { generate, loadModel, perplexity, type TuneReport, type WebGpuModel } from '../src/index.js';
 import { nodeDevice } from '../src/testing/gpu.js';
 import { parameterCount, SHAPES, writeRandomCalderaModel, writeRandomF16Model } from './random-model.js';
 import { measureDispatchCost } from './dispatch.js';
@@ -75,9 +78,23 @@ if (lanesAt >= 0 && lanesArg !== '1' && lanesArg !== '32') {
 const lanes = lanesArg === undefined ? {} : { lanes: Number(lanesArg) as 1 | 32 };
 // kernel choices of every model (default: the adapter's; see ./loader-flags.ts)
 const modelKernels = { ...lanes, ...loaderFlagOptions(process.argv) };
+// --tune: each random model times kernel choices on the device (WebGpuModel.tuneKernels) before its decode is measured
+const tune = process.argv.includes('--tune');
 const TOKENS = quick ? 16 : 64;
 const PROMPT = [0, 17, 250, 1033, 5];
 const REF = fileURLToPath(new URL('../../reference-model/model/', import.meta.url));
+
+/** The refs of a tuned model: the choice it decoded with, its step time, and the loader's choice's. */
+function tunedRefs(t: TuneReport | null): Record<string, unknown> {
+  return t
+    ? {
+        tuned_choice: t.choice,
+        tuned_step_ms: r4(t.stepMs),
+        untuned_step_ms: r4(t.initial.stepMs),
+        tuning_candidates: t.tried.length,
+      }
+    : {};
+}
 
 /** A measurement to 4 significant digits. */
 const r4 = (v: number) => Number(v.toPrecision(4));
@@ -314,6 +331,7 @@ try {
         bits: number;
         launches: number;
         f16: boolean;
+        tuned: TuneReport | null;
       }
     > = {};
     for (const kind of ['f16', 'caldera'] as const) {
@@ -329,6 +347,8 @@ try {
           ...(name === 'caldera-f32' ? { f16: false } : {}),
         });
         const prompt = PROMPT.map((t) => t % shape.vocab);
+        // --tune: the kernel choice timed on this device first (each model its own; not the f32-products rerun)
+        const tuned = tune && name !== 'caldera-f32' ? await model.tuneKernels() : null;
         const { tokS, oneAtATimeTokS } = await decodeRate(model, prompt);
         const ppl = name === 'caldera-f32' ? null : await perplexityRates(model, quick ? 64 : 256);
         rates[name] = {
@@ -340,6 +360,7 @@ try {
           bits: linearBitsPerWeight,
           launches: model.dispatchesPerToken,
           f16: model.f16Products,
+          tuned,
         };
         model.dispose();
       }
@@ -355,6 +376,7 @@ try {
       weight_bytes: f.bytes,
       dispatches_per_token: f.launches,
       launch_bound_tok_s: r4(launchFloor(f.launches)),
+      ...tunedRefs(f.tuned),
       ...common,
     });
     emit(`webgpu_decode_random_${shapeName}_caldera_tok_s`, c.tokS, 'tok/s', {
@@ -372,6 +394,7 @@ try {
       q_products: c.f16 ? 'f16' : 'f32',
       ...(rates['caldera-f32'] ? { f32_products_tok_s: r4(rates['caldera-f32'].tokS) } : {}),
       rank: 64,
+      ...tunedRefs(c.tuned),
       ...common,
     });
   }

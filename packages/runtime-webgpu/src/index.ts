@@ -25,10 +25,12 @@ export {
   type BatchOutput,
   type GpuBlockWeights,
   type GpuModelWeights,
+  type KernelChoice,
   type SequenceClaim,
   type StepOutput,
   type WebGpuModelOptions,
 } from './model.js';
+export type { TunedCandidate, TuneOptions, TuneProgress, TuneReport } from './tune.js';
 /** Option types of {@link WebGpuModelOptions} (the kernels' `lanes`, `rowsPerLane` and `gateStep`). */
 export type { RowsPerLane, Lanes, GateStep } from './kernels/index.js';
 export {

@@ -39,6 +39,15 @@ import {
   type ScratchNeeds,
 } from './linear.js';
 import { checkCapacity, prefillThrough } from './prefill.js';
+import {
+  checkTuneOptions,
+  defaultTuningAxes,
+  searchKernelChoices,
+  type Axis,
+  type ChoiceRunner,
+  type TuneOptions,
+  type TuneReport,
+} from './tune.js';
 import { checkDeviceArgument } from './args.js';
 
 /** One transformer block's weights on the GPU. */
@@ -104,6 +113,77 @@ export interface WebGpuModelOptions {
    * rows. Default `min(32, contextLength)`; 1 makes prefill token by token.
    */
   prefillChunk?: number;
+}
+
+/**
+ * The options of {@link WebGpuModelOptions} that choose kernel forms: how the same model is computed, not what
+ * (outputs within f32 rounding of each other; with `f16`, packed-f16 products). See {@link WebGpuModel.tuneKernels}.
+ */
+export type KernelChoice = Pick<
+  WebGpuModelOptions,
+  'lanes' | 'maxLocalHadamard' | 'f16' | 'rowsPerLane' | 'vectorWorkgroup' | 'gateStep'
+>;
+
+/** The keys of {@link KernelChoice}. */
+export const KERNEL_CHOICE_KEYS = [
+  'lanes',
+  'maxLocalHadamard',
+  'f16',
+  'rowsPerLane',
+  'vectorWorkgroup',
+  'gateStep',
+] as const satisfies readonly (keyof KernelChoice)[];
+
+/** The kernel choice in `options`: its {@link KERNEL_CHOICE_KEYS} that are set (not checked here: Kernels checks them). */
+export function kernelChoiceOf(options: WebGpuModelOptions): KernelChoice {
+  const out: Record<string, unknown> = {};
+  for (const key of KERNEL_CHOICE_KEYS) if (options[key] !== undefined) out[key] = options[key];
+  return out as KernelChoice;
+}
+
+type LinearContextOf = ReturnType<typeof createLinearContext>;
+
+/**
+ * What a model runs with one kernel choice: the kernels (pipelines and uniforms), the linear context over them
+ * (scratch buffers, tables) and the launch lists recorded from them.
+ */
+interface Programs {
+  kernels: Kernels;
+  ctx: LinearContextOf;
+  /**
+   * Embedding and blocks (and the final norm when the last block's output rotation computes it); then `head`: the
+   * final norm otherwise, LM head, argmax. One token (decode).
+   */
+  program: Dispatch[];
+  head: Dispatch[];
+  /** The final norm (unless computed in the program) and the LM head, then each row's NLL of its target. */
+  score: Dispatch[];
+  /** The same for batches of tokens, with row-tiled matrix kernels (prefill); the decode lists when the chunk is 1. */
+  batchProgram: Dispatch[];
+  batchHead: Dispatch[];
+  batchScore: Dispatch[];
+}
+
+/** Destroy what {@link Programs} created (its kernels' uniforms, the context's buffers); the model's stay. */
+function disposePrograms(p: Programs | undefined): void {
+  p?.ctx.dispose();
+  p?.kernels.dispose();
+}
+
+/** The model's activation buffers (T rows each), KV caches and RoPE table, which every {@link Programs} uses. */
+interface ModelBuffers {
+  x: GPUBuffer;
+  x2: GPUBuffer;
+  h: GPUBuffer;
+  q: GPUBuffer;
+  k: GPUBuffer;
+  v: GPUBuffer;
+  att: GPUBuffer;
+  g: GPUBuffer;
+  u: GPUBuffer;
+  scores: GPUBuffer;
+  caches: { k: GPUBuffer; v: GPUBuffer }[];
+  cs: GPUBuffer;
 }
 
 /**
@@ -215,26 +295,19 @@ export class WebGpuModel {
   readonly cacheBytes: number;
   /** Tokens per pass at most (prefill batch). */
   readonly prefillChunk: number;
-  private readonly kernels: Kernels;
-  /**
-   * Embedding and blocks (and the final norm when the last block's output rotation computes it); then {@link head}:
-   * the final norm otherwise, LM head, argmax. One token (decode).
-   */
-  private readonly program: Dispatch[];
-  private readonly head: Dispatch[];
-  /** The final norm (unless computed in the program) and the LM head, then each row's NLL of its target. */
-  private readonly score: Dispatch[];
-  /** The same for batches of tokens, with row-tiled matrix kernels (prefill); the decode lists when the chunk is 1. */
-  private readonly batchProgram: Dispatch[];
-  private readonly batchHead: Dispatch[];
-  private readonly batchScore: Dispatch[];
+  /** The kernels, linear context and launch lists in use (see {@link Programs}); replaced by {@link tuneKernels}. */
+  private programs: Programs;
+  /** The activation buffers, KV caches and RoPE table the launch lists read and write. */
+  private readonly bufs: ModelBuffers;
+  /** Scratch the linear context needs (from the weights), and activation rows of every buffer. */
+  private readonly needs: ScratchNeeds;
+  private readonly rows: number;
   private readonly tokensBuf: GPUBuffer;
   /** Per row of a scored pass: the token whose NLL it gives (u32), and that NLL (f32). */
   private readonly targetsBuf: GPUBuffer;
   private readonly nllBuf: GPUBuffer;
   private readonly readNll: GPUBuffer;
   private readonly owned: GPUBuffer[] = [];
-  private readonly ctx: ReturnType<typeof createLinearContext>;
   private readonly stepBuf: GPUBuffer;
   private readonly logitsBuf: GPUBuffer;
   private readonly argmaxBuf: GPUBuffer;
@@ -290,18 +363,9 @@ export class WebGpuModel {
     this.contextLength = cap;
     this.prefillChunk = prefillChunkOf(options, cap);
     const T = activationRowsOf(options, cap);
-    this.kernels = new Kernels(dev, {
-      // checked by Kernels (E_VALUE naming the option): lanes 1 or 32, maxLocalHadamard an integer ≥ 16
-      ...(options.lanes !== undefined ? { lanes: options.lanes } : {}),
-      ...(options.maxLocalHadamard !== undefined ? { maxLocalHadamard: options.maxLocalHadamard } : {}),
-      ...(options.f16 !== undefined ? { f16: options.f16 } : {}),
-      ...(options.rowsPerLane !== undefined ? { rowsPerLane: options.rowsPerLane } : {}),
-      ...(options.vectorWorkgroup !== undefined ? { vectorWorkgroup: options.vectorWorkgroup } : {}),
-      ...(options.gateStep !== undefined ? { gateStep: options.gateStep } : {}),
-    });
+    const choice = kernelChoiceOf(options);
     // everything allocated from here on is destroyed again when construction fails (the weights stay the caller's)
     try {
-      const K = this.kernels;
       const buf = (n: number, label: string) => {
         const b = scratchBuffer(dev, n * 4, label);
         this.owned.push(b);
@@ -367,8 +431,47 @@ export class WebGpuModel {
           if (lin instanceof GpuCalderaLinear)
             for (const key of Object.keys(needs) as (keyof ScratchNeeds)[])
               needs[key] = Math.max(needs[key], lin.needs[key]);
-      this.ctx = createLinearContext(dev, K, needs, T);
-      const ctx = this.ctx;
+      this.needs = needs;
+      this.rows = T;
+      this.bufs = { x, x2, h, q, k, v, att, g, u, scores, caches, cs };
+      this.programs = this.record(choice);
+
+      let wb = weights.embed.buffer.size + weights.norm.size;
+      if (weights.head !== weights.embed) wb += weights.head.buffer.size;
+      for (const blk of weights.blocks) {
+        wb += blk.inputNorm.size + blk.postAttnNorm.size;
+        for (const lin of [blk.q, blk.k, blk.v, blk.o, blk.gate, blk.up, blk.down]) wb += lin.gpuBytes;
+      }
+      this.weightBytes = wb;
+    } catch (e) {
+      this.destroyOwn();
+      throw e;
+    }
+  }
+
+  /**
+   * Kernels of `choice` (`E_VALUE` naming an option outside its values), the linear context over them and the launch
+   * lists of a token and of a batch, over the model's buffers and weights (`E_SHAPE` for a layer whose shape the
+   * config does not give). A failure destroys what it created.
+   */
+  private record(choice: KernelChoice): Programs {
+    const { dev, config: cfg, weights } = this;
+    const {
+      hiddenSize: d,
+      intermediateSize: I,
+      vocabSize: V,
+      numHeads: H,
+      numKvHeads: KV,
+      headDim: hd,
+    } = cfg;
+    const kw = KV * hd;
+    const cap = this.contextLength;
+    const { x, x2, h, q, k, v, att, g, u, scores, caches, cs } = this.bufs;
+    // checked by Kernels (E_VALUE naming the option)
+    const K = new Kernels(dev, choice);
+    let made: LinearContextOf | undefined;
+    try {
+      const ctx = (made = createLinearContext(dev, K, this.needs, this.rows));
       const check = (lin: GpuLinear, name: string, n: number, m: number) => {
         if (lin.inFeatures !== n || lin.outFeatures !== m)
           throw new CalderaError(
@@ -376,8 +479,7 @@ export class WebGpuModel {
             `${name}: layer is ${lin.outFeatures}×${lin.inFeatures}, the config needs ${m}×${n}`,
           );
       };
-
-      const record = (tile: number): { program: Dispatch[]; head: Dispatch[]; score: Dispatch[] } => {
+      const lists = (tile: number): { program: Dispatch[]; head: Dispatch[]; score: Dispatch[] } => {
         const p: Dispatch[] = [K.embed(this.tokensBuf, weights.embed, x)];
         // where the residual stream is; the output rotation of the last residual branch, and of gate and up, when still
         // pending (finished by the next layers' input step when they can, else run first)
@@ -476,24 +578,19 @@ export class WebGpuModel {
           score: [...logits, K.nll(this.logitsBuf, this.targetsBuf, this.nllBuf, V)],
         };
       };
-      ({ program: this.program, head: this.head, score: this.score } = record(1));
-      ({
-        program: this.batchProgram,
-        head: this.batchHead,
-        score: this.batchScore,
-      } = this.prefillChunk > 1
-        ? record(Math.min(PREFILL_ROW_TILE, T))
-        : { program: this.program, head: this.head, score: this.score });
-
-      let wb = weights.embed.buffer.size + weights.norm.size;
-      if (weights.head !== weights.embed) wb += weights.head.buffer.size;
-      for (const blk of weights.blocks) {
-        wb += blk.inputNorm.size + blk.postAttnNorm.size;
-        for (const lin of [blk.q, blk.k, blk.v, blk.o, blk.gate, blk.up, blk.down]) wb += lin.gpuBytes;
-      }
-      this.weightBytes = wb;
+      const one = lists(1);
+      const batch = this.prefillChunk > 1 ? lists(Math.min(PREFILL_ROW_TILE, this.rows)) : one;
+      return {
+        kernels: K,
+        ctx,
+        ...one,
+        batchProgram: batch.program,
+        batchHead: batch.head,
+        batchScore: batch.score,
+      };
     } catch (e) {
-      this.destroyOwn();
+      made?.dispose();
+      K.dispose();
       throw e;
     }
   }
@@ -510,17 +607,140 @@ export class WebGpuModel {
 
   /** Kernel launches per token. */
   get dispatchesPerToken(): number {
-    return this.program.length + this.head.length;
+    return this.programs.program.length + this.programs.head.length;
   }
 
   /** What each of a token's kernel launches does (their labels, in order; e.g. `e8p 768x256 k=8 f16`). */
   get launchLabels(): readonly string[] {
-    return [...this.program, ...this.head].map((d) => d.label);
+    return [...this.programs.program, ...this.programs.head].map((d) => d.label);
   }
 
   /** Whether decoding computes E8P products in packed f16 (see {@link WebGpuModelOptions.f16}) in any launch. */
   get f16Products(): boolean {
-    return this.program.some((d) => d.f16Products === true);
+    return this.programs.program.some((d) => d.f16Products === true);
+  }
+
+  /**
+   * The kernel choice this model runs, every option resolved (what the defaults chose where the loader's options left
+   * it unset; `rowsPerLane` only when set): JSON, which the loaders take as options.
+   */
+  get kernelChoice(): KernelChoice {
+    const k = this.programs.kernels;
+    return {
+      lanes: k.lanes,
+      maxLocalHadamard: k.maxLocalHadamard,
+      f16: k.f16,
+      ...(k.rowsPerLane !== null ? { rowsPerLane: k.rowsPerLane } : {}),
+      vectorWorkgroup: k.vectorWorkgroup,
+      gateStep: k.gateStep,
+    };
+  }
+
+  /**
+   * Time kernel choices on this device and keep the fastest: see {@link TuneOptions} (default: a coordinate search
+   * over lanes per row, the one-workgroup kernels' invocations, rows per lane and the gate step's form, from the
+   * model's choice). Each candidate's programs are built over the model's weights and buffers (no reload), run one
+   * decode step whose logits must agree with the model's within 1 % of their scale (kernel choices reorder f32 sums,
+   * about 1e-6 of the scale; packed-f16 products about 1e-3; a kernel the device miscompiles or fails, far more)
+   * with no WebGPU error, and are timed in alternation with the best so far: the GPU time of decode steps submitted
+   * together at the next position (the host's share is the same for every choice). Returns what it found; the model
+   * runs {@link TuneReport.choice} from then on, its sequence unchanged (the timed steps write only the next
+   * position's keys and values, which the next token's pass overwrites; an operation suspended meanwhile, such as a
+   * generation, fails at its next token as after any other call). Pass the choice to the loader next time to skip
+   * tuning. `E_VALUE` for options outside their values, while a step runs, or when the KV cache is full;
+   * `E_ABORTED` (the model keeping its choice) when `signal` fires; `E_DEVICE` when the device is lost.
+   */
+  async tuneKernels(options: TuneOptions = {}): Promise<TuneReport> {
+    options ??= {}; // from JavaScript: null options are none
+    this.checkIdle('tuneKernels');
+    checkDeviceAlive(this.dev, 'WebGpuModel');
+    checkTuneOptions(options, this.dev);
+    if (this.pos >= this.contextLength)
+      throw new CalderaError(
+        'E_VALUE',
+        `tuneKernels: the KV cache is full (${this.contextLength} tokens); it times steps at the next position: ` +
+          'truncate() first',
+      );
+    const dev = this.dev.device;
+    const V = this.config.vocabSize;
+    this.busy = true;
+    this.revision++;
+    this.lastPass = null;
+    this.stagedBy.delete(this.readLogits);
+    try {
+      dev.queue.writeBuffer(this.tokensBuf, 0, Uint32Array.of(this.history[this.pos - 1] ?? 0));
+      dev.queue.writeBuffer(this.stepBuf, 0, Uint32Array.of(this.pos, this.pos + 1, 0, 0));
+      const step = (p: Programs) => [...p.program, ...p.head];
+      const stepLogits = async (p: Programs): Promise<Float32Array> => {
+        const enc = dev.createCommandEncoder();
+        encodeDispatches(enc, step(p));
+        enc.copyBufferToBuffer(this.logitsBuf, 0, this.readLogits, 0, V * 4);
+        dev.queue.submit([enc.finish()]);
+        try {
+          await this.readLogits.mapAsync(MAP_READ_MODE, 0, V * 4);
+        } catch (e) {
+          throw this.readbackError(e);
+        }
+        try {
+          return new Float32Array(this.readLogits.getMappedRange(0, V * 4).slice(0));
+        } finally {
+          this.readLogits.unmap();
+        }
+      };
+      const reference = await stepLogits(this.programs);
+      const scale = reference.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+      const scopes = ['validation', 'out-of-memory', 'internal'] as const;
+      const runner: ChoiceRunner<Programs> = {
+        build: async (choice) => {
+          for (const scope of scopes) dev.pushErrorScope(scope);
+          let programs: Programs | undefined;
+          let why: string | null = null;
+          try {
+            programs = this.record(choice);
+            const logits = await stepLogits(programs);
+            let diff = 0;
+            for (let i = 0; i < V; i++) diff = Math.max(diff, Math.abs(logits[i]! - reference[i]!));
+            // NaN compares false: a NaN logit is a disagreement too
+            if (!(diff <= 0.01 * scale))
+              why = `its logits differ from the model's by ${diff.toPrecision(3)} (scale ${scale.toPrecision(3)})`;
+          } catch (e) {
+            why = (e as Error).message;
+          }
+          for (const _ of scopes) {
+            const error = await dev.popErrorScope();
+            if (error) why ??= `WebGPU error: ${error.message}`;
+          }
+          checkDeviceAlive(this.dev, 'WebGpuModel');
+          if (why === null) return programs!;
+          disposePrograms(programs);
+          return { rejected: why };
+        },
+        time: async (p, steps) => {
+          const enc = dev.createCommandEncoder();
+          const list = step(p);
+          for (let i = 0; i < steps; i++) encodeDispatches(enc, list);
+          const t = performance.now();
+          dev.queue.submit([enc.finish()]);
+          await dev.queue.onSubmittedWorkDone();
+          return (performance.now() - t) / 1000;
+        },
+        labels: (p) => step(p).map((d) => d.label),
+        dispose: disposePrograms,
+      };
+      const axes: Axis[] = options.candidates
+        ? [{ name: 'candidates', candidates: () => [...options.candidates!] }]
+        : defaultTuningAxes(this.dev);
+      const start = { choice: this.kernelChoice, programs: this.programs };
+      const { programs, report } = await searchKernelChoices(runner, start, axes, options);
+      if (programs !== this.programs) {
+        const old = this.programs;
+        this.programs = programs;
+        disposePrograms(old);
+      }
+      return report;
+    } finally {
+      this.busy = false;
+    }
   }
 
   /** Forget the sequence: the next token is at position 0. */
@@ -712,8 +932,11 @@ export class WebGpuModel {
     if (ids === 'previous') enc.copyBufferToBuffer(this.argmaxBuf, 0, this.tokensBuf, 0, 4);
     else dev.queue.writeBuffer(this.tokensBuf, 0, ids);
     dev.queue.writeBuffer(this.stepBuf, 0, Uint32Array.of(this.pos, this.pos + T, 0, 0));
+    const lists = this.programs;
     const [prog, head, score] =
-      T === 1 ? [this.program, this.head, this.score] : [this.batchProgram, this.batchHead, this.batchScore];
+      T === 1
+        ? [lists.program, lists.head, lists.score]
+        : [lists.batchProgram, lists.batchHead, lists.batchScore];
     encodeDispatches(enc, output === 'none' ? prog : [...prog, ...(output === 'nll' ? score : head)], T);
     const serial = ++this.passes;
     let staging: GPUBuffer | null = null;
@@ -837,13 +1060,12 @@ export class WebGpuModel {
   /**
    * Destroy the buffers the model allocated itself (activations, KV cache, uniforms, the linear context's scratch and
    * tables, the kernels' uniforms), not its weights: {@link dispose}, and a constructor that fails part way (then
-   * `ctx` may not exist yet).
+   * `programs` may not exist yet).
    */
   private destroyOwn(): void {
     for (const b of this.owned) b.destroy();
     this.owned.length = 0;
-    (this.ctx as typeof this.ctx | undefined)?.dispose();
-    this.kernels.dispose();
+    disposePrograms(this.programs as Programs | undefined);
   }
 
   /** Free every GPU buffer of the model (weights, cache, uniforms). The device is not destroyed. */

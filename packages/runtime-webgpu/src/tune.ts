@@ -1,0 +1,306 @@
+/**
+ * Choosing kernel forms by timing them on the device at hand ({@link WebGpuModel.tuneKernels}): which input-step
+ * workgroup size, rows per lane or gate-step form is fastest differs between GPUs (and from CPU adapters), and only a
+ * measurement on the device says which. The search is a coordinate descent: from the model's choice, each axis
+ * (one option) in turn tries its other values, each timed against the best so far in alternation, and keeps a value
+ * that is faster by more than a margin. Pure over a {@link ChoiceRunner}; the model supplies the GPU side.
+ */
+import { assertFunction, CalderaError, shownValue, throwIfAborted } from '@caldera/core';
+import type { CalderaDevice } from './device.js';
+import {
+  checkGateStep,
+  checkLanes,
+  checkMaxLocalHadamard,
+  checkRowsPerLane,
+  checkVectorWorkgroup,
+} from './kernels/index.js';
+import type { KernelChoice } from './model.js';
+
+/** Options of {@link WebGpuModel.tuneKernels}. */
+export interface TuneOptions {
+  /**
+   * The choices to time, each against the best so far (the model's own first); default: a coordinate search over
+   * lanes per row, the one-workgroup kernels' invocations, rows per lane and the gate step's form (`defaultTuningAxes`),
+   * which leaves `f16` (a precision choice) and `maxLocalHadamard` as they are. Each is checked as the loader
+   * checks these options (`E_VALUE`) before anything runs.
+   */
+  candidates?: readonly KernelChoice[];
+  /** Milliseconds the model's own choice runs untimed first, so that a GPU leaves its idle clocks. Default 500. */
+  warmUpMs?: number;
+  /** Each timing runs enough decode steps to take at least this long (ms). Default 50. */
+  minTimingMs?: number;
+  /** Timings of a candidate and of the best so far, alternating; the least of each is compared. Default 3. */
+  repeats?: number;
+  /** A candidate replaces the best only when its step time is less than `(1 − margin)` times the best's. Default 0.02. */
+  margin?: number;
+  /** Checked between timings: `E_ABORTED`, the model left with the choice it had. */
+  signal?: AbortSignal;
+  /** Called after each candidate is timed (or rejected). */
+  onProgress?: (e: TuneProgress) => void;
+}
+
+/** One candidate's outcome, as {@link TuneOptions.onProgress} reports it and {@link TuneReport.tried} lists it. */
+export interface TunedCandidate {
+  choice: KernelChoice;
+  /** Its decode step time in milliseconds (the least of its timings); null when rejected. */
+  stepMs: number | null;
+  /** The best choice's step time in the same alternation. */
+  againstMs: number | null;
+  /** Why it was not timed: its launches failed on the device, or its logits disagreed with the model's. */
+  rejected?: string;
+  /** Whether it became the best. */
+  adopted: boolean;
+}
+
+/** Progress of a tuning run. */
+export interface TuneProgress extends TunedCandidate {
+  /** Candidates done so far (this one included). */
+  done: number;
+}
+
+/** What {@link WebGpuModel.tuneKernels} found. */
+export interface TuneReport {
+  /** The choice the model runs from now on: pass it to the loader (it is JSON) to start from it without tuning. */
+  choice: KernelChoice;
+  /** Its decode step time (ms), in its last alternation. */
+  stepMs: number;
+  /** The model's choice before tuning and its step time in the first timing. */
+  initial: { choice: KernelChoice; stepMs: number };
+  /** Every candidate, in the order tried. */
+  tried: TunedCandidate[];
+  /** Decode steps per timing. */
+  stepsPerTiming: number;
+}
+
+/** The GPU side of a search: programs built for a choice, checked, timed and destroyed. */
+export interface ChoiceRunner<P> {
+  /**
+   * Programs for `choice`, built and run for one step: them, or why not (refused by the kernels, failed on the
+   * device, or logits that disagree with the model's), having destroyed what it built.
+   */
+  build(choice: KernelChoice): Promise<P | { rejected: string }>;
+  /** Seconds for `steps` decode steps of `p`, submitted together. */
+  time(p: P, steps: number): Promise<number>;
+  /** Launch labels of `p`'s decode step (a candidate with the same launches as the best is not timed; see {@link Axis}). */
+  labels(p: P): readonly string[];
+  dispose(p: P): void;
+}
+
+/**
+ * One axis of the search: from the best choice so far, the candidates to try. With `sameLaunchesAreSame`, a candidate
+ * whose decode step records the same launches as the best's computes the same (the option applies to no layer of
+ * this model) and is skipped untimed.
+ */
+export interface Axis {
+  name: string;
+  candidates(best: KernelChoice): KernelChoice[];
+  sameLaunchesAreSame?: boolean;
+}
+
+const GATE_STEPS = ['fused', 'split', 'chunked'] as const;
+
+/**
+ * The default axes, in search order: `lanes` (the other of 1 and 32, unless packed-f16 products need 32), then
+ * `vectorWorkgroup` (every power of two from 64 to the device's limit, at most 1024), `rowsPerLane` (chosen per launch,
+ * 1, 2, 4; with 32 lanes) and `gateStep` (the three forms; skipped untimed where the model has no gate step they
+ * change).
+ */
+export function defaultTuningAxes(dev: CalderaDevice): Axis[] {
+  const most = Math.min(1024, dev.maxWorkgroupInvocations);
+  const sizes: number[] = [];
+  for (let n = 64; n <= most; n *= 2) sizes.push(n);
+  const without = (c: KernelChoice, key: keyof KernelChoice): KernelChoice => {
+    const out = { ...c };
+    delete out[key];
+    return out;
+  };
+  return [
+    {
+      name: 'lanes',
+      candidates: (b) => (b.f16 ? [] : [{ ...without(b, 'rowsPerLane'), lanes: b.lanes === 1 ? 32 : 1 }]),
+    },
+    {
+      name: 'vectorWorkgroup',
+      candidates: (b) =>
+        sizes.filter((n) => n !== b.vectorWorkgroup).map((n) => ({ ...b, vectorWorkgroup: n })),
+    },
+    {
+      name: 'rowsPerLane',
+      candidates: (b) =>
+        b.lanes !== 32
+          ? []
+          : [
+              without(b, 'rowsPerLane'),
+              ...([1, 2, 4] as const).map((r) => ({ ...b, rowsPerLane: r })),
+            ].filter((c) => c.rowsPerLane !== b.rowsPerLane),
+    },
+    {
+      name: 'gateStep',
+      candidates: (b) =>
+        GATE_STEPS.filter((f) => f !== (b.gateStep ?? 'fused')).map((f) => ({ ...b, gateStep: f })),
+      sameLaunchesAreSame: true,
+    },
+  ];
+}
+
+/** A key equal for equal choices (options in a fixed order; unset ones left out). */
+export function choiceKey(c: KernelChoice): string {
+  return (['lanes', 'maxLocalHadamard', 'f16', 'rowsPerLane', 'vectorWorkgroup', 'gateStep'] as const)
+    .filter((k) => c[k] !== undefined)
+    .map((k) => `${k}=${String(c[k])}`)
+    .join(',');
+}
+
+/**
+ * `E_VALUE` naming the option for tuning options outside their values, and for a candidate the kernels would refuse
+ * on `dev` (checked as the loader checks them).
+ */
+export function checkTuneOptions(options: TuneOptions, dev: CalderaDevice): void {
+  const fn = 'tuneKernels';
+  const positive = (
+    name: 'warmUpMs' | 'minTimingMs' | 'repeats' | 'margin',
+    zeroOk: boolean,
+    below?: number,
+  ) => {
+    const v = options[name];
+    if (v === undefined) return;
+    const ok =
+      typeof v === 'number' &&
+      Number.isFinite(v) &&
+      (zeroOk ? v >= 0 : v > 0) &&
+      (below === undefined || v < below) &&
+      (name !== 'repeats' || Number.isInteger(v));
+    if (!ok) throw new CalderaError('E_VALUE', `${fn}: ${name} out of range, got ${shownValue(v)}`);
+  };
+  positive('warmUpMs', true);
+  positive('minTimingMs', true);
+  positive('repeats', false);
+  positive('margin', true, 1);
+  if (options.onProgress !== undefined) assertFunction(options.onProgress, fn, 'onProgress');
+  if (options.candidates !== undefined) {
+    if (!Array.isArray(options.candidates))
+      throw new CalderaError('E_VALUE', `${fn}: candidates must be an array of kernel choices`);
+    options.candidates.forEach((c: unknown, i) => {
+      if (typeof c !== 'object' || c === null)
+        throw new CalderaError('E_VALUE', `${fn}: candidates[${i}] is not an object, got ${shownValue(c)}`);
+      const choice = c as KernelChoice;
+      try {
+        checkLanes(choice.lanes);
+        checkMaxLocalHadamard(choice.maxLocalHadamard);
+        checkRowsPerLane(choice.rowsPerLane);
+        checkVectorWorkgroup(choice.vectorWorkgroup, dev);
+        checkGateStep(choice.gateStep);
+        if (choice.f16 !== undefined && typeof choice.f16 !== 'boolean')
+          throw new CalderaError('E_VALUE', `f16 must be true or false, got ${shownValue(choice.f16)}`);
+        if (choice.f16 && !dev.shaderF16) throw new CalderaError('E_VALUE', 'f16 needs shader-f16');
+        if (choice.f16 && choice.lanes === 1) throw new CalderaError('E_VALUE', 'f16 needs 32 lanes per row');
+      } catch (e) {
+        // the check's message without its code
+        const message = (e as Error).message.replace(/^E_[A-Z_]+: /, '');
+        throw new CalderaError('E_VALUE', `${fn}: candidates[${i}]: ${message}`, { cause: e });
+      }
+    });
+  }
+  throwIfAborted(options.signal, 'tuning kernels');
+}
+
+/**
+ * The search: `start` (the model's choice and programs, never disposed here) is warmed up and timed, then each
+ * candidate of each axis is built, checked and timed against the best so far. Returns the best (`start`'s programs,
+ * or a candidate's, which the caller then owns) and the report; every other program built is disposed, and all of
+ * them when it throws (an abort: `E_ABORTED`).
+ */
+export async function searchKernelChoices<P>(
+  runner: ChoiceRunner<P>,
+  start: { choice: KernelChoice; programs: P },
+  axes: readonly Axis[],
+  options: TuneOptions,
+): Promise<{ programs: P; report: TuneReport }> {
+  const { warmUpMs = 500, minTimingMs = 50, repeats = 3, margin = 0.02, signal } = options;
+  const abortCheck = () => throwIfAborted(signal, 'tuning kernels');
+  let best = start;
+  const built: P[] = [];
+  try {
+    const t0 = performance.now();
+    do {
+      abortCheck();
+      await runner.time(start.programs, 1);
+    } while (performance.now() - t0 < warmUpMs);
+    abortCheck();
+    const once = (await runner.time(start.programs, 1)) * 1000;
+    const steps = Math.max(1, Math.min(1000, Math.ceil(minTimingMs / Math.max(once, 1e-3))));
+    const stepMs = async (p: P) => ((await runner.time(p, steps)) * 1000) / steps;
+    const initialMs = await stepMs(start.programs);
+    let bestMs = initialMs;
+    const tried: TunedCandidate[] = [];
+    const seen = new Set([choiceKey(start.choice)]);
+    const report = (c: TunedCandidate) => {
+      tried.push(c);
+      options.onProgress?.({ ...c, done: tried.length });
+    };
+    for (const axis of axes) {
+      for (const choice of axis.candidates(best.choice)) {
+        const key = choiceKey(choice);
+        if (seen.has(key)) continue;
+        seen.add(key);
+        abortCheck();
+        const made = await runner.build(choice);
+        if (isRejection(made)) {
+          report({ choice, stepMs: null, againstMs: null, rejected: made.rejected, adopted: false });
+          continue;
+        }
+        const programs = made;
+        built.push(programs);
+        const drop = () => {
+          built.splice(built.indexOf(programs), 1);
+          runner.dispose(programs);
+        };
+        if (axis.sameLaunchesAreSame && sameLabels(runner.labels(programs), runner.labels(best.programs))) {
+          drop();
+          continue;
+        }
+        let mine = Infinity;
+        let theirs = Infinity;
+        for (let r = 0; r < repeats; r++) {
+          abortCheck();
+          mine = Math.min(mine, await stepMs(programs));
+          theirs = Math.min(theirs, await stepMs(best.programs));
+        }
+        const adopted = mine < theirs * (1 - margin);
+        if (adopted) {
+          if (best !== start) {
+            built.splice(built.indexOf(best.programs), 1);
+            runner.dispose(best.programs);
+          }
+          best = { choice, programs };
+          bestMs = mine;
+        } else {
+          drop();
+          bestMs = theirs;
+        }
+        report({ choice, stepMs: mine, againstMs: theirs, adopted });
+      }
+    }
+    return {
+      programs: best.programs,
+      report: {
+        choice: best.choice,
+        stepMs: bestMs,
+        initial: { choice: start.choice, stepMs: initialMs },
+        tried,
+        stepsPerTiming: steps,
+      },
+    };
+  } catch (e) {
+    for (const p of built) runner.dispose(p);
+    throw e;
+  }
+}
+
+function isRejection<P>(made: P | { rejected: string }): made is { rejected: string } {
+  return typeof made === 'object' && made !== null && 'rejected' in made;
+}
+
+function sameLabels(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((l, i) => l === b[i]);
+}
