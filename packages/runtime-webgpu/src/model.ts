@@ -638,8 +638,8 @@ export class WebGpuModel {
 
   /**
    * Time kernel choices on this device and keep the fastest: see {@link TuneOptions} (default: a coordinate search
-   * over lanes per row, the one-workgroup kernels' invocations, rows per lane and the gate step's form, from the
-   * model's choice). Each candidate's programs are built over the model's weights and buffers (no reload), run one
+   * over lanes per row, the one-workgroup kernels' invocations, rows per lane, the gate step's form and the global-memory
+   * rotation for the widest vectors, from the model's choice). Each candidate's programs are built over the model's weights and buffers (no reload), run one
    * decode step whose logits must agree with the model's within 1 % of their scale (kernel choices reorder f32 sums,
    * about 1e-6 of the scale; packed-f16 products about 1e-3; a kernel the device miscompiles or fails, far more)
    * with no WebGPU error, and are timed in alternation with the best so far: the GPU time of decode steps submitted
@@ -729,7 +729,7 @@ export class WebGpuModel {
       };
       const axes: Axis[] = options.candidates
         ? [{ name: 'candidates', candidates: () => [...options.candidates!] }]
-        : defaultTuningAxes(this.dev);
+        : defaultTuningAxes(this.dev, this.needs.ones);
       const start = { choice: this.kernelChoice, programs: this.programs };
       const { programs, report } = await searchKernelChoices(runner, start, axes, options);
       if (programs !== this.programs) {

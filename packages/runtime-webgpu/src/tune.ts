@@ -20,8 +20,8 @@ import type { KernelChoice } from './model.js';
 export interface TuneOptions {
   /**
    * The choices to time, each against the best so far (the model's own first); default: a coordinate search over
-   * lanes per row, the one-workgroup kernels' invocations, rows per lane and the gate step's form (`defaultTuningAxes`),
-   * which leaves `f16` (a precision choice) and `maxLocalHadamard` as they are. Each is checked as the loader
+   * lanes per row, the one-workgroup kernels' invocations, rows per lane, the gate step's form and the global-memory
+   * rotation for the widest vectors (`defaultTuningAxes`), which leaves `f16` (a precision choice) as it is. Each is checked as the loader
    * checks these options (`E_VALUE`) before anything runs.
    */
   candidates?: readonly KernelChoice[];
@@ -102,10 +102,12 @@ const GATE_STEPS = ['fused', 'split', 'chunked'] as const;
 /**
  * The default axes, in search order: `lanes` (the other of 1 and 32, unless packed-f16 products need 32), then
  * `vectorWorkgroup` (every power of two from 64 to the device's limit, at most 1024), `rowsPerLane` (chosen per launch,
- * 1, 2, 4; with 32 lanes) and `gateStep` (the three forms; skipped untimed where the model has no gate step they
- * change).
+ * 1, 2, 4; with 32 lanes), `gateStep` (the three forms; skipped untimed where the model has no gate step they change)
+ * and `maxLocalHadamard` below `widest`, the model's widest rotated vector (padded), when that is over 1024: the
+ * largest power of two below it, so that the widest vectors take the global-memory rotation (many workgroups, two or
+ * three launches) instead of one workgroup each.
  */
-export function defaultTuningAxes(dev: CalderaDevice): Axis[] {
+export function defaultTuningAxes(dev: CalderaDevice, widest = 0): Axis[] {
   const most = Math.min(1024, dev.maxWorkgroupInvocations);
   const sizes: number[] = [];
   for (let n = 64; n <= most; n *= 2) sizes.push(n);
@@ -138,6 +140,16 @@ export function defaultTuningAxes(dev: CalderaDevice): Axis[] {
       name: 'gateStep',
       candidates: (b) =>
         GATE_STEPS.filter((f) => f !== (b.gateStep ?? 'fused')).map((f) => ({ ...b, gateStep: f })),
+      sameLaunchesAreSame: true,
+    },
+    {
+      name: 'maxLocalHadamard',
+      candidates: (b) => {
+        const below = 2 ** Math.floor(Math.log2(widest - 1));
+        return widest > 1024 && below < (b.maxLocalHadamard ?? Infinity)
+          ? [{ ...b, maxLocalHadamard: below }]
+          : [];
+      },
       sameLaunchesAreSame: true,
     },
   ];
