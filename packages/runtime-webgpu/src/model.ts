@@ -141,6 +141,12 @@ export function kernelChoiceOf(options: WebGpuModelOptions): KernelChoice {
   return out as KernelChoice;
 }
 
+/** A config's sizes under the short names the model's buffers and launches use (`kw`: the k/v rows). */
+function dimsOf(cfg: ModelConfig) {
+  const { hiddenSize: d, intermediateSize: I, vocabSize: V, numHeads: H, numKvHeads: KV, headDim: hd } = cfg;
+  return { d, I, V, H, KV, hd, kw: KV * hd };
+}
+
 type LinearContextOf = ReturnType<typeof createLinearContext>;
 
 /**
@@ -346,14 +352,7 @@ export class WebGpuModel {
     options ??= {}; // from JavaScript: null options are none
     const cfg = config;
     watchDeviceLost(dev.device);
-    const {
-      hiddenSize: d,
-      intermediateSize: I,
-      vocabSize: V,
-      numHeads: H,
-      numKvHeads: KV,
-      headDim: hd,
-    } = cfg;
+    const { d, I, V, H, hd, kw } = dimsOf(cfg);
     if (weights.blocks.length !== cfg.numLayers)
       throw new CalderaError(
         'E_SHAPE',
@@ -371,7 +370,6 @@ export class WebGpuModel {
         this.owned.push(b);
         return b;
       };
-      const kw = KV * hd;
       // activations: T rows each
       // the residual stream, in x or x2: a step that finishes a residual branch's output rotation in the next layers'
       // input step writes the sum to the other one (see bindNormed; only one-row decode steps do, but x2 has T rows
@@ -456,15 +454,7 @@ export class WebGpuModel {
    */
   private record(choice: KernelChoice): Programs {
     const { dev, config: cfg, weights } = this;
-    const {
-      hiddenSize: d,
-      intermediateSize: I,
-      vocabSize: V,
-      numHeads: H,
-      numKvHeads: KV,
-      headDim: hd,
-    } = cfg;
-    const kw = KV * hd;
+    const { d, I, V, H, KV, hd, kw } = dimsOf(cfg);
     const cap = this.contextLength;
     const { x, x2, h, q, k, v, att, g, u, scores, caches, cs } = this.bufs;
     // checked by Kernels (E_VALUE naming the option)
