@@ -700,10 +700,16 @@ export class WebGpuModel {
             const error = await dev.popErrorScope();
             if (error) why ??= `WebGPU error: ${error.message}`;
           }
-          checkDeviceAlive(this.dev, 'WebGpuModel');
-          if (why === null) return programs!;
-          disposePrograms(programs);
-          return { rejected: why };
+          // a lost device ends the search (E_DEVICE), this candidate's buffers destroyed first like a rejected one's
+          let lost: unknown = null;
+          try {
+            checkDeviceAlive(this.dev, 'WebGpuModel');
+          } catch (e) {
+            lost = e;
+          }
+          if (why !== null || lost !== null) disposePrograms(programs);
+          if (lost !== null) throw lost;
+          return why === null ? programs! : { rejected: why };
         },
         time: async (p, steps) => {
           const enc = dev.createCommandEncoder();

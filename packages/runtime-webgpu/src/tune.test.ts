@@ -3,7 +3,7 @@ import { CalderaError, serializeSafetensors } from '@caldera/core';
 import { calderaCheckpointMeta } from '@caldera/lowrank';
 import { loadModelFromBuffer } from './load.js';
 import type { KernelChoice, WebGpuModelOptions } from './model.js';
-import { gpuTitle, testDevice } from './testing/gpu.js';
+import { gpuTitle, ownTestDevice, testDevice } from './testing/gpu.js';
 import { tinyModel } from './testing/tiny-model.js';
 import { choiceKey, defaultTuningAxes, searchKernelChoices, type Axis, type ChoiceRunner } from './tune.js';
 
@@ -163,12 +163,12 @@ describe('searchKernelChoices (the coordinate descent, on scripted step times)',
   });
 });
 
-async function loadTiny(options: WebGpuModelOptions = {}) {
+async function loadTiny(options: WebGpuModelOptions = {}, device = dev!) {
   const { config, tensors, layers } = tinyModel({ lmHeadStd: 0.5 });
   const weights = await serializeSafetensors(tensors);
   return (
     await loadModelFromBuffer(
-      dev!,
+      device,
       { config, calderaMeta: calderaCheckpointMeta(layers), weights },
       { contextLength: 16, ...options },
     )
@@ -254,6 +254,26 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel.tuneKernels', reason), () => {
     } finally {
       model.dispose();
     }
+  });
+
+  it('a device lost while tuning ends it with E_DEVICE (the device destroyed after the first candidate)', async () => {
+    const own = await ownTestDevice();
+    const model = await loadTiny({}, own!);
+    const initial = model.kernelChoice;
+    const e = await model
+      .tuneKernels({
+        candidates: [
+          { ...initial, vectorWorkgroup: 128 },
+          { ...initial, vectorWorkgroup: 256 },
+        ],
+        warmUpMs: 0,
+        repeats: 1,
+        onProgress: () => own!.dispose(),
+      })
+      .catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(CalderaError);
+    expect((e as CalderaError).code).toBe('E_DEVICE');
+    model.dispose();
   });
 
   it('checks: E_VALUE for a candidate the loader would refuse (naming it), bad numbers, a full KV cache, a call while it runs; E_ABORTED leaves the choice as it was', async () => {
