@@ -118,6 +118,25 @@ try {
     before === 0 && after > 200,
     `screenshot shows the generated text (${after} highlighted pixels, ${before} before)`,
   );
+  // tuning: the page times kernel choices on this adapter (WebGpuModel.tuneKernels), keeps the fastest and saves it
+  // for the next visit; greedy tokens stay the same (the choices differ in f32 rounding only)
+  await page.evaluate('window.tuneDone = undefined');
+  await page.click('#tune');
+  await page.waitForFunction('window.tuneDone !== undefined', undefined, { timeout: 300_000 });
+  const tuned = await page.evaluate('window.tuneDone');
+  const kernelsLine = await page.textContent('#kernels');
+  console.log(`tuning: ${tuned}\nkernels: ${kernelsLine}`);
+  check(
+    typeof tuned === 'number' &&
+      tuned >= 1 &&
+      /kernels \(tuned: decode step [\d.]+ → [\d.]+ ms/.test(kernelsLine),
+    'kernels tuned on the page',
+  );
+  const afterTuning = await generateOnPage(page);
+  check(
+    JSON.stringify(afterTuning.tokens) === JSON.stringify(first.tokens),
+    'after tuning: the same greedy tokens',
+  );
   // offline: no server at all, then a reload
   server.closeAllConnections();
   await new Promise((r) => server.close(r));
@@ -130,6 +149,11 @@ try {
   await page.waitForFunction('window.chatReady || window.chatError', undefined, { timeout: 60_000 });
   console.log(
     `offline reload: ${await page.textContent('#status')}\noffline: ${await page.textContent('#offline')}`,
+  );
+  check(
+    (await page.evaluate('window.kernelsTuned')) === true &&
+      /kernels \(tuned on this GPU before\)/.test(await page.textContent('#kernels')),
+    'the reload loads with the tuned kernel choice',
   );
   const again = await generateOnPage(page);
   check(

@@ -5,7 +5,15 @@
 // WebAssembly SIMD kernels in a Web Worker (cpu-worker.ts), its tokens streamed the same way.
 import { Tokenizer } from '@huggingface/tokenizers';
 import { CalderaError, stopTokenIdsOf, type GenerateOptions, type ModelConfig } from '@caldera/core';
-import { createDevice, generate, loadModelFromUrl, type CalderaDevice } from '@caldera/runtime-webgpu';
+import {
+  createDevice,
+  generate,
+  loadModelFromUrl,
+  type CalderaDevice,
+  type KernelChoice,
+  type LoadedWebGpuModel,
+  type WebGpuModel,
+} from '@caldera/runtime-webgpu';
 import type { FromWorker, ToWorker } from './cpu-protocol.js';
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -14,6 +22,8 @@ const out = $('out');
 const stats = $('stats');
 const go = $<HTMLButtonElement>('go');
 const offline = $('offline');
+const tune = $<HTMLButtonElement>('tune');
+const kernels = $('kernels');
 /** State the headless test reads (examples/browser-chat/test.mjs). */
 const testHooks = window as unknown as {
   chatReady?: boolean;
@@ -22,6 +32,10 @@ const testHooks = window as unknown as {
   chatTokens?: number[];
   chatPromptIds?: number[];
   offlineReady?: boolean;
+  /** Candidates tried by the last tuning run, once it has finished (or its error). */
+  tuneDone?: number | string;
+  /** Whether the model was loaded with a kernel choice tuned on an earlier visit. */
+  kernelsTuned?: boolean;
 };
 
 const MiB = (bytes: number) => (bytes / 2 ** 20).toFixed(1);
@@ -65,6 +79,7 @@ function chat(
   go.disabled = false;
   go.onclick = async () => {
     go.disabled = true;
+    tune.disabled = true;
     const prompt = $<HTMLTextAreaElement>('prompt').value;
     const ids = [
       config.bosTokenId ?? 0,
@@ -97,6 +112,7 @@ function chat(
     testHooks.chatTokens = produced;
     testHooks.chatDone = produced.length;
     go.disabled = false;
+    tune.disabled = false;
   };
   testHooks.chatReady = true;
 }
@@ -157,6 +173,58 @@ async function runOnCpu(why: string): Promise<void> {
   });
 }
 
+/** A kernel choice saved under `key` by an earlier tuning run, or null. */
+function readChoice(key: string): KernelChoice | null {
+  try {
+    const text = localStorage.getItem(key);
+    const v: unknown = text === null ? null : JSON.parse(text);
+    return typeof v === 'object' && v !== null ? (v as KernelChoice) : null;
+  } catch {
+    return null;
+  }
+}
+
+function showKernels(model: WebGpuModel, how: string): void {
+  const c = model.kernelChoice;
+  kernels.textContent =
+    `kernels (${how}): ${c.lanes} lanes per row, ${c.vectorWorkgroup} invocations per vector kernel, gate step ` +
+    `${c.gateStep}${c.rowsPerLane ? `, ${c.rowsPerLane} rows per lane` : ''} · ${model.dispatchesPerToken} launches per token`;
+}
+
+/**
+ * The Tune button: WebGpuModel.tuneKernels() times kernel choices on this GPU and keeps the fastest; the choice is
+ * saved under `key` (localStorage) so that the next visit loads with it.
+ */
+function wireTuning(model: WebGpuModel, key: string): void {
+  tune.hidden = false;
+  tune.disabled = false;
+  tune.onclick = async () => {
+    tune.disabled = true;
+    go.disabled = true;
+    try {
+      const report = await model.tuneKernels({
+        onProgress: (c) =>
+          (kernels.textContent = `tuning: candidate ${c.done}, ${
+            c.stepMs === null
+              ? `rejected (${c.rejected})`
+              : `${c.stepMs.toFixed(2)} ms per step against ${c.againstMs!.toFixed(2)}`
+          }`),
+      });
+      localStorage.setItem(key, JSON.stringify(report.choice));
+      showKernels(
+        model,
+        `tuned: decode step ${report.initial.stepMs.toFixed(2)} → ${report.stepMs.toFixed(2)} ms, ${report.tried.length} candidates`,
+      );
+      testHooks.tuneDone = report.tried.length;
+    } catch (e) {
+      kernels.textContent = `tuning failed: ${String(e)}`;
+      testHooks.tuneDone = String(e);
+    }
+    tune.disabled = false;
+    go.disabled = false;
+  };
+}
+
 async function main(): Promise<void> {
   let dev: CalderaDevice;
   try {
@@ -167,15 +235,33 @@ async function main(): Promise<void> {
     throw e;
   }
   const t0 = performance.now();
-  const { model, config, calderaMeta, linearBitsPerWeight } = await loadModelFromUrl(dev, '/model/', {
-    contextLength: 512,
-    onDownload: ({ file, bytes, total }) =>
-      (status.textContent =
-        `downloading ${file}: ${MiB(bytes)}` +
-        (total ? ` of ${MiB(total)} MiB (${((100 * bytes) / total).toFixed(0)} %)` : ' MiB')),
-    onProgress: ({ block, blocks }) =>
-      (status.textContent = `uploading to the GPU: block ${block} of ${blocks}`),
-  });
+  // the kernel choice tuned on an earlier visit on this adapter, if any (see wireTuning)
+  const key = `caldera-kernels:${dev.description}`;
+  const saved = readChoice(key);
+  const load = (choice: KernelChoice) =>
+    loadModelFromUrl(dev, '/model/', {
+      contextLength: 512,
+      ...choice,
+      onDownload: ({ file, bytes, total }) =>
+        (status.textContent =
+          `downloading ${file}: ${MiB(bytes)}` +
+          (total ? ` of ${MiB(total)} MiB (${((100 * bytes) / total).toFixed(0)} %)` : ' MiB')),
+      onProgress: ({ block, blocks }) =>
+        (status.textContent = `uploading to the GPU: block ${block} of ${blocks}`),
+    });
+  let loaded: LoadedWebGpuModel;
+  try {
+    loaded = await load(saved ?? {});
+  } catch (e) {
+    // a saved choice this device no longer takes (E_VALUE, e.g. another browser's limits): forget it, load without
+    if (!(saved && e instanceof CalderaError && e.code === 'E_VALUE')) throw e;
+    localStorage.removeItem(key);
+    loaded = await load({});
+  }
+  const { model, config, calderaMeta, linearBitsPerWeight } = loaded;
+  testHooks.kernelsTuned = saved !== null && localStorage.getItem(key) !== null;
+  showKernels(model, testHooks.kernelsTuned ? 'tuned on this GPU before' : 'the defaults for this adapter');
+  wireTuning(model, key);
   const { tok, generationConfig } = await loadTokenizer();
   const layers = Object.keys(calderaMeta?.layers ?? {}).length;
   status.textContent =
