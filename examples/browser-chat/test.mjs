@@ -121,11 +121,14 @@ try {
   // tuning: the page times kernel choices on this adapter (WebGpuModel.tuneKernels), keeps the fastest and saves it
   // for the next visit; greedy tokens stay the same (the choices differ in f32 rounding only)
   await page.evaluate('window.tuneDone = undefined');
+  const tuneStart = performance.now();
   await page.click('#tune');
   await page.waitForFunction('window.tuneDone !== undefined', undefined, { timeout: 300_000 });
   const tuned = await page.evaluate('window.tuneDone');
   const kernelsLine = await page.textContent('#kernels');
-  console.log(`tuning: ${tuned}\nkernels: ${kernelsLine}`);
+  console.log(
+    `tuning: ${tuned} candidates in ${((performance.now() - tuneStart) / 1000).toFixed(1)} s\nkernels: ${kernelsLine}`,
+  );
   check(
     typeof tuned === 'number' &&
       tuned >= 1 &&
