@@ -189,6 +189,10 @@ describe('searchKernelChoices (the coordinate descent, on scripted step times)',
     ]);
     expect(gate!.candidates({}).map((c) => c.gateStep)).toEqual(['split', 'chunked']);
     expect(gate!.sameLaunchesAreSame).toBe(true);
+    expect(rows!.sameLaunchesAreSame).toBe(true);
+    // workgroup sizes and lanes appear in no label: always timed
+    expect(vw!.sameLaunchesAreSame).toBeUndefined();
+    expect(lanes!.sameLaunchesAreSame).toBeUndefined();
   });
 });
 

@@ -105,7 +105,7 @@ const GATE_STEPS = ['fused', 'split', 'chunked'] as const;
 /**
  * The default axes, in search order: `lanes` (the other of 1 and 32, unless packed-f16 products need 32), then
  * `vectorWorkgroup` (every power of two from 64 to the device's limit, at most 1024), `rowsPerLane` (chosen per launch,
- * 1, 2, 4; with 32 lanes), `gateStep` (the three forms; skipped untimed where the model has no gate step they change)
+ * 1, 2, 4; with 32 lanes), `gateStep` (the three forms; these two skipped untimed where they change no launch)
  * and `maxLocalHadamard` below `widest`, the model's widest rotated vector (padded), when that is over 1024: the
  * largest power of two below it, so that the widest vectors take the global-memory rotation (many workgroups, two or
  * three launches) instead of one workgroup each.
@@ -138,6 +138,9 @@ export function defaultTuningAxes(dev: CalderaDevice, widest = 0): Axis[] {
               without(b, 'rowsPerLane'),
               ...([1, 2, 4] as const).map((r) => ({ ...b, rowsPerLane: r })),
             ].filter((c) => c.rowsPerLane !== b.rowsPerLane),
+      // the E8P launches' labels name their rows per lane (when more than one): a model without E8P layers, or whose
+      // rows allow no other count, records the same launches
+      sameLaunchesAreSame: true,
     },
     {
       name: 'gateStep',
