@@ -8,13 +8,15 @@ import type { WebGpuModelOptions } from '../src/index.js';
  * The loader options these flags set: `max-local-hadamard` N, rotations of vectors above N values take the
  * global-memory path (many workgroups, two or three launches) instead of one workgroup per vector; `rows-per-lane` N,
  * the most rows each lane of the E8P kernel computes; `vector-workgroup` N, invocations of the one-workgroup kernels;
- * `gate-step` fused|split|chunked, the form of the gate step (the only one that is not a number).
+ * `gate-step` fused|split|chunked, the form of the gate step (the only one that is not a number); `code-batch` N, code
+ * groups per iteration of the E8P loops that batch their loads.
  */
 const OPTION_FLAGS = {
   'max-local-hadamard': 'maxLocalHadamard',
   'rows-per-lane': 'rowsPerLane',
   'vector-workgroup': 'vectorWorkgroup',
   'gate-step': 'gateStep',
+  'code-batch': 'codeBatch',
 } as const;
 
 /** The loader options of {@link OPTION_FLAGS}. */
@@ -41,8 +43,8 @@ export function tunedOptions(pairs: readonly [string, string][]): TunedOptions {
 }
 
 /**
- * The options of the flags `--max-local-hadamard N`, `--rows-per-lane N`, `--vector-workgroup N` and `--gate-step
- * FORM` in `argv`.
+ * The options of the flags `--max-local-hadamard N`, `--rows-per-lane N`, `--vector-workgroup N`, `--gate-step
+ * FORM` and `--code-batch N` in `argv`.
  */
 export function loaderFlagOptions(argv: readonly string[]): TunedOptions {
   return tunedOptions(

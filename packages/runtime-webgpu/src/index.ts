@@ -31,8 +31,8 @@ export {
   type WebGpuModelOptions,
 } from './model.js';
 export type { TunedCandidate, TuneOptions, TuneProgress, TuneReport } from './tune.js';
-/** Option types of {@link WebGpuModelOptions} (the kernels' `lanes`, `rowsPerLane` and `gateStep`). */
-export type { RowsPerLane, Lanes, GateStep } from './kernels/index.js';
+/** Option types of {@link WebGpuModelOptions} (the kernels' `lanes`, `rowsPerLane`, `gateStep` and `codeBatch`). */
+export type { RowsPerLane, Lanes, GateStep, CodeBatch } from './kernels/index.js';
 export {
   generate,
   perplexity,

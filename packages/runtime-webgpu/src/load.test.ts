@@ -584,7 +584,7 @@ describe('option checks before anything is read, uploaded or downloaded', () => 
   const fails = (p: Promise<unknown>, message: string) =>
     expect(p).rejects.toThrow(expect.objectContaining({ code: 'E_VALUE', message: `E_VALUE: ${message}` }));
 
-  it('lanes other than 1 or 32, maxLocalHadamard other than an integer ≥ 16, rowsPerLane other than 1, 2 or 4, vectorWorkgroup other than a power of two the device allows and gateStep other than fused, split or chunked are E_VALUE naming them (the loaders and Kernels), not wrong tokens, invalid WGSL or the default', async () => {
+  it('lanes other than 1 or 32, maxLocalHadamard other than an integer ≥ 16, rowsPerLane other than 1, 2 or 4, vectorWorkgroup other than a power of two the device allows, gateStep other than fused, split or chunked and codeBatch other than 4, 8 or 16 are E_VALUE naming them (the loaders and Kernels), not wrong tokens, invalid WGSL or the default', async () => {
     const p = await parts();
     for (const lanes of [0, -1, 1.5, NaN, 2, 7, 64, '32', null])
       for (const f of [
@@ -635,6 +635,13 @@ describe('option checks before anything is read, uploaded or downloaded', () => 
     }
     expect(new Kernels(fake).gateStep).toBe('fused');
     expect(new Kernels(fake, { gateStep: 'chunked' }).gateStep).toBe('chunked');
+    for (const n of [2, 12, '8', null]) {
+      const message = `codeBatch must be 4, 8 or 16, got ${typeof n === 'string' ? `'${n}'` : String(n)}`;
+      await fails(loadModelFromBuffer(fake, p, { codeBatch: n as 8 }), message);
+      expect(() => new Kernels(fake, { codeBatch: n as 8 })).toThrow(`E_VALUE: ${message}`);
+    }
+    expect(new Kernels(fake).codeBatch).toBe(8);
+    expect(new Kernels(fake, { codeBatch: 16 }).codeBatch).toBe(16);
   });
 
   it("dtype outside 'auto', 'f32' and 'f16' is E_VALUE with runtime-node's message; callbacks that are not functions and a signal that is not an AbortSignal are E_VALUE naming them", async () => {

@@ -25,6 +25,7 @@ import {
   type GpuMatrix,
   type RowsPerLane,
   type GateStep,
+  type CodeBatch,
   type Lanes,
   type RopeKvOptions,
   type RotateOptions,
@@ -41,6 +42,7 @@ import {
 import { checkCapacity, prefillThrough } from './prefill.js';
 import {
   checkTuneOptions,
+  kernelChoiceOf,
   defaultTuningAxes,
   searchKernelChoices,
   type Axis,
@@ -109,6 +111,12 @@ export interface WebGpuModelOptions {
    */
   gateStep?: GateStep;
   /**
+   * Code groups per iteration of the E8P loops that batch their code loads (the f32 E8P kernel in decode, the input
+   * steps' R̂ rows): 4, 8 or 16 (else `E_VALUE`); default 8. The same outputs to the bit. See
+   * {@link Kernels.codeBatch}.
+   */
+  codeBatch?: CodeBatch;
+  /**
    * Prompt tokens run through the layers together in one pass (prefill batch); the activation buffers hold this many
    * rows. Default `min(32, contextLength)`; 1 makes prefill token by token.
    */
@@ -121,25 +129,8 @@ export interface WebGpuModelOptions {
  */
 export type KernelChoice = Pick<
   WebGpuModelOptions,
-  'lanes' | 'maxLocalHadamard' | 'f16' | 'rowsPerLane' | 'vectorWorkgroup' | 'gateStep'
+  'lanes' | 'maxLocalHadamard' | 'f16' | 'rowsPerLane' | 'vectorWorkgroup' | 'gateStep' | 'codeBatch'
 >;
-
-/** The keys of {@link KernelChoice}. */
-export const KERNEL_CHOICE_KEYS = [
-  'lanes',
-  'maxLocalHadamard',
-  'f16',
-  'rowsPerLane',
-  'vectorWorkgroup',
-  'gateStep',
-] as const satisfies readonly (keyof KernelChoice)[];
-
-/** The kernel choice in `options`: its {@link KERNEL_CHOICE_KEYS} that are set (not checked here: Kernels checks them). */
-export function kernelChoiceOf(options: WebGpuModelOptions): KernelChoice {
-  const out: Record<string, unknown> = {};
-  for (const key of KERNEL_CHOICE_KEYS) if (options[key] !== undefined) out[key] = options[key];
-  return out as KernelChoice;
-}
 
 /** A config's sizes under the short names the model's buffers and launches use (`kw`: the k/v rows). */
 function dimsOf(cfg: ModelConfig) {
@@ -623,6 +614,7 @@ export class WebGpuModel {
       ...(k.rowsPerLane !== null ? { rowsPerLane: k.rowsPerLane } : {}),
       vectorWorkgroup: k.vectorWorkgroup,
       gateStep: k.gateStep,
+      codeBatch: k.codeBatch,
     };
   }
 

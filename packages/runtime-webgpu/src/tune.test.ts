@@ -163,21 +163,25 @@ describe('searchKernelChoices (the coordinate descent, on scripted step times)',
   it('default axes: the other lane count unless packed-f16 products need 32; powers of two to the device limit; rows per lane only with 32 lanes', () => {
     const device = { maxWorkgroupInvocations: 512 } as Parameters<typeof defaultTuningAxes>[0];
     const axes = defaultTuningAxes(device, 5632);
-    const [lanes, vw, rows, gate, local] = axes;
+    const [lanes, vw, rows, gate, batch, local] = axes;
     expect(axes.map((a) => a.name)).toEqual([
       'lanes',
       'vectorWorkgroup',
       'rowsPerLane',
       'gateStep',
+      'codeBatch',
       'maxLocalHadamard',
     ]);
+    expect(batch!.candidates({ codeBatch: 8 })).toEqual([{ codeBatch: 16 }]);
+    expect(batch!.candidates({ codeBatch: 4 })).toEqual([{ codeBatch: 8 }, { codeBatch: 16 }]);
+    expect(batch!.sameLaunchesAreSame).toBe(true);
     // the widest vectors (5632) into the global-memory rotation; nothing to try once they are there, or when small
     expect(local!.candidates({ maxLocalHadamard: 8192 })).toEqual([{ maxLocalHadamard: 4096 }]);
     expect(local!.candidates({ maxLocalHadamard: 4096 })).toEqual([]);
-    expect(defaultTuningAxes(device, 8192)[4]!.candidates({ maxLocalHadamard: 8192 })).toEqual([
+    expect(defaultTuningAxes(device, 8192)[5]!.candidates({ maxLocalHadamard: 8192 })).toEqual([
       { maxLocalHadamard: 4096 },
     ]);
-    expect(defaultTuningAxes(device, 1024)[4]!.candidates({ maxLocalHadamard: 8192 })).toEqual([]);
+    expect(defaultTuningAxes(device, 1024)[5]!.candidates({ maxLocalHadamard: 8192 })).toEqual([]);
     expect(lanes!.candidates({ lanes: 32, rowsPerLane: 4 })).toEqual([{ lanes: 1 }]);
     expect(lanes!.candidates({ lanes: 32, f16: true })).toEqual([]);
     expect(vw!.candidates({ vectorWorkgroup: 256 }).map((c) => c.vectorWorkgroup)).toEqual([64, 128, 512]);

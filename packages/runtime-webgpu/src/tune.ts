@@ -8,23 +8,42 @@
 import { assertFunction, CalderaError, shownValue, throwIfAborted } from '@caldera/core';
 import type { CalderaDevice } from './device.js';
 import {
+  checkCodeBatch,
   checkGateStep,
   checkLanes,
   checkMaxLocalHadamard,
   checkRowsPerLane,
   checkVectorWorkgroup,
 } from './kernels/index.js';
-import type { KernelChoice } from './model.js';
+import type { KernelChoice, WebGpuModelOptions } from './model.js';
+
+/** The keys of {@link KernelChoice}. */
+export const KERNEL_CHOICE_KEYS = [
+  'lanes',
+  'maxLocalHadamard',
+  'f16',
+  'rowsPerLane',
+  'vectorWorkgroup',
+  'gateStep',
+  'codeBatch',
+] as const satisfies readonly (keyof KernelChoice)[];
+
+/** The kernel choice in `options`: its {@link KERNEL_CHOICE_KEYS} that are set (unchecked: Kernels checks them). */
+export function kernelChoiceOf(options: WebGpuModelOptions): KernelChoice {
+  const out: Record<string, unknown> = {};
+  for (const key of KERNEL_CHOICE_KEYS) if (options[key] !== undefined) out[key] = options[key];
+  return out as KernelChoice;
+}
 
 /** Options of {@link WebGpuModel.tuneKernels}. */
 export interface TuneOptions {
   /**
    * The choices to time, each against the best so far (the model's own first); default: a coordinate search over
-   * lanes per row, the one-workgroup kernels' invocations, rows per lane, the gate step's form and the global-memory
-   * rotation for the widest vectors (`defaultTuningAxes`), which leaves `f16` (a precision choice) as it is. Each
-   * candidate is a whole choice: an option it leaves unset takes the loader's default, not the model's current value
-   * (spread `model.kernelChoice` into it to vary one option). Each is checked as the loader
-   * checks these options (`E_VALUE`) before anything runs.
+   * lanes per row, the one-workgroup kernels' invocations, rows per lane, the gate step's form, the code loads per
+   * batch and the global-memory rotation for the widest vectors (`defaultTuningAxes`), which leaves `f16` (a
+   * precision choice) as it is. Each candidate is a whole choice: an option it leaves unset takes the loader's
+   * default, not the model's current value (spread `model.kernelChoice` into it to vary one option). Each is checked
+   * as the loader checks these options (`E_VALUE`) before anything runs.
    */
   candidates?: readonly KernelChoice[];
   /** Milliseconds the model's own choice runs untimed first, so that a GPU leaves its idle clocks. Default 500. */
@@ -107,10 +126,10 @@ const GATE_STEPS = ['fused', 'split', 'chunked'] as const;
 /**
  * The default axes, in search order: `lanes` (the other of 1 and 32, unless packed-f16 products need 32), then
  * `vectorWorkgroup` (every power of two from 64 to the device's limit, at most 1024), `rowsPerLane` (chosen per launch,
- * 1, 2, 4; with 32 lanes), `gateStep` (the three forms; these two skipped untimed where they change no launch)
- * and `maxLocalHadamard` below `widest`, the model's widest rotated vector (padded), when that is over 1024: the
- * largest power of two below it, so that the widest vectors take the global-memory rotation (many workgroups, two or
- * three launches) instead of one workgroup each.
+ * 1, 2, 4; with 32 lanes), `gateStep` (the three forms), `codeBatch` (8 and 16; these three skipped untimed where
+ * they change no launch) and `maxLocalHadamard` below `widest`, the model's widest rotated vector (padded), when
+ * that is over 1024: the largest power of two below it, so that the widest vectors take the global-memory rotation
+ * (many workgroups, two or three launches) instead of one workgroup each.
  */
 export function defaultTuningAxes(dev: CalderaDevice, widest = 0): Axis[] {
   const most = Math.min(1024, dev.maxWorkgroupInvocations);
@@ -151,6 +170,14 @@ export function defaultTuningAxes(dev: CalderaDevice, widest = 0): Axis[] {
       sameLaunchesAreSame: true,
     },
     {
+      // 8 code loads at a time against 16 (4 only when asked for: 8 against one was the H200's measured gain)
+      name: 'codeBatch',
+      candidates: (b) =>
+        ([8, 16] as const).filter((n) => n !== (b.codeBatch ?? 8)).map((n) => ({ ...b, codeBatch: n })),
+      // the launches it changes name it in their labels: a model without them records the same launches
+      sameLaunchesAreSame: true,
+    },
+    {
       name: 'maxLocalHadamard',
       candidates: (b) => {
         const below = 2 ** Math.floor(Math.log2(widest - 1));
@@ -165,8 +192,7 @@ export function defaultTuningAxes(dev: CalderaDevice, widest = 0): Axis[] {
 
 /** A key equal for equal choices (options in a fixed order; unset ones left out). */
 export function choiceKey(c: KernelChoice): string {
-  return (['lanes', 'maxLocalHadamard', 'f16', 'rowsPerLane', 'vectorWorkgroup', 'gateStep'] as const)
-    .filter((k) => c[k] !== undefined)
+  return KERNEL_CHOICE_KEYS.filter((k) => c[k] !== undefined)
     .map((k) => `${k}=${String(c[k])}`)
     .join(',');
 }
@@ -210,6 +236,7 @@ export function checkTuneOptions(options: TuneOptions, dev: CalderaDevice): void
         checkRowsPerLane(choice.rowsPerLane);
         checkVectorWorkgroup(choice.vectorWorkgroup, dev);
         checkGateStep(choice.gateStep);
+        checkCodeBatch(choice.codeBatch);
         if (choice.f16 !== undefined && typeof choice.f16 !== 'boolean')
           throw new CalderaError('E_VALUE', `f16 must be true or false, got ${shownValue(choice.f16)}`);
         if (choice.f16 && !dev.shaderF16) throw new CalderaError('E_VALUE', 'f16 needs shader-f16');

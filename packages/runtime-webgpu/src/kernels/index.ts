@@ -20,6 +20,9 @@ import {
   inputProjectionBindings,
   inputProjectionWgsl,
   ROWS_PER_WG,
+  checkCodeBatch,
+  E8P_UNROLL,
+  type CodeBatch,
   matvecWgsl,
   MIX_CHUNK,
   rmsNormWgsl,
@@ -439,6 +442,13 @@ export class Kernels {
    * slowest launch on an H200, 56 µs).
    */
   readonly gateStep: GateStep;
+  /**
+   * Code groups per iteration of the E8P loops that batch their code loads (the f32 E8P kernel in decode and the input
+   * steps' R̂ rows): 4, 8 (the default) or 16, their loads issued together; the same outputs to the bit (the same
+   * groups in the same order). 8 at a time against one took an H200's decode step from 12.5 to 8.9 ms; more are not
+   * yet measured on a GPU (more registers held per lane).
+   */
+  readonly codeBatch: CodeBatch;
   constructor(
     readonly dev: CalderaDevice,
     options: {
@@ -448,6 +458,7 @@ export class Kernels {
       rowsPerLane?: RowsPerLane;
       vectorWorkgroup?: number;
       gateStep?: GateStep;
+      codeBatch?: CodeBatch;
     } = {},
   ) {
     options ??= {}; // from JavaScript: null options are none
@@ -471,6 +482,13 @@ export class Kernels {
     this.vectorWorkgroup = options.vectorWorkgroup ?? (dev.fallbackAdapter ? FALLBACK_VECTOR_WORKGROUP : WG);
     checkGateStep(options.gateStep);
     this.gateStep = options.gateStep ?? 'fused';
+    checkCodeBatch(options.codeBatch);
+    this.codeBatch = options.codeBatch ?? E8P_UNROLL;
+  }
+
+  /** What the labels of the launches that batch code loads end with: the batch, when not the default. */
+  private get codeBatchLabel(): string {
+    return this.codeBatch === E8P_UNROLL ? '' : ` ×${this.codeBatch} codes`;
   }
 
   /** The workgroup array of a one-workgroup kernel over vectors of up to `n` values: `n` rounded up to whole passes of its invocations. */
@@ -1139,15 +1157,15 @@ export class Kernels {
     const chunks = f16 === null ? 0 : Math.ceil(G / f16.chunk);
     const formLabel = `${chunks > 1 ? ` ${chunks} chunks` : ''}${rows !== null && rows > 1 ? ` ${rows} rows/lane` : ''}${
       f16 === null ? '' : ' f16'
-    }`;
+    }${f16 === null && tile === 1 ? this.codeBatchLabel : ''}`;
     const p =
       f16 !== null
         ? this.pipeline(`e8p_matvec_f16_${o.codec}_${lr?.codec ?? 'none'}_${f16.chunk}_${f16.rows}`, () =>
             e8pMatvecF16Wgsl(o.codec as 'e8p12' | 'rvq4', lr?.codec ?? null, f16.chunk, f16.rows),
           )
         : this.pipeline(
-            `e8p_matvec_${o.codec}_${lr?.codec ?? 'none'}_${this.lanes}_${tile}_${f32Rows ?? 1}`,
-            () => e8pMatvecWgsl(o.codec, lr?.codec ?? null, this.lanes, tile, f32Rows ?? 1),
+            `e8p_matvec_${o.codec}_${lr?.codec ?? 'none'}_${this.lanes}_${tile}_${f32Rows ?? 1}_${this.codeBatch}`,
+            () => e8pMatvecWgsl(o.codec, lr?.codec ?? null, this.lanes, tile, f32Rows ?? 1, this.codeBatch),
           );
     const u = this.uniform(
       [
@@ -1429,8 +1447,19 @@ export class Kernels {
     // the orders of this step's rotation and of the pending one
     const mixKs = mixKsOf([{ K }, ...(prev.pending?.members ?? [])]);
     const p = this.pipeline(
-      `project_${words}_${c.codec}_${this.lanes}_${input.kind}_${prev.kind}_k${mixKs.join('.')}_${vw}_${form}`,
-      () => inputProjectionWgsl(words, c.codec, this.lanes, input.kind, prev.kind, mixKs, vw, form),
+      `project_${words}_${c.codec}_${this.lanes}_${input.kind}_${prev.kind}_k${mixKs.join('.')}_${vw}_${form}_${this.codeBatch}`,
+      () =>
+        inputProjectionWgsl(
+          words,
+          c.codec,
+          this.lanes,
+          input.kind,
+          prev.kind,
+          mixKs,
+          vw,
+          form,
+          this.codeBatch,
+        ),
     );
     // the pending rotation's members as the kernel reads them (gate first in the gate step)
     const pendingMembers = o.gate
@@ -1462,7 +1491,7 @@ export class Kernels {
     };
     return [
       this.make(
-        `project n=${n} K=${K}${J > 1 ? ` ×${J}` : ''} k=${zOff}${input.aux ? ` ${input.kind}` : ''}${prev.kind === 'none' ? '' : ` +${prev.kind}`}${form === 'whole' ? '' : ` ${form}`}`,
+        `project n=${n} K=${K}${J > 1 ? ` ×${J}` : ''} k=${zOff}${input.aux ? ` ${input.kind}` : ''}${prev.kind === 'none' ? '' : ` +${prev.kind}`}${form === 'whole' ? '' : ` ${form}`}${this.codeBatchLabel}`,
         p,
         [
           this.uniform(this.rotationFields(rotation, members), 'rotation params'),

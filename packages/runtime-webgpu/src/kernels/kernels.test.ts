@@ -15,7 +15,9 @@ import { relErr } from '../testing/compare.js';
 import { gpuTitle, testDevice, testF16Device } from '../testing/gpu.js';
 import {
   e8pF16WorkgroupBytes,
+  e8pMatvecWgsl,
   e8pTablesUniform,
+  inputProjectionWgsl,
   encodeDispatches,
   Kernels,
   type Dispatch,
@@ -198,7 +200,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       }
     });
 
-    it(`E8P12 matvec (${lanes} lane(s) per row${lanes === 32 ? '; 1, 2 and 4 rows per lane' : ''}) decodes all 65 536 codes like @caldera/quant (and RVQ4/RVQ3, plus packed L̂·z in every codec)${lanes === 32 ? '; more rows per lane give the same outputs to the bit' : ''}`, async () => {
+    it(`E8P12 matvec (${lanes} lane(s) per row${lanes === 32 ? '; 1, 2 and 4 rows per lane' : ''}) decodes all 65 536 codes like @caldera/quant (and RVQ4/RVQ3, plus packed L̂·z in every codec)${lanes === 32 ? '; more rows per lane give the same outputs to the bit' : ''}, as do 4 or 16 code groups per batch of loads`, async () => {
       const rng = new Rng(2);
       const mp = 1024;
       const np = 512; // 64 codes per row: every code appears once
@@ -232,8 +234,21 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       // L̂'s codes of each case, the same for every rows per lane
       const Ls = cases.map(([, lCodec]) => (lCodec ? packedCodes(rng, (kr * mp) / 8, lCodec) : null));
       for (const [c, [codec, lCodec]] of cases.entries())
-        for (const rowsPerLane of lanes === 32 ? ([1, 2, 4] as const) : ([1] as const)) {
-          const k = new Kernels(d, { lanes, rowsPerLane });
+        // rows per lane, and code groups per batch of loads: the default (8), 4 and 16
+        for (const [rowsPerLane, codeBatch] of lanes === 32
+          ? ([
+              [1, 8],
+              [2, 8],
+              [4, 8],
+              [1, 16],
+              [1, 4],
+              [4, 16],
+            ] as const)
+          : ([
+              [1, 8],
+              [1, 16],
+            ] as const)) {
+          const k = new Kernels(d, { lanes, rowsPerLane, codeBatch });
           const rvq = codec !== 'e8p12';
           const rho = codec === 'rvq3' ? RVQ3_RESID_SCALE : RVQ4_RESID_SCALE;
           const out = scratchBuffer(d, mp * 4, 'out');
@@ -269,14 +284,16 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
               : {}),
           });
           expect(launch.rowsPerLane).toBe(lanes === 32 ? rowsPerLane : undefined);
-          expect(launch.label.endsWith(` ${rowsPerLane} rows/lane`)).toBe(rowsPerLane > 1);
+          expect(launch.label.includes(` ${rowsPerLane} rows/lane`)).toBe(rowsPerLane > 1);
+          expect(launch.label.endsWith(` ×${codeBatch} codes`)).toBe(codeBatch !== 8);
           await run(d, [launch]);
           const got = await readF32(d, out, mp);
-          if (rowsPerLane === 1) oneRow.set(`${codec} ${lCodec}`, got);
+          if (rowsPerLane === 1 && codeBatch === 8) oneRow.set(`${codec} ${lCodec}`, got);
           else
-            expect(got, `${codec} ${lCodec}, ${rowsPerLane} rows per lane`).toEqual(
-              oneRow.get(`${codec} ${lCodec}`),
-            );
+            expect(
+              got,
+              `${codec} ${lCodec}, ${rowsPerLane} rows per lane, ${codeBatch} codes a batch`,
+            ).toEqual(oneRow.get(`${codec} ${lCodec}`));
           const ref = new Float64Array(mp);
           for (let i = 0; i < mp; i++) {
             let s = 0;
@@ -544,7 +561,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     [32, 256],
     [1, 64],
   ] as const)
-    it(`input step in one launch (${lanes} lane(s) per row, one-workgroup kernels of ${vectorWorkgroup} invocations) equals the rotation and R̂'s kernel apart, to the bit: layers without R̂ and with R̂ over several workgroups, every R̂ codec, no input computation, RMSNorm, SwiGLU`, async () => {
+    it(`input step in one launch (${lanes} lane(s) per row, one-workgroup kernels of ${vectorWorkgroup} invocations) equals the rotation and R̂'s kernel apart, to the bit: layers without R̂ and with R̂ over several workgroups, every R̂ codec, no input computation, RMSNorm, SwiGLU${lanes === 32 && vectorWorkgroup === 256 ? "; R̂'s code loads 16 or 4 at a time too (RVQ4)" : ''}`, async () => {
       const rng = new Rng(6);
       const rows = 2;
       // R̂ rows per layer (0: no lattice factors): 12 spans two 8-row blocks with 32 lanes, 300 two 256-row blocks
@@ -558,6 +575,11 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       // the two-step form: with rotations declared too large for workgroup memory (global-memory rotations, the same
       // butterflies and mix), and with row tiles of 2 (the one-workgroup rotation, R̂'s kernel in its prefill form)
       const apart = new Kernels(d, { lanes, maxLocalHadamard: 16, vectorWorkgroup });
+      // R̂'s code loads 16 and 4 at a time (the first batch before the rotation): the same sums in the same order;
+      // with 32 lanes and an RVQ4 R̂ only (both planes batched; each form compiles its own kernels, slow on a CPU)
+      const batched = lanes === 32 && vectorWorkgroup === 256;
+      const batch16 = new Kernels(d, { lanes, vectorWorkgroup, codeBatch: 16 });
+      const batch4 = new Kernels(d, { lanes, vectorWorkgroup, codeBatch: 4 });
       const dummy = storageBuffer(d, new Float32Array(4), 'dummy');
       const tables = uniformWords(d, e8pTablesUniform(e8pSourcePairs(), e81bCodebook()), 'tables');
       const sources = storageBuffer(d, e8pSourcePairs(), 'src');
@@ -571,7 +593,10 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
           { k: fused, tile: 1, launches: 1 },
           { k: apart, tile: 1, launches: J * 2 + 1 },
           { k: fused, tile: 2, launches: 2 },
+          { k: batch16, tile: 1, launches: 1 },
+          { k: batch4, tile: 1, launches: 1 },
         ];
+        const formsOf = (codec: string) => (batched && codec === 'rvq4' ? forms : forms.slice(0, 3));
         const ones = storageBuffer(d, new Float32Array(n).fill(1), 'ones');
         const x = storageBuffer(d, randn(rng, rows * nIn, 2), 'x');
         const aux = storageBuffer(d, randn(rng, rows * nIn), 'aux');
@@ -623,7 +648,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
               rot: scratchBuffer(d, rows * J * n * 4, 'rot'),
               z: scratchBuffer(d, rows * kTotal * 4, 'z'),
             }));
-            for (const [j, { k, tile, launches: count }] of forms.entries()) {
+            for (const [j, { k, tile, launches: count }] of formsOf(codec).entries()) {
               const launches = k.projectInput({
                 tile,
                 x,
@@ -656,7 +681,8 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
             }
             const z = await readF32(d, outs[0]!.z, rows * kTotal);
             expect(z.every((v) => Number.isFinite(v) && v !== 0)).toBe(true);
-            for (const j of [1, 2]) {
+            for (const j of formsOf(codec).keys()) {
+              if (j === 0) continue;
               const what = `n=${n} ${codec} ${kind} form ${j}`;
               expect(Array.from(await readF32(d, outs[0]!.rot, rows * J * n)), what).toEqual(
                 Array.from(await readF32(d, outs[j]!.rot, rows * J * n)),
@@ -1355,6 +1381,26 @@ describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact refere
     expect(shape(tight(e8pF16WorkgroupBytes(64, 1)), 64)).toEqual([1, 8]);
     expect(() => new Kernels(d, { lanes: 32, rowsPerLane: 3 as 1 })).toThrow(
       'E_VALUE: rowsPerLane must be 1, 2 or 4, got 3',
+    );
+  });
+});
+
+describe('code groups per batch of loads (the WGSL; no device)', () => {
+  it('the f32 E8P kernel loads `codeBatch` codes of a row per iteration, and the input step its first batch of R̂ codes before the rotation (4, 8, 16); other values are E_VALUE', () => {
+    for (const batch of [4, 8, 16] as const) {
+      const e8p = e8pMatvecWgsl('rvq4', 'e8p12', 32, 1, 1, batch);
+      expect(e8p.match(/let code\d+ =/g)?.length).toBe(batch);
+      expect(e8p.match(/let code\d+p2 =/g)?.length).toBe(batch);
+      expect(e8p).toContain(`g0 += stride * ${batch}u`);
+      const step = inputProjectionWgsl(2048, 'e8p12', 32, 'none', 'none', [], 256, 'whole', batch);
+      expect(step.match(/let first_code\d+ =/g)?.length).toBe(batch);
+      expect(step.match(/let next_code\d+ =/g)?.length).toBe(batch);
+    }
+    expect(() => e8pMatvecWgsl('e8p12', null, 32, 1, 1, 12 as 8)).toThrow(
+      'E_VALUE: codeBatch must be 4, 8 or 16, got 12',
+    );
+    expect(() => inputProjectionWgsl(256, 'e8p12', 32, 'none', 'none', [], 256, 'whole', 0 as 8)).toThrow(
+      'E_VALUE: codeBatch must be 4, 8 or 16, got 0',
     );
   });
 });

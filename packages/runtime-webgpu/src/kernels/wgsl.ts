@@ -11,7 +11,7 @@
  * prompt tokens (prefill) by dispatching T workgroups along y. Token r sits at position `step.pos + r`;
  * `step.len = step.pos + T`.
  */
-import { CalderaError } from '@caldera/core';
+import { CalderaError, shownValue } from '@caldera/core';
 import { hadamardBase } from '@caldera/linalg';
 
 /**
@@ -1230,8 +1230,24 @@ fn zAt(sg: Seg, i: u32) -> f32 {
 }`;
 }
 
-/** Code groups per iteration of a lane's E8P loop, their code loads issued together (see {@link codeGroupsWgsl}). */
+/**
+ * Code groups per iteration of a lane's E8P loop, their code loads issued together (see {@link codeGroupsWgsl}): the
+ * default of {@link CodeBatch}.
+ */
 export const E8P_UNROLL = 8;
+
+/**
+ * Code groups per iteration of the E8P loops that batch their code loads ({@link codeGroupsWgsl}: the f32 E8P
+ * kernel in decode and the input step's R̂ rows): more loads in flight per lane against more registers held. The
+ * same groups in the same order whatever the batch: the same outputs to the bit.
+ */
+export type CodeBatch = 4 | 8 | 16;
+
+/** `E_VALUE` unless `batch` is undefined (the default, {@link E8P_UNROLL}) or a {@link CodeBatch}. */
+export function checkCodeBatch(batch: unknown): asserts batch is CodeBatch | undefined {
+  if (batch !== undefined && batch !== 4 && batch !== 8 && batch !== 16)
+    throw new CalderaError('E_VALUE', `codeBatch must be 4, 8 or 16, got ${shownValue(batch)}`);
+}
 
 /** The second plane of an RVQ code (see {@link codeGroupsWgsl}): its codec and each row's first code index. */
 interface SecondPlane {
@@ -1257,7 +1273,8 @@ function secondPlaneDotWgsl(codec: 'rvq4' | 'rvq3', code2: string): string {
 
 /**
  * The loop over the E8P12 code groups `g = lane, lane + stride, …` (below `G`) of one or more rows, in that order:
- * each iteration first loads the codes of its next {@link E8P_UNROLL} groups of every row (row k's first code at index
+ * each iteration first loads the codes of its next `batch` groups ({@link CodeBatch}, default {@link E8P_UNROLL}) of
+ * every row (row k's first code at index
  * `bases[k]`, codes packed two per u32; a group past the row loads the row's last code and is skipped), and with
  * `plane2` the same groups' codes of the second plane (`codes2`: u16 E8P12 codes two per u32 for `rvq4`, u8 E81B
  * codes four per u32 for `rvq3`, row k's first at `plane2.bases[k]`), then runs `perGroup(codes, g, codes2)` for each
@@ -1278,9 +1295,10 @@ function codeGroupsWgsl(
   perGroup: (codes: string[], g: string, codes2: string[]) => string,
   plane2?: SecondPlane,
   prefetched?: string,
+  batch: CodeBatch = E8P_UNROLL,
 ): string {
-  const U = Array.from({ length: E8P_UNROLL }, (_, u) => u);
-  const names = codeNames(bases.length, plane2);
+  const U = Array.from({ length: batch }, (_, u) => u);
+  const names = codeNames(bases.length, plane2, batch);
   const groups = U.map(
     (u) => `if (g0 + ${u}u * ${stride} < ${G}) {
         let g = g0 + ${u}u * ${stride};
@@ -1292,15 +1310,15 @@ function codeGroupsWgsl(
       }`,
   ).join('\n      ');
   if (prefetched === undefined)
-    return `for (var g0 = lane; g0 < ${G}; g0 += ${stride} * ${E8P_UNROLL}u) {
-      ${codeBatchWgsl(bases, G, stride, plane2, 'g0', '')}
+    return `for (var g0 = lane; g0 < ${G}; g0 += ${stride} * ${batch}u) {
+      ${codeBatchWgsl(bases, G, stride, plane2, 'g0', '', batch)}
       ${groups}
     }`;
   // the first batch's codes were loaded before (codeBatchWgsl with g0 = lane and names prefixed `prefetched`)
-  return `for (var g0 = lane; g0 < ${G}; g0 += ${stride} * ${E8P_UNROLL}u) {
+  return `for (var g0 = lane; g0 < ${G}; g0 += ${stride} * ${batch}u) {
       ${names.map((n) => `var ${n} = ${prefetched}${n};`).join(' ')}
       if (g0 != lane) {
-        ${codeBatchWgsl(bases, G, stride, plane2, 'g0', 'next_')}
+        ${codeBatchWgsl(bases, G, stride, plane2, 'g0', 'next_', batch)}
         ${names.map((n) => `${n} = next_${n};`).join(' ')}
       }
       ${groups}
@@ -1313,8 +1331,8 @@ function codeName(u: number, k: number, rows: number): string {
 }
 
 /** Every code name of one batch of {@link codeGroupsWgsl} (plane-2 ones suffixed `p2`). */
-function codeNames(rows: number, plane2?: SecondPlane): string[] {
-  return Array.from({ length: E8P_UNROLL }, (_, u) =>
+function codeNames(rows: number, plane2?: SecondPlane, batch: CodeBatch = E8P_UNROLL): string[] {
+  return Array.from({ length: batch }, (_, u) =>
     Array.from({ length: rows }, (_, k) => {
       const n = codeName(u, k, rows);
       return plane2 ? [n, `${n}p2`] : [n];
@@ -1324,7 +1342,7 @@ function codeNames(rows: number, plane2?: SecondPlane): string[] {
 
 /**
  * WGSL `let` statements loading one batch of {@link codeGroupsWgsl}: the codes of groups `g0 + u·stride` (u below
- * {@link E8P_UNROLL}, clamped to the row's last) of every row and plane, named as {@link codeNames} with `prefix`.
+ * `batch`, clamped to the row's last) of every row and plane, named as {@link codeNames} with `prefix`.
  */
 function codeBatchWgsl(
   bases: readonly string[],
@@ -1333,8 +1351,9 @@ function codeBatchWgsl(
   plane2: SecondPlane | undefined,
   g0: string,
   prefix: string,
+  batch: CodeBatch = E8P_UNROLL,
 ): string {
-  const U = Array.from({ length: E8P_UNROLL }, (_, u) => u);
+  const U = Array.from({ length: batch }, (_, u) => u);
   const id = (u: number, k: number) => `${prefix}${u}_${k}`;
   // rvq4: u16 codes two per u32; rvq3: u8 codes four per u32
   const [perWord, bits, mask] = plane2?.codec === 'rvq4' ? [1, 16, '0xffffu'] : [2, 8, '0xffu'];
@@ -1388,9 +1407,11 @@ export function e8pMatvecWgsl(
   lanes: Lanes = 32,
   tile = 1,
   rows: RowsPerLane = 1,
+  batch: CodeBatch = E8P_UNROLL,
 ): string {
   if (![1, 2, 4].includes(rows))
     throw new CalderaError('E_VALUE', `e8pMatvecWgsl: rows per lane ${rows} is not 1, 2 or 4`);
+  checkCodeBatch(batch);
   if (rows > 1 && (lanes !== 32 || tile !== 1))
     throw new CalderaError(
       'E_VALUE',
@@ -1426,6 +1447,8 @@ export function e8pMatvecWgsl(
       ([code], g, [code2]) => `let xv = x8(r * p.xRow + sg.xOff + 8u * ${g});
       ${products(code!, code2, 'acc')}`,
       secondPlane(codec, ['lrow'], 'p.G'),
+      undefined,
+      batch,
     )}
     ${finish('acc', 'lrow')}`;
   if (lanes === 32 && tile === 1 && rows > 1) {
@@ -1457,6 +1480,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         ks.map((k) => `(lrow + ${k}u)`),
         'p.G',
       ),
+      undefined,
+      batch,
     )}
     ${ks.map((k) => finish(`acc${k}`, `lrow + ${k}u`)).join('\n    ')}
   }
@@ -1780,9 +1805,9 @@ function pendingOutputWgsl(
  * workgroups `seg.wg0 …` along x: each computes the member's whole `x'` in workgroup memory (the H_K mix in place
  * for the orders `mixKs`, written out as in {@link hadamardWgsl}, else through registers, `maxN/wg` values per
  * invocation, `wg` the workgroup's invocations) and then its block of R̂'s rows (`wg/32` with 32 lanes per row, `wg`
- * with one) from there, the first {@link E8P_UNROLL} code groups of each lane's row loaded before the rotation (their
- * memory latency passes during it); the member's first workgroup also writes `x'` to `rot` for the Q̂ kernel. A
- * member without lattice factors (`k` = 0) takes one workgroup. The E8P source table (and the E81B table of an `rvq3`
+ * with one) from there, the first `batch` code groups ({@link CodeBatch}) of each lane's row loaded before the
+ * rotation (their memory latency passes during it); the member's first workgroup also writes `x'` to `rot` for the
+ * Q̂ kernel. A member without lattice factors (`k` = 0) takes one workgroup. The E8P source table (and the E81B table of an `rvq3`
  * R̂) come from the uniform `tables` (see {@link e8pTablesUniform}), copied into workgroup memory with 32 lanes per row
  * (4 KiB, and 8 KiB for E81B). Not batched over row tiles: one activation row per workgroup along y.
  *
@@ -1816,7 +1841,9 @@ export function inputProjectionWgsl(
   mixKs: readonly number[] = [],
   wg = WG,
   form: InputStepForm = 'whole',
+  batch: CodeBatch = E8P_UNROLL,
 ): string {
+  checkCodeBatch(batch);
   if (form !== 'whole' && (input !== 'none' || prev !== 'none'))
     throw new CalderaError('E_VALUE', 'inputProjectionWgsl: blocks rotated before need no input computation');
   const chunks = form === 'chunks';
@@ -1919,7 +1946,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   // the first codes of R̂'s row (of the last row where past them), loaded now: their memory latency passes during
   // the rotation instead of after it
   let prow = min(row, max(sg.k, 1u) - 1u);
-  ${codeBatchWgsl([rowBase('prow')], G, `${lanes}u`, plane2Of('prow'), 'lane', 'first_')}
+  ${codeBatchWgsl([rowBase('prow')], G, `${lanes}u`, plane2Of('prow'), 'lane', 'first_', batch)}
   let xo = r * u.xStride + mb.xOff;
   ${
     chunks
@@ -2013,6 +2040,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       ${codec === 'e8p12' ? '' : `acc2 += ${secondPlaneDotWgsl(codec, code2!)};`}`,
       plane2Of('row'),
       'first_',
+      batch,
     )}
     ${rvq4 || rvq3 ? 'acc += acc2 / pr.resScale;' : ''}
     acc *= sg.qscale;
