@@ -1,22 +1,8 @@
 import type { CalderaDevice } from '../src/index.js';
-import { encodeDispatches, type Dispatch } from '../src/kernels.js';
+import type { Dispatch } from '../src/kernels.js';
+import { submitSeconds } from '../src/tune.js';
 
-/**
- * Seconds from submitting `passes` repetitions of `list` (one command buffer) until the GPU has finished them: the
- * timing step of the roofline and the decode profile.
- */
-export async function submitSeconds(
-  dev: CalderaDevice,
-  list: readonly Dispatch[],
-  passes: number,
-): Promise<number> {
-  const enc = dev.device.createCommandEncoder();
-  for (let i = 0; i < passes; i++) encodeDispatches(enc, list);
-  const t = performance.now();
-  dev.device.queue.submit([enc.finish()]);
-  await dev.device.queue.onSubmittedWorkDone();
-  return (performance.now() - t) / 1000;
-}
+export { submitSeconds };
 
 /**
  * Keep the GPU busy with `list` for about `ms` milliseconds, so that it has left its idle clocks before anything is

@@ -45,6 +45,7 @@ import {
   kernelChoiceOf,
   defaultTuningAxes,
   searchKernelChoices,
+  submitSeconds,
   type Axis,
   type ChoiceRunner,
   type TuneOptions,
@@ -620,12 +621,13 @@ export class WebGpuModel {
 
   /**
    * Time kernel choices on this device and keep the fastest: see {@link TuneOptions} (default: a coordinate search
-   * over lanes per row, the one-workgroup kernels' invocations, rows per lane, the gate step's form and the global-memory
-   * rotation for the widest vectors, from the model's choice). Each candidate's programs are built over the model's weights and buffers (no reload), run one
-   * decode step whose logits must agree with the model's within 1 % of their scale (kernel choices reorder f32 sums,
-   * about 1e-6 of the scale; packed-f16 products about 1e-3; a kernel the device miscompiles or fails, far more)
-   * with no WebGPU error, and are timed in alternation with the best so far: the GPU time of decode steps submitted
-   * together at the next position (the host's share is the same for every choice). Returns what it found; the model
+   * over lanes per row, the one-workgroup kernels' invocations, rows per lane, the gate step's form, the code loads
+   * per batch and the global-memory rotation for the widest vectors, from the model's choice). Each candidate's
+   * programs are built over the model's weights and buffers (no reload), run one decode step whose logits must
+   * agree with the model's within 1 % of their scale (kernel choices reorder f32 sums, about 1e-6 of the scale;
+   * packed-f16 products about 1e-3; a kernel the device miscompiles or fails, far more) with no WebGPU error, and
+   * are timed in alternation with the best so far: the GPU time of decode steps submitted together at the next
+   * position (the host's share is the same for every choice). Returns what it found; the model
    * runs {@link TuneReport.choice} from then on, its sequence unchanged (the timed steps write only the next
    * position's keys and values, which the next token's pass overwrites; an operation suspended meanwhile, such as a
    * generation, fails at its next token as after any other call). Pass the choice to the loader next time to skip
@@ -658,16 +660,7 @@ export class WebGpuModel {
         encodeDispatches(enc, step(p));
         enc.copyBufferToBuffer(this.logitsBuf, 0, this.readLogits, 0, V * 4);
         dev.queue.submit([enc.finish()]);
-        try {
-          await this.readLogits.mapAsync(MAP_READ_MODE, 0, V * 4);
-        } catch (e) {
-          throw this.readbackError(e);
-        }
-        try {
-          return new Float32Array(this.readLogits.getMappedRange(0, V * 4).slice(0));
-        } finally {
-          this.readLogits.unmap();
-        }
+        return new Float32Array(await this.readStaging(this.readLogits, V * 4));
       };
       const reference = await stepLogits(this.programs);
       const scale = reference.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
@@ -703,15 +696,7 @@ export class WebGpuModel {
           if (lost !== null) throw lost;
           return why === null ? programs! : { rejected: why };
         },
-        time: async (p, steps) => {
-          const enc = dev.createCommandEncoder();
-          const list = step(p);
-          for (let i = 0; i < steps; i++) encodeDispatches(enc, list);
-          const t = performance.now();
-          dev.queue.submit([enc.finish()]);
-          await dev.queue.onSubmittedWorkDone();
-          return (performance.now() - t) / 1000;
-        },
+        time: (p, steps) => submitSeconds(this.dev, step(p), steps),
         labels: (p) => step(p).map((d) => d.label),
         dispose: disposePrograms,
       };
@@ -977,19 +962,24 @@ export class WebGpuModel {
       throw new CalderaError('E_VALUE', "WebGpuModel: a pass's result was overwritten before it was read");
     this.busy = true;
     try {
-      try {
-        await staging.mapAsync(MAP_READ_MODE, 0, bytes);
-      } catch (e) {
-        throw this.readbackError(e);
-      }
-      try {
-        const range = staging.getMappedRange(0, bytes);
-        return pass.output === 'argmax' ? new Uint32Array(range)[0]! : new Float32Array(range.slice(0));
-      } finally {
-        staging.unmap();
-      }
+      const data = await this.readStaging(staging, bytes);
+      return pass.output === 'argmax' ? new Uint32Array(data)[0]! : new Float32Array(data);
     } finally {
       this.busy = false;
+    }
+  }
+
+  /** A copy of the first `bytes` of `staging` once the GPU has written them (errors: see readbackError). */
+  private async readStaging(staging: GPUBuffer, bytes: number): Promise<ArrayBuffer> {
+    try {
+      await staging.mapAsync(MAP_READ_MODE, 0, bytes);
+    } catch (e) {
+      throw this.readbackError(e);
+    }
+    try {
+      return staging.getMappedRange(0, bytes).slice(0);
+    } finally {
+      staging.unmap();
     }
   }
 

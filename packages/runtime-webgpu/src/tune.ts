@@ -7,14 +7,7 @@
  */
 import { assertFunction, CalderaError, shownValue, throwIfAborted } from '@caldera/core';
 import type { CalderaDevice } from './device.js';
-import {
-  checkCodeBatch,
-  checkGateStep,
-  checkLanes,
-  checkMaxLocalHadamard,
-  checkRowsPerLane,
-  checkVectorWorkgroup,
-} from './kernels/index.js';
+import { encodeDispatches, Kernels, type Dispatch } from './kernels/index.js';
 import type { KernelChoice, WebGpuModelOptions } from './model.js';
 
 /** The keys of {@link KernelChoice}. */
@@ -229,18 +222,9 @@ export function checkTuneOptions(options: TuneOptions, dev: CalderaDevice): void
     options.candidates.forEach((c: unknown, i) => {
       if (typeof c !== 'object' || c === null)
         throw new CalderaError('E_VALUE', `${fn}: candidates[${i}] is not an object, got ${shownValue(c)}`);
-      const choice = c as KernelChoice;
       try {
-        checkLanes(choice.lanes);
-        checkMaxLocalHadamard(choice.maxLocalHadamard);
-        checkRowsPerLane(choice.rowsPerLane);
-        checkVectorWorkgroup(choice.vectorWorkgroup, dev);
-        checkGateStep(choice.gateStep);
-        checkCodeBatch(choice.codeBatch);
-        if (choice.f16 !== undefined && typeof choice.f16 !== 'boolean')
-          throw new CalderaError('E_VALUE', `f16 must be true or false, got ${shownValue(choice.f16)}`);
-        if (choice.f16 && !dev.shaderF16) throw new CalderaError('E_VALUE', 'f16 needs shader-f16');
-        if (choice.f16 && choice.lanes === 1) throw new CalderaError('E_VALUE', 'f16 needs 32 lanes per row');
+        // the kernels' own checks (their constructor creates nothing on the device)
+        new Kernels(dev, c as KernelChoice);
       } catch (e) {
         // the check's message without its code
         const message = (e as Error).message.replace(/^E_[A-Z_]+: /, '');
@@ -249,6 +233,23 @@ export function checkTuneOptions(options: TuneOptions, dev: CalderaDevice): void
     });
   }
   throwIfAborted(options.signal, 'tuning kernels');
+}
+
+/**
+ * Seconds from submitting `passes` repetitions of `list` (one command buffer) until the GPU has finished them: the
+ * timing of the search, and of the benchmarks' roofline and decode profile.
+ */
+export async function submitSeconds(
+  dev: CalderaDevice,
+  list: readonly Dispatch[],
+  passes: number,
+): Promise<number> {
+  const enc = dev.device.createCommandEncoder();
+  for (let i = 0; i < passes; i++) encodeDispatches(enc, list);
+  const t = performance.now();
+  dev.device.queue.submit([enc.finish()]);
+  await dev.device.queue.onSubmittedWorkDone();
+  return (performance.now() - t) / 1000;
 }
 
 /**
