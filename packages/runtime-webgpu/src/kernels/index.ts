@@ -396,8 +396,37 @@ export function checkGateStep(form: unknown): asserts form is GateStep | undefin
 }
 
 /**
- * Builds kernel launches on one device. Pipelines are compiled once per kernel variant and cached in this object
- * (not globally); the uniform buffers it creates are released by {@link Kernels.dispose}.
+ * The compute pipelines compiled on each device, by WGSL source: a memo of {@link compiledPipeline}, freed with the
+ * device object.
+ */
+const devicePipelines = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
+
+/**
+ * The compute pipeline of `code` on `device`: compiled on the first request, then shared by every `Kernels` on that
+ * device (a second model, a reload, `tuneKernels`' candidates: only the kernels whose WGSL differs are compiled again;
+ * on a CPU adapter a compile takes up to a second). A pipeline is immutable and binds nothing itself (each launch has
+ * its own bind group), so sharing it changes no result. One that fails to compile is shared too: the same code fails
+ * the same way on the same device, and each use of it is a validation error where it is used.
+ */
+function compiledPipeline(device: GPUDevice, label: string, code: string): GPUComputePipeline {
+  let byCode = devicePipelines.get(device);
+  if (!byCode) {
+    byCode = new Map();
+    devicePipelines.set(device, byCode);
+  }
+  let p = byCode.get(code);
+  if (!p) {
+    const module = device.createShaderModule({ label, code });
+    p = device.createComputePipeline({ label, layout: 'auto', compute: { module, entryPoint: 'main' } });
+    byCode.set(code, p);
+  }
+  return p;
+}
+
+/**
+ * Builds kernel launches on one device. Pipelines are compiled once per kernel variant and device (shared with the
+ * device's other `Kernels`; see {@link compiledPipeline}); the uniform buffers it creates are released by
+ * {@link Kernels.dispose}.
  */
 export class Kernels {
   private readonly pipelines = new Map<string, GPUComputePipeline>();
@@ -499,12 +528,7 @@ export class Kernels {
   private pipeline(key: string, code: () => string): GPUComputePipeline {
     let p = this.pipelines.get(key);
     if (!p) {
-      const module = this.dev.device.createShaderModule({ label: key, code: code() });
-      p = this.dev.device.createComputePipeline({
-        label: key,
-        layout: 'auto',
-        compute: { module, entryPoint: 'main' },
-      });
+      p = compiledPipeline(this.dev.device, key, code());
       this.pipelines.set(key, p);
     }
     return p;

@@ -12,7 +12,7 @@ import {
 } from '../device.js';
 import { e8pSourcePairs, uploadMatrix } from '../linear.js';
 import { relErr } from '../testing/compare.js';
-import { gpuTitle, testDevice, testF16Device } from '../testing/gpu.js';
+import { gpuTitle, ownTestDevice, testDevice, testF16Device } from '../testing/gpu.js';
 import {
   e8pF16WorkgroupBytes,
   e8pMatvecWgsl,
@@ -1043,6 +1043,32 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       const o = scratchBuffer(d, 4, 'o');
       await run(d, [k.argmax(storageBuffer(d, v, 'v'), o, len)]);
       expect(new Uint32Array(await readBuffer(d, o, 4))[0]).toBe(at);
+    }
+  });
+
+  it('pipelines are compiled once per device: Kernels on the same device share the pipeline of the same WGSL, not of other WGSL, and a second device compiles its own', async () => {
+    const x = storageBuffer(d, new Float32Array(64).fill(1), 'x');
+    const w = storageBuffer(d, new Float32Array(64).fill(2), 'w');
+    const out = scratchBuffer(d, 64 * 4, 'out');
+    const norm = (k: Kernels) => k.rmsNorm(x, w, out, 64, 1e-5);
+    const first = new Kernels(d, { vectorWorkgroup: 64 });
+    const a = norm(first);
+    first.dispose(); // releases its uniforms, not the device's pipelines
+    const b = norm(new Kernels(d, { vectorWorkgroup: 64 }));
+    expect(b.pipeline).toBe(a.pipeline);
+    expect(b.bindGroup).not.toBe(a.bindGroup); // each launch binds its own buffers
+    // another WGSL (a workgroup of 256 invocations) is another pipeline
+    expect(norm(new Kernels(d, { vectorWorkgroup: 256 })).pipeline).not.toBe(a.pipeline);
+    await run(d, [b]);
+    // f32 rounding of a sum of squares and an inverse square root
+    expect(relErr(await readF32(d, out, 64), Array(64).fill(2 / Math.sqrt(1 + 1e-5)))).toBeLessThan(1e-6);
+    const own = await ownTestDevice();
+    try {
+      const ox = storageBuffer(own!, new Float32Array(64).fill(1), 'x');
+      const launch = new Kernels(own!, { vectorWorkgroup: 64 }).rmsNorm(ox, ox, ox, 64, 1e-5);
+      expect(launch.pipeline).not.toBe(a.pipeline);
+    } finally {
+      own!.dispose();
     }
   });
 
