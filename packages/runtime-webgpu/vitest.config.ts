@@ -32,7 +32,8 @@ export default defineConfig({
     include: ['src/**/*.test.ts', 'test/**/*.test.ts'],
     testTimeout: 120_000,
     hookTimeout: 120_000,
-    // one Dawn instance per process: run the GPU test files one after another
-    fileParallelism: false,
+    // each test file in its own process (one Dawn instance each), two at a time: the GPU tests are mostly WGSL
+    // compiles on the CPU, one core each
+    maxWorkers: 2,
   },
 });
