@@ -188,7 +188,9 @@ function showKernels(model: WebGpuModel, how: string): void {
   const c = model.kernelChoice;
   kernels.textContent =
     `kernels (${how}): ${c.lanes} lanes per row, ${c.vectorWorkgroup} invocations per vector kernel, gate step ` +
-    `${c.gateStep}${c.rowsPerLane ? `, ${c.rowsPerLane} rows per lane` : ''} · ${model.dispatchesPerToken} launches per token`;
+    `${c.gateStep}${c.rowsPerLane ? `, ${c.rowsPerLane} rows per lane` : ''}` +
+    `${c.codeBatch === 8 ? '' : `, ${c.codeBatch} codes per batch of loads`}` +
+    ` · ${model.dispatchesPerToken} launches per token`;
 }
 
 /**
@@ -250,16 +252,18 @@ async function main(): Promise<void> {
         (status.textContent = `uploading to the GPU: block ${block} of ${blocks}`),
     });
   let loaded: LoadedWebGpuModel;
+  let tuned = saved !== null;
   try {
     loaded = await load(saved ?? {});
   } catch (e) {
     // a saved choice this device no longer takes (E_VALUE, e.g. another browser's limits): forget it, load without
     if (!(saved && e instanceof CalderaError && e.code === 'E_VALUE')) throw e;
     localStorage.removeItem(key);
+    tuned = false;
     loaded = await load({});
   }
   const { model, config, calderaMeta, linearBitsPerWeight } = loaded;
-  testHooks.kernelsTuned = saved !== null && localStorage.getItem(key) !== null;
+  testHooks.kernelsTuned = tuned;
   showKernels(model, testHooks.kernelsTuned ? 'tuned on this GPU before' : 'the defaults for this adapter');
   wireTuning(model, key);
   const { tok, generationConfig } = await loadTokenizer();
