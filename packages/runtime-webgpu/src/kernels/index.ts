@@ -17,6 +17,7 @@ import {
   HADAMARD_MIX_WGSL,
   hadamardStrideWgsl,
   hadamardWgsl,
+  mixSuffix,
   inputProjectionBindings,
   inputProjectionWgsl,
   ROWS_PER_WG,
@@ -750,8 +751,8 @@ export class Kernels {
     return [
       this.make(
         `hadamard n=${m.n} K=${m.K}${o.transpose ? ' T' : ''} +rmsnorm`,
-        this.pipeline(`hadamard_norm_${words}_k${mixKs.join('.')}_${vw}`, () =>
-          rotationNormWgsl(words, mixKs, vw),
+        this.pipeline(`hadamard_norm_${words}_k${mixKs.join('.')}_${vw}_${mixSuffix(o.transpose)}`, () =>
+          rotationNormWgsl(words, mixKs, vw, o.transpose),
         ),
         [
           this.uniform(this.rotationFields(o, o.members, norm.eps), 'rotation params'),
@@ -821,8 +822,9 @@ export class Kernels {
         this.oneRow(
           this.make(
             `hadamard n=${maxN} T ×3 +rope+kv+attention`,
-            this.pipeline(`hadamard_attention_${words}_${rope.hd}_k${mixKs.join('.')}_${vw}`, () =>
-              rotationAttentionWgsl(words, rope.hd, mixKs, vw),
+            this.pipeline(
+              `hadamard_attention_${words}_${rope.hd}_k${mixKs.join('.')}_${vw}_${mixSuffix(o.transpose)}`,
+              () => rotationAttentionWgsl(words, rope.hd, mixKs, vw, o.transpose),
             ),
             [
               this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),
@@ -842,8 +844,8 @@ export class Kernels {
     return [
       this.make(
         `hadamard n=${maxN} T ×3 +rope+kv`,
-        this.pipeline(`hadamard_rope_kv_${words}_k${mixKs.join('.')}_${vw}`, () =>
-          rotationRopeKvWgsl(words, mixKs, vw),
+        this.pipeline(`hadamard_rope_kv_${words}_k${mixKs.join('.')}_${vw}_${mixSuffix(o.transpose)}`, () =>
+          rotationRopeKvWgsl(words, mixKs, vw, o.transpose),
         ),
         [
           this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),
@@ -983,8 +985,9 @@ export class Kernels {
     const input = inputOf(o);
     const mixKs = mixKsOf(o.members);
     const vw = this.vectorWorkgroup;
-    const p = this.pipeline(`hadamard_${bucket}_${S}_${input.kind}_k${mixKs.join('.')}_${vw}`, () =>
-      hadamardWgsl(bucket, S, input.kind, mixKs, vw),
+    const p = this.pipeline(
+      `hadamard_${bucket}_${S}_${input.kind}_k${mixKs.join('.')}_${vw}_${mixSuffix(o.transpose)}`,
+      () => hadamardWgsl(bucket, S, input.kind, mixKs, vw, o.transpose),
     );
     const m0 = o.members[0]!;
     return this.make(
@@ -1470,8 +1473,10 @@ export class Kernels {
     const input = inputOf(rotation);
     // the orders of this step's rotation and of the pending one
     const mixKs = mixKsOf([{ K }, ...(prev.pending?.members ?? [])]);
+    // the mixes' directions: the pipeline's, as the uniforms' flags
+    const directions = `${mixSuffix(rotation.transpose)}${prev.pending ? mixSuffix(prev.pending.transpose) : ''}`;
     const p = this.pipeline(
-      `project_${words}_${c.codec}_${this.lanes}_${input.kind}_${prev.kind}_k${mixKs.join('.')}_${vw}_${form}_${this.codeBatch}`,
+      `project_${words}_${c.codec}_${this.lanes}_${input.kind}_${prev.kind}_k${mixKs.join('.')}_${vw}_${form}_${this.codeBatch}_${directions}`,
       () =>
         inputProjectionWgsl(
           words,
@@ -1483,6 +1488,8 @@ export class Kernels {
           vw,
           form,
           this.codeBatch,
+          rotation.transpose,
+          prev.pending?.transpose ?? true,
         ),
     );
     // the pending rotation's members as the kernel reads them (gate first in the gate step)
@@ -1574,7 +1581,9 @@ export class Kernels {
     const P = n / K;
     const vw = this.vectorWorkgroup;
     const words = this.vectorWords(n);
-    const p = this.pipeline(`gate_slice_${words}_${K}_${P}_${vw}`, () => gateSliceWgsl(words, K, P, vw));
+    const p = this.pipeline(`gate_slice_${words}_${K}_${P}_${vw}_${mixSuffix(rot.transpose)}`, () =>
+      gateSliceWgsl(words, K, P, vw, rot.transpose),
+    );
     const members = gateMembers(rot, o.x, (o.input as { up: GPUBuffer }).up)!;
     const first = this.make(
       `gate slices n=${n} K=${K}`,

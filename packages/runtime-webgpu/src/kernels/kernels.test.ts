@@ -17,6 +17,8 @@ import {
   e8pF16WorkgroupBytes,
   e8pMatvecWgsl,
   e8pTablesUniform,
+  gateSliceWgsl,
+  hadamardWgsl,
   inputProjectionWgsl,
   encodeDispatches,
   Kernels,
@@ -1432,5 +1434,23 @@ describe('code groups per batch of loads (the WGSL; no device)', () => {
     expect(() => inputProjectionWgsl(256, 'e8p12', 32, 'none', 'none', [], 256, 'whole', 0 as 8)).toThrow(
       'E_VALUE: codeBatch must be 4, 8 or 16, got 0',
     );
+  });
+});
+
+describe("the direction of the H_K mix is the pipeline's (the WGSL; no device)", () => {
+  it('a rotation kernel holds the written-out mix of its direction only; the input step finishing an output rotation holds both, each once', () => {
+    const mixes = (code: string) => (code.match(/fn mixK44[NT]\(/g) ?? []).sort();
+    const forward = hadamardWgsl(1024, 1, 'none', [44], 256, false);
+    const transposed = hadamardWgsl(1024, 1, 'none', [44], 256, true);
+    expect(mixes(forward)).toEqual(['fn mixK44N(']);
+    expect(mixes(transposed)).toEqual(['fn mixK44T(']);
+    // the signs differ (H_44 is not symmetric), and each shader calls its own direction only
+    expect(forward).not.toEqual(transposed.replaceAll('K44T', 'K44N').replaceAll('InPlaceT', 'InPlaceN'));
+    expect(forward).not.toMatch(/rotateInPlaceT|rotatedAtT/);
+    // the input step of down_proj finishing gate and up: its own rotation (N) and theirs (T)
+    const step = inputProjectionWgsl(1024, 'rvq4', 1, 'swiglu', 'gate', [44], 64, 'whole', 8, false, true);
+    expect(mixes(step)).toEqual(['fn mixK44N(', 'fn mixK44T(']);
+    // the gate slices' chunk sums: one switch, not one per direction
+    expect(gateSliceWgsl(1024, 44, 16, 256, true).match(/switch q/g)?.length).toBe(1);
   });
 });

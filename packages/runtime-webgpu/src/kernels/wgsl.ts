@@ -404,16 +404,18 @@ const ROTATION_BINDINGS = /* wgsl */ `
 
 /**
  * WGSL statements declaring `var y`, output value `i` of member `mb` after its rotation (see {@link rotationStepsWgsl};
- * flags from the uniform `params`): `gscale·(rotated·post) (+ bias)`, with `post` and `bias` the WGSL expressions of
- * value i's multiplier and bias (default: read from the kernel's `post` and `bias` arrays at the member's offsets).
+ * its `transform` flag from the uniform `params`, the mix transposed where `transpose`): `gscale·(rotated·post)
+ * (+ bias)`, with `post` and `bias` the WGSL expressions of value i's multiplier and bias (default: read from the
+ * kernel's `post` and `bias` arrays at the member's offsets).
  */
 function outputValueWgsl(
   mb: string,
   params: string,
+  transpose: boolean,
   post = `post[${mb}.postOff + i]`,
   bias = `bias[${mb}.biasOff + i]`,
 ): string {
-  return `var y = ${mb}.gscale * (rotatedAt(${mb}, i, ${params}.transform, ${params}.transposeH) * ${post});
+  return `var y = ${mb}.gscale * (rotatedAt${mixSuffix(transpose)}(${mb}, i, ${params}.transform) * ${post});
       if (${mb}.hasBias == 1u) { y += ${bias}; }`;
 }
 
@@ -448,6 +450,15 @@ export function unrolledMixKs(ks: readonly number[]): number[] {
 export const MIX_CHUNK = 8;
 
 /**
+ * What the names of a shader's rotation functions end with for the mix `H_K` ('N') or its transpose ('T'): the
+ * direction is the pipeline's, so that a shader holds only the written-out mixes it runs (each is ~2K² terms of code,
+ * the largest part of a rotation kernel, and compile time grows faster than the code).
+ */
+export function mixSuffix(transpose: boolean): 'T' | 'N' {
+  return transpose ? 'T' : 'N';
+}
+
+/**
  * The signs of the written-out `H_K` mix of order K ({@link hadamardBase} of @caldera/linalg): `chunkOuts(q)`, the
  * outputs of chunk q ({@link MIX_CHUNK} at a time), and `sign(t, a2, a)`, '+' or '-' as term a enters output a2
  * (`H[a2][a]` when `t`, the transposed mix, else `H[a][a2]`).
@@ -466,11 +477,11 @@ function mixSigns(K: number): {
 
 /**
  * WGSL statements declaring `r0 … r7` (f32, zero) and summing into them the outputs of chunk `q` (a WGSL u32
- * expression; see {@link mixSigns}) of the order-K mix, transposed where the WGSL u32 `transposeH` is 1, reading term
- * a as `col(a)` once, in order a = 0 … K − 1: `r_j = r_j ± c_a`, the operations of the column form of
- * {@link unrolledMixWgsl}, so the same sums to the bit. A `switch` over the chunk (its signs are in the code).
+ * expression; see {@link mixSigns}) of the order-K mix, transposed where `transpose`, reading term a as `col(a)`
+ * once, in order a = 0 … K − 1: `r_j = r_j ± c_a`, the operations of the column form of {@link unrolledMixWgsl}, so
+ * the same sums to the bit. A `switch` over the chunk (its signs are in the code).
  */
-function chunkSumsWgsl(K: number, q: string, transposeH: string, col: (a: number) => string): string {
+function chunkSumsWgsl(K: number, q: string, transpose: boolean, col: (a: number) => string): string {
   const { chunkOuts, sign } = mixSigns(K);
   const cases = (t: boolean) =>
     Array.from({ length: Math.ceil(K / MIX_CHUNK) }, (_, c) => {
@@ -484,22 +495,15 @@ function chunkSumsWgsl(K: number, q: string, transposeH: string, col: (a: number
         }`;
     }).join('\n        ');
   return `${Array.from({ length: MIX_CHUNK }, (_, j) => `var r${j} = 0.0;`).join(' ')}
-    if (${transposeH} == 1u) {
-      switch ${q} {
-        ${cases(true)}
-        default: {}
-      }
-    } else {
-      switch ${q} {
-        ${cases(false)}
-        default: {}
-      }
+    switch ${q} {
+      ${cases(transpose)}
+      default: {}
     }`;
 }
 
 /**
  * WGSL of the `H_K` mix in place, written out for order K: each column `b` (stride P) of `v` goes into registers,
- * then each output `Σ_a h·c_a` with the signs of `H_K` (`h = H[a2][a]` when `transposeH` is 1, `H[a][a2]` otherwise)
+ * then each output `Σ_a h·c_a` with the signs of `H_K` (`h = H[a2][a]` when `transpose`, `H[a][a2]` otherwise)
  * as additions and subtractions in order a = 0 … K − 1 from 0, times `1/√n`: the same operations, in the same order,
  * as the loop over `hkb` in `rotatedAt` (a ±1 product is exact), without a table read or a multiply per term, and K
  * workgroup-memory reads per column instead of K per value. The outputs go in chunks of {@link MIX_CHUNK}; where a
@@ -510,7 +514,7 @@ function chunkSumsWgsl(K: number, q: string, transposeH: string, col: (a: number
  * same values to the bit, in fewer registers (NVIDIA allows 64 per invocation in workgroups of 1024, where the K = 44
  * column alone would take 44).
  */
-function unrolledMixWgsl(K: number, wg: number): string {
+function unrolledMixWgsl(K: number, wg: number, transpose: boolean): string {
   const nChunks = Math.ceil(K / MIX_CHUNK);
   const { chunkOuts, sign } = mixSigns(K);
   const loads = Array.from({ length: K }, (_, a) => `let c${a} = v[${a}u * mb.P + b];`).join(' ');
@@ -525,13 +529,13 @@ function unrolledMixWgsl(K: number, wg: number): string {
     }).join('\n      ');
   const rs = Array.from({ length: MIX_CHUNK }, (_, j) => j);
   // (with one chunk per invocation: chunk `part` summed into r0 … r7 as the column is read)
-  return `fn mixK${K}(lid: u32, mb: M, transposeH: u32) {
+  return `fn mixK${K}${mixSuffix(transpose)}(lid: u32, mb: M) {
   let lp = firstTrailingBit(mb.P);
   let T = max(1u, ${wg}u >> lp);
   let part = lid >> lp;
   if (mb.P <= ${wg}u && T >= ${nChunks}u) {
     let b = lid & (mb.P - 1u);
-    ${chunkSumsWgsl(K, 'part', 'transposeH', (a) => `v[${a}u * mb.P + b]`)}
+    ${chunkSumsWgsl(K, 'part', transpose, (a) => `v[${a}u * mb.P + b]`)}
     workgroupBarrier();
     if (part < ${nChunks}u) {
       let a0 = part * ${MIX_CHUNK}u;
@@ -543,11 +547,7 @@ function unrolledMixWgsl(K: number, wg: number): string {
     let b = b0 + (lid & (mb.P - 1u));
     ${loads}
     workgroupBarrier();
-    if (transposeH == 1u) {
-      ${chunks(true)}
-    } else {
-      ${chunks(false)}
-    }
+    ${chunks(transpose)}
   }
 }`;
 }
@@ -611,37 +611,34 @@ fn butterflies(lid: u32, mb: M) {
 
 /**
  * The steps of the one-workgroup rotation kernels, over the workgroup array `v` (parameters `M` of
- * {@link ROTATION_PARAMS}) and the ±1 `H_K` table `hkb`: `rotateInPlace(lid, mb, transposeH)`, the fast
- * Walsh–Hadamard transform over each block of `P` ({@link butterfliesWgsl}) and, for K = 1 and the orders `mixKs`
- * (see {@link unrolledMixKs}), the `H_K` mix across blocks (transposed when `transposeH` is 1) times `1/√n`, in `v`
- * (it has barriers: call it in uniform control flow; `mixInPlace` is its mix alone, for blocks already transformed);
- * and `rotatedAt(mb, i, transform, transposeH)`, value i after the rotation: v_i when the mix ran in place or without
- * the transform (`transform` 0), else the mix of value i from `hkb` (orders above {@link UNROLLED_MIX_MAX_K}). The
- * kernels pass their uniform's flags. The written-out mixes use `hadamardBase(K)` of @caldera/linalg, the matrix
- * `hkb` holds; the same values either way, to the bit.
+ * {@link ROTATION_PARAMS}) and the ±1 `H_K` table `hkb`, for each direction in `transposes` (the function names end
+ * with its {@link mixSuffix}: `rotateInPlaceT` mixes with `H_Kᵀ`, `rotateInPlaceN` with `H_K`): `rotateInPlaceX(lid,
+ * mb)`, the fast Walsh–Hadamard transform over each block of `P` ({@link butterfliesWgsl}) and, for K = 1 and the
+ * orders `mixKs` (see {@link unrolledMixKs}), the `H_K` mix across blocks times `1/√n`, in `v` (it has barriers: call
+ * it in uniform control flow; `mixInPlaceX` is its mix alone, for blocks already transformed); and `rotatedAtX(mb, i,
+ * transform)`, value i after the rotation: v_i when the mix ran in place or without the transform (`transform` 0,
+ * the kernel's uniform flag), else the mix of value i from `hkb` (orders above {@link UNROLLED_MIX_MAX_K}). The
+ * direction is the pipeline's (the uniform's `transposeH` is read only by the global-memory rotation's kernels). The
+ * written-out mixes use `hadamardBase(K)` of @caldera/linalg, the matrix `hkb` holds; the same values either way, to
+ * the bit.
  */
-function rotationStepsWgsl(mixKs: readonly number[], wg: number): string {
+function rotationStepsWgsl(mixKs: readonly number[], wg: number, transposes: readonly boolean[]): string {
   const inPlace = ['1u', ...mixKs.map((k) => `${k}u`)].map((k) => `K == ${k}`).join(' || ');
-  return /* wgsl */ `
-${butterfliesWgsl(wg)}
-fn mixesInPlace(K: u32) -> bool { return ${inPlace}; }
-fn mixK1(lid: u32, mb: M) {
-  for (var b = lid; b < mb.P; b += ${wg}u) { v[b] = (0.0 + v[b]) * mb.invSqrtN; }
-}
-${mixKs.map((K) => unrolledMixWgsl(K, wg)).join('\n')}
-fn mixInPlace(lid: u32, mb: M, transposeH: u32) {
-  if (mb.K == 1u) { mixK1(lid, mb); }${mixKs.map((k) => ` else if (mb.K == ${k}u) { mixK${k}(lid, mb, transposeH); }`).join('')}
+  const direction = (t: boolean) => {
+    const x = mixSuffix(t);
+    return `${mixKs.map((K) => unrolledMixWgsl(K, wg, t)).join('\n')}
+fn mixInPlace${x}(lid: u32, mb: M) {
+  if (mb.K == 1u) { mixK1(lid, mb); }${mixKs.map((k) => ` else if (mb.K == ${k}u) { mixK${k}${x}(lid, mb); }`).join('')}
   workgroupBarrier();
 }
-fn rotateInPlace(lid: u32, mb: M, transposeH: u32) {
+fn rotateInPlace${x}(lid: u32, mb: M) {
   butterflies(lid, mb);
-  mixInPlace(lid, mb, transposeH);
+  mixInPlace${x}(lid, mb);
 }
-fn hkAt(mb: M, a2: u32, a: u32, transposeH: u32) -> f32 {
-  if (transposeH == 1u) { return hkb[mb.hkOff + a2 * mb.K + a]; }
-  return hkb[mb.hkOff + a * mb.K + a2];
+fn hkAt${x}(mb: M, a2: u32, a: u32) -> f32 {
+  return hkb[mb.hkOff + ${t ? 'a2 * mb.K + a' : 'a * mb.K + a2'}];
 }
-fn rotatedAt(mb: M, i: u32, transform: u32, transposeH: u32) -> f32 {
+fn rotatedAt${x}(mb: M, i: u32, transform: u32) -> f32 {
   if (transform != 1u || mixesInPlace(mb.K)) { return v[i]; }
   let lp = firstTrailingBit(mb.P);
   let a2 = i >> lp;
@@ -650,13 +647,21 @@ fn rotatedAt(mb: M, i: u32, transform: u32, transposeH: u32) -> f32 {
   var a = 0u;
   // 8 terms at a time, their loads first (a serial loop waited for each H_K read), added in order
   for (; a + 8u <= mb.K; a += 8u) {
-    ${Array.from({ length: 8 }, (_, t) => `let h${t} = hkAt(mb, a2, a + ${t}u, transposeH);`).join(' ')}
+    ${Array.from({ length: 8 }, (_, t) => `let h${t} = hkAt${x}(mb, a2, a + ${t}u);`).join(' ')}
     ${Array.from({ length: 8 }, (_, t) => `let v${t} = v[(a + ${t}u) * mb.P + b];`).join(' ')}
     ${Array.from({ length: 8 }, (_, t) => `acc += h${t} * v${t};`).join(' ')}
   }
-  for (; a < mb.K; a++) { acc += hkAt(mb, a2, a, transposeH) * v[a * mb.P + b]; }
+  for (; a < mb.K; a++) { acc += hkAt${x}(mb, a2, a) * v[a * mb.P + b]; }
   return acc * mb.invSqrtN;
 }`;
+  };
+  return /* wgsl */ `
+${butterfliesWgsl(wg)}
+fn mixesInPlace(K: u32) -> bool { return ${inPlace}; }
+fn mixK1(lid: u32, mb: M) {
+  for (var b = lid; b < mb.P; b += ${wg}u) { v[b] = (0.0 + v[b]) * mb.invSqrtN; }
+}
+${[...new Set(transposes)].map(direction).join('\n')}`;
 }
 
 /**
@@ -672,6 +677,8 @@ fn rotatedAt(mb: M, i: u32, transform: u32, transposeH: u32) -> f32 {
  * `bias`). `maxN` sizes the workgroup array (4 bytes each; at least `wg` values with RMSNorm). `mixKs`: the
  * orders whose `H_K` mix is written into the shader (see {@link unrolledMixKs}); other orders read it from `hkb`.
  * `wg`: the workgroup's invocations (see `Kernels.vectorWorkgroup`; every one-workgroup kernel takes it).
+ * `transpose`: the mix is `H_Kᵀ` (`M_nᵀ`), the pipeline's direction (see {@link rotationStepsWgsl}; `Kernels` keys
+ * its pipelines by it and writes the same flag into the uniform).
  */
 export function hadamardWgsl(
   maxN: number,
@@ -679,6 +686,7 @@ export function hadamardWgsl(
   input: RotationInputKind = 'none',
   mixKs: readonly number[] = [],
   wg = WG,
+  transpose = false,
 ): string {
   const outs = Array.from(
     { length: outputs },
@@ -698,7 +706,7 @@ ${outs}
 @group(0) @binding(${5 + outputs}) var<storage, read> bias: array<f32>;
 var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, wg) : maxN}>;
 ${rotationInputWgsl(input, 'u.eps', 6 + outputs, wg)}
-${rotationStepsWgsl(mixKs, wg)}
+${rotationStepsWgsl(mixKs, wg, [transpose])}
 @compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let mb = u.m[wid.x];
@@ -709,9 +717,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if (j < mb.nIn) { v[j] = inputAt(xo, j, scale) * pre[mb.preOff + j]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
-  if (u.transform == 1u) { rotateInPlace(lid, mb, u.transposeH); }
+  if (u.transform == 1u) { rotateInPlace${mixSuffix(transpose)}(lid, mb); }
   for (var i = lid; i < mb.outLen; i += ${wg}u) {
-    ${outputValueWgsl('mb', 'u')}
+    ${outputValueWgsl('mb', 'u', transpose)}
     let o = oo + i;
     ${store}
   }
@@ -724,9 +732,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
  * `nw`, `u.eps`) into `normOut` (rows of `outLen`), in one launch of one workgroup per row: each invocation keeps its
  * values of `h' = h + rotation` in registers, so the norm reads no memory. The same operations in the same order as
  * the rotation and the RMSNorm launch (bit-identical on SwiftShader, tested). `maxN` sizes the workgroup array;
- * `mixKs` as in {@link hadamardWgsl}.
+ * `mixKs` and `transpose` (an output rotation's: true) as in {@link hadamardWgsl}.
  */
-export function rotationNormWgsl(maxN: number, mixKs: readonly number[] = [], wg = WG): string {
+export function rotationNormWgsl(
+  maxN: number,
+  mixKs: readonly number[] = [],
+  wg = WG,
+  transpose = true,
+): string {
   const C = Math.ceil(maxN / wg);
   return /* wgsl */ `
 ${ROTATION_PARAMS}
@@ -736,7 +749,7 @@ ${ROTATION_BINDINGS}
 @group(0) @binding(7) var<storage, read> nw: array<f32>;
 @group(0) @binding(8) var<storage, read_write> normOut: array<f32>;
 var<workgroup> v: array<f32, ${Math.max(maxN, wg)}>;
-${rotationStepsWgsl(mixKs, wg)}
+${rotationStepsWgsl(mixKs, wg, [transpose])}
 ${normScaleWgsl('v', 'u.eps', wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -748,13 +761,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if (j < mb.nIn) { v[j] = x[xo + j] * pre[mb.preOff + j]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
-  if (u.transform == 1u) { rotateInPlace(lid, mb, u.transposeH); }
+  if (u.transform == 1u) { rotateInPlace${mixSuffix(transpose)}(lid, mb); }
   var hn: array<f32, ${C}>;
   var ss = 0.0;
   for (var c = 0u; c < ${C}u; c++) {
     let i = lid + c * ${wg}u;
     if (i < mb.outLen) {
-      ${outputValueWgsl('mb', 'u')}
+      ${outputValueWgsl('mb', 'u', transpose)}
       y += res[oo + i];
       res[oo + i] = y;
       hn[c] = y;
@@ -787,9 +800,14 @@ const ROPE_ROTATION_BINDINGS = /* wgsl */ `@group(0) @binding(3) var<storage, re
  * launch: each workgroup keeps its layer's output in workgroup memory, then RoPE at `step.pos + r` writes q (row r of
  * `q`) and k (the KV cache `ck` at that position), and v goes to `cv` unrotated. The same operations in the same
  * order as the rotation and the RoPE/KV launch (bit-identical on SwiftShader to both rotation paths, tested). `maxN`
- * sizes the workgroup array; `mixKs` as in {@link hadamardWgsl}.
+ * sizes the workgroup array; `mixKs` and `transpose` (an output rotation's: true) as in {@link hadamardWgsl}.
  */
-export function rotationRopeKvWgsl(maxN: number, mixKs: readonly number[] = [], wg = WG): string {
+export function rotationRopeKvWgsl(
+  maxN: number,
+  mixKs: readonly number[] = [],
+  wg = WG,
+  transpose = true,
+): string {
   const C = Math.ceil(maxN / wg);
   return /* wgsl */ `
 ${ROTATION_PARAMS}
@@ -802,7 +820,7 @@ ${ROPE_ROTATION_BINDINGS}
 @group(0) @binding(9) var<storage, read_write> ck: array<f32>;
 @group(0) @binding(10) var<storage, read_write> cv: array<f32>;
 var<workgroup> v: array<f32, ${maxN}>;
-${rotationStepsWgsl(mixKs, wg)}
+${rotationStepsWgsl(mixKs, wg, [transpose])}
 ${ROPE_PAIR_WGSL}
 @compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -814,12 +832,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if (j < mb.nIn) { v[j] = x[xo + j]; } else { v[j] = 0.0; }
   }
   workgroupBarrier();
-  if (u.transform == 1u) { rotateInPlace(lid, mb, u.transposeH); }
+  if (u.transform == 1u) { rotateInPlace${mixSuffix(transpose)}(lid, mb); }
   var ys: array<f32, ${C}>;
   for (var c = 0u; c < ${C}u; c++) {
     let i = lid + c * ${wg}u;
     if (i < mb.outLen) {
-      ${outputValueWgsl('mb', 'u')}
+      ${outputValueWgsl('mb', 'u', transpose)}
       ys[c] = y;
     }
   }
@@ -895,13 +913,15 @@ function scoresSoftmaxWgsl(dot: string, wg: number): string {
  * and k); the first query head of each KV group stores k and v in the cache, and every head uses its own copies for
  * the current position, so no workgroup reads what another writes. The same operations in the same order as
  * {@link rotationRopeKvWgsl} and then {@link attentionWgsl} (bit-identical on SwiftShader, tested); q is not
- * written. `maxN` sizes the workgroup array, `hd` the head size; `mixKs` as in {@link hadamardWgsl}.
+ * written. `maxN` sizes the workgroup array, `hd` the head size; `mixKs` and `transpose` (an output rotation's:
+ * true) as in {@link hadamardWgsl}.
  */
 export function rotationAttentionWgsl(
   maxN: number,
   hd: number,
   mixKs: readonly number[] = [],
   wg = WG,
+  transpose = true,
 ): string {
   const C = Math.ceil(maxN / wg);
   // the vector's loads written out, issued together (see unrolled)
@@ -911,10 +931,10 @@ export function rotationAttentionWgsl(
     ${unrolled(C, (c) => `let s${c} = x[mb.xOff + min(lid + ${c * wg}u, lastIn)];`)}
     ${vectorIntoWgsl(C, 'mb', (c) => `s${c}`, wg)}
     workgroupBarrier();
-    if (u.transform == 1u) { rotateInPlace(lid, mb, u.transposeH); }
+    if (u.transform == 1u) { rotateInPlace${mixSuffix(transpose)}(lid, mb); }
     if (lid < ${hd}u) {
       let i = ${lo} + lid;
-      ${outputValueWgsl('mb', 'u')}
+      ${outputValueWgsl('mb', 'u', transpose)}
       ${dst}[lid] = y;
     }
     workgroupBarrier();
@@ -934,7 +954,7 @@ var<workgroup> qh: array<f32, ${hd}>;
 var<workgroup> kh: array<f32, ${hd}>;
 var<workgroup> vh: array<f32, ${hd}>;
 var<workgroup> red: array<f32, ${wg}>;
-${rotationStepsWgsl(mixKs, wg)}
+${rotationStepsWgsl(mixKs, wg, [transpose])}
 ${ROPE_PAIR_WGSL}
 @compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -1760,6 +1780,7 @@ function pendingOutputWgsl(
   src: string,
   C: number,
   wg: number,
+  transpose: boolean,
   use: (c: number) => string,
   preload: (c: number) => string = () => '',
 ): string {
@@ -1780,14 +1801,14 @@ function pendingOutputWgsl(
     ${early ? reads : ''}
     ${vectorIntoWgsl(C, 'mo', (c) => `s${c}`, wg)}
     workgroupBarrier();
-    if (pu.transform == 1u) { rotateInPlace(lid, mo, pu.transposeH); }
+    if (pu.transform == 1u) { rotateInPlace${mixSuffix(transpose)}(lid, mo); }
     ${early ? '' : reads}
     ${unrolled(
       C,
       (c) => `{
       let i = lid + ${c * wg}u;
       if (i < mo.outLen) {
-        ${outputValueWgsl('mo', 'pu', `p${c}`, `b${c}`)}
+        ${outputValueWgsl('mo', 'pu', transpose, `p${c}`, `b${c}`)}
         ${use(c)}
       }
     }`,
@@ -1831,6 +1852,9 @@ function pendingOutputWgsl(
  * `q·sg.a + b` computes chunk q's 8 blocks of `x'` (from `x`, each invocation's column read from memory), writes them
  * to `rot` (b = 0) and sums its block b of R̂'s rows over them into `z` at `q·k` (rows of `pr.zRow`: one partial
  * vector of k per chunk, which the E8P kernel adds).
+ *
+ * `transpose` and `prevTranspose`: the directions of this step's mix (an input rotation's: false) and of the
+ * pending output rotation's (true), as in {@link hadamardWgsl}; the shader holds the written-out mixes of both.
  */
 export function inputProjectionWgsl(
   maxN: number,
@@ -1842,6 +1866,8 @@ export function inputProjectionWgsl(
   wg = WG,
   form: InputStepForm = 'whole',
   batch: CodeBatch = E8P_UNROLL,
+  transpose = false,
+  prevTranspose = true,
 ): string {
   checkCodeBatch(batch);
   if (form !== 'whole' && (input !== 'none' || prev !== 'none'))
@@ -1919,7 +1945,7 @@ fn pairs(a: u32) -> vec4<u32> { return ${lanes === 1 ? 'tables.pairs[a]' : 'tbl[
 fn e81bAt(i: u32) -> f32 { return ${e81bLocal ? 'e81bw[i]' : 'tables.e81b[i >> 2u][i & 3u]'}; }
 ${E8P_DECODE_WGSL}
 ${rvq3 ? E81B_DOT_WGSL : ''}
-${rotationStepsWgsl(mixKs, wg)}
+${rotationStepsWgsl(mixKs, wg, prev === 'none' ? [transpose] : [transpose, prevTranspose])}
 @compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   ${lanes === 1 ? '' : `for (var i = lid; i < 256u; i += ${wg}u) { tbl[i] = tables.pairs[i]; }`}
@@ -1956,7 +1982,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   _ = pre[0];
   _ = hkb[0];
   for (var b = lid; b < mb.P; b += ${wg}u) {
-    ${chunkSumsWgsl(K, 'q', 'u.transposeH', (a) => `x[xo + ${a}u * mb.P + b]`)}
+    ${chunkSumsWgsl(K, 'q', transpose, (a) => `x[xo + ${a}u * mb.P + b]`)}
     ${unrolled(MIX_CHUNK, (j) => `if (a0 + ${j}u < ${K}u) { v[${j}u * mb.P + b] = r${j} * mb.invSqrtN; }`)}
   }
   workgroupBarrier();`
@@ -1970,6 +1996,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     'prevOut',
     C,
     wg,
+    prevTranspose,
     (c) => `y += h${c};\n        hn[${c}] = y;`,
     (c) => `let h${c} = x[xo + min(lid + ${c * wg}u, lastOut)];`,
   )}
@@ -1987,8 +2014,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
               ? `// the gate and up layers before: their rotated outputs (members 0 and 1 of pu, rows of x), then silu(gate)·up
   var gv: array<f32, ${C}>;
   var uv: array<f32, ${C}>;
-  ${pendingOutputWgsl('0u', 'x', C, wg, (c) => `gv[${c}] = y;`)}
-  ${pendingOutputWgsl('1u', 'x', C, wg, (c) => `uv[${c}] = y;`)}
+  ${pendingOutputWgsl('0u', 'x', C, wg, prevTranspose, (c) => `gv[${c}] = y;`)}
+  ${pendingOutputWgsl('1u', 'x', C, wg, prevTranspose, (c) => `uv[${c}] = y;`)}
   let lastIn = mb.nIn - 1u;
   ${unrolled(C, (c) => `let q${c} = pre[mb.preOff + min(lid + ${c * wg}u, lastIn)];`, '\n  ')}
   ${vectorIntoWgsl(C, 'mb', (c) => `gv[${c}] / (1.0 + exp(-gv[${c}])) * uv[${c}] * q${c}`, wg, '\n  ')}`
@@ -2004,13 +2031,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
   workgroupBarrier();
   if (u.transform == 1u) {
-    ${form === 'mix' ? 'mixInPlace' : 'rotateInPlace'}(lid, mb, u.transposeH);
+    ${form === 'mix' ? 'mixInPlace' : 'rotateInPlace'}${mixSuffix(transpose)}(lid, mb);
     // an order without a written-out mix: each value's mix from hkb into registers, then back into v
     if (!mixesInPlace(mb.K)) {
       var mixed: array<f32, ${C}>;
       for (var c = 0u; c < ${C}u; c++) {
         let i = lid + c * ${wg}u;
-        if (i < mb.n) { mixed[c] = rotatedAt(mb, i, u.transform, u.transposeH); }
+        if (i < mb.n) { mixed[c] = rotatedAt${mixSuffix(transpose)}(mb, i, u.transform); }
       }
       workgroupBarrier();
       for (var c = 0u; c < ${C}u; c++) {
@@ -2066,10 +2093,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
  * gate and up vectors (their blocks of P), but mixes only its chunk: the one-launch gate step mixes three whole
  * vectors of K·P values in one workgroup, the serial chain that makes it the decode step's slowest launch. The same operations
  * in the same order as that step (bit-identical on SwiftShader, tested). K (the pending rotation's order, written
- * out: at most {@link UNROLLED_MIX_MAX_K}) and P (`s`, a chunk's values in workgroup memory) are the pipeline's;
- * `maxN` sizes `v` (the pending vectors' padded width).
+ * out: at most {@link UNROLLED_MIX_MAX_K}) and P (`s`, a chunk's values in workgroup memory) are the pipeline's,
+ * as is `transpose`, the gate and up rotations' direction (see {@link hadamardWgsl}); `maxN` sizes `v` (the pending
+ * vectors' padded width).
  */
-export function gateSliceWgsl(maxN: number, K: number, P: number, wg = WG): string {
+export function gateSliceWgsl(maxN: number, K: number, P: number, wg = WG, transpose = true): string {
   if (K < 2 || K > UNROLLED_MIX_MAX_K)
     throw new CalderaError('E_VALUE', `gateSliceWgsl: H_K order ${K} is not written out`);
   const C = Math.ceil(maxN / wg);
@@ -2100,7 +2128,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     workgroupBarrier();
     butterflies(lid, mo);
     for (var b = lid; b < mo.P; b += ${wg}u) {
-      ${chunkSumsWgsl(K, 'q', 'u.transposeH', (a) => `v[${a}u * mo.P + b]`)}
+      ${chunkSumsWgsl(K, 'q', transpose, (a) => `v[${a}u * mo.P + b]`)}
       ${unrolled(
         MIX_CHUNK,
         (j) => `if (a0 + ${j}u < ${K}u) {
