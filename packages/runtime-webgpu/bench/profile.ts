@@ -26,7 +26,8 @@ import { ABLATIONS } from './ablations.js';
 import { loaderFlagOptions, tunedOptions, type TunedOptions } from './loader-flags.js';
 import { measureRoofline } from './roofline.js';
 import { SHAPES, writeRandomCalderaModel, writeRandomF16Model } from './random-model.js';
-import { submitSeconds, warmUp } from './timing.js';
+import { submitSeconds } from '../src/tune.js';
+import { warmUp } from './timing.js';
 
 const at = process.argv.indexOf('--random-model');
 const shapeName = (at < 0 ? undefined : process.argv[at + 1]) ?? '1b';
@@ -105,8 +106,9 @@ const classOf = (d: Dispatch) => d.label.split(' ')[0]!;
 async function profile(name: string, model: WebGpuModel, options: TunedOptions): Promise<void> {
   await model.prefill([1, 2, 3, 4, 5, 6, 7, 8]);
   await model.finish();
-  const m = model as unknown as { program: Dispatch[]; head: Dispatch[] };
-  const step = [...m.program, ...m.head];
+  // the model's decode launch lists (private: its Programs record, which tuneKernels replaces)
+  const { programs } = model as unknown as { programs: { program: Dispatch[]; head: Dispatch[] } };
+  const step = [...programs.program, ...programs.head];
   // out of idle clocks before the first timing, as the roofline does (not on a CPU adapter)
   if (!device!.fallbackAdapter) await warmUp(device!, step, 1000);
   const whole = await timePass(step, REPS);
