@@ -264,7 +264,7 @@ async function main(): Promise<void> {
   }
   const { model, config, calderaMeta, linearBitsPerWeight } = loaded;
   testHooks.kernelsTuned = tuned;
-  showKernels(model, testHooks.kernelsTuned ? 'tuned on this GPU before' : 'the defaults for this adapter');
+  showKernels(model, tuned ? 'tuned on this GPU before' : 'the defaults for this adapter');
   wireTuning(model, key);
   const { tok, generationConfig } = await loadTokenizer();
   const layers = Object.keys(calderaMeta?.layers ?? {}).length;

@@ -27,7 +27,8 @@ import {
   type Lanes,
 } from '../src/kernels.js';
 import type { CalderaDevice } from '../src/index.js';
-import { submitSeconds, warmUp } from './timing.js';
+import { submitSeconds } from '../src/tune.js';
+import { warmUp } from './timing.js';
 
 /** Reads every 16-byte word of `a` once (grid-stride); the guarded write keeps the loads alive. */
 const STREAM_WGSL = /* wgsl */ `

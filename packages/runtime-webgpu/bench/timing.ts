@@ -2,8 +2,6 @@ import type { CalderaDevice } from '../src/index.js';
 import type { Dispatch } from '../src/kernels.js';
 import { submitSeconds } from '../src/tune.js';
 
-export { submitSeconds };
-
 /**
  * Keep the GPU busy with `list` for about `ms` milliseconds, so that it has left its idle clocks before anything is
  * timed (an H200 idles at 345 MHz; without this the first variant timed ran at a fraction of the later ones' clocks:

@@ -42,6 +42,7 @@ import {
 import { checkCapacity, prefillThrough } from './prefill.js';
 import {
   checkTuneOptions,
+  KERNEL_CHOICE_KEYS,
   kernelChoiceOf,
   defaultTuningAxes,
   searchKernelChoices,
@@ -607,16 +608,11 @@ export class WebGpuModel {
    * it unset; `rowsPerLane` only when set): JSON, which the loaders take as options.
    */
   get kernelChoice(): KernelChoice {
+    // the kernels' resolved options go by the same names (rowsPerLane null when unset)
     const k = this.programs.kernels;
-    return {
-      lanes: k.lanes,
-      maxLocalHadamard: k.maxLocalHadamard,
-      f16: k.f16,
-      ...(k.rowsPerLane !== null ? { rowsPerLane: k.rowsPerLane } : {}),
-      vectorWorkgroup: k.vectorWorkgroup,
-      gateStep: k.gateStep,
-      codeBatch: k.codeBatch,
-    };
+    const out: Record<string, unknown> = {};
+    for (const key of KERNEL_CHOICE_KEYS) if (k[key] !== null) out[key] = k[key];
+    return out as KernelChoice;
   }
 
   /**

@@ -268,6 +268,11 @@ export async function searchKernelChoices<P>(
   const abortCheck = () => throwIfAborted(signal, 'tuning kernels');
   let best = start;
   const built: P[] = [];
+  // a candidate's programs no longer needed: out of `built`, destroyed
+  const release = (p: P) => {
+    built.splice(built.indexOf(p), 1);
+    runner.dispose(p);
+  };
   try {
     const t0 = performance.now();
     do {
@@ -297,12 +302,8 @@ export async function searchKernelChoices<P>(
         }
         const programs = made;
         built.push(programs);
-        const drop = () => {
-          built.splice(built.indexOf(programs), 1);
-          runner.dispose(programs);
-        };
         if (axis.sameLaunchesAreSame && sameLabels(runner.labels(programs), runner.labels(best.programs))) {
-          drop();
+          release(programs);
           continue;
         }
         let mine = Infinity;
@@ -314,12 +315,9 @@ export async function searchKernelChoices<P>(
         }
         const adopted = mine < theirs * (1 - margin);
         if (adopted) {
-          if (best !== start) {
-            built.splice(built.indexOf(best.programs), 1);
-            runner.dispose(best.programs);
-          }
+          if (best !== start) release(best.programs);
           best = { choice, programs };
-        } else drop();
+        } else release(programs);
         report({ choice, stepMs: mine, againstMs: theirs, adopted });
       }
     }
@@ -335,8 +333,7 @@ export async function searchKernelChoices<P>(
     // kept only when that confirms it (noise can carry a candidate past the margin once; a CPU adapter's timings
     // move by several per cent): else the model keeps its own choice
     if (best !== start && !(finalMs < startMs * (1 - margin))) {
-      built.splice(built.indexOf(best.programs), 1);
-      runner.dispose(best.programs);
+      release(best.programs);
       best = start;
       finalMs = startMs;
     }
