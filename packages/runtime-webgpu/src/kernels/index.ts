@@ -430,6 +430,7 @@ function compiledPipeline(device: GPUDevice, label: string, code: string): GPUCo
  * {@link Kernels.dispose}.
  */
 export class Kernels {
+  /** This object's pipelines by variant key: each variant's WGSL is generated once (its pipeline may be shared). */
   private readonly pipelines = new Map<string, GPUComputePipeline>();
   private readonly owned: GPUBuffer[] = [];
   /** Threads per output row of the matrix–vector kernels (default: 1 on CPU fallback adapters, else 32). */

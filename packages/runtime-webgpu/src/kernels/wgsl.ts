@@ -502,17 +502,17 @@ function chunkSumsWgsl(K: number, q: string, transpose: boolean, col: (a: number
 }
 
 /**
- * WGSL of the `H_K` mix in place, written out for order K: each column `b` (stride P) of `v` goes into registers,
- * then each output `Σ_a h·c_a` with the signs of `H_K` (`h = H[a2][a]` when `transpose`, `H[a][a2]` otherwise)
- * as additions and subtractions in order a = 0 … K − 1 from 0, times `1/√n`: the same operations, in the same order,
- * as the loop over `hkb` in `rotatedAt` (a ±1 product is exact), without a table read or a multiply per term, and K
+ * WGSL of the `H_K` mix in place, written out for order K: each column `b` (stride P) of `v` goes into registers, then
+ * each output `Σ_a h·c_a` with the signs of `H_K` (`h = H[a2][a]` when `transpose`, `H[a][a2]` otherwise) as additions
+ * and subtractions in order a = 0 … K − 1 from 0, times `1/√n`: the same operations, in the same order, as the loop
+ * over `hkb` in `rotatedAtN`/`T` (a ±1 product is exact), without a table read or a multiply per term, and K
  * workgroup-memory reads per column instead of K per value. The outputs go in chunks of {@link MIX_CHUNK}; where a
  * block holds fewer values than a workgroup has invocations (P < wg), the T = wg/P invocations of a column share its
  * chunks (after a barrier: all of them read the column first). Where T is at least the number of chunks, each
- * invocation takes at most one chunk and sums it while reading the column, holding its {@link MIX_CHUNK} sums (not
- * the column's K values and them) until the barrier, then writes them: the same operations on each output, so the
- * same values to the bit, in fewer registers (NVIDIA allows 64 per invocation in workgroups of 1024, where the K = 44
- * column alone would take 44).
+ * invocation takes at most one chunk and sums it while reading the column, holding its {@link MIX_CHUNK} sums (not the
+ * column's K values and them) until the barrier, then writes them: the same operations on each output, so the same
+ * values to the bit, in fewer registers (NVIDIA allows 64 per invocation in workgroups of 1024, where the K = 44 column
+ * alone would take 44).
  */
 function unrolledMixWgsl(K: number, wg: number, transpose: boolean): string {
   const nChunks = Math.ceil(K / MIX_CHUNK);
@@ -774,7 +774,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       ss += y * y;
     }
   }
-  // v is read by rotatedAt above; then it holds the partial sums
+  // v is read by rotatedAtT/N above; then it holds the partial sums
   workgroupBarrier();
   let inv = normScale(ss, mb.outLen, lid);
   for (var c = 0u; c < ${C}u; c++) {
@@ -1292,21 +1292,20 @@ function secondPlaneDotWgsl(codec: 'rvq4' | 'rvq3', code2: string): string {
 }
 
 /**
- * The loop over the E8P12 code groups `g = lane, lane + stride, …` (below `G`) of one or more rows, in that order:
- * each iteration first loads the codes of its next `batch` groups ({@link CodeBatch}, default {@link E8P_UNROLL}) of
- * every row (row k's first code at index
- * `bases[k]`, codes packed two per u32; a group past the row loads the row's last code and is skipped), and with
- * `plane2` the same groups' codes of the second plane (`codes2`: u16 E8P12 codes two per u32 for `rvq4`, u8 E81B
- * codes four per u32 for `rvq3`, row k's first at `plane2.bases[k]`), then runs `perGroup(codes, g, codes2)` for each
- * group, `codes[k]` and `codes2[k]` naming row k's codes. The same groups in the same order as one group per
- * iteration, but a lane's code loads no longer wait for each other (one at a time left an H200 latency-bound,
- * measured 2026-12-04; the second plane's codes were read where used, inside each group's branch, until 2026-12-05).
- * With `prefetched` (a name prefix) the first batch's codes are not loaded here but were loaded earlier by
- * {@link codeBatchWgsl} with `g0 = lane` under names with that prefix (the input step loads them before its rotation).
- * The E8P kernel with 32 lanes per row and the input step's R̂ rows share it; the row-tiled (prefill) form keeps one
- * group per iteration (the same order): with 8 groups its inner loops over the tile's rows are unrolled 8 times, and
- * two of three H200 runs measured prefill at 3.7 and 5.8 K tokens/s with it, against 19–41 K in the three runs
- * without.
+ * The loop over the E8P12 code groups `g = lane, lane + stride, …` (below `G`) of one or more rows, in that order: each
+ * iteration first loads the codes of its next `batch` groups ({@link CodeBatch}, default {@link E8P_UNROLL}) of every
+ * row (row k's first code at index `bases[k]`, codes packed two per u32; a group past the row loads the row's last code
+ * and is skipped), and with `plane2` the same groups' codes of the second plane (`codes2`: u16 E8P12 codes two per u32
+ * for `rvq4`, u8 E81B codes four per u32 for `rvq3`, row k's first at `plane2.bases[k]`), then runs
+ * `perGroup(codes, g, codes2)` for each group, `codes[k]` and `codes2[k]` naming row k's codes. The same groups in the
+ * same order as one group per iteration, but a lane's code loads no longer wait for each other (one at a time left an
+ * H200 latency-bound, measured 2026-12-04; the second plane's codes were read where used, inside each group's branch,
+ * until 2026-12-05). With `prefetched` (a name prefix) the first batch's codes are not loaded here but were loaded
+ * earlier by {@link codeBatchWgsl} with `g0 = lane` under names with that prefix (the input step loads them before its
+ * rotation). The E8P kernel with 32 lanes per row and the input step's R̂ rows share it; the row-tiled (prefill) form
+ * keeps one group per iteration (the same order): with 8 groups its inner loops over the tile's rows are unrolled 8
+ * times, and two of three H200 runs measured prefill at 3.7 and 5.8 K tokens/s with it, against 19–41 K in the three
+ * runs without.
  */
 function codeGroupsWgsl(
   bases: readonly string[],
@@ -1828,9 +1827,9 @@ function pendingOutputWgsl(
  * invocation, `wg` the workgroup's invocations) and then its block of R̂'s rows (`wg/32` with 32 lanes per row, `wg`
  * with one) from there, the first `batch` code groups ({@link CodeBatch}) of each lane's row loaded before the
  * rotation (their memory latency passes during it); the member's first workgroup also writes `x'` to `rot` for the
- * Q̂ kernel. A member without lattice factors (`k` = 0) takes one workgroup. The E8P source table (and the E81B table of an `rvq3`
- * R̂) come from the uniform `tables` (see {@link e8pTablesUniform}), copied into workgroup memory with 32 lanes per row
- * (4 KiB, and 8 KiB for E81B). Not batched over row tiles: one activation row per workgroup along y.
+ * Q̂ kernel. A member without lattice factors (`k` = 0) takes one workgroup. The E8P source table (and the E81B table
+ * of an `rvq3` R̂) come from the uniform `tables` (see {@link e8pTablesUniform}), copied into workgroup memory with 32
+ * lanes per row (4 KiB, and 8 KiB for E81B). Not batched over row tiles: one activation row per workgroup along y.
  *
  * With `residual` (and `input` 'rmsNorm') the step also finishes the layer before it: `x` holds the residual stream
  * h, `prevOut` that layer's output rows before their output rotation (uniform `pu`, one member, as in
