@@ -248,8 +248,10 @@ async function main(): Promise<void> {
         (status.textContent =
           `downloading ${file}: ${MiB(bytes)}` +
           (total ? ` of ${MiB(total)} MiB (${((100 * bytes) / total).toFixed(0)} %)` : ' MiB')),
+      // after the last block the loader compiles the GPU kernels (seconds on a CPU adapter)
       onProgress: ({ block, blocks }) =>
-        (status.textContent = `uploading to the GPU: block ${block} of ${blocks}`),
+        (status.textContent =
+          block < blocks ? `uploading to the GPU: block ${block} of ${blocks}` : 'compiling the GPU kernels'),
     });
   let loaded: LoadedWebGpuModel;
   let tuned = saved !== null;

@@ -4,7 +4,14 @@
  * count (`WebGpuModel.dispatchesPerToken`) they bound its speed from below, independently of memory bandwidth.
  */
 import type { CalderaDevice } from '../src/index.js';
-import { BufferUsage, encodeDispatches, MAP_READ_MODE, WG, type Dispatch } from '../src/kernels.js';
+import {
+  BufferUsage,
+  encodeDispatches,
+  KernelPipeline,
+  MAP_READ_MODE,
+  WG,
+  type Dispatch,
+} from '../src/kernels.js';
 
 /** One workgroup adds 1 to every value of a small buffer it reads and writes: each launch depends on the last. */
 const STEP_WGSL = /* wgsl */ `
@@ -27,13 +34,12 @@ export async function measureDispatchCost(dev: CalderaDevice, launches = 2000): 
     usage: BufferUsage.STORAGE | BufferUsage.COPY_SRC,
   });
   const read = device.createBuffer({ size: 16, usage: BufferUsage.MAP_READ | BufferUsage.COPY_DST });
-  const module = device.createShaderModule({ code: STEP_WGSL });
-  const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+  const kernel = new KernelPipeline(device, 'step', STEP_WGSL);
   const bindGroup = device.createBindGroup({
-    layout: pipeline.getBindGroupLayout(0),
+    layout: kernel.layout,
     entries: [{ binding: 0, resource: { buffer: a } }],
   });
-  const one: Dispatch = { label: 'step', pipeline, bindGroup, workgroups: 1, batched: false, rowTile: 1 };
+  const one: Dispatch = { label: 'step', kernel, bindGroup, workgroups: 1, batched: false, rowTile: 1 };
   const pass = async (n: number, readBack: boolean) => {
     const enc = device.createCommandEncoder();
     encodeDispatches(

@@ -18,6 +18,7 @@ import {
   e8pSourcePairs,
   GpuCalderaLinear,
   gpuCodecOf,
+  KernelPipeline,
   Kernels,
   packCodePlanes,
   storageBuffer,
@@ -206,25 +207,28 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
 
   // streaming read of buffers of the same total size
   const chunk = Math.min(dev.maxStorageBinding, 128 * 2 ** 20);
-  const module = dev.device.createShaderModule({ code: STREAM_WGSL });
-  const pipeline = dev.device.createComputePipeline({
-    layout: 'auto',
-    compute: { module, entryPoint: 'main' },
-  });
+  const stream = new KernelPipeline(dev.device, 'stream', STREAM_WGSL);
   const sink = buf(new Uint32Array(4), 'sink');
   const streamList: Dispatch[] = [];
   for (let i = Math.max(1, Math.ceil(target / chunk)); i > 0; i--) {
     const a = dev.device.createBuffer({ size: chunk, usage: BufferUsage.STORAGE });
     owned.push(a);
     const bindGroup = dev.device.createBindGroup({
-      layout: pipeline.getBindGroupLayout(0),
+      layout: stream.layout,
       entries: [
         { binding: 0, resource: { buffer: a } },
         { binding: 1, resource: { buffer: sink } },
       ],
     });
     const groups = Math.min(65535, Math.ceil(chunk / 16 / WG / 4));
-    streamList.push({ label: 'stream', pipeline, bindGroup, workgroups: groups, batched: false, rowTile: 1 });
+    streamList.push({
+      label: 'stream',
+      kernel: stream,
+      bindGroup,
+      workgroups: groups,
+      batched: false,
+      rowTile: 1,
+    });
   }
   const streamBytes = streamList.length * chunk;
 

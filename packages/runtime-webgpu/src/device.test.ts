@@ -15,7 +15,7 @@ describe('without a GPU', () => {
     await expect(createDevice({ gpu })).rejects.toMatchObject({ code: 'E_DEVICE' });
   });
 
-  it('createDevice checks its options: a gpu without requestAdapter, an adapter without requestDevice, an unknown powerPreference or options that are not an object are E_VALUE naming them; null options are none', async () => {
+  it('createDevice checks its options: a gpu without requestAdapter, an adapter without requestDevice, an unknown powerPreference, an asyncCompile that is not a boolean or options that are not an object are E_VALUE naming them; null options are none', async () => {
     const value = (p: Promise<unknown>, message: string) =>
       expect(p).rejects.toThrow(expect.objectContaining({ code: 'E_VALUE', message: `E_VALUE: ${message}` }));
     const gpu = { requestAdapter: async () => null } as unknown as GPU;
@@ -30,6 +30,10 @@ describe('without a GPU', () => {
     await value(
       createDevice({ gpu, powerPreference: 'bogus' as GPUPowerPreference }),
       "createDevice: powerPreference must be 'high-performance' or 'low-power', got 'bogus'",
+    );
+    await value(
+      createDevice({ gpu, asyncCompile: 'yes' as never }),
+      "createDevice: asyncCompile must be true or false, got 'yes'",
     );
     await value(createDevice('x' as never), 'createDevice: options must be an object, got a string');
     // null options, gpu or adapter: the defaults (here: no navigator.gpu)
@@ -56,7 +60,7 @@ describe('without a GPU', () => {
     expect(inBrowser.message).toBe('E_DEVICE: WebGPU: requestAdapter() returned no adapter');
   });
 
-  it("createDevice requests the adapter's limits (storage buffers up to 16) and reports what the device got", async () => {
+  it("createDevice requests the adapter's limits (storage buffers up to 16) and reports what the device got; how it compiles pipelines (asyncCompile: in a browser in the background, in Node one after another, unless asked)", async () => {
     let asked: GPUDeviceDescriptor | undefined;
     const limits = {
       maxStorageBufferBindingSize: 1 << 30,
@@ -89,6 +93,17 @@ describe('without a GPU', () => {
       expect(asked!.requiredLimits!.maxComputeInvocationsPerWorkgroup).toBe(1024);
       expect(asked!.requiredLimits!.maxComputeWorkgroupSizeX).toBe(512);
       expect(dev.maxWorkgroupInvocations).toBe(512);
+    }
+    // pipelines compile one after another in Node (Dawn polls for background compiles), in the background in a
+    // browser (no process.versions.node), or as asked
+    expect((await createDevice({ adapter: adapterWith(8) })).asyncCompile).toBe(false);
+    expect((await createDevice({ adapter: adapterWith(8), asyncCompile: true })).asyncCompile).toBe(true);
+    vi.stubGlobal('process', { ...process, versions: {} });
+    try {
+      expect((await createDevice({ adapter: adapterWith(8) })).asyncCompile).toBe(true);
+      expect((await createDevice({ adapter: adapterWith(8), asyncCompile: false })).asyncCompile).toBe(false);
+    } finally {
+      vi.unstubAllGlobals();
     }
   });
 

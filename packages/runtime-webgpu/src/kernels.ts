@@ -31,7 +31,9 @@
 export {
   encodeDispatches,
   F16_MIN_WORKGROUPS,
+  KernelPipeline,
   Kernels,
+  bufferBindingTypes,
   type Dispatch,
   type E8pSegment,
   type GateInput,

@@ -18,7 +18,7 @@ import type { CalderaDevice } from './device.js';
 import { Kernels } from './kernels/index.js';
 import { loadModel, loadModelFromBuffer, loadModelFromStore, loadModelFromUrl, planMemory } from './load.js';
 import { WebGpuModel } from './model.js';
-import { gpuTitle, testDevice } from './testing/gpu.js';
+import { gpuTitle, ownTestDevice, spyOnCompiles, testDevice } from './testing/gpu.js';
 import { tinyModel } from './testing/tiny-model.js';
 
 const { device: dev, reason } = await testDevice();
@@ -498,6 +498,47 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
     expect(model.contextLength).toBe(16); // the default: min(max_position_embeddings, 2048)
     model.dispose();
     await rm(dir, { recursive: true });
+  });
+
+  it("the loaders compile the model's kernels before they resolve, in the background or one after another (the device's asyncCompile): its steps then compile nothing; an abort while they compile is E_ABORTED", async () => {
+    const { config, tensors, layers } = tinyModel();
+    const source = {
+      config,
+      calderaMeta: calderaCheckpointMeta(layers),
+      weights: await serializeSafetensors(tensors),
+    };
+    for (const asyncCompile of [true, false]) {
+      const own = await ownTestDevice(); // its own pipelines: none compiled yet
+      const d = { ...own!, asyncCompile };
+      const calls = spyOnCompiles(d.device);
+      try {
+        const { model } = await loadModelFromBuffer(d, source, { contextLength: 16 });
+        // embedding, norms, rotations, E8P, attention, head, argmax, …
+        expect(asyncCompile ? calls.async : calls.sync).toBeGreaterThan(5);
+        expect(asyncCompile ? calls.sync : calls.async).toBe(0);
+        const compiled = { ...calls };
+        await model.stepBatch([3, 1, 4], 'none');
+        await model.step(1, 'argmax');
+        model.reset();
+        expect((await model.scoreBatch([1, 2, 3], [2, 3, 4])).every((nll) => nll > 0)).toBe(true);
+        expect(calls).toEqual(compiled);
+        model.dispose();
+      } finally {
+        own!.dispose();
+      }
+    }
+    // the first compile aborts the load
+    const own = await ownTestDevice();
+    const d = { ...own!, asyncCompile: true };
+    const stop = new AbortController();
+    const compileAsync = d.device.createComputePipelineAsync.bind(d.device);
+    Object.assign(d.device, {
+      createComputePipelineAsync: (desc: GPUComputePipelineDescriptor) => (stop.abort(), compileAsync(desc)),
+    });
+    await expect(
+      loadModelFromBuffer(d, source, { contextLength: 16, signal: stop.signal }),
+    ).rejects.toMatchObject({ code: 'E_ABORTED' });
+    own!.dispose();
   });
 });
 

@@ -73,9 +73,12 @@ export interface LoadOptions extends WebGpuModelOptions {
    * abort of `signal` it makes stops loading with `E_ABORTED` (then the device check, `E_DEVICE`, does not run).
    */
   onPlan?: (plan: MemoryPlan) => void;
-  /** Called after each block is uploaded. */
+  /**
+   * Called after each block is uploaded. After the last one the loader compiles the model's kernels
+   * ({@link WebGpuModel.compile}) before it resolves; on a CPU adapter that takes seconds.
+   */
   onProgress?: (e: { block: number; blocks: number }) => void;
-  /** Abort between tensors. */
+  /** Abort between tensors, and once the kernels are compiled (`E_ABORTED`). */
   signal?: AbortSignal;
 }
 
@@ -479,6 +482,9 @@ export async function loadModelFromStore(
     const norm = buffer(await vector(store, 'model.norm.weight', d), 'norm');
     checkDeviceAlive(dev, 'loading a model');
     const model = new WebGpuModel(dev, config, { embed, blocks, norm, head }, options);
+    created.push(model);
+    await model.compile();
+    throwIfAborted(options.signal, 'loading');
     return { model, config, calderaMeta, linearBitsPerWeight: weightsNum ? bitsNum / weightsNum : 0 };
   } catch (e) {
     for (const c of created) c.dispose();

@@ -616,6 +616,17 @@ export class WebGpuModel {
   }
 
   /**
+   * Compiles the pipelines of the model's kernels now rather than each on its first use: all at once in the background
+   * (in a browser, by default) or one after another (in Node), as the device's `asyncCompile` says. The loaders call it
+   * before they resolve (and {@link tuneKernels} for each candidate); a model constructed directly may. `E_VALUE` after
+   * {@link dispose}; `E_DEVICE` naming a kernel that fails to compile.
+   */
+  async compile(): Promise<void> {
+    if (this.disposed) throw new CalderaError('E_VALUE', 'WebGpuModel: used after dispose()');
+    await this.programs.kernels.compile();
+  }
+
+  /**
    * Time kernel choices on this device and keep the fastest: see {@link TuneOptions} (default: a coordinate search
    * over lanes per row, the one-workgroup kernels' invocations, rows per lane, the gate step's form, the code loads
    * per batch and the global-memory rotation for the widest vectors, from the model's choice). Each candidate's
@@ -668,6 +679,7 @@ export class WebGpuModel {
           let why: string | null = null;
           try {
             programs = this.record(choice);
+            await programs.kernels.compile();
             const logits = await stepLogits(programs);
             let diff = 0;
             for (let i = 0; i < V; i++) diff = Math.max(diff, Math.abs(logits[i]! - reference[i]!));

@@ -263,7 +263,8 @@ function mixKsOf(members: readonly { K: number }[]): number[] {
 /** One recorded kernel launch: replayed into a compute pass as often as needed. */
 export interface Dispatch {
   readonly label: string;
-  readonly pipeline: GPUComputePipeline;
+  /** The kernel's pipeline: compiled by {@link Kernels.compile}, or else on the launch's first use. */
+  readonly kernel: KernelPipeline;
   readonly bindGroup: GPUBindGroup;
   readonly workgroups: number;
   /** Runs once per row of a batch (`rows` workgroups along y); false for a launch that runs once (argmax). */
@@ -312,7 +313,7 @@ export function encodeDispatches(
     );
   const pass = encoder.beginComputePass();
   for (const d of dispatches) {
-    pass.setPipeline(d.pipeline);
+    pass.setPipeline(d.kernel.pipeline);
     pass.setBindGroup(0, d.bindGroup);
     pass.dispatchWorkgroups(d.workgroups, d.batched ? Math.ceil(rows / d.rowTile) : 1);
   }
@@ -396,20 +397,124 @@ export function checkGateStep(form: unknown): asserts form is GateStep | undefin
     );
 }
 
-/**
- * The compute pipelines compiled on each device, by WGSL source: a memo of {@link compiledPipeline}, freed with the
- * device object.
- */
-const devicePipelines = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
+/** `GPUShaderStage.COMPUTE` (Node has the WebGPU globals only after a binding installs them). */
+const COMPUTE_STAGE = 4;
+
+/** A binding's declaration in WGSL: its group, its binding and (for a buffer) its address space with access. */
+const BINDING_DECLARATION = /@group\((\d+)\)\s*@binding\((\d+)\)\s*var\s*(?:<([^>]*)>)?/g;
 
 /**
- * The compute pipeline of `code` on `device`: compiled on the first request, then shared by every `Kernels` on that
- * device (a second model, a reload, `tuneKernels`' candidates: only the kernels whose WGSL differs are compiled again;
- * on a CPU adapter a compile takes up to a second). A pipeline is immutable and binds nothing itself (each launch has
- * its own bind group), so sharing it changes no result. One that fails to compile is shared too: the same code fails
- * the same way on the same device, and each use of it is a validation error where it is used.
+ * The buffer bindings `code` declares, as a bind-group layout's buffer types by binding: `var<uniform>` is
+ * `'uniform'`, `var<storage, read>` `'read-only-storage'`, `var<storage, read_write>` `'storage'`. Every kernel binds
+ * buffers only, in group 0, numbered from 0 without gaps (in any order in the text); anything else is `E_VALUE`
+ * naming `label`.
  */
-function compiledPipeline(device: GPUDevice, label: string, code: string): GPUComputePipeline {
+export function bufferBindingTypes(code: string, label: string): GPUBufferBindingType[] {
+  const types: GPUBufferBindingType[] = [];
+  for (const [declaration, group, binding, space = ''] of code.matchAll(BINDING_DECLARATION)) {
+    const where = space.replace(/\s+/g, '');
+    const type =
+      where === 'uniform'
+        ? 'uniform'
+        : where === 'storage' || where === 'storage,read'
+          ? 'read-only-storage'
+          : where === 'storage,read_write'
+            ? 'storage'
+            : null;
+    const at = Number(binding);
+    if (group !== '0' || type === null || types[at] !== undefined)
+      throw new CalderaError(
+        'E_VALUE',
+        `${label}: kernels bind uniform and storage buffers in group 0, each binding once; ` +
+          `found '${declaration.trim()}'`,
+      );
+    types[at] = type;
+  }
+  // a sparse array: findIndex visits the holes
+  const gap = types.findIndex((t) => t === undefined);
+  if (gap >= 0)
+    throw new CalderaError(
+      'E_VALUE',
+      `${label}: binding ${gap} of group 0 is missing (bindings are numbered from 0)`,
+    );
+  return types;
+}
+
+/**
+ * One kernel's compute pipeline on one device. Its bind-group layout is explicit, read from the WGSL
+ * ({@link bufferBindingTypes}), so launches bind their buffers before the pipeline exists; the pipeline is compiled
+ * ahead of use by {@link KernelPipeline.compile}, or else synchronously when {@link KernelPipeline.pipeline} is first
+ * read.
+ */
+export class KernelPipeline {
+  /** The layout of the kernel's one bind group (group 0). */
+  readonly layout: GPUBindGroupLayout;
+  private readonly descriptor: GPUComputePipelineDescriptor;
+  private compiled: GPUComputePipeline | null = null;
+  private compiling: Promise<void> | null = null;
+  constructor(
+    private readonly device: GPUDevice,
+    readonly label: string,
+    code: string,
+  ) {
+    this.layout = device.createBindGroupLayout({
+      label,
+      entries: bufferBindingTypes(code, label).map((type, binding) => ({
+        binding,
+        visibility: COMPUTE_STAGE,
+        buffer: { type },
+      })),
+    });
+    this.descriptor = {
+      label,
+      layout: device.createPipelineLayout({ label, bindGroupLayouts: [this.layout] }),
+      compute: { module: device.createShaderModule({ label, code }), entryPoint: 'main' },
+    };
+  }
+
+  /** The compiled pipeline; compiled here, synchronously, when {@link KernelPipeline.compile} has not finished. */
+  get pipeline(): GPUComputePipeline {
+    return (this.compiled ??= this.device.createComputePipeline(this.descriptor));
+  }
+
+  /**
+   * Compiles the pipeline unless it is compiled: `inBackground`, with `createComputePipelineAsync` (once: later calls
+   * return the same promise), else now, synchronously. `E_DEVICE` naming the kernel when its WGSL fails to compile
+   * (or, in the background, when the device is lost meanwhile).
+   */
+  compile(inBackground: boolean): Promise<void> {
+    if (this.compiled) return Promise.resolve();
+    const failed = (message: string, cause?: unknown) =>
+      new CalderaError('E_DEVICE', `${this.label}: the kernel failed to compile: ${message}`, { cause });
+    if (!inBackground) {
+      this.device.pushErrorScope('validation');
+      void this.pipeline;
+      return this.device.popErrorScope().then((error) => {
+        if (error) throw failed(error.message);
+      });
+    }
+    return (this.compiling ??= this.device.createComputePipelineAsync(this.descriptor).then(
+      (p) => {
+        this.compiled ??= p;
+      },
+      (e: unknown) => {
+        throw failed((e as Error).message, e);
+      },
+    ));
+  }
+}
+
+/** The kernels' pipelines on each device, by WGSL source: a memo of {@link kernelPipeline}, freed with the device. */
+const devicePipelines = new WeakMap<GPUDevice, Map<string, KernelPipeline>>();
+
+/**
+ * The pipeline of `code` on `device`: made on the first request, then shared by every `Kernels` on that device (a
+ * second model, a reload, `tuneKernels`' candidates: only the kernels whose WGSL differs are compiled again; on a CPU
+ * adapter a compile takes up to a second). A pipeline is immutable and binds nothing itself (each launch has its own
+ * bind group), so sharing it changes no result. One that fails to compile is shared too: the same code fails the same
+ * way on the same device.
+ */
+function kernelPipeline(device: GPUDevice, label: string, code: string): KernelPipeline {
   let byCode = devicePipelines.get(device);
   if (!byCode) {
     byCode = new Map();
@@ -417,8 +522,7 @@ function compiledPipeline(device: GPUDevice, label: string, code: string): GPUCo
   }
   let p = byCode.get(code);
   if (!p) {
-    const module = device.createShaderModule({ label, code });
-    p = device.createComputePipeline({ label, layout: 'auto', compute: { module, entryPoint: 'main' } });
+    p = new KernelPipeline(device, label, code);
     byCode.set(code, p);
   }
   return p;
@@ -426,12 +530,12 @@ function compiledPipeline(device: GPUDevice, label: string, code: string): GPUCo
 
 /**
  * Builds kernel launches on one device. Pipelines are compiled once per kernel variant and device (shared with the
- * device's other `Kernels`; see {@link compiledPipeline}); the uniform buffers it creates are released by
- * {@link Kernels.dispose}.
+ * device's other `Kernels`; see {@link kernelPipeline}), ahead of use by {@link Kernels.compile} or else on first use;
+ * the uniform buffers it creates are released by {@link Kernels.dispose}.
  */
 export class Kernels {
   /** This object's pipelines by variant key: each variant's WGSL is generated once (its pipeline may be shared). */
-  private readonly pipelines = new Map<string, GPUComputePipeline>();
+  private readonly pipelines = new Map<string, KernelPipeline>();
   private readonly owned: GPUBuffer[] = [];
   /** Threads per output row of the matrix–vector kernels (default: 1 on CPU fallback adapters, else 32). */
   readonly lanes: Lanes;
@@ -527,10 +631,10 @@ export class Kernels {
     return Math.ceil(n / this.vectorWorkgroup) * this.vectorWorkgroup;
   }
 
-  private pipeline(key: string, code: () => string): GPUComputePipeline {
+  private pipeline(key: string, code: () => string): KernelPipeline {
     let p = this.pipelines.get(key);
     if (!p) {
-      p = compiledPipeline(this.dev.device, key, code());
+      p = kernelPipeline(this.dev.device, key, code());
       this.pipelines.set(key, p);
     }
     return p;
@@ -544,7 +648,7 @@ export class Kernels {
 
   private make(
     label: string,
-    pipeline: GPUComputePipeline,
+    kernel: KernelPipeline,
     buffers: GPUBuffer[],
     workgroups: number,
     batched = true,
@@ -554,10 +658,19 @@ export class Kernels {
       throw new CalderaError('E_DEVICE', `${label}: ${workgroups} workgroups exceed the limit ${MAX_GROUPS}`);
     const bindGroup = this.dev.device.createBindGroup({
       label,
-      layout: pipeline.getBindGroupLayout(0),
+      layout: kernel.layout,
       entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
     });
-    return { label, pipeline, bindGroup, workgroups: Math.max(1, workgroups), batched, rowTile };
+    return { label, kernel, bindGroup, workgroups: Math.max(1, workgroups), batched, rowTile };
+  }
+
+  /**
+   * Compiles the pipelines of every launch built so far that are not compiled yet, instead of each on its first use:
+   * all at once in the background, or one after another, as the device's {@link CalderaDevice.asyncCompile} says.
+   * Resolves when all are compiled; `E_DEVICE` naming a kernel that failed to compile.
+   */
+  async compile(): Promise<void> {
+    await Promise.all([...this.pipelines.values()].map((p) => p.compile(this.dev.asyncCompile)));
   }
 
   /** Row r of `out` (`d` values) = `table[tokens[r]]`; `tokens` is a u32 storage buffer. */

@@ -12,7 +12,7 @@ import {
 } from '../device.js';
 import { e8pSourcePairs, uploadMatrix } from '../linear.js';
 import { relErr } from '../testing/compare.js';
-import { gpuTitle, ownTestDevice, testDevice, testF16Device } from '../testing/gpu.js';
+import { gpuTitle, ownTestDevice, spyOnCompiles, testDevice, testF16Device } from '../testing/gpu.js';
 import {
   e8pF16WorkgroupBytes,
   e8pMatvecWgsl,
@@ -20,7 +20,9 @@ import {
   gateSliceWgsl,
   hadamardWgsl,
   inputProjectionWgsl,
+  bufferBindingTypes,
   encodeDispatches,
+  KernelPipeline,
   Kernels,
   type Dispatch,
   type LatticeCodec,
@@ -1061,10 +1063,10 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     const a = norm(first);
     first.dispose(); // releases its uniforms, not the device's pipelines
     const b = norm(new Kernels(d, { vectorWorkgroup: 64 }));
-    expect(b.pipeline).toBe(a.pipeline);
+    expect(b.kernel).toBe(a.kernel);
     expect(b.bindGroup).not.toBe(a.bindGroup); // each launch binds its own buffers
     // another WGSL (a workgroup of 256 invocations) is another pipeline
-    expect(norm(new Kernels(d, { vectorWorkgroup: 256 })).pipeline).not.toBe(a.pipeline);
+    expect(norm(new Kernels(d, { vectorWorkgroup: 256 })).kernel).not.toBe(a.kernel);
     await run(d, [b]);
     // f32 rounding of a sum of squares and an inverse square root
     expect(relErr(await readF32(d, out, 64), Array(64).fill(2 / Math.sqrt(1 + 1e-5)))).toBeLessThan(1e-6);
@@ -1072,9 +1074,51 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     try {
       const ox = storageBuffer(own!, new Float32Array(64).fill(1), 'x');
       const launch = new Kernels(own!, { vectorWorkgroup: 64 }).rmsNorm(ox, ox, ox, 64, 1e-5);
-      expect(launch.pipeline).not.toBe(a.pipeline);
+      expect(launch.kernel).not.toBe(a.kernel);
     } finally {
       own!.dispose();
+    }
+  });
+
+  it("Kernels.compile compiles the pipelines of the launches built so far, once per WGSL: in the background (createComputePipelineAsync) or one after another, as the device's asyncCompile says; they then run without another compile; a kernel whose WGSL does not compile is E_DEVICE naming it, either way", async () => {
+    for (const asyncCompile of [true, false]) {
+      const own = await ownTestDevice(); // its own pipelines: none compiled yet
+      const d = { ...own!, asyncCompile };
+      const calls = spyOnCompiles(d.device);
+      try {
+        const k = new Kernels(d, { vectorWorkgroup: 64 });
+        const x = storageBuffer(d, new Float32Array(64).fill(3), 'x');
+        const w = storageBuffer(d, new Float32Array(64).fill(2), 'w');
+        const g = scratchBuffer(d, 64 * 4, 'g');
+        const out = scratchBuffer(d, 64 * 4, 'out');
+        // two launches of one kernel and one of another: two pipelines
+        const launches = [k.rmsNorm(x, w, g, 64, 0), k.rmsNorm(g, w, out, 64, 0), k.swiglu(out, x, 64)];
+        expect(calls).toEqual({ sync: 0, async: 0 }); // nothing compiled while recording
+        await Promise.all([k.compile(), k.compile()]);
+        const compiled = asyncCompile ? { sync: 0, async: 2 } : { sync: 2, async: 0 };
+        expect(calls).toEqual(compiled);
+        await run(d, launches);
+        expect(calls).toEqual(compiled);
+        // RMSNorm of 3s with weights 2 is 2s, of 2s again; then silu(2)·3 (f32 rounding of exp and a division)
+        const silu2 = 2 / (1 + Math.exp(-2));
+        expect(relErr(await readF32(d, out, 64), Array(64).fill(silu2 * 3))).toBeLessThan(1e-6);
+        // a pipeline used before compile() compiles on first use, synchronously, once
+        const late = new Kernels(d).argmax(x, out, 64);
+        await run(d, [late, late]);
+        expect(calls).toEqual({ ...compiled, sync: compiled.sync + 1 });
+
+        const bad = '@compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }';
+        d.device.pushErrorScope('validation'); // the module's own error, reported again by the compile
+        const broken = new KernelPipeline(d.device, 'broken kernel', bad);
+        const e = await broken.compile(asyncCompile).catch((x: unknown) => x);
+        await d.device.popErrorScope();
+        expect(e).toMatchObject({
+          code: 'E_DEVICE',
+          message: expect.stringContaining('broken kernel: the kernel failed to compile'),
+        });
+      } finally {
+        own!.dispose();
+      }
     }
   });
 
@@ -1414,6 +1458,37 @@ describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact refere
     expect(() => new Kernels(d, { lanes: 32, rowsPerLane: 3 as 1 })).toThrow(
       'E_VALUE: rowsPerLane must be 1, 2 or 4, got 3',
     );
+  });
+});
+
+describe("a kernel's bind-group layout from its WGSL (no device)", () => {
+  it('bufferBindingTypes: uniform, read-only and read-write storage buffers by binding, in any order in the text; another group, a binding declared twice or missing, a texture or a private var is E_VALUE naming the kernel', () => {
+    const decl = (b: number, space: string) => `@group(0) @binding(${b}) var<${space}> v${b}: array<f32>;`;
+    expect(
+      bufferBindingTypes(
+        [
+          decl(2, 'storage, read_write'),
+          decl(0, 'uniform'),
+          decl(1, 'storage, read'),
+          decl(3, 'storage'),
+        ].join('\n'),
+        'k',
+      ),
+    ).toEqual(['uniform', 'read-only-storage', 'storage', 'read-only-storage']);
+    expect(bufferBindingTypes('@compute @workgroup_size(1) fn main() {}', 'k')).toEqual([]);
+    for (const [code, message] of [
+      [
+        '@group(1) @binding(0) var<uniform> p: vec4<u32>;',
+        'k: kernels bind uniform and storage buffers in group 0',
+      ],
+      [decl(0, 'uniform') + decl(0, 'uniform'), "found '@group(0) @binding(0) var<uniform>'"],
+      ['@group(0) @binding(0) var t: texture_2d<f32>;', "found '@group(0) @binding(0) var'"],
+      [decl(0, 'private'), 'kernels bind uniform and storage buffers'],
+      [decl(0, 'uniform') + decl(2, 'storage, read'), 'k: binding 1 of group 0 is missing'],
+    ])
+      expect(() => bufferBindingTypes(code, 'k')).toThrow(message);
+    // every kernel of the runtime declares its bindings this way: the WGSL kernel tests above run them all with
+    // these layouts (a layout that disagreed with the shader would fail their pipelines)
   });
 });
 

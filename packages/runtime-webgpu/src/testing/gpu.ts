@@ -111,3 +111,15 @@ export async function ownTestDevice(): Promise<CalderaDevice | null> {
   const device = await createDevice({ gpu: g.gpu });
   return { ...device, shaderF16: false };
 }
+
+/** Counts the pipelines `device` compiles from now on, synchronously and in the background (a test's spy). */
+export function spyOnCompiles(device: GPUDevice): { sync: number; async: number } {
+  const calls = { sync: 0, async: 0 };
+  const sync = device.createComputePipeline.bind(device);
+  const async = device.createComputePipelineAsync.bind(device);
+  Object.assign(device, {
+    createComputePipeline: (desc: GPUComputePipelineDescriptor) => (calls.sync++, sync(desc)),
+    createComputePipelineAsync: (desc: GPUComputePipelineDescriptor) => (calls.async++, async(desc)),
+  });
+  return calls;
+}
