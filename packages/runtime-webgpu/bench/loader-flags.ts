@@ -8,8 +8,9 @@ import type { WebGpuModelOptions } from '../src/index.js';
  * The loader options these flags set: `max-local-hadamard` N, rotations of vectors above N values take the
  * global-memory path (many workgroups, two or three launches) instead of one workgroup per vector; `rows-per-lane` N,
  * the most rows each lane of the E8P kernel computes; `vector-workgroup` N, invocations of the one-workgroup kernels;
- * `gate-step` fused|split|chunked, the form of the gate step (the only one that is not a number); `code-batch` N, code
- * groups per iteration of the E8P loops that batch their loads.
+ * `gate-step` fused|split|chunked, the form of the gate step; `code-batch` N, code groups per iteration of the E8P
+ * loops that batch their loads; `written-mix` true|false, the `H_K` mix written into the rotation kernels or read from
+ * the table.
  */
 const OPTION_FLAGS = {
   'max-local-hadamard': 'maxLocalHadamard',
@@ -17,6 +18,7 @@ const OPTION_FLAGS = {
   'vector-workgroup': 'vectorWorkgroup',
   'gate-step': 'gateStep',
   'code-batch': 'codeBatch',
+  'written-mix': 'writtenMix',
 } as const;
 
 /** The loader options of {@link OPTION_FLAGS}. */
@@ -27,24 +29,29 @@ export type TunedOptions = Pick<WebGpuModelOptions, (typeof OPTION_FLAGS)[keyof 
  * value or a non-number for the numeric ones (the loader checks the values).
  */
 export function tunedOptions(pairs: readonly [string, string][]): TunedOptions {
-  const out: Record<string, number | string> = {};
+  const out: Record<string, number | string | boolean> = {};
   for (const [name, value] of pairs) {
     const key = OPTION_FLAGS[name as keyof typeof OPTION_FLAGS];
     const text = key === 'gateStep';
-    if (!key || value === '' || (!text && !Number.isFinite(Number(value)))) {
+    const flag = key === 'writtenMix';
+    const ok = flag
+      ? value === 'true' || value === 'false'
+      : value !== '' && (text || Number.isFinite(Number(value)));
+    if (!key || !ok) {
       console.error(
-        `option ${name}=${value}: need one of ${Object.keys(OPTION_FLAGS).join(', ')} = a number (gate-step: a form)`,
+        `option ${name}=${value}: need one of ${Object.keys(OPTION_FLAGS).join(', ')} = a number ` +
+          '(gate-step: a form; written-mix: true or false)',
       );
       process.exit(2);
     }
-    out[key] = text ? value : Number(value);
+    out[key] = flag ? value === 'true' : text ? value : Number(value);
   }
   return out as TunedOptions;
 }
 
 /**
  * The options of the flags `--max-local-hadamard N`, `--rows-per-lane N`, `--vector-workgroup N`, `--gate-step
- * FORM` and `--code-batch N` in `argv`.
+ * FORM`, `--code-batch N` and `--written-mix true|false` in `argv`.
  */
 export function loaderFlagOptions(argv: readonly string[]): TunedOptions {
   return tunedOptions(

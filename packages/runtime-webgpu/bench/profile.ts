@@ -1,8 +1,8 @@
 /**
  * Where a decode step's time goes, on the adapter at hand: `npx tsx bench/profile.ts [--random-model 1b|tiny]`
  * (`--roofline`: only bench/roofline.ts's measurement; `--ablate a,b`: see ./ablations.ts; loader options
- * `--max-local-hadamard N`, `--rows-per-lane N`, `--vector-workgroup N`, `--gate-step FORM`; `--variants
- * 'v;v;…'`: see below).
+ * `--max-local-hadamard N`, `--rows-per-lane N`, `--vector-workgroup N`, `--gate-step FORM`, `--code-batch N`,
+ * `--written-mix true|false`; `--variants 'v;v;…'`: see below).
  * JSON Lines: the adapter's features; the whole step (program and head encoded `REPS` times in one pass, no
  * read-back); per launch class (a label's first word), the step with that class left out; and every launch alone,
  * repeated, summed by class and by label (`labels`: launches, total and mean; small layers then run from the L2

@@ -29,7 +29,8 @@
  *   full run, none on a CPU adapter or with `--quick`; `--random-model tiny|1b|none` overrides.
  * `--quick`: 16 decoded tokens instead of 64, a 32-token prompt instead of 128, a quarter of the roofline bytes.
  * `--lanes 1|32`: lanes per row of the matrix kernels instead of the adapter's default; `--vector-workgroup N`,
- * `--rows-per-lane N`, `--max-local-hadamard N`, `--gate-step FORM`: those loader options for every model
+ * `--rows-per-lane N`, `--max-local-hadamard N`, `--gate-step FORM`, `--code-batch N`, `--written-mix true|false`:
+ * those loader options for every model
  * (./loader-flags.ts); `--tune`: each random model tunes its kernel choice on the device first
  * (`WebGpuModel.tuneKernels`, from those options), reported in its refs (`tuned_choice`, `tuned_step_ms`,
  * `untuned_step_ms`, `tuning_candidates`).

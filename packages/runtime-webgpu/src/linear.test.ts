@@ -456,7 +456,8 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
         for (const [v, next] of nexts.entries()) {
           const o = os[v % 2]!;
           const dev = { ...d, maxStorageBuffers: storage };
-          const kernels = new Kernels(dev, { lanes });
+          // the mix written out (the default on GPUs; CPU adapters read it from the table, as the model tests do)
+          const kernels = new Kernels(dev, { lanes, writtenMix: true });
           const needs = { ...o.group.needs };
           for (const l of next)
             if (l instanceof GpuCalderaLinear)
@@ -552,7 +553,8 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     for (const [storage, lanes, gateStep] of devices)
       for (const [v, down] of downs.entries()) {
         const dev = { ...d, maxStorageBuffers: storage };
-        const kernels = new Kernels(dev, { lanes, gateStep });
+        // the two-launch gate steps need the mix written out (the default on GPUs, not on CPU adapters)
+        const kernels = new Kernels(dev, { lanes, gateStep, writtenMix: true });
         const needs = { ...gate!.group.needs };
         if (down instanceof GpuCalderaLinear)
           for (const key of Object.keys(needs) as (keyof typeof needs)[])

@@ -625,7 +625,7 @@ describe('option checks before anything is read, uploaded or downloaded', () => 
   const fails = (p: Promise<unknown>, message: string) =>
     expect(p).rejects.toThrow(expect.objectContaining({ code: 'E_VALUE', message: `E_VALUE: ${message}` }));
 
-  it('lanes other than 1 or 32, maxLocalHadamard other than an integer ≥ 16, rowsPerLane other than 1, 2 or 4, vectorWorkgroup other than a power of two the device allows, gateStep other than fused, split or chunked and codeBatch other than 4, 8 or 16 are E_VALUE naming them (the loaders and Kernels), not wrong tokens, invalid WGSL or the default', async () => {
+  it('lanes other than 1 or 32, maxLocalHadamard other than an integer ≥ 16, rowsPerLane other than 1, 2 or 4, vectorWorkgroup other than a power of two the device allows, gateStep other than fused, split or chunked, codeBatch other than 4, 8 or 16 and writtenMix other than a boolean are E_VALUE naming them (the loaders and Kernels), not wrong tokens, invalid WGSL or the default', async () => {
     const p = await parts();
     for (const lanes of [0, -1, 1.5, NaN, 2, 7, 64, '32', null])
       for (const f of [
@@ -683,6 +683,15 @@ describe('option checks before anything is read, uploaded or downloaded', () => 
     }
     expect(new Kernels(fake).codeBatch).toBe(8);
     expect(new Kernels(fake, { codeBatch: 16 }).codeBatch).toBe(16);
+    for (const w of [0, 'true', null]) {
+      const message = `writtenMix must be true or false, got ${typeof w === 'string' ? `'${w}'` : String(w)}`;
+      await fails(loadModelFromBuffer(fake, p, { writtenMix: w as never }), message);
+      expect(() => new Kernels(fake, { writtenMix: w as never })).toThrow(`E_VALUE: ${message}`);
+    }
+    // written out by default, read from the table on CPU adapters (compiles about twice as fast there)
+    expect(new Kernels(fake).writtenMix).toBe(true);
+    expect(new Kernels({ ...fake, fallbackAdapter: true }).writtenMix).toBe(false);
+    expect(new Kernels({ ...fake, fallbackAdapter: true }, { writtenMix: true }).writtenMix).toBe(true);
   });
 
   it("dtype outside 'auto', 'f32' and 'f16' is E_VALUE with runtime-node's message; callbacks that are not functions and a signal that is not an AbortSignal are E_VALUE naming them", async () => {

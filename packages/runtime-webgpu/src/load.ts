@@ -40,6 +40,7 @@ import {
   checkVectorWorkgroup,
   checkGateStep,
   checkCodeBatch,
+  checkWrittenMix,
   type GpuMatrix,
 } from './kernels/index.js';
 import {
@@ -143,8 +144,8 @@ function denseData(
 
 /**
  * The loaders' option checks, before anything is read or downloaded: `E_VALUE` naming the option for a `dtype`,
- * `lanes`, `maxLocalHadamard`, `rowsPerLane`, `vectorWorkgroup` (on `dev`), `gateStep` or `codeBatch` outside its
- * values, a callback (`onPlan`, `onProgress`; `fetch` and `onDownload` of {@link loadModelFromUrl}) that is not a
+ * `lanes`, `maxLocalHadamard`, `rowsPerLane`, `vectorWorkgroup` (on `dev`), `gateStep`, `codeBatch` or `writtenMix`
+ * outside its values, a callback (`onPlan`, `onProgress`; `fetch` and `onDownload` of {@link loadModelFromUrl}) that is not a
  * function, or a `signal` that is not an `AbortSignal`; `E_ABORTED` when the signal has fired already.
  * `contextLength` and `prefillChunk` are checked by the plan.
  */
@@ -156,6 +157,7 @@ function checkLoadOptions(dev: CalderaDevice, options: UrlLoadOptions, fn: strin
   checkVectorWorkgroup(options.vectorWorkgroup, dev);
   checkGateStep(options.gateStep);
   checkCodeBatch(options.codeBatch);
+  checkWrittenMix(options.writtenMix);
   for (const name of ['onPlan', 'onProgress', 'onDownload', 'fetch'] as const)
     if (options[name] !== undefined) assertFunction(options[name], fn, name);
   throwIfAborted(options.signal, 'loading');

@@ -515,6 +515,44 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
     }
   });
 
+  it("the H_K mix written out or read from the table (writtenMix): the same logits to the bit, in decode and prefill; the table's launches say so in their labels; the two-launch gate step falls back to one launch without the written-out mix", async () => {
+    // intermediate 1536 = 12·128: the MLP's rotations mix K = 12 blocks (written out up to 64); hidden 64: K = 1
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-mix-'));
+    const shape = { hidden: 64, intermediate: 1536, layers: 1, heads: 2, kvHeads: 1, vocab: 64 };
+    await writeRandomCalderaModel(dir, shape, 8, { distinct: true });
+    const tokens = [1, 17, 5];
+    try {
+      const runs = [];
+      for (const [writtenMix, gateStep] of [
+        [true, 'fused'],
+        [false, 'fused'],
+        [false, 'split'],
+      ] as const) {
+        const { model } = await loadModel(d, dir, { contextLength: 16, writtenMix, gateStep });
+        try {
+          expect(model.kernelChoice.writtenMix).toBe(writtenMix);
+          const labels = model.launchLabels;
+          // the rotations of the MLP width (K = 12): gate and up's output rotation, finished by down's input step
+          const table = labels.filter((l) => l.endsWith(' table mix'));
+          expect(table.length > 0).toBe(!writtenMix);
+          expect(table.every((l) => l.includes('K=12'))).toBe(true);
+          expect(labels.some((l) => l.startsWith('gate slices'))).toBe(false);
+          const got = [await model.forward(tokens)];
+          model.reset();
+          for (const t of tokens) got.push(await model.step(t, 'logits'));
+          runs.push(got);
+        } finally {
+          model.dispose();
+        }
+      }
+      // the same sums in the same order: ±1 products from the table are exact
+      expect(runs[1]).toEqual(runs[0]);
+      expect(runs[2]).toEqual(runs[0]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("the gate step in two launches (gateStep 'split' and 'chunked': the H_K mix of the MLP width spread over its chunks): the same logits as in one launch, to the bit with 'split', within f32 rounding with 'chunked', in decode and prefill; 64 and 256 invocations (blocks of P = 128 above and below them)", async () => {
     // intermediate 1536 = 12·128: the MLP's rotations mix K = 12 blocks, two chunks of the mix
     const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-gate2-'));
@@ -529,7 +567,8 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
         const what = `${lanes} lanes, ${vectorWorkgroup} invocations`;
         const logits = [];
         for (const gateStep of ['fused', 'split', 'chunked'] as const) {
-          const opts = { contextLength: 16, lanes, vectorWorkgroup, gateStep };
+          // the two-launch forms need the mix written out (on CPU adapters the default is the table)
+          const opts = { contextLength: 16, lanes, vectorWorkgroup, gateStep, writtenMix: true };
           const { model } = await loadModel(d, dir, opts);
           try {
             const split = model.launchLabels.filter((l) => l.startsWith('gate slices'));

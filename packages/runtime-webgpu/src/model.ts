@@ -119,6 +119,12 @@ export interface WebGpuModelOptions {
    */
   codeBatch?: CodeBatch;
   /**
+   * Whether the rotation kernels write the `H_K` mix of orders 2 to 64 into the shader (true) or compute it from the
+   * ±1 table in memory (false; else `E_VALUE`); default true, false on CPU fallback adapters, where the written-out mix
+   * compiles about twice as slowly and runs no faster. The same outputs to the bit. See {@link Kernels.writtenMix}.
+   */
+  writtenMix?: boolean;
+  /**
    * Prompt tokens run through the layers together in one pass (prefill batch); the activation buffers hold this many
    * rows. Default `min(32, contextLength)`; 1 makes prefill token by token.
    */
@@ -131,7 +137,14 @@ export interface WebGpuModelOptions {
  */
 export type KernelChoice = Pick<
   WebGpuModelOptions,
-  'lanes' | 'maxLocalHadamard' | 'f16' | 'rowsPerLane' | 'vectorWorkgroup' | 'gateStep' | 'codeBatch'
+  | 'lanes'
+  | 'maxLocalHadamard'
+  | 'f16'
+  | 'rowsPerLane'
+  | 'vectorWorkgroup'
+  | 'gateStep'
+  | 'codeBatch'
+  | 'writtenMix'
 >;
 
 /** A config's sizes under the short names the model's buffers and launches use (`kw`: the k/v rows). */
@@ -629,7 +642,8 @@ export class WebGpuModel {
   /**
    * Time kernel choices on this device and keep the fastest: see {@link TuneOptions} (default: a coordinate search
    * over lanes per row, the one-workgroup kernels' invocations, rows per lane, the gate step's form, the code loads
-   * per batch and the global-memory rotation for the widest vectors, from the model's choice). Each candidate's
+   * per batch, the written-out or table mix and the global-memory rotation for the widest vectors, from the model's
+   * choice). Each candidate's
    * programs are built over the model's weights and buffers (no reload), run one decode step whose logits must
    * agree with the model's within 1 % of their scale (kernel choices reorder f32 sums, about 1e-6 of the scale;
    * packed-f16 products about 1e-3; a kernel the device miscompiles or fails, far more) with no WebGPU error, and

@@ -160,28 +160,35 @@ describe('searchKernelChoices (the coordinate descent, on scripted step times)',
     expect([...live]).toEqual([]);
   });
 
-  it('default axes: the other lane count unless packed-f16 products need 32; powers of two to the device limit; rows per lane only with 32 lanes', () => {
+  it('default axes: the other lane count unless packed-f16 products need 32; powers of two to the device limit; rows per lane only with 32 lanes; the other form of the mix except on CPU adapters', () => {
     const device = { maxWorkgroupInvocations: 512 } as Parameters<typeof defaultTuningAxes>[0];
     const axes = defaultTuningAxes(device, 5632);
-    const [lanes, vw, rows, gate, batch, local] = axes;
+    const [lanes, vw, rows, gate, batch, mix, local] = axes;
     expect(axes.map((a) => a.name)).toEqual([
       'lanes',
       'vectorWorkgroup',
       'rowsPerLane',
       'gateStep',
       'codeBatch',
+      'writtenMix',
       'maxLocalHadamard',
     ]);
+    // the other form of the mix (written out by default on a GPU); none on a CPU adapter
+    expect(mix!.candidates({ writtenMix: true })).toEqual([{ writtenMix: false }]);
+    expect(mix!.candidates({ writtenMix: false })).toEqual([{ writtenMix: true }]);
+    expect(mix!.candidates({})).toEqual([{ writtenMix: false }]);
+    expect(mix!.sameLaunchesAreSame).toBe(true);
+    expect(defaultTuningAxes({ ...device, fallbackAdapter: true }, 5632)[5]!.candidates({})).toEqual([]);
     expect(batch!.candidates({ codeBatch: 8 })).toEqual([{ codeBatch: 16 }]);
     expect(batch!.candidates({ codeBatch: 4 })).toEqual([{ codeBatch: 8 }, { codeBatch: 16 }]);
     expect(batch!.sameLaunchesAreSame).toBe(true);
     // the widest vectors (5632) into the global-memory rotation; nothing to try once they are there, or when small
     expect(local!.candidates({ maxLocalHadamard: 8192 })).toEqual([{ maxLocalHadamard: 4096 }]);
     expect(local!.candidates({ maxLocalHadamard: 4096 })).toEqual([]);
-    expect(defaultTuningAxes(device, 8192)[5]!.candidates({ maxLocalHadamard: 8192 })).toEqual([
+    expect(defaultTuningAxes(device, 8192)[6]!.candidates({ maxLocalHadamard: 8192 })).toEqual([
       { maxLocalHadamard: 4096 },
     ]);
-    expect(defaultTuningAxes(device, 1024)[5]!.candidates({ maxLocalHadamard: 8192 })).toEqual([]);
+    expect(defaultTuningAxes(device, 1024)[6]!.candidates({ maxLocalHadamard: 8192 })).toEqual([]);
     expect(lanes!.candidates({ lanes: 32, rowsPerLane: 4 })).toEqual([{ lanes: 1 }]);
     expect(lanes!.candidates({ lanes: 32, f16: true })).toEqual([]);
     expect(vw!.candidates({ vectorWorkgroup: 256 }).map((c) => c.vectorWorkgroup)).toEqual([64, 128, 512]);

@@ -19,6 +19,7 @@ export const KERNEL_CHOICE_KEYS = [
   'vectorWorkgroup',
   'gateStep',
   'codeBatch',
+  'writtenMix',
 ] as const satisfies readonly (keyof KernelChoice)[];
 
 /** The kernel choice in `options`: its {@link KERNEL_CHOICE_KEYS} that are set (unchecked: Kernels checks them). */
@@ -33,8 +34,8 @@ export interface TuneOptions {
   /**
    * The choices to time, each against the best so far (the model's own first); default: a coordinate search over
    * lanes per row, the one-workgroup kernels' invocations, rows per lane, the gate step's form, the code loads per
-   * batch and the global-memory rotation for the widest vectors (`defaultTuningAxes`), which leaves `f16` (a
-   * precision choice) as it is. Each candidate is a whole choice: an option it leaves unset takes the loader's
+   * batch, the written-out or table mix and the global-memory rotation for the widest vectors (`defaultTuningAxes`),
+   * which leaves `f16` (a precision choice) as it is. Each candidate is a whole choice: an option it leaves unset takes the loader's
    * default, not the model's current value (spread `model.kernelChoice` into it to vary one option). Each is checked
    * as the loader checks these options (`E_VALUE`) before anything runs.
    */
@@ -119,10 +120,11 @@ const GATE_STEPS = ['fused', 'split', 'chunked'] as const;
 /**
  * The default axes, in search order: `lanes` (the other of 1 and 32, unless packed-f16 products need 32), then
  * `vectorWorkgroup` (every power of two from 64 to the device's limit, at most 1024), `rowsPerLane` (chosen per launch,
- * 1, 2, 4; with 32 lanes), `gateStep` (the three forms), `codeBatch` (8 and 16; these three skipped untimed where
- * they change no launch) and `maxLocalHadamard` below `widest`, the model's widest rotated vector (padded), when
- * that is over 1024: the largest power of two below it, so that the widest vectors take the global-memory rotation
- * (many workgroups, two or three launches) instead of one workgroup each.
+ * 1, 2, 4; with 32 lanes), `gateStep` (the three forms), `codeBatch` (8 and 16), `writtenMix` (the other form, except
+ * on CPU fallback adapters; these four skipped untimed where they change no launch) and `maxLocalHadamard` below
+ * `widest`, the model's widest rotated vector (padded), when that is over 1024: the largest power of two below it, so
+ * that the widest vectors take the global-memory rotation (many workgroups, two or three launches) instead of one
+ * workgroup each.
  */
 export function defaultTuningAxes(dev: CalderaDevice, widest = 0): Axis[] {
   const most = Math.min(1024, dev.maxWorkgroupInvocations);
@@ -168,6 +170,14 @@ export function defaultTuningAxes(dev: CalderaDevice, widest = 0): Axis[] {
       candidates: (b) =>
         ([8, 16] as const).filter((n) => n !== (b.codeBatch ?? 8)).map((n) => ({ ...b, codeBatch: n })),
       // the launches it changes name it in their labels: a model without them records the same launches
+      sameLaunchesAreSame: true,
+    },
+    {
+      // the mix written out against read from the table; not on a CPU adapter, where it compiles about twice as slowly
+      // and runs no faster (the default there is the table)
+      name: 'writtenMix',
+      candidates: (b) => (dev.fallbackAdapter ? [] : [{ ...b, writtenMix: b.writtenMix === false }]),
+      // the launches it changes end their labels with ' table mix': a model without such orders records the same
       sameLaunchesAreSame: true,
     },
     {

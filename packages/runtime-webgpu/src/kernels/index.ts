@@ -255,11 +255,6 @@ function codeIndex(bytes: number, plane2Codec: LatticeCodec | null, what: string
   return bytes / size;
 }
 
-/** The orders of `members` whose `H_K` mix a rotation kernel writes out (see {@link unrolledMixKs}). */
-function mixKsOf(members: readonly { K: number }[]): number[] {
-  return unrolledMixKs(members.map((m) => m.K));
-}
-
 /** One recorded kernel launch: replayed into a compute pass as often as needed. */
 export interface Dispatch {
   readonly label: string;
@@ -380,6 +375,12 @@ export function checkVectorWorkgroup(n: unknown, dev: CalderaDevice): asserts n 
       'E_VALUE',
       `vectorWorkgroup must be a power of two from 64 to ${most} (the device's invocations per workgroup), got ${shownValue(n)}`,
     );
+}
+
+/** `E_VALUE` unless `written` ({@link Kernels.writtenMix}) is undefined (the default) or a boolean. */
+export function checkWrittenMix(written: unknown): asserts written is boolean | undefined {
+  if (written !== undefined && typeof written !== 'boolean')
+    throw new CalderaError('E_VALUE', `writtenMix must be true or false, got ${shownValue(written)}`);
 }
 
 /**
@@ -584,6 +585,16 @@ export class Kernels {
    * yet measured on a GPU (more registers held per lane).
    */
   readonly codeBatch: CodeBatch;
+  /**
+   * Whether the one-workgroup rotation kernels write the `H_K` mix of orders 2 to {@link UNROLLED_MIX_MAX_K} into the
+   * shader, its signs as code ({@link unrolledMixKs}), or compute it from the ±1 table in memory as they do for larger
+   * orders: the same outputs to the bit. Default: written out, except on CPU fallback adapters. Written out, the mix
+   * took an H200's decode step from 12.5 to 8.9 ms (with 8 code loads per batch), but it is the largest part of
+   * those kernels' WGSL (~4K² terms: the column form and the chunked one) and of their compile time: on SwiftShader
+   * the random tiny model (K = 44) loads in about 6 s from the table against 11 s written out, and decodes as fast.
+   * The two-launch gate steps ({@link Kernels.gateStep}) need it written out (else the step is fused).
+   */
+  readonly writtenMix: boolean;
   constructor(
     readonly dev: CalderaDevice,
     options: {
@@ -594,6 +605,7 @@ export class Kernels {
       vectorWorkgroup?: number;
       gateStep?: GateStep;
       codeBatch?: CodeBatch;
+      writtenMix?: boolean;
     } = {},
   ) {
     options ??= {}; // from JavaScript: null options are none
@@ -619,6 +631,21 @@ export class Kernels {
     this.gateStep = options.gateStep ?? 'fused';
     checkCodeBatch(options.codeBatch);
     this.codeBatch = options.codeBatch ?? E8P_UNROLL;
+    checkWrittenMix(options.writtenMix);
+    this.writtenMix = options.writtenMix ?? !dev.fallbackAdapter;
+  }
+
+  /** The orders of `members` whose `H_K` mix a rotation kernel writes out: none unless {@link Kernels.writtenMix}. */
+  private mixKsOf(members: readonly { K: number }[]): number[] {
+    return this.writtenMix ? unrolledMixKs(members.map((m) => m.K)) : [];
+  }
+
+  /**
+   * What the label of a rotation launch over `members` ends with: ` table mix` where an order it would write out is
+   * read from the table instead (`writtenMix` false), so that launches of the two forms differ by label too.
+   */
+  private mixLabel(members: readonly { K: number }[]): string {
+    return !this.writtenMix && unrolledMixKs(members.map((m) => m.K)).length > 0 ? ' table mix' : '';
   }
 
   /** What the labels of the launches that batch code loads end with: the batch, when not the default. */
@@ -861,10 +888,10 @@ export class Kernels {
     if (m.n > this.maxLocalHadamard || words * 4 > this.dev.maxWorkgroupStorage)
       return [...this.rotate(o), this.rmsNorm(res, norm.weight, norm.out, m.outLen, norm.eps)];
     if (m.biasOff !== null) this.boundBias(o.bias);
-    const mixKs = mixKsOf([m]);
+    const mixKs = this.mixKsOf([m]);
     return [
       this.make(
-        `hadamard n=${m.n} K=${m.K}${o.transpose ? ' T' : ''} +rmsnorm`,
+        `hadamard n=${m.n} K=${m.K}${o.transpose ? ' T' : ''} +rmsnorm${this.mixLabel([m])}`,
         this.pipeline(`hadamard_norm_${words}_k${mixKs.join('.')}_${vw}_${mixSuffix(o.transpose)}`, () =>
           rotationNormWgsl(words, mixKs, vw, o.transpose),
         ),
@@ -921,7 +948,7 @@ export class Kernels {
       return [...this.rotate({ ...o, pre: o.ones }), ...this.ropeKvAttention({ ...rope, q, k, v })];
     for (const m of o.members) if (m.biasOff !== null) this.boundBias(o.bias);
     const att = rope.attention;
-    const mixKs = mixKsOf(o.members);
+    const mixKs = this.mixKsOf(o.members);
     // the buffers both one-launch forms read after their parameters: raw rows, SV, H_K, biases, cos/sin
     const rotationInputs = [o.x, o.post, o.hk, o.bias ?? o.dummy, rope.cs];
     // with attention, one activation row, a head that fits a workgroup and the workgroup arrays in memory: one launch
@@ -935,7 +962,7 @@ export class Kernels {
       return [
         this.oneRow(
           this.make(
-            `hadamard n=${maxN} T ×3 +rope+kv+attention`,
+            `hadamard n=${maxN} T ×3 +rope+kv+attention${this.mixLabel(o.members)}`,
             this.pipeline(
               `hadamard_attention_${words}_${rope.hd}_k${mixKs.join('.')}_${vw}_${mixSuffix(o.transpose)}`,
               () => rotationAttentionWgsl(words, rope.hd, mixKs, vw, o.transpose),
@@ -957,7 +984,7 @@ export class Kernels {
       ];
     return [
       this.make(
-        `hadamard n=${maxN} T ×3 +rope+kv`,
+        `hadamard n=${maxN} T ×3 +rope+kv${this.mixLabel(o.members)}`,
         this.pipeline(`hadamard_rope_kv_${words}_k${mixKs.join('.')}_${vw}_${mixSuffix(o.transpose)}`, () =>
           rotationRopeKvWgsl(words, mixKs, vw, o.transpose),
         ),
@@ -1097,7 +1124,7 @@ export class Kernels {
     const bucket = Math.min(Math.max(256, 2 ** Math.ceil(Math.log2(maxN))), this.maxLocalHadamard);
     const S = o.outs.length;
     const input = inputOf(o);
-    const mixKs = mixKsOf(o.members);
+    const mixKs = this.mixKsOf(o.members);
     const vw = this.vectorWorkgroup;
     const p = this.pipeline(
       `hadamard_${bucket}_${S}_${input.kind}_k${mixKs.join('.')}_${vw}_${mixSuffix(o.transpose)}`,
@@ -1105,7 +1132,7 @@ export class Kernels {
     );
     const m0 = o.members[0]!;
     return this.make(
-      `hadamard n=${m0.n} K=${m0.K}${o.transpose ? ' T' : ''}${J > 1 ? ` ×${J}` : ''}${input.aux ? ` ${input.kind}` : ''}`,
+      `hadamard n=${m0.n} K=${m0.K}${o.transpose ? ' T' : ''}${J > 1 ? ` ×${J}` : ''}${input.aux ? ` ${input.kind}` : ''}${this.mixLabel(o.members)}`,
       p,
       [
         this.uniform(this.rotationFields(o, o.members), 'rotation params'),
@@ -1586,7 +1613,8 @@ export class Kernels {
     while (seg.length < 8 * ROTATION_MAX_MEMBERS) seg.push(['u32', 0]);
     const input = inputOf(rotation);
     // the orders of this step's rotation and of the pending one
-    const mixKs = mixKsOf([{ K }, ...(prev.pending?.members ?? [])]);
+    const mixed = [{ K }, ...(prev.pending?.members ?? [])];
+    const mixKs = this.mixKsOf(mixed);
     // the mixes' directions: the pipeline's, as the uniforms' flags
     const directions = `${mixSuffix(rotation.transpose)}${prev.pending ? mixSuffix(prev.pending.transpose) : ''}`;
     const p = this.pipeline(
@@ -1636,7 +1664,7 @@ export class Kernels {
     };
     return [
       this.make(
-        `project n=${n} K=${K}${J > 1 ? ` ×${J}` : ''} k=${zOff}${input.aux ? ` ${input.kind}` : ''}${prev.kind === 'none' ? '' : ` +${prev.kind}`}${form === 'whole' ? '' : ` ${form}`}${this.codeBatchLabel}`,
+        `project n=${n} K=${K}${J > 1 ? ` ×${J}` : ''} k=${zOff}${input.aux ? ` ${input.kind}` : ''}${prev.kind === 'none' ? '' : ` +${prev.kind}`}${form === 'whole' ? '' : ` ${form}`}${this.codeBatchLabel}${this.mixLabel(mixed)}`,
         p,
         [
           this.uniform(this.rotationFields(rotation, members), 'rotation params'),
@@ -1653,10 +1681,10 @@ export class Kernels {
   }
 
   /**
-   * The gate step `o` in two launches, when {@link Kernels.gateStep} asks for it and it can (else null): one layer
-   * after gate and up (whose rotation the fused step could finish: {@link Kernels.finishesPending}), every vector of
-   * this step's width, order K and rotation, K from 9 to {@link UNROLLED_MIX_MAX_K}, and room in workgroup memory for
-   * a chunk's 8 blocks beside the vector. Then {@link gateSliceWgsl} writes SwiGLU's blocks, transformed, into `o.tmp`,
+   * The gate step `o` in two launches, when {@link Kernels.gateStep} asks for it and it can (else null): the mix
+   * written out ({@link Kernels.writtenMix}), one layer after gate and up (whose rotation the fused step could finish:
+   * {@link Kernels.finishesPending}), every vector of this step's width, order K and rotation, K from 9 to
+   * {@link UNROLLED_MIX_MAX_K}, and room in workgroup memory for a chunk's 8 blocks beside the vector. Then {@link gateSliceWgsl} writes SwiGLU's blocks, transformed, into `o.tmp`,
    * from where `mixed` (the input step `x` = `o.tmp`, multipliers 1) mixes them; `chunks` of the mix.
    */
   private gateSplit(o: InputProjectionOptions): { mixed: InputProjectionOptions; chunks: number } | null {
@@ -1664,6 +1692,7 @@ export class Kernels {
     const { n, K } = o;
     const fits =
       this.gateStep !== 'fused' &&
+      this.writtenMix &&
       o.layers.length === 1 &&
       o.transform &&
       rot.transform &&
