@@ -81,6 +81,25 @@ async function collect(it: AsyncIterable<number>): Promise<number[]> {
 }
 
 /**
+ * A random CALDERA model of one block whose MLP width is 1536 = 12·128 (its rotations mix K = 12 blocks: two chunks of
+ * the mix, written out up to 64; hidden 64, K = 1) in a new temporary directory, whose path it returns.
+ */
+async function mlpK12Model(prefix: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  const shape = { hidden: 64, intermediate: 1536, layers: 1, heads: 2, kvHeads: 1, vocab: 64 };
+  await writeRandomCalderaModel(dir, shape, 8, { distinct: true });
+  return dir;
+}
+
+/** The logits of `tokens` in one prefill pass, then of each token stepped alone after a reset. */
+async function prefillAndStepLogits(model: WebGpuModel, tokens: readonly number[]): Promise<Float32Array[]> {
+  const got = [await model.forward(tokens)];
+  model.reset();
+  for (const t of tokens) got.push(await model.step(t, 'logits'));
+  return got;
+}
+
+/**
  * A {@link compressedReference} checkpoint in a temporary directory for the tests of the enclosing `describe`: made
  * before them, removed after; returns its path (set once the tests run).
  */
@@ -516,10 +535,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
   });
 
   it("the H_K mix written out or read from the table (writtenMix): the same logits to the bit, in decode and prefill; the table's launches say so in their labels; the two-launch gate step falls back to one launch without the written-out mix", async () => {
-    // intermediate 1536 = 12·128: the MLP's rotations mix K = 12 blocks (written out up to 64); hidden 64: K = 1
-    const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-mix-'));
-    const shape = { hidden: 64, intermediate: 1536, layers: 1, heads: 2, kvHeads: 1, vocab: 64 };
-    await writeRandomCalderaModel(dir, shape, 8, { distinct: true });
+    const dir = await mlpK12Model('caldera-webgpu-mix-');
     const tokens = [1, 17, 5];
     try {
       const runs = [];
@@ -537,10 +553,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
           expect(table.length > 0).toBe(!writtenMix);
           expect(table.every((l) => l.includes('K=12'))).toBe(true);
           expect(labels.some((l) => l.startsWith('gate slices'))).toBe(false);
-          const got = [await model.forward(tokens)];
-          model.reset();
-          for (const t of tokens) got.push(await model.step(t, 'logits'));
-          runs.push(got);
+          runs.push(await prefillAndStepLogits(model, tokens));
         } finally {
           model.dispose();
         }
@@ -554,10 +567,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
   });
 
   it("the gate step in two launches (gateStep 'split' and 'chunked': the H_K mix of the MLP width spread over its chunks): the same logits as in one launch, to the bit with 'split', within f32 rounding with 'chunked', in decode and prefill; 64 and 256 invocations (blocks of P = 128 above and below them)", async () => {
-    // intermediate 1536 = 12·128: the MLP's rotations mix K = 12 blocks, two chunks of the mix
-    const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-gate2-'));
-    const shape = { hidden: 64, intermediate: 1536, layers: 1, heads: 2, kvHeads: 1, vocab: 64 };
-    await writeRandomCalderaModel(dir, shape, 8, { distinct: true });
+    const dir = await mlpK12Model('caldera-webgpu-gate2-');
     const tokens = [1, 17, 5];
     try {
       for (const [lanes, vectorWorkgroup] of [
@@ -575,10 +585,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
             expect(split, what).toEqual(gateStep === 'fused' ? [] : ['gate slices n=1536 K=12']);
             // 9 launches per block, one more with the gate step in two; embedding, head, argmax and the final norm
             expect(model.dispatchesPerToken, what).toBe(gateStep === 'fused' ? 13 : 14);
-            const got = [await model.forward(tokens)];
-            model.reset();
-            for (const t of tokens) got.push(await model.step(t, 'logits'));
-            logits.push(got);
+            logits.push(await prefillAndStepLogits(model, tokens));
           } finally {
             model.dispose();
           }
