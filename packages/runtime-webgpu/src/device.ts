@@ -12,6 +12,9 @@ export const BufferUsage = {
 /** `GPUMapMode.READ`. */
 export const MAP_READ_MODE = 0x0001;
 
+/** `GPUShaderStage.COMPUTE`. */
+export const COMPUTE_STAGE = 0x0004;
+
 /** Options of {@link createDevice}. */
 export interface CreateDeviceOptions {
   /** An adapter to use; default: requested from `gpu`. */

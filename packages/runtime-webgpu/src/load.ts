@@ -145,8 +145,8 @@ function denseData(
 /**
  * The loaders' option checks, before anything is read or downloaded: `E_VALUE` naming the option for a `dtype`,
  * `lanes`, `maxLocalHadamard`, `rowsPerLane`, `vectorWorkgroup` (on `dev`), `gateStep`, `codeBatch` or `writtenMix`
- * outside its values, a callback (`onPlan`, `onProgress`; `fetch` and `onDownload` of {@link loadModelFromUrl}) that is not a
- * function, or a `signal` that is not an `AbortSignal`; `E_ABORTED` when the signal has fired already.
+ * outside its values, a callback (`onPlan`, `onProgress`; `fetch` and `onDownload` of {@link loadModelFromUrl})
+ * that is not a function, or a `signal` that is not an `AbortSignal`; `E_ABORTED` when the signal has fired already.
  * `contextLength` and `prefillChunk` are checked by the plan.
  */
 function checkLoadOptions(dev: CalderaDevice, options: UrlLoadOptions, fn: string): void {

@@ -635,25 +635,24 @@ export class WebGpuModel {
    * {@link dispose}; `E_DEVICE` naming a kernel that fails to compile.
    */
   async compile(): Promise<void> {
-    if (this.disposed) throw new CalderaError('E_VALUE', 'WebGpuModel: used after dispose()');
+    this.checkNotDisposed();
     await this.programs.kernels.compile();
   }
 
   /**
-   * Time kernel choices on this device and keep the fastest: see {@link TuneOptions} (default: a coordinate search
-   * over lanes per row, the one-workgroup kernels' invocations, rows per lane, the gate step's form, the code loads
-   * per batch, the written-out or table mix and the global-memory rotation for the widest vectors, from the model's
-   * choice). Each candidate's
-   * programs are built over the model's weights and buffers (no reload), run one decode step whose logits must
-   * agree with the model's within 1 % of their scale (kernel choices reorder f32 sums, about 1e-6 of the scale;
-   * packed-f16 products about 1e-3; a kernel the device miscompiles or fails, far more) with no WebGPU error, and
-   * are timed in alternation with the best so far: the GPU time of decode steps submitted together at the next
-   * position (the host's share is the same for every choice). Returns what it found; the model
-   * runs {@link TuneReport.choice} from then on, its sequence unchanged (the timed steps write only the next
-   * position's keys and values, which the next token's pass overwrites; an operation suspended meanwhile, such as a
-   * generation, fails at its next token as after any other call). Pass the choice to the loader next time to skip
-   * tuning. `E_VALUE` for options outside their values, while a step runs, or when the KV cache is full;
-   * `E_ABORTED` (the model keeping its choice) when `signal` fires; `E_DEVICE` when the device is lost.
+   * Time kernel choices on this device and keep the fastest: see {@link TuneOptions} (default: a coordinate search over
+   * lanes per row, the one-workgroup kernels' invocations, rows per lane, the gate step's form, the code loads per
+   * batch, the written-out or table mix and the global-memory rotation for the widest vectors, from the model's
+   * choice). Each candidate's programs are built over the model's weights and buffers (no reload), run one decode step
+   * whose logits must agree with the model's within 1 % of their scale (kernel choices reorder f32 sums, about 1e-6 of
+   * the scale; packed-f16 products about 1e-3; a kernel the device miscompiles or fails, far more) with no WebGPU
+   * error, and are timed in alternation with the best so far: the GPU time of decode steps submitted together at the
+   * next position (the host's share is the same for every choice). Returns what it found; the model runs
+   * {@link TuneReport.choice} from then on, its sequence unchanged (the timed steps write only the next position's keys
+   * and values, which the next token's pass overwrites; an operation suspended meanwhile, such as a generation, fails
+   * at its next token as after any other call). Pass the choice to the loader next time to skip tuning. `E_VALUE` for
+   * options outside their values, while a step runs, or when the KV cache is full; `E_ABORTED` (the model keeping its
+   * choice) when `signal` fires; `E_DEVICE` when the device is lost.
    */
   async tuneKernels(options: TuneOptions = {}): Promise<TuneReport> {
     options ??= {}; // from JavaScript: null options are none
@@ -785,9 +784,14 @@ export class WebGpuModel {
     };
   }
 
+  /** `E_VALUE` after {@link dispose}. */
+  private checkNotDisposed(): void {
+    if (this.disposed) throw new CalderaError('E_VALUE', 'WebGpuModel: used after dispose()');
+  }
+
   /** `E_VALUE` after {@link dispose} or while a step is running. */
   private checkIdle(what: string): void {
-    if (this.disposed) throw new CalderaError('E_VALUE', 'WebGpuModel: used after dispose()');
+    this.checkNotDisposed();
     if (this.busy)
       throw new CalderaError(
         'E_VALUE',

@@ -35,9 +35,9 @@ export interface TuneOptions {
    * The choices to time, each against the best so far (the model's own first); default: a coordinate search over
    * lanes per row, the one-workgroup kernels' invocations, rows per lane, the gate step's form, the code loads per
    * batch, the written-out or table mix and the global-memory rotation for the widest vectors (`defaultTuningAxes`),
-   * which leaves `f16` (a precision choice) as it is. Each candidate is a whole choice: an option it leaves unset takes the loader's
-   * default, not the model's current value (spread `model.kernelChoice` into it to vary one option). Each is checked
-   * as the loader checks these options (`E_VALUE`) before anything runs.
+   * which leaves `f16` (a precision choice) as it is. Each candidate is a whole choice: an option it leaves unset
+   * takes the loader's default, not the model's current value (spread `model.kernelChoice` into it to vary one
+   * option). Each is checked as the loader checks these options (`E_VALUE`) before anything runs.
    */
   candidates?: readonly KernelChoice[];
   /** Milliseconds the model's own choice runs untimed first, so that a GPU leaves its idle clocks. Default 500. */

@@ -1,5 +1,5 @@
 import { CalderaError, shownValue } from '@caldera/core';
-import { uniformBuffer, type CalderaDevice, type UniformField } from '../device.js';
+import { COMPUTE_STAGE, uniformBuffer, type CalderaDevice, type UniformField } from '../device.js';
 import {
   ARGMAX_WGSL,
   NLL_WGSL,
@@ -397,9 +397,6 @@ export function checkGateStep(form: unknown): asserts form is GateStep | undefin
       `gateStep must be 'fused', 'split' or 'chunked', got ${shownValue(form)}`,
     );
 }
-
-/** `GPUShaderStage.COMPUTE` (Node has the WebGPU globals only after a binding installs them). */
-const COMPUTE_STAGE = 4;
 
 /** A binding's declaration in WGSL: its group, its binding and (for a buffer) its address space with access. */
 const BINDING_DECLARATION = /@group\((\d+)\)\s*@binding\((\d+)\)\s*var\s*(?:<([^>]*)>)?/g;
