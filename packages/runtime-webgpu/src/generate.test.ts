@@ -1,10 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { CalderaError, serializeSafetensors } from '@caldera/core';
-import { calderaCheckpointMeta } from '@caldera/lowrank';
+import { CalderaError } from '@caldera/core';
 import { generate, perplexity } from './generate.js';
 import { loadModelFromBuffer } from './load.js';
 import { gpuTitle, testDevice } from './testing/gpu.js';
-import { tinyModel } from './testing/tiny-model.js';
+import { tinyModelSource } from './testing/tiny-model.js';
 
 const { device: dev, reason } = await testDevice();
 
@@ -19,12 +18,8 @@ async function collect(it: AsyncIterable<number>): Promise<number[]> {
  * its untied LM head's spread).
  */
 async function loadTinyModel(contextLength: number, lmHeadStd?: number) {
-  const { config, tensors, layers } = tinyModel(lmHeadStd === undefined ? {} : { lmHeadStd });
-  const weights = await serializeSafetensors(tensors);
-  const calderaMeta = calderaCheckpointMeta(layers);
-  return (
-    await loadModelFromBuffer(dev!, { config, calderaMeta, weights }, { contextLength, prefillChunk: 2 })
-  ).model;
+  const source = await tinyModelSource(lmHeadStd === undefined ? {} : { lmHeadStd });
+  return (await loadModelFromBuffer(dev!, source, { contextLength, prefillChunk: 2 })).model;
 }
 
 describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), () => {
@@ -76,12 +71,7 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
   });
 
   it("argument checks shared with runtime-node (core's GenerationRules and checkPerplexityArgs): the same messages, naming the range; null options are none", async () => {
-    const { config, tensors, layers } = tinyModel();
-    const parts = {
-      config,
-      calderaMeta: calderaCheckpointMeta(layers),
-      weights: await serializeSafetensors(tensors),
-    };
+    const parts = await tinyModelSource();
     const model = (await loadModelFromBuffer(dev!, parts, null as unknown as object)).model;
     const text = [4, 9, 1, 28, 7, 7, 13, 2, 21, 6, 0, 15];
     const value = (p: Promise<unknown>, message: RegExp) =>

@@ -19,7 +19,7 @@ import { Kernels } from './kernels/index.js';
 import { loadModel, loadModelFromBuffer, loadModelFromStore, loadModelFromUrl, planMemory } from './load.js';
 import { WebGpuModel } from './model.js';
 import { gpuTitle, ownTestDevice, spyOnCompiles, testDevice } from './testing/gpu.js';
-import { tinyModel } from './testing/tiny-model.js';
+import { tinyModel, tinyModelSource } from './testing/tiny-model.js';
 
 const { device: dev, reason } = await testDevice();
 
@@ -501,12 +501,7 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
   });
 
   it("the loaders compile the model's kernels before they resolve, in the background or one after another (the device's asyncCompile): its steps then compile nothing; an abort while they compile is E_ABORTED", async () => {
-    const { config, tensors, layers } = tinyModel();
-    const source = {
-      config,
-      calderaMeta: calderaCheckpointMeta(layers),
-      weights: await serializeSafetensors(tensors),
-    };
+    const source = await tinyModelSource();
     for (const asyncCompile of [true, false]) {
       const own = await ownTestDevice(); // its own pipelines: none compiled yet
       const d = { ...own!, asyncCompile };
@@ -614,14 +609,7 @@ describe('loaders given null or undefined for a required argument', () => {
 describe('option checks before anything is read, uploaded or downloaded', () => {
   // the checks run before the device is used: a stand-in device is enough, no adapter needed
   const fake = { device: {} } as unknown as CalderaDevice;
-  const parts = async () => {
-    const { config, tensors, layers } = tinyModel();
-    return {
-      config,
-      calderaMeta: calderaCheckpointMeta(layers),
-      weights: await serializeSafetensors(tensors),
-    };
-  };
+  const parts = () => tinyModelSource();
   const fails = (p: Promise<unknown>, message: string) =>
     expect(p).rejects.toThrow(expect.objectContaining({ code: 'E_VALUE', message: `E_VALUE: ${message}` }));
 

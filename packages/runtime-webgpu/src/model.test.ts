@@ -8,7 +8,6 @@ import {
   CalderaError,
   openSafetensorsDir,
   Rng,
-  serializeSafetensors,
   tokenNll,
   writeSafetensors,
   type CalderaLayerMeta,
@@ -25,7 +24,7 @@ import type { CalderaDevice } from './device.js';
 import { writeRandomCalderaModel } from '../bench/random-model.js';
 import { relErr } from './testing/compare.js';
 import { gpuTitle, ownTestDevice, testDevice, testF16Device } from './testing/gpu.js';
-import { randomLlamaTensors, tinyModel } from './testing/tiny-model.js';
+import { randomLlamaTensors, tinyModelSource } from './testing/tiny-model.js';
 
 const { device: dev, reason } = await testDevice();
 const { device: f16dev, reason: f16reason } = await testF16Device();
@@ -398,12 +397,8 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
 
   it("perplexity's default window is runtime-node's (128 tokens, fewer when contextLength is smaller): with default options both score the same tokens to the same perplexity", async () => {
     // the tiny model (one CALDERA layer) with 160 positions: a default of contextLength would be 160-token windows
-    const { config, tensors, layers } = tinyModel();
-    const parts = {
-      config: { ...config, max_position_embeddings: 160 },
-      calderaMeta: calderaCheckpointMeta(layers),
-      weights: await serializeSafetensors(tensors),
-    };
+    const tiny = await tinyModelSource();
+    const parts = { ...tiny, config: { ...tiny.config, max_position_embeddings: 160 } };
     const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-ppl-'));
     try {
       await writeFile(join(dir, 'model.safetensors'), parts.weights);
@@ -737,12 +732,7 @@ function countingDevice(dev: CalderaDevice): {
 
 describe.skipIf(!dev)(gpuTitle('WebGpuModel lifecycle', reason), () => {
   it('a constructor that fails part way (weights that do not match the config; a buffer too large for the device) destroys every buffer it allocated and leaves the weights working', async () => {
-    const { config, tensors, layers } = tinyModel();
-    const parts = {
-      config,
-      calderaMeta: calderaCheckpointMeta(layers),
-      weights: await serializeSafetensors(tensors),
-    };
+    const parts = await tinyModelSource();
     const { model, config: cfg } = await loadModelFromBuffer(dev!, parts, { contextLength: 16 });
     try {
       const before = await model.forward([1, 29, 3]);
@@ -778,12 +768,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel lifecycle', reason), () => {
   });
 
   it('dispose() during a step fails that step with E_VALUE; on a destroyed device generate, perplexity and loading fail with E_DEVICE', async () => {
-    const { config, tensors, layers } = tinyModel();
-    const parts = {
-      config,
-      calderaMeta: calderaCheckpointMeta(layers),
-      weights: await serializeSafetensors(tensors),
-    };
+    const parts = await tinyModelSource();
     const prompt = [1, 29, 3];
     // the model's own device: a read-back cut short by dispose() says so, and the device is not harmed
     const { model } = await loadModelFromBuffer(dev!, parts, { contextLength: 16 });

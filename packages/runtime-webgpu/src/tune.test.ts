@@ -1,10 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { CalderaError, serializeSafetensors } from '@caldera/core';
-import { calderaCheckpointMeta } from '@caldera/lowrank';
+import { CalderaError } from '@caldera/core';
 import { loadModelFromBuffer } from './load.js';
 import type { KernelChoice, WebGpuModelOptions } from './model.js';
 import { gpuTitle, ownTestDevice, testDevice } from './testing/gpu.js';
-import { tinyModel } from './testing/tiny-model.js';
+import { tinyModelSource } from './testing/tiny-model.js';
 import { choiceKey, defaultTuningAxes, searchKernelChoices, type Axis, type ChoiceRunner } from './tune.js';
 
 const { device: dev, reason } = await testDevice();
@@ -208,14 +207,11 @@ describe('searchKernelChoices (the coordinate descent, on scripted step times)',
 });
 
 async function loadTiny(options: WebGpuModelOptions = {}, device = dev!) {
-  const { config, tensors, layers } = tinyModel({ lmHeadStd: 0.5 });
-  const weights = await serializeSafetensors(tensors);
   return (
-    await loadModelFromBuffer(
-      device,
-      { config, calderaMeta: calderaCheckpointMeta(layers), weights },
-      { contextLength: 16, ...options },
-    )
+    await loadModelFromBuffer(device, await tinyModelSource({ lmHeadStd: 0.5 }), {
+      contextLength: 16,
+      ...options,
+    })
   ).model;
 }
 

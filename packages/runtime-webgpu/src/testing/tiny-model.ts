@@ -1,5 +1,5 @@
-import { Rng, tensor, type CalderaLayerMeta, type Tensor } from '@caldera/core';
-import { caldera, toCheckpointTensors } from '@caldera/lowrank';
+import { Rng, serializeSafetensors, tensor, type CalderaLayerMeta, type Tensor } from '@caldera/core';
+import { caldera, calderaCheckpointMeta, toCheckpointTensors } from '@caldera/lowrank';
 
 /** Sizes and spreads of {@link randomLlamaTensors}. */
 export interface RandomLlamaShape {
@@ -89,4 +89,17 @@ export function tinyModel(options: { lmHeadStd?: number } = {}): {
     tie_word_embeddings: options.lmHeadStd === undefined,
   };
   return { config, tensors: t, layers: { [name]: ck.meta } };
+}
+
+/**
+ * {@link tinyModel} as a loader's in-memory source: its config, its caldera.json (`calderaMeta`) and its tensors as
+ * one safetensors file (`weights`), for `loadModelFromBuffer`.
+ */
+export async function tinyModelSource(options: { lmHeadStd?: number } = {}): Promise<{
+  config: object;
+  calderaMeta: ReturnType<typeof calderaCheckpointMeta>;
+  weights: Uint8Array;
+}> {
+  const { config, tensors, layers } = tinyModel(options);
+  return { config, calderaMeta: calderaCheckpointMeta(layers), weights: await serializeSafetensors(tensors) };
 }
