@@ -1082,7 +1082,7 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?:
 
   const compressed = await loadModel(out);
   const after = await perplexity(compressed.model, heldOut, { context: evalCtx });
-  // the source's storage as on disk (a bf16 or f16 model is held as f32 in memory)
+  // the source's storage as on disk
   const dtypes = [...sourceLinears.dtypes];
   const sourceDtype = dtypes.length === 1 ? dtypes[0]! : 'mixed';
   const report = {
