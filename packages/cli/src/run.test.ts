@@ -109,6 +109,29 @@ describe('caldera generate / eval / inspect', () => {
     const threads = run(['eval', model, '--threads', '0']);
     expect(threads.status).toBe(1);
     expect(threads.stderr).toMatch(/--threads must be an integer in \[1, 256\], got 0/);
+    const empty = run(['generate', model, '--stop', '']);
+    expect(empty.status).toBe(1);
+    expect(empty.stderr).toMatch(/--stop needs a non-empty string/);
+  });
+
+  it('--stop: the text ends just before the stop string, on screen and in --json, none of it printed', () => {
+    const args = ['generate', model, '--prompt', 'a', '--max-tokens', '24'];
+    const plain = run([...args, '--json']);
+    expect(plain.status, plain.stderr).toBe(0);
+    const whole = JSON.parse(plain.stdout.trim()).completion as string;
+    expect(whole.length).toBeGreaterThan(6);
+    // two characters from the first that is not U+FFFD (this random model emits bytes that are not UTF-8): the
+    // token before the one that completes them holds the first
+    const at = whole.search(/[^\uFFFD]/u);
+    expect(at).toBeGreaterThan(0);
+    const stop = whole.slice(at, at + 2);
+    const expected = whole.slice(0, whole.indexOf(stop));
+    const cut = run([...args, '--stop', stop, '--json']);
+    expect(cut.status, cut.stderr).toBe(0);
+    expect(JSON.parse(cut.stdout.trim()).completion).toBe(expected);
+    const screen = run([...args, '--stop', stop]);
+    expect(screen.status, screen.stderr).toBe(0);
+    expect(screen.stdout.startsWith(`a${expected}\n\n[`), screen.stdout).toBe(true);
   });
 });
 

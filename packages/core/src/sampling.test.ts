@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Rng } from './rng.js';
-import { GenerationRules, sampleToken, type GenerateOptions } from './sampling.js';
+import { GenerationRules, sampleToken, visibleText, type GenerateOptions } from './sampling.js';
 
 /**
  * The sampler's definition written the direct way, as an independent oracle: sort every index by logit (a stable
@@ -288,5 +288,50 @@ describe('stop options and the rng', () => {
     );
     // greedy needs no generator
     expect(sampleToken(logits, {}, undefined as never)).toBe(2);
+  });
+});
+
+describe('visibleText (a streamed completion cut at its stop strings)', () => {
+  it('cuts before the first stop string; holds back a tail that may begin one; examples', () => {
+    expect(visibleText('The Medical Court, the', ['Court'])).toEqual({
+      text: 'The Medical ',
+      stopped: true,
+      held: 0,
+    });
+    expect(visibleText('The Medical Cour', ['Court'])).toEqual({ text: 'The Medical ', stopped: false, held: 4 });
+    // the earliest occurrence of any stop string; empty ones never match
+    expect(visibleText('abcab', ['ca', 'b', ''])).toEqual({ text: 'a', stopped: true, held: 0 });
+    expect(visibleText('xyz', [''])).toEqual({ text: 'xyz', stopped: false, held: 0 });
+    // the longest tail that begins some stop string
+    expect(visibleText('aab', ['abc', 'bq'])).toEqual({ text: 'a', stopped: false, held: 2 });
+  });
+
+  it('against a brute-force reference on random texts, and streamed character by character its text only grows', () => {
+    const rng = new Rng(5);
+    const pick = (n: number) => Array.from({ length: n }, () => 'ab '[rng.int(3)]).join('');
+    for (let trial = 0; trial < 300; trial++) {
+      const stops = Array.from({ length: 1 + rng.int(3) }, () => pick(1 + rng.int(4)));
+      const full = pick(30);
+      let before = '';
+      for (let end = 0; end <= full.length; end++) {
+        const text = full.slice(0, end);
+        const got = visibleText(text, stops);
+        // reference: the first index where a stop string starts, by trying every index and every string
+        let cut = -1;
+        for (let i = 0; i < text.length && cut < 0; i++) if (stops.some((s) => text.startsWith(s, i))) cut = i;
+        if (cut >= 0) expect(got).toEqual({ text: text.slice(0, cut), stopped: true, held: 0 });
+        else {
+          // reference: the largest k < the string's length whose prefix is text's tail of k characters
+          let held = 0;
+          for (const s of stops)
+            for (let k = 1; k < s.length && k <= text.length; k++)
+              if (text.slice(text.length - k) === s.slice(0, k)) held = Math.max(held, k);
+          expect(got).toEqual({ text: text.slice(0, text.length - held), stopped: false, held });
+        }
+        expect(got.text.startsWith(before)).toBe(true);
+        before = got.text;
+        if (got.stopped) break;
+      }
+    }
   });
 });

@@ -21,7 +21,8 @@ export interface GenerateOptions {
   stopTokens?: number[];
   /**
    * Strings that end generation: when the decoded completion contains one, generation stops and the token that
-   * completed it is not yielded. Needs `decode`. Default none.
+   * completed it is not yielded. Needs `decode`. Default none. The tokens yielded before it may hold the stop string's
+   * beginning (`" Cour"` before `"t"` completes `"Court"`): to show text, cut it with {@link visibleText}.
    */
   stopStrings?: string[];
   /** Text of generated ids, for `stopStrings`. */
@@ -202,6 +203,30 @@ function checkSamplingOptions(options: GenerateOptions, fn = 'generate'): void {
     throw bad('repetitionPenalty', 'a finite number > 0', r);
   if (s !== undefined && !(Number.isInteger(s) && s >= 0 && s < 2 ** 32))
     throw bad('seed', 'an integer in [0, 4294967295]', s);
+}
+
+/**
+ * The part of a completion's `text` to show while it streams, for `stopStrings` (empty ones are ignored): cut before
+ * the first stop string it contains (`stopped`: generation should end there), else without its longest tail that
+ * could still be the beginning of one (`held`: shown once the next tokens make it something else). Tokens do not end
+ * where a stop string begins, so a token-level stop (see {@link GenerateOptions.stopStrings}) cannot give this text;
+ * decode every token generated, the one that completes the stop string included, and cut with this.
+ */
+export function visibleText(
+  text: string,
+  stopStrings: readonly string[],
+): { text: string; stopped: boolean; held: number } {
+  let cut = -1;
+  for (const st of stopStrings) {
+    const at = st.length > 0 ? text.indexOf(st) : -1;
+    if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+  }
+  if (cut >= 0) return { text: text.slice(0, cut), stopped: true, held: 0 };
+  let held = 0;
+  for (const st of stopStrings)
+    for (let k = Math.min(st.length - 1, text.length); k > held; k--)
+      if (text.endsWith(st.slice(0, k))) held = k;
+  return { text: text.slice(0, text.length - held), stopped: false, held };
 }
 
 /** What {@link GenerationRules.accept} says of a chosen token. */

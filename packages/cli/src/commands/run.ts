@@ -1,4 +1,4 @@
-import { CalderaError, linearShape, type ModelConfig } from '@caldera/core';
+import { CalderaError, linearShape, visibleText, type ModelConfig } from '@caldera/core';
 import { availableParallelism } from 'node:os';
 import {
   blockLinearNames,
@@ -226,17 +226,20 @@ async function generateText(
   if (!json && 'text' in prompt) process.stdout.write(prompt.text);
   let printed = '';
   const stop = flagString(a, 'stop');
-  for await (const t of generate(model, full, {
-    ...options,
-    stopTokens,
-    ...(stop ? { stopStrings: [stop], decode: (x: number[]) => tokenizer.decode(x) } : {}),
-  })) {
+  if (stop === '') throw new CalderaError('E_VALUE', '--stop needs a non-empty string');
+  // the stop string is cut from the text here, not by generate(): a token-level stop would leave its beginning in
+  // the tokens before the one that completes it (" Cour" + "t")
+  const stops = stop === undefined ? [] : [stop];
+  let visible = visibleText('', stops);
+  for await (const t of generate(model, full, { ...options, stopTokens })) {
     out.push(t);
-    const chunk = streamedText(printed, tokenizer.decode(out));
+    visible = visibleText(tokenizer.decode(out), stops);
+    const chunk = streamedText(printed, visible.text, visible.stopped);
     if (!json) process.stdout.write(chunk);
     printed += chunk;
+    if (visible.stopped) break;
   }
-  const rest = streamedText(printed, tokenizer.decode(out), true);
+  const rest = streamedText(printed, visible.stopped ? visible.text : tokenizer.decode(out), true);
   if (!json) process.stdout.write(rest);
   printed += rest;
   const secs = (performance.now() - t0) / 1000;
