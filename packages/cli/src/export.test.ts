@@ -205,6 +205,35 @@ describe('caldera export', () => {
     for (const f of ['never-1', 'never-2']) expect(existsSync(join(tmp, f))).toBe(false);
   }, 60_000);
 
+  it('a checkpoint whose scale overflows f32 when applied (finite, so it loads): export refuses it in every dtype naming the layer; eval and generate fail with E_VALUE, not a NaN perplexity or text', async () => {
+    const source = await tensorsOf(ckpt);
+    const meta = await readCheckpointMeta(ckpt);
+    const layer = 'model.layers.0.self_attn.q_proj';
+    const scale = source.get(`${layer}.caldera.Q_scale`)!;
+    const tensors = Object.fromEntries(source);
+    tensors[`${layer}.caldera.Q_scale`] = { ...scale, data: Float32Array.of(3e38) };
+    const bad = join(tmp, 'overflowing');
+    await writeCheckpointDir(bad, {
+      meta,
+      tensors,
+      copyFiles: ['config.json', 'tokenizer.json', 'tokenizer_config.json'].map((f) => join(ckpt, f)),
+    });
+    for (const dtype of ['f16', 'bf16', 'f32']) {
+      const r = run(['export', bad, '--out', join(tmp, `never-nan-${dtype}`), '--dtype', dtype]);
+      expect(r.status, dtype).toBe(1);
+      expect(r.stderr).toMatch(
+        new RegExp(`E_VALUE: layer '${layer}': rebuilt weight (NaN|-?Infinity) at index \\d+ is not finite`),
+      );
+      expect(existsSync(join(tmp, `never-nan-${dtype}`))).toBe(false);
+    }
+    const ev = run(['eval', bad, '--max-tokens', '64']);
+    expect(ev.status).toBe(1);
+    expect(ev.stderr).toMatch(/E_VALUE: perplexity: the model's logits for tokens \d+–\d+ are NaN/);
+    const gen = run(['generate', bad, '--max-tokens', '4']);
+    expect(gen.status).toBe(1);
+    expect(gen.stderr).toMatch(/E_VALUE: generate: the model's logit \d+ is NaN after 0 generated tokens/);
+  }, 60_000);
+
   describe('interrupted', () => {
     afterEach(() => vi.restoreAllMocks());
     it('SIGINT (Ctrl-C) during the export: exit code 130, nothing written, no temporary directory left', async () => {

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import {
   checkPerplexityArgs,
+  checkWindowNll,
   DEFAULT_PERPLEXITY_CONTEXT,
   perplexityWindows,
   tokenNll,
@@ -59,6 +60,21 @@ describe('tokenNll', () => {
         new RegExp(`^E_VALUE: tokenNll: target ${t} is not a token id in \\[0, 2\\)$`),
       );
     expect(tokenNll(row, 0, 2, 1)).toBeCloseTo(Math.log(1 + Math.exp(-1)), 12);
+  });
+
+  it('checkWindowNll: a window whose logits overflow to NaN is E_VALUE naming its tokens; a finite or infinite NLL is a result', () => {
+    const window = { start: 0, end: 6, from: 1 };
+    // Infinity − Infinity: logits that overflowed f32
+    const overflowed = Float64Array.of(Infinity, Infinity, 0);
+    const nll = 1.5 + tokenNll(overflowed, 0, 3, 2);
+    expect(nll).toBeNaN();
+    expect(() => checkWindowNll(nll, window)).toThrow(
+      /^E_VALUE: perplexity: the model's logits for tokens 1–5 are NaN: its weights overflow f32/,
+    );
+    expect(() => checkWindowNll(NaN, window, 'scoreText')).toThrow(/^E_VALUE: scoreText: /);
+    // a target the model rules out (−Infinity logit) has infinite NLL: a perplexity of Infinity, not an error
+    expect(() => checkWindowNll(tokenNll(Float64Array.of(0, -Infinity), 0, 2, 1), window)).not.toThrow();
+    expect(() => checkWindowNll(3.25, window)).not.toThrow();
   });
 });
 

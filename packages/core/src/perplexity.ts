@@ -120,6 +120,20 @@ export function* perplexityWindows(
 }
 
 /**
+ * `E_VALUE` when `nll`, a window's summed negative log-likelihood (or a sum through it), is NaN: the model's logits in
+ * that window are not numbers (weights or scales that overflow f32 when applied, non-finite values), and a NaN
+ * perplexity would read as a result. `fn` names the caller in the message.
+ */
+export function checkWindowNll(nll: number, window: PerplexityWindow, fn = 'perplexity'): void {
+  if (Number.isNaN(nll))
+    throw new CalderaError(
+      'E_VALUE',
+      `${fn}: the model's logits for tokens ${window.from}–${window.end - 1} are NaN: its weights overflow f32 when ` +
+        'applied or hold non-finite values',
+    );
+}
+
+/**
  * `−log softmax(logits)[target]` of the row of `vocab` logits at `offset`, computed stably (max subtracted). A
  * `target` that is not a token of the row (an integer in [0, `vocab`)) is `E_VALUE` (it gave NaN).
  */

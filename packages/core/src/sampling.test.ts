@@ -175,6 +175,17 @@ describe("GenerationRules (the runtimes' per-token rules)", () => {
     expect(rules.greedy).toBe(true);
   });
 
+  it('pick: NaN logits (weights that overflow f32) are E_VALUE naming the logit and the tokens generated so far', () => {
+    for (const options of [{}, { temperature: 1 }, { repetitionPenalty: 1.2 }]) {
+      const rules = new GenerationRules([1], options);
+      expect(rules.pick(Float64Array.of(0, 2, 1))).toBeTypeOf('number');
+      rules.accept(1);
+      expect(() => rules.pick(Float64Array.of(0, NaN, 1))).toThrow(
+        /^E_VALUE: generate: the model's logit 1 is NaN after 1 generated tokens: its weights overflow f32/,
+      );
+    }
+  });
+
   it('tokensToGenerate: min(maxTokens, context − prompt), E_VALUE when the prompt exceeds the context', () => {
     const prompt = [1, 2, 3];
     expect(new GenerationRules(prompt, { maxTokens: 5 }).tokensToGenerate(100)).toBe(5);
@@ -298,7 +309,11 @@ describe('visibleText (a streamed completion cut at its stop strings)', () => {
       stopped: true,
       held: 0,
     });
-    expect(visibleText('The Medical Cour', ['Court'])).toEqual({ text: 'The Medical ', stopped: false, held: 4 });
+    expect(visibleText('The Medical Cour', ['Court'])).toEqual({
+      text: 'The Medical ',
+      stopped: false,
+      held: 4,
+    });
     // the earliest occurrence of any stop string; empty ones never match
     expect(visibleText('abcab', ['ca', 'b', ''])).toEqual({ text: 'a', stopped: true, held: 0 });
     expect(visibleText('xyz', [''])).toEqual({ text: 'xyz', stopped: false, held: 0 });
@@ -318,7 +333,8 @@ describe('visibleText (a streamed completion cut at its stop strings)', () => {
         const got = visibleText(text, stops);
         // reference: the first index where a stop string starts, by trying every index and every string
         let cut = -1;
-        for (let i = 0; i < text.length && cut < 0; i++) if (stops.some((s) => text.startsWith(s, i))) cut = i;
+        for (let i = 0; i < text.length && cut < 0; i++)
+          if (stops.some((s) => text.startsWith(s, i))) cut = i;
         if (cut >= 0) expect(got).toEqual({ text: text.slice(0, cut), stopped: true, held: 0 });
         else {
           // reference: the largest k < the string's length whose prefix is text's tail of k characters

@@ -304,6 +304,13 @@ export class GenerationRules {
   /** The next token from the model's logits over the vocabulary (the penalty applied to a copy in f64). */
   pick(logits: ArrayLike<number>): number {
     const l = Float64Array.from(logits);
+    const nan = l.findIndex((v) => Number.isNaN(v));
+    if (nan >= 0)
+      throw new CalderaError(
+        'E_VALUE',
+        `generate: the model's logit ${nan} is NaN after ${this.produced.length} generated tokens: its weights ` +
+          'overflow f32 when applied or hold non-finite values',
+      );
     const pen = this.penalty;
     if (pen !== 1) for (const t of this.seen) l[t] = l[t]! > 0 ? l[t]! / pen : l[t]! * pen;
     return drawToken(l, this.options, this.rng);

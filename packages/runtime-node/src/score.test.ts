@@ -39,6 +39,16 @@ function wholeWindows(ids: number[], context: number, stride: number): { nll: nu
 describe('scoring a window in batches of rows', () => {
   const ids = Array.from({ length: 220 }, (_, i) => (i * 7 + (i >> 3)) % V);
 
+  it('a window whose hidden states hold a NaN (a layer that overflowed) is E_VALUE naming its tokens, whole or in batches', () => {
+    const window = { start: 0, end: 100, from: 1 };
+    const x = model.hidden(ids.slice(0, 100));
+    x[50 * cfg.hiddenSize + 3] = NaN; // row 50: predicts token 51
+    for (const batch of [BATCH, { rows: 40, min: 24, wholeFloats: 1e9 }])
+      expect(() => addWindowNll(0, model, x, ids, window, undefined, batch)).toThrow(
+        /^E_VALUE: perplexity: the model's logits for tokens 1–99 are NaN/,
+      );
+  });
+
   it('gives the NLL of the whole-window logits bit for bit: merged tails, widened batches, overlapping windows', () => {
     // context 200, stride 150: window [0, 200) scored from 1 (rows 0…198: four batches of 40 and one of 39) and
     // [150, 220) scored from 200 (rows 49…68: 20 rows, widened to 24 within the window); 64/64 and 64/23: a first

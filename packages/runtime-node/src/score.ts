@@ -1,4 +1,4 @@
-import { tokenNll } from '@caldera/core';
+import { checkWindowNll, tokenNll } from '@caldera/core';
 import type { LlamaModel } from './model.js';
 
 /**
@@ -26,7 +26,8 @@ export type ScoringModel = Pick<LlamaModel, 'config' | 'logits'>;
  * are computed, about 64 at a time (`batch`: tests use smaller ones): a window's whole logits are `rows × vocab` floats
  * (50 MB for 255 rows of a 49152-word vocabulary), and a fresh array of that size per window costs more in page
  * faults than the product itself on some machines: with `scratch`, one array (grown when needed) holds every batch's
- * logits, across the windows of a text.
+ * logits, across the windows of a text. `E_VALUE` when the sum is NaN (core's `checkWindowNll`: the model's logits are
+ * NaN).
  */
 export function addWindowNll(
   nll: number,
@@ -43,6 +44,7 @@ export function addWindowNll(
   if (rows < batch.min || rows * vocab <= batch.wholeFloats) {
     const logits = model.logits(x, rows);
     for (let p = from; p < end; p++) nll += tokenNll(logits, (p - start - 1) * vocab, vocab, ids[p]!);
+    checkWindowNll(nll, window);
     return nll;
   }
   // rows first … last predict tokens from … end − 1
@@ -66,5 +68,6 @@ export function addWindowNll(
     for (let r = r0; r < r1; r++) nll += tokenNll(logits, (r - b0) * vocab, vocab, ids[start + r + 1]!);
     r0 = r1;
   }
+  checkWindowNll(nll, window);
   return nll;
 }

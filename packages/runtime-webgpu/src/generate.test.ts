@@ -1,9 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { CalderaError } from '@caldera/core';
+import { CalderaError, serializeSafetensors } from '@caldera/core';
+import { calderaCheckpointMeta } from '@caldera/lowrank';
 import { generate, perplexity } from './generate.js';
 import { loadModelFromBuffer } from './load.js';
 import { gpuTitle, testDevice } from './testing/gpu.js';
-import { tinyModelSource } from './testing/tiny-model.js';
+import { tinyModel, tinyModelSource } from './testing/tiny-model.js';
 
 const { device: dev, reason } = await testDevice();
 
@@ -122,6 +123,31 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
       // an abort during generate's prefill names generate (the prefill runs through generate's claim)
       await expect(collect(generate(model, text, { signal: AbortSignal.abort() }))).rejects.toThrow(
         /^E_ABORTED: generate was aborted$/,
+      );
+    } finally {
+      model.dispose();
+    }
+  });
+
+  it('a layer whose scale overflows f32 when applied (finite, so it loads): perplexity, greedy and sampled generate are E_VALUE, not a NaN perplexity or arbitrary tokens', async () => {
+    const { config, tensors, layers } = tinyModel();
+    const scale = 'model.layers.0.mlp.up_proj.caldera.Q_scale';
+    tensors[scale] = { ...tensors[scale]!, data: Float32Array.of(3e38) };
+    const weights = await serializeSafetensors(tensors);
+    const { model } = await loadModelFromBuffer(
+      dev!,
+      { config, calderaMeta: calderaCheckpointMeta(layers), weights },
+      { contextLength: 16 },
+    );
+    try {
+      await expect(perplexity(model, [1, 29, 3, 4, 5])).rejects.toThrow(
+        /^E_VALUE: perplexity: the model's logits for tokens 1–4 are NaN: its weights overflow f32/,
+      );
+      await expect(collect(generate(model, [1, 29, 3], { maxTokens: 3 }))).rejects.toThrow(
+        /^E_VALUE: WebGpuModel: the model's logits at position 2 are NaN: its weights overflow f32/,
+      );
+      await expect(collect(generate(model, [1, 29, 3], { maxTokens: 3, temperature: 1 }))).rejects.toThrow(
+        /^E_VALUE: generate: the model's logit \d+ is NaN after 0 generated tokens/,
       );
     } finally {
       model.dispose();

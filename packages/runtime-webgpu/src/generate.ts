@@ -2,6 +2,7 @@ import {
   assertFunction,
   checkPerplexityArgs,
   checkTokenIds,
+  checkWindowNll,
   GenerationRules,
   perplexityWindows,
   sampleToken,
@@ -117,7 +118,8 @@ export async function perplexity(
   const seq = model.claim('perplexity');
   let nll = 0;
   let count = 0;
-  for (const { start, end, from } of perplexityWindows(tokens.length, context, stride)) {
+  for (const window of perplexityWindows(tokens.length, context, stride)) {
+    const { start, end, from } = window;
     seq.pass(() => model.reset());
     // position p is predicted by the logits after token p − 1
     for (let t0 = start; t0 < end - 1; t0 += model.prefillChunk) {
@@ -138,6 +140,7 @@ export async function perplexity(
         count++;
       }
     }
+    checkWindowNll(nll, window);
     options.onProgress?.({ done: end, total: tokens.length });
   }
   return { tokens: count, nll: nll / count, ppl: Math.exp(nll / count) };

@@ -50,6 +50,7 @@ export {
 
 // the WGSL sources (and their binding orders and sizes) the entry points compile
 export {
+  ARGMAX_NAN_FLAG,
   ARGMAX_WGSL,
   NLL_WGSL,
   attentionWgsl,

@@ -19,6 +19,7 @@ import {
   type CalderaDevice,
 } from './device.js';
 import {
+  ARGMAX_NAN_FLAG,
   encodeDispatches,
   Kernels,
   type Dispatch,
@@ -980,7 +981,8 @@ export class WebGpuModel {
 
   /**
    * The result of `pass` (submitted by {@link submitPass} with an output): the greedy token, or the logits.
-   * `E_VALUE` when a later pass overwrote it first.
+   * `E_VALUE` when a later pass overwrote it first, or when the greedy token's logits held a NaN (the argmax kernel's
+   * flag: weights that overflow f32 when applied, or non-finite values; the CPU's sampler refuses them too).
    */
   private async readPass(pass: SubmittedPass): Promise<number | Float32Array> {
     const { staging, bytes } = pass;
@@ -989,7 +991,15 @@ export class WebGpuModel {
     this.busy = true;
     try {
       const data = await this.readStaging(staging, bytes);
-      return pass.output === 'argmax' ? new Uint32Array(data)[0]! : new Float32Array(data);
+      if (pass.output !== 'argmax') return new Float32Array(data);
+      const token = new Uint32Array(data)[0]!;
+      if ((token & ARGMAX_NAN_FLAG) !== 0)
+        throw new CalderaError(
+          'E_VALUE',
+          `WebGpuModel: the model's logits at position ${pass.end - 1} are NaN: its weights overflow f32 when ` +
+            'applied or hold non-finite values',
+        );
+      return token;
     } finally {
       this.busy = false;
     }

@@ -45,8 +45,17 @@ const EXPORT_DTYPES = {
 } as const;
 type ExportDType = keyof typeof EXPORT_DTYPES;
 
-/** The bytes of a dense weight `w` in `dtype`; `E_VALUE` naming the layer when a value overflows f16. */
+/**
+ * The bytes of a dense weight `w` in `dtype`; `E_VALUE` naming the layer when a value is not finite (the checkpoint's
+ * scales or factors overflow f32 when rebuilt: no dtype helps) or, in f16, beyond its range.
+ */
 function denseBytes(w: Float32Array, dtype: ExportDType, layer: string): Uint8Array {
+  for (let i = 0; i < w.length; i++)
+    if (!Number.isFinite(w[i]!))
+      throw new CalderaError(
+        'E_VALUE',
+        `layer '${layer}': rebuilt weight ${w[i]} at index ${i} is not finite (its scales or factors overflow f32)`,
+      );
   if (dtype === 'f32') return new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
   const bits = dtype === 'f16' ? f32ArrayToF16(w) : f32ArrayToBf16(w);
   if (dtype === 'f16')

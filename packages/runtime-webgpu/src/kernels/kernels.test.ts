@@ -14,6 +14,7 @@ import { e8pSourcePairs, uploadMatrix } from '../linear.js';
 import { relErr } from '../testing/compare.js';
 import { gpuTitle, ownTestDevice, spyOnCompiles, testDevice, testF16Device } from '../testing/gpu.js';
 import {
+  ARGMAX_NAN_FLAG,
   e8pF16WorkgroupBytes,
   e8pMatvecWgsl,
   e8pTablesUniform,
@@ -1051,6 +1052,25 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       const o = scratchBuffer(d, 4, 'o');
       await run(d, [k.argmax(storageBuffer(d, v, 'v'), o, len)]);
       expect(new Uint32Array(await readBuffer(d, o, 4))[0]).toBe(at);
+    }
+    // a NaN anywhere (quiet or signalling, either sign) sets ARGMAX_NAN_FLAG; ±Infinity does not
+    const bitsOf = (u: number) => new Float32Array(Uint32Array.of(u).buffer)[0]!;
+    for (const [bad, flagged] of [
+      [NaN, true],
+      [bitsOf(0xffc00001), true],
+      [bitsOf(0x7f800001), true],
+      [Infinity, false],
+      [-Infinity, false],
+    ] as const) {
+      const v = randn(rng, 1000);
+      v[100] = 10;
+      v[777] = bad;
+      const o = scratchBuffer(d, 4, 'o');
+      await run(d, [k.argmax(storageBuffer(d, v, 'v'), o, 1000)]);
+      const got = new Uint32Array(await readBuffer(d, o, 4))[0]!;
+      expect((got & ARGMAX_NAN_FLAG) !== 0, String(bad)).toBe(flagged);
+      if (bad === -Infinity) expect(got).toBe(100);
+      if (bad === Infinity) expect(got).toBe(777);
     }
   });
 

@@ -2288,9 +2288,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
   if (lid == 0u) { outv[r] = log(total) + mx - x[o + targets[r]]; }
 }`;
 
+/** Set in {@link ARGMAX_WGSL}'s result when the row holds a NaN (the index is then meaningless). */
+export const ARGMAX_NAN_FLAG = 0x80000000;
+
 /**
  * Index of the largest value (the first one on ties) of the last row of a batch (row `step.len − step.pos − 1`),
- * one workgroup (not batched).
+ * one workgroup (not batched), with {@link ARGMAX_NAN_FLAG} set when the row holds a NaN (found from its bits: WGSL
+ * lets a compiler assume that floats are never NaN, so `v != v` may be folded away).
  */
 export const ARGMAX_WGSL = /* wgsl */ `${STEP}
 struct P { n: u32, a: u32, b: u32, c: u32 }
@@ -2299,17 +2303,21 @@ struct P { n: u32, a: u32, b: u32, c: u32 }
 @group(0) @binding(3) var<storage, read_write> outv: array<u32>;
 var<workgroup> vals: array<f32, ${WG}>;
 var<workgroup> idxs: array<u32, ${WG}>;
+var<workgroup> nans: atomic<u32>;
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32) {
   var best = -3.4e38;
   var bi = 0xffffffffu;
+  var nan = 0u;
   let o = (step.len - step.pos - 1u) * p.n;
   for (var j = lid; j < p.n; j += ${WG}u) {
     let v = x[o + j];
     if (v > best || bi == 0xffffffffu) { best = v; bi = j; }
+    nan |= u32((bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u);
   }
   vals[lid] = best;
   idxs[lid] = bi;
+  if (nan != 0u) { atomicOr(&nans, 1u); }
   workgroupBarrier();
   for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
     if (lid < s) {
@@ -2322,5 +2330,5 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
     workgroupBarrier();
   }
-  if (lid == 0u) { outv[0] = idxs[0]; }
+  if (lid == 0u) { outv[0] = idxs[0] | select(0u, ${ARGMAX_NAN_FLAG}u, atomicLoad(&nans) != 0u); }
 }`;
