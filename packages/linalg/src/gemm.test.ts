@@ -289,6 +289,30 @@ describe('gemm input errors', () => {
     }
   });
 
+  it('a host that cannot reserve the wasm memory (a virtual-memory limit: V8 throws RangeError) makes createPool E_DEVICE saying so, not a RangeError', () => {
+    // what V8 throws under `ulimit -v 4000000` (checked by hand with a real limit: the same E_DEVICE)
+    const Real = WebAssembly.Memory;
+    WebAssembly.Memory = function () {
+      throw new RangeError('WebAssembly.Memory(): could not allocate memory');
+    } as unknown as typeof WebAssembly.Memory;
+    try {
+      for (const threads of [1, 2])
+        expect(() => createPool({ threads })).toThrow(
+          expect.objectContaining({
+            code: 'E_DEVICE',
+            message: expect.stringMatching(
+              /^E_DEVICE: cannot reserve WebAssembly memory for the linear-algebra kernels .*`ulimit -v`.*use fewer threads$/,
+            ),
+            cause: expect.any(RangeError),
+          }),
+        );
+    } finally {
+      WebAssembly.Memory = Real;
+    }
+    const pool = createPool({ threads: 1 });
+    pool.dispose();
+  });
+
   it('with a memory the host will not grow (a browser cap): smaller chunks, else the TypeScript kernel', () => {
     const capped = createPool({ threads: 2 });
     try {

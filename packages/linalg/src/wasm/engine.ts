@@ -27,13 +27,30 @@ export interface Engine {
   readonly relaxedSimd: boolean;
 }
 
-/** Instantiate the kernels over a fresh memory; `null` when WebAssembly SIMD is unavailable. */
+/**
+ * Instantiate the kernels over a fresh memory; `null` when WebAssembly SIMD is unavailable. `E_DEVICE` when the
+ * host cannot reserve the memory: a memory that may grow to 4 GiB reserves its address space up front (in V8 about 8
+ * GiB and guard regions for a growable memory, the whole 4 GiB for a shared one), which a virtual-memory limit (`ulimit
+ * -v`, a batch scheduler's) can forbid; each pool thread and the default engine hold one.
+ */
 export function createEngine(shared: boolean): Engine | null {
   const useShared = shared && sharedMemorySupported();
   const km = kernelsModule(useShared);
   if (!km) return null;
   const module = km.module;
-  const memory = new WebAssembly.Memory({ initial: 2, maximum: MAX_PAGES, shared: useShared });
+  let memory: WebAssembly.Memory;
+  try {
+    memory = new WebAssembly.Memory({ initial: 2, maximum: MAX_PAGES, shared: useShared });
+  } catch (cause) {
+    if (!(cause instanceof RangeError)) throw cause;
+    throw new CalderaError(
+      'E_DEVICE',
+      'cannot reserve WebAssembly memory for the linear-algebra kernels (a memory that may grow to 4 GiB reserves ' +
+        'its address space up front): a virtual-memory limit such as `ulimit -v` may forbid it; raise the limit, or ' +
+        'use fewer threads',
+      { cause },
+    );
+  }
   const instance = new WebAssembly.Instance(module, { env: { memory, abort: () => undefined } });
   const engine: Engine = {
     module,
