@@ -77,7 +77,7 @@ describe('caldera compress --q-bits / --lr-bits', () => {
     expect((JSON.parse(ev.stdout) as { ppl: number }).ppl).toBeCloseTo(report.perplexity.compressed, 9);
   }, 60_000);
 
-  it('invalid widths, and widths a method has no use for, are refused before any work', () => {
+  it('invalid widths, and widths or steps a method has no use for, are refused before any work', () => {
     const out = join(tmp, 'never');
     const src = referenceModelDir();
     const cases: [string[], RegExp][] = [
@@ -89,9 +89,28 @@ describe('caldera compress --q-bits / --lr-bits', () => {
       [['--method', 'ldlq', '--lr-bits', '2'], /E_VALUE: --method ldlq has no low-rank part .*--lr-bits/],
       // Q at 4 bits costs 4 bits per weight: a budget below it cannot be met
       [['--q-bits', '4', '--bits', '3'], /E_VALUE: --bits must be in \[4, /],
+      // options of steps the method does not run (they would be recorded in caldera.json as if applied)
+      [
+        ['--method', 'rtn', '--windows', '2', '--length', '8', '--data', heldOut],
+        /E_VALUE: --method rtn rounds each weight without calibration data .*: --data, --windows, --length would be ignored; use --method ldlq or caldera/,
+      ],
+      [['--method', 'rtn', '--outer-iters', '9'], /E_VALUE: --method rtn .*: --outer-iters would be ignored/],
+      [
+        ['--method', 'ldlq', '--outer-iters', '3', '--lplr-iters', '2'],
+        /E_VALUE: --method ldlq has no low-rank part \(one LDLQ pass, rank 0\): --outer-iters, --lplr-iters would be ignored/,
+      ],
+      [
+        ['--method', 'lplr', '--outer-iters', '2'],
+        /E_VALUE: --method lplr has no Q to alternate with .*--outer-iters would be ignored/,
+      ],
+      [
+        ['--hessian-chunks', '2'],
+        /E_VALUE: --hessian-chunks cuts the Hessians of --propagate original .*give --propagate original with it/,
+      ],
     ];
     for (const [opts, msg] of cases) {
-      const r = run(['compress', src, '--out', out, ...FAST, '--threads', '1', ...opts]);
+      // every case fails before any work: no calibration options needed (and rtn refuses them)
+      const r = run(['compress', src, '--out', out, '--json', '--threads', '1', ...opts]);
       expect(r.status, opts.join(' ')).toBe(1);
       expect(r.stderr, opts.join(' ')).toMatch(msg);
       expect(r.stdout, opts.join(' ')).toBe('');

@@ -118,6 +118,12 @@ describe('caldera finetune', () => {
     const r = run(['finetune', '/nonexistent/ckpt']);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/not a CALDERA checkpoint/);
+    // before anything is read: a trainable rank with --signs would be ignored
+    const both = run(['finetune', '/nonexistent/ckpt', '--signs', '--ft-rank', '8']);
+    expect(both.status).toBe(1);
+    expect(both.stderr).toMatch(
+      /E_VALUE: --signs trains the sign vectors SU, SV, not the factors: --ft-rank would be ignored/,
+    );
   });
 
   it('trains the sign vectors against the teacher (--signs): only SU/SV change, and the result loads', async () => {
@@ -131,7 +137,8 @@ describe('caldera finetune', () => {
       '--signs',
       '--out',
       out,
-      ...FINETUNE.map((f) => (f === '16' ? '8' : f)),
+      // (no --ft-rank: the signs train no factors)
+      ...FINETUNE.slice(2).map((f) => (f === '16' ? '8' : f)),
     ]);
     expect(r.status, r.stderr).toBe(0);
     const report = JSON.parse(r.stdout.trim().split('\n').pop()!);

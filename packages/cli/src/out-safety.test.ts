@@ -190,7 +190,19 @@ describe('--out: a marker file alone does not make a directory replaceable', () 
     writeFileSync(join(proj, 'src', 'a.js'), 'x');
     writeFileSync(join(proj, 'thesis.tex'), 't');
     const before = snapshot(proj);
-    const r = run(['compress', src, '--out', proj, ...FAST, '--method', 'rtn']);
+    // rtn takes no calibration options (they would be ignored): only the held-out text
+    const r = run([
+      'compress',
+      src,
+      '--out',
+      proj,
+      '--eval',
+      heldOut,
+      '--eval-tokens',
+      '128',
+      '--method',
+      'rtn',
+    ]);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(
       /E_VALUE: --out .*proj is a non-empty directory that is not a Caldera checkpoint \(its caldera\.json is not one of ours; it holds caldera\.json, src, thesis\.tex\)/,

@@ -204,6 +204,43 @@ function bitsFromFlags(a: Args, method: Method): { qBits: 0 | 2 | 3 | 4; lrBits:
   });
 }
 
+/**
+ * Options the method (and propagation) has no use for are refused, not ignored (a run would record them in
+ * caldera.json as if they had been applied): rtn rounds without calibration data (no Hessian, so no --data, --windows,
+ * --length, --propagate or --hessian-chunks), a single pass has no outer iterations (ldlq: rank 0; lplr: no Q) and
+ * rank 0 no LPLR rounds, and --hessian-chunks cuts only the Hessians of --propagate original.
+ */
+function checkMethodFlags(a: Args, method: string, propagate: string): void {
+  const refuse = (flags: string[], why: string, instead: string) => {
+    if (flags.length > 0)
+      throw new CalderaError('E_VALUE', `${why}: ${flags.join(', ')} would be ignored; ${instead}`);
+  };
+  if (method === 'rtn')
+    refuse(
+      givenFlags(a, ['data', 'windows', 'length', 'propagate', 'hessian-chunks', 'outer-iters', 'lplr-iters']),
+      '--method rtn rounds each weight without calibration data (no Hessian, one pass)',
+      'use --method ldlq or caldera for a calibration-aware Q',
+    );
+  if (method === 'ldlq')
+    refuse(
+      givenFlags(a, ['outer-iters', 'lplr-iters']),
+      '--method ldlq has no low-rank part (one LDLQ pass, rank 0)',
+      'use --method caldera to alternate Q and L·R',
+    );
+  if (method === 'lplr')
+    refuse(
+      givenFlags(a, ['outer-iters']),
+      '--method lplr has no Q to alternate with (low-rank only: --lplr-iters sets its rounds)',
+      'use --method caldera to alternate Q and L·R',
+    );
+  if (propagate !== 'original')
+    refuse(
+      givenFlags(a, ['hessian-chunks']),
+      '--hessian-chunks cuts the Hessians of --propagate original into jobs',
+      'give --propagate original with it',
+    );
+}
+
 /** The run's settings that need no model (`length`: the --length given, if any; its range is the model's). */
 function settingsFromFlags(a: Args): Omit<RunSettings, 'ranks' | 'length'> & { length: number | undefined } {
   const method = (flagString(a, 'method', 'caldera') as Method) ?? 'caldera';
@@ -212,6 +249,7 @@ function settingsFromFlags(a: Args): Omit<RunSettings, 'ranks' | 'length'> & { l
   const propagate = flagString(a, 'propagate', 'compressed');
   if (propagate !== 'compressed' && propagate !== 'original')
     throw new CalderaError('E_VALUE', `--propagate must be compressed or original, got '${propagate}'`);
+  checkMethodFlags(a, method, propagate);
   return {
     method,
     windows: flagNumber(a, 'windows', 32, POSITIVE_INT),

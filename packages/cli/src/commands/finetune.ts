@@ -67,6 +67,12 @@ export async function finetuneCommand(a: Args): Promise<number> {
   const json = a.flags.has('json');
   // the options' values before any work (--seq-len against the model's max positions once its config is read)
   const ftRank = flagNumber(a, 'ft-rank', 64, POSITIVE_INT);
+  // the signs train no factors: a trainable rank would be ignored (and recorded as if applied)
+  if (a.flags.has('signs') && a.flags.has('ft-rank'))
+    throw new CalderaError(
+      'E_VALUE',
+      '--signs trains the sign vectors SU, SV, not the factors: --ft-rank would be ignored; give one of them',
+    );
   const seqLenFlag = flagNumber(a, 'seq-len', undefined, { integer: true, min: 2 });
   const evalTokens = flagNumber(a, 'eval-tokens', HELD_OUT_TOKENS, { integer: true, min: 2 });
   const options = {
