@@ -1,5 +1,6 @@
 import {
   assertNoCalderaTensorsWithoutMeta,
+  assertNoStrayCalderaTensors,
   CalderaError,
   expectedCalderaTensors,
   linearShape,
@@ -211,7 +212,11 @@ export async function layoutFromStore(
       source.calderaMetaFile ?? 'caldera.json',
       "copy the checkpoint's caldera.json back beside its safetensors",
     );
-  if (calderaMeta) checkMetaLayersExist(calderaMeta, config, dir, source.calderaMetaFile ?? 'caldera.json');
+  if (calderaMeta) {
+    checkMetaLayersExist(calderaMeta, config, dir, source.calderaMetaFile ?? 'caldera.json');
+    // tensors the metadata does not describe (an edited rank or hadamard flag) would be ignored: other weights
+    assertNoStrayCalderaTensors(calderaMeta, store.names(), dir, source.calderaMetaFile ?? 'caldera.json');
+  }
   const { hiddenSize: d, vocabSize: V } = config;
   const missing = ['model.embed_tokens.weight', 'model.norm.weight'].filter((n) => !store.has(n));
   if (missing.length) throw new CalderaError('E_MISSING', `${dir}: missing tensors ${missing.join(', ')}`);

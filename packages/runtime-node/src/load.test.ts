@@ -316,6 +316,17 @@ describe('loadModel', () => {
     await expect(readModelLayout(dir)).rejects.toThrow(
       /^E_FORMAT: .*caldera\.json: layers\["model\.layers\.0\.self_attn\.q_proj"\]\.codecs\.Q is unknown codec 'e8p99'/,
     );
+    // a rank or hadamard flag edited while the tensors stay: they were ignored (other weights, other tokens)
+    for (const edit of [{ rank: 0 }, { hadamard: false }]) {
+      await withLayers({ [name]: { ...layer, ...edit } });
+      await expect(loadModel(dir), JSON.stringify(edit)).rejects.toThrow(
+        new RegExp(
+          `^E_FORMAT: .*caldera-stray-\\w+: the tensors do not match caldera\\.json: ${name.replaceAll('.', '\\.')}\\.caldera\\.${
+            'rank' in edit ? 'L' : 'SU'
+          } is not part of layer '.*' as caldera\\.json describes it \\(rank ${edit.rank ?? layer.rank}, `,
+        ),
+      );
+    }
   });
 
   it('CALDERA tensors without caldera.json are an E_FORMAT error saying so', async () => {

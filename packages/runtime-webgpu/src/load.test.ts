@@ -428,6 +428,14 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
     await expect(load({ [`${p}L_scale`]: tensor('f32', [1], [NaN]) })).rejects.toThrow(
       /E_VALUE.*up_proj\.caldera\.L_scale' has a non-finite value/,
     );
+    // a caldera.json whose rank was edited to 0 while L and R stay: they were ignored (other weights)
+    const name = 'model.layers.0.mlp.up_proj';
+    const edited = calderaCheckpointMeta({ [name]: { ...layers[name]!, rank: 0 } });
+    await expect(
+      loadModelFromBuffer(d, { config, calderaMeta: edited, weights: await serializeSafetensors(tensors) }),
+    ).rejects.toThrow(
+      /^E_FORMAT: the checkpoint: the tensors do not match caldera\.json: model\.layers\.0\.mlp\.up_proj\.caldera\.L is not part of layer .* \(rank 0,/,
+    );
     // dense weights too (WGSL leaves infinity and NaN undefined): f32, 16-bit bits, and values beyond f16 with 'f16'
     const q = 'model.layers.0.self_attn.q_proj.weight';
     const bad = tensor('f32', tensors[q]!.shape, (tensors[q]!.data as Float32Array).slice());

@@ -3,6 +3,7 @@ import {
   assertFloatStorage,
   assertFunction,
   assertNoCalderaTensorsWithoutMeta,
+  assertNoStrayCalderaTensors,
   assertNonEmptyString,
   assertObject,
   blockLinearNames,
@@ -343,6 +344,14 @@ export async function loadModelFromStore(
       'the checkpoint',
       source.calderaMetaFile ?? 'caldera.json',
       "serve or pass the checkpoint's caldera.json with its safetensors",
+    );
+  // tensors the metadata does not describe (an edited rank or hadamard flag) would be ignored: other weights
+  if (calderaMeta)
+    assertNoStrayCalderaTensors(
+      calderaMeta,
+      store.names(),
+      'the checkpoint',
+      source.calderaMetaFile ?? 'caldera.json',
     );
   const dtype = options.dtype ?? 'auto';
   const { hiddenSize: d, vocabSize: V } = config;

@@ -8,7 +8,12 @@ import { tensor, type Tensor } from '../tensor.js';
 import { openCheckpointDir, readCheckpointMeta, writeCheckpointDir } from './dir.js';
 import { parseCalderaMeta, type CalderaCheckpointMeta } from './meta.js';
 import { calderaTensorName, parseCalderaTensorName } from './names.js';
-import { expectedCalderaTensors, validateCalderaCheckpoint } from './validate.js';
+import {
+  assertNoStrayCalderaTensors,
+  expectedCalderaTensors,
+  strayCalderaTensors,
+  validateCalderaCheckpoint,
+} from './validate.js';
 
 const P = 'model.layers.0.self_attn.q_proj';
 
@@ -158,6 +163,41 @@ describe('validation', () => {
     expect(problems.join('\n')).toMatch(/q_proj\.weight is present/);
     expect(problems.join('\n')).toMatch(/caldera\.R is not part of layer/);
     expect(problems.join('\n')).toMatch(/which caldera\.json does not list/);
+  });
+});
+
+describe('strayCalderaTensors (what a loader would ignore)', () => {
+  it('finds the parts an edited caldera.json no longer describes: a rank set to 0, hadamard set to false; a complete checkpoint has none', () => {
+    const names = Object.keys(tensors());
+    expect(strayCalderaTensors(meta(), names)).toEqual([]);
+    expect(() => assertNoStrayCalderaTensors(meta(), names, 'ck')).not.toThrow();
+    const m = meta();
+    m.layers[P] = { ...m.layers[P]!, rank: 0, ftRank: 0, hadamard: false };
+    const problems = strayCalderaTensors(m, names);
+    const parts = ['L', 'L_resid', 'L_scale', 'R_dense', 'L_ft', 'R_ft', 'SU', 'SV'];
+    expect(problems).toEqual(
+      parts.map(
+        (part) =>
+          `${P}.caldera.${part} is not part of layer '${P}' as caldera.json describes it (rank 0, ftRank 0, ` +
+          `hadamard false, codecs {"Q":"e8p12","L":"e8p12-rvq4","R":"f16"})`,
+      ),
+    );
+    expect(() => assertNoStrayCalderaTensors(m, names, 'models/x', 'x/caldera.json')).toThrow(
+      expect.objectContaining({
+        code: 'E_FORMAT',
+        message: expect.stringMatching(
+          /^E_FORMAT: models\/x: the tensors do not match x\/caldera\.json: .*caldera\.L is not part/,
+        ),
+        details: { problems },
+      }),
+    );
+    // a dense weight beside the compressed layer, and the parts of a layer the file does not list
+    expect(
+      strayCalderaTensors(meta(), [...names, `${P}.weight`, 'model.layers.1.mlp.up_proj.caldera.Q']),
+    ).toEqual([
+      `${P}.weight is present although the layer is compressed`,
+      "model.layers.1.mlp.up_proj.caldera.Q belongs to layer 'model.layers.1.mlp.up_proj', which caldera.json does not list",
+    ]);
   });
 });
 

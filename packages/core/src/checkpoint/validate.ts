@@ -107,27 +107,61 @@ export function validateCalderaCheckpoint(
           problems.push(`${e.name} has shape ${fmt(t.shape)}, expected ${fmt(e.shape)}`);
       }
     }
-    if (map.has(`${prefix}.weight`))
-      problems.push(`${prefix}.weight is present although the layer is compressed`);
     const bias = map.get(`${prefix}.bias`);
     if (bias && fmt(bias.shape) !== fmt([layer.shape[0]])) {
       problems.push(`${prefix}.bias has shape ${fmt(bias.shape)}, expected [${layer.shape[0]}]`);
     }
   }
-  for (const name of map.keys()) {
-    const p = parseCalderaTensorName(name);
-    if (!p) continue;
-    const layer = Object.prototype.hasOwnProperty.call(meta.layers, p.prefix)
-      ? meta.layers[p.prefix]
-      : undefined;
-    if (!layer) problems.push(`${name} belongs to layer '${p.prefix}', which caldera.json does not list`);
-    else if (!expectedCalderaTensors(p.prefix, layer).some((e) => e.name === name)) {
-      problems.push(`${name} is not part of layer '${p.prefix}' with codecs ${JSON.stringify(layer.codecs)}`);
-    }
-  }
+  problems.push(...strayCalderaTensors(meta, map.keys()));
   if (problems.length > 0) {
     throw new CalderaError('E_FORMAT', `${file} does not match caldera.json: ${problems.join('; ')}`, {
       details: { file, problems },
     });
   }
+}
+
+/**
+ * The tensors among `names` that `caldera.json` (`meta`) does not account for, each as a problem: a `.caldera.` tensor
+ * of a layer it does not list, or one that its entry has no part for (L and R of a layer of rank 0, SU and SV without
+ * `hadamard`, a residual plane its codec lacks), and a dense `P.weight` beside compressed layer P. Each means that the
+ * metadata and the tensors disagree (an edited caldera.json, files of two checkpoints mixed): a loader that ignored
+ * them would compute with other weights than the file holds.
+ */
+export function strayCalderaTensors(meta: CalderaCheckpointMeta, names: Iterable<string>): string[] {
+  const problems: string[] = [];
+  const listed = (prefix: string) =>
+    Object.prototype.hasOwnProperty.call(meta.layers, prefix) ? meta.layers[prefix] : undefined;
+  for (const name of names) {
+    if (name.endsWith('.weight') && listed(name.slice(0, -'.weight'.length)))
+      problems.push(`${name} is present although the layer is compressed`);
+    const p = parseCalderaTensorName(name);
+    if (!p) continue;
+    const layer = listed(p.prefix);
+    if (!layer) problems.push(`${name} belongs to layer '${p.prefix}', which caldera.json does not list`);
+    else if (!expectedCalderaTensors(p.prefix, layer).some((e) => e.name === name))
+      problems.push(
+        `${name} is not part of layer '${p.prefix}' as caldera.json describes it (rank ${layer.rank}, ftRank ` +
+          `${layer.ftRank}, hadamard ${layer.hadamard}, codecs ${JSON.stringify(layer.codecs)})`,
+      );
+  }
+  return problems;
+}
+
+/**
+ * For loaders: `E_FORMAT` listing every tensor of {@link strayCalderaTensors} (`details.problems`), naming `where`
+ * (the checkpoint) and `metaFile` (its caldera.json).
+ */
+export function assertNoStrayCalderaTensors(
+  meta: CalderaCheckpointMeta,
+  names: Iterable<string>,
+  where: string,
+  metaFile = 'caldera.json',
+): void {
+  const problems = strayCalderaTensors(meta, names);
+  if (problems.length > 0)
+    throw new CalderaError(
+      'E_FORMAT',
+      `${where}: the tensors do not match ${metaFile}: ${problems.join('; ')}`,
+      { details: { problems } },
+    );
 }
