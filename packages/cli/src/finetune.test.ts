@@ -60,6 +60,22 @@ describe('caldera finetune', () => {
     const ckpt = join(dir, 'ckpt');
     const c = run(['compress', '--out', ckpt, ...COMPRESS, '--eval-tokens', '256', '--json']);
     expect(c.status, c.stderr).toBe(0);
+    // a text too short to score or validate: the option and its file named (was perplexity's "needs at least 2
+    // tokens, got 0" and "validation text has 0 tokens"), nothing written
+    const empty = join(dir, 'empty.txt');
+    writeFileSync(empty, '');
+    for (const [flag, need] of [
+      ['--eval', 'perplexity needs at least 2'],
+      ['--valid', 'validation needs at least --seq-len \\+ 1 = 65'],
+    ] as const) {
+      const e = run(['finetune', ckpt, '--out', join(dir, 'never'), ...FINETUNE, flag, empty]);
+      expect(e.status, flag).toBe(1);
+      expect(e.stderr).toMatch(new RegExp(`E_VALUE: ${flag} .*empty\\.txt has 0 tokens; ${need}`));
+    }
+    const ce = run(['compress', '--out', join(dir, 'never'), ...COMPRESS, '--eval', empty]);
+    expect(ce.status).toBe(1);
+    expect(ce.stderr).toMatch(/E_VALUE: --eval .*empty\.txt has 0 tokens; perplexity needs at least 2/);
+    expect(existsSync(join(dir, 'never'))).toBe(false);
 
     const whole = join(dir, 'whole');
     const r = run(['finetune', ckpt, '--out', whole, ...FINETUNE]);

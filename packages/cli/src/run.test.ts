@@ -146,6 +146,15 @@ describe('caldera generate --chat', () => {
     );
 
     const cfgFile = join(dir, 'tokenizer_config.json');
+    // a chat_template that is no template is named as such, not reported missing
+    const cfg = JSON.parse(readFileSync(cfgFile, 'utf8'));
+    writeFileSync(cfgFile, JSON.stringify({ ...cfg, chat_template: 123 }));
+    const typed = run(['generate', dir, '--chat', '--prompt', 'hi', '--max-tokens', '2']);
+    expect(typed.status).toBe(1);
+    expect(typed.stderr).toMatch(
+      /E_FORMAT: tokenizer_config\.json's chat_template is a number, not a template string/,
+    );
+    writeFileSync(cfgFile, JSON.stringify(cfg));
     const template =
       '{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}' +
       '{% if add_generation_prompt %}[assistant]{% endif %}';

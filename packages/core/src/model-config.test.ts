@@ -153,9 +153,17 @@ describe('parseModelConfig', () => {
 
 describe('arguments that are not objects', () => {
   it('parseModelConfig and stopTokenIdsOf: null or undefined is a CalderaError naming it, not a TypeError', () => {
-    for (const json of [null, undefined, 3])
+    for (const [json, got] of [
+      [null, 'null'],
+      [undefined, 'undefined'],
+      [3, 'a number'],
+      [[], 'an array'], // was "architecture '' is not supported"
+    ] as const)
       expect(() => parseModelConfig(json, 'm/config.json')).toThrow(
-        expect.objectContaining({ code: 'E_FORMAT', message: 'E_FORMAT: m/config.json: not a JSON object' }),
+        expect.objectContaining({
+          code: 'E_FORMAT',
+          message: `E_FORMAT: m/config.json: not a JSON object (got ${got})`,
+        }),
       );
     for (const [config, got] of [
       [null, 'null'],

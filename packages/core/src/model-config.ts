@@ -58,7 +58,8 @@ const SUPPORTED = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM']
  * or a `hidden_act` other than `silu`.
  */
 export function parseModelConfig(json: unknown, file = 'config.json'): ModelConfig {
-  if (!json || typeof json !== 'object') throw new CalderaError('E_FORMAT', `${file}: not a JSON object`);
+  if (!json || typeof json !== 'object' || Array.isArray(json))
+    throw new CalderaError('E_FORMAT', `${file}: not a JSON object (got ${describeValue(json)})`);
   const c = json as Record<string, unknown>;
   const arch = Array.isArray(c.architectures) ? String(c.architectures[0]) : String(c.model_type ?? '');
   const archName =

@@ -1,5 +1,5 @@
 import { assertNonEmptyString, CalderaError } from '@caldera/core';
-import { nodeFs } from './node-builtins.js';
+import { nodeFs, nodePath } from './node-builtins.js';
 
 /**
  * The parsed JSON of the file at `path`: `E_IO` when it cannot be read, `E_FORMAT` naming it when it is not valid JSON.
@@ -10,7 +10,15 @@ export async function readJsonFile(path: string, options: { optional?: boolean }
   try {
     text = await (await nodeFs()).readFile(path, 'utf8');
   } catch (e) {
-    if (options.optional && (e as { code?: string }).code === 'ENOENT') return null;
+    const code = (e as { code?: string }).code;
+    if (options.optional && code === 'ENOENT') return null;
+    // e.g. a model file given where a model directory was asked for (ENOTDIR names only the joined path)
+    if (code === 'ENOTDIR')
+      throw new CalderaError(
+        'E_IO',
+        `cannot read ${path}: ${(await nodePath()).dirname(path)} is a file, not a model directory`,
+        { cause: e },
+      );
     throw new CalderaError('E_IO', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
   }
   try {

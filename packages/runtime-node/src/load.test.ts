@@ -361,6 +361,17 @@ describe('loadModel', () => {
     await writeSafetensors(join(dir, 'model.safetensors'), raw);
     const { model } = await loadModel(dir, null as unknown as object);
     expect(model.forward(tokens).every(Number.isFinite)).toBe(true);
+    // a file where the directory belongs (a weights file, a llama2.c .bin): said so, not Node's ENOTDIR alone
+    const file = join(dir, 'model.safetensors');
+    for (const load of [loadModel, loadTokenizer])
+      await expect(load(file)).rejects.toThrow(
+        expect.objectContaining({
+          code: 'E_IO',
+          message: expect.stringMatching(
+            /^E_IO: cannot read .*model\.safetensors\/\w+\.json: .*model\.safetensors is a file, not a model directory$/,
+          ),
+        }),
+      );
   });
 
   it("a dtype other than 'auto', 'f32' or 'f16' is E_VALUE listing them, in every loader, before any file is read", async () => {

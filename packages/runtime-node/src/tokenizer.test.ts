@@ -223,4 +223,24 @@ describe('HfTokenizer', () => {
     );
     expect(noDefault.applyChatTemplate(msgs, { template: listed[0]!.template })).toBe('TOOLS Hi');
   });
+
+  it('a template that is no string, empty, or does not parse is E_FORMAT naming where it came from', async () => {
+    const msgs = [{ role: 'user', content: 'Hi' }];
+    expect(() => HfTokenizer.fromJson(json, { chat_template: 123 }).applyChatTemplate(msgs)).toThrow(
+      /^E_FORMAT: tokenizer_config\.json's chat_template is a number, not a template string/,
+    );
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-tok-'));
+    await writeFile(join(dir, 'tokenizer.json'), JSON.stringify(json));
+    await writeFile(join(dir, 'chat_template.jinja'), ' \n');
+    await expect(loadTokenizer(dir).then((t) => t.applyChatTemplate(msgs))).rejects.toThrow(
+      /^E_FORMAT: the chat template \(chat_template\.jinja\) is empty$/,
+    );
+    await writeFile(join(dir, 'chat_template.jinja'), '{% for m in messages %}{{ m.content }');
+    await expect(loadTokenizer(dir).then((t) => t.applyChatTemplate(msgs))).rejects.toThrow(
+      /^E_FORMAT: chat template \(chat_template\.jinja\) failed: /,
+    );
+    expect(() => HfTokenizer.fromJson(json, { chat_template: '{{ x ' }).applyChatTemplate(msgs)).toThrow(
+      /^E_FORMAT: chat template \(tokenizer_config\.json's chat_template\) failed: /,
+    );
+  });
 });

@@ -1,6 +1,6 @@
 import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { CalderaError } from '@caldera/core';
+import { CalderaError, describeValue } from '@caldera/core';
 import { nodeFs, nodePath } from './node-builtins.js';
 import { checkPathArgument, readJsonFile } from './json-file.js';
 
@@ -65,7 +65,12 @@ export class HfTokenizer implements TextTokenizer {
     options: HfTokenizerOptions = {},
   ) {
     this.chatTemplate = options.chatTemplate ?? configChatTemplate(config);
+    this.templateSource =
+      options.chatTemplate !== undefined ? 'chat_template.jinja' : "tokenizer_config.json's chat_template";
   }
+
+  /** Where {@link chatTemplate} came from, for messages. */
+  private readonly templateSource: string;
 
   /** Build from the parsed `tokenizer.json` (and optional `tokenizer_config.json`) objects. */
   static fromJson(
@@ -125,8 +130,15 @@ export class HfTokenizer implements TextTokenizer {
     options: { addGenerationPrompt?: boolean; template?: string } = {},
   ): string {
     const tpl = options.template ?? this.chatTemplate;
+    const source = options.template !== undefined ? 'options.template' : this.templateSource;
     if (typeof tpl !== 'string') {
       const names = templateNames(this.config);
+      const field = this.config.chat_template;
+      if (field !== undefined && field !== null && typeof field !== 'string' && !Array.isArray(field))
+        throw new CalderaError(
+          'E_FORMAT',
+          `tokenizer_config.json's chat_template is ${describeValue(field)}, not a template string (or a list of { name, template })`,
+        );
       throw new CalderaError(
         'E_UNSUPPORTED',
         names.length
@@ -134,6 +146,7 @@ export class HfTokenizer implements TextTokenizer {
           : 'the model has no chat template (no chat_template.jinja, no chat_template in tokenizer_config.json)',
       );
     }
+    if (tpl.trim() === '') throw new CalderaError('E_FORMAT', `the chat template (${source}) is empty`);
     const tok = (k: string) => {
       const v = this.config[k];
       return typeof v === 'string'
@@ -150,7 +163,9 @@ export class HfTokenizer implements TextTokenizer {
         add_generation_prompt: options.addGenerationPrompt ?? true,
       });
     } catch (e) {
-      throw new CalderaError('E_FORMAT', `chat template failed: ${(e as Error).message}`, { cause: e });
+      throw new CalderaError('E_FORMAT', `chat template (${source}) failed: ${(e as Error).message}`, {
+        cause: e,
+      });
     }
   }
 }

@@ -651,9 +651,26 @@ export function progressFor(label: string, json: boolean, everyMs = 10_000): Ret
  * one sequence and its next-token target: `--seq-len + 2` tokens (the trainer's minimum), before any training work.
  */
 export function checkTrainingText(tokens: ArrayLike<number>, file: string, seqLen: number): void {
-  if (tokens.length < seqLen + 2)
-    throw new CalderaError(
-      'E_VALUE',
-      `--data ${file} has ${tokens.length} tokens; training needs at least --seq-len + 2 = ${seqLen + 2}`,
-    );
+  checkTextLength(
+    tokens,
+    '--data',
+    file,
+    seqLen + 2,
+    `training needs at least --seq-len + 2 = ${seqLen + 2}`,
+  );
+}
+
+/**
+ * `E_VALUE` naming the option and its file when the text of `flag` (tokenized: `tokens`) has fewer than `min` tokens,
+ * `need` saying how many it needs for what, rather than a library's message about an argument the user never gave.
+ */
+export function checkTextLength(
+  tokens: ArrayLike<number>,
+  flag: string,
+  file: string,
+  min: number,
+  need: string,
+): void {
+  if (tokens.length < min)
+    throw new CalderaError('E_VALUE', `${flag} ${file} has ${tokens.length} tokens; ${need}`);
 }

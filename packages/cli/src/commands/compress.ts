@@ -61,6 +61,7 @@ import {
 } from '../args.js';
 import {
   checkInputFiles,
+  checkTextLength,
   checkOutDir,
   defaultText,
   exists,
@@ -217,7 +218,15 @@ function checkMethodFlags(a: Args, method: string, propagate: string): void {
   };
   if (method === 'rtn')
     refuse(
-      givenFlags(a, ['data', 'windows', 'length', 'propagate', 'hessian-chunks', 'outer-iters', 'lplr-iters']),
+      givenFlags(a, [
+        'data',
+        'windows',
+        'length',
+        'propagate',
+        'hessian-chunks',
+        'outer-iters',
+        'lplr-iters',
+      ]),
       '--method rtn rounds each weight without calibration data (no Hessian, one pass)',
       'use --method ldlq or caldera for a calibration-aware Q',
     );
@@ -945,6 +954,7 @@ async function heldOutOf(modelDir: string, s: RunSettings, cfg: ModelConfig) {
   const tokens = (await tokenizeDocuments(modelDir, await readDocuments(s.eval), cfg.bosTokenId))
     .flat()
     .slice(0, s.evalTokens);
+  checkTextLength(tokens, '--eval', s.eval, 2, 'perplexity needs at least 2');
   return { tokens, context: Math.min(HELD_OUT_CONTEXT, cfg.maxPositions) };
 }
 

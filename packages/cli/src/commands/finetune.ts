@@ -13,6 +13,7 @@ import {
 import { tokenWindow, flagNumber, flagString, POSITIVE, POSITIVE_INT, SEED, type Args } from '../args.js';
 import {
   checkOutDir,
+  checkTextLength,
   checkTrainingText,
   defaultText,
   exists,
@@ -108,8 +109,18 @@ export async function finetuneCommand(a: Args): Promise<number> {
   const dataFile = flagString(a, 'data') ?? defaultText('train');
   const train = await tokens(dataFile);
   checkTrainingText(train, dataFile, options.seqLen);
-  const valid = await tokens(flagString(a, 'valid') ?? defaultText('valid'));
-  const heldOut = (await tokens(flagString(a, 'eval') ?? defaultText('test'))).slice(0, evalTokens);
+  const validFile = flagString(a, 'valid') ?? defaultText('valid');
+  const valid = await tokens(validFile);
+  checkTextLength(
+    valid,
+    '--valid',
+    validFile,
+    options.seqLen + 1,
+    `validation needs at least --seq-len + 1 = ${options.seqLen + 1}`,
+  );
+  const evalFile = flagString(a, 'eval') ?? defaultText('test');
+  const heldOut = (await tokens(evalFile)).slice(0, evalTokens);
+  checkTextLength(heldOut, '--eval', evalFile, 2, 'perplexity needs at least 2');
   const evalCtx = Math.min(HELD_OUT_CONTEXT, loaded.config.maxPositions);
   const before = await perplexity(loaded.model, heldOut, { context: evalCtx });
   log({ event: 'baseline', ppl: before.ppl, tokens: before.tokens });

@@ -183,7 +183,12 @@ function promptIds(
     if (ids.length === 0) throw new CalderaError('E_VALUE', '--prompt is empty');
     return config.bosTokenId === null ? ids : [config.bosTokenId, ...ids];
   }
-  if (!(tokenizer instanceof HfTokenizer) || !tokenizer.hasChatTemplate)
+  // a chat_template of the wrong type is named by applyChatTemplate (E_FORMAT), not reported as missing
+  const field = tokenizer instanceof HfTokenizer ? tokenizer.config.chat_template : undefined;
+  if (
+    !(tokenizer instanceof HfTokenizer) ||
+    (!tokenizer.hasChatTemplate && (field === undefined || field === null))
+  )
     throw new CalderaError(
       'E_UNSUPPORTED',
       '--chat needs a model with a chat template (chat_template.jinja, or chat_template in tokenizer_config.json); ' +
