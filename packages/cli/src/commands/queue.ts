@@ -46,13 +46,14 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+/** `p`, or `E_IO` with the message `what()` (read then: it may name the last error seen) once `ms` have passed. */
+async function within<T>(p: Promise<T>, ms: number, what: () => string): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   try {
     return await Promise.race([
       p,
       new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new CalderaError('E_IO', what)), ms);
+        timer = setTimeout(() => reject(new CalderaError('E_IO', what())), ms);
       }),
     ]);
   } finally {
@@ -88,7 +89,7 @@ export async function runOnQueue(
     await within(
       queue.client.then((c) => c.ping()),
       10_000,
-      `cannot reach Redis at ${url}${lastError ? ` (${lastError})` : ''}`,
+      () => `cannot reach Redis at ${url}${lastError ? ` (${lastError})` : ''}`,
     );
     const ids = tasks.map(jobIdOf);
     for (const id of ids) {
@@ -152,7 +153,7 @@ export async function runOnQueue(
       );
     }
   } finally {
-    await within(queue.close(), 5000, 'closing the queue').catch(() => queue.disconnect());
+    await within(queue.close(), 5000, () => 'closing the queue').catch(() => queue.disconnect());
   }
 }
 
@@ -305,7 +306,7 @@ export async function workerCommand(a: Args): Promise<number> {
     await within(
       worker.waitUntilReady().then((c) => c.ping()),
       10_000,
-      `cannot reach Redis at ${url}${lastError ? ` (${lastError})` : ''}`,
+      () => `cannot reach Redis at ${url}${lastError ? ` (${lastError})` : ''}`,
     );
     log({ event: 'ready', queue: name, threads, concurrency });
     if (!stop.signal.aborted)
@@ -314,7 +315,7 @@ export async function workerCommand(a: Args): Promise<number> {
     process.off('SIGINT', shutdown);
     process.off('SIGTERM', shutdown);
     shutdown();
-    await within(closing!, 10_000, 'closing the worker').catch(() => worker.disconnect());
+    await within(closing!, 10_000, () => 'closing the worker').catch(() => worker.disconnect());
     await Promise.all(all.map((t) => t.dispose()));
   }
   log({ event: 'stopped' }); // only a clean stop: an error (Redis unreachable) is the one thing printed
