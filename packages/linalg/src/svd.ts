@@ -26,8 +26,9 @@ export interface Svd {
 }
 
 /**
- * Thin SVD of an `m × n` matrix (any strides, f32/f64; not modified). Columns of `u` belonging to zero
- * singular values are completed to an orthonormal set. Non-finite input → `E_VALUE`.
+ * Thin SVD of an `m × n` matrix (any strides, f32/f64; not modified). Singular values below `k·ε·‖A‖_F`
+ * (`k = min(m, n)`, ε = 2⁻⁵³) are rounding noise (a rank-deficient matrix's) and returned as 0; columns of `u` belonging
+ * to zero singular values are completed to an orthonormal set. Non-finite input → `E_VALUE`.
  * @example
  * const { u, s, vt } = svd(a); // a ≈ u·diag(s)·vt
  */
@@ -97,6 +98,13 @@ function jacobiSquare(
     for (let c = 0; c < n; c++) s += g[i * n + c]! ** 2;
     norms[i] = s;
   }
+  // A column whose norm is below n·eps·‖A‖_F is rounding noise (what a rank-deficient matrix leaves after the QR): the
+  // rotations cannot orthogonalise it against the others, whose own rounding errors are as large, and used to shrink
+  // it sweep after sweep into underflow without converging (E_VALUE on a matrix of ones). It takes part in no
+  // rotation and counts as a zero singular value. ‖A‖_F² is the sum of the column norms², which rotations keep.
+  let total = 0;
+  for (let i = 0; i < n; i++) total += norms[i]!;
+  const negligible = (n * eps) ** 2 * total;
   let converged = n < 2;
   for (let sweep = 0; sweep < maxSweeps && !converged; sweep++) {
     let rotations = 0;
@@ -107,7 +115,7 @@ function jacobiSquare(
         const rq = q * n;
         const alpha = norms[p]!;
         const beta = norms[q]!;
-        if (alpha === 0 || beta === 0) continue;
+        if (alpha <= negligible || beta <= negligible) continue;
         let gamma = 0;
         for (let c = 0; c < n; c++) gamma += g[rp + c]! * g[rq + c]!;
         if (Math.abs(gamma) <= n * eps * Math.sqrt(alpha) * Math.sqrt(beta)) continue;
@@ -146,8 +154,8 @@ function jacobiSquare(
       `svd: one-sided Jacobi did not converge in ${maxSweeps} sweeps (n = ${n})`,
     );
   }
-  // σᵢ = ‖gᵢ‖, uᵢ = gᵢ/σᵢ; sort descending
-  const sig = Float64Array.from(norms, (x) => Math.sqrt(x));
+  // σᵢ = ‖gᵢ‖, uᵢ = gᵢ/σᵢ (negligible columns: σᵢ = 0, uᵢ completed below); sort descending
+  const sig = Float64Array.from(norms, (x) => (x <= negligible ? 0 : Math.sqrt(x)));
   const order = Array.from({ length: n }, (_, i) => i).sort((x, y) => sig[y]! - sig[x]!);
   const s = Float64Array.from(order, (i) => sig[i]!);
   const ut = new Float64Array(n * n); // rows = left singular vectors
