@@ -78,6 +78,44 @@ describe('compressModel', () => {
     expect(runner.replaced).toHaveLength(6);
   });
 
+  it('a data-free method (needsHessian false) needs no windows: no capture, no propagation, the same layers', async () => {
+    // round to nearest: the compressor gets no Hessian
+    const rtn: CompressLayerFn = (w, h, info, opts) => {
+      expect(h).toBeNull();
+      return roundQuarter(w, eye(w.shape[1]!), info, opts);
+    };
+    const eye = (n: number) =>
+      tensor(
+        'f64',
+        [n, n],
+        Array.from({ length: n * n }, (_, i) => (i % (n + 1) === 0 ? 1 : 0)),
+      );
+    const runs: number[] = [];
+    const runner = new ToyRunner(4);
+    const runBlock = runner.runBlock.bind(runner);
+    runner.runBlock = (b, ...rest) => {
+      runs.push(b);
+      return runBlock(b, ...rest);
+    };
+    const phases: string[] = [];
+    const none = await compressModel(runner, [], {
+      compressLayer: rtn,
+      needsHessian: false,
+      onProgress: (p) => phases.push(p.phase),
+    });
+    expect(runs).toEqual([]);
+    expect(phases).not.toContain('capture');
+    expect(phases).not.toContain('propagate');
+    // the same results as with windows, which it does not read
+    const given = await compressModel(new ToyRunner(4), windows, { compressLayer: rtn, needsHessian: false });
+    expect(strip(none)).toEqual(strip(given));
+    expect(none).toHaveLength(6);
+    // a method that needs Hessians still needs windows
+    await expect(compressModel(new ToyRunner(4), [], { compressLayer: roundQuarter })).rejects.toThrow(
+      'E_VALUE: compressModel: no calibration windows',
+    );
+  });
+
   it('a run resumed from committed blocks gives identical results', async () => {
     const store = new MemoryStore();
     const full = await compressModel(new ToyRunner(2), windows, { compressLayer: roundQuarter, store });

@@ -91,7 +91,10 @@ export interface CompressModelOptions {
   propagate?: 'compressed' | 'original';
   /** Hessian damping (relative to the mean diagonal). Default 0.01. */
   damping?: number;
-  /** Whether the method needs Hessians; data-free methods (RTN) skip the capture. Default true. */
+  /**
+   * Whether the method needs Hessians. Default true. Data-free methods (RTN) skip the capture and the propagation: the
+   * windows are not used (they may be empty).
+   */
   needsHessian?: boolean;
   /**
    * A `@caldera/linalg` worker pool for the Hessians' `Σ xxᵀ` products (the {@link HessianAccumulator}s' `pool`): the
@@ -130,7 +133,8 @@ export async function compressModel(
   assertFunction(options.compressLayer, 'compressModel', 'options.compressLayer');
   const propagate = options.propagate ?? 'compressed';
   const needsHessian = options.needsHessian ?? true;
-  if (windows.length === 0) throw new CalderaError('E_VALUE', 'compressModel: no calibration windows');
+  if (windows.length === 0 && needsHessian)
+    throw new CalderaError('E_VALUE', 'compressModel: no calibration windows');
   const t0 = performance.now();
   const numBlocks = runner.numBlocks;
   const layersTotal = Array.from({ length: numBlocks }, (_, b) => runner.linears(b).length).reduce(
@@ -223,7 +227,8 @@ export async function compressModel(
     if (propagate === 'compressed') {
       for (const r of results) runner.replaceLinear(r.name, r.replacement);
     }
-    if (b < numBlocks - 1) {
+    // a data-free method's later blocks need no inputs
+    if (b < numBlocks - 1 && needsHessian) {
       if (!next) {
         report({ phase: 'propagate', block: b });
         next = [];
@@ -237,7 +242,7 @@ export async function compressModel(
     return hidden;
   };
 
-  let states = windows.map((w) => runner.embed(w));
+  let states = needsHessian ? windows.map((w) => runner.embed(w)) : [];
   for (let b = 0; b < numBlocks; b++) {
     await yieldAndCheckAbort(options.signal, 'compression');
     try {

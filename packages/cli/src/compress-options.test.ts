@@ -118,6 +118,41 @@ describe('caldera compress --q-bits / --lr-bits', () => {
     expect(existsSync(out)).toBe(false);
     expect(existsSync(`${out}.partial`)).toBe(false);
   }, 120_000);
+
+  it('caldera.json records the settings the method used: rtn none of the calibration, ldlq no iterations', () => {
+    const src = referenceModelDir();
+    const rtnOut = join(tmp, 'rtn-record');
+    const r = run([
+      'compress',
+      src,
+      '--out',
+      rtnOut,
+      '--eval',
+      heldOut,
+      '--eval-tokens',
+      '128',
+      '--method',
+      'rtn',
+      '--json',
+    ]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout.trim().split('\n').at(-1)!).calibration).toBeNull();
+    expect(JSON.parse(readFileSync(join(rtnOut, 'caldera.json'), 'utf8')).options).toEqual({
+      qBits: 2,
+      ranks: {},
+    });
+    const ldlqOut = join(tmp, 'ldlq-record');
+    const noIters = FAST.filter((f, i) => !/-iters$/.test(f) && !/-iters$/.test(FAST[i - 1] ?? ''));
+    const l = run(['compress', src, '--out', ldlqOut, ...noIters, '--method', 'ldlq']);
+    expect(l.status, l.stderr).toBe(0);
+    expect(JSON.parse(readFileSync(join(ldlqOut, 'caldera.json'), 'utf8')).options).toEqual({
+      windows: 4,
+      length: 32,
+      propagate: 'compressed',
+      qBits: 2,
+      ranks: {},
+    });
+  }, 120_000);
 });
 
 describe('caldera compress: the checkpoint keeps what a runtime needs of the source', () => {

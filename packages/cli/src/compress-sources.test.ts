@@ -76,7 +76,9 @@ describe('caldera compress: source models', () => {
     const out = join(tmp, 'qwen2-out');
     // low-rank only with 16-bit factors at full rank (64 = min(m, n) of every layer): Ŵ is W up to f16 rounding
     // and the LPLR fit, so the logits must follow the source's closely, biases included
-    const r = run(['compress', src, '--out', out, ...FAST, '--method', 'lplr', '--rank', '64', '--json']);
+    // (lplr has no outer iterations: FAST's --outer-iters would be refused)
+    const lplr = FAST.filter((f, i) => f !== '--outer-iters' && FAST[i - 1] !== '--outer-iters');
+    const r = run(['compress', src, '--out', out, ...lplr, '--method', 'lplr', '--rank', '64', '--json']);
     expect(r.status, r.stderr).toBe(0);
     const a = await openSafetensors(join(src, 'model.safetensors'));
     const b = await openSafetensors(join(out, 'model.safetensors'));

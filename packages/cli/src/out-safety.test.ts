@@ -402,13 +402,14 @@ describe('input files and partial state', () => {
   }, 60_000);
 
   it('a failed finetune removes the empty partial directory it made, never one that holds state', async () => {
-    const tiny = join(tmp, 'tiny-valid.txt');
-    writeFileSync(tiny, 'too short');
-    // fails in the first validation, before any state is saved
+    // fails in the first validation, before any state is saved: fewer validation tokens than a sequence (a short
+    // --valid text is refused before any work, so the cap it is)
     const out = join(tmp, 'ft-fail');
-    const r = run(['finetune', ckpt, '--out', out, ...FINETUNE, '--steps', '4', '--valid', tiny]);
+    const r = run(['finetune', ckpt, '--out', out, ...FINETUNE, '--steps', '4', '--valid-tokens', '10']);
     expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(/validation text has \d+ tokens/);
+    expect(r.stderr).toMatch(
+      /validation scores 10 tokens \(the evalTokens cap; the text has \d+\), fewer than seqLen 16 \+ 1/,
+    );
     expect(existsSync(`${out}.partial`)).toBe(false);
 
     // interrupted once state is saved, then a rerun that fails at its next validation: the state stays
@@ -431,7 +432,7 @@ describe('input files and partial state', () => {
     expect(code).toBe(130);
     const saved = readFileSync(state);
     // (another validation text: refused as another run's state, which stays as it was)
-    const again = run([...args.slice(0, -1), tiny]);
+    const again = run([...args.slice(0, -1), heldOut]);
     expect(again.status).toBe(1);
     expect(again.stderr).toMatch(/state of a fine-tuning run with other settings: --valid \(its text\) \(/);
     expect(readFileSync(state).equals(saved)).toBe(true);

@@ -250,6 +250,22 @@ function checkMethodFlags(a: Args, method: string, propagate: string): void {
     );
 }
 
+/**
+ * The settings the run's method used, as caldera.json records them: rtn none of the calibration (no data), ldlq and
+ * lplr no outer iterations, ldlq no LPLR rounds (see {@link checkMethodFlags}, which refuses them when given).
+ */
+function usedSettings(s: RunSettings): Record<string, unknown> {
+  if (s.method === 'rtn') return {};
+  return {
+    windows: s.windows,
+    length: s.length,
+    propagate: s.propagate,
+    ...(s.method === 'caldera' ? { outerIters: s.outerIters } : {}),
+    ...(s.method !== 'ldlq' ? { lplrIters: s.lplrIters } : {}),
+    ...(s.propagate === 'original' ? { hessianChunks: s.hessianChunks } : {}),
+  };
+}
+
 /** The run's settings that need no model (`length`: the --length given, if any; its range is the model's). */
 function settingsFromFlags(a: Args): Omit<RunSettings, 'ranks' | 'length'> & { length: number | undefined } {
   const method = (flagString(a, 'method', 'caldera') as Method) ?? 'caldera';
@@ -638,8 +654,9 @@ export async function compressCommand(a: Args): Promise<number> {
   try {
     if (settings.propagate === 'compressed') {
       const partial = `${out}.partial`;
-      // the calibration text first: a text too short for the windows fails before the hashing and the baseline
-      const windows = await windowsOf();
+      // the calibration text first: a text too short for the windows fails before the hashing and the baseline (rtn
+      // reads none: it needs no Hessian, and compressModel then runs no window through the blocks)
+      const windows = settings.method === 'rtn' ? [] : await windowsOf();
       const fingerprint = await runFingerprint(modelDir, settings, seed, hashing);
       await checkResume(partial, fingerprint);
       // the source's perplexity now, before compressModel replaces layers
@@ -1106,16 +1123,7 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?:
   // the headline: each layer's paper bits (its result's bitsPerWeight) weighted by m·n
   const meta = calderaCheckpointMeta(layerMeta, {
     method: s.method,
-    options: {
-      windows: s.windows,
-      length: s.length,
-      propagate: s.propagate,
-      outerIters: s.outerIters,
-      lplrIters: s.lplrIters,
-      ...bitsRecord(s),
-      ranks: s.ranks,
-      ...(s.propagate === 'original' && s.method !== 'rtn' ? { hessianChunks: s.hessianChunks } : {}),
-    },
+    options: { ...usedSettings(s), ...bitsRecord(s), ranks: s.ranks },
     seed,
   });
   // the source's configuration and side files (tokenizer, chat template, generation settings), when it has them
@@ -1138,7 +1146,7 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?:
     out,
     method: s.method,
     seed,
-    calibration: { windows: s.windows, length: s.length },
+    calibration: s.method === 'rtn' ? null : { windows: s.windows, length: s.length },
     ...bitsRecord(s),
     bitsPerWeight: meta.bitsPerWeight,
     sourceDtype,

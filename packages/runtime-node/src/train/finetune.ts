@@ -319,7 +319,12 @@ export function validationLoss(
     count += r.count;
   }
   if (count === 0)
-    throw new CalderaError('E_VALUE', `validation text has ${n} tokens, fewer than seqLen ${seqLen} + 1`);
+    throw new CalderaError(
+      'E_VALUE',
+      n < tokens.length
+        ? `validation scores ${n} tokens (the evalTokens cap; the text has ${tokens.length}), fewer than seqLen ${seqLen} + 1`
+        : `validation text has ${n} tokens, fewer than seqLen ${seqLen} + 1`,
+    );
   return sum / count;
 }
 
