@@ -341,6 +341,31 @@ describe('caldera input checks', () => {
     rejects(() => caldera(w, tensor('f64', [48, 48]), quick), 'E_VALUE', /all-zero diagonal/);
   });
 
+  it('rejects an indefinite H (E_NOT_PD): its fit and error would be no norm; a singular PSD H, undamped, is taken', () => {
+    // tridiagonal, 1 on the diagonal and 0.9 beside it: smallest eigenvalue 1 + 1.8·cos(48π/49) ≈ −0.8
+    const tri = tensor(
+      'f64',
+      [48, 48],
+      Array.from({ length: 48 * 48 }, (_, i) => {
+        const [r, c] = [Math.floor(i / 48), i % 48];
+        return r === c ? 1 : Math.abs(r - c) === 1 ? 0.9 : 0;
+      }),
+    );
+    for (const options of [quick, { ...quick, qBits: 0 as const }, { ...quick, rank: 0 }])
+      rejects(
+        () => caldera(w, tri, options),
+        'E_NOT_PD',
+        /caldera: H is not positive semidefinite: .*× its mean diagonal/,
+      );
+    // XᵀX of 20 rows for 48 inputs: rank 20, singular but PSD
+    const x = new Rng(8).fillNormal(new Float64Array(20 * 48));
+    const gram = new Float64Array(48 * 48);
+    for (let a = 0; a < 48; a++)
+      for (let b = 0; b < 48; b++)
+        for (let r = 0; r < 20; r++) gram[a * 48 + b]! += x[r * 48 + a]! * x[r * 48 + b]!;
+    expect(caldera(w, tensor('f64', [48, 48], gram), { ...quick, damping: 0 }).error).toBeLessThan(1);
+  });
+
   it('rejects a W or H that is not a tensor, and options that are not an object, as E_VALUE; null options are none', () => {
     // before: {} for H or W, or null options, failed with a TypeError from deep inside
     rejects(

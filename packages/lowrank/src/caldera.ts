@@ -300,6 +300,18 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   let Hr: Float64Array | null = rotateHessian(hFit, n, np, su);
   throwIfAborted(o.signal, 'caldera'); // an abort before any work names the call, not its first step
   const chol = choleskyWithInfo(tensor('f64', [np, np], Hr), { jitter: true, ...pool, ...sig });
+  // An H with a negative eigenvalue (not a Gram matrix of activations) factors only with a jitter of that eigenvalue's
+  // size: the fit would minimise, and `error` report, a quantity that is no norm. A PSD H, singular or rounded to f32,
+  // needs none or the first try's (1e-6 of the mean diagonal); 1e-4 leaves a hundredfold margin.
+  let trace = 0;
+  for (let i = 0; i < np; i++) trace += Hr[i * np + i]!;
+  if (chol.jitter > 1e-4 * (trace / np))
+    throw new CalderaError(
+      'E_NOT_PD',
+      `caldera: H is not positive semidefinite: its Cholesky factor needed a diagonal jitter of ` +
+        `${chol.jitter.toPrecision(3)} (${(chol.jitter / (trace / np)).toPrecision(3)} × its mean diagonal); ` +
+        'pass XᵀX of real activations (see calibrate)',
+    );
   const Mt = chol.l;
   // H in f32 for the data-aware LR step's products (not held where no LR step uses it)
   const Hf = k > 0 && o.dataAwareLR ? mat(np, np, Float32Array.from(Hr)) : null;
