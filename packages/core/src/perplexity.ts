@@ -2,7 +2,7 @@
  * The shared scoring of the runtimes' `perplexity`: the checks of its arguments, which windows of a text run and
  * which of their positions are scored, and the negative log-likelihood of one token from a row of logits.
  */
-import { CalderaError } from './errors.js';
+import { assertNotAbortSignal, CalderaError } from './errors.js';
 import { checkTokenArray, checkTokenIds } from './token-ids.js';
 
 /** The window options of the runtimes' `perplexity` (the part {@link checkPerplexityArgs} checks). */
@@ -74,6 +74,7 @@ export function checkPerplexityArgs(
   limit: PerplexityLimit,
 ): { context: number; stride: number } {
   checkTokenArray(tokens, 'perplexity');
+  assertNotAbortSignal(options, 'perplexity'); // perplexity(model, tokens, signal): refused, not ignored
   const context = options?.context ?? limit.defaultContext ?? Math.min(DEFAULT_PERPLEXITY_CONTEXT, limit.max);
   const stride = options?.stride ?? context;
   if (!Number.isInteger(context) || context < 2 || context > limit.max)

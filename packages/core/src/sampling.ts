@@ -1,4 +1,4 @@
-import { CalderaError, describeValue } from './errors.js';
+import { assertNotAbortSignal, CalderaError, describeValue } from './errors.js';
 import { Rng } from './rng.js';
 import { checkTokenArray } from './token-ids.js';
 
@@ -269,6 +269,7 @@ export class GenerationRules {
     checkTokenArray(prompt, 'generate', 'the prompt');
     if (prompt.length === 0) throw new CalderaError('E_VALUE', 'generate: empty prompt');
     options ??= {}; // from JavaScript: null options are none
+    assertNotAbortSignal(options, 'generate'); // generate(model, prompt, signal): refused, not ignored
     checkStopOptions(options);
     this.maxTokens = options.maxTokens ?? 64;
     if (!Number.isInteger(this.maxTokens) || this.maxTokens < 0)

@@ -388,6 +388,12 @@ describe('caldera input checks', () => {
       'E_VALUE',
       /^E_VALUE: caldera: options must be an object, got a number$/,
     );
+    // caldera(W, H, signal): the signal would abort nothing
+    rejects(
+      () => caldera(w, h, AbortSignal.abort() as never),
+      'E_VALUE',
+      /^E_VALUE: caldera: options must be an object such as \{ signal \}, got an AbortSignal$/,
+    );
     // null options are the defaults: on an 8×8 W, the default rank's own error (not a TypeError)
     rejects(() => caldera(structuredWeight(8, 8, 1), null, null as never), 'E_VALUE', /the default rank 64/);
   });

@@ -1,5 +1,6 @@
 import {
   assertFunction,
+  assertNotAbortSignal,
   assertObject,
   CalderaError,
   describeValue,
@@ -256,6 +257,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   checkTensorArgument(w, 'W', false);
   checkTensorArgument(h, 'H', true);
   options ??= {}; // from JavaScript: null options are none
+  assertNotAbortSignal(options, 'caldera'); // caldera(W, H, signal): refused, not ignored
   assertObject(options, 'caldera', 'options');
   const o = {
     ...DEFAULTS,

@@ -185,6 +185,10 @@ describe('ldlq', () => {
       /E_VALUE: ldlq: the prepared H is blocked by 8, the quantizer's dimension is 1/,
     );
     expect(() => ldlq(w, prepared, { damping: 0 })).toThrow(/E_VALUE: ldlq: damping belongs to prepareLdlq/);
+    // ldlq(W, H, signal): the signal would abort nothing (it ran to the end)
+    expect(() => ldlq(w, prepared, AbortSignal.abort() as never)).toThrow(
+      'E_VALUE: ldlq: options must be an object such as { signal }, got an AbortSignal',
+    );
     expect(() => ldlq(w, prepared, { tuneIters: 1 })).toThrow(
       /E_VALUE: ldlq: tuneIters needs H: .*keepHessian/,
     );

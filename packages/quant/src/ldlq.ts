@@ -1,4 +1,5 @@
 import {
+  assertNotAbortSignal,
   assertObject,
   CalderaError,
   isCalderaError,
@@ -184,6 +185,7 @@ function isLdlqHessian(h: unknown): h is LdlqHessian {
  * one given there, and the option here must be left out, else `E_VALUE`).
  */
 export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = {}): LdlqResult {
+  assertNotAbortSignal(options, 'ldlq'); // ldlq(W, H, signal): refused, not ignored
   const rounder = options.quantizer ?? e8pRounder();
   const g = rounder.dim;
   assertMatrix(w, 'ldlq', 'W');

@@ -361,6 +361,10 @@ describe('loadModel', () => {
     await writeSafetensors(join(dir, 'model.safetensors'), raw);
     const { model } = await loadModel(dir, null as unknown as object);
     expect(model.forward(tokens).every(Number.isFinite)).toBe(true);
+    // loadModel(dir, signal): the signal would abort nothing
+    await expect(loadModel(dir, AbortSignal.abort() as never)).rejects.toThrow(
+      'E_VALUE: loadModel: options must be an object such as { signal }, got an AbortSignal',
+    );
     // a file where the directory belongs (a weights file, a llama2.c .bin): said so, not Node's ENOTDIR alone
     const file = join(dir, 'model.safetensors');
     for (const load of [loadModel, loadTokenizer])

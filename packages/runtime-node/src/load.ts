@@ -1,5 +1,6 @@
 import {
   assertNonEmptyString,
+  assertNotAbortSignal,
   assertObject,
   openModelUrl,
   parseCalderaMeta,
@@ -238,6 +239,7 @@ async function loadFromLayout(
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
   checkPathArgument(dir, 'loadModel', 'the model directory');
   options ??= {}; // from JavaScript: null options are none
+  assertNotAbortSignal(options, 'loadModel'); // a positional signal: refused, not ignored
   checkDenseDtype(options.dtype, 'loadModel');
   throwIfAborted(options.signal, 'loading');
   const { layout, store } = await openModelLayout(dir, layoutOptions(options));
@@ -285,6 +287,7 @@ export async function loadModelFromStore(
   assertObject(source.store, 'loadModelFromStore', 'source.store');
   if (source.label !== undefined) assertNonEmptyString(source.label, 'loadModelFromStore', 'source.label');
   options ??= {}; // from JavaScript: null options are none
+  assertNotAbortSignal(options, 'loadModelFromStore'); // a positional signal: refused, not ignored
   checkDenseDtype(options.dtype, 'loadModelFromStore');
   throwIfAborted(options.signal, 'loading');
   const { label } = source;
@@ -316,6 +319,7 @@ export interface UrlLoadOptions extends LoadOptions, Pick<ModelUrlOptions, 'fetc
 export async function loadModelFromUrl(base: string, options: UrlLoadOptions = {}): Promise<LoadedModel> {
   assertNonEmptyString(base, 'loadModelFromUrl', 'the base URL');
   options ??= {}; // from JavaScript: null options are none
+  assertNotAbortSignal(options, 'loadModelFromUrl'); // a positional signal: refused, not ignored
   checkDenseDtype(options.dtype, 'loadModelFromUrl');
   throwIfAborted(options.signal, 'loading');
   // its fetch, signal and onDownload are openModelUrl's

@@ -621,6 +621,15 @@ describe('option checks before anything is read, uploaded or downloaded', () => 
   const fails = (p: Promise<unknown>, message: string) =>
     expect(p).rejects.toThrow(expect.objectContaining({ code: 'E_VALUE', message: `E_VALUE: ${message}` }));
 
+  it('an AbortSignal passed where the options go is E_VALUE in every loader (it would abort nothing)', async () => {
+    const p = await parts();
+    const signal = AbortSignal.abort() as never;
+    const message = (fn: string) => `${fn}: options must be an object such as { signal }, got an AbortSignal`;
+    await fails(loadModelFromBuffer(fake, p, signal), message('loadModelFromBuffer'));
+    await fails(loadModel(fake, '/nonexistent', signal), message('loadModel'));
+    await fails(loadModelFromUrl(fake, 'http://models.test/m', signal), message('loadModelFromUrl'));
+  });
+
   it('lanes other than 1 or 32, maxLocalHadamard other than an integer ≥ 16, rowsPerLane other than 1, 2 or 4, vectorWorkgroup other than a power of two the device allows, gateStep other than fused, split or chunked, codeBatch other than 4, 8 or 16 and writtenMix other than a boolean are E_VALUE naming them (the loaders and Kernels), not wrong tokens, invalid WGSL or the default', async () => {
     const p = await parts();
     for (const lanes of [0, -1, 1.5, NaN, 2, 7, 64, '32', null])

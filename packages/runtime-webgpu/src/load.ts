@@ -5,6 +5,7 @@ import {
   assertNoCalderaTensorsWithoutMeta,
   assertNoStrayCalderaTensors,
   assertNonEmptyString,
+  assertNotAbortSignal,
   assertObject,
   blockLinearNames,
   CalderaError,
@@ -151,6 +152,7 @@ function denseData(
  * `contextLength` and `prefillChunk` are checked by the plan.
  */
 function checkLoadOptions(dev: CalderaDevice, options: UrlLoadOptions, fn: string): void {
+  assertNotAbortSignal(options, fn); // a positional signal: refused, not ignored
   checkDenseDtype(options.dtype, fn);
   checkLanes(options.lanes);
   checkMaxLocalHadamard(options.maxLocalHadamard);

@@ -1,4 +1,4 @@
-import { CalderaError } from '../errors.js';
+import { assertNotAbortSignal, CalderaError } from '../errors.js';
 import { replaceDir, tempSuffix, toCalderaError } from '../fs-atomic.js';
 import { openSafetensors, type SafetensorsReader } from '../safetensors/reader.js';
 import { DTYPE_TO_SAFETENSORS, isSafetensorsDType } from '../safetensors/dtypes.js';
@@ -48,6 +48,7 @@ export async function writeCheckpointDir(
   contents: CheckpointContents,
   options: WriteCheckpointOptions = {},
 ): Promise<void> {
+  assertNotAbortSignal(options, 'writeCheckpointDir'); // a positional signal: refused, not ignored
   const meta = parseCalderaMeta(JSON.parse(JSON.stringify(contents.meta)), `${dir}/${CALDERA_META_FILE}`);
   const sigs = new Map(Object.entries(contents.tensors).map(([k, t]) => [k, signatureOf(t)]));
   validateCalderaCheckpoint(meta, sigs, `${dir}/model.safetensors`);

@@ -1,4 +1,4 @@
-import { CalderaError, throwIfAborted } from '../errors.js';
+import { assertNotAbortSignal, CalderaError, throwIfAborted } from '../errors.js';
 import { atomicWriteFile } from '../fs-atomic.js';
 import { writeFully } from '../io-chunks.js';
 import { contiguous, shapeSize, type Tensor } from '../tensor.js';
@@ -119,6 +119,7 @@ export async function serializeSafetensors(
   tensors: Record<string, WritableTensor>,
   options: SafetensorsWriteOptions = {},
 ): Promise<Uint8Array> {
+  assertNotAbortSignal(options, 'serializeSafetensors');
   const { header, items, total } = plan(tensors, options.metadata);
   const out = new Uint8Array(header.length + total);
   out.set(header, 0);
@@ -145,6 +146,7 @@ export async function writeSafetensors(
   tensors: Record<string, WritableTensor>,
   options: SafetensorsWriteOptions = {},
 ): Promise<void> {
+  assertNotAbortSignal(options, 'writeSafetensors'); // a positional signal: refused, not ignored
   const { header, items, total } = plan(tensors, options.metadata);
   await atomicWriteFile(
     path,
