@@ -47,6 +47,20 @@ describe('sampleWindows', () => {
     );
   });
 
+  it('names itself and the option in its errors; null options are the defaults (a TypeError before)', () => {
+    expect(() => sampleWindows(docs, { count: 0 })).toThrow(
+      'E_VALUE: sampleWindows: count must be a positive integer, got 0',
+    );
+    expect(() => sampleWindows(docs, { length: -2 })).toThrow(
+      'E_VALUE: sampleWindows: length must be a positive integer, got -2',
+    );
+    // null options are the defaults: 64 windows of 256, more than these documents hold (not a TypeError)
+    expect(() => sampleWindows(docs, null as never)).toThrow(
+      /^E_VALUE: sampleWindows: corpus has 3645 tokens, too few for 64 windows of 256/,
+    );
+    expect(sampleWindows(docs.concat(docs, docs, docs, docs), null as never)).toHaveLength(64);
+  });
+
   it('rejects an unknown shortDocuments mode instead of treating it as concat', () => {
     expect(() => sampleWindows(docs, { count: 1, length: 8, shortDocuments: 'split' as never })).toThrow(
       /shortDocuments must be 'skip', 'concat' or 'auto', got 'split'/,

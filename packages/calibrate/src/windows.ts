@@ -50,12 +50,13 @@ export function sampleWindows(
   options: WindowOptions = {},
 ): Int32Array[] {
   assertObject(documents, 'sampleWindows', 'documents', 'an array of token arrays');
+  options ??= {}; // from JavaScript: null options are none
   const count = options.count ?? 64;
   const length = options.length ?? 256;
   if (!Number.isInteger(count) || count <= 0)
-    throw new CalderaError('E_VALUE', `window count must be a positive integer, got ${count}`);
+    throw new CalderaError('E_VALUE', `sampleWindows: count must be a positive integer, got ${count}`);
   if (!Number.isInteger(length) || length <= 0)
-    throw new CalderaError('E_VALUE', `window length must be a positive integer, got ${length}`);
+    throw new CalderaError('E_VALUE', `sampleWindows: length must be a positive integer, got ${length}`);
   checkTokenIds(documents);
   const rng = new Rng(options.seed ?? 0);
   const long = documents.map((d, i) => ({ d, i })).filter(({ d }) => d.length >= length);
@@ -63,7 +64,7 @@ export function sampleWindows(
   if (mode !== 'skip' && mode !== 'concat' && mode !== 'auto')
     throw new CalderaError(
       'E_VALUE',
-      `shortDocuments must be 'skip', 'concat' or 'auto', got '${String(mode)}'`,
+      `sampleWindows: shortDocuments must be 'skip', 'concat' or 'auto', got '${String(mode)}'`,
     );
   if (mode === 'auto') mode = long.length >= count ? 'skip' : 'concat';
 
@@ -71,7 +72,7 @@ export function sampleWindows(
     if (long.length === 0) {
       throw new CalderaError(
         'E_VALUE',
-        `no document has ${length} tokens; use shortDocuments: 'concat' or a shorter window`,
+        `sampleWindows: no document has ${length} tokens; use shortDocuments: 'concat' or a shorter window`,
       );
     }
     const order = rng.shuffle(long.map((_, k) => k));
@@ -91,7 +92,7 @@ export function sampleWindows(
   if (slots < count) {
     throw new CalderaError(
       'E_VALUE',
-      `corpus has ${total} tokens, too few for ${count} windows of ${length} (need ${count * length})`,
+      `sampleWindows: corpus has ${total} tokens, too few for ${count} windows of ${length} (need ${count * length})`,
     );
   }
   const stream = new Int32Array(total);

@@ -294,3 +294,33 @@ describe('f64 → f16 / bf16 rounding', () => {
     expect(f32BitsRoundToOdd(1 - 2 ** -40)).toBe(f32Bits(1) - 1);
   });
 });
+
+describe('array conversions: their arguments', () => {
+  it('an out array too short is E_SHAPE (the values past its end were dropped), a src that is no array E_VALUE', () => {
+    const f32 = Float32Array.of(1, 2, 3);
+    const bits = f32ArrayToF16(f32);
+    const cases: [() => unknown, string][] = [
+      [() => f32ArrayToF16(f32, new Uint16Array(2)), 'E_SHAPE: f32ArrayToF16: out has 2 elements, src 3'],
+      [() => f32ArrayToBf16(f32, new Uint16Array(1)), 'E_SHAPE: f32ArrayToBf16: out has 1 elements, src 3'],
+      [() => f16ArrayToF32(bits, new Float32Array(1)), 'E_SHAPE: f16ArrayToF32: out has 1 elements, src 3'],
+      [() => bf16ArrayToF32(bits, new Float32Array(0)), 'E_SHAPE: bf16ArrayToF32: out has 0 elements, src 3'],
+      [
+        () => f32ArrayToF16(null as never),
+        'E_VALUE: f32ArrayToF16: src must be an array of numbers, got null',
+      ],
+      [
+        () => bf16ArrayToF32(5 as never),
+        'E_VALUE: bf16ArrayToF32: src must be an array of numbers, got a number',
+      ],
+      [
+        () => f16ArrayToF32(bits, [] as never),
+        'E_VALUE: f16ArrayToF32: out must be a Float32Array, got an array',
+      ],
+    ];
+    for (const [f, message] of cases) expect(f, message).toThrow(message);
+    // a longer out is filled at the front, the rest left as it was
+    const out = new Float32Array(5).fill(7);
+    expect(Array.from(f16ArrayToF32(bits, out))).toEqual([1, 2, 3, 7, 7]);
+    expect(f16ArrayToF32(bits, out)).toBe(out);
+  });
+});

@@ -3,6 +3,7 @@
  * f32 → 16-bit conversions round to nearest, ties to even; NaN stays NaN (quiet), ±Inf and signed zero
  * are preserved, f16 subnormals are produced and read exactly.
  */
+import { CalderaError, describeValue } from './errors.js';
 
 // Scratch views for bit casts. They hold no state between calls.
 const scratchF32 = new Float32Array(1);
@@ -92,10 +93,32 @@ export function fromBf16Bits(b: number): number {
 }
 
 /**
+ * The output array of an array conversion: `out` when it holds at least `src.length` values, a new one when absent;
+ * `E_VALUE` for a `src` that is not an array (null, a number), `E_SHAPE` for an `out` too short (the values past its
+ * end were dropped silently).
+ */
+function conversionOut<T extends Uint16Array | Float32Array>(
+  src: ArrayLike<number>,
+  out: T | undefined,
+  make: new (n: number) => T,
+  fn: string,
+): T {
+  if (src === null || typeof src !== 'object' || typeof src.length !== 'number')
+    throw new CalderaError('E_VALUE', `${fn}: src must be an array of numbers, got ${describeValue(src)}`);
+  if (out === undefined) return new make(src.length);
+  if (!(out instanceof make))
+    throw new CalderaError('E_VALUE', `${fn}: out must be a ${make.name}, got ${describeValue(out)}`);
+  if (out.length < src.length)
+    throw new CalderaError('E_SHAPE', `${fn}: out has ${out.length} elements, src ${src.length}`);
+  return out;
+}
+
+/**
  * Convert a whole array of numbers to f16 bits (nearest, ties to even). An f32 array is converted bit by bit; any other
  * (e.g. f64) value by value with {@link toF16Bits}, so it is correctly rounded too.
  */
-export function f32ArrayToF16(src: ArrayLike<number>, out = new Uint16Array(src.length)): Uint16Array {
+export function f32ArrayToF16(src: ArrayLike<number>, out?: Uint16Array): Uint16Array {
+  out = conversionOut(src, out, Uint16Array, 'f32ArrayToF16');
   if (!(src instanceof Float32Array)) {
     for (let i = 0; i < src.length; i++) out[i] = toF16Bits(src[i]!);
     return out;
@@ -106,7 +129,8 @@ export function f32ArrayToF16(src: ArrayLike<number>, out = new Uint16Array(src.
 }
 
 /** Convert f16 bits to f32 values (exact; every f16 value is an f32 value). */
-export function f16ArrayToF32(src: Uint16Array, out = new Float32Array(src.length)): Float32Array {
+export function f16ArrayToF32(src: Uint16Array, out?: Float32Array): Float32Array {
+  out = conversionOut(src, out, Float32Array, 'f16ArrayToF32');
   // Bit-level rebias (exponent + 112) for normals, Inf and NaN; subnormals take the arithmetic path.
   const u = new Uint32Array(out.buffer, out.byteOffset, out.length);
   for (let i = 0; i < src.length; i++) {
@@ -121,7 +145,8 @@ export function f16ArrayToF32(src: Uint16Array, out = new Float32Array(src.lengt
 }
 
 /** Convert an array of numbers to bf16 bits (nearest, ties to even; non-f32 arrays value by value, as {@link f32ArrayToF16}). */
-export function f32ArrayToBf16(src: ArrayLike<number>, out = new Uint16Array(src.length)): Uint16Array {
+export function f32ArrayToBf16(src: ArrayLike<number>, out?: Uint16Array): Uint16Array {
+  out = conversionOut(src, out, Uint16Array, 'f32ArrayToBf16');
   if (!(src instanceof Float32Array)) {
     for (let i = 0; i < src.length; i++) out[i] = toBf16Bits(src[i]!);
     return out;
@@ -132,7 +157,8 @@ export function f32ArrayToBf16(src: ArrayLike<number>, out = new Uint16Array(src
 }
 
 /** Convert bf16 bits to f32 values (exact). */
-export function bf16ArrayToF32(src: Uint16Array, out = new Float32Array(src.length)): Float32Array {
+export function bf16ArrayToF32(src: Uint16Array, out?: Float32Array): Float32Array {
+  out = conversionOut(src, out, Float32Array, 'bf16ArrayToF32');
   const u = new Uint32Array(out.buffer, out.byteOffset, out.length);
   for (let i = 0; i < src.length; i++) u[i] = src[i]! << 16;
   return out;

@@ -29,6 +29,19 @@ describe('perplexityWindows', () => {
       expect(scored(n, c, s)).toEqual(Array.from({ length: n - 1 }, (_, i) => i + 1));
   });
 
+  it('arguments out of range are E_VALUE naming them (a stride of 0 gave the first window forever)', () => {
+    const first = (length: number, context: number, stride: number) => () =>
+      perplexityWindows(length, context, stride).next();
+    expect(first(10, 4, 0)).toThrow(
+      'E_VALUE: perplexityWindows: stride must be an integer in [1, 4] (the context), got 0',
+    );
+    expect(first(10, 4, 5)).toThrow(/stride must be an integer in \[1, 4\]/);
+    expect(first(10, -1, 1)).toThrow('E_VALUE: perplexityWindows: context must be an integer ≥ 2, got -1');
+    expect(first(10, 2.5, 1)).toThrow(/context must be an integer ≥ 2, got 2.5/);
+    expect(first(-3, 4, 4)).toThrow('E_VALUE: perplexityWindows: length must be an integer ≥ 0, got -3');
+    expect([...perplexityWindows(0, 4, 4)]).toEqual([]);
+  });
+
   it('non-overlapping windows leave each later window’s first position unscored', () => {
     expect(scored(45, 16, 16)).toEqual(
       [...Array(44).keys()].map((i) => i + 1).filter((p) => p !== 16 && p !== 32),

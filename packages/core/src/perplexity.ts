@@ -101,16 +101,23 @@ export interface PerplexityWindow {
 }
 
 /**
- * The windows of `context` tokens moved by `stride` over a text of `length` tokens (stride in (0, context], checked
- * by the caller). No position is scored twice; each gets as much left context as its window allows. With overlapping
- * windows every position after the first is scored; with `stride = context` the first position of each later window,
- * which has no left context in it, is not.
+ * The windows of `context` tokens moved by `stride` over a text of `length` tokens. No position is scored twice; each
+ * gets as much left context as its window allows. With overlapping windows every position after the first is scored;
+ * with `stride = context` the first position of each later window, which has no left context in it, is not. `E_VALUE`
+ * unless `length` is an integer ≥ 0, `context` one ≥ 2 and `stride` one in [1, context] (a stride of 0 gave the
+ * first window forever), when the first window is asked for.
  */
 export function* perplexityWindows(
   length: number,
   context: number,
   stride: number,
 ): Generator<PerplexityWindow> {
+  const bad = (name: string, range: string, v: number) =>
+    new CalderaError('E_VALUE', `perplexityWindows: ${name} must be ${range}, got ${String(v)}`);
+  if (!Number.isInteger(length) || length < 0) throw bad('length', 'an integer ≥ 0', length);
+  if (!Number.isInteger(context) || context < 2) throw bad('context', 'an integer ≥ 2', context);
+  if (!Number.isInteger(stride) || stride < 1 || stride > context)
+    throw bad('stride', `an integer in [1, ${context}] (the context)`, stride);
   let scoredUpTo = 0; // positions [1, scoredUpTo) already scored
   for (let start = 0; scoredUpTo < length; start += stride) {
     const end = Math.min(length, start + context);

@@ -110,6 +110,11 @@ class RankOrder {
  * token for a 32 000-token vocabulary, 83 ms for 128 256, before).
  */
 export function sampleToken(logits: Float64Array, options: GenerateOptions, rng: Rng): number {
+  if (logits === null || typeof logits !== 'object' || typeof logits.length !== 'number')
+    throw new CalderaError(
+      'E_VALUE',
+      `sampleToken: logits must be an array of numbers, got ${describeValue(logits)}`,
+    );
   const o = options ?? {}; // from JavaScript: null options are none
   checkSamplingOptions(o, 'sampleToken');
   return drawToken(logits, o, rng);

@@ -180,5 +180,10 @@ describe('svd', () => {
 
   it('a missing operand is E_VALUE, not a TypeError', () => {
     expect(() => svd(null as never)).toThrow(/E_VALUE: svd: a is not a tensor/);
+    // it said "did not converge in -1 sweeps"
+    for (const maxSweeps of [-1, 0, 1.5])
+      expect(() => svd(tensor('f64', [3, 3], [1, 2, 3, 4, 5, 6, 7, 8, 10]), { maxSweeps })).toThrow(
+        `E_VALUE: svd: maxSweeps must be a positive integer, got ${maxSweeps}`,
+      );
   });
 });

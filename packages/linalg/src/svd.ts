@@ -92,6 +92,11 @@ function jacobiSquare(
   for (let i = 0; i < n; i++) vt[i * n + i] = 1;
   const eps = 2 ** -53;
   const maxSweeps = options.maxSweeps ?? 60;
+  if (!Number.isInteger(maxSweeps) || maxSweeps < 1)
+    throw new CalderaError(
+      'E_VALUE',
+      `${what}: maxSweeps must be a positive integer, got ${String(maxSweeps)}`,
+    );
   const norms = new Float64Array(n);
   for (let i = 0; i < n; i++) {
     let s = 0;

@@ -37,6 +37,10 @@ describe('syrk', () => {
     expect(h.dtype).toBe('f64');
     // products of f32 numbers are exact in f64, so the f64 bound applies to the f32 data
     expect(worstErrorRatio(h, naiveGemm(x, x, true, false, 1, 0))).toBeLessThanOrEqual(1);
+    // an accumulator that is neither: named (it was refused as "c has dtype 'f16'", a c never given)
+    expect(() => syrk(x, { accumulate: 'f16' as never })).toThrow(
+      "E_VALUE: syrk: accumulate must be 'f32' or 'f64', got 'f16'",
+    );
   });
 
   it('syrkInto adds batches: H := XᵀX + YᵀY equals the Gram matrix of the stacked rows', () => {

@@ -128,6 +128,12 @@ describe('solveTriangular', () => {
     } catch (e) {
       expect(isCalderaError(e, 'E_SHAPE')).toBe(true);
     }
+    // another side ran as 'left'
+    expect(() =>
+      solveTriangular(tensor('f64', [2, 2], [1, 0, 0, 1]), tensor('f64', [2, 1], [1, 1]), {
+        side: 'up' as never,
+      }),
+    ).toThrow("E_VALUE: solveTriangular: side must be 'left' or 'right', got 'up'");
   });
 
   it('handles 1×1 and empty systems', () => {

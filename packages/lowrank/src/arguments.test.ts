@@ -65,6 +65,12 @@ describe('required object arguments', () => {
         }
     });
 
+  it('reconstruct: an object that is no Decomposition is E_VALUE (a TypeError before)', () => {
+    expect(() => lowrank.reconstruct({} as never)).toThrow(
+      'E_VALUE: reconstruct: d must be a Decomposition (from caldera() or fromCheckpointTensors), got an object without shape',
+    );
+  });
+
   it('fromCheckpointTensors: a missing layer entry is E_VALUE (checked by core)', () => {
     for (const bad of [null, undefined])
       expect(() => lowrank.fromCheckpointTensors('x', (n) => ck.tensors[n], bad as never)).toThrow(
@@ -72,10 +78,10 @@ describe('required object arguments', () => {
       );
   });
 
-  it('paddedSize: a non-finite size is E_VALUE instead of an endless search for a Hadamard size', () => {
-    for (const bad of [undefined, null, NaN, Infinity])
+  it('paddedSize: a size that is no positive integer is E_VALUE (Infinity searched forever, -3 and 1.5 gave 8)', () => {
+    for (const bad of [undefined, null, NaN, Infinity, -3, 0, 1.5])
       expect(() => lowrank.paddedSize(bad as never, true)).toThrow(
-        /^E_VALUE: paddedSize: n must be a finite number, got /,
+        new RegExp(`^E_VALUE: paddedSize: n must be a positive integer, got ${String(bad)}$`),
       );
     expect(lowrank.paddedSize(130, true)).toBe(144);
     expect(lowrank.paddedSize(130, false)).toBe(136);

@@ -103,6 +103,11 @@ export function rotatedEstimate(d: Decomposition): Float32Array {
 /** The dense estimate Ŵ (m × n, f32). For tests and export; runtimes use {@link applyDecomposition}. */
 export function reconstruct(d: Decomposition): Tensor<'f32'> {
   assertObject(d, 'reconstruct', 'd', 'a Decomposition');
+  if (!Array.isArray(d.shape) || !Array.isArray(d.padded))
+    throw new CalderaError(
+      'E_VALUE',
+      'reconstruct: d must be a Decomposition (from caldera() or fromCheckpointTensors), got an object without shape',
+    );
   const [m, n] = d.shape;
   const [mp, np] = d.padded;
   const w = unrotateWeight(rotatedEstimate(d), mp, np, m, n, d.su, d.sv);

@@ -7,8 +7,8 @@ import { transposed } from './transpose.js';
  * a finite number (else `E_VALUE`).
  */
 export function paddedSize(n: number, hadamard: boolean): number {
-  if (typeof n !== 'number' || !Number.isFinite(n))
-    throw new CalderaError('E_VALUE', `paddedSize: n must be a finite number, got ${String(n)}`);
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1)
+    throw new CalderaError('E_VALUE', `paddedSize: n must be a positive integer, got ${String(n)}`);
   let p = Math.max(8, Math.ceil(n / 8) * 8);
   if (hadamard) while (!hadamardSupported(p)) p += 8;
   return p;

@@ -244,6 +244,7 @@ describe('llama2.c import', () => {
     expect(tok.encode('abc', { bos: true })).toEqual([1, id(' ab'), id('c')]);
     // 'é' is not a piece: two UTF-8 byte tokens (3 + byte)
     expect(tok.encode('aé')).toEqual([id(' a'), 3 + 0xc3, 3 + 0xa9]);
+    expect(() => tok.encode(null as never)).toThrow('E_VALUE: encode: text must be a string, got null');
     for (const text of ['abc', 'aé cab', 'ba  c'])
       expect(tok.decode(tok.encode(text, { bos: true }))).toBe(text);
     expect(() => Llama2cTokenizer.fromBytes(bytes.subarray(0, 30), pieces.length)).toThrow(/E_FORMAT/);

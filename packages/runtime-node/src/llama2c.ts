@@ -1,6 +1,7 @@
 import {
   assertFinite,
   CalderaError,
+  describeValue,
   f32ArrayToF16,
   linearShape,
   openFileSource,
@@ -392,6 +393,8 @@ export class Llama2cTokenizer implements TextTokenizer {
 
   /** Token ids of `text` (with BOS first when `bos`; default false, as for every {@link TextTokenizer}). */
   encode(text: string, options: { bos?: boolean } = {}): number[] {
+    if (typeof text !== 'string')
+      throw new CalderaError('E_VALUE', `encode: text must be a string, got ${describeValue(text)}`);
     const out: number[] = [];
     if (text.length > 0) {
       const sp = this.ids.get(' ');

@@ -178,6 +178,16 @@ describe('HfTokenizer', () => {
     for (const bad of [1.5, NaN, -1]) expect(() => tok.decode([...ids, bad])).toThrow(/E_VALUE.*token id/);
   });
 
+  it('encode: text that is no string is E_VALUE (the library gave [] for null, a number or an object)', () => {
+    for (const [bad, got] of [
+      [null, 'null'],
+      [5, 'a number'],
+      [{}, 'an object'],
+    ] as const)
+      expect(() => tok.encode(bad as never)).toThrow(`E_VALUE: encode: text must be a string, got ${got}`);
+    expect(tok.encode('')).toEqual([]);
+  });
+
   it('renders the chat template with @huggingface/jinja', () => {
     const out = tok.applyChatTemplate([
       { role: 'user', content: 'Hi' },

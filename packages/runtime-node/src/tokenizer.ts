@@ -95,6 +95,9 @@ export class HfTokenizer implements TextTokenizer {
   }
 
   encode(text: string): number[] {
+    // the library encodes null, a number or an object to [] without a word
+    if (typeof text !== 'string')
+      throw new CalderaError('E_VALUE', `encode: text must be a string, got ${describeValue(text)}`);
     return this.tokenizer.encode(text, { add_special_tokens: false }).ids as number[];
   }
 

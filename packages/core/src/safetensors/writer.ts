@@ -1,4 +1,5 @@
-import { assertNotAbortSignal, CalderaError, throwIfAborted } from '../errors.js';
+import { assertNotAbortSignal, CalderaError, describeValue, throwIfAborted } from '../errors.js';
+import { arrayCtor, DTYPES } from '../dtype.js';
 import { atomicWriteFile } from '../fs-atomic.js';
 import { writeFully } from '../io-chunks.js';
 import { contiguous, shapeSize, type Tensor } from '../tensor.js';
@@ -49,6 +50,11 @@ function plan(
   tensors: Record<string, WritableTensor>,
   metadata: Record<string, string> | undefined,
 ): { header: Uint8Array; items: Planned[]; total: number } {
+  if (tensors === null || typeof tensors !== 'object')
+    throw new CalderaError(
+      'E_VALUE',
+      `safetensors: tensors must be an object of names to tensors, got ${describeValue(tensors)}`,
+    );
   const items: Planned[] = [];
   const json: Record<string, unknown> = {};
   if (metadata && Object.keys(metadata).length > 0) {
@@ -61,6 +67,19 @@ function plan(
   let pos = 0;
   for (const [name, t] of Object.entries(tensors)) {
     if (name === '__metadata__') throw new CalderaError('E_VALUE', `'__metadata__' cannot be a tensor name`);
+    if (t === null || typeof t !== 'object' || !Array.isArray(t.shape) || t.data === undefined)
+      throw new CalderaError(
+        'E_VALUE',
+        `tensor '${name}' must be a tensor (dtype, shape, data) or raw bytes (a safetensors dtype such as 'F32'), ` +
+          `got ${describeValue(t)}`,
+      );
+    // {dtype: 'f32', data: Uint8Array}: raw bytes under a tensor dtype (a TypeError deep inside before)
+    if (!isRaw(t) && DTYPES.includes(t.dtype) && !(t.data instanceof arrayCtor(t.dtype)))
+      throw new CalderaError(
+        'E_DTYPE',
+        `tensor '${name}': dtype '${t.dtype}' with ${ArrayBuffer.isView(t.data) ? t.data.constructor.name : describeValue(t.data)} data (raw bytes take a safetensors ` +
+          `dtype: '${DTYPE_TO_SAFETENSORS[t.dtype] ?? t.dtype.toUpperCase()}')`,
+      );
     const dtype = isRaw(t) ? t.dtype : DTYPE_TO_SAFETENSORS[t.dtype];
     if (!dtype)
       throw new CalderaError('E_DTYPE', `tensor '${name}': dtype '${String(t.dtype)}' cannot be written`);

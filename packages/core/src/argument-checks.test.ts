@@ -5,7 +5,8 @@ import { describe, expect, it } from 'vitest';
 import { writeCheckpointDir } from './checkpoint/dir.js';
 import { checkPerplexityArgs } from './perplexity.js';
 import { serializeSafetensors, writeSafetensors } from './safetensors/writer.js';
-import { GenerationRules } from './sampling.js';
+import { GenerationRules, sampleToken } from './sampling.js';
+import { Rng } from './rng.js';
 import { tensor } from './tensor.js';
 
 /** `E_VALUE: fn: options must be an object such as { signal }, got an AbortSignal`. */
@@ -19,7 +20,7 @@ describe('an AbortSignal passed where the options go is refused, not ignored (it
   it('generate and perplexity (both runtimes check through these), safetensors and checkpoint writers', async () => {
     const signal = AbortSignal.abort();
     expect(() => new GenerationRules([1, 2], signal as never)).toThrow(positional('generate'));
-    expect(() => checkPerplexityArgs([1, 2, 3], signal as never, { max: 8 })).toThrow(
+    expect(() => checkPerplexityArgs([1, 2, 3], signal as never, { max: 8, what: 'test' })).toThrow(
       positional('perplexity'),
     );
     const dir = await mkdtemp(join(tmpdir(), 'caldera-positional-'));
@@ -35,5 +36,29 @@ describe('an AbortSignal passed where the options go is refused, not ignored (it
     );
     // nothing written (the file used to be)
     expect(await readdir(dir)).toEqual([]);
+  });
+});
+
+describe('writer and sampler arguments that are not what they say: E_VALUE / E_DTYPE naming them, not a TypeError', () => {
+  it('serializeSafetensors: null tensors or entries, raw bytes under a tensor dtype; sampleToken: null logits', async () => {
+    await expect(serializeSafetensors(null as never)).rejects.toThrow(
+      'E_VALUE: safetensors: tensors must be an object of names to tensors, got null',
+    );
+    await expect(serializeSafetensors({ a: null } as never)).rejects.toThrow(
+      /^E_VALUE: tensor 'a' must be a tensor \(dtype, shape, data\) or raw bytes .*got null$/,
+    );
+    await expect(
+      serializeSafetensors({ a: { dtype: 'f32', shape: [2], data: new Uint8Array(8) } } as never),
+    ).rejects.toThrow(
+      "E_DTYPE: tensor 'a': dtype 'f32' with Uint8Array data (raw bytes take a safetensors dtype: 'F32')",
+    );
+    // the raw form and a tensor of the same values write the same bytes
+    const raw = await serializeSafetensors({
+      a: { dtype: 'F32', shape: [2], data: new Uint8Array(Float32Array.of(1, 2).buffer) },
+    });
+    expect(raw).toEqual(await serializeSafetensors({ a: tensor('f32', [2], [1, 2]) }));
+    expect(() => sampleToken(null as never, {}, new Rng(1))).toThrow(
+      'E_VALUE: sampleToken: logits must be an array of numbers, got null',
+    );
   });
 });
