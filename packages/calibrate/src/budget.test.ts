@@ -209,9 +209,18 @@ describe('required target and layer shapes', () => {
     // before: NaN, and 1.85 bits (below Q's 2) for a rank of −5
     expectValueError(
       () => averageBits(layers, [NaN, 1]),
-      /^E_VALUE: averageBits: ranks\[0\] \('a'\) must be a non-negative integer, got NaN$/,
+      /^E_VALUE: averageBits: ranks\[0\] \('a'\) must be an integer in \[0, \d+\] \(min\(m, n\)\), got NaN$/,
     );
     expectValueError(() => averageBits(layers, [16, -5]), /ranks\[1\] \('b'\) .* got -5/);
+    // a rank no decomposition of the layer has (it was counted)
+    const full = Math.min(layers[1]!.m, layers[1]!.n);
+    expectValueError(
+      () => averageBits(layers, [16, full + 1]),
+      new RegExp(
+        `ranks\\[1\\] \\('b'\\) must be an integer in \\[0, ${full}\\] \\(min\\(m, n\\)\\), got ${full + 1}`,
+      ),
+    );
+    expect(averageBits(layers, [16, full])).toBeGreaterThan(averageBits(layers, [16, full - 1]));
     expectValueError(() => averageBits(layers, [16, 1.5]), /ranks\[1\] .* got 1\.5/);
     const holed: number[] = [16];
     holed.length = 2; // a hole, which forEach would skip

@@ -94,10 +94,12 @@ export function averageBits(
     throw new CalderaError('E_SHAPE', `averageBits: ${ranks.length} ranks for ${layers.length} layers`);
   for (let i = 0; i < ranks.length; i++) {
     const k = ranks[i];
-    if (typeof k !== 'number' || !Number.isInteger(k) || k < 0)
+    const { name, m, n } = layers[i]!;
+    // a rank above min(m, n) has no decomposition (1000 on a 64 × 64 layer was counted, 127 bits per weight)
+    if (typeof k !== 'number' || !Number.isInteger(k) || k < 0 || k > Math.min(m, n))
       throw new CalderaError(
         'E_VALUE',
-        `averageBits: ranks[${i}] ('${layers[i]!.name}') must be a non-negative integer, got ${shown(k)}`,
+        `averageBits: ranks[${i}] ('${name}') must be an integer in [0, ${Math.min(m, n)}] (min(m, n)), got ${shown(k)}`,
       );
   }
   let params = 0;
