@@ -1,6 +1,7 @@
 import { mkdtemp, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { writeCheckpointDir } from './checkpoint/dir.js';
 import { checkPerplexityArgs } from './perplexity.js';
@@ -8,6 +9,7 @@ import { serializeSafetensors, writeSafetensors } from './safetensors/writer.js'
 import { GenerationRules, sampleToken } from './sampling.js';
 import { Rng } from './rng.js';
 import { tensor } from './tensor.js';
+import { f16ArrayToF32, f32ArrayToF16 } from './half.js';
 
 /** `E_VALUE: fn: options must be an object such as { signal }, got an AbortSignal`. */
 const positional = (fn: string) =>
@@ -60,5 +62,22 @@ describe('writer and sampler arguments that are not what they say: E_VALUE / E_D
     expect(() => sampleToken(null as never, {}, new Rng(1))).toThrow(
       'E_VALUE: sampleToken: logits must be an array of numbers, got null',
     );
+  });
+});
+
+describe('typed arrays of another realm (a VM context, a frame) pass the checks as their own would', () => {
+  it('a tensor whose data comes from a VM context serializes; a conversion writes into such an out', async () => {
+    const foreign = runInNewContext('new Float32Array([1, 2, 3])') as Float32Array;
+    expect(foreign instanceof Float32Array).toBe(false); // what instanceof would have refused
+    // (tensor() itself wants this realm's arrays, and says so)
+    expect(() => tensor('f32', [3], foreign)).toThrow(
+      'E_DTYPE: tensor: data is a Float32Array of another realm (a VM context or a frame); copy it into a Float32Array of this one',
+    );
+    const t = { dtype: 'f32', shape: [3], data: foreign, strides: [1], offset: 0 } as never;
+    expect(await serializeSafetensors({ a: t })).toEqual(
+      await serializeSafetensors({ a: tensor('f32', [3], [1, 2, 3]) }),
+    );
+    const out = runInNewContext('new Float32Array(3)') as Float32Array;
+    expect(Array.from(f16ArrayToF32(f32ArrayToF16(foreign), out))).toEqual([1, 2, 3]);
   });
 });

@@ -57,6 +57,17 @@ export function arrayCtor<D extends DType>(
   return c as never;
 }
 
+/**
+ * The constructor name of a typed array (`'Float32Array'`; a DataView's is `'DataView'`), read from its
+ * `Symbol.toStringTag` so that one from another realm (a VM context, a frame) answers too, which `instanceof` would
+ * not; undefined for anything that is no view of an ArrayBuffer.
+ */
+export function typedArrayName(x: unknown): string | undefined {
+  return ArrayBuffer.isView(x)
+    ? ((x as unknown as Record<symbol, unknown>)[Symbol.toStringTag] as string | undefined)
+    : undefined;
+}
+
 /** Allocate a zero-filled array for `length` elements of `dtype`. */
 export function allocArray<D extends DType>(dtype: D, length: number): DTypeArrayMap[D] {
   const C = arrayCtor(dtype);

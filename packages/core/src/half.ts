@@ -3,6 +3,7 @@
  * f32 → 16-bit conversions round to nearest, ties to even; NaN stays NaN (quiet), ±Inf and signed zero
  * are preserved, f16 subnormals are produced and read exactly.
  */
+import { typedArrayName } from './dtype.js';
 import { CalderaError, describeValue } from './errors.js';
 
 // Scratch views for bit casts. They hold no state between calls.
@@ -106,7 +107,8 @@ function conversionOut<T extends Uint16Array | Float32Array>(
   if (src === null || typeof src !== 'object' || typeof src.length !== 'number')
     throw new CalderaError('E_VALUE', `${fn}: src must be an array of numbers, got ${describeValue(src)}`);
   if (out === undefined) return new make(src.length);
-  if (!(out instanceof make))
+  // by its tag, not instanceof: a typed array of another realm (a VM context, a frame) is one too
+  if (typedArrayName(out) !== make.name)
     throw new CalderaError('E_VALUE', `${fn}: out must be a ${make.name}, got ${describeValue(out)}`);
   if (out.length < src.length)
     throw new CalderaError('E_SHAPE', `${fn}: out has ${out.length} elements, src ${src.length}`);

@@ -1,4 +1,4 @@
-import { allocArray, arrayCtor, type DType, type DTypeArrayMap } from './dtype.js';
+import { allocArray, arrayCtor, typedArrayName, type DType, type DTypeArrayMap } from './dtype.js';
 import { CalderaError, describeValue } from './errors.js';
 import {
   bf16ArrayToF32,
@@ -74,9 +74,12 @@ export function tensor<D extends DType>(
   if (data === undefined) arr = allocArray(dtype, n);
   else if (ArrayBuffer.isView(data) && data.constructor === arrayCtor(dtype)) arr = data as DTypeArrayMap[D];
   else if (ArrayBuffer.isView(data)) {
+    const name = typedArrayName(data);
     throw new CalderaError(
       'E_DTYPE',
-      `tensor: data is a ${data.constructor.name}, dtype '${dtype}' needs ${arrayCtor(dtype).name}`,
+      name === arrayCtor(dtype).name
+        ? `tensor: data is a ${name} of another realm (a VM context or a frame); copy it into a ${name} of this one`
+        : `tensor: data is a ${name ?? 'DataView'}, dtype '${dtype}' needs ${arrayCtor(dtype).name}`,
     );
   } else {
     arr = allocArray(dtype, data.length);

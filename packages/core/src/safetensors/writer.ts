@@ -1,5 +1,5 @@
 import { assertNotAbortSignal, CalderaError, describeValue, throwIfAborted } from '../errors.js';
-import { arrayCtor, DTYPES } from '../dtype.js';
+import { arrayCtor, DTYPES, typedArrayName } from '../dtype.js';
 import { atomicWriteFile } from '../fs-atomic.js';
 import { writeFully } from '../io-chunks.js';
 import { contiguous, shapeSize, type Tensor } from '../tensor.js';
@@ -74,10 +74,11 @@ function plan(
           `got ${describeValue(t)}`,
       );
     // {dtype: 'f32', data: Uint8Array}: raw bytes under a tensor dtype (a TypeError deep inside before)
-    if (!isRaw(t) && DTYPES.includes(t.dtype) && !(t.data instanceof arrayCtor(t.dtype)))
+    // (by its tag, not instanceof: a typed array of another realm, a VM context or a frame, is one too)
+    if (!isRaw(t) && DTYPES.includes(t.dtype) && typedArrayName(t.data) !== arrayCtor(t.dtype).name)
       throw new CalderaError(
         'E_DTYPE',
-        `tensor '${name}': dtype '${t.dtype}' with ${ArrayBuffer.isView(t.data) ? t.data.constructor.name : describeValue(t.data)} data (raw bytes take a safetensors ` +
+        `tensor '${name}': dtype '${t.dtype}' with ${typedArrayName(t.data) ?? describeValue(t.data)} data (raw bytes take a safetensors ` +
           `dtype: '${DTYPE_TO_SAFETENSORS[t.dtype] ?? t.dtype.toUpperCase()}')`,
       );
     const dtype = isRaw(t) ? t.dtype : DTYPE_TO_SAFETENSORS[t.dtype];
