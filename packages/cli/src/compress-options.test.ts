@@ -10,7 +10,7 @@ import { calibrationRowsWarning, compressProgressLabel } from './commands/compre
 import { fastCompressSetup, runCli, runUntil } from './test-cli.js';
 import { writeTinyModel } from './test-models.js';
 
-const { tmp, fast, heldOut } = fastCompressSetup('caldera-compress-options-');
+const { tmp, fast, heldOut, rtn: RTN } = fastCompressSetup('caldera-compress-options-');
 const run = runCli;
 const FAST = [...fast, '--json'];
 
@@ -122,19 +122,7 @@ describe('caldera compress --q-bits / --lr-bits', () => {
   it('caldera.json records the settings the method used: rtn none of the calibration, ldlq no iterations', () => {
     const src = referenceModelDir();
     const rtnOut = join(tmp, 'rtn-record');
-    const r = run([
-      'compress',
-      src,
-      '--out',
-      rtnOut,
-      '--eval',
-      heldOut,
-      '--eval-tokens',
-      '128',
-      '--method',
-      'rtn',
-      '--json',
-    ]);
+    const r = run(['compress', src, '--out', rtnOut, ...RTN, '--json']);
     expect(r.status, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout.trim().split('\n').at(-1)!).calibration).toBeNull();
     expect(JSON.parse(readFileSync(join(rtnOut, 'caldera.json'), 'utf8')).options).toEqual({

@@ -16,7 +16,7 @@ import { bin, fastCompressSetup, runCli, runUntil } from './test-cli.js';
 import { spawn } from 'node:child_process';
 import { writeTinyModel } from './test-models.js';
 
-const { tmp, data, heldOut, fast } = fastCompressSetup('caldera-out-safety-');
+const { tmp, data, heldOut, fast, rtn: RTN } = fastCompressSetup('caldera-out-safety-');
 const run = runCli;
 const FAST = [...fast, '--json'];
 // a few short fine-tuning steps of a tiny checkpoint (about a second)
@@ -190,19 +190,7 @@ describe('--out: a marker file alone does not make a directory replaceable', () 
     writeFileSync(join(proj, 'src', 'a.js'), 'x');
     writeFileSync(join(proj, 'thesis.tex'), 't');
     const before = snapshot(proj);
-    // rtn takes no calibration options (they would be ignored): only the held-out text
-    const r = run([
-      'compress',
-      src,
-      '--out',
-      proj,
-      '--eval',
-      heldOut,
-      '--eval-tokens',
-      '128',
-      '--method',
-      'rtn',
-    ]);
+    const r = run(['compress', src, '--out', proj, ...RTN]);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(
       /E_VALUE: --out .*proj is a non-empty directory that is not a Caldera checkpoint \(its caldera\.json is not one of ours; it holds caldera\.json, src, thesis\.tex\)/,

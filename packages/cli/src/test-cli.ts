@@ -45,13 +45,15 @@ export function runUntil(
 
 /**
  * A temporary directory with short calibration and held-out texts from the reference corpus, and the compress
- * options of a fast run on them (a tiny model's whole compress takes about 2 s).
+ * options of a fast run on them (a tiny model's whole compress takes about 2 s), and of an rtn run.
  */
 export function fastCompressSetup(prefix: string): {
   tmp: string;
   data: string;
   heldOut: string;
   fast: string[];
+  /** The options of an rtn run: `--method rtn` and the held-out text (rtn refuses calibration options). */
+  rtn: string[];
 } {
   const tmp = mkdtempSync(join(tmpdir(), prefix));
   const data = join(tmp, 'calib.txt');
@@ -73,7 +75,9 @@ export function fastCompressSetup(prefix: string): {
     ],
     ...['--data', data, '--eval', heldOut],
   ];
-  return { tmp, data, heldOut, fast };
+  // rtn takes no calibration options (it refuses them): the held-out text alone
+  const rtn = ['--method', 'rtn', '--eval', heldOut, '--eval-tokens', '128'];
+  return { tmp, data, heldOut, fast, rtn };
 }
 
 /**
