@@ -6,6 +6,7 @@ import {
   type PerplexityResult,
 } from '@caldera/core';
 import type { LlamaModel } from './model.js';
+import { checkModelArgument } from './model-argument.js';
 import { nextTurn } from './next-turn.js';
 import { modelPerplexityLimit } from './perplexity-limit.js';
 import { addWindowNll, type ScoreScratch } from './score.js';
@@ -34,6 +35,7 @@ export async function perplexity(
   ids: ArrayLike<number>,
   options: PerplexityOptions = {},
 ): Promise<PerplexityResult> {
+  checkModelArgument(model, 'perplexity');
   const { context, stride } = checkPerplexityArgs(ids, options, modelPerplexityLimit(model.config));
   const scratch: ScoreScratch = {}; // one array for the logits of every window's batches
   let nll = 0;

@@ -128,6 +128,13 @@ describe('generate', () => {
       );
     const greedy = await collect(generate(model, prompt));
     expect(await collect(generate(model, prompt, null as unknown as object))).toEqual(greedy);
+    // no model, or an object that is none: named (TypeErrors before)
+    await expect(collect(generate(null as never, prompt))).rejects.toThrow(
+      "E_VALUE: generate: model must be a LlamaModel (loadModel's model), got null",
+    );
+    await expect(perplexity({} as never, prompt)).rejects.toThrow(
+      "E_VALUE: perplexity: model must be a LlamaModel (loadModel's model), got an object without its config",
+    );
     const long = Array.from({ length: model.config.maxPositions + 1 }, (_, i) => i % V);
     await expect(collect(generate(model, long))).rejects.toThrow(
       new RegExp(

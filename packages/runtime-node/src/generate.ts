@@ -1,4 +1,5 @@
 import { GenerationRules, throwIfAborted, type GenerateOptions } from '@caldera/core';
+import { checkModelArgument } from './model-argument.js';
 import { KVCache, type LlamaModel } from './model.js';
 import { nextTurn } from './next-turn.js';
 
@@ -16,6 +17,7 @@ export async function* generate(
   prompt: ArrayLike<number>,
   options: GenerateOptions = {},
 ): AsyncGenerator<number> {
+  checkModelArgument(model, 'generate');
   options ??= {}; // from JavaScript: null options are none
   const rules = new GenerationRules(prompt, options);
   const count = rules.tokensToGenerate(

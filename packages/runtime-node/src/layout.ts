@@ -1,5 +1,6 @@
 import {
   assertNoCalderaTensorsWithoutMeta,
+  assertCalderaLayersExist,
   assertNoStrayCalderaTensors,
   CalderaError,
   expectedCalderaTensors,
@@ -169,31 +170,6 @@ export interface LayoutSource {
 }
 
 /**
- * `E_FORMAT` when `caldera.json` lists a layer that is not a linear layer of the model (a typo, a block past the
- * config's `num_hidden_layers`): such an entry would otherwise be ignored and the layer it meant loaded dense or
- * reported missing.
- */
-function checkMetaLayersExist(
-  meta: CalderaCheckpointMeta,
-  config: ModelConfig,
-  dir: string,
-  metaFile: string,
-): void {
-  const linear = new Set(
-    Array.from({ length: config.numLayers }, (_, b) => blockLinearNames(b).map((l) => l.name)).flat(),
-  );
-  const stray = Object.keys(meta.layers).filter((name) => !linear.has(name));
-  if (stray.length > 0)
-    throw new CalderaError(
-      'E_FORMAT',
-      `${dir}: ${metaFile} lists ${stray.map((n) => `layer '${n}'`).join(', ')}, which ${
-        stray.length === 1 ? 'is' : 'are'
-      } not a linear layer of the model (${config.numLayers} blocks; e.g. 'model.layers.0.self_attn.q_proj')`,
-      { details: { layers: stray } },
-    );
-}
-
-/**
  * The structural checks of {@link readModelLayout} on an open tensor store (no file access: usable in a browser):
  * every tensor the model needs present, float, with the config's shape; compressed layers' tensors those of their
  * codecs. Reads headers only.
@@ -213,7 +189,7 @@ export async function layoutFromStore(
       "copy the checkpoint's caldera.json back beside its safetensors",
     );
   if (calderaMeta) {
-    checkMetaLayersExist(calderaMeta, config, dir, source.calderaMetaFile ?? 'caldera.json');
+    assertCalderaLayersExist(calderaMeta, config.numLayers, dir, source.calderaMetaFile ?? 'caldera.json');
     // tensors the metadata does not describe (an edited rank or hadamard flag) would be ignored: other weights
     assertNoStrayCalderaTensors(calderaMeta, store.names(), dir, source.calderaMetaFile ?? 'caldera.json');
   }

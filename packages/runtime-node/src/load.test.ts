@@ -395,7 +395,11 @@ describe('loadModel', () => {
     await expect(loadModelFromUrl('http://host/m/', { ...bad, fetch })).rejects.toThrow(
       msg('loadModelFromUrl', "'f8'"),
     );
-    const store = {} as never;
+    // a store whose every method fails: nothing is read before the dtype is refused
+    const unread = () => {
+      throw new Error('nothing should be read');
+    };
+    const store = { names: unread, has: unread, tensorInfo: unread, readTensor: unread } as never;
     await expect(loadModelFromStore({ config: hf, calderaMeta: null, store }, bad)).rejects.toThrow(
       msg('loadModelFromStore', "'f8'"),
     );

@@ -2,6 +2,7 @@ import {
   assertNonEmptyString,
   assertNotAbortSignal,
   assertObject,
+  assertTensorStore,
   openModelUrl,
   parseCalderaMeta,
   throwIfAborted,
@@ -284,7 +285,7 @@ export async function loadModelFromStore(
   options: LoadOptions = {},
 ): Promise<LoadedModel> {
   assertObject(source, 'loadModelFromStore', 'source');
-  assertObject(source.store, 'loadModelFromStore', 'source.store');
+  assertTensorStore(source.store, 'loadModelFromStore', 'source.store');
   if (source.label !== undefined) assertNonEmptyString(source.label, 'loadModelFromStore', 'source.label');
   options ??= {}; // from JavaScript: null options are none
   assertNotAbortSignal(options, 'loadModelFromStore'); // a positional signal: refused, not ignored

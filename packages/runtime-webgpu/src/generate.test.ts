@@ -92,6 +92,15 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
         ),
       );
       await value(perplexity(model, [3]), /^E_VALUE: perplexity: needs at least 2 tokens, got 1$/);
+      // no model, or an object that is none: named (TypeErrors before)
+      await value(
+        perplexity(null as never, text),
+        /^E_VALUE: perplexity: model must be a WebGpuModel \(a loader's model\), got null$/,
+      );
+      await value(
+        collect(generate({} as never, [1])),
+        /^E_VALUE: generate: model must be a WebGpuModel .*, got an object$/,
+      );
       await value(
         perplexity(model, null as unknown as number[]),
         /tokens must be an array of token ids, got null$/,
@@ -183,6 +192,22 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
       await aborted(model.forward([1, 2, 3, 4, 5], { signal: controller.signal }), 'forward');
       model.stepBatch = stepBatch;
       expect(model.tokens).toEqual([1, 2]);
+      // an abort from a timer during prefill or generate's prompt: seen at the next batch (every batch was queued in
+      // one turn of the event loop before, so a long prompt ran to its end; 7 batches of 2 here)
+      model.reset();
+      const prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
+      for (const [what, run] of [
+        ['prefill', (signal: AbortSignal) => model.prefill(prompt, { signal })],
+        ['generate', (signal: AbortSignal) => collect(generate(model, prompt, { signal, maxTokens: 1 }))],
+      ] as const) {
+        model.reset();
+        const timer = new AbortController();
+        setTimeout(() => timer.abort(stop), 0);
+        await aborted(run(timer.signal), what);
+        expect(model.length, what).toBeGreaterThan(0);
+        expect(model.length, what).toBeLessThan(prompt.length);
+        expect(model.tokens, what).toEqual(prompt.slice(0, model.length));
+      }
       // a signal that does not fire, or null options: the logits of a plain forward
       model.reset();
       expect(await model.forward([1, 2, 3, 4, 5], { signal: new AbortController().signal })).toEqual(plain);

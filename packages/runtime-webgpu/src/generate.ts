@@ -1,8 +1,10 @@
 import {
   assertFunction,
+  CalderaError,
   checkPerplexityArgs,
   checkTokenIds,
   checkWindowNll,
+  describeValue,
   GenerationRules,
   perplexityWindows,
   sampleToken,
@@ -11,7 +13,7 @@ import {
   type PerplexityOptions,
   type PerplexityResult,
 } from '@caldera/core';
-import type { SequenceClaim, WebGpuModel } from './model.js';
+import { WebGpuModel, type SequenceClaim } from './model.js';
 import { prefillThrough } from './prefill.js';
 
 export type { GenerateOptions } from '@caldera/core';
@@ -34,6 +36,7 @@ export async function* generate(
   prompt: ArrayLike<number>,
   options: GenerateOptions = {},
 ): AsyncGenerator<number> {
+  checkModelArgument(model, 'generate');
   options ??= {}; // from JavaScript: null options are none
   const rules = new GenerationRules(prompt, options);
   // every id before the cache is touched: a bad one leaves the cached sequence as it was
@@ -106,6 +109,7 @@ export async function perplexity(
   tokens: ArrayLike<number>,
   options: PerplexityOptions = {},
 ): Promise<PerplexityResult> {
+  checkModelArgument(model, 'perplexity');
   // core's default window, as runtime-node's (128 tokens, or contextLength, the KV cache's length, when smaller)
   const { context, stride } = checkPerplexityArgs(tokens, options, {
     max: model.contextLength,
@@ -144,4 +148,13 @@ export async function perplexity(
     options.onProgress?.({ done: end, total: tokens.length });
   }
   return { tokens: count, nll: nll / count, ppl: Math.exp(nll / count) };
+}
+
+/** `E_VALUE` unless `model` is a {@link WebGpuModel} (`generate(null, …)` failed with a TypeError from inside). */
+function checkModelArgument(model: unknown, fn: string): asserts model is WebGpuModel {
+  if (!(model instanceof WebGpuModel))
+    throw new CalderaError(
+      'E_VALUE',
+      `${fn}: model must be a WebGpuModel (a loader's model), got ${describeValue(model)}`,
+    );
 }

@@ -435,7 +435,18 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
       loadModelFromBuffer(d, { config, calderaMeta: edited, weights: await serializeSafetensors(tensors) }),
     ).rejects.toThrow(
       /^E_FORMAT: the checkpoint: the tensors do not match caldera\.json: model\.layers\.0\.mlp\.up_proj\.caldera\.L is not part of layer .* \(rank 0,/,
+    ); // a layer the model does not have (a block past num_hidden_layers): dropped silently before, as runtime-node
+    // refuses it
+    const extra = calderaCheckpointMeta({
+      [name]: layers[name]!,
+      'model.layers.5.mlp.up_proj': layers[name]!,
+    });
+    await expect(
+      loadModelFromBuffer(d, { config, calderaMeta: extra, weights: await serializeSafetensors(tensors) }),
+    ).rejects.toThrow(
+      /^E_FORMAT: the checkpoint: caldera\.json lists layer 'model\.layers\.5\.mlp\.up_proj', which is not a linear layer of the model \(2 blocks/,
     );
+
     // dense weights too (WGSL leaves infinity and NaN undefined): f32, 16-bit bits, and values beyond f16 with 'f16'
     const q = 'model.layers.0.self_attn.q_proj.weight';
     const bad = tensor('f32', tensors[q]!.shape, (tensors[q]!.data as Float32Array).slice());
@@ -593,7 +604,7 @@ describe('loaders given null or undefined for a required argument', () => {
       );
       await fails(
         loadModelFromStore(fake, { config: {}, calderaMeta: null, store: v as never }),
-        `loadModelFromStore: source.store must be an object, got ${got}`,
+        `loadModelFromStore: source.store must be a TensorStore (openSafetensors or openSafetensorsDir), got ${got}`,
       );
       await fails(
         loadModelFromBuffer(fake, v as never),
@@ -741,7 +752,15 @@ describe('option checks before anything is read, uploaded or downloaded', () => 
         planMemory(null as never, null, store),
         'planMemory: config must be a ModelConfig (parseModelConfig of config.json), got null',
       );
-      await fails(planMemory(config, null, null as never), 'planMemory: store must be an object, got null');
+      await fails(
+        planMemory(config, null, null as never),
+        'planMemory: store must be a TensorStore (openSafetensors or openSafetensorsDir), got null',
+      );
+      // a plain object: "store.names is not a function" before
+      await fails(
+        loadModelFromStore(fake, { config: {}, calderaMeta: null, store: { names: () => [] } as never }),
+        'loadModelFromStore: source.store must be a TensorStore (openSafetensors or openSafetensorsDir), got an object without has, tensorInfo, readTensor',
+      );
       await fails(
         planMemory(config, 5 as never, store),
         'planMemory: calderaMeta must be an object or null, got a number',

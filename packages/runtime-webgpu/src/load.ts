@@ -2,11 +2,13 @@ import {
   assertFinite,
   assertFloatStorage,
   assertFunction,
+  assertCalderaLayersExist,
   assertNoCalderaTensorsWithoutMeta,
   assertNoStrayCalderaTensors,
   assertNonEmptyString,
   assertNotAbortSignal,
   assertObject,
+  assertTensorStore,
   blockLinearNames,
   CalderaError,
   checkDenseDtype,
@@ -18,7 +20,6 @@ import {
   openSafetensorsDir,
   parseModelConfig,
   parseCalderaMeta,
-  shownValue,
   tensor,
   throwIfAborted,
   type CalderaCheckpointMeta,
@@ -55,6 +56,7 @@ import {
 } from './linear.js';
 import {
   activationRowsOf,
+  checkModelConfig,
   contextLengthOf,
   WebGpuModel,
   type GpuBlockWeights,
@@ -179,35 +181,6 @@ export interface MemoryPlan {
   largestBuffer: { bytes: number; what: string };
 }
 
-/** The integer fields of a parsed {@link ModelConfig} that {@link planMemory} reads. */
-const CONFIG_SIZES = [
-  'numLayers',
-  'hiddenSize',
-  'intermediateSize',
-  'vocabSize',
-  'numHeads',
-  'numKvHeads',
-  'headDim',
-  'maxPositions',
-] as const;
-
-/**
- * `E_VALUE` unless `config` is a parsed {@link ModelConfig} (as `parseModelConfig` returns): a raw `config.json` object
- * (`hidden_size`, not `hiddenSize`) would plan NaN bytes.
- */
-function checkModelConfig(config: unknown, fn: string): asserts config is ModelConfig {
-  assertObject(config, fn, 'config', 'a ModelConfig (parseModelConfig of config.json)');
-  for (const k of CONFIG_SIZES) {
-    const v = (config as Record<string, unknown>)[k];
-    if (!Number.isInteger(v) || (v as number) < 1)
-      throw new CalderaError(
-        'E_VALUE',
-        `${fn}: config must be a ModelConfig (parseModelConfig of config.json): its ${k} must be a positive integer, ` +
-          `got ${shownValue(v)}`,
-      );
-  }
-}
-
 /**
  * Plan the GPU memory of a model from its config, `caldera.json` and tensor headers (no tensor data is read).
  * {@link loadModelFromStore} calls it first and fails with `E_DEVICE` before uploading anything when the largest
@@ -222,7 +195,7 @@ export async function planMemory(
 ): Promise<MemoryPlan> {
   checkModelConfig(config, 'planMemory');
   if (calderaMeta !== null) assertObject(calderaMeta, 'planMemory', 'calderaMeta', 'an object or null');
-  assertObject(store, 'planMemory', 'store');
+  assertTensorStore(store, 'planMemory', 'store');
   options ??= {}; // from JavaScript: null options are none
   checkDenseDtype(options.dtype, 'planMemory');
   const dtype = options.dtype ?? 'auto';
@@ -328,7 +301,7 @@ export async function loadModelFromStore(
 ): Promise<LoadedWebGpuModel> {
   checkDeviceArgument(dev, 'loadModelFromStore');
   assertObject(source, 'loadModelFromStore', 'source');
-  assertObject(source.store, 'loadModelFromStore', 'source.store');
+  assertTensorStore(source.store, 'loadModelFromStore', 'source.store');
   options ??= {}; // from JavaScript: null options are none
   checkLoadOptions(dev, options, 'loadModelFromStore');
   watchDeviceLost(dev.device);
@@ -348,13 +321,21 @@ export async function loadModelFromStore(
       "serve or pass the checkpoint's caldera.json with its safetensors",
     );
   // tensors the metadata does not describe (an edited rank or hadamard flag) would be ignored: other weights
-  if (calderaMeta)
+  if (calderaMeta) {
+    // a layer it lists that the model does not have was dropped silently (runtime-node refused it)
+    assertCalderaLayersExist(
+      calderaMeta,
+      config.numLayers,
+      'the checkpoint',
+      source.calderaMetaFile ?? 'caldera.json',
+    );
     assertNoStrayCalderaTensors(
       calderaMeta,
       store.names(),
       'the checkpoint',
       source.calderaMetaFile ?? 'caldera.json',
     );
+  }
   const dtype = options.dtype ?? 'auto';
   const { hiddenSize: d, vocabSize: V } = config;
   const plan = await planMemory(config, calderaMeta, store, options);

@@ -746,6 +746,19 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel lifecycle', reason), () => {
       );
       expect(shape.created.length).toBeGreaterThan(30);
       expect(shape.created.filter((b) => !shape.destroyed.has(b)).map((b) => b.label)).toEqual([]);
+      // weights of another vocabulary (it read zeros past the embedding's rows and answered token 3000 silently), and a
+      // config or weights that are not what they say (TypeErrors before): before anything is allocated
+      const vocab = countingDevice(dev!);
+      expect(() => new WebGpuModel(vocab.dev, { ...cfg, vocabSize: 4096 }, model.weights)).toThrow(
+        'E_SHAPE: WebGpuModel: the embedding is 30×32, the config needs 4096×32 (vocabSize × hiddenSize)',
+      );
+      expect(() => new WebGpuModel(vocab.dev, {} as never, model.weights)).toThrow(
+        /^E_VALUE: WebGpuModel: config must be a ModelConfig \(parseModelConfig of config\.json\): its numLayers/,
+      );
+      expect(() => new WebGpuModel(vocab.dev, cfg, {} as never)).toThrow(
+        'E_VALUE: WebGpuModel: weights must be ModelWeights (blocks, embed, head, norm), got blocks undefined',
+      );
+      expect(vocab.created).toEqual([]);
       // E_DEVICE part way through the activations: a device that binds the 16×32 rows of x but not gate's 16×48
       const small = countingDevice({ ...dev!, maxStorageBinding: 16 * 32 * 4 });
       expect(() => new WebGpuModel(small.dev, cfg, model.weights, { contextLength: 16 })).toThrow(

@@ -287,6 +287,35 @@ export type BatchOutput = StepOutput | 'all';
 /** What a pass computes and copies for reading back: a batch's output, or (`'nll'`) each row's NLL of its target. */
 type PassOutput = BatchOutput | 'nll';
 
+/** The integer fields of a parsed {@link ModelConfig} that `planMemory` and the model read. */
+const CONFIG_SIZES = [
+  'numLayers',
+  'hiddenSize',
+  'intermediateSize',
+  'vocabSize',
+  'numHeads',
+  'numKvHeads',
+  'headDim',
+  'maxPositions',
+] as const;
+
+/**
+ * `E_VALUE` unless `config` is a parsed {@link ModelConfig} (as `parseModelConfig` returns): a raw `config.json` object
+ * (`hidden_size`, not `hiddenSize`) would plan NaN bytes. Internal (not exported from the package's entry).
+ */
+export function checkModelConfig(config: unknown, fn: string): asserts config is ModelConfig {
+  assertObject(config, fn, 'config', 'a ModelConfig (parseModelConfig of config.json)');
+  for (const k of CONFIG_SIZES) {
+    const v = (config as Record<string, unknown>)[k];
+    if (!Number.isInteger(v) || (v as number) < 1)
+      throw new CalderaError(
+        'E_VALUE',
+        `${fn}: config must be a ModelConfig (parseModelConfig of config.json): its ${k} must be a positive integer, ` +
+          `got ${shownValue(v)}`,
+      );
+  }
+}
+
 /**
  * A Llama-family causal LM on a WebGPU device. The whole step — embedding, every block, final norm, LM head and
  * argmax — is recorded once at construction as a list of kernel launches over fixed buffers and replayed into one
@@ -356,10 +385,26 @@ export class WebGpuModel {
     checkDeviceArgument(dev, 'WebGpuModel');
     assertObject(config, 'WebGpuModel', 'config');
     assertObject(weights, 'WebGpuModel', 'weights');
+    checkModelConfig(config, 'WebGpuModel');
     options ??= {}; // from JavaScript: null options are none
     const cfg = config;
     watchDeviceLost(dev.device);
     const { d, I, V, H, hd, kw } = dimsOf(cfg);
+    if (!Array.isArray(weights.blocks))
+      throw new CalderaError(
+        'E_VALUE',
+        `WebGpuModel: weights must be ModelWeights (blocks, embed, head, norm), got blocks ${shownValue(weights.blocks)}`,
+      );
+    // an embedding or head of another vocabulary read past its rows (zeros) or left tokens unreachable, silently
+    for (const [what, m] of [
+      ['embedding', weights.embed],
+      ['LM head', weights.head],
+    ] as const)
+      if (m?.rows !== V || m.cols !== d)
+        throw new CalderaError(
+          'E_SHAPE',
+          `WebGpuModel: the ${what} is ${m?.rows}×${m?.cols}, the config needs ${V}×${d} (vocabSize × hiddenSize)`,
+        );
     if (weights.blocks.length !== cfg.numLayers)
       throw new CalderaError(
         'E_SHAPE',

@@ -1,5 +1,6 @@
 import type { DType } from '../dtype.js';
 import { CalderaError, describeValue } from '../errors.js';
+import { blockLinearNames } from '../model-config.js';
 import type { CalderaCheckpointMeta, CalderaLayerMeta } from './meta.js';
 import { calderaTensorName, parseCalderaTensorName, type CalderaTensorPart } from './names.js';
 
@@ -163,5 +164,30 @@ export function assertNoStrayCalderaTensors(
       'E_FORMAT',
       `${where}: the tensors do not match ${metaFile}: ${problems.join('; ')}`,
       { details: { problems } },
+    );
+}
+
+/**
+ * For loaders: `E_FORMAT` when `caldera.json` (`meta`) lists a layer that is not a linear layer of a model of
+ * `numLayers` blocks (a typo, a block past the config's `num_hidden_layers`): such an entry would otherwise be ignored
+ * and the layer it meant loaded dense or reported missing. `where` names the checkpoint, `metaFile` its caldera.json.
+ */
+export function assertCalderaLayersExist(
+  meta: CalderaCheckpointMeta,
+  numLayers: number,
+  where: string,
+  metaFile = 'caldera.json',
+): void {
+  const linear = new Set(
+    Array.from({ length: numLayers }, (_, b) => blockLinearNames(b).map((l) => l.name)).flat(),
+  );
+  const stray = Object.keys(meta.layers).filter((name) => !linear.has(name));
+  if (stray.length > 0)
+    throw new CalderaError(
+      'E_FORMAT',
+      `${where}: ${metaFile} lists ${stray.map((n) => `layer '${n}'`).join(', ')}, which ${
+        stray.length === 1 ? 'is' : 'are'
+      } not a linear layer of the model (${numLayers} blocks; e.g. 'model.layers.0.self_attn.q_proj')`,
+      { details: { layers: stray } },
     );
 }

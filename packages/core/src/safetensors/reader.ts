@@ -36,6 +36,26 @@ export interface TensorStore {
   close(): Promise<void>;
 }
 
+/**
+ * `E_VALUE` unless `store` is a {@link TensorStore} (an object with its `names`, `has`, `tensorInfo` and `readTensor`
+ * methods, as `openSafetensors` and `openSafetensorsDir` return): `what` names the argument, `fn` the caller. A plain
+ * object failed later with "store.names is not a function".
+ */
+export function assertTensorStore(store: unknown, fn: string, what: string): asserts store is TensorStore {
+  const missing = (['names', 'has', 'tensorInfo', 'readTensor'] as const).filter(
+    (m) => typeof (store as Record<string, unknown> | null)?.[m] !== 'function',
+  );
+  if (store === null || typeof store !== 'object' || missing.length > 0)
+    throw new CalderaError(
+      'E_VALUE',
+      `${fn}: ${what} must be a TensorStore (openSafetensors or openSafetensorsDir), got ${
+        store === null || typeof store !== 'object'
+          ? describeValue(store)
+          : `an object without ${missing.join(', ')}`
+      }`,
+    );
+}
+
 const LITTLE_ENDIAN = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
 
 /**
