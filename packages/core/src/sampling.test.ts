@@ -160,6 +160,10 @@ describe("GenerationRules (the runtimes' per-token rules)", () => {
     expect(new GenerationRules([1], { maxTokens: 0 }).maxTokens).toBe(0);
     for (const maxTokens of [-1, 2.5, NaN])
       expect(() => new GenerationRules([1], { maxTokens })).toThrow(/E_VALUE.*maxTokens/);
+    // a string is shown as one (it read "got 3")
+    expect(() => new GenerationRules([1], { maxTokens: '3' as never })).toThrow(
+      "E_VALUE: generate: maxTokens must be a non-negative integer, got '3'",
+    );
   });
 
   it('a prompt that is not an array (null, undefined, a number, a string) is E_VALUE, not a TypeError; null options are none', () => {

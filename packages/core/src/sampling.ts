@@ -1,4 +1,4 @@
-import { assertNotAbortSignal, CalderaError, describeValue } from './errors.js';
+import { assertNotAbortSignal, CalderaError, describeValue, shownValue } from './errors.js';
 import { Rng } from './rng.js';
 import { checkTokenArray } from './token-ids.js';
 
@@ -280,7 +280,7 @@ export class GenerationRules {
     if (!Number.isInteger(this.maxTokens) || this.maxTokens < 0)
       throw new CalderaError(
         'E_VALUE',
-        `generate: maxTokens must be a non-negative integer, got ${this.maxTokens}`,
+        `generate: maxTokens must be a non-negative integer, got ${shownValue(this.maxTokens)}`,
       );
     checkSamplingOptions(options);
     this.options = options;

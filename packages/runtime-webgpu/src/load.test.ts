@@ -769,6 +769,11 @@ describe('option checks before anything is read, uploaded or downloaded', () => 
         planMemory(config, null, store, { dtype: 'x' as 'f32' }),
         "planMemory: dtype must be 'auto', 'f32' or 'f16', got 'x'",
       );
+      // a string is shown as one (it read "got 64")
+      await fails(
+        planMemory(config, p.calderaMeta as never, store, { contextLength: '64' as never }),
+        "contextLength must be a positive integer, got '64'",
+      );
     } finally {
       await store.close();
     }

@@ -207,7 +207,7 @@ interface ModelBuffers {
 export function contextLengthOf(options: WebGpuModelOptions, config: ModelConfig): number {
   const cap = options.contextLength ?? Math.min(config.maxPositions, 2048);
   if (!Number.isInteger(cap) || cap < 1)
-    throw new CalderaError('E_VALUE', `contextLength must be a positive integer, got ${cap}`);
+    throw new CalderaError('E_VALUE', `contextLength must be a positive integer, got ${shownValue(cap)}`);
   if (cap > config.maxPositions)
     throw new CalderaError(
       'E_VALUE',
