@@ -163,11 +163,11 @@ function describeRule(r: NumberRule): string {
   return r.integer ? 'an integer' : 'a number';
 }
 
-/** Whether `n` obeys `r` (a finite number: NaN and ±Infinity obey no rule). */
+/** Whether `n` obeys `r` (a finite number: NaN and ±Infinity obey no rule; an integer rule wants a safe integer). */
 function obeys(n: number, r: NumberRule): boolean {
   return (
     Number.isFinite(n) &&
-    (!r.integer || Number.isInteger(n)) &&
+    (!r.integer || Number.isSafeInteger(n)) &&
     (r.min === undefined || n >= r.min) &&
     (r.above === undefined || n > r.above) &&
     (r.max === undefined || n <= r.max)
@@ -176,8 +176,10 @@ function obeys(n: number, r: NumberRule): boolean {
 
 /** `E_VALUE` naming the option, what it must be, and the value given (`note`: why, e.g. the model's limit). */
 export function checkFlag(name: string, n: number, r: NumberRule, note = ''): number {
+  // an integer past 2⁵³ is not one exactly (--steps 1e20 ran with an ETA of 8.6e18 s)
+  const unsafe = r.integer && Number.isInteger(n) && !Number.isSafeInteger(n) ? ' below 2⁵³' : '';
   if (!obeys(n, r))
-    throw new CalderaError('E_VALUE', `--${name} must be ${describeRule(r)}${note}, got ${n}`);
+    throw new CalderaError('E_VALUE', `--${name} must be ${describeRule(r)}${unsafe}${note}, got ${n}`);
   return n;
 }
 

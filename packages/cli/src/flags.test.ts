@@ -195,6 +195,11 @@ describe('caldera command lines', () => {
     await value(['finetune', '--ft-rank', '0'], /--ft-rank must be a positive integer, got 0/);
     for (const f of ['--steps', '--eval-every', '--patience'])
       await value(['finetune', f, '0'], new RegExp(`${f} must be a positive integer, got 0`));
+    // past 2⁵³ an integer is not exact (train took --steps 1e20 and showed an ETA of 8.6e18 s)
+    await value(
+      ['finetune', '--steps', '1e20'],
+      /--steps must be a positive integer below 2⁵³, got 100000000000000000000/,
+    );
     // --seq-len against the checkpoint's max positions: a "checkpoint" of the reference model with no compressed layer
     const ckpt = mkdtempSync(join(tmpdir(), 'caldera-flags-ckpt-'));
     for (const f of ['config.json', 'model.safetensors', 'tokenizer.json'])

@@ -109,6 +109,14 @@ describe('caldera generate / eval / inspect', () => {
     const threads = run(['eval', model, '--threads', '0']);
     expect(threads.status).toBe(1);
     expect(threads.stderr).toMatch(/--threads must be an integer in \[1, 256\], got 0/);
+    // text that is not UTF-8 (Latin-1 here) was read as U+FFFD and scored
+    const latin1 = join(model, '..', 'latin1.txt');
+    writeFileSync(latin1, Buffer.from([0x61, 0x20, 0x63, 0x61, 0x66, 0xe9, 0x20, 0x61]));
+    const enc = run(['eval', model, '--text', latin1]);
+    expect(enc.status).toBe(1);
+    expect(enc.stderr).toMatch(
+      /E_FORMAT: .*latin1\.txt is not UTF-8 text \(byte 5: 0xe9\): give a text file in UTF-8/,
+    );
     const empty = run(['generate', model, '--stop', '']);
     expect(empty.status).toBe(1);
     expect(empty.stderr).toMatch(/--stop needs a non-empty string/);

@@ -231,14 +231,50 @@ export async function fileSha256(path: string): Promise<string> {
   return sha256Hex(bytes);
 }
 
+/**
+ * `bytes` decoded as UTF-8; `E_FORMAT` naming `path` and the first byte that is not UTF-8 (a binary file, or text in
+ * another encoding such as Latin-1: decoded leniently, its bytes became U+FFFD and the model trained on those).
+ */
+export function utf8Text(bytes: Uint8Array, path: string): string {
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch (cause) {
+    let at = 0;
+    while (at < bytes.length) {
+      const c = bytes[at]!;
+      const n =
+        c < 0x80
+          ? 1
+          : c >= 0xc2 && c <= 0xdf
+            ? 2
+            : c >= 0xe0 && c <= 0xef
+              ? 3
+              : c >= 0xf0 && c <= 0xf4
+                ? 4
+                : 0;
+      let ok = n > 0 && at + n <= bytes.length;
+      for (let k = 1; ok && k < n; k++) ok = (bytes[at + k]! & 0xc0) === 0x80;
+      if (!ok) break;
+      at += n;
+    }
+    throw new CalderaError(
+      'E_FORMAT',
+      `${path} is not UTF-8 text${at < bytes.length ? ` (byte ${at}: 0x${bytes[at]!.toString(16).padStart(2, '0')})` : ''}: ` +
+        'give a text file in UTF-8 (a binary file, or text in another encoding such as Latin-1, would be read as U+FFFD)',
+      { cause },
+    );
+  }
+}
+
 /** Documents of a text file: blocks separated by blank lines. */
 export async function readDocuments(path: string): Promise<string[]> {
-  let text: string;
+  let bytes: Uint8Array;
   try {
-    text = await readFile(path, 'utf8');
+    bytes = await readFile(path);
   } catch (e) {
     throw new CalderaError('E_IO', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
   }
+  const text = utf8Text(bytes, path);
   if (path.endsWith('.jsonl')) {
     // line numbers count every line of the file, blank ones included
     return text

@@ -86,7 +86,9 @@ export function settingsDiff(
   now: Record<string, unknown>,
   options: { ignore?: readonly string[]; labels?: Record<string, string> } = {},
 ): string[] {
+  // a long string (a sha256) cut inside its quotes, so that they stay paired
   const short = (v: unknown) => {
+    if (typeof v === 'string' && v.length > 22) return `"${v.slice(0, 11)}…"`;
     const s = JSON.stringify(v) ?? 'none';
     return s.length > 24 ? `${s.slice(0, 12)}…` : s;
   };
