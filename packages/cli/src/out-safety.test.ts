@@ -42,9 +42,9 @@ const FINETUNE = [
 
 /**
  * A regex source matching how a refused resume shows a changed sha256 (a model's or a text's): JSON-quoted, shortened
- * ("3fa0c2…"), its first 8 hex digits at least.
+ * ("3fa0c2…", cut inside its quotes), its first 8 hex digits at least.
  */
-const shortHash = (sha: string) => `"${sha.slice(0, 8)}[0-9a-f]*…`;
+const shortHash = (sha: string) => `"${sha.slice(0, 8)}[0-9a-f]*…"`;
 
 /** What compress records of a source model: sha256 of its config.json's sha256 and its tensors' (hashModelTensors). */
 const modelSha = async (dir: string) =>
