@@ -3,7 +3,7 @@
  * `H = XᵀX` of calibration activations). Computes the upper triangle on the WebAssembly kernels (about
  * half the work of a general product) and mirrors it. Can accumulate f32 input in f64.
  */
-import { CalderaError, describeValue, throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
+import { CalderaError, shownValue, throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
 import {
   assertFiniteMatrix,
   assertFiniteScalar,
@@ -58,10 +58,7 @@ export function syrk(x: Matrix, options: SyrkNewOptions = {}): Matrix {
   // an f16 accumulator was refused as "c has dtype 'f16'", naming an argument the caller never gave
   const acc = options.accumulate;
   if (acc !== undefined && acc !== 'f32' && acc !== 'f64')
-    throw new CalderaError(
-      'E_VALUE',
-      `syrk: accumulate must be 'f32' or 'f64', got ${typeof acc === 'string' ? `'${acc}'` : describeValue(acc)}`,
-    );
+    throw new CalderaError('E_VALUE', `syrk: accumulate must be 'f32' or 'f64', got ${shownValue(acc)}`);
   const c = newMatrix(acc ?? x.dtype, n, n) as Matrix;
   syrkImpl(c, x, options, 0, 'syrk');
   return c;

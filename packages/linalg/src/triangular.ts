@@ -3,7 +3,7 @@
  * Large systems are solved in blocks of rows: the substitution runs inside each 64-row diagonal block, and everything
  * the solved rows contribute to the next block is one gemm (WebAssembly SIMD, on a pool's threads when given).
  */
-import { CalderaError, describeValue, throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
+import { CalderaError, shownValue, throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
 import { abortingAs } from './abort.js';
 import { assertFiniteMatrix, assertMatrix, assertSquare, fmtShape } from './check.js';
 import { denseCopy, transposeBuf, wrap } from './dense.js';
@@ -41,10 +41,7 @@ export function solveTriangular(a: Matrix, b: Matrix, options: SolveTriangularOp
   const side = options.side ?? 'left';
   // another value ran as 'left'
   if (side !== 'left' && side !== 'right')
-    throw new CalderaError(
-      'E_VALUE',
-      `${fn}: side must be 'left' or 'right', got ${typeof side === 'string' ? `'${side}'` : describeValue(side)}`,
-    );
+    throw new CalderaError('E_VALUE', `${fn}: side must be 'left' or 'right', got ${shownValue(side)}`);
   const ad = readOnlyDense(a, fn, 'a');
   const bd = denseCopy(b, fn, 'b');
   const n = a.shape[0]!;
