@@ -208,6 +208,23 @@ describe('caldera finetune', () => {
     ).toBe(true);
   }, 300_000);
 
+  it('SIGINT in the middle of a long train step stops at once (exit 130) and saves the state before that step', async () => {
+    const out = join(mkdtempSync(join(tmpdir(), 'caldera-train-')), 'model');
+    // a step of a million sequences runs for hours: the signal must be seen inside it, not after it
+    const args = ['train', '--out', out, '--steps', '2', '--batch', '1000000', '--seq-len', '32'];
+    const t0 = performance.now();
+    // the empty log is written just before the first step; the signal comes a second into that step
+    const code = await runUntil(args, join(`${out}.partial`, 'training-log.jsonl'), 'SIGINT', 10, 1000);
+    expect(code).toBe(130);
+    expect(performance.now() - t0).toBeLessThan(60_000);
+    expect(existsSync(join(`${out}.partial`, 'train-state.bin'))).toBe(true);
+    expect(existsSync(out)).toBe(false);
+    // the saved state is that of step 0: a run with other settings is refused, naming the step it would resume
+    const other = run([...args.slice(0, -4), '--batch', '1', '--seq-len', '32']);
+    expect(other.status).not.toBe(0);
+    expect(other.stderr).toMatch(/--batch \(1000000 then, 1 now\)/);
+  }, 120_000);
+
   it('trains, compresses and fine-tunes a model with an untied head, q/k/v biases and Llama 3 RoPE scaling', async () => {
     // a tiny model with the reference model's tokenizer and the three features the reference model lacks
     const dir = mkdtempSync(join(tmpdir(), 'caldera-scope-'));

@@ -19,20 +19,21 @@ export const runCli = (args: string[], timeoutMs = 120_000) =>
   spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: timeoutMs });
 
 /**
- * Start `caldera args…`, send `signal` as soon as `file` exists (polled every `pollMs`), and resolve with the exit
- * code (null when killed by the signal).
+ * Start `caldera args…`, send `signal` `delayMs` (default 0) after `file` exists (polled every `pollMs`), and resolve
+ * with the exit code (null when killed by the signal).
  */
 export function runUntil(
   args: string[],
   file: string,
   signal: NodeJS.Signals,
   pollMs = 10,
+  delayMs = 0,
 ): Promise<number | null> {
   return new Promise((resolve) => {
     const p = spawn(process.execPath, [bin, ...args], { stdio: 'ignore' });
     const timer = setInterval(() => {
       if (existsSync(file)) {
-        p.kill(signal);
+        setTimeout(() => p.kill(signal), delayMs);
         clearInterval(timer);
       }
     }, pollMs);

@@ -125,7 +125,7 @@ export async function trainCommand(a: Args): Promise<number> {
   const flushLog = async () => {
     if (lines.length) await writeFile(logPath, lines.splice(0).join(''), { flag: 'a' });
   };
-  // Ctrl-C or SIGTERM: the state is saved between two steps
+  // Ctrl-C or SIGTERM: the state before the step under way is saved
   const stop = onStopSignals();
   const bar = progressFor('train', json);
   const t0 = performance.now();
@@ -133,8 +133,12 @@ export async function trainCommand(a: Args): Promise<number> {
   const tokensPerStep = trainer.options.seqLen * trainer.options.batch;
   try {
     while (trainer.stepCount < steps) {
-      await new Promise((resolve) => setTimeout(resolve, 0)); // lets the signal handlers run between steps
-      if (stop.received()) {
+      // a step lets the signal handlers run after each sequence, and an interrupted step is dropped whole
+      const r = await trainer.stepAsync({ signal: stop.signal }).catch((e: unknown) => {
+        if (stop.received() && e instanceof CalderaError && e.code === 'E_ABORTED') return undefined;
+        throw e;
+      });
+      if (!r) {
         await flushLog();
         await trainer.save(statePath);
         bar.done();
@@ -143,7 +147,6 @@ export async function trainCommand(a: Args): Promise<number> {
         );
         return stop.exitCode();
       }
-      const r = trainer.step();
       const seconds = (performance.now() - t0) / 1000;
       const tps = ((trainer.stepCount - first) * tokensPerStep) / seconds;
       const rec: Record<string, unknown> = { event: 'step', ...r, tokensPerSecond: tps };

@@ -13,7 +13,6 @@ import {
   type WriteCheckpointOptions,
   type Tensor,
 } from '@caldera/core';
-import { nextTurn } from '../next-turn.js';
 import { nodeFs, nodePath } from '../node-builtins.js';
 import {
   calderaCheckpointMeta,
@@ -438,12 +437,13 @@ export async function runFinetune(
   let stoppedEarly = false;
   const tokensPerStep = o.seqLen * o.batch;
   while (trainer.stepCount < o.steps) {
-    await nextTurn(); // lets signal handlers (e.g. SIGINT → abort) run between the synchronous steps
-    if (o.signal?.aborted) {
+    // the step lets signal handlers (e.g. SIGINT → abort) run after each sequence; an aborted step is dropped whole
+    const r = await trainer.stepAsync(o.signal ? { signal: o.signal } : {}).catch(async (e: unknown) => {
+      if (!o.signal?.aborted) throw e;
       await save();
       throwIfAborted(o.signal, 'fine-tuning');
-    }
-    const r = trainer.step();
+      throw e;
+    });
     es.trainLossSinceEval.push(r.loss);
     const elapsed = (performance.now() - t0) / 1000;
     const tps = ((trainer.stepCount - stepsAtStart) * tokensPerStep) / elapsed;

@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import { isCalderaError, Rng } from '@caldera/core';
 import { describe, expect, it } from 'vitest';
 import { SCOPE_TEST_CONFIG } from '../testing/train-scope.js';
-import { initTrainParams, type TrainConfig } from './model.js';
-import { Trainer } from './trainer.js';
+import { initTrainParams, lossAndGrad, type TrainConfig } from './model.js';
+import { Trainer, type Objective } from './trainer.js';
 
 const cfg: TrainConfig = {
   hiddenSize: 16,
@@ -211,6 +211,45 @@ describe('Trainer', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+
+  it('stepAsync is step with the event loop turning after each sequence; an aborted step is dropped whole', async () => {
+    const batch = 4;
+    const o = { ...opts, batch };
+    const a = new Trainer(cfg, initTrainParams(cfg, new Rng(1)), data, o);
+    const sync = Array.from({ length: 3 }, () => a.step());
+
+    // an objective that counts its sequences and lets a timer abort the signal while the second step is under way
+    const ac = new AbortController();
+    let calls = 0;
+    let timersRun = 0;
+    const objective: Objective = (p, t, g, grad, into) => {
+      calls++;
+      if (calls === batch + 2) setTimeout(() => ac.abort(new Error('user stop')), 0);
+      if (calls > batch + 1) setImmediate(() => timersRun++);
+      return lossAndGrad(p, cfg, t, g, grad, undefined, into);
+    };
+    const b = new Trainer(cfg, initTrainParams(cfg, new Rng(1)), data, o, objective);
+    expect(await b.stepAsync({ signal: ac.signal })).toEqual(sync[0]);
+    const before = Object.fromEntries(Object.entries(b.params).map(([k, v]) => [k, Float32Array.from(v)]));
+    const err = await b.stepAsync({ signal: ac.signal }).catch((e: unknown) => e);
+    expect(isCalderaError(err) && err.code).toBe('E_ABORTED');
+    expect((err as Error).message).toMatch(/training step was aborted/);
+    expect(((err as Error).cause as Error).message).toBe('user stop');
+    // the abort was seen inside the step (after its second sequence, whose turn ran the timer), not after it
+    expect(calls).toBe(batch + 2);
+    expect(timersRun).toBeGreaterThan(0);
+    expect(b.stepCount).toBe(1);
+    for (const [k, v] of Object.entries(b.params)) expect(v, k).toEqual(before[k]);
+    // the RNG was rewound: the next steps draw the same windows as the uninterrupted run, with the same results
+    expect(await b.stepAsync()).toEqual(sync[1]);
+    expect(b.step()).toEqual(sync[2]);
+    // an aborted signal fails before any work; a signal where the options go is refused
+    await expect(b.stepAsync({ signal: ac.signal })).rejects.toThrow(/E_ABORTED/);
+    expect(b.stepCount).toBe(3);
+    await expect(b.stepAsync(ac.signal as never)).rejects.toThrow(
+      /E_VALUE: Trainer.stepAsync: options must be/,
+    );
   });
 
   it('rejects a token stream shorter than a window', () => {

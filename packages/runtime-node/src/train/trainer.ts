@@ -1,4 +1,5 @@
-import { assertNotAbortSignal, atomicWriteFile, CalderaError, Rng } from '@caldera/core';
+import { assertNotAbortSignal, atomicWriteFile, CalderaError, Rng, throwIfAborted } from '@caldera/core';
+import { nextTurn } from '../next-turn.js';
 import { nodeFs } from '../node-builtins.js';
 import { createSha256 } from './sha256.js';
 import {
@@ -278,6 +279,39 @@ export class Trainer {
 
   /** One optimizer step over `batch` random windows of the data. */
   step(): TrainStepResult {
+    const parts = this.stepParts();
+    for (;;) {
+      const r = parts.next();
+      if (r.done) return r.value;
+    }
+  }
+
+  /**
+   * The same step as {@link step}, with a turn of the event loop after each of its `batch` sequences, so that a
+   * signal handler or timer runs during a long step. When `signal` aborts there, the step is dropped (`E_ABORTED`
+   * with the signal's reason as the cause): the weights, moments, step count and RNG are as they were before it, so
+   * a state saved then resumes with the same losses.
+   */
+  async stepAsync(options: { signal?: AbortSignal } = {}): Promise<TrainStepResult> {
+    options ??= {}; // from JavaScript: null options are none
+    assertNotAbortSignal(options, 'Trainer.stepAsync');
+    const { signal } = options;
+    throwIfAborted(signal, 'training step');
+    const rngBefore = this.rng.getState();
+    const parts = this.stepParts();
+    for (;;) {
+      const r = parts.next();
+      if (r.done) return r.value;
+      await nextTurn();
+      if (signal?.aborted) {
+        this.rng = Rng.fromState(rngBefore); // the sequences drawn so far are drawn again by the next step
+        throwIfAborted(signal, 'training step');
+      }
+    }
+  }
+
+  /** A step as a generator: yields after each sequence's gradient; nothing but the RNG changes before the last. */
+  private *stepParts(): Generator<void, TrainStepResult> {
     const o = this.options;
     const acc: TrainParams = {};
     for (const [k, v] of Object.entries(this.params)) acc[k] = new Float32Array(v.length);
@@ -294,6 +328,7 @@ export class Trainer {
           const a = acc[k]!;
           for (let i = 0; i < a.length; i++) a[i] = a[i]! + g[i]!;
         }
+      if (b + 1 < o.batch) yield;
     }
     for (const a of Object.values(acc)) for (let i = 0; i < a.length; i++) a[i] = a[i]! / o.batch;
     const gradNorm = clipGradNorm(Object.values(acc), o.clip);
