@@ -125,6 +125,11 @@ function rms(x: ArrayLike<number>): number {
   return Math.sqrt(s / Math.max(1, x.length));
 }
 
+/** The power of two nearest to `x` in ratio (0 for 0). */
+function nearestPowerOfTwo(x: number): number {
+  return x > 0 ? 2 ** Math.round(Math.log2(x)) : 0;
+}
+
 const Q_BITS: readonly number[] = [0, 2, 3, 4];
 const FACTOR_BITS: readonly number[] = [2, 3, 4, 16];
 
@@ -285,7 +290,11 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   const k = o.rank;
   const pool = o.pool ? { pool: o.pool } : {};
   const sig = o.signal ? { signal: o.signal } : {};
-  const g = rms(W0.data);
+  // The global scale g (W is fitted as g·(Q + LR), at unit RMS). A checkpoint folds g into Q's and the factors'
+  // stored values; an f16 factor would be rounded a second time there, so with one g is a power of two, which
+  // scales an f16 value exactly: the checkpoint then holds the Ŵ that `error` was measured on (up to Q's scale,
+  // stored in f32).
+  const g = o.lBits === 16 || o.rBits === 16 ? nearestPowerOfTwo(rms(W0.data)) : rms(W0.data);
   const hd = h ? toF64(h) : null;
   if (hd) checkHessian(hd.data, n);
   // the H every step fits against; the error is always measured against the caller's hd (see `damping`)

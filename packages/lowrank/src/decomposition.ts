@@ -32,7 +32,7 @@ export interface Decomposition {
   /** Working (padded) shape [mp, np]. */
   padded: [number, number];
   rank: number;
-  /** Global scale g = RMS(W). */
+  /** Global scale g = RMS(W); with an f16 factor, the power of two nearest to it (folded exactly into f16 values). */
   scale: number;
   hadamard: boolean;
   /** Sign vectors (length np and mp), ±1; null without the Hadamard transform. */
