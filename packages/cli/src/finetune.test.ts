@@ -1,11 +1,19 @@
 import { describe, expect, it } from 'vitest';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openSafetensors } from '@caldera/core';
 import { loadModel } from '@caldera/runtime-node';
-import { runCli, runUntil } from './test-cli.js';
+import { inProcessCli, runCli, runUntil } from './test-cli.js';
 
 const run = (args: string[]) => runCli(args, 300_000);
 
@@ -280,4 +288,76 @@ describe('caldera finetune', () => {
     expect(loaded.config.ropeScaling).not.toBe(null);
     expect(loaded.model.forward([1, 2, 3]).every(Number.isFinite)).toBe(true);
   }, 600_000);
+});
+
+describe('caldera train and finetune, interrupted while they write the model', () => {
+  const cli = inProcessCli();
+  it('SIGINT then removes what was written and keeps the finished state: a rerun writes the same model, training nothing', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'caldera-train-write-'));
+    const args = ['--steps', '2', '--batch', '1', '--seq-len', '32', '--warmup', '1', '--json'];
+    const whole = join(dir, 'whole');
+    expect((await cli('train', '--out', whole, ...args)).code).toBe(0);
+    const out = join(dir, 'model');
+    const before = process.listenerCount('SIGINT');
+    // as soon as the temporary model directory appears (the training is over), a Ctrl-C
+    const timer = setInterval(() => {
+      if (readdirSync(dir).some((f) => f.startsWith('model.tmp-'))) {
+        clearInterval(timer);
+        process.emit('SIGINT');
+      }
+    }, 0);
+    const r = await cli('train', '--out', out, ...args);
+    clearInterval(timer);
+    expect(r.code, r.stderr).toBe(130);
+    expect(r.stderr).toMatch(
+      /caldera train: interrupted while writing .*model; rerun the same command to write it/,
+    );
+    expect(readdirSync(dir).sort()).toEqual(['model.partial', 'whole']); // no half-written model, no temporary
+    expect(process.listenerCount('SIGINT')).toBe(before);
+    const again = await cli('train', '--out', out, ...args);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).not.toMatch(/"event":"step"/); // the finished state was resumed: nothing trained again
+    expect(
+      readFileSync(join(out, 'model.safetensors')).equals(readFileSync(join(whole, 'model.safetensors'))),
+    ).toBe(true);
+    const losses = (m: string) =>
+      readFileSync(join(m, 'training-log.jsonl'), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => (JSON.parse(l) as { loss: number }).loss);
+    expect(losses(out)).toEqual(losses(whole));
+    expect(readdirSync(dir).sort()).toEqual(['model', 'whole']);
+  }, 120_000);
+
+  it('finetune: the same (nothing written, the finished state kept, the rerun writes the same bytes)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'caldera-ft-write-'));
+    const ckpt = join(dir, 'ckpt');
+    expect((await cli('compress', '--out', ckpt, ...COMPRESS, '--eval-tokens', '256', '--json')).code).toBe(
+      0,
+    );
+    const args = [...FINETUNE, '--steps', '4', '--eval-every', '2'];
+    const whole = join(dir, 'whole');
+    expect((await cli('finetune', ckpt, '--out', whole, ...args)).code).toBe(0);
+    const out = join(dir, 'tuned');
+    const timer = setInterval(() => {
+      if (readdirSync(dir).some((f) => f.startsWith('tuned.tmp-'))) {
+        clearInterval(timer);
+        process.emit('SIGINT');
+      }
+    }, 0);
+    const r = await cli('finetune', ckpt, '--out', out, ...args);
+    clearInterval(timer);
+    expect(r.code, r.stderr).toBe(130);
+    expect(r.stderr).toMatch(
+      /caldera finetune: interrupted while writing .*tuned; state saved in .*tuned\.partial/,
+    );
+    expect(readdirSync(dir).sort()).toEqual(['ckpt', 'tuned.partial', 'whole']);
+    const again = await cli('finetune', ckpt, '--out', out, ...args);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).not.toMatch(/"event":"step"/);
+    expect(
+      readFileSync(join(out, 'model.safetensors')).equals(readFileSync(join(whole, 'model.safetensors'))),
+    ).toBe(true);
+    expect(readdirSync(dir).sort()).toEqual(['ckpt', 'tuned', 'whole']);
+  }, 300_000);
 });

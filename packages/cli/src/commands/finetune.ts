@@ -1,6 +1,6 @@
 import { rm, rmdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { CalderaError } from '@caldera/core';
+import { CalderaError, type CalderaCheckpointMeta } from '@caldera/core';
 import {
   loadModel,
   modelTeacher,
@@ -9,6 +9,7 @@ import {
   prepareSignFinetune,
   runFinetune,
   writeFinetunedCheckpoint,
+  type FinetuneResult,
 } from '@caldera/runtime-node';
 import { tokenWindow, flagNumber, flagString, POSITIVE, POSITIVE_INT, SEED, type Args } from '../args.js';
 import {
@@ -144,65 +145,85 @@ export async function finetuneCommand(a: Args): Promise<number> {
   const dropIfEmpty = () => rmdir(partial).catch(() => undefined);
   // Ctrl-C or SIGTERM: the state saved so far stays for a rerun to resume
   const stop = onStopSignals();
-  const bar = progressFor('finetune', json);
-  let result;
+  let result: FinetuneResult;
+  let meta: CalderaCheckpointMeta | undefined;
   try {
-    result = await runFinetune(setup, train, valid, {
-      ...options,
-      statePath: join(partial, 'finetune-state.bin'),
-      // a resumed run must have the same teacher and base precision (the rest is checked by runFinetune)
-      runKey: {
-        '--teacher': teacherDir ? resolve(teacherDir) : null,
-        '--half-base': a.flags.has('half-base'),
-      },
-      settingLabels: {
-        ...TRAIN_FLAG_LABELS,
-        evalEvery: '--eval-every',
-        patience: '--patience',
-        evalTokens: '--valid-tokens',
-        validation: '--valid (its text)',
-        'starting factors': 'starting factors (the checkpoint, --ft-rank, --signs)',
-      },
-      signal: stop.signal,
-      onProgress: (e) => {
-        bar.update(
-          e.step,
-          e.steps,
-          e.etaSeconds,
-          `loss ${e.loss.toFixed(3)} val ${(e.valLoss ?? e.bestValLoss).toFixed(3)} ${Math.round(e.tokensPerSecond)} tok/s`,
+    const bar = progressFor('finetune', json);
+    try {
+      result = await runFinetune(setup, train, valid, {
+        ...options,
+        statePath: join(partial, 'finetune-state.bin'),
+        // a resumed run must have the same teacher and base precision (the rest is checked by runFinetune)
+        runKey: {
+          '--teacher': teacherDir ? resolve(teacherDir) : null,
+          '--half-base': a.flags.has('half-base'),
+        },
+        settingLabels: {
+          ...TRAIN_FLAG_LABELS,
+          evalEvery: '--eval-every',
+          patience: '--patience',
+          evalTokens: '--valid-tokens',
+          validation: '--valid (its text)',
+          'starting factors': 'starting factors (the checkpoint, --ft-rank, --signs)',
+        },
+        signal: stop.signal,
+        onProgress: (e) => {
+          bar.update(
+            e.step,
+            e.steps,
+            e.etaSeconds,
+            `loss ${e.loss.toFixed(3)} val ${(e.valLoss ?? e.bestValLoss).toFixed(3)} ${Math.round(e.tokensPerSecond)} tok/s`,
+          );
+          log({ ...e });
+        },
+      });
+    } catch (e) {
+      await dropIfEmpty();
+      if (stop.signal.aborted) {
+        bar.done();
+        console.error(
+          (await exists(partial))
+            ? `caldera finetune: interrupted; state saved in ${partial} — rerun the same command to resume`
+            : 'caldera finetune: interrupted before any state was saved',
         );
-        log({ ...e });
-      },
-    });
-  } catch (e) {
-    await dropIfEmpty();
-    if (stop.signal.aborted) {
+        return stop.exitCode();
+      }
+      throw e;
+    } finally {
       bar.done();
+    }
+
+    // what is at --out now is replaced only if it still is an earlier checkpoint (the run took a while)
+    await checkOutDir(out, []);
+    // Ctrl-C or SIGTERM while it is written: nothing is written, and the finished run's state stays for a rerun
+    meta = await writeFinetunedCheckpoint(
+      src,
+      out,
+      setup.layers,
+      {
+        trained: signs ? 'signs' : 'factors',
+        ...(signs ? {} : { ftRank }),
+        ...(teacherDir ? { teacher: teacherDir } : {}),
+        ...options,
+        steps: result.steps,
+        bestStep: result.bestStep,
+        initialValLoss: result.initialValLoss,
+        bestValLoss: result.bestValLoss,
+      },
+      { signal: stop.signal },
+    ).catch((e: unknown) => {
+      if (!stop.signal.aborted) throw e;
+      return undefined;
+    });
+    if (!meta) {
       console.error(
-        (await exists(partial))
-          ? `caldera finetune: interrupted; state saved in ${partial} — rerun the same command to resume`
-          : 'caldera finetune: interrupted before any state was saved',
+        `caldera finetune: interrupted while writing ${out}; state saved in ${partial} — rerun the same command to write it`,
       );
       return stop.exitCode();
     }
-    throw e;
   } finally {
     stop.dispose();
-    bar.done();
   }
-
-  // what is at --out now is replaced only if it still is an earlier checkpoint (the run took a while)
-  await checkOutDir(out, []);
-  const meta = await writeFinetunedCheckpoint(src, out, setup.layers, {
-    trained: signs ? 'signs' : 'factors',
-    ...(signs ? {} : { ftRank }),
-    ...(teacherDir ? { teacher: teacherDir } : {}),
-    ...options,
-    steps: result.steps,
-    bestStep: result.bestStep,
-    initialValLoss: result.initialValLoss,
-    bestValLoss: result.bestValLoss,
-  });
   await rm(partial, { recursive: true, force: true });
   const tuned = await loadModel(out);
   const after = await perplexity(tuned.model, heldOut, { context: evalCtx });

@@ -125,79 +125,90 @@ export async function trainCommand(a: Args): Promise<number> {
   const flushLog = async () => {
     if (lines.length) await writeFile(logPath, lines.splice(0).join(''), { flag: 'a' });
   };
-  // Ctrl-C or SIGTERM: the state before the step under way is saved
+  // Ctrl-C or SIGTERM: during training, the state before the step under way is saved; while the model is written,
+  // what was written is removed and the finished run's state stays, so that a rerun writes it without training again
   const stop = onStopSignals();
-  const bar = progressFor('train', json);
   const t0 = performance.now();
-  const first = trainer.stepCount;
-  const tokensPerStep = trainer.options.seqLen * trainer.options.batch;
   try {
-    while (trainer.stepCount < steps) {
-      // a step lets the signal handlers run after each sequence, and an interrupted step is dropped whole
-      const r = await trainer.stepAsync({ signal: stop.signal }).catch((e: unknown) => {
-        if (stop.received() && e instanceof CalderaError && e.code === 'E_ABORTED') return undefined;
-        throw e;
+    const bar = progressFor('train', json);
+    const first = trainer.stepCount;
+    const tokensPerStep = trainer.options.seqLen * trainer.options.batch;
+    try {
+      while (trainer.stepCount < steps) {
+        // a step lets the signal handlers run after each sequence, and an interrupted step is dropped whole
+        const r = await trainer.stepAsync({ signal: stop.signal }).catch((e: unknown) => {
+          if (stop.received() && e instanceof CalderaError && e.code === 'E_ABORTED') return undefined;
+          throw e;
+        });
+        if (!r) {
+          await flushLog();
+          await trainer.save(statePath);
+          bar.done();
+          console.error(
+            `caldera train: interrupted at step ${trainer.stepCount}; rerun the same command to resume`,
+          );
+          return stop.exitCode();
+        }
+        const seconds = (performance.now() - t0) / 1000;
+        const tps = ((trainer.stepCount - first) * tokensPerStep) / seconds;
+        const rec: Record<string, unknown> = { event: 'step', ...r, tokensPerSecond: tps };
+        if (r.step % evalEvery === 0 || r.step === steps)
+          rec.valLoss = validationLoss(
+            trainer.objective,
+            trainer.params,
+            valid,
+            trainer.options.seqLen,
+            validTokens,
+          );
+        lines.push(JSON.stringify(rec) + '\n');
+        if (json) console.log(JSON.stringify(rec));
+        bar.update(
+          r.step,
+          steps,
+          ((steps - r.step) * tokensPerStep) / tps,
+          `loss ${r.loss.toFixed(3)}${rec.valLoss ? ` val ${(rec.valLoss as number).toFixed(3)}` : ''} ${Math.round(tps)} tok/s`,
+        );
+        if (r.step % 25 === 0) {
+          await flushLog();
+          await trainer.save(statePath);
+        }
+      }
+    } finally {
+      bar.done();
+    }
+    await flushLog();
+    if (first < trainer.stepCount) await trainer.save(statePath);
+
+    // the model directory, written beside `out` and renamed into place
+    const tmp = `${out}.tmp-${tempSuffix()}`;
+    try {
+      await makeDir(tmp);
+      const shapes = trainParamShapes(cfg);
+      const tensors: Record<string, Tensor> = {};
+      for (const [name, p] of Object.entries(trainer.params))
+        tensors[name] = cast(tensor('f32', shapes[name]!, p as Float32Array), 'f16');
+      await writeSafetensors(join(tmp, 'model.safetensors'), tensors, {
+        metadata: { format: 'pt' },
+        signal: stop.signal,
       });
-      if (!r) {
-        await flushLog();
-        await trainer.save(statePath);
-        bar.done();
-        console.error(
-          `caldera train: interrupted at step ${trainer.stepCount}; rerun the same command to resume`,
-        );
-        return stop.exitCode();
-      }
-      const seconds = (performance.now() - t0) / 1000;
-      const tps = ((trainer.stepCount - first) * tokensPerStep) / seconds;
-      const rec: Record<string, unknown> = { event: 'step', ...r, tokensPerSecond: tps };
-      if (r.step % evalEvery === 0 || r.step === steps)
-        rec.valLoss = validationLoss(
-          trainer.objective,
-          trainer.params,
-          valid,
-          trainer.options.seqLen,
-          validTokens,
-        );
-      lines.push(JSON.stringify(rec) + '\n');
-      if (json) console.log(JSON.stringify(rec));
-      bar.update(
-        r.step,
-        steps,
-        ((steps - r.step) * tokensPerStep) / tps,
-        `loss ${r.loss.toFixed(3)}${rec.valLoss ? ` val ${(rec.valLoss as number).toFixed(3)}` : ''} ${Math.round(tps)} tok/s`,
+      await writeFile(
+        join(tmp, 'config.json'),
+        JSON.stringify({ ...hfConfig, torch_dtype: 'float16' }, null, 2) + '\n',
       );
-      if (r.step % 25 === 0) {
-        await flushLog();
-        await trainer.save(statePath);
-      }
+      await copyModelSideFiles(template, tmp); // the template's tokenizer, chat template, generation settings
+      await copyFile(logPath, join(tmp, 'training-log.jsonl'));
+      // what is there now may only be replaced if it still is an earlier output (checked again: the run took a while)
+      await checkOutDir(out, [], TRAIN_OUTPUT);
+      stop.signal.throwIfAborted();
+      await replaceDir(tmp, out);
+    } catch (e) {
+      await rm(tmp, { recursive: true, force: true });
+      if (!stop.signal.aborted) throw e;
+      console.error(`caldera train: interrupted while writing ${out}; rerun the same command to write it`);
+      return stop.exitCode();
     }
   } finally {
     stop.dispose();
-    bar.done();
-  }
-  await flushLog();
-
-  // the model directory, written beside `out` and renamed into place
-  const tmp = `${out}.tmp-${tempSuffix()}`;
-  await makeDir(tmp);
-  try {
-    const shapes = trainParamShapes(cfg);
-    const tensors: Record<string, Tensor> = {};
-    for (const [name, p] of Object.entries(trainer.params))
-      tensors[name] = cast(tensor('f32', shapes[name]!, p as Float32Array), 'f16');
-    await writeSafetensors(join(tmp, 'model.safetensors'), tensors, { metadata: { format: 'pt' } });
-    await writeFile(
-      join(tmp, 'config.json'),
-      JSON.stringify({ ...hfConfig, torch_dtype: 'float16' }, null, 2) + '\n',
-    );
-    await copyModelSideFiles(template, tmp); // the template's tokenizer, chat template, generation settings
-    await copyFile(logPath, join(tmp, 'training-log.jsonl'));
-    // what is there now may only be replaced if it still is an earlier output (checked again: the run took a while)
-    await checkOutDir(out, [], TRAIN_OUTPUT);
-    await replaceDir(tmp, out);
-  } catch (e) {
-    await rm(tmp, { recursive: true, force: true });
-    throw e;
   }
   await rm(partial, { recursive: true, force: true });
   const summary = { event: 'done', out, steps: trainer.stepCount, seconds: (performance.now() - t0) / 1000 };

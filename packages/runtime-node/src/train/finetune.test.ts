@@ -258,6 +258,24 @@ describe('runFinetune resume check', () => {
     }
   });
 
+  it('a run that stopped early resumes as stopped: its rerun trains nothing and gives the same result', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-finetune-'));
+    try {
+      // a learning rate too small to change an f32 weight: the first validation is no better, and patience 1 stops
+      const o = { ...opts, steps: 8, lr: 1e-30, patience: 1, statePath: join(dir, 'state.bin') };
+      const first = await runFinetune(tinySetup(), train, valid, o);
+      expect(first.stoppedEarly).toBe(true);
+      expect(first.steps).toBe(2);
+      const events: string[] = [];
+      const setup = tinySetup();
+      const again = await runFinetune(setup, train, valid, { ...o, onProgress: (e) => events.push(e.event) });
+      expect(events).toEqual([]); // before, the rerun of an interrupted write went on training up to --steps
+      expect({ ...again, seconds: 0 }).toEqual({ ...first, seconds: 0 });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('writeFinetunedCheckpoint keeps the source checkpoint’s config and side files (chat_template.jinja among them)', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'caldera-finetune-'));
     try {

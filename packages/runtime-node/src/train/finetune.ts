@@ -434,9 +434,9 @@ export async function runFinetune(
       await trainer.save(o.statePath, { info: { run: runSettings(), earlyStop: es }, tensors: best });
   };
   const stepsAtStart = trainer.stepCount;
-  let stoppedEarly = false;
   const tokensPerStep = o.seqLen * o.batch;
-  while (trainer.stepCount < o.steps) {
+  // (a state saved when the run stopped early resumes as stopped: its rerun only writes the result)
+  while (trainer.stepCount < o.steps && es.badEvals < o.patience) {
     // the step lets signal handlers (e.g. SIGINT → abort) run after each sequence; an aborted step is dropped whole
     const r = await trainer.stepAsync(o.signal ? { signal: o.signal } : {}).catch(async (e: unknown) => {
       if (!o.signal?.aborted) throw e;
@@ -481,12 +481,9 @@ export async function runFinetune(
         etaSeconds: eta,
       });
       await save();
-      if (es.badEvals >= o.patience) {
-        stoppedEarly = true;
-        break;
-      }
     }
   }
+  const stoppedEarly = es.badEvals >= o.patience;
   for (const [k, v] of Object.entries(best)) setup.trainable[k]!.set(v);
   return {
     steps: trainer.stepCount,
