@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CalderaError } from '@caldera/core';
 import { referenceModelDir } from '@caldera/reference-model';
@@ -192,6 +192,35 @@ describe('caldera compress: Ctrl-C while the model loads', () => {
     expect(existsSync(`${out}.partial`)).toBe(false);
     expect(process.listenerCount('SIGINT')).toBe(before);
     expect(process.listenerCount('SIGTERM')).toBe(0);
+  }, 60_000);
+
+  it('SIGINT while the checkpoint is written: exit 130, no checkpoint and no temporary left, the blocks kept to resume', async () => {
+    const errors: string[] = [];
+    vi.spyOn(console, 'error').mockImplementation((...x: unknown[]) => void errors.push(x.join(' ')));
+    vi.spyOn(console, 'log').mockImplementation(() => undefined);
+    const { dir: src } = await writeTinyModel(join(tmp, 'sigint-write'), { seed: 16 });
+    const out = join(tmp, 'sigint-write-out');
+    // as soon as the checkpoint's temporary directory appears (every block is done), a Ctrl-C
+    const timer = setInterval(() => {
+      if (readdirSync(tmp).some((f) => f.startsWith('sigint-write-out.tmp-'))) {
+        clearInterval(timer);
+        process.emit('SIGINT');
+      }
+    }, 0);
+    const code = await main(['compress', src, '--out', out, ...FAST, '--rank', '8']);
+    clearInterval(timer);
+    expect(code).toBe(130); // it was 0: the write and the scoring after it took no signal
+    expect(errors.join('\n')).toMatch(
+      /caldera compress: interrupted; \d+ compressed blocks kept in .*sigint-write-out\.partial/,
+    );
+    expect(
+      readdirSync(tmp)
+        .filter((f) => f.startsWith('sigint-write-out'))
+        .sort(),
+    ).toEqual(['sigint-write-out.partial']);
+    const again = run(['compress', src, '--out', out, ...FAST, '--rank', '8']);
+    expect(again.status, again.stderr).toBe(0);
+    expect(existsSync(join(out, 'report.json'))).toBe(true);
   }, 60_000);
 });
 

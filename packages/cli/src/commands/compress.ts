@@ -569,6 +569,8 @@ interface Ctx {
   json: boolean;
   log: (o: Record<string, unknown>) => void;
   t0: number;
+  /** Ctrl-C or SIGTERM: seen by every step, the final write and scoring included. */
+  signal: AbortSignal;
 }
 
 export async function compressCommand(a: Args): Promise<number> {
@@ -603,6 +605,10 @@ export async function compressCommand(a: Args): Promise<number> {
   ]);
   await checkOutDir(out, [modelDir]);
   if (queue) await checkRedisReachable(queue);
+  const pool = queue ? undefined : poolFor(threads); // a coordinator computes nothing itself
+  // Ctrl-C or SIGTERM stops the run from here on, the model's opening included: exit 130 (143), the committed work
+  // kept for a rerun to resume
+  const stop = onStopSignals();
   const ctx: Ctx = {
     modelDir,
     out,
@@ -610,12 +616,8 @@ export async function compressCommand(a: Args): Promise<number> {
     json,
     log: (o) => (json ? console.log(JSON.stringify(o)) : undefined),
     t0: performance.now(),
+    signal: stop.signal,
   };
-
-  const pool = queue ? undefined : poolFor(threads); // a coordinator computes nothing itself
-  // Ctrl-C or SIGTERM stops the run from here on, the model's opening included: exit 130 (143), the committed work
-  // kept for a rerun to resume
-  const stop = onStopSignals();
   const bar = progressFor('compress', json);
   const interrupted = () => reportInterruption(out, base.propagate, stop.exitCode());
   // the source is read one block at a time (the embedding stays): compressModel and the Hessian chunks enter and
@@ -935,18 +937,31 @@ export async function mergeCommand(a: Args): Promise<number> {
   const manifest = await readManifest(work);
   // the shards checked --out when they started; what was put there since must not be lost either
   await checkOutDir(out, [manifest.model]);
-  await assemble(
-    {
-      modelDir: manifest.model,
-      out,
-      seed: manifest.seed,
-      json,
-      log: (o) => (json ? console.log(JSON.stringify(o)) : undefined),
-      t0: performance.now(),
-    },
-    work,
-    manifest,
-  );
+  // Ctrl-C or SIGTERM: nothing written, the work directory kept for a rerun
+  const stop = onStopSignals();
+  try {
+    await assemble(
+      {
+        modelDir: manifest.model,
+        out,
+        seed: manifest.seed,
+        json,
+        log: (o) => (json ? console.log(JSON.stringify(o)) : undefined),
+        t0: performance.now(),
+        signal: stop.signal,
+      },
+      work,
+      manifest,
+    );
+  } catch (e) {
+    if (!stop.signal.aborted) throw e;
+    console.error(
+      `caldera merge: interrupted; the finished work is kept in ${work} — rerun caldera merge ${out}`,
+    );
+    return stop.exitCode();
+  } finally {
+    stop.dispose();
+  }
   return 0;
 }
 
@@ -1066,7 +1081,7 @@ export function calibrationRowsWarning(
 async function baselineOf(ctx: Ctx, s: RunSettings, cfg: ModelConfig): Promise<HeldOut> {
   const runner = await BlockLazyRunner.open(ctx.modelDir);
   try {
-    return await scoreHeldOut(ctx, runner, await heldOutOf(ctx.modelDir, s, cfg));
+    return await scoreHeldOut(ctx, runner, await heldOutOf(ctx.modelDir, s, cfg), ctx.signal);
   } finally {
     await runner.close();
   }
@@ -1131,13 +1146,17 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?:
   try {
     // what is at --out now is replaced only if it still is an earlier checkpoint (the run took a while)
     await checkOutDir(out, []);
-    await writeCheckpointDir(out, { meta, tensors, copyFiles: copy }, { overwrite: true });
+    await writeCheckpointDir(
+      out,
+      { meta, tensors, copyFiles: copy },
+      { overwrite: true, signal: ctx.signal },
+    );
   } finally {
     await source.close();
   }
 
   const compressed = await loadModel(out);
-  const after = await perplexity(compressed.model, heldOut, { context: evalCtx });
+  const after = await perplexity(compressed.model, heldOut, { context: evalCtx, signal: ctx.signal });
   // the source's storage as on disk
   const dtypes = [...sourceLinears.dtypes];
   const sourceDtype = dtypes.length === 1 ? dtypes[0]! : 'mixed';
@@ -1162,7 +1181,9 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?:
       seconds: r.seconds,
     })),
   };
-  await atomicWriteFile(join(out, 'report.json'), JSON.stringify(report, null, 2) + '\n');
+  await atomicWriteFile(join(out, 'report.json'), JSON.stringify(report, null, 2) + '\n', {
+    signal: ctx.signal,
+  });
   if (json) console.log(JSON.stringify({ event: 'report', ...report }));
   else {
     console.log(
