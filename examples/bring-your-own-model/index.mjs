@@ -4,32 +4,62 @@
 //   node index.mjs --reference --quick      (the embedded reference model instead: `npm run smoke`, run by hand; not in CI)
 // --quick: a fast, low-quality first try (4 calibration windows of 64 tokens, 1 outer / 1 inner iteration, 1024
 // tokens of perplexity) to check that the model loads and the pipeline runs before the real, long run.
+// Options take `--name value` or `--name=value`; any other option is refused (exit 2), not passed on to the CLI.
 /* global process, console */
 import { readFileSync } from 'node:fs';
 import { basename, resolve } from 'node:path';
 import { main } from '@caldera/cli';
 import { referenceModelDir } from '@caldera/reference-model';
 
-const args = process.argv.slice(2);
-const flag = (name, def) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : def;
+const USAGE =
+  'usage: node index.mjs <model-dir> [--data FILE] [--bits B] [--eval FILE] [--out DIR] [--prompt TEXT] [--quick]\n' +
+  '       node index.mjs --reference [--quick]   (the embedded reference model)\n' +
+  'Other options (--rank, --method, --threads, scale-out): call the CLI directly, `caldera compress --help`.';
+const usageError = (message) => {
+  console.error(message ? `${message}\n${USAGE}` : USAGE);
+  process.exit(2);
 };
-const booleans = new Set(['--quick', '--reference']);
-const positional = args.find(
-  (a, i) => !a.startsWith('--') && (i === 0 || !args[i - 1].startsWith('--') || booleans.has(args[i - 1])),
-);
-const reference = args.includes('--reference');
+// `--name value` or `--name=value` for these; the switches take no value; anything else is refused (not forwarded)
+const valueOptions = new Set(['data', 'bits', 'eval', 'out', 'prompt']);
+const switches = new Set(['quick', 'reference']);
+const options = new Map();
+const positionals = [];
+const args = process.argv.slice(2);
+for (let i = 0; i < args.length; i++) {
+  const a = args[i];
+  if (a === '--help' || a === '-h') usageError('');
+  if (!a.startsWith('-') || a === '-') {
+    positionals.push(a);
+    continue;
+  }
+  const eq = a.indexOf('=');
+  const name = a.startsWith('--') ? a.slice(2, eq < 0 ? undefined : eq) : '';
+  if (switches.has(name)) {
+    if (eq >= 0) usageError(`--${name} takes no value, got '${a.slice(eq + 1)}'`);
+    options.set(name, true);
+  } else if (valueOptions.has(name)) {
+    const value = eq >= 0 ? a.slice(eq + 1) : args[i + 1];
+    if (value === undefined || value === '' || (eq < 0 && value.startsWith('--')))
+      usageError(`--${name} needs a value`);
+    if (eq < 0) i++;
+    options.set(name, value);
+  } else usageError(`unknown option ${eq < 0 ? a : a.slice(0, eq)}`);
+}
+const flag = (name, def) => options.get(name) ?? def;
+if (positionals.length > 1)
+  usageError(`unexpected argument '${positionals[1]}' (one model directory at most)`);
+const positional = positionals[0];
+const reference = options.has('reference');
+if (positional && reference) usageError('give a model directory or --reference, not both');
 if (!positional && !reference) {
   console.error(
-    'usage: node index.mjs <model-dir> [--data FILE] [--bits B] [--eval FILE] [--out DIR] [--prompt TEXT] [--quick]\n' +
-      '       node index.mjs --reference [--quick]   (the embedded reference model)\n' +
-      'Download a model first, e.g.: huggingface-cli download HuggingFaceTB/SmolLM2-135M --local-dir smollm2',
+    USAGE +
+      '\nDownload a model first, e.g.: huggingface-cli download HuggingFaceTB/SmolLM2-135M --local-dir smollm2',
   );
   process.exit(2);
 }
 const modelDir = reference ? referenceModelDir() : resolve(positional);
-const quick = args.includes('--quick');
+const quick = options.has('quick');
 const bits = flag('bits', '2.4');
 const data = flag('data');
 const evalText = flag('eval');

@@ -4,13 +4,14 @@
 import { createHash } from 'node:crypto';
 import { copyFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
 
-const dist = new URL('./dist/', import.meta.url).pathname;
+const dist = fileURLToPath(new URL('./dist/', import.meta.url));
 await build({
   entryPoints: {
-    app: new URL('./src/main.ts', import.meta.url).pathname,
-    'cpu-worker': new URL('./src/cpu-worker.ts', import.meta.url).pathname,
+    app: fileURLToPath(new URL('./src/main.ts', import.meta.url)),
+    'cpu-worker': fileURLToPath(new URL('./src/cpu-worker.ts', import.meta.url)),
   },
   outdir: dist,
   bundle: true,
@@ -23,14 +24,16 @@ await build({
 await mkdir(dist, { recursive: true });
 await copyFile(new URL('./public/index.html', import.meta.url), join(dist, 'index.html'));
 
-// what the page needs offline: everything in dist/ but the worker itself, source maps and test artefacts
+// what the page needs offline: everything in dist/ but the worker itself, source maps, test artefacts and a
+// half-written model that an interrupted prepare.mjs left (.model-tmp-*)
 const files = [];
 const hash = createHash('sha256');
 for (const e of await readdir(dist, { recursive: true, withFileTypes: true })) {
   if (!e.isFile()) continue;
   const path = join(e.parentPath ?? e.path, e.name);
   const url = `/${relative(dist, path).split(sep).join('/')}`;
-  if (url === '/sw.js' || url.endsWith('.map') || url.endsWith('.png')) continue;
+  if (url === '/sw.js' || url.endsWith('.map') || url.endsWith('.png') || url.startsWith('/.model-tmp-'))
+    continue;
   const s = await stat(path);
   files.push(url);
   hash.update(`${url}:${s.size}:${s.mtimeMs}\n`);

@@ -7,10 +7,11 @@
 // load the checkpoint with runtime-node in a Web Worker, decode on a thread per core but one (the page is cross-origin
 // isolated), say so on its status line and give the same greedy tokens.
 // Prints 'skipped: …' and exits 0 when /usr/bin/chromium or playwright-core is missing.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { stopTokenIdsOf } from '@caldera/core';
 import { generate, loadModel, readJsonFile } from '@caldera/runtime-node';
 import { decodePng } from './png.mjs';
@@ -28,7 +29,7 @@ try {
   console.log('skipped: playwright-core is not installed');
   process.exit(0);
 }
-const here = new URL('.', import.meta.url).pathname;
+const here = fileURLToPath(new URL('.', import.meta.url));
 execFileSync(process.execPath, ['prepare.mjs'], { cwd: here, stdio: 'inherit' });
 execFileSync(process.execPath, ['build.mjs'], { cwd: here, stdio: 'inherit' });
 const server = staticServer();
@@ -84,8 +85,21 @@ async function referenceTokens(ids) {
   return ref;
 }
 try {
-  const page = await ctx.newPage();
   const url = `http://127.0.0.1:${server.address().port}/`;
+  // a malformed escape is the request's fault: 400, and the server keeps serving
+  check(
+    (await fetch(`${url}%`)).status === 400 && (await fetch(url)).ok,
+    'server: /% is a bad request (400), the server keeps serving',
+  );
+  const missing = spawnSync(process.execPath, ['prepare.mjs', join(here, 'no such model')], {
+    cwd: here,
+    encoding: 'utf8',
+  });
+  check(
+    missing.status === 1 && /no such model does not exist/.test(missing.stderr),
+    `prepare-model: a missing directory is refused by name (${missing.stderr.trim()})`,
+  );
+  const page = await ctx.newPage();
   await page.goto(url);
   await page.waitForFunction('(window.chatReady && window.offlineReady) || window.chatError', undefined, {
     timeout: 60_000,

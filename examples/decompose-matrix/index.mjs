@@ -8,15 +8,38 @@ import { createPool } from '@caldera/linalg';
 import { caldera } from '@caldera/lowrank';
 import { syntheticProblem } from './synthetic.mjs';
 
-const args = process.argv.slice(2);
-const opt = (name, def) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? Number(args[i + 1]) : def;
+const USAGE = 'usage: node index.mjs [--m 512] [--n 512] [--seed 0] [--json]';
+const usageError = (message) => {
+  console.error(message ? `${message}\n${USAGE}` : USAGE);
+  process.exit(2);
 };
-const m = opt('m', 512);
-const n = opt('n', 512);
-const seed = opt('seed', 0);
-const json = args.includes('--json');
+// `--name value` or `--name=value`; the largest rank in the table (64) needs m, n ≥ 64
+const rules = {
+  m: { min: 64, max: Infinity, what: 'an integer ≥ 64 (the largest rank compared is 64)' },
+  n: { min: 64, max: Infinity, what: 'an integer ≥ 64 (the largest rank compared is 64)' },
+  seed: { min: 0, max: 0xffffffff, what: 'an integer in [0, 4294967295]' },
+};
+const values = {};
+let json = false;
+const args = process.argv.slice(2);
+for (let i = 0; i < args.length; i++) {
+  const a = args[i];
+  if (a === '--help' || a === '-h') usageError('');
+  const eq = a.indexOf('=');
+  const name = a.startsWith('--') ? a.slice(2, eq < 0 ? undefined : eq) : undefined;
+  if (name === 'json') {
+    if (eq >= 0) usageError(`--json takes no value, got '${a.slice(eq + 1)}'`);
+    json = true;
+  } else if (name !== undefined && Object.hasOwn(rules, name)) {
+    const text = eq < 0 ? args[++i] : a.slice(eq + 1);
+    const v = Number(text);
+    const { min, max, what } = rules[name];
+    if (text === undefined || text.trim() === '' || !Number.isSafeInteger(v) || v < min || v > max)
+      usageError(`--${name} must be ${what}, got ${text === undefined ? 'nothing' : `'${text}'`}`);
+    values[name] = v;
+  } else usageError(name === undefined ? `unexpected argument '${a}'` : `unknown option ${a}`);
+}
+const { m = 512, n = 512, seed = 0 } = values;
 
 const pool = createPool({ threads: 2 });
 const { W, H, N } = syntheticProblem(m, n, seed, pool);

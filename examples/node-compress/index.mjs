@@ -1,13 +1,34 @@
 // Compress the embedded reference model (no arguments) through the same entry point as `caldera compress`,
 // then print the report it wrote. Pass a Hugging Face model directory as the first argument to compress your own.
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { statSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { main } from '@caldera/cli';
 
-const out = join(process.cwd(), 'caldera-out', 'example-node-compress');
-const code = await main(['compress', ...process.argv.slice(2), '--out', out]);
+const args = process.argv.slice(2);
+/** The last `--out DIR` / `--out=DIR` before `--` (as the CLI reads it), or undefined. */
+function givenOut(argv) {
+  let dir;
+  for (let i = 0; i < argv.length && argv[i] !== '--'; i++) {
+    if (argv[i].startsWith('--out=')) dir = argv[i].slice('--out='.length);
+    else if (argv[i] === '--out' && i + 1 < argv.length && !argv[i + 1].startsWith('--')) dir = argv[++i];
+  }
+  return dir;
+}
+const userOut = givenOut(args);
+const out = resolve(userOut ?? join('caldera-out', 'example-node-compress'));
+const reportFile = join(out, 'report.json');
+// the report's identity before the run: --help, --plan-only, --shard … return 0 without writing one, and a report
+// left by an earlier run must not be printed as this run's
+const stamp = () => {
+  const s = statSync(reportFile, { throwIfNoEntry: false });
+  return s ? `${s.ino}:${s.mtimeMs}:${s.ctimeMs}:${s.size}` : null;
+};
+const before = stamp();
+const code = await main(['compress', ...args, ...(userOut === undefined ? ['--out', out] : [])]);
 if (code !== 0) process.exit(code);
-const report = JSON.parse(readFileSync(join(out, 'report.json'), 'utf8'));
+const after = stamp();
+if (after === null || after === before) process.exit(0); // no checkpoint written by this run: nothing to report
+const report = JSON.parse(readFileSync(reportFile, 'utf8'));
 console.log(
   `\n${report.method}: ${report.bitsPerWeight.toFixed(3)} bits/weight, perplexity ${report.perplexity.original.toFixed(2)} → ${report.perplexity.compressed.toFixed(2)}, ${report.seconds.toFixed(0)} s`,
 );

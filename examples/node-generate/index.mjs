@@ -1,23 +1,58 @@
 // Stream a greedy continuation from a model directory (default: the embedded reference model), using the runtime API
 // directly: loadModel → tokenizer → generate (an async iterator of token ids). Each token's products run on two
 // threads (a decode pool: the rows of the larger layers split over them; the tokens are the same as on one).
+//   node index.mjs [model-dir] [prompt]
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
 import { referenceModelDir } from '@caldera/reference-model';
-import { createDecodePool, generate, loadModel, loadTokenizer } from '@caldera/runtime-node';
+import { createDecodePool, generate, loadModel, loadTokenizer, readJsonFile } from '@caldera/runtime-node';
 
-const dir = process.argv[2] ?? referenceModelDir();
-const prompt = process.argv[3] ?? 'The jury said';
-const decodePool = await createDecodePool({ threads: 2 });
-const { model, config } = await loadModel(dir, { decodePool });
-const tok = await loadTokenizer(dir);
-const ids = [config.bosTokenId ?? 0, ...tok.encode(prompt)];
-process.stdout.write(prompt);
-const out = [];
-let shown = '';
-for await (const id of generate(model, ids, { maxTokens: 40 })) {
-  out.push(id);
-  const text = tok.decode(out);
-  process.stdout.write(text.slice(shown.length));
-  shown = text;
+const args = process.argv.slice(2);
+const usage = (why) => {
+  console.error(
+    `${why ? `${why}\n` : ''}usage: node index.mjs [model-dir] [prompt]   (default: the reference model)`,
+  );
+  process.exit(2);
+};
+if (args.includes('--help') || args.includes('-h')) usage();
+if (args.length > 2) usage(`unexpected argument '${args[2]}' (quote a prompt of several words)`);
+if (args[0] !== undefined && !statSync(args[0], { throwIfNoEntry: false })?.isDirectory())
+  usage(`${args[0]} is not a model directory`);
+const dir = args[0] ?? referenceModelDir();
+const prompt = args[1] ?? 'The jury said';
+
+/** The ids generation stops at, as `caldera generate`: config.json's and generation_config.json's eos_token_id. */
+async function stopTokenIds(config) {
+  const file = join(dir, 'generation_config.json');
+  const eos = ((await readJsonFile(file, { optional: true })) ?? {}).eos_token_id ?? [];
+  const ids = Array.isArray(eos) ? eos : [eos];
+  if (!ids.every((id) => Number.isSafeInteger(id) && id >= 0))
+    throw new Error(`${file}: eos_token_id is not a token id or a list of token ids`);
+  return [...new Set([...config.eosTokenIds, ...ids])];
 }
-process.stdout.write('\n');
-decodePool.dispose();
+
+const decodePool = await createDecodePool({ threads: 2 });
+try {
+  const { model, config } = await loadModel(dir, { decodePool });
+  const tok = await loadTokenizer(dir);
+  const stopTokens = await stopTokenIds(config);
+  // BOS first when the model has one (as `caldera generate`)
+  const ids = [...(config.bosTokenId === null ? [] : [config.bosTokenId]), ...tok.encode(prompt)];
+  if (ids.length === 0) usage('the prompt is empty');
+  process.stdout.write(prompt);
+  const out = [];
+  let printed = '';
+  for await (const id of generate(model, ids, { maxTokens: 40, stopTokens })) {
+    out.push(id);
+    // a character whose bytes are split over tokens decodes to U+FFFD until its last byte: hold those back
+    const stable = tok.decode(out).replace(/\uFFFD+$/u, '');
+    if (stable.length > printed.length) {
+      process.stdout.write(stable.slice(printed.length));
+      printed = stable;
+    }
+  }
+  // the end: what is still held back is what the model produced
+  process.stdout.write(`${tok.decode(out).slice(printed.length)}\n`);
+} finally {
+  decodePool.dispose();
+}
