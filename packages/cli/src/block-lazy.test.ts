@@ -186,5 +186,12 @@ describe('compress with the source held one block at a time (BlockLazyRunner)', 
     expect(readdirSync(chunks).sort()).toEqual(files);
     files.forEach((f, i) => expect(readFileSync(join(chunks, f)).equals(before[i]!), f).toBe(true));
     expect(await runTask({ kind: 'hessian', work, index: 0, label: 'hessian 0' })).toBe('cached');
+    // a worker that sees another model at the plan's path: refused, where it computed wrong Hessians without an error
+    await writeTinyModel(join(tmp, 'task'), { dtype: 'bf16', layers: 3, seed: 27 });
+    rmSync(join(chunks, files[0]!));
+    await expect(runTask({ kind: 'hessian', work, index: 0, label: 'hessian 0' })).rejects.toThrow(
+      /E_FORMAT: hessian 0: the model at .*task is not the one the plan was made from/,
+    );
+    expect(existsSync(join(chunks, files[0]!))).toBe(false);
   }, 120_000);
 });

@@ -139,7 +139,7 @@ Options:
   --threads N          linear-algebra threads per job, 1 … 256 (default 1: one worker process per core scales best)
   --concurrency N      jobs at a time in this process (default 1)
   --lock-seconds S     BullMQ job lock; a dead worker's job is retried about S seconds after it died (default 30)
-  --json               JSON lines on stdout (events: ready, job-start, job-done, job-failed, stopped)`;
+  --json               JSON lines on stdout (events: ready, job-start, job-done, job-failed, job-returned, stopped)`;
 
 type Method = 'caldera' | 'ldlq' | 'rtn' | 'lplr';
 /** Bits per entry of L and R. */

@@ -2,6 +2,7 @@ import { CalderaError } from '@caldera/core';
 import {
   executeMatrixJob,
   hasHessianChunk,
+  hashModelTensors,
   readHessianPlan,
   readManifest,
   runHessianChunks,
@@ -25,6 +26,15 @@ export async function runTask(
   if (task.kind === 'hessian') {
     const plan = await readHessianPlan(task.work);
     if (await hasHessianChunk(task.work, plan, task.index)) return 'cached';
+    // the model this worker sees must be the one the plan hashed (a matrix job checks its weight alike): another one
+    // would give wrong Hessians and a wrong checkpoint without an error. One more read of the model per chunk.
+    const seen = await hashModelTensors(plan.model, signal ? { signal } : {});
+    if (seen.sha256 !== plan.modelSha256)
+      throw new CalderaError(
+        'E_FORMAT',
+        `${task.label}: the model at ${plan.model} is not the one the plan was made from (its tensors' sha256 ` +
+          `${seen.sha256.slice(0, 12)}…, the plan's ${plan.modelSha256.slice(0, 12)}…); give every worker the same model`,
+      );
     // the source one block at a time (runHessianChunks enters and leaves each), not the whole model
     const runner = await BlockLazyRunner.open(plan.model, {
       ...(pool ? { pool } : {}),
