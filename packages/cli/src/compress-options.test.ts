@@ -7,7 +7,7 @@ import { loadModel, perplexity } from '@caldera/runtime-node';
 import { main } from './cli.js';
 import { loadModelShowing } from './commands/common.js';
 import { calibrationRowsWarning, compressProgressLabel } from './commands/compress.js';
-import { fastCompressSetup, runCli, runUntil } from './test-cli.js';
+import { fastCompressSetup, runCli, runUntil, sigintWhenEntry } from './test-cli.js';
 import { writeTinyModel } from './test-models.js';
 
 const { tmp, fast, heldOut, rtn: RTN } = fastCompressSetup('caldera-compress-options-');
@@ -201,14 +201,9 @@ describe('caldera compress: Ctrl-C while the model loads', () => {
     const { dir: src } = await writeTinyModel(join(tmp, 'sigint-write'), { seed: 16 });
     const out = join(tmp, 'sigint-write-out');
     // as soon as the checkpoint's temporary directory appears (every block is done), a Ctrl-C
-    const timer = setInterval(() => {
-      if (readdirSync(tmp).some((f) => f.startsWith('sigint-write-out.tmp-'))) {
-        clearInterval(timer);
-        process.emit('SIGINT');
-      }
-    }, 0);
+    const stopWatching = sigintWhenEntry(tmp, 'sigint-write-out.tmp-');
     const code = await main(['compress', src, '--out', out, ...FAST, '--rank', '8']);
-    clearInterval(timer);
+    stopWatching();
     expect(code).toBe(130); // it was 0: the write and the scoring after it took no signal
     expect(errors.join('\n')).toMatch(
       /caldera compress: interrupted; \d+ compressed blocks kept in .*sigint-write-out\.partial/,

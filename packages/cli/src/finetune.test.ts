@@ -13,7 +13,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openSafetensors } from '@caldera/core';
 import { loadModel } from '@caldera/runtime-node';
-import { inProcessCli, runCli, runUntil } from './test-cli.js';
+import { inProcessCli, runCli, runUntil, sigintWhenEntry } from './test-cli.js';
 
 const run = (args: string[]) => runCli(args, 300_000);
 
@@ -300,14 +300,9 @@ describe('caldera train and finetune, interrupted while they write the model', (
     const out = join(dir, 'model');
     const before = process.listenerCount('SIGINT');
     // as soon as the temporary model directory appears (the training is over), a Ctrl-C
-    const timer = setInterval(() => {
-      if (readdirSync(dir).some((f) => f.startsWith('model.tmp-'))) {
-        clearInterval(timer);
-        process.emit('SIGINT');
-      }
-    }, 0);
+    const stopWatching = sigintWhenEntry(dir, 'model.tmp-');
     const r = await cli('train', '--out', out, ...args);
-    clearInterval(timer);
+    stopWatching();
     expect(r.code, r.stderr).toBe(130);
     expect(r.stderr).toMatch(
       /caldera train: interrupted while writing .*model; rerun the same command to write it/,
@@ -339,14 +334,9 @@ describe('caldera train and finetune, interrupted while they write the model', (
     const whole = join(dir, 'whole');
     expect((await cli('finetune', ckpt, '--out', whole, ...args)).code).toBe(0);
     const out = join(dir, 'tuned');
-    const timer = setInterval(() => {
-      if (readdirSync(dir).some((f) => f.startsWith('tuned.tmp-'))) {
-        clearInterval(timer);
-        process.emit('SIGINT');
-      }
-    }, 0);
+    const stopWatching = sigintWhenEntry(dir, 'tuned.tmp-');
     const r = await cli('finetune', ckpt, '--out', out, ...args);
-    clearInterval(timer);
+    stopWatching();
     expect(r.code, r.stderr).toBe(130);
     expect(r.stderr).toMatch(
       /caldera finetune: interrupted while writing .*tuned; state saved in .*tuned\.partial/,

@@ -3,7 +3,7 @@
  * until a file appears and then with a signal (an interruption at a known point of a run).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -42,6 +42,20 @@ export function runUntil(
       resolve(code);
     });
   });
+}
+
+/**
+ * Emit SIGINT in this process (an in-process `main` run) as soon as an entry of `dir` starts with `prefix`, such as
+ * the temporary directory of a write; returns the function that stops watching.
+ */
+export function sigintWhenEntry(dir: string, prefix: string): () => void {
+  const timer = setInterval(() => {
+    if (readdirSync(dir).some((f) => f.startsWith(prefix))) {
+      clearInterval(timer);
+      process.emit('SIGINT');
+    }
+  }, 0);
+  return () => clearInterval(timer);
 }
 
 /**
