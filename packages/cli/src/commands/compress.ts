@@ -138,7 +138,7 @@ Options:
   --queue-name NAME    BullMQ queue name (default caldera)
   --threads N          linear-algebra threads per job, 1 … 256 (default 1: one worker process per core scales best)
   --concurrency N      jobs at a time in this process (default 1)
-  --lock-seconds S     BullMQ job lock; a dead worker's job is retried about S seconds after it died (default 30)
+  --lock-seconds S     BullMQ job lock; a dead worker's job is retried within about 2×S seconds of its death (default 30)
   --json               JSON lines on stdout (events: ready, job-start, job-done, job-failed, job-returned, stopped)`;
 
 type Method = 'caldera' | 'ldlq' | 'rtn' | 'lplr';
@@ -1105,6 +1105,7 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?:
   const replaced = new Set(results.map((r) => `${r.name}.weight`));
   const source = await openSafetensorsDir(modelDir);
   const sourceLinears = { bytes: 0, params: 0, dtypes: new Set<string>() };
+  let meta: CalderaCheckpointMeta;
   try {
     for (const name of source.names()) {
       const info = await source.tensorInfo(name);
@@ -1126,24 +1127,19 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?:
         },
       };
     }
-  } catch (e) {
-    await source.close();
-    throw e;
-  }
-  const layerMeta: CalderaCheckpointMeta['layers'] = {};
-  for (const r of results) {
-    Object.assign(tensors, r.replacement.tensors);
-    layerMeta[r.name] = r.replacement.meta;
-  }
-  // the headline: each layer's paper bits (its result's bitsPerWeight) weighted by m·n
-  const meta = calderaCheckpointMeta(layerMeta, {
-    method: s.method,
-    options: { ...usedSettings(s), ...bitsRecord(s), ranks: s.ranks },
-    seed,
-  });
-  // the source's configuration and side files (tokenizer, chat template, generation settings), when it has them
-  const copy = await modelSideFiles(modelDir, true);
-  try {
+    const layerMeta: CalderaCheckpointMeta['layers'] = {};
+    for (const r of results) {
+      Object.assign(tensors, r.replacement.tensors);
+      layerMeta[r.name] = r.replacement.meta;
+    }
+    // the headline: each layer's paper bits (its result's bitsPerWeight) weighted by m·n
+    meta = calderaCheckpointMeta(layerMeta, {
+      method: s.method,
+      options: { ...usedSettings(s), ...bitsRecord(s), ranks: s.ranks },
+      seed,
+    });
+    // the source's configuration and side files (tokenizer, chat template, generation settings), when it has them
+    const copy = await modelSideFiles(modelDir, true);
     // what is at --out now is replaced only if it still is an earlier checkpoint (the run took a while)
     await checkOutDir(out, []);
     await writeCheckpointDir(

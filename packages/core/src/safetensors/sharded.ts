@@ -119,10 +119,13 @@ export class ShardedSafetensorsReader implements TensorStore {
     return (await this.shardFor(name)).readRaw(name);
   }
 
+  /** Closes every shard opened so far, the others too when one fails to close (the first error is thrown). */
   async close(): Promise<void> {
     const all = [...this.shards.values()];
     this.shards.clear();
-    for (const p of all) await (await p.catch(() => null))?.close();
+    const closed = await Promise.allSettled(all.map(async (p) => (await p.catch(() => null))?.close()));
+    const failed = closed.find((c): c is PromiseRejectedResult => c.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 }
 

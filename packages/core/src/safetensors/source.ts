@@ -123,12 +123,19 @@ export async function openFileSource(path: string, what = 'file'): Promise<ByteS
       cause: e,
     });
   }
-  // POSIX opens a directory for reading; its first read would fail with EISDIR ("read failed at byte 0")
-  if ((await fh.stat()).isDirectory()) {
-    await fh.close();
-    throw isDirectory();
+  // from here the handle is closed on every failure (it was left to the garbage collector when a stat failed)
+  try {
+    // POSIX opens a directory for reading; its first read would fail with EISDIR ("read failed at byte 0")
+    if ((await fh.stat()).isDirectory()) throw isDirectory();
+    return await fileHandleSource(fh as unknown as FileHandleLike, path);
+  } catch (e) {
+    await fh.close().catch(() => undefined);
+    throw e instanceof CalderaError
+      ? e
+      : new CalderaError('E_IO', `${path}: cannot stat (${(e as { code?: string }).code ?? e})`, {
+          cause: e,
+        });
   }
-  return fileHandleSource(fh as unknown as FileHandleLike, path);
 }
 
 /**
