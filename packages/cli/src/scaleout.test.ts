@@ -185,24 +185,27 @@ describe.skipIf(!hasRedis)(
       return Promise.all(ws.map((w) => w.done));
     };
 
-    beforeAll(async () => {
+    /** A redis-server on a free loopback port, without persistence, once it accepts connections. */
+    const startRedis = async (): Promise<{ server: ChildProcess; url: string }> => {
       const port = await freePort();
-      url = `redis://127.0.0.1:${port}`;
-      redis = spawn(
+      const server = spawn(
         'redis-server',
         ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
-        {
-          stdio: ['ignore', 'pipe', 'inherit'],
-        },
+        { stdio: ['ignore', 'pipe', 'inherit'] },
       );
       await new Promise<void>((resolve, reject) => {
         let text = '';
-        redis!.stdout!.on('data', (d) => {
+        server.stdout!.on('data', (d) => {
           text += d;
           if (text.includes('Ready to accept connections')) resolve();
         });
-        redis!.once('exit', (c) => reject(new Error(`redis-server exited with ${c}: ${text}`)));
+        server.once('exit', (c) => reject(new Error(`redis-server exited with ${c}: ${text}`)));
       });
+      return { server, url: `redis://127.0.0.1:${port}` };
+    };
+
+    beforeAll(async () => {
+      ({ server: redis, url } = await startRedis());
       if (!existsSync(join(single, 'model.safetensors'))) {
         const r = await cli(['compress', '--out', single, ...SMALL]);
         expect(r.status, r.stderr).toBe(0);
@@ -309,6 +312,44 @@ describe.skipIf(!hasRedis)(
       expect(waiting()).toBe(0);
       expect(existsSync(out)).toBe(false);
     });
+
+    it('Redis losing its data mid-run (a flush): vanished jobs are put back, and the run gives the same bytes', async () => {
+      const out = join(dir, 'flushed');
+      const coord = start(['compress', '--out', out, ...SMALL, '--queue', url, '--queue-name', 'flush-test']);
+      while (!events(coord.out()).some((e) => e.event === 'enqueued'))
+        await new Promise((r) => setTimeout(r, 20));
+      const port = new URL(url).port;
+      expect(spawnSync('redis-cli', ['-p', port, 'flushdb'], { encoding: 'utf8' }).stdout.trim()).toBe('OK');
+      worker(['--queue-name', 'flush-test']);
+      const c = await coord.done;
+      // before: "E_DEVICE: 4 of 4 jobs failed after 3 attempts; … the job vanished from the queue"
+      expect(c.status, c.stderr).toBe(0);
+      expect(events(c.stdout).filter((e) => e.event === 'job-requeued').length).toBe(4);
+      same(out, single);
+      await stopWorkers();
+    }, 120_000);
+
+    it('with Redis gone, SIGINT still stops a coordinator (130) and a worker (0) within seconds', async () => {
+      const gone = await startRedis();
+      const coord = start(['compress', '--out', join(dir, 'gone'), ...SMALL, '--queue', gone.url]);
+      const w = start(['worker', '--queue', gone.url, '--json', '--queue-name', 'nobody']);
+      while (
+        !events(coord.out()).some((e) => e.event === 'enqueued') ||
+        !events(w.out()).some((e) => e.event === 'ready')
+      )
+        await new Promise((r) => setTimeout(r, 20));
+      gone.server.kill('SIGKILL');
+      await new Promise((r) => setTimeout(r, 1500)); // the coordinator polls, the worker waits for jobs: both stuck
+      const t0 = performance.now();
+      coord.p.kill('SIGINT');
+      w.p.kill('SIGINT');
+      const [c, d] = await Promise.all([coord.done, w.done]);
+      // before: both waited for Redis to come back (minutes, or for ever)
+      expect(performance.now() - t0).toBeLessThan(30_000);
+      expect(c.status, c.stderr).toBe(130);
+      expect(c.stderr).toMatch(/caldera compress: interrupted/);
+      expect(d.status, d.stderr).toBe(0);
+    }, 120_000);
 
     it('a poisoned job fails with a clear CalderaError in the coordinator; the other results are kept and reused', async () => {
       const out = join(dir, 'poisoned');

@@ -4,7 +4,7 @@ import { Queue, Worker } from 'bullmq';
 import { CalderaError, type CalderaErrorCode } from '@caldera/core';
 import { flagNumber, flagString, POSITIVE_INT, THREADS, type Args } from '../args.js';
 import { redisConnection } from './redis.js';
-import type { QueueTask } from './task.js';
+import { hasTaskOutput, type QueueTask } from './task.js';
 
 export type { QueueTask } from './task.js';
 export { redisConnection } from './redis.js';
@@ -46,6 +46,33 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/**
+ * `p`, or (resolving to undefined) the abort of `signal`, whichever comes first: a Redis command waits for as long as
+ * Redis is away, and an interrupted run must not wait with it. A rejection of `p` after the abort is dropped.
+ */
+function untilAborted<T>(p: Promise<T>, signal?: AbortSignal): Promise<T | undefined> {
+  if (!signal) return p;
+  p.catch(() => undefined);
+  return new Promise<T | undefined>((resolve, reject) => {
+    const onAbort = () => resolve(undefined);
+    if (signal.aborted) return onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e instanceof Error ? e : new Error(String(e)));
+      },
+    );
+  });
+}
+
+/** How often a job that vanished from the queue (a Redis restart without its data, a flush) is put back. */
+const REQUEUES = 3;
+
 /** `p`, or `E_IO` with the message `what()` (read then: it may name the last error seen) once `ms` have passed. */
 async function within<T>(p: Promise<T>, ms: number, what: () => string): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -81,6 +108,12 @@ export async function runOnQueue(
   const name = flagString(a, 'queue-name', 'caldera')!;
   const attempts = flagNumber(a, 'attempts', 3, POSITIVE_INT);
   const queue = new Queue(name, { connection: redisConnection(url) });
+  const jobOptions = {
+    attempts,
+    backoff: { type: 'fixed' as const, delay: 500 },
+    removeOnComplete: false,
+    removeOnFail: false,
+  };
   let lastError = '';
   queue.on('error', (e) => {
     lastError = e.message;
@@ -100,48 +133,64 @@ export async function runOnQueue(
       }
     }
     await queue.addBulk(
-      tasks.map((t, i) => ({
-        name: t.kind,
-        data: t,
-        opts: {
-          jobId: ids[i]!,
-          attempts,
-          backoff: { type: 'fixed', delay: 500 },
-          removeOnComplete: false,
-          removeOnFail: false,
-        },
-      })),
+      tasks.map((t, i) => ({ name: t.kind, data: t, opts: { ...jobOptions, jobId: ids[i]! } })),
     );
     opts.log?.({ event: 'enqueued', queue: name, jobs: tasks.length });
     const pending = new Map(ids.map((id, i) => [id, tasks[i]!]));
     const failed: { task: QueueTask; reason: string }[] = [];
-    while (pending.size > 0) {
-      if (opts.signal?.aborted) {
-        for (const id of pending.keys()) {
-          const j = await queue.getJob(id);
-          const state = j ? await j.getState() : 'unknown';
-          if (j && (state === 'waiting' || state === 'delayed' || state === 'prioritized'))
-            await j.remove().catch(() => undefined);
-        }
-        throw new CalderaError('E_ABORTED', `queue run was aborted (${pending.size} jobs unfinished)`);
-      }
+    const requeued = new Map<string, number>();
+    const poll = async () => {
       for (const [id, task] of [...pending]) {
         const j = await queue.getJob(id);
         const state = j ? await j.getState() : 'unknown';
         if (state === 'completed') pending.delete(id);
-        else if (state === 'failed' || !j) {
+        else if (state === 'failed') {
           pending.delete(id);
-          failed.push({ task, reason: j ? j.failedReason : 'the job vanished from the queue' });
-          opts.log?.({ event: 'job-failed', label: task.label, reason: j?.failedReason });
+          failed.push({ task, reason: j!.failedReason });
+          opts.log?.({ event: 'job-failed', label: task.label, reason: j!.failedReason });
+        } else if (!j) {
+          // gone from the queue (Redis restarted without its data, a flush, another coordinator's cleanup): done if
+          // its output is on disk, else put back
+          if (await hasTaskOutput(task)) pending.delete(id);
+          else if ((requeued.get(id) ?? 0) >= REQUEUES) {
+            pending.delete(id);
+            const reason = `the job vanished from the queue ${REQUEUES + 1} times (is Redis losing its data?)`;
+            failed.push({ task, reason });
+            opts.log?.({ event: 'job-failed', label: task.label, reason });
+          } else {
+            requeued.set(id, (requeued.get(id) ?? 0) + 1);
+            await queue.add(task.kind, task, { ...jobOptions, jobId: id });
+            opts.log?.({ event: 'job-requeued', label: task.label });
+          }
         }
       }
+    };
+    while (pending.size > 0) {
+      if (opts.signal?.aborted) {
+        // withdraw the jobs no worker has started, as far as Redis answers within 5 s
+        const withdraw = async () => {
+          for (const id of pending.keys()) {
+            const j = await queue.getJob(id);
+            const state = j ? await j.getState() : 'unknown';
+            if (j && (state === 'waiting' || state === 'delayed' || state === 'prioritized'))
+              await j.remove().catch(() => undefined);
+          }
+        };
+        await within(withdraw(), 5000, () => 'withdrawing the jobs').catch(() => undefined);
+        throw new CalderaError('E_ABORTED', `queue run was aborted (${pending.size} jobs unfinished)`);
+      }
+      await untilAborted(poll(), opts.signal);
+      if (opts.signal?.aborted) continue;
       opts.onProgress?.(tasks.length - pending.size, tasks.length);
       if (pending.size > 0) await sleep(250, opts.signal);
     }
-    for (const id of ids) {
-      const j = await queue.getJob(id);
-      if (j && (await j.getState()) === 'completed') await j.remove().catch(() => undefined);
-    }
+    const cleanup = async () => {
+      for (const id of ids) {
+        const j = await queue.getJob(id);
+        if (j && (await j.getState()) === 'completed') await j.remove().catch(() => undefined);
+      }
+    };
+    await within(cleanup(), 5000, () => 'removing the completed jobs').catch(() => undefined);
     if (failed.length > 0) {
       const first = errorFrom(failed[0]!.reason, 'E_DEVICE');
       throw new CalderaError(
@@ -153,7 +202,9 @@ export async function runOnQueue(
       );
     }
   } finally {
-    await within(queue.close(), 5000, () => 'closing the queue').catch(() => queue.disconnect());
+    await within(queue.close(), 5000, () => 'closing the queue').catch(() =>
+      within(queue.disconnect(), 2000, () => 'disconnecting').catch(() => undefined),
+    );
   }
 }
 
@@ -287,7 +338,8 @@ export async function workerCommand(a: Args): Promise<number> {
       concurrency,
       lockDuration: lockMs,
       stalledInterval: lockMs,
-      maxStalledCount: 1,
+      // a job whose worker died is taken over this many times (the default --attempts) before it fails
+      maxStalledCount: 3,
     },
   );
   worker.on('error', (e) => {
@@ -315,7 +367,10 @@ export async function workerCommand(a: Args): Promise<number> {
     process.off('SIGINT', shutdown);
     process.off('SIGTERM', shutdown);
     shutdown();
-    await within(closing!, 10_000, () => 'closing the worker').catch(() => worker.disconnect());
+    // (with Redis away, close() and disconnect() may never settle: the command exits after these bounds all the same)
+    await within(closing!, 10_000, () => 'closing the worker').catch(() =>
+      within(worker.disconnect(), 2000, () => 'disconnecting').catch(() => undefined),
+    );
     await Promise.all(all.map((t) => t.dispose()));
   }
   log({ event: 'stopped' }); // only a clean stop: an error (Redis unreachable) is the one thing printed

@@ -3,6 +3,7 @@ import {
   executeMatrixJob,
   hasHessianChunk,
   hashModelTensors,
+  hasJobResult,
   readHessianPlan,
   readManifest,
   runHessianChunks,
@@ -61,4 +62,12 @@ export async function runTask(
     ...(pool ? { pool } : {}),
     ...(signal ? { signal } : {}),
   });
+}
+
+/** Whether a task's output is on disk in its work directory already (a job that left the queue may have finished). */
+export async function hasTaskOutput(task: QueueTask): Promise<boolean> {
+  if (task.kind === 'hessian')
+    return hasHessianChunk(task.work, await readHessianPlan(task.work), task.index);
+  const job = (await readManifest(task.work)).jobs.find((j) => j.id === task.id);
+  return job !== undefined && hasJobResult(task.work, job);
 }
