@@ -4,7 +4,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isCalderaError } from '@caldera/core';
-import { checkRedisReachable } from './commands/redis.js';
+import { checkRedisReachable, redisConnection, shownRedisUrl } from './commands/redis.js';
 import { runCli } from './test-cli.js';
 
 /** A TCP server on a free port of 127.0.0.1 that answers every connection with `reply` (or never, for null). */
@@ -26,6 +26,30 @@ async function server(reply: string | null): Promise<{ url: string; close: () =>
       }),
   };
 }
+
+describe('redisConnection and shownRedisUrl', () => {
+  it('takes the database number from the path, an integer in [0, 15], and refuses any other (db 0 was used)', () => {
+    expect(redisConnection('redis://h:1')).toMatchObject({ host: 'h', port: 1, db: 0 });
+    expect(redisConnection('redis://h:1/')).toMatchObject({ db: 0 });
+    expect(redisConnection('redis://h:1/15')).toMatchObject({ db: 15 });
+    for (const path of ['abc', '99', '1.5', '-1'])
+      expect(() => redisConnection(`redis://:pw@h:1/${path}`)).toThrow(
+        `E_VALUE: --queue redis://:***@h:1/${path}: the database number after the port must be an integer in [0, 15], got '${path}'`,
+      );
+  });
+
+  it('shows a URL with its password masked, in every message that names it', async () => {
+    expect(shownRedisUrl('redis://user:secret@h:1/2')).toBe('redis://user:***@h:1/2');
+    expect(shownRedisUrl('redis://:secret@h:1')).toBe('redis://:***@h:1');
+    expect(shownRedisUrl('redis://h:1')).toBe('redis://h:1');
+    expect(() => redisConnection('http://:secret@h:1')).toThrow("got 'http://:***@h:1/'");
+    const e = await checkRedisReachable('redis://:secret@127.0.0.1:1').catch((x: unknown) => x);
+    expect((e as Error).message).toMatch(
+      /cannot reach Redis at redis:\/\/:\*\*\*@127\.0\.0\.1:1 \(ECONNREFUSED\)/,
+    );
+    expect((e as Error).message).not.toContain('secret');
+  });
+});
 
 describe('checkRedisReachable', () => {
   const open: (() => Promise<void>)[] = [];

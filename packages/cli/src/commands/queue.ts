@@ -3,7 +3,7 @@ import { Worker as Thread } from 'node:worker_threads';
 import { Queue, Worker } from 'bullmq';
 import { CalderaError, type CalderaErrorCode } from '@caldera/core';
 import { flagNumber, flagString, POSITIVE_INT, THREADS, type Args } from '../args.js';
-import { redisConnection } from './redis.js';
+import { redisConnection, shownRedisUrl } from './redis.js';
 import { hasTaskOutput, type QueueTask } from './task.js';
 
 export type { QueueTask } from './task.js';
@@ -122,7 +122,7 @@ export async function runOnQueue(
     await within(
       queue.client.then((c) => c.ping()),
       10_000,
-      () => `cannot reach Redis at ${url}${lastError ? ` (${lastError})` : ''}`,
+      () => `cannot reach Redis at ${shownRedisUrl(url)}${lastError ? ` (${lastError})` : ''}`,
     );
     const ids = tasks.map(jobIdOf);
     for (const id of ids) {
@@ -358,7 +358,7 @@ export async function workerCommand(a: Args): Promise<number> {
     await within(
       worker.waitUntilReady().then((c) => c.ping()),
       10_000,
-      () => `cannot reach Redis at ${url}${lastError ? ` (${lastError})` : ''}`,
+      () => `cannot reach Redis at ${shownRedisUrl(url)}${lastError ? ` (${lastError})` : ''}`,
     );
     log({ event: 'ready', queue: name, threads, concurrency });
     if (!stop.signal.aborted)

@@ -2,23 +2,45 @@ import { connect } from 'node:net';
 import type { ConnectionOptions } from 'bullmq';
 import { CalderaError } from '@caldera/core';
 
-/** Connection options of a redis:// URL (no extra dependency: BullMQ passes them to its Redis client). */
+/** A redis:// URL as messages show it: its password, if any, replaced by `***` (messages end up in logs). */
+export function shownRedisUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (!u.password) return url;
+    u.password = '***';
+    return u.toString();
+  } catch {
+    return url.replace(/\/\/([^/@]*):[^/@]*@/, '//$1:***@');
+  }
+}
+
+/**
+ * Connection options of a redis:// URL (no extra dependency: BullMQ passes them to its Redis client). The path, when
+ * given, is the database number: an integer in [0, 15] (Redis' default count of databases), else `E_VALUE`.
+ */
 export function redisConnection(url: string): ConnectionOptions {
   let u: URL;
+  const bad = () =>
+    new CalderaError('E_VALUE', `--queue must be a redis://host:port URL, got '${shownRedisUrl(url)}'`);
   try {
     u = new URL(url);
   } catch {
-    throw new CalderaError('E_VALUE', `--queue must be a redis://host:port URL, got '${url}'`);
+    throw bad();
   }
-  if (u.protocol !== 'redis:')
-    throw new CalderaError('E_VALUE', `--queue must be a redis://host:port URL, got '${url}'`);
-  const db = u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0;
+  if (u.protocol !== 'redis:') throw bad();
+  const path = u.pathname.replace(/^\//, '');
+  const db = path === '' ? 0 : Number(path);
+  if (!/^\d+$/.test(path || '0') || !(db <= 15))
+    throw new CalderaError(
+      'E_VALUE',
+      `--queue ${shownRedisUrl(url)}: the database number after the port must be an integer in [0, 15], got '${path}'`,
+    );
   return {
     host: u.hostname || '127.0.0.1',
     port: u.port ? Number(u.port) : 6379,
     ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
     ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
-    ...(Number.isInteger(db) ? { db } : {}),
+    db,
     maxRetriesPerRequest: null,
   };
 }
@@ -35,7 +57,7 @@ export function checkRedisReachable(url: string, timeoutMs = 5000): Promise<void
     const socket = connect({ host, port });
     const fail = (why: string) => {
       socket.destroy();
-      reject(new CalderaError('E_IO', `cannot reach Redis at ${url} (${why})`));
+      reject(new CalderaError('E_IO', `cannot reach Redis at ${shownRedisUrl(url)} (${why})`));
     };
     socket.setTimeout(timeoutMs, () => fail(`no answer within ${timeoutMs / 1000} s`));
     socket.once('error', (e: NodeJS.ErrnoException) => fail(e.code ?? e.message));
