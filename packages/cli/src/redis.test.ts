@@ -7,17 +7,28 @@ import { isCalderaError } from '@caldera/core';
 import { checkRedisReachable, redisConnection, shownRedisUrl } from './commands/redis.js';
 import { runCli } from './test-cli.js';
 
-/** A TCP server on a free port of 127.0.0.1 that answers every connection with `reply` (or never, for null). */
-async function server(reply: string | null): Promise<{ url: string; close: () => Promise<void> }> {
+/**
+ * A TCP server on a free port of 127.0.0.1 that answers the first bytes of every connection (kept: `received`) with
+ * `reply` (or never, for null).
+ */
+async function server(
+  reply: string | null,
+): Promise<{ url: string; close: () => Promise<void>; received: () => string }> {
   const sockets = new Set<Socket>();
+  let received = '';
   const s: Server = createServer((socket) => {
     sockets.add(socket);
     socket.on('error', () => undefined);
-    if (reply !== null) socket.once('data', () => socket.end(reply));
+    if (reply !== null)
+      socket.once('data', (d) => {
+        received += d.toString('latin1');
+        socket.end(reply);
+      });
   });
   await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
   const { port } = s.address() as { port: number };
   return {
+    received: () => received,
     url: `redis://127.0.0.1:${port}`,
     close: () =>
       new Promise<void>((r) => {
@@ -57,8 +68,8 @@ describe('checkRedisReachable', () => {
     for (const close of open.splice(0)) await close();
   });
 
-  it('accepts any Redis reply (PONG, or an error such as NOAUTH) and refuses what is not Redis', async () => {
-    for (const reply of ['+PONG\r\n', '-NOAUTH Authentication required.\r\n']) {
+  it('accepts a Redis reply (PONG, or an error such as LOADING) and refuses what is not Redis', async () => {
+    for (const reply of ['+PONG\r\n', '-LOADING Redis is loading the dataset in memory\r\n']) {
       const s = await server(reply);
       open.push(s.close);
       await expect(checkRedisReachable(s.url)).resolves.toBeUndefined();
@@ -68,6 +79,25 @@ describe('checkRedisReachable', () => {
     await expect(checkRedisReachable(http.url)).rejects.toSatisfy(
       (e: unknown) => isCalderaError(e, 'E_IO') && /not Redis/.test((e as Error).message),
     );
+  });
+
+  it("refuses at once a server that wants a password the URL lacks, or refuses the URL's (was: 10 s later)", async () => {
+    const noauth = await server('-NOAUTH Authentication required.\r\n');
+    open.push(noauth.close);
+    await expect(checkRedisReachable(noauth.url)).rejects.toThrow(
+      /cannot reach Redis at redis:\/\/127\.0\.0\.1:\d+ \(it wants a password: give it in the URL/,
+    );
+    const wrong = await server('-WRONGPASS invalid username-password pair or user is disabled.\r\n');
+    open.push(wrong.close);
+    const withPassword = wrong.url.replace('//', '//:secret@');
+    const e = await checkRedisReachable(withPassword).catch((x: unknown) => x);
+    expect((e as Error).message).toMatch(
+      /at redis:\/\/:\*\*\*@127\.0\.0\.1:\d+ \(it refused the URL's credentials: WRONGPASS invalid/,
+    );
+    const ok = await server('+OK\r\n');
+    open.push(ok.close);
+    await expect(checkRedisReachable(ok.url.replace('//', '//user:secret@'))).resolves.toBeUndefined();
+    expect(ok.received()).toBe('*3\r\n$4\r\nAUTH\r\n$4\r\nuser\r\n$6\r\nsecret\r\n');
   });
 
   it('names the cause: a refused connection, a server that never answers', async () => {

@@ -311,6 +311,10 @@ describe.skipIf(!hasRedis)(
       );
       expect(waiting()).toBe(0);
       expect(existsSync(out)).toBe(false);
+      // with no worker on its queue, the coordinator said so (it waits for one)
+      expect(c.stderr).toMatch(
+        /no worker is listening on queue 'cancel-test' yet; start one with caldera worker --queue redis:\/\/127\.0\.0\.1:\d+ --queue-name cancel-test/,
+      );
     });
 
     it('Redis losing its data mid-run (a flush): vanished jobs are put back, and the run gives the same bytes', async () => {

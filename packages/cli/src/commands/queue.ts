@@ -3,7 +3,7 @@ import { Worker as Thread } from 'node:worker_threads';
 import { Queue, Worker } from 'bullmq';
 import { CalderaError, type CalderaErrorCode } from '@caldera/core';
 import { flagNumber, flagString, POSITIVE_INT, THREADS, type Args } from '../args.js';
-import { redisConnection, shownRedisUrl } from './redis.js';
+import { checkRedisReachable, redisConnection, shownRedisUrl } from './redis.js';
 import { hasTaskOutput, type QueueTask } from './task.js';
 
 export type { QueueTask } from './task.js';
@@ -136,6 +136,12 @@ export async function runOnQueue(
       tasks.map((t, i) => ({ name: t.kind, data: t, opts: { ...jobOptions, jobId: ids[i]! } })),
     );
     opts.log?.({ event: 'enqueued', queue: name, jobs: tasks.length });
+    // a coordinator with no worker on its queue (none started yet, or another --queue-name) waits for ever: say so
+    if ((await queue.getWorkersCount().catch(() => 1)) === 0)
+      console.error(
+        `caldera compress: no worker is listening on queue '${name}' yet; start one with ` +
+          `caldera worker --queue ${shownRedisUrl(url)}${name === 'caldera' ? '' : ` --queue-name ${name}`}`,
+      );
     const pending = new Map(ids.map((id, i) => [id, tasks[i]!]));
     const failed: { task: QueueTask; reason: string }[] = [];
     const requeued = new Map<string, number>();
@@ -291,6 +297,7 @@ export async function workerCommand(a: Args): Promise<number> {
   if (!Number.isInteger(concurrency) || concurrency < 1)
     throw new CalderaError('E_VALUE', `--concurrency must be a positive integer, got ${concurrency}`);
   if (!(lockMs >= 1000)) throw new CalderaError('E_VALUE', '--lock-seconds must be at least 1');
+  await checkRedisReachable(url); // at once, where BullMQ's client would retry for 10 s (or for ever)
   const json = a.flags.has('json');
   const log = (o: Record<string, unknown>) =>
     json ? console.log(JSON.stringify(o)) : console.error(`caldera worker: ${o.event} ${o.label ?? ''}`);

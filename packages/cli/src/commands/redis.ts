@@ -45,27 +45,46 @@ export function redisConnection(url: string): ConnectionOptions {
   };
 }
 
+/** A RESP array command (binary-safe for any password). */
+function respCommand(...args: string[]): string {
+  return `*${args.length}\r\n` + args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('');
+}
+
 /**
- * Check that a Redis server answers at `url`: one `PING` over TCP, within `timeoutMs`. Any reply counts (a server that
- * wants a password answers `-NOAUTH`, which BullMQ's own connection then reports). Otherwise `E_IO` naming the URL and
- * the cause, at once: BullMQ's client would retry an unreachable server for ever, so a coordinator checks first,
- * before any work.
+ * Check that a Redis server answers at `url` and takes its credentials: `AUTH` (when the URL has a password), else
+ * `PING`, over TCP, within `timeoutMs`. Otherwise `E_IO` naming the URL (its password masked) and the cause, at once:
+ * BullMQ's client would retry an unreachable server, or one that refuses it, for ever, so a coordinator checks first,
+ * before any work. A server that wants a password the URL lacks (`-NOAUTH`) or refuses the URL's (`-WRONGPASS`) fails
+ * here; another error reply (e.g. `-LOADING`) is a Redis server that answered, which BullMQ then waits for.
  */
 export function checkRedisReachable(url: string, timeoutMs = 5000): Promise<void> {
-  const { host, port } = redisConnection(url) as { host: string; port: number };
+  const c = redisConnection(url) as { host: string; port: number; username?: string; password?: string };
   return new Promise<void>((resolve, reject) => {
-    const socket = connect({ host, port });
+    const socket = connect({ host: c.host, port: c.port });
     const fail = (why: string) => {
       socket.destroy();
       reject(new CalderaError('E_IO', `cannot reach Redis at ${shownRedisUrl(url)} (${why})`));
     };
     socket.setTimeout(timeoutMs, () => fail(`no answer within ${timeoutMs / 1000} s`));
     socket.once('error', (e: NodeJS.ErrnoException) => fail(e.code ?? e.message));
-    socket.once('connect', () => socket.write('PING\r\n'));
+    socket.once('connect', () =>
+      socket.write(
+        c.password === undefined
+          ? respCommand('PING')
+          : respCommand('AUTH', ...(c.username ? [c.username] : []), c.password),
+      ),
+    );
     socket.once('data', (d: Buffer) => {
       socket.destroy();
-      if (d[0] === 0x2b || d[0] === 0x2d)
-        resolve(); // '+' (PONG) or '-' (an error reply): a Redis server answered
+      const reply = d.toString('latin1').split('\r\n')[0]!;
+      if (/^-NOAUTH/.test(reply))
+        fail(
+          'it wants a password: give it in the URL, redis://:PASSWORD@host:port or redis://USER:PASSWORD@…',
+        );
+      else if (/^-(WRONGPASS|ERR)/.test(reply) && c.password !== undefined)
+        fail(`it refused the URL's credentials: ${reply.slice(1)}`);
+      else if (d[0] === 0x2b || d[0] === 0x2d)
+        resolve(); // '+' (PONG, OK) or another error reply: Redis answered
       else fail('the server there is not Redis');
     });
   });
