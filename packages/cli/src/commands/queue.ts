@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { Worker as Thread } from 'node:worker_threads';
-import { Queue, Worker } from 'bullmq';
+import { Queue, Worker, type Job } from 'bullmq';
 import { CalderaError, type CalderaErrorCode } from '@caldera/core';
 import { flagNumber, flagString, POSITIVE_INT, THREADS, type Args } from '../args.js';
 import { checkRedisReachable, redisConnection, shownRedisUrl } from './redis.js';
@@ -70,6 +70,30 @@ function untilAborted<T>(p: Promise<T>, signal?: AbortSignal): Promise<T | undef
   });
 }
 
+/** The jobs of `ids` that are in the queue and in one of `states` (each looked up, then its state read). */
+async function jobsIn(queue: Queue, ids: Iterable<string>, states: readonly string[]): Promise<Job[]> {
+  const found: Job[] = [];
+  for (const id of ids) {
+    const j = await queue.getJob(id);
+    if (j && states.includes(await j.getState())) found.push(j);
+  }
+  return found;
+}
+
+/**
+ * Wait for `closing` (a queue's or worker's `close()`) at most `ms`, then for `disconnect()` at most 2 s: with Redis
+ * away, neither may ever settle, and the command must end all the same.
+ */
+async function closeWithin(
+  closing: Promise<void>,
+  disconnect: () => Promise<void>,
+  ms: number,
+): Promise<void> {
+  await within(closing, ms, () => 'closing').catch(() =>
+    within(disconnect(), 2000, () => 'disconnecting').catch(() => undefined),
+  );
+}
+
 /** How often a job that vanished from the queue (a Redis restart without its data, a flush) is put back. */
 const REQUEUES = 3;
 
@@ -125,13 +149,7 @@ export async function runOnQueue(
       () => `cannot reach Redis at ${shownRedisUrl(url)}${lastError ? ` (${lastError})` : ''}`,
     );
     const ids = tasks.map(jobIdOf);
-    for (const id of ids) {
-      const old = await queue.getJob(id);
-      if (old) {
-        const state = await old.getState();
-        if (state === 'completed' || state === 'failed') await old.remove();
-      }
-    }
+    for (const old of await jobsIn(queue, ids, ['completed', 'failed'])) await old.remove();
     await queue.addBulk(
       tasks.map((t, i) => ({ name: t.kind, data: t, opts: { ...jobOptions, jobId: ids[i]! } })),
     );
@@ -175,12 +193,8 @@ export async function runOnQueue(
       if (opts.signal?.aborted) {
         // withdraw the jobs no worker has started, as far as Redis answers within 5 s
         const withdraw = async () => {
-          for (const id of pending.keys()) {
-            const j = await queue.getJob(id);
-            const state = j ? await j.getState() : 'unknown';
-            if (j && (state === 'waiting' || state === 'delayed' || state === 'prioritized'))
-              await j.remove().catch(() => undefined);
-          }
+          for (const j of await jobsIn(queue, pending.keys(), ['waiting', 'delayed', 'prioritized']))
+            await j.remove().catch(() => undefined);
         };
         await within(withdraw(), 5000, () => 'withdrawing the jobs').catch(() => undefined);
         throw new CalderaError('E_ABORTED', `queue run was aborted (${pending.size} jobs unfinished)`);
@@ -191,10 +205,7 @@ export async function runOnQueue(
       if (pending.size > 0) await sleep(250, opts.signal);
     }
     const cleanup = async () => {
-      for (const id of ids) {
-        const j = await queue.getJob(id);
-        if (j && (await j.getState()) === 'completed') await j.remove().catch(() => undefined);
-      }
+      for (const j of await jobsIn(queue, ids, ['completed'])) await j.remove().catch(() => undefined);
     };
     await within(cleanup(), 5000, () => 'removing the completed jobs').catch(() => undefined);
     if (failed.length > 0) {
@@ -208,9 +219,7 @@ export async function runOnQueue(
       );
     }
   } finally {
-    await within(queue.close(), 5000, () => 'closing the queue').catch(() =>
-      within(queue.disconnect(), 2000, () => 'disconnecting').catch(() => undefined),
-    );
+    await closeWithin(queue.close(), () => queue.disconnect(), 5000);
   }
 }
 
@@ -374,10 +383,7 @@ export async function workerCommand(a: Args): Promise<number> {
     process.off('SIGINT', shutdown);
     process.off('SIGTERM', shutdown);
     shutdown();
-    // (with Redis away, close() and disconnect() may never settle: the command exits after these bounds all the same)
-    await within(closing!, 10_000, () => 'closing the worker').catch(() =>
-      within(worker.disconnect(), 2000, () => 'disconnecting').catch(() => undefined),
-    );
+    await closeWithin(closing!, () => worker.disconnect(), 10_000);
     await Promise.all(all.map((t) => t.dispose()));
   }
   log({ event: 'stopped' }); // only a clean stop: an error (Redis unreachable) is the one thing printed

@@ -2,6 +2,7 @@ import { copyFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   CalderaError,
+  isCalderaError,
   cast,
   replaceDir,
   Rng,
@@ -137,7 +138,7 @@ export async function trainCommand(a: Args): Promise<number> {
       while (trainer.stepCount < steps) {
         // a step lets the signal handlers run after each sequence, and an interrupted step is dropped whole
         const r = await trainer.stepAsync({ signal: stop.signal }).catch((e: unknown) => {
-          if (stop.received() && e instanceof CalderaError && e.code === 'E_ABORTED') return undefined;
+          if (stop.received() && isCalderaError(e, 'E_ABORTED')) return undefined;
           throw e;
         });
         if (!r) {
