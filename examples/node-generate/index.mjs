@@ -4,6 +4,7 @@
 //   node index.mjs [model-dir] [prompt]
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
+import { stopTokenIdsOf } from '@caldera/core';
 import { referenceModelDir } from '@caldera/reference-model';
 import { createDecodePool, generate, loadModel, loadTokenizer, readJsonFile } from '@caldera/runtime-node';
 
@@ -21,21 +22,13 @@ if (args[0] !== undefined && !statSync(args[0], { throwIfNoEntry: false })?.isDi
 const dir = args[0] ?? referenceModelDir();
 const prompt = args[1] ?? 'The jury said';
 
-/** The ids generation stops at, as `caldera generate`: config.json's and generation_config.json's eos_token_id. */
-async function stopTokenIds(config) {
-  const file = join(dir, 'generation_config.json');
-  const eos = ((await readJsonFile(file, { optional: true })) ?? {}).eos_token_id ?? [];
-  const ids = Array.isArray(eos) ? eos : [eos];
-  if (!ids.every((id) => Number.isSafeInteger(id) && id >= 0))
-    throw new Error(`${file}: eos_token_id is not a token id or a list of token ids`);
-  return [...new Set([...config.eosTokenIds, ...ids])];
-}
-
 const decodePool = await createDecodePool({ threads: 2 });
 try {
   const { model, config } = await loadModel(dir, { decodePool });
   const tok = await loadTokenizer(dir);
-  const stopTokens = await stopTokenIds(config);
+  // the ids generation stops at, as `caldera generate`: config.json's and generation_config.json's eos_token_id
+  const genFile = join(dir, 'generation_config.json');
+  const stopTokens = stopTokenIdsOf(config, await readJsonFile(genFile, { optional: true }), genFile);
   // BOS first when the model has one (as `caldera generate`)
   const ids = [...(config.bosTokenId === null ? [] : [config.bosTokenId]), ...tok.encode(prompt)];
   if (ids.length === 0) usage('the prompt is empty');
