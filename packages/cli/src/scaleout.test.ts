@@ -10,7 +10,7 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { referenceTextPath } from '@caldera/reference-model';
@@ -166,6 +166,61 @@ function freePort(): Promise<number> {
       s.close(() => resolve(port));
     });
   });
+}
+
+/**
+ * A TCP proxy to 127.0.0.1:`port` that forwards both ways until a client sends bytes for which `freezeOn(text, n)`
+ * holds (`n`: the index of that client's connection, from 0): from then on it forwards nothing, either way, and keeps
+ * every socket open, as a Redis that has gone silent (a hung host, a network partition), not away. `frozen` resolves
+ * then.
+ */
+async function freezingProxy(
+  port: number,
+  freezeOn: (text: string, connection: number) => boolean,
+): Promise<{ url: string; frozen: Promise<void>; close: () => void }> {
+  let freeze!: () => void;
+  const frozen = new Promise<void>((resolve) => (freeze = resolve));
+  let isFrozen = false;
+  let connections = 0;
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const n = connections++;
+    const upstream = connect({ host: '127.0.0.1', port });
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => undefined);
+    }
+    client.on('data', (d: Buffer) => {
+      if (!isFrozen && freezeOn(d.toString('latin1'), n)) {
+        isFrozen = true;
+        freeze();
+      }
+      if (!isFrozen) upstream.write(d);
+    });
+    upstream.on('data', (d: Buffer) => {
+      if (!isFrozen) client.write(d);
+    });
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `redis://127.0.0.1:${(server.address() as { port: number }).port}`,
+    frozen,
+    close() {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+}
+
+/** `r`'s end, or SIGKILL after `ms` (its status then null): a hang fails an assertion on the status, with its output. */
+async function endOf(r: ReturnType<typeof start>, ms: number): Promise<Done & { seconds: number }> {
+  const t0 = performance.now();
+  const t = setTimeout(() => r.p.kill('SIGKILL'), ms);
+  const d = await r.done;
+  clearTimeout(t);
+  return { ...d, seconds: (performance.now() - t0) / 1000 };
 }
 
 describe.skipIf(!hasRedis)(
@@ -340,19 +395,55 @@ describe.skipIf(!hasRedis)(
       while (
         !events(coord.out()).some((e) => e.event === 'enqueued') ||
         !events(w.out()).some((e) => e.event === 'ready')
-      )
+      ) {
+        for (const r of [coord, w])
+          if (r.p.exitCode !== null)
+            throw new Error(`exited early (${r.p.exitCode}): ${(await r.done).stderr}`);
         await new Promise((r) => setTimeout(r, 20));
+      }
       gone.server.kill('SIGKILL');
       await new Promise((r) => setTimeout(r, 1500)); // the coordinator polls, the worker waits for jobs: both stuck
-      const t0 = performance.now();
       coord.p.kill('SIGINT');
       w.p.kill('SIGINT');
-      const [c, d] = await Promise.all([coord.done, w.done]);
       // before: both waited for Redis to come back (minutes, or for ever)
-      expect(performance.now() - t0).toBeLessThan(30_000);
+      const [c, d] = await Promise.all([endOf(coord, 30_000), endOf(w, 30_000)]);
       expect(c.status, c.stderr).toBe(130);
       expect(c.stderr).toMatch(/caldera compress: interrupted/);
       expect(d.status, d.stderr).toBe(0);
+    }, 120_000);
+
+    it('with Redis silent in the middle of a command, SIGINT stops a coordinator (130) and a worker (0) within seconds', async () => {
+      const port = Number(new URL(url).port);
+      // the coordinator: silent while it asks whether any worker listens (it had enqueued its jobs), which the
+      // command before it waited out for ever (a CI run hung there once, with Redis killed at that moment)
+      const p1 = await freezingProxy(port, (text) => /client\r\n\$4\r\nlist/i.test(text));
+      const coord = start([
+        'compress',
+        '--out',
+        join(dir, 'silent'),
+        ...SMALL,
+        '--queue',
+        p1.url,
+        '--queue-name',
+        'silent',
+      ]);
+      // the worker: silent from its first command after the reachability check (connection 0) on
+      const p2 = await freezingProxy(port, (_, n) => n > 0);
+      const w = start(['worker', '--queue', p2.url, '--json', '--queue-name', 'silent']);
+      await Promise.all([p1.frozen, p2.frozen]);
+      coord.p.kill('SIGINT');
+      w.p.kill('SIGINT');
+      const [c, d] = await Promise.all([endOf(coord, 30_000), endOf(w, 30_000)]);
+      p1.close();
+      p2.close();
+      expect(c.status, c.stderr).toBe(130);
+      expect(c.stderr).toMatch(/caldera compress: interrupted/);
+      // before: the worker waited 10 s for Redis, then failed (1) with 'cannot reach Redis'
+      expect(d.status, d.stderr).toBe(0);
+      expect(events(d.stdout)).toEqual([{ event: 'stopped' }]);
+      // the coordinator spends at most 5 s trying to withdraw its jobs and 2 s disconnecting; the worker 2 s
+      expect(c.seconds).toBeLessThan(20);
+      expect(d.seconds).toBeLessThan(8);
     }, 120_000);
 
     it('a poisoned job fails with a clear CalderaError in the coordinator; the other results are kept and reused', async () => {

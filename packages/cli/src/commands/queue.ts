@@ -142,31 +142,43 @@ export async function runOnQueue(
   queue.on('error', (e) => {
     lastError = e.message;
   });
+  const ids = tasks.map(jobIdOf);
+  const pending = new Map(ids.map((id, i) => [id, tasks[i]!]));
+  // With Redis away every command waits (for ever: maxRetriesPerRequest is null), so each one is raced with the abort:
+  // an interrupted run stops at once, whichever command it was in.
+  const ask = async <T>(p: Promise<T>): Promise<T> => {
+    const v = await untilAborted(p, opts.signal);
+    if (opts.signal?.aborted) throw new CalderaError('E_ABORTED', 'interrupted');
+    return v as T;
+  };
+  let answering = true;
   try {
-    await within(
-      queue.client.then((c) => c.ping()),
-      10_000,
-      () => `cannot reach Redis at ${shownRedisUrl(url)}${lastError ? ` (${lastError})` : ''}`,
+    await ask(
+      within(
+        queue.client.then((c) => c.ping()),
+        10_000,
+        () => `cannot reach Redis at ${shownRedisUrl(url)}${lastError ? ` (${lastError})` : ''}`,
+      ),
     );
-    const ids = tasks.map(jobIdOf);
-    for (const old of await jobsIn(queue, ids, ['completed', 'failed'])) await old.remove();
-    await queue.addBulk(
-      tasks.map((t, i) => ({ name: t.kind, data: t, opts: { ...jobOptions, jobId: ids[i]! } })),
+    for (const old of await ask(jobsIn(queue, ids, ['completed', 'failed']))) await ask(old.remove());
+    await ask(
+      queue.addBulk(
+        tasks.map((t, i) => ({ name: t.kind, data: t, opts: { ...jobOptions, jobId: ids[i]! } })),
+      ),
     );
     opts.log?.({ event: 'enqueued', queue: name, jobs: tasks.length });
     // a coordinator with no worker on its queue (none started yet, or another --queue-name) waits for ever: say so
-    if ((await queue.getWorkersCount().catch(() => 1)) === 0)
+    if ((await ask(queue.getWorkersCount().catch(() => 1))) === 0)
       console.error(
         `caldera compress: no worker is listening on queue '${name}' yet; start one with ` +
           `caldera worker --queue ${shownRedisUrl(url)}${name === 'caldera' ? '' : ` --queue-name ${name}`}`,
       );
-    const pending = new Map(ids.map((id, i) => [id, tasks[i]!]));
     const failed: { task: QueueTask; reason: string }[] = [];
     const requeued = new Map<string, number>();
     const poll = async () => {
       for (const [id, task] of [...pending]) {
-        const j = await queue.getJob(id);
-        const state = j ? await j.getState() : 'unknown';
+        const j = await ask(queue.getJob(id));
+        const state = j ? await ask(j.getState()) : 'unknown';
         if (state === 'completed') pending.delete(id);
         else if (state === 'failed') {
           pending.delete(id);
@@ -183,26 +195,17 @@ export async function runOnQueue(
             opts.log?.({ event: 'job-failed', label: task.label, reason });
           } else {
             requeued.set(id, (requeued.get(id) ?? 0) + 1);
-            await queue.add(task.kind, task, { ...jobOptions, jobId: id });
+            await ask(queue.add(task.kind, task, { ...jobOptions, jobId: id }));
             opts.log?.({ event: 'job-requeued', label: task.label });
           }
         }
       }
     };
     while (pending.size > 0) {
-      if (opts.signal?.aborted) {
-        // withdraw the jobs no worker has started, as far as Redis answers within 5 s
-        const withdraw = async () => {
-          for (const j of await jobsIn(queue, pending.keys(), ['waiting', 'delayed', 'prioritized']))
-            await j.remove().catch(() => undefined);
-        };
-        await within(withdraw(), 5000, () => 'withdrawing the jobs').catch(() => undefined);
-        throw new CalderaError('E_ABORTED', `queue run was aborted (${pending.size} jobs unfinished)`);
-      }
-      await untilAborted(poll(), opts.signal);
-      if (opts.signal?.aborted) continue;
+      await poll();
       opts.onProgress?.(tasks.length - pending.size, tasks.length);
       if (pending.size > 0) await sleep(250, opts.signal);
+      if (opts.signal?.aborted) throw new CalderaError('E_ABORTED', 'interrupted');
     }
     const cleanup = async () => {
       for (const j of await jobsIn(queue, ids, ['completed'])) await j.remove().catch(() => undefined);
@@ -218,8 +221,22 @@ export async function runOnQueue(
         { details: { failed: failed.map((f) => f.task.label) } },
       );
     }
+  } catch (e) {
+    if (!opts.signal?.aborted) throw e;
+    // withdraw the jobs no worker has started, as far as Redis answers within 5 s
+    const withdraw = async () => {
+      for (const j of await jobsIn(queue, pending.keys(), ['waiting', 'delayed', 'prioritized']))
+        await j.remove().catch(() => undefined);
+    };
+    answering = await within(withdraw(), 5000, () => 'withdrawing the jobs').then(
+      () => true,
+      () => false,
+    );
+    throw new CalderaError('E_ABORTED', `queue run was aborted (${pending.size} jobs unfinished)`);
   } finally {
-    await closeWithin(queue.close(), () => queue.disconnect(), 5000);
+    // a Redis that did not answer the withdrawal will not answer a graceful close either
+    if (answering) await closeWithin(queue.close(), () => queue.disconnect(), 5000);
+    else await within(queue.disconnect(), 2000, () => 'disconnecting').catch(() => undefined);
   }
 }
 
@@ -370,20 +387,29 @@ export async function workerCommand(a: Args): Promise<number> {
   };
   process.once('SIGINT', shutdown);
   process.once('SIGTERM', shutdown);
+  let ready: string | undefined;
   try {
-    await within(
-      worker.waitUntilReady().then((c) => c.ping()),
-      10_000,
-      () => `cannot reach Redis at ${shownRedisUrl(url)}${lastError ? ` (${lastError})` : ''}`,
+    // (a stop while Redis is silent ends the wait at once)
+    ready = await untilAborted(
+      within(
+        worker.waitUntilReady().then((c) => c.ping()),
+        10_000,
+        () => `cannot reach Redis at ${shownRedisUrl(url)}${lastError ? ` (${lastError})` : ''}`,
+      ),
+      stop.signal,
     );
-    log({ event: 'ready', queue: name, threads, concurrency });
-    if (!stop.signal.aborted)
+    if (!stop.signal.aborted) {
+      log({ event: 'ready', queue: name, threads, concurrency });
       await new Promise((r) => stop.signal.addEventListener('abort', r, { once: true }));
+    }
   } finally {
     process.off('SIGINT', shutdown);
     process.off('SIGTERM', shutdown);
     shutdown();
-    await closeWithin(closing!, () => worker.disconnect(), 10_000);
+    // stopped before Redis ever answered: nothing to hand back, and a graceful close would wait for it in vain
+    if (ready === undefined)
+      await within(worker.disconnect(), 2000, () => 'disconnecting').catch(() => undefined);
+    else await closeWithin(closing!, () => worker.disconnect(), 10_000);
     await Promise.all(all.map((t) => t.dispose()));
   }
   log({ event: 'stopped' }); // only a clean stop: an error (Redis unreachable) is the one thing printed
