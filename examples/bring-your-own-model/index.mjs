@@ -27,7 +27,10 @@ const positionals = [];
 const args = process.argv.slice(2);
 for (let i = 0; i < args.length; i++) {
   const a = args[i];
-  if (a === '--help' || a === '-h') usageError('');
+  if (a === '--help' || a === '-h') {
+    console.log(USAGE); // asked for: on stdout, exit 0 (as `caldera --help`)
+    process.exit(0);
+  }
   if (!a.startsWith('-') || a === '-') {
     positionals.push(a);
     continue;

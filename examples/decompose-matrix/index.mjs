@@ -24,7 +24,10 @@ let json = false;
 const args = process.argv.slice(2);
 for (let i = 0; i < args.length; i++) {
   const a = args[i];
-  if (a === '--help' || a === '-h') usageError('');
+  if (a === '--help' || a === '-h') {
+    console.log(USAGE); // asked for: on stdout, exit 0 (as `caldera --help`)
+    process.exit(0);
+  }
   const eq = a.indexOf('=');
   const name = a.startsWith('--') ? a.slice(2, eq < 0 ? undefined : eq) : undefined;
   if (name === 'json') {

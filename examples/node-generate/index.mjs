@@ -9,13 +9,15 @@ import { referenceModelDir } from '@caldera/reference-model';
 import { createDecodePool, generate, loadModel, loadTokenizer, readJsonFile } from '@caldera/runtime-node';
 
 const args = process.argv.slice(2);
+const USAGE = 'usage: node index.mjs [model-dir] [prompt]   (default: the reference model)';
 const usage = (why) => {
-  console.error(
-    `${why ? `${why}\n` : ''}usage: node index.mjs [model-dir] [prompt]   (default: the reference model)`,
-  );
+  console.error(`${why}\n${USAGE}`);
   process.exit(2);
 };
-if (args.includes('--help') || args.includes('-h')) usage();
+if (args.includes('--help') || args.includes('-h')) {
+  console.log(USAGE); // asked for: on stdout, exit 0 (as `caldera --help`)
+  process.exit(0);
+}
 if (args.length > 2) usage(`unexpected argument '${args[2]}' (quote a prompt of several words)`);
 if (args[0] !== undefined && !statSync(args[0], { throwIfNoEntry: false })?.isDirectory())
   usage(`${args[0]} is not a model directory`);
