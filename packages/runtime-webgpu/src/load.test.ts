@@ -586,6 +586,7 @@ describe('loaders given null or undefined for a required argument', () => {
   });
 
   it('a missing directory, URL, source, store, parts, weights or config is E_VALUE naming it', async () => {
+    const config = parseModelConfig((await tinyModelSource()).config);
     for (const [v, got] of [
       [null, 'null'],
       [undefined, 'undefined'],
@@ -611,9 +612,9 @@ describe('loaders given null or undefined for a required argument', () => {
         `loadModelFromBuffer: parts must be an object, got ${got}`,
       );
       expect(() => new WebGpuModel(fake, v as never, {} as never)).toThrow(
-        `E_VALUE: WebGpuModel: config must be an object, got ${got}`,
+        `E_VALUE: WebGpuModel: config must be a ModelConfig (parseModelConfig of config.json), got ${got}`,
       );
-      expect(() => new WebGpuModel(fake, {} as never, v as never)).toThrow(
+      expect(() => new WebGpuModel(fake, config, v as never)).toThrow(
         `E_VALUE: WebGpuModel: weights must be an object, got ${got}`,
       );
       await fails(

@@ -383,9 +383,8 @@ export class WebGpuModel {
     options: WebGpuModelOptions = {},
   ) {
     checkDeviceArgument(dev, 'WebGpuModel');
-    assertObject(config, 'WebGpuModel', 'config');
-    assertObject(weights, 'WebGpuModel', 'weights');
     checkModelConfig(config, 'WebGpuModel');
+    assertObject(weights, 'WebGpuModel', 'weights');
     options ??= {}; // from JavaScript: null options are none
     const cfg = config;
     watchDeviceLost(dev.device);
