@@ -4,7 +4,7 @@ import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cp, mkdir, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { isCalderaError, tensor, writeSafetensors, type Tensor } from '@caldera/core';
+import { isCalderaError, openSafetensorsDir, tensor, writeSafetensors, type Tensor } from '@caldera/core';
 import { compressModel, type CompressProgress } from './driver.js';
 import { finalizeHessian, HessianAccumulator } from './hessian.js';
 import {
@@ -27,6 +27,7 @@ import {
   type HessianPlan,
   type LayerSpec,
   type LayerSpecProgress,
+  verifyingTensorStore,
 } from './jobs.js';
 import { OneBlockRunner, ToyRunner } from './testing/toy-runner.js';
 
@@ -203,6 +204,73 @@ describe('data-parallel Hessians', () => {
     await runHessianChunks(work, plan, [0], runner);
     await expect(reduceHessianChunks(work, plan)).rejects.toSatisfy((e: unknown) =>
       isCalderaError(e, 'E_MISSING'),
+    );
+  });
+});
+
+describe("a plan's per-tensor hashes and verifyingTensorStore", () => {
+  it('passes the planned tensors through unchanged and refuses a changed or unplanned one, naming it', async () => {
+    const runner = new ToyRunner(3);
+    const model = await toyModelDir(runner);
+    const hashes = await hashModelTensors(model);
+    const plan = makeHessianPlan(model, hashes.sha256, runner.numBlocks, windows, 2, '', hashes.tensors);
+    expect(plan.tensorSha256).toEqual(Object.fromEntries(hashes.tensors));
+    // the plan is JSON: written and read back, its hashes give the same check
+    const expected = new Map(Object.entries(JSON.parse(JSON.stringify(plan)).tensorSha256 as object));
+    const names = [...hashes.tensors.keys()];
+    const plain = await openSafetensorsDir(model);
+    const store = verifyingTensorStore(await openSafetensorsDir(model), expected, 'the model at M');
+    try {
+      expect(store.names()).toEqual(plain.names());
+      for (const name of names) {
+        const t = await store.readTensor(name);
+        expect(Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength)).toEqual(
+          Buffer.from(await plain.readRaw(name)),
+        );
+        expect(Buffer.from(await store.readRaw(name))).toEqual(Buffer.from(await plain.readRaw(name)));
+      }
+    } finally {
+      await store.close();
+      await plain.close();
+    }
+    // one weight changed in its last byte: that tensor is E_FORMAT naming it, the others still read
+    const other = new ToyRunner(3);
+    const [victim, w] = [...other.weights][1]!;
+    const data = w.data as Float32Array;
+    data[data.length - 1] = data[data.length - 1]! + 1;
+    const changed = await toyModelDir(other);
+    const bad = verifyingTensorStore(await openSafetensorsDir(changed), expected, 'the model at M');
+    try {
+      await expect(bad.readTensor(`${victim}.weight`)).rejects.toThrow(
+        new RegExp(
+          `^E_FORMAT: the model at M: its tensor '${victim}\\.weight' has sha256 [0-9a-f]{12}…, the plan's ${expected.get(`${victim}.weight`)!.slice(0, 12)}…$`,
+        ),
+      );
+      await expect(bad.readRaw(`${victim}.weight`)).rejects.toThrow(/E_FORMAT/);
+      await expect(bad.readTensor(names.find((n) => n !== `${victim}.weight`)!)).resolves.toBeDefined();
+    } finally {
+      await bad.close();
+    }
+    // a tensor the plan's model lacks
+    const fewer = new Map(expected);
+    fewer.delete(names[0]!);
+    const extra = verifyingTensorStore(await openSafetensorsDir(model), fewer, 'the model at M');
+    try {
+      await expect(extra.readTensor(names[0]!)).rejects.toThrow(
+        `E_FORMAT: the model at M: it has a tensor '${names[0]}' the plan's model lacks`,
+      );
+    } finally {
+      await extra.close();
+    }
+    // per-tensor hashes that are not those of the model hash, and a non-Map, are refused
+    expect(() => makeHessianPlan(model, hashes.sha256, runner.numBlocks, windows, 2, '', fewer)).toThrow(
+      /E_VALUE: makeHessianPlan: tensorSha256 is not the per-tensor hashes of modelSha256/,
+    );
+    expect(() =>
+      makeHessianPlan(model, hashes.sha256, runner.numBlocks, windows, 2, '', {} as never),
+    ).toThrow(/E_VALUE: makeHessianPlan: tensorSha256 must be a Map/);
+    expect(() => verifyingTensorStore(plain, {} as never, 'x')).toThrow(
+      /E_VALUE: verifyingTensorStore: expected must be a Map/,
     );
   });
 });

@@ -20,6 +20,7 @@ import {
   type CalderaLayerMeta,
   type SafetensorsReader,
   type Tensor,
+  type TensorStore,
 } from '@caldera/core';
 import { type Pool } from '@caldera/linalg';
 import { caldera, toCheckpointTensors, type CalderaOptions, type CalderaProgress } from '@caldera/lowrank';
@@ -101,6 +102,12 @@ export interface HessianPlan {
    * process can reuse them instead of tokenizing the corpus again; '' when not given.
    */
   source: string;
+  /**
+   * sha256 of every tensor of the model (as {@link hashModelTensors} gives them, by name), so that a chunk job checks
+   * each tensor as it reads it ({@link verifyingTensorStore}) instead of hashing the whole model first. Absent from plans
+   * written before it existed: a job then hashes the whole model.
+   */
+  tensorSha256?: Record<string, string>;
   windows: number[][];
   /** Chunk c covers windows [start, end); `key` names its partial-sum files. */
   chunks: { key: string; start: number; end: number }[];
@@ -233,10 +240,66 @@ export async function hashModelTensors(
       tensors.set(name, sha256Hex(await store.readRaw(name)));
       onProgress?.({ tensor: name, done: tensors.size, total: names.length });
     }
-    return { sha256: sha256Hex(JSON.stringify([...tensors])), tensors };
+    return { sha256: tensorsSha256(tensors), tensors };
   } finally {
     await store.close();
   }
+}
+
+/** The model hash of per-tensor hashes, as {@link hashModelTensors} forms it (names and hashes, in name order). */
+function tensorsSha256(tensors: ReadonlyMap<string, string>): string {
+  return sha256Hex(JSON.stringify([...tensors].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))));
+}
+
+/**
+ * A view of `store` that checks every tensor read through it (`readTensor`, `readRaw`) against `expected`, the sha256 of
+ * each tensor's bytes by name (as {@link hashModelTensors} gives them): a tensor whose bytes differ, or that `expected`
+ * lacks, is `E_FORMAT` naming it after `what` (e.g. "the model at DIR is not the one the plan was made from"). A
+ * process checks this way that the model it reads is the one a plan hashed, as it reads it, without a second read of
+ * the model. Closing the view closes `store`.
+ */
+export function verifyingTensorStore(
+  store: TensorStore,
+  expected: ReadonlyMap<string, string>,
+  what: string,
+): TensorStore {
+  assertObject(store, 'verifyingTensorStore', 'store', 'a TensorStore');
+  if (!(expected instanceof Map))
+    throw new CalderaError(
+      'E_VALUE',
+      `verifyingTensorStore: expected must be a Map of tensor names to sha256, got ${describeValue(expected)}`,
+    );
+  const check = (name: string, bytes: ArrayBufferView) => {
+    const want = expected.get(name);
+    const seen = sha256Hex(bytes);
+    if (seen !== want)
+      throw new CalderaError(
+        'E_FORMAT',
+        want === undefined
+          ? `${what}: it has a tensor '${name}' the plan's model lacks`
+          : `${what}: its tensor '${name}' has sha256 ${seen.slice(0, 12)}…, the plan's ${want.slice(0, 12)}…`,
+        { details: { tensor: name } },
+      );
+  };
+  return {
+    get metadata() {
+      return store.metadata;
+    },
+    names: () => store.names(),
+    has: (name) => store.has(name),
+    tensorInfo: (name) => store.tensorInfo(name),
+    async readTensor(name) {
+      const t = await store.readTensor(name);
+      check(name, t.data);
+      return t;
+    },
+    async readRaw(name) {
+      const bytes = await store.readRaw(name);
+      check(name, bytes);
+      return bytes;
+    },
+    close: () => store.close(),
+  };
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -311,7 +374,9 @@ async function writeJsonOnce(path: string, value: unknown): Promise<void> {
 
 /**
  * Split `windows` into `chunks` contiguous chunks (fewer when there are fewer windows). The plan, not the number of
- * processes, fixes the f64 summation order of the Hessians.
+ * processes, fixes the f64 summation order of the Hessians. `tensorSha256`, when given, is the per-tensor hashes of
+ * `modelSha256` (both from one {@link hashModelTensors}; else `E_VALUE`), kept in the plan so that a chunk job checks the
+ * tensors it reads against them ({@link verifyingTensorStore}).
  */
 export function makeHessianPlan(
   model: string,
@@ -320,9 +385,20 @@ export function makeHessianPlan(
   windows: readonly ArrayLike<number>[],
   chunks: number,
   source = '',
+  tensorSha256?: ReadonlyMap<string, string>,
 ): HessianPlan {
   if (!Number.isInteger(chunks) || chunks <= 0)
     throw new CalderaError('E_VALUE', `Hessian chunks must be a positive integer, got ${chunks}`);
+  if (tensorSha256 !== undefined && !(tensorSha256 instanceof Map))
+    throw new CalderaError(
+      'E_VALUE',
+      `makeHessianPlan: tensorSha256 must be a Map of tensor names to sha256 (hashModelTensors' tensors), got ${describeValue(tensorSha256)}`,
+    );
+  if (tensorSha256 !== undefined && tensorsSha256(tensorSha256) !== modelSha256)
+    throw new CalderaError(
+      'E_VALUE',
+      'makeHessianPlan: tensorSha256 is not the per-tensor hashes of modelSha256 (give both from one hashModelTensors)',
+    );
   assertObject(windows, 'makeHessianPlan', 'windows', 'an array of token windows');
   if (windows.length === 0) throw new CalderaError('E_VALUE', 'no calibration windows');
   const c = Math.min(chunks, windows.length);
@@ -343,6 +419,7 @@ export function makeHessianPlan(
     modelSha256,
     numBlocks,
     source,
+    ...(tensorSha256 ? { tensorSha256: Object.fromEntries(tensorSha256) } : {}),
     windows: ws,
     chunks: list,
   };

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { openSafetensorsDir, type Tensor } from '@caldera/core';
 import {
@@ -189,8 +189,19 @@ describe('compress with the source held one block at a time (BlockLazyRunner)', 
     // a worker that sees another model at the plan's path: refused, where it computed wrong Hessians without an error
     await writeTinyModel(join(tmp, 'task'), { dtype: 'bf16', layers: 3, seed: 27 });
     rmSync(join(chunks, files[0]!));
+    // (checked tensor by tensor as the job reads them: the embedding, read first, differs)
     await expect(runTask({ kind: 'hessian', work, index: 0, label: 'hessian 0' })).rejects.toThrow(
-      /E_FORMAT: hessian 0: the model at .*task is not the one the plan was made from/,
+      /^E_FORMAT: hessian 0: the model at .*task is not the one the plan was made from: its tensor 'model\.embed_tokens\.weight' has sha256 [0-9a-f]{12}…, the plan's [0-9a-f]{12}…$/,
+    );
+    expect(existsSync(join(chunks, files[0]!))).toBe(false);
+    // a plan written before plans kept per-tensor hashes: the whole model is hashed first, as then
+    const planFile = join(work, 'hessian-plan.json');
+    const plan = JSON.parse(readFileSync(planFile, 'utf8')) as Record<string, unknown>;
+    expect(Object.keys(plan.tensorSha256 as object)).toContain('model.embed_tokens.weight');
+    delete plan.tensorSha256;
+    writeFileSync(planFile, JSON.stringify(plan));
+    await expect(runTask({ kind: 'hessian', work, index: 0, label: 'hessian 0' })).rejects.toThrow(
+      /^E_FORMAT: hessian 0: the model at .*task is not the one the plan was made from \(its tensors' sha256 [0-9a-f]{12}…, the plan's [0-9a-f]{12}…\); give every worker the same model$/,
     );
     expect(existsSync(join(chunks, files[0]!))).toBe(false);
   }, 120_000);

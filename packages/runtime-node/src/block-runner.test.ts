@@ -137,6 +137,36 @@ describe('BlockLazyRunner', () => {
     }
   });
 
+  it('reads every tensor through wrapStore (the embedding on opening, a block on entering it); a non-function is E_VALUE', async () => {
+    const dir = await writeModel('f16', false);
+    const read: string[] = [];
+    const lazy = await BlockLazyRunner.open(dir, {
+      wrapStore: (store) => ({
+        ...store,
+        metadata: store.metadata,
+        names: () => store.names(),
+        has: (n) => store.has(n),
+        tensorInfo: (n) => store.tensorInfo(n),
+        readTensor: (n) => (read.push(n), store.readTensor(n)),
+        readRaw: (n) => (read.push(n), store.readRaw(n)),
+        close: () => store.close(),
+      }),
+    });
+    try {
+      expect(read).toEqual(['model.embed_tokens.weight']);
+      await lazy.enterBlock(1);
+      const block1 = read.slice(1);
+      expect(block1.length).toBeGreaterThanOrEqual(9); // 7 linears and 2 norms
+      expect(block1.every((n) => n.startsWith('model.layers.1.'))).toBe(true);
+    } finally {
+      await lazy.close();
+    }
+    await expect(BlockLazyRunner.open(dir, { wrapStore: 'no' as never })).rejects.toThrow(
+      "E_VALUE: BlockLazyRunner.open: options.wrapStore must be a function, got a string",
+    );
+    await rm(dir, { recursive: true, force: true });
+  });
+
   it('holds at most one block, reads each from its own index, and refuses a block it does not hold', async () => {
     const dir = await writeModel('f16', false);
     const events: string[] = [];

@@ -9,6 +9,7 @@ import {
   type Tensor,
   type TensorStore,
   checkDenseDtype,
+  assertFunction,
 } from '@caldera/core';
 import type { Pool } from '@caldera/linalg';
 import { blockLinearNames, type ModelConfig } from './config.js';
@@ -33,6 +34,11 @@ export interface BlockLazyRunnerOptions {
   signal?: AbortSignal;
   /** Called after a block's source weights are read (`'load'`) and after they are dropped (`'release'`). */
   onBlock?: (e: { block: number; event: 'load' | 'release' }) => void;
+  /**
+   * A view of the opened weights through which every tensor is read: e.g. calibrate's `verifyingTensorStore`, which
+   * checks each tensor's sha256 as it is read. Default: the weights as opened.
+   */
+  wrapStore?: (store: TensorStore) => TensorStore;
 }
 
 /** A linear of a block whose weights are not held: shaped, but running or reading it is an error. */
@@ -125,8 +131,13 @@ export class BlockLazyRunner {
     options ??= {};
     checkDenseDtype(options.dtype, 'BlockLazyRunner.open');
     throwIfAborted(options.signal, 'loading');
-    const { layout, store } = await openModelLayout(dir, { dtype: options.dtype ?? 'auto' });
+    if (options.wrapStore !== undefined)
+      assertFunction(options.wrapStore, 'BlockLazyRunner.open', 'options.wrapStore');
+    const opened = await openModelLayout(dir, { dtype: options.dtype ?? 'auto' });
+    const { layout } = opened;
+    let store = opened.store;
     try {
+      if (options.wrapStore) store = options.wrapStore(store);
       throwIfAborted(options.signal, 'loading');
       const embed = await readHeld(store, layout.embed.name, options.dtype ?? 'auto');
       return new BlockLazyRunner(layout, store, embed, options);

@@ -737,6 +737,7 @@ export async function compressCommand(a: Args): Promise<number> {
         old?.source === source && old.modelSha256 === hashes.sha256 ? old.windows : await windowsOf(),
         settings.hessianChunks,
         source,
+        hashes.tensors,
       );
       await writeHessianPlan(work, plan);
       const all = [...plan.chunks.keys()];

@@ -7,6 +7,7 @@ import {
   readHessianPlan,
   readManifest,
   runHessianChunks,
+  verifyingTensorStore,
 } from '@caldera/calibrate';
 import type { Pool } from '@caldera/linalg';
 import { BlockLazyRunner } from '@caldera/runtime-node';
@@ -28,18 +29,25 @@ export async function runTask(
     const plan = await readHessianPlan(task.work);
     if (await hasHessianChunk(task.work, plan, task.index)) return 'cached';
     // the model this worker sees must be the one the plan hashed (a matrix job checks its weight alike): another one
-    // would give wrong Hessians and a wrong checkpoint without an error. One more read of the model per chunk.
-    const seen = await hashModelTensors(plan.model, signal ? { signal } : {});
-    if (seen.sha256 !== plan.modelSha256)
-      throw new CalderaError(
-        'E_FORMAT',
-        `${task.label}: the model at ${plan.model} is not the one the plan was made from (its tensors' sha256 ` +
-          `${seen.sha256.slice(0, 12)}…, the plan's ${plan.modelSha256.slice(0, 12)}…); give every worker the same model`,
-      );
+    // would give wrong Hessians and a wrong checkpoint without an error. Each tensor is checked as it is read; a plan
+    // written before the plans kept per-tensor hashes has the whole model hashed first (one more read of it).
+    const notPlanned = `${task.label}: the model at ${plan.model} is not the one the plan was made from`;
+    const advice = 'give every worker the same model';
+    const expected = plan.tensorSha256 ? new Map(Object.entries(plan.tensorSha256)) : null;
+    if (!expected) {
+      const seen = await hashModelTensors(plan.model, signal ? { signal } : {});
+      if (seen.sha256 !== plan.modelSha256)
+        throw new CalderaError(
+          'E_FORMAT',
+          `${notPlanned} (its tensors' sha256 ${seen.sha256.slice(0, 12)}…, the plan's ` +
+            `${plan.modelSha256.slice(0, 12)}…); ${advice}`,
+        );
+    }
     // the source one block at a time (runHessianChunks enters and leaves each), not the whole model
     const runner = await BlockLazyRunner.open(plan.model, {
       ...(pool ? { pool } : {}),
       ...(signal ? { signal } : {}),
+      ...(expected ? { wrapStore: (s) => verifyingTensorStore(s, expected, notPlanned) } : {}),
     });
     try {
       const [result] = await runHessianChunks(task.work, plan, [task.index], runner, {
