@@ -243,6 +243,39 @@ function storeFactor(x: Float32Array, bits: FactorBits): { stored: StoredFactor;
   return { stored: { kind: 'lattice', codes }, values };
 }
 
+/**
+ * `L` (mp × k, row-major) with each column i scaled by d_i, against the rows of `R` (k × np) it was fitted to, so that
+ * component i is balanced between the two factors once R is refitted to it (the least-squares R absorbs any column
+ * scaling of L exactly, so L·R stays what the fit makes it). With one quantization scale per factor, every entry of a
+ * factor gets noise of about the same size, so the noise of L̂·R̂ grows like (Σ‖L_i‖²)·(Σ w_i²‖R_i‖²), which for
+ * fixed products ‖L_i‖·‖R_i‖ is least when ‖L_i‖ = w_i·‖R_i‖ (Cauchy–Schwarz). w_i weighs R's noise as the error
+ * does: with H, w_i² ∝ R_iHR_iᵀ/‖R_i‖² + mean(diag H) (`G` holds R·H·Rᵀ); without, w_i = 1. Unbalanced (L's
+ * columns of unit norm, as the data-aware start makes them), the components of small singular value drown in the
+ * noise that the scale of the large ones sets: near full rank the error rose again instead of falling.
+ */
+function balanceAgainst(
+  L: Float32Array,
+  mp: number,
+  R: ArrayLike<number>,
+  np: number,
+  k: number,
+  hw: { G: Float64Array; meanH: number } | null,
+): Float32Array {
+  const out = Float32Array.from(L);
+  for (let i = 0; i < k; i++) {
+    let ln = 0;
+    let rn = 0;
+    for (let a = 0; a < mp; a++) ln += L[a * k + i]! * L[a * k + i]!;
+    for (let c = 0; c < np; c++) rn += R[i * np + c]! * R[i * np + c]!;
+    if (!(ln > 0 && rn > 0)) continue;
+    const w = hw ? Math.sqrt((hw.G[i * k + i]! / rn + hw.meanH) / (2 * hw.meanH)) : 1;
+    // ‖L_i‖·d_i = w_i·‖R_i‖/d_i
+    const d = Math.sqrt(w * Math.sqrt(rn / ln));
+    for (let a = 0; a < mp; a++) out[a * k + i]! *= d;
+  }
+  return out;
+}
+
 interface LowRank {
   l: StoredFactor; // Lᵀ, k × mp
   r: StoredFactor; // k × np
@@ -432,21 +465,16 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       return { l: l.stored, r: r.stored, product: product(l.values, r.values) };
     }
     let R = R0;
+    let meanH = 0;
+    if (Hf) {
+      for (let i = 0; i < np; i++) meanH += Hf.data[i * np + i]!;
+      meanH /= np;
+    }
     let best: LowRank | null = null;
     let bestScore = Infinity;
     const Am = mat(mp, np, A);
-    for (let it = 0; it < Math.max(1, o.lplrIters); it++) {
-      // L ← A·H·Rᵀ·(R·H·Rᵀ)⁻¹ (or A·Rᵀ·(R·Rᵀ)⁻¹ data-unaware)
-      const RH = Hf ? gemm(mat(k, np, R), Hf, { checkFinite: false, ...pool }).data : R;
-      const AHRt = gemm(Am, mat(k, np, RH), { transB: true, checkFinite: false, ...pool }).data; // mp × k
-      const G = new Float64Array(k * k);
-      for (let i = 0; i < k; i++)
-        for (let j = i; j < k; j++) {
-          let s = 0;
-          for (let c = 0; c < np; c++) s += RH[i * np + c]! * R[j * np + c]!;
-          G[i * k + j] = G[j * k + i] = s;
-        }
-      const L = solveSpd(AHRt, [mp, k], G, k, 'right', pool);
+    /** Quantize L (mp × k) into L̂, fit R to it and quantize R: the pair, R̂'s values and the pair's score. */
+    const quantizedPair = (L: Float32Array) => {
       const lq = storeFactor(transposed(L, mp, k), o.lBits);
       // R ← (L̂ᵀL̂)⁻¹·L̂ᵀ·A, the H-weighted optimum too (H sits on the right)
       const LtA = gemm(mat(k, mp, lq.values), Am, { checkFinite: false, ...pool }).data; // k × np
@@ -469,11 +497,27 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
           for (let c = 0; c < np; c++) s += RqH[i * np + c]! * rq.values[j * np + c]!;
           score += Gl[i * k + j]! * s;
         }
-      if (score < bestScore) {
-        bestScore = score;
-        best = { l: lq.stored, r: rq.stored, product: product(lq.values, rq.values) };
+      return { lq, rq, score };
+    };
+    for (let it = 0; it < Math.max(1, o.lplrIters); it++) {
+      // L ← A·H·Rᵀ·(R·H·Rᵀ)⁻¹ (or A·Rᵀ·(R·Rᵀ)⁻¹ data-unaware)
+      const RH = Hf ? gemm(mat(k, np, R), Hf, { checkFinite: false, ...pool }).data : R;
+      const AHRt = gemm(Am, mat(k, np, RH), { transB: true, checkFinite: false, ...pool }).data; // mp × k
+      const G = new Float64Array(k * k);
+      for (let i = 0; i < k; i++)
+        for (let j = i; j < k; j++) {
+          let s = 0;
+          for (let c = 0; c < np; c++) s += RH[i * np + c]! * R[j * np + c]!;
+          G[i * k + j] = G[j * k + i] = s;
+        }
+      const L = solveSpd(AHRt, [mp, k], G, k, 'right', pool);
+      // each component balanced between L and R before L is quantized (the fit of R to L̂ keeps the balance)
+      const pair = quantizedPair(balanceAgainst(L, mp, R, np, k, Hf ? { G, meanH } : null));
+      if (pair.score < bestScore) {
+        bestScore = pair.score;
+        best = { l: pair.lq.stored, r: pair.rq.stored, product: product(pair.lq.values, pair.rq.values) };
       }
-      R = rq.values;
+      R = pair.rq.values;
     }
     return best!;
   };
