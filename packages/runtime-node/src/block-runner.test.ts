@@ -162,7 +162,7 @@ describe('BlockLazyRunner', () => {
       await lazy.close();
     }
     await expect(BlockLazyRunner.open(dir, { wrapStore: 'no' as never })).rejects.toThrow(
-      "E_VALUE: BlockLazyRunner.open: options.wrapStore must be a function, got a string",
+      'E_VALUE: BlockLazyRunner.open: options.wrapStore must be a function, got a string',
     );
     await rm(dir, { recursive: true, force: true });
   });

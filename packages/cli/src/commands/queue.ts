@@ -406,10 +406,11 @@ export async function workerCommand(a: Args): Promise<number> {
     process.off('SIGINT', shutdown);
     process.off('SIGTERM', shutdown);
     shutdown();
-    // stopped before Redis ever answered: nothing to hand back, and a graceful close would wait for it in vain
+    // stopped before Redis ever answered: nothing to hand back, and a graceful close would wait for it in vain; with
+    // no job in hand a close has nothing to hand back either, and waits only for Redis (which may be gone)
     if (ready === undefined)
       await within(worker.disconnect(), 2000, () => 'disconnecting').catch(() => undefined);
-    else await closeWithin(closing!, () => worker.disconnect(), 10_000);
+    else await closeWithin(closing!, () => worker.disconnect(), all.length > idle.length ? 10_000 : 2000);
     await Promise.all(all.map((t) => t.dispose()));
   }
   log({ event: 'stopped' }); // only a clean stop: an error (Redis unreachable) is the one thing printed
