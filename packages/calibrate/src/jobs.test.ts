@@ -213,7 +213,12 @@ describe("a plan's per-tensor hashes and verifyingTensorStore", () => {
     const runner = new ToyRunner(3);
     const model = await toyModelDir(runner);
     const hashes = await hashModelTensors(model);
-    const plan = makeHessianPlan(model, hashes.sha256, runner.numBlocks, windows, 2, '', hashes.tensors);
+    const configSha256 = 'c'.repeat(64);
+    const plan = makeHessianPlan(model, hashes.sha256, runner.numBlocks, windows, 2, '', {
+      tensorSha256: hashes.tensors,
+      configSha256,
+    });
+    expect(plan.configSha256).toBe(configSha256);
     expect(plan.tensorSha256).toEqual(Object.fromEntries(hashes.tensors));
     // the plan is JSON: written and read back, its hashes give the same check
     const expected = new Map(Object.entries(JSON.parse(JSON.stringify(plan)).tensorSha256 as object));
@@ -263,12 +268,21 @@ describe("a plan's per-tensor hashes and verifyingTensorStore", () => {
       await extra.close();
     }
     // per-tensor hashes that are not those of the model hash, and a non-Map, are refused
-    expect(() => makeHessianPlan(model, hashes.sha256, runner.numBlocks, windows, 2, '', fewer)).toThrow(
-      /E_VALUE: makeHessianPlan: tensorSha256 is not the per-tensor hashes of modelSha256/,
+    const planWith = (identity: unknown) => () =>
+      makeHessianPlan(model, hashes.sha256, runner.numBlocks, windows, 2, '', identity as never);
+    expect(planWith({ tensorSha256: fewer })).toThrow(
+      /E_VALUE: makeHessianPlan: identity.tensorSha256 is not the per-tensor hashes of modelSha256/,
     );
-    expect(() =>
-      makeHessianPlan(model, hashes.sha256, runner.numBlocks, windows, 2, '', {} as never),
-    ).toThrow(/E_VALUE: makeHessianPlan: tensorSha256 must be a Map/);
+    expect(planWith({ tensorSha256: {} })).toThrow(
+      /E_VALUE: makeHessianPlan: identity.tensorSha256 must be a Map/,
+    );
+    expect(planWith({ configSha256: 'abc' })).toThrow(
+      "E_VALUE: makeHessianPlan: identity.configSha256 must be 64 lowercase hex digits, got 'abc'",
+    );
+    expect(planWith(null)).toThrow(/E_VALUE: makeHessianPlan: identity must be an object, got null/);
+    // none given: neither is in the plan (as in plans written before they existed)
+    const bare = makeHessianPlan(model, hashes.sha256, runner.numBlocks, windows, 2);
+    expect('tensorSha256' in bare || 'configSha256' in bare).toBe(false);
     expect(() => verifyingTensorStore(plain, {} as never, 'x')).toThrow(
       /E_VALUE: verifyingTensorStore: expected must be a Map/,
     );

@@ -10,6 +10,7 @@ import {
   cast,
   describeValue,
   isCalderaError,
+  shownValue,
   openSafetensors,
   openSafetensorsDir,
   readWholeFile,
@@ -108,6 +109,11 @@ export interface HessianPlan {
    * written before it existed: a job then hashes the whole model.
    */
   tensorSha256?: Record<string, string>;
+  /**
+   * sha256 of the model's `config.json`, which the activations depend on too (heads, RoPE, norms), so that a chunk job
+   * checks it before it runs; absent when not given (and from older plans).
+   */
+  configSha256?: string;
   windows: number[][];
   /** Chunk c covers windows [start, end); `key` names its partial-sum files. */
   chunks: { key: string; start: number; end: number }[];
@@ -374,9 +380,10 @@ async function writeJsonOnce(path: string, value: unknown): Promise<void> {
 
 /**
  * Split `windows` into `chunks` contiguous chunks (fewer when there are fewer windows). The plan, not the number of
- * processes, fixes the f64 summation order of the Hessians. `tensorSha256`, when given, is the per-tensor hashes of
- * `modelSha256` (both from one {@link hashModelTensors}; else `E_VALUE`), kept in the plan so that a chunk job checks the
- * tensors it reads against them ({@link verifyingTensorStore}).
+ * processes, fixes the f64 summation order of the Hessians. `identity` is kept in the plan so that a chunk job can
+ * check that the model it reads is the one planned: `tensorSha256`, the per-tensor hashes of `modelSha256` (both from
+ * one {@link hashModelTensors}; else `E_VALUE`), checked as each tensor is read ({@link verifyingTensorStore}), and
+ * `configSha256`, the sha256 of the model's `config.json` (64 hex digits, else `E_VALUE`).
  */
 export function makeHessianPlan(
   model: string,
@@ -385,19 +392,29 @@ export function makeHessianPlan(
   windows: readonly ArrayLike<number>[],
   chunks: number,
   source = '',
-  tensorSha256?: ReadonlyMap<string, string>,
+  identity: { tensorSha256?: ReadonlyMap<string, string>; configSha256?: string } = {},
 ): HessianPlan {
+  assertObject(identity, 'makeHessianPlan', 'identity');
+  const { tensorSha256, configSha256 } = identity;
+  if (
+    configSha256 !== undefined &&
+    !(typeof configSha256 === 'string' && /^[0-9a-f]{64}$/.test(configSha256))
+  )
+    throw new CalderaError(
+      'E_VALUE',
+      `makeHessianPlan: identity.configSha256 must be 64 lowercase hex digits, got ${shownValue(configSha256)}`,
+    );
   if (!Number.isInteger(chunks) || chunks <= 0)
     throw new CalderaError('E_VALUE', `Hessian chunks must be a positive integer, got ${chunks}`);
   if (tensorSha256 !== undefined && !(tensorSha256 instanceof Map))
     throw new CalderaError(
       'E_VALUE',
-      `makeHessianPlan: tensorSha256 must be a Map of tensor names to sha256 (hashModelTensors' tensors), got ${describeValue(tensorSha256)}`,
+      `makeHessianPlan: identity.tensorSha256 must be a Map of tensor names to sha256 (hashModelTensors' tensors), got ${describeValue(tensorSha256)}`,
     );
   if (tensorSha256 !== undefined && tensorsSha256(tensorSha256) !== modelSha256)
     throw new CalderaError(
       'E_VALUE',
-      'makeHessianPlan: tensorSha256 is not the per-tensor hashes of modelSha256 (give both from one hashModelTensors)',
+      'makeHessianPlan: identity.tensorSha256 is not the per-tensor hashes of modelSha256 (give both from one hashModelTensors)',
     );
   assertObject(windows, 'makeHessianPlan', 'windows', 'an array of token windows');
   if (windows.length === 0) throw new CalderaError('E_VALUE', 'no calibration windows');
@@ -420,6 +437,7 @@ export function makeHessianPlan(
     numBlocks,
     source,
     ...(tensorSha256 ? { tensorSha256: Object.fromEntries(tensorSha256) } : {}),
+    ...(configSha256 ? { configSha256 } : {}),
     windows: ws,
     chunks: list,
   };

@@ -186,9 +186,19 @@ describe('compress with the source held one block at a time (BlockLazyRunner)', 
     expect(readdirSync(chunks).sort()).toEqual(files);
     files.forEach((f, i) => expect(readFileSync(join(chunks, f)).equals(before[i]!), f).toBe(true));
     expect(await runTask({ kind: 'hessian', work, index: 0, label: 'hessian 0' })).toBe('cached');
+    // the same tensors with another config.json (RoPE base): other activations, so refused before any work
+    rmSync(join(chunks, files[0]!));
+    const configFile = join(dir, 'config.json');
+    const config = readFileSync(configFile, 'utf8');
+    writeFileSync(configFile, config.replace('"rope_theta": 10000', '"rope_theta": 20000'));
+    expect(readFileSync(configFile, 'utf8')).not.toBe(config);
+    await expect(runTask({ kind: 'hessian', work, index: 0, label: 'hessian 0' })).rejects.toThrow(
+      /^E_FORMAT: hessian 0: the model at .*task is not the one the plan was made from: its config\.json has sha256 [0-9a-f]{12}…, the plan's [0-9a-f]{12}…; give every worker the same model$/,
+    );
+    expect(existsSync(join(chunks, files[0]!))).toBe(false);
+    writeFileSync(configFile, config);
     // a worker that sees another model at the plan's path: refused, where it computed wrong Hessians without an error
     await writeTinyModel(join(tmp, 'task'), { dtype: 'bf16', layers: 3, seed: 27 });
-    rmSync(join(chunks, files[0]!));
     // (checked tensor by tensor as the job reads them: the embedding, read first, differs)
     await expect(runTask({ kind: 'hessian', work, index: 0, label: 'hessian 0' })).rejects.toThrow(
       /^E_FORMAT: hessian 0: the model at .*task is not the one the plan was made from: its tensor 'model\.embed_tokens\.weight' has sha256 [0-9a-f]{12}…, the plan's [0-9a-f]{12}…$/,

@@ -737,7 +737,7 @@ export async function compressCommand(a: Args): Promise<number> {
         old?.source === source && old.modelSha256 === hashes.sha256 ? old.windows : await windowsOf(),
         settings.hessianChunks,
         source,
-        hashes.tensors,
+        { tensorSha256: hashes.tensors, configSha256: await fileSha256(join(modelDir, 'config.json')) },
       );
       await writeHessianPlan(work, plan);
       const all = [...plan.chunks.keys()];

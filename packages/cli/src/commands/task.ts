@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import { CalderaError } from '@caldera/core';
 import {
   executeMatrixJob,
@@ -11,6 +12,7 @@ import {
 } from '@caldera/calibrate';
 import type { Pool } from '@caldera/linalg';
 import { BlockLazyRunner } from '@caldera/runtime-node';
+import { fileSha256 } from './common.js';
 
 /** One unit of distributed work: a Hessian chunk (phase 1) or a matrix job (phase 2) of a work directory. */
 export type QueueTask =
@@ -33,6 +35,15 @@ export async function runTask(
     // written before the plans kept per-tensor hashes has the whole model hashed first (one more read of it).
     const notPlanned = `${task.label}: the model at ${plan.model} is not the one the plan was made from`;
     const advice = 'give every worker the same model';
+    if (plan.configSha256 !== undefined) {
+      const config = await fileSha256(join(plan.model, 'config.json'));
+      if (config !== plan.configSha256)
+        throw new CalderaError(
+          'E_FORMAT',
+          `${notPlanned}: its config.json has sha256 ${config.slice(0, 12)}…, the plan's ` +
+            `${plan.configSha256.slice(0, 12)}…; ${advice}`,
+        );
+    }
     const expected = plan.tensorSha256 ? new Map(Object.entries(plan.tensorSha256)) : null;
     if (!expected) {
       const seen = await hashModelTensors(plan.model, signal ? { signal } : {});
