@@ -219,13 +219,15 @@ describe('Trainer', () => {
     const a = new Trainer(cfg, initTrainParams(cfg, new Rng(1)), data, o);
     const sync = Array.from({ length: 3 }, () => a.step());
 
-    // an objective that counts its sequences and lets a timer abort the signal while the second step is under way
+    // an objective that counts its sequences and lets a callback abort the signal while the second step is under way,
+    // as a signal handler would. (Queued with setImmediate, it runs in the turn after this sequence, before the step
+    // looks: a setTimeout(0) waits at least 1 ms, which that turn may not last, and CI once saw it a sequence later.)
     const ac = new AbortController();
     let calls = 0;
     let timersRun = 0;
     const objective: Objective = (p, t, g, grad, into) => {
       calls++;
-      if (calls === batch + 2) setTimeout(() => ac.abort(new Error('user stop')), 0);
+      if (calls === batch + 2) setImmediate(() => ac.abort(new Error('user stop')));
       if (calls > batch + 1) setImmediate(() => timersRun++);
       return lossAndGrad(p, cfg, t, g, grad, undefined, into);
     };
