@@ -6,6 +6,7 @@ import {
   mkdirSync,
   readdirSync,
   readFileSync,
+  rmSync,
   statSync,
   writeFileSync,
 } from 'node:fs';
@@ -13,7 +14,8 @@ import { dirname, join } from 'node:path';
 import { writeSafetensors } from '@caldera/core';
 import { hashModelTensors, sha256Hex } from '@caldera/calibrate';
 import { bin, fastCompressSetup, runCli, runUntil } from './test-cli.js';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { hostname } from 'node:os';
 import { writeTinyModel } from './test-models.js';
 
 const { tmp, data, heldOut, fast, rtn: RTN } = fastCompressSetup('caldera-out-safety-');
@@ -181,6 +183,61 @@ describe('--out never destroys what is there', () => {
 });
 
 const TRAIN = ['--steps', '2', '--batch', '1', '--seq-len', '32', '--warmup', '1', '--valid-tokens', '256'];
+
+describe('one process writes an --out at a time (<out>.lock)', () => {
+  it('a second compress on an --out being written fails at once naming the first; the lock of a dead process is taken over', async () => {
+    const out = join(tmp, 'locked');
+    const lock = `${out}.lock`;
+    const args = ['compress', src, '--out', out, ...FAST, '--rank', '8'];
+    const first = spawn(process.execPath, [bin, ...args], { stdio: 'ignore' });
+    const firstDone = new Promise<number | null>((resolve) => first.on('close', resolve));
+    while (!existsSync(lock)) {
+      if (first.exitCode !== null)
+        throw new Error(`the first compress ended (${first.exitCode}) before its lock`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    first.kill('SIGSTOP'); // held still while the second one tries (a tiny model compresses in about 2 s)
+    try {
+      expect(JSON.parse(readFileSync(lock, 'utf8'))).toMatchObject({
+        command: 'caldera compress',
+        pid: first.pid,
+        host: hostname(),
+      });
+      const second = run(args);
+      // before: both ran at once, on the same <out>.partial
+      expect(second.status).toBe(1);
+      expect(second.stderr).toMatch(
+        new RegExp(
+          `^caldera compress: E_IO: .*locked is being written by caldera compress \\(pid ${first.pid} on this host, since \\d{4}-.*\\); wait for it to finish or stop it\n$`,
+        ),
+      );
+    } finally {
+      first.kill('SIGCONT');
+    }
+    expect(await firstDone).toBe(0);
+    expect(existsSync(lock)).toBe(false);
+    // the lock of a process that has exited (killed, say) is taken over
+    const gone = Number(spawnSync(process.execPath, ['-p', 'process.pid'], { encoding: 'utf8' }).stdout);
+    writeFileSync(
+      lock,
+      JSON.stringify({ command: 'caldera compress', pid: gone, host: hostname(), started: 'then' }),
+    );
+    const taken = run(args);
+    expect(taken.status, taken.stderr).toBe(0);
+    expect(existsSync(lock)).toBe(false);
+    // one from another host (a shared file system) cannot be checked: refused, naming the file to remove
+    writeFileSync(
+      lock,
+      JSON.stringify({ command: 'caldera merge', pid: 1, host: 'elsewhere', started: 'then' }),
+    );
+    const other = run(args);
+    expect(other.status).toBe(1);
+    expect(other.stderr).toMatch(
+      /is being written by caldera merge \(pid 1 on elsewhere, since then\); wait for it to finish or stop it, then remove .*locked\.lock if it is still there/,
+    );
+    rmSync(lock);
+  }, 60_000);
+});
 
 describe('--out: a marker file alone does not make a directory replaceable', () => {
   it('compress refuses a project of its own that has a caldera.json; every file stays', () => {

@@ -79,6 +79,7 @@ import {
   progressFor,
 } from './common.js';
 import { chooseRanks, parseLayerRanks, type RankChoice } from './ranks.js';
+import { lockOutput } from './out-lock.js';
 import { checkRedisReachable } from './redis.js';
 import type { QueueTask } from './task.js';
 
@@ -605,6 +606,8 @@ export async function compressCommand(a: Args): Promise<number> {
   ]);
   await checkOutDir(out, [modelDir]);
   if (queue) await checkRedisReachable(queue);
+  // one process writes <out> at a time (shards of one run excepted: they share its work directory by design)
+  const unlock = shard ? async () => undefined : await lockOutput(out, 'caldera compress');
   const pool = queue ? undefined : poolFor(threads); // a coordinator computes nothing itself
   // Ctrl-C or SIGTERM stops the run from here on, the model's opening included: exit 130 (143), the committed work
   // kept for a rerun to resume
@@ -639,6 +642,7 @@ export async function compressCommand(a: Args): Promise<number> {
     stop.dispose();
     await runner?.close();
     pool?.dispose();
+    await unlock();
     if (stop.signal.aborted) return interrupted();
     throw e;
   }
@@ -866,6 +870,7 @@ export async function compressCommand(a: Args): Promise<number> {
     await sourceModel.close();
     pool?.dispose();
     bar.done();
+    await unlock();
   }
 }
 
@@ -938,6 +943,7 @@ export async function mergeCommand(a: Args): Promise<number> {
   const manifest = await readManifest(work);
   // the shards checked --out when they started; what was put there since must not be lost either
   await checkOutDir(out, [manifest.model]);
+  const unlock = await lockOutput(out, 'caldera merge');
   // Ctrl-C or SIGTERM: nothing written, the work directory kept for a rerun
   const stop = onStopSignals();
   try {
@@ -962,6 +968,7 @@ export async function mergeCommand(a: Args): Promise<number> {
     return stop.exitCode();
   } finally {
     stop.dispose();
+    await unlock();
   }
   return 0;
 }

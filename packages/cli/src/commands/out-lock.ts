@@ -1,0 +1,84 @@
+import { hostname } from 'node:os';
+import { dirname } from 'node:path';
+import { link, mkdir, readFile, unlink, writeFile } from 'node:fs/promises';
+import { CalderaError } from '@caldera/core';
+
+/** What `<out>.lock` holds: the process writing `<out>`. */
+interface LockOwner {
+  command: string;
+  pid: number;
+  host: string;
+  started: string;
+}
+
+/** Whether process `pid` of this host runs (a process of another user counts: EPERM). */
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+async function readOwner(lock: string): Promise<LockOwner | null> {
+  try {
+    const o = JSON.parse(await readFile(lock, 'utf8')) as Partial<LockOwner>;
+    return typeof o.pid === 'number' && typeof o.host === 'string' ? (o as LockOwner) : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Take `<out>.lock` for `command` (e.g. `caldera compress`), so that a second process writing the same output fails at
+ * once with `E_IO` naming the one that writes it, instead of racing it (the first to finish removes the work files the
+ * other still reads). The lock file appears whole or not at all (written aside, then hard-linked into place, which
+ * fails when it exists). A lock whose process is gone (on this host: its pid no longer runs; or unreadable) is taken
+ * over; one held on another host (a shared file system) cannot be checked and is refused, naming the file to remove.
+ * Returns the release, which removes the lock if it is still this process's.
+ */
+export async function lockOutput(out: string, command: string): Promise<() => Promise<void>> {
+  const lock = `${out}.lock`;
+  const me: LockOwner = { command, pid: process.pid, host: hostname(), started: new Date().toISOString() };
+  const text = JSON.stringify(me) + '\n';
+  await mkdir(dirname(lock), { recursive: true });
+  const aside = `${lock}.${process.pid}-${Date.now()}`;
+  await writeFile(aside, text);
+  try {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await link(aside, lock);
+        break;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      }
+      const owner = await readOwner(lock);
+      const gone = owner === null || (owner.host === me.host && !isRunning(owner.pid));
+      if (!gone || attempt > 0) {
+        const who = owner
+          ? `${owner.command} (pid ${owner.pid} on ${owner.host === me.host ? 'this host' : owner.host}, since ${owner.started})`
+          : 'another process';
+        throw new CalderaError(
+          'E_IO',
+          `${out} is being written by ${who}; wait for it to finish or stop it` +
+            (owner && owner.host !== me.host ? `, then remove ${lock} if it is still there` : ''),
+        );
+      }
+      // left by a process that is gone: taken over. (Two processes that find the same stale lock at the same moment
+      // can both take it over: a narrow race, and only after a crash.)
+      await unlink(lock).catch(() => undefined);
+    }
+  } catch (e) {
+    if (e instanceof CalderaError) throw e;
+    throw new CalderaError('E_IO', `cannot create ${lock} (${(e as Error).message})`, {
+      cause: e,
+    });
+  } finally {
+    await unlink(aside).catch(() => undefined);
+  }
+  return async () => {
+    const owner = await readOwner(lock);
+    if (owner?.pid === me.pid && owner.started === me.started) await unlink(lock).catch(() => undefined);
+  };
+}
