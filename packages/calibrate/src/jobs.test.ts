@@ -20,6 +20,7 @@ import {
   makeManifest,
   missingJobs,
   readJobResult,
+  readHessianPlan,
   reduceHessianChunks,
   runHessianChunks,
   sha256Hex,
@@ -28,6 +29,7 @@ import {
   type LayerSpec,
   type LayerSpecProgress,
   verifyingTensorStore,
+  writeHessianPlan,
 } from './jobs.js';
 import { OneBlockRunner, ToyRunner } from './testing/toy-runner.js';
 
@@ -283,6 +285,28 @@ describe("a plan's per-tensor hashes and verifyingTensorStore", () => {
     // none given: neither is in the plan (as in plans written before they existed)
     const bare = makeHessianPlan(model, hashes.sha256, runner.numBlocks, windows, 2);
     expect('tensorSha256' in bare || 'configSha256' in bare).toBe(false);
+    // the config is part of each chunk's key: sums made under another config.json are not taken for this plan's
+    const otherConfig = makeHessianPlan(model, hashes.sha256, runner.numBlocks, windows, 2, '', {
+      configSha256: 'd'.repeat(64),
+    });
+    for (let c = 0; c < 2; c++) {
+      expect(otherConfig.chunks[c]!.key).not.toBe(plan.chunks[c]!.key);
+      expect(bare.chunks[c]!.key).not.toBe(plan.chunks[c]!.key);
+    }
+    // a plan file whose identity fields are malformed is E_FORMAT naming the file and the field
+    const work = mkdtempSync(join(tmpdir(), 'caldera-jobs-plan-'));
+    for (const [field, value] of [
+      ['configSha256', 'abc'],
+      ['tensorSha256', { x: 'nope' }],
+      ['tensorSha256', null],
+    ] as const) {
+      writeFileSync(join(work, 'hessian-plan.json'), JSON.stringify({ ...plan, [field]: value }));
+      await expect(readHessianPlan(work)).rejects.toThrow(
+        new RegExp(`^E_FORMAT: .*hessian-plan\\.json: ${field} is not`),
+      );
+    }
+    await writeHessianPlan(work, plan);
+    expect(await readHessianPlan(work)).toEqual(plan);
     expect(() => verifyingTensorStore(plain, {} as never, 'x')).toThrow(
       /E_VALUE: verifyingTensorStore: expected must be a Map/,
     );

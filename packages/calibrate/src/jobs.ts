@@ -424,7 +424,14 @@ export function makeHessianPlan(
     const start = Math.floor((i * ws.length) / c);
     const end = Math.floor(((i + 1) * ws.length) / c);
     return {
-      key: sha256Hex(JSON.stringify({ modelSha256, windows: ws.slice(start, end) })).slice(0, 32),
+      // the config too, when given: partial sums made under another config.json are not this plan's
+      key: sha256Hex(
+        JSON.stringify({
+          modelSha256,
+          ...(configSha256 ? { configSha256 } : {}),
+          windows: ws.slice(start, end),
+        }),
+      ).slice(0, 32),
       start,
       end,
     };
@@ -451,8 +458,20 @@ export async function writeHessianPlan(workDir: string, plan: HessianPlan): Prom
 
 export async function readHessianPlan(workDir: string): Promise<HessianPlan> {
   const p = await readJson<HessianPlan>(join(workDir, PLAN_FILE), 'Hessian plan');
-  if (p.format !== 'caldera-hessian-plan' || p.version !== 1)
-    throw new CalderaError('E_FORMAT', `${join(workDir, PLAN_FILE)} is not a version-1 Hessian plan`);
+  const file = join(workDir, PLAN_FILE);
+  if (p === null || typeof p !== 'object' || p.format !== 'caldera-hessian-plan' || p.version !== 1)
+    throw new CalderaError('E_FORMAT', `${file} is not a version-1 Hessian plan`);
+  const hex64 = (v: unknown) => typeof v === 'string' && /^[0-9a-f]{64}$/.test(v);
+  if (p.configSha256 !== undefined && !hex64(p.configSha256))
+    throw new CalderaError('E_FORMAT', `${file}: configSha256 is not a sha256 (64 hex digits)`);
+  if (
+    p.tensorSha256 !== undefined &&
+    (p.tensorSha256 === null ||
+      typeof p.tensorSha256 !== 'object' ||
+      Array.isArray(p.tensorSha256) ||
+      !Object.values(p.tensorSha256).every(hex64))
+  )
+    throw new CalderaError('E_FORMAT', `${file}: tensorSha256 is not an object of tensor names to sha256`);
   return p;
 }
 

@@ -164,6 +164,10 @@ describe('BlockLazyRunner', () => {
     await expect(BlockLazyRunner.open(dir, { wrapStore: 'no' as never })).rejects.toThrow(
       'E_VALUE: BlockLazyRunner.open: options.wrapStore must be a function, got a string',
     );
+    // a view that is not a store: E_VALUE naming it (before, a TypeError from its missing close hid the error)
+    await expect(BlockLazyRunner.open(dir, { wrapStore: () => null as never })).rejects.toThrow(
+      'E_VALUE: BlockLazyRunner.open: what options.wrapStore returned must be a TensorStore (openSafetensors or openSafetensorsDir), got null',
+    );
     await rm(dir, { recursive: true, force: true });
   });
 

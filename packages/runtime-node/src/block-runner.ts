@@ -10,6 +10,7 @@ import {
   type TensorStore,
   checkDenseDtype,
   assertFunction,
+  assertTensorStore,
 } from '@caldera/core';
 import type { Pool } from '@caldera/linalg';
 import { blockLinearNames, type ModelConfig } from './config.js';
@@ -137,12 +138,16 @@ export class BlockLazyRunner {
     const { layout } = opened;
     let store = opened.store;
     try {
-      if (options.wrapStore) store = options.wrapStore(store);
+      if (options.wrapStore) {
+        const wrapped = options.wrapStore(store);
+        assertTensorStore(wrapped, 'BlockLazyRunner.open', 'what options.wrapStore returned');
+        store = wrapped;
+      }
       throwIfAborted(options.signal, 'loading');
       const embed = await readHeld(store, layout.embed.name, options.dtype ?? 'auto');
       return new BlockLazyRunner(layout, store, embed, options);
     } catch (e) {
-      await store.close().catch(() => undefined);
+      await opened.store.close().catch(() => undefined);
       throw e;
     }
   }

@@ -606,9 +606,16 @@ export async function compressCommand(a: Args): Promise<number> {
   ]);
   await checkOutDir(out, [modelDir]);
   if (queue) await checkRedisReachable(queue);
-  // one process writes <out> at a time (shards of one run excepted: they share its work directory by design)
-  const unlock = shard ? async () => undefined : await lockOutput(out, 'caldera compress');
   const pool = queue ? undefined : poolFor(threads); // a coordinator computes nothing itself
+  // one process writes <out> at a time (shards of one run excepted: they share its work directory by design); the
+  // lock is released first on every way out below, before anything else that could throw
+  let unlock: () => Promise<void>;
+  try {
+    unlock = shard ? async () => undefined : await lockOutput(out, 'caldera compress');
+  } catch (e) {
+    pool?.dispose();
+    throw e;
+  }
   // Ctrl-C or SIGTERM stops the run from here on, the model's opening included: exit 130 (143), the committed work
   // kept for a rerun to resume
   const stop = onStopSignals();
@@ -639,10 +646,10 @@ export async function compressCommand(a: Args): Promise<number> {
     settings = { ...base, length, ranks: ranksFor(rankChoice, base.method, layers) };
   } catch (e) {
     // the run's try/finally below has not started
+    await unlock();
     stop.dispose();
     await runner?.close();
     pool?.dispose();
-    await unlock();
     if (stop.signal.aborted) return interrupted();
     throw e;
   }
@@ -866,11 +873,11 @@ export async function compressCommand(a: Args): Promise<number> {
     bar.done();
     return interrupted();
   } finally {
+    await unlock();
     stop.dispose();
     await sourceModel.close();
     pool?.dispose();
     bar.done();
-    await unlock();
   }
 }
 
@@ -967,8 +974,8 @@ export async function mergeCommand(a: Args): Promise<number> {
     );
     return stop.exitCode();
   } finally {
-    stop.dispose();
     await unlock();
+    stop.dispose();
   }
   return 0;
 }

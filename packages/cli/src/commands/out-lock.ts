@@ -21,9 +21,16 @@ function isRunning(pid: number): boolean {
   }
 }
 
-async function readOwner(lock: string): Promise<LockOwner | null> {
+/** The owner `<out>.lock` names: null when the file is not a readable lock, 'missing' when there is no such file. */
+async function readOwner(lock: string): Promise<LockOwner | null | 'missing'> {
+  let text: string;
   try {
-    const o = JSON.parse(await readFile(lock, 'utf8')) as Partial<LockOwner>;
+    text = await readFile(lock, 'utf8');
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : null;
+  }
+  try {
+    const o = JSON.parse(text) as Partial<LockOwner>;
     return typeof o.pid === 'number' && typeof o.host === 'string' ? (o as LockOwner) : null;
   } catch {
     return null;
@@ -34,19 +41,21 @@ async function readOwner(lock: string): Promise<LockOwner | null> {
  * Take `<out>.lock` for `command` (e.g. `caldera compress`), so that a second process writing the same output fails at
  * once with `E_IO` naming the one that writes it, instead of racing it (the first to finish removes the work files the
  * other still reads). The lock file appears whole or not at all (written aside, then hard-linked into place, which
- * fails when it exists). A lock whose process is gone (on this host: its pid no longer runs; or unreadable) is taken
- * over; one held on another host (a shared file system) cannot be checked and is refused, naming the file to remove.
+ * fails when it exists). A lock whose process is gone (on this host: its pid no longer runs, or is this process's own,
+ * left by an earlier process with the same pid or an earlier run in this one; or unreadable) is taken over; one held
+ * on another host (a shared file system) cannot be checked and is refused, naming the file to remove. So two runs on
+ * the same `out` in one process at once are not told apart (one command per process, as the CLI runs them).
  * Returns the release, which removes the lock if it is still this process's.
  */
 export async function lockOutput(out: string, command: string): Promise<() => Promise<void>> {
   const lock = `${out}.lock`;
   const me: LockOwner = { command, pid: process.pid, host: hostname(), started: new Date().toISOString() };
   const text = JSON.stringify(me) + '\n';
-  await mkdir(dirname(lock), { recursive: true });
   const aside = `${lock}.${process.pid}-${Date.now()}`;
-  await writeFile(aside, text);
   try {
-    for (let attempt = 0; ; attempt++) {
+    await mkdir(dirname(lock), { recursive: true });
+    await writeFile(aside, text);
+    for (let takeovers = 0; ;) {
       try {
         await link(aside, lock);
         break;
@@ -54,8 +63,12 @@ export async function lockOutput(out: string, command: string): Promise<() => Pr
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       }
       const owner = await readOwner(lock);
-      const gone = owner === null || (owner.host === me.host && !isRunning(owner.pid));
-      if (!gone || attempt > 0) {
+      if (owner === 'missing') continue; // released meanwhile: try again
+      // gone: unreadable, or of this host and not running. Its pid being this process's own means it was left by an
+      // earlier process that had the same pid (a restarted container's) or by an earlier run in this process.
+      const gone =
+        owner === null || (owner.host === me.host && (owner.pid === process.pid || !isRunning(owner.pid)));
+      if (!gone || takeovers > 0) {
         const who = owner
           ? `${owner.command} (pid ${owner.pid} on ${owner.host === me.host ? 'this host' : owner.host}, since ${owner.started})`
           : 'another process';
@@ -67,18 +80,18 @@ export async function lockOutput(out: string, command: string): Promise<() => Pr
       }
       // left by a process that is gone: taken over. (Two processes that find the same stale lock at the same moment
       // can both take it over: a narrow race, and only after a crash.)
+      takeovers++;
       await unlink(lock).catch(() => undefined);
     }
   } catch (e) {
     if (e instanceof CalderaError) throw e;
-    throw new CalderaError('E_IO', `cannot create ${lock} (${(e as Error).message})`, {
-      cause: e,
-    });
+    throw new CalderaError('E_IO', `cannot create ${lock} (${(e as Error).message})`, { cause: e });
   } finally {
     await unlink(aside).catch(() => undefined);
   }
   return async () => {
     const owner = await readOwner(lock);
-    if (owner?.pid === me.pid && owner.started === me.started) await unlink(lock).catch(() => undefined);
+    if (owner !== null && owner !== 'missing' && owner.pid === me.pid && owner.started === me.started)
+      await unlink(lock).catch(() => undefined);
   };
 }
