@@ -239,6 +239,19 @@ describe('one process writes an --out at a time (<out>.lock)', () => {
   }, 60_000);
 });
 
+describe('--out with a trailing slash (as shells complete a directory)', () => {
+  it('compress writes beside it, not inside it, and reruns into it', () => {
+    const out = join(tmp, 'slashed');
+    for (let i = 0; i < 2; i++) {
+      // before: <out>.partial was made inside the output, which the output check then refused as a foreign file
+      const r = run(['compress', src, '--out', `${out}/`, ...FAST, '--rank', '8']);
+      expect(r.status, r.stderr).toBe(0);
+      expect(readdirSync(out).filter((f) => f.startsWith('.'))).toEqual([]);
+      expect(existsSync(join(out, 'caldera.json'))).toBe(true);
+    }
+  }, 60_000);
+});
+
 describe('--out: a marker file alone does not make a directory replaceable', () => {
   it('compress refuses a project of its own that has a caldera.json; every file stays', () => {
     const proj = join(tmp, 'proj');

@@ -210,6 +210,17 @@ export const TRAIN_FLAG_LABELS: Record<string, string> = {
 };
 
 /** The model directory: the positional argument, or the embedded reference model. */
+/**
+ * An output path without trailing separators (the root stays `/`): `--out dir/`, as shells complete it, put
+ * `<out>.partial`, `<out>.work` and `<out>.lock` inside the output, where the check of `--out` then refused them as
+ * foreign files.
+ */
+export function outPath(p: string): string;
+export function outPath(p: string | undefined): string | undefined;
+export function outPath(p: string | undefined): string | undefined {
+  return p === undefined ? p : p.replace(/(?<=.)[/\\]+$/, '');
+}
+
 export function modelDirOf(positional: string | undefined): string {
   return positional ?? referenceModelDir();
 }

@@ -77,6 +77,7 @@ import {
   makeDir,
   onStopSignals,
   progressFor,
+  outPath,
 } from './common.js';
 import { chooseRanks, parseLayerRanks, type RankChoice } from './ranks.js';
 import { lockOutput } from './out-lock.js';
@@ -580,9 +581,10 @@ export async function compressCommand(a: Args): Promise<number> {
   const base = settingsFromFlags(a);
   const rankChoice = rankChoiceOf(a, base.method, base);
   const seed = flagNumber(a, 'seed', 0, SEED);
-  const out =
+  const out = outPath(
     flagString(a, 'out') ??
-    join('caldera-out', `${basename(modelDir.replace(/\/$/, '')) || 'model'}-${base.method}`);
+      join('caldera-out', `${basename(modelDir.replace(/\/$/, '')) || 'model'}-${base.method}`),
+  );
   const shard = parseShard(flagString(a, 'shard'));
   const queue = flagString(a, 'queue');
   const planOnly = a.flags.has('plan-only');
@@ -943,7 +945,7 @@ async function assemble(ctx: Ctx, work: string, manifest: JobManifest, held?: He
 }
 
 export async function mergeCommand(a: Args): Promise<number> {
-  const out = a.positionals[0];
+  const out = outPath(a.positionals[0]);
   if (!out) throw new CalderaError('E_VALUE', 'caldera merge needs the output directory (as given to --out)');
   const json = a.flags.has('json');
   const work = resolve(`${out}.work`);

@@ -22,7 +22,15 @@ import {
 import { fromCheckpointTensors, reconstruct } from '@caldera/lowrank';
 import { readJsonFile } from '@caldera/runtime-node';
 import { flagString, type Args } from '../args.js';
-import { checkOutDir, copyModelSideFiles, exists, makeDir, onStopSignals, progressFor } from './common.js';
+import {
+  checkOutDir,
+  copyModelSideFiles,
+  exists,
+  makeDir,
+  onStopSignals,
+  outPath,
+  progressFor,
+} from './common.js';
 
 export const exportHelp = `caldera export [checkpoint] [--out DIR] [--dtype f16|bf16|f32] [--json]
 Dense export of a Caldera checkpoint, for tools that read Hugging Face models: the weight of each compressed layer
@@ -121,7 +129,7 @@ export async function exportCommand(a: Args): Promise<number> {
       'E_IO',
       `${src} is not a CALDERA checkpoint (no caldera.json)${a.positionals[0] ? '' : "; run 'caldera compress' first"}`,
     );
-  const out = flagString(a, 'out') ?? `${src.replace(/\/$/, '')}-dense`;
+  const out = outPath(flagString(a, 'out')) ?? `${src.replace(/\/$/, '')}-dense`;
   // before any work: writing to --out loses nothing (a dense model has no marker of its own: missing or empty only)
   await checkOutDir(out, [src], { marker: null, kind: 'a dense export' });
   const meta = await readCheckpointMeta(src);

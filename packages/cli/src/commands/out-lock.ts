@@ -37,11 +37,37 @@ async function readOwner(lock: string): Promise<LockOwner | null | 'missing'> {
   }
 }
 
+/** Error codes of a file system without hard links (some FUSE and SMB mounts). */
+const NO_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
+
+/**
+ * Put the lock in place: hard-link `aside` (already written) to `lock`, so it appears whole; on a file system without
+ * hard links, create `lock` exclusively and write it (a reader may then catch it half-written, for an instant, and take
+ * it for stale). False when `lock` exists.
+ */
+async function place(aside: string, lock: string, text: string): Promise<boolean> {
+  try {
+    await link(aside, lock);
+    return true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? '';
+    if (code === 'EEXIST') return false;
+    if (!NO_LINKS.has(code)) throw e;
+  }
+  try {
+    await writeFile(lock, text, { flag: 'wx' });
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw e;
+  }
+}
+
 /**
  * Take `<out>.lock` for `command` (e.g. `caldera compress`), so that a second process writing the same output fails at
  * once with `E_IO` naming the one that writes it, instead of racing it (the first to finish removes the work files the
  * other still reads). The lock file appears whole or not at all (written aside, then hard-linked into place, which
- * fails when it exists). A lock whose process is gone (on this host: its pid no longer runs, or is this process's own,
+ * fails when it exists; where there are no hard links, created exclusively in place). A lock whose process is gone (on this host: its pid no longer runs, or is this process's own,
  * left by an earlier process with the same pid or an earlier run in this one; or unreadable) is taken over; one held
  * on another host (a shared file system) cannot be checked and is refused, naming the file to remove. So two runs on
  * the same `out` in one process at once are not told apart (one command per process, as the CLI runs them).
@@ -56,12 +82,7 @@ export async function lockOutput(out: string, command: string): Promise<() => Pr
     await mkdir(dirname(lock), { recursive: true });
     await writeFile(aside, text);
     for (let takeovers = 0; ;) {
-      try {
-        await link(aside, lock);
-        break;
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      }
+      if (await place(aside, lock, text)) break;
       const owner = await readOwner(lock);
       if (owner === 'missing') continue; // released meanwhile: try again
       // gone: unreadable, or of this host and not running. Its pid being this process's own means it was left by an

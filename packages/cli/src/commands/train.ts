@@ -44,6 +44,7 @@ import {
   progressFor,
   TRAIN_FLAG_LABELS,
   TRAIN_OUTPUT,
+  outPath,
 } from './common.js';
 
 export const trainHelp = `caldera train [template-dir] --out DIR [options]
@@ -69,7 +70,7 @@ Options:
 export async function trainCommand(a: Args): Promise<number> {
   const json = a.flags.has('json');
   const template = modelDirOf(a.positionals[0]);
-  const out = flagString(a, 'out');
+  const out = outPath(flagString(a, 'out'));
   if (!out) throw new CalderaError('E_VALUE', 'caldera train needs --out DIR');
   // before any work: the model directory replaces only an empty directory or an earlier `caldera train` output
   // (its template may be that output: it is read before the new model replaces it, as npm run train:reference does)
