@@ -252,6 +252,9 @@ export async function hashModelTensors(
   }
 }
 
+/** Whether `v` is a sha256 as this module writes them: 64 lowercase hex digits. */
+const isSha256Hex = (v: unknown): v is string => typeof v === 'string' && /^[0-9a-f]{64}$/.test(v);
+
 /** The model hash of per-tensor hashes, as {@link hashModelTensors} forms it (names and hashes, in name order). */
 function tensorsSha256(tensors: ReadonlyMap<string, string>): string {
   return sha256Hex(JSON.stringify([...tensors].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))));
@@ -396,10 +399,7 @@ export function makeHessianPlan(
 ): HessianPlan {
   assertObject(identity, 'makeHessianPlan', 'identity');
   const { tensorSha256, configSha256 } = identity;
-  if (
-    configSha256 !== undefined &&
-    !(typeof configSha256 === 'string' && /^[0-9a-f]{64}$/.test(configSha256))
-  )
+  if (configSha256 !== undefined && !isSha256Hex(configSha256))
     throw new CalderaError(
       'E_VALUE',
       `makeHessianPlan: identity.configSha256 must be 64 lowercase hex digits, got ${shownValue(configSha256)}`,
@@ -461,15 +461,14 @@ export async function readHessianPlan(workDir: string): Promise<HessianPlan> {
   const file = join(workDir, PLAN_FILE);
   if (p === null || typeof p !== 'object' || p.format !== 'caldera-hessian-plan' || p.version !== 1)
     throw new CalderaError('E_FORMAT', `${file} is not a version-1 Hessian plan`);
-  const hex64 = (v: unknown) => typeof v === 'string' && /^[0-9a-f]{64}$/.test(v);
-  if (p.configSha256 !== undefined && !hex64(p.configSha256))
+  if (p.configSha256 !== undefined && !isSha256Hex(p.configSha256))
     throw new CalderaError('E_FORMAT', `${file}: configSha256 is not a sha256 (64 hex digits)`);
   if (
     p.tensorSha256 !== undefined &&
     (p.tensorSha256 === null ||
       typeof p.tensorSha256 !== 'object' ||
       Array.isArray(p.tensorSha256) ||
-      !Object.values(p.tensorSha256).every(hex64))
+      !Object.values(p.tensorSha256).every(isSha256Hex))
   )
     throw new CalderaError('E_FORMAT', `${file}: tensorSha256 is not an object of tensor names to sha256`);
   return p;

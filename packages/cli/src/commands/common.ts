@@ -209,7 +209,6 @@ export const TRAIN_FLAG_LABELS: Record<string, string> = {
   data: '--data (its text)',
 };
 
-/** The model directory: the positional argument, or the embedded reference model. */
 /**
  * An output path without trailing separators (the root stays `/`): `--out dir/`, as shells complete it, put
  * `<out>.partial`, `<out>.work` and `<out>.lock` inside the output, where the check of `--out` then refused them as
@@ -221,6 +220,7 @@ export function outPath(p: string | undefined): string | undefined {
   return p === undefined ? p : p.replace(/(?<=.)[/\\]+$/, '');
 }
 
+/** The model directory: the positional argument, or the embedded reference model. */
 export function modelDirOf(positional: string | undefined): string {
   return positional ?? referenceModelDir();
 }

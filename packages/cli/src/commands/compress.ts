@@ -582,8 +582,7 @@ export async function compressCommand(a: Args): Promise<number> {
   const rankChoice = rankChoiceOf(a, base.method, base);
   const seed = flagNumber(a, 'seed', 0, SEED);
   const out = outPath(
-    flagString(a, 'out') ??
-      join('caldera-out', `${basename(modelDir.replace(/\/$/, '')) || 'model'}-${base.method}`),
+    flagString(a, 'out') ?? join('caldera-out', `${basename(modelDir) || 'model'}-${base.method}`), // (resolved: no trailing slash)
   );
   const shard = parseShard(flagString(a, 'shard'));
   const queue = flagString(a, 'queue');

@@ -129,7 +129,7 @@ export async function exportCommand(a: Args): Promise<number> {
       'E_IO',
       `${src} is not a CALDERA checkpoint (no caldera.json)${a.positionals[0] ? '' : "; run 'caldera compress' first"}`,
     );
-  const out = outPath(flagString(a, 'out')) ?? `${src.replace(/\/$/, '')}-dense`;
+  const out = outPath(flagString(a, 'out')) ?? `${outPath(src)}-dense`;
   // before any work: writing to --out loses nothing (a dense model has no marker of its own: missing or empty only)
   await checkOutDir(out, [src], { marker: null, kind: 'a dense export' });
   const meta = await readCheckpointMeta(src);
@@ -140,7 +140,7 @@ export async function exportCommand(a: Args): Promise<number> {
   // Ctrl-C or SIGTERM stops the write at its next tensor and removes the temporary directory
   const stop = onStopSignals();
   const bar = progressFor('export', json);
-  const tmp = `${out.replace(/\/$/, '')}.tmp-${tempSuffix()}`;
+  const tmp = `${out}.tmp-${tempSuffix()}`;
   try {
     const infos = new Map<string, SafetensorsTensorInfo>();
     for (const name of store.names()) infos.set(name, await store.tensorInfo(name));

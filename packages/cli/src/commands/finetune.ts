@@ -94,7 +94,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
       'E_IO',
       `${src} is not a CALDERA checkpoint (no caldera.json)${a.positionals[0] ? '' : "; run 'caldera compress' first"}`,
     );
-  const out = outPath(flagString(a, 'out')) ?? `${src.replace(/\/$/, '')}-ft`;
+  const out = outPath(flagString(a, 'out')) ?? `${outPath(src)}-ft`;
   // before any work: writing the result to --out loses nothing (never the input checkpoint or the teacher)
   const teacherFlag = flagString(a, 'teacher');
   await checkOutDir(out, teacherFlag === undefined ? [src] : [src, teacherFlag]);
