@@ -4,10 +4,12 @@
 //   node index.mjs --reference --quick      (the embedded reference model instead: `npm run smoke`, run by hand; not in CI)
 // --quick: a fast, low-quality first try (4 calibration windows of 64 tokens, 1 outer / 1 inner iteration, 1024
 // tokens of perplexity) to check that the model loads and the pipeline runs before the real, long run.
-// Options take `--name value` or `--name=value`; any other option is refused (exit 2), not passed on to the CLI.
+// Options take `--name value` or `--name=value` (util.parseArgs); any other option is refused (exit 2), not passed on
+// to the CLI.
 /* global process, console */
 import { readFileSync } from 'node:fs';
 import { basename, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
 import { main } from '@caldera/cli';
 import { referenceModelDir } from '@caldera/reference-model';
 
@@ -19,35 +21,34 @@ const usageError = (message) => {
   console.error(message ? `${message}\n${USAGE}` : USAGE);
   process.exit(2);
 };
-// `--name value` or `--name=value` for these; the switches take no value; anything else is refused (not forwarded)
-const valueOptions = new Set(['data', 'bits', 'eval', 'out', 'prompt']);
-const switches = new Set(['quick', 'reference']);
-const options = new Map();
-const positionals = [];
-const args = process.argv.slice(2);
-for (let i = 0; i < args.length; i++) {
-  const a = args[i];
-  if (a === '--help' || a === '-h') {
-    console.log(USAGE); // asked for: on stdout, exit 0 (as `caldera --help`)
-    process.exit(0);
-  }
-  if (!a.startsWith('-') || a === '-') {
-    positionals.push(a);
-    continue;
-  }
-  const eq = a.indexOf('=');
-  const name = a.startsWith('--') ? a.slice(2, eq < 0 ? undefined : eq) : '';
-  if (switches.has(name)) {
-    if (eq >= 0) usageError(`--${name} takes no value, got '${a.slice(eq + 1)}'`);
-    options.set(name, true);
-  } else if (valueOptions.has(name)) {
-    const value = eq >= 0 ? a.slice(eq + 1) : args[i + 1];
-    if (value === undefined || value === '' || (eq < 0 && value.startsWith('--')))
-      usageError(`--${name} needs a value`);
-    if (eq < 0) i++;
-    options.set(name, value);
-  } else usageError(`unknown option ${eq < 0 ? a : a.slice(0, eq)}`);
+// `--name value` or `--name=value` for the value options; the switches take no value; anything else is refused (not
+// forwarded). util.parseArgs also refuses a value that looks like an option (`--data --quick`).
+let parsed;
+try {
+  parsed = parseArgs({
+    args: process.argv.slice(2),
+    allowPositionals: true,
+    options: {
+      data: { type: 'string' },
+      bits: { type: 'string' },
+      eval: { type: 'string' },
+      out: { type: 'string' },
+      prompt: { type: 'string' },
+      quick: { type: 'boolean' },
+      reference: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+} catch (e) {
+  usageError(e.message);
 }
+if (parsed.values.help) {
+  console.log(USAGE); // asked for: on stdout, exit 0 (as `caldera --help`)
+  process.exit(0);
+}
+const options = new Map(Object.entries(parsed.values));
+for (const [name, value] of options) if (value === '') usageError(`--${name} needs a value`);
+const positionals = parsed.positionals;
 const flag = (name, def) => options.get(name) ?? def;
 if (positionals.length > 1)
   usageError(`unexpected argument '${positionals[1]}' (one model directory at most)`);

@@ -4,6 +4,8 @@
 // The matrix and the activations are synthetic but shaped like real ones: a heavy-tailed spectrum, outlier input
 // channels, and activations whose channels are correlated and unequally scaled. Usage:
 //   node index.mjs [--m 512] [--n 512] [--seed 0] [--json]
+/* global process, console, performance */
+import { parseArgs } from 'node:util';
 import { createPool } from '@caldera/linalg';
 import { caldera } from '@caldera/lowrank';
 import { syntheticProblem } from './synthetic.mjs';
@@ -13,34 +15,40 @@ const usageError = (message) => {
   console.error(message ? `${message}\n${USAGE}` : USAGE);
   process.exit(2);
 };
-// `--name value` or `--name=value`; the largest rank in the table (64) needs m, n ≥ 64
+// `--name value` or `--name=value` (util.parseArgs); the largest rank in the table (64) needs m, n ≥ 64
 const rules = {
   m: { min: 64, max: Infinity, what: 'an integer ≥ 64 (the largest rank compared is 64)' },
   n: { min: 64, max: Infinity, what: 'an integer ≥ 64 (the largest rank compared is 64)' },
   seed: { min: 0, max: 0xffffffff, what: 'an integer in [0, 4294967295]' },
 };
+let parsed;
+try {
+  parsed = parseArgs({
+    args: process.argv.slice(2),
+    options: {
+      m: { type: 'string' },
+      n: { type: 'string' },
+      seed: { type: 'string' },
+      json: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+} catch (e) {
+  usageError(e.message); // e.g. `--m -5`: parseArgs takes '-5' for an option (write --m=-5)
+}
+if (parsed.values.help) {
+  console.log(USAGE); // asked for: on stdout, exit 0 (as `caldera --help`)
+  process.exit(0);
+}
+const json = parsed.values.json === true;
 const values = {};
-let json = false;
-const args = process.argv.slice(2);
-for (let i = 0; i < args.length; i++) {
-  const a = args[i];
-  if (a === '--help' || a === '-h') {
-    console.log(USAGE); // asked for: on stdout, exit 0 (as `caldera --help`)
-    process.exit(0);
-  }
-  const eq = a.indexOf('=');
-  const name = a.startsWith('--') ? a.slice(2, eq < 0 ? undefined : eq) : undefined;
-  if (name === 'json') {
-    if (eq >= 0) usageError(`--json takes no value, got '${a.slice(eq + 1)}'`);
-    json = true;
-  } else if (name !== undefined && Object.hasOwn(rules, name)) {
-    const text = eq < 0 ? args[++i] : a.slice(eq + 1);
-    const v = Number(text);
-    const { min, max, what } = rules[name];
-    if (text === undefined || text.trim() === '' || !Number.isSafeInteger(v) || v < min || v > max)
-      usageError(`--${name} must be ${what}, got ${text === undefined ? 'nothing' : `'${text}'`}`);
-    values[name] = v;
-  } else usageError(name === undefined ? `unexpected argument '${a}'` : `unknown option ${a}`);
+for (const [name, { min, max, what }] of Object.entries(rules)) {
+  const text = parsed.values[name];
+  if (text === undefined) continue;
+  const v = Number(text);
+  if (text.trim() === '' || !Number.isSafeInteger(v) || v < min || v > max)
+    usageError(`--${name} must be ${what}, got '${text}'`);
+  values[name] = v;
 }
 const { m = 512, n = 512, seed = 0 } = values;
 
