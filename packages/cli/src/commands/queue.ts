@@ -145,13 +145,25 @@ export async function runOnQueue(
   const ids = tasks.map(jobIdOf);
   const pending = new Map(ids.map((id, i) => [id, tasks[i]!]));
   // With Redis away every command waits (for ever: maxRetriesPerRequest is null), so each one is raced with the abort:
-  // an interrupted run stops at once, whichever command it was in.
+  // an interrupted run stops at once, whichever command it was in. `unanswered` counts the commands Redis has not
+  // answered yet; `stopped` tells the abort's own error from any other (a job failure, say) seen after an abort.
+  let unanswered = 0;
+  let stopped = false;
+  const interrupted = () => {
+    stopped = true;
+    return new CalderaError('E_ABORTED', 'interrupted');
+  };
   const ask = async <T>(p: Promise<T>): Promise<T> => {
-    const v = await untilAborted(p, opts.signal);
-    if (opts.signal?.aborted) throw new CalderaError('E_ABORTED', 'interrupted');
+    unanswered++;
+    const v = await untilAborted(
+      p.finally(() => unanswered--),
+      opts.signal,
+    );
+    if (opts.signal?.aborted) throw interrupted();
     return v as T;
   };
   let answering = true;
+  let enqueuing = false;
   try {
     await ask(
       within(
@@ -161,6 +173,7 @@ export async function runOnQueue(
       ),
     );
     for (const old of await ask(jobsIn(queue, ids, ['completed', 'failed']))) await ask(old.remove());
+    enqueuing = true;
     await ask(
       queue.addBulk(
         tasks.map((t, i) => ({ name: t.kind, data: t, opts: { ...jobOptions, jobId: ids[i]! } })),
@@ -201,16 +214,20 @@ export async function runOnQueue(
         }
       }
     };
-    while (pending.size > 0) {
+    for (;;) {
       await poll();
       opts.onProgress?.(tasks.length - pending.size, tasks.length);
-      if (pending.size > 0) await sleep(250, opts.signal);
-      if (opts.signal?.aborted) throw new CalderaError('E_ABORTED', 'interrupted');
+      if (pending.size === 0) break; // every job has ended: an abort from here on changes nothing of the outcome
+      await sleep(250, opts.signal);
+      if (opts.signal?.aborted) throw interrupted();
     }
     const cleanup = async () => {
       for (const j of await jobsIn(queue, ids, ['completed'])) await j.remove().catch(() => undefined);
     };
-    await within(cleanup(), 5000, () => 'removing the completed jobs').catch(() => undefined);
+    // every job has ended: an abort now cuts the cleanup short, and the outcome (success or the failures) stands
+    await within(untilAborted(cleanup(), opts.signal), 5000, () => 'removing the completed jobs').catch(
+      () => undefined,
+    );
     if (failed.length > 0) {
       const first = errorFrom(failed[0]!.reason, 'E_DEVICE');
       throw new CalderaError(
@@ -222,16 +239,19 @@ export async function runOnQueue(
       );
     }
   } catch (e) {
-    if (!opts.signal?.aborted) throw e;
-    // withdraw the jobs no worker has started, as far as Redis answers within 5 s
+    if (!stopped) throw e;
+    // withdraw the jobs no worker has started, as far as Redis answers within 5 s; before the jobs were sent there is
+    // nothing to withdraw, and Redis is silent if it had not answered the command the abort cut short
     const withdraw = async () => {
       for (const j of await jobsIn(queue, pending.keys(), ['waiting', 'delayed', 'prioritized']))
         await j.remove().catch(() => undefined);
     };
-    answering = await within(withdraw(), 5000, () => 'withdrawing the jobs').then(
-      () => true,
-      () => false,
-    );
+    answering = enqueuing
+      ? await within(withdraw(), 5000, () => 'withdrawing the jobs').then(
+          () => true,
+          () => false,
+        )
+      : unanswered === 0;
     throw new CalderaError('E_ABORTED', `queue run was aborted (${pending.size} jobs unfinished)`);
   } finally {
     // a Redis that did not answer the withdrawal will not answer a graceful close either
@@ -406,11 +426,12 @@ export async function workerCommand(a: Args): Promise<number> {
     process.off('SIGINT', shutdown);
     process.off('SIGTERM', shutdown);
     shutdown();
-    // stopped before Redis ever answered: nothing to hand back, and a graceful close would wait for it in vain; with
-    // no job in hand a close has nothing to hand back either, and waits only for Redis (which may be gone)
-    if (ready === undefined)
+    // a job in hand is handed back by the close (10 s at most). With none, the close waits only for Redis (which may
+    // be gone): 2 s; and stopped before Redis ever answered, a graceful close would wait for it in vain.
+    const inHand = all.length > idle.length;
+    if (ready === undefined && !inHand)
       await within(worker.disconnect(), 2000, () => 'disconnecting').catch(() => undefined);
-    else await closeWithin(closing!, () => worker.disconnect(), all.length > idle.length ? 10_000 : 2000);
+    else await closeWithin(closing!, () => worker.disconnect(), inHand ? 10_000 : 2000);
     await Promise.all(all.map((t) => t.dispose()));
   }
   log({ event: 'stopped' }); // only a clean stop: an error (Redis unreachable) is the one thing printed
