@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { referenceTextPath } from '@caldera/reference-model';
 import { bin } from './test-cli.js';
+import { hasRedis, startRedis } from './test-redis.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'caldera-scaleout-'));
 const single = join(dir, 'single');
@@ -154,19 +155,7 @@ describe('scale-out: manifest, shards and merge', () => {
   });
 });
 
-const hasRedis = spawnSync('redis-server', ['--version']).status === 0;
 if (!hasRedis) console.warn('redis-server is not installed: the BullMQ queue-mode tests are skipped');
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /**
  * A TCP proxy to 127.0.0.1:`port` that forwards both ways until a client sends bytes for which `freezeOn(text, n)`
@@ -238,25 +227,6 @@ describe.skipIf(!hasRedis)(
       const ws = workers.splice(0);
       for (const w of ws) if (w.p.exitCode === null && w.p.signalCode === null) w.p.kill('SIGINT');
       return Promise.all(ws.map((w) => w.done));
-    };
-
-    /** A redis-server on a free loopback port, without persistence, once it accepts connections. */
-    const startRedis = async (): Promise<{ server: ChildProcess; url: string }> => {
-      const port = await freePort();
-      const server = spawn(
-        'redis-server',
-        ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
-        { stdio: ['ignore', 'pipe', 'inherit'] },
-      );
-      await new Promise<void>((resolve, reject) => {
-        let text = '';
-        server.stdout!.on('data', (d) => {
-          text += d;
-          if (text.includes('Ready to accept connections')) resolve();
-        });
-        server.once('exit', (c) => reject(new Error(`redis-server exited with ${c}: ${text}`)));
-      });
-      return { server, url: `redis://127.0.0.1:${port}` };
     };
 
     beforeAll(async () => {

@@ -190,14 +190,16 @@ export async function runOnQueue(
     const requeued = new Map<string, number>();
     const poll = async () => {
       for (const [id, task] of [...pending]) {
-        const j = await ask(queue.getJob(id));
-        const state = j ? await ask(j.getState()) : 'unknown';
+        // the state first, then (failed) the job: a job read before its state could fail in between, and its
+        // failedReason, read with it, was then missing ("m1: undefined", seen on a loaded machine)
+        const state = await ask(queue.getJobState(id));
         if (state === 'completed') pending.delete(id);
         else if (state === 'failed') {
           pending.delete(id);
-          failed.push({ task, reason: j!.failedReason });
-          opts.log?.({ event: 'job-failed', label: task.label, reason: j!.failedReason });
-        } else if (!j) {
+          const reason = (await ask(queue.getJob(id)))?.failedReason ?? 'failed (no reason recorded)';
+          failed.push({ task, reason });
+          opts.log?.({ event: 'job-failed', label: task.label, reason });
+        } else if (state === 'unknown' && !(await ask(queue.getJob(id)))) {
           // gone from the queue (Redis restarted without its data, a flush, another coordinator's cleanup): done if
           // its output is on disk, else put back
           if (await hasTaskOutput(task)) pending.delete(id);

@@ -1,0 +1,37 @@
+// Test helpers for the queue-mode tests (scaleout.test.ts, queue.test.ts): a throwaway redis-server on a free port.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
+
+/** Whether Debian's redis-server is installed (`.ci/run` installs it; the tests that need it are skipped without). */
+export const hasRedis = spawnSync('redis-server', ['--version']).status === 0;
+
+/** A loopback port that was free a moment ago (redis-server refuses port 0). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** A redis-server on a free loopback port, without persistence, once it accepts connections. */
+export async function startRedis(): Promise<{ server: ChildProcess; url: string }> {
+  const port = await freePort();
+  const server = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  await new Promise<void>((resolve, reject) => {
+    let text = '';
+    server.stdout!.on('data', (d) => {
+      text += d;
+      if (text.includes('Ready to accept connections')) resolve();
+    });
+    server.once('exit', (c) => reject(new Error(`redis-server exited with ${c}: ${text}`)));
+  });
+  return { server, url: `redis://127.0.0.1:${port}` };
+}
