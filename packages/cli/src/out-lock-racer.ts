@@ -1,22 +1,25 @@
-// A process of the out-lock race test (out-lock.test.ts): run with `node --import tsx out-lock-racer.ts <at> <out>…`.
-// For the i-th output it waits until `at + i·TRIAL_MS` (so that every racer starts together), takes the output's lock,
-// holds it for HOLD_MS, releases it, and prints one line per output: `held` or `refused <message>`.
+// A process of the out-lock race test (out-lock.test.ts): `node --import tsx out-lock-racer.ts <out>…`. It prints
+// `ready` once loaded; then for each output, on a line from stdin (the test sends one to every racer at once), it
+// tries the output's lock, holds it for HOLD_MS and releases it, and prints one JSON line: `{"held":true,"got":ms,
+// "released":ms}` (wall-clock times, taken inside the hold) or `{"held":false,"message":…}`.
+import { createInterface } from 'node:readline';
 import { lockOutput } from './commands/out-lock.js';
 
-const TRIAL_MS = 1000;
-const HOLD_MS = 400;
-const [at, ...outs] = process.argv.slice(2);
-for (const [i, out] of outs.entries()) {
-  const start = Number(at) + i * TRIAL_MS;
-  while (Date.now() < start) {
-    // spin: a timer would wake the racers up to a few ms apart
-  }
+const HOLD_MS = 300;
+const outs = process.argv.slice(2);
+const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+console.log('ready');
+for (const out of outs) {
+  if ((await lines.next()).done) break;
   try {
     const release = await lockOutput(out, 'caldera compress');
-    console.log('held');
+    const got = Date.now();
     await new Promise((r) => setTimeout(r, HOLD_MS));
+    const released = Date.now();
     await release();
+    console.log(JSON.stringify({ held: true, got, released }));
   } catch (e) {
-    console.log(`refused ${(e as Error).message}`);
+    console.log(JSON.stringify({ held: false, message: (e as Error).message }));
   }
 }
+process.stdin.destroy();

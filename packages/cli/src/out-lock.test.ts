@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -33,19 +33,29 @@ describe('lockOutput', () => {
     expect(readdirSync(tmp).filter((f) => f.startsWith('own.lock.'))).toEqual([]);
   });
 
-  it('a lock that is not one (unreadable) is taken over; an --out whose folder cannot be made is E_IO', async () => {
+  it('a file that is no lock is taken over once 5 s old (younger, it may be one being written); E_IO where no folder', async () => {
     const out = join(tmp, 'junk');
-    writeFileSync(`${out}.lock`, 'not json');
+    const lock = `${out}.lock`;
+    writeFileSync(lock, 'not json');
+    backdate(lock, 60_000);
     const release = await lockOutput(out, 'caldera compress');
     await release();
-    expect(existsSync(`${out}.lock`)).toBe(false);
+    expect(existsSync(lock)).toBe(false);
+    // 4.5 s old: read again until it is 5 s old (an empty file, as a lock being written without hard links starts)
+    writeFileSync(lock, '');
+    backdate(lock, 4500);
+    const t0 = Date.now();
+    await (
+      await lockOutput(out, 'caldera compress')
+    )();
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(400);
     writeFileSync(join(tmp, 'a-file'), '');
     await expect(lockOutput(join(tmp, 'a-file', 'out'), 'caldera compress')).rejects.toThrow(
       /^E_IO: cannot create .*a-file\/out\.lock \(/,
     );
   });
 
-  it('a takeover file that stands (its process died midway) is E_IO after 5 s, naming it; the stale lock stays', async () => {
+  it('a takeover file left by a process that died midway is removed; one held on another host is E_IO after 5 s', async () => {
     const out = join(tmp, 'stuck');
     const stale = JSON.stringify({
       command: 'caldera compress',
@@ -55,24 +65,28 @@ describe('lockOutput', () => {
     });
     writeFileSync(`${out}.lock`, stale);
     writeFileSync(`${out}.lock.takeover`, stale);
-    const t0 = Date.now();
-    await expect(lockOutput(out, 'caldera compress')).rejects.toThrow(
-      `E_IO: ${out}.lock.takeover has stood for 5 s: a process taking over the stale lock of ${out} stopped midway; remove that file if no caldera process writes there`,
-    );
-    expect(Date.now() - t0).toBeGreaterThanOrEqual(5000);
-    expect(readFileSync(`${out}.lock`, 'utf8')).toBe(stale);
-    // removed by hand, as the message says: the stale lock is taken over
-    unlinkSync(`${out}.lock.takeover`);
     await (
       await lockOutput(out, 'caldera compress')
     )();
     expect(readdirSync(tmp).filter((f) => f.startsWith('stuck.'))).toEqual([]);
+    // a takeover on another host (a shared file system) cannot be checked: waited for, then named
+    writeFileSync(`${out}.lock`, stale);
+    const remote = JSON.stringify({ command: 'caldera merge', pid: 7, host: 'elsewhere', started: 'now' });
+    writeFileSync(`${out}.lock.takeover`, remote);
+    const t0 = Date.now();
+    await expect(lockOutput(out, 'caldera compress')).rejects.toThrow(
+      `E_IO: ${out}.lock.takeover has stood for 5 s (caldera merge (pid 7 on elsewhere, since now) is taking over the stale lock of ${out}); remove that file if no caldera process writes there`,
+    );
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(5000);
+    expect(readFileSync(`${out}.lock`, 'utf8')).toBe(stale);
+    expect(readFileSync(`${out}.lock.takeover`, 'utf8')).toBe(remote);
   }, 20_000);
 
-  it('of processes that find the same stale lock at once, exactly one takes it over; the others are refused', async () => {
-    // 6 processes race for each of 3 outputs whose lock names a pid that does not run; each racer starts all of them
-    // at the same instants. Before the takeover file, one racer's unlink of the stale lock could remove another's
-    // fresh lock: 5 of 10 such trials measured 2 to 5 holders at once.
+  it('of processes that find the same stale lock at once, never two hold it at the same time', async () => {
+    // 6 processes race for each of 3 outputs whose lock names a pid that does not run, released together by a line on
+    // their stdin once all are loaded. Before the takeover file, one racer's unlink of the stale lock could remove
+    // another's fresh lock: 5 of 10 such trials measured 2 to 5 holders at once. A racer that comes late (a loaded
+    // machine) may find the lock released and take it: holds may follow each other, never overlap.
     const racers = 6;
     const outs = [0, 1, 2].map((i) => join(tmp, `race-${i}`));
     for (const out of outs)
@@ -80,44 +94,65 @@ describe('lockOutput', () => {
         `${out}.lock`,
         JSON.stringify({ command: 'caldera compress', pid: deadPid(), host: hostname(), started: 'then' }),
       );
-    // far enough ahead for 6 node processes to load tsx on a busy 2-core machine; a late racer still races the rest
-    const at = Date.now() + 5000;
     const racer = join(dirname(fileURLToPath(import.meta.url)), 'out-lock-racer.ts');
-    const lines = await Promise.all(
-      Array.from(
-        { length: racers },
-        () =>
-          new Promise<string[]>((resolve, reject) => {
-            const child = spawn(process.execPath, ['--import', 'tsx', racer, String(at), ...outs]);
-            let stdout = '';
-            let stderr = '';
-            child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-            child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-            child.on('error', reject);
-            child.on('close', (code) =>
-              code === 0
-                ? resolve(stdout.trim().split('\n'))
-                : reject(new Error(`racer exit ${code}: ${stderr}`)),
-            );
-          }),
-      ),
-    );
+    const children = Array.from({ length: racers }, () => {
+      const child = spawn(process.execPath, ['--import', 'tsx', racer, ...outs], {
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const exited = new Promise<void>((resolve, reject) =>
+        child.on('close', (code) =>
+          code === 0 ? resolve() : reject(new Error(`racer exit ${code}: ${stderr}`)),
+        ),
+      );
+      const lines = () => stdout.split('\n').filter((l) => l !== '');
+      return { child, exited, lines };
+    });
+    const until = async (ok: () => boolean) => {
+      while (!ok()) await new Promise((r) => setTimeout(r, 10));
+    };
+    await until(() => children.every((c) => c.lines().length >= 1)); // every racer loaded: 'ready'
+    for (let i = 0; i < outs.length; i++) {
+      for (const c of children) c.child.stdin.write('go\n');
+      await until(() => children.every((c) => c.lines().length >= 2 + i));
+    }
+    for (const c of children) c.child.stdin.end();
+    await Promise.all(children.map((c) => c.exited));
     for (const [i, out] of outs.entries()) {
-      const results = lines.map((l) => l[i]!);
-      expect(
-        results.filter((r) => r === 'held'),
-        `${out}: ${results.join(' | ')}`,
-      ).toHaveLength(1);
-      // the others were refused because the winner holds it (not for the stale lock, nor a stuck takeover)
-      for (const r of results.filter((r) => r !== 'held'))
-        expect(r).toMatch(
-          /^refused E_IO: .* is being written by caldera compress \(pid \d+ on this host, since 20/,
+      const results = children.map((c) => JSON.parse(c.lines()[1 + i]!) as RaceResult);
+      const holds = results.filter((r) => r.held).sort((a, b) => a.got! - b.got!);
+      expect(holds.length, `${out}: ${JSON.stringify(results)}`).toBeGreaterThanOrEqual(1);
+      for (let h = 1; h < holds.length; h++)
+        expect(holds[h]!.got!, `${out}: overlapping holds ${JSON.stringify(holds)}`).toBeGreaterThanOrEqual(
+          holds[h - 1]!.released!,
+        );
+      // the others were refused because a live racer held it (not for the stale lock, nor a stuck takeover)
+      for (const r of results.filter((r) => !r.held))
+        expect(r.message).toMatch(
+          /^E_IO: .* is being written by caldera compress \(pid \d+ on this host, since 20/,
         );
       expect(existsSync(`${out}.lock`)).toBe(false);
       expect(existsSync(`${out}.lock.takeover`)).toBe(false);
     }
   }, 60_000);
 });
+
+/** One racer's result for one output (out-lock-racer.ts): when it got and released the lock, or why it was refused. */
+interface RaceResult {
+  held: boolean;
+  got?: number;
+  released?: number;
+  message?: string;
+}
+
+/** Set `file`'s modification time `ms` into the past. */
+function backdate(file: string, ms: number): void {
+  const t = new Date(Date.now() - ms);
+  utimesSync(file, t, t);
+}
 
 /** A pid that no running process has (checked). */
 function deadPid(): number {

@@ -449,5 +449,45 @@ describe.skipIf(!hasRedis)(
       same(out, single);
       await stopWorkers();
     }, 120_000);
+
+    it('a Ctrl-C after the last job has ended leaves the failure report standing (exit 1, not 130)', async () => {
+      const out = join(dir, 'failed-then-sigint');
+      expect((await cli(['compress', '--out', out, ...SMALL, '--plan-only'])).status).toBe(0);
+      const manifest = JSON.parse(readFileSync(join(`${out}.work`, 'manifest.json'), 'utf8'));
+      const victim = manifest.jobs.find((j: { name: string }) => j.name === 'model.layers.1.mlp.up_proj');
+      const hFile = join(`${out}.work`, victim.hessian.file);
+      const bytes = readFileSync(hFile);
+      bytes[777] ^= 0x40;
+      writeFileSync(hFile, bytes);
+      worker();
+      // the jobs that read this Hessian (up_proj's and gate_proj's: the same input) fail
+      const first = await cli(['compress', '--out', out, ...SMALL, '--queue', url, '--attempts', '1']);
+      expect(first.status, first.stderr).toBe(1);
+      // The rerun enqueues those jobs again. It reads each (HGETALL) to remove the earlier run's failed job, then for
+      // its failed reason, then in the cleanup once every job has ended: Redis goes silent at the first job read a
+      // third time, and the coordinator gets its SIGINT there.
+      const port = Number(new URL(url).port);
+      const reads = new Map<string, number>();
+      const proxy = await freezingProxy(port, (text) => {
+        let third = false;
+        for (const [, key] of text.matchAll(/hgetall\r\n\$\d+\r\n(bull:[^\r]*:matrix-[0-9a-f]+)\r\n/gi)) {
+          reads.set(key!, (reads.get(key!) ?? 0) + 1);
+          third ||= reads.get(key!) === 3;
+        }
+        return third;
+      });
+      const c = start(['compress', '--out', out, ...SMALL, '--queue', proxy.url, '--attempts', '1']);
+      await proxy.frozen;
+      c.p.kill('SIGINT');
+      const d = await endOf(c, 30_000);
+      proxy.close();
+      await stopWorkers();
+      // before: 'caldera compress: interrupted; …' and exit 130, the failure lost
+      expect(d.status, d.stderr).toBe(1);
+      expect(d.stderr).toMatch(
+        /E_FORMAT: (\d+) of \1 jobs failed after 1 attempts.*model\.layers\.1\.mlp\.up_proj: /,
+      );
+      expect(d.stderr).not.toMatch(/interrupted/);
+    }, 120_000);
   },
 );

@@ -870,7 +870,10 @@ export async function compressCommand(a: Args): Promise<number> {
     await assemble(ctx, work, manifest, held);
     return 0;
   } catch (e) {
-    if (!stop.signal.aborted) throw e;
+    // the queue's report of jobs that failed after all their attempts stands, even after a Ctrl-C that came once every
+    // job had ended: the interruption did not cause it
+    const queueFailure = isCalderaError(e) && Array.isArray(e.details?.failed);
+    if (!stop.signal.aborted || queueFailure) throw e;
     bar.done();
     return interrupted();
   } finally {

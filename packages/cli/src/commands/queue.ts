@@ -242,18 +242,20 @@ export async function runOnQueue(
     }
   } catch (e) {
     if (!stopped) throw e;
-    // withdraw the jobs no worker has started, as far as Redis answers within 5 s; before the jobs were sent there is
-    // nothing to withdraw, and Redis is silent if it had not answered the command the abort cut short
+    // withdraw the jobs no worker has started (this run's, or an earlier interrupted run's with the same ids), as far
+    // as Redis answers within 5 s. Stopped before the jobs were sent, with a command Redis had not answered, Redis is
+    // silent: no withdrawal, which would only wait out its 5 s.
     const withdraw = async () => {
       for (const j of await jobsIn(queue, pending.keys(), ['waiting', 'delayed', 'prioritized']))
         await j.remove().catch(() => undefined);
     };
-    answering = enqueuing
-      ? await within(withdraw(), 5000, () => 'withdrawing the jobs').then(
-          () => true,
-          () => false,
-        )
-      : unanswered === 0;
+    answering =
+      enqueuing || unanswered === 0
+        ? await within(withdraw(), 5000, () => 'withdrawing the jobs').then(
+            () => true,
+            () => false,
+          )
+        : false;
     throw new CalderaError('E_ABORTED', `queue run was aborted (${pending.size} jobs unfinished)`);
   } finally {
     // a Redis that did not answer the withdrawal will not answer a graceful close either
@@ -403,7 +405,10 @@ export async function workerCommand(a: Args): Promise<number> {
   // Shutdown: first stop fetching (close() sets the closing flag at once, then waits for the jobs in hand), then cancel
   // the jobs in hand, which hand themselves back to the queue.
   let closing: Promise<void> | undefined;
+  // whether a job was in hand when the stop came (read then: the cancelled job frees its thread soon after)
+  let inHand: boolean | undefined;
   const shutdown = () => {
+    inHand ??= all.length > idle.length;
     closing ??= worker.close();
     stop.abort();
   };
@@ -430,7 +435,6 @@ export async function workerCommand(a: Args): Promise<number> {
     shutdown();
     // a job in hand is handed back by the close (10 s at most). With none, the close waits only for Redis (which may
     // be gone): 2 s; and stopped before Redis ever answered, a graceful close would wait for it in vain.
-    const inHand = all.length > idle.length;
     if (ready === undefined && !inHand)
       await within(worker.disconnect(), 2000, () => 'disconnecting').catch(() => undefined);
     else await closeWithin(closing!, () => worker.disconnect(), inHand ? 10_000 : 2000);
