@@ -1,9 +1,19 @@
-// A process of the out-lock race test (out-lock.test.ts): `node --import tsx out-lock-racer.ts <out>…`. It prints
+// A process of the out-lock race tests (out-lock.test.ts): `node --import tsx out-lock-racer.ts <out>…`. It prints
 // `ready` once loaded; then for each output, on a line from stdin (the test sends one to every racer at once), it
 // tries the output's lock, holds it for HOLD_MS and releases it, and prints one JSON line: `{"held":true,"got":ms,
-// "released":ms}` (wall-clock times, taken inside the hold) or `{"held":false,"message":…}`.
+// "released":ms}` (wall-clock times, taken inside the hold) or `{"held":false,"message":…}`. With
+// CALDERA_TEST_NO_LINKS=1 every hard link fails as on a file system without them (ENOTSUP), so the lock files are
+// created in place.
+import fsp from 'node:fs/promises';
+import { syncBuiltinESMExports } from 'node:module';
 import { createInterface } from 'node:readline';
-import { lockOutput } from './commands/out-lock.js';
+
+if (process.env.CALDERA_TEST_NO_LINKS === '1') {
+  fsp.link = () =>
+    Promise.reject(Object.assign(new Error('link: operation not supported'), { code: 'ENOTSUP' }));
+  syncBuiltinESMExports(); // the named import `link` of out-lock.ts sees it too
+}
+const { lockOutput } = await import('./commands/out-lock.js');
 
 const HOLD_MS = 300;
 const outs = process.argv.slice(2);

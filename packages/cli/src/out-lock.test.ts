@@ -1,6 +1,16 @@
 import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  symlinkSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -55,7 +65,7 @@ describe('lockOutput', () => {
     );
   });
 
-  it('a takeover file left by a process that died midway is removed; one held on another host is E_IO after 5 s', async () => {
+  it('takeover files left by processes that died midway are passed over, then removed; one on another host is E_IO after 5 s', async () => {
     const out = join(tmp, 'stuck');
     const stale = JSON.stringify({
       command: 'caldera compress',
@@ -64,7 +74,8 @@ describe('lockOutput', () => {
       started: 'then',
     });
     writeFileSync(`${out}.lock`, stale);
-    writeFileSync(`${out}.lock.takeover`, stale);
+    writeFileSync(`${takeoverFile(out, stale)}-0`, stale);
+    writeFileSync(`${takeoverFile(out, stale)}-1`, stale);
     await (
       await lockOutput(out, 'caldera compress')
     )();
@@ -72,73 +83,105 @@ describe('lockOutput', () => {
     // a takeover on another host (a shared file system) cannot be checked: waited for, then named
     writeFileSync(`${out}.lock`, stale);
     const remote = JSON.stringify({ command: 'caldera merge', pid: 7, host: 'elsewhere', started: 'now' });
-    writeFileSync(`${out}.lock.takeover`, remote);
+    writeFileSync(`${takeoverFile(out, stale)}-0`, remote);
     const t0 = Date.now();
     await expect(lockOutput(out, 'caldera compress')).rejects.toThrow(
-      `E_IO: ${out}.lock.takeover has stood for 5 s (caldera merge (pid 7 on elsewhere, since now) is taking over the stale lock of ${out}); remove that file if no caldera process writes there`,
+      `E_IO: ${takeoverFile(out, stale)}-0 has stood for 5 s (caldera merge (pid 7 on elsewhere, since now) is taking over the stale lock of ${out}); remove that file if no caldera process writes there`,
     );
     expect(Date.now() - t0).toBeGreaterThanOrEqual(5000);
     expect(readFileSync(`${out}.lock`, 'utf8')).toBe(stale);
-    expect(readFileSync(`${out}.lock.takeover`, 'utf8')).toBe(remote);
+    expect(readFileSync(`${takeoverFile(out, stale)}-0`, 'utf8')).toBe(remote);
   }, 20_000);
 
+  it('a lock path that is a folder or a dangling link is E_IO naming it, at once', async () => {
+    const folder = join(tmp, 'folder');
+    mkdirSync(`${folder}.lock`);
+    const link = join(tmp, 'link');
+    symlinkSync(join(tmp, 'nowhere'), `${link}.lock`);
+    for (const out of [folder, link]) {
+      const t0 = Date.now();
+      await expect(lockOutput(out, 'caldera compress')).rejects.toThrow(
+        `E_IO: ${out}.lock is not a regular file; remove it if no caldera process writes there`,
+      );
+      expect(Date.now() - t0).toBeLessThan(1000);
+    }
+  });
+
   it('of processes that find the same stale lock at once, never two hold it at the same time', async () => {
-    // 6 processes race for each of 3 outputs whose lock names a pid that does not run, released together by a line on
-    // their stdin once all are loaded. Before the takeover file, one racer's unlink of the stale lock could remove
-    // another's fresh lock: 5 of 10 such trials measured 2 to 5 holders at once. A racer that comes late (a loaded
-    // machine) may find the lock released and take it: holds may follow each other, never overlap.
-    const racers = 6;
-    const outs = [0, 1, 2].map((i) => join(tmp, `race-${i}`));
-    for (const out of outs)
-      writeFileSync(
-        `${out}.lock`,
-        JSON.stringify({ command: 'caldera compress', pid: deadPid(), host: hostname(), started: 'then' }),
-      );
-    const racer = join(dirname(fileURLToPath(import.meta.url)), 'out-lock-racer.ts');
-    const children = Array.from({ length: racers }, () => {
-      const child = spawn(process.execPath, ['--import', 'tsx', racer, ...outs], {
-        stdio: ['pipe', 'pipe', 'pipe'],
-      });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-      const exited = new Promise<void>((resolve, reject) =>
-        child.on('close', (code) =>
-          code === 0 ? resolve() : reject(new Error(`racer exit ${code}: ${stderr}`)),
-        ),
-      );
-      const lines = () => stdout.split('\n').filter((l) => l !== '');
-      return { child, exited, lines };
-    });
-    const until = async (ok: () => boolean) => {
-      while (!ok()) await new Promise((r) => setTimeout(r, 10));
-    };
-    await until(() => children.every((c) => c.lines().length >= 1)); // every racer loaded: 'ready'
-    for (let i = 0; i < outs.length; i++) {
-      for (const c of children) c.child.stdin.write('go\n');
-      await until(() => children.every((c) => c.lines().length >= 2 + i));
-    }
-    for (const c of children) c.child.stdin.end();
-    await Promise.all(children.map((c) => c.exited));
-    for (const [i, out] of outs.entries()) {
-      const results = children.map((c) => JSON.parse(c.lines()[1 + i]!) as RaceResult);
-      const holds = results.filter((r) => r.held).sort((a, b) => a.got! - b.got!);
-      expect(holds.length, `${out}: ${JSON.stringify(results)}`).toBeGreaterThanOrEqual(1);
-      for (let h = 1; h < holds.length; h++)
-        expect(holds[h]!.got!, `${out}: overlapping holds ${JSON.stringify(holds)}`).toBeGreaterThanOrEqual(
-          holds[h - 1]!.released!,
-        );
-      // the others were refused because a live racer held it (not for the stale lock, nor a stuck takeover)
-      for (const r of results.filter((r) => !r.held))
-        expect(r.message).toMatch(
-          /^E_IO: .* is being written by caldera compress \(pid \d+ on this host, since 20/,
-        );
-      expect(existsSync(`${out}.lock`)).toBe(false);
-      expect(existsSync(`${out}.lock.takeover`)).toBe(false);
-    }
+    // Before the takeover files, one racer's unlink of the stale lock could remove another's fresh lock: 5 of 10 such
+    // trials measured 2 to 5 holders at once.
+    await race('race', false);
+  }, 60_000);
+
+  it('the same without hard links (each lock file created in place, empty for an instant)', async () => {
+    await race('nolink', true);
   }, 60_000);
 });
+
+/**
+ * 6 processes (out-lock-racer.ts) race for each of 3 outputs `<prefix>-<i>` whose lock names a pid that does not run,
+ * released together by a line on their stdin once all are loaded; the first output also has a takeover file of a
+ * process that died in its takeover. A racer that comes late (a loaded machine) may find the lock released and take
+ * it: holds may follow each other, never overlap. `noLinks`: the racers' file system refuses hard links.
+ */
+async function race(prefix: string, noLinks: boolean): Promise<void> {
+  const racers = 6;
+  const outs = [0, 1, 2].map((i) => join(tmp, `${prefix}-${i}`));
+  for (const out of outs) {
+    const stale = JSON.stringify({
+      command: 'caldera compress',
+      pid: deadPid(),
+      host: hostname(),
+      started: 'then',
+    });
+    writeFileSync(`${out}.lock`, stale);
+    if (out === outs[0]) writeFileSync(`${takeoverFile(out, stale)}-0`, stale);
+  }
+  const racer = join(dirname(fileURLToPath(import.meta.url)), 'out-lock-racer.ts');
+  const children = Array.from({ length: racers }, () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', racer, ...outs], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, CALDERA_TEST_NO_LINKS: noLinks ? '1' : '' },
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<void>((resolve, reject) =>
+      child.on('close', (code) =>
+        code === 0 ? resolve() : reject(new Error(`racer exit ${code}: ${stderr}`)),
+      ),
+    );
+    const lines = () => stdout.split('\n').filter((l) => l !== '');
+    return { child, exited, lines };
+  });
+  const until = async (ok: () => boolean) => {
+    while (!ok()) await new Promise((r) => setTimeout(r, 10));
+  };
+  await until(() => children.every((c) => c.lines().length >= 1)); // every racer loaded: 'ready'
+  for (let i = 0; i < outs.length; i++) {
+    for (const c of children) c.child.stdin.write('go\n');
+    await until(() => children.every((c) => c.lines().length >= 2 + i));
+  }
+  for (const c of children) c.child.stdin.end();
+  await Promise.all(children.map((c) => c.exited));
+  for (const [i, out] of outs.entries()) {
+    const results = children.map((c) => JSON.parse(c.lines()[1 + i]!) as RaceResult);
+    const holds = results.filter((r) => r.held).sort((a, b) => a.got! - b.got!);
+    expect(holds.length, `${out}: ${JSON.stringify(results)}`).toBeGreaterThanOrEqual(1);
+    for (let h = 1; h < holds.length; h++)
+      expect(holds[h]!.got!, `${out}: overlapping holds ${JSON.stringify(holds)}`).toBeGreaterThanOrEqual(
+        holds[h - 1]!.released!,
+      );
+    // the others were refused because a live racer held it (not for the stale lock, nor a stuck takeover)
+    for (const r of results.filter((r) => !r.held))
+      expect(r.message).toMatch(
+        /^E_IO: .* is being written by caldera compress \(pid \d+ on this host, since 20/,
+      );
+    // nothing left: no lock, no takeover file, no file written aside
+    expect(readdirSync(tmp).filter((f) => f.startsWith(`${prefix}-${i}.`))).toEqual([]);
+  }
+}
 
 /** One racer's result for one output (out-lock-racer.ts): when it got and released the lock, or why it was refused. */
 interface RaceResult {
@@ -146,6 +189,11 @@ interface RaceResult {
   got?: number;
   released?: number;
   message?: string;
+}
+
+/** The takeover files' name (without its `-<n>`) for a stale lock of `out` holding `text`. */
+function takeoverFile(out: string, text: string): string {
+  return `${out}.lock.takeover-${createHash('sha256').update(text).digest('hex').slice(0, 16)}`;
 }
 
 /** Set `file`'s modification time `ms` into the past. */

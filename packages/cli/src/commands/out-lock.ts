@@ -1,9 +1,10 @@
+import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
-import { dirname } from 'node:path';
-import { link, mkdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { link, lstat, mkdir, readdir, readFile, unlink, writeFile } from 'node:fs/promises';
 import { CalderaError } from '@caldera/core';
 
-/** What `<out>.lock` (and `<out>.lock.takeover`) holds: the process writing `<out>` (taking the lock over). */
+/** What `<out>.lock` (and a takeover file) holds: the process writing `<out>` (taking a stale lock over). */
 interface LockOwner {
   command: string;
   pid: number;
@@ -16,6 +17,11 @@ interface LockOwner {
  * before it counts as left behind, and how long a process waits for another's takeover of a stale lock to end.
  */
 const SETTLE_MS = 5000;
+
+/** Takeover files of one stale lock whose processes died before a takeover gives up (they are never removed). */
+const MAX_TAKEOVER_FILES = 8;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Whether process `pid` of this host runs (a process of another user counts: EPERM). */
 function isRunning(pid: number): boolean {
@@ -34,17 +40,26 @@ interface ReadLock {
   ageMs: number;
 }
 
-/** `file` as it is now: 'missing' when there is no such file; an unreadable one counts as an old file that is no lock. */
+/**
+ * `file` as it is now, or 'missing'. `E_IO` naming it when it is not a regular file (a folder, a link) or cannot be
+ * read: such a file is no lock this code placed, and removing it is left to a person.
+ */
 async function readLock(file: string): Promise<ReadLock | 'missing'> {
+  const refused = (why: string) =>
+    new CalderaError('E_IO', `${file} ${why}; remove it if no caldera process writes there`, {
+      details: { path: file },
+    });
   let text: string;
   let ageMs: number;
   try {
+    const st = await lstat(file);
+    if (!st.isFile()) throw refused('is not a regular file');
+    ageMs = Date.now() - st.mtimeMs;
     text = await readFile(file, 'utf8');
-    ageMs = Date.now() - (await stat(file)).mtimeMs;
   } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'ENOENT'
-      ? 'missing'
-      : { text: '', owner: null, ageMs: Infinity };
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
+    if (e instanceof CalderaError) throw e;
+    throw refused(`cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   try {
     const o = JSON.parse(text) as Partial<LockOwner>;
@@ -58,7 +73,8 @@ async function readLock(file: string): Promise<ReadLock | 'missing'> {
 /**
  * Whether the process a lock file names is gone: of this host and not running, or this process's own pid (left by an
  * earlier process that had the same pid, a restarted container's, or by an earlier run in this process); or the file
- * is no lock and older than {@link SETTLE_MS}. A young file that is no lock is being written: not judged yet (null).
+ * is no lock and older than {@link SETTLE_MS}. A younger file that is no lock may be one being written: not judged
+ * yet (null).
  */
 function isGone(read: ReadLock, me: LockOwner): boolean | null {
   const { owner } = read;
@@ -99,60 +115,81 @@ async function place(aside: string, file: string, text: string): Promise<boolean
   }
 }
 
-/**
- * Remove `file` if it still holds `text`: moved aside under a name of this process (atomic, so two removers never
- * both take it), then read; one that is not what was judged (replaced meanwhile) is put back, unless another file was
- * placed there since.
- */
-async function removeIfStill(file: string, text: string): Promise<void> {
-  const moved = `${file}.${process.pid}-${Date.now()}-removed`;
+/** Remove `file`; one already gone is fine, any other failure is `E_IO` saying what was being removed. */
+async function remove(file: string, what: string): Promise<void> {
   try {
-    await rename(file, moved);
-  } catch {
-    return; // gone already
-  }
-  try {
-    if ((await readFile(moved, 'utf8').catch(() => null)) === text) return;
-    try {
-      await link(moved, file);
-    } catch (e) {
-      if (NO_LINKS.has((e as NodeJS.ErrnoException).code ?? '')) await rename(moved, file);
-    }
-  } finally {
-    await unlink(moved).catch(() => undefined);
+    await unlink(file);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT')
+      throw new CalderaError('E_IO', `cannot remove ${what} ${file} (${code ?? (e as Error).message})`, {
+        cause: e,
+      });
   }
 }
 
 /**
- * Take the takeover file `guard` for this process (text `text`, written at `aside`). True when taken; false once
- * another process's takeover has ended (the lock is then that process's, or free again) or a takeover file left by a
- * process that is gone (died within its takeover) was removed; `E_IO` naming the file when another process's stands
- * for more than {@link SETTLE_MS} (a takeover takes milliseconds: a host that cannot be checked, or a hung process).
+ * Take over the stale lock `seen` of `lock` and put this process's in its place (true), or find that it is no longer
+ * there to take (false: another process took it over, or it was released).
+ *
+ * Takers of the same stale lock go through takeover files named after its text, `<lock>.takeover-<hash>-<n>`, placed
+ * like the lock: the one that places file n re-reads the lock, removes it only if it is still the stale one (the same
+ * text, still judged gone), and places its own while it holds file n; the others wait for it. A takeover file is
+ * removed only by its owner, or once the stale lock is gone (by the process that removed it): one left by a process
+ * that died is not removed but passed over, to file n + 1. So no takeover file is ever replaced while a process may
+ * hold it, and two processes never take the same stale lock over.
  */
-async function takeGuard(
+async function takeOver(
+  lock: string,
+  seen: ReadLock,
   aside: string,
-  guard: string,
   text: string,
   me: LockOwner,
   out: string,
 ): Promise<boolean> {
-  if (await place(aside, guard, text)) return true;
+  const base = `${lock}.takeover-${createHash('sha256').update(seen.text).digest('hex').slice(0, 16)}`;
+  const removeTakeoverFiles = async () => {
+    const prefix = `${basename(base)}-`;
+    for (const f of await readdir(dirname(lock)).catch(() => [] as string[]))
+      if (f.startsWith(prefix)) await unlink(join(dirname(lock), f)).catch(() => undefined);
+  };
   const deadline = Date.now() + SETTLE_MS;
-  for (;;) {
-    const g = await readLock(guard);
-    if (g === 'missing') return false;
-    if (isGone(g, me) === true) {
-      await removeIfStill(guard, g.text);
-      return false;
+  for (let n = 0; n < MAX_TAKEOVER_FILES;) {
+    const mine = `${base}-${n}`;
+    if (await place(aside, mine, text)) {
+      try {
+        const now = await readLock(lock);
+        if (now !== 'missing') {
+          if (now.text !== seen.text || isGone(now, me) !== true) return false;
+          await remove(lock, 'the stale lock');
+        }
+        // the stale lock is gone: its takeover files serve no one any more (a process inside one finds the lock changed)
+        const held = await place(aside, lock, text);
+        await removeTakeoverFiles();
+        return held;
+      } finally {
+        await unlink(mine).catch(() => undefined);
+      }
+    }
+    const other = await readLock(mine);
+    if (other === 'missing') continue; // its takeover ended: try it again (the lock is then the other's, or free)
+    if (isGone(other, me) === true) {
+      n++; // its process died: passed over
+      continue;
     }
     if (Date.now() > deadline)
       throw new CalderaError(
         'E_IO',
-        `${guard} has stood for ${SETTLE_MS / 1000} s (${holder(g.owner, me)} is taking over the stale lock of ` +
+        `${mine} has stood for ${SETTLE_MS / 1000} s (${holder(other.owner, me)} is taking over the stale lock of ` +
           `${out}); remove that file if no caldera process writes there`,
       );
-    await new Promise((r) => setTimeout(r, 20));
+    await sleep(20);
   }
+  throw new CalderaError(
+    'E_IO',
+    `${MAX_TAKEOVER_FILES} processes died taking over the stale lock of ${out}; remove ${lock} and ${base}-* if no ` +
+      'caldera process writes there',
+  );
 }
 
 /**
@@ -160,49 +197,38 @@ async function takeGuard(
  * once with `E_IO` naming the one that writes it, instead of racing it (the first to finish removes the work files the
  * other still reads). The lock file appears whole or not at all (written aside, then hard-linked into place, which
  * fails when it exists; where there are no hard links, created exclusively in place, and a reader that finds it empty
- * or half-written reads it again for up to {@link SETTLE_MS}).
+ * or half-written reads it again until it is {@link SETTLE_MS} old).
  *
- * A lock whose process is gone ({@link isGone}) is taken over. One held on another host (a shared file system) cannot
- * be checked and is refused, naming the file to remove. So two runs on the same `out` in one process at once are not
- * told apart (one command per process, as the CLI runs them). A takeover happens under `<out>.lock.takeover`, taken
- * like the lock: of several processes that find the same stale lock at once, one replaces it and the others then find
- * its live lock and are refused. The stale lock is removed only if it still holds the text that was judged stale. A
- * takeover file whose process died midway is removed the same way by the next process that needs it.
- * Returns the release, which removes the lock if it is still this process's.
+ * A lock whose process is gone ({@link isGone}) is taken over ({@link takeOver}): of several processes that find it at
+ * once, one replaces it and the others then find its live lock and are refused. One held on another host (a shared
+ * file system) cannot be checked and is refused, naming the file to remove. So two runs on the same `out` in one
+ * process at once are not told apart (one command per process, as the CLI runs them). A `<out>.lock` that is not a
+ * regular file, or cannot be read, is `E_IO` naming it. Returns the release, which removes the lock if it is still
+ * this process's.
  */
 export async function lockOutput(out: string, command: string): Promise<() => Promise<void>> {
   const lock = `${out}.lock`;
-  const guard = `${lock}.takeover`;
   const me: LockOwner = { command, pid: process.pid, host: hostname(), started: new Date().toISOString() };
   const text = JSON.stringify(me) + '\n';
   const aside = `${lock}.${process.pid}-${Date.now()}`;
   try {
     await mkdir(dirname(lock), { recursive: true });
     await writeFile(aside, text);
-    for (let takeovers = 0; ;) {
+    for (let round = 0, takeovers = 0; ; round++) {
+      if (round > 0) await sleep(20); // a lock released, being written, or taken over meanwhile: read it again soon
       if (await place(aside, lock, text)) break;
       const seen = await readLock(lock);
-      if (seen === 'missing') continue; // released meanwhile: try again
+      if (seen === 'missing') continue;
       const gone = isGone(seen, me);
-      if (gone === null) {
-        await new Promise((r) => setTimeout(r, 20)); // being written: read it again
-        continue;
-      }
-      if (!gone || takeovers > 0)
+      if (gone === null) continue; // no lock yet, and young: maybe one being written
+      if (!gone || takeovers >= 3)
         throw new CalderaError(
           'E_IO',
           `${out} is being written by ${holder(seen.owner, me)}; wait for it to finish or stop it` +
             (seen.owner && seen.owner.host !== me.host ? `, then remove ${lock} if it is still there` : ''),
         );
-      if (!(await takeGuard(aside, guard, text, me, out))) continue; // another took it over: read the lock again
       takeovers++;
-      try {
-        // still the stale lock (not one placed since by a process that found it released): removed
-        const now = await readLock(lock);
-        if (now !== 'missing' && now.text === seen.text) await unlink(lock).catch(() => undefined);
-      } finally {
-        await removeIfStill(guard, text);
-      }
+      if (await takeOver(lock, seen, aside, text, me, out)) break;
     }
   } catch (e) {
     if (e instanceof CalderaError) throw e;
@@ -211,7 +237,7 @@ export async function lockOutput(out: string, command: string): Promise<() => Pr
     await unlink(aside).catch(() => undefined);
   }
   return async () => {
-    const held = await readLock(lock);
+    const held = await readLock(lock).catch(() => 'missing' as const);
     if (held !== 'missing' && held.owner?.pid === me.pid && held.owner.started === me.started)
       await unlink(lock).catch(() => undefined);
   };
