@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import { link, lstat, mkdir, readdir, readFile, unlink, writeFile } from 'node:fs/promises';
+import { link, lstat, mkdir, open, readdir, unlink, writeFile } from 'node:fs/promises';
 import { CalderaError } from '@caldera/core';
 
 /** What `<out>.lock` (and a takeover file) holds: the process writing `<out>` (taking a stale lock over). */
@@ -13,8 +13,9 @@ interface LockOwner {
 }
 
 /**
- * How long a file that is no lock (empty or unparseable: one being written where there are no hard links) is given
- * before it counts as left behind, and how long a process waits for another's takeover of a stale lock to end.
+ * How long a file that is no lock (empty or unparseable: one being written where there are no hard links) must stay
+ * unchanged, by this process's clock (a file system's mtimes may come from another host's), before it counts as left
+ * behind; a process waits twice that for another's takeover of a stale lock to end.
  */
 const SETTLE_MS = 5000;
 
@@ -33,11 +34,12 @@ function isRunning(pid: number): boolean {
   }
 }
 
-/** A lock file as read: its text, the owner it names (null when the text is no lock) and its age. */
+/** A lock file as read: its text, the owner it names (null when the text is no lock) and which file it was. */
 interface ReadLock {
   text: string;
   owner: LockOwner | null;
-  ageMs: number;
+  /** inode, size and mtime: the same text in another file (or the same file rewritten) is another lock */
+  id: string;
 }
 
 /**
@@ -50,12 +52,18 @@ async function readLock(file: string): Promise<ReadLock | 'missing'> {
       details: { path: file },
     });
   let text: string;
-  let ageMs: number;
+  let id: string;
   try {
-    const st = await lstat(file);
-    if (!st.isFile()) throw refused('is not a regular file');
-    ageMs = Date.now() - st.mtimeMs;
-    text = await readFile(file, 'utf8');
+    if (!(await lstat(file)).isFile()) throw refused('is not a regular file');
+    // the text and the identity from one open file (a path read twice may name two files)
+    const fh = await open(file, 'r');
+    try {
+      const st = await fh.stat();
+      id = `${st.ino}:${st.size}:${st.mtimeMs}`;
+      text = await fh.readFile('utf8');
+    } finally {
+      await fh.close();
+    }
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
     if (e instanceof CalderaError) throw e;
@@ -64,21 +72,37 @@ async function readLock(file: string): Promise<ReadLock | 'missing'> {
   try {
     const o = JSON.parse(text) as Partial<LockOwner>;
     const owner = typeof o.pid === 'number' && typeof o.host === 'string' ? (o as LockOwner) : null;
-    return { text, owner, ageMs };
+    return { text, owner, id };
   } catch {
-    return { text, owner: null, ageMs };
+    return { text, owner: null, id };
   }
+}
+
+/**
+ * A watch on one path: `settled(read)` is whether the file read now is the one seen on every call for at least
+ * {@link SETTLE_MS} (the same identity and text).
+ */
+function settleWatch(): { settled(read: ReadLock): boolean } {
+  let seen: { key: string; since: number } | undefined;
+  return {
+    settled(read) {
+      const key = `${read.id}\n${read.text}`;
+      const now = performance.now();
+      if (seen?.key !== key) seen = { key, since: now };
+      return now - seen.since >= SETTLE_MS;
+    },
+  };
 }
 
 /**
  * Whether the process a lock file names is gone: of this host and not running, or this process's own pid (left by an
  * earlier process that had the same pid, a restarted container's, or by an earlier run in this process); or the file
- * is no lock and older than {@link SETTLE_MS}. A younger file that is no lock may be one being written: not judged
- * yet (null).
+ * is no lock and `settled` (unchanged for {@link SETTLE_MS}). One that is no lock and not settled may be one being
+ * written: not judged yet (null).
  */
-function isGone(read: ReadLock, me: LockOwner): boolean | null {
+function isGone(read: ReadLock, me: LockOwner, settled: boolean): boolean | null {
   const { owner } = read;
-  if (owner === null) return read.ageMs > SETTLE_MS ? true : null;
+  if (owner === null) return settled ? true : null;
   return owner.host === me.host && (owner.pid === process.pid || !isRunning(owner.pid));
 }
 
@@ -95,7 +119,8 @@ const NO_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
 /**
  * Put a lock file in place: hard-link `aside` (already written) to `file`, so it appears whole; on a file system
  * without hard links, create `file` exclusively and write it (a reader may then catch it empty, for an instant: such a
- * file is given {@link SETTLE_MS}). False when `file` exists.
+ * file is judged only once it has stayed unchanged for {@link SETTLE_MS}; a writer stalled that long between the
+ * create and the write, a stopped process, can lose its lock). False when `file` exists.
  */
 async function place(aside: string, file: string, text: string): Promise<boolean> {
   try {
@@ -153,14 +178,18 @@ async function takeOver(
     for (const f of await readdir(dirname(lock)).catch(() => [] as string[]))
       if (f.startsWith(prefix)) await unlink(join(dirname(lock), f)).catch(() => undefined);
   };
-  const deadline = Date.now() + SETTLE_MS;
+  // each takeover file has its own watch and deadline, from when this process first found it taken
+  let watch = settleWatch();
+  let deadline = Infinity;
   for (let n = 0; n < MAX_TAKEOVER_FILES;) {
     const mine = `${base}-${n}`;
     if (await place(aside, mine, text)) {
       try {
         const now = await readLock(lock);
         if (now !== 'missing') {
-          if (now.text !== seen.text || isGone(now, me) !== true) return false;
+          // still the stale lock: the same file, and its process still gone (one that is no lock was judged settled)
+          if (now.text !== seen.text || now.id !== seen.id) return false;
+          if (now.owner && isGone(now, me, false) !== true) return false;
           await remove(lock, 'the stale lock');
         }
         // the stale lock is gone: its takeover files serve no one any more (a process inside one finds the lock changed)
@@ -173,15 +202,18 @@ async function takeOver(
     }
     const other = await readLock(mine);
     if (other === 'missing') continue; // its takeover ended: try it again (the lock is then the other's, or free)
-    if (isGone(other, me) === true) {
+    if (isGone(other, me, watch.settled(other)) === true) {
       n++; // its process died: passed over
+      watch = settleWatch();
+      deadline = Infinity;
       continue;
     }
-    if (Date.now() > deadline)
+    deadline = Math.min(deadline, performance.now() + 2 * SETTLE_MS);
+    if (performance.now() > deadline)
       throw new CalderaError(
         'E_IO',
-        `${mine} has stood for ${SETTLE_MS / 1000} s (${holder(other.owner, me)} is taking over the stale lock of ` +
-          `${out}); remove that file if no caldera process writes there`,
+        `${mine} has stood for ${(2 * SETTLE_MS) / 1000} s (${holder(other.owner, me)} is taking over the stale lock ` +
+          `of ${out}); remove that file if no caldera process writes there`,
       );
     await sleep(20);
   }
@@ -197,7 +229,7 @@ async function takeOver(
  * once with `E_IO` naming the one that writes it, instead of racing it (the first to finish removes the work files the
  * other still reads). The lock file appears whole or not at all (written aside, then hard-linked into place, which
  * fails when it exists; where there are no hard links, created exclusively in place, and a reader that finds it empty
- * or half-written reads it again until it is {@link SETTLE_MS} old).
+ * or half-written reads it again until it has stayed so for {@link SETTLE_MS}).
  *
  * A lock whose process is gone ({@link isGone}) is taken over ({@link takeOver}): of several processes that find it at
  * once, one replaces it and the others then find its live lock and are refused. One held on another host (a shared
@@ -214,12 +246,13 @@ export async function lockOutput(out: string, command: string): Promise<() => Pr
   try {
     await mkdir(dirname(lock), { recursive: true });
     await writeFile(aside, text);
+    const watch = settleWatch();
     for (let round = 0, takeovers = 0; ; round++) {
       if (round > 0) await sleep(20); // a lock released, being written, or taken over meanwhile: read it again soon
       if (await place(aside, lock, text)) break;
       const seen = await readLock(lock);
       if (seen === 'missing') continue;
-      const gone = isGone(seen, me);
+      const gone = isGone(seen, me, watch.settled(seen));
       if (gone === null) continue; // no lock yet, and young: maybe one being written
       if (!gone || takeovers >= 3)
         throw new CalderaError(
