@@ -66,12 +66,7 @@ describe('lockOutput', () => {
 
   it('takeover files left by processes that died midway are passed over, then removed; one on another host is E_IO after 10 s', async () => {
     const out = join(tmp, 'stuck');
-    const stale = JSON.stringify({
-      command: 'caldera compress',
-      pid: deadPid(),
-      host: hostname(),
-      started: 'then',
-    });
+    const stale = staleLock();
     writeFileSync(`${out}.lock`, stale);
     writeFileSync(`${takeoverFile(out, stale)}-0`, stale);
     writeFileSync(`${takeoverFile(out, stale)}-1`, stale);
@@ -127,12 +122,7 @@ async function race(prefix: string, noLinks: boolean): Promise<void> {
   const racers = 6;
   const outs = [0, 1, 2].map((i) => join(tmp, `${prefix}-${i}`));
   for (const out of outs) {
-    const stale = JSON.stringify({
-      command: 'caldera compress',
-      pid: deadPid(),
-      host: hostname(),
-      started: 'then',
-    });
+    const stale = staleLock();
     writeFileSync(`${out}.lock`, stale);
     if (out === outs[0]) writeFileSync(`${takeoverFile(out, stale)}-0`, stale);
   }
@@ -193,6 +183,11 @@ interface RaceResult {
 /** The takeover files' name (without its `-<n>`) for a stale lock of `out` holding `text`. */
 function takeoverFile(out: string, text: string): string {
   return `${out}.lock.takeover-${createHash('sha256').update(text).digest('hex').slice(0, 16)}`;
+}
+
+/** The text of a lock left by `caldera compress` in a pid of this host that no process has. */
+function staleLock(): string {
+  return JSON.stringify({ command: 'caldera compress', pid: deadPid(), host: hostname(), started: 'then' });
 }
 
 /** A pid that no running process has (checked). */
