@@ -159,7 +159,7 @@ async function remove(file: string, what: string): Promise<void> {
  *
  * Takers of the same stale lock go through takeover files named after its text, `<lock>.takeover-<hash>-<n>`, placed
  * like the lock: the one that places file n re-reads the lock, removes it only if it is still the stale one (the same
- * text, still judged gone), and places its own while it holds file n; the others wait for it. A takeover file is
+ * file, still judged gone), and places its own while it holds file n; the others wait for it. A takeover file is
  * removed only by its owner, or once the stale lock is gone (by the process that removed it): one left by a process
  * that died is not removed but passed over, to file n + 1. So no takeover file is ever replaced while a process may
  * hold it, and two processes never take the same stale lock over.
@@ -253,7 +253,7 @@ export async function lockOutput(out: string, command: string): Promise<() => Pr
       const seen = await readLock(lock);
       if (seen === 'missing') continue;
       const gone = isGone(seen, me, watch.settled(seen));
-      if (gone === null) continue; // no lock yet, and young: maybe one being written
+      if (gone === null) continue; // no lock, not yet unchanged for 5 s: maybe one being written
       if (!gone || takeovers >= 3)
         throw new CalderaError(
           'E_IO',
