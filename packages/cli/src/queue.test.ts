@@ -1,12 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ChildProcess } from 'node:child_process';
-import { createServer, type Socket } from 'node:net';
 import { Worker } from 'bullmq';
 import { isCalderaError } from '@caldera/core';
 import type { Args } from './args.js';
 import { runOnQueue, type QueueTask } from './commands/queue.js';
 import { redisConnection } from './commands/redis.js';
-import { hasRedis, startRedis } from './test-redis.js';
+import { hasRedis, scriptedServer, startRedis } from './test-redis.js';
 
 /** `caldera compress`'s queue options as parsed: `--queue-name name --attempts 1`. */
 const args = (name: string): Args => ({
@@ -29,22 +28,15 @@ const tasks = (n: number): QueueTask[] =>
 describe('runOnQueue: interruption', () => {
   it('stopped before anything was enqueued, with Redis silent: E_ABORTED at once, no withdrawal, no graceful close', async () => {
     // a server that accepts connections and never answers: a hung Redis host
-    const sockets = new Set<Socket>();
-    const silent = createServer((s) => {
-      sockets.add(s);
-      s.on('error', () => undefined);
-    });
-    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
-    const url = `redis://127.0.0.1:${(silent.address() as { port: number }).port}`;
+    const silent = await scriptedServer(null);
     const stop = new AbortController();
     setTimeout(() => stop.abort(), 300);
     const t0 = performance.now();
-    const e = await runOnQueue(url, args('silent'), tasks(2), { signal: stop.signal }).catch(
+    const e = await runOnQueue(silent.url, args('silent'), tasks(2), { signal: stop.signal }).catch(
       (x: unknown) => x,
     );
     const seconds = (performance.now() - t0) / 1000;
-    for (const s of sockets) s.destroy();
-    silent.close();
+    await silent.close();
     expect(isCalderaError(e) && e.code, String(e)).toBe('E_ABORTED');
     // before: 5 s trying to withdraw jobs never sent, then 2 s for the disconnect (7.3 s measured); now the 0.3 s before
     // the abort and the disconnect's 2 s at most (2.3 s measured)

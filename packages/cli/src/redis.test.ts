@@ -1,42 +1,11 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { existsSync, mkdtempSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isCalderaError } from '@caldera/core';
 import { checkRedisReachable, redisConnection, shownRedisUrl } from './commands/redis.js';
 import { runCli } from './test-cli.js';
-
-/**
- * A TCP server on a free port of 127.0.0.1 that answers the first bytes of every connection (kept: `received`) with
- * `reply` (or never, for null).
- */
-async function server(
-  reply: string | null,
-): Promise<{ url: string; close: () => Promise<void>; received: () => string }> {
-  const sockets = new Set<Socket>();
-  let received = '';
-  const s: Server = createServer((socket) => {
-    sockets.add(socket);
-    socket.on('error', () => undefined);
-    if (reply !== null)
-      socket.once('data', (d) => {
-        received += d.toString('latin1');
-        socket.end(reply);
-      });
-  });
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address() as { port: number };
-  return {
-    received: () => received,
-    url: `redis://127.0.0.1:${port}`,
-    close: () =>
-      new Promise<void>((r) => {
-        for (const socket of sockets) socket.destroy();
-        s.close(() => r());
-      }),
-  };
-}
+import { scriptedServer as server } from './test-redis.js';
 
 describe('redisConnection and shownRedisUrl', () => {
   it('takes the database number from the path, an integer in [0, 15], and refuses any other (db 0 was used)', () => {

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { link, lstat, mkdir, open, readdir, unlink, writeFile } from 'node:fs/promises';
 import { CalderaError } from '@caldera/core';
 
@@ -21,8 +22,6 @@ const SETTLE_MS = 5000;
 
 /** Takeover files of one stale lock whose processes died before a takeover gives up (they are never removed). */
 const MAX_TAKEOVER_FILES = 8;
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Whether process `pid` of this host runs (a process of another user counts: EPERM). */
 function isRunning(pid: number): boolean {
