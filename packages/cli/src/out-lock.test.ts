@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
@@ -15,6 +15,17 @@ import { hostname, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { lockOutput } from './commands/out-lock.js';
+
+// `beforeOpen`, when set, runs before each fs/promises open of a path (what out-lock reads a lock through)
+const hooks = vi.hoisted(() => ({ beforeOpen: null as null | ((path: string) => void) }));
+vi.mock('node:fs/promises', async (importOriginal) => {
+  const fsp = await importOriginal<typeof import('node:fs/promises')>();
+  const open: typeof fsp.open = (path, ...rest) => {
+    hooks.beforeOpen?.(String(path));
+    return fsp.open(path, ...rest);
+  };
+  return { ...fsp, default: { ...fsp, open }, open };
+});
 
 const tmp = mkdtempSync(join(tmpdir(), 'caldera-out-lock-'));
 
@@ -99,6 +110,30 @@ describe('lockOutput', () => {
       );
       expect(Date.now() - t0).toBeLessThan(1000);
     }
+  });
+
+  it('a stale lock replaced by another stale one during every takeover is refused after 3, naming neither as a writer', async () => {
+    // other processes keep putting locks of dead processes in its place (each read finds a new one): the refusal used
+    // to say that the last one read "is being written by" its (dead) process
+    const out = join(tmp, 'restale');
+    const lock = `${out}.lock`;
+    writeFileSync(lock, staleLock());
+    let n = 0;
+    hooks.beforeOpen = (path) => {
+      if (path === lock) writeFileSync(lock, staleLock().replace('"then"', `"then-${++n}"`));
+    };
+    try {
+      await expect(lockOutput(out, 'caldera compress')).rejects.toThrow(
+        new RegExp(
+          `^E_IO: ${lock} changed during each of 3 takeovers and still names a process that is gone ` +
+            `\\(caldera compress \\(pid \\d+ on this host, since then-7\\)\\); remove it if no caldera process writes there$`,
+        ),
+      );
+    } finally {
+      hooks.beforeOpen = null;
+    }
+    expect(n).toBe(7); // four reads in lockOutput, three in its takeovers
+    expect(readdirSync(tmp).filter((f) => f.startsWith('restale.'))).toEqual(['restale.lock']);
   });
 
   it('of processes that find the same stale lock at once, never two hold it at the same time', async () => {

@@ -20,6 +20,9 @@ interface LockOwner {
  */
 const SETTLE_MS = 5000;
 
+/** Takeovers of stale locks that found the lock changed (another stale one in its place) before a process gives up. */
+const MAX_TAKEOVERS = 3;
+
 /** Takeover files of one stale lock whose processes died before a takeover gives up (they are never removed). */
 const MAX_TAKEOVER_FILES = 8;
 
@@ -253,11 +256,19 @@ export async function lockOutput(out: string, command: string): Promise<() => Pr
       if (seen === 'missing') continue;
       const gone = isGone(seen, me, watch.settled(seen));
       if (gone === null) continue; // no lock, not yet unchanged for 5 s: maybe one being written
-      if (!gone || takeovers >= 3)
+      if (!gone)
         throw new CalderaError(
           'E_IO',
           `${out} is being written by ${holder(seen.owner, me)}; wait for it to finish or stop it` +
             (seen.owner && seen.owner.host !== me.host ? `, then remove ${lock} if it is still there` : ''),
+        );
+      // a takeover fails when the lock changed meanwhile: to a live lock (refused above next round) or, again and
+      // again, to another that is gone
+      if (takeovers >= MAX_TAKEOVERS)
+        throw new CalderaError(
+          'E_IO',
+          `${lock} changed during each of ${MAX_TAKEOVERS} takeovers and still names a process that is gone ` +
+            `(${holder(seen.owner, me)}); remove it if no caldera process writes there`,
         );
       takeovers++;
       if (await takeOver(lock, seen, aside, text, me, out)) break;
