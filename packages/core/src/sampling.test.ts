@@ -269,6 +269,87 @@ describe("GenerationRules (the runtimes' per-token rules)", () => {
     }
   });
 
+  it('pickTopK gives the tokens of pick from the top k of the unpenalised logits and the penalised ones, to the bit', () => {
+    // 4 000 tokens over 200 runs: logits on a coarse grid (many ties, −0 beside 0, ±Infinity now and then), top
+    // ids shuffled and padded with ids ≥ V as a GPU's top-k may return them; each run's two rules share one stream
+    const rng = new Rng(3);
+    const V = 60;
+    const grid = [-Infinity, -2, -0.5, -0, 0, 0.25, 1, 1.5, 3, Infinity];
+    let draws = 0;
+    for (let run = 0; run < 200; run++) {
+      const o: GenerateOptions = {
+        temperature: [0.3, 1, 2.5][run % 3],
+        topK: [1, 5, 17, 59][run % 4],
+        topP: run % 5 === 0 ? 0.8 : 1,
+        repetitionPenalty: run % 2 === 0 ? 1.6 : 1,
+        seed: run,
+      };
+      const prompt = Array.from({ length: 1 + (run % 7) }, () => Math.floor(rng.uniform() * V));
+      const full = new GenerationRules(prompt, o);
+      const part = new GenerationRules(prompt, o);
+      const k = part.topKOf(V)!;
+      expect(k).toBe(Math.floor(o.topK!));
+      for (let step = 0; step < 20; step++) {
+        const l = Float32Array.from({ length: V }, () =>
+          rng.uniform() < 0.05
+            ? grid[Math.floor(rng.uniform() * grid.length)]!
+            : Math.round(rng.normal() * 4) / 4,
+        );
+        if (l.every((v) => v === -Infinity)) l[0] = 0;
+        const pen = part.penalized();
+        expect(new Set(pen).size).toBe(pen.length);
+        const others = [...l.keys()].filter((i) => !pen.includes(i));
+        // the top k of the others by (logit, then lower index): a brute-force sort
+        const top = others.sort((a, b) => (l[a]! > l[b]! ? -1 : l[a]! < l[b]! ? 1 : a - b)).slice(0, k);
+        const shuffled = [...top, V, V + 3].sort(() => rng.uniform() - 0.5);
+        let want: number;
+        try {
+          want = full.pick(l);
+        } catch {
+          // every logit −Infinity after the draw of the grid: both refuse
+          expect(() =>
+            part.pickTopK({ ids: shuffled, values: shuffled.map((i) => l[i] ?? 0) }, [], V),
+          ).toThrow();
+          continue;
+        }
+        const got = part.pickTopK(
+          { ids: shuffled, values: shuffled.map((i) => l[i] ?? 123) },
+          pen.map((i) => l[i]!),
+          V,
+        );
+        expect(got).toBe(want);
+        draws++;
+        expect(part.accept(got)).toBe(full.accept(want));
+      }
+    }
+    expect(draws).toBeGreaterThan(3900);
+  });
+
+  it('pickTopK refuses what it cannot stand in for, and inputs that cannot be a top k', () => {
+    const r = new GenerationRules([1, 2], { temperature: 1, topK: 2, repetitionPenalty: 2 });
+    expect(r.topKOf(2)).toBe(null); // k not below the vocabulary: normalised over all of it
+    expect(new GenerationRules([1], { topK: 2 }).topKOf(10)).toBe(null); // greedy
+    expect(new GenerationRules([1], { temperature: 1 }).topKOf(10)).toBe(null); // no top-k
+    expect(r.penalized()).toEqual([1, 2]);
+    expect(() => r.pickTopK({ ids: [0, 3], values: [1, 2] }, [1, 2], 2)).toThrow(
+      /^E_VALUE: pickTopK: these options/,
+    );
+    expect(() => r.pickTopK({ ids: [0, 3], values: [1] }, [1, 2], 10)).toThrow(
+      /^E_VALUE: pickTopK: 2 top ids with 1/,
+    );
+    expect(() => r.pickTopK({ ids: [1], values: [1] }, [1, 2], 10)).toThrow(
+      /token 1 is no token id or is given twice/,
+    );
+    expect(() => r.pickTopK({ ids: [], values: [] }, [1], 10)).toThrow(/1 values for 2 penalized/);
+    expect(() => r.pickTopK({ ids: [12], values: [1] }, [1, 2], 10)).not.toThrow(); // padding beyond the vocabulary
+    expect(() => r.pickTopK({ ids: [0], values: [NaN] }, [1, 2], 10)).toThrow(
+      /logit 0 is NaN after 0 generated/,
+    );
+    expect(() =>
+      new GenerationRules([1], { temperature: 1, topK: 3 }).pickTopK({ ids: [0], values: [1] }, [], 10),
+    ).toThrow(/^E_VALUE: pickTopK: 1 tokens given, 3 needed/);
+  });
+
   it('stops on a stop token after yielding it, and on a stop string before yielding the token that completes it', () => {
     const stopToken = new GenerationRules([1], { stopTokens: [9] });
     expect(stopToken.accept(4)).toBe('continue');

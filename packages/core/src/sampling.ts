@@ -143,16 +143,47 @@ function drawToken(logits: Float64Array, o: GenerateOptions, rng: Rng): number {
     throw new CalderaError('E_VALUE', 'sampleToken: every logit is -Infinity (no distribution to draw from)');
   const k = o.topK && o.topK >= 1 ? Math.min(Math.floor(o.topK), V) : V; // a fraction counts as its integer part
   const rank = new RankOrder(l);
+  // without top-k the weights are normalised over the whole vocabulary, in index order
+  let zAll: number | null = null;
+  if (k === V) {
+    zAll = 0;
+    for (let i = 0; i < V; i++) zAll += weightOf(l[i]!, mx, temp);
+  }
+  return drawRanked(
+    k,
+    (r) => rank.at(r),
+    (r) => l[rank.at(r)]!,
+    zAll,
+    o,
+    rng,
+  );
+}
+
+/** A token's unnormalised weight `exp((v − mx)/temp)`; with `mx` +Infinity, equal shares among the +Infinity logits. */
+function weightOf(v: number, mx: number, temp: number): number {
   // +Infinity logits: the softmax's limit, equal shares among them (exp(∞ − ∞) would be NaN)
-  const weight =
-    mx === Infinity
-      ? (i: number) => (l[i] === Infinity ? 1 : 0)
-      : (i: number) => Math.exp((l[i]! - mx) / temp);
+  return mx === Infinity ? (v === Infinity ? 1 : 0) : Math.exp((v - mx) / temp);
+}
+
+/**
+ * The draw of {@link drawToken} from the tokens in rank order: `idAt(r)` and `valueAt(r)` the token of rank r and its
+ * logit, for r < k (rank 0 the argmax, not −Infinity); the weights normalised by `zAll` when given (the whole
+ * vocabulary's sum, in index order), else over the first k in rank order. One `rng.uniform()`.
+ */
+function drawRanked(
+  k: number,
+  idAt: (r: number) => number,
+  valueAt: (r: number) => number,
+  zAll: number | null,
+  o: GenerateOptions,
+  rng: Rng,
+): number {
+  const temp = o.temperature!;
+  const mx = valueAt(0);
   const rankWeights: number[] = []; // weight of the token of rank r, computed once
-  const weightAt = (r: number) => (rankWeights[r] ??= weight(rank.at(r)));
-  let z = 0;
-  if (k < V) for (let r = 0; r < k; r++) z += weightAt(r);
-  else for (let i = 0; i < V; i++) z += weight(i);
+  const weightAt = (r: number) => (rankWeights[r] ??= weightOf(valueAt(r), mx, temp));
+  let z = zAll ?? 0;
+  if (zAll === null) for (let r = 0; r < k; r++) z += weightAt(r);
   // candidates: ranks [0, count), probability weight/z, divided by norm (the nucleus' mass) once top-p cuts them
   let count = k;
   let norm = 1;
@@ -172,9 +203,9 @@ function drawToken(logits: Float64Array, o: GenerateOptions, rng: Rng): number {
   let u = rng.uniform();
   for (let r = 0; r < count; r++) {
     u -= prob(r);
-    if (u <= 0) return rank.at(r);
+    if (u <= 0) return idAt(r);
   }
-  return rank.at(count - 1);
+  return idAt(count - 1);
 }
 
 /** The stop options of {@link GenerateOptions}: `E_VALUE` naming the option when one is not what it says. */
@@ -320,6 +351,95 @@ export class GenerationRules {
     const pen = this.penalty;
     if (pen !== 1) for (const t of this.seen) l[t] = l[t]! > 0 ? l[t]! / pen : l[t]! * pen;
     return drawToken(l, this.options, this.rng);
+  }
+
+  /**
+   * k when {@link pickTopK} can stand in for {@link pick} over a vocabulary of `vocab` tokens: sampling (temperature
+   * above 0) among the top k tokens, k below `vocab`; else null (greedy, or no top-k: the weights are then normalised
+   * over the whole vocabulary).
+   */
+  topKOf(vocab: number): number | null {
+    const o = this.options;
+    if ((o.temperature ?? 0) <= 0 || !o.topK || o.topK < 1) return null;
+    const k = Math.floor(o.topK);
+    return k < vocab ? k : null;
+  }
+
+  /**
+   * The tokens whose logits the repetition penalty changes — the prompt's and those generated so far, each once, in
+   * the order first seen — or none without a penalty. See {@link pickTopK}.
+   */
+  penalized(): number[] {
+    return this.penalty === 1 ? [] : Array.from(this.seen);
+  }
+
+  /**
+   * The token {@link pick} gives for logits of which only some are known: `top`, the k = {@link topKOf}(`vocab`)
+   * largest logits of the tokens not in {@link penalized} (ids and values in any order; ids ≥ `vocab` are padding, as
+   * when fewer tokens are left), and `penalizedValues`, the logits of {@link penalized}'s tokens in its order. The
+   * same token as `pick` over all the logits, to the bit: the k tokens that rank first after the penalty are among
+   * these, and the draw reads only them. The runtime checks the other logits for NaN; a NaN here is `E_VALUE` as in
+   * `pick`, and so are ids that are not tokens of the vocabulary or are given twice, or fewer than k tokens in all.
+   */
+  pickTopK(
+    top: { ids: ArrayLike<number>; values: ArrayLike<number> },
+    penalizedValues: ArrayLike<number>,
+    vocab: number,
+  ): number {
+    const k = this.topKOf(vocab);
+    if (k === null)
+      throw new CalderaError('E_VALUE', 'pickTopK: these options sample from no top k (see topKOf)');
+    const ids = this.penalized();
+    if (penalizedValues.length !== ids.length || top.ids.length !== top.values.length)
+      throw new CalderaError(
+        'E_VALUE',
+        `pickTopK: ${top.ids.length} top ids with ${top.values.length} values, ${penalizedValues.length} values ` +
+          `for ${ids.length} penalized tokens`,
+      );
+    const pen = this.penalty;
+    const cands: { id: number; v: number }[] = [];
+    const given = new Set<number>();
+    const add = (id: number, v: number) => {
+      if (!Number.isInteger(id) || id < 0 || given.has(id))
+        throw new CalderaError(
+          'E_VALUE',
+          `pickTopK: token ${shownValue(id)} is no token id or is given twice`,
+        );
+      if (Number.isNaN(v))
+        throw new CalderaError(
+          'E_VALUE',
+          `generate: the model's logit ${id} is NaN after ${this.produced.length} generated tokens: its weights ` +
+            'overflow f32 when applied or hold non-finite values',
+        );
+      given.add(id);
+      cands.push({ id, v });
+    };
+    for (let j = 0; j < top.ids.length; j++) {
+      const id = top.ids[j]!;
+      if (id < vocab) add(id, top.values[j]!);
+    }
+    // as pick: the penalty on f64 copies of the logits
+    ids.forEach((id, j) => {
+      const v = +penalizedValues[j]!;
+      add(id, v > 0 ? v / pen : v * pen);
+    });
+    if (cands.length < k)
+      throw new CalderaError('E_VALUE', `pickTopK: ${cands.length} tokens given, ${k} needed`);
+    // rank order: higher logit first, equal logits (−0 and 0, or infinities) by lower index
+    cands.sort((a, b) => (a.v > b.v ? -1 : a.v < b.v ? 1 : a.id - b.id));
+    if (cands[0]!.v === -Infinity)
+      throw new CalderaError(
+        'E_VALUE',
+        'sampleToken: every logit is -Infinity (no distribution to draw from)',
+      );
+    return drawRanked(
+      k,
+      (r) => cands[r]!.id,
+      (r) => cands[r]!.v,
+      null,
+      this.options,
+      this.rng,
+    );
   }
 
   /** Record the chosen token and say whether to yield it and whether to go on. */

@@ -32,10 +32,15 @@ export interface LlamaShape {
   vocab: number;
 }
 
-/** `1b`: TinyLlama-1.1B's shape (1.10 B parameters with the tied head); `tiny`: a small one to check the path. */
-export const SHAPES: Record<'1b' | 'tiny', LlamaShape> = {
+/**
+ * `1b`: TinyLlama-1.1B's shape (1.10 B parameters with the tied head); `tiny`: a small one to check the path;
+ * `tiny32k`: the small one with TinyLlama's vocabulary of 32 000 tokens (where reading back the logits and the
+ * sampler's work on them weigh).
+ */
+export const SHAPES: Record<'1b' | 'tiny' | 'tiny32k', LlamaShape> = {
   '1b': { hidden: 2048, intermediate: 5632, layers: 22, heads: 32, kvHeads: 4, vocab: 32000 },
   tiny: { hidden: 256, intermediate: 704, layers: 2, heads: 4, kvHeads: 2, vocab: 1024 },
+  tiny32k: { hidden: 256, intermediate: 704, layers: 2, heads: 4, kvHeads: 2, vocab: 32000 },
 };
 
 /** Parameters of the shape (embedding tied with the LM head). */

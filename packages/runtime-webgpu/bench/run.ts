@@ -6,6 +6,10 @@
  *   runtime-node on the same checkpoint (`refs.runtime_node`) with the share of identical greedy tokens
  *   (`refs.agreement`), and the rate of one-at-a-time steps (`refs.one_at_a_time_tok_s`: each token read back before
  *   the next pass is submitted, where `generate()` keeps the GPU a pass ahead) with whether its tokens are the same.
+ * - `webgpu_sample_topk_caldera_tok_s`: sampled decode tokens/s of the CALDERA copy (temperature 0.8, top 40 found on
+ *   the GPU, repetition penalty 1.1), next to the same decode picking every token from the whole logits read back
+ *   (`refs.logits_read_back_tok_s`) and whether both gave the same tokens (`refs.same_tokens`); the random models
+ *   report the same (`refs.sampled_topk_tok_s`, `refs.sampled_logits_read_back_tok_s`, `refs.sampled_same_tokens`).
  * - `webgpu_perplexity_caldera_tok_s`: tokens scored per second by `perplexity()` on the CALDERA copy (windows of 128,
  *   NLL on the GPU), next to the same windows scored from read-back logits on the CPU (`refs.logits_on_cpu_tok_s`)
  *   and the two perplexities' relative difference (`refs.ppl_rel_diff`); the random models below report the same, in
@@ -26,7 +30,7 @@
  *   (`refs.one_at_a_time_tok_s`, `refs.f16_one_at_a_time_tok_s`), and perplexity's tokens/s with NLL on the GPU and
  *   from read-back logits (`refs.perplexity_tok_s`, `refs.perplexity_logits_on_cpu_tok_s`); with `shader-f16`
  *   CALDERA decodes with f16 Q̂ products and again in f32 (`refs.f32_products_tok_s`). Default: `1b` on a GPU in a
- *   full run, none on a CPU adapter or with `--quick`; `--random-model tiny|1b|none` overrides.
+ *   full run, none on a CPU adapter or with `--quick`; `--random-model tiny|tiny32k|1b|none` overrides.
  * `--quick`: 16 decoded tokens instead of 64, a 32-token prompt instead of 128, a quarter of the roofline bytes.
  * `--lanes 1|32`: lanes per row of the matrix kernels instead of the adapter's default; `--vector-workgroup N`,
  * `--rows-per-lane N`, `--max-local-hadamard N`, `--gate-step FORM`, `--code-batch N`, `--written-mix true|false`:
@@ -46,11 +50,13 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   cast,
+  GenerationRules,
   openSafetensorsDir,
   perplexityWindows,
   tokenNll,
   writeSafetensors,
   type CalderaLayerMeta,
+  type GenerateOptions,
   type Tensor,
 } from '@caldera/core';
 import { caldera, calderaCheckpointMeta, toCheckpointTensors } from '@caldera/lowrank';
@@ -65,8 +71,8 @@ import { measureRoofline } from './roofline.js';
 const quick = process.argv.includes('--quick');
 const randomAt = process.argv.indexOf('--random-model');
 const randomArg = randomAt < 0 ? undefined : process.argv[randomAt + 1];
-if (randomAt >= 0 && !['tiny', '1b', 'none'].includes(randomArg ?? '')) {
-  console.error(`--random-model takes tiny, 1b or none, got ${randomArg}`);
+if (randomAt >= 0 && !['tiny', 'tiny32k', '1b', 'none'].includes(randomArg ?? '')) {
+  console.error(`--random-model takes tiny, tiny32k, 1b or none, got ${randomArg}`);
   process.exit(2);
 }
 // lanes per row of the matrix kernels (default: the adapter's; 32 runs the GPU forms, f16 included, on a CPU adapter)
@@ -150,6 +156,43 @@ async function decodeRate(
   return { ...g, oneAtATimeTokS: one.tokS, same: one.tokens.join() === g.tokens.join() };
 }
 
+/** The sampled decode that {@link sampledRates} times: among the top 40, found on the GPU, with a penalty. */
+const SAMPLED: GenerateOptions = {
+  maxTokens: TOKENS,
+  temperature: 0.8,
+  topK: 40,
+  repetitionPenalty: 1.1,
+  seed: 7,
+};
+
+/**
+ * Sampled decode tokens/s of `generate()` with {@link SAMPLED}'s options (the top k found on the GPU, the penalised
+ * tokens' logits read back with it: `WebGpuModel.stepTopK`), after a warm-up, and (`logitsTokS`) the same decode
+ * with every token picked from the whole logits read back (how generate() sampled before); `same` says whether the
+ * two gave the same tokens (they should: the same logits, the same draws).
+ */
+async function sampledRates(
+  model: WebGpuModel,
+  prompt = PROMPT,
+): Promise<{ tokS: number; logitsTokS: number; same: boolean }> {
+  await timed(generate(model, prompt, { ...SAMPLED, maxTokens: 4 }));
+  const g = await timed(generate(model, prompt, SAMPLED));
+  const rules = new GenerationRules(prompt, SAMPLED);
+  model.reset();
+  await model.prefill(prompt.slice(0, -1));
+  let last = prompt[prompt.length - 1]!;
+  const all = await timed(
+    (async function* () {
+      for (let n = 0; n < TOKENS; n++) {
+        last = rules.pick(await model.step(last, 'logits'));
+        rules.accept(last);
+        yield last;
+      }
+    })(),
+  );
+  return { tokS: g.tokS, logitsTokS: all.tokS, same: all.tokens.join() === g.tokens.join() };
+}
+
 /**
  * Tokens scored per second by `perplexity()` (each token's NLL computed on the GPU, one float read back per token)
  * over `n` tokens of a fixed text in windows of the model's context length (at most 128), and by the same windows
@@ -227,6 +270,7 @@ try {
     const { model, linearBitsPerWeight } = await loadModel(device, path, {
       contextLength: PROMPT.length + TOKENS,
       ...modelKernels,
+      topKOnGpu: true, // for sampledRates, also on CPU adapters (off there by default)
     });
     const cpu = (await node.loadModel(path)).model;
     const g = await decodeRate(model);
@@ -243,6 +287,16 @@ try {
       dispatches_per_token: model.dispatchesPerToken,
       adapter: device.description,
     });
+    if (name === 'webgpu_decode_caldera_tok_s') {
+      const sr = await sampledRates(model);
+      emit('webgpu_sample_topk_caldera_tok_s', sr.tokS, 'tok/s', {
+        logits_read_back_tok_s: r4(sr.logitsTokS),
+        same_tokens: sr.same,
+        vocab: model.config.vocabSize,
+        options: SAMPLED,
+        adapter: device.description,
+      });
+    }
     model.dispose();
   }
   const P = quick ? 32 : 128;
@@ -326,6 +380,7 @@ try {
       {
         tokS: number;
         oneAtATimeTokS: number;
+        sampled: { tokS: number; logitsTokS: number; same: boolean } | null;
         pplTokS: number;
         pplLogitsOnCpuTokS: number;
         bytes: number;
@@ -345,6 +400,7 @@ try {
         const { model, linearBitsPerWeight } = await loadModel(device, path, {
           contextLength: PROMPT.length + TOKENS,
           ...modelKernels,
+          topKOnGpu: true,
           ...(name === 'caldera-f32' ? { f16: false } : {}),
         });
         const prompt = PROMPT.map((t) => t % shape.vocab);
@@ -352,9 +408,11 @@ try {
         const tuned = tune && name !== 'caldera-f32' ? await model.tuneKernels() : null;
         const { tokS, oneAtATimeTokS } = await decodeRate(model, prompt);
         const ppl = name === 'caldera-f32' ? null : await perplexityRates(model, quick ? 64 : 256);
+        const sampled = name === 'caldera-f32' ? null : await sampledRates(model, prompt);
         rates[name] = {
           tokS,
           oneAtATimeTokS,
+          sampled,
           pplTokS: ppl?.tokS ?? NaN,
           pplLogitsOnCpuTokS: ppl?.logitsOnCpuTokS ?? NaN,
           bytes: model.weightBytes,
@@ -370,8 +428,14 @@ try {
     const f = rates.f16!;
     const c = rates.caldera!;
     const common = { parameters: parameterCount(shape), tokens: TOKENS, adapter: device.description };
+    const sampledRefs = (r: typeof f) => ({
+      sampled_topk_tok_s: r4(r.sampled!.tokS),
+      sampled_logits_read_back_tok_s: r4(r.sampled!.logitsTokS),
+      sampled_same_tokens: r.sampled!.same,
+    });
     emit(`webgpu_decode_random_${shapeName}_f16_tok_s`, f.tokS, 'tok/s', {
       one_at_a_time_tok_s: r4(f.oneAtATimeTokS),
+      ...sampledRefs(f),
       perplexity_tok_s: r4(f.pplTokS),
       perplexity_logits_on_cpu_tok_s: r4(f.pplLogitsOnCpuTokS),
       weight_bytes: f.bytes,
@@ -385,6 +449,7 @@ try {
       speedup_vs_f16: r4(c.tokS / f.tokS),
       one_at_a_time_tok_s: r4(c.oneAtATimeTokS),
       f16_one_at_a_time_tok_s: r4(f.oneAtATimeTokS),
+      ...sampledRefs(c),
       perplexity_tok_s: r4(c.pplTokS),
       perplexity_logits_on_cpu_tok_s: r4(c.pplLogitsOnCpuTokS),
       weight_bytes: c.bytes,

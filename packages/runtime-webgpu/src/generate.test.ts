@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { CalderaError, serializeSafetensors } from '@caldera/core';
+import { CalderaError, GenerationRules, serializeSafetensors, type GenerateOptions } from '@caldera/core';
 import { calderaCheckpointMeta } from '@caldera/lowrank';
 import { generate, perplexity } from './generate.js';
 import { loadModelFromBuffer } from './load.js';
@@ -18,9 +18,9 @@ async function collect(it: AsyncIterable<number>): Promise<number[]> {
  * {@link tinyModel} on the test device with a KV cache of `contextLength` tokens and prefill batches of 2 (`lmHeadStd`:
  * its untied LM head's spread).
  */
-async function loadTinyModel(contextLength: number, lmHeadStd?: number) {
+async function loadTinyModel(contextLength: number, lmHeadStd?: number, topKOnGpu?: boolean) {
   const source = await tinyModelSource(lmHeadStd === undefined ? {} : { lmHeadStd });
-  return (await loadModelFromBuffer(dev!, source, { contextLength, prefillChunk: 2 })).model;
+  return (await loadModelFromBuffer(dev!, source, { contextLength, prefillChunk: 2, topKOnGpu })).model;
 }
 
 describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), () => {
@@ -146,7 +146,7 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
     const { model } = await loadModelFromBuffer(
       dev!,
       { config, calderaMeta: calderaCheckpointMeta(layers), weights },
-      { contextLength: 16 },
+      { contextLength: 16, topKOnGpu: true },
     );
     try {
       await expect(perplexity(model, [1, 29, 3, 4, 5])).rejects.toThrow(
@@ -158,6 +158,101 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
       await expect(collect(generate(model, [1, 29, 3], { maxTokens: 3, temperature: 1 }))).rejects.toThrow(
         /^E_VALUE: generate: the model's logit \d+ is NaN after 0 generated tokens/,
       );
+      // sampling from the GPU's top-k: its NaN flag
+      await expect(
+        collect(generate(model, [1, 29, 3], { maxTokens: 3, temperature: 1, topK: 4 })),
+      ).rejects.toThrow(
+        /^E_VALUE: WebGpuModel: the model's logits at position 2 are NaN: its weights overflow f32/,
+      );
+    } finally {
+      model.dispose();
+    }
+  });
+
+  it("sampling from the GPU's top-k gives the tokens of sampling from all the logits read back (penalised tokens' logits read back too); stepTopK is the logits' top k to the bit", async () => {
+    // off by default on CPU fallback adapters (SwiftShader): asked for
+    const byDefault = await loadTinyModel(40);
+    expect(byDefault.topKOnGpu).toBe(!dev!.fallbackAdapter);
+    byDefault.dispose();
+    await expect(loadTinyModel(40, undefined, 1 as unknown as boolean)).rejects.toThrow(
+      /^E_VALUE: topKOnGpu must be a boolean, got 1$/,
+    );
+    const model = await loadTinyModel(40, undefined, true);
+    try {
+      const prompt = [1, 29, 3, 3, 17];
+      /** generate's tokens the way it sampled before the top-k: every token picked from the whole logits */
+      const fromAllLogits = async (o: GenerateOptions) => {
+        const rules = new GenerationRules(prompt, o);
+        model.truncate(0);
+        await model.prefill(prompt.slice(0, -1));
+        const out: number[] = [];
+        let last = prompt[prompt.length - 1]!;
+        for (let n = 0; n < o.maxTokens!; n++) {
+          last = rules.pick(await model.step(last, 'logits'));
+          const verdict = rules.accept(last);
+          if (verdict === 'stop') break;
+          out.push(last);
+          if (verdict === 'last') break;
+        }
+        return out;
+      };
+      const stepTopK = model.stepTopK.bind(model);
+      let topkPasses = 0;
+      model.stepTopK = (...a: Parameters<typeof stepTopK>) => {
+        topkPasses++;
+        return stepTopK(...a);
+      };
+      for (const o of [
+        { maxTokens: 12, temperature: 1.3, topK: 5, seed: 1 },
+        { maxTokens: 12, temperature: 0.7, topK: 1, seed: 2 },
+        { maxTokens: 12, temperature: 2, topK: 29, topP: 0.9, repetitionPenalty: 1.6, seed: 3 },
+        { maxTokens: 12, temperature: 1, topK: 6, repetitionPenalty: 0.5, stopTokens: [4], seed: 4 },
+      ]) {
+        topkPasses = 0;
+        const got = await collect(generate(model, prompt, o));
+        expect(topkPasses, JSON.stringify(o)).toBe(got.length);
+        expect(got, JSON.stringify(o)).toEqual(await fromAllLogits(o));
+      }
+      // a top-k of the whole vocabulary (30) or none, or a model without topKOnGpu: all the logits, as before
+      topkPasses = 0;
+      await collect(generate(model, prompt, { maxTokens: 4, temperature: 1, topK: 30 }));
+      await collect(generate(model, prompt, { maxTokens: 4, temperature: 1 }));
+      const off = await loadTinyModel(40, undefined, false);
+      off.stepTopK = model.stepTopK;
+      await collect(generate(off, prompt, { maxTokens: 4, temperature: 1, topK: 5 }));
+      off.dispose();
+      expect(topkPasses).toBe(0);
+      model.stepTopK = stepTopK;
+
+      // the same pass's logits (the same kernels up to the LM head), their top k by a sort
+      model.reset();
+      await model.prefill([2, 5]);
+      const l = await model.step(11, 'logits');
+      model.truncate(2);
+      for (const [k, exclude] of [
+        [3, []],
+        [29, [7, 0, 29]],
+        [28, [...Array(30).keys()].slice(5)],
+      ] as const) {
+        const r = await model.stepTopK(11, k, exclude);
+        model.truncate(2);
+        const want = [...l.keys()]
+          .filter((i) => !(exclude as readonly number[]).includes(i))
+          .sort((a, b) => (l[a]! > l[b]! ? -1 : l[a]! < l[b]! ? 1 : a - b))
+          .slice(0, k);
+        expect(Array.from(r.ids)).toEqual(want);
+        expect(Array.from(r.values)).toEqual(want.map((i) => l[i]));
+        expect(Array.from(r.excluded)).toEqual(exclude.map((i) => l[i]));
+      }
+      for (const [k, exclude, message] of [
+        [0, [], /^E_VALUE: stepTopK: k must be an integer in \[1, 29\], got 0$/],
+        [30, [], /k must be an integer in \[1, 29\], got 30$/],
+        [2.5, [], /got 2\.5$/],
+        [2, [30], /^E_VALUE: stepTopK: exclude/],
+        [2, Array(41).fill(1), /^E_VALUE: stepTopK: 41 tokens to exclude, at most 40 \(contextLength\)$/],
+      ] as const)
+        await expect(model.stepTopK(11, k, exclude as readonly number[])).rejects.toThrow(message);
+      expect(model.length).toBe(2); // refused before any pass
     } finally {
       model.dispose();
     }

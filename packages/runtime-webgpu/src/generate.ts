@@ -13,6 +13,7 @@ import {
   type PerplexityOptions,
   type PerplexityResult,
 } from '@caldera/core';
+import { TOPK_MAX } from './kernels/index.js';
 import { WebGpuModel, type SequenceClaim } from './model.js';
 import { prefillThrough } from './prefill.js';
 
@@ -24,8 +25,10 @@ export type { PerplexityOptions, PerplexityResult } from '@caldera/core';
  * Generate token ids after `prompt`, one at a time, on the GPU. The model's KV cache is kept for the longest prefix of
  * `prompt` it already holds (the earlier turns of a chat whose next prompt extends the last one: only the new tokens
  * are run) and forgotten after it. Greedy decoding reads back 4 bytes per token (the GPU argmax), the GPU a pass ahead
- * of the host ({@link WebGpuModel.decodeGreedy}); sampling reads back the logits and samples on the CPU exactly as
- * runtime-node does (same Rng, same order of operations), so the same logits give the same tokens. The model holds
+ * of the host ({@link WebGpuModel.decodeGreedy}); sampling samples on the CPU exactly as runtime-node does (same Rng,
+ * same order of operations), so the same logits give the same tokens: from the top k logits found on the GPU (and
+ * those of the tokens the repetition penalty changes) when `topK` is at most {@link TOPK_MAX} (128) and below the
+ * vocabulary (and the model's `topKOnGpu`, default off on CPU fallback adapters), else from all the logits read back. The model holds
  * one sequence: when another call changes it while this generator is suspended (a second `generate()` on the model),
  * the next `next()` fails with `E_VALUE` (see {@link WebGpuModel.claim}). Suspended or stopped early (`break`, a stop
  * token or string, an abort), it leaves the sequence as one step at a time would: the prompt and the tokens generated
@@ -74,8 +77,10 @@ export async function* generate(
 }
 
 /**
- * `count` tokens after `token`, each sampled on the CPU by `rules` from the logits of a pass over the one before (read
- * back through `seq`, one pass at a time).
+ * `count` tokens after `token`, each sampled on the CPU by `rules` from a pass over the one before (read back through
+ * `seq`, one pass at a time): with a top-k of at most {@link TOPK_MAX} (and the model's `topKOnGpu`), from the top k
+ * logits found on the GPU and the logits of the tokens the repetition penalty changes ({@link WebGpuModel.stepTopK};
+ * the same token as from all the logits, see `GenerationRules.pickTopK`), else from all the logits.
  */
 async function* sampled(
   model: WebGpuModel,
@@ -84,8 +89,17 @@ async function* sampled(
   token: number,
   count: number,
 ): AsyncGenerator<number> {
+  const V = model.config.vocabSize;
+  const k = rules.topKOf(V);
   let last = token;
-  for (let n = 0; n < count; n++) yield (last = rules.pick(await seq.pass(() => model.step(last, 'logits'))));
+  for (let n = 0; n < count; n++) {
+    if (k !== null && k <= TOPK_MAX && model.topKOnGpu) {
+      const penalized = rules.penalized();
+      const top = await seq.pass(() => model.stepTopK(last, k, penalized));
+      last = rules.pickTopK(top, top.excluded, V);
+    } else last = rules.pick(await seq.pass(() => model.step(last, 'logits')));
+    yield last;
+  }
 }
 
 /** The shared sampler of the runtimes (`sampleToken` from `@caldera/core`). */

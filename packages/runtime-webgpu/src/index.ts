@@ -28,6 +28,7 @@ export {
   type KernelChoice,
   type SequenceClaim,
   type StepOutput,
+  type TopKResult,
   type WebGpuModelOptions,
 } from './model.js';
 export type { TunedCandidate, TuneOptions, TuneProgress, TuneReport } from './tune.js';

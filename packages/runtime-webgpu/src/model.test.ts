@@ -128,6 +128,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
       const { model, calderaMeta, linearBitsPerWeight } = await loadModel(d, dir, {
         contextLength: 64,
         onPlan: (p) => (plan = p),
+        topKOnGpu: true, // off by default on CPU adapters
       });
       // the plan from tensor headers is exact for the weights
       expect(plan!.weightBytes).toBe(model.weightBytes);
@@ -164,11 +165,16 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
         model.reset();
         expect(reused).toEqual(await collect(generate(model, turn2, { maxTokens: 6 })));
         expect(() => model.truncate(model.length + 1)).toThrow(CalderaError);
-        // sampling reads logits back and uses runtime-node's sampler and Rng: same tokens for the same seed
-        const opts = { maxTokens: 6, temperature: 0.8, topK: 20, topP: 0.95, seed: 3 };
-        expect(await collect(generate(model, PROMPT, opts))).toEqual(
-          await collect(node.generate(cpu, PROMPT, opts)),
-        );
+        // sampling uses runtime-node's sampler and Rng, from the GPU's top k (two levels for 2048 tokens; with a
+        // penalty, the penalised tokens' logits read back with it) or from all the logits: same tokens for the seed
+        for (const opts of [
+          { maxTokens: 6, temperature: 0.8, topK: 20, topP: 0.95, seed: 3 },
+          { maxTokens: 8, temperature: 1, topK: 50, repetitionPenalty: 1.3, seed: 5 },
+          { maxTokens: 6, temperature: 0.8, topP: 0.9, seed: 6 },
+        ])
+          expect(await collect(generate(model, PROMPT, opts))).toEqual(
+            await collect(node.generate(cpu, PROMPT, opts)),
+          );
         // greedy with a repetition penalty reads logits back too; a stop token ends both after yielding it
         const penalised = { maxTokens: 8, repetitionPenalty: 1.5, stopTokens: [c[4]!] };
         expect(await collect(generate(model, PROMPT, penalised))).toEqual(

@@ -3,6 +3,8 @@ import { COMPUTE_STAGE, uniformBuffer, type CalderaDevice, type UniformField } f
 import {
   ARGMAX_WGSL,
   NLL_WGSL,
+  TOPK_GATHER_WGSL,
+  topkLevelWgsl,
   attentionWgsl,
   e8pBindings,
   E8P_MAX_SEGMENTS,
@@ -1833,6 +1835,40 @@ export class Kernels {
     const p = this.pipeline('nll', () => NLL_WGSL);
     const u = this.uniform([['u32', n]], 'nll params');
     return this.make('nll', p, [u, x, targets, out], 1);
+  }
+
+  /**
+   * Level `level` of the GPU's top-k ({@link topkLevelWgsl}) in `blocks` workgroups: from the logits `x` (row 0;
+   * `mask` the tokens left out, `flags` the NaN flag) at level 0, else from the pairs `input` of the level before;
+   * its pairs to `out`. `params` is the pass's uniform (k, the tokens read back, the vocabulary, whether the mask
+   * applies, each level's input count), written before each pass. Runs once, whatever the row count.
+   */
+  topkLevel(
+    o: { params: GPUBuffer; level: number; blocks: number; out: GPUBuffer } & (
+      { x: GPUBuffer; mask: GPUBuffer; flags: GPUBuffer } | { input: GPUBuffer }
+    ),
+  ): Dispatch {
+    const fromLogits = 'x' in o;
+    const p = this.pipeline(fromLogits ? 'topk0' : 'topk', () => topkLevelWgsl(fromLogits));
+    const lv = this.uniform([['u32', o.level]], `topk level ${o.level}`);
+    const buffers = 'x' in o ? [o.params, lv, o.x, o.mask, o.out, o.flags] : [o.params, lv, o.input, o.out];
+    return this.make(`topk ${o.level}`, p, buffers, o.blocks, false);
+  }
+
+  /**
+   * The GPU's top-k for reading back ({@link TOPK_GATHER_WGSL}): the NaN flag, the last level's ids (`fin`) and
+   * logits, and the logits of the tokens `seen` (row 0 of `x`), into `out`. Runs once.
+   */
+  topkGather(o: {
+    params: GPUBuffer;
+    fin: GPUBuffer;
+    seen: GPUBuffer;
+    x: GPUBuffer;
+    flags: GPUBuffer;
+    out: GPUBuffer;
+  }): Dispatch {
+    const p = this.pipeline('topk gather', () => TOPK_GATHER_WGSL);
+    return this.make('topk gather', p, [o.params, o.fin, o.seen, o.x, o.flags, o.out], 1, false);
   }
 
   /** Release the uniform buffers created so far. */

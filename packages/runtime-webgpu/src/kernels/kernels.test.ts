@@ -28,6 +28,9 @@ import {
   type Dispatch,
   type LatticeCodec,
   type RotationMember,
+  TOPK_MAX,
+  TOPK_MAX_LEVELS,
+  topkLevelBlocks,
 } from './index.js';
 
 const { device: dev, reason } = await testDevice();
@@ -1072,6 +1075,94 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       if (bad === -Infinity) expect(got).toBe(100);
       if (bad === Infinity) expect(got).toBe(777);
     }
+  });
+
+  it("top-k (the sampler's candidates): the first k in rank order of the tokens not masked, a NaN flagged, the masked tokens' logits", async () => {
+    const rng = new Rng(21);
+    /** Level by level as WebGpuModel records it (levels for TOPK_MAX, counts for k), then read back. */
+    const gpuTopK = async (x: Float32Array, k: number, seen: number[]) => {
+      const V = x.length;
+      const kern = K();
+      const blocks = topkLevelBlocks(V);
+      const params = new Uint32Array(4 + TOPK_MAX_LEVELS);
+      params.set([k, seen.length, V, seen.length > 0 ? 1 : 0]);
+      for (let l = 0, n = V; l < blocks.length; l++, n = Math.ceil(n / 1024) * k) params[4 + l] = n;
+      const mask = new Uint32Array(Math.ceil(V / 32));
+      for (const t of seen) mask[t >> 5]! |= 1 << (t & 31);
+      const pairs = [0, 1].map((i) => scratchBuffer(d, blocks[0]! * TOPK_MAX * 8, `pairs ${i}`));
+      const flags = storageBuffer(d, new Uint32Array(4), 'flags');
+      const xb = storageBuffer(d, x, 'logits');
+      const out = scratchBuffer(d, (1 + 2 * k + seen.length) * 4, 'out');
+      const pb = uniformWords(d, params, 'topk params');
+      const list = blocks.map((b, level) =>
+        level === 0
+          ? kern.topkLevel({
+              params: pb,
+              level,
+              blocks: b,
+              out: pairs[0]!,
+              x: xb,
+              mask: storageBuffer(d, mask, 'mask'),
+              flags,
+            })
+          : kern.topkLevel({
+              params: pb,
+              level,
+              blocks: b,
+              out: pairs[level % 2]!,
+              input: pairs[(level + 1) % 2]!,
+            }),
+      );
+      list.push(
+        kern.topkGather({
+          params: pb,
+          fin: pairs[(blocks.length - 1) % 2]!,
+          seen: storageBuffer(d, Uint32Array.from(seen.length ? seen : [0]), 'seen'),
+          x: xb,
+          flags,
+          out,
+        }),
+      );
+      await run(d, list);
+      return new Uint32Array(await readBuffer(d, out, (1 + 2 * k + seen.length) * 4));
+    };
+    const bits = (x: Float32Array) => new Uint32Array(x.buffer);
+    // [V, k, masked tokens]: one level or several (33 000: three), fewer tokens left than k (130 − 5 < 128)
+    for (const [V, k, masked] of [
+      [1000, 1, 0],
+      [1024, 40, 30],
+      [5000, TOPK_MAX, 300],
+      [33000, 40, 10],
+      [130, TOPK_MAX, 5],
+    ] as const) {
+      // many ties (a coarse grid), −0 beside 0, ±Infinity
+      const x = Float32Array.from({ length: V }, () =>
+        rng.uniform() < 0.5 ? Math.round(rng.normal() * 2) / 2 : rng.normal(),
+      );
+      for (const [i, v] of [
+        [3, -0],
+        [V - 1, Infinity],
+        [V >> 1, -Infinity],
+        [V >> 2, Infinity],
+      ] as const)
+        x[i] = v;
+      const seen = [...new Set(Array.from({ length: masked }, () => rng.int(V)))];
+      const got = await gpuTopK(x, k, seen);
+      const want = [...x.keys()]
+        .filter((i) => !seen.includes(i))
+        .sort((a, b) => (x[a]! > x[b]! ? -1 : x[a]! < x[b]! ? 1 : a - b))
+        .slice(0, k);
+      while (want.length < k) want.push(0xffffffff);
+      const label = `V ${V}, k ${k}`;
+      expect(got[0], label).toBe(0);
+      expect(Array.from(got.subarray(1, 1 + k)), label).toEqual(want);
+      expect(Array.from(got.subarray(1 + k, 1 + 2 * k)), label).toEqual(want.map((i) => bits(x)[i] ?? 0));
+      expect(Array.from(got.subarray(1 + 2 * k)), label).toEqual(seen.map((i) => bits(x)[i]));
+    }
+    // a NaN, even of a masked token, sets the flag
+    const x = randn(rng, 3000);
+    x[2500] = NaN;
+    expect((await gpuTopK(x, 5, [2500]))[0]).toBe(1);
   });
 
   it('pipelines are compiled once per device: Kernels on the same device share the pipeline of the same WGSL, not of other WGSL, and a second device compiles its own', async () => {

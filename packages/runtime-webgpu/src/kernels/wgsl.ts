@@ -2332,3 +2332,142 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   }
   if (lid == 0u) { outv[0] = idxs[0] | select(0u, ${ARGMAX_NAN_FLAG}u, atomicLoad(&nans) != 0u); }
 }`;
+
+/** Entries each workgroup of the top-k kernels ({@link topkLevelWgsl}) sorts in workgroup memory (8 KiB). */
+export const TOPK_BLOCK = 1024;
+
+/**
+ * The largest k of the GPU's top-k ({@link topkLevelWgsl}); at most half of {@link TOPK_BLOCK}, so that every level
+ * shrinks its input.
+ */
+export const TOPK_MAX = 128;
+
+/** The most levels of the top-k reduction (`nIn` of its uniform): enough for vocabularies up to 1024·8⁷ tokens. */
+export const TOPK_MAX_LEVELS = 8;
+
+/**
+ * Workgroups per level of the top-k reduction over `vocab` logits for a given k (default {@link TOPK_MAX}): level 0
+ * takes the logits in blocks of {@link TOPK_BLOCK}, each later level the previous one's k per block, down to one
+ * block.
+ */
+export function topkLevelBlocks(vocab: number, k = TOPK_MAX): number[] {
+  const blocks: number[] = [];
+  for (let n = vocab; ;) {
+    const b = Math.ceil(n / TOPK_BLOCK);
+    blocks.push(b);
+    if (b <= 1) return blocks;
+    n = b * k;
+  }
+}
+
+/** The uniforms of the top-k kernels: the pass's parameters (written per pass) and each level's number. */
+const TOPK_PARAMS = /* wgsl */ `
+struct TP { k: u32, nSeen: u32, vocab: u32, useMask: u32, nIn: array<vec4<u32>, ${TOPK_MAX_LEVELS / 4}> }
+@group(0) @binding(0) var<uniform> tp: TP;`;
+
+/**
+ * One level of the GPU's top-k (`generate()` with `topK`: see `WebGpuModel.stepTopK`): workgroup b sorts entries
+ * `[b·B, (b+1)·B)` of its input (B = {@link TOPK_BLOCK}; beyond the level's `nIn`, padding that ranks last) into rank
+ * order — higher logit first, equal logits by lower index, as the CPU's sampler ranks them — with a bitonic network
+ * in workgroup memory, and writes its first k (key, id) pairs at `b·k`. A key is the logit's bits made to order as
+ * unsigned integers (−0 as 0: they are equal logits). Level 0 (`fromLogits`) reads the logits of row 0, leaves out
+ * the tokens set in the bit mask `mask` (when `useMask`: their id becomes padding's, 0xffffffff, with key 0, below
+ * every logit's) and ORs 1 into `flags[0]` when a logit is NaN (found from its bits, as {@link ARGMAX_WGSL}); later
+ * levels read the pairs of the level before. The top k of the whole input are the top k of the blocks' top k.
+ */
+export function topkLevelWgsl(fromLogits: boolean): string {
+  const B = TOPK_BLOCK;
+  const per = B / WG;
+  return /* wgsl */ `${TOPK_PARAMS}
+struct LV { level: u32, a: u32, b: u32, c: u32 }
+@group(0) @binding(1) var<uniform> lv: LV;
+${
+  fromLogits
+    ? `@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> mask: array<u32>;
+@group(0) @binding(4) var<storage, read_write> outv: array<vec2<u32>>;
+@group(0) @binding(5) var<storage, read_write> flags: array<atomic<u32>>;`
+    : `@group(0) @binding(2) var<storage, read> inp: array<vec2<u32>>;
+@group(0) @binding(3) var<storage, read_write> outv: array<vec2<u32>>;`
+}
+var<workgroup> keys: array<u32, ${B}>;
+var<workgroup> ids: array<u32, ${B}>;
+/** Whether (ka, ia) ranks before (kb, ib). */
+fn ranksBefore(ka: u32, ia: u32, kb: u32, ib: u32) -> bool { return ka > kb || (ka == kb && ia < ib); }
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let nIn = tp.nIn[lv.level >> 2u][lv.level & 3u];
+  let base = wid.x * ${B}u;
+  if (base >= nIn) { return; }
+  ${fromLogits ? 'var nan = 0u;' : ''}
+  for (var e = 0u; e < ${per}u; e++) {
+    let i = base + lid + e * ${WG}u;
+    var key = 0u;
+    var id = 0xffffffffu;
+    if (i < nIn) {${
+      fromLogits
+        ? `
+      let bits = bitcast<u32>(x[i]);
+      nan |= u32((bits & 0x7fffffffu) > 0x7f800000u);
+      if (tp.useMask == 0u || ((mask[i >> 5u] >> (i & 31u)) & 1u) == 0u) {
+        let b = select(bits, 0u, bits == 0x80000000u);
+        key = select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+        id = i;
+      }`
+        : `
+      let c = inp[i];
+      key = c.x;
+      id = c.y;`
+    }
+    }
+    keys[lid + e * ${WG}u] = key;
+    ids[lid + e * ${WG}u] = id;
+  }
+  ${fromLogits ? 'if (nan != 0u) { atomicOr(&flags[0], 1u); }' : ''}
+  workgroupBarrier();
+  // bitonic sort: in blocks of \`size\` the first half into rank order, the second into the reverse (the last: all)
+  for (var size = 2u; size <= ${B}u; size <<= 1u) {
+    for (var stride = size >> 1u; stride > 0u; stride >>= 1u) {
+      for (var e = 0u; e < ${per / 2}u; e++) {
+        let p = lid + e * ${WG}u;
+        let i = ((p & ~(stride - 1u)) << 1u) | (p & (stride - 1u));
+        let j = i + stride;
+        let ka = keys[i];
+        let ia = ids[i];
+        let kb = keys[j];
+        let ib = ids[j];
+        if (ranksBefore(kb, ib, ka, ia) == ((i & size) == 0u)) {
+          keys[i] = kb;
+          ids[i] = ib;
+          keys[j] = ka;
+          ids[j] = ia;
+        }
+      }
+      workgroupBarrier();
+    }
+  }
+  for (var j = lid; j < tp.k; j += ${WG}u) { outv[wid.x * tp.k + j] = vec2<u32>(keys[j], ids[j]); }
+}`;
+}
+
+/**
+ * The result of the GPU's top-k for reading back, one workgroup: `outv[0]` the NaN flag of level 0, then the k ids
+ * of the last level's pairs (`fin`, in rank order; 0xffffffff where fewer tokens were left), their logits' bits (0
+ * for padding), and the logits' bits of the `nSeen` tokens `seen` (those the mask left out). Logits of row 0.
+ */
+export const TOPK_GATHER_WGSL = /* wgsl */ `${TOPK_PARAMS}
+@group(0) @binding(1) var<storage, read> fin: array<vec2<u32>>;
+@group(0) @binding(2) var<storage, read> seen: array<u32>;
+@group(0) @binding(3) var<storage, read> x: array<f32>;
+@group(0) @binding(4) var<storage, read> flags: array<u32>;
+@group(0) @binding(5) var<storage, read_write> outv: array<u32>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32) {
+  if (lid == 0u) { outv[0] = flags[0]; }
+  for (var j = lid; j < tp.k; j += ${WG}u) {
+    let id = fin[j].y;
+    outv[1u + j] = id;
+    outv[1u + tp.k + j] = select(0u, bitcast<u32>(x[min(id, tp.vocab - 1u)]), id < tp.vocab);
+  }
+  for (var j = lid; j < tp.nSeen; j += ${WG}u) { outv[1u + 2u * tp.k + j] = bitcast<u32>(x[seen[j]]); }
+}`;
