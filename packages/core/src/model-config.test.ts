@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import {
   blockLinearNames,
+  declaredBias,
   linearShape,
   parseModelConfig,
   stopTokenIdsOf,
@@ -77,7 +78,21 @@ describe('parseModelConfig', () => {
       maxPositions: 32768,
       slidingWindow: null,
     });
-    expect(parseModelConfig({ ...qwen, use_sliding_window: true }).maxPositions).toBe(4096);
+    // Qwen2 slides from layer max_window_layers on (default 28): with no layer past it (2 layers here), none does
+    expect(parseModelConfig({ ...qwen, use_sliding_window: true, max_window_layers: 1 })).toMatchObject({
+      maxPositions: 4096,
+      slidingWindow: 4096,
+    });
+    expect(parseModelConfig({ ...qwen, use_sliding_window: true })).toMatchObject({
+      maxPositions: 32768,
+      slidingWindow: null,
+    });
+    expect(parseModelConfig({ ...qwen, use_sliding_window: true, max_window_layers: 2 }).slidingWindow).toBe(
+      null,
+    );
+    expect(() =>
+      parseModelConfig({ ...qwen, use_sliding_window: true, max_window_layers: '1' }, 'm/config.json'),
+    ).toThrow(/^E_FORMAT: m\/config\.json: missing or non-numeric fields: max_window_layers \("1"\)$/);
     expect(() => parseModelConfig({ ...mistral, sliding_window: 0 }, 'm/config.json')).toThrow(
       /m\/config\.json: sliding_window 0 is not a positive integer/,
     );
@@ -132,19 +147,90 @@ describe('parseModelConfig', () => {
     expect(parseModelConfig({ ...llama, rms_norm_eps: 0 }).rmsNormEps).toBe(0);
   });
 
-  it('reads Llama-3 rope_scaling', () => {
-    const cfg = parseModelConfig({
-      ...base,
-      model_type: 'llama',
-      rope_scaling: { rope_type: 'llama3', factor: 8, original_max_position_embeddings: 4096 },
-    });
-    // defaults of transformers for the two unspecified factors
+  it('a number given as a string, or not finite, is non-numeric, not its default; null is the default', () => {
+    // "500000" for rope_theta was read as 10000, "8192" positions as 2048, "2" kv heads as all heads: wrong logits
+    const llama = { ...base, architectures: ['LlamaForCausalLM'] };
+    expect(() =>
+      parseModelConfig(
+        {
+          ...llama,
+          rope_theta: '500000',
+          max_position_embeddings: '8192',
+          num_key_value_heads: '2',
+          head_dim: [8],
+        },
+        'm/config.json',
+      ),
+    ).toThrow(
+      /^E_FORMAT: m\/config\.json: missing or non-numeric fields: num_key_value_heads \("2"\), head_dim \(\[8\]\), rope_theta \("500000"\), max_position_embeddings \("8192"\)$/,
+    );
+    // JSON's 1e999 is Infinity
+    expect(() =>
+      parseModelConfig(JSON.parse(JSON.stringify(llama).replace('{', '{"rms_norm_eps":1e999,'))),
+    ).toThrow(/non-numeric fields: rms_norm_eps \(null\)$/);
+    expect(() => parseModelConfig({ ...llama, hidden_size: null })).toThrow(
+      /non-numeric fields: hidden_size \(null\)/,
+    );
+    expect(
+      parseModelConfig({ ...llama, rope_theta: null, num_key_value_heads: null, head_dim: null }),
+    ).toMatchObject({ ropeTheta: 10000, numKvHeads: 8, headDim: 8 });
+  });
+
+  it("biases: Llama's q/k/v/o with attention_bias and gate/up/down with mlp_bias, Qwen2's q/k/v, none in Mistral", () => {
+    const kinds = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
+    const of = (c: Record<string, unknown>) => {
+      const cfg = parseModelConfig({ ...base, ...c });
+      return kinds.filter((k) => declaredBias(cfg, k) !== null);
+    };
+    expect(of({ model_type: 'llama' })).toEqual([]);
+    expect(of({ model_type: 'llama', attention_bias: true })).toEqual(kinds.slice(0, 4));
+    expect(of({ model_type: 'llama', mlp_bias: true })).toEqual(kinds.slice(4));
+    expect(of({ model_type: 'qwen2' })).toEqual(kinds.slice(0, 3));
+    // transformers' Mistral and Qwen2 read neither field (their layers have no such biases)
+    expect(of({ model_type: 'mistral', attention_bias: true, mlp_bias: true })).toEqual([]);
+    expect(of({ model_type: 'qwen2', attention_bias: true, mlp_bias: true })).toEqual(kinds.slice(0, 3));
+    expect(declaredBias(parseModelConfig({ ...base, model_type: 'qwen2' }), 'k_proj')).toBe(
+      "Qwen2's q/k/v biases",
+    );
+  });
+
+  it('reads Llama-3 rope_scaling, whose four fields must all be there and positive (transformers requires them)', () => {
+    const llama3 = {
+      rope_type: 'llama3',
+      factor: 8,
+      low_freq_factor: 1,
+      high_freq_factor: 4,
+      original_max_position_embeddings: 4096,
+    };
+    const cfg = parseModelConfig({ ...base, model_type: 'llama', rope_scaling: llama3 });
     expect(cfg.ropeScaling).toEqual({
       factor: 8,
       lowFreqFactor: 1,
       highFreqFactor: 4,
       originalMaxPositions: 4096,
     });
+    // a missing factor gave NaN frequencies (every logit NaN), factor 0 infinite ones, equal factors a division by 0
+    const bad: [Record<string, unknown>, string][] = [
+      [{ factor: undefined }, 'factor missing is not a positive number'],
+      [{ factor: 0 }, 'factor 0 is not a positive number'],
+      [{ factor: '8' }, 'factor "8" is not a positive number'],
+      [
+        { low_freq_factor: undefined, high_freq_factor: -4 },
+        'low_freq_factor missing is not a positive number; high_freq_factor -4 is not a positive number',
+      ],
+      [
+        { original_max_position_embeddings: 8192.5 },
+        'original_max_position_embeddings 8192.5 is not a positive integer',
+      ],
+      [{ high_freq_factor: 1 }, 'high_freq_factor 1 is not above low_freq_factor 1'],
+    ];
+    for (const [patch, msg] of bad)
+      expect(() =>
+        parseModelConfig(
+          { ...base, model_type: 'llama', rope_scaling: { ...llama3, ...patch } },
+          'm/config.json',
+        ),
+      ).toThrow(`E_FORMAT: m/config.json: invalid fields: rope_scaling (llama3): ${msg}`);
     expect(
       parseModelConfig({ ...base, model_type: 'llama', rope_scaling: { type: 'default' } }).ropeScaling,
     ).toBe(null);

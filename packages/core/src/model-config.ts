@@ -28,11 +28,19 @@ export interface ModelConfig {
    * runtimes attend to every earlier position, which is the model's sliding-window attention up to the window).
    */
   maxPositions: number;
-  /** `sliding_window` when the model uses one (Mistral; Qwen2 with `use_sliding_window`), else null. */
+  /**
+   * `sliding_window` when the model uses one (Mistral; Qwen2 with `use_sliding_window`, when some layer slides: the
+   * layers from `max_window_layers`, default 28, on), else null.
+   */
   slidingWindow: number | null;
   tieWordEmbeddings: boolean;
-  /** q/k/v projections have biases (Qwen2). */
+  /**
+   * The attention projections have biases: q/k/v (Qwen2 always; Llama with `attention_bias`, where o_proj has one too;
+   * never Mistral, whose transformers model has none). See {@link declaredBias}.
+   */
   attentionBias: boolean;
+  /** gate/up/down have biases (Llama's `mlp_bias`; Mistral and Qwen2 have none). See {@link declaredBias}. */
+  mlpBias: boolean;
   bosTokenId: number | null;
   /**
    * The first end-of-sequence id of `eos_token_id` (a number or a list), or null: `eosTokenIds[0] ?? null`.
@@ -53,9 +61,11 @@ const SUPPORTED = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM']
 
 /**
  * Parse and validate a Hugging Face `config.json` object. `file` names it in errors: `E_FORMAT` listing every missing
- * or non-numeric field, then every invalid one (sizes not positive integers, an odd head size, a negative
- * `rms_norm_eps`, `rope_theta` ≤ 0); `E_UNSUPPORTED` for another architecture, a `rope_scaling` other than Llama 3's,
- * or a `hidden_act` other than `silu`.
+ * or non-numeric field (a field with a default may be absent or null, as Hugging Face reads it, but not a string or
+ * a non-finite number), then every invalid one (sizes not positive integers, an odd head size, a negative
+ * `rms_norm_eps`, `rope_theta` ≤ 0, a Llama 3 `rope_scaling` without its four positive numbers or with
+ * `high_freq_factor` ≤ `low_freq_factor`); `E_UNSUPPORTED` for another architecture, a `rope_scaling` other than
+ * Llama 3's, or a `hidden_act` other than `silu`.
  */
 export function parseModelConfig(json: unknown, file = 'config.json'): ModelConfig {
   if (!json || typeof json !== 'object' || Array.isArray(json))
@@ -77,11 +87,13 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
       `${file}: architecture '${arch}' is not supported (supported: ${SUPPORTED.join(', ')})`,
     );
   const missing: string[] = [];
+  // absent or null: the default where there is one (Hugging Face's configs read null as unset); anything else must
+  // be a finite number (a string, say, was read as the default before: "500000" for rope_theta gave 10000)
   const num = (k: string, def?: number): number => {
     const v = c[k];
     if (typeof v === 'number' && Number.isFinite(v)) return v;
-    if (def !== undefined) return def;
-    missing.push(k);
+    if ((v === undefined || v === null) && def !== undefined) return def;
+    missing.push(v === undefined ? k : `${k} (${JSON.stringify(v) ?? String(v)})`);
     return NaN;
   };
   const hiddenSize = num('hidden_size');
@@ -107,7 +119,10 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     maxPositions: num('max_position_embeddings', 2048),
     slidingWindow: null,
     tieWordEmbeddings: c.tie_word_embeddings === true,
-    attentionBias: c.attention_bias === true || archName === 'Qwen2ForCausalLM',
+    // as transformers builds them: Qwen2's q/k/v always; Llama's from these two fields; Mistral has none
+    attentionBias:
+      archName === 'Qwen2ForCausalLM' || (archName === 'LlamaForCausalLM' && c.attention_bias === true),
+    mlpBias: archName === 'LlamaForCausalLM' && c.mlp_bias === true,
     bosTokenId: typeof c.bos_token_id === 'number' ? c.bos_token_id : null,
     eosTokenId: eosIds[0] ?? null,
     eosTokenIds: eosIds,
@@ -123,12 +138,7 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     );
   const rs = c.rope_scaling as Record<string, unknown> | null | undefined;
   if (rs && (rs.rope_type === 'llama3' || rs.type === 'llama3')) {
-    cfg.ropeScaling = {
-      factor: Number(rs.factor),
-      lowFreqFactor: Number(rs.low_freq_factor ?? 1),
-      highFreqFactor: Number(rs.high_freq_factor ?? 4),
-      originalMaxPositions: Number(rs.original_max_position_embeddings ?? 8192),
-    };
+    cfg.ropeScaling = llama3Scaling(rs, file);
   } else if (rs && rs.rope_type !== 'default' && rs.type !== 'default') {
     throw new CalderaError(
       'E_UNSUPPORTED',
@@ -137,8 +147,13 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
   }
   // Mistral attends to the last sliding_window positions; Qwen2 only with use_sliding_window (its configs carry the
   // field either way). Within the window that is full causal attention, which the runtimes compute: so they stop there.
+  // Qwen2's layers slide from max_window_layers on (Hugging Face's default 28): with no layer past it, none does
+  const qwenSlides =
+    c.use_sliding_window === true && num('max_window_layers', QWEN2_MAX_WINDOW_LAYERS) < cfg.numLayers;
+  if (missing.length)
+    throw new CalderaError('E_FORMAT', `${file}: missing or non-numeric fields: ${missing.join(', ')}`);
   const sw = c.sliding_window;
-  if (sw !== undefined && sw !== null && (archName !== 'Qwen2ForCausalLM' || c.use_sliding_window === true)) {
+  if (sw !== undefined && sw !== null && (archName !== 'Qwen2ForCausalLM' || qwenSlides)) {
     if (!Number.isSafeInteger(sw) || (sw as number) < 1)
       throw new CalderaError(
         'E_FORMAT',
@@ -154,6 +169,64 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     );
   }
   return cfg;
+}
+
+/** Hugging Face's default of Qwen2's `max_window_layers` (the first layer that slides with `use_sliding_window`). */
+const QWEN2_MAX_WINDOW_LAYERS = 28;
+
+/**
+ * A Llama 3 `rope_scaling` (`rope_type` 'llama3'): its four fields, each a positive finite number (Hugging Face
+ * requires them all), `original_max_position_embeddings` an integer and `high_freq_factor` above `low_freq_factor`;
+ * else `E_FORMAT` naming each that is not (a missing `factor` gave NaN inverse frequencies, so NaN logits, and equal
+ * frequency factors divide by zero).
+ */
+function llama3Scaling(rs: Record<string, unknown>, file: string): NonNullable<ModelConfig['ropeScaling']> {
+  const bad: string[] = [];
+  const field = (k: string, integer = false): number => {
+    const v = rs[k];
+    if (typeof v === 'number' && Number.isFinite(v) && v > 0 && (!integer || Number.isSafeInteger(v)))
+      return v;
+    bad.push(`${k} ${JSON.stringify(v) ?? 'missing'} is not a positive ${integer ? 'integer' : 'number'}`);
+    return NaN;
+  };
+  const s = {
+    factor: field('factor'),
+    lowFreqFactor: field('low_freq_factor'),
+    highFreqFactor: field('high_freq_factor'),
+    originalMaxPositions: field('original_max_position_embeddings', true),
+  };
+  if (!(s.highFreqFactor > s.lowFreqFactor) && bad.length === 0)
+    bad.push(`high_freq_factor ${s.highFreqFactor} is not above low_freq_factor ${s.lowFreqFactor}`);
+  if (bad.length)
+    throw new CalderaError('E_FORMAT', `${file}: invalid fields: rope_scaling (llama3): ${bad.join('; ')}`);
+  return s;
+}
+
+/**
+ * Why `config` gives the block's linear layer of this kind (`q_proj` … `down_proj`) a bias — `'attention_bias'` (q/k/v,
+ * and o_proj too, as Llama's `attention_bias` does), `'Qwen2's q/k/v biases'` (not o_proj), `'mlp_bias'` (gate, up,
+ * down) — or null when it has none. The loaders require these tensors (`E_MISSING` naming the reason: a model loaded
+ * without them computes something else).
+ */
+export function declaredBias(
+  config: Pick<ModelConfig, 'architecture' | 'attentionBias' | 'mlpBias'>,
+  kind: string,
+): string | null {
+  const qwen = config.architecture === 'Qwen2ForCausalLM';
+  switch (kind) {
+    case 'q_proj':
+    case 'k_proj':
+    case 'v_proj':
+      return config.attentionBias ? (qwen ? "Qwen2's q/k/v biases" : 'attention_bias') : null;
+    case 'o_proj':
+      return config.attentionBias && !qwen ? 'attention_bias' : null;
+    case 'gate_proj':
+    case 'up_proj':
+    case 'down_proj':
+      return config.mlpBias === true ? 'mlp_bias' : null;
+    default:
+      return null;
+  }
 }
 
 /**

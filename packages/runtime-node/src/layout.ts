@@ -1,4 +1,5 @@
 import {
+  declaredBias,
   assertNoCalderaTensorsWithoutMeta,
   assertCalderaLayersExist,
   assertNoStrayCalderaTensors,
@@ -219,10 +220,10 @@ export async function layoutFromStore(
       const kind = name.slice(name.lastIndexOf('.') + 1);
       const shape = linearShape(config, kind);
       const [m, n] = shape;
-      if (config.attentionBias && /(q|k|v)_proj$/.test(kind) && !store.has(`${name}.bias`))
+      if (declaredBias(config, kind) !== null && !store.has(`${name}.bias`))
         throw new CalderaError(
           'E_MISSING',
-          `${dir}: tensor '${name}.bias' is missing (config has q/k/v biases, e.g. Qwen2)`,
+          `${dir}: tensor '${name}.bias' is missing (config.json: ${declaredBias(config, kind)})`,
         );
       const bias = store.has(`${name}.bias`) ? await floatTensor(store, `${name}.bias`, [m]) : null;
       const meta = calderaMeta?.layers?.[name];

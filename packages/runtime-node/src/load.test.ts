@@ -516,5 +516,15 @@ describe('loadModel', () => {
     const { model } = await loadModel(dir);
     const y = model.linear('model.layers.1.self_attn.k_proj').forward(new Float32Array(32), 1);
     expect(Array.from(y)).toEqual(new Array(16).fill(0.5));
+    // Llama's attention_bias gives o_proj one too, and mlp_bias gate/up/down: missing, they were left out silently
+    for (const [patch, missing, why] of [
+      [{ attention_bias: true }, 'model.layers.0.self_attn.o_proj.bias', 'attention_bias'],
+      [{ mlp_bias: true }, 'model.layers.0.mlp.gate_proj.bias', 'mlp_bias'],
+    ] as const) {
+      await writeFile(join(dir, 'config.json'), JSON.stringify({ ...hf, ...patch }));
+      await expect(loadModel(dir)).rejects.toThrow(
+        `E_MISSING: ${dir}: tensor '${missing}' is missing (config.json: ${why})`,
+      );
+    }
   });
 });

@@ -140,6 +140,24 @@ describe('LlamaModel', () => {
     rows.forEach((r, t) => r.forEach((v, j) => expect(Math.abs(v - full[t * V + j]!)).toBeLessThan(1e-5)));
   });
 
+  it("positions past a sliding window are E_VALUE (full attention is the model's only within it), with a cache or without", () => {
+    // it computed full-attention logits there (a reviewer measured relative error 1.26 against windowed attention)
+    const mistral = parseModelConfig({ ...hf, architectures: ['MistralForCausalLM'], sliding_window: 6 });
+    const m = randomModelOf(mistral, 5).model;
+    const ids = [1, 2, 3, 4, 5, 6, 7];
+    const message =
+      "positions 0…6 exceed the model's sliding window of 6 tokens: this runtime attends to every earlier " +
+      'position, which is sliding-window attention only within the window';
+    expect(() => m.forward(ids)).toThrow(`E_VALUE: ${message}`);
+    const cache = new KVCache(mistral, 16);
+    const within = m.forward(ids.slice(0, 6), cache);
+    expect(within).toHaveLength(6 * mistral.vocabSize);
+    expect(() => m.forward([7], cache)).toThrow(
+      /^E_VALUE: positions 6…6 exceed the model's sliding window of 6/,
+    );
+    expect(cache.length).toBe(6); // refused before any block ran
+  });
+
   it('forward with { last: true } gives the last row of the full logits', () => {
     const full = model.forward(tokens);
     const V = cfg.vocabSize;

@@ -256,7 +256,8 @@ export class LlamaModel {
 
   /**
    * Run block `b` on `rows` hidden states at positions `cache.length…` (the cache is extended), or from 0 without a
-   * cache. A `b` that is not a block of the model (an integer in [0, `numLayers`)) is `E_VALUE`.
+   * cache. A `b` that is not a block of the model (an integer in [0, `numLayers`)) is `E_VALUE`, and so are positions
+   * past a sliding window (`config.slidingWindow`).
    */
   runBlock(b: number, x: Float32Array, rows: number, cache?: KVCache, capture?: CaptureFn): Float32Array {
     const cfg = this.config;
@@ -268,6 +269,13 @@ export class LlamaModel {
     const w = this.weights.blocks[b]!;
     const { numHeads: H, numKvHeads: KV, headDim: hd } = cfg;
     const pos0 = cache ? cache.length : 0;
+    // attention here is full causal attention, which is a sliding-window model's only up to its window
+    if (cfg.slidingWindow !== null && pos0 + rows > cfg.slidingWindow)
+      throw new CalderaError(
+        'E_VALUE',
+        `positions ${pos0}…${pos0 + rows - 1} exceed the model's sliding window of ${cfg.slidingWindow} tokens: this ` +
+          'runtime attends to every earlier position, which is sliding-window attention only within the window',
+      );
     const h = rmsNorm(x, rows, w.inputNorm, cfg.rmsNormEps);
     capture?.('attn', h, rows);
     const q = w.q.forward(h, rows, this.run);

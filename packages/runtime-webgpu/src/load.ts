@@ -1,4 +1,5 @@
 import {
+  declaredBias,
   assertFinite,
   assertFloatStorage,
   assertFunction,
@@ -418,8 +419,11 @@ export async function loadModelFromStore(
         input = reads;
         const kind = name.slice(name.lastIndexOf('.') + 1);
         const [m, n] = linearShape(config, kind);
-        if (config.attentionBias && /(q|k|v)_proj$/.test(kind) && !store.has(`${name}.bias`))
-          throw new CalderaError('E_MISSING', `tensor '${name}.bias' is missing (config has q/k/v biases)`);
+        if (declaredBias(config, kind) !== null && !store.has(`${name}.bias`))
+          throw new CalderaError(
+            'E_MISSING',
+            `tensor '${name}.bias' is missing (config.json: ${declaredBias(config, kind)})`,
+          );
         const bias = store.has(`${name}.bias`) ? await vector(store, `${name}.bias`, m) : null;
         const meta = calderaMeta?.layers?.[name];
         weightsNum += m * n;
