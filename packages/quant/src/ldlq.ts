@@ -12,6 +12,7 @@ import {
   assertMatrix,
   blockLDL,
   blockLDLFromCholesky,
+  choleskyWithInfo,
   gemmInto,
   type BlockLDL,
   type Pool,
@@ -63,7 +64,8 @@ export interface LdlqResult {
   /** True when H was singular and a small diagonal jitter had to be added to factor it. */
   repaired: boolean;
   /**
-   * Relative proxy loss `tr((Ŵ − W)H(Ŵ − W)ᵀ) / tr(WHWᵀ)` against the damped H that was factored. After LDLQ
+   * Relative proxy loss `tr((Ŵ − W)H(Ŵ − W)ᵀ) / tr(WHWᵀ)` against the damped H that was factored (with the
+   * jitter when `repaired`; the tuning passes minimise the same H). After LDLQ
    * alone the numerator is free (`Σ_k tr(r_k D_k r_kᵀ)`); the denominator and the loss after tuning cost one
    * triangular product each. `NaN` with `proxyLoss: false`.
    */
@@ -85,7 +87,10 @@ export interface PrepareLdlqOptions {
    * checked, the product is not); `repaired` is then false.
    */
   cholesky?: Tensor<'f64'>;
-  /** Keep the damped H (f64, n × n) in the result: LDLQ's `tuneIters` passes need it. Default false. */
+  /**
+   * Keep the damped H (f64, n × n) in the result: LDLQ's `tuneIters` passes need it. When `repaired`, it includes
+   * the jitter: it is the H that was factored. Default false.
+   */
   keepHessian?: boolean;
   /** Worker pool for the Cholesky factorisation. */
   pool?: Pool;
@@ -109,7 +114,7 @@ export interface LdlqHessian {
   readonly D: Float64Array;
   /** True when H was singular and a diagonal jitter had to be added to factor it. */
   readonly repaired: boolean;
-  /** The damped H (n × n, f64) with `keepHessian`, else null. */
+  /** The damped H that was factored (n × n, f64; with the jitter when `repaired`) with `keepHessian`, else null. */
   readonly hessian: Float64Array | null;
 }
 
@@ -407,7 +412,11 @@ function checkDamping(damping: number, what: string): void {
   }
 }
 
-/** The block LDL of the damped `hd`; a singular one is retried with the smallest jitter that factors it. */
+/**
+ * The block LDL of the damped `hd`; a singular one is retried with the smallest jitter that factors it, and that
+ * jitter is then added to `hd`'s diagonal too, so that `hd` is exactly the H that was factored: the tuning passes
+ * read it (an exactly singular H_kk has no inverse) and the proxy loss is measured against it.
+ */
 function factorDamped(
   hd: Float64Array,
   n: number,
@@ -424,7 +433,11 @@ function factorDamped(
     // singular H (e.g. dead input channels): retry with the smallest jitter, from 1e-6·mean(diag), that factors it
     let mean = 0;
     for (let i = 0; i < n; i++) mean += Math.abs(hd[i * n + i]!);
-    return { ldl: blockLDL(ht, g, { ...opt, jitter: 1e-6 * (mean / n) || 1e-6 }), repaired: true };
+    const chol = choleskyWithInfo(ht, { ...opt, jitter: 1e-6 * (mean / n) || 1e-6 });
+    // the Cholesky factor is that of hd + jitter·I (each diagonal entry plus the jitter, in f64, as here)
+    for (let i = 0; i < n; i++) hd[i * n + i]! += chol.jitter;
+    const ldl = blockLDLFromCholesky(chol.l, g, signal ? { signal } : {});
+    return { ldl, repaired: true };
   }
 }
 
