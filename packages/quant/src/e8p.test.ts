@@ -212,6 +212,14 @@ describe('residual VQ', () => {
     expect(() => rvqDecode({ stage1: new Uint16Array(2), stage2: new Uint16Array(1) }, 4)).toThrow(
       /E_SHAPE: rvqDecode: stage 1 has 2 codes, stage 2 has 1/,
     );
+    // a 3-bit stage 2 in a wider array: its codes must be 8-bit (300 decoded as stage 1 alone, silently)
+    const stage1 = Uint16Array.of(7, 9);
+    expect(() => rvqDecode({ stage1, stage2: Uint16Array.of(3, 300) }, 3)).toThrow(
+      'E_VALUE: rvqDecode: stage-2 code 1 is 300, not an 8-bit (E81B) code',
+    );
+    expect(rvqDecode({ stage1, stage2: Uint16Array.of(3, 255) }, 3)).toEqual(
+      rvqDecode({ stage1, stage2: Uint8Array.of(3, 255) }, 3),
+    );
   });
 });
 
