@@ -108,20 +108,24 @@ export interface ModelLayoutOptions {
   kernelArenas?: boolean;
 }
 
-/** A float tensor's header entry: `E_MISSING`, `E_DTYPE` (not a float) or `E_SHAPE` (not `shape`) otherwise. */
+/**
+ * A float tensor's header entry: `E_MISSING`, `E_DTYPE` (not a float) or `E_SHAPE` (not `shape`) otherwise, the
+ * missing and misshapen ones naming the model `dir`.
+ */
 async function floatTensor(
   store: TensorStore,
+  dir: string,
   name: string,
   shape: readonly number[],
 ): Promise<TensorLayout> {
-  if (!store.has(name)) throw new CalderaError('E_MISSING', `tensor '${name}' is missing`);
+  if (!store.has(name)) throw new CalderaError('E_MISSING', `${dir}: tensor '${name}' is missing`);
   const info = await store.tensorInfo(name);
   assertFloatStorage(name, info.dtype);
   const dtype = info.dtype.toLowerCase();
   if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i]))
     throw new CalderaError(
       'E_SHAPE',
-      `tensor '${name}' has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`,
+      `${dir}: tensor '${name}' has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`,
     );
   return {
     name,
@@ -133,10 +137,11 @@ async function floatTensor(
 
 /**
  * Check compressed layer `name`'s `caldera.json` shape against the config's and its tensors against the checkpoint
- * format (present, with the dtype and shape its codecs give; core's `expectedCalderaTensors`).
+ * format (present, with the dtype and shape its codecs give; core's `expectedCalderaTensors`); errors name `dir`.
  */
 async function checkCalderaLayer(
   store: TensorStore,
+  dir: string,
   name: string,
   meta: CalderaLayerMeta,
   [m, n]: [number, number],
@@ -144,16 +149,17 @@ async function checkCalderaLayer(
   if (meta.shape[0] !== m || meta.shape[1] !== n)
     throw new CalderaError(
       'E_SHAPE',
-      `caldera.json gives layer '${name}' shape [${meta.shape.join(', ')}], config.json implies [${m}, ${n}]`,
+      `${dir}: caldera.json gives layer '${name}' shape [${meta.shape.join(', ')}], config.json implies [${m}, ${n}]`,
     );
   for (const e of expectedCalderaTensors(name, meta)) {
-    if (!store.has(e.name)) throw new CalderaError('E_MISSING', `checkpoint has no tensor '${e.name}'`);
+    if (!store.has(e.name))
+      throw new CalderaError('E_MISSING', `${dir}: checkpoint has no tensor '${e.name}'`);
     const t = await store.tensorInfo(e.name);
     const dtype = t.dtype.toLowerCase();
     if (dtype !== e.dtype || t.shape.join() !== e.shape.join())
       throw new CalderaError(
         'E_FORMAT',
-        `tensor '${e.name}' is ${dtype} [${t.shape.join(', ')}], expected ${e.dtype} [${e.shape.join(', ')}]`,
+        `${dir}: tensor '${e.name}' is ${dtype} [${t.shape.join(', ')}], expected ${e.dtype} [${e.shape.join(', ')}]`,
       );
   }
 }
@@ -197,11 +203,11 @@ export async function layoutFromStore(
   const { hiddenSize: d, vocabSize: V } = config;
   const missing = ['model.embed_tokens.weight', 'model.norm.weight'].filter((n) => !store.has(n));
   if (missing.length) throw new CalderaError('E_MISSING', `${dir}: missing tensors ${missing.join(', ')}`);
-  const embed = await floatTensor(store, 'model.embed_tokens.weight', [V, d]);
+  const embed = await floatTensor(store, dir, 'model.embed_tokens.weight', [V, d]);
   const lmHead =
     config.tieWordEmbeddings || !store.has('lm_head.weight')
       ? embed
-      : await floatTensor(store, 'lm_head.weight', [V, d]);
+      : await floatTensor(store, dir, 'lm_head.weight', [V, d]);
   const dtype = options.dtype ?? 'auto';
   const decodeThreads = options.decodeThreads ?? 1;
   if (!Number.isInteger(decodeThreads) || decodeThreads < 1 || decodeThreads > 256)
@@ -225,10 +231,10 @@ export async function layoutFromStore(
           'E_MISSING',
           `${dir}: tensor '${name}.bias' is missing (config.json: ${declaredBias(config, kind)})`,
         );
-      const bias = store.has(`${name}.bias`) ? await floatTensor(store, `${name}.bias`, [m]) : null;
+      const bias = store.has(`${name}.bias`) ? await floatTensor(store, dir, `${name}.bias`, [m]) : null;
       const meta = calderaMeta?.layers?.[name];
       if (meta) {
-        await checkCalderaLayer(store, name, meta, shape);
+        await checkCalderaLayer(store, dir, name, meta, shape);
         // as CalderaLinear counts its storage
         const bytes = Math.ceil((meta.bitsPerWeight * m * n) / 8);
         linears.push({
@@ -242,7 +248,7 @@ export async function layoutFromStore(
           caldera: meta,
         });
       } else {
-        const weight = await floatTensor(store, `${name}.weight`, shape);
+        const weight = await floatTensor(store, dir, `${name}.weight`, shape);
         const kept = heldDType(weight.dtype, dtype);
         linears.push({
           name,
@@ -257,9 +263,9 @@ export async function layoutFromStore(
       }
     }
     for (const norm of ['input_layernorm', 'post_attention_layernorm'])
-      await floatTensor(store, `model.layers.${b}.${norm}.weight`, [d]);
+      await floatTensor(store, dir, `model.layers.${b}.${norm}.weight`, [d]);
   }
-  const norm = await floatTensor(store, 'model.norm.weight', [d]);
+  const norm = await floatTensor(store, dir, 'model.norm.weight', [d]);
   const memory = planMemory({
     config,
     embed: heldDType(embed.dtype, dtype),
