@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { replaceDir } from './fs-atomic.js';
+import { atomicWriteFile, replaceDir, withoutTrailingSeparators } from './fs-atomic.js';
 
 /** A directory `path` holding one file `name` with `text`. */
 async function dirWith(path: string, name: string, text: string): Promise<string> {
@@ -28,5 +28,53 @@ describe('replaceDir', () => {
     await expect(replaceDir(join(root, 'missing.tmp'), dir)).rejects.toThrow(/ENOENT/);
     expect(await readFile(join(dir, 'v'), 'utf8')).toBe('old');
     expect(await readdir(root)).toEqual(['out']);
+  });
+});
+
+describe('paths that end in a separator', () => {
+  it('withoutTrailingSeparators drops the separators a path ends with and keeps a root whole', async () => {
+    for (const [path, want] of [
+      ['out/', 'out'],
+      ['a/out//', 'a/out'],
+      ['/tmp/out/', '/tmp/out'],
+      ['out', 'out'],
+      ['/', '/'],
+      ['///', '/'],
+    ] as const)
+      expect(await withoutTrailingSeparators(path)).toBe(want);
+  });
+
+  it("replaceDir puts the new directory in place of 'out/', renaming the old one aside beside it", async () => {
+    const root = await mkdtemp(join(tmpdir(), 'caldera-replace-'));
+    const dir = await dirWith(join(root, 'out'), 'v', 'old');
+    await replaceDir(await dirWith(join(root, 'a.tmp'), 'w', 'new'), `${dir}/`);
+    expect(await readdir(dir)).toEqual(['w']);
+    expect(await readdir(root)).toEqual(['out']);
+  });
+
+  it('atomicWriteFile refuses a path that ends in a separator with E_VALUE, creating nothing', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'caldera-atomic-'));
+    const dir = await dirWith(join(root, 'out'), 'v', '1');
+    for (const path of [`${dir}/`, join(root, 'new/')])
+      await expect(atomicWriteFile(path, 'x')).rejects.toThrow(
+        expect.objectContaining({
+          code: 'E_VALUE',
+          message: `E_VALUE: cannot write ${path}: a path that ends in a separator names a directory, not a file`,
+        }),
+      );
+    expect(await readdir(root)).toEqual(['out']);
+    expect(await readdir(dir)).toEqual(['v']);
+  });
+
+  it('atomicWriteFile refuses a signal that is not an AbortSignal with E_VALUE, creating nothing', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'caldera-atomic-'));
+    const path = join(root, 'f.txt');
+    await expect(atomicWriteFile(path, 'x', { signal: {} as AbortSignal })).rejects.toThrow(
+      expect.objectContaining({
+        code: 'E_VALUE',
+        message: `E_VALUE: writing ${path}: signal must be an AbortSignal, got an object`,
+      }),
+    );
+    expect(await readdir(root)).toEqual([]);
   });
 });

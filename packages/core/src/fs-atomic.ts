@@ -1,11 +1,36 @@
-import { CalderaError } from './errors.js';
+import { CalderaError, throwIfAborted } from './errors.js';
 import { writeFully } from './io-chunks.js';
-import { nodeFs } from './node-builtins.js';
+import { nodeFs, nodePath } from './node-builtins.js';
 
 /** A random suffix for temporary names (not security-relevant; avoids collisions between writers). */
 export function tempSuffix(): string {
   const c = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
   return c?.randomUUID ? c.randomUUID().slice(0, 8) : Date.now().toString(36) + process.pid.toString(36);
+}
+
+/** The path separators at the end of a path: `/`, on Windows `\` too. */
+const separatorsAtEnd = (sep: string): RegExp => (sep === '\\' ? /[\\/]+$/ : /\/+$/);
+
+/**
+ * `path` without the separators it ends with (`'out/'` and `'out//'` → `'out'`; on Windows `\` too), so that a name
+ * made by appending to it (`<path>.tmp-<random>`) lies beside what it names, not inside it. A root (`'/'`, `'C:\'`)
+ * is returned whole (Node only).
+ */
+export async function withoutTrailingSeparators(path: string): Promise<string> {
+  const pathMod = await nodePath();
+  const trimmed = path.replace(separatorsAtEnd(pathMod.sep), '');
+  const { root } = pathMod.parse(path);
+  return trimmed.length < root.length ? root : trimmed;
+}
+
+/** `E_VALUE` when `path`, a file to write, ends in a path separator (it names a directory). */
+async function assertFilePath(path: string): Promise<void> {
+  const pathMod = await nodePath();
+  if (separatorsAtEnd(pathMod.sep).test(path))
+    throw new CalderaError(
+      'E_VALUE',
+      `cannot write ${path}: a path that ends in a separator names a directory, not a file`,
+    );
 }
 
 /**
@@ -35,23 +60,25 @@ export interface AtomicWriteOptions {
  * 1 GiB each, so buffers over 2 GiB work, and over 4 GiB as a `Float64Array` or `ArrayBuffer`), or a
  * function that receives the open handle and may write in as many pieces as it likes (streaming; a single
  * `write` call must stay under 2³¹ bytes). On any error the temporary file is removed and the error is
- * rethrown (I/O errors as `E_IO`).
+ * rethrown (I/O errors as `E_IO`). Refused with `E_VALUE` before anything is created: a `path` that ends in a path
+ * separator, a `signal` that is not an `AbortSignal`.
  */
 export async function atomicWriteFile(
   path: string,
   content: string | ArrayBufferView | ArrayBuffer | ((fh: WritableFileHandle) => Promise<void>),
   options: AtomicWriteOptions = {},
 ): Promise<void> {
+  await assertFilePath(path);
+  throwIfAborted(options.signal, `writing ${path}`);
   const fs = await nodeFs();
   const tmp = `${path}.tmp-${tempSuffix()}`;
   let fh: Awaited<ReturnType<Awaited<ReturnType<typeof nodeFs>>['open']>> | undefined;
   try {
-    options.signal?.throwIfAborted();
     fh = await fs.open(tmp, 'wx');
     if (typeof content === 'function') await content(fh);
     else if (typeof content === 'string') await fh.writeFile(content);
     else await writeFully(fh, content);
-    options.signal?.throwIfAborted();
+    throwIfAborted(options.signal, `writing ${path}`);
     await fh.sync();
     await fh.close();
     fh = undefined;
@@ -66,20 +93,22 @@ export async function atomicWriteFile(
 /**
  * Put the complete directory `tmp` in the place of `dir` (Node only; both on one file system): an existing `dir` is
  * renamed aside to `<dir>.old-<random>` first, put back if `tmp` cannot take its place, and removed only once it has,
- * so `dir` is at every moment the old directory or the new one. Errors are rethrown as they are.
+ * so `dir` is at every moment the old directory or the new one. `dir` may end in a path separator (`'out/'`; the old
+ * directory is still renamed aside beside it, not into itself). Errors are rethrown as they are.
  */
 export async function replaceDir(tmp: string, dir: string): Promise<void> {
   const fs = await nodeFs();
-  const exists = await fs.stat(dir).then(
+  const target = await withoutTrailingSeparators(dir);
+  const exists = await fs.stat(target).then(
     () => true,
     () => false,
   );
-  const old = exists ? `${dir}.old-${tempSuffix()}` : undefined;
-  if (old) await fs.rename(dir, old);
+  const old = exists ? `${target}.old-${tempSuffix()}` : undefined;
+  if (old) await fs.rename(target, old);
   try {
-    await fs.rename(tmp, dir);
+    await fs.rename(tmp, target);
   } catch (e) {
-    if (old) await fs.rename(old, dir).catch(() => undefined);
+    if (old) await fs.rename(old, target).catch(() => undefined);
     throw e;
   }
   if (old) await fs.rm(old, { recursive: true, force: true });

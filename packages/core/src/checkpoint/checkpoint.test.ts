@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CalderaError } from '../errors.js';
 import { atomicWriteFile } from '../fs-atomic.js';
+import { writeSafetensors } from '../safetensors/writer.js';
 import { tensor, type Tensor } from '../tensor.js';
 import { openCheckpointDir, readCheckpointMeta, writeCheckpointDir } from './dir.js';
 import { parseCalderaMeta, type CalderaCheckpointMeta } from './meta.js';
@@ -229,6 +230,25 @@ describe('validation of arguments that are not objects', () => {
         () => validateCalderaCheckpoint(meta(), ts as unknown as Record<string, Tensor>),
         new RegExp(`^E_VALUE: validateCalderaCheckpoint: tensors must be a Map or a record .*, got ${got}$`),
       );
+    for (const [entry, got] of [
+      [null, 'null'],
+      [{ shape: [16, 2] }, 'dtype undefined'],
+      [{ dtype: 7, shape: [16, 2] }, 'dtype 7'],
+      [{ dtype: 'u16', shape: '16x2' }, "shape '16x2'"],
+    ] as const)
+      expect(() =>
+        validateCalderaCheckpoint(
+          meta(),
+          new Map(Object.entries({ ...t, [`${P}.caldera.Q`]: entry as unknown as Tensor })),
+        ),
+      ).toThrow(
+        expect.objectContaining({
+          code: 'E_VALUE',
+          message:
+            `E_VALUE: validateCalderaCheckpoint: tensors['${P}.caldera.Q'] must be a dtype (a string) and a shape ` +
+            `(an array), got ${got}`,
+        }),
+      );
     value(
       () => expectedCalderaTensors(P, null as unknown as CalderaCheckpointMeta['layers'][string]),
       /^E_VALUE: expectedCalderaTensors: the layer of 'model\.layers\.0\.self_attn\.q_proj' must be its caldera\.json entry, got null$/,
@@ -313,6 +333,91 @@ describe('checkpoint directory', () => {
     await writeCheckpointDir(out, { meta: { ...meta(), seed: 99 }, tensors: tensors() }, { overwrite: true });
     expect((await readCheckpointMeta(out)).seed).toBe(99);
     expect((await readdir(dir)).filter((f) => f.includes('.tmp-') || f.includes('.old-'))).toEqual([]);
+  });
+
+  it("a dir ending in '/' is written and replaced as that directory, its temporary one beside it", async () => {
+    const out = join(dir, 'slash');
+    await writeCheckpointDir(`${out}/`, { meta: meta(), tensors: tensors() });
+    expect((await readdir(out)).sort()).toEqual(['caldera.json', 'model.safetensors']);
+    await expect(writeCheckpointDir(`${out}/`, { meta: meta(), tensors: tensors() })).rejects.toThrow(
+      `E_IO: ${out} already exists (pass overwrite: true to replace it)`,
+    );
+    await writeCheckpointDir(
+      `${out}//`,
+      { meta: { ...meta(), seed: 99 }, tensors: tensors() },
+      { overwrite: true },
+    );
+    expect((await readCheckpointMeta(out)).seed).toBe(99);
+    expect((await readdir(out)).sort()).toEqual(['caldera.json', 'model.safetensors']);
+    expect((await readdir(dir)).filter((f) => f.startsWith('slash'))).toEqual(['slash']);
+  });
+
+  it('arguments that are not what they must be are E_VALUE (E_DTYPE as writeSafetensors says it), and nothing is written', async () => {
+    const out = join(dir, 'args');
+    const Q = `${P}.caldera.Q`;
+    const refused = async (
+      contents: unknown,
+      message: string,
+      options: { signal?: AbortSignal } = {},
+      target = out,
+    ) =>
+      expect(
+        writeCheckpointDir(target, contents as Parameters<typeof writeCheckpointDir>[1], options),
+      ).rejects.toThrow(expect.objectContaining({ message }));
+    await refused(
+      null,
+      'E_VALUE: writeCheckpointDir: contents must be an object { meta, tensors }, got null',
+    );
+    for (const [m, got] of [
+      [undefined, 'undefined'],
+      [null, 'null'],
+    ] as const)
+      await refused(
+        { meta: m, tensors: tensors() },
+        `E_VALUE: writeCheckpointDir: meta must be an object (the caldera.json to write), got ${got}`,
+      );
+    await refused(
+      { meta: meta(), tensors: null },
+      'E_VALUE: writeCheckpointDir: tensors must be an object of names to tensors, got null',
+    );
+    await refused(
+      { meta: meta(), tensors: { ...tensors(), x: null } },
+      "E_VALUE: tensor 'x' must be a tensor (dtype, shape, data) or raw bytes (a safetensors dtype such as 'F32'), got null",
+    );
+    await refused(
+      {
+        meta: meta(),
+        tensors: { ...tensors(), [Q]: { dtype: 'x', shape: [16, 2], data: new Uint8Array(64) } },
+      },
+      `E_DTYPE: tensor '${Q}': dtype 'x' cannot be written`,
+    );
+    await refused(
+      { meta: meta(), tensors: { ...tensors(), [Q]: { shape: [16, 2], data: new Uint16Array(32) } } },
+      `E_DTYPE: tensor '${Q}': dtype 'undefined' cannot be written`,
+    );
+    await refused(
+      { meta: meta(), tensors: tensors() },
+      'E_VALUE: writeCheckpointDir: signal must be an AbortSignal, got an object',
+      { signal: {} as AbortSignal },
+    );
+    await refused(
+      { meta: meta(), tensors: tensors() },
+      'E_VALUE: writeCheckpointDir: dir must be a path (a non-empty string), got null',
+      {},
+      null as unknown as string,
+    );
+    // writeSafetensors refuses the same tensors in the same words
+    await expect(
+      writeSafetensors(join(dir, 'args.safetensors'), { x: null as unknown as Tensor }),
+    ).rejects.toThrow(
+      "E_VALUE: tensor 'x' must be a tensor (dtype, shape, data) or raw bytes (a safetensors dtype such as 'F32'), got null",
+    );
+    await expect(
+      writeSafetensors(join(dir, 'args.safetensors'), {
+        [Q]: { dtype: 'x', shape: [16, 2], data: new Uint8Array(64) } as unknown as Tensor,
+      }),
+    ).rejects.toThrow(`E_DTYPE: tensor '${Q}': dtype 'x' cannot be written`);
+    expect((await readdir(dir)).filter((f) => f.startsWith('args') || f.startsWith('null'))).toEqual([]);
   });
 
   it('reports missing and malformed metadata', async () => {

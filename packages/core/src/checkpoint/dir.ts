@@ -1,7 +1,13 @@
-import { assertNotAbortSignal, CalderaError } from '../errors.js';
-import { replaceDir, tempSuffix, toCalderaError } from '../fs-atomic.js';
+import {
+  assertNonEmptyString,
+  assertNotAbortSignal,
+  assertObject,
+  CalderaError,
+  throwIfAborted,
+} from '../errors.js';
+import { replaceDir, tempSuffix, toCalderaError, withoutTrailingSeparators } from '../fs-atomic.js';
 import { openSafetensors, type SafetensorsReader } from '../safetensors/reader.js';
-import { DTYPE_TO_SAFETENSORS, isSafetensorsDType } from '../safetensors/dtypes.js';
+import { assertWritableTensors, writableSignature } from '../safetensors/writable.js';
 import { writeSafetensors, type WritableTensor } from '../safetensors/writer.js';
 import { CALDERA_META_FILE, parseCalderaMeta, type CalderaCheckpointMeta } from './meta.js';
 import { validateCalderaCheckpoint, type TensorSignature } from './validate.js';
@@ -32,16 +38,23 @@ export interface WriteCheckpointOptions {
   onProgress?: (e: { tensor: string; bytesWritten: number; totalBytes: number }) => void;
 }
 
-function signatureOf(t: WritableTensor): TensorSignature {
-  return { dtype: isSafetensorsDType(t.dtype) ? t.dtype : DTYPE_TO_SAFETENSORS[t.dtype], shape: t.shape };
+/**
+ * The dtype and shape of each tensor, checked as `writeSafetensors` checks them (so a tensor it would refuse is refused
+ * with the same error, before anything is written).
+ */
+function signaturesOf(tensors: Record<string, WritableTensor>): Map<string, TensorSignature> {
+  assertWritableTensors(tensors, 'writeCheckpointDir');
+  return new Map(Object.entries(tensors).map(([name, t]) => [name, writableSignature(name, t)]));
 }
 
 /**
  * Write a compressed checkpoint directory atomically (Node only): everything is written into
- * `<dir>.tmp-<random>` beside it, which is renamed to `dir` only when complete, so a crash or an error
- * never leaves a half-written checkpoint (the temporary directory is removed on failure). The metadata
- * and the tensors are validated ({@link parseCalderaMeta}, {@link validateCalderaCheckpoint}) before any
- * byte is written.
+ * `<dir>.tmp-<random>` beside it (`dir` without the path separators it may end with), which is renamed to
+ * `dir` only when complete, so a crash or an error never leaves a half-written checkpoint (the temporary
+ * directory is removed on failure). The arguments, the metadata and the tensors are checked
+ * ({@link parseCalderaMeta}, {@link validateCalderaCheckpoint}) before any byte is written: `E_VALUE` when `dir`
+ * is not a non-empty string, `contents`, its `meta` or its `tensors` not an object, a tensor entry not a tensor, or `signal`
+ * not an `AbortSignal`; a dtype or shape that `writeSafetensors` cannot write is refused as it refuses it.
  */
 export async function writeCheckpointDir(
   dir: string,
@@ -49,17 +62,22 @@ export async function writeCheckpointDir(
   options: WriteCheckpointOptions = {},
 ): Promise<void> {
   assertNotAbortSignal(options, 'writeCheckpointDir'); // a positional signal: refused, not ignored
-  const meta = parseCalderaMeta(JSON.parse(JSON.stringify(contents.meta)), `${dir}/${CALDERA_META_FILE}`);
-  const sigs = new Map(Object.entries(contents.tensors).map(([k, t]) => [k, signatureOf(t)]));
-  validateCalderaCheckpoint(meta, sigs, `${dir}/model.safetensors`);
+  throwIfAborted(options.signal, 'writeCheckpointDir'); // a signal that is not one: E_VALUE
+  assertNonEmptyString(dir, 'writeCheckpointDir', 'dir', 'a path (a non-empty string)');
+  assertObject(contents, 'writeCheckpointDir', 'contents', 'an object { meta, tensors }');
+  assertObject(contents.meta, 'writeCheckpointDir', 'meta', 'an object (the caldera.json to write)');
+  // 'out/' is 'out': its temporary sibling is 'out.tmp-…', not 'out/.tmp-…' inside it
+  const target = await withoutTrailingSeparators(dir);
+  const meta = parseCalderaMeta(JSON.parse(JSON.stringify(contents.meta)), `${target}/${CALDERA_META_FILE}`);
+  validateCalderaCheckpoint(meta, signaturesOf(contents.tensors), `${target}/model.safetensors`);
   const fs = await nodeFs();
   const path = await nodePath();
-  const exists = await fs.stat(dir).then(
+  const exists = await fs.stat(target).then(
     () => true,
     () => false,
   );
   if (exists && !options.overwrite) {
-    throw new CalderaError('E_IO', `${dir} already exists (pass overwrite: true to replace it)`);
+    throw new CalderaError('E_IO', `${target} already exists (pass overwrite: true to replace it)`);
   }
   const copies: [string, string][] = Array.isArray(contents.copyFiles)
     ? (contents.copyFiles as string[]).map((src) => [path.basename(src), src])
@@ -74,11 +92,11 @@ export async function writeCheckpointDir(
       throw new CalderaError('E_VALUE', `copyFiles: '${name}' is not an allowed file name in a checkpoint`);
     }
   }
-  const tmp = `${dir}.tmp-${tempSuffix()}`;
+  const tmp = `${target}.tmp-${tempSuffix()}`;
   try {
     await fs.mkdir(tmp, { recursive: false });
     for (const [name, src] of copies) {
-      options.signal?.throwIfAborted();
+      throwIfAborted(options.signal, `writing checkpoint ${target}`);
       await fs.copyFile(src, path.join(tmp, name));
     }
     await fs.writeFile(path.join(tmp, CALDERA_META_FILE), JSON.stringify(meta, null, 2) + '\n');
@@ -87,11 +105,11 @@ export async function writeCheckpointDir(
       ...(options.signal ? { signal: options.signal } : {}),
       ...(options.onProgress ? { onProgress: options.onProgress } : {}),
     });
-    options.signal?.throwIfAborted();
-    await replaceDir(tmp, dir);
+    throwIfAborted(options.signal, `writing checkpoint ${target}`);
+    await replaceDir(tmp, target);
   } catch (e) {
     await fs.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
-    throw toCalderaError(e, `writing checkpoint ${dir}`, options.signal);
+    throw toCalderaError(e, `writing checkpoint ${target}`, options.signal);
   }
 }
 

@@ -1,5 +1,5 @@
 import type { DType } from '../dtype.js';
-import { CalderaError, describeValue } from '../errors.js';
+import { CalderaError, describeValue, shownValue } from '../errors.js';
 import { blockLinearNames } from '../model-config.js';
 import type { CalderaCheckpointMeta, CalderaLayerMeta } from './meta.js';
 import { calderaTensorName, parseCalderaTensorName, type CalderaTensorPart } from './names.js';
@@ -68,12 +68,37 @@ export function expectedCalderaTensors(prefix: string, layer: CalderaLayerMeta):
 }
 
 /**
+ * The signature of tensor `name` in `tensors`, `undefined` when it has none. `E_VALUE` when its entry is not a dtype
+ * (a string) and a shape (an array), e.g. `{ dtype: undefined }` (a TypeError from `dtype.toLowerCase()` before).
+ */
+function signatureAt(
+  tensors: ReadonlyMap<string, TensorSignature>,
+  name: string,
+): TensorSignature | undefined {
+  const t = tensors.get(name) as unknown;
+  if (t === undefined) return undefined;
+  const { dtype, shape } = (t ?? {}) as { dtype?: unknown; shape?: unknown };
+  if (t === null || typeof t !== 'object' || typeof dtype !== 'string' || !Array.isArray(shape))
+    throw new CalderaError(
+      'E_VALUE',
+      `validateCalderaCheckpoint: tensors['${name}'] must be a dtype (a string) and a shape (an array), got ${
+        t === null || typeof t !== 'object'
+          ? describeValue(t)
+          : typeof dtype !== 'string'
+            ? `dtype ${shownValue(dtype)}`
+            : `shape ${shownValue(shape)}`
+      }`,
+    );
+  return t as TensorSignature;
+}
+
+/**
  * Check a checkpoint's tensors against its `caldera.json`: every required part present with the right
  * dtype and shape, no `P.weight` left beside a compressed layer, `P.bias` of shape `[m]` if present, and
  * no `.caldera.` tensor of a layer the metadata does not list. Throws `E_FORMAT` listing every problem
  * (`details.problems`). `tensors` maps names to dtype/shape (a safetensors header's entries, or tensors). `E_VALUE`
- * when `meta` is not a parsed `caldera.json` (an object with `layers`; see `parseCalderaMeta`) or `tensors` is
- * not an object (null, undefined).
+ * when `meta` is not a parsed `caldera.json` (an object with `layers`; see `parseCalderaMeta`), `tensors` is
+ * not an object (null, undefined), or an entry it is checked by is not a dtype (a string) and a shape (an array).
  */
 export function validateCalderaCheckpoint(
   meta: CalderaCheckpointMeta,
@@ -100,7 +125,7 @@ export function validateCalderaCheckpoint(
   const fmt = (s: readonly number[]) => `[${s.join(', ')}]`;
   for (const [prefix, layer] of Object.entries(meta.layers)) {
     for (const e of expectedCalderaTensors(prefix, layer)) {
-      const t = map.get(e.name);
+      const t = signatureAt(map, e.name);
       if (!t) problems.push(`missing ${e.name} (${e.dtype} ${fmt(e.shape)})`);
       else {
         if (t.dtype.toLowerCase() !== e.dtype) problems.push(`${e.name} is ${t.dtype}, expected ${e.dtype}`);
@@ -108,7 +133,7 @@ export function validateCalderaCheckpoint(
           problems.push(`${e.name} has shape ${fmt(t.shape)}, expected ${fmt(e.shape)}`);
       }
     }
-    const bias = map.get(`${prefix}.bias`);
+    const bias = signatureAt(map, `${prefix}.bias`);
     if (bias && fmt(bias.shape) !== fmt([layer.shape[0]])) {
       problems.push(`${prefix}.bias has shape ${fmt(bias.shape)}, expected [${layer.shape[0]}]`);
     }

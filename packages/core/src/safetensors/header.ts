@@ -12,7 +12,7 @@ export interface SafetensorsTensorInfo {
 
 /** A parsed, validated safetensors header. */
 export interface SafetensorsHeader {
-  /** The `__metadata__` map (empty when absent). */
+  /** The `__metadata__` map (empty when absent), an object without a prototype: every key is an entry. */
   readonly metadata: Readonly<Record<string, string>>;
   /** Tensor entries in file (data-offset) order. */
   readonly tensors: readonly SafetensorsTensorInfo[];
@@ -70,7 +70,8 @@ export function parseHeader(json: Uint8Array, fileSize: number, file: string): S
   }
   if (typeof obj !== 'object' || obj === null || Array.isArray(obj))
     fail(file, 'header is not a JSON object');
-  const metadata: Record<string, string> = {};
+  // without a prototype: a key '__proto__' is an entry like any other (in `{}` assigning it would set the prototype)
+  const metadata = Object.create(null) as Record<string, string>;
   const tensors: SafetensorsTensorInfo[] = [];
   for (const [name, v] of Object.entries(obj as Record<string, unknown>)) {
     if (name === '__metadata__') {

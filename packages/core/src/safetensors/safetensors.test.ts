@@ -1,12 +1,13 @@
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CalderaError } from '../errors.js';
 import { Rng } from '../rng.js';
-import { contiguous, get, tensor, transpose } from '../tensor.js';
+import { contiguous, get, tensor, transpose, type Tensor } from '../tensor.js';
 import { openSafetensors } from './reader.js';
-import { openSafetensorsDir, openShardedSafetensors } from './sharded.js';
+import { openSafetensorsDir, openShardedSafetensors, parseSafetensorsIndex } from './sharded.js';
 import { serializeSafetensors, writeSafetensors } from './writer.js';
 
 /** Build a file by hand from the published layout: u64 LE header length, JSON header, raw data. */
@@ -177,6 +178,69 @@ describe('round trips', () => {
     await expect(serializeSafetensors({ __metadata__: tensor('u8', [1]) })).rejects.toThrow(CalderaError);
   });
 
+  it('a tensor and a metadata key named __proto__ are written as keys of the header and read back', async () => {
+    // Object.fromEntries and JSON.parse make '__proto__' an own key (a literal { __proto__: … } would not)
+    const named = Object.fromEntries([
+      ['__proto__', tensor('f32', [2], [1, 2])],
+      ['b', tensor('u8', [1], [7])],
+    ]) as Record<string, Tensor>;
+    const metadata = JSON.parse('{"__proto__":"x","a":"b"}') as Record<string, string>;
+    const bytes = await serializeSafetensors(named, { metadata });
+    const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
+    expect(new TextDecoder().decode(bytes.subarray(8, 8 + n)).trimEnd()).toBe(
+      '{"__metadata__":{"__proto__":"x","a":"b"},' +
+        '"__proto__":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},' +
+        '"b":{"dtype":"U8","shape":[1],"data_offsets":[8,9]}}',
+    );
+    const path = join(dir, 'proto.safetensors');
+    await writeSafetensors(path, named, { metadata });
+    expect(Buffer.compare(await readFile(path), bytes)).toBe(0);
+    const r = await openSafetensors(path);
+    expect(r.names()).toEqual(['__proto__', 'b']);
+    expect(Array.from((await r.readTensor('__proto__')).data)).toEqual([1, 2]);
+    expect(Object.entries(r.metadata)).toEqual([
+      ['__proto__', 'x'],
+      ['a', 'b'],
+    ]);
+    await r.close();
+  });
+
+  it('metadata that is not a plain object (a string, an array, a Map) is E_VALUE, and no file is written; null is none', async () => {
+    const path = join(dir, 'md.safetensors');
+    for (const [metadata, got] of [
+      ['abc', 'a string'],
+      [['x', 'y'], 'an array'],
+      [new Map([['a', 'b']]), 'an object (Map)'],
+    ] as const) {
+      const message = `E_VALUE: safetensors: metadata must be an object of string keys to string values, got ${got}`;
+      const options = { metadata: metadata as unknown as Record<string, string> };
+      await expect(serializeSafetensors({ t: tensor('u8', [1]) }, options)).rejects.toThrow(
+        expect.objectContaining({ code: 'E_VALUE', message }),
+      );
+      await expect(writeSafetensors(path, { t: tensor('u8', [1]) }, options)).rejects.toThrow(
+        expect.objectContaining({ code: 'E_VALUE', message }),
+      );
+    }
+    expect((await readdir(dir)).filter((f) => f.startsWith('md.safetensors'))).toEqual([]);
+    // from JavaScript, null options are none (as everywhere in the SDK)
+    const none = { metadata: null as unknown as Record<string, string> };
+    expect(await serializeSafetensors({ t: tensor('u8', [1]) }, none)).toEqual(
+      await serializeSafetensors({ t: tensor('u8', [1]) }),
+    );
+  });
+
+  it('a signal that is not an AbortSignal is E_VALUE naming the option, and no file is written', async () => {
+    const path = join(dir, 'sig.safetensors');
+    const signal = {} as AbortSignal;
+    await expect(writeSafetensors(path, { t: tensor('u8', [1]) }, { signal })).rejects.toThrow(
+      expect.objectContaining({
+        code: 'E_VALUE',
+        message: 'E_VALUE: writeSafetensors: signal must be an AbortSignal, got an object',
+      }),
+    );
+    expect((await readdir(dir)).filter((f) => f.startsWith('sig.safetensors'))).toEqual([]);
+  });
+
   it('a tensor view reaching past its data is E_SHAPE naming the tensor, not written zero-padded', async () => {
     const data = Float32Array.of(1, 2, 3, 4, 5);
     const past = { dtype: 'f32' as const, shape: [4], strides: [1], offset: 3, data };
@@ -231,6 +295,37 @@ describe('sharded checkpoints', () => {
     await expect(
       openShardedSafetensors({ json: { weight_map: { a: '../x' } }, open: () => never() }),
     ).rejects.toThrow(CalderaError);
+  });
+});
+
+describe('keys named __proto__ on read', () => {
+  it('a __metadata__ key named __proto__ is an entry of metadata', async () => {
+    const r = await openSafetensors(
+      handMade('{"__metadata__":{"__proto__":"x","a":"b"}}', new Uint8Array(0)),
+    );
+    expect(Object.entries(r.metadata)).toEqual([
+      ['__proto__', 'x'],
+      ['a', 'b'],
+    ]);
+  });
+
+  it('a weight_map entry named __proto__ is a tensor of the index', async () => {
+    const json = '{"weight_map":{"__proto__":"a.safetensors","x":"a.safetensors"}}';
+    expect(Object.entries(parseSafetensorsIndex(json).weightMap)).toEqual([
+      ['__proto__', 'a.safetensors'],
+      ['x', 'a.safetensors'],
+    ]);
+    const shard = await serializeSafetensors(
+      Object.fromEntries([
+        ['__proto__', tensor('f32', [1], [3])],
+        ['x', tensor('f32', [1], [4])],
+      ]) as Record<string, Tensor>,
+    );
+    const r = await openShardedSafetensors({ json, open: () => Promise.resolve(shard) });
+    expect(r.names()).toEqual(['__proto__', 'x']);
+    expect(r.has('__proto__')).toBe(true);
+    expect(Array.from((await r.readTensor('__proto__')).data)).toEqual([3]);
+    await r.close();
   });
 });
 
@@ -309,5 +404,26 @@ describe('malformed files are rejected with E_FORMAT naming the problem', () => 
       message: `E_IO: ${path} is a directory, not a safetensors file`,
     });
     await rm(path, { recursive: true });
+  });
+
+  it('a FIFO (named pipe), or a symlink to one, is E_IO saying so at once, not an open that waits for a writer', async (ctx) => {
+    const fifo = join(dir, 'fifo.safetensors');
+    try {
+      execFileSync('mkfifo', [fifo]);
+    } catch (e) {
+      if ((e as { code?: string }).code === 'ENOENT') ctx.skip('mkfifo is not available on this system');
+      throw e;
+    }
+    const link = join(dir, 'fifo-link.safetensors');
+    await symlink(fifo, link);
+    for (const path of [fifo, link])
+      await expect(openSafetensors(path)).rejects.toThrow(
+        expect.objectContaining({
+          code: 'E_IO',
+          message: `E_IO: ${path} is a FIFO (named pipe), not a safetensors file`,
+        }),
+      );
+    await rm(link);
+    await rm(fifo);
   });
 });

@@ -8,7 +8,7 @@ import { nodeFs, nodePath } from '../node-builtins.js';
 export interface SafetensorsIndex {
   /** Free-form metadata (Hugging Face writes `{ "total_size": N }`). */
   readonly metadata: Readonly<Record<string, unknown>>;
-  /** Tensor name → shard file name (relative to the index's directory). */
+  /** Tensor name → shard file name (relative to the index's directory); an object without a prototype. */
   readonly weightMap: Readonly<Record<string, string>>;
 }
 
@@ -28,7 +28,8 @@ export function parseSafetensorsIndex(
   if (typeof o !== 'object' || o === null || typeof o.weight_map !== 'object' || o.weight_map === null) {
     throw new CalderaError('E_FORMAT', `${file}: missing the 'weight_map' object`);
   }
-  const weightMap: Record<string, string> = {};
+  // without a prototype: a tensor named '__proto__' is an entry like any other (in `{}` it would set the prototype)
+  const weightMap = Object.create(null) as Record<string, string>;
   for (const [k, v] of Object.entries(o.weight_map as Record<string, unknown>)) {
     if (
       typeof v !== 'string' ||

@@ -104,29 +104,58 @@ export async function fileHandleSource(fh: FileHandleLike, name: string): Promis
   };
 }
 
+/** What a file of `stat` is when it is not a regular file, for a message: `'a directory'`, `'a FIFO (named pipe)'`, … */
+function specialFileKind(stat: {
+  isDirectory(): boolean;
+  isFIFO(): boolean;
+  isSocket(): boolean;
+  isCharacterDevice(): boolean;
+  isBlockDevice(): boolean;
+}): string {
+  if (stat.isDirectory()) return 'a directory';
+  if (stat.isFIFO()) return 'a FIFO (named pipe)';
+  if (stat.isSocket()) return 'a socket';
+  if (stat.isCharacterDevice()) return 'a character device';
+  if (stat.isBlockDevice()) return 'a block device';
+  return 'a special file';
+}
+
 /**
  * Open a file by path as a {@link ByteSource} (Node only; `node:fs` is loaded on first use). A missing file is
- * `E_MISSING`, a directory `E_IO` "`path` is a directory, not a `what`" (`what`: the kind of file expected, e.g.
- * "safetensors file"), any other open error `E_IO`.
+ * `E_MISSING`; anything that is not a regular file (after following symlinks) is `E_IO` "`path` is a directory, not a
+ * `what`" (or "is a FIFO (named pipe)", "a socket", "a character device", "a block device"; `what`: the kind of file
+ * expected, e.g. "safetensors file"), found by a `stat` before the file is opened, since opening a FIFO waits for a
+ * writer for ever; any other `stat` or open error `E_IO`.
  */
 export async function openFileSource(path: string, what = 'file'): Promise<ByteSource> {
   const fs = await nodeFs();
-  const isDirectory = () =>
-    new CalderaError('E_IO', `${path} is a directory, not a ${what}`, { details: { path } });
+  const notAFile = (kind: string) =>
+    new CalderaError('E_IO', `${path} is ${kind}, not a ${what}`, { details: { path } });
+  const cannotOpen = (e: unknown) => {
+    const code = (e as { code?: string }).code;
+    if (code === 'EISDIR') return notAFile('a directory'); // where a directory cannot even be opened (Windows)
+    return new CalderaError(code === 'ENOENT' ? 'E_MISSING' : 'E_IO', `${path}: cannot open (${code ?? e})`, {
+      cause: e,
+    });
+  };
+  let stat: Awaited<ReturnType<typeof fs.stat>>;
+  try {
+    stat = await fs.stat(path);
+  } catch (e) {
+    throw cannotOpen(e);
+  }
+  if (!stat.isFile()) throw notAFile(specialFileKind(stat));
   let fh: Awaited<ReturnType<typeof fs.open>>;
   try {
     fh = await fs.open(path, 'r');
   } catch (e) {
-    const code = (e as { code?: string }).code;
-    if (code === 'EISDIR') throw isDirectory(); // where a directory cannot even be opened (Windows)
-    throw new CalderaError(code === 'ENOENT' ? 'E_MISSING' : 'E_IO', `${path}: cannot open (${code ?? e})`, {
-      cause: e,
-    });
+    throw cannotOpen(e);
   }
   // from here the handle is closed on every failure (it was left to the garbage collector when a stat failed)
   try {
-    // POSIX opens a directory for reading; its first read would fail with EISDIR ("read failed at byte 0")
-    if ((await fh.stat()).isDirectory()) throw isDirectory();
+    // checked again on the handle: the path may have been replaced since the stat above
+    const opened = await fh.stat();
+    if (!opened.isFile()) throw notAFile(specialFileKind(opened));
     return await fileHandleSource(fh as unknown as FileHandleLike, path);
   } catch (e) {
     await fh.close().catch(() => undefined);

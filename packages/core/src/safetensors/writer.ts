@@ -1,14 +1,9 @@
-import { assertNotAbortSignal, CalderaError, describeValue, throwIfAborted } from '../errors.js';
-import { arrayCtor, DTYPES, typedArrayName } from '../dtype.js';
+import { assertNotAbortSignal, CalderaError, throwIfAborted } from '../errors.js';
 import { atomicWriteFile } from '../fs-atomic.js';
 import { writeFully } from '../io-chunks.js';
 import { contiguous, shapeSize, type Tensor } from '../tensor.js';
-import {
-  DTYPE_TO_SAFETENSORS,
-  isSafetensorsDType,
-  SAFETENSORS_DTYPE_SIZE,
-  type SafetensorsDType,
-} from './dtypes.js';
+import { SAFETENSORS_DTYPE_SIZE, type SafetensorsDType } from './dtypes.js';
+import { assertWritableTensors, isRaw, metadataEntries, writableSignature } from './writable.js';
 
 /**
  * A tensor given as raw little-endian bytes (for dtypes without a tensor dtype, e.g. `I64`/`BOOL`, or to
@@ -25,7 +20,7 @@ export type WritableTensor = Tensor | RawTensorEntry;
 
 /** Options of {@link writeSafetensors} and {@link serializeSafetensors}. */
 export interface SafetensorsWriteOptions {
-  /** `__metadata__` (string → string). Default: none. */
+  /** `__metadata__` (string → string; anything but a plain object is `E_VALUE`). Default: none. */
   metadata?: Record<string, string>;
   /** Cancels the write (the temporary file is removed). */
   signal?: AbortSignal;
@@ -41,53 +36,23 @@ interface Planned {
   entry: WritableTensor;
 }
 
-function isRaw(t: WritableTensor): t is RawTensorEntry {
-  return isSafetensorsDType(t.dtype);
-}
-
-/** Lay out the header: tensors in insertion order, contiguous offsets; header padded to 8 bytes with spaces. */
+/**
+ * Lay out the header: tensors in insertion order, contiguous offsets; header padded to 8 bytes with spaces. The header
+ * object has no prototype, so that every name, `__proto__` included, is a key of it that `JSON.stringify` writes.
+ */
 function plan(
   tensors: Record<string, WritableTensor>,
   metadata: Record<string, string> | undefined,
 ): { header: Uint8Array; items: Planned[]; total: number } {
-  if (tensors === null || typeof tensors !== 'object')
-    throw new CalderaError(
-      'E_VALUE',
-      `safetensors: tensors must be an object of names to tensors, got ${describeValue(tensors)}`,
-    );
+  assertWritableTensors(tensors, 'safetensors');
   const items: Planned[] = [];
-  const json: Record<string, unknown> = {};
-  if (metadata && Object.keys(metadata).length > 0) {
-    for (const [k, v] of Object.entries(metadata)) {
-      if (typeof v !== 'string')
-        throw new CalderaError('E_VALUE', `safetensors metadata '${k}' must be a string`);
-    }
-    json.__metadata__ = metadata;
-  }
+  const json = Object.create(null) as Record<string, unknown>;
+  const md = metadataEntries(metadata);
+  if (md) json.__metadata__ = md;
   let pos = 0;
   for (const [name, t] of Object.entries(tensors)) {
     if (name === '__metadata__') throw new CalderaError('E_VALUE', `'__metadata__' cannot be a tensor name`);
-    if (t === null || typeof t !== 'object' || !Array.isArray(t.shape) || t.data === undefined)
-      throw new CalderaError(
-        'E_VALUE',
-        `tensor '${name}' must be a tensor (dtype, shape, data) or raw bytes (a safetensors dtype such as 'F32'), ` +
-          `got ${describeValue(t)}`,
-      );
-    // {dtype: 'f32', data: Uint8Array}: raw bytes under a tensor dtype (a TypeError deep inside before)
-    // (by its tag, not instanceof: a typed array of another realm, a VM context or a frame, is one too)
-    if (!isRaw(t) && DTYPES.includes(t.dtype) && typedArrayName(t.data) !== arrayCtor(t.dtype).name)
-      throw new CalderaError(
-        'E_DTYPE',
-        `tensor '${name}': dtype '${t.dtype}' with ${typedArrayName(t.data) ?? describeValue(t.data)} data (raw bytes take a safetensors ` +
-          `dtype: '${DTYPE_TO_SAFETENSORS[t.dtype] ?? t.dtype.toUpperCase()}')`,
-      );
-    const dtype = isRaw(t) ? t.dtype : DTYPE_TO_SAFETENSORS[t.dtype];
-    if (!dtype)
-      throw new CalderaError('E_DTYPE', `tensor '${name}': dtype '${String(t.dtype)}' cannot be written`);
-    const shape = [...t.shape];
-    if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-      throw new CalderaError('E_SHAPE', `tensor '${name}': invalid shape [${shape.join(', ')}]`);
-    }
+    const { dtype, shape } = writableSignature(name, t);
     const nbytes = shapeSize(shape) * SAFETENSORS_DTYPE_SIZE[dtype];
     if (isRaw(t) && t.data instanceof Uint8Array && t.data.length !== nbytes) {
       throw new CalderaError(
@@ -167,6 +132,7 @@ export async function writeSafetensors(
   options: SafetensorsWriteOptions = {},
 ): Promise<void> {
   assertNotAbortSignal(options, 'writeSafetensors'); // a positional signal: refused, not ignored
+  throwIfAborted(options.signal, 'writeSafetensors'); // a signal that is not one: E_VALUE, before any file exists
   const { header, items, total } = plan(tensors, options.metadata);
   await atomicWriteFile(
     path,
