@@ -253,6 +253,9 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
       ] as const)
         await expect(model.stepTopK(11, k, exclude as readonly number[])).rejects.toThrow(message);
       expect(model.length).toBe(2); // refused before any pass
+      // from JavaScript, a null exclude is none (a TypeError before)
+      const none = await model.stepTopK(11, 3, null as never);
+      expect(Array.from(none.ids)).toEqual([...l.keys()].sort((a, b) => l[b]! - l[a]! || a - b).slice(0, 3));
     } finally {
       model.dispose();
     }

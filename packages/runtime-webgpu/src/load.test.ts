@@ -665,6 +665,24 @@ describe('option checks before anything is read, uploaded or downloaded', () => 
     expect(() => new Kernels(fake, { f16: 'yes' as unknown as boolean })).toThrow(
       "E_VALUE: f16 must be true or false, got 'yes'",
     );
+    // f16 and topKOnGpu by the loaders too, before the download (they were checked only once the model was uploaded)
+    for (const f of [
+      (o: object) => loadModelFromBuffer(fake, p, o),
+      (o: object) => loadModelFromUrl(fake, 'http://models.test/m', o),
+    ]) {
+      await fails(f({ f16: 'yes' }), "f16 must be true or false, got 'yes'");
+      await fails(f({ f16: true }), 'Kernels: f16 needs a device with the shader-f16 feature');
+      await fails(f({ topKOnGpu: 'yes' }), "topKOnGpu must be a boolean, got 'yes'");
+    }
+    await fails(
+      loadModelFromBuffer({ ...fake, shaderF16: true } as CalderaDevice, p, { f16: true, lanes: 1 }),
+      'Kernels: f16 needs 32 lanes per row',
+    );
+    // weights given as a path: opened as a file before (and loaded)
+    await fails(
+      loadModelFromBuffer(fake, { ...p, weights: '/nonexistent/model.safetensors' as never }),
+      'loadModelFromBuffer: weights must be the bytes of model.safetensors (an ArrayBuffer, a typed array or a Blob), got a string (to load from a folder, use loadModel)',
+    );
     expect(() => new Kernels(fake, { rowsPerLane: 3 as never })).toThrow(
       'E_VALUE: rowsPerLane must be 1, 2 or 4, got 3',
     );

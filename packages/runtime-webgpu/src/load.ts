@@ -45,6 +45,7 @@ import {
   checkGateStep,
   checkCodeBatch,
   checkWrittenMix,
+  checkF16,
   type GpuMatrix,
 } from './kernels/index.js';
 import {
@@ -58,6 +59,7 @@ import {
 import {
   activationRowsOf,
   checkModelConfig,
+  checkTopKOnGpu,
   contextLengthOf,
   WebGpuModel,
   type GpuBlockWeights,
@@ -149,8 +151,8 @@ function denseData(
 
 /**
  * The loaders' option checks, before anything is read or downloaded: `E_VALUE` naming the option for a `dtype`,
- * `lanes`, `maxLocalHadamard`, `rowsPerLane`, `vectorWorkgroup` (on `dev`), `gateStep`, `codeBatch` or `writtenMix`
- * outside its values, a callback (`onPlan`, `onProgress`; `fetch` and `onDownload` of {@link loadModelFromUrl})
+ * `lanes`, `maxLocalHadamard`, `rowsPerLane`, `vectorWorkgroup` (on `dev`), `gateStep`, `codeBatch`, `writtenMix`,
+ * `f16` (on `dev`) or `topKOnGpu` outside its values, a callback (`onPlan`, `onProgress`; `fetch` and `onDownload` of {@link loadModelFromUrl})
  * that is not a function, or a `signal` that is not an `AbortSignal`; `E_ABORTED` when the signal has fired already.
  * `contextLength` and `prefillChunk` are checked by the plan.
  */
@@ -164,6 +166,8 @@ function checkLoadOptions(dev: CalderaDevice, options: UrlLoadOptions, fn: strin
   checkGateStep(options.gateStep);
   checkCodeBatch(options.codeBatch);
   checkWrittenMix(options.writtenMix);
+  checkF16(options, dev);
+  checkTopKOnGpu(options.topKOnGpu);
   for (const name of ['onPlan', 'onProgress', 'onDownload', 'fetch'] as const)
     if (options[name] !== undefined) assertFunction(options[name], fn, name);
   throwIfAborted(options.signal, 'loading');
@@ -607,7 +611,13 @@ export async function loadModelFromBuffer(
   assertObject(parts, 'loadModelFromBuffer', 'parts');
   options ??= {}; // from JavaScript: null options are none
   checkLoadOptions(dev, options, 'loadModelFromBuffer');
-  // (weights that are not bytes or a Blob: E_VALUE from openSafetensors)
+  // bytes or a Blob: a string would be opened as a file path (other inputs: E_VALUE from openSafetensors)
+  if (typeof (parts.weights as unknown) === 'string')
+    throw new CalderaError(
+      'E_VALUE',
+      'loadModelFromBuffer: weights must be the bytes of model.safetensors (an ArrayBuffer, a typed array or a ' +
+        'Blob), got a string (to load from a folder, use loadModel)',
+    );
   const store = await openSafetensors(parts.weights, 'model.safetensors');
   try {
     return await loadModelFromStore(

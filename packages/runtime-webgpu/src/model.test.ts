@@ -83,9 +83,9 @@ async function collect(it: AsyncIterable<number>): Promise<number[]> {
  * A random CALDERA model of one block whose MLP width is 1536 = 12·128 (its rotations mix K = 12 blocks: two chunks of
  * the mix, written out up to 64; hidden 64, K = 1) in a new temporary directory, whose path it returns.
  */
-async function mlpK12Model(prefix: string): Promise<string> {
+async function mlpK12Model(prefix: string, intermediate = 1536): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
-  const shape = { hidden: 64, intermediate: 1536, layers: 1, heads: 2, kvHeads: 1, vocab: 64 };
+  const shape = { hidden: 64, intermediate, layers: 1, heads: 2, kvHeads: 1, vocab: 64 };
   await writeRandomCalderaModel(dir, shape, 8, { distinct: true });
   return dir;
 }
@@ -597,6 +597,34 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
           // block; 1e-5 leaves margin, and a wrong chunk or partial moves logits by O(1)
           expect(relErr(logits[2]![i]!, l), `${what}, chunked, logits ${i}`).toBeLessThan(1e-5);
         }
+      }
+      // blocks narrower than a code group (48 = 12 × 4: P = 4): 'chunked' located its chunk's codes by P/8 groups per
+      // block, 0, so its decode logits were off by O(1) (a review measured 0.81 of their scale)
+      const narrow = await mlpK12Model('caldera-webgpu-gate2-narrow-', 48);
+      try {
+        const logits = [];
+        for (const gateStep of ['fused', 'chunked'] as const) {
+          const opts = {
+            contextLength: 16,
+            lanes: 1 as const,
+            vectorWorkgroup: 64,
+            gateStep,
+            writtenMix: true,
+          };
+          const { model } = await loadModel(d, narrow, opts);
+          try {
+            expect(model.launchLabels.filter((l) => l.startsWith('gate slices'))).toEqual(
+              gateStep === 'fused' ? [] : ['gate slices n=48 K=12'],
+            );
+            logits.push(await prefillAndStepLogits(model, tokens));
+          } finally {
+            model.dispose();
+          }
+        }
+        for (const [i, l] of logits[0]!.entries())
+          expect(relErr(logits[1]![i]!, l), `P = 4, chunked, logits ${i}`).toBeLessThan(1e-5);
+      } finally {
+        await rm(narrow, { recursive: true, force: true });
       }
     } finally {
       await rm(dir, { recursive: true, force: true });

@@ -238,6 +238,12 @@ export interface TopKResult {
   excluded: Float32Array;
 }
 
+/** `E_VALUE` unless {@link WebGpuModelOptions.topKOnGpu} is absent or a boolean. */
+export function checkTopKOnGpu(v: unknown): asserts v is boolean | undefined {
+  if (v !== undefined && typeof v !== 'boolean')
+    throw new CalderaError('E_VALUE', `topKOnGpu must be a boolean, got ${shownValue(v)}`);
+}
+
 /**
  * The KV-cache length of a model with these options (see {@link WebGpuModelOptions.contextLength}): `E_VALUE` when it is
  * not a positive integer or exceeds the config's `maxPositions` (positions the model never saw, or past its sliding
@@ -458,8 +464,7 @@ export class WebGpuModel {
     const cap = contextLengthOf(options, cfg);
     this.contextLength = cap;
     this.prefillChunk = prefillChunkOf(options, cap);
-    if (options.topKOnGpu !== undefined && typeof options.topKOnGpu !== 'boolean')
-      throw new CalderaError('E_VALUE', `topKOnGpu must be a boolean, got ${shownValue(options.topKOnGpu)}`);
+    checkTopKOnGpu(options.topKOnGpu);
     this.topKOnGpu = options.topKOnGpu ?? !dev.fallbackAdapter;
     const T = activationRowsOf(options, cap);
     const choice = kernelChoiceOf(options);
@@ -985,6 +990,7 @@ export class WebGpuModel {
    * `step`, and for NaN logits (any token's: weights that overflow f32 when applied or hold non-finite values).
    */
   async stepTopK(token: number, k: number, exclude: ArrayLike<number> = []): Promise<TopKResult> {
+    exclude ??= []; // from JavaScript: null is none
     this.checkIdle('stepTopK()');
     checkDeviceAlive(this.dev, 'WebGpuModel');
     const V = this.config.vocabSize;
@@ -993,7 +999,7 @@ export class WebGpuModel {
         'E_VALUE',
         `stepTopK: k must be an integer in [1, ${Math.min(TOPK_MAX, V - 1)}], got ${shownValue(k)}`,
       );
-    checkTokenArray(exclude ?? [], 'stepTopK', 'exclude');
+    checkTokenArray(exclude, 'stepTopK', 'exclude');
     const n = exclude.length;
     if (n > this.contextLength)
       throw new CalderaError(

@@ -380,6 +380,25 @@ export function checkVectorWorkgroup(n: unknown, dev: CalderaDevice): asserts n 
 }
 
 /** `E_VALUE` unless `written` ({@link Kernels.writtenMix}) is undefined (the default) or a boolean. */
+/** {@link Kernels.lanes} for these options on `dev`: `lanes`, else 1 on CPU fallback adapters and 32 elsewhere. */
+function lanesOf(options: { lanes?: Lanes }, dev: CalderaDevice): Lanes {
+  return options.lanes ?? (dev.fallbackAdapter ? 1 : 32);
+}
+
+/**
+ * `E_VALUE` unless `f16` is absent or a boolean, and, when true, `dev` has `shader-f16` and the kernels use 32 lanes
+ * per row (`lanes` as given or by default).
+ */
+export function checkF16(options: { f16?: unknown; lanes?: Lanes }, dev: CalderaDevice): void {
+  const { f16 } = options;
+  if (f16 !== undefined && typeof f16 !== 'boolean')
+    throw new CalderaError('E_VALUE', `f16 must be true or false, got ${shownValue(f16)}`);
+  if (f16 && !dev.shaderF16)
+    throw new CalderaError('E_VALUE', 'Kernels: f16 needs a device with the shader-f16 feature');
+  if (f16 && lanesOf(options, dev) !== 32)
+    throw new CalderaError('E_VALUE', 'Kernels: f16 needs 32 lanes per row');
+}
+
 export function checkWrittenMix(written: unknown): asserts written is boolean | undefined {
   if (written !== undefined && typeof written !== 'boolean')
     throw new CalderaError('E_VALUE', `writtenMix must be true or false, got ${shownValue(written)}`);
@@ -610,17 +629,12 @@ export class Kernels {
     options ??= {}; // from JavaScript: null options are none
     checkLanes(options.lanes);
     checkMaxLocalHadamard(options.maxLocalHadamard);
-    if (options.f16 !== undefined && typeof options.f16 !== 'boolean')
-      throw new CalderaError('E_VALUE', `f16 must be true or false, got ${shownValue(options.f16)}`);
-    this.lanes = options.lanes ?? (dev.fallbackAdapter ? 1 : 32);
+    checkF16(options, dev);
+    this.lanes = lanesOf(options, dev);
     this.maxLocalHadamard = Math.min(
       options.maxLocalHadamard ?? Infinity,
       Math.floor(dev.maxWorkgroupStorage / 4),
     );
-    if (options.f16 && !dev.shaderF16)
-      throw new CalderaError('E_VALUE', 'Kernels: f16 needs a device with the shader-f16 feature');
-    if (options.f16 && this.lanes !== 32)
-      throw new CalderaError('E_VALUE', 'Kernels: f16 needs 32 lanes per row');
     this.f16 = options.f16 ?? (dev.shaderF16 && this.lanes === 32);
     checkRowsPerLane(options.rowsPerLane);
     this.rowsPerLane = options.rowsPerLane ?? null;

@@ -1961,8 +1961,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let q = blk / sg.a;
   let rb = blk % sg.a;
   let a0 = q * ${MIX_CHUNK}u;
-  let gs = a0 * (mb.P >> 3u);
-  let ng = min(${MIX_CHUNK}u, ${K}u - a0) * (mb.P >> 3u);`
+  let gs = (a0 * mb.P) >> 3u;
+  let ng = (min(${MIX_CHUNK}u, ${K}u - a0) * mb.P) >> 3u;`
       : `
   let rb = blk;`
   }
