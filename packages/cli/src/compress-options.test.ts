@@ -107,6 +107,19 @@ describe('caldera compress --q-bits / --lr-bits', () => {
         ['--hessian-chunks', '2'],
         /E_VALUE: --hessian-chunks cuts the Hessians of --propagate original .*give --propagate original with it/,
       ],
+      // lplr has no Q: a rank of 0 ran at rank 1 while caldera.json recorded 0
+      [
+        ['--method', 'lplr', '--rank', '0'],
+        /E_VALUE: --method lplr needs a rank of at least 1 for every layer \(it has no Q: .*\); --rank 0$/m,
+      ],
+      [
+        ['--method', 'lplr', '--layer-rank', 'mlp=0'],
+        /--layer-rank gives model\.layers\.\d+\.mlp\.\w+ rank 0$/m,
+      ],
+      [
+        ['--method', 'lplr', '--bits', '0.05'],
+        /the budget leaves \d+ of 28 layers at rank 0 .*: raise --bits or --max-bytes$/m,
+      ],
     ];
     for (const [opts, msg] of cases) {
       // every case fails before any work: no calibration options needed (and rtn refuses them)

@@ -98,6 +98,23 @@ describe('lockOutput', () => {
     expect(readFileSync(`${takeoverFile(out, stale)}-0`, 'utf8')).toBe(remote);
   }, 30_000);
 
+  it('with the lock taken, removes what killed writers left beside the output (<out>.tmp-<random>), nothing else', async () => {
+    // a checkpoint's temporary folder whose rename never came (a kill during the write) stayed for ever
+    const out = join(tmp, 'stale');
+    mkdirSync(`${out}.tmp-5e6f7a8b`);
+    writeFileSync(join(`${out}.tmp-5e6f7a8b`, 'model.safetensors'), 'partial');
+    writeFileSync(`${out}.tmp-lx3k9az1`, 'a file too');
+    for (const keep of [`${out}.tmp-Not_Ours`, `${out}.tmpfile`, `${out}.partial`, `${out}x.tmp-5e6f7a8b`])
+      writeFileSync(keep, 'keep');
+    const release = await lockOutput(out, 'caldera compress');
+    await release();
+    expect(
+      readdirSync(tmp)
+        .filter((f) => f.startsWith('stale'))
+        .sort(),
+    ).toEqual(['stale.partial', 'stale.tmp-Not_Ours', 'stale.tmpfile', 'stalex.tmp-5e6f7a8b'].sort());
+  });
+
   it('a lock path that is a folder or a dangling link is E_IO naming it, at once', async () => {
     const folder = join(tmp, 'folder');
     mkdirSync(`${folder}.lock`);

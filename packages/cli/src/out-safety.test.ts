@@ -128,6 +128,23 @@ describe('--out never destroys what is there', () => {
     const after = snapshot(src);
     for (const [f, bytes] of before) expect(after.get(f)?.equals(bytes), f).toBe(true);
     expect(existsSync(join(inside, 'caldera.json'))).toBe(true);
+    // a model folder named like --out's work directory: it was written into, then removed at the end (exit 0)
+    for (const [suffix, extra] of [
+      ['.partial', []],
+      ['.work', ['--propagate', 'original']],
+    ] as const) {
+      const model = join(tmp, 'models', `m${suffix}`);
+      cpSync(src, model, { recursive: true });
+      const kept = snapshot(model);
+      const out = join(tmp, 'models', 'm');
+      const w = run(['compress', model, '--out', out, ...FAST, ...extra]);
+      expect(w.status, suffix).toBe(1);
+      expect(w.stderr).toContain(
+        `E_VALUE: --out ${out}: its work directory ${model} is the input ${model}, which the run would write into and then remove; choose another --out`,
+      );
+      expect(snapshot(model)).toEqual(kept);
+      expect(existsSync(out)).toBe(false);
+    }
   });
 
   it('finetune refuses to write over its input checkpoint or a file', () => {
@@ -250,6 +267,32 @@ describe('--out with a trailing slash (as shells complete a directory)', () => {
       expect(existsSync(join(out, 'caldera.json'))).toBe(true);
     }
   }, 60_000);
+
+  it('compress with --out . (the current folder) writes beside it too; a run killed writing report.json or the checkpoint leaves nothing that stops the rerun', () => {
+    // before: '..partial' and '..lock' inside the folder: the whole run, then a refusal at the end, and at every rerun
+    const here = join(tmp, 'dot');
+    mkdirSync(here);
+    const dotRun = () =>
+      spawnSync(process.execPath, [bin, 'compress', src, '--out', '.', ...FAST, '--rank', '8'], {
+        cwd: here,
+        encoding: 'utf8',
+        timeout: 120_000,
+      });
+    const r = dotRun();
+    expect(r.status, r.stderr).toBe(0);
+    expect(readdirSync(here).filter((f) => f.startsWith('.'))).toEqual([]);
+    expect(existsSync(join(here, 'caldera.json'))).toBe(true);
+    expect(existsSync(`${here}.partial`)).toBe(false);
+    // what a kill leaves: report.json half written (its temporary file, inside), the checkpoint's temporary folder
+    // (beside it, several GB for a large model): the first was refused as a foreign file, the second stayed for ever
+    writeFileSync(join(here, 'report.json.tmp-1a2b3c4d'), '{"half');
+    mkdirSync(`${here}.tmp-5e6f7a8b`);
+    writeFileSync(join(`${here}.tmp-5e6f7a8b`, 'model.safetensors'), 'partial');
+    const again = dotRun();
+    expect(again.status, again.stderr).toBe(0);
+    expect(readdirSync(here).filter((f) => f.includes('.tmp-'))).toEqual([]);
+    expect(existsSync(`${here}.tmp-5e6f7a8b`)).toBe(false);
+  }, 120_000);
 });
 
 describe('--out: a marker file alone does not make a directory replaceable', () => {

@@ -63,6 +63,9 @@ function within(inner: string, outer: string): boolean {
   return r === '' || (r !== '..' && !r.startsWith('..' + sep) && !isAbsolute(r));
 }
 
+/** The work directories a command keeps beside its `--out` while it runs, and removes when it is done. */
+const WORK_SUFFIXES = ['.partial', '.work'] as const;
+
 /**
  * Check, before any work starts, that writing a checkpoint to `out` loses nothing: it may be missing, an empty
  * directory or an earlier output of the same kind, which a rerun replaces: a directory whose `output.marker` is ours
@@ -71,7 +74,7 @@ function within(inner: string, outer: string): boolean {
  * nothing to tell it from others of its kind, such as a dense model. Refused with E_VALUE: a file, a non-empty
  * directory of another kind or with foreign entries (the first few named), and a path equal to or containing one of
  * `inputs` (the model or checkpoint the command
- * reads) — except, with `output.inPlace`, an input equal to `out` that is an earlier output of the same kind (a
+ * reads), or whose work directories beside it (`<out>.partial`, `<out>.work`) are or contain one — except, with `output.inPlace`, an input equal to `out` that is an earlier output of the same kind (a
  * command that reads all it needs of its input before replacing `out` atomically, such as `caldera train` retraining
  * its template). Then {@link checkOutWritable}: E_IO when the output cannot be created there.
  */
@@ -93,6 +96,18 @@ export async function checkOutDir(
         'E_VALUE',
         `${flag} ${out} ${how} the input ${input}: writing the checkpoint there would destroy it; choose another ${flag}`,
       );
+    // the work directories beside it, which the command removes when it is done (a model folder named m.partial,
+    // compressed with --out m, was written into and then deleted)
+    for (const suffix of WORK_SUFFIXES) {
+      const w = await canonicalPath(`${out}${suffix}`);
+      const near = w === i ? 'is' : within(i, w) ? 'contains' : null;
+      if (near)
+        throw new CalderaError(
+          'E_VALUE',
+          `${flag} ${out}: its work directory ${out}${suffix} ${near} the input ${input}, which the run would write ` +
+            `into and then remove; choose another ${flag}`,
+        );
+    }
   }
   let st;
   try {
@@ -127,7 +142,10 @@ export async function checkOutDir(
     // entry one that such an output holds, before the directory may be replaced
     const text = await readFile(join(out, output.marker), 'utf8').catch(() => null);
     const ours = text !== null && (output.isMarker?.(text) ?? true);
-    const foreign = output.files ? entries.filter((f) => !output.files!.includes(f)) : [];
+    // (a file of such an output being written atomically, `<file>.tmp-<random>`, is one of its own: a run killed
+    // while writing report.json left one, and its rerun was refused)
+    const own = (f: string) => output.files!.includes(f.replace(/\.tmp-[0-9a-z]+$/, ''));
+    const foreign = output.files ? entries.filter((f) => !own(f)) : [];
     if (ours && foreign.length === 0) return checkOutWritable(out, flag);
     what = !ours
       ? `is a non-empty directory that is not ${output.kind} (its ${output.marker} is not one of ours; it holds ${list(entries)})`
@@ -212,12 +230,17 @@ export const TRAIN_FLAG_LABELS: Record<string, string> = {
 /**
  * An output path without trailing separators (the root stays `/`): `--out dir/`, as shells complete it, put
  * `<out>.partial`, `<out>.work` and `<out>.lock` inside the output, where the check of `--out` then refused them as
- * foreign files.
+ * foreign files. One that ends in `.` or `..` (`--out .`) is made absolute, for the same reason.
  */
 export function outPath(p: string): string;
 export function outPath(p: string | undefined): string | undefined;
 export function outPath(p: string | undefined): string | undefined {
-  return p === undefined ? p : p.replace(/(?<=.)[/\\]+$/, '');
+  if (p === undefined) return p;
+  const trimmed = p.replace(/(?<=.)[/\\]+$/, '');
+  // '.' or '..' at the end names the folder through its own entry: `--out .` made '..partial' inside it, refused at
+  // the end of the run as a foreign file (and again at every rerun); the absolute path puts them beside it
+  const last = trimmed.split(/[/\\]/).pop();
+  return last === '.' || last === '..' ? resolve(trimmed) : trimmed;
 }
 
 /** The model directory: the positional argument, or the embedded reference model. */

@@ -330,12 +330,31 @@ function rankChoiceOf(a: Args, method: Method, widths: ReturnType<typeof widthsO
   };
 }
 
+/**
+ * The rank of every layer for `method` (none without a low-rank part). `lplr` has no Q: a layer of rank 0 would have
+ * no weights at all, so every rank must be at least 1 (`E_VALUE` naming the option that gave 0; it was raised to 1
+ * silently, and caldera.json recorded 0).
+ */
 function ranksFor(choice: RankChoice, method: Method, layers: readonly LinearInfo[]): Record<string, number> {
   if (method !== 'caldera' && method !== 'lplr') return {};
-  return chooseRanks(
+  const ranks = chooseRanks(
     layers.map((l) => ({ name: l.name, m: l.outFeatures, n: l.inFeatures })),
     choice,
   );
+  const zero = Object.keys(ranks).filter((name) => ranks[name] === 0);
+  if (method === 'lplr' && zero.length > 0) {
+    const overridden = zero.find((name) => choice.overrides?.some(([p]) => name.includes(p)));
+    const by = overridden
+      ? `--layer-rank gives ${overridden} rank 0`
+      : choice.rank !== undefined
+        ? '--rank 0'
+        : `the budget leaves ${zero.length} of ${layers.length} layers at rank 0 (${zero[0]}, …): raise --bits or --max-bytes`;
+    throw new CalderaError(
+      'E_VALUE',
+      `--method lplr needs a rank of at least 1 for every layer (it has no Q: a layer of rank 0 would be all zeros); ${by}`,
+    );
+  }
+  return ranks;
 }
 
 /** The decomposition of one layer under the run's settings: the same spec in every mode. */
@@ -354,7 +373,7 @@ function layerSpec(s: RunSettings, seed: number, name: string): LayerSpec {
       options = { ...base, rank: 0, qBits, dataAwareQ: false };
       break;
     case 'lplr':
-      options = { ...base, rank: Math.max(1, s.ranks[name] ?? 1), qBits: 0, lBits: lrBits, rBits: lrBits };
+      options = { ...base, rank: s.ranks[name]!, qBits: 0, lBits: lrBits, rBits: lrBits };
       break;
   }
   return { options, seed: layerSeed(seed, name) };

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { link, lstat, mkdir, open, readdir, unlink, writeFile } from 'node:fs/promises';
+import { link, lstat, mkdir, open, readdir, rm, unlink, writeFile } from 'node:fs/promises';
 import { CalderaError } from '@caldera/core';
 
 /** What `<out>.lock` (and a takeover file) holds: the process writing `<out>` (taking a stale lock over). */
@@ -227,6 +227,19 @@ async function takeOver(
 }
 
 /**
+ * Remove what writers of `out` killed midway left beside it: `<out>.tmp-<random>`, the temporary directory (or file)
+ * a checkpoint, export or training run is written into before it is renamed to `out` (several GB for a large model,
+ * never reused). Called with `<out>.lock` held: no other process writes `out`, so none of them is in use.
+ */
+async function removeStaleTemps(out: string): Promise<void> {
+  const name = basename(out);
+  const stale = (f: string) =>
+    f.startsWith(`${name}.tmp-`) && /^[0-9a-z]+$/.test(f.slice(name.length + '.tmp-'.length));
+  for (const f of await readdir(dirname(out)).catch(() => [] as string[]))
+    if (stale(f)) await rm(join(dirname(out), f), { recursive: true, force: true }).catch(() => undefined);
+}
+
+/**
  * Take `<out>.lock` for `command` (e.g. `caldera compress`), so that a second process writing the same output fails at
  * once with `E_IO` naming the one that writes it, instead of racing it (the first to finish removes the work files the
  * other still reads). The lock file appears whole or not at all (written aside, then hard-linked into place, which
@@ -237,7 +250,8 @@ async function takeOver(
  * once, one replaces it and the others then find its live lock and are refused. One held on another host (a shared
  * file system) cannot be checked and is refused, naming the file to remove. So two runs on the same `out` in one
  * process at once are not told apart (one command per process, as the CLI runs them). A `<out>.lock` that is not a
- * regular file, or cannot be read, is `E_IO` naming it. Returns the release, which removes the lock if it is still
+ * regular file, or cannot be read, is `E_IO` naming it. With the lock taken, what killed writers left beside `out`
+ * is removed ({@link removeStaleTemps}). Returns the release, which removes the lock if it is still
  * this process's.
  */
 export async function lockOutput(out: string, command: string): Promise<() => Promise<void>> {
@@ -279,6 +293,7 @@ export async function lockOutput(out: string, command: string): Promise<() => Pr
   } finally {
     await unlink(aside).catch(() => undefined);
   }
+  await removeStaleTemps(out);
   return async () => {
     const held = await readLock(lock).catch(() => 'missing' as const);
     if (held !== 'missing' && held.owner?.pid === me.pid && held.owner.started === me.started)
