@@ -435,7 +435,17 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
       loadModelFromBuffer(d, { config, calderaMeta: edited, weights: await serializeSafetensors(tensors) }),
     ).rejects.toThrow(
       /^E_FORMAT: the checkpoint: the tensors do not match caldera\.json: model\.layers\.0\.mlp\.up_proj\.caldera\.L is not part of layer .* \(rank 0,/,
-    ); // a layer the model does not have (a block past num_hidden_layers): dropped silently before, as runtime-node
+    );
+    // a shape the config does not give the layer: E_SHAPE, as in runtime-node (E_FORMAT from the decoding before)
+    const [m, n] = layers[name]!.shape;
+    const [pm, pn] = layers[name]!.padded;
+    const swapped = calderaCheckpointMeta({ [name]: { ...layers[name]!, shape: [n, m], padded: [pn, pm] } });
+    await expect(
+      loadModelFromBuffer(d, { config, calderaMeta: swapped, weights: await serializeSafetensors(tensors) }),
+    ).rejects.toThrow(
+      `E_SHAPE: caldera.json gives layer '${name}' shape [${n}, ${m}], config.json implies [${m}, ${n}]`,
+    );
+    // a layer the model does not have (a block past num_hidden_layers): dropped silently before, as runtime-node
     // refuses it
     const extra = calderaCheckpointMeta({
       [name]: layers[name]!,

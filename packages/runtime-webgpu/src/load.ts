@@ -432,6 +432,13 @@ export async function loadModelFromStore(
         const meta = calderaMeta?.layers?.[name];
         weightsNum += m * n;
         if (meta) {
+          // before its tensors are decoded against it, as runtime-node's loader checks it (E_FORMAT from the decoding
+          // before: tensors of the swapped shape did not fit)
+          if (meta.shape[0] !== m || meta.shape[1] !== n)
+            throw new CalderaError(
+              'E_SHAPE',
+              `caldera.json gives layer '${name}' shape [${meta.shape.join(', ')}], config.json implies [${m}, ${n}]`,
+            );
           const tensors: Record<string, Tensor> = {};
           for (const t of store.names())
             if (t.startsWith(`${name}.caldera.`)) tensors[t] = await store.readTensor(t);
