@@ -1,15 +1,16 @@
-import { assertNonEmptyString, CalderaError } from '@caldera/core';
-import { nodeFs, nodePath } from './node-builtins.js';
+import { assertNonEmptyString, CalderaError, readTextFile } from '@caldera/core';
+import { nodePath } from './node-builtins.js';
 
 /**
- * The parsed JSON of the file at `path`: `E_IO` when it cannot be read, `E_FORMAT` naming it when it is not valid JSON.
- * With `optional`, a file that does not exist gives null.
+ * The parsed JSON of the file at `path`: `E_IO` when it cannot be read or is not a regular file (a FIFO was read for
+ * ever), `E_FORMAT` naming it when it is not valid JSON. With `optional`, a file that does not exist gives null.
  */
 export async function readJsonFile(path: string, options: { optional?: boolean } = {}): Promise<unknown> {
   let text: string;
   try {
-    text = await (await nodeFs()).readFile(path, 'utf8');
+    text = await readTextFile(path, 'JSON file');
   } catch (e) {
+    if (e instanceof CalderaError) throw e;
     const code = (e as { code?: string }).code;
     if (options.optional && code === 'ENOENT') return null;
     // e.g. a model file given where a model directory was asked for (ENOTDIR names only the joined path)

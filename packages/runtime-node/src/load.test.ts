@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -495,6 +496,19 @@ describe('loadModel', () => {
     await writeSafetensors(join(dir, 'model.safetensors'), bad);
     await expect(loadModel(dir)).rejects.toThrow(
       /E_SHAPE.*layers\.1\.self_attn\.k_proj.*\[32, 32\].*\[16, 32\]/,
+    );
+  });
+
+  it('a config.json that is a FIFO (named pipe) is E_IO saying so, not a read that waits for a writer for ever', async (ctx) => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-fifo-'));
+    try {
+      execFileSync('mkfifo', [join(dir, 'config.json')]);
+    } catch (e) {
+      if ((e as { code?: string }).code === 'ENOENT') ctx.skip('mkfifo is not available on this system');
+      throw e;
+    }
+    await expect(loadModel(dir)).rejects.toThrow(
+      `E_IO: ${join(dir, 'config.json')} is a FIFO (named pipe), not a JSON file`,
     );
   });
 

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -642,6 +643,30 @@ describe('option checks before anything is read, uploaded or downloaded', () => 
   const parts = () => tinyModelSource();
   const fails = (p: Promise<unknown>, message: string) =>
     expect(p).rejects.toThrow(expect.objectContaining({ code: 'E_VALUE', message: `E_VALUE: ${message}` }));
+
+  it('loadModel: a config.json or caldera.json that is a FIFO is E_IO saying so (it was read for ever, or taken for a missing caldera.json)', async (ctx) => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-fifo-'));
+    try {
+      try {
+        execFileSync('mkfifo', [join(dir, 'caldera.json')]);
+      } catch (e) {
+        if ((e as { code?: string }).code === 'ENOENT') ctx.skip('mkfifo is not available on this system');
+        throw e;
+      }
+      await writeFile(join(dir, 'config.json'), JSON.stringify((await parts()).config));
+      const io = (message: string) => expect.objectContaining({ code: 'E_IO', message: `E_IO: ${message}` });
+      await expect(loadModel(fake, dir)).rejects.toThrow(
+        io(`${dir}/caldera.json is a FIFO (named pipe), not a JSON file`),
+      );
+      await rm(join(dir, 'config.json'));
+      execFileSync('mkfifo', [join(dir, 'config.json')]);
+      await expect(loadModel(fake, dir)).rejects.toThrow(
+        io(`${dir}/config.json is a FIFO (named pipe), not a JSON file`),
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 
   it('an AbortSignal passed where the options go is E_VALUE in every loader (it would abort nothing)', async () => {
     const p = await parts();

@@ -22,6 +22,7 @@ import {
   parseModelConfig,
   parseCalderaMeta,
   tensor,
+  readTextFile,
   throwIfAborted,
   type CalderaCheckpointMeta,
   type ModelConfig,
@@ -501,9 +502,6 @@ export async function loadModelFromStore(
   }
 }
 
-type Fs = { readFile(p: string, enc: 'utf8'): Promise<string> };
-const nodeImport = (name: string) => import(/* @vite-ignore */ /* webpackIgnore: true */ `node:${name}`);
-
 /**
  * Load a Hugging Face Llama-family directory or a Caldera compressed checkpoint from disk (Node only: `node:fs` is
  * imported on first use, so browser bundles never load it).
@@ -517,13 +515,15 @@ export async function loadModel(
   assertNonEmptyString(dir, 'loadModel', 'the model directory');
   options ??= {}; // from JavaScript: null options are none
   checkLoadOptions(dev, options, 'loadModel');
-  const fs = (await nodeImport('fs/promises')) as Fs;
+  // an optional file may be missing, nothing else: one that cannot be read, or is a FIFO (read for ever before) or a
+  // folder, is E_IO (it was taken for a missing one: a checkpoint loaded as a dense model)
   const json = async (file: string, optional: boolean): Promise<unknown> => {
     let text: string;
     try {
-      text = await fs.readFile(`${dir}/${file}`, 'utf8');
+      text = await readTextFile(`${dir}/${file}`, 'JSON file');
     } catch (e) {
-      if (optional) return null;
+      if (e instanceof CalderaError) throw e;
+      if (optional && (e as { code?: string }).code === 'ENOENT') return null;
       throw new CalderaError('E_IO', `cannot read ${dir}/${file}: ${(e as Error).message}`, { cause: e });
     }
     try {

@@ -9,6 +9,7 @@ import { replaceDir, tempSuffix, toCalderaError, withoutTrailingSeparators } fro
 import { openSafetensors, type SafetensorsReader } from '../safetensors/reader.js';
 import { assertWritableTensors, writableSignature } from '../safetensors/writable.js';
 import { writeSafetensors, type WritableTensor } from '../safetensors/writer.js';
+import { readTextFile } from '../text-file.js';
 import { CALDERA_META_FILE, parseCalderaMeta, type CalderaCheckpointMeta } from './meta.js';
 import { validateCalderaCheckpoint, type TensorSignature } from './validate.js';
 import { nodeFs, nodePath } from '../node-builtins.js';
@@ -113,14 +114,17 @@ export async function writeCheckpointDir(
   }
 }
 
-/** Read and validate `<dir>/caldera.json` (Node only). `E_MISSING` when absent, `E_FORMAT` when invalid. */
+/**
+ * Read and validate `<dir>/caldera.json` (Node only). `E_MISSING` when absent, `E_FORMAT` when invalid, `E_IO` when
+ * it cannot be read or is not a regular file (a FIFO there was read for ever).
+ */
 export async function readCheckpointMeta(dir: string): Promise<CalderaCheckpointMeta> {
-  const fs = await nodeFs();
   const file = `${dir}/${CALDERA_META_FILE}`;
   let text: string;
   try {
-    text = await fs.readFile(file, 'utf8');
+    text = await readTextFile(file, `${CALDERA_META_FILE} file`);
   } catch (e) {
+    if (e instanceof CalderaError) throw e;
     const code = (e as { code?: string }).code;
     throw new CalderaError(code === 'ENOENT' ? 'E_MISSING' : 'E_IO', `${file}: cannot read (${code})`, {
       cause: e,

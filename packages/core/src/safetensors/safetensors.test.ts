@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -9,6 +9,7 @@ import { contiguous, get, tensor, transpose, type Tensor } from '../tensor.js';
 import { openSafetensors } from './reader.js';
 import { openSafetensorsDir, openShardedSafetensors, parseSafetensorsIndex } from './sharded.js';
 import { serializeSafetensors, writeSafetensors } from './writer.js';
+import { readCheckpointMeta } from '../checkpoint/dir.js';
 
 /** Build a file by hand from the published layout: u64 LE header length, JSON header, raw data. */
 function handMade(header: object | string, data: Uint8Array, lenOverride?: bigint): Uint8Array {
@@ -425,5 +426,18 @@ describe('malformed files are rejected with E_FORMAT naming the problem', () => 
       );
     await rm(link);
     await rm(fifo);
+    // the JSON files beside the weights likewise: a sharded index, a checkpoint's caldera.json (they hung too)
+    const index = join(dir, 'model.safetensors.index.json');
+    const ckpt = join(dir, 'ckpt-fifo');
+    await mkdir(ckpt);
+    for (const f of [index, join(ckpt, 'caldera.json')]) execFileSync('mkfifo', [f]);
+    await expect(openShardedSafetensors(index)).rejects.toThrow(
+      `E_IO: ${index} is a FIFO (named pipe), not a safetensors index file`,
+    );
+    await expect(readCheckpointMeta(ckpt)).rejects.toThrow(
+      `E_IO: ${ckpt}/caldera.json is a FIFO (named pipe), not a caldera.json file`,
+    );
+    await rm(index);
+    await rm(ckpt, { recursive: true });
   });
 });

@@ -1,3 +1,4 @@
+import { readTextFile } from '../text-file.js';
 import { CalderaError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import type { SafetensorsTensorInfo } from './header.js';
@@ -139,12 +140,12 @@ export async function openShardedSafetensors(
   index: string | { json: unknown; open: (file: string) => Promise<ArrayBuffer | ArrayBufferView | Blob> },
 ): Promise<ShardedSafetensorsReader> {
   if (typeof index === 'string') {
-    const fs = await nodeFs();
     const pathMod = await nodePath();
     let text: string;
     try {
-      text = await fs.readFile(index, 'utf8');
+      text = await readTextFile(index, 'safetensors index file');
     } catch (e) {
+      if (e instanceof CalderaError) throw e;
       const code = (e as { code?: string }).code;
       throw new CalderaError(code === 'ENOENT' ? 'E_MISSING' : 'E_IO', `${index}: cannot read (${code})`, {
         cause: e,

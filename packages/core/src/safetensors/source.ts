@@ -1,3 +1,4 @@
+import { specialFileKind } from '../text-file.js';
 import { CalderaError } from '../errors.js';
 import { readFully, readRange } from '../io-chunks.js';
 import { nodeFs } from '../node-builtins.js';
@@ -102,22 +103,6 @@ export async function fileHandleSource(fh: FileHandleLike, name: string): Promis
     },
     close: () => fh.close(),
   };
-}
-
-/** What a file of `stat` is when it is not a regular file, for a message: `'a directory'`, `'a FIFO (named pipe)'`, … */
-function specialFileKind(stat: {
-  isDirectory(): boolean;
-  isFIFO(): boolean;
-  isSocket(): boolean;
-  isCharacterDevice(): boolean;
-  isBlockDevice(): boolean;
-}): string {
-  if (stat.isDirectory()) return 'a directory';
-  if (stat.isFIFO()) return 'a FIFO (named pipe)';
-  if (stat.isSocket()) return 'a socket';
-  if (stat.isCharacterDevice()) return 'a character device';
-  if (stat.isBlockDevice()) return 'a block device';
-  return 'a special file';
 }
 
 /**
