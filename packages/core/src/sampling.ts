@@ -120,6 +120,11 @@ export function sampleToken(logits: Float64Array, options: GenerateOptions, rng:
   return drawToken(logits, o, rng);
 }
 
+/** The `E_VALUE` of logits that are all −Infinity above temperature 0. */
+function allMinusInfinity(): CalderaError {
+  return new CalderaError('E_VALUE', 'sampleToken: every logit is -Infinity (no distribution to draw from)');
+}
+
 /** {@link sampleToken} with options already checked (`GenerationRules` checks them once, not per token). */
 function drawToken(logits: Float64Array, o: GenerateOptions, rng: Rng): number {
   const l = logits;
@@ -139,8 +144,7 @@ function drawToken(logits: Float64Array, o: GenerateOptions, rng: Rng): number {
       `sampleToken: rng must be an Rng above temperature 0, got ${describeValue(rng)}`,
     );
   const mx = l[best]!;
-  if (mx === -Infinity)
-    throw new CalderaError('E_VALUE', 'sampleToken: every logit is -Infinity (no distribution to draw from)');
+  if (mx === -Infinity) throw allMinusInfinity();
   const k = o.topK && o.topK >= 1 ? Math.min(Math.floor(o.topK), V) : V; // a fraction counts as its integer part
   const rank = new RankOrder(l);
   // without top-k the weights are normalised over the whole vocabulary, in index order
@@ -342,15 +346,23 @@ export class GenerationRules {
   pick(logits: ArrayLike<number>): number {
     const l = Float64Array.from(logits);
     const nan = l.findIndex((v) => Number.isNaN(v));
-    if (nan >= 0)
-      throw new CalderaError(
-        'E_VALUE',
-        `generate: the model's logit ${nan} is NaN after ${this.produced.length} generated tokens: its weights ` +
-          'overflow f32 when applied or hold non-finite values',
-      );
-    const pen = this.penalty;
-    if (pen !== 1) for (const t of this.seen) l[t] = l[t]! > 0 ? l[t]! / pen : l[t]! * pen;
+    if (nan >= 0) throw this.nanLogit(nan);
+    if (this.penalty !== 1) for (const t of this.seen) l[t] = this.penalize(l[t]!);
     return drawToken(l, this.options, this.rng);
+  }
+
+  /** A seen token's logit under the repetition penalty (CTRL-style: positive divided, negative multiplied), in f64. */
+  private penalize(v: number): number {
+    return v > 0 ? v / this.penalty : v * this.penalty;
+  }
+
+  /** The `E_VALUE` of the model's NaN logit `id`. */
+  private nanLogit(id: number): CalderaError {
+    return new CalderaError(
+      'E_VALUE',
+      `generate: the model's logit ${id} is NaN after ${this.produced.length} generated tokens: its weights ` +
+        'overflow f32 when applied or hold non-finite values',
+    );
   }
 
   /**
@@ -396,7 +408,6 @@ export class GenerationRules {
         `pickTopK: ${top.ids.length} top ids with ${top.values.length} values, ${penalizedValues.length} values ` +
           `for ${ids.length} penalized tokens`,
       );
-    const pen = this.penalty;
     const cands: { id: number; v: number }[] = [];
     const given = new Set<number>();
     const add = (id: number, v: number) => {
@@ -405,12 +416,7 @@ export class GenerationRules {
           'E_VALUE',
           `pickTopK: token ${shownValue(id)} is no token id or is given twice`,
         );
-      if (Number.isNaN(v))
-        throw new CalderaError(
-          'E_VALUE',
-          `generate: the model's logit ${id} is NaN after ${this.produced.length} generated tokens: its weights ` +
-            'overflow f32 when applied or hold non-finite values',
-        );
+      if (Number.isNaN(v)) throw this.nanLogit(id);
       given.add(id);
       cands.push({ id, v });
     };
@@ -419,19 +425,12 @@ export class GenerationRules {
       if (id < vocab) add(id, top.values[j]!);
     }
     // as pick: the penalty on f64 copies of the logits
-    ids.forEach((id, j) => {
-      const v = +penalizedValues[j]!;
-      add(id, v > 0 ? v / pen : v * pen);
-    });
+    ids.forEach((id, j) => add(id, this.penalize(+penalizedValues[j]!)));
     if (cands.length < k)
       throw new CalderaError('E_VALUE', `pickTopK: ${cands.length} tokens given, ${k} needed`);
     // rank order: higher logit first, equal logits (−0 and 0, or infinities) by lower index
     cands.sort((a, b) => (a.v > b.v ? -1 : a.v < b.v ? 1 : a.id - b.id));
-    if (cands[0]!.v === -Infinity)
-      throw new CalderaError(
-        'E_VALUE',
-        'sampleToken: every logit is -Infinity (no distribution to draw from)',
-      );
+    if (cands[0]!.v === -Infinity) throw allMinusInfinity();
     return drawRanked(
       k,
       (r) => cands[r]!.id,

@@ -22,10 +22,10 @@ import {
   ARGMAX_NAN_FLAG,
   encodeDispatches,
   Kernels,
-  TOPK_BLOCK,
   TOPK_MAX,
   TOPK_MAX_LEVELS,
   topkLevelBlocks,
+  topkParams,
   type Dispatch,
   type GpuMatrix,
   type RowsPerLane,
@@ -236,6 +236,15 @@ export interface TopKResult {
   values: Float32Array;
   /** The logits of the tokens left out (`exclude`), in its order. */
   excluded: Float32Array;
+}
+
+/** The `E_VALUE` of a pass whose logits at `position` hold a NaN (the argmax's and the top-k's flag). */
+function nanLogits(position: number): CalderaError {
+  return new CalderaError(
+    'E_VALUE',
+    `WebGpuModel: the model's logits at position ${position} are NaN: its weights overflow f32 when applied or hold ` +
+      'non-finite values',
+  );
 }
 
 /** `E_VALUE` unless {@link WebGpuModelOptions.topKOnGpu} is absent or a boolean. */
@@ -530,6 +539,7 @@ export class WebGpuModel {
       // the GPU's top-k: the levels' pairs for TOPK_MAX, the result for TOPK_MAX and as many tokens left out as fit
       // the cache
       const topkOutBytes = (1 + 2 * TOPK_MAX + cap) * 4;
+      const topkPairs = topkLevelBlocks(V)[0]! * TOPK_MAX * 2; // words: level 0's (key, id) pairs, the most of any level
       const topk: TopKBuffers = {
         params: dev.device.createBuffer({
           label: 'topk params',
@@ -538,10 +548,7 @@ export class WebGpuModel {
         }),
         mask: buf(Math.ceil(V / 32), 'topk mask'),
         seen: buf(cap, 'topk left out'),
-        pairs: [
-          buf(topkLevelBlocks(V)[0]! * TOPK_MAX * 2, 'topk pairs 0'),
-          buf(topkLevelBlocks(V)[0]! * TOPK_MAX * 2, 'topk pairs 1'),
-        ],
+        pairs: [buf(topkPairs, 'topk pairs 0'), buf(topkPairs, 'topk pairs 1')],
         flags: buf(4, 'topk flags'),
         out: buf(topkOutBytes / 4, 'topk out'),
       };
@@ -1012,13 +1019,7 @@ export class WebGpuModel {
       throw new CalderaError('E_VALUE', `KV cache capacity ${this.contextLength} exceeded`);
     const { topk } = this.bufs;
     const queue = this.dev.device.queue;
-    // each level's input count for this k: the logits, then each block's k of the level before (the levels recorded
-    // for TOPK_MAX; those past one block take its k again)
-    const params = new Uint32Array(4 + TOPK_MAX_LEVELS);
-    params.set([k, n, V, n > 0 ? 1 : 0]);
-    const levels = topkLevelBlocks(V).length;
-    for (let l = 0, m = V; l < levels; l++, m = Math.ceil(m / TOPK_BLOCK) * k) params[4 + l] = m;
-    queue.writeBuffer(topk.params, 0, params);
+    queue.writeBuffer(topk.params, 0, topkParams(V, k, n));
     queue.writeBuffer(topk.flags, 0, new Uint32Array(1));
     if (n > 0) {
       const mask = new Uint32Array(Math.ceil(V / 32));
@@ -1028,12 +1029,7 @@ export class WebGpuModel {
       queue.writeBuffer(topk.seen, 0, seen);
     }
     const words = (await this.readPass(this.submitPass(ids, 'topk', (1 + 2 * k + n) * 4))) as Uint32Array;
-    if (words[0] !== 0)
-      throw new CalderaError(
-        'E_VALUE',
-        `WebGpuModel: the model's logits at position ${this.pos - 1} are NaN: its weights overflow f32 when ` +
-          'applied or hold non-finite values',
-      );
+    if (words[0] !== 0) throw nanLogits(this.pos - 1);
     const bits = (a: Uint32Array) => new Float32Array(a.buffer, a.byteOffset, a.length);
     // padding where fewer than k tokens were left: ids from the first one beyond the vocabulary
     let found = 0;
@@ -1232,12 +1228,7 @@ export class WebGpuModel {
       if (pass.output === 'topk') return new Uint32Array(data);
       if (pass.output !== 'argmax') return new Float32Array(data);
       const token = new Uint32Array(data)[0]!;
-      if ((token & ARGMAX_NAN_FLAG) !== 0)
-        throw new CalderaError(
-          'E_VALUE',
-          `WebGpuModel: the model's logits at position ${pass.end - 1} are NaN: its weights overflow f32 when ` +
-            'applied or hold non-finite values',
-        );
+      if ((token & ARGMAX_NAN_FLAG) !== 0) throw nanLogits(pass.end - 1);
       return token;
     } finally {
       this.busy = false;

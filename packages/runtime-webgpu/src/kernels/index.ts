@@ -379,7 +379,6 @@ export function checkVectorWorkgroup(n: unknown, dev: CalderaDevice): asserts n 
     );
 }
 
-/** `E_VALUE` unless `written` ({@link Kernels.writtenMix}) is undefined (the default) or a boolean. */
 /** {@link Kernels.lanes} for these options on `dev`: `lanes`, else 1 on CPU fallback adapters and 32 elsewhere. */
 function lanesOf(options: { lanes?: Lanes }, dev: CalderaDevice): Lanes {
   return options.lanes ?? (dev.fallbackAdapter ? 1 : 32);
@@ -399,6 +398,7 @@ export function checkF16(options: { f16?: unknown; lanes?: Lanes }, dev: Caldera
     throw new CalderaError('E_VALUE', 'Kernels: f16 needs 32 lanes per row');
 }
 
+/** `E_VALUE` unless `written` ({@link Kernels.writtenMix}) is undefined (the default) or a boolean. */
 export function checkWrittenMix(written: unknown): asserts written is boolean | undefined {
   if (written !== undefined && typeof written !== 'boolean')
     throw new CalderaError('E_VALUE', `writtenMix must be true or false, got ${shownValue(written)}`);

@@ -29,8 +29,8 @@ import {
   type LatticeCodec,
   type RotationMember,
   TOPK_MAX,
-  TOPK_MAX_LEVELS,
   topkLevelBlocks,
+  topkParams,
 } from './index.js';
 
 const { device: dev, reason } = await testDevice();
@@ -1084,9 +1084,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       const V = x.length;
       const kern = K();
       const blocks = topkLevelBlocks(V);
-      const params = new Uint32Array(4 + TOPK_MAX_LEVELS);
-      params.set([k, seen.length, V, seen.length > 0 ? 1 : 0]);
-      for (let l = 0, n = V; l < blocks.length; l++, n = Math.ceil(n / 1024) * k) params[4 + l] = n;
+      const params = topkParams(V, k, seen.length);
       const mask = new Uint32Array(Math.ceil(V / 32));
       for (const t of seen) mask[t >> 5]! |= 1 << (t & 31);
       const pairs = [0, 1].map((i) => scratchBuffer(d, blocks[0]! * TOPK_MAX * 8, `pairs ${i}`));

@@ -2360,6 +2360,19 @@ export function topkLevelBlocks(vocab: number, k = TOPK_MAX): number[] {
   }
 }
 
+/**
+ * The per-pass uniform of the top-k kernels (`TP` of {@link topkLevelWgsl}) for a given k: k, the `nSeen` tokens left
+ * out and read back, the vocabulary, whether the mask applies, and each level's input count — the logits, then each
+ * block's k of the level before — for the levels recorded for {@link TOPK_MAX} (those past one block take its k again).
+ */
+export function topkParams(vocab: number, k: number, nSeen: number): Uint32Array<ArrayBuffer> {
+  const params = new Uint32Array(4 + TOPK_MAX_LEVELS);
+  params.set([k, nSeen, vocab, nSeen > 0 ? 1 : 0]);
+  const levels = topkLevelBlocks(vocab).length;
+  for (let l = 0, n = vocab; l < levels; l++, n = Math.ceil(n / TOPK_BLOCK) * k) params[4 + l] = n;
+  return params;
+}
+
 /** The uniforms of the top-k kernels: the pass's parameters (written per pass) and each level's number. */
 const TOPK_PARAMS = /* wgsl */ `
 struct TP { k: u32, nSeen: u32, vocab: u32, useMask: u32, nIn: array<vec4<u32>, ${TOPK_MAX_LEVELS / 4}> }
