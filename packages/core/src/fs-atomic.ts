@@ -8,6 +8,14 @@ export function tempSuffix(): string {
   return c?.randomUUID ? c.randomUUID().slice(0, 8) : Date.now().toString(36) + process.pid.toString(36);
 }
 
+/**
+ * Whether file name `name` is that of a temporary file or folder written for `base` (`<base>.tmp-<suffix>`, the
+ * suffix as {@link tempSuffix} makes it), as a write killed midway leaves it.
+ */
+export function isTempNameOf(name: string, base: string): boolean {
+  return name.startsWith(`${base}.tmp-`) && /^[0-9a-z]+$/.test(name.slice(base.length + '.tmp-'.length));
+}
+
 /** The path separators at the end of a path: `/`, on Windows `\` too. */
 const separatorsAtEnd = (sep: string): RegExp => (sep === '\\' ? /[\\/]+$/ : /\/+$/);
 

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import {
   blockLinearNames,
+  assertDeclaredBias,
   declaredBias,
   linearShape,
   parseModelConfig,
@@ -192,6 +193,14 @@ describe('parseModelConfig', () => {
     expect(declaredBias(parseModelConfig({ ...base, model_type: 'qwen2' }), 'k_proj')).toBe(
       "Qwen2's q/k/v biases",
     );
+    // the loaders' check: a declared bias must be among the tensors
+    const llama = parseModelConfig({ ...base, model_type: 'llama', mlp_bias: true });
+    const name = 'model.layers.1.mlp.down_proj';
+    expect(() => assertDeclaredBias(llama, name, () => false, 'm: ')).toThrow(
+      `E_MISSING: m: tensor '${name}.bias' is missing (config.json: mlp_bias)`,
+    );
+    expect(() => assertDeclaredBias(llama, name, (t) => t === `${name}.bias`)).not.toThrow();
+    expect(() => assertDeclaredBias(llama, 'model.layers.1.self_attn.q_proj', () => false)).not.toThrow();
   });
 
   it('reads Llama-3 rope_scaling, whose four fields must all be there and positive (transformers requires them)', () => {

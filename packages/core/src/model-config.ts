@@ -230,6 +230,22 @@ export function declaredBias(
 }
 
 /**
+ * For loaders: `E_MISSING` when `config` declares a bias for the block's linear layer `name` ({@link declaredBias})
+ * and the weights have no `<name>.bias` (`has` says which tensors they hold): loaded without it, the layer would
+ * compute something else. `prefix` leads the message (e.g. the model's folder and ': ').
+ */
+export function assertDeclaredBias(
+  config: Pick<ModelConfig, 'architecture' | 'attentionBias' | 'mlpBias'>,
+  name: string,
+  has: (tensor: string) => boolean,
+  prefix = '',
+): void {
+  const why = declaredBias(config, name.slice(name.lastIndexOf('.') + 1));
+  if (why !== null && !has(`${name}.bias`))
+    throw new CalderaError('E_MISSING', `${prefix}tensor '${name}.bias' is missing (config.json: ${why})`);
+}
+
+/**
  * A token-id field that may be absent (`null` or missing: no ids), one id or a list of ids, as Hugging Face configs
  * write `eos_token_id`; `null` when it is something else.
  */

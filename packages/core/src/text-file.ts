@@ -17,6 +17,11 @@ export function specialFileKind(stat: {
   return 'a special file';
 }
 
+/** The `E_IO` of `path` found to be `kind` (see {@link specialFileKind}) where a regular file, a `what`, was expected. */
+export function notRegularFile(path: string, kind: string, what: string): CalderaError {
+  return new CalderaError('E_IO', `${path} is ${kind}, not a ${what}`, { details: { path } });
+}
+
 /**
  * The UTF-8 text of the regular file at `path` (Node only). Anything else found there (after following symlinks) is
  * `E_IO` "`path` is a FIFO (named pipe), not a `what`" (a directory, a socket, a device likewise), found before the
@@ -26,7 +31,22 @@ export function specialFileKind(stat: {
 export async function readTextFile(path: string, what = 'file'): Promise<string> {
   const fs = await nodeFs();
   const st = await fs.stat(path);
-  if (!st.isFile())
-    throw new CalderaError('E_IO', `${path} is ${specialFileKind(st)}, not a ${what}`, { details: { path } });
+  if (!st.isFile()) throw notRegularFile(path, specialFileKind(st), what);
   return fs.readFile(path, 'utf8');
+}
+
+/**
+ * {@link readTextFile} with Node's errors made `CalderaError`s: `E_MISSING` for a file that is not there, else `E_IO`
+ * "`path`: cannot read (`code`)". Internal (the JSON files of core's readers).
+ */
+export async function readTextFileOrFail(path: string, what: string): Promise<string> {
+  try {
+    return await readTextFile(path, what);
+  } catch (e) {
+    if (e instanceof CalderaError) throw e;
+    const code = (e as { code?: string }).code;
+    throw new CalderaError(code === 'ENOENT' ? 'E_MISSING' : 'E_IO', `${path}: cannot read (${code})`, {
+      cause: e,
+    });
+  }
 }

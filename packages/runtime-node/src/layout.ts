@@ -1,5 +1,6 @@
 import {
-  declaredBias,
+  assertCalderaLayerShape,
+  assertDeclaredBias,
   assertNoCalderaTensorsWithoutMeta,
   assertCalderaLayersExist,
   assertNoStrayCalderaTensors,
@@ -146,11 +147,7 @@ async function checkCalderaLayer(
   meta: CalderaLayerMeta,
   [m, n]: [number, number],
 ): Promise<void> {
-  if (meta.shape[0] !== m || meta.shape[1] !== n)
-    throw new CalderaError(
-      'E_SHAPE',
-      `${dir}: caldera.json gives layer '${name}' shape [${meta.shape.join(', ')}], config.json implies [${m}, ${n}]`,
-    );
+  assertCalderaLayerShape(name, meta, [m, n], `${dir}: `);
   for (const e of expectedCalderaTensors(name, meta)) {
     if (!store.has(e.name))
       throw new CalderaError('E_MISSING', `${dir}: checkpoint has no tensor '${e.name}'`);
@@ -226,11 +223,7 @@ export async function layoutFromStore(
       const kind = name.slice(name.lastIndexOf('.') + 1);
       const shape = linearShape(config, kind);
       const [m, n] = shape;
-      if (declaredBias(config, kind) !== null && !store.has(`${name}.bias`))
-        throw new CalderaError(
-          'E_MISSING',
-          `${dir}: tensor '${name}.bias' is missing (config.json: ${declaredBias(config, kind)})`,
-        );
+      assertDeclaredBias(config, name, (t) => store.has(t), `${dir}: `);
       const bias = store.has(`${name}.bias`) ? await floatTensor(store, dir, `${name}.bias`, [m]) : null;
       const meta = calderaMeta?.layers?.[name];
       if (meta) {

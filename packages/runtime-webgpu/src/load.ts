@@ -1,5 +1,6 @@
 import {
-  declaredBias,
+  assertCalderaLayerShape,
+  assertDeclaredBias,
   assertFinite,
   assertFloatStorage,
   assertFunction,
@@ -424,22 +425,14 @@ export async function loadModelFromStore(
         input = reads;
         const kind = name.slice(name.lastIndexOf('.') + 1);
         const [m, n] = linearShape(config, kind);
-        if (declaredBias(config, kind) !== null && !store.has(`${name}.bias`))
-          throw new CalderaError(
-            'E_MISSING',
-            `tensor '${name}.bias' is missing (config.json: ${declaredBias(config, kind)})`,
-          );
+        assertDeclaredBias(config, name, (t) => store.has(t));
         const bias = store.has(`${name}.bias`) ? await vector(store, `${name}.bias`, m) : null;
         const meta = calderaMeta?.layers?.[name];
         weightsNum += m * n;
         if (meta) {
           // before its tensors are decoded against it, as runtime-node's loader checks it (E_FORMAT from the decoding
           // before: tensors of the swapped shape did not fit)
-          if (meta.shape[0] !== m || meta.shape[1] !== n)
-            throw new CalderaError(
-              'E_SHAPE',
-              `caldera.json gives layer '${name}' shape [${meta.shape.join(', ')}], config.json implies [${m}, ${n}]`,
-            );
+          assertCalderaLayerShape(name, meta, [m, n]);
           const tensors: Record<string, Tensor> = {};
           for (const t of store.names())
             if (t.startsWith(`${name}.caldera.`)) tensors[t] = await store.readTensor(t);

@@ -9,7 +9,7 @@ import { replaceDir, tempSuffix, toCalderaError, withoutTrailingSeparators } fro
 import { openSafetensors, type SafetensorsReader } from '../safetensors/reader.js';
 import { assertWritableTensors, writableSignature } from '../safetensors/writable.js';
 import { writeSafetensors, type WritableTensor } from '../safetensors/writer.js';
-import { readTextFile } from '../text-file.js';
+import { readTextFileOrFail } from '../text-file.js';
 import { CALDERA_META_FILE, parseCalderaMeta, type CalderaCheckpointMeta } from './meta.js';
 import { validateCalderaCheckpoint, type TensorSignature } from './validate.js';
 import { nodeFs, nodePath } from '../node-builtins.js';
@@ -120,16 +120,7 @@ export async function writeCheckpointDir(
  */
 export async function readCheckpointMeta(dir: string): Promise<CalderaCheckpointMeta> {
   const file = `${dir}/${CALDERA_META_FILE}`;
-  let text: string;
-  try {
-    text = await readTextFile(file, `${CALDERA_META_FILE} file`);
-  } catch (e) {
-    if (e instanceof CalderaError) throw e;
-    const code = (e as { code?: string }).code;
-    throw new CalderaError(code === 'ENOENT' ? 'E_MISSING' : 'E_IO', `${file}: cannot read (${code})`, {
-      cause: e,
-    });
-  }
+  const text = await readTextFileOrFail(file, `${CALDERA_META_FILE} file`);
   let json: unknown;
   try {
     json = JSON.parse(text);

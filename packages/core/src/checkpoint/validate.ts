@@ -193,6 +193,24 @@ export function assertNoStrayCalderaTensors(
 }
 
 /**
+ * For loaders: `E_SHAPE` when `caldera.json` gives compressed layer `name` (`layer`) another shape than the config's
+ * `[m, n]`, checked before its tensors are read against it. `prefix` leads the message (e.g. the model's folder and
+ * ': ').
+ */
+export function assertCalderaLayerShape(
+  name: string,
+  layer: Pick<CalderaLayerMeta, 'shape'>,
+  [m, n]: readonly [number, number],
+  prefix = '',
+): void {
+  if (layer.shape[0] !== m || layer.shape[1] !== n)
+    throw new CalderaError(
+      'E_SHAPE',
+      `${prefix}caldera.json gives layer '${name}' shape [${layer.shape.join(', ')}], config.json implies [${m}, ${n}]`,
+    );
+}
+
+/**
  * For loaders: `E_FORMAT` when `caldera.json` (`meta`) lists a layer that is not a linear layer of a model of
  * `numLayers` blocks (a typo, a block past the config's `num_hidden_layers`): such an entry would otherwise be ignored
  * and the layer it meant loaded dense or reported missing. `where` names the checkpoint, `metaFile` its caldera.json.

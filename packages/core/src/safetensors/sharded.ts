@@ -1,4 +1,4 @@
-import { readTextFile } from '../text-file.js';
+import { readTextFileOrFail } from '../text-file.js';
 import { CalderaError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import type { SafetensorsTensorInfo } from './header.js';
@@ -141,16 +141,7 @@ export async function openShardedSafetensors(
 ): Promise<ShardedSafetensorsReader> {
   if (typeof index === 'string') {
     const pathMod = await nodePath();
-    let text: string;
-    try {
-      text = await readTextFile(index, 'safetensors index file');
-    } catch (e) {
-      if (e instanceof CalderaError) throw e;
-      const code = (e as { code?: string }).code;
-      throw new CalderaError(code === 'ENOENT' ? 'E_MISSING' : 'E_IO', `${index}: cannot read (${code})`, {
-        cause: e,
-      });
-    }
+    const text = await readTextFileOrFail(index, 'safetensors index file');
     const dir = pathMod.dirname(index);
     return new ShardedSafetensorsReader(
       parseSafetensorsIndex(text, index),

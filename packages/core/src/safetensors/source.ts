@@ -1,4 +1,4 @@
-import { specialFileKind } from '../text-file.js';
+import { notRegularFile, specialFileKind } from '../text-file.js';
 import { CalderaError } from '../errors.js';
 import { readFully, readRange } from '../io-chunks.js';
 import { nodeFs } from '../node-builtins.js';
@@ -114,8 +114,7 @@ export async function fileHandleSource(fh: FileHandleLike, name: string): Promis
  */
 export async function openFileSource(path: string, what = 'file'): Promise<ByteSource> {
   const fs = await nodeFs();
-  const notAFile = (kind: string) =>
-    new CalderaError('E_IO', `${path} is ${kind}, not a ${what}`, { details: { path } });
+  const notAFile = (kind: string) => notRegularFile(path, kind, what);
   const cannotOpen = (e: unknown) => {
     const code = (e as { code?: string }).code;
     if (code === 'EISDIR') return notAFile('a directory'); // where a directory cannot even be opened (Windows)
