@@ -116,18 +116,31 @@ export function e8pGrid(): Float32Array {
 }
 
 /**
+ * `E_VALUE` (with `message(k, value)`) unless every code is an integer in [0, 2^bits): codes given in an array wider
+ * than their own (`Uint8Array` for 8 bits, `Uint16Array` for 16) are checked one by one (one out of range read past the
+ * codebook's table).
+ */
+export function assertCodeWidth(
+  codes: ArrayLike<unknown>,
+  bits: 8 | 16,
+  message: (k: number, value: string) => string,
+): void {
+  if (codes instanceof (bits === 8 ? Uint8Array : Uint16Array)) return;
+  const max = 2 ** bits - 1;
+  for (let k = 0; k < codes.length; k++) {
+    const c = codes[k];
+    if (typeof c !== 'number' || !Number.isInteger(c) || c < 0 || c > max)
+      throw new CalderaError('E_VALUE', message(k, String(c)));
+  }
+}
+
+/**
  * Decode 16-bit codes into `8·codes.length` values. Codes given in another array type must be integers in
  * [0, 65535] (`E_VALUE`; a larger one decoded to NaN).
  */
 export function e8pDecode(codes: Uint16Array, out?: Float32Array): Float32Array {
   assertObject(codes, 'e8pDecode', 'codes', 'a Uint16Array');
-  const given = codes as ArrayLike<unknown>;
-  if (!(given instanceof Uint16Array))
-    for (let k = 0; k < given.length; k++) {
-      const c = given[k];
-      if (typeof c !== 'number' || !Number.isInteger(c) || c < 0 || c > 0xffff)
-        throw new CalderaError('E_VALUE', `e8pDecode: code ${k} is ${String(c)}, not a 16-bit code`);
-    }
+  assertCodeWidth(codes, 16, (k, c) => `e8pDecode: code ${k} is ${c}, not a 16-bit code`);
   out ??= new Float32Array(codes.length * 8);
   if (out.length < codes.length * 8)
     throw new CalderaError(

@@ -1,5 +1,5 @@
 import { assertObject, CalderaError } from '@caldera/core';
-import { e8pDecode, e8pEncode } from './e8p.js';
+import { assertCodeWidth, e8pDecode, e8pEncode } from './e8p.js';
 
 /**
  * Residual vector quantization on top of E8P12 (QuIP#'s E8P12RVQ4B and E8P12RVQ3B, algorithm brief §3.5):
@@ -76,16 +76,7 @@ function e81bEncode(x: ArrayLike<number>): Uint8Array {
 function e81bDecode(codes: Uint8Array): Float32Array {
   // codes in another array type (a Uint16Array, say) must be 8-bit: one above 255 read past the table, and its
   // stage-2 values came out undefined, so 0 (the code decoded as stage 1 alone)
-  const given = codes as ArrayLike<unknown>;
-  if (!(given instanceof Uint8Array))
-    for (let k = 0; k < given.length; k++) {
-      const c = given[k];
-      if (typeof c !== 'number' || !Number.isInteger(c) || c < 0 || c > 0xff)
-        throw new CalderaError(
-          'E_VALUE',
-          `rvqDecode: stage-2 code ${k} is ${String(c)}, not an 8-bit (E81B) code`,
-        );
-    }
+  assertCodeWidth(codes, 8, (k, c) => `rvqDecode: stage-2 code ${k} is ${c}, not an 8-bit (E81B) code`);
   const cb = e81bCodebook();
   const out = new Float32Array(codes.length * 8);
   for (let k = 0; k < codes.length; k++) out.set(cb.subarray(codes[k]! * 8, codes[k]! * 8 + 8), k * 8);

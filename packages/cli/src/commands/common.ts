@@ -1,5 +1,6 @@
 import {
   CalderaError,
+  isTempNameOf,
   isCalderaError,
   MODEL_SIDE_FILES,
   parseSafetensorsIndex,
@@ -63,6 +64,11 @@ function within(inner: string, outer: string): boolean {
   return r === '' || (r !== '..' && !r.startsWith('..' + sep) && !isAbsolute(r));
 }
 
+/** Whether path `outer` `'is'` path `inner` or `'contains'` it (both canonical), else null. */
+function holds(outer: string, inner: string): 'is' | 'contains' | null {
+  return outer === inner ? 'is' : within(inner, outer) ? 'contains' : null;
+}
+
 /** The work directories a command keeps beside its `--out` while it runs, and removes when it is done. */
 const WORK_SUFFIXES = ['.partial', '.work'] as const;
 
@@ -73,10 +79,11 @@ const WORK_SUFFIXES = ['.partial', '.work'] as const;
  * is one such an output holds (`output.files`); a null marker takes no non-empty directory, for an output that has
  * nothing to tell it from others of its kind, such as a dense model. Refused with E_VALUE: a file, a non-empty
  * directory of another kind or with foreign entries (the first few named), and a path equal to or containing one of
- * `inputs` (the model or checkpoint the command
- * reads), or whose work directories beside it (`<out>.partial`, `<out>.work`) are or contain one — except, with `output.inPlace`, an input equal to `out` that is an earlier output of the same kind (a
- * command that reads all it needs of its input before replacing `out` atomically, such as `caldera train` retraining
- * its template). Then {@link checkOutWritable}: E_IO when the output cannot be created there.
+ * `inputs` (the model or checkpoint the command reads), or whose work directories beside it (`<out>.partial`,
+ * `<out>.work`) are or contain one — except, with `output.inPlace`, an input equal to `out` that is an earlier output
+ * of the same kind (a command that reads all it needs of its input before replacing `out` atomically, such as
+ * `caldera train` retraining its template). Then {@link checkOutWritable}: E_IO when the output cannot be created
+ * there.
  */
 export async function checkOutDir(
   out: string,
@@ -86,10 +93,13 @@ export async function checkOutDir(
 ): Promise<void> {
   const advice = `choose another ${flag} (or delete it yourself if it is not needed)`;
   const o = await canonicalPath(out);
+  const work = await Promise.all(
+    WORK_SUFFIXES.map(async (suffix) => [suffix, await canonicalPath(`${out}${suffix}`)]),
+  );
   for (const input of inputs) {
     const i = await canonicalPath(input);
     // (a new directory inside the input destroys nothing: the input's own files are not touched)
-    const how = o === i ? 'is' : within(i, o) ? 'contains' : null;
+    const how = holds(o, i);
     if (how === 'is' && output.inPlace) continue; // the marker check below still applies
     if (how)
       throw new CalderaError(
@@ -98,9 +108,8 @@ export async function checkOutDir(
       );
     // the work directories beside it, which the command removes when it is done (a model folder named m.partial,
     // compressed with --out m, was written into and then deleted)
-    for (const suffix of WORK_SUFFIXES) {
-      const w = await canonicalPath(`${out}${suffix}`);
-      const near = w === i ? 'is' : within(i, w) ? 'contains' : null;
+    for (const [suffix, w] of work) {
+      const near = holds(w, i);
       if (near)
         throw new CalderaError(
           'E_VALUE',
@@ -144,7 +153,7 @@ export async function checkOutDir(
     const ours = text !== null && (output.isMarker?.(text) ?? true);
     // (a file of such an output being written atomically, `<file>.tmp-<random>`, is one of its own: a run killed
     // while writing report.json left one, and its rerun was refused)
-    const own = (f: string) => output.files!.includes(f.replace(/\.tmp-[0-9a-z]+$/, ''));
+    const own = (f: string) => output.files!.some((o) => f === o || isTempNameOf(f, o));
     const foreign = output.files ? entries.filter((f) => !own(f)) : [];
     if (ours && foreign.length === 0) return checkOutWritable(out, flag);
     what = !ours

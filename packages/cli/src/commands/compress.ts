@@ -341,8 +341,8 @@ function ranksFor(choice: RankChoice, method: Method, layers: readonly LinearInf
     layers.map((l) => ({ name: l.name, m: l.outFeatures, n: l.inFeatures })),
     choice,
   );
-  const zero = Object.keys(ranks).filter((name) => ranks[name] === 0);
-  if (method === 'lplr' && zero.length > 0) {
+  const zero = method === 'lplr' ? Object.keys(ranks).filter((name) => ranks[name] === 0) : [];
+  if (zero.length > 0) {
     const overridden = zero.find((name) => choice.overrides?.some(([p]) => name.includes(p)));
     const by = overridden
       ? `--layer-rank gives ${overridden} rank 0`

@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { link, lstat, mkdir, open, readdir, rm, unlink, writeFile } from 'node:fs/promises';
-import { CalderaError } from '@caldera/core';
+import { CalderaError, isTempNameOf } from '@caldera/core';
 
 /** What `<out>.lock` (and a takeover file) holds: the process writing `<out>` (taking a stale lock over). */
 interface LockOwner {
@@ -232,11 +232,9 @@ async function takeOver(
  * never reused). Called with `<out>.lock` held: no other process writes `out`, so none of them is in use.
  */
 async function removeStaleTemps(out: string): Promise<void> {
-  const name = basename(out);
-  const stale = (f: string) =>
-    f.startsWith(`${name}.tmp-`) && /^[0-9a-z]+$/.test(f.slice(name.length + '.tmp-'.length));
   for (const f of await readdir(dirname(out)).catch(() => [] as string[]))
-    if (stale(f)) await rm(join(dirname(out), f), { recursive: true, force: true }).catch(() => undefined);
+    if (isTempNameOf(f, basename(out)))
+      await rm(join(dirname(out), f), { recursive: true, force: true }).catch(() => undefined);
 }
 
 /**
