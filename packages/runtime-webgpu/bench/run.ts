@@ -50,7 +50,6 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   cast,
-  GenerationRules,
   openSafetensorsDir,
   perplexityWindows,
   tokenNll,
@@ -63,6 +62,7 @@ import { caldera, calderaCheckpointMeta, toCheckpointTensors } from '@caldera/lo
 import * as node from '@caldera/runtime-node';
 import { generate, loadModel, perplexity, type TuneReport, type WebGpuModel } from '../src/index.js';
 import { nodeDevice } from '../src/testing/gpu.js';
+import { sampleFromAllLogits } from '../src/testing/sampling.js';
 import { parameterCount, SHAPES, writeRandomCalderaModel, writeRandomF16Model } from './random-model.js';
 import { measureDispatchCost } from './dispatch.js';
 import { loaderFlagOptions } from './loader-flags.js';
@@ -177,19 +177,7 @@ async function sampledRates(
 ): Promise<{ tokS: number; logitsTokS: number; same: boolean }> {
   await timed(generate(model, prompt, { ...SAMPLED, maxTokens: 4 }));
   const g = await timed(generate(model, prompt, SAMPLED));
-  const rules = new GenerationRules(prompt, SAMPLED);
-  model.reset();
-  await model.prefill(prompt.slice(0, -1));
-  let last = prompt[prompt.length - 1]!;
-  const all = await timed(
-    (async function* () {
-      for (let n = 0; n < TOKENS; n++) {
-        last = rules.pick(await model.step(last, 'logits'));
-        rules.accept(last);
-        yield last;
-      }
-    })(),
-  );
+  const all = await timed(sampleFromAllLogits(model, prompt, SAMPLED));
   return { tokS: g.tokS, logitsTokS: all.tokS, same: all.tokens.join() === g.tokens.join() };
 }
 

@@ -1,9 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { CalderaError, GenerationRules, serializeSafetensors, type GenerateOptions } from '@caldera/core';
+import { CalderaError, serializeSafetensors } from '@caldera/core';
 import { calderaCheckpointMeta } from '@caldera/lowrank';
 import { generate, perplexity } from './generate.js';
 import { loadModelFromBuffer } from './load.js';
 import { gpuTitle, testDevice } from './testing/gpu.js';
+import { sampleFromAllLogits } from './testing/sampling.js';
 import { tinyModel, tinyModelSource } from './testing/tiny-model.js';
 
 const { device: dev, reason } = await testDevice();
@@ -180,22 +181,6 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
     const model = await loadTinyModel(40, undefined, true);
     try {
       const prompt = [1, 29, 3, 3, 17];
-      /** generate's tokens the way it sampled before the top-k: every token picked from the whole logits */
-      const fromAllLogits = async (o: GenerateOptions) => {
-        const rules = new GenerationRules(prompt, o);
-        model.truncate(0);
-        await model.prefill(prompt.slice(0, -1));
-        const out: number[] = [];
-        let last = prompt[prompt.length - 1]!;
-        for (let n = 0; n < o.maxTokens!; n++) {
-          last = rules.pick(await model.step(last, 'logits'));
-          const verdict = rules.accept(last);
-          if (verdict === 'stop') break;
-          out.push(last);
-          if (verdict === 'last') break;
-        }
-        return out;
-      };
       const stepTopK = model.stepTopK.bind(model);
       let topkPasses = 0;
       model.stepTopK = (...a: Parameters<typeof stepTopK>) => {
@@ -211,7 +196,8 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
         topkPasses = 0;
         const got = await collect(generate(model, prompt, o));
         expect(topkPasses, JSON.stringify(o)).toBe(got.length);
-        expect(got, JSON.stringify(o)).toEqual(await fromAllLogits(o));
+        // generate's tokens the way it sampled before the top-k: every token picked from the whole logits
+        expect(got, JSON.stringify(o)).toEqual(await collect(sampleFromAllLogits(model, prompt, o)));
       }
       // a top-k of the whole vocabulary (30) or none, or a model without topKOnGpu: all the logits, as before
       topkPasses = 0;
