@@ -30,6 +30,7 @@ if (
 export default defineConfig({
   test: {
     include: ['src/**/*.test.ts', 'test/**/*.test.ts'],
+    globalSetup: ['../../scripts/vitest-temp-root.mjs'],
     testTimeout: 120_000,
     hookTimeout: 120_000,
     // each test file in its own process (one Dawn instance each), two at a time: the GPU tests are mostly WGSL
