@@ -242,6 +242,12 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
       // from JavaScript, a null exclude is none (a TypeError before)
       const none = await model.stepTopK(11, 3, null as never);
       expect(Array.from(none.ids)).toEqual([...l.keys()].sort((a, b) => l[b]! - l[a]! || a - b).slice(0, 3));
+      // a full KV cache: E_VALUE naming the call, as stepBatch's and prefill's
+      model.truncate(0);
+      await model.prefill(Array.from({ length: 40 }, (_, i) => i % 30));
+      await expect(model.stepTopK(11, 3, [])).rejects.toThrow(
+        /^E_VALUE: stepTopK: 1 tokens after the 40 cached exceed the KV cache capacity 40$/,
+      );
     } finally {
       model.dispose();
     }
@@ -368,6 +374,13 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
       );
       model.stepBatch = passes;
       expect(ran).toBe(0);
+      // stepBatch on a nearly full cache
+      await model.prefill(many.slice(0, 10));
+      await value(
+        model.stepBatch([1, 2], 'none'),
+        'stepBatch: 2 tokens after the 15 cached exceed the KV cache capacity 16',
+      );
+      expect(model.length).toBe(15);
     } finally {
       model.dispose();
     }

@@ -1015,8 +1015,7 @@ export class WebGpuModel {
       );
     checkTokenIds(exclude, V, 'stepTopK: exclude');
     const ids = this.batchIds([token], 'stepTopK');
-    if (this.pos + 1 > this.contextLength)
-      throw new CalderaError('E_VALUE', `KV cache capacity ${this.contextLength} exceeded`);
+    checkCapacity(this, 1, 'stepTopK');
     const { topk } = this.bufs;
     const queue = this.dev.device.queue;
     queue.writeBuffer(topk.params, 0, topkParams(V, k, n));
@@ -1060,8 +1059,7 @@ export class WebGpuModel {
         `stepBatch: output must be 'none', 'argmax', 'logits' or 'all', got ${shownValue(output)}`,
       );
     const ids = this.batchIds(tokens, 'stepBatch');
-    if (this.pos + ids.length > this.contextLength)
-      throw new CalderaError('E_VALUE', `KV cache capacity ${this.contextLength} exceeded`);
+    checkCapacity(this, ids.length, 'stepBatch');
     const pass = this.submitPass(ids, output);
     return output === 'none' ? null : (this.readPass(pass) as Promise<number | Float32Array>);
   }
