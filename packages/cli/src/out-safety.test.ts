@@ -312,6 +312,19 @@ describe('--out: a marker file alone does not make a directory replaceable', () 
     expect(existsSync(`${proj}.partial`)).toBe(false);
   });
 
+  it('a caldera.json that is a FIFO is not read (it would wait for a writer for ever): refused as not ours', () => {
+    const proj = join(tmp, 'fifo-marker');
+    mkdirSync(proj, { recursive: true });
+    expect(spawnSync('mkfifo', [join(proj, 'caldera.json')]).status).toBe(0);
+    const r = spawnSync(process.execPath, [bin, 'compress', src, '--out', proj, ...RTN], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    expect(r.signal).toBe(null); // before: killed by the timeout, waiting in the read
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/its caldera\.json is not one of ours; it holds caldera\.json\)/);
+  });
+
   it('compress and finetune refuse a real checkpoint that also holds other files, naming them', () => {
     const mixed = join(tmp, 'mixed');
     cpSync(ckpt, mixed, { recursive: true });

@@ -4,6 +4,7 @@ import {
   isCalderaError,
   MODEL_SIDE_FILES,
   parseSafetensorsIndex,
+  readTextFile,
   stopTokenIdsOf,
 } from '@caldera/core';
 import { sha256Hex } from '@caldera/calibrate';
@@ -149,7 +150,7 @@ export async function checkOutDir(
   else {
     // the marker alone proves nothing (a project of the user's may have a caldera.json): it must be ours, and every
     // entry one that such an output holds, before the directory may be replaced
-    const text = await readFile(join(out, output.marker), 'utf8').catch(() => null);
+    const text = await readTextFile(join(out, output.marker)).catch(() => null);
     const ours = text !== null && (output.isMarker?.(text) ?? true);
     // (a file of such an output being written atomically, `<file>.tmp-<random>`, is one of its own: a run killed
     // while writing report.json left one, and its rerun was refused)
@@ -189,7 +190,7 @@ export async function checkInputFiles(files: readonly (readonly [string, string]
 async function weightFiles(dir: string): Promise<string[]> {
   const index = join(dir, 'model.safetensors.index.json');
   if (await exists(index)) {
-    const { weightMap } = parseSafetensorsIndex(await readFile(index, 'utf8'), index);
+    const { weightMap } = parseSafetensorsIndex(await readTextFile(index, 'safetensors index'), index);
     return [...new Set(Object.values(weightMap))].map((f) => join(dir, f));
   }
   if (await exists(join(dir, 'model.safetensors'))) return [join(dir, 'model.safetensors')];
