@@ -37,17 +37,21 @@ try {
   process.stdout.write(prompt);
   const out = [];
   let printed = '';
+  // the completion as it reads after the prompt: decoded alone, SentencePiece-style tokenizers would drop its
+  // leading space; and without the clean-up of spaces some configs ask for, which rewrites text printed already
+  const decode = (more) => tok.decode(more, { cleanUpSpaces: false });
+  const completion = () => decode([...ids, ...out]).slice(decode(ids).length);
   for await (const id of generate(model, ids, { maxTokens: 40, stopTokens })) {
     out.push(id);
     // a character whose bytes are split over tokens decodes to U+FFFD until its last byte: hold those back
-    const stable = tok.decode(out).replace(/\uFFFD+$/u, '');
+    const stable = completion().replace(/\uFFFD+$/u, '');
     if (stable.length > printed.length) {
       process.stdout.write(stable.slice(printed.length));
       printed = stable;
     }
   }
   // the end: what is still held back is what the model produced
-  process.stdout.write(`${tok.decode(out).slice(printed.length)}\n`);
+  process.stdout.write(`${completion().slice(printed.length)}\n`);
 } finally {
   decodePool.dispose();
 }

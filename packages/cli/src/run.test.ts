@@ -40,6 +40,83 @@ function tinyLlama2c(): string {
   return join(dir, 'model.bin');
 }
 
+/**
+ * A llama2.c model whose greedy output is always `token` (every embedding row e₀, zero blocks, an untied classifier
+ * whose only non-zero row is `token`'s, along e₀), with a tokenizer of the bytes and ' ', 'a', ' a', 'H', 'i', 'Hi',
+ * ' Hi' (ids 259–265).
+ */
+function constantLlama2c(token: number): string {
+  const dir = mkdtempSync(join(tmpdir(), 'caldera-cli-const-'));
+  const pieces: [string, number][] = [
+    ['<unk>', 0],
+    ['<s>', 0],
+    ['</s>', 0],
+    ...Array.from({ length: 256 }, (_, b): [string, number] => [
+      `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`,
+      0,
+    ]),
+    [' ', -1],
+    ['a', -1],
+    [' a', -2],
+    ['H', -1],
+    ['i', -1],
+    ['Hi', -2],
+    [' Hi', -3],
+  ];
+  const [vocab, dim, hidden, seq] = [pieces.length, 8, 8, 32];
+  const zeros = (n: number) => new Float32Array(n);
+  const e0 = (rows: number) => {
+    const a = zeros(rows * dim);
+    for (let r = 0; r < rows; r++) a[r * dim] = 1;
+    return a;
+  };
+  const classifier = zeros(vocab * dim);
+  classifier[token * dim] = 5;
+  const weights = [
+    e0(vocab), // embedding
+    zeros(dim).fill(1), // attention norm
+    ...[0, 1, 2, 3].map(() => zeros(dim * dim)), // q, k, v, o
+    zeros(dim).fill(1), // MLP norm
+    ...[0, 1, 2].map(() => zeros(hidden * dim)), // gate, down, up
+    zeros(dim).fill(1), // final norm
+    zeros(seq * (dim / 2)), // the unused RoPE tables (2 heads)
+    classifier,
+  ];
+  // a negative vocabulary size: the classifier is its own tensor
+  const header = Int32Array.of(dim, hidden, 1, 2, 2, -vocab, seq);
+  writeFileSync(
+    join(dir, 'model.bin'),
+    Buffer.concat([header, ...weights].map((a) => Buffer.from(a.buffer, a.byteOffset, a.byteLength))),
+  );
+  const parts: Buffer[] = [Buffer.from(Int32Array.of(8).buffer)];
+  for (const [p, score] of pieces) {
+    const b = Buffer.from(p, 'utf8');
+    const h = Buffer.alloc(8);
+    h.writeFloatLE(score, 0);
+    h.writeInt32LE(b.length, 4);
+    parts.push(h, b);
+  }
+  writeFileSync(join(dir, 'tokenizer.bin'), Buffer.concat(parts));
+  return join(dir, 'model.bin');
+}
+
+describe('caldera generate on llama2.c models, as run.c prints and stops', () => {
+  it("keeps the space between the prompt and the first generated piece (it printed 'Hia a a a')", () => {
+    const model = constantLlama2c(261); // ' a'
+    const screen = run(['generate', model, '--prompt', 'Hi', '--max-tokens', '4']);
+    expect(screen.status, screen.stderr).toBe(0);
+    expect(screen.stdout).toMatch(/^Hi a a a a\n\n\[4 tokens, /);
+    const json = run(['generate', model, '--prompt', 'Hi', '--max-tokens', '4', '--json']);
+    expect(JSON.parse(json.stdout.trim())).toMatchObject({ completion: ' a a a a', tokens: 4 });
+  });
+
+  it('stops at BOS, which ends a sequence in llama2.c (it went on into the next one)', () => {
+    const json = run(['generate', constantLlama2c(1), '--prompt', 'Hi', '--max-tokens', '4', '--json']);
+    expect(json.status, json.stderr).toBe(0);
+    expect(JSON.parse(json.stdout.trim())).toMatchObject({ completion: '', tokens: 1 });
+  });
+});
+
 describe('caldera generate / eval / inspect', () => {
   const model = tinyLlama2c();
 

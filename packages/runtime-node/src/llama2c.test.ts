@@ -248,6 +248,85 @@ describe('llama2.c import', () => {
     for (const text of ['abc', 'aé cab', 'ba  c'])
       expect(tok.decode(tok.encode(text, { bos: true }))).toBe(text);
     expect(() => Llama2cTokenizer.fromBytes(bytes.subarray(0, 30), pieces.length)).toThrow(/E_FORMAT/);
+    // a vocabulary size that is not a positive integer: an empty vocabulary (every text as byte tokens) or a
+    // RangeError before
+    for (const [bad, shown] of [
+      [undefined, 'undefined'],
+      [NaN, 'NaN'],
+      [0, '0'],
+      [1.5, '1.5'],
+      [-1, '-1'],
+    ] as const)
+      expect(() => Llama2cTokenizer.fromBytes(bytes, bad as never)).toThrow(
+        `E_VALUE: tokenizer.bin: vocabSize must be an integer ≥ 3 (BOS, EOS and the tokens after them), got ${shown}`,
+      );
+    // decode: arrays of ids in the vocabulary only (a string's characters were looked up as ids, a number gave '')
+    for (const [bad, message] of [
+      [null, 'decode: ids must be an array of token ids, got null'],
+      [5, 'decode: ids must be an array of token ids, got a number'],
+      ['12', 'decode: ids must be an array of token ids, got a string'],
+      [['5'], "decode: token 0 is the string '5', not a token id"],
+      [[4, 999], 'decode: token id 999 out of range [0, 267)'],
+    ] as const)
+      expect(() => tok.decode(bad as never)).toThrow(`E_VALUE: ${message}`);
+  });
+
+  it("encode merges as run.c's quadratic loop does (highest score, leftmost of equal ones), on random vocabularies with tied scores", () => {
+    // run.c's loop, as the tokenizer had it: rescan every adjacent pair after each merge
+    const bruteForce = (tok: Llama2cTokenizer, text: string) => {
+      const ids = new Map<string, number>();
+      tok.vocab.forEach((s, i) => ids.has(s) || ids.set(s, i));
+      const out: number[] = [];
+      if (text.length > 0) out.push(ids.get(' ')!);
+      for (const ch of text) {
+        const id = ids.get(ch);
+        if (id !== undefined) out.push(id);
+        else for (const b of new TextEncoder().encode(ch)) out.push(b + 3);
+      }
+      for (;;) {
+        let best = -Infinity;
+        let at = -1;
+        let bestId = -1;
+        for (let i = 0; i + 1 < out.length; i++) {
+          const id = ids.get(tok.vocab[out[i]!]! + tok.vocab[out[i + 1]!]!);
+          if (id !== undefined && tok.scores[id]! > best) {
+            best = tok.scores[id]!;
+            at = i;
+            bestId = id;
+          }
+        }
+        if (at < 0) return out;
+        out.splice(at, 2, bestId);
+      }
+    };
+    const rng = new Rng(5);
+    const letters = ['a', 'b', 'c', ' ', 'é'];
+    for (let trial = 0; trial < 40; trial++) {
+      // 259 specials and bytes, the letters, then random concatenations of pieces (scores from a few values: ties)
+      const vocab = [
+        '<unk>',
+        '<s>',
+        '</s>',
+        ...Array.from({ length: 256 }, (_, b) => `<0x${b.toString(16).padStart(2, '0').toUpperCase()}>`),
+        ...letters,
+      ];
+      const pieces = new Set(vocab);
+      while (vocab.length < 259 + letters.length + 30) {
+        const a = vocab[259 + Math.floor(rng.uniform() * (vocab.length - 259))]!;
+        const b = vocab[259 + Math.floor(rng.uniform() * (vocab.length - 259))]!;
+        if (!pieces.has(a + b) && (a + b).length <= 6) {
+          pieces.add(a + b);
+          vocab.push(a + b);
+        }
+      }
+      const scores = Float32Array.from(vocab, () => -Math.floor(rng.uniform() * 4));
+      const tok = new Llama2cTokenizer(vocab, scores);
+      const text = Array.from(
+        { length: 1 + Math.floor(rng.uniform() * 60) },
+        () => letters[Math.floor(rng.uniform() * letters.length)],
+      ).join('');
+      expect(tok.encode(text), `trial ${trial}: ${JSON.stringify(text)}`).toEqual(bruteForce(tok, text));
+    }
   });
   it('with a decode pool that splits the MLP, the loader splits the head too (tied and untied, f32 and f16): same logits and bytes', async () => {
     // 4096 × 64 MLP layers and head: 2¹⁸ weights each, the split threshold

@@ -8,6 +8,9 @@ import {
   tensor,
   throwIfAborted,
   checkDenseDtype,
+  checkTokenArray,
+  checkTokenIds,
+  shownValue,
 } from '@caldera/core';
 import { nodeFs } from './node-builtins.js';
 import { blockLinearNames, parseModelConfig, type ModelConfig } from './config.js';
@@ -366,8 +369,16 @@ export class Llama2cTokenizer implements TextTokenizer {
     });
   }
 
-  /** Parse `tokenizer.bin` bytes for a vocabulary of `vocabSize` tokens. */
+  /**
+   * Parse `tokenizer.bin` bytes for a vocabulary of `vocabSize` tokens (a positive integer, the model's: `E_VALUE`
+   * otherwise, as an empty vocabulary encoded every text to byte tokens).
+   */
   static fromBytes(bytes: Uint8Array, vocabSize: number, file = 'tokenizer.bin'): Llama2cTokenizer {
+    if (!Number.isSafeInteger(vocabSize) || vocabSize < 3)
+      throw new CalderaError(
+        'E_VALUE',
+        `${file}: vocabSize must be an integer ≥ 3 (BOS, EOS and the tokens after them), got ${shownValue(vocabSize)}`,
+      );
     const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     const dec = new TextDecoder('utf-8');
     const vocab: string[] = [];
@@ -406,33 +417,23 @@ export class Llama2cTokenizer implements TextTokenizer {
       if (id !== undefined) out.push(id);
       else for (const b of enc.encode(ch)) out.push(b + 3);
     }
-    for (;;) {
-      let best = -Infinity;
-      let at = -1;
-      let bestId = -1;
-      for (let i = 0; i + 1 < out.length; i++) {
-        const id = this.ids.get(this.vocab[out[i]!]! + this.vocab[out[i + 1]!]!);
-        if (id !== undefined && this.scores[id]! > best) {
-          best = this.scores[id]!;
-          at = i;
-          bestId = id;
-        }
-      }
-      if (at < 0) break;
-      out.splice(at, 2, bestId);
-    }
-    return options.bos === true ? [this.bosTokenId, ...out] : out;
+    const merged = mergePieces(out, this.vocab, this.ids, this.scores);
+    return options.bos === true ? [this.bosTokenId, ...merged] : merged;
   }
 
-  /** Text of `ids` (byte tokens reassembled as UTF-8; the dummy-prefix space after BOS dropped). */
+  /**
+   * Text of `ids` (byte tokens reassembled as UTF-8; BOS and EOS skipped; the dummy-prefix space of the first piece,
+   * or of one after BOS, dropped). `E_VALUE` for anything but an array of ids in the vocabulary.
+   */
   decode(ids: ArrayLike<number>): string {
+    checkTokenArray(ids, 'decode', 'ids');
+    checkTokenIds(ids, this.vocab.length, 'decode');
     const bytes: number[] = [];
     const enc = new TextEncoder();
     for (let i = 0; i < ids.length; i++) {
       const id = ids[i]!;
       if (id === this.bosTokenId || id === this.eosTokenId) continue;
-      let s = this.vocab[id];
-      if (s === undefined) throw new CalderaError('E_VALUE', `token id ${id} out of range`);
+      let s = this.vocab[id]!;
       const m = /^<0x([0-9A-Fa-f]{2})>$/.exec(s);
       if (m) {
         bytes.push(parseInt(m[1]!, 16));
@@ -443,4 +444,92 @@ export class Llama2cTokenizer implements TextTokenizer {
     }
     return new TextDecoder().decode(new Uint8Array(bytes));
   }
+}
+
+/**
+ * llama2.c's merging of `pieces` (token ids, in order): while some adjacent pair concatenates to a token, merge the
+ * pair whose token has the highest score, the leftmost of equal ones (run.c's loop, which rescans every pair after
+ * each merge). Here a heap of the candidate pairs, keyed by score then position, with each node's version telling a
+ * stale entry (a pair one of whose pieces has merged since): O(n log n) where run.c's loop is quadratic (a 20 000
+ * character text took 38 s), the same merges in the same order.
+ */
+function mergePieces(
+  pieces: number[],
+  vocab: readonly string[],
+  ids: ReadonlyMap<string, number>,
+  scores: Float32Array,
+): number[] {
+  const n = pieces.length;
+  if (n < 2) return pieces;
+  const id = Int32Array.from(pieces);
+  const next = new Int32Array(n);
+  const prev = new Int32Array(n);
+  const version = new Uint32Array(n);
+  for (let i = 0; i < n; i++) {
+    next[i] = i + 1 < n ? i + 1 : -1;
+    prev[i] = i - 1;
+  }
+  // a pair entry: its merged token's score, the left node, the merged token, both nodes' versions when pushed
+  interface Pair {
+    score: number;
+    left: number;
+    token: number;
+    lv: number;
+    rv: number;
+  }
+  const heap: Pair[] = [];
+  const before = (a: Pair, b: Pair) => a.score > b.score || (a.score === b.score && a.left < b.left);
+  const push = (e: Pair) => {
+    let i = heap.push(e) - 1;
+    while (i > 0) {
+      const up = (i - 1) >> 1;
+      if (!before(heap[i]!, heap[up]!)) break;
+      [heap[i], heap[up]] = [heap[up]!, heap[i]!];
+      i = up;
+    }
+  };
+  const pop = (): Pair => {
+    const top = heap[0]!;
+    const last = heap.pop()!;
+    if (heap.length > 0) {
+      heap[0] = last;
+      for (let i = 0; ;) {
+        const l = 2 * i + 1;
+        const r = l + 1;
+        let m = i;
+        if (l < heap.length && before(heap[l]!, heap[m]!)) m = l;
+        if (r < heap.length && before(heap[r]!, heap[m]!)) m = r;
+        if (m === i) break;
+        [heap[i], heap[m]] = [heap[m]!, heap[i]!];
+        i = m;
+      }
+    }
+    return top;
+  };
+  const candidate = (left: number) => {
+    if (left < 0) return;
+    const right = next[left]!;
+    if (right < 0) return;
+    const token = ids.get(vocab[id[left]!]! + vocab[id[right]!]!);
+    if (token !== undefined)
+      push({ score: scores[token]!, left, token, lv: version[left]!, rv: version[right]! });
+  };
+  for (let i = 0; i + 1 < n; i++) candidate(i);
+  while (heap.length > 0) {
+    const e = pop();
+    const right = next[e.left]!;
+    // stale: the left node merged away or changed, or its right neighbour is another node or changed
+    if (id[e.left]! < 0 || right < 0 || version[e.left] !== e.lv || version[right] !== e.rv) continue;
+    id[e.left] = e.token;
+    version[e.left]!++;
+    id[right] = -1;
+    version[right]!++;
+    next[e.left] = next[right]!;
+    if (next[right]! >= 0) prev[next[right]!] = e.left;
+    candidate(prev[e.left]!);
+    candidate(e.left);
+  }
+  const out: number[] = [];
+  for (let i = 0; i >= 0; i = next[i]!) out.push(id[i]!);
+  return out;
 }

@@ -176,6 +176,24 @@ describe('HfTokenizer', () => {
     expect(tok.decode([...ids, vocab.size + 5])).toBe('jury');
     // a plain Error from the library before (fractions, NaN), or silently nothing (negative ids)
     for (const bad of [1.5, NaN, -1]) expect(() => tok.decode([...ids, bad])).toThrow(/E_VALUE.*token id/);
+    // not an array: a raw TypeError (null) or the library's plain Error (a number) before
+    for (const [bad, got] of [
+      [null, 'null'],
+      [undefined, 'undefined'],
+      [5, 'a number'],
+    ] as const)
+      expect(() => tok.decode(bad as never)).toThrow(
+        `E_VALUE: decode: ids must be an array of token ids, got ${got}`,
+      );
+  });
+
+  it("decode: a config's clean_up_tokenization_spaces is applied unless cleanUpSpaces is false (streamed text)", () => {
+    const cleaning = HfTokenizer.fromJson(json, { ...config, clean_up_tokenization_spaces: true });
+    const ids = tok.encode("I 's a , b .");
+    expect(tok.decode(ids)).toBe("I 's a , b ."); // no clean-up when the config does not ask for it
+    expect(cleaning.decode(ids)).toBe("I's a, b.");
+    expect(cleaning.decode(ids, { cleanUpSpaces: false })).toBe("I 's a , b .");
+    expect(cleaning.decode(ids, null as never)).toBe("I's a, b."); // null options are none
   });
 
   it('encode: text that is no string is E_VALUE (the library gave [] for null, a number or an object)', () => {

@@ -1,6 +1,6 @@
 import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { CalderaError, describeValue } from '@caldera/core';
+import { CalderaError, checkTokenArray, describeValue } from '@caldera/core';
 import { nodeFs, nodePath } from './node-builtins.js';
 import { checkPathArgument, readJsonFile } from './json-file.js';
 
@@ -9,7 +9,17 @@ export interface TextTokenizer {
   /** Token ids of `text`, without special tokens. */
   encode(text: string): number[];
   /** Text of `ids`; special tokens are skipped. */
-  decode(ids: ArrayLike<number>): string;
+  decode(ids: ArrayLike<number>, options?: DecodeOptions): string;
+}
+
+/** Options of {@link TextTokenizer.decode}. */
+export interface DecodeOptions {
+  /**
+   * Remove the spaces before punctuation and contractions (" ." → ".", " 's" → "'s") when the tokenizer's config asks
+   * for it (`clean_up_tokenization_spaces`); false never does. Text streamed as it is generated wants false: the
+   * clean-up rewrites text printed already. Default: true (as the config says). llama2.c tokenizers never clean up.
+   */
+  cleanUpSpaces?: boolean;
 }
 
 /** Options of {@link HfTokenizer}. */
@@ -106,7 +116,8 @@ export class HfTokenizer implements TextTokenizer {
    * skipped too, as the reference library does; an id that is not a non-negative integer is `E_VALUE` (the library
    * threw a plain Error for fractions and NaN and dropped negative ids silently).
    */
-  decode(ids: ArrayLike<number>): string {
+  decode(ids: ArrayLike<number>, options: DecodeOptions = {}): string {
+    checkTokenArray(ids, 'decode', 'ids');
     if (ids.length === 0) return ''; // the library rejects an empty list
     const list = Array.from(ids);
     const bad = list.findIndex((id) => !Number.isSafeInteger(id) || id < 0);
@@ -115,7 +126,10 @@ export class HfTokenizer implements TextTokenizer {
         'E_VALUE',
         `decode: token id ${list[bad]} (at ${bad}) is not a non-negative integer`,
       );
-    return this.tokenizer.decode(list, { skip_special_tokens: true });
+    return this.tokenizer.decode(list, {
+      skip_special_tokens: true,
+      ...(options?.cleanUpSpaces === false ? { clean_up_tokenization_spaces: false } : {}),
+    });
   }
 
   /** True when the model has a chat template ({@link HfTokenizer.chatTemplate}). */

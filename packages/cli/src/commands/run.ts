@@ -37,7 +37,7 @@ import {
   weightFileBytes,
   type OpenedModel,
 } from './common.js';
-import { streamedText } from '../stream-text.js';
+import { completionDecoder, streamedText } from '../stream-text.js';
 
 export const evalHelp = `caldera eval [model] [--text FILE] [--context N] [--stride N] [--max-tokens N] [--threads N]
   [--tokenizer FILE] [--json]
@@ -165,10 +165,12 @@ export async function generateCommand(a: Args): Promise<number> {
   const system = flagString(a, 'system');
   const chat = a.flags.has('chat');
   if (system !== undefined && !chat) throw new CalderaError('E_VALUE', '--system needs --chat');
+  const stop = flagString(a, 'stop');
+  if (stop === '') throw new CalderaError('E_VALUE', '--stop needs a non-empty string');
   return withModel(
     a,
     (opened, path) =>
-      generateText(a, path, opened, chat ? { user: prompt, system } : { text: prompt }, options),
+      generateText(a, path, opened, chat ? { user: prompt, system } : { text: prompt }, { ...options, stop }),
     { decode: true },
   );
 }
@@ -214,10 +216,17 @@ async function generateText(
     topP: number;
     repetitionPenalty: number;
     seed: number;
+    /** `--stop`: the text at which the completion ends (cut from it). */
+    stop: string | undefined;
   },
 ): Promise<number> {
   const { model, config, tokenizer } = opened;
-  const stopTokens = opened.format === 'llama2.c' ? config.eosTokenIds : await stopTokenIds(path, config);
+  const { stop, ...generateOptions } = options;
+  // llama2.c's run.c also stops at BOS, which delimits its sequences (TinyStories models end a story with it)
+  const stopTokens =
+    opened.format === 'llama2.c'
+      ? [...config.eosTokenIds, ...(config.bosTokenId === null ? [] : [config.bosTokenId])]
+      : await stopTokenIds(path, config);
   const full = promptIds(opened, prompt);
   if (full.length >= config.maxPositions)
     throw new CalderaError(
@@ -230,21 +239,20 @@ async function generateText(
   // a continuation is printed after its prompt; a chat answer alone
   if (!json && 'text' in prompt) process.stdout.write(prompt.text);
   let printed = '';
-  const stop = flagString(a, 'stop');
-  if (stop === '') throw new CalderaError('E_VALUE', '--stop needs a non-empty string');
+  const completion = completionDecoder(tokenizer, full);
   // the stop string is cut from the text here, not by generate(): a token-level stop would leave its beginning in
   // the tokens before the one that completes it (" Cour" + "t")
   const stops = stop === undefined ? [] : [stop];
   let visible = visibleText('', stops);
-  for await (const t of generate(model, full, { ...options, stopTokens })) {
+  for await (const t of generate(model, full, { ...generateOptions, stopTokens })) {
     out.push(t);
-    visible = visibleText(tokenizer.decode(out), stops);
+    visible = visibleText(completion(out), stops);
     const chunk = streamedText(printed, visible.text, visible.stopped);
     if (!json) process.stdout.write(chunk);
     printed += chunk;
     if (visible.stopped) break;
   }
-  const rest = streamedText(printed, visible.stopped ? visible.text : tokenizer.decode(out), true);
+  const rest = streamedText(printed, visible.stopped ? visible.text : completion(out), true);
   if (!json) process.stdout.write(rest);
   printed += rest;
   const secs = (performance.now() - t0) / 1000;
