@@ -5,7 +5,22 @@ import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { referenceModelDir, referenceTextPath } from '@caldera/reference-model';
 import { loadTokenizer } from '@caldera/runtime-node';
-import { PARALLEL_TOKENIZE_CHARS, splitByLength, tokenizeDocuments } from './commands/common.js';
+import {
+  compactTokenIds,
+  PARALLEL_TOKENIZE_CHARS,
+  splitByLength,
+  tokenizeDocuments,
+} from './commands/common.js';
+
+describe('compactTokenIds (the training text of caldera train)', () => {
+  it('keeps every id of a vocabulary above 65 536 (Llama 3, Qwen2): they were cut to 16 bits', () => {
+    const ids = [0, 65_535, 65_536, 70_476, 151_935];
+    expect(Array.from(compactTokenIds(ids, 151_936))).toEqual(ids);
+    const small = compactTokenIds([0, 7, 65_535], 65_536);
+    expect(small).toBeInstanceOf(Uint16Array); // two bytes per token where every id fits
+    expect(Array.from(small)).toEqual([0, 7, 65_535]);
+  });
+});
 
 describe('splitByLength', () => {
   it('keeps every document once, in order, in runs of about equal length', () => {

@@ -211,7 +211,8 @@ export async function finetuneCommand(a: Args): Promise<number> {
         initialValLoss: result.initialValLoss,
         bestValLoss: result.bestValLoss,
       },
-      { signal: stop.signal },
+      // checkOutDir above: nothing or an earlier checkpoint is there
+      { signal: stop.signal, overwrite: true },
     ).catch((e: unknown) => {
       if (!stop.signal.aborted) throw e;
       return undefined;

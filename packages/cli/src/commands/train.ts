@@ -33,6 +33,7 @@ import {
 import {
   checkOutDir,
   checkTrainingText,
+  compactTokenIds,
   copyModelSideFiles,
   defaultText,
   exists,
@@ -91,7 +92,7 @@ export async function trainCommand(a: Args): Promise<number> {
   const tokens = async (file: string) =>
     (await tokenizeDocuments(template, await readDocuments(file), mc.bosTokenId)).flat();
   const dataFile = flagString(a, 'data') ?? defaultText('train');
-  const data = Uint16Array.from(await tokens(dataFile));
+  const data = compactTokenIds(await tokens(dataFile), mc.vocabSize);
   checkTrainingText(data, dataFile, seqLen);
   const validFile = flagString(a, 'valid') ?? defaultText('valid');
   const valid = await tokens(validFile);

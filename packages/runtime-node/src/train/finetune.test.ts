@@ -319,6 +319,15 @@ describe('runFinetune resume check', () => {
       // nothing but the checkpoint's own files and the source's side files
       const own = new Set(['caldera.json', 'model.safetensors', 'config.json', ...MODEL_SIDE_FILES]);
       expect((await readdir(out)).filter((f) => !own.has(f))).toEqual([]);
+      // an existing directory is replaced only with overwrite: true (it wiped any folder, the source's parent too)
+      await expect(writeFinetunedCheckpoint(src, dir, setup.layers, {})).rejects.toThrow(
+        `E_IO: ${dir} already exists (pass overwrite: true to replace it)`,
+      );
+      expect((await readdir(src)).sort()).toContain('caldera.json');
+      await writeFinetunedCheckpoint(src, out, setup.layers, { steps: 1 }, { overwrite: true });
+      expect(JSON.parse(await readFile(join(out, 'caldera.json'), 'utf8')).options.finetune).toEqual({
+        steps: 1,
+      });
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -500,18 +500,20 @@ export async function runFinetune(
  * Writes the fine-tuned checkpoint: the source checkpoint's tensors, with each fine-tuned layer's Q codes untouched,
  * its remaining L/R codes sliced and `L_ft`/`R_ft` added in f32 (docs/architecture.md), `caldera.json` updated
  * (ranks, bits) with the fine-tuning settings under `options.finetune`. Atomic: nothing is left half-written.
- * `options.signal` aborts the write, `options.onProgress` reports it tensor by tensor (core's `writeCheckpointDir`).
+ * `options.signal` aborts the write, `options.onProgress` reports it tensor by tensor, and an existing `outDir` is
+ * `E_IO` unless `options.overwrite` (core's `writeCheckpointDir`: it replaces whatever is there, so check first that
+ * it is yours; it wiped any folder there, the source's parent included).
  */
 export async function writeFinetunedCheckpoint(
   sourceDir: string,
   outDir: string,
   layers: readonly LoraLayer[],
   finetuneInfo: Record<string, unknown>,
-  options: Pick<WriteCheckpointOptions, 'signal' | 'onProgress'> = {},
+  options: Pick<WriteCheckpointOptions, 'signal' | 'onProgress' | 'overwrite'> = {},
 ): Promise<CalderaCheckpointMeta> {
   options ??= {}; // from JavaScript: null options are none
   assertNotAbortSignal(options, 'writeFinetunedCheckpoint'); // the old positional signal: refused, not ignored
-  const { signal, onProgress } = options;
+  const { signal, onProgress, overwrite = false } = options;
   const { meta, tensors: reader } = await openCheckpointDir(sourceDir);
   const tensors: Record<string, Tensor> = {};
   const layerMeta: Record<string, CalderaLayerMeta> = { ...meta.layers };
@@ -550,7 +552,7 @@ export async function writeFinetunedCheckpoint(
     outDir,
     { meta: out, tensors, copyFiles: copy },
     {
-      overwrite: true,
+      overwrite,
       ...(signal ? { signal } : {}),
       ...(onProgress ? { onProgress } : {}),
     },
