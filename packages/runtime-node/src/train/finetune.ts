@@ -29,6 +29,7 @@ import { lossAndGrad, type LossAndGradOptions, type TrainConfig, type TrainParam
 import type { Teacher } from './rht.js';
 import { createSha256 } from './sha256.js';
 import { settingsDiff, tokenDigest, Trainer, type Objective } from './trainer.js';
+import { checkNumberOptions, FINETUNE_RULES, POSITIVE_INT } from './option-rules.js';
 
 /** One CALDERA layer under LoRA fine-tuning. */
 export interface LoraLayer {
@@ -114,6 +115,7 @@ export function prepareLoraFinetune(
   teacher?: Teacher,
   options: LoraPrepareOptions = {},
 ): FinetuneSetup {
+  checkNumberOptions('prepareLoraFinetune', { ftRank }, { ftRank: POSITIVE_INT });
   const { frozen, compressed } = frozenBase(loaded);
   // the dense base of each compressed layer: f32, or f16 bits with `halfBase` (converted back where used)
   const half: Record<string, Uint16Array> = {};
@@ -340,6 +342,8 @@ export async function runFinetune(
   valid: ArrayLike<number>,
   options: LoraFinetuneOptions = {},
 ): Promise<FinetuneResult> {
+  options ??= {}; // from JavaScript: null options are none
+  checkNumberOptions('runFinetune', options as Record<string, unknown>, FINETUNE_RULES);
   const o = {
     steps: 200,
     seqLen: 128,

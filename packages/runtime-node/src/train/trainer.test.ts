@@ -258,6 +258,28 @@ describe('Trainer', () => {
     expect(() => new Trainer(cfg, initTrainParams(cfg, new Rng(1)), [1, 2, 3], opts)).toThrow(/shorter/);
   });
 
+  it('refuses options outside their range as E_VALUE naming them (a NaN lr failed inside gemm, a negative one climbed)', () => {
+    const params = initTrainParams(cfg, new Rng(1));
+    for (const [bad, message] of [
+      [{ seqLen: 0 }, 'seqLen must be an integer ≥ 1, got 0'],
+      [{ batch: 1.5 }, 'batch must be an integer ≥ 1, got 1.5'],
+      [{ lr: NaN }, 'lr must be a number > 0, got NaN'],
+      [{ lr: -1 }, 'lr must be a number > 0, got -1'],
+      [{ warmup: -5 }, 'warmup must be an integer ≥ 0, got -5'],
+      [{ totalSteps: 2.5 }, 'totalSteps must be an integer ≥ 1, got 2.5'],
+      [{ minLrRatio: 2 }, 'minLrRatio must be a number in [0, 1], got 2'],
+      [{ weightDecay: -1 }, 'weightDecay must be a number ≥ 0, got -1'],
+      [{ clip: 0 }, 'clip must be a number > 0, got 0'],
+      [{ seed: -1 }, 'seed must be an integer in [0, 4294967295], got -1'],
+      [{ lr: '0.1' }, "lr must be a number > 0, got '0.1'"],
+      [{ betas: [0.9, 1] }, 'betas must be two numbers in [0, 1), got'],
+    ] as const)
+      expect(() => new Trainer(cfg, params, data, { ...opts, ...bad } as never)).toThrow(
+        `E_VALUE: Trainer: ${message}`,
+      );
+    expect(() => new Trainer(cfg, params, data, null as never)).not.toThrow(); // null options are none
+  });
+
   it('decays matrices, not norms or biases (weight decay is the only difference between two runs)', () => {
     const c = SCOPE_TEST_CONFIG;
     const run = (weightDecay: number) => {

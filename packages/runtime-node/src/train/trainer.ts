@@ -1,4 +1,12 @@
-import { assertNotAbortSignal, atomicWriteFile, CalderaError, Rng, throwIfAborted } from '@caldera/core';
+import {
+  assertNotAbortSignal,
+  atomicWriteFile,
+  CalderaError,
+  Rng,
+  shownValue,
+  throwIfAborted,
+} from '@caldera/core';
+import { checkNumberOptions, TRAINER_RULES } from './option-rules.js';
 import { nextTurn } from '../next-turn.js';
 import { nodeFs } from '../node-builtins.js';
 import { createSha256 } from './sha256.js';
@@ -132,7 +140,20 @@ function configSettings(c: TrainConfig | undefined): Record<string, unknown> {
 }
 
 /** `options` with every default filled in (the defaults documented on {@link TrainerOptions}). */
-function trainerOptionsWithDefaults(options: TrainerOptions): Required<TrainerOptions> {
+function trainerOptionsWithDefaults(options: TrainerOptions, what = 'Trainer'): Required<TrainerOptions> {
+  options ??= {}; // from JavaScript: null options are none
+  checkNumberOptions(what, options as Record<string, unknown>, TRAINER_RULES);
+  const betas = options.betas;
+  if (
+    betas !== undefined &&
+    (!Array.isArray(betas) ||
+      betas.length !== 2 ||
+      !betas.every((b) => typeof b === 'number' && b >= 0 && b < 1))
+  )
+    throw new CalderaError(
+      'E_VALUE',
+      `${what}: betas must be two numbers in [0, 1), got ${shownValue(betas)}`,
+    );
   return {
     seqLen: 128,
     batch: 8,
