@@ -242,8 +242,9 @@ try {
     failed++;
   }
 
-  // Types resolve for @caldera/runtime-webgpu and its /kernels subpath from both module systems (their declarations
-  // use the WebGPU types, so the consumer has @webgpu/types, a dependency of the package); the root has no kernels.
+  // Types resolve for @caldera/runtime-webgpu and its /kernels subpath from both module systems; the root has no
+  // kernels. The declarations use the WebGPU types and refer to @webgpu/types (a dependency of the package) themselves:
+  // the consumer names no `types`, and a GPUDevice must not be `any` (it was, where the consumer had not added them).
   if (checked.has('@caldera/runtime-webgpu')) {
     writeFileSync(
       join(app, 'webgpu-esm.mts'),
@@ -252,9 +253,11 @@ try {
         `// @ts-expect-error the kernels are exported from /kernels only\n` +
         `import { Kernels as RootKernels } from '@caldera/runtime-webgpu';\n` +
         `const k = async (): Promise<Kernels> => new Kernels(await createDevice());\n` +
+        `// @ts-expect-error a GPUDevice is not a number (unused, as an error, where the WebGPU types were any)\n` +
+        `const notAny = async (): Promise<number> => (await createDevice()).device;\n` +
         `const src: string = matvecWgsl('f16');\nconst o: LoadOptions = { contextLength: 8, lanes: 32 };\n` +
         `type D = Dispatch['label'] | GpuMatrix['dtype'] | WebGpuModel['contextLength'];\n` +
-        `export { k, src, o, RootKernels, type D };\n`,
+        `export { k, notAny, src, o, RootKernels, type D };\n`,
     );
     writeFileSync(
       join(app, 'webgpu-cjs.cts'),
@@ -272,7 +275,7 @@ try {
           strict: true,
           noEmit: true,
           skipLibCheck: false,
-          types: ['@webgpu/types'],
+          types: [],
           lib: ['es2022', 'dom'],
         },
         files: ['webgpu-esm.mts', 'webgpu-cjs.cts'],
