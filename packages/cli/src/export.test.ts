@@ -197,11 +197,15 @@ describe('caldera export', () => {
     const dtype = run(['export', ckpt, '--out', join(tmp, 'never-2'), '--dtype', 'f8']);
     expect(dtype.status).toBe(1);
     expect(dtype.stderr).toMatch(/E_VALUE: --dtype must be f16, bf16 or f32, got 'f8'/);
-    // an empty --out is taken (and filled)
+    // an empty --out is taken (and filled); what an export killed with SIGKILL left beside it (its temporary
+    // directory, a model's size: left for ever before) is removed under <out>.lock, which is released at the end
     const empty = join(tmp, 'empty-out');
     mkdirSync(empty);
+    mkdirSync(`${empty}.tmp-0badf00d`);
+    writeFileSync(join(`${empty}.tmp-0badf00d`, 'model.safetensors.tmp-12345678'), 'partial');
     expect(run(['export', ckpt, '--out', empty]).status).toBe(0);
     expect(existsSync(join(empty, 'model.safetensors'))).toBe(true);
+    expect(readdirSync(tmp).filter((f) => f.startsWith('empty-out'))).toEqual(['empty-out']);
     for (const f of ['never-1', 'never-2']) expect(existsSync(join(tmp, f))).toBe(false);
   }, 60_000);
 

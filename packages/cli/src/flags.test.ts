@@ -148,6 +148,16 @@ describe('caldera command lines', () => {
       stderr: expect.stringMatching(/unexpected argument 'redis:\/\/h'/),
     });
     expect((await run('eval', '--help', '--bitz')).stdout).toMatch(/^caldera eval/);
+    // an option given twice: its first value was dropped silently
+    for (const argv of [
+      ['eval', '--context', '100', '--context', '200'],
+      ['compress', '--rank=3', '--rank', '4'],
+      ['generate', '--json', '--json'],
+    ])
+      expect(await run(...argv), argv.join(' ')).toMatchObject({
+        code: 2,
+        stderr: expect.stringMatching(new RegExp(`${argv[1]!.replace(/=.*/, '')} given twice`)),
+      });
   });
 
   const value = async (argv: string[], message: RegExp) => {
@@ -172,6 +182,36 @@ describe('caldera command lines', () => {
     await value(
       ['eval', '--context', '0', '--threads', '1'],
       /--context must be an integer in \[2, 512\].*got 0/,
+    );
+    // before the model is opened (a missing one here) and the text tokenized
+    await value(
+      ['eval', join(tmpdir(), 'no-such-model'), '--max-tokens', '1'],
+      /E_VALUE: --max-tokens 1 leaves too few tokens; perplexity needs at least 2$/,
+    );
+  });
+
+  it("the queue options: --attempts and --queue-name only with --queue, and the worker's numbers within their ranges", async () => {
+    await value(
+      ['compress', '--attempts', 'abc', '--queue-name', 'x'],
+      /E_VALUE: they set the jobs of a run on a Redis queue: --queue-name, --attempts would be ignored; give --queue URL with them$/,
+    );
+    await value(
+      ['compress', '--queue', 'redis://127.0.0.1:1', '--attempts', '0'],
+      /--attempts must be a positive integer, got 0/,
+    );
+    const worker = ['worker', '--queue', 'redis://127.0.0.1:1'];
+    // a lock above 2³¹ − 1 ms: Node fired BullMQ's timers every millisecond
+    await value(
+      [...worker, '--lock-seconds', '2200000'],
+      /--lock-seconds must be a number in \[1, 2147483\], got 2200000/,
+    );
+    await value(
+      [...worker, '--lock-seconds', '0.5'],
+      /--lock-seconds must be a number in \[1, 2147483\], got 0\.5/,
+    );
+    await value(
+      [...worker, '--concurrency', '1e12'],
+      /--concurrency must be an integer in \[1, 256\], got 1000000000000/,
     );
   });
 

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { closeSync, cpSync, openSync, readdirSync, readSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { blockLinearNames, loadModel } from '@caldera/runtime-node';
+import { openSafetensors } from '@caldera/core';
 import { fastCompressSetup, runCli } from './test-cli.js';
 import { writeTinyModel } from './test-models.js';
 
@@ -99,6 +100,17 @@ function corruptTensorData(dir: string): void {
   }
 }
 
+/** The tensor entries of every safetensors file of `dir` (their headers). */
+async function safetensorsHeaders(dir: string) {
+  const entries = [];
+  for (const f of readdirSync(dir).filter((f) => f.endsWith('.safetensors'))) {
+    const r = await openSafetensors(join(dir, f));
+    entries.push(...r.header.tensors);
+    await r.close();
+  }
+  return entries;
+}
+
 describe('caldera inspect reads no tensor data', () => {
   it('reports what it reported from the loaded model, for dense f32/f16/bf16, sharded, Qwen2 and compressed models', async () => {
     const models: [string, 'f32' | 'f16' | 'bf16'][] = [
@@ -114,6 +126,18 @@ describe('caldera inspect reads no tensor data', () => {
     for (const [dir, stored] of models) {
       const info = inspectJson(dir);
       expect(info, dir).toMatchObject(await loadedReport(dir, stored));
+      // every parameter of the source model (the Qwen2 models' q/k/v biases were left out), and a checkpoint's linear
+      // layers as their tensors' bytes in the file
+      const headers = await safetensorsHeaders(dir);
+      const elements = (t: { shape: readonly number[] }) => t.shape.reduce((p, d) => p * d, 1);
+      if (!dir.endsWith('-caldera'))
+        expect(info.parameters, dir).toBe(headers.reduce((s, t) => s + elements(t), 0));
+      else
+        expect(info.linearBytes, dir).toBe(
+          headers
+            .filter((t) => t.name.includes('.caldera.') || /_proj\.weight$/.test(t.name))
+            .reduce((s, t) => s + t.dataOffsets[1] - t.dataOffsets[0], 0),
+        );
       expect(info.fileBytes).toBe(
         readdirSync(dir)
           .filter((f) => f.endsWith('.safetensors'))

@@ -49,8 +49,8 @@ export type LinearLayout = {
   /** The `.bias` tensor (Qwen2's q/k/v), or null. */
   bias: TensorLayout | null;
   /**
-   * Bytes of the weight in the file: a dense weight's data, or a compressed layer's codes, scales and signs as
-   * {@link CalderaLinear} counts them (`ceil(bitsPerWeight · m · n / 8)`).
+   * Bytes of the weight in the file: a dense weight's data, or the data of a compressed layer's tensors (codes, scales,
+   * signs, fine-tuned factors), from the safetensors header.
    */
   bytes: number;
   /**
@@ -228,8 +228,15 @@ export async function layoutFromStore(
       const meta = calderaMeta?.layers?.[name];
       if (meta) {
         await checkCalderaLayer(store, dir, name, meta, shape);
-        // as CalderaLinear counts its storage
-        const bytes = Math.ceil((meta.bitsPerWeight * m * n) / 8);
+        // its tensors' bytes in the file (codes, scales, signs, f32 fine-tuned factors), as the safetensors header
+        // gives them: caldera.json's bitsPerWeight·m·n/8 is the same figure where the file is ours, but a float (4.58…
+        // bits of a 768 × 256 layer made 112 652.00000000001 bytes, so 112 653) and only what the file says of itself
+        let bytes = 0;
+        for (const t of store.names())
+          if (t.startsWith(`${name}.caldera.`)) {
+            const [begin, end] = (await store.tensorInfo(t)).dataOffsets;
+            bytes += end - begin;
+          }
         linears.push({
           name,
           outFeatures: m,

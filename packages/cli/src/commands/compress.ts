@@ -92,7 +92,7 @@ Without model-dir, compresses the embedded reference model with its bundled cali
 Options:
   --out DIR            output checkpoint directory (default: ./caldera-out/<model>-<method>)
   --method NAME        caldera (default) | ldlq (rank 0, QuIP#-style) | rtn (E8P rounding, no Hessian) | lplr (low-rank only)
-  --rank K             rank of L·R for every layer (overrides --bits)
+  --rank K             rank of L·R for every layer (instead of --bits; not with it)
   --bits B             target average bits per weight (paper accounting), ranks chosen per layer (default
                        --q-bits + 0.4: 2.4; lplr 3.6)
   --max-bytes N        instead of --bits: a byte budget for all compressed layers (paper accounting)
@@ -139,8 +139,8 @@ Options:
   --queue URL          redis://host:port[/db] of the Redis server
   --queue-name NAME    BullMQ queue name (default caldera)
   --threads N          linear-algebra threads per job, 1 … 256 (default 1: one worker process per core scales best)
-  --concurrency N      jobs at a time in this process (default 1)
-  --lock-seconds S     BullMQ job lock; a dead worker's job is retried within about 2×S seconds of its death (default 30)
+  --concurrency N      jobs at a time in this process, an integer in [1, 256] (default 1)
+  --lock-seconds S     BullMQ job lock, in [1, 2147483]; a dead worker's job is retried within about 2×S seconds of its death (default 30)
   --json               JSON lines on stdout (events: ready, job-start, job-done, job-failed, job-returned, stopped)`;
 
 type Method = 'caldera' | 'ldlq' | 'rtn' | 'lplr';
@@ -250,6 +250,14 @@ function checkMethodFlags(a: Args, method: string, propagate: string): void {
       '--hessian-chunks cuts the Hessians of --propagate original into jobs',
       'give --propagate original with it',
     );
+  if (!a.flags.has('queue'))
+    refuse(
+      givenFlags(a, ['queue-name', 'attempts']),
+      'they set the jobs of a run on a Redis queue',
+      'give --queue URL with them',
+    );
+  // read where the jobs are queued, so checked here, before any work
+  flagNumber(a, 'attempts', 3, POSITIVE_INT);
 }
 
 /**

@@ -22,6 +22,7 @@ import {
 import { fromCheckpointTensors, reconstruct } from '@caldera/lowrank';
 import { readJsonFile } from '@caldera/runtime-node';
 import { flagString, type Args } from '../args.js';
+import { lockOutput } from './out-lock.js';
 import {
   checkOutDir,
   copyModelSideFiles,
@@ -132,6 +133,17 @@ export async function exportCommand(a: Args): Promise<number> {
   const out = outPath(flagString(a, 'out')) ?? `${outPath(src)}-dense`;
   // before any work: writing to --out loses nothing (a dense model has no marker of its own: missing or empty only)
   await checkOutDir(out, [src], { marker: null, kind: 'a dense export' });
+  // one writer of --out at a time; what a killed export left beside it (<out>.tmp-…, a model's size) is removed
+  const unlock = await lockOutput(out, 'caldera export');
+  try {
+    return await writeExport(src, out, dt, json);
+  } finally {
+    await unlock();
+  }
+}
+
+/** Write the dense export of the checkpoint `src` to `out` (missing or empty), with `<out>.lock` held. */
+async function writeExport(src: string, out: string, dt: ExportDType, json: boolean): Promise<number> {
   const meta = await readCheckpointMeta(src);
   const configFile = join(src, 'config.json');
   const config = (await readJsonFile(configFile)) as Record<string, unknown>;

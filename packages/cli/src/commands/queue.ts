@@ -342,11 +342,10 @@ export async function workerCommand(a: Args): Promise<number> {
   if (!url) throw new CalderaError('E_VALUE', 'caldera worker needs --queue redis://host:port');
   const name = flagString(a, 'queue-name', 'caldera')!;
   const threads = flagNumber(a, 'threads', 1, THREADS);
-  const concurrency = flagNumber(a, 'concurrency', 1);
-  const lockMs = flagNumber(a, 'lock-seconds', 30) * 1000;
-  if (!Number.isInteger(concurrency) || concurrency < 1)
-    throw new CalderaError('E_VALUE', `--concurrency must be a positive integer, got ${concurrency}`);
-  if (!(lockMs >= 1000)) throw new CalderaError('E_VALUE', '--lock-seconds must be at least 1');
+  // at most 256 jobs at once (as --threads); a lock of at most 2³¹ − 1 ms, the longest timer Node keeps (a longer one
+  // fired every millisecond: BullMQ's lock renewal spun, with a TimeoutOverflowWarning each time)
+  const concurrency = flagNumber(a, 'concurrency', 1, { integer: true, min: 1, max: 256 });
+  const lockMs = flagNumber(a, 'lock-seconds', 30, { min: 1, max: 2_147_483 }) * 1000;
   await checkRedisReachable(url); // at once, where BullMQ's client would retry for 10 s (or for ever)
   const json = a.flags.has('json');
   const log = (o: Record<string, unknown>) =>

@@ -78,6 +78,11 @@ async function withModel(
 export async function evalCommand(a: Args): Promise<number> {
   // the checks that need no model first; --context (its range is the model's) once the model is open
   const max = flagNumber(a, 'max-tokens', HELD_OUT_TOKENS, POSITIVE_INT);
+  if (max < 2)
+    throw new CalderaError(
+      'E_VALUE',
+      `--max-tokens ${max} leaves too few tokens; perplexity needs at least 2`,
+    );
   const context = flagNumber(a, 'context');
   const stride = flagNumber(a, 'stride', undefined, POSITIVE_INT);
   if (context !== undefined && stride !== undefined && Number.isInteger(context) && context >= 2)
@@ -106,11 +111,6 @@ async function evaluate(
     throw new CalderaError(
       'E_VALUE',
       `--text ${text} has ${ids.length - (bos === null ? 0 : docs.length)} tokens; perplexity needs at least 2`,
-    );
-  if (flags.max < 2)
-    throw new CalderaError(
-      'E_VALUE',
-      `--max-tokens ${flags.max} leaves too few tokens; perplexity needs at least 2`,
     );
   const bar = progressBar('eval', !a.flags.has('json') && process.stderr.isTTY === true);
   const t0 = performance.now();
@@ -295,8 +295,10 @@ interface InspectedLinear {
    * factors' widths, scales and signs excluded), what `--bits` targets; null for a dense layer.
    */
   paperBitsPerWeight: number | null;
-  /** Bytes of the weight in the file (a CALDERA layer: its codes, scales and signs, as the runtime counts them). */
+  /** Bytes of the weight in the file (a CALDERA layer: its tensors' data, from the safetensors header). */
   bytes: number;
+  /** Values of its bias (Qwen2's q/k/v, Llama's with `attention_bias`/`mlp_bias`), 0 without one. */
+  biasParams: number;
   /**
    * Bytes the layer holds resident once runtime-node has loaded it (`LinearLayout.memoryBytes`: dense f16 and bf16 as
    * stored, f32 and f64 as f32, in the kernel's region of the model's arena; a CALDERA layer's codes, L̂ and R̂ in f32,
@@ -338,6 +340,7 @@ async function modelDirLayout(dir: string): Promise<InspectedModel> {
       error: l.caldera ? (l.caldera.error ?? null) : null,
       paperBitsPerWeight: l.caldera?.paperBitsPerWeight ?? null,
       bytes: l.bytes,
+      biasParams: l.bias ? l.outFeatures : 0,
       memoryBytes: l.memoryBytes,
     })),
     memory,
@@ -362,6 +365,7 @@ async function llama2cLayout(path: string): Promise<InspectedModel> {
         error: null,
         paperBitsPerWeight: null,
         bytes: 4 * m * n,
+        biasParams: 0,
         memoryBytes: memoryOf.get(name)!,
       };
     }),
@@ -400,6 +404,7 @@ export async function inspectCommand(a: Args): Promise<number> {
   }, 0);
   const params =
     linearParams +
+    linears.reduce((s, l) => s + l.biasParams, 0) +
     config.vocabSize * config.hiddenSize * (config.tieWordEmbeddings ? 1 : 2) +
     config.hiddenSize * (2 * config.numLayers + 1);
   const info = {
