@@ -160,4 +160,12 @@ describe('checkPerplexityArgs (the runtimes’ shared argument checks)', () => {
         new RegExp(`^E_VALUE: perplexity: tokens must be an array of token ids, got ${got}$`),
       );
   });
+
+  it('an onProgress that is not a function is E_VALUE before any window (runtime-node threw a TypeError after one)', () => {
+    fails(
+      () => checkPerplexityArgs([1, 2, 3], { onProgress: 5 }, limit),
+      /^E_VALUE: perplexity: onProgress must be a function, got a number$/,
+    );
+    expect(checkPerplexityArgs([1, 2, 3], { onProgress: () => undefined }, limit).context).toBe(32);
+  });
 });

@@ -2,7 +2,7 @@
  * The shared scoring of the runtimes' `perplexity`: the checks of its arguments, which windows of a text run and
  * which of their positions are scored, and the negative log-likelihood of one token from a row of logits.
  */
-import { assertNotAbortSignal, CalderaError } from './errors.js';
+import { assertFunction, assertNotAbortSignal, CalderaError } from './errors.js';
 import { checkTokenArray, checkTokenIds } from './token-ids.js';
 
 /** The window options of the runtimes' `perplexity` (the part {@link checkPerplexityArgs} checks). */
@@ -65,16 +65,18 @@ export interface PerplexityLimit {
  * given, when `tokens` is not an array of token ids (null, undefined, a number), has fewer than 2 tokens, `context`
  * is not an integer in [2, `limit.max`] (past the model's positions it would give a number, but not the model's
  * perplexity), `stride` is not an integer in [1, context], or (with `limit.vocab`) a token is not an id in [0, vocab):
- * every id, before any window runs, so that a bad one (the last token, only ever a target, included) fails at once.
+ * every id, before any window runs, so that a bad one (the last token, only ever a target, included) fails at once;
+ * and when `options.onProgress` is given and not a function (runtime-node threw a TypeError after the first window).
  * A null `options` counts as none.
  */
 export function checkPerplexityArgs(
   tokens: ArrayLike<number>,
-  options: PerplexityWindowOptions | null | undefined,
+  options: (PerplexityWindowOptions & { onProgress?: unknown }) | null | undefined,
   limit: PerplexityLimit,
 ): { context: number; stride: number } {
   checkTokenArray(tokens, 'perplexity');
   assertNotAbortSignal(options, 'perplexity'); // perplexity(model, tokens, signal): refused, not ignored
+  if (options?.onProgress !== undefined) assertFunction(options.onProgress, 'perplexity', 'onProgress');
   const context = options?.context ?? limit.defaultContext ?? Math.min(DEFAULT_PERPLEXITY_CONTEXT, limit.max);
   const stride = options?.stride ?? context;
   if (!Number.isInteger(context) || context < 2 || context > limit.max)

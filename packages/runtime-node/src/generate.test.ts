@@ -210,6 +210,10 @@ describe('perplexity', () => {
     );
     // null options are none: the defaults (one window of min(128, max positions) tokens)
     expect(await perplexity(model, ids, null as unknown as object)).toEqual(await perplexity(model, ids));
+    // an onProgress that is not a function: E_VALUE before any window, as runtime-webgpu (a TypeError after one)
+    await expect(perplexity(model, ids, { onProgress: 5 as never })).rejects.toThrow(
+      /^E_VALUE: perplexity: onProgress must be a function, got a number$/,
+    );
   });
 
   it('reports progress as { done, total } objects: the end of each window, in tokens, up to the length', async () => {

@@ -1,5 +1,4 @@
 import {
-  assertFunction,
   CalderaError,
   checkPerplexityArgs,
   checkTokenIds,
@@ -47,10 +46,11 @@ export async function* generate(
   // as runtime-node: min(maxTokens, context − prompt length) tokens; none (no pass at all) for maxTokens 0 or a
   // prompt that fills the context
   const count = rules.tokensToGenerate(model.contextLength, "its contextLength, the KV cache's length");
-  if (count === 0) return;
   // every pass through the claim: a second generate() (or any other change to the sequence) while this one is
-  // suspended makes its next pass fail instead of continuing from the other's cache
+  // suspended makes its next pass fail instead of continuing from the other's cache (claimed before the count is
+  // looked at: a disposed model is E_VALUE even where nothing would run)
   const seq = model.claim('generate');
+  if (count === 0) return;
   // the cached prefix (at most all but the last prompt token, which must run to give the first logits)
   const cached = model.tokens;
   let keep = 0;
@@ -131,8 +131,6 @@ export async function perplexity(
     vocab: model.config.vocabSize,
   });
   options ??= {}; // from JavaScript: null options are none
-  // before the first window runs, not after it
-  if (options.onProgress !== undefined) assertFunction(options.onProgress, 'perplexity', 'onProgress');
   const seq = model.claim('perplexity');
   let nll = 0;
   let count = 0;

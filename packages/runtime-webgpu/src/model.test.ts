@@ -830,6 +830,10 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel lifecycle', reason), () => {
       message: /after dispose/,
     });
     expect(() => model.reset()).toThrow(/after dispose/);
+    // also where nothing would run (these returned without a word), and a claim
+    expect(() => model.claim('x')).toThrow(/after dispose/);
+    await expect(model.prefill([])).rejects.toThrow(/after dispose/);
+    await expect(collect(generate(model, prompt, { maxTokens: 0 }))).rejects.toThrow(/after dispose/);
     const own = await ownTestDevice();
     const { model: m } = await loadModelFromBuffer(own!, parts, { contextLength: 16 });
     const want = await collect(generate(m, prompt, { maxTokens: 3 }));

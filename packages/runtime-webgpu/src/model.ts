@@ -935,6 +935,7 @@ export class WebGpuModel {
    * `truncate()`), the operation's next pass fails with `E_VALUE` instead of continuing from the other call's cache.
    */
   claim(what: string): SequenceClaim {
+    this.checkNotDisposed();
     let seen = this.revision;
     return {
       pass: <T>(op: () => T): T => {
