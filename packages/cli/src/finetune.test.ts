@@ -233,6 +233,37 @@ describe('caldera finetune', () => {
     expect(other.stderr).toMatch(/--batch \(1000000 then, 1 now\)/);
   }, 120_000);
 
+  it('a resumed train logs each step once: the log is cut back to the step of the saved state', async () => {
+    const out = join(mkdtempSync(join(tmpdir(), 'caldera-train-')), 'model');
+    const args = ['train', '--out', out, '--steps', '40', '--batch', '1', '--seq-len', '16', '--warmup', '1'];
+    const log = join(`${out}.partial`, 'training-log.jsonl');
+    // interrupted a second into training: its state and its log as far as that state
+    expect(await runUntil(args, log, 'SIGINT', 10, 1000)).toBe(130);
+    const steps = () =>
+      readFileSync(log, 'utf8')
+        .trim()
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l).step as number);
+    const saved = steps().length;
+    expect(steps()).toEqual(Array.from({ length: saved }, (_, i) => i + 1));
+    expect(saved).toBeLessThan(38);
+    // as a run killed while it saved a later state leaves it: steps logged past the state's, a line cut short
+    writeFileSync(
+      log,
+      readFileSync(log, 'utf8') +
+        [1, 2].map((k) => JSON.stringify({ event: 'step', step: saved + k, loss: 1 }) + '\n').join('') +
+        '{"event":"st',
+    );
+    const r = run(args);
+    expect(r.status, r.stderr).toBe(0);
+    const final = readFileSync(join(out, 'training-log.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l).step as number);
+    expect(final).toEqual(Array.from({ length: 40 }, (_, i) => i + 1));
+  }, 300_000);
+
   it('trains, compresses and fine-tunes a model with an untied head, q/k/v biases and Llama 3 RoPE scaling', async () => {
     // a tiny model with the reference model's tokenizer and the three features the reference model lacks
     const dir = mkdtempSync(join(tmpdir(), 'caldera-scope-'));

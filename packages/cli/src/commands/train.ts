@@ -1,4 +1,4 @@
-import { copyFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   CalderaError,
@@ -124,6 +124,7 @@ export async function trainCommand(a: Args): Promise<number> {
       })
     : new Trainer(cfg, initTrainParams(cfg, new Rng(seed)), data, trainerOptions);
   if (trainer.stepCount === 0) await writeFile(logPath, '');
+  else await keepLoggedSteps(logPath, trainer.stepCount);
   const lines: string[] = [];
   const flushLog = async () => {
     if (lines.length) await writeFile(logPath, lines.splice(0).join(''), { flag: 'a' });
@@ -218,4 +219,25 @@ export async function trainCommand(a: Args): Promise<number> {
   if (json) console.log(JSON.stringify(summary));
   else console.log(`wrote ${out} after ${trainer.stepCount} steps`);
   return 0;
+}
+
+/**
+ * Keep the lines of the training log `path` up to step `last`, the step of the state a run resumes from: a run killed
+ * while it saved its state had logged the steps since the last save, which the resumed run logs again (85 lines for
+ * 60 steps, steps 26–50 twice).
+ */
+async function keepLoggedSteps(path: string, last: number): Promise<void> {
+  const text = await readFile(path, 'utf8').catch(() => '');
+  const kept = text
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .filter((l) => {
+      try {
+        const step = (JSON.parse(l) as { step?: unknown }).step;
+        return typeof step !== 'number' || step <= last;
+      } catch {
+        return false; // a line cut short by the kill
+      }
+    });
+  await writeFile(path, kept.map((l) => `${l}\n`).join(''));
 }
