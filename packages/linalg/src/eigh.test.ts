@@ -205,6 +205,29 @@ describe('eigh divide and conquer on adversarial spectra', () => {
     expect(orth).toBeLessThan(2 * n * EPS);
   });
 
+  it('eigenvalues spanning more than 1e160 (a graded tridiagonal matrix, dc): every eigenvector of unit norm (some were 0)', () => {
+    // d_i = 4^−i, e_i = d_i / 8: the divide-and-conquer merges' secular vectors have entries whose squares overflow
+    const n = 300;
+    const a = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) {
+      a[i * n + i] = 4 ** -i;
+      if (i + 1 < n) a[i * n + i + 1] = a[(i + 1) * n + i] = 4 ** -i / 8;
+    }
+    for (const method of ['dc', 'ql'] as const) {
+      const { values, vectors } = eigh(tensor('f64', [n, n], a), { method });
+      const [res, orth] = residuals(a, n, values, vectors.data);
+      expect(res, method).toBeLessThan(2 * n * EPS * fro(a));
+      expect(orth, method).toBeLessThan(2 * n * EPS);
+    }
+  });
+
+  it('a coupling of subnormal size: the eigenvalues of I, no NaN (its Householder reflector was infinite)', () => {
+    const t = 1e-310;
+    const { values, vectors } = eigh(tensor('f64', [3, 3], [1, t, t, t, 1, 0, t, 0, 1]));
+    for (const v of values) expect(Math.abs(v - 1)).toBeLessThan(4 * EPS);
+    expect(orthErr(vectors.data, 3, 3)).toBeLessThan(8 * EPS);
+  });
+
   it('agrees with QL on a random matrix (values to n·eps·‖A‖)', () => {
     const n = 150;
     const a = randSym(n, 5);

@@ -27,18 +27,44 @@ export function columnReflector(
     const t = a[i * ld + j]! / scale;
     ss += t * t;
   }
-  const norm = scale * Math.sqrt(ss);
-  const beta = alpha >= 0 ? -norm : norm;
-  const inv = 1 / (alpha - beta);
+  const { beta, tau, inv, divisor } = reflectorOf(alpha, scale, ss);
   v[0] = 1;
   for (let i = o + 1; i < n; i++) {
-    const vi = a[i * ld + j]! * inv;
+    const vi = (a[i * ld + j]! / divisor) * inv;
     a[i * ld + j] = vi;
     v[i - o] = vi;
   }
   e[j] = beta;
-  taus[j] = (beta - alpha) / beta;
+  taus[j] = tau;
   return true;
+}
+
+/**
+ * Below this largest magnitude a column's reflector is formed from the column divided by it (LAPACK's `dlarfg`
+ * rescales below safmin/ε ≈ 2⁻⁹⁶⁹): from the values as they are, `α − β` is subnormal with few significant bits,
+ * or 0 (`1/(α − β)` infinite: NaN in Q), and v and τ no longer make an orthogonal reflector.
+ */
+const TINY_COLUMN = 2 ** -969;
+
+/**
+ * The Householder reflector `H = I − τ·v·vᵀ` (v₀ = 1) with `H·x = β·e₀` of a column `x` whose first entry is `alpha`,
+ * largest magnitude `scale` (> 0) and squared norm `scale²·s`: `beta`, `tau`, and each later entry of v is
+ * `(xᵢ / divisor) · inv`. Above {@link TINY_COLUMN} `divisor` is 1 and the arithmetic is that of the column as it is
+ * (`inv = 1/(α − β)`, `τ = (β − α)/β`); below it, that of the column divided by `scale`.
+ */
+export function reflectorOf(
+  alpha: number,
+  scale: number,
+  s: number,
+): { beta: number; tau: number; inv: number; divisor: number } {
+  if (scale >= TINY_COLUMN) {
+    const norm = scale * Math.sqrt(s);
+    const beta = alpha >= 0 ? -norm : norm;
+    return { beta, tau: (beta - alpha) / beta, inv: 1 / (alpha - beta), divisor: 1 };
+  }
+  const as = alpha / scale;
+  const bs = as >= 0 ? -Math.sqrt(s) : Math.sqrt(s);
+  return { beta: scale * bs, tau: (bs - as) / bs, inv: 1 / (as - bs), divisor: scale };
 }
 
 /**

@@ -40,6 +40,26 @@ describe('qr', () => {
     expect(orthErr(q.data, m, n)).toBeLessThan(m * EPS * 4);
   });
 
+  it('exactly rank-deficient input whose residual columns become subnormal: orthonormal Q, no NaN (1/(α − β) was infinite)', () => {
+    // a matrix of ones: after the first reflector every column's residual is rounding noise, shrinking with each
+    // reflector to ~1e-315 (subnormal); and a column of subnormal values from the start
+    for (const [m, n] of [
+      [300, 23],
+      [120, 120],
+    ]) {
+      const a = new Float64Array(m * n).fill(1);
+      const { q, r } = qr(tensor('f64', [m, n], a));
+      expect(q.data.some(Number.isNaN) || r.data.some(Number.isNaN), `${m}×${n}`).toBe(false);
+      // backward stable as for any input: ‖QR − A‖ and ‖QᵀQ − I‖ within a small multiple of m·ε
+      expect(diffFro(mul(q.data, r.data, m, n, n), a)).toBeLessThan(m * EPS * fro(a));
+      expect(orthErr(q.data, m, n)).toBeLessThan(m * EPS * 4);
+    }
+    const tiny = qr(tensor('f64', [2, 1], [1e-310, 1e-310]));
+    // 1e-310 holds ~44 significant bits (a subnormal): Q's column is (−1, −1)/√2 to about 2⁻⁴⁴
+    for (const x of tiny.q.data) expect(Math.abs(x + Math.SQRT1_2)).toBeLessThan(1e-12);
+    expect(Math.abs(tiny.r.data[0]! + Math.SQRT2 * 1e-310)).toBeLessThan(1e-320);
+  });
+
   it('handles zero columns and an all-zero matrix', () => {
     const a = tensor('f64', [3, 2], [0, 1, 0, 2, 0, 3]);
     const { q, r } = qr(a);

@@ -4,6 +4,7 @@
  */
 import { throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
 import { denseCopy, wrap } from './dense.js';
+import { reflectorOf } from './householder.js';
 
 /** Options of {@link qr}. */
 export interface QrOptions {
@@ -71,11 +72,8 @@ export function qrBuf(
       taus[j] = 0;
       continue;
     }
-    const norm = scale * Math.sqrt(as * as + ss);
-    const beta = alpha >= 0 ? -norm : norm;
-    const tau = (beta - alpha) / beta;
-    const inv = 1 / (alpha - beta);
-    for (let i = j + 1; i < m; i++) w[i * n + j]! *= inv;
+    const { beta, tau, inv, divisor } = reflectorOf(alpha, scale, as * as + ss);
+    for (let i = j + 1; i < m; i++) w[i * n + j] = (w[i * n + j]! / divisor) * inv;
     w[j * n + j] = beta;
     taus[j] = tau;
     // apply H to the trailing columns: w[j:, j+1:] −= τ·v·(vᵀ·w[j:, j+1:])

@@ -171,3 +171,47 @@ describe('randomizedSvd accuracy against the exact svd', () => {
     expect(orthErr(v, n, k)).toBeLessThan(100 * n * EPS);
   });
 });
+
+describe('scale: the results of a matrix times a power of two, whatever the power (zeros beyond about 1e±150 before)', () => {
+  it('randomizedSvd and orthonormalizeColumns at 2^±500 and 2^600: σ scaled exactly, the same unit vectors', () => {
+    const m = 60;
+    const n = 40;
+    const a = withSpectrum(
+      m,
+      n,
+      Array.from({ length: n }, (_, i) => 2 ** -i),
+      8,
+    );
+    const base = randomizedSvd(tensor('f64', [m, n], a), 3, { seed: 1 });
+    for (const p of [-500, 500, 600]) {
+      const r = randomizedSvd(
+        tensor(
+          'f64',
+          [m, n],
+          a.map((x) => x * 2 ** p),
+        ),
+        3,
+        { seed: 1 },
+      );
+      // multiplying by a power of two is exact and every step commutes with it: the same bits, σ scaled
+      expect(Array.from(r.s), `2^${p}`).toEqual(Array.from(base.s, (x) => x * 2 ** p));
+      expect(r.u.data).toEqual(base.u.data);
+    }
+    const z = Float64Array.from([1e200, 1e200, 1e200, -1e200]);
+    orthonormalizeColumns(z, 2, 2);
+    for (const x of z) expect(Math.abs(Math.abs(x) - Math.SQRT1_2)).toBeLessThan(EPS);
+  });
+
+  it('eighJacobi at 1e±160, and its bad arguments: NaN and a negative size are E_VALUE (NaN values, a RangeError)', () => {
+    for (const t of [1e160, 1e-170]) {
+      const { values } = eighJacobi(Float64Array.from([0, t, t, 0]), 2);
+      // ±t to rounding (one rotation)
+      expect(Math.abs(values[0]! / -t - 1)).toBeLessThan(4 * EPS);
+      expect(Math.abs(values[1]! / t - 1)).toBeLessThan(4 * EPS);
+    }
+    expect(() => eighJacobi(Float64Array.from([1, NaN, NaN, 1]), 2)).toThrow(
+      'E_VALUE: eighJacobi: a has a non-finite value (NaN or ±Infinity)',
+    );
+    expect(() => eighJacobi(new Float64Array(1), -1)).toThrow(/^E_VALUE: eighJacobi: n /);
+  });
+});

@@ -9,13 +9,20 @@ import { assertCount, assertFiniteMatrix, assertMatrix } from './check.js';
 import { gemm, type GemmOptions } from './gemm.js';
 import type { Pool } from './pool/pool.js';
 import { svdBuf } from './svd.js';
+import { scaleToUnit, unitScale } from './dense.js';
 
 /** Eigen-decomposition of a small symmetric matrix `a` (n×n row-major, f64) by cyclic Jacobi rotations. */
 export function eighJacobi(a: Float64Array, n: number): { values: Float64Array; vectors: Float64Array } {
   assertObject(a, 'eighJacobi', 'a', 'a Float64Array');
+  assertCount(n, 0, 'eighJacobi', 'n');
   if (a.length !== n * n)
     throw new CalderaError('E_SHAPE', `eighJacobi: ${a.length} values for a ${n}×${n} matrix`);
   const A = Float64Array.from(a);
+  if (!A.every(Number.isFinite))
+    throw new CalderaError('E_VALUE', 'eighJacobi: a has a non-finite value (NaN or ±Infinity)');
+  // on 2^k·A with its largest entry near 1 (exact; see unitScale): the same rotations, bit for bit, where the sum of
+  // squares and its tolerance stay in range, and eigenvalues beyond about 1e±150 instead of zeros
+  const unit = scaleToUnit(A);
   const V = new Float64Array(n * n);
   for (let i = 0; i < n; i++) V[i * n + i] = 1;
   let scale = 0;
@@ -57,7 +64,7 @@ export function eighJacobi(a: Float64Array, n: number): { values: Float64Array; 
     }
   }
   const order = [...Array(n).keys()].sort((i, j) => A[i * n + i]! - A[j * n + j]!);
-  const values = Float64Array.from(order, (i) => A[i * n + i]!);
+  const values = Float64Array.from(order, (i) => A[i * n + i]! / unit);
   const vectors = new Float64Array(n * n);
   order.forEach((src, dst) => {
     for (let k = 0; k < n; k++) vectors[k * n + dst] = V[k * n + src]!;
@@ -92,6 +99,14 @@ function orthonormalizeInPlace(
   for (let pass = 0; pass < 2; pass++) {
     for (let j = 0; j < l; j++) {
       throwIfAborted(signal, what);
+      // column j at 2^k times itself, its largest entry near 1 (exact): the same unit column, bit for bit, where its
+      // sums of squares stay in range, and not a zero column where they left it (entries beyond about 1e±150)
+      if (pass === 0) {
+        let mx = 0;
+        for (let r = 0; r < m; r++) mx = Math.max(mx, Math.abs(z[r * l + j]!));
+        const scale = unitScale(mx);
+        if (scale !== 1) for (let r = 0; r < m; r++) z[r * l + j]! *= scale;
+      }
       for (let i = 0; i < j; i++) {
         let d = 0;
         for (let r = 0; r < m; r++) d += z[r * l + i]! * z[r * l + j]!;

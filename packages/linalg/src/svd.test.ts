@@ -83,6 +83,19 @@ describe('svd', () => {
     // zero matrix: all σ zero, U completed to an orthonormal basis
     const z = check(new Float64Array(12), 4, 3);
     expect(Array.from(z.s)).toEqual([0, 0, 0]);
+    // larger ones, where U's completion tried the basis vectors in turn (O(n⁴): 16 s for 300 × 300 zeros, now
+    // 0.1 s; measured by hand) — a matrix of rank 120 of 200 too, whose completion has few directions left
+    check(new Float64Array(200 * 200), 200, 200);
+    const low = withSpectrum(
+      200,
+      200,
+      Array.from({ length: 200 }, (_, i) => (i < 120 ? 1 + i : 0)),
+      4,
+    );
+    const r2 = svd(tensor('f64', [200, 200], low));
+    for (let i = 120; i < 200; i++) expect(r2.s[i]).toBeLessThan(200 * EPS * 120);
+    // U orthonormal to O(n·eps), its 80 completed columns included
+    expect(orthErr(r2.u.data, 200, 200)).toBeLessThan(200 * EPS * 4);
   });
 
   it('rank-deficient matrices whose QR leaves rounding noise (a matrix of ones, u·vᵀ): converges, σ = 0 beyond the rank', () => {

@@ -153,6 +153,13 @@ describe('solveTriangular', () => {
     expect(() => solveTriangular(tiny, tensor('f64', [2, 1], [1e10, 2]))).toThrow(/row 0/);
     expect(() => invTriangular(sub)).toThrow(/E_VALUE: invTriangular/);
   });
+
+  it('a subnormal pivot whose quotients are finite solves (its reciprocal overflows: it was refused as singular)', () => {
+    const x = solveTriangular(tensor('f64', [1, 1], [1e-310]), tensor('f64', [1, 2], [1e-300, -3e-305])).data;
+    // 1e-310 holds ~44 significant bits: the quotients to about 2⁻⁴⁴ relative
+    expect(Math.abs(x[0]! / 1e10 - 1)).toBeLessThan(1e-12);
+    expect(Math.abs(x[1]! / -3e5 - 1)).toBeLessThan(1e-12);
+  });
 });
 
 describe('invTriangular', () => {

@@ -210,7 +210,9 @@ function substitute(
         throw new CalderaError('E_VALUE', `${fn}: a is singular (zero diagonal at [${i0 + i}, ${i0 + i}])`);
     }
     const inv = 1 / d;
-    if (inv !== 1) for (let j = 0; j < k; j++) x[xi + j]! *= inv;
+    // a subnormal pivot's reciprocal overflows though the quotients may not (1e-300 / 1e-310 = 1e10): divide then
+    if (inv === Infinity || inv === -Infinity) for (let j = 0; j < k; j++) x[xi + j]! /= d;
+    else if (inv !== 1) for (let j = 0; j < k; j++) x[xi + j]! *= inv;
     assertFiniteRow(x, xi, k, i0 + i, d, fn);
   }
 }

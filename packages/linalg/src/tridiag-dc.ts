@@ -269,7 +269,8 @@ function merge(
   for (let j = 0; j < K; j++) lam[j] = sgn * (dk[origin[j]!]! + tau[j]!);
   deflated.forEach((i, m) => (lam[K + m] = sgn * ds[i]!));
   if (K === 0) return lam;
-  // norms of the rank-one eigenvectors u_j ∝ ẑᵢ/(dᵢ − λⱼ)
+  // norms of the rank-one eigenvectors u_j ∝ ẑᵢ/(dᵢ − λⱼ); where the sum of squares leaves the f64 range (eigenvalues
+  // spanning more than ~1e160: it overflowed, and the whole eigenvector came out 0), summed again scaled by its largest
   const inrm = new Float64Array(K);
   for (let j = 0; j < K; j++) {
     let nrm = 0;
@@ -279,7 +280,18 @@ function merge(
       const v = zh[i]! / (dj - dk[i]! + tj);
       nrm += v * v;
     }
-    inrm[j] = 1 / Math.sqrt(nrm);
+    if (nrm > 0 && nrm < Infinity) {
+      inrm[j] = 1 / Math.sqrt(nrm);
+      continue;
+    }
+    let mx = 0;
+    for (let i = 0; i < K; i++) mx = Math.max(mx, Math.abs(zh[i]! / (dj - dk[i]! + tj)));
+    let sum = 0;
+    for (let i = 0; i < K; i++) {
+      const v = zh[i]! / (dj - dk[i]! + tj) / mx;
+      sum += v * v;
+    }
+    inrm[j] = 1 / mx / Math.sqrt(sum);
   }
   if (
     work.product &&
