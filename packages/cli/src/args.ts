@@ -76,8 +76,8 @@ export function givenFlags(a: Args, names: readonly string[]): string[] {
 /**
  * Split a command line into positionals and options. With `spec` (what the command accepts), an unknown option, a
  * value option without a value, a switch given a value (`--json=x`), a single-dash word (`-text`) or a positional
- * beyond the command's are {@link UsageError}s, as is an option given twice, and a switch never takes the next word
- * as its value. `--` ends the
+ * beyond the command's are {@link UsageError}s, and a switch never takes the next word as its value; of an option
+ * given twice the last value counts (defaults a script passes, then its caller's). `--` ends the
  * options. Without `spec`, every `--flag` takes the next word as its value unless that starts with `--`.
  */
 export function parseArgs(argv: readonly string[], spec?: CommandSpec): Args {
@@ -104,8 +104,6 @@ export function parseArgs(argv: readonly string[], spec?: CommandSpec): Args {
     const v = eq < 0 ? undefined : a.slice(eq + 1);
     const kind = spec?.options.get(k);
     if (spec && kind === undefined) throw unknownOption(`--${k}`, spec);
-    // the last of two values was taken silently (`--context 100 --context 200`), where two budget flags are refused
-    if (spec && flags.has(k)) throw new UsageError(`--${k} given twice`);
     if (kind === 'switch') {
       if (v !== undefined) throw new UsageError(`--${k} takes no value, got '${v}'`);
       flags.set(k, true);
