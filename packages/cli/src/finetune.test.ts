@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { openSafetensors } from '@caldera/core';
 import { loadModel } from '@caldera/runtime-node';
 import { inProcessCli, runCli, runUntil, sigintWhenEntry } from './test-cli.js';
+import { writeTinyModel } from './test-models.js';
 
 const run = (args: string[]) => runCli(args, 300_000);
 
@@ -130,8 +131,11 @@ describe('caldera finetune', () => {
     expect(readFileSync(state).equals(saved)).toBe(true);
     const patience = run(['finetune', ckpt, '--out', resumed, ...FINETUNE, '--patience', '9']);
     expect(patience.stderr).toMatch(/fine-tuning run with other settings: --patience \(\d+ then, 9 now\)/);
+    // what a run killed while it wrote the checkpoint left beside --out: removed under <out>.lock, itself released
+    mkdirSync(`${resumed}.tmp-0badf00d`);
     const again = run(['finetune', ckpt, '--out', resumed, ...FINETUNE]);
     expect(again.status, again.stderr).toBe(0);
+    expect(readdirSync(dir).filter((f) => f.startsWith('resumed.'))).toEqual([]);
     expect(
       readFileSync(join(resumed, 'model.safetensors')).equals(readFileSync(join(whole, 'model.safetensors'))),
     ).toBe(true);
@@ -148,12 +152,26 @@ describe('caldera finetune', () => {
     expect(both.stderr).toMatch(
       /E_VALUE: --signs trains the sign vectors SU, SV, not the factors: --ft-rank would be ignored/,
     );
+    // as are the factors' memory options (accepted and ignored before)
+    const memory = run(['finetune', '/nonexistent/ckpt', '--signs', '--half-base', '--checkpoint']);
+    expect(memory.stderr).toMatch(
+      /not the factors: --half-base, --checkpoint would be ignored; give one of them/,
+    );
   });
 
   it('trains the sign vectors against the teacher (--signs): only SU/SV change, and the result loads', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'caldera-signs-'));
     const ckpt = join(dir, 'ckpt');
     expect(run(['compress', '--out', ckpt, ...COMPRESS, '--eval-tokens', '256', '--json']).status).toBe(0);
+    // a teacher of another vocabulary: refused once both are loaded, before the baseline (an E_SHAPE inside the loss
+    // after it, for the factors)
+    const { dir: wide } = await writeTinyModel(join(dir, 'wide-teacher'), { vocab: 2112 });
+    const wrong = run(['finetune', ckpt, '--out', join(dir, 'never'), '--teacher', wide, '--json']);
+    expect(wrong.status).toBe(1);
+    expect(wrong.stderr).toMatch(
+      /E_VALUE: --teacher .*wide-teacher: its vocabulary of 2112 tokens differs from the model's 2048/,
+    );
+    expect(wrong.stdout).not.toMatch(/baseline/);
     const out = join(dir, 'signs');
     const r = run([
       'finetune',
@@ -181,6 +199,8 @@ describe('caldera finetune', () => {
 
   it('trains a model from scratch (caldera train) into a loadable Hugging Face directory', async () => {
     const out = join(mkdtempSync(join(tmpdir(), 'caldera-train-')), 'model');
+    // what a train killed while it wrote the model left beside --out: removed under <out>.lock, itself released
+    mkdirSync(`${out}.tmp-0badf00d`);
     const r = run([
       'train',
       '--out',
@@ -206,6 +226,7 @@ describe('caldera finetune', () => {
     expect(config.hiddenSize).toBe(256);
     expect(model.forward([1, 2, 3]).every(Number.isFinite)).toBe(true);
     expect(existsSync(`${out}.partial`)).toBe(false);
+    expect(readdirSync(dirname(out))).toEqual(['model']);
     // activation checkpointing recomputes blocks in the backward: the same weights, byte for byte
     const out2 = join(dirname(out), 'model-ckpt');
     const args = ['--steps', '6', '--batch', '1', '--seq-len', '32', '--warmup', '1', '--checkpoint'];

@@ -22,6 +22,8 @@ export interface TinyModelOptions {
   tied?: boolean;
   /** `max_position_embeddings` (default 256). */
   maxPositions?: number;
+  /** `vocab_size`, at least the tokenizer's 2048 (default 2048; more: padded embedding rows). */
+  vocab?: number;
   seed?: number;
 }
 
@@ -31,7 +33,7 @@ export async function writeTinyModel(
   o: TinyModelOptions = {},
 ): Promise<{ dir: string; raw: Record<string, Tensor<'f32'>> }> {
   const d = o.hidden ?? 64;
-  const [I, L, H, KV, hd, V] = [2 * d, o.layers ?? 2, 4, 2, d / 4, 2048];
+  const [I, L, H, KV, hd, V] = [2 * d, o.layers ?? 2, 4, 2, d / 4, o.vocab ?? 2048];
   const rng = new Rng(o.seed ?? 1);
   const raw: Record<string, Tensor<'f32'>> = {};
   const put = (name: string, shape: number[], std: number, mean = 0) =>

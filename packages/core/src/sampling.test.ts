@@ -379,6 +379,11 @@ describe('stop options and the rng', () => {
     );
     expect(gen({ stopStrings: ['a'] })).toThrow('E_VALUE: generate: stopStrings need a decode function');
     expect(gen({ stopTokens: [2], stopStrings: ['a'], decode: () => '' })).not.toThrow();
+    // a decode that returns no string: E_VALUE at the first token (a TypeError in text.includes before)
+    const noText = new GenerationRules([1], { stopStrings: ['a'], decode: (() => null) as never });
+    expect(() => noText.accept(2)).toThrow(
+      'E_VALUE: generate: decode must return a string (for stopStrings), returned null',
+    );
     expect(() => sampleToken(logits, { temperature: 1 }, undefined as never)).toThrow(
       'E_VALUE: sampleToken: rng must be an Rng above temperature 0, got undefined',
     );

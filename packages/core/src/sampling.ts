@@ -446,7 +446,12 @@ export class GenerationRules {
     const o = this.options;
     this.produced.push(token);
     if (o.stopStrings?.length) {
-      const text = o.decode!(this.produced);
+      const text: unknown = o.decode!(this.produced);
+      if (typeof text !== 'string')
+        throw new CalderaError(
+          'E_VALUE',
+          `generate: decode must return a string (for stopStrings), returned ${describeValue(text)}`,
+        );
       if (o.stopStrings.some((st) => st.length > 0 && text.includes(st))) return 'stop';
     }
     this.seen.add(token);

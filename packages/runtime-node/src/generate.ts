@@ -1,4 +1,4 @@
-import { GenerationRules, throwIfAborted, type GenerateOptions } from '@caldera/core';
+import { checkTokenIds, GenerationRules, throwIfAborted, type GenerateOptions } from '@caldera/core';
 import { checkModelArgument } from './model-argument.js';
 import { KVCache, type LlamaModel } from './model.js';
 import { nextTurn } from './next-turn.js';
@@ -20,6 +20,8 @@ export async function* generate(
   checkModelArgument(model, 'generate');
   options ??= {}; // from JavaScript: null options are none
   const rules = new GenerationRules(prompt, options);
+  // every id before the first pass, worded as runtime-webgpu's (a string '2' was "token id 2 out of range")
+  checkTokenIds(prompt, model.config.vocabSize, 'generate');
   const count = rules.tokensToGenerate(
     model.config.maxPositions,
     'its max positions: max_position_embeddings, or sliding_window when smaller',

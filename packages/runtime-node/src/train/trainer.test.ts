@@ -290,10 +290,30 @@ describe('Trainer', () => {
     const plain = run(0);
     const decayed = run(0.5);
     for (const [name, p] of Object.entries(plain)) {
-      const vector = c.hiddenSize === p.length || name.endsWith('.bias');
+      const vector = name.endsWith('norm.weight') || name.endsWith('.bias');
       if (vector) expect(Array.from(decayed[name]!), name).toEqual(Array.from(p));
       else expect(Array.from(decayed[name]!), name).not.toEqual(Array.from(p));
     }
     expect(Object.keys(plain).filter((k) => k.endsWith('.bias')).length).toBe(8);
+  });
+
+  it('decides decay by name: a rank-1 LoRA factor of hidden length is decayed, sign vectors never (by length before)', () => {
+    const d = cfg.hiddenSize;
+    const grads = (n: number) => new Float32Array(n).fill(0); // no gradient: weight decay is all that moves them
+    const params = {
+      'x.caldera.L_ft': new Float32Array(d).fill(1), // o_proj's L_ft at rank 1: hidden-size long
+      'x.caldera.SU': new Float32Array(d).fill(1),
+      'x.caldera.SV': new Float32Array(2 * d).fill(1),
+    };
+    const objective: Objective = (p) => ({
+      loss: 0,
+      count: 1,
+      grads: Object.fromEntries(Object.keys(p).map((k) => [k, grads(p[k]!.length)])),
+    });
+    const t = new Trainer(cfg, params, data, { ...opts, weightDecay: 0.5, warmup: 0 }, objective);
+    t.step();
+    expect(params['x.caldera.L_ft'][0]).toBeLessThan(1);
+    expect(Array.from(params['x.caldera.SU'])).toEqual(new Array(d).fill(1));
+    expect(Array.from(params['x.caldera.SV'])).toEqual(new Array(2 * d).fill(1));
   });
 });

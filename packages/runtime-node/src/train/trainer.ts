@@ -171,6 +171,15 @@ function trainerOptionsWithDefaults(options: TrainerOptions, what = 'Trainer'): 
   };
 }
 
+/**
+ * Whether weight decay applies to the parameter `name`: matrices (and LoRA factors) yes; norm weights, biases and a
+ * compressed layer's sign vectors (`….caldera.SU`/`SV`) no. By name: a length equal to the hidden size, the test it
+ * replaced, also took an L_ft of rank 1 or an SU of hidden length for a norm, and decayed an SV of another length.
+ */
+function isDecayed(name: string): boolean {
+  return !(name.endsWith('norm.weight') || name.endsWith('.bias') || /\.caldera\.S[UV]$/.test(name));
+}
+
 /** The JSON header of a training state, as {@link Trainer.save} writes it (`headerBytes`: its length in the file). */
 interface StateHeader {
   format: string;
@@ -361,8 +370,7 @@ export class Trainer {
     });
     this.stepCount++;
     for (const [k, p] of Object.entries(this.params)) {
-      // no decay on norms (hidden-size vectors) and biases
-      const decay = p.length === this.config.hiddenSize || k.endsWith('.bias') ? 0 : o.weightDecay;
+      const decay = isDecayed(k) ? o.weightDecay : 0;
       adamWStep(p, acc[k]!, this.moments[k]!, this.stepCount, {
         lr: lr * (o.lrScale[k] ?? 1),
         beta1: o.betas[0],
