@@ -1,4 +1,4 @@
-import { CalderaError } from '@caldera/core';
+import { CalderaError, describeNumberRule, obeysNumberRule, type NumberRule } from '@caldera/core';
 
 /** Parsed command line: positionals and `--flag value` / `--flag` options. */
 export interface Args {
@@ -126,61 +126,20 @@ export function flagString(a: Args, name: string, def?: string): string | undefi
   return v ?? def;
 }
 
-/** The allowed values of a numeric option. */
-export interface NumberRule {
-  integer?: boolean;
-  /** Smallest allowed value (inclusive). */
-  min?: number;
-  /** Values must be greater than this (exclusive lower bound). */
-  above?: number;
-  /** Largest allowed value (inclusive). */
-  max?: number;
-}
+export { NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, type NumberRule } from '@caldera/core';
 
-/** Integers ≥ 1. */
-export const POSITIVE_INT: NumberRule = { integer: true, min: 1 };
-/** Integers ≥ 0. */
-export const NON_NEGATIVE_INT: NumberRule = { integer: true, min: 0 };
-/** Seeds: integers in [0, 2³² − 1] (what the generators use). */
-export const SEED: NumberRule = { integer: true, min: 0, max: 0xffffffff };
 /**
  * `--threads`: integers in [1, 256], the sizes of a linear-algebra pool (`createPool` of @caldera/linalg refuses
  * others; `main` checks the option for every command before it runs).
  */
 export const THREADS: NumberRule = { integer: true, min: 1, max: 256 };
-/** Numbers > 0. */
-export const POSITIVE: NumberRule = { above: 0 };
-
-/** "a positive integer", "an integer in [2, 512]", "a number in (0, 1]", … */
-function describeRule(r: NumberRule): string {
-  const kind = r.integer ? 'integer' : 'number';
-  const lo = r.above !== undefined ? `(${r.above}` : r.min !== undefined ? `[${r.min}` : undefined;
-  if (lo !== undefined && r.max !== undefined) return `${r.integer ? 'an' : 'a'} ${kind} in ${lo}, ${r.max}]`;
-  if (r.integer && r.min === 1 && r.max === undefined) return 'a positive integer';
-  if (r.integer && r.min === 0 && r.max === undefined) return 'a non-negative integer';
-  if (r.above !== undefined) return `${r.integer ? 'an' : 'a'} ${kind} > ${r.above}`;
-  if (r.min !== undefined) return `${r.integer ? 'an' : 'a'} ${kind} ≥ ${r.min}`;
-  if (r.max !== undefined) return `${r.integer ? 'an' : 'a'} ${kind} ≤ ${r.max}`;
-  return r.integer ? 'an integer' : 'a number';
-}
-
-/** Whether `n` obeys `r` (a finite number: NaN and ±Infinity obey no rule; an integer rule wants a safe integer). */
-function obeys(n: number, r: NumberRule): boolean {
-  return (
-    Number.isFinite(n) &&
-    (!r.integer || Number.isSafeInteger(n)) &&
-    (r.min === undefined || n >= r.min) &&
-    (r.above === undefined || n > r.above) &&
-    (r.max === undefined || n <= r.max)
-  );
-}
 
 /** `E_VALUE` naming the option, what it must be, and the value given (`note`: why, e.g. the model's limit). */
 export function checkFlag(name: string, n: number, r: NumberRule, note = ''): number {
   // an integer past 2⁵³ is not one exactly (--steps 1e20 ran with an ETA of 8.6e18 s)
   const unsafe = r.integer && Number.isInteger(n) && !Number.isSafeInteger(n) ? ' below 2⁵³' : '';
-  if (!obeys(n, r))
-    throw new CalderaError('E_VALUE', `--${name} must be ${describeRule(r)}${unsafe}${note}, got ${n}`);
+  if (!obeysNumberRule(n, r))
+    throw new CalderaError('E_VALUE', `--${name} must be ${describeNumberRule(r)}${unsafe}${note}, got ${n}`);
   return n;
 }
 

@@ -13,3 +13,4 @@ export * from './sampling.js';
 export * from './perplexity.js';
 export * from './model-files.js';
 export * from './token-ids.js';
+export * from './number-rule.js';

@@ -224,14 +224,14 @@ describe('runFinetune resume check', () => {
 
   it('options outside their range are E_VALUE naming them before any work (seqLen 0 looped for ever)', async () => {
     for (const [bad, message] of [
-      [{ seqLen: 0 }, 'seqLen must be an integer ≥ 1, got 0'],
-      [{ seqLen: -1 }, 'seqLen must be an integer ≥ 1, got -1'],
-      [{ steps: 2.5 }, 'steps must be an integer ≥ 1, got 2.5'],
-      [{ evalEvery: 0 }, 'evalEvery must be an integer ≥ 1, got 0'],
-      [{ patience: 0 }, 'patience must be an integer ≥ 1, got 0'],
-      [{ batch: -2 }, 'batch must be an integer ≥ 1, got -2'],
+      [{ seqLen: 0 }, 'seqLen must be a positive integer, got 0'],
+      [{ seqLen: -1 }, 'seqLen must be a positive integer, got -1'],
+      [{ steps: 2.5 }, 'steps must be a positive integer, got 2.5'],
+      [{ evalEvery: 0 }, 'evalEvery must be a positive integer, got 0'],
+      [{ patience: 0 }, 'patience must be a positive integer, got 0'],
+      [{ batch: -2 }, 'batch must be a positive integer, got -2'],
       [{ lr: Infinity }, 'lr must be a number > 0, got Infinity'],
-      [{ warmup: -5 }, 'warmup must be an integer ≥ 0, got -5'],
+      [{ warmup: -5 }, 'warmup must be a non-negative integer, got -5'],
       [{ weightDecay: -1 }, 'weightDecay must be a number ≥ 0, got -1'],
     ] as const)
       await expect(runFinetune(tinySetup(), train, valid, { ...opts, ...bad })).rejects.toThrow(
@@ -483,7 +483,7 @@ describe('LoRA fine-tuning of a model with an untied head, biases and RoPE scali
     // a rank that is not a positive integer: no layer prepared, then blamed on the checkpoint
     for (const bad of [0, -1, NaN, 1.5])
       expect(() => prepareLoraFinetune(loaded, bad)).toThrow(
-        `E_VALUE: prepareLoraFinetune: ftRank must be an integer ≥ 1, got ${bad}`,
+        `E_VALUE: prepareLoraFinetune: ftRank must be a positive integer, got ${bad}`,
       );
     const setup = prepareLoraFinetune(loaded, 2);
     expect(setup.frozen['lm_head.weight']).toEqual(params['lm_head.weight']);

@@ -1,10 +1,12 @@
 import {
   assertNotAbortSignal,
   CalderaError,
+  checkNumberOptions,
   contiguous,
   f32ArrayToF16,
   MODEL_SIDE_FILES,
   openCheckpointDir,
+  POSITIVE_INT,
   throwIfAborted,
   toF32,
   writeCheckpointDir,
@@ -29,7 +31,7 @@ import { lossAndGrad, type LossAndGradOptions, type TrainConfig, type TrainParam
 import type { Teacher } from './rht.js';
 import { createSha256 } from './sha256.js';
 import { settingsDiff, tokenDigest, Trainer, type Objective } from './trainer.js';
-import { checkNumberOptions, FINETUNE_RULES, POSITIVE_INT } from './option-rules.js';
+import { FINETUNE_RULES } from './option-rules.js';
 
 /** One CALDERA layer under LoRA fine-tuning. */
 export interface LoraLayer {

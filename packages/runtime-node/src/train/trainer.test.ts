@@ -261,12 +261,12 @@ describe('Trainer', () => {
   it('refuses options outside their range as E_VALUE naming them (a NaN lr failed inside gemm, a negative one climbed)', () => {
     const params = initTrainParams(cfg, new Rng(1));
     for (const [bad, message] of [
-      [{ seqLen: 0 }, 'seqLen must be an integer ≥ 1, got 0'],
-      [{ batch: 1.5 }, 'batch must be an integer ≥ 1, got 1.5'],
+      [{ seqLen: 0 }, 'seqLen must be a positive integer, got 0'],
+      [{ batch: 1.5 }, 'batch must be a positive integer, got 1.5'],
       [{ lr: NaN }, 'lr must be a number > 0, got NaN'],
       [{ lr: -1 }, 'lr must be a number > 0, got -1'],
-      [{ warmup: -5 }, 'warmup must be an integer ≥ 0, got -5'],
-      [{ totalSteps: 2.5 }, 'totalSteps must be an integer ≥ 1, got 2.5'],
+      [{ warmup: -5 }, 'warmup must be a non-negative integer, got -5'],
+      [{ totalSteps: 2.5 }, 'totalSteps must be a positive integer, got 2.5'],
       [{ minLrRatio: 2 }, 'minLrRatio must be a number in [0, 1], got 2'],
       [{ weightDecay: -1 }, 'weightDecay must be a number ≥ 0, got -1'],
       [{ clip: 0 }, 'clip must be a number > 0, got 0'],

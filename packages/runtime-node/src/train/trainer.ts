@@ -2,11 +2,12 @@ import {
   assertNotAbortSignal,
   atomicWriteFile,
   CalderaError,
+  checkNumberOptions,
   Rng,
   shownValue,
   throwIfAborted,
 } from '@caldera/core';
-import { checkNumberOptions, TRAINER_RULES } from './option-rules.js';
+import { TRAINER_RULES } from './option-rules.js';
 import { nextTurn } from '../next-turn.js';
 import { nodeFs } from '../node-builtins.js';
 import { createSha256 } from './sha256.js';
