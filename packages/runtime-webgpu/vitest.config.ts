@@ -31,8 +31,10 @@ export default defineConfig({
   test: {
     include: ['src/**/*.test.ts', 'test/**/*.test.ts'],
     globalSetup: ['../../scripts/vitest-temp-root.mjs'],
-    testTimeout: 120_000,
-    hookTimeout: 120_000,
+    // SwiftShader runs the GPU tests on the CPU: the longest take 45–95 s alone and over 120 s beside CI's other tasks
+    // on 2 cores (the 65 536-code E8P test timed out once at 120 s); a hang is still caught
+    testTimeout: 300_000,
+    hookTimeout: 300_000,
     // each test file in its own process (one Dawn instance each), two at a time: the GPU tests are mostly WGSL
     // compiles on the CPU, one core each
     maxWorkers: 2,

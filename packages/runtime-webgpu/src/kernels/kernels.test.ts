@@ -398,7 +398,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
           );
         }
       }
-    }, 240_000); // pipeline compilation of the tiled 32-lane kernels takes tens of seconds on SwiftShader
+    }); // (pipeline compilation of the tiled 32-lane kernels takes tens of seconds on SwiftShader)
 
   // the workgroup path with both defaults' sizes (64 invocations on CPU adapters, 256 on GPUs)
   for (const [path, vectorWorkgroup] of [
