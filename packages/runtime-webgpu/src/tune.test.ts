@@ -339,6 +339,12 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel.tuneKernels', reason), () => {
         'E_VALUE',
         /candidates\[0\]: gateStep/,
       );
+      // a key that is no kernel choice: tried as the choice without it before
+      await fails(
+        model.tuneKernels({ candidates: [{ vectorWorkgrup: 128 } as never] }),
+        'E_VALUE',
+        /candidates\[0\]: 'vectorWorkgrup' is no kernel choice \(lanes, /,
+      );
       await fails(model.tuneKernels({ repeats: 0 }), 'E_VALUE', /repeats/);
       await fails(model.tuneKernels({ margin: 1 }), 'E_VALUE', /margin/);
       await fails(model.tuneKernels({ onProgress: 3 as never }), 'E_VALUE', /onProgress/);

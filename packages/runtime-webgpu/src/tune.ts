@@ -232,6 +232,13 @@ export function checkTuneOptions(options: TuneOptions, dev: CalderaDevice): void
     options.candidates.forEach((c: unknown, i) => {
       if (typeof c !== 'object' || c === null)
         throw new CalderaError('E_VALUE', `${fn}: candidates[${i}] is not an object, got ${shownValue(c)}`);
+      // a key that is no kernel choice (a typo) would be tried as the choice without it, silently
+      const unknown = Object.keys(c).filter((k) => !(KERNEL_CHOICE_KEYS as readonly string[]).includes(k));
+      if (unknown.length > 0)
+        throw new CalderaError(
+          'E_VALUE',
+          `${fn}: candidates[${i}]: ${unknown.map((k) => `'${k}'`).join(', ')} is no kernel choice (${KERNEL_CHOICE_KEYS.join(', ')})`,
+        );
       try {
         // the kernels' own checks (their constructor creates nothing on the device)
         new Kernels(dev, c as KernelChoice);
