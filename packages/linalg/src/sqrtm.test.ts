@@ -47,4 +47,17 @@ describe('sqrtmSym / invSqrtmSym', () => {
       expect(isCalderaError(e, 'E_VALUE')).toBe(true);
     }
   });
+
+  it('an abort names the function (it said eigh was aborted)', () => {
+    const ac = new AbortController();
+    ac.abort(new Error('stop'));
+    const a = tensor('f64', [2, 2], [2, 0, 0, 3]);
+    for (const [f, name] of [
+      [sqrtmSym, 'sqrtmSym'],
+      [invSqrtmSym, 'invSqrtmSym'],
+    ] as const)
+      expect(() => f(a, { signal: ac.signal })).toThrow(
+        expect.objectContaining({ code: 'E_ABORTED', message: `E_ABORTED: ${name} was aborted` }),
+      );
+  });
 });

@@ -5,6 +5,7 @@
  */
 import { type Matrix, type Tensor } from '@caldera/core';
 import { assertFiniteScalar } from './check.js';
+import { abortingAs } from './abort.js';
 import { eigh } from './eigh.js';
 import { gemm } from './gemm.js';
 import type { Pool } from './pool/pool.js';
@@ -43,7 +44,8 @@ export function invSqrtmSym(a: Matrix, options: SqrtmOptions = {}): Tensor<'f64'
 
 function spectralFunction(a: Matrix, options: SqrtmOptions, inverse: boolean): Tensor<'f64'> {
   const fn = inverse ? 'invSqrtmSym' : 'sqrtmSym';
-  const { values, vectors } = eigh(a, options.signal ? { signal: options.signal } : {});
+  // an abort named as this function's, not eigh's
+  const { values, vectors } = abortingAs(fn, () => eigh(a, options.signal ? { signal: options.signal } : {}));
   const n = values.length;
   let maxAbs = 0;
   for (const l of values) maxAbs = Math.max(maxAbs, Math.abs(l));
