@@ -139,6 +139,8 @@ async function floatTensor(
 /**
  * Check compressed layer `name`'s `caldera.json` shape against the config's and its tensors against the checkpoint
  * format (present, with the dtype and shape its codecs give; core's `expectedCalderaTensors`); errors name `dir`.
+ * Returns the bytes of those tensors' data, from the safetensors header (the layer's size in the file: codes, scales,
+ * signs, fine-tuned factors; `assertNoStrayCalderaTensors` has ruled out others).
  */
 async function checkCalderaLayer(
   store: TensorStore,
@@ -146,8 +148,9 @@ async function checkCalderaLayer(
   name: string,
   meta: CalderaLayerMeta,
   [m, n]: [number, number],
-): Promise<void> {
+): Promise<number> {
   assertCalderaLayerShape(name, meta, [m, n], `${dir}: `);
+  let bytes = 0;
   for (const e of expectedCalderaTensors(name, meta)) {
     if (!store.has(e.name))
       throw new CalderaError('E_MISSING', `${dir}: checkpoint has no tensor '${e.name}'`);
@@ -158,7 +161,9 @@ async function checkCalderaLayer(
         'E_FORMAT',
         `${dir}: tensor '${e.name}' is ${dtype} [${t.shape.join(', ')}], expected ${e.dtype} [${e.shape.join(', ')}]`,
       );
+    bytes += t.dataOffsets[1] - t.dataOffsets[0];
   }
+  return bytes;
 }
 
 /** What {@link layoutFromStore} checks: a parsed config, `caldera.json` (or null), and the open weights. */
@@ -227,16 +232,10 @@ export async function layoutFromStore(
       const bias = store.has(`${name}.bias`) ? await floatTensor(store, dir, `${name}.bias`, [m]) : null;
       const meta = calderaMeta?.layers?.[name];
       if (meta) {
-        await checkCalderaLayer(store, dir, name, meta, shape);
-        // its tensors' bytes in the file (codes, scales, signs, f32 fine-tuned factors), as the safetensors header
-        // gives them: caldera.json's bitsPerWeight·m·n/8 is the same figure where the file is ours, but a float (4.58…
-        // bits of a 768 × 256 layer made 112 652.00000000001 bytes, so 112 653) and only what the file says of itself
-        let bytes = 0;
-        for (const t of store.names())
-          if (t.startsWith(`${name}.caldera.`)) {
-            const [begin, end] = (await store.tensorInfo(t)).dataOffsets;
-            bytes += end - begin;
-          }
+        // its tensors' bytes in the file, as the safetensors header gives them: caldera.json's bitsPerWeight·m·n/8 is the
+        // same figure where the file is ours, but a float (4.58… bits of a 768 × 256 layer made 112 652.00000000001
+        // bytes, so 112 653) and only what the file says of itself
+        const bytes = await checkCalderaLayer(store, dir, name, meta, shape);
         linears.push({
           name,
           outFeatures: m,
