@@ -140,10 +140,10 @@ function configSettings(c: TrainConfig | undefined): Record<string, unknown> {
   );
 }
 
-/** `options` with every default filled in (the defaults documented on {@link TrainerOptions}). */
-function trainerOptionsWithDefaults(options: TrainerOptions, what = 'Trainer'): Required<TrainerOptions> {
+/** `options` with every default filled in (the defaults documented on {@link TrainerOptions}), checked first: `E_VALUE` for a number out of its range ({@link TRAINER_RULES}) or bad `betas`. */
+function trainerOptionsWithDefaults(options: TrainerOptions): Required<TrainerOptions> {
   options ??= {}; // from JavaScript: null options are none
-  checkNumberOptions(what, options as Record<string, unknown>, TRAINER_RULES);
+  checkNumberOptions('Trainer', options as Record<string, unknown>, TRAINER_RULES);
   const betas = options.betas;
   if (
     betas !== undefined &&
@@ -153,7 +153,7 @@ function trainerOptionsWithDefaults(options: TrainerOptions, what = 'Trainer'): 
   )
     throw new CalderaError(
       'E_VALUE',
-      `${what}: betas must be two numbers in [0, 1), got ${shownValue(betas)}`,
+      `Trainer: betas must be two numbers in [0, 1), got ${shownValue(betas)}`,
     );
   return {
     seqLen: 128,
