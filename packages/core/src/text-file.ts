@@ -1,5 +1,5 @@
 import { CalderaError } from './errors.js';
-import { nodeFs } from './node-builtins.js';
+import { nodeFs, nodePath } from './node-builtins.js';
 
 /** What a file of `stat` is when it is not a regular file, for a message: `'a directory'`, `'a FIFO (named pipe)'`, … */
 export function specialFileKind(stat: {
@@ -48,5 +48,35 @@ export async function readTextFileOrFail(path: string, what: string): Promise<st
     throw new CalderaError(code === 'ENOENT' ? 'E_MISSING' : 'E_IO', `${path}: cannot read (${code})`, {
       cause: e,
     });
+  }
+}
+
+/**
+ * The parsed JSON of the file at `path` (Node only): `E_IO` when it cannot be read or is not a regular file (a FIFO
+ * was read for ever), `E_FORMAT` naming it when it is not valid JSON. With `optional`, a file that does not exist gives
+ * null; nothing else counts as missing (a file that cannot be read was taken for a missing one: a checkpoint loaded as
+ * a dense model). The runtimes' folder loaders and the CLI read config.json, caldera.json and the tokenizer's files so.
+ */
+export async function readJsonFile(path: string, options: { optional?: boolean } = {}): Promise<unknown> {
+  let text: string;
+  try {
+    text = await readTextFile(path, 'JSON file');
+  } catch (e) {
+    if (e instanceof CalderaError) throw e;
+    const code = (e as { code?: string }).code;
+    if (options.optional && code === 'ENOENT') return null;
+    // e.g. a model file given where a model directory was asked for (ENOTDIR names only the joined path)
+    if (code === 'ENOTDIR')
+      throw new CalderaError(
+        'E_IO',
+        `cannot read ${path}: ${(await nodePath()).dirname(path)} is a file, not a model directory`,
+        { cause: e },
+      );
+    throw new CalderaError('E_IO', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new CalderaError('E_FORMAT', `${path} is not valid JSON: ${(e as Error).message}`, { cause: e });
   }
 }

@@ -23,7 +23,7 @@ import {
   parseModelConfig,
   parseCalderaMeta,
   tensor,
-  readTextFile,
+  readJsonFile,
   throwIfAborted,
   type CalderaCheckpointMeta,
   type ModelConfig,
@@ -508,27 +508,8 @@ export async function loadModel(
   assertNonEmptyString(dir, 'loadModel', 'the model directory');
   options ??= {}; // from JavaScript: null options are none
   checkLoadOptions(dev, options, 'loadModel');
-  // an optional file may be missing, nothing else: one that cannot be read, or is a FIFO (read for ever before) or a
-  // folder, is E_IO (it was taken for a missing one: a checkpoint loaded as a dense model)
-  const json = async (file: string, optional: boolean): Promise<unknown> => {
-    let text: string;
-    try {
-      text = await readTextFile(`${dir}/${file}`, 'JSON file');
-    } catch (e) {
-      if (e instanceof CalderaError) throw e;
-      if (optional && (e as { code?: string }).code === 'ENOENT') return null;
-      throw new CalderaError('E_IO', `cannot read ${dir}/${file}: ${(e as Error).message}`, { cause: e });
-    }
-    try {
-      return JSON.parse(text);
-    } catch (e) {
-      throw new CalderaError('E_FORMAT', `${dir}/${file} is not valid JSON: ${(e as Error).message}`, {
-        cause: e,
-      });
-    }
-  };
-  const config = await json('config.json', false);
-  const calderaMeta = await json('caldera.json', true);
+  const config = await readJsonFile(`${dir}/config.json`);
+  const calderaMeta = await readJsonFile(`${dir}/caldera.json`, { optional: true });
   const store = await openSafetensorsDir(dir);
   try {
     return await loadModelFromStore(
