@@ -22,7 +22,7 @@ import {
 import { fromCheckpointTensors, reconstruct } from '@caldera/lowrank';
 import { readJsonFile } from '@caldera/runtime-node';
 import { flagString, type Args } from '../args.js';
-import { lockOutput } from './out-lock.js';
+import { withOutputLock } from './out-lock.js';
 import {
   checkOutDir,
   copyModelSideFiles,
@@ -134,12 +134,7 @@ export async function exportCommand(a: Args): Promise<number> {
   // before any work: writing to --out loses nothing (a dense model has no marker of its own: missing or empty only)
   await checkOutDir(out, [src], { marker: null, kind: 'a dense export' });
   // one writer of --out at a time; what a killed export left beside it (<out>.tmp-…, a model's size) is removed
-  const unlock = await lockOutput(out, 'caldera export');
-  try {
-    return await writeExport(src, out, dt, json);
-  } finally {
-    await unlock();
-  }
+  return withOutputLock(out, 'caldera export', () => writeExport(src, out, dt, json));
 }
 
 /** Write the dense export of the checkpoint `src` to `out` (missing or empty), with `<out>.lock` held. */

@@ -21,7 +21,7 @@ import {
   SEED,
   type Args,
 } from '../args.js';
-import { lockOutput } from './out-lock.js';
+import { withOutputLock } from './out-lock.js';
 import {
   checkOutDir,
   checkTextLength,
@@ -112,170 +112,165 @@ export async function finetuneCommand(a: Args): Promise<number> {
   const teacherFlag = flagString(a, 'teacher');
   await checkOutDir(out, teacherFlag === undefined ? [src] : [src, teacherFlag]);
   // one writer of --out at a time; what a killed run left beside it (<out>.tmp-…, a model's size) is removed
-  const unlock = await lockOutput(out, 'caldera finetune');
-  try {
-    return await (async (): Promise<number> => {
-      const log = (o: Record<string, unknown>) => (json ? console.log(JSON.stringify(o)) : undefined);
+  return withOutputLock(out, 'caldera finetune', async () => {
+    const log = (o: Record<string, unknown>) => (json ? console.log(JSON.stringify(o)) : undefined);
 
-      // (no SIGINT handler yet: Ctrl-C while loading ends the process at once, before anything is written)
-      const showBar = !json && process.stderr.isTTY === true;
-      const loaded = await loadModelShowing(src, { dtype: 'f32' }, showBar);
-      const maxPos = loaded.config.maxPositions;
-      options.seqLen = tokenWindow('seq-len', seqLenFlag, options.seqLen, maxPos);
-      const bos = loaded.config.bosTokenId;
-      const tokens = async (file: string) =>
-        (await tokenizeDocuments(src, await readDocuments(file), bos)).flat();
-      const dataFile = flagString(a, 'data') ?? defaultText('train');
-      const train = await tokens(dataFile);
-      checkTrainingText(train, dataFile, options.seqLen);
-      const validFile = flagString(a, 'valid') ?? defaultText('valid');
-      const valid = await tokens(validFile);
-      checkTextLength(
-        valid,
-        '--valid',
-        validFile,
-        options.seqLen + 1,
-        `validation needs at least --seq-len + 1 = ${options.seqLen + 1}`,
+    // (no SIGINT handler yet: Ctrl-C while loading ends the process at once, before anything is written)
+    const showBar = !json && process.stderr.isTTY === true;
+    const loaded = await loadModelShowing(src, { dtype: 'f32' }, showBar);
+    const maxPos = loaded.config.maxPositions;
+    options.seqLen = tokenWindow('seq-len', seqLenFlag, options.seqLen, maxPos);
+    const bos = loaded.config.bosTokenId;
+    const tokens = async (file: string) =>
+      (await tokenizeDocuments(src, await readDocuments(file), bos)).flat();
+    const dataFile = flagString(a, 'data') ?? defaultText('train');
+    const train = await tokens(dataFile);
+    checkTrainingText(train, dataFile, options.seqLen);
+    const validFile = flagString(a, 'valid') ?? defaultText('valid');
+    const valid = await tokens(validFile);
+    checkTextLength(
+      valid,
+      '--valid',
+      validFile,
+      options.seqLen + 1,
+      `validation needs at least --seq-len + 1 = ${options.seqLen + 1}`,
+    );
+    const evalFile = flagString(a, 'eval') ?? defaultText('test');
+    const heldOut = (await tokens(evalFile)).slice(0, evalTokens);
+    checkTextLength(heldOut, '--eval', evalFile, 2, 'perplexity needs at least 2');
+    const evalCtx = Math.min(HELD_OUT_CONTEXT, loaded.config.maxPositions);
+    const signs = a.flags.has('signs');
+    // the default checkpoint was compressed from the embedded reference model: distil from it (measured: plain
+    // next-token training did not improve validation loss there, distillation did; docs/guide/finetune.md)
+    const teacherDir =
+      flagString(a, 'teacher') ?? (signs || !a.positionals[0] ? modelDirOf(undefined) : undefined);
+    const teacherModel = teacherDir ? (await loadModelShowing(teacherDir, {}, showBar)).model : undefined;
+    // before the baseline (an E_SHAPE from the loss after it, for the factors; the signs' setup checked it)
+    if (teacherModel && teacherModel.config.vocabSize !== loaded.config.vocabSize)
+      throw new CalderaError(
+        'E_VALUE',
+        `--teacher ${teacherDir}: its vocabulary of ${teacherModel.config.vocabSize} tokens differs from the model's ${loaded.config.vocabSize}`,
       );
-      const evalFile = flagString(a, 'eval') ?? defaultText('test');
-      const heldOut = (await tokens(evalFile)).slice(0, evalTokens);
-      checkTextLength(heldOut, '--eval', evalFile, 2, 'perplexity needs at least 2');
-      const evalCtx = Math.min(HELD_OUT_CONTEXT, loaded.config.maxPositions);
-      const signs = a.flags.has('signs');
-      // the default checkpoint was compressed from the embedded reference model: distil from it (measured: plain
-      // next-token training did not improve validation loss there, distillation did; docs/guide/finetune.md)
-      const teacherDir =
-        flagString(a, 'teacher') ?? (signs || !a.positionals[0] ? modelDirOf(undefined) : undefined);
-      const teacherModel = teacherDir ? (await loadModelShowing(teacherDir, {}, showBar)).model : undefined;
-      // before the baseline (an E_SHAPE from the loss after it, for the factors; the signs' setup checked it)
-      if (teacherModel && teacherModel.config.vocabSize !== loaded.config.vocabSize)
-        throw new CalderaError(
-          'E_VALUE',
-          `--teacher ${teacherDir}: its vocabulary of ${teacherModel.config.vocabSize} tokens differs from the model's ${loaded.config.vocabSize}`,
-        );
-      const before = await perplexity(loaded.model, heldOut, { context: evalCtx });
-      log({ event: 'baseline', ppl: before.ppl, tokens: before.tokens });
+    const before = await perplexity(loaded.model, heldOut, { context: evalCtx });
+    log({ event: 'baseline', ppl: before.ppl, tokens: before.tokens });
 
-      const setup = signs
-        ? prepareSignFinetune(loaded, teacherModel!)
-        : prepareLoraFinetune(loaded, ftRank, teacherModel ? modelTeacher(teacherModel) : undefined, {
-            checkpoint: a.flags.has('checkpoint'),
-            halfBase: a.flags.has('half-base'),
-          });
-      const partial = `${out}.partial`;
-      await makeDir(partial);
-      // a run that stops before saving any state leaves no partial directory behind (one with state is never touched)
-      // rmdir removes only an empty directory: one that holds state stays
-      const dropIfEmpty = () => rmdir(partial).catch(() => undefined);
-      // Ctrl-C or SIGTERM: the state saved so far stays for a rerun to resume
-      const stop = onStopSignals();
-      let result: FinetuneResult;
-      let meta: CalderaCheckpointMeta | undefined;
-      try {
-        const bar = progressFor('finetune', json);
-        try {
-          result = await runFinetune(setup, train, valid, {
-            ...options,
-            statePath: join(partial, 'finetune-state.bin'),
-            // a resumed run must have the same teacher and base precision (the rest is checked by runFinetune)
-            runKey: {
-              '--teacher': teacherDir ? resolve(teacherDir) : null,
-              '--half-base': a.flags.has('half-base'),
-            },
-            settingLabels: {
-              ...TRAIN_FLAG_LABELS,
-              evalEvery: '--eval-every',
-              patience: '--patience',
-              evalTokens: '--valid-tokens',
-              validation: '--valid (its text)',
-              'starting factors': 'starting factors (the checkpoint, --ft-rank, --signs)',
-            },
-            signal: stop.signal,
-            onProgress: (e) => {
-              bar.update(
-                e.step,
-                e.steps,
-                e.etaSeconds,
-                `loss ${e.loss.toFixed(3)} val ${(e.valLoss ?? e.bestValLoss).toFixed(3)} ${Math.round(e.tokensPerSecond)} tok/s`,
-              );
-              log({ ...e });
-            },
-          });
-        } catch (e) {
-          await dropIfEmpty();
-          if (stop.signal.aborted) {
-            bar.done();
-            console.error(
-              (await exists(partial))
-                ? `caldera finetune: interrupted; state saved in ${partial} — rerun the same command to resume`
-                : 'caldera finetune: interrupted before any state was saved',
-            );
-            return stop.exitCode();
-          }
-          throw e;
-        } finally {
-          bar.done();
-        }
-
-        // what is at --out now is replaced only if it still is an earlier checkpoint (the run took a while)
-        await checkOutDir(out, []);
-        // Ctrl-C or SIGTERM while it is written: nothing is written, and the finished run's state stays for a rerun
-        meta = await writeFinetunedCheckpoint(
-          src,
-          out,
-          setup.layers,
-          {
-            trained: signs ? 'signs' : 'factors',
-            ...(signs ? {} : { ftRank }),
-            ...(teacherDir ? { teacher: teacherDir } : {}),
-            ...options,
-            steps: result.steps,
-            bestStep: result.bestStep,
-            initialValLoss: result.initialValLoss,
-            bestValLoss: result.bestValLoss,
-          },
-          // checkOutDir above: nothing or an earlier checkpoint is there
-          { signal: stop.signal, overwrite: true },
-        ).catch((e: unknown) => {
-          if (!stop.signal.aborted) throw e;
-          return undefined;
+    const setup = signs
+      ? prepareSignFinetune(loaded, teacherModel!)
+      : prepareLoraFinetune(loaded, ftRank, teacherModel ? modelTeacher(teacherModel) : undefined, {
+          checkpoint: a.flags.has('checkpoint'),
+          halfBase: a.flags.has('half-base'),
         });
-        if (!meta) {
+    const partial = `${out}.partial`;
+    await makeDir(partial);
+    // a run that stops before saving any state leaves no partial directory behind (one with state is never touched)
+    // rmdir removes only an empty directory: one that holds state stays
+    const dropIfEmpty = () => rmdir(partial).catch(() => undefined);
+    // Ctrl-C or SIGTERM: the state saved so far stays for a rerun to resume
+    const stop = onStopSignals();
+    let result: FinetuneResult;
+    let meta: CalderaCheckpointMeta | undefined;
+    try {
+      const bar = progressFor('finetune', json);
+      try {
+        result = await runFinetune(setup, train, valid, {
+          ...options,
+          statePath: join(partial, 'finetune-state.bin'),
+          // a resumed run must have the same teacher and base precision (the rest is checked by runFinetune)
+          runKey: {
+            '--teacher': teacherDir ? resolve(teacherDir) : null,
+            '--half-base': a.flags.has('half-base'),
+          },
+          settingLabels: {
+            ...TRAIN_FLAG_LABELS,
+            evalEvery: '--eval-every',
+            patience: '--patience',
+            evalTokens: '--valid-tokens',
+            validation: '--valid (its text)',
+            'starting factors': 'starting factors (the checkpoint, --ft-rank, --signs)',
+          },
+          signal: stop.signal,
+          onProgress: (e) => {
+            bar.update(
+              e.step,
+              e.steps,
+              e.etaSeconds,
+              `loss ${e.loss.toFixed(3)} val ${(e.valLoss ?? e.bestValLoss).toFixed(3)} ${Math.round(e.tokensPerSecond)} tok/s`,
+            );
+            log({ ...e });
+          },
+        });
+      } catch (e) {
+        await dropIfEmpty();
+        if (stop.signal.aborted) {
+          bar.done();
           console.error(
-            `caldera finetune: interrupted while writing ${out}; state saved in ${partial} — rerun the same command to write it`,
+            (await exists(partial))
+              ? `caldera finetune: interrupted; state saved in ${partial} — rerun the same command to resume`
+              : 'caldera finetune: interrupted before any state was saved',
           );
           return stop.exitCode();
         }
+        throw e;
       } finally {
-        stop.dispose();
+        bar.done();
       }
-      await rm(partial, { recursive: true, force: true });
-      const tuned = await loadModel(out);
-      const after = await perplexity(tuned.model, heldOut, { context: evalCtx });
-      const report = {
-        source: src,
+
+      // what is at --out now is replaced only if it still is an earlier checkpoint (the run took a while)
+      await checkOutDir(out, []);
+      // Ctrl-C or SIGTERM while it is written: nothing is written, and the finished run's state stays for a rerun
+      meta = await writeFinetunedCheckpoint(
+        src,
         out,
-        ...(signs ? {} : { ftRank }),
-        layers: setup.layers.length,
-        ...result,
-        bitsPerWeight: meta.bitsPerWeight,
-        perplexity: { before: before.ppl, after: after.ppl, tokens: after.tokens, context: evalCtx },
-      };
-      if (json) console.log(JSON.stringify({ event: 'done', ...report }));
-      else {
-        console.log(
-          `fine-tuned ${signs ? 'the sign vectors of ' : ''}${setup.layers.length} layers${signs ? '' : ` (k_ft ≤ ${ftRank})`}${teacherModel ? ' against the teacher' : ''} for ${result.steps} steps in ${result.seconds.toFixed(1)} s` +
-            `${result.stoppedEarly ? ' (early stop)' : ''}; kept step ${result.bestStep}`,
+        setup.layers,
+        {
+          trained: signs ? 'signs' : 'factors',
+          ...(signs ? {} : { ftRank }),
+          ...(teacherDir ? { teacher: teacherDir } : {}),
+          ...options,
+          steps: result.steps,
+          bestStep: result.bestStep,
+          initialValLoss: result.initialValLoss,
+          bestValLoss: result.bestValLoss,
+        },
+        // checkOutDir above: nothing or an earlier checkpoint is there
+        { signal: stop.signal, overwrite: true },
+      ).catch((e: unknown) => {
+        if (!stop.signal.aborted) throw e;
+        return undefined;
+      });
+      if (!meta) {
+        console.error(
+          `caldera finetune: interrupted while writing ${out}; state saved in ${partial} — rerun the same command to write it`,
         );
-        console.log(
-          `validation loss ${result.initialValLoss.toFixed(4)} → ${result.bestValLoss.toFixed(4)}; ` +
-            `held-out perplexity ${before.ppl.toFixed(2)} → ${after.ppl.toFixed(2)} (${after.tokens} tokens, context ${evalCtx})`,
-        );
-        console.log(`wrote ${out} (${meta.bitsPerWeight.toFixed(3)} bits/weight, paper accounting)`);
+        return stop.exitCode();
       }
-      return 0;
-    })();
-  } finally {
-    await unlock();
-  }
+    } finally {
+      stop.dispose();
+    }
+    await rm(partial, { recursive: true, force: true });
+    const tuned = await loadModel(out);
+    const after = await perplexity(tuned.model, heldOut, { context: evalCtx });
+    const report = {
+      source: src,
+      out,
+      ...(signs ? {} : { ftRank }),
+      layers: setup.layers.length,
+      ...result,
+      bitsPerWeight: meta.bitsPerWeight,
+      perplexity: { before: before.ppl, after: after.ppl, tokens: after.tokens, context: evalCtx },
+    };
+    if (json) console.log(JSON.stringify({ event: 'done', ...report }));
+    else {
+      console.log(
+        `fine-tuned ${signs ? 'the sign vectors of ' : ''}${setup.layers.length} layers${signs ? '' : ` (k_ft ≤ ${ftRank})`}${teacherModel ? ' against the teacher' : ''} for ${result.steps} steps in ${result.seconds.toFixed(1)} s` +
+          `${result.stoppedEarly ? ' (early stop)' : ''}; kept step ${result.bestStep}`,
+      );
+      console.log(
+        `validation loss ${result.initialValLoss.toFixed(4)} → ${result.bestValLoss.toFixed(4)}; ` +
+          `held-out perplexity ${before.ppl.toFixed(2)} → ${after.ppl.toFixed(2)} (${after.tokens} tokens, context ${evalCtx})`,
+      );
+      console.log(`wrote ${out} (${meta.bitsPerWeight.toFixed(3)} bits/weight, paper accounting)`);
+    }
+    return 0;
+  });
 }

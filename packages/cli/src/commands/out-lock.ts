@@ -298,3 +298,16 @@ export async function lockOutput(out: string, command: string): Promise<() => Pr
       await unlink(lock).catch(() => undefined);
   };
 }
+
+/**
+ * Run `work` with `<out>.lock` held for `command` ({@link lockOutput}: a second writer of `out` fails at once, and what
+ * killed writers left beside it is removed first), released however it ends.
+ */
+export async function withOutputLock<T>(out: string, command: string, work: () => Promise<T>): Promise<T> {
+  const unlock = await lockOutput(out, command);
+  try {
+    return await work();
+  } finally {
+    await unlock();
+  }
+}

@@ -30,7 +30,7 @@ import {
   SEED,
   type Args,
 } from '../args.js';
-import { lockOutput } from './out-lock.js';
+import { withOutputLock } from './out-lock.js';
 import {
   checkOutDir,
   checkTrainingText,
@@ -78,163 +78,156 @@ export async function trainCommand(a: Args): Promise<number> {
   // (its template may be that output: it is read before the new model replaces it, as npm run train:reference does)
   await checkOutDir(out, [template], TRAIN_OUTPUT);
   // one writer of --out at a time; what a killed run left beside it (<out>.tmp-…, a model's size) is removed
-  const unlock = await lockOutput(out, 'caldera train');
-  try {
-    return await (async (): Promise<number> => {
-      const steps = flagNumber(a, 'steps', 2000, POSITIVE_INT);
-      const seqLenFlag = flagNumber(a, 'seq-len', undefined, { integer: true, min: 2 });
-      const seed = flagNumber(a, 'seed', 0, SEED);
-      const evalEvery = flagNumber(a, 'eval-every', 100, POSITIVE_INT);
-      const batch = flagNumber(a, 'batch', 8, POSITIVE_INT);
-      const lr = flagNumber(a, 'lr', 3e-3, POSITIVE);
-      const warmup = flagNumber(a, 'warmup', 50, NON_NEGATIVE_INT);
-      const validTokens = flagNumber(a, 'valid-tokens', 8192, POSITIVE_INT);
-      const configPath = join(template, 'config.json');
-      const hfConfig = (await readJsonFile(configPath)) as Record<string, unknown>;
-      const mc = parseModelConfig(hfConfig, configPath);
-      const cfg: TrainConfig = mc;
-      const seqLen = tokenWindow('seq-len', seqLenFlag, 128, mc.maxPositions);
-      const tokens = async (file: string) =>
-        (await tokenizeDocuments(template, await readDocuments(file), mc.bosTokenId)).flat();
-      const dataFile = flagString(a, 'data') ?? defaultText('train');
-      const data = compactTokenIds(await tokens(dataFile), mc.vocabSize);
-      checkTrainingText(data, dataFile, seqLen);
-      const validFile = flagString(a, 'valid') ?? defaultText('valid');
-      const valid = await tokens(validFile);
-      // the first validation comes after --eval-every steps: a text too short for one window must fail now, not then
-      if (Math.min(valid.length, validTokens) < seqLen + 1)
-        throw new CalderaError(
-          'E_VALUE',
-          `validation needs at least --seq-len + 1 = ${seqLen + 1} tokens: ${validFile} has ${valid.length}` +
-            (validTokens < valid.length ? ` and --valid-tokens is ${validTokens}` : ''),
-        );
-      const partial = `${out}.partial`;
-      const statePath = join(partial, 'train-state.bin');
-      const logPath = join(partial, 'training-log.jsonl');
-      await makeDir(partial);
-      const trainerOptions = {
-        seqLen,
-        batch,
-        lr,
-        warmup,
-        totalSteps: steps,
-        seed,
-        checkpoint: a.flags.has('checkpoint'),
-      };
-      // a saved state resumes only a run with the same options, model and data (else E_VALUE naming what differs)
-      const trainer = (await exists(statePath))
-        ? await Trainer.load(statePath, cfg, data, undefined, {
-            expect: trainerOptions,
-            labels: { ...TRAIN_FLAG_LABELS, warmup: '--warmup' },
-          })
-        : new Trainer(cfg, initTrainParams(cfg, new Rng(seed)), data, trainerOptions);
-      if (trainer.stepCount === 0) await writeFile(logPath, '');
-      else await keepLoggedSteps(logPath, trainer.stepCount);
-      const lines: string[] = [];
-      const flushLog = async () => {
-        if (lines.length) await writeFile(logPath, lines.splice(0).join(''), { flag: 'a' });
-      };
-      // Ctrl-C or SIGTERM: during training, the state before the step under way is saved; while the model is written,
-      // what was written is removed and the finished run's state stays, so that a rerun writes it without training again
-      const stop = onStopSignals();
-      const t0 = performance.now();
+  return withOutputLock(out, 'caldera train', async () => {
+    const steps = flagNumber(a, 'steps', 2000, POSITIVE_INT);
+    const seqLenFlag = flagNumber(a, 'seq-len', undefined, { integer: true, min: 2 });
+    const seed = flagNumber(a, 'seed', 0, SEED);
+    const evalEvery = flagNumber(a, 'eval-every', 100, POSITIVE_INT);
+    const batch = flagNumber(a, 'batch', 8, POSITIVE_INT);
+    const lr = flagNumber(a, 'lr', 3e-3, POSITIVE);
+    const warmup = flagNumber(a, 'warmup', 50, NON_NEGATIVE_INT);
+    const validTokens = flagNumber(a, 'valid-tokens', 8192, POSITIVE_INT);
+    const configPath = join(template, 'config.json');
+    const hfConfig = (await readJsonFile(configPath)) as Record<string, unknown>;
+    const mc = parseModelConfig(hfConfig, configPath);
+    const cfg: TrainConfig = mc;
+    const seqLen = tokenWindow('seq-len', seqLenFlag, 128, mc.maxPositions);
+    const tokens = async (file: string) =>
+      (await tokenizeDocuments(template, await readDocuments(file), mc.bosTokenId)).flat();
+    const dataFile = flagString(a, 'data') ?? defaultText('train');
+    const data = compactTokenIds(await tokens(dataFile), mc.vocabSize);
+    checkTrainingText(data, dataFile, seqLen);
+    const validFile = flagString(a, 'valid') ?? defaultText('valid');
+    const valid = await tokens(validFile);
+    // the first validation comes after --eval-every steps: a text too short for one window must fail now, not then
+    if (Math.min(valid.length, validTokens) < seqLen + 1)
+      throw new CalderaError(
+        'E_VALUE',
+        `validation needs at least --seq-len + 1 = ${seqLen + 1} tokens: ${validFile} has ${valid.length}` +
+          (validTokens < valid.length ? ` and --valid-tokens is ${validTokens}` : ''),
+      );
+    const partial = `${out}.partial`;
+    const statePath = join(partial, 'train-state.bin');
+    const logPath = join(partial, 'training-log.jsonl');
+    await makeDir(partial);
+    const trainerOptions = {
+      seqLen,
+      batch,
+      lr,
+      warmup,
+      totalSteps: steps,
+      seed,
+      checkpoint: a.flags.has('checkpoint'),
+    };
+    // a saved state resumes only a run with the same options, model and data (else E_VALUE naming what differs)
+    const trainer = (await exists(statePath))
+      ? await Trainer.load(statePath, cfg, data, undefined, {
+          expect: trainerOptions,
+          labels: { ...TRAIN_FLAG_LABELS, warmup: '--warmup' },
+        })
+      : new Trainer(cfg, initTrainParams(cfg, new Rng(seed)), data, trainerOptions);
+    if (trainer.stepCount === 0) await writeFile(logPath, '');
+    else await keepLoggedSteps(logPath, trainer.stepCount);
+    const lines: string[] = [];
+    const flushLog = async () => {
+      if (lines.length) await writeFile(logPath, lines.splice(0).join(''), { flag: 'a' });
+    };
+    // Ctrl-C or SIGTERM: during training, the state before the step under way is saved; while the model is written,
+    // what was written is removed and the finished run's state stays, so that a rerun writes it without training again
+    const stop = onStopSignals();
+    const t0 = performance.now();
+    try {
+      const bar = progressFor('train', json);
+      const first = trainer.stepCount;
+      const tokensPerStep = trainer.options.seqLen * trainer.options.batch;
       try {
-        const bar = progressFor('train', json);
-        const first = trainer.stepCount;
-        const tokensPerStep = trainer.options.seqLen * trainer.options.batch;
-        try {
-          while (trainer.stepCount < steps) {
-            // a step lets the signal handlers run after each sequence, and an interrupted step is dropped whole
-            const r = await trainer.stepAsync({ signal: stop.signal }).catch((e: unknown) => {
-              if (stop.received() && isCalderaError(e, 'E_ABORTED')) return undefined;
-              throw e;
-            });
-            if (!r) {
-              await flushLog();
-              await trainer.save(statePath);
-              bar.done();
-              console.error(
-                `caldera train: interrupted at step ${trainer.stepCount}; rerun the same command to resume`,
-              );
-              return stop.exitCode();
-            }
-            const seconds = (performance.now() - t0) / 1000;
-            const tps = ((trainer.stepCount - first) * tokensPerStep) / seconds;
-            const rec: Record<string, unknown> = { event: 'step', ...r, tokensPerSecond: tps };
-            if (r.step % evalEvery === 0 || r.step === steps)
-              rec.valLoss = validationLoss(
-                trainer.objective,
-                trainer.params,
-                valid,
-                trainer.options.seqLen,
-                validTokens,
-              );
-            lines.push(JSON.stringify(rec) + '\n');
-            if (json) console.log(JSON.stringify(rec));
-            bar.update(
-              r.step,
-              steps,
-              ((steps - r.step) * tokensPerStep) / tps,
-              `loss ${r.loss.toFixed(3)}${rec.valLoss ? ` val ${(rec.valLoss as number).toFixed(3)}` : ''} ${Math.round(tps)} tok/s`,
-            );
-            if (r.step % 25 === 0) {
-              await flushLog();
-              await trainer.save(statePath);
-            }
-          }
-        } finally {
-          bar.done();
-        }
-        await flushLog();
-        if (first < trainer.stepCount) await trainer.save(statePath);
-
-        // the model directory, written beside `out` and renamed into place
-        const tmp = `${out}.tmp-${tempSuffix()}`;
-        try {
-          await makeDir(tmp);
-          const shapes = trainParamShapes(cfg);
-          const tensors: Record<string, Tensor> = {};
-          for (const [name, p] of Object.entries(trainer.params))
-            tensors[name] = cast(tensor('f32', shapes[name]!, p as Float32Array), 'f16');
-          await writeSafetensors(join(tmp, 'model.safetensors'), tensors, {
-            metadata: { format: 'pt' },
-            signal: stop.signal,
+        while (trainer.stepCount < steps) {
+          // a step lets the signal handlers run after each sequence, and an interrupted step is dropped whole
+          const r = await trainer.stepAsync({ signal: stop.signal }).catch((e: unknown) => {
+            if (stop.received() && isCalderaError(e, 'E_ABORTED')) return undefined;
+            throw e;
           });
-          await writeFile(
-            join(tmp, 'config.json'),
-            JSON.stringify({ ...hfConfig, torch_dtype: 'float16' }, null, 2) + '\n',
+          if (!r) {
+            await flushLog();
+            await trainer.save(statePath);
+            bar.done();
+            console.error(
+              `caldera train: interrupted at step ${trainer.stepCount}; rerun the same command to resume`,
+            );
+            return stop.exitCode();
+          }
+          const seconds = (performance.now() - t0) / 1000;
+          const tps = ((trainer.stepCount - first) * tokensPerStep) / seconds;
+          const rec: Record<string, unknown> = { event: 'step', ...r, tokensPerSecond: tps };
+          if (r.step % evalEvery === 0 || r.step === steps)
+            rec.valLoss = validationLoss(
+              trainer.objective,
+              trainer.params,
+              valid,
+              trainer.options.seqLen,
+              validTokens,
+            );
+          lines.push(JSON.stringify(rec) + '\n');
+          if (json) console.log(JSON.stringify(rec));
+          bar.update(
+            r.step,
+            steps,
+            ((steps - r.step) * tokensPerStep) / tps,
+            `loss ${r.loss.toFixed(3)}${rec.valLoss ? ` val ${(rec.valLoss as number).toFixed(3)}` : ''} ${Math.round(tps)} tok/s`,
           );
-          await copyModelSideFiles(template, tmp); // the template's tokenizer, chat template, generation settings
-          await copyFile(logPath, join(tmp, 'training-log.jsonl'));
-          // what is there now may only be replaced if it still is an earlier output (checked again: the run took a while)
-          await checkOutDir(out, [], TRAIN_OUTPUT);
-          stop.signal.throwIfAborted();
-          await replaceDir(tmp, out);
-        } catch (e) {
-          await rm(tmp, { recursive: true, force: true });
-          if (!stop.signal.aborted) throw e;
-          console.error(
-            `caldera train: interrupted while writing ${out}; rerun the same command to write it`,
-          );
-          return stop.exitCode();
+          if (r.step % 25 === 0) {
+            await flushLog();
+            await trainer.save(statePath);
+          }
         }
       } finally {
-        stop.dispose();
+        bar.done();
       }
-      await rm(partial, { recursive: true, force: true });
-      const summary = {
-        event: 'done',
-        out,
-        steps: trainer.stepCount,
-        seconds: (performance.now() - t0) / 1000,
-      };
-      if (json) console.log(JSON.stringify(summary));
-      else console.log(`wrote ${out} after ${trainer.stepCount} steps`);
-      return 0;
-    })();
-  } finally {
-    await unlock();
-  }
+      await flushLog();
+      if (first < trainer.stepCount) await trainer.save(statePath);
+
+      // the model directory, written beside `out` and renamed into place
+      const tmp = `${out}.tmp-${tempSuffix()}`;
+      try {
+        await makeDir(tmp);
+        const shapes = trainParamShapes(cfg);
+        const tensors: Record<string, Tensor> = {};
+        for (const [name, p] of Object.entries(trainer.params))
+          tensors[name] = cast(tensor('f32', shapes[name]!, p as Float32Array), 'f16');
+        await writeSafetensors(join(tmp, 'model.safetensors'), tensors, {
+          metadata: { format: 'pt' },
+          signal: stop.signal,
+        });
+        await writeFile(
+          join(tmp, 'config.json'),
+          JSON.stringify({ ...hfConfig, torch_dtype: 'float16' }, null, 2) + '\n',
+        );
+        await copyModelSideFiles(template, tmp); // the template's tokenizer, chat template, generation settings
+        await copyFile(logPath, join(tmp, 'training-log.jsonl'));
+        // what is there now may only be replaced if it still is an earlier output (checked again: the run took a while)
+        await checkOutDir(out, [], TRAIN_OUTPUT);
+        stop.signal.throwIfAborted();
+        await replaceDir(tmp, out);
+      } catch (e) {
+        await rm(tmp, { recursive: true, force: true });
+        if (!stop.signal.aborted) throw e;
+        console.error(`caldera train: interrupted while writing ${out}; rerun the same command to write it`);
+        return stop.exitCode();
+      }
+    } finally {
+      stop.dispose();
+    }
+    await rm(partial, { recursive: true, force: true });
+    const summary = {
+      event: 'done',
+      out,
+      steps: trainer.stepCount,
+      seconds: (performance.now() - t0) / 1000,
+    };
+    if (json) console.log(JSON.stringify(summary));
+    else console.log(`wrote ${out} after ${trainer.stepCount} steps`);
+    return 0;
+  });
 }
 
 /**
