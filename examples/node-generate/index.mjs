@@ -40,7 +40,8 @@ try {
   // the completion as it reads after the prompt: decoded alone, SentencePiece-style tokenizers would drop its
   // leading space; and without the clean-up of spaces some configs ask for, which rewrites text printed already
   const decode = (more) => tok.decode(more, { cleanUpSpaces: false });
-  const completion = () => decode([...ids, ...out]).slice(decode(ids).length);
+  const promptText = decode(ids);
+  const completion = () => decode([...ids, ...out]).slice(promptText.length);
   for await (const id of generate(model, ids, { maxTokens: 40, stopTokens })) {
     out.push(id);
     // a character whose bytes are split over tokens decodes to U+FFFD until its last byte: hold those back
