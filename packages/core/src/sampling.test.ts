@@ -166,6 +166,21 @@ describe("GenerationRules (the runtimes' per-token rules)", () => {
     );
   });
 
+  it('a null field is a value, not the default: E_VALUE for each, as for temperature (maxTokens: null meant 64)', () => {
+    for (const field of [
+      'maxTokens',
+      'temperature',
+      'topK',
+      'topP',
+      'repetitionPenalty',
+      'seed',
+      'stopTokens',
+    ])
+      expect(() => new GenerationRules([1], { [field]: null } as never), field).toThrow(
+        new RegExp(`E_VALUE: generate: ${field} must be`),
+      );
+  });
+
   it('a prompt that is not an array (null, undefined, a number, a string) is E_VALUE, not a TypeError; null options are none', () => {
     for (const prompt of [null, undefined, 3, 'abc'])
       expect(() => new GenerationRules(prompt as unknown as number[])).toThrow(

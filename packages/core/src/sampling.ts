@@ -303,7 +303,8 @@ export class GenerationRules {
    * array of integers, `stopStrings` that are not an array of strings, stop strings without a `decode` function, or a
    * sampling option out of its range (see {@link GenerateOptions}: `temperature` finite and ≥ 0,
    * `topK` ≥ 0, `topP` in (0, 1], `repetitionPenalty` finite and > 0, `seed` an integer in [0, 2³²)). A null
-   * `options` counts as none.
+   * `options` counts as none; a field that is `undefined` takes its default, and one that is `null` is a value like
+   * any other (`E_VALUE`, as every option of the package's number rules).
    */
   constructor(prompt: ArrayLike<number>, options: GenerateOptions = {}) {
     checkTokenArray(prompt, 'generate', 'the prompt');
@@ -311,12 +312,13 @@ export class GenerationRules {
     options ??= {}; // from JavaScript: null options are none
     assertNotAbortSignal(options, 'generate'); // generate(model, prompt, signal): refused, not ignored
     checkStopOptions(options);
-    this.maxTokens = options.maxTokens ?? 64;
-    if (!Number.isInteger(this.maxTokens) || this.maxTokens < 0)
+    const maxTokens = options.maxTokens;
+    if (maxTokens !== undefined && !(Number.isInteger(maxTokens) && maxTokens >= 0))
       throw new CalderaError(
         'E_VALUE',
-        `generate: maxTokens must be a non-negative integer, got ${shownValue(this.maxTokens)}`,
+        `generate: maxTokens must be a non-negative integer, got ${shownValue(maxTokens)}`,
       );
+    this.maxTokens = maxTokens ?? 64;
     checkSamplingOptions(options);
     this.options = options;
     this.penalty = options.repetitionPenalty ?? 1;
