@@ -114,6 +114,32 @@ describe('caldera finetune', () => {
     const { model } = await loadModel(whole);
     expect(model.forward([1, 2, 3]).every(Number.isFinite)).toBe(true);
 
+    // fine-tuned again with a smaller --ft-rank: the rank already trained stays trainable (f32 factors do not go back
+    // to codes), and that is the rank recorded; the first run's record is kept under `previous`
+    const twice = join(dir, 'twice');
+    const r2 = run([
+      'finetune',
+      whole,
+      '--out',
+      twice,
+      ...FINETUNE,
+      '--ft-rank',
+      '2',
+      '--steps',
+      '2',
+      '--eval-every',
+      '2',
+    ]);
+    expect(r2.status, r2.stderr).toBe(0);
+    expect(JSON.parse(r2.stdout.trim().split('\n').pop()!).ftRank).toBe(4);
+    const meta2 = JSON.parse(readFileSync(join(twice, 'caldera.json'), 'utf8'));
+    expect(meta2.options.finetune).toMatchObject({
+      ftRank: 4,
+      steps: 2,
+      previous: { ftRank: 4, steps: report.steps },
+    });
+    for (const layer of Object.values(meta2.layers) as { ftRank: number }[]) expect(layer.ftRank).toBe(4);
+
     // interrupted with SIGINT once the first validation state is saved, then resumed: same bytes
     const resumed = join(dir, 'resumed');
     const state = join(`${resumed}.partial`, 'finetune-state.bin');

@@ -63,7 +63,8 @@ Options:
   --data FILE        training text (.txt documents separated by blank lines, or .jsonl; default: reference train split)
   --valid FILE       validation text for early stopping (default: reference valid split)
   --eval FILE        held-out text for perplexity before/after (default: reference test split)
-  --ft-rank K        trainable rank per layer, clamped to the layer's rank (default 64)
+  --ft-rank K        trainable rank per layer, clamped to the layer's rank (default 64; a fine-tuned checkpoint
+                     keeps at least the rank it was trained with)
   --steps N          optimizer steps at most (default 200)   --lr LR   relative peak learning rate (default 1e-2)
   --batch N          sequences per step (default 4)
   --seq-len L        tokens per sequence, 2 … the model's max positions (default 128, or the max positions if fewer)
@@ -160,6 +161,9 @@ export async function finetuneCommand(a: Args): Promise<number> {
           checkpoint: a.flags.has('checkpoint'),
           halfBase: a.flags.has('half-base'),
         });
+    // the rank trained: --ft-rank clamped to each layer's rank, and never below a rank an earlier run already trained
+    // (its f32 factors cannot go back to the codes)
+    const trainedRank = signs ? 0 : Math.max(0, ...setup.layers.map((l) => l.decomposition.ft?.rank ?? 0));
     const partial = `${out}.partial`;
     await makeDir(partial);
     // a run that stops before saving any state leaves no partial directory behind (one with state is never touched)
@@ -224,7 +228,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
         setup.layers,
         {
           trained: signs ? 'signs' : 'factors',
-          ...(signs ? {} : { ftRank }),
+          ...(signs ? {} : { ftRank: trainedRank }),
           ...(teacherDir ? { teacher: teacherDir } : {}),
           ...options,
           steps: result.steps,
@@ -253,7 +257,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
     const report = {
       source: src,
       out,
-      ...(signs ? {} : { ftRank }),
+      ...(signs ? {} : { ftRank: trainedRank }),
       layers: setup.layers.length,
       ...result,
       bitsPerWeight: meta.bitsPerWeight,
@@ -262,7 +266,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
     if (json) console.log(JSON.stringify({ event: 'done', ...report }));
     else {
       console.log(
-        `fine-tuned ${signs ? 'the sign vectors of ' : ''}${setup.layers.length} layers${signs ? '' : ` (k_ft ≤ ${ftRank})`}${teacherModel ? ' against the teacher' : ''} for ${result.steps} steps in ${result.seconds.toFixed(1)} s` +
+        `fine-tuned ${signs ? 'the sign vectors of ' : ''}${setup.layers.length} layers${signs ? '' : ` (k_ft ≤ ${trainedRank})`}${teacherModel ? ' against the teacher' : ''} for ${result.steps} steps in ${result.seconds.toFixed(1)} s` +
           `${result.stoppedEarly ? ' (early stop)' : ''}; kept step ${result.bestStep}`,
       );
       console.log(

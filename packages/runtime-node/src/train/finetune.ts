@@ -254,7 +254,7 @@ export interface LoraFinetuneOptions {
   /**
    * How to name each setting when a resumed run is refused (as `labels` of `Trainer.load`'s resume check; this
    * function's own are `evalEvery`, `patience`, `evalTokens`, `validation` and `starting factors`), e.g. the
-   * command-line flags.
+   * command-line flags; also in the refusal of an `evalTokens` or validation text shorter than `seqLen` + 1.
    */
   settingLabels?: Record<string, string>;
   signal?: AbortSignal;
@@ -361,6 +361,16 @@ export async function runFinetune(
   };
   if (setup.layers.length === 0)
     throw new CalderaError('E_VALUE', 'fine-tuning: the checkpoint has no compressed layer to train');
+  // no validation window at all: refused before any work, in the caller's names of the settings (`settingLabels`)
+  if (Math.min(valid.length, o.evalTokens) < o.seqLen + 1) {
+    const name = (k: string) => o.settingLabels?.[k] ?? k;
+    throw new CalderaError(
+      'E_VALUE',
+      valid.length < o.seqLen + 1
+        ? `fine-tuning: the validation text has ${valid.length} tokens, fewer than ${name('seqLen')} ${o.seqLen} + 1`
+        : `fine-tuning: ${name('evalTokens')} ${o.evalTokens} is fewer than ${name('seqLen')} ${o.seqLen} + 1 (no validation window)`,
+    );
+  }
   const t0 = performance.now();
   const val = (p: TrainParams) => validationLoss(setup.objective, p, valid, o.seqLen, o.evalTokens);
   const trainerOptions = {
@@ -505,7 +515,8 @@ export async function runFinetune(
 /**
  * Writes the fine-tuned checkpoint: the source checkpoint's tensors, with each fine-tuned layer's Q codes untouched,
  * its remaining L/R codes sliced and `L_ft`/`R_ft` added in f32 (docs/architecture.md), `caldera.json` updated
- * (ranks, bits) with the fine-tuning settings under `options.finetune`. Atomic: nothing is left half-written.
+ * (ranks, bits) with the fine-tuning settings under `options.finetune` (an earlier fine-tuning's, when the source has
+ * one, kept under its `previous`). Atomic: nothing is left half-written.
  * `options.signal` aborts the write, `options.onProgress` reports it tensor by tensor, and an existing `outDir` is
  * `E_IO` unless `options.overwrite` (core's `writeCheckpointDir`: it replaces whatever is there, so check first that
  * it is yours; it wiped any folder there, the source's parent included).
@@ -545,7 +556,13 @@ export async function writeFinetunedCheckpoint(
     ...meta,
     ...calderaCheckpointMeta(layerMeta, {
       method: meta.method,
-      options: { ...meta.options, finetune: finetuneInfo },
+      // a checkpoint fine-tuned again keeps the earlier run's record, as `previous` of the new one
+      options: {
+        ...meta.options,
+        finetune: meta.options?.finetune
+          ? { ...finetuneInfo, previous: meta.options.finetune }
+          : finetuneInfo,
+      },
       seed: meta.seed,
     }),
   };
