@@ -145,6 +145,23 @@ describe('blockLDL', () => {
     expect(blockLDL(h, 3).D.shape).toEqual([1, 3, 3]);
   });
 
+  it('blockLDLFromCholesky refuses a non-finite entry below the diagonal (it spread NaN through L, silently)', () => {
+    const c = cholesky(spd(8, 2));
+    for (const bad of [NaN, Infinity]) {
+      const d = Float64Array.from(c.data);
+      d[5 * 8 + 2] = bad;
+      expect(() => blockLDLFromCholesky(tensor('f64', [8, 8], d), 4)).toThrow(
+        `E_VALUE: blockLDLFromCholesky: c has entry ${bad} at (5, 2)`,
+      );
+    }
+    // above the diagonal nothing is read: a NaN there changes nothing
+    const d = Float64Array.from(c.data);
+    d[2 * 8 + 5] = NaN;
+    expect(blockLDLFromCholesky(tensor('f64', [8, 8], d), 4).L.data).toEqual(
+      blockLDLFromCholesky(c, 4).L.data,
+    );
+  });
+
   it('takes a signal (Cholesky and per block), aborts naming blockLDL; same bits when not aborted', () => {
     const h = spd(96, 6);
     // entry, 1 + 5 inside the single Cholesky panel, 12 blocks

@@ -26,6 +26,12 @@ describe('Hadamard base matrices', () => {
 });
 
 describe('hadamard transform', () => {
+  it('maps an [r, 0] matrix to an [r, 0] matrix (it was E_UNSUPPORTED: no M_0)', () => {
+    const y = hadamard(tensor('f64', [3, 0]));
+    expect(y.shape).toEqual([3, 0]);
+    expect(y.data.length).toBe(0);
+  });
+
   it('factors real model sizes and pads unsupported ones', () => {
     expect(hadamardFactor(4096)).toEqual({ K: 1, p: 12 });
     expect(hadamardFactor(14336)).toEqual({ K: 28, p: 9 });

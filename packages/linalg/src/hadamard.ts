@@ -319,11 +319,16 @@ export interface HadamardOptions {
   transpose?: boolean;
 }
 
-/** Each row `v` of `x` (r × n) mapped to `v·M_n` (or `v·M_nᵀ`), as a new contiguous matrix of x's dtype. */
+/**
+ * Each row `v` of `x` (r × n) mapped to `v·M_n` (or `v·M_nᵀ`), as a new contiguous matrix of x's dtype. Rows of length
+ * 0 are their own transform (an [r, 0] matrix gives an [r, 0] matrix); other sizes without an `M_n` are
+ * `E_UNSUPPORTED`.
+ */
 export function hadamard<T extends Matrix>(x: T, options: HadamardOptions = {}): T {
   assertMatrix(x, 'hadamard', 'x');
   const [r, n] = x.shape as [number, number];
   const out = newMatrix(x.dtype, r, n) as Tensor<'f32'> | Tensor<'f64'>;
+  if (n === 0) return out as T; // nothing to mix (no M_0 to build: `hadamardFactor(0)` is null)
   for (let i = 0; i < r; i++)
     for (let j = 0; j < n; j++)
       out.data[i * n + j] = x.data[x.offset + i * x.strides[0]! + j * x.strides[1]!]!;

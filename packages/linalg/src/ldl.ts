@@ -40,7 +40,7 @@ export interface BlockLDLFromCholeskyOptions<T extends 'f32' | 'f64'> {
  * The block LDLᵀ of `H = C·Cᵀ` from its lower-triangular Cholesky factor `c` (f64, n × n contiguous, as
  * `cholesky` returns it), in O(n²·b) instead of a factorisation: exactly {@link blockLDL}'s result when `c` is the
  * factor `blockLDL` would compute. Only the lower triangle of `c` is read; `b` not a positive integer → `E_VALUE`,
- * `n % b ≠ 0` → `E_SHAPE`, a zero diagonal entry → `E_VALUE`.
+ * `n % b ≠ 0` → `E_SHAPE`, a zero diagonal entry or a non-finite entry in the lower triangle → `E_VALUE`.
  */
 export function blockLDLFromCholesky(
   c: Tensor<'f64'>,
@@ -73,6 +73,12 @@ export function blockLDLFromCholesky(
     const v = c.data[i * n + i]!;
     if (!(v !== 0 && Number.isFinite(v)))
       throw new CalderaError('E_VALUE', `blockLDLFromCholesky: c has diagonal entry ${v} at (${i}, ${i})`);
+    // a NaN or infinite entry below the diagonal would spread through its block's L, silently (O(n²), as reading c)
+    for (let j = 0; j < i; j++) {
+      const w = c.data[i * n + j]!;
+      if (!Number.isFinite(w))
+        throw new CalderaError('E_VALUE', `blockLDLFromCholesky: c has entry ${w} at (${i}, ${j})`);
+    }
   }
   const dtype = options.dtype ?? 'f64';
   if (dtype !== 'f32' && dtype !== 'f64')
