@@ -105,3 +105,11 @@ describe('applyDecomposition', () => {
     expect(lowrank.applyDecomposition(d, x.data, 1)).toHaveLength(8);
   });
 });
+
+describe('codecBits', () => {
+  it('knows the checkpoint codecs by their own names only (an inherited key such as constructor gave Object)', () => {
+    expect(['e8p12', 'e8p12-rvq3', 'e8p12-rvq4', 'f16'].map(lowrank.codecBits)).toEqual([2, 3, 4, 16]);
+    for (const name of ['constructor', 'toString', 'e8p13'])
+      expect(() => lowrank.codecBits(name)).toThrow(`E_FORMAT: unknown codec '${name}'`);
+  });
+});

@@ -31,7 +31,9 @@ export function codecName(bits: FactorBits): string {
 
 /** Width of a checkpoint codec name. */
 export function codecBits(codec: string): FactorBits {
-  const b = ({ e8p12: 2, 'e8p12-rvq3': 3, 'e8p12-rvq4': 4, f16: 16 } as const)[codec];
+  const widths = { e8p12: 2, 'e8p12-rvq3': 3, 'e8p12-rvq4': 4, f16: 16 } as const;
+  // own names only: 'constructor' is no codec (an inherited key gave Object)
+  const b = Object.hasOwn(widths, codec) ? widths[codec as keyof typeof widths] : undefined;
   if (b === undefined) throw new CalderaError('E_FORMAT', `unknown codec '${codec}'`);
   return b;
 }

@@ -1,4 +1,4 @@
-import { assertObject, CalderaError } from '@caldera/core';
+import { assertObject, CalderaError, describeValue } from '@caldera/core';
 import { e8pEncodeInto, type E8PEncodeTables } from './e8p-encode.js';
 import { e8pEncodeWasmInto, wasmEncoderReady } from './e8p-encode-wasm.js';
 
@@ -141,6 +141,8 @@ export function assertCodeWidth(
 export function e8pDecode(codes: Uint16Array, out?: Float32Array): Float32Array {
   assertObject(codes, 'e8pDecode', 'codes', 'a Uint16Array');
   assertCodeWidth(codes, 16, (k, c) => `e8pDecode: code ${k} is ${c}, not a 16-bit code`);
+  if (out !== undefined && !(out instanceof Float32Array))
+    throw new CalderaError('E_VALUE', `e8pDecode: out must be a Float32Array, got ${describeValue(out)}`);
   out ??= new Float32Array(codes.length * 8);
   if (out.length < codes.length * 8)
     throw new CalderaError(
@@ -176,6 +178,10 @@ export function e8pEncode(
   options: E8PEncodeOptions = {},
 ): Uint16Array {
   assertObject(x, 'e8pEncode', 'x', 'an array of numbers');
+  options ??= {}; // from JavaScript: null options are none
+  // 16-bit codes: a Uint8Array kept each code modulo 256, silently
+  if (out !== undefined && !(out instanceof Uint16Array))
+    throw new CalderaError('E_VALUE', `e8pEncode: out must be a Uint16Array, got ${describeValue(out)}`);
   out ??= new Uint16Array(x.length / 8);
   if (x.length % 8 !== 0)
     throw new CalderaError('E_SHAPE', `e8pEncode: length ${x.length} is not a multiple of 8`);

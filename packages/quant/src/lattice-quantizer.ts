@@ -37,7 +37,9 @@ export const LATTICE_INPUT_SCALE: Record<LatticeKind, number> = {
 
 /** Create an E8P12 (2-bit), E8P12-RVQ3 (3-bit) or E8P12-RVQ4 (4-bit) tensor quantizer. */
 export function latticeQuantizer(kind: LatticeKind, options: LatticeOptions = {}): Quantizer {
-  if (!(kind in BITS)) throw new CalderaError('E_VALUE', `latticeQuantizer: unknown kind ${String(kind)}`);
+  if (typeof kind !== 'string' || !Object.hasOwn(BITS, kind))
+    throw new CalderaError('E_VALUE', `latticeQuantizer: unknown kind ${String(kind)}`);
+  options ??= {}; // from JavaScript: null options are none
   const inputScale = options.inputScale ?? LATTICE_INPUT_SCALE[kind];
   if (!(inputScale > 0) || !Number.isFinite(inputScale)) {
     throw new CalderaError(
@@ -51,6 +53,12 @@ export function latticeQuantizer(kind: LatticeKind, options: LatticeOptions = {}
     descriptor,
     bitsPerWeight(shape) {
       const n = costedValueCount(shape, `${kind}.bitsPerWeight`);
+      // as quantize: one code per 8 values
+      if (n % 8 !== 0)
+        throw new CalderaError(
+          'E_SHAPE',
+          `${kind}.bitsPerWeight: shape [${shape.join(', ')}] has ${n} values, not a multiple of 8`,
+        );
       return (n * bits + 32) / n;
     },
     quantize(t: Tensor): QuantizedTensor {
@@ -99,8 +107,9 @@ export function latticeScale(x: ArrayLike<number>, inputScale: number): number {
 /**
  * Both scales of a lattice codec from one pass over `x`: `divisor`, what the values are divided by before rounding
  * ({@link latticeScale}), and `stored`, the scale kept with the codes, which is 0 for an all-zero tensor (no codeword
- * is 0, E8P12 points being ±¼ + D̂8, so only a zero scale keeps its zeros) and `divisor` otherwise. `E_VALUE` as
- * {@link latticeScale} (a non-finite value, a bad `inputScale`), and when the sum of squares overflows.
+ * is 0, E8P12 points being ±¼ + D̂8, so only a zero scale keeps its zeros) and `divisor` otherwise — also 0 (with
+ * `divisor` 1) when the scale underflows f32 (values all below ~1e-38). `E_VALUE` as {@link latticeScale} (a
+ * non-finite value, a bad `inputScale`), and when the sum of squares or the scale overflows.
  */
 export function latticeScales(x: ArrayLike<number>, inputScale: number): { divisor: number; stored: number } {
   return scalesOf(x, inputScale, 'latticeScales');
@@ -125,5 +134,13 @@ function scalesOf(x: ArrayLike<number>, inputScale: number, fn: string): { divis
   }
   const rms = Math.sqrt(ss / Math.max(1, x.length));
   const divisor = Math.fround(rms > 0 ? rms / inputScale : 1);
+  // the scale is stored in f32: beyond its range the codes could not be decoded (an infinite scale is refused there)
+  if (divisor === Infinity)
+    throw new CalderaError(
+      'E_VALUE',
+      `${fn}: the scale RMS/inputScale = ${rms / inputScale} exceeds the f32 range (values too large)`,
+    );
+  // below it (a tensor of subnormals) every value is within 1e-38 of zero: stored as the all-zero tensor is
+  if (divisor === 0) return { divisor: 1, stored: 0 };
   return { divisor, stored: ss > 0 ? divisor : 0 };
 }

@@ -123,7 +123,7 @@ export interface LdlqHessian {
  * `options.cholesky`, its O(n²·g) derivation from a Cholesky factor you already have).
  */
 export function prepareLdlq(h: Matrix, options: PrepareLdlqOptions = {}): LdlqHessian {
-  return prepare(h, options, 'prepareLdlq');
+  return prepare(h, options ?? {}, 'prepareLdlq'); // from JavaScript: null options are none
 }
 
 /** {@link prepareLdlq}, naming `what` in its errors. */
@@ -190,6 +190,7 @@ function isLdlqHessian(h: unknown): h is LdlqHessian {
  * one given there, and the option here must be left out, else `E_VALUE`).
  */
 export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = {}): LdlqResult {
+  options ??= {}; // from JavaScript: null options are none
   assertNotAbortSignal(options, 'ldlq'); // ldlq(W, H, signal): refused, not ignored
   const rounder = options.quantizer ?? e8pRounder();
   const g = rounder.dim;

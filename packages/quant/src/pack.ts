@@ -8,7 +8,7 @@
  * E8P12 codes are 16 bits per 8 weights and are stored unpacked as little-endian u16 (`packBits(codes, 16)`
  * gives exactly those bytes).
  */
-import { assertObject, CalderaError } from '@caldera/core';
+import { assertObject, CalderaError, describeValue } from '@caldera/core';
 
 function checkBits(bits: number, what: string): void {
   if (!Number.isInteger(bits) || bits < 1 || bits > 16) {
@@ -16,8 +16,17 @@ function checkBits(bits: number, what: string): void {
   }
 }
 
-/** Bytes needed for `count` codes of `bits` bits. */
+/** `E_VALUE` unless `count` is a safe integer ≥ 0. */
+function checkCount(count: number, what: string): void {
+  if (!Number.isSafeInteger(count) || count < 0) {
+    throw new CalderaError('E_VALUE', `${what}: count must be an integer ≥ 0, got ${count}`);
+  }
+}
+
+/** Bytes needed for `count` codes of `bits` bits (`E_VALUE` for a count or width that is not one, as elsewhere here). */
 export function packedByteLength(count: number, bits: number): number {
+  checkBits(bits, 'packedByteLength');
+  checkCount(count, 'packedByteLength');
   return Math.ceil((count * bits) / 8);
 }
 
@@ -50,10 +59,10 @@ export function packBits(codes: ArrayLike<number>, bits: number): Uint8Array {
 /** Unpack `count` codes of `bits` bits from a stream made by {@link packBits} (`E_SHAPE` if it is too short). */
 export function unpackBits(bytes: Uint8Array, bits: number, count: number): Uint16Array {
   checkBits(bits, 'unpackBits');
-  assertObject(bytes, 'unpackBits', 'bytes', 'a Uint8Array');
-  if (!Number.isSafeInteger(count) || count < 0) {
-    throw new CalderaError('E_VALUE', `unpackBits: count must be an integer ≥ 0, got ${count}`);
-  }
+  // bytes, nothing else: an array of 300 was read as 44, a Uint16Array's entries as bytes
+  if (!(bytes instanceof Uint8Array))
+    throw new CalderaError('E_VALUE', `unpackBits: bytes must be a Uint8Array, got ${describeValue(bytes)}`);
+  checkCount(count, 'unpackBits');
   if (bytes.length < packedByteLength(count, bits)) {
     throw new CalderaError(
       'E_SHAPE',
@@ -90,7 +99,11 @@ export function packBitsWords(codes: ArrayLike<number>, bits: number): Uint32Arr
 
 /** Inverse of {@link packBitsWords}. */
 export function unpackBitsWords(words: Uint32Array, bits: number, count: number): Uint16Array {
-  assertObject(words, 'unpackBitsWords', 'words', 'a Uint32Array');
+  if (!(words instanceof Uint32Array))
+    throw new CalderaError(
+      'E_VALUE',
+      `unpackBitsWords: words must be a Uint32Array, got ${describeValue(words)}`,
+    );
   const bytes = new Uint8Array(words.length * 4);
   for (let w = 0; w < words.length; w++) {
     const v = words[w]!;

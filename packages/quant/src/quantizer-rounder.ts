@@ -35,6 +35,7 @@ export function rounderFromQuantizer(q: Quantizer, w: Tensor): QuantizerRounder 
   if (w.shape.length !== 2) {
     throw new CalderaError('E_SHAPE', `rounderFromQuantizer: W must be 2-D, got [${w.shape.join(', ')}]`);
   }
+  assertObject(q.descriptor, 'rounderFromQuantizer', 'q.descriptor', 'a quantizer descriptor');
   const d = q.descriptor;
   if (d.kind === 'e8p12' || d.kind === 'e8p12-rvq3' || d.kind === 'e8p12-rvq4') {
     const values = finiteValues(w, 'rounderFromQuantizer');

@@ -181,13 +181,26 @@ export function finiteValues(t: Tensor, what: string): Float32Array {
 }
 
 /**
+ * True when `a` has exactly `d`'s fields with the same values, in any order (a descriptor read back from JSON written
+ * with sorted keys is the same codec; descriptors hold only strings, numbers and booleans).
+ */
+function sameDescriptor(a: unknown, d: QuantizerDescriptor): boolean {
+  if (a === null || typeof a !== 'object') return false;
+  const want = Object.entries(d);
+  return (
+    Object.keys(a).length === want.length &&
+    want.every(([k, v]) => Object.hasOwn(a, k) && (a as Record<string, unknown>)[k] === v)
+  );
+}
+
+/**
  * Check that a quantized tensor belongs to this codec: `E_VALUE` naming `what` for another codec's, or for a `q` that
  * is not an object (`null`); then that its `shape` is an array of non-negative integers (`E_VALUE` for a `shape` that
  * is not an array, `E_SHAPE` for a bad dimension; see {@link valueCount}).
  */
 export function checkDescriptor(q: QuantizedTensor, d: QuantizerDescriptor, what: string): void {
   assertObject(q, what, 'q', 'a QuantizedTensor');
-  if (JSON.stringify(q.descriptor) !== JSON.stringify(d)) {
+  if (!sameDescriptor(q.descriptor, d)) {
     throw new CalderaError(
       'E_VALUE',
       `${what}: quantized tensor was made by ${JSON.stringify(q.descriptor)}, not ${JSON.stringify(d)}`,

@@ -104,6 +104,8 @@ export function rvqEncode(x: ArrayLike<number>, bits: 3 | 4): RvqCodes {
 export function rvqDecode(codes: RvqCodes, bits: 3 | 4): Float32Array {
   checkRvqBits(bits, 'rvqDecode');
   assertObject(codes, 'rvqDecode', 'codes', 'an RvqCodes object');
+  assertObject(codes.stage1, 'rvqDecode', 'codes.stage1', 'a Uint16Array');
+  assertObject(codes.stage2, 'rvqDecode', 'codes.stage2', bits === 4 ? 'a Uint16Array' : 'a Uint8Array');
   if (codes.stage1.length !== codes.stage2.length) {
     throw new CalderaError(
       'E_SHAPE',

@@ -1,15 +1,23 @@
 import { describe, expect, it } from 'vitest';
 import { isCalderaError, Rng, tensor } from '@caldera/core';
 import {
+  e8pDecode,
+  e8pEncode,
   latticeQuantizer,
   latticeScale,
   latticeScales,
   ldlq,
   normalFloatQuantizer,
+  packedByteLength,
+  prepareLdlq,
   type QuantizedTensor,
+  rounderFromQuantizer,
+  rvqDecode,
   rvqRounder,
   uniformQuantizer,
   uniformRounder,
+  unpackBits,
+  unpackBitsWords,
 } from './index.js';
 
 /** The CalderaError `f` throws (fails the test when it throws nothing or something else). */
@@ -205,5 +213,107 @@ describe('groupSize', () => {
         /^E_VALUE: .*groupSize must be a positive integer, got 0/,
       );
     expect(() => uniformQuantizer({ bits: 4, granularity: 'tensor' })).not.toThrow();
+  });
+});
+
+describe('descriptors, null options and the edges of the lattice scale (a review of the package)', () => {
+  it('dequantizes with a descriptor whose keys come in another order (JSON written with sorted keys)', () => {
+    for (const q of [latticeQuantizer('e8p12', { inputScale: 1.03 }), uniformQuantizer({ bits: 4 })]) {
+      const t = tensor(
+        'f32',
+        [2, 8],
+        Float32Array.from({ length: 16 }, (_, i) => Math.sin(i)),
+      );
+      const z = q.quantize(t);
+      const sorted = Object.fromEntries(Object.entries(z.descriptor).sort(([a], [b]) => (a < b ? -1 : 1)));
+      expect(Object.keys(sorted)).not.toEqual(Object.keys(z.descriptor)); // the test reorders something
+      const back = q.dequantize({ ...z, descriptor: sorted as QuantizedTensor['descriptor'] });
+      expect(back.data).toEqual(q.dequantize(z).data);
+      // a field more or less is still another codec
+      expect(() => q.dequantize({ ...z, descriptor: { ...z.descriptor, extra: 1 } as never })).toThrow(
+        /E_VALUE: .*dequantize: quantized tensor was made by/,
+      );
+    }
+  });
+
+  it('latticeQuantizer refuses names inherited from Object.prototype as a kind', () => {
+    for (const kind of ['constructor', 'toString', '__proto__'])
+      expect(() => latticeQuantizer(kind as never, { inputScale: 1 })).toThrow(
+        `E_VALUE: latticeQuantizer: unknown kind ${kind}`,
+      );
+  });
+
+  it('null options are none (ldlq, prepareLdlq, e8pEncode, latticeQuantizer); malformed codes are E_VALUE', () => {
+    const w = tensor(
+      'f32',
+      [2, 8],
+      Float32Array.from({ length: 16 }, (_, i) => Math.cos(i)),
+    );
+    const h = tensor(
+      'f64',
+      [8, 8],
+      Float64Array.from({ length: 64 }, (_, i) => (i % 9 === 0 ? 1 : 0)),
+    );
+    expect(ldlq(w, h, null as never).codes).toEqual(ldlq(w, h).codes);
+    expect(ldlq(w, prepareLdlq(h, null as never)).codes).toEqual(ldlq(w, h).codes);
+    expect(e8pEncode(w.data, undefined, null as never)).toEqual(e8pEncode(w.data));
+    expect(latticeQuantizer('e8p12', null as never).descriptor).toEqual(latticeQuantizer('e8p12').descriptor);
+    expect(caught(() => rvqDecode({} as never, 4)).message).toBe(
+      'E_VALUE: rvqDecode: codes.stage1 must be a Uint16Array, got undefined',
+    );
+    expect(caught(() => rvqDecode({ stage1: new Uint16Array(1) } as never, 3)).message).toBe(
+      'E_VALUE: rvqDecode: codes.stage2 must be a Uint8Array, got undefined',
+    );
+    expect(caught(() => rounderFromQuantizer({ descriptor: null } as never, w)).message).toMatch(
+      /^E_VALUE: rounderFromQuantizer: q.descriptor must be a quantizer descriptor/,
+    );
+    expect(caught(() => e8pDecode(new Uint16Array(1), [] as never)).message).toMatch(
+      /^E_VALUE: e8pDecode: out must be a Float32Array/,
+    );
+  });
+
+  it('refuses codes and bytes of the wrong width instead of wrapping them', () => {
+    // a Uint8Array kept E8P codes modulo 256 (56064 → 0)
+    expect(caught(() => e8pEncode(new Float32Array(8), new Uint8Array(1) as never)).message).toMatch(
+      /^E_VALUE: e8pEncode: out must be a Uint16Array/,
+    );
+    // an array of 300 was unpacked as 44
+    expect(caught(() => unpackBits([300, 2] as never, 8, 2)).message).toMatch(
+      /^E_VALUE: unpackBits: bytes must be a Uint8Array/,
+    );
+    expect(caught(() => unpackBits(new Uint16Array(2) as never, 8, 2)).message).toMatch(/Uint8Array/);
+    expect(caught(() => unpackBitsWords(new Uint8Array(4) as never, 8, 2)).message).toMatch(
+      /^E_VALUE: unpackBitsWords: words must be a Uint32Array/,
+    );
+    // packedByteLength(-1, 3) was -0, (5, 2.5) was 2
+    for (const [count, bits] of [
+      [-1, 3],
+      [5, 0],
+      [5, 2.5],
+      [1.5, 4],
+    ])
+      expect(caught(() => packedByteLength(count!, bits!)).message).toMatch(/^E_VALUE: packedByteLength: /);
+    expect(packedByteLength(3, 3)).toBe(2);
+    // as quantize: one code per 8 values
+    expect(caught(() => latticeQuantizer('e8p12').bitsPerWeight([3])).message).toBe(
+      'E_SHAPE: e8p12.bitsPerWeight: shape [3] has 3 values, not a multiple of 8',
+    );
+  });
+
+  it('a scale beyond the f32 range is E_VALUE at quantize; one below it stores the tensor as zeros', () => {
+    // an infinite scale was stored, and its own dequantize refused it
+    const big = tensor('f32', [8], new Float32Array(8).fill(2e38));
+    expect(caught(() => latticeQuantizer('e8p12', { inputScale: 0.5 }).quantize(big)).message).toMatch(
+      /^E_VALUE: latticeScales: the scale RMS\/inputScale = .* exceeds the f32 range/,
+    );
+    // subnormals gave a zero divisor, then "non-finite input Infinity" from the encoder
+    const tiny = tensor('f32', [8], Float32Array.of(1e-45, 0, 0, 0, 0, 0, 0, 0));
+    for (const kind of ['e8p12', 'e8p12-rvq3', 'e8p12-rvq4'] as const) {
+      const q = latticeQuantizer(kind);
+      const z = q.quantize(tiny);
+      expect(z.params.scales[0]).toBe(0);
+      expect(q.dequantize(z).data.every((v) => v === 0)).toBe(true); // ±0
+    }
+    expect(latticeScales(tiny.data, 1.03)).toEqual({ divisor: 1, stored: 0 });
   });
 });
