@@ -49,6 +49,16 @@ function run(cmd, argv, cwd, opts = {}) {
   }
 }
 
+/** The output of a command that may fail (a type check whose errors are filtered): stdout and stderr, whatever its exit. */
+function runStatus(cmd, argv, cwd) {
+  try {
+    return execFileSync(cmd, argv, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (e) {
+    if (e.status === null || e.status === undefined) throw e;
+    return `${e.stdout ?? ''}\n${e.stderr ?? ''}`;
+  }
+}
+
 // Packages to check: every packages/* with a package.json that is not private.
 const packages = readdirSync(join(root, 'packages'))
   .map((d) => join(root, 'packages', d))
@@ -242,6 +252,50 @@ try {
     failed++;
   }
 
+  // Types of @caldera/runtime-node for a Node-only project (no DOM library; Node's types from the repository's
+  // @types/node): from both module systems, without skipLibCheck. Its declarations named WebAssembly's types (DOM
+  // only) and the ESM-only types of @huggingface/tokenizers, which a CommonJS file cannot load (TS1479).
+  if (checked.has('@caldera/runtime-node')) {
+    writeFileSync(
+      join(app, 'node-esm.mts'),
+      `import { loadModel, type HfTokenizer, type KernelArenas } from '@caldera/runtime-node';\n` +
+        `const f: typeof loadModel = loadModel;\nexport { f, type HfTokenizer, type KernelArenas };\n`,
+    );
+    writeFileSync(
+      join(app, 'node-cjs.cts'),
+      `import rn = require('@caldera/runtime-node');\n` +
+        `const ids = (t: rn.HfTokenizer): number[] => t.encode('a');\nexport = { f: rn.loadModel, ids };\n`,
+    );
+    writeFileSync(
+      join(app, 'tsconfig.node.json'),
+      JSON.stringify({
+        compilerOptions: {
+          module: 'node16',
+          moduleResolution: 'node16',
+          target: 'es2022',
+          strict: true,
+          noEmit: true,
+          skipLibCheck: false,
+          typeRoots: [join(root, 'node_modules', '@types')],
+          types: ['node'],
+          lib: ['es2022'],
+        },
+        files: ['node-esm.mts', 'node-cjs.cts'],
+      }),
+    );
+    try {
+      // the errors of @huggingface/tokenizers' own declarations (relative imports without extensions) are its own
+      const out = runStatus(process.execPath, [tsc, '-p', 'tsconfig.node.json'], app);
+      const ours = out.split('\n').filter((l) => /error TS/.test(l) && !l.includes('@huggingface/'));
+      if (ours.length > 0) throw new Error(ours.join('\n'));
+      log('ok   @caldera/runtime-node: types resolve for a Node-only (no DOM) ESM and CJS consumer');
+      passed++;
+    } catch (e) {
+      log(`FAIL @caldera/runtime-node: tsc --noEmit of a Node-only consumer\n${e.message}`);
+      failed++;
+    }
+  }
+
   // Types resolve for @caldera/runtime-webgpu and its /kernels subpath from both module systems; the root has no
   // kernels. The declarations use the WebGPU types and refer to @webgpu/types (a dependency of the package) themselves:
   // the consumer names no `types`, and a GPUDevice must not be `any` (it was, where the consumer had not added them).
@@ -287,6 +341,36 @@ try {
       passed++;
     } catch {
       log('FAIL @caldera/runtime-webgpu: tsc --noEmit of a consumer of the root and /kernels');
+      failed++;
+    }
+    // the legacy resolution (moduleResolution node10, which ignores "exports") finds /kernels through typesVersions
+    writeFileSync(
+      join(app, 'webgpu-node10.ts'),
+      `import { Kernels } from '@caldera/runtime-webgpu/kernels';\nimport { createDevice } from '@caldera/runtime-webgpu';\n` +
+        `export const k = async (): Promise<Kernels> => new Kernels(await createDevice());\n`,
+    );
+    writeFileSync(
+      join(app, 'tsconfig.node10.json'),
+      JSON.stringify({
+        compilerOptions: {
+          module: 'commonjs',
+          moduleResolution: 'node10',
+          target: 'es2022',
+          strict: true,
+          noEmit: true,
+          skipLibCheck: false,
+          types: [],
+          lib: ['es2022', 'dom'],
+        },
+        files: ['webgpu-node10.ts'],
+      }),
+    );
+    try {
+      run(process.execPath, [tsc, '-p', 'tsconfig.node10.json'], app);
+      log('ok   @caldera/runtime-webgpu/kernels: types resolve under moduleResolution node10');
+      passed++;
+    } catch {
+      log('FAIL @caldera/runtime-webgpu/kernels: tsc --noEmit under moduleResolution node10');
       failed++;
     }
   }

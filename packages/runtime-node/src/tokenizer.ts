@@ -57,6 +57,19 @@ function templateNames(config: Record<string, unknown>): string[] {
 }
 
 /**
+ * What {@link HfTokenizer} calls of its `@huggingface/tokenizers` `Tokenizer` (which has these methods). The library's
+ * own class is not named in this package's declarations: its types are ECMAScript-module only, so a CommonJS consumer
+ * type-checking under `moduleResolution: node16` could not load them (TS1479).
+ */
+export interface HfTokenizerEngine {
+  encode(text: string, options: { add_special_tokens: boolean }): { ids: ArrayLike<number> };
+  decode(
+    ids: number[],
+    options: { skip_special_tokens: boolean; clean_up_tokenization_spaces?: boolean },
+  ): string;
+}
+
+/**
  * A Hugging Face tokenizer (`tokenizer.json`, run by `@huggingface/tokenizers`) with its chat template when it has one
  * (`chat_template.jinja`, else `tokenizer_config.json`'s `chat_template`; rendered with `@huggingface/jinja`).
  */
@@ -68,8 +81,8 @@ export class HfTokenizer implements TextTokenizer {
    */
   readonly chatTemplate: string | null;
   constructor(
-    /** The underlying `@huggingface/tokenizers` instance. */
-    readonly tokenizer: Tokenizer,
+    /** The underlying `@huggingface/tokenizers` instance (a `Tokenizer`). */
+    readonly tokenizer: HfTokenizerEngine,
     /** `tokenizer_config.json` (empty object when absent). */
     readonly config: Record<string, unknown> = {},
     options: HfTokenizerOptions = {},
@@ -108,7 +121,7 @@ export class HfTokenizer implements TextTokenizer {
     // the library encodes null, a number or an object to [] without a word
     if (typeof text !== 'string')
       throw new CalderaError('E_VALUE', `encode: text must be a string, got ${describeValue(text)}`);
-    return this.tokenizer.encode(text, { add_special_tokens: false }).ids as number[];
+    return Array.from(this.tokenizer.encode(text, { add_special_tokens: false }).ids);
   }
 
   /**

@@ -36,12 +36,22 @@ export interface ArenaSpec {
   readonly maxBytes?: number;
 }
 
+/**
+ * A region's `WebAssembly.Memory`: the type's two members, named structurally so that the package's declarations need
+ * no `WebAssembly` namespace, which only TypeScript's DOM library declares (a Node project's type check, without it,
+ * failed on them).
+ */
+export interface WasmMemoryLike {
+  readonly buffer: ArrayBuffer;
+  grow(delta: number): number;
+}
+
 /** One kernel's buffers: `bytes` (a multiple of 16) from address `at` of `memory`. */
 export class ArenaRegion {
   constructor(
-    readonly memory: WebAssembly.Memory,
-    /** The spec's module instantiated on `memory` (shared by every region of it), or null without a module. */
-    readonly exports: WebAssembly.Exports | null,
+    readonly memory: WasmMemoryLike,
+    /** The spec's module instantiated on `memory` (its `WebAssembly.Exports`, shared by every region of it), or null without a module. */
+    readonly exports: Readonly<Record<string, unknown>> | null,
     readonly at: number,
     readonly bytes: number,
   ) {}
