@@ -320,3 +320,96 @@ describe('linearShape', () => {
     expect(() => linearShape(c, 'lm_head')).toThrow(/unknown linear layer kind 'lm_head'/);
   });
 });
+
+describe("transformers 5's rope_parameters and the architecture named", () => {
+  const llama3 = {
+    rope_type: 'llama3',
+    factor: 8,
+    low_freq_factor: 1,
+    high_freq_factor: 4,
+    original_max_position_embeddings: 8192,
+  };
+  const llama = { ...base, architectures: ['LlamaForCausalLM'], model_type: 'llama' };
+
+  it('reads rope_theta and the Llama 3 scaling from rope_parameters (they were dropped: theta 10000, no scaling)', () => {
+    const old = parseModelConfig({ ...llama, rope_theta: 500000, rope_scaling: llama3 });
+    const v5 = parseModelConfig({ ...llama, rope_parameters: { ...llama3, rope_theta: 500000 } });
+    expect(v5.ropeTheta).toBe(500000);
+    expect(v5.ropeScaling).toEqual(old.ropeScaling);
+    expect(v5).toEqual(old);
+    // the default type, with or without its name; theta at the top level still counts beside it
+    for (const rp of [{ rope_type: 'default', rope_theta: 1e6 }, { rope_theta: 1e6 }]) {
+      const cfg = parseModelConfig({ ...llama, rope_parameters: rp });
+      expect([cfg.ropeTheta, cfg.ropeScaling]).toEqual([1e6, null]);
+    }
+    expect(
+      parseModelConfig({ ...llama, rope_theta: 1e6, rope_parameters: { rope_type: 'default' } }).ropeTheta,
+    ).toBe(1e6);
+    // the same values in both places agree
+    expect(
+      parseModelConfig({
+        ...llama,
+        rope_theta: 5e5,
+        rope_scaling: llama3,
+        rope_parameters: { ...llama3, rope_theta: 5e5 },
+      }),
+    ).toEqual(old);
+  });
+
+  it('refuses what it cannot run there as it does at the top level, and settings that disagree', () => {
+    expect(() =>
+      parseModelConfig(
+        { ...llama, rope_parameters: { rope_type: 'yarn', factor: 4, rope_theta: 1e4 } },
+        'c.json',
+      ),
+    ).toThrow("E_UNSUPPORTED: c.json: rope_parameters type 'yarn' is not supported");
+    expect(() => parseModelConfig({ ...llama, rope_parameters: { ...llama3, factor: 0 } }, 'c.json')).toThrow(
+      'E_FORMAT: c.json: invalid fields: rope_parameters (llama3): factor 0 is not a positive number',
+    );
+    expect(() =>
+      parseModelConfig(
+        {
+          ...llama,
+          rope_parameters: { full_attention: { rope_theta: 1e6 }, sliding_attention: { rope_theta: 1e4 } },
+        },
+        'c.json',
+      ),
+    ).toThrow(
+      'E_UNSUPPORTED: c.json: rope_parameters per layer type (full_attention, sliding_attention) is not supported',
+    );
+    for (const cfg of [
+      { ...llama, partial_rotary_factor: 0.5 },
+      { ...llama, rope_parameters: { rope_theta: 1e4, partial_rotary_factor: 0.5 } },
+    ])
+      expect(() => parseModelConfig(cfg)).toThrow(
+        /E_UNSUPPORTED: config\.json: .*partial_rotary_factor 0\.5 is not supported/,
+      );
+    expect(() =>
+      parseModelConfig({ ...llama, rope_theta: 1e4, rope_parameters: { rope_theta: 5e5 } }),
+    ).toThrow(
+      'E_FORMAT: config.json: RoPE settings disagree: rope_theta 10000 and rope_parameters.rope_theta 500000',
+    );
+    expect(() =>
+      parseModelConfig({ ...llama, rope_scaling: llama3, rope_parameters: { rope_theta: 5e5 } }),
+    ).toThrow(
+      'E_FORMAT: config.json: RoPE settings disagree: rope_scaling type "llama3" and rope_parameters.rope_type "default"',
+    );
+    expect(() => parseModelConfig({ ...llama, rope_parameters: 'x' })).toThrow(
+      /E_FORMAT: .*rope_parameters "x" is not an object/,
+    );
+    expect(() => parseModelConfig({ ...llama, rope_parameters: { rope_theta: '5e5' } })).toThrow(
+      /E_FORMAT: .*rope_parameters\.rope_theta \("5e5"\)/,
+    );
+  });
+
+  it('takes model_type only where architectures names no class (a Llama classifier loaded as a causal LM)', () => {
+    for (const arch of ['LlamaForSequenceClassification', 'GemmaForCausalLM'])
+      expect(() => parseModelConfig({ ...base, model_type: 'llama', architectures: [arch] })).toThrow(
+        `E_UNSUPPORTED: config.json: architecture '${arch}' is not supported`,
+      );
+    for (const architectures of [undefined, []])
+      expect(parseModelConfig({ ...base, model_type: 'qwen2', architectures }).architecture).toBe(
+        'Qwen2ForCausalLM',
+      );
+  });
+});

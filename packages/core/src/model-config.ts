@@ -64,23 +64,28 @@ const SUPPORTED = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM']
  * or non-numeric field (a field with a default may be absent or null, as Hugging Face reads it, but not a string or
  * a non-finite number), then every invalid one (sizes not positive integers, an odd head size, a negative
  * `rms_norm_eps`, `rope_theta` ≤ 0, a Llama 3 `rope_scaling` without its four positive numbers or with
- * `high_freq_factor` ≤ `low_freq_factor`); `E_UNSUPPORTED` for another architecture, a `rope_scaling` other than
- * Llama 3's, or a `hidden_act` other than `silu`.
+ * `high_freq_factor` ≤ `low_freq_factor`); `E_UNSUPPORTED` for another architecture (`architectures[0]`, or
+ * `model_type` where no class is named), a `rope_scaling` other than Llama 3's, or a `hidden_act` other than `silu`.
+ * RoPE is read from transformers 5's `rope_parameters` as from the older `rope_theta`/`rope_scaling` (see
+ * `ropeFields`).
  */
 export function parseModelConfig(json: unknown, file = 'config.json'): ModelConfig {
   if (!json || typeof json !== 'object' || Array.isArray(json))
     throw new CalderaError('E_FORMAT', `${file}: not a JSON object (got ${describeValue(json)})`);
   const c = json as Record<string, unknown>;
-  const arch = Array.isArray(c.architectures) ? String(c.architectures[0]) : String(c.model_type ?? '');
-  const archName =
-    SUPPORTED.find((a) => a === arch) ??
-    (c.model_type === 'llama'
+  // architectures[0] names the model's class; model_type only the family, so it counts only where no class is named
+  // (a LlamaForSequenceClassification has model_type 'llama' and no language-model head)
+  const named = Array.isArray(c.architectures) && c.architectures.length > 0;
+  const arch = named ? String((c.architectures as unknown[])[0]) : String(c.model_type ?? '');
+  const archName = named
+    ? (SUPPORTED.find((a) => a === arch) ?? null)
+    : c.model_type === 'llama'
       ? 'LlamaForCausalLM'
       : c.model_type === 'mistral'
         ? 'MistralForCausalLM'
         : c.model_type === 'qwen2'
           ? 'Qwen2ForCausalLM'
-          : null);
+          : null;
   if (!archName)
     throw new CalderaError(
       'E_UNSUPPORTED',
@@ -89,13 +94,13 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
   const missing: string[] = [];
   // absent or null: the default where there is one (Hugging Face's configs read null as unset); anything else must
   // be a finite number (a string, say, was read as the default before: "500000" for rope_theta gave 10000)
-  const num = (k: string, def?: number): number => {
-    const v = c[k];
+  const num = (k: string, def?: number, v: unknown = c[k]): number => {
     if (typeof v === 'number' && Number.isFinite(v)) return v;
     if ((v === undefined || v === null) && def !== undefined) return def;
     missing.push(v === undefined ? k : `${k} (${JSON.stringify(v) ?? String(v)})`);
     return NaN;
   };
+  const rope = ropeFields(c, file);
   const hiddenSize = num('hidden_size');
   const numHeads = num('num_attention_heads');
   const eosIds = tokenIdList(c.eos_token_id);
@@ -114,7 +119,7 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     headDim: num('head_dim', hiddenSize / numHeads),
     vocabSize: num('vocab_size'),
     rmsNormEps: num('rms_norm_eps', 1e-6),
-    ropeTheta: num('rope_theta', 10000),
+    ropeTheta: num(rope.thetaName, 10000, rope.theta),
     ropeScaling: null,
     maxPositions: num('max_position_embeddings', 2048),
     slidingWindow: null,
@@ -136,13 +141,17 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
       'E_UNSUPPORTED',
       `${file}: hidden_act ${JSON.stringify(c.hidden_act)} is not supported (the MLP is SwiGLU: 'silu')`,
     );
-  const rs = c.rope_scaling as Record<string, unknown> | null | undefined;
-  if (rs && (rs.rope_type === 'llama3' || rs.type === 'llama3')) {
-    cfg.ropeScaling = llama3Scaling(rs, file);
-  } else if (rs && rs.rope_type !== 'default' && rs.type !== 'default') {
+  const rs = rope.scaling;
+  // rope_parameters without a rope_type is the default RoPE (it holds rope_theta); a rope_scaling object names its type
+  const ropeType = rs
+    ? (rs.rope_type ?? rs.type ?? (rope.scalingName === 'rope_parameters' ? 'default' : undefined))
+    : 'default';
+  if (ropeType === 'llama3') {
+    cfg.ropeScaling = llama3Scaling(rs!, file, rope.scalingName);
+  } else if (ropeType !== 'default') {
     throw new CalderaError(
       'E_UNSUPPORTED',
-      `${file}: rope_scaling type '${String(rs.rope_type ?? rs.type)}' is not supported`,
+      `${file}: ${rope.scalingName} type '${String(ropeType)}' is not supported`,
     );
   }
   // Mistral attends to the last sliding_window positions; Qwen2 only with use_sliding_window (its configs carry the
@@ -171,6 +180,72 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
   return cfg;
 }
 
+/**
+ * Where a config keeps its RoPE settings: transformers ≥ 5 writes them in one `rope_parameters` object (`rope_theta`,
+ * `rope_type` and the type's fields), earlier versions as `rope_theta` and `rope_scaling` at the top level. Both may be
+ * present (a config converted by one version and edited by hand) but must then agree (`E_FORMAT`); `rope_parameters`
+ * per layer type (an object of objects, for models with sliding and full attention layers) and a
+ * `partial_rotary_factor` other than 1 are `E_UNSUPPORTED` (the runtimes rotate every dimension of a head with one
+ * set of frequencies). Before, `rope_parameters` was not read at all: its theta and scaling were silently dropped.
+ */
+function ropeFields(
+  c: Record<string, unknown>,
+  file: string,
+): { theta: unknown; thetaName: string; scaling: Record<string, unknown> | null; scalingName: string } {
+  const partial = (v: unknown, name: string) => {
+    if (v !== undefined && v !== null && v !== 1)
+      throw new CalderaError(
+        'E_UNSUPPORTED',
+        `${file}: ${name} ${JSON.stringify(v)} is not supported (RoPE over part of each head)`,
+      );
+  };
+  partial(c.partial_rotary_factor, 'partial_rotary_factor');
+  const legacy = c.rope_scaling;
+  if (legacy !== undefined && legacy !== null && (typeof legacy !== 'object' || Array.isArray(legacy)))
+    throw new CalderaError('E_FORMAT', `${file}: rope_scaling ${JSON.stringify(legacy)} is not an object`);
+  const rp = c.rope_parameters;
+  if (rp === undefined || rp === null)
+    return {
+      theta: c.rope_theta,
+      thetaName: 'rope_theta',
+      scaling: (legacy as Record<string, unknown> | null | undefined) ?? null,
+      scalingName: 'rope_scaling',
+    };
+  if (typeof rp !== 'object' || Array.isArray(rp))
+    throw new CalderaError('E_FORMAT', `${file}: rope_parameters ${JSON.stringify(rp)} is not an object`);
+  const p = rp as Record<string, unknown>;
+  const nested = Object.keys(p).filter((k) => p[k] !== null && typeof p[k] === 'object');
+  if (nested.length > 0)
+    throw new CalderaError(
+      'E_UNSUPPORTED',
+      `${file}: rope_parameters per layer type (${nested.join(', ')}) is not supported`,
+    );
+  partial(p.partial_rotary_factor, 'rope_parameters.partial_rotary_factor');
+  const conflicts: string[] = [];
+  if (
+    p.rope_theta !== undefined &&
+    c.rope_theta !== undefined &&
+    c.rope_theta !== null &&
+    c.rope_theta !== p.rope_theta
+  )
+    conflicts.push(
+      `rope_theta ${JSON.stringify(c.rope_theta)} and rope_parameters.rope_theta ${JSON.stringify(p.rope_theta)}`,
+    );
+  const typeOf = (r: Record<string, unknown>) => r.rope_type ?? r.type ?? 'default';
+  if (legacy && typeOf(legacy as Record<string, unknown>) !== typeOf(p))
+    conflicts.push(
+      `rope_scaling type ${JSON.stringify(typeOf(legacy as Record<string, unknown>))} and rope_parameters.rope_type ${JSON.stringify(typeOf(p))}`,
+    );
+  if (conflicts.length > 0)
+    throw new CalderaError('E_FORMAT', `${file}: RoPE settings disagree: ${conflicts.join('; ')}`);
+  return {
+    theta: p.rope_theta !== undefined ? p.rope_theta : c.rope_theta,
+    thetaName: p.rope_theta !== undefined ? 'rope_parameters.rope_theta' : 'rope_theta',
+    scaling: p,
+    scalingName: 'rope_parameters',
+  };
+}
+
 /** Hugging Face's default of Qwen2's `max_window_layers` (the first layer that slides with `use_sliding_window`). */
 const QWEN2_MAX_WINDOW_LAYERS = 28;
 
@@ -180,7 +255,11 @@ const QWEN2_MAX_WINDOW_LAYERS = 28;
  * else `E_FORMAT` naming each that is not (a missing `factor` gave NaN inverse frequencies, so NaN logits, and equal
  * frequency factors divide by zero).
  */
-function llama3Scaling(rs: Record<string, unknown>, file: string): NonNullable<ModelConfig['ropeScaling']> {
+function llama3Scaling(
+  rs: Record<string, unknown>,
+  file: string,
+  name = 'rope_scaling',
+): NonNullable<ModelConfig['ropeScaling']> {
   const bad: string[] = [];
   const field = (k: string, integer = false): number => {
     const v = rs[k];
@@ -198,7 +277,7 @@ function llama3Scaling(rs: Record<string, unknown>, file: string): NonNullable<M
   if (!(s.highFreqFactor > s.lowFreqFactor) && bad.length === 0)
     bad.push(`high_freq_factor ${s.highFreqFactor} is not above low_freq_factor ${s.lowFreqFactor}`);
   if (bad.length)
-    throw new CalderaError('E_FORMAT', `${file}: invalid fields: rope_scaling (llama3): ${bad.join('; ')}`);
+    throw new CalderaError('E_FORMAT', `${file}: invalid fields: ${name} (llama3): ${bad.join('; ')}`);
   return s;
 }
 
