@@ -34,6 +34,38 @@ describe('caldera compress: source models', () => {
     expect(model.forward([1, 2, 3]).every(Number.isFinite)).toBe(true);
   }, 60_000);
 
+  it('keeps bf16 tensors as stored, and an f32 one beyond f16 in f32 (a norm weight of 1e5 became Infinity)', async () => {
+    // in the final norm: the blocks' calibration does not see it
+    const outlier = (raw: Record<string, Tensor<'f32'>>) => {
+      raw['model.norm.weight']!.data[5] = 1e5;
+    };
+    const dtypesOf = async (dir: string) => {
+      const r = await openSafetensors(join(dir, 'model.safetensors'));
+      try {
+        return Object.fromEntries(r.header.tensors.map((t) => [t.name, t.dtype]));
+      } finally {
+        await r.close();
+      }
+    };
+    for (const dtype of ['bf16', 'f32'] as const) {
+      const { dir: src } = await writeTinyModel(join(tmp, `outlier-${dtype}`), {
+        dtype,
+        patch: outlier,
+        seed: 8,
+      });
+      const out = join(tmp, `outlier-${dtype}-out`);
+      const r = run(['compress', src, '--out', out, ...FAST]);
+      expect(r.status, r.stderr).toBe(0); // it failed in the final load: "non-finite value (Infinity)"
+      const dtypes = await dtypesOf(out);
+      expect(dtypes['model.norm.weight']).toBe(dtype === 'bf16' ? 'BF16' : 'F32');
+      // the other carried tensors: bf16 as stored, f32 ones that fit in f16
+      expect(dtypes['model.layers.0.input_layernorm.weight']).toBe(dtype === 'bf16' ? 'BF16' : 'F16');
+      expect(dtypes['model.embed_tokens.weight']).toBe(dtype === 'bf16' ? 'BF16' : 'F16');
+      const { model } = await loadModel(out);
+      expect(model.forward([1, 2, 3]).every(Number.isFinite)).toBe(true);
+    }
+  }, 120_000);
+
   it('on a model with fewer than 128 positions the default --length is its max positions; a larger --length is refused', async () => {
     const { dir: src } = await writeTinyModel(join(tmp, 'short'), { maxPositions: 48, seed: 5 });
     const out = join(tmp, 'short-out');

@@ -25,6 +25,8 @@ export interface TinyModelOptions {
   /** `vocab_size`, at least the tokenizer's 2048 (default 2048; more: padded embedding rows). */
   vocab?: number;
   seed?: number;
+  /** Changes the f32 values before they are stored (e.g. an outlier in a norm weight). */
+  patch?: (raw: Record<string, Tensor<'f32'>>) => void;
 }
 
 /** Write a tiny random model into `dir` (created); returns `dir` and the f32 values of its tensors. */
@@ -62,6 +64,7 @@ export async function writeTinyModel(
   }
   put('model.norm.weight', [d], 0.1, 1);
   if (!o.tied) put('lm_head.weight', [V, d], 0.2);
+  o.patch?.(raw);
   const dtype = o.dtype ?? 'f32';
   const stored: Record<string, Tensor> = {};
   for (const [k, t] of Object.entries(raw)) {

@@ -1138,6 +1138,13 @@ async function baselineOf(ctx: Ctx, s: RunSettings, cfg: ModelConfig): Promise<H
  * tokens with the source's perplexity on them when the run has scored it already (else the source is scored here,
  * one block at a time).
  */
+/** True when every value of `t` is within f16's finite range (|v| ≤ 65504): it can be stored in f16 without an infinity. */
+function fitsF16(t: Tensor): boolean {
+  const d = t.data as ArrayLike<number>;
+  for (let i = 0; i < d.length; i++) if (Math.abs(d[i]!) > 65504) return false;
+  return true;
+}
+
 async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?: HeldOut): Promise<void> {
   const { modelDir, out, seed, json } = ctx;
   const configFile = join(modelDir, 'config.json');
@@ -1145,8 +1152,9 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?:
   const held = scored ?? (await baselineOf(ctx, s, cfg));
   const { tokens: heldOut, context: evalCtx, before } = held;
 
-  // checkpoint: every source tensor that is not replaced by a compressed layer's codes, under its name (biases in
-  // their source dtype, other float tensors in f16; read from the source while the checkpoint is written)
+  // checkpoint: every source tensor that is not replaced by a compressed layer's codes, under its name: f16 and bf16
+  // tensors and biases as stored, f32/f64 ones in f16 where every value fits it (else in f32: a value beyond ±65504
+  // became Infinity, and the finished checkpoint failed to load); read from the source while it is written
   const tensors: Record<string, WritableTensor> = {};
   const replaced = new Set(results.map((r) => `${r.name}.weight`));
   const source = await openSafetensorsDir(modelDir);
@@ -1162,13 +1170,15 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?:
         continue;
       }
       if (name === 'lm_head.weight' && cfg.tieWordEmbeddings) continue; // unused: the head is the embedding
-      const keep = name.endsWith('.bias') || !['F32', 'BF16', 'F64'].includes(info.dtype);
+      const keep = name.endsWith('.bias') || !['F32', 'F64'].includes(info.dtype);
+      // f32 or f64: a pass over the values decides (f64 beyond f16 is kept as f32, which the runtimes load)
+      const to = keep ? null : fitsF16(await source.readTensor(name)) ? 'f16' : 'f32';
       tensors[name] = {
-        dtype: keep ? info.dtype : 'F16',
+        dtype: to === null ? info.dtype : to === 'f16' ? 'F16' : 'F32',
         shape: info.shape,
         data: async () => {
-          if (keep) return source.readRaw(name);
-          const t = cast(await source.readTensor(name), 'f16');
+          if (to === null || (to === 'f32' && info.dtype === 'F32')) return source.readRaw(name);
+          const t = cast(await source.readTensor(name), to);
           return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
         },
       };
