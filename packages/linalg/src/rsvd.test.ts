@@ -98,6 +98,23 @@ describe('randomizedSvd', () => {
     for (let t = 1; t < k; t++) expect(r.s[t]!).toBeLessThanOrEqual(r.s[t - 1]!);
   });
 
+  it('a matrix of rank below k + oversample whose columns live in few rows (all-zero rows): U orthonormal, σ exact', () => {
+    // 4 random rows, 60 zero ones (pruned neurons, padded rows): the sketch's columns past the 4th left only rounding
+    // error after the projections, which was normalised into non-orthogonal columns (‖UᵀU − I‖ = 2.8, σ too large)
+    const [m, n] = [64, 64];
+    for (const dtype of ['f32', 'f64'] as const) {
+      const a = new Float64Array(m * n);
+      a.set(Float32Array.from(new Rng(1).fillNormal(new Float64Array(4 * n)))); // the same values in f32 and f64
+      const x = dtype === 'f32' ? tensor('f32', [m, n], Float32Array.from(a)) : tensor('f64', [m, n], a);
+      const r = randomizedSvd(x, 4, { seed: 0 });
+      const exact = svd(tensor('f64', [m, n], a));
+      expect(orthErr(Float64Array.from(r.u.data), m, 4), dtype).toBeLessThan(1e-12);
+      // the rank-4 matrix itself: its σ to f32's or f64's rounding
+      for (let t = 0; t < 4; t++)
+        expect(Math.abs(r.s[t]! - exact.s[t]!) / exact.s[0]!).toBeLessThan(dtype === 'f32' ? 1e-6 : 1e-12);
+    }
+  });
+
   it('on a full-rank matrix is within 1 % of the optimal (Eckart–Young) rank-k error with power iterations', () => {
     const [m, n, k] = [80, 70, 6];
     const rng = new Rng(4);

@@ -73,8 +73,9 @@ export function eighJacobi(a: Float64Array, n: number): { values: Float64Array; 
 }
 
 /**
- * Orthonormalise the `l` columns of `z` (m×l row-major, f64) in place by two passes of modified Gram–Schmidt. `m`
- * and `l` must be non-negative integers (`E_VALUE`) and `z` hold exactly m·l values (`E_SHAPE`).
+ * Orthonormalise the `l` columns of `z` (m×l row-major, f64) in place by two passes of modified Gram–Schmidt; a
+ * column that the earlier ones span (what is left after the projections is below 1e-11 of its norm) becomes zero.
+ * `m` and `l` must be non-negative integers (`E_VALUE`) and `z` hold exactly m·l values (`E_SHAPE`).
  */
 export function orthonormalizeColumns(z: Float64Array, m: number, l: number): void {
   assertObject(z, 'orthonormalizeColumns', 'z', 'a Float64Array');
@@ -107,6 +108,8 @@ function orthonormalizeInPlace(
         const scale = unitScale(mx);
         if (scale !== 1) for (let r = 0; r < m; r++) z[r * l + j]! *= scale;
       }
+      let before = 0;
+      for (let r = 0; r < m; r++) before += z[r * l + j]! ** 2;
       for (let i = 0; i < j; i++) {
         let d = 0;
         for (let r = 0; r < m; r++) d += z[r * l + i]! * z[r * l + j]!;
@@ -115,7 +118,12 @@ function orthonormalizeInPlace(
       let nrm = 0;
       for (let r = 0; r < m; r++) nrm += z[r * l + j]! ** 2;
       nrm = Math.sqrt(nrm);
-      const inv = nrm > 1e-300 ? 1 / nrm : 0; // a dependent column becomes zero (rank-deficient input)
+      // a dependent column becomes zero (rank-deficient input). Dependent means: what the projections left is at the
+      // level of their rounding (~√m·ε of the column's norm), not only below an absolute 1e-300 — else that rounding
+      // error was normalised into a unit column inside the span of the earlier ones (it stays there when the span is
+      // the whole space the columns live in: W with all-zero rows), and Q was not orthonormal. 1e-11 is ~400× the
+      // rounding of a 16384-row column and far below a direction that matters (σ/σ₁ ≥ 1e-11 in the first sketch).
+      const inv = nrm > 1e-300 && nrm > 1e-11 * Math.sqrt(before) ? 1 / nrm : 0;
       for (let r = 0; r < m; r++) z[r * l + j]! *= inv;
     }
   }
