@@ -199,6 +199,44 @@ describe('required object arguments', () => {
         }
     });
 
+  it('finalizeHessian and reduceHessianChunks: null options and a bare signal are E_VALUE, a bad damping before any read', async () => {
+    // null was a TypeError (reading 'damping' / 'signal'); an aborted bare signal was ignored (6 Hessians written)
+    expect(String(await thrown(() => calibrate.finalizeHessian(acc, null as never)))).toMatch(
+      /E_VALUE: finalizeHessian: options must be an object, got null/,
+    );
+    const empty = join(work, 'no-chunks');
+    expect(String(await thrown(() => calibrate.reduceHessianChunks(empty, plan, null as never)))).toMatch(
+      /E_VALUE: reduceHessianChunks: options must be an object, got null/,
+    );
+    const aborted = AbortSignal.abort();
+    expect(String(await thrown(() => calibrate.reduceHessianChunks(empty, plan, aborted as never)))).toMatch(
+      /E_VALUE: reduceHessianChunks: .*AbortSignal/,
+    );
+    // no chunk is there: the damping is refused first (it failed only after reading block 0's chunks)
+    expect(String(await thrown(() => calibrate.reduceHessianChunks(empty, plan, { damping: -1 })))).toMatch(
+      /E_VALUE: damping must be ≥ 0, got -1/,
+    );
+  });
+
+  it('makeHessianPlan refuses a numBlocks or token ids it could not honour; compressLayerWithSpec a spec without options', async () => {
+    // numBlocks −1 and windows of 1.5 or NaN were saved in the plan (read back as Int32Array: 1, 0)
+    for (const n of [-1, 0, 1.5, NaN])
+      expect(String(await thrown(() => calibrate.makeHessianPlan('/m', 'sha', n, windows, 1)))).toMatch(
+        /E_VALUE: makeHessianPlan: numBlocks must be a positive integer/,
+      );
+    for (const bad of [[[1.5, 2]], [[1, NaN]], [[-1]]])
+      expect(String(await thrown(() => calibrate.makeHessianPlan('/m', 'sha', 1, bad, 1)))).toMatch(
+        /E_VALUE: makeHessianPlan: windows\[0\]\[\d\] is .*, not a token id/,
+      );
+    expect(String(await thrown(() => calibrate.makeHessianPlan('/m', 'sha', 1, [null] as never, 1)))).toMatch(
+      /E_VALUE: makeHessianPlan: windows\[0\] must be an array of token ids/,
+    );
+    const w = tensor('f32', [8, 8]);
+    expect(
+      String(await thrown(() => calibrate.compressLayerWithSpec(w, null, 'x', { seed: 1 } as never))),
+    ).toMatch(/E_VALUE: compressLayerWithSpec: spec.options must be caldera's options, got undefined/);
+  });
+
   it('compressModel: options without a compressLayer function is E_VALUE before any work', async () => {
     const runner = new ToyRunner(1);
     let embedded = 0;

@@ -58,6 +58,22 @@ describe('allocateRanks', () => {
     expect(allocateRanks(llama7bBlock, { targetBits: target }).ranks).toEqual(llama7bBlock.map(() => 64));
   });
 
+  it('reaches an exactly reachable target whatever the rounding of target × params (the whole Llama-2-7B, rank 128)', () => {
+    // (target − 2)·params rounded to 1279262719.9999988 for a cost of 1279262720 bits: ranks 112/128/144 came back
+    const all = Array.from({ length: 32 }, () => llama7bBlock).flat();
+    const target = averageBits(
+      all,
+      all.map(() => 128),
+    );
+    const got = allocateRanks(all, { targetBits: target });
+    expect(got.ranks).toEqual(all.map(() => 128));
+    expect(got.averageBits).toBe(target);
+    const one = [{ name: 'a', m: 243, n: 254 }];
+    const widths = { lBits: 16, rBits: 2 };
+    const t1 = averageBits(one, [40], widths);
+    expect(allocateRanks(one, { targetBits: t1, granularity: 8, ...widths }).ranks).toEqual([40]);
+  });
+
   it('caps ranks at min(m, n) and rejects targets below B_Q', () => {
     const tiny: LayerShape[] = [{ name: 'a', m: 32, n: 64 }];
     expect(allocateRanks(tiny, { targetBits: 100 }).ranks).toEqual([32]);

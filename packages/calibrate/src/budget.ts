@@ -190,7 +190,10 @@ export function allocateRanks(layers: readonly LayerShape[], options: RankBudget
     throw new CalderaError('E_VALUE', `target ${target} bits/weight is below the ${q} bits of Q alone`);
   }
   const params = layers.reduce((a, s) => a + s.m * s.n, 0);
-  const budget = (target - q) * params; // bits available for the factors
+  // within the target, computed as averageBits computes what it costs (factor bits are integers, summed exactly):
+  // a budget (target − q)·params rounded below a reachable target's exact cost (2.19754 for Llama-2-7B at rank 128
+  // gave ranks 112/128/144, not 128 everywhere)
+  const fits = (factorBits: number) => q + factorBits / params <= target;
   const cap = layers.map((s) => rankCap(s, granularity, maxRank));
   const stepCost = layers.map((s) => granularity * (l * s.m + r * s.n));
   const ranks = layers.map(() => 0);
@@ -198,7 +201,7 @@ export function allocateRanks(layers: readonly LayerShape[], options: RankBudget
   // uniform phase
   while (true) {
     const add = layers.reduce((a, _, i) => a + (ranks[i]! < cap[i]! ? stepCost[i]! : 0), 0);
-    if (add === 0 || used + add > budget) break;
+    if (add === 0 || !fits(used + add)) break;
     layers.forEach((_, i) => {
       if (ranks[i]! < cap[i]!) ranks[i]! += granularity;
     });
@@ -210,7 +213,7 @@ export function allocateRanks(layers: readonly LayerShape[], options: RankBudget
   while (progress) {
     progress = false;
     for (const i of order) {
-      if (ranks[i]! < cap[i]! && used + stepCost[i]! <= budget) {
+      if (ranks[i]! < cap[i]! && fits(used + stepCost[i]!)) {
         ranks[i]! += granularity;
         used += stepCost[i]!;
         progress = true;

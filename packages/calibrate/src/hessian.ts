@@ -1,5 +1,6 @@
 import { assertObject, CalderaError, tensor, type Tensor } from '@caldera/core';
 import { syrkInto, type Pool } from '@caldera/linalg';
+import { checkDamping } from './damping.js';
 
 /** Options for {@link finalizeHessian}. */
 export interface HessianOptions {
@@ -129,9 +130,8 @@ export class HessianAccumulator {
  */
 export function finalizeHessian(acc: HessianAccumulator, options: HessianOptions = {}): Tensor<'f64'> {
   assertObject(acc, 'finalizeHessian', 'acc', 'a HessianAccumulator');
-  const damping = options.damping ?? 0.01;
-  if (!(damping >= 0) || !Number.isFinite(damping))
-    throw new CalderaError('E_VALUE', `damping must be ≥ 0, got ${damping}`);
+  assertObject(options, 'finalizeHessian', 'options', 'an object'); // null: E_VALUE, as the package's other options
+  const damping = checkDamping(options.damping);
   const h = acc.secondMoment();
   const n = acc.n;
   const d = h.data;

@@ -7,6 +7,7 @@ import {
   assertObject,
   atomicWriteFile,
   CalderaError,
+  checkTokenArray,
   cast,
   describeValue,
   isCalderaError,
@@ -27,6 +28,7 @@ import { type Pool } from '@caldera/linalg';
 import { caldera, toCheckpointTensors, type CalderaOptions, type CalderaProgress } from '@caldera/lowrank';
 import { captureBlock, finalizeInContext } from './capture.js';
 import type { LayerProgress, LayerResult } from './driver.js';
+import { checkDamping } from './damping.js';
 import { HessianAccumulator } from './hessian.js';
 import type { LinearInfo, ModelRunner } from './runner.js';
 
@@ -194,6 +196,7 @@ export function compressLayerWithSpec(
   options: LayerRunOptions = {},
 ): Omit<LayerResult, 'seconds' | 'name'> {
   assertObject(spec, 'compressLayerWithSpec', 'spec', 'a LayerSpec');
+  assertObject(spec.options, 'compressLayerWithSpec', 'spec.options', "caldera's options");
   const { onProgress, ...handles } = optionsOf(options, 'compressLayerWithSpec');
   // caldera's sub-steps per outer iteration: LR then Q, only Q at rank 0, only LR without Q (its defaults are nonzero)
   const steps = spec.options.rank === 0 || spec.options.qBits === 0 ? 1 : 2;
@@ -416,8 +419,25 @@ export function makeHessianPlan(
       'E_VALUE',
       'makeHessianPlan: identity.tensorSha256 is not the per-tensor hashes of modelSha256 (give both from one hashModelTensors)',
     );
+  if (!Number.isSafeInteger(numBlocks) || numBlocks < 1)
+    throw new CalderaError(
+      'E_VALUE',
+      `makeHessianPlan: numBlocks must be a positive integer, got ${shownValue(numBlocks)}`,
+    );
   assertObject(windows, 'makeHessianPlan', 'windows', 'an array of token windows');
   if (windows.length === 0) throw new CalderaError('E_VALUE', 'no calibration windows');
+  // token ids: the plan is saved as JSON and read back into Int32Arrays (1.5 became 1, NaN null then 0)
+  windows.forEach((w, i) => {
+    checkTokenArray(w, 'makeHessianPlan', `windows[${i}]`);
+    for (let j = 0; j < w.length; j++) {
+      const t = w[j]!;
+      if (!Number.isSafeInteger(t) || t < 0)
+        throw new CalderaError(
+          'E_VALUE',
+          `makeHessianPlan: windows[${i}][${j}] is ${shownValue(t)}, not a token id`,
+        );
+    }
+  });
   const c = Math.min(chunks, windows.length);
   const ws = windows.map((w) => Array.from(w));
   const list = Array.from({ length: c }, (_, i) => {
@@ -625,6 +645,9 @@ export async function reduceHessianChunks(
   options: { damping?: number; signal?: AbortSignal } = {},
 ): Promise<Map<string, HessianRef>> {
   assertObject(plan, 'reduceHessianChunks', 'plan', 'a HessianPlan');
+  // a bare signal is refused, not ignored; a bad damping before any chunk is read (it was blamed on block 0's input)
+  options = optionsOf(options, 'reduceHessianChunks');
+  checkDamping(options.damping);
   const refs = new Map<string, HessianRef>();
   await mkdir(join(workDir, 'hessians'), { recursive: true });
   for (let b = 0; b < plan.numBlocks; b++) {

@@ -426,8 +426,18 @@ describe('caldera input checks', () => {
     rejects(
       () => caldera(w, {} as never, quick),
       'E_VALUE',
-      /^E_VALUE: caldera: H must be a tensor or null \(an object with shape and data\), got an object$/,
+      /^E_VALUE: caldera: H must be a tensor or null \(an object with dtype, shape, strides, offset and data\), got an object$/,
     );
+    // shape and data without strides and offset: a TypeError in the contiguity check
+    for (const like of [
+      { shape: [16, 16], data: new Float32Array(256) },
+      { dtype: 'f32', shape: [16, 16], data: new Float32Array(256) },
+    ])
+      rejects(
+        () => caldera(like as never, null, quick),
+        'E_VALUE',
+        /^E_VALUE: caldera: W must be a tensor \(an object/,
+      );
     rejects(
       () => caldera(w, [1, 2] as never, quick),
       'E_VALUE',

@@ -169,22 +169,34 @@ function checkOptions(o: typeof DEFAULTS & CalderaOptions, m: number, n: number,
 const describeOption = (v: unknown): string => (typeof v === 'string' ? `'${v}'` : String(v));
 
 /**
- * Throw `E_VALUE` unless `x` is a tensor (an object with a `shape` array and a typed-array `data`), or, with `orNull`,
- * null or undefined: `{}` or a plain array in its place failed with a TypeError from its first use.
+ * Throw `E_VALUE` unless `x` is a tensor (an object with a `dtype` name, a `shape` array, `strides` of as many entries,
+ * a non-negative integer `offset` and a typed-array `data`), or, with `orNull`, null or undefined: `{}`, a plain array
+ * or `{ shape, data }` without strides in its place failed with a TypeError from its first use.
  */
 function checkTensorArgument(x: unknown, name: string, orNull: boolean): void {
   if (orNull && x == null) return;
-  const t = x as { shape?: unknown; data?: unknown } | null;
+  const t = x as {
+    dtype?: unknown;
+    shape?: unknown;
+    strides?: unknown;
+    offset?: unknown;
+    data?: unknown;
+  } | null;
   if (
     t === null ||
     typeof t !== 'object' ||
+    typeof t.dtype !== 'string' ||
     !Array.isArray(t.shape) ||
+    !Array.isArray(t.strides) ||
+    t.strides.length !== t.shape.length ||
+    !Number.isSafeInteger(t.offset) ||
+    (t.offset as number) < 0 ||
     !ArrayBuffer.isView(t.data) ||
     t.data instanceof DataView
   )
     throw new CalderaError(
       'E_VALUE',
-      `caldera: ${name} must be a tensor${orNull ? ' or null' : ''} (an object with shape and data), got ${describeValue(x)}`,
+      `caldera: ${name} must be a tensor${orNull ? ' or null' : ''} (an object with dtype, shape, strides, offset and data), got ${describeValue(x)}`,
     );
 }
 
