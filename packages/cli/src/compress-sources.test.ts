@@ -1,5 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { openSafetensors, writeSafetensors, type Tensor } from '@caldera/core';
 import { loadModel } from '@caldera/runtime-node';
@@ -64,6 +72,35 @@ describe('caldera compress: source models', () => {
       const { model } = await loadModel(out);
       expect(model.forward([1, 2, 3]).every(Number.isFinite)).toBe(true);
     }
+  }, 120_000);
+
+  it('merge refuses a source model that changed after the shards ran (its carried tensors made a checkpoint of two models)', async () => {
+    const { dir: src } = await writeTinyModel(join(tmp, 'swap'), { seed: 9 });
+    const out = join(tmp, 'swap-out');
+    const r = run(['compress', src, '--out', out, ...FAST, '--propagate', 'original', '--shard', '0/1']);
+    expect(r.status, r.stderr).toBe(0);
+    const weights = readFileSync(join(src, 'model.safetensors'));
+    const config = readFileSync(join(src, 'config.json'), 'utf8');
+    await writeTinyModel(src, { seed: 10 }); // another model at the same path (the same config)
+    const m = run(['merge', out]);
+    expect(m.status).toBe(1);
+    expect(m.stderr).toMatch(
+      /E_FORMAT: the model at .*swap is not the one this run compressed: its tensors \(first: lm_head\.weight\) changed since/,
+    );
+    expect(existsSync(out)).toBe(false);
+    writeFileSync(join(src, 'model.safetensors'), weights);
+    writeFileSync(
+      join(src, 'config.json'),
+      config.replace('"rms_norm_eps": 0.000001', '"rms_norm_eps": 0.00001'),
+    );
+    expect(run(['merge', out]).stderr).toMatch(
+      /is not the one this run compressed: its config\.json changed since/,
+    );
+    writeFileSync(join(src, 'config.json'), config);
+    const ok = run(['merge', out]);
+    expect(ok.status, ok.stderr).toBe(0);
+    const { model } = await loadModel(out);
+    expect(model.forward([1, 2, 3]).every(Number.isFinite)).toBe(true);
   }, 120_000);
 
   it('on a model with fewer than 128 positions the default --length is its max positions; a larger --length is refused', async () => {

@@ -973,6 +973,35 @@ async function assemble(ctx: Ctx, work: string, manifest: JobManifest, held?: He
   await rm(work, { recursive: true, force: true });
 }
 
+/**
+ * `E_FORMAT` unless the model at the manifest's path is still the one its jobs were made from: its tensors (and, where
+ * the Hessian plan recorded it, its `config.json`). The merge reads the carried tensors, the configuration and the
+ * baseline from it: another model there gave a checkpoint of two models, silently. One pass over the model, as a
+ * compress run's start.
+ */
+async function checkSourceUnchanged(manifest: JobManifest, work: string, signal: AbortSignal): Promise<void> {
+  const now = await hashModelTensors(manifest.model, { signal });
+  const plan = await readHessianPlan(work).catch(() => null);
+  const changed =
+    now.sha256 !== manifest.modelSha256
+      ? plan?.tensorSha256
+        ? `its tensors (first: ${
+            [...new Set([...now.tensors.keys(), ...Object.keys(plan.tensorSha256)])]
+              .sort()
+              .find((n) => now.tensors.get(n) !== plan.tensorSha256![n]) ?? '?'
+          })`
+        : 'its tensors'
+      : plan?.configSha256 && (await fileSha256(join(manifest.model, 'config.json'))) !== plan.configSha256
+        ? 'its config.json'
+        : null;
+  if (changed)
+    throw new CalderaError(
+      'E_FORMAT',
+      `the model at ${manifest.model} is not the one this run compressed: ${changed} changed since; ` +
+        'put the original back, or compress the new model in a run of its own',
+    );
+}
+
 export async function mergeCommand(a: Args): Promise<number> {
   const out = outPath(a.positionals[0]);
   if (!out) throw new CalderaError('E_VALUE', 'caldera merge needs the output directory (as given to --out)');
@@ -985,6 +1014,7 @@ export async function mergeCommand(a: Args): Promise<number> {
   // Ctrl-C or SIGTERM: nothing written, the work directory kept for a rerun
   const stop = onStopSignals();
   try {
+    await checkSourceUnchanged(manifest, work, stop.signal);
     await assemble(
       {
         modelDir: manifest.model,
