@@ -201,6 +201,38 @@ describe('--out never destroys what is there', () => {
 
 const TRAIN = ['--steps', '2', '--batch', '1', '--seq-len', '32', '--warmup', '1', '--valid-tokens', '256'];
 
+describe("--out's work directories (<out>.partial, <out>.work) hold only the command's own state", () => {
+  it('a folder of ones own there, or the state of another command, is refused before any work, untouched', () => {
+    // before: the run wrote into <out>.partial and then removed it, with whatever was in it
+    const out = join(tmp, 'work-dirs');
+    for (const [suffix, command, args] of [
+      ['.partial', 'compress', [src, ...FAST]],
+      ['.work', 'compress', [src, ...FAST, '--propagate', 'original', '--shard', '0/1']],
+      ['.partial', 'finetune', [ckpt, ...FINETUNE, '--steps', '2']],
+    ] as const) {
+      const dir = `${out}${suffix}`;
+      mkdirSync(join(dir, 'sub'), { recursive: true });
+      writeFileSync(join(dir, 'notes.txt'), 'keep me');
+      writeFileSync(join(dir, 'sub', 'data.bin'), 'keep me too');
+      const r = run([command, ...args.slice(0, 1), '--out', out, ...args.slice(1)]);
+      expect(r.status, `${command} ${suffix}`).toBe(1);
+      expect(r.stderr).toContain(
+        `E_VALUE: ${dir} holds what caldera ${command} did not write there (notes.txt, sub); the run writes into it and then removes it`,
+      );
+      expect(readFileSync(join(dir, 'sub', 'data.bin'), 'utf8')).toBe('keep me too');
+      rmSync(dir, { recursive: true });
+    }
+    // an interrupted finetune's resumable state is not compress's to take
+    mkdirSync(`${out}.partial`);
+    writeFileSync(join(`${out}.partial`, 'finetune-state.bin'), 'state');
+    const c = run(['compress', src, '--out', out, ...FAST]);
+    expect(c.stderr).toContain(`holds what caldera compress did not write there (finetune-state.bin)`);
+    expect(readFileSync(join(`${out}.partial`, 'finetune-state.bin'), 'utf8')).toBe('state');
+    rmSync(`${out}.partial`, { recursive: true });
+    expect(existsSync(out)).toBe(false);
+  });
+});
+
 describe('one process writes an --out at a time (<out>.lock)', () => {
   it('a second compress on an --out being written fails at once naming the first; the lock of a dead process is taken over', async () => {
     const out = join(tmp, 'locked');

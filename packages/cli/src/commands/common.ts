@@ -6,6 +6,7 @@ import {
   parseSafetensorsIndex,
   readTextFile,
   stopTokenIdsOf,
+  toCalderaError,
 } from '@caldera/core';
 import { sha256Hex } from '@caldera/calibrate';
 import { createPool, type Pool } from '@caldera/linalg';
@@ -72,6 +73,53 @@ function holds(outer: string, inner: string): 'is' | 'contains' | null {
 
 /** The work directories a command keeps beside its `--out` while it runs, and removes when it is done. */
 const WORK_SUFFIXES = ['.partial', '.work'] as const;
+
+/** What each command keeps in its work directories beside `--out` (the names of its files and folders there). */
+const WORK_ENTRIES: Record<
+  'compress' | 'finetune' | 'train',
+  Partial<Record<(typeof WORK_SUFFIXES)[number], RegExp>>
+> = {
+  compress: {
+    '.partial': /^(run\.json|baseline\.json|block-\d+\.(json|safetensors))$/,
+    '.work': /^(manifest\.json|hessian-plan\.json|hessian-chunks|hessians|results)$/,
+  },
+  finetune: { '.partial': /^finetune-state\.bin$/ },
+  train: { '.partial': /^(train-state\.bin|training-log\.jsonl)$/ },
+};
+
+/**
+ * Check, before any work starts, that the work directories beside `out` (`<out>.partial`, `<out>.work`) hold only what
+ * `command` itself keeps there (an interrupted run's state, which it resumes, and its atomic writes' `.tmp-` files):
+ * the run writes into them and removes them when it is done, so anything else there — a folder of one's own, or the
+ * resumable state of another command (`caldera finetune`'s, then `caldera compress --out` the same path) — would be
+ * lost. E_VALUE naming the directory and the first few foreign entries; a file in a work directory's place too.
+ */
+export async function checkWorkDirs(out: string, command: keyof typeof WORK_ENTRIES): Promise<void> {
+  for (const suffix of WORK_SUFFIXES) {
+    const dir = `${out}${suffix}`;
+    let names: string[];
+    try {
+      names = await readdir(dir);
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      if (code === 'ENOENT') continue;
+      if (code === 'ENOTDIR')
+        throw new CalderaError(
+          'E_VALUE',
+          `${dir} is a file where caldera ${command} keeps its work directory; move it`,
+        );
+      throw toCalderaError(e, `reading ${dir}`);
+    }
+    const own = WORK_ENTRIES[command][suffix];
+    const foreign = names.filter((n) => !own?.test(n.replace(/\.tmp-[0-9a-z]+$/, '')));
+    if (foreign.length > 0)
+      throw new CalderaError(
+        'E_VALUE',
+        `${dir} holds what caldera ${command} did not write there (${foreign.slice(0, 3).join(', ')}` +
+          `${foreign.length > 3 ? ', …' : ''}); the run writes into it and then removes it: move it, or choose another --out`,
+      );
+  }
+}
 
 /**
  * Check, before any work starts, that writing a checkpoint to `out` loses nothing: it may be missing, an empty

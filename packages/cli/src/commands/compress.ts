@@ -63,6 +63,7 @@ import {
   checkInputFiles,
   checkTextLength,
   checkOutDir,
+  checkWorkDirs,
   defaultText,
   exists,
   fileSha256,
@@ -633,6 +634,7 @@ export async function compressCommand(a: Args): Promise<number> {
     ['--eval', base.eval],
   ]);
   await checkOutDir(out, [modelDir]);
+  await checkWorkDirs(out, 'compress');
   if (queue) await checkRedisReachable(queue);
   const pool = queue ? undefined : poolFor(threads); // a coordinator computes nothing itself
   // one process writes <out> at a time (shards of one run excepted: they share its work directory by design); the
@@ -1010,6 +1012,7 @@ export async function mergeCommand(a: Args): Promise<number> {
   const manifest = await readManifest(work);
   // the shards checked --out when they started; what was put there since must not be lost either
   await checkOutDir(out, [manifest.model]);
+  await checkWorkDirs(out, 'compress');
   const unlock = await lockOutput(out, 'caldera merge');
   // Ctrl-C or SIGTERM: nothing written, the work directory kept for a rerun
   const stop = onStopSignals();

@@ -24,6 +24,7 @@ import {
 import { withOutputLock } from './out-lock.js';
 import {
   checkOutDir,
+  checkWorkDirs,
   checkTextLength,
   checkTrainingText,
   defaultText,
@@ -112,6 +113,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
   // before any work: writing the result to --out loses nothing (never the input checkpoint or the teacher)
   const teacherFlag = flagString(a, 'teacher');
   await checkOutDir(out, teacherFlag === undefined ? [src] : [src, teacherFlag]);
+  await checkWorkDirs(out, 'finetune');
   // one writer of --out at a time; what a killed run left beside it (<out>.tmp-…, a model's size) is removed
   return withOutputLock(out, 'caldera finetune', async () => {
     const log = (o: Record<string, unknown>) => (json ? console.log(JSON.stringify(o)) : undefined);

@@ -33,6 +33,7 @@ import {
 import { withOutputLock } from './out-lock.js';
 import {
   checkOutDir,
+  checkWorkDirs,
   checkTrainingText,
   compactTokenIds,
   copyModelSideFiles,
@@ -77,6 +78,7 @@ export async function trainCommand(a: Args): Promise<number> {
   // before any work: the model directory replaces only an empty directory or an earlier `caldera train` output
   // (its template may be that output: it is read before the new model replaces it, as npm run train:reference does)
   await checkOutDir(out, [template], TRAIN_OUTPUT);
+  await checkWorkDirs(out, 'train');
   // one writer of --out at a time; what a killed run left beside it (<out>.tmp-…, a model's size) is removed
   return withOutputLock(out, 'caldera train', async () => {
     const steps = flagNumber(a, 'steps', 2000, POSITIVE_INT);
