@@ -115,6 +115,30 @@ describe('lockOutput', () => {
     ).toEqual(['stale.partial', 'stale.tmp-Not_Ours', 'stale.tmpfile', 'stalex.tmp-5e6f7a8b'].sort());
   });
 
+  it('puts back an earlier output renamed aside (<out>.old-<random>) when the kill left no <out>; removes it otherwise', async () => {
+    // killed between replaceDir's two renames: the earlier checkpoint, its only copy, stayed as out.old-* for ever
+    const out = join(tmp, 'swapped');
+    mkdirSync(`${out}.old-b9d7f7c8`);
+    writeFileSync(join(`${out}.old-b9d7f7c8`, 'caldera.json'), 'earlier');
+    await (
+      await lockOutput(out, 'caldera compress')
+    )();
+    expect(readFileSync(join(out, 'caldera.json'), 'utf8')).toBe('earlier');
+    expect(existsSync(`${out}.old-b9d7f7c8`)).toBe(false);
+    // killed while removing the earlier one, once the new one was in place: removed; a name not ours stays
+    mkdirSync(`${out}.old-05527ff2`);
+    writeFileSync(`${out}.old-Not_Ours`, 'keep');
+    await (
+      await lockOutput(out, 'caldera compress')
+    )();
+    expect(
+      readdirSync(tmp)
+        .filter((f) => f.startsWith('swapped.'))
+        .sort(),
+    ).toEqual(['swapped.old-Not_Ours']);
+    expect(readFileSync(join(out, 'caldera.json'), 'utf8')).toBe('earlier');
+  });
+
   it('a lock path that is a folder or a dangling link is E_IO naming it, at once', async () => {
     const folder = join(tmp, 'folder');
     mkdirSync(`${folder}.lock`);

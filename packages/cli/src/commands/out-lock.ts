@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { link, lstat, mkdir, open, readdir, rm, unlink, writeFile } from 'node:fs/promises';
+import { link, lstat, mkdir, open, readdir, rename, rm, unlink, writeFile } from 'node:fs/promises';
 import { CalderaError, isTempNameOf } from '@caldera/core';
 
 /** What `<out>.lock` (and a takeover file) holds: the process writing `<out>` (taking a stale lock over). */
@@ -229,12 +229,34 @@ async function takeOver(
 /**
  * Remove what writers of `out` killed midway left beside it: `<out>.tmp-<random>`, the temporary directory (or file)
  * a checkpoint, export or training run is written into before it is renamed to `out` (several GB for a large model,
- * never reused). Called with `<out>.lock` held: no other process writes `out`, so none of them is in use.
+ * never reused); and `<out>.old-<random>`, the earlier output core's `replaceDir` renames aside while the new one takes
+ * its place — put back as `out` when `out` is missing (killed between the two renames: it is the only copy of the
+ * earlier output), removed otherwise (killed while removing it). Called with `<out>.lock` held: no other process
+ * writes `out`, so none of them is in use.
  */
 async function removeStaleTemps(out: string): Promise<void> {
-  for (const f of await readdir(dirname(out)).catch(() => [] as string[]))
-    if (isTempNameOf(f, basename(out)))
-      await rm(join(dirname(out), f), { recursive: true, force: true }).catch(() => undefined);
+  const dir = dirname(out);
+  const base = basename(out);
+  const entries = await readdir(dir).catch(() => [] as string[]);
+  for (const f of entries)
+    if (isTempNameOf(f, base))
+      await rm(join(dir, f), { recursive: true, force: true }).catch(() => undefined);
+  const aside = entries.filter(
+    (f) => f.startsWith(`${base}.old-`) && /^[0-9a-z]+$/.test(f.slice(base.length + 5)),
+  );
+  if (aside.length === 0) return;
+  const missing = await lstat(out).then(
+    () => false,
+    () => true,
+  );
+  let restored: string | null = null;
+  if (missing && aside.length === 1)
+    restored = await rename(join(dir, aside[0]!), out).then(
+      () => aside[0]!,
+      () => null,
+    );
+  for (const f of aside)
+    if (f !== restored) await rm(join(dir, f), { recursive: true, force: true }).catch(() => undefined);
 }
 
 /**
