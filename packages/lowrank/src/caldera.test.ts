@@ -286,6 +286,32 @@ describe('caldera', () => {
       // entry; with g = RMS(W), folding it into the f16 factors rounded them again and moved Ŵ by 2.2e-4 of it
       expect(worst).toBeLessThan(1e-6 * largest);
     }
+    // a tiny layer (RMS 1e-6): g whole in the f16 L made its values subnormal (Ŵ moved by 10 %). Folded into a
+    // lattice R's f32 scale it is exact (measured 1.8e-7 of the largest entry, the rounding above); split between two
+    // f16 factors (2^-10 each) their small entries still reach f16's subnormals: measured 1.1e-4 (at RMS 1e-4, 1.9e-6;
+    // 8.3e-4 before), the limit of f16's exponent range for such a layer
+    const rms = Math.sqrt(W.data.reduce((s, v) => s + v * v, 0) / W.data.length);
+    const tiny = tensor(
+      'f32',
+      W.shape,
+      W.data.map((v) => (v * 1e-6) / rms),
+    );
+    for (const options of [
+      { rank: 16, qBits: 0 as const, lBits: 16 as const, rBits: 16 as const },
+      { rank: 16, lBits: 16 as const, rBits: 4 as const },
+    ]) {
+      const dd = caldera(tiny, H, { ...fast, ...options, seed: 3 });
+      const { tensors, meta } = toCheckpointTensors('blk', dd);
+      const a = reconstruct(dd).data;
+      const b = reconstruct(fromCheckpointTensors('blk', (name) => tensors[name], meta)).data;
+      let worst = 0;
+      let largest = 0;
+      for (let i = 0; i < a.length; i++) {
+        worst = Math.max(worst, Math.abs(a[i]! - b[i]!));
+        largest = Math.max(largest, Math.abs(a[i]!));
+      }
+      expect(worst).toBeLessThan((options.rBits === 16 ? 1e-3 : 1e-6) * largest);
+    }
   });
 
   it('rejects bad input with CalderaError', () => {
