@@ -748,6 +748,11 @@ export function onStopSignals(): StopSignals {
   };
 }
 
+/** `s` as one word of a POSIX shell command line: as it is when it needs no quoting, else in single quotes. */
+export function shellWord(s: string): string {
+  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
 /**
  * Progress for a long command on stderr: the bar ({@link progressBar}) on a terminal; when stderr is redirected (a log
  * file, a CI job) and not `json`, plain lines instead — the first update, then at most one every `everyMs` (default

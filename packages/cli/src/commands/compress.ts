@@ -64,6 +64,7 @@ import {
   checkTextLength,
   checkOutDir,
   checkWorkDirs,
+  shellWord,
   defaultText,
   exists,
   fileSha256,
@@ -884,7 +885,7 @@ export async function compressCommand(a: Args): Promise<number> {
       const left = (await missingJobs(work, manifest)).length;
       if (!json)
         console.log(
-          `shard ${shard.index}/${shard.count} done (${left} jobs of other shards left); then: caldera merge ${out}`,
+          `shard ${shard.index}/${shard.count} done (${left} jobs of other shards left); then: caldera merge ${shellWord(out)}`,
         );
       return 0;
     }
@@ -1034,7 +1035,7 @@ export async function mergeCommand(a: Args): Promise<number> {
   } catch (e) {
     if (!stop.signal.aborted) throw e;
     console.error(
-      `caldera merge: interrupted; the finished work is kept in ${work} — rerun caldera merge ${out}`,
+      `caldera merge: interrupted; the finished work is kept in ${work} — rerun caldera merge ${shellWord(out)}`,
     );
     return stop.exitCode();
   } finally {
