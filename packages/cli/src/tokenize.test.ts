@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,9 +8,12 @@ import { referenceModelDir, referenceTextPath } from '@caldera/reference-model';
 import { loadTokenizer } from '@caldera/runtime-node';
 import {
   compactTokenIds,
+  leadingTokens,
   PARALLEL_TOKENIZE_CHARS,
+  readDocuments,
   splitByLength,
   tokenizeDocuments,
+  utf8Text,
 } from './commands/common.js';
 
 describe('compactTokenIds (the training text of caldera train)', () => {
@@ -69,5 +73,76 @@ describe('tokenizeDocuments', () => {
     } finally {
       rmSync(tmp, { recursive: true, force: true });
     }
+  });
+});
+
+describe('readDocuments and utf8Text: the text files every command reads', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'caldera-docs-'));
+  const file = (name: string, bytes: string | Uint8Array) => {
+    const p = join(dir, name);
+    writeFileSync(p, bytes);
+    return p;
+  };
+
+  it('reads LF, CRLF and CR line endings alike (CRLF kept a "\\r" per line, CR made one document)', async () => {
+    const docs = ['One line.\nAnother line.', 'Second document.', 'Third.'];
+    const lf = docs.join('\n\n');
+    for (const [name, text] of [
+      ['lf.txt', lf],
+      ['crlf.txt', lf.replace(/\n/g, '\r\n')],
+      ['cr.txt', lf.replace(/\n/g, '\r')],
+    ] as const)
+      expect(await readDocuments(file(name, text)), name).toEqual(docs);
+    expect(await readDocuments(file('crlf.jsonl', '{"text": "a"}\r\n{"text": "b"}\r\n'))).toEqual(['a', 'b']);
+  });
+
+  it('.jsonl in any case; blank texts dropped as a .txt drops blank documents; a .json file refused', async () => {
+    const lines = '{"text": "one"}\n{"text": ""}\n{"text": "   "}\n{"content": "two"}\n';
+    for (const name of ['a.jsonl', 'b.JSONL'])
+      expect(await readDocuments(file(name, lines))).toEqual(['one', 'two']);
+    // a file of empty texts is no text at all (it gave BOS tokens only, scored and trained on)
+    expect(await readDocuments(file('empty.jsonl', '{"text": ""}\n'.repeat(50)))).toEqual([]);
+    await expect(readDocuments(file('c.json', lines))).rejects.toThrow(
+      /^E_FORMAT: .*c\.json is a \.json file: give a \.txt/,
+    );
+  });
+
+  it('refuses a FIFO (it waited for a writer for ever) and a directory, naming what they are', async () => {
+    const fifo = join(dir, 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    await expect(readDocuments(fifo)).rejects.toThrow(
+      `E_IO: ${fifo} is a FIFO (named pipe), not a text file`,
+    );
+    await expect(readDocuments(dir)).rejects.toThrow(`E_IO: ${dir} is a directory, not a text file`);
+  });
+
+  it('names the first byte that is not UTF-8, and refuses NULs (UTF-16 without a byte-order mark)', () => {
+    const at = (bytes: number[]) => {
+      try {
+        utf8Text(Uint8Array.from(bytes), 'f.txt');
+      } catch (e) {
+        return (e as Error).message;
+      }
+      return 'decoded';
+    };
+    const hello = [...Buffer.from('hello ')];
+    // a surrogate (ED A0 80) was named at a later byte, an overlong form (E0 80 AF) at none
+    expect(at([...hello, 0xed, 0xa0, 0x80, 0x20, 0xff])).toMatch(
+      /^E_FORMAT: f\.txt is not UTF-8 text \(byte 6: 0xed\)/,
+    );
+    expect(at([...hello, 0xe0, 0x80, 0xaf])).toMatch(/\(byte 6: 0xe0\)/);
+    expect(at([...hello, 0xf4, 0x90, 0x80, 0x80])).toMatch(/\(byte 6: 0xf4\)/);
+    expect(at([...Buffer.from('hi', 'utf16le')])).toMatch(
+      /^E_FORMAT: f\.txt is not UTF-8 text \(byte 1: 0x00, a NUL\)/,
+    );
+    expect(at([...hello, 0xe2, 0x82, 0xac])).toBe('decoded'); // €
+  });
+
+  it('leadingTokens: the first max ids of the documents, encoding only those it takes', () => {
+    const encoded: string[] = [];
+    const encode = (d: string) => (encoded.push(d), [...d].map((c) => c.charCodeAt(0)));
+    expect(leadingTokens(encode, ['ab', 'cd', 'ef'], 1, 5)).toEqual([1, 97, 98, 1, 99]);
+    expect(encoded).toEqual(['ab', 'cd']);
+    expect(leadingTokens(encode, ['ab'], null, 10)).toEqual([97, 98]);
   });
 });

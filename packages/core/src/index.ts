@@ -5,7 +5,7 @@ export * from './tensor.js';
 export * from './rng.js';
 export * from './ndarray.js';
 export * from './fs-atomic.js';
-export { readJsonFile, readTextFile } from './text-file.js';
+export { notRegularFile, readJsonFile, readTextFile, specialFileKind } from './text-file.js';
 export * from './safetensors/index.js';
 export * from './checkpoint/index.js';
 export * from './model-config.js';

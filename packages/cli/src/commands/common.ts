@@ -5,6 +5,8 @@ import {
   MODEL_SIDE_FILES,
   parseSafetensorsIndex,
   readTextFile,
+  notRegularFile,
+  specialFileKind,
   stopTokenIdsOf,
   toCalderaError,
 } from '@caldera/core';
@@ -227,7 +229,9 @@ export async function checkInputFiles(files: readonly (readonly [string, string]
       const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : String(code);
       throw new CalderaError('E_IO', `${flag} ${path}: cannot read it (${why})`, { cause: e });
     }
-    if (!st.isFile()) throw new CalderaError('E_IO', `${flag} ${path} is a directory, not a text file`);
+    // (a FIFO was called a directory; reading one waits for a writer for ever)
+    if (!st.isFile())
+      throw new CalderaError('E_IO', `${flag} ${path} is ${specialFileKind(st)}, not a text file`);
   }
 }
 
@@ -328,27 +332,26 @@ export async function fileSha256(path: string): Promise<string> {
  * another encoding such as Latin-1: decoded leniently, its bytes became U+FFFD and the model trained on those).
  */
 export function utf8Text(bytes: Uint8Array, path: string): string {
+  // a NUL byte is valid UTF-8 but no text: UTF-16 without a byte-order mark (every other byte 0), or a binary file
+  const nul = bytes.indexOf(0);
+  if (nul >= 0)
+    throw new CalderaError(
+      'E_FORMAT',
+      `${path} is not UTF-8 text (byte ${nul}: 0x00, a NUL): give a text file in UTF-8 (UTF-16 text, or a binary file, ` +
+        'would be read as text with NULs in it)',
+    );
   try {
     return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
   } catch (cause) {
-    let at = 0;
-    while (at < bytes.length) {
-      const c = bytes[at]!;
-      const n =
-        c < 0x80
-          ? 1
-          : c >= 0xc2 && c <= 0xdf
-            ? 2
-            : c >= 0xe0 && c <= 0xef
-              ? 3
-              : c >= 0xf0 && c <= 0xf4
-                ? 4
-                : 0;
-      let ok = n > 0 && at + n <= bytes.length;
-      for (let k = 1; ok && k < n; k++) ok = (bytes[at + k]! & 0xc0) === 0x80;
-      if (!ok) break;
-      at += n;
-    }
+    // only a TypeError is bad UTF-8: a text longer than V8's longest string (2²⁹ − 24 units, ~512 MiB of ASCII) is
+    // another error, which was called "not UTF-8"
+    if (!(cause instanceof TypeError))
+      throw new CalderaError(
+        'E_VALUE',
+        `${path} (${bytes.length} bytes) is too large to read as one text here (${(cause as Error).message}): split it into smaller files`,
+        { cause },
+      );
+    const at = firstNonUtf8Byte(bytes);
     throw new CalderaError(
       'E_FORMAT',
       `${path} is not UTF-8 text${at < bytes.length ? ` (byte ${at}: 0x${bytes[at]!.toString(16).padStart(2, '0')})` : ''}: ` +
@@ -358,16 +361,63 @@ export function utf8Text(bytes: Uint8Array, path: string): string {
   }
 }
 
-/** Documents of a text file: blocks separated by blank lines. */
+/**
+ * Where the UTF-8 of `bytes` first breaks (bytes.length when it does not): a lead byte that starts nothing, a
+ * continuation byte missing, or a second byte out of the lead's range (E0 A0–BF, ED 80–9F, F0 90–BF, F4 80–8F:
+ * overlong forms and surrogates, which the decoder refuses too).
+ */
+function firstNonUtf8Byte(bytes: Uint8Array): number {
+  let at = 0;
+  while (at < bytes.length) {
+    const c = bytes[at]!;
+    const n =
+      c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    let ok = n > 0 && at + n <= bytes.length;
+    for (let k = 1; ok && k < n; k++) ok = (bytes[at + k]! & 0xc0) === 0x80;
+    if (ok && n > 1) {
+      const b = bytes[at + 1]!;
+      const [lo, hi] =
+        c === 0xe0
+          ? [0xa0, 0xbf]
+          : c === 0xed
+            ? [0x80, 0x9f]
+            : c === 0xf0
+              ? [0x90, 0xbf]
+              : c === 0xf4
+                ? [0x80, 0x8f]
+                : [0x80, 0xbf];
+      ok = b >= lo && b <= hi;
+    }
+    if (!ok) return at;
+    at += n;
+  }
+  return at;
+}
+
+/**
+ * Documents of a text file: `.jsonl` (any case), one `{"text": …}` (or `"content"`) object per line; anything else
+ * blocks separated by blank lines. Line endings may be LF, CRLF or CR (a CRLF file kept a "\r" at every line's end,
+ * and a CR one was one document). Documents without any text (blank, or `"text": ""`) are dropped. A `.json` file is
+ * `E_FORMAT` (it would be read as one document of JSON), anything but a regular file `E_IO` (a FIFO waited for a
+ * writer for ever).
+ */
 export async function readDocuments(path: string): Promise<string[]> {
   let bytes: Uint8Array;
   try {
+    const st = await stat(path);
+    if (!st.isFile()) throw notRegularFile(path, specialFileKind(st), 'text file');
     bytes = await readFile(path);
   } catch (e) {
+    if (isCalderaError(e)) throw e;
     throw new CalderaError('E_IO', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
   }
-  const text = utf8Text(bytes, path);
-  if (path.endsWith('.jsonl')) {
+  if (/\.json$/i.test(path))
+    throw new CalderaError(
+      'E_FORMAT',
+      `${path} is a .json file: give a .txt (documents separated by blank lines) or a .jsonl (one {"text": "…"} per line)`,
+    );
+  const text = utf8Text(bytes, path).replace(/\r\n?/g, '\n');
+  if (/\.jsonl$/i.test(path)) {
     // line numbers count every line of the file, blank ones included
     return text
       .split('\n')
@@ -388,9 +438,30 @@ export async function readDocuments(path: string): Promise<string[]> {
             `${path}:${i + 1} has no "text" (or "content") string field; each line must be {"text": "…"}`,
           );
         return text;
-      });
+      })
+      .filter((t) => t.trim().length > 0); // as a .txt's blank documents: a file of {"text": ""} was BOS tokens only
   }
   return text.split(/\n\s*\n/).filter((d) => d.trim().length > 0);
+}
+
+/**
+ * The first `max` token ids of `docs` (each after the BOS token when `bos` is not null), encoding only the documents
+ * they take: the same ids as encoding them all and cutting (a held-out file of 9 MB scored on its first 8192 tokens
+ * was encoded whole: 18 s).
+ */
+export function leadingTokens(
+  encode: (text: string) => number[],
+  docs: readonly string[],
+  bos: number | null,
+  max: number,
+): number[] {
+  const out: number[] = [];
+  for (const d of docs) {
+    if (out.length >= max) break;
+    if (bos !== null) out.push(bos);
+    for (const t of encode(d)) out.push(t);
+  }
+  return out.slice(0, max);
 }
 
 /** Characters of text below which {@link tokenizeDocuments} stays on the calling thread (a thread costs ~0.1 s). */

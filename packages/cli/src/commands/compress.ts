@@ -47,7 +47,14 @@ import {
   type LinearInfo,
 } from '@caldera/calibrate';
 import { calderaCheckpointMeta, type CalderaOptions } from '@caldera/lowrank';
-import { BlockLazyRunner, loadModel, perplexity, readJsonFile, settingsDiff } from '@caldera/runtime-node';
+import {
+  BlockLazyRunner,
+  loadModel,
+  loadTokenizer,
+  perplexity,
+  readJsonFile,
+  settingsDiff,
+} from '@caldera/runtime-node';
 import {
   flagNumber,
   flagString,
@@ -73,6 +80,7 @@ import {
   modelDirOf,
   modelSideFiles,
   poolFor,
+  leadingTokens,
   readDocuments,
   tokenizeDocuments,
   weightFileBytes,
@@ -1063,9 +1071,14 @@ function bitsRecord(s: RunSettings): { qBits: number; lBits?: number; rBits?: nu
  * model's max positions if fewer, as `caldera eval` and `caldera finetune` score them.
  */
 async function heldOutOf(modelDir: string, s: RunSettings, cfg: ModelConfig) {
-  const tokens = (await tokenizeDocuments(modelDir, await readDocuments(s.eval), cfg.bosTokenId))
-    .flat()
-    .slice(0, s.evalTokens);
+  // only the documents the first --eval-tokens take (a large held-out file was encoded whole)
+  const tok = await loadTokenizer(modelDir);
+  const tokens = leadingTokens(
+    (d) => tok.encode(d),
+    await readDocuments(s.eval),
+    cfg.bosTokenId,
+    s.evalTokens,
+  );
   checkTextLength(tokens, '--eval', s.eval, 2, 'perplexity needs at least 2');
   return { tokens, context: Math.min(HELD_OUT_CONTEXT, cfg.maxPositions) };
 }

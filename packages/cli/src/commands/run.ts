@@ -32,6 +32,7 @@ import {
   modelDirOf,
   openModel,
   poolFor,
+  leadingTokens,
   readDocuments,
   stopTokenIds,
   weightFileBytes,
@@ -105,7 +106,8 @@ async function evaluate(
   const text = flagString(a, 'text');
   const docs = await readDocuments(text ?? defaultText('test'));
   const bos = config.bosTokenId;
-  const ids = docs.flatMap((d) => (bos === null ? tokenizer.encode(d) : [bos, ...tokenizer.encode(d)]));
+  // the first --max-tokens only (2 or more: the whole text when it has fewer, so the count below is the text's)
+  const ids = leadingTokens((d) => tokenizer.encode(d), docs, bos, flags.max);
   // the file and the option at fault, rather than perplexity's "needs at least 2 tokens" (a BOS is not the text's)
   if (ids.length < 2 && text !== undefined)
     throw new CalderaError(
@@ -114,7 +116,7 @@ async function evaluate(
     );
   const bar = progressBar('eval', !a.flags.has('json') && process.stderr.isTTY === true);
   const t0 = performance.now();
-  const r = await perplexity(model, ids.slice(0, flags.max), {
+  const r = await perplexity(model, ids, {
     context,
     stride,
     onProgress: ({ done: d, total: t }) => {
