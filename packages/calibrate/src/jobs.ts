@@ -876,7 +876,8 @@ async function loadHessian(workDir: string, job: MatrixJob): Promise<Tensor<'f64
   if (buf.byteLength !== ref.n * ref.n * 8 || sha256Hex(buf) !== ref.sha256) {
     throw new CalderaError(
       'E_FORMAT',
-      `job ${job.name}: Hessian ${path} is corrupted (${buf.byteLength} bytes, sha256 does not match the manifest)`,
+      `job ${job.name}: Hessian ${path} is corrupted (${buf.byteLength} bytes, sha256 does not match the manifest); ` +
+        'delete it and run again: it is rebuilt from the Hessian chunks (a run keeps a Hessian file that is there)',
     );
   }
   return tensor('f64', [ref.n, ref.n], new Float64Array(buf));

@@ -208,6 +208,16 @@ describe('caldera command lines', () => {
       [...worker, '--concurrency', '1e12'],
       /--concurrency must be an integer in \[1, 256\], got 1000000000000/,
     );
+    // names BullMQ refuses: a stack trace from inside the run (exit 70), compress's after the hashing
+    for (const name of ['a:b', ''])
+      for (const command of [
+        [...worker],
+        ['compress', '--queue', 'redis://127.0.0.1:1', '--propagate', 'original'],
+      ])
+        await value(
+          [...command, '--queue-name', name],
+          /E_VALUE: --queue-name must be a non-empty name without ':' \(Redis key separator\), got "(a:b|)"/,
+        );
   });
 
   it('generate: sampling options and --max-tokens are checked before the model loads', async () => {

@@ -1,6 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { ChildProcess } from 'node:child_process';
-import { Worker } from 'bullmq';
+import { Queue, Worker } from 'bullmq';
 import { isCalderaError } from '@caldera/core';
 import type { Args } from './args.js';
 import { runOnQueue, type QueueTask } from './commands/queue.js';
@@ -78,6 +78,52 @@ describe('runOnQueue: interruption', () => {
       // its state, and the job failed in between (now the state is read first)
       expect(isCalderaError(e) && e.code, String(e)).toBe('E_FORMAT');
       expect(String(e)).toMatch(/1 of 3 jobs failed after 1 attempts.*m1: E_FORMAT: m1 is broken/);
+    }, 30_000);
+
+    it('a resumed run removes the completed jobs of the tasks finished before it, not only its own (they stayed for ever)', async () => {
+      const worker = new Worker<QueueTask>('resumed', async () => 'computed', {
+        connection: redisConnection(url),
+      });
+      const done = tasks(3);
+      // the first run is stopped once its jobs have ended, before its cleanup: their completed jobs stay in Redis
+      const stop = new AbortController();
+      await runOnQueue(url, args('resumed'), done, {
+        signal: stop.signal,
+        onProgress: (d, total) => d === total && stop.abort(),
+      });
+      const queue = new Queue('resumed', { connection: redisConnection(url) });
+      expect(await queue.getJobCountByTypes('completed')).toBe(3);
+      // the rerun finds every output on disk: nothing to enqueue, the earlier jobs named as finished
+      await runOnQueue(url, args('resumed'), [], { finished: done });
+      expect(await queue.getJobCountByTypes('completed')).toBe(0);
+      await queue.close();
+      await worker.close();
+    }, 30_000);
+
+    it('says no worker listens when the only workers are on another database of the same Redis (BullMQ counted them)', async () => {
+      const worker = new Worker<QueueTask>('db-test', async () => 'computed', {
+        connection: redisConnection(`${url}/0`),
+      });
+      const said: string[] = [];
+      const spy = vi.spyOn(console, 'error').mockImplementation((m: unknown) => void said.push(String(m)));
+      try {
+        for (const db of [1, 0]) {
+          said.length = 0;
+          const stop = new AbortController();
+          await runOnQueue(`${url}/${db}`, args('db-test'), tasks(1), {
+            signal: stop.signal,
+            // stopped at its first poll: the warning, if any, came before it
+            onProgress: () => stop.abort(),
+          }).catch(() => undefined);
+          expect(
+            said.some((m) => /no worker is listening on queue 'db-test'/.test(m)),
+            `db ${db}`,
+          ).toBe(db === 1);
+        }
+      } finally {
+        spy.mockRestore();
+        await worker.close();
+      }
     }, 30_000);
   });
 });

@@ -91,7 +91,7 @@ import {
 } from './common.js';
 import { chooseRanks, parseLayerRanks, type RankChoice } from './ranks.js';
 import { lockOutput } from './out-lock.js';
-import { checkRedisReachable } from './redis.js';
+import { checkRedisReachable, queueNameOf } from './redis.js';
 import type { QueueTask } from './task.js';
 
 export const compressHelp = `caldera compress [model-dir] [options]
@@ -268,6 +268,7 @@ function checkMethodFlags(a: Args, method: string, propagate: string): void {
     );
   // read where the jobs are queued, so checked here, before any work
   flagNumber(a, 'attempts', 3, POSITIVE_INT);
+  if (a.flags.has('queue')) queueNameOf(a);
 }
 
 /**
@@ -796,6 +797,7 @@ export async function compressCommand(a: Args): Promise<number> {
           kind: 'hessian',
           work,
           index: c,
+          key: plan.chunks[c]!.key,
           label: `hessian ${c}`,
         }));
         const { runOnQueue } = await import('./queue.js'); // BullMQ loads only for queue runs
@@ -856,14 +858,17 @@ export async function compressCommand(a: Args): Promise<number> {
       const todo = await missingJobs(work, manifest);
       ctx.log({ event: 'queue', enqueued: todo.length, cached: manifest.jobs.length - todo.length });
       // largest jobs first, so that the last ones to start are short and no worker idles long at the end
-      const tasks: QueueTask[] = largestFirst(todo).map((j) => ({
+      const taskOf = (j: (typeof todo)[number]): QueueTask => ({
         kind: 'matrix',
         work,
         id: j.id,
         label: j.name,
-      }));
+      });
+      const tasks = largestFirst(todo).map(taskOf);
+      const left = new Set(todo.map((j) => j.id));
       const { runOnQueue } = await import('./queue.js');
       await runOnQueue(queue, a, tasks, {
+        finished: manifest.jobs.filter((j) => !left.has(j.id)).map(taskOf),
         signal: stop.signal,
         onProgress: (d) => report('matrix', manifest.jobs.length - todo.length + d, manifest.jobs.length),
         log: ctx.log,

@@ -3,7 +3,7 @@ import { Worker as Thread } from 'node:worker_threads';
 import { Queue, Worker, type Job } from 'bullmq';
 import { CalderaError, type CalderaErrorCode } from '@caldera/core';
 import { flagNumber, flagString, POSITIVE_INT, THREADS, type Args } from '../args.js';
-import { checkRedisReachable, redisConnection, shownRedisUrl } from './redis.js';
+import { checkRedisReachable, queueNameOf, redisConnection, shownRedisUrl } from './redis.js';
 import { hasTaskOutput, type QueueTask } from './task.js';
 
 export type { QueueTask } from './task.js';
@@ -23,7 +23,10 @@ const CODES: readonly CalderaErrorCode[] = [
 ];
 
 function jobIdOf(t: QueueTask): string {
-  const key = t.kind === 'hessian' ? `${t.work}\0hessian\0${t.index}` : `${t.work}\0matrix\0${t.id}`;
+  // a Hessian chunk by its plan's key too: an earlier plan's job for the same index (a killed run with other windows)
+  // shared its id, and its completion counted as this plan's chunk
+  const key =
+    t.kind === 'hessian' ? `${t.work}\0hessian\0${t.index}\0${t.key ?? ''}` : `${t.work}\0matrix\0${t.id}`;
   return `${t.kind}-${createHash('sha256').update(key).digest('hex').slice(0, 32)}`;
 }
 
@@ -94,6 +97,16 @@ async function closeWithin(
   );
 }
 
+/**
+ * Workers listening on `queue` in the Redis database of `url` (BullMQ's count takes the workers of the queue's name in
+ * every database: a worker on db 0 hid that none listened on the coordinator's db 1).
+ */
+async function workersOnDb(queue: Queue, url: string): Promise<number> {
+  const db = (redisConnection(url) as { db?: number }).db ?? 0;
+  // (CLIENT LIST's fields are strings: db=1)
+  return (await queue.getWorkers()).filter((w) => Number(w.db ?? 0) === db).length;
+}
+
 /** How often a job that vanished from the queue (a Redis restart without its data, a flush) is put back. */
 const REQUEUES = 3;
 
@@ -126,10 +139,15 @@ export async function runOnQueue(
     signal?: AbortSignal;
     onProgress?: (done: number, total: number) => void;
     log?: (o: Record<string, unknown>) => void;
+    /**
+     * The phase's tasks whose outputs are on disk already (an interrupted run's, resumed): their completed jobs are
+     * removed from the queue with this run's (they stayed in Redis for ever).
+     */
+    finished?: readonly QueueTask[];
   },
 ): Promise<void> {
-  if (tasks.length === 0) return;
-  const name = flagString(a, 'queue-name', 'caldera')!;
+  if (tasks.length === 0 && !opts.finished?.length) return;
+  const name = queueNameOf(a);
   const attempts = flagNumber(a, 'attempts', 3, POSITIVE_INT);
   const queue = new Queue(name, { connection: redisConnection(url) });
   const jobOptions = {
@@ -174,14 +192,15 @@ export async function runOnQueue(
     );
     for (const old of await ask(jobsIn(queue, ids, ['completed', 'failed']))) await ask(old.remove());
     enqueuing = true;
-    await ask(
-      queue.addBulk(
-        tasks.map((t, i) => ({ name: t.kind, data: t, opts: { ...jobOptions, jobId: ids[i]! } })),
-      ),
-    );
+    if (tasks.length > 0)
+      await ask(
+        queue.addBulk(
+          tasks.map((t, i) => ({ name: t.kind, data: t, opts: { ...jobOptions, jobId: ids[i]! } })),
+        ),
+      );
     opts.log?.({ event: 'enqueued', queue: name, jobs: tasks.length });
     // a coordinator with no worker on its queue (none started yet, or another --queue-name) waits for ever: say so
-    if ((await ask(queue.getWorkersCount().catch(() => 1))) === 0)
+    if (tasks.length > 0 && (await ask(workersOnDb(queue, url).catch(() => 1))) === 0)
       console.error(
         `caldera compress: no worker is listening on queue '${name}' yet; start one with ` +
           `caldera worker --queue ${shownRedisUrl(url)}${name === 'caldera' ? '' : ` --queue-name ${name}`}`,
@@ -224,7 +243,8 @@ export async function runOnQueue(
       if (opts.signal?.aborted) throw interrupted();
     }
     const cleanup = async () => {
-      for (const j of await jobsIn(queue, ids, ['completed'])) await j.remove().catch(() => undefined);
+      const done = [...ids, ...(opts.finished ?? []).map(jobIdOf)];
+      for (const j of await jobsIn(queue, done, ['completed'])) await j.remove().catch(() => undefined);
     };
     // every job has ended: an abort now cuts the cleanup short, and the outcome (success or the failures) stands
     await within(untilAborted(cleanup(), opts.signal), 5000, () => 'removing the completed jobs').catch(
@@ -340,7 +360,7 @@ class TaskThread {
 export async function workerCommand(a: Args): Promise<number> {
   const url = flagString(a, 'queue');
   if (!url) throw new CalderaError('E_VALUE', 'caldera worker needs --queue redis://host:port');
-  const name = flagString(a, 'queue-name', 'caldera')!;
+  const name = queueNameOf(a);
   const threads = flagNumber(a, 'threads', 1, THREADS);
   // at most 256 jobs at once (as --threads); a lock of at most 2³¹ − 1 ms, the longest timer Node keeps (a longer one
   // fired every millisecond: BullMQ's lock renewal spun, with a TimeoutOverflowWarning each time)

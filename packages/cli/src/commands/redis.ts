@@ -1,4 +1,5 @@
 import { connect } from 'node:net';
+import { flagString, type Args } from '../args.js';
 import type { ConnectionOptions } from 'bullmq';
 import { CalderaError } from '@caldera/core';
 
@@ -88,4 +89,18 @@ export function checkRedisReachable(url: string, timeoutMs = 5000): Promise<void
       else fail('the server there is not Redis');
     });
   });
+}
+
+/**
+ * The `--queue-name` of a command (default `caldera`), `E_VALUE` unless BullMQ takes it: not empty and without `:`
+ * (its key separator). Checked before any work: BullMQ threw from inside the run (exit 70, after the hashing).
+ */
+export function queueNameOf(a: Args): string {
+  const name = flagString(a, 'queue-name', 'caldera')!;
+  if (name === '' || name.includes(':'))
+    throw new CalderaError(
+      'E_VALUE',
+      `--queue-name must be a non-empty name without ':' (Redis key separator), got ${JSON.stringify(name)}`,
+    );
+  return name;
 }

@@ -6,6 +6,7 @@ import {
   hashModelTensors,
   hasJobResult,
   readHessianPlan,
+  type HessianPlan,
   readManifest,
   runHessianChunks,
   verifyingTensorStore,
@@ -16,8 +17,30 @@ import { fileSha256 } from './common.js';
 
 /** One unit of distributed work: a Hessian chunk (phase 1) or a matrix job (phase 2) of a work directory. */
 export type QueueTask =
-  | { kind: 'hessian'; work: string; index: number; label: string }
+  | {
+      kind: 'hessian';
+      work: string;
+      index: number;
+      /** The chunk's key in the plan the task was queued for (absent from the tasks of earlier versions). */
+      key?: string;
+      label: string;
+    }
   | { kind: 'matrix'; work: string; id: string; label: string };
+
+/**
+ * The chunk of the work directory's current plan that a Hessian task names: `E_MISSING` when the plan has no such
+ * chunk, or another one at that index (the task was queued for an earlier plan: a killed run with other settings
+ * left it in Redis; it failed with a TypeError, or counted as this plan's chunk).
+ */
+function chunkOf(task: Extract<QueueTask, { kind: 'hessian' }>, plan: HessianPlan): void {
+  const chunk = Number.isInteger(task.index) && task.index >= 0 ? plan.chunks[task.index] : undefined;
+  if (!chunk || (task.key !== undefined && chunk.key !== task.key))
+    throw new CalderaError(
+      'E_MISSING',
+      `${task.label}: ${task.work}/hessian-plan.json has ${chunk ? 'another chunk' : 'no chunk'} at index ${task.index}: ` +
+        'the job was queued for an earlier plan of that directory (a run with other settings)',
+    );
+}
 
 /**
  * Execute one task with the same functions the single-process and sharded modes use (runHessianChunks,
@@ -29,6 +52,7 @@ export async function runTask(
 ): Promise<'cached' | 'computed'> {
   if (task.kind === 'hessian') {
     const plan = await readHessianPlan(task.work);
+    chunkOf(task, plan);
     if (await hasHessianChunk(task.work, plan, task.index)) return 'cached';
     // the model this worker sees must be the one the plan hashed (a matrix job checks its weight alike): another one
     // would give wrong Hessians and a wrong checkpoint without an error. Each tensor is checked as it is read; a plan
@@ -85,8 +109,11 @@ export async function runTask(
 
 /** Whether a task's output is on disk in its work directory already (a job that left the queue may have finished). */
 export async function hasTaskOutput(task: QueueTask): Promise<boolean> {
-  if (task.kind === 'hessian')
-    return hasHessianChunk(task.work, await readHessianPlan(task.work), task.index);
+  if (task.kind === 'hessian') {
+    const plan = await readHessianPlan(task.work);
+    chunkOf(task, plan);
+    return hasHessianChunk(task.work, plan, task.index);
+  }
   const job = (await readManifest(task.work)).jobs.find((j) => j.id === task.id);
   return job !== undefined && hasJobResult(task.work, job);
 }
