@@ -24,6 +24,12 @@ if (args[0] !== undefined && !statSync(args[0], { throwIfNoEntry: false })?.isDi
 const dir = args[0] ?? referenceModelDir();
 const prompt = args[1] ?? 'The jury said';
 
+// a reader that went away (`node index.mjs | head -1`) ends the program quietly, as any Unix filter
+process.stdout.on('error', (e) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
+
 const decodePool = await createDecodePool({ threads: 2 });
 try {
   const { model, config } = await loadModel(dir, { decodePool });

@@ -207,3 +207,33 @@ describe('the caldera binary', () => {
     expect(r.stderr).not.toMatch(/stopped/);
   }, 60_000);
 });
+
+describe('stdout that fails (the binary)', () => {
+  const bin = join(pkgDir, 'dist', 'bin.js');
+
+  it('a reader that goes away ends generate quietly (an EPIPE stack trace before); a full disk is E_IO, exit 1', () => {
+    const piped = spawnSync(
+      'bash',
+      ['-c', `set -o pipefail; node ${bin} generate --max-tokens 300 | head -c 10`],
+      {
+        encoding: 'utf8',
+      },
+    );
+    expect(piped.stdout).toHaveLength(10);
+    expect(piped.stderr).not.toMatch(/EPIPE|Error/);
+    expect(piped.status).toBe(0);
+    // the result of eval --json was lost with exit 0 (console.log ignores its stream's errors)
+    if (existsSync('/dev/full'))
+      for (const args of [
+        ['eval', '--max-tokens', '64', '--json'],
+        ['generate', '--max-tokens', '4'],
+      ]) {
+        const full = spawnSync('bash', ['-c', `node ${bin} ${args.join(' ')} > /dev/full`], {
+          encoding: 'utf8',
+        });
+        expect(full.status, args[0]).toBe(1);
+        expect(full.stderr).toContain('caldera: E_IO: writing the output failed (ENOSPC)');
+        expect(full.stderr).not.toMatch(/\n\s+at /); // no stack
+      }
+  }, 120_000);
+});

@@ -130,6 +130,15 @@ describe('LlamaModel', () => {
     expect(m.runBlock(1, x, 1)).toHaveLength(cfg.hiddenSize);
   });
 
+  it('KVCache checks its arguments up front (NaN failed at the first forward, -1 with a RangeError)', () => {
+    for (const capacity of [NaN, undefined, -1, 0, 2.5, '8', 2 ** 60])
+      expect(() => new KVCache(cfg, capacity as never), String(capacity)).toThrow(
+        /^E_VALUE: KVCache: capacity must be a positive integer/,
+      );
+    expect(() => new KVCache(null as never, 8)).toThrow(/^E_VALUE: KVCache: config must be a ModelConfig/);
+    expect(new KVCache(cfg, 8, null as never).capacity).toBe(8);
+  });
+
   it('KV-cache decode (prefill 4, then one token at a time) equals the full recompute', () => {
     const full = model.forward(tokens);
     const cache = new KVCache(cfg, 16);

@@ -1,10 +1,12 @@
 import {
+  assertObject,
   bf16ArrayToF32,
   CalderaError,
   describeValue,
   f16ArrayToF32,
   linearShape,
   ropeInvFreq,
+  shownValue,
   type Tensor,
 } from '@caldera/core';
 import type { Pool } from '@caldera/linalg';
@@ -65,15 +67,38 @@ export class KVCache {
    * WebAssembly SIMD, a cache over 4 GiB, or `{ kernel: false }`).
    */
   readonly kernel: AttentionKernel | null;
+  /**
+   * A cache of `capacity` positions (an integer ≥ 1) for a model of `config`; `E_VALUE` for a config that is not an
+   * object or a capacity that is not a positive integer (NaN or a string failed at the first forward, -1 with a
+   * RangeError).
+   */
   constructor(
     readonly config: ModelConfig,
     readonly capacity: number,
     options: KVCacheOptions = {},
   ) {
+    assertObject(config, 'KVCache', 'config', 'a ModelConfig');
+    if (!Number.isSafeInteger(capacity) || capacity < 1)
+      throw new CalderaError(
+        'E_VALUE',
+        `KVCache: capacity must be a positive integer, got ${shownValue(capacity)}`,
+      );
+    options ??= {}; // from JavaScript: null options are none
     this.kernel = options.kernel === false ? null : AttentionKernel.create(attentionShape(config), capacity);
     const w = config.numKvHeads * config.headDim;
-    this.k = this.kernel?.k ?? Array.from({ length: config.numLayers }, () => new Float32Array(capacity * w));
-    this.v = this.kernel?.v ?? Array.from({ length: config.numLayers }, () => new Float32Array(capacity * w));
+    try {
+      this.k =
+        this.kernel?.k ?? Array.from({ length: config.numLayers }, () => new Float32Array(capacity * w));
+      this.v =
+        this.kernel?.v ?? Array.from({ length: config.numLayers }, () => new Float32Array(capacity * w));
+    } catch (e) {
+      if (!(e instanceof RangeError)) throw e;
+      throw new CalderaError(
+        'E_VALUE',
+        `KVCache: ${capacity} positions (${2 * config.numLayers} arrays of ${capacity * w} values) cannot be allocated here`,
+        { cause: e },
+      );
+    }
   }
 }
 
