@@ -412,6 +412,31 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
     expect(progress.at(-1)!.bytes).toBe((files['model.safetensors'] as Uint8Array).byteLength);
   });
 
+  it("a compressed layer's missing or mistyped tensor is named with the checkpoint's URL or directory, as runtime-node words it", async () => {
+    const { config, tensors, layers } = tinyModel();
+    const scale = Object.keys(tensors).find((n) => n.endsWith('.caldera.Q_scale'))!;
+    const { [scale]: dropped, ...rest } = tensors;
+    expect(dropped).toBeDefined();
+    const files: Record<string, Uint8Array | string> = {
+      'config.json': JSON.stringify(config),
+      'caldera.json': JSON.stringify(calderaCheckpointMeta(layers)),
+      'model.safetensors': await serializeSafetensors(rest),
+    };
+    const fetchFiles = (async (url: string) => {
+      const body = files[String(url).replace('http://models.test/m/', '')];
+      return body === undefined ? new Response('not found', { status: 404 }) : new Response(body as BodyInit);
+    }) as typeof fetch;
+    // it said only "checkpoint has no tensor '…'": which of the URLs a page loads failed was not told
+    await expect(loadModelFromUrl(d, 'http://models.test/m', { fetch: fetchFiles })).rejects.toMatchObject({
+      code: 'E_MISSING',
+      message: new RegExp(`^E_MISSING: http://models\\.test/m: .*'${scale.replace(/\./g, '\\.')}'`),
+    });
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-label-'));
+    for (const [f, body] of Object.entries(files)) await writeFile(join(dir, f), body);
+    await expect(loadModel(d, dir)).rejects.toThrow(new RegExp(`^E_MISSING: ${dir}: `));
+    await rm(dir, { recursive: true });
+  });
+
   it("a compressed layer's mistyped or non-finite part is E_FORMAT / E_VALUE naming it, as in runtime-node", async () => {
     const { config, tensors, layers } = tinyModel();
     const p = 'model.layers.0.mlp.up_proj.caldera.';

@@ -303,7 +303,14 @@ export async function planMemory(
  */
 export async function loadModelFromStore(
   dev: CalderaDevice,
-  source: { config: unknown; calderaMeta: unknown; calderaMetaFile?: string; store: TensorStore },
+  source: {
+    config: unknown;
+    calderaMeta: unknown;
+    calderaMetaFile?: string;
+    store: TensorStore;
+    /** What names the checkpoint in the errors of its tensors (its directory or URL; default none). */
+    label?: string;
+  },
   options: LoadOptions = {},
 ): Promise<LoadedWebGpuModel> {
   checkDeviceArgument(dev, 'loadModelFromStore');
@@ -491,8 +498,28 @@ export async function loadModelFromStore(
     return { model, config, calderaMeta, linearBitsPerWeight: weightsNum ? bitsNum / weightsNum : 0 };
   } catch (e) {
     for (const c of created) c.dispose();
-    throw e;
+    throw labelled(e, source.label);
   }
+}
+
+/**
+ * A checkpoint's error about its tensors (`E_MISSING`, `E_SHAPE`, `E_FORMAT`, `E_DTYPE`) with the checkpoint's `label`
+ * (its directory or URL) in front, as runtime-node words them (they named the tensor alone: which URL failed was not
+ * said); other errors, and those that name it already, as they are.
+ */
+function labelled(e: unknown, label: string | undefined): unknown {
+  if (
+    !label ||
+    !(e instanceof CalderaError) ||
+    !['E_MISSING', 'E_SHAPE', 'E_FORMAT', 'E_DTYPE'].includes(e.code)
+  )
+    return e;
+  const message = e.message.slice(e.code.length + 2);
+  if (message.includes(label)) return e;
+  return new CalderaError(e.code, `${label}: ${message}`, {
+    cause: e,
+    ...(e.details ? { details: { ...e.details } } : {}),
+  });
 }
 
 /**
@@ -514,7 +541,7 @@ export async function loadModel(
   try {
     return await loadModelFromStore(
       dev,
-      { config, calderaMeta, calderaMetaFile: `${dir}/caldera.json`, store },
+      { config, calderaMeta, calderaMetaFile: `${dir}/caldera.json`, store, label: dir },
       options,
     );
   } finally {
@@ -571,6 +598,7 @@ export async function loadModelFromUrl(
         calderaMeta: opened.calderaMeta,
         calderaMetaFile: opened.calderaMetaFile,
         store: opened.store,
+        label: base,
       },
       options,
     );
