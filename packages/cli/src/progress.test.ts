@@ -53,6 +53,8 @@ describe('progress when stderr is not a terminal', () => {
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/^compress: \d+\/\d+(, ETA \d+ s)? compress block 1\/2 /m);
     expect(r.stderr).toMatch(/^compress: \d+\/\d+(, ETA \d+ s)? compress block 2\/2 /m);
+    // the end of the last layer too (the last line said 13/14)
+    expect(r.stderr).toMatch(/^compress: 14\/14(, ETA \d+ s)? compressed$/m);
     expect(r.stderr).not.toMatch(/\r/);
   }, 60_000);
 });

@@ -728,9 +728,10 @@ export async function compressCommand(a: Args): Promise<number> {
         signal: stop.signal,
         onProgress: (p) => {
           const label = compressProgressLabel(p);
-          // the fill advances within a layer too
-          if (label !== null)
-            bar.update(p.layersDone + (p.layerFraction ?? 0), p.layersTotal, p.etaSeconds, label);
+          const done = p.layersDone + (p.layerFraction ?? 0);
+          // the fill advances within a layer too; the last layer's end is shown (a log's last line said 27/28)
+          if (label !== null || done >= p.layersTotal)
+            bar.update(done, p.layersTotal, p.etaSeconds, label ?? 'compressed');
           ctx.log({ event: 'progress', ...p });
         },
       });
