@@ -43,6 +43,27 @@ describe('runOnQueue: interruption', () => {
     expect(seconds).toBeLessThan(4.5);
   }, 30_000);
 
+  it('says on stderr when Redis goes silent, and waits on (it waited without a word until a signal)', async () => {
+    const silent = await scriptedServer(null);
+    const said: string[] = [];
+    const spy = vi.spyOn(console, 'error').mockImplementation((m: unknown) => void said.push(String(m)));
+    const stop = new AbortController();
+    setTimeout(() => stop.abort(), 800);
+    try {
+      const e = await runOnQueue(silent.url, args('silent'), tasks(1), {
+        signal: stop.signal,
+        silentMs: 200,
+      }).catch((x: unknown) => x);
+      expect(isCalderaError(e) && e.code, String(e)).toBe('E_ABORTED');
+    } finally {
+      spy.mockRestore();
+      await silent.close();
+    }
+    expect(
+      said.filter((m) => /Redis at redis:\/\/127\.0\.0\.1:\d+ has not answered for 0\.2 s/.test(m)),
+    ).toHaveLength(1);
+  }, 30_000);
+
   describe.skipIf(!hasRedis)('on a real redis-server (skipped without redis-server)', () => {
     let redis: ChildProcess | undefined;
     let url = '';

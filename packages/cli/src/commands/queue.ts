@@ -107,6 +107,9 @@ async function workersOnDb(queue: Queue, url: string): Promise<number> {
   return (await queue.getWorkers()).filter((w) => Number(w.db ?? 0) === db).length;
 }
 
+/** How long the coordinator waits for a Redis command before it says Redis is silent. */
+const SILENT_REDIS_MS = 30_000;
+
 /** How often a job that vanished from the queue (a Redis restart without its data, a flush) is put back. */
 const REQUEUES = 3;
 
@@ -144,6 +147,8 @@ export async function runOnQueue(
      * removed from the queue with this run's (they stayed in Redis for ever).
      */
     finished?: readonly QueueTask[];
+    /** How long a Redis command may go unanswered before the run says so on stderr (default 30 s). */
+    silentMs?: number;
   },
 ): Promise<void> {
   if (tasks.length === 0 && !opts.finished?.length) return;
@@ -171,12 +176,28 @@ export async function runOnQueue(
     stopped = true;
     return new CalderaError('E_ABORTED', 'interrupted');
   };
+  // Redis silent for a while (down, unreachable): said once on stderr, and again once it has answered and gone silent
+  // again, so that a run does not wait without a word (it waits on, for Redis to come back, or for Ctrl-C)
+  let silentSaid = false;
+  const silentMs = opts.silentMs ?? SILENT_REDIS_MS;
   const ask = async <T>(p: Promise<T>): Promise<T> => {
     unanswered++;
+    const warn = setTimeout(() => {
+      if (silentSaid) return;
+      silentSaid = true;
+      console.error(
+        `caldera compress: Redis at ${shownRedisUrl(url)} has not answered for ${silentMs / 1000} s` +
+          `${lastError ? ` (${lastError})` : ''}; waiting for it (Ctrl-C stops the run, keeping the finished jobs)`,
+      );
+    }, silentMs);
     const v = await untilAborted(
-      p.finally(() => unanswered--),
+      p.finally(() => {
+        unanswered--;
+        clearTimeout(warn);
+        silentSaid = false;
+      }),
       opts.signal,
-    );
+    ).finally(() => clearTimeout(warn));
     if (opts.signal?.aborted) throw interrupted();
     return v as T;
   };
