@@ -115,28 +115,44 @@ describe('lockOutput', () => {
     ).toEqual(['stale.partial', 'stale.tmp-Not_Ours', 'stale.tmpfile', 'stalex.tmp-5e6f7a8b'].sort());
   });
 
-  it('puts back an earlier output renamed aside (<out>.old-<random>) when the kill left no <out>; removes it otherwise', async () => {
+  it('puts back an earlier output replaceDir renamed aside (marked .caldera-aside) when the kill left no <out>; removes it otherwise; a folder merely named like one is never touched', async () => {
     // killed between replaceDir's two renames: the earlier checkpoint, its only copy, stayed as out.old-* for ever
     const out = join(tmp, 'swapped');
-    mkdirSync(`${out}.old-b9d7f7c8`);
-    writeFileSync(join(`${out}.old-b9d7f7c8`, 'caldera.json'), 'earlier');
+    const aside = (suffix: string, marked: boolean) => {
+      mkdirSync(`${out}.old-${suffix}`);
+      writeFileSync(join(`${out}.old-${suffix}`, 'caldera.json'), suffix);
+      if (marked) writeFileSync(`${out}.old-${suffix}.caldera-aside`, '');
+    };
+    aside('b9d7f7c8', true);
+    aside('1', false); // a backup of one's own, named like an aside
     await (
       await lockOutput(out, 'caldera compress')
     )();
-    expect(readFileSync(join(out, 'caldera.json'), 'utf8')).toBe('earlier');
-    expect(existsSync(`${out}.old-b9d7f7c8`)).toBe(false);
-    // killed while removing the earlier one, once the new one was in place: removed; a name not ours stays
-    mkdirSync(`${out}.old-05527ff2`);
-    writeFileSync(`${out}.old-Not_Ours`, 'keep');
-    await (
-      await lockOutput(out, 'caldera compress')
-    )();
-    expect(
+    expect(readFileSync(join(out, 'caldera.json'), 'utf8')).toBe('b9d7f7c8');
+    const left = () =>
       readdirSync(tmp)
         .filter((f) => f.startsWith('swapped.'))
-        .sort(),
-    ).toEqual(['swapped.old-Not_Ours']);
-    expect(readFileSync(join(out, 'caldera.json'), 'utf8')).toBe('earlier');
+        .sort();
+    expect(left()).toEqual(['swapped.old-1']);
+    // killed while removing the earlier one, once the new one was in place: removed with its marker; an orphan marker
+    // removed; the unmarked folder stays
+    aside('05527ff2', true);
+    writeFileSync(`${out}.old-deadbeef.caldera-aside`, '');
+    await (
+      await lockOutput(out, 'caldera compress')
+    )();
+    expect(left()).toEqual(['swapped.old-1']);
+    expect(readFileSync(join(`${out}.old-1`, 'caldera.json'), 'utf8')).toBe('1');
+    // <out> missing and two marked asides: which was the last cannot be told, so both stay
+    const two = join(tmp, 'twice');
+    for (const x of ['aaaaaaaa', 'bbbbbbbb']) {
+      mkdirSync(`${two}.old-${x}`);
+      writeFileSync(`${two}.old-${x}.caldera-aside`, '');
+    }
+    await (
+      await lockOutput(two, 'caldera compress')
+    )();
+    expect(readdirSync(tmp).filter((f) => f.startsWith('twice.old-')).length).toBe(4);
   });
 
   it('a lock path that is a folder or a dangling link is E_IO naming it, at once', async () => {

@@ -98,11 +98,18 @@ export async function atomicWriteFile(
   }
 }
 
+/** The suffix of the file that marks `<dir>.old-<random>` as {@link replaceDir}'s own. */
+export const ASIDE_MARKER_SUFFIX = '.caldera-aside';
+
 /**
  * Put the complete directory `tmp` in the place of `dir` (Node only; both on one file system): an existing `dir` is
  * renamed aside to `<dir>.old-<random>` first, put back if `tmp` cannot take its place, and removed only once it has,
  * so `dir` is at every moment the old directory or the new one. `dir` may end in a path separator (`'out/'`; the old
  * directory is still renamed aside beside it, not into itself). Errors are rethrown as they are.
+ *
+ * While the old directory is aside, an empty file `<dir>.old-<random>.caldera-aside` beside it says it is ours: a
+ * process killed in between leaves both, and a later writer of `dir` (the CLI, holding `<dir>.lock`) puts the old
+ * directory back or removes it; a folder merely named like one (a backup `m.old-1`) has no such file and is left alone.
  */
 export async function replaceDir(tmp: string, dir: string): Promise<void> {
   const fs = await nodeFs();
@@ -112,14 +119,24 @@ export async function replaceDir(tmp: string, dir: string): Promise<void> {
     () => false,
   );
   const old = exists ? `${target}.old-${tempSuffix()}` : undefined;
-  if (old) await fs.rename(target, old);
+  const marker = old ? `${old}${ASIDE_MARKER_SUFFIX}` : undefined;
+  if (old) {
+    await fs.writeFile(marker!, '');
+    await fs.rename(target, old);
+  }
   try {
     await fs.rename(tmp, target);
   } catch (e) {
-    if (old) await fs.rename(old, target).catch(() => undefined);
+    if (old) {
+      await fs.rename(old, target).catch(() => undefined);
+      await fs.rm(marker!, { force: true }).catch(() => undefined);
+    }
     throw e;
   }
-  if (old) await fs.rm(old, { recursive: true, force: true });
+  if (old) {
+    await fs.rm(old, { recursive: true, force: true });
+    await fs.rm(marker!, { force: true });
+  }
 }
 
 /** Wrap a Node error as `E_IO` (or `E_ABORTED`); CalderaErrors pass through. */
