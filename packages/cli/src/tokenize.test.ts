@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -107,12 +107,13 @@ describe('readDocuments and utf8Text: the text files every command reads', () =>
     );
   });
 
-  it('refuses a FIFO (it waited for a writer for ever) and a directory, naming what they are', async () => {
+  it('reads a pipe to its end (--text /dev/stdin, <(zcat …)); a directory is E_IO naming what it is', async () => {
     const fifo = join(dir, 'fifo');
     execFileSync('mkfifo', [fifo]);
-    await expect(readDocuments(fifo)).rejects.toThrow(
-      `E_IO: ${fifo} is a FIFO (named pipe), not a text file`,
-    );
+    const writer = spawn('sh', ['-c', `printf 'one\\n\\ntwo\\n' > ${fifo}`]);
+    const closed = new Promise((r) => writer.on('close', r));
+    expect(await readDocuments(fifo)).toEqual(['one', 'two\n']);
+    await closed;
     await expect(readDocuments(dir)).rejects.toThrow(`E_IO: ${dir} is a directory, not a text file`);
   });
 

@@ -90,14 +90,16 @@ const WORK_ENTRIES: Record<
 };
 
 /**
- * Check, before any work starts, that the work directories beside `out` (`<out>.partial`, `<out>.work`) hold only what
- * `command` itself keeps there (an interrupted run's state, which it resumes, and its atomic writes' `.tmp-` files):
+ * Check, before any work starts, that the work directories `command` keeps beside `out` (`<out>.partial`, and for
+ * compress `<out>.work`) hold only what it keeps there (an interrupted run's state, which it resumes, its atomic
+ * writes' `.tmp-` files, and hidden files such as NFS's `.nfsXXXX`):
  * the run writes into them and removes them when it is done, so anything else there — a folder of one's own, or the
  * resumable state of another command (`caldera finetune`'s, then `caldera compress --out` the same path) — would be
  * lost. E_VALUE naming the directory and the first few foreign entries; a file in a work directory's place too.
  */
 export async function checkWorkDirs(out: string, command: keyof typeof WORK_ENTRIES): Promise<void> {
-  for (const suffix of WORK_SUFFIXES) {
+  // only the work directories the command uses (finetune and train never touch <out>.work)
+  for (const suffix of Object.keys(WORK_ENTRIES[command]) as (typeof WORK_SUFFIXES)[number][]) {
     const dir = `${out}${suffix}`;
     let names: string[];
     try {
@@ -112,8 +114,9 @@ export async function checkWorkDirs(out: string, command: keyof typeof WORK_ENTR
         );
       throw toCalderaError(e, `reading ${dir}`);
     }
-    const own = WORK_ENTRIES[command][suffix];
-    const foreign = names.filter((n) => !own?.test(n.replace(/\.tmp-[0-9a-z]+$/, '')));
+    const own = WORK_ENTRIES[command][suffix]!;
+    // hidden files are the file system's or the desktop's (NFS's .nfsXXXX of a file replaced while open, .DS_Store)
+    const foreign = names.filter((n) => !n.startsWith('.') && !own.test(n.replace(/\.tmp-[0-9a-z]+$/, '')));
     if (foreign.length > 0)
       throw new CalderaError(
         'E_VALUE',
@@ -398,14 +401,17 @@ function firstNonUtf8Byte(bytes: Uint8Array): number {
  * Documents of a text file: `.jsonl` (any case), one `{"text": …}` (or `"content"`) object per line; anything else
  * blocks separated by blank lines. Line endings may be LF, CRLF or CR (a CRLF file kept a "\r" at every line's end,
  * and a CR one was one document). Documents without any text (blank, or `"text": ""`) are dropped. A `.json` file is
- * `E_FORMAT` (it would be read as one document of JSON), anything but a regular file `E_IO` (a FIFO waited for a
- * writer for ever).
+ * `E_FORMAT` (it would be read as one document of JSON); a pipe is read to its end, and a directory, socket or
+ * block device is `E_IO` naming what it is.
  */
 export async function readDocuments(path: string): Promise<string[]> {
   let bytes: Uint8Array;
   try {
     const st = await stat(path);
-    if (!st.isFile()) throw notRegularFile(path, specialFileKind(st), 'text file');
+    // a pipe is read to its end (`--text /dev/stdin`, `<(zcat corpus.gz)`); a directory, socket or block device is
+    // no text file
+    if (!st.isFile() && !st.isFIFO() && !st.isCharacterDevice())
+      throw notRegularFile(path, specialFileKind(st), 'text file');
     bytes = await readFile(path);
   } catch (e) {
     if (isCalderaError(e)) throw e;
