@@ -24,9 +24,9 @@ if (args[0] !== undefined && !statSync(args[0], { throwIfNoEntry: false })?.isDi
 const dir = args[0] ?? referenceModelDir();
 const prompt = args[1] ?? 'The jury said';
 
-// a reader that went away (`node index.mjs | head -1`) ends the program quietly, as any Unix filter
+// a reader that went away (`node index.mjs | head -1`) ends the program quietly, as a Unix filter killed by SIGPIPE
 process.stdout.on('error', (e) => {
-  if (e.code === 'EPIPE') process.exit(0);
+  if (e.code === 'EPIPE') process.exit(141);
   throw e;
 });
 
