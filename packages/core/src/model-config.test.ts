@@ -394,6 +394,13 @@ describe("transformers 5's rope_parameters and the architecture named", () => {
     ).toThrow(
       'E_FORMAT: config.json: RoPE settings disagree: rope_scaling type "llama3" and rope_parameters.rope_type "default"',
     );
+    // an array field is its type's (longrope's factors), not settings per layer type
+    expect(() =>
+      parseModelConfig({
+        ...llama,
+        rope_parameters: { rope_type: 'longrope', short_factor: [1, 2], long_factor: [3, 4] },
+      }),
+    ).toThrow("E_UNSUPPORTED: config.json: rope_parameters type 'longrope' is not supported");
     expect(() => parseModelConfig({ ...llama, rope_parameters: 'x' })).toThrow(
       /E_FORMAT: .*rope_parameters "x" is not an object/,
     );
@@ -411,5 +418,10 @@ describe("transformers 5's rope_parameters and the architecture named", () => {
       expect(parseModelConfig({ ...base, model_type: 'qwen2', architectures }).architecture).toBe(
         'Qwen2ForCausalLM',
       );
+    // the first Hugging Face conversions of LLaMA named the class so (they loaded through model_type before)
+    expect(
+      parseModelConfig({ ...base, model_type: 'llama', architectures: ['LLaMAForCausalLM'] }).architecture,
+    ).toBe('LlamaForCausalLM');
+    expect(() => parseModelConfig({ ...base, architectures: ['constructor'] })).toThrow(/E_UNSUPPORTED/);
   });
 });

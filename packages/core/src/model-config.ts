@@ -59,6 +59,11 @@ export interface ModelConfig {
 
 const SUPPORTED = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'] as const;
 
+/** Older names of the supported classes (the first Hugging Face conversions of LLaMA wrote `LLaMAForCausalLM`). */
+const ARCHITECTURE_ALIASES: Readonly<Record<string, (typeof SUPPORTED)[number]>> = {
+  LLaMAForCausalLM: 'LlamaForCausalLM',
+};
+
 /**
  * Parse and validate a Hugging Face `config.json` object. `file` names it in errors: `E_FORMAT` listing every missing
  * or non-numeric field (a field with a default may be absent or null, as Hugging Face reads it, but not a string or
@@ -78,7 +83,8 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
   const named = Array.isArray(c.architectures) && c.architectures.length > 0;
   const arch = named ? String((c.architectures as unknown[])[0]) : String(c.model_type ?? '');
   const archName = named
-    ? (SUPPORTED.find((a) => a === arch) ?? null)
+    ? (SUPPORTED.find((a) => a === arch) ??
+      (Object.hasOwn(ARCHITECTURE_ALIASES, arch) ? ARCHITECTURE_ALIASES[arch]! : null))
     : c.model_type === 'llama'
       ? 'LlamaForCausalLM'
       : c.model_type === 'mistral'
@@ -214,7 +220,10 @@ function ropeFields(
   if (typeof rp !== 'object' || Array.isArray(rp))
     throw new CalderaError('E_FORMAT', `${file}: rope_parameters ${JSON.stringify(rp)} is not an object`);
   const p = rp as Record<string, unknown>;
-  const nested = Object.keys(p).filter((k) => p[k] !== null && typeof p[k] === 'object');
+  // objects of settings per layer type; an array is a field of some RoPE type (longrope's factors), named by its type
+  const nested = Object.keys(p).filter(
+    (k) => p[k] !== null && typeof p[k] === 'object' && !Array.isArray(p[k]),
+  );
   if (nested.length > 0)
     throw new CalderaError(
       'E_UNSUPPORTED',
