@@ -230,7 +230,10 @@ function planeTensor(p: Uint8Array | Uint16Array, rows: number): Tensor {
   return p instanceof Uint8Array ? tensor('u8', [rows, cols], p) : tensor('u16', [rows, cols], p);
 }
 
-/** The checkpoint tensors (named `<prefix>.caldera.*`) and metadata of a decomposition; g is folded into Q and L. */
+/**
+ * The checkpoint tensors (named `<prefix>.caldera.*`) and metadata of a decomposition; g is folded into Q's scale and
+ * into the factors where it stays exact: a coded L's scale, else a coded R's, else split between the two f16 factors.
+ */
 export function toCheckpointTensors(
   prefix: string,
   d: Decomposition,
