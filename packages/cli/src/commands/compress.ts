@@ -1186,17 +1186,18 @@ async function baselineOf(ctx: Ctx, s: RunSettings, cfg: ModelConfig): Promise<H
   }
 }
 
-/**
- * Write the checkpoint and the report: the same code for every mode, so the bytes agree. `scored`: the held-out
- * tokens with the source's perplexity on them when the run has scored it already (else the source is scored here,
- * one block at a time).
- */
 /** True when every value of `t` is within f16's finite range (|v| ≤ 65504): it can be stored in f16 without an infinity. */
 function fitsF16(t: Tensor): boolean {
   const d = t.data as ArrayLike<number>;
   for (let i = 0; i < d.length; i++) if (Math.abs(d[i]!) > 65504) return false;
   return true;
 }
+
+/**
+ * Write the checkpoint and the report: the same code for every mode, so the bytes agree. `scored`: the held-out
+ * tokens with the source's perplexity on them when the run has scored it already (else the source is scored here,
+ * one block at a time).
+ */
 
 async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?: HeldOut): Promise<void> {
   const { modelDir, out, seed, json } = ctx;
