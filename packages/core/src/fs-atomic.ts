@@ -99,7 +99,7 @@ export async function atomicWriteFile(
 }
 
 /** The suffix of the file that marks `<dir>.old-<random>` as {@link replaceDir}'s own. */
-export const ASIDE_MARKER_SUFFIX = '.caldera-aside';
+const ASIDE_MARKER_SUFFIX = '.caldera-aside';
 
 /**
  * Put the complete directory `tmp` in the place of `dir` (Node only; both on one file system): an existing `dir` is
@@ -108,8 +108,7 @@ export const ASIDE_MARKER_SUFFIX = '.caldera-aside';
  * directory is still renamed aside beside it, not into itself). Errors are rethrown as they are.
  *
  * While the old directory is aside, an empty file `<dir>.old-<random>.caldera-aside` beside it says it is ours: a
- * process killed in between leaves both, and a later writer of `dir` (the CLI, holding `<dir>.lock`) puts the old
- * directory back or removes it; a folder merely named like one (a backup `m.old-1`) has no such file and is left alone.
+ * process killed in between leaves both, which {@link recoverReplaceDir} puts right.
  */
 export async function replaceDir(tmp: string, dir: string): Promise<void> {
   const fs = await nodeFs();
@@ -136,6 +135,56 @@ export async function replaceDir(tmp: string, dir: string): Promise<void> {
   if (old) {
     await fs.rm(old, { recursive: true, force: true });
     await fs.rm(marker!, { force: true });
+  }
+}
+
+/**
+ * Undo what a {@link replaceDir} of `dir` killed midway left beside it (Node only; call it only while no other process
+ * replaces `dir`, e.g. holding a lock on it): the earlier directory renamed aside, `<dir>.old-<random>` marked by its
+ * `.caldera-aside` file, is put back as `dir` when `dir` is missing (killed between the two renames: it is the only
+ * copy), and removed otherwise (killed while removing it); a marker without its folder is removed. Several marked
+ * folders with `dir` missing are all left (which was the last cannot be told, and each may be a copy of its own); a
+ * folder merely named like one (a backup `m.old-1`, no marker) is never touched.
+ */
+export async function recoverReplaceDir(dir: string): Promise<void> {
+  const fs = await nodeFs();
+  const pathMod = await nodePath();
+  const target = await withoutTrailingSeparators(dir);
+  const parent = pathMod.dirname(target);
+  const base = pathMod.basename(target);
+  const entries = await fs.readdir(parent).catch(() => [] as string[]);
+  const markers = entries.filter(
+    (f) =>
+      f.startsWith(`${base}.old-`) &&
+      f.endsWith(ASIDE_MARKER_SUFFIX) &&
+      /^[0-9a-z]+$/.test(f.slice(base.length + '.old-'.length, f.length - ASIDE_MARKER_SUFFIX.length)),
+  );
+  if (markers.length === 0) return;
+  const asides = markers
+    .map((m) => m.slice(0, -ASIDE_MARKER_SUFFIX.length))
+    .filter((a) => entries.includes(a));
+  const remove = (name: string) =>
+    fs.rm(pathMod.join(parent, name), { recursive: true, force: true }).catch(() => undefined);
+  // a marker without its folder: killed before the first rename or after the removal
+  for (const m of markers) if (!asides.includes(m.slice(0, -ASIDE_MARKER_SUFFIX.length))) await remove(m);
+  const missing = await fs.lstat(target).then(
+    () => false,
+    () => true,
+  );
+  if (missing) {
+    if (
+      asides.length === 1 &&
+      (await fs.rename(pathMod.join(parent, asides[0]!), target).then(
+        () => true,
+        () => false,
+      ))
+    )
+      await remove(`${asides[0]!}${ASIDE_MARKER_SUFFIX}`);
+    return;
+  }
+  for (const a of asides) {
+    await remove(a);
+    await remove(`${a}${ASIDE_MARKER_SUFFIX}`);
   }
 }
 

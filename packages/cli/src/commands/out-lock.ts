@@ -2,8 +2,8 @@ import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { link, lstat, mkdir, open, readdir, rename, rm, unlink, writeFile } from 'node:fs/promises';
-import { ASIDE_MARKER_SUFFIX, CalderaError, isTempNameOf } from '@caldera/core';
+import { link, lstat, mkdir, open, readdir, rm, unlink, writeFile } from 'node:fs/promises';
+import { CalderaError, isTempNameOf, recoverReplaceDir } from '@caldera/core';
 
 /** What `<out>.lock` (and a takeover file) holds: the process writing `<out>` (taking a stale lock over). */
 interface LockOwner {
@@ -229,54 +229,15 @@ async function takeOver(
 /**
  * Remove what writers of `out` killed midway left beside it: `<out>.tmp-<random>`, the temporary directory (or file)
  * a checkpoint, export or training run is written into before it is renamed to `out` (several GB for a large model,
- * never reused); and the earlier output core's `replaceDir` renamed aside while the new one took its place,
- * `<out>.old-<random>` — only one marked as such by its `<out>.old-<random>.caldera-aside` file (a folder of one's own
- * named like it, a backup `m.old-1`, is never touched): put back as `out` when `out` is missing (killed between the
- * two renames: it is the only copy of the earlier output), removed otherwise (killed while removing it). Called with
- * `<out>.lock` held: no other process writes `out`, so none of them is in use.
+ * never reused); and what a replacement of `out` killed midway left (core's `recoverReplaceDir`: the earlier output,
+ * renamed aside, put back or removed). Called with `<out>.lock` held: no other process writes `out`, so none of them
+ * is in use.
  */
 async function removeStaleTemps(out: string): Promise<void> {
-  const dir = dirname(out);
-  const base = basename(out);
-  const entries = await readdir(dir).catch(() => [] as string[]);
-  for (const f of entries)
-    if (isTempNameOf(f, base))
-      await rm(join(dir, f), { recursive: true, force: true }).catch(() => undefined);
-  const markers = entries.filter(
-    (f) =>
-      f.startsWith(`${base}.old-`) &&
-      f.endsWith(ASIDE_MARKER_SUFFIX) &&
-      /^[0-9a-z]+$/.test(f.slice(base.length + 5, f.length - ASIDE_MARKER_SUFFIX.length)),
-  );
-  if (markers.length === 0) return;
-  const asides = markers
-    .map((m) => m.slice(0, -ASIDE_MARKER_SUFFIX.length))
-    .filter((a) => entries.includes(a));
-  const remove = (name: string) =>
-    rm(join(dir, name), { recursive: true, force: true }).catch(() => undefined);
-  // a marker without its folder: killed before the first rename or after the removal
-  for (const m of markers) if (!asides.includes(m.slice(0, -ASIDE_MARKER_SUFFIX.length))) await remove(m);
-  const missing = await lstat(out).then(
-    () => false,
-    () => true,
-  );
-  if (missing) {
-    // the earlier output's only copy: put back; with several (or a rename that fails) which was the last cannot be
-    // told, and each may be a copy of its own: all are left, with their markers
-    if (
-      asides.length === 1 &&
-      (await rename(join(dir, asides[0]!), out).then(
-        () => true,
-        () => false,
-      ))
-    )
-      await remove(`${asides[0]!}${ASIDE_MARKER_SUFFIX}`);
-    return;
-  }
-  for (const a of asides) {
-    await remove(a);
-    await remove(`${a}${ASIDE_MARKER_SUFFIX}`);
-  }
+  for (const f of await readdir(dirname(out)).catch(() => [] as string[]))
+    if (isTempNameOf(f, basename(out)))
+      await rm(join(dirname(out), f), { recursive: true, force: true }).catch(() => undefined);
+  await recoverReplaceDir(out);
 }
 
 /**
