@@ -115,8 +115,13 @@ export async function checkWorkDirs(out: string, command: keyof typeof WORK_ENTR
       throw toCalderaError(e, `reading ${dir}`);
     }
     const own = WORK_ENTRIES[command][suffix]!;
+    // an atomic write's temporary file counts as the file it is for (core's isTempNameOf)
+    const stem = (n: string) => {
+      const at = n.lastIndexOf('.tmp-');
+      return at > 0 && isTempNameOf(n, n.slice(0, at)) ? n.slice(0, at) : n;
+    };
     // hidden files are the file system's or the desktop's (NFS's .nfsXXXX of a file replaced while open, .DS_Store)
-    const foreign = names.filter((n) => !n.startsWith('.') && !own.test(n.replace(/\.tmp-[0-9a-z]+$/, '')));
+    const foreign = names.filter((n) => !n.startsWith('.') && !own.test(stem(n)));
     if (foreign.length > 0)
       throw new CalderaError(
         'E_VALUE',

@@ -193,11 +193,10 @@ export async function runOnQueue(
     const v = await untilAborted(
       p.finally(() => {
         unanswered--;
-        clearTimeout(warn);
         silentSaid = false;
       }),
       opts.signal,
-    ).finally(() => clearTimeout(warn));
+    ).finally(() => clearTimeout(warn)); // answered, or the run aborted
     if (opts.signal?.aborted) throw interrupted();
     return v as T;
   };
