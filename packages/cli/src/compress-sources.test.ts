@@ -151,6 +151,12 @@ describe('caldera compress: source models', () => {
     expect(r.status, r.stderr).toBe(0);
     const a = await openSafetensors(join(src, 'model.safetensors'));
     const b = await openSafetensors(join(out, 'model.safetensors'));
+    // low rank only: no Q tensors (an all-zero 2-bit Q plane was stored before), codec 'none'
+    expect(b.header.tensors.filter((t) => /\.caldera\.Q/.test(t.name)).map((t) => t.name)).toEqual([]);
+    const ck = JSON.parse(readFileSync(join(out, 'caldera.json'), 'utf8'));
+    expect(new Set(Object.values(ck.layers).map((l) => (l as { codecs: { Q: string } }).codecs.Q))).toEqual(
+      new Set(['none']),
+    );
     const biases = a.header.tensors.filter((t) => t.name.endsWith('.bias'));
     expect(biases).toHaveLength(6); // q, k, v of 2 layers
     for (const t of biases)

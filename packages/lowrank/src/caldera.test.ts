@@ -5,11 +5,12 @@ import { caldera, type CalderaOptions } from './caldera.js';
 import {
   applyDecomposition,
   fromCheckpointTensors,
+  paperBitsFromMeta,
   reconstruct,
   toCheckpointTensors,
 } from './decomposition.js';
 import { rotateWeight, unrotateWeight, randomSigns, paddedSize, rotateHessian } from './rotate.js';
-import { optScale, rounderFor } from './codec.js';
+import { latticeDecode, optScale, rounderFor } from './codec.js';
 import { ldlq, type CodePlane } from '@caldera/quant';
 
 /** W with heavy-tailed singular values plus a few outlier columns, like real projection weights. */
@@ -119,7 +120,7 @@ describe('caldera', () => {
     const h = correlatedHessian(128, 22);
     for (const tuneIters of [0, 1]) {
       const d = caldera(w, h, { rank: 0, seed: 5, tuneIters });
-      expect(Array.from(d.q.planes[0]!)).toEqual(Array.from(ldlqOfRotated(w, h, 5, tuneIters)));
+      expect(Array.from(d.q!.planes[0]!)).toEqual(Array.from(ldlqOfRotated(w, h, 5, tuneIters)));
     }
     // rank 120 of 128 (X with 120 rows): the Cholesky factorisation needs a jitter, so LDLQ factors and repairs H
     // itself (with caldera's jittered factor instead, about a quarter of these codes differ)
@@ -130,7 +131,7 @@ describe('caldera', () => {
       for (let i = 0; i < 128; i++)
         for (let j = 0; j < 128; j++) hs.data[i * 128 + j]! += xs[r * 128 + i]! * xs[r * 128 + j]!;
     const ds = caldera(w, hs, { rank: 0, seed: 5 });
-    expect(Array.from(ds.q.planes[0]!)).toEqual(Array.from(ldlqOfRotated(w, hs, 5, 0)));
+    expect(Array.from(ds.q!.planes[0]!)).toEqual(Array.from(ldlqOfRotated(w, hs, 5, 0)));
   });
 
   it('with H = I and 16-bit factors, low-rank only equals the truncated-SVD error (Eckart–Young)', () => {
@@ -240,7 +241,7 @@ describe('caldera', () => {
 
   it('is deterministic: same seed, byte-identical decomposition', () => {
     const again = caldera(W, H, { ...fast, rank: 32, seed: 5 });
-    expect(again.q.planes.map((p) => Array.from(p))).toEqual(d.q.planes.map((p) => Array.from(p)));
+    expect(again.q!.planes.map((p) => Array.from(p))).toEqual(d.q!.planes.map((p) => Array.from(p)));
     expect(JSON.stringify(toCheckpointTensors('x', again).meta)).toBe(
       JSON.stringify(toCheckpointTensors('x', d).meta),
     );
@@ -311,6 +312,55 @@ describe('caldera', () => {
         largest = Math.max(largest, Math.abs(a[i]!));
       }
       expect(worst).toBeLessThan((options.rBits === 16 ? 1e-3 : 1e-6) * largest);
+    }
+  });
+
+  it('a low-rank-only layer has no Q: no Q tensors, codec none, its bits count L and R alone, Ŵ = L̂·R̂', () => {
+    for (const options of [
+      { rank: 12, qBits: 0 as const, lBits: 16 as const, rBits: 16 as const },
+      { rank: 12, qBits: 0 as const, lBits: 4 as const, rBits: 4 as const },
+    ]) {
+      const dd = caldera(W, H, { ...fast, ...options, seed: 4 });
+      expect(dd.q).toBeNull();
+      const { tensors, meta } = toCheckpointTensors('blk', dd);
+      expect(meta.codecs.Q).toBe('none');
+      expect(Object.keys(tensors).filter((name) => name.startsWith('blk.caldera.Q'))).toEqual([]);
+      // stored bits: exactly the bytes of the tensors written (before, an all-zero Q plane of 2 bits per weight too)
+      const bytes = Object.values(tensors).reduce((s, t) => s + t.data.byteLength, 0);
+      expect(dd.bitsPerWeight * m * n).toBeCloseTo(8 * bytes, 6);
+      const lr = options.lBits;
+      expect(meta.paperBitsPerWeight).toBeCloseTo((12 * lr * (m + n)) / (m * n), 12);
+      expect(paperBitsFromMeta({ ...meta })).toBeCloseTo(meta.paperBitsPerWeight!, 12);
+      const back = fromCheckpointTensors('blk', (name) => tensors[name], meta);
+      expect(back.q).toBeNull();
+      // independent reference: Ŵ from the stored factors alone, L̂·R̂ in the rotated domain, rotated back by hand
+      const [mp, np] = back.padded;
+      const lt = back.l.kind === 'dense' ? back.l.values : latticeDecode(back.l.codes); // k × mp
+      const rv = back.r.kind === 'dense' ? back.r.values : latticeDecode(back.r.codes); // k × np
+      const prod = new Float32Array(mp * np);
+      for (let t = 0; t < back.rank; t++)
+        for (let i = 0; i < mp; i++)
+          for (let j = 0; j < np; j++) prod[i * np + j]! += lt[t * mp + i]! * rv[t * np + j]!;
+      const want = unrotateWeight(prod, mp, np, m, n, back.su, back.sv);
+      const got = reconstruct(back).data;
+      const a = reconstruct(dd).data;
+      let worst = 0;
+      let largest = 0;
+      for (let i = 0; i < got.length; i++) {
+        worst = Math.max(worst, Math.abs(got[i]! - want[i]!), Math.abs(got[i]! - a[i]!));
+        largest = Math.max(largest, Math.abs(want[i]!));
+      }
+      // f32 sums in other orders, and the scale g folded into the stored factors (f32 or exact): ≤ 1e-5 relative
+      expect(worst).toBeLessThan(1e-5 * largest);
+      // applyDecomposition skips Q: y = x·Ŵᵀ against the dense Ŵ (f32 dot products of n = 256 terms)
+      const x = new Rng(9).fillNormal(new Float32Array(3 * n));
+      const y = applyDecomposition(back, x, 3);
+      for (let r = 0; r < 3; r++)
+        for (let i = 0; i < m; i++) {
+          let s = 0;
+          for (let j = 0; j < n; j++) s += x[r * n + j]! * got[i * n + j]!;
+          expect(Math.abs(y[r * m + i]! - s)).toBeLessThan(1e-4 * (1 + Math.abs(s)));
+        }
     }
   });
 

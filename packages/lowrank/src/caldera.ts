@@ -617,18 +617,17 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     }
   }
   const kept = best!;
-  const zeroQ: LatticeCodes = { bits: 2, planes: [new Uint16Array((mp * np) / 8)], scale: 0 };
-  const q = kept.q ?? zeroQ;
+  const q = kept.q;
   const empty: StoredFactor = { kind: 'dense', values: new Float32Array(0) };
   const l = kept.lr?.l ?? empty;
   const r = kept.lr?.r ?? empty;
   const factorBits = (f: StoredFactor, cols: number) =>
     k === 0 ? 0 : f.kind === 'dense' ? 16 * k * cols : f.codes.bits * k * cols + 32;
-  // a low-rank-only decomposition still holds (and its checkpoint stores) the all-zero Q plane and its scale
-  const qStoreBits = q.bits * mp * np + 32;
+  // a low-rank-only decomposition has no Q (its checkpoint stores no Q tensors)
+  const qStoreBits = q ? q.bits * mp * np + 32 : 0;
   const signBits = o.hadamard ? 16 * (mp + np) : 0;
   const bitsPerWeight = (qStoreBits + factorBits(l, mp) + factorBits(r, np) + signBits) / (m * n);
-  const qb = kept.q ? q.bits : 0;
+  const qb = q ? q.bits : 0;
   const paperBitsPerWeight =
     qb +
     (k *

@@ -8,6 +8,7 @@ import {
   isFloatDType,
   f32ArrayToF16,
   f16ArrayToF32,
+  NO_Q_CODEC,
   tensor,
   type CalderaCheckpointMeta,
   type CalderaLayerMeta,
@@ -38,7 +39,8 @@ export interface Decomposition {
   /** Sign vectors (length np and mp), ±1; null without the Hadamard transform. */
   su: Float32Array | null;
   sv: Float32Array | null;
-  q: LatticeCodes;
+  /** Q̂'s codes; null in a low-rank-only layer (`qBits: 0`, codec `'none'` in a checkpoint), which has rank ≥ 1. */
+  q: LatticeCodes | null;
   /** Lᵀ (k × mp). */
   l: StoredFactor;
   /** R (k × np). */
@@ -79,7 +81,7 @@ export function rotatedEstimate(d: Decomposition): Float32Array {
   assertObject(d, 'rotatedEstimate', 'd', 'a Decomposition');
   const [mp, np] = d.padded;
   const k = d.rank;
-  const out = latticeDecode(d.q);
+  const out = d.q ? latticeDecode(d.q) : new Float32Array(mp * np);
   if (k > 0) {
     const lt = factorValues(d.l); // k × mp
     const r = factorValues(d.r); // k × np
@@ -146,14 +148,16 @@ export function applyDecomposition(d: Decomposition, x: Float32Array, rows: numb
   for (let r = 0; r < rows; r++)
     for (let j = 0; j < n; j++) xr[r * np + j] = d.su ? x[r * n + j]! * d.su[j]! : x[r * n + j]!;
   if (d.hadamard) hadamardRowsInPlace(xr, rows, np, { transpose: false });
-  const q = latticeDecode(d.q);
   const yr = new Float32Array(rows * mp);
-  for (let r = 0; r < rows; r++)
-    for (let i = 0; i < mp; i++) {
-      let s = 0;
-      for (let j = 0; j < np; j++) s += xr[r * np + j]! * q[i * np + j]!;
-      yr[r * mp + i] = s;
-    }
+  if (d.q) {
+    const q = latticeDecode(d.q);
+    for (let r = 0; r < rows; r++)
+      for (let i = 0; i < mp; i++) {
+        let s = 0;
+        for (let j = 0; j < np; j++) s += xr[r * np + j]! * q[i * np + j]!;
+        yr[r * mp + i] = s;
+      }
+  }
   const k = d.rank;
   if (k > 0) {
     const lt = factorValues(d.l);
@@ -200,8 +204,8 @@ export function applyDecomposition(d: Decomposition, x: Float32Array, rows: numb
 /**
  * The paper's bits per weight of a compressed layer from its `caldera.json` entry (see
  * {@link CalderaLayerMeta.paperBitsPerWeight}): what {@link fromCheckpointTensors} reports for a checkpoint that does
- * not record it. It counts Q at its codec's bits; a low-rank-only layer (`qBits: 0`, stored with an all-zero Q) is
- * counted 2 bits higher than its compressor reports, which is why the compressor records the figure.
+ * not record it: Q at its codec's bits (0 for a layer without Q), the quantized factors at theirs, the trainable pair at
+ * 32.
  */
 export function paperBitsFromMeta(
   meta: Pick<CalderaLayerMeta, 'shape' | 'rank' | 'ftRank' | 'codecs'>,
@@ -212,7 +216,7 @@ export function paperBitsFromMeta(
   const k = meta.rank - ft;
   const b = (c: string) => (k > 0 ? codecBits(c) : 0);
   return (
-    codecBits(meta.codecs.Q) +
+    (meta.codecs.Q === NO_Q_CODEC ? 0 : codecBits(meta.codecs.Q)) +
     (k * (b(meta.codecs.L) * m + b(meta.codecs.R) * n) + 32 * ft * (m + n)) / (m * n)
   );
 }
@@ -243,9 +247,11 @@ export function toCheckpointTensors(
   const k = d.rank;
   const p = `${prefix}.caldera.`;
   const t: Record<string, Tensor> = {};
-  t[`${p}Q`] = planeTensor(d.q.planes[0]!, mp);
-  if (d.q.planes[1]) t[`${p}Q_resid`] = planeTensor(d.q.planes[1], mp);
-  t[`${p}Q_scale`] = tensor('f32', [1], [d.q.scale * d.scale]);
+  if (d.q) {
+    t[`${p}Q`] = planeTensor(d.q.planes[0]!, mp);
+    if (d.q.planes[1]) t[`${p}Q_resid`] = planeTensor(d.q.planes[1], mp);
+    t[`${p}Q_scale`] = tensor('f32', [1], [d.q.scale * d.scale]);
+  }
   const put = (name: 'L' | 'R', f: StoredFactor, cols: number, fold: number) => {
     if (k === 0) return;
     if (f.kind === 'dense') {
@@ -287,7 +293,11 @@ export function toCheckpointTensors(
       rank: k + (ft?.rank ?? 0),
       ftRank: ft?.rank ?? 0,
       hadamard: d.hadamard,
-      codecs: { Q: codecName(d.q.bits), L: codecName(bitsOf(d.l)), R: codecName(bitsOf(d.r)) },
+      codecs: {
+        Q: d.q ? codecName(d.q.bits) : NO_Q_CODEC,
+        L: codecName(bitsOf(d.l)),
+        R: codecName(bitsOf(d.r)),
+      },
       bitsPerWeight: d.bitsPerWeight,
       paperBitsPerWeight: d.paperBitsPerWeight,
       // NaN (a decomposition read from a checkpoint that records none) is left out: JSON has no NaN
@@ -377,7 +387,7 @@ export function fromCheckpointTensors(
     if (bits !== 2) out.push(check(need(`${name}_resid`), `${name}_resid`));
     return out;
   };
-  const qBits = codecBits(meta.codecs.Q) as 2 | 3 | 4;
+  const qBits = meta.codecs.Q === NO_Q_CODEC ? null : (codecBits(meta.codecs.Q) as 2 | 3 | 4);
   const factor = (name: 'L' | 'R', cols: number): StoredFactor => {
     const bits = codecBits(meta.codecs[name]);
     if (bits === 16) {
@@ -412,7 +422,7 @@ export function fromCheckpointTensors(
     hadamard: meta.hadamard,
     su,
     sv,
-    q: { bits: qBits, planes: planes('Q', mp, np, qBits), scale: scalar('Q_scale') },
+    q: qBits === null ? null : { bits: qBits, planes: planes('Q', mp, np, qBits), scale: scalar('Q_scale') },
     l: k > 0 ? factor('L', mp) : { kind: 'dense', values: new Float32Array(0) },
     r: k > 0 ? factor('R', np) : { kind: 'dense', values: new Float32Array(0) },
     ft,

@@ -25,9 +25,9 @@ describe('randomDecomposition', () => {
     const a = randomDecomposition(64, 64, 4, new Rng(1));
     const b = randomDecomposition(64, 64, 4, new Rng(1));
     const c = randomDecomposition(64, 64, 4, new Rng(2));
-    expect(a.q.planes[0]).toEqual(b.q.planes[0]);
-    expect(a.q.planes[0]).not.toEqual(c.q.planes[0]);
-    const codes = a.q.planes[0] as Uint16Array;
+    expect(a.q!.planes[0]).toEqual(b.q!.planes[0]);
+    expect(a.q!.planes[0]).not.toEqual(c.q!.planes[0]);
+    const codes = a.q!.planes[0] as Uint16Array;
     // 512 uniform 16-bit codes: both halves of the range occur (probability of failing 2^-511)
     expect(codes.some((x) => x >= 32768) && codes.some((x) => x < 32768)).toBe(true);
   });

@@ -1,6 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { bf16ArrayToF32, f16ArrayToF32, f32ArrayToBf16, f32ArrayToF16, Rng, tensor } from '@caldera/core';
-import { applyDecomposition, caldera, withTrainableFactors, type Decomposition } from '@caldera/lowrank';
+import {
+  applyDecomposition,
+  caldera,
+  toCheckpointTensors,
+  withTrainableFactors,
+  type Decomposition,
+} from '@caldera/lowrank';
 import { CalderaLinear, DenseF16Linear, DenseLinear } from './linear.js';
 import { BatchWorkspace } from './kernels/batch-workspace.js';
 
@@ -117,7 +123,7 @@ describe('linear layers', () => {
       expect(layer.weightBytes).toBeLessThan(24 * 72 * 2);
       // `d` gives the decomposition back, Q's planes included (rebuilt from the kernel's copy when it holds them)
       expect(layer.d).toEqual(d);
-      if (kernel) expect(layer.d.q.planes[0]).not.toBe(d.q.planes[0]); // not kept: the kernel's copy is the one held
+      if (kernel) expect(layer.d.q!.planes[0]).not.toBe(d.q!.planes[0]); // not kept: the kernel's copy is the one held
     }
   });
 
@@ -137,6 +143,26 @@ describe('linear layers', () => {
       expectMatchesApply(layer, d, [1, 6]);
       // storage stays in codes: about qBits + low-rank bits per weight, far below f32
       expect(layer.weightBytes).toBeLessThan(300 * 64);
+    }
+  });
+
+  it('a CALDERA layer without Q (low rank only) equals Decomposition.apply and holds no Q codes', () => {
+    const w = tensor('f32', [40, 72], rng.fillNormal(new Float32Array(40 * 72)));
+    for (const lrBits of [4, 16] as const) {
+      const d = caldera(w, null, { rank: 6, qBits: 0, lBits: lrBits, rBits: lrBits, lplrIters: 1 });
+      expect(d.q).toBeNull();
+      const layer = new CalderaLinear(d);
+      expect(layer.fused).toBe(false); // the fused kernel is 2-bit Q's
+      expectMatchesApply(layer, d, [1, 7, 37]);
+      expect(layer.d).toBe(d);
+      // resident bytes: the same layer with a 4-bit RVQ Q (unfused, as this one) holds that Q's two code planes, 4 bits
+      // per padded weight, on top; without Q, nothing for it
+      const { meta } = toCheckpointTensors('p', d);
+      const [mp, np] = d.padded;
+      const withQ = { ...meta, codecs: { ...meta.codecs, Q: 'e8p12-rvq4' } };
+      expect(CalderaLinear.footprint(withQ, false).own - CalderaLinear.footprint(meta, false).own).toBe(
+        (mp * np) / 2,
+      );
     }
   });
 });

@@ -4,6 +4,7 @@ import {
   f16ArrayToF32,
   tensor,
   type CalderaLayerMeta,
+  NO_Q_CODEC,
   type Tensor,
 } from '@caldera/core';
 import { gemm, gemmInto, hadamardRowsInPlace, type Pool } from '@caldera/linalg';
@@ -465,7 +466,7 @@ export class CalderaLinear implements Linear {
       options.kernel === false ? null : CalderaKernel.create(d, CALDERA_KERNEL_ROWS, pool, arenas);
     // with the kernel, Q's codes live in its memory (group-major, read by the row and the batch paths): the planes of
     // `d` are not kept, so a layer holds its codes once; `d` rebuilds them on demand
-    this.stored = this.kernel ? { ...d, q: { ...d.q, planes: [] } } : d;
+    this.stored = this.kernel && d.q ? { ...d, q: { ...d.q, planes: [] } } : d;
     if (this.kernel || k === 0) {
       this.rProduct = null;
       this.lProduct = null;
@@ -477,7 +478,7 @@ export class CalderaLinear implements Linear {
     this.l = this.lProduct ? tensor('f32', [mp, k], this.lProduct.weights) : null;
     this.r = this.rProduct ? tensor('f32', [k, np], this.rProduct.weights) : null;
     this.qCodesT =
-      !this.kernel && d.q.bits === 2
+      !this.kernel && d.q?.bits === 2
         ? groupMajorCodes(d, new Uint16Array((d.q.planes[0] as Uint16Array).length))
         : null;
     const ft = d.ft && d.ft.rank > 0 ? d.ft : null;
@@ -504,7 +505,7 @@ export class CalderaLinear implements Linear {
     const [mp, np] = layer.padded;
     const kf = layer.ftRank ?? 0;
     const k = layer.rank - kf;
-    const qBits = codecBits(layer.codecs.Q);
+    const qBits = layer.codecs.Q === NO_Q_CODEC ? 0 : codecBits(layer.codecs.Q);
     // a group of 8 entries is `bits` bytes: its u16 code, and a residual plane of u8 (rvq3) or u16 (rvq4)
     const planes = (codec: string, groups: number) => groups * codecBits(codec);
     const factor = (f: 'L' | 'R', dim: number) =>
@@ -529,7 +530,7 @@ export class CalderaLinear implements Linear {
         ],
       };
     }
-    const q = planes(layer.codecs.Q, (mp * np) / 8) + (qBits === 2 ? (mp * np) / 4 : 0);
+    const q = qBits === 0 ? 0 : planes(layer.codecs.Q, (mp * np) / 8) + (qBits === 2 ? (mp * np) / 4 : 0);
     const signs = layer.hadamard ? (np + mp) * 4 : 0;
     const lowRank: LinearFootprint[] =
       k === 0
@@ -554,12 +555,10 @@ export class CalderaLinear implements Linear {
    * (a new object: read it once, e.g. to set up fine-tuning; `forward` does not use it).
    */
   get d(): Decomposition {
-    if (!this.kernel) return this.stored;
+    const q = this.stored.q;
+    if (!this.kernel || !q) return this.stored;
     const [mp, np] = this.stored.padded;
-    return {
-      ...this.stored,
-      q: { ...this.stored.q, planes: [rowMajorCodes(this.kernel.batch.codes, mp, np)] },
-    };
+    return { ...this.stored, q: { ...q, planes: [rowMajorCodes(this.kernel.batch.codes, mp, np)] } };
   }
 
   /** True when forward runs the fused WebAssembly SIMD kernel (2-bit Q, no LoRA part, SIMD available, not opted out). */
@@ -583,14 +582,14 @@ export class CalderaLinear implements Linear {
       for (let j = 0; j < n; j++) xr[r * np + j] = d.su ? x[r * n + j]! * d.su[j]! : x[r * n + j]!;
     if (d.hadamard) hadamardRowsInPlace(xr, rows, np, { transpose: false });
     const yr = new Float32Array(rows * mp);
-    if (d.q.bits === 2 && rows <= MATVEC_MAX_ROWS) {
+    const q = d.q; // null: a low-rank-only layer, y' = L̂·R̂·x' alone
+    if (q?.bits === 2 && rows <= MATVEC_MAX_ROWS) {
       // decode: the table-driven kernel reads the E8P codes directly
       e8pMatvecLut(this.qCodesT!, mp, np, xr, rows, yr);
-      const scale = d.q.scale;
-      for (let i = 0; i < yr.length; i++) yr[i]! *= scale;
-    } else if (d.q.bits === 2) {
+      for (let i = 0; i < yr.length; i++) yr[i]! *= q.scale;
+    } else if (q?.bits === 2) {
       // batches: Q̂ decoded a block of rows at a time (without its scale) into gemm
-      const codes = d.q.planes[0] as Uint16Array;
+      const codes = q.planes[0] as Uint16Array;
       const groups = np / 8;
       const block = new Float32Array(BLOCK_ROWS * np);
       const decode = (i0: number, c: number) => {
@@ -598,13 +597,12 @@ export class CalderaLinear implements Linear {
         return block;
       };
       productByRowBlocks(xr, rows, np, mp, decode, yr, options);
-      const scale = d.q.scale;
-      for (let i = 0; i < yr.length; i++) yr[i]! *= scale;
-    } else {
+      for (let i = 0; i < yr.length; i++) yr[i]! *= q.scale;
+    } else if (q) {
       // 3/4-bit RVQ Q: a block of rows decoded at a time (codes + residual, scale included)
       const groups = np / 8;
       const decode = (i0: number, c: number) =>
-        latticeDecode({ ...d.q, planes: d.q.planes.map((p) => p.subarray(i0 * groups, (i0 + c) * groups)) });
+        latticeDecode({ ...q, planes: q.planes.map((p) => p.subarray(i0 * groups, (i0 + c) * groups)) });
       productByRowBlocks(xr, rows, np, mp, decode, yr, options);
     }
     if (this.l && this.r) {

@@ -114,10 +114,11 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
   // the fused kernel alone, on buffers of its own: Q̂'s codes and L̂'s packed codes; with the default lanes per row
   // and with the other choice (1 or 32), over the same buffers
   const big = randomDecomposition(km, kn, rank, rng);
-  if (big.l.kind !== 'lattice') throw new Error('randomDecomposition gives lattice factors');
+  if (big.l.kind !== 'lattice' || !big.q) throw new Error('randomDecomposition gives Q and lattice factors');
+  const bigQ = big.q;
   const bigL = packCodePlanes(big.l.codes);
-  const upload = () => ({ codes: buf(big.q.planes[0]!, 'Q'), l: buf(bigL.bytes, 'L') });
-  const q = gpuCodecOf(big.q);
+  const upload = () => ({ codes: buf(bigQ.planes[0]!, 'Q'), l: buf(bigL.bytes, 'L') });
+  const q = gpuCodecOf(bigQ);
   const lc = gpuCodecOf(big.l.codes);
   const lScale = big.l.codes.scale;
   const [mp, np] = big.padded;
@@ -141,7 +142,7 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
       segments: [
         {
           rows: mp,
-          qscale: big.q.scale,
+          qscale: bigQ.scale,
           lowRank: { k: rank, scale: lScale, codeByte: 0, code2Byte: bigL.plane2Word * 4 },
         },
       ],

@@ -78,6 +78,21 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
       o: { rank: 3, qBits: 4, lBits: 4, rBits: 3 },
     },
     { name: 'rank 0 (LDLQ only)', m: 40, n: 64, padded: [40, 64], o: { rank: 0 } },
+    // no Q (low rank only, `--method lplr`): no fused launch, the dense product writes y'
+    {
+      name: 'no Q, dense f16 factors, padded m (50 → 56)',
+      m: 50,
+      n: 96,
+      padded: [56, 96],
+      o: { rank: 5, qBits: 0, lBits: 16, rBits: 16 },
+    },
+    {
+      name: 'no Q, L/R 4-bit (decoded to f32 on upload)',
+      m: 40,
+      n: 64,
+      padded: [40, 64],
+      o: { rank: 4, qBits: 0 },
+    },
     { name: 'no Hadamard rotation', m: 32, n: 48, padded: [32, 48], o: { rank: 5, hadamard: false } },
     {
       name: 'no Hadamard rotation, global-memory path (forced; n = 40 is no power of two)',
@@ -158,6 +173,7 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     { name: 'LoRA part of 2 of rank 6 (L_ft, R_ft), 4-bit L/R codes, padded m', m: 50, n: 96, kft: 2, o: {} },
     { name: 'every component trainable (no L/R codes left), RVQ4 Q', m: 32, n: 64, kft: 5, o: { qBits: 4 } },
     { name: 'LoRA part beside dense f16 factors', m: 40, n: 70, kft: 3, o: { lBits: 16, rBits: 16 } },
+    { name: 'LoRA part of 2 of rank 6 without Q, 4-bit L/R codes', m: 40, n: 64, kft: 2, o: { qBits: 0 } },
   ] as const;
   for (const v of fineTuned)
     for (const signs of [false, true])
@@ -235,6 +251,11 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
       { m: 24, o: { rank: 2, qBits: 4, lBits: 4, rBits: 3 }, bias: true },
       { m: 48, o: { rank: 3, qBits: 4, lBits: 4, rBits: 3 } },
     ],
+    // layers without Q (low rank only): dense and lattice factors (decoded), a LoRA pair, a bias
+    [
+      { m: 32, o: { rank: 3, qBits: 0, lBits: 16, rBits: 16 }, bias: true },
+      { m: 40, o: { rank: 4, qBits: 0 }, kft: 1 },
+    ],
   ];
   const paths = [
     { local: undefined, lanes: 1 },
@@ -276,16 +297,23 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
           members.map((layer, j) => ({ layer, out: outs[j]! })),
         );
         // in workgroup memory: one input step (the rotation, and R̂ when a layer has lattice factors), the fused kernel
-        // and one output rotation for all, plus 2 launches for a layer with dense factors; in global memory 2 or 3 per
-        // rotation and layer (1 for a vector that fits) and R̂ apart
+        // (none for layers without Q) and one output rotation for all, plus 2 launches for a layer with dense factors
+        // (lattice ones without Q are decoded to dense); in global memory 2 or 3 per rotation and layer (1 for a vector
+        // that fits) and R̂ apart
         const rotation = (size: number) =>
           size <= 16 ? 1 : 2 + (size > 16 * hadamardFactor(size)!.K ? 1 : 0);
+        const hasQ = layers.some((l) => l.d.q !== null);
         const dense =
           2 *
-          layers.filter((l) => (l.d.rank > 0 && l.d.l.kind === 'dense') || (l.d.ft?.rank ?? 0) > 0).length;
-        const matrices = 1 + (layers.some((l) => l.d.rank > 0 && l.d.l.kind === 'lattice') ? 1 : 0) + dense;
+          layers.filter(
+            (l) => (l.d.rank > 0 && (l.d.l.kind === 'dense' || !l.d.q)) || (l.d.ft?.rank ?? 0) > 0,
+          ).length;
+        const packedR = layers.some((l) => l.d.q && l.d.rank > 0 && l.d.l.kind === 'lattice');
+        const matrices = (hasQ ? 1 : 0) + (packedR ? 1 : 0) + dense;
         expect(launches.length).toBe(
-          local ? layers.reduce((s, l) => s + rotation(n) + rotation(l.d.padded[0]), matrices) : 3 + dense,
+          local
+            ? layers.reduce((s, l) => s + rotation(n) + rotation(l.d.padded[0]), matrices)
+            : (hasQ ? 3 : 2) + dense,
         );
         const run = async (list: ReturnType<typeof bindLayers>) => {
           const enc = d.device.createCommandEncoder();
@@ -833,6 +861,11 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     expect(groupable([a, a])).toBe(true);
     expect(groupable([a, b])).toBe(false);
     expect(groupable([a, c])).toBe(false);
+    // layers without Q group only among themselves (whatever their factors' codecs: they are decoded)
+    const e = caldera(w(), null, { rank: 2, qBits: 0, outerIters: 1, lplrIters: 1 });
+    const f = caldera(w(), null, { rank: 2, qBits: 0, lBits: 16, rBits: 16, lplrIters: 1 });
+    expect(groupable([a, e])).toBe(false);
+    expect(groupable([e, f])).toBe(true);
     const lin = createCalderaLinears(d, [
       { d: a, bias: null, label: 'a' },
       { d: b, bias: null, label: 'b' },

@@ -383,9 +383,12 @@ function layout(parts: readonly (ArrayBufferView | null | undefined)[]): Layout 
   return { offsets, sizes, bytes };
 }
 
-/** Lattice-coded L̂ and R̂ of a layer (rank > 0), or null. */
+/**
+ * Lattice-coded L̂ and R̂ of a layer (rank > 0) as the fused kernel reads them beside Q̂, or null (a layer without Q
+ * has its factors decoded to f32: {@link Kernels.e8pMatvec} decodes L̂ only together with a Q̂).
+ */
 function latticeFactors(d: Decomposition): { l: LatticeCodes; r: LatticeCodes } | null {
-  return d.rank > 0 && d.l.kind === 'lattice' && d.r.kind === 'lattice'
+  return d.q && d.rank > 0 && d.l.kind === 'lattice' && d.r.kind === 'lattice'
     ? { l: d.l.codes, r: d.r.codes }
     : null;
 }
@@ -408,7 +411,7 @@ export function groupable(layers: readonly Decomposition[]): boolean {
       b.shape[1] === a.shape[1] &&
       b.padded[1] === a.padded[1] &&
       b.hadamard === a.hadamard &&
-      b.q.bits === a.q.bits &&
+      (b.q?.bits ?? 0) === (a.q?.bits ?? 0) &&
       (!fb || !fa || (fb.l.bits === fa.l.bits && fb.r.bits === fa.r.bits))
     );
   });
@@ -469,9 +472,11 @@ export interface GroupBindOptions {
  * 2. `z_j = x'_j·R̂_jᵀ` from R̂'s codes; steps 1 and 2 are one {@link Kernels.projectInput} launch for all layers
  *    (for prefill tiles and vectors larger than workgroup memory: a {@link Kernels.rotate} launch, two or three
  *    each for the larger vectors, and a {@link Kernels.e8pMatvec} launch with a segment per layer);
- * 3. `y'_j = Q̂_j·x'_j + L̂_j·z_j`: one {@link Kernels.e8pMatvec} launch decoding Q̂ and L̂ on the fly;
- * 4. dense factors only (f16 `L_dense`/`R_dense`, the LoRA pair `L_ft`/`R_ft` of a fine-tuned checkpoint):
- *    `y'_j += L_d·(R_d·x'_j)`, two f32 {@link Kernels.matvec}s per layer;
+ * 3. `y'_j = Q̂_j·x'_j + L̂_j·z_j`: one {@link Kernels.e8pMatvec} launch decoding Q̂ and L̂ on the fly (none for
+ *    layers without Q, which group only with each other);
+ * 4. dense factors only (f16 `L_dense`/`R_dense`, the LoRA pair `L_ft`/`R_ft` of a fine-tuned checkpoint, and the
+ *    factors of a layer without Q, lattice-coded ones decoded to f32 on upload): `y'_j += L_d·(R_d·x'_j)` (`=` without
+ *    Q), two f32 {@link Kernels.matvec}s per layer;
  * 5. `y_j = g_j·(y'_j·M_mᵀ ⊙ SV_j) (+ bias_j)`, first m outputs: one {@link Kernels.rotate} launch for all
  *    layers, each writing its own output buffer (two or three each for vectors larger than workgroup memory), or
  *    left pending ({@link GpuCalderaGroup.bindPending}) for the next layers' input step to finish: a residual
@@ -492,7 +497,8 @@ export class GpuCalderaGroup {
   readonly members: readonly GpuCalderaLinear[];
   readonly needs: ScratchNeeds;
   private readonly m: Member[];
-  private readonly codes: GPUBuffer;
+  /** Q̂'s codes; null for layers without Q. */
+  private readonly codes: GPUBuffer | null;
   private readonly codes2: GPUBuffer | null;
   private readonly rCodes: GPUBuffer | null;
   private readonly rCodes2: GPUBuffer | null;
@@ -502,7 +508,7 @@ export class GpuCalderaGroup {
   private readonly sv: GPUBuffer | null;
   /** The biases of the layers that have one, back to back. */
   private readonly bias: GPUBuffer | null;
-  private readonly q: { codec: LatticeCodec; resScale: number };
+  private readonly q: { codec: LatticeCodec; resScale: number } | null;
   private readonly r: { codec: LatticeCodec; resScale: number } | null;
   private readonly l: { codec: LatticeCodec; resScale: number } | null;
   private readonly Kn: number;
@@ -542,18 +548,19 @@ export class GpuCalderaGroup {
             'E_SHAPE',
             `${layers[j]!.label}: padded output height ${decs[j]!.padded[0]} is not a multiple of 8`,
           );
-      const qL = layout(decs.map((d) => d.q.planes[0]));
-      const q2L = d0.q.bits === 2 ? null : layout(decs.map((d) => d.q.planes[1]));
+      // layers without Q (low rank only; a group has all or none): no Q buffers, no fused launch
+      const qL = d0.q ? layout(decs.map((d) => d.q?.planes[0])) : null;
+      const q2L = d0.q && d0.q.bits !== 2 ? layout(decs.map((d) => d.q?.planes[1])) : null;
       const rL = anyLat ? layout(lat.map((f) => f?.r.planes[0])) : null;
       const r2L = anyLat && anyLat.r.bits !== 2 ? layout(lat.map((f) => f?.r.planes[1])) : null;
       const lPlanes = lat.map((f) => (f ? packCodePlanes(f.l) : null));
       const lL = anyLat ? layout(lPlanes.map((p) => p?.bytes)) : null;
-      this.codes = up(qL.bytes, 'Q');
+      this.codes = qL ? up(qL.bytes, 'Q') : null;
       this.codes2 = q2L ? up(q2L.bytes, 'Q_resid') : null;
       this.rCodes = rL ? up(rL.bytes, 'R') : null;
       this.rCodes2 = r2L ? up(r2L.bytes, 'R_resid') : null;
       this.lCodes = lL ? up(lL.bytes, 'L') : null;
-      this.q = gpuCodecOf(d0.q);
+      this.q = d0.q ? gpuCodecOf(d0.q) : null;
       this.r = anyLat ? gpuCodecOf(anyLat.r) : null;
       this.l = anyLat ? gpuCodecOf(anyLat.l) : null;
       // SU, SV and biases, f32
@@ -604,7 +611,7 @@ export class GpuCalderaGroup {
         return {
           d,
           label: name,
-          q: qL.offsets[j]!,
+          q: qL?.offsets[j] ?? 0,
           q2: q2L?.offsets[j] ?? 0,
           packed:
             f && lp
@@ -663,7 +670,7 @@ export class GpuCalderaGroup {
    * The launches computing `outs[w] (+)= layer_{j0+w}(x)` for the layers `j0 … j0 + outs.length − 1` (every row of a
    * batch; `x` holds rows of the layers' input width, `outs[w]` rows of layer j0+w's output width). The whole group
    * takes 3 launches when its vectors fit workgroup memory and `tile` is 1 (4 with prefill tiles; 2 more per layer
-   * with dense factors; 2 or 3 per layer and rotation for larger vectors). With `input` the layers read rows computed
+   * with dense factors, 1 fewer for layers without Q; 2 or 3 per layer and rotation for larger vectors). With `input` the layers read rows computed
    * from `x` (RMSNorm or SwiGLU), which their input rotation computes as it loads `x`. With `then` the layers are
    * q, k and v and their output rotation also applies RoPE and stores k and v in the KV cache, and attention follows
    * with `then.attention` (in the same launch when `tile` is 1: those launches then compute one row only; see
@@ -800,7 +807,8 @@ export class GpuCalderaGroup {
     const withFactors = ms.map((mb, w) => ({ mb, w })).filter(({ mb }) => mb.packed);
     // L̂'s codes are bound only when a bound layer has them
     const lowRank = withFactors.length > 0 ? this.l : null;
-    const e81b = this.q.codec === 'rvq3' || lowRank?.codec === 'rvq3' ? ctx.e81b : null;
+    const q = this.q;
+    const e81b = q?.codec === 'rvq3' || lowRank?.codec === 'rvq3' ? ctx.e81b : null;
     const xRow = J * np;
     let zOff = 0;
     const zAt = ms.map((mb) => {
@@ -818,51 +826,53 @@ export class GpuCalderaGroup {
       rowStart.push(rows);
       rows += mb.d.padded[0];
     }
-    list.push(
-      K.e8pMatvec({
-        codes: this.codes,
-        codes2: this.codes2,
-        codec: this.q.codec,
-        e81b,
-        sources: ctx.sources,
-        x: ctx.rotIn,
-        out: ctx.rotOut,
-        np,
-        resScale: this.q.resScale,
-        xRow,
-        segments: ms.map((mb, w) => ({
-          rows: mb.d.padded[0],
-          qscale: mb.d.q.scale,
-          codeByte: mb.q,
-          code2Byte: mb.q2,
-          x: w * np,
-          ...(mb.packed
+    // y' = Q̂·x' (+ L̂·z): layers without Q have only dense factors, whose first product below writes y'
+    if (q && this.codes)
+      list.push(
+        K.e8pMatvec({
+          codes: this.codes,
+          codes2: this.codes2,
+          codec: q.codec,
+          e81b,
+          sources: ctx.sources,
+          x: ctx.rotIn,
+          out: ctx.rotOut,
+          np,
+          resScale: q.resScale,
+          xRow,
+          segments: ms.map((mb, w) => ({
+            rows: mb.d.padded[0],
+            qscale: mb.d.q?.scale ?? 0,
+            codeByte: mb.q,
+            code2Byte: mb.q2,
+            x: w * np,
+            ...(mb.packed
+              ? {
+                  lowRank: {
+                    k: mb.packed.k,
+                    scale: mb.packed.lScale,
+                    codeByte: mb.packed.l,
+                    code2Byte: mb.packed.l2,
+                    z: zAt[w]!,
+                  },
+                }
+              : {}),
+          })),
+          ...(lowRank && this.lCodes
             ? {
                 lowRank: {
-                  k: mb.packed.k,
-                  scale: mb.packed.lScale,
-                  codeByte: mb.packed.l,
-                  code2Byte: mb.packed.l2,
-                  z: zAt[w]!,
+                  codec: lowRank.codec,
+                  codes: this.lCodes,
+                  resScale: lowRank.resScale,
+                  z: ctx.z,
+                  zRow: zParts * zOff,
+                  zParts,
                 },
               }
             : {}),
-        })),
-        ...(lowRank && this.lCodes
-          ? {
-              lowRank: {
-                codec: lowRank.codec,
-                codes: this.lCodes,
-                resScale: lowRank.resScale,
-                z: ctx.z,
-                zRow: zParts * zOff,
-                zParts,
-              },
-            }
-          : {}),
-        tile,
-      }),
-    );
+          tile,
+        }),
+      );
     ms.forEach((mb, w) => {
       if (!mb.dense) return;
       // z is free again: the fused kernel above has consumed it (dispatches of a pass run in order)
@@ -871,7 +881,7 @@ export class GpuCalderaGroup {
       list.push(
         K.matvec(mb.dense.l, ctx.z, ctx.rotOut, {
           ...opts,
-          accumulate: true,
+          accumulate: q !== null,
           outRow: rows,
           outOff: rowStart[w]!,
         }),

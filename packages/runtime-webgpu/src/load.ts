@@ -21,6 +21,7 @@ import {
   openModelUrl,
   openSafetensorsDir,
   parseModelConfig,
+  NO_Q_CODEC,
   parseCalderaMeta,
   tensor,
   readJsonFile,
@@ -239,13 +240,16 @@ export async function planMemory(
       // bytes of `groups` packed groups of 8 in a codec: u16 codes, plus a u16 (rvq4) or u8 (rvq3) second plane
       const plane2 = (codec: string, groups: number) =>
         codec === 'e8p12' ? 0 : codec.endsWith('rvq3') ? groups : 2 * groups;
-      add((mp * np) / 4, `${name}.caldera.Q`);
-      if (meta.codecs.Q !== 'e8p12') add(plane2(meta.codecs.Q, (mp * np) / 8), `${name}.Q_resid`);
-      // as GpuCalderaLinear uploads them: lattice-coded L̂, R̂ packed (L̂'s planes in one buffer), dense factors
-      // and the LoRA pair as f32
+      const hasQ = meta.codecs.Q !== NO_Q_CODEC;
+      if (hasQ) {
+        add((mp * np) / 4, `${name}.caldera.Q`);
+        if (meta.codecs.Q !== 'e8p12') add(plane2(meta.codecs.Q, (mp * np) / 8), `${name}.Q_resid`);
+      }
+      // as GpuCalderaLinear uploads them: lattice-coded L̂, R̂ packed (L̂'s planes in one buffer) beside a Q, dense
+      // factors, lattice factors of a layer without Q and the LoRA pair as f32
       const kf = meta.ftRank ?? 0; // a layer without ftRank has no LoRA pair, as @caldera/lowrank reads it
       const kq = meta.rank - kf;
-      const lattice = kq > 0 && meta.codecs.L !== 'f16' && meta.codecs.R !== 'f16';
+      const lattice = hasQ && kq > 0 && meta.codecs.L !== 'f16' && meta.codecs.R !== 'f16';
       if (lattice) {
         add(4 * Math.ceil((kq * mp) / 16) + plane2(meta.codecs.L, (kq * mp) / 8), `${name}.caldera.L`);
         add((kq * np) / 4, `${name}.caldera.R`);

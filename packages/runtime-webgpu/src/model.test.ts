@@ -13,7 +13,13 @@ import {
   type CalderaLayerMeta,
   type Tensor,
 } from '@caldera/core';
-import { caldera, calderaCheckpointMeta, toCheckpointTensors, withTrainableFactors } from '@caldera/lowrank';
+import {
+  caldera,
+  calderaCheckpointMeta,
+  toCheckpointTensors,
+  withTrainableFactors,
+  type CalderaOptions,
+} from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
 import { generate, perplexity } from './generate.js';
 import { loadModel, loadModelFromBuffer, type MemoryPlan } from './load.js';
@@ -32,7 +38,8 @@ const REF = fileURLToPath(new URL('../../reference-model/model/', import.meta.ur
 const PROMPT = [0, 17, 250, 1033, 5];
 
 /**
- * Compress blocks 0 and 3 of the reference model (all seven linears, rank 8, one iteration each: fast, not good).
+ * Compress blocks 0 and 3 of the reference model (all seven linears, rank 8, one iteration each: fast, not good), and
+ * block 1 low rank only (no Q, as `--method lplr` writes it: rank 16, 4-bit factors in attention, f16 in the MLP).
  * Block 3 is made a fine-tuned checkpoint as `caldera finetune --signs` leaves it: 3 of the 8 components as a
  * perturbed f32 LoRA pair (L_ft, R_ft) and continuous sign vectors.
  */
@@ -42,7 +49,7 @@ async function compressedReference(dir: string): Promise<void> {
   for (const n of store.names()) tensors[n] = await store.readTensor(n);
   await store.close();
   const layers: Record<string, CalderaLayerMeta> = {};
-  for (const b of [0, 3])
+  for (const b of [0, 1, 3])
     for (const p of [
       'self_attn.q_proj',
       'self_attn.k_proj',
@@ -54,7 +61,19 @@ async function compressedReference(dir: string): Promise<void> {
     ]) {
       const name = `model.layers.${b}.${p}`;
       const w = cast(tensors[`${name}.weight`]!, 'f32');
-      let d = caldera(w, null, { rank: 8, outerIters: 1, lplrIters: 1, seed: b });
+      const lowRankOnly: CalderaOptions = {
+        rank: 16,
+        qBits: 0,
+        ...(p.startsWith('mlp') ? { lBits: 16, rBits: 16 } : {}),
+      };
+      let d = caldera(w, null, {
+        rank: 8,
+        outerIters: 1,
+        lplrIters: 1,
+        seed: b,
+        ...(b === 1 ? lowRankOnly : {}),
+      });
+      if (b === 1) expect(d.q).toBeNull();
       if (b === 3) {
         d = withTrainableFactors(d, 3);
         const rng = new Rng(b);
@@ -120,7 +139,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
 
   for (const kind of [
     'dense f16 reference model',
-    'compressed reference model (blocks 0 and 3 CALDERA, block 3 fine-tuned: LoRA + continuous signs)',
+    'compressed reference model (blocks 0 and 3 CALDERA, block 3 fine-tuned: LoRA + continuous signs; block 1 low rank only, no Q)',
   ] as const)
     it(`${kind}: logits of a prompt and 12 greedy tokens equal runtime-node's`, async () => {
       const dir = kind.startsWith('dense') ? REF : cdir();

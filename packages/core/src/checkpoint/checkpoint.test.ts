@@ -115,9 +115,33 @@ describe('metadata codecs', () => {
       expect(() => parseCalderaMeta(bad, 'ck/caldera.json')).toThrow(
         codec === 'f16'
           ? `ck/caldera.json: layers["${P}"].codecs.Q cannot be dense`
-          : `E_FORMAT: ck/caldera.json: layers["${P}"].codecs.${part} is unknown codec '${codec}' (known: e8p12, e8p12-rvq3, e8p12-rvq4${part === 'Q' ? '' : ', f16'})`,
+          : `E_FORMAT: ck/caldera.json: layers["${P}"].codecs.${part} is unknown codec '${codec}' (known: e8p12, e8p12-rvq3, e8p12-rvq4${part === 'Q' ? ', none' : ', f16'})`,
       );
     }
+    // 'none' is Q's alone (a factor cannot be absent: rank 0 has no factors)
+    const noL = meta();
+    noL.layers[P]!.codecs.L = 'none';
+    expect(() => parseCalderaMeta(noL, 'ck/caldera.json')).toThrow(/codecs\.L is unknown codec 'none'/);
+  });
+
+  it("a layer without Q (codec 'none') needs a rank, and has no Q tensors", () => {
+    const lowRankOnly = meta();
+    lowRankOnly.layers[P]!.codecs.Q = 'none';
+    const parsed = parseCalderaMeta(lowRankOnly, 'ck/caldera.json');
+    const parts = expectedCalderaTensors(P, parsed.layers[P]!).map((e) => e.part);
+    expect(parts.sort()).toEqual(['L', 'L_ft', 'L_resid', 'L_scale', 'R_dense', 'R_ft', 'SU', 'SV']);
+    const t = tensors();
+    expect(() => validateCalderaCheckpoint(lowRankOnly, t)).toThrow(/caldera\.Q is not part of layer/);
+    for (const part of ['Q', 'Q_scale']) delete t[`${P}.caldera.${part}`];
+    expect(() => validateCalderaCheckpoint(lowRankOnly, t)).not.toThrow();
+    // rank 0 without Q would be all zeros
+    const empty = meta();
+    empty.layers[P]!.codecs.Q = 'none';
+    empty.layers[P]!.rank = 0;
+    empty.layers[P]!.ftRank = 0;
+    expect(() => parseCalderaMeta(empty, 'ck/caldera.json')).toThrow(
+      `E_FORMAT: ck/caldera.json: layers["${P}"] has no Q (codecs.Q 'none') and rank 0: it would be all zeros`,
+    );
   });
 });
 

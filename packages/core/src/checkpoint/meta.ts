@@ -4,12 +4,19 @@ import { CalderaError } from '../errors.js';
  * Codec names used in `caldera.json` (`codecs.Q/L/R`). The type admits other strings (a later format version may add
  * codecs), but {@link parseCalderaMeta} refuses any this reader cannot decode.
  */
-export type CalderaCodecName = 'e8p12' | 'e8p12-rvq3' | 'e8p12-rvq4' | 'f16' | (string & {});
+export type CalderaCodecName = 'e8p12' | 'e8p12-rvq3' | 'e8p12-rvq4' | 'f16' | 'none' | (string & {});
 
-/** The codecs of Q that format version 1 defines (lattice codes: E8P, plus an RVQ residual stage for 3 and 4 bits). */
-const Q_CODECS: readonly string[] = ['e8p12', 'e8p12-rvq3', 'e8p12-rvq4'];
-/** The codecs of L and R: Q's, or `f16` (a dense factor). */
-const LR_CODECS: readonly string[] = [...Q_CODECS, 'f16'];
+/** The lattice codecs format version 1 defines (E8P, plus an RVQ residual stage for 3 and 4 bits). */
+const LATTICE_CODECS: readonly string[] = ['e8p12', 'e8p12-rvq3', 'e8p12-rvq4'];
+/**
+ * The codec of Q in a low-rank-only layer (`caldera compress --method lplr`): the layer stores no Q tensors and is
+ * L̂·R̂ alone (its rank, with the trainable part, is at least 1).
+ */
+export const NO_Q_CODEC = 'none';
+/** The codecs of Q: lattice codes, or none. */
+const Q_CODECS: readonly string[] = [...LATTICE_CODECS, NO_Q_CODEC];
+/** The codecs of L and R: lattice codes, or `f16` (a dense factor). */
+const LR_CODECS: readonly string[] = [...LATTICE_CODECS, 'f16'];
 
 /** Per-linear-layer entry of `caldera.json` (`layers["<prefix>"]`). */
 export interface CalderaLayerMeta {
@@ -25,7 +32,8 @@ export interface CalderaLayerMeta {
   hadamard: boolean;
   /**
    * Codec of each part. `'f16'` for L or R means the factor is stored dense (`L_dense`/`R_dense`); a codec
-   * containing `rvq` has a residual stage (`L_resid`/`R_resid`).
+   * containing `rvq` has a residual stage (`L_resid`/`R_resid`); `'none'` ({@link NO_Q_CODEC}) for Q means the layer
+   * has no Q (low-rank only, rank ≥ 1).
    */
   codecs: { Q: CalderaCodecName; L: CalderaCodecName; R: CalderaCodecName };
   /** Bits per weight of this layer: every stored bit (codes, scales, sign vectors) over the m·n source weights. */
@@ -112,6 +120,8 @@ export function parseCalderaMeta(json: unknown, file = CALDERA_META_FILE): Calde
               `${at}.codecs.${k} is unknown codec '${c[k] as string}' (known: ${known.join(', ')})`,
             );
         }
+      if (c?.Q === NO_Q_CODEC && isInt(l.rank) && l.rank === 0)
+        problems.push(`${at} has no Q (codecs.Q '${NO_Q_CODEC}') and rank 0: it would be all zeros`);
       if (typeof l.bitsPerWeight !== 'number') problems.push(`${at}.bitsPerWeight is not a number`);
       if (l.paperBitsPerWeight !== undefined && typeof l.paperBitsPerWeight !== 'number')
         problems.push(`${at}.paperBitsPerWeight is not a number`);

@@ -1,7 +1,7 @@
 import type { DType } from '../dtype.js';
 import { CalderaError, describeValue, shownValue } from '../errors.js';
 import { blockLinearNames } from '../model-config.js';
-import type { CalderaCheckpointMeta, CalderaLayerMeta } from './meta.js';
+import { NO_Q_CODEC, type CalderaCheckpointMeta, type CalderaLayerMeta } from './meta.js';
 import { calderaTensorName, parseCalderaTensorName, type CalderaTensorPart } from './names.js';
 
 /** A tensor's dtype (tensor or safetensors spelling, e.g. `'u16'` or `'U16'`) and shape. */
@@ -37,9 +37,11 @@ export function expectedCalderaTensors(prefix: string, layer: CalderaLayerMeta):
   const out: ExpectedTensor[] = [];
   const add = (part: CalderaTensorPart, dtype: DType, shape: number[]) =>
     out.push({ name: calderaTensorName(prefix, part), part, dtype, shape });
-  add('Q', 'u16', [mp, np / 8]);
-  if (hasResidual(layer.codecs.Q)) add('Q_resid', residualDType(layer.codecs.Q), [mp, np / 8]);
-  add('Q_scale', 'f32', [1]);
+  if (layer.codecs.Q !== NO_Q_CODEC) {
+    add('Q', 'u16', [mp, np / 8]);
+    if (hasResidual(layer.codecs.Q)) add('Q_resid', residualDType(layer.codecs.Q), [mp, np / 8]);
+    add('Q_scale', 'f32', [1]);
+  }
   // rank 0 (LDLQ-only layers) has no low-rank factors at all
   for (const [f, dim] of kq > 0
     ? ([

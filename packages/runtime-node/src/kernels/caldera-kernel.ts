@@ -1,3 +1,4 @@
+import { CalderaError } from '@caldera/core';
 import { hadamardBase, hadamardFactor } from '@caldera/linalg';
 import { latticeDecode, type Decomposition } from '@caldera/lowrank';
 import { bumpAllocator, embeddedModule, KERNEL_BASE } from './wasm-module.js';
@@ -43,6 +44,7 @@ export function groupMajorCodes(
   row0 = 0,
   rows: number = d.padded[0],
 ): Uint16Array {
+  if (!d.q) throw new CalderaError('E_VALUE', 'groupMajorCodes: the layer has no Q (low-rank only)');
   const codes = d.q.planes[0] as Uint16Array;
   const groups = d.padded[1] / 8;
   for (let i = 0; i < rows; i++)
@@ -140,7 +142,7 @@ const kernelShape = (d: Decomposition): CalderaKernelShape => ({
   padded: d.padded,
   rank: d.rank,
   hadamard: d.hadamard,
-  qBits: d.q.bits,
+  qBits: d.q?.bits ?? 0,
   ftRank: d.ft?.rank ?? 0,
 });
 
@@ -415,7 +417,7 @@ export class CalderaKernel {
       yr: at.yr,
       z: at.z,
       tmp: at.tmp,
-      qScale: d.q.scale,
+      qScale: d.q!.scale, // covers(): 2-bit Q
       scale: d.scale,
       mq,
     });
@@ -440,7 +442,7 @@ export class CalderaKernel {
       mixIn,
       mixOut,
       codes: codeSlices, // the kernels' own group-major copies (their memories never grow, so the views stay valid)
-      qScale: d.q.scale,
+      qScale: d.q!.scale, // covers(): 2-bit Q
       scale: d.scale,
       lRows: f32(at.lr, mp * k),
       r: f32(at.r, k * np),
@@ -549,7 +551,7 @@ function workerPart(
     p2: P2_AT,
     xr: at.xr,
     yr: at.yr,
-    qScale: d.q.scale,
+    qScale: d.q!.scale, // covers(): 2-bit Q
   });
   return {
     part: {

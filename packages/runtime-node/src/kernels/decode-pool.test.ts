@@ -115,8 +115,8 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
             `${name}, ${p.threads} threads, ${rows} rows`,
           ).toBe(-1);
         }
-        const codes = pooled.d.q.planes[0]!;
-        const original = d.q.planes[0]!;
+        const codes = pooled.d.q!.planes[0]!;
+        const original = d.q!.planes[0]!;
         expect(codes.length).toBe(original.length);
         expect(
           codes.findIndex((c, i) => c !== original[i]),

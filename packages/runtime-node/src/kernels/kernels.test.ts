@@ -74,7 +74,7 @@ describe('kernels', () => {
     for (const [m, n, rank, ks] of cases) {
       const d = randomDecomposition(m, n, rank, rng);
       // 1024 × 512: every code exactly once (an odd multiplier permutes 0…65 535)
-      if (m * n === 8 * 65536) d.q.planes[0] = new Uint16Array(65536).map((_, i) => (i * 40503) & 0xffff);
+      if (m * n === 8 * 65536) d.q!.planes[0] = new Uint16Array(65536).map((_, i) => (i * 40503) & 0xffff);
       expect([hadamardFactor(d.padded[0])!.K, hadamardFactor(d.padded[1])!.K]).toEqual(ks);
       const kernel = CalderaKernel.create(d, 4);
       expect(kernel).not.toBeNull(); // WebAssembly SIMD runs on Node 20
@@ -109,7 +109,7 @@ describe('kernels', () => {
       expect(pool.threads).toBe(2);
       for (const [m, n, rank] of cases) {
         const d = randomDecomposition(m, n, rank, rng);
-        if (m * n === 8 * 65536) d.q.planes[0] = new Uint16Array(65536).map((_, i) => (i * 40503) & 0xffff);
+        if (m * n === 8 * 65536) d.q!.planes[0] = new Uint16Array(65536).map((_, i) => (i * 40503) & 0xffff);
         const kernel = CalderaKernel.create(d, 4)!;
         for (const rows of m === 1024 ? [300] : [1, 21]) {
           const x = rng.fillNormal(new Float32Array(rows * n));

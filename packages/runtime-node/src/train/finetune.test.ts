@@ -403,7 +403,7 @@ describe('LoRA fine-tuning of a compressed reference model', () => {
       modelTeacher(loaded.model),
     );
     expect(setup.layers.length).toBe(28);
-    const qBefore = setup.layers.map((l) => Uint16Array.from(l.decomposition.q.planes[0]!));
+    const qBefore = setup.layers.map((l) => Uint16Array.from(l.decomposition.q!.planes[0]!));
     const v0 = validationLoss(setup.objective, setup.trainable, valid, 64, 1024);
     // the same setup with the frozen base in f16 (mixed precision): the base is rounded to f16 (≈ 5e-4 relative per
     // weight), which moves the loss by far less than 1e-3 relative — but does move it
@@ -440,7 +440,7 @@ describe('LoRA fine-tuning of a compressed reference model', () => {
       JSON.stringify({ before: before.ppl, after: after.ppl, result: { ...result, history: undefined } }),
     );
     expect(after.ppl).toBeLessThan(before.ppl);
-    setup.layers.forEach((l, i) => expect(l.decomposition.q.planes[0]).toEqual(qBefore[i]));
+    setup.layers.forEach((l, i) => expect(l.decomposition.q!.planes[0]).toEqual(qBefore[i]));
   }, 120_000);
 });
 
