@@ -237,6 +237,41 @@ describe('required object arguments', () => {
     ).toMatch(/E_VALUE: compressLayerWithSpec: spec.options must be caldera's options, got undefined/);
   });
 
+  it('compressModel: a misspelt propagate, a bad damping, a non-boolean needsHessian or a non-function onProgress is E_VALUE before any work', async () => {
+    // before: 'Compressed' ran every block twice (as 'original', its captured outputs thrown away), a damping of -1
+    // failed after block 0's capture, 'no' counted as true, and onProgress: 3 was a TypeError at its first call
+    for (const [bad, message] of [
+      [{ propagate: 'Compressed' }, /propagate must be 'compressed' or 'original', got 'Compressed'/],
+      [{ damping: -1 }, /damping must be ≥ 0, got -1/],
+      [{ damping: Number.NaN }, /damping must be ≥ 0, got NaN/],
+      [{ needsHessian: 'no' }, /needsHessian must be a boolean, got 'no'/],
+      [{ onProgress: 3 }, /compressModel: onProgress must be a function/],
+    ] as const) {
+      const runner = new ToyRunner(1);
+      let embedded = 0;
+      const embed = runner.embed.bind(runner);
+      runner.embed = (t) => (embedded++, embed(t));
+      const caught = await thrown(() =>
+        calibrate.compressModel(runner, windows, { compressLayer: keep as never, ...(bad as object) }),
+      );
+      expect(isCalderaError(caught) && caught.code, String(caught)).toBe('E_VALUE');
+      expect(String(caught)).toMatch(message);
+      expect(embedded).toBe(0);
+    }
+  });
+
+  it('the jobs API: an onProgress that is not a function is E_VALUE before any work', async () => {
+    const w = tensor('f32', [8, 16], new Rng(2).fillNormal(new Float32Array(128)));
+    expect(
+      String(
+        await thrown(() => calibrate.compressLayerWithSpec(w, null, 'x', spec, { onProgress: 3 as never })),
+      ),
+    ).toMatch(/E_VALUE: compressLayerWithSpec: onProgress must be a function/);
+    expect(
+      String(await thrown(() => calibrate.hashModelTensors('/nonexistent', { onProgress: {} as never }))),
+    ).toMatch(/E_VALUE: hashModelTensors: onProgress must be a function/);
+  });
+
   it('compressModel: options without a compressLayer function is E_VALUE before any work', async () => {
     const runner = new ToyRunner(1);
     let embedded = 0;

@@ -1,4 +1,12 @@
-import { assertFunction, assertObject, CalderaError, type Tensor } from '@caldera/core';
+import {
+  assertCallbacks,
+  assertFunction,
+  assertObject,
+  CalderaError,
+  shownValue,
+  type Tensor,
+} from '@caldera/core';
+import { checkDamping } from './damping.js';
 import type { Pool } from '@caldera/linalg';
 import { yieldAndCheckAbort } from './abort.js';
 import { captureBlock, finalizeInContext } from './capture.js';
@@ -131,8 +139,21 @@ export async function compressModel(
   assertObject(windows, 'compressModel', 'windows', 'an array of token windows');
   assertObject(options, 'compressModel', 'options', 'an object');
   assertFunction(options.compressLayer, 'compressModel', 'options.compressLayer');
+  assertCallbacks(options, 'compressModel', ['onProgress']);
+  // before any work: a misspelt propagate ran every block twice, a bad damping failed after block 0's capture
   const propagate = options.propagate ?? 'compressed';
+  if (propagate !== 'compressed' && propagate !== 'original')
+    throw new CalderaError(
+      'E_VALUE',
+      `compressModel: propagate must be 'compressed' or 'original', got ${shownValue(propagate)}`,
+    );
   const needsHessian = options.needsHessian ?? true;
+  if (typeof needsHessian !== 'boolean')
+    throw new CalderaError(
+      'E_VALUE',
+      `compressModel: needsHessian must be a boolean, got ${shownValue(needsHessian)}`,
+    );
+  const damping = checkDamping(options.damping);
   if (windows.length === 0 && needsHessian)
     throw new CalderaError('E_VALUE', 'compressModel: no calibration windows');
   const t0 = performance.now();
@@ -189,8 +210,7 @@ export async function compressModel(
         if (propagate === 'original') next = captured.outputs;
       }
       const hessians = new Map<string, Tensor<'f64'>>();
-      for (const [key, acc] of accs)
-        hessians.set(key, finalizeInContext(acc, options.damping ?? 0.01, b, key, linears));
+      for (const [key, acc] of accs) hessians.set(key, finalizeInContext(acc, damping, b, key, linears));
       results = [];
       for (const l of linears) {
         await yieldAndCheckAbort(options.signal, 'compression');

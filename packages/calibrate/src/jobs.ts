@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
 import {
+  assertCallbacks,
   assertFunction,
   assertNotAbortSignal,
   assertObject,
@@ -163,6 +164,7 @@ function optionsOf<T extends object>(options: T | undefined, fn: string): T {
   if (options === undefined) return {} as T;
   assertNotAbortSignal(options, fn);
   assertObject(options, fn, 'options', 'an object');
+  assertCallbacks(options, fn, ['onProgress']); // before any work, not where it is first called
   return options;
 }
 

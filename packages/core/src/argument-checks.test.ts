@@ -5,6 +5,8 @@ import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { writeCheckpointDir } from './checkpoint/dir.js';
 import { checkPerplexityArgs } from './perplexity.js';
+import { assertCallbacks } from './errors.js';
+import { definedOptions } from './options.js';
 import { serializeSafetensors, writeSafetensors } from './safetensors/writer.js';
 import { GenerationRules, sampleToken } from './sampling.js';
 import { Rng } from './rng.js';
@@ -79,5 +81,46 @@ describe('typed arrays of another realm (a VM context, a frame) pass the checks 
     );
     const out = runInNewContext('new Float32Array(3)') as Float32Array;
     expect(Array.from(f16ArrayToF32(f32ArrayToF16(foreign), out))).toEqual([1, 2, 3]);
+  });
+});
+
+describe('callbacks and undefined options', () => {
+  it('assertCallbacks: undefined or a function passes; anything else is E_VALUE naming the function and option', () => {
+    expect(() =>
+      assertCallbacks({ onProgress: undefined, onPlan: () => {} }, 'f', ['onProgress', 'onPlan']),
+    ).not.toThrow();
+    expect(() => assertCallbacks(null, 'f', ['onProgress'])).not.toThrow();
+    for (const bad of [3, 'x', null, {}])
+      expect(() => assertCallbacks({ onPlan: bad }, 'loadModel', ['onProgress', 'onPlan'])).toThrow(
+        /^E_VALUE: loadModel: onPlan must be a function, got /,
+      );
+  });
+
+  it('definedOptions drops undefined entries only (null, 0, false and empty strings stay)', () => {
+    const o = { a: undefined, b: null, c: 0, d: false, e: '' };
+    expect(definedOptions(o)).toEqual({ b: null, c: 0, d: false, e: '' });
+    expect(Object.keys(definedOptions(o))).not.toContain('a');
+    expect(definedOptions(null)).toEqual({});
+    expect({ lr: 3, ...definedOptions({ lr: undefined }) }).toEqual({ lr: 3 });
+  });
+
+  it("writeSafetensors: an onProgress that is not a function is E_VALUE before any file; one that throws rethrows its own error (was E_IO 'writing … failed'), nothing left behind", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-callback-'));
+    const tensors = { a: tensor('f32', [2], [1, 2]), b: tensor('f32', [1], [3]) };
+    await expect(
+      writeSafetensors(join(dir, 'x.safetensors'), tensors, { onProgress: 3 as never }),
+    ).rejects.toThrow(/^E_VALUE: writeSafetensors: onProgress must be a function, got a number$/);
+    await expect(serializeSafetensors(tensors, { onProgress: 'no' as never })).rejects.toThrow(
+      /^E_VALUE: serializeSafetensors: onProgress must be a function/,
+    );
+    const mine = new RangeError('stop here');
+    await expect(
+      writeSafetensors(join(dir, 'y.safetensors'), tensors, {
+        onProgress: () => {
+          throw mine;
+        },
+      }),
+    ).rejects.toBe(mine);
+    expect(await readdir(dir)).toEqual([]);
   });
 });

@@ -144,6 +144,19 @@ export function assertFunction(
 }
 
 /**
+ * Throw `E_VALUE` unless each option of `names` in `options` is undefined or a function: the check of optional
+ * callbacks (`onProgress`, …) before any work, e.g. `E_VALUE: loadModel: onProgress must be a function, got 3` (a
+ * TypeError where the callback is first called, often after work, before). Null `options` have none.
+ */
+export function assertCallbacks(options: unknown, fn: string, names: readonly string[]): void {
+  if (options === null || typeof options !== 'object') return;
+  for (const name of names) {
+    const x = (options as Record<string, unknown>)[name];
+    if (x !== undefined) assertFunction(x, fn, name);
+  }
+}
+
+/**
  * Throw `E_VALUE` unless `x` is a string other than `''`: the check of a required name, path or URL argument, e.g.
  * `E_VALUE: loadModel: the model directory must be a non-empty string, got undefined` (or `…, got an empty string`).
  * @param x        the argument

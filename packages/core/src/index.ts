@@ -1,4 +1,5 @@
 export * from './errors.js';
+export * from './options.js';
 export * from './dtype.js';
 export * from './half.js';
 export * from './tensor.js';

@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { isCalderaError, tensor } from '@caldera/core';
 import { eigh } from './eigh.js';
+import { gemm } from './gemm.js';
+import { syrk } from './syrk.js';
 import { diffFro, EPS, fro, mul, orthErr, randSym, symWithEigs } from './factor-test-util.js';
 
 /** ‖A − VΛVᵀ‖_F and ‖VᵀV − I‖_max. */
@@ -235,5 +237,20 @@ describe('eigh divide and conquer on adversarial spectra', () => {
     const ql = eigh(tensor('f64', [n, n], a), { method: 'ql' });
     for (let i = 0; i < n; i++)
       expect(Math.abs(dc.values[i]! - ql.values[i]!)).toBeLessThan(2 * n * EPS * fro(a));
+  });
+});
+
+describe('callbacks', () => {
+  it('eigh, gemm and syrk: an onProgress that is not a function is E_VALUE before any work', () => {
+    const m = tensor('f64', [3, 3], symWithEigs([3, 2, 1], 1));
+    expect(() => eigh(m, { onProgress: 'x' as never })).toThrow(
+      /^E_VALUE: eigh: onProgress must be a function/,
+    );
+    expect(() => gemm(m, m, { onProgress: 1 as never })).toThrow(
+      /^E_VALUE: gemm: onProgress must be a function/,
+    );
+    expect(() => syrk(m, { onProgress: {} as never })).toThrow(
+      /^E_VALUE: syrk: onProgress must be a function/,
+    );
   });
 });

@@ -3,7 +3,7 @@
  * QL iteration, in f64. Robust for repeated and clustered eigenvalues (the vectors stay orthonormal because
  * they are products of orthogonal transformations).
  */
-import { CalderaError, type Matrix, type Tensor } from '@caldera/core';
+import { assertCallbacks, CalderaError, type Matrix, type Tensor } from '@caldera/core';
 import { denseCopy, scaleToUnit, unscale, wrap } from './dense.js';
 import type { Pool } from './pool/pool.js';
 import {
@@ -89,6 +89,7 @@ export function eigh(a: Matrix, options: EighOptions = {}): Eigh {
   assertSymmetric(w, n, SYMMETRY_TOL[a.dtype]);
   const wantVectors = options.vectors ?? true;
   const { signal, onProgress } = options;
+  assertCallbacks(options, 'eigh', ['onProgress']);
   const method = options.method ?? 'auto';
   if (method !== 'auto' && method !== 'dc' && method !== 'ql') {
     throw new CalderaError('E_VALUE', `eigh: method must be 'auto', 'dc' or 'ql', got ${String(method)}`);

@@ -2,7 +2,7 @@
  * General matrix multiply: `alpha·op(A)·op(B) + beta·C` for f32 and f64 matrices with any strides, on
  * the WebAssembly SIMD kernels (optionally multi-threaded through a {@link Pool}).
  */
-import { CalderaError, throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
+import { assertCallbacks, CalderaError, throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
 import {
   assertFiniteMatrix,
   assertFiniteScalar,
@@ -108,6 +108,7 @@ export function gemmInto(c: Matrix, a: Matrix, b: Matrix, options: GemmIntoOptio
 }
 
 function gemmIntoImpl(c: Matrix, a: Matrix, b: Matrix, o: GemmIntoOptions, beta: number, fn: string): void {
+  assertCallbacks(o, fn, ['onProgress']);
   assertMatrix(a, fn, 'a');
   assertMatrix(b, fn, 'b');
   assertSameDType(fn, ['a', a], ['b', b], ['c', c]);

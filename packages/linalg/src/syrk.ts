@@ -3,7 +3,14 @@
  * `H = XᵀX` of calibration activations). Computes the upper triangle on the WebAssembly kernels (about
  * half the work of a general product) and mirrors it. Can accumulate f32 input in f64.
  */
-import { CalderaError, shownValue, throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
+import {
+  assertCallbacks,
+  CalderaError,
+  shownValue,
+  throwIfAborted,
+  type Matrix,
+  type Tensor,
+} from '@caldera/core';
 import {
   assertFiniteMatrix,
   assertFiniteScalar,
@@ -75,6 +82,7 @@ export function syrkInto(c: Matrix, x: Matrix, options: SyrkOptions & { beta?: n
 }
 
 function syrkImpl(c: Matrix, x: Matrix, o: SyrkOptions, beta: number, fn: string): void {
+  assertCallbacks(o, fn, ['onProgress']);
   assertMatrix(c, fn, 'c');
   assertMatrix(x, fn, 'x');
   assertSquare(c, fn, 'c');

@@ -3,6 +3,7 @@ import {
   assertNotAbortSignal,
   assertObject,
   CalderaError,
+  definedOptions,
   describeValue,
   f16ArrayToF32,
   f32ArrayToF16,
@@ -311,7 +312,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   assertObject(options, 'caldera', 'options');
   const o = {
     ...DEFAULTS,
-    ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)),
+    ...definedOptions(options),
   } as typeof DEFAULTS & CalderaOptions;
   if (w.shape.length !== 2)
     throw new CalderaError('E_SHAPE', `caldera: W must be 2-D, got [${w.shape.join(', ')}]`);

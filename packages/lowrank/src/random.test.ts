@@ -15,6 +15,9 @@ describe('randomDecomposition', () => {
       const ck = toCheckpointTensors('layer', d);
       // the checkpoint validator checks every tensor's name, dtype and shape against the layer's metadata
       validateLayer('layer', ck);
+      // no error is known (it approximates no weight): none recorded, where `error: 0` read as a perfect fit
+      expect(d.error).toBeNaN();
+      expect(ck.meta.error).toBeUndefined();
       let bytes = 0;
       for (const t of Object.values(ck.tensors)) bytes += t.data.byteLength;
       expect(d.bitsPerWeight * m * n).toBe(8 * bytes);

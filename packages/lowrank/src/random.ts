@@ -48,7 +48,7 @@ export function randomDecomposition(m: number, n: number, rank: number, rng: Rng
     r: { kind: 'lattice', codes: r },
     bitsPerWeight: bits / (m * n),
     paperBitsPerWeight: 2 + (rank * 4 * (m + n)) / (m * n),
-    error: 0,
+    error: NaN, // it approximates no weight matrix: unknown, as for a checkpoint that records none
     errors: { LR: [], Q: [] },
     seed: 0,
   };

@@ -110,3 +110,11 @@ describe('required object arguments', () => {
         }
     });
 });
+
+describe('callbacks', () => {
+  it('ldlq: an onProgress that is not a function is E_VALUE before any work (a TypeError at its first call before)', () => {
+    expect(() => quant.ldlq(w, h, { onProgress: 3 as never })).toThrow(
+      /^E_VALUE: ldlq: onProgress must be a function, got a number$/,
+    );
+  });
+});

@@ -1,4 +1,5 @@
 import {
+  assertCallbacks,
   assertNotAbortSignal,
   assertObject,
   CalderaError,
@@ -192,6 +193,7 @@ function isLdlqHessian(h: unknown): h is LdlqHessian {
 export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = {}): LdlqResult {
   options ??= {}; // from JavaScript: null options are none
   assertNotAbortSignal(options, 'ldlq'); // ldlq(W, H, signal): refused, not ignored
+  assertCallbacks(options, 'ldlq', ['onProgress']);
   const rounder = options.quantizer ?? e8pRounder();
   const g = rounder.dim;
   assertMatrix(w, 'ldlq', 'W');

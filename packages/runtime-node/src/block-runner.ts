@@ -1,4 +1,5 @@
 import {
+  assertCallbacks,
   CalderaError,
   checkPerplexityArgs,
   perplexityWindows,
@@ -131,6 +132,7 @@ export class BlockLazyRunner {
     checkPathArgument(dir, 'BlockLazyRunner.open', 'the model directory');
     options ??= {};
     checkDenseDtype(options.dtype, 'BlockLazyRunner.open');
+    assertCallbacks(options, 'BlockLazyRunner.open', ['onBlock']);
     throwIfAborted(options.signal, 'loading');
     if (options.wrapStore !== undefined)
       assertFunction(options.wrapStore, 'BlockLazyRunner.open', 'options.wrapStore');

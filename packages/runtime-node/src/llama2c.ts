@@ -1,4 +1,5 @@
 import {
+  assertCallbacks,
   assertFinite,
   CalderaError,
   describeValue,
@@ -236,6 +237,7 @@ export async function loadLlama2c(
   const { signal, onProgress, onPlan, dtype = 'auto', decodePool, kernelArenas, ...modelOptions } = options;
   const inArenas = kernelArenas !== false;
   checkDenseDtype(dtype, 'loadLlama2c');
+  assertCallbacks(options, 'loadLlama2c', ['onProgress', 'onPlan']);
   throwIfAborted(signal, 'loading');
   const source = await openFileSource(path);
   try {

@@ -365,6 +365,11 @@ describe('loadModel', () => {
     await writeSafetensors(join(dir, 'model.safetensors'), raw);
     const { model } = await loadModel(dir, null as unknown as object);
     expect(model.forward(tokens).every(Number.isFinite)).toBe(true);
+    // a callback that is not a function: E_VALUE before anything is read (a TypeError after block 0 before)
+    for (const key of ['onProgress', 'onPlan'])
+      await expect(loadModel(dir, { [key]: 3 })).rejects.toThrow(
+        `E_VALUE: loadModel: ${key} must be a function, got a number`,
+      );
     // loadModel(dir, signal): the signal would abort nothing
     await expect(loadModel(dir, AbortSignal.abort() as never)).rejects.toThrow(
       'E_VALUE: loadModel: options must be an object such as { signal }, got an AbortSignal',

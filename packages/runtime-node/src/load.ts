@@ -1,4 +1,5 @@
 import {
+  assertCallbacks,
   assertNonEmptyString,
   assertNotAbortSignal,
   assertObject,
@@ -242,6 +243,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   options ??= {}; // from JavaScript: null options are none
   assertNotAbortSignal(options, 'loadModel'); // a positional signal: refused, not ignored
   checkDenseDtype(options.dtype, 'loadModel');
+  assertCallbacks(options, 'loadModel', ['onProgress', 'onPlan']);
   throwIfAborted(options.signal, 'loading');
   const { layout, store } = await openModelLayout(dir, layoutOptions(options));
   try {
@@ -290,6 +292,7 @@ export async function loadModelFromStore(
   options ??= {}; // from JavaScript: null options are none
   assertNotAbortSignal(options, 'loadModelFromStore'); // a positional signal: refused, not ignored
   checkDenseDtype(options.dtype, 'loadModelFromStore');
+  assertCallbacks(options, 'loadModelFromStore', ['onProgress', 'onPlan']);
   throwIfAborted(options.signal, 'loading');
   const { label } = source;
   const config = parseModelConfig(source.config, beside(label, 'config.json'));
@@ -322,6 +325,7 @@ export async function loadModelFromUrl(base: string, options: UrlLoadOptions = {
   options ??= {}; // from JavaScript: null options are none
   assertNotAbortSignal(options, 'loadModelFromUrl'); // a positional signal: refused, not ignored
   checkDenseDtype(options.dtype, 'loadModelFromUrl');
+  assertCallbacks(options, 'loadModelFromUrl', ['onProgress', 'onPlan', 'onDownload']);
   throwIfAborted(options.signal, 'loading');
   // its fetch, signal and onDownload are openModelUrl's
   const opened = await openModelUrl(base, options);

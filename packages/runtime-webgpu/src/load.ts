@@ -1,9 +1,9 @@
 import {
+  assertCallbacks,
   assertCalderaLayerShape,
   assertDeclaredBias,
   assertFinite,
   assertFloatStorage,
-  assertFunction,
   assertCalderaLayersExist,
   assertNoCalderaTensorsWithoutMeta,
   assertNoStrayCalderaTensors,
@@ -171,8 +171,7 @@ function checkLoadOptions(dev: CalderaDevice, options: UrlLoadOptions, fn: strin
   checkWrittenMix(options.writtenMix);
   checkF16(options, dev);
   checkTopKOnGpu(options.topKOnGpu);
-  for (const name of ['onPlan', 'onProgress', 'onDownload', 'fetch'] as const)
-    if (options[name] !== undefined) assertFunction(options[name], fn, name);
+  assertCallbacks(options, fn, ['onPlan', 'onProgress', 'onDownload', 'fetch']);
   throwIfAborted(options.signal, 'loading');
 }
 

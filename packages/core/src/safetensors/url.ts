@@ -1,4 +1,4 @@
-import { assertNonEmptyString, CalderaError } from '../errors.js';
+import { assertCallbacks, assertNonEmptyString, CalderaError } from '../errors.js';
 import { parseCalderaMeta, type CalderaCheckpointMeta } from '../checkpoint/meta.js';
 import { parseHeaderLength } from './header.js';
 import { openSafetensors, type SafetensorsReader, type TensorStore } from './reader.js';
@@ -135,6 +135,7 @@ function closingAlso(store: TensorStore, files: readonly SafetensorsReader[]): T
 export async function openModelUrl(base: string, options: ModelUrlOptions = {}): Promise<OpenedModelUrl> {
   assertNonEmptyString(base, 'openModelUrl', 'the base URL');
   options ??= {}; // from JavaScript: null options are none
+  assertCallbacks(options, 'openModelUrl', ['fetch', 'onDownload']);
   const f = options.fetch ?? globalThis.fetch;
   const root = base.endsWith('/') ? base : `${base}/`;
   // a failed request or body (a dropped connection, the signal): E_ABORTED when the signal fired, else E_IO naming

@@ -1,4 +1,4 @@
-import { assertNotAbortSignal, CalderaError, throwIfAborted } from '../errors.js';
+import { assertCallbacks, assertNotAbortSignal, CalderaError, throwIfAborted } from '../errors.js';
 import { atomicWriteFile } from '../fs-atomic.js';
 import { writeFully } from '../io-chunks.js';
 import { contiguous, shapeSize, type Tensor } from '../tensor.js';
@@ -105,6 +105,7 @@ export async function serializeSafetensors(
   options: SafetensorsWriteOptions = {},
 ): Promise<Uint8Array> {
   assertNotAbortSignal(options, 'serializeSafetensors');
+  assertCallbacks(options, 'serializeSafetensors', ['onProgress']);
   const { header, items, total } = plan(tensors, options.metadata);
   const out = new Uint8Array(header.length + total);
   out.set(header, 0);
@@ -133,19 +134,35 @@ export async function writeSafetensors(
 ): Promise<void> {
   assertNotAbortSignal(options, 'writeSafetensors'); // a positional signal: refused, not ignored
   throwIfAborted(options.signal, 'writeSafetensors'); // a signal that is not one: E_VALUE, before any file exists
+  assertCallbacks(options, 'writeSafetensors', ['onProgress']);
   const { header, items, total } = plan(tensors, options.metadata);
-  await atomicWriteFile(
-    path,
-    async (fh) => {
-      await writeFully(fh, header);
-      let written = 0;
-      for (const p of items) {
-        throwIfAborted(options.signal, `writing ${path}`);
-        await writeFully(fh, await bytesOf(p));
-        written += p.nbytes;
-        options.onProgress?.({ tensor: p.name, bytesWritten: written, totalBytes: total });
-      }
-    },
-    options.signal ? { signal: options.signal } : {},
-  );
+  // an error thrown by the caller's onProgress is the caller's: rethrown as it is once the temporary file is gone
+  // (atomicWriteFile reports every other error as E_IO, "writing … failed")
+  const callback: { failed: boolean; error?: unknown } = { failed: false };
+  const progress = (e: { tensor: string; bytesWritten: number; totalBytes: number }) => {
+    try {
+      options.onProgress?.(e);
+    } catch (error) {
+      Object.assign(callback, { failed: true, error });
+      throw error;
+    }
+  };
+  try {
+    await atomicWriteFile(
+      path,
+      async (fh) => {
+        await writeFully(fh, header);
+        let written = 0;
+        for (const p of items) {
+          throwIfAborted(options.signal, `writing ${path}`);
+          await writeFully(fh, await bytesOf(p));
+          written += p.nbytes;
+          progress({ tensor: p.name, bytesWritten: written, totalBytes: total });
+        }
+      },
+      options.signal ? { signal: options.signal } : {},
+    );
+  } catch (e) {
+    throw callback.failed ? callback.error : e;
+  }
 }

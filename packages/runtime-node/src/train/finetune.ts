@@ -1,7 +1,9 @@
 import {
+  assertCallbacks,
   assertNotAbortSignal,
   CalderaError,
   checkNumberOptions,
+  definedOptions,
   contiguous,
   f32ArrayToF16,
   MODEL_SIDE_FILES,
@@ -346,6 +348,7 @@ export async function runFinetune(
 ): Promise<FinetuneResult> {
   options ??= {}; // from JavaScript: null options are none
   checkNumberOptions('runFinetune', options as Record<string, unknown>, FINETUNE_RULES);
+  assertCallbacks(options, 'runFinetune', ['onProgress']);
   const o = {
     steps: 200,
     seqLen: 128,
@@ -357,7 +360,7 @@ export async function runFinetune(
     patience: 3,
     evalTokens: 4096,
     seed: 0,
-    ...options,
+    ...definedOptions(options),
   };
   if (setup.layers.length === 0)
     throw new CalderaError('E_VALUE', 'fine-tuning: the checkpoint has no compressed layer to train');

@@ -24,6 +24,26 @@ const data = Array.from({ length: 400 }, (_, i) => (rng.uniform() < 0.9 ? (i * 5
 const opts = { seqLen: 16, batch: 2, lr: 1e-2, warmup: 2, totalSteps: 12, seed: 4 };
 
 describe('Trainer', () => {
+  it('an option given as undefined takes its default (lr undefined made every parameter NaN; betas a TypeError)', () => {
+    const base = { seqLen: 16, totalSteps: 12, seed: 4 };
+    const given = new Trainer(cfg, initTrainParams(cfg, new Rng(1)), data, {
+      ...base,
+      lr: undefined,
+      warmup: undefined,
+      clip: undefined,
+      betas: undefined,
+      lrScale: undefined,
+      weightDecay: undefined,
+      batch: undefined,
+    });
+    const plain = new Trainer(cfg, initTrainParams(cfg, new Rng(1)), data, base);
+    const a = Array.from({ length: 3 }, () => given.step());
+    const b = Array.from({ length: 3 }, () => plain.step());
+    expect(a.map((r) => r.loss)).toEqual(b.map((r) => r.loss));
+    expect(a.map((r) => r.lr)).toEqual(b.map((r) => r.lr));
+    expect(a.every((r) => Number.isFinite(r.loss) && r.loss > 0)).toBe(true);
+  });
+
   it('resume after save/load gives the same losses as an uninterrupted run', async () => {
     const a = new Trainer(cfg, initTrainParams(cfg, new Rng(1)), data, opts);
     const full = Array.from({ length: 8 }, () => a.step().loss);

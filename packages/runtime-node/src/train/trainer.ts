@@ -3,6 +3,7 @@ import {
   atomicWriteFile,
   CalderaError,
   checkNumberOptions,
+  definedOptions,
   Rng,
   shownValue,
   throwIfAborted,
@@ -168,7 +169,7 @@ function trainerOptionsWithDefaults(options: TrainerOptions): Required<TrainerOp
     seed: 0,
     lrScale: {},
     checkpoint: false,
-    ...options,
+    ...definedOptions(options),
   };
 }
 
