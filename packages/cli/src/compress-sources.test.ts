@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
 import {
   copyFileSync,
   existsSync,
@@ -138,6 +139,20 @@ describe('caldera compress: source models', () => {
     expect(r.stdout).toMatch(/'original \(f32\)'\s*│\s*32\s*│/);
     const report = JSON.parse(readFileSync(join(out, 'report.json'), 'utf8'));
     expect(report.linearBytes.original).toBe(4 * linearParams(raw));
+  }, 60_000);
+
+  it('a side file that is a FIFO is refused before any work (the copy at the end waited for a writer for ever)', async () => {
+    const { dir: src } = await writeTinyModel(join(tmp, 'fifo'));
+    execFileSync('mkfifo', [join(src, 'special_tokens_map.json')]);
+    const out = join(tmp, 'fifo-out');
+    const t0 = Date.now();
+    const r = run(['compress', src, '--out', out, ...FAST]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain(
+      `E_IO: ${join(src, 'special_tokens_map.json')} is a FIFO (named pipe), not a file to copy`,
+    );
+    expect(Date.now() - t0).toBeLessThan(20_000);
+    expect(existsSync(out)).toBe(false);
   }, 60_000);
 
   it('carries Qwen2 q/k/v biases into the checkpoint: it loads and its logits stay close to the source', async () => {

@@ -68,10 +68,22 @@ export function typedArrayName(x: unknown): string | undefined {
     : undefined;
 }
 
-/** Allocate a zero-filled array for `length` elements of `dtype`. */
+/**
+ * Allocate a zero-filled array for `length` elements of `dtype`. `E_VALUE` naming the size when the engine cannot
+ * allocate it (beyond a typed array's limit, or out of memory: a RangeError before).
+ */
 export function allocArray<D extends DType>(dtype: D, length: number): DTypeArrayMap[D] {
   const C = arrayCtor(dtype);
-  return new C(length);
+  try {
+    return new C(length);
+  } catch (e) {
+    if (!(e instanceof RangeError)) throw e;
+    throw new CalderaError(
+      'E_VALUE',
+      `cannot allocate ${length} ${dtype} values (${((length * dtypeSize(dtype)) / 2 ** 30).toPrecision(3)} GiB): ${e.message}`,
+      { cause: e },
+    );
+  }
 }
 
 /** Floating dtypes (the ones arithmetic routines accept). */

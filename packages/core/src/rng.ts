@@ -100,9 +100,14 @@ export class Rng {
     return out;
   }
 
-  /** Fill an array with uniform samples in [lo, hi). */
+  /** Fill an array with uniform samples in [lo, hi) (lo itself when hi ≤ lo). */
   fillUniform<T extends Float32Array | Float64Array>(out: T, lo = 0, hi = 1): T {
-    for (let i = 0; i < out.length; i++) out[i] = lo + (hi - lo) * this.uniform();
+    for (let i = 0; i < out.length; i++) {
+      // lo + (hi − lo)·u, stored, rounds up to hi for u within half an ulp of 1 (f32: about one draw in 2^25): drawn
+      // again, so that hi never occurs
+      do out[i] = lo + (hi - lo) * this.uniform();
+      while (out[i]! >= hi && hi > lo);
+    }
     return out;
   }
 

@@ -231,3 +231,12 @@ describe('slice ranges', () => {
     );
   });
 });
+
+describe('allocation beyond what the engine allows', () => {
+  it('tensor() and zeros() of a valid but huge shape are E_VALUE naming the size (a RangeError before)', () => {
+    expect(() => tensor('f32', [2 ** 20, 2 ** 20])).toThrow(
+      /^E_VALUE: cannot allocate 1099511627776 f32 values \(4\.10e\+3 GiB\): /,
+    );
+    expect(() => zeros('f64', [2 ** 40])).toThrow(/^E_VALUE: cannot allocate 1099511627776 f64 values/);
+  });
+});

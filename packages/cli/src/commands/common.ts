@@ -260,12 +260,18 @@ async function weightFiles(dir: string): Promise<string[]> {
 /**
  * The side files of the model directory `dir` that it has (core's {@link MODEL_SIDE_FILES}: tokenizer, chat
  * template, generation config; with `config.json` first when `withConfig`), as a map from name to path, as
- * `writeCheckpointDir`'s `copyFiles` takes them.
+ * `writeCheckpointDir`'s `copyFiles` takes them. One that is not a regular file (a FIFO, a directory) is `E_IO`
+ * naming it: copying a FIFO waits for a writer for ever.
  */
 export async function modelSideFiles(dir: string, withConfig = false): Promise<Record<string, string>> {
   const copy: Record<string, string> = {};
-  for (const f of withConfig ? ['config.json', ...MODEL_SIDE_FILES] : MODEL_SIDE_FILES)
-    if (await exists(join(dir, f))) copy[f] = join(dir, f);
+  for (const f of withConfig ? ['config.json', ...MODEL_SIDE_FILES] : MODEL_SIDE_FILES) {
+    const path = join(dir, f);
+    const st = await stat(path).catch(() => null);
+    if (!st) continue;
+    if (!st.isFile()) throw notRegularFile(path, specialFileKind(st), 'file to copy');
+    copy[f] = path;
+  }
   return copy;
 }
 

@@ -643,6 +643,7 @@ export async function compressCommand(a: Args): Promise<number> {
     ['--data', base.data],
     ['--eval', base.eval],
   ]);
+  await modelSideFiles(modelDir, true); // the side files the checkpoint copies: a FIFO among them, refused now
   await checkOutDir(out, [modelDir]);
   await checkWorkDirs(out, 'compress');
   if (queue) await checkRedisReachable(queue);

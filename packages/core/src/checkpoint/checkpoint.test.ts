@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -357,6 +358,33 @@ describe('checkpoint directory', () => {
     await writeCheckpointDir(out, { meta: { ...meta(), seed: 99 }, tensors: tensors() }, { overwrite: true });
     expect((await readCheckpointMeta(out)).seed).toBe(99);
     expect((await readdir(dir)).filter((f) => f.includes('.tmp-') || f.includes('.old-'))).toEqual([]);
+  });
+
+  it('a file to copy that is a FIFO or a directory is E_IO naming it, and a meta that JSON cannot hold E_VALUE, before anything is written', async () => {
+    // copying a FIFO waited for a writer for ever (the signal and SIGTERM did not stop it, the temporary directory
+    // stayed); a BigInt in options was a TypeError of JSON.stringify
+    const sub = await mkdtemp(join(dir, 'special-'));
+    const fifo = join(sub, 'special_tokens_map.json');
+    execFileSync('mkfifo', [fifo]);
+    const out = join(sub, 'out');
+    const t0 = Date.now();
+    for (const [src, kind] of [
+      [fifo, 'a FIFO (named pipe)'],
+      [dir, 'a directory'],
+    ] as const)
+      await expect(
+        writeCheckpointDir(out, {
+          meta: meta(),
+          tensors: tensors(),
+          copyFiles: { 'special_tokens_map.json': src },
+        }),
+      ).rejects.toThrow(`E_IO: ${src} is ${kind}, not a file to copy`);
+    expect(Date.now() - t0).toBeLessThan(5000);
+    const big = { ...meta(), options: { n: 1n } } as unknown as CalderaCheckpointMeta;
+    await expect(writeCheckpointDir(out, { meta: big, tensors: tensors() })).rejects.toThrow(
+      /^E_VALUE: writeCheckpointDir: meta must be JSON-serialisable \(it is written as caldera\.json\): /,
+    );
+    expect((await readdir(sub)).sort()).toEqual(['special_tokens_map.json']);
   });
 
   it("a dir ending in '/' is written and replaced as that directory, its temporary one beside it", async () => {

@@ -9,7 +9,7 @@ import { replaceDir, tempSuffix, toCalderaError, withoutTrailingSeparators } fro
 import { openSafetensors, type SafetensorsReader } from '../safetensors/reader.js';
 import { assertWritableTensors, writableSignature } from '../safetensors/writable.js';
 import { writeSafetensors, type WritableTensor } from '../safetensors/writer.js';
-import { readTextFileOrFail } from '../text-file.js';
+import { notRegularFile, readTextFileOrFail, specialFileKind } from '../text-file.js';
 import { CALDERA_META_FILE, parseCalderaMeta, type CalderaCheckpointMeta } from './meta.js';
 import { validateCalderaCheckpoint, type TensorSignature } from './validate.js';
 import { nodeFs, nodePath } from '../node-builtins.js';
@@ -69,7 +69,17 @@ export async function writeCheckpointDir(
   assertObject(contents.meta, 'writeCheckpointDir', 'meta', 'an object (the caldera.json to write)');
   // 'out/' is 'out': its temporary sibling is 'out.tmp-…', not 'out/.tmp-…' inside it
   const target = await withoutTrailingSeparators(dir);
-  const meta = parseCalderaMeta(JSON.parse(JSON.stringify(contents.meta)), `${target}/${CALDERA_META_FILE}`);
+  let metaJson: unknown;
+  try {
+    metaJson = JSON.parse(JSON.stringify(contents.meta));
+  } catch (e) {
+    // a BigInt or a cycle in options: a TypeError of JSON.stringify before
+    throw new CalderaError(
+      'E_VALUE',
+      `writeCheckpointDir: meta must be JSON-serialisable (it is written as ${CALDERA_META_FILE}): ${(e as Error).message}`,
+    );
+  }
+  const meta = parseCalderaMeta(metaJson, `${target}/${CALDERA_META_FILE}`);
   validateCalderaCheckpoint(meta, signaturesOf(contents.tensors), `${target}/model.safetensors`);
   const fs = await nodeFs();
   const path = await nodePath();
@@ -92,6 +102,13 @@ export async function writeCheckpointDir(
     ) {
       throw new CalderaError('E_VALUE', `copyFiles: '${name}' is not an allowed file name in a checkpoint`);
     }
+  }
+  // every source a regular file before anything is written: copying a FIFO waits for a writer for ever
+  for (const [, src] of copies) {
+    const st = await fs.stat(src).catch((e: unknown) => {
+      throw toCalderaError(e, `copyFiles: reading ${src}`);
+    });
+    if (!st.isFile()) throw notRegularFile(src, specialFileKind(st), 'file to copy');
   }
   const tmp = `${target}.tmp-${tempSuffix()}`;
   try {

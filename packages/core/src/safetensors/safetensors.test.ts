@@ -296,6 +296,10 @@ describe('sharded checkpoints', () => {
     await expect(
       openShardedSafetensors({ json: { weight_map: { a: '../x' } }, open: () => never() }),
     ).rejects.toThrow(CalderaError);
+    // an array is no weight_map (its entries were read as tensors named '0', '1', …)
+    await expect(
+      openShardedSafetensors({ json: { weight_map: ['model.safetensors'] }, open: () => never() }),
+    ).rejects.toThrow(/E_FORMAT: .*missing the 'weight_map' object/);
   });
 });
 

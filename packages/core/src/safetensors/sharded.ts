@@ -26,7 +26,13 @@ export function parseSafetensorsIndex(
     }
   }
   const o = json as { metadata?: unknown; weight_map?: unknown };
-  if (typeof o !== 'object' || o === null || typeof o.weight_map !== 'object' || o.weight_map === null) {
+  if (
+    typeof o !== 'object' ||
+    o === null ||
+    typeof o.weight_map !== 'object' ||
+    o.weight_map === null ||
+    Array.isArray(o.weight_map) // ["x.safetensors"] read as a tensor named '0'
+  ) {
     throw new CalderaError('E_FORMAT', `${file}: missing the 'weight_map' object`);
   }
   // without a prototype: a tensor named '__proto__' is an entry like any other (in `{}` it would set the prototype)
