@@ -244,7 +244,7 @@ describe('required object arguments', () => {
       [{ propagate: 'Compressed' }, /propagate must be 'compressed' or 'original', got 'Compressed'/],
       [{ damping: -1 }, /damping must be ≥ 0, got -1/],
       [{ damping: Number.NaN }, /damping must be ≥ 0, got NaN/],
-      [{ needsHessian: 'no' }, /needsHessian must be a boolean, got 'no'/],
+      [{ needsHessian: 'no' }, /needsHessian must be true or false, got 'no'/],
       [{ onProgress: 3 }, /compressModel: onProgress must be a function/],
     ] as const) {
       const runner = new ToyRunner(1);

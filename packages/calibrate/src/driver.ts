@@ -1,4 +1,5 @@
 import {
+  assertBooleanOptions,
   assertCallbacks,
   assertFunction,
   assertObject,
@@ -147,12 +148,8 @@ export async function compressModel(
       'E_VALUE',
       `compressModel: propagate must be 'compressed' or 'original', got ${shownValue(propagate)}`,
     );
+  assertBooleanOptions(options, 'compressModel', ['needsHessian']);
   const needsHessian = options.needsHessian ?? true;
-  if (typeof needsHessian !== 'boolean')
-    throw new CalderaError(
-      'E_VALUE',
-      `compressModel: needsHessian must be a boolean, got ${shownValue(needsHessian)}`,
-    );
   const damping = checkDamping(options.damping);
   if (windows.length === 0 && needsHessian)
     throw new CalderaError('E_VALUE', 'compressModel: no calibration windows');

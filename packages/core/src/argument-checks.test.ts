@@ -5,7 +5,7 @@ import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { writeCheckpointDir } from './checkpoint/dir.js';
 import { checkPerplexityArgs } from './perplexity.js';
-import { assertCallbacks } from './errors.js';
+import { assertBooleanOptions, assertCallbacks } from './errors.js';
 import { definedOptions } from './options.js';
 import { serializeSafetensors, writeSafetensors } from './safetensors/writer.js';
 import { GenerationRules, sampleToken } from './sampling.js';
@@ -94,6 +94,18 @@ describe('callbacks and undefined options', () => {
       expect(() => assertCallbacks({ onPlan: bad }, 'loadModel', ['onProgress', 'onPlan'])).toThrow(
         /^E_VALUE: loadModel: onPlan must be a function, got /,
       );
+  });
+
+  it('assertBooleanOptions: undefined or a boolean passes; anything else is E_VALUE (a string was taken as true)', () => {
+    expect(() =>
+      assertBooleanOptions({ a: true, b: false, c: undefined }, 'f', ['a', 'b', 'c']),
+    ).not.toThrow();
+    expect(() => assertBooleanOptions({ proxyLoss: 'no' }, 'ldlq', ['proxyLoss'])).toThrow(
+      "E_VALUE: ldlq: proxyLoss must be true or false, got 'no'",
+    );
+    expect(() => assertBooleanOptions({ x: 0 }, 'f', ['x'])).toThrow(
+      'E_VALUE: f: x must be true or false, got 0',
+    );
   });
 
   it('definedOptions drops undefined entries only (null, 0, false and empty strings stay)', () => {

@@ -157,6 +157,19 @@ export function assertCallbacks(options: unknown, fn: string, names: readonly st
 }
 
 /**
+ * Throw `E_VALUE` unless each option of `names` in `options` is undefined or a boolean, e.g. `E_VALUE: ldlq: proxyLoss
+ * must be true or false, got 'no'` (a string was taken as true). Null `options` have none.
+ */
+export function assertBooleanOptions(options: unknown, fn: string, names: readonly string[]): void {
+  if (options === null || typeof options !== 'object') return;
+  for (const name of names) {
+    const x = (options as Record<string, unknown>)[name];
+    if (x !== undefined && typeof x !== 'boolean')
+      throw new CalderaError('E_VALUE', `${fn}: ${name} must be true or false, got ${shownValue(x)}`);
+  }
+}
+
+/**
  * Throw `E_VALUE` unless `x` is a string other than `''`: the check of a required name, path or URL argument, e.g.
  * `E_VALUE: loadModel: the model directory must be a non-empty string, got undefined` (or `…, got an empty string`).
  * @param x        the argument

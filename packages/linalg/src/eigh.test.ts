@@ -3,6 +3,8 @@ import { isCalderaError, tensor } from '@caldera/core';
 import { eigh } from './eigh.js';
 import { gemm } from './gemm.js';
 import { syrk } from './syrk.js';
+import { solveTriangular } from './triangular.js';
+import { hadamard } from './hadamard.js';
 import { diffFro, EPS, fro, mul, orthErr, randSym, symWithEigs } from './factor-test-util.js';
 
 /** ‖A − VΛVᵀ‖_F and ‖VᵀV − I‖_max. */

@@ -9,7 +9,14 @@
  * these K is supported — e.g. 11 008 = 172·64 (Llama-2-7B), 5 632 = 44·128 (TinyLlama), 4 864 = 76·64 (Qwen2-0.5B),
  * 18 944 = 148·128 (Qwen2-7B), 14 336 = 28·512; other sizes are padded by callers to {@link nextHadamardSize}.
  */
-import { assertObject, CalderaError, describeValue, type Matrix, type Tensor } from '@caldera/core';
+import {
+  assertBooleanOptions,
+  assertObject,
+  CalderaError,
+  describeValue,
+  type Matrix,
+  type Tensor,
+} from '@caldera/core';
 import { assertCount, assertFiniteScalar, assertMatrix, newMatrix } from './check.js';
 import { gemmInto } from './gemm.js';
 
@@ -326,6 +333,7 @@ export interface HadamardOptions {
  */
 export function hadamard<T extends Matrix>(x: T, options: HadamardOptions = {}): T {
   assertMatrix(x, 'hadamard', 'x');
+  assertBooleanOptions(options, 'hadamard', ['transpose']);
   const [r, n] = x.shape as [number, number];
   const out = newMatrix(x.dtype, r, n) as Tensor<'f32'> | Tensor<'f64'>;
   if (n === 0) return out as T; // nothing to mix (no M_0 to build: `hadamardFactor(0)` is null)

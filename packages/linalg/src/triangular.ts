@@ -3,7 +3,14 @@
  * Large systems are solved in blocks of rows: the substitution runs inside each 64-row diagonal block, and everything
  * the solved rows contribute to the next block is one gemm (WebAssembly SIMD, on a pool's threads when given).
  */
-import { CalderaError, shownValue, throwIfAborted, type Matrix, type Tensor } from '@caldera/core';
+import {
+  assertBooleanOptions,
+  CalderaError,
+  shownValue,
+  throwIfAborted,
+  type Matrix,
+  type Tensor,
+} from '@caldera/core';
 import { abortingAs } from './abort.js';
 import { assertFiniteMatrix, assertMatrix, assertSquare, fmtShape } from './check.js';
 import { denseCopy, transposeBuf, wrap } from './dense.js';
@@ -35,6 +42,7 @@ export interface SolveTriangularOptions {
  */
 export function solveTriangular(a: Matrix, b: Matrix, options: SolveTriangularOptions = {}): Tensor<'f64'> {
   const fn = 'solveTriangular';
+  assertBooleanOptions(options, fn, ['lower', 'transpose', 'unitDiagonal']); // a string was taken as true
   const lower = options.lower ?? true;
   const trans = options.transpose ?? false;
   const unit = options.unitDiagonal ?? false;

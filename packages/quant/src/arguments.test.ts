@@ -116,5 +116,8 @@ describe('callbacks', () => {
     expect(() => quant.ldlq(w, h, { onProgress: 3 as never })).toThrow(
       /^E_VALUE: ldlq: onProgress must be a function, got a number$/,
     );
+    expect(() => quant.ldlq(w, h, { proxyLoss: 'no' as never })).toThrow(
+      "E_VALUE: ldlq: proxyLoss must be true or false, got 'no'",
+    );
   });
 });

@@ -1,4 +1,5 @@
 import {
+  assertBooleanOptions,
   assertCallbacks,
   assertNotAbortSignal,
   assertObject,
@@ -194,6 +195,7 @@ export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = 
   options ??= {}; // from JavaScript: null options are none
   assertNotAbortSignal(options, 'ldlq'); // ldlq(W, H, signal): refused, not ignored
   assertCallbacks(options, 'ldlq', ['onProgress']);
+  assertBooleanOptions(options, 'ldlq', ['proxyLoss']);
   const rounder = options.quantizer ?? e8pRounder();
   const g = rounder.dim;
   assertMatrix(w, 'ldlq', 'W');

@@ -1,4 +1,5 @@
 import {
+  assertBooleanOptions,
   assertCalderaLayerShape,
   assertDeclaredBias,
   assertNoCalderaTensorsWithoutMeta,
@@ -319,6 +320,7 @@ export async function openModelLayout(
 export async function readModelLayout(dir: string, options: ModelLayoutOptions = {}): Promise<ModelLayout> {
   checkPathArgument(dir, 'readModelLayout', 'the model directory');
   checkDenseDtype(options?.dtype, 'readModelLayout');
+  assertBooleanOptions(options, 'readModelLayout', ['kernelArenas']);
   const { layout, store } = await openModelLayout(dir, options ?? {});
   await store.close();
   return layout;

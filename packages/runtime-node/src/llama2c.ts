@@ -1,4 +1,5 @@
 import {
+  assertBooleanOptions,
   assertCallbacks,
   assertFinite,
   CalderaError,
@@ -238,6 +239,7 @@ export async function loadLlama2c(
   const inArenas = kernelArenas !== false;
   checkDenseDtype(dtype, 'loadLlama2c');
   assertCallbacks(options, 'loadLlama2c', ['onProgress', 'onPlan']);
+  assertBooleanOptions(options, 'loadLlama2c', ['kernelArenas']);
   throwIfAborted(signal, 'loading');
   const source = await openFileSource(path);
   try {

@@ -370,6 +370,9 @@ describe('loadModel', () => {
       await expect(loadModel(dir, { [key]: 3 })).rejects.toThrow(
         `E_VALUE: loadModel: ${key} must be a function, got a number`,
       );
+    await expect(loadModel(dir, { kernelArenas: 'no' as never })).rejects.toThrow(
+      "E_VALUE: loadModel: kernelArenas must be true or false, got 'no'",
+    );
     // loadModel(dir, signal): the signal would abort nothing
     await expect(loadModel(dir, AbortSignal.abort() as never)).rejects.toThrow(
       'E_VALUE: loadModel: options must be an object such as { signal }, got an AbortSignal',

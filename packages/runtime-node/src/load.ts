@@ -1,4 +1,5 @@
 import {
+  assertBooleanOptions,
   assertCallbacks,
   assertNonEmptyString,
   assertNotAbortSignal,
@@ -244,6 +245,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   assertNotAbortSignal(options, 'loadModel'); // a positional signal: refused, not ignored
   checkDenseDtype(options.dtype, 'loadModel');
   assertCallbacks(options, 'loadModel', ['onProgress', 'onPlan']);
+  assertBooleanOptions(options, 'loadModel', ['kernelArenas']);
   throwIfAborted(options.signal, 'loading');
   const { layout, store } = await openModelLayout(dir, layoutOptions(options));
   try {
@@ -293,6 +295,7 @@ export async function loadModelFromStore(
   assertNotAbortSignal(options, 'loadModelFromStore'); // a positional signal: refused, not ignored
   checkDenseDtype(options.dtype, 'loadModelFromStore');
   assertCallbacks(options, 'loadModelFromStore', ['onProgress', 'onPlan']);
+  assertBooleanOptions(options, 'loadModelFromStore', ['kernelArenas']);
   throwIfAborted(options.signal, 'loading');
   const { label } = source;
   const config = parseModelConfig(source.config, beside(label, 'config.json'));
@@ -326,6 +329,7 @@ export async function loadModelFromUrl(base: string, options: UrlLoadOptions = {
   assertNotAbortSignal(options, 'loadModelFromUrl'); // a positional signal: refused, not ignored
   checkDenseDtype(options.dtype, 'loadModelFromUrl');
   assertCallbacks(options, 'loadModelFromUrl', ['onProgress', 'onPlan', 'onDownload']);
+  assertBooleanOptions(options, 'loadModelFromUrl', ['kernelArenas']);
   throwIfAborted(options.signal, 'loading');
   // its fetch, signal and onDownload are openModelUrl's
   const opened = await openModelUrl(base, options);
