@@ -255,4 +255,14 @@ describe('callbacks', () => {
       /^E_VALUE: syrk: onProgress must be a function/,
     );
   });
+
+  it('solveTriangular and hadamard: flags that are not booleans are E_VALUE (a string was taken as true)', () => {
+    const m = tensor('f64', [3, 3], symWithEigs([3, 2, 1], 1));
+    expect(() => solveTriangular(m, m, { lower: 'no' as never })).toThrow(
+      "E_VALUE: solveTriangular: lower must be true or false, got 'no'",
+    );
+    expect(() => hadamard(tensor('f64', [1, 4]), { transpose: 'yes' as never })).toThrow(
+      "E_VALUE: hadamard: transpose must be true or false, got 'yes'",
+    );
+  });
 });

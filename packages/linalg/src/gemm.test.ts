@@ -5,6 +5,8 @@ import { createPool, poolExecutor } from './pool/pool.js';
 import { defaultExecutor } from './pool/default.js';
 import { at, naiveGemm, randn, stridedRandn, tview, worstErrorRatio } from './test-util.js';
 import { panelGemmInto } from './wasm/panel-gemm.js';
+import { kernelsModule, relaxedSimdAllowed } from './wasm/module.js';
+import { KERNELS_LOCAL_RELAXED_WASM_BASE64 } from './generated/kernels.js';
 
 const pool = createPool({ threads: 2 });
 afterAll(() => pool.dispose());
@@ -359,6 +361,24 @@ describe('gemm input errors', () => {
       big.data[777] = Number.POSITIVE_INFINITY;
       expect(() => gemm(big, big, { alpha: 0 })).toThrow(/E_VALUE: gemm: a has a non-finite value/);
       expect(() => gemm(randn(dtype, 2, 2, 1), randn(dtype, 2, 2, 1), { alpha: 0 })).not.toThrow();
+    }
+  });
+});
+
+describe('kernel build in Node', () => {
+  it('is plain SIMD128, also where the engine accepts relaxed SIMD (npm run test:relaxed): the same bits on every Node version and CPU', () => {
+    // relaxed_madd fuses or not as the engine and the CPU choose: Node 22 (which accepts relaxed SIMD) gave other
+    // checkpoint bytes than Node 20, and shards on both a checkpoint that was neither's. Under test:relaxed the engine
+    // accepts the relaxed build; the build chosen must not follow it
+    const relaxed = Uint8Array.from(atob(KERNELS_LOCAL_RELAXED_WASM_BASE64), (c) => c.charCodeAt(0));
+    expect(WebAssembly.validate(relaxed)).toBe(process.execArgv.includes('--experimental-wasm-relaxed-simd'));
+    expect(relaxedSimdAllowed()).toBe(false);
+    expect(kernelsModule(false)?.relaxedSimd).toBe(false);
+    const pool = createPool({ threads: 2 });
+    try {
+      expect(pool.relaxedSimd).toBe(false);
+    } finally {
+      pool.dispose();
     }
   });
 });

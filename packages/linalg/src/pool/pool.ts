@@ -40,7 +40,7 @@ export interface Pool {
   readonly disposed: boolean;
   /**
    * True when the kernels use relaxed SIMD (fused multiply-add; current browsers), false for plain
-   * SIMD128 (Node 20 without `--experimental-wasm-relaxed-simd`).
+   * SIMD128 (always in Node: the same bits on every Node version and CPU).
    */
   readonly relaxedSimd: boolean;
   /** Stop the workers and release the memory. Using the pool afterwards throws `E_VALUE`. */

@@ -118,10 +118,24 @@ export interface KernelsModule {
 
 const compiled: { shared?: KernelsModule | null; local?: KernelsModule | null } = {};
 
+/**
+ * Whether this realm may use the relaxed-SIMD build: not in Node. Its `relaxed_madd` fuses the multiply-add or not as
+ * the engine and the CPU choose, so its last bits depend on the machine: Node 20 runs plain SIMD128 (relaxed SIMD only
+ * behind `--experimental-wasm-relaxed-simd`) and Node 22 accepts relaxed SIMD, and a checkpoint compressed by shards
+ * on the two was neither run's bytes. In Node every engine runs plain SIMD128, so compression gives the same bytes on
+ * every machine; browsers, where nothing is compressed and the relaxed build is measured faster (76 against 43
+ * GFLOP/s in Chromium), keep it.
+ */
+export function relaxedSimdAllowed(): boolean {
+  const proc = (globalThis as { process?: { versions?: { node?: string } } }).process;
+  return typeof proc?.versions?.node !== 'string';
+}
+
 function compile(relaxedB64: string, plainB64: string): KernelsModule | null {
   try {
     const relaxed = decodeBase64(relaxedB64) as BufferSource;
-    if (WebAssembly.validate(relaxed)) return { module: new WebAssembly.Module(relaxed), relaxedSimd: true };
+    if (relaxedSimdAllowed() && WebAssembly.validate(relaxed))
+      return { module: new WebAssembly.Module(relaxed), relaxedSimd: true };
   } catch {
     // fall through to plain SIMD128
   }
@@ -140,8 +154,8 @@ export function sharedMemorySupported(): boolean {
 }
 
 /**
- * The compiled kernels module (cached): the relaxed-SIMD build where the engine accepts it, else plain
- * SIMD128; `null` when WebAssembly SIMD is unavailable.
+ * The compiled kernels module (cached): the relaxed-SIMD build where the engine accepts it outside Node (see
+ * {@link relaxedSimdAllowed}), else plain SIMD128; `null` when WebAssembly SIMD is unavailable.
  * @param shared the variant importing a shared memory (for worker pools)
  */
 export function kernelsModule(shared: boolean): KernelsModule | null {
