@@ -1,5 +1,8 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { existsSync, readdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { runInNewContext } from 'node:vm';
 import { CalderaError, f32ArrayToBf16, f32ArrayToF16, Rng, tensor } from '@caldera/core';
@@ -404,4 +407,29 @@ describe('decode pool: a CALDERA layer whose rows of Q̂ are split over threads'
       `held ${held.toFixed(0)} MiB, then ${(after - before).toFixed(0)} MiB`,
     ).toBeLessThan(held / 2);
   });
+});
+
+describe('an undisposed decode pool', () => {
+  it('does not keep the process alive (the workers were referenced again by their message listeners)', () => {
+    // the built package in a child process: a pool kept referenced and never disposed; the process must end by itself
+    const dist = new URL('../../dist/index.js', import.meta.url).href;
+    const script = `import { createDecodePool } from ${JSON.stringify(dist)};
+globalThis.kept = await createDecodePool({ threads: 2 });
+console.log('started', globalThis.kept.threads);`;
+    // (a file, not `-e`: the workers inherit --input-type=module, and their source is a script)
+    const dir = mkdtempSync(join(tmpdir(), 'caldera-pool-exit-'));
+    const file = join(dir, 'keep-pool.mjs');
+    writeFileSync(file, script);
+    const t0 = Date.now();
+    const r = spawnSync(process.execPath, [file], {
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    expect(r.stderr).toBe('');
+    expect(r.stdout.trim()).toBe('started 2');
+    expect(r.signal).toBeNull(); // not killed by the timeout: it exited by itself
+    expect(r.status).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(15_000);
+    rmSync(dir, { recursive: true, force: true });
+  }, 30_000);
 });

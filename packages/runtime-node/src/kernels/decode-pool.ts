@@ -313,11 +313,13 @@ function startWorkers(
       for (let i = 0; i < count; i++) {
         const ev = events(i);
         const w = new wt.Worker(WORKER_SOURCE, { eval: true });
-        w.unref(); // an undisposed pool must not keep the process alive
         w.on('message', workerMessage(ev));
         // a worker that dies (an error in its thread, killed by Node) between products: the next one is E_DEVICE
         w.on('error', ev.onStop);
         w.on('exit', ev.onStop);
+        // an undisposed pool must not keep the process alive: after the listeners (a 'message' listener refs the
+        // worker's port again, which kept the process running for ever)
+        w.unref();
         workers.push({ post: (m) => w.postMessage(m), terminate: () => void w.terminate() });
       }
     } else {
