@@ -1,5 +1,13 @@
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import {
   f32ArrayToBf16,
@@ -207,6 +215,19 @@ describe('caldera export', () => {
     expect(existsSync(join(empty, 'model.safetensors'))).toBe(true);
     expect(readdirSync(tmp).filter((f) => f.startsWith('empty-out'))).toEqual(['empty-out']);
     for (const f of ['never-1', 'never-2']) expect(existsSync(join(tmp, f))).toBe(false);
+    // a config.json of fewer layers than caldera.json describes: refused as the loaders refuse it (the export wrote a
+    // model whose last block its config did not have, silently lost on loading)
+    const fewer = join(tmp, 'fewer-layers');
+    cpSync(ckpt, fewer, { recursive: true });
+    const cfg = JSON.parse(readFileSync(join(fewer, 'config.json'), 'utf8'));
+    writeFileSync(
+      join(fewer, 'config.json'),
+      JSON.stringify({ ...cfg, num_hidden_layers: cfg.num_hidden_layers - 1 }),
+    );
+    const short = run(['export', fewer, '--out', join(tmp, 'never-3')]);
+    expect(short.status).toBe(1);
+    expect(short.stderr).toMatch(/E_FORMAT: .*caldera\.json lists layer 'model\.layers\.1\./);
+    expect(existsSync(join(tmp, 'never-3'))).toBe(false);
   }, 60_000);
 
   it('a checkpoint whose scale overflows f32 when applied (finite, so it loads): export refuses it in every dtype naming the layer; eval and generate fail with E_VALUE, not a NaN perplexity or text', async () => {

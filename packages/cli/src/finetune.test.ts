@@ -302,6 +302,10 @@ describe('caldera finetune', () => {
         [1, 2].map((k) => JSON.stringify({ event: 'step', step: saved + k, loss: 1 }) + '\n').join('') +
         '{"event":"st',
     );
+    // another validation setting is refused (the log switched texts midway), naming it
+    const other = run([...args, '--eval-every', '5']);
+    expect(other.status).toBe(1);
+    expect(other.stderr).toMatch(/E_VALUE: .*--eval-every \(100 then, 5 now\)/);
     const r = run(args);
     expect(r.status, r.stderr).toBe(0);
     const final = readFileSync(join(out, 'training-log.jsonl'), 'utf8')
@@ -327,6 +331,7 @@ describe('caldera finetune', () => {
       head_dim: 8,
       tie_word_embeddings: false,
       attention_bias: true,
+      dtype: 'bfloat16', // transformers 5's key: the trained model's must say what it stores
       rope_scaling: {
         rope_type: 'llama3',
         factor: 8,
@@ -346,6 +351,19 @@ describe('caldera finetune', () => {
     expect(trained.has('model.layers.1.self_attn.v_proj.bias')).toBe(true);
     expect(trained.has('model.layers.1.self_attn.o_proj.bias')).toBe(true); // Llama's attention_bias covers o_proj
     expect(trained.get('lm_head.weight')!.equals(trained.get('model.embed_tokens.weight')!)).toBe(false);
+    const written = JSON.parse(readFileSync(join(model, 'config.json'), 'utf8'));
+    expect([written.torch_dtype, written.dtype]).toEqual(['float16', 'float16']); // the template's 'bfloat16' stayed
+    // a template whose vocab_size is below the tokenizer's ids: refused before any work, naming the file and the id
+    // (it failed when training reached the id, hours in for a real run)
+    writeFileSync(join(template, 'config.json'), JSON.stringify({ ...config, vocab_size: 1000 }));
+    const small = join(dir, 'small-vocab');
+    const v = run(['train', template, '--out', small, '--steps', '4', '--batch', '1', '--seq-len', '32']);
+    expect(v.status).toBe(1);
+    expect(v.stderr).toMatch(
+      /E_VALUE: --data .*train\.txt \(the model's vocab_size is 1000\): token id \d+ out of range \[0, 1000\)/,
+    );
+    expect(existsSync(`${small}.partial`)).toBe(false);
+    writeFileSync(join(template, 'config.json'), JSON.stringify(config));
 
     const ckpt = join(dir, 'ckpt');
     const c = run(['compress', model, '--out', ckpt, ...COMPRESS, '--eval-tokens', '256', '--json']);

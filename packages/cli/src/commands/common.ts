@@ -1,5 +1,6 @@
 import {
   CalderaError,
+  checkTokenIds,
   isTempNameOf,
   isCalderaError,
   MODEL_SIDE_FILES,
@@ -874,6 +875,20 @@ export function progressFor(label: string, json: boolean, everyMs = 10_000): Ret
  */
 export function compactTokenIds(ids: readonly number[], vocabSize: number): Uint16Array | Uint32Array {
   return vocabSize <= 0x10000 ? Uint16Array.from(ids) : Uint32Array.from(ids);
+}
+
+/**
+ * `E_VALUE` naming the flag and file unless every token id of a text (`tokens`, of `file`, given as `flag`) is below
+ * the model's `vocab_size`: a tokenizer with more tokens than the model (added tokens beyond it) failed only when
+ * training reached the id, hours in for a real run, and again on resuming.
+ */
+export function checkTextTokenIds(
+  tokens: ArrayLike<number>,
+  vocabSize: number,
+  flag: string,
+  file: string,
+): void {
+  checkTokenIds(tokens, vocabSize, `${flag} ${file} (the model's vocab_size is ${vocabSize})`);
 }
 
 /**

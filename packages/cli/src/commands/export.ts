@@ -20,7 +20,7 @@ import {
   type WritableTensor,
 } from '@caldera/core';
 import { fromCheckpointTensors, reconstruct } from '@caldera/lowrank';
-import { readJsonFile } from '@caldera/runtime-node';
+import { readJsonFile, readModelLayout } from '@caldera/runtime-node';
 import { flagString, type Args } from '../args.js';
 import { withOutputLock } from './out-lock.js';
 import {
@@ -143,6 +143,9 @@ async function writeExport(src: string, out: string, dt: ExportDType, json: bool
   const configFile = join(src, 'config.json');
   const config = (await readJsonFile(configFile)) as Record<string, unknown>;
   parseModelConfig(config, configFile); // a config the runtimes take
+  // the checkpoint's structure as the loaders check it (headers only): caldera.json and the tensors against config.json
+  // (a config of fewer layers was exported with the rest silently dropped)
+  await readModelLayout(src);
   const store = await openSafetensorsDir(src);
   // Ctrl-C or SIGTERM stops the write at its next tensor and removes the temporary directory
   const stop = onStopSignals();

@@ -26,6 +26,7 @@ import {
   checkOutDir,
   checkWorkDirs,
   checkTextLength,
+  checkTextTokenIds,
   checkTrainingText,
   defaultText,
   exists,
@@ -127,10 +128,13 @@ export async function finetuneCommand(a: Args): Promise<number> {
     const tokens = async (file: string) =>
       (await tokenizeDocuments(src, await readDocuments(file), bos)).flat();
     const dataFile = flagString(a, 'data') ?? defaultText('train');
+    const vocab = loaded.config.vocabSize;
     const train = await tokens(dataFile);
+    checkTextTokenIds(train, vocab, '--data', dataFile);
     checkTrainingText(train, dataFile, options.seqLen);
     const validFile = flagString(a, 'valid') ?? defaultText('valid');
     const valid = await tokens(validFile);
+    checkTextTokenIds(valid, vocab, '--valid', validFile);
     checkTextLength(
       valid,
       '--valid',
@@ -140,6 +144,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
     );
     const evalFile = flagString(a, 'eval') ?? defaultText('test');
     const heldOut = (await tokens(evalFile)).slice(0, evalTokens);
+    checkTextTokenIds(heldOut, vocab, '--eval', evalFile);
     checkTextLength(heldOut, '--eval', evalFile, 2, 'perplexity needs at least 2');
     const evalCtx = Math.min(HELD_OUT_CONTEXT, loaded.config.maxPositions);
     const signs = a.flags.has('signs');

@@ -15,6 +15,7 @@ import {
   initTrainParams,
   parseModelConfig,
   readJsonFile,
+  settingsDiff,
   Trainer,
   trainParamShapes,
   validationLoss,
@@ -34,11 +35,13 @@ import { withOutputLock } from './out-lock.js';
 import {
   checkOutDir,
   checkWorkDirs,
+  checkTextTokenIds,
   checkTrainingText,
   compactTokenIds,
   copyModelSideFiles,
   defaultText,
   exists,
+  fileSha256,
   modelDirOf,
   readDocuments,
   tokenizeDocuments,
@@ -70,6 +73,13 @@ Options:
                      forward per step, same losses)
   --json             JSON lines on stdout (one per step and per validation)`;
 
+/** How the validation settings a resumed run must keep are named in a refusal. */
+const VALIDATION_LABELS = {
+  valid: 'validation text (--valid content)',
+  validTokens: '--valid-tokens',
+  evalEvery: '--eval-every',
+};
+
 export async function trainCommand(a: Args): Promise<number> {
   const json = a.flags.has('json');
   const template = modelDirOf(a.positionals[0]);
@@ -97,10 +107,13 @@ export async function trainCommand(a: Args): Promise<number> {
     const tokens = async (file: string) =>
       (await tokenizeDocuments(template, await readDocuments(file), mc.bosTokenId)).flat();
     const dataFile = flagString(a, 'data') ?? defaultText('train');
-    const data = compactTokenIds(await tokens(dataFile), mc.vocabSize);
+    const dataIds = await tokens(dataFile);
+    checkTextTokenIds(dataIds, mc.vocabSize, '--data', dataFile);
+    const data = compactTokenIds(dataIds, mc.vocabSize);
     checkTrainingText(data, dataFile, seqLen);
     const validFile = flagString(a, 'valid') ?? defaultText('valid');
     const valid = await tokens(validFile);
+    checkTextTokenIds(valid, mc.vocabSize, '--valid', validFile);
     // the first validation comes after --eval-every steps: a text too short for one window must fail now, not then
     if (Math.min(valid.length, validTokens) < seqLen + 1)
       throw new CalderaError(
@@ -121,11 +134,19 @@ export async function trainCommand(a: Args): Promise<number> {
       seed,
       checkpoint: a.flags.has('checkpoint'),
     };
+    // the validation settings, recorded with the state: a resumed run's log must not switch to another text midway
+    const validation = { valid: await fileSha256(validFile), validTokens, evalEvery };
     // a saved state resumes only a run with the same options, model and data (else E_VALUE naming what differs)
     const trainer = (await exists(statePath))
       ? await Trainer.load(statePath, cfg, data, undefined, {
           expect: trainerOptions,
           labels: { ...TRAIN_FLAG_LABELS, warmup: '--warmup' },
+          also: (info) => {
+            const saved = (info as { validation?: Record<string, unknown> } | undefined)?.validation;
+            return saved
+              ? settingsDiff(saved, validation, { labels: VALIDATION_LABELS })
+              : ['validation settings (not recorded: an earlier version)'];
+          },
         })
       : new Trainer(cfg, initTrainParams(cfg, new Rng(seed)), data, trainerOptions);
     if (trainer.stepCount === 0) await writeFile(logPath, '');
@@ -151,7 +172,7 @@ export async function trainCommand(a: Args): Promise<number> {
           });
           if (!r) {
             await flushLog();
-            await trainer.save(statePath);
+            await trainer.save(statePath, { info: { validation } });
             bar.done();
             console.error(
               `caldera train: interrupted at step ${trainer.stepCount}; rerun the same command to resume`,
@@ -179,14 +200,14 @@ export async function trainCommand(a: Args): Promise<number> {
           );
           if (r.step % 25 === 0) {
             await flushLog();
-            await trainer.save(statePath);
+            await trainer.save(statePath, { info: { validation } });
           }
         }
       } finally {
         bar.done();
       }
       await flushLog();
-      if (first < trainer.stepCount) await trainer.save(statePath);
+      if (first < trainer.stepCount) await trainer.save(statePath, { info: { validation } });
 
       // the model directory, written beside `out` and renamed into place
       const tmp = `${out}.tmp-${tempSuffix()}`;
@@ -202,7 +223,12 @@ export async function trainCommand(a: Args): Promise<number> {
         });
         await writeFile(
           join(tmp, 'config.json'),
-          JSON.stringify({ ...hfConfig, torch_dtype: 'float16' }, null, 2) + '\n',
+          // newer transformers write the dtype as `dtype`: kept in agreement (a template's 'bfloat16' stayed)
+          JSON.stringify(
+            { ...hfConfig, torch_dtype: 'float16', ...('dtype' in hfConfig ? { dtype: 'float16' } : {}) },
+            null,
+            2,
+          ) + '\n',
         );
         await copyModelSideFiles(template, tmp); // the template's tokenizer, chat template, generation settings
         await copyFile(logPath, join(tmp, 'training-log.jsonl'));
