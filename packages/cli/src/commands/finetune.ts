@@ -3,6 +3,7 @@ import { join, resolve } from 'node:path';
 import { CalderaError, type CalderaCheckpointMeta } from '@caldera/core';
 import {
   loadModel,
+  loadTokenizer,
   modelTeacher,
   perplexity,
   prepareLoraFinetune,
@@ -37,6 +38,7 @@ import {
   modelDirOf,
   onStopSignals,
   progressFor,
+  leadingTokens,
   readDocuments,
   tokenizeDocuments,
   TRAIN_FLAG_LABELS,
@@ -133,7 +135,13 @@ export async function finetuneCommand(a: Args): Promise<number> {
     checkTextTokenIds(train, vocab, '--data', dataFile);
     checkTrainingText(train, dataFile, options.seqLen);
     const validFile = flagString(a, 'valid') ?? defaultText('valid');
-    const valid = await tokens(validFile);
+    // the validation and held-out texts: only the tokens scored (--valid-tokens, --eval-tokens), not the whole files
+    // (a large text was encoded whole, then cut)
+    const tok = await loadTokenizer(src);
+    const leading = async (file: string, max: number) =>
+      leadingTokens((d) => tok.encode(d), await readDocuments(file), bos, max);
+    // (at least a window: a --valid-tokens below it is refused as such, not as a text too short)
+    const valid = await leading(validFile, Math.max(options.evalTokens, options.seqLen + 1));
     checkTextTokenIds(valid, vocab, '--valid', validFile);
     checkTextLength(
       valid,
@@ -143,7 +151,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
       `validation needs at least --seq-len + 1 = ${options.seqLen + 1}`,
     );
     const evalFile = flagString(a, 'eval') ?? defaultText('test');
-    const heldOut = (await tokens(evalFile)).slice(0, evalTokens);
+    const heldOut = await leading(evalFile, evalTokens);
     checkTextTokenIds(heldOut, vocab, '--eval', evalFile);
     checkTextLength(heldOut, '--eval', evalFile, 2, 'perplexity needs at least 2');
     const evalCtx = Math.min(HELD_OUT_CONTEXT, loaded.config.maxPositions);

@@ -13,6 +13,7 @@ import {
 } from '@caldera/core';
 import {
   initTrainParams,
+  loadTokenizer,
   parseModelConfig,
   readJsonFile,
   settingsDiff,
@@ -42,6 +43,7 @@ import {
   defaultText,
   exists,
   fileSha256,
+  leadingTokens,
   modelDirOf,
   readDocuments,
   tokenizeDocuments,
@@ -112,14 +114,24 @@ export async function trainCommand(a: Args): Promise<number> {
     const data = compactTokenIds(dataIds, mc.vocabSize);
     checkTrainingText(data, dataFile, seqLen);
     const validFile = flagString(a, 'valid') ?? defaultText('valid');
-    const valid = await tokens(validFile);
+    // only the tokens validation scores (--valid-tokens; at least a window, so that a cap below it is refused as such),
+    // not the whole file
+    const tok = await loadTokenizer(template);
+    const valid = leadingTokens(
+      (d) => tok.encode(d),
+      await readDocuments(validFile),
+      mc.bosTokenId,
+      Math.max(validTokens, seqLen + 1),
+    );
     checkTextTokenIds(valid, mc.vocabSize, '--valid', validFile);
     // the first validation comes after --eval-every steps: a text too short for one window must fail now, not then
     if (Math.min(valid.length, validTokens) < seqLen + 1)
       throw new CalderaError(
         'E_VALUE',
-        `validation needs at least --seq-len + 1 = ${seqLen + 1} tokens: ${validFile} has ${valid.length}` +
-          (validTokens < valid.length ? ` and --valid-tokens is ${validTokens}` : ''),
+        `validation needs at least --seq-len + 1 = ${seqLen + 1} tokens: ` +
+          (valid.length < seqLen + 1
+            ? `${validFile} has ${valid.length}`
+            : `--valid-tokens is ${validTokens}`),
       );
     const partial = `${out}.partial`;
     const statePath = join(partial, 'train-state.bin');
