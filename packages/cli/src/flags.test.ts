@@ -379,9 +379,7 @@ describe('caldera command lines', () => {
     );
     const t = await run('train', '--out', never, '--valid-tokens', '10', '--steps', '1');
     expect(t.code).toBe(1);
-    expect(t.stderr).toMatch(
-      /validation needs at least --seq-len \+ 1 = 129 tokens: --valid-tokens is 10$/m,
-    );
+    expect(t.stderr).toMatch(/validation needs at least --seq-len \+ 1 = 129 tokens: --valid-tokens is 10$/m);
     const tok = await run('eval', '--tokenizer', 'tokenizer.bin', '--max-tokens', '16');
     expect(tok.stderr).toMatch(/E_VALUE: --tokenizer applies to a llama2\.c model/);
     expect(existsSync(never)).toBe(false);
