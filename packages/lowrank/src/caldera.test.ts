@@ -352,6 +352,11 @@ describe('caldera', () => {
       }
       // f32 sums in other orders, and the scale g folded into the stored factors (f32 or exact): ≤ 1e-5 relative
       expect(worst).toBeLessThan(1e-5 * largest);
+      // no Q and no factors left (a hand-made decomposition): refused, not written as a layer no reader accepts
+      const empty = { ...dd, rank: 0, ft: null };
+      expect(() => toCheckpointTensors('blk', empty)).toThrow(
+        "E_VALUE: toCheckpointTensors: 'blk': no Q and no low-rank factors (rank 0): the layer would be all zeros",
+      );
       // applyDecomposition skips Q: y = x·Ŵᵀ against the dense Ŵ (f32 dot products of n = 256 terms)
       const x = new Rng(9).fillNormal(new Float32Array(3 * n));
       const y = applyDecomposition(back, x, 3);

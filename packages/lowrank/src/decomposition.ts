@@ -76,6 +76,19 @@ function factorValues(f: StoredFactor): Float32Array {
   return f.kind === 'dense' ? f.values : latticeDecode(f.codes);
 }
 
+/**
+ * `E_VALUE` naming `label` when `d` has no term at all — no Q and no low-rank component (rank 0, no trainable part) —
+ * which only a hand-made decomposition can be (`caldera()` refuses `qBits: 0` at rank 0, and a checkpoint may not hold
+ * one): Ŵ would be all zeros, which no writer or runtime represents.
+ */
+export function checkDecompositionTerms(d: Decomposition, label: string): void {
+  if (!d.q && d.rank + (d.ft?.rank ?? 0) === 0)
+    throw new CalderaError(
+      'E_VALUE',
+      `${label}: no Q and no low-rank factors (rank 0): the layer would be all zeros`,
+    );
+}
+
 /** Dense Q̂ + L̂R̂ in the rotated domain (mp × np), without the global scale. */
 export function rotatedEstimate(d: Decomposition): Float32Array {
   assertObject(d, 'rotatedEstimate', 'd', 'a Decomposition');
@@ -243,6 +256,7 @@ export function toCheckpointTensors(
   d: Decomposition,
 ): { tensors: Record<string, Tensor>; meta: CalderaLayerMeta } {
   assertObject(d, 'toCheckpointTensors', 'd', 'a Decomposition');
+  checkDecompositionTerms(d, `toCheckpointTensors: '${prefix}'`);
   const [mp, np] = d.padded;
   const k = d.rank;
   const p = `${prefix}.caldera.`;

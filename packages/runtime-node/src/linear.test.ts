@@ -155,6 +155,10 @@ describe('linear layers', () => {
       expect(layer.fused).toBe(false); // the fused kernel is 2-bit Q's
       expectMatchesApply(layer, d, [1, 7, 37]);
       expect(layer.d).toBe(d);
+      // without its factors too, nothing is left: refused (Ŵ would be all zeros)
+      expect(() => new CalderaLinear({ ...d, rank: 0 })).toThrow(
+        'E_VALUE: CalderaLinear: no Q and no low-rank factors (rank 0): the layer would be all zeros',
+      );
       // resident bytes: the same layer with a 4-bit RVQ Q (unfused, as this one) holds that Q's two code planes, 4 bits
       // per padded weight, on top; without Q, nothing for it
       const { meta } = toCheckpointTensors('p', d);

@@ -8,7 +8,7 @@ import {
   type Tensor,
 } from '@caldera/core';
 import { gemm, gemmInto, hadamardRowsInPlace, type Pool } from '@caldera/linalg';
-import { codecBits, type Decomposition, latticeDecode } from '@caldera/lowrank';
+import { checkDecompositionTerms, codecBits, type Decomposition, latticeDecode } from '@caldera/lowrank';
 import { BatchWorkspace, poolOf } from './kernels/batch-workspace.js';
 import { decodeExecutor, type DecodeExecutor, type DecodePool } from './kernels/decode-pool.js';
 import {
@@ -457,6 +457,7 @@ export class CalderaLinear implements Linear {
     readonly bias: Float32Array | null = null,
     options: CalderaLinearOptions = {},
   ) {
+    checkDecompositionTerms(d, 'CalderaLinear');
     [this.outFeatures, this.inFeatures] = d.shape;
     const [mp, np] = d.padded;
     const k = d.rank;

@@ -866,6 +866,10 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     const f = caldera(w(), null, { rank: 2, qBits: 0, lBits: 16, rBits: 16, lplrIters: 1 });
     expect(groupable([a, e])).toBe(false);
     expect(groupable([e, f])).toBe(true);
+    // no Q and no factors (a hand-made decomposition): refused; it wrote nothing, its output rows the last layer's
+    expect(() => new GpuCalderaLinear(d, { ...e, rank: 0 }, null, 'empty')).toThrow(
+      'E_VALUE: empty: no Q and no low-rank factors (rank 0): the layer would be all zeros',
+    );
     const lin = createCalderaLinears(d, [
       { d: a, bias: null, label: 'a' },
       { d: b, bias: null, label: 'b' },

@@ -1,6 +1,11 @@
 import { CalderaError, isCalderaError } from '@caldera/core';
 import { hadamardBase, hadamardFactor } from '@caldera/linalg';
-import { latticeDecode, type Decomposition, type LatticeCodes } from '@caldera/lowrank';
+import {
+  checkDecompositionTerms,
+  latticeDecode,
+  type Decomposition,
+  type LatticeCodes,
+} from '@caldera/lowrank';
 import { e81bCodebook, e8pSources, RVQ3_RESID_SCALE, RVQ4_RESID_SCALE } from '@caldera/quant';
 import { bufferBytes, checkFits, storageBuffer, uniformWords, type CalderaDevice } from './device.js';
 import {
@@ -519,6 +524,8 @@ export class GpuCalderaGroup {
     try {
       const decs = layers.map((x) => x.d);
       const label = layers.map((x) => x.label).join('+');
+      // a layer with no term would write nothing: its rows of the output would be the last layer's
+      for (const x of layers) checkDecompositionTerms(x.d, x.label);
       if (!groupable(decs))
         throw new CalderaError(
           'E_VALUE',
