@@ -501,6 +501,30 @@ describe.skipIf(!dev)(gpuTitle('generate and perplexity on one model', reason), 
     }
   });
 
+  it('model.tokens passed back as the prompt (prefix reuse, as a chat app does) gives the tokens of a copy; perplexity likewise', async () => {
+    // the model's own history array was returned: generate's truncation cut the prompt while it read it (the last
+    // token dropped, every later token wrong) and perplexity's reset emptied it
+    const model = await loadTinyModel(32);
+    try {
+      const run = async (asIs: boolean) => {
+        model.reset();
+        await collect(generate(model, [1, 5, 3, 9, 2], { maxTokens: 4 }));
+        const prompt = asIs ? model.tokens : [...model.tokens];
+        return collect(generate(model, prompt, { maxTokens: 5 }));
+      };
+      const copied = await run(false);
+      expect(await run(true)).toEqual(copied);
+      model.reset();
+      await collect(generate(model, [1, 5, 3, 9, 2], { maxTokens: 4 }));
+      const text = [...model.tokens];
+      const want = await perplexity(model, text);
+      await collect(generate(model, [1, 5, 3, 9, 2], { maxTokens: 4 }));
+      expect((await perplexity(model, model.tokens)).ppl).toBe(want.ppl);
+    } finally {
+      model.dispose();
+    }
+  });
+
   it('maxTokens 0 or a prompt that fills the context runs no pass (the cache is left as it was), as in runtime-node', async () => {
     const model = await loadTinyModel(8);
     try {

@@ -766,9 +766,12 @@ export class WebGpuModel {
     return this.pos;
   }
 
-  /** The token ids in the KV cache, in position order. */
+  /**
+   * The token ids in the KV cache, in position order: a copy (the model's own array, passed back as a prompt, was cut
+   * by `generate`'s truncation while it was read, and its last token dropped).
+   */
   get tokens(): readonly number[] {
-    return this.history;
+    return this.history.slice();
   }
 
   /** Kernel launches per token. */
