@@ -4,6 +4,7 @@
 // directory given is checked to be a model first.
 import { existsSync, statSync } from 'node:fs';
 import { cp, copyFile, mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { writeServiceWorker } from './offline.mjs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cast, openSafetensorsDir, writeSafetensors } from '@caldera/core';
@@ -43,10 +44,14 @@ if (from !== undefined) {
 // half-written dist/model (which later runs would take as present); their leftovers are removed above.
 await mkdir(dirname(out), { recursive: true });
 const tmp = join(dirname(out), `.model-tmp-${process.pid}`);
-/** Replace dist/model by the complete `tmp`. */
+/**
+ * Replace dist/model by the complete `tmp`; in a built site (dist/sw.js exists) also the service worker, whose new
+ * version makes returning visitors fetch the new model (they kept the old one from its cache).
+ */
 const commit = async () => {
   await rm(out, { recursive: true, force: true });
   await rename(tmp, out);
+  if (existsSync(join(dirname(out), 'sw.js'))) await writeServiceWorker(dirname(out));
 };
 if (from !== undefined) {
   try {

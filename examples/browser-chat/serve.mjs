@@ -41,6 +41,7 @@ export function staticServer() {
       const body = await readFile(file);
       res.writeHead(200, {
         'content-type': types[extname(file)] ?? 'application/octet-stream',
+        'content-length': body.length, // the loader's download progress shows a total and a percentage
         ...ISOLATION,
       });
       res.end(body);

@@ -8,7 +8,7 @@
 // isolated), say so on its status line and give the same greedy tokens.
 // Prints 'skipped: …' and exits 0 when /usr/bin/chromium or playwright-core is missing.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +16,7 @@ import { stopTokenIdsOf } from '@caldera/core';
 import { generate, loadModel, readJsonFile } from '@caldera/runtime-node';
 import { decodePng } from './png.mjs';
 import { staticServer } from './serve.mjs';
+import { writeServiceWorker } from './offline.mjs';
 
 const CHROMIUM = '/usr/bin/chromium';
 if (!existsSync(CHROMIUM)) {
@@ -229,6 +230,38 @@ try {
   // the model runs in the page's Web Worker, off the main thread
   const workers = page.workers().map((w) => new URL(w.url()).pathname);
   check(workers.includes('/cpu-worker.js'), `CPU fallback: runs in a Web Worker (${workers.join(', ')})`);
+  // a run that generates nothing says so (the last run's numbers stayed on the stats line)
+  await page.fill('#max', '0');
+  await page.evaluate('window.chatDone = undefined');
+  await page.click('#go');
+  await page.waitForFunction('window.chatDone !== undefined', undefined, { timeout: 60_000 });
+  const none = await page.textContent('#stats');
+  check(/^no tokens generated/.test(none), `a run of no tokens says so (${none})`);
+  // the server gives each file's length: the page's download progress has a total
+  const head = await fetch(`http://127.0.0.1:${cpuServer.address().port}/model/model.safetensors`);
+  const length = Number(head.headers.get('content-length'));
+  await head.arrayBuffer();
+  check(length > 1e6, `server: model.safetensors with its Content-Length (${length} bytes)`);
+  // a rebuilt site: its worker waits beside the running one until the page asks (then the page reloads into it);
+  // taking over at once switched a loading page to the new copy midway (the old model with the new tokenizer)
+  await page.waitForFunction('window.offlineReady', undefined, { timeout: 60_000 });
+  const index = join(here, 'dist/index.html');
+  utimesSync(index, new Date(), new Date(Date.now() + 1000)); // a new mtime: a new version of the site
+  await writeServiceWorker(join(here, 'dist'));
+  await page.reload();
+  await page.waitForFunction('window.updateReady', undefined, { timeout: 120_000 });
+  const offer = await page.textContent('#offline');
+  check(
+    /a new version is saved for offline use/.test(offer),
+    `a rebuilt site is offered, not switched to (${offer})`,
+  );
+  await Promise.all([page.waitForNavigation({ timeout: 60_000 }), page.click('#offline button')]);
+  await page.waitForFunction('window.chatReady && window.offlineReady', undefined, { timeout: 120_000 });
+  const taken = await page.textContent('#offline');
+  check(
+    /running from the offline copy/.test(taken),
+    `after "reload to use it": the new copy runs (${taken})`,
+  );
 } finally {
   await cpuCtx.close();
   cpuServer.close();

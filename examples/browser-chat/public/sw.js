@@ -1,7 +1,9 @@
-// Service worker of the example (build.mjs prepends `FILES`, every file of dist/, and `VERSION`, a hash of them).
+// Service worker of the example (offline.mjs prepends `FILES`, every file of dist/, and `VERSION`, a hash of them).
 // Installing it caches the page, the bundle and the checkpoint; afterwards every request for them is answered from
 // that cache, so the chat loads and runs with no network at all. A rebuilt model or bundle changes VERSION, so the
-// browser installs the new worker, which replaces the old cache.
+// browser installs the new worker beside the old one. It takes over only between page loads: when no page uses the
+// old one any more, or when the page asks (its "reload" button) and then reloads. Taking over at once switched a page
+// that was still loading to the new cache midway: its old model ran with the new tokenizer.
 /* global FILES, VERSION */
 const CACHE = `caldera-chat-${VERSION}`;
 
@@ -10,8 +12,14 @@ self.addEventListener('install', (event) => {
     caches
       .open(CACHE)
       .then((cache) => cache.addAll(FILES))
-      .then(() => self.skipWaiting()),
+      // the first install has no copy to be mixed with: it serves the page that installed it from now on
+      .then(() => (self.registration.active ? undefined : self.skipWaiting())),
   );
+});
+
+// the page's "reload" button: the new copy takes over, and the page reloads into it
+self.addEventListener('message', (event) => {
+  if (event.data === 'skipWaiting') self.skipWaiting();
 });
 
 self.addEventListener('activate', (event) => {

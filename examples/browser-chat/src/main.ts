@@ -32,6 +32,8 @@ const testHooks = window as unknown as {
   chatTokens?: number[];
   chatPromptIds?: number[];
   offlineReady?: boolean;
+  /** A rebuilt site's worker is installed and waits for the page's "reload to use it". */
+  updateReady?: boolean;
   /** Candidates tried by the last tuning run, once it has finished (or its error). */
   tuneDone?: number | string;
   /** Whether the model was loaded with a kernel choice tuned on an earlier visit. */
@@ -45,11 +47,35 @@ function keepOffline(): void {
     offline.textContent = 'no service worker in this browser: needs the network on every visit';
     return;
   }
-  navigator.serviceWorker
-    .register('/sw.js')
-    .then(() => navigator.serviceWorker.ready)
+  const sw = navigator.serviceWorker;
+  sw.register('/sw.js')
+    .then((reg) => {
+      // a rebuilt site installs its worker beside this page's; it takes over only when asked, and the page reloads
+      // into it (switching a page midway mixed the two copies: the old model with the new tokenizer)
+      const offerUpdate = (w: ServiceWorker) => {
+        offline.textContent = 'a new version is saved for offline use: ';
+        const reload = document.createElement('button');
+        reload.textContent = 'reload to use it';
+        reload.onclick = () => {
+          reload.disabled = true;
+          sw.addEventListener('controllerchange', () => location.reload());
+          w.postMessage('skipWaiting');
+        };
+        offline.append(reload);
+        testHooks.updateReady = true;
+      };
+      if (reg.waiting && sw.controller) offerUpdate(reg.waiting);
+      reg.addEventListener('updatefound', () => {
+        const w = reg.installing;
+        w?.addEventListener('statechange', () => {
+          if (w.state === 'installed' && sw.controller) offerUpdate(w);
+        });
+      });
+      return sw.ready;
+    })
     .then(() => {
-      offline.textContent = navigator.serviceWorker.controller
+      if (testHooks.updateReady) return;
+      offline.textContent = sw.controller
         ? 'running from the offline copy: works without a network'
         : 'saved for offline use: the next visit works without a network';
       testHooks.offlineReady = true;
@@ -59,7 +85,9 @@ function keepOffline(): void {
 
 /** The checkpoint's tokenizer and its generation_config.json (null when it has none). */
 async function loadTokenizer(): Promise<{ tok: Tokenizer; generationConfig: unknown }> {
-  const tokJson = await (await fetch('/model/tokenizer.json')).json();
+  const res = await fetch('/model/tokenizer.json');
+  if (!res.ok) throw new Error(`/model/tokenizer.json: HTTP ${res.status} ${res.statusText}`.trim());
+  const tokJson = (await res.json()) as ConstructorParameters<typeof Tokenizer>[0];
   const tokCfg = await fetch('/model/tokenizer_config.json').then((r) => (r.ok ? r.json() : {}));
   const tok = new Tokenizer(tokJson, tokCfg);
   // its eos_token_id joins config.json's as stop tokens (Llama 3 chat models list <|eot_id|> only there)
@@ -92,6 +120,7 @@ function chat(
     out.append(gen);
     const produced: number[] = [];
     let start = 0;
+    stats.textContent = ''; // the last run's numbers are not this one's
     try {
       for await (const id of run(ids, {
         maxTokens: Number($<HTMLInputElement>('max').value),
@@ -106,6 +135,8 @@ function chat(
         const s = (performance.now() - start) / 1000;
         stats.textContent = `${produced.length} tokens · ${s > 0 ? ((produced.length - 1) / s).toFixed(1) : '–'} tokens/s (decode)`;
       }
+      if (produced.length === 0)
+        stats.textContent = `no tokens generated (the prompt's ${ids.length} tokens fill the context, or max tokens is 0)`;
     } catch (e) {
       stats.textContent = String(e);
     }

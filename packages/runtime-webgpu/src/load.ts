@@ -99,7 +99,11 @@ export interface LoadedWebGpuModel {
   config: ModelConfig;
   /** `caldera.json` (validated), or null for a dense model. */
   calderaMeta: CalderaCheckpointMeta | null;
-  /** Bits per weight of the seven linear layers of every block as stored on the GPU (16 for a dense f16 model). */
+  /**
+   * Bits per weight of the seven linear layers of every block: a CALDERA layer's as its checkpoint stores it (codes,
+   * scales, f16 sign vectors; on the GPU the signs take f32), a dense one's as uploaded (16 for a dense f16 model, 32
+   * for weights uploaded in f32).
+   */
   linearBitsPerWeight: number;
 }
 
