@@ -14,7 +14,9 @@ import { createServer } from 'node:net';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { checkBenchArgs } from '../../../scripts/bench-args.js';
 
+checkBenchArgs('usage: npm run bench -w @caldera/calibrate [-- --quick]', ['--quick']);
 const quick = process.argv.includes('--quick');
 const reps = quick ? 1 : 2;
 const bin = fileURLToPath(new URL('../../cli/dist/bin.js', import.meta.url));

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { execFileSync, spawn } from 'node:child_process';
 import {
   copyFileSync,
   existsSync,
@@ -314,6 +315,21 @@ describe('caldera finetune', () => {
       .map((l) => JSON.parse(l).step as number);
     expect(final).toEqual(Array.from({ length: 40 }, (_, i) => i + 1));
   }, 300_000);
+
+  it('--valid from a named pipe (read once): trains (the resume record is of the tokens scored, not a second read)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'caldera-train-fifo-'));
+    const fifo = join(dir, 'valid.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const valid = fileURLToPath(new URL('../../reference-model/data/valid.txt', import.meta.url));
+    const writer = spawn('sh', ['-c', 'cat "$0" > "$1"', valid, fifo], { stdio: 'ignore' });
+    const r = runCli(
+      ['train', '--out', join(dir, 'm'), '--steps', '2', '--batch', '1', '--seq-len', '32', '--valid', fifo],
+      60_000,
+    );
+    writer.kill();
+    expect(r.signal, 'killed by the timeout: a second open of the pipe waited for a writer').toBeNull();
+    expect(r.status, r.stderr).toBe(0);
+  }, 90_000);
 
   it('trains, compresses and fine-tunes a model with an untied head, q/k/v biases and Llama 3 RoPE scaling', async () => {
     // a tiny model with the reference model's tokenizer and the three features the reference model lacks

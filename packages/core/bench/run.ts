@@ -19,7 +19,9 @@ import {
   tensor,
   writeSafetensors,
 } from '../src/index.js';
+import { checkBenchArgs } from '../../../scripts/bench-args.js';
 
+checkBenchArgs('usage: npm run bench -w @caldera/core [-- --quick]', ['--quick']);
 const quick = process.argv.includes('--quick');
 const n = quick ? 1 << 20 : 1 << 24;
 

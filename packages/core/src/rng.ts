@@ -100,7 +100,7 @@ export class Rng {
     return out;
   }
 
-  /** Fill an array with uniform samples in [lo, hi) (lo itself when hi ≤ lo). */
+  /** Fill an array with uniform samples in [lo, hi) (lo itself when hi = lo; in (hi, lo] when hi < lo). */
   fillUniform<T extends Float32Array | Float64Array>(out: T, lo = 0, hi = 1): T {
     for (let i = 0; i < out.length; i++) {
       // lo + (hi − lo)·u, stored, rounds up to hi for u within half an ulp of 1 (f32: about one draw in 2^25): drawn

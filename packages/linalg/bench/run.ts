@@ -9,6 +9,7 @@ import { browserCases } from './cases/browser.js';
 import { factorCases } from './cases/factor.js';
 import { gemmCases } from './cases/gemm.js';
 import type { BenchCase } from './harness.js';
+import { checkBenchArgs } from '../../../scripts/bench-args.js';
 
 const CASES: BenchCase[] = [...gemmCases, ...browserCases, ...factorCases];
 
@@ -18,6 +19,11 @@ function argValue(name: string): string | undefined {
 }
 
 async function main(): Promise<void> {
+  checkBenchArgs(
+    'usage: npm run bench -w @caldera/linalg [-- --quick] [-- --threads N] [-- --filter substring]',
+    ['--quick'],
+    ['--threads', '--filter'],
+  );
   const quick = process.argv.includes('--quick');
   const threads = Number(argValue('--threads') ?? Math.min(availableParallelism(), 16));
   const filter = argValue('--filter');

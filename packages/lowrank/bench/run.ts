@@ -1,11 +1,17 @@
 // CALDERA benchmark: wall time and activation-aware error of one decomposition, JSON lines.
 //   npm run bench -w @caldera/lowrank            # 4096×4096 and 11008×4096 (k = 64, Q 2-bit, LR 4-bit)
-//   npm run bench -w @caldera/lowrank -- --quick # 4096×4096 only
+//   npm run bench -w @caldera/lowrank -- --quick # 2048×2048 only (under a minute; 4096² alone took 48 s and more)
 //   npm run bench -w @caldera/lowrank -- --shapes 4096x11008,2048x5632   # other m×n shapes (e.g. down projections)
 import { Rng, tensor, type Tensor } from '@caldera/core';
 import { createPool, syrk } from '@caldera/linalg';
 import { caldera } from '../src/index.js';
+import { checkBenchArgs } from '../../../scripts/bench-args.js';
 
+checkBenchArgs(
+  'usage: npm run bench -w @caldera/lowrank [-- --quick] [-- --shapes MxN,…]',
+  ['--quick'],
+  ['--shapes'],
+);
 const quick = process.argv.includes('--quick');
 
 /** Structured weight (decaying spectrum + outlier columns) and a Hessian from correlated activations. */
@@ -64,7 +70,7 @@ const pool = createPool({ threads: 2 });
 const shapes: [number, number][] =
   shapesArg() ??
   (quick
-    ? [[4096, 4096]]
+    ? [[2048, 2048]]
     : [
         [4096, 4096],
         [11008, 4096],

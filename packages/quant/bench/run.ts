@@ -10,6 +10,7 @@ import { ldlq, proxyLoss } from '../src/ldlq.js';
 import { rvqDecode, rvqEncode } from '../src/rvq.js';
 import { uniformQuantizer } from '../src/uniform.js';
 import { normalFloatQuantizer } from '../src/normal-float.js';
+import { checkBenchArgs } from '../../../scripts/bench-args.js';
 
 interface Result {
   value: number;
@@ -232,6 +233,11 @@ function argValue(name: string): string | undefined {
 }
 
 async function main(): Promise<void> {
+  checkBenchArgs(
+    'usage: npm run bench -w @caldera/quant [-- --quick] [-- --threads N] [-- --filter substring]',
+    ['--quick'],
+    ['--threads', '--filter'],
+  );
   const quick = process.argv.includes('--quick');
   const filter = argValue('--filter');
   const pool = createPool({ threads: Number(argValue('--threads') ?? 2) });

@@ -26,7 +26,13 @@ import {
 import { bestRowMs, blocksOf, decodeRate, onDecodePool } from './decode.js';
 import { floors } from './floors.js';
 import { emit } from './emit.js';
+import { checkBenchArgs } from '../../../scripts/bench-args.js';
 
+checkBenchArgs(
+  'usage: npm run bench -w @caldera/runtime-node [-- --quick] [-- --large] [-- --browser]',
+  ['--quick', '--large', '--browser'],
+  ['--kind'], // (the child processes' own)
+);
 const quick = process.argv.includes('--quick');
 const cfg = parseModelConfig({
   architectures: ['LlamaForCausalLM'],

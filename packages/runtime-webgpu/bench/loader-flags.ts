@@ -21,6 +21,9 @@ const OPTION_FLAGS = {
   'written-mix': 'writtenMix',
 } as const;
 
+/** The command-line flags of {@link OPTION_FLAGS} (each takes a value). */
+export const LOADER_FLAGS: readonly string[] = Object.keys(OPTION_FLAGS).map((k) => `--${k}`);
+
 /** The loader options of {@link OPTION_FLAGS}. */
 export type TunedOptions = Pick<WebGpuModelOptions, (typeof OPTION_FLAGS)[keyof typeof OPTION_FLAGS]>;
 

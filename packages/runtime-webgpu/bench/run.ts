@@ -65,9 +65,16 @@ import { nodeDevice } from '../src/testing/gpu.js';
 import { sampleFromAllLogits } from '../src/testing/sampling.js';
 import { parameterCount, SHAPES, writeRandomCalderaModel, writeRandomF16Model } from './random-model.js';
 import { measureDispatchCost } from './dispatch.js';
-import { loaderFlagOptions } from './loader-flags.js';
+import { LOADER_FLAGS, loaderFlagOptions } from './loader-flags.js';
+import { checkBenchArgs } from '../../../scripts/bench-args.js';
 import { measureRoofline } from './roofline.js';
 
+checkBenchArgs(
+  'usage: npm run bench -w @caldera/runtime-webgpu [-- --quick] [-- --tune] [-- --random-model tiny|tiny32k|1b|none] ' +
+    `[-- --lanes 1|32] [-- ${LOADER_FLAGS.join(' V] [-- ')} V]`,
+  ['--quick', '--tune'],
+  ['--random-model', '--lanes', ...LOADER_FLAGS],
+);
 const quick = process.argv.includes('--quick');
 const randomAt = process.argv.indexOf('--random-model');
 const randomArg = randomAt < 0 ? undefined : process.argv[randomAt + 1];

@@ -36,6 +36,7 @@ import {
   loadModelShowing,
   makeDir,
   modelDirOf,
+  modelSideFiles,
   onStopSignals,
   progressFor,
   leadingTokens,
@@ -117,6 +118,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
   const teacherFlag = flagString(a, 'teacher');
   await checkOutDir(out, teacherFlag === undefined ? [src] : [src, teacherFlag]);
   await checkWorkDirs(out, 'finetune');
+  await modelSideFiles(src, true); // the side files the output copies: a FIFO among them, refused now, not after training
   // one writer of --out at a time; what a killed run left beside it (<out>.tmp-…, a model's size) is removed
   return withOutputLock(out, 'caldera finetune', async () => {
     const log = (o: Record<string, unknown>) => (json ? console.log(JSON.stringify(o)) : undefined);

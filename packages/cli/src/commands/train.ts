@@ -17,6 +17,7 @@ import {
   parseModelConfig,
   readJsonFile,
   settingsDiff,
+  tokenDigest,
   Trainer,
   trainParamShapes,
   validationLoss,
@@ -42,9 +43,9 @@ import {
   copyModelSideFiles,
   defaultText,
   exists,
-  fileSha256,
   leadingTokens,
   modelDirOf,
+  modelSideFiles,
   readDocuments,
   tokenizeDocuments,
   makeDir,
@@ -77,7 +78,7 @@ Options:
 
 /** How the validation settings a resumed run must keep are named in a refusal. */
 const VALIDATION_LABELS = {
-  valid: 'validation text (--valid content)',
+  valid: 'validation text (--valid tokens scored)',
   validTokens: '--valid-tokens',
   evalEvery: '--eval-every',
 };
@@ -91,6 +92,7 @@ export async function trainCommand(a: Args): Promise<number> {
   // (its template may be that output: it is read before the new model replaces it, as npm run train:reference does)
   await checkOutDir(out, [template], TRAIN_OUTPUT);
   await checkWorkDirs(out, 'train');
+  await modelSideFiles(template, true); // the side files the output copies: a FIFO among them, refused now, not after training
   // one writer of --out at a time; what a killed run left beside it (<out>.tmp-…, a model's size) is removed
   return withOutputLock(out, 'caldera train', async () => {
     const steps = flagNumber(a, 'steps', 2000, POSITIVE_INT);
@@ -147,7 +149,8 @@ export async function trainCommand(a: Args): Promise<number> {
       checkpoint: a.flags.has('checkpoint'),
     };
     // the validation settings, recorded with the state: a resumed run's log must not switch to another text midway
-    const validation = { valid: await fileSha256(validFile), validTokens, evalEvery };
+    // (of the tokens scored: --valid may be a pipe, read once already, and text past them changes nothing)
+    const validation = { valid: tokenDigest(valid.slice(0, validTokens)), validTokens, evalEvery };
     // a saved state resumes only a run with the same options, model and data (else E_VALUE naming what differs)
     const trainer = (await exists(statePath))
       ? await Trainer.load(statePath, cfg, data, undefined, {
@@ -155,9 +158,8 @@ export async function trainCommand(a: Args): Promise<number> {
           labels: { ...TRAIN_FLAG_LABELS, warmup: '--warmup' },
           also: (info) => {
             const saved = (info as { validation?: Record<string, unknown> } | undefined)?.validation;
-            return saved
-              ? settingsDiff(saved, validation, { labels: VALIDATION_LABELS })
-              : ['validation settings (not recorded: an earlier version)'];
+            // a state of an earlier version recorded none: resumed (its refusal would lose the run)
+            return saved ? settingsDiff(saved, validation, { labels: VALIDATION_LABELS }) : [];
           },
         })
       : new Trainer(cfg, initTrainParams(cfg, new Rng(seed)), data, trainerOptions);

@@ -8,6 +8,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { buildSync } from 'esbuild';
 import type { BenchCase, BenchResult } from '../harness.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -56,14 +57,22 @@ async function run(n: number, threads: number): Promise<BenchResult> {
     '/': `<!doctype html><script type="module">
       const w = new Worker('/worker.js', { type: 'module' });
       w.onmessage = (e) => { window.result = e.data; };
-      w.onerror = (e) => { window.result = { error: String(e.message) }; };
+      w.onerror = (e) => { window.result = { error: e.message ?? 'the worker failed to load (' + e.type + ')' }; };
     </script>`,
     '/worker.js': WORKER(n, threads),
     '/linalg.js': readFileSync(linalgDist, 'utf8').replaceAll(
       /from ["']@caldera\/core["']/g,
       "from '/core.js'",
     ),
-    '/core.js': readFileSync(coreDist, 'utf8'),
+    // core's dist imports npm dependencies (ndarray, CommonJS): bundled for the page as a browser build would (served
+    // as it is, its bare import failed to load and the case was always skipped)
+    '/core.js': buildSync({
+      entryPoints: [coreDist],
+      bundle: true,
+      format: 'esm',
+      platform: 'browser',
+      write: false,
+    }).outputFiles[0]!.text,
   };
   const server = createServer((req, res) => {
     const body = files[req.url ?? ''];
