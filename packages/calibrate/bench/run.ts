@@ -202,7 +202,14 @@ async function main() {
     } finally {
       redis.p.kill('SIGKILL');
     }
-  } else emit({ case: 'scaleout_speedup', skipped: 'redis-server is not installed' });
+  } else
+    emit({
+      case: 'scaleout_speedup',
+      value: null,
+      unit: 'x',
+      refs: {},
+      skipped: 'redis-server is not installed',
+    });
   if (!quick || !redis) {
     const one = await shards(1);
     const two = await shards(2);

@@ -36,7 +36,9 @@ async function main(): Promise<void> {
         const r = await c.run({ quick, threads, pool });
         process.stdout.write(JSON.stringify({ case: c.name, ...r }) + '\n');
       } catch (e) {
-        process.stdout.write(JSON.stringify({ case: c.name, error: String(e) }) + '\n');
+        // the case's line says what failed, and the run's exit status that one did (it was 0)
+        process.stdout.write(JSON.stringify({ case: c.name, value: null, error: String(e) }) + '\n');
+        process.exitCode = 1;
       }
     }
   } finally {

@@ -206,8 +206,9 @@ export async function measureRoofline(dev: CalderaDevice, options: RooflineOptio
   const layerF16List = Array.from({ length: copies(lf16.byteLength) }, () => dense(ln, lf16, lx, lout));
   const layerF16Bytes = layerF16List.length * lf16.byteLength;
 
-  // streaming read of buffers of the same total size
-  const chunk = Math.min(dev.maxStorageBinding, 128 * 2 ** 20);
+  // streaming read of buffers of the same total size (at most the target: on a CPU adapter, whose binding limit is
+  // large, one 128 MiB chunk was streamed against kernels reading 4–16 MiB that stay in cache: "roofline" shares > 1)
+  const chunk = Math.min(dev.maxStorageBinding, 128 * 2 ** 20, Math.max(16, target - (target % 16)));
   const stream = new KernelPipeline(dev.device, 'stream', STREAM_WGSL);
   const sink = buf(new Uint32Array(4), 'sink');
   const streamList: Dispatch[] = [];

@@ -43,7 +43,12 @@ type Page = {
 type Chromium = { launch(o: object): Promise<{ newPage(): Promise<Page>; close(): Promise<void> }> };
 
 async function run(n: number, threads: number): Promise<BenchResult> {
-  const skipped = (why: string): BenchResult => ({ value: Number.NaN, unit: 'GFLOP/s', skipped: why });
+  const skipped = (why: string): BenchResult => ({
+    value: Number.NaN,
+    unit: 'GFLOP/s',
+    refs: {},
+    skipped: why,
+  });
   if (!existsSync(CHROMIUM)) return skipped('no chromium');
   if (!existsSync(linalgDist) || !existsSync(coreDist)) return skipped('dist not built');
   let chromium: Chromium;
