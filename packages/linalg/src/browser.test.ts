@@ -4,8 +4,8 @@
  * Workers from a Blob URL, and both give the right product. Skipped when Chromium, playwright-core or
  * the dist build is absent.
  */
-import { buildSync } from 'esbuild';
-import { existsSync, readFileSync } from 'node:fs';
+import { pageModules } from './page-modules.js';
+import { existsSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -88,18 +88,7 @@ describe('in a browser (headless Chromium)', () => {
       '/': PAGE,
       '/check.js': CHECK,
       '/worker.js': WORKER,
-      '/linalg.js': readFileSync(linalgDist, 'utf8').replaceAll(
-        /from ["']@caldera\/core["']/g,
-        "from '/core.js'",
-      ),
-      // core's dist imports npm dependencies (ndarray, CommonJS): bundle it for the page as a browser would
-      '/core.js': buildSync({
-        entryPoints: [coreDist],
-        bundle: true,
-        format: 'esm',
-        platform: 'browser',
-        write: false,
-      }).outputFiles[0]!.text,
+      ...pageModules(linalgDist, coreDist),
     };
     server = createServer((req, res) => {
       const body = files[req.url ?? ''];

@@ -3,12 +3,12 @@
  * Web Workers; relaxed SIMD where Chromium offers it), to show browser performance next to Node's.
  * Reports `null` (with a `skipped` reason) when Chromium, playwright-core or the dist build is absent.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { buildSync } from 'esbuild';
+import { pageModules } from '../../src/page-modules.js';
 import type { BenchCase, BenchResult } from '../harness.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -65,19 +65,7 @@ async function run(n: number, threads: number): Promise<BenchResult> {
       w.onerror = (e) => { window.result = { error: e.message ?? 'the worker failed to load (' + e.type + ')' }; };
     </script>`,
     '/worker.js': WORKER(n, threads),
-    '/linalg.js': readFileSync(linalgDist, 'utf8').replaceAll(
-      /from ["']@caldera\/core["']/g,
-      "from '/core.js'",
-    ),
-    // core's dist imports npm dependencies (ndarray, CommonJS): bundled for the page as a browser build would (served
-    // as it is, its bare import failed to load and the case was always skipped)
-    '/core.js': buildSync({
-      entryPoints: [coreDist],
-      bundle: true,
-      format: 'esm',
-      platform: 'browser',
-      write: false,
-    }).outputFiles[0]!.text,
+    ...pageModules(linalgDist, coreDist),
   };
   const server = createServer((req, res) => {
     const body = files[req.url ?? ''];
