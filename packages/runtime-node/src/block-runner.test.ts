@@ -244,6 +244,23 @@ describe('BlockLazyRunner', () => {
     expect(() => lazy.embed(Int32Array.of(1))).toThrow(expect.objectContaining({ code: 'E_VALUE' }) as Error);
   });
 
+  it('two perplexity calls at once: the second is E_VALUE saying so, the first is right (it was E_MISSING midway)', async () => {
+    const dir = await writeModel('f32', false);
+    const lazy = await BlockLazyRunner.open(dir);
+    try {
+      const alone = await lazy.perplexity(ids, { context: 4 });
+      const first = lazy.perplexity(ids, { context: 4 });
+      await expect(lazy.perplexity(ids, { context: 4 })).rejects.toThrow(
+        'E_VALUE: BlockLazyRunner.perplexity: another perplexity of this runner is under way (one at a time)',
+      );
+      expect(await first).toEqual(alone);
+      expect(await lazy.perplexity(ids, { context: 4 })).toEqual(alone); // free again after it
+    } finally {
+      await lazy.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('perplexity stops with E_ABORTED on an abort from a timer, releasing its block', async () => {
     const dir = await writeModel('f32', false);
     const lazy = await BlockLazyRunner.open(dir);

@@ -90,6 +90,8 @@ export class BlockLazyRunner {
   /** The block being read by {@link enterBlock}, and the read. */
   private reading: { block: number; done: Promise<void> } | null = null;
   private closed = false;
+  /** A {@link BlockLazyRunner.perplexity} is under way (one at a time: each releases the blocks the other runs). */
+  private scoring = false;
 
   private constructor(
     layout: ModelLayout,
@@ -258,6 +260,24 @@ export class BlockLazyRunner {
    */
   async perplexity(ids: ArrayLike<number>, options: PerplexityOptions = {}): Promise<PerplexityResult> {
     this.checkOpen();
+    // a second call at once failed midway with E_MISSING (the first released the block it ran)
+    if (this.scoring)
+      throw new CalderaError(
+        'E_VALUE',
+        'BlockLazyRunner.perplexity: another perplexity of this runner is under way (one at a time)',
+      );
+    this.scoring = true;
+    try {
+      return await this.scorePerplexity(ids, options);
+    } finally {
+      this.scoring = false;
+    }
+  }
+
+  private async scorePerplexity(
+    ids: ArrayLike<number>,
+    options: PerplexityOptions,
+  ): Promise<PerplexityResult> {
     const cfg = this.config;
     const { context, stride } = checkPerplexityArgs(ids, options, modelPerplexityLimit(cfg));
     const signal = options?.signal ?? undefined;
