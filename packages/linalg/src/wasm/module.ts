@@ -132,13 +132,15 @@ export function relaxedSimdAllowed(): boolean {
 }
 
 function compile(relaxedB64: string, plainB64: string): KernelsModule | null {
-  try {
-    const relaxed = decodeBase64(relaxedB64) as BufferSource;
-    if (relaxedSimdAllowed() && WebAssembly.validate(relaxed))
-      return { module: new WebAssembly.Module(relaxed), relaxedSimd: true };
-  } catch {
-    // fall through to plain SIMD128
-  }
+  // (in Node the relaxed build is not even decoded)
+  if (relaxedSimdAllowed())
+    try {
+      const relaxed = decodeBase64(relaxedB64) as BufferSource;
+      if (WebAssembly.validate(relaxed))
+        return { module: new WebAssembly.Module(relaxed), relaxedSimd: true };
+    } catch {
+      // fall through to plain SIMD128
+    }
   try {
     return { module: new WebAssembly.Module(decodeBase64(plainB64) as BufferSource), relaxedSimd: false };
   } catch {
