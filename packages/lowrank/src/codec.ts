@@ -1,4 +1,4 @@
-import { assertObject, CalderaError } from '@caldera/core';
+import { assertObject, CalderaError, NO_Q_CODEC } from '@caldera/core';
 import {
   E8P_OPT_SCALE,
   e8pDecode,
@@ -36,6 +36,11 @@ export function codecBits(codec: string): FactorBits {
   const b = Object.hasOwn(widths, codec) ? widths[codec as keyof typeof widths] : undefined;
   if (b === undefined) throw new CalderaError('E_FORMAT', `unknown codec '${codec}'`);
   return b;
+}
+
+/** Width of a checkpoint's Q codec: its lattice bits, or 0 for a layer without Q (core's `NO_Q_CODEC`). */
+export function qCodecBits(codec: string): 0 | 2 | 3 | 4 {
+  return codec === NO_Q_CODEC ? 0 : (codecBits(codec) as 2 | 3 | 4);
 }
 
 /** The input scale at which a lattice codebook has minimal MSE on unit-RMS data. */

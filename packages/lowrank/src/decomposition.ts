@@ -15,7 +15,14 @@ import {
   type Tensor,
 } from '@caldera/core';
 import { hadamardRowsInPlace } from '@caldera/linalg';
-import { codecBits, codecName, latticeDecode, type FactorBits, type LatticeCodes } from './codec.js';
+import {
+  codecBits,
+  codecName,
+  latticeDecode,
+  qCodecBits,
+  type FactorBits,
+  type LatticeCodes,
+} from './codec.js';
 import { unrotateWeight } from './rotate.js';
 import { transposed } from './transpose.js';
 
@@ -229,7 +236,7 @@ export function paperBitsFromMeta(
   const k = meta.rank - ft;
   const b = (c: string) => (k > 0 ? codecBits(c) : 0);
   return (
-    (meta.codecs.Q === NO_Q_CODEC ? 0 : codecBits(meta.codecs.Q)) +
+    qCodecBits(meta.codecs.Q) +
     (k * (b(meta.codecs.L) * m + b(meta.codecs.R) * n) + 32 * ft * (m + n)) / (m * n)
   );
 }
@@ -401,7 +408,7 @@ export function fromCheckpointTensors(
     if (bits !== 2) out.push(check(need(`${name}_resid`), `${name}_resid`));
     return out;
   };
-  const qBits = meta.codecs.Q === NO_Q_CODEC ? null : (codecBits(meta.codecs.Q) as 2 | 3 | 4);
+  const qBits = qCodecBits(meta.codecs.Q);
   const factor = (name: 'L' | 'R', cols: number): StoredFactor => {
     const bits = codecBits(meta.codecs[name]);
     if (bits === 16) {
@@ -436,7 +443,7 @@ export function fromCheckpointTensors(
     hadamard: meta.hadamard,
     su,
     sv,
-    q: qBits === null ? null : { bits: qBits, planes: planes('Q', mp, np, qBits), scale: scalar('Q_scale') },
+    q: qBits === 0 ? null : { bits: qBits, planes: planes('Q', mp, np, qBits), scale: scalar('Q_scale') },
     l: k > 0 ? factor('L', mp) : { kind: 'dense', values: new Float32Array(0) },
     r: k > 0 ? factor('R', np) : { kind: 'dense', values: new Float32Array(0) },
     ft,

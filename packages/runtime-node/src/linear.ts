@@ -4,11 +4,16 @@ import {
   f16ArrayToF32,
   tensor,
   type CalderaLayerMeta,
-  NO_Q_CODEC,
   type Tensor,
 } from '@caldera/core';
 import { gemm, gemmInto, hadamardRowsInPlace, type Pool } from '@caldera/linalg';
-import { checkDecompositionTerms, codecBits, type Decomposition, latticeDecode } from '@caldera/lowrank';
+import {
+  checkDecompositionTerms,
+  codecBits,
+  type Decomposition,
+  latticeDecode,
+  qCodecBits,
+} from '@caldera/lowrank';
 import { BatchWorkspace, poolOf } from './kernels/batch-workspace.js';
 import { decodeExecutor, type DecodeExecutor, type DecodePool } from './kernels/decode-pool.js';
 import {
@@ -506,7 +511,7 @@ export class CalderaLinear implements Linear {
     const [mp, np] = layer.padded;
     const kf = layer.ftRank ?? 0;
     const k = layer.rank - kf;
-    const qBits = layer.codecs.Q === NO_Q_CODEC ? 0 : codecBits(layer.codecs.Q);
+    const qBits = qCodecBits(layer.codecs.Q);
     // a group of 8 entries is `bits` bytes: its u16 code, and a residual plane of u8 (rvq3) or u16 (rvq4)
     const planes = (codec: string, groups: number) => groups * codecBits(codec);
     const factor = (f: 'L' | 'R', dim: number) =>
