@@ -230,6 +230,19 @@ async function loadFromLayout(
 }
 
 /**
+ * The loaders' option checks, before anything is read: a bare `AbortSignal` where the options go, a `dtype` outside
+ * its values, a callback (`onProgress`, `onPlan` and the `extra` ones) that is not a function or a `kernelArenas` that
+ * is not a boolean is `E_VALUE` naming `fn`; `E_ABORTED` when the signal has fired already.
+ */
+function checkLoadOptions(options: LoadOptions, fn: string, extra: readonly string[] = []): void {
+  assertNotAbortSignal(options, fn); // a positional signal: refused, not ignored
+  checkDenseDtype(options.dtype, fn);
+  assertCallbacks(options, fn, ['onProgress', 'onPlan', ...extra]);
+  assertBooleanOptions(options, fn, ['kernelArenas']);
+  throwIfAborted(options.signal, 'loading');
+}
+
+/**
  * Load a Hugging Face Llama-family model directory (config.json + model.safetensors or a sharded index), or a Caldera
  * compressed checkpoint (the same plus caldera.json). The structure is checked first from the headers
  * ({@link readModelLayout}: a malformed model fails before any weight is read); then weights are read tensor by
@@ -242,11 +255,7 @@ async function loadFromLayout(
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
   checkPathArgument(dir, 'loadModel', 'the model directory');
   options ??= {}; // from JavaScript: null options are none
-  assertNotAbortSignal(options, 'loadModel'); // a positional signal: refused, not ignored
-  checkDenseDtype(options.dtype, 'loadModel');
-  assertCallbacks(options, 'loadModel', ['onProgress', 'onPlan']);
-  assertBooleanOptions(options, 'loadModel', ['kernelArenas']);
-  throwIfAborted(options.signal, 'loading');
+  checkLoadOptions(options, 'loadModel');
   const { layout, store } = await openModelLayout(dir, layoutOptions(options));
   try {
     const model = await loadFromLayout(layout, store, options);
@@ -292,11 +301,7 @@ export async function loadModelFromStore(
   assertTensorStore(source.store, 'loadModelFromStore', 'source.store');
   if (source.label !== undefined) assertNonEmptyString(source.label, 'loadModelFromStore', 'source.label');
   options ??= {}; // from JavaScript: null options are none
-  assertNotAbortSignal(options, 'loadModelFromStore'); // a positional signal: refused, not ignored
-  checkDenseDtype(options.dtype, 'loadModelFromStore');
-  assertCallbacks(options, 'loadModelFromStore', ['onProgress', 'onPlan']);
-  assertBooleanOptions(options, 'loadModelFromStore', ['kernelArenas']);
-  throwIfAborted(options.signal, 'loading');
+  checkLoadOptions(options, 'loadModelFromStore');
   const { label } = source;
   const config = parseModelConfig(source.config, beside(label, 'config.json'));
   const calderaMetaFile = source.calderaMetaFile ?? beside(label, 'caldera.json');
@@ -326,11 +331,7 @@ export interface UrlLoadOptions extends LoadOptions, Pick<ModelUrlOptions, 'fetc
 export async function loadModelFromUrl(base: string, options: UrlLoadOptions = {}): Promise<LoadedModel> {
   assertNonEmptyString(base, 'loadModelFromUrl', 'the base URL');
   options ??= {}; // from JavaScript: null options are none
-  assertNotAbortSignal(options, 'loadModelFromUrl'); // a positional signal: refused, not ignored
-  checkDenseDtype(options.dtype, 'loadModelFromUrl');
-  assertCallbacks(options, 'loadModelFromUrl', ['onProgress', 'onPlan', 'onDownload']);
-  assertBooleanOptions(options, 'loadModelFromUrl', ['kernelArenas']);
-  throwIfAborted(options.signal, 'loading');
+  checkLoadOptions(options, 'loadModelFromUrl', ['onDownload']);
   // its fetch, signal and onDownload are openModelUrl's
   const opened = await openModelUrl(base, options);
   try {
