@@ -2,7 +2,7 @@
  * The shared scoring of the runtimes' `perplexity`: the checks of its arguments, which windows of a text run and
  * which of their positions are scored, and the negative log-likelihood of one token from a row of logits.
  */
-import { assertFunction, assertNotAbortSignal, CalderaError } from './errors.js';
+import { assertCallbacks, assertNotAbortSignal, CalderaError } from './errors.js';
 import { checkTokenArray, checkTokenIds } from './token-ids.js';
 
 /** The window options of the runtimes' `perplexity` (the part {@link checkPerplexityArgs} checks). */
@@ -76,7 +76,7 @@ export function checkPerplexityArgs(
 ): { context: number; stride: number } {
   checkTokenArray(tokens, 'perplexity');
   assertNotAbortSignal(options, 'perplexity'); // perplexity(model, tokens, signal): refused, not ignored
-  if (options?.onProgress !== undefined) assertFunction(options.onProgress, 'perplexity', 'onProgress');
+  assertCallbacks(options, 'perplexity', ['onProgress']);
   const context = options?.context ?? limit.defaultContext ?? Math.min(DEFAULT_PERPLEXITY_CONTEXT, limit.max);
   const stride = options?.stride ?? context;
   if (!Number.isInteger(context) || context < 2 || context > limit.max)

@@ -5,7 +5,7 @@
  * (one option) in turn tries its other values, each timed against the best so far in alternation, and keeps a value
  * that is faster by more than a margin. Pure over a {@link ChoiceRunner}; the model supplies the GPU side.
  */
-import { assertFunction, CalderaError, shownValue, throwIfAborted } from '@caldera/core';
+import { assertCallbacks, CalderaError, shownValue, throwIfAborted } from '@caldera/core';
 import type { CalderaDevice } from './device.js';
 import { encodeDispatches, Kernels, type Dispatch } from './kernels/index.js';
 import type { KernelChoice, WebGpuModelOptions } from './model.js';
@@ -225,7 +225,7 @@ export function checkTuneOptions(options: TuneOptions, dev: CalderaDevice): void
   positive('minTimingMs', true);
   positive('repeats', false);
   positive('margin', true, 1);
-  if (options.onProgress !== undefined) assertFunction(options.onProgress, fn, 'onProgress');
+  assertCallbacks(options, fn, ['onProgress']);
   if (options.candidates !== undefined) {
     if (!Array.isArray(options.candidates))
       throw new CalderaError('E_VALUE', `${fn}: candidates must be an array of kernel choices`);
