@@ -869,6 +869,17 @@ export function progressFor(label: string, json: boolean, everyMs = 10_000): Ret
 }
 
 /**
+ * The text of a Hugging Face `config.json` whose weights are now stored as `torch` (`'float16'`, …): `torch_dtype` set,
+ * and transformers 5's `dtype` too when the source has it (kept in agreement: a template's `'bfloat16'` stayed beside
+ * f16 weights).
+ */
+export function configJsonWithDtype(config: Record<string, unknown>, torch: string): string {
+  const out: Record<string, unknown> = { ...config, torch_dtype: torch };
+  if ('dtype' in config) out.dtype = torch;
+  return JSON.stringify(out, null, 2) + '\n';
+}
+
+/**
  * Token ids held compactly: 16 bits each when every id of a vocabulary of `vocabSize` fits (a training text is
  * tokens × 2 bytes), else 32 (Llama 3's 128 256 ids, Qwen2's 151 936: in 16 bits, id 70 476 became 4 940 — another
  * token of the vocabulary, trained on silently).

@@ -25,6 +25,7 @@ import { flagString, type Args } from '../args.js';
 import { withOutputLock } from './out-lock.js';
 import {
   checkOutDir,
+  configJsonWithDtype,
   copyModelSideFiles,
   exists,
   makeDir,
@@ -159,10 +160,7 @@ async function writeExport(src: string, out: string, dt: ExportDType, json: bool
     const tensors = exportTensors(store, infos, meta, dt, stop.signal);
     const names = Object.keys(tensors);
     await makeDir(tmp);
-    const cfg: Record<string, unknown> = { ...config, torch_dtype: EXPORT_DTYPES[dt].torch };
-    // newer transformers write the dtype as `dtype`: keep the two in agreement
-    if ('dtype' in config) cfg.dtype = EXPORT_DTYPES[dt].torch;
-    await writeFile(join(tmp, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
+    await writeFile(join(tmp, 'config.json'), configJsonWithDtype(config, EXPORT_DTYPES[dt].torch));
     await copyModelSideFiles(src, tmp); // tokenizer, chat template, generation settings (those it has)
     const t0 = performance.now();
     let done = 0;

@@ -36,6 +36,7 @@ import {
 import { withOutputLock } from './out-lock.js';
 import {
   checkOutDir,
+  configJsonWithDtype,
   checkWorkDirs,
   checkTextTokenIds,
   checkTrainingText,
@@ -235,15 +236,7 @@ export async function trainCommand(a: Args): Promise<number> {
           metadata: { format: 'pt' },
           signal: stop.signal,
         });
-        await writeFile(
-          join(tmp, 'config.json'),
-          // newer transformers write the dtype as `dtype`: kept in agreement (a template's 'bfloat16' stayed)
-          JSON.stringify(
-            { ...hfConfig, torch_dtype: 'float16', ...('dtype' in hfConfig ? { dtype: 'float16' } : {}) },
-            null,
-            2,
-          ) + '\n',
-        );
+        await writeFile(join(tmp, 'config.json'), configJsonWithDtype(hfConfig, 'float16'));
         await copyModelSideFiles(template, tmp); // the template's tokenizer, chat template, generation settings
         await copyFile(logPath, join(tmp, 'training-log.jsonl'));
         // what is there now may only be replaced if it still is an earlier output (checked again: the run took a while)
