@@ -482,6 +482,19 @@ export function leadingTokens(
   return out.slice(0, max);
 }
 
+/**
+ * The first `max` token ids of the text file `file` ({@link readDocuments}, then {@link leadingTokens} with `tok`):
+ * the tokens a command scores of a held-out or validation text, encoding only the documents they take.
+ */
+export async function leadingFileTokens(
+  tok: { encode(text: string): number[] },
+  file: string,
+  bos: number | null,
+  max: number,
+): Promise<number[]> {
+  return leadingTokens((d) => tok.encode(d), await readDocuments(file), bos, max);
+}
+
 /** Characters of text below which {@link tokenizeDocuments} stays on the calling thread (a thread costs ~0.1 s). */
 export const PARALLEL_TOKENIZE_CHARS = 1 << 20;
 

@@ -80,7 +80,7 @@ import {
   modelDirOf,
   modelSideFiles,
   poolFor,
-  leadingTokens,
+  leadingFileTokens,
   readDocuments,
   tokenizeDocuments,
   weightFileBytes,
@@ -1080,12 +1080,7 @@ function bitsRecord(s: RunSettings): { qBits: number; lBits?: number; rBits?: nu
 async function heldOutOf(modelDir: string, s: RunSettings, cfg: ModelConfig) {
   // only the documents the first --eval-tokens take (a large held-out file was encoded whole)
   const tok = await loadTokenizer(modelDir);
-  const tokens = leadingTokens(
-    (d) => tok.encode(d),
-    await readDocuments(s.eval),
-    cfg.bosTokenId,
-    s.evalTokens,
-  );
+  const tokens = await leadingFileTokens(tok, s.eval, cfg.bosTokenId, s.evalTokens);
   checkTextLength(tokens, '--eval', s.eval, 2, 'perplexity needs at least 2');
   return { tokens, context: Math.min(HELD_OUT_CONTEXT, cfg.maxPositions) };
 }

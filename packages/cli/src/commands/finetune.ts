@@ -39,7 +39,7 @@ import {
   modelSideFiles,
   onStopSignals,
   progressFor,
-  leadingTokens,
+  leadingFileTokens,
   readDocuments,
   tokenizeDocuments,
   TRAIN_FLAG_LABELS,
@@ -140,10 +140,13 @@ export async function finetuneCommand(a: Args): Promise<number> {
     // the validation and held-out texts: only the tokens scored (--valid-tokens, --eval-tokens), not the whole files
     // (a large text was encoded whole, then cut)
     const tok = await loadTokenizer(src);
-    const leading = async (file: string, max: number) =>
-      leadingTokens((d) => tok.encode(d), await readDocuments(file), bos, max);
     // (at least a window: a --valid-tokens below it is refused as such, not as a text too short)
-    const valid = await leading(validFile, Math.max(options.evalTokens, options.seqLen + 1));
+    const valid = await leadingFileTokens(
+      tok,
+      validFile,
+      bos,
+      Math.max(options.evalTokens, options.seqLen + 1),
+    );
     checkTextTokenIds(valid, vocab, '--valid', validFile);
     checkTextLength(
       valid,
@@ -153,7 +156,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
       `validation needs at least --seq-len + 1 = ${options.seqLen + 1}`,
     );
     const evalFile = flagString(a, 'eval') ?? defaultText('test');
-    const heldOut = await leading(evalFile, evalTokens);
+    const heldOut = await leadingFileTokens(tok, evalFile, bos, evalTokens);
     checkTextTokenIds(heldOut, vocab, '--eval', evalFile);
     checkTextLength(heldOut, '--eval', evalFile, 2, 'perplexity needs at least 2');
     const evalCtx = Math.min(HELD_OUT_CONTEXT, loaded.config.maxPositions);

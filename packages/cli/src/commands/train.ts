@@ -44,7 +44,7 @@ import {
   copyModelSideFiles,
   defaultText,
   exists,
-  leadingTokens,
+  leadingFileTokens,
   modelDirOf,
   modelSideFiles,
   readDocuments,
@@ -120,12 +120,7 @@ export async function trainCommand(a: Args): Promise<number> {
     // only the tokens validation scores (--valid-tokens; at least a window, so that a cap below it is refused as such),
     // not the whole file
     const tok = await loadTokenizer(template);
-    const valid = leadingTokens(
-      (d) => tok.encode(d),
-      await readDocuments(validFile),
-      mc.bosTokenId,
-      Math.max(validTokens, seqLen + 1),
-    );
+    const valid = await leadingFileTokens(tok, validFile, mc.bosTokenId, Math.max(validTokens, seqLen + 1));
     checkTextTokenIds(valid, mc.vocabSize, '--valid', validFile);
     // the first validation comes after --eval-every steps: a text too short for one window must fail now, not then
     if (Math.min(valid.length, validTokens) < seqLen + 1)
@@ -164,6 +159,8 @@ export async function trainCommand(a: Args): Promise<number> {
           },
         })
       : new Trainer(cfg, initTrainParams(cfg, new Rng(seed)), data, trainerOptions);
+    // every save records the validation settings with the state (the resume check above reads them)
+    const saveState = () => trainer.save(statePath, { info: { validation } });
     if (trainer.stepCount === 0) await writeFile(logPath, '');
     else await keepLoggedSteps(logPath, trainer.stepCount);
     const lines: string[] = [];
@@ -187,7 +184,7 @@ export async function trainCommand(a: Args): Promise<number> {
           });
           if (!r) {
             await flushLog();
-            await trainer.save(statePath, { info: { validation } });
+            await saveState();
             bar.done();
             console.error(
               `caldera train: interrupted at step ${trainer.stepCount}; rerun the same command to resume`,
@@ -215,14 +212,14 @@ export async function trainCommand(a: Args): Promise<number> {
           );
           if (r.step % 25 === 0) {
             await flushLog();
-            await trainer.save(statePath, { info: { validation } });
+            await saveState();
           }
         }
       } finally {
         bar.done();
       }
       await flushLog();
-      if (first < trainer.stepCount) await trainer.save(statePath, { info: { validation } });
+      if (first < trainer.stepCount) await saveState();
 
       // the model directory, written beside `out` and renamed into place
       const tmp = `${out}.tmp-${tempSuffix()}`;
