@@ -384,6 +384,45 @@ describe.skipIf(!hasRedis)(
       expect(d.seconds).toBeLessThan(10);
     }, 120_000);
 
+    it('a worker says once when Redis is lost (not at each retry) and once when it is back, and stops cleanly', async () => {
+      const first = await startRedis();
+      const w = start(['worker', '--queue', first.url, '--json']);
+      const said = (event: string) => events(w.out()).filter((e) => e.event === event).length;
+      const until = async (ok: () => boolean, what: string) => {
+        const t0 = performance.now();
+        while (!ok()) {
+          if (w.p.exitCode !== null)
+            throw new Error(`exited early (${w.p.exitCode}): ${(await w.done).stderr}`);
+          if (performance.now() - t0 > 20_000) throw new Error(`no ${what}: ${w.out()}`);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      };
+      await until(() => said('ready') === 1, 'ready');
+      first.server.kill('SIGKILL');
+      await until(() => said('redis-lost') === 1, 'redis-lost'); // before: nothing, a dead Redis looked idle
+      await new Promise((r) => setTimeout(r, 2500)); // BullMQ retries (and errs) every second meanwhile
+      expect(said('redis-lost')).toBe(1);
+      const lost = events(w.out()).find((e) => e.event === 'redis-lost')!;
+      expect(lost.reason).toMatch(
+        /^Redis at redis:\/\/127\.0\.0\.1:\d+ \(.*ECONNREFUSED.*\); waiting for it/,
+      );
+      const again = await startRedis(Number(new URL(first.url).port));
+      try {
+        await until(() => said('redis-back') === 1, 'redis-back');
+        w.p.kill('SIGINT');
+        const d = await endOf(w, 30_000);
+        expect(d.status, d.stderr).toBe(0);
+        expect(events(d.stdout).map((e) => e.event)).toEqual([
+          'ready',
+          'redis-lost',
+          'redis-back',
+          'stopped',
+        ]);
+      } finally {
+        again.server.kill('SIGKILL');
+      }
+    }, 120_000);
+
     it('with Redis silent in the middle of a command, SIGINT stops a coordinator (130) and a worker (0) within seconds', async () => {
       const port = Number(new URL(url).port);
       // the coordinator: silent while it asks whether any worker listens (it had enqueued its jobs), which the

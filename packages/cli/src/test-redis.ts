@@ -18,9 +18,9 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** A redis-server on a free loopback port, without persistence, once it accepts connections. */
-export async function startRedis(): Promise<{ server: ChildProcess; url: string }> {
-  const port = await freePort();
+/** A redis-server on `port` (default a free loopback port), without persistence, once it accepts connections. */
+export async function startRedis(port?: number): Promise<{ server: ChildProcess; url: string }> {
+  port ??= await freePort();
   const server = spawn(
     'redis-server',
     ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],

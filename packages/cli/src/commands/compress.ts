@@ -151,7 +151,8 @@ Options:
   --threads N          linear-algebra threads per job, 1 … 256 (default 1: one worker process per core scales best)
   --concurrency N      jobs at a time in this process, an integer in [1, 256] (default 1)
   --lock-seconds S     BullMQ job lock, in [1, 2147483]; a dead worker's job is retried within about 2×S seconds of its death (default 30)
-  --json               JSON lines on stdout (events: ready, job-start, job-done, job-failed, job-returned, stopped)`;
+  --json               JSON lines on stdout (events: ready, job-start, job-done, job-failed, job-returned,
+                       redis-lost, redis-back, stopped)`;
 
 type Method = 'caldera' | 'ldlq' | 'rtn' | 'lplr';
 /** Bits per entry of L and R. */

@@ -389,7 +389,9 @@ export async function workerCommand(a: Args): Promise<number> {
   await checkRedisReachable(url); // at once, where BullMQ's client would retry for 10 s (or for ever)
   const json = a.flags.has('json');
   const log = (o: Record<string, unknown>) =>
-    json ? console.log(JSON.stringify(o)) : console.error(`caldera worker: ${o.event} ${o.label ?? ''}`);
+    json
+      ? console.log(JSON.stringify(o))
+      : console.error(`caldera worker: ${o.event} ${o.label ?? o.reason ?? ''}`.trimEnd());
   const stop = new AbortController();
   let lastError = '';
   const idle: TaskThread[] = [];
@@ -438,8 +440,20 @@ export async function workerCommand(a: Args): Promise<number> {
       maxStalledCount: 3,
     },
   );
+  // Redis lost after the worker was ready (down, restarted, unreachable): said once, when the first error comes (BullMQ
+  // retries every second, each retry an error), and once more when it answers again; the worker waits on for it
+  // meanwhile, as the coordinator does. (It waited without a word: a dead Redis looked like an idle queue.)
+  let lost = false;
+  let ready: string | undefined; // Redis' answer to the first ping
   worker.on('error', (e) => {
     lastError = e.message;
+    if (ready !== undefined && !lost && !stop.signal.aborted) {
+      lost = true;
+      log({
+        event: 'redis-lost',
+        reason: `Redis at ${shownRedisUrl(url)} (${e.message}); waiting for it to come back (Ctrl-C stops)`,
+      });
+    }
   });
   // Shutdown: first stop fetching (close() sets the closing flag at once, then waits for the jobs in hand), then cancel
   // the jobs in hand, which hand themselves back to the queue.
@@ -453,7 +467,6 @@ export async function workerCommand(a: Args): Promise<number> {
   };
   process.once('SIGINT', shutdown);
   process.once('SIGTERM', shutdown);
-  let ready: string | undefined;
   try {
     // (a stop while Redis is silent ends the wait at once)
     ready = await untilAborted(
@@ -465,6 +478,11 @@ export async function workerCommand(a: Args): Promise<number> {
       stop.signal,
     );
     if (!stop.signal.aborted) {
+      (await worker.client).on('ready', () => {
+        if (!lost || stop.signal.aborted) return;
+        lost = false;
+        log({ event: 'redis-back', reason: `Redis at ${shownRedisUrl(url)} answers again` });
+      });
       log({ event: 'ready', queue: name, threads, concurrency });
       await new Promise((r) => stop.signal.addEventListener('abort', r, { once: true }));
     }
