@@ -15,6 +15,7 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { checkBenchArgs } from '../../../scripts/bench-args.js';
+import { benchLine, type BenchLine } from '../../../scripts/bench-line.js';
 
 checkBenchArgs('usage: npm run bench -w @caldera/calibrate [-- --quick]', ['--quick']);
 const quick = process.argv.includes('--quick');
@@ -82,7 +83,7 @@ async function must(args: string[], nodeFlags: string[] = []): Promise<Ev[]> {
 
 const matrixSeconds = (evs: Ev[]) => Number(evs.find((e) => e.event === 'matrix-phase')!.seconds);
 const clearResults = () => rmSync(join(`${out}.work`, 'results'), { recursive: true, force: true });
-const emit = (o: Record<string, unknown>) => console.log(JSON.stringify(o));
+const emit = (line: BenchLine) => console.log(benchLine(line));
 
 /** Wall time of the job phase with `n` concurrent `--shard i/n` processes (the slowest shard's job time). */
 async function shards(n: number): Promise<number> {
@@ -177,19 +178,17 @@ async function main() {
         value: +(one.seconds / two.seconds).toFixed(3),
         unit: 'x',
         refs: {
-          engine: 'bullmq',
-          node_flags: NODE_FLAGS.join(' '),
           one_worker_s: +one.seconds.toFixed(2),
           two_workers_s: +two.seconds.toFixed(2),
           // summed per-job seconds: equal sums mean the workers were starved of work, a larger sum with 2 workers
           // means each job ran slower (shared caches and memory bandwidth, or CPU taken by other programs)
           busy_one_s: +busy(one.jobs).toFixed(2),
           busy_two_s: +busy(two.jobs).toFixed(2),
-          samples_one_s: ones.map((x) => +x.seconds.toFixed(2)),
-          samples_two_s: twos.map((x) => +x.seconds.toFixed(2)),
-          ...base,
           loadavg_1m: +loadavg()[0]!.toFixed(2),
         },
+        samples_one_s: ones.map((x) => +x.seconds.toFixed(2)),
+        samples_two_s: twos.map((x) => +x.seconds.toFixed(2)),
+        info: { engine: 'bullmq', node_flags: NODE_FLAGS.join(' '), ...base },
       });
       emit({
         case: 'scaleout_job_seconds',
@@ -218,13 +217,11 @@ async function main() {
       value: +(one / two).toFixed(3),
       unit: 'x',
       refs: {
-        engine: 'shards',
-        node_flags: NODE_FLAGS.join(' '),
         one_process_s: +one.toFixed(2),
         two_processes_s: +two.toFixed(2),
-        ...base,
         loadavg_1m: +loadavg()[0]!.toFixed(2),
       },
+      info: { engine: 'shards', node_flags: NODE_FLAGS.join(' '), ...base },
     });
   }
   rmSync(dir, { recursive: true, force: true });

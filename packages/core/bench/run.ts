@@ -20,13 +20,14 @@ import {
   writeSafetensors,
 } from '../src/index.js';
 import { checkBenchArgs } from '../../../scripts/bench-args.js';
+import { benchLine } from '../../../scripts/bench-line.js';
 
 checkBenchArgs('usage: npm run bench -w @caldera/core [-- --quick]', ['--quick']);
 const quick = process.argv.includes('--quick');
 const n = quick ? 1 << 20 : 1 << 24;
 
 function emit(name: string, value: number, unit: string, refs: Record<string, number> = {}): void {
-  console.log(JSON.stringify({ case: name, value: Number(value.toPrecision(4)), unit, refs }));
+  console.log(benchLine({ case: name, value: Number(value.toPrecision(4)), unit, refs }));
 }
 
 /** Best of `reps` timings of `fn`, in seconds. */

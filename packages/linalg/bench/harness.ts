@@ -5,6 +5,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import type { Pool } from '../src/index.js';
+import type { BenchLine } from '../../../scripts/bench-line.js';
 
 /** What a case receives. */
 export interface BenchContext {
@@ -16,11 +17,15 @@ export interface BenchContext {
   readonly pool: Pool;
 }
 
-/** One line of output (extra numeric fields such as `seconds` are allowed). */
+/**
+ * One line of output (see scripts/bench-line.ts; extra numeric fields such as `seconds` are allowed): `refs` measured
+ * in the same run, `info` the run's settings.
+ */
 export interface BenchResult {
   value: number;
   unit: string;
   refs?: Record<string, number | null>;
+  info?: BenchLine['info'];
   [extra: string]: unknown;
 }
 

@@ -10,6 +10,7 @@ import { factorCases } from './cases/factor.js';
 import { gemmCases } from './cases/gemm.js';
 import type { BenchCase } from './harness.js';
 import { checkBenchArgs } from '../../../scripts/bench-args.js';
+import { benchLine } from '../../../scripts/bench-line.js';
 
 const CASES: BenchCase[] = [...gemmCases, ...browserCases, ...factorCases];
 
@@ -34,10 +35,10 @@ async function main(): Promise<void> {
       if (filter && !c.name.includes(filter)) continue;
       try {
         const r = await c.run({ quick, threads, pool });
-        process.stdout.write(JSON.stringify({ case: c.name, ...r }) + '\n');
+        process.stdout.write(benchLine({ case: c.name, ...r }) + '\n');
       } catch (e) {
         // the case's line says what failed, and the run's exit status that one did (it was 0)
-        process.stdout.write(JSON.stringify({ case: c.name, value: null, error: String(e) }) + '\n');
+        process.stdout.write(benchLine({ case: c.name, value: null, error: String(e) }) + '\n');
         process.exitCode = 1;
       }
     }

@@ -6,6 +6,7 @@ import { Rng, tensor, type Tensor } from '@caldera/core';
 import { createPool, syrk } from '@caldera/linalg';
 import { caldera } from '../src/index.js';
 import { checkBenchArgs } from '../../../scripts/bench-args.js';
+import { benchLine } from '../../../scripts/bench-line.js';
 
 checkBenchArgs(
   'usage: npm run bench -w @caldera/lowrank [-- --quick] [-- --shapes MxN,…]',
@@ -94,7 +95,7 @@ for (const [m, n] of shapes) {
   const ldlqOnly = caldera(w, h, { rank: 0, pool });
   const ldlqSeconds = (performance.now() - t1) / 1000;
   console.log(
-    JSON.stringify({
+    benchLine({
       case: `caldera_n${m === n ? n : `${m}x${n}`}_k64`,
       value: Number(seconds.toFixed(2)),
       unit: 's',

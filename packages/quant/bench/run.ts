@@ -1,6 +1,7 @@
 /**
  * `npm run bench -w @caldera/quant [-- --quick] [-- --filter substring]`: one JSON line per case,
- * `{"case","value","unit","refs"}`. `--quick` runs the subset that finishes in under a minute.
+ * `{"case","value","unit","refs","info","targets"}` (scripts/bench-line.ts). `--quick` runs the subset that finishes in
+ * under a minute.
  */
 import { Worker } from 'node:worker_threads';
 import { Rng, tensor, type Tensor } from '@caldera/core';
@@ -11,11 +12,15 @@ import { rvqDecode, rvqEncode } from '../src/rvq.js';
 import { uniformQuantizer } from '../src/uniform.js';
 import { normalFloatQuantizer } from '../src/normal-float.js';
 import { checkBenchArgs } from '../../../scripts/bench-args.js';
+import { benchLine, type BenchLine, type BenchRefs } from '../../../scripts/bench-line.js';
 
+/** A case's line (scripts/bench-line.ts): `refs` measured in this run, `targets` the issue's and the papers' numbers. */
 interface Result {
   value: number;
   unit: string;
-  refs?: Record<string, number | string>;
+  refs?: BenchRefs;
+  info?: BenchLine['info'];
+  targets?: BenchLine['targets'];
 }
 interface Case {
   name: string;
@@ -101,7 +106,8 @@ const CASES: Case[] = [
       return {
         value: mse(x, e8pDecode(e8pEncode(s)), E8P_OPT_SCALE),
         unit: 'MSE/entry',
-        refs: { published: 0.091, scale: E8P_OPT_SCALE },
+        targets: { published: 0.091 },
+        info: { scale: E8P_OPT_SCALE },
       };
     },
   },
@@ -118,7 +124,8 @@ const CASES: Case[] = [
       return {
         value: x.length / wall,
         unit: 'weights/s',
-        refs: { target: 20e6, cpuTimeBased: x.length / cpu },
+        refs: { cpuTimeBased: x.length / cpu },
+        targets: { target: 20e6 },
       };
     },
   },
@@ -127,7 +134,7 @@ const CASES: Case[] = [
     quick: true,
     async run() {
       const x = gaussian(1 << 22, 3).map((v) => v * E8P_OPT_SCALE);
-      return { value: await encodeThreaded(x, 2, 3), unit: 'weights/s', refs: { target: 20e6 } };
+      return { value: await encodeThreaded(x, 2, 3), unit: 'weights/s', targets: { target: 20e6 } };
     },
   },
   {
@@ -135,7 +142,11 @@ const CASES: Case[] = [
     quick: false,
     run() {
       const x = gaussian(1 << 18, 4);
-      return { value: mse(x, rvqDecode(rvqEncode(x, 4), 4)), unit: 'MSE/entry', refs: { published: 0.0091 } };
+      return {
+        value: mse(x, rvqDecode(rvqEncode(x, 4), 4)),
+        unit: 'MSE/entry',
+        targets: { published: 0.0091 },
+      };
     },
   },
   {
@@ -147,7 +158,7 @@ const CASES: Case[] = [
       return {
         value: mse(x, rvqDecode(rvqEncode(s, 3), 3), 0.98),
         unit: 'MSE/entry',
-        refs: { published: 0.0295 },
+        targets: { published: 0.0295 },
       };
     },
   },
@@ -192,12 +203,12 @@ const CASES: Case[] = [
         value: sec,
         unit: 's',
         refs: {
-          target: 10,
           proxyLoss: proxyLoss(w, r.wHat, h, pool),
           builtInProxyLoss: withLoss.proxyLoss,
           secondsWithProxyLoss: secWithLoss,
-          threads: pool.threads,
         },
+        info: { threads: pool.threads },
+        targets: { target: 10 },
       };
     },
   },
@@ -221,7 +232,8 @@ const CASES: Case[] = [
       return {
         value: sec,
         unit: 's/pass',
-        refs: { proxyLossLdlq: r0.proxyLoss, proxyLossTuned: r1.proxyLoss, threads: pool.threads },
+        refs: { proxyLossLdlq: r0.proxyLoss, proxyLossTuned: r1.proxyLoss },
+        info: { threads: pool.threads },
       };
     },
   },
@@ -247,10 +259,10 @@ async function main(): Promise<void> {
       if (filter && !c.name.includes(filter)) continue;
       try {
         const r = await c.run(pool);
-        process.stdout.write(JSON.stringify({ case: c.name, ...r }) + '\n');
+        process.stdout.write(benchLine({ case: c.name, ...r }) + '\n');
       } catch (e) {
         // the case's line says what failed, and the run's exit status that one did (it was 0)
-        process.stdout.write(JSON.stringify({ case: c.name, value: null, error: String(e) }) + '\n');
+        process.stdout.write(benchLine({ case: c.name, value: null, error: String(e) }) + '\n');
         process.exitCode = 1;
       }
     }

@@ -12,6 +12,7 @@
  */
 import { browserBundle, launchChromium, openPageWhen, serveFiles } from '../src/testing/chromium.js';
 import { emit } from './emit.js';
+import type { BenchLine } from '../../../scripts/bench-line.js';
 
 const quick = process.argv.includes('--quick');
 const large = process.argv.includes('--large');
@@ -42,10 +43,10 @@ async function run() {
   const one = decodeRate(model, prompt, DECODE);
   const decodePool = await createDecodePool({ threads: 2 });
   const two = decodeRate(onDecodePool(model, decodePool), prompt, DECODE);
-  cases.push({ case: 'decode_caldera_browser', value: one, unit: 'tokens/s', refs: { decode: DECODE } });
+  cases.push({ case: 'decode_caldera_browser', value: one, unit: 'tokens/s', refs: {}, info: { decode: DECODE } });
   cases.push({
     case: 'decode_caldera_browser_2threads', value: two, unit: 'tokens/s',
-    refs: { threads: decodePool.threads, oneThread: one, speedupVs1Thread: two / one },
+    refs: { oneThread: one, speedupVs1Thread: two / one }, info: { threads: decodePool.threads },
   });
   // one layer, one row: best of 5 × 200 calls
   const best = (layer, x) => bestRowMs(layer, x, 5);
@@ -76,7 +77,7 @@ async function runLarge() {
     embed: tensor('f16', [V, d], head.bits), blocks, norm: new Float32Array(d).fill(1), head,
   });
   const prompt = [1, 450, 4272, 338];
-  const refs = { layers: layers.length, fused: layers.filter((l) => l.fused).length, decode: 8 };
+  const info = { layers: layers.length, fused: layers.filter((l) => l.fused).length, decode: 8 };
   const one = decodeRate(model, prompt, 8);
   const decodePool = await createDecodePool({ threads: 2 });
   const pooled = onDecodePool(model, decodePool);
@@ -84,10 +85,11 @@ async function runLarge() {
   const pooledFused = pooled.weights.blocks.flatMap((b) => [b.q, b.k, b.v, b.o, b.gate, b.up, b.down]);
   decodePool.dispose();
   return [
-    { case: 'decode_caldera_1b_browser', value: one, unit: 'tokens/s', refs },
+    { case: 'decode_caldera_1b_browser', value: one, unit: 'tokens/s', refs: {}, info },
     {
       case: 'decode_caldera_1b_browser_2threads', value: two, unit: 'tokens/s',
-      refs: { ...refs, fused: pooledFused.filter((l) => l.fused).length, oneThread: one, speedupVs1Thread: two / one },
+      refs: { oneThread: one, speedupVs1Thread: two / one },
+      info: { ...info, fused: pooledFused.filter((l) => l.fused).length },
     },
   ];
 }
@@ -129,8 +131,9 @@ try {
       value,
       unit,
       refs,
-    } = c as { case: string; value: number; unit: string; refs: object };
-    emit(name, value, unit, refs);
+      info,
+    } = c as unknown as BenchLine & { value: number; unit: string };
+    emit(name, value, unit, refs, info);
   }
 } finally {
   await browser.close();

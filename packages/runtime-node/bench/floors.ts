@@ -8,6 +8,7 @@
  * Outputs are checked: the offsets variant equals e8pRow exactly, the int8 sums equal exact integer dot products.
  * asm-bench/e8p-floors.ts is compiled here with the AssemblyScript compiler (a development dependency).
  */
+import type { BenchLine, BenchRefs } from '../../../scripts/bench-line.js';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -51,7 +52,7 @@ function best(f: () => void): number {
 }
 
 export async function floors(
-  emit: (c: string, v: number, unit: string, refs: Record<string, unknown>) => void,
+  emit: (c: string, v: number, unit: string, refs: BenchRefs, info: BenchLine['info']) => void,
 ): Promise<void> {
   const mod = await compile();
   const { ta, ts, p1, p2 } = e8pLutTables();
@@ -131,8 +132,8 @@ export async function floors(
     totals.codes += count;
   }
   const ns = (ms: number) => (ms * 1e6) / totals.codes;
-  const refs = { shapes: '2816x1024, 1024x2816, 1024x1024', codes: totals.codes };
-  emit('e8p_ns_per_code_shipped', ns(totals.shipped), 'ns/code', refs);
-  emit('e8p_ns_per_code_offsets', ns(totals.offsets), 'ns/code', { ...refs, shipped: ns(totals.shipped) });
-  emit('e8p_ns_per_code_int8', ns(totals.int8), 'ns/code', { ...refs, shipped: ns(totals.shipped) });
+  const info = { shapes: '2816x1024, 1024x2816, 1024x1024', codes: totals.codes };
+  emit('e8p_ns_per_code_shipped', ns(totals.shipped), 'ns/code', {}, info);
+  emit('e8p_ns_per_code_offsets', ns(totals.offsets), 'ns/code', { shipped: ns(totals.shipped) }, info);
+  emit('e8p_ns_per_code_int8', ns(totals.int8), 'ns/code', { shipped: ns(totals.shipped) }, info);
 }

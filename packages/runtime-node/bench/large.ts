@@ -48,15 +48,17 @@ const shape = {
   decode: TOKENS,
 };
 const one = decodeRate(model, prompt, TOKENS);
-emit('decode_caldera_1b', one, 'tokens/s', shape);
+emit('decode_caldera_1b', one, 'tokens/s', {}, shape);
 for (const threads of [...new Set([2, Math.min(16, availableParallelism())])]) {
   if (threads < 2) continue;
   const decodePool = await createDecodePool({ threads });
   const rate = decodeRate(onDecodePool(model, decodePool), prompt, TOKENS);
   decodePool.dispose();
-  emit(`decode_caldera_1b_${threads}threads`, rate, 'tokens/s', {
-    ...shape,
-    oneThread: one,
-    speedupVs1Thread: rate / one,
-  });
+  emit(
+    `decode_caldera_1b_${threads}threads`,
+    rate,
+    'tokens/s',
+    { oneThread: one, speedupVs1Thread: rate / one },
+    shape,
+  );
 }

@@ -174,48 +174,59 @@ for (const kind of ['f32', 'f16', 'caldera'] as Kind[]) {
     ReturnType<typeof run>
   >);
   if (kind !== 'caldera') {
-    emit(`prefill_${kind}`, r.prefill, 'tokens/s', shape);
-    emit(`prefill_${kind}_2threads`, r.prefill2t, 'tokens/s', shape);
-    emit(`decode_${kind}`, r.decode, 'tokens/s', shape);
-    emit(`decode_${kind}_2threads`, r.decode2t, 'tokens/s', {
-      ...shape,
-      oneThread: r.decode,
-      speedupVs1Thread: r.decode2t / r.decode,
-    });
+    emit(`prefill_${kind}`, r.prefill, 'tokens/s', {}, shape);
+    emit(`prefill_${kind}_2threads`, r.prefill2t, 'tokens/s', {}, shape);
+    emit(`decode_${kind}`, r.decode, 'tokens/s', {}, shape);
+    emit(
+      `decode_${kind}_2threads`,
+      r.decode2t,
+      'tokens/s',
+      { oneThread: r.decode, speedupVs1Thread: r.decode2t / r.decode },
+      shape,
+    );
     emit(`rss_${kind}`, r.rssMB, 'MiB', { linearWeightsMiB: r.linearMB });
   }
 }
 const c = res.caldera;
-emit('prefill_caldera', c.prefill, 'tokens/s', { ...shape, f16: res.f16.prefill, f32: res.f32.prefill });
-emit('prefill_caldera_2threads', c.prefill2t, 'tokens/s', {
-  ...shape,
-  f16: res.f16.prefill2t,
-  f32: res.f32.prefill2t,
-  speedupVs1Thread: c.prefill2t / c.prefill,
-});
-emit('decode_caldera', c.decode, 'tokens/s', {
-  ...shape,
-  f16: res.f16.decode,
-  f32: res.f32.decode,
-  speedupVsF16: c.decode / res.f16.decode,
-  speedupVsF32: c.decode / res.f32.decode,
-  // weight bytes (at each format's stored size) per second of decode: f32 near the memory bandwidth of one core means
-  // dense decode is memory-bound there, while CALDERA's (far fewer bytes) is bound by its table lookups
-  streamedGBs: {
-    f32: (res.f32.weightBytes * res.f32.decode) / 1e9,
-    f16: (res.f16.weightBytes * res.f16.decode) / 1e9,
-    caldera: (c.weightBytes * c.decode) / 1e9,
+emit('prefill_caldera', c.prefill, 'tokens/s', { f16: res.f16.prefill, f32: res.f32.prefill }, shape);
+emit(
+  'prefill_caldera_2threads',
+  c.prefill2t,
+  'tokens/s',
+  { f16: res.f16.prefill2t, f32: res.f32.prefill2t, speedupVs1Thread: c.prefill2t / c.prefill },
+  shape,
+);
+emit(
+  'decode_caldera',
+  c.decode,
+  'tokens/s',
+  {
+    f16: res.f16.decode,
+    f32: res.f32.decode,
+    speedupVsF16: c.decode / res.f16.decode,
+    speedupVsF32: c.decode / res.f32.decode,
+    // weight bytes (at each format's stored size) per second of decode: f32 near the memory bandwidth of one core means
+    // dense decode is memory-bound there, while CALDERA's (far fewer bytes) is bound by its table lookups
+    streamedGBs_f32: (res.f32.weightBytes * res.f32.decode) / 1e9,
+    streamedGBs_f16: (res.f16.weightBytes * res.f16.decode) / 1e9,
+    streamedGBs_caldera: (c.weightBytes * c.decode) / 1e9,
   },
-});
-emit('decode_caldera_2threads', c.decode2t, 'tokens/s', {
-  ...shape,
-  oneThread: c.decode,
-  speedupVs1Thread: c.decode2t / c.decode,
-  f16: res.f16.decode2t,
-  f32: res.f32.decode2t,
-  speedupVsF16: c.decode2t / res.f16.decode2t,
-  speedupVsF32: c.decode2t / res.f32.decode2t,
-});
+  shape,
+);
+emit(
+  'decode_caldera_2threads',
+  c.decode2t,
+  'tokens/s',
+  {
+    oneThread: c.decode,
+    speedupVs1Thread: c.decode2t / c.decode,
+    f16: res.f16.decode2t,
+    f32: res.f32.decode2t,
+    speedupVsF16: c.decode2t / res.f16.decode2t,
+    speedupVsF32: c.decode2t / res.f32.decode2t,
+  },
+  shape,
+);
 emit('rss_caldera', c.rssMB, 'MiB', { linearWeightsMiB: c.linearMB });
 
 // One CALDERA layer (the fused kernel) at the model's shapes, one input row: best of 8 × 200 calls, as weights/s; alone
@@ -235,10 +246,13 @@ emit('rss_caldera', c.rssMB, 'MiB', { linearWeightsMiB: c.linearMB });
     const layer = new CalderaLinear(d);
     const x = rng.fillNormal(new Float32Array(n));
     const alone = best(layer, x);
-    emit(`caldera_layer_${m}x${n}`, (m * n) / (alone * 1e6), 'G weights/s', {
-      microseconds: alone * 1000,
-      fused: layer.fused,
-    });
+    emit(
+      `caldera_layer_${m}x${n}`,
+      (m * n) / (alone * 1e6),
+      'G weights/s',
+      { microseconds: alone * 1000 },
+      { fused: layer.fused },
+    );
     const split = best(new CalderaLinear(d, null, { decodePool }), x);
     emit(`caldera_layer_${m}x${n}_2threads`, (m * n) / (split * 1e6), 'G weights/s', {
       microseconds: split * 1000,

@@ -80,8 +80,8 @@ const count = (p: TrainParams) => Object.values(p).reduce((a, v) => a + v.length
     for (const [k, v] of Object.entries(params)) adamWStep(v, acc[k]!, states[k]!, step, { lr: 1e-4 });
   }, reps);
   const shape = { params: count(params), tokens: T * B, sequences: B };
-  emit('train_step_ratio', full / fwd, 'x forward', { ...shape, stepSeconds: full, forwardSeconds: fwd });
-  emit('train_tok_s', (T * B) / full, 'tokens/s', shape);
+  emit('train_step_ratio', full / fwd, 'x forward', { stepSeconds: full, forwardSeconds: fwd }, shape);
+  emit('train_tok_s', (T * B) / full, 'tokens/s', {}, shape);
 }
 
 // 2. LoRA on CALDERA factors of a ~100 M-parameter model (frozen dense base, rank-64 trainable pairs)
@@ -142,6 +142,6 @@ const count = (p: TrainParams) => Object.values(p).reduce((a, v) => a + v.length
       adamWStep(v, r.grads![k]!, states[k]!, step, { lr: 1e-4 });
   }, reps);
   const shape = { params: count(frozen), trainable: count(trainable), tokens: T, ftRank: kf };
-  emit('lora_step_ratio_100m', full / fwd, 'x forward', { ...shape, stepSeconds: full, forwardSeconds: fwd });
-  emit('lora_train_tok_s_100m', T / full, 'tokens/s', shape);
+  emit('lora_step_ratio_100m', full / fwd, 'x forward', { stepSeconds: full, forwardSeconds: fwd }, shape);
+  emit('lora_train_tok_s_100m', T / full, 'tokens/s', {}, shape);
 }

@@ -1,5 +1,6 @@
 /**
- * WebGPU runtime benchmark. JSON Lines on stdout.
+ * WebGPU runtime benchmark. JSON Lines on stdout (scripts/bench-line.ts): `refs` measured in the same run (a check's
+ * outcome as 1 or 0), `info` the adapter, the model's facts and the options.
  * - `webgpu_decode_caldera_tok_s`, `webgpu_decode_dense_f16_tok_s`: greedy decode tokens/s of the reference model
  *   (packages/reference-model, 4 blocks, hidden 256, dense f16) and of a CALDERA-compressed copy of it (every linear:
  *   Q 2-bit E8P12, rank 16, L/R 4-bit; one outer/inner iteration, built here in a temporary directory), each next to
@@ -8,7 +9,7 @@
  *   the next pass is submitted, where `generate()` keeps the GPU a pass ahead) with whether its tokens are the same.
  * - `webgpu_sample_topk_caldera_tok_s`: sampled decode tokens/s of the CALDERA copy (temperature 0.8, top 40 found on
  *   the GPU, repetition penalty 1.1), next to the same decode picking every token from the whole logits read back
- *   (`refs.logits_read_back_tok_s`) and whether both gave the same tokens (`refs.same_tokens`); the random models
+ *   (`refs.logits_read_back_tok_s`) and whether both gave the same tokens (`refs.same_tokens`, 1 or 0); the random models
  *   report the same (`refs.sampled_topk_tok_s`, `refs.sampled_logits_read_back_tok_s`, `refs.sampled_same_tokens`).
  * - `webgpu_perplexity_caldera_tok_s`: tokens scored per second by `perplexity()` on the CALDERA copy (windows of 128,
  *   NLL on the GPU), next to the same windows scored from read-back logits on the CPU (`refs.logits_on_cpu_tok_s`)
@@ -17,9 +18,9 @@
  * - `webgpu_prefill_caldera_tok_s`: a prompt through the CALDERA copy in batches of 32 rows, next to the same prompt
  *   token by token (`refs.token_by_token`, prefillChunk 1).
  * - `webgpu_matvec_caldera_gbs`: the memory-bandwidth roofline of the compressed matvec (bench/roofline.ts): weight
- *   bytes per second of the fused E8P kernel on 16384×8192 rank-64 layers (`refs.q_products`: packed f16 where the
+ *   bytes per second of the fused E8P kernel on 16384×8192 rank-64 layers (`info.q_products`: packed f16 where the
  *   device has `shader-f16`, with the f32 form's rate in `refs.f32_form_gbs`, its rows per lane in
- *   `refs.f16_rows_per_lane` and, when more than one, its rate with one in `refs.one_row_per_lane_gbs`), `refs.stream_read_gbs` the
+ *   `info.f16_rows_per_lane` and, when more than one, its rate with one in `refs.one_row_per_lane_gbs`), `refs.stream_read_gbs` the
  *   streaming-read anchor of the same run, `refs.roofline_share` their ratio; the dense f16 kernel beside it, and whole 4096×4096
  *   CALDERA and f16 layers as in a decode step (`refs.layer_*`).
  * - `webgpu_dispatch_us`: microseconds per kernel launch that depends on the one before (bench/dispatch.ts), and the
@@ -36,8 +37,8 @@
  * `--rows-per-lane N`, `--max-local-hadamard N`, `--gate-step FORM`, `--code-batch N`, `--written-mix true|false`:
  * those loader options for every model
  * (./loader-flags.ts); `--tune`: each random model tunes its kernel choice on the device first
- * (`WebGpuModel.tuneKernels`, from those options), reported in its refs (`tuned_choice`, `tuned_step_ms`,
- * `untuned_step_ms`, `tuning_candidates`).
+ * (`WebGpuModel.tuneKernels`, from those options), reported in its line (`info.tuned_choice`,
+ * `refs.tuned_step_ms`, `refs.untuned_step_ms`, `info.tuning_candidates`).
  * Without a GPU (SwiftShader) the numbers are only a record. `CALDERA_DAWN_TOGGLES=vulkan_enable_f16_on_nvidia` lets
  * Dawn offer `shader-f16` on NVIDIA's Vulkan driver, where it is off by default (driver bugs; the decode's agreement
  * with runtime-node still checks the tokens).
@@ -67,6 +68,7 @@ import { parameterCount, SHAPES, writeRandomCalderaModel, writeRandomF16Model } 
 import { measureDispatchCost } from './dispatch.js';
 import { LOADER_FLAGS, loaderFlagOptions } from './loader-flags.js';
 import { checkBenchArgs } from '../../../scripts/bench-args.js';
+import { benchLine, type BenchLine, type BenchRefs } from '../../../scripts/bench-line.js';
 import { measureRoofline } from './roofline.js';
 
 checkBenchArgs(
@@ -98,23 +100,22 @@ const TOKENS = quick ? 16 : 64;
 const PROMPT = [0, 17, 250, 1033, 5];
 const REF = fileURLToPath(new URL('../../reference-model/model/', import.meta.url));
 
-/** The refs of a tuned model: the choice it decoded with, its step time, and the loader's choice's. */
-function tunedRefs(t: TuneReport | null): Record<string, unknown> {
-  return t
-    ? {
-        tuned_choice: t.choice,
-        tuned_step_ms: r4(t.stepMs),
-        untuned_step_ms: r4(t.initial.stepMs),
-        tuning_candidates: t.tried.length,
-      }
-    : {};
+/** The refs of a tuned model: its step time, and the loader's choice's. */
+function tunedRefs(t: TuneReport | null): BenchRefs {
+  return t ? { tuned_step_ms: r4(t.stepMs), untuned_step_ms: r4(t.initial.stepMs) } : {};
+}
+
+/** The info of a tuned model: the choice it decoded with, of how many timed. */
+function tunedInfo(t: TuneReport | null): BenchLine['info'] {
+  return t ? { tuned_choice: t.choice, tuning_candidates: t.tried.length } : {};
 }
 
 /** A measurement to 4 significant digits. */
 const r4 = (v: number) => Number(v.toPrecision(4));
 
-function emit(c: string, value: number, unit: string, refs: Record<string, unknown> = {}) {
-  console.log(JSON.stringify({ case: c, value: r4(value), unit, refs }));
+/** One line (scripts/bench-line.ts): `refs` measured in this run, `info` the adapter, the model and the options. */
+function emit(c: string, value: number, unit: string, refs: BenchRefs, info: BenchLine['info']) {
+  console.log(benchLine({ case: c, value: r4(value), unit, refs, info }));
 }
 
 async function compress(dir: string): Promise<void> {
@@ -272,25 +273,32 @@ try {
     await timed(node.generate(cpu, PROMPT, { maxTokens: 4 }));
     const c = await timed(node.generate(cpu, PROMPT, { maxTokens: TOKENS }));
     const agree = g.tokens.filter((t, i) => t === c.tokens[i]).length / c.tokens.length;
-    emit(name, g.tokS, 'tok/s', {
-      runtime_node: r4(c.tokS),
-      agreement: agree,
-      one_at_a_time_tok_s: r4(g.oneAtATimeTokS),
-      same_tokens_one_at_a_time: g.same,
-      bits_per_weight: r4(linearBitsPerWeight),
-      weight_bytes: model.weightBytes,
-      dispatches_per_token: model.dispatchesPerToken,
-      adapter: device.description,
-    });
+    emit(
+      name,
+      g.tokS,
+      'tok/s',
+      {
+        runtime_node: r4(c.tokS),
+        agreement: agree,
+        one_at_a_time_tok_s: r4(g.oneAtATimeTokS),
+        same_tokens_one_at_a_time: g.same ? 1 : 0,
+      },
+      {
+        bits_per_weight: r4(linearBitsPerWeight),
+        weight_bytes: model.weightBytes,
+        dispatches_per_token: model.dispatchesPerToken,
+        adapter: device.description,
+      },
+    );
     if (name === 'webgpu_decode_caldera_tok_s') {
       const sr = await sampledRates(model);
-      emit('webgpu_sample_topk_caldera_tok_s', sr.tokS, 'tok/s', {
-        logits_read_back_tok_s: r4(sr.logitsTokS),
-        same_tokens: sr.same,
-        vocab: model.config.vocabSize,
-        options: SAMPLED,
-        adapter: device.description,
-      });
+      emit(
+        'webgpu_sample_topk_caldera_tok_s',
+        sr.tokS,
+        'tok/s',
+        { logits_read_back_tok_s: r4(sr.logitsTokS), same_tokens: sr.same ? 1 : 0 },
+        { vocab: model.config.vocabSize, options: SAMPLED, adapter: device.description },
+      );
     }
     model.dispose();
   }
@@ -312,32 +320,35 @@ try {
     rate[chunk] = P / ((performance.now() - t0) / 1000);
     model.dispose();
   }
-  emit('webgpu_prefill_caldera_tok_s', rate[32]!, 'tok/s', {
-    token_by_token: r4(rate[1]!),
-    prompt_tokens: P,
-    prefill_chunk: 32,
-    adapter: device.description,
-  });
+  emit(
+    'webgpu_prefill_caldera_tok_s',
+    rate[32]!,
+    'tok/s',
+    { token_by_token: r4(rate[1]!) },
+    { prompt_tokens: P, prefill_chunk: 32, adapter: device.description },
+  );
   {
     const { model } = await loadModel(device, dir, { contextLength: 128, ...modelKernels });
     const n = quick ? 128 : 512;
     const p = await perplexityRates(model, n);
-    emit('webgpu_perplexity_caldera_tok_s', p.tokS, 'tok/s', {
-      logits_on_cpu_tok_s: r4(p.logitsOnCpuTokS),
-      ppl_rel_diff: r4(p.relDiff),
-      text_tokens: n,
-      context: 128,
-      vocab: model.config.vocabSize,
-      adapter: device.description,
-    });
+    emit(
+      'webgpu_perplexity_caldera_tok_s',
+      p.tokS,
+      'tok/s',
+      { logits_on_cpu_tok_s: r4(p.logitsOnCpuTokS), ppl_rel_diff: r4(p.relDiff) },
+      { text_tokens: n, context: 128, vocab: model.config.vocabSize, adapter: device.description },
+    );
     model.dispose();
   }
 
   const cost = await measureDispatchCost(device);
-  emit('webgpu_dispatch_us', cost.dependentUs, 'us', {
-    round_trip_us: r4(cost.roundTripUs),
-    adapter: device.description,
-  });
+  emit(
+    'webgpu_dispatch_us',
+    cost.dependentUs,
+    'us',
+    { round_trip_us: r4(cost.roundTripUs) },
+    { adapter: device.description },
+  );
   // tokens/s if a step cost nothing but its launches and one round trip
   const launchFloor = (launches: number) => 1e6 / (launches * cost.dependentUs + cost.roundTripUs);
 
@@ -345,27 +356,34 @@ try {
     targetBytes: ((device.fallbackAdapter ? 16 : 512) * 2 ** 20) / (quick ? 4 : 1),
     ...lanes,
   });
-  emit('webgpu_matvec_caldera_gbs', roof.kernelGbs, 'GB/s', {
-    stream_read_gbs: r4(roof.streamGbs),
-    roofline_share: r4(roof.kernelGbs / roof.streamGbs),
-    kernel: roof.shapes.kernel,
-    lanes: roof.lanes,
-    [`lanes_${roof.otherLanes.lanes}_gbs`]: r4(roof.otherLanes.kernelGbs),
-    q_products: roof.f16 ? 'f16' : 'f32',
-    ...(roof.f32FormGbs !== null ? { f32_form_gbs: r4(roof.f32FormGbs) } : {}),
-    ...(roof.f32FourRowsGbs !== null ? { f32_form_4_rows_per_lane_gbs: r4(roof.f32FourRowsGbs) } : {}),
-    ...(roof.rowsPerLane !== null ? { f16_rows_per_lane: roof.rowsPerLane } : {}),
-    ...(roof.oneRowPerLaneGbs !== null ? { one_row_per_lane_gbs: r4(roof.oneRowPerLaneGbs) } : {}),
-    dense_f16_gbs: r4(roof.denseF16KernelGbs),
-    dense_f16_roofline_share: r4(roof.denseF16KernelGbs / roof.streamGbs),
-    dense_f16_kernel: roof.shapes.denseKernel,
-    layer: roof.shapes.layer,
-    layer_gbs: r4(roof.layerGbs),
-    layer_f16_gbs: r4(roof.layerF16Gbs),
-    layer_weights_per_s_vs_f16: r4(roof.layerWeightsVsF16),
-    layer_bits_per_weight: r4(roof.layerBitsPerWeight),
-    adapter: device.description,
-  });
+  emit(
+    'webgpu_matvec_caldera_gbs',
+    roof.kernelGbs,
+    'GB/s',
+    {
+      stream_read_gbs: r4(roof.streamGbs),
+      roofline_share: r4(roof.kernelGbs / roof.streamGbs),
+      [`lanes_${roof.otherLanes.lanes}_gbs`]: r4(roof.otherLanes.kernelGbs),
+      ...(roof.f32FormGbs !== null ? { f32_form_gbs: r4(roof.f32FormGbs) } : {}),
+      ...(roof.f32FourRowsGbs !== null ? { f32_form_4_rows_per_lane_gbs: r4(roof.f32FourRowsGbs) } : {}),
+      ...(roof.oneRowPerLaneGbs !== null ? { one_row_per_lane_gbs: r4(roof.oneRowPerLaneGbs) } : {}),
+      dense_f16_gbs: r4(roof.denseF16KernelGbs),
+      dense_f16_roofline_share: r4(roof.denseF16KernelGbs / roof.streamGbs),
+      layer_gbs: r4(roof.layerGbs),
+      layer_f16_gbs: r4(roof.layerF16Gbs),
+      layer_weights_per_s_vs_f16: r4(roof.layerWeightsVsF16),
+    },
+    {
+      kernel: roof.shapes.kernel,
+      lanes: roof.lanes,
+      q_products: roof.f16 ? 'f16' : 'f32',
+      ...(roof.rowsPerLane !== null ? { f16_rows_per_lane: roof.rowsPerLane } : {}),
+      dense_f16_kernel: roof.shapes.denseKernel,
+      layer: roof.shapes.layer,
+      layer_bits_per_weight: r4(roof.layerBitsPerWeight),
+      adapter: device.description,
+    },
+  );
 
   const shapeName = randomArg ?? (quick || device.fallbackAdapter ? 'none' : '1b');
   if (shapeName !== 'none') {
@@ -426,38 +444,49 @@ try {
     const sampledRefs = (r: typeof f) => ({
       sampled_topk_tok_s: r4(r.sampled!.tokS),
       sampled_logits_read_back_tok_s: r4(r.sampled!.logitsTokS),
-      sampled_same_tokens: r.sampled!.same,
+      sampled_same_tokens: r.sampled!.same ? 1 : 0,
     });
-    emit(`webgpu_decode_random_${shapeName}_f16_tok_s`, f.tokS, 'tok/s', {
-      one_at_a_time_tok_s: r4(f.oneAtATimeTokS),
-      ...sampledRefs(f),
-      perplexity_tok_s: r4(f.pplTokS),
-      perplexity_logits_on_cpu_tok_s: r4(f.pplLogitsOnCpuTokS),
-      weight_bytes: f.bytes,
-      dispatches_per_token: f.launches,
-      launch_bound_tok_s: r4(launchFloor(f.launches)),
-      ...tunedRefs(f.tuned),
-      ...common,
-    });
-    emit(`webgpu_decode_random_${shapeName}_caldera_tok_s`, c.tokS, 'tok/s', {
-      f16: r4(f.tokS),
-      speedup_vs_f16: r4(c.tokS / f.tokS),
-      one_at_a_time_tok_s: r4(c.oneAtATimeTokS),
-      f16_one_at_a_time_tok_s: r4(f.oneAtATimeTokS),
-      ...sampledRefs(c),
-      perplexity_tok_s: r4(c.pplTokS),
-      perplexity_logits_on_cpu_tok_s: r4(c.pplLogitsOnCpuTokS),
-      weight_bytes: c.bytes,
-      f16_weight_bytes: f.bytes,
-      bits_per_weight: r4(c.bits),
-      dispatches_per_token: c.launches,
-      launch_bound_tok_s: r4(launchFloor(c.launches)),
-      q_products: c.f16 ? 'f16' : 'f32',
-      ...(rates['caldera-f32'] ? { f32_products_tok_s: r4(rates['caldera-f32'].tokS) } : {}),
-      rank: 64,
-      ...tunedRefs(c.tuned),
-      ...common,
-    });
+    emit(
+      `webgpu_decode_random_${shapeName}_f16_tok_s`,
+      f.tokS,
+      'tok/s',
+      {
+        one_at_a_time_tok_s: r4(f.oneAtATimeTokS),
+        ...sampledRefs(f),
+        perplexity_tok_s: r4(f.pplTokS),
+        perplexity_logits_on_cpu_tok_s: r4(f.pplLogitsOnCpuTokS),
+        launch_bound_tok_s: r4(launchFloor(f.launches)),
+        ...tunedRefs(f.tuned),
+      },
+      { weight_bytes: f.bytes, dispatches_per_token: f.launches, ...tunedInfo(f.tuned), ...common },
+    );
+    emit(
+      `webgpu_decode_random_${shapeName}_caldera_tok_s`,
+      c.tokS,
+      'tok/s',
+      {
+        f16: r4(f.tokS),
+        speedup_vs_f16: r4(c.tokS / f.tokS),
+        one_at_a_time_tok_s: r4(c.oneAtATimeTokS),
+        f16_one_at_a_time_tok_s: r4(f.oneAtATimeTokS),
+        ...sampledRefs(c),
+        perplexity_tok_s: r4(c.pplTokS),
+        perplexity_logits_on_cpu_tok_s: r4(c.pplLogitsOnCpuTokS),
+        launch_bound_tok_s: r4(launchFloor(c.launches)),
+        ...(rates['caldera-f32'] ? { f32_products_tok_s: r4(rates['caldera-f32'].tokS) } : {}),
+        ...tunedRefs(c.tuned),
+      },
+      {
+        weight_bytes: c.bytes,
+        f16_weight_bytes: f.bytes,
+        bits_per_weight: r4(c.bits),
+        dispatches_per_token: c.launches,
+        q_products: c.f16 ? 'f16' : 'f32',
+        rank: 64,
+        ...tunedInfo(c.tuned),
+        ...common,
+      },
+    );
   }
 } finally {
   await rm(dir, { recursive: true, force: true });

@@ -94,8 +94,7 @@ async function run(n: number, threads: number): Promise<BenchResult> {
       value: Number(value.toPrecision(3)),
       unit: 'GFLOP/s',
       seconds: Number(r.seconds.toPrecision(3)),
-      threads: r.threads,
-      relaxedSimd: r.relaxed,
+      info: { threads: r.threads, relaxedSimd: r.relaxed },
     };
   } finally {
     await browser.close();
