@@ -2,7 +2,7 @@ import ndarray from 'ndarray';
 import { describe, expect, it } from 'vitest';
 import { CalderaError } from './errors.js';
 import { fromNdarray, toNdarray } from './ndarray.js';
-import { contiguous, get, tensor, transpose } from './tensor.js';
+import { contiguous, get, tensor, toF32, transpose, type Tensor } from './tensor.js';
 
 describe('ndarray interop', () => {
   it('fromNdarray shares data and agrees with ndarray.get on every element of strided views', () => {
@@ -63,5 +63,19 @@ describe('ndarray interop', () => {
     const bad = { data: new Float32Array(4), shape: [2, 3], stride: [3, 1], offset: 0 };
     expect(() => fromNdarray(bad)).toThrow(CalderaError);
     expect(() => fromNdarray({ ...bad, shape: [0, 3] })).not.toThrow();
+  });
+
+  it('an ndarray passed where a tensor is expected is E_VALUE with a hint (it was a TypeError reading strides)', () => {
+    const nd = ndarray(new Float32Array(64), [8, 8]) as unknown as Tensor;
+    expect(() => contiguous(nd)).toThrow(
+      /^E_VALUE: contiguous: tensor is not a tensor \{dtype, shape, strides, offset, data\}, got an object \(an ndarray\? wrap it with fromNdarray\(\)\)$/,
+    );
+    expect(() => toF32(nd)).toThrow(/E_VALUE: .*fromNdarray/);
+    expect(() => contiguous(null as unknown as Tensor, "tensor 'w'")).toThrow(
+      /^E_VALUE: contiguous: tensor 'w' is not a tensor .*, got null$/,
+    );
+    expect(
+      contiguous(fromNdarray(ndarray(Float32Array.of(1, 2, 3, 4), [2, 2]).transpose(1, 0))).data,
+    ).toEqual(Float32Array.of(1, 3, 2, 4));
   });
 });

@@ -239,15 +239,18 @@ export function slice<D extends DType>(
 }
 
 /**
- * A contiguous copy (or `t` itself when it is already contiguous with offset 0 and exact length). `E_SHAPE` naming the
- * extent when the view reaches outside its data (an offset or strides past the end of `data`, a negative index, or
- * non-integer offset or strides, an invalid shape): its missing elements would otherwise be read as zeros or NaN.
+ * A contiguous copy (or `t` itself when it is already contiguous with offset 0 and exact length). `E_VALUE` when `t` is
+ * not a tensor at all (no `shape` and `strides` arrays and `data`: an `ndarray` is wrapped with `fromNdarray` first);
+ * `E_SHAPE` naming the extent when the view reaches outside its data (an offset or strides past the end of `data`, a
+ * negative index, or non-integer offset or strides, an invalid shape): its missing elements would otherwise be read as
+ * zeros or NaN.
  * @param name the tensor's name in that message. Default `'tensor'`.
  */
 export function contiguous<D extends DType>(t: Tensor<D>, name = 'tensor'): Tensor<D> {
+  assertTensorLike(t, name);
   const n = shapeSize(t.shape);
-  if (isContiguous(t) && t.offset === 0 && t.data.length === n) return t;
   checkExtent(t, n, name);
+  if (isContiguous(t) && t.offset === 0 && t.data.length === n) return t;
   const out = allocArray(t.dtype, n);
   if (isContiguous(t)) {
     out.set(t.data.subarray(t.offset, t.offset + n) as never);
@@ -270,6 +273,27 @@ export function contiguous<D extends DType>(t: Tensor<D>, name = 'tensor'): Tens
 }
 
 /** `E_SHAPE` unless every element of the view (`n` of them) lies in `data` (see {@link contiguous}). */
+/** `E_VALUE` unless `t` has the fields of a tensor (it was a TypeError reading `strides` of an `ndarray`). */
+function assertTensorLike(t: unknown, name: string): void {
+  const v = t as Partial<Tensor> & { stride?: unknown };
+  if (
+    v !== null &&
+    typeof v === 'object' &&
+    Array.isArray(v.shape) &&
+    Array.isArray(v.strides) &&
+    typeof v.data?.length === 'number'
+  )
+    return;
+  const hint =
+    v !== null && typeof v === 'object' && Array.isArray(v.stride)
+      ? ' (an ndarray? wrap it with fromNdarray())'
+      : '';
+  throw new CalderaError(
+    'E_VALUE',
+    `contiguous: ${name} is not a tensor {dtype, shape, strides, offset, data}, got ${describeValue(t)}${hint}`,
+  );
+}
+
 function checkExtent(t: Tensor, n: number, name: string): void {
   checkShape(t.shape, `contiguous: ${name}`);
   const r = t.shape.length;
