@@ -261,6 +261,41 @@ describe('caldera', () => {
     expect(() => fromCheckpointTensors('other', (name) => tensors[name], meta)).toThrow(/E_MISSING/);
   });
 
+  it('reads checkpoint tensors given as views (an offset into a larger buffer, transposed strides) as their values', () => {
+    const { tensors, meta } = toCheckpointTensors('blk', d);
+    // every tensor copied 3 elements into a larger buffer of junk, and every 2-D one also as a transposed view of
+    // its transpose: the same values, other layouts (both gave another Ŵ, as large as Ŵ itself, without an error)
+    const offset = (t: Tensor): Tensor => {
+      const n = t.data.length;
+      const data = new (t.data.constructor as new (n: number) => Tensor['data'])(n + 5).fill(7);
+      data.set(t.data as never, 3);
+      return { ...t, data, offset: 3 };
+    };
+    const transposedView = (t: Tensor): Tensor => {
+      if (t.shape.length !== 2) return offset(t);
+      const [r, c] = t.shape as [number, number];
+      const data = new (t.data.constructor as new (n: number) => Tensor['data'])(r * c);
+      for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) data[j * r + i] = t.data[i * c + j]!;
+      return { ...t, data, strides: [1, r], offset: 0 };
+    };
+    const a = reconstruct(fromCheckpointTensors('blk', (name) => tensors[name], meta)).data;
+    for (const view of [offset, transposedView]) {
+      const b = reconstruct(
+        fromCheckpointTensors('blk', (name) => tensors[name] && view(tensors[name]), meta),
+      ).data;
+      expect(b).toEqual(a); // the same values: the same Ŵ, bit for bit
+    }
+    // a view reaching outside its data is E_SHAPE naming the tensor
+    const q = Object.keys(tensors).find((k) => k.endsWith('.Q'))!;
+    expect(() =>
+      fromCheckpointTensors(
+        'blk',
+        (name) => (name === q ? { ...tensors[q]!, offset: 1 } : tensors[name]),
+        meta,
+      ),
+    ).toThrow(new RegExp(`E_SHAPE: contiguous: tensor '${q.replace(/\./g, '\\.')}' .* outside its data`));
+  });
+
   it('with f16 factors, the checkpoint holds the Ŵ the decomposition measured (g a power of two, folded exactly)', () => {
     for (const options of [
       { rank: 16, lBits: 16 as const, rBits: 16 as const },

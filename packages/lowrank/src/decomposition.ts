@@ -3,6 +3,7 @@ import {
   assertObject,
   assertFinite,
   CalderaError,
+  contiguous,
   describeValue,
   expectedCalderaTensors,
   isFloatDType,
@@ -361,7 +362,8 @@ export function calderaCheckpointMeta(
  * `caldera.json` entry. Where the entry records no `paperBitsPerWeight` it is computed ({@link paperBitsFromMeta});
  * where it records no `error`, `error` is NaN. Every tensor the format requires is checked first: a missing one is
  * `E_MISSING`, one of another dtype or shape `E_FORMAT` naming it (a mistyped sign vector or scale would otherwise be
- * read as garbage or fail with a RangeError), a float one with a non-finite value `E_VALUE`.
+ * read as garbage or fail with a RangeError), a float one with a non-finite value `E_VALUE`. A tensor may be any view
+ * (an offset into a larger buffer, other strides): each is read as a contiguous copy where it is not one already.
  */
 export function fromCheckpointTensors(
   prefix: string,
@@ -369,9 +371,15 @@ export function fromCheckpointTensors(
   meta: CalderaLayerMeta,
 ): Decomposition {
   assertFunction(get, 'fromCheckpointTensors', 'get');
+  // every tensor read as a contiguous one: a view `get` returns (an offset into a larger buffer, other strides) was
+  // read from the start of its data, giving another Ŵ without a word
+  const read = (name: string): Tensor | undefined => {
+    const t = get(name);
+    return t === undefined ? undefined : contiguous(t, `tensor '${name}'`);
+  };
   const p = `${prefix}.caldera.`;
   for (const e of expectedCalderaTensors(prefix, meta)) {
-    const t = get(e.name);
+    const t = read(e.name);
     if (!t) throw new CalderaError('E_MISSING', `checkpoint has no tensor '${e.name}'`);
     if (t.dtype !== e.dtype || t.shape.join() !== e.shape.join())
       throw new CalderaError(
@@ -381,7 +389,7 @@ export function fromCheckpointTensors(
     if (isFloatDType(t.dtype)) assertFinite(t, `tensor '${e.name}'`);
   }
   const need = (name: string): Tensor => {
-    const t = get(p + name);
+    const t = read(p + name);
     if (!t) throw new CalderaError('E_MISSING', `checkpoint has no tensor '${p}${name}'`);
     return t;
   };
