@@ -336,6 +336,60 @@ describe('ldlq', () => {
     expect(() => proxyLoss(w, tensor('f32', [2, 4]), h)).toThrow(/E_SHAPE: proxyLoss/);
   });
 
+  it('proxyLoss refuses what gave a perfect 0: a NaN in W, Ŵ or H, an indefinite H; an H of another size is named', () => {
+    const w = tensor('f32', [2, 4], Float32Array.of(1, 2, 3, 4, -1, 0.5, 2, 1));
+    const wHat = tensor('f32', [2, 4], Float32Array.of(1, 2, 3, 4.1, -1, 0.5, 2, 1));
+    const eye = (n: number, v = 1) => {
+      const h = tensor('f64', [n, n]);
+      for (let i = 0; i < n; i++) h.data[i * (n + 1)] = v;
+      return h;
+    };
+    // H = I: 0.1² / (1 + 4 + 9 + 16 + 1 + 0.25 + 4 + 1) = 0.01 / 36.25, by hand
+    expect(proxyLoss(w, wHat, eye(4))).toBeCloseTo(0.01 / 36.25, 7);
+    expect(proxyLoss(tensor('f32', [2, 4]), tensor('f32', [2, 4]), eye(4))).toBe(0); // W = 0 = Ŵ: tr(WHWᵀ) = 0
+    const nan = (t: Tensor, i: number) => {
+      const c = { ...t, data: t.data.slice() } as Tensor;
+      c.data[i] = NaN;
+      return c as never;
+    };
+    expect(() => proxyLoss(nan(w, 1), wHat, eye(4))).toThrow(
+      /^E_VALUE: proxyLoss: W has a non-finite value \(NaN\)/,
+    );
+    expect(() => proxyLoss(w, nan(wHat, 1), eye(4))).toThrow(/^E_VALUE: proxyLoss: Ŵ has a non-finite/);
+    expect(() => proxyLoss(w, wHat, nan(eye(4), 5))).toThrow(/^E_VALUE: proxyLoss: H has a non-finite/);
+    expect(() => proxyLoss(w, wHat, eye(4, -1))).toThrow(/^E_VALUE: proxyLoss: tr\(WHWᵀ\) = -36\.25 < 0/);
+    expect(() => proxyLoss(w, wHat, tensor('f64', [4, 5]))).toThrow(
+      /^E_SHAPE: proxyLoss: .*H \[4, 5\] must be 4×4/,
+    );
+    expect(() => proxyLoss(w, wHat, null as never)).toThrow(/^E_VALUE: proxyLoss: H is not a tensor/);
+  });
+
+  it('reads an H given as a reversed view (negative strides) through its strides, and checks all of it', () => {
+    const n = 16;
+    const w = gaussian(4, n, 2);
+    const h = gramHessian(40, n, 3);
+    // element (i, j) of the view is rev[n² − 1 − i·n − j] = h[i][j]: the same matrix, another layout
+    const reversed = (t: Tensor<'f64'>): Tensor<'f64'> => ({
+      ...t,
+      data: Float64Array.from(t.data).reverse(),
+      strides: [-n, -1],
+      offset: n * n - 1,
+    });
+    const plain = ldlq(w, h);
+    const viewed = ldlq(w, reversed(h)); // was E_SHAPE naming an internal copy ("blockLDL: h view ...")
+    expect(Array.from(viewed.wHat.data)).toEqual(Array.from(plain.wHat.data));
+    // with a Cholesky factor given, H is only checked: a non-symmetric reversed H passed unchecked
+    const c = cholesky(h);
+    const bad = tensor('f64', [n, n], Float64Array.from(h.data));
+    bad.data[15 * n + 14]! += 1;
+    expect(() => prepareLdlq(bad, { cholesky: c, damping: 0 })).toThrow(
+      /E_VALUE: .*not symmetric at \(15, 14\)/,
+    );
+    expect(() => prepareLdlq(reversed(bad), { cholesky: c, damping: 0 })).toThrow(
+      /E_VALUE: .*not symmetric at \(15, 14\)/,
+    );
+  });
+
   it("checks W and H with linalg's assertMatrix: a view outside its data or a tensor without strides is named", () => {
     const w = gaussian(4, 16, 1);
     const h = identity(16);

@@ -2,7 +2,7 @@ import {
   assertBooleanOptions,
   assertCallbacks,
   assertNotAbortSignal,
-  assertObject,
+  assertFinite,
   CalderaError,
   isCalderaError,
   throwIfAborted,
@@ -155,7 +155,7 @@ function prepare(h: Matrix, options: PrepareLdlqOptions, what: string): LdlqHess
     // H is only checked (in place when it is a contiguous f64 matrix) unless it is kept
     const inPlace = !keep && h.dtype === 'f64' && h.offset === 0 && h.strides[0] === n && h.strides[1] === 1;
     if (inPlace) {
-      assertFiniteSymmetric(h.data as Float64Array, n, `${what}: H [${n}, ${n}]`);
+      assertFiniteSymmetric((h.data as Float64Array).subarray(0, n * n), n, `${what}: H [${n}, ${n}]`);
       checkDamping(damping, what);
     }
     const hessian = inPlace ? null : dampedCopy(h, damping, what);
@@ -375,6 +375,8 @@ export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = 
  * `h[i][j]`, `h[j][i]` within `1e-5 · max |h[i][i]|` (the tolerance LDLQ, which factors only one triangle, accepts).
  */
 export function assertFiniteSymmetric(h: Float64Array, n: number, what: string): void {
+  if (h.length !== n * n)
+    throw new CalderaError('E_SHAPE', `${what} has ${h.length} entries, expected ${n}×${n} = ${n * n}`);
   for (let i = 0; i < h.length; i++) {
     if (!Number.isFinite(h[i]!))
       throw new CalderaError('E_VALUE', `${what} has a non-finite value at (${Math.floor(i / n)}, ${i % n})`);
@@ -394,11 +396,11 @@ export function assertFiniteSymmetric(h: Float64Array, n: number, what: string):
 /** H (n × n) as a contiguous f64 copy with `damping·mean(diag H)` on the diagonal, checked finite and symmetric. */
 function dampedCopy(h: Matrix, damping: number, what: string): Float64Array {
   const n = h.shape[0]!;
-  const hd = Float64Array.from(h.data.subarray(h.offset, h.offset + n * n));
-  if (h.strides[0] !== n || h.strides[1] !== 1) {
-    for (let i = 0; i < n; i++)
-      for (let j = 0; j < n; j++) hd[i * n + j] = h.data[h.offset + i * h.strides[0]! + j * h.strides[1]!]!;
-  }
+  // every entry read through the view's strides: a copy sized from the offset was short for a view whose offset sits
+  // near the end of its data (negative strides), and its missing entries went unchecked
+  const hd = new Float64Array(n * n);
+  const [s0, s1] = h.strides as [number, number];
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) hd[i * n + j] = h.data[h.offset + i * s0 + j * s1]!;
   // H must be symmetric (only its lower triangle is factored)
   assertFiniteSymmetric(hd, n, `${what}: H [${n}, ${n}]`);
   checkDamping(damping, what);
@@ -694,20 +696,29 @@ function invertSmall(hd: Float64Array, n: number, c: number, g: number): Float64
   return inv;
 }
 
-/** `tr((Ŵ − W)H(Ŵ − W)ᵀ) / tr(WHWᵀ)`: the relative proxy loss LDLQ minimises (computed with two gemms). */
+/**
+ * `tr((Ŵ − W)H(Ŵ − W)ᵀ) / tr(WHWᵀ)`: the relative proxy loss LDLQ minimises (computed with two gemms); 0 where
+ * `tr(WHWᵀ)` is 0 (W = 0), as `ldlq`'s own diagnostic. W and Ŵ are m×n, H n×n (`E_SHAPE` otherwise); a non-finite
+ * entry in any of them is `E_VALUE`, and so is an H with `tr(WHWᵀ) < 0` (not positive semi-definite): each gave 0, a
+ * perfect loss.
+ */
 export function proxyLoss(w: Matrix, wHat: Matrix, h: Matrix, pool?: Pool): number {
-  assertObject(w, 'proxyLoss', 'W', 'a tensor');
-  assertObject(wHat, 'proxyLoss', 'Ŵ', 'a tensor');
-  assertObject(h, 'proxyLoss', 'H', 'a tensor');
+  assertMatrix(w, 'proxyLoss', 'W');
+  assertMatrix(wHat, 'proxyLoss', 'Ŵ');
+  assertMatrix(h, 'proxyLoss', 'H');
   const W = toF32(w);
   const Wh = toF32(wHat);
   const [m, n] = W.shape as [number, number];
-  if (W.shape.length !== 2 || Wh.shape.length !== 2 || Wh.shape[0] !== m || Wh.shape[1] !== n) {
+  if (Wh.shape[0] !== m || Wh.shape[1] !== n || h.shape[0] !== n || h.shape[1] !== n) {
     throw new CalderaError(
       'E_SHAPE',
-      `proxyLoss: W [${W.shape.join(', ')}] and Ŵ [${Wh.shape.join(', ')}] must be 2-D of the same shape`,
+      `proxyLoss: W [${W.shape.join(', ')}] and Ŵ [${Wh.shape.join(', ')}] must have the same shape, and H ` +
+        `[${h.shape.join(', ')}] must be ${n}×${n}`,
     );
   }
+  assertFinite(w, 'proxyLoss: W');
+  assertFinite(wHat, 'proxyLoss: Ŵ');
+  assertFinite(h, 'proxyLoss: H');
   const D = new Float32Array(m * n);
   for (let i = 0; i < D.length; i++) D[i] = Wh.data[i]! - W.data[i]!;
   const H = toF32(h);
@@ -729,5 +740,12 @@ export function proxyLoss(w: Matrix, wHat: Matrix, h: Matrix, pool?: Pool): numb
     num += DH[i]! * D[i]!;
     den += WH[i]! * W.data[i]!;
   }
+  if (!Number.isFinite(num) || !Number.isFinite(den))
+    throw new CalderaError('E_VALUE', `proxyLoss: the traces overflow f32 (${num}, ${den})`);
+  if (den < 0)
+    throw new CalderaError(
+      'E_VALUE',
+      `proxyLoss: tr(WHWᵀ) = ${den} < 0: H is not positive semi-definite (a Hessian XᵀX cannot be)`,
+    );
   return den > 0 ? num / den : 0;
 }
