@@ -32,6 +32,16 @@ describe('hadamard transform', () => {
     expect(y.data.length).toBe(0);
   });
 
+  it('refuses a non-finite entry with E_VALUE naming it, as every linalg routine does (it spread NaN over the row)', () => {
+    for (const bad of [NaN, Infinity, -Infinity]) {
+      const x = tensor('f32', [4, 12], new Rng(1).fillNormal(new Float32Array(48)));
+      x.data[2 * 12 + 5] = bad;
+      expect(() => hadamard(x)).toThrow(
+        new RegExp(`^E_VALUE: hadamard: x has a non-finite value \\(${bad}\\) at \\[2, 5\\]$`),
+      );
+    }
+  });
+
   it('factors real model sizes and pads unsupported ones', () => {
     expect(hadamardFactor(4096)).toEqual({ K: 1, p: 12 });
     expect(hadamardFactor(14336)).toEqual({ K: 28, p: 9 });

@@ -17,7 +17,7 @@ import {
   type Matrix,
   type Tensor,
 } from '@caldera/core';
-import { assertCount, assertFiniteScalar, assertMatrix, newMatrix } from './check.js';
+import { assertCount, assertFiniteMatrix, assertFiniteScalar, assertMatrix, newMatrix } from './check.js';
 import { gemmInto } from './gemm.js';
 
 /** The orders K > 1 with a construction here, largest first (the search order for a size n). */
@@ -329,11 +329,13 @@ export interface HadamardOptions {
 /**
  * Each row `v` of `x` (r × n) mapped to `v·M_n` (or `v·M_nᵀ`), as a new contiguous matrix of x's dtype. Rows of length
  * 0 are their own transform (an [r, 0] matrix gives an [r, 0] matrix); other sizes without an `M_n` are
- * `E_UNSUPPORTED`.
+ * `E_UNSUPPORTED`; a non-finite entry is `E_VALUE` naming it, as in every routine of this package (it spread NaN over
+ * its row). The in-place `hadamardRowsInPlace` that the runtimes call per token does not check.
  */
 export function hadamard<T extends Matrix>(x: T, options: HadamardOptions = {}): T {
   assertMatrix(x, 'hadamard', 'x');
   assertBooleanOptions(options, 'hadamard', ['transpose']);
+  assertFiniteMatrix(x, 'hadamard', 'x');
   const [r, n] = x.shape as [number, number];
   const out = newMatrix(x.dtype, r, n) as Tensor<'f32'> | Tensor<'f64'>;
   if (n === 0) return out as T; // nothing to mix (no M_0 to build: `hadamardFactor(0)` is null)

@@ -111,6 +111,31 @@ describe('rotation', () => {
     // two orthogonal transforms of length ≤ 128 in f32: error ≲ log2(n)·eps32·|w| ⇒ 1e-5 is generous
     for (let i = 0; i < 9000; i++) expect(Math.abs(back[i]! - w.data[i]!)).toBeLessThan(1e-5);
   });
+
+  it('refuses sizes and signs that do not fit (rows were written over each other, an H too small gave NaN)', () => {
+    const rng = new Rng(4);
+    const w = tensor('f32', [4, 16], rng.fillNormal(new Float32Array(64)));
+    const s8 = randomSigns(8, rng);
+    const s16 = randomSigns(16, rng);
+    expect(() => rotateWeight(w, 8, 8, null, null)).toThrow(
+      /^E_SHAPE: rotateWeight: np must be an integer ≥ 16, got 8$/,
+    );
+    expect(() => rotateWeight(w, 8, 16, s8, s8)).toThrow(
+      /^E_SHAPE: rotateWeight: su must be a Float32Array of 16/,
+    );
+    expect(() => rotateWeight({ ...w, offset: 1 }, 8, 16, s16, s8)).toThrow(/^E_SHAPE: rotateWeight: w view/);
+    expect(rotateWeight(w, 8, 16, s16, s8)).toHaveLength(128);
+    const h8 = tensor('f64', [8, 8]);
+    expect(() => rotateHessian(h8, 16, 16, s16)).toThrow(
+      /^E_SHAPE: rotateHessian: h is \[8, 8\], expected \[16, 16\]$/,
+    );
+    expect(() => rotateHessian(null, 16, 8, null)).toThrow(
+      /^E_SHAPE: rotateHessian: np must be an integer ≥ 16/,
+    );
+    expect(() => unrotateWeight(new Float32Array(100), 8, 16, 4, 16, null, null)).toThrow(
+      /^E_SHAPE: unrotateWeight: wr has 100 entries, expected 8×16$/,
+    );
+  });
 });
 
 describe('caldera', () => {

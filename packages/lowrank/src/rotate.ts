@@ -1,5 +1,5 @@
-import { assertObject, CalderaError, Rng, type Tensor } from '@caldera/core';
-import { hadamardRowsInPlace, hadamardSupported } from '@caldera/linalg';
+import { assertObject, CalderaError, describeValue, Rng, type Tensor } from '@caldera/core';
+import { assertMatrix, hadamardRowsInPlace, hadamardSupported } from '@caldera/linalg';
 import { transposed } from './transpose.js';
 
 /**
@@ -20,6 +20,21 @@ export function randomSigns(n: number, rng: Rng): Float32Array {
   return rng.fillRademacher(new Float32Array(n));
 }
 
+/** `E_SHAPE` unless `padded` is an integer ≥ `size` (a smaller one wrote rows over each other). */
+function checkPadded(what: string, name: string, padded: number, size: number): void {
+  if (!Number.isInteger(padded) || padded < size)
+    throw new CalderaError('E_SHAPE', `${what}: ${name} must be an integer ≥ ${size}, got ${String(padded)}`);
+}
+
+/** `E_SHAPE` unless the sign vector `s` (when given) has `length` entries. */
+function checkSigns(what: string, name: string, s: Float32Array | null, length: number): void {
+  if (s !== null && (!(s instanceof Float32Array) || s.length !== length))
+    throw new CalderaError(
+      'E_SHAPE',
+      `${what}: ${name} must be a Float32Array of ${length} signs (or null), got ${s instanceof Float32Array ? `${s.length}` : describeValue(s)}`,
+    );
+}
+
 /** In place: rows of the r×c matrix `a` → `v·M_c` (`transpose`: `v·M_cᵀ`). */
 function rowsTimesM(a: Float32Array | Float64Array, r: number, c: number, transpose: boolean): void {
   hadamardRowsInPlace(a, r, c, { transpose });
@@ -27,6 +42,7 @@ function rowsTimesM(a: Float32Array | Float64Array, r: number, c: number, transp
 
 /**
  * `Wr = M_mᵀ·diag(SV)·W·diag(SU)·M_n` for a zero-padded `W (m×n → mp×np)`. With `hadamard = false` only pads.
+ * `E_SHAPE` for a padded size smaller than W's or sign vectors of other lengths than `np` (SU) and `mp` (SV).
  */
 export function rotateWeight(
   w: Tensor<'f32'>,
@@ -35,8 +51,12 @@ export function rotateWeight(
   su: Float32Array | null,
   sv: Float32Array | null,
 ): Float32Array {
-  assertObject(w, 'rotateWeight', 'w', 'a tensor');
+  assertMatrix(w, 'rotateWeight', 'w');
   const [m, n] = w.shape as [number, number];
+  checkPadded('rotateWeight', 'mp', mp, m);
+  checkPadded('rotateWeight', 'np', np, n);
+  checkSigns('rotateWeight', 'su', su, np);
+  checkSigns('rotateWeight', 'sv', sv, mp);
   const z = new Float32Array(mp * np);
   for (let i = 0; i < m; i++)
     for (let j = 0; j < n; j++) {
@@ -61,6 +81,14 @@ export function unrotateWeight(
   sv: Float32Array | null,
 ): Float32Array {
   assertObject(wr, 'unrotateWeight', 'wr', 'a Float32Array');
+  checkPadded('unrotateWeight', 'm', m, 0);
+  checkPadded('unrotateWeight', 'n', n, 0);
+  checkPadded('unrotateWeight', 'mp', mp, m);
+  checkPadded('unrotateWeight', 'np', np, n);
+  if (wr.length !== mp * np)
+    throw new CalderaError('E_SHAPE', `unrotateWeight: wr has ${wr.length} entries, expected ${mp}×${np}`);
+  checkSigns('unrotateWeight', 'su', su, np);
+  checkSigns('unrotateWeight', 'sv', sv, mp);
   let z = Float32Array.from(wr);
   if (su && sv) {
     rowsTimesM(z, mp, np, true); // Wr·M_nᵀ
@@ -77,6 +105,7 @@ export function unrotateWeight(
 /**
  * `Hr = M_nᵀ·diag(SU)·H·diag(SU)·M_n` for H padded to np×np; padded diagonal entries get mean(diag H) so that Hr
  * stays positive definite (padded weight columns are zero and their inputs are zero, so the value is immaterial).
+ * `E_SHAPE` for an H that is not n×n, `np < n`, or SU of another length than `np`.
  */
 export function rotateHessian(
   h: Tensor<'f64'> | null,
@@ -84,6 +113,14 @@ export function rotateHessian(
   np: number,
   su: Float32Array | null,
 ): Float64Array {
+  checkPadded('rotateHessian', 'n', n, 1);
+  checkPadded('rotateHessian', 'np', np, n);
+  checkSigns('rotateHessian', 'su', su, np);
+  if (h !== null) {
+    assertMatrix(h, 'rotateHessian', 'h');
+    if (h.shape[0] !== n || h.shape[1] !== n)
+      throw new CalderaError('E_SHAPE', `rotateHessian: h is [${h.shape.join(', ')}], expected [${n}, ${n}]`);
+  }
   const z = new Float64Array(np * np);
   let mean = 0;
   if (h) {
