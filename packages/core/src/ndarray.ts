@@ -27,16 +27,36 @@ export interface FromNdarrayOptions {
   name?: string;
 }
 
+/** The dtype a typed-array class gives by default (`Uint16Array` → `u16`), as {@link fromNdarray}'s result type. */
+export type DTypeOfArray<A> = A extends Float64Array
+  ? 'f64'
+  : A extends Float32Array
+    ? 'f32'
+    : A extends Int8Array
+      ? 'i8'
+      : A extends Uint8Array
+        ? 'u8'
+        : A extends Int16Array
+          ? 'i16'
+          : A extends Uint16Array
+            ? 'u16'
+            : A extends Int32Array
+              ? 'i32'
+              : A extends Uint32Array
+                ? 'u32'
+                : DType;
+
 /**
  * Wrap an `ndarray` (scijs) as a {@link Tensor} without copying: the result shares `data`, `shape`,
  * `stride` (as `strides`) and `offset`. Only typed-array-backed ndarrays can be shared; plain-array or
  * generic-storage ndarrays are rejected with `E_DTYPE` (copy them into a typed array first). Negative
- * strides (e.g. from `.step(-1)`) are kept; {@link contiguous} handles them. No code generation runs here.
+ * strides (e.g. from `.step(-1)`) are kept; {@link contiguous} handles them. No code generation runs here. The result's
+ * type follows the data (`Tensor<'f64'>` for a `Float64Array`), or `options.dtype`.
  */
-export function fromNdarray<D extends DType = DType>(
-  nd: Pick<NdArray<NdTypedArray>, 'data' | 'shape' | 'stride' | 'offset'>,
+export function fromNdarray<A extends NdTypedArray, D extends DType = DTypeOfArray<A>>(
+  nd: Pick<NdArray<A>, 'data' | 'shape' | 'stride' | 'offset'>,
   options: FromNdarrayOptions & { dtype?: D } = {},
-): Tensor<D> {
+): Tensor<NoInfer<D>> {
   const name = options.name ?? 'ndarray';
   const data = nd.data as unknown;
   const inferred = DTYPE_OF_CTOR.get((data as object | null)?.constructor);
