@@ -3,6 +3,7 @@ import { bf16ArrayToF32, f16ArrayToF32, f32ArrayToBf16, f32ArrayToF16, Rng, tens
 import {
   applyDecomposition,
   caldera,
+  randomDecomposition,
   toCheckpointTensors,
   withTrainableFactors,
   type Decomposition,
@@ -124,6 +125,23 @@ describe('linear layers', () => {
       // `d` gives the decomposition back, Q's planes included (rebuilt from the kernel's copy when it holds them)
       expect(layer.d).toEqual(d);
       if (kernel) expect(layer.d.q!.planes[0]).not.toBe(d.q!.planes[0]); // not kept: the kernel's copy is the one held
+    }
+  });
+
+  it("a CALDERA layer's weightBytes are its checkpoint tensors' bytes exactly (ceil of bits·m·n/8 counted 1 more)", () => {
+    const r = new Rng(1);
+    for (const [m, n, k] of [
+      [40, 72, 16], // bits·n·m/8 = 1852.0000000000002 in f64: 1853 before
+      [101, 101, 8], // 3964.0000000000005: 3965
+      [300, 144, 8], // 13644.000000000002: 13645
+      [13, 7, 4],
+    ] as const) {
+      const d = randomDecomposition(m, n, k, r);
+      const bytes = Object.values(toCheckpointTensors('x', d).tensors).reduce(
+        (s, t) => s + t.data.byteLength,
+        0,
+      );
+      expect(new CalderaLinear(d).weightBytes, `${m}×${n} rank ${k}`).toBe(bytes);
     }
   });
 

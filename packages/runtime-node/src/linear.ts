@@ -490,7 +490,8 @@ export class CalderaLinear implements Linear {
     const ft = d.ft && d.ft.rank > 0 ? d.ft : null;
     this.ftL = ft ? tensor('f32', [mp, ft.rank], ft.l) : null;
     this.ftR = ft ? tensor('f32', [ft.rank, np], ft.r) : null;
-    this.weightBytes = Math.ceil((d.bitsPerWeight * this.inFeatures * this.outFeatures) / 8);
+    // bits·m·n/8 is the stored tensors' whole bytes up to f64 rounding (1020.0000000000001): rounded, not ceiled
+    this.weightBytes = Math.round((d.bitsPerWeight * this.inFeatures * this.outFeatures) / 8);
   }
 
   /**

@@ -458,7 +458,7 @@ describe('loadModel', () => {
       caldera: layer,
       bias: null,
     });
-    expect(q.bytes).toBe(Math.ceil((layer.bitsPerWeight * 32 * 32) / 8));
+    expect(q.bytes).toBe(Math.round((layer.bitsPerWeight * 32 * 32) / 8));
     const up = layout.linears.find((l) => l.name === 'model.layers.1.mlp.up_proj')!;
     expect(up).toMatchObject({
       caldera: null,
