@@ -206,6 +206,9 @@ describe('residual VQ', () => {
 
   it('rejects bits other than 3 or 4 and stages of different lengths (no silent NaN)', () => {
     expect(() => rvqEncode(new Float32Array(8), 2 as never)).toThrow(/E_VALUE: rvqEncode: bits/);
+    expect(() => rvqEncode(new Float32Array(12), 4)).toThrow(
+      /^E_SHAPE: rvqEncode: length 12 is not a multiple of 8$/,
+    ); // it said e8pEncode
     expect(() => rvqDecode({ stage1: new Uint16Array(2), stage2: new Uint16Array(2) }, 5 as never)).toThrow(
       /E_VALUE/,
     );

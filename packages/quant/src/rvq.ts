@@ -92,6 +92,8 @@ function checkRvqBits(bits: number, what: string): void {
 export function rvqEncode(x: ArrayLike<number>, bits: 3 | 4): RvqCodes {
   checkRvqBits(bits, 'rvqEncode');
   assertObject(x, 'rvqEncode', 'x', 'an array of numbers');
+  if (x.length % 8 !== 0)
+    throw new CalderaError('E_SHAPE', `rvqEncode: length ${x.length} is not a multiple of 8`); // (it said e8pEncode)
   const stage1 = e8pEncode(x);
   const q1 = e8pDecode(stage1);
   const rho = bits === 4 ? RVQ4_RESID_SCALE : RVQ3_RESID_SCALE;
