@@ -1,7 +1,9 @@
 // Error vs rank for one weight matrix: CALDERA (Q 2-bit E8P12 + L·R 4-bit) at ranks 0…128 on the synthetic
 // structured weight and correlated calibration Hessian of examples/decompose-matrix, plus the RTN and LDLQ-only
-// baselines. Writes JSON Lines (first line: how the data was produced) to docs/data/rank-sweep.jsonl, or to stdout
-// with --stdout. Uses the built packages: run `npx turbo run build --filter=@caldera/lowrank...` first.
+// baselines. Writes JSON Lines (first line: how the data was produced) to docs/data/rank-sweep.jsonl (the figures'
+// data) with the default settings, else (other settings, or --stdout) to stdout: a run on another shape does not
+// replace the 512 × 512 data the figures are drawn from. Uses the built packages: run
+// `npx turbo run build --filter=@caldera/lowrank...` first.
 //   node docs/scripts/measure-rank-sweep.mjs [--m 512] [--n 512] [--seed 0] [--ranks 0,8,16,32,64,128] [--stdout]
 /* global process, console, performance, URL */
 import { writeFileSync } from 'node:fs';
@@ -20,7 +22,9 @@ const m = Number(opt('m', 512));
 const n = Number(opt('n', 512));
 const seed = Number(opt('seed', 0));
 const ranks = String(opt('ranks', '0,8,16,32,64,128')).split(',').map(Number);
-const toStdout = args.includes('--stdout');
+// the figures' data is the default problem's: any other shape, seed or ranks goes to stdout
+const figureData = m === 512 && n === 512 && seed === 0 && ranks.join() === '0,8,16,32,64,128';
+const toStdout = args.includes('--stdout') || !figureData;
 
 const pool = createPool({ threads: 2 });
 const { W, H, N } = syntheticProblem(m, n, seed, pool);

@@ -301,4 +301,27 @@ describe('caldera generate --chat', () => {
     expect(b!.completion).toBe(a!.completion);
     expect(b!.tokens).toBe(a!.tokens);
   }, 60_000);
+
+  it("inspect says the paper's figure covers only the compressed layers of a partly compressed checkpoint", async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'caldera-cli-partial-')), 'm');
+    const { raw } = await writeTinyModel(dir, { layers: 2, tied: true });
+    const tensors: Record<string, Tensor> = { ...raw };
+    const layers: Record<string, CalderaLayerMeta> = {};
+    const rng = new Rng(5);
+    for (const { name } of blockLinearNames(0).slice(0, 2)) {
+      const [m, n] = raw[`${name}.weight`]!.shape as [number, number];
+      const { tensors: ct, meta } = toCheckpointTensors(name, randomDecomposition(m, n, 8, rng));
+      delete tensors[`${name}.weight`];
+      Object.assign(tensors, ct);
+      layers[name] = meta;
+    }
+    await writeSafetensors(join(dir, 'model.safetensors'), tensors);
+    writeFileSync(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));
+    const r = run(['inspect', dir]);
+    expect(r.status, r.stderr).toBe(0);
+    // (it read as if the paper's figure were the whole model's, beside a stored figure over all 14 layers)
+    expect(r.stdout).toMatch(
+      /bits\/weight stored; \d+\.\d{3} in the paper's accounting over its 2 compressed layers of 14, as compress reports\)/,
+    );
+  }, 60_000);
 });

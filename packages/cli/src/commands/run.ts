@@ -431,11 +431,17 @@ export async function inspectCommand(a: Args): Promise<number> {
   };
   if (a.flags.has('json')) console.log(JSON.stringify(info));
   else {
+    // caldera.json's figure covers its compressed layers only: said so when the others are stored as they were
+    const compressedLayers = linears.filter((l) => l.kind === 'caldera').length;
+    const paperScope =
+      compressedLayers < linears.length
+        ? ` over its ${compressedLayers} compressed layers of ${linears.length}`
+        : '';
     console.log(
       `${path} (${format})\n${config.architecture}: ${config.numLayers} layers, hidden ${config.hiddenSize}, MLP ${config.intermediateSize}, heads ${config.numHeads}/${config.numKvHeads} (q/kv), head dim ${config.headDim}, vocab ${config.vocabSize}`,
     );
     console.log(
-      `parameters ${(params / 1e6).toFixed(2)} M, files ${(fileBytes / 1e6).toFixed(2)} MB, linear weights ${(linearBytes / 1e6).toFixed(2)} MB (${info.linearBitsPerWeight.toFixed(3)} bits/weight stored${paperBitsPerWeight === null ? '' : `; ${paperBitsPerWeight.toFixed(3)} in the paper's accounting, as compress reports`})` +
+      `parameters ${(params / 1e6).toFixed(2)} M, files ${(fileBytes / 1e6).toFixed(2)} MB, linear weights ${(linearBytes / 1e6).toFixed(2)} MB (${info.linearBitsPerWeight.toFixed(3)} bits/weight stored${paperBitsPerWeight === null ? '' : `; ${paperBitsPerWeight.toFixed(3)} in the paper's accounting${paperScope}, as compress reports`})` +
         `, in memory ${(memory.weightBytes / 1e6).toFixed(2)} MB (linear layers ${(info.linearMemoryBytes / 1e6).toFixed(2)} MB)`,
     );
     console.table(layers);
