@@ -102,7 +102,7 @@ Without model-dir, compresses the embedded reference model with its bundled cali
 Options:
   --out DIR            output checkpoint directory (default: ./caldera-out/<model>-<method>)
   --method NAME        caldera (default) | ldlq (rank 0, QuIP#-style) | rtn (E8P rounding, no Hessian) | lplr (low-rank only)
-  --rank K             rank of L·R for every layer (instead of --bits; not with it)
+  --rank K             rank of L·R for every layer, at most its min(m, n) (instead of --bits; not with it)
   --bits B             target average bits per weight (paper accounting), ranks chosen per layer (default
                        --q-bits + 0.4: 2.4; lplr 3.6)
   --max-bytes N        instead of --bits: a byte budget for all compressed layers (paper accounting)
