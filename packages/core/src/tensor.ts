@@ -272,7 +272,6 @@ export function contiguous<D extends DType>(t: Tensor<D>, name = 'tensor'): Tens
   return { dtype: t.dtype, shape: [...t.shape], strides: contiguousStrides(t.shape), offset: 0, data: out };
 }
 
-/** `E_SHAPE` unless every element of the view (`n` of them) lies in `data` (see {@link contiguous}). */
 /** `E_VALUE` unless `t` has the fields of a tensor (it was a TypeError reading `strides` of an `ndarray`). */
 function assertTensorLike(t: unknown, name: string): void {
   const v = t as Partial<Tensor> & { stride?: unknown };
@@ -294,6 +293,7 @@ function assertTensorLike(t: unknown, name: string): void {
   );
 }
 
+/** `E_SHAPE` unless every element of the view (`n` of them) lies in `data` (see {@link contiguous}). */
 function checkExtent(t: Tensor, n: number, name: string): void {
   checkShape(t.shape, `contiguous: ${name}`);
   const r = t.shape.length;
