@@ -274,6 +274,15 @@ describe('arguments that are not objects', () => {
     const cfg = parseModelConfig({ ...base, model_type: 'llama', eos_token_id: [7, 8] });
     expect(stopTokenIdsOf(cfg, null)).toEqual([7, 8]);
     expect(stopTokenIdsOf(cfg, { eos_token_id: 9 })).toEqual([7, 8, 9]);
+    // a generation_config.json that holds no object was read as one without stop ids
+    for (const [bad, what] of [
+      [[1, 2], 'an array'],
+      ['x', 'a string'],
+      [3, 'a number'],
+    ] as const)
+      expect(() => stopTokenIdsOf(cfg, bad)).toThrow(
+        `E_FORMAT: generation_config.json is ${what}, not a JSON object`,
+      );
   });
 });
 

@@ -348,7 +348,8 @@ export function tokenIdList(v: unknown): number[] | null {
 /**
  * The ids generation stops at: `config.eosTokenIds` and the `eos_token_id` of the model's parsed
  * `generation_config.json` (null when it has none; Llama 3 chat models list `<|eot_id|>` only there), without
- * duplicates. `E_FORMAT` naming `file` when that field is not a token id or a list of them; `E_VALUE` when `config`
+ * duplicates. `E_FORMAT` naming `file` when it is not a JSON object (a list, a string) or that field is not a token id
+ * or a list of them; `E_VALUE` when `config`
  * is not a parsed config (null, undefined).
  */
 export function stopTokenIdsOf(
@@ -365,6 +366,12 @@ export function stopTokenIdsOf(
           : describeValue(config)
       }`,
     );
+  // a file that holds a list, a string or null is no generation config (it was read as one without stop ids)
+  if (
+    generationConfig !== undefined &&
+    (typeof generationConfig !== 'object' || Array.isArray(generationConfig))
+  )
+    throw new CalderaError('E_FORMAT', `${file} is ${describeValue(generationConfig)}, not a JSON object`);
   const ids = tokenIdList((generationConfig as { eos_token_id?: unknown } | null)?.eos_token_id);
   if (ids === null)
     throw new CalderaError('E_FORMAT', `${file}: eos_token_id is not a token id or a list of token ids`);

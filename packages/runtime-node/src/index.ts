@@ -16,6 +16,7 @@ export { readJsonFile } from './json-file.js';
 export * from './eval.js';
 export * from './generate.js';
 export * from './tokenizer.js';
+export { CHAT_TEMPLATE_LIMITS } from './chat-template.js';
 export * from './runner.js';
 export * from './block-runner.js';
 export * from './llama2c.js';

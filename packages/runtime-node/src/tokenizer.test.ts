@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -270,5 +271,95 @@ describe('HfTokenizer', () => {
     expect(() => HfTokenizer.fromJson(json, { chat_template: '{{ x ' }).applyChatTemplate(msgs)).toThrow(
       /^E_FORMAT: chat template \(tokenizer_config\.json's chat_template\) failed: /,
     );
+  });
+
+  it('an added token without an id is E_FORMAT when met (it came out as undefined, made id 0 on a worker thread)', () => {
+    const noId = {
+      content: '<|x|>',
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: false,
+      special: true,
+    };
+    const broken = HfTokenizer.fromJson({ ...json, added_tokens: [...json.added_tokens, noId] }, config);
+    expect(broken.encode('Hello')).toEqual(tok.encode('Hello')); // text without it encodes as before
+    expect(() => broken.encode('Hello <|x|> there')).toThrow(
+      /^E_FORMAT: tokenizer\.json gives no valid token id \((undefined|null), token \d+ of the text\): an added token without an id/,
+    );
+  });
+
+  it('side files that are not what they should be: a FIFO chat_template.jinja, a tokenizer_config.json list, a default entry without a template', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-tok-'));
+    await writeFile(join(dir, 'tokenizer.json'), JSON.stringify(json));
+    // a FIFO: every command that loads the tokenizer waited for a writer for ever
+    execFileSync('mkfifo', [join(dir, 'chat_template.jinja')]);
+    await expect(loadTokenizer(dir)).rejects.toThrow(
+      /^E_IO: cannot read .*chat_template\.jinja: it is not a regular file$/,
+    );
+    await rm(join(dir, 'chat_template.jinja'));
+    // a list: its template and special tokens were dropped without a word
+    await writeFile(join(dir, 'tokenizer_config.json'), '[1, 2]');
+    await expect(loadTokenizer(dir)).rejects.toThrow(
+      /^E_FORMAT: .*tokenizer_config\.json is an array, not a JSON object$/,
+    );
+    // the entry named "default" has no string template: it said "none named 'default'"
+    const t = HfTokenizer.fromJson(json, { chat_template: [{ name: 'default', template: 42 }] });
+    expect(() => t.applyChatTemplate([{ role: 'user', content: 'Hi' }])).toThrow(
+      /^E_FORMAT: tokenizer_config\.json's chat_template entry 'default' has a template that is a number, not a string$/,
+    );
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('a runaway template is E_FORMAT within bounded time and memory (it ended the process with a V8 fatal error)', () => {
+    const msgs = [{ role: 'user', content: 'Hi' }];
+    const render = (template: string) => () => tok.applyChatTemplate(msgs, { template });
+    const t0 = performance.now();
+    // range(1e9) made a billion-item array first; Jinja's sandbox allows 100 000 items
+    expect(render('{% for i in range(1000000000) %}{% endfor %}x')).toThrow(
+      /^E_FORMAT: chat template \(options\.template\) failed: range\(\) of 1000000000 items, over 100000$/,
+    );
+    expect(
+      render('{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}'),
+    ).toThrow(/failed: it ran over 10000000 steps/);
+    // a string squared at each step (2, 8, 80, 6560, 4.3e7 characters, then 1.9e15)
+    expect(
+      render(
+        "{% set s = 'ab' %}{% for i in range(5) %}{% set s = s.replace('', s) %}{% endfor %}{{ s|length }}",
+      ),
+    ).toThrow(/failed: it made a string of \d+ characters, over 4194304/);
+    expect(performance.now() - t0).toBeLessThan(20_000); // (each of them: 1 s to 2 s on the 2-core CI machine)
+    // what real templates use still works: loops, range, namespace, raise_exception, strftime_now, loop.last
+    expect(
+      tok.applyChatTemplate(
+        [
+          { role: 'system', content: 'S' },
+          { role: 'user', content: 'Hi' },
+        ],
+        {
+          template:
+            '{% set ns = namespace(n=0) %}{% for m in messages[1:] %}{% set ns.n = ns.n + 1 %}{{ m.content }}{% if loop.last %}|{% endif %}{% endfor %}' +
+            "{% for i in range(2, 8, 3) %}{{ i }}{% endfor %}{{ ns.n }}{{ strftime_now('%Y')|length }}{{ bos_token }}",
+        },
+      ),
+    ).toBe('Hi|2514<|endoftext|>');
+    expect(render("{{ raise_exception('no system role') }}")).toThrow(/failed: no system role$/);
+  });
+
+  it('a bos_token or eos_token that is neither a string nor { content } is E_FORMAT (it rendered "undefined")', () => {
+    const msgs = [{ role: 'user', content: 'Hi' }];
+    const template = '[{{ bos_token }}]{{ messages[0].content }}[{{ eos_token }}]';
+    const withTokens = (extra: Record<string, unknown>) =>
+      HfTokenizer.fromJson(json, { ...extra, chat_template: template }).applyChatTemplate(msgs);
+    expect(withTokens({ bos_token: { content: '<s>' }, eos_token: '</s>' })).toBe('[<s>]Hi[</s>]');
+    expect(withTokens({ bos_token: null })).toBe('[]Hi[]');
+    for (const [bad, what] of [
+      [{ lstrip: false }, 'an object without a string content'],
+      [['<s>'], 'an array'],
+      [5, 'a number'],
+    ] as const)
+      expect(() => withTokens({ bos_token: bad })).toThrow(
+        `E_FORMAT: tokenizer_config.json's bos_token is ${what}, not a token string or { content }`,
+      );
   });
 });

@@ -1,8 +1,8 @@
-import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { CalderaError, checkTokenArray, describeValue } from '@caldera/core';
 import { nodeFs, nodePath } from './node-builtins.js';
 import { checkPathArgument, readJsonFile } from './json-file.js';
+import { renderChatTemplate } from './chat-template.js';
 
 /** The tokenizer interface the runtime and CLI use (Hugging Face `tokenizer.json` or llama2.c `tokenizer.bin`). */
 export interface TextTokenizer {
@@ -71,7 +71,8 @@ export interface HfTokenizerEngine {
 
 /**
  * A Hugging Face tokenizer (`tokenizer.json`, run by `@huggingface/tokenizers`) with its chat template when it has one
- * (`chat_template.jinja`, else `tokenizer_config.json`'s `chat_template`; rendered with `@huggingface/jinja`).
+ * (`chat_template.jinja`, else `tokenizer_config.json`'s `chat_template`; rendered with `@huggingface/jinja`, within
+ * {@link CHAT_TEMPLATE_LIMITS}).
  */
 export class HfTokenizer implements TextTokenizer {
   /**
@@ -109,7 +110,7 @@ export class HfTokenizer implements TextTokenizer {
     } catch (e) {
       throw new CalderaError(
         'E_FORMAT',
-        `tokenizer.json is not a supported tokenizer: ${(e as Error).message}`,
+        `tokenizer.json (with tokenizer_config.json's settings) is not a supported tokenizer: ${(e as Error).message}`,
         {
           cause: e,
         },
@@ -121,7 +122,16 @@ export class HfTokenizer implements TextTokenizer {
     // the library encodes null, a number or an object to [] without a word
     if (typeof text !== 'string')
       throw new CalderaError('E_VALUE', `encode: text must be a string, got ${describeValue(text)}`);
-    return Array.from(this.tokenizer.encode(text, { add_special_tokens: false }).ids);
+    const ids = Array.from(this.tokenizer.encode(text, { add_special_tokens: false }).ids);
+    // the library passes on what the file gives: an added token without an id, or a unk token that is not in the
+    // vocabulary, came out as undefined or null (which a worker thread's Int32Array made id 0, a real token)
+    const bad = ids.findIndex((id) => !Number.isSafeInteger(id) || id < 0);
+    if (bad >= 0)
+      throw new CalderaError(
+        'E_FORMAT',
+        `tokenizer.json gives no valid token id (${String(ids[bad])}, token ${bad} of the text): an added token without an id, or an unknown-token id that is not in the vocabulary?`,
+      );
+    return ids;
   }
 
   /**
@@ -169,6 +179,14 @@ export class HfTokenizer implements TextTokenizer {
           'E_FORMAT',
           `tokenizer_config.json's chat_template is ${describeValue(field)}, not a template string (or a list of { name, template })`,
         );
+      const entry = Array.isArray(field)
+        ? (field as { name?: unknown; template?: unknown }[]).find((e) => e?.name === 'default')
+        : undefined;
+      if (entry)
+        throw new CalderaError(
+          'E_FORMAT',
+          `tokenizer_config.json's chat_template entry 'default' has a template that is ${describeValue(entry.template)}, not a string`,
+        );
       throw new CalderaError(
         'E_UNSUPPORTED',
         names.length
@@ -177,21 +195,27 @@ export class HfTokenizer implements TextTokenizer {
       );
     }
     if (tpl.trim() === '') throw new CalderaError('E_FORMAT', `the chat template (${source}) is empty`);
+    // a special token as the config gives it: a string, or an object with its `content` (absent or null: none)
     const tok = (k: string) => {
       const v = this.config[k];
-      return typeof v === 'string'
-        ? v
-        : v && typeof v === 'object'
-          ? String((v as { content?: string }).content)
-          : '';
+      if (v === undefined || v === null) return '';
+      if (typeof v === 'string') return v;
+      const content = v && typeof v === 'object' ? (v as { content?: unknown }).content : undefined;
+      if (typeof content === 'string') return content;
+      // (it rendered as the text "undefined", or "" for a number)
+      throw new CalderaError(
+        'E_FORMAT',
+        `tokenizer_config.json's ${k} is ${describeValue(v)}${Array.isArray(v) || typeof v !== 'object' ? '' : ' without a string content'}, not a token string or { content }`,
+      );
+    };
+    const context = {
+      messages,
+      bos_token: tok('bos_token'),
+      eos_token: tok('eos_token'),
+      add_generation_prompt: options.addGenerationPrompt ?? true,
     };
     try {
-      return new Template(tpl).render({
-        messages,
-        bos_token: tok('bos_token'),
-        eos_token: tok('eos_token'),
-        add_generation_prompt: options.addGenerationPrompt ?? true,
-      });
+      return renderChatTemplate(tpl, context);
     } catch (e) {
       throw new CalderaError('E_FORMAT', `chat template (${source}) failed: ${(e as Error).message}`, {
         cause: e,
@@ -200,11 +224,18 @@ export class HfTokenizer implements TextTokenizer {
   }
 }
 
-/** The text of `path`, or null when it does not exist (`E_IO` when it cannot be read). */
+/**
+ * The text of `path`, or null when it does not exist (`E_IO` when it cannot be read, or is not a regular file: a FIFO
+ * there made every command that loads the tokenizer wait for ever).
+ */
 async function readOptionalText(path: string): Promise<string | null> {
   try {
-    return await (await nodeFs()).readFile(path, 'utf8');
+    const fs = await nodeFs();
+    if (!(await fs.stat(path)).isFile())
+      throw new CalderaError('E_IO', `cannot read ${path}: it is not a regular file`);
+    return await fs.readFile(path, 'utf8');
   } catch (e) {
+    if (e instanceof CalderaError) throw e;
     if ((e as { code?: string }).code === 'ENOENT') return null;
     throw new CalderaError('E_IO', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
   }
@@ -220,8 +251,11 @@ export async function loadTokenizer(dir: string): Promise<HfTokenizer> {
   checkPathArgument(dir, 'loadTokenizer', 'the model directory');
   const { join } = await nodePath();
   const json = (await readJsonFile(join(dir, 'tokenizer.json'))) as object;
-  const config = ((await readJsonFile(join(dir, 'tokenizer_config.json'), { optional: true })) ??
-    {}) as Record<string, unknown>;
+  const configFile = join(dir, 'tokenizer_config.json');
+  const config = ((await readJsonFile(configFile, { optional: true })) ?? {}) as Record<string, unknown>;
+  // a list or a string there is no config (its chat template and special tokens were lost without a word)
+  if (typeof config !== 'object' || Array.isArray(config))
+    throw new CalderaError('E_FORMAT', `${configFile} is ${describeValue(config)}, not a JSON object`);
   const chatTemplate = await readOptionalText(join(dir, 'chat_template.jinja'));
   return HfTokenizer.fromJson(json, config, chatTemplate === null ? {} : { chatTemplate });
 }

@@ -1,0 +1,113 @@
+import { Environment, Interpreter, parse, tokenize } from '@huggingface/jinja';
+
+/**
+ * Limits of {@link renderChatTemplate}: a chat template comes with a downloaded model, and `@huggingface/jinja` runs
+ * loops and string operations without any (`range(1e9)` or a string squared a few times stopped the process with a V8
+ * fatal error after seconds and gigabytes). Real templates stay far below them: a few steps per character of the
+ * prompt, which is at most the model's context.
+ */
+export const CHAT_TEMPLATE_LIMITS = {
+  /** Items one `range()` may make, as in Jinja's sandbox (`MAX_RANGE`). */
+  rangeItems: 100_000,
+  /**
+   * Steps of one render: one per evaluation, 40 per item of each list an evaluation makes (a loop runs once per item
+   * of its list, about 4 µs each, even with an empty body, which evaluates nothing), one per 16 characters of each
+   * string. Deterministic, unlike a time limit: about a second of work here at most.
+   */
+  steps: 10_000_000,
+  /** Characters of any string value, the rendered prompt included (4 Mi: about a million tokens). */
+  stringChars: 1 << 22,
+  /** Items of any list value. */
+  listItems: 1 << 20,
+} as const;
+
+/** The interpreter of {@link renderChatTemplate}: the library's, counting what each evaluation makes. */
+class BudgetedInterpreter extends Interpreter {
+  private steps = 0;
+
+  override evaluate(...args: Parameters<Interpreter['evaluate']>): ReturnType<Interpreter['evaluate']> {
+    const v = super.evaluate(...args);
+    const value = (v as { value?: unknown }).value;
+    const size = typeof value === 'string' || Array.isArray(value) ? value.length : 0;
+    const cost = typeof value === 'string' ? Math.ceil(size / 16) : 40 * size;
+    if (typeof value === 'string' && size > CHAT_TEMPLATE_LIMITS.stringChars)
+      throw new Error(`it made a string of ${size} characters, over ${CHAT_TEMPLATE_LIMITS.stringChars}`);
+    if (Array.isArray(value) && size > CHAT_TEMPLATE_LIMITS.listItems)
+      throw new Error(`it made a list of ${size} items, over ${CHAT_TEMPLATE_LIMITS.listItems}`);
+    this.steps += 1 + cost;
+    if (this.steps > CHAT_TEMPLATE_LIMITS.steps)
+      throw new Error(
+        `it ran over ${CHAT_TEMPLATE_LIMITS.steps} steps (a runaway loop?): chat templates are bounded`,
+      );
+    return v;
+  }
+}
+
+/** Jinja's `range([start,] stop[, step])`, refusing more than {@link CHAT_TEMPLATE_LIMITS.rangeItems} items. */
+function boundedRange(start: number, stop?: number, step = 1): number[] {
+  if (stop === undefined) [start, stop] = [0, start];
+  for (const [name, v] of [
+    ['start', start],
+    ['stop', stop],
+    ['step', step],
+  ] as const)
+    if (!Number.isInteger(v)) throw new Error(`range() ${name} must be an integer, got ${String(v)}`);
+  if (step === 0) throw new Error('range() step must not be zero');
+  const count = Math.max(0, Math.ceil((stop - start) / step));
+  if (count > CHAT_TEMPLATE_LIMITS.rangeItems)
+    throw new Error(`range() of ${count} items, over ${CHAT_TEMPLATE_LIMITS.rangeItems}`);
+  return Array.from({ length: count }, (_, i) => start + i * step);
+}
+
+/** `strftime_now(format)` as transformers gives templates: the local time, `%Y %m %d %b %B %H %M %%`. */
+function strftimeNow(format: string): string {
+  const now = new Date();
+  const pad2 = (n: number) => String(n).padStart(2, '0');
+  return String(format).replace(/%[YmdbBHM%]/g, (t) => {
+    switch (t) {
+      case '%Y':
+        return String(now.getFullYear());
+      case '%m':
+        return pad2(now.getMonth() + 1);
+      case '%d':
+        return pad2(now.getDate());
+      case '%b':
+        return new Intl.DateTimeFormat(undefined, { month: 'short' }).format(now);
+      case '%B':
+        return new Intl.DateTimeFormat(undefined, { month: 'long' }).format(now);
+      case '%H':
+        return pad2(now.getHours());
+      case '%M':
+        return pad2(now.getMinutes());
+      default:
+        return '%';
+    }
+  });
+}
+
+/**
+ * Render a Jinja chat template with `context` (messages, special tokens, flags) as `@huggingface/jinja`'s `Template`
+ * does (blocks' whitespace trimmed: `trim_blocks`, `lstrip_blocks`), the same globals (`raise_exception`, `range`,
+ * `strftime_now`, `namespace`, the booleans and none), within {@link CHAT_TEMPLATE_LIMITS}. Throws a plain `Error`
+ * for a template that does not parse, raises, or goes past a limit (the caller names the file).
+ */
+export function renderChatTemplate(template: string, context: Record<string, unknown>): string {
+  const program = parse(tokenize(template, { lstrip_blocks: true, trim_blocks: true }));
+  const env = new Environment();
+  const globals: Record<string, unknown> = {
+    false: false,
+    true: true,
+    none: null,
+    False: false,
+    True: true,
+    None: null,
+    raise_exception: (message: unknown) => {
+      throw new Error(String(message));
+    },
+    range: boundedRange,
+    strftime_now: strftimeNow,
+  };
+  for (const [name, value] of Object.entries({ ...globals, ...context })) env.set(name, value);
+  const result = new BudgetedInterpreter(env).run(program);
+  return String((result as { value?: unknown }).value);
+}
