@@ -466,6 +466,31 @@ describe('caldera on padded shapes', () => {
   });
 });
 
+describe("caldera does not depend on H's scale", () => {
+  it('H and c·H give the same decomposition, bit for bit, from c = 1e-50 to 1e38 (it reported 0 or NaN, or threw)', () => {
+    const w = structuredWeight(20, 36, 4); // padded to 24 × 40: the error is measured in the original domain
+    const h = correlatedHessian(36, 5);
+    for (const options of [{ rank: 0 }, { rank: 4 }]) {
+      const base = caldera(w, h, { ...options, outerIters: 2, lplrIters: 2 });
+      expect(base.error).toBeGreaterThan(0);
+      for (const c of [2 ** -166, 1e-50, 1e30, 1e38]) {
+        const scaled = tensor(
+          'f64',
+          h.shape,
+          Float64Array.from(h.data, (v) => v * c),
+        );
+        const d = caldera(w, scaled, { ...options, outerIters: 2, lplrIters: 2 });
+        // a power of two scales exactly (the same bits); another c rounds H's entries by 2^-53 relative, which moves
+        // the estimate by f32 round-off at most: its error agrees to 1e-6
+        if (Number.isInteger(Math.log2(c))) expect(reconstruct(d).data).toEqual(reconstruct(base).data);
+        expect(Math.abs(d.error - base.error), `rank ${options.rank}, c = ${c}`).toBeLessThan(
+          1e-6 * base.error,
+        );
+      }
+    }
+  });
+});
+
 describe('caldera input checks', () => {
   const w = structuredWeight(32, 48, 6);
   const h = correlatedHessian(48, 7);

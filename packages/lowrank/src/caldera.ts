@@ -341,8 +341,17 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   // scales an f16 value exactly: the checkpoint then holds the Ŵ that `error` was measured on (up to Q's scale,
   // stored in f32).
   const g = o.lBits === 16 || o.rBits === 16 ? nearestPowerOfTwo(rms(W0.data)) : rms(W0.data);
-  const hd = h ? toF64(h) : null;
-  if (hd) checkHessian(hd.data, n);
+  const hd = h ? toF64(h) : null; // (a copy: scaled in place below)
+  if (hd) {
+    checkHessian(hd.data, n);
+    // H scaled by a power of two to a mean diagonal near 1: the fit, LDLQ and the relative error do not depend on H's
+    // scale, but its f32 copies do (an H of 1e-50·I or 1e38·I gave an error of 0, NaN or a Cholesky failure). A power
+    // of two scales exactly: an H near that scale already (calibrate's) gives the same bits as unscaled.
+    let mean = 0;
+    for (let i = 0; i < n; i++) mean += hd.data[i * n + i]!;
+    const shift = 2 ** -Math.round(Math.log2(mean / n));
+    if (shift !== 1) for (let i = 0; i < hd.data.length; i++) hd.data[i]! *= shift;
+  }
   // the H every step fits against; the error is always measured against the caller's hd (see `damping`)
   const hFit = hd && o.damping > 0 ? damped(hd, n, o.damping) : hd;
 
@@ -354,6 +363,12 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   const Wr = rotateWeight(W0, mp, np, su, sv);
   const invG = g > 0 ? 1 / g : 0;
   for (let i = 0; i < Wr.length; i++) Wr[i]! *= invG;
+  // W's values so large that its f32 rotation overflows (RMS beyond ~1e36) cannot be fitted in f32
+  if (!Wr.every(Number.isFinite))
+    throw new CalderaError(
+      'E_VALUE',
+      `caldera: W's values (RMS ${g.toPrecision(3)}) overflow f32 once rotated`,
+    );
   let Hr: Float64Array | null = rotateHessian(hFit, n, np, su);
   throwIfAborted(o.signal, 'caldera'); // an abort before any work names the call, not its first step
   const chol = choleskyWithInfo(tensor('f64', [np, np], Hr), { jitter: true, ...pool, ...sig });
@@ -423,6 +438,8 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   const errorSq = (rotated: Float32Array): number =>
     inOriginal ? originalSq(unrotateWeight(rotated, mp, np, m, n, su, sv)) : weightedSq(rotated);
   const den = errorSq(Wr);
+  if (!Number.isFinite(den))
+    throw new CalderaError('E_VALUE', `caldera: ‖W·H^½‖² = ${den} is not finite in f32: W or H is too large`);
   /** The relative error of the estimate Q + L·R (`lrp`: L·R, or null for none). */
   const relError = (q: Float32Array, lrp: Float32Array | null): number => {
     if (den === 0) return 0;

@@ -311,6 +311,19 @@ describe('HfTokenizer', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
+  it('a tokenizer.json that encodes every text to nothing is E_FORMAT at load (it gave an empty prompt later)', () => {
+    const unknownPattern = {
+      type: 'Sequence',
+      pretokenizers: [
+        { type: 'Split', pattern: { Glob: '*' }, behavior: 'Isolated', invert: false },
+        byteLevel,
+      ],
+    };
+    expect(() => HfTokenizer.fromJson({ ...json, pre_tokenizer: unknownPattern }, config)).toThrow(
+      /^E_FORMAT: tokenizer\.json encodes 'Hello, world! 42' to no tokens at all/,
+    );
+  });
+
   it('a runaway template is E_FORMAT within bounded time and memory (it ended the process with a V8 fatal error)', () => {
     const msgs = [{ role: 'user', content: 'Hi' }];
     const render = (template: string) => () => tok.applyChatTemplate(msgs, { template });

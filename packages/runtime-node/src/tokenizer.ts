@@ -102,11 +102,12 @@ export class HfTokenizer implements TextTokenizer {
     config: Record<string, unknown> = {},
     options: HfTokenizerOptions = {},
   ): HfTokenizer {
+    let tokenizer: HfTokenizerEngine;
     try {
       // Decoding never rewrites spaces unless the config asks for it: the reference library does not, and
       // transformers defaults `clean_up_tokenization_spaces` to false; @huggingface/tokenizers defaults to true.
       const tokOptions = { clean_up_tokenization_spaces: false, ...config };
-      return new HfTokenizer(new Tokenizer(json, tokOptions), config, options);
+      tokenizer = new Tokenizer(json, tokOptions);
     } catch (e) {
       throw new CalderaError(
         'E_FORMAT',
@@ -116,6 +117,14 @@ export class HfTokenizer implements TextTokenizer {
         },
       );
     }
+    // what the library loads with a warning at most (a Split pattern of an unknown kind, a Sequence without its list,
+    // a vocabulary given as a list) encodes every text to nothing: said at load, not as an empty prompt later
+    if (tokenizer.encode('Hello, world! 42', { add_special_tokens: false }).ids.length === 0)
+      throw new CalderaError(
+        'E_FORMAT',
+        "tokenizer.json encodes 'Hello, world! 42' to no tokens at all: its model, normalizer or pre_tokenizer is not one this library runs",
+      );
+    return new HfTokenizer(tokenizer, config, options);
   }
 
   encode(text: string): number[] {
