@@ -74,6 +74,25 @@ describe('tokenizeDocuments', () => {
       rmSync(tmp, { recursive: true, force: true });
     }
   });
+
+  it('an invalid token id from tokenizer.json is the same E_FORMAT on a thread as on the main thread (a thread made it 0)', async () => {
+    const tmp = mkdtempSync(join(tmpdir(), 'caldera-tok-'));
+    try {
+      const t = JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8')) as { added_tokens: object[] };
+      t.added_tokens.push({ content: '<x>', special: false }); // no id
+      writeFileSync(join(tmp, 'tokenizer.json'), JSON.stringify(t));
+      const doc = 'The cat sat on the mat. '.repeat(2000);
+      const docs = Array.from({ length: Math.ceil(PARALLEL_TOKENIZE_CHARS / doc.length) + 2 }, () => doc);
+      docs[docs.length - 1] = `${doc} <x> ${doc}`; // the last document: tokenized on the second thread
+      for (const threads of [1, 2])
+        await expect(tokenizeDocuments(tmp, docs, 0, { threads, workerUrl })).rejects.toMatchObject({
+          code: 'E_FORMAT',
+          message: expect.stringMatching(/^E_FORMAT: tokenizer\.json gives no valid token id \(undefined/),
+        });
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('readDocuments and utf8Text: the text files every command reads', () => {

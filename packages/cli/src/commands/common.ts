@@ -3,6 +3,7 @@ import {
   checkTokenIds,
   isTempNameOf,
   isCalderaError,
+  type CalderaErrorCode,
   MODEL_SIDE_FILES,
   parseSafetensorsIndex,
   readTextFile,
@@ -552,9 +553,17 @@ function encodeOnThread(url: URL, modelDir: string, docs: string[]): Promise<Int
       resolve(ids);
       void t.terminate();
     });
-    t.once('error', (e) =>
-      reject(new CalderaError('E_IO', `tokenizing on a thread failed: ${e.message}`, { cause: e })),
-    );
+    t.once('error', (e) => {
+      // a CalderaError thrown on the thread (an invalid tokenizer.json) keeps its code: the same error as on the main
+      // thread, where it was E_IO "tokenizing on a thread failed: E_FORMAT: …"
+      const own = /^(E_[A-Z_]+): ([\s\S]*)$/.exec(e.message);
+      const code = (e as { code?: unknown }).code;
+      reject(
+        own && code === own[1]
+          ? new CalderaError(own[1] as CalderaErrorCode, own[2]!, { cause: e })
+          : new CalderaError('E_IO', `tokenizing on a thread failed: ${e.message}`, { cause: e }),
+      );
+    });
     t.once('exit', (code) => {
       if (code !== 0) reject(new CalderaError('E_IO', `the tokenizing thread exited with code ${code}`));
     });
