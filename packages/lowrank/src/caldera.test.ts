@@ -483,6 +483,8 @@ describe("caldera does not depend on H's scale", () => {
         // a power of two scales exactly (the same bits); another c rounds H's entries by 2^-53 relative, which moves
         // the estimate by f32 round-off at most: its error agrees to 1e-6
         if (Number.isInteger(Math.log2(c))) expect(reconstruct(d).data).toEqual(reconstruct(base).data);
+        // the caller's H is left as it was (it was scaled in place when given as a contiguous f64 tensor)
+        expect(scaled.data).toEqual(Float64Array.from(h.data, (v) => v * c));
         expect(Math.abs(d.error - base.error), `rank ${options.rank}, c = ${c}`).toBeLessThan(
           1e-6 * base.error,
         );
