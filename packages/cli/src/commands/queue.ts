@@ -440,14 +440,16 @@ export async function workerCommand(a: Args): Promise<number> {
       maxStalledCount: 3,
     },
   );
-  // Redis lost after the worker was ready (down, restarted, unreachable): said once, when the first error comes (BullMQ
-  // retries every second, each retry an error), and once more when it answers again; the worker waits on for it
-  // meanwhile, as the coordinator does. (It waited without a word: a dead Redis looked like an idle queue.)
+  // Redis lost after the worker was ready (down, restarted, unreachable): said once, at the first error after its
+  // connection closed (BullMQ retries every second, each retry an error), and once more when it answers again; the
+  // worker waits on for it meanwhile, as the coordinator does. (It waited without a word: a dead Redis looked like an
+  // idle queue.) Other errors BullMQ reports on a live connection (a job's lost lock) are no loss of Redis.
   let lost = false;
+  let closed = false; // the connection closed and has not been ready since
   let ready: string | undefined; // Redis' answer to the first ping
   worker.on('error', (e) => {
     lastError = e.message;
-    if (ready !== undefined && !lost && !stop.signal.aborted) {
+    if (ready !== undefined && closed && !lost && !stop.signal.aborted) {
       lost = true;
       log({
         event: 'redis-lost',
@@ -478,7 +480,10 @@ export async function workerCommand(a: Args): Promise<number> {
       stop.signal,
     );
     if (!stop.signal.aborted) {
-      (await worker.client).on('ready', () => {
+      const client = await worker.client;
+      client.on('close', () => (closed = true));
+      client.on('ready', () => {
+        closed = false;
         if (!lost || stop.signal.aborted) return;
         lost = false;
         log({ event: 'redis-back', reason: `Redis at ${shownRedisUrl(url)} answers again` });
