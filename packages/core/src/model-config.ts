@@ -366,7 +366,7 @@ export function stopTokenIdsOf(
           : describeValue(config)
       }`,
     );
-  // a file that holds a list, a string or null is no generation config (it was read as one without stop ids)
+  // a file that holds a list, a string or a number is no generation config (it was read as one without stop ids)
   if (
     generationConfig !== undefined &&
     (typeof generationConfig !== 'object' || Array.isArray(generationConfig))

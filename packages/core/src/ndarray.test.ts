@@ -69,9 +69,16 @@ describe('ndarray interop', () => {
     const f64: Tensor<'f64'> = fromNdarray(ndarray(new Float64Array(4), [2, 2]));
     const f32: Tensor<'f32'> = fromNdarray(ndarray(new Float32Array(4), [2, 2]).transpose(1, 0));
     const half: Tensor<'f16'> = fromNdarray(ndarray(new Uint16Array(4), [4]), { dtype: 'f16' });
+    const explicit: Tensor<'f32'> = fromNdarray<'f32'>(ndarray(new Float32Array(4), [4])); // as callers wrote it
     // @ts-expect-error: a Float32Array's tensor is not an f64 one
     const wrong: Tensor<'f64'> = fromNdarray(ndarray(new Float32Array(4), [2, 2]));
-    expect([f64.dtype, f32.dtype, half.dtype, wrong.dtype]).toEqual(['f64', 'f32', 'f16', 'f32']);
+    expect([f64.dtype, f32.dtype, half.dtype, explicit.dtype, wrong.dtype]).toEqual([
+      'f64',
+      'f32',
+      'f16',
+      'f32',
+      'f32',
+    ]);
   });
 
   it('an ndarray passed where a tensor is expected is E_VALUE with a hint (it was a TypeError reading strides)', () => {

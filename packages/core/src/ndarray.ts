@@ -46,6 +46,9 @@ export type DTypeOfArray<A> = A extends Float64Array
                 ? 'u32'
                 : DType;
 
+/** {@link fromNdarray}'s result: a tensor of `options.dtype` (`D`), or without it of the data's dtype. */
+export type FromNdarrayTensor<D extends DType, A> = Tensor<[D] extends [never] ? DTypeOfArray<A> : D>;
+
 /**
  * Wrap an `ndarray` (scijs) as a {@link Tensor} without copying: the result shares `data`, `shape`,
  * `stride` (as `strides`) and `offset`. Only typed-array-backed ndarrays can be shared; plain-array or
@@ -53,10 +56,10 @@ export type DTypeOfArray<A> = A extends Float64Array
  * strides (e.g. from `.step(-1)`) are kept; {@link contiguous} handles them. No code generation runs here. The result's
  * type follows the data (`Tensor<'f64'>` for a `Float64Array`), or `options.dtype`.
  */
-export function fromNdarray<A extends NdTypedArray, D extends DType = DTypeOfArray<A>>(
+export function fromNdarray<D extends DType = never, A extends NdTypedArray = NdTypedArray>(
   nd: Pick<NdArray<A>, 'data' | 'shape' | 'stride' | 'offset'>,
   options: FromNdarrayOptions & { dtype?: D } = {},
-): Tensor<NoInfer<D>> {
+): FromNdarrayTensor<NoInfer<D>, A> {
   const name = options.name ?? 'ndarray';
   const data = nd.data as unknown;
   const inferred = DTYPE_OF_CTOR.get((data as object | null)?.constructor);
@@ -104,7 +107,8 @@ export function fromNdarray<A extends NdTypedArray, D extends DType = DTypeOfArr
         `elements ${lo}..${hi} outside data of length ${len}`,
     );
   }
-  return { dtype, shape, strides, offset: nd.offset, data: data as DTypeArrayMap[D] };
+  const t: Tensor<D> = { dtype, shape, strides, offset: nd.offset, data: data as DTypeArrayMap[D] };
+  return t as FromNdarrayTensor<D, A>;
 }
 
 /**
