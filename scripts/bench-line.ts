@@ -38,5 +38,11 @@ export function benchLine(line: BenchLine): string {
       if (typeof v !== 'number' && !(group === 'refs' && v === null))
         throw new Error(`bench case ${line.case}: ${group}.${k} must be a number, got ${JSON.stringify(v)}`);
   const { case: name, value, unit, refs, ...rest } = line;
-  return JSON.stringify({ case: name, value, ...(unit !== undefined ? { unit } : {}), refs: refs ?? {}, ...rest });
+  return JSON.stringify({
+    case: name,
+    value,
+    ...(unit !== undefined ? { unit } : {}),
+    refs: refs ?? {},
+    ...rest,
+  });
 }
