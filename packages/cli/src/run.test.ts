@@ -100,6 +100,32 @@ function constantLlama2c(token: number): string {
   return join(dir, 'model.bin');
 }
 
+/**
+ * A tiny model (`writeTinyModel` with `options`) whose first `count` linear layers of block 0 are random CALDERA layers
+ * of rank `rank` (seeded), the others dense: a compressed checkpoint without a compression run.
+ */
+async function writeRandomCalderaModel(
+  dir: string,
+  options: Parameters<typeof writeTinyModel>[1],
+  count: number,
+  rank: number,
+  seed: number,
+): Promise<void> {
+  const { raw } = await writeTinyModel(dir, options);
+  const tensors: Record<string, Tensor> = { ...raw };
+  const layers: Record<string, CalderaLayerMeta> = {};
+  const rng = new Rng(seed);
+  for (const { name } of blockLinearNames(0).slice(0, count)) {
+    const [m, n] = raw[`${name}.weight`]!.shape as [number, number];
+    const { tensors: ct, meta } = toCheckpointTensors(name, randomDecomposition(m, n, rank, rng));
+    delete tensors[`${name}.weight`];
+    Object.assign(tensors, ct);
+    layers[name] = meta;
+  }
+  await writeSafetensors(join(dir, 'model.safetensors'), tensors);
+  writeFileSync(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));
+}
+
 describe('caldera generate on llama2.c models, as run.c prints and stops', () => {
   it("keeps the space between the prompt and the first generated piece (it printed 'Hia a a a')", () => {
     const model = constantLlama2c(261); // ' a'
@@ -276,19 +302,7 @@ describe('caldera generate --chat', () => {
   it('generate --threads: a compressed model whose layers split over a decode pool gives the same tokens on 1 and 3 threads', async () => {
     // one block of hidden 512: q, o (512 × 512) and gate, up, down (1024 × 512) reach the split threshold (2¹⁸ weights)
     const dir = join(mkdtempSync(join(tmpdir(), 'caldera-cli-decode-')), 'm');
-    const { raw } = await writeTinyModel(dir, { hidden: 512, layers: 1, tied: true });
-    const tensors: Record<string, Tensor> = { ...raw };
-    const layers: Record<string, CalderaLayerMeta> = {};
-    const rng = new Rng(4);
-    for (const { name } of blockLinearNames(0)) {
-      const [m, n] = raw[`${name}.weight`]!.shape as [number, number];
-      const { tensors: ct, meta } = toCheckpointTensors(name, randomDecomposition(m, n, 16, rng));
-      delete tensors[`${name}.weight`];
-      Object.assign(tensors, ct);
-      layers[name] = meta;
-    }
-    await writeSafetensors(join(dir, 'model.safetensors'), tensors);
-    writeFileSync(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));
+    await writeRandomCalderaModel(dir, { hidden: 512, layers: 1, tied: true }, 7, 16, 4);
     const [one, three] = ['1', '3'].map((threads) =>
       run(['generate', dir, '--prompt', 'Once upon', '--max-tokens', '12', '--threads', threads, '--json']),
     );
@@ -304,19 +318,7 @@ describe('caldera generate --chat', () => {
 
   it("inspect says the paper's figure covers only the compressed layers of a partly compressed checkpoint", async () => {
     const dir = join(mkdtempSync(join(tmpdir(), 'caldera-cli-partial-')), 'm');
-    const { raw } = await writeTinyModel(dir, { layers: 2, tied: true });
-    const tensors: Record<string, Tensor> = { ...raw };
-    const layers: Record<string, CalderaLayerMeta> = {};
-    const rng = new Rng(5);
-    for (const { name } of blockLinearNames(0).slice(0, 2)) {
-      const [m, n] = raw[`${name}.weight`]!.shape as [number, number];
-      const { tensors: ct, meta } = toCheckpointTensors(name, randomDecomposition(m, n, 8, rng));
-      delete tensors[`${name}.weight`];
-      Object.assign(tensors, ct);
-      layers[name] = meta;
-    }
-    await writeSafetensors(join(dir, 'model.safetensors'), tensors);
-    writeFileSync(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));
+    await writeRandomCalderaModel(dir, { layers: 2, tied: true }, 2, 8, 5);
     const r = run(['inspect', dir]);
     expect(r.status, r.stderr).toBe(0);
     // (it read as if the paper's figure were the whole model's, beside a stored figure over all 14 layers)
