@@ -324,6 +324,39 @@ describe('HfTokenizer', () => {
     );
   });
 
+  it("loadTokenizer: a chat template gets special_tokens_map.json's tokens where tokenizer_config.json names none", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-tok-'));
+    await writeFile(join(dir, 'tokenizer.json'), JSON.stringify(json));
+    const template =
+      '{{ bos_token }}|{{ eos_token }}|{{ pad_token }}|{{ unk_token is defined }}|{{ messages[0].content }}';
+    await writeFile(
+      join(dir, 'tokenizer_config.json'),
+      JSON.stringify({ eos_token: '</s>', chat_template: template }),
+    );
+    const msgs = [{ role: 'user', content: 'Hi' }];
+    // no map: bos '' (as before), pad and unk undefined
+    expect((await loadTokenizer(dir)).applyChatTemplate(msgs)).toBe('|</s>||false|Hi');
+    // the map fills what the config lacks (bos, pad), the config wins where both name one (eos)
+    await writeFile(
+      join(dir, 'special_tokens_map.json'),
+      JSON.stringify({ bos_token: { content: '<s>' }, eos_token: '<eos>', pad_token: '<pad>' }),
+    );
+    expect((await loadTokenizer(dir)).applyChatTemplate(msgs)).toBe('<s>|</s>|<pad>|false|Hi');
+    await writeFile(join(dir, 'special_tokens_map.json'), JSON.stringify({ bos_token: 5 }));
+    expect(() =>
+      HfTokenizer.fromJson(
+        json,
+        { chat_template: template },
+        { specialTokens: { bos_token: 5 } },
+      ).applyChatTemplate(msgs),
+    ).toThrow("E_FORMAT: special_tokens_map.json's bos_token is a number, not a token string or { content }");
+    await writeFile(join(dir, 'special_tokens_map.json'), '"x"');
+    await expect(loadTokenizer(dir)).rejects.toThrow(
+      /^E_FORMAT: .*special_tokens_map\.json is a string, not a JSON object$/,
+    );
+    await rm(dir, { recursive: true, force: true });
+  });
+
   it('a runaway template is E_FORMAT within bounded time and memory (it ended the process with a V8 fatal error)', () => {
     const msgs = [{ role: 'user', content: 'Hi' }];
     const render = (template: string) => () => tok.applyChatTemplate(msgs, { template });

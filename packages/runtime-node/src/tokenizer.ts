@@ -29,7 +29,24 @@ export interface HfTokenizerOptions {
    * place of `tokenizer_config.json`'s `chat_template`, as in transformers. Default: none.
    */
   chatTemplate?: string;
+  /**
+   * `special_tokens_map.json`'s entries (`bos_token`, `eos_token`, `unk_token`, …): a chat template gets each special
+   * token `tokenizer_config.json` does not name from there, as transformers gives templates its special tokens map.
+   * Default: none.
+   */
+  specialTokens?: Record<string, unknown>;
 }
+
+/** The special tokens transformers passes to a chat template (its special tokens map), when a file names them. */
+const TEMPLATE_TOKENS = [
+  'bos_token',
+  'eos_token',
+  'unk_token',
+  'sep_token',
+  'pad_token',
+  'cls_token',
+  'mask_token',
+];
 
 /**
  * The chat template a tokenizer config names: its `chat_template` string, or, in the older multi-template form (a
@@ -89,9 +106,13 @@ export class HfTokenizer implements TextTokenizer {
     options: HfTokenizerOptions = {},
   ) {
     this.chatTemplate = options.chatTemplate ?? configChatTemplate(config);
+    this.specialTokens = options.specialTokens ?? {};
     this.templateSource =
       options.chatTemplate !== undefined ? 'chat_template.jinja' : "tokenizer_config.json's chat_template";
   }
+
+  /** `special_tokens_map.json`'s entries ({@link HfTokenizerOptions.specialTokens}). */
+  private readonly specialTokens: Record<string, unknown>;
 
   /** Where {@link chatTemplate} came from, for messages. */
   private readonly templateSource: string;
@@ -204,23 +225,29 @@ export class HfTokenizer implements TextTokenizer {
       );
     }
     if (tpl.trim() === '') throw new CalderaError('E_FORMAT', `the chat template (${source}) is empty`);
-    // a special token as the config gives it: a string, or an object with its `content` (absent or null: none)
-    const tok = (k: string) => {
-      const v = this.config[k];
-      if (v === undefined || v === null) return '';
+    // a special token as tokenizer_config.json (else special_tokens_map.json) gives it: a string, or an object with
+    // its `content`; absent or null: none
+    const tok = (k: string): string | undefined => {
+      const inConfig = this.config[k] !== undefined && this.config[k] !== null;
+      const v = inConfig ? this.config[k] : this.specialTokens[k];
+      if (v === undefined || v === null) return undefined;
       if (typeof v === 'string') return v;
       const content = v && typeof v === 'object' ? (v as { content?: unknown }).content : undefined;
       if (typeof content === 'string') return content;
       // (it rendered as the text "undefined", or "" for a number)
       throw new CalderaError(
         'E_FORMAT',
-        `tokenizer_config.json's ${k} is ${describeValue(v)}${Array.isArray(v) || typeof v !== 'object' ? '' : ' without a string content'}, not a token string or { content }`,
+        `${inConfig ? 'tokenizer_config.json' : 'special_tokens_map.json'}'s ${k} is ${describeValue(v)}${Array.isArray(v) || typeof v !== 'object' ? '' : ' without a string content'}, not a token string or { content }`,
       );
     };
+    const tokens = Object.fromEntries(
+      TEMPLATE_TOKENS.flatMap((k) => (tok(k) === undefined ? [] : [[k, tok(k)]])),
+    );
     const context = {
       messages,
-      bos_token: tok('bos_token'),
-      eos_token: tok('eos_token'),
+      bos_token: '', // (bos and eos are always given: '' when no file names them)
+      eos_token: '',
+      ...tokens,
       add_generation_prompt: options.addGenerationPrompt ?? true,
     };
     try {
@@ -254,7 +281,8 @@ async function readOptionalText(path: string): Promise<string | null> {
  * Load `tokenizer.json` (+ `tokenizer_config.json` and `chat_template.jinja` when present) of a model directory. The
  * chat template is `chat_template.jinja`'s text when the file exists (recent transformers save it there; it replaces
  * the config's, as in transformers), else `tokenizer_config.json`'s `chat_template` (a string, or the entry named
- * "default" of a `{ name, template }` list). A `dir` that is not a string (null, undefined) is `E_VALUE`.
+ * "default" of a `{ name, template }` list); the special tokens it renders with are `tokenizer_config.json`'s, else
+ * `special_tokens_map.json`'s. A `dir` that is not a string (null, undefined) is `E_VALUE`.
  */
 export async function loadTokenizer(dir: string): Promise<HfTokenizer> {
   checkPathArgument(dir, 'loadTokenizer', 'the model directory');
@@ -266,5 +294,12 @@ export async function loadTokenizer(dir: string): Promise<HfTokenizer> {
   if (typeof config !== 'object' || Array.isArray(config))
     throw new CalderaError('E_FORMAT', `${configFile} is ${describeValue(config)}, not a JSON object`);
   const chatTemplate = await readOptionalText(join(dir, 'chat_template.jinja'));
-  return HfTokenizer.fromJson(json, config, chatTemplate === null ? {} : { chatTemplate });
+  const mapFile = join(dir, 'special_tokens_map.json');
+  const specialTokens = (await readJsonFile(mapFile, { optional: true })) ?? {};
+  if (typeof specialTokens !== 'object' || Array.isArray(specialTokens))
+    throw new CalderaError('E_FORMAT', `${mapFile} is ${describeValue(specialTokens)}, not a JSON object`);
+  return HfTokenizer.fromJson(json, config, {
+    ...(chatTemplate === null ? {} : { chatTemplate }),
+    specialTokens: specialTokens as Record<string, unknown>,
+  });
 }
