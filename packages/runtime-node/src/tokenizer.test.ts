@@ -342,6 +342,9 @@ describe('HfTokenizer', () => {
       JSON.stringify({ bos_token: { content: '<s>' }, eos_token: '<eos>', pad_token: '<pad>' }),
     );
     expect((await loadTokenizer(dir)).applyChatTemplate(msgs)).toBe('<s>|</s>|<pad>|false|Hi');
+    // a malformed token a template may not use (pad_token) is left out, not an error
+    await writeFile(join(dir, 'special_tokens_map.json'), JSON.stringify({ bos_token: '<s>', pad_token: 7 }));
+    expect((await loadTokenizer(dir)).applyChatTemplate(msgs)).toBe('<s>|</s>||false|Hi');
     await writeFile(join(dir, 'special_tokens_map.json'), JSON.stringify({ bos_token: 5 }));
     expect(() =>
       HfTokenizer.fromJson(

@@ -240,8 +240,21 @@ export class HfTokenizer implements TextTokenizer {
         `${inConfig ? 'tokenizer_config.json' : 'special_tokens_map.json'}'s ${k} is ${describeValue(v)}${Array.isArray(v) || typeof v !== 'object' ? '' : ' without a string content'}, not a token string or { content }`,
       );
     };
+    // bos and eos checked (a malformed one is E_FORMAT); the others, which few templates use, only when valid (a
+    // malformed pad_token should not stop a template that never names it)
+    const valid = (k: string): string | undefined => {
+      if (k === 'bos_token' || k === 'eos_token') return tok(k);
+      try {
+        return tok(k);
+      } catch {
+        return undefined;
+      }
+    };
     const tokens = Object.fromEntries(
-      TEMPLATE_TOKENS.flatMap((k) => (tok(k) === undefined ? [] : [[k, tok(k)]])),
+      TEMPLATE_TOKENS.flatMap((k) => {
+        const v = valid(k);
+        return v === undefined ? [] : [[k, v]];
+      }),
     );
     const context = {
       messages,
