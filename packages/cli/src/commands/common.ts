@@ -496,6 +496,39 @@ export async function leadingFileTokens(
   return leadingTokens((d) => tok.encode(d), await readDocuments(file), bos, max);
 }
 
+/** The codes a CalderaError can have (an error that crossed a thread or Redis is matched against them). */
+const CALDERA_ERROR_CODES: readonly CalderaErrorCode[] = [
+  'E_SHAPE',
+  'E_DTYPE',
+  'E_FORMAT',
+  'E_IO',
+  'E_VALUE',
+  'E_NOT_PD',
+  'E_MISSING',
+  'E_UNSUPPORTED',
+  'E_ABORTED',
+  'E_DEVICE',
+];
+
+/**
+ * A CalderaError from the message of one that crossed a thread or Redis (it may start with its code, as a
+ * CalderaError's message does): `code` when given, else that prefix, else `fallback`; the prefix is not repeated.
+ */
+export function errorFrom(
+  message: string,
+  fallback: CalderaErrorCode,
+  code?: string,
+  cause?: unknown,
+): CalderaError {
+  const m = /^(E_[A-Z_]+): ([\s\S]*)$/.exec(message);
+  const c = (code ?? m?.[1]) as CalderaErrorCode | undefined;
+  return new CalderaError(
+    c && CALDERA_ERROR_CODES.includes(c) ? c : fallback,
+    m ? m[2]! : message,
+    cause === undefined ? undefined : { cause },
+  );
+}
+
 /** Characters of text below which {@link tokenizeDocuments} stays on the calling thread (a thread costs ~0.1 s). */
 export const PARALLEL_TOKENIZE_CHARS = 1 << 20;
 
@@ -556,11 +589,10 @@ function encodeOnThread(url: URL, modelDir: string, docs: string[]): Promise<Int
     t.once('error', (e) => {
       // a CalderaError thrown on the thread (an invalid tokenizer.json) keeps its code: the same error as on the main
       // thread, where it was E_IO "tokenizing on a thread failed: E_FORMAT: …"
-      const own = /^(E_[A-Z_]+): ([\s\S]*)$/.exec(e.message);
       const code = (e as { code?: unknown }).code;
       reject(
-        own && code === own[1]
-          ? new CalderaError(own[1] as CalderaErrorCode, own[2]!, { cause: e })
+        CALDERA_ERROR_CODES.includes(code as CalderaErrorCode)
+          ? errorFrom(e.message, 'E_IO', code as CalderaErrorCode, e)
           : new CalderaError('E_IO', `tokenizing on a thread failed: ${e.message}`, { cause: e }),
       );
     });

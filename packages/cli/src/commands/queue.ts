@@ -1,26 +1,14 @@
 import { createHash } from 'node:crypto';
 import { Worker as Thread } from 'node:worker_threads';
 import { Queue, Worker, type Job } from 'bullmq';
-import { CalderaError, type CalderaErrorCode } from '@caldera/core';
+import { CalderaError } from '@caldera/core';
 import { flagNumber, flagString, POSITIVE_INT, THREADS, type Args } from '../args.js';
 import { checkRedisReachable, queueNameOf, redisConnection, shownRedisUrl } from './redis.js';
 import { hasTaskOutput, type QueueTask } from './task.js';
+import { errorFrom } from './common.js';
 
 export type { QueueTask } from './task.js';
 export { redisConnection } from './redis.js';
-
-const CODES: readonly CalderaErrorCode[] = [
-  'E_SHAPE',
-  'E_DTYPE',
-  'E_FORMAT',
-  'E_IO',
-  'E_VALUE',
-  'E_NOT_PD',
-  'E_MISSING',
-  'E_UNSUPPORTED',
-  'E_ABORTED',
-  'E_DEVICE',
-];
 
 function jobIdOf(t: QueueTask): string {
   // a Hessian chunk by its plan's key too: an earlier plan's job for the same index (a killed run with other windows)
@@ -28,13 +16,6 @@ function jobIdOf(t: QueueTask): string {
   const key =
     t.kind === 'hessian' ? `${t.work}\0hessian\0${t.index}\0${t.key ?? ''}` : `${t.work}\0matrix\0${t.id}`;
   return `${t.kind}-${createHash('sha256').update(key).digest('hex').slice(0, 32)}`;
-}
-
-/** A CalderaError from a message that may start with a code (as a CalderaError's message does). */
-function errorFrom(message: string, fallback: CalderaErrorCode, code?: string): CalderaError {
-  const m = /^(E_[A-Z_]+): ([\s\S]*)$/.exec(message);
-  const c = (code ?? m?.[1]) as CalderaErrorCode | undefined;
-  return new CalderaError(c && CODES.includes(c) ? c : fallback, m ? m[2]! : message);
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
