@@ -1,6 +1,6 @@
 import { Tokenizer } from '@huggingface/tokenizers';
-import { CalderaError, checkTokenArray, describeValue } from '@caldera/core';
-import { nodeFs, nodePath } from './node-builtins.js';
+import { CalderaError, checkTokenArray, describeValue, readTextFile } from '@caldera/core';
+import { nodePath } from './node-builtins.js';
 import { checkPathArgument, readJsonFile } from './json-file.js';
 import { renderChatTemplate } from './chat-template.js';
 
@@ -226,7 +226,8 @@ export class HfTokenizer implements TextTokenizer {
     }
     if (tpl.trim() === '') throw new CalderaError('E_FORMAT', `the chat template (${source}) is empty`);
     // a special token as tokenizer_config.json (else special_tokens_map.json) gives it: a string, or an object with
-    // its `content`; absent or null: none
+    // its `content`; absent or null: none. A malformed bos or eos is E_FORMAT; another malformed one, which few
+    // templates use, is left out (a numeric pad_token should not stop a template that never names it)
     const tok = (k: string): string | undefined => {
       const inConfig = this.config[k] !== undefined && this.config[k] !== null;
       const v = inConfig ? this.config[k] : this.specialTokens[k];
@@ -234,25 +235,16 @@ export class HfTokenizer implements TextTokenizer {
       if (typeof v === 'string') return v;
       const content = v && typeof v === 'object' ? (v as { content?: unknown }).content : undefined;
       if (typeof content === 'string') return content;
+      if (k !== 'bos_token' && k !== 'eos_token') return undefined;
       // (it rendered as the text "undefined", or "" for a number)
       throw new CalderaError(
         'E_FORMAT',
         `${inConfig ? 'tokenizer_config.json' : 'special_tokens_map.json'}'s ${k} is ${describeValue(v)}${Array.isArray(v) || typeof v !== 'object' ? '' : ' without a string content'}, not a token string or { content }`,
       );
     };
-    // bos and eos checked (a malformed one is E_FORMAT); the others, which few templates use, only when valid (a
-    // malformed pad_token should not stop a template that never names it)
-    const valid = (k: string): string | undefined => {
-      if (k === 'bos_token' || k === 'eos_token') return tok(k);
-      try {
-        return tok(k);
-      } catch {
-        return undefined;
-      }
-    };
     const tokens = Object.fromEntries(
       TEMPLATE_TOKENS.flatMap((k) => {
-        const v = valid(k);
+        const v = tok(k);
         return v === undefined ? [] : [[k, v]];
       }),
     );
@@ -279,10 +271,7 @@ export class HfTokenizer implements TextTokenizer {
  */
 async function readOptionalText(path: string): Promise<string | null> {
   try {
-    const fs = await nodeFs();
-    if (!(await fs.stat(path)).isFile())
-      throw new CalderaError('E_IO', `cannot read ${path}: it is not a regular file`);
-    return await fs.readFile(path, 'utf8');
+    return await readTextFile(path, 'chat template');
   } catch (e) {
     if (e instanceof CalderaError) throw e;
     if ((e as { code?: string }).code === 'ENOENT') return null;
