@@ -290,18 +290,22 @@ export async function loadTokenizer(dir: string): Promise<HfTokenizer> {
   checkPathArgument(dir, 'loadTokenizer', 'the model directory');
   const { join } = await nodePath();
   const json = (await readJsonFile(join(dir, 'tokenizer.json'))) as object;
-  const configFile = join(dir, 'tokenizer_config.json');
-  const config = ((await readJsonFile(configFile, { optional: true })) ?? {}) as Record<string, unknown>;
-  // a list or a string there is no config (its chat template and special tokens were lost without a word)
-  if (typeof config !== 'object' || Array.isArray(config))
-    throw new CalderaError('E_FORMAT', `${configFile} is ${describeValue(config)}, not a JSON object`);
+  const config = await optionalJsonObject(join(dir, 'tokenizer_config.json'));
   const chatTemplate = await readOptionalText(join(dir, 'chat_template.jinja'));
-  const mapFile = join(dir, 'special_tokens_map.json');
-  const specialTokens = (await readJsonFile(mapFile, { optional: true })) ?? {};
-  if (typeof specialTokens !== 'object' || Array.isArray(specialTokens))
-    throw new CalderaError('E_FORMAT', `${mapFile} is ${describeValue(specialTokens)}, not a JSON object`);
+  const specialTokens = await optionalJsonObject(join(dir, 'special_tokens_map.json'));
   return HfTokenizer.fromJson(json, config, {
     ...(chatTemplate === null ? {} : { chatTemplate }),
-    specialTokens: specialTokens as Record<string, unknown>,
+    specialTokens,
   });
+}
+
+/**
+ * The object an optional JSON side file holds, `{}` when it is absent (or holds null); `E_FORMAT` naming it when it
+ * holds a list, a string or a number (its chat template or special tokens were lost without a word).
+ */
+async function optionalJsonObject(file: string): Promise<Record<string, unknown>> {
+  const v = (await readJsonFile(file, { optional: true })) ?? {};
+  if (typeof v !== 'object' || Array.isArray(v))
+    throw new CalderaError('E_FORMAT', `${file} is ${describeValue(v)}, not a JSON object`);
+  return v as Record<string, unknown>;
 }
