@@ -11,7 +11,7 @@ import {
   tensor,
   throwIfAborted,
   toF32,
-  toF64,
+  cast,
   type Tensor,
 } from '@caldera/core';
 import {
@@ -341,9 +341,8 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   // scales an f16 value exactly: the checkpoint then holds the Ŵ that `error` was measured on (up to Q's scale,
   // stored in f32).
   const g = o.lBits === 16 || o.rBits === 16 ? nearestPowerOfTwo(rms(W0.data)) : rms(W0.data);
-  // H in f64, a copy of its own (scaled in place below): toF64 returns the caller's tensor itself when it is f64 already
-  let hd = h ? toF64(h) : null;
-  if (hd && h && hd.data === h.data) hd = tensor('f64', hd.shape, hd.data.slice());
+  // H in f64, a copy of its own (scaled in place below): cast always copies, where toF64 returns an f64 H itself
+  const hd = h ? cast(h, 'f64') : null;
   if (hd) {
     checkHessian(hd.data, n);
     // H scaled by a power of two to a mean diagonal near 1: the fit, LDLQ and the relative error do not depend on H's

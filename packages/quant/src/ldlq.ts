@@ -3,6 +3,7 @@ import {
   assertCallbacks,
   assertNotAbortSignal,
   assertFinite,
+  cast,
   CalderaError,
   isCalderaError,
   throwIfAborted,
@@ -396,11 +397,9 @@ export function assertFiniteSymmetric(h: Float64Array, n: number, what: string):
 /** H (n × n) as a contiguous f64 copy with `damping·mean(diag H)` on the diagonal, checked finite and symmetric. */
 function dampedCopy(h: Matrix, damping: number, what: string): Float64Array {
   const n = h.shape[0]!;
-  // every entry read through the view's strides: a copy sized from the offset was short for a view whose offset sits
-  // near the end of its data (negative strides), and its missing entries went unchecked
-  const hd = new Float64Array(n * n);
-  const [s0, s1] = h.strides as [number, number];
-  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) hd[i * n + j] = h.data[h.offset + i * s0 + j * s1]!;
+  // core's cast: a contiguous f64 copy of its own, read through the view's strides (a copy sized from the offset was
+  // short for a view whose offset sits near the end of its data, and its missing entries went unchecked)
+  const hd = cast(h, 'f64').data;
   // H must be symmetric (only its lower triangle is factored)
   assertFiniteSymmetric(hd, n, `${what}: H [${n}, ${n}]`);
   checkDamping(damping, what);
