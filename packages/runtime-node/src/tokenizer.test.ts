@@ -324,6 +324,34 @@ describe('HfTokenizer', () => {
     );
   });
 
+  it('a Sequence without its list is E_FORMAT naming where (it ran as an empty sequence and dropped text)', () => {
+    // without its pre-tokenizer, byte-level BPE got raw text: ' ' and 'é' are no tokens of it and were dropped
+    const noList = { type: 'Sequence' };
+    expect(() => HfTokenizer.fromJson({ ...json, pre_tokenizer: noList }, config)).toThrow(
+      /^E_FORMAT: tokenizer\.json: pre_tokenizer is a Sequence without its list "pretokenizers" \(got undefined\)$/,
+    );
+    const nested = { type: 'Sequence', decoders: [byteLevel, { type: 'Sequence', decoders: 'x' }] };
+    expect(() => HfTokenizer.fromJson({ ...json, decoder: nested }, config)).toThrow(
+      /^E_FORMAT: tokenizer\.json: decoder\.decoders\[1\] is a Sequence without its list "decoders"/,
+    );
+    expect(() =>
+      HfTokenizer.fromJson({ ...json, normalizer: { type: 'Sequence', normalizers: null } }, config),
+    ).toThrow(
+      /^E_FORMAT: tokenizer\.json: normalizer is a Sequence without its list "normalizers" \(got null\)$/,
+    );
+    // with their lists, the same Sequences encode as the parts alone
+    const withList = HfTokenizer.fromJson(
+      {
+        ...json,
+        pre_tokenizer: { type: 'Sequence', pretokenizers: [byteLevel] },
+        decoder: { type: 'Sequence', decoders: [byteLevel] },
+      },
+      config,
+    );
+    expect(withList.encode('Hello, wörld! 42')).toEqual(tok.encode('Hello, wörld! 42'));
+    expect(withList.decode(withList.encode('Hello, wörld! 42'))).toBe('Hello, wörld! 42');
+  });
+
   it("loadTokenizer: a chat template gets special_tokens_map.json's tokens where tokenizer_config.json names none", async () => {
     const dir = await mkdtemp(join(tmpdir(), 'caldera-tok-'));
     await writeFile(join(dir, 'tokenizer.json'), JSON.stringify(json));

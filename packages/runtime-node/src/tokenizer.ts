@@ -52,6 +52,34 @@ const TEMPLATE_TOKENS = [
  * The chat template a tokenizer config names: its `chat_template` string, or, in the older multi-template form (a
  * list of `{ name, template }`), the one named "default" (as transformers picks); null otherwise.
  */
+/** The list each component type `Sequence` of a `tokenizer.json` holds its parts in. */
+const SEQUENCE_LISTS = {
+  normalizer: 'normalizers',
+  pre_tokenizer: 'pretokenizers',
+  post_processor: 'processors',
+  decoder: 'decoders',
+} as const;
+
+/**
+ * Every `Sequence` normalizer, pre-tokenizer, post-processor or decoder of `json` (nested ones too) has its list: the
+ * reference library (Rust `tokenizers`) refuses a file without one, `@huggingface/tokenizers` ran it as an empty
+ * sequence, so a byte-level BPE got raw text and dropped spaces and non-ASCII text without a word.
+ */
+function checkSequenceLists(json: object): void {
+  const check = (part: unknown, path: string, listName: string): void => {
+    if (typeof part !== 'object' || part === null || (part as { type?: unknown }).type !== 'Sequence') return;
+    const list = (part as Record<string, unknown>)[listName];
+    if (!Array.isArray(list))
+      throw new CalderaError(
+        'E_FORMAT',
+        `tokenizer.json: ${path} is a Sequence without its list "${listName}" (got ${describeValue(list)})`,
+      );
+    list.forEach((item, i) => check(item, `${path}.${listName}[${i}]`, listName));
+  };
+  for (const [key, listName] of Object.entries(SEQUENCE_LISTS))
+    check((json as Record<string, unknown>)[key], key, listName);
+}
+
 function configChatTemplate(config: Record<string, unknown>): string | null {
   const t = config.chat_template;
   if (typeof t === 'string') return t;
@@ -123,6 +151,7 @@ export class HfTokenizer implements TextTokenizer {
     config: Record<string, unknown> = {},
     options: HfTokenizerOptions = {},
   ): HfTokenizer {
+    checkSequenceLists(json);
     let tokenizer: HfTokenizerEngine;
     try {
       // Decoding never rewrites spaces unless the config asks for it: the reference library does not, and
@@ -138,8 +167,8 @@ export class HfTokenizer implements TextTokenizer {
         },
       );
     }
-    // what the library loads with a warning at most (a Split pattern of an unknown kind, a Sequence without its list,
-    // a vocabulary given as a list) encodes every text to nothing: said at load, not as an empty prompt later
+    // what the library loads with a warning at most (a Split pattern of an unknown kind, a vocabulary given as a list)
+    // encodes every text to nothing: said at load, not as an empty prompt later
     if (tokenizer.encode('Hello, world! 42', { add_special_tokens: false }).ids.length === 0)
       throw new CalderaError(
         'E_FORMAT',
