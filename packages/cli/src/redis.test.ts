@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isCalderaError } from '@caldera/core';
-import { checkRedisReachable, redisConnection, shownRedisUrl } from './commands/redis.js';
+import { checkRedisReachable, RedisWatch, redisConnection, shownRedisUrl } from './commands/redis.js';
 import { runCli } from './test-cli.js';
 import { scriptedServer as server } from './test-redis.js';
 
@@ -28,6 +28,35 @@ describe('redisConnection and shownRedisUrl', () => {
       /cannot reach Redis at redis:\/\/:\*\*\*@127\.0\.0\.1:1 \(ECONNREFUSED\)/,
     );
     expect((e as Error).message).not.toContain('secret');
+  });
+});
+
+describe('RedisWatch', () => {
+  it('says a loss once, at the first error after the connection closed, and its end; other errors are no loss', () => {
+    const w = new RedisWatch();
+    // before the worker was first ready: the start's own timeout names those errors
+    w.close();
+    expect(w.error()).toBe(false);
+    expect(w.reconnected()).toBe(false);
+    w.ready();
+    // an error on a live connection (a job's lost lock) is no loss of Redis
+    expect(w.error()).toBe(false);
+    w.close();
+    // BullMQ retries every second, each retry an error: the first says the loss, the rest nothing
+    expect([w.error(), w.error(), w.error()]).toEqual([true, false, false]);
+    w.close();
+    expect(w.error()).toBe(false);
+    expect(w.reconnected()).toBe(true);
+    expect(w.reconnected()).toBe(false);
+    expect(w.error()).toBe(false); // live again
+    // a second loss is said again
+    w.close();
+    expect(w.error()).toBe(true);
+    expect(w.reconnected()).toBe(true);
+    // a reconnect with no error between (a blip BullMQ reported nothing about) is neither lost nor back
+    w.close();
+    expect(w.reconnected()).toBe(false);
+    expect(w.error()).toBe(false);
   });
 });
 

@@ -3,7 +3,7 @@ import { Worker as Thread } from 'node:worker_threads';
 import { Queue, Worker, type Job } from 'bullmq';
 import { CalderaError } from '@caldera/core';
 import { flagNumber, flagString, POSITIVE_INT, THREADS, type Args } from '../args.js';
-import { checkRedisReachable, queueNameOf, redisConnection, shownRedisUrl } from './redis.js';
+import { checkRedisReachable, queueNameOf, RedisWatch, redisConnection, shownRedisUrl } from './redis.js';
 import { hasTaskOutput, type QueueTask } from './task.js';
 import { errorFrom } from './common.js';
 
@@ -425,18 +425,15 @@ export async function workerCommand(a: Args): Promise<number> {
   // connection closed (BullMQ retries every second, each retry an error), and once more when it answers again; the
   // worker waits on for it meanwhile, as the coordinator does. (It waited without a word: a dead Redis looked like an
   // idle queue.) Other errors BullMQ reports on a live connection (a job's lost lock) are no loss of Redis.
-  let lost = false;
-  let closed = false; // the connection closed and has not been ready since
+  const watch = new RedisWatch();
   let ready: string | undefined; // Redis' answer to the first ping
   worker.on('error', (e) => {
     lastError = e.message;
-    if (ready !== undefined && closed && !lost && !stop.signal.aborted) {
-      lost = true;
+    if (watch.error() && !stop.signal.aborted)
       log({
         event: 'redis-lost',
         reason: `Redis at ${shownRedisUrl(url)} (${e.message}); waiting for it to come back (Ctrl-C stops)`,
       });
-    }
   });
   // Shutdown: first stop fetching (close() sets the closing flag at once, then waits for the jobs in hand), then cancel
   // the jobs in hand, which hand themselves back to the queue.
@@ -462,12 +459,11 @@ export async function workerCommand(a: Args): Promise<number> {
     );
     if (!stop.signal.aborted) {
       const client = await worker.client;
-      client.on('close', () => (closed = true));
+      watch.ready();
+      client.on('close', () => watch.close());
       client.on('ready', () => {
-        closed = false;
-        if (!lost || stop.signal.aborted) return;
-        lost = false;
-        log({ event: 'redis-back', reason: `Redis at ${shownRedisUrl(url)} answers again` });
+        if (watch.reconnected() && !stop.signal.aborted)
+          log({ event: 'redis-back', reason: `Redis at ${shownRedisUrl(url)} answers again` });
       });
       log({ event: 'ready', queue: name, threads, concurrency });
       await new Promise((r) => stop.signal.addEventListener('abort', r, { once: true }));

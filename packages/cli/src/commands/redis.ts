@@ -104,3 +104,40 @@ export function queueNameOf(a: Args): string {
     );
   return name;
 }
+
+/**
+ * When a worker's Redis is lost and when it is back, from its connection's events: lost at the first error after the
+ * connection closed, once the worker had been ready (BullMQ retries every second, each retry an error: one loss is
+ * said once), back when the connection is ready again after a loss. Errors on a live connection (a job's lost lock)
+ * and errors before the worker was first ready (the start's own timeout says those) are no loss of Redis.
+ */
+export class RedisWatch {
+  private wasReady = false;
+  private closed = false; // the connection closed and has not been ready since
+  private lost = false;
+
+  /** The worker is ready (Redis answered its first ping). */
+  ready(): void {
+    this.wasReady = true;
+  }
+
+  /** The connection closed. */
+  close(): void {
+    this.closed = true;
+  }
+
+  /** An error: true when it is the one that says Redis is lost. */
+  error(): boolean {
+    if (!this.wasReady || !this.closed || this.lost) return false;
+    this.lost = true;
+    return true;
+  }
+
+  /** The connection is ready again: true when that ends a loss. */
+  reconnected(): boolean {
+    this.closed = false;
+    if (!this.lost) return false;
+    this.lost = false;
+    return true;
+  }
+}
