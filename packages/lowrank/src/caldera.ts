@@ -11,7 +11,7 @@ import {
   tensor,
   throwIfAborted,
   toF32,
-  cast,
+  toF64,
   type Tensor,
 } from '@caldera/core';
 import {
@@ -201,9 +201,9 @@ function checkTensorArgument(x: unknown, name: string, orNull: boolean): void {
     );
 }
 
-/** H + δ·mean(diag H)·I for a contiguous n×n H (a copy; H itself is left alone). */
-function damped(h: Tensor<'f64'>, n: number, delta: number): Tensor<'f64'> {
-  const out = Float64Array.from(h.data);
+/** H′ + δ·mean(diag H′)·I with H′ = scale·H, for a contiguous n×n H (a copy; H itself is left alone). */
+function damped(h: Tensor<'f64'>, n: number, delta: number, scale: number): Tensor<'f64'> {
+  const out = Float64Array.from(h.data, (v) => v * scale);
   let mean = 0;
   for (let i = 0; i < n; i++) mean += out[i * n + i]!;
   mean /= n;
@@ -341,20 +341,23 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   // scales an f16 value exactly: the checkpoint then holds the Ŵ that `error` was measured on (up to Q's scale,
   // stored in f32).
   const g = o.lBits === 16 || o.rBits === 16 ? nearestPowerOfTwo(rms(W0.data)) : rms(W0.data);
-  // H in f64, a copy of its own (scaled in place below): cast always copies, where toF64 returns an f64 H itself
-  const hd = h ? cast(h, 'f64') : null;
+  // H in f64 (the caller's own array when it is a contiguous f64 H: it is only read, never written)
+  const hd = h ? toF64(h) : null;
+  // H is used scaled by a power of two to a mean diagonal near 1 (`hScale`): the fit, LDLQ and the relative error do
+  // not depend on H's scale, but its f32 copies do (an H of 1e-50·I or 1e38·I gave an error of 0, NaN or a Cholesky
+  // failure). A power of two scales exactly: an H near that scale already (calibrate's) gives the same bits as
+  // unscaled. Every copy made of H applies it (the rotation, the damped and the f32 copies), so no scaled copy of the
+  // whole H is held besides them (one was, 8·n² bytes, 0.97 GB at n = 11008).
+  let hScale = 1;
   if (hd) {
     checkHessian(hd.data, n);
-    // H scaled by a power of two to a mean diagonal near 1: the fit, LDLQ and the relative error do not depend on H's
-    // scale, but its f32 copies do (an H of 1e-50·I or 1e38·I gave an error of 0, NaN or a Cholesky failure). A power
-    // of two scales exactly: an H near that scale already (calibrate's) gives the same bits as unscaled.
     let mean = 0;
     for (let i = 0; i < n; i++) mean += hd.data[i * n + i]!;
-    const shift = 2 ** -Math.round(Math.log2(mean / n));
-    if (shift !== 1) for (let i = 0; i < hd.data.length; i++) hd.data[i]! *= shift;
+    hScale = 2 ** -Math.round(Math.log2(mean / n));
   }
-  // the H every step fits against; the error is always measured against the caller's hd (see `damping`)
-  const hFit = hd && o.damping > 0 ? damped(hd, n, o.damping) : hd;
+  // the H every step fits against (a damped copy is scaled as it is made); the error is always measured against the
+  // caller's hd (see `damping`)
+  const hFit = hd && o.damping > 0 ? damped(hd, n, o.damping, hScale) : hd;
 
   const mp = paddedSize(m, o.hadamard);
   const np = paddedSize(n, o.hadamard);
@@ -370,7 +373,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       'E_VALUE',
       `caldera: W's values (RMS ${g.toPrecision(3)}) overflow f32 once rotated`,
     );
-  let Hr: Float64Array | null = rotateHessian(hFit, n, np, su);
+  let Hr: Float64Array | null = rotateHessian(hFit, n, np, su, hFit === hd ? hScale : 1);
   throwIfAborted(o.signal, 'caldera'); // an abort before any work names the call, not its first step
   const chol = choleskyWithInfo(tensor('f64', [np, np], Hr), { jitter: true, ...pool, ...sig });
   // An H with a negative eigenvalue (not a Gram matrix of activations) factors only with a jitter of that eigenvalue's
@@ -428,7 +431,14 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   // rotated form, which reuses the Cholesky factor, is kept. With damping, the Cholesky factor is that of the damped H,
   // so the error is measured in the original domain too, against the caller's undamped H.
   const inOriginal = mp !== m || np !== n || hFit !== hd;
-  const Hc = inOriginal && hd ? mat(n, n, Float32Array.from(hd.data)) : null;
+  const Hc =
+    inOriginal && hd
+      ? mat(
+          n,
+          n,
+          Float32Array.from(hd.data, (v) => v * hScale),
+        )
+      : null;
   const originalSq = (x: Float32Array): number => {
     // tr(x·H·xᵀ) for x m×n; f32 round-off can take it a hair below 0 when H is singular
     const xh = Hc ? gemm(mat(m, n, x), Hc, { checkFinite: false, ...pool }).data : x;

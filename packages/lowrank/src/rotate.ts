@@ -105,13 +105,15 @@ export function unrotateWeight(
 /**
  * `Hr = M_nᵀ·diag(SU)·H·diag(SU)·M_n` for H padded to np×np; padded diagonal entries get mean(diag H) so that Hr
  * stays positive definite (padded weight columns are zero and their inputs are zero, so the value is immaterial).
- * `E_SHAPE` for an H that is not n×n, `np < n`, or SU of another length than `np`.
+ * `E_SHAPE` for an H that is not n×n, `np < n`, or SU of another length than `np`. H's entries are multiplied by
+ * `scale` as they are read (`caldera` passes a power of two, which scales exactly, instead of scaling a copy of H).
  */
 export function rotateHessian(
   h: Tensor<'f64'> | null,
   n: number,
   np: number,
   su: Float32Array | null,
+  scale = 1,
 ): Float64Array {
   checkPadded('rotateHessian', 'n', n, 1);
   checkPadded('rotateHessian', 'np', np, n);
@@ -124,11 +126,11 @@ export function rotateHessian(
   const z = new Float64Array(np * np);
   let mean = 0;
   if (h) {
-    for (let i = 0; i < n; i++) mean += h.data[h.offset + i * h.strides[0]! + i * h.strides[1]!]!;
+    for (let i = 0; i < n; i++) mean += h.data[h.offset + i * h.strides[0]! + i * h.strides[1]!]! * scale;
     mean /= n;
     for (let i = 0; i < n; i++)
       for (let j = 0; j < n; j++) {
-        const v = h.data[h.offset + i * h.strides[0]! + j * h.strides[1]!]!;
+        const v = h.data[h.offset + i * h.strides[0]! + j * h.strides[1]!]! * scale;
         z[i * np + j] = su ? v * su[i]! * su[j]! : v;
       }
   } else {
