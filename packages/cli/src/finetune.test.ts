@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openSafetensors } from '@caldera/core';
+import { referenceTextPath } from '@caldera/reference-model';
 import { loadModel } from '@caldera/runtime-node';
 import { inProcessCli, runCli, runUntil, sigintWhenEntry } from './test-cli.js';
 import { writeTinyModel } from './test-models.js';
@@ -280,6 +281,21 @@ describe('caldera finetune', () => {
     expect(other.status).not.toBe(0);
     expect(other.stderr).toMatch(/--batch \(1000000 then, 1 now\)/);
   }, 120_000);
+
+  it('SIGINT while train tokenizes its text: exit 130 at once, "interrupted", no <out>.lock left (it waited, then died holding it)', async () => {
+    const tmp = mkdtempSync(join(tmpdir(), 'caldera-train-'));
+    const out = join(tmp, 'model');
+    // a text that takes seconds to tokenize (four times the reference training text)
+    const data = join(tmp, 'big.txt');
+    writeFileSync(data, readFileSync(referenceTextPath('train'), 'utf8').repeat(4));
+    const args = ['train', '--out', out, '--steps', '2', '--data', data];
+    // the signal 0.3 s after the lock is taken: the text is being tokenized then
+    const t0 = performance.now();
+    const code = await runUntil(args, `${out}.lock`, 'SIGINT', 10, 300);
+    expect(code).toBe(130);
+    expect(performance.now() - t0).toBeLessThan(15_000);
+    expect(readdirSync(tmp)).toEqual(['big.txt']);
+  }, 60_000);
 
   it('a resumed train logs each step once: the log is cut back to the step of the saved state', async () => {
     const out = join(mkdtempSync(join(tmpdir(), 'caldera-train-')), 'model');

@@ -1,5 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -58,6 +58,38 @@ describe('tokenizeDocuments', () => {
     const threeThreads = await tokenizeDocuments(dir, docs, null, { threads: 3, workerUrl });
     expect(threeThreads).toEqual(serial.map((ids) => ids.slice(1)));
   });
+
+  it('an abort stops the encoding within a slice and ends the threads (Ctrl-C of compress waited 8–150 s for the text)', async () => {
+    const tmp = mkdtempSync(join(tmpdir(), 'caldera-tok-'));
+    try {
+      // a thread that would finish 1.5 s in (and then never answer): its mark must not appear once it is ended
+      const marker = join(tmp, 'thread-went-on');
+      const slow = pathToFileURL(join(tmp, 'slow.mjs'));
+      writeFileSync(
+        slow,
+        `import { writeFileSync } from 'node:fs';\nsetTimeout(() => writeFileSync(${JSON.stringify(marker)}, ''), 1500);\nsetInterval(() => {}, 1000);\n`,
+      );
+      // the reference calibration text: this thread's half takes seconds to encode in one go
+      const docs = readFileSync(referenceTextPath('train'), 'utf8').split(/\n\s*\n/);
+      const ac = new AbortController();
+      const reason = new Error('stop');
+      setTimeout(() => ac.abort(reason), 200);
+      const t0 = performance.now();
+      await expect(
+        tokenizeDocuments(dir, docs, null, { threads: 2, workerUrl: slow, signal: ac.signal }),
+      ).rejects.toMatchObject({ code: 'E_ABORTED', cause: reason });
+      // the abort at 200 ms, then at most a slice of 64 Ki characters (~0.1 s here; the rest is a loaded CI's margin)
+      expect(performance.now() - t0).toBeLessThan(1500);
+      await new Promise((r) => setTimeout(r, 2000));
+      expect(existsSync(marker)).toBe(false);
+      // an aborted signal is refused before any work
+      await expect(tokenizeDocuments(dir, docs, null, { signal: ac.signal })).rejects.toMatchObject({
+        code: 'E_ABORTED',
+      });
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  }, 30_000);
 
   it('fails with E_IO when a thread fails', async () => {
     const docs = ['a'.repeat(PARALLEL_TOKENIZE_CHARS), 'b'.repeat(1000)];

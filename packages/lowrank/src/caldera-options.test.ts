@@ -152,6 +152,13 @@ describe('caldera svd and damping defaults', () => {
     const ac = new AbortController();
     ac.abort(new Error('stop'));
     expect(() => caldera(w, h, { rank: 4, signal: ac.signal })).toThrow(/^E_ABORTED: caldera was aborted$/);
+    // before any work: not after copying and checking W and H (a NaN in W was found first; n = 4096 took 4 s)
+    const bad = tensor(
+      'f32',
+      [16, 32],
+      Float32Array.from(w.data, (v, i) => (i === 5 ? NaN : v)),
+    );
+    expect(() => caldera(bad, h, { rank: 4, signal: ac.signal })).toThrow(/^E_ABORTED: caldera was aborted$/);
     const mid = new AbortController();
     let calls = 0;
     const run = () =>

@@ -316,6 +316,8 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   } as typeof DEFAULTS & CalderaOptions;
   if (w.shape.length !== 2)
     throw new CalderaError('E_SHAPE', `caldera: W must be 2-D, got [${w.shape.join(', ')}]`);
+  // an aborted signal is refused before any work (the copies, checks and rotations of W and H took seconds)
+  throwIfAborted(o.signal, 'caldera');
   const W0 = toF32(w);
   const [m, n] = W0.shape as [number, number];
   if (h && (h.shape.length !== 2 || h.shape[0] !== n || h.shape[1] !== n)) {
@@ -374,7 +376,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       `caldera: W's values (RMS ${g.toPrecision(3)}) overflow f32 once rotated`,
     );
   let Hr: Float64Array | null = rotateHessian(hFit, n, np, su, hFit === hd ? hScale : 1);
-  throwIfAborted(o.signal, 'caldera'); // an abort before any work names the call, not its first step
+  throwIfAborted(o.signal, 'caldera'); // an abort during the setup names the call, not its first step
   const chol = choleskyWithInfo(tensor('f64', [np, np], Hr), { jitter: true, ...pool, ...sig });
   // An H with a negative eigenvalue (not a Gram matrix of activations) factors only with a jitter of that eigenvalue's
   // size: the fit would minimise, and `error` report, a quantity that is no norm. A PSD H, singular or rounded to f32,

@@ -10,6 +10,7 @@ import {
   notRegularFile,
   specialFileKind,
   stopTokenIdsOf,
+  throwIfAborted,
   toCalderaError,
 } from '@caldera/core';
 import { sha256Hex } from '@caldera/calibrate';
@@ -544,19 +545,60 @@ export async function tokenizeDocuments(
   modelDir: string,
   docs: string[],
   bos: number | null,
-  options: { threads?: number; workerUrl?: URL } = {},
+  options: { threads?: number; workerUrl?: URL; signal?: AbortSignal } = {},
 ): Promise<number[][]> {
+  const { signal } = options;
+  throwIfAborted(signal, 'tokenizing');
   const tok = await loadTokenizer(modelDir);
   const withBos = (ids: number[]) => (bos === null ? ids : [bos, ...ids]);
   const workerUrl = options.workerUrl ?? new URL('./tokenize-thread.js', import.meta.url);
   const runs = splitByLength(docs, options.threads ?? 2, PARALLEL_TOKENIZE_CHARS);
   if (runs.length === 1 || !(await exists(fileURLToPath(workerUrl))))
-    return docs.map((d) => withBos(tok.encode(d)));
-  const others = runs.slice(1).map((run) => encodeOnThread(workerUrl, modelDir, run));
-  // this thread's run while the others work; then theirs, in order
-  const mine = runs[0]!.map((d) => withBos(tok.encode(d)));
-  const theirs = await Promise.all(others);
-  return [...mine, ...theirs.flat().map((ids) => withBos(Array.from(ids)))];
+    return encodeHere(tok, docs, withBos, signal);
+  // the threads end when this call fails or is aborted (they went on encoding a large text after a Ctrl-C)
+  const stop = new AbortController();
+  const onAbort = () => stop.abort(signal!.reason);
+  signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    const others = runs.slice(1).map((run) => encodeOnThread(workerUrl, modelDir, run, stop.signal));
+    others.forEach((p) => p.catch(() => undefined)); // awaited below; a failure meanwhile is no unhandled rejection
+    // this thread's run while the others work; then theirs, in order
+    const mine = await encodeHere(tok, runs[0]!, withBos, signal);
+    const theirs = await Promise.all(others);
+    throwIfAborted(signal, 'tokenizing');
+    return [...mine, ...theirs.flat().map((ids) => withBos(Array.from(ids)))];
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+    stop.abort(); // ends any thread still running (none after success)
+  }
+}
+
+/** Characters encoded on the calling thread between two looks at the event loop (about 0.1 s of work). */
+const ENCODE_SLICE_CHARS = 1 << 16;
+
+/**
+ * `docs` encoded on this thread, a slice of documents at a time with the event loop let in between, so that Ctrl-C
+ * (the `signal`) stops it within about a slice (a 5 MB text was encoded in one go: Ctrl-C took 8–23 s to act, and a
+ * 31 MB one 150 s). A single document is encoded in one go.
+ */
+async function encodeHere(
+  tok: { encode(text: string): number[] },
+  docs: readonly string[],
+  withBos: (ids: number[]) => number[],
+  signal: AbortSignal | undefined,
+): Promise<number[][]> {
+  const out: number[][] = [];
+  let chars = 0;
+  for (const d of docs) {
+    if (chars >= ENCODE_SLICE_CHARS) {
+      chars = 0;
+      await new Promise((r) => setImmediate(r));
+      throwIfAborted(signal, 'tokenizing');
+    }
+    out.push(withBos(tok.encode(d)));
+    chars += d.length;
+  }
+  return out;
 }
 
 /**
@@ -579,9 +621,20 @@ export function splitByLength(docs: readonly string[], parts: number, minChars: 
 }
 
 /** The token ids of `docs` from a thread of its own (see tokenize-thread.ts). */
-function encodeOnThread(url: URL, modelDir: string, docs: string[]): Promise<Int32Array[]> {
+function encodeOnThread(
+  url: URL,
+  modelDir: string,
+  docs: string[],
+  stop: AbortSignal,
+): Promise<Int32Array[]> {
   return new Promise((resolve, reject) => {
     const t = new Worker(url, { workerData: { modelDir, docs } });
+    const onStop = () => {
+      reject(new CalderaError('E_ABORTED', 'tokenizing was aborted', { cause: stop.reason }));
+      void t.terminate();
+    };
+    stop.addEventListener('abort', onStop, { once: true });
+    t.once('exit', () => stop.removeEventListener('abort', onStop));
     t.once('message', (ids: Int32Array[]) => {
       resolve(ids);
       void t.terminate();
@@ -869,6 +922,29 @@ export interface StopSignals {
  * Handle SIGINT (Ctrl-C) and SIGTERM (kill, a container stop) the same way: the first of either aborts the returned
  * signal, so a command stops at its next check and cleans up instead of dying half-way through a write.
  */
+/**
+ * `body` with Ctrl-C and SIGTERM caught from its start ({@link onStopSignals}), for a command that holds its output's
+ * lock while it loads and tokenizes before it writes anything: an interruption there that `body` does not handle
+ * itself ends it with `caldera <command>: interrupted before anything was written` and exit code 130 (143), the lock
+ * released by the caller's `finally`. (Without a handler, Ctrl-C ended the process at once and left `<out>.lock`.)
+ * `body` passes `stop.signal` to its long calls and handles later interruptions itself.
+ */
+export async function withStopSignals(
+  command: string,
+  body: (stop: StopSignals) => Promise<number>,
+): Promise<number> {
+  const stop = onStopSignals();
+  try {
+    return await body(stop);
+  } catch (e) {
+    if (!stop.signal.aborted) throw e;
+    console.error(`caldera ${command}: interrupted before anything was written`);
+    return stop.exitCode();
+  } finally {
+    stop.dispose();
+  }
+}
+
 export function onStopSignals(): StopSignals {
   const ctl = new AbortController();
   let got: StopSignal | null = null;

@@ -572,9 +572,10 @@ async function calibrationWindows(
   seed: number,
   bos: number | null,
   threads: number,
+  signal: AbortSignal,
 ) {
   const docs = await readDocuments(s.data);
-  const calib = await tokenizeDocuments(modelDir, docs, bos, { threads });
+  const calib = await tokenizeDocuments(modelDir, docs, bos, { threads, signal });
   const tokens = calib.reduce((n, d) => n + d.length, 0);
   const advice =
     'give a longer calibration text, or fewer or shorter windows (--windows, --length; ' +
@@ -699,8 +700,11 @@ export async function compressCommand(a: Args): Promise<number> {
   const fewRows =
     settings.method === 'rtn' ? null : calibrationRowsWarning(settings.windows, settings.length, layers);
   if (fewRows) console.error(fewRows);
-  const windowsOf = () =>
-    calibrationWindows(modelDir, settings, seed, sourceModel.config.bosTokenId, threads);
+  const windowsOf = () => {
+    // on the bar only (a large text takes a while, and said nothing)
+    bar.update(0, 1, undefined, 'tokenizing the calibration text');
+    return calibrationWindows(modelDir, settings, seed, sourceModel.config.bosTokenId, threads, stop.signal);
+  };
   // hashing a large model's tensors takes a while: on the bar only (the JSON lines' first progress event is a layer's)
   const hashing: HashModelOptions = {
     signal: stop.signal,

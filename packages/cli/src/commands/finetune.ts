@@ -37,7 +37,8 @@ import {
   makeDir,
   modelDirOf,
   modelSideFiles,
-  onStopSignals,
+  withStopSignals,
+  type StopSignals,
   progressFor,
   leadingFileTokens,
   readDocuments,
@@ -120,17 +121,17 @@ export async function finetuneCommand(a: Args): Promise<number> {
   await checkWorkDirs(out, 'finetune');
   await modelSideFiles(src, true); // the side files the output copies: a FIFO among them, refused now, not after training
   // one writer of --out at a time; what a killed run left beside it (<out>.tmp-…, a model's size) is removed
-  return withOutputLock(out, 'caldera finetune', async () => {
+  // Ctrl-C or SIGTERM from the lock on: while loading and tokenizing, nothing is written yet (withStopSignals)
+  const locked = async (stop: StopSignals): Promise<number> => {
     const log = (o: Record<string, unknown>) => (json ? console.log(JSON.stringify(o)) : undefined);
 
-    // (no SIGINT handler yet: Ctrl-C while loading ends the process at once, before anything is written)
     const showBar = !json && process.stderr.isTTY === true;
-    const loaded = await loadModelShowing(src, { dtype: 'f32' }, showBar);
+    const loaded = await loadModelShowing(src, { dtype: 'f32', signal: stop.signal }, showBar);
     const maxPos = loaded.config.maxPositions;
     options.seqLen = tokenWindow('seq-len', seqLenFlag, options.seqLen, maxPos);
     const bos = loaded.config.bosTokenId;
     const tokens = async (file: string) =>
-      (await tokenizeDocuments(src, await readDocuments(file), bos)).flat();
+      (await tokenizeDocuments(src, await readDocuments(file), bos, { signal: stop.signal })).flat();
     const dataFile = flagString(a, 'data') ?? defaultText('train');
     const vocab = loaded.config.vocabSize;
     const train = await tokens(dataFile);
@@ -165,14 +166,16 @@ export async function finetuneCommand(a: Args): Promise<number> {
     // next-token training did not improve validation loss there, distillation did; docs/guide/finetune.md)
     const teacherDir =
       flagString(a, 'teacher') ?? (signs || !a.positionals[0] ? modelDirOf(undefined) : undefined);
-    const teacherModel = teacherDir ? (await loadModelShowing(teacherDir, {}, showBar)).model : undefined;
+    const teacherModel = teacherDir
+      ? (await loadModelShowing(teacherDir, { signal: stop.signal }, showBar)).model
+      : undefined;
     // before the baseline (an E_SHAPE from the loss after it, for the factors; the signs' setup checked it)
     if (teacherModel && teacherModel.config.vocabSize !== loaded.config.vocabSize)
       throw new CalderaError(
         'E_VALUE',
         `--teacher ${teacherDir}: its vocabulary of ${teacherModel.config.vocabSize} tokens differs from the model's ${loaded.config.vocabSize}`,
       );
-    const before = await perplexity(loaded.model, heldOut, { context: evalCtx });
+    const before = await perplexity(loaded.model, heldOut, { context: evalCtx, signal: stop.signal });
     log({ event: 'baseline', ppl: before.ppl, tokens: before.tokens });
 
     const setup = signs
@@ -189,8 +192,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
     // a run that stops before saving any state leaves no partial directory behind (one with state is never touched)
     // rmdir removes only an empty directory: one that holds state stays
     const dropIfEmpty = () => rmdir(partial).catch(() => undefined);
-    // Ctrl-C or SIGTERM: the state saved so far stays for a rerun to resume
-    const stop = onStopSignals();
+    // Ctrl-C or SIGTERM from here on: the state saved so far stays for a rerun to resume
     let result: FinetuneResult;
     let meta: CalderaCheckpointMeta | undefined;
     try {
@@ -296,5 +298,6 @@ export async function finetuneCommand(a: Args): Promise<number> {
       console.log(`wrote ${out} (${meta.bitsPerWeight.toFixed(3)} bits/weight, paper accounting)`);
     }
     return 0;
-  });
+  };
+  return withOutputLock(out, 'caldera finetune', () => withStopSignals('finetune', locked));
 }

@@ -50,7 +50,8 @@ import {
   readDocuments,
   tokenizeDocuments,
   makeDir,
-  onStopSignals,
+  withStopSignals,
+  type StopSignals,
   progressFor,
   TRAIN_FLAG_LABELS,
   TRAIN_OUTPUT,
@@ -95,7 +96,8 @@ export async function trainCommand(a: Args): Promise<number> {
   await checkWorkDirs(out, 'train');
   await modelSideFiles(template, true); // the side files the output copies: a FIFO among them, refused now, not after training
   // one writer of --out at a time; what a killed run left beside it (<out>.tmp-…, a model's size) is removed
-  return withOutputLock(out, 'caldera train', async () => {
+  // Ctrl-C or SIGTERM from the lock on: while tokenizing, nothing is written yet (withStopSignals)
+  const locked = async (stop: StopSignals): Promise<number> => {
     const steps = flagNumber(a, 'steps', 2000, POSITIVE_INT);
     const seqLenFlag = flagNumber(a, 'seq-len', undefined, { integer: true, min: 2 });
     const seed = flagNumber(a, 'seed', 0, SEED);
@@ -110,7 +112,9 @@ export async function trainCommand(a: Args): Promise<number> {
     const cfg: TrainConfig = mc;
     const seqLen = tokenWindow('seq-len', seqLenFlag, 128, mc.maxPositions);
     const tokens = async (file: string) =>
-      (await tokenizeDocuments(template, await readDocuments(file), mc.bosTokenId)).flat();
+      (
+        await tokenizeDocuments(template, await readDocuments(file), mc.bosTokenId, { signal: stop.signal })
+      ).flat();
     const dataFile = flagString(a, 'data') ?? defaultText('train');
     const dataIds = await tokens(dataFile);
     checkTextTokenIds(dataIds, mc.vocabSize, '--data', dataFile);
@@ -169,7 +173,6 @@ export async function trainCommand(a: Args): Promise<number> {
     };
     // Ctrl-C or SIGTERM: during training, the state before the step under way is saved; while the model is written,
     // what was written is removed and the finished run's state stays, so that a rerun writes it without training again
-    const stop = onStopSignals();
     const t0 = performance.now();
     try {
       const bar = progressFor('train', json);
@@ -259,7 +262,8 @@ export async function trainCommand(a: Args): Promise<number> {
     if (json) console.log(JSON.stringify(summary));
     else console.log(`wrote ${out} after ${trainer.stepCount} steps`);
     return 0;
-  });
+  };
+  return withOutputLock(out, 'caldera train', () => withStopSignals('train', locked));
 }
 
 /**
