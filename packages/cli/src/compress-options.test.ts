@@ -230,6 +230,31 @@ describe('caldera compress: Ctrl-C while the model loads', () => {
     expect(again.status, again.stderr).toBe(0);
     expect(existsSync(join(out, 'report.json'))).toBe(true);
   }, 60_000);
+
+  it('SIGINT while the written checkpoint is scored: exit 130 saying it is in place without its report (it said "interrupted" alone)', async () => {
+    const errors: string[] = [];
+    vi.spyOn(console, 'error').mockImplementation((...x: unknown[]) => void errors.push(x.join(' ')));
+    vi.spyOn(console, 'log').mockImplementation(() => undefined);
+    const { dir: src } = await writeTinyModel(join(tmp, 'sigint-score'), { seed: 17 });
+    const out = join(tmp, 'sigint-score-out');
+    // as soon as the checkpoint is in place under its name, a Ctrl-C: its scoring is under way then
+    const timer = setInterval(() => {
+      if (existsSync(join(out, 'model.safetensors'))) {
+        clearInterval(timer);
+        process.emit('SIGINT');
+      }
+    }, 0);
+    const code = await main(['compress', src, '--out', out, ...FAST, '--rank', '8']);
+    clearInterval(timer);
+    expect(code).toBe(130);
+    expect(errors.join('\n')).toMatch(
+      /caldera compress: interrupted after writing .*sigint-score-out: the checkpoint is complete, but not its report\.json .* rerun the same command to score it/,
+    );
+    expect(readdirSync(out).sort()).not.toContain('report.json');
+    const again = run(['compress', src, '--out', out, ...FAST, '--rank', '8']);
+    expect(again.status, again.stderr).toBe(0);
+    expect(existsSync(join(out, 'report.json'))).toBe(true);
+  }, 60_000);
 });
 
 describe('caldera compress: the held-out perplexity', () => {

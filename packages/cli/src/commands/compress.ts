@@ -925,6 +925,7 @@ export async function compressCommand(a: Args): Promise<number> {
     const queueFailure = isCalderaError(e) && Array.isArray(e.details?.failed);
     if (!stop.signal.aborted || queueFailure) throw e;
     bar.done();
+    if (writtenBeforeInterruption(e, 'caldera compress', 'rerun the same command')) return stop.exitCode();
     return interrupted();
   } finally {
     await unlock();
@@ -939,6 +940,19 @@ export async function compressCommand(a: Args): Promise<number> {
  * Tell what an interrupted compress keeps (a 'compressed' run: its committed blocks and baseline in `<out>.partial`;
  * an 'original' one: its finished jobs in `<out>.work`) and that rerunning the same command resumes; `code` returned.
  */
+/**
+ * Say so when the interruption `e` came after the checkpoint was written (while it was scored): it is complete and in
+ * place, its report.json is not; `rerun` says how to write it. False for any other error.
+ */
+function writtenBeforeInterruption(e: unknown, command: string, rerun: string): boolean {
+  const written = isCalderaError(e) ? e.details?.checkpointWritten : undefined;
+  if (typeof written !== 'string') return false;
+  console.error(
+    `${command}: interrupted after writing ${written}: the checkpoint is complete, but not its report.json (the perplexity after compression) — ${rerun} to score it and write the report`,
+  );
+  return true;
+}
+
 async function reportInterruption(
   out: string,
   propagate: RunSettings['propagate'],
@@ -1054,9 +1068,10 @@ export async function mergeCommand(a: Args): Promise<number> {
     );
   } catch (e) {
     if (!stop.signal.aborted) throw e;
-    console.error(
-      `caldera merge: interrupted; the finished work is kept in ${work} — rerun caldera merge ${shellWord(out)}`,
-    );
+    if (!writtenBeforeInterruption(e, 'caldera merge', `rerun caldera merge ${shellWord(out)}`))
+      console.error(
+        `caldera merge: interrupted; the finished work is kept in ${work} — rerun caldera merge ${shellWord(out)}`,
+      );
     return stop.exitCode();
   } finally {
     await unlock();
@@ -1262,8 +1277,23 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?:
     await source.close();
   }
 
-  const compressed = await loadModel(out);
-  const after = await perplexity(compressed.model, heldOut, { context: evalCtx, signal: ctx.signal });
+  // the checkpoint is in place from here on: an interruption while it is scored leaves it without its report.json, and
+  // says so (it said "interrupted", as if --out were as it was)
+  const whileScoring = async <T>(work: () => Promise<T>): Promise<T> => {
+    try {
+      return await work();
+    } catch (e) {
+      if (!ctx.signal.aborted) throw e;
+      throw new CalderaError('E_ABORTED', `interrupted after ${out} was written`, {
+        cause: e,
+        details: { checkpointWritten: out },
+      });
+    }
+  };
+  const compressed = await whileScoring(() => loadModel(out, { signal: ctx.signal }));
+  const after = await whileScoring(() =>
+    perplexity(compressed.model, heldOut, { context: evalCtx, signal: ctx.signal }),
+  );
   // the source's storage as on disk
   const dtypes = [...sourceLinears.dtypes];
   const sourceDtype = dtypes.length === 1 ? dtypes[0]! : 'mixed';
@@ -1288,9 +1318,9 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?:
       seconds: r.seconds,
     })),
   };
-  await atomicWriteFile(join(out, 'report.json'), JSON.stringify(report, null, 2) + '\n', {
-    signal: ctx.signal,
-  });
+  await whileScoring(() =>
+    atomicWriteFile(join(out, 'report.json'), JSON.stringify(report, null, 2) + '\n', { signal: ctx.signal }),
+  );
   if (json) console.log(JSON.stringify({ event: 'report', ...report }));
   else {
     console.log(
