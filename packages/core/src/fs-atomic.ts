@@ -188,10 +188,17 @@ export async function recoverReplaceDir(dir: string): Promise<void> {
   }
 }
 
-/** Wrap a Node error as `E_IO` (or `E_ABORTED`); CalderaErrors pass through. */
+/**
+ * Wrap a Node error as `E_IO`, or as `E_ABORTED` once `signal` has fired (its cause the signal's reason, as
+ * `throwIfAborted` gives it, the error itself in `details.error`); CalderaErrors pass through.
+ */
 export function toCalderaError(e: unknown, what: string, signal?: AbortSignal): CalderaError {
   if (e instanceof CalderaError) return e;
-  if (signal?.aborted) return new CalderaError('E_ABORTED', `${what} was aborted`, { cause: e });
+  if (signal?.aborted)
+    return new CalderaError('E_ABORTED', `${what} was aborted`, {
+      cause: signal.reason,
+      details: { error: e },
+    });
   const code = (e as { code?: string }).code;
   return new CalderaError('E_IO', `${what} failed (${code ?? (e as Error).message})`, { cause: e });
 }

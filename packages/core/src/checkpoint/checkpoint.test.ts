@@ -480,22 +480,50 @@ describe('checkpoint directory', () => {
     await expect(readCheckpointMeta(bad)).rejects.toMatchObject({ code: 'E_FORMAT' });
   });
 
-  it('atomicWriteFile replaces content in one step and cleans up on abort', async () => {
+  it('an onProgress that throws: its own error, not E_IO (as a disk failure); nothing left, the old checkpoint kept', async () => {
+    const out = join(dir, 'ckpt-cb');
+    await writeCheckpointDir(out, { meta: meta(), tensors: tensors() });
+    const mine = new Error('cbboom');
+    const onProgress = () => {
+      throw mine;
+    };
+    await expect(
+      writeCheckpointDir(
+        out,
+        { meta: { ...meta(), seed: 99 }, tensors: tensors() },
+        { overwrite: true, onProgress },
+      ),
+    ).rejects.toBe(mine);
+    expect((await readCheckpointMeta(out)).seed).toBe(7);
+    expect((await readdir(dir)).filter((x) => x.startsWith('ckpt-cb.tmp-'))).toEqual([]);
+    // one that is no function: refused before anything is written
+    await expect(
+      writeCheckpointDir(
+        join(dir, 'ckpt-cb2'),
+        { meta: meta(), tensors: tensors() },
+        { onProgress: 42 as never },
+      ),
+    ).rejects.toThrow(/^E_VALUE: writeCheckpointDir: onProgress must be a function/);
+  });
+
+  it('atomicWriteFile replaces content in one step and cleans up on abort (E_ABORTED with the reason as cause)', async () => {
     const f = join(dir, 'a.txt');
     await atomicWriteFile(f, 'one');
     await atomicWriteFile(f, new TextEncoder().encode('two'));
     expect(await readFile(f, 'utf8')).toBe('two');
     const ac = new AbortController();
+    const reason = new Error('stop');
     await expect(
       atomicWriteFile(
         f,
         async (fh) => {
           await fh.write('partial');
-          ac.abort();
+          ac.abort(reason);
+          throw new Error('the work failed as it was aborted');
         },
         { signal: ac.signal },
       ),
-    ).rejects.toMatchObject({ code: 'E_ABORTED' });
+    ).rejects.toMatchObject({ code: 'E_ABORTED', cause: reason });
     expect(await readFile(f, 'utf8')).toBe('two');
     expect((await readdir(dir)).filter((x) => x.startsWith('a.txt.tmp-'))).toEqual([]);
   });

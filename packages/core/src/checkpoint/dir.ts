@@ -1,4 +1,5 @@
 import {
+  assertCallbacks,
   assertNonEmptyString,
   assertNotAbortSignal,
   assertObject,
@@ -64,6 +65,7 @@ export async function writeCheckpointDir(
 ): Promise<void> {
   assertNotAbortSignal(options, 'writeCheckpointDir'); // a positional signal: refused, not ignored
   throwIfAborted(options.signal, 'writeCheckpointDir'); // a signal that is not one: E_VALUE
+  assertCallbacks(options, 'writeCheckpointDir', ['onProgress']);
   assertNonEmptyString(dir, 'writeCheckpointDir', 'dir', 'a path (a non-empty string)');
   assertObject(contents, 'writeCheckpointDir', 'contents', 'an object { meta, tensors }');
   assertObject(contents.meta, 'writeCheckpointDir', 'meta', 'an object (the caldera.json to write)');
@@ -111,6 +113,20 @@ export async function writeCheckpointDir(
     if (!st.isFile()) throw notRegularFile(src, specialFileKind(st), 'file to copy');
   }
   const tmp = `${target}.tmp-${tempSuffix()}`;
+  // an error thrown by the caller's onProgress is the caller's: rethrown as it is once the temporary directory is gone
+  // (it was reported as E_IO, "writing checkpoint … failed", as if the disk had failed)
+  const callback: { failed: boolean; error?: unknown } = { failed: false };
+  const onProgress = options.onProgress;
+  const progress = onProgress
+    ? (e: Parameters<typeof onProgress>[0]) => {
+        try {
+          onProgress(e);
+        } catch (error) {
+          Object.assign(callback, { failed: true, error });
+          throw error;
+        }
+      }
+    : undefined;
   try {
     await fs.mkdir(tmp, { recursive: false });
     for (const [name, src] of copies) {
@@ -121,12 +137,13 @@ export async function writeCheckpointDir(
     await writeSafetensors(path.join(tmp, 'model.safetensors'), contents.tensors, {
       metadata: contents.safetensorsMetadata ?? { format: 'caldera' },
       ...(options.signal ? { signal: options.signal } : {}),
-      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+      ...(progress ? { onProgress: progress } : {}),
     });
     throwIfAborted(options.signal, `writing checkpoint ${target}`);
     await replaceDir(tmp, target);
   } catch (e) {
     await fs.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
+    if (callback.failed) throw callback.error;
     throw toCalderaError(e, `writing checkpoint ${target}`, options.signal);
   }
 }
