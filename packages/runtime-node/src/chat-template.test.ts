@@ -41,6 +41,32 @@ describe('renderChatTemplate', () => {
     }
   });
 
+  it('a chat of 12 000 short messages renders: `messages|length` in a loop over them is no runaway (it was refused)', () => {
+    const roles = ['user', 'assistant', 'tool', 'tool', 'assistant']; // tool turns look at their neighbours
+    const messages = Array.from({ length: 12_000 }, (_, i) => ({
+      role: roles[i % roles.length]!,
+      content: `message ${i}`,
+    }));
+    const context = { messages, add_generation_prompt: true, bos_token: '', eos_token: '<|im_end|>' };
+    expect(renderChatTemplate(QWEN3, context)).toBe(new Template(QWEN3).render(context));
+  });
+
+  it('what scans a list or string in a loop is still charged by its size: `in`, a comparison, a string', () => {
+    const xs = Array.from({ length: 1 << 19 }, (_, i) => i);
+    for (const body of [
+      "{% if 'z' in xs %}{% endif %}",
+      '{% if xs == ys %}{% endif %}',
+      '{% if big %}{% endif %}',
+    ])
+      expect(() =>
+        renderChatTemplate(`{% for i in range(100000) %}${body}{% endfor %}`, {
+          xs,
+          ys: [...xs],
+          big: 'x'.repeat(1 << 20),
+        }),
+      ).toThrow(/^it ran over 10000000 steps/);
+  }, 30_000); // a template that scanned unbounded ran for minutes
+
   it('still stops a loop over a list named outside it, nested: the iterations are what is counted', () => {
     const t0 = performance.now();
     expect(() =>

@@ -10,8 +10,8 @@ export const CHAT_TEMPLATE_LIMITS = {
   /** Items one `range()` may make, as in Jinja's sandbox (`MAX_RANGE`). */
   rangeItems: 100_000,
   /**
-   * Steps of one render: one per evaluation, one per 16 characters or items of each string or list an evaluation makes,
-   * and 40 per item of a list a loop runs over (an iteration costs about 4 µs, even with an empty body, which evaluates
+   * Steps of one render: one per evaluation, one per 16 characters or items of each string or list an evaluation makes
+   * or looks up (a list only its length or one item is taken of excepted), and 40 per item of a list a loop runs over (an iteration costs about 4 µs, even with an empty body, which evaluates
    * nothing). Deterministic, unlike a time limit: about a second of work here at most; a conversation of 1000 messages
    * of 2 KB takes about 1 % of it.
    */
@@ -22,16 +22,37 @@ export const CHAT_TEMPLATE_LIMITS = {
   listItems: 1 << 20,
 } as const;
 
+/** The parts of `@huggingface/jinja`'s syntax nodes the budget reads. */
+interface TemplateNode {
+  type?: string;
+  iterable?: { type?: string; lhs?: object };
+  operand?: object;
+  filter?: { type?: string; value?: unknown };
+  object?: object;
+  property?: { type?: string };
+}
+
 /** The interpreter of {@link renderChatTemplate}: the library's, counting what each evaluation makes. */
 class BudgetedInterpreter extends Interpreter {
   private steps = 0;
   /** The expressions loops run over (a `for … in xs if …` loop's `xs`): their items are iterations. */
   private readonly loopLists = new WeakSet<object>();
+  /** The expressions only the length or one item of is taken (`xs|length`, `xs[i]`, `x.name`): no scan of a list. */
+  private readonly constantTime = new WeakSet<object>();
 
   override evaluate(...args: Parameters<Interpreter['evaluate']>): ReturnType<Interpreter['evaluate']> {
-    const node = args[0] as { type?: string; iterable?: { type?: string; lhs?: object } } | undefined;
+    const node = args[0] as TemplateNode | undefined;
     if (node?.type === 'For' && node.iterable)
       this.loopLists.add(node.iterable.type === 'SelectExpression' ? node.iterable.lhs! : node.iterable);
+    // a list or mapping whose length or one item is taken, `messages|length`, `messages[i]`, `message.role`: O(1)
+    if (
+      node?.type === 'FilterExpression' &&
+      node.filter?.type === 'Identifier' &&
+      node.filter.value === 'length'
+    )
+      this.constantTime.add(node.operand!);
+    if (node?.type === 'MemberExpression' && node.property?.type !== 'SliceExpression')
+      this.constantTime.add(node.object!);
     const v = super.evaluate(...args);
     const value = (v as { value?: unknown }).value;
     const size =
@@ -44,8 +65,17 @@ class BudgetedInterpreter extends Interpreter {
       throw new Error(`it made a string of ${size} characters, over ${CHAT_TEMPLATE_LIMITS.stringChars}`);
     if (Array.isArray(value) && size > CHAT_TEMPLATE_LIMITS.listItems)
       throw new Error(`it made a list of ${size} items, over ${CHAT_TEMPLATE_LIMITS.listItems}`);
-    // (a list looked up by name inside a loop, `messages[loop.index0 - 1]`, is not an iteration: charged as made)
-    this.steps += 1 + (node && this.loopLists.has(node) ? 40 * size : Math.ceil(size / 16));
+    // A list a loop runs over is charged by its items (iterations); one looked up by name inside a loop,
+    // `messages[loop.index0 - 1]`, is not an iteration: charged by its size, as made, except where only its length or
+    // one item is taken (one step: `messages|length` in a loop over the messages was quadratic, and a Qwen3 chat of
+    // 12 000 short messages was refused as a runaway loop). What scans it (`x in xs`) pays its size; so does a string.
+    this.steps +=
+      1 +
+      (node && this.loopLists.has(node)
+        ? 40 * size
+        : node && this.constantTime.has(node) && typeof value !== 'string'
+          ? 0
+          : Math.ceil(size / 16));
     if (this.steps > CHAT_TEMPLATE_LIMITS.steps)
       throw new Error(
         `it ran over ${CHAT_TEMPLATE_LIMITS.steps} steps (a runaway loop?): chat templates are bounded`,
