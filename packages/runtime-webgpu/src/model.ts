@@ -858,8 +858,13 @@ export class WebGpuModel {
       const reference = await stepLogits(this.programs);
       const scale = reference.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
       const scopes = ['validation', 'out-of-memory', 'internal'] as const;
+      // dispose() during the search ends it (it built and timed every candidate on destroyed buffers, resolved with
+      // nonsense timings, and could install a candidate's programs on the disposed model, never to be freed)
+      const disposedMeanwhile = () =>
+        new CalderaError('E_VALUE', 'WebGpuModel: disposed while its kernels were tuned');
       const runner: ChoiceRunner<Programs> = {
         build: async (choice) => {
+          if (this.disposed) throw disposedMeanwhile();
           for (const scope of scopes) dev.pushErrorScope(scope);
           let programs: Programs | undefined;
           let why: string | null = null;
@@ -886,11 +891,17 @@ export class WebGpuModel {
           } catch (e) {
             lost = e;
           }
-          if (why !== null || lost !== null) disposePrograms(programs);
+          if (why !== null || lost !== null || this.disposed) disposePrograms(programs);
           if (lost !== null) throw lost;
+          if (this.disposed) throw disposedMeanwhile();
           return why === null ? programs! : { rejected: why };
         },
-        time: (p, steps) => submitSeconds(this.dev, step(p), steps),
+        time: async (p, steps) => {
+          if (this.disposed) throw disposedMeanwhile();
+          const seconds = await submitSeconds(this.dev, step(p), steps);
+          if (this.disposed) throw disposedMeanwhile();
+          return seconds;
+        },
         labels: (p) => step(p).map((d) => d.label),
         dispose: disposePrograms,
       };
@@ -899,6 +910,10 @@ export class WebGpuModel {
         : defaultTuningAxes(this.dev, this.needs.ones);
       const start = { choice: this.kernelChoice, programs: this.programs };
       const { programs, report } = await searchKernelChoices(runner, start, axes, options);
+      if (this.disposed) {
+        if (programs !== this.programs) disposePrograms(programs);
+        throw disposedMeanwhile();
+      }
       if (programs !== this.programs) {
         const old = this.programs;
         this.programs = programs;

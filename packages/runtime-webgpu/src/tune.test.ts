@@ -319,6 +319,46 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel.tuneKernels', reason), () => {
     model.dispose();
   });
 
+  it('dispose() while tuning ends it with E_VALUE and leaves no buffer alive (it tuned on, resolved, and could keep a candidate)', async () => {
+    const own = (await ownTestDevice())!;
+    // every buffer made on this device from here on, until destroyed
+    const live = new Set<GPUBuffer>();
+    const d = own.device;
+    const create = d.createBuffer.bind(d);
+    d.createBuffer = (desc: GPUBufferDescriptor) => {
+      const b = create(desc);
+      live.add(b);
+      const destroy = b.destroy.bind(b);
+      b.destroy = () => {
+        live.delete(b);
+        destroy();
+      };
+      return b;
+    };
+    try {
+      const model = await loadTiny({}, own);
+      const initial = model.kernelChoice;
+      const e = await model
+        .tuneKernels({
+          candidates: [
+            { ...initial, vectorWorkgroup: 128 },
+            { ...initial, vectorWorkgroup: 256 },
+            { ...initial, lanes: initial.lanes === 1 ? 32 : 1 },
+          ],
+          warmUpMs: 0,
+          repeats: 1,
+          onProgress: () => model.dispose(),
+        })
+        .catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(CalderaError);
+      expect((e as CalderaError).code).toBe('E_VALUE');
+      expect((e as Error).message).toMatch(/disposed while its kernels were tuned/);
+      expect(live.size).toBe(0);
+    } finally {
+      own.dispose();
+    }
+  });
+
   it('checks: E_VALUE for a candidate the loader would refuse (naming it), bad numbers, a full KV cache, a call while it runs; E_ABORTED leaves the choice as it was', async () => {
     const model = await loadTiny({ contextLength: 4 });
     try {
