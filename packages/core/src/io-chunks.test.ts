@@ -6,7 +6,12 @@ import { CalderaError } from './errors.js';
 import { atomicWriteFile } from './fs-atomic.js';
 import { MAX_IO_CHUNK_BYTES, setIoChunkBytesForTesting, writeFully } from './io-chunks.js';
 import { openSafetensors } from './safetensors/reader.js';
-import { fileHandleSource, readWholeFile, type FileHandleLike } from './safetensors/source.js';
+import {
+  blobPartsSource,
+  fileHandleSource,
+  readWholeFile,
+  type FileHandleLike,
+} from './safetensors/source.js';
 import { serializeSafetensors, writeSafetensors } from './safetensors/writer.js';
 import { tensor } from './tensor.js';
 
@@ -271,5 +276,26 @@ describe('real files: every FileHandle read/write call stays within the chunk', 
     const err = await readWholeFile(join(dir, 'nope.f64')).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(CalderaError);
     expect(err).toMatchObject({ code: 'E_MISSING' });
+  });
+});
+
+describe('blobPartsSource (a download kept in parts: one Node Blob holds at most 4 GiB)', () => {
+  it('reads every range of the parts as of one file, across part boundaries; past the end is E_FORMAT', async () => {
+    const sizes = [3, 1, 7, 5];
+    const all = Uint8Array.from({ length: 16 }, (_, i) => (i * 37 + 11) & 255);
+    const parts: Blob[] = [];
+    let at = 0;
+    for (const n of sizes) {
+      parts.push(new Blob([all.slice(at, at + n)]));
+      at += n;
+    }
+    const src = blobPartsSource(parts, 'model.safetensors');
+    expect(src.size).toBe(16);
+    for (let offset = 0; offset <= 16; offset++)
+      for (let length = 0; offset + length <= 16; length++)
+        expect(await src.read(offset, length)).toEqual(all.slice(offset, offset + length));
+    await expect(src.read(10, 7)).rejects.toThrow(
+      /^E_FORMAT: model\.safetensors: read of 7 bytes at 10 runs past the end \(16 bytes\)$/,
+    );
   });
 });

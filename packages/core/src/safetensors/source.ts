@@ -72,6 +72,46 @@ export function blobSource(blob: Blob, name = (blob as { name?: string }).name ?
   };
 }
 
+/**
+ * A source over consecutive `Blob`s read as one file of their total size (a download kept in parts: one Node `Blob`
+ * holds at most 4 GiB, and Hugging Face shards reach ~5 GB). A read that spans parts is put together from them.
+ */
+export function blobPartsSource(parts: readonly Blob[], name: string): ByteSource {
+  if (parts.length === 1) return blobSource(parts[0]!, name);
+  const starts: number[] = [];
+  let size = 0;
+  for (const b of parts) {
+    starts.push(size);
+    size += b.size;
+  }
+  const source: ByteSource = {
+    name,
+    size,
+    async read(offset, length) {
+      checkRange(source, offset, length);
+      const out = new Uint8Array(length);
+      // the last part that starts at or before offset, then on through the parts the range covers
+      let i = starts.length - 1;
+      while (i > 0 && starts[i]! > offset) i--;
+      for (let at = offset; at < offset + length; i++) {
+        const from = at - starts[i]!;
+        const to = Math.min(parts[i]!.size, offset + length - starts[i]!);
+        const ab = await parts[i]!.slice(from, to).arrayBuffer();
+        if (ab.byteLength !== to - from)
+          throw new CalderaError(
+            'E_IO',
+            `${name}: blob read returned ${ab.byteLength} of ${to - from} bytes`,
+          );
+        out.set(new Uint8Array(ab), at - offset);
+        at += to - from;
+      }
+      return out;
+    },
+    close: () => Promise.resolve(),
+  };
+  return source;
+}
+
 /** The subset of Node's `fs/promises` `FileHandle` the file source uses. */
 export interface FileHandleLike {
   read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;

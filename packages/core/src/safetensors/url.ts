@@ -3,7 +3,7 @@ import { parseCalderaMeta, type CalderaCheckpointMeta } from '../checkpoint/meta
 import { parseHeaderLength } from './header.js';
 import { openSafetensors, type SafetensorsReader, type TensorStore } from './reader.js';
 import { parseSafetensorsIndex, ShardedSafetensorsReader } from './sharded.js';
-import { blobSource, type ByteSource } from './source.js';
+import { blobPartsSource, blobSource, type ByteSource } from './source.js';
 
 /** Options of {@link openModelUrl}. */
 export interface ModelUrlOptions {
@@ -39,33 +39,46 @@ export interface OpenedModelUrl {
   store: TensorStore;
 }
 
+/** Bytes of a download kept per `Blob`: one Node 20 `Blob` holds at most 4 GiB, and Hugging Face shards reach ~5 GB. */
+const PART_BYTES = 1 << 30;
+
 /**
- * The body of `r` as a `Blob`, reporting bytes as they arrive: each chunk passes once through a counting stream on its
- * way, unchanged, to `Response.blob()`; nothing is kept or copied in JavaScript.
+ * The body of `r` as a byte source over `Blob`s of at most {@link PART_BYTES} each, reporting bytes as they arrive
+ * (a weight file over 4 GiB was downloaded whole into one `Blob`, which Node refused at the end: "cannot fetch …: The
+ * value of "length" is out of range").
  */
-async function blobWithProgress(
+async function downloadSource(
   r: Response,
   file: string,
   onDownload: ModelUrlOptions['onDownload'],
-): Promise<Blob> {
-  if (!onDownload || !r.body) return r.blob();
+): Promise<ByteSource> {
+  if (!r.body) return blobSource(await r.blob(), file);
   const length = Number(r.headers.get('content-length'));
   // with a Content-Encoding (gzip, br) the length counts the encoded bytes, the stream gives the decoded ones
   const encoding = r.headers.get('content-encoding');
   const encoded = encoding !== null && encoding.trim().toLowerCase() !== 'identity';
   const total = Number.isFinite(length) && length > 0 && !encoded ? length : null;
   let bytes = 0;
-  onDownload({ file, bytes, total });
-  const counted = r.body.pipeThrough(
-    new TransformStream<Uint8Array, Uint8Array>({
-      transform(chunk, controller) {
-        bytes += chunk.byteLength;
-        onDownload({ file, bytes, total });
-        controller.enqueue(chunk);
-      },
-    }),
-  );
-  return new Response(counted).blob();
+  onDownload?.({ file, bytes, total });
+  const parts: Blob[] = [];
+  let chunks: Uint8Array<ArrayBuffer>[] = [];
+  let partBytes = 0;
+  const reader = r.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    partBytes += value.byteLength;
+    bytes += value.byteLength;
+    onDownload?.({ file, bytes, total });
+    if (partBytes >= PART_BYTES) {
+      parts.push(new Blob(chunks));
+      chunks = [];
+      partBytes = 0;
+    }
+  }
+  if (partBytes > 0 || parts.length === 0) parts.push(new Blob(chunks));
+  return blobPartsSource(parts, file);
 }
 
 /** The JSON body of `r`, or `E_FORMAT` naming `url` when it is not valid JSON. */
@@ -125,8 +138,8 @@ function closingAlso(store: TensorStore, files: readonly SafetensorsReader[]): T
  *
  * Only headers are fetched here: each weight file's header with an HTTP `Range` request (its first 64 KiB; a second
  * request for the rest of a longer header), so a caller can plan memory from the headers before the bulk is
- * downloaded. Each weight file is then downloaded whole, as a `Blob` (not one `ArrayBuffer`, so no 2 GiB cap; the
- * header's bytes come a second time), when its first tensor is read, and read tensor by tensor. A server that ignores
+ * downloaded. Each weight file is then downloaded whole, as `Blob`s of at most 1 GiB (not one `ArrayBuffer`, nor one
+ * `Blob`, which Node caps at 4 GiB; the header's bytes come a second time), when its first tensor is read, and read tensor by tensor. A server that ignores
  * `Range` (status 200, the whole file) is read from that response, each file fetched once, but then the files are
  * downloaded here. A failed request or download (HTTP status, dropped connection, a file that changed between its
  * header request and its download) is `E_IO` naming the URL, `E_ABORTED` when `signal` fired. A `base` that is not a
@@ -173,8 +186,8 @@ export async function openModelUrl(base: string, options: ModelUrlOptions = {}):
     }
   };
   const json = (file: string, r: Response) => body(file, r, (r) => responseJson(r, root + file));
-  const download = async (file: string, r: Response): Promise<Blob> =>
-    body(file, r, (r) => blobWithProgress(r, file, options.onDownload));
+  const download = async (file: string, r: Response): Promise<ByteSource> =>
+    body(file, r, (r) => downloadSource(r, file, options.onDownload));
   /**
    * The bytes [first, last] of `file`: `{ bytes, total }` from a 206 (`total`: the file size of its `Content-Range`,
    * null when that is not readable), or `{ whole }`, a response with the whole file, from a server that ignored the
@@ -241,18 +254,17 @@ export async function openModelUrl(base: string, options: ModelUrlOptions = {}):
     }
     let whole: Promise<ByteSource> | null = null;
     const fetchWhole = async (): Promise<ByteSource> => {
-      const blob = await download(file, (await get(file, false))!);
+      const downloaded = await download(file, (await get(file, false))!);
       // the same length and header as the file the plan was made from (a new version deployed meanwhile is not)
       const same =
-        blob.size === size &&
-        new Uint8Array(await blob.slice(0, headerEnd).arrayBuffer()).every((x, i) => x === head[i]);
+        downloaded.size === size && (await downloaded.read(0, headerEnd)).every((x, i) => x === head[i]);
       if (!same)
         throw new CalderaError(
           'E_IO',
-          `cannot fetch ${url}: the file changed while loading (${blob.size} bytes, its header announced ${size}` +
-            `${blob.size === size ? ', another header' : ''})`,
+          `cannot fetch ${url}: the file changed while loading (${downloaded.size} bytes, its header announced ${size}` +
+            `${downloaded.size === size ? ', another header' : ''})`,
         );
-      return blobSource(blob, file);
+      return downloaded;
     };
     const source: ByteSource = {
       name: file,
