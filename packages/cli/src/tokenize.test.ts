@@ -190,6 +190,26 @@ describe('readDocuments and utf8Text: the text files every command reads', () =>
     expect(at([...hello, 0xe2, 0x82, 0xac])).toBe('decoded'); // €
   });
 
+  it('leadingTokens: of one long document, a prefix: the same ids as encoding it whole (it was encoded whole: 31 s for 8 MB)', async () => {
+    const tok = await loadTokenizer(referenceModelDir());
+    // 1.5 MB of the reference text as a single document (no blank lines)
+    const text = readFileSync(referenceTextPath('train'), 'utf8')
+      .slice(0, 1_500_000)
+      .replace(/\n\s*\n/g, '\n');
+    const whole = tok.encode(text);
+    let chars = 0;
+    const encode = (t: string) => ((chars += t.length), tok.encode(t));
+    for (const max of [1, 100, 1000, 8192]) {
+      chars = 0;
+      expect(leadingTokens(encode, [text], 7, max)).toEqual([7, ...whole].slice(0, max));
+      if (max <= 1000) expect(chars).toBeLessThan(0.1 * text.length);
+    }
+    // a document just longer than a prefix: whole
+    expect(leadingTokens(encode, [text.slice(0, 3000)], null, 10)).toEqual(
+      tok.encode(text.slice(0, 3000)).slice(0, 10),
+    );
+  }, 60_000);
+
   it('leadingTokens: the first max ids of the documents, encoding only those it takes', () => {
     const encoded: string[] = [];
     const encode = (d: string) => (encoded.push(d), [...d].map((c) => c.charCodeAt(0)));
