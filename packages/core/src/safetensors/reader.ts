@@ -139,13 +139,21 @@ export class SafetensorsReader implements TensorStore {
     }
     if (!LITTLE_ENDIAN)
       throw new CalderaError('E_UNSUPPORTED', 'safetensors reading needs a little-endian host');
-    return {
-      dtype,
-      shape: [...t.shape],
-      strides: contiguousStrides(t.shape),
-      offset: 0,
-      data: typedView(dtype, await this.readOwnable(t)),
-    };
+    const raw = await this.readOwnable(t);
+    let data: Tensor['data'];
+    try {
+      data = typedView(dtype, raw);
+    } catch (e) {
+      // more elements than one typed array holds (2³² in Node 20: a U8 tensor over 4 GiB); it was a bare RangeError
+      if (!(e instanceof RangeError)) throw e;
+      throw new CalderaError(
+        'E_UNSUPPORTED',
+        `${this.source.name}: tensor '${name}' (${t.dtype}, ${raw.byteLength} bytes) has more elements than one ` +
+          `typed array can hold here (${e.message})`,
+        { cause: e },
+      );
+    }
+    return { dtype, shape: [...t.shape], strides: contiguousStrides(t.shape), offset: 0, data };
   }
 
   /** Read an `I64` tensor as a `BigInt64Array` (flat, row-major). */
