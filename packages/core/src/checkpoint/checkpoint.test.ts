@@ -496,6 +496,21 @@ describe('checkpoint directory', () => {
     ).rejects.toBe(mine);
     expect((await readCheckpointMeta(out)).seed).toBe(7);
     expect((await readdir(dir)).filter((x) => x.startsWith('ckpt-cb.tmp-'))).toEqual([]);
+    // an abort from it names the checkpoint (it named the temporary file), with the signal's reason
+    const ac = new AbortController();
+    const reason = new Error('stop');
+    await expect(
+      writeCheckpointDir(
+        out,
+        { meta: { ...meta(), seed: 98 }, tensors: tensors() },
+        { overwrite: true, signal: ac.signal, onProgress: () => ac.abort(reason) },
+      ),
+    ).rejects.toMatchObject({
+      code: 'E_ABORTED',
+      message: `E_ABORTED: writing checkpoint ${out} was aborted`,
+      cause: reason,
+    });
+    expect((await readCheckpointMeta(out)).seed).toBe(7);
     // one that is no function: refused before anything is written
     await expect(
       writeCheckpointDir(

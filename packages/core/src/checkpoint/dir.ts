@@ -144,6 +144,11 @@ export async function writeCheckpointDir(
   } catch (e) {
     await fs.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
     if (callback.failed) throw callback.error;
+    // an abort names the checkpoint, not the temporary file it was writing
+    if (options.signal?.aborted)
+      throw new CalderaError('E_ABORTED', `writing checkpoint ${target} was aborted`, {
+        cause: options.signal.reason,
+      });
     throw toCalderaError(e, `writing checkpoint ${target}`, options.signal);
   }
 }
