@@ -58,7 +58,7 @@ describe('parseModelConfig', () => {
     ).toThrow(/m\/config\.json: eos_token_id \["<\/s>"\] is not a token id or a list of token ids/);
   });
 
-  it('stops at a sliding window (Mistral; Qwen2 only with use_sliding_window), where full attention is still exact', () => {
+  it('stops at a sliding window (Mistral; Qwen2 only with use_sliding_window; never Llama), where full attention is still exact', () => {
     const mistral = { ...base, architectures: ['MistralForCausalLM'], max_position_embeddings: 32768 };
     expect(parseModelConfig({ ...mistral, sliding_window: 4096 })).toMatchObject({
       maxPositions: 4096,
@@ -94,6 +94,14 @@ describe('parseModelConfig', () => {
     expect(() =>
       parseModelConfig({ ...qwen, use_sliding_window: true, max_window_layers: '1' }, 'm/config.json'),
     ).toThrow(/^E_FORMAT: m\/config\.json: missing or non-numeric fields: max_window_layers \("1"\)$/);
+    // transformers' Llama ignores the field (configs converted from Mistral or Phi-3 carry it): it capped the context
+    const llama = {
+      ...base,
+      architectures: ['LlamaForCausalLM'],
+      max_position_embeddings: 4096,
+      sliding_window: 8,
+    };
+    expect(parseModelConfig(llama)).toMatchObject({ maxPositions: 4096, slidingWindow: null });
     expect(() => parseModelConfig({ ...mistral, sliding_window: 0 }, 'm/config.json')).toThrow(
       /m\/config\.json: sliding_window 0 is not a positive integer/,
     );

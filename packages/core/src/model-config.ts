@@ -161,14 +161,20 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     );
   }
   // Mistral attends to the last sliding_window positions; Qwen2 only with use_sliding_window (its configs carry the
-  // field either way). Within the window that is full causal attention, which the runtimes compute: so they stop there.
-  // Qwen2's layers slide from max_window_layers on (Hugging Face's default 28): with no layer past it, none does
+  // field either way); Llama never (transformers' Llama ignores the field, which configs converted from Mistral or Phi-3
+  // carry: it capped their context). Within the window that is full causal attention, which the runtimes compute: so
+  // they stop there. Qwen2's layers slide from max_window_layers on (Hugging Face's default 28): with no layer past it,
+  // none does
   const qwenSlides =
     c.use_sliding_window === true && num('max_window_layers', QWEN2_MAX_WINDOW_LAYERS) < cfg.numLayers;
   if (missing.length)
     throw new CalderaError('E_FORMAT', `${file}: missing or non-numeric fields: ${missing.join(', ')}`);
   const sw = c.sliding_window;
-  if (sw !== undefined && sw !== null && (archName !== 'Qwen2ForCausalLM' || qwenSlides)) {
+  if (
+    sw !== undefined &&
+    sw !== null &&
+    (archName === 'MistralForCausalLM' || (archName === 'Qwen2ForCausalLM' && qwenSlides))
+  ) {
     if (!Number.isSafeInteger(sw) || (sw as number) < 1)
       throw new CalderaError(
         'E_FORMAT',
