@@ -324,6 +324,24 @@ export function declaredBias(
 }
 
 /**
+ * For loaders: `E_MISSING` when the weights have no `lm_head.weight` (`has` says which tensors they hold) and `config`
+ * does not tie the head to the embedding: transformers would give such a model a random head, and the runtimes used
+ * the embedding without a word (an export then kept the untied config without a head). `prefix` leads the message.
+ */
+export function assertHeadPresent(
+  config: Pick<ModelConfig, 'tieWordEmbeddings'>,
+  has: (tensor: string) => boolean,
+  prefix = '',
+): void {
+  if (!config.tieWordEmbeddings && !has('lm_head.weight'))
+    throw new CalderaError(
+      'E_MISSING',
+      `${prefix}missing tensor lm_head.weight, and config.json does not tie the head to the embedding ` +
+        '(tie_word_embeddings is not true): set "tie_word_embeddings": true if the embedding is the head',
+    );
+}
+
+/**
  * For loaders: `E_MISSING` when `config` declares a bias for the block's linear layer `name` ({@link declaredBias})
  * and the weights have no `<name>.bias` (`has` says which tensors they hold): loaded without it, the layer would
  * compute something else. `prefix` leads the message (e.g. the model's folder and ': ').

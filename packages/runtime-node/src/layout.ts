@@ -2,6 +2,8 @@ import {
   assertBooleanOptions,
   assertCalderaLayerShape,
   assertDeclaredBias,
+  assertHeadPresent,
+  declaredBias,
   assertNoCalderaTensorsWithoutMeta,
   assertCalderaLayersExist,
   assertNoStrayCalderaTensors,
@@ -207,10 +209,8 @@ export async function layoutFromStore(
   const missing = ['model.embed_tokens.weight', 'model.norm.weight'].filter((n) => !store.has(n));
   if (missing.length) throw new CalderaError('E_MISSING', `${dir}: missing tensors ${missing.join(', ')}`);
   const embed = await floatTensor(store, dir, 'model.embed_tokens.weight', [V, d]);
-  const lmHead =
-    config.tieWordEmbeddings || !store.has('lm_head.weight')
-      ? embed
-      : await floatTensor(store, dir, 'lm_head.weight', [V, d]);
+  assertHeadPresent(config, (t) => store.has(t), `${dir}: `);
+  const lmHead = config.tieWordEmbeddings ? embed : await floatTensor(store, dir, 'lm_head.weight', [V, d]);
   const dtype = options.dtype ?? 'auto';
   const decodeThreads = options.decodeThreads ?? 1;
   if (!Number.isInteger(decodeThreads) || decodeThreads < 1 || decodeThreads > 256)
@@ -230,7 +230,9 @@ export async function layoutFromStore(
       const shape = linearShape(config, kind);
       const [m, n] = shape;
       assertDeclaredBias(config, name, (t) => store.has(t), `${dir}: `);
-      const bias = store.has(`${name}.bias`) ? await floatTensor(store, dir, `${name}.bias`, [m]) : null;
+      // a bias the config does not declare is not applied, as transformers builds no bias there (it applied one)
+      const bias =
+        declaredBias(config, kind) !== null ? await floatTensor(store, dir, `${name}.bias`, [m]) : null;
       const meta = calderaMeta?.layers?.[name];
       if (meta) {
         // its tensors' bytes in the file, as the safetensors header gives them: caldera.json's bitsPerWeight·m·n/8 is the

@@ -552,4 +552,32 @@ describe('loadModel', () => {
       );
     }
   });
+
+  it('as transformers builds it: a bias the config does not declare is not applied; no lm_head without a tied config is E_MISSING', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-stray-'));
+    await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
+    await writeSafetensors(join(dir, 'model.safetensors'), raw);
+    const plain = (await loadModel(dir)).model.forward(tokens);
+    // o_proj (Llama without attention_bias, and Qwen2, which has q/k/v biases only) and gate_proj (no mlp_bias):
+    // transformers builds these layers without a bias and ignores the tensors; they were added (logits off by ~3)
+    const stray: Record<string, Tensor> = { ...raw };
+    for (let b = 0; b < 2; b++) {
+      stray[`model.layers.${b}.self_attn.o_proj.bias`] = tensor('f32', [32], rng(32, b));
+      stray[`model.layers.${b}.mlp.gate_proj.bias`] = tensor('f32', [40], rng(40, 10 + b));
+    }
+    await writeSafetensors(join(dir, 'model.safetensors'), stray);
+    expect((await loadModel(dir)).model.forward(tokens)).toEqual(plain);
+    // untied (tie_word_embeddings false or absent: transformers' default) without lm_head: transformers gives such a
+    // model a random head; the embedding was used without a word
+    const { 'lm_head.weight': _, ...headless } = raw;
+    await writeSafetensors(join(dir, 'model.safetensors'), headless);
+    for (const config of [hf, { ...hf, tie_word_embeddings: undefined }]) {
+      await writeFile(join(dir, 'config.json'), JSON.stringify(config));
+      await expect(loadModel(dir)).rejects.toThrow(
+        `E_MISSING: ${dir}: missing tensor lm_head.weight, and config.json does not tie the head to the embedding`,
+      );
+    }
+    await writeFile(join(dir, 'config.json'), JSON.stringify({ ...hf, tie_word_embeddings: true }));
+    expect((await loadModel(dir)).model.forward(tokens)).toEqual(plain); // the head had the embedding's values
+  });
 });

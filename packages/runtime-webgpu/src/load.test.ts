@@ -437,6 +437,33 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
     await rm(dir, { recursive: true });
   });
 
+  it('as transformers builds it (as runtime-node): an undeclared bias is not applied; no lm_head untied is E_MISSING', async () => {
+    const { config, tensors, layers } = tinyModel({ lmHeadStd: 0.3 });
+    const calderaMeta = calderaCheckpointMeta(layers);
+    const logitsOf = async (t: Record<string, Tensor>) => {
+      const { model } = await loadModelFromBuffer(d, {
+        config,
+        calderaMeta,
+        weights: await serializeSafetensors(t),
+      });
+      try {
+        return await model.step(3, 'logits');
+      } finally {
+        model.dispose();
+      }
+    };
+    const plain = await logitsOf(tensors);
+    // o_proj without attention_bias: transformers has no bias there (it was added)
+    const o = 'model.layers.1.self_attn.o_proj.bias';
+    expect(await logitsOf({ ...tensors, [o]: tensor('f32', [32], new Float32Array(32).fill(3)) })).toEqual(
+      plain,
+    );
+    const { 'lm_head.weight': _, ...headless } = tensors;
+    await expect(
+      loadModelFromBuffer(d, { config, calderaMeta, weights: await serializeSafetensors(headless) }),
+    ).rejects.toThrow(/^E_MISSING: missing tensor lm_head\.weight, and config\.json does not tie the head/);
+  });
+
   it("a compressed layer's mistyped or non-finite part is E_FORMAT / E_VALUE naming it, as in runtime-node", async () => {
     const { config, tensors, layers } = tinyModel();
     const p = 'model.layers.0.mlp.up_proj.caldera.';

@@ -2,6 +2,8 @@ import {
   assertCallbacks,
   assertCalderaLayerShape,
   assertDeclaredBias,
+  assertHeadPresent,
+  declaredBias,
   assertFinite,
   assertFloatStorage,
   assertCalderaLayersExist,
@@ -391,15 +393,15 @@ export async function loadModelFromStore(
   try {
     const embedT = await read(store, 'model.embed_tokens.weight', [V, d]);
     const embed = matrix(denseData(embedT, dtype, 'model.embed_tokens.weight'), V, d, 'embed_tokens');
-    const head =
-      config.tieWordEmbeddings || !store.has('lm_head.weight')
-        ? embed
-        : matrix(
-            denseData(await read(store, 'lm_head.weight', [V, d]), dtype, 'lm_head.weight'),
-            V,
-            d,
-            'lm_head',
-          );
+    assertHeadPresent(config, (t) => store.has(t));
+    const head = config.tieWordEmbeddings
+      ? embed
+      : matrix(
+          denseData(await read(store, 'lm_head.weight', [V, d]), dtype, 'lm_head.weight'),
+          V,
+          d,
+          'lm_head',
+        );
     const blocks: GpuBlockWeights[] = [];
     let bitsNum = 0;
     let weightsNum = 0;
@@ -440,7 +442,8 @@ export async function loadModelFromStore(
         const kind = name.slice(name.lastIndexOf('.') + 1);
         const [m, n] = linearShape(config, kind);
         assertDeclaredBias(config, name, (t) => store.has(t));
-        const bias = store.has(`${name}.bias`) ? await vector(store, `${name}.bias`, m) : null;
+        // a bias the config does not declare is not applied, as transformers builds no bias there
+        const bias = declaredBias(config, kind) !== null ? await vector(store, `${name}.bias`, m) : null;
         const meta = calderaMeta?.layers?.[name];
         weightsNum += m * n;
         if (meta) {
