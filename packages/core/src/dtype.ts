@@ -94,14 +94,15 @@ export function isFloatDType(dtype: DType): boolean {
 /**
  * `E_DTYPE` unless the stored dtype of tensor `name` (safetensors' name, any case) is a float one (f64, f32, f16,
  * bf16): the runtimes' check of a dense weight from its header, before its data is read (an integer tensor would be
- * cast to f32 code by code: numbers, but not the weights).
+ * cast to f32 code by code: numbers, but not the weights). `prefix` leads the message (the model's folder and ': ').
  */
-export function assertFloatStorage(name: string, storedDtype: string): void {
+export function assertFloatStorage(name: string, storedDtype: string, prefix = ''): void {
   const dtype = storedDtype.toLowerCase();
   if (!isFloatDType(dtype as DType))
     throw new CalderaError(
       'E_DTYPE',
-      `tensor '${name}' is ${dtype}, expected a float dtype (f32, f16, bf16)`,
+      `${prefix}tensor '${name}' is ${dtype}, expected a float dtype (f64, f32, f16, bf16)` +
+        ' (a quantized checkpoint? give the unquantized model)',
     );
 }
 

@@ -107,6 +107,25 @@ describe('parseModelConfig', () => {
     );
   });
 
+  it('a quantized checkpoint (quantization_config) is E_UNSUPPORTED naming its method (it failed later as a broken file)', () => {
+    for (const [q, shown] of [
+      [{ quant_method: 'gptq', bits: 4 }, 'gptq'],
+      [{ quant_method: 'fp8' }, 'fp8'],
+      [{ load_in_4bit: true }, 'an object'],
+    ] as const)
+      expect(() =>
+        parseModelConfig(
+          { ...base, architectures: ['LlamaForCausalLM'], quantization_config: q },
+          'm/config.json',
+        ),
+      ).toThrow(
+        `E_UNSUPPORTED: m/config.json: quantization_config (${shown}): a quantized checkpoint is not read; give the unquantized model`,
+      );
+    expect(
+      parseModelConfig({ ...base, architectures: ['LlamaForCausalLM'], quantization_config: null }),
+    ).toBeTruthy();
+  });
+
   it('lists every missing field and rejects unsupported architectures, rope types and head counts', () => {
     let msg = '';
     try {

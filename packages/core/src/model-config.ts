@@ -69,7 +69,8 @@ const ARCHITECTURE_ALIASES: Readonly<Record<string, (typeof SUPPORTED)[number]>>
  * or non-numeric field (a field with a default may be absent or null, as Hugging Face reads it, but not a string or
  * a non-finite number), then every invalid one (sizes not positive integers, an odd head size, a negative
  * `rms_norm_eps`, `rope_theta` ≤ 0, a Llama 3 `rope_scaling` without its four positive numbers or with
- * `high_freq_factor` ≤ `low_freq_factor`); `E_UNSUPPORTED` for another architecture (`architectures[0]`, or
+ * `high_freq_factor` ≤ `low_freq_factor`); `E_UNSUPPORTED` for a `quantization_config` (GPTQ, AWQ, FP8, …), another
+ * architecture (`architectures[0]`, or
  * `model_type` where no class is named), a `rope_scaling` other than Llama 3's, or a `hidden_act` other than `silu`.
  * RoPE is read from transformers 5's `rope_parameters` as from the older `rope_theta`/`rope_scaling` (see
  * `ropeFields`).
@@ -96,6 +97,14 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     throw new CalderaError(
       'E_UNSUPPORTED',
       `${file}: architecture '${arch}' is not supported (supported: ${SUPPORTED.join(', ')})`,
+    );
+  // GPTQ, AWQ, bitsandbytes, FP8: weights stored in another form than the float matrices the runtimes read (they
+  // failed later as a missing tensor or an unknown dtype, as if the file were broken)
+  const q = c.quantization_config;
+  if (q !== undefined && q !== null)
+    throw new CalderaError(
+      'E_UNSUPPORTED',
+      `${file}: quantization_config (${describeQuantization(q)}): a quantized checkpoint is not read; give the unquantized model`,
     );
   const missing: string[] = [];
   // absent or null: the default where there is one (Hugging Face's configs read null as unset); anything else must
@@ -259,6 +268,13 @@ function ropeFields(
     scaling: p,
     scalingName: 'rope_parameters',
   };
+}
+
+/** A config's `quantization_config` in a few words: its `quant_method` when it names one. */
+function describeQuantization(q: unknown): string {
+  const method =
+    typeof q === 'object' && q !== null ? (q as { quant_method?: unknown }).quant_method : undefined;
+  return typeof method === 'string' ? method : describeValue(q);
 }
 
 /** Hugging Face's default of Qwen2's `max_window_layers` (the first layer that slides with `use_sliding_window`). */

@@ -124,7 +124,7 @@ async function floatTensor(
 ): Promise<TensorLayout> {
   if (!store.has(name)) throw new CalderaError('E_MISSING', `${dir}: tensor '${name}' is missing`);
   const info = await store.tensorInfo(name);
-  assertFloatStorage(name, info.dtype);
+  assertFloatStorage(name, info.dtype, `${dir}: `);
   const dtype = info.dtype.toLowerCase();
   if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i]))
     throw new CalderaError(
@@ -207,7 +207,15 @@ export async function layoutFromStore(
   }
   const { hiddenSize: d, vocabSize: V } = config;
   const missing = ['model.embed_tokens.weight', 'model.norm.weight'].filter((n) => !store.has(n));
-  if (missing.length) throw new CalderaError('E_MISSING', `${dir}: missing tensors ${missing.join(', ')}`);
+  if (missing.length) {
+    // the names under another prefix (a checkpoint saved from the inner model, or wrapped once more) say why
+    const other = ['embed_tokens.weight', 'model.model.embed_tokens.weight'].find((n) => store.has(n));
+    throw new CalderaError(
+      'E_MISSING',
+      `${dir}: missing tensors ${missing.join(', ')}` +
+        (other ? ` (the file has '${other}': its tensor names need the prefix 'model.' exactly once)` : ''),
+    );
+  }
   const embed = await floatTensor(store, dir, 'model.embed_tokens.weight', [V, d]);
   assertHeadPresent(config, (t) => store.has(t), `${dir}: `);
   const lmHead = config.tieWordEmbeddings ? embed : await floatTensor(store, dir, 'lm_head.weight', [V, d]);

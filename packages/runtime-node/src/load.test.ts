@@ -553,6 +553,28 @@ describe('loadModel', () => {
     }
   });
 
+  it('says why the weights are not found: a PyTorch .bin only, names without (or with twice) the model. prefix, integer weights', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-names-'));
+    await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
+    await writeFile(join(dir, 'pytorch_model.bin'), 'not read');
+    await expect(loadModel(dir)).rejects.toThrow(
+      `E_UNSUPPORTED: ${dir}: has pytorch_model.bin but no model.safetensors: PyTorch checkpoints are not read`,
+    );
+    for (const rename of [(n: string) => n.replace(/^model\./, ''), (n: string) => `model.${n}`]) {
+      const renamed = Object.fromEntries(Object.entries(raw).map(([n, t]) => [rename(n), t]));
+      await writeSafetensors(join(dir, 'model.safetensors'), renamed);
+      await expect(loadModel(dir)).rejects.toThrow(
+        /its tensor names need the prefix 'model\.' exactly once\)$/,
+      );
+    }
+    const q = 'model.layers.0.self_attn.q_proj.weight';
+    const int8 = tensor('i8', raw[q]!.shape, new Int8Array(raw[q]!.data.length));
+    await writeSafetensors(join(dir, 'model.safetensors'), { ...raw, [q]: int8 });
+    await expect(loadModel(dir)).rejects.toThrow(
+      `E_DTYPE: ${dir}: tensor '${q}' is i8, expected a float dtype (f64, f32, f16, bf16) (a quantized checkpoint?`,
+    );
+  });
+
   it('as transformers builds it: a bias the config does not declare is not applied; no lm_head without a tied config is E_MISSING', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'caldera-stray-'));
     await writeFile(join(dir, 'config.json'), JSON.stringify(hf));

@@ -173,5 +173,21 @@ export async function openSafetensorsDir(dir: string): Promise<TensorStore> {
     () => true,
     () => false,
   );
-  return exists ? openShardedSafetensors(idx) : openSafetensors(pathMod.join(dir, 'model.safetensors'));
+  if (exists) return openShardedSafetensors(idx);
+  const single = pathMod.join(dir, 'model.safetensors');
+  // a PyTorch checkpoint only: said so (it was "model.safetensors: cannot open (ENOENT)")
+  const present = async (f: string) =>
+    fs.stat(pathMod.join(dir, f)).then(
+      () => true,
+      () => false,
+    );
+  if (!(await present('model.safetensors')))
+    for (const bin of ['pytorch_model.bin.index.json', 'pytorch_model.bin'])
+      if (await present(bin))
+        throw new CalderaError(
+          'E_UNSUPPORTED',
+          `${dir}: has ${bin} but no model.safetensors: PyTorch checkpoints are not read; convert it to safetensors ` +
+            '(transformers: model.save_pretrained(out, safe_serialization=True))',
+        );
+  return openSafetensors(single);
 }
