@@ -98,21 +98,35 @@ describe('lockOutput', () => {
     expect(readFileSync(`${takeoverFile(out, stale)}-0`, 'utf8')).toBe(remote);
   }, 30_000);
 
-  it('with the lock taken, removes what killed writers left beside the output (<out>.tmp-<random>), nothing else', async () => {
+  it('with the lock taken, removes what killed writers left beside the output (<out>.tmp-<8 hex digits>), nothing else', async () => {
     // a checkpoint's temporary folder whose rename never came (a kill during the write) stayed for ever
     const out = join(tmp, 'stale');
     mkdirSync(`${out}.tmp-5e6f7a8b`);
     writeFileSync(join(`${out}.tmp-5e6f7a8b`, 'model.safetensors'), 'partial');
-    writeFileSync(`${out}.tmp-lx3k9az1`, 'a file too');
-    for (const keep of [`${out}.tmp-Not_Ours`, `${out}.tmpfile`, `${out}.partial`, `${out}x.tmp-5e6f7a8b`])
-      writeFileSync(keep, 'keep');
+    writeFileSync(`${out}.tmp-0a1b2c3d`, 'a file too');
+    // a user's own names that merely start the same way (`.tmp-backup` and `.tmp-2024` were removed with their files)
+    mkdirSync(`${out}.tmp-backup`);
+    writeFileSync(join(`${out}.tmp-backup`, 'notes.txt'), 'precious');
+    const keeps = [`${out}.tmp-Not_Ours`, `${out}.tmpfile`, `${out}.partial`, `${out}x.tmp-5e6f7a8b`];
+    for (const keep of [...keeps, `${out}.tmp-2024`, `${out}.tmp-5e6f7a8b9`]) writeFileSync(keep, 'keep');
     const release = await lockOutput(out, 'caldera compress');
     await release();
     expect(
       readdirSync(tmp)
         .filter((f) => f.startsWith('stale'))
         .sort(),
-    ).toEqual(['stale.partial', 'stale.tmp-Not_Ours', 'stale.tmpfile', 'stalex.tmp-5e6f7a8b'].sort());
+    ).toEqual(
+      [
+        'stale.partial',
+        'stale.tmp-2024',
+        'stale.tmp-5e6f7a8b9',
+        'stale.tmp-Not_Ours',
+        'stale.tmp-backup',
+        'stale.tmpfile',
+        'stalex.tmp-5e6f7a8b',
+      ].sort(),
+    );
+    expect(readFileSync(join(`${out}.tmp-backup`, 'notes.txt'), 'utf8')).toBe('precious');
   });
 
   it('puts back an earlier output replaceDir renamed aside (marked .caldera-aside) when the kill left no <out>; removes it otherwise; a folder merely named like one is never touched', async () => {

@@ -5,15 +5,20 @@ import { nodeFs, nodePath } from './node-builtins.js';
 /** A random suffix for temporary names (not security-relevant; avoids collisions between writers). */
 export function tempSuffix(): string {
   const c = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
-  return c?.randomUUID ? c.randomUUID().slice(0, 8) : Date.now().toString(36) + process.pid.toString(36);
+  return c?.randomUUID
+    ? c.randomUUID().slice(0, 8)
+    : Math.floor(Math.random() * 2 ** 32)
+        .toString(16)
+        .padStart(8, '0');
 }
 
 /**
  * Whether file name `name` is that of a temporary file or folder written for `base` (`<base>.tmp-<suffix>`, the
- * suffix as {@link tempSuffix} makes it), as a write killed midway leaves it.
+ * suffix as {@link tempSuffix} makes it: exactly 8 hex digits), as a write killed midway leaves it. (Any run of
+ * letters and digits counted before, so the sweep of stale temporaries removed a user's `model.tmp-backup` folder.)
  */
 export function isTempNameOf(name: string, base: string): boolean {
-  return name.startsWith(`${base}.tmp-`) && /^[0-9a-z]+$/.test(name.slice(base.length + '.tmp-'.length));
+  return name.startsWith(`${base}.tmp-`) && /^[0-9a-f]{8}$/.test(name.slice(base.length + '.tmp-'.length));
 }
 
 /** The path separators at the end of a path: `/`, on Windows `\` too. */
