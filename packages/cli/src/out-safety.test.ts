@@ -8,6 +8,7 @@ import {
   readFileSync,
   rmSync,
   statSync,
+  symlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -422,6 +423,42 @@ describe('--out that cannot be created', () => {
         expect(r.stdout).not.toMatch(/"event":"baseline"/);
       }
     }
+  }, 120_000);
+
+  it('an empty --out, a symbolic link, a name too long for the names beside it: refused before any work, in every command', () => {
+    const real = join(tmp, 'link-target');
+    mkdirSync(real);
+    symlinkSync(real, join(tmp, 'link-out'));
+    symlinkSync(join(tmp, 'nowhere', 'x'), join(tmp, 'dangling-out'));
+    for (const [out, message] of [
+      // an unset shell variable: the whole run went by, then it failed; .partial and .lock were left in the cwd
+      [
+        '',
+        /^caldera \w+: E_VALUE: (--out is empty \(an unset shell variable\?\): give the output directory|caldera train needs --out DIR)$/m,
+      ],
+      // the result replaced the link, leaving what it points to as it was; a dangling one failed at the end (ENOTDIR)
+      [
+        join(tmp, 'link-out'),
+        /E_VALUE: --out .*link-out is a symbolic link \(to .*link-target\): the result would replace the link/,
+      ],
+      [join(tmp, 'dangling-out'), /E_VALUE: --out .*dangling-out is a symbolic link \(to .*nowhere\/x\)/],
+      // the run's side names (`<out>.old-<8>.caldera-aside`) would pass 255 bytes: it failed on a rerun, at the end
+      [join(tmp, 'n'.repeat(230)), /E_VALUE: --out .*: its name is too long: .* 257 bytes, over the 255/],
+    ] as const) {
+      for (const args of [
+        ['compress', src, '--out', out, ...FAST],
+        ['finetune', ckpt, '--out', out, ...FINETUNE, '--steps', '2'],
+        ['train', '--out', out, ...TRAIN],
+        ['export', ckpt, '--out', out],
+      ]) {
+        const r = runCli(args, 30_000);
+        expect(r.status, `${args[0]} ${out}: ${r.stderr}`).toBe(1);
+        expect(r.stderr).toMatch(message);
+        noStack(r.stderr);
+        expect(r.stdout).not.toMatch(/"event":"baseline"/);
+      }
+    }
+    expect(readdirSync(real)).toEqual([]);
   }, 120_000);
 
   it.skipIf(process.getuid?.() === 0)('a read-only parent: E_IO permission denied (EACCES)', () => {

@@ -27,7 +27,9 @@ import {
   mkdir,
   mkdtemp,
   readdir,
+  lstat,
   readFile,
+  readlink,
   realpath,
   rmdir,
   stat,
@@ -154,6 +156,7 @@ export async function checkOutDir(
   flag = '--out',
 ): Promise<void> {
   const advice = `choose another ${flag} (or delete it yourself if it is not needed)`;
+  await checkOutName(out, flag);
   const o = await canonicalPath(out);
   const work = await Promise.all(
     WORK_SUFFIXES.map(async (suffix) => [suffix, await canonicalPath(`${out}${suffix}`)]),
@@ -224,6 +227,60 @@ export async function checkOutDir(
   }
   throw new CalderaError('E_VALUE', `${flag} ${out} ${what}: its files would be lost; ${advice}`);
 }
+
+/**
+ * What of `out` itself would make the run fail only when it writes its result, hours later: said now. An empty path
+ * (an unset shell variable: the work files became `.partial`, `.lock` in the working directory); a symbolic link (the
+ * result replaced the link, not what it points to, or failed at a dangling one); a mount point, which the final rename
+ * cannot move (EBUSY); an earlier output the user cannot write, whose files could not be removed after the swap; a
+ * name too long for the names the run puts beside it (`<out>.old-<8>.caldera-aside`, 27 bytes more).
+ */
+async function checkOutName(out: string, flag: string): Promise<void> {
+  if (out.trim() === '')
+    throw new CalderaError(
+      'E_VALUE',
+      `${flag} is empty (an unset shell variable?): give the output directory`,
+    );
+  const longest = Buffer.byteLength(basename(resolve(out))) + OUT_SIDE_NAME_BYTES;
+  if (longest > 255)
+    throw new CalderaError(
+      'E_VALUE',
+      `${flag} ${out}: its name is too long: the run writes names ${OUT_SIDE_NAME_BYTES} bytes longer beside it, ` +
+        `${longest} bytes, over the 255 a file name may have`,
+    );
+  const st = await lstat(out).catch(() => null);
+  if (st === null) return;
+  if (st.isSymbolicLink()) {
+    const target = await readlink(out).catch(() => '?');
+    throw new CalderaError(
+      'E_VALUE',
+      `${flag} ${out} is a symbolic link (to ${target}): the result would replace the link, not what it points to; ` +
+        `give the directory itself (${flag} ${shellWord(await realpath(out).catch(() => target))})`,
+    );
+  }
+  if (!st.isDirectory()) return; // a file: checkOutDir says so
+  const parent = await stat(dirname(resolve(out))).catch(() => null);
+  if (parent !== null && parent.dev !== st.dev)
+    throw new CalderaError(
+      'E_VALUE',
+      `${flag} ${out} is a mount point: the result is moved into place by a rename, which a mount point refuses ` +
+        `(EBUSY); give a directory inside it (${flag} ${shellWord(join(out, 'model'))})`,
+    );
+  if (
+    !(await access(out, constants.W_OK).then(
+      () => true,
+      () => false,
+    ))
+  )
+    throw new CalderaError(
+      'E_IO',
+      `${flag} ${out}: you cannot write it (EACCES): the earlier output there could not be removed once the new one ` +
+        `replaces it; make it writable (chmod u+w) or ${'choose another ' + flag}`,
+    );
+}
+
+/** Bytes the longest name a run writes beside `<out>` adds to its name: `.old-<8 hex>.caldera-aside`. */
+const OUT_SIDE_NAME_BYTES = '.old-12345678.caldera-aside'.length;
 
 /**
  * Check that every input file named by a flag exists and is a readable file, before any work starts. `files`: flag
