@@ -8,5 +8,8 @@ describe('shellWord (paths in the commands a message tells one to run)', () => {
     // the merge hint printed `caldera merge /tmp/my run`: two words
     for (const s of ['/tmp/my run', "it's", 'ünï cödé', 'a$b`c"d', ''])
       expect(execFileSync('sh', ['-c', `printf %s ${shellWord(s)}`], { encoding: 'utf8' })).toBe(s);
+    // a relative path that starts with '-' is no option: `caldera merge -sh` failed with "unknown option -sh"
+    expect(shellWord('-sh')).toBe('./-sh');
+    expect(shellWord("-it's")).toBe(`'./-it'\\''s'`);
   });
 });

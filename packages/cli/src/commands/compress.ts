@@ -471,7 +471,7 @@ const FINGERPRINT_LABELS: Record<keyof RunFingerprint, string> = {
 async function checkResume(partial: string, fp: RunFingerprint): Promise<void> {
   const files = await readdir(partial).catch(() => [] as string[]);
   if (!files.some((f) => /^block-\d+\.json$/.test(f))) return;
-  const advice = `rerun with the options of the interrupted run to resume it, or delete ${partial} to start over`;
+  const advice = `rerun with the options of the interrupted run to resume it, or delete ${shellWord(partial)} to start over`;
   let old: Partial<RunFingerprint>;
   try {
     old = JSON.parse(await readFile(join(partial, PARTIAL_RUN_FILE), 'utf8')) as Partial<RunFingerprint>;
@@ -481,7 +481,7 @@ async function checkResume(partial: string, fp: RunFingerprint): Promise<void> {
     throw new CalderaError(
       'E_VALUE',
       `${partial} holds blocks of an interrupted run without a readable ${PARTIAL_RUN_FILE} (the settings they ` +
-        `were made with are unknown); delete ${partial} to start over`,
+        `were made with are unknown); delete ${shellWord(partial)} to start over`,
     );
   }
   // `label (then, now)` as train and finetune name a changed setting (the sha256 of the model and of the text

@@ -4,6 +4,7 @@ import { basename, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { link, lstat, mkdir, open, readdir, rm, unlink, writeFile } from 'node:fs/promises';
 import { CalderaError, isTempNameOf, recoverReplaceDir } from '@caldera/core';
+import { shellWord } from './common.js';
 
 /** What `<out>.lock` (and a takeover file) holds: the process writing `<out>` (taking a stale lock over). */
 interface LockOwner {
@@ -221,7 +222,7 @@ async function takeOver(
   }
   throw new CalderaError(
     'E_IO',
-    `${MAX_TAKEOVER_FILES} processes died taking over the stale lock of ${out}; remove ${lock} and ${base}-* if no ` +
+    `${MAX_TAKEOVER_FILES} processes died taking over the stale lock of ${out}; remove ${shellWord(lock)} and ${shellWord(base)}-* if no ` +
       'caldera process writes there',
   );
 }
@@ -275,7 +276,9 @@ export async function lockOutput(out: string, command: string): Promise<() => Pr
         throw new CalderaError(
           'E_IO',
           `${out} is being written by ${holder(seen.owner, me)}; wait for it to finish or stop it` +
-            (seen.owner && seen.owner.host !== me.host ? `, then remove ${lock} if it is still there` : ''),
+            (seen.owner && seen.owner.host !== me.host
+              ? `, then remove ${shellWord(lock)} if it is still there`
+              : ''),
         );
       // a takeover fails when the lock changed meanwhile: to a live lock (refused above next round) or, again and
       // again, to another that is gone
