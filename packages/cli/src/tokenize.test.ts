@@ -1,5 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -9,6 +9,7 @@ import { loadTokenizer } from '@caldera/runtime-node';
 import {
   compactTokenIds,
   leadingTokens,
+  modelSideFiles,
   PARALLEL_TOKENIZE_CHARS,
   readDocuments,
   splitByLength,
@@ -216,5 +217,22 @@ describe('readDocuments and utf8Text: the text files every command reads', () =>
     expect(leadingTokens(encode, ['ab', 'cd', 'ef'], 1, 5)).toEqual([1, 97, 98, 1, 99]);
     expect(encoded).toEqual(['ab', 'cd']);
     expect(leadingTokens(encode, ['ab'], null, 10)).toEqual([97, 98]);
+  });
+});
+
+describe('modelSideFiles (what a checkpoint copies from its model)', () => {
+  it('a side file that is a dangling symbolic link is E_IO naming it (the checkpoint went without it silently)', async () => {
+    const tmp = mkdtempSync(join(tmpdir(), 'caldera-side-'));
+    try {
+      writeFileSync(join(tmp, 'config.json'), '{}');
+      writeFileSync(join(tmp, 'tokenizer.json'), '{}');
+      expect(Object.keys(await modelSideFiles(tmp, true)).sort()).toEqual(['config.json', 'tokenizer.json']);
+      symlinkSync(join(tmp, 'blobs', 'gone'), join(tmp, 'tokenizer_config.json'));
+      await expect(modelSideFiles(tmp, true)).rejects.toThrow(
+        /^E_IO: .*tokenizer_config\.json is a symbolic link to .*blobs\/gone, which does not exist$/,
+      );
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
   });
 });

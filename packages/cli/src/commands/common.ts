@@ -328,7 +328,17 @@ export async function modelSideFiles(dir: string, withConfig = false): Promise<R
   for (const f of withConfig ? ['config.json', ...MODEL_SIDE_FILES] : MODEL_SIDE_FILES) {
     const path = join(dir, f);
     const st = await stat(path).catch(() => null);
-    if (!st) continue;
+    if (!st) {
+      // a link whose target is gone (a Hugging Face cache whose blob was removed) is no absent file: the checkpoint
+      // went without its tokenizer settings or chat template without a word
+      const link = await lstat(path).catch(() => null);
+      if (link?.isSymbolicLink())
+        throw new CalderaError(
+          'E_IO',
+          `${path} is a symbolic link to ${await readlink(path).catch(() => '?')}, which does not exist`,
+        );
+      continue;
+    }
     if (!st.isFile()) throw notRegularFile(path, specialFileKind(st), 'file to copy');
     copy[f] = path;
   }
