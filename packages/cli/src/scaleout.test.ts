@@ -113,7 +113,21 @@ describe('scale-out: manifest, shards and merge', () => {
     expect(ev.filter((e) => e.event === 'job' && e.result === 'computed')).toHaveLength(14);
     expect(ev.filter((e) => e.event === 'hessian-chunk')).toHaveLength(2); // its own chunks: already there
     expect(ev.filter((e) => e.event === 'hessian-chunk' && e.result === 'computed')).toHaveLength(0);
-    const m = await cli(['merge', out, '--json']);
+    // the model at another path on this machine than the one the last shard recorded (shards on machines with copies
+    // of their own): merge names the recorded path and takes the model's path here (it failed with ENOENT only)
+    const manifestFile = join(`${out}.work`, 'manifest.json');
+    const recorded = readFileSync(manifestFile, 'utf8');
+    const model = (JSON.parse(recorded) as { model: string }).model;
+    writeFileSync(
+      manifestFile,
+      JSON.stringify({ ...JSON.parse(recorded), model: join(dir, 'elsewhere', 'model') }),
+    );
+    const lost = await cli(['merge', out]);
+    expect(lost.status).toBe(1);
+    expect(lost.stderr).toMatch(
+      /E_MISSING: the model this run compressed, .*elsewhere\/model \(as .*manifest\.json records it\), is not there: give its path on this machine \(caldera merge .* <model>\)/,
+    );
+    const m = await cli(['merge', out, model, '--json']);
     expect(m.status, m.stderr).toBe(0);
     same(out, single);
     expect(existsSync(`${out}.work`)).toBe(false);

@@ -133,10 +133,12 @@ Scale-out (--propagate original; work files in <out>.work, kept until the checkp
                        progress of 'caldera worker' processes, assemble the checkpoint
   --queue-name NAME    BullMQ queue name (default caldera)   --attempts N   tries per job (default 3)`;
 
-export const mergeHelp = `caldera merge <out> [--json]
+export const mergeHelp = `caldera merge <out> [model] [--json]
 
 Assemble the checkpoint <out> from the job outputs in <out>.work (written by 'caldera compress --shard I/N' or by
-workers), byte-identical to a single-process 'caldera compress --propagate original' with the same options.`;
+workers), byte-identical to a single-process 'caldera compress --propagate original' with the same options.
+[model]: the source model's directory on this machine, where it is not the path the run recorded (shards that ran
+on machines with their own copies at other paths); it is checked to be the same model (a sha256 of every tensor).`;
 
 export const workerHelp = `caldera worker --queue URL [options]
 
@@ -1044,7 +1046,17 @@ export async function mergeCommand(a: Args): Promise<number> {
   if (!out) throw new CalderaError('E_VALUE', 'caldera merge needs the output directory (as given to --out)');
   const json = a.flags.has('json');
   const work = resolve(`${out}.work`);
-  const manifest = await readManifest(work);
+  const recorded = await readManifest(work);
+  // the model where it is on this machine: the path the last shard recorded, unless given
+  const manifest = a.positionals[1] === undefined ? recorded : { ...recorded, model: a.positionals[1] };
+  if (!(await exists(join(manifest.model, 'config.json'))))
+    throw new CalderaError(
+      'E_MISSING',
+      a.positionals[1] === undefined
+        ? `the model this run compressed, ${manifest.model} (as ${join(work, 'manifest.json')} records it), is not ` +
+            `there: give its path on this machine (caldera merge ${shellWord(out)} <model>)`
+        : `the model ${manifest.model} has no config.json`,
+    );
   // the shards checked --out when they started; what was put there since must not be lost either
   await checkOutDir(out, [manifest.model]);
   await checkWorkDirs(out, 'compress');
