@@ -103,8 +103,9 @@ describe('every command declares its options in its help, and accepts nothing el
     // merge's help names compress's --shard and --propagate inside quoted examples: not merge options
     expect([...specOf('merge').options.keys()]).toEqual(['json']);
     expect(specOf('worker').positionals).toBe(0);
-    for (const c of ['compress', 'eval', 'generate', 'inspect', 'export', 'finetune', 'train', 'merge'])
+    for (const c of ['compress', 'eval', 'generate', 'inspect', 'export', 'finetune', 'train'])
       expect(specOf(c).positionals, c).toBe(1);
+    expect(specOf('merge').positionals).toBe(2); // <out> [model]
     // of an option given twice the last value counts (a script's defaults, then its caller's), as documented
     const twice = parseArgs(['--windows', '4', '--windows=8', '--json', '--json'], specOf('compress'));
     expect(twice.flags.get('windows')).toBe('8');
