@@ -17,6 +17,9 @@ import { sha256Hex } from '@caldera/calibrate';
 import { createPool, type Pool } from '@caldera/linalg';
 import { referenceModelDir, referenceTextPath } from '@caldera/reference-model';
 import { progressBar } from '../args.js';
+import { shellWord } from './shell-word.js';
+
+export { shellWord } from './shell-word.js';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
@@ -1061,16 +1064,6 @@ export function onStopSignals(): StopSignals {
       process.off('SIGTERM', onTerm);
     },
   };
-}
-
-/**
- * The path `s` as one word of a POSIX shell command line: as it is when it needs no quoting, else in single quotes;
- * one that starts with `-` after `./`, so that the command it is pasted into does not read it as an option (the
- * printed `caldera merge -sh` failed with "unknown option -sh").
- */
-export function shellWord(s: string): string {
-  const p = s.startsWith('-') ? `./${s}` : s;
-  return /^[\w@%+=:,./-]+$/.test(p) ? p : `'${p.replace(/'/g, `'\\''`)}'`;
 }
 
 /**

@@ -4,7 +4,7 @@ import { basename, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { link, lstat, mkdir, open, readdir, rm, unlink, writeFile } from 'node:fs/promises';
 import { CalderaError, isTempNameOf, recoverReplaceDir } from '@caldera/core';
-import { shellWord } from './common.js';
+import { shellWord } from './shell-word.js';
 
 /** What `<out>.lock` (and a takeover file) holds: the process writing `<out>` (taking a stale lock over). */
 interface LockOwner {
