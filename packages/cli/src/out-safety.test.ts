@@ -398,6 +398,21 @@ describe('--out: a marker file alone does not make a directory replaceable', () 
 
 describe('--out that cannot be created', () => {
   const noStack = (stderr: string) => expect(stderr).not.toMatch(/\n\s+at /);
+  /** Every command that writes `--out` fails with `message` for `out`, before any work (exit 1, no stack). */
+  const refusedInEveryCommand = (out: string, message: RegExp) => {
+    for (const args of [
+      ['compress', src, '--out', out, ...FAST],
+      ['finetune', ckpt, '--out', out, ...FINETUNE, '--steps', '2'],
+      ['train', '--out', out, ...TRAIN],
+      ['export', ckpt, '--out', out],
+    ]) {
+      const r = runCli(args, 30_000);
+      expect(r.status, `${args[0]} ${out}: ${r.stderr}`).toBe(1);
+      expect(r.stderr).toMatch(message);
+      noStack(r.stderr);
+      expect(r.stdout).not.toMatch(/"event":"baseline"/);
+    }
+  };
 
   it('fails at once with one E_IO line naming it (exit 1), before any work, in every command', () => {
     const file = join(tmp, 'plain-file');
@@ -409,20 +424,8 @@ describe('--out that cannot be created', () => {
         join(file, 'sub', 'dir'),
         /E_IO: --out .*plain-file\/sub\/dir: cannot create it, .*plain-file is a file/,
       ],
-    ] as const) {
-      for (const args of [
-        ['compress', src, '--out', out, ...FAST],
-        ['finetune', ckpt, '--out', out, ...FINETUNE, '--steps', '2'],
-        ['train', '--out', out, ...TRAIN],
-        ['export', ckpt, '--out', out],
-      ]) {
-        const r = runCli(args, 30_000);
-        expect(r.status, `${args[0]} ${out}: ${r.stderr}`).toBe(1);
-        expect(r.stderr).toMatch(message);
-        noStack(r.stderr);
-        expect(r.stdout).not.toMatch(/"event":"baseline"/);
-      }
-    }
+    ] as const)
+      refusedInEveryCommand(out, message);
   }, 120_000);
 
   it('an empty --out, a symbolic link, a name too long for the names beside it: refused before any work, in every command', () => {
@@ -444,20 +447,8 @@ describe('--out that cannot be created', () => {
       [join(tmp, 'dangling-out'), /E_VALUE: --out .*dangling-out is a symbolic link \(to .*nowhere\/x\)/],
       // the run's side names (`<out>.old-<8>.caldera-aside`) would pass 255 bytes: it failed on a rerun, at the end
       [join(tmp, 'n'.repeat(230)), /E_VALUE: --out .*: its name is too long: .* 257 bytes, over the 255/],
-    ] as const) {
-      for (const args of [
-        ['compress', src, '--out', out, ...FAST],
-        ['finetune', ckpt, '--out', out, ...FINETUNE, '--steps', '2'],
-        ['train', '--out', out, ...TRAIN],
-        ['export', ckpt, '--out', out],
-      ]) {
-        const r = runCli(args, 30_000);
-        expect(r.status, `${args[0]} ${out}: ${r.stderr}`).toBe(1);
-        expect(r.stderr).toMatch(message);
-        noStack(r.stderr);
-        expect(r.stdout).not.toMatch(/"event":"baseline"/);
-      }
-    }
+    ] as const)
+      refusedInEveryCommand(out, message);
     expect(readdirSync(real)).toEqual([]);
   }, 120_000);
 
