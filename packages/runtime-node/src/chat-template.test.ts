@@ -57,6 +57,9 @@ describe('renderChatTemplate', () => {
       "{% if 'z' in xs %}{% endif %}",
       '{% if xs == ys %}{% endif %}',
       '{% if big %}{% endif %}',
+      // a list made in the loop is charged as made, even where one item or its length is taken of it
+      '{{ range(100000)[0] }}',
+      '{{ range(100000)|length }}',
     ])
       expect(() =>
         renderChatTemplate(`{% for i in range(100000) %}${body}{% endfor %}`, {

@@ -10,9 +10,9 @@ export const CHAT_TEMPLATE_LIMITS = {
   /** Items one `range()` may make, as in Jinja's sandbox (`MAX_RANGE`). */
   rangeItems: 100_000,
   /**
-   * Steps of one render: one per evaluation, one per 16 characters or items of each string or list an evaluation makes
-   * or looks up (a list only its length or one item is taken of excepted), and 40 per item of a list a loop runs over (an iteration costs about 4 µs, even with an empty body, which evaluates
-   * nothing). Deterministic, unlike a time limit: about a second of work here at most; a conversation of 1000 messages
+   * Steps of one render: one per evaluation, one per 16 characters of each string and four per item of each list or
+   * mapping an evaluation makes or looks up (a list only its length or one item is taken of excepted), and 40 per item
+   * of a list a loop runs over (an iteration costs about 4 µs, even with an empty body, which evaluates nothing). Deterministic, unlike a time limit: about a second of work here at most; a conversation of 1000 messages
    * of 2 KB takes about 1 % of it.
    */
   steps: 10_000_000,
@@ -26,9 +26,9 @@ export const CHAT_TEMPLATE_LIMITS = {
 interface TemplateNode {
   type?: string;
   iterable?: { type?: string; lhs?: object };
-  operand?: object;
+  operand?: TemplateNode;
   filter?: { type?: string; value?: unknown };
-  object?: object;
+  object?: TemplateNode;
   property?: { type?: string };
 }
 
@@ -40,6 +40,17 @@ class BudgetedInterpreter extends Interpreter {
   /** The expressions only the length or one item of is taken (`xs|length`, `xs[i]`, `x.name`): no scan of a list. */
   private readonly constantTime = new WeakSet<object>();
 
+  /**
+   * `node` into {@link constantTime} where it only looks a value up (a name, or a member of one: not a slice, call,
+   * filter or operation, which makes a list that must be charged: `range(100000)[0]` in a loop ran for hours).
+   */
+  private markLookup(node: TemplateNode | undefined): void {
+    const lookup =
+      node?.type === 'Identifier' ||
+      (node?.type === 'MemberExpression' && node.property?.type !== 'SliceExpression');
+    if (lookup) this.constantTime.add(node);
+  }
+
   override evaluate(...args: Parameters<Interpreter['evaluate']>): ReturnType<Interpreter['evaluate']> {
     const node = args[0] as TemplateNode | undefined;
     if (node?.type === 'For' && node.iterable)
@@ -50,9 +61,9 @@ class BudgetedInterpreter extends Interpreter {
       node.filter?.type === 'Identifier' &&
       node.filter.value === 'length'
     )
-      this.constantTime.add(node.operand!);
+      this.markLookup(node.operand);
     if (node?.type === 'MemberExpression' && node.property?.type !== 'SliceExpression')
-      this.constantTime.add(node.object!);
+      this.markLookup(node.object);
     const v = super.evaluate(...args);
     const value = (v as { value?: unknown }).value;
     const size =
@@ -75,7 +86,11 @@ class BudgetedInterpreter extends Interpreter {
         ? 40 * size
         : node && this.constantTime.has(node) && typeof value !== 'string'
           ? 0
-          : Math.ceil(size / 16));
+          : typeof value === 'string'
+            ? Math.ceil(size / 16)
+            : // a list or mapping costs the library ~0.25 µs an item (a value object each): `range(100000)` in a
+              // loop, charged a sixteenth, ran for a minute within the budget
+              4 * size);
     if (this.steps > CHAT_TEMPLATE_LIMITS.steps)
       throw new Error(
         `it ran over ${CHAT_TEMPLATE_LIMITS.steps} steps (a runaway loop?): chat templates are bounded`,
