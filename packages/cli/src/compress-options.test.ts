@@ -248,7 +248,7 @@ describe('caldera compress: Ctrl-C while the model loads', () => {
     clearInterval(timer);
     expect(code).toBe(130);
     expect(errors.join('\n')).toMatch(
-      /caldera compress: interrupted after writing .*sigint-score-out: the checkpoint is complete, but not its report\.json .* rerun the same command to score it/,
+      /caldera compress: interrupted after writing .*sigint-score-out: the checkpoint is complete, but not its report\.json .* rerun the same command \(it resumes, rewrites it the same\) to score it/,
     );
     expect(readdirSync(out).sort()).not.toContain('report.json');
     const again = run(['compress', src, '--out', out, ...FAST, '--rank', '8']);

@@ -552,7 +552,7 @@ describe.skipIf(!dev)(gpuTitle('loadModelFromUrl', reason), () => {
       await expect(loadModelFromBuffer(d, { config, calderaMeta, weights })).rejects.toThrow(
         expect.objectContaining({
           code: 'E_DTYPE',
-          message: `E_DTYPE: tensor '${name}' is ${dtype}, expected a float dtype (f32, f16, bf16)`,
+          message: `E_DTYPE: tensor '${name}' is ${dtype}, expected a float dtype (f64, f32, f16, bf16) (a quantized checkpoint? give the unquantized model)`,
         }),
       );
     }

@@ -235,7 +235,9 @@ export async function planMemory(
     add(d * 4, `model.layers.${b}.post_attention_layernorm.weight`);
     for (const { name } of blockLinearNames(b)) {
       const meta = calderaMeta?.layers?.[name];
-      if (store.has(`${name}.bias`))
+      // (a bias the config does not declare is not loaded: not counted)
+      const kind = name.slice(name.lastIndexOf('.') + 1);
+      if (declaredBias(config, kind) !== null && store.has(`${name}.bias`))
         add((await store.tensorInfo(`${name}.bias`)).shape[0]! * 4, `${name}.bias`);
       if (!meta) {
         await dense(`${name}.weight`);

@@ -236,7 +236,7 @@ export async function checkOutDir(
  * (an unset shell variable: the work files became `.partial`, `.lock` in the working directory); a symbolic link (the
  * result replaced the link, not what it points to, or failed at a dangling one); a mount point, which the final rename
  * cannot move (EBUSY); an earlier output the user cannot write, whose files could not be removed after the swap; a
- * name too long for the names the run puts beside it (`<out>.old-<8>.caldera-aside`, 27 bytes more).
+ * name too long for the names the run puts beside it ({@link OUT_SIDE_NAME_BYTES} more).
  */
 async function checkOutName(out: string, flag: string): Promise<void> {
   if (out.trim() === '')
@@ -282,8 +282,11 @@ async function checkOutName(out: string, flag: string): Promise<void> {
     );
 }
 
-/** Bytes the longest name a run writes beside `<out>` adds to its name: `.old-<8 hex>.caldera-aside`. */
-const OUT_SIDE_NAME_BYTES = '.old-12345678.caldera-aside'.length;
+/**
+ * Bytes the longest name a run writes beside `<out>` adds to its name: the takeover of a stale lock,
+ * `.lock.takeover-<16 hex>-<n>` (the earlier output set aside, `.old-<8 hex>.caldera-aside`, adds 27).
+ */
+const OUT_SIDE_NAME_BYTES = '.lock.takeover-0123456789abcdef-99'.length;
 
 /**
  * Check that every input file named by a flag exists and is a readable file, before any work starts. `files`: flag
@@ -1021,6 +1024,28 @@ export interface StopSignals {
  * Handle SIGINT (Ctrl-C) and SIGTERM (kill, a container stop) the same way: the first of either aborts the returned
  * signal, so a command stops at its next check and cleans up instead of dying half-way through a write.
  */
+export function onStopSignals(): StopSignals {
+  const ctl = new AbortController();
+  let got: StopSignal | null = null;
+  const handler = (s: StopSignal) => () => {
+    got ??= s;
+    ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
+  };
+  const onInt = handler('SIGINT');
+  const onTerm = handler('SIGTERM');
+  process.once('SIGINT', onInt);
+  process.once('SIGTERM', onTerm);
+  return {
+    signal: ctl.signal,
+    received: () => got,
+    exitCode: () => SIGNAL_EXIT_CODES[got ?? 'SIGINT'],
+    dispose() {
+      process.off('SIGINT', onInt);
+      process.off('SIGTERM', onTerm);
+    },
+  };
+}
+
 /**
  * `body` with Ctrl-C and SIGTERM caught from its start ({@link onStopSignals}), for a command that holds its output's
  * lock while it loads and tokenizes before it writes anything: an interruption there that `body` does not handle
@@ -1042,28 +1067,6 @@ export async function withStopSignals(
   } finally {
     stop.dispose();
   }
-}
-
-export function onStopSignals(): StopSignals {
-  const ctl = new AbortController();
-  let got: StopSignal | null = null;
-  const handler = (s: StopSignal) => () => {
-    got ??= s;
-    ctl.abort(new CalderaError('E_ABORTED', 'interrupted'));
-  };
-  const onInt = handler('SIGINT');
-  const onTerm = handler('SIGTERM');
-  process.once('SIGINT', onInt);
-  process.once('SIGTERM', onTerm);
-  return {
-    signal: ctl.signal,
-    received: () => got,
-    exitCode: () => SIGNAL_EXIT_CODES[got ?? 'SIGINT'],
-    dispose() {
-      process.off('SIGINT', onInt);
-      process.off('SIGTERM', onTerm);
-    },
-  };
 }
 
 /**

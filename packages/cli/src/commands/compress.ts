@@ -927,7 +927,14 @@ export async function compressCommand(a: Args): Promise<number> {
     const queueFailure = isCalderaError(e) && Array.isArray(e.details?.failed);
     if (!stop.signal.aborted || queueFailure) throw e;
     bar.done();
-    if (writtenBeforeInterruption(e, 'caldera compress', 'rerun the same command')) return stop.exitCode();
+    if (
+      writtenBeforeInterruption(
+        e,
+        'caldera compress',
+        'rerun the same command (it resumes, rewrites it the same)',
+      )
+    )
+      return stop.exitCode();
     return interrupted();
   } finally {
     await unlock();
@@ -942,19 +949,6 @@ export async function compressCommand(a: Args): Promise<number> {
  * Tell what an interrupted compress keeps (a 'compressed' run: its committed blocks and baseline in `<out>.partial`;
  * an 'original' one: its finished jobs in `<out>.work`) and that rerunning the same command resumes; `code` returned.
  */
-/**
- * Say so when the interruption `e` came after the checkpoint was written (while it was scored): it is complete and in
- * place, its report.json is not; `rerun` says how to write it. False for any other error.
- */
-function writtenBeforeInterruption(e: unknown, command: string, rerun: string): boolean {
-  const written = isCalderaError(e) ? e.details?.checkpointWritten : undefined;
-  if (typeof written !== 'string') return false;
-  console.error(
-    `${command}: interrupted after writing ${written}: the checkpoint is complete, but not its report.json (the perplexity after compression) — ${rerun} to score it and write the report`,
-  );
-  return true;
-}
-
 async function reportInterruption(
   out: string,
   propagate: RunSettings['propagate'],
@@ -971,6 +965,19 @@ async function reportInterruption(
         : `caldera compress: interrupted; the finished work is kept in ${kept} — rerun the same command to resume`,
   );
   return code;
+}
+
+/**
+ * Say so when the interruption `e` came after the checkpoint was written (while it was scored): it is complete and in
+ * place, its report.json is not; `rerun` says how to write it. False for any other error.
+ */
+function writtenBeforeInterruption(e: unknown, command: string, rerun: string): boolean {
+  const written = isCalderaError(e) ? e.details?.checkpointWritten : undefined;
+  if (typeof written !== 'string') return false;
+  console.error(
+    `${command}: interrupted after writing ${written}: the checkpoint is complete, but not its report.json (the perplexity after compression) — ${rerun} to score it and write the report`,
+  );
+  return true;
 }
 
 /**
