@@ -201,11 +201,9 @@ function checkTensorArgument(x: unknown, name: string, orNull: boolean): void {
     );
 }
 
-/** H′ + δ·mean(diag H′)·I with H′ = scale·H, for a contiguous n×n H (a copy; H itself is left alone). */
-function damped(h: Tensor<'f64'>, n: number, delta: number, scale: number): Tensor<'f64'> {
-  // (not Float64Array.from with a map function: 17× slower, and it held ~8× the array's memory for a moment)
-  const out = new Float64Array(h.data.length);
-  for (let i = 0; i < out.length; i++) out[i] = h.data[i]! * scale;
+/** H + δ·mean(diag H)·I for a contiguous n×n H (a copy; H itself is left alone). */
+function damped(h: Tensor<'f64'>, n: number, delta: number): Tensor<'f64'> {
+  const out = Float64Array.from(h.data);
   let mean = 0;
   for (let i = 0; i < n; i++) mean += out[i * n + i]!;
   mean /= n;
@@ -351,8 +349,8 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   // H is used scaled by a power of two to a mean diagonal near 1 (`hScale`): the fit, LDLQ and the relative error do
   // not depend on H's scale, but its f32 copies do (an H of 1e-50·I or 1e38·I gave an error of 0, NaN or a Cholesky
   // failure). A power of two scales exactly: an H near that scale already (calibrate's) gives the same bits as
-  // unscaled. Every copy made of H applies it (the rotation, the damped and the f32 copies), so no scaled copy of the
-  // whole H is held besides them (one was, 8·n² bytes, 0.97 GB at n = 11008).
+  // unscaled. The copies made of H anyway apply it (the rotation and the f32 copy), so no scaled copy of the whole H is
+  // held besides them (one was, 8·n² bytes, 0.97 GB at n = 11008); the damping, linear in H, commutes with it exactly.
   let hScale = 1;
   if (hd) {
     checkHessian(hd.data, n);
@@ -360,9 +358,9 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     for (let i = 0; i < n; i++) mean += hd.data[i * n + i]!;
     hScale = 2 ** -Math.round(Math.log2(mean / n));
   }
-  // the H every step fits against (a damped copy is scaled as it is made); the error is always measured against the
-  // caller's hd (see `damping`)
-  const hFit = hd && o.damping > 0 ? damped(hd, n, o.damping, hScale) : hd;
+  // the H every step fits against (before its scaling); the error is always measured against the caller's hd (see
+  // `damping`)
+  const hFit = hd && o.damping > 0 ? damped(hd, n, o.damping) : hd;
 
   const mp = paddedSize(m, o.hadamard);
   const np = paddedSize(n, o.hadamard);
@@ -378,7 +376,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       'E_VALUE',
       `caldera: W's values (RMS ${g.toPrecision(3)}) overflow f32 once rotated`,
     );
-  let Hr: Float64Array | null = rotateHessian(hFit, n, np, su, hFit === hd ? hScale : 1);
+  let Hr: Float64Array | null = rotateHessian(hFit, n, np, su, hScale);
   throwIfAborted(o.signal, 'caldera'); // an abort during the setup names the call, not its first step
   const chol = choleskyWithInfo(tensor('f64', [np, np], Hr), { jitter: true, ...pool, ...sig });
   // An H with a negative eigenvalue (not a Gram matrix of activations) factors only with a jitter of that eigenvalue's
