@@ -7,7 +7,7 @@ import { loadModel, perplexity } from '@caldera/runtime-node';
 import { main } from './cli.js';
 import { loadModelShowing } from './commands/common.js';
 import { calibrationRowsWarning, compressProgressLabel } from './commands/compress.js';
-import { fastCompressSetup, runCli, runUntil, sigintWhenEntry } from './test-cli.js';
+import { fastCompressSetup, runCli, runUntil, sigintWhen, sigintWhenEntry } from './test-cli.js';
 import { writeTinyModel } from './test-models.js';
 
 const { tmp, fast, heldOut, rtn: RTN } = fastCompressSetup('caldera-compress-options-');
@@ -189,14 +189,9 @@ describe('caldera compress: Ctrl-C while the model loads', () => {
     const { dir: src } = await writeTinyModel(join(tmp, 'sigint'), { seed: 15 });
     const out = join(tmp, 'sigint-out');
     const before = process.listenerCount('SIGINT');
-    const timer = setInterval(() => {
-      if (process.listenerCount('SIGINT') > before) {
-        clearInterval(timer);
-        process.emit('SIGINT');
-      }
-    }, 0);
+    const stopWatching = sigintWhen(() => process.listenerCount('SIGINT') > before);
     const code = await main(['compress', src, '--out', out, ...FAST, '--rank', '8']);
-    clearInterval(timer);
+    stopWatching();
     expect(code).toBe(130);
     expect(errors.join('\n')).toMatch(
       /caldera compress: interrupted before anything was committed; nothing written/,
@@ -238,14 +233,9 @@ describe('caldera compress: Ctrl-C while the model loads', () => {
     const { dir: src } = await writeTinyModel(join(tmp, 'sigint-score'), { seed: 17 });
     const out = join(tmp, 'sigint-score-out');
     // as soon as the checkpoint is in place under its name, a Ctrl-C: its scoring is under way then
-    const timer = setInterval(() => {
-      if (existsSync(join(out, 'model.safetensors'))) {
-        clearInterval(timer);
-        process.emit('SIGINT');
-      }
-    }, 0);
+    const stopWatching = sigintWhen(() => existsSync(join(out, 'model.safetensors')));
     const code = await main(['compress', src, '--out', out, ...FAST, '--rank', '8']);
-    clearInterval(timer);
+    stopWatching();
     expect(code).toBe(130);
     expect(errors.join('\n')).toMatch(
       /caldera compress: interrupted after writing .*sigint-score-out: the checkpoint is complete, but not its report\.json .* rerun the same command \(it resumes, rewrites it the same\) to score it/,

@@ -28,7 +28,7 @@ import {
 } from '@caldera/lowrank';
 import { generate, loadModel, type LlamaModel } from '@caldera/runtime-node';
 import { main } from './cli.js';
-import { fastCompressSetup, runCli } from './test-cli.js';
+import { fastCompressSetup, runCli, sigintWhen } from './test-cli.js';
 import { writeTinyModel } from './test-models.js';
 
 const { tmp, fast: FAST } = fastCompressSetup('caldera-export-');
@@ -267,14 +267,9 @@ describe('caldera export', () => {
       const out = join(tmp, 'interrupted');
       const before = process.listenerCount('SIGINT');
       // as soon as export listens for SIGINT (after its checks, before it writes), send it one
-      const timer = setInterval(() => {
-        if (process.listenerCount('SIGINT') > before) {
-          clearInterval(timer);
-          process.emit('SIGINT');
-        }
-      }, 0);
+      const stopWatching = sigintWhen(() => process.listenerCount('SIGINT') > before);
       const code = await main(['export', ckpt, '--out', out]);
-      clearInterval(timer);
+      stopWatching();
       expect(code).toBe(130);
       expect(errors.join('\n')).toMatch(/caldera export: interrupted; nothing written/);
       expect(existsSync(out)).toBe(false);

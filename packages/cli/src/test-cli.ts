@@ -49,8 +49,16 @@ export function runUntil(
  * the temporary directory of a write; returns the function that stops watching.
  */
 export function sigintWhenEntry(dir: string, prefix: string): () => void {
+  return sigintWhen(() => readdirSync(dir).some((f) => f.startsWith(prefix)));
+}
+
+/**
+ * Emit SIGINT in this process (an in-process `main` run) once `ready()` holds, looked at between the run's awaits;
+ * returns the function that stops watching.
+ */
+export function sigintWhen(ready: () => boolean): () => void {
   const timer = setInterval(() => {
-    if (readdirSync(dir).some((f) => f.startsWith(prefix))) {
+    if (ready()) {
       clearInterval(timer);
       process.emit('SIGINT');
     }
