@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { CalderaError } from '@caldera/core';
 import { loadModelFromBuffer } from './load.js';
-import type { KernelChoice, WebGpuModelOptions } from './model.js';
+import type { KernelChoice, WebGpuModel, WebGpuModelOptions } from './model.js';
 import { gpuTitle, ownTestDevice, testDevice } from './testing/gpu.js';
 import { tinyModelSource } from './testing/tiny-model.js';
 import { choiceKey, defaultTuningAxes, searchKernelChoices, type Axis, type ChoiceRunner } from './tune.js';
@@ -215,6 +215,26 @@ async function loadTiny(options: WebGpuModelOptions = {}, device = dev!) {
   ).model;
 }
 
+/**
+ * What `model.tuneKernels` rejects with (or resolves to) when `interrupt` runs at its first progress event: two
+ * candidate vector workgroups, then `more`.
+ */
+function tuneInterrupted(
+  model: WebGpuModel,
+  interrupt: () => void,
+  more: KernelChoice[] = [],
+): Promise<unknown> {
+  const initial = model.kernelChoice;
+  return model
+    .tuneKernels({
+      candidates: [{ ...initial, vectorWorkgroup: 128 }, { ...initial, vectorWorkgroup: 256 }, ...more],
+      warmUpMs: 0,
+      repeats: 1,
+      onProgress: interrupt,
+    })
+    .catch((x: unknown) => x);
+}
+
 describe.skipIf(!dev)(gpuTitle('WebGpuModel.tuneKernels', reason), () => {
   it('times the candidates on the device and keeps the fastest: the sequence goes on as before, with the logits of a model loaded with the chosen options', async () => {
     const model = await loadTiny();
@@ -302,18 +322,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel.tuneKernels', reason), () => {
   it('a device lost while tuning ends it with E_DEVICE (the device destroyed after the first candidate)', async () => {
     const own = await ownTestDevice();
     const model = await loadTiny({}, own!);
-    const initial = model.kernelChoice;
-    const e = await model
-      .tuneKernels({
-        candidates: [
-          { ...initial, vectorWorkgroup: 128 },
-          { ...initial, vectorWorkgroup: 256 },
-        ],
-        warmUpMs: 0,
-        repeats: 1,
-        onProgress: () => own!.dispose(),
-      })
-      .catch((x: unknown) => x);
+    const e = await tuneInterrupted(model, () => own!.dispose());
     expect(e).toBeInstanceOf(CalderaError);
     expect((e as CalderaError).code).toBe('E_DEVICE');
     model.dispose();
@@ -337,19 +346,9 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel.tuneKernels', reason), () => {
     };
     try {
       const model = await loadTiny({}, own);
-      const initial = model.kernelChoice;
-      const e = await model
-        .tuneKernels({
-          candidates: [
-            { ...initial, vectorWorkgroup: 128 },
-            { ...initial, vectorWorkgroup: 256 },
-            { ...initial, lanes: initial.lanes === 1 ? 32 : 1 },
-          ],
-          warmUpMs: 0,
-          repeats: 1,
-          onProgress: () => model.dispose(),
-        })
-        .catch((x: unknown) => x);
+      const e = await tuneInterrupted(model, () => model.dispose(), [
+        { ...model.kernelChoice, lanes: model.kernelChoice.lanes === 1 ? 32 : 1 },
+      ]);
       expect(e).toBeInstanceOf(CalderaError);
       expect((e as CalderaError).code).toBe('E_VALUE');
       expect((e as Error).message).toMatch(/disposed while its kernels were tuned/);
