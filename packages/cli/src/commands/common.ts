@@ -18,8 +18,6 @@ import { createPool, type Pool } from '@caldera/linalg';
 import { referenceModelDir, referenceTextPath } from '@caldera/reference-model';
 import { progressBar } from '../args.js';
 import { shellWord } from './shell-word.js';
-
-export { shellWord } from './shell-word.js';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
@@ -50,6 +48,8 @@ import {
   type ModelConfig,
   type TextTokenizer,
 } from '@caldera/runtime-node';
+
+export { shellWord };
 
 /** Whether a file or directory exists at `path`. */
 export async function exists(path: string): Promise<boolean> {
@@ -269,16 +269,15 @@ async function checkOutName(out: string, flag: string): Promise<void> {
       `${flag} ${out} is a mount point: the result is moved into place by a rename, which a mount point refuses ` +
         `(EBUSY); give a directory inside it (${flag} ${shellWord(join(out, 'model'))})`,
     );
-  if (
-    !(await access(out, constants.W_OK).then(
-      () => true,
-      () => false,
-    ))
-  )
+  const writable = await access(out, constants.W_OK).then(
+    () => true,
+    () => false,
+  );
+  if (!writable)
     throw new CalderaError(
       'E_IO',
       `${flag} ${out}: you cannot write it (EACCES): the earlier output there could not be removed once the new one ` +
-        `replaces it; make it writable (chmod u+w) or ${'choose another ' + flag}`,
+        `replaces it; make it writable (chmod u+w) or choose another ${flag}`,
     );
 }
 
@@ -578,7 +577,7 @@ export function leadingIdsOf(encode: (text: string) => number[], text: string, n
   let ids = encode(text.slice(0, n));
   for (;;) {
     const next = cut(2 * n);
-    const longer = next >= text.length ? encode(text) : encode(text.slice(0, next));
+    const longer = encode(text.slice(0, next));
     if (next >= text.length) return longer;
     if (ids.length >= need + PREFIX_MARGIN_TOKENS && ids.slice(0, need).every((t, i) => t === longer[i]))
       return longer.slice(0, need);
