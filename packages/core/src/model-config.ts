@@ -445,13 +445,16 @@ function invalidFields(cfg: ModelConfig): string[] {
 }
 
 /**
- * The seven linear layers of block `i`, Hugging Face names, in the order q, k, v, o, gate, up, down, each with the
- * activation it reads (`attn`: the normed block input, `o`: the attention output, `mlp`: the normed MLP input,
+ * The seven linear layers of block `i`, Hugging Face names, in the order q, k, v, o, gate, up, down, each with its
+ * kind (the name's last part, `q_proj` … `down_proj`, as `linearShape` and `declaredBias` take it) and the activation
+ * it reads (`attn`: the normed block input, `o`: the attention output, `mlp`: the normed MLP input,
  * `down`: the SwiGLU product); layers with the same `input` share their input activations and so their Hessian.
  */
-export function blockLinearNames(i: number): { name: string; input: 'attn' | 'o' | 'mlp' | 'down' }[] {
+export function blockLinearNames(
+  i: number,
+): { name: string; kind: string; input: 'attn' | 'o' | 'mlp' | 'down' }[] {
   const p = `model.layers.${i}`;
-  return [
+  const named = [
     { name: `${p}.self_attn.q_proj`, input: 'attn' },
     { name: `${p}.self_attn.k_proj`, input: 'attn' },
     { name: `${p}.self_attn.v_proj`, input: 'attn' },
@@ -459,7 +462,8 @@ export function blockLinearNames(i: number): { name: string; input: 'attn' | 'o'
     { name: `${p}.mlp.gate_proj`, input: 'mlp' },
     { name: `${p}.mlp.up_proj`, input: 'mlp' },
     { name: `${p}.mlp.down_proj`, input: 'down' },
-  ];
+  ] as const;
+  return named.map((l) => ({ ...l, kind: l.name.slice(l.name.lastIndexOf('.') + 1) }));
 }
 
 /** The weight shape `[out, in]` of a block's linear layer by kind (`q_proj` … `down_proj`, the last part of its name). */

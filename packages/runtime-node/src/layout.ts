@@ -233,8 +233,7 @@ export async function layoutFromStore(
     memoryBytes: footprintBytes(footprint, inArenas),
   });
   for (let b = 0; b < config.numLayers; b++) {
-    for (const { name } of blockLinearNames(b)) {
-      const kind = name.slice(name.lastIndexOf('.') + 1);
+    for (const { name, kind } of blockLinearNames(b)) {
       const shape = linearShape(config, kind);
       const [m, n] = shape;
       assertDeclaredBias(config, name, (t) => store.has(t), `${dir}: `);

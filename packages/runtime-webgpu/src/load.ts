@@ -233,10 +233,9 @@ export async function planMemory(
   for (let b = 0; b < config.numLayers; b++) {
     add(d * 4, `model.layers.${b}.input_layernorm.weight`);
     add(d * 4, `model.layers.${b}.post_attention_layernorm.weight`);
-    for (const { name } of blockLinearNames(b)) {
+    for (const { name, kind } of blockLinearNames(b)) {
       const meta = calderaMeta?.layers?.[name];
       // (a bias the config does not declare is not loaded: not counted)
-      const kind = name.slice(name.lastIndexOf('.') + 1);
       if (declaredBias(config, kind) !== null && store.has(`${name}.bias`))
         add((await store.tensorInfo(`${name}.bias`)).shape[0]! * 4, `${name}.bias`);
       if (!meta) {
@@ -436,12 +435,11 @@ export async function loadModelFromStore(
           ),
         );
       };
-      for (const { name, input: reads } of blockLinearNames(b)) {
+      for (const { name, kind, input: reads } of blockLinearNames(b)) {
         throwIfAborted(options.signal, 'loading');
         checkDeviceAlive(dev, 'loading a model');
         if (reads !== input) upload();
         input = reads;
-        const kind = name.slice(name.lastIndexOf('.') + 1);
         const [m, n] = linearShape(config, kind);
         assertDeclaredBias(config, name, (t) => store.has(t));
         // a bias the config does not declare is not applied, as transformers builds no bias there

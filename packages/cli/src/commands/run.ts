@@ -355,8 +355,7 @@ async function llama2cLayout(path: string): Promise<InspectedModel> {
   const memory = planLlama2cMemory(config);
   const memoryOf = new Map(memory.layers.map((l) => [l.name, l.bytes]));
   const layers = Array.from({ length: config.numLayers }, (_, b) =>
-    blockLinearNames(b).map(({ name }): InspectedLinear => {
-      const kind = name.slice(name.lastIndexOf('.') + 1);
+    blockLinearNames(b).map(({ name, kind }): InspectedLinear => {
       const [m, n] = linearShape(config, kind);
       return {
         name,
