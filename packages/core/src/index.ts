@@ -6,7 +6,13 @@ export * from './tensor.js';
 export * from './rng.js';
 export * from './ndarray.js';
 export * from './fs-atomic.js';
-export { notRegularFile, readJsonFile, readTextFile, specialFileKind } from './text-file.js';
+export {
+  danglingLinkError,
+  notRegularFile,
+  readJsonFile,
+  readTextFile,
+  specialFileKind,
+} from './text-file.js';
 export * from './safetensors/index.js';
 export * from './checkpoint/index.js';
 export * from './model-config.js';

@@ -23,6 +23,21 @@ export function notRegularFile(path: string, kind: string, what: string): Calder
 }
 
 /**
+ * `E_IO` naming the link and where it points when `path`, which was not found, is a symbolic link whose target is gone
+ * (a Hugging Face cache whose blob was removed), else null (Node only). Such a file is not absent: a loader that
+ * skipped it went on without the model's tokenizer settings or chat template, without a word.
+ */
+export async function danglingLinkError(path: string): Promise<CalderaError | null> {
+  const fs = await nodeFs();
+  const link = await fs.lstat(path).catch(() => null);
+  if (!link?.isSymbolicLink()) return null;
+  const target = await fs.readlink(path).catch(() => '?');
+  return new CalderaError('E_IO', `${path} is a symbolic link to ${target}, which does not exist`, {
+    details: { path },
+  });
+}
+
+/**
  * The UTF-8 text of the regular file at `path` (Node only). Anything else found there (after following symlinks) is
  * `E_IO` "`path` is a FIFO (named pipe), not a `what`" (a directory, a socket, a device likewise), found before the
  * file is opened: reading a FIFO waits for a writer for ever. Errors of the `stat` and the read are rethrown as Node
@@ -55,7 +70,7 @@ export async function readTextFileOrFail(path: string, what: string): Promise<st
  * The parsed JSON of the file at `path` (Node only): `E_IO` when it cannot be read or is not a regular file (a FIFO
  * was read for ever), `E_FORMAT` naming it when it is not valid JSON. With `optional`, a file that does not exist gives
  * null; nothing else counts as missing (a file that cannot be read was taken for a missing one: a checkpoint loaded as
- * a dense model). The runtimes' folder loaders and the CLI read config.json, caldera.json and the tokenizer's files so.
+ * a dense model; a symbolic link whose target is gone is `E_IO`, see {@link danglingLinkError}). The runtimes' folder loaders and the CLI read config.json, caldera.json and the tokenizer's files so.
  */
 export async function readJsonFile(path: string, options: { optional?: boolean } = {}): Promise<unknown> {
   let text: string;
@@ -64,7 +79,11 @@ export async function readJsonFile(path: string, options: { optional?: boolean }
   } catch (e) {
     if (e instanceof CalderaError) throw e;
     const code = (e as { code?: string }).code;
-    if (options.optional && code === 'ENOENT') return null;
+    if (code === 'ENOENT') {
+      const dangling = await danglingLinkError(path);
+      if (dangling) throw dangling;
+      if (options.optional) return null;
+    }
     // e.g. a model file given where a model directory was asked for (ENOTDIR names only the joined path)
     if (code === 'ENOTDIR')
       throw new CalderaError(

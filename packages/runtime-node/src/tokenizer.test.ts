@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HfTokenizer, loadTokenizer } from './tokenizer.js';
@@ -251,6 +251,26 @@ describe('HfTokenizer', () => {
       /E_UNSUPPORTED.*'tool_use'.*none named 'default'/,
     );
     expect(noDefault.applyChatTemplate(msgs, { template: listed[0]!.template })).toBe('TOOLS Hi');
+  });
+
+  it('loadTokenizer: a side file that is a dangling symbolic link is E_IO naming it, not taken as absent', async () => {
+    // a Hugging Face cache whose blob was removed: the model ran without its chat template or special tokens
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-tok-'));
+    try {
+      await writeFile(join(dir, 'tokenizer.json'), JSON.stringify(json));
+      for (const f of ['chat_template.jinja', 'tokenizer_config.json', 'special_tokens_map.json']) {
+        await symlink(join(dir, 'blobs', 'gone'), join(dir, f));
+        await expect(loadTokenizer(dir)).rejects.toThrow(
+          new RegExp(
+            `^E_IO: .*${f.replace('.', '\\.')} is a symbolic link to .*blobs/gone, which does not exist$`,
+          ),
+        );
+        await rm(join(dir, f));
+      }
+      expect((await loadTokenizer(dir)).hasChatTemplate).toBe(false);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('a template that is no string, empty, or does not parse is E_FORMAT naming where it came from', async () => {

@@ -1,5 +1,5 @@
 import { Tokenizer } from '@huggingface/tokenizers';
-import { CalderaError, checkTokenArray, describeValue, readTextFile } from '@caldera/core';
+import { CalderaError, checkTokenArray, danglingLinkError, describeValue, readTextFile } from '@caldera/core';
 import { nodePath } from './node-builtins.js';
 import { checkPathArgument, readJsonFile } from './json-file.js';
 import { renderChatTemplate } from './chat-template.js';
@@ -295,15 +295,19 @@ export class HfTokenizer implements TextTokenizer {
 }
 
 /**
- * The text of `path`, or null when it does not exist (`E_IO` when it cannot be read, or is not a regular file: a FIFO
- * there made every command that loads the tokenizer wait for ever).
+ * The text of `path`, or null when it does not exist (`E_IO` when it cannot be read, is a symbolic link whose target is
+ * gone, or is not a regular file: a FIFO there made every command that loads the tokenizer wait for ever).
  */
 async function readOptionalText(path: string): Promise<string | null> {
   try {
     return await readTextFile(path, 'chat template');
   } catch (e) {
     if (e instanceof CalderaError) throw e;
-    if ((e as { code?: string }).code === 'ENOENT') return null;
+    if ((e as { code?: string }).code === 'ENOENT') {
+      const dangling = await danglingLinkError(path);
+      if (dangling) throw dangling;
+      return null;
+    }
     throw new CalderaError('E_IO', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
   }
 }

@@ -1,6 +1,7 @@
 import {
   CalderaError,
   checkTokenIds,
+  danglingLinkError,
   isTempNameOf,
   isCalderaError,
   type CalderaErrorCode,
@@ -336,12 +337,8 @@ export async function modelSideFiles(dir: string, withConfig = false): Promise<R
     if (!st) {
       // a link whose target is gone (a Hugging Face cache whose blob was removed) is no absent file: the checkpoint
       // went without its tokenizer settings or chat template without a word
-      const link = await lstat(path).catch(() => null);
-      if (link?.isSymbolicLink())
-        throw new CalderaError(
-          'E_IO',
-          `${path} is a symbolic link to ${await readlink(path).catch(() => '?')}, which does not exist`,
-        );
+      const dangling = await danglingLinkError(path);
+      if (dangling) throw dangling;
       continue;
     }
     if (!st.isFile()) throw notRegularFile(path, specialFileKind(st), 'file to copy');
