@@ -98,6 +98,11 @@ describe('caldera compress: source models', () => {
       /is not the one this run compressed: its config\.json changed since/,
     );
     writeFileSync(join(src, 'config.json'), config);
+    // another model given as [model]: that one is named as not the run's, the recorded one as the run's
+    const { dir: other } = await writeTinyModel(join(tmp, 'swap-other'), { seed: 10 });
+    expect(run(['merge', out, other]).stderr).toMatch(
+      /E_FORMAT: the model at .*swap-other is not the one this run compressed \(.*swap, as the run recorded it\): its tensors \(first: lm_head\.weight\) differ; give that model's path on this machine/,
+    );
     const ok = run(['merge', out]);
     expect(ok.status, ok.stderr).toBe(0);
     const { model } = await loadModel(out);

@@ -1023,9 +1023,15 @@ async function assemble(ctx: Ctx, work: string, manifest: JobManifest, held?: He
  * `E_FORMAT` unless the model at the manifest's path is still the one its jobs were made from: its tensors (and, where
  * the Hessian plan recorded it, its `config.json`). The merge reads the carried tensors, the configuration and the
  * baseline from it: another model there gave a checkpoint of two models, silently. One pass over the model, as a
- * compress run's start.
+ * compress run's start. `recordedModel`: the path the run recorded, when `merge` was given another (the message then
+ * says the given model is another one, rather than that the recorded one changed).
  */
-async function checkSourceUnchanged(manifest: JobManifest, work: string, signal: AbortSignal): Promise<void> {
+async function checkSourceUnchanged(
+  manifest: JobManifest,
+  work: string,
+  signal: AbortSignal,
+  recordedModel: string = manifest.model,
+): Promise<void> {
   const now = await hashModelTensors(manifest.model, { signal });
   const plan = await readHessianPlan(work).catch(() => null);
   const changed =
@@ -1043,8 +1049,13 @@ async function checkSourceUnchanged(manifest: JobManifest, work: string, signal:
   if (changed)
     throw new CalderaError(
       'E_FORMAT',
-      `the model at ${manifest.model} is not the one this run compressed: ${changed} changed since; ` +
-        'put the original back, or compress the new model in a run of its own',
+      recordedModel === manifest.model
+        ? `the model at ${manifest.model} is not the one this run compressed: ${changed} changed since; ` +
+            'put the original back, or compress the new model in a run of its own'
+        : // a [model] given to merge: another model, not the one at the recorded path changed
+          `the model at ${manifest.model} is not the one this run compressed (${recordedModel}, as the run ` +
+            `recorded it): ${changed} ${changed === 'its config.json' ? 'differs' : 'differ'}; give that model's path ` +
+            'on this machine',
     );
 }
 
@@ -1071,7 +1082,7 @@ export async function mergeCommand(a: Args): Promise<number> {
   // Ctrl-C or SIGTERM: nothing written, the work directory kept for a rerun
   const stop = onStopSignals();
   try {
-    await checkSourceUnchanged(manifest, work, stop.signal);
+    await checkSourceUnchanged(manifest, work, stop.signal, recorded.model);
     await assemble(
       {
         modelDir: manifest.model,
