@@ -409,4 +409,20 @@ describe('calibration text files', () => {
     writeFileSync(bad, '{"text": 5}\n');
     await expect(readDocuments(bad)).rejects.toThrow(/E_FORMAT.*bad\.jsonl:1/);
   });
+
+  it("whole: the file as one document — its text as is, a .jsonl's texts (empty ones too) joined by blank lines", async () => {
+    const { readDocuments } = await import('./commands/common.js');
+    const dir = mkdtempSync(join(tmpdir(), 'caldera-whole-'));
+    const txt = join(dir, 'a.txt');
+    writeFileSync(txt, ' one\r\n\r\n\ntwo \n');
+    expect(await readDocuments(txt)).toEqual([' one', 'two \n']);
+    expect(await readDocuments(txt, { whole: true })).toEqual([' one\n\n\ntwo \n']);
+    const jsonl = join(dir, 'a.jsonl');
+    // as "\n\n".join(rows) of a Hugging Face split whose empty rows are kept
+    writeFileSync(jsonl, '{"text": " = A = "}\n{"text": ""}\n\n{"content": "b"}\n');
+    expect(await readDocuments(jsonl)).toEqual([' = A = ', 'b']);
+    expect(await readDocuments(jsonl, { whole: true })).toEqual([' = A = \n\n\n\nb']);
+    writeFileSync(txt, ' \n\n ');
+    expect(await readDocuments(txt, { whole: true })).toEqual([]);
+  });
 });

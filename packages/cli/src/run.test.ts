@@ -4,7 +4,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Rng, writeSafetensors, type CalderaLayerMeta, type Tensor } from '@caldera/core';
 import { calderaCheckpointMeta, randomDecomposition, toCheckpointTensors } from '@caldera/lowrank';
-import { blockLinearNames, loadTokenizer, planLlama2cMemory } from '@caldera/runtime-node';
+import {
+  blockLinearNames,
+  Llama2cTokenizer,
+  loadLlama2c,
+  loadTokenizer,
+  perplexity,
+  planLlama2cMemory,
+} from '@caldera/runtime-node';
 import { runCli } from './test-cli.js';
 import { writeTinyModel } from './test-models.js';
 
@@ -146,7 +153,7 @@ describe('caldera generate on llama2.c models, as run.c prints and stops', () =>
 describe('caldera generate / eval / inspect', () => {
   const model = tinyLlama2c();
 
-  it('inspect, generate and eval a llama2.c model with --json', () => {
+  it('inspect, generate and eval a llama2.c model with --json', async () => {
     const ins = run(['inspect', model, '--json']);
     expect(ins.status, ins.stderr).toBe(0);
     const info = JSON.parse(ins.stdout);
@@ -199,6 +206,35 @@ describe('caldera generate / eval / inspect', () => {
       expect(t.status, t.stderr).toBe(0);
       expect(JSON.parse(t.stdout.trim()).nll).toBe(e.nll);
     }
+    // documents each after BOS by default; --whole-text: the file as one text after one BOS (its blank line kept, as
+    // the papers' "\n\n".join(test)) — the same numbers as perplexity() of exactly those ids, bit for bit
+    const { model: m, config } = await loadLlama2c(model);
+    const tokenizer = Llama2cTokenizer.fromBytes(
+      readFileSync(join(model, '..', 'tokenizer.bin')),
+      config.vocabSize,
+    );
+    const textFile = join(model, '..', 'text.txt');
+    const ids = (whole: boolean) =>
+      whole
+        ? [1, ...tokenizer.encode('a aa a\n\naaa a a')]
+        : [1, ...tokenizer.encode('a aa a'), 1, ...tokenizer.encode('aaa a a')];
+    for (const whole of [false, true]) {
+      const r = run([
+        'eval',
+        model,
+        '--text',
+        textFile,
+        '--context',
+        '4',
+        '--json',
+        ...(whole ? ['--whole-text'] : []),
+      ]);
+      expect(r.status, r.stderr).toBe(0);
+      const got = JSON.parse(r.stdout.trim());
+      const want = await perplexity(m, ids(whole), { context: 4 });
+      expect({ nll: got.nll, tokens: got.tokens }).toEqual({ nll: want.nll, tokens: want.tokens });
+    }
+    expect(ids(true)).not.toEqual(ids(false));
   });
 
   it('clear errors and non-zero exit codes', () => {

@@ -485,9 +485,13 @@ function firstNonUtf8Byte(bytes: Uint8Array): number {
  * blocks separated by blank lines. Line endings may be LF, CRLF or CR (a CRLF file kept a "\r" at every line's end,
  * and a CR one was one document). Documents without any text (blank, or `"text": ""`) are dropped. A `.json` file is
  * `E_FORMAT` (it would be read as one document of JSON); a pipe is read to its end, and a directory, socket or
- * block device is `E_IO` naming what it is.
+ * block device is `E_IO` naming what it is. With `whole`, the file is one document: its text (a `.jsonl`'s texts, empty
+ * ones too, joined by blank lines), as the GPTQ / QuIP# / CALDERA papers score WikiText-2 (`"\n\n".join(test)`).
  */
-export async function readDocuments(path: string): Promise<string[]> {
+export async function readDocuments(
+  path: string,
+  { whole = false }: { whole?: boolean } = {},
+): Promise<string[]> {
   let bytes: Uint8Array;
   try {
     const st = await stat(path);
@@ -508,7 +512,7 @@ export async function readDocuments(path: string): Promise<string[]> {
   const text = utf8Text(bytes, path).replace(/\r\n?/g, '\n');
   if (/\.jsonl$/i.test(path)) {
     // line numbers count every line of the file, blank ones included
-    return text
+    const texts = text
       .split('\n')
       .map((l, i) => [l, i] as const)
       .filter(([l]) => l.trim())
@@ -527,11 +531,16 @@ export async function readDocuments(path: string): Promise<string[]> {
             `${path}:${i + 1} has no "text" (or "content") string field; each line must be {"text": "…"}`,
           );
         return text;
-      })
-      .filter((t) => t.trim().length > 0); // as a .txt's blank documents: a file of {"text": ""} was BOS tokens only
+      });
+    if (whole) return oneDocument(texts.join('\n\n'));
+    return texts.filter((t) => t.trim().length > 0); // as a .txt's blank documents: a file of {"text": ""} was BOS tokens only
   }
+  if (whole) return oneDocument(text);
   return text.split(/\n\s*\n/).filter((d) => d.trim().length > 0);
 }
+
+/** `[text]`, or none when it is blank (as blank documents are dropped). */
+const oneDocument = (text: string): string[] => (text.trim().length > 0 ? [text] : []);
 
 /**
  * The first `max` token ids of `docs` (each after the BOS token when `bos` is not null), encoding only what they take:

@@ -40,11 +40,13 @@ import {
 } from './common.js';
 import { completionDecoder, streamedText } from '../stream-text.js';
 
-export const evalHelp = `caldera eval [model] [--text FILE] [--context N] [--stride N] [--max-tokens N] [--threads N]
-  [--tokenizer FILE] [--json]
+export const evalHelp = `caldera eval [model] [--text FILE] [--whole-text] [--context N] [--stride N] [--max-tokens N]
+  [--threads N] [--tokenizer FILE] [--json]
 Perplexity of a model (Hugging Face / Caldera directory, or llama2.c .bin) on a text (default: the reference
 model's test split). Prints tokens, mean NLL and perplexity. The defaults score what the held-out perplexities of
 'caldera compress' and 'caldera finetune' score (the first 8192 tokens, windows of 256), so the numbers agree.
+  --whole-text     score the file as one text after one BOS (a .jsonl's texts joined by blank lines), not as documents
+                   each after its BOS: the papers' WikiText-2 protocol (GPTQ, QuIP#, CALDERA)
   --context N      tokens per window, 2 … the model's max positions (default 256, or the max positions if fewer)
   --stride N       window step, 1 … context (default: context)
   --max-tokens N   evaluate at most N tokens of the text (default 8192)
@@ -104,7 +106,7 @@ async function evaluate(
       ? context
       : checkFlag('stride', flags.stride, { integer: true, min: 1, max: context }, ' (at most the context)');
   const text = flagString(a, 'text');
-  const docs = await readDocuments(text ?? defaultText('test'));
+  const docs = await readDocuments(text ?? defaultText('test'), { whole: a.flags.has('whole-text') });
   const bos = config.bosTokenId;
   // the first --max-tokens only (2 or more: the whole text when it has fewer, so the count below is the text's)
   const ids = leadingTokens((d) => tokenizer.encode(d), docs, bos, flags.max);
