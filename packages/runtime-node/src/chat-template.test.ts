@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Template } from '@huggingface/jinja';
-import { renderChatTemplate } from './chat-template.js';
+import { pythonStrip, renderChatTemplate } from './chat-template.js';
 
 // Qwen3's template in the form it ships (its reverse scan for the last user query, tool turns looking at their
 // neighbours): it names `messages` inside its per-message loops
@@ -85,5 +85,81 @@ describe('renderChatTemplate', () => {
       ),
     ).toThrow(/^it ran over 10000000 steps/);
     expect(performance.now() - t0).toBeLessThan(10_000);
+  });
+});
+
+// Expected strings below are jinja2 3.1's (Python), in transformers' environment (ImmutableSandboxedEnvironment,
+// trim_blocks, lstrip_blocks): transformers renders chat templates with it, so a prompt that differs is another prompt.
+describe('Python semantics where @huggingface/jinja differed from jinja2', () => {
+  it("`==`, `!=`, `in` compare as Python does ('' is not false; equal lists and mappings are equal)", () => {
+    const t =
+      "{% if '' == false %}A{% endif %}{% if [1] == [1] %}B{% endif %}{% if {'a': 1} == {'a': 1} %}C{% endif %}" +
+      "{% if true == 1 %}D{% endif %}{% if '1' == 1 %}E{% endif %}{% if 1 == 1.0 %}F{% endif %}" +
+      "{% if none == none %}G{% endif %}{% if {'a': 1} in [{'a': 1}] %}H{% endif %}{% if 1 in [true] %}I{% endif %}" +
+      "{% if 'a' in 'cat' %}J{% endif %}{% if 'k' in {'k': 1} %}K{% endif %}{% if [1, [2]] != [1, [2]] %}L{% endif %}" +
+      "{% if '0' != false %}M{% endif %}";
+    expect(renderChatTemplate(t, {})).toBe('BCDFGHIJKM'); // the library gave 'ADEGJKLM'
+    // Llama 2's template: an empty system prompt still gets its <<SYS>> block
+    const llama2 =
+      "{% if messages[0]['role'] == 'system' %}{% set system_message = messages[0]['content'] %}" +
+      '{% else %}{% set system_message = false %}{% endif %}' +
+      "{% if system_message != false %}<<SYS>>{{ system_message }}<</SYS>>{% endif %}{{ messages[-1]['content'] }}";
+    const messages = [
+      { role: 'system', content: '' },
+      { role: 'user', content: 'Hi' },
+    ];
+    expect(renderChatTemplate(llama2, { messages })).toBe('<<SYS>><</SYS>>Hi');
+  });
+
+  it('strip, lstrip, rstrip and |trim take their characters, and strip what Python counts as whitespace', () => {
+    const t =
+      "{{ '\\n  x  \\n'.lstrip('\\n') }}|{{ 'xxhixx'.strip('x') }}|{{ '  a  '.rstrip() }}|{{ s|trim }}|" +
+      "{{ 'abc'|trim('ac') }}|{{ s.strip() }}|{{ 'ab'.strip(none) }}";
+    // U+FEFF is no whitespace to Python, U+001F is
+    expect(renderChatTemplate(t, { s: '\ufeffHi\x1f' })).toBe('  x  \n|hi|  a|\ufeffHi|b|\ufeffHi|ab');
+    expect(pythonStrip('\u0085\u2003 a\u00a0', null)).toBe('a');
+    expect(pythonStrip('👋a👋', '👋')).toBe('a'); // by code point, not UTF-16 unit
+  });
+
+  it('selectattr/rejectattr test a missing attribute as undefined (Mistral Nemo checks role order so)', () => {
+    const t =
+      "{{ messages|selectattr('tool_calls', 'undefined')|list|length }}" +
+      "{{ messages|rejectattr('tool_calls')|list|length }}" +
+      "{{ messages|selectattr('role', 'equalto', 'user')|list|length }}" +
+      "{{ messages|selectattr('tool_calls', 'none')|list|length }}";
+    const messages = [
+      { role: 'user' },
+      { role: 'assistant', tool_calls: [1] },
+      { role: 'user', tool_calls: null },
+    ];
+    expect(renderChatTemplate(t, { messages })).toBe('1221'); // the library gave '0121'
+  });
+
+  it("strftime_now writes English month names, as Python's C locale (Intl followed the user's locale)", () => {
+    const now = new Date();
+    const want = ['short', 'long'].map((month) =>
+      new Intl.DateTimeFormat('en-US', { month: month as 'short' | 'long' }).format(now),
+    );
+    const got = renderChatTemplate("{{ strftime_now('%b|%B') }}", {}).split('|');
+    // (a render across midnight at a month's end would differ: not worth guarding)
+    expect(got).toEqual(want);
+  });
+
+  it('a list built of one list held twice, doubled, is refused at once (printing it took minutes and gigabytes)', () => {
+    const t0 = performance.now();
+    for (const t of [
+      '{% set ns = namespace(l=[0]) %}{% for i in range(26) %}{% set ns.l = [ns.l, ns.l] %}{% endfor %}{{ ns.l|tojson }}',
+      "{% set ns = namespace(d={'a': 'x'}) %}{% for i in range(26) %}{% set ns.d = {'a': ns.d, 'b': ns.d} %}{% endfor %}",
+    ])
+      expect(() => renderChatTemplate(t, {})).toThrow(
+        /^it made a (list|mapping) that prints as over 4194304 characters$/,
+      );
+    expect(performance.now() - t0).toBeLessThan(2000);
+    // a long conversation is no such list: 4000 messages of 200 characters render (800 kB)
+    const messages = Array.from({ length: 4000 }, (_, i) => ({
+      role: 'user',
+      content: `${i}`.padEnd(200, 'x'),
+    }));
+    expect(renderChatTemplate('{{ messages|tojson }}', { messages }).length).toBeGreaterThan(800_000);
   });
 });

@@ -16,21 +16,114 @@ export const CHAT_TEMPLATE_LIMITS = {
    * of 2 KB takes about 1 % of it.
    */
   steps: 10_000_000,
-  /** Characters of any string value, the rendered prompt included (4 Mi: about a million tokens). */
+  /**
+   * Characters of any string value, the rendered prompt included, and of what any list or mapping prints as (4 Mi:
+   * about a million tokens).
+   */
   stringChars: 1 << 22,
   /** Items of any list value. */
   listItems: 1 << 20,
 } as const;
 
-/** The parts of `@huggingface/jinja`'s syntax nodes the budget reads. */
+/** The parts of `@huggingface/jinja`'s syntax nodes the budget and the Python semantics read. */
 interface TemplateNode {
   type?: string;
   iterable?: { type?: string; lhs?: object };
   operand?: TemplateNode;
-  filter?: { type?: string; value?: unknown };
+  filter?: TemplateNode;
   object?: TemplateNode;
-  property?: { type?: string };
+  property?: TemplateNode;
+  computed?: boolean;
+  /** An identifier's name; a literal's value. */
+  value?: unknown;
+  operator?: { value?: string };
+  left?: TemplateNode;
+  right?: TemplateNode;
+  callee?: TemplateNode;
+  args?: TemplateNode[];
 }
+
+/** What this module reads of the library's runtime values (`StringValue`, `ArrayValue`, `ObjectValue`, …). */
+interface RuntimeValue {
+  type: string;
+  value: unknown;
+  __bool__(): { value: boolean };
+}
+
+/** The environment's parts used here: the tests (`defined`, `none`, …) and the variables. */
+interface TemplateEnvironment {
+  tests: Map<string, (...args: unknown[]) => boolean>;
+  lookupVariable(name: string): RuntimeValue;
+}
+
+/** A syntax node standing for a value already evaluated (so the library's own code can take it without redoing it). */
+const EVALUATED = 'CalderaEvaluatedValue';
+const evaluated = (v: RuntimeValue): TemplateNode => ({ type: EVALUATED, value: v });
+
+/** A new runtime value of `like`'s class (the library does not export its value classes). */
+function sameKind<T>(like: RuntimeValue, value: T): RuntimeValue {
+  return new (like.constructor as new (value: T) => RuntimeValue)(value);
+}
+
+/** A runtime boolean (of the library's class, taken from a value's truth). */
+function runtimeBoolean(like: RuntimeValue, value: boolean): RuntimeValue {
+  return sameKind(like.__bool__() as unknown as RuntimeValue, value);
+}
+
+const NUMERIC_TYPES = new Set(['IntegerValue', 'FloatValue', 'BooleanValue']);
+
+/**
+ * Python's `==` on template values, as transformers' Jinja (jinja2) evaluates it: numbers and booleans by value (True
+ * == 1), strings only to strings, lists (and tuples) and mappings item by item, none only to none. The library used
+ * JavaScript's loose `==` of the raw values: `'' == false` was true (Llama 2's `system_message != false` dropped an
+ * empty system prompt), while `[1] == [1]` was false.
+ */
+export function pythonEquals(a: RuntimeValue, b: RuntimeValue): boolean {
+  const numeric = NUMERIC_TYPES.has(a.type);
+  if (numeric || NUMERIC_TYPES.has(b.type))
+    return numeric && NUMERIC_TYPES.has(b.type) && Number(a.value) === Number(b.value);
+  if (Array.isArray(a.value) || Array.isArray(b.value)) {
+    const [x, y] = [a.value, b.value];
+    return (
+      a.type === b.type &&
+      Array.isArray(x) &&
+      Array.isArray(y) &&
+      x.length === y.length &&
+      x.every((item, i) => pythonEquals(item as RuntimeValue, y[i] as RuntimeValue))
+    );
+  }
+  if (a.value instanceof Map || b.value instanceof Map) {
+    const [x, y] = [a.value, b.value];
+    if (!(x instanceof Map && y instanceof Map) || x.size !== y.size) return false;
+    for (const [k, v] of x)
+      if (!y.has(k) || !pythonEquals(v as RuntimeValue, y.get(k) as RuntimeValue)) return false;
+    return true;
+  }
+  return a.type === b.type && a.value === b.value;
+}
+
+/** The characters Python's `str.strip()` removes by default (`str.isspace`); JavaScript's `trim` differs (U+FEFF, U+001C–U+001F, U+0085). */
+const PYTHON_WHITESPACE = new Set(
+  [
+    9, 10, 11, 12, 13, 0x1c, 0x1d, 0x1e, 0x1f, 0x20, 0x85, 0xa0, 0x1680, 0x2028, 0x2029, 0x202f, 0x205f,
+    0x3000,
+  ]
+    .concat(Array.from({ length: 11 }, (_, i) => 0x2000 + i))
+    .map((c) => String.fromCodePoint(c)),
+);
+
+/** Python's `s.strip(chars)` (`lstrip` with `end` false, `rstrip` with `start` false); `chars` null: whitespace. */
+export function pythonStrip(s: string, chars: string | null, start = true, end = true): string {
+  const strip = chars === null ? PYTHON_WHITESPACE : new Set(Array.from(chars));
+  const cps = Array.from(s);
+  let i = 0;
+  let j = cps.length;
+  if (start) while (i < j && strip.has(cps[i]!)) i++;
+  if (end) while (j > i && strip.has(cps[j - 1]!)) j--;
+  return i === 0 && j === cps.length ? s : cps.slice(i, j).join('');
+}
+
+const STRIP_SIDES = { strip: [true, true], lstrip: [true, false], rstrip: [false, true] } as const;
 
 /** The interpreter of {@link renderChatTemplate}: the library's, counting what each evaluation makes. */
 class BudgetedInterpreter extends Interpreter {
@@ -51,8 +144,120 @@ class BudgetedInterpreter extends Interpreter {
     if (lookup) this.constantTime.add(node);
   }
 
+  /**
+   * Characters the value `v` prints as at least (its strings, one per other item and two per list or mapping item;
+   * a list held twice counted twice), memoized per value: `[l, l]` repeated doubles what printing it makes while each
+   * list it makes holds 2 items (26 rounds: 100 s and 1.8 GB before the string limit could see it).
+   */
+  private readonly printed = new WeakMap<object, number>();
+  private printedSize(v: RuntimeValue): number {
+    const x = v.value;
+    if (typeof x === 'string') return x.length;
+    if (!Array.isArray(x) && !(x instanceof Map)) return 1;
+    const known = this.printed.get(v);
+    if (known !== undefined) return known;
+    let n = 2;
+    for (const [k, item] of Array.isArray(x) ? x.entries() : x.entries()) {
+      n += 2 + (typeof k === 'string' ? k.length : 0) + this.printedSize(item as RuntimeValue);
+      if (n > CHAT_TEMPLATE_LIMITS.stringChars) break; // (refused: the exact size does not matter)
+    }
+    this.printed.set(v, n);
+    return n;
+  }
+
+  /**
+   * Where transformers' Jinja (Python's jinja2) and the library differ, the value Python gives, else undefined (the
+   * library's then): `==`, `!=`, `in`, `not in` with Python equality; `s.strip(chars)`, `lstrip`, `rstrip` and
+   * `|trim(chars)` with their argument and Python's whitespace (the library ignored the argument: Qwen3's and QwQ's
+   * `content.lstrip('\n')` removed spaces too); `selectattr`/`rejectattr` testing a missing attribute as undefined
+   * (the library skipped such items: Mistral Nemo's role-order check never raised).
+   */
+  private python(node: TemplateNode, env: TemplateEnvironment): RuntimeValue | undefined {
+    // the library's own evaluation of a node whose parts this evaluated already (below, where Python agrees with it)
+    if ([node.left, node.callee?.object, node.operand].some((n) => n?.type === EVALUATED)) return undefined;
+    if (node.type === 'BinaryExpression') {
+      const op = node.operator?.value;
+      if (op !== '==' && op !== '!=' && op !== 'in' && op !== 'not in') return undefined;
+      const left = this.value(node.left, env);
+      const right = this.value(node.right, env);
+      if (op === '==' || op === '!=')
+        return runtimeBoolean(left, pythonEquals(left, right) === (op === '=='));
+      if (!Array.isArray(right.value))
+        return this.value({ ...node, left: evaluated(left), right: evaluated(right) }, env);
+      const member = (right.value as RuntimeValue[]).some((item) => pythonEquals(left, item));
+      return runtimeBoolean(left, member === (op === 'in'));
+    }
+    if (
+      node.type === 'CallExpression' &&
+      node.callee?.type === 'MemberExpression' &&
+      !node.callee.computed &&
+      node.callee.property?.type === 'Identifier' &&
+      Object.hasOwn(STRIP_SIDES, node.callee.property.value as string)
+    ) {
+      const object = this.value(node.callee.object, env);
+      const call = { ...node, callee: { ...node.callee, object: evaluated(object) } };
+      if (object.type !== 'StringValue' || (node.args ?? []).length > 1) return this.value(call, env);
+      const [start, end] = STRIP_SIDES[node.callee.property.value as keyof typeof STRIP_SIDES];
+      return this.stripped(object, node.args?.[0], env, start, end);
+    }
+    if (node.type === 'FilterExpression' && node.filter) {
+      const f = node.filter;
+      const name = f.type === 'CallExpression' ? f.callee?.value : f.value;
+      const filterArgs = f.type === 'CallExpression' ? (f.args ?? []) : [];
+      if (name === 'trim') {
+        const operand = this.value(node.operand, env);
+        if (operand.type !== 'StringValue' || filterArgs.length > 1)
+          return this.value({ ...node, operand: evaluated(operand) }, env);
+        return this.stripped(operand, filterArgs[0], env, true, true);
+      }
+      if (name === 'selectattr' || name === 'rejectattr') {
+        const operand = this.value(node.operand, env);
+        const items = operand.value;
+        const simple =
+          Array.isArray(items) &&
+          items.every((i) => (i as RuntimeValue).value instanceof Map) &&
+          filterArgs.length >= 1 &&
+          filterArgs.every((a) => a.type === 'StringLiteral');
+        if (!simple) return this.value({ ...node, operand: evaluated(operand) }, env);
+        const [attr, testName, arg] = filterArgs.map((a) => this.value(a, env));
+        const test = testName === undefined ? undefined : env.tests.get(testName.value as string);
+        if (testName !== undefined && !test) throw new Error(`Unknown test: ${String(testName.value)}`);
+        const missing = env.lookupVariable('\u0000caldera: no such attribute');
+        const kept = (items as RuntimeValue[]).filter((item) => {
+          const a = ((item.value as Map<string, RuntimeValue>).get(attr!.value as string) ??
+            missing) as RuntimeValue;
+          const passed = test ? test(a, arg) : a.__bool__().value;
+          return passed === (name === 'selectattr');
+        });
+        return sameKind(operand, kept);
+      }
+    }
+    return undefined;
+  }
+
+  /** `s.strip(chars)` of the string value `s` with `charsNode` (absent or none: whitespace). */
+  private stripped(
+    s: RuntimeValue,
+    charsNode: TemplateNode | undefined,
+    env: TemplateEnvironment,
+    start: boolean,
+    end: boolean,
+  ): RuntimeValue {
+    const chars = charsNode === undefined ? undefined : this.value(charsNode, env);
+    if (chars !== undefined && chars.type !== 'StringValue' && chars.type !== 'NullValue')
+      throw new Error(`strip arg must be None or str, got ${chars.type}`);
+    const set = chars?.type === 'StringValue' ? (chars.value as string) : null;
+    return sameKind(s, pythonStrip(s.value as string, set, start, end));
+  }
+
+  /** {@link evaluate} of `node` as a runtime value. */
+  private value(node: TemplateNode | undefined, env: TemplateEnvironment): RuntimeValue {
+    return this.evaluate(node as never, env as never) as unknown as RuntimeValue;
+  }
+
   override evaluate(...args: Parameters<Interpreter['evaluate']>): ReturnType<Interpreter['evaluate']> {
     const node = args[0] as TemplateNode | undefined;
+    if (node?.type === EVALUATED) return node.value as ReturnType<Interpreter['evaluate']>;
     if (node?.type === 'For' && node.iterable)
       this.loopLists.add(node.iterable.type === 'SelectExpression' ? node.iterable.lhs! : node.iterable);
     // a list or mapping whose length or one item is taken, `messages|length`, `messages[i]`, `message.role`: O(1)
@@ -64,7 +269,8 @@ class BudgetedInterpreter extends Interpreter {
       this.markLookup(node.operand);
     if (node?.type === 'MemberExpression' && node.property?.type !== 'SliceExpression')
       this.markLookup(node.object);
-    const v = super.evaluate(...args);
+    const python = node ? this.python(node, args[1] as unknown as TemplateEnvironment) : undefined;
+    const v = python ? (python as unknown as ReturnType<Interpreter['evaluate']>) : super.evaluate(...args);
     const value = (v as { value?: unknown }).value;
     const size =
       typeof value === 'string' || Array.isArray(value)
@@ -76,6 +282,13 @@ class BudgetedInterpreter extends Interpreter {
       throw new Error(`it made a string of ${size} characters, over ${CHAT_TEMPLATE_LIMITS.stringChars}`);
     if (Array.isArray(value) && size > CHAT_TEMPLATE_LIMITS.listItems)
       throw new Error(`it made a list of ${size} items, over ${CHAT_TEMPLATE_LIMITS.listItems}`);
+    if (
+      (Array.isArray(value) || value instanceof Map) &&
+      this.printedSize(v as unknown as RuntimeValue) > CHAT_TEMPLATE_LIMITS.stringChars
+    )
+      throw new Error(
+        `it made a ${Array.isArray(value) ? 'list' : 'mapping'} that prints as over ${CHAT_TEMPLATE_LIMITS.stringChars} characters`,
+      );
     // A list a loop runs over is charged by its items (iterations); one looked up by name inside a loop,
     // `messages[loop.index0 - 1]`, is not an iteration: charged by its size, as made, except where only its length or
     // one item is taken (one step: `messages|length` in a loop over the messages was quadratic, and a Qwen3 chat of
@@ -115,7 +328,26 @@ function boundedRange(start: number, stop?: number, step = 1): number[] {
   return Array.from({ length: count }, (_, i) => start + i * step);
 }
 
-/** `strftime_now(format)` as transformers gives templates: the local time, `%Y %m %d %b %B %H %M %%`. */
+/** Month names as Python's `strftime` writes them in the C locale transformers runs in (never the user's locale). */
+const MONTHS = [
+  'January',
+  'February',
+  'March',
+  'April',
+  'May',
+  'June',
+  'July',
+  'August',
+  'September',
+  'October',
+  'November',
+  'December',
+];
+
+/**
+ * `strftime_now(format)` as transformers gives templates: the local time, `%Y %m %d %b %B %H %M %%`, month names in
+ * English whatever the locale (`Intl` wrote "déc." under a French one, and "Sept" under en_GB).
+ */
 function strftimeNow(format: string): string {
   const now = new Date();
   const pad2 = (n: number) => String(n).padStart(2, '0');
@@ -128,9 +360,9 @@ function strftimeNow(format: string): string {
       case '%d':
         return pad2(now.getDate());
       case '%b':
-        return new Intl.DateTimeFormat(undefined, { month: 'short' }).format(now);
+        return MONTHS[now.getMonth()]!.slice(0, 3);
       case '%B':
-        return new Intl.DateTimeFormat(undefined, { month: 'long' }).format(now);
+        return MONTHS[now.getMonth()]!;
       case '%H':
         return pad2(now.getHours());
       case '%M':

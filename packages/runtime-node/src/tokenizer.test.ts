@@ -251,6 +251,12 @@ describe('HfTokenizer', () => {
       /E_UNSUPPORTED.*'tool_use'.*none named 'default'/,
     );
     expect(noDefault.applyChatTemplate(msgs, { template: listed[0]!.template })).toBe('TOOLS Hi');
+    // tools and documents are none, as transformers passes them when a caller gives none (they were undefined)
+    expect(
+      noDefault.applyChatTemplate(msgs, {
+        template: '{% if tools is none and documents is none %}ok{% endif %}',
+      }),
+    ).toBe('ok');
   });
 
   it('loadTokenizer: a side file that is a dangling symbolic link is E_IO naming it, not taken as absent', async () => {

@@ -283,6 +283,9 @@ export class HfTokenizer implements TextTokenizer {
       eos_token: '',
       ...tokens,
       add_generation_prompt: options.addGenerationPrompt ?? true,
+      // as transformers passes them when the caller gives none (`tools is not none` is false there)
+      tools: null,
+      documents: null,
     };
     try {
       return renderChatTemplate(tpl, context);
