@@ -58,7 +58,7 @@ if (positional && reference) usageError('give a model directory or --reference, 
 if (!positional && !reference) {
   console.error(
     USAGE +
-      '\nDownload a model first, e.g.: huggingface-cli download HuggingFaceTB/SmolLM2-135M --local-dir smollm2',
+      '\nDownload a model first, e.g.: hf download HuggingFaceTB/SmolLM2-135M --local-dir smollm2',
   );
   process.exit(2);
 }

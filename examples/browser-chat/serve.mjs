@@ -1,8 +1,8 @@
 // A tiny static server for dist/ (the built site) on 127.0.0.1 (WebGPU needs a secure context: localhost counts as one),
 // cross-origin isolated.
-import { realpathSync } from 'node:fs';
+import { createReadStream, realpathSync } from 'node:fs';
 import { createServer } from 'node:http';
-import { readFile } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { extname, join, normalize } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -37,19 +37,61 @@ export function staticServer() {
       return;
     }
     const file = join(root, path.endsWith('/') ? `${path}index.html` : path);
+    let size;
     try {
-      const body = await readFile(file);
-      res.writeHead(200, {
-        'content-type': types[extname(file)] ?? 'application/octet-stream',
-        'content-length': body.length, // the loader's download progress shows a total and a percentage
-        ...ISOLATION,
-      });
-      res.end(body);
-    } catch {
-      res.writeHead(404);
-      res.end('not found');
+      const st = await stat(file);
+      if (!st.isFile()) throw Object.assign(new Error('not a file'), { code: 'EISDIR' });
+      size = st.size;
+    } catch (e) {
+      const missing = ['ENOENT', 'ENOTDIR', 'EISDIR'].includes(e.code);
+      res.writeHead(missing ? 404 : 500);
+      res.end(missing ? 'not found' : `cannot read ${path}: ${e.message}`);
+      return;
     }
+    // one byte range (the model loader reads each weight file's header so), else the whole file; streamed, so files
+    // of 2 GiB and more (a checkpoint of a 7B model, a dense 1B one) are served too: readFile refuses them
+    const range = byteRange(req.headers.range, size);
+    if (range === 'unsatisfiable') {
+      res.writeHead(416, { 'content-range': `bytes */${size}`, ...ISOLATION });
+      res.end();
+      return;
+    }
+    const [start, end] = range ?? [0, size - 1];
+    res.writeHead(range ? 206 : 200, {
+      'content-type': types[extname(file)] ?? 'application/octet-stream',
+      'content-length': end - start + 1, // the loader's download progress shows a total and a percentage
+      'accept-ranges': 'bytes',
+      ...(range ? { 'content-range': `bytes ${start}-${end}/${size}` } : {}),
+      ...ISOLATION,
+    });
+    if (req.method === 'HEAD' || end < start) {
+      res.end();
+      return;
+    }
+    createReadStream(file, { start, end })
+      .on('error', () => res.destroy())
+      .pipe(res);
   });
+}
+
+/**
+ * The [first, last] bytes of a `Range: bytes=a-b` header (`a-`, `-n` suffix forms too) for a file of `size` bytes;
+ * null for no header or one this server does not serve (several ranges: the whole file is the answer);
+ * 'unsatisfiable' for a range past the end.
+ */
+function byteRange(header, size) {
+  const m = /^bytes=(\d*)-(\d*)$/.exec(header ?? '');
+  if (!m || (m[1] === '' && m[2] === '')) return null;
+  let start;
+  let end;
+  if (m[1] === '') {
+    start = Math.max(0, size - Number(m[2]));
+    end = size - 1;
+  } else {
+    start = Number(m[1]);
+    end = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1);
+  }
+  return start >= size || start > end ? 'unsatisfiable' : [start, end];
 }
 
 /** Whether this module is the script node runs (`node serve.mjs`, from any path), not an import. */

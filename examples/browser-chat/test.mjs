@@ -8,9 +8,9 @@
 // isolated), say so on its status line and give the same greedy tokens.
 // Prints 'skipped: …' and exits 0 when /usr/bin/chromium or playwright-core is missing.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stopTokenIdsOf } from '@caldera/core';
 import { generate, loadModel, readJsonFile } from '@caldera/runtime-node';
@@ -92,6 +92,30 @@ try {
     (await fetch(`${url}%`)).status === 400 && (await fetch(url)).ok,
     'server: /% is a bad request (400), the server keeps serving',
   );
+  // files of 2 GiB and more are served (read whole with readFile, a 2.2 GB model answered 404), streamed, and byte
+  // ranges too (the loader reads each weight file's header with one)
+  const bigDir = mkdtempSync(join(here, 'dist', 'big-'));
+  try {
+    const size = 2_200_000_000;
+    writeFileSync(join(bigDir, 'model.safetensors'), '');
+    truncateSync(join(bigDir, 'model.safetensors'), size); // sparse: no disk taken
+    const bigUrl = `${url}${basename(bigDir)}/model.safetensors`;
+    const tail = await fetch(bigUrl, { headers: { range: `bytes=${size - 10}-` } });
+    const whole = await fetch(bigUrl);
+    const past = await fetch(bigUrl, { headers: { range: `bytes=${size}-` } });
+    check(
+      tail.status === 206 &&
+        tail.headers.get('content-range') === `bytes ${size - 10}-${size - 1}/${size}` &&
+        (await tail.arrayBuffer()).byteLength === 10 &&
+        whole.status === 200 &&
+        whole.headers.get('content-length') === String(size) &&
+        past.status === 416,
+      `server: a 2.2 GB file is served whole (${whole.status}) and by range (${tail.status}; past its end ${past.status})`,
+    );
+    await whole.body?.cancel();
+  } finally {
+    rmSync(bigDir, { recursive: true, force: true });
+  }
   const missing = spawnSync(process.execPath, ['prepare.mjs', join(here, 'no such model')], {
     cwd: here,
     encoding: 'utf8',

@@ -16,7 +16,8 @@ export function syntheticProblem(m, n, seed, pool) {
     for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) w[i * n + j] += (s * u[i] * v[j]) / Math.sqrt(n);
   }
   for (let i = 0; i < w.length; i++) w[i] += 0.05 * rng.normal();
-  for (const j of [5, 77, 300 % n]) for (let i = 0; i < m; i++) w[i * n + j] *= 8;
+  // (columns within n: for n < 78 column 77 was the next row's column 77 − n)
+  for (const j of [5, 77 % n, 300 % n]) for (let i = 0; i < m; i++) w[i * n + j] *= 8;
   const W = tensor('f32', [m, n], w);
 
   const N = 4 * n;

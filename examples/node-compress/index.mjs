@@ -28,6 +28,8 @@ const code = await main(['compress', ...args, ...(userOut === undefined ? ['--ou
 if (code !== 0) process.exit(code);
 const after = stamp();
 if (after === null || after === before) process.exit(0); // no checkpoint written by this run: nothing to report
+// with --json compress printed the report as JSON lines: no plain line after them
+if ((args.includes('--') ? args.slice(0, args.indexOf('--')) : args).includes('--json')) process.exit(0);
 const report = JSON.parse(readFileSync(reportFile, 'utf8'));
 console.log(
   `\n${report.method}: ${report.bitsPerWeight.toFixed(3)} bits/weight, perplexity ${report.perplexity.original.toFixed(2)} → ${report.perplexity.compressed.toFixed(2)}, ${report.seconds.toFixed(0)} s`,
