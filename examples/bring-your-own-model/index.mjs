@@ -57,8 +57,7 @@ const reference = options.has('reference');
 if (positional && reference) usageError('give a model directory or --reference, not both');
 if (!positional && !reference) {
   console.error(
-    USAGE +
-      '\nDownload a model first, e.g.: hf download HuggingFaceTB/SmolLM2-135M --local-dir smollm2',
+    USAGE + '\nDownload a model first, e.g.: hf download HuggingFaceTB/SmolLM2-135M --local-dir smollm2',
   );
   process.exit(2);
 }
