@@ -167,6 +167,23 @@ describe('LlamaModel', () => {
     expect(cache.length).toBe(6); // refused before any block ran
   });
 
+  it('positions past max positions are E_VALUE, with a cache or without (as generate, perplexity and runtime-webgpu)', () => {
+    // it computed logits at positions the model never saw, RoPE extrapolated, and a KVCache larger than them was taken
+    const short = parseModelConfig({ ...hf, max_position_embeddings: 5 });
+    const m = randomModelOf(short, 5).model;
+    expect(m.forward([1, 2, 3, 4, 5])).toHaveLength(5 * short.vocabSize);
+    expect(() => m.forward([1, 2, 3, 4, 5, 6])).toThrow(
+      "E_VALUE: positions 0…5 exceed the model's max positions (5)",
+    );
+    const cache = new KVCache(short, 16);
+    m.forward([1, 2, 3, 4], cache);
+    m.forward([5], cache);
+    expect(() => m.forward([6], cache)).toThrow(
+      /^E_VALUE: positions 5…5 exceed the model's max positions \(5\)$/,
+    );
+    expect(cache.length).toBe(5); // refused before any block ran
+  });
+
   it('forward with { last: true } gives the last row of the full logits', () => {
     const full = model.forward(tokens);
     const V = cfg.vocabSize;

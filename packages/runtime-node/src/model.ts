@@ -282,7 +282,7 @@ export class LlamaModel {
   /**
    * Run block `b` on `rows` hidden states at positions `cache.length…` (the cache is extended), or from 0 without a
    * cache. A `b` that is not a block of the model (an integer in [0, `numLayers`)) is `E_VALUE`, and so are positions
-   * past a sliding window (`config.slidingWindow`).
+   * past the model's max positions (`config.maxPositions`) or a sliding window (`config.slidingWindow`).
    */
   runBlock(b: number, x: Float32Array, rows: number, cache?: KVCache, capture?: CaptureFn): Float32Array {
     const cfg = this.config;
@@ -300,6 +300,12 @@ export class LlamaModel {
         'E_VALUE',
         `positions ${pos0}…${pos0 + rows - 1} exceed the model's sliding window of ${cfg.slidingWindow} tokens: this ` +
           'runtime attends to every earlier position, which is sliding-window attention only within the window',
+      );
+    // as generate(), perplexity() and runtime-webgpu: positions the model was never trained at give logits of no use
+    if (pos0 + rows > cfg.maxPositions)
+      throw new CalderaError(
+        'E_VALUE',
+        `positions ${pos0}…${pos0 + rows - 1} exceed the model's max positions (${cfg.maxPositions})`,
       );
     const h = rmsNorm(x, rows, w.inputNorm, cfg.rmsNormEps);
     capture?.('attn', h, rows);

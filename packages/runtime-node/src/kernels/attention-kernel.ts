@@ -65,7 +65,8 @@ export class AttentionKernel {
     const q = base + 2 * layers * layerBytes;
     const out = q + align16(CHUNK_ROWS * qw * 4);
     const scores = out + align16(CHUNK_ROWS * qw * 4);
-    const bytes = scores + align16(capacity * 4);
+    // the scores of up to `capacity` positions, then one head's partial sum of weighted values
+    const bytes = scores + align16((capacity + headDim) * 4);
     const pages = Math.ceil(bytes / 65536);
     if (pages > 65536) return null;
     let memory: WebAssembly.Memory;
