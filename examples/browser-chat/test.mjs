@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stopTokenIdsOf } from '@caldera/core';
-import { generate, loadModel, readJsonFile } from '@caldera/runtime-node';
+import { generate, loadModel, loadTokenizer, readJsonFile } from '@caldera/runtime-node';
 import { decodePng } from './png.mjs';
 import { staticServer } from './serve.mjs';
 import { writeServiceWorker } from './offline.mjs';
@@ -209,7 +209,14 @@ try {
 }
 
 // The CPU fallback: no --enable-unsafe-webgpu, so no WebGPU adapter (navigator.gpu may exist, requestAdapter() gives
-// null); a fresh profile (no service worker from the run above) and a fresh server.
+// null); a fresh profile (no service worker from the run above) and a fresh server. The model gets a chat template
+// here (removed at the end): the page renders the prompt with it, as runtime-node's HfTokenizer does in Node.
+const templateFile = join(here, 'dist/model/chat_template.jinja');
+writeFileSync(
+  templateFile,
+  '{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>{{ m.content | trim }}\n{% endfor %}' +
+    '{% if add_generation_prompt %}<|assistant|>{% endif %}',
+);
 const cpuServer = staticServer();
 await new Promise((r) => cpuServer.listen(0, '127.0.0.1', r));
 const cpuProfile = mkdtempSync(join(tmpdir(), 'caldera-chat-cpu-'));
@@ -251,6 +258,24 @@ try {
     JSON.stringify(cpu.tokens) === JSON.stringify(ref),
     `CPU fallback: greedy tokens equal runtime-node's in Node (${ref.join(' ')})`,
   );
+  // the prompt as a user message of the model's chat template (ticked by default when it has one); unticked, the text
+  const prompt = await page.inputValue('#prompt');
+  const nodeTok = await loadTokenizer(join(here, 'dist/model'));
+  const templated = nodeTok.encode(nodeTok.applyChatTemplate([{ role: 'user', content: prompt }]));
+  const plain = await (async () => {
+    await page.uncheck('#chat');
+    const r = await generateOnPage(page);
+    await page.check('#chat');
+    return r.ids;
+  })();
+  check(
+    (await page.isVisible('#chat-option')) &&
+      JSON.stringify(cpu.ids) === JSON.stringify(templated) &&
+      templated[0] === 0 &&
+      templated.filter((id) => id === 0).length === 1 &&
+      JSON.stringify(plain) === JSON.stringify([0, ...nodeTok.encode(prompt)]),
+    `chat template: the prompt rendered as a user message (${cpu.ids.length} ids, one BOS); unticked, the text`,
+  );
   // the model runs in the page's Web Worker, off the main thread
   const workers = page.workers().map((w) => new URL(w.url()).pathname);
   check(workers.includes('/cpu-worker.js'), `CPU fallback: runs in a Web Worker (${workers.join(', ')})`);
@@ -290,6 +315,9 @@ try {
   await cpuCtx.close();
   cpuServer.close();
   rmSync(cpuProfile, { recursive: true, force: true });
+  // the model as prepare.mjs wrote it, and a service worker that lists its files
+  rmSync(templateFile, { force: true });
+  await writeServiceWorker(join(here, 'dist'));
 }
 const failed = checks.filter((c) => !c).length;
 console.log(`${checks.length - failed} passed, ${failed} failed`);

@@ -14,6 +14,7 @@ import {
   type LoadedWebGpuModel,
   type WebGpuModel,
 } from '@caldera/runtime-webgpu';
+import { HfTokenizer } from '@caldera/runtime-node';
 import type { FromWorker, ToWorker } from './cpu-protocol.js';
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -83,8 +84,26 @@ function keepOffline(): void {
     .catch((e: unknown) => (offline.textContent = `no offline copy: ${String(e)}`));
 }
 
-/** The checkpoint's tokenizer and its generation_config.json (null when it has none). */
-async function loadTokenizer(): Promise<{ tok: Tokenizer; generationConfig: unknown }> {
+/** A file of the model that it may lack: its response when there is one, else null (offline too). */
+async function optionalFile(url: string): Promise<Response | null> {
+  const res = await fetch(url).catch(() => null);
+  return res?.ok ? res : null;
+}
+
+/** What {@link loadTokenizer} gives. */
+interface ModelTokenizer {
+  tok: Tokenizer;
+  /** generation_config.json, or null. */
+  generationConfig: unknown;
+  /**
+   * The model's chat template (chat_template.jinja, else tokenizer_config.json's), rendered as transformers renders it
+   * (runtime-node's `HfTokenizer.applyChatTemplate`); null when the model has none.
+   */
+  chatTemplate: HfTokenizer | null;
+}
+
+/** The checkpoint's tokenizer, its generation_config.json (null when it has none) and its chat template. */
+async function loadTokenizer(): Promise<ModelTokenizer> {
   const res = await fetch('/model/tokenizer.json');
   if (!res.ok) throw new Error(`/model/tokenizer.json: HTTP ${res.status} ${res.statusText}`.trim());
   const tokJson = (await res.json()) as ConstructorParameters<typeof Tokenizer>[0];
@@ -94,25 +113,51 @@ async function loadTokenizer(): Promise<{ tok: Tokenizer; generationConfig: unkn
   const generationConfig: unknown = await fetch('/model/generation_config.json').then((r) =>
     r.ok ? r.json() : null,
   );
-  return { tok, generationConfig };
+  const template = await (await optionalFile('/model/chat_template.jinja'))?.text();
+  const specialTokens = (await (await optionalFile('/model/special_tokens_map.json'))?.json()) as
+    Record<string, unknown> | undefined;
+  const templated = new HfTokenizer(tok, tokCfg, {
+    ...(template === undefined ? {} : { chatTemplate: template }),
+    ...(specialTokens === undefined ? {} : { specialTokens }),
+  });
+  return { tok, generationConfig, chatTemplate: templated.hasChatTemplate ? templated : null };
+}
+
+/**
+ * The token ids of the prompt: with the chat template (when the model has one and the box is ticked) the prompt as a
+ * user message, rendered, which places its own BOS; else the text after BOS.
+ */
+function promptIds(config: ModelConfig, { tok, chatTemplate }: ModelTokenizer, prompt: string): number[] {
+  const encode = (text: string) => tok.encode(text, { add_special_tokens: false }).ids as number[];
+  if (chatTemplate && $<HTMLInputElement>('chat').checked)
+    return encode(chatTemplate.applyChatTemplate([{ role: 'user', content: prompt }]));
+  return [config.bosTokenId ?? 0, ...encode(prompt)];
 }
 
 /** Wire the Generate button: `run` streams the token ids of a prompt (the GPU's generate, or the CPU worker's). */
 function chat(
   config: ModelConfig,
-  tok: Tokenizer,
-  generationConfig: unknown,
+  tokenizer: ModelTokenizer,
   run: (ids: number[], options: GenerateOptions) => AsyncIterable<number>,
 ): void {
+  const { tok, generationConfig } = tokenizer;
+  $('chat-option').hidden = tokenizer.chatTemplate === null;
   go.disabled = false;
   go.onclick = async () => {
     go.disabled = true;
     tune.disabled = true;
     const prompt = $<HTMLTextAreaElement>('prompt').value;
-    const ids = [
-      config.bosTokenId ?? 0,
-      ...(tok.encode(prompt, { add_special_tokens: false }).ids as number[]),
-    ];
+    let ids: number[];
+    try {
+      ids = promptIds(config, tokenizer, prompt);
+    } catch (e) {
+      // a template that fails (raises for this message, or goes past its limits) says so
+      stats.textContent = String(e);
+      testHooks.chatDone = 0;
+      go.disabled = false;
+      tune.disabled = false;
+      return;
+    }
     testHooks.chatPromptIds = ids;
     out.textContent = prompt;
     const gen = document.createElement('span');
@@ -171,7 +216,7 @@ async function runOnCpu(why: string): Promise<void> {
     };
     send({ type: 'load', url: '/model/' });
   });
-  const { tok, generationConfig } = await loadTokenizer();
+  const tokenizer = await loadTokenizer();
   const { config } = loaded;
   status.textContent =
     `CPU, ${loaded.simd ? 'WebAssembly SIMD' : 'JavaScript (no WebAssembly SIMD)'} in a Web Worker, ` +
@@ -181,7 +226,7 @@ async function runOnCpu(why: string): Promise<void> {
     `${MiB(loaded.linearMemoryBytes)} MiB of linear layers in memory · ` +
     `loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
   // one generation at a time (the button is disabled meanwhile): the worker's messages are this one's
-  chat(config, tok, generationConfig, async function* (ids, options) {
+  chat(config, tokenizer, async function* (ids, options) {
     const queue: FromWorker[] = [];
     let wake: (() => void) | null = null;
     worker.onmessage = ({ data }: MessageEvent<FromWorker>) => {
@@ -299,7 +344,7 @@ async function main(): Promise<void> {
   testHooks.kernelsTuned = tuned;
   showKernels(model, tuned ? 'tuned on this GPU before' : 'the defaults for this adapter');
   wireTuning(model, key);
-  const { tok, generationConfig } = await loadTokenizer();
+  const tokenizer = await loadTokenizer();
   const layers = Object.keys(calderaMeta?.layers ?? {}).length;
   status.textContent =
     `${dev.description}${dev.fallbackAdapter ? ' (CPU fallback)' : ''} · ${config.numLayers} blocks, ` +
@@ -307,7 +352,7 @@ async function main(): Promise<void> {
     `E8P products in ${model.f16Products ? 'packed f16' : 'f32'} · ` +
     `GPU memory ${MiB(model.weightBytes)} MiB of weights + ${MiB(model.cacheBytes)} MiB of KV cache and activations · ` +
     `loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
-  chat(config, tok, generationConfig, (ids, options) => generate(model, ids, options));
+  chat(config, tokenizer, (ids, options) => generate(model, ids, options));
 }
 
 keepOffline();
