@@ -33,7 +33,8 @@ function axpy(y: usize, x: usize, p: f32, n: i32): void {
     );
 }
 
-// Positions whose weighted values are summed apart before they join a row's output (see attend).
+// Positions whose weights and weighted values are summed apart before they join the totals (see attend): up to BLOCK
+// positions the sums are bit for bit one running sum's.
 const BLOCK: i32 = 256;
 
 /**
@@ -68,14 +69,19 @@ export function attend(
         store<f32>(scores + ((<usize>t) << 2), s);
         if (s > mx) mx = s;
       }
-      // the normaliser in f64, as the TypeScript path: one f32 running sum of 131 040 equal terms was 1.1e-3 off
-      let sum: f64 = 0;
-      for (let t: i32 = 0; t < len; t++) {
-        const e = Mathf.exp(load<f32>(scores + ((<usize>t) << 2)) - mx);
-        store<f32>(scores + ((<usize>t) << 2), e);
-        sum += <f64>e;
+      // the normaliser summed block by block too: one f32 running sum of 131 040 equal terms was 1.1e-3 off
+      let sum: f32 = 0;
+      for (let t0: i32 = 0; t0 < len; t0 += BLOCK) {
+        const t1 = min(t0 + BLOCK, len);
+        let block: f32 = 0;
+        for (let t: i32 = t0; t < t1; t++) {
+          const e = Mathf.exp(load<f32>(scores + ((<usize>t) << 2)) - mx);
+          store<f32>(scores + ((<usize>t) << 2), e);
+          block += e;
+        }
+        sum += block;
       }
-      const inv: f32 = <f32>(1 / sum);
+      const inv: f32 = 1 / sum;
       const oo = out + ((<usize>((r * H + h) * hd)) << 2);
       // Σ_t p_t·V_t block by block into `part` (hd f32 of scratch after the scores), each block then added to the row:
       // one f32 running sum over 131 040 positions drifted by ~1e-3 where V has a mean; up to BLOCK positions the
