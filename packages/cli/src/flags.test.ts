@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,7 +10,7 @@ import { referenceModelDir } from '@caldera/reference-model';
 import { loadModel, type MemoryPlan } from '@caldera/runtime-node';
 import { COMMANDS, specOf } from './cli.js';
 import { parseArgs } from './args.js';
-import { inProcessCli } from './test-cli.js';
+import { bin, inProcessCli } from './test-cli.js';
 import { chooseRanks } from './commands/ranks.js';
 
 // Every test here fails on the command line's options and values before any heavy work (at most a load of the
@@ -424,5 +425,24 @@ describe('calibration text files', () => {
     expect(await readDocuments(jsonl, { whole: true })).toEqual([' = A = \n\n\n\nb']);
     writeFileSync(txt, ' \n\n ');
     expect(await readDocuments(txt, { whole: true })).toEqual([]);
+  });
+});
+
+describe('Node without process.getBuiltinModule (20.0–20.15, 22.0–22.2)', () => {
+  it('--threads above 1 says that everything runs on one thread (the pools need it: they ran on one, unsaid)', () => {
+    const evalArgs = [bin, 'eval', '--max-tokens', '64', '--threads', '2'];
+    const older = spawnSync(
+      process.execPath,
+      ['--import', 'data:text/javascript,delete process.getBuiltinModule', ...evalArgs],
+      { encoding: 'utf8', timeout: 60_000 },
+    );
+    expect(older.status, older.stderr).toBe(0);
+    expect(older.stderr).toMatch(
+      /^caldera: --threads 2: Node v[\d.]+ has no process\.getBuiltinModule \(Node ≥ 20\.16 or ≥ 22\.3 has\), so this runs on one thread$/m,
+    );
+    const current = spawnSync(process.execPath, evalArgs, { encoding: 'utf8', timeout: 60_000 });
+    expect(current.status, current.stderr).toBe(0);
+    expect(current.stderr).not.toMatch(/getBuiltinModule/);
+    expect(current.stdout).toBe(older.stdout); // the same numbers, on one thread or two
   });
 });

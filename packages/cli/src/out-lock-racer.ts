@@ -2,15 +2,15 @@
 // `ready` once loaded; then for each output, on a line from stdin (the test sends one to every racer at once), it
 // tries the output's lock, holds it for HOLD_MS and releases it, and prints one JSON line: `{"held":true,"got":ms,
 // "released":ms}` (wall-clock times, taken inside the hold) or `{"held":false,"message":…}`. With
-// CALDERA_TEST_NO_LINKS=1 every hard link fails as on a file system without them (ENOTSUP), so the lock files are
-// created in place.
+// CALDERA_TEST_NO_LINKS=<code> every hard link fails with that error code, as on a file system without them (ENOTSUP;
+// EISDIR on Windows' FAT32 and exFAT), so the lock files are created in place.
 import fsp from 'node:fs/promises';
 import { syncBuiltinESMExports } from 'node:module';
 import { createInterface } from 'node:readline';
 
-if (process.env.CALDERA_TEST_NO_LINKS === '1') {
-  fsp.link = () =>
-    Promise.reject(Object.assign(new Error('link: operation not supported'), { code: 'ENOTSUP' }));
+const noLinks = process.env.CALDERA_TEST_NO_LINKS;
+if (noLinks) {
+  fsp.link = () => Promise.reject(Object.assign(new Error(`link: ${noLinks}`), { code: noLinks }));
   syncBuiltinESMExports(); // the named import `link` of out-lock.ts sees it too
 }
 const { lockOutput } = await import('./commands/out-lock.js');

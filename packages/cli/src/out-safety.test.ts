@@ -258,7 +258,7 @@ describe('one process writes an --out at a time (<out>.lock)', () => {
       expect(second.status).toBe(1);
       expect(second.stderr).toMatch(
         new RegExp(
-          `^caldera compress: E_IO: .*locked is being written by caldera compress \\(pid ${first.pid} on this host, since \\d{4}-.*\\); wait for it to finish or stop it\n$`,
+          `^caldera compress: E_IO: .*locked is being written by caldera compress \\(pid ${first.pid} on this host, since \\d{4}-.*\\); wait for it to finish or stop it; if pid ${first.pid} is no caldera process, remove .*locked\\.lock\n$`,
         ),
       );
     } finally {

@@ -2,7 +2,9 @@ import { mkdir, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { atomicWriteFile, replaceDir, withoutTrailingSeparators } from './fs-atomic.js';
+import fsp from 'node:fs/promises';
+import { syncBuiltinESMExports } from 'node:module';
+import { atomicWriteFile, recoverReplaceDir, replaceDir, withoutTrailingSeparators } from './fs-atomic.js';
 
 /** A directory `path` holding one file `name` with `text`. */
 async function dirWith(path: string, name: string, text: string): Promise<string> {
@@ -27,6 +29,38 @@ describe('replaceDir', () => {
     const dir = await dirWith(join(root, 'out'), 'v', 'old');
     await expect(replaceDir(join(root, 'missing.tmp'), dir)).rejects.toThrow(/ENOENT/);
     expect(await readFile(join(dir, 'v'), 'utf8')).toBe('old');
+    expect(await readdir(root)).toEqual(['out']);
+  });
+
+  it('an old directory in use (Windows: a file in it open elsewhere): E_IO saying so, or, once replaced, left aside', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'caldera-replace-'));
+    const dir = await dirWith(join(root, 'out'), 'v', 'old');
+    const real = { rename: fsp.rename, rm: fsp.rm };
+    const fail = (code: string) => Promise.reject(Object.assign(new Error(`${code}: in use`), { code }));
+    try {
+      // moving it aside fails: it was "writing checkpoint … failed (EPERM)", with no hint
+      fsp.rename = ((a: string, b: string) =>
+        String(b).includes('.old-') ? fail('EPERM') : real.rename(a, b)) as typeof fsp.rename;
+      syncBuiltinESMExports();
+      await expect(replaceDir(await dirWith(join(root, 'a.tmp'), 'v', 'new'), dir)).rejects.toThrow(
+        /^E_IO: cannot move the existing .*out aside to replace it \(EPERM\): is a file in it open in another program\?/,
+      );
+      expect(await readFile(join(dir, 'v'), 'utf8')).toBe('old');
+      expect((await readdir(root)).sort()).toEqual(['a.tmp', 'out']); // (the caller removes its temporary)
+      // removing it once the new one is in place fails: the replacement stands (it was reported as failed)
+      fsp.rename = real.rename;
+      fsp.rm = ((p: string, o?: object) =>
+        /\.old-[0-9a-f]+$/.test(String(p)) ? fail('EBUSY') : real.rm(p, o)) as typeof fsp.rm;
+      syncBuiltinESMExports();
+      await replaceDir(join(root, 'a.tmp'), dir);
+      expect(await readFile(join(dir, 'v'), 'utf8')).toBe('new');
+      const aside = (await readdir(root)).filter((f) => f.startsWith('out.old-'));
+      expect(aside).toHaveLength(2); // the old directory and its marker, which recoverReplaceDir acts on
+    } finally {
+      Object.assign(fsp, real);
+      syncBuiltinESMExports();
+    }
+    await recoverReplaceDir(dir);
     expect(await readdir(root)).toEqual(['out']);
   });
 });

@@ -110,7 +110,10 @@ const ASIDE_MARKER_SUFFIX = '.caldera-aside';
  * Put the complete directory `tmp` in the place of `dir` (Node only; both on one file system): an existing `dir` is
  * renamed aside to `<dir>.old-<random>` first, put back if `tmp` cannot take its place, and removed only once it has,
  * so `dir` is at every moment the old directory or the new one. `dir` may end in a path separator (`'out/'`; the old
- * directory is still renamed aside beside it, not into itself). Errors are rethrown as they are.
+ * directory is still renamed aside beside it, not into itself). Errors are rethrown as they are, but for an old directory
+ * that cannot be moved aside because it is in use (EPERM, EBUSY, EACCES: on Windows, a file in it open in another
+ * program), `E_IO` saying so; an old directory that cannot be removed once the new one is in place is left aside,
+ * marked, for {@link recoverReplaceDir}.
  *
  * While the old directory is aside, an empty file `<dir>.old-<random>.caldera-aside` beside it says it is ours: a
  * process killed in between leaves both, which {@link recoverReplaceDir} puts right.
@@ -126,7 +129,21 @@ export async function replaceDir(tmp: string, dir: string): Promise<void> {
   const marker = old ? `${old}${ASIDE_MARKER_SUFFIX}` : undefined;
   if (old) {
     await fs.writeFile(marker!, '');
-    await fs.rename(target, old);
+    try {
+      await fs.rename(target, old);
+    } catch (e) {
+      await fs.rm(marker!, { force: true }).catch(() => undefined);
+      const code = (e as { code?: string }).code;
+      // Windows refuses to rename a directory holding a file another program has open
+      if (code === 'EPERM' || code === 'EBUSY' || code === 'EACCES')
+        throw new CalderaError(
+          'E_IO',
+          `cannot move the existing ${target} aside to replace it (${code}): is a file in it open in another ` +
+            'program? Close it and run again',
+          { cause: e, details: { path: target } },
+        );
+      throw e;
+    }
   }
   try {
     await fs.rename(tmp, target);
@@ -137,10 +154,17 @@ export async function replaceDir(tmp: string, dir: string): Promise<void> {
     }
     throw e;
   }
-  if (old) {
-    await fs.rm(old, { recursive: true, force: true });
-    await fs.rm(marker!, { force: true });
-  }
+  // the new directory is in place: an old one that cannot be removed now (a file in it open elsewhere, on Windows)
+  // stays aside with its marker, for recoverReplaceDir to remove next time; the replacement succeeded (it was
+  // reported as a failure, the new checkpoint already written)
+  if (
+    old &&
+    (await fs.rm(old, { recursive: true, force: true }).then(
+      () => true,
+      () => false,
+    ))
+  )
+    await fs.rm(marker!, { force: true }).catch(() => undefined);
 }
 
 /**

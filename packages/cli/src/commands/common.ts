@@ -771,6 +771,13 @@ export function defaultText(split: 'train' | 'valid' | 'test'): string {
 export function poolFor(threads: number): Pool | undefined {
   if (!Number.isInteger(threads) || threads < 1)
     throw new CalderaError('E_VALUE', `--threads must be a positive integer, got ${threads}`);
+  if (threads > 1 && typeof (process as { getBuiltinModule?: unknown }).getBuiltinModule !== 'function')
+    // the pools reach worker_threads through it (so that browser bundles never see a Node import): without it they
+    // run on the calling thread alone, which went unsaid
+    console.error(
+      `caldera: --threads ${threads}: Node ${process.version} has no process.getBuiltinModule (Node ≥ 20.16 or ` +
+        '≥ 22.3 has), so this runs on one thread',
+    );
   return threads > 1 ? createPool({ threads }) : undefined;
 }
 

@@ -116,23 +116,21 @@ function holder(owner: LockOwner | null, me: LockOwner): string {
     : 'another process';
 }
 
-/** Error codes of a file system without hard links (some FUSE and SMB mounts). */
-const NO_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
-
 /**
- * Put a lock file in place: hard-link `aside` (already written) to `file`, so it appears whole; on a file system
- * without hard links, create `file` exclusively and write it (a reader may then catch it empty, for an instant: such a
- * file is judged only once it has stayed unchanged for {@link SETTLE_MS}; a writer stalled that long between the
- * create and the write, a stopped process, can lose its lock). False when `file` exists.
+ * Put a lock file in place: hard-link `aside` (already written) to `file`, so it appears whole; where the link fails
+ * otherwise than because `file` exists — a file system without hard links, which answers EPERM, ENOTSUP, EOPNOTSUPP
+ * or ENOSYS (some FUSE and SMB mounts), or EISDIR or UNKNOWN (Windows on FAT32 and exFAT drives: every writing command
+ * failed there) — create `file` exclusively and write it; what fails then is the error reported. A reader may catch
+ * such a file empty, for an instant: it is judged only once it has stayed unchanged for {@link SETTLE_MS} (a writer
+ * stalled that long between the create and the write, a stopped process, can lose its lock). False when `file`
+ * exists.
  */
 async function place(aside: string, file: string, text: string): Promise<boolean> {
   try {
     await link(aside, file);
     return true;
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code ?? '';
-    if (code === 'EEXIST') return false;
-    if (!NO_LINKS.has(code)) throw e;
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
   }
   try {
     await writeFile(file, text, { flag: 'wx' });
@@ -278,7 +276,9 @@ export async function lockOutput(out: string, command: string): Promise<() => Pr
           `${out} is being written by ${holder(seen.owner, me)}; wait for it to finish or stop it` +
             (seen.owner && seen.owner.host !== me.host
               ? `, then remove ${shellWord(lock)} if it is still there`
-              : ''),
+              : // a caldera killed without its clean-up (a closed console window, taskkill /F) whose pid now runs
+                // something else: Windows reuses pids soon
+                `; if pid ${seen.owner?.pid ?? '?'} is no caldera process, remove ${shellWord(lock)}`),
         );
       // a takeover fails when the lock changed meanwhile: to a live lock (refused above next round) or, again and
       // again, to another that is gone
