@@ -36,7 +36,15 @@ const only = process.argv
   .split(',');
 const t0 = Date.now();
 const log = (msg) => console.log(`[pack-smoke ${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}`);
-const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
+/**
+ * npm as `[command, leading arguments, options]`: node running npm's own script when npm started this one (`npm run
+ * test:pack`; Node ≥ 20.12.2 refuses to start `npm.cmd` on Windows without a shell, EINVAL), else `npm` (through a
+ * shell on Windows).
+ */
+const npmCli = /npm-cli\.c?js$/.test(process.env.npm_execpath ?? '') ? process.env.npm_execpath : undefined;
+const npm = npmCli
+  ? [process.execPath, [npmCli], {}]
+  : ['npm', [], process.platform === 'win32' ? { shell: true } : {}];
 
 function run(cmd, argv, cwd, opts = {}) {
   try {
@@ -120,9 +128,15 @@ try {
   const tarballs = [];
   mkdirSync(tarDir);
   for (const { dir, pkg } of selected) {
-    const out = run(npm, ['pack', '--json', '--pack-destination', tarDir.replace(/\\/g, '/')], dir, {
-      env: { ...process.env, npm_config_loglevel: 'error' },
-    }).replace(/^[^[]*/, ''); // drop anything npm printed before the JSON
+    const out = run(
+      npm[0],
+      [...npm[1], 'pack', '--json', '--pack-destination', tarDir.replace(/\\/g, '/')],
+      dir,
+      {
+        ...npm[2],
+        env: { ...process.env, npm_config_loglevel: 'error' },
+      },
+    ).replace(/^[^[]*/, ''); // drop anything npm printed before the JSON
     const [info] = JSON.parse(out);
     const files = info.files.map((f) => f.path);
     for (const need of ['package.json', ...entryFiles(pkg)]) {
@@ -150,7 +164,12 @@ try {
   // --prefer-offline: tarballs come from the npm cache that the repository's install filled; package metadata that
   // a lockfile install never fetched (e.g. bullmq's dependencies' packuments) may still come from the registry
   log('installing tarballs into a fresh project (prefer offline)');
-  run(npm, ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', ...tarballs], app);
+  run(
+    npm[0],
+    [...npm[1], 'install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', ...tarballs],
+    app,
+    npm[2],
+  );
 
   // Per-package smoke: ESM import and CJS require must expose the same names; call one function.
   const calls = {

@@ -25,18 +25,18 @@ const ISOLATION = {
 export function staticServer() {
   return createServer(async (req, res) => {
     let path;
+    let dirUrl; // a URL ending in '/' (its index.html); normalize() gives '\\' for '/' on Windows
     try {
-      path = normalize(decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname)).replace(
-        /^(\.\.[/\\])+/,
-        '',
-      );
+      const pathname = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
+      dirUrl = pathname.endsWith('/');
+      path = normalize(pathname).replace(/^(\.\.[/\\])+/, '');
     } catch {
       // a malformed escape (`/%`): the request's fault, not the server's
       res.writeHead(400);
       res.end('bad request');
       return;
     }
-    const file = join(root, path.endsWith('/') ? `${path}index.html` : path);
+    const file = join(root, dirUrl ? join(path, 'index.html') : path);
     let size;
     try {
       const st = await stat(file);
