@@ -154,7 +154,24 @@ describe('Python semantics where @huggingface/jinja differed from jinja2', () =>
       expect(() => renderChatTemplate(t, {})).toThrow(
         /^it made a (list|mapping) that prints as over 4194304 characters$/,
       );
+    // ... also when kept in a namespace, which a template changes (a size remembered while it was small let 200
+    // attributes of a 2 M-character list through: 20 s and 1.4 GB)
+    const attrs = Array.from({ length: 200 }, (_, i) => `{% set ns.a${i} = l %}`).join('');
+    expect(() =>
+      renderChatTemplate(
+        // (at the top level: a set inside a loop does not outlive the loop)
+        `{% set l = [0] %}${'{% set l = [l, l] %}'.repeat(17)}{% set ns = namespace() %}${attrs}` +
+          '{{ ns|tojson|length }}',
+        {},
+      ),
+    ).toThrow(/^it made a mapping that prints as over 4194304 characters$/);
     expect(performance.now() - t0).toBeLessThan(2000);
+    // the caller's conversation is not the template's making: 44 messages of 100 000 characters (4.4 M), of which the
+    // template prints one letter each, render
+    const long = Array.from({ length: 44 }, () => ({ role: 'user', content: 'x'.repeat(100_000) }));
+    expect(renderChatTemplate('{% for m in messages %}{{ m.role[0] }}{% endfor %}', { messages: long })).toBe(
+      'u'.repeat(44),
+    );
     // a long conversation is no such list: 4000 messages of 200 characters render (800 kB)
     const messages = Array.from({ length: 4000 }, (_, i) => ({
       role: 'user',

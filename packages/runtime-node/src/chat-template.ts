@@ -17,8 +17,8 @@ export const CHAT_TEMPLATE_LIMITS = {
    */
   steps: 10_000_000,
   /**
-   * Characters of any string value, the rendered prompt included, and of what any list or mapping prints as (4 Mi:
-   * about a million tokens).
+   * Characters of any string value, the rendered prompt included, and of what any list or mapping the template makes
+   * prints as (4 Mi: about a million tokens).
    */
   stringChars: 1 << 22,
   /** Items of any list value. */
@@ -146,8 +146,10 @@ class BudgetedInterpreter extends Interpreter {
 
   /**
    * Characters the value `v` prints as at least (its strings, one per other item and two per list or mapping item;
-   * a list held twice counted twice), memoized per value: `[l, l]` repeated doubles what printing it makes while each
-   * list it makes holds 2 items (26 rounds: 100 s and 1.8 GB before the string limit could see it).
+   * a list held twice counted twice), memoized per value but for a namespace, the one value a template changes
+   * (`set ns.x = …`: a size remembered while it was small let 200 attributes of 2 M characters each through):
+   * `[l, l]` repeated doubles what printing it makes while each list it makes holds 2 items (26 rounds: 100 s and
+   * 1.8 GB before the string limit could see it).
    */
   private readonly printed = new WeakMap<object, number>();
   private printedSize(v: RuntimeValue): number {
@@ -161,8 +163,21 @@ class BudgetedInterpreter extends Interpreter {
       n += 2 + (typeof k === 'string' ? k.length : 0) + this.printedSize(item as RuntimeValue);
       if (n > CHAT_TEMPLATE_LIMITS.stringChars) break; // (refused: the exact size does not matter)
     }
-    this.printed.set(v, n);
+    if (v.type !== 'NamespaceValue') this.printed.set(v, n);
     return n;
+  }
+
+  /**
+   * The lists and mappings of the caller's context (the conversation): not the template's making, so their size is
+   * not held against it (a conversation of 44 messages of 100 000 characters was refused by a template that prints
+   * one letter of each); what a template builds of them still is.
+   */
+  private readonly inputs = new WeakSet<object>();
+  markInput(v: RuntimeValue): void {
+    const x = v.value;
+    if ((!Array.isArray(x) && !(x instanceof Map)) || this.inputs.has(v)) return;
+    this.inputs.add(v);
+    for (const item of x.values()) this.markInput(item as RuntimeValue);
   }
 
   /**
@@ -284,6 +299,7 @@ class BudgetedInterpreter extends Interpreter {
       throw new Error(`it made a list of ${size} items, over ${CHAT_TEMPLATE_LIMITS.listItems}`);
     if (
       (Array.isArray(value) || value instanceof Map) &&
+      !this.inputs.has(v) &&
       this.printedSize(v as unknown as RuntimeValue) > CHAT_TEMPLATE_LIMITS.stringChars
     )
       throw new Error(
@@ -396,6 +412,9 @@ export function renderChatTemplate(template: string, context: Record<string, unk
     strftime_now: strftimeNow,
   };
   for (const [name, value] of Object.entries({ ...globals, ...context })) env.set(name, value);
-  const result = new BudgetedInterpreter(env).run(program);
+  const interpreter = new BudgetedInterpreter(env);
+  for (const name of Object.keys(context))
+    interpreter.markInput((env as unknown as TemplateEnvironment).lookupVariable(name));
+  const result = interpreter.run(program);
   return String((result as { value?: unknown }).value);
 }
