@@ -1,5 +1,15 @@
 import { describe, expect, it } from 'vitest';
-import { closeSync, cpSync, openSync, readdirSync, readSync, statSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  cpSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { blockLinearNames, loadModel } from '@caldera/runtime-node';
 import { openSafetensors } from '@caldera/core';
@@ -144,6 +154,13 @@ describe('caldera inspect reads no tensor data', () => {
           .reduce((s, f) => s + statSync(join(dir, f)).size, 0),
       );
     }
+    // a caldera.json without the per-layer paperBitsPerWeight (optional: readers compute it): the same figures (null)
+    const bare = join(tmp, 'qwen2-caldera-nopaper');
+    cpSync(ckpt, bare, { recursive: true });
+    const meta = JSON.parse(readFileSync(join(bare, 'caldera.json'), 'utf8'));
+    for (const l of Object.values(meta.layers) as Record<string, unknown>[]) delete l.paperBitsPerWeight;
+    writeFileSync(join(bare, 'caldera.json'), JSON.stringify(meta));
+    expect(inspectJson(bare).layers).toEqual(inspectJson(ckpt).layers);
   }, 120_000);
 
   it('inspects a model whose tensor data is garbage (NaN) after intact headers, which the loader refuses', async () => {

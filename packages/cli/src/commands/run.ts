@@ -1,5 +1,6 @@
 import { CalderaError, linearShape, visibleText, type ModelConfig } from '@caldera/core';
 import { availableParallelism } from 'node:os';
+import { paperBitsFromMeta } from '@caldera/lowrank';
 import {
   blockLinearNames,
   createDecodePool,
@@ -342,7 +343,8 @@ async function modelDirLayout(dir: string): Promise<InspectedModel> {
       kind: l.caldera ? 'caldera' : l.weight.dtype,
       rank: l.caldera?.rank ?? null,
       error: l.caldera ? (l.caldera.error ?? null) : null,
-      paperBitsPerWeight: l.caldera?.paperBitsPerWeight ?? null,
+      // computed from the entry where caldera.json leaves it out (the format says readers do so)
+      paperBitsPerWeight: l.caldera ? (l.caldera.paperBitsPerWeight ?? paperBitsFromMeta(l.caldera)) : null,
       bytes: l.bytes,
       biasParams: l.bias ? l.outFeatures : 0,
       memoryBytes: l.memoryBytes,

@@ -7,7 +7,9 @@ import {
   throwIfAborted,
 } from '../errors.js';
 import { replaceDir, tempSuffix, toCalderaError, withoutTrailingSeparators } from '../fs-atomic.js';
-import { openSafetensors, type SafetensorsReader } from '../safetensors/reader.js';
+import type { SafetensorsTensorInfo } from '../safetensors/header.js';
+import type { TensorStore } from '../safetensors/reader.js';
+import { openSafetensorsDir } from '../safetensors/sharded.js';
 import { assertWritableTensors, writableSignature } from '../safetensors/writable.js';
 import { writeSafetensors, type WritableTensor } from '../safetensors/writer.js';
 import { notRegularFile, readTextFileOrFail, specialFileKind } from '../text-file.js';
@@ -170,16 +172,20 @@ export async function readCheckpointMeta(dir: string): Promise<CalderaCheckpoint
 }
 
 /**
- * Open a compressed checkpoint directory (Node only): its metadata and a lazy reader of
- * `model.safetensors`, after checking the tensors against the metadata (header only; no data is read).
+ * Open a compressed checkpoint directory (Node only): its metadata and a lazy reader of its weights —
+ * `model.safetensors`, or the shards `model.safetensors.index.json` lists (`openSafetensorsDir`; only
+ * `model.safetensors` was opened, so `caldera finetune` of a sharded checkpoint trained to the end and then failed) —
+ * after checking the tensors against the metadata (headers only; no data is read).
  */
 export async function openCheckpointDir(
   dir: string,
-): Promise<{ meta: CalderaCheckpointMeta; tensors: SafetensorsReader }> {
+): Promise<{ meta: CalderaCheckpointMeta; tensors: TensorStore }> {
   const meta = await readCheckpointMeta(dir);
-  const tensors = await openSafetensors(`${dir}/model.safetensors`);
+  const tensors = await openSafetensorsDir(dir);
   try {
-    validateCalderaCheckpoint(meta, new Map(tensors.header.tensors.map((t) => [t.name, t])), tensors.name);
+    const infos = new Map<string, SafetensorsTensorInfo>();
+    for (const name of tensors.names()) infos.set(name, await tensors.tensorInfo(name));
+    validateCalderaCheckpoint(meta, infos, dir);
   } catch (e) {
     await tensors.close();
     throw e;

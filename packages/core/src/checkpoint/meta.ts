@@ -82,9 +82,24 @@ export function parseCalderaMeta(json: unknown, file = CALDERA_META_FILE): Calde
   if (typeof o !== 'object' || o === null || Array.isArray(o)) {
     throw new CalderaError('E_FORMAT', `${file}: not a JSON object`);
   }
-  if (o.format !== 'caldera') problems.push(`format is ${JSON.stringify(o.format)}, expected "caldera"`);
-  if (o.version !== 1)
-    problems.push(`version is ${JSON.stringify(o.version)}, expected 1 (this reader's format)`);
+  // another format or version is said alone: the version-1 checks of each layer that followed it were kilobytes of
+  // problems that only restated it
+  if (o.format !== 'caldera')
+    throw new CalderaError('E_FORMAT', `${file}: format is ${JSON.stringify(o.format)}, expected "caldera"`, {
+      details: { problems: [`format is ${JSON.stringify(o.format)}`] },
+    });
+  if (o.version !== 1) {
+    const newer = typeof o.version === 'number' && Number.isInteger(o.version) && o.version > 1;
+    const problem = `version is ${JSON.stringify(o.version)}, expected 1 (this reader's format)`;
+    throw new CalderaError(
+      'E_FORMAT',
+      `${file}: ${problem}` +
+        (newer
+          ? ': the checkpoint was written by a newer Caldera; read it with a version that knows its format'
+          : ''),
+      { details: { problems: [problem] } },
+    );
+  }
   if (typeof o.method !== 'string') problems.push('method is not a string');
   if (typeof o.options !== 'object' || o.options === null) problems.push('options is not an object');
   if (typeof o.seed !== 'number') problems.push('seed is not a number');

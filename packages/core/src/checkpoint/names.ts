@@ -18,7 +18,8 @@ export type CalderaTensorPart =
   | 'SU'
   | 'SV';
 
-const PARTS: ReadonlySet<string> = new Set<CalderaTensorPart>([
+/** Every part a compressed layer may have, as this reader knows them. */
+export const CALDERA_TENSOR_PARTS: readonly CalderaTensorPart[] = [
   'Q',
   'Q_resid',
   'Q_scale',
@@ -34,7 +35,9 @@ const PARTS: ReadonlySet<string> = new Set<CalderaTensorPart>([
   'R_ft',
   'SU',
   'SV',
-]);
+];
+
+const PARTS: ReadonlySet<string> = new Set<string>(CALDERA_TENSOR_PARTS);
 
 /** Tensor name of one part of a compressed layer: `calderaTensorName('model.layers.0.mlp.up_proj', 'Q')`. */
 export function calderaTensorName(prefix: string, part: CalderaTensorPart): string {

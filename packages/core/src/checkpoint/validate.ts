@@ -2,7 +2,12 @@ import type { DType } from '../dtype.js';
 import { CalderaError, describeValue, shownValue } from '../errors.js';
 import { blockLinearNames } from '../model-config.js';
 import { NO_Q_CODEC, type CalderaCheckpointMeta, type CalderaLayerMeta } from './meta.js';
-import { calderaTensorName, parseCalderaTensorName, type CalderaTensorPart } from './names.js';
+import {
+  CALDERA_TENSOR_PARTS,
+  calderaTensorName,
+  parseCalderaTensorName,
+  type CalderaTensorPart,
+} from './names.js';
 
 /** A tensor's dtype (tensor or safetensors spelling, e.g. `'u16'` or `'U16'`) and shape. */
 export interface TensorSignature {
@@ -163,7 +168,17 @@ export function strayCalderaTensors(meta: CalderaCheckpointMeta, names: Iterable
     if (name.endsWith('.weight') && listed(name.slice(0, -'.weight'.length)))
       problems.push(`${name} is present although the layer is compressed`);
     const p = parseCalderaTensorName(name);
-    if (!p) continue;
+    if (!p) {
+      // `<prefix>.caldera.<part>` of a part this reader does not know (a newer format's, a typo): taken for a plain
+      // tensor, it was ignored by the loaders and copied by export into a "dense" model nothing could load
+      const at = name.lastIndexOf('.caldera.');
+      if (at > 0)
+        problems.push(
+          `${name} is a part '${name.slice(at + '.caldera.'.length)}' this reader does not know (it reads ` +
+            `${CALDERA_TENSOR_PARTS.join(', ')})`,
+        );
+      continue;
+    }
     const layer = listed(p.prefix);
     if (!layer) problems.push(`${name} belongs to layer '${p.prefix}', which caldera.json does not list`);
     else if (!expectedCalderaTensors(p.prefix, layer).some((e) => e.name === name))

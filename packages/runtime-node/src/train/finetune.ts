@@ -540,9 +540,9 @@ export async function writeFinetunedCheckpoint(
   try {
     const replaced = new Set(layers.map((l) => `${l.prefix}.caldera.`));
     const prefixOf = (name: string) => name.slice(0, name.indexOf('.caldera.') + 9);
-    for (const t of reader.header.tensors) {
-      if (t.name.includes('.caldera.') && replaced.has(prefixOf(t.name))) continue;
-      tensors[t.name] = await reader.readTensor(t.name);
+    for (const name of reader.names()) {
+      if (name.includes('.caldera.') && replaced.has(prefixOf(name))) continue;
+      tensors[name] = await reader.readTensor(name);
     }
   } finally {
     await reader.close();
