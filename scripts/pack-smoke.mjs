@@ -41,7 +41,13 @@ const log = (msg) => console.log(`[pack-smoke ${((Date.now() - t0) / 1000).toFix
  * test:pack`; Node ≥ 20.12.2 refuses to start `npm.cmd` on Windows without a shell, EINVAL), else `npm` (through a
  * shell on Windows).
  */
-const npmCli = /npm-cli\.c?js$/.test(process.env.npm_execpath ?? '') ? process.env.npm_execpath : undefined;
+// (else, on Windows, the npm installed beside node.exe: a shell would split a tarball path with a space in it)
+const besideNode = join(dirname(process.execPath), 'node_modules', 'npm', 'bin', 'npm-cli.js');
+const npmCli = /npm-cli\.c?js$/.test(process.env.npm_execpath ?? '')
+  ? process.env.npm_execpath
+  : process.platform === 'win32' && existsSync(besideNode)
+    ? besideNode
+    : undefined;
 const npm = npmCli
   ? [process.execPath, [npmCli], {}]
   : ['npm', [], process.platform === 'win32' ? { shell: true } : {}];

@@ -2,6 +2,7 @@
 // cross-origin isolated.
 import { createReadStream, realpathSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { pipeline } from 'node:stream';
 import { stat } from 'node:fs/promises';
 import { extname, join, normalize } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -68,9 +69,9 @@ export function staticServer() {
       res.end();
       return;
     }
-    createReadStream(file, { start, end })
-      .on('error', () => res.destroy())
-      .pipe(res);
+    // pipeline: a client that goes away mid-download closes the file too (pipe() left it open: one descriptor per
+    // aborted download)
+    pipeline(createReadStream(file, { start, end }), res, () => undefined);
   });
 }
 
@@ -89,9 +90,10 @@ function byteRange(header, size) {
     end = size - 1;
   } else {
     start = Number(m[1]);
+    if (m[2] !== '' && Number(m[2]) < start) return null; // `bytes=5-3`, no valid range: ignored (RFC 9110)
     end = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1);
   }
-  return start >= size || start > end ? 'unsatisfiable' : [start, end];
+  return start >= size ? 'unsatisfiable' : [start, end];
 }
 
 /** Whether this module is the script node runs (`node serve.mjs`, from any path), not an import. */

@@ -2,6 +2,7 @@
 // has no /dev/null): --help writes nothing, then a quick compress into caldera-out/test-run (not over the checkpoint
 // `npm start` writes).
 import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 
 const node = (...args) => spawnSync(process.execPath, ['index.mjs', ...args], { encoding: 'utf8' });
 const fail = (what, r) => {
@@ -9,7 +10,8 @@ const fail = (what, r) => {
   process.exit(1);
 };
 const help = node('--help', '--out', 'caldera-out/no-run');
-if (help.status !== 0) fail('--help', help);
+if (help.status !== 0 || !/^caldera compress/m.test(help.stdout) || existsSync('caldera-out/no-run'))
+  fail('--help prints the usage and writes nothing', help);
 const quickRun = ['--windows', '4', '--length', '64', '--eval-tokens', '1024', '--outer-iters', '1'];
 const quick = spawnSync(
   process.execPath,

@@ -114,8 +114,12 @@ async function loadTokenizer(): Promise<ModelTokenizer> {
     r.ok ? r.json() : null,
   );
   const template = await (await optionalFile('/model/chat_template.jinja'))?.text();
-  const specialTokens = (await (await optionalFile('/model/special_tokens_map.json'))?.json()) as
-    Record<string, unknown> | undefined;
+  // (a malformed file loses the template's special tokens, not the page: the plain prompt needs none of them)
+  const specialTokens = (await (
+    await optionalFile('/model/special_tokens_map.json')
+  )
+    ?.json()
+    .catch(() => undefined)) as Record<string, unknown> | undefined;
   const templated = new HfTokenizer(tok, tokCfg, {
     ...(template === undefined ? {} : { chatTemplate: template }),
     ...(specialTokens === undefined ? {} : { specialTokens }),

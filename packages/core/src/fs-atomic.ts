@@ -138,8 +138,10 @@ export async function replaceDir(tmp: string, dir: string): Promise<void> {
       if (code === 'EPERM' || code === 'EBUSY' || code === 'EACCES')
         throw new CalderaError(
           'E_IO',
-          `cannot move the existing ${target} aside to replace it (${code}): is a file in it open in another ` +
-            'program? Close it and run again',
+          `cannot move the existing ${target} aside to replace it (${code})` +
+            (process.platform === 'win32'
+              ? ': is a file in it open in another program? Close it and run again'
+              : ': it is in use, or its folder does not let this user move it'),
           { cause: e, details: { path: target } },
         );
       throw e;

@@ -775,8 +775,8 @@ export function poolFor(threads: number): Pool | undefined {
     // the pools reach worker_threads through it (so that browser bundles never see a Node import): without it they
     // run on the calling thread alone, which went unsaid
     console.error(
-      `caldera: --threads ${threads}: Node ${process.version} has no process.getBuiltinModule (Node ≥ 20.16 or ` +
-        '≥ 22.3 has), so this runs on one thread',
+      `caldera: --threads ${threads}: Node ${process.version} has no process.getBuiltinModule (Node 20.16+ in ` +
+        'the 20 line, or 22.3+, has), so this runs on one thread',
     );
   return threads > 1 ? createPool({ threads }) : undefined;
 }

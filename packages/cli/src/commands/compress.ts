@@ -1049,7 +1049,7 @@ async function checkSourceUnchanged(
   if (changed)
     throw new CalderaError(
       'E_FORMAT',
-      recordedModel === manifest.model
+      resolve(recordedModel) === resolve(manifest.model)
         ? `the model at ${manifest.model} is not the one this run compressed: ${changed} changed since; ` +
             'put the original back, or compress the new model in a run of its own'
         : // a [model] given to merge: another model, not the one at the recorded path changed
