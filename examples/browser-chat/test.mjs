@@ -103,16 +103,19 @@ try {
     const tail = await fetch(bigUrl, { headers: { range: `bytes=${size - 10}-` } });
     const whole = await fetch(bigUrl);
     const past = await fetch(bigUrl, { headers: { range: `bytes=${size}-` } });
+    const invalid = await fetch(bigUrl, { headers: { range: 'bytes=5-3' } }); // no valid range: the whole file
     check(
       tail.status === 206 &&
         tail.headers.get('content-range') === `bytes ${size - 10}-${size - 1}/${size}` &&
         (await tail.arrayBuffer()).byteLength === 10 &&
         whole.status === 200 &&
         whole.headers.get('content-length') === String(size) &&
-        past.status === 416,
+        past.status === 416 &&
+        invalid.status === 200,
       `server: a 2.2 GB file is served whole (${whole.status}) and by range (${tail.status}; past its end ${past.status})`,
     );
     await whole.body?.cancel();
+    await invalid.body?.cancel();
   } finally {
     rmSync(bigDir, { recursive: true, force: true });
   }

@@ -166,11 +166,36 @@ describe('Python semantics where @huggingface/jinja differed from jinja2', () =>
       ),
     ).toThrow(/^it made a mapping that prints as over 4194304 characters$/);
     expect(performance.now() - t0).toBeLessThan(2000);
+    // ... and when a list holding a namespace is doubled, the namespace grown afterwards (its size was remembered)
+    expect(() =>
+      renderChatTemplate(
+        `{% set l = [0] %}${'{% set l = [l, l] %}'.repeat(17)}{% set ns = namespace() %}{% set h = [ns] %}` +
+          `${'{% set h = [h, h] %}'.repeat(8)}{{ h|length }}{% set ns.a = l %}{{ h|tojson|length }}`,
+        {},
+      ),
+    ).toThrow(/^it made a list that prints as over 4194304 characters$/);
+    expect(performance.now() - t0).toBeLessThan(2000);
+    // re-measuring a namespace is charged: 10 000 reads of a namespace of 20 000 entries stop within the budget (a
+    // second of work, as every runaway template; uncharged, they ran for minutes)
+    expect(() =>
+      renderChatTemplate(
+        '{% set ns = namespace(d) %}{% for i in range(10000) %}{% set ns.i = i %}{{ ns.k0 }}{% endfor %}',
+        { d: Object.fromEntries(Array.from({ length: 20_000 }, (_, i) => [`k${i}`, i])) },
+      ),
+    ).toThrow(/^it ran over 10000000 steps/);
     // the caller's conversation is not the template's making: 44 messages of 100 000 characters (4.4 M), of which the
-    // template prints one letter each, render
+    // template prints one letter each, render — also through a slice or a filter of the messages, which hold nothing
+    // new
     const long = Array.from({ length: 44 }, () => ({ role: 'user', content: 'x'.repeat(100_000) }));
-    expect(renderChatTemplate('{% for m in messages %}{{ m.role[0] }}{% endfor %}', { messages: long })).toBe(
-      'u'.repeat(44),
+    for (const t of [
+      '{% for m in messages %}{{ m.role[0] }}{% endfor %}',
+      '{% set loop_messages = messages[1:] %}u{% for m in loop_messages %}{{ m.role[0] }}{% endfor %}',
+      "{% for m in messages|selectattr('role', 'equalto', 'user') %}{{ m.role[0] }}{% endfor %}",
+    ])
+      expect(renderChatTemplate(t, { messages: long })).toBe('u'.repeat(44));
+    // what a template builds of them still counts: the conversation twice over
+    expect(() => renderChatTemplate('{{ (messages + messages)|length }}', { messages: long })).toThrow(
+      /^it made a list that prints as over 4194304 characters$/,
     );
     // a long conversation is no such list: 4000 messages of 200 characters render (800 kB)
     const messages = Array.from({ length: 4000 }, (_, i) => ({

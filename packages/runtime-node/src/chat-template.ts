@@ -146,33 +146,64 @@ class BudgetedInterpreter extends Interpreter {
 
   /**
    * Characters the value `v` prints as at least (its strings, one per other item and two per list or mapping item;
-   * a list held twice counted twice), memoized per value but for a namespace, the one value a template changes
-   * (`set ns.x = …`: a size remembered while it was small let 200 attributes of 2 M characters each through):
-   * `[l, l]` repeated doubles what printing it makes while each list it makes holds 2 items (26 rounds: 100 s and
-   * 1.8 GB before the string limit could see it).
+   * a list held twice counted twice): `[l, l]` repeated doubles what printing it makes while each list it makes holds
+   * 2 items (26 rounds: 100 s and 1.8 GB before the string limit could see it). Memoized per value, but not for a
+   * value that holds a namespace, the one value a template changes (`set ns.x = …`: sizes remembered while one was
+   * small let 200 attributes of 2 M characters through, and a list holding a namespace, doubled, likewise); each list
+   * or mapping measured anew is a step of the budget, so re-measuring cannot run unbounded either.
    */
   private readonly printed = new WeakMap<object, number>();
   private printedSize(v: RuntimeValue): number {
+    return this.measure(v).n;
+  }
+  private measure(v: RuntimeValue): { n: number; live: boolean } {
     const x = v.value;
-    if (typeof x === 'string') return x.length;
-    if (!Array.isArray(x) && !(x instanceof Map)) return 1;
+    if (typeof x === 'string') return { n: x.length, live: false };
+    if (!Array.isArray(x) && !(x instanceof Map)) return { n: 1, live: false };
     const known = this.printed.get(v);
-    if (known !== undefined) return known;
+    if (known !== undefined) return { n: known, live: false };
+    this.charge(1);
     let n = 2;
+    let live = v.type === 'NamespaceValue';
     for (const [k, item] of Array.isArray(x) ? x.entries() : x.entries()) {
-      n += 2 + (typeof k === 'string' ? k.length : 0) + this.printedSize(item as RuntimeValue);
+      const m = this.measure(item as RuntimeValue);
+      n += 2 + (typeof k === 'string' ? k.length : 0) + m.n;
+      live ||= m.live;
       if (n > CHAT_TEMPLATE_LIMITS.stringChars) break; // (refused: the exact size does not matter)
     }
-    if (v.type !== 'NamespaceValue') this.printed.set(v, n);
-    return n;
+    if (!live) this.printed.set(v, n);
+    return { n, live };
+  }
+
+  /** Add `k` steps to the render's count: `Error` past {@link CHAT_TEMPLATE_LIMITS.steps}. */
+  private charge(k: number): void {
+    this.steps += k;
+    if (this.steps > CHAT_TEMPLATE_LIMITS.steps)
+      throw new Error(
+        `it ran over ${CHAT_TEMPLATE_LIMITS.steps} steps (a runaway loop?): chat templates are bounded`,
+      );
   }
 
   /**
-   * The lists and mappings of the caller's context (the conversation): not the template's making, so their size is
-   * not held against it (a conversation of 44 messages of 100 000 characters was refused by a template that prints
-   * one letter of each); what a template builds of them still is.
+   * The lists and mappings of the caller's context (the conversation), and lists of its items each at most once (a
+   * slice such as `messages[1:]`, a `selectattr`): not the template's making, so their size is not held against it (a
+   * conversation of 44 messages of 100 000 characters was refused by a template that prints one letter of each); what
+   * a template builds of them otherwise still is.
    */
   private readonly inputs = new WeakSet<object>();
+  /** Whether `v` is a list of input items, each at most once (then marked as an input itself). */
+  private ofInputs(v: RuntimeValue): boolean {
+    const x = v.value;
+    if (!Array.isArray(x) || x.length === 0) return false;
+    const seen = new Set<unknown>();
+    for (const item of x) {
+      if (!this.inputs.has(item as object) || seen.has(item)) return false;
+      seen.add(item);
+    }
+    this.inputs.add(v);
+    return true;
+  }
+
   markInput(v: RuntimeValue): void {
     const x = v.value;
     if ((!Array.isArray(x) && !(x instanceof Map)) || this.inputs.has(v)) return;
@@ -300,7 +331,8 @@ class BudgetedInterpreter extends Interpreter {
     if (
       (Array.isArray(value) || value instanceof Map) &&
       !this.inputs.has(v) &&
-      this.printedSize(v as unknown as RuntimeValue) > CHAT_TEMPLATE_LIMITS.stringChars
+      this.printedSize(v as unknown as RuntimeValue) > CHAT_TEMPLATE_LIMITS.stringChars &&
+      !this.ofInputs(v as unknown as RuntimeValue)
     )
       throw new Error(
         `it made a ${Array.isArray(value) ? 'list' : 'mapping'} that prints as over ${CHAT_TEMPLATE_LIMITS.stringChars} characters`,
@@ -309,21 +341,18 @@ class BudgetedInterpreter extends Interpreter {
     // `messages[loop.index0 - 1]`, is not an iteration: charged by its size, as made, except where only its length or
     // one item is taken (one step: `messages|length` in a loop over the messages was quadratic, and a Qwen3 chat of
     // 12 000 short messages was refused as a runaway loop). What scans it (`x in xs`) pays its size; so does a string.
-    this.steps +=
+    this.charge(
       1 +
-      (node && this.loopLists.has(node)
-        ? 40 * size
-        : node && this.constantTime.has(node) && typeof value !== 'string'
-          ? 0
-          : typeof value === 'string'
-            ? Math.ceil(size / 16)
-            : // a list or mapping costs the library ~0.25 µs an item (a value object each): `range(100000)` in a
-              // loop, charged a sixteenth, ran for a minute within the budget
-              4 * size);
-    if (this.steps > CHAT_TEMPLATE_LIMITS.steps)
-      throw new Error(
-        `it ran over ${CHAT_TEMPLATE_LIMITS.steps} steps (a runaway loop?): chat templates are bounded`,
-      );
+        (node && this.loopLists.has(node)
+          ? 40 * size
+          : node && this.constantTime.has(node) && typeof value !== 'string'
+            ? 0
+            : typeof value === 'string'
+              ? Math.ceil(size / 16)
+              : // a list or mapping costs the library ~0.25 µs an item (a value object each): `range(100000)` in a
+                // loop, charged a sixteenth, ran for a minute within the budget
+                4 * size),
+    );
     return v;
   }
 }

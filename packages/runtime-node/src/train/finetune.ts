@@ -8,6 +8,7 @@ import {
   f32ArrayToF16,
   MODEL_SIDE_FILES,
   openCheckpointDir,
+  parseCalderaTensorName,
   POSITIVE_INT,
   throwIfAborted,
   toF32,
@@ -538,10 +539,10 @@ export async function writeFinetunedCheckpoint(
   const tensors: Record<string, Tensor> = {};
   const layerMeta: Record<string, CalderaLayerMeta> = { ...meta.layers };
   try {
-    const replaced = new Set(layers.map((l) => `${l.prefix}.caldera.`));
-    const prefixOf = (name: string) => name.slice(0, name.indexOf('.caldera.') + 9);
+    const replaced = new Set(layers.map((l) => l.prefix));
     for (const name of reader.names()) {
-      if (name.includes('.caldera.') && replaced.has(prefixOf(name))) continue;
+      const part = parseCalderaTensorName(name);
+      if (part && replaced.has(part.prefix)) continue;
       tensors[name] = await reader.readTensor(name);
     }
   } finally {
