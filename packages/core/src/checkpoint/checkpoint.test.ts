@@ -348,6 +348,18 @@ describe('checkpoint directory', () => {
     );
   });
 
+  it('a checkpoint whose folder does not exist is E_IO naming that folder, before anything is written', async () => {
+    // (it was "writing checkpoint … failed (ENOENT)", naming neither; the docs' writer example met it on a fresh clone)
+    const out = join(dir, 'no-such-folder', 'ckpt');
+    await expect(writeCheckpointDir(out, { meta: meta(), tensors: tensors() })).rejects.toThrow(
+      /^E_IO: cannot write checkpoint .*no-such-folder\/ckpt: .*no-such-folder does not exist \(create it first\)$/,
+    );
+    await writeFile(join(dir, 'a-file'), '');
+    await expect(
+      writeCheckpointDir(join(dir, 'a-file', 'ckpt'), { meta: meta(), tensors: tensors() }),
+    ).rejects.toThrow(/a-file is no folder/);
+  });
+
   it('openCheckpointDir reads a sharded checkpoint (index + shards) as it reads one file, and checks it the same', async () => {
     // it opened model.safetensors only: `caldera finetune` of a sharded checkpoint trained, then failed with ENOENT
     const out = join(dir, 'sharded');

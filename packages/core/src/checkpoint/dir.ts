@@ -114,6 +114,15 @@ export async function writeCheckpointDir(
     });
     if (!st.isFile()) throw notRegularFile(src, specialFileKind(st), 'file to copy');
   }
+  // the folder the checkpoint goes in must exist: it was "writing checkpoint … failed (ENOENT)", naming neither
+  const parent = path.dirname(target);
+  const parentStat = await fs.stat(parent).catch(() => null);
+  if (!parentStat?.isDirectory())
+    throw new CalderaError(
+      'E_IO',
+      `cannot write checkpoint ${target}: ${parent} ${parentStat ? 'is no folder' : 'does not exist'} (create it first)`,
+      { details: { path: parent } },
+    );
   const tmp = `${target}.tmp-${tempSuffix()}`;
   // an error thrown by the caller's onProgress is the caller's: rethrown as it is once the temporary directory is gone
   // (it was reported as E_IO, "writing checkpoint … failed", as if the disk had failed)

@@ -50,6 +50,16 @@ function rotation(m: number, n: number, mp: number, np: number, rng: Rng): Layer
   };
 }
 
+describe('runFinetune without factors', () => {
+  it('a checkpoint of rank-0 layers (ldlq, rtn) is said to have no low-rank factors, and the signs named instead', async () => {
+    // its layers are compressed: "the checkpoint has no compressed layer to train" said otherwise
+    const setup = { layers: [] } as unknown as Parameters<typeof runFinetune>[0];
+    await expect(runFinetune(setup, [], [])).rejects.toThrow(
+      /^E_VALUE: fine-tuning: the checkpoint has no low-rank factors to train \(no compressed layer of rank > 0, as ldlq and rtn write rank 0\); its sign vectors can be trained instead/,
+    );
+  });
+});
+
 describe('CALDERA LoRA adapter mapping', () => {
   const rng = new Rng(11);
 

@@ -364,7 +364,12 @@ export async function runFinetune(
     ...definedOptions(options),
   };
   if (setup.layers.length === 0)
-    throw new CalderaError('E_VALUE', 'fine-tuning: the checkpoint has no compressed layer to train');
+    throw new CalderaError(
+      'E_VALUE',
+      // (an ldlq or rtn checkpoint's layers are compressed, of rank 0: "no compressed layer" said otherwise)
+      'fine-tuning: the checkpoint has no low-rank factors to train (no compressed layer of rank > 0, as ldlq and ' +
+        'rtn write rank 0); its sign vectors can be trained instead (prepareSignFinetune, caldera finetune --signs)',
+    );
   // no validation window at all: refused before any work, in the caller's names of the settings (`settingLabels`)
   if (Math.min(valid.length, o.evalTokens) < o.seqLen + 1) {
     const name = (k: string) => o.settingLabels?.[k] ?? k;
