@@ -153,9 +153,6 @@ class BudgetedInterpreter extends Interpreter {
    * or mapping measured anew is a step of the budget, so re-measuring cannot run unbounded either.
    */
   private readonly printed = new WeakMap<object, number>();
-  private printedSize(v: RuntimeValue): number {
-    return this.measure(v).n;
-  }
   private measure(v: RuntimeValue): { n: number; live: boolean } {
     const x = v.value;
     if (typeof x === 'string') return { n: x.length, live: false };
@@ -165,7 +162,7 @@ class BudgetedInterpreter extends Interpreter {
     this.charge(1);
     let n = 2;
     let live = v.type === 'NamespaceValue';
-    for (const [k, item] of Array.isArray(x) ? x.entries() : x.entries()) {
+    for (const [k, item] of x.entries()) {
       const m = this.measure(item as RuntimeValue);
       n += 2 + (typeof k === 'string' ? k.length : 0) + m.n;
       live ||= m.live;
@@ -219,9 +216,8 @@ class BudgetedInterpreter extends Interpreter {
    * (the library skipped such items: Mistral Nemo's role-order check never raised).
    */
   private python(node: TemplateNode, env: TemplateEnvironment): RuntimeValue | undefined {
-    // the library's own evaluation of a node whose parts this evaluated already (below, where Python agrees with it)
-    if ([node.left, node.callee?.object, node.operand].some((n) => n?.type === EVALUATED)) return undefined;
-    if (node.type === 'BinaryExpression') {
+    // each branch leaves to the library a node whose parts it evaluated already (where Python agrees with it)
+    if (node.type === 'BinaryExpression' && node.left?.type !== EVALUATED) {
       const op = node.operator?.value;
       if (op !== '==' && op !== '!=' && op !== 'in' && op !== 'not in') return undefined;
       const left = this.value(node.left, env);
@@ -236,6 +232,7 @@ class BudgetedInterpreter extends Interpreter {
     if (
       node.type === 'CallExpression' &&
       node.callee?.type === 'MemberExpression' &&
+      node.callee.object?.type !== EVALUATED &&
       !node.callee.computed &&
       node.callee.property?.type === 'Identifier' &&
       Object.hasOwn(STRIP_SIDES, node.callee.property.value as string)
@@ -246,7 +243,7 @@ class BudgetedInterpreter extends Interpreter {
       const [start, end] = STRIP_SIDES[node.callee.property.value as keyof typeof STRIP_SIDES];
       return this.stripped(object, node.args?.[0], env, start, end);
     }
-    if (node.type === 'FilterExpression' && node.filter) {
+    if (node.type === 'FilterExpression' && node.filter && node.operand?.type !== EVALUATED) {
       const f = node.filter;
       const name = f.type === 'CallExpression' ? f.callee?.value : f.value;
       const filterArgs = f.type === 'CallExpression' ? (f.args ?? []) : [];
@@ -331,7 +328,7 @@ class BudgetedInterpreter extends Interpreter {
     if (
       (Array.isArray(value) || value instanceof Map) &&
       !this.inputs.has(v) &&
-      this.printedSize(v as unknown as RuntimeValue) > CHAT_TEMPLATE_LIMITS.stringChars &&
+      this.measure(v as unknown as RuntimeValue).n > CHAT_TEMPLATE_LIMITS.stringChars &&
       !this.ofInputs(v as unknown as RuntimeValue)
     )
       throw new Error(
