@@ -37,20 +37,16 @@ const only = process.argv
 const t0 = Date.now();
 const log = (msg) => console.log(`[pack-smoke ${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}`);
 /**
- * npm as `[command, leading arguments, options]`: node running npm's own script when npm started this one (`npm run
- * test:pack`; Node ≥ 20.12.2 refuses to start `npm.cmd` on Windows without a shell, EINVAL), else `npm` (through a
- * shell on Windows).
+ * npm's own script, for node to run: the one that started this script (`npm run test:pack`), else, on Windows, the one
+ * installed beside node.exe. Node ≥ 20.12.2 refuses to start `npm.cmd` on Windows without a shell (EINVAL), and a
+ * shell would split a tarball path with a space in it.
  */
-// (else, on Windows, the npm installed beside node.exe: a shell would split a tarball path with a space in it)
 const besideNode = join(dirname(process.execPath), 'node_modules', 'npm', 'bin', 'npm-cli.js');
 const npmCli = /npm-cli\.c?js$/.test(process.env.npm_execpath ?? '')
   ? process.env.npm_execpath
   : process.platform === 'win32' && existsSync(besideNode)
     ? besideNode
     : undefined;
-const npm = npmCli
-  ? [process.execPath, [npmCli], {}]
-  : ['npm', [], process.platform === 'win32' ? { shell: true } : {}];
 
 function run(cmd, argv, cwd, opts = {}) {
   try {
@@ -61,6 +57,12 @@ function run(cmd, argv, cwd, opts = {}) {
     );
     throw new Error(`${cmd} ${argv.slice(0, 3).join(' ')} failed`);
   }
+}
+
+/** `npm …argv` in `cwd`: through node and {@link npmCli} when found, else `npm` (through a shell on Windows). */
+function npm(argv, cwd, opts = {}) {
+  if (npmCli) return run(process.execPath, [npmCli, ...argv], cwd, opts);
+  return run('npm', argv, cwd, process.platform === 'win32' ? { shell: true, ...opts } : opts);
 }
 
 /** The exit status and output (stdout and stderr) of a command that may fail: a type check whose errors are filtered. */
@@ -134,15 +136,9 @@ try {
   const tarballs = [];
   mkdirSync(tarDir);
   for (const { dir, pkg } of selected) {
-    const out = run(
-      npm[0],
-      [...npm[1], 'pack', '--json', '--pack-destination', tarDir.replace(/\\/g, '/')],
-      dir,
-      {
-        ...npm[2],
-        env: { ...process.env, npm_config_loglevel: 'error' },
-      },
-    ).replace(/^[^[]*/, ''); // drop anything npm printed before the JSON
+    const out = npm(['pack', '--json', '--pack-destination', tarDir.replace(/\\/g, '/')], dir, {
+      env: { ...process.env, npm_config_loglevel: 'error' },
+    }).replace(/^[^[]*/, ''); // drop anything npm printed before the JSON
     const [info] = JSON.parse(out);
     const files = info.files.map((f) => f.path);
     for (const need of ['package.json', ...entryFiles(pkg)]) {
@@ -170,12 +166,7 @@ try {
   // --prefer-offline: tarballs come from the npm cache that the repository's install filled; package metadata that
   // a lockfile install never fetched (e.g. bullmq's dependencies' packuments) may still come from the registry
   log('installing tarballs into a fresh project (prefer offline)');
-  run(
-    npm[0],
-    [...npm[1], 'install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', ...tarballs],
-    app,
-    npm[2],
-  );
+  npm(['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', ...tarballs], app);
 
   // Per-package smoke: ESM import and CJS require must expose the same names; call one function.
   const calls = {
