@@ -133,6 +133,17 @@ describe('metadata codecs', () => {
     expect(() => parseCalderaMeta(noL, 'ck/caldera.json')).toThrow(/codecs\.L is unknown codec 'none'/);
   });
 
+  it('a field or codec part version 1 does not define is E_FORMAT naming it (it could change how the layer decodes, and finetune would drop it); other top-level fields are allowed', () => {
+    const extra = meta() as unknown as { layers: Record<string, Record<string, unknown>> };
+    extra.layers[P]!.codebook = 'e8p12-v2';
+    (extra.layers[P]!.codecs as Record<string, unknown>).Q2 = 'e8p12';
+    expect(() => parseCalderaMeta(extra, 'ck/caldera.json')).toThrow(
+      `E_FORMAT: ck/caldera.json: layers["${P}"] has unknown field "codebook" (format version 1 defines shape, padded, rank, ftRank, hadamard, codecs, bitsPerWeight, paperBitsPerWeight, error); layers["${P}"].codecs has unknown parts "Q2" (format version 1 defines Q, L, R)`,
+    );
+    const noted = { ...meta(), note: 'made on my laptop' };
+    expect(parseCalderaMeta(noted)).toEqual(noted);
+  });
+
   it("a layer without Q (codec 'none') needs a rank, and has no Q tensors", () => {
     const lowRankOnly = meta();
     lowRankOnly.layers[P]!.codecs.Q = 'none';

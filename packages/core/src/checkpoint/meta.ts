@@ -67,6 +67,22 @@ export interface CalderaCheckpointMeta {
 /** The file name of the metadata inside a checkpoint directory. */
 export const CALDERA_META_FILE = 'caldera.json';
 
+/**
+ * The fields of a layer entry in format version 1. A reader refuses others: a field it does not know might change how
+ * the layer's tensors decode, and a tool that rewrites `caldera.json` (`caldera finetune`) would drop it unsaid.
+ */
+const LAYER_FIELDS: readonly string[] = [
+  'shape',
+  'padded',
+  'rank',
+  'ftRank',
+  'hadamard',
+  'codecs',
+  'bitsPerWeight',
+  'paperBitsPerWeight',
+  'error',
+];
+
 const isInt = (x: unknown, min = 0): x is number =>
   typeof x === 'number' && Number.isSafeInteger(x) && x >= min;
 const isPair = (x: unknown, min: number): x is [number, number] =>
@@ -113,6 +129,11 @@ export function parseCalderaMeta(json: unknown, file = CALDERA_META_FILE): Calde
         problems.push(`${at} is not an object`);
         continue;
       }
+      for (const key of Object.keys(l))
+        if (!LAYER_FIELDS.includes(key))
+          problems.push(
+            `${at} has unknown field ${JSON.stringify(key)} (format version 1 defines ${LAYER_FIELDS.join(', ')})`,
+          );
       if (!isPair(l.shape, 1)) problems.push(`${at}.shape ${JSON.stringify(l.shape)} is not [m, n]`);
       if (!isPair(l.padded, 8) || l.padded[0] % 8 !== 0 || l.padded[1] % 8 !== 0) {
         problems.push(`${at}.padded ${JSON.stringify(l.padded)} is not [mp, np] in multiples of 8`);
@@ -126,7 +147,14 @@ export function parseCalderaMeta(json: unknown, file = CALDERA_META_FILE): Calde
       const c = l.codecs as Record<string, unknown> | undefined;
       if (typeof c !== 'object' || c === null || !['Q', 'L', 'R'].every((k) => typeof c[k] === 'string')) {
         problems.push(`${at}.codecs is not { Q, L, R } codec names`);
-      } else if (c.Q === 'f16') problems.push(`${at}.codecs.Q cannot be dense`);
+      } else if (Object.keys(c).some((k) => !['Q', 'L', 'R'].includes(k)))
+        problems.push(
+          `${at}.codecs has unknown parts ${Object.keys(c)
+            .filter((k) => !['Q', 'L', 'R'].includes(k))
+            .map((k) => JSON.stringify(k))
+            .join(', ')} (format version 1 defines Q, L, R)`,
+        );
+      else if (c.Q === 'f16') problems.push(`${at}.codecs.Q cannot be dense`);
       else
         for (const k of ['Q', 'L', 'R'] as const) {
           const known = k === 'Q' ? Q_CODECS : LR_CODECS;
