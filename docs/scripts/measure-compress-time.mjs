@@ -134,6 +134,13 @@ const cliArgs = [
   '--out',
   out,
 ];
+// peak memory comes from GNU time's report (Linux): BSD/macOS time has no -v, and Windows no /usr/bin/time
+if (!existsSync('/usr/bin/time')) {
+  console.error(
+    'measure-compress-time needs GNU time at /usr/bin/time (Debian/Ubuntu: apt-get install time; Linux only)',
+  );
+  process.exit(2);
+}
 const command = `/usr/bin/time -v node ${cliArgs.join(' ')}`;
 console.error(`$ ${command}`);
 
