@@ -30,6 +30,7 @@ export default defineConfig({
             { text: 'Fine-tune the low-rank factors', link: '/guide/finetune' },
             { text: 'Run in the browser', link: '/guide/browser' },
             { text: 'The checkpoint format', link: '/guide/checkpoint-format' },
+            { text: 'Codebooks and rotations', link: '/guide/codebooks' },
             { text: 'Performance', link: '/guide/performance' },
           ],
         },

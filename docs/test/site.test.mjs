@@ -59,6 +59,7 @@ const pages = [
   '/guide/what-is-caldera.html',
   '/guide/own-model.html',
   '/guide/checkpoint-format.html',
+  '/guide/codebooks.html',
   '/guide/performance.html',
   '/api/',
   // a subpath export's API pages (@caldera/runtime-webgpu/kernels), generated from the package's typedoc.json
