@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Template } from '@huggingface/jinja';
-import { pythonStrip, renderChatTemplate } from './chat-template.js';
+import { pythonFloatRepr, pythonStrip, renderChatTemplate } from './chat-template.js';
 
 // Qwen3's template in the form it ships (its reverse scan for the last user query, tool turns looking at their
 // neighbours): it names `messages` inside its per-message loops
@@ -203,5 +203,80 @@ describe('Python semantics where @huggingface/jinja differed from jinja2', () =>
       content: `${i}`.padEnd(200, 'x'),
     }));
     expect(renderChatTemplate('{{ messages|tojson }}', { messages }).length).toBeGreaterThan(800_000);
+  });
+
+  // Each expected string below is what jinja2 3.1.6 printed for the same template and context in transformers'
+  // environment (/tmp/tpl-work/ref.py's compile(), Python 3.11).
+  it("prints values as Python's str: True, None, lists and mappings as repr (the library printed true, nothing, JSON)", () => {
+    const c = [{ type: 'text', text: 'hi' }]; // content given as parts
+    const t =
+      "{{ true }}|{{ false }}|{{ none }}|{{ x }}|{{ 'a' ~ true ~ none ~ x }}|{{ true|string }}{{ none|string }}|" +
+      "{{ c }}|{{ c|string }}|{{ 'p' ~ c }}|{{ [1, 'b', [true, none], c[0]]|join(',') }}|{{ c|tojson }}";
+    expect(renderChatTemplate(t, { c })).toBe(
+      "True|False|None||aTrueNone|TrueNone|[{'type': 'text', 'text': 'hi'}]|[{'type': 'text', 'text': 'hi'}]|" +
+        "p[{'type': 'text', 'text': 'hi'}]|1,b,[True, None],{'type': 'text', 'text': 'hi'}|" +
+        '[{"type": "text", "text": "hi"}]', // |tojson stays JSON (transformers' tojson)
+    );
+    const t2 =
+      "{{ (1, 'a') }}|{% set ns = namespace(a=1) %}{{ ns }}|{{ {'k': none, 'l': [true]} }}|" +
+      '{% macro m() %}{{ kwargs }}{% endmacro %}{{ m(a=1) }}|{% set b %}{{ false }}{% endset %}{{ b }}|' +
+      '{% for v in [none, true] %}{{ v }}{% endfor %}|{% if true %}{{ none }}{% endif %}';
+    expect(renderChatTemplate(t2, {})).toBe(
+      "(1, 'a')|<Namespace {'a': 1}>|{'k': None, 'l': [True]}|{'a': 1}|False|NoneTrue|None",
+    );
+  });
+
+  it("writes strings in a list as Python's repr: its quotes, escapes, unprintable characters", () => {
+    const s = ["it's", 'say "hi"', 'both \' "', 'nl\n\\ \t\r\x01\x7f\x80\xa0é\u200b\u2028😀'];
+    expect(renderChatTemplate('{{ s }}|{{ [s[0]] }}', { s })).toBe(
+      `["it's", 'say "hi"', 'both \\' "', 'nl\\n\\\\ \\t\\r\\x01\\x7f\\x80\\xa0é\\u200b\\u2028😀']|["it's"]`,
+    );
+  });
+
+  it('writes numbers as Python: 1.0, 1e-05, 1e+16, every digit of an int', () => {
+    const t =
+      '{{ [1.0, 0.00001, 10000000000000000.0, 1000000000000000.0, 0.1, -0.0, 1/3, 2 ** 0.5] }}|{{ 3.0|string }}|' +
+      "{{ 'a' ~ 1.0 }}|{{ 10 ** 21 }}|{{ 2 ** 100 }}|{{ 7 // 2 }}|{{ 7.0 // 2 }}|{{ x }}";
+    expect(renderChatTemplate(t, { x: [2.5e-7, 0.1] })).toBe(
+      '[1.0, 1e-05, 1e+16, 1000000000000000.0, 0.1, -0.0, 0.3333333333333333, 1.4142135623730951]|3.0|a1.0|' +
+        '1000000000000000000000|1267650600228229401496703205376|3|3.0|[2.5e-07, 0.1]',
+    );
+    expect([1e-4, 1.234e-5, 1e21, -Infinity, NaN].map(pythonFloatRepr)).toEqual([
+      '0.0001',
+      '1.234e-05',
+      '1e+21',
+      '-inf',
+      'nan',
+    ]);
+  });
+
+  it("content given as parts: |trim writes it as Python does (Llama 3's template)", () => {
+    const llama3 =
+      "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
+    const messages = [{ role: 'user', content: [{ type: 'text', text: 'What is this?' }] }];
+    // the library refused it: "Unknown ArrayValue filter: trim"
+    expect(renderChatTemplate(llama3, { messages, bos_token: '<s>', add_generation_prompt: true })).toBe(
+      "<s><|start_header_id|>user<|end_header_id|>\n\n[{'type': 'text', 'text': 'What is this?'}]<|eot_id|>" +
+        '<|start_header_id|>assistant<|end_header_id|>\n\n',
+    );
+    expect(renderChatTemplate('{{ c|trim }}|{{ true|trim }}', { c: messages[0]!.content })).toBe(
+      "[{'type': 'text', 'text': 'What is this?'}]|True",
+    );
+  });
+
+  it('printing a value as Python does is held to the same limits: its length, and a step per item written', () => {
+    // 1.1 M control characters count 1.1 M in the list's size; written as `\x01` they are 4.4 M characters
+    const s = '\x01'.repeat(1_100_000);
+    expect(() => renderChatTemplate('{{ [s] }}', { s })).toThrow(
+      /^it made a string of over 4194304 characters/,
+    );
+    // a list of lists printed in a loop: each item written is charged
+    const t0 = performance.now();
+    expect(() =>
+      renderChatTemplate('{% for i in range(100000) %}{{ x }}{% endfor %}', {
+        x: [Array.from({ length: 1000 }, () => Array.from({ length: 10 }, (_, i) => i))],
+      }),
+    ).toThrow(/^it ran over 10000000 steps/);
+    expect(performance.now() - t0).toBeLessThan(10_000);
   });
 });

@@ -11,8 +11,8 @@ export const CHAT_TEMPLATE_LIMITS = {
   rangeItems: 100_000,
   /**
    * Steps of one render: one per evaluation, one per 16 characters of each string and four per item of each list or
-   * mapping an evaluation makes or looks up (a list only its length or one item is taken of excepted), and 40 per item
-   * of a list a loop runs over (an iteration costs about 4 µs, even with an empty body, which evaluates nothing). Deterministic, unlike a time limit: about a second of work here at most; a conversation of 1000 messages
+   * mapping an evaluation makes, looks up or prints (a list only its length or one item is taken of excepted), and 40
+   * per item of a list a loop runs over (an iteration costs about 4 µs, even with an empty body, which evaluates nothing). Deterministic, unlike a time limit: about a second of work here at most; a conversation of 1000 messages
    * of 2 KB takes about 1 % of it.
    */
   steps: 10_000_000,
@@ -41,6 +41,10 @@ interface TemplateNode {
   right?: TemplateNode;
   callee?: TemplateNode;
   args?: TemplateNode[];
+  /** A statement's blocks (`If`'s `alternate`, `For`'s `defaultBlock`). */
+  body?: TemplateNode[];
+  alternate?: TemplateNode[];
+  defaultBlock?: TemplateNode[];
 }
 
 /** What this module reads of the library's runtime values (`StringValue`, `ArrayValue`, `ObjectValue`, …). */
@@ -59,6 +63,43 @@ interface TemplateEnvironment {
 /** A syntax node standing for a value already evaluated (so the library's own code can take it without redoing it). */
 const EVALUATED = 'CalderaEvaluatedValue';
 const evaluated = (v: RuntimeValue): TemplateNode => ({ type: EVALUATED, value: v });
+
+/** A syntax node standing for an expression a block prints (`{{ x }}`), written as Python's `str` writes it. */
+const PRINTED = 'CalderaPrintedExpression';
+
+/** The nodes of `@huggingface/jinja` that are statements (any other node in a block is an expression it prints). */
+const STATEMENTS = new Set([
+  'Program',
+  'If',
+  'For',
+  'Break',
+  'Continue',
+  'Set',
+  'Macro',
+  'Comment',
+  'FilterStatement',
+  'CallStatement',
+]);
+
+/**
+ * The expressions the blocks of `statements` print (`{{ x }}`: any block, nested ones, macros', `set` blocks'), each
+ * wrapped in a {@link PRINTED} node: the library printed them with JavaScript's `toString` (JSON for a list, `true`,
+ * nothing for none), and reads its blocks in a method it keeps private. Literal text is left as it is. A wrapper is of
+ * its expression's class, so the library's scan of a macro's body (does it read `kwargs`?) still goes into it.
+ */
+function markPrinted(statements: TemplateNode[]): void {
+  statements.forEach((node, i) => {
+    if (!STATEMENTS.has(node.type!)) {
+      if (node.type !== 'StringLiteral')
+        statements[i] = Object.assign(Object.create(Object.getPrototypeOf(node) as object) as TemplateNode, {
+          type: PRINTED,
+          value: node,
+        });
+      return;
+    }
+    for (const block of [node.body, node.alternate, node.defaultBlock]) if (block) markPrinted(block);
+  });
+}
 
 /** A new runtime value of `like`'s class (the library does not export its value classes). */
 function sameKind<T>(like: RuntimeValue, value: T): RuntimeValue {
@@ -121,6 +162,124 @@ export function pythonStrip(s: string, chars: string | null, start = true, end =
   if (start) while (i < j && strip.has(cps[i]!)) i++;
   if (end) while (j > i && strip.has(cps[j - 1]!)) j--;
   return i === 0 && j === cps.length ? s : cps.slice(i, j).join('');
+}
+
+/**
+ * Python's `repr` of a float (which `str` and printing use too): the shortest digits that read back, as
+ * JavaScript's, but written as Python writes them: `1.0` (JavaScript: `1`), `1e-05` (`0.00001`), `1e+16`
+ * (`10000000000000000`), `inf`, `nan`.
+ */
+export function pythonFloatRepr(x: number): string {
+  if (Number.isNaN(x)) return 'nan';
+  if (!Number.isFinite(x)) return x > 0 ? 'inf' : '-inf';
+  if (x === 0) return Object.is(x, -0) ? '-0.0' : '0.0';
+  const [digits, exponent] = x.toExponential().split('e') as [string, string];
+  const e = Number(exponent);
+  // Python writes an exponent outside 1e-4 <= |x| < 1e16 (JavaScript outside 1e-7 ... 1e21), of two digits at least
+  if (e < -4 || e >= 16) return `${digits}e${e < 0 ? '-' : '+'}${String(Math.abs(e)).padStart(2, '0')}`;
+  const fixed = String(x);
+  return fixed.includes('.') ? fixed : `${fixed}.0`;
+}
+
+/** Python's `repr` of an int: every digit (JavaScript writes `1e+21` from 10**21, and `2**100` so). */
+function pythonIntRepr(n: number): string {
+  return Number.isSafeInteger(n) || !Number.isInteger(n) ? String(n) : BigInt(n).toString();
+}
+
+/** The characters `str.isprintable` refuses (`repr` escapes them): Unicode's "Other" and "Separator" but the space. */
+const NOT_PRINTABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}]/u;
+
+/**
+ * Python's `repr` of a str, as a list or mapping prints its strings: single quotes, double where the string holds a
+ * single quote and no double one; `\\`, the quote, `\n`, `\r`, `\t` escaped, other unprintable characters as `\x..`,
+ * `\u....` or `\U........` (printable non-ASCII ones as they are). Whether a character is printable follows this
+ * runtime's Unicode tables, which may be newer than the Python's for characters assigned lately.
+ */
+export function pythonStringRepr(s: string): string {
+  const quote = s.includes("'") && !s.includes('"') ? '"' : "'";
+  const hex = (cp: number, width: number) => cp.toString(16).padStart(width, '0');
+  // everything but printable ASCII other than ' and \ (by code point: a lone surrogate is one, and unprintable)
+  const body = s.replace(/[^\x20-\x26\x28-\x5b\x5d-\x7e]/gu, (c) => {
+    if (c === quote || c === '\\') return `\\${c}`;
+    if (c === '\n') return '\\n';
+    if (c === '\r') return '\\r';
+    if (c === '\t') return '\\t';
+    const cp = c.codePointAt(0)!;
+    if (cp < 0x20 || cp === 0x7f) return `\\x${hex(cp, 2)}`;
+    if (cp < 0x7f || !NOT_PRINTABLE.test(c)) return c;
+    return cp <= 0xff ? `\\x${hex(cp, 2)}` : cp <= 0xffff ? `\\u${hex(cp, 4)}` : `\\U${hex(cp, 8)}`;
+  });
+  return quote + body + quote;
+}
+
+/**
+ * A value as Python's `repr` writes it (`str` of a list or mapping is that too): `True`, `None`, `[1, 'a']`,
+ * `{'k': 1.0}`, `(1,)`, `<Namespace {'a': 1}>`, `Undefined` for an undefined item; a list or mapping inside itself
+ * (a namespace holding itself) as `[...]` / `{...}`, as Python. The library wrote JSON (`true`, `null`, `"a"`).
+ * Throws past `limit` characters, before making more; `items`: the items of lists and mappings it went through.
+ */
+export function pythonRepr(v: RuntimeValue, limit = Infinity): { text: string; items: number } {
+  let length = 0;
+  let items = 0;
+  const open = new Set<unknown>();
+  /** `s`, counted against `limit` (a list's or mapping's brackets and separators as its items are). */
+  const counted = (s: string, more = 0) => {
+    length += s.length + more;
+    if (length > limit) throw new Error(`it made a string of over ${limit} characters (printing a value)`);
+    return s;
+  };
+  const repr = (x: RuntimeValue): string => {
+    const value = x.value;
+    if (Array.isArray(value)) {
+      if (open.has(value)) return counted('[...]');
+      open.add(value);
+      items += value.length;
+      counted('', 2 * value.length + 1);
+      const inner = (value as RuntimeValue[]).map(repr).join(', ');
+      open.delete(value);
+      if (x.type !== 'TupleValue') return `[${inner}]`;
+      return value.length === 1 ? `(${inner},)` : `(${inner})`;
+    }
+    if (value instanceof Map) {
+      const namespace = x.type === 'NamespaceValue';
+      if (open.has(value)) return counted(namespace ? '<Namespace {...}>' : '{...}');
+      open.add(value);
+      items += value.size;
+      counted('', 4 * value.size + (namespace ? 13 : 1));
+      const entries: string[] = [];
+      for (const [k, item] of value as Map<string, RuntimeValue>)
+        entries.push(`${counted(pythonStringRepr(k))}: ${repr(item)}`);
+      open.delete(value);
+      return namespace ? `<Namespace {${entries.join(', ')}}>` : `{${entries.join(', ')}}`;
+    }
+    switch (x.type) {
+      case 'StringValue':
+        return counted(pythonStringRepr(value as string));
+      case 'IntegerValue':
+        return counted(pythonIntRepr(value as number));
+      case 'FloatValue':
+        return counted(pythonFloatRepr(value as number));
+      case 'BooleanValue':
+        return counted(value ? 'True' : 'False');
+      case 'NullValue':
+        return counted('None');
+      case 'UndefinedValue':
+        return counted('Undefined');
+      default:
+        return counted(String(x));
+    }
+  };
+  return { text: repr(v), items };
+}
+
+/**
+ * Python's `str` of a value, what `{{ x }}`, `~`, `|string` and `|join` write: a string as it is, undefined as
+ * nothing, anything else as {@link pythonRepr}.
+ */
+export function pythonStr(v: RuntimeValue, limit = Infinity): { text: string; items: number } {
+  if (v.type === 'StringValue') return { text: v.value as string, items: 0 };
+  if (v.type === 'UndefinedValue') return { text: '', items: 0 };
+  return pythonRepr(v, limit);
 }
 
 const STRIP_SIDES = { strip: [true, true], lstrip: [true, false], rstrip: [false, true] } as const;
@@ -213,17 +372,19 @@ class BudgetedInterpreter extends Interpreter {
    * library's then): `==`, `!=`, `in`, `not in` with Python equality; `s.strip(chars)`, `lstrip`, `rstrip` and
    * `|trim(chars)` with their argument and Python's whitespace (the library ignored the argument: Qwen3's and QwQ's
    * `content.lstrip('\n')` removed spaces too); `selectattr`/`rejectattr` testing a missing attribute as undefined
-   * (the library skipped such items: Mistral Nemo's role-order check never raised).
+   * (the library skipped such items: Mistral Nemo's role-order check never raised); `~`, `|string`, `|join` and
+   * `|trim` of any value writing it as Python's `str` (the library wrote JSON, `true`; `|trim` refused a list).
    */
   private python(node: TemplateNode, env: TemplateEnvironment): RuntimeValue | undefined {
     // each branch leaves to the library a node whose parts it evaluated already (where Python agrees with it)
     if (node.type === 'BinaryExpression' && node.left?.type !== EVALUATED) {
       const op = node.operator?.value;
-      if (op !== '==' && op !== '!=' && op !== 'in' && op !== 'not in') return undefined;
+      if (!['==', '!=', 'in', 'not in', '~'].includes(op!)) return undefined;
       const left = this.value(node.left, env);
       const right = this.value(node.right, env);
       if (op === '==' || op === '!=')
         return runtimeBoolean(left, pythonEquals(left, right) === (op === '=='));
+      if (op === '~') return this.string(this.str(left) + this.str(right), env);
       if (!Array.isArray(right.value))
         return this.value({ ...node, left: evaluated(left), right: evaluated(right) }, env);
       const member = (right.value as RuntimeValue[]).some((item) => pythonEquals(left, item));
@@ -248,10 +409,27 @@ class BudgetedInterpreter extends Interpreter {
       const name = f.type === 'CallExpression' ? f.callee?.value : f.value;
       const filterArgs = f.type === 'CallExpression' ? (f.args ?? []) : [];
       if (name === 'trim') {
+        // of any value: its `str` (jinja2's `do_trim`); the library refused a list (content given as parts)
         const operand = this.value(node.operand, env);
-        if (operand.type !== 'StringValue' || filterArgs.length > 1)
-          return this.value({ ...node, operand: evaluated(operand) }, env);
-        return this.stripped(operand, filterArgs[0], env, true, true);
+        if (filterArgs.length > 1) return this.value({ ...node, operand: evaluated(operand) }, env);
+        const s = operand.type === 'StringValue' ? operand : this.string(this.str(operand), env);
+        return this.stripped(s, filterArgs[0], env, true, true);
+      }
+      if (name === 'string' && f.type === 'Identifier') {
+        const operand = this.value(node.operand, env);
+        return operand.type === 'StringValue' ? operand : this.string(this.str(operand), env);
+      }
+      if (
+        name === 'join' &&
+        filterArgs.length <= 1 &&
+        filterArgs.every((a) => a.type !== 'KeywordArgumentExpression')
+      ) {
+        const operand = this.value(node.operand, env);
+        if (!Array.isArray(operand.value)) return this.value({ ...node, operand: evaluated(operand) }, env);
+        // jinja2's `do_join`: str(separator).join(map(str, items)) (the library joined JavaScript values: `true`, '')
+        const separator = filterArgs[0] ? this.str(this.value(filterArgs[0], env)) : '';
+        const parts = (operand.value as RuntimeValue[]).map((item) => this.str(item));
+        return this.string(parts.join(separator), env);
       }
       if (name === 'selectattr' || name === 'rejectattr') {
         const operand = this.value(node.operand, env);
@@ -293,6 +471,27 @@ class BudgetedInterpreter extends Interpreter {
     return sameKind(s, pythonStrip(s.value as string, set, start, end));
   }
 
+  /**
+   * `v` as Python's `str` writes it ({@link pythonStr}); the items of lists and mappings written are steps of the
+   * budget, four each as the items an evaluation makes (its characters are charged as those of the string made of it).
+   */
+  private str(v: RuntimeValue): string {
+    const { text, items } = pythonStr(v, CHAT_TEMPLATE_LIMITS.stringChars);
+    if (items > 0) this.charge(4 * items);
+    return text;
+  }
+
+  /** A runtime string of `text`, made as a string literal (so charged and limited as any string). */
+  private string(text: string, env: TemplateEnvironment): RuntimeValue {
+    return this.value({ type: 'StringLiteral', value: text }, env);
+  }
+
+  /** What a block writes of the expression `node` (`{{ x }}`): `x` as Python's `str` writes it. */
+  private print(node: TemplateNode, env: TemplateEnvironment): RuntimeValue {
+    const v = this.value(node, env);
+    return v.type === 'StringValue' ? v : this.string(this.str(v), env);
+  }
+
   /** {@link evaluate} of `node` as a runtime value. */
   private value(node: TemplateNode | undefined, env: TemplateEnvironment): RuntimeValue {
     return this.evaluate(node as never, env as never) as unknown as RuntimeValue;
@@ -301,6 +500,8 @@ class BudgetedInterpreter extends Interpreter {
   override evaluate(...args: Parameters<Interpreter['evaluate']>): ReturnType<Interpreter['evaluate']> {
     const node = args[0] as TemplateNode | undefined;
     if (node?.type === EVALUATED) return node.value as ReturnType<Interpreter['evaluate']>;
+    if (node?.type === PRINTED)
+      return this.print(node.value as TemplateNode, args[1] as unknown as TemplateEnvironment) as never;
     if (node?.type === 'For' && node.iterable)
       this.loopLists.add(node.iterable.type === 'SelectExpression' ? node.iterable.lhs! : node.iterable);
     // a list or mapping whose length or one item is taken, `messages|length`, `messages[i]`, `message.role`: O(1)
@@ -423,6 +624,7 @@ function strftimeNow(format: string): string {
  */
 export function renderChatTemplate(template: string, context: Record<string, unknown>): string {
   const program = parse(tokenize(template, { lstrip_blocks: true, trim_blocks: true }));
+  markPrinted((program as unknown as TemplateNode).body!);
   const env = new Environment();
   const globals: Record<string, unknown> = {
     false: false,

@@ -388,17 +388,17 @@ describe('HfTokenizer', () => {
       JSON.stringify({ eos_token: '</s>', chat_template: template }),
     );
     const msgs = [{ role: 'user', content: 'Hi' }];
-    // no map: bos '' (as before), pad and unk undefined
-    expect((await loadTokenizer(dir)).applyChatTemplate(msgs)).toBe('|</s>||false|Hi');
+    // no map: bos '' (as before), pad and unk undefined (a boolean prints as Python's: jinja2 gives 'False')
+    expect((await loadTokenizer(dir)).applyChatTemplate(msgs)).toBe('|</s>||False|Hi');
     // the map fills what the config lacks (bos, pad), the config wins where both name one (eos)
     await writeFile(
       join(dir, 'special_tokens_map.json'),
       JSON.stringify({ bos_token: { content: '<s>' }, eos_token: '<eos>', pad_token: '<pad>' }),
     );
-    expect((await loadTokenizer(dir)).applyChatTemplate(msgs)).toBe('<s>|</s>|<pad>|false|Hi');
+    expect((await loadTokenizer(dir)).applyChatTemplate(msgs)).toBe('<s>|</s>|<pad>|False|Hi');
     // a malformed token a template may not use (pad_token) is left out, not an error
     await writeFile(join(dir, 'special_tokens_map.json'), JSON.stringify({ bos_token: '<s>', pad_token: 7 }));
-    expect((await loadTokenizer(dir)).applyChatTemplate(msgs)).toBe('<s>|</s>||false|Hi');
+    expect((await loadTokenizer(dir)).applyChatTemplate(msgs)).toBe('<s>|</s>||False|Hi');
     await writeFile(join(dir, 'special_tokens_map.json'), JSON.stringify({ bos_token: 5 }));
     expect(() =>
       HfTokenizer.fromJson(
