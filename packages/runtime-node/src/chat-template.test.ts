@@ -250,7 +250,7 @@ describe('Python semantics where @huggingface/jinja differed from jinja2', () =>
     ]);
   });
 
-  it("content given as parts: |trim writes it as Python does (Llama 3's template)", () => {
+  it("content given as parts: |trim writes it as Python does (Llama 3's template), + refuses it as Python", () => {
     const llama3 =
       "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
     const messages = [{ role: 'user', content: [{ type: 'text', text: 'What is this?' }] }];
@@ -261,6 +261,28 @@ describe('Python semantics where @huggingface/jinja differed from jinja2', () =>
     );
     expect(renderChatTemplate('{{ c|trim }}|{{ true|trim }}', { c: messages[0]!.content })).toBe(
       "[{'type': 'text', 'text': 'What is this?'}]|True",
+    );
+    // Python's TypeErrors (the library wrote the list as JSON, the number as digits)
+    const c = messages[0]!.content;
+    for (const [t, message] of [
+      ["{{ 'a' + c }}", 'can only concatenate str (not "list") to str'],
+      ["{{ c + 'a' }}", 'can only concatenate list (not "str") to list'],
+      ["{{ 'a' + 1 }}", 'can only concatenate str (not "int") to str'],
+      ["{{ 1 + 'a' }}", "unsupported operand type(s) for +: 'int' and 'str'"],
+    ] as const)
+      expect(() => renderChatTemplate(t, { c })).toThrow(message);
+    expect(renderChatTemplate("{{ 'a' + 'b' }}{{ [1] + [2] }}", {})).toBe('ab[1, 2]');
+  });
+
+  it('strip, lstrip, rstrip and |trim of two arguments are an error, as in Python (the library stripped whitespace)', () => {
+    expect(() => renderChatTemplate("{{ 'abc'.strip('a', 'b') }}", {})).toThrow(
+      /^strip expected at most 1 argument, got 2$/,
+    );
+    expect(() => renderChatTemplate("{{ 'abc'.rstrip('a', 'b') }}", {})).toThrow(
+      /^rstrip expected at most 1 argument, got 2$/,
+    );
+    expect(() => renderChatTemplate("{{ 'abc'|trim('a', 'b') }}", {})).toThrow(
+      /^trim expected at most 1 argument, got 2$/,
     );
   });
 

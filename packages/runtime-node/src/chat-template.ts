@@ -164,6 +164,22 @@ export function pythonStrip(s: string, chars: string | null, start = true, end =
   return i === 0 && j === cps.length ? s : cps.slice(i, j).join('');
 }
 
+/** Python's type names, for the errors Python raises where it refuses a value. */
+const PYTHON_TYPES: Record<string, string> = {
+  StringValue: 'str',
+  IntegerValue: 'int',
+  FloatValue: 'float',
+  BooleanValue: 'bool',
+  NullValue: 'NoneType',
+  UndefinedValue: 'Undefined',
+  ArrayValue: 'list',
+  TupleValue: 'tuple',
+  ObjectValue: 'dict',
+  KeywordArgumentsValue: 'dict',
+  NamespaceValue: 'Namespace',
+  FunctionValue: 'function',
+};
+
 /**
  * Python's `repr` of a float (which `str` and printing use too): the shortest digits that read back, as
  * JavaScript's, but written as Python writes them: `1.0` (JavaScript: `1`), `1e-05` (`0.00001`), `1e+16`
@@ -282,6 +298,22 @@ export function pythonStr(v: RuntimeValue, limit = Infinity): { text: string; it
   return pythonRepr(v, limit);
 }
 
+/**
+ * Python's refusal of `+` between a string and anything else (`'a' + 1`, `'x' + message['content']` with content
+ * given as a list of parts, `[1] + 'a'`): the library wrote both as strings, JSON for a list. (Undefined is left to
+ * the library, which refuses it too.)
+ */
+function checkConcatenation(left: RuntimeValue, right: RuntimeValue): void {
+  if ((left.type === 'StringValue') === (right.type === 'StringValue')) return;
+  if (left.type === 'UndefinedValue' || right.type === 'UndefinedValue') return;
+  const [l, r] = [left, right].map((v) => PYTHON_TYPES[v.type] ?? v.type);
+  throw new Error(
+    ['str', 'list', 'tuple'].includes(l!)
+      ? `can only concatenate ${l} (not "${r}") to ${l}`
+      : `unsupported operand type(s) for +: '${l}' and '${r}'`,
+  );
+}
+
 const STRIP_SIDES = { strip: [true, true], lstrip: [true, false], rstrip: [false, true] } as const;
 
 /** The interpreter of {@link renderChatTemplate}: the library's, counting what each evaluation makes. */
@@ -373,19 +405,21 @@ class BudgetedInterpreter extends Interpreter {
    * `|trim(chars)` with their argument and Python's whitespace (the library ignored the argument: Qwen3's and QwQ's
    * `content.lstrip('\n')` removed spaces too); `selectattr`/`rejectattr` testing a missing attribute as undefined
    * (the library skipped such items: Mistral Nemo's role-order check never raised); `~`, `|string`, `|join` and
-   * `|trim` of any value writing it as Python's `str` (the library wrote JSON, `true`; `|trim` refused a list).
+   * `|trim` of any value writing it as Python's `str` (the library wrote JSON, `true`; `|trim` refused a list); `+`
+   * of a string and anything else, and `strip` of two arguments, refused as Python refuses them.
    */
   private python(node: TemplateNode, env: TemplateEnvironment): RuntimeValue | undefined {
     // each branch leaves to the library a node whose parts it evaluated already (where Python agrees with it)
     if (node.type === 'BinaryExpression' && node.left?.type !== EVALUATED) {
       const op = node.operator?.value;
-      if (!['==', '!=', 'in', 'not in', '~'].includes(op!)) return undefined;
+      if (!['==', '!=', 'in', 'not in', '~', '+'].includes(op!)) return undefined;
       const left = this.value(node.left, env);
       const right = this.value(node.right, env);
       if (op === '==' || op === '!=')
         return runtimeBoolean(left, pythonEquals(left, right) === (op === '=='));
       if (op === '~') return this.string(this.str(left) + this.str(right), env);
-      if (!Array.isArray(right.value))
+      if (op === '+') checkConcatenation(left, right);
+      if (op === '+' || !Array.isArray(right.value))
         return this.value({ ...node, left: evaluated(left), right: evaluated(right) }, env);
       const member = (right.value as RuntimeValue[]).some((item) => pythonEquals(left, item));
       return runtimeBoolean(left, member === (op === 'in'));
@@ -400,8 +434,12 @@ class BudgetedInterpreter extends Interpreter {
     ) {
       const object = this.value(node.callee.object, env);
       const call = { ...node, callee: { ...node.callee, object: evaluated(object) } };
-      if (object.type !== 'StringValue' || (node.args ?? []).length > 1) return this.value(call, env);
-      const [start, end] = STRIP_SIDES[node.callee.property.value as keyof typeof STRIP_SIDES];
+      if (object.type !== 'StringValue') return this.value(call, env);
+      const name = node.callee.property.value as keyof typeof STRIP_SIDES;
+      // Python's TypeError (the library ignored the arguments: `s.strip('a', 'b')` stripped whitespace)
+      if ((node.args ?? []).length > 1)
+        throw new Error(`${name} expected at most 1 argument, got ${node.args!.length}`);
+      const [start, end] = STRIP_SIDES[name];
       return this.stripped(object, node.args?.[0], env, start, end);
     }
     if (node.type === 'FilterExpression' && node.filter && node.operand?.type !== EVALUATED) {
@@ -409,9 +447,10 @@ class BudgetedInterpreter extends Interpreter {
       const name = f.type === 'CallExpression' ? f.callee?.value : f.value;
       const filterArgs = f.type === 'CallExpression' ? (f.args ?? []) : [];
       if (name === 'trim') {
+        if (filterArgs.length > 1)
+          throw new Error(`trim expected at most 1 argument, got ${filterArgs.length}`);
         // of any value: its `str` (jinja2's `do_trim`); the library refused a list (content given as parts)
         const operand = this.value(node.operand, env);
-        if (filterArgs.length > 1) return this.value({ ...node, operand: evaluated(operand) }, env);
         const s = operand.type === 'StringValue' ? operand : this.string(this.str(operand), env);
         return this.stripped(s, filterArgs[0], env, true, true);
       }
