@@ -226,6 +226,15 @@ describe('Python semantics where @huggingface/jinja differed from jinja2', () =>
     );
   });
 
+  it('a namespace holding a list that holds it prints as Python, [...] where it recurs (measuring it overflowed the stack)', () => {
+    expect(
+      renderChatTemplate(
+        '{% set ns = namespace(l=[]) %}{% set ns.l = [ns] %}{{ ns.l|length }}|{{ ns.l }}',
+        {},
+      ),
+    ).toBe("1|[<Namespace {'l': [...]}>]");
+  });
+
   it("writes strings in a list as Python's repr: its quotes, escapes, unprintable characters", () => {
     const s = ["it's", 'say "hi"', 'both \' "', 'nl\n\\ \t\r\x01\x7f\x80\xa0é\u200b\u2028😀'];
     expect(renderChatTemplate('{{ s }}|{{ [s[0]] }}', { s })).toBe(

@@ -344,21 +344,26 @@ class BudgetedInterpreter extends Interpreter {
    * or mapping measured anew is a step of the budget, so re-measuring cannot run unbounded either.
    */
   private readonly printed = new WeakMap<object, number>();
-  private measure(v: RuntimeValue): { n: number; live: boolean } {
+  private measure(v: RuntimeValue, open = new Set<unknown>()): { n: number; live: boolean } {
     const x = v.value;
     if (typeof x === 'string') return { n: x.length, live: false };
     if (!Array.isArray(x) && !(x instanceof Map)) return { n: 1, live: false };
+    // a value inside itself (only through a namespace: `set ns.l = [ns]`) prints as `[...]` there, as Python's repr
+    // (it recursed until the stack overflowed)
+    if (open.has(x)) return { n: 5, live: true };
     const known = this.printed.get(v);
     if (known !== undefined) return { n: known, live: false };
     this.charge(1);
+    open.add(x);
     let n = 2;
     let live = v.type === 'NamespaceValue';
     for (const [k, item] of x.entries()) {
-      const m = this.measure(item as RuntimeValue);
+      const m = this.measure(item as RuntimeValue, open);
       n += 2 + (typeof k === 'string' ? k.length : 0) + m.n;
       live ||= m.live;
       if (n > CHAT_TEMPLATE_LIMITS.stringChars) break; // (refused: the exact size does not matter)
     }
+    open.delete(x);
     if (!live) this.printed.set(v, n);
     return { n, live };
   }
