@@ -16,6 +16,7 @@ import {
   embedWgsl,
   gateSliceWgsl,
   hadamardChunkWgsl,
+  normScaleWords,
   HADAMARD_MIX_WGSL,
   hadamardStrideWgsl,
   hadamardWgsl,
@@ -898,7 +899,7 @@ export class Kernels {
       );
     const vw = this.vectorWorkgroup;
     const words = this.vectorWords(m.n);
-    if (m.n > this.maxLocalHadamard || words * 4 > this.dev.maxWorkgroupStorage)
+    if (m.n > this.maxLocalHadamard || Math.max(words, normScaleWords(vw)) * 4 > this.dev.maxWorkgroupStorage)
       return [...this.rotate(o), this.rmsNorm(res, norm.weight, norm.out, m.outLen, norm.eps)];
     if (m.biasOff !== null) this.boundBias(o.bias);
     const mixKs = this.mixKsOf([m]);
@@ -1448,7 +1449,10 @@ export class Kernels {
     const words = this.vectorWords(maxN);
     // the source table (256 × 16 bytes) and the lanes' partial sums, and E81B for an rvq3 R̂ (see inputProjectionWgsl)
     const extra = this.lanes === 1 ? 0 : 256 * 16 + vw * 4 + (c.codec === 'rvq3' ? 2048 * 4 : 0);
-    if (Math.max(words, o.input?.kind === 'rmsNorm' ? vw : 0) * 4 + extra > this.dev.maxWorkgroupStorage)
+    if (
+      Math.max(words, o.input?.kind === 'rmsNorm' ? normScaleWords(vw) : 0) * 4 + extra >
+      this.dev.maxWorkgroupStorage
+    )
       return null;
     const storage = inputProjectionBindings(c.codec, o.input?.kind ?? 'none', prev.kind).filter(
       (name) => name !== 'prevParams',

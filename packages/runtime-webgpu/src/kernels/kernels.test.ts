@@ -538,28 +538,42 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
           accumulate: false,
         };
         const member = memberOf(n, { nIn, K: Kf });
-        const x = storageBuffer(d, randn(rng, rows * nIn, 3), 'x');
+        const xv = randn(rng, rows * nIn, 3);
+        const x = storageBuffer(d, xv, 'x');
+        // the RMSNorm's last row at RMS 3e25: an f32 sum of its squares overflows (unless scaled, normScaleWgsl)
+        const last = (rows - 1) * nIn;
+        const xNorm = storageBuffer(
+          d,
+          xv.map((v, i) => (i >= last ? v * 1e25 : v)),
+          'x (last row huge)',
+        );
         const aux = storageBuffer(d, randn(rng, rows * nIn), 'aux');
         const fused = scratchBuffer(d, rows * n * 4, 'fused');
         const apart = scratchBuffer(d, rows * n * 4, 'apart');
         for (const kind of ['rmsNorm', 'swiglu'] as const) {
           const input =
             kind === 'rmsNorm' ? ({ kind, weight: aux, eps: 1e-5 } as const) : ({ kind, up: aux } as const);
-          const launches = k.rotate({ ...bufs, x, outs: [fused], members: [member], input });
+          const xk = kind === 'rmsNorm' ? xNorm : x;
+          const launches = k.rotate({ ...bufs, x: xk, outs: [fused], members: [member], input });
           expect(launches.length).toBe(path === 'workgroup' ? 1 : n / Kf <= 16 ? 2 : 3);
           await run(d, launches, rows);
           // the launch the rotation replaces writes h, which the rotation then reads as it is
           const h = scratchBuffer(d, rows * nIn * 4, 'h');
-          const first = kind === 'rmsNorm' ? k.rmsNorm(x, aux, h, nIn, 1e-5) : k.swiglu(h, aux, nIn);
+          const first = kind === 'rmsNorm' ? k.rmsNorm(xk, aux, h, nIn, 1e-5) : k.swiglu(h, aux, nIn);
           if (kind === 'swiglu') {
             const enc = d.device.createCommandEncoder();
             enc.copyBufferToBuffer(x, 0, h, 0, rows * nIn * 4);
             d.device.queue.submit([enc.finish()]);
           }
           await run(d, [first, ...k.rotate({ ...bufs, x: h, outs: [apart], members: [member] })], rows);
-          expect(Array.from(await readF32(d, fused, rows * n)), `${kind} nIn=${nIn}`).toEqual(
+          const got = await readF32(d, fused, rows * n);
+          expect(Array.from(got), `${kind} nIn=${nIn}`).toEqual(
             Array.from(await readF32(d, apart, rows * n)),
           );
+          // normed rows have RMS ≈ that of aux (≈ 1) before the orthogonal rotation, huge input or not
+          const lastRow = got.slice((rows - 1) * n);
+          if (kind === 'rmsNorm')
+            expect(Math.hypot(...lastRow) / Math.sqrt(n), `nIn=${nIn}`).toBeGreaterThan(0.3);
         }
       }
     });
@@ -848,7 +862,8 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
             outStride: dOut,
           });
           const ones = storageBuffer(d, new Float32Array(n + 32).fill(1), 'ones');
-          const h0 = randn(rng, rows * dOut);
+          // the last row's residual at RMS 1e25: an f32 sum of its squares overflows (unless scaled, normScaleWgsl)
+          const h0 = randn(rng, rows * dOut).map((v, i) => (i >= (rows - 1) * dOut ? v * 1e25 : v));
           const opts = {
             x: storageBuffer(d, randn(rng, rows * (n + 8)), 'y'),
             xStride: n + 8,
@@ -888,16 +903,19 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
           for (const j of [1, 2]) expect(results[0], `${what} ${forms[j]}`).toEqual(results[j]);
           // the residual moved, and the normed rows have mean square ≈ mean(w²)-weighted 1: check one row directly
           expect(results[0]!.h.some((v, i) => v !== h0[i])).toBe(true);
-          const hRow = results[0]!.h.slice(0, dOut);
-          const inv = 1 / Math.sqrt(hRow.reduce((a, v) => a + v * v, 0) / dOut + eps);
           const w = await readF32(d, weight, dOut);
-          // f32 sum of squares over ≤ 600 values in another order: ~1e-6 relative
-          expect(
-            relErr(
-              results[0]!.normed.slice(0, dOut),
-              hRow.map((v, i) => v * inv * w[i]!),
-            ),
-          ).toBeLessThan(1e-5);
+          for (const row of [0, rows - 1]) {
+            const hRow = results[0]!.h.slice(row * dOut, (row + 1) * dOut);
+            const inv = 1 / Math.sqrt(hRow.reduce((a, v) => a + v * v, 0) / dOut + eps);
+            // f32 sum of squares over ≤ 600 values in another order: ~1e-6 relative
+            expect(
+              relErr(
+                results[0]!.normed.slice(row * dOut, (row + 1) * dOut),
+                hRow.map((v, i) => v * inv * w[i]!),
+              ),
+              `${what} row ${row}`,
+            ).toBeLessThan(1e-5);
+          }
         }
     const one = storageBuffer(d, new Float32Array(64).fill(1), 'one');
     const member = memberOf(16);
@@ -1015,27 +1033,36 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     expect(shape(new Kernels(d, { lanes: 1, rowsPerLane: 4 }), [64])).toEqual([undefined, 1]);
   });
 
-  it('RMSNorm (64 and 256 invocations), SwiGLU and argmax (first index on ties)', async () => {
+  it('RMSNorm (64 and 256 invocations; RMS from 1e-30 to 1e30, one value of 1e36 among small ones), SwiGLU and argmax (first index on ties)', async () => {
     const rng = new Rng(4);
     const k = K();
     const n = 300;
-    for (const vectorWorkgroup of [64, 256]) {
-      const x = randn(rng, n, 3);
-      const w = randn(rng, n);
-      const out = scratchBuffer(d, n * 4, 'out');
-      const norm = new Kernels(d, { vectorWorkgroup });
-      await run(d, [norm.rmsNorm(storageBuffer(d, x, 'x'), storageBuffer(d, w, 'w'), out, n, 1e-5)]);
-      let ss = 0;
-      for (const v of x) ss += v * v;
-      const inv = 1 / Math.sqrt(ss / n + 1e-5);
-      expect(
-        relErr(
-          await readF32(d, out, n),
-          Array.from(x, (v, i) => v * inv * w[i]!),
-        ),
-        `${vectorWorkgroup} invocations`,
-      ).toBeLessThan(1e-5);
-    }
+    // an RMS past ≈ 1.8e19/√n overflows an f32 sum of squares (the norm came out 0 before the scaled sums); 1e-30
+    // stays unscaled (eps dominates); the single 1e36 puts one invocation's exponent above the others'
+    const spiked = randn(rng, n);
+    spiked[123] = 1e36;
+    const inputs: [string, Float32Array][] = [
+      ...[3, 1e-30, 1e21, 1e30].map((rms): [string, Float32Array] => [`RMS ${rms}`, randn(rng, n, rms)]),
+      ['one 1e36', spiked],
+    ];
+    for (const vectorWorkgroup of [64, 256])
+      for (const [what, x] of inputs) {
+        const w = randn(rng, n);
+        const out = scratchBuffer(d, n * 4, 'out');
+        const norm = new Kernels(d, { vectorWorkgroup });
+        await run(d, [norm.rmsNorm(storageBuffer(d, x, 'x'), storageBuffer(d, w, 'w'), out, n, 1e-5)]);
+        let ss = 0;
+        for (const v of x) ss += v * v;
+        const inv = 1 / Math.sqrt(ss / n + 1e-5);
+        // f32 sums of 300 squares (relative rounding ~n·2^-24 worst case, ~1e-6 typical) against float64
+        expect(
+          relErr(
+            await readF32(d, out, n),
+            Array.from(x, (v, i) => v * inv * w[i]!),
+          ),
+          `${vectorWorkgroup} invocations, ${what}`,
+        ).toBeLessThan(1e-5);
+      }
 
     const g = randn(rng, n, 4);
     const u = randn(rng, n);

@@ -91,8 +91,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
  * A reduction over a workgroup's `wg` invocations through `arr` (an f32 array of at least `wg` values in workgroup
  * memory): each stores `value`, then a tree (halves of wg/2, wg/4, …, 1) combines `arr[lid]` with `arr[lid + k]` by
  * `combine`, and `result` is declared as the total, read by every invocation. Call it in uniform control flow; reusing
- * `arr` after it needs a barrier first (every invocation must have read the total). RMSNorm's sum of squares, the
- * attention softmax's maximum and sum and the NLL kernel's reduce this way.
+ * `arr` after it needs a barrier first (every invocation must have read the total). The attention softmax's maximum
+ * and sum and the NLL kernel's reduce this way (RMSNorm by {@link normScaleWgsl}, which also carries exponents).
  */
 function workgroupReduceWgsl(
   arr: string,
@@ -115,16 +115,48 @@ const add = (a: string, b: string) => `${a} + ${b}`;
 /** The larger of two f32 values, for {@link workgroupReduceWgsl}. */
 const larger = (a: string, b: string) => `max(${a}, ${b})`;
 
+/** Workgroup-array values {@link normScaleWgsl}'s reduction uses: two per invocation (sums and their exponents). */
+export const normScaleWords = (wg: number): number => 2 * wg;
+
 /**
- * WGSL of `normScale(s, n, lid)`: `1/√(Σ/n + eps)` from each invocation's partial sum of squares `s`, by a tree
- * reduction over the workgroup array `arr` (at least `wg` values, the workgroup's invocations; call it in uniform control flow; it ends with a
- * barrier, so `arr` is free again). `eps` names the epsilon. Every RMSNorm of the kernels reduces this way.
+ * WGSL of `sqAcc(acc, v)` and `normScale(acc, n, lid)`, RMSNorm's `1/√(Σx²/n + eps)`. Each invocation accumulates its
+ * values' squares with `sumSq = sqAcc(sumSq, v)` from `vec2<f32>()`; `acc = (s, e)` stands for the sum `s·4^e`. `e` stays
+ * 0, and the sums are the plain `s + v·v`, until a value reaches 2^40: then the values are scaled by a power of two
+ * (exact) so that their squares stay below 1, since f32 squares summed past ≈ 3.4e38 are infinite (an RMS of
+ * ≈ 1.8e19/√n) and WGSL leaves what infinity does undefined (the norm came out 0 on SwiftShader). `normScale` reduces
+ * the pairs by a tree over the workgroup array `arr` (at least {@link normScaleWords}(wg) values; call it in uniform
+ * control flow; it ends with a barrier, so `arr` is free again); `eps` names the epsilon. Where every exponent is 0 the
+ * sums, their order and the result are those of a plain f32 tree reduction. Every RMSNorm of the kernels reduces this way.
  */
 function normScaleWgsl(arr: string, eps: string, wg: number): string {
   return /* wgsl */ `
-fn normScale(s: f32, n: u32, lid: u32) -> f32 {
-  ${workgroupReduceWgsl(arr, 's', add, 'total', wg)}
-  let inv = 1.0 / sqrt(total / f32(n) + ${eps});
+fn sqAcc(acc: vec2<f32>, v: f32) -> vec2<f32> {
+  let a = abs(v);
+  if (acc.y == 0.0 && a < 1099511627776.0) { return vec2<f32>(acc.x + v * v, 0.0); }
+  let e = max(acc.y, f32(frexp(a).exp));
+  let t = ldexp(v, -i32(e));
+  return vec2<f32>(ldexp(acc.x, 2 * i32(acc.y - e)) + t * t, e);
+}
+fn normScale(acc: vec2<f32>, n: u32, lid: u32) -> f32 {
+  ${arr}[lid] = acc.x;
+  ${arr}[lid + ${wg}u] = acc.y;
+  workgroupBarrier();
+  for (var k = ${wg / 2}u; k > 0u; k >>= 1u) {
+    if (lid < k) {
+      let e1 = ${arr}[lid + ${wg}u];
+      let e2 = ${arr}[lid + k + ${wg}u];
+      if (e1 == e2) {
+        ${arr}[lid] = ${arr}[lid] + ${arr}[lid + k];
+      } else {
+        let e = max(e1, e2);
+        ${arr}[lid] = ldexp(${arr}[lid], 2 * i32(e1 - e)) + ldexp(${arr}[lid + k], 2 * i32(e2 - e));
+        ${arr}[lid + ${wg}u] = e;
+      }
+    }
+    workgroupBarrier();
+  }
+  let e = i32(${arr}[${wg}u]);
+  let inv = ldexp(1.0 / sqrt(${arr}[0] / f32(n) + ldexp(${eps}, -2 * e)), -e);
   workgroupBarrier();
   return inv;
 }`;
@@ -138,14 +170,14 @@ struct P { n: u32, eps: f32, a: u32, b: u32 }
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> outv: array<f32>;
-var<workgroup> red: array<f32, ${wg}>;
+var<workgroup> red: array<f32, ${normScaleWords(wg)}>;
 ${normScaleWgsl('red', 'p.eps', wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let o = wid.y * p.n;
-  var s = 0.0;
-  for (var j = lid; j < p.n; j += ${wg}u) { let v = x[o + j]; s += v * v; }
-  let inv = normScale(s, p.n, lid);
+  var sumSq = vec2<f32>();
+  for (var j = lid; j < p.n; j += ${wg}u) { sumSq = sqAcc(sumSq, x[o + j]); }
+  let inv = normScale(sumSq, p.n, lid);
   for (var j = lid; j < p.n; j += ${wg}u) { outv[o + j] = x[o + j] * inv * w[j]; }
 }`;
 }
@@ -358,7 +390,7 @@ export const ROTATION_MAX_OUTPUTS_WITH_INPUT = 2;
 
 /**
  * WGSL declaring `inputScale(xo, nIn, lid)` (call it in uniform control flow, every invocation of the workgroup; it
- * uses `v[0 … wg)` and leaves `v` free again) and `inputAt(xo, j, scale)`, the input value j of the row at `xo`.
+ * uses `v[0 … normScaleWords(wg))` and leaves `v` free again) and `inputAt(xo, j, scale)`, the input value j of the row at `xo`.
  * `eps` names the uniform's RMSNorm epsilon; `auxBinding` the binding of `aux`.
  */
 function rotationInputWgsl(kind: RotationInputKind, eps: string, auxBinding: number, wg: number): string {
@@ -366,9 +398,9 @@ function rotationInputWgsl(kind: RotationInputKind, eps: string, auxBinding: num
   if (kind === 'rmsNorm')
     return /* wgsl */ `${aux}
 fn inputScale(xo: u32, nIn: u32, lid: u32) -> f32 {
-  var s = 0.0;
-  for (var j = lid; j < nIn; j += ${wg}u) { let t = x[xo + j]; s += t * t; }
-  return normScale(s, nIn, lid);
+  var sumSq = vec2<f32>();
+  for (var j = lid; j < nIn; j += ${wg}u) { sumSq = sqAcc(sumSq, x[xo + j]); }
+  return normScale(sumSq, nIn, lid);
 }
 ${normScaleWgsl('v', eps, wg)}
 fn inputAt(xo: u32, j: u32, scale: f32) -> f32 { return x[xo + j] * scale * aux[j]; }`;
@@ -704,7 +736,7 @@ ${ROTATION_PARAMS}
 ${ROTATION_BINDINGS}
 ${outs}
 @group(0) @binding(${5 + outputs}) var<storage, read> bias: array<f32>;
-var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, wg) : maxN}>;
+var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, normScaleWords(wg)) : maxN}>;
 ${rotationInputWgsl(input, 'u.eps', 6 + outputs, wg)}
 ${rotationStepsWgsl(mixKs, wg, [transpose])}
 @compute @workgroup_size(${wg})
@@ -748,7 +780,7 @@ ${ROTATION_BINDINGS}
 @group(0) @binding(6) var<storage, read> bias: array<f32>;
 @group(0) @binding(7) var<storage, read> nw: array<f32>;
 @group(0) @binding(8) var<storage, read_write> normOut: array<f32>;
-var<workgroup> v: array<f32, ${Math.max(maxN, wg)}>;
+var<workgroup> v: array<f32, ${Math.max(maxN, normScaleWords(wg))}>;
 ${rotationStepsWgsl(mixKs, wg, [transpose])}
 ${normScaleWgsl('v', 'u.eps', wg)}
 @compute @workgroup_size(${wg})
@@ -763,7 +795,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   workgroupBarrier();
   if (u.transform == 1u) { rotateInPlace${mixSuffix(transpose)}(lid, mb); }
   var hn: array<f32, ${C}>;
-  var ss = 0.0;
+  var sumSq = vec2<f32>();
   for (var c = 0u; c < ${C}u; c++) {
     let i = lid + c * ${wg}u;
     if (i < mb.outLen) {
@@ -771,12 +803,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       y += res[oo + i];
       res[oo + i] = y;
       hn[c] = y;
-      ss += y * y;
+      sumSq = sqAcc(sumSq, y);
     }
   }
   // v is read by rotatedAtT/N above; then it holds the partial sums
   workgroupBarrier();
-  let inv = normScale(ss, mb.outLen, lid);
+  let inv = normScale(sumSq, mb.outLen, lid);
   for (var c = 0u; c < ${C}u; c++) {
     let i = lid + c * ${wg}u;
     if (i < mb.outLen) { normOut[r * mb.outLen + i] = hn[c] * inv * nw[i]; }
@@ -1012,7 +1044,7 @@ struct C { n: u32, nIn: u32, B: u32, transform: u32, xStride: u32, xOff: u32, pr
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> pre: array<f32>;
 @group(0) @binding(3) var<storage, read_write> tmp: array<f32>;
-var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxB, wg) : maxB}>;
+var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxB, normScaleWords(wg)) : maxB}>;
 ${rotationInputWgsl(input, 'p.eps', 4, wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -1936,7 +1968,7 @@ struct PR { G: u32, zRow: u32, resScale: f32, nmem: u32, seg: array<RSeg, ${ROTA
 struct T { pairs: array<vec4<u32>, 256>, e81b: array<vec4<f32>, 512> }
 @group(0) @binding(2) var<uniform> tables: T;
 ${bindings}
-var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, wg) : maxN}>;
+var<workgroup> v: array<f32, ${input === 'rmsNorm' ? Math.max(maxN, normScaleWords(wg)) : maxN}>;
 ${rotationInputWgsl(prev === 'gate' ? 'none' : input, 'u.eps', 3 + Math.max(0, names.indexOf('aux')), wg)}
 ${lanes === 1 ? '' : `var<workgroup> tbl: array<vec4<u32>, 256>;\nvar<workgroup> part: array<f32, ${wg}>;`}
 ${e81bLocal ? 'var<workgroup> e81bw: array<f32, 2048>;' : ''}
@@ -1999,14 +2031,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     (c) => `y += h${c};\n        hn[${c}] = y;`,
     (c) => `let h${c} = x[xo + min(lid + ${c * wg}u, lastOut)];`,
   )}
-  var ss = 0.0;
+  var sumSq = vec2<f32>();
   ${unrolled(
     C,
     (c) => `if (lid + ${c * wg}u < pu.m[0].outLen && wid.x == 0u) { hOut[xo + lid + ${c * wg}u] = hn[${c}]; }
-    if (lid + ${c * wg}u < mb.nIn) { ss += hn[${c}] * hn[${c}]; }`,
+    if (lid + ${c * wg}u < mb.nIn) { sumSq = sqAcc(sumSq, hn[${c}]); }`,
     '\n  ',
   )}
-  let scale = normScale(ss, mb.nIn, lid);
+  let scale = normScale(sumSq, mb.nIn, lid);
   ${C <= EARLY_READS_MAX_C ? '' : residualInputReads}
   ${vectorIntoWgsl(C, 'mb', (c) => `hn[${c}] * scale * a${c} * q${c}`, wg, '\n  ')}`
             : prev === 'gate'
