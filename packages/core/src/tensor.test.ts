@@ -50,6 +50,26 @@ describe('construction', () => {
   });
 });
 
+describe('plain number arrays', () => {
+  it('hold values: f16/bf16 round them to bits as cast does (they were stored as the bits: 1.5 → 6e-8, -1 → NaN); integer dtypes refuse what they would wrap or truncate', () => {
+    expect(Array.from(toF32(tensor('f16', [3], [1.5, 2, -1])).data)).toEqual([1.5, 2, -1]);
+    expect(Array.from(toF32(tensor('bf16', [2], [1, 0.5])).data)).toEqual([1, 0.5]);
+    // the same bits as cast of the f64 values (correctly rounded: 1 + 2^-11 is a tie, to even)
+    const values = [1 + 2 ** -11, 65520, 1e-8, -0.1];
+    for (const dtype of ['f16', 'bf16'] as const)
+      expect(tensor(dtype, [4], values).data).toEqual(cast(tensor('f64', [4], values), dtype).data);
+    // a Uint16Array is the bits themselves
+    expect(Array.from(tensor('f16', [1], Uint16Array.of(0x3c00)).data)).toEqual([0x3c00]);
+    expect(Array.from(tensor('i8', [3], [-128, 127, 0]).data)).toEqual([-128, 127, 0]);
+    expect(Array.from(tensor('u32', [1], [4294967295]).data)).toEqual([4294967295]);
+    expect(() => tensor('i8', [3], [200, -200, 1])).toThrow(
+      "E_VALUE: tensor: data[0] is 200, not an integer in i8's range [-128, 127] (cast() of an f32 or f64 tensor rounds and saturates)",
+    );
+    expect(() => tensor('u16', [2], [1, 1.7])).toThrow(/data\[1\] is 1\.7, not an integer in u16's range/);
+    expect(() => tensor('i32', [1], [NaN])).toThrow(/data\[0\] is NaN/);
+  });
+});
+
 describe('views', () => {
   const t = tensor('f64', [2, 3, 4], iota(24));
 

@@ -1,5 +1,5 @@
 import { allocArray, arrayCtor, typedArrayName, type DType, type DTypeArrayMap } from './dtype.js';
-import { CalderaError, describeValue } from './errors.js';
+import { CalderaError, describeValue, shownValue } from './errors.js';
 import {
   bf16ArrayToF32,
   f16ArrayToF32,
@@ -61,7 +61,9 @@ function checkShape(shape: readonly number[], what: string): void {
 
 /**
  * Make a contiguous tensor. With `data`, wraps it without copying (its length must equal the shape's
- * size); without, allocates zeros. Plain number arrays are copied into a new typed array.
+ * size); without, allocates zeros. Plain number arrays hold values, copied into a new typed array: for f16 and bf16
+ * rounded to their bits (as {@link cast}; a `Uint16Array` is taken as the bits themselves), for the integer dtypes
+ * integers in the dtype's range (`E_VALUE` naming the first other one: they were wrapped and truncated unsaid).
  */
 export function tensor<D extends DType>(
   dtype: D,
@@ -81,9 +83,21 @@ export function tensor<D extends DType>(
         ? `tensor: data is a ${name} of another realm (a VM context or a frame); copy it into a ${name} of this one`
         : `tensor: data is a ${name ?? 'DataView'}, dtype '${dtype}' needs ${arrayCtor(dtype).name}`,
     );
+  } else if (dtype === 'f16' || dtype === 'bf16') {
+    // values, not bits: 1.5 became the bits 0x0001 (6e-8), -1 a NaN
+    arr = (dtype === 'f16' ? f32ArrayToF16(data) : f32ArrayToBf16(data)) as DTypeArrayMap[D];
   } else {
     arr = allocArray(dtype, data.length);
-    for (let i = 0; i < data.length; i++) (arr as unknown as number[])[i] = (data as ArrayLike<number>)[i]!;
+    const lim = INT_RANGE[dtype as keyof typeof INT_RANGE] as readonly [number, number] | undefined;
+    for (let i = 0; i < data.length; i++) {
+      const v = data[i]!;
+      if (lim && !(Number.isInteger(v) && v >= lim[0] && v <= lim[1]))
+        throw new CalderaError(
+          'E_VALUE',
+          `tensor: data[${i}] is ${shownValue(v)}, not an integer in ${dtype}'s range [${lim[0]}, ${lim[1]}] (cast() of an f32 or f64 tensor rounds and saturates)`,
+        );
+      (arr as unknown as number[])[i] = v;
+    }
   }
   if (arr.length !== n) {
     throw new CalderaError(
