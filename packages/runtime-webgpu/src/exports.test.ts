@@ -1,6 +1,7 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, expectTypeOf, it } from 'vitest';
 import * as root from './index.js';
 import * as kernels from './kernels.js';
+import type { StepOutput, WebGpuModel } from './index.js';
 
 describe('entry points', () => {
   it('the root exports the API for running models, and no kernels', () => {
@@ -60,5 +61,11 @@ describe('entry points', () => {
       expect(root).not.toHaveProperty(name);
       expect(kernels).not.toHaveProperty(name);
     }
+  });
+
+  it('step() takes a StepOutput variable, as stepBatch() a BatchOutput (its literal overloads refused the union; tsc checks this file)', () => {
+    const step = (m: WebGpuModel, o: StepOutput) => m.step(1, o);
+    expectTypeOf(step).returns.toEqualTypeOf<Promise<null | number | Float32Array>>();
+    expectTypeOf((m: WebGpuModel) => m.step(1, 'argmax')).returns.toEqualTypeOf<Promise<number>>();
   });
 });

@@ -995,6 +995,7 @@ export class WebGpuModel {
   async step(token: number, output: 'none'): Promise<null>;
   async step(token: number, output: 'argmax'): Promise<number>;
   async step(token: number, output: 'logits'): Promise<Float32Array>;
+  async step(token: number, output: StepOutput): Promise<null | number | Float32Array>;
   async step(token: number, output: StepOutput): Promise<null | number | Float32Array> {
     if (output !== 'none' && output !== 'argmax' && output !== 'logits')
       throw new CalderaError(
