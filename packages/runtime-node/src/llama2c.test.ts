@@ -247,6 +247,9 @@ describe('llama2.c import', () => {
     expect(() => tok.encode(null as never)).toThrow('E_VALUE: encode: text must be a string, got null');
     for (const text of ['abc', 'aé cab', 'ba  c'])
       expect(tok.decode(tok.encode(text, { bos: true }))).toBe(text);
+    // encode and decode passed on as functions (generate's decode option) keep their tokenizer
+    const { encode, decode } = tok;
+    expect(decode(encode('abc'))).toBe('abc');
     expect(() => Llama2cTokenizer.fromBytes(bytes.subarray(0, 30), pieces.length)).toThrow(/E_FORMAT/);
     // a vocabulary size that is not a positive integer: an empty vocabulary (every text as byte tokens) or a
     // RangeError before

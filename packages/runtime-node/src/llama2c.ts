@@ -371,6 +371,9 @@ export class Llama2cTokenizer implements TextTokenizer {
     vocab.forEach((s, i) => {
       if (!this.ids.has(s)) this.ids.set(s, i);
     });
+    // bound, to be passed on as a function (`generate`'s `decode` option)
+    this.encode = this.encode.bind(this);
+    this.decode = this.decode.bind(this);
   }
 
   /**

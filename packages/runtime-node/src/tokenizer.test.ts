@@ -172,6 +172,11 @@ describe('HfTokenizer', () => {
     expect(tok.decode([0, ...tok.encode('jury')])).toBe('jury'); // special tokens skipped
   });
 
+  it("encode and decode passed on as functions keep their tokenizer (generate's decode: tokenizer.decode threw a TypeError)", () => {
+    const { encode, decode } = tok;
+    expect(decode(encode('jury'))).toBe('jury');
+  });
+
   it('decode: ids past the vocabulary are skipped (padded embedding rows), non-integer or negative ids are E_VALUE', () => {
     const ids = tok.encode('jury');
     expect(tok.decode([...ids, vocab.size + 5])).toBe('jury');

@@ -137,6 +137,9 @@ export class HfTokenizer implements TextTokenizer {
     this.specialTokens = options.specialTokens ?? {};
     this.templateSource =
       options.chatTemplate !== undefined ? 'chat_template.jinja' : "tokenizer_config.json's chat_template";
+    // bound: `generate(…, { decode: tokenizer.decode })`, as the docs' stopStrings example reads, lost `this`
+    this.encode = this.encode.bind(this);
+    this.decode = this.decode.bind(this);
   }
 
   /** `special_tokens_map.json`'s entries ({@link HfTokenizerOptions.specialTokens}). */
