@@ -57,6 +57,9 @@ describe('ndarray interop', () => {
 
   it('rejects plain arrays, mismatched dtypes and out-of-bounds views', () => {
     expect(() => fromNdarray(ndarray([1, 2, 3] as never, [3]))).toThrow(/only typed arrays/);
+    expect(() => fromNdarray(ndarray(new Uint8ClampedArray(4), [4]))).toThrow(
+      'E_DTYPE: ndarray: data is a Uint8ClampedArray, which has no Caldera dtype; copy it into a typed array that has one (e.g. Uint8Array, Float32Array)',
+    );
     expect(() => fromNdarray(ndarray(new Float32Array(4), [4]), { dtype: 'f16', name: 'W' })).toThrow(
       /W: dtype 'f16' needs Uint16Array/,
     );

@@ -67,7 +67,10 @@ export function fromNdarray<D extends DType = never, A extends NdTypedArray = Nd
     const what = (data as object | null)?.constructor?.name ?? typeof data;
     throw new CalderaError(
       'E_DTYPE',
-      `${name}: data is a ${what}; only typed arrays can be shared zero-copy`,
+      ArrayBuffer.isView(data)
+        ? // a typed array with no dtype here (Uint8ClampedArray, BigInt64Array): it was "only typed arrays can be shared"
+          `${name}: data is a ${what}, which has no Caldera dtype; copy it into a typed array that has one (e.g. Uint8Array, Float32Array)`
+        : `${name}: data is a ${what}; only typed arrays can be shared zero-copy`,
     );
   }
   const dtype = (options.dtype ?? inferred) as D;

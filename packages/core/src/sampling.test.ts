@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, expectTypeOf, it } from 'vitest';
 import { Rng } from './rng.js';
 import { GenerationRules, sampleToken, visibleText, type GenerateOptions } from './sampling.js';
 
@@ -454,5 +454,12 @@ describe('visibleText (a streamed completion cut at its stop strings)', () => {
         if (got.stopped) break;
       }
     }
+  });
+});
+
+describe('option types', () => {
+  it('stop lists may be readonly (`as const`; the types asked for mutable arrays that generate never changes)', () => {
+    const stops = { stopTokens: [2, 0] as const, stopStrings: ['\n\n'] as const };
+    expectTypeOf(stops).toMatchTypeOf<GenerateOptions>();
   });
 });

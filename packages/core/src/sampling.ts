@@ -18,13 +18,13 @@ export interface GenerateOptions {
    */
   repetitionPenalty?: number;
   /** Token ids that end generation (e.g. EOS); the stop token is yielded. Default none. */
-  stopTokens?: number[];
+  stopTokens?: readonly number[];
   /**
    * Strings that end generation: when the decoded completion contains one, generation stops and the token that
    * completed it is not yielded. Needs `decode`. Default none. The tokens yielded before it may hold the stop string's
    * beginning (`" Cour"` before `"t"` completes `"Court"`): to show text, cut it with {@link visibleText}.
    */
-  stopStrings?: string[];
+  stopStrings?: readonly string[];
   /** Text of generated ids, for `stopStrings`. */
   decode?: (ids: number[]) => string;
   /** Seed of the sampler (deterministic given the seed), an integer in [0, 2³²). Default 0. */

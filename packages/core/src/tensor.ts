@@ -287,8 +287,18 @@ export function contiguous<D extends DType>(t: Tensor<D>, name = 'tensor'): Tens
 }
 
 /** `E_VALUE` unless `t` has the fields of a tensor (it was a TypeError reading `strides` of an `ndarray`). */
+/**
+ * What a "not a tensor" message adds for a value that looks like an `ndarray` (it has a `stride` array, where a
+ * tensor has `strides`): ` (an ndarray? wrap it with fromNdarray())`; otherwise nothing.
+ */
+export function ndarrayHint(v: unknown): string {
+  return v !== null && typeof v === 'object' && Array.isArray((v as { stride?: unknown }).stride)
+    ? ' (an ndarray? wrap it with fromNdarray())'
+    : '';
+}
+
 function assertTensorLike(t: unknown, name: string): void {
-  const v = t as Partial<Tensor> & { stride?: unknown };
+  const v = t as Partial<Tensor>;
   if (
     v !== null &&
     typeof v === 'object' &&
@@ -297,13 +307,9 @@ function assertTensorLike(t: unknown, name: string): void {
     typeof v.data?.length === 'number'
   )
     return;
-  const hint =
-    v !== null && typeof v === 'object' && Array.isArray(v.stride)
-      ? ' (an ndarray? wrap it with fromNdarray())'
-      : '';
   throw new CalderaError(
     'E_VALUE',
-    `contiguous: ${name} is not a tensor {dtype, shape, strides, offset, data}, got ${describeValue(t)}${hint}`,
+    `contiguous: ${name} is not a tensor {dtype, shape, strides, offset, data}, got ${describeValue(t)}${ndarrayHint(t)}`,
   );
 }
 

@@ -59,6 +59,11 @@ describe('check helpers', () => {
     expect(() => pkg.assertMatrix(tensor('u8', [2, 2]), 'ldlq', 'H')).toThrow(
       /E_DTYPE: ldlq: H has dtype 'u8', expected 'f32' or 'f64'/,
     );
+    // an ndarray (stride, not strides) passed as it is: the message says how to pass it
+    const nd = { data: new Float64Array(4), shape: [2, 2], stride: [2, 1], offset: 0, dtype: 'float64' };
+    expect(() => pkg.assertMatrix(nd, 'gemm', 'a')).toThrow(
+      'E_VALUE: gemm: a is not a tensor (an ndarray? wrap it with fromNdarray())',
+    );
   });
 
   it('the routines on raw buffers reject a missing buffer with E_VALUE naming it', () => {

@@ -3,7 +3,7 @@
  * through these helpers so that errors are uniform (`CalderaError` with a stable code and a message
  * naming the routine, the operand and its shape).
  */
-import { CalderaError, type Matrix, type Tensor } from '@caldera/core';
+import { CalderaError, ndarrayHint, type Matrix, type Tensor } from '@caldera/core';
 
 /** Floating dtypes accepted by the linear-algebra routines. */
 export type FloatDType = 'f32' | 'f64';
@@ -35,7 +35,7 @@ export function assertMatrix(t: unknown, fn: string, name: string): asserts t is
     !Array.isArray(v.strides) ||
     typeof v.data?.length !== 'number'
   ) {
-    throw new CalderaError('E_VALUE', `${fn}: ${name} is not a tensor`);
+    throw new CalderaError('E_VALUE', `${fn}: ${name} is not a tensor${ndarrayHint(t)}`);
   }
   const m = v as Tensor;
   if (m.dtype !== 'f32' && m.dtype !== 'f64') {
@@ -151,7 +151,7 @@ export function newMatrix<D extends FloatDType>(dtype: D, m: number, n: number):
 /** Throw unless `t` is a 1-D `f32`/`f64` tensor whose strided view lies inside its data. */
 export function assertVector(t: Tensor, fn: string, name: string): void {
   if (t === null || typeof t !== 'object' || !Array.isArray(t.shape)) {
-    throw new CalderaError('E_VALUE', `${fn}: ${name} is not a tensor`);
+    throw new CalderaError('E_VALUE', `${fn}: ${name} is not a tensor${ndarrayHint(t)}`);
   }
   if (t.dtype !== 'f32' && t.dtype !== 'f64') {
     throw new CalderaError('E_DTYPE', `${fn}: ${name} has dtype '${t.dtype}', expected 'f32' or 'f64'`);

@@ -1,4 +1,4 @@
-import { CalderaError, tensor, type Matrix } from '@caldera/core';
+import { CalderaError, tensor, toF64, type Matrix } from '@caldera/core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { defaultExecutor } from './pool/default.js';
 import { createPool } from './pool/pool.js';
@@ -40,6 +40,10 @@ describe('syrk', () => {
     // an accumulator that is neither: named (it was refused as "c has dtype 'f16'", a c never given)
     expect(() => syrk(x, { accumulate: 'f16' as never })).toThrow(
       "E_VALUE: syrk: accumulate must be 'f32' or 'f64', got 'f16'",
+    );
+    // an f32 accumulator of f64 data: said in syrk's terms (it named syrkInto's c)
+    expect(() => syrk(toF64(x), { accumulate: 'f32' })).toThrow(
+      "E_DTYPE: syrk: accumulate 'f32' needs an f32 x, got 'f64' (accumulate in 'f64', or cast x to f32 first)",
     );
   });
 

@@ -57,7 +57,7 @@ export interface SyrkNewOptions extends SyrkOptions {
  */
 export function syrk(x: Matrix, options: SyrkNewOptions & { accumulate: 'f64' }): Tensor<'f64'>;
 export function syrk(x: Tensor<'f32'>, options?: SyrkNewOptions & { accumulate?: 'f32' }): Tensor<'f32'>;
-export function syrk(x: Tensor<'f64'>, options?: SyrkNewOptions): Tensor<'f64'>;
+export function syrk(x: Tensor<'f64'>, options?: SyrkNewOptions & { accumulate?: 'f64' }): Tensor<'f64'>;
 export function syrk(x: Matrix, options?: SyrkNewOptions): Matrix;
 export function syrk(x: Matrix, options: SyrkNewOptions = {}): Matrix {
   assertMatrix(x, 'syrk', 'x');
@@ -66,6 +66,12 @@ export function syrk(x: Matrix, options: SyrkNewOptions = {}): Matrix {
   const acc = options.accumulate;
   if (acc !== undefined && acc !== 'f32' && acc !== 'f64')
     throw new CalderaError('E_VALUE', `syrk: accumulate must be 'f32' or 'f64', got ${shownValue(acc)}`);
+  // (said here: syrkInto's message named a `c` that syrk has no argument for)
+  if (acc === 'f32' && x.dtype !== 'f32')
+    throw new CalderaError(
+      'E_DTYPE',
+      `syrk: accumulate 'f32' needs an f32 x, got '${x.dtype}' (accumulate in 'f64', or cast x to f32 first)`,
+    );
   const c = newMatrix(acc ?? x.dtype, n, n) as Matrix;
   syrkImpl(c, x, options, 0, 'syrk');
   return c;

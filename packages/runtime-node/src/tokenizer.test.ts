@@ -213,10 +213,12 @@ describe('HfTokenizer', () => {
   });
 
   it('renders the chat template with @huggingface/jinja', () => {
-    const out = tok.applyChatTemplate([
+    // a conversation declared `as const` is taken (readonly: the types refused it)
+    const conversation = [
       { role: 'user', content: 'Hi' },
       { role: 'assistant', content: 'Hello' },
-    ]);
+    ] as const;
+    const out = tok.applyChatTemplate(conversation);
     expect(out).toBe('<|user|>Hi<|endoftext|><|assistant|>Hello<|endoftext|><|assistant|>');
     expect(() => HfTokenizer.fromJson(json, {}).applyChatTemplate([])).toThrow(/E_UNSUPPORTED/);
   });

@@ -228,7 +228,7 @@ export class HfTokenizer implements TextTokenizer {
    * model has no template (naming the templates of a list without a "default" one).
    */
   applyChatTemplate(
-    messages: { role: string; content: string }[],
+    messages: readonly { readonly role: string; readonly content: string }[],
     options: { addGenerationPrompt?: boolean; template?: string } = {},
   ): string {
     const tpl = options.template ?? this.chatTemplate;

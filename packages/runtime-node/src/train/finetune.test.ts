@@ -351,6 +351,12 @@ describe('runFinetune resume check', () => {
         `E_IO: ${dir} already exists (pass overwrite: true to replace it)`,
       );
       expect((await readdir(src)).sort()).toContain('caldera.json');
+      // overwrite in the record (4th argument) instead of the options (5th): said so (it was "pass overwrite: true")
+      await expect(
+        writeFinetunedCheckpoint(src, out, setup.layers, { ftRank: 64, overwrite: true }),
+      ).rejects.toThrow(
+        'E_VALUE: writeFinetunedCheckpoint: overwrite given in finetuneInfo (the 4th argument, recorded in caldera.json): write options go in the 5th, { overwrite }',
+      );
       await writeFinetunedCheckpoint(src, out, setup.layers, { steps: 1 }, { overwrite: true });
       expect(JSON.parse(await readFile(join(out, 'caldera.json'), 'utf8')).options.finetune).toEqual({
         steps: 1,

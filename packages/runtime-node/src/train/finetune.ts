@@ -539,6 +539,16 @@ export async function writeFinetunedCheckpoint(
 ): Promise<CalderaCheckpointMeta> {
   options ??= {}; // from JavaScript: null options are none
   assertNotAbortSignal(options, 'writeFinetunedCheckpoint'); // the old positional signal: refused, not ignored
+  // write options given in the record (the 4th argument) were written into caldera.json, and `overwrite` there was
+  // answered "already exists (pass overwrite: true to replace it)"
+  const misplaced = ['overwrite', 'signal', 'onProgress'].filter(
+    (k) => finetuneInfo != null && k in finetuneInfo,
+  );
+  if (misplaced.length > 0)
+    throw new CalderaError(
+      'E_VALUE',
+      `writeFinetunedCheckpoint: ${misplaced.join(', ')} given in finetuneInfo (the 4th argument, recorded in caldera.json): write options go in the 5th, { ${misplaced.join(', ')} }`,
+    );
   const { signal, onProgress, overwrite = false } = options;
   const { meta, tensors: reader } = await openCheckpointDir(sourceDir);
   const tensors: Record<string, Tensor> = {};
