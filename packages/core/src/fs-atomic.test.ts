@@ -17,9 +17,9 @@ describe('replaceDir', () => {
   it('puts the new directory in place of the old one or of none, and leaves nothing beside it', async () => {
     const root = await mkdtemp(join(tmpdir(), 'caldera-replace-'));
     const dir = join(root, 'out');
-    await replaceDir(await dirWith(join(root, 'a.tmp'), 'v', '1'), dir);
+    expect(await replaceDir(await dirWith(join(root, 'a.tmp'), 'v', '1'), dir)).toBeNull();
     expect(await readFile(join(dir, 'v'), 'utf8')).toBe('1');
-    await replaceDir(await dirWith(join(root, 'b.tmp'), 'w', '2'), dir);
+    expect(await replaceDir(await dirWith(join(root, 'b.tmp'), 'w', '2'), dir)).toBeNull(); // nothing left aside
     expect(await readdir(dir)).toEqual(['w']);
     expect(await readdir(root)).toEqual(['out']);
   });
@@ -54,10 +54,17 @@ describe('replaceDir', () => {
       fsp.rm = ((p: string, o?: object) =>
         /\.old-[0-9a-f]+$/.test(String(p)) ? fail('EBUSY') : real.rm(p, o)) as typeof fsp.rm;
       syncBuiltinESMExports();
-      await replaceDir(join(root, 'a.tmp'), dir);
+      const left = await replaceDir(join(root, 'a.tmp'), dir);
       expect(await readFile(join(dir, 'v'), 'utf8')).toBe('new');
       const aside = (await readdir(root)).filter((f) => f.startsWith('out.old-'));
       expect(aside).toHaveLength(2); // the old directory and its marker, which recoverReplaceDir acts on
+      // and its path is returned, for the caller to say (it was silent)
+      expect(left).toBe(
+        join(
+          root,
+          aside.find((f) => !f.endsWith('.caldera-aside'))!,
+        ),
+      );
     } finally {
       Object.assign(fsp, real);
       syncBuiltinESMExports();

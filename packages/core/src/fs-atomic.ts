@@ -113,12 +113,12 @@ const ASIDE_MARKER_SUFFIX = '.caldera-aside';
  * directory is still renamed aside beside it, not into itself). Errors are rethrown as they are, but for an old directory
  * that cannot be moved aside because it is in use (EPERM, EBUSY, EACCES: on Windows, a file in it open in another
  * program), `E_IO` saying so; an old directory that cannot be removed once the new one is in place is left aside,
- * marked, for {@link recoverReplaceDir}.
+ * marked, for {@link recoverReplaceDir}, and its path returned (null otherwise), so that the caller can say so.
  *
  * While the old directory is aside, an empty file `<dir>.old-<random>.caldera-aside` beside it says it is ours: a
  * process killed in between leaves both, which {@link recoverReplaceDir} puts right.
  */
-export async function replaceDir(tmp: string, dir: string): Promise<void> {
+export async function replaceDir(tmp: string, dir: string): Promise<string | null> {
   const fs = await nodeFs();
   const target = await withoutTrailingSeparators(dir);
   const exists = await fs.stat(target).then(
@@ -159,14 +159,14 @@ export async function replaceDir(tmp: string, dir: string): Promise<void> {
   // the new directory is in place: an old one that cannot be removed now (a file in it open elsewhere, on Windows)
   // stays aside with its marker, for recoverReplaceDir to remove next time; the replacement succeeded (it was
   // reported as a failure, the new checkpoint already written)
-  if (
-    old &&
-    (await fs.rm(old, { recursive: true, force: true }).then(
-      () => true,
-      () => false,
-    ))
-  )
-    await fs.rm(marker!, { force: true }).catch(() => undefined);
+  if (!old) return null;
+  const removed = await fs.rm(old, { recursive: true, force: true }).then(
+    () => true,
+    () => false,
+  );
+  if (!removed) return old;
+  await fs.rm(marker!, { force: true }).catch(() => undefined);
+  return null;
 }
 
 /**

@@ -1301,7 +1301,7 @@ async function finish(ctx: Ctx, s: RunSettings, results: LayerResult[], scored?:
     await writeCheckpointDir(
       out,
       { meta, tensors, copyFiles: copy },
-      { overwrite: true, signal: ctx.signal },
+      { overwrite: true, signal: ctx.signal, onWarning: (m) => console.error(`warning: ${m}`) },
     );
   } finally {
     await source.close();

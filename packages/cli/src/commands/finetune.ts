@@ -259,7 +259,7 @@ export async function finetuneCommand(a: Args): Promise<number> {
           bestValLoss: result.bestValLoss,
         },
         // checkOutDir above: nothing or an earlier checkpoint is there
-        { signal: stop.signal, overwrite: true },
+        { signal: stop.signal, overwrite: true, onWarning: (m) => console.error(`warning: ${m}`) },
       ).catch((e: unknown) => {
         if (!stop.signal.aborted) throw e;
         return undefined;

@@ -242,7 +242,11 @@ export async function trainCommand(a: Args): Promise<number> {
         // what is there now may only be replaced if it still is an earlier output (checked again: the run took a while)
         await checkOutDir(out, [], TRAIN_OUTPUT);
         stop.signal.throwIfAborted();
-        await replaceDir(tmp, out);
+        const aside = await replaceDir(tmp, out);
+        if (aside)
+          console.error(
+            `warning: the earlier ${out} could not be removed after the new model took its place: it is left at ${aside} (remove it yourself; the next write to ${out} removes it too)`,
+          );
       } catch (e) {
         await rm(tmp, { recursive: true, force: true });
         if (!stop.signal.aborted) throw e;

@@ -1,10 +1,11 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import fsp, { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { syncBuiltinESMExports } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CalderaError } from '../errors.js';
-import { atomicWriteFile } from '../fs-atomic.js';
+import { atomicWriteFile, recoverReplaceDir } from '../fs-atomic.js';
 import { writeSafetensors } from '../safetensors/writer.js';
 import { tensor, type Tensor } from '../tensor.js';
 import { openCheckpointDir, readCheckpointMeta, writeCheckpointDir } from './dir.js';
@@ -426,6 +427,38 @@ describe('checkpoint directory', () => {
     await writeCheckpointDir(out, { meta: { ...meta(), seed: 99 }, tensors: tensors() }, { overwrite: true });
     expect((await readCheckpointMeta(out)).seed).toBe(99);
     expect((await readdir(dir)).filter((f) => f.includes('.tmp-') || f.includes('.old-'))).toEqual([]);
+  });
+
+  it('an earlier checkpoint that cannot be removed once replaced is left aside and named through onWarning (it was silent)', async () => {
+    const sub = await mkdtemp(join(dir, 'aside-'));
+    const out = join(sub, 'ckpt');
+    await writeCheckpointDir(out, { meta: meta(), tensors: tensors() });
+    const realRm = fsp.rm;
+    // the removal of the renamed-aside old checkpoint fails (a file in it open elsewhere, on Windows)
+    fsp.rm = ((p: string, o?: object) =>
+      /\.old-[0-9a-z]+$/.test(String(p))
+        ? Promise.reject(Object.assign(new Error('EBUSY: in use'), { code: 'EBUSY' }))
+        : realRm(p, o)) as typeof fsp.rm;
+    syncBuiltinESMExports();
+    const warnings: string[] = [];
+    try {
+      await writeCheckpointDir(
+        out,
+        { meta: { ...meta(), seed: 99 }, tensors: tensors() },
+        { overwrite: true, onWarning: (m) => warnings.push(m) },
+      );
+    } finally {
+      fsp.rm = realRm;
+      syncBuiltinESMExports();
+    }
+    expect((await readCheckpointMeta(out)).seed).toBe(99); // the write stands
+    const aside = (await readdir(sub)).filter((f) => /^ckpt\.old-[0-9a-z]+$/.test(f));
+    expect(aside).toHaveLength(1);
+    expect(warnings).toEqual([
+      `the earlier ${out} could not be removed after the new checkpoint took its place: it is left at ${join(sub, aside[0]!)} (remove it yourself; the CLI's next write to ${out} removes it too)`,
+    ]);
+    await recoverReplaceDir(out);
+    expect((await readdir(sub)).sort()).toEqual(['ckpt']);
   });
 
   it('a file to copy that is a FIFO or a directory is E_IO naming it, and a meta that JSON cannot hold E_VALUE, before anything is written', async () => {

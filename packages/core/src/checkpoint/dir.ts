@@ -40,6 +40,12 @@ export interface WriteCheckpointOptions {
   signal?: AbortSignal;
   /** Progress of the tensor data. */
   onProgress?: (e: { tensor: string; bytesWritten: number; totalBytes: number }) => void;
+  /**
+   * Told what went wrong without failing the write: an earlier checkpoint at `dir` that could not be removed once the
+   * new one took its place (a file in it open elsewhere, a folder in it this user may not change) is left beside it as
+   * `<dir>.old-<random>`, marked for `recoverReplaceDir`, and the message names it. Default: none.
+   */
+  onWarning?: (message: string) => void;
 }
 
 /**
@@ -67,7 +73,7 @@ export async function writeCheckpointDir(
 ): Promise<void> {
   assertNotAbortSignal(options, 'writeCheckpointDir'); // a positional signal: refused, not ignored
   throwIfAborted(options.signal, 'writeCheckpointDir'); // a signal that is not one: E_VALUE
-  assertCallbacks(options, 'writeCheckpointDir', ['onProgress']);
+  assertCallbacks(options, 'writeCheckpointDir', ['onProgress', 'onWarning']);
   assertNonEmptyString(dir, 'writeCheckpointDir', 'dir', 'a path (a non-empty string)');
   assertObject(contents, 'writeCheckpointDir', 'contents', 'an object { meta, tensors }');
   assertObject(contents.meta, 'writeCheckpointDir', 'meta', 'an object (the caldera.json to write)');
@@ -124,6 +130,7 @@ export async function writeCheckpointDir(
       { details: { path: parent } },
     );
   const tmp = `${target}.tmp-${tempSuffix()}`;
+  let aside: string | null = null;
   // an error thrown by the caller's onProgress is the caller's: rethrown as it is once the temporary directory is gone
   // (it was reported as E_IO, "writing checkpoint … failed", as if the disk had failed)
   const callback: { failed: boolean; error?: unknown } = { failed: false };
@@ -151,7 +158,7 @@ export async function writeCheckpointDir(
       ...(progress ? { onProgress: progress } : {}),
     });
     throwIfAborted(options.signal, `writing checkpoint ${target}`);
-    await replaceDir(tmp, target);
+    aside = await replaceDir(tmp, target);
   } catch (e) {
     await fs.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
     if (callback.failed) throw callback.error;
@@ -162,6 +169,11 @@ export async function writeCheckpointDir(
       });
     throw toCalderaError(e, `writing checkpoint ${target}`, options.signal);
   }
+  if (aside)
+    options.onWarning?.(
+      `the earlier ${target} could not be removed after the new checkpoint took its place: it is left at ${aside} ` +
+        `(remove it yourself; the CLI's next write to ${target} removes it too)`,
+    );
 }
 
 /**

@@ -526,7 +526,8 @@ export async function runFinetune(
  * its remaining L/R codes sliced and `L_ft`/`R_ft` added in f32 (docs/architecture.md), `caldera.json` updated
  * (ranks, bits) with the fine-tuning settings under `options.finetune` (an earlier fine-tuning's, when the source has
  * one, kept under its `previous`). Atomic: nothing is left half-written.
- * `options.signal` aborts the write, `options.onProgress` reports it tensor by tensor, and an existing `outDir` is
+ * `options.signal` aborts the write, `options.onProgress` reports it tensor by tensor, `options.onWarning` is told of
+ * an earlier output left beside `outDir` that could not be removed (core's `writeCheckpointDir`), and an existing `outDir` is
  * `E_IO` unless `options.overwrite` (core's `writeCheckpointDir`: it replaces whatever is there, so check first that
  * it is yours; it wiped any folder there, the source's parent included).
  */
@@ -535,7 +536,7 @@ export async function writeFinetunedCheckpoint(
   outDir: string,
   layers: readonly LoraLayer[],
   finetuneInfo: Record<string, unknown>,
-  options: Pick<WriteCheckpointOptions, 'signal' | 'onProgress' | 'overwrite'> = {},
+  options: Pick<WriteCheckpointOptions, 'signal' | 'onProgress' | 'overwrite' | 'onWarning'> = {},
 ): Promise<CalderaCheckpointMeta> {
   options ??= {}; // from JavaScript: null options are none
   assertNotAbortSignal(options, 'writeFinetunedCheckpoint'); // the old positional signal: refused, not ignored
@@ -549,7 +550,7 @@ export async function writeFinetunedCheckpoint(
       'E_VALUE',
       `writeFinetunedCheckpoint: ${misplaced.join(', ')} given in finetuneInfo (the 4th argument, recorded in caldera.json): write options go in the 5th, { ${misplaced.join(', ')} }`,
     );
-  const { signal, onProgress, overwrite = false } = options;
+  const { signal, onProgress, onWarning, overwrite = false } = options;
   const { meta, tensors: reader } = await openCheckpointDir(sourceDir);
   const tensors: Record<string, Tensor> = {};
   const layerMeta: Record<string, CalderaLayerMeta> = { ...meta.layers };
@@ -597,6 +598,7 @@ export async function writeFinetunedCheckpoint(
       overwrite,
       ...(signal ? { signal } : {}),
       ...(onProgress ? { onProgress } : {}),
+      ...(onWarning ? { onWarning } : {}),
     },
   );
   return out;
