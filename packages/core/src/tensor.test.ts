@@ -114,6 +114,12 @@ describe('views', () => {
     expect(get(reshape(inner, [12]), 0)).toBe(12);
     expect(() => reshape(transpose(t), [24])).toThrow(/not contiguous/);
     expect(() => reshape(t, [5, 5])).toThrow(/cannot view/);
+    // the shape as given in the message (an inferred axis made "invalid shape [5, 4.8]" and "[-24, -1]")
+    expect(() => reshape(t, [5, -1])).toThrow('E_SHAPE: reshape: cannot view [2, 3, 4] as [5, -1]');
+    expect(() => reshape(t, [-1, -1])).toThrow(
+      'E_SHAPE: reshape: invalid shape [-1, -1] (dimensions ≥ 0, and one -1 at most)',
+    );
+    expect(() => reshape(t, [2.5, -1])).toThrow(/^E_SHAPE: reshape: invalid shape \[2\.5, -1\]/);
   });
 
   it('contiguous copies strided views in row-major order and returns contiguous tensors as is', () => {

@@ -171,20 +171,23 @@ export function get(t: Tensor, ...idx: number[]): number {
 
 /** A view with another shape over the same data. Needs a contiguous tensor; `-1` infers one axis. */
 export function reshape<D extends DType>(t: Tensor<D>, shape: readonly number[]): Tensor<D> {
+  if (!Array.isArray(shape)) checkShape(shape, 'reshape');
   const n = shapeSize(t.shape);
   const s = [...shape];
   const inferAt = s.indexOf(-1);
+  // the shape as asked is checked (-1 aside) before an axis is inferred: that made "invalid shape [5, 2.4]" of
+  // [5, -1] and "[-12, -1]" of [-1, -1]
+  const asked = `[${shape.join(', ')}]`;
+  if (s.some((d, i) => i !== inferAt && !(Number.isInteger(d) && d >= 0)))
+    throw new CalderaError('E_SHAPE', `reshape: invalid shape ${asked} (dimensions ≥ 0, and one -1 at most)`);
+  const cannot = () =>
+    new CalderaError('E_SHAPE', `reshape: cannot view [${t.shape.join(', ')}] as ${asked}`);
   if (inferAt >= 0) {
     const rest = shapeSize(s.filter((_, i) => i !== inferAt));
+    if (rest !== 0 && n % rest !== 0) throw cannot();
     s[inferAt] = rest === 0 ? 0 : n / rest;
   }
-  checkShape(s, 'reshape');
-  if (shapeSize(s) !== n) {
-    throw new CalderaError(
-      'E_SHAPE',
-      `reshape: cannot view [${t.shape.join(', ')}] as [${shape.join(', ')}]`,
-    );
-  }
+  if (shapeSize(s) !== n) throw cannot();
   if (!isContiguous(t))
     throw new CalderaError('E_SHAPE', 'reshape: tensor is not contiguous; call contiguous() first');
   return { dtype: t.dtype, shape: s, strides: contiguousStrides(s), offset: t.offset, data: t.data };

@@ -76,5 +76,9 @@ describe('gemv', () => {
     expect(code(() => gemv(a, vec('f64', [1, 2]) as never))).toBe('E_DTYPE');
     expect(code(() => gemv(a, tensor('f32', [2, 1]) as never))).toBe('E_SHAPE');
     expect(code(() => gemv(a, vec('f32', [1, Number.NaN])))).toBe('E_VALUE');
+    // a y of another dtype (it was copied into a's and rounded unsaid: 1e-9 lost)
+    expect(() =>
+      gemv(a, vec('f32', [1, 1]), { trans: true, y: vec('f64', [1, 1, 1e-9]) as never, beta: 1 }),
+    ).toThrow(/^E_DTYPE: gemv: y has dtype 'f64'/);
   });
 });

@@ -49,6 +49,8 @@ export function gemv(a: Matrix, x: Vector, options: GemvNewOptions = {}): Vector
   const beta = options.beta ?? 0;
   if (options.y !== undefined && beta !== 0) {
     assertVector(options.y, 'gemv', 'y');
+    // checked here: y is copied into an array of a's dtype before gemvInto could see it (an f64 y was rounded unsaid)
+    assertSameDType('gemv', ['a', a], ['y', options.y]);
     if (options.y.shape[0] !== m) {
       throw new CalderaError('E_SHAPE', `gemv: y has shape ${fmtShape(options.y.shape)}, expected [${m}]`);
     }

@@ -143,6 +143,10 @@ describe('hadamard transform', () => {
     expect(() => hadamardRowsInPlace(ints as never, 1, 8)).toThrow(
       /^E_DTYPE: hadamardRowsInPlace: data must be a Float32Array or Float64Array, got Int32Array$/,
     );
+    // n left out: named (it was "nextHadamardSize: n must be a finite number", a function never called)
+    expect(() =>
+      (hadamardRowsInPlace as (d: Float32Array, r: number) => void)(new Float32Array(6), 2),
+    ).toThrow(/^E_VALUE: hadamardRowsInPlace: n /);
     expect(Array.from(ints)).toEqual(new Array(8).fill(3));
     expect(() => hadamardRowsInPlace(new Uint8Array(8) as never, 1, 8)).toThrow(/E_DTYPE: .* got Uint8Array/);
     expect(() => hadamardRowsInPlace(new Array(8).fill(1) as never, 1, 8)).toThrow(

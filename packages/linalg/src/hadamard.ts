@@ -226,6 +226,8 @@ export function hadamardRowsInPlace(
         (view ? (data as object).constructor.name : describeValue(data)),
     );
   }
+  // (a missing n was blamed on nextHadamardSize, called for the message below)
+  assertCount(n, 1, 'hadamardRowsInPlace', 'n');
   const f = hadamardFactor(n);
   if (!f)
     throw new CalderaError(
