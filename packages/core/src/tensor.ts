@@ -289,7 +289,6 @@ export function contiguous<D extends DType>(t: Tensor<D>, name = 'tensor'): Tens
   return { dtype: t.dtype, shape: [...t.shape], strides: contiguousStrides(t.shape), offset: 0, data: out };
 }
 
-/** `E_VALUE` unless `t` has the fields of a tensor (it was a TypeError reading `strides` of an `ndarray`). */
 /**
  * What a "not a tensor" message adds for a value that looks like an `ndarray` (it has a `stride` array, where a
  * tensor has `strides`): ` (an ndarray? wrap it with fromNdarray())`; otherwise nothing.
@@ -300,6 +299,7 @@ export function ndarrayHint(v: unknown): string {
     : '';
 }
 
+/** `E_VALUE` unless `t` has the fields of a tensor (it was a TypeError reading `strides` of an `ndarray`). */
 function assertTensorLike(t: unknown, name: string): void {
   const v = t as Partial<Tensor>;
   if (

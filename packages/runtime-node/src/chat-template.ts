@@ -350,7 +350,7 @@ class BudgetedInterpreter extends Interpreter {
     if (!Array.isArray(x) && !(x instanceof Map)) return { n: 1, live: false };
     // a value inside itself (only through a namespace: `set ns.l = [ns]`) prints as `[...]` there, as Python's repr
     // (it recursed until the stack overflowed)
-    if (open.has(x)) return { n: 5, live: true };
+    if (open.has(x)) return { n: v.type === 'NamespaceValue' ? 17 : 5, live: true }; // `<Namespace {...}>`
     const known = this.printed.get(v);
     if (known !== undefined) return { n: known, live: false };
     this.charge(1);

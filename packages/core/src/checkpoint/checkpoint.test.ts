@@ -455,7 +455,7 @@ describe('checkpoint directory', () => {
     const aside = (await readdir(sub)).filter((f) => /^ckpt\.old-[0-9a-z]+$/.test(f));
     expect(aside).toHaveLength(1);
     expect(warnings).toEqual([
-      `the earlier ${out} could not be removed after the new checkpoint took its place: it is left at ${join(sub, aside[0]!)} (remove it yourself; the CLI's next write to ${out} removes it too)`,
+      `the earlier ${out} could not be removed after the new checkpoint took its place: it is left at ${join(sub, aside[0]!)} (remove it yourself; recoverReplaceDir, which caldera's commands run before writing ${out}, removes it too)`,
     ]);
     await recoverReplaceDir(out);
     expect((await readdir(sub)).sort()).toEqual(['ckpt']);

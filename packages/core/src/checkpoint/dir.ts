@@ -172,7 +172,7 @@ export async function writeCheckpointDir(
   if (aside)
     options.onWarning?.(
       `the earlier ${target} could not be removed after the new checkpoint took its place: it is left at ${aside} ` +
-        `(remove it yourself; the CLI's next write to ${target} removes it too)`,
+        `(remove it yourself; recoverReplaceDir, which caldera's commands run before writing ${target}, removes it too)`,
     );
 }
 

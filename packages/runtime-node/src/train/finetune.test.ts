@@ -63,40 +63,46 @@ describe('runFinetune without factors', () => {
 describe('CALDERA LoRA adapter mapping', () => {
   const rng = new Rng(11);
 
-  it('x·Bᵀ·Aᵀ equals the layer output of the trainable part (rotated domain, padding, scale)', () => {
-    const w = tensor('f32', [20, 36], rng.fillNormal(new Float32Array(20 * 36)));
-    const d = withTrainableFactors(caldera(w, null, { rank: 5, outerIters: 1, lplrIters: 1, seed: 2 }), 3);
-    expect(d.padded).toEqual([24, 40]);
-    const x = rng.fillNormal(new Float32Array(2 * 36));
-    const withFt = applyDecomposition(d, x, 2);
-    const without = applyDecomposition({ ...d, ft: null }, x, 2);
-    const { a, b } = loraFromRotated(d, d.ft!.l, d.ft!.r, 3);
-    for (let r = 0; r < 2; r++)
-      for (let i = 0; i < 20; i++) {
-        let s = 0;
-        for (let t = 0; t < 3; t++) {
-          let z = 0;
-          for (let j = 0; j < 36; j++) z += x[r * 36 + j]! * b[t * 36 + j]!;
-          s += z * a[i * 3 + t]!;
+  for (const hadamard of [true, false])
+    it(`x·Bᵀ·Aᵀ equals the layer output of the trainable part (${hadamard ? 'rotated domain' : 'no rotation'}, padding, scale)`, () => {
+      const w = tensor('f32', [20, 36], rng.fillNormal(new Float32Array(20 * 36)));
+      const d = withTrainableFactors(
+        caldera(w, null, { rank: 5, outerIters: 1, lplrIters: 1, seed: 2, hadamard }),
+        3,
+      );
+      expect(d.hadamard).toBe(hadamard);
+      expect(d.padded).toEqual(hadamard ? [24, 40] : [24, 40]);
+      const x = rng.fillNormal(new Float32Array(2 * 36));
+      const withFt = applyDecomposition(d, x, 2);
+      const without = applyDecomposition({ ...d, ft: null }, x, 2);
+      const { a, b } = loraFromRotated(d, d.ft!.l, d.ft!.r, 3);
+      for (let r = 0; r < 2; r++)
+        for (let i = 0; i < 20; i++) {
+          let s = 0;
+          for (let t = 0; t < 3; t++) {
+            let z = 0;
+            for (let j = 0; j < 36; j++) z += x[r * 36 + j]! * b[t * 36 + j]!;
+            s += z * a[i * 3 + t]!;
+          }
+          // f32 sums of ≤ 40 terms of O(1): 1e-4 absolute
+          expect(Math.abs(withFt[r * 20 + i]! - without[r * 20 + i]! - s)).toBeLessThan(1e-4);
         }
-        // f32 sums of ≤ 40 terms of O(1): 1e-4 absolute
-        expect(Math.abs(withFt[r * 20 + i]! - without[r * 20 + i]! - s)).toBeLessThan(1e-4);
-      }
-  });
+    });
 
-  it('the gradient map is the adjoint of the forward map (⟨f(L), G⟩ = ⟨L, f*(G)⟩ in f64)', () => {
-    const rot = rotation(10, 21, 12, 24, rng);
-    const kf = 3;
-    const l = rng.fillNormal(new Float64Array(12 * kf));
-    const r = rng.fillNormal(new Float64Array(kf * 24));
-    const ga = rng.fillNormal(new Float64Array(10 * kf));
-    const gb = rng.fillNormal(new Float64Array(kf * 21));
-    const { a, b } = loraFromRotated(rot, l, r, kf);
-    const { dL, dR } = loraGradToRotated(rot, ga, gb, kf);
-    // both sides are sums of ~100 f64 products of O(1): agreement to 1e-12 relative
-    expect(Math.abs(dot(a, ga) - dot(l, dL))).toBeLessThan(1e-12 * Math.abs(dot(a, ga)) + 1e-12);
-    expect(Math.abs(dot(b, gb) - dot(r, dR))).toBeLessThan(1e-12 * Math.abs(dot(b, gb)) + 1e-12);
-  });
+  for (const hadamard of [true, false])
+    it(`the gradient map is the adjoint of the forward map (⟨f(L), G⟩ = ⟨L, f*(G)⟩ in f64; ${hadamard ? 'rotated' : 'no rotation'})`, () => {
+      const rot = { ...rotation(10, 21, 12, 24, rng), hadamard };
+      const kf = 3;
+      const l = rng.fillNormal(new Float64Array(12 * kf));
+      const r = rng.fillNormal(new Float64Array(kf * 24));
+      const ga = rng.fillNormal(new Float64Array(10 * kf));
+      const gb = rng.fillNormal(new Float64Array(kf * 21));
+      const { a, b } = loraFromRotated(rot, l, r, kf);
+      const { dL, dR } = loraGradToRotated(rot, ga, gb, kf);
+      // both sides are sums of ~100 f64 products of O(1): agreement to 1e-12 relative
+      expect(Math.abs(dot(a, ga) - dot(l, dL))).toBeLessThan(1e-12 * Math.abs(dot(a, ga)) + 1e-12);
+      expect(Math.abs(dot(b, gb) - dot(r, dR))).toBeLessThan(1e-12 * Math.abs(dot(b, gb)) + 1e-12);
+    });
 });
 
 describe('LoRA objective (CALDERA linear inside the whole model)', () => {

@@ -542,8 +542,8 @@ export async function writeFinetunedCheckpoint(
   assertNotAbortSignal(options, 'writeFinetunedCheckpoint'); // the old positional signal: refused, not ignored
   // write options given in the record (the 4th argument) were written into caldera.json, and `overwrite` there was
   // answered "already exists (pass overwrite: true to replace it)"
-  const misplaced = ['overwrite', 'signal', 'onProgress'].filter(
-    (k) => finetuneInfo != null && k in finetuneInfo,
+  const misplaced = ['overwrite', 'signal', 'onProgress', 'onWarning'].filter(
+    (k) => finetuneInfo !== null && typeof finetuneInfo === 'object' && k in finetuneInfo,
   );
   if (misplaced.length > 0)
     throw new CalderaError(
