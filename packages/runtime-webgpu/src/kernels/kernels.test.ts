@@ -1033,7 +1033,7 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     expect(shape(new Kernels(d, { lanes: 1, rowsPerLane: 4 }), [64])).toEqual([undefined, 1]);
   });
 
-  it('RMSNorm (64 and 256 invocations; RMS from 1e-30 to 1e30, one value of 1e36 among small ones), SwiGLU and argmax (first index on ties)', async () => {
+  it('RMSNorm (64 and 256 invocations; RMS from 1e-30 to 1e30, one value of 1e36 among small ones, values up to 3e38), SwiGLU and argmax (first index on ties)', async () => {
     const rng = new Rng(4);
     const k = K();
     const n = 300;
@@ -1041,9 +1041,15 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
     // stays unscaled (eps dominates); the single 1e36 puts one invocation's exponent above the others'
     const spiked = randn(rng, n);
     spiked[123] = 1e36;
+    // up to f32's largest: 2^-e·r alone is subnormal from 2^126 (it came out 0), and ldexp by 2^-127 may be 0
+    const nearMax = randn(rng, n);
+    const top = Math.max(...nearMax.map(Math.abs));
+    nearMax.forEach((v, i) => (nearMax[i] = (v / top) * 3e38));
     const inputs: [string, Float32Array][] = [
       ...[3, 1e-30, 1e21, 1e30].map((rms): [string, Float32Array] => [`RMS ${rms}`, randn(rng, n, rms)]),
       ['one 1e36', spiked],
+      ['largest 3e38', nearMax],
+      ['all ±3e38', Float32Array.from({ length: n }, (_, i) => (i % 2 ? 3e38 : -3e38))],
     ];
     for (const vectorWorkgroup of [64, 256])
       for (const [what, x] of inputs) {

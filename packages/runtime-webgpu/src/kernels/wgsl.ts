@@ -125,8 +125,11 @@ export const normScaleWords = (wg: number): number => 2 * wg;
  * (exact) so that their squares stay below 1, since f32 squares summed past ≈ 3.4e38 are infinite (an RMS of
  * ≈ 1.8e19/√n) and WGSL leaves what infinity does undefined (the norm came out 0 on SwiftShader). `normScale` reduces
  * the pairs by a tree over the workgroup array `arr` (at least {@link normScaleWords}(wg) values; call it in uniform
- * control flow; it ends with a barrier, so `arr` is free again); `eps` names the epsilon. Where every exponent is 0 the
- * sums, their order and the result are those of a plain f32 tree reduction. Every RMSNorm of the kernels reduces this way.
+ * control flow; it ends with a barrier, so `arr` is free again); `eps` names the epsilon. It returns the factor as two,
+ * `x · s.x · s.y` the normed value: `2^-e·r` alone is subnormal (flushed to 0) for values from 2^126 up, so its power
+ * of two is split between them (no `ldexp` by 2^-127 or less either, which WGSL lets be 0). Where every exponent is 0
+ * the sums, their order and the result are those of a plain f32 tree reduction, and `s.y` is 1 (the same bits as
+ * `x · s.x`). Every RMSNorm of the kernels reduces this way.
  */
 function normScaleWgsl(arr: string, eps: string, wg: number): string {
   return /* wgsl */ `
@@ -134,10 +137,11 @@ fn sqAcc(acc: vec2<f32>, v: f32) -> vec2<f32> {
   let a = abs(v);
   if (acc.y == 0.0 && a < 1099511627776.0) { return vec2<f32>(acc.x + v * v, 0.0); }
   let e = max(acc.y, f32(frexp(a).exp));
-  let t = ldexp(v, -i32(e));
+  let h = i32(e) / 2;
+  let t = ldexp(ldexp(v, -h), h - i32(e));
   return vec2<f32>(ldexp(acc.x, 2 * i32(acc.y - e)) + t * t, e);
 }
-fn normScale(acc: vec2<f32>, n: u32, lid: u32) -> f32 {
+fn normScale(acc: vec2<f32>, n: u32, lid: u32) -> vec2<f32> {
   ${arr}[lid] = acc.x;
   ${arr}[lid + ${wg}u] = acc.y;
   workgroupBarrier();
@@ -156,9 +160,9 @@ fn normScale(acc: vec2<f32>, n: u32, lid: u32) -> f32 {
     workgroupBarrier();
   }
   let e = i32(${arr}[${wg}u]);
-  let inv = ldexp(1.0 / sqrt(${arr}[0] / f32(n) + ldexp(${eps}, -2 * e)), -e);
+  let r = 1.0 / sqrt(${arr}[0] / f32(n) + ldexp(${eps}, -2 * e));
   workgroupBarrier();
-  return inv;
+  return vec2<f32>(ldexp(r, -(e / 2)), ldexp(1.0, e / 2 - e));
 }`;
 }
 
@@ -178,7 +182,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   var sumSq = vec2<f32>();
   for (var j = lid; j < p.n; j += ${wg}u) { sumSq = sqAcc(sumSq, x[o + j]); }
   let inv = normScale(sumSq, p.n, lid);
-  for (var j = lid; j < p.n; j += ${wg}u) { outv[o + j] = x[o + j] * inv * w[j]; }
+  for (var j = lid; j < p.n; j += ${wg}u) { outv[o + j] = x[o + j] * inv.x * inv.y * w[j]; }
 }`;
 }
 
@@ -397,20 +401,20 @@ function rotationInputWgsl(kind: RotationInputKind, eps: string, auxBinding: num
   const aux = `@group(0) @binding(${auxBinding}) var<storage, read> aux: array<f32>;`;
   if (kind === 'rmsNorm')
     return /* wgsl */ `${aux}
-fn inputScale(xo: u32, nIn: u32, lid: u32) -> f32 {
+fn inputScale(xo: u32, nIn: u32, lid: u32) -> vec2<f32> {
   var sumSq = vec2<f32>();
   for (var j = lid; j < nIn; j += ${wg}u) { sumSq = sqAcc(sumSq, x[xo + j]); }
   return normScale(sumSq, nIn, lid);
 }
 ${normScaleWgsl('v', eps, wg)}
-fn inputAt(xo: u32, j: u32, scale: f32) -> f32 { return x[xo + j] * scale * aux[j]; }`;
+fn inputAt(xo: u32, j: u32, scale: vec2<f32>) -> f32 { return x[xo + j] * scale.x * scale.y * aux[j]; }`;
   const head = /* wgsl */ `
-fn inputScale(xo: u32, nIn: u32, lid: u32) -> f32 { return 1.0; }`;
+fn inputScale(xo: u32, nIn: u32, lid: u32) -> vec2<f32> { return vec2<f32>(1.0, 1.0); }`;
   if (kind === 'swiglu')
     return /* wgsl */ `${aux}${head}
-fn inputAt(xo: u32, j: u32, scale: f32) -> f32 { let g = x[xo + j]; return g / (1.0 + exp(-g)) * aux[xo + j]; }`;
+fn inputAt(xo: u32, j: u32, scale: vec2<f32>) -> f32 { let g = x[xo + j]; return g / (1.0 + exp(-g)) * aux[xo + j]; }`;
   return /* wgsl */ `${head}
-fn inputAt(xo: u32, j: u32, scale: f32) -> f32 { return x[xo + j]; }`;
+fn inputAt(xo: u32, j: u32, scale: vec2<f32>) -> f32 { return x[xo + j]; }`;
 }
 
 /** Most layers (workgroups along x, output buffers) of one {@link hadamardWgsl} launch. */
@@ -811,7 +815,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let inv = normScale(sumSq, mb.outLen, lid);
   for (var c = 0u; c < ${C}u; c++) {
     let i = lid + c * ${wg}u;
-    if (i < mb.outLen) { normOut[r * mb.outLen + i] = hn[c] * inv * nw[i]; }
+    if (i < mb.outLen) { normOut[r * mb.outLen + i] = hn[c] * inv.x * inv.y * nw[i]; }
   }
 }`;
 }
@@ -2040,7 +2044,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   )}
   let scale = normScale(sumSq, mb.nIn, lid);
   ${C <= EARLY_READS_MAX_C ? '' : residualInputReads}
-  ${vectorIntoWgsl(C, 'mb', (c) => `hn[${c}] * scale * a${c} * q${c}`, wg, '\n  ')}`
+  ${vectorIntoWgsl(C, 'mb', (c) => `hn[${c}] * scale.x * scale.y * a${c} * q${c}`, wg, '\n  ')}`
             : prev === 'gate'
               ? `// the gate and up layers before: their rotated outputs (members 0 and 1 of pu, rows of x), then silu(gate)·up
   var gv: array<f32, ${C}>;
