@@ -88,7 +88,15 @@ export function parseHeader(json: Uint8Array, fileSize: number, file: string): S
       fail(file, `${where}: entry is not an object`);
     const e = v as Record<string, unknown>;
     if (!isSafetensorsDType(e.dtype))
-      fail(file, `${where}: unknown dtype ${JSON.stringify(e.dtype)}`, { tensor: name });
+      fail(
+        file,
+        `${where}: unknown dtype ${JSON.stringify(e.dtype)}` +
+          // FP8/FP6/FP4 releases (F8_E4M3, F8_E5M2, F4, …): say what to use instead
+          (typeof e.dtype === 'string' && /^F[4-8](_|$)/.test(e.dtype)
+            ? " (weights in 8 bits or fewer, as FP8 and FP4 releases store them, are not read: use the model's bf16, f16 or f32 release)"
+            : ''),
+        { tensor: name },
+      );
     const dtype = e.dtype as SafetensorsDType;
     if (!Array.isArray(e.shape) || !e.shape.every(isNonNegInt)) {
       fail(file, `${where}: shape ${JSON.stringify(e.shape)} is not a list of non-negative integers`, {

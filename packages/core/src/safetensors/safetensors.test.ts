@@ -350,7 +350,12 @@ describe('malformed files are rejected with E_FORMAT naming the problem', () => 
     [
       'unknown dtype',
       handMade({ x: { ...ok, dtype: 'F8_E4M3' } }, data8),
-      /tensor 'x': unknown dtype "F8_E4M3"/,
+      /tensor 'x': unknown dtype "F8_E4M3" \(weights in 8 bits or fewer, as FP8 and FP4 releases store them, are not read: use the model's bf16, f16 or f32 release\)/,
+    ],
+    [
+      'unknown dtype, not a small float',
+      handMade({ x: { ...ok, dtype: 'C64' } }, data8),
+      /tensor 'x': unknown dtype "C64"$/,
     ],
     ['shape × dtype ≠ byte length', handMade({ x: { ...ok, shape: [3] } }, data8), /tensor 'x'.*12 bytes/],
     [
