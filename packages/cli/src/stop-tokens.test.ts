@@ -3,7 +3,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseModelConfig } from '@caldera/core';
-import { stopTokenIds } from './commands/common.js';
+import { stopTokenIds, unreachableStopWarning } from './commands/common.js';
 
 const config = (eos: unknown) =>
   parseModelConfig({
@@ -36,5 +36,13 @@ describe('stopTokenIds: where generation stops', () => {
     });
     writeFileSync(join(dir, 'generation_config.json'), JSON.stringify({ eos_token_id: ['</s>'] }));
     await expect(stopTokenIds(dir, config(2))).rejects.toThrow(/eos_token_id is not a token id or a list/);
+  });
+
+  it('warns when no end-of-sequence id is below the vocabulary size (generation ran to its limit unsaid)', () => {
+    expect(unreachableStopWarning([40, 41], 32)).toBe(
+      'warning: the end-of-sequence ids (40, 41) are not below the vocabulary size 32: no generated token can end the text, so it runs to --max-tokens (or --stop)',
+    );
+    expect(unreachableStopWarning([40, 2], 32)).toBeNull(); // 2 can still end it
+    expect(unreachableStopWarning([], 32)).toBeNull(); // none given: a base model without EOS
   });
 });

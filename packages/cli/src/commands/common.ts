@@ -834,6 +834,19 @@ export async function stopTokenIds(dir: string, config: ModelConfig): Promise<nu
 }
 
 /**
+ * The warning (one line, for stderr) when every end-of-sequence id is past the vocabulary (a config whose
+ * `eos_token_id` is not among the model's `vocab_size` tokens): no generated token can be one, so generation runs to
+ * its token limit (it did so unsaid). Null when one can be generated, or when there are none.
+ */
+export function unreachableStopWarning(stopTokens: readonly number[], vocabSize: number): string | null {
+  if (stopTokens.length === 0 || stopTokens.some((id) => id < vocabSize)) return null;
+  return (
+    `warning: the end-of-sequence ids (${stopTokens.join(', ')}) are not below the vocabulary size ${vocabSize}: ` +
+    'no generated token can end the text, so it runs to --max-tokens (or --stop)'
+  );
+}
+
+/**
  * Open `path`: a llama2.c checkpoint when it ends in `.bin` (tokenizer: `tokenizerPath` or `tokenizer.bin` beside
  * it), else a model directory (config.json, safetensors, tokenizer.json). `pool`: threads for the batch products;
  * `decodePool`: for the single-token products.

@@ -36,6 +36,7 @@ import {
   leadingTokens,
   readDocuments,
   stopTokenIds,
+  unreachableStopWarning,
   weightFileBytes,
   type OpenedModel,
 } from './common.js';
@@ -232,6 +233,8 @@ async function generateText(
     opened.format === 'llama2.c'
       ? [...config.eosTokenIds, ...(config.bosTokenId === null ? [] : [config.bosTokenId])]
       : await stopTokenIds(path, config);
+  const unreachable = unreachableStopWarning(stopTokens, config.vocabSize);
+  if (unreachable) console.error(unreachable);
   const full = promptIds(opened, prompt);
   if (full.length >= config.maxPositions)
     throw new CalderaError(
