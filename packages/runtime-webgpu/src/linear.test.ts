@@ -475,10 +475,10 @@ describe.skipIf(!dev)(gpuTitle('GpuCalderaLinear', reason), () => {
     ];
     let fusedRuns = 0;
     const att = storageBuffer(d, rng.fillNormal(new Float32Array(rows * nAtt), 0, 1), 'att');
-    // the last row's residual at RMS 2e30: its RMSNorm's f32 sum of squares overflows unless scaled (normScaleWgsl)
+    // the last row's residual at RMS ≈ 1e38 (values 1e38 to 2e38: an f32 sum of squares overflows unless scaled, and the norm's factor 1/RMS is subnormal unless split; normScaleWgsl)
     const h0 = rng
       .fillNormal(new Float32Array(rows * dModel), 0, 2)
-      .map((v, i) => (i >= dModel ? v * 1e30 : v));
+      .map((v, i) => (i >= dModel ? Math.sign(v) * 1e38 + v * 1e37 : v));
     const weight = storageBuffer(d, rng.fillNormal(new Float32Array(dModel), 1, 0.2), 'norm weight');
     const scratch = storageBuffer(d, new Float32Array(rows * dModel), 'scratch');
     const run = (list: Dispatch[]) => runRows(list, rows);

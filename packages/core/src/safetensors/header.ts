@@ -93,7 +93,7 @@ export function parseHeader(json: Uint8Array, fileSize: number, file: string): S
         `${where}: unknown dtype ${JSON.stringify(e.dtype)}` +
           // FP8/FP6/FP4 releases (F8_E4M3, F8_E5M2, F4, …): say what to use instead
           (typeof e.dtype === 'string' && /^F[4-8](_|$)/.test(e.dtype)
-            ? " (weights in 8 bits or fewer, as FP8 and FP4 releases store them, are not read: use the model's bf16, f16 or f32 release)"
+            ? " (floating-point weights of 8 bits or fewer, FP8, FP6 or FP4, are not read: use the model's bf16, f16 or f32 release)"
             : ''),
         { tensor: name },
       );

@@ -350,7 +350,7 @@ describe('malformed files are rejected with E_FORMAT naming the problem', () => 
     [
       'unknown dtype',
       handMade({ x: { ...ok, dtype: 'F8_E4M3' } }, data8),
-      /tensor 'x': unknown dtype "F8_E4M3" \(weights in 8 bits or fewer, as FP8 and FP4 releases store them, are not read: use the model's bf16, f16 or f32 release\)/,
+      /tensor 'x': unknown dtype "F8_E4M3" \(floating-point weights of 8 bits or fewer, FP8, FP6 or FP4, are not read: use the model's bf16, f16 or f32 release\)/,
     ],
     [
       'unknown dtype, not a small float',

@@ -540,11 +540,11 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
         const member = memberOf(n, { nIn, K: Kf });
         const xv = randn(rng, rows * nIn, 3);
         const x = storageBuffer(d, xv, 'x');
-        // the RMSNorm's last row at RMS 3e25: an f32 sum of its squares overflows (unless scaled, normScaleWgsl)
+        // the RMSNorm's last row at RMS ≈ 1.1e38 (values 1e38 to 2e38: an f32 sum of squares overflows unless scaled, and the norm's factor 1/RMS is subnormal unless split; normScaleWgsl)
         const last = (rows - 1) * nIn;
         const xNorm = storageBuffer(
           d,
-          xv.map((v, i) => (i >= last ? v * 1e25 : v)),
+          xv.map((v, i) => (i >= last ? Math.sign(v) * 1e38 + v * 1e37 : v)),
           'x (last row huge)',
         );
         const aux = storageBuffer(d, randn(rng, rows * nIn), 'aux');
@@ -862,8 +862,10 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
             outStride: dOut,
           });
           const ones = storageBuffer(d, new Float32Array(n + 32).fill(1), 'ones');
-          // the last row's residual at RMS 1e25: an f32 sum of its squares overflows (unless scaled, normScaleWgsl)
-          const h0 = randn(rng, rows * dOut).map((v, i) => (i >= (rows - 1) * dOut ? v * 1e25 : v));
+          // the last row's residual at RMS ≈ 1e38 (values 1e38 to 2e38: an f32 sum of squares overflows unless scaled, and the norm's factor 1/RMS is subnormal unless split; normScaleWgsl)
+          const h0 = randn(rng, rows * dOut).map((v, i) =>
+            i >= (rows - 1) * dOut ? Math.sign(v) * 1e38 + v * 1e37 : v,
+          );
           const opts = {
             x: storageBuffer(d, randn(rng, rows * (n + 8)), 'y'),
             xStride: n + 8,
