@@ -82,6 +82,37 @@ describe('HessianAccumulator', () => {
       expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-12 * (1 + Math.abs(a[i]!)));
   });
 
+  it('adds Float64Array rows at f64 precision, and refuses to merge a Hessian of another size (E_SHAPE)', () => {
+    const n = 24;
+    const rows = 50;
+    const x = new Float64Array(rows * n);
+    new Rng(2).fillNormal(x); // f64 normals: almost none is an f32 value
+    const acc = new HessianAccumulator(n);
+    acc.add(x, rows);
+    acc.add(x.subarray(0, 5 * n), 5);
+    expect(acc.count).toBe(55);
+    const ref = new Float64Array(n * n);
+    for (const [xs, r] of [[x, rows] as const, [x.subarray(0, 5 * n), 5] as const])
+      for (let k = 0; k < r; k++)
+        for (let i = 0; i < n; i++)
+          for (let j = 0; j < n; j++) ref[i * n + j]! += xs[k * n + i]! * xs[k * n + j]!;
+    // f64 products (rounded, unlike f32·f32) summed in two orders over 55 rows: relative to the diagonal ~55·eps64 ≈
+    // 1e-14; 1e-12 is far from the ~1e-8 that rounding the rows to f32 would leave. Upper triangle: what counts.
+    for (let i = 0; i < n; i++)
+      for (let j = i; j < n; j++)
+        expect(Math.abs(acc.sum[i * n + j]! - ref[i * n + j]!)).toBeLessThan(1e-12 * ref[i * n + i]!);
+    const before = Float64Array.from(acc.sum);
+    try {
+      acc.merge(new HessianAccumulator(3));
+      expect.unreachable();
+    } catch (e) {
+      expect(isCalderaError(e, 'E_SHAPE')).toBe(true);
+      expect((e as Error).message).toMatch(/cannot merge Hessians of size 3 and 24/);
+    }
+    expect(acc.sum).toEqual(before);
+    expect(acc.count).toBe(55);
+  });
+
   it('finalizeHessian normalises to unit mean diagonal, then damps; dead channels stay positive', () => {
     const n = 8;
     const rows = 50;

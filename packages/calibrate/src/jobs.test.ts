@@ -4,7 +4,14 @@ import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cp, mkdir, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { isCalderaError, openSafetensorsDir, tensor, writeSafetensors, type Tensor } from '@caldera/core';
+import {
+  cast,
+  isCalderaError,
+  openSafetensorsDir,
+  tensor,
+  writeSafetensors,
+  type Tensor,
+} from '@caldera/core';
 import { compressModel, type CompressProgress } from './driver.js';
 import { finalizeHessian, HessianAccumulator } from './hessian.js';
 import {
@@ -333,7 +340,7 @@ describe('matrix jobs', () => {
       hessians: refs,
       spec: spec(seed),
     });
-    return { runner, model, work, manifest };
+    return { runner, model, work, manifest, refs };
   }
 
   it('with one chunk, the job pipeline reproduces the sequential driver (propagate: original) exactly', async () => {
@@ -417,6 +424,49 @@ describe('matrix jobs', () => {
     await expect(executeMatrixJob(work, other, manifest.jobs[0]!)).rejects.toSatisfy(
       (e: unknown) =>
         isCalderaError(e, 'E_FORMAT') && /does not match the manifest/.test((e as Error).message),
+    );
+  });
+
+  it('a weight stored as f16, f64 or bf16 gives the result of the same values stored as f32; an integer one is E_DTYPE', async () => {
+    // Real checkpoints are bf16 or f16, the toy model f32: loadWeight casts the others to f32. Values first rounded to
+    // f16 (or bf16) are exact in every wider dtype, so each copy must give the f32 copy's result bit for bit: any
+    // tolerance would hide a cast that loses or misplaces bits.
+    const { runner, work, refs } = await setup(14);
+    const linears = Array.from({ length: runner.numBlocks }, (_, b) => runner.linears(b)).flat();
+    const results = async (dtype: 'f32' | 'f16' | 'f64' | 'bf16' | 'i32', round: 'f16' | 'bf16') => {
+      const dir = mkdtempSync(join(tmpdir(), `caldera-jobs-${dtype}-`));
+      const tensors: Record<string, Tensor> = {};
+      for (const [name, w] of runner.weights)
+        tensors[`${name}.weight`] = cast(cast(w, round), dtype === 'i32' ? 'f32' : dtype);
+      if (dtype === 'i32') for (const k of Object.keys(tensors)) tensors[k] = cast(tensors[k]!, 'i32');
+      await writeSafetensors(join(dir, 'model.safetensors'), tensors);
+      const store = await openSafetensorsDir(dir);
+      expect((await store.readTensor('b0.up.weight')).dtype).toBe(dtype); // the file holds the dtype under test
+      await store.close();
+      const hashes = await hashModelTensors(dir);
+      const manifest = makeManifest({
+        model: dir,
+        modelSha256: hashes.sha256,
+        seed: 14,
+        settings: {},
+        linears,
+        weightSha256: hashes.tensors,
+        hessians: refs,
+        spec: spec(14),
+      });
+      const out = [];
+      for (const j of manifest.jobs) {
+        await executeMatrixJob(work, manifest, j);
+        out.push({ ...(await readJobResult(work, j)), seconds: 0 });
+      }
+      return out;
+    };
+    const f32 = await results('f32', 'f16');
+    expect(await results('f16', 'f16')).toEqual(f32);
+    expect(await results('f64', 'f16')).toEqual(f32);
+    expect(await results('bf16', 'bf16')).toEqual(await results('f32', 'bf16'));
+    await expect(results('i32', 'f16')).rejects.toSatisfy(
+      (e: unknown) => isCalderaError(e, 'E_DTYPE') && /b0\.up: weight dtype i32/.test((e as Error).message),
     );
   });
 
