@@ -8,10 +8,12 @@ import {
   paperBitsFromMeta,
   reconstruct,
   toCheckpointTensors,
+  withTrainableFactors,
 } from './decomposition.js';
 import { rotateWeight, unrotateWeight, randomSigns, paddedSize, rotateHessian } from './rotate.js';
 import { latticeDecode, optScale, rounderFor } from './codec.js';
 import { ldlq, type CodePlane } from '@caldera/quant';
+import { validateLayer } from './test-util.js';
 
 /** W with heavy-tailed singular values plus a few outlier columns, like real projection weights. */
 function structuredWeight(m: number, n: number, seed: number): Tensor<'f32'> {
@@ -662,6 +664,84 @@ describe('caldera input checks', () => {
     // undefined and null callbacks are none
     expect(caldera(w, h, { ...quick, onProgress: undefined, hadamard: undefined }).hadamard).toBe(true);
     expect(() => caldera(w, h, { ...quick, onProgress: null as never })).not.toThrow();
+  });
+});
+
+describe('codecs and layouts across options (apply, checkpoint round trip, bits)', () => {
+  const w = structuredWeight(24, 40, 12);
+  const h = correlatedHessian(40, 13);
+  const h13 = correlatedHessian(13, 17);
+  const cases: [string, Tensor<'f32'>, Tensor<'f64'> | null, CalderaOptions, number][] = [
+    ['3-bit L and R', w, h, { rank: 8, lBits: 3, rBits: 3 }, 0],
+    ['2-bit L and R', w, h, { rank: 8, lBits: 2, rBits: 2 }, 0],
+    ['no Hadamard', w, h, { rank: 8, hadamard: false }, 0],
+    ['3-bit Q', w, h, { rank: 8, qBits: 3 }, 0],
+    ['no Q', w, h, { rank: 8, qBits: 0 }, 0],
+    ['f16 factors, 4 trainable', w, h, { rank: 8, lBits: 16, rBits: 16 }, 4],
+    ['3-bit factors, 4 trainable', w, h, { rank: 8, lBits: 3, rBits: 3 }, 4],
+    ['rank 0 without Hadamard', w, h, { rank: 0, hadamard: false }, 0],
+    ['f16 factors, all trainable', w, h, { rank: 8, lBits: 16, rBits: 16 }, 8],
+    ['H = null', w, null, { rank: 8 }, 0],
+    ['round-to-nearest 2-bit Q', w, h, { rank: 8, dataAwareQ: false }, 0],
+    [
+      'padded 10×13',
+      tensor('f32', [10, 13], new Rng(15).fillNormal(new Float32Array(130))),
+      h13,
+      { rank: 4 },
+      0,
+    ],
+  ];
+  it.each(cases)('%s', (_, w, h, options, ftRank) => {
+    const [m, n] = w.shape as [number, number];
+    let d = caldera(w, h, { ...options, outerIters: 1, lplrIters: 1, seed: 4 });
+    if (ftRank) d = withTrainableFactors(d, ftRank);
+    const wh = reconstruct(d).data;
+    const rows = 3;
+    const x = new Rng(16).fillNormal(new Float32Array(rows * n));
+    const y = applyDecomposition(d, x, rows);
+    for (let r = 0; r < rows; r++)
+      for (let i = 0; i < m; i++) {
+        let s = 0;
+        let abs = 0;
+        for (let j = 0; j < n; j++) {
+          s += x[r * n + j]! * wh[i * n + j]!;
+          abs += Math.abs(x[r * n + j]! * wh[i * n + j]!);
+        }
+        // apply works in the rotated, padded basis (≤ 64 wide) in f32, reconstruct rotates back first: both are
+        // exact up to a few f32 roundings per term, ≲ 64·eps32 ≈ 4e-6 of Σ|x_j ŵ_ij|; a wrong codec, sign or
+        // layout is off by O(1) of it
+        expect(Math.abs(y[r * m + i]! - s)).toBeLessThan(1e-4 * (1e-3 + abs));
+      }
+    // the error it reports is that of the Ŵ its codes decode to (H = I when null): f64 here, from the f32 Ŵ there,
+    // ~1e-6 relative apart; codes that decode to other values than the fit used miss by far more than 1e-3
+    let num = 0;
+    let den = 0;
+    for (let i = 0; i < m; i++)
+      for (let a = 0; a < n; a++)
+        for (let b = 0; b < n; b++) {
+          const hab = h ? h.data[a * n + b]! : a === b ? 1 : 0;
+          num += (wh[i * n + a]! - w.data[i * n + a]!) * hab * (wh[i * n + b]! - w.data[i * n + b]!);
+          den += w.data[i * n + a]! * hab * w.data[i * n + b]!;
+        }
+    expect(Math.abs(Math.sqrt(num / den) - d.error)).toBeLessThan(1e-3 * d.error);
+    const { tensors, meta } = toCheckpointTensors('p', d);
+    validateLayer('p', { tensors, meta });
+    expect(meta.bitsPerWeight).toBe(d.bitsPerWeight);
+    // what the checkpoint stores is the bits it reports: withTrainableFactors updates the count by a difference over
+    // m·n (15.899999999999999 for 15.9 here), so to 1e-12 (one bit of 24×40 is 1e-3); else exactly
+    const stored = Object.values(tensors).reduce((a, t) => a + 8 * t.data.byteLength, 0);
+    if (ftRank) expect(Math.abs(stored / (m * n) - d.bitsPerWeight)).toBeLessThan(1e-12);
+    else expect(stored / (m * n)).toBe(d.bitsPerWeight);
+    // read back and written again: the same tensors bit for bit (the scale is folded once, exactly), the same Ŵ up to
+    // the f32 rounding of the fold (1e-5 relative, as in 'round-trips through the checkpoint tensors')
+    const back = fromCheckpointTensors('p', (name) => tensors[name], meta);
+    const again = toCheckpointTensors('p', back);
+    expect(again.meta).toEqual(meta);
+    expect(Object.keys(again.tensors).sort()).toEqual(Object.keys(tensors).sort());
+    for (const [k, t] of Object.entries(tensors)) expect(again.tensors[k]!.data).toEqual(t.data);
+    const wb = reconstruct(back).data;
+    for (let i = 0; i < wh.length; i++)
+      expect(Math.abs(wb[i]! - wh[i]!)).toBeLessThan(1e-5 * (1 + Math.abs(wh[i]!)));
   });
 });
 
