@@ -58,6 +58,37 @@ describe('cholesky', () => {
     expect(l.data[0]! ** 2).toBeCloseTo(1 + jitter, 12);
   });
 
+  it('jitter: a number is the first δ; true starts at 1e-10·mean(diag A) (1 for a zero mean), ×10 per try, 12 tries', () => {
+    // L·Lᵀ against A + δI by brute force: 2 × 2, one rounding per entry of a value ≤ 12, so 1e-14 absolute
+    const factors = (a: number[], jitter: boolean | number, want: number) => {
+      const r = choleskyWithInfo(tensor('f64', [2, 2], a), { jitter });
+      // δ is 1e-10·mean, then 10·δ per try: the same products here, each rounded, so 1e-12 relative
+      expect(Math.abs(r.jitter - want)).toBeLessThan(1e-12 * want);
+      const l = r.l.data;
+      const llt = [l[0]! * l[0]!, l[0]! * l[2]!, l[2]! * l[0]!, l[2]! * l[2]! + l[3]! * l[3]!];
+      const target = [a[0]! + r.jitter, a[2]!, a[2]!, a[3]! + r.jitter];
+      for (let i = 0; i < 4; i++)
+        expect(Math.abs(llt[i]! - target[i]!)).toBeLessThan(1e-14 * (1 + Math.abs(target[i]!)));
+      expect(l[1]).toBe(0);
+    };
+    factors([1, 1, 1, 1], 0.5, 0.5); // singular: the given δ on the first retry
+    // eigenvalues 1 and −1e-7 (mean diag ≈ 0.5): 5e-11, …, 5e-8 too small, 5e-7 the fifth try
+    factors([1, 0, 0, -1e-7], true, 1e-10 * ((1 - 1e-7) / 2) * 1e4);
+    factors([0, 0, 0, 0], true, 1e-10); // an all-zero A: mean 0 is taken as 1 (δ = 0 would never help)
+    // eigenvalues 10.5 and −8.5 (mean diag 1): δ = 1e-10·10¹¹ = 10, the twelfth and last try, is enough
+    factors([1, 9.5, 9.5, 1], true, 10);
+    // eigenvalue −99: not even δ = 10 is; E_NOT_PD says the last δ tried
+    try {
+      choleskyWithInfo(tensor('f64', [2, 2], [1, 100, 100, 1]), { jitter: true });
+      expect.unreachable();
+    } catch (e) {
+      expect(isCalderaError(e, 'E_NOT_PD')).toBe(true);
+      const d = (e as { details: { jitter: number } }).details.jitter;
+      expect(Math.abs(d - 10)).toBeLessThan(1e-12 * 10);
+      expect(String(e)).toMatch(/pivot 1 ≤ 0 with jitter 10/);
+    }
+  });
+
   it('rejects non-finite input with E_VALUE', () => {
     expect(() => cholesky(tensor('f64', [2, 2], [1, 0, NaN, 1]))).toThrow(/E_VALUE/);
   });

@@ -116,6 +116,36 @@ describe('syrk', () => {
     expect(() => syrk(big, { pool })).toThrow(/syrk: x has a non-finite value \(Infinity\) at \[2, 4\]/);
   });
 
+  it('with beta ≠ 0 reads only the upper triangle of c, of a transposed c too, on the reference and wasm paths', () => {
+    // [x, path]: 5 × 6 is under the wasm threshold (m·n² < 8192), so the reference kernel; 40 × 30 the wasm one
+    const cases: [Matrix, string][] = [
+      [randn('f64', 5, 6, 21), 'reference'],
+      [randn('f32', 5, 6, 22), 'reference, f32 x into f64 c'],
+      [randn('f32', 40, 30, 23), 'wasm, f32 x into f64 c'],
+      [randn('f64', 40, 30, 24), 'wasm'],
+    ];
+    for (const [x, path] of cases) {
+      const n = x.shape[1]!;
+      for (const transposed of [false, true]) {
+        // c's upper triangle (in its own indices) holds the matrix; its lower one garbage a result must not show
+        const stored = randn('f64', n, n, 25);
+        const c = transposed ? tview(stored) : stored;
+        for (let i = 0; i < n; i++)
+          for (let j = 0; j < i; j++) c.data[i * c.strides[0]! + j * c.strides[1]!] = 1e6 + i;
+        const sym = tensor('f64', [n, n]) as Matrix;
+        for (let i = 0; i < n; i++)
+          for (let j = 0; j < n; j++) sym.data[i * n + j] = at(c, Math.min(i, j), Math.max(i, j));
+        syrkInto(c, x, { alpha: 2, beta: 0.5 });
+        // the brute-force 2·XᵀX + 0.5·sym(c) within the k·u bound (f64 accumulation: x's f32 products are exact)
+        expect(
+          worstErrorRatio(c, naiveGemm(x, x, true, false, 2, 0.5, sym)),
+          `${path}, transposed ${transposed}`,
+        ).toBeLessThanOrEqual(1);
+        for (let i = 0; i < n; i++) for (let j = 0; j < i; j++) expect(at(c, i, j)).toBe(at(c, j, i));
+      }
+    }
+  });
+
   it('with m = 0 or alpha = 0, c := beta·c from its upper triangle, mirrored, like every other path', () => {
     // lower triangle holds stale values; the result must be symmetric, as syrkInto documents
     for (const x of [tensor('f64', [0, 3]), randn('f64', 4, 3, 5)]) {
