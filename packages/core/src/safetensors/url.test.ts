@@ -11,8 +11,14 @@ const values = (n: number, k: number) => Float32Array.from({ length: n }, (_, i)
 /**
  * A fetch over `files` at http://h/m/: Range requests answered with 206 and Content-Range unless `ranges` is false
  * (then 200 and the whole file, as a server without Range support), 404 for a missing file. `log` gets each request.
+ * `contentRange` false leaves the header out of the 206s (what a cross-origin page sees when it is not exposed).
  */
-function serve(files: Record<string, Uint8Array>, log: string[], ranges = true): typeof fetch {
+function serve(
+  files: Record<string, Uint8Array>,
+  log: string[],
+  ranges = true,
+  contentRange = true,
+): typeof fetch {
   return (input, init) => {
     const name = String(input).replace('http://h/m/', '');
     const range = new Headers(init?.headers).get('range');
@@ -26,7 +32,7 @@ function serve(files: Record<string, Uint8Array>, log: string[], ranges = true):
     return Promise.resolve(
       new Response(body.slice(first, last + 1), {
         status: 206,
-        headers: { 'content-range': `bytes ${first}-${last}/${body.length}` },
+        headers: contentRange ? { 'content-range': `bytes ${first}-${last}/${body.length}` } : {},
       }),
     );
   };
@@ -137,5 +143,82 @@ describe('openModelUrl', () => {
     expect(await err(openModelUrl('http://h/m/', { fetch: dropped, signal: ac.signal }))).toMatch(
       /^E_ABORTED: /,
     );
+  });
+
+  it('without a readable Content-Range: sizes from the headers, a header over 64 KiB, a shard of under 64 KiB', async () => {
+    // model.safetensors: 1500 tensors of long names make a header of ~100 KiB (a second Range request), then 80 KB of
+    // data; the shards: one large (data fetched on read), one of a few hundred bytes (the header request brings it all)
+    const small: Record<string, ReturnType<typeof tensor>> = {
+      big: tensor('f32', [200, 100], values(20000, 3)),
+    };
+    for (let i = 0; i < 1500; i++)
+      small[`model.layers.${i}.some.rather.long.tensor.name`] = tensor('f32', [2], [i, -i]);
+    const single = await serializeSafetensors(small);
+    const n = Number(new DataView(single.buffer, single.byteOffset).getBigUint64(0, true));
+    expect(8 + n).toBeGreaterThan(65536);
+    const shards = await sharded();
+    const c = await serializeSafetensors({ w: tensor('f16', [3], [1, 2, 3]) });
+    const shardFiles = {
+      ...shards,
+      'model.safetensors.index.json': text({
+        metadata: {},
+        weight_map: { x: 'a.safetensors', y: 'b.safetensors', z: 'b.safetensors', w: 'c.safetensors' },
+      }),
+      'c.safetensors': c,
+    };
+    for (const contentRange of [true, false]) {
+      const log: string[] = [];
+      const downloads: string[] = [];
+      const opened = await openModelUrl('http://h/m', {
+        fetch: serve({ 'config.json': text({}), 'model.safetensors': single }, log, true, contentRange),
+        onDownload: ({ file, bytes, total }) => downloads.push(`${file} ${bytes}/${total}`),
+      });
+      // the rest of the header by a second Range request, nothing else before a read
+      expect(log).toEqual([
+        'config.json',
+        'caldera.json',
+        'model.safetensors bytes=0-65535',
+        `model.safetensors bytes=65536-${8 + n - 1}`,
+      ]);
+      expect(opened.store.names()).toHaveLength(1501);
+      expect(Array.from((await opened.store.readTensor('big')).data)).toEqual(Array.from(values(20000, 3)));
+      expect(
+        Array.from((await opened.store.readTensor('model.layers.1499.some.rather.long.tensor.name')).data),
+      ).toEqual([1499, -1499]);
+      expect(log.slice(4)).toEqual(['model.safetensors']); // one download, whose size matched the header's
+      expect(downloads.at(-1)).toBe(`model.safetensors ${single.length}/null`);
+      await opened.store.close();
+
+      const shardLog: string[] = [];
+      const s = await openModelUrl('http://h/m', {
+        fetch: serve(shardFiles, shardLog, true, contentRange),
+        onDownload: ({ file, bytes, total }) => downloads.push(`${file} ${bytes}/${total}`),
+      });
+      // the sharded store's wrapper (it also closes the shards) answers names, has and readRaw from the shards
+      expect(s.store.names().sort()).toEqual(['w', 'x', 'y', 'z']);
+      expect(s.store.has('w')).toBe(true);
+      expect(s.store.has('nope')).toBe(false);
+      // the small shard came whole with its header request: reported as 0 and all of its bytes, never fetched again
+      expect(downloads.slice(-2)).toEqual([
+        `c.safetensors 0/${c.length}`,
+        `c.safetensors ${c.length}/${c.length}`,
+      ]);
+      expect(Array.from(await s.store.readRaw('w'))).toEqual(
+        Array.from(new Uint8Array(Uint16Array.of(0x3c00, 0x4000, 0x4200).buffer)), // f16 1, 2, 3
+      );
+      expect(Array.from(await s.store.readRaw('z'))).toEqual(
+        Array.from(new Uint8Array(Float32Array.of(1, 2, 3).buffer)),
+      );
+      expect(Array.from((await s.store.readTensor('x')).data)).toEqual(Array.from(values(20000, 1)));
+      expect(shardLog.filter((l) => l.startsWith('c.safetensors'))).toEqual(['c.safetensors bytes=0-65535']);
+      expect(shardLog.filter((l) => !l.includes('bytes='))).toEqual([
+        'config.json',
+        'caldera.json',
+        'model.safetensors.index.json',
+        'b.safetensors',
+        'a.safetensors',
+      ]);
+      await s.store.close();
+    }
   });
 });
