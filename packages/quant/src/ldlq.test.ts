@@ -258,6 +258,31 @@ describe('ldlq', () => {
     same(ldlq(gaussian(16, 64, 5), ps), ldlq(gaussian(16, 64, 5), hs, { damping: 0 }));
   });
 
+  it('prepared from a Cholesky factor with keepHessian, tuning gives what the plain path gives, with the same loss', () => {
+    // the damped H built here (H + 0.01·mean(diag H)·I, ldlq's default), factored by linalg's cholesky
+    const hd = Float64Array.from(h.data);
+    let mean = 0;
+    for (let i = 0; i < n; i++) mean += h.data[i * n + i]!;
+    for (let i = 0; i < n; i++) hd[i * n + i]! += (0.01 * mean) / n;
+    const c = cholesky(tensor('f64', [n, n], hd));
+    const ref = ldlq(w, h, { bufferCols: 32, tuneIters: 2 }); // factors the same damped H itself
+    // a contiguous H (checked in place unless kept) and a transposed view of it (always copied)
+    for (const hv of [h, { ...h, strides: [1, n] } as Tensor<'f64'>]) {
+      const p = prepareLdlq(hv, { damping: 0.01, cholesky: c, keepHessian: true });
+      // the kept H is the damped one: the same sum, its mean taken in another order (1e-15 relative of the diagonal)
+      for (let i = 0; i < n * n; i++) expect(Math.abs(p.hessian![i]! - hd[i]!)).toBeLessThan(1e-13);
+      const r = ldlq(w, p, { bufferCols: 32, tuneIters: 2 });
+      // the LDL from the Cholesky factor is the one blockLDL computes (as above), and the tuning passes run on the kept
+      // H, the plain path's: the same codes, Ŵ and loss, bit for bit (a tuning pass on another H, or none, differs)
+      expect(r.codes.map((q) => Array.from(q))).toEqual(ref.codes.map((q) => Array.from(q)));
+      expect(Array.from(r.wHat.data)).toEqual(Array.from(ref.wHat.data));
+      expect(r.proxyLoss).toBe(ref.proxyLoss);
+      // and the loss is the direct trace formula's on the damped H (f32 gemm accumulation: 1e-4 relative)
+      const direct = directLoss(w, r.wHat, tensor('f64', [n, n], hd));
+      expect(Math.abs(r.proxyLoss - direct) / direct).toBeLessThan(1e-4);
+    }
+  });
+
   it('a prepared H must match the quantizer, W and options', () => {
     const prepared = prepareLdlq(h, { damping: 0 });
     expect(() => ldlq(gaussian(4, 64, 1), prepared)).toThrow(
