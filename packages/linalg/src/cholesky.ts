@@ -12,8 +12,8 @@ import type { Pool } from './pool/pool.js';
 export interface CholeskyOptions {
   /**
    * When the matrix is not positive definite: `false` (default) throws `E_NOT_PD`; `true` retries with
-   * `A + δI`, δ starting at 1e-10·mean(diag A) and growing 10× per try (at most 12 tries); a number uses that
-   * starting δ (positive and finite, else `E_VALUE`). The δ used is reported in the result.
+   * `A + δI`, δ starting at 1e-10·|mean(diag A)| (1e-10 where that mean is 0) and growing 10× per try (at most 12
+   * tries); a number uses that starting δ (positive and finite, else `E_VALUE`). The δ used is reported in the result.
    */
   jitter?: boolean | number;
   /** Worker pool for the trailing updates. */
