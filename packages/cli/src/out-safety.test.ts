@@ -11,7 +11,7 @@ import {
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { writeSafetensors } from '@caldera/core';
 import { hashModelTensors, sha256Hex } from '@caldera/calibrate';
 import { bin, fastCompressSetup, runCli, runUntil } from './test-cli.js';
@@ -452,22 +452,56 @@ describe('--out that cannot be created', () => {
     expect(readdirSync(real)).toEqual([]);
   }, 120_000);
 
-  it.skipIf(process.getuid?.() === 0)('a read-only parent: E_IO permission denied (EACCES)', () => {
-    const ro = join(tmp, 'read-only');
-    mkdirSync(ro);
-    chmodSync(ro, 0o555);
-    try {
-      const r = run(['compress', src, '--out', join(ro, 'out'), ...FAST]);
-      expect(r.status).toBe(1);
-      expect(r.stderr).toMatch(
-        /E_IO: .*read-only: cannot create --out .* in it \(permission denied, EACCES\)/,
-      );
-      noStack(r.stderr);
-      expect(r.stdout).not.toMatch(/"event":"baseline"/);
-    } finally {
-      chmodSync(ro, 0o755);
-    }
-  });
+  // Root passes every permission check, and CI runs as root: there the CLI runs as nobody (65534), which must be able
+  // to read the repository (skipped where it cannot, e.g. a checkout under /root)
+  const asRoot = process.getuid?.() === 0;
+  const nobody = { uid: 65534, gid: 65534 };
+  const nobodyCanRun =
+    !asRoot ||
+    spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(bin)})`], nobody).status ===
+      0;
+  it.skipIf(!nobodyCanRun)(
+    `a read-only parent, or an earlier output the user cannot write: E_IO before any work (EACCES)${asRoot ? ', as nobody' : ''}`,
+    () => {
+      // nobody must reach the model and texts: mkdtemp made this folder and the test run's temporary root 0700
+      // (the root only when it is the run's own, scripts/vitest-temp-root.mjs: never the system's /tmp)
+      const runRoot = dirname(tmp);
+      if (asRoot)
+        for (const dir of basename(runRoot).startsWith('caldera-test-') ? [runRoot, tmp] : [tmp])
+          chmodSync(dir, 0o755);
+      const ro = join(tmp, 'read-only');
+      const notMine = join(tmp, 'not-writable');
+      mkdirSync(ro);
+      mkdirSync(notMine);
+      writeFileSync(join(notMine, 'caldera.json'), '{}');
+      chmodSync(ro, 0o555);
+      chmodSync(notMine, 0o555);
+      try {
+        for (const [out, message] of [
+          [join(ro, 'out'), /E_IO: .*read-only: cannot create --out .* in it \(permission denied, EACCES\)/],
+          // its files could not be removed once the new checkpoint replaced it: said before the run, not after it
+          [
+            notMine,
+            /E_IO: --out .*not-writable: you cannot write it \(EACCES\): the earlier output there could not be removed/,
+          ],
+        ] as const) {
+          const r = spawnSync(process.execPath, [bin, 'compress', src, '--out', out, ...FAST], {
+            encoding: 'utf8',
+            timeout: 120_000,
+            ...(asRoot ? nobody : {}),
+          });
+          expect(r.status, r.stderr).toBe(1);
+          expect(r.stderr).toMatch(message);
+          noStack(r.stderr);
+          expect(r.stdout).not.toMatch(/"event":"baseline"/);
+        }
+        expect(readdirSync(notMine)).toEqual(['caldera.json']);
+      } finally {
+        chmodSync(ro, 0o755);
+        chmodSync(notMine, 0o755);
+      }
+    },
+  );
 });
 
 /** Like `runUntil`, with the command's stderr. */
