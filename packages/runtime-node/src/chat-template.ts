@@ -455,14 +455,9 @@ class BudgetedInterpreter extends Interpreter {
         if (filterArgs.length > 1)
           throw new Error(`trim expected at most 1 argument, got ${filterArgs.length}`);
         // of any value: its `str` (jinja2's `do_trim`); the library refused a list (content given as parts)
-        const operand = this.value(node.operand, env);
-        const s = operand.type === 'StringValue' ? operand : this.string(this.str(operand), env);
-        return this.stripped(s, filterArgs[0], env, true, true);
+        return this.stripped(this.stringOf(node.operand!, env), filterArgs[0], env, true, true);
       }
-      if (name === 'string' && f.type === 'Identifier') {
-        const operand = this.value(node.operand, env);
-        return operand.type === 'StringValue' ? operand : this.string(this.str(operand), env);
-      }
+      if (name === 'string' && f.type === 'Identifier') return this.stringOf(node.operand!, env);
       if (
         name === 'join' &&
         filterArgs.length <= 1 &&
@@ -530,8 +525,11 @@ class BudgetedInterpreter extends Interpreter {
     return this.value({ type: 'StringLiteral', value: text }, env);
   }
 
-  /** What a block writes of the expression `node` (`{{ x }}`): `x` as Python's `str` writes it. */
-  private print(node: TemplateNode, env: TemplateEnvironment): RuntimeValue {
+  /**
+   * The expression `node` as a runtime string, as Python's `str` writes it: what a block writes of it (`{{ x }}`), and
+   * what `|string` and `|trim` take.
+   */
+  private stringOf(node: TemplateNode, env: TemplateEnvironment): RuntimeValue {
     const v = this.value(node, env);
     return v.type === 'StringValue' ? v : this.string(this.str(v), env);
   }
@@ -545,7 +543,7 @@ class BudgetedInterpreter extends Interpreter {
     const node = args[0] as TemplateNode | undefined;
     if (node?.type === EVALUATED) return node.value as ReturnType<Interpreter['evaluate']>;
     if (node?.type === PRINTED)
-      return this.print(node.value as TemplateNode, args[1] as unknown as TemplateEnvironment) as never;
+      return this.stringOf(node.value as TemplateNode, args[1] as unknown as TemplateEnvironment) as never;
     if (node?.type === 'For' && node.iterable)
       this.loopLists.add(node.iterable.type === 'SelectExpression' ? node.iterable.lhs! : node.iterable);
     // a list or mapping whose length or one item is taken, `messages|length`, `messages[i]`, `message.role`: O(1)
