@@ -83,6 +83,15 @@ const LAYER_FIELDS: readonly string[] = [
   'error',
 ];
 
+/** The parts of a layer's `codecs`. */
+const CODEC_PARTS: readonly string[] = ['Q', 'L', 'R'];
+
+/** The keys of `o` that are not in `known`, JSON-quoted (for a message). */
+const unknownKeys = (o: object, known: readonly string[]): string[] =>
+  Object.keys(o)
+    .filter((k) => !known.includes(k))
+    .map((k) => JSON.stringify(k));
+
 const isInt = (x: unknown, min = 0): x is number =>
   typeof x === 'number' && Number.isSafeInteger(x) && x >= min;
 const isPair = (x: unknown, min: number): x is [number, number] =>
@@ -129,11 +138,8 @@ export function parseCalderaMeta(json: unknown, file = CALDERA_META_FILE): Calde
         problems.push(`${at} is not an object`);
         continue;
       }
-      for (const key of Object.keys(l))
-        if (!LAYER_FIELDS.includes(key))
-          problems.push(
-            `${at} has unknown field ${JSON.stringify(key)} (format version 1 defines ${LAYER_FIELDS.join(', ')})`,
-          );
+      for (const key of unknownKeys(l, LAYER_FIELDS))
+        problems.push(`${at} has unknown field ${key} (format version 1 defines ${LAYER_FIELDS.join(', ')})`);
       if (!isPair(l.shape, 1)) problems.push(`${at}.shape ${JSON.stringify(l.shape)} is not [m, n]`);
       if (!isPair(l.padded, 8) || l.padded[0] % 8 !== 0 || l.padded[1] % 8 !== 0) {
         problems.push(`${at}.padded ${JSON.stringify(l.padded)} is not [mp, np] in multiples of 8`);
@@ -145,14 +151,12 @@ export function parseCalderaMeta(json: unknown, file = CALDERA_META_FILE): Calde
         problems.push(`${at}.ftRank must be in [0, rank]`);
       if (typeof l.hadamard !== 'boolean') problems.push(`${at}.hadamard is not a boolean`);
       const c = l.codecs as Record<string, unknown> | undefined;
-      if (typeof c !== 'object' || c === null || !['Q', 'L', 'R'].every((k) => typeof c[k] === 'string')) {
+      const extraParts = typeof c === 'object' && c !== null ? unknownKeys(c, CODEC_PARTS) : [];
+      if (typeof c !== 'object' || c === null || !CODEC_PARTS.every((k) => typeof c[k] === 'string')) {
         problems.push(`${at}.codecs is not { Q, L, R } codec names`);
-      } else if (Object.keys(c).some((k) => !['Q', 'L', 'R'].includes(k)))
+      } else if (extraParts.length > 0)
         problems.push(
-          `${at}.codecs has unknown parts ${Object.keys(c)
-            .filter((k) => !['Q', 'L', 'R'].includes(k))
-            .map((k) => JSON.stringify(k))
-            .join(', ')} (format version 1 defines Q, L, R)`,
+          `${at}.codecs has unknown parts ${extraParts.join(', ')} (format version 1 defines Q, L, R)`,
         );
       else if (c.Q === 'f16') problems.push(`${at}.codecs.Q cannot be dense`);
       else
