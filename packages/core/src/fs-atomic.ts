@@ -170,6 +170,17 @@ export async function replaceDir(tmp: string, dir: string): Promise<string | nul
 }
 
 /**
+ * The warning for an earlier `dir` that {@link replaceDir} left aside at `aside` (its path returned: it could not be
+ * removed once the new `what` took its place).
+ */
+export function leftAsideWarning(dir: string, aside: string, what: string): string {
+  return (
+    `the earlier ${dir} could not be removed after the new ${what} took its place: it is left at ${aside} ` +
+    `(remove it yourself; recoverReplaceDir, which caldera's commands run before writing ${dir}, removes it too)`
+  );
+}
+
+/**
  * Undo what a {@link replaceDir} of `dir` killed midway left beside it (Node only; call it only while no other process
  * replaces `dir`, e.g. holding a lock on it): the earlier directory renamed aside, `<dir>.old-<random>` marked by its
  * `.caldera-aside` file, is put back as `dir` when `dir` is missing (killed between the two renames: it is the only

@@ -4,6 +4,7 @@ import {
   CalderaError,
   isCalderaError,
   cast,
+  leftAsideWarning,
   replaceDir,
   Rng,
   tempSuffix,
@@ -243,10 +244,7 @@ export async function trainCommand(a: Args): Promise<number> {
         await checkOutDir(out, [], TRAIN_OUTPUT);
         stop.signal.throwIfAborted();
         const aside = await replaceDir(tmp, out);
-        if (aside)
-          console.error(
-            `warning: the earlier ${out} could not be removed after the new model took its place: it is left at ${aside} (remove it yourself; the next write to ${out} removes it too)`,
-          );
+        if (aside) console.error(`warning: ${leftAsideWarning(out, aside, 'model')}`);
       } catch (e) {
         await rm(tmp, { recursive: true, force: true });
         if (!stop.signal.aborted) throw e;

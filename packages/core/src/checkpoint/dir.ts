@@ -6,7 +6,13 @@ import {
   CalderaError,
   throwIfAborted,
 } from '../errors.js';
-import { replaceDir, tempSuffix, toCalderaError, withoutTrailingSeparators } from '../fs-atomic.js';
+import {
+  leftAsideWarning,
+  replaceDir,
+  tempSuffix,
+  toCalderaError,
+  withoutTrailingSeparators,
+} from '../fs-atomic.js';
 import type { SafetensorsTensorInfo } from '../safetensors/header.js';
 import type { TensorStore } from '../safetensors/reader.js';
 import { openSafetensorsDir } from '../safetensors/sharded.js';
@@ -169,11 +175,7 @@ export async function writeCheckpointDir(
       });
     throw toCalderaError(e, `writing checkpoint ${target}`, options.signal);
   }
-  if (aside)
-    options.onWarning?.(
-      `the earlier ${target} could not be removed after the new checkpoint took its place: it is left at ${aside} ` +
-        `(remove it yourself; recoverReplaceDir, which caldera's commands run before writing ${target}, removes it too)`,
-    );
+  if (aside) options.onWarning?.(leftAsideWarning(target, aside, 'checkpoint'));
 }
 
 /**
