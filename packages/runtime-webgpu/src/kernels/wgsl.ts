@@ -128,9 +128,9 @@ export const normScaleWords = (wg: number): number => 2 * wg;
  * control flow; it ends with a barrier, so `arr` is free again); `eps` names the epsilon. It returns the factor as two,
  * `x · s.x · s.y` the normed value: `2^-e·r` alone is subnormal (flushed to 0) for values from 2^126 up, so its power
  * of two is split between them (and no value that matters goes through an `ldexp` by 2^-127 or less, which WGSL lets
- * be 0: only terms negligible beside the largest do). Where every exponent is 0
- * the sums, their order and the result are those of a plain f32 tree reduction, and `s.y` is 1 (the same bits as
- * `x · s.x`). Every RMSNorm of the kernels reduces this way.
+ * be 0: only terms negligible beside the largest do). Where every exponent is 0 the sums, their order and the result
+ * are those of a plain f32 tree reduction, and `s.y` is 1 (the same bits as `x · s.x`). Every RMSNorm of the kernels
+ * reduces this way.
  */
 function normScaleWgsl(arr: string, eps: string, wg: number): string {
   return /* wgsl */ `
