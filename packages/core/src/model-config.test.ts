@@ -3,7 +3,9 @@ import {
   blockLinearNames,
   assertDeclaredBias,
   declaredBias,
+  hasQkNorm,
   linearShape,
+  qkNormNames,
   parseModelConfig,
   stopTokenIdsOf,
   type ModelConfig,
@@ -56,6 +58,83 @@ describe('parseModelConfig', () => {
     expect(() =>
       parseModelConfig({ ...base, model_type: 'llama', eos_token_id: ['</s>'] }, 'm/config.json'),
     ).toThrow(/m\/config\.json: eos_token_id \["<\/s>"\] is not a token id or a list of token ids/);
+  });
+
+  it("reads Qwen3: head_dim 128 by default, Llama's attention_bias, per-head q/k norms, Qwen2's sliding window", () => {
+    // Qwen3-0.6B's config.json (transformers 4.51), fields as published: head_dim 128 is not hidden_size / heads (64)
+    const qwen3 = {
+      architectures: ['Qwen3ForCausalLM'],
+      attention_bias: false,
+      attention_dropout: 0.0,
+      bos_token_id: 151643,
+      eos_token_id: 151645,
+      head_dim: 128,
+      hidden_act: 'silu',
+      hidden_size: 1024,
+      initializer_range: 0.02,
+      intermediate_size: 3072,
+      max_position_embeddings: 40960,
+      max_window_layers: 28,
+      model_type: 'qwen3',
+      num_attention_heads: 16,
+      num_hidden_layers: 28,
+      num_key_value_heads: 8,
+      rms_norm_eps: 1e-6,
+      rope_scaling: null,
+      rope_theta: 1000000,
+      sliding_window: null,
+      tie_word_embeddings: true,
+      torch_dtype: 'bfloat16',
+      transformers_version: '4.51.0',
+      use_cache: true,
+      use_sliding_window: false,
+      vocab_size: 151936,
+    };
+    const cfg = parseModelConfig(qwen3);
+    expect(cfg).toMatchObject({
+      architecture: 'Qwen3ForCausalLM',
+      headDim: 128,
+      numHeads: 16,
+      numKvHeads: 8,
+      attentionBias: false,
+      mlpBias: false,
+      tieWordEmbeddings: true,
+      slidingWindow: null,
+      maxPositions: 40960,
+      ropeTheta: 1e6,
+    });
+    expect(linearShape(cfg, 'q_proj')).toEqual([2048, 1024]);
+    expect(linearShape(cfg, 'o_proj')).toEqual([1024, 2048]);
+    expect(hasQkNorm(cfg)).toBe(true);
+    expect(qkNormNames(cfg, 3)).toEqual([
+      'model.layers.3.self_attn.q_norm.weight',
+      'model.layers.3.self_attn.k_norm.weight',
+    ]);
+    for (const arch of ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'])
+      expect(qkNormNames(parseModelConfig({ ...base, architectures: [arch] }), 3)).toEqual([]);
+    // Qwen3Config's head_dim default is 128, whatever hidden_size / num_attention_heads is; model_type alone names it
+    expect(parseModelConfig({ ...base, model_type: 'qwen3' })).toMatchObject({
+      architecture: 'Qwen3ForCausalLM',
+      headDim: 128,
+    });
+    expect(parseModelConfig({ ...base, model_type: 'qwen3', head_dim: 16 }).headDim).toBe(16);
+    // its attention is Llama's: attention_bias gives q/k/v/o biases; no MLP biases (mlp_bias is not read)
+    const kinds = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
+    const biased = parseModelConfig({ ...qwen3, attention_bias: true, mlp_bias: true });
+    expect(kinds.filter((k) => declaredBias(biased, k) !== null)).toEqual(kinds.slice(0, 4));
+    expect(declaredBias(biased, 'o_proj')).toBe('attention_bias');
+    expect(kinds.filter((k) => declaredBias(cfg, k) !== null)).toEqual([]);
+    // as Qwen2: a window only with use_sliding_window and a layer at or past max_window_layers
+    expect(parseModelConfig({ ...qwen3, sliding_window: 4096 }).slidingWindow).toBe(null);
+    expect(parseModelConfig({ ...qwen3, sliding_window: 4096, use_sliding_window: true }).slidingWindow).toBe(
+      null,
+    );
+    expect(
+      parseModelConfig({ ...qwen3, sliding_window: 4096, use_sliding_window: true, max_window_layers: 27 }),
+    ).toMatchObject({ slidingWindow: 4096, maxPositions: 4096 });
+    expect(() => parseModelConfig({ ...base, model_type: 'qwen3_moe' })).toThrow(
+      /^E_UNSUPPORTED: config\.json: architecture 'qwen3_moe' is not supported \(supported: .*Qwen3ForCausalLM\)$/,
+    );
   });
 
   it('stops at a sliding window (Mistral; Qwen2 only with use_sliding_window; never Llama), where full attention is still exact', () => {

@@ -6,7 +6,11 @@ import { CalderaError, describeValue } from './errors.js';
 
 /** The architecture parameters the runtime needs, read from a Hugging Face `config.json`. */
 export interface ModelConfig {
-  architecture: 'LlamaForCausalLM' | 'MistralForCausalLM' | 'Qwen2ForCausalLM';
+  /**
+   * The model's class. `Qwen3ForCausalLM` is Qwen2's layout with no default biases and an RMSNorm of each head's
+   * query and key before RoPE (`q_norm`/`k_norm`, see {@link hasQkNorm}).
+   */
+  architecture: 'LlamaForCausalLM' | 'MistralForCausalLM' | 'Qwen2ForCausalLM' | 'Qwen3ForCausalLM';
   hiddenSize: number;
   intermediateSize: number;
   numLayers: number;
@@ -29,17 +33,17 @@ export interface ModelConfig {
    */
   maxPositions: number;
   /**
-   * `sliding_window` when the model uses one (Mistral; Qwen2 with `use_sliding_window`, when some layer slides: the
-   * layers from `max_window_layers`, default 28, on), else null.
+   * `sliding_window` when the model uses one (Mistral; Qwen2 and Qwen3 with `use_sliding_window`, when some layer
+   * slides: the layers from `max_window_layers`, default 28, on), else null.
    */
   slidingWindow: number | null;
   tieWordEmbeddings: boolean;
   /**
-   * The attention projections have biases: q/k/v (Qwen2 always; Llama with `attention_bias`, where o_proj has one too;
-   * never Mistral, whose transformers model has none). See {@link declaredBias}.
+   * The attention projections have biases: q/k/v (Qwen2 always; Llama and Qwen3 with `attention_bias`, where o_proj
+   * has one too; never Mistral, whose transformers model has none). See {@link declaredBias}.
    */
   attentionBias: boolean;
-  /** gate/up/down have biases (Llama's `mlp_bias`; Mistral and Qwen2 have none). See {@link declaredBias}. */
+  /** gate/up/down have biases (Llama's `mlp_bias`; Mistral, Qwen2 and Qwen3 have none). See {@link declaredBias}. */
   mlpBias: boolean;
   bosTokenId: number | null;
   /**
@@ -57,7 +61,15 @@ export interface ModelConfig {
   eosTokenIds: number[];
 }
 
-const SUPPORTED = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'] as const;
+const SUPPORTED = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM'] as const;
+
+/** The class `model_type` names where a config names none. */
+const MODEL_TYPES: Readonly<Record<string, (typeof SUPPORTED)[number]>> = {
+  llama: 'LlamaForCausalLM',
+  mistral: 'MistralForCausalLM',
+  qwen2: 'Qwen2ForCausalLM',
+  qwen3: 'Qwen3ForCausalLM',
+};
 
 /** Older names of the supported classes (the first Hugging Face conversions of LLaMA wrote `LLaMAForCausalLM`). */
 const ARCHITECTURE_ALIASES: Readonly<Record<string, (typeof SUPPORTED)[number]>> = {
@@ -86,13 +98,9 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
   const archName = named
     ? (SUPPORTED.find((a) => a === arch) ??
       (Object.hasOwn(ARCHITECTURE_ALIASES, arch) ? ARCHITECTURE_ALIASES[arch]! : null))
-    : c.model_type === 'llama'
-      ? 'LlamaForCausalLM'
-      : c.model_type === 'mistral'
-        ? 'MistralForCausalLM'
-        : c.model_type === 'qwen2'
-          ? 'Qwen2ForCausalLM'
-          : null;
+    : typeof c.model_type === 'string' && Object.hasOwn(MODEL_TYPES, c.model_type)
+      ? MODEL_TYPES[c.model_type]!
+      : null;
   if (!archName)
     throw new CalderaError(
       'E_UNSUPPORTED',
@@ -131,7 +139,8 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     numLayers: num('num_hidden_layers'),
     numHeads,
     numKvHeads: num('num_key_value_heads', numHeads),
-    headDim: num('head_dim', hiddenSize / numHeads),
+    // Qwen3's config class defaults head_dim to 128, not hidden_size / num_attention_heads (Qwen3-0.6B: 1024 / 16 = 64)
+    headDim: num('head_dim', archName === 'Qwen3ForCausalLM' ? QWEN3_HEAD_DIM : hiddenSize / numHeads),
     vocabSize: num('vocab_size'),
     rmsNormEps: num('rms_norm_eps', 1e-6),
     ropeTheta: num(rope.thetaName, 10000, rope.theta),
@@ -139,9 +148,11 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     maxPositions: num('max_position_embeddings', 2048),
     slidingWindow: null,
     tieWordEmbeddings: c.tie_word_embeddings === true,
-    // as transformers builds them: Qwen2's q/k/v always; Llama's from these two fields; Mistral has none
+    // as transformers builds them: Qwen2's q/k/v always; Llama's from these two fields, Qwen3's (a Llama attention)
+    // from attention_bias; Mistral has none
     attentionBias:
-      archName === 'Qwen2ForCausalLM' || (archName === 'LlamaForCausalLM' && c.attention_bias === true),
+      archName === 'Qwen2ForCausalLM' ||
+      ((archName === 'LlamaForCausalLM' || archName === 'Qwen3ForCausalLM') && c.attention_bias === true),
     mlpBias: archName === 'LlamaForCausalLM' && c.mlp_bias === true,
     bosTokenId: typeof c.bos_token_id === 'number' ? c.bos_token_id : null,
     eosTokenId: eosIds[0] ?? null,
@@ -169,10 +180,10 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
       `${file}: ${rope.scalingName} type '${String(ropeType)}' is not supported`,
     );
   }
-  // Mistral attends to the last sliding_window positions; Qwen2 only with use_sliding_window (its configs carry the
+  // Mistral attends to the last sliding_window positions; Qwen2/Qwen3 only with use_sliding_window (configs carry the
   // field either way); Llama never (transformers' Llama ignores the field, which configs converted from Mistral or Phi-3
   // carry: it capped their context). Within the window that is full causal attention, which the runtimes compute: so
-  // they stop there. Qwen2's layers slide from max_window_layers on (Hugging Face's default 28): with no layer past it,
+  // they stop there. Qwen's layers slide from max_window_layers on (Hugging Face's default 28): with no layer past it,
   // none does
   const qwenSlides =
     c.use_sliding_window === true && num('max_window_layers', QWEN2_MAX_WINDOW_LAYERS) < cfg.numLayers;
@@ -182,7 +193,8 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
   if (
     sw !== undefined &&
     sw !== null &&
-    (archName === 'MistralForCausalLM' || (archName === 'Qwen2ForCausalLM' && qwenSlides))
+    (archName === 'MistralForCausalLM' ||
+      ((archName === 'Qwen2ForCausalLM' || archName === 'Qwen3ForCausalLM') && qwenSlides))
   ) {
     if (!Number.isSafeInteger(sw) || (sw as number) < 1)
       throw new CalderaError(
@@ -277,8 +289,30 @@ function describeQuantization(q: unknown): string {
   return typeof method === 'string' ? method : describeValue(q);
 }
 
-/** Hugging Face's default of Qwen2's `max_window_layers` (the first layer that slides with `use_sliding_window`). */
+/** Hugging Face's default of Qwen2's and Qwen3's `max_window_layers` (the first layer that slides with `use_sliding_window`). */
 const QWEN2_MAX_WINDOW_LAYERS = 28;
+
+/** Hugging Face's default of Qwen3's `head_dim` (its config class sets it; other classes derive it). */
+const QWEN3_HEAD_DIM = 128;
+
+/**
+ * Whether `config`'s attention normalizes each head's query and key over the head dimension before RoPE — Qwen3's
+ * `self_attn.q_norm` and `self_attn.k_norm` (RMSNorm with a weight of `head_dim` values and `rms_norm_eps`), which
+ * the loaders then require: {@link qkNormNames}.
+ */
+export function hasQkNorm(config: Pick<ModelConfig, 'architecture'>): boolean {
+  return config.architecture === 'Qwen3ForCausalLM';
+}
+
+/**
+ * The per-head query and key norm weights of block `i` ({@link hasQkNorm}), Hugging Face names: each holds
+ * `head_dim` values; an empty list for a model without them.
+ */
+export function qkNormNames(config: Pick<ModelConfig, 'architecture'>, i: number): string[] {
+  return hasQkNorm(config)
+    ? [`model.layers.${i}.self_attn.q_norm.weight`, `model.layers.${i}.self_attn.k_norm.weight`]
+    : [];
+}
 
 /**
  * A Llama 3 `rope_scaling` (`rope_type` 'llama3'): its four fields, each a positive finite number (Hugging Face

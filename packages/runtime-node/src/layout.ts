@@ -11,6 +11,7 @@ import {
   expectedCalderaTensors,
   linearShape,
   openSafetensorsDir,
+  qkNormNames,
   readCheckpointMeta,
   type CalderaCheckpointMeta,
   type CalderaLayerMeta,
@@ -273,6 +274,7 @@ export async function layoutFromStore(
     }
     for (const norm of ['input_layernorm', 'post_attention_layernorm'])
       await floatTensor(store, dir, `model.layers.${b}.${norm}.weight`, [d]);
+    for (const name of qkNormNames(config, b)) await floatTensor(store, dir, name, [config.headDim]);
   }
   const norm = await floatTensor(store, dir, 'model.norm.weight', [d]);
   const memory = planMemory({

@@ -13,6 +13,7 @@ import {
   type Tensor,
   type TensorStore,
   checkDenseDtype,
+  hasQkNorm,
 } from '@caldera/core';
 import type { Pool } from '@caldera/linalg';
 import { fromCheckpointTensors } from '@caldera/lowrank';
@@ -115,7 +116,7 @@ async function denseLinear(
 }
 
 /**
- * Read block `b`'s weights (its seven linears, biases and two norms) from `store` as {@link loadModel} holds them
+ * Read block `b`'s weights (its seven linears, biases and two norms, four with Qwen3's query and key norms) from `store` as {@link loadModel} holds them
  * (see {@link LoadOptions.dtype}), values checked finite. The building block of the loaders, and of callers that
  * hold one block at a time. `arenas`: the model's kernel memories (the loaders' are planned from the layout's
  * footprints); without them each layer's kernels have memories of their own.
@@ -149,9 +150,13 @@ export async function readBlockWeights(
   }
   const [q, k, v, o, gate, up, down] = lin as [Linear, Linear, Linear, Linear, Linear, Linear, Linear];
   const norm = async (name: string) => (await readFloat(store, `model.layers.${b}.${name}.weight`)).data;
+  const qkNorm = hasQkNorm(layout.config)
+    ? { qNorm: await norm('self_attn.q_norm'), kNorm: await norm('self_attn.k_norm') }
+    : {};
   return {
     inputNorm: await norm('input_layernorm'),
     postAttnNorm: await norm('post_attention_layernorm'),
+    ...qkNorm,
     q,
     k,
     v,

@@ -1,4 +1,4 @@
-import type { ModelConfig } from '@caldera/core';
+import { qkNormNames, type ModelConfig } from '@caldera/core';
 import { DenseF16Linear, DenseLinear } from './linear.js';
 import { KernelArenas, type ArenaRequest } from './kernels/kernel-arenas.js';
 
@@ -20,7 +20,7 @@ export interface MemoryPlan {
     embedding: number;
     /** The LM head layer (see {@link DenseLinear.memoryBytes}, {@link DenseF16Linear.memoryBytes}). */
     lmHead: number;
-    /** RMSNorm weights (two per block and the final one), f32. */
+    /** RMSNorm weights (two per block, Qwen3's query and key norms, and the final one), f32. */
     norms: number;
     /** The linear layers of every block, biases included: the sum of `layers`' bytes. */
     linears: number;
@@ -69,7 +69,9 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
       ? DenseLinear.memoryBytes(V, d, false)
       : DenseF16Linear.memoryBytes(V, d, false);
   const embedding = input.head.tied ? 0 : V * d * (input.embed === 'f32' ? 4 : 2);
-  const norms = (2 * numLayers + 1) * d * 4;
+  // Qwen3 adds a query and a key norm of head_dim values per block
+  const norms =
+    ((2 * numLayers + 1) * d + qkNormNames(input.config, 0).length * numLayers * input.config.headDim) * 4;
   const linears = input.layers.reduce((s, l) => s + l.bytes, 0);
   const regions = input.regions.reduce((s, r) => s + r.bytes, 0);
   const arenas = KernelArenas.bytes(input.regions) - regions;

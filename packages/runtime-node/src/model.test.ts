@@ -278,3 +278,85 @@ describe('LlamaModel', () => {
     await expect(loadModel(dir)).rejects.toThrow(/E_UNSUPPORTED/);
   });
 });
+
+describe('Qwen3 (per-head query and key norms before RoPE)', () => {
+  // head_dim 16 is not hidden_size / heads (8), as in Qwen3-0.6B (128 against 64); tied head as its small models
+  const qwen3 = parseModelConfig({
+    ...hf,
+    architectures: ['Qwen3ForCausalLM'],
+    head_dim: 16,
+    rms_norm_eps: 1e-6,
+  });
+  const { model, raw } = randomModelOf(qwen3, 7);
+  const tokens = [3, 17, 5, 39, 0, 22, 8];
+  const V = qwen3.vocabSize;
+  const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+    let m = 0;
+    for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+    return m;
+  };
+
+  it('logits equal the plain-loop reference within 1e-4 relative, and differ from the model without the norms', () => {
+    const got = model.forward(tokens);
+    const ref = referenceLogits(qwen3, raw, tokens).flat();
+    const scale = Math.max(...ref.map(Math.abs));
+    // f32 products and norms against an f64 reference: 1e-4 of the largest logit, as the Llama test above
+    expect(maxAbsDiff(got, ref)).toBeLessThan(1e-4 * scale);
+    // the norms matter: the same weights read as Qwen2's layout (no q/k norms) give other logits
+    const blocks = model.weights.blocks.map(({ qNorm: _q, kNorm: _k, ...rest }) => rest);
+    const qwen2 = { ...qwen3, architecture: 'Qwen2ForCausalLM' as const, attentionBias: false };
+    const without = new LlamaModel(qwen2, { ...model.weights, blocks });
+    expect(maxAbsDiff(without.forward(tokens), got)).toBeGreaterThan(1e-2 * scale);
+  });
+
+  it('KV-cache decode equals the full recompute (keys are cached normed and rotated)', () => {
+    const full = model.forward(tokens);
+    const cache = new KVCache(qwen3, 16);
+    const pre = model.forward(tokens.slice(0, 3), cache);
+    const rows = [pre];
+    for (let t = 3; t < tokens.length; t++) rows.push(model.forward([tokens[t]!], cache));
+    const stepwise = new Float32Array(rows.reduce((n, r) => n + r.length, 0));
+    rows.reduce((o, r) => (stepwise.set(r, o), o + r.length), 0);
+    expect(stepwise.length).toBe(tokens.length * V);
+    expect(maxAbsDiff(stepwise, full)).toBeLessThan(1e-5);
+  });
+
+  it('a block without its norms, with norms of another length, or norms on a model without them, is refused', () => {
+    const w = model.weights;
+    const blocks = (f: (b: BlockWeights) => BlockWeights) => ({ ...w, blocks: w.blocks.map(f) });
+    const { kNorm: _k, ...noK } = w.blocks[0]!;
+    expect(() => new LlamaModel(qwen3, { ...w, blocks: [noK, w.blocks[1]!] }).forward([1])).toThrow(
+      "E_MISSING: block 0 lacks kNorm: Qwen3ForCausalLM normalizes each head's query and key (self_attn.q_norm, self_attn.k_norm)",
+    );
+    const short = blocks((b) => ({ ...b, qNorm: new Float32Array(8).fill(1) }));
+    expect(() => new LlamaModel(qwen3, short).forward([1])).toThrow(
+      'E_SHAPE: block 0: qNorm has 8 values, head_dim is 16',
+    );
+    const llama = { ...qwen3, architecture: 'LlamaForCausalLM' as const };
+    expect(() => new LlamaModel(llama, w).forward([1])).toThrow(
+      'E_VALUE: block 0 has query/key norm weights (qNorm, kNorm), which LlamaForCausalLM does not apply',
+    );
+  });
+
+  it('loads from a Hugging Face directory (q_norm/k_norm tensors required, of head_dim values)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-qwen3-'));
+    const config = { ...hf, architectures: ['Qwen3ForCausalLM'], head_dim: 16, rms_norm_eps: 1e-6 };
+    await writeFile(join(dir, 'config.json'), JSON.stringify(config));
+    await writeSafetensors(join(dir, 'model.safetensors'), raw);
+    const loaded = await loadModel(dir);
+    expect(loaded.model.weights.blocks[1]!.kNorm).toEqual(
+      raw['model.layers.1.self_attn.k_norm.weight']!.data,
+    );
+    expect(maxAbsDiff(loaded.model.forward(tokens), model.forward(tokens))).toBe(0);
+    const broken = { ...raw };
+    delete broken['model.layers.1.self_attn.q_norm.weight'];
+    await writeSafetensors(join(dir, 'model.safetensors'), broken);
+    await expect(loadModel(dir)).rejects.toThrow(/E_MISSING.*model\.layers\.1\.self_attn\.q_norm\.weight/);
+    const wrong = {
+      ...raw,
+      'model.layers.0.self_attn.k_norm.weight': tensor('f32', [8], new Float32Array(8)),
+    };
+    await writeSafetensors(join(dir, 'model.safetensors'), wrong);
+    await expect(loadModel(dir)).rejects.toThrow(/E_SHAPE.*model\.layers\.0\.self_attn\.k_norm\.weight/);
+  });
+});

@@ -5,6 +5,7 @@ import {
   describeValue,
   f16ArrayToF32,
   linearShape,
+  hasQkNorm,
   ropeInvFreq,
   shownValue,
   type Tensor,
@@ -19,6 +20,12 @@ import { DenseLinear, type Linear, type LinearRunOptions } from './linear.js';
 export interface BlockWeights {
   inputNorm: Float32Array;
   postAttnNorm: Float32Array;
+  /**
+   * Qwen3's per-head query and key RMSNorm weights (`self_attn.q_norm`/`k_norm`, `head_dim` values each), applied to
+   * every head of q and k before RoPE. Required where the config has them (`hasQkNorm`), refused elsewhere.
+   */
+  qNorm?: Float32Array;
+  kNorm?: Float32Array;
   q: Linear;
   k: Linear;
   v: Linear;
@@ -309,9 +316,15 @@ export class LlamaModel {
       );
     const h = rmsNorm(x, rows, w.inputNorm, cfg.rmsNormEps);
     capture?.('attn', h, rows);
-    const q = w.q.forward(h, rows, this.run);
-    const k = w.k.forward(h, rows, this.run);
+    let q = w.q.forward(h, rows, this.run);
+    let k = w.k.forward(h, rows, this.run);
     const v = w.v.forward(h, rows, this.run);
+    // Qwen3: each head's query and key RMS-normed over the head dimension, before RoPE
+    const qkNorm = this.qkNorm(b, w);
+    if (qkNorm) {
+      q = rmsNorm(q, rows * H, qkNorm.q, cfg.rmsNormEps);
+      k = rmsNorm(k, rows * KV, qkNorm.k, cfg.rmsNormEps);
+    }
     rope(q, rows, H, hd, pos0, this.invFreq);
     rope(k, rows, KV, hd, pos0, this.invFreq);
     const kw = KV * hd;
@@ -425,6 +438,37 @@ export class LlamaModel {
           `needs [${m}, ${n}]`,
       );
     blk[key] = layer;
+  }
+
+  /**
+   * Block `b`'s query and key norm weights where the config has them ({@link BlockWeights.qNorm}), else null;
+   * `E_MISSING` when such a model's block lacks them, `E_VALUE` when another model's block has them (transformers
+   * would not apply them) and `E_SHAPE` when one is not `head_dim` long.
+   */
+  private qkNorm(b: number, w: BlockWeights): { q: Float32Array; k: Float32Array } | null {
+    const hd = this.config.headDim;
+    const given = w.qNorm !== undefined || w.kNorm !== undefined;
+    if (!hasQkNorm(this.config)) {
+      if (given)
+        throw new CalderaError(
+          'E_VALUE',
+          `block ${b} has query/key norm weights (qNorm, kNorm), which ${this.config.architecture} does not apply`,
+        );
+      return null;
+    }
+    if (!w.qNorm || !w.kNorm)
+      throw new CalderaError(
+        'E_MISSING',
+        `block ${b} lacks ${!w.qNorm ? 'qNorm' : 'kNorm'}: ${this.config.architecture} normalizes each head's ` +
+          'query and key (self_attn.q_norm, self_attn.k_norm)',
+      );
+    for (const [name, n] of [
+      ['qNorm', w.qNorm],
+      ['kNorm', w.kNorm],
+    ] as const)
+      if (n.length !== hd)
+        throw new CalderaError('E_SHAPE', `block ${b}: ${name} has ${n.length} values, head_dim is ${hd}`);
+    return { q: w.qNorm, k: w.kNorm };
   }
 
   private locate(name: string): [BlockWeights, LinearKey] {

@@ -3,6 +3,7 @@ import {
   CalderaError,
   checkTokenIds,
   checkTokenArray,
+  hasQkNorm,
   ropeInvFreq,
   shownValue,
   throwIfAborted,
@@ -371,6 +372,13 @@ export function checkModelConfig(config: unknown, fn: string): asserts config is
           `got ${shownValue(v)}`,
       );
   }
+  // Qwen3's per-head query and key norms have no kernel here yet: without them the logits would be another model's
+  if (hasQkNorm(config as ModelConfig))
+    throw new CalderaError(
+      'E_UNSUPPORTED',
+      `${fn}: ${(config as ModelConfig).architecture} (query and key norms per head) is not supported by ` +
+        'runtime-webgpu yet; @caldera/runtime-node runs it',
+    );
 }
 
 /**

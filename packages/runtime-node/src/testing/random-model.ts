@@ -1,4 +1,4 @@
-import { Rng, tensor, type Tensor } from '@caldera/core';
+import { hasQkNorm, Rng, tensor, type Tensor } from '@caldera/core';
 import type { ModelConfig } from '../config.js';
 import { DenseLinear } from '../linear.js';
 import { LlamaModel, type BlockWeights } from '../model.js';
@@ -13,8 +13,8 @@ export function randomModel(
   const rand = (shape: number[], std: number) =>
     tensor('f32', shape, rng.fillNormal(new Float32Array(shape.reduce((a, b) => a * b, 1)), 0, std));
   const raw: Record<string, Tensor<'f32'>> = { 'model.embed_tokens.weight': rand([V, d], 1) };
-  const norm = (name: string) => {
-    const t = rand([d], 0.1);
+  const norm = (name: string, n = d) => {
+    const t = rand([n], 0.1);
     t.data.forEach((v, i, a) => (a[i] = 1 + v));
     return (raw[name] = t).data;
   };
@@ -25,6 +25,10 @@ export function randomModel(
     blocks.push({
       inputNorm: norm(`${p}.input_layernorm.weight`),
       postAttnNorm: norm(`${p}.post_attention_layernorm.weight`),
+      // Qwen3's per-head query and key norms
+      ...(hasQkNorm(cfg)
+        ? { qNorm: norm(`${p}.self_attn.q_norm.weight`, hd), kNorm: norm(`${p}.self_attn.k_norm.weight`, hd) }
+        : {}),
       q: w('self_attn.q_proj', [H * hd, d]),
       k: w('self_attn.k_proj', [KV * hd, d]),
       v: w('self_attn.v_proj', [KV * hd, d]),

@@ -3,7 +3,8 @@ import type { ModelConfig } from '../config.js';
 
 /**
  * Straightforward f64 reference forward written from the Llama definition (independent of LlamaModel), for tests:
- * HF tensor names in `raw`, logits of every position. `rope` selects the q/k pair layout.
+ * HF tensor names in `raw`, logits of every position. `rope` selects the q/k pair layout. Qwen3 (transformers'
+ * Qwen3Attention): each head's query and key RMS-normed with `self_attn.q_norm`/`k_norm` before RoPE.
  */
 export function referenceLogits(
   cfg: ModelConfig,
@@ -43,14 +44,17 @@ export function referenceLogits(
   for (let b = 0; b < cfg.numLayers; b++) {
     const p = `model.layers.${b}`;
     const hs = xs.map((x) => norm(x, W(`${p}.input_layernorm.weight`).data));
+    const qwen3 = cfg.architecture === 'Qwen3ForCausalLM';
+    const headNorm = (v: number[], which: 'q' | 'k') =>
+      qwen3 ? norm(v, W(`${p}.self_attn.${which}_norm.weight`).data) : v;
     const qs = hs.map((h, pos) =>
       Array.from({ length: H }, (_, hh) =>
-        ropeVec(mv(W(`${p}.self_attn.q_proj.weight`), h).slice(hh * hd, hh * hd + hd), pos),
+        ropeVec(headNorm(mv(W(`${p}.self_attn.q_proj.weight`), h).slice(hh * hd, hh * hd + hd), 'q'), pos),
       ),
     );
     const ks = hs.map((h, pos) =>
       Array.from({ length: KV }, (_, hh) =>
-        ropeVec(mv(W(`${p}.self_attn.k_proj.weight`), h).slice(hh * hd, hh * hd + hd), pos),
+        ropeVec(headNorm(mv(W(`${p}.self_attn.k_proj.weight`), h).slice(hh * hd, hh * hd + hd), 'k'), pos),
       ),
     );
     const vs = hs.map((h) =>
