@@ -1,6 +1,7 @@
 /**
  * Tiny Hugging Face model directories for the CLI tests (not part of the build): random weights under Hugging Face
- * names, the reference model's tokenizer, optionally sharded, in f32 / f16 / bf16, optionally with Qwen2 q/k/v biases.
+ * names, the reference model's tokenizer, optionally sharded, in f32 / f16 / bf16, optionally with Qwen2 q/k/v biases
+ * or as Qwen3 (per-head query and key norms).
  */
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,6 +13,11 @@ export interface TinyModelOptions {
   dtype?: 'f32' | 'f16' | 'bf16';
   /** Qwen2ForCausalLM with q/k/v biases of this standard deviation (default: Llama, no biases). */
   qwen2BiasStd?: number;
+  /**
+   * Qwen3ForCausalLM: per-head `q_norm`/`k_norm` weights (1 + N(0, 0.3²)) and head_dim hidden/2, twice
+   * hidden / heads (as Qwen3-0.6B's 128 against 1024 / 16). Not with `qwen2BiasStd`.
+   */
+  qwen3?: boolean;
   /** Split the tensors over this many `model-0000i-of-0000n.safetensors` files with an index (default 1: none). */
   shards?: number;
   /** Hidden size (default 64); 4 heads of hidden/4, 2 KV heads, intermediate 2·hidden. */
@@ -35,7 +41,9 @@ export async function writeTinyModel(
   o: TinyModelOptions = {},
 ): Promise<{ dir: string; raw: Record<string, Tensor<'f32'>> }> {
   const d = o.hidden ?? 64;
-  const [I, L, H, KV, hd, V] = [2 * d, o.layers ?? 2, 4, 2, d / 4, o.vocab ?? 2048];
+  if (o.qwen3 && o.qwen2BiasStd !== undefined)
+    throw new Error('writeTinyModel: qwen3 or qwen2BiasStd, not both');
+  const [I, L, H, KV, hd, V] = [2 * d, o.layers ?? 2, 4, 2, o.qwen3 ? d / 2 : d / 4, o.vocab ?? 2048];
   const rng = new Rng(o.seed ?? 1);
   const raw: Record<string, Tensor<'f32'>> = {};
   const put = (name: string, shape: number[], std: number, mean = 0) =>
@@ -56,6 +64,10 @@ export async function writeTinyModel(
       put(`${p}.self_attn.${n}_proj.weight`, [m, d], 0.15);
       if (o.qwen2BiasStd !== undefined) put(`${p}.self_attn.${n}_proj.bias`, [m], o.qwen2BiasStd);
     }
+    if (o.qwen3) {
+      put(`${p}.self_attn.q_norm.weight`, [hd], 0.3, 1);
+      put(`${p}.self_attn.k_norm.weight`, [hd], 0.3, 1);
+    }
     put(`${p}.self_attn.o_proj.weight`, [d, H * hd], 0.15);
     put(`${p}.post_attention_layernorm.weight`, [d], 0.1, 1);
     put(`${p}.mlp.gate_proj.weight`, [I, d], 0.15);
@@ -75,8 +87,8 @@ export async function writeTinyModel(
   mkdirSync(dir, { recursive: true });
   const qwen = o.qwen2BiasStd !== undefined;
   const config = {
-    architectures: [qwen ? 'Qwen2ForCausalLM' : 'LlamaForCausalLM'],
-    model_type: qwen ? 'qwen2' : 'llama',
+    architectures: [o.qwen3 ? 'Qwen3ForCausalLM' : qwen ? 'Qwen2ForCausalLM' : 'LlamaForCausalLM'],
+    model_type: o.qwen3 ? 'qwen3' : qwen ? 'qwen2' : 'llama',
     hidden_act: 'silu',
     tie_word_embeddings: o.tied ?? false,
     max_position_embeddings: o.maxPositions ?? 256,

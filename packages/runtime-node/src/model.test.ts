@@ -11,6 +11,8 @@ import { KVCache, LlamaModel, type BlockWeights } from './model.js';
 import { loadModel } from './load.js';
 import { randomModel as randomModelOf } from './testing/random-model.js';
 import { referenceLogits } from './testing/reference.js';
+import { heldBytes } from './testing/held-bytes.js';
+import type { MemoryPlan } from './memory-plan.js';
 
 const hf = {
   architectures: ['LlamaForCausalLM'],
@@ -343,10 +345,15 @@ describe('Qwen3 (per-head query and key norms before RoPE)', () => {
     const config = { ...hf, architectures: ['Qwen3ForCausalLM'], head_dim: 16, rms_norm_eps: 1e-6 };
     await writeFile(join(dir, 'config.json'), JSON.stringify(config));
     await writeSafetensors(join(dir, 'model.safetensors'), raw);
-    const loaded = await loadModel(dir);
+    const plans: MemoryPlan[] = [];
+    const loaded = await loadModel(dir, { onPlan: (p) => plans.push(p) });
     expect(loaded.model.weights.blocks[1]!.kNorm).toEqual(
       raw['model.layers.1.self_attn.k_norm.weight']!.data,
     );
+    // the plan counts the query and key norms (2 layers × 2 × 16 f32 values) with the other norms, to the byte
+    const head = (loaded.model as unknown as { head: unknown }).head;
+    expect(heldBytes(loaded.model.weights, head)).toBe(plans[0]!.weightBytes);
+    expect(plans[0]!.parts.norms).toBe(((2 * 2 + 1) * 32 + 2 * 2 * 16) * 4);
     expect(maxAbsDiff(loaded.model.forward(tokens), model.forward(tokens))).toBe(0);
     const broken = { ...raw };
     delete broken['model.layers.1.self_attn.q_norm.weight'];

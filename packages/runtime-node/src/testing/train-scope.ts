@@ -30,7 +30,10 @@ export const SCOPE_TEST_CONFIG: ModelConfig = parseModelConfig({
   },
 });
 
-/** The runtime's model of f32 training parameters `p` (biases wherever `p` has them; the head as `cfg` says). */
+/**
+ * The runtime's model of f32 training parameters `p` (biases and Qwen3's query/key norms wherever `p` has them; the
+ * head as `cfg` says).
+ */
 export function runtimeModelOf(cfg: ModelConfig, p: TrainParams): LlamaModel {
   const f32 = (name: string) => {
     const v = p[name];
@@ -57,6 +60,13 @@ export function runtimeModelOf(cfg: ModelConfig, p: TrainParams): LlamaModel {
     return {
       inputNorm: f32(`model.layers.${b}.input_layernorm.weight`),
       postAttnNorm: f32(`model.layers.${b}.post_attention_layernorm.weight`),
+      // Qwen3's per-head query and key norms, where the parameters have them
+      ...(p[`model.layers.${b}.self_attn.q_norm.weight`]
+        ? {
+            qNorm: f32(`model.layers.${b}.self_attn.q_norm.weight`),
+            kNorm: f32(`model.layers.${b}.self_attn.k_norm.weight`),
+          }
+        : {}),
       q: q!,
       k: k!,
       v: v!,
@@ -75,5 +85,33 @@ export function runtimeModelOf(cfg: ModelConfig, p: TrainParams): LlamaModel {
 export function randomizeBiases(params: TrainParams, rng: Rng, std: number): TrainParams {
   for (const [name, p] of Object.entries(params))
     if (name.endsWith('.bias')) for (let i = 0; i < p.length; i++) p[i] = std * rng.normal();
+  return params;
+}
+
+/**
+ * The tiny model of {@link SCOPE_TEST_CONFIG} as Qwen3 lays it out: per-head query and key norms, and (Qwen3's
+ * `attention_bias`, a Llama attention) q/k/v/o biases; head_dim 8, not hidden_size / heads (4), as Qwen3-0.6B's 128
+ * is not 64.
+ */
+export const QWEN3_TEST_CONFIG: ModelConfig = parseModelConfig({
+  architectures: ['Qwen3ForCausalLM'],
+  hidden_size: 16,
+  intermediate_size: 24,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  head_dim: 8,
+  vocab_size: 13,
+  max_position_embeddings: 256,
+  tie_word_embeddings: true,
+  attention_bias: true,
+  rms_norm_eps: 1e-6,
+  rope_theta: 1000000,
+});
+
+/** Gives every norm weight of `params` (initialised to 1 by `initTrainParams`) 1 + N(0, std²) values, in place. */
+export function randomizeNorms(params: TrainParams, rng: Rng, std: number): TrainParams {
+  for (const [name, p] of Object.entries(params))
+    if (name.endsWith('norm.weight')) for (let i = 0; i < p.length; i++) p[i] = 1 + std * rng.normal();
   return params;
 }

@@ -88,6 +88,9 @@ export function frozenBase(loaded: LoadedModel): {
   w.blocks.forEach((blk, b) => {
     frozen[`model.layers.${b}.input_layernorm.weight`] = blk.inputNorm;
     frozen[`model.layers.${b}.post_attention_layernorm.weight`] = blk.postAttnNorm;
+    // Qwen3's per-head query and key norms
+    if (blk.qNorm) frozen[`model.layers.${b}.self_attn.q_norm.weight`] = blk.qNorm;
+    if (blk.kNorm) frozen[`model.layers.${b}.self_attn.k_norm.weight`] = blk.kNorm;
     blockLinearNames(b).forEach(({ name }, i) => {
       const lin = blk[keys[i]!];
       const bias =

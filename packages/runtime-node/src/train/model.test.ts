@@ -1,6 +1,11 @@
 import { f16ArrayToF32, f32ArrayToF16, Rng } from '@caldera/core';
 import { describe, expect, it } from 'vitest';
-import { randomizeBiases, SCOPE_TEST_CONFIG } from '../testing/train-scope.js';
+import {
+  QWEN3_TEST_CONFIG,
+  randomizeBiases,
+  randomizeNorms,
+  SCOPE_TEST_CONFIG,
+} from '../testing/train-scope.js';
 import {
   initTrainParams,
   lossAndGrad,
@@ -69,6 +74,23 @@ describe('lossAndGrad (whole tiny model)', () => {
     params['model.layers.0.mlp.down_proj.bias'] = new Float64Array(16);
     randomizeBiases(params, rng, 0.3);
     checkGradients(params, c, [1, 5, 3, 9, 2, 12, 0, 7], [5, 3, -100, 2, 7, 11, 4, 6]);
+  });
+
+  it("Qwen3's per-head query and key norms (and its q/k/v/o biases): every gradient matches central differences", () => {
+    // 2 heads sharing 1 key/value head keep the central differences quick (one loss pair per parameter value)
+    const c = { ...QWEN3_TEST_CONFIG, numHeads: 2, numKvHeads: 1 };
+    const shapes = trainParamShapes(c);
+    expect(shapes['model.layers.1.self_attn.q_norm.weight']).toEqual([8]);
+    expect(shapes['model.layers.1.self_attn.k_norm.weight']).toEqual([8]);
+    expect(shapes['model.layers.1.self_attn.q_proj.weight']).toEqual([16, 16]);
+    expect(shapes['model.layers.1.self_attn.o_proj.bias']).toEqual([16]);
+    expect(trainParamShapes(SCOPE_TEST_CONFIG)['model.layers.1.self_attn.q_norm.weight']).toBe(undefined);
+    const rng = new Rng(10);
+    const params = initTrainParams(c, rng, 0.3, true);
+    // norms start at 1 and biases at 0: random values exercise the norms' weights and the bias paths
+    randomizeBiases(params, rng, 0.3);
+    randomizeNorms(params, rng, 0.3);
+    checkGradients(params, c, [1, 5, 3, 9, 2, 12, 0], [5, 3, -100, 2, 7, 11, 4]);
   });
 
   it('activation checkpointing gives bit-identical loss and gradients (plain, LoRA adapters, frozen, into)', () => {

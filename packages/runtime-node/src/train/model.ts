@@ -1,4 +1,4 @@
-import { CalderaError, f16ArrayToF32, ropeInvFreq, type Rng } from '@caldera/core';
+import { CalderaError, f16ArrayToF32, hasQkNorm, ropeInvFreq, type Rng } from '@caldera/core';
 import type { ModelConfig } from '../config.js';
 import { attentionBackward, attentionForward } from './attention.js';
 import { linearBackward, linearForward, loraBackward, loraForward, type LoraPair } from './linear.js';
@@ -12,8 +12,9 @@ import { zerosLike, type Vec } from './types.js';
  * The parts of {@link ModelConfig} the training forward uses. The last four are optional: `tieWordEmbeddings`
  * (default true: the LM head is the embedding; false: a separate `lm_head.weight`), `attentionBias` (default false;
  * true: q/k/v biases in {@link trainParamShapes}, as Qwen2 has, and o_proj's too when `architecture` is
- * `'LlamaForCausalLM'`, as transformers' Llama builds them), `architecture` and `ropeScaling` (default null: plain
- * RoPE; Llama 3's frequency scaling otherwise, as the runtime applies it).
+ * `'LlamaForCausalLM'` or `'Qwen3ForCausalLM'`, as transformers builds them), `architecture` (`'Qwen3ForCausalLM'`
+ * also adds its per-head query and key norms, `self_attn.q_norm`/`k_norm`, applied before RoPE) and `ropeScaling`
+ * (default null: plain RoPE; Llama 3's frequency scaling otherwise, as the runtime applies it).
  */
 export type TrainConfig = Pick<
   ModelConfig,
@@ -31,7 +32,8 @@ export type TrainConfig = Pick<
 
 /**
  * `c`'s fields that shape the training forward, with the optional ones' defaults filled in, and `architecture` only
- * where it changes the parameters (with `attentionBias`: Llama's o_proj has a bias too). A saved run records this and
+ * where it changes the parameters (with `attentionBias`: Llama's and Qwen3's o_proj have a bias too; Qwen3's query and
+ * key norms). A saved run records this and
  * compares it field by field, so a config that leaves `tieWordEmbeddings` out resumes one saved with it `true`, and a
  * parsed `config.json` (with fields training does not read) resumes one saved from a bare `TrainConfig`.
  */
@@ -49,9 +51,16 @@ export function trainConfigOf(c: TrainConfig): TrainConfig {
     ropeTheta: c.ropeTheta,
     tieWordEmbeddings: tiedHead(c),
     attentionBias,
-    ...(attentionBias && c.architecture !== undefined ? { architecture: c.architecture } : {}),
+    ...((attentionBias || qkNormOf(c)) && c.architecture !== undefined
+      ? { architecture: c.architecture }
+      : {}),
     ropeScaling: c.ropeScaling ?? null,
   };
+}
+
+/** Whether `c` normalizes each head's query and key before RoPE (Qwen3's `q_norm`/`k_norm`). */
+function qkNormOf(c: TrainConfig): boolean {
+  return c.architecture !== undefined && hasQkNorm({ architecture: c.architecture });
 }
 
 /** Whether the LM head of `c` is its embedding (the default). */
@@ -68,7 +77,8 @@ export type TrainParams = Record<string, Vec>;
 
 /**
  * Hugging Face names and shapes of every parameter of a Llama model of config `c`: with `lm_head.weight` when its
- * embeddings are untied, and q/k/v biases (and o_proj's for Llama) when it has `attentionBias`.
+ * embeddings are untied, q/k/v biases (and o_proj's for Llama and Qwen3) when it has `attentionBias`, and Qwen3's
+ * query and key norms (`[headDim]` each).
  */
 export function trainParamShapes(c: TrainConfig): Record<string, number[]> {
   const d = c.hiddenSize;
@@ -93,7 +103,12 @@ export function trainParamShapes(c: TrainConfig): Record<string, number[]> {
       s[`${p}self_attn.q_proj.bias`] = [qd];
       s[`${p}self_attn.k_proj.bias`] = [kd];
       s[`${p}self_attn.v_proj.bias`] = [kd];
-      if (c.architecture === 'LlamaForCausalLM') s[`${p}self_attn.o_proj.bias`] = [d];
+      if (c.architecture === 'LlamaForCausalLM' || c.architecture === 'Qwen3ForCausalLM')
+        s[`${p}self_attn.o_proj.bias`] = [d];
+    }
+    if (qkNormOf(c)) {
+      s[`${p}self_attn.q_norm.weight`] = [c.headDim];
+      s[`${p}self_attn.k_norm.weight`] = [c.headDim];
     }
   }
   if (!tiedHead(c)) s['lm_head.weight'] = [c.vocabSize, d];
@@ -149,7 +164,8 @@ export interface LossAndGrad {
 
 /**
  * Training forward of one sequence (`tokens[t]` predicts `targets[t]`; `ignoreIndex` −100 skips a position; or soft
- * targets, see {@link SoftTargets}) through embedding, `numLayers` × (RMSNorm, RoPE GQA causal attention, residual,
+ * targets, see {@link SoftTargets}) through embedding, `numLayers` × (RMSNorm, RoPE GQA causal attention — Qwen3's
+ * queries and keys RMS-normed per head before RoPE —, residual,
  * RMSNorm, SwiGLU, residual), final RMSNorm and the LM head (the embedding when tied), then cross-entropy; with `grad`
  * (default true) the backward pass of every op in reverse, activations kept from the forward. Gradients are of the mean
  * loss of this sequence. With `trainable`, gradients are computed (and returned) only for those parameter names: frozen
@@ -175,6 +191,7 @@ export function lossAndGrad(
   const qd = c.numHeads * c.headDim;
   const kd = c.numKvHeads * c.headDim;
   const shape = { T, heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim };
+  const qkNorm = qkNormOf(c);
   const half = options.half;
   const P = (name: string): Vec => {
     const bits = params[name] ? undefined : half?.[name];
@@ -231,8 +248,15 @@ export function lossAndGrad(
     const qRaw = lf(`${p}self_attn.q_proj`, n1.y, d, qd);
     const kRaw = lf(`${p}self_attn.k_proj`, n1.y, d, kd);
     const v = lf(`${p}self_attn.v_proj`, n1.y, d, kd);
-    const q = ropeApply(qRaw, T, c.numHeads, c.headDim, invFreq);
-    const k = ropeApply(kRaw, T, c.numKvHeads, c.headDim, invFreq);
+    // Qwen3: every head's query and key RMS-normed over headDim before RoPE (rows: T·heads)
+    const qn = qkNorm
+      ? rmsNormForward(qRaw, P(`${p}self_attn.q_norm.weight`), T * c.numHeads, c.headDim, c.rmsNormEps)
+      : null;
+    const kn = qkNorm
+      ? rmsNormForward(kRaw, P(`${p}self_attn.k_norm.weight`), T * c.numKvHeads, c.headDim, c.rmsNormEps)
+      : null;
+    const q = ropeApply(qn?.y ?? qRaw, T, c.numHeads, c.headDim, invFreq);
+    const k = ropeApply(kn?.y ?? kRaw, T, c.numKvHeads, c.headDim, invFreq);
     const att = attentionForward(q, k, v, shape);
     const ao = lf(`${p}self_attn.o_proj`, att.out, qd, d);
     const x1 = zerosLike(x0, T * d);
@@ -244,7 +268,7 @@ export function lossAndGrad(
     const mo = lf(`${p}mlp.down_proj`, h, I, d);
     const out = zerosLike(x0, T * d);
     for (let i = 0; i < T * d; i++) out[i] = x1[i]! + mo[i]!;
-    return { out, cache: { x0, n1, q, k, v, att, x1, n2, gate, up, h } };
+    return { out, cache: { x0, n1, qRaw, kRaw, qn, kn, q, k, v, att, x1, n2, gate, up, h } };
   };
   type BlockCache = ReturnType<typeof blockForward>['cache'];
   const checkpoint = (options.checkpoint ?? false) && grad;
@@ -317,8 +341,18 @@ export function lossAndGrad(
     // x1 = x0 + o(attn(rope(q(n1)), rope(k(n1)), v(n1)))
     const dAtt = lb(`${p}self_attn.o_proj`, dx1, a.att.out, qd, d);
     const ab = attentionBackward(dAtt, a.q, a.k, a.v, a.att.cache, shape);
-    const dqRaw = ropeApply(ab.dq, T, c.numHeads, c.headDim, invFreq, true);
-    const dkRaw = ropeApply(ab.dk, T, c.numKvHeads, c.headDim, invFreq, true);
+    let dqRaw = ropeApply(ab.dq, T, c.numHeads, c.headDim, invFreq, true);
+    let dkRaw = ropeApply(ab.dk, T, c.numKvHeads, c.headDim, invFreq, true);
+    if (a.qn && a.kn) {
+      const qName = `${p}self_attn.q_norm.weight`;
+      const kName = `${p}self_attn.k_norm.weight`;
+      const bq = rmsNormBackward(dqRaw, a.qRaw, P(qName), a.qn.cache, T * c.numHeads, c.headDim);
+      const bk = rmsNormBackward(dkRaw, a.kRaw, P(kName), a.kn.cache, T * c.numKvHeads, c.headDim);
+      addIfTrainable(G(qName), bq.dw);
+      addIfTrainable(G(kName), bk.dw);
+      dqRaw = bq.dx;
+      dkRaw = bk.dx;
+    }
     const dn1 = lb(`${p}self_attn.q_proj`, dqRaw, a.n1.y, d, qd);
     addInto(dn1, lb(`${p}self_attn.k_proj`, dkRaw, a.n1.y, d, kd));
     addInto(dn1, lb(`${p}self_attn.v_proj`, ab.dv, a.n1.y, d, kd));

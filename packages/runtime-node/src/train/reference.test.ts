@@ -4,7 +4,13 @@ import { f16ArrayToF32, Rng } from '@caldera/core';
 import { describe, expect, it } from 'vitest';
 import { loadModel } from '../load.js';
 import type { LlamaModel } from '../model.js';
-import { randomizeBiases, runtimeModelOf, SCOPE_TEST_CONFIG } from '../testing/train-scope.js';
+import {
+  QWEN3_TEST_CONFIG,
+  randomizeBiases,
+  randomizeNorms,
+  runtimeModelOf,
+  SCOPE_TEST_CONFIG,
+} from '../testing/train-scope.js';
 import { initTrainParams, lossAndGrad, type TrainParams } from './model.js';
 
 const dir = fileURLToPath(new URL('../../../reference-model/model/', import.meta.url));
@@ -88,5 +94,28 @@ describe('training forward vs inference forward', () => {
       ).loss,
     ];
     for (const loss of without) expect(Math.abs(loss - ref)).toBeGreaterThan(1e-3);
+  });
+
+  it("and on Qwen3's layout: per-head query and key norms before RoPE, q/k/v/o biases, head_dim ≠ hidden / heads", () => {
+    const c = QWEN3_TEST_CONFIG;
+    const rng = new Rng(11);
+    const params = initTrainParams(c, rng, 0.3);
+    randomizeBiases(params, rng, 0.5);
+    randomizeNorms(params, rng, 0.3);
+    const seq = Array.from({ length: 25 }, () => rng.int(c.vocabSize));
+    const tokens = seq.slice(0, -1);
+    const targets = seq.slice(1);
+    const ref = runtimeLoss(runtimeModelOf(c, params), tokens, targets);
+    const ours = lossAndGrad(params, c, tokens, targets, false).loss;
+    // as above: f32 in both, different summation orders over 2 tiny layers; the norms move the loss far more
+    expect(Math.abs(ours - ref)).toBeLessThan(1e-5);
+    const withoutNorms = lossAndGrad(
+      Object.fromEntries(Object.entries(params).filter(([k]) => !/_norm\.weight$/.test(k))),
+      { ...c, architecture: 'LlamaForCausalLM' },
+      tokens,
+      targets,
+      false,
+    ).loss;
+    expect(Math.abs(withoutNorms - ref)).toBeGreaterThan(1e-3);
   });
 });
