@@ -333,6 +333,52 @@ describe('caldera generate --chat', () => {
 
     const noChat = run(['generate', dir, '--system', 'x']);
     expect(noChat.stderr).toMatch(/--system needs --chat/);
+
+    // --template-vars: more names for the template (Qwen3's enable_thinking), as transformers' keyword arguments
+    const thinking = template.replace(
+      '[assistant]{% endif %}',
+      '[assistant]{% if enable_thinking is defined and enable_thinking is false %}<think></think>{% endif %}{% endif %}',
+    );
+    writeFileSync(cfgFile, JSON.stringify({ ...cfg, chat_template: thinking }));
+    const quiet = run([
+      ...args,
+      '--template-vars',
+      '{"enable_thinking": false}',
+      '--max-tokens',
+      '1',
+      '--json',
+    ]);
+    expect(quiet.status, quiet.stderr).toBe(0);
+    expect(JSON.parse(quiet.stdout.trim().split('\n').at(-1)!).promptTokens).toBe(
+      tok.encode(`${rendered}<think></think>`).length,
+    );
+    const thinks = run([
+      ...args,
+      '--template-vars',
+      '{"enable_thinking": true}',
+      '--max-tokens',
+      '1',
+      '--json',
+    ]);
+    expect(JSON.parse(thinks.stdout.trim().split('\n').at(-1)!).promptTokens).toBe(
+      tok.encode(rendered).length,
+    );
+    for (const [vars, message] of [
+      ['{enable_thinking: false}', /E_VALUE: --template-vars is not JSON: /],
+      [
+        '[1]',
+        /E_VALUE: --template-vars must be a JSON object \(e\.g\. '\{"enable_thinking": false\}'\), got an array/,
+      ],
+      [
+        '{"messages": []}',
+        /E_VALUE: applyChatTemplate: options\.variables\.messages: give it as the messages argument/,
+      ],
+    ] as const) {
+      const bad = run([...args, '--template-vars', vars, '--max-tokens', '1']);
+      expect(bad.status, vars).toBe(1);
+      expect(bad.stderr).toMatch(message);
+    }
+    expect(run(['generate', dir, '--template-vars', '{}']).stderr).toMatch(/--template-vars needs --chat/);
   }, 60_000);
 
   it('generate --threads: a compressed model whose layers split over a decode pool gives the same tokens on 1 and 3 threads', async () => {

@@ -212,6 +212,55 @@ describe('HfTokenizer', () => {
     expect(tok.encode('')).toEqual([]);
   });
 
+  it("options.variables name more values for the template, as transformers' apply_chat_template kwargs", () => {
+    // the end of Qwen3's template (its generation prompt), verbatim; the expected strings are what jinja2 renders
+    // (python3 jinja2 3.1.6, transformers' sandboxed environment with trim_blocks and lstrip_blocks), checked here
+    const qwen3Tail = `{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\\n\\n</think>\\n\\n' }}
+    {%- endif %}
+{%- endif %}`;
+    const render = (variables?: Record<string, unknown>) =>
+      tok.applyChatTemplate([], { template: qwen3Tail, ...(variables ? { variables } : {}) });
+    expect(render()).toBe('<|im_start|>assistant\n');
+    expect(render({ enable_thinking: true })).toBe('<|im_start|>assistant\n');
+    expect(render({ enable_thinking: false })).toBe('<|im_start|>assistant\n<think>\n\n</think>\n\n');
+    // they take a special token's place (transformers: {**special_tokens_map, **kwargs}); tools are given this way
+    const t = '{{ eos_token }}|{{ tools | length if tools else "none" }}|{{ documents }}';
+    expect(tok.applyChatTemplate([], { template: t })).toBe('<|endoftext|>|none|None');
+    expect(
+      tok.applyChatTemplate([], {
+        template: t,
+        variables: { eos_token: '</s>', tools: [{ type: 'function' }] },
+      }),
+    ).toBe('</s>|1|None');
+    // what the arguments give, and values that are not JSON data, are refused, naming the variable
+    for (const [variables, message] of [
+      [{ messages: [] }, 'options.variables.messages: give it as the messages argument'],
+      [
+        { add_generation_prompt: false },
+        'options.variables.add_generation_prompt: give it as options.addGenerationPrompt',
+      ],
+      [{ f: () => 1 }, 'options.variables.f is a function, not JSON data'],
+      [{ tools: [{ n: Number.NaN }] }, 'options.variables.tools[0].n is NaN, not JSON data'],
+      [{ d: new Date(0) }, 'options.variables.d is'],
+      [[1], 'options.variables must be an object of names for the template, got an array'],
+    ] as const)
+      expect(() => tok.applyChatTemplate([], { template: t, variables: variables as never })).toThrow(
+        `E_VALUE: applyChatTemplate: ${message}`,
+      );
+    const loop: Record<string, unknown> = {};
+    loop.self = loop;
+    expect(() => tok.applyChatTemplate([], { template: t, variables: { loop } })).toThrow(
+      'E_VALUE: applyChatTemplate: options.variables.loop.self refers to itself',
+    );
+    // null or undefined variables are none
+    expect(tok.applyChatTemplate([], { template: t, variables: null as never })).toBe(
+      '<|endoftext|>|none|None',
+    );
+  });
+
   it('renders the chat template with @huggingface/jinja', () => {
     // a conversation declared `as const` is taken (readonly: the types refused it)
     const conversation = [

@@ -90,6 +90,50 @@ function configChatTemplate(config: Record<string, unknown>): string | null {
   return typeof entry?.template === 'string' ? entry.template : null;
 }
 
+/**
+ * `applyChatTemplate`'s `options.variables`, checked: a plain object (absent: none) whose values are JSON data, without
+ * the names the arguments give. `E_VALUE` naming the variable and what is wrong.
+ */
+function templateVariables(v: unknown): Record<string, unknown> {
+  if (v === undefined || v === null) return {};
+  if (typeof v !== 'object' || Array.isArray(v))
+    throw new CalderaError(
+      'E_VALUE',
+      `applyChatTemplate: options.variables must be an object of names for the template, got ${describeValue(v)}`,
+    );
+  const vars = v as Record<string, unknown>;
+  const given = { messages: 'the messages argument', add_generation_prompt: 'options.addGenerationPrompt' };
+  for (const [name, arg] of Object.entries(given))
+    if (Object.hasOwn(vars, name))
+      throw new CalderaError('E_VALUE', `applyChatTemplate: options.variables.${name}: give it as ${arg}`);
+  const seen = new Set<object>();
+  const check = (x: unknown, path: string): void => {
+    if (x === null || typeof x === 'string' || typeof x === 'boolean') return;
+    if (typeof x === 'number') {
+      if (Number.isFinite(x)) return;
+    } else if (typeof x === 'object') {
+      const proto = Object.getPrototypeOf(x) as unknown;
+      if (seen.has(x))
+        throw new CalderaError('E_VALUE', `applyChatTemplate: options.variables.${path} refers to itself`);
+      if (Array.isArray(x) || proto === Object.prototype || proto === null) {
+        seen.add(x);
+        if (Array.isArray(x)) x.forEach((item, i) => check(item, `${path}[${i}]`));
+        else for (const [k, item] of Object.entries(x)) check(item, `${path}.${k}`);
+        seen.delete(x);
+        return;
+      }
+    }
+    throw new CalderaError(
+      'E_VALUE',
+      `applyChatTemplate: options.variables.${path} is ${typeof x === 'number' ? String(x) : describeValue(x)}, not ` +
+        'JSON data (a string, finite number, ' +
+        'boolean, null, array or plain object)',
+    );
+  };
+  for (const [k, item] of Object.entries(vars)) check(item, k);
+  return vars;
+}
+
 /** Names of a multi-template `chat_template` list (for the error of a list without a "default"). */
 function templateNames(config: Record<string, unknown>): string[] {
   const t = config.chat_template;
@@ -226,11 +270,23 @@ export class HfTokenizer implements TextTokenizer {
    * Render `messages` with the model's chat template ({@link HfTokenizer.chatTemplate}, or `options.template`;
    * `bos_token`, `eos_token` from the tokenizer config; `addGenerationPrompt` default true). `E_UNSUPPORTED` when the
    * model has no template (naming the templates of a list without a "default" one).
+   *
+   * `options.variables`: more names for the template, as transformers' `apply_chat_template(…, **kwargs)` passes them
+   * — e.g. `{ enable_thinking: false }` for Qwen3's template, which then writes an empty thinking block so that the
+   * model answers directly. They take the place of a special token of the same name (as in transformers); `tools` and
+   * `documents` (default none) are given here too. Values are JSON data (strings, finite numbers, booleans, null,
+   * arrays and plain objects of them): anything else, and the names `messages` and `add_generation_prompt` (the
+   * arguments), are `E_VALUE`.
    */
   applyChatTemplate(
     messages: readonly { readonly role: string; readonly content: string }[],
-    options: { addGenerationPrompt?: boolean; template?: string } = {},
+    options: {
+      addGenerationPrompt?: boolean;
+      template?: string;
+      variables?: Readonly<Record<string, unknown>>;
+    } = {},
   ): string {
+    const variables = templateVariables(options.variables);
     const tpl = options.template ?? this.chatTemplate;
     const source = options.template !== undefined ? 'options.template' : this.templateSource;
     if (typeof tpl !== 'string') {
@@ -289,6 +345,7 @@ export class HfTokenizer implements TextTokenizer {
       // as transformers passes them when the caller gives none (`tools is not none` is false there)
       tools: null,
       documents: null,
+      ...variables,
     };
     try {
       return renderChatTemplate(tpl, context);

@@ -1,4 +1,4 @@
-import { CalderaError, linearShape, visibleText, type ModelConfig } from '@caldera/core';
+import { CalderaError, describeValue, linearShape, visibleText, type ModelConfig } from '@caldera/core';
 import { availableParallelism } from 'node:os';
 import { paperBitsFromMeta } from '@caldera/lowrank';
 import {
@@ -137,7 +137,7 @@ async function evaluate(
   return 0;
 }
 
-export const generateHelp = `caldera generate [model] [--prompt TEXT] [--chat] [--system TEXT] [--max-tokens N]
+export const generateHelp = `caldera generate [model] [--prompt TEXT] [--chat] [--system TEXT] [--template-vars JSON] [--max-tokens N]
   [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty R] [--stop STRING] [--seed S] [--threads N]
   [--tokenizer FILE] [--json]
 Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Face / Caldera directory or llama2.c .bin.
@@ -145,6 +145,8 @@ Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Fa
   --chat                     answer --prompt as a chat model: the message rendered with the model's chat template
                              (chat_template.jinja, else tokenizer_config.json's), only the answer printed
   --system TEXT              with --chat, a system message before the user's
+  --template-vars JSON       with --chat, more names for the chat template, a JSON object, as transformers'
+                             apply_chat_template keyword arguments: e.g. '{"enable_thinking": false}' for Qwen3
   --max-tokens N             tokens to generate at most, a positive integer (default 48; generation also stops at
                              the model's max positions)
   --temperature T            sampling temperature, ≥ 0 (default 0: greedy)
@@ -171,20 +173,44 @@ export async function generateCommand(a: Args): Promise<number> {
   const system = flagString(a, 'system');
   const chat = a.flags.has('chat');
   if (system !== undefined && !chat) throw new CalderaError('E_VALUE', '--system needs --chat');
+  const templateVars = templateVarsOf(flagString(a, 'template-vars'));
+  if (templateVars !== undefined && !chat) throw new CalderaError('E_VALUE', '--template-vars needs --chat');
   const stop = flagString(a, 'stop');
   if (stop === '') throw new CalderaError('E_VALUE', '--stop needs a non-empty string');
   return withModel(
     a,
     (opened, path) =>
-      generateText(a, path, opened, chat ? { user: prompt, system } : { text: prompt }, { ...options, stop }),
+      generateText(a, path, opened, chat ? { user: prompt, system, templateVars } : { text: prompt }, {
+        ...options,
+        stop,
+      }),
     { decode: true },
   );
+}
+
+/** `--template-vars`: a JSON object (undefined when not given); `E_VALUE` for text that is not one. */
+function templateVarsOf(text: string | undefined): Record<string, unknown> | undefined {
+  if (text === undefined) return undefined;
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    throw new CalderaError('E_VALUE', `--template-vars is not JSON: ${(e as Error).message}`);
+  }
+  if (v === null || typeof v !== 'object' || Array.isArray(v))
+    throw new CalderaError(
+      'E_VALUE',
+      `--template-vars must be a JSON object (e.g. '{"enable_thinking": false}'), got ${describeValue(v)}`,
+    );
+  return v as Record<string, unknown>;
 }
 
 /** The prompt's token ids: the text after BOS, or a chat rendered with the model's template (which places BOS). */
 function promptIds(
   { config, tokenizer }: OpenedModel,
-  prompt: { text: string } | { user: string; system: string | undefined },
+  prompt:
+    | { text: string }
+    | { user: string; system: string | undefined; templateVars: Record<string, unknown> | undefined },
 ): number[] {
   if ('text' in prompt) {
     const ids = tokenizer.encode(prompt.text);
@@ -207,14 +233,16 @@ function promptIds(
     { role: 'user', content: prompt.user },
   ];
   // templates write the BOS token themselves (as text, which encodes to its id)
-  return tokenizer.encode(tokenizer.applyChatTemplate(messages));
+  return tokenizer.encode(
+    tokenizer.applyChatTemplate(messages, prompt.templateVars ? { variables: prompt.templateVars } : {}),
+  );
 }
 
 async function generateText(
   a: Args,
   path: string,
   opened: OpenedModel,
-  prompt: { text: string } | { user: string; system: string | undefined },
+  prompt: Parameters<typeof promptIds>[1],
   options: {
     maxTokens: number;
     temperature: number;
