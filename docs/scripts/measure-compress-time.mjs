@@ -1,13 +1,14 @@
 // Whole-model compression at the size of real models: writes a random-weight model with the architecture of
 // SmolLM2-135M (`--arch smollm2`: 30 blocks, hidden 576, MLP 1536, 9 heads / 3 KV heads, vocabulary 49152, tied
 // embeddings) or TinyLlama-1.1B (`--arch tinyllama`: 22 blocks, hidden 2048, MLP 5632, 32 heads / 4 KV heads,
-// vocabulary 32000, untied), from their config.json files, in bf16, then runs `caldera compress` (the built CLI) on
+// vocabulary 32000, untied) or Qwen3-0.6B (`--arch qwen3-0.6b`: 28 blocks, hidden 1024, MLP 3072, 16 heads / 8 KV
+// heads of head_dim 128, per-head query and key norms, vocabulary 151936, tied), from their config.json files, in bf16, then runs `caldera compress` (the built CLI) on
 // it with the default method and budget and records wall time, peak resident memory (/usr/bin/time -v), every
 // layer's rank and seconds and the checkpoint's size in docs/data/compress-time-<arch>.jsonl. The speed of CALDERA
 // does not depend on the weights' values, so this is what compressing the real model costs on the same machine; the
 // perplexities mean nothing (random weights), and the reference model's tokenizer (2048 tokens) stands in for the
 // model's own, so only the first 2048 embedding rows are used.
-//   node docs/scripts/measure-compress-time.mjs --arch smollm2|tinyllama [--out-root DIR] [--stdout] [--blocks N]
+//   node docs/scripts/measure-compress-time.mjs --arch smollm2|tinyllama|qwen3-0.6b [--out-root DIR] [--stdout] [--blocks N]
 //     [-- compress flags…]
 // --out-root: where the model and the checkpoint go (default /tmp/caldera-compress-time). --blocks N: only the first
 // N blocks (the recorded TinyLlama run used 3 of 22; each block costs the same). Flags after `--` go to
@@ -71,6 +72,23 @@ const archs = {
     rope_theta: 10000,
     tie_word_embeddings: false,
   },
+  // Qwen/Qwen3-0.6B
+  'qwen3-0.6b': {
+    ...common,
+    architectures: ['Qwen3ForCausalLM'],
+    model_type: 'qwen3',
+    head_dim: 128,
+    rms_norm_eps: 1e-6,
+    hidden_size: 1024,
+    intermediate_size: 3072,
+    num_hidden_layers: 28,
+    num_attention_heads: 16,
+    num_key_value_heads: 8,
+    vocab_size: 151936,
+    max_position_embeddings: 40960,
+    rope_theta: 1000000,
+    tie_word_embeddings: true,
+  },
 };
 if (!archs[arch]) throw new Error(`--arch must be one of ${Object.keys(archs).join(', ')}`);
 const config = { ...archs[arch] };
@@ -105,6 +123,10 @@ async function writeModel(dir) {
     tensors[`${p}.self_attn.q_proj.weight`] = bf16([H * hd, d], 0.02);
     tensors[`${p}.self_attn.k_proj.weight`] = bf16([KV * hd, d], 0.02);
     tensors[`${p}.self_attn.v_proj.weight`] = bf16([KV * hd, d], 0.02);
+    if (config.architectures[0] === 'Qwen3ForCausalLM') {
+      tensors[`${p}.self_attn.q_norm.weight`] = bf16([hd], 0);
+      tensors[`${p}.self_attn.k_norm.weight`] = bf16([hd], 0);
+    }
     tensors[`${p}.self_attn.o_proj.weight`] = bf16([d, H * hd], 0.02);
     tensors[`${p}.mlp.gate_proj.weight`] = bf16([I, d], 0.02);
     tensors[`${p}.mlp.up_proj.weight`] = bf16([I, d], 0.02);
