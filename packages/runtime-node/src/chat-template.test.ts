@@ -259,6 +259,24 @@ describe('Python semantics where @huggingface/jinja differed from jinja2', () =>
     ]);
   });
 
+  it("/, // and % of numbers as Python: the modulo takes the divisor's sign, a zero divisor is ZeroDivisionError", () => {
+    // (jinja2's output; the library gave -1, 1, -1.5, -1.0, 0.0 for the first five, 10.0 for 1 // 0.1)
+    const t =
+      '{{ -7 % 3 }}|{{ 7 % -3 }}|{{ -7.5 % 2 }}|{{ -7 % 3.0 }}|{{ 4.0 % -2 }}|{{ 4 / 2 }}|{{ 7 / 2 }}|{{ -7 // 2 }}|' +
+      '{{ 7.0 // 2 }}|{{ -7.5 // 2 }}|{{ 1 // 0.1 }}|{{ -0.0 // 1 }}|{% for i in range(4) %}{{ i % 2 }}{% endfor %}';
+    expect(renderChatTemplate(t, {})).toBe('2|-2|0.5|2.0|-0.0|2.0|3.5|-4|3.0|-4.0|9.0|-0.0|0101');
+    // Python's messages (3.11); the library printed inf, Infinity, NaN
+    for (const [t, message] of [
+      ['{{ 5 / 0 }}', 'division by zero'],
+      ['{{ 5.0 / 0 }}', 'float division by zero'],
+      ['{{ 5 // 0 }}', 'integer division or modulo by zero'],
+      ['{{ 5 // 0.0 }}', 'float floor division by zero'],
+      ['{{ 5 % 0 }}', 'integer modulo by zero'],
+      ['{{ 5 % 0.0 }}', 'float modulo'],
+    ] as const)
+      expect(() => renderChatTemplate(t, {})).toThrow(new RegExp(`^${message}$`));
+  });
+
   it("content given as parts: |trim writes it as Python does (Llama 3's template), + refuses it as Python", () => {
     const llama3 =
       "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";

@@ -314,6 +314,36 @@ function checkConcatenation(left: RuntimeValue, right: RuntimeValue): void {
   );
 }
 
+/** ZeroDivisionError's messages (Python 3.11's), for an int divisor and a float one. */
+const ZERO_DIVISION = {
+  '/': ['division by zero', 'float division by zero'],
+  '//': ['integer division or modulo by zero', 'float floor division by zero'],
+  '%': ['integer modulo by zero', 'float modulo'],
+} as const;
+
+/**
+ * Python's `/`, `//` and `%` of two numbers (`float`: either is a float; the result is one then, and always of `/`):
+ * the modulo takes the divisor's sign (`-7 % 3` is 2, `7 % -3` is -2) and `//` floors as CPython's `divmod` does
+ * (`1 // 0.1` is 9.0, not `Math.floor(1 / 0.1)`'s 10); a zero divisor is Python's ZeroDivisionError. The library used
+ * JavaScript's `%` (`-7 % 3` was -1) and printed `5 / 0` as inf, `5 // 0` as Infinity and `5 % 0` as NaN.
+ */
+export function pythonDivision(op: '/' | '//' | '%', a: number, b: number, float: boolean): number {
+  if (b === 0) throw new Error(ZERO_DIVISION[op][float ? 1 : 0]);
+  if (op === '/') return a / b;
+  // CPython's float_divmod (exact for integers as well): JavaScript's `%` is C's fmod
+  let mod = a % b;
+  let div = (a - mod) / b;
+  if (mod === 0) mod = b < 0 ? -0 : 0;
+  else if (b < 0 !== mod < 0) {
+    mod += b;
+    div -= 1;
+  }
+  if (op === '%') return mod;
+  if (div === 0) return a / b < 0 || Object.is(a / b, -0) ? -0 : 0; // (Python's -0.0 // 1 is -0.0)
+  const floor = Math.floor(div);
+  return div - floor > 0.5 ? floor + 1 : floor;
+}
+
 const STRIP_SIDES = { strip: [true, true], lstrip: [true, false], rstrip: [false, true] } as const;
 
 /** The interpreter of {@link renderChatTemplate}: the library's, counting what each evaluation makes. */
@@ -411,20 +441,33 @@ class BudgetedInterpreter extends Interpreter {
    * `content.lstrip('\n')` removed spaces too); `selectattr`/`rejectattr` testing a missing attribute as undefined
    * (the library skipped such items: Mistral Nemo's role-order check never raised); `~`, `|string`, `|join` and
    * `|trim` of any value writing it as Python's `str` (the library wrote JSON, `true`; `|trim` refused a list); `+`
-   * of a string and anything else, and `strip` of two arguments, refused as Python refuses them.
+   * of a string and anything else, and `strip` of two arguments, refused as Python refuses them; `/`, `//`, `%` of
+   * numbers as Python computes them ({@link pythonDivision}: floor modulo, ZeroDivisionError).
    */
   private python(node: TemplateNode, env: TemplateEnvironment): RuntimeValue | undefined {
     // each branch leaves to the library a node whose parts it evaluated already (where Python agrees with it)
     if (node.type === 'BinaryExpression' && node.left?.type !== EVALUATED) {
       const op = node.operator?.value;
-      if (!['==', '!=', 'in', 'not in', '~', '+'].includes(op!)) return undefined;
+      if (!['==', '!=', 'in', 'not in', '~', '+', '/', '//', '%'].includes(op!)) return undefined;
       const left = this.value(node.left, env);
       const right = this.value(node.right, env);
+      if (
+        (op === '/' || op === '//' || op === '%') &&
+        ['IntegerValue', 'FloatValue'].includes(left.type) &&
+        ['IntegerValue', 'FloatValue'].includes(right.type)
+      ) {
+        const float = left.type === 'FloatValue' || right.type === 'FloatValue';
+        const result = pythonDivision(op, left.value as number, right.value as number, float);
+        return this.value(
+          { type: float || op === '/' ? 'FloatLiteral' : 'IntegerLiteral', value: result },
+          env,
+        );
+      }
       if (op === '==' || op === '!=')
         return runtimeBoolean(left, pythonEquals(left, right) === (op === '=='));
       if (op === '~') return this.string(this.str(left) + this.str(right), env);
       if (op === '+') checkConcatenation(left, right);
-      if (op === '+' || !Array.isArray(right.value))
+      if (!['in', 'not in'].includes(op!) || !Array.isArray(right.value))
         return this.value({ ...node, left: evaluated(left), right: evaluated(right) }, env);
       const member = (right.value as RuntimeValue[]).some((item) => pythonEquals(left, item));
       return runtimeBoolean(left, member === (op === 'in'));
