@@ -277,6 +277,33 @@ describe('Python semantics where @huggingface/jinja differed from jinja2', () =>
       expect(() => renderChatTemplate(t, {})).toThrow(new RegExp(`^${message}$`));
   });
 
+  it("a string's % formats as Python's printf-style does: %s %r %d %f %x %e %g %c %%, flags, width, precision", () => {
+    // (jinja2's output; the library refused a string's %: 'Unknown operator "%" between StringValue and …')
+    const t =
+      "{{ '%s' % 'x' }}|{{ '%d items' % 3 }}|{{ '%s and %s' % ('a', 'b') }}|{{ '%r' % 'a' }}|{{ '%s' % [1, none] }}|" +
+      "{{ '%.2f' % 3.14159 }}|{{ '%5d|%-5s|%05.1f' % (42, 'ab', -2.25) }}|{{ '%i%%' % 50 }}|" +
+      "{{ '%(a)s-%(b)03d' % {'a': 1, 'b': 2} }}|{{ '%x %#o %e %g %g' % (255, 8, 12345.678, 0.0001, 1234567.0) }}|" +
+      "{{ '%.0f %.2f %d' % (2.5, 0.125, -3.7) }}|{{ '%c%c' % (65, 'z') }}";
+    expect(renderChatTemplate(t, {})).toBe(
+      "x|3 items|a and b|'a'|[1, None]|3.14|   42|ab   |-02.2|50%|1-002|ff 0o10 1.234568e+04 0.0001 1.23457e+06|" +
+        '2 0.12 -3|Az', // (a tie rounds to even, as Python: JavaScript's toFixed gives 3 and 0.13)
+    );
+    for (const [t, message] of [
+      ["{{ 'abc' % 5 }}", 'not all arguments converted during string formatting'],
+      ["{{ '%s' % ('a', 'b') }}", 'not all arguments converted during string formatting'],
+      ["{{ '%s %s' % 'x' }}", 'not enough arguments for format string'],
+      ["{{ '%d' % 'x' }}", '%d format: a real number is required, not str'],
+      ["{{ '%f' % none }}", 'must be real number, not NoneType'],
+      ["{{ '%z' % 1 }}", "unsupported format character 'z' (0x7a) at index 1"],
+      ["{{ '%' % 1 }}", 'incomplete format'],
+    ] as const)
+      expect(() => renderChatTemplate(t, {})).toThrow(new RegExp(`^${message.replace(/[()]/g, '\\$&')}$`));
+    // held to the string limit before it is made
+    expect(() => renderChatTemplate("{{ '%999999999d' % 1 }}", {})).toThrow(
+      /^it made a string of over 4194304 characters/,
+    );
+  });
+
   it("content given as parts: |trim writes it as Python does (Llama 3's template), + refuses it as Python", () => {
     const llama3 =
       "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";

@@ -344,6 +344,195 @@ export function pythonDivision(op: '/' | '//' | '%', a: number, b: number, float
   return div - floor > 0.5 ? floor + 1 : floor;
 }
 
+/**
+ * `x` (finite, not negative) with `digits` decimals (`exponential`: of the form `d.ddde+NN`), rounded as Python rounds:
+ * half to even on the exact binary value (JavaScript's `toFixed` and `toExponential` round a tie up: `'%.2f' % 0.125`
+ * is 0.12 to Python, 0.13 to them). Past 100 decimals (JavaScript's most) the digits are padded with zeros, exact for
+ * all but numbers under 1e-14 or so.
+ */
+function roundedDigits(x: number, digits: number, exponential: boolean): string {
+  const q = Math.min(digits, 100);
+  if (!exponential && x >= 1e21) return BigInt(x).toString() + (digits > 0 ? `.${'0'.repeat(digits)}` : '');
+  let [mantissa, exponent] = (exponential ? x.toExponential(q) : x.toFixed(q)).split('e') as [
+    string,
+    string?,
+  ];
+  if (q < 100) {
+    // the exact digits (100 decimals hold every digit of a number over about 1e-14) show a tie as 5000…
+    const [full, fullExponent] = (exponential ? x.toExponential(100) : x.toFixed(100)).split('e') as [
+      string,
+      string?,
+    ];
+    const point = full.indexOf('.');
+    const kept = full.slice(0, q > 0 ? point + 1 + q : point);
+    if (/^50*$/.test(full.slice(point + 1 + q)) && Number(kept.at(-1)) % 2 === 0)
+      [mantissa, exponent] = [kept, fullExponent];
+  }
+  mantissa += '0'.repeat(digits - q);
+  if (exponent === undefined) return mantissa;
+  const e = Number(exponent);
+  return `${mantissa}e${e < 0 ? '-' : '+'}${String(Math.abs(e)).padStart(2, '0')}`;
+}
+
+/** Python's `%e`, `%f`, `%g` digits of `x` (not negative) with `precision` (`alternate`: the `#` flag). */
+function floatDigits(type: string, x: number, precision: number, alternate: boolean): string {
+  if (!Number.isFinite(x)) return Number.isNaN(x) ? 'nan' : 'inf';
+  let text: string;
+  if (type === 'g') {
+    // the exponent x has rounded to `precision` digits decides between the two forms
+    const p = Math.max(precision, 1);
+    const e = Number(roundedDigits(x, p - 1, true).split('e')[1]);
+    text = e >= -4 && e < p ? roundedDigits(x, p - 1 - e, false) : roundedDigits(x, p - 1, true);
+    if (!alternate) text = text.replace(/(\.\d*?)0+(?=e|$)/, '$1').replace(/\.(?=e|$)/, '');
+  } else text = roundedDigits(x, precision, type === 'e');
+  return alternate && !text.includes('.') ? text.replace(/(?=e|$)/, '.') : text;
+}
+
+/** The conversions of Python's printf-style `%`: `%`, a mapping key, flags, width, precision, length, the type. */
+const CONVERSION = /%(?:\(([^)]*)\))?([-+ #0]*)(\*|\d+)?(?:\.(\*|\d*))?[hlL]?/y;
+
+/**
+ * Python's `format % values` (printf-style: `'%s' % x`, `'%d items' % n`, `'%s and %s' % (a, b)`,
+ * `'%(name)s' % mapping`): the conversions `s r a d i u x X o e E f F g G c %` with flags, width and precision, the
+ * values a tuple's items or a single value, and Python's errors (too many or too few values, a number required…).
+ * The library refused a string's `%`. Throws past `limit` characters, before making more; `items`: the items of
+ * lists and mappings written.
+ */
+export function pythonFormat(
+  format: string,
+  values: RuntimeValue,
+  limit = Infinity,
+): { text: string; items: number } {
+  const args = values.type === 'TupleValue' ? (values.value as RuntimeValue[]) : [values];
+  // Python takes any value but a tuple or string that has items as a mapping: `%(key)s` looks keys up in it, and it
+  // need not be consumed
+  const mapping =
+    values.type !== 'TupleValue' &&
+    values.type !== 'NamespaceValue' &&
+    (values.value instanceof Map || Array.isArray(values.value))
+      ? values
+      : undefined;
+  let next = 0;
+  let length = 0;
+  let items = 0;
+  const out: string[] = [];
+  const counted = (s: string) => {
+    length += s.length;
+    if (length > limit) throw new Error(`it made a string of over ${limit} characters (formatting a string)`);
+    out.push(s);
+  };
+  const typeName = (v: RuntimeValue) => PYTHON_TYPES[v.type] ?? v.type;
+  const nextArg = () => {
+    if (next >= args.length) throw new Error('not enough arguments for format string');
+    return args[next++]!;
+  };
+  const size = (v: RuntimeValue) => {
+    if (v.type !== 'IntegerValue' && v.type !== 'BooleanValue') throw new Error('* wants int');
+    return Number(v.value);
+  };
+  let i = 0;
+  while (i < format.length) {
+    const at = format.indexOf('%', i);
+    counted(format.slice(i, at < 0 ? format.length : at));
+    if (at < 0) break;
+    CONVERSION.lastIndex = at;
+    const [spec, key, flags, widthSpec, precisionSpec] = CONVERSION.exec(format)!;
+    const type = format[at + spec.length];
+    if (key === undefined && format[at + 1] === '(') throw new Error('incomplete format key');
+    if (type === undefined) throw new Error('incomplete format');
+    i = at + spec.length + 1;
+    if (type === '%' && spec === '%') {
+      counted('%');
+      continue;
+    }
+    let value: RuntimeValue;
+    if (key !== undefined) {
+      if (!mapping) throw new Error('format requires a mapping');
+      if (Array.isArray(mapping.value)) throw new Error('list indices must be integers or slices, not str');
+      const found = (mapping.value as Map<string, RuntimeValue>).get(key);
+      if (found === undefined) throw new Error(`KeyError: ${pythonStringRepr(key)}`);
+      value = found;
+    }
+    let width = widthSpec === '*' ? size(nextArg()) : Number(widthSpec ?? 0);
+    let left = flags!.includes('-');
+    if (width < 0) [width, left] = [-width, true];
+    const precision =
+      precisionSpec === undefined
+        ? undefined
+        : precisionSpec === '*'
+          ? size(nextArg())
+          : Number(precisionSpec);
+    if (width > limit || (precision ?? 0) > limit)
+      throw new Error(`it made a string of over ${limit} characters (formatting a string)`);
+    value ??= nextArg();
+    let sign = '';
+    let prefix = '';
+    let body: string;
+    const lower = type.toLowerCase();
+    if ('srac'.includes(type)) {
+      if (type === 'c') {
+        const chars = value.type === 'StringValue' ? Array.from(value.value as string) : [];
+        if (value.type === 'IntegerValue' || value.type === 'BooleanValue') {
+          const cp = Number(value.value);
+          if (cp < 0 || cp > 0x10ffff) throw new Error('%c arg not in range(0x110000)');
+          body = String.fromCodePoint(cp);
+        } else if (chars.length === 1) body = chars[0]!;
+        else throw new Error('%c requires int or char');
+      } else {
+        const written = type === 's' ? pythonStr(value, limit) : pythonRepr(value, limit);
+        items += written.items;
+        body = written.text;
+        // ascii(): repr with every non-ASCII character escaped
+        if (type === 'a')
+          body = body.replace(/[^\0-\x7f]/gu, (c) => {
+            const cp = c.codePointAt(0)!;
+            const [p, w] = cp <= 0xff ? ['x', 2] : cp <= 0xffff ? ['u', 4] : ['U', 8];
+            return `\\${p}${cp.toString(16).padStart(w, '0')}`;
+          });
+        if (precision !== undefined) body = Array.from(body).slice(0, precision).join('');
+      }
+    } else if ('diuxXoeEfFgG'.includes(type)) {
+      const isInteger = value.type === 'IntegerValue' || value.type === 'BooleanValue';
+      if (!isInteger && value.type !== 'FloatValue')
+        throw new Error(
+          'eEfFgG'.includes(type)
+            ? `must be real number, not ${typeName(value)}`
+            : `%${type} format: ${'xXo'.includes(type) ? 'an integer' : 'a real number'} is required, not ${typeName(value)}`,
+        );
+      const x = Number(value.value);
+      if ('xXo'.includes(type) && !isInteger)
+        throw new Error(`%${type} format: an integer is required, not ${typeName(value)}`);
+      if ('eEfFgG'.includes(type)) {
+        body = floatDigits(lower, Math.abs(x), precision ?? 6, flags!.includes('#'));
+        if (type !== lower) body = body.toUpperCase();
+      } else {
+        if (!Number.isFinite(x))
+          throw new Error(`cannot convert float ${Number.isNaN(x) ? 'NaN' : 'infinity'} to integer`);
+        const n = BigInt(Math.trunc(Math.abs(x)));
+        body = n.toString(lower === 'x' ? 16 : type === 'o' ? 8 : 10);
+        if (type === 'X') body = body.toUpperCase();
+        if (flags!.includes('#') && type !== lower) prefix = '0X';
+        else if (flags!.includes('#') && 'xo'.includes(type)) prefix = `0${type}`;
+        if (precision !== undefined) body = body.padStart(precision, '0');
+      }
+      // (an int's sign is its truncation's: int(-0.5) is 0; a float's its own: -0.0 is negative)
+      const negative = 'eEfFgG'.includes(type) ? x < 0 || Object.is(x, -0) : Math.trunc(x) < 0;
+      sign = negative ? '-' : flags!.includes('+') ? '+' : flags!.includes(' ') ? ' ' : '';
+      if (flags!.includes('0') && !left) body = body.padStart(width - sign.length - prefix.length, '0');
+    } else {
+      const index = Array.from(format.slice(0, at + spec.length)).length;
+      throw new Error(
+        `unsupported format character '${type}' (0x${type.codePointAt(0)!.toString(16)}) at index ${index}`,
+      );
+    }
+    const text = sign + prefix + body;
+    const pad = ' '.repeat(Math.max(0, width - Array.from(text).length));
+    counted(left ? text + pad : pad + text);
+  }
+  if (next < args.length && !mapping) throw new Error('not all arguments converted during string formatting');
+  return { text: out.join(''), items };
+}
+
 const STRIP_SIDES = { strip: [true, true], lstrip: [true, false], rstrip: [false, true] } as const;
 
 /** The interpreter of {@link renderChatTemplate}: the library's, counting what each evaluation makes. */
@@ -442,7 +631,8 @@ class BudgetedInterpreter extends Interpreter {
    * (the library skipped such items: Mistral Nemo's role-order check never raised); `~`, `|string`, `|join` and
    * `|trim` of any value writing it as Python's `str` (the library wrote JSON, `true`; `|trim` refused a list); `+`
    * of a string and anything else, and `strip` of two arguments, refused as Python refuses them; `/`, `//`, `%` of
-   * numbers as Python computes them ({@link pythonDivision}: floor modulo, ZeroDivisionError).
+   * numbers as Python computes them ({@link pythonDivision}: floor modulo, ZeroDivisionError); `%` of a string as
+   * Python's printf-style formatting ({@link pythonFormat}; the library refused it).
    */
   private python(node: TemplateNode, env: TemplateEnvironment): RuntimeValue | undefined {
     // each branch leaves to the library a node whose parts it evaluated already (where Python agrees with it)
@@ -451,6 +641,11 @@ class BudgetedInterpreter extends Interpreter {
       if (!['==', '!=', 'in', 'not in', '~', '+', '/', '//', '%'].includes(op!)) return undefined;
       const left = this.value(node.left, env);
       const right = this.value(node.right, env);
+      if (op === '%' && left.type === 'StringValue') {
+        const { text, items } = pythonFormat(left.value as string, right, CHAT_TEMPLATE_LIMITS.stringChars);
+        if (items > 0) this.charge(4 * items);
+        return this.string(text, env);
+      }
       if (
         (op === '/' || op === '//' || op === '%') &&
         ['IntegerValue', 'FloatValue'].includes(left.type) &&
