@@ -304,6 +304,21 @@ describe('Python semantics where @huggingface/jinja differed from jinja2', () =>
     );
   });
 
+  it("a mapping's items are tuples, printed as Python's; its views and range() print as Python's objects", () => {
+    // (jinja2's output; the library printed [['a', 1], ['b', 2]] for the first, refused `for a, b in [(1, 2)]`
+    // ("Cannot unpack non-iterable type: TupleValue") and a tuple's |tojson ("Cannot convert to JSON: TupleValue"))
+    const t =
+      '{{ d.items()|list }}|{{ d.items() }}|{{ d.keys() }}|{{ d.values() }}|{{ range(3) }}|{{ range(1, 9, 2) }}|' +
+      '{{ range(3)|list }}|{{ d|dictsort }}|{{ d|items|list }}|{% for k, v in d.items() %}{{ k }}{{ v }}{% endfor %}|' +
+      "{% for a, b in [(1, 2)] if a %}{{ a }}{{ b }}{% endfor %}|{{ (1, 2)|list }}|{{ {'t': (1, 2)}|tojson }}|" +
+      "{{ ('a', 1) in d.items() }}|{{ (d|dictsort)[0] == ['a', 1] }}";
+    expect(renderChatTemplate(t, { d: { a: 1, b: 2 } })).toBe(
+      "[('a', 1), ('b', 2)]|dict_items([('a', 1), ('b', 2)])|dict_keys(['a', 'b'])|dict_values([1, 2])|" +
+        "range(0, 3)|range(1, 9, 2)|[0, 1, 2]|[('a', 1), ('b', 2)]|[('a', 1), ('b', 2)]|a1b2|12|[1, 2]|" +
+        '{"t": [1, 2]}|True|False',
+    );
+  });
+
   it("content given as parts: |trim writes it as Python does (Llama 3's template), + refuses it as Python", () => {
     const llama3 =
       "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";

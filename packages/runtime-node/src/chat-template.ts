@@ -28,7 +28,10 @@ export const CHAT_TEMPLATE_LIMITS = {
 /** The parts of `@huggingface/jinja`'s syntax nodes the budget and the Python semantics read. */
 interface TemplateNode {
   type?: string;
-  iterable?: { type?: string; lhs?: object };
+  iterable?: TemplateNode;
+  /** A `for` loop's variables (an `Identifier` or a `TupleLiteral`); a `SelectExpression`'s list (`for x in xs if …`). */
+  loopvar?: TemplateNode;
+  lhs?: TemplateNode;
   operand?: TemplateNode;
   filter?: TemplateNode;
   object?: TemplateNode;
@@ -58,6 +61,7 @@ interface RuntimeValue {
 interface TemplateEnvironment {
   tests: Map<string, (...args: unknown[]) => boolean>;
   lookupVariable(name: string): RuntimeValue;
+  setVariable(name: string, value: RuntimeValue): void;
 }
 
 /** A syntax node standing for a value already evaluated (so the library's own code can take it without redoing it). */
@@ -228,6 +232,44 @@ export function pythonStringRepr(s: string): string {
   return quote + body + quote;
 }
 
+/** Python's `repr` of the lists the `range()` of {@link renderChatTemplate} made: `range(0, 3)`, `range(1, 9, 2)`. */
+const RANGES = new WeakMap<object, string>();
+
+/** The lists the library made of a mapping's `items()`, `keys()`, `values()`: Python's `dict_items` and so on. */
+const DICT_VIEWS = new WeakMap<object, string>();
+
+/** The types of the library's mappings (a namespace is none: it has no `items()`, and Python's `%` takes no keys of it). */
+const MAPPINGS = new Set(['ObjectValue', 'KeywordArgumentsValue']);
+
+/** A list of `items`, of the library's list class (a tuple's class is a subclass of it; the library exports neither). */
+function listOf(like: RuntimeValue, items: RuntimeValue[]): RuntimeValue {
+  const list: unknown =
+    like.type === 'TupleValue' ? Object.getPrototypeOf(like.constructor) : like.constructor;
+  return new (list as new (value: RuntimeValue[]) => RuntimeValue)(items);
+}
+
+/**
+ * `v` with its tuples, at any depth, made lists (the library's `tojson` refused a tuple: Python's `json.dumps` writes
+ * it as a list); `v` itself where it holds none.
+ */
+function withoutTuples(v: RuntimeValue, open = new Set<unknown>()): RuntimeValue {
+  const x = v.value;
+  if ((!Array.isArray(x) && !(x instanceof Map)) || open.has(x)) return v;
+  open.add(x);
+  let made: RuntimeValue = v;
+  if (Array.isArray(x)) {
+    const items = (x as RuntimeValue[]).map((item) => withoutTuples(item, open));
+    if (v.type === 'TupleValue' || items.some((item, i) => item !== x[i])) made = listOf(v, items);
+  } else {
+    const entries = [...(x as Map<string, RuntimeValue>)].map(
+      ([k, item]) => [k, withoutTuples(item, open)] as const,
+    );
+    if (entries.some(([k, item]) => item !== x.get(k))) made = sameKind(v, new Map(entries));
+  }
+  open.delete(x);
+  return made;
+}
+
 /**
  * A value as Python's `repr` writes it (`str` of a list or mapping is that too): `True`, `None`, `[1, 'a']`,
  * `{'k': 1.0}`, `(1,)`, `<Namespace {'a': 1}>`, `Undefined` for an undefined item; a list or mapping inside itself
@@ -247,12 +289,16 @@ export function pythonRepr(v: RuntimeValue, limit = Infinity): { text: string; i
   const repr = (x: RuntimeValue): string => {
     const value = x.value;
     if (Array.isArray(value)) {
+      const range = RANGES.get(x);
+      if (range !== undefined) return counted(range);
       if (open.has(value)) return counted('[...]');
       open.add(value);
       items += value.length;
       counted('', 2 * value.length + 1);
       const inner = (value as RuntimeValue[]).map(repr).join(', ');
       open.delete(value);
+      const view = DICT_VIEWS.get(x);
+      if (view !== undefined) return `${counted(view)}([${inner}])`;
       if (x.type !== 'TupleValue') return `[${inner}]`;
       return value.length === 1 ? `(${inner},)` : `(${inner})`;
     }
@@ -632,7 +678,10 @@ class BudgetedInterpreter extends Interpreter {
    * `|trim` of any value writing it as Python's `str` (the library wrote JSON, `true`; `|trim` refused a list); `+`
    * of a string and anything else, and `strip` of two arguments, refused as Python refuses them; `/`, `//`, `%` of
    * numbers as Python computes them ({@link pythonDivision}: floor modulo, ZeroDivisionError); `%` of a string as
-   * Python's printf-style formatting ({@link pythonFormat}; the library refused it).
+   * Python's printf-style formatting ({@link pythonFormat}; the library refused it); a mapping's `items()`, `|items`
+   * and `|dictsort` as tuples, its `items()`, `keys()`, `values()` printed as Python's views (`dict_keys([…])`), a
+   * tuple unpacked by `for a, b in …`, turned a list by `|list` and written as a list by `|tojson` (the library
+   * refused all three).
    */
   private python(node: TemplateNode, env: TemplateEnvironment): RuntimeValue | undefined {
     // each branch leaves to the library a node whose parts it evaluated already (where Python agrees with it)
@@ -672,6 +721,42 @@ class BudgetedInterpreter extends Interpreter {
       node.callee?.type === 'MemberExpression' &&
       node.callee.object?.type !== EVALUATED &&
       !node.callee.computed &&
+      ['items', 'keys', 'values'].includes(node.callee.property?.value as string) &&
+      (node.args ?? []).length === 0
+    ) {
+      // a mapping's items as tuples, the three printed as Python's views: `dict_items([('a', 1)])`
+      const object = this.value(node.callee.object, env);
+      const made = this.value({ ...node, callee: { ...node.callee, object: evaluated(object) } }, env);
+      if (!MAPPINGS.has(object.type) || !Array.isArray(made.value)) return made;
+      const view = node.callee.property!.value === 'items' ? this.tuples(made, env) : made;
+      DICT_VIEWS.set(view, `dict_${String(node.callee.property!.value)}`);
+      return view;
+    }
+    if (node.type === 'For' && node.loopvar?.type === 'TupleLiteral' && node.iterable) {
+      // `for k, v in pairs`: the library unpacked lists only, not tuples (`for a, b in [(1, 2)]` was an error)
+      const select = node.iterable.type === 'SelectExpression';
+      const listNode = select ? node.iterable.lhs : node.iterable;
+      if (listNode?.type === EVALUATED) return undefined;
+      const list = this.value(listNode, env); // (charged as the loop's list, as it was)
+      const items = list.value;
+      const unpackable =
+        Array.isArray(items) && items.some((item) => (item as RuntimeValue).type === 'TupleValue')
+          ? sameKind(
+              list,
+              (items as RuntimeValue[]).map((item) =>
+                item.type === 'TupleValue' ? listOf(item, item.value as RuntimeValue[]) : item,
+              ),
+            )
+          : list;
+      const iterable = select ? { ...node.iterable, lhs: evaluated(unpackable) } : evaluated(unpackable);
+      // (the library's own evaluation: this one charges what the loop prints, once)
+      return super.evaluate({ ...node, iterable } as never, env as never) as unknown as RuntimeValue;
+    }
+    if (
+      node.type === 'CallExpression' &&
+      node.callee?.type === 'MemberExpression' &&
+      node.callee.object?.type !== EVALUATED &&
+      !node.callee.computed &&
       node.callee.property?.type === 'Identifier' &&
       Object.hasOwn(STRIP_SIDES, node.callee.property.value as string)
     ) {
@@ -696,6 +781,23 @@ class BudgetedInterpreter extends Interpreter {
         return this.stripped(this.stringOf(node.operand!, env), filterArgs[0], env, true, true);
       }
       if (name === 'string' && f.type === 'Identifier') return this.stringOf(node.operand!, env);
+      if ((name === 'items' && f.type === 'Identifier') || name === 'dictsort') {
+        // a mapping's (key, value) pairs as tuples (the library made lists: `[['a', 1]]`)
+        const operand = this.value(node.operand, env);
+        const made = this.value({ ...node, operand: evaluated(operand) }, env);
+        return MAPPINGS.has(operand.type) && Array.isArray(made.value) ? this.tuples(made, env) : made;
+      }
+      if (name === 'list' && f.type === 'Identifier') {
+        // a list of a tuple, a range or a mapping's view (the library returned a tuple as it was)
+        const operand = this.value(node.operand, env);
+        if (operand.type === 'TupleValue' || RANGES.has(operand) || DICT_VIEWS.has(operand))
+          return listOf(operand, [...(operand.value as RuntimeValue[])]);
+        return this.value({ ...node, operand: evaluated(operand) }, env);
+      }
+      if (name === 'tojson') {
+        const operand = this.value(node.operand, env);
+        return this.value({ ...node, operand: evaluated(withoutTuples(operand)) }, env);
+      }
       if (
         name === 'join' &&
         filterArgs.length <= 1 &&
@@ -731,6 +833,18 @@ class BudgetedInterpreter extends Interpreter {
       }
     }
     return undefined;
+  }
+
+  /** The list of pairs `pairs` (the library's lists) with each pair a tuple, as Python's `dict.items()` gives them. */
+  private tuples(pairs: RuntimeValue, env: TemplateEnvironment): RuntimeValue {
+    // the library's tuple class, which it does not export, is that of a tuple literal
+    const tuple = this.value({ type: 'TupleLiteral', value: [] }, env);
+    return sameKind(
+      pairs,
+      (pairs.value as RuntimeValue[]).map((p) =>
+        p.type === 'ArrayValue' ? sameKind(tuple, p.value as RuntimeValue[]) : p,
+      ),
+    );
   }
 
   /** `s.strip(chars)` of the string value `s` with `charsNode` (absent or none: whitespace). */
@@ -920,6 +1034,20 @@ export function renderChatTemplate(template: string, context: Record<string, unk
     strftime_now: strftimeNow,
   };
   for (const [name, value] of Object.entries({ ...globals, ...context })) env.set(name, value);
+  if (!Object.hasOwn(context, 'range')) {
+    // what `range()` makes prints as Python's range does, `range(0, 3)` (a list once through `|list`)
+    const environment = env as unknown as TemplateEnvironment;
+    const range = environment.lookupVariable('range');
+    type Call = (args: RuntimeValue[], scope: unknown) => RuntimeValue;
+    const made: Call = (args, scope) => {
+      const list = (range.value as Call)(args, scope);
+      const [a, b, step] = args.map((x) => x.value as number);
+      const [start, stop] = b === undefined ? [0, a] : [a, b];
+      RANGES.set(list, `range(${start}, ${stop}${step === undefined || step === 1 ? '' : `, ${step}`})`);
+      return list;
+    };
+    environment.setVariable('range', sameKind(range, made));
+  }
   const interpreter = new BudgetedInterpreter(env);
   for (const name of Object.keys(context))
     interpreter.markInput((env as unknown as TemplateEnvironment).lookupVariable(name));
