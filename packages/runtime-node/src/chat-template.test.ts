@@ -319,6 +319,24 @@ describe('Python semantics where @huggingface/jinja differed from jinja2', () =>
     );
   });
 
+  it("reads 1e-05 and (1,) as jinja2 does (the library could not parse them); tuples add as Python's", () => {
+    // (jinja2's output; the library refused each: "Expected closing expression token", "Unexpected token: CloseParen")
+    const t =
+      '{{ 1e-05 }}|{{ [1e3, 2.5E-3, -1e-05, 1e+2] }}|{{ (1,) }}|{{ (1, 2,) }}|{{ () }}|' +
+      "{{ '%s' % ('x',) }}|{{ '100%%' % () }}|{{ 1 in (1,) }}|{{ d.get('a',) }}|{% set t = (1,) %}{{ t + (2,) }}|" +
+      '{{ 1e2 - 1 }}';
+    expect(renderChatTemplate(t, { d: { a: 1 } })).toBe(
+      '1e-05|[1000.0, 0.0025, -1e-05, 100.0]|(1,)|(1, 2)|()|x|100%|True|1|(1, 2)|99.0',
+    );
+    // Python's TypeErrors (the library made a list of a tuple and a list)
+    expect(() => renderChatTemplate('{{ (1, 2) + [3] }}', {})).toThrow(
+      /^can only concatenate tuple \(not "list"\) to tuple$/,
+    );
+    expect(() => renderChatTemplate('{{ [1] + (2,) }}', {})).toThrow(
+      /^can only concatenate list \(not "tuple"\) to list$/,
+    );
+  });
+
   it("content given as parts: |trim writes it as Python does (Llama 3's template), + refuses it as Python", () => {
     const llama3 =
       "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";

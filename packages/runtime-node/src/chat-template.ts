@@ -347,9 +347,14 @@ export function pythonStr(v: RuntimeValue, limit = Infinity): { text: string; it
 /**
  * Python's refusal of `+` between a string and anything else (`'a' + 1`, `'x' + message['content']` with content
  * given as a list of parts, `[1] + 'a'`): the library wrote both as strings, JSON for a list. (Undefined is left to
- * the library, which refuses it too.)
+ * the library, which refuses it too.) Also between a tuple and a list, which the library made a list of.
  */
 function checkConcatenation(left: RuntimeValue, right: RuntimeValue): void {
+  const sequences = ['ArrayValue', 'TupleValue'];
+  if (sequences.includes(left.type) && sequences.includes(right.type) && left.type !== right.type) {
+    const [l, r] = [left, right].map((v) => PYTHON_TYPES[v.type]);
+    throw new Error(`can only concatenate ${l} (not "${r}") to ${l}`);
+  }
   if ((left.type === 'StringValue') === (right.type === 'StringValue')) return;
   if (left.type === 'UndefinedValue' || right.type === 'UndefinedValue') return;
   const [l, r] = [left, right].map((v) => PYTHON_TYPES[v.type] ?? v.type);
@@ -711,6 +716,8 @@ class BudgetedInterpreter extends Interpreter {
         return runtimeBoolean(left, pythonEquals(left, right) === (op === '=='));
       if (op === '~') return this.string(this.str(left) + this.str(right), env);
       if (op === '+') checkConcatenation(left, right);
+      if (op === '+' && left.type === 'TupleValue' && right.type === 'TupleValue')
+        return sameKind(left, [...(left.value as RuntimeValue[]), ...(right.value as RuntimeValue[])]);
       if (!['in', 'not in'].includes(op!) || !Array.isArray(right.value))
         return this.value({ ...node, left: evaluated(left), right: evaluated(right) }, env);
       const member = (right.value as RuntimeValue[]).some((item) => pythonEquals(left, item));
@@ -1010,6 +1017,102 @@ function strftimeNow(format: string): string {
   });
 }
 
+/** What this module reads of the library's tokens. */
+interface TemplateToken {
+  value: string;
+  type: string;
+}
+
+/** The name of the identifier {@link pythonLiterals} puts for a trailing comma (no template can name it). */
+const TRAILING_COMMA = '\u0000caldera: trailing comma';
+
+/** Words before a `(` that opens a parenthesized expression, not a call's arguments. */
+const KEYWORDS = new Set(['and', 'or', 'not', 'in', 'is', 'if', 'else', 'elif']);
+
+/**
+ * The library's tokens of `1e-05` and `(1,)` made what its parser reads as Python's float and one-item tuple (jinja2
+ * reads both; the library's lexer split `1e-05` into 1, `e`, `-`, 05, and its parser wanted an item after a tuple's
+ * last comma): an exponent joined to its number, written with a point so it parses as a float (`1.e-05`), and a
+ * trailing comma in parentheses (`(1,)`, `(a, b,)`) followed by a {@link TRAILING_COMMA} item that
+ * {@link dropTrailingCommas} takes out of the parsed tuple (`()`, the empty tuple, is read as two such items). Only
+ * token sequences the library refused are changed (a number followed by a name; `,)` and `()` outside a call), so a
+ * template it parsed parses as before. Returns whether it put a trailing comma item. (jinja2 refuses `1 e5`, with a
+ * space; tokens do not tell, so it reads as 1e5 here.)
+ */
+function pythonLiterals(tokens: TemplateToken[]): boolean {
+  const token = (like: TemplateToken, value: string, type: string): TemplateToken =>
+    Object.assign(Object.create(Object.getPrototypeOf(like) as object) as TemplateToken, { value, type });
+  let marked = false;
+  const grouping: boolean[] = []; // for each open `(`: whether it groups (else it opens a call's arguments)
+  for (let i = 0; i < tokens.length; i++) {
+    const t = tokens[i]!;
+    const previous = tokens[i - 1];
+    if (t.type === 'NumericLiteral' && previous?.type !== 'Dot' && /^[+-]?\d+(\.\d+)?$/.test(t.value)) {
+      const [e, sign, digits] = [tokens[i + 1], tokens[i + 2], tokens[i + 3]];
+      // `1e5` is lexed 1, `e5`; `1e-05` 1, `e`, `-`, 05
+      const joined =
+        e?.type === 'Identifier' && /^[eE]\d+$/.test(e.value)
+          ? { exponent: e.value.slice(1), count: 2 }
+          : e?.type === 'Identifier' &&
+              /^[eE]$/.test(e.value) &&
+              sign?.type === 'AdditiveBinaryOperator' &&
+              (sign.value === '+' || sign.value === '-') &&
+              digits?.type === 'NumericLiteral' &&
+              /^\d+$/.test(digits.value)
+            ? { exponent: sign.value + digits.value, count: 4 }
+            : undefined;
+      if (joined) {
+        const point = t.value.includes('.') ? '' : '.';
+        tokens.splice(i, joined.count, token(t, `${t.value}${point}e${joined.exponent}`, t.type));
+      }
+    } else if (t.type === 'OpenParen') {
+      const call =
+        previous !== undefined &&
+        (['CloseParen', 'CloseSquareBracket', 'StringLiteral'].includes(previous.type) ||
+          (previous.type === 'Identifier' && !KEYWORDS.has(previous.value)));
+      grouping.push(!call);
+    } else if (t.type === 'CloseParen') {
+      // `(1,)`: (1, <mark>); `()`: (<mark>, <mark>)
+      const marks =
+        previous?.type === 'Comma'
+          ? [token(t, TRAILING_COMMA, 'Identifier')]
+          : previous?.type === 'OpenParen'
+            ? [
+                token(t, TRAILING_COMMA, 'Identifier'),
+                token(t, ',', 'Comma'),
+                token(t, TRAILING_COMMA, 'Identifier'),
+              ]
+            : [];
+      if (grouping.pop() && marks.length > 0) {
+        tokens.splice(i, 0, ...marks);
+        marked = true;
+        i += marks.length;
+      }
+    }
+  }
+  return marked;
+}
+
+/**
+ * The {@link TRAILING_COMMA} items of a parsed program taken out (each ends a tuple, the parser's reading of
+ * `(1, <mark>)`); a syntax error where one is elsewhere.
+ */
+function dropTrailingCommas(node: unknown): void {
+  if (typeof node !== 'object' || node === null) return;
+  if (Array.isArray(node)) {
+    const isMark = (n: TemplateNode | undefined) => n?.type === 'Identifier' && n.value === TRAILING_COMMA;
+    while (isMark(node.at(-1) as TemplateNode | undefined)) node.pop();
+  }
+  for (const child of Object.values(node)) {
+    if (
+      (child as TemplateNode | undefined)?.type === 'Identifier' &&
+      (child as TemplateNode).value === TRAILING_COMMA
+    )
+      throw new SyntaxError('Unexpected token: CloseParen');
+    dropTrailingCommas(child);
+  }
+}
+
 /**
  * Render a Jinja chat template with `context` (messages, special tokens, flags) as `@huggingface/jinja`'s `Template`
  * does (blocks' whitespace trimmed: `trim_blocks`, `lstrip_blocks`), the same globals (`raise_exception`, `range`,
@@ -1017,7 +1120,10 @@ function strftimeNow(format: string): string {
  * for a template that does not parse, raises, or goes past a limit (the caller names the file).
  */
 export function renderChatTemplate(template: string, context: Record<string, unknown>): string {
-  const program = parse(tokenize(template, { lstrip_blocks: true, trim_blocks: true }));
+  const tokens = tokenize(template, { lstrip_blocks: true, trim_blocks: true });
+  const marked = pythonLiterals(tokens as TemplateToken[]);
+  const program = parse(tokens);
+  if (marked) dropTrailingCommas(program);
   markPrinted((program as unknown as TemplateNode).body!);
   const env = new Environment();
   const globals: Record<string, unknown> = {
