@@ -578,6 +578,7 @@ describe('progress within a layer and options objects', () => {
     const w = runner.weight('b0.up');
     const cases: [LayerSpec['options'], number][] = [
       [{ rank: 4, outerIters: 3, lplrIters: 1 }, 6], // LR and Q, 3 outer iterations
+      [{ rank: 4, outerIters: 3, lplrIters: 1, updateOrder: 'q-first' }, 6], // Q and LR: the Q step is first
       [{ rank: 0, outerIters: 3 }, 1], // Q only: one iteration
       [{ rank: 4, qBits: 0, outerIters: 3, lplrIters: 1 }, 1], // LR only: one iteration
     ];

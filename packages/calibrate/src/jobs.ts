@@ -200,8 +200,10 @@ export function compressLayerWithSpec(
   assertObject(spec, 'compressLayerWithSpec', 'spec', 'a LayerSpec');
   assertObject(spec.options, 'compressLayerWithSpec', 'spec.options', "caldera's options");
   const { onProgress, ...handles } = optionsOf(options, 'compressLayerWithSpec');
-  // caldera's sub-steps per outer iteration: LR then Q, only Q at rank 0, only LR without Q (its defaults are nonzero)
+  // caldera's sub-steps per outer iteration: LR and Q (in the `updateOrder`), only Q at rank 0, only LR without Q (its
+  // defaults are nonzero)
   const steps = spec.options.rank === 0 || spec.options.qBits === 0 ? 1 : 2;
+  const firstStep = spec.options.updateOrder === 'q-first' ? 'Q' : 'LR';
   const d = caldera(w, h, {
     ...spec.options,
     seed: spec.seed,
@@ -209,7 +211,7 @@ export function compressLayerWithSpec(
     ...(onProgress
       ? {
           onProgress: (p: CalderaProgress) => {
-            const done = (p.iteration - 1) * steps + (steps === 2 && p.step === 'LR' ? 1 : steps);
+            const done = (p.iteration - 1) * steps + (steps === 2 && p.step === firstStep ? 1 : steps);
             onProgress({ ...p, fraction: Math.min(1, done / (p.iterations * steps)) });
           },
         }

@@ -129,7 +129,7 @@ function rejects(f: () => unknown, code: string, message: RegExp): void {
 const lowRankOnly: CalderaOptions = { qBits: 0, lBits: 16, rBits: 16 };
 
 describe('caldera svd and damping defaults', () => {
-  it("explicit { damping: 0, svd: 'randomized' } is byte-identical to no options", () => {
+  it("explicit { damping: 0, svd: 'randomized', updateOrder: 'lr-first' } is byte-identical to no options", () => {
     const cases: [Tensor<'f32'>, Tensor<'f64'> | null, CalderaOptions][] = [
       [structuredWeight(64, 64, 1), hessianFrom(64, 192, 2, 0.01), { rank: 8 }],
       [structuredWeight(64, 64, 1), hessianFrom(64, 192, 2, 0.01), { rank: 8, hessianDowndate: true }],
@@ -141,7 +141,7 @@ describe('caldera svd and damping defaults', () => {
     for (const [w, h, options] of cases) {
       const o = { ...options, outerIters: 2, lplrIters: 2 };
       const plain = caldera(w, h, o);
-      const explicit = caldera(w, h, { ...o, damping: 0, svd: 'randomized' });
+      const explicit = caldera(w, h, { ...o, damping: 0, svd: 'randomized', updateOrder: 'lr-first' });
       expect(canon(explicit)).toEqual(canon(plain));
     }
   });
@@ -302,5 +302,122 @@ describe('caldera damping', () => {
     const h = hessianFrom(64, 192, 12, 0.01);
     for (const bad of [-0.01, -Infinity, Infinity, NaN, '0.01' as unknown as number])
       rejects(() => caldera(w, h, { rank: 8, damping: bad }), 'E_VALUE', /damping/);
+  });
+});
+
+describe('caldera updateOrder', () => {
+  // 64 × 64 (no padding), H positive definite (1 % damping built in)
+  const w = structuredWeight(64, 64, 31);
+  const h = hessianFrom(64, 192, 32, 0.01);
+  const k = 8;
+  const steps = (o: CalderaOptions) => {
+    const seen: string[] = [];
+    const d = caldera(w, h, { ...o, onProgress: (p) => seen.push(`${p.iteration}${p.step}`) });
+    return { d, seen };
+  };
+
+  it("'q-first', one outer iteration: Q is LDLQ of W itself (rank 0's codes), L·R the H-optimal rank-k fit of W − Q", () => {
+    const ldlqOnly = caldera(w, h, { rank: 0, seed: 3 });
+    const qHat = reconstruct(ldlqOnly).data; // LDLQ of W, as caldera gives it at rank 0
+    const residual = tensor(
+      'f32',
+      [64, 64],
+      Float32Array.from(w.data, (v, i) => v - qHat[i]!),
+    );
+    // rank 5: the residual's relative gap σ₅ − σ₆ is 1.4e-2 of σ₁ (at k = 8 only 4.7e-3), so the optimum is unique
+    // and well separated
+    const k5 = 5;
+    const { x: optimum, s: sigma } = hOptimalRankK(residual, h, k5);
+    expect((sigma[k5 - 1]! - sigma[k5]!) / sigma[0]!).toBeGreaterThan(1e-2);
+    // 16-bit factors and the exact SVD: the LR step is the H-optimal rank-k approximation of its input (as in the
+    // `svd: 'exact'` test above)
+    const o: CalderaOptions = { rank: k5, lBits: 16, rBits: 16, svd: 'exact', outerIters: 1, seed: 3 };
+    const qFirst = steps({ ...o, updateOrder: 'q-first' });
+    const lrFirst = steps(o);
+    expect(qFirst.seen).toEqual(['1Q', '1LR']);
+    expect(lrFirst.seen).toEqual(['1LR', '1Q']);
+    // Q: the same codes, bit for bit (the same signs, rotation and LDLQ factor as at rank 0). With 16-bit factors the
+    // global scale g is RMS(W) rounded to a power of two, so Q's own scale differs and only g times it is the same, to
+    // the f32 rounding of W/g (1e-6 relative is 8 f32 units); with the default 4-bit factors g is RMS(W) as at rank 0,
+    // and Q is the same bit for bit, scale included.
+    expect(canon(qFirst.d.q!.planes)).toEqual(canon(ldlqOnly.q!.planes));
+    const gq = (d: typeof ldlqOnly) => d.scale * d.q!.scale;
+    expect(Math.abs(gq(qFirst.d) / gq(ldlqOnly) - 1)).toBeLessThan(1e-6);
+    const quantized = caldera(w, h, { rank: k5, outerIters: 1, updateOrder: 'q-first', seed: 3 });
+    expect(canon(quantized.q)).toEqual(canon(ldlqOnly.q));
+    // L·R = Ŵ − Q̂, measured relative to ‖(W − Q̂)H^½‖: f16 storage of L and R (unit round-off 4.9e-4) and the f32
+    // rotations and sums, as in the `svd: 'exact'` test (measured there 1.8e-4 relative to ‖W H^½‖); 2e-3 allows 4 f16
+    // units (measured 2.2e-4). 'lr-first' fits W itself and then quantizes W − L·R, so neither of its parts is this
+    // pair: its Q codes differ, and its Ŵ − Q̂ is far from this optimum (measured 0.57).
+    const lrPart = (d: typeof qFirst.d) => Float64Array.from(reconstruct(d).data, (v, i) => v - qHat[i]!);
+    const tol = 2e-3;
+    expect(hDistance(lrPart(qFirst.d), optimum, residual, h)).toBeLessThan(tol);
+    expect(hDistance(lrPart(lrFirst.d), optimum, residual, h)).toBeGreaterThan(10 * tol);
+    expect(canon(lrFirst.d.q)).not.toEqual(canon(ldlqOnly.q));
+    // errors: one per step, and the kept iterate is the only one with both parts
+    expect(qFirst.d.errors.Q).toHaveLength(1);
+    expect(qFirst.d.errors.LR).toEqual([qFirst.d.error]);
+    expect(qFirst.d.error).toBeCloseTo(aaError(reconstruct(qFirst.d).data, w, h), 5);
+  });
+
+  it("'q-first' with the Hessian downdate: the first Q step, before any L·R, is LDLQ against H itself", () => {
+    // (it found no LDLQ factor prepared and rounded to nearest instead)
+    const ldlqOnly = caldera(w, h, { rank: 0, seed: 3 });
+    const d = caldera(w, h, {
+      rank: k,
+      outerIters: 1,
+      hessianDowndate: true,
+      updateOrder: 'q-first',
+      seed: 3,
+    });
+    expect(canon(d.q)).toEqual(canon(ldlqOnly.q));
+    // later Q steps follow an LR step and downdate (so they differ from those without it)
+    const o: CalderaOptions = { rank: k, outerIters: 2, updateOrder: 'q-first', seed: 3 };
+    const down = caldera(w, h, { ...o, hessianDowndate: true });
+    const plain = caldera(w, h, o);
+    expect(down.errors.Q[0]).toBe(plain.errors.Q[0]);
+    expect(down.errors.Q[1]).not.toBe(plain.errors.Q[1]);
+  });
+
+  it("'q-first' is deterministic, alternates Q then LR, keeps the best iterate with both parts, and can be aborted", () => {
+    const o: CalderaOptions = { rank: k, outerIters: 3, lplrIters: 2, updateOrder: 'q-first', seed: 5 };
+    const a = steps(o);
+    const b = steps(o);
+    expect(canon(a.d)).toEqual(canon(b.d));
+    expect(a.seen).toEqual(['1Q', '1LR', '2Q', '2LR', '3Q', '3LR']);
+    // the kept error is the least of those after both parts exist (from the first LR step on)
+    const candidates = [...a.d.errors.LR, ...a.d.errors.Q.slice(1)];
+    expect(a.d.error).toBe(Math.min(...candidates));
+    expect(a.d.error).toBeCloseTo(aaError(reconstruct(a.d).data, w, h), 5);
+    expect(canon(a.d)).not.toEqual(canon(caldera(w, h, { ...o, updateOrder: 'lr-first' })));
+    // an abort fired after the first (Q) step stops the run before the LR step
+    const ac = new AbortController();
+    const seen: string[] = [];
+    expect(() =>
+      caldera(w, h, {
+        ...o,
+        signal: ac.signal,
+        onProgress: (p) => {
+          seen.push(p.step);
+          ac.abort();
+        },
+      }),
+    ).toThrow(/^E_ABORTED: caldera was aborted$/);
+    expect(seen).toEqual(['Q']);
+  });
+
+  it('has no effect with one step per iteration (rank 0, or qBits 0)', () => {
+    for (const o of [{ rank: 0 }, { rank: k, ...lowRankOnly }] as CalderaOptions[])
+      expect(canon(caldera(w, h, { ...o, updateOrder: 'q-first' }))).toEqual(canon(caldera(w, h, o)));
+  });
+
+  it('rejects any other updateOrder with E_VALUE naming it, before any work', () => {
+    for (const bad of ['Q-first', 'q', 'LR', '', 1, null, true])
+      for (const rank of [0, k])
+        rejects(
+          () => caldera(w, h, { rank, updateOrder: bad as 'q-first' }),
+          'E_VALUE',
+          /^E_VALUE: caldera: updateOrder .* must be 'lr-first' or 'q-first'$/,
+        );
   });
 });

@@ -50,8 +50,17 @@ export interface CalderaOptions {
   lBits?: FactorBits;
   /** Bits per entry of R. Default 4. */
   rBits?: FactorBits;
-  /** Outer alternations (each: an LR update, then a Q update). Default 4. */
+  /** Outer alternations (each: an LR update and a Q update, in the order `updateOrder` sets). Default 4. */
   outerIters?: number;
+  /**
+   * Which update each outer alternation runs first. `'lr-first'`: the LR step, then the Q step (the authors' code's
+   * `update_order` `["LR", "Q"]`): the first LR step fits W itself (Q = 0). `'q-first'`: the Q step, then the LR step
+   * (the paper's Algorithm 1): the first Q step is LDLQ of W itself (L·R = 0), and the LR step then fits W − Q. Either
+   * way the best iterate is chosen among those after both components exist. No effect at `rank` 0 or `qBits` 0 (one
+   * step only). With `hessianDowndate`, a first Q step has no L·R to downdate by and uses H itself. Default
+   * `'lr-first'`.
+   */
+  updateOrder?: 'lr-first' | 'q-first';
   /** Alternating quantized least-squares rounds inside each LR update. Default 4. */
   lplrIters?: number;
   /** Quantize Q with LDLQ against H (else round to nearest). Default true. */
@@ -105,6 +114,7 @@ const DEFAULTS = {
   lBits: 4 as FactorBits,
   rBits: 4 as FactorBits,
   outerIters: 4,
+  updateOrder: 'lr-first' as 'lr-first' | 'q-first',
   lplrIters: 4,
   dataAwareQ: true,
   dataAwareLR: true,
@@ -158,6 +168,8 @@ function checkOptions(o: typeof DEFAULTS & CalderaOptions, m: number, n: number,
   for (const key of ['lplrIters', 'tuneIters', 'svdPowerIters'] as const)
     if (!Number.isInteger(o[key]) || o[key] < 0) fail(`${key} ${o[key]} must be a non-negative integer`);
   if (!Number.isSafeInteger(o.seed)) fail(`seed ${o.seed} must be an integer`);
+  if (o.updateOrder !== 'lr-first' && o.updateOrder !== 'q-first')
+    fail(`updateOrder ${describeOption(o.updateOrder)} must be 'lr-first' or 'q-first'`);
   if (o.svd !== 'randomized' && o.svd !== 'exact')
     fail(`svd ${String(o.svd)} must be 'randomized' or 'exact'`);
   if (typeof o.damping !== 'number' || !Number.isFinite(o.damping) || o.damping < 0)
@@ -394,10 +406,12 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   const Mt = chol.l;
   // H in f32 for the data-aware LR step's products (not held where no LR step uses it)
   const Hf = k > 0 && o.dataAwareLR ? mat(np, np, Float32Array.from(Hr)) : null;
-  const order: ('LR' | 'Q')[] = k === 0 ? ['Q'] : o.qBits === 0 ? ['LR'] : ['LR', 'Q'];
+  const order: ('LR' | 'Q')[] =
+    k === 0 ? ['Q'] : o.qBits === 0 ? ['LR'] : o.updateOrder === 'q-first' ? ['Q', 'LR'] : ['LR', 'Q'];
   // LDLQ's block LDL of Hr, factored once for every Q step: derived from Mt when Mt is Hr's own factor (no jitter
   // needed: LDLQ would have computed the same factor), else factored as LDLQ does, with its own repair. With the
-  // downdate, every Q step after an LR step uses its own H, prepared then.
+  // downdate, every Q step after an LR step uses its own H, prepared then; a Q step before any LR step (the first one
+  // of 'q-first') has no L·R to downdate by and uses this one, which is dropped after it.
   const qDim = o.qBits === 0 ? 8 : rounderFor(o.qBits).dim;
   const prepareQ = (h: Float64Array, cholesky?: Tensor<'f64'>): LdlqHessian =>
     prepareLdlq(tensor('f64', [np, np], h), {
@@ -408,8 +422,8 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       ...pool,
       ...sig,
     });
-  const baseQ =
-    order.includes('Q') && o.dataAwareQ && (k === 0 || !o.hessianDowndate)
+  let baseQ =
+    order.includes('Q') && o.dataAwareQ && (k === 0 || !o.hessianDowndate || order[0] === 'Q')
       ? prepareQ(Hr, chol.jitter === 0 ? Mt : undefined)
       : null;
   // the downdate subtracts from the rotated H (only where a data-aware Q step follows an LR step)
@@ -636,6 +650,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
         const A = work;
         for (let i = 0; i < A.length; i++) A[i] = Wr[i]! - (lr ? lr.product[i]! : 0);
         const q = quantizeQ(A, !o.dataAwareQ ? null : hDown && lr ? downdated(lr.product, hDown) : baseQ);
+        if (hDown) baseQ = null; // every later Q step follows an LR step and downdates
         Qv = q.values;
         qCodes = q.codes;
       }
