@@ -170,6 +170,24 @@ describe('parseModelConfig', () => {
     expect(parseModelConfig({ ...qwen, use_sliding_window: true, max_window_layers: 2 }).slidingWindow).toBe(
       null,
     );
+    // with use_sliding_window and no sliding_window field, transformers' Qwen2Config/Qwen3Config slide 4096 positions
+    // (their default); a window left out was no window here: full attention past 4096, other logits than transformers'
+    for (const arch of ['Qwen2ForCausalLM', 'Qwen3ForCausalLM']) {
+      const { sliding_window: _, ...noField } = { ...qwen, architectures: [arch] };
+      expect(parseModelConfig({ ...noField, use_sliding_window: true, max_window_layers: 1 })).toMatchObject({
+        maxPositions: 4096,
+        slidingWindow: 4096,
+      });
+      expect(parseModelConfig({ ...noField, use_sliding_window: true }).slidingWindow).toBe(null);
+      expect(
+        parseModelConfig({ ...noField, use_sliding_window: false, max_window_layers: 1 }).slidingWindow,
+      ).toBe(null);
+      // an explicit null is no window, in transformers too
+      expect(
+        parseModelConfig({ ...noField, sliding_window: null, use_sliding_window: true, max_window_layers: 1 })
+          .slidingWindow,
+      ).toBe(null);
+    }
     expect(() =>
       parseModelConfig({ ...qwen, use_sliding_window: true, max_window_layers: '1' }, 'm/config.json'),
     ).toThrow(/^E_FORMAT: m\/config\.json: missing or non-numeric fields: max_window_layers \("1"\)$/);

@@ -34,7 +34,8 @@ export interface ModelConfig {
   maxPositions: number;
   /**
    * `sliding_window` when the model uses one (Mistral; Qwen2 and Qwen3 with `use_sliding_window`, when some layer
-   * slides: the layers from `max_window_layers`, default 28, on), else null.
+   * slides: the layers from `max_window_layers`, default 28, on; their config classes' 4096 where the field is absent),
+   * else null.
    */
   slidingWindow: number | null;
   tieWordEmbeddings: boolean;
@@ -189,13 +190,10 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     c.use_sliding_window === true && num('max_window_layers', QWEN2_MAX_WINDOW_LAYERS) < cfg.numLayers;
   if (missing.length)
     throw new CalderaError('E_FORMAT', `${file}: missing or non-numeric fields: ${missing.join(', ')}`);
-  const sw = c.sliding_window;
-  if (
-    sw !== undefined &&
-    sw !== null &&
-    (archName === 'MistralForCausalLM' ||
-      ((archName === 'Qwen2ForCausalLM' || archName === 'Qwen3ForCausalLM') && qwenSlides))
-  ) {
+  const qwen = archName === 'Qwen2ForCausalLM' || archName === 'Qwen3ForCausalLM';
+  // Qwen2Config and Qwen3Config default sliding_window to 4096 (null is no window there too)
+  const sw = qwen && qwenSlides && c.sliding_window === undefined ? QWEN_SLIDING_WINDOW : c.sliding_window;
+  if (sw !== undefined && sw !== null && (archName === 'MistralForCausalLM' || (qwen && qwenSlides))) {
     if (!Number.isSafeInteger(sw) || (sw as number) < 1)
       throw new CalderaError(
         'E_FORMAT',
@@ -291,6 +289,9 @@ function describeQuantization(q: unknown): string {
 
 /** Hugging Face's default of Qwen2's and Qwen3's `max_window_layers` (the first layer that slides with `use_sliding_window`). */
 const QWEN2_MAX_WINDOW_LAYERS = 28;
+
+/** Hugging Face's default of Qwen2's and Qwen3's `sliding_window` (used with `use_sliding_window`). */
+const QWEN_SLIDING_WINDOW = 4096;
 
 /** Hugging Face's default of Qwen3's `head_dim` (its config class sets it; other classes derive it). */
 const QWEN3_HEAD_DIM = 128;
