@@ -70,6 +70,8 @@ export {
   matvecWgsl,
   rmsNormWgsl,
   ROPE_KV_WGSL,
+  ROPE_NORM_WG,
+  ropeKvNormWgsl,
   ROTATION_MAX_MEMBERS,
   ROTATION_MAX_OUTPUTS_WITH_INPUT,
   rotationAttentionWgsl,

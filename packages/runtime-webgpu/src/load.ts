@@ -18,6 +18,7 @@ import {
   checkDenseDtype,
   cast,
   f32ArrayToF16,
+  hasQkNorm,
   linearShape,
   openSafetensors,
   openModelUrl,
@@ -25,6 +26,7 @@ import {
   parseModelConfig,
   NO_Q_CODEC,
   parseCalderaMeta,
+  qkNormNames,
   tensor,
   readJsonFile,
   throwIfAborted,
@@ -233,6 +235,8 @@ export async function planMemory(
   for (let b = 0; b < config.numLayers; b++) {
     add(d * 4, `model.layers.${b}.input_layernorm.weight`);
     add(d * 4, `model.layers.${b}.post_attention_layernorm.weight`);
+    // Qwen3's per-head query and key norms
+    for (const name of qkNormNames(config, b)) add(hd * 4, name);
     for (const { name, kind } of blockLinearNames(b)) {
       const meta = calderaMeta?.layers?.[name];
       // (a bias the config does not declare is not loaded: not counted)
@@ -361,7 +365,7 @@ export async function loadModelFromStore(
     );
   }
   const dtype = options.dtype ?? 'auto';
-  const { hiddenSize: d, vocabSize: V } = config;
+  const { hiddenSize: d, vocabSize: V, headDim: hd } = config;
   const plan = await planMemory(config, calderaMeta, store, options);
   options.onPlan?.(plan);
   // an onPlan that decided against this model (a caller's own memory budget) aborts before any tensor is read
@@ -489,6 +493,19 @@ export async function loadModelFromStore(
           await vector(store, `model.layers.${b}.post_attention_layernorm.weight`, d),
           `ln_post${b}`,
         ),
+        // Qwen3's per-head query and key norms (head_dim values each; E_MISSING, E_SHAPE naming the tensor)
+        ...(hasQkNorm(config)
+          ? {
+              qNorm: buffer(
+                await vector(store, `model.layers.${b}.self_attn.q_norm.weight`, hd),
+                `q_norm${b}`,
+              ),
+              kNorm: buffer(
+                await vector(store, `model.layers.${b}.self_attn.k_norm.weight`, hd),
+                `k_norm${b}`,
+              ),
+            }
+          : {}),
         q,
         k,
         v,

@@ -10,6 +10,7 @@ import {
   type ModelConfig,
 } from '@caldera/core';
 import {
+  bufferBytes,
   BufferUsage,
   checkDeviceAlive,
   deviceLostInfo,
@@ -64,6 +65,12 @@ import { checkDeviceArgument } from './args.js';
 export interface GpuBlockWeights {
   inputNorm: GPUBuffer;
   postAttnNorm: GPUBuffer;
+  /**
+   * Qwen3's per-head query and key RMSNorm weights (`self_attn.q_norm`/`k_norm`: `head_dim` f32 values each), applied
+   * to every head of q and k before RoPE. Required where the config has them (`hasQkNorm`), refused elsewhere.
+   */
+  qNorm?: GPUBuffer;
+  kNorm?: GPUBuffer;
   q: GpuLinear;
   k: GpuLinear;
   v: GpuLinear;
@@ -372,13 +379,41 @@ export function checkModelConfig(config: unknown, fn: string): asserts config is
           `got ${shownValue(v)}`,
       );
   }
-  // Qwen3's per-head query and key norms have no kernel here yet: without them the logits would be another model's
-  if (hasQkNorm(config as ModelConfig))
+}
+
+/**
+ * Block `b`'s query and key norm weights where `config` has them (Qwen3, `hasQkNorm`), else null: `E_MISSING` when
+ * such a model's block lacks one, `E_SHAPE` when one is not a buffer of `head_dim` f32 values, `E_VALUE` when another
+ * model's block has them (transformers would not apply them), as runtime-node's model checks its blocks.
+ */
+function qkNormOf(config: ModelConfig, w: GpuBlockWeights, b: number): { q: GPUBuffer; k: GPUBuffer } | null {
+  const given = w?.qNorm !== undefined || w?.kNorm !== undefined;
+  if (!hasQkNorm(config)) {
+    if (given)
+      throw new CalderaError(
+        'E_VALUE',
+        `WebGpuModel: block ${b} has query/key norm weights (qNorm, kNorm), which ${config.architecture} does not apply`,
+      );
+    return null;
+  }
+  if (!w?.qNorm || !w.kNorm)
     throw new CalderaError(
-      'E_UNSUPPORTED',
-      `${fn}: ${(config as ModelConfig).architecture} (query and key norms per head) is not supported by ` +
-        'runtime-webgpu yet; @caldera/runtime-node runs it',
+      'E_MISSING',
+      `WebGpuModel: block ${b} lacks ${!w.qNorm ? 'qNorm' : 'kNorm'}: ${config.architecture} normalizes each head's ` +
+        'query and key (self_attn.q_norm, self_attn.k_norm)',
     );
+  const bytes = bufferBytes(config.headDim * 4);
+  for (const [name, n] of [
+    ['qNorm', w.qNorm],
+    ['kNorm', w.kNorm],
+  ] as const)
+    if ((n as unknown) === null || typeof n !== 'object' || n.size !== bytes)
+      throw new CalderaError(
+        'E_SHAPE',
+        `WebGpuModel: block ${b}: ${name} must be a buffer of head_dim (${config.headDim}) f32 values, ${bytes} ` +
+          `bytes, got ${typeof n === 'object' && n !== null ? `${String(n.size)} bytes` : shownValue(n)}`,
+      );
+  return { q: w.qNorm, k: w.kNorm };
 }
 
 /**
@@ -478,6 +513,7 @@ export class WebGpuModel {
         'E_SHAPE',
         `model has ${weights.blocks.length} blocks, config says ${cfg.numLayers}`,
       );
+    weights.blocks.forEach((w, b) => qkNormOf(cfg, w, b));
     const cap = contextLengthOf(options, cfg);
     this.contextLength = cap;
     this.prefillChunk = prefillChunkOf(options, cap);
@@ -582,7 +618,7 @@ export class WebGpuModel {
       let wb = weights.embed.buffer.size + weights.norm.size;
       if (weights.head !== weights.embed) wb += weights.head.buffer.size;
       for (const blk of weights.blocks) {
-        wb += blk.inputNorm.size + blk.postAttnNorm.size;
+        wb += blk.inputNorm.size + blk.postAttnNorm.size + (blk.qNorm?.size ?? 0) + (blk.kNorm?.size ?? 0);
         for (const lin of [blk.q, blk.k, blk.v, blk.o, blk.gate, blk.up, blk.down]) wb += lin.gpuBytes;
       }
       this.weightBytes = wb;
@@ -661,6 +697,7 @@ export class WebGpuModel {
           check(w.gate, `${name}.mlp.gate_proj`, d, I);
           check(w.up, `${name}.mlp.up_proj`, d, I);
           check(w.down, `${name}.mlp.down_proj`, I, d);
+          const qkNorm = qkNormOf(cfg, w, b);
           p.push(
             ...normedLayers(
               w.inputNorm,
@@ -680,6 +717,8 @@ export class WebGpuModel {
                   kvHeads: KV,
                   hd,
                   attention: { scores, out: att, capacity: cap },
+                  // Qwen3: each head of q and k RMS-normed before RoPE, in the launch that applies RoPE
+                  ...(qkNorm ? { qkNorm: { ...qkNorm, eps: cfg.rmsNormEps } } : {}),
                 },
               },
             ),
@@ -1350,6 +1389,8 @@ export class WebGpuModel {
     for (const blk of w.blocks) {
       blk.inputNorm.destroy();
       blk.postAttnNorm.destroy();
+      blk.qNorm?.destroy();
+      blk.kNorm?.destroy();
       for (const lin of [blk.q, blk.k, blk.v, blk.o, blk.gate, blk.up, blk.down]) lin.dispose();
     }
   }

@@ -31,6 +31,7 @@ import {
   MIX_CHUNK,
   rmsNormWgsl,
   ROPE_KV_WGSL,
+  ropeKvNormWgsl,
   rotationAttentionWgsl,
   rotationNormWgsl,
   rotationRopeKvWgsl,
@@ -114,6 +115,12 @@ export interface RopeKvOptions {
    * CALDERA q/k/v group with one activation row, {@link Kernels.rotateRopeKv} does it in the same launch.
    */
   attention?: { scores: GPUBuffer; out: GPUBuffer; capacity: number };
+  /**
+   * Each head of q and k RMS-normed over its `hd` values before RoPE (Qwen3's `self_attn.q_norm`/`k_norm`): the
+   * weights (`hd` f32 values each) and the epsilon. Every form applies it in its RoPE step (no launch more, one or two
+   * storage buffers more: see {@link Kernels.rotateRopeKv}, {@link Kernels.ropeKv}).
+   */
+  qkNorm?: { q: GPUBuffer; k: GPUBuffer; eps: number };
 }
 
 /** One layer's vector in {@link Kernels.rotate}: sizes, scale and offsets (see {@link hadamardWgsl}). */
@@ -932,7 +939,10 @@ export class Kernels {
    * = `ones`, all ones) and {@link Kernels.ropeKv} apart (which also write the k and v buffers). With
    * `rope.attention`, attention follows; for one activation row (`tile` 1, the decode step) all of it is one launch
    * ({@link rotationAttentionWgsl}; it runs for one row only, and q is not written) when the head fits a workgroup,
-   * the arrays fit workgroup memory and the device allows 9 storage buffers.
+   * the arrays fit workgroup memory and the device allows 9 storage buffers. With `rope.qkNorm` (Qwen3) each form
+   * norms the heads of q and k in its RoPE step and binds the two norm weights: the one launch with attention then
+   * needs 11 storage buffers and the rotation with RoPE 10 (else the rotation and {@link Kernels.ropeKv} apart, which
+   * needs 8).
    */
   rotateRopeKv(
     o: Omit<RotateOptions, 'pre' | 'input'> & { ones: GPUBuffer },
@@ -958,7 +968,15 @@ export class Kernels {
     const maxN = Math.max(...o.members.map((m) => m.n));
     const vw = this.vectorWorkgroup;
     const words = this.vectorWords(maxN);
-    if (maxN > this.maxLocalHadamard || words * 4 > this.dev.maxWorkgroupStorage)
+    // Qwen3's per-head norms: two more storage buffers in the fused forms, a pipeline of its own
+    const norm = rope.qkNorm;
+    const normBuffers = norm ? [norm.q, norm.k] : [];
+    const normKey = norm ? '_qkn' : '';
+    if (
+      maxN > this.maxLocalHadamard ||
+      words * 4 > this.dev.maxWorkgroupStorage ||
+      (norm !== undefined && this.dev.maxStorageBuffers < 10)
+    )
       return [...this.rotate({ ...o, pre: o.ones }), ...this.ropeKvAttention({ ...rope, q, k, v })];
     for (const m of o.members) if (m.biasOff !== null) this.boundBias(o.bias);
     const att = rope.attention;
@@ -971,25 +989,26 @@ export class Kernels {
       tile === 1 &&
       rope.hd <= vw &&
       (words + 3 * rope.hd + vw) * 4 <= this.dev.maxWorkgroupStorage &&
-      this.dev.maxStorageBuffers >= 9;
+      this.dev.maxStorageBuffers >= 9 + normBuffers.length;
     if (together)
       return [
         this.oneRow(
           this.make(
-            `hadamard n=${maxN} T ×3 +rope+kv+attention${this.mixLabel(o.members)}`,
+            `hadamard n=${maxN} T ×3 ${norm ? '+qknorm' : ''}+rope+kv+attention${this.mixLabel(o.members)}`,
             this.pipeline(
-              `hadamard_attention_${words}_${rope.hd}_k${mixKs.join('.')}_${vw}_${mixSuffix(o.transpose)}`,
-              () => rotationAttentionWgsl(words, rope.hd, mixKs, vw, o.transpose),
+              `hadamard_attention_${words}_${rope.hd}_k${mixKs.join('.')}_${vw}_${mixSuffix(o.transpose)}${normKey}`,
+              () => rotationAttentionWgsl(words, rope.hd, mixKs, vw, o.transpose, norm !== undefined),
             ),
             [
               this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),
               rope.step,
-              this.attentionParams(rope, att.capacity),
+              this.attentionParams(rope, att.capacity, norm?.eps),
               ...rotationInputs,
               rope.ck,
               rope.cv,
               att.scores,
               att.out,
+              ...normBuffers,
             ],
             rope.heads,
             false,
@@ -998,9 +1017,10 @@ export class Kernels {
       ];
     return [
       this.make(
-        `hadamard n=${maxN} T ×3 +rope+kv${this.mixLabel(o.members)}`,
-        this.pipeline(`hadamard_rope_kv_${words}_k${mixKs.join('.')}_${vw}_${mixSuffix(o.transpose)}`, () =>
-          rotationRopeKvWgsl(words, mixKs, vw, o.transpose),
+        `hadamard n=${maxN} T ×3 ${norm ? '+qknorm' : ''}+rope+kv${this.mixLabel(o.members)}`,
+        this.pipeline(
+          `hadamard_rope_kv_${words}_k${mixKs.join('.')}_${vw}_${mixSuffix(o.transpose)}${normKey}`,
+          () => rotationRopeKvWgsl(words, mixKs, vw, o.transpose, norm !== undefined),
         ),
         [
           this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),
@@ -1010,6 +1030,7 @@ export class Kernels {
           q,
           rope.ck,
           rope.cv,
+          ...normBuffers,
         ],
         3,
       ),
@@ -1204,13 +1225,17 @@ export class Kernels {
     return fields;
   }
 
-  /** The uniform of the RoPE kernels ({@link ROPE_KV_WGSL}, {@link rotationRopeKvWgsl}): head counts and size. */
+  /**
+   * The uniform of the RoPE kernels ({@link ROPE_KV_WGSL}, {@link rotationRopeKvWgsl}, {@link ropeKvNormWgsl}): head
+   * counts and size, and the per-head norms' epsilon with `qkNorm`.
+   */
   private ropeParams(rope: RopeKvOptions): GPUBuffer {
     return this.uniform(
       [
         ['u32', rope.heads],
         ['u32', rope.kvHeads],
         ['u32', rope.hd],
+        ...(rope.qkNorm ? [['f32', rope.qkNorm.eps] as UniformField] : []),
       ],
       'rope params',
     );
@@ -1772,10 +1797,18 @@ export class Kernels {
 
   /**
    * RoPE at `step.pos + r` on row r of `q` (in place, `heads` heads of `hd`) and of `k` (`kvHeads` heads), which is
-   * stored with row r of `v` at that position of the caches `ck`, `cv` (see {@link ROPE_KV_WGSL}).
+   * stored with row r of `v` at that position of the caches `ck`, `cv` (see {@link ROPE_KV_WGSL}). With `qkNorm`
+   * each head is RMS-normed first, in the same launch ({@link ropeKvNormWgsl}: one workgroup per head and row).
    */
   ropeKv(o: RopeKvOptions & { q: GPUBuffer; k: GPUBuffer; v: GPUBuffer }): Dispatch {
     checkHeadDim(o.hd);
+    if (o.qkNorm)
+      return this.make(
+        'qknorm+rope+kv',
+        this.pipeline(`rope_kv_norm_${o.hd}`, () => ropeKvNormWgsl(o.hd)),
+        [o.step, this.ropeParams(o), o.cs, o.q, o.k, o.v, o.ck, o.cv, o.qkNorm.q, o.qkNorm.k],
+        o.heads + o.kvHeads,
+      );
     const p = this.pipeline('rope_kv', () => ROPE_KV_WGSL);
     return this.make(
       'rope+kv',
@@ -1805,7 +1838,11 @@ export class Kernels {
   }
 
   /** The uniform of the attention kernels ({@link attentionWgsl}, {@link rotationAttentionWgsl}). */
-  private attentionParams(o: { heads: number; kvHeads: number; hd: number }, capacity: number): GPUBuffer {
+  private attentionParams(
+    o: { heads: number; kvHeads: number; hd: number },
+    capacity: number,
+    normEps?: number,
+  ): GPUBuffer {
     return this.uniform(
       [
         ['u32', o.heads],
@@ -1814,6 +1851,8 @@ export class Kernels {
         ['u32', o.kvHeads * o.hd],
         ['u32', capacity],
         ['f32', 1 / Math.sqrt(o.hd)],
+        // the per-head norms' epsilon (rotationAttentionWgsl with qkNorm)
+        ...(normEps === undefined ? [] : [['f32', normEps] as UniformField]),
       ],
       'attention params',
     );

@@ -115,6 +115,43 @@ const add = (a: string, b: string) => `${a} + ${b}`;
 /** The larger of two f32 values, for {@link workgroupReduceWgsl}. */
 const larger = (a: string, b: string) => `max(${a}, ${b})`;
 
+/** `sqAcc` of {@link normScaleWgsl}: one invocation's overflow-safe sum of squares, `acc = (s, e)` for `s·4^e`. */
+const SQ_ACC_WGSL = /* wgsl */ `
+fn sqAcc(acc: vec2<f32>, v: f32) -> vec2<f32> {
+  let a = abs(v);
+  if (acc.y == 0.0 && a < 1099511627776.0) { return vec2<f32>(acc.x + v * v, 0.0); }
+  let e = max(acc.y, f32(frexp(a).exp));
+  let h = i32(e) / 2;
+  let t = ldexp(ldexp(v, -h), h - i32(e));
+  return vec2<f32>(ldexp(acc.x, 2 * i32(acc.y - e)) + t * t, e);
+}`;
+
+/**
+ * WGSL of the per-head query and key RMSNorm (Qwen3's `q_norm`/`k_norm`, before RoPE): `sqAcc` and
+ * `normFactor(acc, n, eps)`, {@link normScaleWgsl}'s factor pair for a sum `acc` that one invocation accumulated over
+ * all `n` values (no reduction: the same last step). Each kernel that applies it sums a head's `hd` values in order
+ * (j = 0 … hd − 1, {@link headNormWgsl}) and multiplies each value as the RMSNorm kernels do, `x · s.x · s.y · w`: the
+ * same operations in the same order in every form (one launch with RoPE, with the rotation, with attention), so
+ * their outputs agree to the bit as the forms without the norm do. Overflow-safe as every RMSNorm here (values up to
+ * f32's largest).
+ */
+const HEAD_NORM_WGSL = /* wgsl */ `${SQ_ACC_WGSL}
+fn normFactor(acc: vec2<f32>, n: u32, eps: f32) -> vec2<f32> {
+  let e = i32(acc.y);
+  let r = 1.0 / sqrt(acc.x / f32(n) + ldexp(eps, -2 * e));
+  return vec2<f32>(ldexp(r, -(e / 2)), ldexp(1.0, e / 2 - e));
+}`;
+
+/**
+ * WGSL statements declaring `name`, the {@link HEAD_NORM_WGSL} factor pair of the `hd` values `value(j)`,
+ * j = 0 … hd − 1, summed in that order by one invocation (every invocation that calls it computes the same bits).
+ */
+function headNormWgsl(name: string, value: (j: string) => string, hd: string, eps: string): string {
+  return `var ${name}Sum = vec2<f32>();
+  for (var j = 0u; j < ${hd}; j++) { ${name}Sum = sqAcc(${name}Sum, ${value('j')}); }
+  let ${name} = normFactor(${name}Sum, ${hd}, ${eps});`;
+}
+
 /** Workgroup-array values {@link normScaleWgsl}'s reduction uses: two per invocation (sums and their exponents). */
 export const normScaleWords = (wg: number): number => 2 * wg;
 
@@ -133,15 +170,7 @@ export const normScaleWords = (wg: number): number => 2 * wg;
  * reduces this way.
  */
 function normScaleWgsl(arr: string, eps: string, wg: number): string {
-  return /* wgsl */ `
-fn sqAcc(acc: vec2<f32>, v: f32) -> vec2<f32> {
-  let a = abs(v);
-  if (acc.y == 0.0 && a < 1099511627776.0) { return vec2<f32>(acc.x + v * v, 0.0); }
-  let e = max(acc.y, f32(frexp(a).exp));
-  let h = i32(e) / 2;
-  let t = ldexp(ldexp(v, -h), h - i32(e));
-  return vec2<f32>(ldexp(acc.x, 2 * i32(acc.y - e)) + t * t, e);
-}
+  return /* wgsl */ `${SQ_ACC_WGSL}
 fn normScale(acc: vec2<f32>, n: u32, lid: u32) -> vec2<f32> {
   ${arr}[lid] = acc.x;
   ${arr}[lid + ${wg}u] = acc.y;
@@ -831,34 +860,44 @@ const ROPE_ROTATION_BINDINGS = /* wgsl */ `@group(0) @binding(3) var<storage, re
 @group(0) @binding(6) var<storage, read> bias: array<f32>;
 @group(0) @binding(7) var<storage, read> cs: array<f32>;`;
 
+/** The per-head query and key norm weights (`qn`, `kn`: `hd` values each) at bindings `at` and `at + 1`. */
+function qkNormBindings(at: number): string {
+  return /* wgsl */ `@group(0) @binding(${at}) var<storage, read> qn: array<f32>;
+@group(0) @binding(${at + 1}) var<storage, read> kn: array<f32>;`;
+}
+
 /**
  * The output rotations of a group's q, k and v (members 0, 1, 2 of {@link hadamardWgsl}'s parameters; one workgroup
  * each; no accumulation, multipliers `pre` of 1) followed by what {@link ROPE_KV_WGSL} does with their outputs, in one
  * launch: each workgroup keeps its layer's output in workgroup memory, then RoPE at `step.pos + r` writes q (row r of
  * `q`) and k (the KV cache `ck` at that position), and v goes to `cv` unrotated. The same operations in the same
  * order as the rotation and the RoPE/KV launch (bit-identical on SwiftShader to both rotation paths, tested). `maxN`
- * sizes the workgroup array; `mixKs` and `transpose` (an output rotation's: true) as in {@link hadamardWgsl}.
+ * sizes the workgroup array; `mixKs` and `transpose` (an output rotation's: true) as in {@link hadamardWgsl}. With
+ * `qkNorm` each head of q and k is RMS-normed before RoPE (Qwen3; {@link HEAD_NORM_WGSL}: each invocation sums its
+ * pair's head from workgroup memory; weights `qn`, `kn` at bindings 11 and 12, epsilon in `rp`): 10 storage buffers.
  */
 export function rotationRopeKvWgsl(
   maxN: number,
   mixKs: readonly number[] = [],
   wg = WG,
   transpose = true,
+  qkNorm = false,
 ): string {
   const C = Math.ceil(maxN / wg);
   return /* wgsl */ `
 ${ROTATION_PARAMS}
 struct Step { pos: u32, len: u32, token: u32, pad: u32 }
 @group(0) @binding(1) var<uniform> step: Step;
-struct RP { heads: u32, kvHeads: u32, hd: u32, a: u32 }
+struct RP { heads: u32, kvHeads: u32, hd: u32, ${qkNorm ? 'eps: f32' : 'a: u32'} }
 @group(0) @binding(2) var<uniform> rp: RP;
 ${ROPE_ROTATION_BINDINGS}
 @group(0) @binding(8) var<storage, read_write> q: array<f32>;
 @group(0) @binding(9) var<storage, read_write> ck: array<f32>;
 @group(0) @binding(10) var<storage, read_write> cv: array<f32>;
+${qkNorm ? qkNormBindings(11) : ''}
 var<workgroup> v: array<f32, ${maxN}>;
 ${rotationStepsWgsl(mixKs, wg, [transpose])}
-${ROPE_PAIR_WGSL}
+${ROPE_PAIR_WGSL}${qkNorm ? HEAD_NORM_WGSL : ''}
 @compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let w = wid.x;
@@ -894,7 +933,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   for (var idx = lid; idx < heads * half; idx += ${wg}u) {
     let h = idx / half;
     let i = idx % half;
-    let y = ropePair(v[h * rp.hd + i], v[h * rp.hd + i + half], pos, half, i);
+    ${
+      qkNorm
+        ? `${headNormWgsl('s', (j) => `v[h * rp.hd + ${j}]`, 'rp.hd', 'rp.eps')}
+    var w1 = kn[i];
+    var w2 = kn[i + half];
+    if (w == 0u) {
+      w1 = qn[i];
+      w2 = qn[i + half];
+    }
+    let y = ropePair(v[h * rp.hd + i] * s.x * s.y * w1, v[h * rp.hd + i + half] * s.x * s.y * w2, pos, half, i);`
+        : 'let y = ropePair(v[h * rp.hd + i], v[h * rp.hd + i + half], pos, half, i);'
+    }
     if (w == 0u) {
       let o = r * rp.heads * rp.hd + h * rp.hd;
       q[o + i] = y.x;
@@ -909,8 +959,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 }
 
 /** The attention kernels' uniform `p` at `binding`: head counts (`group` query heads per KV head), sizes, scale. */
-function attentionParamsWgsl(binding: number): string {
-  return `struct AP { heads: u32, group: u32, hd: u32, kw: u32, cap: u32, scale: f32, a: u32, b: u32 }
+function attentionParamsWgsl(binding: number, eps = false): string {
+  return `struct AP { heads: u32, group: u32, hd: u32, kw: u32, cap: u32, scale: f32, ${eps ? 'eps: f32' : 'a: u32'}, b: u32 }
 @group(0) @binding(${binding}) var<uniform> p: AP;`;
 }
 
@@ -951,7 +1001,9 @@ function scoresSoftmaxWgsl(dot: string, wg: number): string {
  * the current position, so no workgroup reads what another writes. The same operations in the same order as
  * {@link rotationRopeKvWgsl} and then {@link attentionWgsl} (bit-identical on SwiftShader, tested); q is not
  * written. `maxN` sizes the workgroup array, `hd` the head size; `mixKs` and `transpose` (an output rotation's:
- * true) as in {@link hadamardWgsl}.
+ * true) as in {@link hadamardWgsl}. With `qkNorm` the head's q and k slices are RMS-normed before RoPE (Qwen3;
+ * {@link HEAD_NORM_WGSL}, every invocation summing each slice from workgroup memory; weights `qn`, `kn` at bindings
+ * 12 and 13, epsilon in `p`): 11 storage buffers.
  */
 export function rotationAttentionWgsl(
   maxN: number,
@@ -959,6 +1011,7 @@ export function rotationAttentionWgsl(
   mixKs: readonly number[] = [],
   wg = WG,
   transpose = true,
+  qkNorm = false,
 ): string {
   const C = Math.ceil(maxN / wg);
   // the vector's loads written out, issued together (see unrolled)
@@ -980,19 +1033,20 @@ export function rotationAttentionWgsl(
 ${ROTATION_PARAMS}
 struct Step { pos: u32, len: u32, token: u32, pad: u32 }
 @group(0) @binding(1) var<uniform> step: Step;
-${attentionParamsWgsl(2)}
+${attentionParamsWgsl(2, qkNorm)}
 ${ROPE_ROTATION_BINDINGS}
 @group(0) @binding(8) var<storage, read_write> ck: array<f32>;
 @group(0) @binding(9) var<storage, read_write> cv: array<f32>;
 @group(0) @binding(10) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(11) var<storage, read_write> outv: array<f32>;
+${qkNorm ? qkNormBindings(12) : ''}
 var<workgroup> v: array<f32, ${maxN}>;
 var<workgroup> qh: array<f32, ${hd}>;
 var<workgroup> kh: array<f32, ${hd}>;
 var<workgroup> vh: array<f32, ${hd}>;
 var<workgroup> red: array<f32, ${wg}>;
 ${rotationStepsWgsl(mixKs, wg, [transpose])}
-${ROPE_PAIR_WGSL}
+${ROPE_PAIR_WGSL}${qkNorm ? HEAD_NORM_WGSL : ''}
 @compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let hh = wid.x;
@@ -1003,11 +1057,22 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   ${slice(1, 'ko', 'kh')}
   ${slice(2, 'ko', 'vh')}
   let half = p.hd / 2u;
+  ${
+    qkNorm
+      ? `${headNormWgsl('sq', (j) => `qh[${j}]`, 'p.hd', 'p.eps')}
+  ${headNormWgsl('sk', (j) => `kh[${j}]`, 'p.hd', 'p.eps')}
+  workgroupBarrier();
   if (lid < half) {
+    let yq = ropePair(qh[lid] * sq.x * sq.y * qn[lid], qh[lid + half] * sq.x * sq.y * qn[lid + half], pos, half, lid);
+    qh[lid] = yq.x;
+    qh[lid + half] = yq.y;
+    let yk = ropePair(kh[lid] * sk.x * sk.y * kn[lid], kh[lid + half] * sk.x * sk.y * kn[lid + half], pos, half, lid);`
+      : `if (lid < half) {
     let yq = ropePair(qh[lid], qh[lid + half], pos, half, lid);
     qh[lid] = yq.x;
     qh[lid + half] = yq.y;
-    let yk = ropePair(kh[lid], kh[lid + half], pos, half, lid);
+    let yk = ropePair(kh[lid], kh[lid + half], pos, half, lid);`
+  }
     kh[lid] = yk.x;
     kh[lid + half] = yk.y;
   }
@@ -2254,6 +2319,61 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   cv[base + o + i] = v[ro + i];
   cv[base + o + i + half] = v[ro + i + half];
 }`;
+
+/** Invocations of {@link ropeKvNormWgsl}'s workgroups (one per head and row). */
+export const ROPE_NORM_WG = 64;
+
+/**
+ * {@link ROPE_KV_WGSL} with each head of q and k RMS-normed before RoPE (Qwen3's `q_norm`, `k_norm`; `qn`, `kn` of
+ * `hd` values, epsilon in `p`): one workgroup of {@link ROPE_NORM_WG} per head (the `heads` query heads, then the
+ * `kvHeads` key heads) and row, which loads the head into workgroup memory, sums its squares in order in every
+ * invocation ({@link HEAD_NORM_WGSL}, as the fused forms do) and writes the normed, rotated pairs: q in place, k to
+ * the cache with v. `hd` sizes the workgroup array. 8 storage buffers.
+ */
+export function ropeKvNormWgsl(hd: number): string {
+  return /* wgsl */ `${STEP}
+struct P { heads: u32, kvHeads: u32, hd: u32, eps: f32 }
+@group(0) @binding(1) var<uniform> p: P;
+@group(0) @binding(2) var<storage, read> cs: array<f32>;
+@group(0) @binding(3) var<storage, read_write> q: array<f32>;
+@group(0) @binding(4) var<storage, read> k: array<f32>;
+@group(0) @binding(5) var<storage, read> v: array<f32>;
+@group(0) @binding(6) var<storage, read_write> ck: array<f32>;
+@group(0) @binding(7) var<storage, read_write> cv: array<f32>;
+${qkNormBindings(8)}
+var<workgroup> hv: array<f32, ${hd}>;
+${ROPE_PAIR_WGSL}${HEAD_NORM_WGSL}
+@compute @workgroup_size(${ROPE_NORM_WG})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let isQ = wid.x < p.heads;
+  let h = select(wid.x - p.heads, wid.x, isQ);
+  let pos = step.pos + wid.y;
+  let kw = p.kvHeads * p.hd;
+  // the head's values in the row: of q, else of k (and v)
+  var o = wid.y * kw + h * p.hd;
+  if (isQ) { o = wid.y * p.heads * p.hd + h * p.hd; }
+  for (var j = lid; j < p.hd; j += ${ROPE_NORM_WG}u) {
+    if (isQ) { hv[j] = q[o + j]; } else { hv[j] = k[o + j]; }
+  }
+  workgroupBarrier();
+  ${headNormWgsl('s', (j) => `hv[${j}]`, 'p.hd', 'p.eps')}
+  let half = p.hd / 2u;
+  for (var i = lid; i < half; i += ${ROPE_NORM_WG}u) {
+    if (isQ) {
+      let y = ropePair(hv[i] * s.x * s.y * qn[i], hv[i + half] * s.x * s.y * qn[i + half], pos, half, i);
+      q[o + i] = y.x;
+      q[o + i + half] = y.y;
+    } else {
+      let y = ropePair(hv[i] * s.x * s.y * kn[i], hv[i + half] * s.x * s.y * kn[i + half], pos, half, i);
+      let c = pos * kw + h * p.hd;
+      ck[c + i] = y.x;
+      ck[c + i + half] = y.y;
+      cv[c + i] = v[o + i];
+      cv[c + i + half] = v[o + i + half];
+    }
+  }
+}`;
+}
 
 /**
  * Causal attention of query row r (position `step.pos + r`) over the first `step.pos + r + 1` cached keys/values,
