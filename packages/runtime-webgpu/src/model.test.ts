@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -8,6 +8,7 @@ import {
   CalderaError,
   openSafetensorsDir,
   Rng,
+  tensor,
   tokenNll,
   writeSafetensors,
   type CalderaLayerMeta,
@@ -660,6 +661,227 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
     );
   });
 });
+
+/**
+ * A random Qwen3 checkpoint (2 blocks) in `dir`: each head's query and key RMS-normed before RoPE (`q_norm`, `k_norm`,
+ * 1 ± 0.3), head_dim `hd` (not hidden / heads = 16), 4 query heads on 2 KV heads, the LM head tied to the embedding;
+ * block 0 dense, block 1's q/k/v (one CALDERA group: the rotation with RoPE, and with attention in decode) and
+ * down_proj compressed. `edit` changes the tensors before they are written. Returns the config written.
+ */
+async function writeQwen3(
+  dir: string,
+  hd: number,
+  edit: (t: Record<string, Tensor>) => void = () => {},
+): Promise<Record<string, unknown>> {
+  const t = randomLlamaTensors(new Rng(5), {
+    hidden: 64,
+    kvDim: 2 * hd,
+    qDim: 4 * hd,
+    intermediate: 96,
+    vocab: 50,
+    std: 0.15,
+    qkNormDim: hd,
+  });
+  const layers: Record<string, CalderaLayerMeta> = {};
+  for (const p of ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'mlp.down_proj']) {
+    const name = `model.layers.1.${p}`;
+    const ck = toCheckpointTensors(
+      name,
+      caldera(t[`${name}.weight`]!, null, { rank: 4, outerIters: 1, lplrIters: 1 }),
+    );
+    delete t[`${name}.weight`];
+    Object.assign(t, ck.tensors);
+    layers[name] = ck.meta;
+  }
+  edit(t);
+  const config = {
+    architectures: ['Qwen3ForCausalLM'],
+    hidden_size: 64,
+    intermediate_size: 96,
+    num_hidden_layers: 2,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    head_dim: hd,
+    vocab_size: 50,
+    tie_word_embeddings: true,
+    rope_theta: 1000,
+    rms_norm_eps: 1e-6,
+  };
+  await writeSafetensors(join(dir, 'model.safetensors'), t);
+  await writeFile(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));
+  await writeFile(join(dir, 'config.json'), JSON.stringify(config));
+  return config;
+}
+
+describe.skipIf(!dev)(
+  gpuTitle('Qwen3 on WebGPU (per-head query and key RMSNorm before RoPE)', reason),
+  () => {
+    const d = dev!;
+    const tokens = [3, 49, 0, 7, 7, 21, 33];
+    const V = 50;
+    let dir = '';
+    beforeAll(async () => {
+      dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-qwen3-'));
+      await writeQwen3(dir, 48);
+    });
+    afterAll(async () => {
+      if (dir) await rm(dir, { recursive: true, force: true });
+    });
+
+    /** Each token's logits stepped one at a time from an empty cache. */
+    async function stepped(model: WebGpuModel): Promise<Float32Array> {
+      model.reset();
+      const out = new Float32Array(tokens.length * V);
+      for (const [i, t] of tokens.entries()) out.set(await model.step(t, 'logits'), i * V);
+      return out;
+    }
+
+    it("gives runtime-node's logits decoding step by step and in prefill (dense and CALDERA blocks, GQA, head_dim 48 ≠ hidden/heads, tied head), its greedy tokens, and the same from a directory and from bytes", async () => {
+      let plan: MemoryPlan | undefined;
+      const { model } = await loadModel(d, dir, {
+        contextLength: 16,
+        prefillChunk: 3,
+        onPlan: (p) => (plan = p),
+      });
+      const cpu = (await node.loadModel(dir)).model;
+      try {
+        // the plan counts the q/k norms (2 × 48 f32 per block) as the model holds them
+        expect(plan!.weightBytes).toBe(model.weightBytes);
+        // the norms run where RoPE does: block 0 (dense q/k/v) in the RoPE/KV launch, block 1 (CALDERA q/k/v) in its
+        // output rotation with attention; no launch more than Qwen2's layout would take
+        expect(model.launchLabels.filter((l) => l.includes('rope'))).toEqual([
+          'qknorm+rope+kv',
+          expect.stringMatching(/^hadamard n=\d+ T ×3 \+qknorm\+rope\+kv\+attention/),
+        ]);
+        const want = cpu.forward(tokens);
+        // f32 on both sides in different summation orders (products over ≤ 192 terms, the heads' sums of 48 squares, 2
+        // blocks): ~1e-6 of the logits' scale (8.7e-7 observed); 1e-4 as the other comparisons with runtime-node. A head
+        // left unnormed, or normed with the other weight or over another span, moves the logits by O(1)
+        const prefilled = await model.forward(tokens);
+        expect(relErr(prefilled, want)).toBeLessThan(1e-4);
+        // decode (the norm in the rotation-with-attention launch) against prefill batches of 3, 3 and 1 (the norm in
+        // the rotation-with-RoPE launch): the same operations in the same order, the same bits
+        const steps = await stepped(model);
+        expect(steps).toEqual(prefilled);
+        // greedy tokens; keys are cached normed and rotated, so a cached prefix gives the same tokens
+        model.reset();
+        const g = await collect(generate(model, tokens, { maxTokens: 8 }));
+        expect(g).toEqual(await collect(node.generate(cpu, tokens, { maxTokens: 8 })));
+        // from bytes (loadModelFromBuffer's in-memory store): the same weights, the same bits
+        const bytes = await readFile(join(dir, 'model.safetensors'));
+        const fromBytes = await loadModelFromBuffer(
+          d,
+          {
+            config: JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as unknown,
+            calderaMeta: JSON.parse(await readFile(join(dir, 'caldera.json'), 'utf8')) as unknown,
+            weights: bytes,
+          },
+          { contextLength: 16, prefillChunk: 3 },
+        );
+        try {
+          expect(await fromBytes.model.forward(tokens)).toEqual(prefilled);
+        } finally {
+          fromBytes.model.dispose();
+        }
+      } finally {
+        model.dispose();
+      }
+    });
+
+    it('every form of the norm gives the same bits: in the RoPE/KV launch (8 storage buffers), in the rotation with RoPE (10), with attention (the device’s), after the global-memory rotation; 32 lanes and head_dim 80 (beyond 64 invocations) within f32 rounding of runtime-node', async () => {
+      const cpu = (await node.loadModel(dir)).model;
+      const want = cpu.forward(tokens);
+      const models: WebGpuModel[] = [];
+      const wide = await mkdtemp(join(tmpdir(), 'caldera-webgpu-qwen3-80-'));
+      try {
+        const load = async (device: CalderaDevice, from: string, opts: Parameters<typeof loadModel>[2]) => {
+          const m = (await loadModel(device, from, { contextLength: 16, ...opts })).model;
+          models.push(m);
+          return m;
+        };
+        const apart = await load({ ...d, maxStorageBuffers: 8 }, dir, {});
+        const rope = await load({ ...d, maxStorageBuffers: 10 }, dir, {});
+        const fused = await load(d, dir, {});
+        const global = await load(d, dir, { maxLocalHadamard: 16 });
+        const ropeLabels = (m: WebGpuModel) => m.launchLabels.filter((l) => l.includes('rope'));
+        expect(ropeLabels(apart)).toEqual(['qknorm+rope+kv', 'qknorm+rope+kv']);
+        expect(ropeLabels(rope)).toEqual([
+          'qknorm+rope+kv',
+          expect.stringMatching(/^hadamard n=\d+ T ×3 \+qknorm\+rope\+kv table mix$/),
+        ]);
+        expect(ropeLabels(fused)[1]).toMatch(/\+qknorm\+rope\+kv\+attention/);
+        expect(ropeLabels(global)).toEqual(['qknorm+rope+kv', 'qknorm+rope+kv']);
+        // launches: the rotation apart adds one (rope) or two (rope, attention) to the fused form, as without norms
+        expect(rope.dispatchesPerToken).toBe(fused.dispatchesPerToken + 1);
+        expect(apart.dispatchesPerToken).toBe(fused.dispatchesPerToken + 2);
+        const base = await stepped(apart);
+        expect(relErr(base, want)).toBeLessThan(1e-4); // as in the test above
+        for (const m of [rope, fused, global]) expect(await stepped(m)).toEqual(base);
+        // 32 lanes per row sum the products in another order: f32 rounding, as above
+        expect(relErr(await stepped(await load(d, dir, { lanes: 32 })), want)).toBeLessThan(1e-4);
+        // head_dim 80: the RoPE/KV launch's workgroup of 64 loads its head in two passes; with 64 invocations the head
+        // does not fit the attention launch (the rotation with RoPE runs), with 256 it does
+        await writeQwen3(wide, 80);
+        const cpu80 = (await node.loadModel(wide)).model.forward(tokens);
+        const narrow80 = await load(d, wide, { vectorWorkgroup: 64 });
+        const wide80 = await load(d, wide, { vectorWorkgroup: 256 });
+        expect(ropeLabels(narrow80)[1]).toMatch(/\+qknorm\+rope\+kv table mix$/);
+        expect(ropeLabels(wide80)[1]).toMatch(/\+qknorm\+rope\+kv\+attention/);
+        for (const m of [narrow80, wide80]) {
+          const s = await stepped(m);
+          expect(relErr(s, cpu80)).toBeLessThan(1e-4);
+          m.reset();
+          expect(await m.forward(tokens)).toEqual(s);
+        }
+      } finally {
+        for (const m of models) m.dispose();
+        await rm(wide, { recursive: true, force: true });
+      }
+    });
+
+    it('a checkpoint without a q_norm or with a short k_norm fails naming the tensor; hand-built weights without the norms, with norms of another size, or norms on a Llama are refused; dispose() destroys the norms', async () => {
+      const bad = await mkdtemp(join(tmpdir(), 'caldera-webgpu-qwen3-bad-'));
+      try {
+        await writeQwen3(bad, 48, (t) => delete t['model.layers.1.self_attn.q_norm.weight']);
+        await expect(loadModel(d, bad, { contextLength: 16 })).rejects.toThrow(
+          /^E_MISSING: .*tensor 'model\.layers\.1\.self_attn\.q_norm\.weight' is missing/,
+        );
+        await writeQwen3(bad, 48, (t) => {
+          t['model.layers.0.self_attn.k_norm.weight'] = tensor('f32', [8], new Float32Array(8).fill(1));
+        });
+        await expect(loadModel(d, bad, { contextLength: 16 })).rejects.toThrow(
+          /^E_SHAPE: .*tensor 'model\.layers\.0\.self_attn\.k_norm\.weight' has shape \[8\], expected \[48\]/,
+        );
+      } finally {
+        await rm(bad, { recursive: true, force: true });
+      }
+      const counting = countingDevice(d);
+      const { model } = await loadModel(counting.dev, dir, { contextLength: 16 });
+      const w = model.weights;
+      const cfg = model.config;
+      const { kNorm: _k, ...noK } = w.blocks[0]!;
+      expect(() => new WebGpuModel(d, cfg, { ...w, blocks: [noK, w.blocks[1]!] })).toThrow(
+        "E_MISSING: WebGpuModel: block 0 lacks kNorm: Qwen3ForCausalLM normalizes each head's query and key (self_attn.q_norm, self_attn.k_norm)",
+      );
+      const short = { ...w, blocks: [w.blocks[0]!, { ...w.blocks[1]!, qNorm: w.blocks[0]!.inputNorm }] };
+      expect(() => new WebGpuModel(d, cfg, short)).toThrow(
+        'E_SHAPE: WebGpuModel: block 1: qNorm must be a buffer of head_dim (48) f32 values, 192 bytes, got 256 bytes',
+      );
+      const llama = { ...cfg, architecture: 'LlamaForCausalLM' as const };
+      expect(() => new WebGpuModel(d, llama, w)).toThrow(
+        'E_VALUE: WebGpuModel: block 0 has query/key norm weights (qNorm, kNorm), which LlamaForCausalLM does not apply',
+      );
+      // the model still runs, and dispose() destroys every buffer the loader and the model made, the norms included
+      expect(
+        relErr(await model.forward(tokens), (await node.loadModel(dir)).model.forward(tokens)),
+      ).toBeLessThan(1e-4);
+      model.dispose();
+      const labels = counting.created.map((b) => b.label);
+      expect(labels).toEqual(expect.arrayContaining(['q_norm0', 'k_norm0', 'q_norm1', 'k_norm1']));
+      expect(counting.created.filter((b) => !counting.destroyed.has(b)).map((b) => b.label)).toEqual([]);
+    });
+  },
+);
 
 // lavapipe compiles each kernel with LLVM when first used: with an empty shader cache (Mesa's, under ~/.cache) the
 // two tests below took 116 and 34 s on the 2-core development machine, with a warm one 8–20 s (2026-12-05)

@@ -1394,6 +1394,103 @@ describe.skipIf(!dev)(gpuTitle('WGSL kernels against CPU references', reason), (
       1e-5,
     );
   });
+
+  it("Qwen3's per-head query and key RMSNorm before RoPE (ropeKv with qkNorm, 2 rows, head size 80: more than the launch's 64 invocations) against a direct f64 evaluation: heads at RMS 1e-30, 1 and 1e30, one of values up to 3e38", async () => {
+    const rng = new Rng(9);
+    const k = K();
+    const [H, KV, hd, cap, pos, rows] = [4, 2, 80, 6, 2, 2];
+    const kw = KV * hd;
+    const half = hd / 2;
+    const eps = 1e-6;
+    const angle = (p: number, i: number) => p * 10000 ** (-(2 * i) / hd);
+    const cs = new Float32Array(cap * half * 2);
+    for (let p = 0; p < cap; p++)
+      for (let i = 0; i < half; i++) {
+        cs[(p * half + i) * 2] = Math.cos(angle(p, i));
+        cs[(p * half + i) * 2 + 1] = Math.sin(angle(p, i));
+      }
+    // each head of q and k at its own scale: 1e-30 (the norm's eps dominates), 1, 1e30 (squares past f32's range:
+    // the sum overflows unless scaled), and values up to 3e38 (f32's largest is 3.4e38)
+    const scales = [1e-30, 1, 1e30, 3e38];
+    const fill = (heads: number) => {
+      const v = randn(rng, rows * heads * hd);
+      for (let h = 0; h < rows * heads; h++) {
+        const s = scales[h % scales.length]!;
+        let mx = 0;
+        for (let i = 0; i < hd; i++) mx = Math.max(mx, Math.abs(v[h * hd + i]!));
+        // the largest head: its largest value at 3e38 exactly (a normal draw times 3e38 could overflow)
+        for (let i = 0; i < hd; i++)
+          v[h * hd + i] = s === 3e38 ? (v[h * hd + i]! / mx) * s : v[h * hd + i]! * s;
+      }
+      return v;
+    };
+    const q = fill(H);
+    const kk = fill(KV);
+    const vv = randn(rng, rows * kw);
+    const qn = rng.fillNormal(new Float32Array(hd), 1, 0.3);
+    const kn = rng.fillNormal(new Float32Array(hd), 1, 0.3);
+    const [qb, ckb, cvb] = [
+      storageBuffer(d, q, 'q'),
+      scratchBuffer(d, cap * kw * 4, 'ck'),
+      scratchBuffer(d, cap * kw * 4, 'cv'),
+    ];
+    await run(
+      d,
+      [
+        k.ropeKv({
+          step: stepBuf(pos, pos + rows),
+          cs: storageBuffer(d, cs, 'cs'),
+          q: qb,
+          k: storageBuffer(d, kk, 'k'),
+          v: storageBuffer(d, vv, 'v'),
+          ck: ckb,
+          cv: cvb,
+          heads: H,
+          kvHeads: KV,
+          hd,
+          qkNorm: { q: storageBuffer(d, qn, 'q norm'), k: storageBuffer(d, kn, 'k norm'), eps },
+        }),
+      ],
+      rows,
+    );
+    // transformers' Qwen3 RMSNorm of each head, then RoPE at the row's position, in f64
+    const normRope = (x: Float32Array, w: Float32Array, at: number, p: number) => {
+      let ss = 0;
+      for (let i = 0; i < hd; i++) ss += x[at + i]! ** 2;
+      const r = 1 / Math.sqrt(ss / hd + eps);
+      const n = Array.from({ length: hd }, (_, i) => x[at + i]! * r * w[i]!);
+      const out = new Float64Array(hd);
+      for (let i = 0; i < half; i++) {
+        const [c, s] = [Math.cos(angle(p, i)), Math.sin(angle(p, i))];
+        out[i] = n[i]! * c - n[i + half]! * s;
+        out[i + half] = n[i + half]! * c + n[i]! * s;
+      }
+      return out;
+    };
+    const gotQ = await readF32(d, qb, rows * H * hd);
+    const gotK = await readF32(d, ckb, cap * kw);
+    const gotV = await readF32(d, cvb, cap * kw);
+    for (let r = 0; r < rows; r++) {
+      for (let h = 0; h < H; h++) {
+        const at = (r * H + h) * hd;
+        // f32 sums of 80 squares, a square root and three products per value, against f64: a few ulps of O(1)
+        // outputs; 1e-5 of the head's scale leaves margin, and an unscaled sum (inf, or 0 for the 1e30 heads) or a
+        // head normed over the wrong span is off by O(1)
+        expect(
+          relErr(gotQ.subarray(at, at + hd), normRope(q, qn, at, pos + r)),
+          `row ${r} q head ${h}`,
+        ).toBeLessThan(1e-5);
+      }
+      for (let h = 0; h < KV; h++) {
+        const c = (pos + r) * kw + h * hd;
+        const want = normRope(kk, kn, (r * KV + h) * hd, pos + r);
+        expect(relErr(gotK.subarray(c, c + hd), want), `row ${r} k head ${h}`).toBeLessThan(1e-5);
+        expect(Array.from(gotV.subarray(c, c + hd))).toEqual(
+          Array.from(vv.subarray((r * KV + h) * hd, (r * KV + h + 1) * hd)),
+        );
+      }
+    }
+  });
 });
 
 describe.skipIf(!f16dev)(gpuTitle('packed-f16 E8P kernel against an exact reference', f16reason), () => {

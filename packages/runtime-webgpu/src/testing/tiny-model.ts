@@ -14,12 +14,19 @@ export interface RandomLlamaShape {
   lmHeadStd?: number;
   /** q/k/v biases of this standard deviation (Qwen2; default: none). */
   biasStd?: number;
+  /** Rows of q_proj and columns of o_proj (heads × head size; default `hidden`). */
+  qDim?: number;
+  /**
+   * Qwen3's per-head query and key norms (`self_attn.q_norm`, `self_attn.k_norm`) of this many values (the head size),
+   * 1 ± 0.3, drawn after each block's linears (default: none).
+   */
+  qkNormDim?: number;
 }
 
 /**
  * The f32 tensors of a random 2-block Llama under Hugging Face names, drawn from `rng` in a fixed order: the embedding
  * (std 1), the LM head when untied, the final norm (1 ± 0.1), then per block its two norms and its seven linears
- * (each followed by its bias when q/k/v have biases).
+ * (each followed by its bias when q/k/v have biases), and its query and key norms with `qkNormDim`.
  */
 export function randomLlamaTensors(rng: Rng, s: RandomLlamaShape): Record<string, Tensor> {
   const t: Record<string, Tensor> = {};
@@ -29,7 +36,7 @@ export function randomLlamaTensors(rng: Rng, s: RandomLlamaShape): Record<string
       shape,
       rng.fillNormal(new Float32Array(shape.reduce((a, b) => a * b, 1)), mean, std),
     ));
-  const [d, kv, I] = [s.hidden, s.kvDim, s.intermediate];
+  const [d, kv, I, qd] = [s.hidden, s.kvDim, s.intermediate, s.qDim ?? s.hidden];
   r('model.embed_tokens.weight', [s.vocab, d], 1);
   if (s.lmHeadStd !== undefined) r('lm_head.weight', [s.vocab, d], s.lmHeadStd);
   r('model.norm.weight', [d], 0.1, 1);
@@ -38,10 +45,10 @@ export function randomLlamaTensors(rng: Rng, s: RandomLlamaShape): Record<string
     r(`${p}.input_layernorm.weight`, [d], 0.1, 1);
     r(`${p}.post_attention_layernorm.weight`, [d], 0.1, 1);
     for (const [n, shape] of [
-      ['self_attn.q_proj', [d, d]],
+      ['self_attn.q_proj', [qd, d]],
       ['self_attn.k_proj', [kv, d]],
       ['self_attn.v_proj', [kv, d]],
-      ['self_attn.o_proj', [d, d]],
+      ['self_attn.o_proj', [d, qd]],
       ['mlp.gate_proj', [I, d]],
       ['mlp.up_proj', [I, d]],
       ['mlp.down_proj', [d, I]],
@@ -49,6 +56,8 @@ export function randomLlamaTensors(rng: Rng, s: RandomLlamaShape): Record<string
       r(`${p}.${n}.weight`, [...shape], s.std);
       if (s.biasStd !== undefined && /[qkv]_proj/.test(n)) r(`${p}.${n}.bias`, [shape[0]], s.biasStd);
     }
+    if (s.qkNormDim !== undefined)
+      for (const n of ['q_norm', 'k_norm']) r(`${p}.self_attn.${n}.weight`, [s.qkNormDim], 0.3, 1);
   }
   return t;
 }
