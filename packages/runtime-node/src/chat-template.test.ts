@@ -337,6 +337,17 @@ describe('Python semantics where @huggingface/jinja differed from jinja2', () =>
     );
   });
 
+  it('a tuple inside a mapping literal is the one jinja2 reads: (1,) and () are not padded with Undefined', () => {
+    // (jinja2 3.1.6's output; a mapping literal's values kept the parse's trailing-comma marks: {'k': (1, Undefined)},
+    // a length of 2, {"k": [1, null]}, and '%s' % (1,) was "not all arguments converted")
+    const t =
+      "{{ {'k': (1,)} }}|{{ {'k': ()} }}|{{ {'k': (1,)}|tojson }}|{{ {'k': (1,)}.k|length }}|" +
+      "{{ {'k': '%s' % (1,)} }}|{{ [{'a': {'b': (1, 2,)}}] }}";
+    expect(renderChatTemplate(t, {})).toBe(
+      `{'k': (1,)}|{'k': ()}|{"k": [1]}|1|{'k': '1'}|[{'a': {'b': (1, 2)}}]`,
+    );
+  });
+
   it("content given as parts: |trim writes it as Python does (Llama 3's template), + refuses it as Python", () => {
     const llama3 =
       "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";

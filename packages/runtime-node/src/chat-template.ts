@@ -1095,20 +1095,18 @@ function pythonLiterals(tokens: TemplateToken[]): boolean {
 
 /**
  * The {@link TRAILING_COMMA} items of a parsed program taken out (each ends a tuple, the parser's reading of
- * `(1, <mark>)`); a syntax error where one is elsewhere.
+ * `(1, <mark>)`); a syntax error where one is elsewhere. The parser's nodes hold their parts in properties, arrays
+ * and, for a mapping literal (`ObjectLiteral`, the one other container), a `Map` of key nodes to value nodes: its
+ * keys and values are walked too (`{'k': (1,)}` printed `{'k': (1, Undefined)}`).
  */
 function dropTrailingCommas(node: unknown): void {
   if (typeof node !== 'object' || node === null) return;
-  if (Array.isArray(node)) {
-    const isMark = (n: TemplateNode | undefined) => n?.type === 'Identifier' && n.value === TRAILING_COMMA;
-    while (isMark(node.at(-1) as TemplateNode | undefined)) node.pop();
-  }
-  for (const child of Object.values(node)) {
-    if (
-      (child as TemplateNode | undefined)?.type === 'Identifier' &&
-      (child as TemplateNode).value === TRAILING_COMMA
-    )
-      throw new SyntaxError('Unexpected token: CloseParen');
+  const isMark = (n: unknown) =>
+    (n as TemplateNode | undefined)?.type === 'Identifier' && (n as TemplateNode).value === TRAILING_COMMA;
+  if (Array.isArray(node)) while (isMark(node.at(-1))) node.pop();
+  const children = node instanceof Map ? [...node].flat() : Object.values(node);
+  for (const child of children) {
+    if (isMark(child)) throw new SyntaxError('Unexpected token: CloseParen');
     dropTrailingCommas(child);
   }
 }
