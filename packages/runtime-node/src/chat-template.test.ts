@@ -348,6 +348,14 @@ describe('Python semantics where @huggingface/jinja differed from jinja2', () =>
     );
   });
 
+  it('an int is never -0 (Python has no such int): a float made of 5 % -5 or 0 * -1 is 0.0; floats keep -0.0', () => {
+    // (jinja2 3.1.6's output; the first five were -0.0, -0.000000, -0.0, -0.0, -0.0)
+    const t =
+      "{{ (5 % -5) * 1.0 }}|{{ '%f' % (5 % -5) }}|{{ (0 // -1) * 1.0 }}|{{ (0 * -1) * 1.0 }}|{{ -0 * 1.0 }}|" +
+      '{{ 0.0 % -5 }}|{{ -0.0 // 1 }}|{{ 0 / -5 }}|{{ 5.0 % -5 }}';
+    expect(renderChatTemplate(t, {})).toBe('0.0|0.000000|0.0|0.0|0.0|-0.0|-0.0|-0.0|-0.0');
+  });
+
   it("content given as parts: |trim writes it as Python does (Llama 3's template), + refuses it as Python", () => {
     const llama3 =
       "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";

@@ -384,13 +384,14 @@ export function pythonDivision(op: '/' | '//' | '%', a: number, b: number, float
   // CPython's float_divmod (exact for integers as well): JavaScript's `%` is C's fmod
   let mod = a % b;
   let div = (a - mod) / b;
-  if (mod === 0) mod = b < 0 ? -0 : 0;
+  // a zero modulo takes the divisor's sign as a float (`0.0 % -5` is -0.0); an int has no -0 (`5 % -5` is 0)
+  if (mod === 0) mod = float && b < 0 ? -0 : 0;
   else if (b < 0 !== mod < 0) {
     mod += b;
     div -= 1;
   }
   if (op === '%') return mod;
-  if (div === 0) return a / b < 0 || Object.is(a / b, -0) ? -0 : 0; // (Python's -0.0 // 1 is -0.0)
+  if (div === 0) return float && (a / b < 0 || Object.is(a / b, -0)) ? -0 : 0; // (Python's -0.0 // 1 is -0.0; 0 // -1 is 0)
   const floor = Math.floor(div);
   return div - floor > 0.5 ? floor + 1 : floor;
 }
@@ -915,7 +916,11 @@ class BudgetedInterpreter extends Interpreter {
     if (node?.type === 'MemberExpression' && node.property?.type !== 'SliceExpression')
       this.markLookup(node.object);
     const python = node ? this.python(node, args[1] as unknown as TemplateEnvironment) : undefined;
-    const v = python ? (python as unknown as ReturnType<Interpreter['evaluate']>) : super.evaluate(...args);
+    let v = python ? (python as unknown as ReturnType<Interpreter['evaluate']>) : super.evaluate(...args);
+    // Python's ints have no -0: the library's int arithmetic on JavaScript numbers made one (`0 * -1`, `-0`,
+    // `'0'|int * -1`), which a float made of it kept (`(0 * -1) * 1.0` printed -0.0; jinja2: 0.0)
+    if (v.type === 'IntegerValue' && Object.is(v.value, -0))
+      v = sameKind(v as unknown as RuntimeValue, 0) as unknown as typeof v;
     const value = (v as { value?: unknown }).value;
     const size =
       typeof value === 'string' || Array.isArray(value)
