@@ -356,6 +356,65 @@ describe('Python semantics where @huggingface/jinja differed from jinja2', () =>
     expect(renderChatTemplate(t, {})).toBe('0.0|0.000000|0.0|0.0|0.0|-0.0|-0.0|-0.0|-0.0');
   });
 
+  it("% takes its values as Python's does: a mapping key's value is the last, a negative * precision is 0", () => {
+    // (jinja2 3.1.6's output; ours gave "1 {'a': 1}" for the first error, 'ab' for '%.*s' % (-1, 'abc') and a
+    // RangeError of toFixed and toExponential for the next two)
+    expect(
+      renderChatTemplate(
+        "{{ '%s %(a)s' % {'a': 1} }}|{{ '%.*s' % (-1, 'abc') }}|{{ '%.*f' % (-1, 2.5) }}|" +
+          "{{ '%.*e' % (-2, 2.5) }}|{{ '%*.*s|' % (-4, -1, 'abc') }}",
+        {},
+      ),
+    ).toBe("{'a': 1} 1||2|2e+00|    |");
+    for (const t of [
+      "{{ '%(a)s %s' % {'a': 1} }}",
+      "{{ '%(a)*d' % {'a': 1} }}",
+      "{{ '%(a)s %(b)s %s' % d }}",
+    ])
+      expect(() => renderChatTemplate(t, { d: { a: 1, b: 2 } })).toThrow(
+        /^not enough arguments for format string$/,
+      );
+  });
+
+  it('%e, %f and %g write every digit of the exact binary value, as Python; %g past 800 digits makes no zeros', () => {
+    // (jinja2 3.1.6's output; past 100 decimals the digits were zeros, and '%.4194000g' made 4 M zeros to remove)
+    expect(
+      renderChatTemplate(
+        "{{ '%.4194000g' % 0.1 }}|{{ '%.120f' % 1e-20 }}|{{ '%.3g' % 5e-324 }}|{{ '%.110e' % 0.1 }}",
+        {},
+      ),
+    ).toBe(
+      '0.1000000000000000055511151231257827021181583404541015625|' +
+        `0.${'0'.repeat(20)}9999999999999999451532714542095716517295037027873924471077157760667830643797060474753379821777343750|` +
+        `4.94e-324|1.00000000000000005551115123125782702118158340454101562500${'0'.repeat(54)}e-01`,
+    );
+    const tiny = renderChatTemplate("{{ '%.800g' % 5e-324 }}", {});
+    expect(tiny).toMatch(
+      /^4\.9406564584124654417656879286822137236505980261432476442558568250067550727020875186/,
+    );
+    expect(tiny).toMatch(/5229087538682506419718265533447265625e-324$/);
+    expect(tiny.length).toBe(751 + 1 + 5);
+    // (each took about 40 ms: 300 of them ran 12 s)
+    expect(
+      renderChatTemplate("{% for i in range(300) %}{{ '%.4194000g' % 0.1 }}{% endfor %}", {}).length,
+    ).toBe(300 * 57);
+  });
+
+  it("% is charged what it goes through: a value's repr in full, though a precision keeps one character", () => {
+    // a tuple is charged by its items when looked up, not by its strings' length: '%.1r' % t went through 2 M characters
+    // each time for a few steps (a loop of it ran for minutes)
+    const s = 'x'.repeat(2_000_000);
+    expect(() =>
+      renderChatTemplate("{% set t = (s,) %}{% for i in range(100) %}{{ '%.1r' % t }}{% endfor %}", { s }),
+    ).toThrow(/^it ran over 10000000 steps/);
+    // (jinja2 3.1.6's output) the part a precision keeps, by code points
+    expect(
+      renderChatTemplate("{% set t = (s,) %}{{ '%.1s|%.2r|%-3.1a|' % (t[0], t[0], t[0]) }}", {
+        s: `é${'x'.repeat(10)}`,
+      }),
+    ).toBe("é|'é|'  |");
+  });
+
   it("content given as parts: |trim writes it as Python does (Llama 3's template), + refuses it as Python", () => {
     const llama3 =
       "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";

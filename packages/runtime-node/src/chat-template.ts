@@ -397,65 +397,136 @@ export function pythonDivision(op: '/' | '//' | '%', a: number, b: number, float
 }
 
 /**
- * `x` (finite, not negative) with `digits` decimals (`exponential`: of the form `d.ddde+NN`), rounded as Python rounds:
- * half to even on the exact binary value (JavaScript's `toFixed` and `toExponential` round a tie up: `'%.2f' % 0.125`
- * is 0.12 to Python, 0.13 to them). Past 100 decimals (JavaScript's most) the digits are padded with zeros, exact for
- * all but numbers under 1e-14 or so.
+ * The exact decimal digits of `x` (finite, not negative): `x` = 0.`digits` × 10^`point`, the first digit not 0 and
+ * no trailing 0 (`digits` empty for 0). A double is m × 2^k, whose decimal expansion ends: 767 significant digits at
+ * most (Python's `Decimal` of 0x000fffffffffffff's double), every later one a 0.
  */
-function roundedDigits(x: number, digits: number, exponential: boolean): string {
-  const q = Math.min(digits, 100);
-  if (!exponential && x >= 1e21) return BigInt(x).toString() + (digits > 0 ? `.${'0'.repeat(digits)}` : '');
-  let [mantissa, exponent] = (exponential ? x.toExponential(q) : x.toFixed(q)).split('e') as [
-    string,
-    string?,
-  ];
-  if (q < 100) {
-    // the exact digits (100 decimals hold every digit of a number over about 1e-14) show a tie as 5000…
-    const [full, fullExponent] = (exponential ? x.toExponential(100) : x.toFixed(100)).split('e') as [
-      string,
-      string?,
-    ];
-    const point = full.indexOf('.');
-    const kept = full.slice(0, q > 0 ? point + 1 + q : point);
-    if (/^50*$/.test(full.slice(point + 1 + q)) && Number(kept.at(-1)) % 2 === 0)
-      [mantissa, exponent] = [kept, fullExponent];
+function exactDigits(x: number): { digits: string; point: number } {
+  if (x === 0) return { digits: '', point: 1 };
+  FLOAT_BITS.setFloat64(0, x);
+  const biased = (FLOAT_BITS.getUint32(0) >>> 20) & 0x7ff;
+  let m = FLOAT_BITS.getBigUint64(0) & ((1n << 52n) - 1n);
+  let k = -1074;
+  if (biased > 0) [m, k] = [m | (1n << 52n), biased - 1075];
+  // m × 2^k is m × 5^-k × 10^k; without a fraction (k ≥ 0, or m a whole number of 2^-k) as a number's own digits
+  let s: string;
+  if (k >= 0) s = x < 2 ** 53 ? String(x) : (m << BigInt(k)).toString();
+  else {
+    let power = POWERS_OF_5.get(k);
+    if (power === undefined) POWERS_OF_5.set(k, (power = 5n ** BigInt(-k)));
+    s = (m * power).toString();
   }
-  mantissa += '0'.repeat(digits - q);
-  if (exponent === undefined) return mantissa;
-  const e = Number(exponent);
-  return `${mantissa}e${e < 0 ? '-' : '+'}${String(Math.abs(e)).padStart(2, '0')}`;
+  return { digits: s.replace(/0+$/, ''), point: s.length + Math.min(k, 0) };
 }
 
-/** Python's `%e`, `%f`, `%g` digits of `x` (not negative) with `precision` (`alternate`: the `#` flag). */
-function floatDigits(type: string, x: number, precision: number, alternate: boolean): string {
-  if (!Number.isFinite(x)) return Number.isNaN(x) ? 'nan' : 'inf';
+/** {@link exactDigits}'s view of a double's bits. */
+const FLOAT_BITS = new DataView(new ArrayBuffer(8));
+
+/** 5^-k for the binary exponents k < 0 {@link exactDigits} met (1074 at most, of 2 500 bits at most). */
+const POWERS_OF_5 = new Map<number, bigint>();
+
+/** `d` ({@link exactDigits}) rounded half to even to its first `keep` digits (none or fewer: to 0 or one unit). */
+function roundDigits(d: { digits: string; point: number }, keep: number): { digits: string; point: number } {
+  const { digits, point } = d;
+  if (digits.length <= keep) return d;
+  if (keep < 0) return { digits: '', point }; // (under a tenth of the unit kept)
+  const next = digits.charCodeAt(keep) - 48;
+  const last = keep > 0 ? digits.charCodeAt(keep - 1) - 48 : 0;
+  const kept = digits.slice(0, keep);
+  // a tie (a 5 and nothing after it, exactly: the digits are the binary value's) goes to the even digit
+  if (!(next > 5 || (next === 5 && (digits.length > keep + 1 || last % 2 === 1))))
+    return { digits: kept.replace(/0+$/, ''), point };
+  let i = keep - 1;
+  while (i >= 0 && kept[i] === '9') i--;
+  return i < 0
+    ? { digits: '1', point: point + 1 }
+    : { digits: kept.slice(0, i) + String(Number(kept[i]) + 1), point };
+}
+
+/**
+ * `x` (finite, not negative: its {@link exactDigits}) with `decimals` decimals (`exponential`: of the form `d.ddde+NN`), rounded as Python
+ * rounds: half to even on the exact binary value (JavaScript's `toFixed` and `toExponential` round a tie up:
+ * `'%.2f' % 0.125` is 0.12 to Python, 0.13 to them, and stop at 100 decimals), every digit exact.
+ */
+function roundedDigits(
+  exact: { digits: string; point: number },
+  decimals: number,
+  exponential: boolean,
+): string {
+  const { digits, point } = roundDigits(exact, exponential ? decimals + 1 : exact.point + decimals);
+  if (exponential) {
+    const all = digits.padEnd(decimals + 1, '0');
+    const e = digits === '' ? 0 : point - 1;
+    const mantissa = decimals > 0 ? `${all[0]!}.${all.slice(1)}` : all;
+    return `${mantissa}e${e < 0 ? '-' : '+'}${String(Math.abs(e)).padStart(2, '0')}`;
+  }
+  const whole = digits === '' || point <= 0 ? '0' : digits.slice(0, point).padEnd(point, '0');
+  if (decimals === 0) return whole;
+  const fraction = digits === '' ? '' : point >= 0 ? digits.slice(point) : '0'.repeat(-point) + digits;
+  return `${whole}.${fraction.padEnd(decimals, '0')}`;
+}
+
+/**
+ * Python's `%e`, `%f`, `%g` digits of `x` (not negative) with `precision` (`alternate`: the `#` flag); `exact`: how
+ * many exact digits it went through (767 for the smallest doubles, the slowest: about 15 µs).
+ */
+function floatDigits(
+  type: string,
+  x: number,
+  precision: number,
+  alternate: boolean,
+): { text: string; exact: number } {
+  if (!Number.isFinite(x)) return { text: Number.isNaN(x) ? 'nan' : 'inf', exact: 0 };
+  const exact = exactDigits(x);
   let text: string;
   if (type === 'g') {
-    // the exponent x has rounded to `precision` digits decides between the two forms
-    const p = Math.max(precision, 1);
-    const e = Number(roundedDigits(x, p - 1, true).split('e')[1]);
-    text = e >= -4 && e < p ? roundedDigits(x, p - 1 - e, false) : roundedDigits(x, p - 1, true);
-    if (!alternate) text = text.replace(/(\.\d*?)0+(?=e|$)/, '$1').replace(/\.(?=e|$)/, '');
-  } else text = roundedDigits(x, precision, type === 'e');
-  return alternate && !text.includes('.') ? text.replace(/(?=e|$)/, '.') : text;
+    // (without `#`, digits past 800 change nothing: a double has 767 significant digits at most, the exponent is
+    // under 309, and the zeros after them go; `'%.4194000g' % 0.1` made 4 M zeros to remove)
+    const p = Math.max(Math.min(precision, alternate ? Infinity : 800), 1);
+    // the exponent x has rounded to `p` digits decides between the two forms
+    const rounded = roundDigits(exact, p);
+    const e = rounded.digits === '' ? 0 : rounded.point - 1;
+    text = e >= -4 && e < p ? roundedDigits(exact, p - 1 - e, false) : roundedDigits(exact, p - 1, true);
+    if (!alternate && text.includes('.')) {
+      // the mantissa's trailing zeros and point go
+      const end = text.includes('e') ? text.indexOf('e') : text.length;
+      let j = end;
+      while (text[j - 1] === '0') j--;
+      if (text[j - 1] === '.') j--;
+      text = text.slice(0, j) + text.slice(end);
+    }
+  } else text = roundedDigits(exact, precision, type === 'e');
+  if (alternate && !text.includes('.')) text = text.replace(/(?=e|$)/, '.');
+  return { text, exact: exact.digits.length };
 }
 
 /** The conversions of Python's printf-style `%`: `%`, a mapping key, flags, width, precision, length, the type. */
 const CONVERSION = /%(?:\(([^)]*)\))?([-+ #0]*)(\*|\d+)?(?:\.(\*|\d*))?[hlL]?/y;
 
 /**
+ * Where the first `n` code points of `s` end (Python's `s[:n]`: a lone surrogate is one), and how many there are, at
+ * most `n`: scanning no further (`'%.1s' % s` went through all of a long `s`).
+ */
+function codePointPrefix(s: string, n: number): { end: number; count: number } {
+  let end = 0;
+  let count = 0;
+  for (; count < n && end < s.length; count++) end += s.codePointAt(end)! > 0xffff ? 2 : 1;
+  return { end, count };
+}
+
+/**
  * Python's `format % values` (printf-style: `'%s' % x`, `'%d items' % n`, `'%s and %s' % (a, b)`,
  * `'%(name)s' % mapping`): the conversions `s r a d i u x X o e E f F g G c %` with flags, width and precision, the
  * values a tuple's items or a single value, and Python's errors (too many or too few values, a number required…).
  * The library refused a string's `%`. Throws past `limit` characters, before making more; `items`: the items of
- * lists and mappings written.
+ * lists and mappings written; `chars`: the characters it went through and made (the format, each value's text in
+ * full where a precision keeps part of it, the digits of a number, the result), for the caller's budget.
  */
 export function pythonFormat(
   format: string,
   values: RuntimeValue,
   limit = Infinity,
-): { text: string; items: number } {
-  const args = values.type === 'TupleValue' ? (values.value as RuntimeValue[]) : [values];
+): { text: string; items: number; chars: number } {
   // Python takes any value but a tuple or string that has items as a mapping: `%(key)s` looks keys up in it, and it
   // need not be consumed
   const mapping =
@@ -464,9 +535,16 @@ export function pythonFormat(
     (values.value instanceof Map || Array.isArray(values.value))
       ? values
       : undefined;
-  let next = 0;
+  // CPython's state (PyUnicode_Format): the values a conversion takes from (a tuple's items, else the one value), how
+  // many (-1: one, not a tuple) and the next one's index (-2 before the one value is taken, -1 after); a mapping key
+  // makes its value the one value (so a conversion without a key after it has none left: `'%(a)s %s' % {'a': 1}`
+  // is Python's "not enough arguments")
+  let current = values;
+  let count = values.type === 'TupleValue' ? (values.value as RuntimeValue[]).length : -1;
+  let next = count < 0 ? -2 : 0;
   let length = 0;
   let items = 0;
+  let chars = format.length;
   const out: string[] = [];
   const counted = (s: string) => {
     length += s.length;
@@ -475,8 +553,9 @@ export function pythonFormat(
   };
   const typeName = (v: RuntimeValue) => PYTHON_TYPES[v.type] ?? v.type;
   const nextArg = () => {
-    if (next >= args.length) throw new Error('not enough arguments for format string');
-    return args[next++]!;
+    if (next >= count) throw new Error('not enough arguments for format string');
+    const index = next++;
+    return count < 0 ? current : (current.value as RuntimeValue[])[index]!;
   };
   const size = (v: RuntimeValue) => {
     if (v.type !== 'IntegerValue' && v.type !== 'BooleanValue') throw new Error('* wants int');
@@ -497,51 +576,55 @@ export function pythonFormat(
       counted('%');
       continue;
     }
-    let value: RuntimeValue;
     if (key !== undefined) {
       if (!mapping) throw new Error('format requires a mapping');
       if (Array.isArray(mapping.value)) throw new Error('list indices must be integers or slices, not str');
       const found = (mapping.value as Map<string, RuntimeValue>).get(key);
       if (found === undefined) throw new Error(`KeyError: ${pythonStringRepr(key)}`);
-      value = found;
+      [current, count, next] = [found, -1, -2];
     }
     let width = widthSpec === '*' ? size(nextArg()) : Number(widthSpec ?? 0);
     let left = flags!.includes('-');
     if (width < 0) [width, left] = [-width, true];
+    // (a negative `*` precision is 0, as Python's: `'%.*s' % (-1, 'abc')` is '')
     const precision =
       precisionSpec === undefined
         ? undefined
         : precisionSpec === '*'
-          ? size(nextArg())
+          ? Math.max(size(nextArg()), 0)
           : Number(precisionSpec);
     if (width > limit || (precision ?? 0) > limit)
       throw new Error(`it made a string of over ${limit} characters (formatting a string)`);
-    value ??= nextArg();
+    const value = nextArg();
     let sign = '';
     let prefix = '';
     let body: string;
     const lower = type.toLowerCase();
     if ('srac'.includes(type)) {
       if (type === 'c') {
-        const chars = value.type === 'StringValue' ? Array.from(value.value as string) : [];
+        const s = value.type === 'StringValue' ? (value.value as string) : '';
         if (value.type === 'IntegerValue' || value.type === 'BooleanValue') {
           const cp = Number(value.value);
           if (cp < 0 || cp > 0x10ffff) throw new Error('%c arg not in range(0x110000)');
           body = String.fromCodePoint(cp);
-        } else if (chars.length === 1) body = chars[0]!;
+        } else if (s !== '' && codePointPrefix(s, 1).end === s.length) body = s;
         else throw new Error('%c requires int or char');
       } else {
         const written = type === 's' ? pythonStr(value, limit) : pythonRepr(value, limit);
         items += written.items;
         body = written.text;
+        // (a string's own text is not made anew: only the part kept is gone through)
+        if (!(type === 's' && value.type === 'StringValue')) chars += body.length;
         // ascii(): repr with every non-ASCII character escaped
-        if (type === 'a')
+        if (type === 'a') {
           body = body.replace(/[^\0-\x7f]/gu, (c) => {
             const cp = c.codePointAt(0)!;
             const [p, w] = cp <= 0xff ? ['x', 2] : cp <= 0xffff ? ['u', 4] : ['U', 8];
             return `\\${p}${cp.toString(16).padStart(w, '0')}`;
           });
-        if (precision !== undefined) body = Array.from(body).slice(0, precision).join('');
+          chars += body.length;
+        }
+        if (precision !== undefined) body = body.slice(0, codePointPrefix(body, precision).end);
       }
     } else if ('diuxXoeEfFgG'.includes(type)) {
       const isInteger = value.type === 'IntegerValue' || value.type === 'BooleanValue';
@@ -555,7 +638,10 @@ export function pythonFormat(
       if ('xXo'.includes(type) && !isInteger)
         throw new Error(`%${type} format: an integer is required, not ${typeName(value)}`);
       if ('eEfFgG'.includes(type)) {
-        body = floatDigits(lower, Math.abs(x), precision ?? 6, flags!.includes('#'));
+        const digits = floatDigits(lower, Math.abs(x), precision ?? 6, flags!.includes('#'));
+        body = digits.text;
+        // (the exact digits gone through, made of a product as large as 5^1074 for the smallest doubles)
+        chars += 64 + 4 * digits.exact;
         if (type !== lower) body = body.toUpperCase();
       } else {
         if (!Number.isFinite(x))
@@ -578,11 +664,13 @@ export function pythonFormat(
       );
     }
     const text = sign + prefix + body;
-    const pad = ' '.repeat(Math.max(0, width - Array.from(text).length));
+    // (its code points counted up to the width only)
+    const shown = codePointPrefix(text, width);
+    const pad = ' '.repeat(shown.end === text.length ? width - shown.count : 0);
     counted(left ? text + pad : pad + text);
   }
-  if (next < args.length && !mapping) throw new Error('not all arguments converted during string formatting');
-  return { text: out.join(''), items };
+  if (next < count && !mapping) throw new Error('not all arguments converted during string formatting');
+  return { text: out.join(''), items, chars: chars + length };
 }
 
 const STRIP_SIDES = { strip: [true, true], lstrip: [true, false], rstrip: [false, true] } as const;
@@ -697,8 +785,13 @@ class BudgetedInterpreter extends Interpreter {
       const left = this.value(node.left, env);
       const right = this.value(node.right, env);
       if (op === '%' && left.type === 'StringValue') {
-        const { text, items } = pythonFormat(left.value as string, right, CHAT_TEMPLATE_LIMITS.stringChars);
-        if (items > 0) this.charge(4 * items);
+        const { text, items, chars } = pythonFormat(
+          left.value as string,
+          right,
+          CHAT_TEMPLATE_LIMITS.stringChars,
+        );
+        // what it went through, at the rate of a string made (`'%.1s' % (s,)` of a long s, repeated, was free)
+        this.charge(4 * items + Math.ceil(chars / 16));
         return this.string(text, env);
       }
       if (
