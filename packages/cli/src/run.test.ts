@@ -373,6 +373,11 @@ describe('caldera generate --chat', () => {
         '{"messages": []}',
         /E_VALUE: applyChatTemplate: options\.variables\.messages: give it as the messages argument/,
       ],
+      // (jinja2 3.1.6 renders {{ none }} as None whatever none the keyword arguments give: a literal, not a name)
+      [
+        '{"none": "N"}',
+        /E_VALUE: applyChatTemplate: options\.variables\.none: none is a literal of templates/,
+      ],
     ] as const) {
       const bad = run([...args, '--template-vars', vars, '--max-tokens', '1']);
       expect(bad.status, vars).toBe(1);

@@ -1222,20 +1222,16 @@ export function renderChatTemplate(template: string, context: Record<string, unk
   if (marked) dropTrailingCommas(program);
   markPrinted((program as unknown as TemplateNode).body!);
   const env = new Environment();
+  // jinja2's literals, which no name of the context replaces (jinja2 reads `none` as None, never as a variable)
+  const literals = { false: false, true: true, none: null, False: false, True: true, None: null };
   const globals: Record<string, unknown> = {
-    false: false,
-    true: true,
-    none: null,
-    False: false,
-    True: true,
-    None: null,
     raise_exception: (message: unknown) => {
       throw new Error(String(message));
     },
     range: boundedRange,
     strftime_now: strftimeNow,
   };
-  for (const [name, value] of Object.entries({ ...globals, ...context })) env.set(name, value);
+  for (const [name, value] of Object.entries({ ...globals, ...context, ...literals })) env.set(name, value);
   if (!Object.hasOwn(context, 'range')) {
     // what `range()` makes prints as Python's range does, `range(0, 3)` (a list once through `|list`)
     const environment = env as unknown as TemplateEnvironment;

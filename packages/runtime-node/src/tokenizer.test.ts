@@ -261,6 +261,60 @@ describe('HfTokenizer', () => {
     );
   });
 
+  it('options.variables: the template renders what was checked, a copy read once (a getter could change it after)', () => {
+    let reads = 0;
+    const variables = {
+      get x(): unknown {
+        return reads++ === 0 ? 'checked' : () => 'unchecked';
+      },
+    };
+    expect(tok.applyChatTemplate([], { template: '{{ x }}', variables })).toBe('checked');
+    expect(reads).toBe(1);
+    // a hole of a sparse array is undefined, refused (forEach skipped it: the render failed later, or printed Undefined)
+    const sparse = [1, 2, 3];
+    delete sparse[1];
+    expect(() => tok.applyChatTemplate([], { template: '{{ x|length }}', variables: { x: sparse } })).toThrow(
+      'E_VALUE: applyChatTemplate: options.variables.x[1] is undefined, not JSON data',
+    );
+    // a "__proto__" key (JSON.parse makes it a key) stays one
+    expect(
+      tok.applyChatTemplate([], {
+        template: '{{ x|tojson }}',
+        variables: JSON.parse('{"x": {"__proto__": 5}}'),
+      }),
+    ).toBe('{"__proto__": 5}');
+  });
+
+  it("options.variables cannot name jinja2's literals: none, true, false, None, True, False stay what they are", () => {
+    // jinja2 3.1.6 renders '{{ none }}|{{ true }}' with none='N', true='T' as 'None|True' (literals, not variables)
+    for (const name of ['true', 'false', 'none', 'True', 'False', 'None'])
+      expect(() => tok.applyChatTemplate([], { template: '{{ 1 }}', variables: { [name]: 'N' } })).toThrow(
+        `E_VALUE: applyChatTemplate: options.variables.${name}: ${name} is a literal of templates`,
+      );
+  });
+
+  it('options.variables nested over 500 deep are E_VALUE naming the variable (it was a RangeError at 2000)', () => {
+    // (jinja2 3.1.6 prints a list 900 deep and fails with a RecursionError at 1000)
+    const nest = (n: number) => {
+      let v: unknown = 1;
+      for (let i = 0; i < n; i++) v = i % 2 ? [v] : { k: v };
+      return v;
+    };
+    expect(
+      tok.applyChatTemplate([], { template: '{{ x|tojson|length }}', variables: { x: nest(500) } }),
+    ).toBe(String(JSON.stringify(nest(500)).replaceAll(':', ': ').length));
+    for (const n of [501, 2000, 100_000])
+      expect(() => tok.applyChatTemplate([], { template: '{{ 1 }}', variables: { deep: nest(n) } })).toThrow(
+        'E_VALUE: applyChatTemplate: options.variables.deep nests lists and objects over 500 deep',
+      );
+    // an object held twice is copied twice: 40 levels of it would be 2^40 copies
+    let shared: unknown = 1;
+    for (let i = 0; i < 40; i++) shared = { a: shared, b: shared };
+    expect(() => tok.applyChatTemplate([], { template: '{{ 1 }}', variables: { shared } })).toThrow(
+      'E_VALUE: applyChatTemplate: options.variables.shared holds over 1048576 values',
+    );
+  });
+
   it('renders the chat template with @huggingface/jinja', () => {
     // a conversation declared `as const` is taken (readonly: the types refused it)
     const conversation = [

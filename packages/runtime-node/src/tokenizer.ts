@@ -2,7 +2,7 @@ import { Tokenizer } from '@huggingface/tokenizers';
 import { CalderaError, checkTokenArray, danglingLinkError, describeValue, readTextFile } from '@caldera/core';
 import { nodePath } from './node-builtins.js';
 import { checkPathArgument, readJsonFile } from './json-file.js';
-import { renderChatTemplate } from './chat-template.js';
+import { CHAT_TEMPLATE_LIMITS, renderChatTemplate } from './chat-template.js';
 
 /** The tokenizer interface the runtime and CLI use (Hugging Face `tokenizer.json` or llama2.c `tokenizer.bin`). */
 export interface TextTokenizer {
@@ -90,9 +90,24 @@ function configChatTemplate(config: Record<string, unknown>): string | null {
   return typeof entry?.template === 'string' ? entry.template : null;
 }
 
+/** jinja2's literals, which no variable can replace (`none` is None whatever the context holds), and what they are. */
+const TEMPLATE_LITERALS: Record<string, string> = {
+  true: 'True',
+  false: 'False',
+  none: 'None',
+  True: 'True',
+  False: 'False',
+  None: 'None',
+};
+
+/** How deep `options.variables` may nest lists and objects (jinja2 itself fails printing ~1000 levels: Python's recursion limit). */
+const TEMPLATE_VARIABLE_DEPTH = 500;
+
 /**
- * `applyChatTemplate`'s `options.variables`, checked: a plain object (absent: none) whose values are JSON data, without
- * the names the arguments give. `E_VALUE` naming the variable and what is wrong.
+ * `applyChatTemplate`'s `options.variables`, checked and copied (each property and item read once, so a getter or
+ * proxy cannot hand the template anything other than what was checked): a plain object (absent: none) whose values are
+ * JSON data nested at most {@link TEMPLATE_VARIABLE_DEPTH} deep, without the names the arguments give or jinja2's
+ * literals. `E_VALUE` naming the variable and what is wrong.
  */
 function templateVariables(v: unknown): Record<string, unknown> {
   if (v === undefined || v === null) return {};
@@ -101,36 +116,88 @@ function templateVariables(v: unknown): Record<string, unknown> {
       'E_VALUE',
       `applyChatTemplate: options.variables must be an object of names for the template, got ${describeValue(v)}`,
     );
-  const vars = v as Record<string, unknown>;
   const given = { messages: 'the messages argument', add_generation_prompt: 'options.addGenerationPrompt' };
+  const names = Object.keys(v);
   for (const [name, arg] of Object.entries(given))
-    if (Object.hasOwn(vars, name))
+    if (names.includes(name))
       throw new CalderaError('E_VALUE', `applyChatTemplate: options.variables.${name}: give it as ${arg}`);
-  const seen = new Set<object>();
-  const check = (x: unknown, path: string): void => {
-    if (x === null || typeof x === 'string' || typeof x === 'boolean') return;
+  for (const name of names)
+    if (Object.hasOwn(TEMPLATE_LITERALS, name))
+      throw new CalderaError(
+        'E_VALUE',
+        `applyChatTemplate: options.variables.${name}: ${name} is a literal of templates (${TEMPLATE_LITERALS[name]!}), not a variable: jinja2 ignores a variable of that name`,
+      );
+  const open = new Set<object>([v]);
+  // where the copy is (keys and indices), for messages: `x.a[2]`
+  const at: (string | number)[] = [];
+  const path = () => at.map((k, i) => (typeof k === 'number' ? `[${k}]` : i > 0 ? `.${k}` : k)).join('');
+  const refused = (what: string) =>
+    new CalderaError('E_VALUE', `applyChatTemplate: options.variables.${what}`);
+  // (values copied: an object held twice is copied twice, so a few levels of objects each holding the next one twice
+  // would make 2^depth copies; past as many values as a list may hold, refused)
+  let count = 0;
+  const copy = (x: unknown): unknown => {
+    if (++count > CHAT_TEMPLATE_LIMITS.listItems)
+      throw refused(
+        `${at[0]!} holds over ${CHAT_TEMPLATE_LIMITS.listItems} values (copied as many times as held)`,
+      );
+    if (x === null || typeof x === 'string' || typeof x === 'boolean') return x;
     if (typeof x === 'number') {
-      if (Number.isFinite(x)) return;
+      if (Number.isFinite(x)) return x;
     } else if (typeof x === 'object') {
       const proto = Object.getPrototypeOf(x) as unknown;
-      if (seen.has(x))
-        throw new CalderaError('E_VALUE', `applyChatTemplate: options.variables.${path} refers to itself`);
+      if (open.has(x)) throw refused(`${path()} refers to itself`);
       if (Array.isArray(x) || proto === Object.prototype || proto === null) {
-        seen.add(x);
-        if (Array.isArray(x)) x.forEach((item, i) => check(item, `${path}[${i}]`));
-        else for (const [k, item] of Object.entries(x)) check(item, `${path}.${k}`);
-        seen.delete(x);
-        return;
+        // (a variable is at depth 1; jinja2 cannot print a list 1000 deep: Python's recursion limit)
+        if (at.length > TEMPLATE_VARIABLE_DEPTH)
+          throw refused(`${at[0]!} nests lists and objects over ${TEMPLATE_VARIABLE_DEPTH} deep`);
+        open.add(x);
+        let made: unknown;
+        if (Array.isArray(x)) {
+          // (by index: a hole of a sparse array is undefined, refused; forEach skipped it)
+          const length = x.length;
+          const items: unknown[] = [];
+          for (let i = 0; i < length; i++) {
+            at.push(i);
+            items.push(copy(x[i]));
+            at.pop();
+          }
+          made = items;
+        } else {
+          const entries: Record<string, unknown> = {};
+          for (const k of Object.keys(x)) {
+            at.push(k);
+            // (defined, not assigned: a "__proto__" key stays a key, as JSON.parse makes it)
+            Object.defineProperty(entries, k, {
+              value: copy((x as Record<string, unknown>)[k]),
+              enumerable: true,
+              writable: true,
+              configurable: true,
+            });
+            at.pop();
+          }
+          made = entries;
+        }
+        open.delete(x);
+        return made;
       }
     }
-    throw new CalderaError(
-      'E_VALUE',
-      `applyChatTemplate: options.variables.${path} is ${typeof x === 'number' ? String(x) : describeValue(x)}, not ` +
-        'JSON data (a string, finite number, ' +
+    throw refused(
+      `${path()} is ${typeof x === 'number' ? String(x) : describeValue(x)}, not JSON data (a string, finite number, ` +
         'boolean, null, array or plain object)',
     );
   };
-  for (const [k, item] of Object.entries(vars)) check(item, k);
+  const vars: Record<string, unknown> = {};
+  for (const name of names) {
+    at.push(name);
+    Object.defineProperty(vars, name, {
+      value: copy((v as Record<string, unknown>)[name]),
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
+    at.pop();
+  }
   return vars;
 }
 
@@ -275,8 +342,11 @@ export class HfTokenizer implements TextTokenizer {
    * — e.g. `{ enable_thinking: false }` for Qwen3's template, which then writes an empty thinking block so that the
    * model answers directly. They take the place of a special token of the same name (as in transformers); `tools` and
    * `documents` (default none) are given here too. Values are JSON data (strings, finite numbers, booleans, null,
-   * arrays and plain objects of them): anything else, and the names `messages` and `add_generation_prompt` (the
-   * arguments), are `E_VALUE`.
+   * arrays and plain objects of them, nested at most 500 deep), copied as they are read: anything else, and the names
+   * `messages` and `add_generation_prompt` (the arguments) and `true`, `false`, `none`, `True`, `False`, `None`
+   * (literals in a template, which no variable replaces in jinja2), are `E_VALUE`. Numbers arrive as JavaScript
+   * numbers, which do not keep Python's int/float difference: an integral one is an int to the template (`1.0` prints
+   * `1`, `1e300` all its 301 digits; transformers given Python's float 1.0 prints `1.0`).
    */
   applyChatTemplate(
     messages: readonly { readonly role: string; readonly content: string }[],
