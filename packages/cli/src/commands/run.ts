@@ -147,6 +147,7 @@ Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Fa
   --system TEXT              with --chat, a system message before the user's
   --template-vars JSON       with --chat, more names for the chat template, a JSON object, as transformers'
                              apply_chat_template keyword arguments: e.g. '{"enable_thinking": false}' for Qwen3
+                             (JSON numbers do not keep Python's int/float difference: 1.0 is the int 1 there)
   --max-tokens N             tokens to generate at most, a positive integer (default 48; generation also stops at
                              the model's max positions)
   --temperature T            sampling temperature, ≥ 0 (default 0: greedy)
