@@ -972,9 +972,12 @@ export class Kernels {
     const norm = rope.qkNorm;
     const normBuffers = norm ? [norm.q, norm.k] : [];
     const normKey = norm ? '_qkn' : '';
+    // with the norms, the rotation with RoPE keeps a factor pair per head (⌊words / hd⌋ of them: q's heads fit
+    // `words`), the one with attention two
+    const normWords = norm ? 2 * Math.floor(words / rope.hd) : 0;
     if (
       maxN > this.maxLocalHadamard ||
-      words * 4 > this.dev.maxWorkgroupStorage ||
+      (words + normWords) * 4 > this.dev.maxWorkgroupStorage ||
       (norm !== undefined && this.dev.maxStorageBuffers < 10)
     )
       return [...this.rotate({ ...o, pre: o.ones }), ...this.ropeKvAttention({ ...rope, q, k, v })];
@@ -988,7 +991,7 @@ export class Kernels {
       att !== undefined &&
       tile === 1 &&
       rope.hd <= vw &&
-      (words + 3 * rope.hd + vw) * 4 <= this.dev.maxWorkgroupStorage &&
+      (words + 3 * rope.hd + vw + (norm ? 4 : 0)) * 4 <= this.dev.maxWorkgroupStorage &&
       this.dev.maxStorageBuffers >= 9 + normBuffers.length;
     if (together)
       return [
@@ -1019,8 +1022,8 @@ export class Kernels {
       this.make(
         `hadamard n=${maxN} T ×3 ${norm ? '+qknorm' : ''}+rope+kv${this.mixLabel(o.members)}`,
         this.pipeline(
-          `hadamard_rope_kv_${words}_k${mixKs.join('.')}_${vw}_${mixSuffix(o.transpose)}${normKey}`,
-          () => rotationRopeKvWgsl(words, mixKs, vw, o.transpose, norm !== undefined),
+          `hadamard_rope_kv_${words}_k${mixKs.join('.')}_${vw}_${mixSuffix(o.transpose)}${norm ? `_qkn${rope.hd}` : ''}`,
+          () => rotationRopeKvWgsl(words, mixKs, vw, o.transpose, norm ? rope.hd : 0),
         ),
         [
           this.uniform(this.rotationFields({ ...o, pre: o.ones }, o.members), 'rotation params'),

@@ -129,11 +129,11 @@ fn sqAcc(acc: vec2<f32>, v: f32) -> vec2<f32> {
 /**
  * WGSL of the per-head query and key RMSNorm (Qwen3's `q_norm`/`k_norm`, before RoPE): `sqAcc` and
  * `normFactor(acc, n, eps)`, {@link normScaleWgsl}'s factor pair for a sum `acc` that one invocation accumulated over
- * all `n` values (no reduction: the same last step). Each kernel that applies it sums a head's `hd` values in order
- * (j = 0 … hd − 1, {@link headNormWgsl}) and multiplies each value as the RMSNorm kernels do, `x · s.x · s.y · w`: the
- * same operations in the same order in every form (one launch with RoPE, with the rotation, with attention), so
- * their outputs agree to the bit as the forms without the norm do. Overflow-safe as every RMSNorm here (values up to
- * f32's largest).
+ * all `n` values (no reduction: the same last step). Each kernel that applies it has one invocation per head sum the
+ * head's `hd` values in order (j = 0 … hd − 1, {@link headNormWgsl}) and leave the pair in workgroup memory, then
+ * multiplies each value as the RMSNorm kernels do, `x · s.x · s.y · w`: the same operations in the same order in
+ * every form (one launch with RoPE, with the rotation, with attention), so their outputs agree to the bit as the
+ * forms without the norm do. Overflow-safe as every RMSNorm here (values up to f32's largest).
  */
 const HEAD_NORM_WGSL = /* wgsl */ `${SQ_ACC_WGSL}
 fn normFactor(acc: vec2<f32>, n: u32, eps: f32) -> vec2<f32> {
@@ -144,12 +144,12 @@ fn normFactor(acc: vec2<f32>, n: u32, eps: f32) -> vec2<f32> {
 
 /**
  * WGSL statements declaring `name`, the {@link HEAD_NORM_WGSL} factor pair of the `hd` values `value(j)`,
- * j = 0 … hd − 1, summed in that order by one invocation (every invocation that calls it computes the same bits).
+ * j = 0 … hd − 1, summed in that order by the one invocation that runs them (any invocation computes the same bits).
  */
 function headNormWgsl(name: string, value: (j: string) => string, hd: string, eps: string): string {
   return `var ${name}Sum = vec2<f32>();
-  for (var j = 0u; j < ${hd}; j++) { ${name}Sum = sqAcc(${name}Sum, ${value('j')}); }
-  let ${name} = normFactor(${name}Sum, ${hd}, ${eps});`;
+    for (var j = 0u; j < ${hd}; j++) { ${name}Sum = sqAcc(${name}Sum, ${value('j')}); }
+    let ${name} = normFactor(${name}Sum, ${hd}, ${eps});`;
 }
 
 /** Workgroup-array values {@link normScaleWgsl}'s reduction uses: two per invocation (sums and their exponents). */
@@ -873,17 +873,19 @@ function qkNormBindings(at: number): string {
  * `q`) and k (the KV cache `ck` at that position), and v goes to `cv` unrotated. The same operations in the same
  * order as the rotation and the RoPE/KV launch (bit-identical on SwiftShader to both rotation paths, tested). `maxN`
  * sizes the workgroup array; `mixKs` and `transpose` (an output rotation's: true) as in {@link hadamardWgsl}. With
- * `qkNorm` each head of q and k is RMS-normed before RoPE (Qwen3; {@link HEAD_NORM_WGSL}: each invocation sums its
- * pair's head from workgroup memory; weights `qn`, `kn` at bindings 11 and 12, epsilon in `rp`): 10 storage buffers.
+ * `qkNormHd`, the head size (0: none), each head of q and k is RMS-normed before RoPE (Qwen3; {@link HEAD_NORM_WGSL}:
+ * invocation h sums head h from workgroup memory into `hs`, of ⌊maxN / qkNormHd⌋ factor pairs, then the pairs are
+ * rotated; weights `qn`, `kn` at bindings 11 and 12, epsilon in `rp`): 10 storage buffers.
  */
 export function rotationRopeKvWgsl(
   maxN: number,
   mixKs: readonly number[] = [],
   wg = WG,
   transpose = true,
-  qkNorm = false,
+  qkNormHd = 0,
 ): string {
   const C = Math.ceil(maxN / wg);
+  const qkNorm = qkNormHd > 0;
   return /* wgsl */ `
 ${ROTATION_PARAMS}
 struct Step { pos: u32, len: u32, token: u32, pad: u32 }
@@ -895,7 +897,7 @@ ${ROPE_ROTATION_BINDINGS}
 @group(0) @binding(9) var<storage, read_write> ck: array<f32>;
 @group(0) @binding(10) var<storage, read_write> cv: array<f32>;
 ${qkNorm ? qkNormBindings(11) : ''}
-var<workgroup> v: array<f32, ${maxN}>;
+var<workgroup> v: array<f32, ${maxN}>;${qkNorm ? `\nvar<workgroup> hs: array<vec2<f32>, ${Math.floor(maxN / qkNormHd)}>;` : ''}
 ${rotationStepsWgsl(mixKs, wg, [transpose])}
 ${ROPE_PAIR_WGSL}${qkNorm ? HEAD_NORM_WGSL : ''}
 @compute @workgroup_size(${wg})
@@ -929,13 +931,23 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   workgroupBarrier();
   if (w == 2u) { return; }
   let heads = select(rp.kvHeads, rp.heads, w == 0u);
-  let half = rp.hd / 2u;
+  let half = rp.hd / 2u;${
+    qkNorm
+      ? `
+  // each head's norm factors, one invocation per head
+  for (var h = lid; h < heads; h += ${wg}u) {
+    ${headNormWgsl('s', (j) => `v[h * rp.hd + ${j}]`, 'rp.hd', 'rp.eps')}
+    hs[h] = s;
+  }
+  workgroupBarrier();`
+      : ''
+  }
   for (var idx = lid; idx < heads * half; idx += ${wg}u) {
     let h = idx / half;
     let i = idx % half;
     ${
       qkNorm
-        ? `${headNormWgsl('s', (j) => `v[h * rp.hd + ${j}]`, 'rp.hd', 'rp.eps')}
+        ? `let s = hs[h];
     var w1 = kn[i];
     var w2 = kn[i + half];
     if (w == 0u) {
@@ -1002,8 +1014,8 @@ function scoresSoftmaxWgsl(dot: string, wg: number): string {
  * {@link rotationRopeKvWgsl} and then {@link attentionWgsl} (bit-identical on SwiftShader, tested); q is not
  * written. `maxN` sizes the workgroup array, `hd` the head size; `mixKs` and `transpose` (an output rotation's:
  * true) as in {@link hadamardWgsl}. With `qkNorm` the head's q and k slices are RMS-normed before RoPE (Qwen3;
- * {@link HEAD_NORM_WGSL}, every invocation summing each slice from workgroup memory; weights `qn`, `kn` at bindings
- * 12 and 13, epsilon in `p`): 11 storage buffers.
+ * {@link HEAD_NORM_WGSL}: invocation 0 sums q's slice from workgroup memory and invocation wg/2 k's, their factor
+ * pairs shared through `qkf`; weights `qn`, `kn` at bindings 12 and 13, epsilon in `p`): 11 storage buffers.
  */
 export function rotationAttentionWgsl(
   maxN: number,
@@ -1044,7 +1056,7 @@ var<workgroup> v: array<f32, ${maxN}>;
 var<workgroup> qh: array<f32, ${hd}>;
 var<workgroup> kh: array<f32, ${hd}>;
 var<workgroup> vh: array<f32, ${hd}>;
-var<workgroup> red: array<f32, ${wg}>;
+var<workgroup> red: array<f32, ${wg}>;${qkNorm ? '\nvar<workgroup> qkf: array<vec2<f32>, 2>;' : ''}
 ${rotationStepsWgsl(mixKs, wg, [transpose])}
 ${ROPE_PAIR_WGSL}${qkNorm ? HEAD_NORM_WGSL : ''}
 @compute @workgroup_size(${wg})
@@ -1059,9 +1071,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let half = p.hd / 2u;
   ${
     qkNorm
-      ? `${headNormWgsl('sq', (j) => `qh[${j}]`, 'p.hd', 'p.eps')}
-  ${headNormWgsl('sk', (j) => `kh[${j}]`, 'p.hd', 'p.eps')}
+      ? `// the two slices' norm factors, summed at once by invocations 0 and ${wg >> 1} (apart in SIMD groups of up to ${wg >> 1})
+  if (lid == 0u) {
+    ${headNormWgsl('s', (j) => `qh[${j}]`, 'p.hd', 'p.eps')}
+    qkf[0] = s;
+  }
+  if (lid == ${wg >> 1}u) {
+    ${headNormWgsl('s', (j) => `kh[${j}]`, 'p.hd', 'p.eps')}
+    qkf[1] = s;
+  }
   workgroupBarrier();
+  let sq = qkf[0];
+  let sk = qkf[1];
   if (lid < half) {
     let yq = ropePair(qh[lid] * sq.x * sq.y * qn[lid], qh[lid + half] * sq.x * sq.y * qn[lid + half], pos, half, lid);
     qh[lid] = yq.x;
@@ -2326,9 +2347,9 @@ export const ROPE_NORM_WG = 64;
 /**
  * {@link ROPE_KV_WGSL} with each head of q and k RMS-normed before RoPE (Qwen3's `q_norm`, `k_norm`; `qn`, `kn` of
  * `hd` values, epsilon in `p`): one workgroup of {@link ROPE_NORM_WG} per head (the `heads` query heads, then the
- * `kvHeads` key heads) and row, which loads the head into workgroup memory, sums its squares in order in every
- * invocation ({@link HEAD_NORM_WGSL}, as the fused forms do) and writes the normed, rotated pairs: q in place, k to
- * the cache with v. `hd` sizes the workgroup array. 8 storage buffers.
+ * `kvHeads` key heads) and row, which loads the head into workgroup memory, sums its squares in order in invocation 0
+ * ({@link HEAD_NORM_WGSL}, as the fused forms do) for all, and writes the normed, rotated pairs: q in place, k to the
+ * cache with v. `hd` sizes the workgroup array. 8 storage buffers.
  */
 export function ropeKvNormWgsl(hd: number): string {
   return /* wgsl */ `${STEP}
@@ -2342,6 +2363,7 @@ struct P { heads: u32, kvHeads: u32, hd: u32, eps: f32 }
 @group(0) @binding(7) var<storage, read_write> cv: array<f32>;
 ${qkNormBindings(8)}
 var<workgroup> hv: array<f32, ${hd}>;
+var<workgroup> hs: vec2<f32>;
 ${ROPE_PAIR_WGSL}${HEAD_NORM_WGSL}
 @compute @workgroup_size(${ROPE_NORM_WG})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -2356,7 +2378,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if (isQ) { hv[j] = q[o + j]; } else { hv[j] = k[o + j]; }
   }
   workgroupBarrier();
-  ${headNormWgsl('s', (j) => `hv[${j}]`, 'p.hd', 'p.eps')}
+  if (lid == 0u) {
+    ${headNormWgsl('s', (j) => `hv[${j}]`, 'p.hd', 'p.eps')}
+    hs = s;
+  }
+  workgroupBarrier();
+  let s = hs;
   let half = p.hd / 2u;
   for (var i = lid; i < half; i += ${ROPE_NORM_WG}u) {
     if (isQ) {
