@@ -117,8 +117,10 @@ export interface RopeKvOptions {
   attention?: { scores: GPUBuffer; out: GPUBuffer; capacity: number };
   /**
    * Each head of q and k RMS-normed over its `hd` values before RoPE (Qwen3's `self_attn.q_norm`/`k_norm`): the
-   * weights (`hd` f32 values each) and the epsilon. Every form applies it in its RoPE step (no launch more, one or two
-   * storage buffers more: see {@link Kernels.rotateRopeKv}, {@link Kernels.ropeKv}).
+   * weights (`hd` f32 values each) and the epsilon. Every form applies it in its RoPE step, binding the two weights:
+   * no launch more where the device allows 11 storage buffers; with fewer, the fused forms they no longer fit fall
+   * back to launches apart (one more with 10 and 8 buffers, two more with 9: see {@link Kernels.rotateRopeKv},
+   * {@link Kernels.ropeKv}).
    */
   qkNorm?: { q: GPUBuffer; k: GPUBuffer; eps: number };
 }
