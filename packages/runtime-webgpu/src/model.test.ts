@@ -666,14 +666,18 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
  * A random Qwen3 checkpoint (2 blocks) in `dir`: each head's query and key RMS-normed before RoPE (`q_norm`, `k_norm`,
  * 1 ± 0.3), head_dim `hd` (not hidden / heads = 16), 4 query heads on 2 KV heads, the LM head tied to the embedding;
  * block 0 dense, block 1's q/k/v (one CALDERA group: the rotation with RoPE, and with attention in decode) and
- * down_proj compressed. `edit` changes the tensors before they are written. Returns the config written.
+ * down_proj compressed. `o.biased`: `attention_bias` (q/k/v/o biases of std 0.5 beside projections of RMS about 1.2,
+ * 0.15·√64, so a norm that missed them shows) and `rms_norm_eps` 1e-2 (under 1% of a head's mean square, yet another
+ * epsilon moves the logits well past 1e-4, which Qwen3's own 1e-6 would not: the first test's numbers). `o.edit`
+ * changes the tensors before they are written. Returns the config written.
  */
 async function writeQwen3(
   dir: string,
   hd: number,
-  edit: (t: Record<string, Tensor>) => void = () => {},
+  o: { biased?: boolean; edit?: (t: Record<string, Tensor>) => void } = {},
 ): Promise<Record<string, unknown>> {
-  const t = randomLlamaTensors(new Rng(5), {
+  const rng = new Rng(5);
+  const t = randomLlamaTensors(rng, {
     hidden: 64,
     kvDim: 2 * hd,
     qDim: 4 * hd,
@@ -681,7 +685,15 @@ async function writeQwen3(
     vocab: 50,
     std: 0.15,
     qkNormDim: hd,
+    ...(o.biased ? { biasStd: 0.5 } : {}),
   });
+  if (o.biased)
+    for (const b of [0, 1])
+      t[`model.layers.${b}.self_attn.o_proj.bias`] = tensor(
+        'f32',
+        [64],
+        rng.fillNormal(new Float32Array(64), 0, 0.5),
+      );
   const layers: Record<string, CalderaLayerMeta> = {};
   for (const p of ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'mlp.down_proj']) {
     const name = `model.layers.1.${p}`;
@@ -693,7 +705,7 @@ async function writeQwen3(
     Object.assign(t, ck.tensors);
     layers[name] = ck.meta;
   }
-  edit(t);
+  o.edit?.(t);
   const config = {
     architectures: ['Qwen3ForCausalLM'],
     hidden_size: 64,
@@ -705,7 +717,8 @@ async function writeQwen3(
     vocab_size: 50,
     tie_word_embeddings: true,
     rope_theta: 1000,
-    rms_norm_eps: 1e-6,
+    rms_norm_eps: o.biased ? 1e-2 : 1e-6,
+    ...(o.biased ? { attention_bias: true } : {}),
   };
   await writeSafetensors(join(dir, 'model.safetensors'), t);
   await writeFile(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));
@@ -722,7 +735,7 @@ describe.skipIf(!dev)(
     let dir = '';
     beforeAll(async () => {
       dir = await mkdtemp(join(tmpdir(), 'caldera-webgpu-qwen3-'));
-      await writeQwen3(dir, 48);
+      await writeQwen3(dir, 48, { biased: true });
     });
     afterAll(async () => {
       if (dir) await rm(dir, { recursive: true, force: true });
@@ -736,7 +749,7 @@ describe.skipIf(!dev)(
       return out;
     }
 
-    it("gives runtime-node's logits decoding step by step and in prefill (dense and CALDERA blocks, GQA, head_dim 48 ≠ hidden/heads, tied head), its greedy tokens, and the same from a directory and from bytes", async () => {
+    it("gives runtime-node's logits decoding step by step and in prefill (dense and CALDERA blocks, GQA, head_dim 48 ≠ hidden/heads, tied head, q/k/v/o biases, rms_norm_eps 1e-2), its greedy tokens, and the same from a directory and from bytes", async () => {
       let plan: MemoryPlan | undefined;
       const { model } = await loadModel(d, dir, {
         contextLength: 16,
@@ -755,8 +768,10 @@ describe.skipIf(!dev)(
         ]);
         const want = cpu.forward(tokens);
         // f32 on both sides in different summation orders (products over ≤ 192 terms, the heads' sums of 48 squares, 2
-        // blocks): ~1e-6 of the logits' scale (8.7e-7 observed); 1e-4 as the other comparisons with runtime-node. A head
-        // left unnormed, or normed with the other weight or over another span, moves the logits by O(1)
+        // blocks): ~1e-6 of the logits' scale (4.0e-7 observed); 1e-4 as the other comparisons with runtime-node. A head
+        // left unnormed, or normed with the other weight or over another span, moves the logits by O(1); with these
+        // biases and epsilon, the fused kernels summing the squares before the bias moved them by 5.0e-2, and every
+        // form taking Qwen3's usual epsilon 1e-6 instead of the config's by 2.8e-3 (both tried, 2026-12-07)
         const prefilled = await model.forward(tokens);
         expect(relErr(prefilled, want)).toBeLessThan(1e-4);
         // decode (the norm in the rotation-with-attention launch) against prefill batches of 3, 3 and 1 (the norm in
@@ -815,12 +830,13 @@ describe.skipIf(!dev)(
         expect(rope.dispatchesPerToken).toBe(fused.dispatchesPerToken + 1);
         expect(apart.dispatchesPerToken).toBe(fused.dispatchesPerToken + 2);
         const base = await stepped(apart);
-        expect(relErr(base, want)).toBeLessThan(1e-4); // as in the test above
+        expect(relErr(base, want)).toBeLessThan(1e-4); // as in the test above (biases and epsilon too)
         for (const m of [rope, fused, global]) expect(await stepped(m)).toEqual(base);
         // 32 lanes per row sum the products in another order: f32 rounding, as above
         expect(relErr(await stepped(await load(d, dir, { lanes: 32 })), want)).toBeLessThan(1e-4);
         // head_dim 80: the RoPE/KV launch's workgroup of 64 loads its head in two passes; with 64 invocations the head
-        // does not fit the attention launch (the rotation with RoPE runs), with 256 it does
+        // does not fit the attention launch (the rotation with RoPE runs), with 256 it does. Qwen3's own layout: no
+        // biases, epsilon 1e-6
         await writeQwen3(wide, 80);
         const cpu80 = (await node.loadModel(wide)).model.forward(tokens);
         const narrow80 = await load(d, wide, { vectorWorkgroup: 64 });
@@ -842,12 +858,14 @@ describe.skipIf(!dev)(
     it('a checkpoint without a q_norm or with a short k_norm fails naming the tensor; hand-built weights without the norms, with norms of another size, or norms on a Llama are refused; dispose() destroys the norms', async () => {
       const bad = await mkdtemp(join(tmpdir(), 'caldera-webgpu-qwen3-bad-'));
       try {
-        await writeQwen3(bad, 48, (t) => delete t['model.layers.1.self_attn.q_norm.weight']);
+        await writeQwen3(bad, 48, { edit: (t) => delete t['model.layers.1.self_attn.q_norm.weight'] });
         await expect(loadModel(d, bad, { contextLength: 16 })).rejects.toThrow(
           /^E_MISSING: .*tensor 'model\.layers\.1\.self_attn\.q_norm\.weight' is missing/,
         );
-        await writeQwen3(bad, 48, (t) => {
-          t['model.layers.0.self_attn.k_norm.weight'] = tensor('f32', [8], new Float32Array(8).fill(1));
+        await writeQwen3(bad, 48, {
+          edit: (t) => {
+            t['model.layers.0.self_attn.k_norm.weight'] = tensor('f32', [8], new Float32Array(8).fill(1));
+          },
         });
         await expect(loadModel(d, bad, { contextLength: 16 })).rejects.toThrow(
           /^E_SHAPE: .*tensor 'model\.layers\.0\.self_attn\.k_norm\.weight' has shape \[8\], expected \[48\]/,
