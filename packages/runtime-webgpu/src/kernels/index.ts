@@ -119,8 +119,8 @@ export interface RopeKvOptions {
    * Each head of q and k RMS-normed over its `hd` values before RoPE (Qwen3's `self_attn.q_norm`/`k_norm`): the
    * weights (`hd` f32 values each) and the epsilon. Every form applies it in its RoPE step, binding the two weights:
    * no launch more where the device allows 11 storage buffers; with fewer, the fused forms they no longer fit fall
-   * back to launches apart (one more with 10 and 8 buffers, two more with 9: see {@link Kernels.rotateRopeKv},
-   * {@link Kernels.ropeKv}).
+   * back to launches apart (per decode step one more with 10 and 8 buffers, two more with 9; per prefill pass none
+   * with 10 or more, one more with 9 and 8: see {@link Kernels.rotateRopeKv}, {@link Kernels.ropeKv}).
    */
   qkNorm?: { q: GPUBuffer; k: GPUBuffer; eps: number };
 }
