@@ -386,6 +386,67 @@ describe('caldera generate --chat', () => {
     expect(run(['generate', dir, '--template-vars', '{}']).stderr).toMatch(/--template-vars needs --chat/);
   }, 60_000);
 
+  it("samples as the model's generation_config.json asks (transformers' reading), each flag overriding its own setting", async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'caldera-cli-sampling-')), 'm');
+    await writeTinyModel(dir, { tied: true });
+    const args = ['generate', dir, '--prompt', 'The jury', '--max-tokens', '12', '--json'];
+    const last = (r: { stdout: string }) => JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+    // no generation_config.json: greedy decoding, nothing said
+    const greedy = run(args);
+    expect(greedy.status, greedy.stderr).toBe(0);
+    expect(last(greedy).sampling).toEqual({ temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 });
+    expect(greedy.stderr).not.toMatch(/sampling as/);
+    // Qwen3's settings (and a min_p generate has no option for)
+    const file = join(dir, 'generation_config.json');
+    writeFileSync(
+      file,
+      JSON.stringify({
+        do_sample: true,
+        temperature: 0.6,
+        top_k: 20,
+        top_p: 0.95,
+        min_p: 0.05,
+        eos_token_id: 0,
+      }),
+    );
+    const sampled = run(args);
+    expect(sampled.status, sampled.stderr).toBe(0);
+    expect(last(sampled).sampling).toEqual({ temperature: 0.6, topK: 20, topP: 0.95, repetitionPenalty: 1 });
+    expect(sampled.stderr).toContain(
+      'sampling as generation_config.json asks: --temperature 0.6 --top-k 20 --top-p 0.95 (--temperature 0 for greedy decoding)',
+    );
+    expect(sampled.stderr).toContain(
+      "warning: generation_config.json's min_p 0.05 not applied (generate has no such option)",
+    );
+    // deterministic given the seed; at a high temperature other seeds draw other tokens (the random model's
+    // distributions are too peaked for 0.6 to leave the argmax often)
+    expect(last(run(args)).completion).toBe(last(sampled).completion);
+    const hot = ['1', '2', '3'].map(
+      (seed) => last(run([...args, '--temperature', '3', '--seed', seed])).completion,
+    );
+    expect(new Set(hot).size).toBeGreaterThan(1);
+    // a flag replaces its own setting only; --temperature 0 is greedy decoding again
+    expect(last(run([...args, '--top-k', '5'])).sampling).toEqual({
+      temperature: 0.6,
+      topK: 5,
+      topP: 0.95,
+      repetitionPenalty: 1,
+    });
+    const zero = run([...args, '--temperature', '0']);
+    expect(last(zero).completion).toBe(last(greedy).completion);
+    expect(zero.stderr).toContain('sampling as generation_config.json asks: --top-k 20 --top-p 0.95\n');
+    // without do_sample: greedy, but its repetition_penalty applies (as transformers applies it)
+    writeFileSync(file, JSON.stringify({ temperature: 0.6, repetition_penalty: 1.3 }));
+    const penalised = run(args);
+    expect(last(penalised).sampling).toEqual({ temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1.3 });
+    expect(penalised.stderr).toContain('sampling as generation_config.json asks: --repetition-penalty 1.3\n');
+    // a malformed setting names the file
+    writeFileSync(file, JSON.stringify({ do_sample: true, top_p: 2 }));
+    const bad = run(args);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toContain(`E_FORMAT: ${file}: top_p 2 is not a number in (0, 1]`);
+  }, 120_000);
+
   it('generate --threads: a compressed model whose layers split over a decode pool gives the same tokens on 1 and 3 threads', async () => {
     // one block of hidden 512: q, o (512 × 512) and gate, up, down (1024 × 512) reach the split threshold (2¹⁸ weights)
     const dir = join(mkdtempSync(join(tmpdir(), 'caldera-cli-decode-')), 'm');

@@ -1,6 +1,6 @@
 import { describe, expect, expectTypeOf, it } from 'vitest';
 import { Rng } from './rng.js';
-import { GenerationRules, sampleToken, visibleText, type GenerateOptions } from './sampling.js';
+import { GenerationRules, sampleToken, samplingOf, visibleText, type GenerateOptions } from './sampling.js';
 
 /**
  * The sampler's definition written the direct way, as an independent oracle: sort every index by logit (a stable
@@ -461,5 +461,87 @@ describe('option types', () => {
   it('stop lists may be readonly (`as const`; the types asked for mutable arrays that generate never changes)', () => {
     const stops = { stopTokens: [2, 0] as const, stopStrings: ['\n\n'] as const };
     expectTypeOf(stops).toMatchTypeOf<GenerateOptions>();
+  });
+});
+
+describe('samplingOf (a model generation_config.json, as transformers applies it)', () => {
+  // the generation_config.json files of Qwen/Qwen3-0.6B and Qwen/Qwen2.5-7B-Instruct, as published
+  const qwen3 = {
+    bos_token_id: 151643,
+    do_sample: true,
+    eos_token_id: [151645, 151643],
+    pad_token_id: 151643,
+    temperature: 0.6,
+    top_k: 20,
+    top_p: 0.95,
+    transformers_version: '4.51.0',
+  };
+  const qwen25 = {
+    bos_token_id: 151643,
+    pad_token_id: 151643,
+    do_sample: true,
+    eos_token_id: [151645, 151643],
+    repetition_penalty: 1.05,
+    temperature: 0.7,
+    top_p: 0.8,
+    top_k: 20,
+    transformers_version: '4.37.0',
+  };
+
+  it("gives do_sample's temperature, top_k and top_p (transformers' defaults 1, 50, 1), else greedy; repetition_penalty either way", () => {
+    expect(samplingOf(qwen3)).toEqual({
+      options: { temperature: 0.6, topK: 20, topP: 0.95, repetitionPenalty: 1 },
+      notApplied: [],
+    });
+    expect(samplingOf(qwen25).options).toEqual({
+      temperature: 0.7,
+      topK: 20,
+      topP: 0.8,
+      repetitionPenalty: 1.05,
+    });
+    // do_sample without the others: transformers' GenerationConfig defaults (top_k 50)
+    expect(samplingOf({ do_sample: true }).options).toEqual({
+      temperature: 1,
+      topK: 50,
+      topP: 1,
+      repetitionPenalty: 1,
+    });
+    // without do_sample transformers decodes greedily and ignores the sampling fields, not the penalty
+    const greedy = { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 };
+    expect(samplingOf({ ...qwen3, do_sample: false }).options).toEqual(greedy);
+    expect(samplingOf({ temperature: 0.6, top_p: 0.9 }).options).toEqual(greedy);
+    expect(samplingOf({ repetition_penalty: 1.1 }).options).toEqual({ ...greedy, repetitionPenalty: 1.1 });
+    expect(samplingOf(undefined).options).toEqual(greedy);
+    expect(samplingOf(null).options).toEqual(greedy);
+    // null fields are unset, as transformers reads them
+    expect(samplingOf({ do_sample: true, top_k: null, temperature: null }).options.topK).toBe(50);
+  });
+
+  it('lists the fields generate() cannot apply, and refuses malformed fields naming the file', () => {
+    expect(samplingOf({ ...qwen3, min_p: 0.05, typical_p: 1, num_beams: 4 }).notApplied).toEqual([
+      'min_p 0.05',
+      'num_beams 4',
+    ]);
+    for (const [bad, message] of [
+      [[1], 'm/generation_config.json is an array, not a JSON object'],
+      [{ do_sample: 'yes' }, 'm/generation_config.json: do_sample "yes" is not true or false'],
+      [
+        { do_sample: true, temperature: '0.6' },
+        'm/generation_config.json: temperature "0.6" is not a number ≥ 0',
+      ],
+      [{ do_sample: true, top_p: 0 }, 'm/generation_config.json: top_p 0 is not a number in (0, 1]'],
+      [{ do_sample: true, top_k: 2.5 }, 'm/generation_config.json: top_k 2.5 is not an integer ≥ 0'],
+      [{ repetition_penalty: -1 }, 'm/generation_config.json: repetition_penalty -1 is not a number > 0'],
+    ] as const)
+      expect(() => samplingOf(bad, 'm/generation_config.json')).toThrow(`E_FORMAT: ${message}`);
+  });
+
+  it("its options are ones sampleToken takes, and a model's sampling draws by them", () => {
+    const logits = Float64Array.from([1, 3, 2, 0.5, 2.9]);
+    const { options } = samplingOf(qwen3);
+    const rng = new Rng(1);
+    const drawn = new Set(Array.from({ length: 200 }, () => sampleToken(logits, options, rng)));
+    // temperature 0.6, top-p 0.95 over these logits keeps tokens 1, 4 and 2 (0.479, 0.406, 0.091: 0.976 ≥ 0.95)
+    expect([...drawn].sort()).toEqual([1, 2, 4]);
   });
 });

@@ -245,6 +245,78 @@ function checkSamplingOptions(options: GenerateOptions, fn = 'generate'): void {
     throw bad('seed', 'an integer in [0, 4294967295]', s);
 }
 
+/** The sampling options a model's `generation_config.json` sets ({@link samplingOf}). */
+export type ModelSampling = Required<
+  Pick<GenerateOptions, 'temperature' | 'topK' | 'topP' | 'repetitionPenalty'>
+>;
+
+/** transformers' `GenerationConfig` defaults of the fields {@link samplingOf} reads. */
+const HF_SAMPLING_DEFAULTS = { temperature: 1, top_k: 50, top_p: 1, repetition_penalty: 1 } as const;
+
+/** Fields of a generation config that change sampling in transformers, with their defaults, which `generate` lacks. */
+const UNSUPPORTED_SAMPLING: Readonly<Record<string, unknown>> = {
+  min_p: null,
+  typical_p: 1,
+  epsilon_cutoff: 0,
+  eta_cutoff: 0,
+  no_repeat_ngram_size: 0,
+  num_beams: 1,
+};
+
+/**
+ * The sampling a model's `generation_config.json` (parsed; undefined or null: none) asks for, as transformers'
+ * `generate()` applies it when the caller passes nothing: with `do_sample: true`, its `temperature`, `top_k` and
+ * `top_p` (transformers' defaults 1, 50 and 1 where absent or null); without it, greedy decoding (temperature 0, the
+ * other two unused); `repetition_penalty` (default 1) either way, as transformers applies it to greedy decoding too.
+ * `notApplied` lists the fields it sets that {@link GenerateOptions} has no counterpart for (`min_p`, `typical_p`,
+ * `epsilon_cutoff`, `eta_cutoff`, `no_repeat_ngram_size`, `num_beams` above 1), as `name value`. A runtime's
+ * `generate()` never reads the file itself: pass `{ ...samplingOf(json).options, ...yours }` to sample as the model's
+ * authors advise (Llama 3 and Qwen3 chat models set `do_sample`; Qwen3's model card warns that greedy decoding in its
+ * thinking mode can repeat itself endlessly). `E_FORMAT` naming `file` when it is not a JSON object or a field is not a
+ * number in range (`temperature` ≥ 0, `top_k` ≥ 0, `top_p` in (0, 1], `repetition_penalty` > 0) or `do_sample` not a
+ * boolean.
+ */
+export function samplingOf(
+  generationConfig: unknown,
+  file = 'generation_config.json',
+): { options: ModelSampling; notApplied: string[] } {
+  if (generationConfig === undefined || generationConfig === null)
+    return { options: { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 }, notApplied: [] };
+  if (typeof generationConfig !== 'object' || Array.isArray(generationConfig))
+    throw new CalderaError('E_FORMAT', `${file} is ${describeValue(generationConfig)}, not a JSON object`);
+  const c = generationConfig as Record<string, unknown>;
+  const field = (
+    name: keyof typeof HF_SAMPLING_DEFAULTS,
+    ok: (v: number) => boolean,
+    range: string,
+  ): number => {
+    const v = c[name];
+    if (v === undefined || v === null) return HF_SAMPLING_DEFAULTS[name];
+    if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v))
+      throw new CalderaError(
+        'E_FORMAT',
+        `${file}: ${name} ${JSON.stringify(v) ?? String(v)} is not ${range}`,
+      );
+    return v;
+  };
+  const doSample = c.do_sample ?? false;
+  if (typeof doSample !== 'boolean')
+    throw new CalderaError('E_FORMAT', `${file}: do_sample ${JSON.stringify(doSample)} is not true or false`);
+  const repetitionPenalty = field('repetition_penalty', (v) => v > 0, 'a number > 0');
+  const temperature = field('temperature', (v) => v >= 0, 'a number ≥ 0');
+  const topK = field('top_k', (v) => v >= 0 && Number.isInteger(v), 'an integer ≥ 0');
+  const topP = field('top_p', (v) => v > 0 && v <= 1, 'a number in (0, 1]');
+  const notApplied = Object.entries(UNSUPPORTED_SAMPLING)
+    .filter(([k, def]) => c[k] !== undefined && c[k] !== null && c[k] !== def)
+    .map(([k]) => `${k} ${JSON.stringify(c[k])}`);
+  return {
+    options: doSample
+      ? { temperature, topK, topP, repetitionPenalty }
+      : { temperature: 0, topK: 0, topP: 1, repetitionPenalty },
+    notApplied,
+  };
+}
+
 /**
  * The part of a completion's `text` to show while it streams, for `stopStrings` (empty ones are ignored): cut before
  * the first stop string it contains (`stopped`: generation should end there), else without its longest tail that

@@ -1,5 +1,14 @@
-import { CalderaError, describeValue, linearShape, visibleText, type ModelConfig } from '@caldera/core';
+import {
+  CalderaError,
+  describeValue,
+  linearShape,
+  samplingOf,
+  visibleText,
+  type ModelConfig,
+  type ModelSampling,
+} from '@caldera/core';
 import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
 import { paperBitsFromMeta } from '@caldera/lowrank';
 import {
   blockLinearNames,
@@ -9,6 +18,7 @@ import {
   perplexity,
   planLlama2cMemory,
   readLlama2cLayout,
+  readJsonFile,
   readModelLayout,
   type DecodePool,
   type MemoryPlan,
@@ -150,10 +160,13 @@ Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Fa
                              (JSON numbers do not keep Python's int/float difference: 1.0 is the int 1 there)
   --max-tokens N             tokens to generate at most, a positive integer (default 48; generation also stops at
                              the model's max positions)
-  --temperature T            sampling temperature, ≥ 0 (default 0: greedy)
-  --top-k K                  sample among the K most likely tokens, a non-negative integer (default 0: all)
-  --top-p P                  nucleus sampling, in (0, 1] (default 1: all)
-  --repetition-penalty R     > 0; above 1 discourages tokens of the prompt and of the output so far (default 1: none)
+  --temperature T            sampling temperature, ≥ 0 (0: greedy)
+  --top-k K                  sample among the K most likely tokens, a non-negative integer (0: all)
+  --top-p P                  nucleus sampling, in (0, 1] (1: all)
+  --repetition-penalty R     > 0; above 1 discourages tokens of the prompt and of the output so far (1: none)
+                             Defaults of these four: what the model's generation_config.json asks for, as
+                             transformers applies it (with do_sample: its temperature, top_k, top_p; else greedy;
+                             its repetition_penalty either way); without one, greedy decoding and no penalty
   --stop STRING              stop when the output contains STRING (not printed)
   --seed S                   sampling seed, an integer in [0, 4294967295] (default 0)
   --threads N                threads for the prompt's products, 1 … 256 (default 2; 1 = the calling thread only),
@@ -164,11 +177,16 @@ Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Fa
 export async function generateCommand(a: Args): Promise<number> {
   const options = {
     maxTokens: flagNumber(a, 'max-tokens', 48, POSITIVE_INT),
-    temperature: flagNumber(a, 'temperature', 0, { min: 0 }),
-    topK: flagNumber(a, 'top-k', 0, NON_NEGATIVE_INT),
-    topP: flagNumber(a, 'top-p', 1, { above: 0, max: 1 }),
-    repetitionPenalty: flagNumber(a, 'repetition-penalty', 1, POSITIVE),
     seed: flagNumber(a, 'seed', 0, SEED),
+  };
+  // the sampling flags given; the others come from the model's generation_config.json (samplingOptions)
+  const given: Partial<ModelSampling> = {
+    ...(a.flags.has('temperature') ? { temperature: flagNumber(a, 'temperature', 0, { min: 0 }) } : {}),
+    ...(a.flags.has('top-k') ? { topK: flagNumber(a, 'top-k', 0, NON_NEGATIVE_INT) } : {}),
+    ...(a.flags.has('top-p') ? { topP: flagNumber(a, 'top-p', 1, { above: 0, max: 1 }) } : {}),
+    ...(a.flags.has('repetition-penalty')
+      ? { repetitionPenalty: flagNumber(a, 'repetition-penalty', 1, POSITIVE) }
+      : {}),
   };
   const prompt = flagString(a, 'prompt', 'The')!;
   const system = flagString(a, 'system');
@@ -180,13 +198,50 @@ export async function generateCommand(a: Args): Promise<number> {
   if (stop === '') throw new CalderaError('E_VALUE', '--stop needs a non-empty string');
   return withModel(
     a,
-    (opened, path) =>
+    async (opened, path) =>
       generateText(a, path, opened, chat ? { user: prompt, system, templateVars } : { text: prompt }, {
         ...options,
+        ...(await samplingOptions(path, opened, given)),
         stop,
       }),
     { decode: true },
   );
+}
+
+/**
+ * The sampling `generate` uses: each of `given` (the flags on the command line), else what the model's
+ * `generation_config.json` asks for (core's `samplingOf`: transformers' reading; a llama2.c model has none: greedy).
+ * Prints to stderr which settings came from the model and any field of it generate cannot apply.
+ */
+async function samplingOptions(
+  path: string,
+  opened: OpenedModel,
+  given: Partial<ModelSampling>,
+): Promise<ModelSampling> {
+  const file = join(path, 'generation_config.json');
+  const json = opened.format === 'llama2.c' ? undefined : await readJsonFile(file, { optional: true });
+  const model = samplingOf(json, file);
+  const options = { ...model.options, ...given };
+  const flags = {
+    temperature: 'temperature',
+    topK: 'top-k',
+    topP: 'top-p',
+    repetitionPenalty: 'repetition-penalty',
+  };
+  // the settings taken from the file that differ from greedy decoding without a penalty (what no file means)
+  const fromModel = (Object.keys(flags) as (keyof ModelSampling)[]).filter(
+    (k) => !(k in given) && model.options[k] !== samplingOf(undefined).options[k],
+  );
+  if (fromModel.length)
+    console.error(
+      `sampling as generation_config.json asks: ${fromModel.map((k) => `--${flags[k]} ${model.options[k]}`).join(' ')}` +
+        (options.temperature > 0 ? ' (--temperature 0 for greedy decoding)' : ''),
+    );
+  if (model.notApplied.length)
+    console.error(
+      `warning: generation_config.json's ${model.notApplied.join(', ')} not applied (generate has no such option)`,
+    );
+  return options;
 }
 
 /** `--template-vars`: a JSON object (undefined when not given); `E_VALUE` for text that is not one. */
@@ -299,6 +354,12 @@ async function generateText(
         prompt: 'text' in prompt ? prompt.text : prompt.user,
         ...('text' in prompt ? {} : { system: prompt.system ?? null }),
         promptTokens: full.length,
+        sampling: {
+          temperature: options.temperature,
+          topK: options.topK,
+          topP: options.topP,
+          repetitionPenalty: options.repetitionPenalty,
+        },
         completion: printed,
         tokens: out.length,
         tokensPerSecond: out.length / secs,
