@@ -517,11 +517,31 @@ describe('samplingOf (a model generation_config.json, as transformers applies it
     expect(samplingOf({ do_sample: true, top_k: null, temperature: null }).options.topK).toBe(50);
   });
 
-  it('lists the fields generate() cannot apply, and refuses malformed fields naming the file', () => {
+  it('lists the fields generate() cannot apply, and refuses malformed fields it uses, naming the file', () => {
     expect(samplingOf({ ...qwen3, min_p: 0.05, typical_p: 1, num_beams: 4 }).notApplied).toEqual([
       'min_p 0.05',
       'num_beams 4',
     ]);
+    // transformers applies min_p and typical_p only when sampling; the others to greedy decoding too
+    expect(
+      samplingOf({
+        min_p: 0.05,
+        typical_p: 0.9,
+        bad_words_ids: [[5]],
+        min_new_tokens: 10,
+        penalty_alpha: 0.6,
+      }).notApplied,
+    ).toEqual(['penalty_alpha 0.6', 'min_new_tokens 10', 'bad_words_ids [[5]]']);
+    // the caller's options replace the file's, which are then not read (as transformers' generate() arguments)
+    expect(samplingOf(qwen3, 'g.json', { topK: 5, temperature: 0 }).options).toEqual({
+      temperature: 0,
+      topK: 5,
+      topP: 0.95,
+      repetitionPenalty: 1,
+    });
+    expect(samplingOf({ do_sample: true, top_k: -1 }, 'g.json', { topK: 0 }).options.topK).toBe(0);
+    // a field greedy decoding does not read is not checked (transformers only warns about it)
+    expect(samplingOf({ do_sample: false, top_p: 0 }).options.topP).toBe(1);
     for (const [bad, message] of [
       [[1], 'm/generation_config.json is an array, not a JSON object'],
       [{ do_sample: 'yes' }, 'm/generation_config.json: do_sample "yes" is not true or false'],

@@ -253,67 +253,100 @@ export type ModelSampling = Required<
 /** transformers' `GenerationConfig` defaults of the fields {@link samplingOf} reads. */
 const HF_SAMPLING_DEFAULTS = { temperature: 1, top_k: 50, top_p: 1, repetition_penalty: 1 } as const;
 
-/** Fields of a generation config that change sampling in transformers, with their defaults, which `generate` lacks. */
-const UNSUPPORTED_SAMPLING: Readonly<Record<string, unknown>> = {
-  min_p: null,
-  typical_p: 1,
-  epsilon_cutoff: 0,
-  eta_cutoff: 0,
-  no_repeat_ngram_size: 0,
-  num_beams: 1,
-};
+/**
+ * Fields of a generation config that transformers applies and `generate` has no option for, with their defaults
+ * (null: unset): those it applies only when sampling (`do_sample`), and those it applies to greedy decoding too.
+ */
+const NOT_APPLIED = {
+  sampling: { min_p: null, typical_p: 1, epsilon_cutoff: 0, eta_cutoff: 0 },
+  always: {
+    no_repeat_ngram_size: 0,
+    num_beams: 1,
+    num_beam_groups: 1,
+    diversity_penalty: 0,
+    penalty_alpha: null,
+    min_length: 0,
+    min_new_tokens: null,
+    bad_words_ids: null,
+    suppress_tokens: null,
+    begin_suppress_tokens: null,
+    sequence_bias: null,
+    forced_bos_token_id: null,
+    forced_eos_token_id: null,
+    exponential_decay_length_penalty: null,
+    guidance_scale: null,
+  },
+} as const;
+
+/** Where a caller's sampling option comes from the generation config's field. */
+const FIELDS = {
+  temperature: 'temperature',
+  topK: 'top_k',
+  topP: 'top_p',
+  repetitionPenalty: 'repetition_penalty',
+} as const;
 
 /**
  * The sampling a model's `generation_config.json` (parsed; undefined or null: none) asks for, as transformers'
- * `generate()` applies it when the caller passes nothing: with `do_sample: true`, its `temperature`, `top_k` and
- * `top_p` (transformers' defaults 1, 50 and 1 where absent or null); without it, greedy decoding (temperature 0, the
- * other two unused); `repetition_penalty` (default 1) either way, as transformers applies it to greedy decoding too.
- * `notApplied` lists the fields it sets that {@link GenerateOptions} has no counterpart for (`min_p`, `typical_p`,
- * `epsilon_cutoff`, `eta_cutoff`, `no_repeat_ngram_size`, `num_beams` above 1), as `name value`. A runtime's
- * `generate()` never reads the file itself: pass `{ ...samplingOf(json).options, ...yours }` to sample as the model's
- * authors advise (Llama 3 and Qwen3 chat models set `do_sample`; Qwen3's model card warns that greedy decoding in its
- * thinking mode can repeat itself endlessly). `E_FORMAT` naming `file` when it is not a JSON object or a field is not a
- * number in range (`temperature` ≥ 0, `top_k` ≥ 0, `top_p` in (0, 1], `repetition_penalty` > 0) or `do_sample` not a
- * boolean.
+ * `generate()` applies it: with `do_sample: true`, its `temperature`, `top_k` and `top_p` (transformers' defaults 1,
+ * 50 and 1 where absent or null); without it, greedy decoding (temperature 0; top-k 0 and top-p 1, unused) — a
+ * config without `do_sample` gives only its `repetition_penalty` (default 1), which transformers applies to greedy
+ * decoding too. `given`: the caller's own options, which replace the file's (as arguments to transformers'
+ * `generate()` do) — a field they replace, or one greedy decoding does not read, is not checked. `notApplied` lists,
+ * as `name value`, the fields transformers would apply that {@link GenerateOptions} has no counterpart for (`min_p`,
+ * `typical_p`, `epsilon_cutoff`, `eta_cutoff` when sampling; `num_beams` above 1, `no_repeat_ngram_size`,
+ * `bad_words_ids`, `min_new_tokens`, `suppress_tokens`, `penalty_alpha`, … either way). A runtime's `generate()`
+ * never reads the file itself: pass `samplingOf(json, file, yours).options` to sample as the model's authors advise
+ * (Llama 3 and Qwen3 chat models set `do_sample`; Qwen3's model card warns that greedy decoding in its thinking mode
+ * can repeat itself endlessly). `E_FORMAT` naming `file` when it is not a JSON object, `do_sample` is not a boolean,
+ * or a field it uses is not a number in range (`temperature` ≥ 0, `top_k` an integer ≥ 0, `top_p` in (0, 1],
+ * `repetition_penalty` > 0).
  */
 export function samplingOf(
   generationConfig: unknown,
   file = 'generation_config.json',
+  given: Partial<ModelSampling> = {},
 ): { options: ModelSampling; notApplied: string[] } {
+  const greedy: ModelSampling = { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 };
   if (generationConfig === undefined || generationConfig === null)
-    return { options: { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 }, notApplied: [] };
+    return { options: { ...greedy, ...given }, notApplied: [] };
   if (typeof generationConfig !== 'object' || Array.isArray(generationConfig))
     throw new CalderaError('E_FORMAT', `${file} is ${describeValue(generationConfig)}, not a JSON object`);
   const c = generationConfig as Record<string, unknown>;
-  const field = (
-    name: keyof typeof HF_SAMPLING_DEFAULTS,
-    ok: (v: number) => boolean,
-    range: string,
-  ): number => {
+  const doSample = c.do_sample ?? false;
+  if (typeof doSample !== 'boolean')
+    throw new CalderaError('E_FORMAT', `${file}: do_sample ${JSON.stringify(doSample)} is not true or false`);
+  const ranges: Record<keyof ModelSampling, [(v: number) => boolean, string]> = {
+    temperature: [(v) => v >= 0, 'a number ≥ 0'],
+    topK: [(v) => v >= 0 && Number.isInteger(v), 'an integer ≥ 0'],
+    topP: [(v) => v > 0 && v <= 1, 'a number in (0, 1]'],
+    repetitionPenalty: [(v) => v > 0, 'a number > 0'],
+  };
+  const options = { ...greedy };
+  for (const key of Object.keys(FIELDS) as (keyof ModelSampling)[]) {
+    const used = doSample || key === 'repetitionPenalty';
+    if (key in given || !used) continue;
+    const name = FIELDS[key];
     const v = c[name];
-    if (v === undefined || v === null) return HF_SAMPLING_DEFAULTS[name];
+    if (v === undefined || v === null) {
+      options[key] = HF_SAMPLING_DEFAULTS[name];
+      continue;
+    }
+    const [ok, range] = ranges[key];
     if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v))
       throw new CalderaError(
         'E_FORMAT',
         `${file}: ${name} ${JSON.stringify(v) ?? String(v)} is not ${range}`,
       );
-    return v;
-  };
-  const doSample = c.do_sample ?? false;
-  if (typeof doSample !== 'boolean')
-    throw new CalderaError('E_FORMAT', `${file}: do_sample ${JSON.stringify(doSample)} is not true or false`);
-  const repetitionPenalty = field('repetition_penalty', (v) => v > 0, 'a number > 0');
-  const temperature = field('temperature', (v) => v >= 0, 'a number ≥ 0');
-  const topK = field('top_k', (v) => v >= 0 && Number.isInteger(v), 'an integer ≥ 0');
-  const topP = field('top_p', (v) => v > 0 && v <= 1, 'a number in (0, 1]');
-  const notApplied = Object.entries(UNSUPPORTED_SAMPLING)
-    .filter(([k, def]) => c[k] !== undefined && c[k] !== null && c[k] !== def)
-    .map(([k]) => `${k} ${JSON.stringify(c[k])}`);
+    options[key] = v;
+  }
+  const set = (defaults: Readonly<Record<string, unknown>>) =>
+    Object.entries(defaults)
+      .filter(([k, def]) => c[k] !== undefined && c[k] !== null && c[k] !== def)
+      .map(([k]) => `${k} ${JSON.stringify(c[k])}`);
   return {
-    options: doSample
-      ? { temperature, topK, topP, repetitionPenalty }
-      : { temperature: 0, topK: 0, topP: 1, repetitionPenalty },
-    notApplied,
+    options: { ...options, ...given },
+    notApplied: [...(doSample ? set(NOT_APPLIED.sampling) : []), ...set(NOT_APPLIED.always)],
   };
 }
 

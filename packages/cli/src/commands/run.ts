@@ -150,7 +150,8 @@ async function evaluate(
 export const generateHelp = `caldera generate [model] [--prompt TEXT] [--chat] [--system TEXT] [--template-vars JSON] [--max-tokens N]
   [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty R] [--stop STRING] [--seed S] [--threads N]
   [--tokenizer FILE] [--json]
-Generate text (greedy by default), streaming tokens to stdout. Model: Hugging Face / Caldera directory or llama2.c .bin.
+Generate text (sampling as the model's generation_config.json asks; greedy without one), streaming tokens to stdout.
+Model: Hugging Face / Caldera directory or llama2.c .bin.
   --prompt TEXT              the text to continue (default "The"), or with --chat the user's message
   --chat                     answer --prompt as a chat model: the message rendered with the model's chat template
                              (chat_template.jinja, else tokenizer_config.json's), only the answer printed
@@ -220,26 +221,30 @@ async function samplingOptions(
 ): Promise<ModelSampling> {
   const file = join(path, 'generation_config.json');
   const json = opened.format === 'llama2.c' ? undefined : await readJsonFile(file, { optional: true });
-  const model = samplingOf(json, file);
-  const options = { ...model.options, ...given };
+  const { options, notApplied } = samplingOf(json, file, given);
   const flags = {
     temperature: 'temperature',
     topK: 'top-k',
     topP: 'top-p',
     repetitionPenalty: 'repetition-penalty',
   };
-  // the settings taken from the file that differ from greedy decoding without a penalty (what no file means)
+  // the settings taken from the file that differ from greedy decoding without a penalty (what no file means); top-k
+  // and top-p only where they act (a temperature above 0)
+  const none = samplingOf(undefined).options;
   const fromModel = (Object.keys(flags) as (keyof ModelSampling)[]).filter(
-    (k) => !(k in given) && model.options[k] !== samplingOf(undefined).options[k],
+    (k) =>
+      !(k in given) &&
+      options[k] !== none[k] &&
+      (options.temperature > 0 || k === 'temperature' || k === 'repetitionPenalty'),
   );
   if (fromModel.length)
     console.error(
-      `sampling as generation_config.json asks: ${fromModel.map((k) => `--${flags[k]} ${model.options[k]}`).join(' ')}` +
+      `sampling as generation_config.json asks: ${fromModel.map((k) => `--${flags[k]} ${options[k]}`).join(' ')}` +
         (options.temperature > 0 ? ' (--temperature 0 for greedy decoding)' : ''),
     );
-  if (model.notApplied.length)
+  if (notApplied.length)
     console.error(
-      `warning: generation_config.json's ${model.notApplied.join(', ')} not applied (generate has no such option)`,
+      `warning: generation_config.json's ${notApplied.join(', ')} not applied (generate has no such option)`,
     );
   return options;
 }
