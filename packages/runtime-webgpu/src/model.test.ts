@@ -31,7 +31,7 @@ import type { CalderaDevice } from './device.js';
 import { writeRandomCalderaModel } from '../bench/random-model.js';
 import { relErr } from './testing/compare.js';
 import { gpuTitle, ownTestDevice, testDevice, testF16Device } from './testing/gpu.js';
-import { randomLlamaTensors, tinyModelSource } from './testing/tiny-model.js';
+import { compressLayers, randomLlamaTensors, tinyModelSource } from './testing/tiny-model.js';
 
 const { device: dev, reason } = await testDevice();
 const { device: f16dev, reason: f16reason } = await testF16Device();
@@ -279,16 +279,7 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
       biasStd: 0.5,
     });
     // block 1's q_proj (with its bias) and down_proj compressed
-    const layers: Record<string, CalderaLayerMeta> = {};
-    for (const name of ['model.layers.1.self_attn.q_proj', 'model.layers.1.mlp.down_proj']) {
-      const ck = toCheckpointTensors(
-        name,
-        caldera(t[`${name}.weight`]!, null, { rank: 4, outerIters: 1, lplrIters: 1 }),
-      );
-      delete t[`${name}.weight`];
-      Object.assign(t, ck.tensors);
-      layers[name] = ck.meta;
-    }
+    const layers = compressLayers(t, ['model.layers.1.self_attn.q_proj', 'model.layers.1.mlp.down_proj']);
     await writeSafetensors(join(dir, 'model.safetensors'), t);
     await writeFile(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));
     await writeFile(join(dir, 'config.json'), JSON.stringify(hf));
@@ -694,17 +685,12 @@ async function writeQwen3(
         [64],
         rng.fillNormal(new Float32Array(64), 0, 0.5),
       );
-  const layers: Record<string, CalderaLayerMeta> = {};
-  for (const p of ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'mlp.down_proj']) {
-    const name = `model.layers.1.${p}`;
-    const ck = toCheckpointTensors(
-      name,
-      caldera(t[`${name}.weight`]!, null, { rank: 4, outerIters: 1, lplrIters: 1 }),
-    );
-    delete t[`${name}.weight`];
-    Object.assign(t, ck.tensors);
-    layers[name] = ck.meta;
-  }
+  const layers = compressLayers(
+    t,
+    ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'mlp.down_proj'].map(
+      (p) => `model.layers.1.${p}`,
+    ),
+  );
   o.edit?.(t);
   const config = {
     architectures: ['Qwen3ForCausalLM'],

@@ -12,10 +12,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Rng, writeSafetensors, type CalderaLayerMeta } from '@caldera/core';
-import { caldera, calderaCheckpointMeta, toCheckpointTensors } from '@caldera/lowrank';
+import { Rng, writeSafetensors } from '@caldera/core';
+import { calderaCheckpointMeta } from '@caldera/lowrank';
 import * as node from '@caldera/runtime-node';
-import { randomLlamaTensors } from '../src/testing/tiny-model.js';
+import { compressLayers, randomLlamaTensors } from '../src/testing/tiny-model.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const FLAGS = [
@@ -69,16 +69,7 @@ const HF = {
 /** A random tiny Llama with q_proj and down_proj of block 0 compressed. */
 async function tinyCheckpoint(dir: string): Promise<void> {
   const t = randomLlamaTensors(new Rng(21), { hidden: 64, kvDim: 32, intermediate: 96, vocab: 40, std: 0.2 });
-  const layers: Record<string, CalderaLayerMeta> = {};
-  for (const name of ['model.layers.0.self_attn.q_proj', 'model.layers.0.mlp.down_proj']) {
-    const ck = toCheckpointTensors(
-      name,
-      caldera(t[`${name}.weight`]!, null, { rank: 4, outerIters: 1, lplrIters: 1 }),
-    );
-    delete t[`${name}.weight`];
-    Object.assign(t, ck.tensors);
-    layers[name] = ck.meta;
-  }
+  const layers = compressLayers(t, ['model.layers.0.self_attn.q_proj', 'model.layers.0.mlp.down_proj']);
   await writeSafetensors(join(dir, 'model.safetensors'), t);
   await writeFile(join(dir, 'config.json'), JSON.stringify(HF));
   await writeFile(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));

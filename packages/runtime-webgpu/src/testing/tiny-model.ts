@@ -63,6 +63,27 @@ export function randomLlamaTensors(rng: Rng, s: RandomLlamaShape): Record<string
 }
 
 /**
+ * Replaces the dense weights of the linear layers `names` in `tensors` by their CALDERA tensors (a quick
+ * decomposition: rank 4, one outer and one inner iteration, no Hessian); returns their caldera.json entries.
+ */
+export function compressLayers(
+  tensors: Record<string, Tensor>,
+  names: readonly string[],
+): Record<string, CalderaLayerMeta> {
+  const layers: Record<string, CalderaLayerMeta> = {};
+  for (const name of names) {
+    const ck = toCheckpointTensors(
+      name,
+      caldera(tensors[`${name}.weight`]!, null, { rank: 4, outerIters: 1, lplrIters: 1 }),
+    );
+    delete tensors[`${name}.weight`];
+    Object.assign(tensors, ck.tensors);
+    layers[name] = ck.meta;
+  }
+  return layers;
+}
+
+/**
  * A random tiny Llama with block 0's up_proj compressed, as tensors and caldera.json layers: the LM head tied to the
  * embedding, or with `lmHeadStd` an untied one of that spread (a tied head's greedy tokens tend to repeat the last
  * one; an untied head's change from token to token).
@@ -80,13 +101,7 @@ export function tinyModel(options: { lmHeadStd?: number } = {}): {
     std: 0.2,
     ...(options.lmHeadStd === undefined ? {} : { lmHeadStd: options.lmHeadStd }),
   });
-  const name = 'model.layers.0.mlp.up_proj';
-  const ck = toCheckpointTensors(
-    name,
-    caldera(t[`${name}.weight`]!, null, { rank: 4, outerIters: 1, lplrIters: 1 }),
-  );
-  delete t[`${name}.weight`];
-  Object.assign(t, ck.tensors);
+  const layers = compressLayers(t, ['model.layers.0.mlp.up_proj']);
   const config = {
     architectures: ['LlamaForCausalLM'],
     hidden_size: 32,
@@ -97,7 +112,7 @@ export function tinyModel(options: { lmHeadStd?: number } = {}): {
     vocab_size: 30,
     tie_word_embeddings: options.lmHeadStd === undefined,
   };
-  return { config, tensors: t, layers: { [name]: ck.meta } };
+  return { config, tensors: t, layers };
 }
 
 /**
