@@ -163,21 +163,7 @@ function templateVariables(v: unknown): Record<string, unknown> {
             at.pop();
           }
           made = items;
-        } else {
-          const entries: Record<string, unknown> = {};
-          for (const k of Object.keys(x)) {
-            at.push(k);
-            // (defined, not assigned: a "__proto__" key stays a key, as JSON.parse makes it)
-            Object.defineProperty(entries, k, {
-              value: copy((x as Record<string, unknown>)[k]),
-              enumerable: true,
-              writable: true,
-              configurable: true,
-            });
-            at.pop();
-          }
-          made = entries;
-        }
+        } else made = copyEntries(x as Record<string, unknown>, Object.keys(x));
         open.delete(x);
         return made;
       }
@@ -187,18 +173,23 @@ function templateVariables(v: unknown): Record<string, unknown> {
         'boolean, null, array or plain object)',
     );
   };
-  const vars: Record<string, unknown> = {};
-  for (const name of names) {
-    at.push(name);
-    Object.defineProperty(vars, name, {
-      value: copy((v as Record<string, unknown>)[name]),
-      enumerable: true,
-      writable: true,
-      configurable: true,
-    });
-    at.pop();
-  }
-  return vars;
+  /** The `keys` of object `x`, each value copied (read once). */
+  const copyEntries = (x: Record<string, unknown>, keys: readonly string[]): Record<string, unknown> => {
+    const entries: Record<string, unknown> = {};
+    for (const k of keys) {
+      at.push(k);
+      // (defined, not assigned: a "__proto__" key stays a key, as JSON.parse makes it)
+      Object.defineProperty(entries, k, {
+        value: copy(x[k]),
+        enumerable: true,
+        writable: true,
+        configurable: true,
+      });
+      at.pop();
+    }
+    return entries;
+  };
+  return copyEntries(v as Record<string, unknown>, names);
 }
 
 /** Names of a multi-template `chat_template` list (for the error of a list without a "default"). */
