@@ -2298,6 +2298,14 @@ export function e8pTablesUniform(pairs: Uint32Array, e81b: Float32Array): Uint32
   return out;
 }
 
+/** The buffers of the RoPE/KV launches ({@link ROPE_KV_WGSL}, {@link ropeKvNormWgsl}): cos/sin, q, k, v, the cache. */
+const ROPE_KV_BUFFERS = /* wgsl */ `@group(0) @binding(2) var<storage, read> cs: array<f32>;
+@group(0) @binding(3) var<storage, read_write> q: array<f32>;
+@group(0) @binding(4) var<storage, read> k: array<f32>;
+@group(0) @binding(5) var<storage, read> v: array<f32>;
+@group(0) @binding(6) var<storage, read_write> ck: array<f32>;
+@group(0) @binding(7) var<storage, read_write> cv: array<f32>;`;
+
 /**
  * RoPE (Hugging Face rotate-half) of row r at position `step.pos + r` (`cs` holds cos/sin), in one launch: in place on
  * the `heads` query heads of `q`, and on the `kvHeads` heads of `k`, which are stored with row r of `v` at that
@@ -2307,12 +2315,7 @@ export function e8pTablesUniform(pairs: Uint32Array, e81b: Float32Array): Uint32
 export const ROPE_KV_WGSL = /* wgsl */ `${STEP}
 struct P { heads: u32, kvHeads: u32, hd: u32, a: u32 }
 @group(0) @binding(1) var<uniform> p: P;
-@group(0) @binding(2) var<storage, read> cs: array<f32>;
-@group(0) @binding(3) var<storage, read_write> q: array<f32>;
-@group(0) @binding(4) var<storage, read> k: array<f32>;
-@group(0) @binding(5) var<storage, read> v: array<f32>;
-@group(0) @binding(6) var<storage, read_write> ck: array<f32>;
-@group(0) @binding(7) var<storage, read_write> cv: array<f32>;
+${ROPE_KV_BUFFERS}
 ${ROPE_PAIR_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -2355,12 +2358,7 @@ export function ropeKvNormWgsl(hd: number): string {
   return /* wgsl */ `${STEP}
 struct P { heads: u32, kvHeads: u32, hd: u32, eps: f32 }
 @group(0) @binding(1) var<uniform> p: P;
-@group(0) @binding(2) var<storage, read> cs: array<f32>;
-@group(0) @binding(3) var<storage, read_write> q: array<f32>;
-@group(0) @binding(4) var<storage, read> k: array<f32>;
-@group(0) @binding(5) var<storage, read> v: array<f32>;
-@group(0) @binding(6) var<storage, read_write> ck: array<f32>;
-@group(0) @binding(7) var<storage, read_write> cv: array<f32>;
+${ROPE_KV_BUFFERS}
 ${qkNormBindings(8)}
 var<workgroup> hv: array<f32, ${hd}>;
 var<workgroup> hs: vec2<f32>;
