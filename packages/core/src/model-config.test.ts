@@ -8,6 +8,8 @@ import {
   qkNormNames,
   parseModelConfig,
   stopTokenIdsOf,
+  ropeAttentionFactor,
+  ropeInvFreq,
   type ModelConfig,
 } from './model-config.js';
 
@@ -236,9 +238,10 @@ describe('parseModelConfig', () => {
     expect(() => parseModelConfig({ ...base, architectures: ['GPT2LMHeadModel'] })).toThrow(
       /E_UNSUPPORTED.*GPT2/,
     );
+    // dynamic NTK's frequencies change with the sequence's length (not read); LongRoPE is Phi-3's
     expect(() =>
-      parseModelConfig({ ...base, model_type: 'llama', rope_scaling: { rope_type: 'yarn' } }),
-    ).toThrow(/E_UNSUPPORTED.*yarn/);
+      parseModelConfig({ ...base, model_type: 'llama', rope_scaling: { rope_type: 'dynamic', factor: 2 } }),
+    ).toThrow(/E_UNSUPPORTED.*dynamic/);
     expect(() => parseModelConfig({ ...base, model_type: 'llama', num_key_value_heads: 3 })).toThrow(
       /E_FORMAT/,
     );
@@ -337,6 +340,7 @@ describe('parseModelConfig', () => {
     };
     const cfg = parseModelConfig({ ...base, model_type: 'llama', rope_scaling: llama3 });
     expect(cfg.ropeScaling).toEqual({
+      type: 'llama3',
       factor: 8,
       lowFreqFactor: 1,
       highFreqFactor: 4,
@@ -492,10 +496,10 @@ describe("transformers 5's rope_parameters and the architecture named", () => {
   it('refuses what it cannot run there as it does at the top level, and settings that disagree', () => {
     expect(() =>
       parseModelConfig(
-        { ...llama, rope_parameters: { rope_type: 'yarn', factor: 4, rope_theta: 1e4 } },
+        { ...llama, rope_parameters: { rope_type: 'dynamic', factor: 4, rope_theta: 1e4 } },
         'c.json',
       ),
-    ).toThrow("E_UNSUPPORTED: c.json: rope_parameters type 'yarn' is not supported");
+    ).toThrow("E_UNSUPPORTED: c.json: rope_parameters type 'dynamic' is not supported");
     expect(() => parseModelConfig({ ...llama, rope_parameters: { ...llama3, factor: 0 } }, 'c.json')).toThrow(
       'E_FORMAT: c.json: invalid fields: rope_parameters (llama3): factor 0 is not a positive number',
     );
@@ -556,5 +560,159 @@ describe("transformers 5's rope_parameters and the architecture named", () => {
       parseModelConfig({ ...base, model_type: 'llama', architectures: ['LLaMAForCausalLM'] }).architecture,
     ).toBe('LlamaForCausalLM');
     expect(() => parseModelConfig({ ...base, architectures: ['constructor'] })).toThrow(/E_UNSUPPORTED/);
+  });
+});
+
+describe('YaRN and linear RoPE scaling', () => {
+  // Qwen3-8B's config with the YaRN block its model card says to add for 131072 tokens
+  const qwen3 = {
+    architectures: ['Qwen3ForCausalLM'],
+    model_type: 'qwen3',
+    hidden_size: 256,
+    intermediate_size: 512,
+    num_hidden_layers: 2,
+    num_attention_heads: 2,
+    num_key_value_heads: 1,
+    head_dim: 128,
+    vocab_size: 100,
+    rope_theta: 1000000,
+    max_position_embeddings: 40960,
+  };
+  const card = { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 32768 };
+  const plain = (c: Pick<ModelConfig, 'headDim' | 'ropeTheta'>) => ropeInvFreq({ ...c, ropeScaling: null });
+
+  it("reads Qwen's YaRN block (rope_scaling or rope_parameters) with transformers' defaults, and runs the stretched context", () => {
+    const cfg = parseModelConfig({ ...qwen3, rope_scaling: card });
+    expect(cfg.ropeScaling).toEqual({
+      type: 'yarn',
+      factor: 4,
+      originalMaxPositions: 32768,
+      betaFast: 32,
+      betaSlow: 1,
+      truncate: true,
+      attentionFactor: 0.1 * Math.log(4) + 1,
+    });
+    expect(cfg.maxPositions).toBe(131072);
+    expect(ropeAttentionFactor(cfg)).toBe(0.1 * Math.log(4) + 1);
+    const v5 = parseModelConfig({
+      ...qwen3,
+      rope_theta: undefined,
+      rope_parameters: { ...card, rope_theta: 1e6 },
+    });
+    expect(v5).toEqual(cfg);
+    // `type` (older configs) names it as well; null/0 betas are transformers' `or` defaults
+    expect(
+      parseModelConfig({ ...qwen3, rope_scaling: { type: 'yarn', factor: 4, beta_fast: 0, beta_slow: null } })
+        .ropeScaling,
+    ).toMatchObject({ betaFast: 32, betaSlow: 1, originalMaxPositions: 40960 });
+  });
+
+  it("gives transformers 5's inverse frequencies (values from a Python transcription of _compute_yarn_parameters)", () => {
+    const cfg = parseModelConfig({ ...qwen3, rope_scaling: card });
+    const inv = ropeInvFreq(cfg);
+    const base = plain(cfg);
+    // Python, f64: the ramp runs over pairs 23 … 40 (floor/ceil of 23.2… and 39.9…); before it every frequency is
+    // kept, after it divided by the factor; the values in it are a computation of a few f64 operations (relative
+    // error a few ulps, so 1e-14)
+    const python: [number, number][] = [
+      [0, 1.0],
+      [23, 0.006978305848598663],
+      [24, 0.005375321490790102],
+      [39, 6.490394320837028e-5],
+      [40, 4.445698525097307e-5],
+      [63, 3.102344401879299e-7],
+    ];
+    for (const [i, v] of python) expect(Math.abs(inv[i]! - v) / v).toBeLessThan(1e-14);
+    for (let i = 0; i <= 23; i++) expect(inv[i]).toBe(base[i]);
+    for (let i = 40; i < 64; i++) expect(inv[i]).toBe(base[i]! / 4);
+    // in the ramp: between the two, falling towards the divided one
+    for (let i = 24; i < 40; i++) {
+      expect(inv[i]).toBeLessThan(base[i]!);
+      expect(inv[i]).toBeGreaterThan(base[i]! / 4);
+    }
+    // truncate false (gpt-oss): the ramp's ends stay fractional (8.0927… and 17.398… for these sizes; Python values)
+    const untruncated = ropeInvFreq({
+      headDim: 64,
+      ropeTheta: 150000,
+      ropeScaling: {
+        type: 'yarn',
+        factor: 32,
+        originalMaxPositions: 4096,
+        betaFast: 32,
+        betaSlow: 1,
+        truncate: false,
+        attentionFactor: 1,
+      },
+    });
+    expect(Math.abs(untruncated[10]! - 0.019335001126540362) / 0.019335001126540362).toBeLessThan(1e-14);
+    expect(Math.abs(untruncated[20]! - 1.818833668168956e-5) / 1.818833668168956e-5).toBeLessThan(1e-14);
+  });
+
+  it('is plain RoPE at factor 1, and takes the attention factor given, or DeepSeek’s mscale ratio', () => {
+    const one = parseModelConfig({ ...qwen3, rope_scaling: { ...card, factor: 1 } });
+    // the ramp's blend of v/1 and v: v to an ulp or two (1e-15 relative)
+    const base = plain(one);
+    ropeInvFreq(one).forEach((v, i) => expect(Math.abs(v - base[i]!) / base[i]!).toBeLessThan(1e-15));
+    expect(ropeAttentionFactor(one)).toBe(1);
+    expect(one.maxPositions).toBe(40960);
+    const af = (rs: Record<string, unknown>) =>
+      ropeAttentionFactor(parseModelConfig({ ...qwen3, rope_scaling: { ...card, ...rs } }));
+    expect(af({ attention_factor: 1.25 })).toBe(1.25);
+    // DeepSeek-V2-Lite: mscale = mscale_all_dim = 0.707, so the ratio is 1
+    expect(af({ factor: 40, mscale: 0.707, mscale_all_dim: 0.707 })).toBe(1);
+    expect(af({ factor: 40, mscale: 1, mscale_all_dim: 0.707 })).toBeCloseTo(
+      (0.1 * Math.log(40) + 1) / (0.0707 * Math.log(40) + 1),
+      15,
+    );
+    // only one of the two: the plain formula
+    expect(af({ factor: 40, mscale: 1 })).toBe(0.1 * Math.log(40) + 1);
+  });
+
+  it('derives a missing factor from the two lengths, and names every bad field', () => {
+    const derived = parseModelConfig({
+      ...qwen3,
+      max_position_embeddings: 163840,
+      rope_scaling: { rope_type: 'yarn', original_max_position_embeddings: 4096 },
+    });
+    expect(derived.ropeScaling).toMatchObject({ factor: 40, originalMaxPositions: 4096 });
+    const bad: [Record<string, unknown>, string][] = [
+      [
+        { factor: undefined, original_max_position_embeddings: undefined },
+        'factor missing is not a positive number',
+      ],
+      [{ factor: 0 }, 'factor 0 is not a positive number'],
+      [
+        { beta_fast: 'x', truncate: 'yes' },
+        'beta_fast "x" is not a positive number; truncate "yes" is not true or false',
+      ],
+      [
+        { original_max_position_embeddings: 1.5 },
+        'original_max_position_embeddings 1.5 is not a positive integer',
+      ],
+      [{ attention_factor: -1 }, 'attention_factor -1 is not a positive number'],
+    ];
+    for (const [patch, msg] of bad)
+      expect(() =>
+        parseModelConfig({ ...qwen3, rope_scaling: { ...card, ...patch } }, 'q/config.json'),
+      ).toThrow(`E_FORMAT: q/config.json: invalid fields: rope_scaling (yarn): ${msg}`);
+  });
+
+  it('reads linear scaling: every frequency divided by the factor, no attention factor', () => {
+    const cfg = parseModelConfig({
+      ...base,
+      model_type: 'llama',
+      rope_scaling: { type: 'linear', factor: 2 },
+    });
+    expect(cfg.ropeScaling).toEqual({ type: 'linear', factor: 2 });
+    const inv = ropeInvFreq(cfg);
+    plain(cfg).forEach((v, i) => expect(inv[i]).toBe(v / 2));
+    expect(ropeAttentionFactor(cfg)).toBe(1);
+    expect(() =>
+      parseModelConfig({ ...base, model_type: 'llama', rope_scaling: { type: 'linear' } }, 'l.json'),
+    ).toThrow(
+      'E_FORMAT: l.json: invalid fields: rope_scaling (linear): factor missing is not a positive number',
+    );
+    // Llama 3 and plain RoPE carry no attention factor either
+    expect(ropeAttentionFactor({ ropeScaling: null })).toBe(1);
   });
 });

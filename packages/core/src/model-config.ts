@@ -20,16 +20,17 @@ export interface ModelConfig {
   vocabSize: number;
   rmsNormEps: number;
   ropeTheta: number;
-  /** Llama-3 style frequency scaling, when present. */
-  ropeScaling: {
-    factor: number;
-    lowFreqFactor: number;
-    highFreqFactor: number;
-    originalMaxPositions: number;
-  } | null;
+  /**
+   * How RoPE's frequencies are stretched for a longer context than the model was trained on (`rope_scaling`, or
+   * transformers 5's `rope_parameters`): Llama 3's, YaRN (Qwen's long-context setting) or linear; null for plain RoPE.
+   * {@link ropeInvFreq} and {@link ropeAttentionFactor} turn it into what the runtimes apply.
+   */
+  ropeScaling: RopeScaling | null;
   /**
    * The most positions the runtimes run: `max_position_embeddings`, or the `sliding_window` when that is smaller (the
-   * runtimes attend to every earlier position, which is the model's sliding-window attention up to the window).
+   * runtimes attend to every earlier position, which is the model's sliding-window attention up to the window). With
+   * YaRN, the stretched context when that is longer: `factor × original_max_position_embeddings` (Qwen3's model cards
+   * add YaRN with factor 4 over 32768 positions to a config of 40960 positions to run 131072).
    */
   maxPositions: number;
   /**
@@ -62,6 +63,51 @@ export interface ModelConfig {
   eosTokenIds: number[];
 }
 
+/**
+ * RoPE scaling for contexts beyond the trained length, as transformers computes each type (`rope_type`, or `type` in
+ * older configs). Every length is in positions.
+ */
+export type RopeScaling = Llama3RopeScaling | YarnRopeScaling | LinearRopeScaling;
+
+/** Llama 3.1's scaling (`rope_type: 'llama3'`): low frequencies divided by `factor`, a smooth band between. */
+export interface Llama3RopeScaling {
+  type: 'llama3';
+  factor: number;
+  lowFreqFactor: number;
+  highFreqFactor: number;
+  originalMaxPositions: number;
+}
+
+/**
+ * YaRN (`rope_type: 'yarn'`, Peng et al. 2023): each frequency between its original (dimensions that turn more than
+ * `betaFast` times over the original context) and divided by `factor` (fewer than `betaSlow` turns), on a linear ramp
+ * over the dimensions between; cos and sin are multiplied by `attentionFactor`.
+ */
+export interface YarnRopeScaling {
+  type: 'yarn';
+  factor: number;
+  /** The trained context (`original_max_position_embeddings`; `max_position_embeddings` when absent). */
+  originalMaxPositions: number;
+  /** `beta_fast`, default 32. */
+  betaFast: number;
+  /** `beta_slow`, default 1. */
+  betaSlow: number;
+  /** Round the ramp's ends outwards to whole dimensions (`truncate`, default true; gpt-oss sets false). */
+  truncate: boolean;
+  /**
+   * The factor on cos and sin (so on every attention logit, squared): `attention_factor` when given, else
+   * `0.1·ln(factor) + 1` (1 for factor ≤ 1), or with DeepSeek's `mscale` and `mscale_all_dim` both set the ratio of
+   * that formula with each as the log's coefficient.
+   */
+  attentionFactor: number;
+}
+
+/** Linear position interpolation (`rope_type: 'linear'`): every frequency divided by `factor`. */
+export interface LinearRopeScaling {
+  type: 'linear';
+  factor: number;
+}
+
 const SUPPORTED = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM'] as const;
 
 /** The class `model_type` names where a config names none. */
@@ -82,9 +128,10 @@ const ARCHITECTURE_ALIASES: Readonly<Record<string, (typeof SUPPORTED)[number]>>
  * or non-numeric field (a field with a default may be absent or null, as Hugging Face reads it, but not a string or
  * a non-finite number), then every invalid one (sizes not positive integers, an odd head size, a negative
  * `rms_norm_eps`, `rope_theta` ≤ 0, a Llama 3 `rope_scaling` without its four positive numbers or with
- * `high_freq_factor` ≤ `low_freq_factor`); `E_UNSUPPORTED` for a `quantization_config` (GPTQ, AWQ, FP8, …), another
- * architecture (`architectures[0]`, or
- * `model_type` where no class is named), a `rope_scaling` other than Llama 3's, or a `hidden_act` other than `silu`.
+ * `high_freq_factor` ≤ `low_freq_factor`, a YaRN or linear one whose fields are not positive numbers);
+ * `E_UNSUPPORTED` for a `quantization_config` (GPTQ, AWQ, FP8, …), another architecture (`architectures[0]`, or
+ * `model_type` where no class is named), a `rope_scaling` other than Llama 3's, YaRN or linear (dynamic NTK, whose
+ * frequencies change with the sequence's length, and LongRoPE are not read), or a `hidden_act` other than `silu`.
  * RoPE is read from transformers 5's `rope_parameters` as from the older `rope_theta`/`rope_scaling` (see
  * `ropeFields`).
  */
@@ -175,6 +222,12 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     : 'default';
   if (ropeType === 'llama3') {
     cfg.ropeScaling = llama3Scaling(rs!, file, rope.scalingName);
+  } else if (ropeType === 'yarn') {
+    const yarn = yarnScaling(rs!, cfg.maxPositions, file, rope.scalingName);
+    cfg.ropeScaling = yarn;
+    cfg.maxPositions = Math.max(cfg.maxPositions, Math.floor(yarn.factor * yarn.originalMaxPositions));
+  } else if (ropeType === 'linear') {
+    cfg.ropeScaling = linearScaling(rs!, file, rope.scalingName);
   } else if (ropeType !== 'default') {
     throw new CalderaError(
       'E_UNSUPPORTED',
@@ -321,11 +374,7 @@ export function qkNormNames(config: Pick<ModelConfig, 'architecture'>, i: number
  * else `E_FORMAT` naming each that is not (a missing `factor` gave NaN inverse frequencies, so NaN logits, and equal
  * frequency factors divide by zero).
  */
-function llama3Scaling(
-  rs: Record<string, unknown>,
-  file: string,
-  name = 'rope_scaling',
-): NonNullable<ModelConfig['ropeScaling']> {
+function llama3Scaling(rs: Record<string, unknown>, file: string, name = 'rope_scaling'): Llama3RopeScaling {
   const bad: string[] = [];
   const field = (k: string, integer = false): number => {
     const v = rs[k];
@@ -334,7 +383,8 @@ function llama3Scaling(
     bad.push(`${k} ${JSON.stringify(v) ?? 'missing'} is not a positive ${integer ? 'integer' : 'number'}`);
     return NaN;
   };
-  const s = {
+  const s: Llama3RopeScaling = {
+    type: 'llama3',
     factor: field('factor'),
     lowFreqFactor: field('low_freq_factor'),
     highFreqFactor: field('high_freq_factor'),
@@ -345,6 +395,89 @@ function llama3Scaling(
   if (bad.length)
     throw new CalderaError('E_FORMAT', `${file}: invalid fields: ${name} (llama3): ${bad.join('; ')}`);
   return s;
+}
+
+/**
+ * A reader of a RoPE scaling object's optional numbers: `field(k, def)` is `rs[k]` when that is a positive finite
+ * number (an integer with `integer`), `def` when it is absent or null, else NaN with the problem noted in `bad`.
+ */
+function scalingFields(rs: Record<string, unknown>, bad: string[]) {
+  return (k: string, def?: number, integer = false): number => {
+    const v = rs[k];
+    if ((v === undefined || v === null) && def !== undefined) return def;
+    if (typeof v === 'number' && Number.isFinite(v) && v > 0 && (!integer || Number.isSafeInteger(v)))
+      return v;
+    bad.push(`${k} ${JSON.stringify(v) ?? 'missing'} is not a positive ${integer ? 'integer' : 'number'}`);
+    return NaN;
+  };
+}
+
+/** YaRN's `0.1·m·ln(scale) + 1`, 1 for a scale ≤ 1 (the paper's attention temperature, as transformers writes it). */
+function yarnMscale(scale: number, m = 1): number {
+  return scale <= 1 ? 1 : 0.1 * m * Math.log(scale) + 1;
+}
+
+/**
+ * A YaRN `rope_scaling` as transformers 5 reads it: `factor` (or, absent, `max_position_embeddings /
+ * original_max_position_embeddings`), `original_max_position_embeddings` (default `max_position_embeddings`),
+ * `beta_fast`/`beta_slow` (32 and 1 where absent, null or 0), `truncate` (true), and the attention factor (see
+ * {@link YarnRopeScaling.attentionFactor}). `E_FORMAT` names every field that is not a positive number.
+ */
+function yarnScaling(
+  rs: Record<string, unknown>,
+  maxPositions: number,
+  file: string,
+  name: string,
+): YarnRopeScaling {
+  const bad: string[] = [];
+  const field = scalingFields(rs, bad);
+  const original = field('original_max_position_embeddings', maxPositions, true);
+  const factor = field(
+    'factor',
+    rs.original_max_position_embeddings == null ? undefined : maxPositions / original,
+  );
+  // transformers takes `or 32` / `or 1`: a 0 there is the default too
+  const betaFast = rs.beta_fast === 0 ? 32 : field('beta_fast', 32);
+  const betaSlow = rs.beta_slow === 0 ? 1 : field('beta_slow', 1);
+  const mscale = rs.mscale === 0 ? 0 : field('mscale', 0);
+  const mscaleAllDim = rs.mscale_all_dim === 0 ? 0 : field('mscale_all_dim', 0);
+  const given = field('attention_factor', 0);
+  const truncate = rs.truncate ?? true;
+  if (typeof truncate !== 'boolean') bad.push(`truncate ${JSON.stringify(truncate)} is not true or false`);
+  if (bad.length)
+    throw new CalderaError('E_FORMAT', `${file}: invalid fields: ${name} (yarn): ${bad.join('; ')}`);
+  const attentionFactor =
+    given > 0
+      ? given
+      : mscale && mscaleAllDim
+        ? yarnMscale(factor, mscale) / yarnMscale(factor, mscaleAllDim)
+        : yarnMscale(factor);
+  return {
+    type: 'yarn',
+    factor,
+    originalMaxPositions: original,
+    betaFast,
+    betaSlow,
+    truncate: truncate as boolean,
+    attentionFactor,
+  };
+}
+
+/** A linear `rope_scaling`: its `factor`, a positive number (`E_FORMAT` otherwise). */
+function linearScaling(rs: Record<string, unknown>, file: string, name: string): LinearRopeScaling {
+  const bad: string[] = [];
+  const factor = scalingFields(rs, bad)('factor');
+  if (bad.length)
+    throw new CalderaError('E_FORMAT', `${file}: invalid fields: ${name} (linear): ${bad.join('; ')}`);
+  return { type: 'linear', factor };
+}
+
+/**
+ * The factor RoPE's cos and sin carry (transformers' `attention_scaling`): YaRN's attention factor, else 1. Rotating
+ * queries and keys by it scales every attention logit by its square.
+ */
+export function ropeAttentionFactor(cfg: Pick<ModelConfig, 'ropeScaling'>): number {
+  return cfg.ropeScaling?.type === 'yarn' ? cfg.ropeScaling.attentionFactor : 1;
 }
 
 /**
@@ -522,13 +655,34 @@ export function linearShape(cfg: ModelConfig, kind: string): [number, number] {
   }
 }
 
-/** Inverse frequencies of RoPE, with Llama-3 scaling when configured (the fields of a config it reads). */
+/**
+ * Inverse frequencies of RoPE (`θ^(−2i/headDim)` for pair i), scaled as `ropeScaling` says (the fields of a config it
+ * reads): Llama 3's bands, YaRN's ramp between each frequency and it divided by the factor, or all divided by it.
+ */
 export function ropeInvFreq(cfg: Pick<ModelConfig, 'headDim' | 'ropeTheta' | 'ropeScaling'>): Float64Array {
   const half = cfg.headDim / 2;
   const inv = new Float64Array(half);
   for (let i = 0; i < half; i++) inv[i] = cfg.ropeTheta ** (-(2 * i) / cfg.headDim);
   const s = cfg.ropeScaling;
-  if (s) {
+  if (s?.type === 'linear') for (let i = 0; i < half; i++) inv[i]! /= s.factor;
+  if (s?.type === 'yarn') {
+    // the (fractional) pair index whose wavelength turns `turns` times over the original context
+    const dimOf = (turns: number) =>
+      (cfg.headDim * Math.log(s.originalMaxPositions / (turns * 2 * Math.PI))) /
+      (2 * Math.log(cfg.ropeTheta));
+    let low = dimOf(s.betaFast);
+    let high = dimOf(s.betaSlow);
+    if (s.truncate) [low, high] = [Math.floor(low), Math.ceil(high)];
+    low = Math.max(low, 0);
+    high = Math.min(high, cfg.headDim - 1);
+    if (low === high) high += 0.001; // transformers' guard against a zero-width ramp
+    for (let i = 0; i < half; i++) {
+      // 1 keeps the frequency (fast dimensions, below `low`), 0 divides it by the factor (slow ones, above `high`)
+      const keep = 1 - Math.min(Math.max((i - low) / (high - low), 0), 1);
+      inv[i] = (inv[i]! / s.factor) * (1 - keep) + inv[i]! * keep;
+    }
+  }
+  if (s?.type === 'llama3') {
     const lowWl = s.originalMaxPositions / s.lowFreqFactor;
     const highWl = s.originalMaxPositions / s.highFreqFactor;
     for (let i = 0; i < half; i++) {

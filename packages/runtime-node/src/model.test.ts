@@ -367,3 +367,76 @@ describe('Qwen3 (per-head query and key norms before RoPE)', () => {
     await expect(loadModel(dir)).rejects.toThrow(/E_SHAPE.*model\.layers\.0\.self_attn\.k_norm\.weight/);
   });
 });
+
+describe('YaRN RoPE scaling (Qwen and DeepSeek long-context configs)', () => {
+  // original context 512 with head_dim 16 and θ 10000: YaRN's ramp runs over pairs 0 … 4 of 8, so pairs are kept,
+  // blended and divided
+  const yarn = { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 512 };
+  const llama = parseModelConfig({ ...hf, head_dim: 16, max_position_embeddings: 512, rope_scaling: yarn });
+  const tokens = [3, 17, 5, 39, 0, 22, 8];
+  const V = llama.vocabSize;
+  const maxAbs = (a: ArrayLike<number>) => Math.max(...Array.from(a, Math.abs));
+  const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>) =>
+    Math.max(...Array.from(a, (v, i) => Math.abs(v - b[i]!)));
+
+  it('logits equal the plain-loop reference with the scaled frequencies and attention factor, and differ from plain RoPE', () => {
+    for (const cfg of [
+      llama,
+      parseModelConfig({ ...hf, architectures: ['Qwen3ForCausalLM'], head_dim: 16, rope_scaling: yarn }),
+    ]) {
+      const { model, raw } = randomModelOf(cfg, 11);
+      const got = model.forward(tokens);
+      const ref = referenceLogits(cfg, raw, tokens).flat();
+      // f32 products against an f64 reference: 1e-4 of the largest logit, as the tests above
+      expect(maxAbsDiff(got, ref)).toBeLessThan(1e-4 * maxAbs(ref));
+      const plain = new LlamaModel({ ...cfg, ropeScaling: null }, model.weights);
+      expect(maxAbsDiff(plain.forward(tokens), got)).toBeGreaterThan(1e-3 * maxAbs(ref));
+    }
+  });
+
+  it('the attention factor a on cos and sin is the same model as q_proj and k_proj times a (RoPE is linear)', () => {
+    const a = 1.5;
+    const withFactor = parseModelConfig({
+      ...hf,
+      head_dim: 16,
+      rope_scaling: { ...yarn, attention_factor: a },
+    });
+    const withoutFactor = parseModelConfig({
+      ...hf,
+      head_dim: 16,
+      rope_scaling: { ...yarn, attention_factor: 1 },
+    });
+    const { model } = randomModelOf(withFactor, 12);
+    const times = (l: BlockWeights['q']) => {
+      const w = (l as DenseLinear).weight;
+      return new DenseLinear(
+        tensor(
+          'f32',
+          w.shape,
+          w.data.map((v) => v * a),
+        ),
+      );
+    };
+    const blocks = model.weights.blocks.map((b) => ({ ...b, q: times(b.q), k: times(b.k) }));
+    const moved = new LlamaModel(withoutFactor, { ...model.weights, blocks });
+    const got = model.forward(tokens);
+    // the same products in another order (a·x rounded in the weights instead of in cos/sin): f32 rounding only
+    expect(maxAbsDiff(moved.forward(tokens), got)).toBeLessThan(1e-5 * maxAbs(got));
+    // and the factor does something: a² = 2.25 on every attention logit
+    const ignored = new LlamaModel(withoutFactor, model.weights);
+    expect(maxAbsDiff(ignored.forward(tokens), got)).toBeGreaterThan(1e-3 * maxAbs(got));
+  });
+
+  it('KV-cache decode equals the full recompute, and runs past max_position_embeddings up to factor × original', () => {
+    expect(llama.maxPositions).toBe(2048);
+    const { model } = randomModelOf(llama, 13);
+    // 600 positions: past the config's 512, within YaRN's 4 × 512
+    const long = Array.from({ length: 600 }, (_, i) => (i * 7) % V);
+    const full = model.forward(long, undefined, { last: true });
+    const cache = new KVCache(llama, 600);
+    model.forward(long.slice(0, 597), cache);
+    let last: Float32Array = new Float32Array(0);
+    for (let t = 597; t < long.length; t++) last = model.forward([long[t]!], cache);
+    expect(maxAbsDiff(last, full)).toBeLessThan(1e-5 * maxAbs(full));
+  });
+});

@@ -6,6 +6,7 @@ import {
   f16ArrayToF32,
   linearShape,
   hasQkNorm,
+  ropeAttentionFactor,
   ropeInvFreq,
   shownValue,
   type Tensor,
@@ -182,7 +183,10 @@ function attention(
 
 export { ropeInvFreq } from '@caldera/core';
 
-/** Apply RoPE (Hugging Face rotate-half layout) in place to `rows` vectors of `heads` heads at positions pos0+r. */
+/**
+ * Apply RoPE (Hugging Face rotate-half layout) in place to `rows` vectors of `heads` heads at positions pos0+r, cos and
+ * sin times `scale` (YaRN's attention factor, {@link ropeAttentionFactor}; 1 otherwise).
+ */
 function rope(
   x: Float32Array,
   rows: number,
@@ -190,14 +194,15 @@ function rope(
   hd: number,
   pos0: number,
   inv: Float64Array,
+  scale: number,
 ): void {
   const half = hd / 2;
   for (let r = 0; r < rows; r++) {
     const pos = pos0 + r;
     for (let i = 0; i < half; i++) {
       const a = pos * inv[i]!;
-      const c = Math.cos(a);
-      const s = Math.sin(a);
+      const c = Math.cos(a) * scale;
+      const s = Math.sin(a) * scale;
       for (let h = 0; h < heads; h++) {
         const o = (r * heads + h) * hd;
         const x1 = x[o + i]!;
@@ -226,6 +231,7 @@ export interface LlamaModelOptions {
 /** A Llama-family causal language model on the CPU. */
 export class LlamaModel {
   private readonly invFreq: Float64Array;
+  private readonly ropeScale: number;
   private readonly head: Linear;
   readonly weights: ModelWeights;
   /** What every linear layer's forward gets: the pool and one batch workspace for all layers. */
@@ -243,6 +249,7 @@ export class LlamaModel {
       );
     }
     this.invFreq = ropeInvFreq(config);
+    this.ropeScale = ropeAttentionFactor(config);
     const { vocabSize: V, hiddenSize: d } = config;
     if (weights.embed.shape.length !== 2 || weights.embed.shape[0] !== V || weights.embed.shape[1] !== d)
       throw new CalderaError(
@@ -325,8 +332,8 @@ export class LlamaModel {
       q = rmsNorm(q, rows * H, qkNorm.q, cfg.rmsNormEps);
       k = rmsNorm(k, rows * KV, qkNorm.k, cfg.rmsNormEps);
     }
-    rope(q, rows, H, hd, pos0, this.invFreq);
-    rope(k, rows, KV, hd, pos0, this.invFreq);
+    rope(q, rows, H, hd, pos0, this.invFreq, this.ropeScale);
+    rope(k, rows, KV, hd, pos0, this.invFreq, this.ropeScale);
     const kw = KV * hd;
     let K: Float32Array;
     let V: Float32Array;

@@ -660,12 +660,12 @@ describe.skipIf(!dev)(gpuTitle('WebGpuModel against runtime-node', reason), () =
  * down_proj compressed. `o.biased`: `attention_bias` (q/k/v/o biases of std 0.5 beside projections of RMS about 1.2,
  * 0.15·√64, so a norm that missed them shows) and `rms_norm_eps` 1e-2 (under 1% of a head's mean square, yet another
  * epsilon moves the logits well past 1e-4, which Qwen3's own 1e-6 would not: the first test's numbers). `o.edit`
- * changes the tensors before they are written. Returns the config written.
+ * changes the tensors before they are written, `o.config` adds fields to the config. Returns the config written.
  */
 async function writeQwen3(
   dir: string,
   hd: number,
-  o: { biased?: boolean; edit?: (t: Record<string, Tensor>) => void } = {},
+  o: { biased?: boolean; edit?: (t: Record<string, Tensor>) => void; config?: Record<string, unknown> } = {},
 ): Promise<Record<string, unknown>> {
   const rng = new Rng(5);
   const t = randomLlamaTensors(rng, {
@@ -705,6 +705,7 @@ async function writeQwen3(
     rope_theta: 1000,
     rms_norm_eps: o.biased ? 1e-2 : 1e-6,
     ...(o.biased ? { attention_bias: true } : {}),
+    ...o.config,
   };
   await writeSafetensors(join(dir, 'model.safetensors'), t);
   await writeFile(join(dir, 'caldera.json'), JSON.stringify(calderaCheckpointMeta(layers)));
@@ -786,6 +787,32 @@ describe.skipIf(!dev)(
         }
       } finally {
         model.dispose();
+      }
+    });
+
+    it("with YaRN (Qwen3's long-context setting): the table's scaled frequencies and attention factor give runtime-node's logits, in decode and prefill", async () => {
+      const yarn = await mkdtemp(join(tmpdir(), 'caldera-webgpu-qwen3-yarn-'));
+      try {
+        // original context 8 with head_dim 48 and θ 1000: pairs kept, blended and divided; attention factor 1.139
+        await writeQwen3(yarn, 48, {
+          config: { rope_scaling: { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 8 } },
+        });
+        const { model } = await loadModel(d, yarn, { contextLength: 16, prefillChunk: 3 });
+        const cpu = (await node.loadModel(yarn)).model;
+        try {
+          const want = cpu.forward(tokens);
+          // as the first test: f32 on both sides in different summation orders, 1e-4
+          const prefilled = await model.forward(tokens);
+          expect(relErr(prefilled, want)).toBeLessThan(1e-4);
+          expect(relErr(await stepped(model), want)).toBeLessThan(1e-4);
+          // YaRN moves them far more than that
+          const plain = new node.LlamaModel({ ...cpu.config, ropeScaling: null }, cpu.weights);
+          expect(relErr(plain.forward(tokens), want)).toBeGreaterThan(1e-2);
+        } finally {
+          model.dispose();
+        }
+      } finally {
+        await rm(yarn, { recursive: true, force: true });
       }
     });
 

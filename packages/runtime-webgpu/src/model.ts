@@ -4,6 +4,7 @@ import {
   checkTokenIds,
   checkTokenArray,
   hasQkNorm,
+  ropeAttentionFactor,
   ropeInvFreq,
   shownValue,
   throwIfAborted,
@@ -300,16 +301,20 @@ export function activationRowsOf(options: WebGpuModelOptions, contextLength: num
 
 export { ropeInvFreq } from '@caldera/core';
 
-/** cos/sin pairs `[positions, headDim/2, 2]` computed in f64 and rounded to f32 (as the CPU runtime's values are). */
+/**
+ * cos/sin pairs `[positions, headDim/2, 2]` computed in f64, times YaRN's attention factor ({@link ropeAttentionFactor};
+ * 1 without YaRN) and rounded to f32 (as the CPU runtime's values are).
+ */
 export function ropeTable(cfg: ModelConfig, positions: number): Float32Array {
   const inv = ropeInvFreq(cfg);
+  const scale = ropeAttentionFactor(cfg);
   const half = inv.length;
   const t = new Float32Array(positions * half * 2);
   for (let p = 0; p < positions; p++)
     for (let i = 0; i < half; i++) {
       const a = p * inv[i]!;
-      t[(p * half + i) * 2] = Math.cos(a);
-      t[(p * half + i) * 2 + 1] = Math.sin(a);
+      t[(p * half + i) * 2] = Math.cos(a) * scale;
+      t[(p * half + i) * 2 + 1] = Math.sin(a) * scale;
     }
   return t;
 }

@@ -1,10 +1,12 @@
-import type { Tensor } from '@caldera/core';
+import { ropeAttentionFactor, ropeInvFreq, type Tensor } from '@caldera/core';
 import type { ModelConfig } from '../config.js';
 
 /**
  * Straightforward f64 reference forward written from the Llama definition (independent of LlamaModel), for tests:
  * HF tensor names in `raw`, logits of every position. `rope` selects the q/k pair layout. Qwen3 (transformers'
- * Qwen3Attention): each head's query and key RMS-normed with `self_attn.q_norm`/`k_norm` before RoPE.
+ * Qwen3Attention): each head's query and key RMS-normed with `self_attn.q_norm`/`k_norm` before RoPE. With a
+ * `ropeScaling`, the rotate-half layout takes core's scaled frequencies and attention factor (`ropeInvFreq`,
+ * `ropeAttentionFactor`, checked against transformers' formulas in @caldera/core) instead of `θ^(−2i/hd)`.
  */
 export function referenceLogits(
   cfg: ModelConfig,
@@ -22,6 +24,7 @@ export function referenceLogits(
     const r = 1 / Math.sqrt(x.reduce((s, v) => s + v * v, 0) / x.length + cfg.rmsNormEps);
     return x.map((v, i) => v * r * w[i]!);
   };
+  const scaled = cfg.ropeScaling ? { inv: ropeInvFreq(cfg), factor: ropeAttentionFactor(cfg) } : null;
   const ropeVec = (v: number[], pos: number) => {
     const out = v.slice();
     if (rope === 'interleaved') {
@@ -34,9 +37,10 @@ export function referenceLogits(
       return out;
     }
     for (let i = 0; i < hd / 2; i++) {
-      const a = pos / cfg.ropeTheta ** ((2 * i) / hd);
-      out[i] = v[i]! * Math.cos(a) - v[i + hd / 2]! * Math.sin(a);
-      out[i + hd / 2] = v[i + hd / 2]! * Math.cos(a) + v[i]! * Math.sin(a);
+      const a = scaled ? pos * scaled.inv[i]! : pos / cfg.ropeTheta ** ((2 * i) / hd);
+      const [c, s] = [Math.cos(a) * (scaled?.factor ?? 1), Math.sin(a) * (scaled?.factor ?? 1)];
+      out[i] = v[i]! * c - v[i + hd / 2]! * s;
+      out[i + hd / 2] = v[i + hd / 2]! * c + v[i]! * s;
     }
     return out;
   };

@@ -88,12 +88,8 @@ export function randomizeBiases(params: TrainParams, rng: Rng, std: number): Tra
   return params;
 }
 
-/**
- * The tiny model of {@link SCOPE_TEST_CONFIG} as Qwen3 lays it out: per-head query and key norms, and (Qwen3's
- * `attention_bias`, a Llama attention) q/k/v/o biases; head_dim 8, not hidden_size / heads (4), as Qwen3-0.6B's 128
- * is not 64.
- */
-export const QWEN3_TEST_CONFIG: ModelConfig = parseModelConfig({
+/** The Hugging Face config.json of {@link QWEN3_TEST_CONFIG}. */
+export const QWEN3_HF = {
   architectures: ['Qwen3ForCausalLM'],
   hidden_size: 16,
   intermediate_size: 24,
@@ -107,7 +103,14 @@ export const QWEN3_TEST_CONFIG: ModelConfig = parseModelConfig({
   attention_bias: true,
   rms_norm_eps: 1e-6,
   rope_theta: 1000000,
-});
+};
+
+/**
+ * The tiny model of {@link SCOPE_TEST_CONFIG} as Qwen3 lays it out: per-head query and key norms, and (Qwen3's
+ * `attention_bias`, a Llama attention) q/k/v/o biases; head_dim 8, not hidden_size / heads (4), as Qwen3-0.6B's 128
+ * is not 64.
+ */
+export const QWEN3_TEST_CONFIG: ModelConfig = parseModelConfig(QWEN3_HF);
 
 /** Gives every norm weight of `params` (initialised to 1 by `initTrainParams`) 1 + N(0, std²) values, in place. */
 export function randomizeNorms(params: TrainParams, rng: Rng, std: number): TrainParams {

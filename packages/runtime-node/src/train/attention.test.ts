@@ -31,7 +31,7 @@ function checkGrad(x: Float64Array, f: () => number, analytic: Float64Array): vo
 }
 
 describe('ropeApply', () => {
-  it('inverse undoes it, preserves norms, and its backward matches finite differences', () => {
+  it('its transpose undoes it, it preserves norms, and its backward matches finite differences', () => {
     const rng = new Rng(4);
     const [T, heads, d] = [5, 2, 8];
     const x = randn(rng, T * heads * d);
@@ -39,7 +39,7 @@ describe('ropeApply', () => {
     // θ where the inverse frequencies belong (the argument before them) is refused, not turned into NaN angles
     expect(() => ropeApply(x, T, heads, d, 10000 as never)).toThrow(/E_VALUE: ropeApply: invFreq must be/);
     const y = ropeApply(x, T, heads, d, inv) as Float64Array;
-    const back = ropeApply(y, T, heads, d, inv, true);
+    const back = ropeApply(y, T, heads, d, inv, 1, true);
     for (let i = 0; i < x.length; i++) expect(back[i]).toBeCloseTo(x[i]!, 12);
     expect(dot(y, y)).toBeCloseTo(dot(x, x), 10);
     // position 0 is the identity
@@ -48,7 +48,27 @@ describe('ropeApply', () => {
     checkGrad(
       x,
       () => dot(dy, ropeApply(x, T, heads, d, inv) as Float64Array),
-      ropeApply(dy, T, heads, d, inv, true) as Float64Array,
+      ropeApply(dy, T, heads, d, inv, 1, true) as Float64Array,
+    );
+  });
+
+  it("with YaRN's attention factor: the rotation times the factor, and its backward still the transpose", () => {
+    const rng = new Rng(14);
+    const [T, heads, d, scale] = [4, 3, 8, 1.1386];
+    const x = randn(rng, T * heads * d);
+    const inv = ropeInvFreq({ headDim: d, ropeTheta: 10000, ropeScaling: null });
+    const plain = ropeApply(x, T, heads, d, inv) as Float64Array;
+    const scaled = ropeApply(x, T, heads, d, inv, scale) as Float64Array;
+    // (s·c)·x1 − (s·n)·x2 against s·(c·x1 − n·x2): a few ulps of f64
+    for (let i = 0; i < x.length; i++) expect(scaled[i]).toBeCloseTo(scale * plain[i]!, 12);
+    // the transpose of s·R is s·Rᵀ: applying both gives s²·x, not x
+    const both = ropeApply(scaled, T, heads, d, inv, scale, true);
+    for (let i = 0; i < x.length; i++) expect(both[i]).toBeCloseTo(scale * scale * x[i]!, 12);
+    const dy = randn(rng, x.length);
+    checkGrad(
+      x,
+      () => dot(dy, ropeApply(x, T, heads, d, inv, scale) as Float64Array),
+      ropeApply(dy, T, heads, d, inv, scale, true) as Float64Array,
     );
   });
 });

@@ -93,6 +93,23 @@ describe('lossAndGrad (whole tiny model)', () => {
     checkGradients(params, c, [1, 5, 3, 9, 2, 12, 0], [5, 3, -100, 2, 7, 11, 4]);
   });
 
+  it("YaRN's frequencies and attention factor: every gradient matches central differences", () => {
+    // original context 4 (head_dim 4, θ 10⁴): the ramp covers both pairs; attention factor 1.139 on cos and sin
+    const c: TrainConfig = {
+      ...cfg,
+      ropeScaling: {
+        type: 'yarn',
+        factor: 4,
+        originalMaxPositions: 4,
+        betaFast: 32,
+        betaSlow: 1,
+        truncate: true,
+        attentionFactor: 0.1 * Math.log(4) + 1,
+      },
+    };
+    checkGradients(initTrainParams(c, new Rng(13), 0.3, true), c, [1, 5, 3, 9, 2, 4], [5, 3, -100, 2, 7, 1]);
+  });
+
   it('activation checkpointing gives bit-identical loss and gradients (plain, LoRA adapters, frozen, into)', () => {
     // recomputing a block runs the same operations on the same inputs, so equality is exact, not approximate
     const params = initTrainParams(cfg, new Rng(3), 0.3);

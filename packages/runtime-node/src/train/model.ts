@@ -1,4 +1,11 @@
-import { CalderaError, f16ArrayToF32, hasQkNorm, ropeInvFreq, type Rng } from '@caldera/core';
+import {
+  CalderaError,
+  f16ArrayToF32,
+  hasQkNorm,
+  ropeAttentionFactor,
+  ropeInvFreq,
+  type Rng,
+} from '@caldera/core';
 import type { ModelConfig } from '../config.js';
 import { attentionBackward, attentionForward } from './attention.js';
 import { linearBackward, linearForward, loraBackward, loraForward, type LoraPair } from './linear.js';
@@ -202,11 +209,9 @@ export function lossAndGrad(
   const emb = P('model.embed_tokens.weight');
   const headName = tiedHead(c) ? 'model.embed_tokens.weight' : 'lm_head.weight';
   const head = tiedHead(c) ? emb : P(headName);
-  const invFreq = ropeInvFreq({
-    headDim: c.headDim,
-    ropeTheta: c.ropeTheta,
-    ropeScaling: c.ropeScaling ?? null,
-  });
+  const ropeConfig = { headDim: c.headDim, ropeTheta: c.ropeTheta, ropeScaling: c.ropeScaling ?? null };
+  const invFreq = ropeInvFreq(ropeConfig);
+  const ropeScale = ropeAttentionFactor(ropeConfig);
   /** A linear layer's bias (`prefix.bias`), when the parameters have one. */
   const biasOf = (prefix: string): Vec | null => {
     const name = `${prefix}.bias`;
@@ -255,8 +260,8 @@ export function lossAndGrad(
     const kn = qkNorm
       ? rmsNormForward(kRaw, P(`${p}self_attn.k_norm.weight`), T * c.numKvHeads, c.headDim, c.rmsNormEps)
       : null;
-    const q = ropeApply(qn?.y ?? qRaw, T, c.numHeads, c.headDim, invFreq);
-    const k = ropeApply(kn?.y ?? kRaw, T, c.numKvHeads, c.headDim, invFreq);
+    const q = ropeApply(qn?.y ?? qRaw, T, c.numHeads, c.headDim, invFreq, ropeScale);
+    const k = ropeApply(kn?.y ?? kRaw, T, c.numKvHeads, c.headDim, invFreq, ropeScale);
     const att = attentionForward(q, k, v, shape);
     const ao = lf(`${p}self_attn.o_proj`, att.out, qd, d);
     const x1 = zerosLike(x0, T * d);
@@ -341,8 +346,8 @@ export function lossAndGrad(
     // x1 = x0 + o(attn(rope(q(n1)), rope(k(n1)), v(n1)))
     const dAtt = lb(`${p}self_attn.o_proj`, dx1, a.att.out, qd, d);
     const ab = attentionBackward(dAtt, a.q, a.k, a.v, a.att.cache, shape);
-    let dqRaw = ropeApply(ab.dq, T, c.numHeads, c.headDim, invFreq, true);
-    let dkRaw = ropeApply(ab.dk, T, c.numKvHeads, c.headDim, invFreq, true);
+    let dqRaw = ropeApply(ab.dq, T, c.numHeads, c.headDim, invFreq, ropeScale, true);
+    let dkRaw = ropeApply(ab.dk, T, c.numKvHeads, c.headDim, invFreq, ropeScale, true);
     if (a.qn && a.kn) {
       const qName = `${p}self_attn.q_norm.weight`;
       const kName = `${p}self_attn.k_norm.weight`;

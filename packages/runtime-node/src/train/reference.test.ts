@@ -1,10 +1,11 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { f16ArrayToF32, Rng } from '@caldera/core';
+import { f16ArrayToF32, parseModelConfig, Rng } from '@caldera/core';
 import { describe, expect, it } from 'vitest';
 import { loadModel } from '../load.js';
 import type { LlamaModel } from '../model.js';
 import {
+  QWEN3_HF,
   QWEN3_TEST_CONFIG,
   randomizeBiases,
   randomizeNorms,
@@ -94,6 +95,27 @@ describe('training forward vs inference forward', () => {
       ).loss,
     ];
     for (const loss of without) expect(Math.abs(loss - ref)).toBeGreaterThan(1e-3);
+  });
+
+  it("and with YaRN (Qwen3's long-context setting): scaled frequencies and the attention factor on cos and sin", () => {
+    // original context 16 with head_dim 8 and θ 10⁶: pairs kept, blended and divided; attention factor 1.139
+    const c = {
+      ...QWEN3_TEST_CONFIG,
+      ropeScaling: parseModelConfig({
+        ...QWEN3_HF,
+        rope_scaling: { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 16 },
+      }).ropeScaling,
+    };
+    const rng = new Rng(12);
+    const params = initTrainParams(c, rng, 0.3);
+    randomizeNorms(params, rng, 0.3);
+    const seq = Array.from({ length: 41 }, () => rng.int(c.vocabSize));
+    const [tokens, targets] = [seq.slice(0, -1), seq.slice(1)];
+    const ref = runtimeLoss(runtimeModelOf(c, params), tokens, targets);
+    // as above: f32 in both, different summation orders over 2 tiny layers; YaRN moves the loss far more
+    expect(Math.abs(lossAndGrad(params, c, tokens, targets, false).loss - ref)).toBeLessThan(1e-5);
+    const plain = lossAndGrad(params, { ...c, ropeScaling: null }, tokens, targets, false).loss;
+    expect(Math.abs(plain - ref)).toBeGreaterThan(1e-3);
   });
 
   it("and on Qwen3's layout: per-head query and key norms before RoPE, q/k/v/o biases, head_dim ≠ hidden / heads", () => {

@@ -4,9 +4,10 @@ import { zerosLike, type Vec } from './types.js';
 /**
  * Rotary position embedding in the Hugging Face "rotate half" layout on `x` (`[T, heads, headDim]`, one
  * sequence, positions `pos0 … pos0+T−1`): pair `(j, j+headDim/2)` of position `t` is rotated by angle
- * `t·invFreq[j]` (`invFreq` from core's `ropeInvFreq`, `θ^(−2j/headDim)` without scaling: the frequencies the
- * runtime uses). With `inverse` the rotation is by the negative angle, which is both the inverse and the transpose,
- * so `ropeApply(dy, …, true)` is the backward pass.
+ * `t·invFreq[j]` (`invFreq` from core's `ropeInvFreq`: the frequencies the runtime uses) and multiplied by `scale`
+ * (YaRN's attention factor, core's `ropeAttentionFactor`; 1 otherwise), as transformers multiplies cos and sin. With
+ * `transpose` the rotation is by the negative angle (times `scale` again): the transpose of the forward map, so
+ * `ropeApply(dy, …, true)` is the backward pass (and the inverse when `scale` is 1).
  */
 export function ropeApply(
   x: Vec,
@@ -14,7 +15,8 @@ export function ropeApply(
   heads: number,
   headDim: number,
   invFreq: Float64Array,
-  inverse = false,
+  scale = 1,
+  transpose = false,
   pos0 = 0,
 ): Vec {
   const half = headDim / 2;
@@ -24,12 +26,12 @@ export function ropeApply(
       `ropeApply: invFreq must be a Float64Array of headDim / 2 = ${half} inverse frequencies (ropeInvFreq)`,
     );
   const y = zerosLike(x, x.length);
-  const sign = inverse ? -1 : 1;
+  const sign = transpose ? -1 : 1;
   for (let t = 0; t < T; t++) {
     for (let j = 0; j < half; j++) {
       const a = (pos0 + t) * invFreq[j]!;
-      const c = Math.cos(a);
-      const s = sign * Math.sin(a);
+      const c = Math.cos(a) * scale;
+      const s = sign * Math.sin(a) * scale;
       for (let h = 0; h < heads; h++) {
         const o = (t * heads + h) * headDim;
         const x1 = x[o + j]!;
