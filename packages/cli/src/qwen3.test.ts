@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cast, openSafetensors } from '@caldera/core';
 import { loadModel } from '@caldera/runtime-node';
@@ -88,4 +88,47 @@ describe('Qwen3 through the CLI (per-head query and key norms)', () => {
     // (measured: agreement to f32 rounding of the two products' summation orders, ~1e-6)
     expect(relErr(await logitsOf(dense), await logitsOf(ft))).toBeLessThan(1e-4);
   }, 600_000);
+});
+
+describe('RoPE variants through the CLI: SmolLM3 (blocks without RoPE) and Qwen3 with YaRN', () => {
+  const cases = [
+    {
+      name: 'smollm3',
+      options: {
+        tied: true,
+        seed: 6,
+        config: { architectures: ['SmolLM3ForCausalLM'], model_type: 'smollm3', no_rope_layer_interval: 2 },
+      },
+      kept: { no_rope_layer_interval: 2 },
+    },
+    {
+      name: 'qwen3-yarn',
+      options: {
+        qwen3: true,
+        tied: true,
+        seed: 7,
+        config: { rope_scaling: { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 16 } },
+      },
+      kept: { rope_scaling: { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 16 } },
+    },
+  ];
+  for (const { name, options, kept } of cases)
+    it(`${name}: compress follows the source (full-rank 16-bit LPLR), generate runs, the checkpoint and the export keep the config`, async () => {
+      const { dir: src } = await writeTinyModel(join(tmp, name), options);
+      const out = join(tmp, `${name}-lplr`);
+      const lplr = FAST.filter((f, i) => f !== '--outer-iters' && FAST[i - 1] !== '--outer-iters');
+      const l = run(['compress', src, '--out', out, ...lplr, '--method', 'lplr', '--rank', '64', '--json']);
+      expect(l.status, l.stderr).toBe(0);
+      // as the Qwen3 test above: ≈ 1e-3 from f16 factors; 0.02 is far below what rotating a NoPE block or dropping
+      // YaRN moves the logits (the runtime-node tests)
+      expect(relErr(await logitsOf(out), await logitsOf(src))).toBeLessThan(0.02);
+      const g = run(['generate', out, '--prompt', 'Hi', '--max-tokens', '4', '--json']);
+      expect(g.status, g.stderr).toBe(0);
+      const dense = join(tmp, `${name}-dense`);
+      const e = run(['export', out, '--out', dense, '--dtype', 'f32', '--json']);
+      expect(e.status, e.stderr).toBe(0);
+      for (const dir of [out, dense])
+        expect(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'))).toMatchObject(kept);
+      expect(relErr(await logitsOf(dense), await logitsOf(out))).toBeLessThan(1e-4);
+    }, 600_000);
 });

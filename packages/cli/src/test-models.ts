@@ -31,6 +31,11 @@ export interface TinyModelOptions {
   /** `vocab_size`, at least the tokenizer's 2048 (default 2048; more: padded embedding rows). */
   vocab?: number;
   seed?: number;
+  /**
+   * Fields added to (or replacing) config.json's, e.g. another architecture of Llama's layout (SmolLM3) or a
+   * `rope_scaling` (default none).
+   */
+  config?: Record<string, unknown>;
   /** Changes the f32 values before they are stored (e.g. an outlier in a norm weight). */
   patch?: (raw: Record<string, Tensor<'f32'>>) => void;
 }
@@ -104,6 +109,7 @@ export async function writeTinyModel(
     vocab_size: V,
     rms_norm_eps: 1e-6,
     rope_theta: 10000,
+    ...o.config,
   };
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2));
   for (const f of ['tokenizer.json', 'tokenizer_config.json'])

@@ -8,6 +8,7 @@ import {
   qkNormNames,
   parseModelConfig,
   stopTokenIdsOf,
+  appliesRope,
   ropeAttentionFactor,
   ropeInvFreq,
   type ModelConfig,
@@ -135,7 +136,7 @@ describe('parseModelConfig', () => {
       parseModelConfig({ ...qwen3, sliding_window: 4096, use_sliding_window: true, max_window_layers: 27 }),
     ).toMatchObject({ slidingWindow: 4096, maxPositions: 4096 });
     expect(() => parseModelConfig({ ...base, model_type: 'qwen3_moe' })).toThrow(
-      /^E_UNSUPPORTED: config\.json: architecture 'qwen3_moe' is not supported \(supported: .*Qwen3ForCausalLM\)$/,
+      /^E_UNSUPPORTED: config\.json: architecture 'qwen3_moe' is not supported \(supported: .*Qwen3ForCausalLM.*\)$/,
     );
   });
 
@@ -675,6 +676,16 @@ describe('YaRN and linear RoPE scaling', () => {
       rope_scaling: { rope_type: 'yarn', original_max_position_embeddings: 4096 },
     });
     expect(derived.ropeScaling).toMatchObject({ factor: 40, originalMaxPositions: 4096 });
+    // a top-level original_max_position_embeddings comes first, as in transformers 5 (it read 40960 here before)
+    const top = parseModelConfig({
+      ...qwen3,
+      original_max_position_embeddings: 8192,
+      rope_scaling: { ...card, original_max_position_embeddings: undefined },
+    });
+    expect(top.ropeScaling).toMatchObject({ factor: 4, originalMaxPositions: 8192 });
+    expect(
+      parseModelConfig({ ...qwen3, original_max_position_embeddings: 8192, rope_scaling: card }).ropeScaling,
+    ).toMatchObject({ originalMaxPositions: 8192 });
     const bad: [Record<string, unknown>, string][] = [
       [
         { factor: undefined, original_max_position_embeddings: undefined },
@@ -714,5 +725,87 @@ describe('YaRN and linear RoPE scaling', () => {
     );
     // Llama 3 and plain RoPE carry no attention factor either
     expect(ropeAttentionFactor({ ropeScaling: null })).toBe(1);
+  });
+});
+
+describe('SmolLM3 (every fourth block without RoPE)', () => {
+  // HuggingFaceTB/SmolLM3-3B's config.json, less what the loader does not read, at 8 blocks instead of 36
+  const smol = {
+    architectures: ['SmolLM3ForCausalLM'],
+    model_type: 'smollm3',
+    hidden_size: 64,
+    intermediate_size: 128,
+    num_hidden_layers: 8,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    vocab_size: 100,
+    rope_theta: 5000000,
+    max_position_embeddings: 65536,
+    use_sliding_window: false,
+    sliding_window: null,
+    no_rope_layers: [1, 1, 1, 0, 1, 1, 1, 0],
+    no_rope_layer_interval: 4,
+    tie_word_embeddings: true,
+  };
+
+  it('reads its NoPE blocks from no_rope_layers (1 is RoPE, as transformers reads it), else from the interval', () => {
+    const cfg = parseModelConfig(smol);
+    expect(cfg).toMatchObject({
+      architecture: 'SmolLM3ForCausalLM',
+      nopeLayers: [3, 7],
+      ropeTheta: 5e6,
+      slidingWindow: null,
+    });
+    expect([0, 1, 2, 3, 7].map((b) => appliesRope(cfg, b))).toEqual([true, true, true, false, false]);
+    // without the list: every no_rope_layer_interval-th block (default 4); a longer list is allowed, as there
+    expect(parseModelConfig({ ...smol, no_rope_layers: undefined }).nopeLayers).toEqual([3, 7]);
+    expect(parseModelConfig({ ...smol, no_rope_layers: null, no_rope_layer_interval: 3 }).nopeLayers).toEqual(
+      [2, 5],
+    );
+    expect(parseModelConfig({ ...smol, no_rope_layers: [0, 1, 1, 1, 1, 1, 1, 1, 0] }).nopeLayers).toEqual([
+      0,
+    ]);
+    // model_type alone names it; its config class's rope_theta default is 2e6
+    const bare = parseModelConfig({ ...smol, architectures: undefined, rope_theta: undefined });
+    expect([bare.architecture, bare.ropeTheta]).toEqual(['SmolLM3ForCausalLM', 2e6]);
+    // other models rotate every block
+    const llama = parseModelConfig({ ...smol, architectures: ['LlamaForCausalLM'] });
+    expect(llama.nopeLayers).toBe(undefined);
+    expect(appliesRope(llama, 3)).toBe(true);
+  });
+
+  it("takes Llama's biases, slides its NoPE blocks only with use_sliding_window, and refuses bad lists", () => {
+    expect(parseModelConfig({ ...smol, attention_bias: true, mlp_bias: true })).toMatchObject({
+      attentionBias: true,
+      mlpBias: true,
+    });
+    expect(declaredBias(parseModelConfig({ ...smol, attention_bias: true }), 'o_proj')).toBe(
+      'attention_bias',
+    );
+    const sliding = parseModelConfig({ ...smol, use_sliding_window: true, sliding_window: 4096 });
+    expect([sliding.slidingWindow, sliding.maxPositions]).toEqual([4096, 4096]);
+    // layer_types written out say which layers slide; with none sliding there is no window
+    const full = parseModelConfig({
+      ...smol,
+      use_sliding_window: true,
+      sliding_window: 4096,
+      layer_types: Array(8).fill('full_attention'),
+    });
+    expect(full.slidingWindow).toBe(null);
+    for (const [patch, msg] of [
+      [
+        { no_rope_layers: [1, 1, 0] },
+        /no_rope_layers must list 1 \(RoPE\) or 0 \(no RoPE\) for each of the 8 blocks/,
+      ],
+      [{ no_rope_layers: [1, 1, 1, 2, 1, 1, 1, 0] }, /no_rope_layers must list/],
+      [
+        { no_rope_layers: null, no_rope_layer_interval: 0 },
+        /no_rope_layer_interval 0 is not a positive integer/,
+      ],
+      [{ use_sliding_window: true, sliding_window: -1 }, /sliding_window -1 is not a positive integer/],
+    ] as const)
+      expect(() => parseModelConfig({ ...smol, ...patch }, 's/config.json')).toThrow(
+        new RegExp(`^E_FORMAT: s/config\\.json: ${msg.source}`),
+      );
   });
 });

@@ -8,9 +8,15 @@ import { CalderaError, describeValue } from './errors.js';
 export interface ModelConfig {
   /**
    * The model's class. `Qwen3ForCausalLM` is Qwen2's layout with no default biases and an RMSNorm of each head's
-   * query and key before RoPE (`q_norm`/`k_norm`, see {@link hasQkNorm}).
+   * query and key before RoPE (`q_norm`/`k_norm`, see {@link hasQkNorm}). `SmolLM3ForCausalLM` is Llama's layout whose
+   * every fourth block applies no RoPE ({@link ModelConfig.nopeLayers}).
    */
-  architecture: 'LlamaForCausalLM' | 'MistralForCausalLM' | 'Qwen2ForCausalLM' | 'Qwen3ForCausalLM';
+  architecture:
+    | 'LlamaForCausalLM'
+    | 'MistralForCausalLM'
+    | 'Qwen2ForCausalLM'
+    | 'Qwen3ForCausalLM'
+    | 'SmolLM3ForCausalLM';
   hiddenSize: number;
   intermediateSize: number;
   numLayers: number;
@@ -61,6 +67,12 @@ export interface ModelConfig {
    * `<|eot_id|>`); generation should stop at any of them. Empty when there is none.
    */
   eosTokenIds: number[];
+  /**
+   * The blocks whose attention applies no RoPE at all (SmolLM3's NoPE layers: `no_rope_layers[i]` 0, by default every
+   * fourth block, `no_rope_layer_interval` 4), in increasing order. Absent or empty: every block rotates queries and
+   * keys. See {@link appliesRope}.
+   */
+  nopeLayers?: number[];
 }
 
 /**
@@ -108,7 +120,13 @@ export interface LinearRopeScaling {
   factor: number;
 }
 
-const SUPPORTED = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM'] as const;
+const SUPPORTED = [
+  'LlamaForCausalLM',
+  'MistralForCausalLM',
+  'Qwen2ForCausalLM',
+  'Qwen3ForCausalLM',
+  'SmolLM3ForCausalLM',
+] as const;
 
 /** The class `model_type` names where a config names none. */
 const MODEL_TYPES: Readonly<Record<string, (typeof SUPPORTED)[number]>> = {
@@ -116,6 +134,7 @@ const MODEL_TYPES: Readonly<Record<string, (typeof SUPPORTED)[number]>> = {
   mistral: 'MistralForCausalLM',
   qwen2: 'Qwen2ForCausalLM',
   qwen3: 'Qwen3ForCausalLM',
+  smollm3: 'SmolLM3ForCausalLM',
 };
 
 /** Older names of the supported classes (the first Hugging Face conversions of LLaMA wrote `LLaMAForCausalLM`). */
@@ -172,6 +191,7 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     return NaN;
   };
   const rope = ropeFields(c, file);
+  const smol = archName === 'SmolLM3ForCausalLM';
   const hiddenSize = num('hidden_size');
   const numHeads = num('num_attention_heads');
   const eosIds = tokenIdList(c.eos_token_id);
@@ -191,7 +211,8 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     headDim: num('head_dim', archName === 'Qwen3ForCausalLM' ? QWEN3_HEAD_DIM : hiddenSize / numHeads),
     vocabSize: num('vocab_size'),
     rmsNormEps: num('rms_norm_eps', 1e-6),
-    ropeTheta: num(rope.thetaName, 10000, rope.theta),
+    // SmolLM3's config class defaults rope_theta to 2e6 (its `default_theta`), the others to 10000
+    ropeTheta: num(rope.thetaName, smol ? SMOLLM3_ROPE_THETA : 10000, rope.theta),
     ropeScaling: null,
     maxPositions: num('max_position_embeddings', 2048),
     slidingWindow: null,
@@ -200,8 +221,9 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     // from attention_bias; Mistral has none
     attentionBias:
       archName === 'Qwen2ForCausalLM' ||
-      ((archName === 'LlamaForCausalLM' || archName === 'Qwen3ForCausalLM') && c.attention_bias === true),
-    mlpBias: archName === 'LlamaForCausalLM' && c.mlp_bias === true,
+      ((archName === 'LlamaForCausalLM' || archName === 'Qwen3ForCausalLM' || smol) &&
+        c.attention_bias === true),
+    mlpBias: (archName === 'LlamaForCausalLM' || smol) && c.mlp_bias === true,
     bosTokenId: typeof c.bos_token_id === 'number' ? c.bos_token_id : null,
     eosTokenId: eosIds[0] ?? null,
     eosTokenIds: eosIds,
@@ -215,7 +237,13 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
       'E_UNSUPPORTED',
       `${file}: hidden_act ${JSON.stringify(c.hidden_act)} is not supported (the MLP is SwiGLU: 'silu')`,
     );
-  const rs = rope.scaling;
+  // transformers 5 takes a top-level original_max_position_embeddings before the scaling object's own (DeepSeek-style
+  // configs write it there)
+  const top = c.original_max_position_embeddings;
+  const rs =
+    rope.scaling && top !== undefined && top !== null
+      ? { ...rope.scaling, original_max_position_embeddings: top }
+      : rope.scaling;
   // rope_parameters without a rope_type is the default RoPE (it holds rope_theta); a rope_scaling object names its type
   const ropeType = rs
     ? (rs.rope_type ?? rs.type ?? (rope.scalingName === 'rope_parameters' ? 'default' : undefined))
@@ -254,6 +282,23 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
       );
     cfg.slidingWindow = sw as number;
     cfg.maxPositions = Math.min(cfg.maxPositions, cfg.slidingWindow);
+  }
+  if (smol) {
+    cfg.nopeLayers = nopeLayersOf(c, cfg.numLayers, file);
+    // SmolLM3 slides its NoPE layers' attention with use_sliding_window and a sliding_window (layer_types, when the
+    // config writes them, say which layers)
+    const types = Array.isArray(c.layer_types) ? (c.layer_types as unknown[]) : null;
+    const slides = types ? types.includes('sliding_attention') : cfg.nopeLayers.length > 0;
+    const window = c.sliding_window;
+    if (c.use_sliding_window === true && window !== undefined && window !== null && slides) {
+      if (!Number.isSafeInteger(window) || (window as number) < 1)
+        throw new CalderaError(
+          'E_FORMAT',
+          `${file}: sliding_window ${JSON.stringify(window)} is not a positive integer`,
+        );
+      cfg.slidingWindow = window as number;
+      cfg.maxPositions = Math.min(cfg.maxPositions, cfg.slidingWindow);
+    }
   }
   if (cfg.numHeads % cfg.numKvHeads !== 0) {
     throw new CalderaError(
@@ -346,6 +391,49 @@ const QWEN2_MAX_WINDOW_LAYERS = 28;
 /** Hugging Face's default of Qwen2's and Qwen3's `sliding_window` (used with `use_sliding_window`). */
 const QWEN_SLIDING_WINDOW = 4096;
 
+/** Hugging Face's default of SmolLM3's `rope_theta` (its config class's `default_theta`). */
+const SMOLLM3_ROPE_THETA = 2000000;
+
+/** Hugging Face's default of SmolLM3's `no_rope_layer_interval`: every fourth block applies no RoPE. */
+const SMOLLM3_NOPE_INTERVAL = 4;
+
+/**
+ * SmolLM3's NoPE blocks: where `no_rope_layers` (a 1 or 0 per block, 1 meaning the block applies RoPE, as transformers
+ * reads it; longer lists are allowed, as there) has a 0, or without that list every `no_rope_layer_interval`-th block
+ * (default 4: blocks 3, 7, 11, …). `E_FORMAT` for a list shorter than the model or holding anything but 0 and 1, or an
+ * interval that is not a positive integer.
+ */
+function nopeLayersOf(c: Record<string, unknown>, numLayers: number, file: string): number[] {
+  const list = c.no_rope_layers;
+  if (list !== undefined && list !== null) {
+    if (
+      !Array.isArray(list) ||
+      list.length < numLayers ||
+      list.some((v) => v !== 0 && v !== 1 && v !== true && v !== false)
+    )
+      throw new CalderaError(
+        'E_FORMAT',
+        `${file}: no_rope_layers must list 1 (RoPE) or 0 (no RoPE) for each of the ${numLayers} blocks, got ${describeValue(list)}`,
+      );
+    return Array.from({ length: numLayers }, (_, i) => i).filter((i) => !list[i]);
+  }
+  const every = c.no_rope_layer_interval ?? SMOLLM3_NOPE_INTERVAL;
+  if (!Number.isSafeInteger(every) || (every as number) < 1)
+    throw new CalderaError(
+      'E_FORMAT',
+      `${file}: no_rope_layer_interval ${JSON.stringify(every)} is not a positive integer`,
+    );
+  return Array.from({ length: numLayers }, (_, i) => i).filter((i) => (i + 1) % (every as number) === 0);
+}
+
+/**
+ * Whether block `b` of `config` rotates its queries and keys (RoPE): all blocks but SmolLM3's NoPE layers
+ * ({@link ModelConfig.nopeLayers}).
+ */
+export function appliesRope(config: Pick<ModelConfig, 'nopeLayers'>, b: number): boolean {
+  return !config.nopeLayers?.includes(b);
+}
+
 /** Hugging Face's default of Qwen3's `head_dim` (its config class sets it; other classes derive it). */
 const QWEN3_HEAD_DIM = 128;
 
@@ -418,8 +506,10 @@ function yarnMscale(scale: number, m = 1): number {
 }
 
 /**
- * A YaRN `rope_scaling` as transformers 5 reads it: `factor` (or, absent, `max_position_embeddings /
- * original_max_position_embeddings`), `original_max_position_embeddings` (default `max_position_embeddings`),
+ * A YaRN `rope_scaling` as transformers 5 reads it: `factor` (null: `max_position_embeddings /
+ * original_max_position_embeddings`, as there; a missing `factor`, which transformers 5 refuses, is read the same way),
+ * `original_max_position_embeddings` (the config's top-level one first, as there, then the object's, default
+ * `max_position_embeddings`),
  * `beta_fast`/`beta_slow` (32 and 1 where absent, null or 0), `truncate` (true), and the attention factor (see
  * {@link YarnRopeScaling.attentionFactor}). `E_FORMAT` names every field that is not a positive number.
  */

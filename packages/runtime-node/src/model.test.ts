@@ -440,3 +440,36 @@ describe('YaRN RoPE scaling (Qwen and DeepSeek long-context configs)', () => {
     expect(maxAbsDiff(last, full)).toBeLessThan(1e-5 * maxAbs(full));
   });
 });
+
+describe('SmolLM3 (blocks without RoPE)', () => {
+  // 2 blocks with a NoPE block every second: block 1 attends to its keys unrotated (SmolLM3-3B: blocks 3, 7, …, 35)
+  const smol = parseModelConfig({ ...hf, architectures: ['SmolLM3ForCausalLM'], no_rope_layer_interval: 2 });
+  const tokens = [3, 17, 5, 39, 0, 22, 8];
+  const maxAbs = (a: ArrayLike<number>) => Math.max(...Array.from(a, Math.abs));
+  const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>) =>
+    Math.max(...Array.from(a, (v, i) => Math.abs(v - b[i]!)));
+
+  it('logits equal the plain-loop reference that skips RoPE in block 1, and differ from the model rotating every block', () => {
+    expect(smol.nopeLayers).toEqual([1]);
+    const { model, raw } = randomModelOf(smol, 21);
+    const got = model.forward(tokens);
+    const ref = referenceLogits(smol, raw, tokens).flat();
+    // f32 products against an f64 reference: 1e-4 of the largest logit, as the tests above
+    expect(maxAbsDiff(got, ref)).toBeLessThan(1e-4 * maxAbs(ref));
+    const rotating = new LlamaModel(
+      { ...smol, architecture: 'LlamaForCausalLM', nopeLayers: [] },
+      model.weights,
+    );
+    expect(maxAbsDiff(rotating.forward(tokens), got)).toBeGreaterThan(1e-3 * maxAbs(ref));
+  });
+
+  it('KV-cache decode equals the full recompute (the NoPE block caches its keys unrotated)', () => {
+    const { model } = randomModelOf(smol, 22);
+    const full = model.forward(tokens);
+    const cache = new KVCache(smol, 16);
+    const rows = [model.forward(tokens.slice(0, 3), cache)];
+    for (let t = 3; t < tokens.length; t++) rows.push(model.forward([tokens[t]!], cache));
+    const stepwise = Float32Array.from(rows.flatMap((r) => Array.from(r)));
+    expect(maxAbsDiff(stepwise, full)).toBeLessThan(1e-5 * maxAbs(full));
+  });
+});

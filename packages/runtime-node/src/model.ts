@@ -5,6 +5,7 @@ import {
   describeValue,
   f16ArrayToF32,
   linearShape,
+  appliesRope,
   hasQkNorm,
   ropeAttentionFactor,
   ropeInvFreq,
@@ -332,8 +333,11 @@ export class LlamaModel {
       q = rmsNorm(q, rows * H, qkNorm.q, cfg.rmsNormEps);
       k = rmsNorm(k, rows * KV, qkNorm.k, cfg.rmsNormEps);
     }
-    rope(q, rows, H, hd, pos0, this.invFreq, this.ropeScale);
-    rope(k, rows, KV, hd, pos0, this.invFreq, this.ropeScale);
+    // SmolLM3's NoPE blocks attend with the queries and keys as they are
+    if (appliesRope(cfg, b)) {
+      rope(q, rows, H, hd, pos0, this.invFreq, this.ropeScale);
+      rope(k, rows, KV, hd, pos0, this.invFreq, this.ropeScale);
+    }
     const kw = KV * hd;
     let K: Float32Array;
     let V: Float32Array;

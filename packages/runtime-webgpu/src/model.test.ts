@@ -6,8 +6,10 @@ import { fileURLToPath } from 'node:url';
 import {
   cast,
   CalderaError,
+  openSafetensors,
   openSafetensorsDir,
   Rng,
+  serializeSafetensors,
   tensor,
   tokenNll,
   writeSafetensors,
@@ -712,6 +714,65 @@ async function writeQwen3(
   await writeFile(join(dir, 'config.json'), JSON.stringify(config));
   return config;
 }
+
+describe.skipIf(!dev)(gpuTitle('SmolLM3 on WebGPU (blocks without RoPE)', reason), () => {
+  it("gives runtime-node's logits with either block left unrotated (block 0's dense q/k/v in the RoPE/KV launch, block 1's CALDERA q/k/v in their output rotation), in decode and prefill", async () => {
+    const d = dev!;
+    const tokens = [3, 29, 0, 7, 7, 21, 13];
+    const t = randomLlamaTensors(new Rng(6), {
+      hidden: 32,
+      kvDim: 16,
+      intermediate: 48,
+      vocab: 30,
+      std: 0.2,
+    });
+    const layers = compressLayers(
+      t,
+      ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'].map((p) => `model.layers.1.${p}`),
+    );
+    const weights = await serializeSafetensors(t);
+    const base = {
+      architectures: ['SmolLM3ForCausalLM'],
+      hidden_size: 32,
+      intermediate_size: 48,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      vocab_size: 30,
+      tie_word_embeddings: true,
+      rope_theta: 1000,
+    };
+    const calderaMeta = calderaCheckpointMeta(layers);
+    const logitsOf = async (noRope: number[]) => {
+      const config = { ...base, no_rope_layers: noRope };
+      const { model } = await loadModelFromBuffer(
+        d,
+        { config, calderaMeta, weights },
+        { contextLength: 16, prefillChunk: 3 },
+      );
+      try {
+        const store = await openSafetensors(weights, 'model.safetensors');
+        const cpu = (await node.loadModelFromStore({ config, calderaMeta, store })).model;
+        await store.close();
+        const want = cpu.forward(tokens);
+        const prefilled = await model.forward(tokens);
+        model.reset();
+        const steps = new Float32Array(tokens.length * 30);
+        for (const [i, tok] of tokens.entries()) steps.set(await model.step(tok, 'logits'), i * 30);
+        // f32 on both sides in different summation orders, 1e-4 as the other comparisons with runtime-node
+        expect(relErr(prefilled, want)).toBeLessThan(1e-4);
+        expect(relErr(steps, want)).toBeLessThan(1e-4);
+        return want;
+      } finally {
+        model.dispose();
+      }
+    };
+    const [none0, none1, all] = [await logitsOf([0, 1]), await logitsOf([1, 0]), await logitsOf([1, 1])];
+    // leaving a block unrotated moves the logits far more than the tolerance
+    expect(relErr(none0, all)).toBeGreaterThan(1e-2);
+    expect(relErr(none1, all)).toBeGreaterThan(1e-2);
+  });
+});
 
 describe.skipIf(!dev)(
   gpuTitle('Qwen3 on WebGPU (per-head query and key RMSNorm before RoPE)', reason),

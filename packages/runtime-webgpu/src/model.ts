@@ -3,6 +3,7 @@ import {
   CalderaError,
   checkTokenIds,
   checkTokenArray,
+  appliesRope,
   hasQkNorm,
   ropeAttentionFactor,
   ropeInvFreq,
@@ -220,6 +221,8 @@ interface ModelBuffers {
   scores: GPUBuffer;
   caches: { k: GPUBuffer; v: GPUBuffer }[];
   cs: GPUBuffer;
+  /** The table of SmolLM3's NoPE blocks (cos 1, sin 0: the rotation leaves q and k as they are), or null. */
+  csNope: GPUBuffer | null;
   topk: TopKBuffers;
 }
 
@@ -316,6 +319,16 @@ export function ropeTable(cfg: ModelConfig, positions: number): Float32Array {
       t[(p * half + i) * 2] = Math.cos(a) * scale;
       t[(p * half + i) * 2 + 1] = Math.sin(a) * scale;
     }
+  return t;
+}
+
+/**
+ * The table {@link ropeTable}'s kernels read for a block without RoPE (SmolLM3's NoPE layers): every pair (1, 0), an
+ * identity rotation at every position.
+ */
+function nopeTable(cfg: ModelConfig, positions: number): Float32Array {
+  const t = new Float32Array(positions * cfg.headDim);
+  for (let i = 0; i < t.length; i += 2) t[i] = 1;
   return t;
 }
 
@@ -566,6 +579,11 @@ export class WebGpuModel {
       this.owned.push(this.stepBuf);
       const cs = storageBuffer(dev, ropeTable(cfg, cap), 'rope table');
       this.owned.push(cs);
+      // SmolLM3's blocks without RoPE run the same kernels on a table of identity rotations (exact: x·1 − y·0 = x)
+      const csNope = cfg.nopeLayers?.length
+        ? storageBuffer(dev, nopeTable(cfg, cap), 'rope table (blocks without RoPE)')
+        : null;
+      if (csNope) this.owned.push(csNope);
       this.readLogits = dev.device.createBuffer({
         size: T * V * 4,
         usage: BufferUsage.MAP_READ | BufferUsage.COPY_DST,
@@ -617,7 +635,7 @@ export class WebGpuModel {
               needs[key] = Math.max(needs[key], lin.needs[key]);
       this.needs = needs;
       this.rows = T;
-      this.bufs = { x, x2, h, q, k, v, att, g, u, scores, caches, cs, topk };
+      this.bufs = { x, x2, h, q, k, v, att, g, u, scores, caches, cs, csNope, topk };
       this.programs = this.record(choice);
 
       let wb = weights.embed.buffer.size + weights.norm.size;
@@ -642,7 +660,7 @@ export class WebGpuModel {
     const { dev, config: cfg, weights } = this;
     const { d, I, V, H, KV, hd, kw } = dimsOf(cfg);
     const cap = this.contextLength;
-    const { x, x2, h, q, k, v, att, g, u, scores, caches, cs, topk } = this.bufs;
+    const { x, x2, h, q, k, v, att, g, u, scores, caches, cs, csNope, topk } = this.bufs;
     // checked by Kernels (E_VALUE naming the option)
     const K = new Kernels(dev, choice);
     let made: LinearContextOf | undefined;
@@ -715,7 +733,7 @@ export class WebGpuModel {
                 // RoPE, the KV store and attention (in q/k/v's output rotation when they can)
                 then: {
                   step: this.stepBuf,
-                  cs,
+                  cs: appliesRope(cfg, b) ? cs : csNope!,
                   ck: caches[b]!.k,
                   cv: caches[b]!.v,
                   heads: H,

@@ -47,18 +47,20 @@ export function referenceLogits(
   let xs = tokens.map((t) => Array.from(W('model.embed_tokens.weight').data.subarray(t * d, t * d + d)));
   for (let b = 0; b < cfg.numLayers; b++) {
     const p = `model.layers.${b}`;
+    // SmolLM3: the blocks listed in nopeLayers rotate nothing
+    const rotate = cfg.nopeLayers?.includes(b) ? (v: number[]) => v : ropeVec;
     const hs = xs.map((x) => norm(x, W(`${p}.input_layernorm.weight`).data));
     const qwen3 = cfg.architecture === 'Qwen3ForCausalLM';
     const headNorm = (v: number[], which: 'q' | 'k') =>
       qwen3 ? norm(v, W(`${p}.self_attn.${which}_norm.weight`).data) : v;
     const qs = hs.map((h, pos) =>
       Array.from({ length: H }, (_, hh) =>
-        ropeVec(headNorm(mv(W(`${p}.self_attn.q_proj.weight`), h).slice(hh * hd, hh * hd + hd), 'q'), pos),
+        rotate(headNorm(mv(W(`${p}.self_attn.q_proj.weight`), h).slice(hh * hd, hh * hd + hd), 'q'), pos),
       ),
     );
     const ks = hs.map((h, pos) =>
       Array.from({ length: KV }, (_, hh) =>
-        ropeVec(headNorm(mv(W(`${p}.self_attn.k_proj.weight`), h).slice(hh * hd, hh * hd + hd), 'k'), pos),
+        rotate(headNorm(mv(W(`${p}.self_attn.k_proj.weight`), h).slice(hh * hd, hh * hd + hd), 'k'), pos),
       ),
     );
     const vs = hs.map((h) =>

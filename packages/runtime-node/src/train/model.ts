@@ -1,4 +1,5 @@
 import {
+  appliesRope,
   CalderaError,
   f16ArrayToF32,
   hasQkNorm,
@@ -20,8 +21,9 @@ import { zerosLike, type Vec } from './types.js';
  * (default true: the LM head is the embedding; false: a separate `lm_head.weight`), `attentionBias` (default false;
  * true: q/k/v biases in {@link trainParamShapes}, as Qwen2 has, and o_proj's too when `architecture` is
  * `'LlamaForCausalLM'` or `'Qwen3ForCausalLM'`, as transformers builds them), `architecture` (`'Qwen3ForCausalLM'`
- * also adds its per-head query and key norms, `self_attn.q_norm`/`k_norm`, applied before RoPE) and `ropeScaling`
- * (default null: plain RoPE; Llama 3's frequency scaling otherwise, as the runtime applies it).
+ * also adds its per-head query and key norms, `self_attn.q_norm`/`k_norm`, applied before RoPE), `ropeScaling`
+ * (default null: plain RoPE; Llama 3's, YaRN or linear scaling otherwise, as the runtime applies it) and `nopeLayers`
+ * (default none: the blocks that apply no RoPE, SmolLM3's).
  */
 export type TrainConfig = Pick<
   ModelConfig,
@@ -35,7 +37,9 @@ export type TrainConfig = Pick<
   | 'rmsNormEps'
   | 'ropeTheta'
 > &
-  Partial<Pick<ModelConfig, 'tieWordEmbeddings' | 'attentionBias' | 'architecture' | 'ropeScaling'>>;
+  Partial<
+    Pick<ModelConfig, 'tieWordEmbeddings' | 'attentionBias' | 'architecture' | 'ropeScaling' | 'nopeLayers'>
+  >;
 
 /**
  * `c`'s fields that shape the training forward, with the optional ones' defaults filled in, and `architecture` only
@@ -62,6 +66,7 @@ export function trainConfigOf(c: TrainConfig): TrainConfig {
       ? { architecture: c.architecture }
       : {}),
     ropeScaling: c.ropeScaling ?? null,
+    ...(c.nopeLayers?.length ? { nopeLayers: [...c.nopeLayers] } : {}),
   };
 }
 
@@ -110,7 +115,7 @@ export function trainParamShapes(c: TrainConfig): Record<string, number[]> {
       s[`${p}self_attn.q_proj.bias`] = [qd];
       s[`${p}self_attn.k_proj.bias`] = [kd];
       s[`${p}self_attn.v_proj.bias`] = [kd];
-      if (c.architecture === 'LlamaForCausalLM' || c.architecture === 'Qwen3ForCausalLM')
+      if (c.architecture !== undefined && c.architecture !== 'Qwen2ForCausalLM')
         s[`${p}self_attn.o_proj.bias`] = [d];
     }
     if (qkNormOf(c)) {
@@ -260,8 +265,14 @@ export function lossAndGrad(
     const kn = qkNorm
       ? rmsNormForward(kRaw, P(`${p}self_attn.k_norm.weight`), T * c.numKvHeads, c.headDim, c.rmsNormEps)
       : null;
-    const q = ropeApply(qn?.y ?? qRaw, T, c.numHeads, c.headDim, invFreq, ropeScale);
-    const k = ropeApply(kn?.y ?? kRaw, T, c.numKvHeads, c.headDim, invFreq, ropeScale);
+    // SmolLM3's NoPE blocks attend with the queries and keys as they are
+    const rotates = appliesRope(c, l);
+    const q = rotates
+      ? ropeApply(qn?.y ?? qRaw, T, c.numHeads, c.headDim, invFreq, ropeScale)
+      : (qn?.y ?? qRaw);
+    const k = rotates
+      ? ropeApply(kn?.y ?? kRaw, T, c.numKvHeads, c.headDim, invFreq, ropeScale)
+      : (kn?.y ?? kRaw);
     const att = attentionForward(q, k, v, shape);
     const ao = lf(`${p}self_attn.o_proj`, att.out, qd, d);
     const x1 = zerosLike(x0, T * d);
@@ -346,8 +357,9 @@ export function lossAndGrad(
     // x1 = x0 + o(attn(rope(q(n1)), rope(k(n1)), v(n1)))
     const dAtt = lb(`${p}self_attn.o_proj`, dx1, a.att.out, qd, d);
     const ab = attentionBackward(dAtt, a.q, a.k, a.v, a.att.cache, shape);
-    let dqRaw = ropeApply(ab.dq, T, c.numHeads, c.headDim, invFreq, ropeScale, true);
-    let dkRaw = ropeApply(ab.dk, T, c.numKvHeads, c.headDim, invFreq, ropeScale, true);
+    const rotates = appliesRope(c, l);
+    let dqRaw = rotates ? ropeApply(ab.dq, T, c.numHeads, c.headDim, invFreq, ropeScale, true) : ab.dq;
+    let dkRaw = rotates ? ropeApply(ab.dk, T, c.numKvHeads, c.headDim, invFreq, ropeScale, true) : ab.dk;
     if (a.qn && a.kn) {
       const qName = `${p}self_attn.q_norm.weight`;
       const kName = `${p}self_attn.k_norm.weight`;

@@ -118,6 +118,20 @@ describe('training forward vs inference forward', () => {
     expect(Math.abs(plain - ref)).toBeGreaterThan(1e-3);
   });
 
+  it("and on SmolLM3's layout: block 1 of 2 without RoPE", () => {
+    const c = { ...SCOPE_TEST_CONFIG, architecture: 'SmolLM3ForCausalLM' as const, nopeLayers: [1] };
+    const rng = new Rng(13);
+    const params = initTrainParams(c, rng, 0.3);
+    randomizeBiases(params, rng, 0.5);
+    const seq = Array.from({ length: 25 }, () => rng.int(c.vocabSize));
+    const [tokens, targets] = [seq.slice(0, -1), seq.slice(1)];
+    const ref = runtimeLoss(runtimeModelOf(c, params), tokens, targets);
+    // as above: f32 in both, different summation orders over 2 tiny layers; rotating block 1 moves the loss far more
+    expect(Math.abs(lossAndGrad(params, c, tokens, targets, false).loss - ref)).toBeLessThan(1e-5);
+    const rotating = lossAndGrad(params, { ...c, nopeLayers: [] }, tokens, targets, false).loss;
+    expect(Math.abs(rotating - ref)).toBeGreaterThan(1e-3);
+  });
+
   it("and on Qwen3's layout: per-head query and key norms before RoPE, q/k/v/o biases, head_dim ≠ hidden / heads", () => {
     const c = QWEN3_TEST_CONFIG;
     const rng = new Rng(11);
