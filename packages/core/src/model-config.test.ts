@@ -612,7 +612,7 @@ describe('YaRN and linear RoPE scaling', () => {
     const cfg = parseModelConfig({ ...qwen3, rope_scaling: card });
     const inv = ropeInvFreq(cfg);
     const base = plain(cfg);
-    // Python, f64: the ramp runs over pairs 23 … 40 (floor/ceil of 23.2… and 39.9…); before it every frequency is
+    // Python, f64: the ramp runs over pairs 23 … 40 (floor/ceil of 23.596… and 39.651…); before it every frequency is
     // kept, after it divided by the factor; the values in it are a computation of a few f64 operations (relative
     // error a few ulps, so 1e-14)
     const python: [number, number][] = [
@@ -725,6 +725,14 @@ describe('YaRN and linear RoPE scaling', () => {
     );
     // Llama 3 and plain RoPE carry no attention factor either
     expect(ropeAttentionFactor({ ropeScaling: null })).toBe(1);
+    // a scaling without a known type (Llama 3's fields alone, the shape before YaRN was read) is refused, not plain RoPE
+    const old = { factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 8192 } as never;
+    expect(() => ropeInvFreq({ headDim: 8, ropeTheta: 1e4, ropeScaling: old })).toThrow(
+      /^E_VALUE: ropeScaling .* has no known type/,
+    );
+    expect(() => ropeAttentionFactor({ ropeScaling: { type: 'dynamic', factor: 2 } as never })).toThrow(
+      /E_VALUE/,
+    );
   });
 });
 
@@ -768,6 +776,13 @@ describe('SmolLM3 (every fourth block without RoPE)', () => {
     // model_type alone names it; its config class's rope_theta default is 2e6
     const bare = parseModelConfig({ ...smol, architectures: undefined, rope_theta: undefined });
     expect([bare.architecture, bare.ropeTheta]).toEqual(['SmolLM3ForCausalLM', 2e6]);
+    // SmolLM3Config ties the head by default (SmolLM3-3B's config.json has no tie_word_embeddings and no lm_head)
+    expect(parseModelConfig({ ...smol, tie_word_embeddings: undefined }).tieWordEmbeddings).toBe(true);
+    expect(parseModelConfig({ ...smol, tie_word_embeddings: false }).tieWordEmbeddings).toBe(false);
+    expect(
+      parseModelConfig({ ...smol, architectures: ['LlamaForCausalLM'], tie_word_embeddings: undefined })
+        .tieWordEmbeddings,
+    ).toBe(false);
     // other models rotate every block
     const llama = parseModelConfig({ ...smol, architectures: ['LlamaForCausalLM'] });
     expect(llama.nopeLayers).toBe(undefined);

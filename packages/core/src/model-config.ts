@@ -216,7 +216,8 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     ropeScaling: null,
     maxPositions: num('max_position_embeddings', 2048),
     slidingWindow: null,
-    tieWordEmbeddings: c.tie_word_embeddings === true,
+    // SmolLM3's config class ties them by default (its released config.json leaves the field out); the others' do not
+    tieWordEmbeddings: c.tie_word_embeddings === true || (smol && c.tie_word_embeddings == null),
     // as transformers builds them: Qwen2's q/k/v always; Llama's from these two fields, Qwen3's (a Llama attention)
     // from attention_bias; Mistral has none
     attentionBias:
@@ -567,7 +568,23 @@ function linearScaling(rs: Record<string, unknown>, file: string, name: string):
  * queries and keys by it scales every attention logit by its square.
  */
 export function ropeAttentionFactor(cfg: Pick<ModelConfig, 'ropeScaling'>): number {
-  return cfg.ropeScaling?.type === 'yarn' ? cfg.ropeScaling.attentionFactor : 1;
+  const s = checkedScaling(cfg.ropeScaling);
+  return s?.type === 'yarn' ? s.attentionFactor : 1;
+}
+
+/**
+ * `s` when it is null or names a known type; else `E_VALUE` (a hand-built or stored scaling without `type`, the shape
+ * before YaRN and linear scaling were read, was Llama 3's: it would otherwise give plain RoPE without a word).
+ */
+function checkedScaling(s: RopeScaling | null): RopeScaling | null {
+  const type = (s as { type?: unknown } | null)?.type;
+  if (s !== null && s !== undefined && type !== 'llama3' && type !== 'yarn' && type !== 'linear')
+    throw new CalderaError(
+      'E_VALUE',
+      `ropeScaling ${describeValue(s)} has no known type ('llama3', 'yarn' or 'linear'; Llama 3's fields alone, as ` +
+        `configs built before YaRN was read, need type: 'llama3')`,
+    );
+  return s ?? null;
 }
 
 /**
@@ -753,7 +770,7 @@ export function ropeInvFreq(cfg: Pick<ModelConfig, 'headDim' | 'ropeTheta' | 'ro
   const half = cfg.headDim / 2;
   const inv = new Float64Array(half);
   for (let i = 0; i < half; i++) inv[i] = cfg.ropeTheta ** (-(2 * i) / cfg.headDim);
-  const s = cfg.ropeScaling;
+  const s = checkedScaling(cfg.ropeScaling);
   if (s?.type === 'linear') for (let i = 0; i < half; i++) inv[i]! /= s.factor;
   if (s?.type === 'yarn') {
     // the (fractional) pair index whose wavelength turns `turns` times over the original context

@@ -139,7 +139,7 @@ describe('generate', () => {
     await expect(collect(generate(model, long))).rejects.toThrow(
       new RegExp(
         `^E_VALUE: generate: prompt of ${long.length} tokens exceeds the model's context of ` +
-          `${model.config.maxPositions} tokens \\(its max positions: max_position_embeddings, or sliding_window when smaller\\)$`,
+          `${model.config.maxPositions} tokens \\(its max positions: max_position_embeddings \\(YaRN's factor × original_max_position_embeddings when longer\\), or sliding_window when smaller\\)$`,
       ),
     );
   });

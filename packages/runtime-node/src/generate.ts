@@ -24,7 +24,7 @@ export async function* generate(
   checkTokenIds(prompt, model.config.vocabSize, 'generate');
   const count = rules.tokensToGenerate(
     model.config.maxPositions,
-    'its max positions: max_position_embeddings, or sliding_window when smaller',
+    "its max positions: max_position_embeddings (YaRN's factor × original_max_position_embeddings when longer), or sliding_window when smaller",
   );
   if (count === 0) return;
   // the prompt and every generated token but the last, which is never run

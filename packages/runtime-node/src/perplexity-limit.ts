@@ -9,7 +9,7 @@ import type { ModelConfig } from './config.js';
 export function modelPerplexityLimit(config: ModelConfig): PerplexityLimit {
   return {
     max: config.maxPositions,
-    what: "the model's max positions: max_position_embeddings, or sliding_window when smaller",
+    what: "the model's max positions: max_position_embeddings (YaRN's factor × original_max_position_embeddings when longer), or sliding_window when smaller",
     vocab: config.vocabSize,
   };
 }

@@ -277,7 +277,7 @@ export function contextLengthOf(options: WebGpuModelOptions, config: ModelConfig
   if (cap > config.maxPositions)
     throw new CalderaError(
       'E_VALUE',
-      `contextLength ${cap} exceeds the model's max positions (${config.maxPositions}: max_position_embeddings, or sliding_window when smaller)`,
+      `contextLength ${cap} exceeds the model's max positions (${config.maxPositions}: max_position_embeddings (YaRN's factor × original_max_position_embeddings when longer), or sliding_window when smaller)`,
     );
   return cap;
 }

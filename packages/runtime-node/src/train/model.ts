@@ -20,7 +20,7 @@ import { zerosLike, type Vec } from './types.js';
  * The parts of {@link ModelConfig} the training forward uses. The last four are optional: `tieWordEmbeddings`
  * (default true: the LM head is the embedding; false: a separate `lm_head.weight`), `attentionBias` (default false;
  * true: q/k/v biases in {@link trainParamShapes}, as Qwen2 has, and o_proj's too when `architecture` is
- * `'LlamaForCausalLM'` or `'Qwen3ForCausalLM'`, as transformers builds them), `architecture` (`'Qwen3ForCausalLM'`
+ * `'LlamaForCausalLM'`, `'Qwen3ForCausalLM'` or `'SmolLM3ForCausalLM'`, as transformers builds them), `architecture` (`'Qwen3ForCausalLM'`
  * also adds its per-head query and key norms, `self_attn.q_norm`/`k_norm`, applied before RoPE), `ropeScaling`
  * (default null: plain RoPE; Llama 3's, YaRN or linear scaling otherwise, as the runtime applies it) and `nopeLayers`
  * (default none: the blocks that apply no RoPE, SmolLM3's).
@@ -70,6 +70,9 @@ export function trainConfigOf(c: TrainConfig): TrainConfig {
   };
 }
 
+/** The architectures whose `attention_bias` gives o_proj a bias too (Llama's attention; Qwen2's does not). */
+const O_PROJ_BIAS: readonly string[] = ['LlamaForCausalLM', 'Qwen3ForCausalLM', 'SmolLM3ForCausalLM'];
+
 /** Whether `c` normalizes each head's query and key before RoPE (Qwen3's `q_norm`/`k_norm`). */
 function qkNormOf(c: TrainConfig): boolean {
   return c.architecture !== undefined && hasQkNorm({ architecture: c.architecture });
@@ -115,7 +118,7 @@ export function trainParamShapes(c: TrainConfig): Record<string, number[]> {
       s[`${p}self_attn.q_proj.bias`] = [qd];
       s[`${p}self_attn.k_proj.bias`] = [kd];
       s[`${p}self_attn.v_proj.bias`] = [kd];
-      if (c.architecture !== undefined && c.architecture !== 'Qwen2ForCausalLM')
+      if (c.architecture !== undefined && O_PROJ_BIAS.includes(c.architecture))
         s[`${p}self_attn.o_proj.bias`] = [d];
     }
     if (qkNormOf(c)) {

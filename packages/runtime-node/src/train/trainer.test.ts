@@ -146,6 +146,62 @@ describe('Trainer', () => {
     expect(full[7]!).toBeLessThan(full[0]!);
   });
 
+  it("compares SmolLM3's blocks without RoPE, and resumes a state saved before RoPE scalings had a type", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'caldera-trainer-rope-'));
+    try {
+      // a state of a model with a NoPE block does not resume as the same-shaped Llama, nor the other way round
+      // (nopeLayers left out where empty: the comparison, which reads the resuming side's keys, missed the first)
+      const smol = { ...cfg, architecture: 'SmolLM3ForCausalLM' as const, nopeLayers: [1] };
+      await new Trainer(smol, initTrainParams(smol, new Rng(1)), data, opts).save(join(dir, 'smol.bin'));
+      await expect(
+        Trainer.load(join(dir, 'smol.bin'), cfg, data, undefined, { expect: opts }),
+      ).rejects.toThrow(/E_VALUE.*config\.nopeLayers \(\[1\] then, \[\] now\)/);
+      await new Trainer(cfg, initTrainParams(cfg, new Rng(1)), data, opts).save(join(dir, 'llama.bin'));
+      await expect(
+        Trainer.load(join(dir, 'llama.bin'), smol, data, undefined, { expect: opts }),
+      ).rejects.toThrow(/E_VALUE.*config\.nopeLayers \(\[\] then, \[1\] now\)/);
+      expect(
+        (await Trainer.load(join(dir, 'smol.bin'), smol, data, undefined, { expect: opts })).stepCount,
+      ).toBe(0);
+      // Llama 3 scaling as states before 2026-12-07 recorded it (no `type`): the same settings, so it resumes
+      const scaled = SCOPE_TEST_CONFIG;
+      const t = new Trainer(scaled, initTrainParams(scaled, new Rng(1)), data, opts);
+      t.step();
+      const path = join(dir, 'scaled.bin');
+      await t.save(path);
+      const bytes = new Uint8Array(await readFile(path));
+      const n = new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true);
+      const header = JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + n))) as {
+        config: { ropeScaling: Record<string, unknown> };
+      };
+      expect(header.config.ropeScaling.type).toBe('llama3');
+      delete header.config.ropeScaling.type;
+      const json = new TextEncoder().encode(JSON.stringify(header));
+      const old = new Uint8Array(4 + json.length + bytes.length - 4 - n);
+      new DataView(old.buffer).setUint32(0, json.length, true);
+      old.set(json, 4);
+      old.set(bytes.subarray(4 + n), 4 + json.length);
+      await writeFile(join(dir, 'old.bin'), old);
+      expect(
+        (await Trainer.load(join(dir, 'old.bin'), scaled, data, undefined, { expect: opts })).stepCount,
+      ).toBe(1);
+      // and another scaling still differs
+      await expect(
+        Trainer.load(
+          join(dir, 'old.bin'),
+          { ...scaled, ropeScaling: { type: 'linear', factor: 8 } },
+          data,
+          undefined,
+          {
+            expect: opts,
+          },
+        ),
+      ).rejects.toThrow(/E_VALUE.*config\.ropeScaling/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('refuses a state file that is not a whole training state at load, E_FORMAT naming the file and the tensor', async () => {
     // before: an empty file was a RangeError, a garbage header a SyntaxError, and a state cut short loaded and then
     // failed in the first step with "adamWStep: param 128, grad 128, moments 128/78 differ"

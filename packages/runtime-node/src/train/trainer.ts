@@ -130,14 +130,22 @@ export interface ResumeCheck {
 
 /**
  * The fields of a model config as `config.<field>` settings, defaults filled in ({@link trainConfigOf}), with
- * `architecture` always present (null where it does not matter or was not given: the comparison reads the keys of the
- * resuming side only); none for a state that did not record a config.
+ * `architecture` and `nopeLayers` always present (null and [] where they do not matter or were not given: the
+ * comparison reads the keys of the resuming side only); none for a state that did not record a config.
  */
 function configSettings(c: TrainConfig | undefined): Record<string, unknown> {
   if (!c) return {};
   const t = trainConfigOf(c);
+  // a state saved before scalings had a `type` holds Llama 3's fields alone (the only scaling read then)
+  const rs = t.ropeScaling as Record<string, unknown> | null | undefined;
+  const ropeScaling = rs && rs.type === undefined ? { type: 'llama3', ...rs } : (rs ?? null);
   return Object.fromEntries(
-    Object.entries({ ...t, architecture: t.architecture ?? null }).map(([k, v]) => [`config.${k}`, v]),
+    Object.entries({
+      ...t,
+      architecture: t.architecture ?? null,
+      ropeScaling,
+      nopeLayers: t.nopeLayers ?? [],
+    }).map(([k, v]) => [`config.${k}`, v]),
   );
 }
 
