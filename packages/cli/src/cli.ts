@@ -14,6 +14,8 @@ import { exportCommand, exportHelp } from './commands/export.js';
 import { finetuneCommand, finetuneHelp } from './commands/finetune.js';
 import { trainCommand, trainHelp } from './commands/train.js';
 import {
+  chatCommand,
+  chatHelp,
   evalCommand,
   evalHelp,
   generateCommand,
@@ -32,6 +34,7 @@ export const COMMANDS: Record<string, { run: (a: Args) => Promise<number>; help:
   train: { run: trainCommand, help: trainHelp },
   eval: { run: evalCommand, help: evalHelp },
   generate: { run: generateCommand, help: generateHelp },
+  chat: { run: chatCommand, help: chatHelp },
   inspect: { run: inspectCommand, help: inspectHelp },
   export: { run: exportCommand, help: exportHelp },
   merge: { run: mergeCommand, help: mergeHelp },

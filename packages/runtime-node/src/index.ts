@@ -15,6 +15,7 @@ export {
 export { readJsonFile } from './json-file.js';
 export * from './eval.js';
 export * from './generate.js';
+export * from './chat-session.js';
 export * from './tokenizer.js';
 export { CHAT_TEMPLATE_LIMITS } from './chat-template.js';
 export * from './runner.js';

@@ -9,9 +9,11 @@ import {
 } from '@caldera/core';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { paperBitsFromMeta } from '@caldera/lowrank';
 import {
   blockLinearNames,
+  ChatSession,
   createDecodePool,
   generate,
   HfTokenizer,
@@ -66,14 +68,14 @@ model's test split). Prints tokens, mean NLL and perplexity. The defaults score 
   --tokenizer FILE tokenizer.bin of a llama2.c model (default: beside the .bin)`;
 
 /**
- * Open the command's model (`[model]`, `--tokenizer`) with a linear-algebra pool of `--threads` threads (default 2),
- * and with `decode` a decode pool of as many threads too (the single-token products), run `use` on it, and dispose of
- * the pools.
+ * Open the command's model (`[model]`, and `tokenizer`: the `--tokenizer` of a llama2.c model) with a linear-algebra
+ * pool of `--threads` threads (default 2), and with `decode` a decode pool of as many threads too (the single-token
+ * products), run `use` on it, and dispose of the pools.
  */
 async function withModel(
   a: Args,
   use: (opened: OpenedModel, path: string) => Promise<number>,
-  { decode = false }: { decode?: boolean } = {},
+  { decode = false, tokenizer }: { decode?: boolean; tokenizer?: string } = {},
 ): Promise<number> {
   const path = modelDirOf(a.positionals[0]);
   const threads = flagNumber(a, 'threads', 2, THREADS);
@@ -83,7 +85,7 @@ async function withModel(
   let decodePool: DecodePool | undefined;
   try {
     decodePool = decode && decodeThreads > 1 ? await createDecodePool({ threads: decodeThreads }) : undefined;
-    return await use(await openModel(path, flagString(a, 'tokenizer'), pool, decodePool), path);
+    return await use(await openModel(path, tokenizer, pool, decodePool), path);
   } finally {
     decodePool?.dispose();
     pool?.dispose();
@@ -102,7 +104,9 @@ export async function evalCommand(a: Args): Promise<number> {
   const stride = flagNumber(a, 'stride', undefined, POSITIVE_INT);
   if (context !== undefined && stride !== undefined && Number.isInteger(context) && context >= 2)
     checkFlag('stride', stride, { integer: true, min: 1, max: context }, ' (at most --context)');
-  return withModel(a, (opened, path) => evaluate(a, path, opened, { max, context, stride }));
+  return withModel(a, (opened, path) => evaluate(a, path, opened, { max, context, stride }), {
+    tokenizer: flagString(a, 'tokenizer'),
+  });
 }
 
 async function evaluate(
@@ -180,15 +184,7 @@ export async function generateCommand(a: Args): Promise<number> {
     maxTokens: flagNumber(a, 'max-tokens', 48, POSITIVE_INT),
     seed: flagNumber(a, 'seed', 0, SEED),
   };
-  // the sampling flags given; the others come from the model's generation_config.json (samplingOptions)
-  const given: Partial<ModelSampling> = {
-    ...(a.flags.has('temperature') ? { temperature: flagNumber(a, 'temperature', 0, { min: 0 }) } : {}),
-    ...(a.flags.has('top-k') ? { topK: flagNumber(a, 'top-k', 0, NON_NEGATIVE_INT) } : {}),
-    ...(a.flags.has('top-p') ? { topP: flagNumber(a, 'top-p', 1, { above: 0, max: 1 }) } : {}),
-    ...(a.flags.has('repetition-penalty')
-      ? { repetitionPenalty: flagNumber(a, 'repetition-penalty', 1, POSITIVE) }
-      : {}),
-  };
+  const given = givenSampling(a);
   const prompt = flagString(a, 'prompt', 'The')!;
   const system = flagString(a, 'system');
   const chat = a.flags.has('chat');
@@ -205,12 +201,24 @@ export async function generateCommand(a: Args): Promise<number> {
         ...(await samplingOptions(path, opened, given)),
         stop,
       }),
-    { decode: true },
+    { decode: true, tokenizer: flagString(a, 'tokenizer') },
   );
 }
 
+/** The sampling flags given; the others come from the model's generation_config.json ({@link samplingOptions}). */
+function givenSampling(a: Args): Partial<ModelSampling> {
+  return {
+    ...(a.flags.has('temperature') ? { temperature: flagNumber(a, 'temperature', 0, { min: 0 }) } : {}),
+    ...(a.flags.has('top-k') ? { topK: flagNumber(a, 'top-k', 0, NON_NEGATIVE_INT) } : {}),
+    ...(a.flags.has('top-p') ? { topP: flagNumber(a, 'top-p', 1, { above: 0, max: 1 }) } : {}),
+    ...(a.flags.has('repetition-penalty')
+      ? { repetitionPenalty: flagNumber(a, 'repetition-penalty', 1, POSITIVE) }
+      : {}),
+  };
+}
+
 /**
- * The sampling `generate` uses: each of `given` (the flags on the command line), else what the model's
+ * The sampling `generate` and `chat` use: each of `given` (the flags on the command line), else what the model's
  * `generation_config.json` asks for (core's `samplingOf`: transformers' reading; a llama2.c model has none: greedy).
  * Prints to stderr which settings came from the model and any field of it generate cannot apply.
  */
@@ -371,6 +379,148 @@ async function generateText(
       }),
     );
   else console.log(`\n\n[${out.length} tokens, ${(out.length / secs).toFixed(1)} tokens/s]`);
+  return 0;
+}
+
+export const chatHelp = `caldera chat [model] [--system TEXT] [--template-vars JSON] [--max-tokens N] [--context N]
+  [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty R] [--seed S] [--threads N] [--json]
+Talk with a chat model: each line read from standard input is your message, and the reply streams to standard
+output. The conversation's KV cache is kept between turns, so each turn runs only its new tokens (the whole
+conversation is rendered with the model's chat template each turn, as the model sees it). '/reset' forgets the
+conversation, '/exit' or the end of the input quits; Ctrl-C stops a reply (the turn is dropped), at the prompt it quits.
+Model: Hugging Face / Caldera directory with a chat template (chat_template.jinja, else tokenizer_config.json's).
+  --system TEXT              a system message before the conversation
+  --template-vars JSON       more names for the chat template, a JSON object (as generate's: '{"enable_thinking":
+                             false}' for Qwen3)
+  --max-tokens N             tokens per reply at most, a positive integer (default 512)
+  --context N                positions of the conversation, 2 … the model's max positions (default 4096, or the
+                             max positions if fewer); a turn that does not fit fails: '/reset' frees them
+  --temperature T            sampling temperature, ≥ 0 (0: greedy)
+  --top-k K                  sample among the K most likely tokens, a non-negative integer (0: all)
+  --top-p P                  nucleus sampling, in (0, 1] (1: all)
+  --repetition-penalty R     > 0; above 1 discourages tokens of the conversation and of the reply so far (1: none)
+                             Defaults of these four: what the model's generation_config.json asks for (as generate)
+  --seed S                   sampling seed of the first turn (turn i uses S + i), an integer in [0, 4294967295]
+                             (default 0)
+  --threads N                threads for the products (as generate's; the output does not depend on it)
+  --json                     one JSON object per turn (message, reply, prompt and reused tokens, tokens, tokens/s)
+                             instead of the text`;
+
+export async function chatCommand(a: Args): Promise<number> {
+  const maxTokens = flagNumber(a, 'max-tokens', 512, POSITIVE_INT);
+  const seed = flagNumber(a, 'seed', 0, SEED);
+  const given = givenSampling(a);
+  const system = flagString(a, 'system');
+  const variables = templateVarsOf(flagString(a, 'template-vars'));
+  const context = flagNumber(a, 'context');
+  return withModel(
+    a,
+    async (opened, path) => {
+      const { model, config, tokenizer } = opened;
+      if (!(tokenizer instanceof HfTokenizer) || !tokenizer.hasChatTemplate)
+        throw new CalderaError(
+          'E_UNSUPPORTED',
+          'chat needs a model with a chat template (chat_template.jinja, or chat_template in tokenizer_config.json); ' +
+            'this one has none',
+        );
+      const sampling = await samplingOptions(path, opened, given);
+      const stopTokens = await stopTokenIds(path, config);
+      const unreachable = unreachableStopWarning(stopTokens, config.vocabSize);
+      if (unreachable) console.error(unreachable);
+      const session = new ChatSession(model, tokenizer, {
+        ...(system === undefined ? {} : { system }),
+        ...(variables === undefined ? {} : { variables }),
+        contextLength: tokenWindow('context', context, 4096, config.maxPositions),
+      });
+      return converse(session, { ...sampling, maxTokens, stopTokens, seed }, a.flags.has('json'));
+    },
+    { decode: true },
+  );
+}
+
+/**
+ * The loop of {@link chatCommand}: a turn per line of standard input until '/exit' or its end. Ctrl-C during a reply
+ * aborts it (the turn is dropped); at the prompt it ends the chat.
+ */
+async function converse(
+  session: ChatSession,
+  options: ModelSampling & { maxTokens: number; stopTokens: number[]; seed: number },
+  json: boolean,
+): Promise<number> {
+  const tty = process.stdin.isTTY === true && !json;
+  const lines = createInterface({ input: process.stdin, terminal: false });
+  let reply: AbortController | null = null;
+  const onInterrupt = () => {
+    if (reply) reply.abort(new Error('interrupted'));
+    else lines.close();
+  };
+  process.on('SIGINT', onInterrupt);
+  const ask = () => tty && process.stdout.write('> ');
+  let turn = 0;
+  try {
+    ask();
+    for await (const raw of lines) {
+      const line = raw.trim();
+      if (line === '/exit') break;
+      if (line === '/reset') {
+        session.reset();
+        if (!json) console.log('[conversation reset]');
+        ask();
+        continue;
+      }
+      if (line === '') {
+        ask();
+        continue;
+      }
+      reply = new AbortController();
+      const out: number[] = [];
+      let printed = '';
+      const decode = completionDecoder(session.tokenizer, []);
+      const t0 = performance.now();
+      let interrupted = false;
+      try {
+        for await (const t of session.send(line, {
+          ...options,
+          seed: (options.seed + turn) % 2 ** 32,
+          signal: reply.signal,
+        })) {
+          out.push(t);
+          const chunk = streamedText(printed, decode(out.filter((id) => !options.stopTokens.includes(id))));
+          if (!json) process.stdout.write(chunk);
+          printed += chunk;
+        }
+      } catch (e) {
+        if (!(e instanceof CalderaError && e.code === 'E_ABORTED')) throw e;
+        interrupted = true;
+      } finally {
+        reply = null;
+      }
+      const rest = streamedText(printed, decode(out.filter((id) => !options.stopTokens.includes(id))), true);
+      if (!json) process.stdout.write(rest);
+      printed += rest;
+      const secs = (performance.now() - t0) / 1000;
+      const stats = session.lastTurn;
+      if (json)
+        console.log(
+          JSON.stringify({
+            turn,
+            message: line,
+            reply: printed,
+            interrupted,
+            ...(interrupted ? {} : { promptTokens: stats!.promptTokens, reusedTokens: stats!.reusedTokens }),
+            tokens: out.length,
+            tokensPerSecond: out.length / secs,
+          }),
+        );
+      else if (interrupted) console.log('\n[interrupted: the turn is dropped]\n');
+      else console.log(`\n[${out.length} tokens, ${(out.length / secs).toFixed(1)} tokens/s]\n`);
+      turn++;
+      ask();
+    }
+  } finally {
+    process.off('SIGINT', onInterrupt);
+    lines.close();
+  }
   return 0;
 }
 

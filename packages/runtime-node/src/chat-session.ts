@@ -1,0 +1,171 @@
+import {
+  assertObject,
+  CalderaError,
+  GenerationRules,
+  throwIfAborted,
+  type GenerateOptions,
+} from '@caldera/core';
+import { checkModelArgument } from './model-argument.js';
+import { KVCache, type LlamaModel } from './model.js';
+import { nextTurn } from './next-turn.js';
+import type { HfTokenizer } from './tokenizer.js';
+
+/** One message of a {@link ChatSession}: the role the chat template knows it by (`system`, `user`, `assistant`). */
+export interface ChatMessage {
+  role: string;
+  content: string;
+}
+
+/** Options of {@link ChatSession}. */
+export interface ChatSessionOptions {
+  /** A system message before the conversation (default none). */
+  system?: string;
+  /**
+   * More names for the chat template, as `HfTokenizer.applyChatTemplate`'s `variables` (e.g. `{ enable_thinking:
+   * false }` for Qwen3). Default none.
+   */
+  variables?: Readonly<Record<string, unknown>>;
+  /**
+   * Positions of the conversation's KV cache: the rendered conversation and each reply must fit them. Default
+   * `min(config.maxPositions, 4096)`; at most `config.maxPositions`.
+   */
+  contextLength?: number;
+}
+
+/** What the last turn of a {@link ChatSession} ran. */
+export interface ChatTurnStats {
+  /** Tokens of the conversation rendered with the template for this turn (history, the new message, the prompt). */
+  promptTokens: number;
+  /** Of those, the tokens whose keys and values the cache still held from the turns before (not run again). */
+  reusedTokens: number;
+  /** Tokens generated (the end-of-turn token included when it came). */
+  generatedTokens: number;
+}
+
+/**
+ * A multi-turn conversation with a chat model: its messages, and one KV cache across turns. Each turn renders the
+ * whole conversation with the model's chat template, as a chat model sees it, keeps the cached positions that the new
+ * rendering shares with what the cache holds (the longest common prefix of token ids: usually all of the previous
+ * turns), and runs only the rest. So every reply is the one `generate()` gives on the whole rendered conversation,
+ * without recomputing the history each turn. Templates that render earlier turns differently (Qwen3 drops an earlier
+ * answer's thinking) lose only the positions from the first difference on.
+ */
+export class ChatSession {
+  private readonly cache: KVCache;
+  /** The token ids whose keys and values the cache holds, in order (`cache.length` of them). */
+  private cached: number[] = [];
+  private readonly history: ChatMessage[] = [];
+  private stats: ChatTurnStats | null = null;
+  private busy = false;
+  readonly contextLength: number;
+
+  /**
+   * `E_UNSUPPORTED` when the tokenizer has no chat template; `E_VALUE` for a `contextLength` that is not an integer in
+   * [2, `maxPositions`], or a `system` that is not a string.
+   */
+  constructor(
+    readonly model: LlamaModel,
+    readonly tokenizer: HfTokenizer,
+    private readonly options: ChatSessionOptions = {},
+  ) {
+    checkModelArgument(model, 'ChatSession');
+    options ??= {};
+    assertObject(options, 'ChatSession', 'options');
+    this.options = options;
+    if (!tokenizer?.hasChatTemplate)
+      throw new CalderaError(
+        'E_UNSUPPORTED',
+        'ChatSession: the tokenizer has no chat template (chat_template.jinja, or chat_template in tokenizer_config.json)',
+      );
+    const max = model.config.maxPositions;
+    const n = options.contextLength ?? Math.min(max, 4096);
+    if (!Number.isInteger(n) || n < 2 || n > max)
+      throw new CalderaError(
+        'E_VALUE',
+        `ChatSession: contextLength ${String(n)} is not an integer in [2, ${max}] (the model's max positions)`,
+      );
+    if (options.system !== undefined && typeof options.system !== 'string')
+      throw new CalderaError('E_VALUE', 'ChatSession: system must be a string');
+    this.contextLength = n;
+    this.cache = new KVCache(model.config, n);
+  }
+
+  /** The conversation so far: the system message when there is one, then each turn's user message and reply. */
+  get messages(): readonly ChatMessage[] {
+    return [
+      ...(this.options.system === undefined ? [] : [{ role: 'system', content: this.options.system }]),
+      ...this.history,
+    ];
+  }
+
+  /** What the last finished turn ran, or null before the first. */
+  get lastTurn(): ChatTurnStats | null {
+    return this.stats;
+  }
+
+  /** Forget the conversation (the system message stays) and what the cache holds. */
+  reset(): void {
+    if (this.busy) throw new CalderaError('E_VALUE', 'ChatSession.reset: a reply is being generated');
+    this.history.length = 0;
+    this.cached = [];
+    this.cache.length = 0;
+    this.stats = null;
+  }
+
+  /**
+   * Add `content` as the user's message and generate the reply, yielding its token ids as they come (the stop token
+   * too, as `generate()` does; give the model's end-of-turn ids as `options.stopTokens`). When the generator finishes,
+   * the message and the reply (its text without the stop token) join {@link messages}; a turn that throws (an abort,
+   * `E_ABORTED`) or that the caller leaves early adds nothing. `E_VALUE` when the rendered conversation leaves no room
+   * for a token in the context (start a new session or {@link reset}), or while another reply of this session runs.
+   */
+  async *send(content: string, options: GenerateOptions = {}): AsyncGenerator<number> {
+    if (typeof content !== 'string')
+      throw new CalderaError('E_VALUE', 'ChatSession.send: content must be a string');
+    if (this.busy)
+      throw new CalderaError('E_VALUE', 'ChatSession.send: another reply of this session is running');
+    this.busy = true;
+    try {
+      const messages = [...this.messages, { role: 'user', content }];
+      const ids = this.tokenizer.encode(
+        this.tokenizer.applyChatTemplate(messages, {
+          addGenerationPrompt: true,
+          ...(this.options.variables ? { variables: this.options.variables } : {}),
+        }),
+      );
+      const rules = new GenerationRules(ids, options);
+      const count = rules.tokensToGenerate(
+        this.contextLength,
+        `the session's context (contextLength ${this.contextLength}; reset() or a new session frees it)`,
+      );
+      // keep the cached positions the new rendering starts with; at least one token must run to give logits
+      let reused = 0;
+      const limit = Math.min(this.cached.length, ids.length - 1);
+      while (reused < limit && this.cached[reused] === ids[reused]) reused++;
+      this.cache.length = reused;
+      this.cached.length = reused;
+      const out: number[] = [];
+      const V = this.model.config.vocabSize;
+      let next = -1;
+      for (let n = 0; n < count; n++) {
+        await nextTurn();
+        throwIfAborted(options.signal, 'ChatSession.send');
+        const run = n === 0 ? ids.slice(reused) : [next];
+        const logits = this.model.forward(run, this.cache, { last: true });
+        this.cached.push(...run);
+        next = rules.pick(logits.subarray(0, V));
+        const verdict = rules.accept(next);
+        if (verdict === 'stop') break;
+        out.push(next);
+        yield next;
+        if (verdict === 'last') break;
+      }
+      const stops = new Set(options.stopTokens ?? []);
+      const reply = this.tokenizer.decode(out.filter((t) => !stops.has(t)));
+      this.history.push({ role: 'user', content }, { role: 'assistant', content: reply });
+      this.stats = { promptTokens: ids.length, reusedTokens: reused, generatedTokens: out.length };
+    } finally {
+      this.busy = false;
+    }
+  }
+}
