@@ -1,6 +1,6 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { cpSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { referenceModelDir } from '@caldera/reference-model';
@@ -17,6 +17,8 @@ writeFileSync(
   join(dir, 'chat_template.jinja'),
   '{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}',
 );
+
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('caldera chat', () => {
   it("answers each line as a turn of one conversation, reusing the cache; the first reply is generate --chat's; /reset starts over", () => {
@@ -72,5 +74,29 @@ describe('caldera chat', () => {
     const bad = chat([dir, '--context', '1'], 'Hello\n');
     expect(bad.status).toBe(1);
     expect(bad.stderr).toMatch(/--context/);
+  });
+
+  it('a message past the context is dropped with a word, and /reset lets the chat go on (it ended the chat)', () => {
+    const r = chat(
+      [dir, '--context', '30', '--max-tokens', '20', '--json'],
+      'Hello there\nAnd more words please\n/reset\nHi\n',
+    );
+    expect(r.status, r.stderr).toBe(0);
+    const turns = r.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(turns.map((t) => t.message)).toEqual(['Hello there', 'And more words please', 'Hi']);
+    // the first reply stops where the context is full (said as endedBy), the second message does not fit
+    expect(turns[0]).toMatchObject({ endedBy: 'context', interrupted: false });
+    expect(turns[1]).toMatchObject({
+      tokens: 0,
+      error: expect.stringMatching(/no room for a reply/) as unknown,
+    });
+    expect(turns[2]).toMatchObject({ reusedTokens: 0, interrupted: false });
+    const text = chat([dir, '--context', '30', '--max-tokens', '20'], 'Hello there\nAnd more words please\n');
+    expect(text.status, text.stderr).toBe(0);
+    expect(text.stdout).toMatch(/the context is full: \/reset starts over\]/);
+    expect(text.stdout).toMatch(/no room for a reply .*; the turn is dropped: \/reset starts over\]/);
   });
 });

@@ -36,7 +36,12 @@ describe('ChatSession', () => {
       { role: 'user', content: 'Once upon a time' },
     ]);
     expect(first).toEqual(await collect(generate(model, firstPrompt, { maxTokens: 12 })));
-    expect(chat.lastTurn).toEqual({ promptTokens: firstPrompt.length, reusedTokens: 0, generatedTokens: 12 });
+    expect(chat.lastTurn).toEqual({
+      promptTokens: firstPrompt.length,
+      reusedTokens: 0,
+      generatedTokens: 12,
+      endedBy: 'max-tokens',
+    });
     expect(chat.messages).toEqual([
       { role: 'system', content: 'You tell stories.' },
       { role: 'user', content: 'Once upon a time' },
@@ -70,12 +75,20 @@ describe('ChatSession', () => {
     ac.abort();
     await expect(collect(it)).rejects.toThrow(/E_ABORTED/);
     expect(chat.messages).toHaveLength(3);
-    await collect(chat.send('Tell me more', { maxTokens: 4 }));
+    const rerun = rendered([...chat.messages, { role: 'user', content: 'Tell me more' }]);
+    const after = await collect(chat.send('Tell me more', { maxTokens: 4 }));
     expect(chat.messages).toHaveLength(5);
-    expect(chat.lastTurn!.reusedTokens).toBeGreaterThan(0);
-    // a caller that stops reading adds nothing either
+    // the cache the aborted turn left (its prompt and a token) gives generate()'s reply; the first turn is kept
+    expect(after).toEqual(await collect(generate(model, rerun, { maxTokens: 4 })));
+    expect(chat.lastTurn!.reusedTokens).toBeGreaterThan(rendered(chat.messages.slice(0, 2)).length);
+    // a caller that stops reading adds nothing either, and the next turn is generate()'s again
     for await (const _ of chat.send('And then?', { maxTokens: 4 })) break;
     expect(chat.messages).toHaveLength(5);
+    const next = rendered([...chat.messages, { role: 'user', content: 'And then?' }]);
+    expect(await collect(chat.send('And then?', { maxTokens: 4 }))).toEqual(
+      await collect(generate(model, next, { maxTokens: 4 })),
+    );
+    expect(chat.messages).toHaveLength(7);
     chat.reset();
     expect(chat.messages).toEqual([{ role: 'system', content: 'Be brief.' }]);
     await collect(chat.send('Hello', { maxTokens: 2 }));
@@ -87,9 +100,21 @@ describe('ChatSession', () => {
     await expect(
       collect(chat.send('a long message that will not fit in sixteen positions at all')),
     ).rejects.toThrow(
-      /E_VALUE.*the session's context \(contextLength 16; reset\(\) or a new session frees it\)/,
+      /^E_VALUE: ChatSession\.send: the conversation with this message is \d+ tokens, the context 16: no room for a reply/,
     );
     expect(chat.messages).toEqual([]);
+    // a prompt that fills the context exactly leaves no token either (it added an empty reply); maxTokens 0 neither
+    const n = rendered([{ role: 'user', content: 'Hi' }]).length;
+    const exact = new ChatSession(model, tokenizer, { contextLength: n });
+    await expect(collect(exact.send('Hi'))).rejects.toThrow(/E_VALUE.*no room for a reply/);
+    await expect(collect(chat.send('Hi', { maxTokens: 0 }))).rejects.toThrow(
+      /E_VALUE.*maxTokens 0 leaves no reply/,
+    );
+    expect([exact.messages, chat.messages]).toEqual([[], []]);
+    // one more position: a reply of one token, cut by the context
+    const roomy = new ChatSession(model, tokenizer, { contextLength: n + 1 });
+    expect(await collect(roomy.send('Hi', { maxTokens: 5 }))).toHaveLength(1);
+    expect(roomy.lastTurn!.endedBy).toBe('context');
     const plain = HfTokenizer.fromJson(JSON.parse(readFileSync(`${dir}tokenizer.json`, 'utf8')) as object);
     expect(() => new ChatSession(model, plain)).toThrow(
       /E_UNSUPPORTED: ChatSession: the tokenizer has no chat template/,
@@ -103,5 +128,31 @@ describe('ChatSession', () => {
     await a.next();
     await expect(busy.send('again').next()).rejects.toThrow(/E_VALUE: ChatSession.send: another reply/);
     await a.return(undefined);
+  });
+
+  it('keeps the reply as generated: no clean-up of spaces, no stop token, and no beginning of the stop string that ended it', async () => {
+    const chat = new ChatSession(model, tokenizer);
+    const free = await collect(chat.send('Once upon a time', { maxTokens: 12 }));
+    const text = tokenizer.decode(free, { cleanUpSpaces: false });
+    expect(chat.messages[1]!.content).toBe(text);
+    // stop at the text of the fourth and fifth generated tokens: the reply ends before them
+    const stop = tokenizer.decode(free.slice(3, 5), { cleanUpSpaces: false }).trim();
+    expect(stop.length).toBeGreaterThan(1);
+    const again = new ChatSession(model, tokenizer);
+    await collect(
+      again.send('Once upon a time', {
+        maxTokens: 12,
+        stopStrings: [stop],
+        decode: (ids) => tokenizer.decode(ids, { cleanUpSpaces: false }),
+      }),
+    );
+    expect(again.lastTurn!.endedBy).toBe('stop-string');
+    expect(again.messages[1]!.content).toBe(text.slice(0, text.indexOf(stop)));
+    // an end-of-turn token ends it too, and is not in the text
+    const eot = new ChatSession(model, tokenizer);
+    const ids = await collect(eot.send('Once upon a time', { maxTokens: 12, stopTokens: [free[2]!] }));
+    expect(ids).toEqual(free.slice(0, 3));
+    expect(eot.lastTurn!.endedBy).toBe('stop-token');
+    expect(eot.messages[1]!.content).toBe(tokenizer.decode(free.slice(0, 2), { cleanUpSpaces: false }));
   });
 });

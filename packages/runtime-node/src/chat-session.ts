@@ -3,6 +3,7 @@ import {
   CalderaError,
   GenerationRules,
   throwIfAborted,
+  visibleText,
   type GenerateOptions,
 } from '@caldera/core';
 import { checkModelArgument } from './model-argument.js';
@@ -40,6 +41,11 @@ export interface ChatTurnStats {
   reusedTokens: number;
   /** Tokens generated (the end-of-turn token included when it came). */
   generatedTokens: number;
+  /**
+   * Why the reply ended: a stop token (the model's end of turn), a stop string, `maxTokens`, or the context filled up
+   * (the reply is cut; {@link ChatSession.reset} frees the context).
+   */
+  endedBy: 'stop-token' | 'stop-string' | 'max-tokens' | 'context';
 }
 
 /**
@@ -115,9 +121,11 @@ export class ChatSession {
   /**
    * Add `content` as the user's message and generate the reply, yielding its token ids as they come (the stop token
    * too, as `generate()` does; give the model's end-of-turn ids as `options.stopTokens`). When the generator finishes,
-   * the message and the reply (its text without the stop token) join {@link messages}; a turn that throws (an abort,
-   * `E_ABORTED`) or that the caller leaves early adds nothing. `E_VALUE` when the rendered conversation leaves no room
-   * for a token in the context (start a new session or {@link reset}), or while another reply of this session runs.
+   * the message and the reply join {@link messages}: its text as generated (decoded without the clean-up of spaces
+   * some tokenizer configs ask for), less the stop token, and less the beginning of a stop string that ended it. A
+   * turn that throws (an abort, `E_ABORTED`) or that the caller leaves early adds nothing. `E_VALUE` before any pass
+   * when the rendered conversation leaves no room for a token in the context ({@link reset} frees it), for `maxTokens`
+   * 0, or while another reply of this session runs.
    */
   async *send(content: string, options: GenerateOptions = {}): AsyncGenerator<number> {
     if (typeof content !== 'string')
@@ -133,11 +141,15 @@ export class ChatSession {
           ...(this.options.variables ? { variables: this.options.variables } : {}),
         }),
       );
+      if (ids.length >= this.contextLength)
+        throw new CalderaError(
+          'E_VALUE',
+          `ChatSession.send: the conversation with this message is ${ids.length} tokens, the context ` +
+            `${this.contextLength}: no room for a reply (reset() frees it; a larger contextLength holds more)`,
+        );
       const rules = new GenerationRules(ids, options);
-      const count = rules.tokensToGenerate(
-        this.contextLength,
-        `the session's context (contextLength ${this.contextLength}; reset() or a new session frees it)`,
-      );
+      const count = rules.tokensToGenerate(this.contextLength);
+      if (count === 0) throw new CalderaError('E_VALUE', 'ChatSession.send: maxTokens 0 leaves no reply');
       // keep the cached positions the new rendering starts with; at least one token must run to give logits
       let reused = 0;
       const limit = Math.min(this.cached.length, ids.length - 1);
@@ -147,6 +159,7 @@ export class ChatSession {
       const out: number[] = [];
       const V = this.model.config.vocabSize;
       let next = -1;
+      let endedBy: ChatTurnStats['endedBy'] = count < rules.maxTokens ? 'context' : 'max-tokens';
       for (let n = 0; n < count; n++) {
         await nextTurn();
         throwIfAborted(options.signal, 'ChatSession.send');
@@ -155,15 +168,26 @@ export class ChatSession {
         this.cached.push(...run);
         next = rules.pick(logits.subarray(0, V));
         const verdict = rules.accept(next);
-        if (verdict === 'stop') break;
+        if (verdict === 'stop') {
+          endedBy = 'stop-string';
+          break;
+        }
         out.push(next);
         yield next;
-        if (verdict === 'last') break;
+        if (verdict === 'last') {
+          endedBy = 'stop-token';
+          break;
+        }
       }
       const stops = new Set(options.stopTokens ?? []);
-      const reply = this.tokenizer.decode(out.filter((t) => !stops.has(t)));
+      const text = this.tokenizer.decode(
+        out.filter((t) => !stops.has(t)),
+        { cleanUpSpaces: false },
+      );
+      // the tokens before the one that completed a stop string may hold its beginning
+      const reply = endedBy === 'stop-string' ? visibleText(text, options.stopStrings ?? []).text : text;
       this.history.push({ role: 'user', content }, { role: 'assistant', content: reply });
-      this.stats = { promptTokens: ids.length, reusedTokens: reused, generatedTokens: out.length };
+      this.stats = { promptTokens: ids.length, reusedTokens: reused, generatedTokens: out.length, endedBy };
     } finally {
       this.busy = false;
     }

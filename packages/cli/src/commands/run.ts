@@ -387,21 +387,22 @@ export const chatHelp = `caldera chat [model] [--system TEXT] [--template-vars J
 Talk with a chat model: each line read from standard input is your message, and the reply streams to standard
 output. The conversation's KV cache is kept between turns, so each turn runs only its new tokens (the whole
 conversation is rendered with the model's chat template each turn, as the model sees it). '/reset' forgets the
-conversation, '/exit' or the end of the input quits; Ctrl-C stops a reply (the turn is dropped), at the prompt it quits.
+conversation, '/exit' or the end of the input quits; Ctrl-C stops a reply (the turn is dropped; a second one quits),
+at the prompt it quits (exit code 130). A message that no longer fits the context is dropped with a word ('/reset').
 Model: Hugging Face / Caldera directory with a chat template (chat_template.jinja, else tokenizer_config.json's).
   --system TEXT              a system message before the conversation
   --template-vars JSON       more names for the chat template, a JSON object (as generate's: '{"enable_thinking":
                              false}' for Qwen3)
   --max-tokens N             tokens per reply at most, a positive integer (default 512)
   --context N                positions of the conversation, 2 … the model's max positions (default 4096, or the
-                             max positions if fewer); a turn that does not fit fails: '/reset' frees them
+                             max positions if fewer); a message that does not fit is dropped: '/reset' frees them
   --temperature T            sampling temperature, ≥ 0 (0: greedy)
   --top-k K                  sample among the K most likely tokens, a non-negative integer (0: all)
   --top-p P                  nucleus sampling, in (0, 1] (1: all)
   --repetition-penalty R     > 0; above 1 discourages tokens of the conversation and of the reply so far (1: none)
                              Defaults of these four: what the model's generation_config.json asks for (as generate)
-  --seed S                   sampling seed of the first turn (turn i uses S + i), an integer in [0, 4294967295]
-                             (default 0)
+  --seed S                   sampling seed of the first message (the i-th message sent, counting from 0 and over
+                             /reset, uses S + i), an integer in [0, 4294967295] (default 0)
   --threads N                threads for the products (as generate's; the output does not depend on it)
   --json                     one JSON object per turn (message, reply, prompt and reused tokens, tokens, tokens/s)
                              instead of the text`;
@@ -450,9 +451,16 @@ async function converse(
   const tty = process.stdin.isTTY === true && !json;
   const lines = createInterface({ input: process.stdin, terminal: false });
   let reply: AbortController | null = null;
+  let quit = 0;
+  // Ctrl-C stops a reply between two passes; a second one (a long prompt's pass runs on) or one at the prompt quits,
+  // with the exit code of an interrupted command
   const onInterrupt = () => {
-    if (reply) reply.abort(new Error('interrupted'));
-    else lines.close();
+    if (reply && !reply.signal.aborted) reply.abort(new Error('interrupted'));
+    else if (reply) process.exit(130);
+    else {
+      quit = 130;
+      lines.close();
+    }
   };
   process.on('SIGINT', onInterrupt);
   const ask = () => tty && process.stdout.write('> ');
@@ -478,6 +486,7 @@ async function converse(
       const decode = completionDecoder(session.tokenizer, []);
       const t0 = performance.now();
       let interrupted = false;
+      let refused: string | null = null;
       try {
         for await (const t of session.send(line, {
           ...options,
@@ -490,8 +499,10 @@ async function converse(
           printed += chunk;
         }
       } catch (e) {
-        if (!(e instanceof CalderaError && e.code === 'E_ABORTED')) throw e;
-        interrupted = true;
+        if (!(e instanceof CalderaError && (e.code === 'E_ABORTED' || e.code === 'E_VALUE'))) throw e;
+        // E_VALUE: the conversation no longer fits the context (or the model gave NaN logits): the turn is dropped
+        if (e.code === 'E_VALUE') refused = e.message;
+        else interrupted = true;
       } finally {
         reply = null;
       }
@@ -499,7 +510,7 @@ async function converse(
       if (!json) process.stdout.write(rest);
       printed += rest;
       const secs = (performance.now() - t0) / 1000;
-      const stats = session.lastTurn;
+      const stats = interrupted || refused !== null ? null : session.lastTurn!;
       if (json)
         console.log(
           JSON.stringify({
@@ -507,13 +518,22 @@ async function converse(
             message: line,
             reply: printed,
             interrupted,
-            ...(interrupted ? {} : { promptTokens: stats!.promptTokens, reusedTokens: stats!.reusedTokens }),
+            ...(refused === null ? {} : { error: refused }),
+            ...(stats
+              ? { promptTokens: stats.promptTokens, reusedTokens: stats.reusedTokens, endedBy: stats.endedBy }
+              : {}),
             tokens: out.length,
             tokensPerSecond: out.length / secs,
           }),
         );
+      else if (refused !== null) console.log(`[${refused}; the turn is dropped: /reset starts over]\n`);
       else if (interrupted) console.log('\n[interrupted: the turn is dropped]\n');
-      else console.log(`\n[${out.length} tokens, ${(out.length / secs).toFixed(1)} tokens/s]\n`);
+      else
+        console.log(
+          `\n[${out.length} tokens, ${(out.length / secs).toFixed(1)} tokens/s` +
+            (stats!.endedBy === 'context' ? '; the context is full: /reset starts over' : '') +
+            ']\n',
+        );
       turn++;
       ask();
     }
@@ -521,7 +541,7 @@ async function converse(
     process.off('SIGINT', onInterrupt);
     lines.close();
   }
-  return 0;
+  return quit;
 }
 
 export const inspectHelp = `caldera inspect [model] [--json]
