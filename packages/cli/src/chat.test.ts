@@ -20,6 +20,13 @@ writeFileSync(
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+/** The turns `--json` printed, one object per line. */
+const turnsOf = (stdout: string) =>
+  stdout
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+
 describe('caldera chat', () => {
   it("answers each line as a turn of one conversation, reusing the cache; the first reply is generate --chat's; /reset starts over", () => {
     const r = chat(
@@ -27,10 +34,7 @@ describe('caldera chat', () => {
       'Once upon a time\n\nWhat next?\n/reset\nOnce upon a time\n/exit\nignored\n',
     );
     expect(r.status, r.stderr).toBe(0);
-    const turns = r.stdout
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    const turns = turnsOf(r.stdout);
     // the empty line is no turn, and nothing is read after /exit
     expect(turns.map((t) => t.message)).toEqual(['Once upon a time', 'What next?', 'Once upon a time']);
     const g = runCli([
@@ -82,10 +86,7 @@ describe('caldera chat', () => {
       'Hello there\nAnd more words please\n/reset\nHi\n',
     );
     expect(r.status, r.stderr).toBe(0);
-    const turns = r.stdout
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    const turns = turnsOf(r.stdout);
     expect(turns.map((t) => t.message)).toEqual(['Hello there', 'And more words please', 'Hi']);
     // the first reply stops where the context is full (said as endedBy), the second message does not fit
     expect(turns[0]).toMatchObject({ endedBy: 'context', interrupted: false });

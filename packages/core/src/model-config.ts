@@ -273,9 +273,23 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
   if (missing.length)
     throw new CalderaError('E_FORMAT', `${file}: missing or non-numeric fields: ${missing.join(', ')}`);
   const qwen = archName === 'Qwen2ForCausalLM' || archName === 'Qwen3ForCausalLM';
+  if (smol) cfg.nopeLayers = nopeLayersOf(c, cfg.numLayers, file);
+  // SmolLM3 slides its NoPE layers' attention with use_sliding_window and a sliding_window (layer_types, when the
+  // config writes them, say which layers)
+  const smolSlides =
+    smol &&
+    c.use_sliding_window === true &&
+    (Array.isArray(c.layer_types)
+      ? (c.layer_types as unknown[]).includes('sliding_attention')
+      : cfg.nopeLayers!.length > 0);
   // Qwen2Config and Qwen3Config default sliding_window to 4096 (null is no window there too)
-  const sw = qwen && qwenSlides && c.sliding_window === undefined ? QWEN_SLIDING_WINDOW : c.sliding_window;
-  if (sw !== undefined && sw !== null && (archName === 'MistralForCausalLM' || (qwen && qwenSlides))) {
+  const sw =
+    archName === 'MistralForCausalLM' || smolSlides
+      ? c.sliding_window
+      : qwen && qwenSlides
+        ? (c.sliding_window ?? (c.sliding_window === undefined ? QWEN_SLIDING_WINDOW : null))
+        : undefined;
+  if (sw !== undefined && sw !== null) {
     if (!Number.isSafeInteger(sw) || (sw as number) < 1)
       throw new CalderaError(
         'E_FORMAT',
@@ -283,23 +297,6 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
       );
     cfg.slidingWindow = sw as number;
     cfg.maxPositions = Math.min(cfg.maxPositions, cfg.slidingWindow);
-  }
-  if (smol) {
-    cfg.nopeLayers = nopeLayersOf(c, cfg.numLayers, file);
-    // SmolLM3 slides its NoPE layers' attention with use_sliding_window and a sliding_window (layer_types, when the
-    // config writes them, say which layers)
-    const types = Array.isArray(c.layer_types) ? (c.layer_types as unknown[]) : null;
-    const slides = types ? types.includes('sliding_attention') : cfg.nopeLayers.length > 0;
-    const window = c.sliding_window;
-    if (c.use_sliding_window === true && window !== undefined && window !== null && slides) {
-      if (!Number.isSafeInteger(window) || (window as number) < 1)
-        throw new CalderaError(
-          'E_FORMAT',
-          `${file}: sliding_window ${JSON.stringify(window)} is not a positive integer`,
-        );
-      cfg.slidingWindow = window as number;
-      cfg.maxPositions = Math.min(cfg.maxPositions, cfg.slidingWindow);
-    }
   }
   if (cfg.numHeads % cfg.numKvHeads !== 0) {
     throw new CalderaError(

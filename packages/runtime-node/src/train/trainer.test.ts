@@ -23,6 +23,17 @@ const rng = new Rng(9);
 const data = Array.from({ length: 400 }, (_, i) => (rng.uniform() < 0.9 ? (i * 5) % 13 : rng.int(13)));
 const opts = { seqLen: 16, batch: 2, lr: 1e-2, warmup: 2, totalSteps: 12, seed: 4 };
 
+/** The training state `bytes` with its JSON header replaced by `h` (the tensors after it unchanged). */
+function withStateHeader(bytes: Uint8Array, h: unknown): Uint8Array {
+  const n = new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true);
+  const json = new TextEncoder().encode(JSON.stringify(h));
+  const out = new Uint8Array(4 + json.length + bytes.length - 4 - n);
+  new DataView(out.buffer).setUint32(0, json.length, true);
+  out.set(json, 4);
+  out.set(bytes.subarray(4 + n), 4 + json.length);
+  return out;
+}
+
 describe('Trainer', () => {
   it('an option given as undefined takes its default (lr undefined made every parameter NaN; betas a TypeError)', () => {
     const base = { seqLen: 16, totalSteps: 12, seed: 4 };
@@ -176,12 +187,7 @@ describe('Trainer', () => {
       };
       expect(header.config.ropeScaling.type).toBe('llama3');
       delete header.config.ropeScaling.type;
-      const json = new TextEncoder().encode(JSON.stringify(header));
-      const old = new Uint8Array(4 + json.length + bytes.length - 4 - n);
-      new DataView(old.buffer).setUint32(0, json.length, true);
-      old.set(json, 4);
-      old.set(bytes.subarray(4 + n), 4 + json.length);
-      await writeFile(join(dir, 'old.bin'), old);
+      await writeFile(join(dir, 'old.bin'), withStateHeader(bytes, header));
       expect(
         (await Trainer.load(join(dir, 'old.bin'), scaled, data, undefined, { expect: opts })).stepCount,
       ).toBe(1);
@@ -226,14 +232,7 @@ describe('Trainer', () => {
       await t.save(good);
       const bytes = new Uint8Array(await readFile(good));
       const headerBytes = new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true);
-      const withHeader = (h: unknown) => {
-        const json = new TextEncoder().encode(JSON.stringify(h));
-        const out = new Uint8Array(4 + json.length + bytes.length - 4 - headerBytes);
-        new DataView(out.buffer).setUint32(0, json.length, true);
-        out.set(json, 4);
-        out.set(bytes.subarray(4 + headerBytes), 4 + json.length);
-        return out;
-      };
+      const withHeader = (h: unknown) => withStateHeader(bytes, h);
       const header = JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + headerBytes))) as {
         tensors: Record<string, [number, number]>;
       };
