@@ -728,7 +728,7 @@ describe('YaRN and linear RoPE scaling', () => {
     // a scaling without a known type (Llama 3's fields alone, the shape before YaRN was read) is refused, not plain RoPE
     const old = { factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 8192 } as never;
     expect(() => ropeInvFreq({ headDim: 8, ropeTheta: 1e4, ropeScaling: old })).toThrow(
-      /^E_VALUE: ropeScaling .* has no known type/,
+      /^E_VALUE: ropeInvFreq: ropeScaling .* has no known type/,
     );
     expect(() => ropeAttentionFactor({ ropeScaling: { type: 'dynamic', factor: 2 } as never })).toThrow(
       /E_VALUE/,

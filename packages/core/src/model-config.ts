@@ -9,7 +9,7 @@ export interface ModelConfig {
   /**
    * The model's class. `Qwen3ForCausalLM` is Qwen2's layout with no default biases and an RMSNorm of each head's
    * query and key before RoPE (`q_norm`/`k_norm`, see {@link hasQkNorm}). `SmolLM3ForCausalLM` is Llama's layout whose
-   * every fourth block applies no RoPE ({@link ModelConfig.nopeLayers}).
+   * NoPE blocks (every fourth by default) apply no RoPE ({@link ModelConfig.nopeLayers}).
    */
   architecture:
     | 'LlamaForCausalLM'
@@ -41,17 +41,20 @@ export interface ModelConfig {
   maxPositions: number;
   /**
    * `sliding_window` when the model uses one (Mistral; Qwen2 and Qwen3 with `use_sliding_window`, when some layer
-   * slides: the layers from `max_window_layers`, default 28, on; their config classes' 4096 where the field is absent),
-   * else null.
+   * slides: the layers from `max_window_layers`, default 28, on; their config classes' 4096 where the field is absent;
+   * SmolLM3 with `use_sliding_window` and a `sliding_window`, whose NoPE blocks slide), else null.
    */
   slidingWindow: number | null;
   tieWordEmbeddings: boolean;
   /**
-   * The attention projections have biases: q/k/v (Qwen2 always; Llama and Qwen3 with `attention_bias`, where o_proj
-   * has one too; never Mistral, whose transformers model has none). See {@link declaredBias}.
+   * The attention projections have biases: q/k/v (Qwen2 always; Llama, Qwen3 and SmolLM3 with `attention_bias`, where
+   * o_proj has one too; never Mistral, whose transformers model has none). See {@link declaredBias}.
    */
   attentionBias: boolean;
-  /** gate/up/down have biases (Llama's `mlp_bias`; Mistral, Qwen2 and Qwen3 have none). See {@link declaredBias}. */
+  /**
+   * gate/up/down have biases (Llama's and SmolLM3's `mlp_bias`; Mistral, Qwen2 and Qwen3 have none). See
+   * {@link declaredBias}.
+   */
   mlpBias: boolean;
   bosTokenId: number | null;
   /**
@@ -565,7 +568,7 @@ function linearScaling(rs: Record<string, unknown>, file: string, name: string):
  * queries and keys by it scales every attention logit by its square.
  */
 export function ropeAttentionFactor(cfg: Pick<ModelConfig, 'ropeScaling'>): number {
-  const s = checkedScaling(cfg.ropeScaling);
+  const s = checkedScaling(cfg.ropeScaling, 'ropeAttentionFactor');
   return s?.type === 'yarn' ? s.attentionFactor : 1;
 }
 
@@ -573,12 +576,12 @@ export function ropeAttentionFactor(cfg: Pick<ModelConfig, 'ropeScaling'>): numb
  * `s` when it is null or names a known type; else `E_VALUE` (a hand-built or stored scaling without `type`, the shape
  * before YaRN and linear scaling were read, was Llama 3's: it would otherwise give plain RoPE without a word).
  */
-function checkedScaling(s: RopeScaling | null): RopeScaling | null {
+function checkedScaling(s: RopeScaling | null, fn: string): RopeScaling | null {
   const type = (s as { type?: unknown } | null)?.type;
   if (s !== null && s !== undefined && type !== 'llama3' && type !== 'yarn' && type !== 'linear')
     throw new CalderaError(
       'E_VALUE',
-      `ropeScaling ${describeValue(s)} has no known type ('llama3', 'yarn' or 'linear'; Llama 3's fields alone, as ` +
+      `${fn}: ropeScaling ${describeValue(s)} has no known type ('llama3', 'yarn' or 'linear'; Llama 3's fields alone, as ` +
         `configs built before YaRN was read, need type: 'llama3')`,
     );
   return s ?? null;
@@ -767,7 +770,7 @@ export function ropeInvFreq(cfg: Pick<ModelConfig, 'headDim' | 'ropeTheta' | 'ro
   const half = cfg.headDim / 2;
   const inv = new Float64Array(half);
   for (let i = 0; i < half; i++) inv[i] = cfg.ropeTheta ** (-(2 * i) / cfg.headDim);
-  const s = checkedScaling(cfg.ropeScaling);
+  const s = checkedScaling(cfg.ropeScaling, 'ropeInvFreq');
   if (s?.type === 'linear') for (let i = 0; i < half; i++) inv[i]! /= s.factor;
   if (s?.type === 'yarn') {
     // the (fractional) pair index whose wavelength turns `turns` times over the original context

@@ -213,16 +213,15 @@ function drawRanked(
 }
 
 /** The stop options of {@link GenerateOptions}: `E_VALUE` naming the option when one is not what it says. */
-function checkStopOptions(o: GenerateOptions): void {
+function checkStopOptions(o: GenerateOptions, fn: string): void {
   const { stopTokens: t, stopStrings: st, decode } = o;
   if (t !== undefined && !(Array.isArray(t) && t.every((x) => Number.isInteger(x))))
-    throw new CalderaError('E_VALUE', `generate: stopTokens must be an array of token ids, got ${String(t)}`);
+    throw new CalderaError('E_VALUE', `${fn}: stopTokens must be an array of token ids, got ${String(t)}`);
   if (st !== undefined && !(Array.isArray(st) && st.every((x) => typeof x === 'string')))
-    throw new CalderaError('E_VALUE', `generate: stopStrings must be an array of strings, got ${String(st)}`);
+    throw new CalderaError('E_VALUE', `${fn}: stopStrings must be an array of strings, got ${String(st)}`);
   if (decode !== undefined && typeof decode !== 'function')
-    throw new CalderaError('E_VALUE', `generate: decode must be a function, got ${describeValue(decode)}`);
-  if (st?.length && !decode)
-    throw new CalderaError('E_VALUE', 'generate: stopStrings need a decode function');
+    throw new CalderaError('E_VALUE', `${fn}: decode must be a function, got ${describeValue(decode)}`);
+  if (st?.length && !decode) throw new CalderaError('E_VALUE', `${fn}: stopStrings need a decode function`);
 }
 
 /**
@@ -411,20 +410,25 @@ export class GenerationRules {
    * `options` counts as none; a field that is `undefined` takes its default, and one that is `null` is a value like
    * any other (`E_VALUE`, as every option of the package's number rules).
    */
-  constructor(prompt: ArrayLike<number>, options: GenerateOptions = {}) {
-    checkTokenArray(prompt, 'generate', 'the prompt');
-    if (prompt.length === 0) throw new CalderaError('E_VALUE', 'generate: empty prompt');
+  constructor(
+    prompt: ArrayLike<number>,
+    options: GenerateOptions = {},
+    /** What the messages name as the caller (default `generate`). */
+    private readonly fn = 'generate',
+  ) {
+    checkTokenArray(prompt, fn, 'the prompt');
+    if (prompt.length === 0) throw new CalderaError('E_VALUE', `${fn}: empty prompt`);
     options ??= {}; // from JavaScript: null options are none
-    assertNotAbortSignal(options, 'generate'); // generate(model, prompt, signal): refused, not ignored
-    checkStopOptions(options);
+    assertNotAbortSignal(options, fn); // generate(model, prompt, signal): refused, not ignored
+    checkStopOptions(options, fn);
     const maxTokens = options.maxTokens;
     if (maxTokens !== undefined && !(Number.isInteger(maxTokens) && maxTokens >= 0))
       throw new CalderaError(
         'E_VALUE',
-        `generate: maxTokens must be a non-negative integer, got ${shownValue(maxTokens)}`,
+        `${fn}: maxTokens must be a non-negative integer, got ${shownValue(maxTokens)}`,
       );
     this.maxTokens = maxTokens ?? 64;
-    checkSamplingOptions(options);
+    checkSamplingOptions(options, fn);
     this.options = options;
     this.penalty = options.repetitionPenalty ?? 1;
     this.greedy = (options.temperature ?? 0) <= 0 && this.penalty === 1;
@@ -443,7 +447,7 @@ export class GenerationRules {
     if (this.promptLength > context)
       throw new CalderaError(
         'E_VALUE',
-        `generate: prompt of ${this.promptLength} tokens exceeds the model's context of ${context} tokens` +
+        `${this.fn}: prompt of ${this.promptLength} tokens exceeds the model's context of ${context} tokens` +
           (what ? ` (${what})` : ''),
       );
     return Math.min(this.maxTokens, context - this.promptLength);
@@ -467,7 +471,7 @@ export class GenerationRules {
   private nanLogit(id: number): CalderaError {
     return new CalderaError(
       'E_VALUE',
-      `generate: the model's logit ${id} is NaN after ${this.produced.length} generated tokens: its weights ` +
+      `${this.fn}: the model's logit ${id} is NaN after ${this.produced.length} generated tokens: its weights ` +
         'overflow f32 when applied or hold non-finite values',
     );
   }
@@ -557,7 +561,7 @@ export class GenerationRules {
       if (typeof text !== 'string')
         throw new CalderaError(
           'E_VALUE',
-          `generate: decode must return a string (for stopStrings), returned ${describeValue(text)}`,
+          `${this.fn}: decode must return a string (for stopStrings), returned ${describeValue(text)}`,
         );
       if (o.stopStrings.some((st) => st.length > 0 && text.includes(st))) return 'stop';
     }

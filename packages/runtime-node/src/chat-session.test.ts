@@ -123,6 +123,13 @@ describe('ChatSession', () => {
       expect(() => new ChatSession(model, tokenizer, { contextLength: n })).toThrow(
         /E_VALUE: ChatSession: contextLength .* is not an integer in \[2, \d+\]/,
       );
+    // generate()'s options, named as the session's
+    await expect(collect(chat.send('Hi', { maxTokens: -1 }))).rejects.toThrow(
+      /^E_VALUE: ChatSession\.send: maxTokens must be a non-negative integer/,
+    );
+    expect(() => new ChatSession(model, null as never)).toThrow(
+      /^E_VALUE: ChatSession: tokenizer must be an HfTokenizer/,
+    );
     const busy = new ChatSession(model, tokenizer);
     const a = busy.send('Hi', { maxTokens: 4 });
     await a.next();

@@ -1,6 +1,7 @@
 import {
   assertObject,
   CalderaError,
+  describeValue,
   GenerationRules,
   throwIfAborted,
   visibleText,
@@ -9,7 +10,7 @@ import {
 import { checkModelArgument } from './model-argument.js';
 import { KVCache, type LlamaModel } from './model.js';
 import { nextTurn } from './next-turn.js';
-import type { HfTokenizer } from './tokenizer.js';
+import { HfTokenizer } from './tokenizer.js';
 
 /** One message of a {@link ChatSession}: the role the chat template knows it by (`system`, `user`, `assistant`). */
 export interface ChatMessage {
@@ -78,7 +79,12 @@ export class ChatSession {
     options ??= {};
     assertObject(options, 'ChatSession', 'options');
     this.options = options;
-    if (!tokenizer?.hasChatTemplate)
+    if (!(tokenizer instanceof HfTokenizer))
+      throw new CalderaError(
+        'E_VALUE',
+        `ChatSession: tokenizer must be an HfTokenizer (loadTokenizer), got ${describeValue(tokenizer)}`,
+      );
+    if (!tokenizer.hasChatTemplate)
       throw new CalderaError(
         'E_UNSUPPORTED',
         'ChatSession: the tokenizer has no chat template (chat_template.jinja, or chat_template in tokenizer_config.json)',
@@ -123,7 +129,8 @@ export class ChatSession {
    * too, as `generate()` does; give the model's end-of-turn ids as `options.stopTokens`). When the generator finishes,
    * the message and the reply join {@link messages}: its text as generated (decoded without the clean-up of spaces
    * some tokenizer configs ask for), less the stop token, and less the beginning of a stop string that ended it. A
-   * turn that throws (an abort, `E_ABORTED`) or that the caller leaves early adds nothing. `E_VALUE` before any pass
+   * turn that throws (an abort, `E_ABORTED`) or that the caller leaves early adds nothing. `options` are
+   * `generate()`'s (`maxTokens` default 64, greedy by default; the errors name `ChatSession.send`). `E_VALUE` before any pass
    * when the rendered conversation leaves no room for a token in the context ({@link reset} frees it), for `maxTokens`
    * 0, or while another reply of this session runs.
    */
@@ -147,7 +154,7 @@ export class ChatSession {
           `ChatSession.send: the conversation with this message is ${ids.length} tokens, the context ` +
             `${this.contextLength}: no room for a reply (reset() frees it; a larger contextLength holds more)`,
         );
-      const rules = new GenerationRules(ids, options);
+      const rules = new GenerationRules(ids, options, 'ChatSession.send');
       const count = rules.tokensToGenerate(this.contextLength);
       if (count === 0) throw new CalderaError('E_VALUE', 'ChatSession.send: maxTokens 0 leaves no reply');
       // keep the cached positions the new rendering starts with; at least one token must run to give logits

@@ -683,8 +683,9 @@ export async function compressCommand(a: Args): Promise<number> {
   let settings: RunSettings;
   try {
     runner = await BlockLazyRunner.open(modelDir, { ...(pool ? { pool } : {}), signal: stop.signal });
-    // calibration windows past max_position_embeddings would run on positions the model never saw: an explicit
-    // --length beyond them is refused, the default is clamped to them
+    // calibration windows past the model's max positions (maxPositions: max_position_embeddings, YaRN's stretched
+    // context, a sliding window) would run on positions it never saw: an explicit --length beyond them is refused, the
+    // default is clamped to them
     const length = tokenWindow('length', base.length, 128, runner.config.maxPositions);
     const r = runner;
     layers = Array.from({ length: r.numBlocks }, (_, b) => r.linears(b)).flat();

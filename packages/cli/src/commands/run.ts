@@ -389,7 +389,8 @@ output. The conversation's KV cache is kept between turns, so each turn runs onl
 conversation is rendered with the model's chat template each turn, as the model sees it). '/reset' forgets the
 conversation, '/exit' or the end of the input quits; Ctrl-C stops a reply (the turn is dropped; a second one quits),
 at the prompt it quits (exit code 130). A message that no longer fits the context is dropped with a word ('/reset').
-Model: Hugging Face / Caldera directory with a chat template (chat_template.jinja, else tokenizer_config.json's).
+Model: Hugging Face / Caldera directory with a chat template (chat_template.jinja, else tokenizer_config.json's); the
+embedded reference model has none, so give one.
   --system TEXT              a system message before the conversation
   --template-vars JSON       more names for the chat template, a JSON object (as generate's: '{"enable_thinking":
                              false}' for Qwen3)

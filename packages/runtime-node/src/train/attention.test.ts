@@ -38,8 +38,15 @@ describe('ropeApply', () => {
     const inv = ropeInvFreq({ headDim: d, ropeTheta: 10000, ropeScaling: null });
     // θ where the inverse frequencies belong (the argument before them) is refused, not turned into NaN angles
     expect(() => ropeApply(x, T, heads, d, 10000 as never)).toThrow(/E_VALUE: ropeApply: invFreq must be/);
+    // the sixth argument was the backward's boolean before: refused, not read as a forward rotation
+    expect(() => ropeApply(x, T, heads, d, inv, true as never)).toThrow(
+      /E_VALUE: ropeApply: options must be/,
+    );
+    expect(() => ropeApply(x, T, heads, d, inv, { scale: NaN })).toThrow(
+      /E_VALUE: ropeApply: scale must be a finite/,
+    );
     const y = ropeApply(x, T, heads, d, inv) as Float64Array;
-    const back = ropeApply(y, T, heads, d, inv, 1, true);
+    const back = ropeApply(y, T, heads, d, inv, { transpose: true });
     for (let i = 0; i < x.length; i++) expect(back[i]).toBeCloseTo(x[i]!, 12);
     expect(dot(y, y)).toBeCloseTo(dot(x, x), 10);
     // position 0 is the identity
@@ -48,7 +55,7 @@ describe('ropeApply', () => {
     checkGrad(
       x,
       () => dot(dy, ropeApply(x, T, heads, d, inv) as Float64Array),
-      ropeApply(dy, T, heads, d, inv, 1, true) as Float64Array,
+      ropeApply(dy, T, heads, d, inv, { transpose: true }) as Float64Array,
     );
   });
 
@@ -58,17 +65,17 @@ describe('ropeApply', () => {
     const x = randn(rng, T * heads * d);
     const inv = ropeInvFreq({ headDim: d, ropeTheta: 10000, ropeScaling: null });
     const plain = ropeApply(x, T, heads, d, inv) as Float64Array;
-    const scaled = ropeApply(x, T, heads, d, inv, scale) as Float64Array;
+    const scaled = ropeApply(x, T, heads, d, inv, { scale }) as Float64Array;
     // (s·c)·x1 − (s·n)·x2 against s·(c·x1 − n·x2): a few ulps of f64
     for (let i = 0; i < x.length; i++) expect(scaled[i]).toBeCloseTo(scale * plain[i]!, 12);
     // the transpose of s·R is s·Rᵀ: applying both gives s²·x, not x
-    const both = ropeApply(scaled, T, heads, d, inv, scale, true);
+    const both = ropeApply(scaled, T, heads, d, inv, { scale, transpose: true });
     for (let i = 0; i < x.length; i++) expect(both[i]).toBeCloseTo(scale * scale * x[i]!, 12);
     const dy = randn(rng, x.length);
     checkGrad(
       x,
-      () => dot(dy, ropeApply(x, T, heads, d, inv, scale) as Float64Array),
-      ropeApply(dy, T, heads, d, inv, scale, true) as Float64Array,
+      () => dot(dy, ropeApply(x, T, heads, d, inv, { scale }) as Float64Array),
+      ropeApply(dy, T, heads, d, inv, { scale, transpose: true }) as Float64Array,
     );
   });
 });

@@ -115,7 +115,8 @@ export function frozenBase(loaded: LoadedModel): {
  * With a `teacher` (see `modelTeacher`), the factors are trained to reproduce its next-token distributions
  * (distillation, a stronger signal per token than the data's next tokens when recovering compression loss).
  * The training engine covers the Llama family the runtime loads: tied or untied embeddings, q/k/v (and any other
- * linear's) biases, Llama 3 RoPE scaling; the head, the biases and the norms stay frozen.
+ * linear's) biases, Qwen3's query and key norms, SmolLM3's NoPE blocks, RoPE scaling (Llama 3's, YaRN, linear); the head,
+ * the biases and the norms stay frozen.
  */
 export function prepareLoraFinetune(
   loaded: LoadedModel,

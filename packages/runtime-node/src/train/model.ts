@@ -17,7 +17,7 @@ import { swigluBackward, swigluForward } from './swiglu.js';
 import { zerosLike, type Vec } from './types.js';
 
 /**
- * The parts of {@link ModelConfig} the training forward uses. The last four are optional: `tieWordEmbeddings`
+ * The parts of {@link ModelConfig} the training forward uses. The last five are optional: `tieWordEmbeddings`
  * (default true: the LM head is the embedding; false: a separate `lm_head.weight`), `attentionBias` (default false;
  * true: q/k/v biases in {@link trainParamShapes}, as Qwen2 has, and o_proj's too when `architecture` is
  * `'LlamaForCausalLM'`, `'Qwen3ForCausalLM'` or `'SmolLM3ForCausalLM'`, as transformers builds them), `architecture` (`'Qwen3ForCausalLM'`
@@ -43,8 +43,8 @@ export type TrainConfig = Pick<
 
 /**
  * `c`'s fields that shape the training forward, with the optional ones' defaults filled in, and `architecture` only
- * where it changes the parameters (with `attentionBias`: Llama's and Qwen3's o_proj have a bias too; Qwen3's query and
- * key norms). A saved run records this and
+ * where it changes the parameters (with `attentionBias`: Llama's, Qwen3's and SmolLM3's o_proj have a bias too; Qwen3's
+ * query and key norms), and `nopeLayers` only where there are some. A saved run records this and
  * compares it field by field, so a config that leaves `tieWordEmbeddings` out resumes one saved with it `true`, and a
  * parsed `config.json` (with fields training does not read) resumes one saved from a bare `TrainConfig`.
  */
@@ -271,10 +271,10 @@ export function lossAndGrad(
     // SmolLM3's NoPE blocks attend with the queries and keys as they are
     const rotates = appliesRope(c, l);
     const q = rotates
-      ? ropeApply(qn?.y ?? qRaw, T, c.numHeads, c.headDim, invFreq, ropeScale)
+      ? ropeApply(qn?.y ?? qRaw, T, c.numHeads, c.headDim, invFreq, { scale: ropeScale })
       : (qn?.y ?? qRaw);
     const k = rotates
-      ? ropeApply(kn?.y ?? kRaw, T, c.numKvHeads, c.headDim, invFreq, ropeScale)
+      ? ropeApply(kn?.y ?? kRaw, T, c.numKvHeads, c.headDim, invFreq, { scale: ropeScale })
       : (kn?.y ?? kRaw);
     const att = attentionForward(q, k, v, shape);
     const ao = lf(`${p}self_attn.o_proj`, att.out, qd, d);
@@ -361,8 +361,12 @@ export function lossAndGrad(
     const dAtt = lb(`${p}self_attn.o_proj`, dx1, a.att.out, qd, d);
     const ab = attentionBackward(dAtt, a.q, a.k, a.v, a.att.cache, shape);
     const rotates = appliesRope(c, l);
-    let dqRaw = rotates ? ropeApply(ab.dq, T, c.numHeads, c.headDim, invFreq, ropeScale, true) : ab.dq;
-    let dkRaw = rotates ? ropeApply(ab.dk, T, c.numKvHeads, c.headDim, invFreq, ropeScale, true) : ab.dk;
+    let dqRaw = rotates
+      ? ropeApply(ab.dq, T, c.numHeads, c.headDim, invFreq, { scale: ropeScale, transpose: true })
+      : ab.dq;
+    let dkRaw = rotates
+      ? ropeApply(ab.dk, T, c.numKvHeads, c.headDim, invFreq, { scale: ropeScale, transpose: true })
+      : ab.dk;
     if (a.qn && a.kn) {
       const qName = `${p}self_attn.q_norm.weight`;
       const kName = `${p}self_attn.k_norm.weight`;

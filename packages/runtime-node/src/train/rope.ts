@@ -1,13 +1,15 @@
-import { CalderaError } from '@caldera/core';
+import { assertObject, CalderaError } from '@caldera/core';
 import { zerosLike, type Vec } from './types.js';
 
 /**
  * Rotary position embedding in the Hugging Face "rotate half" layout on `x` (`[T, heads, headDim]`, one
  * sequence, positions `pos0 … pos0+T−1`): pair `(j, j+headDim/2)` of position `t` is rotated by angle
- * `t·invFreq[j]` (`invFreq` from core's `ropeInvFreq`: the frequencies the runtime uses) and multiplied by `scale`
- * (YaRN's attention factor, core's `ropeAttentionFactor`; 1 otherwise), as transformers multiplies cos and sin. With
- * `transpose` the rotation is by the negative angle (times `scale` again): the transpose of the forward map, so
- * `ropeApply(dy, …, true)` is the backward pass (and the inverse when `scale` is 1).
+ * `t·invFreq[j]` (`invFreq` from core's `ropeInvFreq`: the frequencies the runtime uses) and multiplied by
+ * `options.scale` (YaRN's attention factor, core's `ropeAttentionFactor`; default 1), as transformers multiplies cos
+ * and sin. With `options.transpose` the rotation is by the negative angle (times `scale` again): the transpose of the
+ * forward map, so `ropeApply(dy, …, { scale, transpose: true })` is the backward pass (and the inverse when `scale` is
+ * 1). `options.pos0` defaults to 0. `options` that is not an object (the boolean that was the sixth argument before)
+ * is `E_VALUE`, as is a `scale` that is not a finite number.
  */
 export function ropeApply(
   x: Vec,
@@ -15,10 +17,12 @@ export function ropeApply(
   heads: number,
   headDim: number,
   invFreq: Float64Array,
-  scale = 1,
-  transpose = false,
-  pos0 = 0,
+  options: { scale?: number; transpose?: boolean; pos0?: number } = {},
 ): Vec {
+  assertObject(options, 'ropeApply', 'options', 'an object such as { scale, transpose }');
+  const { scale = 1, transpose = false, pos0 = 0 } = options;
+  if (typeof scale !== 'number' || !Number.isFinite(scale))
+    throw new CalderaError('E_VALUE', `ropeApply: scale must be a finite number, got ${String(scale)}`);
   const half = headDim / 2;
   if (!(invFreq instanceof Float64Array) || invFreq.length !== half)
     throw new CalderaError(
