@@ -2,13 +2,16 @@
 // SmolLM2-135M (`--arch smollm2`: 30 blocks, hidden 576, MLP 1536, 9 heads / 3 KV heads, vocabulary 49152, tied
 // embeddings) or TinyLlama-1.1B (`--arch tinyllama`: 22 blocks, hidden 2048, MLP 5632, 32 heads / 4 KV heads,
 // vocabulary 32000, untied) or Qwen3-0.6B (`--arch qwen3-0.6b`: 28 blocks, hidden 1024, MLP 3072, 16 heads / 8 KV
-// heads of head_dim 128, per-head query and key norms, vocabulary 151936, tied), from their config.json files, in bf16, then runs `caldera compress` (the built CLI) on
+// heads of head_dim 128, per-head query and key norms, vocabulary 151936, tied) or SmolLM3-3B (`--arch smollm3-3b`: 36
+// blocks, hidden 2048, MLP 11008, 16 heads / 4 KV heads, every fourth block without RoPE, vocabulary 128256, tied),
+// from their config.json files, in bf16, then runs `caldera compress` (the built CLI) on
 // it with the default method and budget and records wall time, peak resident memory (/usr/bin/time -v), every
 // layer's rank and seconds and the checkpoint's size in docs/data/compress-time-<arch>.jsonl. The speed of CALDERA
 // does not depend on the weights' values, so this is what compressing the real model costs on the same machine; the
 // perplexities mean nothing (random weights), and the reference model's tokenizer (2048 tokens) stands in for the
 // model's own, so only the first 2048 embedding rows are used.
-//   node docs/scripts/measure-compress-time.mjs --arch smollm2|tinyllama|qwen3-0.6b [--out-root DIR] [--stdout] [--blocks N]
+//   node docs/scripts/measure-compress-time.mjs --arch smollm2|tinyllama|qwen3-0.6b|smollm3-3b [--out-root DIR] [--stdout]
+//     [--blocks N]
 //     [-- compress flags…]
 // --out-root: where the model and the checkpoint go (default /tmp/caldera-compress-time). --blocks N: only the first
 // N blocks (the recorded TinyLlama run used 3 of 22; each block costs the same). Flags after `--` go to
@@ -87,6 +90,24 @@ const archs = {
     vocab_size: 151936,
     max_position_embeddings: 40960,
     rope_theta: 1000000,
+    tie_word_embeddings: true,
+  },
+  // HuggingFaceTB/SmolLM3-3B (its head_dim, hidden / heads, written out; every fourth block without RoPE)
+  'smollm3-3b': {
+    ...common,
+    architectures: ['SmolLM3ForCausalLM'],
+    model_type: 'smollm3',
+    head_dim: 128,
+    rms_norm_eps: 1e-6,
+    hidden_size: 2048,
+    intermediate_size: 11008,
+    num_hidden_layers: 36,
+    num_attention_heads: 16,
+    num_key_value_heads: 4,
+    vocab_size: 128256,
+    max_position_embeddings: 65536,
+    rope_theta: 5000000,
+    no_rope_layer_interval: 4,
     tie_word_embeddings: true,
   },
 };
