@@ -465,19 +465,14 @@ export function qkNormNames(config: Pick<ModelConfig, 'architecture'>, i: number
  */
 function llama3Scaling(rs: Record<string, unknown>, file: string, name = 'rope_scaling'): Llama3RopeScaling {
   const bad: string[] = [];
-  const field = (k: string, integer = false): number => {
-    const v = rs[k];
-    if (typeof v === 'number' && Number.isFinite(v) && v > 0 && (!integer || Number.isSafeInteger(v)))
-      return v;
-    bad.push(`${k} ${JSON.stringify(v) ?? 'missing'} is not a positive ${integer ? 'integer' : 'number'}`);
-    return NaN;
-  };
+  // every field required: no default
+  const field = scalingFields(rs, bad);
   const s: Llama3RopeScaling = {
     type: 'llama3',
     factor: field('factor'),
     lowFreqFactor: field('low_freq_factor'),
     highFreqFactor: field('high_freq_factor'),
-    originalMaxPositions: field('original_max_position_embeddings', true),
+    originalMaxPositions: field('original_max_position_embeddings', undefined, true),
   };
   if (!(s.highFreqFactor > s.lowFreqFactor) && bad.length === 0)
     bad.push(`high_freq_factor ${s.highFreqFactor} is not above low_freq_factor ${s.lowFreqFactor}`);
@@ -487,8 +482,9 @@ function llama3Scaling(rs: Record<string, unknown>, file: string, name = 'rope_s
 }
 
 /**
- * A reader of a RoPE scaling object's optional numbers: `field(k, def)` is `rs[k]` when that is a positive finite
- * number (an integer with `integer`), `def` when it is absent or null, else NaN with the problem noted in `bad`.
+ * A reader of a RoPE scaling object's numbers: `field(k, def)` is `rs[k]` when that is a positive finite number (an
+ * integer with `integer`), `def` when it is absent or null and `def` is given, else NaN with the problem noted in `bad`
+ * (Llama 3's, YaRN's and linear scaling's fields).
  */
 function scalingFields(rs: Record<string, unknown>, bad: string[]) {
   return (k: string, def?: number, integer = false): number => {

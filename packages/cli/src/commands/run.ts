@@ -485,6 +485,8 @@ async function converse(
       const out: number[] = [];
       let printed = '';
       const decode = completionDecoder(session.tokenizer, []);
+      // the reply's text so far, without the end-of-turn token
+      const replyText = () => decode(out.filter((id) => !options.stopTokens.includes(id)));
       const t0 = performance.now();
       let interrupted = false;
       let refused: string | null = null;
@@ -495,7 +497,7 @@ async function converse(
           signal: reply.signal,
         })) {
           out.push(t);
-          const chunk = streamedText(printed, decode(out.filter((id) => !options.stopTokens.includes(id))));
+          const chunk = streamedText(printed, replyText());
           if (!json) process.stdout.write(chunk);
           printed += chunk;
         }
@@ -507,7 +509,7 @@ async function converse(
       } finally {
         reply = null;
       }
-      const rest = streamedText(printed, decode(out.filter((id) => !options.stopTokens.includes(id))), true);
+      const rest = streamedText(printed, replyText(), true);
       if (!json) process.stdout.write(rest);
       printed += rest;
       const secs = (performance.now() - t0) / 1000;
