@@ -3,13 +3,12 @@ import {
   CalderaError,
   describeValue,
   GenerationRules,
-  throwIfAborted,
   visibleText,
   type GenerateOptions,
 } from '@caldera/core';
 import { checkModelArgument } from './model-argument.js';
 import { KVCache, type LlamaModel } from './model.js';
-import { nextTurn } from './next-turn.js';
+import { decodeTokens } from './decode-loop.js';
 import { HfTokenizer } from './tokenizer.js';
 
 /** One message of a {@link ChatSession}: the role the chat template knows it by (`system`, `user`, `assistant`). */
@@ -163,28 +162,29 @@ export class ChatSession {
       while (reused < limit && this.cached[reused] === ids[reused]) reused++;
       this.cache.length = reused;
       this.cached.length = reused;
+      const tokens = decodeTokens(
+        this.model,
+        this.cache,
+        ids.slice(reused),
+        count,
+        rules,
+        options.signal,
+        'ChatSession.send',
+        (run) => {
+          for (let i = 0; i < run.length; i++) this.cached.push(run[i]!);
+        },
+      );
       const out: number[] = [];
-      const V = this.model.config.vocabSize;
-      let next = -1;
-      let endedBy: ChatTurnStats['endedBy'] = count < rules.maxTokens ? 'context' : 'max-tokens';
-      for (let n = 0; n < count; n++) {
-        await nextTurn();
-        throwIfAborted(options.signal, 'ChatSession.send');
-        const run = n === 0 ? ids.slice(reused) : [next];
-        const logits = this.model.forward(run, this.cache, { last: true });
-        this.cached.push(...run);
-        next = rules.pick(logits.subarray(0, V));
-        const verdict = rules.accept(next);
-        if (verdict === 'stop') {
-          endedBy = 'stop-string';
+      let endedBy: ChatTurnStats['endedBy'];
+      for (;;) {
+        const step = await tokens.next();
+        if (step.done) {
+          endedBy =
+            step.value === 'count' ? (count < rules.maxTokens ? 'context' : 'max-tokens') : step.value;
           break;
         }
-        out.push(next);
-        yield next;
-        if (verdict === 'last') {
-          endedBy = 'stop-token';
-          break;
-        }
+        out.push(step.value);
+        yield step.value;
       }
       const stops = new Set(options.stopTokens ?? []);
       const text = this.tokenizer.decode(

@@ -1,7 +1,7 @@
-import { checkTokenIds, GenerationRules, throwIfAborted, type GenerateOptions } from '@caldera/core';
+import { checkTokenIds, GenerationRules, type GenerateOptions } from '@caldera/core';
+import { decodeTokens } from './decode-loop.js';
 import { checkModelArgument } from './model-argument.js';
 import { KVCache, type LlamaModel } from './model.js';
-import { nextTurn } from './next-turn.js';
 
 export type { GenerateOptions } from '@caldera/core';
 
@@ -29,16 +29,5 @@ export async function* generate(
   if (count === 0) return;
   // the prompt and every generated token but the last, which is never run
   const cache = new KVCache(model.config, prompt.length + count - 1);
-  const V = model.config.vocabSize;
-  let next = -1;
-  for (let n = 0; n < count; n++) {
-    await nextTurn();
-    throwIfAborted(options.signal, 'generate');
-    const logits = n === 0 ? model.forward(prompt, cache, { last: true }) : model.forward([next], cache);
-    next = rules.pick(logits.subarray(0, V));
-    const verdict = rules.accept(next);
-    if (verdict === 'stop') return;
-    yield next;
-    if (verdict === 'last') return;
-  }
+  yield* decodeTokens(model, cache, prompt, count, rules, options.signal, 'generate');
 }
