@@ -43,7 +43,7 @@ export interface PanelGemmArgs {
    * symmetric updates); tiles entirely in the other triangle are skipped.
    */
   triangle?: 'upper' | 'lower';
-  /** Largest wasm scratch use per chunk in bytes (default 1 GiB). */
+  /** Largest wasm scratch use per chunk in bytes (default {@link GEMM_SCRATCH_BYTES}, 256 MiB). */
   maxBytes?: number;
   /**
    * Called when a packed operand holds a non-finite value (checked on the packed copy, in wasm, which is
@@ -67,6 +67,15 @@ export interface KernelProgress {
   done: number;
   total: number;
 }
+
+/**
+ * Default scratch budget of one chunk, in bytes. The engine's memory grows to the largest chunk and is never returned,
+ * so this is memory a process keeps: an n × n f64 update (a Hessian's accumulation, a Cholesky factorisation's
+ * trailing update) at n = 11008 took 0.99 GB in one chunk under the 1 GiB budget of before. In chunks of at most
+ * 256 MiB the output is copied in and out once all the same; only the operand panels of a chunk's rows or columns are
+ * packed again per chunk (k·n values, against the chunk's k·n·n multiply-adds).
+ */
+const GEMM_SCRATCH_BYTES = 2 ** 28;
 
 /** Multiply-adds per wave between abort checks / progress reports when either is requested. */
 const WAVE_MADDS = 2 ** 30;
@@ -134,7 +143,7 @@ function panelGemmIntoImpl(exec: Executor, args: PanelGemmArgs, what: string): b
     }
     return [mc, nc];
   };
-  let [mc, nc] = chunks(args.maxBytes ?? 2 ** 30);
+  let [mc, nc] = chunks(args.maxBytes ?? GEMM_SCRATCH_BYTES);
   // f32: a staging area after the operands for packing lines in WebAssembly (see packPanels)
   const stagingBytes = f64 ? 0 : stageLines(k) * k * es;
   let staged = !f64;
