@@ -33,7 +33,7 @@ import {
   type LatticeCodes,
 } from './codec.js';
 import type { Decomposition, StoredFactor } from './decomposition.js';
-import { timesLower } from './lower-product.js';
+import { timesLower, timesLowerTransposed } from './lower-product.js';
 import { transposed } from './transpose.js';
 import { paddedSize, randomSigns, rotateHessian, rotateWeight, unrotateWeight } from './rotate.js';
 
@@ -259,6 +259,62 @@ function solveSpd(
   return Float32Array.from(solveTriangular(c, y, { side, transpose: side === 'left', ...pool }).data);
 }
 
+/** What every step of {@link caldera} uses of the rotated H (see {@link factorRotatedHessian}). */
+interface RotatedHessianFactors {
+  /** The lower-triangular Cholesky factor M of H (H = M·Mᵀ), in f32, np × np: products with it go through timesLower. */
+  Mf: Float32Array;
+  /** LDLQ's prepared H, or null where not asked for. */
+  baseQ: LdlqHessian | null;
+  /** H itself (f64), or null where not asked for. */
+  hDown: Float64Array | null;
+}
+
+/**
+ * The factors of the rotated H (`rotated` makes it: np × np, f64) that the steps use, made so that few n×n arrays are
+ * alive at once: H itself is dropped once LDLQ's factor is made (unless `keepRotated`), the f64 Cholesky factor once
+ * its f32 copy is. The peak is H, its f64 factor and LDLQ's f32 one (20·n² bytes; at n = 11008, a 3B model's MLP
+ * input, 2.4 GB); what stays is 8·n² (the f32 factor and LDLQ's). H is made here, not passed in, so that no caller's
+ * reference keeps it alive.
+ */
+function factorRotatedHessian(
+  rotated: () => Float64Array,
+  np: number,
+  options: {
+    prepareQ: boolean;
+    keepRotated: boolean;
+    prepare: (h: Float64Array, cholesky?: Tensor<'f64'>) => LdlqHessian;
+    pool?: Pool;
+    signal?: AbortSignal;
+  },
+): RotatedHessianFactors {
+  const { pool, signal } = options;
+  let hr: Float64Array | null = rotated();
+  throwIfAborted(signal, 'caldera'); // an abort during the setup names the call, not its first step
+  const chol = choleskyWithInfo(tensor('f64', [np, np], hr), {
+    jitter: true,
+    ...(pool ? { pool } : {}),
+    ...(signal ? { signal } : {}),
+  });
+  // An H with a negative eigenvalue (not a Gram matrix of activations) factors only with a jitter of that eigenvalue's
+  // size: the fit would minimise, and `error` report, a quantity that is no norm. A PSD H, singular or rounded to f32,
+  // needs none or the first try's (1e-6 of the mean diagonal); 1e-4 leaves a hundredfold margin.
+  let trace = 0;
+  for (let i = 0; i < np; i++) trace += hr[i * np + i]!;
+  if (chol.jitter > 1e-4 * (trace / np))
+    throw new CalderaError(
+      'E_NOT_PD',
+      `caldera: H is not positive semidefinite: its Cholesky factor needed a diagonal jitter of ` +
+        `${chol.jitter.toPrecision(3)} (${(chol.jitter / (trace / np)).toPrecision(3)} × its mean diagonal); ` +
+        'pass XᵀX of real activations (see calibrate)',
+    );
+  // LDLQ's block LDL is derived from the factor when it is H's own (no jitter needed: LDLQ would have computed the
+  // same factor), else factored as LDLQ does, with its own repair
+  const baseQ = options.prepareQ ? options.prepare(hr, chol.jitter === 0 ? chol.l : undefined) : null;
+  const hDown = options.keepRotated ? hr : null;
+  hr = null;
+  return { Mf: Float32Array.from(chol.l.data), baseQ, hDown };
+}
+
 function storeFactor(x: Float32Array, bits: FactorBits): { stored: StoredFactor; values: Float32Array } {
   if (bits === 16) {
     const values = f16ArrayToF32(f32ArrayToF16(x));
@@ -388,30 +444,8 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       'E_VALUE',
       `caldera: W's values (RMS ${g.toPrecision(3)}) overflow f32 once rotated`,
     );
-  let Hr: Float64Array | null = rotateHessian(hFit, n, np, su, hScale);
-  throwIfAborted(o.signal, 'caldera'); // an abort during the setup names the call, not its first step
-  const chol = choleskyWithInfo(tensor('f64', [np, np], Hr), { jitter: true, ...pool, ...sig });
-  // An H with a negative eigenvalue (not a Gram matrix of activations) factors only with a jitter of that eigenvalue's
-  // size: the fit would minimise, and `error` report, a quantity that is no norm. A PSD H, singular or rounded to f32,
-  // needs none or the first try's (1e-6 of the mean diagonal); 1e-4 leaves a hundredfold margin.
-  let trace = 0;
-  for (let i = 0; i < np; i++) trace += Hr[i * np + i]!;
-  if (chol.jitter > 1e-4 * (trace / np))
-    throw new CalderaError(
-      'E_NOT_PD',
-      `caldera: H is not positive semidefinite: its Cholesky factor needed a diagonal jitter of ` +
-        `${chol.jitter.toPrecision(3)} (${(chol.jitter / (trace / np)).toPrecision(3)} × its mean diagonal); ` +
-        'pass XᵀX of real activations (see calibrate)',
-    );
-  const Mt = chol.l;
-  // H in f32 for the data-aware LR step's products (not held where no LR step uses it)
-  const Hf = k > 0 && o.dataAwareLR ? mat(np, np, Float32Array.from(Hr)) : null;
   const order: ('LR' | 'Q')[] =
     k === 0 ? ['Q'] : o.qBits === 0 ? ['LR'] : o.updateOrder === 'q-first' ? ['Q', 'LR'] : ['LR', 'Q'];
-  // LDLQ's block LDL of Hr, factored once for every Q step: derived from Mt when Mt is Hr's own factor (no jitter
-  // needed: LDLQ would have computed the same factor), else factored as LDLQ does, with its own repair. With the
-  // downdate, every Q step after an LR step uses its own H, prepared then; a Q step before any LR step (the first one
-  // of 'q-first') has no L·R to downdate by and uses this one, which is dropped after it.
   const qDim = o.qBits === 0 ? 8 : rounderFor(o.qBits).dim;
   const prepareQ = (h: Float64Array, cholesky?: Tensor<'f64'>): LdlqHessian =>
     prepareLdlq(tensor('f64', [np, np], h), {
@@ -422,14 +456,30 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       ...pool,
       ...sig,
     });
-  let baseQ =
-    order.includes('Q') && o.dataAwareQ && (k === 0 || !o.hessianDowndate || order[0] === 'Q')
-      ? prepareQ(Hr, chol.jitter === 0 ? Mt : undefined)
+  const factors = factorRotatedHessian(() => rotateHessian(hFit, n, np, su, hScale), np, {
+    // LDLQ's block LDL for every Q step that does not downdate (with the downdate, every Q step after an LR step
+    // prepares its own; a Q step before any LR step, the first one of 'q-first', has no L·R to downdate by)
+    prepareQ: order.includes('Q') && o.dataAwareQ && (k === 0 || !o.hessianDowndate || order[0] === 'Q'),
+    // the downdate subtracts from the rotated H (only where a data-aware Q step follows an LR step)
+    keepRotated: o.hessianDowndate && k > 0 && order.includes('Q') && o.dataAwareQ,
+    prepare: prepareQ,
+    ...pool,
+    ...sig,
+  });
+  const { Mf, hDown } = factors;
+  // the data-aware LR step's products with H: x·H = (x·M)·Mᵀ, two triangular products (the multiply-adds of one full
+  // product, without an f32 copy of H besides M's: 4·n² bytes, 0.48 GB at n = 11008)
+  const timesH =
+    k > 0 && o.dataAwareLR
+      ? (x: Float32Array, rows: number) =>
+          timesLowerTransposed(timesLower(x, rows, Mf, np, pool), rows, Mf, np, pool)
       : null;
-  // the downdate subtracts from the rotated H (only where a data-aware Q step follows an LR step)
-  const hDown = o.hessianDowndate && k > 0 && order.includes('Q') && o.dataAwareQ ? Hr : null;
-  Hr = null; // the rotated H itself is not kept beyond this point
-  const Mf = Float32Array.from(Mt.data); // lower triangular: products with it go through timesLower
+  // mean(diag H), diag(H)ᵢ = Σ_p M²ᵢₚ
+  let meanH = 0;
+  if (timesH) {
+    for (let i = 0; i < Mf.length; i++) meanH += Mf[i]! * Mf[i]!;
+    meanH /= np;
+  }
   // Two mp×np work arrays reused by every step (a fresh array of this size each time cost more in page faults than
   // the arithmetic it held on some machines): `work` for a step's input (W − L·R, W − Q) and the error's difference,
   // `workM` for the products with M.
@@ -497,13 +547,9 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       const Y = mat(mp, np, timesLower(A, mp, Mf, np, pool, workM));
       const svd = truncatedSvd(Y, o.seed + 7919 * t);
       L0 = Float32Array.from(svd.u);
-      const B = new Float64Array(k * np);
-      for (let i = 0; i < k; i++)
-        for (let j = 0; j < np; j++) B[i * np + j] = svd.s[i]! * svd.vt[i * np + j]!;
-      // B·M⁻¹: the blocked triangular solve, its products on the pool
-      R0 = Float32Array.from(
-        solveTriangular(Mt, tensor('f64', [k, np], B), { side: 'right', ...pool, ...sig }).data,
-      );
+      // Σ_k V_kᵀ M⁻¹ = U_kᵀ·A: U_kᵀ·(A·M) = Σ_k V_kᵀ, as the SVD (exact, or the randomized one's SVD of its
+      // projection) gives it; a product, where M⁻¹ needed a triangular solve with the f64 factor
+      R0 = gemm(mat(mp, k, L0), mat(mp, np, A), { transA: true, checkFinite: false, ...pool }).data;
     } else {
       const svd = truncatedSvd(mat(mp, np, A), o.seed + 7919 * t);
       L0 = new Float32Array(mp * k);
@@ -521,11 +567,6 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       return { l: l.stored, r: r.stored, product: product(l.values, r.values) };
     }
     let R = R0;
-    let meanH = 0;
-    if (Hf) {
-      for (let i = 0; i < np; i++) meanH += Hf.data[i * np + i]!;
-      meanH /= np;
-    }
     let best: LowRank | null = null;
     let bestScore = Infinity;
     const Am = mat(mp, np, A);
@@ -544,7 +585,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       const Rsol = solveSpd(LtA, [k, np], Gl, k, 'left', pool);
       const rq = storeFactor(Rsol, o.rBits);
       // ‖(A − L̂R̂)M‖² − ‖AM‖² = −2⟨L̂ᵀA, R̂H⟩ + ⟨L̂ᵀL̂, R̂HR̂ᵀ⟩
-      const RqH = Hf ? gemm(mat(k, np, rq.values), Hf, { checkFinite: false, ...pool }).data : rq.values;
+      const RqH = timesH ? timesH(rq.values, k) : rq.values;
       let score = 0;
       for (let i = 0; i < k * np; i++) score -= 2 * LtA[i]! * RqH[i]!;
       for (let i = 0; i < k; i++)
@@ -557,7 +598,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     };
     for (let it = 0; it < Math.max(1, o.lplrIters); it++) {
       // L ← A·H·Rᵀ·(R·H·Rᵀ)⁻¹ (or A·Rᵀ·(R·Rᵀ)⁻¹ data-unaware)
-      const RH = Hf ? gemm(mat(k, np, R), Hf, { checkFinite: false, ...pool }).data : R;
+      const RH = timesH ? timesH(R, k) : R;
       const AHRt = gemm(Am, mat(k, np, RH), { transB: true, checkFinite: false, ...pool }).data; // mp × k
       const G = new Float64Array(k * k);
       for (let i = 0; i < k; i++)
@@ -568,7 +609,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
         }
       const L = solveSpd(AHRt, [mp, k], G, k, 'right', pool);
       // each component balanced between L and R before L is quantized (the fit of R to L̂ keeps the balance)
-      const pair = quantizedPair(balanceAgainst(L, mp, R, np, k, Hf ? { G, meanH } : null));
+      const pair = quantizedPair(balanceAgainst(L, mp, R, np, k, timesH ? { G, meanH } : null));
       if (pair.score < bestScore) {
         bestScore = pair.score;
         best = { l: pair.lq.stored, r: pair.rq.stored, product: product(pair.lq.values, pair.rq.values) };
@@ -649,8 +690,11 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       } else {
         const A = work;
         for (let i = 0; i < A.length; i++) A[i] = Wr[i]! - (lr ? lr.product[i]! : 0);
-        const q = quantizeQ(A, !o.dataAwareQ ? null : hDown && lr ? downdated(lr.product, hDown) : baseQ);
-        if (hDown) baseQ = null; // every later Q step follows an LR step and downdates
+        const q = quantizeQ(
+          A,
+          !o.dataAwareQ ? null : hDown && lr ? downdated(lr.product, hDown) : factors.baseQ,
+        );
+        if (hDown) factors.baseQ = null; // every later Q step follows an LR step and downdates
         Qv = q.values;
         qCodes = q.codes;
       }

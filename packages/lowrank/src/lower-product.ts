@@ -34,3 +34,35 @@ export function timesLower(
   }
   return out;
 }
+
+/**
+ * x·Mᵀ for x (rows×n) and a lower-triangular M (n×n, zeros above the diagonal): column block J of the product reads
+ * only the columns p < J₁ of M's rows J (Mᵀ is upper triangular), so each block is the gemm `x[:, :J₁]·M[J, :J₁]ᵀ`,
+ * about half the multiply-adds of a full product. The product goes into `out` (rows×n, every value overwritten) when
+ * given, else into a new array.
+ */
+export function timesLowerTransposed(
+  x: Float32Array,
+  rows: number,
+  m: Float32Array,
+  n: number,
+  pool: { pool?: Pool },
+  out: Float32Array = new Float32Array(rows * n),
+): Float32Array {
+  const view = (data: Float32Array, offset: number, r: number, c: number): Tensor<'f32'> => ({
+    dtype: 'f32',
+    shape: [r, c],
+    strides: [n, 1],
+    offset,
+    data,
+  });
+  for (let j0 = 0; j0 < n; j0 += LOWER_BLOCK) {
+    const w = Math.min(LOWER_BLOCK, n - j0);
+    gemmInto(view(out, j0, rows, w), view(x, 0, rows, j0 + w), view(m, j0 * n, w, j0 + w), {
+      transB: true,
+      checkFinite: false,
+      ...pool,
+    });
+  }
+  return out;
+}
