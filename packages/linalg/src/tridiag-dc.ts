@@ -372,7 +372,7 @@ interface MergeProduct {
  */
 const PRODUCT_PANELS = 64;
 
-/** Most wasm scratch (values) the merge product grows the memory to by default: 1 GiB, as gemm's chunks. */
+/** Most wasm scratch (values) the merge product grows the memory to by default: 1 GiB (gemm's chunks: 256 MiB). */
 const WASM_SCRATCH_MAX = 2 ** 27;
 
 /** Largest multiple of 4 not above x (at least 4). */

@@ -468,7 +468,9 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   });
   const { Mf, hDown } = factors;
   // the data-aware LR step's products with H: x·H = (x·M)·Mᵀ, two triangular products (the multiply-adds of one full
-  // product, without an f32 copy of H besides M's: 4·n² bytes, 0.48 GB at n = 11008)
+  // product, without an f32 copy of H besides M's: 4·n² bytes, 0.48 GB at n = 11008). Where the factor needed a
+  // jitter (at most 1e-4 of the mean diagonal, else E_NOT_PD above), M·Mᵀ is H + jitter·I, as in the error's rotated
+  // form (`weightedSq`).
   const timesH =
     k > 0 && o.dataAwareLR
       ? (x: Float32Array, rows: number) =>
