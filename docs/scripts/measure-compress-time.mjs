@@ -3,14 +3,16 @@
 // embeddings) or TinyLlama-1.1B (`--arch tinyllama`: 22 blocks, hidden 2048, MLP 5632, 32 heads / 4 KV heads,
 // vocabulary 32000, untied) or Qwen3-0.6B (`--arch qwen3-0.6b`: 28 blocks, hidden 1024, MLP 3072, 16 heads / 8 KV
 // heads of head_dim 128, per-head query and key norms, vocabulary 151936, tied) or SmolLM3-3B (`--arch smollm3-3b`: 36
-// blocks, hidden 2048, MLP 11008, 16 heads / 4 KV heads, every fourth block without RoPE, vocabulary 128256, tied),
-// from their config.json files, in bf16, then runs `caldera compress` (the built CLI) on
+// blocks, hidden 2048, MLP 11008, 16 heads / 4 KV heads, every fourth block without RoPE, vocabulary 128256, tied) or
+// Llama-3.1-8B (`--arch llama3.1-8b`: 32 blocks, hidden 4096, MLP 14336, 32 heads / 8 KV heads, vocabulary 128256,
+// untied, Llama 3's rope_scaling), from their config.json files, in bf16, then runs `caldera compress` (the built CLI) on
 // it with the default method and budget and records wall time, peak resident memory (/usr/bin/time -v), every
 // layer's rank and seconds and the checkpoint's size in docs/data/compress-time-<arch>.jsonl. The speed of CALDERA
 // does not depend on the weights' values, so this is what compressing the real model costs on the same machine; the
 // perplexities mean nothing (random weights), and the reference model's tokenizer (2048 tokens) stands in for the
 // model's own, so only the first 2048 embedding rows are used.
-//   node docs/scripts/measure-compress-time.mjs --arch smollm2|tinyllama|qwen3-0.6b|smollm3-3b [--out-root DIR] [--stdout]
+//   node docs/scripts/measure-compress-time.mjs --arch smollm2|tinyllama|qwen3-0.6b|smollm3-3b|llama3.1-8b
+//     [--out-root DIR] [--stdout]
 //     [--blocks N]
 //     [-- compress flags…]
 // --out-root: where the model and the checkpoint go (default /tmp/caldera-compress-time). --blocks N: only the first
@@ -109,6 +111,27 @@ const archs = {
     rope_theta: 5000000,
     no_rope_layer_interval: 4,
     tie_word_embeddings: true,
+  },
+  // meta-llama/Llama-3.1-8B (untied head; Llama 3's rope_scaling)
+  'llama3.1-8b': {
+    ...common,
+    head_dim: 128,
+    hidden_size: 4096,
+    intermediate_size: 14336,
+    num_hidden_layers: 32,
+    num_attention_heads: 32,
+    num_key_value_heads: 8,
+    vocab_size: 128256,
+    max_position_embeddings: 131072,
+    rope_theta: 500000,
+    rope_scaling: {
+      rope_type: 'llama3',
+      factor: 8,
+      low_freq_factor: 1,
+      high_freq_factor: 4,
+      original_max_position_embeddings: 8192,
+    },
+    tie_word_embeddings: false,
   },
 };
 if (!archs[arch]) throw new Error(`--arch must be one of ${Object.keys(archs).join(', ')}`);
