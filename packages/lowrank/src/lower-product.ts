@@ -18,21 +18,7 @@ export function timesLower(
   pool: { pool?: Pool },
   out: Float32Array = new Float32Array(rows * n),
 ): Float32Array {
-  const view = (data: Float32Array, offset: number, r: number, c: number): Tensor<'f32'> => ({
-    dtype: 'f32',
-    shape: [r, c],
-    strides: [n, 1],
-    offset,
-    data,
-  });
-  for (let j0 = 0; j0 < n; j0 += LOWER_BLOCK) {
-    const w = Math.min(LOWER_BLOCK, n - j0);
-    gemmInto(view(out, j0, rows, w), view(x, j0, rows, n - j0), view(m, j0 * n + j0, n - j0, w), {
-      checkFinite: false,
-      ...pool,
-    });
-  }
-  return out;
+  return blockedProduct(x, rows, m, n, pool, out, false);
 }
 
 /**
@@ -49,6 +35,19 @@ export function timesLowerTransposed(
   pool: { pool?: Pool },
   out: Float32Array = new Float32Array(rows * n),
 ): Float32Array {
+  return blockedProduct(x, rows, m, n, pool, out, true);
+}
+
+/** {@link timesLower} (`transposed` false) or {@link timesLowerTransposed}, one column block of the product at a time. */
+function blockedProduct(
+  x: Float32Array,
+  rows: number,
+  m: Float32Array,
+  n: number,
+  pool: { pool?: Pool },
+  out: Float32Array,
+  transposed: boolean,
+): Float32Array {
   const view = (data: Float32Array, offset: number, r: number, c: number): Tensor<'f32'> => ({
     dtype: 'f32',
     shape: [r, c],
@@ -58,11 +57,18 @@ export function timesLowerTransposed(
   });
   for (let j0 = 0; j0 < n; j0 += LOWER_BLOCK) {
     const w = Math.min(LOWER_BLOCK, n - j0);
-    gemmInto(view(out, j0, rows, w), view(x, 0, rows, j0 + w), view(m, j0 * n, w, j0 + w), {
-      transB: true,
-      checkFinite: false,
-      ...pool,
-    });
+    const c = view(out, j0, rows, w);
+    if (transposed)
+      gemmInto(c, view(x, 0, rows, j0 + w), view(m, j0 * n, w, j0 + w), {
+        transB: true,
+        checkFinite: false,
+        ...pool,
+      });
+    else
+      gemmInto(c, view(x, j0, rows, n - j0), view(m, j0 * n + j0, n - j0, w), {
+        checkFinite: false,
+        ...pool,
+      });
   }
   return out;
 }
