@@ -162,18 +162,13 @@ export class ChatSession {
       while (reused < limit && this.cached[reused] === ids[reused]) reused++;
       this.cache.length = reused;
       this.cached.length = reused;
-      const tokens = decodeTokens(
-        this.model,
-        this.cache,
-        ids.slice(reused),
-        count,
-        rules,
-        options.signal,
-        'ChatSession.send',
-        (run) => {
+      const tokens = decodeTokens(this.model, this.cache, ids.slice(reused), count, rules, {
+        signal: options.signal,
+        what: 'ChatSession.send',
+        onRun: (run) => {
           for (let i = 0; i < run.length; i++) this.cached.push(run[i]!);
         },
-      );
+      });
       const out: number[] = [];
       let endedBy: ChatTurnStats['endedBy'];
       for (;;) {

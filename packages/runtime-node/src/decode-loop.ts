@@ -5,12 +5,21 @@ import { nextTurn } from './next-turn.js';
 /** Why {@link decodeTokens} ended: `rules` stopped at a stop token or a stop string, or `count` passes ran. */
 export type DecodeEnd = 'stop-token' | 'stop-string' | 'count';
 
+/** What {@link decodeTokens} reports and checks besides the model, the cache and the rules. */
+export interface DecodeHooks {
+  /** Checked before each pass (`E_ABORTED` naming `what`). */
+  signal?: AbortSignal | undefined;
+  /** The caller named in errors (`generate`, `ChatSession.send`). */
+  what: string;
+  /** Sees the ids of each pass after it ran (the cache then holds them). */
+  onRun?: (ids: ArrayLike<number>) => void;
+}
+
 /**
  * The token loop of `generate()` and `ChatSession.send`: runs `first` (the prompt, or the part of it the cache does not
  * hold) through `model` with `cache`, then each token `rules` picks, at most `count` passes (the last picked token is
  * not run); yields every token `rules` accepts, and returns why it ended. Before each pass the event loop turns once
- * (`nextTurn`) and `signal` is checked (`E_ABORTED` naming `what`). `onRun` sees the ids of each pass after it ran (the
- * cache then holds them).
+ * (`nextTurn`) and `hooks.signal` is checked.
  */
 export async function* decodeTokens(
   model: LlamaModel,
@@ -18,18 +27,16 @@ export async function* decodeTokens(
   first: ArrayLike<number>,
   count: number,
   rules: GenerationRules,
-  signal: AbortSignal | undefined,
-  what: string,
-  onRun?: (ids: ArrayLike<number>) => void,
+  hooks: DecodeHooks,
 ): AsyncGenerator<number, DecodeEnd> {
   const V = model.config.vocabSize;
   let next = -1;
   for (let n = 0; n < count; n++) {
     await nextTurn();
-    throwIfAborted(signal, what);
+    throwIfAborted(hooks.signal, hooks.what);
     const run = n === 0 ? first : [next];
     const logits = model.forward(run, cache, { last: true });
-    onRun?.(run);
+    hooks.onRun?.(run);
     next = rules.pick(logits.subarray(0, V));
     const verdict = rules.accept(next);
     if (verdict === 'stop') return 'stop-string';

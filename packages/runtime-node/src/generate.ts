@@ -29,5 +29,5 @@ export async function* generate(
   if (count === 0) return;
   // the prompt and every generated token but the last, which is never run
   const cache = new KVCache(model.config, prompt.length + count - 1);
-  yield* decodeTokens(model, cache, prompt, count, rules, options.signal, 'generate');
+  yield* decodeTokens(model, cache, prompt, count, rules, { signal: options.signal, what: 'generate' });
 }
