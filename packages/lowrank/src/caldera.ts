@@ -18,6 +18,7 @@ import {
   cholesky,
   choleskyWithInfo,
   gemm,
+  gemmInto,
   randomizedSvd,
   solveTriangular,
   svd as exactSvd,
@@ -360,6 +361,8 @@ function balanceAgainst(
 interface LowRank {
   l: StoredFactor; // Lᵀ, k × mp
   r: StoredFactor; // k × np
+  lValues: Float32Array; // L̂ᵀ's values, k × mp
+  rValues: Float32Array; // R̂'s values, k × np
   product: Float32Array; // L·R, mp × np
 }
 
@@ -470,7 +473,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   // the data-aware LR step's products with H: x·H = (x·M)·Mᵀ, two triangular products (the multiply-adds of one full
   // product, without an f32 copy of H besides M's: 4·n² bytes, 0.48 GB at n = 11008). Where the factor needed a
   // jitter (at most 1e-4 of the mean diagonal, else E_NOT_PD above), M·Mᵀ is H + jitter·I, as in the error's rotated
-  // form (`weightedSq`).
+  // form (`rotatedSq`).
   const timesH =
     k > 0 && o.dataAwareLR
       ? (x: Float32Array, rows: number) =>
@@ -482,24 +485,46 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     for (let i = 0; i < Mf.length; i++) meanH += Mf[i]! * Mf[i]!;
     meanH /= np;
   }
-  // Two mp×np work arrays reused by every step (a fresh array of this size each time cost more in page faults than
-  // the arithmetic it held on some machines): `work` for a step's input (W − L·R, W − Q) and the error's difference,
-  // `workM` for the products with M.
-  const work = new Float32Array(mp * np);
-  const workM = new Float32Array(mp * np);
-
-  const weightedSq = (x: Float32Array): number => {
-    const xm = timesLower(x, mp, Mf, np, pool, workM);
-    let s = 0;
-    for (let i = 0; i < xm.length; i++) s += xm[i]! * xm[i]!;
-    return s;
-  };
   // With padding, the rotated-domain norm would also count the padded rows and columns that reconstruct() crops away
   // (and weight the padded inputs, which are zero, by mean(diag H)): the error is then measured on the cropped
   // estimate against W and the caller's H. Without padding both are equal (the rotations are orthogonal), and the
   // rotated form, which reuses the Cholesky factor, is kept. With damping, the Cholesky factor is that of the damped H,
   // so the error is measured in the original domain too, against the caller's undamped H.
   const inOriginal = mp !== m || np !== n || hFit !== hd;
+  // Two mp×np work arrays reused by every step (a fresh array of this size each time cost more in page faults than
+  // the arithmetic it held on some machines): `work` for a step's input (W − L·R, W − Q) and the error's terms,
+  // `workM` for Y = (W − Q)·M, the product of the residual of the current Q (none before the first Q step) with M.
+  // Y is made once per Q step, m·n²/2 multiply-adds (10 s at 4096 × 11008 on the 2-core machine, the largest part of a
+  // step): the data-aware LR step starts from it, and in the rotated domain each step's error comes from it through
+  // (Q + L̂R̂ − W)·M = L̂·(R̂·M) − Y, a rank-k product (the error's own product with M, twice per iteration, took as
+  // long as Y).
+  const work = new Float32Array(mp * np);
+  const workM = new Float32Array(mp * np);
+  const needY = !inOriginal || (k > 0 && o.dataAwareLR);
+  /** Y = (W − q)·M into `workM` (q null: Q = 0); `work` is overwritten. */
+  const updateY = (q: Float32Array | null): void => {
+    if (q) for (let i = 0; i < work.length; i++) work[i] = Wr[i]! - q[i]!;
+    timesLower(q ? work : Wr, mp, Mf, np, pool, workM);
+  };
+  /** ‖(Q + L̂R̂ − W)·M‖² (the rotated-domain error) from Y in `workM`; `work` is overwritten. */
+  const rotatedSq = (pair: LowRank | null): number => {
+    let s = 0;
+    if (!pair) {
+      for (let i = 0; i < workM.length; i++) s += workM[i]! * workM[i]!;
+      return s;
+    }
+    const rm = timesLower(pair.rValues, k, Mf, np, pool);
+    gemmInto(mat(mp, np, work), mat(k, mp, pair.lValues), mat(k, np, rm), {
+      transA: true,
+      checkFinite: false,
+      ...pool,
+    });
+    for (let i = 0; i < work.length; i++) {
+      const d = work[i]! - workM[i]!;
+      s += d * d;
+    }
+    return s;
+  };
   let Hc: Mat | null = null;
   if (inOriginal && hd) {
     const c = new Float32Array(hd.data.length);
@@ -513,19 +538,19 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     for (let i = 0; i < x.length; i++) s += xh[i]! * x[i]!;
     return Math.max(0, s);
   };
-  const errorSq = (rotated: Float32Array): number =>
-    inOriginal ? originalSq(unrotateWeight(rotated, mp, np, m, n, su, sv)) : weightedSq(rotated);
-  const den = errorSq(Wr);
+  if (needY) updateY(null);
+  const den = inOriginal ? originalSq(unrotateWeight(Wr, mp, np, m, n, su, sv)) : rotatedSq(null);
   if (!Number.isFinite(den))
     throw new CalderaError('E_VALUE', `caldera: ‖W·H^½‖² = ${den} is not finite in f32: W or H is too large`);
-  /** The relative error of the estimate Q + L·R (`lrp`: L·R, or null for none). */
-  const relError = (q: Float32Array, lrp: Float32Array | null): number => {
+  /** The relative error of the estimate Q + L·R (`q`: Q's values, `pair`: the low-rank pair or null for none). */
+  const relError = (q: Float32Array, pair: LowRank | null): number => {
     if (den === 0) return 0;
+    if (!inOriginal) return Math.sqrt(rotatedSq(pair) / den);
     const d = work;
     // the estimate rounded to f32 as it is held, then its difference from W
-    if (lrp) for (let i = 0; i < d.length; i++) d[i] = Math.fround(q[i]! + lrp[i]!) - Wr[i]!;
+    if (pair) for (let i = 0; i < d.length; i++) d[i] = Math.fround(q[i]! + pair.product[i]!) - Wr[i]!;
     else for (let i = 0; i < d.length; i++) d[i] = q[i]! - Wr[i]!;
-    return Math.sqrt(errorSq(d) / den);
+    return Math.sqrt(originalSq(unrotateWeight(d, mp, np, m, n, su, sv)) / den);
   };
 
   /** Rank-k truncated SVD of the mp×np matrix X: u mp×k, s (k), vt k×np, row-major f64. */
@@ -541,13 +566,14 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     return { u, s: r.s.slice(0, k), vt: r.vt.data.slice(0, k * np) };
   };
 
+  /** The LR step's pair for A = W − Q (in `work`), Y = A·M being in `workM`. */
   const lowRank = (A: Float32Array, t: number): LowRank => {
-    // data-aware rank-k start: SVD of A·M (‖ΔH^½‖ = ‖ΔM‖ since MMᵀ = H), L₀ = U_k, R₀ = Σ_k V_kᵀ M⁻¹ (Eckart–Young)
+    // data-aware rank-k start: SVD of Y = A·M (‖ΔH^½‖ = ‖ΔM‖ since MMᵀ = H), L₀ = U_k, R₀ = Σ_k V_kᵀ M⁻¹
+    // (Eckart–Young)
     let L0: Float32Array; // mp × k
     let R0: Float32Array; // k × np
     if (o.dataAwareLR) {
-      const Y = mat(mp, np, timesLower(A, mp, Mf, np, pool, workM));
-      const svd = truncatedSvd(Y, o.seed + 7919 * t);
+      const svd = truncatedSvd(mat(mp, np, workM), o.seed + 7919 * t);
       L0 = Float32Array.from(svd.u);
       // Σ_k V_kᵀ M⁻¹ = U_kᵀ·A: U_kᵀ·(A·M) = Σ_k V_kᵀ, as the SVD (exact, or the randomized one's SVD of its
       // projection) gives it; a product, where M⁻¹ needed a triangular solve with the f64 factor
@@ -566,7 +592,13 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     if (o.lBits === 16 && o.rBits === 16) {
       const l = storeFactor(transposed(L0, mp, k), 16);
       const r = storeFactor(R0, 16);
-      return { l: l.stored, r: r.stored, product: product(l.values, r.values) };
+      return {
+        l: l.stored,
+        r: r.stored,
+        lValues: l.values,
+        rValues: r.values,
+        product: product(l.values, r.values),
+      };
     }
     let R = R0;
     let best: LowRank | null = null;
@@ -614,7 +646,13 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       const pair = quantizedPair(balanceAgainst(L, mp, R, np, k, timesH ? { G, meanH } : null));
       if (pair.score < bestScore) {
         bestScore = pair.score;
-        best = { l: pair.lq.stored, r: pair.rq.stored, product: product(pair.lq.values, pair.rq.values) };
+        best = {
+          l: pair.lq.stored,
+          r: pair.rq.stored,
+          lValues: pair.lq.values,
+          rValues: pair.rq.values,
+          product: product(pair.lq.values, pair.rq.values),
+        };
       }
       R = pair.rq.values;
     }
@@ -653,7 +691,8 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   };
 
   const downdated = (lr: Float32Array, hBase: Float64Array): LdlqHessian => {
-    // H' = H − M·V_k·V_kᵀ·Mᵀ with V_k the top right singular vectors of (L·R)·M, then a damping repair
+    // H' = H − M·V_k·V_kᵀ·Mᵀ with V_k the top right singular vectors of (L·R)·M, then a damping repair (P takes
+    // `workM`: the Q step that this prepares makes Y anew)
     const P = mat(mp, np, timesLower(lr, mp, Mf, np, pool, workM));
     const svd = truncatedSvd(P, o.seed + 1);
     const C = gemm(mat(k, np, Float32Array.from(svd.vt)), mat(np, np, Mf), {
@@ -699,9 +738,10 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
         if (hDown) factors.baseQ = null; // every later Q step follows an LR step and downdates
         Qv = q.values;
         qCodes = q.codes;
+        if (needY) updateY(Qv);
       }
       updated.add(step);
-      const e = relError(Qv, lr ? lr.product : null);
+      const e = relError(Qv, lr);
       errors[step].push(e);
       o.onProgress?.({ iteration: t + 1, iterations: iters, step, error: e });
       if (updated.size === order.length && (!best || e < best.error)) best = { q: qCodes, lr, error: e };
