@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { Rng, tensor } from '@caldera/core';
 import { eighJacobi, orthonormalizeColumns, randomizedSvd } from './rsvd.js';
 import { svd } from './svd.js';
+import { qr } from './qr.js';
 import { EPS, orthErr, withSpectrum } from './factor-test-util.js';
 import { expectAbortable } from './abort-test-util.js';
 
@@ -55,6 +56,58 @@ describe('orthonormalizeColumns', () => {
       for (let r = 0; r < 3; r++) d += z[r * 2 + i]! * z[r * 2 + j]!;
       expect(d).toBeCloseTo(i === j ? 1 : 0, 14);
     }
+  });
+
+  it('over several panels of columns: orthonormal, spanning what z spanned, equal to Householder QR up to sign', () => {
+    // 150 columns are ten panels (nine of 16, one of 6): the later ones are projected off the earlier ones by gemm
+    const m = 300;
+    const l = 150;
+    const z0 = new Rng(4).fillNormal(new Float64Array(m * l));
+    for (let j = 0; j < l; j++) for (let r = 0; r < m; r++) z0[r * l + j]! *= 1 + (j % 5) ** 2; // unequal norms
+    const z = Float64Array.from(z0);
+    orthonormalizeColumns(z, m, l);
+    // two passes leave orthogonality at rounding: ~√m·ε ≈ 4e-15 per entry, 1e-13 is a margin of 25
+    for (let i = 0; i < l; i++)
+      for (let j = i; j < l; j++) {
+        let d = 0;
+        for (let r = 0; r < m; r++) d += z[r * l + i]! * z[r * l + j]!;
+        expect(Math.abs(d - (i === j ? 1 : 0))).toBeLessThan(1e-13);
+      }
+    // Gram–Schmidt's Q is QR's Q with R's diagonal positive: column j of each agrees up to its sign (cos ≈ ±1), an
+    // independent check that column j spans z's first j + 1 columns (a wrong projection gives |cos| far from 1)
+    const hh = qr(tensor('f64', [m, l], Float64Array.from(z0)));
+    for (let j = 0; j < l; j++) {
+      let d = 0;
+      for (let r = 0; r < m; r++) d += z[r * l + j]! * hh.q.data[r * l + j]!;
+      expect(Math.abs(Math.abs(d) - 1)).toBeLessThan(1e-10);
+    }
+  });
+
+  it('zeroes the columns that earlier ones span, also across panels (rank 70 in 200 × 130)', () => {
+    const m = 200;
+    const l = 130;
+    const rank = 70;
+    const rng = new Rng(5);
+    const basis = rng.fillNormal(new Float64Array(m * rank));
+    const mix = rng.fillNormal(new Float64Array(rank * l));
+    // columns 0..69 are independent; every later column (in the second and third panels) is a combination of them
+    for (let j = 0; j < rank; j++) for (let t = 0; t < rank; t++) mix[t * l + j] = t === j ? 1 : 0;
+    const z = new Float64Array(m * l);
+    for (let r = 0; r < m; r++)
+      for (let j = 0; j < l; j++) {
+        let v = 0;
+        for (let t = 0; t < rank; t++) v += basis[r * rank + t]! * mix[t * l + j]!;
+        z[r * l + j] = v;
+      }
+    orthonormalizeColumns(z, m, l);
+    const norms = Array.from({ length: l }, (_, j) => {
+      let s = 0;
+      for (let r = 0; r < m; r++) s += z[r * l + j]! ** 2;
+      return s;
+    });
+    // the first 70 are unit columns, the 60 dependent ones exactly zero (not rounding error normalised to unit length)
+    expect(norms.slice(0, rank).every((s) => Math.abs(s - 1) < 1e-12)).toBe(true);
+    expect(norms.slice(rank).every((s) => s === 0)).toBe(true);
   });
 
   it('rejects a buffer that is not m·l values (E_SHAPE) and sizes that are not counts (E_VALUE)', () => {
