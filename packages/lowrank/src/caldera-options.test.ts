@@ -285,11 +285,15 @@ describe('caldera damping', () => {
       });
     }
 
-  it(`at k ≥ 16 > rank(H) = 4, 1 % damping lowers the (undamped-H) error: ${runs.map((r) => `k=${r.k} ${r.q}: ${r.none.toFixed(4)} → ${r.damped.toFixed(4)}`).join(', ')}`, () => {
+  it(`at k ≥ 16 > rank(H) = 4, 1 % damping lowers the (undamped-H) error with Q, and at k=32 without: ${runs.map((r) => `k=${r.k} ${r.q}: ${r.none.toFixed(4)} → ${r.damped.toFixed(4)}`).join(', ')}`, () => {
     console.table(runs);
     for (const r of runs) {
       expect(r.finite).toBe(true);
-      expect(r.damped).toBeLessThan(r.none);
+      // Undamped, the fit's components in H's null space are set by rounding (a change of summation order moved k=16
+      // no Q from 0.1726 to 0.1196): over seeds 0–7 damping lowered the error in every run with Q and at k=32 without
+      // (e.g. k=32 no Q: 0.28–0.49 → 0.09–0.14), but not at k=16 without Q (mean 0.175 undamped, 0.187 damped, each
+      // lower in some seeds), so that case is left out of this claim.
+      if (!(r.k === 16 && r.q === 'no Q')) expect(r.damped).toBeLessThan(r.none);
       // The reported error is against the caller's (undamped) H, not the damped H the fit used: it matches the f64
       // recomputation against H to f32 evaluation round-off (measured ≤ 5e-8), while the damped-H figure is
       // 1.9e-5 to 1.8e-3 away, so the two checks, 10× apart, tell the measures apart.

@@ -244,6 +244,27 @@ function checkHessian(h: Float64Array, n: number): void {
 }
 
 /**
+ * X·Yᵀ for X (`rows` × c) and Y (`rowsY` × c), f32 row-major: in f64, every product of two f32 values exact and the
+ * sums in f64, as the scalar loops this replaced gave them, on the gemm kernels (those loops, k²·(m + 2n) multiply-adds
+ * per LPLR iteration, were a quarter of a decomposition at rank 300). With `y` null, X·Xᵀ, made exactly symmetric.
+ */
+function productF64(
+  x: Float32Array,
+  rows: number,
+  y: Float32Array | null,
+  rowsY: number,
+  pool: { pool?: Pool },
+): Float64Array {
+  const cols = rows === 0 ? 0 : x.length / rows;
+  const xd = tensor('f64', [rows, cols], Float64Array.from(x));
+  const yd = y ? tensor('f64', [rowsY, cols], Float64Array.from(y)) : xd;
+  const out = gemm(xd, yd, { transB: true, checkFinite: false, ...pool }).data;
+  if (!y)
+    for (let i = 0; i < rows; i++) for (let j = i + 1; j < rows; j++) out[j * rows + i] = out[i * rows + j]!;
+  return out;
+}
+
+/**
  * Solve G·X = B (`side` 'left', B k×r) or X·G = B (`side` 'right', B r×k) for X, G k×k symmetric positive
  * semidefinite, through a jittered Cholesky G = C·Cᵀ: C·Y = B then Cᵀ·X = Y, or Y·Cᵀ = B then X·C = Y.
  */
@@ -601,6 +622,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       };
     }
     let R = R0;
+    let RH: Float32Array | null = null; // R·H, where the last iteration made it
     let best: LowRank | null = null;
     let bestScore = Infinity;
     const Am = mat(mp, np, A);
@@ -609,38 +631,23 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       const lq = storeFactor(transposed(L, mp, k), o.lBits);
       // R ← (L̂ᵀL̂)⁻¹·L̂ᵀ·A, the H-weighted optimum too (H sits on the right)
       const LtA = gemm(mat(k, mp, lq.values), Am, { checkFinite: false, ...pool }).data; // k × np
-      const Gl = new Float64Array(k * k);
-      for (let i = 0; i < k; i++)
-        for (let j = i; j < k; j++) {
-          let s = 0;
-          for (let c = 0; c < mp; c++) s += lq.values[i * mp + c]! * lq.values[j * mp + c]!;
-          Gl[i * k + j] = Gl[j * k + i] = s;
-        }
+      const Gl = productF64(lq.values, k, null, k, pool); // L̂ᵀL̂
       const Rsol = solveSpd(LtA, [k, np], Gl, k, 'left', pool);
       const rq = storeFactor(Rsol, o.rBits);
       // ‖(A − L̂R̂)M‖² − ‖AM‖² = −2⟨L̂ᵀA, R̂H⟩ + ⟨L̂ᵀL̂, R̂HR̂ᵀ⟩
-      const RqH = timesH ? timesH(rq.values, k) : rq.values;
+      const RqH = timesH ? timesH(rq.values, k) : rq.values; // the next iteration's R·H (its R is R̂)
       let score = 0;
       for (let i = 0; i < k * np; i++) score -= 2 * LtA[i]! * RqH[i]!;
-      for (let i = 0; i < k; i++)
-        for (let j = 0; j < k; j++) {
-          let s = 0;
-          for (let c = 0; c < np; c++) s += RqH[i * np + c]! * rq.values[j * np + c]!;
-          score += Gl[i * k + j]! * s;
-        }
-      return { lq, rq, score };
+      const RHRt = productF64(RqH, k, rq.values, k, pool); // R̂HR̂ᵀ
+      for (let i = 0; i < k * k; i++) score += Gl[i]! * RHRt[i]!;
+      return { lq, rq, RqH, score };
     };
     for (let it = 0; it < Math.max(1, o.lplrIters); it++) {
       // L ← A·H·Rᵀ·(R·H·Rᵀ)⁻¹ (or A·Rᵀ·(R·Rᵀ)⁻¹ data-unaware)
-      const RH = timesH ? timesH(R, k) : R;
+      RH ??= timesH ? timesH(R, k) : R;
       const AHRt = gemm(Am, mat(k, np, RH), { transB: true, checkFinite: false, ...pool }).data; // mp × k
-      const G = new Float64Array(k * k);
-      for (let i = 0; i < k; i++)
-        for (let j = i; j < k; j++) {
-          let s = 0;
-          for (let c = 0; c < np; c++) s += RH[i * np + c]! * R[j * np + c]!;
-          G[i * k + j] = G[j * k + i] = s;
-        }
+      const G = productF64(RH, k, R, k, pool); // R·H·Rᵀ, symmetric up to rounding
+      for (let i = 0; i < k; i++) for (let j = i + 1; j < k; j++) G[j * k + i] = G[i * k + j]!;
       const L = solveSpd(AHRt, [mp, k], G, k, 'right', pool);
       // each component balanced between L and R before L is quantized (the fit of R to L̂ keeps the balance)
       const pair = quantizedPair(balanceAgainst(L, mp, R, np, k, timesH ? { G, meanH } : null));
@@ -655,6 +662,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
         };
       }
       R = pair.rq.values;
+      RH = pair.RqH;
     }
     return best!;
   };
