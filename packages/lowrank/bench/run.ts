@@ -2,6 +2,7 @@
 //   npm run bench -w @caldera/lowrank            # 4096×4096 and 11008×4096 (k = 64, Q 2-bit, LR 4-bit)
 //   npm run bench -w @caldera/lowrank -- --quick # 2048×2048 only (under a minute; 4096² alone took 48 s and more)
 //   npm run bench -w @caldera/lowrank -- --shapes 4096x11008,2048x5632   # other m×n shapes (e.g. down projections)
+//   npm run bench -w @caldera/lowrank -- --shapes 4096x4096 --rank 300   # another rank (8B models get ~300 at 2.4 bits)
 import { Rng, tensor, type Tensor } from '@caldera/core';
 import { createPool, syrk } from '@caldera/linalg';
 import { caldera } from '../src/index.js';
@@ -9,9 +10,9 @@ import { checkBenchArgs } from '../../../scripts/bench-args.js';
 import { benchLine } from '../../../scripts/bench-line.js';
 
 checkBenchArgs(
-  'usage: npm run bench -w @caldera/lowrank [-- --quick] [-- --shapes MxN,…]',
+  'usage: npm run bench -w @caldera/lowrank [-- --quick] [-- --shapes MxN,…] [-- --rank K]',
   ['--quick'],
-  ['--shapes'],
+  ['--shapes', '--rank'],
 );
 const quick = process.argv.includes('--quick');
 
@@ -54,11 +55,20 @@ function problem(m: number, n: number, seed: number, pool: ReturnType<typeof cre
   return { w: tensor('f32', [m, n], w), h };
 }
 
+/** The value of `--name value` or `--name=value`, or undefined when not given. */
+function optionValue(name: string): string | undefined {
+  const argv = process.argv;
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === name) return argv[i + 1] ?? '';
+    if (argv[i]!.startsWith(`${name}=`)) return argv[i]!.slice(name.length + 1);
+  }
+  return undefined;
+}
+
 /** `--shapes 4096x11008,…` as [m, n] pairs, or null when not given. */
 function shapesArg(): [number, number][] | null {
-  const i = process.argv.indexOf('--shapes');
-  if (i < 0) return null;
-  const spec = process.argv[i + 1] ?? '';
+  const spec = optionValue('--shapes');
+  if (spec === undefined) return null;
   return spec.split(',').map((s) => {
     const [m, n] = s.split('x').map(Number);
     if (!Number.isInteger(m) || !Number.isInteger(n) || m! < 64 || n! < 64)
@@ -67,6 +77,9 @@ function shapesArg(): [number, number][] | null {
   });
 }
 
+const rankSpec = optionValue('--rank') ?? '64';
+const rank = Number(rankSpec);
+if (!Number.isInteger(rank) || rank < 1) throw new Error(`--rank: '${rankSpec}' is not a positive integer`);
 const pool = createPool({ threads: 2 });
 const shapes: [number, number][] =
   shapesArg() ??
@@ -82,7 +95,7 @@ for (const [m, n] of shapes) {
   let last = performance.now();
   const t0 = last;
   const d = caldera(w, h, {
-    rank: 64,
+    rank,
     pool,
     onProgress: (p) => {
       const now = performance.now();
@@ -96,7 +109,7 @@ for (const [m, n] of shapes) {
   const ldlqSeconds = (performance.now() - t1) / 1000;
   console.log(
     benchLine({
-      case: `caldera_n${m === n ? n : `${m}x${n}`}_k64`,
+      case: `caldera_n${m === n ? n : `${m}x${n}`}_k${rank}`,
       value: Number(seconds.toFixed(2)),
       unit: 's',
       refs: {
