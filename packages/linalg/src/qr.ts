@@ -47,7 +47,7 @@ const QR_PANEL = 32;
 /**
  * QR of the row-major `m × n` buffer `w`, which is overwritten. Returns row-major `q` (m×k) and `r` (k×n).
  * `signal` is checked before each column of the panels and before each block product, an abort naming `what`.
- * Matrices of at most {@link QR_PANEL} columns are one panel: reflector by reflector, with no block products.
+ * With k = min(m, n) ≤ {@link QR_PANEL} the whole factorisation is one panel: reflector by reflector, no block products.
  * @internal
  */
 export function qrBuf(

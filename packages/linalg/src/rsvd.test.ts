@@ -83,6 +83,42 @@ describe('orthonormalizeColumns', () => {
     }
   });
 
+  it('keeps a graded basis orthonormal across panels (column scales from 1 to 1e-10, condition 1e10)', () => {
+    // classical Gram–Schmidt between panels loses orthogonality like ε·κ² in one pass; the second pass restores it
+    const m = 300;
+    const l = 80; // five panels
+    const rng = new Rng(6);
+    const u = rng.fillNormal(new Float64Array(m * l));
+    orthonormalizeColumns(u, m, l); // an orthonormal U
+    const v = rng.fillNormal(new Float64Array(l * l));
+    orthonormalizeColumns(v, l, l); // an orthogonal V
+    // z = U·diag(σ)·Vᵀ with σ_t = 10^(−10·t/(l−1)): every column mixes all scales, the span is U's
+    const z = new Float64Array(m * l);
+    for (let r = 0; r < m; r++)
+      for (let j = 0; j < l; j++) {
+        let s = 0;
+        for (let t = 0; t < l; t++) s += u[r * l + t]! * 10 ** ((-10 * t) / (l - 1)) * v[j * l + t]!;
+        z[r * l + j] = s;
+      }
+    orthonormalizeColumns(z, m, l);
+    let worst = 0;
+    let zeros = 0;
+    for (let i = 0; i < l; i++) {
+      let nn = 0;
+      for (let r = 0; r < m; r++) nn += z[r * l + i]! ** 2;
+      if (nn === 0) zeros++;
+      for (let j = i + 1; j < l; j++) {
+        let d = 0;
+        for (let r = 0; r < m; r++) d += z[r * l + i]! * z[r * l + j]!;
+        worst = Math.max(worst, Math.abs(d));
+      }
+    }
+    // what is kept is orthonormal to rounding (a lost pass leaves ~1e-6 here); columns whose remainder fell below
+    // 1e-11 of their norm may be zeroed, never half-kept
+    expect(worst).toBeLessThan(1e-12);
+    expect(zeros).toBeLessThan(l);
+  });
+
   it('zeroes the columns that earlier ones span, also across panels (rank 70 in 200 × 130)', () => {
     const m = 200;
     const l = 130;
@@ -204,7 +240,7 @@ describe('randomizedSvd', () => {
 });
 
 describe('randomizedSvd abort signal', () => {
-  it('is checked in the products, per column of each orthonormalisation and in the small SVD; same bits otherwise', () => {
+  it('is checked in the products, per panel of each orthonormalisation and in the small SVD; same bits otherwise', () => {
     const rng = new Rng(50);
     for (const [m, n, dtype] of [
       [200, 150, 'f32'],
@@ -212,7 +248,8 @@ describe('randomizedSvd abort signal', () => {
     ] as const) {
       const x = rng.fillNormal(new Float64Array(m * n));
       const a = dtype === 'f32' ? tensor('f32', [m, n], Float32Array.from(x)) : tensor('f64', [m, n], x);
-      // 5 orthonormalisations × 2 passes × l = 20 columns alone
+      // 5 orthonormalisations × 2 passes × 2 panels (l = 20) = 20, the small SVD's QR (20 columns: 2 × 20) and its
+      // Jacobi sweeps (a check per row, 20 per sweep): every one of them is aborted at in turn
       const checks = expectAbortable('randomizedSvd', (signal) =>
         randomizedSvd(a, 10, { seed: 3, ...(signal ? { signal } : {}) }),
       );

@@ -488,6 +488,23 @@ describe("caldera's per-step errors", () => {
     // the four estimates differ: a step that reported the previous step's figure would fail above
     expect(new Set(pairs.map(([e]) => e.toPrecision(3))).size).toBe(4);
   });
+
+  it('the kept iterate reports its own error on every path: several iterations, q-first, the Hessian downdate', () => {
+    // the downdate's products overwrite the array that holds Y = (W − Q)·M, which the Q step then makes anew
+    const w = structuredWeight(64, 128, 13);
+    const h = correlatedHessian(128, 14);
+    for (const options of [
+      { outerIters: 3 },
+      { outerIters: 2, updateOrder: 'q-first' as const },
+      { outerIters: 2, hessianDowndate: true },
+      { outerIters: 2, dataAwareLR: false },
+    ]) {
+      const d = caldera(w, h, { rank: 8, lplrIters: 2, ...options });
+      const exact = activationAwareError(reconstruct(d).data, w, h);
+      // as above: 1e-4 relative is round-off's margin, another iterate's figure is off by percents
+      expect(Math.abs(d.error - exact), JSON.stringify(options)).toBeLessThan(1e-4 * exact);
+    }
+  });
 });
 
 describe('caldera on padded shapes', () => {
