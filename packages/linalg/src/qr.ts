@@ -125,24 +125,7 @@ export function qrBuf(
       w[j * n + j] = beta;
       taus[j] = tau;
       // apply H to the panel's later columns: w[j:, j+1:p1] −= τ·v·(vᵀ·w[j:, j+1:p1]); one panel: to all columns
-      const c0 = j + 1;
-      const c1 = p1 === k ? n : p1;
-      if (c0 >= c1) continue;
-      for (let c = c0; c < c1; c++) work[c] = w[j * n + c]!;
-      for (let i = j + 1; i < m; i++) {
-        const vi = w[i * n + j]!;
-        if (vi === 0) continue;
-        const row = i * n;
-        for (let c = c0; c < c1; c++) work[c]! += vi * w[row + c]!;
-      }
-      for (let c = c0; c < c1; c++) work[c]! *= tau;
-      for (let c = c0; c < c1; c++) w[j * n + c]! -= work[c]!;
-      for (let i = j + 1; i < m; i++) {
-        const vi = w[i * n + j]!;
-        if (vi === 0) continue;
-        const row = i * n;
-        for (let c = c0; c < c1; c++) w[row + c]! -= vi * work[c]!;
-      }
+      applyReflector(w, n, m, j, tau, w, n, j + 1, p1 === k ? n : p1, work);
     }
     if (p1 === k) break; // the last panel updated every column right of it itself
     // the columns right of the panel: C ← H_{p1−1}·…·H_{j0}·C = (I − V·T·Vᵀ)ᵀ·C
@@ -159,23 +142,7 @@ export function qrBuf(
   if (k <= QR_PANEL) {
     for (let j = k - 1; j >= 0; j--) {
       throwIfAborted(signal, what);
-      const tau = taus[j]!;
-      if (tau === 0) continue;
-      for (let c = j; c < k; c++) work[c] = q[j * k + c]!;
-      for (let i = j + 1; i < m; i++) {
-        const vi = w[i * n + j]!;
-        if (vi === 0) continue;
-        const row = i * k;
-        for (let c = j; c < k; c++) work[c]! += vi * q[row + c]!;
-      }
-      for (let c = j; c < k; c++) work[c]! *= tau;
-      for (let c = j; c < k; c++) q[j * k + c]! -= work[c]!;
-      for (let i = j + 1; i < m; i++) {
-        const vi = w[i * n + j]!;
-        if (vi === 0) continue;
-        const row = i * k;
-        for (let c = j; c < k; c++) q[row + c]! -= vi * work[c]!;
-      }
+      if (taus[j] !== 0) applyReflector(w, n, m, j, taus[j]!, q, k, j, k, work);
     }
     return { q, r };
   }
@@ -184,4 +151,38 @@ export function qrBuf(
     applyBlock(view(q, j0 * k + j0, m - j0, k - j0, k), v, t, false);
   }
   return { q, r };
+}
+
+/**
+ * x[j:, c0:c1] −= τ·v·(vᵀ·x[j:, c0:c1]) (x row-major with row stride `ld`, m rows) for the reflector v = [1, w[j+1.., j]]
+ * stored below the diagonal of `w` (row stride `n`); `work` holds at least c1 values.
+ */
+function applyReflector(
+  w: Float64Array,
+  n: number,
+  m: number,
+  j: number,
+  tau: number,
+  x: Float64Array,
+  ld: number,
+  c0: number,
+  c1: number,
+  work: Float64Array,
+): void {
+  if (c0 >= c1) return;
+  for (let c = c0; c < c1; c++) work[c] = x[j * ld + c]!;
+  for (let i = j + 1; i < m; i++) {
+    const vi = w[i * n + j]!;
+    if (vi === 0) continue;
+    const row = i * ld;
+    for (let c = c0; c < c1; c++) work[c]! += vi * x[row + c]!;
+  }
+  for (let c = c0; c < c1; c++) work[c]! *= tau;
+  for (let c = c0; c < c1; c++) x[j * ld + c]! -= work[c]!;
+  for (let i = j + 1; i < m; i++) {
+    const vi = w[i * n + j]!;
+    if (vi === 0) continue;
+    const row = i * ld;
+    for (let c = c0; c < c1; c++) x[row + c]! -= vi * work[c]!;
+  }
 }
