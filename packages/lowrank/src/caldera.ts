@@ -259,9 +259,13 @@ function productF64(
   const xd = tensor('f64', [rows, cols], Float64Array.from(x));
   const yd = y ? tensor('f64', [rowsY, cols], Float64Array.from(y)) : xd;
   const out = gemm(xd, yd, { transB: true, checkFinite: false, ...pool }).data;
-  if (!y)
-    for (let i = 0; i < rows; i++) for (let j = i + 1; j < rows; j++) out[j * rows + i] = out[i * rows + j]!;
+  if (!y) mirrorUpper(out, rows);
   return out;
+}
+
+/** Copy the upper triangle of the k×k row-major `g` onto its lower one, in place (g made exactly symmetric). */
+function mirrorUpper(g: Float64Array, k: number): void {
+  for (let i = 0; i < k; i++) for (let j = i + 1; j < k; j++) g[j * k + i] = g[i * k + j]!;
 }
 
 /**
@@ -385,6 +389,7 @@ interface LowRank {
   lValues: Float32Array; // L̂ᵀ's values, k × mp
   rValues: Float32Array; // R̂'s values, k × np
   product: Float32Array; // L·R, mp × np
+  rM: Float32Array | null; // R̂·M (k × np), made by the first error measured on this pair
 }
 
 /**
@@ -534,8 +539,8 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       for (let i = 0; i < workM.length; i++) s += workM[i]! * workM[i]!;
       return s;
     }
-    const rm = timesLower(pair.rValues, k, Mf, np, pool);
-    gemmInto(mat(mp, np, work), mat(k, mp, pair.lValues), mat(k, np, rm), {
+    pair.rM ??= timesLower(pair.rValues, k, Mf, np, pool); // the LR step's error and the next Q step's use it
+    gemmInto(mat(mp, np, work), mat(k, mp, pair.lValues), mat(k, np, pair.rM), {
       transA: true,
       checkFinite: false,
       ...pool,
@@ -608,21 +613,26 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       for (let i = 0; i < k; i++)
         for (let j = 0; j < np; j++) R0[i * np + j] = Math.sqrt(svd.s[i]!) * svd.vt[i * np + j]!;
     }
-    const product = (lt: Float32Array, r: Float32Array) =>
-      gemm(mat(k, mp, lt), mat(k, np, r), { transA: true, checkFinite: false, ...pool }).data;
+    /** The pair (L̂ᵀ, R̂) as stored and as values, and its product L̂·R̂. */
+    const pairOf = (
+      l: { stored: StoredFactor; values: Float32Array },
+      r: { stored: StoredFactor; values: Float32Array },
+    ): LowRank => ({
+      l: l.stored,
+      r: r.stored,
+      lValues: l.values,
+      rValues: r.values,
+      product: gemm(mat(k, mp, l.values), mat(k, np, r.values), { transA: true, checkFinite: false, ...pool })
+        .data,
+      rM: null,
+    });
     if (o.lBits === 16 && o.rBits === 16) {
-      const l = storeFactor(transposed(L0, mp, k), 16);
-      const r = storeFactor(R0, 16);
-      return {
-        l: l.stored,
-        r: r.stored,
-        lValues: l.values,
-        rValues: r.values,
-        product: product(l.values, r.values),
-      };
+      return pairOf(storeFactor(transposed(L0, mp, k), 16), storeFactor(R0, 16));
     }
     let R = R0;
-    let RH: Float32Array | null = null; // R·H, where the last iteration made it
+    // R·H and R·H·Rᵀ, where the last iteration made them (its R̂ is this one's R)
+    let RH: Float32Array | null = null;
+    let RHRt: Float64Array | null = null;
     let best: LowRank | null = null;
     let bestScore = Infinity;
     const Am = mat(mp, np, A);
@@ -638,31 +648,26 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       const RqH = timesH ? timesH(rq.values, k) : rq.values; // the next iteration's R·H (its R is R̂)
       let score = 0;
       for (let i = 0; i < k * np; i++) score -= 2 * LtA[i]! * RqH[i]!;
-      const RHRt = productF64(RqH, k, rq.values, k, pool); // R̂HR̂ᵀ
-      for (let i = 0; i < k * k; i++) score += Gl[i]! * RHRt[i]!;
-      return { lq, rq, RqH, score };
+      const RqHRqt = productF64(RqH, k, rq.values, k, pool); // R̂HR̂ᵀ
+      for (let i = 0; i < k * k; i++) score += Gl[i]! * RqHRqt[i]!;
+      return { lq, rq, RqH, RqHRqt, score };
     };
     for (let it = 0; it < Math.max(1, o.lplrIters); it++) {
       // L ← A·H·Rᵀ·(R·H·Rᵀ)⁻¹ (or A·Rᵀ·(R·Rᵀ)⁻¹ data-unaware)
       RH ??= timesH ? timesH(R, k) : R;
       const AHRt = gemm(Am, mat(k, np, RH), { transB: true, checkFinite: false, ...pool }).data; // mp × k
-      const G = productF64(RH, k, R, k, pool); // R·H·Rᵀ, symmetric up to rounding
-      for (let i = 0; i < k; i++) for (let j = i + 1; j < k; j++) G[j * k + i] = G[i * k + j]!;
+      const G = RHRt ?? productF64(RH, k, R, k, pool); // R·H·Rᵀ, symmetric up to rounding
+      mirrorUpper(G, k);
       const L = solveSpd(AHRt, [mp, k], G, k, 'right', pool);
       // each component balanced between L and R before L is quantized (the fit of R to L̂ keeps the balance)
       const pair = quantizedPair(balanceAgainst(L, mp, R, np, k, timesH ? { G, meanH } : null));
       if (pair.score < bestScore) {
         bestScore = pair.score;
-        best = {
-          l: pair.lq.stored,
-          r: pair.rq.stored,
-          lValues: pair.lq.values,
-          rValues: pair.rq.values,
-          product: product(pair.lq.values, pair.rq.values),
-        };
+        best = pairOf(pair.lq, pair.rq);
       }
       R = pair.rq.values;
       RH = pair.RqH;
+      RHRt = pair.RqHRqt;
     }
     return best!;
   };
