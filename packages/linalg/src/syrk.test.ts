@@ -47,6 +47,26 @@ describe('syrk', () => {
     );
   });
 
+  it("triangle 'upper' writes the upper triangle bit for bit as 'full' and leaves the lower one as it was", () => {
+    for (const [rows, n, reference] of [
+      [128, 96, false], // the WebAssembly kernels
+      [5, 12, false], // under the kernels' size threshold: the TypeScript path
+      [40, 24, true],
+    ] as const) {
+      const x = randn('f32', rows, n, rows + n);
+      const start = randn('f64', n, n, 3);
+      const full = tensor('f64', [n, n], Float64Array.from(start.data as Float64Array)) as Matrix;
+      const upper = tensor('f64', [n, n], Float64Array.from(start.data as Float64Array)) as Matrix;
+      syrkInto(full, x, { beta: 0.5, pool, reference });
+      syrkInto(upper, x, { beta: 0.5, pool, reference, triangle: 'upper' });
+      for (let i = 0; i < n; i++)
+        for (let j = 0; j < n; j++) expect(at(upper, i, j)).toBe(j >= i ? at(full, i, j) : at(start, i, j));
+    }
+    expect(() =>
+      syrkInto(tensor('f64', [3, 3]), randn('f32', 2, 3, 1), { triangle: 'lower' as never }),
+    ).toThrow("E_VALUE: syrkInto: triangle must be 'full' or 'upper', got 'lower'");
+  });
+
   it('syrkInto adds batches: H := XᵀX + YᵀY equals the Gram matrix of the stacked rows', () => {
     const x = randn('f32', 150, 40, 8);
     const y = randn('f32', 90, 40, 9);
