@@ -50,6 +50,65 @@ describe('HessianAccumulator', () => {
     expect(alone.count).toBe(384);
   });
 
+  it('buffers f32 rows: windows of 128 rows give the same bits with any buffer, others the same values', () => {
+    const n = 200;
+    const x = randomRows(7 * 128, n, 11);
+    const window = (w: number) => x.subarray(w * 128 * n, (w + 1) * 128 * n);
+    const unbuffered = new HessianAccumulator(n, { bufferBytes: 0 });
+    // 3 windows' worth (307 200 bytes): flushed after windows 3 and 6, and when read
+    const buffered = new HessianAccumulator(n, { bufferBytes: 3 * 128 * n * 4 });
+    const byDefault = new HessianAccumulator(n);
+    for (let w = 0; w < 7; w++) {
+      // the caller may reuse its array once add returns: the buffer holds a copy
+      const rows = Float32Array.from(window(w));
+      unbuffered.add(rows, 128);
+      buffered.add(rows, 128);
+      byDefault.add(rows, 128);
+      rows.fill(Number.NaN);
+      expect(buffered.count).toBe((w + 1) * 128); // buffered rows are counted
+    }
+    /** Entries of the upper triangles (what counts) that differ. */
+    const upperDiffs = (a: Float64Array, b: Float64Array) => {
+      let d = 0;
+      for (let i = 0; i < n; i++) for (let j = i; j < n; j++) if (a[i * n + j] !== b[i * n + j]) d++;
+      return d;
+    };
+    // the kernel sums 128 rows at a time either way
+    for (const acc of [buffered, byDefault]) expect(upperDiffs(acc.sum, unbuffered.sum)).toBe(0);
+    // rows added after a read (the buffer given back) are added too; a call over the buffer's size goes straight in
+    buffered.add(window(0), 128);
+    buffered.add(x, 7 * 128);
+    unbuffered.add(window(0), 128);
+    unbuffered.add(x, 7 * 128);
+    expect(upperDiffs(buffered.sum, unbuffered.sum)).toBe(0);
+    expect(buffered.count).toBe(15 * 128);
+    // windows of 100 rows: grouped otherwise in the f64 sums, the same Hessian to round-off
+    const odd = new HessianAccumulator(n, { bufferBytes: 0 });
+    const oddBuffered = new HessianAccumulator(n);
+    for (let w = 0; w < 8; w++) {
+      odd.add(x.subarray(w * 100 * n, (w + 1) * 100 * n), 100);
+      oddBuffered.add(x.subarray(w * 100 * n, (w + 1) * 100 * n), 100);
+    }
+    const a = odd.secondMoment().data;
+    const b = oddBuffered.secondMoment().data;
+    // the same exact products summed in f64 in two groupings over 800 rows of O(1)–O(3) values: ~1e-14; 1e-12
+    for (let i = 0; i < n * n; i++)
+      expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-12 * (1 + Math.abs(a[i]!)));
+    // f64 rows are added as they come (after the buffered ones)
+    const f64 = new HessianAccumulator(n, { bufferBytes: 0 });
+    const mixed = new HessianAccumulator(n);
+    f64.add(window(0), 128);
+    f64.add(Float64Array.from(window(1)), 128);
+    mixed.add(window(0), 128);
+    mixed.add(Float64Array.from(window(1)), 128);
+    expect(mixed.count).toBe(256);
+    expect(upperDiffs(mixed.sum, f64.sum)).toBe(0);
+    for (const bad of [-1, 1.5, Number.NaN, '64'])
+      expect(() => new HessianAccumulator(n, { bufferBytes: bad as never })).toThrow(
+        /^E_VALUE: HessianAccumulator: bufferBytes must be a non-negative integer, got /,
+      );
+  });
+
   it('equals the brute-force XᵀX/N for row counts that are not multiples of the 4-row block', () => {
     const n = 13;
     const rows = 23;
@@ -126,6 +185,33 @@ describe('HessianAccumulator', () => {
     expect(trace / n).toBeCloseTo(1.01, 12);
     expect(h[5 * n + 5]).toBeCloseTo(0.01, 15);
     for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) expect(h[i * n + j]).toBe(h[j * n + i]);
+  });
+
+  it("finalizeHessian with consume makes the same H in the accumulator's array, which is then spent", () => {
+    const n = 40;
+    const x = randomRows(128, n, 8);
+    const kept = new HessianAccumulator(n);
+    const spent = new HessianAccumulator(n);
+    kept.add(x, 128);
+    spent.add(x, 128);
+    const want = finalizeHessian(kept, { damping: 0.02 });
+    const sums = spent.sum;
+    const got = finalizeHessian(spent, { damping: 0.02, consume: true });
+    expect(got.data).toBe(sums); // no new array
+    expect(Array.from(got.data)).toEqual(Array.from(want.data));
+    expect(Array.from(finalizeHessian(kept, { damping: 0.02 }).data)).toEqual(Array.from(want.data)); // kept is kept
+    for (const use of [
+      () => spent.add(x, 128),
+      () => spent.sum,
+      () => kept.merge(spent),
+      () => spent.merge(kept),
+    ])
+      expect(use).toThrow(
+        /^E_VALUE: HessianAccumulator\.(add|sum|merge): this accumulator's sums became a Hessian/,
+      );
+    expect(() => finalizeHessian(kept, { consume: 1 as never })).toThrow(
+      /^E_VALUE: finalizeHessian: consume must be true or false, got 1/,
+    );
   });
 
   it('rejects an empty or all-zero Hessian and mismatched input with CalderaError', () => {

@@ -1,4 +1,11 @@
-import { assertObject, CalderaError, tensor, type Tensor } from '@caldera/core';
+import {
+  assertBooleanOptions,
+  assertObject,
+  CalderaError,
+  shownValue,
+  tensor,
+  type Tensor,
+} from '@caldera/core';
 import { syrkInto, type Pool } from '@caldera/linalg';
 import { checkDamping } from './damping.js';
 
@@ -9,6 +16,11 @@ export interface HessianOptions {
    * Default 0.01, the reference implementation's `sigma_reg` (1 % of the mean diagonal).
    */
   damping?: number;
+  /**
+   * Make H in the accumulator's own n² array instead of a new one (default false): the accumulator is spent, every
+   * later use of it `E_VALUE`. For a caller done with the sums: at n = 11008 a fresh array is 0.97 GB of page faults.
+   */
+  consume?: boolean;
 }
 
 /** Options of {@link HessianAccumulator}. */
@@ -18,7 +30,17 @@ export interface HessianAccumulatorOptions {
    * same bits as without it. Default: the calling thread.
    */
   pool?: Pool;
+  /**
+   * Bytes of f32 rows held back and added in one product (default 64 MiB: 1524 rows at n = 11008; 0: each `add` is a
+   * product of its own). Each product reads and writes all n² sums: with windows of 128 rows at n = 11008 that
+   * traffic cost more than the products. Windows whose row counts are multiples of 128 give the same bits with any
+   * buffer (the kernel sums 128 rows at a time into the f64 sums), others the same values to f64 rounding.
+   */
+  bufferBytes?: number;
 }
+
+/** {@link HessianAccumulatorOptions.bufferBytes}'s default. */
+const BUFFER_BYTES = 64 * 2 ** 20;
 
 /**
  * Streaming accumulator of the second moment `Σ xxᵀ` of the inputs of one linear layer (one row per token),
@@ -27,18 +49,43 @@ export interface HessianAccumulatorOptions {
  */
 export class HessianAccumulator {
   readonly n: number;
-  /** Σ xxᵀ, row-major `n × n`; its upper triangle is what counts (as {@link HessianAccumulator.fromSums} takes it). */
-  readonly sum: Float64Array;
+  /** Rows added so far (those still held in the buffer included). */
   count = 0;
+  private readonly sums: Float64Array;
   private readonly pool: Pool | undefined;
+  /** The most rows the buffer holds (0: no buffer). */
+  private readonly bufferRows: number;
+  /** f32 rows added but not yet in `sums`: the first `pending` rows of `buffer`, which grows to `bufferRows`. */
+  private buffer: Float32Array | null = null;
+  private pending = 0;
+  /** The sums were handed to finalizeHessian (`consume`). */
+  private spent = false;
 
   constructor(n: number, options: HessianAccumulatorOptions = {}) {
     if (!Number.isInteger(n) || n <= 0)
       throw new CalderaError('E_VALUE', `Hessian size must be a positive integer, got ${n}`);
     assertObject(options, 'HessianAccumulator', 'options', 'an options object such as { pool }');
+    const bytes = options.bufferBytes ?? BUFFER_BYTES;
+    if (typeof bytes !== 'number' || !Number.isInteger(bytes) || bytes < 0)
+      throw new CalderaError(
+        'E_VALUE',
+        `HessianAccumulator: bufferBytes must be a non-negative integer, got ${shownValue(bytes)}`,
+      );
     this.n = n;
-    this.sum = new Float64Array(n * n);
+    this.sums = new Float64Array(n * n);
     this.pool = options.pool;
+    this.bufferRows = Math.floor(bytes / (4 * n));
+  }
+
+  /**
+   * Σ xxᵀ, row-major `n × n`, with every row added so far (buffered rows are added first); its upper triangle is what
+   * counts (as {@link HessianAccumulator.fromSums} takes it), the lower one is not kept up to date.
+   */
+  get sum(): Float64Array {
+    this.checkLive('sum');
+    this.flush();
+    this.buffer = null; // read at the end, as a rule: the buffer's memory goes back (another add makes a new one)
+    return this.sums;
   }
 
   /**
@@ -67,7 +114,7 @@ export class HessianAccumulator {
           `Hessian sums have a negative diagonal entry ${diag} at (${i}, ${i}), not a sum of squares`,
         );
     }
-    acc.sum.set(sum);
+    acc.sums.set(sum);
     acc.count = count;
     return acc;
   }
@@ -75,10 +122,13 @@ export class HessianAccumulator {
   /**
    * Add `rows` input vectors stored row-major in `x` (length rows·n): `Σ += xᵀx` by linalg's `syrkInto`, whose
    * products of f32 inputs are exact in f64 and whose sums are f64 (WebAssembly SIMD, split over the pool's threads
-   * when there is one). The same calls in the same order give the same bits.
+   * when there is one). f32 rows are copied into a buffer and added with the next calls' in one product
+   * ({@link HessianAccumulatorOptions.bufferBytes}); `x` may be reused once this returns. The same calls in the same
+   * order, with the same `bufferBytes`, give the same bits.
    */
   add(x: Float32Array | Float64Array, rows: number): void {
     const n = this.n;
+    this.checkLive('add');
     assertObject(x, 'HessianAccumulator.add', 'x', 'a Float32Array or Float64Array');
     if (!Number.isInteger(rows) || rows < 0)
       throw new CalderaError('E_VALUE', `Hessian row count must be a non-negative integer, got ${rows}`);
@@ -88,39 +138,102 @@ export class HessianAccumulator {
         `Hessian input has ${x.length} values, expected rows·n = ${rows}·${n}`,
       );
     }
-    if (rows > 0) {
-      const xs = x instanceof Float32Array ? tensor('f32', [rows, n], x) : tensor('f64', [rows, n], x);
-      // non-finite inputs are not checked here: they reach the sums (a non-finite x_i makes diagonal (i, i)
-      // non-finite), and finalizeHessian refuses such a Hessian (E_VALUE), as it did with the scalar loop before
-      syrkInto(tensor('f64', [n, n], this.sum), xs, { beta: 1, checkFinite: false, pool: this.pool });
-    }
+    if (rows === 0) return;
     this.count += rows;
+    // whole calls stay together: a call's rows are not split between two products
+    if (this.pending + rows > this.bufferRows) this.flush();
+    if (!(x instanceof Float32Array) || rows > this.bufferRows) {
+      this.product(x instanceof Float32Array ? tensor('f32', [rows, n], x) : tensor('f64', [rows, n], x));
+      return;
+    }
+    const need = (this.pending + rows) * n;
+    if (!this.buffer || this.buffer.length < need) {
+      // grows by doubling, to at most bufferRows rows: a small model's few windows take no more than they need
+      const grown = new Float32Array(
+        Math.min(this.bufferRows * n, Math.max(need, 2 * (this.buffer?.length ?? 0))),
+      );
+      if (this.buffer) grown.set(this.buffer.subarray(0, this.pending * n));
+      this.buffer = grown;
+    }
+    this.buffer.set(x.subarray(0, rows * n), this.pending * n);
+    this.pending += rows;
+  }
+
+  /** Add the buffered rows to the sums. */
+  private flush(): void {
+    if (this.pending === 0) return;
+    const rows = this.pending;
+    this.pending = 0;
+    this.product(tensor('f32', [rows, this.n], this.buffer!.subarray(0, rows * this.n)));
+  }
+
+  /** `sums += xᵀx` on the upper triangle (the lower one is never read). */
+  private product(xs: Tensor<'f32'> | Tensor<'f64'>): void {
+    const n = this.n;
+    // non-finite inputs are not checked here: they reach the sums (a non-finite x_i makes diagonal (i, i)
+    // non-finite), and finalizeHessian refuses such a Hessian (E_VALUE), as it did with the scalar loop before
+    syrkInto(tensor('f64', [n, n], this.sums), xs, {
+      beta: 1,
+      checkFinite: false,
+      triangle: 'upper',
+      pool: this.pool,
+    });
   }
 
   /** Add another accumulator's sums (exact in the sense of f64 addition). */
   merge(other: HessianAccumulator): void {
     assertObject(other, 'HessianAccumulator.merge', 'other', 'a HessianAccumulator');
+    this.checkLive('merge');
     if (other.n !== this.n)
       throw new CalderaError('E_SHAPE', `cannot merge Hessians of size ${other.n} and ${this.n}`);
-    for (let i = 0; i < this.sum.length; i++) this.sum[i]! += other.sum[i]!;
+    const mine = this.sum;
+    const theirs = other.sum;
+    for (let i = 0; i < mine.length; i++) mine[i]! += theirs[i]!;
     this.count += other.count;
   }
 
-  /** The raw second moment `XᵀX / N` as a full symmetric f64 matrix. */
+  /** The raw second moment `XᵀX / N` as a full symmetric f64 matrix (a new array). */
   secondMoment(): Tensor<'f64'> {
     if (this.count === 0) throw new CalderaError('E_VALUE', 'Hessian has no samples');
     const n = this.n;
+    const sum = this.sum;
     const h = new Float64Array(n * n);
     const inv = 1 / this.count;
-    for (let i = 0; i < n; i++) {
-      for (let j = i; j < n; j++) {
-        const v = this.sum[i * n + j]! * inv;
-        h[i * n + j] = v;
-        h[j * n + i] = v;
-      }
-    }
+    for (let i = 0; i < n; i++) for (let j = i; j < n; j++) h[i * n + j] = sum[i * n + j]! * inv;
+    mirrorUpper(h, n);
     return tensor('f64', [n, n], h);
   }
+
+  /**
+   * The sums with every row in them, for {@link finalizeHessian}'s `consume`: the accumulator is spent (every later
+   * use is `E_VALUE`), since H is then made in this array.
+   */
+  takeSums(): Float64Array {
+    const sums = this.sum;
+    this.spent = true;
+    return sums;
+  }
+
+  /** `E_VALUE` once {@link HessianAccumulator.takeSums} has handed the sums over. */
+  private checkLive(what: string): void {
+    if (this.spent)
+      throw new CalderaError(
+        'E_VALUE',
+        `HessianAccumulator.${what}: this accumulator's sums became a Hessian (finalizeHessian with consume)`,
+      );
+  }
+}
+
+/** Copy the upper triangle of the row-major n×n `a` onto its lower triangle, by 64×64 tiles (both stay in cache). */
+function mirrorUpper(a: Float64Array, n: number): void {
+  const T = 64;
+  for (let i0 = 0; i0 < n; i0 += T)
+    for (let j0 = i0; j0 < n; j0 += T) {
+      const i1 = Math.min(n, i0 + T);
+      const j1 = Math.min(n, j0 + T);
+      for (let i = i0; i < i1; i++)
+        for (let j = Math.max(j0, i + 1); j < j1; j++) a[j * n + i] = a[i * n + j]!;
+    }
 }
 
 /**
@@ -132,11 +245,14 @@ export function finalizeHessian(acc: HessianAccumulator, options: HessianOptions
   assertObject(acc, 'finalizeHessian', 'acc', 'a HessianAccumulator');
   assertObject(options, 'finalizeHessian', 'options', 'an object'); // null: E_VALUE, as the package's other options
   const damping = checkDamping(options.damping);
-  const h = acc.secondMoment();
+  assertBooleanOptions(options, 'finalizeHessian', ['consume']);
+  if (acc.count === 0) throw new CalderaError('E_VALUE', 'Hessian has no samples');
   const n = acc.n;
-  const d = h.data;
+  const sum = acc.sum;
+  const inv = 1 / acc.count;
+  // the same operations as scaling XᵀX/N (secondMoment) and then H/mean, on the upper triangle, then mirrored
   let trace = 0;
-  for (let i = 0; i < n; i++) trace += d[i * n + i]!;
+  for (let i = 0; i < n; i++) trace += sum[i * n + i]! * inv;
   const mean = trace / n;
   // a non-finite input x_i makes Σ x_i² (diagonal i) non-finite, so the trace catches every NaN or infinity of the
   // rows given to `add`
@@ -146,21 +262,28 @@ export function finalizeHessian(acc: HessianAccumulator, options: HessianOptions
       `Hessian of size ${n} is not finite: the layer's inputs (${acc.count} rows) held NaN or infinite values`,
     );
   // sums not made by `add` (fromSums, merge, writes into `sum`) may hold one off the diagonal only: one pass over the
-  // n² values, cheap next to the products that made them, so that no non-finite Hessian is ever returned
-  for (let i = 0; i < d.length; i++)
-    if (!Number.isFinite(d[i]!))
-      throw new CalderaError(
-        'E_VALUE',
-        `Hessian of size ${n} is not finite: entry (${Math.floor(i / n)}, ${i % n}) is ${d[i]}, its sums ` +
-          `(${acc.count} rows) held NaN or infinite values`,
-      );
+  // upper triangle, cheap next to the products that made them, so that no non-finite Hessian is ever returned (with
+  // a finite diagonal, the first non-finite entry of the symmetric matrix in row-major order is in this triangle)
+  for (let i = 0; i < n; i++)
+    for (let j = i + 1; j < n; j++)
+      if (!Number.isFinite(sum[i * n + j]! * inv))
+        throw new CalderaError(
+          'E_VALUE',
+          `Hessian of size ${n} is not finite: entry (${i}, ${j}) is ${sum[i * n + j]! * inv}, its sums ` +
+            `(${acc.count} rows) held NaN or infinite values`,
+        );
   if (!(mean > 0))
     throw new CalderaError(
       'E_VALUE',
       `Hessian of size ${n} has mean diagonal ${mean}; the layer saw no input`,
     );
-  const inv = 1 / mean;
-  for (let i = 0; i < d.length; i++) d[i]! *= inv;
-  for (let i = 0; i < n; i++) d[i * n + i]! += damping;
-  return h;
+  // consume: H made in the accumulator's array (n²·8 bytes of fresh memory fewer: 0.97 GB at n = 11008)
+  const h = options.consume ? acc.takeSums() : new Float64Array(n * n);
+  const invMean = 1 / mean;
+  for (let i = 0; i < n; i++) {
+    for (let j = i; j < n; j++) h[i * n + j] = sum[i * n + j]! * inv * invMean;
+    h[i * n + i]! += damping;
+  }
+  mirrorUpper(h, n);
+  return tensor('f64', [n, n], h);
 }
