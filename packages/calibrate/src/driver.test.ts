@@ -160,6 +160,54 @@ describe('compressModel', () => {
     expect(acc.events).toEqual(['enter 0', 'leave 0', 'enter 1', 'leave 1', 'enter 2', 'leave 2']);
   });
 
+  it('captures through captureInputs where no output is needed, runBlock where one is, with the same results', async () => {
+    /** A toy runner with captureInputs (the block run, its output dropped), logging which method ran. */
+    class LoggingRunner extends ToyRunner {
+      log: string[] = [];
+      override runBlock(
+        block: number,
+        hidden: Float32Array,
+        tokens: number,
+        capture?: (k: string, x: Float32Array, rows: number) => void,
+      ) {
+        this.log.push(`${capture ? 'capture+output' : 'output'} ${block}`);
+        return super.runBlock(block, hidden, tokens, capture);
+      }
+      captureInputs(
+        block: number,
+        hidden: Float32Array,
+        tokens: number,
+        capture: (k: string, x: Float32Array, rows: number) => void,
+      ): void {
+        this.log.push(`capture ${block}`);
+        super.runBlock(block, hidden, tokens, capture);
+      }
+    }
+    const w = windows.length;
+    const times = (n: number, e: string) => Array.from({ length: n }, () => e);
+    for (const propagate of ['compressed', 'original'] as const) {
+      const runner = new LoggingRunner(3);
+      const res = await compressModel(runner, windows, { compressLayer: roundQuarter, propagate });
+      const plain = await compressModel(new ToyRunner(3), windows, {
+        compressLayer: roundQuarter,
+        propagate,
+      });
+      expect(strip(res)).toEqual(strip(plain));
+      // compressed: each block captured without outputs, then propagated through its compressed form (not the last);
+      // original: the capture's outputs feed the next block, except the last block's, which feed nothing
+      expect(runner.log).toEqual(
+        propagate === 'compressed'
+          ? [
+              ...times(w, 'capture 0'),
+              ...times(w, 'output 0'),
+              ...times(w, 'capture 1'),
+              ...times(w, 'output 1'),
+            ].concat(times(w, 'capture 2'))
+          : [...times(w, 'capture+output 0'), ...times(w, 'capture+output 1'), ...times(w, 'capture 2')],
+      );
+    }
+  });
+
   it('leaves the block it was in when the run fails', async () => {
     const runner = new OneBlockRunner(7);
     const p = compressModel(runner, windows, {

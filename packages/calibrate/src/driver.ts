@@ -193,18 +193,16 @@ export async function compressModel(
       let accs = new Map<string, HessianAccumulator>();
       if (needsHessian) {
         report({ phase: 'capture', block: b });
-        const captured = await captureBlock(
-          runner,
-          b,
-          linears,
-          hidden,
-          windows,
-          options.signal,
-          'compression',
-          options.pool,
-        );
+        // the outputs only where they feed the next block: propagating the original model, to a block after this one
+        const outputs = propagate === 'original' && b < numBlocks - 1;
+        const captured = await captureBlock(runner, b, linears, hidden, windows, {
+          signal: options.signal,
+          what: 'compression',
+          ...(options.pool ? { pool: options.pool } : {}),
+          outputs,
+        });
         accs = captured.accs;
-        if (propagate === 'original') next = captured.outputs;
+        if (outputs) next = captured.outputs;
       }
       // each accumulator is dropped once its H is made, each H after the last layer that reads it: at a 3B model's MLP
       // width (11008) each is 0.97 GB, and the accumulators were held through the whole block's decompositions

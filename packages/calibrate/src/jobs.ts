@@ -555,17 +555,15 @@ async function accumulateGroups(
       await runner.enterBlock?.(b, signal);
       const linears = runner.linears(b);
       for (let g = 0; g < groups.length; g++) {
-        const captured = await captureBlock(
-          runner,
-          b,
-          linears,
-          hidden[g]!,
-          groups[g]!,
+        // the last block's outputs feed nothing
+        const outputs = b < runner.numBlocks - 1;
+        const captured = await captureBlock(runner, b, linears, hidden[g]!, groups[g]!, {
           signal,
-          'Hessian accumulation',
-          pool,
-        );
-        hidden[g] = captured.outputs;
+          what: 'Hessian accumulation',
+          ...(pool ? { pool } : {}),
+          outputs,
+        });
+        if (captured.outputs) hidden[g] = captured.outputs;
         await onBlock(b, g, captured.accs);
       }
     } finally {

@@ -47,6 +47,17 @@ export interface ModelRunner {
     tokens: number,
     capture?: (input: string, x: Float32Array, rows: number) => void,
   ): Float32Array;
+  /**
+   * Optional: call `capture` as {@link ModelRunner.runBlock} does, without computing the block's output (a runner may
+   * skip what no capture needs, e.g. the last linear). The drivers use it where they do not propagate through the
+   * block they capture (`propagate: 'compressed'`); without it they call `runBlock`.
+   */
+  captureInputs?(
+    block: number,
+    hidden: Float32Array,
+    tokens: number,
+    capture: (input: string, x: Float32Array, rows: number) => void,
+  ): void;
   /** Swap a dense linear for its compressed form (subsequent `runBlock` calls use it). */
   replaceLinear(name: string, replacement: LinearReplacement): void;
   /**

@@ -101,9 +101,15 @@ describe('BlockLazyRunner', () => {
           for (const { name } of blockLinearNames(b)) expect(lazy.weight(name)).toEqual(adapter.weight(name));
           const got: [string, Float32Array][] = [];
           const exp: [string, Float32Array][] = [];
+          const inputsOnly: [string, Float32Array][] = [];
+          for (const [w, h] of hidden.entries())
+            lazy.captureInputs(b, h, windows[w]!.length, (k, x) =>
+              inputsOnly.push([k, Float32Array.from(x)]),
+            );
           hidden = hidden.map((h, w) => lazy.runBlock(b, h, windows[w]!.length, (k, x) => got.push([k, x])));
           want = want.map((h, w) => adapter.runBlock(b, h, windows[w]!.length, (k, x) => exp.push([k, x])));
           expect(got).toEqual(exp);
+          expect(inputsOnly).toEqual(got);
           expect(hidden).toEqual(want);
           lazy.leaveBlock(b);
         }

@@ -237,6 +237,17 @@ export class BlockLazyRunner {
     return this.adapter.runBlock(block, hidden, tokens, capture);
   }
 
+  /** The inputs of the held block's linears on one window, without its output (`ModelRunnerAdapter.captureInputs`). */
+  captureInputs(
+    block: number,
+    hidden: Float32Array,
+    tokens: number,
+    capture: (input: string, x: Float32Array, rows: number) => void,
+  ): void {
+    this.checkHeld(block);
+    this.adapter.captureInputs(block, hidden, tokens, capture);
+  }
+
   /** Swap a dense linear of the held block for its compressed form, until the block is left. */
   replaceLinear(
     name: string,

@@ -132,6 +132,35 @@ describe('LlamaModel', () => {
     expect(m.runBlock(1, x, 1)).toHaveLength(cfg.hiddenSize);
   });
 
+  it('captureInputs captures what runBlock captures, bit for bit, without running down_proj', () => {
+    const m = randomModel(2).model;
+    const rows = 5;
+    const x = new Rng(4).fillNormal(new Float32Array(rows * cfg.hiddenSize), 0, 1);
+    for (const b of [0, 1]) {
+      const name = `model.layers.${b}.mlp.down_proj`;
+      const down = m.linear(name);
+      let downCalls = 0;
+      // the real layer, its calls counted
+      m.setLinear(name, {
+        inFeatures: down.inFeatures,
+        outFeatures: down.outFeatures,
+        weightBytes: down.weightBytes,
+        forward: (...a: Parameters<typeof down.forward>) => (downCalls++, down.forward(...a)),
+      });
+      const viaRun: [string, Float32Array, number][] = [];
+      const viaCapture: [string, Float32Array, number][] = [];
+      m.runBlock(b, x, rows, undefined, (k, v, r) => viaRun.push([k, Float32Array.from(v), r]));
+      expect(downCalls).toBe(1);
+      m.captureInputs(b, x, rows, (k, v, r) => viaCapture.push([k, Float32Array.from(v), r]));
+      expect(downCalls).toBe(1);
+      expect(viaCapture.map(([k]) => k)).toEqual(['attn', 'o', 'mlp', 'down']);
+      expect(viaCapture).toEqual(viaRun);
+    }
+    expect(() => m.captureInputs(2, x, rows, () => undefined)).toThrow(
+      /^E_VALUE: runBlock: block 2 is not a block of the model/,
+    );
+  });
+
   it('KVCache checks its arguments up front (NaN failed at the first forward, -1 with a RangeError)', () => {
     for (const capacity of [NaN, undefined, -1, 0, 2.5, '8', 2 ** 60])
       expect(() => new KVCache(cfg, capacity as never), String(capacity)).toThrow(

@@ -300,6 +300,28 @@ export class LlamaModel {
    * past the model's max positions (`config.maxPositions`) or a sliding window (`config.slidingWindow`).
    */
   runBlock(b: number, x: Float32Array, rows: number, cache?: KVCache, capture?: CaptureFn): Float32Array {
+    return this.block(b, x, rows, cache, capture, true)!;
+  }
+
+  /**
+   * Call `capture` with the input of each of block `b`'s linear input keys, as {@link LlamaModel.runBlock} does, on
+   * `rows` hidden states at positions from 0, without the block's output: the last linear (down_proj) and the
+   * residual after it are not run (a quarter of a Llama block's multiply-adds). For calibration that propagates through
+   * another form of the block. The same errors as `runBlock`.
+   */
+  captureInputs(b: number, x: Float32Array, rows: number, capture: CaptureFn): void {
+    this.block(b, x, rows, undefined, capture, false);
+  }
+
+  /** {@link LlamaModel.runBlock}, or without `output` only up to the last capture (then null). */
+  private block(
+    b: number,
+    x: Float32Array,
+    rows: number,
+    cache: KVCache | undefined,
+    capture: CaptureFn | undefined,
+    output: boolean,
+  ): Float32Array | null {
     const cfg = this.config;
     if (!Number.isInteger(b) || b < 0 || b >= cfg.numLayers)
       throw new CalderaError(
@@ -366,6 +388,7 @@ export class LlamaModel {
       g[i] = (gi / (1 + Math.exp(-gi))) * u[i]!;
     }
     capture?.('down', g, rows);
+    if (!output) return null;
     const dn = w.down.forward(g, rows, this.run);
     for (let i = 0; i < x1.length; i++) x1[i]! += dn[i]!;
     return x1;

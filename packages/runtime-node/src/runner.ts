@@ -47,6 +47,16 @@ export class ModelRunnerAdapter {
     return this.model.runBlock(block, hidden, tokens, undefined, capture);
   }
 
+  /** {@link LlamaModel.captureInputs}: the inputs of block `block`'s linears, without the block's output. */
+  captureInputs(
+    block: number,
+    hidden: Float32Array,
+    tokens: number,
+    capture: (input: string, x: Float32Array, rows: number) => void,
+  ): void {
+    this.model.captureInputs(block, hidden, tokens, capture);
+  }
+
   replaceLinear(
     name: string,
     replacement: { tensors: Record<string, Tensor>; meta: CalderaLayerMeta },
