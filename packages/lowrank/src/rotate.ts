@@ -1,6 +1,6 @@
 import { assertObject, CalderaError, describeValue, Rng, type Tensor } from '@caldera/core';
 import { assertMatrix, hadamardRowsInPlace, hadamardSupported } from '@caldera/linalg';
-import { transposed } from './transpose.js';
+import { transposed, transposeSquareInPlace } from './transpose.js';
 
 /**
  * The padded size CALDERA works at: supported by the Hadamard transform (when used) and a multiple of 8. `n` must be
@@ -126,13 +126,18 @@ export function rotateHessian(
   const z = new Float64Array(np * np);
   let mean = 0;
   if (h) {
-    for (let i = 0; i < n; i++) mean += h.data[h.offset + i * h.strides[0]! + i * h.strides[1]!]! * scale;
+    const [s0, s1] = h.strides as [number, number];
+    const d = h.data;
+    for (let i = 0; i < n; i++) mean += d[h.offset + i * s0 + i * s1]! * scale;
     mean /= n;
-    for (let i = 0; i < n; i++)
-      for (let j = 0; j < n; j++) {
-        const v = h.data[h.offset + i * h.strides[0]! + j * h.strides[1]!]! * scale;
-        z[i * np + j] = su ? v * su[i]! * su[j]! : v;
-      }
+    for (let i = 0; i < n; i++) {
+      const row = h.offset + i * s0;
+      const zi = i * np;
+      if (su) {
+        const si = su[i]!;
+        for (let j = 0; j < n; j++) z[zi + j] = d[row + j * s1]! * scale * si * su[j]!;
+      } else for (let j = 0; j < n; j++) z[zi + j] = d[row + j * s1]! * scale;
+    }
   } else {
     mean = 1;
     for (let i = 0; i < n; i++) z[i * np + i] = 1;
@@ -140,7 +145,8 @@ export function rotateHessian(
   for (let i = n; i < np; i++) z[i * np + i] = mean;
   if (!su) return z;
   rowsTimesM(z, np, np, false);
-  const t = transposed(z, np, np);
-  rowsTimesM(t, np, np, false);
-  return transposed(t, np, np);
+  transposeSquareInPlace(z, np);
+  rowsTimesM(z, np, np, false);
+  transposeSquareInPlace(z, np);
+  return z;
 }
