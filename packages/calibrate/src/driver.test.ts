@@ -160,50 +160,56 @@ describe('compressModel', () => {
     expect(acc.events).toEqual(['enter 0', 'leave 0', 'enter 1', 'leave 1', 'enter 2', 'leave 2']);
   });
 
-  it('captures through captureInputs where no output is needed, runBlock where one is, with the same results', async () => {
-    /** A toy runner with captureInputs (the block run, its output dropped), logging which method ran. */
-    class LoggingRunner extends ToyRunner {
+  it('runs the windows in groups through runWindows where the runner has it, without outputs where none is needed', async () => {
+    /** A toy runner with runWindows (its blocks act row by row: all rows at once), logging its calls. */
+    class GroupingRunner extends ToyRunner {
       log: string[] = [];
-      override runBlock(
+      runWindows(
         block: number,
         hidden: Float32Array,
-        tokens: number,
+        lengths: readonly number[],
         capture?: (k: string, x: Float32Array, rows: number) => void,
+        options: { output?: boolean } = {},
       ) {
-        this.log.push(`${capture ? 'capture+output' : 'output'} ${block}`);
-        return super.runBlock(block, hidden, tokens, capture);
-      }
-      captureInputs(
-        block: number,
-        hidden: Float32Array,
-        tokens: number,
-        capture: (k: string, x: Float32Array, rows: number) => void,
-      ): void {
-        this.log.push(`capture ${block}`);
-        super.runBlock(block, hidden, tokens, capture);
+        const output = options.output ?? true;
+        this.log.push(
+          `${block}: [${lengths.join(', ')}]${capture ? ' capture' : ''}${output ? ' output' : ''}`,
+        );
+        const y = this.runBlock(
+          block,
+          hidden,
+          lengths.reduce((a, n) => a + n, 0),
+          capture,
+        );
+        return output ? y : null;
       }
     }
-    const w = windows.length;
-    const times = (n: number, e: string) => Array.from({ length: n }, () => e);
+    // 5 windows of 200 rows: groups of at most 512 rows, [200, 200] and [200] twice
+    const long = Array.from({ length: 5 }, (_, w) =>
+      Int32Array.from({ length: 200 }, (_, i) => (i * 7 + w) % 10),
+    );
     for (const propagate of ['compressed', 'original'] as const) {
-      const runner = new LoggingRunner(3);
-      const res = await compressModel(runner, windows, { compressLayer: roundQuarter, propagate });
-      const plain = await compressModel(new ToyRunner(3), windows, {
-        compressLayer: roundQuarter,
-        propagate,
-      });
+      const runner = new GroupingRunner(3);
+      const res = await compressModel(runner, long, { compressLayer: roundQuarter, propagate });
+      const plain = await compressModel(new ToyRunner(3), long, { compressLayer: roundQuarter, propagate });
       expect(strip(res)).toEqual(strip(plain));
+      const groups = (b: number, what: string) => [
+        `${b}: [200, 200]${what}`,
+        `${b}: [200, 200]${what}`,
+        `${b}: [200]${what}`,
+      ];
       // compressed: each block captured without outputs, then propagated through its compressed form (not the last);
       // original: the capture's outputs feed the next block, except the last block's, which feed nothing
       expect(runner.log).toEqual(
         propagate === 'compressed'
           ? [
-              ...times(w, 'capture 0'),
-              ...times(w, 'output 0'),
-              ...times(w, 'capture 1'),
-              ...times(w, 'output 1'),
-            ].concat(times(w, 'capture 2'))
-          : [...times(w, 'capture+output 0'), ...times(w, 'capture+output 1'), ...times(w, 'capture 2')],
+              ...groups(0, ' capture'),
+              ...groups(0, ' output'),
+              ...groups(1, ' capture'),
+              ...groups(1, ' output'),
+              ...groups(2, ' capture'),
+            ]
+          : [...groups(0, ' capture output'), ...groups(1, ' capture output'), ...groups(2, ' capture')],
       );
     }
   });

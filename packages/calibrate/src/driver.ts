@@ -10,7 +10,7 @@ import {
 import { checkDamping } from './damping.js';
 import type { Pool } from '@caldera/linalg';
 import { yieldAndCheckAbort } from './abort.js';
-import { captureBlock, finalizeInContext } from './capture.js';
+import { captureBlock, finalizeInContext, runWindowGroups } from './capture.js';
 import { HessianAccumulator } from './hessian.js';
 import type { LinearInfo, LinearReplacement, ModelRunner } from './runner.js';
 
@@ -253,11 +253,11 @@ export async function compressModel(
     if (b < numBlocks - 1 && needsHessian) {
       if (!next) {
         report({ phase: 'propagate', block: b });
-        next = [];
-        for (let w = 0; w < hidden.length; w++) {
-          await yieldAndCheckAbort(options.signal, 'compression');
-          next.push(runner.runBlock(b, hidden[w]!, windows[w]!.length));
-        }
+        next = (await runWindowGroups(runner, b, hidden, windows, {
+          output: true,
+          signal: options.signal,
+          what: 'compression',
+        }))!;
       }
       return next;
     }

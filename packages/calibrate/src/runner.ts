@@ -48,16 +48,20 @@ export interface ModelRunner {
     capture?: (input: string, x: Float32Array, rows: number) => void,
   ): Float32Array;
   /**
-   * Optional: call `capture` as {@link ModelRunner.runBlock} does, without computing the block's output (a runner may
-   * skip what no capture needs, e.g. the last linear). The drivers use it where they do not propagate through the
-   * block they capture (`propagate: 'compressed'`); without it they call `runBlock`.
+   * Optional: block `block` on several windows at once, `hidden` their hidden states one after another
+   * (`Σ lengths × hiddenSize`, each window at positions from 0), as {@link ModelRunner.runBlock} on each in turn: the
+   * outputs one after another, `capture` called with all the windows' rows of each input. With `output: false` it
+   * returns null and may skip what no capture reads (e.g. the last linear). The drivers use it where it exists, with
+   * groups of windows of about 512 rows; the results must be those of `runBlock` (the captures' rows in the same
+   * order).
    */
-  captureInputs?(
+  runWindows?(
     block: number,
     hidden: Float32Array,
-    tokens: number,
-    capture: (input: string, x: Float32Array, rows: number) => void,
-  ): void;
+    lengths: readonly number[],
+    capture?: (input: string, x: Float32Array, rows: number) => void,
+    options?: { output?: boolean },
+  ): Float32Array | null;
   /** Swap a dense linear for its compressed form (subsequent `runBlock` calls use it). */
   replaceLinear(name: string, replacement: LinearReplacement): void;
   /**

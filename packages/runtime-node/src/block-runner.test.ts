@@ -91,7 +91,10 @@ describe('BlockLazyRunner', () => {
         );
         expect(lazy.heldBlock).toBeNull();
         // the driver's walk: weights, captures and outputs of every block the same as the whole model's
-        const windows = windowsOf([6, 9]);
+        // windows whose products all reach linalg's WebAssembly kernels (≥ 4096 multiply-adds: k_proj's 14 × 16 × 32),
+        // so that running both at once sums as running each alone (a 6-row window's k_proj went through the TypeScript
+        // kernel)
+        const windows = windowsOf([14, 16]);
         let hidden = windows.map((w) => lazy.embed(w));
         let want = windows.map((w) => adapter.embed(w));
         expect(hidden).toEqual(want);
@@ -101,15 +104,21 @@ describe('BlockLazyRunner', () => {
           for (const { name } of blockLinearNames(b)) expect(lazy.weight(name)).toEqual(adapter.weight(name));
           const got: [string, Float32Array][] = [];
           const exp: [string, Float32Array][] = [];
-          const inputsOnly: [string, Float32Array][] = [];
-          for (const [w, h] of hidden.entries())
-            lazy.captureInputs(b, h, windows[w]!.length, (k, x) =>
-              inputsOnly.push([k, Float32Array.from(x)]),
-            );
+          // both windows at once: the same captures with their rows together, the same outputs one after another
+          const lengths = windows.map((w) => w.length);
+          const stacked = Float32Array.from(hidden.flatMap((h) => [...h]));
+          const together: [string, number[]][] = [];
+          const outputs = lazy.runWindows(b, stacked, lengths, (k, x) => together.push([k, [...x]]));
           hidden = hidden.map((h, w) => lazy.runBlock(b, h, windows[w]!.length, (k, x) => got.push([k, x])));
           want = want.map((h, w) => adapter.runBlock(b, h, windows[w]!.length, (k, x) => exp.push([k, x])));
           expect(got).toEqual(exp);
-          expect(inputsOnly).toEqual(got);
+          const byKey = (c: [string, ArrayLike<number>][]) =>
+            [...new Set(c.map(([k]) => k))].map((k) => [
+              k,
+              c.filter(([j]) => j === k).flatMap(([, x]) => Array.from(x)),
+            ]);
+          expect(together).toEqual(byKey(got));
+          expect(outputs).toEqual(Float32Array.from(hidden.flatMap((h) => [...h])));
           expect(hidden).toEqual(want);
           lazy.leaveBlock(b);
         }

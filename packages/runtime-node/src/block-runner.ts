@@ -237,15 +237,16 @@ export class BlockLazyRunner {
     return this.adapter.runBlock(block, hidden, tokens, capture);
   }
 
-  /** The inputs of the held block's linears on one window, without its output (`ModelRunnerAdapter.captureInputs`). */
-  captureInputs(
+  /** The held block on several windows at once (`ModelRunnerAdapter.runWindows`). */
+  runWindows(
     block: number,
     hidden: Float32Array,
-    tokens: number,
-    capture: (input: string, x: Float32Array, rows: number) => void,
-  ): void {
+    lengths: readonly number[],
+    capture?: (input: string, x: Float32Array, rows: number) => void,
+    options: { output?: boolean } = {},
+  ): Float32Array | null {
     this.checkHeld(block);
-    this.adapter.captureInputs(block, hidden, tokens, capture);
+    return this.adapter.runWindows(block, hidden, lengths, capture, options);
   }
 
   /** Swap a dense linear of the held block for its compressed form, until the block is left. */

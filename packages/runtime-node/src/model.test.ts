@@ -132,10 +132,18 @@ describe('LlamaModel', () => {
     expect(m.runBlock(1, x, 1)).toHaveLength(cfg.hiddenSize);
   });
 
-  it('captureInputs captures what runBlock captures, bit for bit, without running down_proj', () => {
+  it('runWindows equals runBlock window by window, bit for bit (dense and CALDERA layers); without output it skips down_proj', () => {
     const m = randomModel(2).model;
-    const rows = 5;
-    const x = new Rng(4).fillNormal(new Float32Array(rows * cfg.hiddenSize), 0, 1);
+    // CALDERA layers take the batch path (≥ 20 rows) for each window and for the group, and at rank 8 their products
+    // reach linalg's WebAssembly kernels (≥ 4096 multiply-adds) for each window: the same sums (at rank 4 the
+    // smallest window's products of 21 × 32 × 4 went through the TypeScript kernel, summed otherwise)
+    const rng = new Rng(6);
+    m.setLinear('model.layers.0.self_attn.q_proj', new CalderaLinear(randomDecomposition(32, 32, 8, rng)));
+    m.setLinear('model.layers.1.mlp.down_proj', new CalderaLinear(randomDecomposition(32, 48, 8, rng)));
+    const lengths = [24, 30, 21];
+    const rows = lengths.reduce((a, n) => a + n, 0);
+    const d = cfg.hiddenSize;
+    const x = new Rng(4).fillNormal(new Float32Array(rows * d), 0, 1);
     for (const b of [0, 1]) {
       const name = `model.layers.${b}.mlp.down_proj`;
       const down = m.linear(name);
@@ -147,17 +155,39 @@ describe('LlamaModel', () => {
         weightBytes: down.weightBytes,
         forward: (...a: Parameters<typeof down.forward>) => (downCalls++, down.forward(...a)),
       });
-      const viaRun: [string, Float32Array, number][] = [];
-      const viaCapture: [string, Float32Array, number][] = [];
-      m.runBlock(b, x, rows, undefined, (k, v, r) => viaRun.push([k, Float32Array.from(v), r]));
-      expect(downCalls).toBe(1);
-      m.captureInputs(b, x, rows, (k, v, r) => viaCapture.push([k, Float32Array.from(v), r]));
-      expect(downCalls).toBe(1);
-      expect(viaCapture.map(([k]) => k)).toEqual(['attn', 'o', 'mlp', 'down']);
-      expect(viaCapture).toEqual(viaRun);
+      // window by window: outputs and each key's captured rows, one window after another
+      const want = new Float32Array(rows * d);
+      const wantCaptures = new Map<string, number[]>();
+      for (let w = 0, r0 = 0; w < lengths.length; r0 += lengths[w++]!) {
+        const y = m.runBlock(b, x.subarray(r0 * d, (r0 + lengths[w]!) * d), lengths[w]!, undefined, (k, v) =>
+          wantCaptures.set(k, [...(wantCaptures.get(k) ?? []), ...v]),
+        );
+        want.set(y, r0 * d);
+      }
+      expect(downCalls).toBe(3);
+      const captures = new Map<string, number[]>();
+      const got = m.runWindows(b, x, lengths, (k, v, r) => {
+        expect(r).toBe(rows);
+        captures.set(k, [...v]);
+      });
+      expect(downCalls).toBe(4); // once for all windows
+      expect(got).toEqual(want);
+      expect(captures).toEqual(wantCaptures);
+      const inputsOnly = new Map<string, number[]>();
+      expect(m.runWindows(b, x, lengths, (k, v) => inputsOnly.set(k, [...v]), { output: false })).toBeNull();
+      expect(downCalls).toBe(4);
+      expect([...inputsOnly.keys()]).toEqual(['attn', 'o', 'mlp', 'down']);
+      expect(inputsOnly).toEqual(wantCaptures);
     }
-    expect(() => m.captureInputs(2, x, rows, () => undefined)).toThrow(
+    expect(() => m.runWindows(2, x, lengths)).toThrow(
       /^E_VALUE: runBlock: block 2 is not a block of the model/,
+    );
+    for (const bad of [[], [24, 0], [2.5], 'abc', null])
+      expect(() => m.runWindows(0, x, bad as never)).toThrow(
+        /^E_VALUE: runWindows: lengths must be a non-empty array of positive integers, got /,
+      );
+    expect(() => m.runWindows(0, x, [24, 30])).toThrow(
+      /^E_SHAPE: runWindows: x has 2400 values, the windows' 54 rows of 32 need 1728$/,
     );
   });
 

@@ -300,24 +300,52 @@ export class LlamaModel {
    * past the model's max positions (`config.maxPositions`) or a sliding window (`config.slidingWindow`).
    */
   runBlock(b: number, x: Float32Array, rows: number, cache?: KVCache, capture?: CaptureFn): Float32Array {
-    return this.block(b, x, rows, cache, capture, true)!;
+    return this.block(b, x, [rows], cache, capture, true)!;
   }
 
   /**
-   * Call `capture` with the input of each of block `b`'s linear input keys, as {@link LlamaModel.runBlock} does, on
-   * `rows` hidden states at positions from 0, without the block's output: the last linear (down_proj) and the
-   * residual after it are not run (a quarter of a Llama block's multiply-adds). For calibration that propagates through
-   * another form of the block. The same errors as `runBlock`.
+   * Block `b` on several windows at once, for calibration: `x` holds their hidden states one after another
+   * (`Σ lengths × hiddenSize`), each window attending within itself at positions from 0. The same as
+   * {@link LlamaModel.runBlock} on each window in turn — the outputs one after another, `capture` called once per input
+   * key with all windows' rows — but each linear runs once on all the rows, which spreads its per-call costs (a bf16
+   * weight's conversion, a packed operand, a CALDERA layer's decoding) over them. Bit for bit where each window's
+   * products take the kernels the group's take: windows of 20 rows or more whose products reach linalg's 4096
+   * multiply-adds (calibration's windows of 128 tokens on any real layer); a shorter window may go through a
+   * matrix–vector kernel, or a tiny layer's product through the TypeScript one, summed otherwise. Without `output` the
+   * block's output is not computed (null is returned): the last linear (down_proj) and the residual after it are not
+   * run, a quarter of a Llama block's multiply-adds. The same errors as `runBlock`, for each window.
    */
-  captureInputs(b: number, x: Float32Array, rows: number, capture: CaptureFn): void {
-    this.block(b, x, rows, undefined, capture, false);
+  runWindows(
+    b: number,
+    x: Float32Array,
+    lengths: readonly number[],
+    capture?: CaptureFn,
+    options: { output?: boolean } = {},
+  ): Float32Array | null {
+    if (!Array.isArray(lengths) || lengths.length === 0 || lengths.some((n) => !Number.isInteger(n) || n < 1))
+      throw new CalderaError(
+        'E_VALUE',
+        `runWindows: lengths must be a non-empty array of positive integers, got ${describeValue(lengths)}`,
+      );
+    const rows = lengths.reduce((a: number, n: number) => a + n, 0);
+    assertObject(x, 'runWindows', 'x', 'a Float32Array');
+    if (x.length !== rows * this.config.hiddenSize)
+      throw new CalderaError(
+        'E_SHAPE',
+        `runWindows: x has ${x.length} values, the windows' ${rows} rows of ${this.config.hiddenSize} need ` +
+          `${rows * this.config.hiddenSize}`,
+      );
+    return this.block(b, x, lengths, undefined, capture, options.output ?? true);
   }
 
-  /** {@link LlamaModel.runBlock}, or without `output` only up to the last capture (then null). */
+  /**
+   * {@link LlamaModel.runBlock} on the windows of `lengths` (one when there is a cache), or without `output` only up to
+   * the last capture (then null).
+   */
   private block(
     b: number,
     x: Float32Array,
-    rows: number,
+    lengths: readonly number[],
     cache: KVCache | undefined,
     capture: CaptureFn | undefined,
     output: boolean,
@@ -328,21 +356,24 @@ export class LlamaModel {
         'E_VALUE',
         `runBlock: block ${b} is not a block of the model (0…${cfg.numLayers - 1})`,
       );
+    const rows = lengths.reduce((a, n) => a + n, 0);
+    // positions are checked for the longest window: each starts at 0 (a cache comes with one window)
+    const span = Math.max(...lengths);
     const w = this.weights.blocks[b]!;
     const { numHeads: H, numKvHeads: KV, headDim: hd } = cfg;
     const pos0 = cache ? cache.length : 0;
     // attention here is full causal attention, which is a sliding-window model's only up to its window
-    if (cfg.slidingWindow !== null && pos0 + rows > cfg.slidingWindow)
+    if (cfg.slidingWindow !== null && pos0 + span > cfg.slidingWindow)
       throw new CalderaError(
         'E_VALUE',
-        `positions ${pos0}…${pos0 + rows - 1} exceed the model's sliding window of ${cfg.slidingWindow} tokens: this ` +
+        `positions ${pos0}…${pos0 + span - 1} exceed the model's sliding window of ${cfg.slidingWindow} tokens: this ` +
           'runtime attends to every earlier position, which is sliding-window attention only within the window',
       );
     // as generate(), perplexity() and runtime-webgpu: positions the model was never trained at give logits of no use
-    if (pos0 + rows > cfg.maxPositions)
+    if (pos0 + span > cfg.maxPositions)
       throw new CalderaError(
         'E_VALUE',
-        `positions ${pos0}…${pos0 + rows - 1} exceed the model's max positions (${cfg.maxPositions})`,
+        `positions ${pos0}…${pos0 + span - 1} exceed the model's max positions (${cfg.maxPositions})`,
       );
     const h = rmsNorm(x, rows, w.inputNorm, cfg.rmsNormEps);
     capture?.('attn', h, rows);
@@ -355,12 +386,15 @@ export class LlamaModel {
       q = rmsNorm(q, rows * H, qkNorm.q, cfg.rmsNormEps);
       k = rmsNorm(k, rows * KV, qkNorm.k, cfg.rmsNormEps);
     }
+    const kw = KV * hd;
     // SmolLM3's NoPE blocks attend with the queries and keys as they are
     if (appliesRope(cfg, b)) {
-      rope(q, rows, H, hd, pos0, this.invFreq, this.ropeScale);
-      rope(k, rows, KV, hd, pos0, this.invFreq, this.ropeScale);
+      for (let w = 0, r0 = 0; w < lengths.length; r0 += lengths[w++]!) {
+        const n = lengths[w]!;
+        rope(q.subarray(r0 * H * hd, (r0 + n) * H * hd), n, H, hd, pos0, this.invFreq, this.ropeScale);
+        rope(k.subarray(r0 * kw, (r0 + n) * kw), n, KV, hd, pos0, this.invFreq, this.ropeScale);
+      }
     }
-    const kw = KV * hd;
     let K: Float32Array;
     let V: Float32Array;
     if (cache) {
@@ -374,7 +408,18 @@ export class LlamaModel {
       K = k;
       V = v;
     }
-    const att = cache?.kernel ? cache.kernel.attend(b, q, rows, pos0) : attention(q, K, V, rows, pos0, cfg);
+    let att: Float32Array;
+    if (cache?.kernel) att = cache.kernel.attend(b, q, rows, pos0);
+    else if (lengths.length === 1) att = attention(q, K, V, rows, pos0, cfg);
+    else {
+      // each window attends within itself
+      att = new Float32Array(rows * H * hd);
+      for (let w = 0, r0 = 0; w < lengths.length; r0 += lengths[w++]!) {
+        const n = lengths[w]!;
+        const at = (a: Float32Array, width: number) => a.subarray(r0 * width, (r0 + n) * width);
+        att.set(attention(at(q, H * hd), at(K, kw), at(V, kw), n, 0, cfg), r0 * H * hd);
+      }
+    }
     capture?.('o', att, rows);
     const o = w.o.forward(att, rows, this.run);
     const x1 = new Float32Array(x.length);

@@ -47,14 +47,15 @@ export class ModelRunnerAdapter {
     return this.model.runBlock(block, hidden, tokens, undefined, capture);
   }
 
-  /** {@link LlamaModel.captureInputs}: the inputs of block `block`'s linears, without the block's output. */
-  captureInputs(
+  /** {@link LlamaModel.runWindows}: block `block` on several windows at once, their rows one after another. */
+  runWindows(
     block: number,
     hidden: Float32Array,
-    tokens: number,
-    capture: (input: string, x: Float32Array, rows: number) => void,
-  ): void {
-    this.model.captureInputs(block, hidden, tokens, capture);
+    lengths: readonly number[],
+    capture?: (input: string, x: Float32Array, rows: number) => void,
+    options: { output?: boolean } = {},
+  ): Float32Array | null {
+    return this.model.runWindows(block, hidden, lengths, capture, options);
   }
 
   replaceLinear(
