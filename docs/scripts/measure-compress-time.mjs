@@ -7,10 +7,11 @@
 // Llama-3.1-8B (`--arch llama3.1-8b`: 32 blocks, hidden 4096, MLP 14336, 32 heads / 8 KV heads, vocabulary 128256,
 // untied, Llama 3's rope_scaling), from their config.json files, in bf16, then runs `caldera compress` (the built CLI) on
 // it with the default method and budget and records wall time, peak resident memory (/usr/bin/time -v), every
-// layer's rank and seconds and the checkpoint's size in docs/data/compress-time-<arch>.jsonl. The speed of CALDERA
-// does not depend on the weights' values, so this is what compressing the real model costs on the same machine; the
-// perplexities mean nothing (random weights), and the reference model's tokenizer (2048 tokens) stands in for the
-// model's own, so only the first 2048 embedding rows are used.
+// layer's rank and seconds, each block's calibration passes (captureSeconds, propagateSeconds) and the checkpoint's
+// size in docs/data/compress-time-<arch>.jsonl. The speed of CALDERA does not depend on the weights' values, so this
+// is what compressing the real model costs on the same machine; the perplexities mean nothing (random weights), and
+// the reference model's tokenizer (2048 tokens) stands in for the model's own, so only the first 2048 embedding rows
+// are used.
 //   node docs/scripts/measure-compress-time.mjs --arch smollm2|tinyllama|qwen3-0.6b|smollm3-3b|llama3.1-8b
 //     [--out-root DIR] [--stdout]
 //     [--blocks N]
@@ -213,6 +214,8 @@ console.error(`$ ${command}`);
 const t0 = performance.now();
 let baselineAt = null;
 let lastLayer;
+// seconds since the start at which each block's phases began ({capture, compress, propagate}: the first event of each)
+const phaseAt = [];
 let stderr = '';
 let report = null;
 const child = spawn('/usr/bin/time', ['-v', process.execPath, ...cliArgs], {
@@ -232,6 +235,10 @@ child.stdout.on('data', (chunk) => {
       continue;
     }
     if (e.event === 'report') report = e;
+    if (e.event === 'progress' && e.phase !== undefined && Number.isInteger(e.block)) {
+      const at = (phaseAt[e.block] ??= {});
+      at[e.phase] ??= (performance.now() - t0) / 1000;
+    }
     if (e.event === 'baseline' && baselineAt === null) baselineAt = (performance.now() - t0) / 1000;
     if (e.event === 'progress' && e.layer !== lastLayer) {
       lastLayer = e.layer;
@@ -258,6 +265,12 @@ const blockSeconds = Array.from({ length: numLayers }, (_, b) =>
       .toFixed(1),
   ),
 );
+// each block's calibration passes: its capture (the windows through the source block, the Hessians made; from the
+// capture event to the first layer's) and its propagation (the windows through the compressed block, then leaving it
+// and reading the next block's weights; to the next block's capture event; the last block has none)
+const round1 = (x) => (x === undefined ? null : Number(x.toFixed(1)));
+const captureSeconds = phaseAt.map((p) => round1(p?.compress - p?.capture));
+const propagateSeconds = phaseAt.map((p, b) => round1(phaseAt[b + 1]?.capture - p?.propagate));
 const checkpointBytes = statSync(join(out, 'model.safetensors')).size;
 const lines = [
   {
@@ -283,6 +296,8 @@ const lines = [
     maxRssMiB: Number((maxRssKiB / 1024).toFixed(0)),
     baselineDoneSeconds: baselineAt === null ? null : Number(baselineAt.toFixed(1)),
     blockSeconds,
+    captureSeconds,
+    propagateSeconds,
     bitsPerWeight: Number(report.bitsPerWeight.toFixed(4)),
     checkpointBytes,
     linearBytes: report.linearBytes,

@@ -32,12 +32,13 @@ for (const n of [2048, 5632]) {
   let t = performance.now();
   for (let w = 0; w < windows; w++) oldAdd(s, x, 128, n);
   const old = (performance.now() - t) / windows;
-  const acc = new HessianAccumulator(n);
+  // bufferBytes 0: each add is its product (with the default buffer the timed adds would only copy rows)
+  const acc = new HessianAccumulator(n, { bufferBytes: 0 });
   t = performance.now();
   for (let w = 0; w < windows; w++) acc.add(x, 128);
   const one = (performance.now() - t) / windows;
   const pool = createPool({ threads: 2 });
-  const acc2 = new HessianAccumulator(n, { pool });
+  const acc2 = new HessianAccumulator(n, { pool, bufferBytes: 0 });
   acc2.add(x, 128);
   t = performance.now();
   for (let w = 0; w < windows; w++) acc2.add(x, 128);

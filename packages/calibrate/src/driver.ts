@@ -112,8 +112,9 @@ export interface CompressModelOptions {
   pool?: Pool;
   store?: BlockStore;
   /**
-   * Stops the run with `E_ABORTED`. The driver yields to the event loop before every window and layer, so a timer or a
-   * SIGINT handler can fire it mid-run; it is also passed to `compressLayer` (in its options).
+   * Stops the run with `E_ABORTED`. The driver yields to the event loop before every group of windows (up to 512 rows,
+   * one window where the runner has no `runWindows`) and every layer, so a timer or a SIGINT handler can fire it
+   * mid-run; it is also passed to `compressLayer` (in its options).
    */
   signal?: AbortSignal;
   /**

@@ -94,14 +94,17 @@ describe('HessianAccumulator', () => {
     // the same exact products summed in f64 in two groupings over 800 rows of O(1)–O(3) values: ~1e-14; 1e-12
     for (let i = 0; i < n * n; i++)
       expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-12 * (1 + Math.abs(a[i]!)));
-    // f64 rows are added as they come (after the buffered ones)
+    // f64 rows are added as they come, after the buffered ones (three windows: with two, f64 addition's commutativity
+    // hid an f64 window added before the buffered f32 one)
     const f64 = new HessianAccumulator(n, { bufferBytes: 0 });
     const mixed = new HessianAccumulator(n);
-    f64.add(window(0), 128);
-    f64.add(Float64Array.from(window(1)), 128);
-    mixed.add(window(0), 128);
-    mixed.add(Float64Array.from(window(1)), 128);
-    expect(mixed.count).toBe(256);
+    for (const acc of [f64, mixed]) {
+      acc.add(window(0), 128);
+      acc.add(window(1), 128);
+      acc.add(Float64Array.from(window(2)), 128);
+      acc.add(window(3), 128);
+    }
+    expect(mixed.count).toBe(512);
     expect(upperDiffs(mixed.sum, f64.sum)).toBe(0);
     for (const bad of [-1, 1.5, Number.NaN, '64'])
       expect(() => new HessianAccumulator(n, { bufferBytes: bad as never })).toThrow(
@@ -200,15 +203,15 @@ describe('HessianAccumulator', () => {
     expect(got.data).toBe(sums); // no new array
     expect(Array.from(got.data)).toEqual(Array.from(want.data));
     expect(Array.from(finalizeHessian(kept, { damping: 0.02 }).data)).toEqual(Array.from(want.data)); // kept is kept
-    for (const use of [
-      () => spent.add(x, 128),
-      () => spent.sum,
-      () => kept.merge(spent),
-      () => spent.merge(kept),
-    ])
-      expect(use).toThrow(
-        /^E_VALUE: HessianAccumulator\.(add|sum|merge): this accumulator's sums became a Hessian/,
-      );
+    for (const [use, what] of [
+      [() => spent.add(x, 128), 'add'],
+      [() => spent.sum, 'sum'],
+      [() => kept.merge(spent), 'merge'],
+      [() => spent.merge(kept), 'merge'],
+      [() => spent.secondMoment(), 'secondMoment'],
+      [() => finalizeHessian(spent), 'finalizeHessian'],
+    ] as const)
+      expect(use).toThrow(`E_VALUE: HessianAccumulator.${what}: this accumulator's sums became a Hessian`);
     expect(() => finalizeHessian(kept, { consume: 1 as never })).toThrow(
       /^E_VALUE: finalizeHessian: consume must be true or false, got 1/,
     );

@@ -33,8 +33,9 @@ export interface HessianAccumulatorOptions {
   /**
    * Bytes of f32 rows held back and added in one product (default 64 MiB: 1524 rows at n = 11008; 0: each `add` is a
    * product of its own). Each product reads and writes all n² sums: with windows of 128 rows at n = 11008 that
-   * traffic cost more than the products. Windows whose row counts are multiples of 128 give the same bits with any
-   * buffer (the kernel sums 128 rows at a time into the f64 sums), others the same values to f64 rounding.
+   * traffic cost more than the products. On the WebAssembly kernels, windows whose row counts are multiples of 128 give
+   * the same bits with any buffer (the kernel sums 128 rows at a time into the f64 sums); other windows, and linalg's
+   * TypeScript path (no SIMD, or products under 8192 multiply-adds), the same values to f64 rounding.
    */
   bufferBytes?: number;
 }
@@ -82,9 +83,18 @@ export class HessianAccumulator {
    * counts (as {@link HessianAccumulator.fromSums} takes it), the lower one is not kept up to date.
    */
   get sum(): Float64Array {
-    this.checkLive('sum');
-    this.flush();
+    const sums = this.sumsFor('sum');
     this.buffer = null; // read at the end, as a rule: the buffer's memory goes back (another add makes a new one)
+    return sums;
+  }
+
+  /**
+   * @internal The sums with every row in them (buffered rows added), for `what`; `E_VALUE` naming it once
+   * {@link HessianAccumulator.takeSums} has handed the sums over.
+   */
+  sumsFor(what: string): Float64Array {
+    this.checkLive(what);
+    this.flush();
     return this.sums;
   }
 
@@ -140,9 +150,11 @@ export class HessianAccumulator {
     }
     if (rows === 0) return;
     this.count += rows;
-    // whole calls stay together: a call's rows are not split between two products
-    if (this.pending + rows > this.bufferRows) this.flush();
-    if (!(x instanceof Float32Array) || rows > this.bufferRows) {
+    // whole calls stay together: a call's rows are not split between two products; rows that are not buffered (f64,
+    // or more than the buffer holds) go in after the buffered ones
+    const direct = !(x instanceof Float32Array) || rows > this.bufferRows;
+    if (direct || this.pending + rows > this.bufferRows) this.flush();
+    if (direct) {
       this.product(x instanceof Float32Array ? tensor('f32', [rows, n], x) : tensor('f64', [rows, n], x));
       return;
     }
@@ -183,20 +195,19 @@ export class HessianAccumulator {
   /** Add another accumulator's sums (exact in the sense of f64 addition). */
   merge(other: HessianAccumulator): void {
     assertObject(other, 'HessianAccumulator.merge', 'other', 'a HessianAccumulator');
-    this.checkLive('merge');
     if (other.n !== this.n)
       throw new CalderaError('E_SHAPE', `cannot merge Hessians of size ${other.n} and ${this.n}`);
-    const mine = this.sum;
-    const theirs = other.sum;
+    const mine = this.sumsFor('merge');
+    const theirs = other.sumsFor('merge');
     for (let i = 0; i < mine.length; i++) mine[i]! += theirs[i]!;
     this.count += other.count;
   }
 
   /** The raw second moment `XᵀX / N` as a full symmetric f64 matrix (a new array). */
   secondMoment(): Tensor<'f64'> {
+    const sum = this.sumsFor('secondMoment');
     if (this.count === 0) throw new CalderaError('E_VALUE', 'Hessian has no samples');
     const n = this.n;
-    const sum = this.sum;
     const h = new Float64Array(n * n);
     const inv = 1 / this.count;
     for (let i = 0; i < n; i++) for (let j = i; j < n; j++) h[i * n + j] = sum[i * n + j]! * inv;
@@ -205,12 +216,13 @@ export class HessianAccumulator {
   }
 
   /**
-   * The sums with every row in them, for {@link finalizeHessian}'s `consume`: the accumulator is spent (every later
-   * use is `E_VALUE`), since H is then made in this array.
+   * @internal The sums with every row in them, for {@link finalizeHessian}'s `consume`: the accumulator is spent
+   * (every later use is `E_VALUE`), since H is then made in this array.
    */
   takeSums(): Float64Array {
-    const sums = this.sum;
+    const sums = this.sumsFor('finalizeHessian');
     this.spent = true;
+    this.buffer = null;
     return sums;
   }
 
@@ -246,9 +258,9 @@ export function finalizeHessian(acc: HessianAccumulator, options: HessianOptions
   assertObject(options, 'finalizeHessian', 'options', 'an object'); // null: E_VALUE, as the package's other options
   const damping = checkDamping(options.damping);
   assertBooleanOptions(options, 'finalizeHessian', ['consume']);
+  const sum = acc.sumsFor('finalizeHessian');
   if (acc.count === 0) throw new CalderaError('E_VALUE', 'Hessian has no samples');
   const n = acc.n;
-  const sum = acc.sum;
   const inv = 1 / acc.count;
   // the same operations as scaling XᵀX/N (secondMoment) and then H/mean, on the upper triangle, then mirrored
   let trace = 0;

@@ -505,8 +505,9 @@ function chunkFile(workDir: string, key: string, block: number): string {
 /** Options of {@link accumulateHessians} and {@link runHessianChunks}. */
 export interface AccumulateOptions {
   /**
-   * Stops the work with `E_ABORTED`: checked before every window, after a turn of the event loop, so that a timer or a
-   * SIGINT handler can fire it although the runner is synchronous.
+   * Stops the work with `E_ABORTED`: checked before every group of windows (up to 512 rows; every window where the
+   * runner has no `runWindows`), after a turn of the event loop, so that a timer or a SIGINT handler can fire it
+   * although the runner is synchronous.
    */
   signal?: AbortSignal;
   /** After every block (after `onBlock` has finished with it): `done` blocks of `total` (the runner's `numBlocks`). */

@@ -52,8 +52,8 @@ export interface ModelRunner {
    * (`Σ lengths × hiddenSize`, each window at positions from 0), as {@link ModelRunner.runBlock} on each in turn: the
    * outputs one after another, `capture` called with all the windows' rows of each input. With `output: false` it
    * returns null and may skip what no capture reads (e.g. the last linear). The drivers use it where it exists, with
-   * groups of windows of about 512 rows; the results must be those of `runBlock` (the captures' rows in the same
-   * order).
+   * groups of windows of up to 512 rows: it should compute what `runBlock` computes window by window, the captures'
+   * rows in the same order (runtime-node's gives the same bits for windows of 20 rows or more on real layers).
    */
   runWindows?(
     block: number,

@@ -65,6 +65,9 @@ describe('syrk', () => {
     expect(() =>
       syrkInto(tensor('f64', [3, 3]), randn('f32', 2, 3, 1), { triangle: 'lower' as never }),
     ).toThrow("E_VALUE: syrkInto: triangle must be 'full' or 'upper', got 'lower'");
+    expect(() => syrk(randn('f32', 2, 3, 1), { triangle: 'upper' } as never)).toThrow(
+      "E_VALUE: syrk: triangle 'upper' is for syrkInto; syrk returns the whole XᵀX",
+    );
   });
 
   it('syrkInto adds batches: H := XᵀX + YᵀY equals the Gram matrix of the stacked rows', () => {

@@ -1,7 +1,8 @@
 /**
  * Symmetric rank-k update `C := alpha·XᵀX + beta·C` (the Gram matrix of the rows of X, e.g. a Hessian
  * `H = XᵀX` of calibration activations). Computes the upper triangle on the WebAssembly kernels (about
- * half the work of a general product) and mirrors it. Can accumulate f32 input in f64.
+ * half the work of a general product) and mirrors it (`syrkInto` with `triangle: 'upper'`: not). Can accumulate f32
+ * input in f64.
  */
 import {
   assertCallbacks,
@@ -48,7 +49,7 @@ export interface SyrkOptions {
 }
 
 /** Options of {@link syrk}. */
-export interface SyrkNewOptions extends SyrkOptions {
+export interface SyrkNewOptions extends Omit<SyrkOptions, 'triangle'> {
   /**
    * Element type of the result: `'f64'` accumulates (and returns) in f64 even for f32 input, as
    * Hessians need. Default: the dtype of X.
@@ -78,6 +79,12 @@ export function syrk(x: Matrix, options: SyrkNewOptions = {}): Matrix {
       'E_DTYPE',
       `syrk: accumulate 'f32' needs an f32 x, got '${x.dtype}' (accumulate in 'f64', or cast x to f32 first)`,
     );
+  // a new matrix is returned whole: half of it left zero would read as a symmetric matrix that is not XᵀX
+  if ((options as SyrkOptions).triangle !== undefined && (options as SyrkOptions).triangle !== 'full')
+    throw new CalderaError(
+      'E_VALUE',
+      `syrk: triangle ${shownValue((options as SyrkOptions).triangle)} is for syrkInto; syrk returns the whole XᵀX`,
+    );
   const c = newMatrix(acc ?? x.dtype, n, n) as Matrix;
   syrkImpl(c, x, options, 0, 'syrk');
   return c;
@@ -86,7 +93,7 @@ export function syrk(x: Matrix, options: SyrkNewOptions = {}): Matrix {
 /**
  * In place: `c := alpha·XᵀX + beta·c` for a symmetric `n × n` matrix `c` (only its upper triangle is
  * used, though with `beta ≠ 0` and `checkFinite` a non-finite value anywhere in it is rejected; the whole of it
- * is written). `c` may be f64 while `x` is f32 (accumulation in f64, e.g.
+ * is written, or with `triangle: 'upper'` its upper triangle only). `c` may be f64 while `x` is f32 (accumulation in f64, e.g.
  * `syrkInto(h, xBatch, { beta: 1 })` adds a batch to a Hessian); an f32 `c` needs an f32 `x`.
  */
 export function syrkInto(c: Matrix, x: Matrix, options: SyrkOptions & { beta?: number } = {}): void {

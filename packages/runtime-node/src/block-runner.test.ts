@@ -90,37 +90,48 @@ describe('BlockLazyRunner', () => {
           await perplexity(eager.model, ids.slice(0, 17), { context: 8 }),
         );
         expect(lazy.heldBlock).toBeNull();
-        // the driver's walk: weights, captures and outputs of every block the same as the whole model's
-        // windows whose products all reach linalg's WebAssembly kernels (≥ 4096 multiply-adds: k_proj's 14 × 16 × 32),
-        // so that running both at once sums as running each alone (a 6-row window's k_proj went through the TypeScript
-        // kernel)
-        const windows = windowsOf([14, 16]);
-        let hidden = windows.map((w) => lazy.embed(w));
-        let want = windows.map((w) => adapter.embed(w));
-        expect(hidden).toEqual(want);
-        for (let b = 0; b < cfg.numLayers; b++) {
-          expect(lazy.linears(b)).toEqual(adapter.linears(b));
-          await lazy.enterBlock(b);
-          for (const { name } of blockLinearNames(b)) expect(lazy.weight(name)).toEqual(adapter.weight(name));
-          const got: [string, Float32Array][] = [];
-          const exp: [string, Float32Array][] = [];
-          // both windows at once: the same captures with their rows together, the same outputs one after another
-          const lengths = windows.map((w) => w.length);
-          const stacked = Float32Array.from(hidden.flatMap((h) => [...h]));
-          const together: [string, number[]][] = [];
-          const outputs = lazy.runWindows(b, stacked, lengths, (k, x) => together.push([k, [...x]]));
-          hidden = hidden.map((h, w) => lazy.runBlock(b, h, windows[w]!.length, (k, x) => got.push([k, x])));
-          want = want.map((h, w) => adapter.runBlock(b, h, windows[w]!.length, (k, x) => exp.push([k, x])));
-          expect(got).toEqual(exp);
-          const byKey = (c: [string, ArrayLike<number>][]) =>
-            [...new Set(c.map(([k]) => k))].map((k) => [
-              k,
-              c.filter(([j]) => j === k).flatMap(([, x]) => Array.from(x)),
-            ]);
-          expect(together).toEqual(byKey(got));
-          expect(outputs).toEqual(Float32Array.from(hidden.flatMap((h) => [...h])));
+        // the driver's walk: weights, captures and outputs of every block the same as the whole model's, with short
+        // windows (6 rows: k_proj's products under linalg's 4096 multiply-adds, on the TypeScript kernel) and longer
+        // ones (14 × 16 × 32), which runWindows also runs together: its products then reach the WebAssembly kernels
+        // for each window alone too, so that running both at once sums as running each alone
+        for (const [lengthsOf, together] of [
+          [[6, 9], false],
+          [[14, 16], true],
+        ] as const) {
+          const windows = windowsOf([...lengthsOf]);
+          let hidden = windows.map((w) => lazy.embed(w));
+          let want = windows.map((w) => adapter.embed(w));
           expect(hidden).toEqual(want);
-          lazy.leaveBlock(b);
+          for (let b = 0; b < cfg.numLayers; b++) {
+            expect(lazy.linears(b)).toEqual(adapter.linears(b));
+            await lazy.enterBlock(b);
+            for (const { name } of blockLinearNames(b))
+              expect(lazy.weight(name)).toEqual(adapter.weight(name));
+            const got: [string, Float32Array][] = [];
+            const exp: [string, Float32Array][] = [];
+            const grouped: [string, number[]][] = [];
+            const stacked = Float32Array.from(hidden.flatMap((h) => [...h]));
+            const outputs = together
+              ? lazy.runWindows(b, stacked, [...lengthsOf], (k, x) => grouped.push([k, [...x]]))
+              : null;
+            hidden = hidden.map((h, w) =>
+              lazy.runBlock(b, h, windows[w]!.length, (k, x) => got.push([k, x])),
+            );
+            want = want.map((h, w) => adapter.runBlock(b, h, windows[w]!.length, (k, x) => exp.push([k, x])));
+            expect(got).toEqual(exp);
+            expect(hidden).toEqual(want);
+            if (together) {
+              // both windows at once: the same captures with their rows together, the outputs one after another
+              const byKey = (c: [string, ArrayLike<number>][]) =>
+                [...new Set(c.map(([k]) => k))].map((k) => [
+                  k,
+                  c.filter(([j]) => j === k).flatMap(([, x]) => Array.from(x)),
+                ]);
+              expect(grouped).toEqual(byKey(got));
+              expect(outputs).toEqual(Float32Array.from(hidden.flatMap((h) => [...h])));
+            }
+            lazy.leaveBlock(b);
+          }
         }
       } finally {
         await lazy.close();

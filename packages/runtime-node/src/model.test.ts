@@ -180,7 +180,13 @@ describe('LlamaModel', () => {
       expect(inputsOnly).toEqual(wantCaptures);
     }
     expect(() => m.runWindows(2, x, lengths)).toThrow(
-      /^E_VALUE: runBlock: block 2 is not a block of the model/,
+      /^E_VALUE: runWindows: block 2 is not a block of the model/,
+    );
+    expect(() => m.runWindows(0, x, lengths, undefined, null as never)).toThrow(
+      /^E_VALUE: runWindows: options must be an object such as \{ output: false \}, got null/,
+    );
+    expect(() => m.runWindows(0, x, lengths, undefined, { output: 'no' as never })).toThrow(
+      /^E_VALUE: runWindows: output must be true or false, got 'no'/,
     );
     for (const bad of [[], [24, 0], [2.5], 'abc', null])
       expect(() => m.runWindows(0, x, bad as never)).toThrow(

@@ -1,4 +1,5 @@
 import {
+  assertBooleanOptions,
   assertObject,
   bf16ArrayToF32,
   CalderaError,
@@ -300,7 +301,7 @@ export class LlamaModel {
    * past the model's max positions (`config.maxPositions`) or a sliding window (`config.slidingWindow`).
    */
   runBlock(b: number, x: Float32Array, rows: number, cache?: KVCache, capture?: CaptureFn): Float32Array {
-    return this.block(b, x, [rows], cache, capture, true)!;
+    return this.block('runBlock', b, x, [rows], cache, capture, true)!;
   }
 
   /**
@@ -322,6 +323,8 @@ export class LlamaModel {
     capture?: CaptureFn,
     options: { output?: boolean } = {},
   ): Float32Array | null {
+    assertObject(options, 'runWindows', 'options', 'an object such as { output: false }');
+    assertBooleanOptions(options, 'runWindows', ['output']);
     if (!Array.isArray(lengths) || lengths.length === 0 || lengths.some((n) => !Number.isInteger(n) || n < 1))
       throw new CalderaError(
         'E_VALUE',
@@ -335,7 +338,7 @@ export class LlamaModel {
         `runWindows: x has ${x.length} values, the windows' ${rows} rows of ${this.config.hiddenSize} need ` +
           `${rows * this.config.hiddenSize}`,
       );
-    return this.block(b, x, lengths, undefined, capture, options.output ?? true);
+    return this.block('runWindows', b, x, lengths, undefined, capture, options.output ?? true);
   }
 
   /**
@@ -343,6 +346,7 @@ export class LlamaModel {
    * the last capture (then null).
    */
   private block(
+    what: string,
     b: number,
     x: Float32Array,
     lengths: readonly number[],
@@ -354,11 +358,11 @@ export class LlamaModel {
     if (!Number.isInteger(b) || b < 0 || b >= cfg.numLayers)
       throw new CalderaError(
         'E_VALUE',
-        `runBlock: block ${b} is not a block of the model (0…${cfg.numLayers - 1})`,
+        `${what}: block ${b} is not a block of the model (0…${cfg.numLayers - 1})`,
       );
     const rows = lengths.reduce((a, n) => a + n, 0);
     // positions are checked for the longest window: each starts at 0 (a cache comes with one window)
-    const span = Math.max(...lengths);
+    const span = lengths.reduce((a, n) => Math.max(a, n), 0);
     const w = this.weights.blocks[b]!;
     const { numHeads: H, numKvHeads: KV, headDim: hd } = cfg;
     const pos0 = cache ? cache.length : 0;
