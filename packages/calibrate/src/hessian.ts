@@ -6,7 +6,7 @@ import {
   tensor,
   type Tensor,
 } from '@caldera/core';
-import { syrkInto, type Pool } from '@caldera/linalg';
+import { mirrorUpper, syrkInto, type Pool } from '@caldera/linalg';
 import { checkDamping } from './damping.js';
 
 /** Options for {@link finalizeHessian}. */
@@ -211,8 +211,9 @@ export class HessianAccumulator {
     const h = new Float64Array(n * n);
     const inv = 1 / this.count;
     for (let i = 0; i < n; i++) for (let j = i; j < n; j++) h[i * n + j] = sum[i * n + j]! * inv;
-    mirrorUpper(h, n);
-    return tensor('f64', [n, n], h);
+    const t = tensor('f64', [n, n], h);
+    mirrorUpper(t);
+    return t;
   }
 
   /**
@@ -234,18 +235,6 @@ export class HessianAccumulator {
         `HessianAccumulator.${what}: this accumulator's sums became a Hessian (finalizeHessian with consume)`,
       );
   }
-}
-
-/** Copy the upper triangle of the row-major n×n `a` onto its lower triangle, by 64×64 tiles (both stay in cache). */
-function mirrorUpper(a: Float64Array, n: number): void {
-  const T = 64;
-  for (let i0 = 0; i0 < n; i0 += T)
-    for (let j0 = i0; j0 < n; j0 += T) {
-      const i1 = Math.min(n, i0 + T);
-      const j1 = Math.min(n, j0 + T);
-      for (let i = i0; i < i1; i++)
-        for (let j = Math.max(j0, i + 1); j < j1; j++) a[j * n + i] = a[i * n + j]!;
-    }
 }
 
 /**
@@ -296,6 +285,7 @@ export function finalizeHessian(acc: HessianAccumulator, options: HessianOptions
     for (let j = i; j < n; j++) h[i * n + j] = sum[i * n + j]! * inv * invMean;
     h[i * n + i]! += damping;
   }
-  mirrorUpper(h, n);
-  return tensor('f64', [n, n], h);
+  const t = tensor('f64', [n, n], h);
+  mirrorUpper(t);
+  return t;
 }

@@ -2,6 +2,7 @@ export { gemm, gemmInto, type GemmOptions, type GemmIntoOptions, type KernelProg
 export { createPool, type Pool, type PoolOptions } from './pool/pool.js';
 export { gemv, gemvInto, type GemvOptions, type GemvNewOptions, type Vector } from './gemv.js';
 export { syrk, syrkInto, type SyrkOptions, type SyrkNewOptions } from './syrk.js';
+export { mirrorUpper } from './symmetric.js';
 export { cholesky, choleskyWithInfo, type CholeskyOptions, type CholeskyResult } from './cholesky.js';
 export { blockLDL, blockLDLFromCholesky, type BlockLDL, type BlockLDLFromCholeskyOptions } from './ldl.js';
 export {

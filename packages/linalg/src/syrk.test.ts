@@ -4,6 +4,7 @@ import { defaultExecutor } from './pool/default.js';
 import { createPool } from './pool/pool.js';
 import { panelGemmInto } from './wasm/panel-gemm.js';
 import { syrk, syrkInto } from './syrk.js';
+import { mirrorUpper } from './symmetric.js';
 import { at, naiveGemm, randn, stridedRandn, tview, worstErrorRatio } from './test-util.js';
 
 const pool = createPool({ threads: 2 });
@@ -67,6 +68,32 @@ describe('syrk', () => {
     ).toThrow("E_VALUE: syrkInto: triangle must be 'full' or 'upper', got 'lower'");
     expect(() => syrk(randn('f32', 2, 3, 1), { triangle: 'upper' } as never)).toThrow(
       "E_VALUE: syrk: triangle 'upper' is for syrkInto; syrk returns the whole XᵀX",
+    );
+  });
+
+  it('mirrorUpper copies the upper triangle onto the lower one, contiguous or strided, across the 64-wide tiles', () => {
+    for (const n of [1, 63, 64, 65, 130]) {
+      for (const strided of [false, true]) {
+        // strided: the transpose view of a larger buffer (strides [1, n + 3], offset 2)
+        const ld = n + 3;
+        const buf = Float64Array.from({ length: 2 + ld * n }, (_, i) => i + 0.5);
+        const before = Float64Array.from(buf);
+        const c: Matrix = strided
+          ? { dtype: 'f64', shape: [n, n], strides: [1, ld], offset: 2, data: buf }
+          : (tensor('f64', [n, n], buf.subarray(0, n * n)) as Matrix);
+        const old = Float64Array.from(buf);
+        mirrorUpper(c);
+        for (let i = 0; i < n; i++)
+          for (let j = 0; j < n; j++)
+            expect(at(c, i, j)).toBe(
+              j >= i ? old[c.offset + i * c.strides[0]! + j * c.strides[1]!] : at(c, j, i),
+            );
+        // nothing outside the view is touched
+        if (strided) for (let i = 0; i < 2; i++) expect(buf[i]).toBe(before[i]);
+      }
+    }
+    expect(() => mirrorUpper(tensor('f64', [2, 3]) as Matrix)).toThrow(
+      /^E_SHAPE: mirrorUpper: c must be square/,
     );
   });
 

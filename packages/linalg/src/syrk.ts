@@ -25,6 +25,7 @@ import { resolveExecutor, scaleInPlace } from './gemm.js';
 import { gemmRefInto } from './gemm-ref.js';
 import type { Pool } from './pool/pool.js';
 import { panelGemmInto, type KernelProgress } from './wasm/panel-gemm.js';
+import { mirrorUpper } from './symmetric.js';
 
 /** Options of {@link syrk} and {@link syrkInto}. */
 export interface SyrkOptions {
@@ -177,22 +178,4 @@ function syrkImpl(c: Matrix, x: Matrix, o: SyrkOptions, beta: number, fn: string
     gemmRefInto(c, x as unknown as Matrix, x as unknown as Matrix, true, false, alpha, beta, 'upper');
   }
   if (mirror) mirrorUpper(c);
-}
-
-/** Copy the upper triangle of a square matrix onto its lower triangle. */
-function mirrorUpper(c: Matrix): void {
-  const n = c.shape[0]!;
-  const [s0, s1] = c.strides as [number, number];
-  const d = c.data;
-  const T = 64; // tiles keep both the rows read and the columns written in cache
-  for (let i0 = 0; i0 < n; i0 += T) {
-    for (let j0 = i0; j0 < n; j0 += T) {
-      const i1 = Math.min(n, i0 + T);
-      const j1 = Math.min(n, j0 + T);
-      for (let i = i0; i < i1; i++) {
-        for (let j = Math.max(j0, i + 1); j < j1; j++)
-          d[c.offset + j * s0 + i * s1] = d[c.offset + i * s0 + j * s1]!;
-      }
-    }
-  }
 }

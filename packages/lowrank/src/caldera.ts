@@ -19,6 +19,7 @@ import {
   choleskyWithInfo,
   gemm,
   gemmInto,
+  mirrorUpper,
   randomizedSvd,
   solveTriangular,
   svd as exactSvd,
@@ -259,13 +260,8 @@ function productF64(
   const xd = tensor('f64', [rows, cols], Float64Array.from(x));
   const yd = y ? tensor('f64', [rowsY, cols], Float64Array.from(y)) : xd;
   const out = gemm(xd, yd, { transB: true, checkFinite: false, ...pool }).data;
-  if (!y) mirrorUpper(out, rows);
+  if (!y) mirrorUpper(tensor('f64', [rows, rows], out));
   return out;
-}
-
-/** Copy the upper triangle of the k×k row-major `g` onto its lower one, in place (g made exactly symmetric). */
-function mirrorUpper(g: Float64Array, k: number): void {
-  for (let i = 0; i < k; i++) for (let j = i + 1; j < k; j++) g[j * k + i] = g[i * k + j]!;
 }
 
 /**
@@ -657,7 +653,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       RH ??= timesH ? timesH(R, k) : R;
       const AHRt = gemm(Am, mat(k, np, RH), { transB: true, checkFinite: false, ...pool }).data; // mp × k
       const G = RHRt ?? productF64(RH, k, R, k, pool); // R·H·Rᵀ, symmetric up to rounding
-      mirrorUpper(G, k);
+      mirrorUpper(tensor('f64', [k, k], G));
       const L = solveSpd(AHRt, [mp, k], G, k, 'right', pool);
       // each component balanced between L and R before L is quantized (the fit of R to L̂ keeps the balance)
       const pair = quantizedPair(balanceAgainst(L, mp, R, np, k, timesH ? { G, meanH } : null));
