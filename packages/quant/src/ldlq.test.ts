@@ -116,6 +116,72 @@ describe('ldlq', () => {
     expect(Array.from(quiet.wHat.data)).toEqual(Array.from(plain.wHat.data));
   });
 
+  it('weightedErrorInto receives (W − Ŵ)·M, M the Cholesky factor of H, without changing the codes', () => {
+    // the reference: a textbook f64 Cholesky of H and the product (W − Ŵ)·M in f64 loops
+    const M = new Float64Array(n * n);
+    for (let j = 0; j < n; j++) {
+      let d = h.data[j * n + j]!;
+      for (let p = 0; p < j; p++) d -= M[j * n + p]! ** 2;
+      M[j * n + j] = Math.sqrt(d);
+      for (let i = j + 1; i < n; i++) {
+        let v = h.data[i * n + j]!;
+        for (let p = 0; p < j; p++) v -= M[i * n + p]! * M[j * n + p]!;
+        M[i * n + j] = v / M[j * n + j]!;
+      }
+    }
+    const m = 64;
+    const ref = new Float64Array(m * n);
+    for (let r = 0; r < m; r++)
+      for (let p = 0; p < n; p++) {
+        const e = w.data[r * n + p]! - plain.wHat.data[r * n + p]!;
+        for (let j = 0; j <= p; j++) ref[r * n + j]! += e * M[p * n + j]!;
+      }
+    const into = tensor('f32', [m, n]);
+    const res = ldlq(w, h, { bufferCols: 32, damping: 0, weightedErrorInto: into });
+    expect(Array.from(res.wHat.data)).toEqual(Array.from(plain.wHat.data));
+    let rms = 0;
+    let worst = 0;
+    let sq = 0;
+    for (let i = 0; i < ref.length; i++) {
+      rms += ref[i]! ** 2;
+      worst = Math.max(worst, Math.abs(into.data[i]! - ref[i]!));
+      sq += into.data[i]! ** 2;
+    }
+    rms = Math.sqrt(rms / ref.length);
+    // LDLQ's residuals come from f32 feedback sums over ≤ n = 128 terms of O(1) values (errors ~1e-5 absolute);
+    // 1e-4 of Y's RMS is a margin of ~10 over that, and a wrong block (C vs Cᵀ, a missing term) is off by O(RMS)
+    expect(worst).toBeLessThan(1e-4 * rms);
+    // and its squared norm is the proxy loss's numerator (the same tolerance as the loss itself above)
+    let den = 0;
+    for (let r = 0; r < m; r++)
+      for (let i = 0; i < n; i++)
+        for (let j = 0; j < n; j++) den += w.data[r * n + i]! * h.data[i * n + j]! * w.data[r * n + j]!;
+    expect(Math.abs(sq / den - res.proxyLoss) / res.proxyLoss).toBeLessThan(1e-4);
+  });
+
+  it('weightedErrorInto of the wrong shape, dtype or layout, or with tuning passes, is refused', () => {
+    const code = (f: () => unknown) => {
+      try {
+        f();
+      } catch (e) {
+        return String((e as Error).message);
+      }
+      return 'no error';
+    };
+    const run = (t: unknown, tuneIters = 0) =>
+      code(() => ldlq(w, h, { damping: 0, tuneIters, weightedErrorInto: t as Tensor<'f32'> }));
+    expect(run(tensor('f32', [64, n + 8]))).toMatch(
+      /^E_SHAPE: ldlq: weightedErrorInto has shape \[64, 136\]/,
+    );
+    expect(run(tensor('f64', [64, n]))).toMatch(
+      /^E_VALUE: ldlq: weightedErrorInto must be an f32 tensor, got f64/,
+    );
+    const big = tensor('f32', [64, 2 * n]);
+    const view = { ...big, shape: [64, n] };
+    expect(run(view)).toMatch(/^E_VALUE: ldlq: weightedErrorInto must be contiguous/);
+    expect(run(tensor('f32', [64, n]), 2)).toMatch(/^E_VALUE: ldlq: weightedErrorInto .*tuneIters \(2\)/);
+  });
+
   it('buffer size changes only the summation order (identical codes up to rare rounding ties)', () => {
     const other = ldlq(w, h, { bufferCols: 8, damping: 0 });
     let same = 0;

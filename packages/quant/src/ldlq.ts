@@ -56,6 +56,14 @@ export interface LdlqOptions {
    * LDLQ's own feedback products; `false` skips it (the result's `proxyLoss` is then `NaN`).
    */
   proxyLoss?: boolean;
+  /**
+   * An f32 tensor `[m, n]`, contiguous and row-major, that receives `(W − Ŵ)·M`, where `M = L·chol(D)` is the lower
+   * Cholesky factor of the H that was factored (`H = M·Mᵀ`): the error weighted by `H^½`, so its squared norm is the
+   * proxy loss's numerator `tr((W − Ŵ)H(W − Ŵ)ᵀ)`. Free, where the product costs `m·n²/2` multiply-adds: LDLQ's
+   * rounding residuals r_k are `((W − Ŵ)·L)_k`, and `(W − Ŵ)·M` is `r_k·chol(D_k)` block by block. Only for LDLQ
+   * alone (`tuneIters: 0`, else `E_VALUE`: the passes change Ŵ after the residuals are known).
+   */
+  weightedErrorInto?: Tensor<'f32'>;
 }
 
 /** Result of {@link ldlq}. */
@@ -232,6 +240,8 @@ export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = 
     throw new CalderaError('E_VALUE', `ldlq: tuneIters must be an integer ≥ 0, got ${tune}`);
   if (prepared && tune > 0 && !h.hessian)
     throw new CalderaError('E_VALUE', 'ldlq: tuneIters needs H: prepare it with keepHessian: true');
+  const weighted = options.weightedErrorInto;
+  if (weighted !== undefined) checkWeightedError(weighted, m, n, tune);
   const B = options.bufferCols ?? 128;
   if (!Number.isInteger(B) || B <= 0 || B % g !== 0)
     throw new CalderaError('E_VALUE', `ldlq: bufferCols ${B} must be a positive multiple of ${g}`);
@@ -264,11 +274,19 @@ export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = 
   const x = new Float32Array(m * g);
   const vals = new Float32Array(m * g);
   const F = new Float32Array(m * B);
+  // The buffer's own columns of W, E, Ŵ and Y, contiguous (m × bw): a group's columns in the m × n arrays lie a row
+  // (n floats) apart, one memory page per row at n ≥ 1024, and those stores and loads cost more than the arithmetic
+  // inside the buffer; each buffer is copied in and out in rows instead.
+  const Wb = new Float32Array(m * B);
+  const Eb = new Float32Array(m * B);
+  const Whb = new Float32Array(m * B);
   const Lb = new Float32Array(B * B); // L[s:e, s:e], contiguous
   const sub = Math.max(g, Math.floor(Math.min(32, B) / g) * g); // sub-buffer width (JS feedback inside it)
   const D = factor.D;
   const pool = options.pool ? { pool: options.pool } : {};
   const measure = options.proxyLoss ?? true;
+  const Y = weighted?.data as Float32Array | undefined; // (W − Ŵ)·M, written buffer by buffer
+  const Yb = Y ? new Float32Array(m * B) : null;
   const den = measure ? traceWHWt(W, L, D, m, n, g, B, options.pool) : NaN;
   let num = 0;
 
@@ -281,6 +299,7 @@ export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = 
     const bw = e - s;
     // F = W[:, s:e] + E[:, e:n]·L[e:n, s:e]  (the bulk of the work: one gemm per buffer)
     for (let r = 0; r < m; r++) F.set(W.subarray(r * n + s, r * n + e), r * bw);
+    Wb.set(F.subarray(0, m * bw));
     if (e < n) {
       const fView: Tensor<'f32'> = { dtype: 'f32', shape: [m, bw], strides: [bw, 1], offset: 0, data: F };
       const eView: Tensor<'f32'> = { dtype: 'f32', shape: [m, n - e], strides: [n, 1], offset: e, data: E };
@@ -311,9 +330,9 @@ export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = 
         const ev: Tensor<'f32'> = {
           dtype: 'f32',
           shape: [m, e - subEnd],
-          strides: [n, 1],
-          offset: subEnd,
-          data: E,
+          strides: [bw, 1],
+          offset: subEnd - s,
+          data: Eb,
         };
         const lv: Tensor<'f32'> = {
           dtype: 'f32',
@@ -326,14 +345,14 @@ export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = 
       }
       const jEnd = subEnd - s;
       // x = F[:, c:c+g] + E[:, c+g:subEnd]·L[c+g:subEnd, c:c+g]  (feedback from this sub-buffer's finished blocks)
-      if (g === 8) feedback8(x, F, E, Lb, m, n, s, bw, cl, jEnd);
+      if (g === 8) feedback8(x, F, Eb, Lb, m, bw, cl, jEnd);
       else {
         for (let r = 0; r < m; r++) {
           const xr = r * g;
           for (let t = 0; t < g; t++) x[xr + t] = F[r * bw + cl + t]!;
-          const er = r * n + s;
+          const er = r * bw;
           for (let j = cl + g; j < jEnd; j++) {
-            const ev = E[er + j]!;
+            const ev = Eb[er + j]!;
             const lj = j * bw + cl;
             for (let t = 0; t < g; t++) x[xr + t]! += ev * Lb[lj + t]!;
           }
@@ -341,20 +360,30 @@ export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = 
       }
       rounder.round(x, m, vals, planes, c / g, groupsPerRow);
       const dk = (c / g) * g * g;
+      if (Yb) weightResiduals(Yb, x, vals, choleskyOfBlock(D, dk, g), m, bw, cl, g);
       for (let r = 0; r < m; r++) {
+        const b = r * bw + cl;
         for (let t = 0; t < g; t++) {
           const v = vals[r * g + t]!;
-          What[r * n + c + t] = v;
-          E[r * n + c + t] = W[r * n + c + t]! - v;
-        }
-        // tr(r_k D_k r_kᵀ) for this row: the exact contribution of block k to the proxy loss
-        for (let t = 0; t < g; t++) {
-          const rt = x[r * g + t]! - vals[r * g + t]!;
-          let acc = 0;
-          for (let u = 0; u < g; u++) acc += D[dk + t * g + u]! * (x[r * g + u]! - vals[r * g + u]!);
-          num += rt * acc;
+          Whb[b + t] = v;
+          Eb[b + t] = Wb[b + t]! - v;
         }
       }
+      // tr(r_k D_k r_kᵀ): the exact contribution of block k to the proxy loss, where it is asked for
+      if (measure)
+        for (let r = 0; r < m; r++)
+          for (let t = 0; t < g; t++) {
+            const rt = x[r * g + t]! - vals[r * g + t]!;
+            let acc = 0;
+            for (let u = 0; u < g; u++) acc += D[dk + t * g + u]! * (x[r * g + u]! - vals[r * g + u]!);
+            num += rt * acc;
+          }
+    }
+    for (let r = 0; r < m; r++) {
+      const from = r * bw;
+      E.set(Eb.subarray(from, from + bw), r * n + s);
+      What.set(Whb.subarray(from, from + bw), r * n + s);
+      if (Y) Y.set(Yb!.subarray(from, from + bw), r * n + s);
     }
     options.onProgress?.((n - s) / n / totalWork);
   }
@@ -555,15 +584,80 @@ function tunePass(
   return loss;
 }
 
-/** The in-buffer feedback for 8-column groups with the accumulators in registers (the hot loop of LDLQ). */
+/** `E_SHAPE`/`E_VALUE` unless `t` can receive ldlq's `(W − Ŵ)·M` for an m×n W (and no tuning passes change Ŵ). */
+function checkWeightedError(t: Tensor<'f32'>, m: number, n: number, tune: number): void {
+  assertMatrix(t, 'ldlq', 'weightedErrorInto');
+  if (t.dtype !== 'f32')
+    throw new CalderaError('E_VALUE', `ldlq: weightedErrorInto must be an f32 tensor, got ${t.dtype}`);
+  if (t.shape.length !== 2 || t.shape[0] !== m || t.shape[1] !== n)
+    throw new CalderaError(
+      'E_SHAPE',
+      `ldlq: weightedErrorInto has shape [${t.shape.join(', ')}], expected [${m}, ${n}] as W`,
+    );
+  if (t.offset !== 0 || t.strides[0] !== n || t.strides[1] !== 1)
+    throw new CalderaError(
+      'E_VALUE',
+      'ldlq: weightedErrorInto must be contiguous and row-major (a view is not)',
+    );
+  if (tune > 0)
+    throw new CalderaError(
+      'E_VALUE',
+      `ldlq: weightedErrorInto comes from LDLQ's residuals, which tuneIters (${tune}) passes would make stale`,
+    );
+}
+
+/**
+ * The lower Cholesky factor C of the g×g diagonal block D_k at `dk` (D_k = C·Cᵀ), f64. D_k comes from a factored,
+ * positive definite H, so its pivots are positive; one that round-off takes to ≤ 0 (a direction H does not weight)
+ * is a zero column of C.
+ */
+function choleskyOfBlock(D: Float64Array, dk: number, g: number): Float64Array {
+  const c = new Float64Array(g * g);
+  for (let j = 0; j < g; j++) {
+    let d = D[dk + j * g + j]!;
+    for (let p = 0; p < j; p++) d -= c[j * g + p]! * c[j * g + p]!;
+    const pivot = d > 0 ? Math.sqrt(d) : 0;
+    c[j * g + j] = pivot;
+    for (let i = j + 1; i < g; i++) {
+      let v = D[dk + i * g + j]!;
+      for (let p = 0; p < j; p++) v -= c[i * g + p]! * c[j * g + p]!;
+      c[i * g + j] = pivot > 0 ? v / pivot : 0;
+    }
+  }
+  return c;
+}
+
+/**
+ * One group of `Y = (W − Ŵ)·M` into columns c..c+g of `Y` (m rows, row length `width`): each row's rounding residual
+ * r = x − Ŵ (f64) times the block's Cholesky factor C (lower: Y_u = Σ_{t ≥ u} r_t·C_tu).
+ */
+function weightResiduals(
+  Y: Float32Array,
+  x: Float32Array,
+  vals: Float32Array,
+  C: Float64Array,
+  m: number,
+  width: number,
+  c: number,
+  g: number,
+): void {
+  for (let r = 0; r < m; r++) {
+    const xr = r * g;
+    for (let u = 0; u < g; u++) {
+      let acc = 0;
+      for (let t = u; t < g; t++) acc += (x[xr + t]! - vals[xr + t]!) * C[t * g + u]!;
+      Y[r * width + c + u] = acc;
+    }
+  }
+}
+
+/** The in-buffer feedback for 8-column groups with the accumulators in registers (the hot loop of LDLQ); `Eb` is the buffer's E (m × bw). */
 function feedback8(
   x: Float32Array,
   F: Float32Array,
-  E: Float32Array,
+  Eb: Float32Array,
   Lb: Float32Array,
   m: number,
-  n: number,
-  s: number,
   bw: number,
   cl: number,
   jEnd: number,
@@ -578,9 +672,9 @@ function feedback8(
       x5 = F[fr + 5]!,
       x6 = F[fr + 6]!,
       x7 = F[fr + 7]!;
-    const er = r * n + s;
+    const er = r * bw;
     for (let j = cl + 8; j < jEnd; j++) {
-      const ev = E[er + j]!;
+      const ev = Eb[er + j]!;
       const lj = j * bw + cl;
       x0 += ev * Lb[lj]!;
       x1 += ev * Lb[lj + 1]!;
