@@ -287,6 +287,8 @@ interface RotatedHessianFactors {
   Mf: Float32Array;
   /** LDLQ's prepared H, or null where not asked for. */
   baseQ: LdlqHessian | null;
+  /** True when `baseQ` was derived from M itself (its L·chol(D) is M), so LDLQ can give (W − Q̂)·M for free. */
+  baseQFromM: boolean;
   /** H itself (f64), or null where not asked for. */
   hDown: Float64Array | null;
 }
@@ -334,7 +336,12 @@ function factorRotatedHessian(
   const baseQ = options.prepareQ ? options.prepare(hr, chol.jitter === 0 ? chol.l : undefined) : null;
   const hDown = options.keepRotated ? hr : null;
   hr = null;
-  return { Mf: Float32Array.from(chol.l.data), baseQ, hDown };
+  return {
+    Mf: Float32Array.from(chol.l.data),
+    baseQ,
+    baseQFromM: baseQ !== null && chol.jitter === 0,
+    hDown,
+  };
 }
 
 function storeFactor(x: Float32Array, bits: FactorBits): { stored: StoredFactor; values: Float32Array } {
@@ -516,10 +523,12 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   // Two mp×np work arrays reused by every step (a fresh array of this size each time cost more in page faults than
   // the arithmetic it held on some machines): `work` for a step's input (W − L·R, W − Q) and the error's terms,
   // `workM` for Y = (W − Q)·M, the product of the residual of the current Q (none before the first Q step) with M.
-  // Y is made once per Q step, m·n²/2 multiply-adds (10 s at 4096 × 11008 on the 2-core machine, the largest part of a
-  // step): the data-aware LR step starts from it, and in the rotated domain each step's error comes from it through
-  // (Q + L̂R̂ − W)·M = L̂·(R̂·M) − Y, a rank-k product (the error's own product with M, twice per iteration, took as
-  // long as Y).
+  // Y is made once per Q step: the data-aware LR step starts from it, and in the rotated domain each step's error comes
+  // from it through (Q + L̂R̂ − W)·M = L̂·(R̂·M) − Y, a rank-k product (the error's own product with M, twice per
+  // iteration, took as long as Y). As a product Y costs m·n²/2 multiply-adds (10 s at 4096 × 11008 on the 2-core
+  // machine, the largest part of a step); it is one only for W·M before the first Q step, and after a Q step where
+  // LDLQ's factor is not M's (a jittered or downdated H, tuning passes, round-to-nearest): elsewhere LDLQ gives
+  // (A − Q̂)·M from its residuals, and Y = (A − Q̂)·M + L̂·(R̂·M), rank-k again.
   const work = new Float32Array(mp * np);
   const workM = new Float32Array(mp * np);
   const needY = !inOriginal || (k > 0 && o.dataAwareLR);
@@ -668,13 +677,18 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     return best!;
   };
 
+  /**
+   * Q̂ for the target A (in place: A is the step's work array). With `weightedInto` (LDLQ on a factor derived from M,
+   * no tuning passes), LDLQ also writes (A − Q̂)·M there, from its rounding residuals, and `weighted` is true.
+   */
   const quantizeQ = (
     A: Float32Array,
     hq: LdlqHessian | null,
-  ): { codes: LatticeCodes; values: Float32Array } => {
+    weightedInto: Float32Array | null,
+  ): { codes: LatticeCodes; values: Float32Array; weighted: boolean } => {
     const bits = o.qBits as 2 | 3 | 4;
     const s = rms(A);
-    if (s === 0) return latticeRound(A, bits);
+    if (s === 0) return { ...latticeRound(A, bits), weighted: false };
     const inScale = optScale(bits) / s;
     for (let i = 0; i < A.length; i++) A[i]! *= inScale; // in place: A is the step's work array
     let planes;
@@ -684,6 +698,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
         quantizer: rounderFor(bits),
         tuneIters: o.tuneIters,
         proxyLoss: false, // the decomposition measures its own error
+        ...(weightedInto ? { weightedErrorInto: mat(mp, np, weightedInto) } : {}),
         ...pool,
         ...(o.signal ? { signal: o.signal } : {}),
       });
@@ -694,9 +709,11 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       planes = r.planes;
       values = r.values;
     }
-    // back to A's scale, in place (the array is this call's own)
+    // back to A's scale, in place (the array is this call's own), and so the weighted error
     for (let i = 0; i < values.length; i++) values[i] = values[i]! / inScale;
-    return { codes: { bits, planes, scale: 1 / inScale }, values };
+    const weighted = hq !== null && weightedInto !== null;
+    if (weighted) for (let i = 0; i < weightedInto.length; i++) weightedInto[i] = weightedInto[i]! / inScale;
+    return { codes: { bits, planes, scale: 1 / inScale }, values, weighted };
   };
 
   const downdated = (lr: Float32Array, hBase: Float64Array): LdlqHessian => {
@@ -740,14 +757,26 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       } else {
         const A = work;
         for (let i = 0; i < A.length; i++) A[i] = Wr[i]! - (lr ? lr.product[i]! : 0);
-        const q = quantizeQ(
-          A,
-          !o.dataAwareQ ? null : hDown && lr ? downdated(lr.product, hDown) : factors.baseQ,
-        );
+        const hq = !o.dataAwareQ ? null : hDown && lr ? downdated(lr.product, hDown) : factors.baseQ;
+        // Y = (W − Q̂)·M = (A − Q̂)·M + L̂·(R̂·M): LDLQ on a factor derived from M gives the first term from its
+        // rounding residuals, where the product cost m·n²/2 multiply-adds (the largest part of a step at n = 11008)
+        const viaLdlq =
+          needY && hq !== null && hq === factors.baseQ && factors.baseQFromM && o.tuneIters === 0;
+        const q = quantizeQ(A, hq, viaLdlq ? workM : null);
         if (hDown) factors.baseQ = null; // every later Q step follows an LR step and downdates
         Qv = q.values;
         qCodes = q.codes;
-        if (needY) updateY(Qv);
+        if (q.weighted) {
+          if (lr) {
+            lr.rM ??= timesLower(lr.rValues, k, Mf, np, pool);
+            gemmInto(mat(mp, np, workM), mat(k, mp, lr.lValues), mat(k, np, lr.rM), {
+              transA: true,
+              beta: 1,
+              checkFinite: false,
+              ...pool,
+            });
+          }
+        } else if (needY) updateY(Qv);
       }
       updated.add(step);
       const e = relError(Qv, lr);
