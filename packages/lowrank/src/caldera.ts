@@ -287,7 +287,7 @@ interface RotatedHessianFactors {
   Mf: Float32Array;
   /** LDLQ's prepared H, or null where not asked for. */
   baseQ: LdlqHessian | null;
-  /** True when `baseQ` was derived from M itself (its L·chol(D) is M), so LDLQ can give (W − Q̂)·M for free. */
+  /** True when `baseQ` was derived from M itself (its L·chol(D) is M), so LDLQ can give its (A − Q̂)·M. */
   baseQFromM: boolean;
   /** H itself (f64), or null where not asked for. */
   hDown: Float64Array | null;

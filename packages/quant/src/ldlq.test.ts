@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { Rng, tensor, type Tensor } from '@caldera/core';
 import { e8pDecode, e8pEncode } from './e8p.js';
 import { cholesky } from '@caldera/linalg';
-import { ldlq, prepareLdlq, proxyLoss } from './ldlq.js';
+import { ldlq, prepareLdlq, proxyLoss, type LdlqOptions } from './ldlq.js';
 import { rvqRounder, uniformRounder } from './rounder.js';
 import { rvqDecode, rvqEncode } from './rvq.js';
 
@@ -116,7 +116,7 @@ describe('ldlq', () => {
     expect(Array.from(quiet.wHat.data)).toEqual(Array.from(plain.wHat.data));
   });
 
-  it('weightedErrorInto receives (W − Ŵ)·M, M the Cholesky factor of H, without changing the codes', () => {
+  describe('weightedErrorInto receives (W − Ŵ)·M, M the Cholesky factor of H, without changing the codes', () => {
     // the reference: a textbook f64 Cholesky of H and the product (W − Ŵ)·M in f64 loops
     const M = new Float64Array(n * n);
     for (let j = 0; j < n; j++) {
@@ -130,33 +130,59 @@ describe('ldlq', () => {
       }
     }
     const m = 64;
-    const ref = new Float64Array(m * n);
-    for (let r = 0; r < m; r++)
-      for (let p = 0; p < n; p++) {
-        const e = w.data[r * n + p]! - plain.wHat.data[r * n + p]!;
-        for (let j = 0; j <= p; j++) ref[r * n + j]! += e * M[p * n + j]!;
-      }
-    const into = tensor('f32', [m, n]);
-    const res = ldlq(w, h, { bufferCols: 32, damping: 0, weightedErrorInto: into });
-    expect(Array.from(res.wHat.data)).toEqual(Array.from(plain.wHat.data));
-    let rms = 0;
-    let worst = 0;
-    let sq = 0;
-    for (let i = 0; i < ref.length; i++) {
-      rms += ref[i]! ** 2;
-      worst = Math.max(worst, Math.abs(into.data[i]! - ref[i]!));
-      sq += into.data[i]! ** 2;
-    }
-    rms = Math.sqrt(rms / ref.length);
-    // LDLQ's residuals come from f32 feedback sums over ≤ n = 128 terms of O(1) values (errors ~1e-5 absolute);
-    // 1e-4 of Y's RMS is a margin of ~10 over that, and a wrong block (C vs Cᵀ, a missing term) is off by O(RMS)
-    expect(worst).toBeLessThan(1e-4 * rms);
-    // and its squared norm is the proxy loss's numerator (the same tolerance as the loss itself above)
     let den = 0;
     for (let r = 0; r < m; r++)
       for (let i = 0; i < n; i++)
         for (let j = 0; j < n; j++) den += w.data[r * n + i]! * h.data[i * n + j]! * w.data[r * n + j]!;
-    expect(Math.abs(sq / den - res.proxyLoss) / res.proxyLoss).toBeLessThan(1e-4);
+    // the prepared case is how @caldera/lowrank calls it: H's own Cholesky factor, no proxy loss
+    const cases: [string, LdlqOptions, boolean][] = [
+      ['E8P, 4 full buffers', { bufferCols: 32 }, false],
+      [
+        'E8P, buffers of 80 and 48 columns (sub-buffer products inside the partial one)',
+        { bufferCols: 80 },
+        false,
+      ],
+      [
+        'a scalar rounder (g = 1), buffers of 40, 40, 40 and 8 columns',
+        { bufferCols: 40, quantizer: uniformRounder(2, 0.5) },
+        false,
+      ],
+      [
+        'E8P on an H prepared from its Cholesky factor, without the proxy loss',
+        { bufferCols: 32, proxyLoss: false },
+        true,
+      ],
+    ];
+    it.each(cases)('%s', (_, opts, fromCholesky) => {
+      const hq = fromCholesky ? prepareLdlq(h, { damping: 0, cholesky: cholesky(h) }) : h;
+      const damping = fromCholesky ? {} : { damping: 0 };
+      const without = ldlq(w, hq, { ...damping, ...opts });
+      const into = tensor('f32', [m, n]);
+      const res = ldlq(w, hq, { ...damping, ...opts, weightedErrorInto: into });
+      expect(Array.from(res.wHat.data)).toEqual(Array.from(without.wHat.data));
+      const ref = new Float64Array(m * n);
+      for (let r = 0; r < m; r++)
+        for (let p = 0; p < n; p++) {
+          const e = w.data[r * n + p]! - res.wHat.data[r * n + p]!;
+          for (let j = 0; j <= p; j++) ref[r * n + j]! += e * M[p * n + j]!;
+        }
+      let rms = 0;
+      let worst = 0;
+      let sq = 0;
+      for (let i = 0; i < ref.length; i++) {
+        rms += ref[i]! ** 2;
+        worst = Math.max(worst, Math.abs(into.data[i]! - ref[i]!));
+        sq += into.data[i]! ** 2;
+      }
+      rms = Math.sqrt(rms / ref.length);
+      // LDLQ's residuals come from f32 feedback sums over ≤ n = 128 terms of O(1) values (errors ~1e-5 absolute);
+      // 1e-4 of Y's RMS is a margin of ~10 over that, and a wrong block (C vs Cᵀ, a missing term) is off by O(RMS)
+      expect(worst).toBeLessThan(1e-4 * rms);
+      // and its squared norm is the proxy loss's numerator (the same tolerance as the loss itself above)
+      if (opts.proxyLoss !== false)
+        expect(Math.abs(sq / den - res.proxyLoss) / res.proxyLoss).toBeLessThan(1e-4);
+      else expect(res.proxyLoss).toBeNaN();
+    });
   });
 
   it('weightedErrorInto of the wrong shape, dtype or layout, or with tuning passes, is refused', () => {
@@ -174,11 +200,14 @@ describe('ldlq', () => {
       /^E_SHAPE: ldlq: weightedErrorInto has shape \[64, 136\]/,
     );
     expect(run(tensor('f64', [64, n]))).toMatch(
-      /^E_VALUE: ldlq: weightedErrorInto must be an f32 tensor, got f64/,
+      /^E_DTYPE: ldlq: weightedErrorInto must be an f32 tensor, got dtype 'f64'/,
     );
     const big = tensor('f32', [64, 2 * n]);
     const view = { ...big, shape: [64, n] };
     expect(run(view)).toMatch(/^E_VALUE: ldlq: weightedErrorInto must be contiguous/);
+    expect(run(null)).toMatch(/^E_DTYPE: ldlq: weightedErrorInto must be an f32 tensor, got null/);
+    const plainData = { ...tensor('f32', [64, n]), data: new Array<number>(64 * n).fill(0) };
+    expect(run(plainData)).toMatch(/^E_VALUE: ldlq: weightedErrorInto.data must be a Float32Array/);
     expect(run(tensor('f32', [64, n]), 2)).toMatch(/^E_VALUE: ldlq: weightedErrorInto .*tuneIters \(2\)/);
   });
 

@@ -57,9 +57,10 @@ export interface LdlqOptions {
    */
   proxyLoss?: boolean;
   /**
-   * An f32 tensor `[m, n]`, contiguous and row-major, that receives `(W − Ŵ)·M`, where `M = L·chol(D)` is the lower
-   * Cholesky factor of the H that was factored (`H = M·Mᵀ`): the error weighted by `H^½`, so its squared norm is the
-   * proxy loss's numerator `tr((W − Ŵ)H(W − Ŵ)ᵀ)`. Free, where the product costs `m·n²/2` multiply-adds: LDLQ's
+   * An f32 tensor `[m, n]`, contiguous and row-major (`E_DTYPE`, `E_SHAPE`, `E_VALUE` otherwise), that receives
+   * `(W − Ŵ)·M`, where `M = L·chol(D)` is the lower Cholesky factor of the H that was factored (damped, and with the
+   * jitter when `repaired`; `H = M·Mᵀ`): the error weighted by a square root of H, so its squared norm is the proxy
+   * loss's numerator `tr((W − Ŵ)H(W − Ŵ)ᵀ)`. About m·n·g/2 multiply-adds, where the product costs m·n²/2: LDLQ's
    * rounding residuals r_k are `((W − Ŵ)·L)_k`, and `(W − Ŵ)·M` is `r_k·chol(D_k)` block by block. Only for LDLQ
    * alone (`tuneIters: 0`, else `E_VALUE`: the passes change Ŵ after the residuals are known).
    */
@@ -586,9 +587,14 @@ function tunePass(
 
 /** `E_SHAPE`/`E_VALUE` unless `t` can receive ldlq's `(W − Ŵ)·M` for an m×n W (and no tuning passes change Ŵ). */
 function checkWeightedError(t: Tensor<'f32'>, m: number, n: number, tune: number): void {
+  if (t === null || typeof t !== 'object' || (t as { dtype?: unknown }).dtype !== 'f32')
+    throw new CalderaError(
+      'E_DTYPE',
+      `ldlq: weightedErrorInto must be an f32 tensor, got ${t === null || typeof t !== 'object' ? String(t) : `dtype '${String((t as { dtype?: unknown }).dtype)}'`}`,
+    );
   assertMatrix(t, 'ldlq', 'weightedErrorInto');
-  if (t.dtype !== 'f32')
-    throw new CalderaError('E_VALUE', `ldlq: weightedErrorInto must be an f32 tensor, got ${t.dtype}`);
+  if (!(t.data instanceof Float32Array))
+    throw new CalderaError('E_VALUE', 'ldlq: weightedErrorInto.data must be a Float32Array');
   if (t.shape.length !== 2 || t.shape[0] !== m || t.shape[1] !== n)
     throw new CalderaError(
       'E_SHAPE',
@@ -597,7 +603,7 @@ function checkWeightedError(t: Tensor<'f32'>, m: number, n: number, tune: number
   if (t.offset !== 0 || t.strides[0] !== n || t.strides[1] !== 1)
     throw new CalderaError(
       'E_VALUE',
-      'ldlq: weightedErrorInto must be contiguous and row-major (a view is not)',
+      'ldlq: weightedErrorInto must be contiguous and row-major (a view with an offset or other strides is not)',
     );
   if (tune > 0)
     throw new CalderaError(
@@ -651,7 +657,10 @@ function weightResiduals(
   }
 }
 
-/** The in-buffer feedback for 8-column groups with the accumulators in registers (the hot loop of LDLQ); `Eb` is the buffer's E (m × bw). */
+/**
+ * The in-buffer feedback for 8-column groups with the accumulators in registers (the hot loop of LDLQ); `Eb` is the
+ * buffer's E (m × bw).
+ */
 function feedback8(
   x: Float32Array,
   F: Float32Array,
