@@ -211,6 +211,93 @@ describe('ldlq', () => {
     expect(run(tensor('f32', [64, n]), 2)).toMatch(/^E_VALUE: ldlq: weightedErrorInto .*tuneIters \(2\)/);
   });
 
+  describe('wHatInto and overwriteW: the same codes and Ŵ, Ŵ in the given array, W − Ŵ left in W', () => {
+    const cases: [string, LdlqOptions, boolean][] = [
+      ['LDLQ alone, 4 full buffers', { bufferCols: 32 }, false],
+      ['buffers of 80 and 48 columns', { bufferCols: 80 }, false],
+      [
+        'with a tuning pass (W − Ŵ updated in place: equal up to round-off)',
+        { bufferCols: 32, tuneIters: 1 },
+        false,
+      ],
+      [
+        'with weightedErrorInto, on an H prepared from its Cholesky factor (as @caldera/lowrank calls it)',
+        { bufferCols: 32, proxyLoss: false },
+        true,
+      ],
+    ];
+    it.each(cases)('%s', (_, opts, fromCholesky) => {
+      const hq = fromCholesky ? prepareLdlq(h, { damping: 0, cholesky: cholesky(h) }) : h;
+      const damping = fromCholesky ? {} : { damping: 0 };
+      const y0 = fromCholesky ? tensor('f32', [64, n]) : undefined;
+      const y1 = fromCholesky ? tensor('f32', [64, n]) : undefined;
+      const plainRun = ldlq(w, hq, { ...damping, ...opts, ...(y0 ? { weightedErrorInto: y0 } : {}) });
+      const scratch = tensor('f32', [64, n], Float32Array.from(w.data));
+      const into = tensor('f32', [64, n], new Float32Array(64 * n).fill(Number.NaN)); // every entry must be written
+      const res = ldlq(scratch, hq, {
+        ...damping,
+        ...opts,
+        ...(y1 ? { weightedErrorInto: y1 } : {}),
+        wHatInto: into,
+        overwriteW: true,
+      });
+      expect(res.wHat.data).toBe(into.data);
+      expect(Array.from(into.data)).toEqual(Array.from(plainRun.wHat.data));
+      expect(res.codes.map((p) => Array.from(p))).toEqual(plainRun.codes.map((p) => Array.from(p)));
+      if (y0 && y1) expect(Array.from(y1.data)).toEqual(Array.from(y0.data));
+      if (opts.proxyLoss !== false) expect(res.proxyLoss).toBe(plainRun.proxyLoss);
+      let worst = 0;
+      for (let i = 0; i < 64 * n; i++)
+        worst = Math.max(worst, Math.abs(scratch.data[i]! - Math.fround(w.data[i]! - into.data[i]!)));
+      // after LDLQ alone each entry is the f32 difference itself; a tuning pass subtracts its changes from it,
+      // one f32 rounding per change of O(1) values (≤ 2.4e-7 each)
+      if (opts.tuneIters) expect(worst).toBeLessThan(1e-6);
+      else expect(worst).toBe(0);
+    });
+
+    it('is refused for a W that is not a plain f32 array, or outputs sharing memory', () => {
+      const code = (f: () => unknown) => {
+        try {
+          f();
+        } catch (e) {
+          return String((e as Error).message);
+        }
+        return 'no error';
+      };
+      const w64 = tensor('f64', [64, n], Float64Array.from(w.data));
+      expect(code(() => ldlq(w64, h, { damping: 0, overwriteW: true }))).toMatch(
+        /^E_VALUE: ldlq: overwriteW needs W as a contiguous, row-major f32 tensor \(got f64/,
+      );
+      const big = tensor('f32', [64, 2 * n]);
+      expect(code(() => ldlq({ ...big, shape: [64, n] }, h, { damping: 0, overwriteW: true }))).toMatch(
+        /^E_VALUE: ldlq: overwriteW needs W as a contiguous/,
+      );
+      expect(code(() => ldlq(w, h, { damping: 0, overwriteW: 'yes' as unknown as boolean }))).toMatch(
+        /^E_VALUE: ldlq:.*overwriteW/,
+      );
+      expect(code(() => ldlq(w, h, { damping: 0, wHatInto: w }))).toMatch(
+        /^E_VALUE: ldlq: wHatInto shares memory with W/,
+      );
+      // views of one buffer: apart they are fine, overlapping by 8 entries they are refused
+      const shared = new Float32Array(2 * 64 * n);
+      const first = tensor('f32', [64, n], shared.subarray(0, 64 * n));
+      const apart = tensor('f32', [64, n], shared.subarray(64 * n));
+      const overlapping = tensor('f32', [64, n], shared.subarray(64 * n - 8, 2 * 64 * n - 8));
+      expect(code(() => ldlq(w, h, { damping: 0, weightedErrorInto: first, wHatInto: apart }))).toBe(
+        'no error',
+      );
+      expect(code(() => ldlq(w, h, { damping: 0, weightedErrorInto: first, wHatInto: overlapping }))).toMatch(
+        /^E_VALUE: ldlq: wHatInto shares memory with weightedErrorInto/,
+      );
+      expect(code(() => ldlq(w, h, { damping: 0, wHatInto: tensor('f32', [64, n + 8]) }))).toMatch(
+        /^E_SHAPE: ldlq: wHatInto has shape \[64, 136\]/,
+      );
+      expect(code(() => ldlq(w, h, { damping: 0, wHatInto: tensor('f64', [64, n]) as never }))).toMatch(
+        /^E_DTYPE: ldlq: wHatInto must be an f32 tensor/,
+      );
+    });
+  });
+
   it('buffer size changes only the summation order (identical codes up to rare rounding ties)', () => {
     const other = ldlq(w, h, { bufferCols: 8, damping: 0 });
     let same = 0;

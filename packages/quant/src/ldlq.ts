@@ -6,6 +6,7 @@ import {
   cast,
   CalderaError,
   isCalderaError,
+  isContiguous,
   throwIfAborted,
   toF32,
   type Matrix,
@@ -65,6 +66,19 @@ export interface LdlqOptions {
    * alone (`tuneIters: 0`, else `E_VALUE`: the passes change Ŵ after the residuals are known).
    */
   weightedErrorInto?: Tensor<'f32'>;
+  /**
+   * An f32 tensor `[m, n]`, contiguous and row-major (`E_DTYPE`, `E_SHAPE`, `E_VALUE` otherwise), that receives Ŵ:
+   * the result's `wHat` is then a view of it. Saves the m × n array LDLQ otherwise allocates. It must not share
+   * memory with W or `weightedErrorInto` (`E_VALUE`).
+   */
+  wHatInto?: Tensor<'f32'>;
+  /**
+   * Use W's own storage as LDLQ's working array for the rounding error: afterwards it holds `W − Ŵ` (each entry the
+   * f32 difference; `tuneIters` passes update it in place, so after them up to round-off; after an error or an abort,
+   * something in between). Saves an m × n array. W must then be a contiguous, row-major f32 tensor (`E_VALUE`
+   * otherwise). Default false.
+   */
+  overwriteW?: boolean;
 }
 
 /** Result of {@link ldlq}. */
@@ -205,7 +219,7 @@ export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = 
   options ??= {}; // from JavaScript: null options are none
   assertNotAbortSignal(options, 'ldlq'); // ldlq(W, H, signal): refused, not ignored
   assertCallbacks(options, 'ldlq', ['onProgress']);
-  assertBooleanOptions(options, 'ldlq', ['proxyLoss']);
+  assertBooleanOptions(options, 'ldlq', ['proxyLoss', 'overwriteW']);
   const rounder = options.quantizer ?? e8pRounder();
   const g = rounder.dim;
   assertMatrix(w, 'ldlq', 'W');
@@ -242,11 +256,30 @@ export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = 
   if (prepared && tune > 0 && !h.hessian)
     throw new CalderaError('E_VALUE', 'ldlq: tuneIters needs H: prepare it with keepHessian: true');
   const weighted = options.weightedErrorInto;
-  if (weighted !== undefined) checkWeightedError(weighted, m, n, tune);
+  if (weighted !== undefined) {
+    checkOutput(weighted, 'weightedErrorInto', m, n);
+    if (tune > 0)
+      throw new CalderaError(
+        'E_VALUE',
+        `ldlq: weightedErrorInto comes from LDLQ's residuals, which tuneIters (${tune}) passes would make stale`,
+      );
+  }
+  const wHatInto = options.wHatInto;
+  if (wHatInto !== undefined) checkOutput(wHatInto, 'wHatInto', m, n);
+  const overwrite = options.overwriteW ?? false;
+  if (overwrite && !(w.dtype === 'f32' && isPlain(w)))
+    throw new CalderaError(
+      'E_VALUE',
+      `ldlq: overwriteW needs W as a contiguous, row-major f32 tensor (got ${w.dtype}, strides [${w.strides.join(', ')}], offset ${w.offset})`,
+    );
+  checkDisjoint(w.data, [
+    ['weightedErrorInto', weighted?.data],
+    ['wHatInto', wHatInto?.data],
+  ]);
   const B = options.bufferCols ?? 128;
   if (!Number.isInteger(B) || B <= 0 || B % g !== 0)
     throw new CalderaError('E_VALUE', `ldlq: bufferCols ${B} must be a positive multiple of ${g}`);
-  const W = toF32(w).data;
+  const W = overwrite ? (w.data as Float32Array) : toF32(w).data;
   for (let i = 0; i < W.length; i++) {
     if (!Number.isFinite(W[i]!))
       throw new CalderaError('E_VALUE', `ldlq: W has a non-finite value at (${Math.floor(i / n)}, ${i % n})`);
@@ -267,8 +300,10 @@ export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = 
       );
   const { L, repaired } = factor;
   const hd = factor.hessian;
-  const E = new Float32Array(m * n); // W − Ŵ of the columns done so far
-  const What = new Float32Array(m * n);
+  // W − Ŵ of the columns done so far (the feedback products read only those; W's own columns are read before theirs
+  // are written, so the two may share storage)
+  const E = overwrite ? W : new Float32Array(m * n);
+  const What = wHatInto ? (wHatInto.data as Float32Array) : new Float32Array(m * n);
   const groupsPerRow = n / g;
   const planes = allocPlanes(rounder, m * groupsPerRow);
   const totalWork = 1 + tune;
@@ -585,31 +620,51 @@ function tunePass(
   return loss;
 }
 
-/** `E_SHAPE`/`E_VALUE` unless `t` can receive ldlq's `(W − Ŵ)·M` for an m×n W (and no tuning passes change Ŵ). */
-function checkWeightedError(t: Tensor<'f32'>, m: number, n: number, tune: number): void {
+/** `E_DTYPE`/`E_SHAPE`/`E_VALUE` unless `t` (the option `name`) can receive an m × n output of ldlq. */
+function checkOutput(t: Tensor<'f32'>, name: string, m: number, n: number): void {
   if (t === null || typeof t !== 'object' || (t as { dtype?: unknown }).dtype !== 'f32')
     throw new CalderaError(
       'E_DTYPE',
-      `ldlq: weightedErrorInto must be an f32 tensor, got ${t === null || typeof t !== 'object' ? String(t) : `dtype '${String((t as { dtype?: unknown }).dtype)}'`}`,
+      `ldlq: ${name} must be an f32 tensor, got ${t === null || typeof t !== 'object' ? String(t) : `dtype '${String((t as { dtype?: unknown }).dtype)}'`}`,
     );
-  assertMatrix(t, 'ldlq', 'weightedErrorInto');
+  assertMatrix(t, 'ldlq', name);
   if (!(t.data instanceof Float32Array))
-    throw new CalderaError('E_VALUE', 'ldlq: weightedErrorInto.data must be a Float32Array');
+    throw new CalderaError('E_VALUE', `ldlq: ${name}.data must be a Float32Array`);
   if (t.shape.length !== 2 || t.shape[0] !== m || t.shape[1] !== n)
     throw new CalderaError(
       'E_SHAPE',
-      `ldlq: weightedErrorInto has shape [${t.shape.join(', ')}], expected [${m}, ${n}] as W`,
+      `ldlq: ${name} has shape [${t.shape.join(', ')}], expected [${m}, ${n}] as W`,
     );
-  if (t.offset !== 0 || t.strides[0] !== n || t.strides[1] !== 1)
+  if (!isPlain(t))
     throw new CalderaError(
       'E_VALUE',
-      'ldlq: weightedErrorInto must be contiguous and row-major (a view with an offset or other strides is not)',
+      `ldlq: ${name} must be contiguous and row-major (a view with an offset or other strides is not)`,
     );
-  if (tune > 0)
-    throw new CalderaError(
-      'E_VALUE',
-      `ldlq: weightedErrorInto comes from LDLQ's residuals, which tuneIters (${tune}) passes would make stale`,
-    );
+}
+
+/** True when the matrix `t` is row-major with no offset: its entry (i, j) at `data[i·n + j]`. */
+function isPlain(t: Matrix): boolean {
+  return t.offset === 0 && isContiguous(t);
+}
+
+/**
+ * `E_VALUE` when two of W's data and the given output arrays share memory (an output written while W, or the other
+ * output, is still read).
+ */
+function checkDisjoint(w: Matrix['data'], outputs: [string, Matrix['data'] | undefined][]): void {
+  const named: [string, Matrix['data']][] = [['W', w]];
+  for (const [name, d] of outputs) if (d !== undefined) named.push([name, d]);
+  for (let i = 0; i < named.length; i++)
+    for (let j = i + 1; j < named.length; j++) {
+      const [na, a] = named[i]!;
+      const [nb, b] = named[j]!;
+      if (
+        a.buffer === b.buffer &&
+        a.byteOffset < b.byteOffset + b.byteLength &&
+        b.byteOffset < a.byteOffset + a.byteLength
+      )
+        throw new CalderaError('E_VALUE', `ldlq: ${nb} shares memory with ${na}`);
+    }
 }
 
 /**
