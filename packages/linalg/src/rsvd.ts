@@ -233,6 +233,12 @@ export function randomizedSvd(a: Matrix, k: number, options: RandomizedSvdOption
   };
   const mul = (x: Matrix, y: Matrix, transA = false): Matrix =>
     abortingAs(what, () => gemm(x, y, transA ? { ...long, transA } : long));
+  /** `out` (f64, rows × l) = A·Y (`transA`: Aᵀ·Y), Y held in `y` in A's dtype, the product made in A's dtype. */
+  const mulInto = (out: Float64Array, rows: number, y: Matrix, transA: boolean): void => {
+    const o: Matrix = dt === 'f64' ? f64Of(out, rows) : f32Of(out32.subarray(0, rows * l), rows);
+    abortingAs(what, () => gemmInto(o, a, y, transA ? { ...long, transA } : long));
+    if (dt !== 'f64') out.set(o.data);
+  };
   const orth = (z: Float64Array, rows: number): void =>
     orthonormalizeInPlace(
       z,
@@ -244,12 +250,39 @@ export function randomizedSvd(a: Matrix, k: number, options: RandomizedSvdOption
   const dt = a.dtype;
   const rng = new Rng(options.seed ?? 0);
   const omega = toDType(rng.fillNormal(new Float64Array(n * l)), dt, [n, l]);
-  let q = Float64Array.from(mul(a, omega).data);
+  // the sketches Q (m × l) and Z (n × l) in f64, and for an f32 A their f32 copies and the products before their
+  // copy to f64: each array made once, not per product (fresh arrays of this size cost their page faults each time)
+  const f64Of = (d: Float64Array, rows: number): Tensor<'f64'> => ({
+    dtype: 'f64',
+    shape: [rows, l],
+    strides: [l, 1],
+    offset: 0,
+    data: d,
+  });
+  const f32Of = (d: Float32Array, rows: number): Tensor<'f32'> => ({
+    dtype: 'f32',
+    shape: [rows, l],
+    strides: [l, 1],
+    offset: 0,
+    data: d,
+  });
+  const out32 = new Float32Array(dt === 'f64' ? 0 : Math.max(m, n) * l);
+  const in32 = new Float32Array(dt === 'f64' ? 0 : Math.max(m, n) * l);
+  /** The f64 sketch `d` (rows × l) as an operand in A's dtype. */
+  const operand = (d: Float64Array, rows: number): Matrix => {
+    if (dt === 'f64') return f64Of(d, rows);
+    const c = in32.subarray(0, rows * l);
+    c.set(d);
+    return f32Of(c, rows);
+  };
+  const q = new Float64Array(m * l);
+  const z = new Float64Array(powerIters > 0 ? n * l : 0);
+  mulInto(q, m, omega, false);
   orth(q, m);
   for (let it = 0; it < powerIters; it++) {
-    const z = Float64Array.from(mul(a, toDType(q, dt, [m, l]), true).data);
+    mulInto(z, n, operand(q, m), true);
     orth(z, n);
-    q = Float64Array.from(mul(a, toDType(z, dt, [n, l])).data);
+    mulInto(q, m, operand(z, n), false);
     orth(q, m);
   }
   // B = Qᵀ·A (l×n) = U_B·S·Vᵀ by the accurate QR + one-sided Jacobi SVD (no Gram matrix, so small singular
