@@ -67,7 +67,7 @@ export function rotateWeight(
   rowsTimesM(z, mp, np, false); // Z·M_n
   const t = transposed(z, mp, np); // (Z·M_n)ᵀ
   rowsTimesM(t, np, mp, false); // (Z·M_n)ᵀ·M_m = (M_mᵀ·Z·M_n)ᵀ
-  return transposed(t, np, mp);
+  return transposed(t, np, mp, z); // back into z (one fresh mp × np array fewer)
 }
 
 /** The inverse of {@link rotateWeight}: `W = diag(SV)·M_m·Wr·M_nᵀ·diag(SU)`, cropped to m×n. */
@@ -89,12 +89,12 @@ export function unrotateWeight(
     throw new CalderaError('E_SHAPE', `unrotateWeight: wr has ${wr.length} entries, expected ${mp}×${np}`);
   checkSigns('unrotateWeight', 'su', su, np);
   checkSigns('unrotateWeight', 'sv', sv, mp);
-  let z = Float32Array.from(wr);
+  const z = Float32Array.from(wr);
   if (su && sv) {
     rowsTimesM(z, mp, np, true); // Wr·M_nᵀ
     const t = transposed(z, mp, np);
     rowsTimesM(t, np, mp, true); // (Wr·M_nᵀ)ᵀ·M_mᵀ = (M_m·Wr·M_nᵀ)ᵀ
-    z = transposed(t, np, mp);
+    transposed(t, np, mp, z);
   }
   const out = new Float32Array(m * n);
   for (let i = 0; i < m; i++)

@@ -14,3 +14,19 @@ describe('transposeSquareInPlace', () => {
     }
   });
 });
+
+describe('transposed', () => {
+  it('writes the c×r transpose of an r×c matrix into a given array, across the 32-wide tiles', () => {
+    for (const [r, c] of [
+      [1, 5],
+      [33, 70],
+      [70, 33],
+    ] as const) {
+      const a = Float32Array.from({ length: r * c }, (_, i) => i + 0.5); // every entry distinct
+      const out = new Float32Array(r * c).fill(Number.NaN);
+      expect(transposed(a, r, c, out)).toBe(out);
+      for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) expect(out[j * r + i]).toBe(a[i * c + j]);
+      expect(Array.from(transposed(a, r, c))).toEqual(Array.from(out));
+    }
+  });
+});
