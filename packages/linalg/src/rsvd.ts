@@ -233,12 +233,6 @@ export function randomizedSvd(a: Matrix, k: number, options: RandomizedSvdOption
   };
   const mul = (x: Matrix, y: Matrix, transA = false): Matrix =>
     abortingAs(what, () => gemm(x, y, transA ? { ...long, transA } : long));
-  /** `out` (f64, rows × l) = A·Y (`transA`: Aᵀ·Y), Y held in `y` in A's dtype, the product made in A's dtype. */
-  const mulInto = (out: Float64Array, rows: number, y: Matrix, transA: boolean): void => {
-    const o: Matrix = dt === 'f64' ? f64Of(out, rows) : f32Of(out32.subarray(0, rows * l), rows);
-    abortingAs(what, () => gemmInto(o, a, y, transA ? { ...long, transA } : long));
-    if (dt !== 'f64') out.set(o.data);
-  };
   const orth = (z: Float64Array, rows: number): void =>
     orthonormalizeInPlace(
       z,
@@ -267,7 +261,13 @@ export function randomizedSvd(a: Matrix, k: number, options: RandomizedSvdOption
     data: d,
   });
   const out32 = new Float32Array(dt === 'f64' ? 0 : Math.max(m, n) * l);
-  const in32 = new Float32Array(dt === 'f64' ? 0 : Math.max(m, n) * l);
+  const in32 = new Float32Array(dt === 'f64' || powerIters === 0 ? 0 : Math.max(m, n) * l);
+  /** `out` (f64, rows × l) = A·Y (`transA`: Aᵀ·Y), Y in A's dtype, the product made in A's dtype. */
+  const mulInto = (out: Float64Array, rows: number, y: Matrix, transA: boolean): void => {
+    const o: Matrix = dt === 'f64' ? f64Of(out, rows) : f32Of(out32.subarray(0, rows * l), rows);
+    abortingAs(what, () => gemmInto(o, a, y, transA ? { ...long, transA } : long));
+    if (dt !== 'f64') out.set(o.data);
+  };
   /** The f64 sketch `d` (rows × l) as an operand in A's dtype. */
   const operand = (d: Float64Array, rows: number): Matrix => {
     if (dt === 'f64') return f64Of(d, rows);

@@ -272,6 +272,22 @@ describe('ldlq', () => {
       expect(code(() => ldlq({ ...big, shape: [64, n] }, h, { damping: 0, overwriteW: true }))).toMatch(
         /^E_VALUE: ldlq: overwriteW needs W as a contiguous/,
       );
+      // a view that starts 8 entries into its data (row-major otherwise): refused as W and as an output
+      const shifted: Tensor<'f32'> = {
+        dtype: 'f32',
+        shape: [64, n],
+        strides: [n, 1],
+        offset: 8,
+        data: new Float32Array(64 * n + 8),
+      };
+      shifted.data.set(w.data, 8);
+      expect(code(() => ldlq(shifted, h, { damping: 0, overwriteW: true }))).toMatch(
+        /^E_VALUE: ldlq: overwriteW needs W as a contiguous.*offset 8/,
+      );
+      expect(code(() => ldlq(w, h, { damping: 0, wHatInto: shifted }))).toMatch(
+        /^E_VALUE: ldlq: wHatInto must be contiguous/,
+      );
+      expect(code(() => ldlq(shifted, h, { damping: 0 }))).toBe('no error'); // read through its offset otherwise
       expect(code(() => ldlq(w, h, { damping: 0, overwriteW: 'yes' as unknown as boolean }))).toMatch(
         /^E_VALUE: ldlq:.*overwriteW/,
       );

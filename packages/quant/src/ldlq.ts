@@ -63,7 +63,8 @@ export interface LdlqOptions {
    * jitter when `repaired`; `H = M·Mᵀ`): the error weighted by a square root of H, so its squared norm is the proxy
    * loss's numerator `tr((W − Ŵ)H(W − Ŵ)ᵀ)`. About m·n·g/2 multiply-adds, where the product costs m·n²/2: LDLQ's
    * rounding residuals r_k are `((W − Ŵ)·L)_k`, and `(W − Ŵ)·M` is `r_k·chol(D_k)` block by block. Only for LDLQ
-   * alone (`tuneIters: 0`, else `E_VALUE`: the passes change Ŵ after the residuals are known).
+   * alone (`tuneIters: 0`, else `E_VALUE`: the passes change Ŵ after the residuals are known). It must not share
+   * memory with W or `wHatInto` (`E_VALUE`).
    */
   weightedErrorInto?: Tensor<'f32'>;
   /**
@@ -85,7 +86,7 @@ export interface LdlqOptions {
 export interface LdlqResult {
   /** Codes, one plane per stage, each `[m, n/dim]` row-major (code j of row i covers columns dim·j..dim·j+dim−1). */
   codes: CodePlane[];
-  /** The quantized matrix Ŵ (f32, m × n). */
+  /** The quantized matrix Ŵ (f32, m × n): a view of {@link LdlqOptions.wHatInto} when that is given. */
   wHat: Tensor<'f32'>;
   /** True when H was singular and a small diagonal jitter had to be added to factor it. */
   repaired: boolean;
@@ -267,7 +268,7 @@ export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = 
   const wHatInto = options.wHatInto;
   if (wHatInto !== undefined) checkOutput(wHatInto, 'wHatInto', m, n);
   const overwrite = options.overwriteW ?? false;
-  if (overwrite && !(w.dtype === 'f32' && isPlain(w)))
+  if (overwrite && !(w.dtype === 'f32' && w.data instanceof Float32Array && isPlain(w)))
     throw new CalderaError(
       'E_VALUE',
       `ldlq: overwriteW needs W as a contiguous, row-major f32 tensor (got ${w.dtype}, strides [${w.strides.join(', ')}], offset ${w.offset})`,
@@ -279,7 +280,7 @@ export function ldlq(w: Matrix, h: Matrix | LdlqHessian, options: LdlqOptions = 
   const B = options.bufferCols ?? 128;
   if (!Number.isInteger(B) || B <= 0 || B % g !== 0)
     throw new CalderaError('E_VALUE', `ldlq: bufferCols ${B} must be a positive multiple of ${g}`);
-  const W = overwrite ? (w.data as Float32Array) : toF32(w).data;
+  const W = overwrite ? (w.data as Float32Array).subarray(0, m * n) : toF32(w).data;
   for (let i = 0; i < W.length; i++) {
     if (!Number.isFinite(W[i]!))
       throw new CalderaError('E_VALUE', `ldlq: W has a non-finite value at (${Math.floor(i / n)}, ${i % n})`);
@@ -648,8 +649,8 @@ function isPlain(t: Matrix): boolean {
 }
 
 /**
- * `E_VALUE` when two of W's data and the given output arrays share memory (an output written while W, or the other
- * output, is still read).
+ * `E_VALUE` when two of W's data and the given output arrays share memory (an output written over W while W is still
+ * read, or two outputs written over each other).
  */
 function checkDisjoint(w: Matrix['data'], outputs: [string, Matrix['data'] | undefined][]): void {
   const named: [string, Matrix['data']][] = [['W', w]];
