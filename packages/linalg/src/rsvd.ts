@@ -246,34 +246,29 @@ export function randomizedSvd(a: Matrix, k: number, options: RandomizedSvdOption
   const omega = toDType(rng.fillNormal(new Float64Array(n * l)), dt, [n, l]);
   // the sketches Q (m × l) and Z (n × l) in f64, and for an f32 A their f32 copies and the products before their
   // copy to f64: each array made once, not per product (fresh arrays of this size cost their page faults each time)
-  const f64Of = (d: Float64Array, rows: number): Tensor<'f64'> => ({
-    dtype: 'f64',
-    shape: [rows, l],
-    strides: [l, 1],
-    offset: 0,
-    data: d,
-  });
-  const f32Of = (d: Float32Array, rows: number): Tensor<'f32'> => ({
-    dtype: 'f32',
-    shape: [rows, l],
-    strides: [l, 1],
-    offset: 0,
-    data: d,
-  });
+  /** `d` as a rows × l row-major matrix of its dtype. */
+  const sketch = (d: Float32Array | Float64Array, rows: number): Matrix =>
+    ({
+      dtype: d instanceof Float64Array ? 'f64' : 'f32',
+      shape: [rows, l],
+      strides: [l, 1],
+      offset: 0,
+      data: d,
+    }) as Matrix;
   const out32 = new Float32Array(dt === 'f64' ? 0 : Math.max(m, n) * l);
   const in32 = new Float32Array(dt === 'f64' || powerIters === 0 ? 0 : Math.max(m, n) * l);
   /** `out` (f64, rows × l) = A·Y (`transA`: Aᵀ·Y), Y in A's dtype, the product made in A's dtype. */
   const mulInto = (out: Float64Array, rows: number, y: Matrix, transA: boolean): void => {
-    const o: Matrix = dt === 'f64' ? f64Of(out, rows) : f32Of(out32.subarray(0, rows * l), rows);
+    const o = sketch(dt === 'f64' ? out : out32.subarray(0, rows * l), rows);
     abortingAs(what, () => gemmInto(o, a, y, transA ? { ...long, transA } : long));
     if (dt !== 'f64') out.set(o.data);
   };
   /** The f64 sketch `d` (rows × l) as an operand in A's dtype. */
   const operand = (d: Float64Array, rows: number): Matrix => {
-    if (dt === 'f64') return f64Of(d, rows);
+    if (dt === 'f64') return sketch(d, rows);
     const c = in32.subarray(0, rows * l);
     c.set(d);
-    return f32Of(c, rows);
+    return sketch(c, rows);
   };
   const q = new Float64Array(m * l);
   const z = new Float64Array(powerIters > 0 ? n * l : 0);
