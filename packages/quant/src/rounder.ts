@@ -46,7 +46,7 @@ export function e8pRounder(): GroupRounder {
     bitsPerWeight: 2,
     round(x, rows, out, planes, group, stride) {
       const c = e8pEncode(x.subarray(0, rows * 8));
-      out.set(e8pDecode(c));
+      e8pDecode(c, out); // the first rows·8 values of out
       const p = planes[0]!;
       for (let r = 0; r < rows; r++) p[r * stride + group] = c[r]!;
     },
