@@ -7,6 +7,7 @@ import {
   type Tensor,
 } from '@caldera/core';
 import { gemm, gemmInto, hadamardRowsInPlace, type Pool } from '@caldera/linalg';
+import { e8pDecode } from '@caldera/quant';
 import {
   checkDecompositionTerms,
   codecBits,
@@ -23,7 +24,7 @@ import {
   lowRankFactors,
   rowMajorCodes,
 } from './kernels/caldera-kernel.js';
-import { e8pDecodeInto, e8pMatvecLut } from './kernels/e8p-lut.js';
+import { e8pMatvecLut } from './kernels/e8p-lut.js';
 import { type HalfFormat, matvecF16, matvecF32, WasmMatrix } from './kernels/matvec.js';
 import { aloneBytes, type ArenaRequest, type KernelArenas } from './kernels/kernel-arenas.js';
 import type { ArenaRegion, KernelArena } from './kernels/arena.js';
@@ -600,7 +601,7 @@ export class CalderaLinear implements Linear {
       const groups = np / 8;
       const block = new Float32Array(BLOCK_ROWS * np);
       const decode = (i0: number, c: number) => {
-        e8pDecodeInto(codes.subarray(i0 * groups, (i0 + c) * groups), block);
+        e8pDecode(codes.subarray(i0 * groups, (i0 + c) * groups), block);
         return block;
       };
       productByRowBlocks(xr, rows, np, mp, decode, yr, options);

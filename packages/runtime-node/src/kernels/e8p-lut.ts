@@ -1,4 +1,4 @@
-import { e8pGrid, e8pSources } from '@caldera/quant';
+import { e8pSources } from '@caldera/quant';
 
 /**
  * Table-driven product with E8P12 codes (layout in `@caldera/quant`'s e8p.ts). A codeword is `sgn ⊙ source[a] ± ¼`,
@@ -145,22 +145,5 @@ export function e8pMatvecLut(
         y[yo + i]! += l1[e & 0xffff]! + l2[e >>> 16]!;
       }
     }
-  }
-}
-
-/** Decode E8P codes into `out` (8 values per code) by copying codewords from the grid (no per-code allocation). */
-export function e8pDecodeInto(codes: Uint16Array, out: Float32Array): void {
-  const grid = e8pGrid();
-  for (let k = 0; k < codes.length; k++) {
-    const c = codes[k]! * 8;
-    const o = k * 8;
-    out[o] = grid[c]!;
-    out[o + 1] = grid[c + 1]!;
-    out[o + 2] = grid[c + 2]!;
-    out[o + 3] = grid[c + 3]!;
-    out[o + 4] = grid[c + 4]!;
-    out[o + 5] = grid[c + 5]!;
-    out[o + 6] = grid[c + 6]!;
-    out[o + 7] = grid[c + 7]!;
   }
 }
