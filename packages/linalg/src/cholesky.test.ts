@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { isCalderaError, Rng, tensor, type Tensor } from '@caldera/core';
 import { cholesky, choleskyWithInfo } from './cholesky.js';
 import { blockLDL, blockLDLFromCholesky } from './ldl.js';
+import { createPool } from './pool/pool.js';
 import { expectAbortable } from './abort-test-util.js';
 
 /** A = GᵀG/k + εI with a seeded G (k × n): SPD, condition number controlled by k and ε. */
@@ -37,6 +38,34 @@ describe('cholesky', () => {
       for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) expect(l[i * n + j]).toBe(0);
       // backward stability of Cholesky: ‖LLᵀ − A‖ ≤ c·n·eps·‖A‖; c = 4 is generous
       expect(maxAbs(r)).toBeLessThan(4 * n * 2.2e-16 * maxAbs(a.data) + 1e-300);
+    });
+  }
+
+  // groups of 4 panels share one trailing update: n = 1100 takes groups of 512 columns (two full, one of 76) with
+  // panels of 128, and 9 groups of 128 with panels of 32 (not the kernel's k-block: sums grouped otherwise)
+  for (const [n, blockSize] of [
+    [1100, 128],
+    [1100, 32],
+  ] as const) {
+    it(`reconstructs A = LLᵀ for n = ${n} across groups of 4 panels of ${blockSize}, with a pool`, () => {
+      const a = spd(n, 7, 1e-3, 40); // rank 40 + εI: condition ~1e3·n/40
+      const pool = createPool({ threads: 2 });
+      try {
+        const l = cholesky(a, { blockSize, pool }).data;
+        let err = 0;
+        for (let i = 0; i < n; i++) {
+          for (let j = i + 1; j < n; j++) if (l[i * n + j] !== 0) throw new Error(`L(${i}, ${j}) is not 0`);
+          for (let j = 0; j <= i; j++) {
+            let s = 0; // (LLᵀ)ᵢⱼ by scalar sums, independent of the kernels
+            for (let p = 0; p <= j; p++) s += l[i * n + p]! * l[j * n + p]!;
+            err = Math.max(err, Math.abs(s - a.data[i * n + j]!));
+          }
+        }
+        // as above: ‖LLᵀ − A‖ ≤ c·n·eps·‖A‖ with c = 4
+        expect(err).toBeLessThan(4 * n * 2.2e-16 * maxAbs(a.data));
+      } finally {
+        pool.dispose();
+      }
     });
   }
 
