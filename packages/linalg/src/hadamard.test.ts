@@ -6,9 +6,11 @@ import {
   hadamardBase,
   hadamardFactor,
   hadamardRowsInPlace,
+  hadamardColumnsInPlace,
   hadamardSupported,
   nextHadamardSize,
 } from './hadamard.js';
+import { createPool } from './pool/pool.js';
 
 describe('Hadamard base matrices', () => {
   for (const k of HADAMARD_BASE_ORDERS) {
@@ -121,6 +123,56 @@ describe('hadamard transform', () => {
         }
         expect(worst).toBeLessThanOrEqual(1);
       }
+  });
+
+  it('columns: M_nᵀ·X is the transpose of the row transform of Xᵀ, to the bit (f64, f32, both directions, pool)', () => {
+    // n = 64 (K = 1), 48 = 12·4, 344 = 172·2; 3 columns take the scalar mix, 16 and 37 the product; n = 11008 with
+    // 100 columns mixes in two chunks (⌊2²⁰ / 172⌋ = 6096 of its 6400 values per row of the K-row view); an offset of
+    // 5 values in front, left alone
+    const pool = createPool({ threads: 2 });
+    try {
+      const off = 5;
+      for (const [n, cols] of [
+        [64, 16],
+        [48, 3],
+        [48, 37],
+        [344, 16],
+        [344, 37],
+        [11008, 100],
+      ] as const)
+        for (const transpose of [false, true])
+          for (const Ctor of [Float64Array, Float32Array]) {
+            const src = new Rng(n + cols).fillNormal(new Ctor(off + n * cols));
+            const byColumns = Ctor.from(src);
+            hadamardColumnsInPlace(byColumns, n, cols, { transpose, offset: off, pool });
+            const t = new Ctor(cols * n); // Xᵀ, transformed by rows
+            for (let i = 0; i < n; i++)
+              for (let c = 0; c < cols; c++) t[c * n + i] = src[off + i * cols + c]!;
+            hadamardRowsInPlace(t, cols, n, { transpose });
+            for (let i = 0; i < off; i++) expect(byColumns[i]).toBe(src[i]);
+            let diffs = 0;
+            for (let i = 0; i < n; i++)
+              for (let c = 0; c < cols; c++) if (byColumns[off + i * cols + c] !== t[c * n + i]) diffs++;
+            expect(diffs, `n = ${n}, ${cols} columns, transpose ${transpose}, ${Ctor.name}`).toBe(0);
+          }
+    } finally {
+      pool.dispose();
+    }
+  });
+
+  it('columns: the same checks as rows, naming columns', () => {
+    expect(() => hadamardColumnsInPlace(new Int32Array(8) as never, 8, 1)).toThrow(
+      /^E_DTYPE: hadamardColumnsInPlace: data must be a Float32Array or Float64Array, got Int32Array$/,
+    );
+    expect(() => hadamardColumnsInPlace(new Float32Array(24), 12, 3)).toThrow(
+      /^E_SHAPE: hadamard: 3 columns of 12 exceed the data length 24$/,
+    );
+    expect(() => hadamardColumnsInPlace(new Float32Array(44), 11, 4)).toThrow(
+      /^E_UNSUPPORTED: hadamard: size 11 /,
+    );
+    expect(() => hadamardColumnsInPlace(new Float32Array(24), 12, 1.5)).toThrow(
+      /^E_VALUE: hadamard: columns /,
+    );
   });
 
   it('rejects non-finite sizes and bad rows/offset with E_VALUE (nextHadamardSize(NaN) used to loop forever)', () => {

@@ -19,6 +19,7 @@ import {
 } from '@caldera/core';
 import { assertCount, assertFiniteMatrix, assertFiniteScalar, assertMatrix, newMatrix } from './check.js';
 import { gemmInto } from './gemm.js';
+import type { Pool } from './pool/pool.js';
 
 /** The orders K > 1 with a construction here, largest first (the search order for a size n). */
 export const HADAMARD_BASE_ORDERS: readonly number[] = [
@@ -204,6 +205,58 @@ function fwht(v: Float32Array | Float64Array, off: number, len: number): void {
   }
 }
 
+/** Options of {@link hadamardRowsInPlace} and {@link hadamardColumnsInPlace}. */
+export interface HadamardInPlaceOptions {
+  /** Apply `M_nᵀ` instead of `M_n`. Default false. */
+  transpose?: boolean;
+  /** Index in `data` of the matrix's first entry, a non-negative integer. Default 0. */
+  offset?: number;
+  /** Worker pool for the products of the `H_K` mix (only where K > 1 and the matrix is large). Default: none. */
+  pool?: Pool;
+}
+
+/**
+ * The checks both in-place transforms make: `data` a Float32Array or Float64Array (another typed array `E_DTYPE`,
+ * anything else `E_VALUE`), `n` supported (`E_UNSUPPORTED` naming the size to pad to), `count` and `offset`
+ * non-negative integers (`E_VALUE`), `count·n` entries from `offset` inside `data` (`E_SHAPE`, naming `counted`).
+ * Returns `n`'s factors.
+ */
+function checkInPlace(
+  what: string,
+  data: Float32Array | Float64Array,
+  count: number,
+  n: number,
+  counted: string,
+  offset: number,
+): { K: number; p: number } {
+  if (!(data instanceof Float32Array) && !(data instanceof Float64Array)) {
+    // an Int32Array's sums would wrap and its scaled values truncate: silently wrong, so refused (O(1) check)
+    assertObject(data, what, 'data', 'a Float32Array or Float64Array');
+    const view = ArrayBuffer.isView(data);
+    throw new CalderaError(
+      view ? 'E_DTYPE' : 'E_VALUE',
+      `${what}: data must be a Float32Array or Float64Array, got ` +
+        (view ? (data as object).constructor.name : describeValue(data)),
+    );
+  }
+  // (a missing n was blamed on nextHadamardSize, called for the message below)
+  assertCount(n, 1, what, 'n');
+  const f = hadamardFactor(n);
+  if (!f)
+    throw new CalderaError(
+      'E_UNSUPPORTED',
+      `hadamard: size ${n} is not K·2^p for a supported K; pad to ${nextHadamardSize(n)}`,
+    );
+  assertCount(count, 0, 'hadamard', counted);
+  assertCount(offset, 0, 'hadamard', 'offset');
+  if (offset + count * n > data.length)
+    throw new CalderaError(
+      'E_SHAPE',
+      `hadamard: ${count} ${counted} of ${n} exceed the data length ${data.length}`,
+    );
+  return f;
+}
+
 /**
  * Replace each of `rows` consecutive rows (length n) of `data` by `v·M_n` (or `v·M_nᵀ` with `transpose`).
  * The kernel the runtimes use on activations. `data` must be a Float32Array or Float64Array (another typed array is
@@ -214,37 +267,15 @@ export function hadamardRowsInPlace(
   data: Float32Array | Float64Array,
   rows: number,
   n: number,
-  options: { transpose?: boolean; offset?: number } = {},
+  options: HadamardInPlaceOptions = {},
 ): void {
-  if (!(data instanceof Float32Array) && !(data instanceof Float64Array)) {
-    // an Int32Array's sums would wrap and its scaled values truncate: silently wrong, so refused (O(1) check)
-    assertObject(data, 'hadamardRowsInPlace', 'data', 'a Float32Array or Float64Array');
-    const view = ArrayBuffer.isView(data);
-    throw new CalderaError(
-      view ? 'E_DTYPE' : 'E_VALUE',
-      `hadamardRowsInPlace: data must be a Float32Array or Float64Array, got ` +
-        (view ? (data as object).constructor.name : describeValue(data)),
-    );
-  }
-  // (a missing n was blamed on nextHadamardSize, called for the message below)
-  assertCount(n, 1, 'hadamardRowsInPlace', 'n');
-  const f = hadamardFactor(n);
-  if (!f)
-    throw new CalderaError(
-      'E_UNSUPPORTED',
-      `hadamard: size ${n} is not K·2^p for a supported K; pad to ${nextHadamardSize(n)}`,
-    );
   const off0 = options.offset ?? 0;
-  assertCount(rows, 0, 'hadamard', 'rows');
-  assertCount(off0, 0, 'hadamard', 'offset');
-  if (off0 + rows * n > data.length)
-    throw new CalderaError('E_SHAPE', `hadamard: ${rows} rows of ${n} exceed the data length ${data.length}`);
-  const { K } = f;
+  const { K } = checkInPlace('hadamardRowsInPlace', data, rows, n, 'rows', off0);
   const P = n / K;
   const scale = 1 / Math.sqrt(n);
   const H = hadamardBase(K);
   if (K > 1 && rows >= MIX_GEMM_MIN_ROWS) {
-    mixRowsByGemm(data, off0, rows, n, K, H, options.transpose ?? false, scale);
+    mixRowsByGemm(data, off0, rows, n, K, H, options.transpose ?? false, scale, options.pool);
     return;
   }
   const tmp = K > 1 ? new Float64Array(n) : null;
@@ -269,6 +300,110 @@ export function hadamardRowsInPlace(
   }
 }
 
+/** Columns per pass of {@link hadamardColumnsInPlace}'s Walsh–Hadamard transforms (2^p rows of them in cache). */
+const FWHT_COLUMN_CHUNK = 512;
+
+/**
+ * Replace each column `v` of the n × `cols` row-major matrix at `data` by `(vᵀ·M_n)ᵀ = M_nᵀ·v` (with `transpose`,
+ * `M_n·v`): the matrix X becomes `M_nᵀ·X`, the transpose of what {@link hadamardRowsInPlace} makes of Xᵀ, to the
+ * bit where X has at least 16 columns (16 rows there: its batched mix). Without the transposes that costs: the
+ * Walsh–Hadamard butterflies combine whole rows, and the `H_K` mix is one product `H_Kᵀ·X` with X read as K rows of
+ * 2^p·cols values, in chunks of columns. The same checks as {@link hadamardRowsInPlace}, with `cols` for its `rows`.
+ */
+export function hadamardColumnsInPlace(
+  data: Float32Array | Float64Array,
+  n: number,
+  cols: number,
+  options: HadamardInPlaceOptions = {},
+): void {
+  const off0 = options.offset ?? 0;
+  const { K } = checkInPlace('hadamardColumnsInPlace', data, cols, n, 'columns', off0);
+  const P = n / K;
+  const scale = 1 / Math.sqrt(n);
+  // the butterflies of fwht, along b = 0 … P − 1 for each a, on whole row segments: the same sums as fwht per column
+  for (let a = 0; a < K; a++)
+    for (let c0 = 0; c0 < cols; c0 += FWHT_COLUMN_CHUNK) {
+      const c1 = Math.min(cols, c0 + FWHT_COLUMN_CHUNK);
+      for (let h = 1; h < P; h <<= 1)
+        for (let i = 0; i < P; i += h << 1)
+          for (let j = i; j < i + h; j++) {
+            const u = off0 + (a * P + j) * cols;
+            const v = u + h * cols;
+            for (let c = c0; c < c1; c++) {
+              const x = data[u + c]!;
+              const y = data[v + c]!;
+              data[u + c] = x + y;
+              data[v + c] = x - y;
+            }
+          }
+    }
+  if (K === 1) {
+    for (let i = off0; i < off0 + n * cols; i++) data[i]! *= scale;
+    return;
+  }
+  if (cols < MIX_GEMM_MIN_ROWS) {
+    mixColumnsByLoops(data, off0, n, cols, K, hadamardBase(K), options.transpose ?? false, scale);
+    return;
+  }
+  // Out[a', t] = Σ_a hm[a][a']·X[a, t] with X[a, t] the K × (P·cols) view: Out = hmᵀ·X, by chunks of t
+  const H = hadamardBase(K);
+  const transpose = options.transpose ?? false;
+  const hmT = new Float64Array(K * K); // hmT[a'][a] = H[a][a'] (v·M) or H[a'][a] (v·Mᵀ)
+  for (let a = 0; a < K; a++)
+    for (let a2 = 0; a2 < K; a2++) hmT[a2 * K + a] = transpose ? H[a2 * K + a]! : H[a * K + a2]!;
+  const width = P * cols;
+  const chunk = Math.max(1, Math.min(width, Math.floor(MIX_BATCH_VALUES / K)));
+  const mixed = new Float64Array(K * chunk);
+  const x = data instanceof Float64Array ? data : null;
+  const gathered = x ? null : new Float64Array(K * chunk); // an f32 X is mixed in f64, as the row transform does
+  for (let t0 = 0; t0 < width; t0 += chunk) {
+    const cnt = Math.min(chunk, width - t0);
+    let src: Tensor<'f64'>;
+    if (x) src = { dtype: 'f64', shape: [K, cnt], strides: [width, 1], offset: off0 + t0, data: x };
+    else {
+      for (let a = 0; a < K; a++) {
+        const o = off0 + a * width + t0;
+        for (let t = 0; t < cnt; t++) gathered![a * cnt + t] = data[o + t]!;
+      }
+      src = { dtype: 'f64', shape: [K, cnt], strides: [cnt, 1], offset: 0, data: gathered! };
+    }
+    const out: Tensor<'f64'> = { dtype: 'f64', shape: [K, cnt], strides: [cnt, 1], offset: 0, data: mixed };
+    const hm: Tensor<'f64'> = { dtype: 'f64', shape: [K, K], strides: [K, 1], offset: 0, data: hmT };
+    gemmInto(out, hm, src, { checkFinite: false, ...(options.pool ? { pool: options.pool } : {}) });
+    for (let a = 0; a < K; a++) {
+      const o = off0 + a * width + t0;
+      for (let t = 0; t < cnt; t++) data[o + t] = mixed[a * cnt + t]! * scale;
+    }
+  }
+}
+
+/** The `H_K` mix and scaling of {@link hadamardColumnsInPlace} for a matrix of few columns, by scalar sums. */
+function mixColumnsByLoops(
+  data: Float32Array | Float64Array,
+  off0: number,
+  n: number,
+  cols: number,
+  K: number,
+  H: Int8Array,
+  transpose: boolean,
+  scale: number,
+): void {
+  const P = n / K;
+  const col = new Float64Array(n);
+  const tmp = new Float64Array(n);
+  for (let c = 0; c < cols; c++) {
+    for (let i = 0; i < n; i++) col[i] = data[off0 + i * cols + c]!;
+    tmp.fill(0);
+    for (let a = 0; a < K; a++)
+      for (let a2 = 0; a2 < K; a2++) {
+        const hv = transpose ? H[a2 * K + a]! : H[a * K + a2]!;
+        if (hv === 1) for (let b = 0; b < P; b++) tmp[a2 * P + b]! += col[a * P + b]!;
+        else for (let b = 0; b < P; b++) tmp[a2 * P + b]! -= col[a * P + b]!;
+      }
+    for (let i = 0; i < n; i++) data[off0 + i * cols + c] = tmp[i]! * scale;
+  }
+}
+
 /** From this many rows on, {@link hadamardRowsInPlace} mixes by gemm ({@link mixRowsByGemm}). */
 const MIX_GEMM_MIN_ROWS = 16;
 /** Values per batch of {@link mixRowsByGemm} (two f64 buffers of this size: 16 MiB). */
@@ -289,6 +424,7 @@ function mixRowsByGemm(
   H: Int8Array,
   transpose: boolean,
   scale: number,
+  pool: Pool | undefined,
 ): void {
   const P = n / K;
   const hm = new Float64Array(K * K); // hm[a][a'] = H[a][a'] (v·M) or H[a'][a] (v·Mᵀ)
@@ -312,7 +448,10 @@ function mixRowsByGemm(
       const g = r * n;
       for (let a = 0; a < K; a++) for (let b = 0; b < P; b++) gathered[g + b * K + a] = data[o + a * P + b]!;
     }
-    gemmInto(mat(mixed, cnt * P, K), mat(gathered, cnt * P, K), mat(hm, K, K), { checkFinite: false });
+    gemmInto(mat(mixed, cnt * P, K), mat(gathered, cnt * P, K), mat(hm, K, K), {
+      checkFinite: false,
+      ...(pool ? { pool } : {}),
+    });
     for (let r = 0; r < cnt; r++) {
       const o = off0 + (r0 + r) * n;
       const g = r * n;

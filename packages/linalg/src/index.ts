@@ -8,6 +8,8 @@ export { blockLDL, blockLDLFromCholesky, type BlockLDL, type BlockLDLFromCholesk
 export {
   hadamard,
   hadamardRowsInPlace,
+  hadamardColumnsInPlace,
+  type HadamardInPlaceOptions,
   hadamardBase,
   hadamardFactor,
   hadamardSupported,

@@ -498,7 +498,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
   const rng = new Rng(o.seed);
   const su = o.hadamard ? randomSigns(np, rng) : null;
   const sv = o.hadamard ? randomSigns(mp, rng) : null;
-  const Wr = rotateWeight(W0, mp, np, su, sv);
+  const Wr = rotateWeight(W0, mp, np, su, sv, pool);
   const invG = g > 0 ? 1 / g : 0;
   for (let i = 0; i < Wr.length; i++) Wr[i]! *= invG;
   // W's values so large that its f32 rotation overflows (RMS beyond ~1e36) cannot be fitted in f32
@@ -519,7 +519,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       ...pool,
       ...sig,
     });
-  const factors = factorRotatedHessian(() => rotateHessian(hFit, n, np, su, hScale), np, {
+  const factors = factorRotatedHessian(() => rotateHessian(hFit, n, np, su, hScale, pool), np, {
     // LDLQ's block LDL for every Q step that does not downdate (with the downdate, every Q step after an LR step
     // prepares its own; a Q step before any LR step, the first one of 'q-first', has no L·R to downdate by)
     prepareQ: order.includes('Q') && o.dataAwareQ && (k === 0 || !o.hessianDowndate || order[0] === 'Q'),
@@ -601,7 +601,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     return Math.max(0, s);
   };
   if (needY) updateY(null);
-  const den = inOriginal ? originalSq(unrotateWeight(Wr, mp, np, m, n, su, sv)) : rotatedSq(null);
+  const den = inOriginal ? originalSq(unrotateWeight(Wr, mp, np, m, n, su, sv, pool)) : rotatedSq(null);
   if (!Number.isFinite(den))
     throw new CalderaError('E_VALUE', `caldera: ‖W·H^½‖² = ${den} is not finite in f32: W or H is too large`);
   /** The relative error of the estimate Q + L·R (`q`: Q's values, `pair`: the low-rank pair or null for none). */
@@ -612,7 +612,7 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     // the estimate rounded to f32 as it is held, then its difference from W
     if (pair) for (let i = 0; i < d.length; i++) d[i] = Math.fround(q[i]! + pair.product[i]!) - Wr[i]!;
     else for (let i = 0; i < d.length; i++) d[i] = q[i]! - Wr[i]!;
-    return Math.sqrt(originalSq(unrotateWeight(d, mp, np, m, n, su, sv)) / den);
+    return Math.sqrt(originalSq(unrotateWeight(d, mp, np, m, n, su, sv, pool)) / den);
   };
 
   /** Rank-k truncated SVD of the mp×np matrix X: u mp×k, s (k), vt k×np, row-major f64. */

@@ -1,6 +1,12 @@
 import { assertObject, CalderaError, describeValue, Rng, type Tensor } from '@caldera/core';
-import { assertMatrix, hadamardRowsInPlace, hadamardSupported } from '@caldera/linalg';
-import { transposed, transposeSquareInPlace } from './transpose.js';
+import {
+  assertMatrix,
+  hadamardColumnsInPlace,
+  hadamardRowsInPlace,
+  hadamardSupported,
+  type Pool,
+} from '@caldera/linalg';
+import { transposeSquareInPlace } from './transpose.js';
 
 /**
  * The padded size CALDERA works at: supported by the Hadamard transform (when used) and a multiple of 8. `n` must be
@@ -35,9 +41,26 @@ function checkSigns(what: string, name: string, s: Float32Array | null, length: 
     );
 }
 
-/** In place: rows of the r×c matrix `a` → `v·M_c` (`transpose`: `v·M_cᵀ`). */
-function rowsTimesM(a: Float32Array | Float64Array, r: number, c: number, transpose: boolean): void {
-  hadamardRowsInPlace(a, r, c, { transpose });
+/** Options of {@link rotateWeight}, {@link unrotateWeight} and {@link rotateHessian}. */
+export interface RotateOptions {
+  /** Worker pool for the products of the transforms' `H_K` mix (sizes with K > 1, such as 11008 = 172·64). */
+  pool?: Pool;
+}
+
+/**
+ * In place, the r × c matrix Z → `M_rᵀ·Z·M_c` (`transpose`: `M_r·Z·M_cᵀ`): the rows' transform, then the columns'
+ * (`hadamardColumnsInPlace`, the transpose of the rows' transform of Zᵀ to the bit, without the two transposes).
+ */
+function rotateInPlace(
+  z: Float32Array | Float64Array,
+  r: number,
+  c: number,
+  transpose: boolean,
+  pool: Pool | undefined,
+): void {
+  const opts = { transpose, ...(pool ? { pool } : {}) };
+  hadamardRowsInPlace(z, r, c, opts);
+  hadamardColumnsInPlace(z, r, c, opts);
 }
 
 /**
@@ -50,6 +73,7 @@ export function rotateWeight(
   np: number,
   su: Float32Array | null,
   sv: Float32Array | null,
+  options: RotateOptions = {},
 ): Float32Array {
   assertMatrix(w, 'rotateWeight', 'w');
   const [m, n] = w.shape as [number, number];
@@ -63,11 +87,8 @@ export function rotateWeight(
       const v = w.data[w.offset + i * w.strides[0]! + j * w.strides[1]!]!;
       z[i * np + j] = sv && su ? v * sv[i]! * su[j]! : v;
     }
-  if (!su || !sv) return z;
-  rowsTimesM(z, mp, np, false); // Z·M_n
-  const t = transposed(z, mp, np); // (Z·M_n)ᵀ
-  rowsTimesM(t, np, mp, false); // (Z·M_n)ᵀ·M_m = (M_mᵀ·Z·M_n)ᵀ
-  return transposed(t, np, mp, z); // back into z (one fresh mp × np array fewer)
+  if (su && sv) rotateInPlace(z, mp, np, false, options.pool);
+  return z;
 }
 
 /** The inverse of {@link rotateWeight}: `W = diag(SV)·M_m·Wr·M_nᵀ·diag(SU)`, cropped to m×n. */
@@ -79,6 +100,7 @@ export function unrotateWeight(
   n: number,
   su: Float32Array | null,
   sv: Float32Array | null,
+  options: RotateOptions = {},
 ): Float32Array {
   assertObject(wr, 'unrotateWeight', 'wr', 'a Float32Array');
   checkPadded('unrotateWeight', 'm', m, 0);
@@ -90,12 +112,7 @@ export function unrotateWeight(
   checkSigns('unrotateWeight', 'su', su, np);
   checkSigns('unrotateWeight', 'sv', sv, mp);
   const z = Float32Array.from(wr);
-  if (su && sv) {
-    rowsTimesM(z, mp, np, true); // Wr·M_nᵀ
-    const t = transposed(z, mp, np);
-    rowsTimesM(t, np, mp, true); // (Wr·M_nᵀ)ᵀ·M_mᵀ = (M_m·Wr·M_nᵀ)ᵀ
-    transposed(t, np, mp, z);
-  }
+  if (su && sv) rotateInPlace(z, mp, np, true, options.pool);
   const out = new Float32Array(m * n);
   for (let i = 0; i < m; i++)
     for (let j = 0; j < n; j++) out[i * n + j] = su && sv ? z[i * np + j]! * sv[i]! * su[j]! : z[i * np + j]!;
@@ -114,6 +131,7 @@ export function rotateHessian(
   np: number,
   su: Float32Array | null,
   scale = 1,
+  options: RotateOptions = {},
 ): Float64Array {
   checkPadded('rotateHessian', 'n', n, 1);
   checkPadded('rotateHessian', 'np', np, n);
@@ -144,9 +162,13 @@ export function rotateHessian(
   }
   for (let i = n; i < np; i++) z[i * np + i] = mean;
   if (!su) return z;
-  rowsTimesM(z, np, np, false);
+  // Mᵀ·Z·M through the columns' transform only (it reads Z as K contiguous blocks of rows; the rows' transform gathers
+  // each row's values into another order for its mix): Zᵀ → Mᵀ·Zᵀ = (Z·M)ᵀ → Z·M → Mᵀ·Z·M, the same bits as the rows'
+  // transform of Z, then of its transpose (H need not be exactly symmetric)
+  const opts = options.pool ? { pool: options.pool } : {};
   transposeSquareInPlace(z, np);
-  rowsTimesM(z, np, np, false);
+  hadamardColumnsInPlace(z, np, np, opts);
   transposeSquareInPlace(z, np);
+  hadamardColumnsInPlace(z, np, np, opts);
   return z;
 }

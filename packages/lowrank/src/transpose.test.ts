@@ -16,17 +16,16 @@ describe('transposeSquareInPlace', () => {
 });
 
 describe('transposed', () => {
-  it('writes the c×r transpose of an r×c matrix into a given array, across the 32-wide tiles', () => {
+  it('gives the c×r transpose of an r×c matrix, across the 32-wide tiles', () => {
     for (const [r, c] of [
       [1, 5],
       [33, 70],
       [70, 33],
     ] as const) {
       const a = Float32Array.from({ length: r * c }, (_, i) => i + 0.5); // every entry distinct
-      const out = new Float32Array(r * c).fill(Number.NaN);
-      expect(transposed(a, r, c, out)).toBe(out);
+      const out = transposed(a, r, c);
+      expect(out).toBeInstanceOf(Float32Array);
       for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) expect(out[j * r + i]).toBe(a[i * c + j]);
-      expect(Array.from(transposed(a, r, c))).toEqual(Array.from(out));
     }
   });
 });

@@ -1,10 +1,9 @@
 /**
- * The c×r transpose of the r×c row-major `a`, as a new array of its type (or into `out`, of r·c entries at least, not
- * `a` itself), by 32×32 tiles (a tile's rows and columns stay in cache). An exact copy: the one transpose of this
- * package.
+ * The c×r transpose of the r×c row-major `a`, as a new array of its type, by 32×32 tiles (a tile's rows and columns
+ * stay in cache). An exact copy: the one transpose of this package besides the in-place square one.
  */
-export function transposed<T extends Float32Array | Float64Array>(a: T, r: number, c: number, out?: T): T {
-  out ??= new (a.constructor as { new (n: number): T })(a.length);
+export function transposed<T extends Float32Array | Float64Array>(a: T, r: number, c: number): T {
+  const out = new (a.constructor as { new (n: number): T })(a.length);
   const B = 32;
   for (let i0 = 0; i0 < r; i0 += B)
     for (let j0 = 0; j0 < c; j0 += B) {
