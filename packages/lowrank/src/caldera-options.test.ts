@@ -425,3 +425,41 @@ describe('caldera updateOrder', () => {
         );
   });
 });
+
+describe('caldera overwriteH', () => {
+  /** The decomposition's reconstruction and error, to compare runs bit for bit. */
+  const run = (w: Tensor<'f32'>, h: Tensor, o: CalderaOptions) => {
+    const d = caldera(w, h, { rank: 8, outerIters: 2, ...o });
+    return { w: Array.from(reconstruct(d).data), error: d.error };
+  };
+
+  it('gives the same decomposition; writes into H only where H is contiguous f64, unpadded, undamped', () => {
+    // 64 × 128: no padding (both sizes supported), so the rotated H may go into H's own array; the error is measured
+    // in the rotated domain, which does not read H again
+    const w = structuredWeight(64, 128, 1);
+    const h = hessianFrom(128, 40, 2, 0.01);
+    const want = run(w, h, {});
+    const own = tensor('f64', [128, 128], Float64Array.from(h.data));
+    expect(run(w, own, { overwriteH: true })).toEqual(want);
+    expect(Array.from(own.data)).not.toEqual(Array.from(h.data)); // used as work space (it holds the rotated H)
+    // where H is read again, or is not the caller's own contiguous f64 array, it is left alone, same result
+    const cases: [Tensor<'f32'>, Tensor, CalderaOptions][] = [
+      [structuredWeight(60, 128, 1), h, {}], // W padded to 64 rows: the error is measured against H
+      [w, h, { damping: 0.01 }], // damping: the rotation goes into the damped copy; the error reads H
+      [w, tensor('f32', [128, 128], Float32Array.from(h.data)), {}], // f32 H: toF64's copy is ours
+      [w, { ...h, shape: [128, 128], strides: [1, 128] }, {}], // a transposed view (H symmetric): copied
+    ];
+    for (const [wc, hc, o] of cases) {
+      const before = Array.from(hc.data);
+      const plain = run(wc, hc, o);
+      expect(run(wc, hc, { ...o, overwriteH: true })).toEqual(plain);
+      expect(Array.from(hc.data)).toEqual(before);
+    }
+  });
+
+  it('rejects an overwriteH that is not a boolean with E_VALUE', () => {
+    expect(() => caldera(structuredWeight(16, 16, 1), null, { rank: 4, overwriteH: 1 as never })).toThrow(
+      /^E_VALUE: caldera: overwriteH 1 must be true or false$/,
+    );
+  });
+});

@@ -104,6 +104,33 @@ function ldlqOfRotated(w: Tensor<'f32'>, h: Tensor<'f64'>, seed: number, tuneIte
 }
 
 describe('rotation', () => {
+  it('rotateHessian into a given array (garbage in it, padded or not) or into H itself gives the fresh result', () => {
+    const rng = new Rng(4);
+    for (const [n, np] of [
+      [40, 40],
+      [44, 48],
+    ]) {
+      const a = rng.fillNormal(new Float64Array(n * n));
+      const h = tensor('f64', [n, n], new Float64Array(n * n));
+      for (let i = 0; i < n; i++)
+        for (let j = 0; j < n; j++) h.data[i * n + j] = a[i * n + j]! + a[j * n + i]!;
+      for (const su of [randomSigns(np, rng), null]) {
+        const want = Array.from(rotateHessian(h, n, np, su, 0.5));
+        const into = new Float64Array(np * np).fill(Number.NaN);
+        expect(rotateHessian(h, n, np, su, 0.5, { into })).toBe(into);
+        expect(Array.from(into)).toEqual(want);
+        expect(Array.from(rotateHessian(null, n, np, su, 1, { into }))).toEqual(
+          Array.from(rotateHessian(null, n, np, su)),
+        );
+        if (np === n) {
+          const own = tensor('f64', [n, n], Float64Array.from(h.data));
+          expect(rotateHessian(own, n, np, su, 0.5, { into: own.data })).toBe(own.data);
+          expect(Array.from(own.data)).toEqual(want);
+        }
+      }
+    }
+  });
+
   it('rotateWeight is undone by unrotateWeight to f32 round-off (with padding)', () => {
     const [mp, np] = [paddedSize(100, true), paddedSize(90, true)];
     const rng = new Rng(3);
@@ -132,6 +159,17 @@ describe('rotation', () => {
     expect(() => rotateHessian(h8, 16, 16, s16)).toThrow(
       /^E_SHAPE: rotateHessian: h is \[8, 8\], expected \[16, 16\]$/,
     );
+    // `into`: its own size only, and of H's memory only H's own contiguous array (np = n)
+    const h16 = tensor('f64', [16, 16], new Float64Array(256));
+    expect(() => rotateHessian(h16, 16, 16, s16, 1, { into: new Float64Array(255) })).toThrow(
+      /^E_SHAPE: rotateHessian: into must be a Float64Array of 16×16 entries, got 255$/,
+    );
+    const big = new Float64Array(512);
+    const hView = tensor('f64', [16, 16], big.subarray(0, 256));
+    expect(() => rotateHessian(hView, 16, 16, s16, 1, { into: big.subarray(256) })).toThrow(
+      /^E_VALUE: rotateHessian: into shares h's memory/,
+    );
+    expect(() => rotateHessian(h8, 8, 16, s16, 1, { into: new Float64Array(256) })).not.toThrow();
     expect(() => rotateHessian(null, 16, 8, null)).toThrow(
       /^E_SHAPE: rotateHessian: np must be an integer ≥ 16/,
     );

@@ -92,6 +92,13 @@ export interface CalderaOptions {
   tuneIters?: number;
   /** Seed of the sign vectors and the randomized SVD. Default 0. */
   seed?: number;
+  /**
+   * Let `caldera` write the rotated H into H's own storage instead of a fresh n × n f64 array (8·n² bytes: 0.97 GB,
+   * and ~3 s of page faults on some machines, at n = 11008): H's values are garbage afterwards. Used only where H is
+   * an f64 tensor, contiguous at offset 0, the rotation needs no padding of W or H and `damping` is 0 (elsewhere H is
+   * still read after the rotation, and is left alone). Never changes the result. Default false.
+   */
+  overwriteH?: boolean;
   pool?: Pool;
   /**
    * Checked before every sub-step, inside the Cholesky factorisation of H and the SVDs, and between LDLQ's column
@@ -124,6 +131,7 @@ const DEFAULTS = {
   svdPowerIters: 2,
   svd: 'randomized' as 'randomized' | 'exact',
   damping: 0,
+  overwriteH: false,
   hadamard: true,
   tuneIters: 0,
   seed: 0,
@@ -163,7 +171,7 @@ function checkOptions(o: typeof DEFAULTS & CalderaOptions, m: number, n: number,
   if (o.qBits === 0 && k === 0) fail('qBits 0 (no Q) needs rank > 0');
   // a truthy string such as 'no' would run as true and be recorded as it is (parseCalderaMeta then refuses the
   // checkpoint): refused here, before any work
-  for (const key of ['hadamard', 'dataAwareQ', 'dataAwareLR', 'hessianDowndate'] as const)
+  for (const key of ['hadamard', 'dataAwareQ', 'dataAwareLR', 'hessianDowndate', 'overwriteH'] as const)
     if (typeof o[key] !== 'boolean') fail(`${key} ${describeOption(o[key])} must be true or false`);
   if (!Number.isInteger(o.outerIters) || o.outerIters < 1)
     fail(`outerIters ${o.outerIters} must be a positive integer`);
@@ -519,16 +527,32 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
       ...pool,
       ...sig,
     });
-  const factors = factorRotatedHessian(() => rotateHessian(hFit, n, np, su, hScale, pool), np, {
-    // LDLQ's block LDL for every Q step that does not downdate (with the downdate, every Q step after an LR step
-    // prepares its own; a Q step before any LR step, the first one of 'q-first', has no L·R to downdate by)
-    prepareQ: order.includes('Q') && o.dataAwareQ && (k === 0 || !o.hessianDowndate || order[0] === 'Q'),
-    // the downdate subtracts from the rotated H (only where a data-aware Q step follows an LR step)
-    keepRotated: o.hessianDowndate && k > 0 && order.includes('Q') && o.dataAwareQ,
-    prepare: prepareQ,
-    ...pool,
-    ...sig,
-  });
+  // With padding, the rotated-domain norm would also count the padded rows and columns that reconstruct() crops away
+  // (and weight the padded inputs, which are zero, by mean(diag H)): the error is then measured on the cropped
+  // estimate against W and the caller's H. Without padding both are equal (the rotations are orthogonal), and the
+  // rotated form, which reuses the Cholesky factor, is kept. With damping, the Cholesky factor is that of the damped H,
+  // so the error is measured in the original domain too, against the caller's undamped H.
+  const inOriginal = mp !== m || np !== n || hFit !== hd;
+  // The rotated H goes into an H array that nothing reads later (the error in the original domain reads the caller's):
+  // the damped copy, or `toF64`'s copy of an H that was not contiguous f64, both ours, or with `overwriteH` the
+  // caller's own (`toF64` returns it as it is where it is contiguous f64)
+  const ownH = hd !== null && hd.data !== h!.data;
+  const into =
+    hFit && np === n && (hFit !== hd || (!inOriginal && (ownH || o.overwriteH))) ? { into: hFit.data } : {};
+  const factors = factorRotatedHessian(
+    () => rotateHessian(hFit, n, np, su, hScale, { ...pool, ...into }),
+    np,
+    {
+      // LDLQ's block LDL for every Q step that does not downdate (with the downdate, every Q step after an LR step
+      // prepares its own; a Q step before any LR step, the first one of 'q-first', has no L·R to downdate by)
+      prepareQ: order.includes('Q') && o.dataAwareQ && (k === 0 || !o.hessianDowndate || order[0] === 'Q'),
+      // the downdate subtracts from the rotated H (only where a data-aware Q step follows an LR step)
+      keepRotated: o.hessianDowndate && k > 0 && order.includes('Q') && o.dataAwareQ,
+      prepare: prepareQ,
+      ...pool,
+      ...sig,
+    },
+  );
   const { Mf, hDown } = factors;
   // the data-aware LR step's products with H: x·H = (x·M)·Mᵀ, two triangular products (the multiply-adds of one full
   // product, without an f32 copy of H besides M's: 4·n² bytes, 0.48 GB at n = 11008). Where the factor needed a
@@ -545,12 +569,6 @@ export function caldera(w: Tensor, h: Tensor | null, options: CalderaOptions = {
     for (let i = 0; i < Mf.length; i++) meanH += Mf[i]! * Mf[i]!;
     meanH /= np;
   }
-  // With padding, the rotated-domain norm would also count the padded rows and columns that reconstruct() crops away
-  // (and weight the padded inputs, which are zero, by mean(diag H)): the error is then measured on the cropped
-  // estimate against W and the caller's H. Without padding both are equal (the rotations are orthogonal), and the
-  // rotated form, which reuses the Cholesky factor, is kept. With damping, the Cholesky factor is that of the damped H,
-  // so the error is measured in the original domain too, against the caller's undamped H.
-  const inOriginal = mp !== m || np !== n || hFit !== hd;
   // Two mp×np work arrays reused by every step (a fresh array of this size each time cost more in page faults than
   // the arithmetic it held on some machines): `work` for a step's input (W − L·R, W − Q) and the error's terms,
   // `workM` for Y = (W − Q)·M, the product of the residual of the current Q (none before the first Q step) with M.

@@ -47,6 +47,17 @@ export interface RotateOptions {
   pool?: Pool;
 }
 
+/** Options of {@link rotateHessian}. */
+export interface RotateHessianOptions extends RotateOptions {
+  /**
+   * An f64 array of exactly np² entries that receives Hr (returned) instead of a fresh one: at n = 11008 a fresh
+   * 0.97 GB array costs ~3 s of page faults on some machines. It may be H's own `data` where H is a contiguous n × n
+   * tensor at offset 0 and np = n (each entry is read before it is overwritten; H then holds Hr); any other array
+   * sharing H's memory is `E_VALUE`.
+   */
+  into?: Float64Array;
+}
+
 /**
  * In place, the r × c matrix Z → `M_rᵀ·Z·M_c` (`transpose`: `M_r·Z·M_cᵀ`): the rows' transform, then the columns'
  * (`hadamardColumnsInPlace`, the transpose of the rows' transform of Zᵀ to the bit, without the two transposes).
@@ -131,7 +142,7 @@ export function rotateHessian(
   np: number,
   su: Float32Array | null,
   scale = 1,
-  options: RotateOptions = {},
+  options: RotateHessianOptions = {},
 ): Float64Array {
   checkPadded('rotateHessian', 'n', n, 1);
   checkPadded('rotateHessian', 'np', np, n);
@@ -141,7 +152,7 @@ export function rotateHessian(
     if (h.shape[0] !== n || h.shape[1] !== n)
       throw new CalderaError('E_SHAPE', `rotateHessian: h is [${h.shape.join(', ')}], expected [${n}, ${n}]`);
   }
-  const z = new Float64Array(np * np);
+  const z = intoArray(options.into, h, n, np);
   let mean = 0;
   if (h) {
     const [s0, s1] = h.strides as [number, number];
@@ -171,4 +182,32 @@ export function rotateHessian(
   transposeSquareInPlace(z, np);
   hadamardColumnsInPlace(z, np, np, opts);
   return z;
+}
+
+/**
+ * The array {@link rotateHessian} writes Hr into: `into` (checked, and zeroed where the copy of H leaves entries
+ * unwritten) or a fresh one.
+ */
+function intoArray(
+  into: Float64Array | undefined,
+  h: Tensor<'f64'> | null,
+  n: number,
+  np: number,
+): Float64Array {
+  if (into === undefined) return new Float64Array(np * np);
+  if (!(into instanceof Float64Array) || into.length !== np * np)
+    throw new CalderaError(
+      'E_SHAPE',
+      `rotateHessian: into must be a Float64Array of ${np}×${np} entries, got ${into instanceof Float64Array ? into.length : describeValue(into)}`,
+    );
+  if (h && into.buffer === h.data.buffer) {
+    const own = into === h.data && np === n && h.offset === 0 && h.strides[0] === n && h.strides[1] === 1;
+    if (!own)
+      throw new CalderaError(
+        'E_VALUE',
+        "rotateHessian: into shares h's memory; only h's own data, of a contiguous h at offset 0 with np = n, may be overwritten",
+      );
+  }
+  if (np > n || !h) into.fill(0); // entries the copy of H does not write
+  return into;
 }
