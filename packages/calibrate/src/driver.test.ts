@@ -286,6 +286,48 @@ describe('compressModel', () => {
     expect(seen.slice(6)).toEqual(Array(6).fill({ signal: false, onProgress: true }));
   });
 
+  it('lets the last layer that reads an H overwrite it (the same H object as the earlier readers got)', async () => {
+    // a gate beside up, both reading 'in' (the gate's output unused: only the H sharing matters here)
+    class SharedInput extends ToyRunner {
+      constructor(seed: number) {
+        super(seed);
+        for (let b = 0; b < this.numBlocks; b++) this.weights.set(`b${b}.gate`, this.weight(`b${b}.up`));
+      }
+      override linears(block: number) {
+        const [up, down] = super.linears(block);
+        return [up!, { ...up!, name: `b${block}.gate` }, down!];
+      }
+    }
+    const seen: { name: string; last: boolean; h: unknown }[] = [];
+    const spy: CompressLayerFn = (w, h, info, o) => {
+      seen.push({ name: info.name, last: o.overwriteH, h });
+      return roundQuarter(w, h, info, o);
+    };
+    await compressModel(new SharedInput(3), windows, { compressLayer: spy });
+    expect(seen.map((s) => `${s.name} ${s.last}`).slice(0, 3)).toEqual([
+      'b0.up false',
+      'b0.gate true',
+      'b0.down true',
+    ]);
+    expect(seen[1]!.h).toBe(seen[0]!.h);
+    expect(seen.filter((s) => s.last).length).toBe((2 * seen.length) / 3);
+    const rtnSeen: boolean[] = [];
+    await compressModel(new SharedInput(3), windows, {
+      compressLayer: (w, h, info, o) => {
+        rtnSeen.push(o.overwriteH);
+        const n = w.shape[1]!;
+        const eye = tensor(
+          'f64',
+          [n, n],
+          new Float64Array(n * n).map((_, i) => (i % (n + 1) === 0 ? 1 : 0)),
+        );
+        return roundQuarter(w, eye, info, o);
+      },
+      needsHessian: false,
+    });
+    expect(rtnSeen.every((x) => x === false)).toBe(true); // no H at all
+  });
+
   it("forwards the compressor's progress as layerFraction (clamped to [0, 1]) between each layer's start and end", async () => {
     const events: CompressProgress[] = [];
     const res = await compressModel(new ToyRunner(9), windows, {

@@ -41,11 +41,18 @@ export interface CompressLayerOptions {
    * driver forwards it as {@link CompressProgress.layerFraction}. May be called synchronously from inside the work.
    */
   onProgress?: (p: LayerProgress) => void;
+  /**
+   * True when the compressor may overwrite H: this layer is the last that reads it, and the driver keeps no reference
+   * to it after the call (so caldera's `overwriteH`, passed on by `compressLayerWithSpec`, saves an n × n f64 array).
+   * False for the layers before.
+   */
+  overwriteH: boolean;
 }
 
 /**
  * Compress one weight `W [m, n]` given its input Hessian `H [n, n]` (null for data-free methods). The driver always
- * passes `options` (`{ signal?, onProgress? }`, the SDK's convention for long work) as the fourth argument.
+ * passes `options` (`{ signal?, onProgress?, overwriteH }`, the SDK's convention for long work) as the fourth
+ * argument.
  */
 export type CompressLayerFn = (
   w: Tensor<'f32'>,
@@ -219,8 +226,10 @@ export async function compressModel(
         report({ phase: 'compress', block: b, layer: l.name, layerFraction: 0 });
         const ts = performance.now();
         const h = needsHessian ? hessians.get(l.input)! : null;
-        if (lastReader.get(l.input) === l.name) hessians.delete(l.input);
+        const overwriteH = h !== null && lastReader.get(l.input) === l.name;
+        if (overwriteH) hessians.delete(l.input);
         const r = await options.compressLayer(runner.weight(l.name), h, l, {
+          overwriteH,
           ...(options.signal ? { signal: options.signal } : {}),
           ...(options.onProgress
             ? {

@@ -179,6 +179,11 @@ export interface LayerSpecProgress extends CalderaProgress, LayerProgress {}
 export interface LayerRunOptions {
   /** Changes the speed, never the result. */
   pool?: Pool;
+  /**
+   * caldera's `overwriteH`: H's storage may be used as work space (garbage afterwards) where it saves a copy. Never
+   * changes the result. Default false.
+   */
+  overwriteH?: boolean;
   /** Checked by `caldera` before every sub-step and inside its long kernels (`E_ABORTED`). */
   signal?: AbortSignal;
   /** Called synchronously from inside `caldera` (which does not yield) after every sub-step. */
@@ -908,7 +913,7 @@ export async function executeMatrixJob(
   const t0 = performance.now();
   let r;
   try {
-    r = compressLayerWithSpec(w, h, job.name, job.spec, handles);
+    r = compressLayerWithSpec(w, h, job.name, job.spec, { ...handles, overwriteH: true }); // H read for this job only
   } catch (e) {
     if (isCalderaError(e)) throw e;
     throw new CalderaError('E_VALUE', `job ${job.name}: ${(e as Error).message}`, { cause: e });

@@ -724,9 +724,10 @@ export async function compressCommand(a: Args): Promise<number> {
       // the source's perplexity now, before compressModel replaces layers
       const held = await sourceBaseline(ctx, settings, sourceModel, partial, fingerprint.model, stop.signal);
       const results = await compressModel(sourceModel, windows, {
-        compressLayer: (w, h, info, { signal, onProgress }) =>
+        compressLayer: (w, h, info, { signal, onProgress, overwriteH }) =>
           compressLayerWithSpec(w, h, info.name, layerSpec(settings, seed, info.name), {
             ...(pool ? { pool } : {}),
+            overwriteH,
             ...(signal ? { signal } : {}),
             ...(onProgress ? { onProgress } : {}),
           }),
