@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { isCalderaError, Rng, tensor, type Tensor } from '@caldera/core';
 import { cholesky, choleskyWithInfo } from './cholesky.js';
 import { blockLDL, blockLDLFromCholesky } from './ldl.js';
-import { createPool } from './pool/pool.js';
+import { gemmInto } from './gemm.js';
+import { createPool, type Pool } from './pool/pool.js';
 import { expectAbortable } from './abort-test-util.js';
 
 /** A = GᵀG/k + εI with a seeded G (k × n): SPD, condition number controlled by k and ε. */
@@ -17,6 +18,52 @@ function spd(n: number, seed: number, eps = 1e-3, k = n + 3): Tensor<'f64'> {
       a[i * n + j] = a[j * n + i] = s / k + (i === j ? eps : 0);
     }
   return tensor('f64', [n, n], a);
+}
+
+/**
+ * The factor with one trailing update per panel (the code before updates were grouped): unblocked diagonal block,
+ * the panel solved in groups of 16 columns (a product, then substitution), then A₂₂ −= L₂₁·L₂₁ᵀ on the lower triangle.
+ */
+function perPanelCholesky(a: Float64Array, n: number, nb: number, pool: Pool): Float64Array {
+  const w = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) w[i * n + j] = a[i * n + j]!;
+  const view = (r0: number, rows: number, c0: number, cols: number): Tensor<'f64'> => ({
+    dtype: 'f64',
+    shape: [rows, cols],
+    strides: [n, 1],
+    offset: r0 * n + c0,
+    data: w,
+  });
+  const minus = { transB: true, alpha: -1, beta: 1, checkFinite: false, pool };
+  for (let k = 0; k < n; k += nb) {
+    const b = Math.min(nb, n - k);
+    for (let j = k; j < k + b; j++) {
+      let d = w[j * n + j]!;
+      for (let p = k; p < j; p++) d -= w[j * n + p]! * w[j * n + p]!;
+      w[j * n + j] = Math.sqrt(d);
+      for (let i = j + 1; i < k + b; i++) {
+        let s = w[i * n + j]!;
+        for (let p = k; p < j; p++) s -= w[i * n + p]! * w[j * n + p]!;
+        w[i * n + j] = s * (1 / w[j * n + j]!);
+      }
+    }
+    const rest = n - k - b;
+    if (rest === 0) break;
+    for (let jb = k; jb < k + b; jb += 16) {
+      const bw = Math.min(16, k + b - jb);
+      if (jb > k)
+        gemmInto(view(k + b, rest, jb, bw), view(k + b, rest, k, jb - k), view(jb, bw, k, jb - k), minus);
+      for (let i = k + b; i < n; i++)
+        for (let j = jb; j < jb + bw; j++) {
+          let s = w[i * n + j]!;
+          for (let p = jb; p < j; p++) s -= w[i * n + p]! * w[j * n + p]!;
+          w[i * n + j] = s / w[j * n + j]!;
+        }
+    }
+    const l21 = view(k + b, rest, k, b);
+    gemmInto(view(k + b, rest, k + b, rest), l21, l21, { ...minus, triangle: 'lower' });
+  }
+  return w;
 }
 
 function maxAbs(x: Float64Array): number {
@@ -68,6 +115,31 @@ describe('cholesky', () => {
       }
     });
   }
+
+  it('gives the bits of one trailing update per panel (panels of 128, the kernel k-block; sizes multiples of 8)', () => {
+    // the kernel applies a product's 128-column k-blocks to C one after another, as the per-panel updates did
+    const pool = createPool({ threads: 2 });
+    try {
+      for (const n of [904, 1100 - 4]) {
+        const a = spd(n, 11, 1e-3, 48);
+        const want = perPanelCholesky(a.data as Float64Array, n, 128, pool);
+        const got = cholesky(a, { pool }).data;
+        let diffs = 0;
+        for (let i = 0; i < n * n; i++) if (got[i] !== want[i]) diffs++;
+        expect(diffs, `n = ${n}`).toBe(0);
+      }
+    } finally {
+      pool.dispose();
+    }
+  });
+
+  it('names the pivot of a failure in a later group of panels (global index)', () => {
+    // blockSize 2: groups of 8 columns; a negative diagonal entry at 13 (group 1, panel 2) fails at pivot 13
+    const n = 20;
+    const d = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) d[i * n + i] = i === 13 ? -1 : 2;
+    expect(() => cholesky(tensor('f64', [n, n], d), { blockSize: 2 })).toThrow(/pivot 13 ≤ 0/);
+  });
 
   it('rejects a matrix that is not positive definite with E_NOT_PD, naming the pivot', () => {
     const a = tensor('f64', [3, 3], [1, 0, 0, 0, -1, 0, 0, 0, 1]);

@@ -18,7 +18,10 @@ export interface CholeskyOptions {
   jitter?: boolean | number;
   /** Worker pool for the trailing updates. */
   pool?: Pool;
-  /** Panel width, a positive integer (else `E_VALUE`). Default 128. */
+  /**
+   * Panel width, a positive integer (else `E_VALUE`). Default 128 (the f64 kernel's k-block; other widths change the
+   * factor's round-off: the trailing update is made once per 4 panels).
+   */
   blockSize?: number;
   /** Abort between panels and between the waves of their trailing updates (`E_ABORTED`). */
   signal?: AbortSignal;
@@ -69,9 +72,10 @@ export function choleskyImpl(a: Matrix, options: CholeskyOptions, what: string):
   for (let i = 0; i < n; i++) mean += src.data[i * n + i]!;
   mean = n > 0 ? Math.abs(mean / n) || 1 : 1;
   for (let attempt = 0; ; attempt++) {
-    // every entry written here, the zeros above the diagonal too: a fresh array's pages are then all mapped in one
-    // pass (mapping a page costs ~10 µs on some virtual machines; the kernels read the upper triangle's pages of the
-    // trailing blocks, and the final zeroing wrote them, each a second pass of page faults over 4·n² bytes)
+    // every entry written here, the zeros above the diagonal too (the factor's upper triangle, never written again):
+    // a fresh array's pages are then all mapped in one pass (mapping a page costs ~10 µs on some virtual machines; the
+    // kernels read the upper triangle's pages of the trailing blocks, and a final zeroing wrote them, each a second
+    // pass of page faults over 4·n² bytes)
     const work = new Float64Array(n * n);
     for (let i = 0; i < n; i++) {
       work.set(src.data.subarray(i * n, i * n + i + 1), i * n);
@@ -100,16 +104,17 @@ const SUB = 16;
  * product over all their columns, instead of once per panel. Each panel's columns first receive the updates of the
  * group's earlier panels (a product over the panel's columns only). With panels of the f64 kernel's k-block
  * (`KC_F64`, 128 columns, the default `blockSize`), the kernel applies a product's k-blocks to C one after another,
- * each as `C − acc`: every entry then receives the same sums in the same order as with one update per panel, so the
- * factor is the same to the bit (except in the last few rows, where an update of fewer than 4096 multiply-adds takes
- * gemm's scalar path with one sum over all its columns), and the trailing part of the matrix is copied into and out
+ * each as `C − acc`: every entry then receives the same sums in the same order as with one update per panel, so on
+ * the WebAssembly kernels the factor is the same to the bit (except in the last few rows of some sizes that are not
+ * multiples of 8, where an update of fewer than 4096 multiply-adds takes gemm's scalar path with one sum over all its
+ * columns, as does every update where WebAssembly SIMD is missing), and the trailing part of the matrix is copied into and out
  * of the kernel's memory a quarter as often (at n = 11008, 86 copies of up to 0.48 GB each way took ~5 s of a 21 s
  * factorisation).
  */
 const PANELS_PER_UPDATE = 4;
 
 /**
- * Factor the lower triangle of `w` (n×n row-major) in place; the strict upper triangle is zeroed.
+ * Factor the lower triangle of `w` (n×n row-major) in place; the strict upper triangle must hold zeros (left as is).
  * Returns -1 on success or the index of the first non-positive pivot. `signal` is checked before each panel, every
  * 16 columns inside one, and between the waves of the trailing update.
  */
@@ -205,6 +210,5 @@ function factorInPlace(
       subtractProduct(view(gEnd, rest, gEnd, rest), l21, l21, true);
     }
   }
-  for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) w[i * n + j] = 0;
-  return -1;
+  return -1; // the strict upper triangle: still the zeros the caller wrote (every write above is on or below it)
 }
