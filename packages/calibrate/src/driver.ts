@@ -32,7 +32,7 @@ export interface LayerProgress {
   fraction: number;
 }
 
-/** What {@link compressModel} passes to its {@link CompressLayerFn} (always an object, possibly empty). */
+/** What {@link compressModel} passes to its {@link CompressLayerFn}. */
 export interface CompressLayerOptions {
   /** The run's signal: a compressor may check it while it works (`E_ABORTED`). */
   signal?: AbortSignal;

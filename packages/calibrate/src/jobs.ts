@@ -49,8 +49,11 @@ import type { LinearInfo, ModelRunner } from './runner.js';
  * `hessians/<sha256>.f64` (raw little-endian f64, n × n), `manifest.json`, `results/<job id>.safetensors`.
  */
 
-/** JSON options of one decomposition: {@link CalderaOptions} without the handles, callbacks and seed. */
-export type LayerOptions = Omit<CalderaOptions, 'pool' | 'signal' | 'onProgress' | 'seed'>;
+/**
+ * JSON options of one decomposition: {@link CalderaOptions} without the handles, callbacks, seed and `overwriteH` (a
+ * property of the call, not of what it computes: {@link LayerRunOptions}).
+ */
+export type LayerOptions = Omit<CalderaOptions, 'pool' | 'signal' | 'onProgress' | 'seed' | 'overwriteH'>;
 
 /** What a matrix job computes: `caldera(W, H, { ...options, seed })`. */
 export interface LayerSpec {
@@ -181,7 +184,7 @@ export interface LayerRunOptions {
   pool?: Pool;
   /**
    * caldera's `overwriteH`: H's storage may be used as work space (garbage afterwards) where it saves a copy. Never
-   * changes the result. Default false.
+   * changes the result. Default false; {@link executeMatrixJob} always passes true (its H is read for that job only).
    */
   overwriteH?: boolean;
   /** Checked by `caldera` before every sub-step and inside its long kernels (`E_ABORTED`). */
@@ -213,6 +216,7 @@ export function compressLayerWithSpec(
     ...spec.options,
     seed: spec.seed,
     ...handles,
+    overwriteH: handles.overwriteH === true, // never from a spec (a JSON spec from elsewhere may carry any key)
     ...(onProgress
       ? {
           onProgress: (p: CalderaProgress) => {

@@ -438,10 +438,15 @@ describe('caldera overwriteH', () => {
     // in the rotated domain, which does not read H again
     const w = structuredWeight(64, 128, 1);
     const h = hessianFrom(128, 40, 2, 0.01);
-    const want = run(w, h, {});
-    const own = tensor('f64', [128, 128], Float64Array.from(h.data));
-    expect(run(w, own, { overwriteH: true })).toEqual(want);
-    expect(Array.from(own.data)).not.toEqual(Array.from(h.data)); // used as work space (it holds the rotated H)
+    const hBefore = Array.from(h.data);
+    // also where the rotated H is read after its factor is made: the downdate's copy, LDLQ's tuning passes
+    for (const o of [{}, { hessianDowndate: true }, { tuneIters: 1 }]) {
+      const want = run(w, h, o);
+      expect(Array.from(h.data)).toEqual(hBefore); // not without overwriteH
+      const own = tensor('f64', [128, 128], Float64Array.from(h.data));
+      expect(run(w, own, { ...o, overwriteH: true })).toEqual(want);
+      expect(Array.from(own.data)).not.toEqual(hBefore); // used as work space
+    }
     // where H is read again, or is not the caller's own contiguous f64 array, it is left alone, same result
     const cases: [Tensor<'f32'>, Tensor, CalderaOptions][] = [
       [structuredWeight(60, 128, 1), h, {}], // W padded to 64 rows: the error is measured against H

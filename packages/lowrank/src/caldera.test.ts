@@ -162,7 +162,10 @@ describe('rotation', () => {
     // `into`: its own size only, and of H's memory only H's own contiguous array (np = n)
     const h16 = tensor('f64', [16, 16], new Float64Array(256));
     expect(() => rotateHessian(h16, 16, 16, s16, 1, { into: new Float64Array(255) })).toThrow(
-      /^E_SHAPE: rotateHessian: into must be a Float64Array of 16×16 entries, got 255$/,
+      /^E_SHAPE: rotateHessian: into must have 16×16 entries, got 255$/,
+    );
+    expect(() => rotateHessian(h16, 16, 16, s16, 1, { into: new Float32Array(256) as never })).toThrow(
+      /^E_DTYPE: rotateHessian: into must be a Float64Array, got Float32Array$/,
     );
     const big = new Float64Array(512);
     const hView = tensor('f64', [16, 16], big.subarray(0, 256));

@@ -195,10 +195,15 @@ function intoArray(
   np: number,
 ): Float64Array {
   if (into === undefined) return new Float64Array(np * np);
-  if (!(into instanceof Float64Array) || into.length !== np * np)
+  if (!(into instanceof Float64Array))
+    throw new CalderaError(
+      ArrayBuffer.isView(into) ? 'E_DTYPE' : 'E_VALUE',
+      `rotateHessian: into must be a Float64Array, got ${ArrayBuffer.isView(into) ? (into as object).constructor.name : describeValue(into)}`,
+    );
+  if (into.length !== np * np)
     throw new CalderaError(
       'E_SHAPE',
-      `rotateHessian: into must be a Float64Array of ${np}×${np} entries, got ${into instanceof Float64Array ? into.length : describeValue(into)}`,
+      `rotateHessian: into must have ${np}×${np} entries, got ${into.length}`,
     );
   if (h && into.buffer === h.data.buffer) {
     const own = into === h.data && np === n && h.offset === 0 && h.strides[0] === n && h.strides[1] === 1;

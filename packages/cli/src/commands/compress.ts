@@ -42,6 +42,7 @@ import {
   type HessianPlan,
   type HashModelOptions,
   type JobManifest,
+  type LayerOptions,
   type LayerResult,
   type LayerSpec,
   type LinearInfo,
@@ -383,7 +384,7 @@ function ranksFor(choice: RankChoice, method: Method, layers: readonly LinearInf
 function layerSpec(s: RunSettings, seed: number, name: string): LayerSpec {
   const base = { outerIters: s.outerIters, lplrIters: s.lplrIters };
   const { qBits, lrBits } = widthsOf(s);
-  let options: Omit<CalderaOptions, 'pool' | 'signal' | 'onProgress' | 'seed'>;
+  let options: LayerOptions;
   switch (s.method) {
     case 'caldera':
       options = { ...base, rank: s.ranks[name] ?? 0, qBits, lBits: lrBits, rBits: lrBits };
