@@ -320,6 +320,17 @@ export function hadamardColumnsInPlace(
   const { K } = checkInPlace('hadamardColumnsInPlace', data, cols, n, 'columns', off0);
   const P = n / K;
   const scale = 1 / Math.sqrt(n);
+  const transpose = options.transpose ?? false;
+  if (K > 1 && cols < MIX_GEMM_MIN_ROWS) {
+    // few columns: each through the rows' transform (its row-by-row mix), copied out and back
+    const line = data instanceof Float64Array ? new Float64Array(n) : new Float32Array(n);
+    for (let c = 0; c < cols; c++) {
+      for (let i = 0; i < n; i++) line[i] = data[off0 + i * cols + c]!;
+      hadamardRowsInPlace(line, 1, n, { transpose });
+      for (let i = 0; i < n; i++) data[off0 + i * cols + c] = line[i]!;
+    }
+    return;
+  }
   // the butterflies of fwht, along b = 0 … P − 1 for each a, on whole row segments: the same sums as fwht per column
   for (let a = 0; a < K; a++)
     for (let c0 = 0; c0 < cols; c0 += FWHT_COLUMN_CHUNK) {
@@ -341,13 +352,8 @@ export function hadamardColumnsInPlace(
     for (let i = off0; i < off0 + n * cols; i++) data[i]! *= scale;
     return;
   }
-  if (cols < MIX_GEMM_MIN_ROWS) {
-    mixColumnsByLoops(data, off0, n, cols, K, hadamardBase(K), options.transpose ?? false, scale);
-    return;
-  }
   // Out[a', t] = Σ_a hm[a][a']·X[a, t] with X[a, t] the K × (P·cols) view: Out = hmᵀ·X, by chunks of t
   const H = hadamardBase(K);
-  const transpose = options.transpose ?? false;
   const hmT = new Float64Array(K * K); // hmT[a'][a] = H[a][a'] (v·M) or H[a'][a] (v·Mᵀ)
   for (let a = 0; a < K; a++)
     for (let a2 = 0; a2 < K; a2++) hmT[a2 * K + a] = transpose ? H[a2 * K + a]! : H[a * K + a2]!;
@@ -374,33 +380,6 @@ export function hadamardColumnsInPlace(
       const o = off0 + a * width + t0;
       for (let t = 0; t < cnt; t++) data[o + t] = mixed[a * cnt + t]! * scale;
     }
-  }
-}
-
-/** The `H_K` mix and scaling of {@link hadamardColumnsInPlace} for a matrix of few columns, by scalar sums. */
-function mixColumnsByLoops(
-  data: Float32Array | Float64Array,
-  off0: number,
-  n: number,
-  cols: number,
-  K: number,
-  H: Int8Array,
-  transpose: boolean,
-  scale: number,
-): void {
-  const P = n / K;
-  const col = new Float64Array(n);
-  const tmp = new Float64Array(n);
-  for (let c = 0; c < cols; c++) {
-    for (let i = 0; i < n; i++) col[i] = data[off0 + i * cols + c]!;
-    tmp.fill(0);
-    for (let a = 0; a < K; a++)
-      for (let a2 = 0; a2 < K; a2++) {
-        const hv = transpose ? H[a2 * K + a]! : H[a * K + a2]!;
-        if (hv === 1) for (let b = 0; b < P; b++) tmp[a2 * P + b]! += col[a * P + b]!;
-        else for (let b = 0; b < P; b++) tmp[a2 * P + b]! -= col[a * P + b]!;
-      }
-    for (let i = 0; i < n; i++) data[off0 + i * cols + c] = tmp[i]! * scale;
   }
 }
 
