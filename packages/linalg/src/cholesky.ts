@@ -107,9 +107,9 @@ const SUB = 16;
  * each as `C − acc`: every entry then receives the same sums in the same order as with one update per panel, so on
  * the WebAssembly kernels the factor is the same to the bit (except in the last few rows of some sizes that are not
  * multiples of 8, where an update of fewer than 4096 multiply-adds takes gemm's scalar path with one sum over all its
- * columns, as does every update where WebAssembly SIMD is missing), and the trailing part of the matrix is copied into and out
- * of the kernel's memory a quarter as often (at n = 11008, 86 copies of up to 0.48 GB each way took ~5 s of a 21 s
- * factorisation).
+ * columns, as does every update where WebAssembly SIMD is missing), and the trailing part of the matrix is copied
+ * into and out of the kernel's memory a quarter as often (at n = 11008, 86 copies of up to 0.48 GB each way took
+ * ~5 s of a 21 s factorisation).
  */
 const PANELS_PER_UPDATE = 4;
 

@@ -306,9 +306,10 @@ const FWHT_COLUMN_CHUNK = 512;
 /**
  * Replace each column `v` of the n × `cols` row-major matrix at `data` by `(vᵀ·M_n)ᵀ = M_nᵀ·v` (with `transpose`,
  * `M_n·v`): the matrix X becomes `M_nᵀ·X`, the transpose of what {@link hadamardRowsInPlace} makes of Xᵀ, to the
- * bit (from 16 columns on, as its batched mix of 16 rows or more; below, as its row-by-row mix). Without the transposes that costs: the
- * Walsh–Hadamard butterflies combine whole rows, and the `H_K` mix is one product `H_Kᵀ·X` with X read as K rows of
- * 2^p·cols values, in chunks of columns. The same checks as {@link hadamardRowsInPlace}, with `cols` for its `rows`.
+ * bit (from 16 columns on, as its batched mix of 16 rows or more; below, each column through it). Without the
+ * transposes that costs: the Walsh–Hadamard butterflies combine whole rows, and the `H_K` mix is one product
+ * `H_Kᵀ·X` with X read as K rows of 2^p·cols values, in chunks of columns. The same checks as
+ * {@link hadamardRowsInPlace}, with `cols` for its `rows`.
  */
 export function hadamardColumnsInPlace(
   data: Float32Array | Float64Array,

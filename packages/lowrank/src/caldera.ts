@@ -95,8 +95,9 @@ export interface CalderaOptions {
   /**
    * Let `caldera` write the rotated H into H's own storage instead of a fresh n × n f64 array (8·n² bytes: 0.97 GB,
    * and ~3 s of page faults on some machines, at n = 11008): H's values are garbage afterwards. Used only where H is
-   * an f64 tensor, contiguous at offset 0 with exactly n² entries in its data, the rotation needs no padding of W or H and `damping` is 0 (elsewhere H is
-   * still read after the rotation, and is left alone). Never changes the result. Default false.
+   * an f64 tensor, contiguous at offset 0 with exactly n² entries in its data, the rotation needs no padding of W or
+   * H and `damping` is 0 (elsewhere H is still read after the rotation, and is left alone). Never changes the result.
+   * Default false.
    */
   overwriteH?: boolean;
   pool?: Pool;
