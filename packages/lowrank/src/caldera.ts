@@ -411,7 +411,7 @@ function balanceAgainst(
   k: number,
   hw: { G: Float64Array; meanH: number } | null,
 ): Float32Array {
-  const out = L; // in place: column i is read before it is scaled, and only it
+  // in place: column i is read before it is scaled, and only it
   for (let i = 0; i < k; i++) {
     let ln = 0;
     let rn = 0;
@@ -421,9 +421,9 @@ function balanceAgainst(
     const w = hw ? Math.sqrt((hw.G[i * k + i]! / rn + hw.meanH) / (2 * hw.meanH)) : 1;
     // ‖L_i‖·d_i = w_i·‖R_i‖/d_i
     const d = Math.sqrt(w * Math.sqrt(rn / ln));
-    for (let a = 0; a < mp; a++) out[a * k + i]! *= d;
+    for (let a = 0; a < mp; a++) L[a * k + i]! *= d;
   }
-  return out;
+  return L;
 }
 
 interface LowRank {

@@ -1,4 +1,4 @@
-import { assertObject, CalderaError, describeValue, Rng, type Tensor } from '@caldera/core';
+import { assertObject, CalderaError, describeValue, isContiguous, Rng, type Tensor } from '@caldera/core';
 import {
   assertMatrix,
   hadamardColumnsInPlace,
@@ -53,7 +53,7 @@ export interface RotateHessianOptions extends RotateOptions {
    * An f64 array of exactly np² entries that receives Hr (returned) instead of a fresh one: at n = 11008 a fresh
    * 0.97 GB array costs ~3 s of page faults on some machines. It may be H's own `data` where H is a contiguous n × n
    * tensor at offset 0 and np = n (each entry is read before it is overwritten; H then holds Hr); any other array
-   * sharing H's memory is `E_VALUE`.
+   * over H's ArrayBuffer is `E_VALUE`.
    */
   into?: Float64Array;
 }
@@ -206,7 +206,7 @@ function intoArray(
       `rotateHessian: into must have ${np}×${np} entries, got ${into.length}`,
     );
   if (h && into.buffer === h.data.buffer) {
-    const own = into === h.data && np === n && h.offset === 0 && h.strides[0] === n && h.strides[1] === 1;
+    const own = into === h.data && np === n && h.offset === 0 && isContiguous(h);
     if (!own)
       throw new CalderaError(
         'E_VALUE',
